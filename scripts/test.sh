@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The CPU test suite (GPU tests are marked `gpu` and run with `pytest -m gpu` on a GPU machine).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,16 @@
+"""rnnlab: recurrent byte-level language models (E1 gated Elman, E16, minGRU, minLSTM, Mamba2,
+Transformer) trained on one seeded data stream and compared side by side.
+
+Layout (data -> models -> kernels -> training -> benchmarks -> CLI):
+  rnnlab.data      byte corpora (memory-mapped) and the seeded batch stream
+  rnnlab.ops       recurrence kernels: a pure-PyTorch reference (naive.py) beside each GPU kernel
+  rnnlab.layers    nn.Module mixers with one contract (forward / init_state / step)
+  rnnlab.models    ModelConfig, the LM, the model registry and parameter matching
+  rnnlab.train     trainer, optimizers, checkpoints, metrics, distributed
+  rnnlab.eval      held-out bits per byte and sampling
+  rnnlab.bench     benchmark suites, sweeps, reports and plots
+  rnnlab.analysis  gradient-flow analysis
+  rnnlab.cli       the `rnnlab` command
+"""
+
+__version__ = "0.1.0"

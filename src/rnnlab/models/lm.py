@@ -1,0 +1,99 @@
+"""The byte-level language model shared by every mixer (the seed's LadderLM, spec §1.1).
+
+    x = embed(bytes)                                  # [256, D], N(0, 0.02)
+    for each layer i:  x = x + mixer_i(LayerNorm_i(x))
+                       x = x + mlp_i(LayerNorm'_i(x))  # only when mlp_ratio > 0 (Transformer)
+    logits = head(LayerNorm_f(x))                     # head tied to the embedding, no bias
+
+Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the seed; cross-entropy over every position.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab.models.config import ModelConfig
+
+
+class MLP(nn.Module):
+    """GELU MLP, ``dim -> ratio*dim -> dim``, no biases."""
+
+    def __init__(self, dim: int, ratio: float):
+        super().__init__()
+        hidden = int(round(dim * ratio))
+        self.fc = nn.Linear(dim, hidden, bias=False)
+        self.proj = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.dim)
+        self.mixer = _layer_cls(cfg)(cfg.layer_config())
+        ratio = cfg.resolved_mlp_ratio()
+        self.mlp_norm = nn.LayerNorm(cfg.dim) if ratio > 0 else None
+        self.mlp = MLP(cfg.dim, ratio) if ratio > 0 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+    def step(self, x: torch.Tensor, state):
+        y, state = self.mixer.step(self.norm(x), state)
+        x = x + y
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x, state
+
+
+def _layer_cls(cfg: ModelConfig):
+    from rnnlab.models.registry import get_spec
+
+    return get_spec(cfg.model).layer_cls
+
+
+class LM(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        self.norm_f = nn.LayerNorm(cfg.dim)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
+        """``idx: [B, T]`` bytes -> logits ``[B, T, 256]``, or the mean cross-entropy (nats,
+        computed in fp32) when ``targets`` is given."""
+        x = self.embed(idx)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.norm_f(x))
+        if targets is None:
+            return logits
+        return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    @torch.no_grad()
+    def init_state(self, batch: int) -> list:
+        p = self.embed.weight
+        return [b.mixer.init_state(batch, p.device, p.dtype) for b in self.blocks]
+
+    @torch.no_grad()
+    def step(self, idx_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
+        """One byte per sequence (``idx_t: [B]``) -> next-byte logits ``[B, 256]`` and new state."""
+        x = self.embed(idx_t)
+        new_state = []
+        for block, s in zip(self.blocks, state):
+            x, s = block.step(x, s)
+            new_state.append(s)
+        return self.head(self.norm_f(x)), new_state

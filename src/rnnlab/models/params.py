@@ -1,0 +1,68 @@
+"""Parameter counting and width solving, so models of different kinds can be matched by size.
+
+Counts come from building the real module on the ``meta`` device (no memory, no init cost), so
+they can never drift from the model that trains. Tied weights are counted once. For the seed's
+configs these reproduce the logged counts exactly (see ``tests/test_params.py`` and spec §1.7).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import torch
+
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.registry import get_spec
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
+
+
+def parse_count(text: str | int) -> int:
+    """``"400M"`` -> 400_000_000; ``"1.5B"``, ``"50m"``, ``"123456"`` likewise."""
+    if isinstance(text, int):
+        return text
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read a parameter count from {text!r} (try 400M, 1.5B, 50000000)")
+    value = int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
+    if value <= 0:
+        raise ValueError(f"parameter count must be positive, got {text!r}")
+    return value
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Number of distinct parameters of the LM described by ``cfg``."""
+    from rnnlab.models.lm import LM
+
+    with torch.device("meta"):
+        model = LM(cfg)
+    return sum(p.numel() for p in model.parameters())
+
+
+def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tuple[int, int]:
+    """The width (a multiple of ``multiple``, default the model's ``dim_multiple``) whose parameter
+    count at ``cfg.depth`` is closest to ``target``; returns ``(dim, params)``.
+
+    The count grows monotonically with width, so a bisection over multiples finds the bracket.
+    """
+    step = multiple or get_spec(cfg.model).dim_multiple
+    if step <= 0:
+        raise ValueError(f"multiple must be positive, got {step}")
+
+    def at(k: int) -> int:
+        return count_params(dataclasses.replace(cfg, dim=k * step))
+
+    lo, hi = 1, 1
+    while at(hi) < target:
+        lo, hi = hi, hi * 2
+        if hi * step > 65536:
+            raise ValueError(f"no width up to 65536 reaches {target:,} parameters at depth {cfg.depth}")
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if at(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda k: abs(at(k) - target))
+    return best * step, at(best)

@@ -1,0 +1,65 @@
+"""The model registry: one name per mixer kind, bound to its config dataclass and layer class.
+
+Entries name classes as ``"module:Class"`` strings, resolved on first use, so importing the
+registry stays cheap and an external mixer can be registered the same way (``register``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from functools import cached_property
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    layer_path: str  # "module:LayerClass"
+    config_path: str  # "module:ConfigClass"
+    description: str
+    mlp_ratio: float = 0.0  # default MLP sub-block width per layer (0 = none)
+    dim_multiple: int = 32  # the width solver steps dims by this
+
+    @staticmethod
+    def _resolve(path: str):
+        module, _, attr = path.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    @cached_property
+    def layer_cls(self):
+        return self._resolve(self.layer_path)
+
+    @cached_property
+    def config_cls(self):
+        return self._resolve(self.config_path)
+
+
+MODELS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    MODELS[spec.name] = spec
+    return spec
+
+
+def get_spec(name: str) -> ModelSpec:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}") from None
+
+
+register(ModelSpec("e1", "rnnlab.layers.e1:E1", "rnnlab.layers.e1:E1Config",
+                   "E1 gated Elman: h = tanh(W_x x + W_h h + b), y = h * silu(z)"))
+register(ModelSpec("e16", "rnnlab.layers.e16:E16", "rnnlab.layers.e16:E16Config",
+                   "E16 diagonal state-expanded Elman: h = tanh(A*h + x B), y = (h C) * silu(z)"))
+register(ModelSpec("mingru", "rnnlab.layers.mingru:MinGRU", "rnnlab.layers.mingru:MinGRUConfig",
+                   "minGRU (Feng et al. 2024): h = (1-z) h + z g(h~)"))
+register(ModelSpec("minlstm", "rnnlab.layers.minlstm:MinLSTM", "rnnlab.layers.minlstm:MinLSTMConfig",
+                   "minLSTM (Feng et al. 2024): h = f' h + i' g(h~)"))
+register(ModelSpec("mamba2", "rnnlab.layers.mamba2:Mamba2", "rnnlab.layers.mamba2:Mamba2Config",
+                   "Mamba2 (official mamba_ssm kernels on CUDA, SSD reference elsewhere)"))
+register(ModelSpec("transformer", "rnnlab.layers.attention:CausalSelfAttention",
+                   "rnnlab.layers.attention:AttentionConfig",
+                   "Transformer: causal SDPA attention with RoPE, plus an MLP sub-block",
+                   mlp_ratio=4.0, dim_multiple=64))

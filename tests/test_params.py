@@ -1,0 +1,71 @@
+"""Parameter counts reproduce the seed's logged configs exactly (spec §1.7), and the solver works."""
+
+import json
+
+import pytest
+
+from rnnlab.cli import main
+from rnnlab.models import ModelConfig, count_params, solve_dim
+from rnnlab.models.params import parse_count
+
+SEED_CONFIGS = [
+    ("e1", 1760, 26, {}, 403_279_360),
+    ("e1", 3584, 6, {}, 386_340_864),
+    ("e1", 2560, 12, {}, 393_968_640),
+    ("e1", 2208, 16, {}, 390_696_768),
+    ("e1", 1984, 20, {}, 394_256_512),
+    ("e1", 1024, 19, {"expansion": 2.5}, 398_810_624),
+    ("mingru", 2752, 24, {}, 364_370_304),
+    ("mingru", 3520, 16, {}, 397_513_600),
+    ("minlstm", 2304, 24, {}, 382_910_976),
+    ("minlstm", 2880, 16, {}, 398_966_400),
+    ("mamba2", 1728, 22, {}, 402_064_492),
+    ("mamba2", 1728, 22, {"d_state": 128}, 406_944_620),
+    ("e16", 1024, 10, {"expansion": 2, "state_expansion": 4}, 398_825_472),
+]
+
+
+@pytest.mark.parametrize("model,dim,depth,layer,expected", SEED_CONFIGS)
+def test_seed_parameter_counts(model, dim, depth, layer, expected):
+    assert count_params(ModelConfig(model=model, dim=dim, depth=depth, layer=layer)) == expected
+
+
+def test_params_cli_json(capsys):
+    assert main(["params", "--model", "e1", "--dim", "1760", "--depth", "26", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == {"model": "e1", "dim": 1760, "depth": 26, "params": 403_279_360}
+
+
+def test_params_cli_target(capsys):
+    assert main(["params", "--model", "e1", "--target", "400M", "--depth", "20", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dim"] % 32 == 0 and out["depth"] == 20
+    assert abs(out["params"] - 400_000_000) < 0.01 * 400_000_000
+    # the neighbours on the 32-grid are no closer to the target
+    for d in (out["dim"] - 32, out["dim"] + 32):
+        assert abs(count_params(ModelConfig("e1", d, 20)) - 4e8) >= abs(out["params"] - 4e8)
+
+
+def test_solver_matches_seed_search_rule():
+    dim, params = solve_dim(ModelConfig("e1", 64, 26), 403_279_360)
+    assert (dim, params) == (1760, 403_279_360)
+
+
+@pytest.mark.parametrize("text,value", [("400M", 400_000_000), ("1.5B", 1_500_000_000), ("50m", 50_000_000), ("123", 123)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--model", "nope", "--dim", "64", "--depth", "2"], "unknown model 'nope'"),
+        (["--model", "e1", "--dim", "0", "--depth", "2"], "dim must be an integer in 1..65536, got 0"),
+        (["--model", "e1", "--dim", "64", "--depth", "-3"], "depth must be an integer in 1..1024, got -3"),
+        (["--model", "e1", "--target", "lots", "--depth", "2"], "cannot read a parameter count from 'lots'"),
+        (["--model", "e1", "--dim", "64", "--depth", "2", "--layer", "bogus=1"], "unknown e1 layer option"),
+    ],
+)
+def test_params_cli_errors(argv, message, capsys):
+    assert main(["params", *argv]) == 2
+    assert message in capsys.readouterr().err
