@@ -1,0 +1,287 @@
+"""Byte corpora as memory maps, train/held-out splits, seeded training windows, eval windows.
+
+Nothing here reads a whole file: a corpus is an ``np.memmap`` of uint8, splits are
+(offset, length) views of it, and batches gather only the bytes of their windows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+
+def default_train_path() -> Path:
+    """The bundled registry-pile training sample (about 2.9 MB, see sample/README.md)."""
+    return SAMPLE_DIR / "registry_pile_train.txt"
+
+
+def default_val_path() -> Path:
+    """The bundled registry-pile held-out sample (about 0.36 MB, from the val/ shards)."""
+    return SAMPLE_DIR / "registry_pile_val.txt"
+
+
+class ByteCorpus:
+    """Any raw file as a read-only ``np.memmap`` of uint8 (one token per byte).
+
+    ``len(c)`` is the file size; ``c[a:b]`` (or ``c[i]``) returns numpy data without
+    reading the rest of the file; ``c.data`` is the memmap itself; ``c.path`` the path.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise FileNotFoundError(f"corpus file not found: {self.path}")
+        if self.path.is_dir():
+            raise IsADirectoryError(f"corpus file {self.path} is a directory, expected a raw byte file")
+        size = self.path.stat().st_size
+        if size == 0:
+            raise ValueError(f"corpus file {self.path} is empty")
+        self.data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(size,))
+
+    def __len__(self) -> int:
+        return int(self.data.shape[0])
+
+    def __getitem__(self, idx):
+        out = self.data[idx]
+        return np.asarray(out) if isinstance(out, np.ndarray) else out
+
+    def __getstate__(self):  # pickle by path (e.g. DataLoader workers), never the bytes
+        return {"path": self.path}
+
+    def __setstate__(self, state):
+        self.__init__(state["path"])
+
+    def __repr__(self) -> str:
+        return f"ByteCorpus({str(self.path)!r}, {len(self):,} bytes)"
+
+
+@dataclass(frozen=True)
+class Split:
+    """A contiguous view ``[offset, offset+length)`` of a ``ByteCorpus``; no copy is made.
+
+    Indexing is relative to the split: ``s[0]`` is ``corpus[offset]``; slices are clipped
+    to the split, so a split never exposes bytes outside itself.
+    """
+
+    corpus: ByteCorpus
+    offset: int
+    length: int
+    name: str = "train"
+
+    def __post_init__(self):
+        n = len(self.corpus)
+        if not (0 <= self.offset and self.length >= 0 and self.offset + self.length <= n):
+            raise ValueError(
+                f"split {self.name!r} [{self.offset}, {self.offset + self.length}) "
+                f"is outside corpus {self.corpus.path} ({n} bytes)"
+            )
+
+    @property
+    def path(self) -> Path:
+        return self.corpus.path
+
+    @property
+    def array(self) -> np.ndarray:
+        """The split as a numpy view of the memmap (no copy)."""
+        return np.asarray(self.corpus.data[self.offset : self.offset + self.length])
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, idx):
+        return self.array[idx]
+
+    def __repr__(self) -> str:
+        return f"Split({self.name!r}, {str(self.path)!r}, offset={self.offset}, length={self.length:,})"
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: Split
+    val: Split
+
+    def __iter__(self):  # allows `train, val = load_splits(...)`
+        return iter((self.train, self.val))
+
+
+def load_splits(
+    data: str | os.PathLike | None = None,
+    val_data: str | os.PathLike | None = None,
+    val_fraction: float = 0.01,
+    min_len: int = 2,
+) -> Splits:
+    """Train and held-out splits.
+
+    - ``data=None``: the bundled sample (``default_train_path()``), with ``default_val_path()``
+      as held-out unless ``val_data`` is given.
+    - ``val_data`` given: train is all of ``data``, held-out is all of ``val_data``.
+    - otherwise the held-out split is the fixed tail of ``data``:
+      ``max(ceil(len * val_fraction), min_len)`` bytes; train is the head before it.
+      Training windows (``BatchStream``) never reach past the end of the train split, so
+      held-out bytes are never trained on.
+
+    Each split must hold at least ``min_len`` bytes (ValueError otherwise).
+    """
+    if min_len < 1:
+        raise ValueError(f"min_len must be >= 1, got {min_len}")
+    if data is None:
+        data = default_train_path()
+        if val_data is None:
+            val_data = default_val_path()
+    corpus = ByteCorpus(data)
+    n = len(corpus)
+    if val_data is not None:
+        vcorpus = ByteCorpus(val_data)
+        train = Split(corpus, 0, n, "train")
+        val = Split(vcorpus, 0, len(vcorpus), "val")
+    else:
+        if not (0.0 < val_fraction < 1.0):
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        n_val = max(math.ceil(n * val_fraction), min_len)
+        if n - n_val < min_len:
+            raise ValueError(
+                f"corpus {corpus.path} ({n} bytes) is too small to split: held-out tail of "
+                f"{n_val} bytes (val_fraction={val_fraction}, min_len={min_len}) leaves "
+                f"{n - n_val} bytes for training; use a larger file or pass val_data"
+            )
+        train = Split(corpus, 0, n - n_val, "train")
+        val = Split(corpus, n - n_val, n_val, "val")
+    for s in (train, val):
+        if len(s) < min_len:
+            raise ValueError(f"corpus {s.path} (split {s.name!r}, {len(s)} bytes) is shorter than min_len = {min_len} bytes")
+    return Splits(train, val)
+
+
+def _check_len(split: Split, seq_len: int) -> None:
+    if len(split) < seq_len + 1:
+        raise ValueError(
+            f"corpus {split.path} (split {split.name!r}, {len(split)} bytes) is shorter than "
+            f"seq_len+1 = {seq_len + 1} bytes; use a larger file or a smaller --seq-len"
+        )
+
+
+def _check_pos(name: str, v) -> None:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+# --- counter-based RNG: SplitMix64 finalizer over (seed, step, global index) -----------------
+_M64 = (1 << 64) - 1
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 / Stafford variant 13 finalizer; a bijection of uint64 with full avalanche."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def sample_offsets(seed: int, step: int, index: np.ndarray, n_choices: int) -> np.ndarray:
+    """Offsets in ``[0, n_choices)`` for global sample indices ``index`` at ``step``.
+
+    A pure function of (seed, step, index): hash = mix(mix(mix(seed) ^ step) ^ index), then
+    ``hash % n_choices`` (modulo bias < n_choices / 2**64, negligible).
+    """
+    idx = np.asarray(index, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        k = _mix64(np.array([(int(seed) & _M64)], dtype=np.uint64) + _GOLDEN)
+        k = _mix64(k ^ (np.uint64(int(step) & _M64) * _GOLDEN))
+        h = _mix64(k ^ (idx * _GOLDEN + _GOLDEN))
+    return (h % np.uint64(n_choices)).astype(np.int64)
+
+
+class BatchStream:
+    """Seeded random training windows from a split.
+
+    ``batch(step)`` returns a ``torch.LongTensor [batch_size, seq_len + 1]`` (inputs
+    ``x = b[:, :-1]``, targets ``y = b[:, 1:]``). Global sample ``g`` of a step starts at
+    ``sample_offsets(seed, step, g, len - seq_len)``, uniform in ``[0, len - seq_len - 1]``,
+    so the stream is the same for every model, does not depend on call order, and resuming
+    needs only the step. With ``world_size = N`` rank ``r`` takes global samples
+    ``[r*B, (r+1)*B)`` of a global batch of ``N*B``: N ranks with batch B together see exactly
+    what one process with batch ``N*B`` sees.
+    """
+
+    def __init__(self, split: Split, batch_size: int, seq_len: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        _check_pos("batch_size", batch_size)
+        _check_pos("seq_len", seq_len)
+        _check_pos("world_size", world_size)
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+        _check_len(split, seq_len)
+        self.split, self.batch_size, self.seq_len = split, int(batch_size), int(seq_len)
+        self.seed, self.rank, self.world_size = int(seed), int(rank), int(world_size)
+        self.n_choices = len(split) - self.seq_len  # valid starts: 0 .. len - seq_len - 1
+        self._arange = np.arange(self.seq_len + 1, dtype=np.int64)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    def offsets(self, step: int) -> np.ndarray:
+        """Start offsets of this rank's windows at ``step``, relative to the split."""
+        if int(step) < 0:
+            raise ValueError(f"step must be >= 0, got {step}")
+        g = np.arange(self.rank * self.batch_size, (self.rank + 1) * self.batch_size, dtype=np.uint64)
+        return sample_offsets(self.seed, step, g, self.n_choices)
+
+    def batch(self, step: int) -> torch.Tensor:
+        starts = self.offsets(step) + self.split.offset
+        idx = starts[:, None] + self._arange[None, :]
+        win = self.split.corpus.data[idx]  # gathers only these bytes from the memmap
+        return torch.from_numpy(np.asarray(win, dtype=np.int64))
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self.batches()
+
+    def batches(self, start_step: int = 0) -> Iterator[torch.Tensor]:
+        step = start_step
+        while True:
+            yield self.batch(step)
+            step += 1
+
+
+def eval_windows(split: Split, seq_len: int, batch_size: int, max_bytes: int | None = None) -> Iterator[torch.Tensor]:
+    """Deterministic non-overlapping windows over the split (or its first ``max_bytes``), in order.
+
+    Window ``i`` is bytes ``[i*seq_len, i*seq_len + seq_len + 1)`` of the split: it predicts the
+    ``seq_len`` targets ``i*seq_len+1 .. (i+1)*seq_len``, so every target byte after the first
+    is predicted exactly once. There are ``(L - 1) // seq_len`` windows for ``L`` usable bytes;
+    a final remainder of fewer than ``seq_len`` targets is dropped, so all windows have the same
+    length and the mean of per-window mean losses is the exact per-byte mean. Yields
+    ``LongTensor [b, seq_len + 1]`` with ``b = batch_size`` except possibly the last batch.
+    """
+    _check_pos("seq_len", seq_len)
+    _check_pos("batch_size", batch_size)
+    L = len(split)
+    if max_bytes is not None:
+        _check_pos("max_bytes", max_bytes)
+        L = min(L, int(max_bytes))
+    if L < seq_len + 1:
+        raise ValueError(
+            f"corpus {split.path} (split {split.name!r}, {L} bytes"
+            f"{' used' if L < len(split) else ''}) is shorter than seq_len+1 = {seq_len + 1} bytes; "
+            f"use a larger file or a smaller --seq-len"
+        )
+    n_win = eval_num_windows(L, seq_len)
+    ar = np.arange(seq_len + 1, dtype=np.int64)
+    for i in range(0, n_win, batch_size):
+        starts = split.offset + np.arange(i, min(i + batch_size, n_win), dtype=np.int64) * seq_len
+        win = split.corpus.data[starts[:, None] + ar[None, :]]
+        yield torch.from_numpy(np.asarray(win, dtype=np.int64))
+
+
+def eval_num_windows(n_bytes: int, seq_len: int) -> int:
+    """Number of eval windows for ``n_bytes`` usable bytes (targets = this * seq_len)."""
+    return max(0, (int(n_bytes) - 1) // int(seq_len))

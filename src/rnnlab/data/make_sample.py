@@ -1,0 +1,97 @@
+"""Rebuild the bundled registry-pile sample in ``rnnlab/data/sample/``.
+
+Not run at import. Usage::
+
+    python -m rnnlab.data.make_sample /work/shared/data            # writes into the package
+    python -m rnnlab.data.make_sample /work/shared/data --out DIR
+
+Rule (deterministic, standard library only): for every shard, in sorted file-name order,
+decompress from the start and keep the longest prefix of whole documents that is at most
+``per_shard`` bytes (documents end with a blank line, i.e. the prefix ends in ``b"\\n\\n"``).
+If the first document alone is longer than ``per_shard``, that one document is kept.
+A shard shorter than ``per_shard`` is kept whole. The kept prefixes are concatenated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import lzma
+from pathlib import Path
+
+TRAIN_PER_SHARD = 140_000
+VAL_PER_SHARD = 14_000
+SEP = b"\n\n"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
+
+
+def cut_prefix(path: str | Path, per_shard: int, chunk: int = 1 << 16) -> bytes:
+    """Longest prefix of whole documents of the xz file ``path`` with at most ``per_shard`` bytes."""
+    buf = bytearray()
+    with lzma.open(path, "rb") as f:
+        buf += f.read(per_shard + 1)  # one byte more, to see whether the limit falls on a boundary
+        if len(buf) <= per_shard:  # whole shard fits
+            return bytes(buf)
+        cut = buf.rfind(SEP, 0, per_shard - 1)  # the boundary must end at or before per_shard
+        if cut >= 0:
+            return bytes(buf[: cut + 2])
+        while True:  # first document is longer than per_shard: keep it whole
+            cut = buf.find(SEP)
+            if cut >= 0:
+                return bytes(buf[: cut + 2])
+            more = f.read(chunk)
+            if not more:
+                return bytes(buf)
+            buf += more
+
+
+def make_sample(
+    shared_data: str | Path,
+    out_dir: str | Path = SAMPLE_DIR,
+    train_per_shard: int = TRAIN_PER_SHARD,
+    val_per_shard: int = VAL_PER_SHARD,
+) -> dict:
+    """Write ``registry_pile_train.txt`` and ``registry_pile_val.txt`` under ``out_dir``.
+
+    ``shared_data`` is the folder holding ``train/*.train.txt.xz`` and ``val/*.val.txt.xz``.
+    Returns ``{split: {"file", "bytes", "md5", "shards": [(shard, bytes), ...]}}``.
+    """
+    shared_data, out_dir = Path(shared_data), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {}
+    for split, pattern, per_shard in (
+        ("train", "train/*.train.txt.xz", train_per_shard),
+        ("val", "val/*.val.txt.xz", val_per_shard),
+    ):
+        shards = sorted(shared_data.glob(pattern))
+        if not shards:
+            raise FileNotFoundError(f"no shards matching {shared_data / pattern}")
+        md5, total, rows = hashlib.md5(), 0, []
+        out = out_dir / f"registry_pile_{split}.txt"
+        with open(out, "wb") as w:
+            for s in shards:
+                piece = cut_prefix(s, per_shard)
+                w.write(piece)
+                md5.update(piece)
+                total += len(piece)
+                rows.append((s.name, len(piece)))
+        info[split] = {"file": str(out), "bytes": total, "md5": md5.hexdigest(), "shards": rows}
+    return info
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("shared_data", help="folder with train/ and val/ xz shards")
+    p.add_argument("--out", default=str(SAMPLE_DIR))
+    p.add_argument("--train-per-shard", type=int, default=TRAIN_PER_SHARD)
+    p.add_argument("--val-per-shard", type=int, default=VAL_PER_SHARD)
+    a = p.parse_args(argv)
+    info = make_sample(a.shared_data, a.out, a.train_per_shard, a.val_per_shard)
+    for split, d in info.items():
+        print(f"{split}: {d['file']} {d['bytes']:,} B md5 {d['md5']}")
+        for name, n in d["shards"]:
+            print(f"  {name}\t{n}")
+
+
+if __name__ == "__main__":
+    main()

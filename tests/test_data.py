@@ -1,0 +1,261 @@
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from rnnlab.data import (
+    BatchStream,
+    ByteCorpus,
+    Split,
+    default_train_path,
+    default_val_path,
+    eval_num_windows,
+    eval_windows,
+    load_splits,
+)
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 200, size=50_000, dtype=np.uint8)
+    p = tmp_path / "corpus.bin"
+    p.write_bytes(data.tobytes())
+    return p, data
+
+
+def split_of(path):
+    c = ByteCorpus(path)
+    return Split(c, 0, len(c), "train")
+
+
+# ---- ByteCorpus -------------------------------------------------------------------------
+
+def test_bytecorpus_memmap_and_slicing(corpus_file):
+    p, data = corpus_file
+    c = ByteCorpus(p)
+    assert len(c) == len(data) and c.path == p
+    assert isinstance(c.data, np.memmap) and c.data.dtype == np.uint8
+    np.testing.assert_array_equal(c[100:200], data[100:200])
+    assert isinstance(c[100:200], np.ndarray) and c[5] == data[5]
+
+
+def test_bytecorpus_pickles_by_path(corpus_file):
+    import pickle
+
+    p, data = corpus_file
+    s = load_splits(p, val_fraction=0.1)
+    blob = pickle.dumps(BatchStream(s.train, 2, 8, seed=0))
+    assert len(blob) < 5_000  # the 50 kB of data are not in the pickle
+    bs = pickle.loads(blob)
+    assert torch.equal(bs.batch(3), BatchStream(s.train, 2, 8, seed=0).batch(3))
+
+
+def test_bytecorpus_missing(tmp_path):
+    p = tmp_path / "nope.txt"
+    with pytest.raises(FileNotFoundError, match=f"corpus file not found: {p}"):
+        ByteCorpus(p)
+
+
+def test_bytecorpus_directory(tmp_path):
+    with pytest.raises(IsADirectoryError, match="is a directory, expected a raw byte file") as e:
+        ByteCorpus(tmp_path)
+    assert str(tmp_path) in str(e.value)
+
+
+def test_bytecorpus_empty(tmp_path):
+    p = tmp_path / "empty.txt"
+    p.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"corpus file {p} is empty"):
+        ByteCorpus(p)
+
+
+# ---- splits -----------------------------------------------------------------------------
+
+def test_tail_split_is_view(corpus_file):
+    p, data = corpus_file
+    s = load_splits(p, val_fraction=0.1)
+    assert s.train.corpus is s.val.corpus  # one memmap
+    assert len(s.train) + len(s.val) == len(data) and len(s.val) == 5000
+    assert s.train.offset == 0 and s.val.offset == len(s.train)
+    np.testing.assert_array_equal(s.val[:], data[-5000:])
+    np.testing.assert_array_equal(s.train[:], data[:-5000])
+    assert np.shares_memory(s.train.array, s.train.corpus.data)
+    train, val = s  # unpacks
+
+
+def test_val_data_file(corpus_file, tmp_path):
+    p, data = corpus_file
+    v = tmp_path / "val.bin"
+    v.write_bytes(b"held out text " * 10)
+    s = load_splits(p, val_data=v)
+    assert len(s.train) == len(data) and s.val.path == v and len(s.val) == 140
+
+
+def test_split_too_small(tmp_path):
+    p = tmp_path / "tiny.txt"
+    p.write_bytes(b"abc")
+    with pytest.raises(ValueError, match="too small to split"):
+        load_splits(p, min_len=2)
+
+
+def test_bundled_sample_default():
+    tr, va = default_train_path(), default_val_path()
+    assert tr.is_file() and tr.stat().st_size > 1_000_000
+    assert va.is_file() and va.stat().st_size > 100_000
+    s = load_splits()
+    assert s.train.path == tr and s.val.path == va
+    assert len(s.train) == tr.stat().st_size and len(s.val) == va.stat().st_size
+    b = BatchStream(s.train, 4, 256, seed=0).batch(0)
+    assert b.shape == (4, 257) and b.dtype == torch.int64 and int(b.max()) < 256
+    # a few whole documents: the sample ends at a document boundary
+    assert bytes(s.train[-2:]) == b"\n\n" and bytes(s.val[-2:]) == b"\n\n"
+
+
+def test_bundled_sample_md5_matches_readme():
+    readme = (default_train_path().parent / "README.md").read_text()
+    for p in (default_train_path(), default_val_path()):
+        assert hashlib.md5(p.read_bytes()).hexdigest() in readme
+
+
+# ---- BatchStream ------------------------------------------------------------------------
+
+def test_sampler_determinism(corpus_file):
+    sp = split_of(corpus_file[0])
+    a = BatchStream(sp, 8, 64, seed=1)
+    b = BatchStream(sp, 8, 64, seed=1)
+    c = BatchStream(sp, 8, 64, seed=2)
+    for k in (0, 1, 7, 12345):
+        assert torch.equal(a.batch(k), b.batch(k))
+        assert not torch.equal(a.batch(k), c.batch(k))
+    assert not torch.equal(a.batch(0), a.batch(1))
+
+
+def test_batch_independent_of_call_order(corpus_file):
+    sp = split_of(corpus_file[0])
+    a = BatchStream(sp, 8, 64, seed=3)
+    fwd = [a.batch(k) for k in range(10)]
+    b = BatchStream(sp, 8, 64, seed=3)
+    rev = {k: b.batch(k) for k in reversed(range(10))}
+    b.batch(99)
+    for k in range(10):
+        assert torch.equal(fwd[k], rev[k]) and torch.equal(fwd[k], b.batch(k))
+    # resume: the iterator from step 5 equals batch(5), batch(6)
+    it = a.batches(5)
+    assert torch.equal(next(it), fwd[5]) and torch.equal(next(it), fwd[6])
+
+
+def test_rank_sharding_equals_single_process(corpus_file):
+    sp = split_of(corpus_file[0])
+    B = 4
+    one = BatchStream(sp, 2 * B, 32, seed=7)
+    r0 = BatchStream(sp, B, 32, seed=7, rank=0, world_size=2)
+    r1 = BatchStream(sp, B, 32, seed=7, rank=1, world_size=2)
+    for k in range(5):
+        assert torch.equal(torch.cat([r0.batch(k), r1.batch(k)]), one.batch(k))
+    # 4 ranks x 2 as well
+    quads = [BatchStream(sp, 2, 32, seed=7, rank=r, world_size=4) for r in range(4)]
+    assert torch.equal(torch.cat([q.batch(3) for q in quads]), one.batch(3))
+
+
+def test_windows_are_file_slices(corpus_file):
+    p, data = corpus_file
+    sp = split_of(p)
+    bs = BatchStream(sp, 16, 100, seed=5)
+    for k in range(5):
+        offs = bs.offsets(k)
+        b = bs.batch(k).numpy()
+        for o, row in zip(offs, b):
+            np.testing.assert_array_equal(row, data[o : o + 101])
+
+
+def test_offsets_cover_range(tmp_path):
+    p = tmp_path / "small.bin"
+    p.write_bytes(bytes(range(20)))
+    bs = BatchStream(split_of(p), 64, 10, seed=0)  # valid starts 0..9
+    seen = np.concatenate([bs.offsets(k) for k in range(50)])
+    assert seen.min() == 0 and seen.max() == 9 and len(set(seen.tolist())) == 10
+    assert BatchStream(split_of(p), 3, 19, seed=0).offsets(0).tolist() == [0, 0, 0]  # exact fit
+
+
+def test_heldout_bytes_never_sampled(tmp_path):
+    n, n_val = 20_000, 2_000
+    data = np.zeros(n, dtype=np.uint8)
+    data[: n - n_val] = np.arange(n - n_val) % 200  # train bytes < 200
+    data[n - n_val :] = 255  # held-out marker
+    p = tmp_path / "marked.bin"
+    p.write_bytes(data.tobytes())
+    s = load_splits(p, val_fraction=n_val / n)
+    assert len(s.val) == n_val and bool((s.val[:] == 255).all())
+    bs = BatchStream(s.train, 32, 128, seed=11)
+    last = 0
+    for k in range(500):
+        b = bs.batch(k)
+        assert int(b.max()) < 255
+        last = max(last, int(bs.offsets(k).max()))
+    assert last > len(s.train) - 128 - 1 - 50  # windows do reach the end of the train split
+
+
+def test_heldout_split_from_val_view_offsets(corpus_file):
+    p, data = corpus_file
+    s = load_splits(p, val_fraction=0.2)
+    bs = BatchStream(s.val, 4, 16, seed=0)
+    b = bs.batch(0).numpy()
+    for o, row in zip(bs.offsets(0), b):
+        np.testing.assert_array_equal(row, data[s.val.offset + o : s.val.offset + o + 17])
+
+
+def test_short_split_error(tmp_path):
+    p = tmp_path / "short.txt"
+    p.write_bytes(b"x" * 100)
+    with pytest.raises(
+        ValueError,
+        match=rf"corpus {p} \(split 'train', 100 bytes\) is shorter than seq_len\+1 = 101 bytes; "
+        r"use a larger file or a smaller --seq-len",
+    ):
+        BatchStream(split_of(p), 2, 100, seed=0)
+    BatchStream(split_of(p), 2, 99, seed=0).batch(0)  # exactly seq_len+1 works
+
+
+@pytest.mark.parametrize("kw,field", [({"batch_size": 0}, "batch_size"), ({"seq_len": -1}, "seq_len"),
+                                      ({"seq_len": 0}, "seq_len")])
+def test_positive_args(corpus_file, kw, field):
+    args = dict(batch_size=2, seq_len=8, seed=0) | kw
+    with pytest.raises(ValueError, match=f"{field} must be a positive integer"):
+        BatchStream(split_of(corpus_file[0]), **args)
+
+
+def test_bad_rank(corpus_file):
+    with pytest.raises(ValueError, match="rank must be in"):
+        BatchStream(split_of(corpus_file[0]), 2, 8, seed=0, rank=2, world_size=2)
+
+
+# ---- eval_windows -----------------------------------------------------------------------
+
+def test_eval_windows_coverage(corpus_file):
+    p, data = corpus_file
+    s = load_splits(p, val_fraction=0.1)  # 5000 held-out bytes
+    T = 64
+    wins = list(eval_windows(s.val, T, batch_size=7))
+    assert all(w.shape[1] == T + 1 for w in wins) and all(w.shape[0] == 7 for w in wins[:-1])
+    allw = torch.cat(wins).numpy()
+    n = eval_num_windows(len(s.val), T)
+    assert allw.shape[0] == n == (5000 - 1) // T
+    val = data[-5000:]
+    for i, row in enumerate(allw):
+        np.testing.assert_array_equal(row, val[i * T : i * T + T + 1])
+    # targets tile [1, 1 + n*T) exactly once; the dropped remainder is < T bytes
+    targets = np.concatenate([np.arange(i * T + 1, i * T + T + 1) for i in range(n)])
+    np.testing.assert_array_equal(targets, np.arange(1, 1 + n * T))
+    assert len(s.val) - (1 + n * T) < T
+    # deterministic
+    assert all(torch.equal(a, b) for a, b in zip(wins, eval_windows(s.val, T, batch_size=7)))
+
+
+def test_eval_windows_max_bytes_and_errors(corpus_file):
+    s = load_splits(corpus_file[0], val_fraction=0.1)
+    wins = torch.cat(list(eval_windows(s.val, 10, 4, max_bytes=101)))
+    assert wins.shape == (10, 11)
+    with pytest.raises(ValueError, match=r"split 'val', 5000 bytes\) is shorter than seq_len\+1 = 5001"):
+        list(eval_windows(s.val, 5000, 4))
