@@ -40,7 +40,7 @@ def test_params_cli_target(capsys):
     assert main(["params", "--model", "e1", "--target", "400M", "--depth", "20", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dim"] % 32 == 0 and out["depth"] == 20
-    assert abs(out["params"] - 400_000_000) < 0.01 * 400_000_000
+    assert abs(out["params"] - 400_000_000) < 0.02 * 400_000_000
     # the neighbours on the 32-grid are no closer to the target
     for d in (out["dim"] - 32, out["dim"] + 32):
         assert abs(count_params(ModelConfig("e1", d, 20)) - 4e8) >= abs(out["params"] - 4e8)

@@ -39,7 +39,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    cfg = ModelConfig(model=args.model, dim=args.dim or 64, depth=args.depth,
+    cfg = ModelConfig(model=args.model, dim=args.dim if args.dim is not None else 64, depth=args.depth,
                       mlp_ratio=args.mlp_ratio, layer=parse_layer_options(args.layer))
     if args.target is not None:
         target = parse_count(args.target)

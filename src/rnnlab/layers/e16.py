@@ -1,0 +1,97 @@
+"""E16 "diagonal state-expanded Elman" (the seed's ``diagonal_state_elman.py``, ``level=16``, spec §1.4).
+
+    [x, z] = x W_in^T             in_proj.weight: [2*di, D], no bias;  di = int(D * expansion)
+    x = silu(x)
+    u_t = x_t @ B                 B: [di, ds], ds = di * state_expansion
+    h_t = tanh(A * h_{t-1} + u_t),  A = sigmoid(log_A) [ds] (not input-dependent), h_0 = 0
+    y_t = (h_t @ C) * silu(z_t)   C: [ds, di]
+    out = y W_out^T               out_proj.weight: [D, di], no bias
+
+Init: in_proj, out_proj, B, C xavier_uniform; log_A = 0 (A = 0.5). Per layer this is
+``3*D*di + 2*s*di^2 + s*di`` parameters (spec §1.7). The scan is ``diag_elman_scan`` (fp32
+internally, returns the input dtype); the step state is kept in fp32.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab.layers.base import State, check_positive
+from rnnlab.ops.diag import BACKENDS, diag_elman_scan
+
+
+@dataclass
+class E16Config:
+    dim: int = 256
+    expansion: float = 1.0  # di = int(dim * expansion); the seed's Table B E16 used 2.0
+    state_expansion: int = 2  # s: ds = di * s ("E16 s4" means 4)
+    backend: str = "auto"  # diag_elman_scan backend: auto | naive | triton
+
+    @property
+    def d_inner(self) -> int:
+        return int(self.dim * self.expansion)
+
+    @property
+    def d_state(self) -> int:
+        return self.d_inner * self.state_expansion
+
+    def validate(self) -> None:
+        check_positive("dim", self.dim)
+        if not isinstance(self.dim, int):
+            raise ValueError(f"dim must be an integer, got {self.dim!r}")
+        check_positive("expansion", self.expansion)
+        if self.d_inner < 1:
+            raise ValueError(
+                f"expansion must give at least one inner unit (int(dim*expansion) >= 1), got {self.expansion!r}"
+            )
+        if isinstance(self.state_expansion, bool) or not isinstance(self.state_expansion, int) or self.state_expansion <= 0:
+            raise ValueError(f"state_expansion must be a positive integer, got {self.state_expansion!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+class E16(nn.Module):
+    """E16 mixer: ``h_t = tanh(A * h_{t-1} + silu(x_t) B)``, ``y_t = (h_t C) * silu(z_t)``."""
+
+    def __init__(self, cfg: E16Config):
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        di, ds = cfg.d_inner, cfg.d_state
+        self.in_proj = nn.Linear(cfg.dim, 2 * di, bias=False)
+        self.B = nn.Parameter(torch.empty(di, ds))
+        self.C = nn.Parameter(torch.empty(ds, di))
+        self.log_A = nn.Parameter(torch.zeros(ds))
+        self.out_proj = nn.Linear(di, cfg.dim, bias=False)
+        for w in (self.in_proj.weight, self.B, self.C, self.out_proj.weight):
+            nn.init.xavier_uniform_(w)
+
+    def _input(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(u, z)``: the scan input ``silu(x) @ B`` and the gate branch."""
+        xr, z = self.in_proj(x).chunk(2, dim=-1)
+        return F.silu(xr) @ self.B, z
+
+    def _out(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.out_proj((h.to(z.dtype) @ self.C) * F.silu(z))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        u, z = self._input(x)
+        h = diag_elman_scan(u, torch.sigmoid(self.log_A), None, backend=self.cfg.backend)
+        return self._out(h, z)
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
+        """``(h,)`` with ``h: [batch, ds]`` zeros, kept in fp32 (fp64 stays fp64)."""
+        ct = torch.promote_types(dtype, torch.float32)
+        return (torch.zeros(batch, self.cfg.d_state, device=device, dtype=ct),)
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        (h,) = state
+        u, z = self._input(x_t)
+        ct = torch.promote_types(u.dtype, torch.float32)
+        a = torch.sigmoid(self.log_A).to(ct)
+        h = torch.tanh(a * h.to(ct) + u.to(ct))
+        return self._out(h, z), (h,)

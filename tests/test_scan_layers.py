@@ -1,0 +1,238 @@
+"""linear_scan (naive loop, log-space and doubling parallel forms, dispatch) and the minGRU/minLSTM layers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnlab.layers.mingru import MinGRU, MinGRUConfig, g
+from rnnlab.layers.minlstm import MinLSTM, MinLSTMConfig
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.params import count_params
+from rnnlab.ops.scan import linear_scan, linear_scan_parallel
+from rnnlab.ops.scan import naive as scan_naive
+
+
+def _inputs(B=2, T=5, H=3, dtype=torch.float64, seed=0, positive_b=False):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.rand(B, T, H, generator=gen, dtype=dtype) * 0.9 + 0.05
+    b = torch.randn(B, T, H, generator=gen, dtype=dtype)
+    if positive_b:
+        b = b.abs() + 0.1
+    h0 = torch.randn(B, H, generator=gen, dtype=dtype)
+    return a, b, h0
+
+
+def _explicit(a, b, h0):
+    h = h0.clone()
+    out = []
+    for t in range(a.shape[1]):
+        h = a[:, t] * h + b[:, t]
+        out.append(h)
+    return torch.stack(out, 1)
+
+
+# ---------------------------------------------------------------- linear_scan
+
+
+def test_naive_matches_definition():
+    a, b, h0 = _inputs()
+    torch.testing.assert_close(scan_naive.linear_scan(a, b, h0), _explicit(a, b, h0))
+    torch.testing.assert_close(scan_naive.linear_scan(a, b), _explicit(a, b, torch.zeros_like(h0)))
+
+
+@pytest.mark.parametrize("method", ["log", "doubling"])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_parallel_matches_sequential(method, with_h0):
+    a, b, h0 = _inputs(B=3, T=37, H=4, dtype=torch.float32, seed=1)
+    h0 = h0 if with_h0 else None
+    ref = scan_naive.linear_scan(a, b, h0)
+    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method=method), ref, rtol=1e-4, atol=1e-5)
+
+
+def test_parallel_log_long_decay_and_positive_b():
+    # strong decay over a long sequence: cumsum(log a) reaches about -T*3
+    a, b, _ = _inputs(B=2, T=300, H=4, dtype=torch.float32, seed=2, positive_b=True)
+    a = a * 0.1
+    torch.testing.assert_close(
+        linear_scan_parallel(a, b, method="log"), scan_naive.linear_scan(a, b), rtol=1e-4, atol=1e-5
+    )
+
+
+def test_doubling_handles_negative_a():
+    a, b, h0 = _inputs(T=9, seed=3)
+    a = -a
+    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method="doubling"), _explicit(a, b, h0))
+
+
+def test_parallel_gradients_match_sequential():
+    a, b, h0 = _inputs(T=6, seed=4)
+    grads = []
+    for fn in (scan_naive.linear_scan, lambda *x: linear_scan_parallel(*x, method="log")):
+        xs = [t.clone().requires_grad_() for t in (a, b, h0)]
+        fn(*xs).pow(2).sum().backward()
+        grads.append([x.grad for x in xs])
+    for g1, g2 in zip(*grads):
+        torch.testing.assert_close(g1, g2)
+
+
+def test_gradcheck_naive_linear_scan():
+    a, b, h0 = (t.requires_grad_() for t in _inputs())
+    assert torch.autograd.gradcheck(scan_naive.linear_scan, (a, b, h0))
+    assert torch.autograd.gradcheck(lambda a, b, h0: linear_scan_parallel(a, b, h0), (a, b, h0))
+
+
+def test_naive_upcasts_and_returns_input_dtype():
+    a, b, h0 = _inputs(dtype=torch.bfloat16)
+    h = scan_naive.linear_scan(a, b, h0)
+    assert h.dtype == torch.bfloat16
+    ref = _explicit(a.float(), b.float(), h0.float())
+    torch.testing.assert_close(h.float(), ref.bfloat16().float())
+
+
+def test_dispatch_backends():
+    a, b, h0 = _inputs(dtype=torch.float32)
+    ref = scan_naive.linear_scan(a, b, h0)
+    torch.testing.assert_close(linear_scan(a, b, h0), ref)  # auto on CPU -> naive
+    torch.testing.assert_close(linear_scan(a, b, h0, backend="naive"), ref)
+    torch.testing.assert_close(linear_scan(a, b, h0, backend="heinsen"), ref)
+    with pytest.raises(RuntimeError, match="backend='triton'"):
+        linear_scan(a, b, h0, backend="triton")  # CPU tensors (or no kernel)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        linear_scan(a, b, h0, backend="cuda")
+    with pytest.raises(ValueError, match="a must have b's shape"):
+        linear_scan(a[:, :-1], b)
+    with pytest.raises(ValueError, match="h0 must be"):
+        linear_scan(a, b, h0[:1])
+
+
+# ---------------------------------------------------------------- layers
+
+LAYERS = [(MinGRU, MinGRUConfig), (MinLSTM, MinLSTMConfig)]
+
+
+def _layer(cls, cfg_cls, expansion=1.0, dim=8, dtype=torch.float32, seed=0, **kw):
+    torch.manual_seed(seed)
+    return cls(cfg_cls(dim=dim, expansion=expansion, **kw)).to(dtype)
+
+
+def test_g_activation():
+    x = torch.tensor([-2.0, -0.0, 0.0, 1.5])
+    torch.testing.assert_close(g(x), torch.tensor([torch.sigmoid(torch.tensor(-2.0)).item(), 0.5, 0.5, 2.0]))
+
+
+@pytest.mark.parametrize("cls,cfg_cls", LAYERS)
+@pytest.mark.parametrize("expansion", [1.0, 1.5])
+def test_layer_shapes_and_out_proj(cls, cfg_cls, expansion):
+    layer = _layer(cls, cfg_cls, expansion)
+    y = layer(torch.randn(2, 7, 8))
+    assert y.shape == (2, 7, 8)
+    names = {n for n, _ in layer.named_parameters()}
+    assert ("out_proj.weight" in names) == (expansion != 1.0)
+    assert "in_proj.weight" in names
+
+
+@pytest.mark.parametrize("cls,cfg_cls", LAYERS)
+def test_layer_causal(cls, cfg_cls):
+    layer = _layer(cls, cfg_cls, 1.5)
+    x = torch.randn(2, 10, 8)
+    x2 = x.clone()
+    x2[:, 6:] += torch.randn(2, 4, 8)
+    y, y2 = layer(x), layer(x2)
+    torch.testing.assert_close(y[:, :6], y2[:, :6])
+    assert not torch.allclose(y[:, 6:], y2[:, 6:])
+
+
+@pytest.mark.parametrize("cls,cfg_cls", LAYERS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_step_matches_forward(cls, cfg_cls, dtype):
+    layer = _layer(cls, cfg_cls, 1.5, dtype=dtype)
+    x = torch.randn(3, 9, 8, dtype=dtype)
+    y = layer(x)
+    state = layer.init_state(3, x.device, dtype)
+    steps = []
+    for t in range(x.shape[1]):
+        y_t, state = layer.step(x[:, t], state)
+        steps.append(y_t)
+    torch.testing.assert_close(torch.stack(steps, 1), y)
+
+
+@pytest.mark.parametrize("cls,cfg_cls", LAYERS)
+def test_layer_heinsen_backend_matches_naive(cls, cfg_cls):
+    x = torch.randn(2, 33, 8)
+    y_naive = _layer(cls, cfg_cls, 1.5, backend="naive")(x)
+    y_log = _layer(cls, cfg_cls, 1.5, backend="heinsen")(x)
+    torch.testing.assert_close(y_log, y_naive, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cls,cfg_cls", LAYERS)
+def test_layer_gradcheck(cls, cfg_cls):
+    layer = _layer(cls, cfg_cls, 1.5, dim=3, dtype=torch.float64)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_minlstm_gates_normalised():
+    layer = _layer(MinLSTM, MinLSTMConfig, dtype=torch.float64)
+    x = torch.randn(2, 4, 8, dtype=torch.float64) * 5
+    a, b = layer._coeffs(x)
+    _, f, i = layer.in_proj(x).chunk(3, -1)
+    sf, si = torch.sigmoid(f), torch.sigmoid(i)
+    torch.testing.assert_close(a, sf / (sf + si))
+    h_tilde = layer.in_proj(x).chunk(3, -1)[0]
+    torch.testing.assert_close(b, si / (sf + si) * g(h_tilde))
+
+
+@pytest.mark.parametrize(
+    "model,dim,depth,expected",
+    [
+        ("mingru", 2752, 24, 364_370_304),
+        ("mingru", 3520, 16, 397_513_600),
+        ("minlstm", 2304, 24, 382_910_976),
+        ("minlstm", 2880, 16, 398_966_400),
+    ],
+)
+def test_seed_param_counts(model, dim, depth, expected):
+    assert count_params(ModelConfig(model=model, dim=dim, depth=depth)) == expected
+
+
+@pytest.mark.parametrize("model", ["mingru", "minlstm"])
+@pytest.mark.parametrize("e", [1.0, 2.0])
+def test_param_formula(model, e):
+    D, L = 64, 3
+    di = int(D * e)
+    k = 2 if model == "mingru" else 3
+    per_layer = k * D * di + (di * D if e != 1 else 0) + 2 * D
+    expected = L * per_layer + 256 * D + 2 * D
+    assert count_params(ModelConfig(model=model, dim=D, depth=L, layer={"expansion": e})) == expected
+
+
+@pytest.mark.parametrize("cfg_cls", [MinGRUConfig, MinLSTMConfig])
+def test_config_validation(cfg_cls):
+    cfg_cls(dim=8).validate()
+    with pytest.raises(ValueError, match="dim must be positive"):
+        cfg_cls(dim=0).validate()
+    with pytest.raises(ValueError, match="expansion must be positive"):
+        cfg_cls(dim=8, expansion=-1.0).validate()
+    with pytest.raises(ValueError, match="expansion must give at least one inner unit"):
+        cfg_cls(dim=8, expansion=0.01).validate()
+    with pytest.raises(ValueError, match="backend must be one of"):
+        cfg_cls(dim=8, backend="fast").validate()
+    with pytest.raises(ValueError, match="unknown mingru layer option"):
+        ModelConfig(model="mingru", dim=8, depth=1, layer={"state_expansion": 2}).validate()
+
+
+@pytest.mark.parametrize("model", ["mingru", "minlstm"])
+def test_lm_step_matches_forward(model):
+    from rnnlab.models.lm import LM
+
+    torch.manual_seed(0)
+    lm = LM(ModelConfig(model=model, dim=16, depth=2, layer={"expansion": 1.5})).eval()
+    idx = torch.randint(0, 256, (2, 6))
+    logits = lm(idx)
+    state = lm.init_state(2)
+    outs = []
+    for t in range(idx.shape[1]):
+        lt, state = lm.step(idx[:, t], state)
+        outs.append(lt)
+    torch.testing.assert_close(torch.stack(outs, 1), logits, rtol=1e-4, atol=1e-4)
