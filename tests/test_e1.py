@@ -1,0 +1,233 @@
+"""E1 layer: seed parity (defaults), shapes, causality, step == forward for every variant,
+gradcheck, parameter counts, init and spectral-norm behaviour, config validation."""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.layers.e1 import E1, E1Config
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.params import count_params
+
+
+def make(dtype=torch.float32, randomize=True, seed=0, **kw):
+    """A small E1 in eval mode; ``randomize`` perturbs every parameter so zero-initialised parts
+    (U, b, b_a offsets) are exercised too."""
+    torch.manual_seed(seed)
+    layer = E1(E1Config(dim=kw.pop("dim", 8), **kw)).to(dtype).eval()
+    if randomize:
+        with torch.no_grad():
+            for p in layer.parameters():
+                p.add_(torch.randn_like(p) * 0.2)
+    return layer
+
+
+def run_steps(layer, x):
+    state = layer.init_state(x.shape[0], x.device, x.dtype)
+    ys = []
+    for t in range(x.shape[1]):
+        y, state = layer.step(x[:, t], state)
+        ys.append(y)
+    return torch.stack(ys, 1)
+
+
+# ------------------------------------------------------------------ seed parity / defaults
+def seed_e1(layer, x):
+    """The seed's E1 forward written out (spec §1.2), using the layer's weights and ``u``."""
+    xr, z = F.linear(x, layer.in_proj.weight).chunk(2, dim=-1)
+    xr = F.silu(xr)
+    W, u = layer.W_h, layer.spectral_u.clone()
+    with torch.no_grad():
+        for _ in range(3):
+            v = W.t() @ u
+            v = v / (v.norm(dim=-1, keepdim=True) + 1e-8)
+            u = W @ v
+            u = u / (u.norm(dim=-1, keepdim=True) + 1e-8)
+    sigma = (u @ W @ v).abs()
+    Wh = W * 0.99 / (sigma + 1e-8)
+    pre = F.linear(xr, layer.W_x, layer.b)
+    h = torch.zeros(x.shape[0], W.shape[0])
+    hs = []
+    for t in range(x.shape[1]):
+        h = torch.tanh(pre[:, t] + h @ Wh.T)
+        hs.append(h)
+    return F.linear(torch.stack(hs, 1) * F.silu(z), layer.out_proj.weight)
+
+
+def test_defaults_are_the_seed_e1():
+    a = make(randomize=False, seed=3)
+    b = make(randomize=False, seed=3, expansion=1.0, conv=0, heads=1, selective="none",
+             state_expansion=1, init="xavier", norm="spectral", spectral_radius=0.99, power_iters=3)
+    names = [n for n, _ in a.named_parameters()]
+    assert sorted(names) == sorted(["in_proj.weight", "W_x", "W_h", "b", "out_proj.weight"])
+    assert a.W_h.shape == (8, 8) and a.b.abs().sum() == 0
+    for (n, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(p, q), n
+    assert torch.equal(a.spectral_u, b.spectral_u)
+    x = torch.randn(2, 6, 8)
+    ya = a(x)
+    assert torch.equal(ya, b(x))
+    assert torch.equal(ya, seed_e1(a, x))  # bitwise the plain seed path
+
+
+def test_param_names_with_features():
+    names = lambda **kw: {n for n, _ in make(randomize=False, **kw).named_parameters()}
+    base = {"in_proj.weight", "W_x", "W_h", "b", "out_proj.weight"}
+    assert names(conv=4) == base | {"conv1d.weight", "conv1d.bias"}
+    assert names(selective="decay") == base | {"W_a", "b_a"}
+    assert names(selective="lowrank") == base | {"W_s", "U", "V"}
+    assert names(state_expansion=2) == base | {"W_r"}
+    assert names(norm="rms") == base | {"h_norm.weight"}
+    layer = make(randomize=False, dim=8, expansion=1.5, heads=3, state_expansion=2)
+    assert layer.W_x.shape == (24, 12) and layer.W_h.shape == (3, 8, 8) and layer.W_r.shape == (12, 24)
+
+
+@pytest.mark.parametrize("model_dim,depth,layer,expected", [
+    (1760, 26, {}, 403_279_360),
+    (3584, 6, {}, 386_340_864),
+    (1024, 19, {"expansion": 2.5}, 398_810_624),
+])
+def test_param_counts(model_dim, depth, layer, expected):
+    assert count_params(ModelConfig(model="e1", dim=model_dim, depth=depth, layer=layer)) == expected
+
+
+# ---------------------------------------------------------------- shapes, causality, step
+VARIANTS = [
+    dict(conv=c, heads=h, selective=s, state_expansion=k, norm=n)
+    for c, h, s, k, n in itertools.product([0, 3], [1, 2], ["none", "decay", "lowrank"], [1, 2],
+                                           ["spectral", "none", "rms"])
+]
+_id = lambda kw: "-".join(f"{k}={v}" for k, v in kw.items())
+
+
+@pytest.mark.parametrize("kw", VARIANTS, ids=[_id(v) for v in VARIANTS])
+def test_step_matches_forward(kw):
+    layer = make(selective_rank=3, **kw)
+    x = torch.randn(2, 6, 8)
+    with torch.no_grad():
+        y = layer(x)
+        assert y.shape == x.shape and torch.isfinite(y).all()
+        torch.testing.assert_close(run_steps(layer, x), y, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kw", [{}, dict(init="mamba2"), dict(init="identity", norm="none"),
+                                dict(expansion=1.5, heads=4, selective="lowrank", conv=2),
+                                dict(selective="decay", state_expansion=3, heads=3, norm="rms")],
+                         ids=_id)
+def test_causal_and_shapes(kw):
+    layer = make(**kw)
+    x = torch.randn(3, 7, 8)
+    y = layer(x)
+    assert y.shape == (3, 7, 8)
+    t = 3
+    x2 = x.clone()
+    x2[:, t + 1:] += torch.randn_like(x2[:, t + 1:])
+    y2 = layer(x2)
+    torch.testing.assert_close(y2[:, : t + 1], y[:, : t + 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(y2[:, t + 1:], y[:, t + 1:])
+
+
+@pytest.mark.parametrize("kw", [{}, dict(heads=2), dict(selective="decay"), dict(selective="lowrank", selective_rank=2),
+                                dict(state_expansion=2, conv=2), dict(norm="rms"), dict(norm="none", init="mamba2")],
+                         ids=_id)
+def test_gradcheck_input(kw):
+    layer = make(dtype=torch.float64, dim=4, **kw)
+    x = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(layer, (x,))
+
+
+def test_all_parameters_get_gradients():
+    layer = make(conv=2, heads=2, selective="lowrank", selective_rank=2, state_expansion=2, norm="rms").train()
+    layer(torch.randn(2, 5, 8)).square().sum().backward()
+    for n, p in layer.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, n
+
+
+def test_bf16_runs_close_to_fp32():
+    layer = make(selective="decay")
+    x = torch.randn(2, 6, 8)
+    y = layer(x)
+    yb = layer.to(torch.bfloat16)(x.bfloat16())
+    assert yb.dtype == torch.bfloat16
+    torch.testing.assert_close(yb.float(), y, rtol=0.05, atol=0.05)
+    ys = run_steps(layer, x.bfloat16())
+    torch.testing.assert_close(ys.float(), yb.float(), rtol=0.05, atol=0.03)
+
+
+def test_lm_step_matches_forward():
+    from rnnlab.models.lm import LM
+
+    torch.manual_seed(0)
+    lm = LM(ModelConfig(model="e1", dim=16, depth=2, layer={"conv": 2, "heads": 2})).eval()
+    idx = torch.randint(0, 256, (2, 5))
+    with torch.no_grad():
+        logits = lm(idx)
+        state = lm.init_state(2)
+        for t in range(5):
+            lt, state = lm.step(idx[:, t], state)
+            torch.testing.assert_close(lt, logits[:, t], rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------ spectral norm and init
+@pytest.mark.parametrize("heads", [1, 4])
+def test_spectral_norm_radius_and_u_updates(heads):
+    layer = make(randomize=False, dim=16, heads=heads, init="mamba2", spectral_radius=0.9)
+    u0 = layer.spectral_u.clone()
+    layer(torch.randn(1, 2, 16))  # eval: u unchanged
+    assert torch.equal(layer.spectral_u, u0)
+    layer.train()(torch.randn(1, 2, 16))  # training: u advanced
+    assert not torch.equal(layer.spectral_u, u0)
+    layer.converge_spectral(200)
+    W = layer.recurrent_weight(update=False)
+    blocks = [W] if heads == 1 else list(W)
+    for blk in blocks:
+        torch.testing.assert_close(torch.linalg.matrix_norm(blk, ord=2), torch.tensor(0.9), rtol=1e-4, atol=1e-4)
+    # u is saved, so a reloaded model computes the same Wh_eff (exact resume)
+    fresh = make(randomize=False, dim=16, heads=heads, init="mamba2", spectral_radius=0.9)
+    fresh.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 3, 16)
+    assert torch.equal(fresh(x), layer(x))
+
+
+def test_inits():
+    m = make(randomize=False, dim=64, heads=2, init="mamba2")
+    for blk in m.W_h:
+        torch.testing.assert_close(blk @ blk.T, torch.eye(32) * 0.999**2, rtol=0, atol=1e-5)
+    assert abs(m.W_x.std().item() - 0.02) < 0.002 and abs(m.in_proj.weight.std().item() - 0.02) < 0.002
+    i = make(randomize=False, dim=8, init="identity", init_scale=0.7)
+    assert torch.equal(i.W_h.detach(), torch.eye(8) * 0.7)
+    x = make(randomize=False, dim=64, heads=4)  # xavier gain 0.1 per 16x16 block: bound 0.1*sqrt(6/32)
+    assert x.W_h.abs().max() <= 0.1 * (6 / 32) ** 0.5
+    d = make(randomize=False, selective="decay")
+    assert torch.equal(d.b_a.detach(), torch.full((8,), 3.0))
+    lr = make(randomize=False, selective="lowrank")
+    assert lr.U.abs().sum() == 0  # starts as plain E1
+
+
+# ------------------------------------------------------------------------- validation
+@pytest.mark.parametrize("kw,msg", [
+    (dict(expansion=-1), r"expansion must be positive, got -1"),
+    (dict(dim=0), r"dim must be positive, got 0"),
+    (dict(conv=-2), r"conv must be >= 0"),
+    (dict(heads=3), r"heads must divide the state width .* = 8, got 3"),
+    (dict(heads=0), r"heads must be positive"),
+    (dict(selective="gate"), r"selective must be one of"),
+    (dict(selective_rank=0), r"selective_rank must be positive"),
+    (dict(state_expansion=1.5), r"state_expansion must be an integer"),
+    (dict(init="kaiming"), r"init must be one of"),
+    (dict(norm="layer"), r"norm must be one of"),
+    (dict(spectral_radius=0.0), r"spectral_radius must be positive"),
+    (dict(power_iters=0), r"power_iters must be positive"),
+    (dict(backend="cuda"), r"backend must be one of"),
+    (dict(expansion=0.01), r"expansion must give int\(dim\*expansion\) >= 1"),
+])
+def test_validation_messages(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        E1(E1Config(**{"dim": 8, **kw}))
+
+
+def test_model_config_rejects_unknown_option():
+    with pytest.raises(ValueError, match="unknown e1 layer option"):
+        ModelConfig(model="e1", layer={"head": 2}).validate()
