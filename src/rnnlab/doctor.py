@@ -1,0 +1,48 @@
+"""``rnnlab doctor``: versions, device, and which fast paths can load — the first thing to run when
+a kernel install misbehaves."""
+
+from __future__ import annotations
+
+import importlib
+import platform
+
+
+def _try(module: str) -> str:
+    try:
+        m = importlib.import_module(module)
+    except Exception as e:  # report any import failure, whatever its kind
+        return f"unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+    return f"ok {getattr(m, '__version__', '')}".rstrip()
+
+
+def _mamba2_backend(backend: str, fused: bool) -> str:
+    if backend != "official":
+        return backend
+    return "official (fused path)" if fused else "official (non-fused: causal_conv1d missing)"
+
+
+def report() -> dict[str, str]:
+    import torch
+
+    from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
+    from rnnlab.ops.ssd import import_mamba_ssm
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
+        "triton": _try("triton"),
+        "schedulefree": _try("schedulefree"),
+        "safetensors": _try("safetensors"),
+        "causal_conv1d": _try("causal_conv1d"),
+        "mamba_ssm": "ok" if import_mamba_ssm() is not None else "unavailable (Mamba2 uses the SSD reference)",
+        "mamba2 backend (auto)": _mamba2_backend(resolve_backend("auto"), causal_conv1d_available()),
+    }
+    for op in ("elman", "scan", "diag"):
+        out[f"triton kernel {op}"] = _try(f"rnnlab.ops.{op}.triton") if torch.cuda.is_available() else "needs CUDA"
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser("doctor", help="print versions and which fast paths load")
+    p.set_defaults(func=lambda args: print("\n".join(f"{k:22s} {v}" for k, v in report().items())))

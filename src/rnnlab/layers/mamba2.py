@@ -1,0 +1,253 @@
+"""Mamba2 mixer as the seed trained it (spec §1.6): ``mamba_ssm`` Mamba2 with d_state=64,
+d_conv=4, expand=2, headdim=64 and the library defaults (ngroups=1, chunk_size=256, gated RMSNorm
+with norm_before_gate=False, A_init_range=(1,16), dt in [1e-3, 0.1] floor 1e-4, conv bias, no
+linear biases).
+
+Backends (``Mamba2Config.backend``):
+
+- ``"official"``: ``mamba_ssm.modules.mamba2.Mamba2`` (Triton SSD, causal_conv1d when installed).
+  Needs mamba_ssm; its forward/step need CUDA tensors.
+- ``"reference"``: pure PyTorch (``rnnlab.ops.ssd.naive``), runs anywhere.
+- ``"auto"``: official when mamba_ssm imports and CUDA is available, else reference.
+
+Checkpoints move freely between the two: both register the same parameters, in the same order,
+directly on this layer (no ``inner.`` prefix)::
+
+    dt_bias [H]  A_log [H]  D [H]  in_proj.weight [2di+2GN+H, D]
+    conv1d.weight [di+2GN, 1, d_conv]  conv1d.bias [di+2GN]  norm.weight [di]  out_proj.weight [D, di]
+
+(di = expand*dim, H = di/headdim, G = ngroups, N = d_state.) In the official backend the layer
+*adopts* a freshly built ``mamba_ssm`` module: its parameters, submodules and attributes are moved
+onto ``self`` and its ``forward``/``step`` are called with ``self``, so the official code runs
+unchanged. Both backends draw the initial values in the same order, so the same seed gives the
+same weights.
+
+State for ``step``: ``(conv_state [B, di+2GN, d_conv] in the model dtype, ssm_state [B, H, headdim,
+N] in fp32, float64 for float64)``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rnnlab.layers.base import State, check_positive
+from rnnlab.ops.ssd import import_mamba_ssm
+from rnnlab.ops.ssd import naive as ssd_naive
+
+BACKENDS = ("auto", "official", "reference")
+
+
+@dataclass
+class Mamba2Config:
+    dim: int
+    d_state: int = 64
+    d_conv: int = 4
+    expand: int = 2
+    headdim: int = 64
+    ngroups: int = 1
+    chunk_size: int = 256
+    backend: str = "auto"
+
+    @property
+    def d_inner(self) -> int:
+        return self.expand * self.dim
+
+    @property
+    def nheads(self) -> int:
+        return self.d_inner // self.headdim
+
+    def validate(self) -> None:
+        for name in ("dim", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            check_positive(name, value)
+        if self.d_inner % self.headdim:
+            raise ValueError(
+                f"headdim must divide d_inner = expand*dim = {self.d_inner}, got {self.headdim}"
+            )
+        if self.nheads % self.ngroups:
+            raise ValueError(
+                f"ngroups must divide the number of heads ({self.nheads}), got {self.ngroups}"
+            )
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+def causal_conv1d_available() -> bool:
+    try:
+        import causal_conv1d  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """``"official"`` or ``"reference"``; an explicit ``"official"`` without mamba_ssm raises."""
+    if backend == "reference":
+        return backend
+    if backend == "official":
+        if import_mamba_ssm() is None:
+            from rnnlab.ops import ssd
+
+            raise RuntimeError(f"Mamba2 backend='official' needs mamba_ssm: {ssd._mamba_error!r}")
+        return backend
+    if backend == "auto":
+        return "official" if torch.cuda.is_available() and import_mamba_ssm() is not None else "reference"
+    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+_warned_no_conv = False
+
+
+class GatedRMSNorm(nn.Module):
+    """``rmsnorm(x * silu(z)) * weight`` per group of ``group_size`` channels (mamba_ssm's
+    ``RMSNormGated`` with norm_before_gate=False); fp32 math, returns ``x``'s dtype."""
+
+    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None):
+        super().__init__()
+        self.eps = eps
+        self.group_size = group_size or hidden_size
+        self.norm_before_gate = False
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float() * F.silu(z.float())
+        g = x.unflatten(-1, (-1, self.group_size))
+        g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + self.eps)
+        return (g.flatten(-2) * self.weight.float()).to(dtype)
+
+
+class Mamba2(nn.Module):
+    """Mamba2 mixer, ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
+
+    def __init__(self, cfg: Mamba2Config):
+        super().__init__()
+        cfg.validate()
+        self.backend = resolve_backend(cfg.backend)
+        if self.backend == "official":
+            self._adopt_official(cfg)
+        else:
+            self._build_reference(cfg)
+        self.cfg = cfg
+
+    # ---------------------------------------------------------------- construction
+    def _adopt_official(self, cfg: Mamba2Config) -> None:
+        global _warned_no_conv
+        from mamba_ssm.modules.mamba2 import Mamba2 as Official
+
+        fused = causal_conv1d_available()
+        if not fused and not _warned_no_conv:
+            _warned_no_conv = True
+            warnings.warn(
+                "causal_conv1d is not installed: official Mamba2 runs with use_mem_eff_path=False "
+                "(nn.Conv1d + Triton SSD + Triton gated RMSNorm; same math, more memory)",
+                stacklevel=3,
+            )
+        inner = Official(
+            d_model=cfg.dim, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+            headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size,
+            use_mem_eff_path=fused,
+        )
+        for name, p in inner.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, m in inner.named_children():
+            self.add_module(name, m)
+        for k, v in vars(inner).items():
+            if not k.startswith("_") and k != "training":
+                setattr(self, k, v)
+        self._official = Official
+
+    def _build_reference(self, cfg: Mamba2Config) -> None:
+        # Same attribute names, registration order and RNG order as mamba_ssm's Mamba2.__init__.
+        self.d_model, self.d_state, self.d_conv = cfg.dim, cfg.d_state, cfg.d_conv
+        self.expand, self.headdim, self.ngroups = cfg.expand, cfg.headdim, cfg.ngroups
+        self.d_inner = self.d_ssm = cfg.d_inner
+        self.nheads = cfg.nheads
+        self.chunk_size = cfg.chunk_size
+        di, G, N, H = self.d_inner, self.ngroups, self.d_state, self.nheads
+        self.in_proj = nn.Linear(cfg.dim, 2 * di + 2 * G * N + H, bias=False)
+        conv_dim = di + 2 * G * N
+        self.conv1d = nn.Conv1d(conv_dim, conv_dim, cfg.d_conv, groups=conv_dim, padding=cfg.d_conv - 1)
+        self.act = nn.SiLU()
+        dt_min, dt_max = 1e-3, 0.1
+        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = torch.clamp(dt, min=1e-4)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.A_log = nn.Parameter(torch.log(torch.empty(H, dtype=torch.float32).uniform_(1, 16)))
+        self.D = nn.Parameter(torch.ones(H))
+        for p in (self.dt_bias, self.A_log, self.D):
+            p._no_weight_decay = True
+        self.norm = GatedRMSNorm(di, eps=1e-5, group_size=di // G)
+        self.out_proj = nn.Linear(di, cfg.dim, bias=False)
+
+    # ---------------------------------------------------------------- helpers
+    def _check_cuda(self, x: torch.Tensor) -> None:
+        if not x.is_cuda:
+            raise RuntimeError(
+                "Mamba2 backend='official' runs only on CUDA tensors; use backend='reference' on CPU"
+            )
+
+    def _split(self, zxbcdt: torch.Tensor):
+        di, GN = self.d_inner, self.ngroups * self.d_state
+        return torch.split(zxbcdt, [di, di + 2 * GN, self.nheads], dim=-1)
+
+    def _ssm_inputs(self, xBC: torch.Tensor, dt: torch.Tensor):
+        di, GN = self.d_inner, self.ngroups * self.d_state
+        x, B, C = torch.split(xBC, [di, GN, GN], dim=-1)
+        x = x.unflatten(-1, (self.nheads, self.headdim))
+        B = B.unflatten(-1, (self.ngroups, self.d_state))
+        C = C.unflatten(-1, (self.ngroups, self.d_state))
+        ct = torch.promote_types(dt.dtype, torch.float32)  # fp32 math (float64 stays)
+        dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct))
+        A = -torch.exp(self.A_log.to(ct))
+        return x, dt, A, B, C
+
+    # ---------------------------------------------------------------- contract
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "official":
+            self._check_cuda(x)
+            return self._official.forward(self, x)
+        T = x.shape[1]
+        z, xBC, dt = self._split(self.in_proj(x))
+        xBC = self.act(self.conv1d(xBC.transpose(1, 2))[..., :T].transpose(1, 2))
+        xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
+        y = ssd_naive.ssd_scan(xs, dt, A, B, C, self.chunk_size)
+        y = y + xs * self.D.to(y.dtype)[:, None]
+        return self.out_proj(self.norm(y.flatten(-2), z))
+
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
+        conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
+        # [B, d_conv, C].transpose: the layout mamba_ssm allocates (causal_conv1d_update accepts it)
+        conv = torch.zeros(batch, self.d_conv, conv_dim, device=device, dtype=dtype).transpose(1, 2)
+        sdt = torch.promote_types(dtype, torch.float32)
+        ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=sdt)
+        return conv, ssm
+
+    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        conv, ssm = state
+        if self.backend == "official":
+            self._check_cuda(x_t)
+            conv, ssm = conv.clone(), ssm.clone()  # official step updates in place
+            y, conv, ssm = self._official.step(self, x_t.unsqueeze(1), conv, ssm)
+            return y.squeeze(1), (conv, ssm)
+        z, xBC, dt = self._split(self.in_proj(x_t))
+        conv = torch.cat([conv[..., 1:], xBC.unsqueeze(-1).to(conv.dtype)], dim=-1)
+        xBC = (conv * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias
+        xBC = self.act(xBC).to(x_t.dtype)
+        xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
+        ct = dt.dtype
+        Bh = ssd_naive._heads(B.to(ct).unsqueeze(1), self.nheads).squeeze(1)  # [b, H, N]
+        Ch = ssd_naive._heads(C.to(ct).unsqueeze(1), self.nheads).squeeze(1)
+        dA = torch.exp(dt * A)
+        ssm = ssm.to(ct) * dA[..., None, None] + torch.einsum("bh,bhn,bhp->bhpn", dt, Bh, xs.to(ct))
+        y = torch.einsum("bhpn,bhn->bhp", ssm, Ch).to(x_t.dtype)
+        y = y + xs * self.D.to(y.dtype)[:, None]
+        return self.out_proj(self.norm(y.flatten(-2), z)), (conv, ssm)

@@ -1,0 +1,68 @@
+"""CausalSelfAttention: shapes, causality, KV-cache stepping, RoPE, config validation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnlab.layers.attention import AttentionConfig, CausalSelfAttention, rope
+
+
+def _layer(dim=64, head_dim=16, dtype=torch.float64, seed=0):
+    torch.manual_seed(seed)
+    return CausalSelfAttention(AttentionConfig(dim=dim, head_dim=head_dim)).to(dtype)
+
+
+def test_shapes_and_params():
+    layer = _layer(dtype=torch.float32)
+    x = torch.randn(3, 11, 64)
+    assert layer(x).shape == x.shape
+    shapes = {k: tuple(v.shape) for k, v in layer.state_dict().items()}
+    assert shapes == {"qkv.weight": (192, 64), "out.weight": (64, 64)}
+
+
+def test_causal():
+    layer = _layer()
+    x = torch.randn(2, 17, 64, dtype=torch.float64)
+    y = layer(x)
+    x2 = x.clone()
+    x2[:, 9:] = torch.randn(2, 8, 64, dtype=torch.float64)
+    y2 = layer(x2)
+    torch.testing.assert_close(y2[:, :9], y[:, :9])
+    assert not torch.allclose(y2[:, 9:], y[:, 9:])
+
+
+def test_step_matches_forward():
+    layer = _layer()
+    x = torch.randn(2, 13, 64, dtype=torch.float64)
+    y = layer(x)
+    state = layer.init_state(2, x.device, x.dtype)
+    outs = []
+    for t in range(x.shape[1]):
+        y_t, state = layer.step(x[:, t], state)
+        outs.append(y_t)
+    torch.testing.assert_close(torch.stack(outs, 1), y)
+    assert state[0].shape == (2, 4, 13, 16) and state[1].shape == (2, 4, 13, 16)
+
+
+def test_rope_is_relative():
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+
+    def score(i, j):
+        qi = rope(q, torch.tensor([i]), 10000.0)
+        kj = rope(k, torch.tensor([j]), 10000.0)
+        return (qi * kj).sum()
+
+    torch.testing.assert_close(score(5, 2), score(103, 100))
+    torch.testing.assert_close(rope(q, torch.tensor([0]), 10000.0), q)  # position 0: identity
+
+
+@pytest.mark.parametrize(
+    "kw,field",
+    [(dict(dim=100, head_dim=64), "head_dim"), (dict(dim=64, head_dim=0), "head_dim"),
+     (dict(dim=63, head_dim=21), "even"), (dict(dim=64, rope_base=-1.0), "rope_base")],
+)
+def test_validate_names_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        AttentionConfig(**kw).validate()

@@ -1,0 +1,265 @@
+"""Mamba2: SSD reference op, the pure-PyTorch layer, and its equivalence with mamba_ssm (CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.layers.mamba2 import Mamba2, Mamba2Config
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.params import count_params
+from rnnlab.ops.ssd import import_mamba_ssm, naive, ssd_scan
+
+needs_mamba = pytest.mark.skipif(import_mamba_ssm() is None, reason="mamba_ssm not importable")
+
+
+def _ssd_inputs(b=2, T=37, h=4, p=3, g=2, n=5, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, T, h, p, generator=gen, dtype=dtype)
+    dt = torch.rand(b, T, h, generator=gen, dtype=dtype) * 0.5 + 0.01
+    A = -torch.rand(h, generator=gen, dtype=dtype) * 2 - 0.1
+    B = torch.randn(b, T, g, n, generator=gen, dtype=dtype)
+    C = torch.randn(b, T, g, n, generator=gen, dtype=dtype)
+    return x, dt, A, B, C
+
+
+def _tiny(**kw) -> Mamba2Config:
+    base = dict(dim=32, d_state=8, d_conv=4, expand=2, headdim=16, chunk_size=8, backend="reference")
+    base.update(kw)
+    return Mamba2Config(**base)
+
+
+# ----------------------------------------------------------------------------- op
+@pytest.mark.parametrize("T,chunk", [(37, 8), (16, 16), (5, 256), (1, 4)])
+def test_chunked_matches_sequential(T, chunk):
+    x, dt, A, B, C = _ssd_inputs(T=T)
+    s0 = torch.randn(2, 4, 3, 5)
+    y1, f1 = naive.ssd_scan(x, dt, A, B, C, chunk, initial_state=s0, return_final_state=True)
+    y2, f2 = naive.ssd_recurrent(x, dt, A, B, C, initial_state=s0, return_final_state=True)
+    torch.testing.assert_close(y1, y2, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(f1, f2, atol=1e-4, rtol=1e-4)
+
+
+def test_dispatch_and_dtype():
+    x, dt, A, B, C = _ssd_inputs(T=20)
+    torch.testing.assert_close(ssd_scan(x, dt, A, B, C, 8), naive.ssd_scan(x, dt, A, B, C, 8))
+    y = ssd_scan(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16(), 8, backend="naive")
+    assert y.dtype == torch.bfloat16
+    with pytest.raises(RuntimeError, match="CUDA"):
+        ssd_scan(x, dt, A, B, C, 8, backend="triton")
+    with pytest.raises(ValueError, match="backend"):
+        ssd_scan(x, dt, A, B, C, 8, backend="nope")
+
+
+@needs_mamba
+def test_matches_ssd_minimal_discrete():
+    from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete
+
+    x, dt, A, B, C = _ssd_inputs(T=32, g=2, h=4)
+    y_ref, s_ref = ssd_minimal_discrete(
+        x * dt[..., None], A * dt, B.repeat_interleave(2, 2), C.repeat_interleave(2, 2), 8
+    )
+    y, s = naive.ssd_scan(x, dt, A, B, C, 8, return_final_state=True)
+    torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
+
+
+def test_gradcheck_ssd_scan():
+    x, dt, A, B, C = _ssd_inputs(b=1, T=6, h=2, p=2, g=1, n=3, dtype=torch.float64)
+    args = tuple(t.clone().requires_grad_() for t in (x, dt, A, B, C))
+    assert torch.autograd.gradcheck(lambda *a: naive.ssd_scan(*a, chunk_size=4), args)
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize(
+    "kw,field",
+    [
+        (dict(headdim=24), "headdim"),
+        (dict(ngroups=3), "ngroups"),
+        (dict(d_state=0), "d_state"),
+        (dict(backend="cuda"), "backend"),
+        (dict(chunk_size=-1), "chunk_size"),
+    ],
+)
+def test_validate_names_field(kw, field):
+    with pytest.raises(ValueError, match=field):
+        _tiny(**kw).validate()
+
+
+def test_defaults_are_the_seeds():
+    cfg = Mamba2Config(dim=1728)
+    assert (cfg.d_state, cfg.d_conv, cfg.expand, cfg.headdim, cfg.ngroups, cfg.chunk_size) == (64, 4, 2, 64, 1, 256)
+    assert cfg.nheads == 54
+
+
+# ----------------------------------------------------------------------------- layer
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_step_matches_forward(ngroups):
+    torch.manual_seed(0)
+    layer = Mamba2(_tiny(ngroups=ngroups)).double()
+    x = torch.randn(2, 19, 32, dtype=torch.float64)
+    y = layer(x)
+    state = layer.init_state(2, x.device, x.dtype)
+    assert state[0].shape == (2, 64 + 2 * ngroups * 8, 4) and state[1].shape == (2, 4, 16, 8)
+    outs = []
+    for t in range(x.shape[1]):
+        y_t, state = layer.step(x[:, t], state)
+        outs.append(y_t)
+    torch.testing.assert_close(torch.stack(outs, 1), y, atol=1e-10, rtol=1e-8)
+
+
+def test_causal_and_shape():
+    torch.manual_seed(0)
+    layer = Mamba2(_tiny())
+    x = torch.randn(2, 21, 32)
+    y = layer(x)
+    assert y.shape == x.shape
+    x2 = x.clone()
+    x2[:, 13:] = torch.randn(2, 8, 32)
+    torch.testing.assert_close(layer(x2)[:, :13], y[:, :13])
+    assert not torch.allclose(layer(x2)[:, 13:], y[:, 13:])
+
+
+def test_bf16_forward_runs():
+    layer = Mamba2(_tiny()).bfloat16()
+    y = layer(torch.randn(1, 10, 32, dtype=torch.bfloat16))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+
+
+def test_param_counts_match_the_seed():
+    assert count_params(ModelConfig(model="mamba2", dim=1728, depth=22)) == 402_064_492
+    assert count_params(ModelConfig(model="mamba2", dim=1728, depth=22, layer={"d_state": 128})) == 406_944_620
+
+
+def test_init_ranges():
+    torch.manual_seed(0)
+    layer = Mamba2(Mamba2Config(dim=256))  # 8 heads
+    A = torch.exp(layer.A_log)
+    assert ((A >= 1) & (A <= 16)).all()
+    dt = F.softplus(layer.dt_bias)
+    assert ((dt >= 1e-3 - 1e-6) & (dt <= 0.1 + 1e-6)).all()
+    assert (layer.D == 1).all() and (layer.norm.weight == 1).all()
+
+
+# ----------------------------------------------------------------------------- vs mamba_ssm
+def _official(cfg: Mamba2Config):
+    from mamba_ssm.modules.mamba2 import Mamba2 as Official
+
+    return Official(
+        d_model=cfg.dim, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand,
+        headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size, use_mem_eff_path=False,
+    )
+
+
+@needs_mamba
+@pytest.mark.parametrize("ngroups", [1, 2])
+def test_state_dict_and_init_match_official(ngroups):
+    cfg = _tiny(ngroups=ngroups)
+    torch.manual_seed(0)
+    off = _official(cfg).state_dict()
+    torch.manual_seed(0)
+    ref = Mamba2(cfg).state_dict()
+    assert list(ref) == list(off)
+    for k in off:
+        assert ref[k].shape == off[k].shape, k
+        torch.testing.assert_close(ref[k], off[k], msg=k)  # same RNG order -> same init
+
+
+@needs_mamba
+def test_official_backend_adopts_module_on_cpu(monkeypatch):
+    import rnnlab.layers.mamba2 as m
+
+    monkeypatch.setattr(m, "_warned_no_conv", False)
+    cfg = _tiny(backend="official")
+    if m.causal_conv1d_available():
+        layer = Mamba2(cfg)
+    else:
+        with pytest.warns(UserWarning, match="causal_conv1d"):
+            layer = Mamba2(cfg)
+    assert layer.backend == "official"
+    ref = Mamba2(_tiny())
+    assert [(k, v.shape) for k, v in layer.state_dict().items()] == [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert not any(k.startswith("inner") for k, _ in layer.named_parameters())
+    ref.load_state_dict(layer.state_dict())  # checkpoints move between backends
+    layer.load_state_dict(ref.state_dict())
+    with pytest.raises(RuntimeError, match="CUDA"):
+        layer(torch.randn(1, 4, 32))
+
+
+@needs_mamba
+def test_forward_matches_mamba_ssm_reference_ops():
+    """Official forward (use_mem_eff_path=False) with mamba_ssm's own CPU references substituted."""
+    from mamba_ssm.ops.triton.layernorm_gated import rms_norm_ref
+    from mamba_ssm.ops.triton.ssd_combined import ssd_chunk_scan_combined_ref
+
+    cfg = _tiny(ngroups=2)
+    torch.manual_seed(0)
+    off = _official(cfg)
+    layer = Mamba2(cfg)
+    layer.load_state_dict(off.state_dict())
+    x = torch.randn(2, 24, 32)  # the ref needs T % chunk_size == 0
+    with torch.no_grad():
+        z, xBC, dt = torch.split(off.in_proj(x), [64, 64 + 2 * 2 * 8, 4], dim=-1)
+        xBC = F.silu(off.conv1d(xBC.transpose(1, 2)).transpose(1, 2)[:, :-3])
+        xs, B, C = torch.split(xBC, [64, 16, 16], dim=-1)
+        y = ssd_chunk_scan_combined_ref(
+            xs.unflatten(-1, (4, 16)), dt, -torch.exp(off.A_log), B.unflatten(-1, (2, 8)),
+            C.unflatten(-1, (2, 8)), cfg.chunk_size, D=off.D, dt_bias=off.dt_bias, dt_softplus=True,
+        )
+        y = rms_norm_ref(y.flatten(-2), off.norm.weight, None, z=z, eps=1e-5, group_size=32, norm_before_gate=False)
+        expect = off.out_proj(y)
+        torch.testing.assert_close(layer(x), expect, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- GPU (pytest -m gpu)
+def gpu_official(fn):
+    """GPU test of the official backend: needs CUDA and mamba_ssm."""
+    fn = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(fn)
+    return pytest.mark.gpu(needs_mamba(fn))
+
+
+def _pair(dim=256, **kw):
+    """(official, reference) layers on CUDA with the same weights, fp32."""
+    torch.manual_seed(0)
+    off = Mamba2(Mamba2Config(dim=dim, chunk_size=64, backend="official", **kw)).cuda()
+    ref = Mamba2(Mamba2Config(dim=dim, chunk_size=64, backend="reference", **kw)).cuda()
+    ref.load_state_dict(off.state_dict())
+    return off, ref
+
+
+@gpu_official
+@pytest.mark.parametrize("ngroups", [1, 2])
+@pytest.mark.parametrize("T", [100, 128])
+def test_gpu_official_matches_reference(ngroups, T):
+    off, ref = _pair(ngroups=ngroups)
+    x = torch.randn(2, T, 256, device="cuda", requires_grad=True)
+    y_off = off(x)
+    y_ref = ref(x)
+    torch.testing.assert_close(y_off, y_ref, atol=2e-3, rtol=2e-3)
+    g = torch.randn_like(y_off)
+    (gx_off,) = torch.autograd.grad(y_off, x, g)
+    (gx_ref,) = torch.autograd.grad(y_ref, x, g)
+    torch.testing.assert_close(gx_off, gx_ref, atol=5e-3, rtol=5e-3)
+    y_b = off.bfloat16()(x.detach().bfloat16())
+    assert (y_b.float() - y_ref).abs().max() < 0.05 * y_ref.abs().max()
+
+
+@gpu_official
+def test_gpu_official_step_matches_forward():
+    off, ref = _pair()
+    x = torch.randn(2, 20, 256, device="cuda")
+    with torch.no_grad():
+        y = off(x)
+        s_off = off.init_state(2, x.device, x.dtype)
+        s_ref = ref.init_state(2, x.device, x.dtype)
+        outs, outs_ref = [], []
+        for t in range(x.shape[1]):
+            y_t, s_off = off.step(x[:, t], s_off)
+            r_t, s_ref = ref.step(x[:, t], s_ref)
+            outs.append(y_t)
+            outs_ref.append(r_t)
+    torch.testing.assert_close(torch.stack(outs, 1), y, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(torch.stack(outs_ref, 1), y, atol=2e-3, rtol=2e-3)
+    torch.testing.assert_close(s_off[1], s_ref[1], atol=1e-3, rtol=1e-3)
+
