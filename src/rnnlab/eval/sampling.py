@@ -1,0 +1,62 @@
+"""Text generation by stepping the model one byte at a time.
+
+``generate`` uses ``LM.init_state`` / ``LM.step``: recurrent layers carry a fixed-size state, so
+memory stays constant however long the text (attention grows its key/value cache). The prompt is
+fed byte by byte through ``step``; then each new byte is sampled from the last logits.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float = 1.0,
+             top_k: int | None = None, seed: int = 0) -> bytes:
+    """``n_tokens`` new bytes continuing ``prompt`` (the prompt itself is not returned).
+
+    ``temperature=0`` is greedy; ``top_k`` keeps the k most likely bytes (None/0 = all).
+    Deterministic for a fixed ``seed`` on a given device.
+    """
+    if isinstance(prompt, str):
+        prompt = prompt.encode("utf-8")
+    if not prompt:
+        raise ValueError("prompt must be at least one byte")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0:
+        raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_k is not None and top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k}")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    try:
+        state = model.init_state(1)
+        logits = None
+        for b in prompt:
+            logits, state = model.step(torch.tensor([b], device=device, dtype=torch.long), state)
+        out = bytearray()
+        for _ in range(n_tokens):
+            nxt = _pick(logits[0].float(), temperature, top_k, gen)
+            out.append(nxt)
+            if len(out) < n_tokens:
+                logits, state = model.step(torch.tensor([nxt], device=device, dtype=torch.long), state)
+    finally:
+        model.train(was_training)
+    return bytes(out)
+
+
+def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:
+    if temperature == 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k:
+        k = min(int(top_k), logits.numel())
+        kth = torch.topk(logits, k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    return int(torch.multinomial(probs, 1, generator=gen))

@@ -1,0 +1,196 @@
+"""Checkpoints: ``ckpt/model.safetensors`` (the weights to evaluate/ship) + ``ckpt/state.pt``.
+
+- ``model.safetensors``: the model's state dict. For Schedule-Free these are the averaged
+  weights x (the optimizer's eval point). A tied ``head.weight`` is stored once, as
+  ``embed.weight`` (metadata ``tied=1``), and re-tied on load. Metadata also records the step.
+- ``state.pt``: everything else needed to continue bit-exactly, loadable with
+  ``torch.load(weights_only=True)``: optimizer and scheduler state, Schedule-Free's training point
+  y, step/tokens/elapsed time, the last train losses, RNG states, and plain tensor attributes of
+  modules that are neither parameters nor buffers (e.g. E1's spectral-norm power-iteration vector
+  ``u``, which evolves during training).
+
+Both files are written to a temporary name and moved into place with ``os.replace``; the step
+is stored in both and checked on load, so a crash between the two moves is detected.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnlab.train.optim import eval_weights, is_schedulefree, load_train_point, train_point
+
+FORMAT = 1
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "state.pt"
+
+
+def ckpt_dir(run_dir: str | os.PathLike) -> Path:
+    return Path(run_dir) / "ckpt"
+
+
+def has_checkpoint(run_dir: str | os.PathLike) -> bool:
+    d = ckpt_dir(run_dir)
+    return (d / MODEL_FILE).exists() and (d / STATE_FILE).exists()
+
+
+def _tied(model: nn.Module) -> bool:
+    head, embed = getattr(model, "head", None), getattr(model, "embed", None)
+    return head is not None and embed is not None and head.weight is embed.weight
+
+
+def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with tied ``head.weight`` dropped, contiguous tensors, no shared storage."""
+    sd = model.state_dict()
+    if _tied(model):
+        sd.pop("head.weight", None)
+    return {k: v.detach().contiguous() for k, v in sd.items()}
+
+
+def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    meta = {"format": "rnnlab", "tied": "1" if _tied(model) else "0", **(metadata or {})}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(model_state_dict(model), str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
+    """Load ``model.safetensors`` into ``model`` (strict, re-tying the head); returns metadata."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    sd = load_file(str(path), device=str(next(model.parameters()).device))
+    if _tied(model):
+        sd.pop("head.weight", None)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing = [k for k in missing if k != "head.weight"]
+    else:
+        missing, unexpected = model.load_state_dict(sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}")
+    return meta
+
+
+def _module_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Plain tensor attributes (not parameters/buffers) of every submodule."""
+    out = {}
+    for mname, mod in model.named_modules():
+        for attr, v in vars(mod).items():
+            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and not attr.startswith("__"):
+                out[f"{mname}.{attr}" if mname else attr] = v.detach().clone()
+    return out
+
+
+def _restore_module_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    mods = dict(model.named_modules())
+    for key, v in tensors.items():
+        mname, _, attr = key.rpartition(".")
+        mod = mods.get(mname)
+        if mod is None or not isinstance(getattr(mod, attr, None), torch.Tensor):
+            continue
+        old = getattr(mod, attr)
+        setattr(mod, attr, v.to(device=old.device, dtype=old.dtype))
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    st = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
+                  int(np_state[3]), float(np_state[4])],
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def set_rng_state(st: dict[str, Any]) -> None:
+    torch.set_rng_state(st["torch"])
+    n = st["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    random.setstate(_to_tuples(st["python"]))
+    if "cuda" in st and torch.cuda.is_available() and len(st["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, tuple) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt, sched, progress: dict[str, Any]) -> Path:
+    """Write ``run_dir/ckpt``. ``progress`` holds step, tokens, elapsed_s, losses, ... (plain data).
+
+    Schedule-Free: the state dict and y are taken in train mode; the weights file gets x (via
+    ``eval_weights``, which restores y exactly afterwards), so training continues unperturbed.
+    """
+    d = ckpt_dir(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    step = int(progress["step"])
+    state = {
+        "format": FORMAT,
+        "progress": progress,
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "train_point": train_point(opt),
+        "module_tensors": _module_tensors(model),
+        "rng": rng_state(),
+    }
+    if state["scheduler"] is not None:  # the LR function is rebuilt from the config on resume
+        state["scheduler"]["lr_lambdas"] = [None] * len(state["scheduler"].get("lr_lambdas", [None]))
+    with eval_weights(model, opt):
+        save_weights(model, d / MODEL_FILE, metadata={"step": str(step)})
+    tmp = d / (STATE_FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, d / STATE_FILE)
+    return d
+
+
+def load_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt=None, sched=None) -> dict[str, Any]:
+    """Restore ``model`` (and ``opt``/``sched`` when given) from ``run_dir/ckpt``; returns progress.
+
+    With ``opt=None`` the model gets the shipped weights (x for Schedule-Free), for eval/sampling.
+    """
+    d = ckpt_dir(run_dir)
+    if not has_checkpoint(run_dir):
+        raise FileNotFoundError(f"no checkpoint in {d} (expected {MODEL_FILE} and {STATE_FILE})")
+    meta = load_weights(model, d / MODEL_FILE)
+    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{d / STATE_FILE} has checkpoint format {state.get('format')!r}, expected {FORMAT}")
+    step = int(state["progress"]["step"])
+    if meta.get("step") is not None and int(meta["step"]) != step:
+        raise ValueError(f"checkpoint in {d} is inconsistent: weights at step {meta['step']}, state at step {step} "
+                         f"(interrupted while saving?)")
+    _restore_module_tensors(model, state.get("module_tensors") or {})
+    if opt is not None:
+        opt.load_state_dict(state["optimizer"])
+        if is_schedulefree(opt):
+            tp = state.get("train_point")
+            if tp is None:
+                raise ValueError(f"checkpoint in {d} has no Schedule-Free train point")
+            load_train_point(opt, tp)
+            for g in opt.param_groups:
+                g["train_mode"] = True
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    return state["progress"]

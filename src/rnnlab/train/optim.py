@@ -1,0 +1,130 @@
+"""Optimizers: Schedule-Free AdamW (the seed's Table A) or AdamW with linear warmup + cosine decay.
+
+Both use ONE parameter group, as the seed did, so weight decay also reaches LayerNorm weights,
+biases and the (tied) embedding.
+
+Schedule-Free keeps two points: the training point y (what forward/backward see after
+``opt.train()``) and the average x (what you evaluate and ship, after ``opt.eval()``). Switching
+recomputes one from the other with a lerp, which is not bit-exact in floating point. So that
+evaluation and checkpointing never perturb training, ``eval_weights`` swaps to x and then puts
+the exact y back (rather than calling ``opt.train()``), and checkpoints store y alongside x.
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from rnnlab.train.config import TrainConfig
+
+
+def is_schedulefree(opt) -> bool:
+    return bool(opt is not None and opt.param_groups and "train_mode" in opt.param_groups[0])
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig):
+    """``(optimizer, scheduler_or_None)`` for ``cfg.optimizer``; the optimizer starts in train mode."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "schedulefree-adamw":
+        import schedulefree
+
+        opt = schedulefree.AdamWScheduleFree(
+            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+        opt.train()
+        return opt, None
+    if cfg.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                weight_decay=cfg.weight_decay)
+        total = cfg.max_steps()
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=WarmupCosine(cfg.warmup_steps, total))
+        return opt, sched
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+class WarmupCosine:
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine from 1 to 0 at ``total``.
+
+    ``lr_lambda(s)`` gives the factor for the update that follows ``s`` completed steps.
+    """
+
+    def __init__(self, warmup: int, total: int):
+        self.warmup, self.total = int(warmup), int(total)
+
+    def __call__(self, s: int) -> float:
+        if s < self.warmup:
+            return (s + 1) / self.warmup
+        span = max(1, self.total - self.warmup)
+        progress = min(1.0, (s - self.warmup) / span)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def current_lr(opt) -> float:
+    """The LR of the next optimizer step (call it before ``opt.step()``)."""
+    g = opt.param_groups[0]
+    if is_schedulefree(opt):  # the LR the next step() will use (its linear warmup on k)
+        k, w = g.get("k", 0), g["warmup_steps"]
+        return g["lr"] * ((k + 1) / w if k < w else 1.0)
+    return g["lr"]
+
+
+def set_train_mode(model: nn.Module, opt) -> None:
+    """``model.train()`` and, for Schedule-Free, ``opt.train()`` (params become y)."""
+    model.train()
+    if is_schedulefree(opt):
+        opt.train()
+
+
+def set_eval_mode(model: nn.Module, opt) -> None:
+    """``model.eval()`` and, for Schedule-Free, ``opt.eval()`` (params become the average x)."""
+    model.eval()
+    if is_schedulefree(opt):
+        opt.eval()
+
+
+@contextmanager
+def eval_weights(model: nn.Module, opt):
+    """Evaluate (or save) the weights one should ship, then restore training bit-exactly.
+
+    For Schedule-Free in train mode: keep a copy of y, ``opt.eval()`` (params = x), yield, then
+    copy y back and mark the groups as in train mode again. Costs one copy of the weights.
+    For other optimizers only ``model.eval()``/``model.train()`` are toggled.
+    """
+    was_training = model.training
+    backup = None
+    if is_schedulefree(opt) and opt.param_groups[0]["train_mode"]:
+        backup = [[p.detach().clone() for p in g["params"]] for g in opt.param_groups]
+        opt.eval()
+    model.eval()
+    try:
+        yield
+    finally:
+        if backup is not None:
+            with torch.no_grad():
+                for g, saved in zip(opt.param_groups, backup):
+                    for p, y in zip(g["params"], saved):
+                        p.copy_(y)
+                    g["train_mode"] = True
+        model.train(was_training)
+
+
+def train_point(opt) -> list[torch.Tensor] | None:
+    """Schedule-Free's y (the params while in train mode) copied to the CPU, for exact resume;
+    None for other optimizers."""
+    if not is_schedulefree(opt):
+        return None
+    if not opt.param_groups[0]["train_mode"]:
+        raise RuntimeError("train_point() needs the optimizer in train mode")
+    return [p.detach().to("cpu", copy=True) for g in opt.param_groups for p in g["params"]]
+
+
+def load_train_point(opt, tensors: list[torch.Tensor]) -> None:
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if len(params) != len(tensors):
+        raise ValueError(f"checkpoint holds {len(tensors)} Schedule-Free train tensors, model has {len(params)}")
+    with torch.no_grad():
+        for p, y in zip(params, tensors):
+            p.copy_(y)

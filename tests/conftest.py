@@ -1,0 +1,40 @@
+"""Shared test fixtures (kept small)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture
+def tiny_train():
+    """Keyword args for a tiny, fast CPU training run (fp32, 2 layers, 32-byte windows)."""
+    from rnnlab.models.config import ModelConfig
+    from rnnlab.train.config import TrainConfig
+
+    def make(out, model="e1", dim=32, depth=2, **kw):
+        base = dict(batch_size=4, seq_len=32, steps=10, precision="fp32", lr=3e-3, eval_bytes=4096,
+                    device="cpu", out=str(out))
+        base.update(kw)
+        return TrainConfig(model=ModelConfig(model=model, dim=dim, depth=depth), **base)
+
+    return make
+
+
+@pytest.fixture
+def small_corpus(tmp_path):
+    """A 20 kB text file (enough for seq_len 32 and a 1% held-out tail of 200 bytes)."""
+    p = tmp_path / "corpus.txt"
+    p.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 500)[:20000])
+    return p
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and OpenMP spin-waits make them 10x slower
+    when other processes compete for the cores; run such tests single-threaded."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,113 @@
+"""``rnnlab train`` / ``eval`` / ``sample`` through the real entry point (in-process)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from rnnlab.cli import main
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--dim", "32", "--depth", "2", "--seq-len", "32", "--batch-size", "4", "--precision", "fp32",
+        "--eval-bytes", "4096", "--device", "cpu", "--no-progress", "--lr", "3e-3"]
+
+
+def _err(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    return err
+
+
+def test_train_eval_sample(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "6", "--out", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "loss (last 100)" in out and "val loss / bpb" in out
+    assert re.search(r"^complete +True$", out, re.M)
+    summary = json.loads((run / "summary.json").read_text())
+
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["val_loss"] == summary["val_loss"] and r["step"] == 6
+
+    data = tmp_path / "other.txt"
+    data.write_bytes(b"hello world, " * 100)
+    assert main(["eval", "--run", str(run), "--data", str(data), "--eval-bytes", "all"]) == 0
+    text = capsys.readouterr().out
+    assert "val_bpb" in text and f"{(1300 - 1) // 32 * 32:,} bytes" in text
+
+    argv = ["sample", "--run", str(run), "--prompt", "The ", "--tokens", "30", "--seed", "3", "--device", "cpu"]
+    assert main(argv) == 0
+    a = capsys.readouterr().out
+    assert main(argv) == 0
+    assert a == capsys.readouterr().out and a.startswith("The ")
+
+
+def test_config_file_with_flag_overrides(tmp_path, capsys):
+    cfg = tmp_path / "exp.toml"
+    cfg.write_text('steps = 50\noptimizer = "adamw"\nwarmup_steps = 2\n[model]\nmodel = "mingru"\n'
+                   'dim = 16\ndepth = 1\n')
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), *TINY, "--steps", "4", "--layer", "expansion=2",
+                 "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"] == {**saved["model"], "model": "mingru", "dim": 32, "depth": 2,
+                              "layer": {"expansion": 2}}
+    assert saved["steps"] == 4 and saved["optimizer"] == "adamw" and saved["warmup_steps"] == 2
+    assert saved["lr"] == 3e-3
+    capsys.readouterr()
+    # --resume with no config: the run's own config is the base; the budget may grow
+    assert main(["train", "--resume", "--out", str(run), "--steps", "6", "--no-progress"]) == 0
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    err = _err(capsys, ["train", "--resume", "--out", str(run), "--steps", "8", "--lr", "0.1", "--no-progress"])
+    assert "was made with a different config: field lr is 0.003, not 0.1" in err
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--model", "nope"], "unknown model 'nope'; choose one of"),
+    (["--model", "e1", "--dim", "0"], "dim must be an integer in 1..65536, got 0"),
+    (["--model", "e1", "--dim", "1000000"], "dim must be an integer in 1..65536, got 1000000"),
+    (["--model", "e1", "--depth", "-1"], "depth must be"),
+    (["--model", "e1", "--batch-size", "0"], "batch_size must be a positive integer"),
+    (["--model", "e1", "--batch-size", "100000000"], "batch_size must be a positive integer (at most 65,536)"),
+    (["--model", "e1", "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
+    (["--model", "e1", "--seq-len", "4000"], "held-out split of"),
+    (["--model", "e1", "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),
+    (["--model", "e1", "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
+    (["--model", "e1", "--steps", "5", "--minutes", "1"], "give one budget"),
+    (["--model", "e1", "--config", "/nonexistent.toml"], "config file not found"),
+    (["--model", "e1", "--lr", "0"], "lr must be a positive finite number, got 0.0"),
+])
+def test_bad_inputs(args, msg, tmp_path, capsys, small_corpus):
+    argv = ["train", *TINY, "--steps", "2", "--out", str(tmp_path / "r"), *args]
+    if "--data" not in args:
+        argv += ["--data", str(small_corpus)]
+    err = _err(capsys, argv)
+    assert err.startswith("rnnlab train: error: ") and msg in err, err
+
+
+def test_model_too_big_for_memory(tmp_path, capsys):
+    err = _err(capsys, ["train", "--model", "e1", "--dim", "65536", "--depth", "1024", "--device", "cpu",
+                        "--out", str(tmp_path / "r")])
+    assert "parameters: weights, grads and optimizer state need" in err
+
+
+def test_directory_as_corpus(tmp_path, capsys):
+    err = _err(capsys, ["train", "--model", "e1", *TINY, "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+    assert "is a directory" in err
+
+
+def test_eval_and_sample_bad_run(tmp_path, capsys):
+    assert "run dir not found" in _err(capsys, ["eval", "--run", str(tmp_path / "missing")])
+    assert "not a run dir" in _err(capsys, ["sample", "--run", str(tmp_path)])
+
+
+def test_nan_exits_nonzero(tmp_path, capsys):
+    rc = main(["train", "--model", "mingru", *TINY, "--steps", "30", "--optimizer", "adamw", "--lr", "1e30",
+               "--out", str(tmp_path / "r")])
+    assert rc == 1
+    assert "non-finite loss" in capsys.readouterr().err

@@ -1,0 +1,293 @@
+"""Training loop, checkpoint/resume, evaluation and sampling (CPU, tiny models)."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import math
+import signal
+
+import pytest
+import torch
+
+from rnnlab.models.registry import MODELS
+from rnnlab.train import trainer
+from rnnlab.train.config import TrainConfig, load_config, resume_mismatch
+from rnnlab.train.trainer import NonFiniteLossError, load_run, run_training
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SUMMARY_KEYS = {"model", "params", "steps", "tokens", "loss", "val_loss", "val_bpb", "tok_per_s",
+                "peak_mem_gib", "time_s", "complete", "dim", "depth", "batch_size", "seq_len",
+                "optimizer", "lr", "precision", "seed"}
+METRIC_KEYS = {"step", "tokens", "loss", "lr", "tok_per_s", "peak_mem_gib", "elapsed_s"}
+
+
+def _layer_module_exists(name: str) -> bool:
+    module = MODELS[name].layer_path.partition(":")[0]
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _losses(run) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- learning
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_each_model_learns(name, tiny_train, tmp_path):
+    if not _layer_module_exists(name):
+        pytest.skip(f"layer module for {name} not written yet")
+    dim = 64 if name == "transformer" else 32
+    cfg = tiny_train(tmp_path / name, model=name, dim=dim, steps=30, batch_size=8, lr=3e-3)
+    s = run_training(cfg, progress=False)
+    losses = _losses(tmp_path / name)
+    assert len(losses) == 30 and all(math.isfinite(x) for x in losses)
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < first - 0.1, (name, first, last)
+    assert s["complete"] and s["steps"] == 30 and s["model"] == name
+    assert math.isfinite(s["val_loss"]) and s["val_bpb"] == pytest.approx(s["val_loss"] / math.log(2))
+
+
+def test_bf16_and_mixed_precision_run(tiny_train, tmp_path):
+    for prec in ("bf16", "bf16-mixed"):
+        s = run_training(tiny_train(tmp_path / prec, precision=prec, steps=5), progress=False)
+        assert s["complete"] and math.isfinite(s["loss"]) and s["precision"] == prec
+    _, model, _ = load_run(tmp_path / "bf16", device="cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+
+
+# ----------------------------------------------------------------------------- run folder
+def test_run_folder_contents(tiny_train, tmp_path):
+    run = tmp_path / "run"
+    s = run_training(tiny_train(run, steps=12, eval_every=5, checkpoint_every=4), progress=False)
+    assert {p.name for p in run.iterdir()} >= {"config.json", "env.json", "metrics.jsonl", "eval.jsonl",
+                                               "summary.json", "ckpt", "tb"}
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs] == list(range(1, 13))
+    assert all(set(r) == METRIC_KEYS for r in recs)
+    assert recs[-1]["tokens"] == 12 * 4 * 32 and recs[0]["peak_mem_gib"] is None
+    evals = [json.loads(x) for x in (run / "eval.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in evals] == [5, 10, 12]
+    summary = json.loads((run / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary) and summary == json.loads(json.dumps(s))
+    assert summary["loss"] == pytest.approx(sum(r["loss"] for r in recs) / 12)
+    assert summary["val_loss"] == evals[-1]["val_loss"] and summary["complete"] is True
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["dim"] == 32 and cfg["steps"] == 12 and cfg["optimizer"] == "schedulefree-adamw"
+    env = json.loads((run / "env.json").read_text())
+    assert env["versions"]["torch"] and env["device"] == "cpu"
+    # tied head stored once; the checkpoint's weights reproduce the final held-out loss exactly
+    from safetensors import safe_open
+
+    with safe_open(str(run / "ckpt" / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "embed.weight" in keys and "head.weight" not in keys
+    _, model, prog = load_run(run, device="cpu")
+    assert prog["step"] == 12 and model.head.weight is model.embed.weight
+    from rnnlab.data import load_splits
+    from rnnlab.eval.bpb import evaluate
+
+    r = evaluate(model, load_splits().val, 32, 4, 4096)
+    assert r["loss"] == summary["val_loss"] and r["bytes"] == (4096 - 1) // 32 * 32
+
+
+def test_config_file_and_overrides(tmp_path):
+    toml = tmp_path / "c.toml"
+    toml.write_text('steps = 7\nlr = 1e-3\nbatch_size = 8\n[model]\nmodel = "mingru"\ndim = 48\n'
+                    'depth = 3\n[model.layer]\nexpansion = 2.0\n')
+    cfg = load_config(toml, {"lr": 5e-4, "minutes": 2.0, "dim": 64, "seq_len": None})
+    assert cfg.model.model == "mingru" and cfg.model.dim == 64 and cfg.model.depth == 3
+    assert cfg.model.layer == {"expansion": 2.0} and cfg.batch_size == 8 and cfg.seq_len == 512
+    assert cfg.lr == 5e-4 and cfg.minutes == 2.0 and cfg.steps is None  # one budget: flag wins
+    yml = tmp_path / "c.yaml"
+    yml.write_text("model: e1\ndim: 40\ndepth: 2\ntokens: 1000\nbetas: [0.9, 0.95]\n")
+    cfg = load_config(yml).validate()
+    assert (cfg.model.model, cfg.model.dim, cfg.tokens, cfg.betas) == ("e1", 40, 1000, (0.9, 0.95))
+    assert cfg.max_steps() == math.ceil(1000 / (16 * 512))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("stepz = 3\n")
+    with pytest.raises(ValueError, match="unknown config file .*stepz"):
+        load_config(bad)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(batch_size=0), "batch_size must be a positive integer"),
+    (dict(seq_len=10**9), "seq_len must be"),
+    (dict(batch_size=65536, seq_len=65536), "tokens per step"),
+    (dict(optimizer="sgd"), "optimizer must be one of"),
+    (dict(precision="fp16"), "precision must be one of"),
+    (dict(lr=-1.0), "lr must be a positive"),
+    (dict(lr=float("nan")), "lr must be a positive"),
+    (dict(steps=5, minutes=1.0), "give one budget"),
+    (dict(steps=None, minutes=1.0, optimizer="adamw"), "adamw decays its LR"),
+    (dict(steps=5, warmup_steps=10), "warmup_steps"),
+    (dict(betas=(0.9, 1.5)), "betas must be"),
+    (dict(grad_clip=0.0), "grad_clip must be"),
+    (dict(device="tpu"), "device must be"),
+    (dict(data="/nonexistent/corpus.txt"), "data file not found"),
+])
+def test_validate_messages(kw, msg):
+    cfg = TrainConfig(**kw)
+    with pytest.raises((ValueError, FileNotFoundError), match=msg):
+        cfg.validate()
+
+
+def test_resume_mismatch_ignores_budget_and_logging():
+    a = TrainConfig(steps=10)
+    b = dataclasses.replace(a, steps=20, eval_every=5, out="x", log_every=3, checkpoint_every=7)
+    assert resume_mismatch(a.to_dict(), b) is None
+    c = dataclasses.replace(a, lr=1e-3)
+    assert resume_mismatch(a.to_dict(), c) == ("lr", 3e-4, 1e-3)
+    d = dataclasses.replace(a, model=dataclasses.replace(a.model, dim=128))
+    assert resume_mismatch(a.to_dict(), d) == ("model.dim", 256, 128)
+
+
+# ----------------------------------------------------------------------------- resume
+class _Interrupt:
+    """Wraps trainer.train_step: sends SIGINT (Ctrl-C) to this process during step ``at``
+    (``times`` of them: one = stop after the step and save, two = abort)."""
+
+    def __init__(self, at: int, times: int = 1):
+        self.at, self.times, self.calls, self.real = at, times, 0, trainer.train_step
+
+    def __call__(self, *a, **kw):
+        self.calls += 1
+        if self.calls == self.at:
+            for _ in range(self.times):
+                signal.raise_signal(signal.SIGINT)
+        return self.real(*a, **kw)
+
+
+@pytest.mark.parametrize("optimizer", ["schedulefree-adamw", "adamw"])
+def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch):
+    # E1 is the hard case: its spectral-norm vector u is a plain attribute that evolves in training.
+    kw = dict(steps=20, optimizer=optimizer, warmup_steps=3, lr=3e-3)
+    straight = run_training(tiny_train(tmp_path / "a", eval_every=4, checkpoint_every=7, **kw),
+                            progress=False)
+
+    monkeypatch.setattr(trainer, "train_step", _Interrupt(at=10))
+    part = run_training(tiny_train(tmp_path / "b", **kw), progress=False)
+    assert part["complete"] is False and part["steps"] == 10  # Ctrl-C in step 10: finish it, save
+    monkeypatch.undo()
+    resumed = run_training(tiny_train(tmp_path / "b", resume=True, **kw), progress=False)
+
+    la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
+    assert len(la) == len(lb) == 20 and la == lb  # bitwise: same floats
+    assert resumed["loss"] == straight["loss"] and resumed["val_loss"] == straight["val_loss"]
+    assert resumed["steps"] == 20 and resumed["complete"] is True
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(tmp_path / "a/ckpt/model.safetensors"), load_file(tmp_path / "b/ckpt/model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeypatch):
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=4), progress=False)
+    before = _digest(run / "ckpt" / "state.pt")
+    monkeypatch.setattr(trainer, "train_step", _Interrupt(at=2, times=2))
+    with pytest.raises(KeyboardInterrupt):
+        run_training(tiny_train(run, steps=8, checkpoint_every=1, resume=True), progress=False)
+    assert _digest(run / "ckpt" / "state.pt") != before  # step 5 was checkpointed, step 6 aborted
+    monkeypatch.undo()
+    s = run_training(tiny_train(run, steps=8, resume=True), progress=False)
+    assert s["complete"] and s["steps"] == 8
+
+
+def test_resume_extends_budget_exactly(tiny_train, tmp_path):
+    run_training(tiny_train(tmp_path / "a", steps=16), progress=False)
+    run_training(tiny_train(tmp_path / "b", steps=8), progress=False)
+    s = run_training(tiny_train(tmp_path / "b", steps=16, resume=True), progress=False)
+    assert s["steps"] == 16 and _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    evals = [json.loads(x)["step"] for x in (tmp_path / "b/eval.jsonl").read_text().splitlines()]
+    assert evals == [8, 16]
+
+
+def test_resume_refuses_a_different_config(tiny_train, tmp_path):
+    run_training(tiny_train(tmp_path / "r", steps=3), progress=False)
+    with pytest.raises(ValueError, match=r"was made with a different config: field model.dim is 32, not 48"):
+        run_training(tiny_train(tmp_path / "r", dim=48, steps=6, resume=True), progress=False)
+    with pytest.raises(ValueError, match="field lr is 0.003, not 0.01"):
+        run_training(tiny_train(tmp_path / "r", lr=1e-2, steps=6, resume=True), progress=False)
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        run_training(tiny_train(tmp_path / "r", steps=6), progress=False)
+
+
+def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkeypatch):
+    run = tmp_path / "nan"
+    run_training(tiny_train(run, steps=6, checkpoint_every=3), progress=False)
+    before = {f: _digest(run / "ckpt" / f) for f in ("model.safetensors", "state.pt")}
+
+    real_wrap = trainer.wrap_model
+
+    def poisoned(model, cfg):
+        fwd, calls = real_wrap(model, cfg), [0]
+
+        def call(x, y):
+            calls[0] += 1
+            loss = fwd(x, y)
+            return loss * float("nan") if calls[0] == 2 else loss
+
+        return call
+
+    monkeypatch.setattr(trainer, "wrap_model", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 8; lower --lr or use "
+                                                 r"--precision bf16-mixed; last good checkpoint kept at .*ckpt \(step 6\)"):
+        run_training(tiny_train(run, steps=12, checkpoint_every=2, resume=True), progress=False)
+    assert {f: _digest(run / "ckpt" / f) for f in before} == before
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and "non-finite" in summary["error"] and summary["steps"] == 7
+    # resuming after the failure drops the steps logged past the checkpoint
+    monkeypatch.undo()
+    s = run_training(tiny_train(run, steps=12, resume=True), progress=False)
+    assert s["complete"] and [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] \
+        == list(range(1, 13))
+
+
+def test_huge_lr_diverges_with_clear_error(tiny_train, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written"):
+        run_training(tiny_train(tmp_path / "x", model="mingru", lr=1e30, steps=50, optimizer="adamw"),
+                     progress=False)
+
+
+def test_checkpoint_contents(tiny_train, tmp_path):
+    from safetensors.torch import load_file
+
+    run_training(tiny_train(tmp_path / "r", steps=3), progress=False)
+    state = torch.load(tmp_path / "r/ckpt/state.pt", weights_only=True)
+    assert state["train_point"] is not None and state["progress"]["step"] == 3
+    assert len(state["progress"]["losses"]) == 3 and state["progress"]["complete"] is True
+    weights = load_file(tmp_path / "r/ckpt/model.safetensors")
+    assert "blocks.0.mixer.spectral_u" in weights  # E1's evolving power-iteration vector is saved
+    # the shipped weights are Schedule-Free's x, not the training point y
+    assert not torch.equal(weights["blocks.0.mixer.W_x"], state["train_point"][3])  # params order: embed, norm.w, norm.b, W_x
+
+
+# ----------------------------------------------------------------------------- sampling
+def test_sampling_is_deterministic(tiny_train, tmp_path):
+    from rnnlab.eval.sampling import generate
+
+    run_training(tiny_train(tmp_path / "s", steps=5), progress=False)
+    _, model, _ = load_run(tmp_path / "s", device="cpu")
+    a = generate(model, b"The ", 40, temperature=0.8, top_k=50, seed=1)
+    b = generate(model, b"The ", 40, temperature=0.8, top_k=50, seed=1)
+    c = generate(model, b"The ", 40, temperature=0.8, top_k=50, seed=2)
+    assert isinstance(a, bytes) and len(a) == 40 and a == b and a != c
+    g = generate(model, b"ab", 10, temperature=0, seed=0)
+    assert len(g) == 10 and g == generate(model, b"ab", 10, temperature=0, seed=5)
+    # stepping equals the full forward: greedy first byte matches argmax of the parallel logits
+    logits = model(torch.tensor([list(b"ab")]))
+    assert g[0] == int(logits[0, -1].argmax())
+    assert generate(model, b"x", 0) == b""
+    with pytest.raises(ValueError, match="prompt must be"):
+        generate(model, b"", 5)
