@@ -1,0 +1,406 @@
+"""Suite / sweep reports from run folders: ``report.md``, ``report.json`` and PNG plots.
+
+Input: a directory of run folders (each with ``summary.json``, ``config.json``, ``env.json``,
+``metrics.jsonl``), plus ``suite.json`` when the directory was made by ``rnnlab bench`` or
+``rnnlab sweep`` (run names, seeds, sweep axes, the seed's reference numbers). Without
+``suite.json`` any directory of runs works: folders named ``NAME-sSEED`` are grouped as seeds of
+``NAME``.
+
+The main table has the seed report's columns (Model, Params, Loss, held-out bpb, Tok/s, Memory,
+Time), each a mean ± sample std over seeds when a run was repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from rnnlab.bench.suite import SUITE_FILE, read_json
+
+METRICS = ("loss", "val_loss", "val_bpb", "tok_per_s", "peak_mem_gib", "time_s")
+COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s", "Memory", "Time")
+_SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
+_SHA = re.compile(r"[0-9a-f]{7,64}")
+
+
+# ------------------------------------------------------------------------------------ collect
+def is_run_dir(p: Path) -> bool:
+    return p.is_dir() and ((p / "summary.json").exists() or (p / "config.json").exists())
+
+
+def collect(root: str | Path) -> dict[str, Any]:
+    """Everything the report needs: the suite plan (if any) and one record per run folder."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"report dir not found: {root}")
+    plan = read_json(root / SUITE_FILE) or {}
+    planned = {r["dir"]: r for r in plan.get("runs", [])}
+    dirs = [root / d for d in planned] + sorted(
+        p for p in root.iterdir() if is_run_dir(p) and p.name not in planned)
+    if not dirs and is_run_dir(root):  # a single run folder
+        dirs = [root]
+    records = []
+    for d in dirs:
+        entry = planned.get(d.name)
+        summary = read_json(d / "summary.json")
+        config = read_json(d / "config.json")
+        if entry is None:
+            if summary is None and config is None:
+                continue
+            m = _SEED_DIR.match(d.name)
+            entry = {"name": m["name"] if m else d.name, "seed": int(m["seed"]) if m else None,
+                     "dir": d.name, "point": None}
+        status = ("missing" if not d.is_dir() or (summary is None and config is None) else
+                  "complete" if summary and summary.get("complete") else
+                  "failed" if summary and summary.get("error") else "incomplete")
+        records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": d.name, "path": str(d),
+                        "point": entry.get("point"), "status": status, "summary": summary or {},
+                        "config": config or {}, "env": read_json(d / "env.json") or {},
+                        "planned_params": entry.get("params"), "model": entry.get("model")})
+    if not records:
+        raise FileNotFoundError(f"no run folders (with summary.json or config.json) in {root}")
+    return {"root": root, "plan": plan, "records": records}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        out.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        continue
+    except OSError:
+        pass
+    return out
+
+
+# ------------------------------------------------------------------------------------ aggregate
+def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None, None, 0
+    m = sum(vals) / len(vals)
+    if len(vals) < 2:
+        return m, None, len(vals)
+    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
+    return m, math.sqrt(var), len(vals)
+
+
+def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run name (suite row), in plan order: mean/std of each metric over its seeds
+    (completed runs only; partial runs count when no run of the group is complete)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r["name"], []).append(r)
+    rows = []
+    for name, recs in groups.items():
+        done = [r for r in recs if r["status"] == "complete"]
+        use = done or [r for r in recs if r["summary"]]
+        first = (use or recs)[0]
+        s, c = first["summary"], first["config"]
+        model = c.get("model") or first.get("model") or {}
+        row: dict[str, Any] = {
+            "name": name, "model": s.get("model") or model.get("model"),
+            "dim": s.get("dim") or model.get("dim"), "depth": s.get("depth") or model.get("depth"),
+            "layer": s.get("layer") if s.get("layer") is not None else model.get("layer"),
+            "params": s.get("params") or first.get("planned_params"),
+            "seeds": [r["seed"] if r["seed"] is not None else r["summary"].get("seed") for r in use],
+            "n_runs": len(recs), "n_complete": len(done), "point": first.get("point"),
+            "status": "complete" if len(done) == len(recs) else
+                      ("partial" if use else ("failed" if any(r["status"] == "failed" for r in recs) else "missing")),
+            "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
+        }
+        for k in METRICS:
+            m, sd, n = mean_std([r["summary"].get(k) for r in use])
+            row[k] = m
+            row[k + "_std"] = sd
+            row[k + "_n"] = n
+        rows.append(row)
+    return rows
+
+
+# ------------------------------------------------------------------------------------ format
+def fmt_count(n: float | None) -> str:
+    if n is None:
+        return "-"
+    n = float(n)
+    for div, suf in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            v = n / div
+            return f"{v:.0f}{suf}" if v >= 100 else f"{v:.1f}{suf}" if v >= 10 else f"{v:.2f}{suf}"
+    return f"{n:.0f}"
+
+
+def _pm(m, sd, f) -> str:
+    if m is None:
+        return "-"
+    return f(m) if sd is None else f"{f(m)} ± {f(sd)}"
+
+
+def fmt_loss(v: float) -> str:
+    return f"{v:.4f}"
+
+
+def fmt_time(v: float) -> str:
+    return f"{v:.0f} s" if v >= 100 else f"{v:.1f} s"
+
+
+def fmt_mem(row: dict[str, Any], device: str) -> str:
+    if row["peak_mem_gib"] is None:
+        return "n/a (CPU)" if "cpu" in device.lower() else "-"
+    return _pm(row["peak_mem_gib"], row["peak_mem_gib_std"], lambda v: f"{v:.1f}") + " GiB"
+
+
+def model_label(row: dict[str, Any]) -> str:
+    return row["name"]
+
+
+def config_text(row: dict[str, Any]) -> str:
+    layer = row.get("layer") or {}
+    opts = " ".join(f"{k}={v}" for k, v in layer.items())
+    return f"{row['model']} {row['dim']}x{row['depth']}" + (f" {opts}" if opts else "")
+
+
+def md_table(header: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def main_table(rows: list[dict[str, Any]], device: str) -> str:
+    body = []
+    for r in rows:
+        name = model_label(r)
+        if r["status"] != "complete":
+            name += f" ({r['status']}: {r['n_complete']}/{r['n_runs']})"
+        body.append([
+            name, fmt_count(r["params"]),
+            _pm(r["loss"], r["loss_std"], fmt_loss),
+            _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss),
+            _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count),
+            fmt_mem(r, device),
+            _pm(r["time_s"], r["time_s_std"], fmt_time),
+        ])
+    return md_table(list(COLUMNS), body)
+
+
+def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
+    """Seed vs ours, for the runs the suite's [reference] names. Memory in GB (1e9 bytes), as
+    the seed reported it."""
+    refs = reference.get("runs", {}) or {}
+    body, out = [], []
+    for r in rows:
+        ref = refs.get(r["name"])
+        if not ref:
+            continue
+        ours_gb = r["peak_mem_gib"] * 2**30 / 1e9 if r["peak_mem_gib"] is not None else None
+        d = (r["loss"] - ref["loss"]) if (r["loss"] is not None and ref.get("loss") is not None) else None
+        out.append({"name": r["name"], "seed": ref, "ours": {
+            "params": r["params"], "loss": r["loss"], "val_bpb": r["val_bpb"], "tok_per_s": r["tok_per_s"],
+            "mem_gb": ours_gb, "time_s": r["time_s"]}, "loss_delta": d})
+
+        def pair(a, b, f):
+            return f"{f(a) if a is not None else '-'} / {f(b) if b is not None else '-'}"
+
+        body.append([
+            r["name"], pair(ref.get("params"), r["params"], fmt_count),
+            pair(ref.get("loss"), r["loss"], fmt_loss), f"{d:+.4f}" if d is not None else "-",
+            pair(ref.get("tok_per_s"), r["tok_per_s"], fmt_count),
+            pair(ref.get("mem_gb"), ours_gb, lambda v: f"{v:.1f}"),
+            pair(ref.get("time_s"), r["time_s"], fmt_time),
+        ])
+    if not body:
+        return "", out
+    header = ["Model", "Params (seed / ours)", "Loss (seed / ours)", "Δ loss", "Tok/s (seed / ours)",
+              "Mem GB (seed / ours)", "Time (seed / ours)"]
+    return md_table(header, body), out
+
+
+def sweep_table(rows: list[dict[str, Any]], axes: list[str]) -> str:
+    body = []
+    for r in rows:
+        p = r.get("point") or {}
+        body.append([str(p.get(a, "-")) for a in axes] + [
+            fmt_count(r["params"]), _pm(r["loss"], r["loss_std"], fmt_loss),
+            _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss), _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count)])
+    return md_table(list(axes) + ["Params", "Loss", "held-out bpb", "Tok/s"], body)
+
+
+# ------------------------------------------------------------------------------------ header
+def describe_device(records: list[dict[str, Any]]) -> str:
+    seen = []
+    for r in records:
+        env, s = r["env"], r["summary"]
+        dev = env.get("device") or s.get("device")
+        if dev is None:
+            continue
+        if str(dev).startswith("cuda"):
+            text = env.get("gpu") or "CUDA GPU"
+        elif dev == "cpu":
+            threads = env.get("cpu_threads")
+            text = f"CPU ({threads} threads)" if threads else "CPU"
+        else:
+            text = str(dev)
+        if text not in seen:
+            seen.append(text)
+    if seen:
+        return ", ".join(seen)
+    try:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    except Exception:  # pragma: no cover - torch always imports here
+        return "unknown"
+
+
+def describe_corpus(records: list[dict[str, Any]]) -> str:
+    seen = []
+    for r in records:
+        c = r["config"]
+        if not c:
+            continue
+        data, val = c.get("data"), c.get("val_data")
+        if data is None:
+            text = "bundled sample (rnnlab/data/sample)" + (f"; held-out {val}" if val else "")
+        elif val:
+            text = f"train {data}; held-out {val}"
+        else:
+            text = f"{data} (held-out: last {c.get('val_fraction', 0.01):g} of the file)"
+        if text not in seen:
+            seen.append(text)
+    return "; ".join(seen) or "-"
+
+
+def describe_git(records: list[dict[str, Any]]) -> str:
+    for r in records:
+        sha = r["env"].get("git_sha")
+        if sha and _SHA.fullmatch(str(sha)):
+            return sha[:12] + (" (dirty)" if r["env"].get("git_dirty") else "")
+    try:
+        p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                           capture_output=True, text=True, timeout=5)
+        sha = p.stdout.strip()
+        return sha[:12] if p.returncode == 0 and _SHA.fullmatch(sha) else "- (not a git checkout)"
+    except (OSError, subprocess.SubprocessError):
+        return "- (git not available)"
+
+
+def describe_protocol(records: list[dict[str, Any]]) -> str:
+    def one(c):
+        budget = next((f"{k} {c[k]:g}" for k in ("steps", "minutes", "tokens") if c.get(k) is not None), "-")
+        clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
+        return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
+                f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
+
+    texts = []
+    for r in records:
+        if r["config"]:
+            try:
+                t = one(r["config"])
+            except (TypeError, ValueError):
+                continue
+            if t not in texts:
+                texts.append(t)
+    if not texts:
+        return "-"
+    return texts[0] if len(texts) == 1 else "varies by run: " + "; ".join(texts)
+
+
+# ------------------------------------------------------------------------------------ write
+def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Path]:
+    """Write ``report.md``, ``report.json`` and the plots for the runs under ``root`` (into
+    ``out``, default ``root``). Returns the paths written."""
+    data = collect(root)
+    root = data["root"]
+    out = Path(out) if out is not None else root
+    out.mkdir(parents=True, exist_ok=True)
+    plan, records = data["plan"], data["records"]
+    rows = aggregate(records)
+    device = describe_device(records)
+    sweep = (plan.get("sweep") or {}).get("axes") or {}
+    axes = list(sweep)
+    seeds = sorted({r["seed"] for r in records if r["seed"] is not None})
+
+    header = {
+        "suite": plan.get("suite") or root.name,
+        "description": plan.get("description") or "",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": device,
+        "corpus": describe_corpus(records),
+        "git_commit": describe_git(records),
+        "command": plan.get("command") or next(
+            (" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-"),
+        "protocol": describe_protocol(records),
+        "seeds": seeds,
+    }
+
+    plot_files: list[Path] = []
+    if plots:
+        from rnnlab.bench import plots as P
+
+        plot_files = P.make_plots(out, records, rows, axes)
+
+    md = [f"# {'Sweep' if axes else 'Benchmark'} report: {header['suite']}", ""]
+    if header["description"]:
+        md += [header["description"], ""]
+    md += [f"- **Suite:** {header['suite']}" + (f" (`{plan['path']}`)" if plan.get("path") else ""),
+           f"- **Date:** {header['date']}",
+           f"- **Device:** {header['device']}",
+           f"- **Corpus:** {header['corpus']}",
+           f"- **Git commit:** {header['git_commit']}",
+           f"- **Command:** `{header['command']}`",
+           f"- **Protocol:** {header['protocol']}"]
+    if seeds:
+        md.append(f"- **Seeds:** {', '.join(map(str, seeds))} (mean ± sample std over seeds)")
+    md += ["", "Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on "
+           "the held-out split at the end of training; Tok/s = training tokens / training time; "
+           "Memory = peak CUDA memory allocated.", ""]
+    md += ["## Results", "", main_table(rows, device), ""]
+
+    ref_out: list[dict[str, Any]] = []
+    reference = plan.get("reference")
+    if reference:
+        table, ref_out = reference_table(rows, reference)
+        if table:
+            md += ["## Seed vs ours", "", f"Seed: {reference.get('source', '-')}.", "", table, ""]
+
+    if axes:
+        md += ["## Sweep", "", f"Axes: {', '.join(f'{a} = {sweep[a]}' for a in axes)}", "",
+               sweep_table(rows, axes), ""]
+
+    md += ["## Configs", "", md_table(
+        ["Model", "Config", "Params", "Steps", "Tokens", "Runs"],
+        [[r["name"], config_text(r), f"{r['params']:,}" if r["params"] else "-",
+          f"{r['steps']:,}" if r["steps"] is not None else "-",
+          f"{r['tokens']:,}" if r["tokens"] is not None else "-",
+          ", ".join(r["dirs"])] for r in rows]), ""]
+
+    problems = [r for r in records if r["status"] != "complete"]
+    if problems:
+        md += ["## Not complete", ""]
+        for r in problems:
+            err = r["summary"].get("error")
+            md.append(f"- `{r['dir']}`: {r['status']}" + (f" ({err})" if err else "")
+                      + (f", {r['summary'].get('steps')} steps done" if r["summary"] else ""))
+        md.append("")
+
+    if plot_files:
+        md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
+
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md))
+    doc = {**header, "sweep_axes": sweep or None, "rows": rows, "reference": ref_out or None,
+           "plots": [p.name for p in plot_files],
+           "runs": [{k: r[k] for k in ("name", "seed", "dir", "status", "point", "summary")} for r in records]}
+    json_path = out / "report.json"
+    json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    return {"md": md_path, "json": json_path, "plots": plot_files}

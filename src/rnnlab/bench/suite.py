@@ -1,0 +1,396 @@
+"""Benchmark suites: a TOML file of shared settings plus a list of runs, each trained as a normal run.
+
+Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
+
+    name = "tiny"
+    description = "one line"
+    [defaults]                    # TrainConfig fields shared by every run
+    batch_size = 8
+    steps = 40
+    lr = 3e-3
+    [[runs]]
+    name = "e1"                   # folder name under the suite's out dir
+    model = "e1"
+    dim = 64                      # or: target_params = "50M" (dim solved at this depth)
+    depth = 2
+    layer = { expansion = 2.5 }   # mixer options (optional)
+    lr = 1e-3                     # any other key overrides a TrainConfig field for this run
+    [reference]                   # optional: the seed's numbers, printed side by side in report.md
+    source = "..."
+    [reference.runs]
+    e1 = { params = 123, loss = 1.5, tok_per_s = 2e4, mem_gb = 8.1, time_s = 515 }
+
+Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``). A run
+whose ``summary.json`` says complete (with the same budget) is skipped; a partial run is resumed
+from its checkpoint, so an interrupted suite picks up where it stopped. ``OUT/suite.json`` records
+the resolved plan for ``rnnlab report``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import sys
+import time
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.params import count_params, parse_count, solve_dim
+
+SUITE_FILE = "suite.json"
+MODEL_KEYS = ("model", "dim", "depth", "mlp_ratio", "tie_embeddings", "layer")
+RUN_KEYS = ("name", "target_params", "multiple") + MODEL_KEYS
+# TrainConfig fields a suite must not set: they belong to the runner
+RESERVED = ("out", "resume", "model")
+
+
+@dataclass
+class RunSpec:
+    """One row of a suite: a model plus optional per-run TrainConfig overrides."""
+
+    name: str
+    model: str
+    depth: int
+    dim: int | None = None
+    layer: dict[str, Any] = field(default_factory=dict)
+    mlp_ratio: float | None = None
+    tie_embeddings: bool = True
+    target_params: int | None = None  # solve dim at depth for this many parameters
+    multiple: int | None = None  # width step for the solver (default: the model's)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    point: dict[str, Any] | None = None  # sweep coordinates (set by rnnlab sweep)
+
+    def model_config(self, dim: int | None = None) -> ModelConfig:
+        return ModelConfig(model=self.model, dim=dim or self.dim or 64, depth=self.depth,
+                           mlp_ratio=self.mlp_ratio, tie_embeddings=self.tie_embeddings,
+                           layer=dict(self.layer))
+
+
+@dataclass
+class Suite:
+    name: str
+    runs: list[RunSpec]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    reference: dict[str, Any] | None = None
+    path: str | None = None
+    sweep: dict[str, Any] | None = None  # set by rnnlab sweep: {"axes": {key: [values]}}
+
+
+@dataclass
+class PlannedRun:
+    """A run ready to train: its group name (the suite row), seed, folder and full config."""
+
+    name: str
+    seed: int | None  # the --seeds value, None when the suite was not repeated over seeds
+    dir: Path
+    cfg: Any  # TrainConfig
+    params: int
+    target_params: int | None = None
+    point: dict[str, Any] | None = None  # sweep coordinates
+
+    @property
+    def label(self) -> str:
+        return self.dir.name
+
+
+# ------------------------------------------------------------------------------------------ load
+def suites_dir():
+    return resources.files("rnnlab.bench") / "suites"
+
+
+def list_suites() -> list[Suite]:
+    out = []
+    for entry in sorted(suites_dir().iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            out.append(parse_suite(tomllib.loads(entry.read_text()), entry.name[:-5], str(entry)))
+    return out
+
+
+def load_suite(name_or_path: str | Path) -> Suite:
+    """A shipped suite by name (``tiny``), or a suite file by path."""
+    p = Path(name_or_path)
+    if p.suffix == ".toml" or p.exists():
+        if not p.is_file():
+            raise FileNotFoundError(f"suite file not found: {p}")
+        text, default_name, path = p.read_text(), p.stem, str(p)
+    else:
+        entry = suites_dir() / f"{name_or_path}.toml"
+        if not entry.is_file():
+            names = ", ".join(s.name for s in list_suites())
+            raise ValueError(f"unknown suite {str(name_or_path)!r}; shipped suites: {names} "
+                             f"(or give a path to a .toml file)")
+        text, default_name, path = entry.read_text(), str(name_or_path), str(entry)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"cannot parse suite file {path}: {e}") from None
+    return parse_suite(data, default_name, path)
+
+
+def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | None = None) -> Suite:
+    where = f"suite {data.get('name', default_name)}"
+    unknown = sorted(set(data) - {"name", "description", "defaults", "runs", "reference", "notes"})
+    if unknown:
+        raise ValueError(f"{where}: unknown top-level key(s) {unknown}; known: name, description, "
+                         f"defaults, runs, reference, notes")
+    defaults = dict(data.get("defaults", {}))
+    bad = sorted(set(defaults) & (set(RESERVED) | set(RUN_KEYS)))
+    if bad:
+        raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
+    rows = data.get("runs")
+    if not rows:
+        raise ValueError(f"{where}: needs at least one [[runs]] entry")
+    runs, seen = [], set()
+    for i, row in enumerate(rows):
+        run = parse_run(row, f"{where}, run {i + 1}")
+        if run.name in seen:
+            raise ValueError(f"{where}: run name {run.name!r} appears twice")
+        seen.add(run.name)
+        runs.append(run)
+    return Suite(name=str(data.get("name", default_name)), runs=runs, defaults=defaults,
+                 description=str(data.get("description", "")), reference=data.get("reference"), path=path)
+
+
+def parse_run(row: dict[str, Any], where: str) -> RunSpec:
+    row = dict(row)
+    for key in ("model", "depth"):
+        if key not in row:
+            raise ValueError(f"{where}: needs {key!r}")
+    if "dim" not in row and "target_params" not in row:
+        raise ValueError(f"{where}: needs 'dim' or 'target_params'")
+    name = str(row.pop("name", None) or f"{row['model']}-d{row['depth']}")
+    if not name or "/" in name or name.startswith("."):
+        raise ValueError(f"{where}: run name {name!r} must be a plain folder name")
+    target = row.pop("target_params", None)
+    run = RunSpec(name=name, model=str(row.pop("model")), depth=int(row.pop("depth")),
+                  dim=row.pop("dim", None), layer=dict(row.pop("layer", {}) or {}),
+                  mlp_ratio=row.pop("mlp_ratio", None), tie_embeddings=bool(row.pop("tie_embeddings", True)),
+                  target_params=parse_count(target) if target is not None else None,
+                  multiple=row.pop("multiple", None))
+    bad = sorted(set(row) & set(RESERVED))
+    if bad:
+        raise ValueError(f"{where}: must not set {bad}")
+    run.overrides = row
+    return run
+
+
+# ------------------------------------------------------------------------------------------ plan
+_SOLVE_CACHE: dict[str, tuple[int, int]] = {}
+
+
+def resolve_dim(run: RunSpec, target: int | None) -> tuple[int, int]:
+    """``(dim, params)`` for a run: its explicit dim, or the width solved for ``target``."""
+    if target is None:
+        cfg = run.model_config()
+        return cfg.dim, count_params(cfg)
+    cfg = run.model_config()
+    key = json.dumps([cfg.to_dict(), target, run.multiple], sort_keys=True, default=str)
+    if key not in _SOLVE_CACHE:
+        _SOLVE_CACHE[key] = solve_dim(cfg, target, run.multiple)
+    return _SOLVE_CACHE[key]
+
+
+def parse_seeds(text: str | list[int] | None) -> list[int] | None:
+    if text is None or isinstance(text, list):
+        return text
+    try:
+        seeds = [int(s) for s in str(text).replace(" ", "").split(",") if s]
+    except ValueError:
+        raise ValueError(f"--seeds must be a comma-separated list of integers, got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds) or any(s < 0 for s in seeds):
+        raise ValueError(f"--seeds must list distinct non-negative integers, got {text!r}")
+    return seeds
+
+
+def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None, steps: int | None = None,
+               minutes: float | None = None, tokens: int | None = None, seeds: str | list[int] | None = None,
+               data: str | None = None, val_data: str | None = None, device: str | None = None,
+               extra: dict[str, Any] | None = None) -> list[PlannedRun]:
+    """Every run of the suite as a TrainConfig, with the scaling options applied:
+    ``params`` re-solves each run's width at its depth; ``steps``/``minutes``/``tokens`` replace the
+    budget; ``seeds`` repeats each run per seed; ``data``/``val_data``/``device`` replace those
+    fields; ``extra`` sets any other TrainConfig field for every run."""
+    from rnnlab.train.config import DEFAULT_STEPS, TrainConfig, apply_overrides
+
+    budgets = [b for b in (steps, minutes, tokens) if b is not None]
+    if len(budgets) > 1:
+        raise ValueError("give at most one of --steps, --minutes, --tokens")
+    target_all = parse_count(params) if params is not None else None
+    seed_list = parse_seeds(seeds)
+    out = Path(out)
+    plan = []
+    for run in suite.runs:
+        target = target_all if target_all is not None else run.target_params
+        try:
+            dim, n_params = resolve_dim(run, target)
+            cfg = TrainConfig(model=run.model_config(dim))
+            apply_overrides(cfg, suite.defaults, source=f"suite {suite.name} [defaults]")
+            apply_overrides(cfg, run.overrides, source=f"suite {suite.name} run {run.name}")
+            flags = {"steps": steps, "minutes": minutes, "tokens": tokens, "data": data,
+                     "val_data": val_data, "device": device, **(extra or {})}
+            apply_overrides(cfg, flags, source="flag")
+        except ValueError as e:
+            raise ValueError(f"suite {suite.name}, run {run.name}: {e}") from None
+        for seed in (seed_list or [None]):
+            c = copy.deepcopy(cfg)
+            if seed is not None:
+                c.seed = seed
+            d = out / (run.name if seed is None else f"{run.name}-s{seed}")
+            c.out = str(d)
+            if c.steps is None and c.minutes is None and c.tokens is None:
+                c.steps = DEFAULT_STEPS
+            for key in ("data", "val_data"):  # absolute, as the trainer records them in config.json
+                if getattr(c, key) is not None:
+                    setattr(c, key, str(Path(getattr(c, key)).resolve()))
+            try:
+                copy.deepcopy(c).validate()
+            except (ValueError, FileNotFoundError) as e:
+                hint = ""
+                if c.optimizer == "adamw" and c.minutes is not None:
+                    hint = (f" (suite {suite.name} uses AdamW with a cosine schedule; time-matched "
+                            f"--minutes needs schedulefree-adamw)")
+                raise type(e)(f"suite {suite.name}, run {d.name}: {e}{hint}") from None
+            plan.append(PlannedRun(name=run.name, seed=seed, dir=d, cfg=c, params=n_params,
+                                   target_params=target, point=run.point))
+    return plan
+
+
+# ------------------------------------------------------------------------------------------ run
+def _budget(cfg) -> dict[str, Any]:
+    kind, value = cfg.budget()
+    return {kind: value}
+
+
+def run_conflict(pr: PlannedRun) -> str | None:
+    """Why the folder's existing run cannot be reused for this planned run (None if it can)."""
+    from rnnlab.train.config import resume_mismatch
+
+    saved = read_json(pr.dir / "config.json")
+    if saved is None:
+        return None
+    diff = resume_mismatch(saved, pr.cfg)
+    if diff is None:
+        return None
+    key, old, new = diff
+    return f"{pr.dir} holds a run with {key} = {json.dumps(old)}, but the suite now asks for {json.dumps(new)}"
+
+
+def run_status(pr: PlannedRun) -> str:
+    """``"complete"`` (skip), ``"partial"`` (resume), ``"new"``, or ``"conflict"`` (the folder
+    holds a run of a different config)."""
+    if run_conflict(pr) is not None:
+        return "conflict"
+    s = read_json(pr.dir / "summary.json")
+    if s is not None and s.get("complete"):
+        saved = s.get("budget")
+        if saved is None or _same_budget(saved, _budget(pr.cfg)):
+            return "complete"
+        return "partial"  # the budget changed: resume extends (or re-finishes) the run
+    if pr.dir.is_dir() and any((pr.dir / f).exists() for f in ("config.json", "ckpt", "metrics.jsonl")):
+        return "partial"
+    return "new"
+
+
+def _same_budget(a: dict, b: dict) -> bool:
+    if set(a) != set(b):
+        return False
+    return all(float(a[k]) == float(b[k]) for k in a)
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _train(cfg, progress: bool) -> dict[str, Any]:
+    from rnnlab.train import trainer  # looked up at call time so tests can monkeypatch it
+
+    return trainer.run_training(cfg, progress=progress)
+
+
+def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | None,
+               options: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "suite": suite.name, "description": suite.description, "path": suite.path,
+        "command": command, "options": {k: v for k, v in options.items() if v is not None},
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "reference": suite.reference, "sweep": suite.sweep,
+        "runs": [{"name": p.name, "seed": p.seed, "dir": p.dir.name, "params": p.params,
+                  "target_params": p.target_params, "point": p.point,
+                  "model": p.cfg.model.to_dict()} for p in plan],
+    }
+    tmp = out / (SUITE_FILE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(out / SUITE_FILE)
+
+
+def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
+             command: str | None = None, options: dict[str, Any] | None = None,
+             log: Callable[[str], None] | None = None, report: bool = True) -> dict[str, Any]:
+    """Train every planned run that is not complete, then write the report.
+
+    Returns ``{"trained": [...], "skipped": [...], "failed": {label: error}, "stopped": bool}``.
+    A run that fails (divergence, OOM, bad config) is recorded and the suite goes on; an
+    interrupted run (Ctrl-C) stops the suite after its checkpoint is saved.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out)
+    conflicts = [c for c in (run_conflict(pr) for pr in plan) if c]
+    if conflicts:
+        raise ValueError("; ".join(conflicts) + " (use another --out, or delete those run folders)")
+    write_plan(suite, plan, out, command, options or {})
+    result: dict[str, Any] = {"trained": [], "skipped": [], "failed": {}, "stopped": False}
+    for i, pr in enumerate(plan, 1):
+        status = run_status(pr)
+        tag = f"[{i}/{len(plan)}] {pr.label}"
+        if status == "complete":
+            log(f"{tag}: complete, skipped")
+            result["skipped"].append(pr.label)
+            continue
+        cfg = copy.deepcopy(pr.cfg)
+        cfg.resume = status == "partial"
+        m = cfg.model
+        log(f"{tag}: {'resuming' if cfg.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
+            + (f" {m.layer}" if m.layer else "") + f" ({pr.params:,} params)")
+        try:
+            summary = _train(cfg, progress)
+        except KeyboardInterrupt:
+            result["stopped"] = True
+            log(f"{tag}: aborted; stopping the suite (run the same command again to resume)")
+            break
+        except Exception as e:  # one bad run must not sink the suite
+            result["failed"][pr.label] = f"{type(e).__name__}: {e}"
+            log(f"{tag}: FAILED: {type(e).__name__}: {e}")
+            continue
+        result["trained"].append(pr.label)
+        if not summary.get("complete", False):
+            result["stopped"] = True
+            log(f"{tag}: interrupted; stopping the suite (run the same command again to resume)")
+            break
+        loss, bpb = summary.get("loss"), summary.get("val_bpb")
+        log(f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
+            if loss is not None else f"{tag}: done")
+    if report:
+        from rnnlab.bench.report import write_report
+
+        paths = write_report(out)
+        result["report"] = str(paths["md"])
+        log(f"report: {paths['md']}")
+    return result
+
+
+def command_line() -> str:
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("__main__.py", "/rnnlab")):
+        argv[0] = "rnnlab"
+    return " ".join(shlex.quote(a) for a in argv)
+

@@ -1,0 +1,340 @@
+"""Benchmark suites, sweeps and reports (CPU, fast)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from rnnlab.bench.report import aggregate, collect, write_report
+from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_plan
+from rnnlab.bench.sweep import build_sweep
+from rnnlab.cli import main
+from rnnlab.models.params import count_params
+
+SHIPPED = {"tiny", "seed-400m-sf", "seed-400m-step-matched", "depth-sweep", "e1-ablations"}
+
+
+def _table_rows(md: str, header_start: str = "| Model | Params | Loss") -> list[list[str]]:
+    lines = md.splitlines()
+    i = next(k for k, line in enumerate(lines) if line.startswith(header_start))
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+# ------------------------------------------------------------------------------------ suite files
+def test_shipped_suites_load():
+    suites = {s.name: s for s in list_suites()}
+    assert SHIPPED <= set(suites)
+    for s in suites.values():
+        assert s.runs and s.description
+    assert load_suite("tiny").name == "tiny"
+    with pytest.raises(ValueError, match="unknown suite"):
+        load_suite("no-such-suite")
+
+
+def test_seed_suites_reproduce_seed_param_counts(tmp_path):
+    for name in ("seed-400m-sf", "seed-400m-step-matched"):
+        suite = load_suite(name)
+        plan = plan_suite(suite, tmp_path / name)
+        refs = suite.reference["runs"]
+        assert {p.name for p in plan} == set(refs)
+        for p in plan:
+            assert p.params == refs[p.name]["params"], p.name
+    sf = {p.name: p.cfg for p in plan_suite(load_suite("seed-400m-sf"), tmp_path / "a")}
+    c = sf["mamba2-d22"]
+    assert (c.optimizer, c.lr, c.weight_decay, c.precision, c.grad_clip, c.seed) == \
+        ("schedulefree-adamw", 3e-4, 0.1, "bf16", None, 42)
+    assert (c.batch_size, c.seq_len, c.steps) == (16, 512, 1500)
+    assert c.model.layer == {"d_state": 64}
+
+
+def test_scaling_options(tmp_path):
+    suite = load_suite("tiny")
+    plan = plan_suite(suite, tmp_path, params="150K", steps=7, seeds="1,2", device="cpu")
+    assert len(plan) == 2 * len(suite.runs)
+    assert [p.dir.name for p in plan[:2]] == ["e1-s1", "e1-s2"]
+    assert [p.cfg.seed for p in plan[:2]] == [1, 2]
+    for p in plan:
+        assert p.cfg.steps == 7 and p.cfg.minutes is None and p.cfg.device == "cpu"
+        assert p.params == count_params(p.cfg.model)
+        assert abs(p.params - 150_000) / 150_000 < 0.3, (p.label, p.params)
+        assert p.cfg.model.depth == 2  # depth kept, width re-solved
+    base = {p.name: p.cfg.model.dim for p in plan_suite(suite, tmp_path)}
+    assert any(p.cfg.model.dim != base[p.name] for p in plan)
+    timed = plan_suite(suite, tmp_path, minutes=0.5)
+    assert all(p.cfg.minutes == 0.5 and p.cfg.steps is None for p in timed)
+    with pytest.raises(ValueError, match="schedulefree"):
+        plan_suite(load_suite("seed-400m-step-matched"), tmp_path, minutes=5)
+    with pytest.raises(ValueError, match="seeds"):
+        plan_suite(suite, tmp_path, seeds="1,x")
+
+
+def test_suite_file_target_params_and_errors(tmp_path):
+    text = """
+name = "mine"
+[defaults]
+steps = 3
+lr = 1e-3
+[[runs]]
+name = "a"
+model = "e1"
+depth = 2
+target_params = "100K"
+[[runs]]
+name = "b"
+model = "mingru"
+dim = 32
+depth = 3
+lr = 2e-3
+"""
+    f = tmp_path / "mine.toml"
+    f.write_text(text)
+    suite = load_suite(f)
+    plan = {p.name: p for p in plan_suite(suite, tmp_path / "out")}
+    assert abs(plan["a"].params - 100_000) < 20_000 and plan["a"].target_params == 100_000
+    assert plan["a"].cfg.lr == 1e-3 and plan["b"].cfg.lr == 2e-3
+    assert plan["b"].cfg.model.dim == 32 and plan["b"].cfg.model.depth == 3
+    with pytest.raises(ValueError, match="dim"):
+        parse_suite({"runs": [{"name": "x", "model": "e1", "depth": 2}]})
+    with pytest.raises(ValueError, match="unknown top-level"):
+        parse_suite({"runz": []})
+    with pytest.raises(ValueError, match="twice"):
+        parse_suite({"runs": [{"name": "x", "model": "e1", "depth": 2, "dim": 32}] * 2})
+    with pytest.raises(ValueError, match="run b"):
+        plan_suite(parse_suite({"runs": [{"name": "b", "model": "e1", "depth": 2, "dim": 32,
+                                          "layer": {"bogus": 1}}]}), tmp_path)
+
+
+# ------------------------------------------------------------------------------------ resume
+def _fake_trainer(calls, interrupt_at=None):
+    """A stand-in for run_training that writes a plausible run folder."""
+
+    def fake(cfg, progress=True):
+        calls.append((Path(cfg.out).name, cfg.resume))
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(cfg.to_dict()))
+        complete = len(calls) != interrupt_at
+        steps = cfg.steps if complete else 1
+        with open(out / "metrics.jsonl", "w") as f:
+            for s in range(1, steps + 1):
+                f.write(json.dumps({"step": s, "tokens": s * 64, "loss": 5.0 / s, "lr": cfg.lr,
+                                    "tok_per_s": 1000.0, "peak_mem_gib": None, "elapsed_s": 0.1 * s}) + "\n")
+        summary = {"model": cfg.model.model, "params": 1000, "steps": steps, "tokens": steps * 64,
+                   "loss": 1.0 + len(calls) / 10, "val_loss": 1.0, "val_bpb": 1.44, "tok_per_s": 1000.0,
+                   "peak_mem_gib": None, "time_s": 0.1 * steps, "complete": complete,
+                   "dim": cfg.model.dim, "depth": cfg.model.depth, "layer": cfg.model.layer,
+                   "seed": cfg.seed, "budget": {"steps": cfg.steps}, "device": "cpu"}
+        (out / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    return fake
+
+
+def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
+    import rnnlab.train.trainer as trainer
+
+    suite = load_suite("tiny")
+    out = tmp_path / "suite"
+    plan = plan_suite(suite, out, steps=3)
+    calls: list = []
+    monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls, interrupt_at=3))
+    res = run_plan(suite, plan, out, progress=False, log=lambda m: None)
+    assert res["stopped"] and len(calls) == 3 and res["trained"] == ["e1", "mamba2", "mingru"]
+
+    calls.clear()
+    monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))
+    res = run_plan(suite, plan_suite(suite, out, steps=3), out, progress=False, log=lambda m: None)
+    # the interrupted run is resumed, complete ones are skipped, the rest start fresh
+    assert calls == [("mingru", True), ("minlstm", False), ("e16", False), ("transformer", False)]
+    assert res["skipped"] == ["e1", "mamba2"] and not res["stopped"]
+
+    calls.clear()
+    run_plan(suite, plan_suite(suite, out, steps=3), out, progress=False, log=lambda m: None)
+    assert calls == []  # everything complete
+    run_plan(suite, plan_suite(suite, out, steps=5), out, progress=False, log=lambda m: None)
+    assert len(calls) == len(suite.runs) and all(resume for _, resume in calls)  # budget grew: extend
+
+    md = (out / "report.md").read_text()
+    assert len(_table_rows(md)) == len(suite.runs)
+
+    # a different model config in the same folder is refused, not silently reused
+    with pytest.raises(ValueError, match="model.dim"):
+        run_plan(suite, plan_suite(suite, out, steps=5, params="200K"), out, progress=False, log=lambda m: None)
+
+
+def test_failed_run_does_not_stop_suite(tmp_path, monkeypatch):
+    import rnnlab.train.trainer as trainer
+
+    suite = load_suite("tiny")
+    calls: list = []
+    good = _fake_trainer(calls)
+
+    def flaky(cfg, progress=True):
+        if Path(cfg.out).name == "mamba2":
+            calls.append(("mamba2", cfg.resume))
+            raise RuntimeError("diverged")
+        return good(cfg, progress)
+
+    monkeypatch.setattr(trainer, "run_training", flaky)
+    res = run_plan(suite, plan_suite(suite, tmp_path, steps=2), tmp_path, progress=False, log=lambda m: None)
+    assert len(calls) == len(suite.runs) and list(res["failed"]) == ["mamba2"]
+    md = (tmp_path / "report.md").read_text()
+    assert "mamba2 (missing" in md or "mamba2 (failed" in md
+
+
+# ------------------------------------------------------------------------------------ report
+def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, depth: int = 2, model: str = "e1",
+                   seed: int = 42, mem: float | None = 2.0):
+    d = root / name
+    d.mkdir(parents=True)
+    s = {"model": model, "params": 400_000_000, "steps": 10, "tokens": 10 * 512, "loss": loss, "val_loss": bpb * 0.693,
+         "val_bpb": bpb, "tok_per_s": tok, "peak_mem_gib": mem, "time_s": 100.0, "complete": True, "dim": 64,
+         "depth": depth, "layer": {}, "seed": seed, "budget": {"steps": 10}, "device": "cuda"}
+    (d / "summary.json").write_text(json.dumps(s))
+    (d / "config.json").write_text(json.dumps({"data": "/data/pile.txt", "val_data": None, "val_fraction": 0.01,
+                                               "steps": 10, "batch_size": 16, "seq_len": 512, "optimizer": "adamw",
+                                               "lr": 1e-4, "weight_decay": 0.1, "grad_clip": None,
+                                               "precision": "bf16", "model": {"model": model, "dim": 64,
+                                                                              "depth": depth, "layer": {}}}))
+    (d / "env.json").write_text(json.dumps({"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3",
+                                            "git_sha": "0123456789abcdef", "git_dirty": False}))
+    (d / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i, "loss": 3.0 - 0.1 * i, "elapsed_s": i * 0.5, "tok_per_s": tok}) + "\n"
+        for i in range(1, 11)))
+
+
+def test_report_mean_std_over_seeds(tmp_path):
+    for seed, loss in zip((1, 2, 3), (1.4, 1.5, 1.6)):
+        _synthetic_run(tmp_path, f"mamba2-s{seed}", loss, 2.0 + seed / 100, 20000.0 + 1000 * seed, model="mamba2",
+                       depth=22, seed=seed)
+    _synthetic_run(tmp_path, "e1-d6-s1", 1.7, 2.4, 25000.0, depth=6)
+    _synthetic_run(tmp_path, "e1-d26-s1", 1.6, 2.3, 15000.0, depth=26)
+    paths = write_report(tmp_path)
+    md = paths["md"].read_text()
+    rows = {r[0]: r for r in _table_rows(md)}
+    assert set(rows) == {"mamba2", "e1-d6", "e1-d26"}
+    assert rows["mamba2"][2] == "1.5000 ± 0.1000"  # sample std of 1.4, 1.5, 1.6
+    assert rows["mamba2"][3] == "2.0200 ± 0.0100"
+    assert rows["mamba2"][4] == "22.0K ± 1.00K"
+    assert rows["mamba2"][5] == "2.0 ± 0.0 GiB" and rows["e1-d6"][5] == "2.0 GiB"
+    assert rows["e1-d6"][2] == "1.7000" and rows["e1-d6"][1] == "400M"
+    for r in rows.values():
+        assert all(c and c != "-" for c in r), r
+    assert "NVIDIA H100 80GB HBM3" in md and "0123456789ab" in md and "/data/pile.txt" in md
+    doc = json.loads(paths["json"].read_text())
+    m = next(r for r in doc["rows"] if r["name"] == "mamba2")
+    assert m["loss_n"] == 3 and abs(m["loss_std"] - 0.1) < 1e-9 and m["seeds"] == [1, 2, 3]
+    names = {p.name for p in paths["plots"]}
+    assert {"loss_vs_step.png", "loss_vs_time.png", "tok_per_s.png", "loss_vs_depth.png"} <= names
+    for p in paths["plots"]:
+        assert p.stat().st_size > 1000
+
+
+def test_report_reference_table(tmp_path):
+    _synthetic_run(tmp_path, "e1-d26", 1.60, 2.3, 16000.0, depth=26)
+    plan = {"suite": "seed-400m-sf", "runs": [{"name": "e1-d26", "seed": None, "dir": "e1-d26", "point": None}],
+            "reference": {"source": "seed Table A", "runs": {
+                "e1-d26": {"params": 403279360, "loss": 1.5875, "tok_per_s": 15800, "mem_gb": 9.7, "time_s": 778}}}}
+    (tmp_path / "suite.json").write_text(json.dumps(plan))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "## Seed vs ours" in md
+    row = _table_rows(md, "| Model | Params (seed / ours)")[0]
+    assert row[0] == "e1-d26" and row[2] == "1.5875 / 1.6000" and row[3] == "+0.0125"
+
+
+# ------------------------------------------------------------------------------------ sweep
+def test_sweep_expands_points(tmp_path):
+    s = build_sweep("e1", 2, ["lr=1e-4,3e-4,1e-3", "layer.heads=1,4"], dim=64)
+    assert len(s.runs) == 6
+    names = [r.name for r in s.runs]
+    assert names[0] == "lr-1e-4_heads-1" and len(set(names)) == 6
+    r = s.runs[3]
+    assert r.point == {"lr": 3e-4, "layer.heads": 4} and r.overrides == {"lr": 3e-4} and r.layer == {"heads": 4}
+    assert s.sweep["axes"] == {"lr": [1e-4, 3e-4, 1e-3], "layer.heads": [1, 4]}
+
+    d = build_sweep("e1", 2, ["depth=2,4"], target_params="500K", layer={"expansion": 2.0})
+    plan = plan_suite(d, tmp_path)
+    assert [p.cfg.model.depth for p in plan] == [2, 4]
+    assert plan[0].cfg.model.dim > plan[1].cfg.model.dim  # width re-solved per depth
+    assert all(abs(p.params - 500_000) < 75_000 for p in plan)
+    assert all(p.cfg.model.layer == {"expansion": 2.0} for p in plan)
+
+    for bad, match in ((["out=a,b"], "cannot sweep"), (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"),
+                       (["lr=1,1"], "repeats")):
+        with pytest.raises(ValueError, match=match):
+            build_sweep("e1", 2, bad, dim=64)
+    with pytest.raises(ValueError, match="conflicts"):
+        build_sweep("e1", 2, ["dim=32,64"], target_params="1M")
+    with pytest.raises(ValueError, match="--dim"):
+        build_sweep("e1", 2, ["lr=1e-3"])
+    with pytest.raises(ValueError, match="--depth"):
+        build_sweep("e1", None, ["lr=1e-3"], dim=64)
+    assert [r.depth for r in build_sweep("e1", None, ["depth=2,3"], dim=64).runs] == [2, 3]
+
+
+# ------------------------------------------------------------------------------------ end to end
+def test_bench_list_and_plan(tmp_path, capsys):
+    assert main(["bench", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in SHIPPED:
+        assert name in out
+    assert main(["bench", "tiny", "--plan", "--out", str(tmp_path), "--params", "100K", "--seeds", "3"]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
+    assert len(lines) == 6 and all("[new]" in x and "-s3" in x for x in lines)
+    assert not any(tmp_path.iterdir())  # --plan trains and writes nothing
+    assert main(["bench"]) == 2  # no suite named: a one-line error
+
+
+def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "tiny"
+    rc = main(["bench", "tiny", "--out", str(out), "--steps", "8", "--device", "cpu", "--no-progress",
+               "--eval-bytes", "4096"])
+    assert rc == 0
+    md = (out / "report.md").read_text()
+    rows = _table_rows(md)
+    assert [r[0] for r in rows] == [r.name for r in load_suite("tiny").runs]
+    for r in rows:
+        assert len(r) == 7 and all(c and c != "-" for c in r), r
+        assert re.fullmatch(r"\d\.\d{4}", r[2]) and re.fullmatch(r"\d+\.\d{4}", r[3])
+    for key in ("Suite:** tiny", "Device:** CPU", "Corpus:** bundled sample", "Command:** `"):
+        assert key in md
+    for p in ("loss_vs_step.png", "loss_vs_time.png", "tok_per_s.png", "report.json", "suite.json"):
+        assert (out / p).stat().st_size > 0
+    data = collect(out)
+    assert all(r["status"] == "complete" for r in data["records"])
+    assert all(r["steps"] == 8 for r in aggregate(data["records"]))
+
+    # a second invocation trains nothing; `rnnlab report` rewrites the report
+    import rnnlab.train.trainer as trainer
+
+    calls: list = []
+    monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))
+    assert main(["bench", "tiny", "--out", str(out), "--steps", "8", "--device", "cpu", "--no-progress",
+                 "--eval-bytes", "4096"]) == 0
+    assert calls == []
+    (out / "report.md").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").exists()
+
+
+def test_sweep_cli_end_to_end(tmp_path):
+    out = tmp_path / "lr"
+    rc = main(["sweep", "--model", "mingru", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,1e-2",
+               "--steps", "4", "--batch-size", "4", "--seq-len", "32", "--precision", "fp32",
+               "--device", "cpu", "--eval-bytes", "2048", "--no-progress", "--out", str(out)])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["lr-1e-2", "lr-1e-3"]
+    md = (out / "report.md").read_text()
+    assert "## Sweep" in md and (out / "sweep_lr.png").exists()
+    rows = _table_rows(md, "| lr | Params")
+    assert [r[0] for r in rows] == ["0.001", "0.01"] and all(re.fullmatch(r"\d\.\d{4}", r[2]) for r in rows)
+    cfg = json.loads((out / "lr-1e-2" / "config.json").read_text())
+    assert cfg["lr"] == 1e-2 and cfg["batch_size"] == 4 and cfg["model"]["model"] == "mingru"
