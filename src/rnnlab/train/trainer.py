@@ -48,6 +48,7 @@ from rnnlab.train.metrics import RunLogger, truncate_jsonl, write_json
 from rnnlab.train.optim import build_optimizer, current_lr, eval_weights
 
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (spec §2.1)
+WARMUP_STEPS = 3  # steps per process left out of the summary tok/s (compilation, autotuning)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -215,9 +216,9 @@ def env_info(device: torch.device) -> dict[str, Any]:
 def _git_state() -> tuple[str | None, bool | None]:
     here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5).stdout.strip() or None
-        if sha is None:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        sha = res.stdout.strip() if res.returncode == 0 else None
+        if not sha:
             return None, None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip() != ""
@@ -388,7 +389,9 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
             "loss": (sum(losses) / len(losses)) if losses else None,
             "val_loss": last_eval["val_loss"] if last_eval else None,
             "val_bpb": last_eval["val_bpb"] if last_eval else None,
-            "tok_per_s": tokens / elapsed if elapsed > 0 else None,
+            # steady-state throughput: the first WARMUP_STEPS of each process (kernel compilation,
+            # autotuning, allocator growth) are left out, as the seed left out its warm-up steps
+            "tok_per_s": (steady[0] / steady[1]) if steady[1] > 0 else (tokens / elapsed if elapsed > 0 else None),
             "peak_mem_gib": _peak_mem_gib(device), "time_s": elapsed, "complete": complete,
             "dim": m.dim, "depth": m.depth, "layer": m.layer, "mlp_ratio": m.resolved_mlp_ratio(),
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "optimizer": cfg.optimizer,
@@ -401,6 +404,7 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
             write_json(run / "summary.json", out)
         return out
 
+    steps_here, steady = 0, [0, 0.0]  # steps run by this process; (tokens, seconds) after warm-up
     stop = StopOnInterrupt()
     try:
         with stop:
@@ -420,6 +424,10 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
                 step += 1
                 tokens += tokens_per_step
                 elapsed += dt
+                steps_here += 1
+                if steps_here > WARMUP_STEPS:
+                    steady[0] += tokens_per_step
+                    steady[1] += dt
                 losses.append(loss)
                 log.step({"step": step, "tokens": tokens, "loss": loss, "lr": lr,
                           "tok_per_s": tokens_per_step / dt if dt > 0 else None,
