@@ -1,0 +1,256 @@
+"""Per-layer recurrence timings (forward, backward) of each implementation at the seed shapes.
+
+    python benchmarks/bench_kernels.py [--json results/kernels_h100.json] [--quick]
+
+B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
+repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
+training), "bwd" = median(fwd+bwd) - median(fwd). Also prints the two floors: HBM bytes over the
+measured copy bandwidth, and (E1) the recurrent FLOPs over the measured bf16 GEMM rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+
+import torch
+
+
+def timeit(fn, reps: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        torch.cuda.synchronize()
+        ts.append(s.elapsed_time(e))
+    return statistics.median(ts)
+
+
+def fwd_bwd(make, reps):
+    """make() -> (fn, inputs list, grad_out). Returns (fwd_ms, bwd_ms, total_ms)."""
+    fn, ins, g = make()
+
+    def f():
+        return fn(*ins)
+
+    def fb():
+        y = fn(*ins)
+        torch.autograd.backward(y, g)
+        for x in ins:
+            if x is not None and x.grad is not None:
+                x.grad = None
+
+    tf = timeit(f, reps)
+    tt = timeit(fb, reps)
+    return tf, tt - tf, tt
+
+
+def ceilings():
+    n = 256 * 2**20
+    a = torch.randn(n // 4, device="cuda")
+    b = torch.empty_like(a)
+    t = timeit(lambda: b.copy_(a), 20)
+    bw = 2 * a.numel() * 4 / (t * 1e-3)  # bytes/s (read + write)
+    m = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t = timeit(lambda: m @ m, 10)
+    fl = 2 * 8192**3 / (t * 1e-3)
+    return bw, fl
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--json", default=None)
+    p.add_argument("--reps", type=int, default=10)
+    p.add_argument("--quick", action="store_true", help="skip the slow naive E1 loop")
+    p.add_argument("--best-out", default=None, help="write the fastest dense config BN,BK,warps,stages,split")
+    p.add_argument("--B", type=int, default=32)
+    p.add_argument("--T", type=int, default=512)
+    args = p.parse_args(argv)
+
+    import triton
+
+    from rnnlab.ops.diag import diag_elman_scan
+    from rnnlab.ops.elman import elman_scan
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.scan import linear_scan
+
+    B, T = args.B, args.T
+    dt = torch.bfloat16
+    dev = "cuda"
+    torch.manual_seed(0)
+    bw, fl = ceilings()
+    rows = []
+
+    def add(name, shape, res, floor_ms, note=""):
+        f, b, tot = res
+        rows.append(dict(name=name, shape=shape, fwd_ms=round(f, 4), bwd_ms=round(b, 4),
+                         total_ms=round(tot, 4), floor_ms=round(floor_ms, 4), note=note))
+        print(f"{name:34s} {shape:22s} fwd {f:8.3f}  bwd {b:8.3f}  total {tot:8.3f} ms  "
+              f"floor {floor_ms:6.3f}  {note}", flush=True)
+
+    el = 2  # bf16 bytes
+
+    # ---- linear scan (minGRU / minLSTM)
+    for H in (1760, 3520):
+        n = B * T * H
+        floor = (3 + 5) * n * el / bw * 1e3
+
+        def mk(H=H):
+            a = torch.rand(B, T, H, device=dev, dtype=dt).mul_(0.5).add_(0.5).requires_grad_()
+            b = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
+            return (lambda a, b: linear_scan(a, b, None, backend="triton")), [a, b], torch.randn_like(b)
+
+        add("scan triton", f"B{B} T{T} H{H}", fwd_bwd(mk, args.reps), floor)
+
+        def mkn(H=H):
+            fn, ins, g = mk()
+            return (lambda a, b: linear_scan(a, b, None, backend="naive")), ins, g
+
+        add("scan naive (torch loop)", f"B{B} T{T} H{H}", fwd_bwd(mkn, max(3, args.reps // 3)), floor)
+
+        def mkh(H=H):
+            fn, ins, g = mk()
+            return (lambda a, b: linear_scan(a, b, None, backend="heinsen")), ins, g
+
+        add("scan heinsen (log-space torch)", f"B{B} T{T} H{H}", fwd_bwd(mkh, max(3, args.reps // 3)), floor)
+
+    from rnnlab.ops.scan import triton as stri
+
+    H = 1760
+    for blk in (128, 512):
+        stri.BLOCK = blk
+
+        def mkb(H=H):
+            a = torch.rand(B, T, H, device=dev, dtype=dt).mul_(0.5).add_(0.5).requires_grad_()
+            b = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
+            return (lambda a, b: linear_scan(a, b, None, backend="triton")), [a, b], torch.randn_like(b)
+
+        add("scan triton", f"B{B} T{T} H{H}", fwd_bwd(mkb, args.reps), (3 + 5) * B * T * H * el / bw * 1e3,
+            f"BLOCK={blk}")
+    stri.BLOCK = 256
+
+    # fused gate + scan (reads p once, writes h; backward reads p, h, g, writes dp)
+    for nm, fn, G, H in (("minGRU fused gates+scan", stri.mingru_scan, 2, 3520),
+                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)):
+        floor = ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
+
+        def mkf(fn=fn, G=G, H=H):
+            pp = torch.randn(B, T, G * H, device=dev, dtype=dt, requires_grad=True)
+            return fn, [pp], torch.randn(B, T, H, device=dev, dtype=dt)
+
+        add(nm, f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps), floor)
+
+    # ---- diag Elman (E16 s4: di 2048 -> S 8192)
+    S = 8192
+    n = B * T * S
+    floor = (2 + 4) * n * el / bw * 1e3
+
+    def mkd():
+        u = torch.randn(B, T, S, device=dev, dtype=dt, requires_grad=True)
+        a = torch.rand(S, device=dev, dtype=dt, requires_grad=True)
+        return (lambda u, a: diag_elman_scan(u, a, None, backend="triton")), [u, a], torch.randn_like(u)
+
+    add("diag triton", f"B{B} T{T} S{S}", fwd_bwd(mkd, args.reps), floor)
+
+    def mkdn():
+        fn, ins, g = mkd()
+        return (lambda u, a: diag_elman_scan(u, a, None, backend="naive")), ins, g
+
+    add("diag naive (torch loop)", f"B{B} T{T} S{S}", fwd_bwd(mkdn, 3), floor)
+
+    # ---- E1 heads 14 x 128
+    for nh, hd in ((14, 128), (28, 64)):
+        H = nh * hd
+        rec_flops = 3 * 2 * B * T * hd * hd * nh
+        floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
+
+        def mkh(nh=nh, hd=hd, H=H):
+            wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
+            w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
+            return (lambda x, w: elman_scan(x, w, None, backend="triton")), [wx, w], torch.randn_like(wx)
+
+        for fast in (True, False):
+            et.FAST_TANH = fast
+            add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
+                "tanh.approx" if fast else "exp-tanh")
+        et.FAST_TANH = True
+
+    # ---- E1 dense 1760
+    H = 1760
+    rec_flops = 3 * 2 * B * T * H * H
+    floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
+
+    def mke():
+        wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
+        w = (torch.randn(H, H, device=dev) * (0.9 / H**0.5)).to(dt).requires_grad_()
+        return (lambda x, w: elman_scan(x, w, None, backend="triton")), [wx, w], torch.randn_like(wx)
+
+    best = None
+    # (BN, BK, warps, stages, split-K)
+    for cfg in ((16, 128, 4, 3, 1), (16, 256, 4, 3, 1), (16, 128, 4, 3, 2), (16, 128, 4, 3, 4),
+                (16, 64, 4, 3, 4), (32, 128, 4, 3, 4), (32, 64, 4, 3, 7), (64, 64, 4, 3, 7),
+                (16, 64, 2, 3, 7), (32, 64, 4, 2, 14)):
+        et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT = cfg
+        et.USE_GRAPH = True
+        r = fwd_bwd(mke, args.reps)
+        add("E1 dense triton step+graph", f"B{B} T{T} H{H}", r, floor,
+            "BN={} BK={} w={} st={} splitK={}".format(*cfg))
+        if best is None or r[2] < best[0]:
+            best = (r[2], cfg)
+    et._GRAPHS.clear()
+    print("best dense config", best)
+    if args.best_out:
+        with open(args.best_out, "w") as f:
+            f.write(",".join(map(str, best[1])))
+    et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT = best[1]
+    et.USE_GRAPH = False
+    add("E1 dense triton step, eager", f"B{B} T{T} H{H}", fwd_bwd(mke, 3), floor, "best config")
+    et.USE_GRAPH = True
+    if not args.quick:
+        def mken():
+            fn, ins, g = mke()
+            return (lambda x, w: elman_scan(x, w, None, backend="naive")), ins, g
+
+        add("E1 dense naive (torch loop)", f"B{B} T{T} H{H}", fwd_bwd(mken, 3), floor)
+
+    # cuBLAS chain floor for one GEMM per step (anchor 2.45 ms)
+    h = torch.randn(B, H, device=dev, dtype=dt)
+    wt = (torch.randn(H, H, device=dev) * 0.02).to(dt)
+    out = torch.empty(T, B, H, device=dev, dtype=dt)
+
+    def chain():
+        x = h
+        for t in range(T):
+            torch.mm(x, wt, out=out[t])
+            x = out[t]
+
+    chain()
+    torch.cuda.synchronize()
+    gph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(gph):
+        chain()
+    tc = timeit(gph.replay, args.reps)
+    print(f"{'cuBLAS GEMM chain (graph)':34s} {'':22s} {tc:8.3f} ms ({tc / T * 1e3:.2f} us/step)")
+
+    meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
+                .isoformat(timespec="seconds"), torch=torch.__version__, triton=triton.__version__,
+                python=platform.python_version(), command=" ".join(sys.argv), B=B, T=T, dtype="bf16",
+                copy_bw_GBs=round(bw / 1e9, 1), gemm_bf16_TFLOPs=round(fl / 1e12, 1),
+                cublas_chain_ms=round(tc, 4))
+    print(json.dumps(meta))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

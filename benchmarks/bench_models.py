@@ -1,0 +1,135 @@
+"""Whole-model training throughput (tok/s) and peak memory at the 400M seed configurations.
+
+    python benchmarks/bench_models.py [--all] [--batches 16 32] [--json results/models_h100.json]
+
+Pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1), T=512, the same random bytes for every
+model, ``--warmup`` steps excluded, median step time of ``--steps`` timed steps (CUDA-synchronised
+wall clock per step). Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps.
+Models are built with ``rnnlab.models.LM`` / ``ModelConfig`` (the real configs, default backends:
+Triton kernels for the recurrences, official mamba_ssm for Mamba2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+BASE = [
+    ("E1 d26 (dense, seed)", dict(model="e1", dim=1760, depth=26)),
+    ("Mamba2 d22 (official)", dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})),
+]
+EXTRA = [
+    ("E1 heads 14x128 d31", dict(model="e1", dim=1792, depth=31, layer={"heads": 14})),
+    ("minGRU 3520x16 (fused gate+scan)", dict(model="mingru", dim=3520, depth=16)),
+    ("minLSTM 2880x16 (fused gate+scan)", dict(model="minlstm", dim=2880, depth=16)),
+    ("minGRU 3520x16 (Heinsen, seed's scan)", dict(model="mingru", dim=3520, depth=16, layer={"backend": "heinsen"})),
+    ("minLSTM 2880x16 (Heinsen, seed's scan)", dict(model="minlstm", dim=2880, depth=16, layer={"backend": "heinsen"})),
+    ("E16 s4 1024x10 e2", dict(model="e16", dim=1024, depth=10,
+                               layer={"expansion": 2.0, "state_expansion": 4})),
+]
+
+
+def bench(name, cfgd, B, T, steps, warmup, data_seed=0):
+    import schedulefree
+
+    from rnnlab.models import LM, ModelConfig
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(**cfgd)
+    model = LM(cfg).to("cuda", torch.bfloat16)
+    model.train()
+    params = sum(p.numel() for p in model.parameters())
+    opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=3e-4, weight_decay=0.1)
+    opt.train()
+    g = torch.Generator(device="cuda").manual_seed(data_seed)
+    batches = [torch.randint(0, 256, (B, T + 1), device="cuda", generator=g) for _ in range(4)]
+    times, losses = [], []
+    for i in range(warmup + steps):
+        if i == warmup:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        x = batches[i % len(batches)]
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        loss = model(x[:, :-1], x[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        if i >= warmup:
+            times.append(dt)
+        losses.append(loss.item())
+    peak = torch.cuda.max_memory_allocated() / 2**30
+    med = statistics.median(times)
+    res = dict(name=name, config=cfgd, params=params, B=B, T=T, step_ms=round(med * 1e3, 2),
+               tok_per_s=round(B * T / med), peak_mem_gib=round(peak, 2),
+               loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
+    del model, opt, batches
+    gc.collect()
+    torch.cuda.empty_cache()
+    return res
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--batches", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--T", type=int, default=512)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--only", default=None, help="substring filter on model names")
+    p.add_argument("--json", default=None)
+    p.add_argument("--dense-cfg", default=None, help="E1 dense Triton step config BN,BK,warps,stages[,split]")
+    args = p.parse_args(argv)
+    import triton
+
+    from rnnlab.ops.elman import triton as et
+
+    if args.dense_cfg:
+        vals = list(map(int, args.dense_cfg.split(",")))
+        et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES = vals[:4]
+        et.DENSE_SPLIT = vals[4] if len(vals) > 4 else 1
+
+    todo = BASE + (EXTRA if args.all else [])
+    if args.only:
+        todo = [t for t in todo if args.only.lower() in t[0].lower()]
+    rows = []
+    for name, cfgd in todo:
+        for B in args.batches:
+            try:
+                r = bench(name, cfgd, B, args.T, args.steps, args.warmup)
+            except Exception as e:  # noqa: BLE001 - report and continue with the next model
+                r = dict(name=name, config=cfgd, B=B, T=args.T, error=f"{type(e).__name__}: {e}")
+                gc.collect()
+                torch.cuda.empty_cache()
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    meta = dict(device=torch.cuda.get_device_name(),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                torch=torch.__version__, triton=triton.__version__, command=" ".join(sys.argv),
+                optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1", weights="bf16",
+                steps=args.steps, warmup=args.warmup,
+                dense_cfg=[et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT])
+    print(f"\n{meta['device']}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}")
+    print(f"{'model':26s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'step ms':>9s} {'peak GiB':>9s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:26s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
+        else:
+            print(f"{r['name']:26s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d} {r['step_ms']:9.1f} "
+                  f"{r['peak_mem_gib']:9.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

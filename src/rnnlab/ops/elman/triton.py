@@ -1,0 +1,435 @@
+"""Triton Elman scan ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (E1), forward and backward.
+
+Two paths, chosen by the shape of ``w_h``:
+
+* **heads** ``w_h: [nh, hd, hd]`` (block-diagonal): one program per (head, batch tile of 16 rows)
+  keeps W_head on chip for all T and walks time sequentially (fp32 state, one
+  ``[16, hd] x [hd, hd]`` MMA per step). The backward runs the same way in reverse with W_head:
+  ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``; then ``dW = sum_t dpre_t^T h_{t-1}`` is one
+  batched GEMM in torch and ``dwx = dpre``.
+* **dense** ``w_h: [H, H]`` (design a+): per time step ONE fused Triton kernel
+  (``h_{t-1} @ W^T + wx_t``, tanh, store), in a Python loop over T that is captured once per
+  shape in a CUDA graph (``USE_GRAPH``; static buffers keyed by shape) and replayed. Backward:
+  per step one fused kernel ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``; ``dW_h``,
+  ``dh0`` as single GEMMs after the loop. ``DENSE_SPLIT > 1`` splits each step's reduction over
+  several programs (fp32 atomics; the last program of a tile runs the epilogue): tested, but no
+  faster on H100 (docs/kernels.md), so off by default.
+
+Inputs bf16/fp16/fp32 (fp64 is computed in fp32); matrix products take fp32 operands in IEEE
+mode for fp32 inputs and 16-bit operands (fp32 accumulation) for 16-bit inputs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["elman_scan", "USE_GRAPH", "DENSE_BN", "DENSE_BK", "DENSE_SPLIT"]
+
+USE_GRAPH = True  # capture the dense per-step loop in a CUDA graph (per shape)
+FAST_TANH = True  # tanh.approx.f32 for 16-bit inputs on the GPU (never for fp32 / the interpreter)
+DENSE_BN = 16  # output columns per program in the dense step kernel
+DENSE_BK = 128  # reduction chunk
+DENSE_WARPS = 4
+DENSE_STAGES = 3
+DENSE_SPLIT = 1  # >1: split the reduction over K across programs (fp32 atomics, last one finishes)
+HEAD_BT = 16  # batch rows per program in the heads kernel
+HEAD_WARPS = 8
+HEAD_STAGES = 3
+
+
+@triton.jit
+def _tanh(x, FAST: tl.constexpr = False):
+    if FAST:  # sm_75+ MUFU tanh, ~1e-3 relative error: only for 16-bit inputs
+        return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        e = tl.exp(2.0 * x)
+        return 1.0 - 2.0 / (e + 1.0)
+
+
+# --------------------------------------------------------------------------------------- heads
+@triton.jit
+def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD,
+               HAS_H0: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr, IEEE: tl.constexpr,
+               STAGES: tl.constexpr, FAST: tl.constexpr):
+    head = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rb = pid_b * BT + tl.arange(0, BT)
+    rk = tl.arange(0, HDP)
+    mb = rb < B
+    mk = rk < HD
+    # wt[k, n] = W[head, n, k]
+    wt = tl.load(w_ptr + head * HD * HD + rk[None, :] * HD + rk[:, None],
+                 mask=mk[:, None] & mk[None, :], other=0.0)
+    cols = head * HD + rk
+    m2 = mb[:, None] & mk[None, :]
+    offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BT, HDP], dtype=tl.float32)
+    for t in tl.range(0, T, num_stages=STAGES):
+        x = tl.load(wx_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        if IEEE:
+            r = tl.dot(h, wt, input_precision="ieee")
+        else:
+            r = tl.dot(h.to(wt.dtype), wt)
+        h = _tanh(x + r, FAST)
+        tl.store(h_ptr + offs + t * H, h.to(h_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _heads_bwd(w_ptr, h_ptr, g_ptr, dpre_ptr, dh0_ptr, B, T, H, HD,
+               BT: tl.constexpr, HDP: tl.constexpr, IEEE: tl.constexpr, STAGES: tl.constexpr):
+    head = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rb = pid_b * BT + tl.arange(0, BT)
+    rk = tl.arange(0, HDP)
+    mb = rb < B
+    mk = rk < HD
+    # w[n, k] = W[head, n, k]
+    w = tl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rk[None, :],
+                mask=mk[:, None] & mk[None, :], other=0.0)
+    cols = head * HD + rk
+    m2 = mb[:, None] & mk[None, :]
+    offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
+    carry = tl.zeros([BT, HDP], dtype=tl.float32)  # dpre_{t+1} @ W
+    for i in tl.range(0, T, num_stages=STAGES):
+        t = T - 1 - i
+        g = tl.load(g_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        hh = tl.load(h_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        dpre = (g + carry) * (1.0 - hh * hh)
+        tl.store(dpre_ptr + offs + t * H, dpre.to(dpre_ptr.dtype.element_ty), mask=m2)
+        if IEEE:
+            carry = tl.dot(dpre, w, input_precision="ieee")
+        else:
+            carry = tl.dot(dpre.to(w.dtype), w)
+    tl.store(dh0_ptr + rb[:, None] * H + cols[None, :], carry, mask=m2)
+
+
+def _fast(x: torch.Tensor) -> bool:
+    return FAST_TANH and x.dtype != torch.float32 and x.is_cuda and not os.environ.get("TRITON_INTERPRET")
+
+
+def _pow2(n: int, lo: int = 16) -> int:
+    return max(lo, triton.next_power_of_2(n))
+
+
+class _ElmanHeads(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, wx, w, h0):
+        B, T, H = wx.shape
+        nh, hd, _ = w.shape
+        wx = wx.contiguous()
+        wk = w.to(wx.dtype).contiguous()
+        has_h0 = h0 is not None
+        h0c = h0.contiguous() if has_h0 else wx
+        h = torch.empty_like(wx)
+        ieee = wx.dtype == torch.float32
+        if T > 0 and B > 0:
+            grid = (nh, triton.cdiv(B, HEAD_BT))
+            _heads_fwd[grid](wx, wk, h0c, h, B, T, H, hd, HAS_H0=has_h0, BT=HEAD_BT, HDP=_pow2(hd),
+                             IEEE=ieee, STAGES=HEAD_STAGES, FAST=_fast(wx), num_warps=HEAD_WARPS)
+        ctx.save_for_backward(wk, h, h0 if has_h0 else None)
+        ctx.has_h0 = has_h0
+        ctx.w_dtype = w.dtype
+        ctx.h0_dtype = h0.dtype if has_h0 else None
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        wk, h, h0 = ctx.saved_tensors
+        B, T, H = h.shape
+        nh, hd, _ = wk.shape
+        g = g.contiguous()
+        dpre = torch.empty_like(h)
+        dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+        ieee = h.dtype == torch.float32
+        if T > 0 and B > 0:
+            grid = (nh, triton.cdiv(B, HEAD_BT))
+            _heads_bwd[grid](wk, h, g, dpre, dh0, B, T, H, hd, BT=HEAD_BT, HDP=_pow2(hd), IEEE=ieee,
+                             STAGES=HEAD_STAGES, num_warps=HEAD_WARPS)
+        dW = None
+        if ctx.needs_input_grad[1]:
+            hprev = _prev_states(h, h0)
+            dp = dpre.reshape(B * T, nh, hd).permute(1, 2, 0)  # [nh, hd(n), BT]
+            hp = hprev.reshape(B * T, nh, hd).transpose(0, 1)  # [nh, BT, hd(k)]
+            dW = torch.bmm(dp, hp).to(ctx.w_dtype)
+        return dpre, dW, (dh0.to(ctx.h0_dtype) if ctx.has_h0 else None)
+
+
+def _prev_states(h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """``[B, T, H]``: h_{t-1} for every t (h0 or zeros first)."""
+    first = torch.zeros_like(h[:, :1]) if h0 is None else h0.to(h.dtype).unsqueeze(1)
+    return torch.cat([first, h[:, :-1]], dim=1)
+
+
+# --------------------------------------------------------------------------------------- dense
+@triton.jit
+def _dense_step(x_ptr, stride_x, m_ptr, e1_ptr, e2_ptr, out_ptr, stride_e, B, H,
+                MODE: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                IEEE: tl.constexpr, FAST: tl.constexpr, STAGES: tl.constexpr):
+    """acc = X[b, :] @ M[:, cols] (M row-major [H, H]); epilogue by MODE:
+    0: out = tanh(acc + e1)              (forward;  X = h_{t-1}, M = W^T, e1 = wx_t)
+    1: out = (acc + e1) * (1 - e2^2)     (backward; X = dpre_{t+1}, M = W, e1 = g_t, e2 = h_t)
+    X rows have stride ``stride_x``; e1, e2, out rows have stride ``stride_e``."""
+    pid_n = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rb = pid_b * BB + tl.arange(0, BB)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mb = rb < B
+    mn = rn < H
+    acc = tl.zeros([BB, BN], dtype=tl.float32)
+    for k0 in tl.range(0, H, BK, num_stages=STAGES):
+        rk = k0 + tl.arange(0, BK)
+        mk = rk < H
+        xk = tl.load(x_ptr + rb[:, None].to(tl.int64) * stride_x + rk[None, :],
+                     mask=mb[:, None] & mk[None, :], other=0.0)
+        mm = tl.load(m_ptr + rk[:, None] * H + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
+        if IEEE:
+            acc += tl.dot(xk.to(tl.float32), mm.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(xk.to(mm.dtype), mm)
+    m2 = mb[:, None] & mn[None, :]
+    eo = rb[:, None].to(tl.int64) * stride_e + rn[None, :]
+    e1 = tl.load(e1_ptr + eo, mask=m2, other=0.0).to(tl.float32)
+    if MODE == 0:
+        out = _tanh(acc + e1, FAST)
+    else:
+        e2 = tl.load(e2_ptr + eo, mask=m2, other=0.0).to(tl.float32)
+        out = (acc + e1) * (1.0 - e2 * e2)
+    tl.store(out_ptr + eo, out.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _dense_step_split(x_ptr, stride_x, m_ptr, e1_ptr, e2_ptr, out_ptr, stride_e, acc_ptr, cnt_ptr,
+                      B, H, KCH, MODE: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr,
+                      BK: tl.constexpr, IEEE: tl.constexpr, FAST: tl.constexpr,
+                      STAGES: tl.constexpr, SPLIT: tl.constexpr):
+    """As ``_dense_step`` with the K reduction split over SPLIT programs (axis 1): each adds its
+    partial tile into the fp32 workspace ``acc`` [B, H] with atomics; the last program of a tile
+    (per-tile counter) reads the sum, re-zeroes the workspace and the counter, and runs the
+    epilogue."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    pid_b = tl.program_id(2)
+    rb = pid_b * BB + tl.arange(0, BB)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mb = rb < B
+    mn = rn < H
+    acc = tl.zeros([BB, BN], dtype=tl.float32)
+    k_lo = pid_k * KCH
+    k_hi = tl.minimum(k_lo + KCH, H)
+    for k0 in tl.range(k_lo, k_hi, BK, num_stages=STAGES):
+        rk = k0 + tl.arange(0, BK)
+        mk = rk < k_hi
+        xk = tl.load(x_ptr + rb[:, None].to(tl.int64) * stride_x + rk[None, :],
+                     mask=mb[:, None] & mk[None, :], other=0.0)
+        mm = tl.load(m_ptr + rk[:, None] * H + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
+        if IEEE:
+            acc += tl.dot(xk.to(tl.float32), mm.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(xk.to(mm.dtype), mm)
+    m2 = mb[:, None] & mn[None, :]
+    ws = acc_ptr + rb[:, None] * H + rn[None, :]
+    tl.atomic_add(ws, acc, mask=m2, sem="relaxed")
+    tl.debug_barrier()
+    tile = pid_b * tl.num_programs(0) + pid_n
+    cnt = tl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+    if cnt == SPLIT - 1:
+        # read the sum at L2 (an atomic add of 0), then re-zero the workspace and counter for the
+        # next launch (stream order makes plain stores enough)
+        tot = tl.atomic_add(ws, tl.zeros([BB, BN], dtype=tl.float32), mask=m2, sem="acq_rel")
+        tl.store(ws, tl.zeros([BB, BN], dtype=tl.float32), mask=m2)
+        tl.store(cnt_ptr + tile, 0)
+        eo = rb[:, None].to(tl.int64) * stride_e + rn[None, :]
+        e1 = tl.load(e1_ptr + eo, mask=m2, other=0.0).to(tl.float32)
+        if MODE == 0:
+            out = _tanh(tot + e1, FAST)
+        else:
+            e2 = tl.load(e2_ptr + eo, mask=m2, other=0.0).to(tl.float32)
+            out = (tot + e1) * (1.0 - e2 * e2)
+        tl.store(out_ptr + eo, out.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+_WS: dict = {}
+
+
+def _split_ws(B: int, H: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-cleaning workspace for the split-K step (zeros between launches), kept per shape."""
+    key = (B, H, str(device))
+    if key not in _WS:
+        _WS[key] = (torch.zeros(B, H, device=device, dtype=torch.float32),
+                    torch.zeros(triton.cdiv(H, 16) * triton.cdiv(B, 16), device=device, dtype=torch.int32))
+    return _WS[key]
+
+
+def _launch_step(xp, sx, m, e1, e2, out, sT, B, H, mode, ieee, fast):
+    BB, nb = _dense_cfg(B)
+    if DENSE_SPLIT <= 1:
+        _dense_step[(triton.cdiv(H, DENSE_BN), nb)](
+            xp, sx, m, e1, e2, out, sT, B, H, MODE=mode, BB=BB, BN=DENSE_BN, BK=DENSE_BK, IEEE=ieee,
+            FAST=fast, STAGES=DENSE_STAGES, num_warps=DENSE_WARPS)
+    else:
+        acc, cnt = _split_ws(B, H, out.device)
+        kch = triton.cdiv(triton.cdiv(H, DENSE_SPLIT), DENSE_BK) * DENSE_BK
+        split = triton.cdiv(H, kch)
+        _dense_step_split[(triton.cdiv(H, DENSE_BN), split, nb)](
+            xp, sx, m, e1, e2, out, sT, acc, cnt, B, H, kch, MODE=mode, BB=BB, BN=DENSE_BN,
+            BK=DENSE_BK, IEEE=ieee, FAST=fast, STAGES=DENSE_STAGES, SPLIT=split, num_warps=DENSE_WARPS)
+
+
+def _dense_cfg(B: int):
+    BB = min(64, _pow2(B))
+    return BB, (triton.cdiv(B, BB))
+
+
+def _dense_fwd_loop(wx, wt, h0, h, ieee):
+    """h[:, t] = tanh(wx[:, t] + h[:, t-1] @ wt) for all t; h0: [B, H] (zeros allowed)."""
+    B, T, H = wx.shape
+    sT = T * H
+    fast = _fast(wx)
+    for t in range(T):
+        if t == 0:
+            xp, sx = h0, H
+        else:
+            xp, sx = h[:, t - 1], sT
+        _launch_step(xp, sx, wt, wx[:, t], wx[:, t], h[:, t], sT, B, H, 0, ieee, fast)
+
+
+def _dense_bwd_loop(w, h, g, zeros, dpre, ieee):
+    """dpre[:, t] = (g[:, t] + dpre[:, t+1] @ w) * (1 - h[:, t]^2), backwards over t."""
+    B, T, H = h.shape
+    sT = T * H
+    for t in range(T - 1, -1, -1):
+        if t == T - 1:
+            xp, sx = zeros, H
+        else:
+            xp, sx = dpre[:, t + 1], sT
+        _launch_step(xp, sx, w, g[:, t], h[:, t], dpre[:, t], sT, B, H, 1, ieee, False)
+
+
+class _GraphCache:
+    """One captured CUDA graph per (kind, shape, dtype, device, tiles) with its static buffers."""
+
+    def __init__(self):
+        self.entries: dict = {}
+
+    def get(self, key, make_buffers, body):
+        ent = self.entries.get(key)
+        if ent is None:
+            bufs = make_buffers()
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                body(*bufs)  # compile + warm up outside the capture
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                body(*bufs)
+            ent = (graph, bufs)
+            self.entries[key] = ent
+        return ent
+
+    def clear(self):
+        self.entries.clear()
+
+
+_GRAPHS = _GraphCache()
+
+
+def _use_graph(t: torch.Tensor) -> bool:
+    return USE_GRAPH and t.is_cuda and not torch.cuda.is_current_stream_capturing()
+
+
+class _ElmanDense(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, wx, w, h0):
+        B, T, H = wx.shape
+        dt = wx.dtype
+        ieee = dt == torch.float32
+        wx = wx.contiguous()
+        wk = w.to(dt).contiguous()
+        wt = wk.t().contiguous()
+        has_h0 = h0 is not None
+        h0c = h0.to(dt).contiguous() if has_h0 else torch.zeros(B, H, device=wx.device, dtype=dt)
+        if T == 0 or B == 0:
+            h = torch.empty_like(wx)
+        elif _use_graph(wx):
+            key = ("fwd", B, T, H, dt, wx.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
+                   DENSE_SPLIT, _fast(wx))
+            graph, (swx, swt, sh0, sh) = _GRAPHS.get(
+                key,
+                lambda: (torch.zeros_like(wx), torch.zeros_like(wt), torch.zeros_like(h0c),
+                         torch.empty_like(wx)),
+                lambda a, b, c, d: _dense_fwd_loop(a, b, c, d, ieee),
+            )
+            swx.copy_(wx)
+            swt.copy_(wt)
+            sh0.copy_(h0c)
+            graph.replay()
+            h = sh.clone()
+        else:
+            h = torch.empty_like(wx)
+            _dense_fwd_loop(wx, wt, h0c, h, ieee)
+        ctx.save_for_backward(wk, h, h0c)
+        ctx.has_h0 = has_h0
+        ctx.w_dtype = w.dtype
+        ctx.h0_dtype = h0.dtype if has_h0 else None
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        wk, h, h0c = ctx.saved_tensors
+        B, T, H = h.shape
+        dt = h.dtype
+        ieee = dt == torch.float32
+        g = g.contiguous()
+        if T == 0 or B == 0:
+            dpre = torch.zeros_like(h)
+        elif _use_graph(h):
+            key = ("bwd", B, T, H, dt, h.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
+                   DENSE_SPLIT)
+            graph, (sw, shh, sg, sz, sd) = _GRAPHS.get(
+                key,
+                lambda: (torch.zeros_like(wk), torch.zeros_like(h), torch.zeros_like(g),
+                         torch.zeros(B, H, device=h.device, dtype=dt), torch.empty_like(h)),
+                lambda a, b, c, d, e: _dense_bwd_loop(a, b, c, d, e, ieee),
+            )
+            sw.copy_(wk)
+            shh.copy_(h)
+            sg.copy_(g)
+            graph.replay()
+            dpre = sd.clone()
+        else:
+            dpre = torch.empty_like(h)
+            zeros = torch.zeros(B, H, device=h.device, dtype=dt)
+            _dense_bwd_loop(wk, h, g, zeros, dpre, ieee)
+        dW = dh0 = None
+        if T > 0 and ctx.needs_input_grad[1]:
+            hprev = _prev_states(h, h0c if ctx.has_h0 else None)
+            dW = (dpre.reshape(B * T, H).t() @ hprev.reshape(B * T, H)).to(ctx.w_dtype)
+        elif ctx.needs_input_grad[1]:
+            dW = torch.zeros_like(wk).to(ctx.w_dtype)
+        if ctx.has_h0:
+            dh0 = (dpre[:, 0].float() @ wk.float()).to(ctx.h0_dtype) if T > 0 else \
+                torch.zeros(B, H, device=h.device, dtype=ctx.h0_dtype)
+        return dpre, dW, dh0
+
+
+def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """All states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; dense or heads ``w_h``."""
+    dtype = wx.dtype
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        wx = wx.float()
+        h0 = None if h0 is None else h0.float()
+        w_h = w_h.float()
+    if w_h.dim() == 3:
+        h = _ElmanHeads.apply(wx, w_h, h0)
+    else:
+        h = _ElmanDense.apply(wx, w_h, h0)
+    return h.to(dtype)

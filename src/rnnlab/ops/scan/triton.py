@@ -1,0 +1,285 @@
+"""Triton linear scan ``h_t = a_t * h_{t-1} + b_t`` (minGRU, minLSTM), forward and backward.
+
+One program per (batch row, block of ``BLOCK`` channels); each walks T sequentially with fp32
+state, loads and stores coalesced along H, 4 time steps per loop iteration (all loads of the 4
+steps issued before the first dependent update, so several HBM round trips are in flight). The
+backward is the reverse scan
+
+    dh_t  = g_t + a_{t+1} * dh_{t+1}      (g = dL/dh from above)
+    db_t  = dh_t,   da_t = dh_t * h_{t-1},   dh0 = a_0 * dh_0
+
+reading the saved outputs ``h`` (input dtype) and ``a``. No fp32 [B, T, H] intermediates.
+
+Besides the contract op ``linear_scan(a, b, h0)``, two fused ops take a layer's raw input
+projection ``p`` and compute the gates inside the kernel (and recompute them in the backward),
+so the layer keeps only ``p`` and ``h`` (both in the input dtype) per layer:
+
+* ``mingru_scan(p, h0=None)``, ``p = [h~ | k]`` ``[B, T, 2H]``:
+  ``a = sigmoid(-k)``, ``b = sigmoid(k) * g(h~)``;
+* ``minlstm_scan(p, h0=None)``, ``p = [h~ | f | i]`` ``[B, T, 3H]``:
+  ``d = softplus(-f) - softplus(-i)``, ``a = sigmoid(-d)``, ``b = sigmoid(d) * g(h~)``;
+
+with ``g(x) = x + 0.5`` (x >= 0) else ``sigmoid(x)``; the same maths as
+``rnnlab.layers.mingru`` / ``minlstm`` ``_coeffs``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
+
+BLOCK = 256
+NUM_WARPS = 4
+
+
+@triton.jit
+def _gact(x):
+    return tl.where(x >= 0, x + 0.5, tl.sigmoid(x))
+
+
+@triton.jit
+def _gact_grad(x):
+    s = tl.sigmoid(x)
+    return tl.where(x >= 0, 1.0, s * (1.0 - s))
+
+
+@triton.jit
+def _softplus(x):
+    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def _ld(x0_ptr, x1_ptr, x2_ptr, q, m, MODE: tl.constexpr):
+    x0 = tl.load(x0_ptr + q, mask=m, other=0.0).to(tl.float32)
+    x1 = tl.load(x1_ptr + q, mask=m, other=0.0).to(tl.float32)
+    if MODE == 2:
+        x2 = tl.load(x2_ptr + q, mask=m, other=0.0).to(tl.float32)
+    else:
+        x2 = x0
+    return x0, x1, x2
+
+
+@triton.jit
+def _coef(x0, x1, x2, MODE: tl.constexpr):
+    if MODE == 0:
+        a = x0
+        b = x1
+    elif MODE == 1:
+        a = tl.sigmoid(-x1)
+        b = tl.sigmoid(x1) * _gact(x0)
+    else:
+        d = _softplus(-x1) - _softplus(-x2)
+        a = tl.sigmoid(-d)
+        b = tl.sigmoid(d) * _gact(x0)
+    return a, b
+
+
+@triton.jit
+def _coef_bwd(x0, x1, x2, dh, hp, MODE: tl.constexpr):
+    """(a, grad wrt x0, x1, x2) given dh = dL/dh_t and hp = h_{t-1}."""
+    if MODE == 0:
+        a = x0
+        d0 = dh * hp
+        d1 = dh
+        d2 = dh
+    elif MODE == 1:
+        s = tl.sigmoid(x1)
+        a = tl.sigmoid(-x1)
+        d0 = dh * s * _gact_grad(x0)
+        d1 = dh * s * a * (_gact(x0) - hp)
+        d2 = d1
+    else:
+        d = _softplus(-x1) - _softplus(-x2)
+        s = tl.sigmoid(d)
+        a = tl.sigmoid(-d)
+        d0 = dh * s * _gact_grad(x0)
+        dd = dh * s * a * (_gact(x0) - hp)
+        d1 = -dd * tl.sigmoid(-x1)
+        d2 = dd * tl.sigmoid(-x2)
+    return a, d0, d1, d2
+
+
+@triton.jit
+def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
+              MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    offs = pid_h * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H
+    xb = pid_b.to(tl.int64) * T * RS + offs
+    hb = pid_b.to(tl.int64) * T * H + offs
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK], dtype=tl.float32)
+    for t0 in tl.range(0, T, 4):
+        m0 = mask
+        m1 = mask & (t0 + 1 < T)
+        m2 = mask & (t0 + 2 < T)
+        m3 = mask & (t0 + 3 < T)
+        q = xb + t0 * RS
+        u0, v0, w0 = _ld(x0_ptr, x1_ptr, x2_ptr, q, m0, MODE)
+        u1, v1, w1 = _ld(x0_ptr, x1_ptr, x2_ptr, q + RS, m1, MODE)
+        u2, v2, w2 = _ld(x0_ptr, x1_ptr, x2_ptr, q + 2 * RS, m2, MODE)
+        u3, v3, w3 = _ld(x0_ptr, x1_ptr, x2_ptr, q + 3 * RS, m3, MODE)
+        o = hb + t0 * H
+        a, b = _coef(u0, v0, w0, MODE)
+        h = a * h + b
+        tl.store(h_ptr + o, h.to(h_ptr.dtype.element_ty), mask=m0)
+        a, b = _coef(u1, v1, w1, MODE)
+        h = a * h + b
+        tl.store(h_ptr + o + H, h.to(h_ptr.dtype.element_ty), mask=m1)
+        a, b = _coef(u2, v2, w2, MODE)
+        h = a * h + b
+        tl.store(h_ptr + o + 2 * H, h.to(h_ptr.dtype.element_ty), mask=m2)
+        a, b = _coef(u3, v3, w3, MODE)
+        h = a * h + b
+        tl.store(h_ptr + o + 3 * H, h.to(h_ptr.dtype.element_ty), mask=m3)
+
+
+@triton.jit
+def _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask,
+            MODE: tl.constexpr, HAS_H0: tl.constexpr):
+    m = mask & (t >= 0)
+    x0, x1, x2 = _ld(x0_ptr, x1_ptr, x2_ptr, xb + t * RS, m, MODE)
+    g = tl.load(g_ptr + hb + t * H, mask=m, other=0.0).to(tl.float32)
+    hp = tl.load(h_ptr + hb + (t - 1) * H, mask=m & (t > 0), other=0.0).to(tl.float32)
+    if HAS_H0:
+        hp += tl.load(h0_ptr + h0o, mask=m & (t == 0), other=0.0).to(tl.float32)
+    return x0, x1, x2, g, hp
+
+
+@triton.jit
+def _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, q, m, d0, d1, d2, MODE: tl.constexpr):
+    tl.store(d0_ptr + q, d0.to(d0_ptr.dtype.element_ty), mask=m)
+    tl.store(d1_ptr + q, d1.to(d1_ptr.dtype.element_ty), mask=m)
+    if MODE == 2:
+        tl.store(d2_ptr + q, d2.to(d2_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, d2_ptr, dh0_ptr,
+              T, H, MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    offs = pid_h * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < H
+    xb = pid_b.to(tl.int64) * T * RS + offs
+    hb = pid_b.to(tl.int64) * T * H + offs
+    h0o = pid_b * H + offs
+    carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}
+    for i0 in tl.range(0, T, 4):
+        t = T - 1 - i0
+        u0, v0, w0, g0, p0 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
+                                     t, H, mask, MODE, HAS_H0)
+        u1, v1, w1, g1, p1 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
+                                     t - 1, H, mask, MODE, HAS_H0)
+        u2, v2, w2, g2, p2 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
+                                     t - 2, H, mask, MODE, HAS_H0)
+        u3, v3, w3, g3, p3 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
+                                     t - 3, H, mask, MODE, HAS_H0)
+        a, d0, d1, d2 = _coef_bwd(u0, v0, w0, g0 + carry, p0, MODE)
+        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + t * RS, mask, d0, d1, d2, MODE)
+        carry = a * (g0 + carry)
+        a, d0, d1, d2 = _coef_bwd(u1, v1, w1, g1 + carry, p1, MODE)
+        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - 1) * RS, mask & (t >= 1), d0, d1, d2, MODE)
+        carry = tl.where(t >= 1, a * (g1 + carry), carry)
+        a, d0, d1, d2 = _coef_bwd(u2, v2, w2, g2 + carry, p2, MODE)
+        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - 2) * RS, mask & (t >= 2), d0, d1, d2, MODE)
+        carry = tl.where(t >= 2, a * (g2 + carry), carry)
+        a, d0, d1, d2 = _coef_bwd(u3, v3, w3, g3 + carry, p3, MODE)
+        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - 3) * RS, mask & (t >= 3), d0, d1, d2, MODE)
+        carry = tl.where(t >= 3, a * (g3 + carry), carry)
+    tl.store(dh0_ptr + h0o, carry, mask=mask)
+
+
+def _views(x: torch.Tensor, groups: int, H: int):
+    return [x[..., k * H:(k + 1) * H] for k in range(groups)] + [x] * (3 - groups)
+
+
+class _Scan(torch.autograd.Function):
+    """MODE 0: inputs (a, b); MODE 1/2: input p = [B, T, G*H] (G = 2, 3)."""
+
+    @staticmethod
+    def forward(ctx, mode, h0, *xs):
+        if mode == 0:
+            a, b = (x.contiguous() for x in xs)
+            B, T, H = b.shape
+            ptrs, RS, dt = [a, b, b], H, b.dtype
+        else:
+            (p,) = xs
+            p = p.contiguous()
+            G = mode + 1
+            B, T, GH = p.shape
+            H = GH // G
+            ptrs, RS, dt = _views(p, G, H), GH, p.dtype
+        has_h0 = h0 is not None
+        h0c = h0.contiguous() if has_h0 else ptrs[0]
+        h = torch.empty(B, T, H, device=ptrs[0].device, dtype=dt)
+        if T > 0 and B > 0 and H > 0:
+            grid = (B, triton.cdiv(H, BLOCK))
+            _scan_fwd[grid](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=BLOCK,
+                            num_warps=NUM_WARPS)
+        ctx.mode, ctx.has_h0, ctx.H, ctx.RS = mode, has_h0, H, RS
+        ctx.h0_dtype = h0.dtype if has_h0 else None
+        if mode == 0:
+            ctx.save_for_backward(a, h, h0 if has_h0 else None)  # b is not needed
+        else:
+            ctx.save_for_backward(p, h, h0 if has_h0 else None)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        x, h, h0 = ctx.saved_tensors
+        mode, H, RS = ctx.mode, ctx.H, ctx.RS
+        B, T, _ = h.shape
+        g = g.contiguous()
+        if mode == 0:
+            ptrs = [x, x, x]  # only a (x0) is read in mode 0
+            da, db = torch.empty_like(x), torch.empty_like(h)
+            outs = [da, db, db]
+        else:
+            G = mode + 1
+            ptrs = _views(x, G, H)
+            dp = torch.empty_like(x)
+            outs = _views(dp, G, H)
+        dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+        h0c = h0.contiguous() if ctx.has_h0 else h
+        if T > 0 and B > 0 and H > 0:
+            grid = (B, triton.cdiv(H, BLOCK))
+            _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=ctx.has_h0,
+                            BLOCK=BLOCK, num_warps=NUM_WARPS)
+        elif mode == 0:
+            da.zero_(), db.zero_()
+        else:
+            dp.zero_()
+        dh0 = dh0.to(ctx.h0_dtype) if ctx.has_h0 else None
+        if mode == 0:
+            return None, dh0, da, db
+        return None, dh0, dp
+
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """All states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in ``b``'s dtype."""
+    if a.dtype != b.dtype:
+        a = a.to(b.dtype)
+    return _Scan.apply(0, h0, a, b)
+
+
+def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """minGRU recurrence from the raw projection ``p = [h~ | k]`` ``[B, T, 2H]`` -> h ``[B, T, H]``
+    in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
+    if p.shape[-1] % 2:
+        raise ValueError(f"p must be [B, T, 2H], got {tuple(p.shape)}")
+    return _Scan.apply(1, h0, p)
+
+
+def minlstm_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    """minLSTM recurrence from the raw projection ``p = [h~ | f | i]`` ``[B, T, 3H]`` -> h
+    ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
+    if p.shape[-1] % 3:
+        raise ValueError(f"p must be [B, T, 3H], got {tuple(p.shape)}")
+    return _Scan.apply(2, h0, p)
