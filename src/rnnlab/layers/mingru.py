@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
-from rnnlab.ops.scan import BACKENDS, linear_scan
+from rnnlab.ops.scan import BACKENDS, fused_gate_scan, linear_scan
 
 
 def g(x: torch.Tensor) -> torch.Tensor:
@@ -79,6 +79,9 @@ class MinGRU(nn.Module):
         return h if self.out_proj is None else self.out_proj(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = fused_gate_scan("mingru", x, self.cfg.backend)
+        if fused is not None:  # CUDA: gates computed inside the scan kernel
+            return self._out(fused(self.in_proj(x)), x.dtype)
         a, b = self._coeffs(x)
         return self._out(linear_scan(a, b, None, backend=self.cfg.backend), x.dtype)
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from rnnlab.layers.base import State
 from rnnlab.layers.mingru import compute_dtype, g, validate_min_rnn
-from rnnlab.ops.scan import linear_scan
+from rnnlab.ops.scan import fused_gate_scan, linear_scan
 
 
 @dataclass
@@ -64,6 +64,9 @@ class MinLSTM(nn.Module):
         return h if self.out_proj is None else self.out_proj(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fused = fused_gate_scan("minlstm", x, self.cfg.backend)
+        if fused is not None:  # CUDA: gates computed inside the scan kernel
+            return self._out(fused(self.in_proj(x)), x.dtype)
         a, b = self._coeffs(x)
         return self._out(linear_scan(a, b, None, backend=self.cfg.backend), x.dtype)
 

@@ -16,7 +16,7 @@ import torch
 from rnnlab.ops.scan import naive
 from rnnlab.ops.scan.naive import linear_scan_parallel
 
-__all__ = ["linear_scan", "linear_scan_parallel", "triton_available", "BACKENDS"]
+__all__ = ["linear_scan", "linear_scan_parallel", "fused_gate_scan", "triton_available", "BACKENDS"]
 
 BACKENDS = ("auto", "naive", "triton", "heinsen")
 
@@ -70,3 +70,16 @@ def linear_scan(
             raise RuntimeError(f"backend='triton' needs CUDA tensors, got device {b.device}")
         return fn(a, b, h0)
     raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def fused_gate_scan(kind: str, x: torch.Tensor, backend: str):
+    """The fused GPU kernel that computes minGRU/minLSTM gates from the raw projection inside the
+    scan (``kind`` = "mingru" or "minlstm"), or None when ``x``/``backend`` call for another path.
+
+    It keeps no fp32 gate tensors, which is what holds minGRU/minLSTM memory at or below Mamba2's
+    (results/kernels_h100.md); the layers fall back to ``linear_scan`` over explicit gates."""
+    if backend not in ("auto", "triton") or not x.is_cuda or _load_triton() is None:
+        return None
+    from rnnlab.ops.scan import triton as mod
+
+    return mod.mingru_scan if kind == "mingru" else mod.minlstm_scan
