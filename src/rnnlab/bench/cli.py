@@ -34,6 +34,7 @@ def _scaling_flags(p, sweep: bool = False) -> None:
     g.add_argument("--minutes", type=float, help="training minutes per run (time-matched)")
     g.add_argument("--tokens", type=parse_count, help="tokens per run (e.g. 50M)")
     b.add_argument("--seeds", metavar="S1,S2,..", help="repeat every run once per seed (folders NAME-sSEED)")
+    b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite")
     b.add_argument("--data", help="raw training file (default: the suite's, else the bundled sample)")
     b.add_argument("--val-data", help="raw held-out file")
     b.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
@@ -89,7 +90,7 @@ def register(sub) -> None:
 
 def _options(args) -> dict:
     return {k: getattr(args, k, None) for k in ("params", "steps", "minutes", "tokens", "seeds", "data",
-                                                 "val_data", "device")}
+                                                 "val_data", "device", "runs")}
 
 
 def _execute(suite, out: Path, args) -> int:

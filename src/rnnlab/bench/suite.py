@@ -211,11 +211,12 @@ def parse_seeds(text: str | list[int] | None) -> list[int] | None:
 def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None, steps: int | None = None,
                minutes: float | None = None, tokens: int | None = None, seeds: str | list[int] | None = None,
                data: str | None = None, val_data: str | None = None, device: str | None = None,
-               extra: dict[str, Any] | None = None) -> list[PlannedRun]:
+               extra: dict[str, Any] | None = None, runs: str | list[str] | None = None) -> list[PlannedRun]:
     """Every run of the suite as a TrainConfig, with the scaling options applied:
     ``params`` re-solves each run's width at its depth; ``steps``/``minutes``/``tokens`` replace the
     budget; ``seeds`` repeats each run per seed; ``data``/``val_data``/``device`` replace those
-    fields; ``extra`` sets any other TrainConfig field for every run."""
+    fields; ``extra`` sets any other TrainConfig field for every run; ``runs`` keeps only the
+    named runs."""
     from rnnlab.train.config import DEFAULT_STEPS, TrainConfig, apply_overrides
 
     budgets = [b for b in (steps, minutes, tokens) if b is not None]
@@ -224,8 +225,15 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     target_all = parse_count(params) if params is not None else None
     seed_list = parse_seeds(seeds)
     out = Path(out)
+    selected = suite.runs
+    if runs:
+        names = runs.split(",") if isinstance(runs, str) else list(runs)
+        unknown = sorted(set(names) - {r.name for r in suite.runs})
+        if unknown:
+            raise ValueError(f"suite {suite.name} has no run(s) {unknown}; its runs: {[r.name for r in suite.runs]}")
+        selected = [r for r in suite.runs if r.name in names]
     plan = []
-    for run in suite.runs:
+    for run in selected:
         target = target_all if target_all is not None else run.target_params
         try:
             dim, n_params = resolve_dim(run, target)
