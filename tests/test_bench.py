@@ -338,3 +338,11 @@ def test_sweep_cli_end_to_end(tmp_path):
     assert [r[0] for r in rows] == ["0.001", "0.01"] and all(re.fullmatch(r"\d\.\d{4}", r[2]) for r in rows)
     cfg = json.loads((out / "lr-1e-2" / "config.json").read_text())
     assert cfg["lr"] == 1e-2 and cfg["batch_size"] == 4 and cfg["model"]["model"] == "mingru"
+
+
+def test_runs_subset(tmp_path):
+    suite = load_suite("tiny")
+    plan = plan_suite(suite, tmp_path, runs="mamba2,e1")
+    assert [p.name for p in plan] == ["e1", "mamba2"]  # suite order kept
+    with pytest.raises(ValueError, match=r"has no run\(s\) \['nope'\]"):
+        plan_suite(suite, tmp_path, runs="e1,nope")
