@@ -11,6 +11,11 @@
 
 Both files are written to a temporary name and moved into place with ``os.replace``; the step
 is stored in both and checked on load, so a crash between the two moves is detected.
+
+Under torchrun the files hold FULL state dicts (``rnnlab.train.distributed``), written by rank 0
+in this same format whatever the wrapper (DDP or FSDP2) and world size, and loaded on every rank:
+a checkpoint from 2 ranks resumes on 1 and vice versa. With FSDP2, gathering the state is a
+collective, so every rank calls ``save_checkpoint`` (only rank 0 writes).
 """
 
 from __future__ import annotations
@@ -24,6 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnlab.train.distributed import (
+    context,
+    full_optimizer_state_dict,
+    full_state_dict,
+    is_fsdp,
+    load_full_optimizer_state_dict,
+    load_full_state_dict,
+)
 from rnnlab.train.optim import eval_weights, is_schedulefree, load_train_point, train_point
 
 FORMAT = 1
@@ -46,8 +59,9 @@ def _tied(model: nn.Module) -> bool:
 
 
 def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with tied ``head.weight`` dropped, contiguous tensors, no shared storage."""
-    sd = model.state_dict()
+    """State dict with tied ``head.weight`` dropped, contiguous tensors, no shared storage.
+    Full (unsharded) under FSDP2, where it is a collective and ranks other than 0 get ``{}``."""
+    sd = full_state_dict(model)
     if _tied(model):
         sd.pop("head.weight", None)
     return {k: v.detach().contiguous() for k, v in sd.items()}
@@ -58,8 +72,11 @@ def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, 
 
     path = Path(path)
     meta = {"format": "rnnlab", "tied": "1" if _tied(model) else "0", **(metadata or {})}
+    sd = model_state_dict(model)
+    if not context().is_main:  # distributed: rank 0 writes
+        return
     tmp = path.with_name(path.name + ".tmp")
-    save_file(model_state_dict(model), str(tmp), metadata=meta)
+    save_file(sd, str(tmp), metadata=meta)
     os.replace(tmp, path)
 
 
@@ -76,10 +93,10 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     sd = load_file(str(path), device=str(next(model.parameters()).device))
     if _tied(model):
         sd.pop("head.weight", None)
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing, unexpected = load_full_state_dict(model, sd, strict=False)
         missing = [k for k in missing if k != "head.weight"]
     else:
-        missing, unexpected = model.load_state_dict(sd, strict=False)
+        missing, unexpected = load_full_state_dict(model, sd, strict=False)
     if missing or unexpected:
         raise ValueError(f"weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}")
     return meta
@@ -141,14 +158,21 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt, sched, pr
 
     Schedule-Free: the state dict and y are taken in train mode; the weights file gets x (via
     ``eval_weights``, which restores y exactly afterwards), so training continues unperturbed.
+
+    Distributed: only rank 0 writes; under FSDP2 every rank must call (the gathers are collectives),
+    otherwise the other ranks return at once.
     """
     d = ckpt_dir(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
+    main = context().is_main
+    if not main and not is_fsdp(model):
+        return d
+    if main:
+        d.mkdir(parents=True, exist_ok=True)
     step = int(progress["step"])
     state = {
         "format": FORMAT,
         "progress": progress,
-        "optimizer": opt.state_dict(),
+        "optimizer": full_optimizer_state_dict(model, opt),
         "scheduler": sched.state_dict() if sched is not None else None,
         "train_point": train_point(opt),
         "module_tensors": _module_tensors(model),
@@ -158,6 +182,8 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt, sched, pr
         state["scheduler"]["lr_lambdas"] = [None] * len(state["scheduler"].get("lr_lambdas", [None]))
     with eval_weights(model, opt):
         save_weights(model, d / MODEL_FILE, metadata={"step": str(step)})
+    if not main:
+        return d
     tmp = d / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, d / STATE_FILE)
@@ -182,7 +208,7 @@ def load_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt=None, sche
                          f"(interrupted while saving?)")
     _restore_module_tensors(model, state.get("module_tensors") or {})
     if opt is not None:
-        opt.load_state_dict(state["optimizer"])
+        load_full_optimizer_state_dict(model, opt, state["optimizer"])
         if is_schedulefree(opt):
             tp = state.get("train_point")
             if tp is None:

@@ -3,6 +3,8 @@
     rnnlab train --model e1 --dim 512 --depth 6 --steps 2000 --out runs/e1
     rnnlab train --config exp.toml --lr 1e-3            # flags override the file
     rnnlab train --resume --out runs/e1 --steps 4000    # continue (and extend) a run
+    rnnlab train --gpus 2 --batch-size 32 ...           # 2 processes via torchrun (global batch 32)
+    torchrun --standalone --nproc-per-node 2 -m rnnlab train --distributed fsdp2 ...
     rnnlab eval --run runs/e1 [--data file.txt]
     rnnlab sample --run runs/e1 --prompt "The " --tokens 200
 """
@@ -20,7 +22,7 @@ from rnnlab.models.params import parse_count
 _FLAG_FIELDS = ("model", "dim", "depth", "mlp_ratio", "data", "val_data", "val_fraction", "batch_size",
                 "seq_len", "steps", "minutes", "tokens", "optimizer", "lr", "weight_decay",
                 "warmup_steps", "grad_clip", "precision", "seed", "eval_every", "eval_bytes",
-                "eval_batch_size", "log_every", "checkpoint_every", "out", "compile", "device")
+                "eval_batch_size", "log_every", "checkpoint_every", "out", "compile", "device", "distributed")
 
 
 def _count(text: str) -> int:
@@ -32,7 +34,7 @@ def _eval_bytes(text: str) -> int:
 
 
 def register(sub) -> None:
-    from rnnlab.train.config import OPTIMIZERS, PRECISIONS
+    from rnnlab.train.config import DISTRIBUTED, OPTIMIZERS, PRECISIONS
 
     p = sub.add_parser("train", help="train one model",
                        description="Train one model. Defaults follow the seed's Table A protocol "
@@ -49,7 +51,7 @@ def register(sub) -> None:
     d.add_argument("--data", help="raw training file (default: the bundled sample)")
     d.add_argument("--val-data", help="raw held-out file (default: the tail of --data)")
     d.add_argument("--val-fraction", type=float)
-    d.add_argument("--batch-size", type=int)
+    d.add_argument("--batch-size", type=int, help="the GLOBAL batch (split over --gpus processes)")
     d.add_argument("--seq-len", type=int)
     b = p.add_argument_group("budget (one of)")
     b.add_argument("--steps", type=int)
@@ -74,6 +76,12 @@ def register(sub) -> None:
     r.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("multi-GPU (docs/distributed.md)")
+    g.add_argument("--gpus", type=int, metavar="N",
+                   help="train on N processes (one GPU each): re-launches this command through torchrun")
+    g.add_argument("--distributed", choices=DISTRIBUTED,
+                   help="data parallelism under torchrun: ddp (default) or fsdp2 (sharded weights, "
+                        "grads and optimizer state)")
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="held-out loss and bits per byte of a run")
@@ -121,19 +129,69 @@ def config_from_args(args):
     return cfg
 
 
+def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone --nproc-per-node N -m rnnlab train ...``
+    with ``--gpus`` taken out of ``argv`` (the arguments after ``rnnlab``)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--gpus":
+            skip = True
+        elif not a.startswith("--gpus="):
+            out.append(a)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "rnnlab", *out]
+
+
+def _launch(args) -> int | None:
+    """Re-launch through torchrun for ``--gpus N`` (N > 1) unless already under torchrun."""
+    import os
+    import subprocess
+
+    n = args.gpus
+    if n is None or n == 1 or "WORLD_SIZE" in os.environ:
+        return None
+    if n < 1:
+        raise ValueError(f"gpus must be a positive integer, got {n}")
+    import torch
+
+    if (args.device or "auto") != "cpu" and torch.cuda.is_available() and n > torch.cuda.device_count():
+        raise ValueError(f"--gpus {n} asks for more GPUs than the {torch.cuda.device_count()} visible")
+    argv = sys.argv[1:]
+    if "train" not in argv:
+        raise ValueError("--gpus re-launches the command line; call it as `rnnlab train ... --gpus N`")
+    cmd = torchrun_command(n, argv)
+    print("rnnlab train: " + " ".join(cmd[1:]), file=sys.stderr)
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 130
+
+
 def run_train(args) -> int:
+    from rnnlab.train import distributed as dist
     from rnnlab.train.trainer import NonFiniteLossError, run_training
 
+    launched = _launch(args)
+    if launched is not None:
+        return launched
     cfg = config_from_args(args)
+    ctx = dist.context()
+    finished = False
     try:
         summary = run_training(cfg, progress=not args.no_progress)
+        finished = True
     except NonFiniteLossError as e:
         print(f"rnnlab train: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("rnnlab train: aborted; the last checkpoint (if any) is kept", file=sys.stderr)
         return 130
-    print(format_summary(summary))
+    finally:
+        ctx.close(sync=finished)
+    if ctx.is_main:
+        print(format_summary(summary))
     return 0 if summary["complete"] else 130
 
 

@@ -31,6 +31,7 @@ from rnnlab.models.config import ModelConfig
 
 OPTIMIZERS = ("schedulefree-adamw", "adamw")
 PRECISIONS = ("bf16", "bf16-mixed", "fp32")
+DISTRIBUTED = ("ddp", "fsdp2")
 BUDGET_FIELDS = ("steps", "minutes", "tokens")
 DEFAULT_STEPS = 1000
 
@@ -38,7 +39,7 @@ DEFAULT_STEPS = 1000
 # records, never the trajectory of the weights.
 RESUMABLE_FIELDS = frozenset({
     "steps", "minutes", "tokens", "eval_every", "eval_bytes", "eval_batch_size", "log_every",
-    "checkpoint_every", "out", "resume", "compile", "device",
+    "checkpoint_every", "out", "resume", "compile", "device", "distributed",
 })
 
 # Absurdity limits: anything beyond these is a typo, not an experiment.
@@ -56,7 +57,7 @@ class TrainConfig:
     data: str | None = None
     val_data: str | None = None
     val_fraction: float = 0.01
-    batch_size: int = 16
+    batch_size: int = 16  # the GLOBAL batch: split evenly over the processes of a torchrun job
     seq_len: int = 512
     # budget: exactly one of steps / minutes / tokens (none given = DEFAULT_STEPS steps)
     steps: int | None = None
@@ -84,6 +85,9 @@ class TrainConfig:
     resume: bool = False
     compile: bool = False
     device: str = "auto"  # auto = cuda if available, else cpu
+    # multi-process data parallelism under torchrun (WORLD_SIZE > 1): "ddp" or "fsdp2";
+    # None = ddp. Ignored for one process. See docs/distributed.md.
+    distributed: str | None = None
 
     # ---- budget -------------------------------------------------------------------------
     def budget(self) -> tuple[str, float]:
@@ -158,6 +162,8 @@ class TrainConfig:
             _int_in("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
         _int_in("log_every", self.log_every, 1, MAX_STEPS)
         _int_in("checkpoint_every", self.checkpoint_every, 0, MAX_STEPS)
+        if self.distributed is not None and self.distributed not in DISTRIBUTED:
+            raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
         dev = str(self.device)
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")

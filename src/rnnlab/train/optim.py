@@ -118,13 +118,16 @@ def train_point(opt) -> list[torch.Tensor] | None:
         return None
     if not opt.param_groups[0]["train_mode"]:
         raise RuntimeError("train_point() needs the optimizer in train mode")
-    return [p.detach().to("cpu", copy=True) for g in opt.param_groups for p in g["params"]]
+    from rnnlab.train.distributed import full_tensor  # sharded (FSDP2) params: gathered, a collective
+
+    return [full_tensor(p.detach()).to("cpu", copy=True) for g in opt.param_groups for p in g["params"]]
 
 
 def load_train_point(opt, tensors: list[torch.Tensor]) -> None:
     params = [p for g in opt.param_groups for p in g["params"]]
     if len(params) != len(tensors):
         raise ValueError(f"checkpoint holds {len(tensors)} Schedule-Free train tensors, model has {len(params)}")
-    with torch.no_grad():
-        for p, y in zip(params, tensors):
-            p.copy_(y)
+    from rnnlab.train.distributed import copy_full_into  # full y into a (possibly sharded) param
+
+    for p, y in zip(params, tensors):
+        copy_full_into(p, y)

@@ -13,8 +13,13 @@ AdamW lr 3e-4 wd 0.1 in one group, no clipping, seed 42, batch 16 x 512; the rep
 is the mean of the last 100 training losses (taken at the optimizer's train point y).
 
 Run folder: config.json, env.json, metrics.jsonl (every step), eval.jsonl, summary.json,
-ckpt/{model.safetensors,state.pt}, tb/ (TensorBoard). Only the main process (rank 0) writes;
-``dist_info``/``wrap_model`` are the hook points where distributed training slots in.
+ckpt/{model.safetensors,state.pt}, tb/ (TensorBoard). Only the main process (rank 0) writes.
+
+Under torchrun (``WORLD_SIZE`` > 1, see ``rnnlab.train.distributed`` and docs/distributed.md)
+every rank runs this loop on its ``batch_size / world_size`` share of each GLOBAL batch; the
+logged loss is the mean over ranks, tok/s counts global tokens, and rank 0 alone logs,
+evaluates and writes checkpoints while the others wait (under FSDP2 every rank takes part in
+evaluation and in gathering the checkpoint, as the weights are sharded).
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ from rnnlab.data import BatchStream, load_splits
 from rnnlab.eval.bpb import evaluate
 from rnnlab.models.lm import LM
 from rnnlab.models.params import count_params
+from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import ckpt_dir, has_checkpoint, load_checkpoint, save_checkpoint
 from rnnlab.train.config import DEFAULT_STEPS, TrainConfig, resume_mismatch
 from rnnlab.train.metrics import RunLogger, truncate_jsonl, write_json
@@ -57,8 +63,9 @@ class NonFiniteLossError(RuntimeError):
 
 # ---------------------------------------------------------------------------- hook points
 def dist_info() -> tuple[int, int]:
-    """``(rank, world_size)``; single process here. Distributed training overrides this."""
-    return 0, 1
+    """``(rank, world_size)`` of this process (torchrun's RANK / WORLD_SIZE; 0, 1 otherwise)."""
+    ctx = dist.context()
+    return ctx.rank, ctx.world_size
 
 
 def is_main_process() -> bool:
@@ -66,16 +73,20 @@ def is_main_process() -> bool:
 
 
 def wrap_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
-    """The module the training step calls (compiled and/or DDP-wrapped); ``model`` stays the
-    plain LM used for eval, sampling and checkpoints."""
+    """The module the training step calls (DDP-wrapped and/or compiled); ``model`` stays the
+    plain LM used for eval, sampling and checkpoints. Under FSDP2 ``model`` itself is sharded in
+    place, so call this before building the optimizer."""
+    fwd = model
+    if dist.context().world_size > 1:
+        fwd = dist.wrap_model(model, cfg.distributed or "ddp")
     if cfg.compile:
-        return torch.compile(model)
-    return model
+        return torch.compile(fwd)
+    return fwd
 
 
 def reduce_mean(value: float) -> float:
     """Mean of a scalar over ranks (identity for one process)."""
-    return value
+    return dist.all_reduce_mean(value)
 
 
 # ---------------------------------------------------------------------------- setup helpers
@@ -90,6 +101,10 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             setattr(cfg, name, str(Path(getattr(cfg, name)).resolve()))
     if cfg.out is None:
         cfg.out = str(cfg.run_dir())
+    world = dist.context().world_size
+    if world > 1:
+        dist.per_rank_batch(cfg.batch_size, world)  # the global batch must split evenly
+        cfg.distributed = cfg.distributed or "ddp"
     return cfg
 
 
@@ -266,7 +281,7 @@ class StopOnInterrupt:
 
 
 def _weights_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return dist.local_all_finite(model)  # this rank's shard under FSDP2
 
 
 # ---------------------------------------------------------------------------- the step
@@ -309,14 +324,18 @@ def run_eval(model: nn.Module, opt, split, cfg: TrainConfig) -> dict[str, float]
 def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     cfg = resolve_config(cfg)
     run = Path(cfg.out)
-    device = pick_device(cfg.device)
-    rank, world = dist_info()
+    ctx = dist.context()
+    rank, world = ctx.rank, ctx.world_size
     main = rank == 0
+    device = pick_device(cfg.device) if world == 1 else dist.init_distributed(cfg.device)[1]
+    sharded = world > 1 and cfg.distributed == "fsdp2"  # every rank takes part in eval and checkpoints
     resuming = prepare_run_dir(cfg)
+    ctx.barrier()  # every rank has looked at the run dir before rank 0 writes into it
 
     # data first: a bad corpus should fail before any model is built
     splits = load_splits(cfg.data, cfg.val_data, cfg.val_fraction)
-    stream = BatchStream(splits.train, cfg.batch_size, cfg.seq_len, cfg.seed, rank, world)
+    stream = BatchStream(splits.train, dist.per_rank_batch(cfg.batch_size, world), cfg.seq_len, cfg.seed,
+                         rank, world)
     if len(splits.val) < cfg.seq_len + 1:
         raise ValueError(f"held-out split of {splits.val.path} has {len(splits.val)} bytes, fewer than "
                          f"seq_len+1 = {cfg.seq_len + 1}; use a smaller --seq-len or a larger --val-data")
@@ -325,6 +344,7 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     check_memory(cfg, n_params, device)
     seed_everything(cfg.seed)
     model = build_model(cfg, device)
+    fwd = wrap_model(model, cfg)  # before the optimizer: FSDP2 replaces the parameters
     opt, sched = build_optimizer(model, cfg)
 
     step, tokens, elapsed = 0, 0, 0.0
@@ -348,11 +368,10 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     kind, budget = cfg.budget()
     max_steps = cfg.max_steps()
-    tokens_per_step = cfg.tokens_per_step() * world
+    tokens_per_step = cfg.tokens_per_step()  # global: batch_size is the global batch
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     log = RunLogger(run, cfg, step, max_steps, progress, enabled=main)
-    fwd = wrap_model(model, cfg)
     model.train()
     saved_step = step if resuming else -1
 
@@ -362,14 +381,16 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     def checkpoint(complete: bool) -> None:
         nonlocal saved_step
-        if main and saved_step != step:
-            if not _weights_finite(model):  # never replace a good checkpoint with a broken one
-                raise NonFiniteLossError(
-                    f"non-finite weights at step {step}; lower --lr or use --precision bf16-mixed; "
-                    + (f"last good checkpoint kept at {ckpt_dir(run)} (step {saved_step})"
-                       if saved_step >= 0 else "no checkpoint was written"))
-            save_checkpoint(run, model, opt, sched, progress_state(complete))
-            saved_step = step
+        if saved_step == step:
+            return
+        if not ctx.all_true(_weights_finite(model)):  # never replace a good checkpoint with a broken one
+            raise NonFiniteLossError(
+                f"non-finite weights at step {step}; lower --lr or use --precision bf16-mixed; "
+                + (f"last good checkpoint kept at {ckpt_dir(run)} (step {saved_step})"
+                   if saved_step >= 0 else "no checkpoint was written"))
+        save_checkpoint(run, model, opt, sched, progress_state(complete))  # rank 0 writes
+        saved_step = step
+        ctx.barrier()
 
     def budget_spent() -> bool:
         if kind == "minutes":
@@ -378,9 +399,12 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     def do_eval() -> None:
         nonlocal last_eval
-        r = run_eval(model, opt, splits.val, cfg)
-        last_eval = {"step": step, "tokens": tokens, "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
-        log.eval(last_eval)
+        if main or sharded:
+            r = run_eval(model, opt, splits.val, cfg)
+            last_eval = {"step": step, "tokens": tokens, "val_loss": r["loss"], "val_bpb": r["bpb"],
+                         "bytes": r["bytes"]}
+            log.eval(last_eval)
+        last_eval = ctx.broadcast_object(last_eval)  # the others wait here for rank 0's result
 
     def summary(complete: bool, error: str | None = None) -> dict[str, Any]:
         m = cfg.model
@@ -397,6 +421,7 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "optimizer": cfg.optimizer,
             "lr": cfg.lr, "weight_decay": cfg.weight_decay, "precision": cfg.precision, "seed": cfg.seed,
             "budget": {kind: budget}, "device": str(device), "run_dir": str(run),
+            "world_size": world, "distributed": cfg.distributed if world > 1 else None,
         }
         if error is not None:
             out["error"] = error
@@ -421,6 +446,8 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
                         f"non-finite loss ({e}) at step {step + 1}; lower --lr or use --precision "
                         f"bf16-mixed; {where}") from None
                 dt = time.perf_counter() - t0  # loss.item() inside the step already synchronised
+                if world > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
+                    dt, stop.requested = ctx.agree(dt, stop.requested)
                 step += 1
                 tokens += tokens_per_step
                 elapsed += dt

@@ -1,0 +1,445 @@
+"""Gradient-flow analysis of trained runs (issue 7, item 7): ``rnnlab analyze gradflow``.
+
+For a run's checkpoint (``ckpt/model.safetensors`` + ``config.json``) and a few held-out batches
+(the run's own held-out split, deterministic windows) it measures, in fp32 and eval mode:
+
+(a) ``param_grad_norms``: the norm of the gradient of the mean training loss (all positions) for
+    every parameter, grouped per block (``blocks.i`` -> ``{"mixer.W_h": ..., "norm.weight": ...}``)
+    plus the non-block parameters (``embed.weight``, ``norm_f.*``).
+(b) ``temporal``: for the loss at the last ``last`` positions only, ``||dL/dx_t^(l)||`` of each
+    block's input (the residual stream entering block l) over time steps t, averaged over the
+    batch: a curve of length ``seq_len`` per layer. Residual and MLP paths act per position, so
+    the gradient reaches t < T - last only through the mixers: how fast the curve falls with the
+    lag ``T - 1 - t`` is the layer's memory of the past. ``horizon`` gives the first lag where the
+    curve, normalised by its value at t = T-1, drops below 1e-1 / 1e-2 / 1e-3 (None = never).
+    Works for every mixer.
+(c) ``recurrence`` (E1-type layers, i.e. mixers with ``W_h`` and ``recurrent_weight``): the
+    spectral radius (max |eigenvalue|) and spectral norm of ``W_h_eff``, and the largest singular
+    value of the recurrence Jacobian ``J_t = dh_t/dh_{t-1} = diag(1 - h_t^2) W_h_eff`` (times
+    ``diag(a_t)`` for ``selective="decay"``; ``W_h_eff + U diag(s_t) V^T`` for ``"lowrank"``),
+    estimated by ``power_iters`` power iterations on ``J_t^T J_t`` for every (sequence, t) of
+    the held-out batches at once, then averaged over t (``jacobian_sigma_mean``; per-t curve in
+    ``jacobian_sigma_t``). Products of Jacobians with sigma < 1 shrink: together with (b) this
+    tells whether the recurrence itself or the tanh saturation limits the memory.
+
+Several checkpoints of a run (any ``*/model.safetensors`` under the run dir, e.g. a checkpoint
+history, ordered by their step) or several runs give one record each, and the plots show the
+quantities over training steps. Output: ``gradflow.json`` and PNG plots in ``--out``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+THRESHOLDS = (1e-1, 1e-2, 1e-3)
+
+
+# ------------------------------------------------------------------------- loading
+def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Every ``model.safetensors`` under ``run_dir`` (the current ``ckpt/`` and any history),
+    ordered by the step in its metadata (unknown steps last, then by path)."""
+    from safetensors import safe_open
+
+    run = Path(run_dir)
+    found = sorted(p for p in run.rglob("model.safetensors") if p.is_file())
+
+    def step(p: Path) -> tuple[int, str]:
+        try:
+            with safe_open(str(p), framework="pt") as f:
+                s = (f.metadata() or {}).get("step")
+            return (int(s) if s is not None else 1 << 62, str(p))
+        except Exception:
+            return (1 << 62, str(p))
+
+    out, seen = [], set()
+    current = (run / "ckpt" / "model.safetensors").resolve()
+    for p in sorted(found, key=lambda p: (step(p)[0], p.resolve() != current, str(p))):  # ckpt/ first on a tie
+        s = step(p)[0]
+        if s in seen and s != 1 << 62:
+            continue  # the same step twice (a history copy of the current checkpoint)
+        seen.add(s)
+        out.append(p)
+    return out
+
+
+def load_model(run_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
+               device: str = "cpu") -> tuple[Any, nn.Module, int | None]:
+    """``(TrainConfig, LM in fp32 eval mode, step)`` of a run; ``weights`` picks another
+    ``model.safetensors`` of the run (default: its ``ckpt/``)."""
+    from rnnlab.train.checkpoint import load_weights
+    from rnnlab.train.trainer import load_run
+
+    cfg, model, progress = load_run(run_dir, device)
+    step = progress.get("step")
+    if weights is not None and Path(weights).resolve() != (Path(run_dir) / "ckpt" / "model.safetensors").resolve():
+        meta = load_weights(model, weights)
+        step = int(meta["step"]) if meta.get("step") is not None else None
+    model = model.float().eval()
+    return cfg, model, (int(step) if step is not None else None)
+
+
+def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[torch.Tensor]:
+    """The first ``n_batches`` batches of deterministic held-out windows ``[b, seq_len + 1]``."""
+    from rnnlab.data import eval_windows, load_splits
+
+    split = load_splits(cfg.data, cfg.val_data, cfg.val_fraction).val
+    if len(split) < seq_len + 1:
+        raise ValueError(f"held-out split has {len(split)} bytes, fewer than seq_len+1 = {seq_len + 1}; "
+                         f"use a smaller --seq-len")
+    out = []
+    for b in eval_windows(split, seq_len, batch_size, (seq_len * batch_size * n_batches) + 1):
+        out.append(b)
+        if len(out) == n_batches:
+            break
+    return out
+
+
+# ------------------------------------------------------------------------- (a) + (b)
+def _block_inputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
+    """Forward pre-hooks that keep (and retain the grad of) every block's input."""
+    store: list[torch.Tensor] = []
+
+    def hook(_mod, args):
+        x = args[0]
+        if x.requires_grad:
+            x.retain_grad()
+        store.append(x)
+
+    handles = [b.register_forward_pre_hook(hook) for b in model.blocks]
+    return store, handles
+
+
+def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last: int = 1
+                            ) -> dict[str, Any]:
+    """(a) per-parameter gradient norms of the mean loss and (b) ``||dL_last/dx_t^(l)||`` curves."""
+    device = next(model.parameters()).device
+    params = dict(model.named_parameters())
+    grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
+    depth = len(model.blocks)
+    curves = None
+    inputs: list[torch.Tensor] = []
+    for batch in batches:
+        batch = batch.to(device)
+        x, y = batch[:, :-1], batch[:, 1:]
+        T = x.shape[1]
+        k = min(max(1, last), T)
+        # (a) full loss, parameter gradients
+        model.zero_grad(set_to_none=True)
+        loss = model(x, y)
+        loss.backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                grad_sum[n] += p.grad
+        # (b) loss at the last k positions, gradients w.r.t. the block inputs
+        model.zero_grad(set_to_none=True)
+        store, handles = _block_inputs(model)
+        try:
+            logits = model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        loss_last = F.cross_entropy(logits[:, T - k:].float().reshape(-1, logits.size(-1)),
+                                    y[:, T - k:].reshape(-1))
+        grads = torch.autograd.grad(loss_last, store, allow_unused=True)
+        per = torch.stack([
+            (g if g is not None else torch.zeros_like(s)).float().norm(dim=-1).mean(0)
+            for g, s in zip(grads, store)
+        ])  # [depth, T]
+        curves = per if curves is None else curves + per
+        inputs.append([s.detach() for s in store])
+    model.zero_grad(set_to_none=True)
+    n = len(batches)
+    curves = (curves / n).cpu()
+    pg: dict[str, Any] = {}
+    for name, g in grad_sum.items():
+        v = float((g / n).float().norm())
+        parts = name.split(".")
+        if parts[0] == "blocks" and len(parts) > 2:
+            pg.setdefault(f"blocks.{parts[1]}", {})[".".join(parts[2:])] = v
+        else:
+            pg[name] = v
+    temporal, normalized, horizon = {}, {}, {}
+    for layer in range(depth):
+        c = curves[layer]
+        ref = float(c[-1])
+        temporal[f"layer_{layer}"] = [float(v) for v in c]
+        norm = [float(v) / ref if ref > 0 else float("nan") for v in c]
+        normalized[f"layer_{layer}"] = norm
+        lagged = norm[::-1]  # index = lag T-1-t
+        horizon[f"layer_{layer}"] = {
+            f"{th:g}": next((lag for lag, v in enumerate(lagged) if v < th), None) for th in THRESHOLDS
+        }
+    return {"param_grad_norms": pg, "temporal": temporal, "temporal_normalized": normalized,
+            "horizon": horizon, "_inputs": inputs}
+
+
+# ------------------------------------------------------------------------- (c) E1 recurrences
+def is_recurrent_e1(mixer: nn.Module) -> bool:
+    return hasattr(mixer, "W_h") and hasattr(mixer, "recurrent_weight")
+
+
+def dense_recurrence(w_h: torch.Tensor) -> torch.Tensor:
+    """``[K, K]`` matrix W with ``recur(h, w_h) == h @ W.T`` (block-diagonal for heads)."""
+    return w_h if w_h.dim() == 2 else torch.block_diag(*w_h.unbind(0))
+
+
+def spectral_radius(w: torch.Tensor) -> float:
+    """max |eigenvalue| (for ``[n, hd, hd]`` heads: over all heads)."""
+    return float(torch.linalg.eigvals(w.double()).abs().max())
+
+
+def spectral_norm(w: torch.Tensor) -> float:
+    return float(torch.linalg.matrix_norm(w.double(), ord=2).max())
+
+
+def jacobian_sigma(d: torch.Tensor, w: torch.Tensor, iters: int = 10, gate: torch.Tensor | None = None,
+                   lowrank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+                   seed: int = 0) -> torch.Tensor:
+    """Largest singular value of ``J = diag(d) diag(gate) (W + U diag(s) V^T)`` for many rows at
+    once by power iteration on ``J^T J`` (J never formed).
+
+    ``d, gate: [N, K]`` (gate optional), ``w: [K, K]`` dense (``recur(h) = h @ w.T``, so
+    ``J v = d * gate * (v @ w.T)``), ``lowrank = (U [K,r], V [K,r], s [N,r])``. Returns ``[N]``.
+    """
+    d = d.double()
+    w = w.double()
+    g = d if gate is None else d * gate.double()
+    if lowrank is not None:
+        U, V, s = (t.double() for t in lowrank)
+
+    def jv(v):
+        out = v @ w.T
+        if lowrank is not None:
+            out = out + ((v @ V) * s) @ U.T
+        return g * out
+
+    def jtu(u):
+        u = g * u
+        out = u @ w
+        if lowrank is not None:
+            out = out + ((u @ U) * s) @ V.T
+        return out
+
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    v = torch.randn(d.shape, generator=gen, dtype=torch.float64).to(d.device)
+    v = v / v.norm(dim=-1, keepdim=True)
+    for _ in range(max(1, iters)):
+        v = jtu(jv(v))
+        v = v / (v.norm(dim=-1, keepdim=True) + 1e-300)
+    return jv(v).norm(dim=-1)
+
+
+@torch.no_grad()
+def e1_states(mixer: nn.Module, x_norm: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Hidden states ``h [B, T, K]`` of an E1 mixer on its (normalised) input, with the gates."""
+    from rnnlab.ops.elman import elman_scan
+
+    xr, _z = mixer._inputs(x_norm)
+    pre = F.linear(xr, mixer.W_x, mixer.b)
+    w_h = mixer.recurrent_weight(update=False)
+    sel = getattr(mixer.cfg, "selective", "none")
+    if sel == "none":
+        h = elman_scan(pre.float(), w_h.float(), None, backend="naive")
+    else:
+        h = mixer._selective_scan(xr.float(), pre.float(), w_h.float())
+    out = {"h": h.float(), "w_h": w_h.detach().float()}
+    if sel != "none":
+        out["g"] = mixer._gates(xr).float()
+    return out
+
+
+@torch.no_grad()
+def recurrence_stats(model: nn.Module, inputs: list[list[torch.Tensor]], iters: int = 10
+                     ) -> dict[str, Any]:
+    """(c) for every E1-type block: radius / norm of W_h_eff and the Jacobian's top singular value."""
+    out: dict[str, Any] = {}
+    for li, block in enumerate(model.blocks):
+        mixer = block.mixer
+        if not is_recurrent_e1(mixer):
+            continue
+        sel = getattr(mixer.cfg, "selective", "none")
+        sig_sum, count, w_eff = None, 0, None
+        for per_layer in inputs:
+            st = e1_states(mixer, block.norm(per_layer[li].float()))
+            h, w_eff = st["h"], st["w_h"]
+            B, T, K = h.shape
+            W = dense_recurrence(w_eff)
+            d = (1 - h * h).reshape(B * T, K)
+            gate, lowrank = None, None
+            if sel == "decay":
+                gate = st["g"].reshape(B * T, K)
+            elif sel == "lowrank":
+                lowrank = (mixer.U.float(), mixer.V.float(), st["g"].reshape(B * T, -1))
+            sig = jacobian_sigma(d, W, iters, gate=gate, lowrank=lowrank).reshape(B, T).sum(0)
+            sig_sum = sig if sig_sum is None else sig_sum + sig
+            count += B
+        curve = (sig_sum / count).cpu()
+        out[f"layer_{li}"] = {
+            "spectral_radius": spectral_radius(w_eff),
+            "spectral_norm": spectral_norm(w_eff),
+            "jacobian_sigma_mean": float(curve.mean()),
+            "jacobian_sigma_t": [float(v) for v in curve],
+            "selective": sel,
+            "heads": int(w_eff.shape[0]) if w_eff.dim() == 3 else 1,
+        }
+    return out
+
+
+# ------------------------------------------------------------------------- driver
+def analyze_model(model: nn.Module, batches: list[torch.Tensor], last: int = 1, power_iters: int = 10
+                  ) -> dict[str, Any]:
+    r = grad_norms_and_temporal(model, batches, last)
+    inputs = r.pop("_inputs")
+    r["recurrence"] = recurrence_stats(model, inputs, power_iters)
+    return r
+
+
+def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int = 4, batch_size: int = 8,
+            seq_len: int | None = None, last: int = 1, power_iters: int = 10, device: str = "cpu",
+            history: bool = True, plots: bool = True) -> dict[str, Any]:
+    """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``."""
+    records = []
+    for run in runs:
+        ckpts = find_checkpoints(run) if history else []
+        if not ckpts:
+            ckpts = [None]
+        for weights in ckpts:
+            cfg, model, step = load_model(run, weights, device)
+            T = seq_len or cfg.seq_len
+            data = heldout_batches(cfg, T, batch_size, batches)
+            r = analyze_model(model, data, last, power_iters)
+            records.append({
+                "run": str(run), "weights": str(weights) if weights else None, "step": step,
+                "model": cfg.model.model, "dim": cfg.model.dim, "depth": cfg.model.depth,
+                "layer": cfg.model.layer, "seq_len": T, "batches": len(data),
+                "batch_size": batch_size, "last": last, "power_iters": power_iters, **r,
+            })
+    result = {"records": records}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gradflow.json").write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    if plots:
+        result["plots"] = [str(p) for p in write_plots(records, out)]
+    return result
+
+
+def _json_default(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    return str(v)
+
+
+def _label(rec: dict) -> str:
+    name = Path(rec["run"]).name
+    return f"{name}@{rec['step']}" if rec.get("step") is not None else name
+
+
+def write_plots(records: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    # temporal flow: one panel per record (latest per run first), one line per layer, vs lag
+    shown = records[-4:]
+    fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.8), squeeze=False)
+    for ax, rec in zip(axes[0], shown):
+        for name, curve in rec["temporal_normalized"].items():
+            lag = list(range(len(curve)))
+            vals = [max(v, 1e-12) if v == v else float("nan") for v in curve[::-1]]
+            ax.semilogy(lag, vals, label=name)
+        ax.set_xlabel("lag T-1-t")
+        ax.set_ylabel("||dL/dx_t|| / ||dL/dx_{T-1}||")
+        ax.set_title(_label(rec), fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    p = out / "temporal_flow.png"
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    paths.append(p)
+
+    # per-block parameter gradient norms (latest record)
+    rec = records[-1]
+    blocks = sorted((k for k in rec["param_grad_norms"] if k.startswith("blocks.")), key=lambda k: int(k.split(".")[1]))
+    if blocks:
+        names = sorted({n for b in blocks for n in rec["param_grad_norms"][b]})
+        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 3), 3.8))
+        width = 0.8 / len(blocks)
+        for i, b in enumerate(blocks):
+            vals = [rec["param_grad_norms"][b].get(n, 0.0) for n in names]
+            ax.bar([j + i * width for j in range(len(names))], vals, width, label=b)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
+        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+        ax.set_yscale("log")
+        ax.set_ylabel("||grad||")
+        ax.set_title(f"parameter gradient norms, {_label(rec)}", fontsize=9)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out / "grad_norms.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+
+    # recurrence: per layer; over steps when there are several records
+    rec_recs = [r for r in records if r["recurrence"]]
+    if rec_recs:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+        if len(rec_recs) > 1:
+            by_run: dict[str, list[dict]] = {}
+            for r in rec_recs:
+                by_run.setdefault(r["run"], []).append(r)
+            for run, rs in by_run.items():
+                xs = [r["step"] if r["step"] is not None else i for i, r in enumerate(rs)]
+                for layer in rs[-1]["recurrence"]:
+                    tag = f"{Path(run).name} {layer}"
+                    axes[0].plot(xs, [r["recurrence"].get(layer, {}).get("spectral_radius") for r in rs], "o-", label=tag)
+                    axes[1].plot(xs, [r["recurrence"].get(layer, {}).get("jacobian_sigma_mean") for r in rs], "o-", label=tag)
+            for ax in axes:
+                ax.set_xlabel("step")
+        else:
+            r = rec_recs[0]
+            layers = list(r["recurrence"])
+            axes[0].bar(range(len(layers)), [r["recurrence"][k]["spectral_radius"] for k in layers], label="radius")
+            axes[0].plot(range(len(layers)), [r["recurrence"][k]["spectral_norm"] for k in layers], "ko", label="norm")
+            axes[0].set_xticks(range(len(layers)))
+            axes[0].set_xticklabels(layers, fontsize=7)
+            for k in layers:
+                axes[1].plot(r["recurrence"][k]["jacobian_sigma_t"], label=k)
+            axes[1].set_xlabel("t")
+        axes[0].set_title("W_h_eff spectral radius", fontsize=9)
+        axes[1].set_title("sigma_max(J_t)" + (" (mean over t)" if len(rec_recs) > 1 else ""), fontsize=9)
+        for ax in axes:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out / "recurrence.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A short text table: per record and layer, the mixer's grad norm, the horizon, and (E1)
+    radius and mean Jacobian sigma."""
+    rows = [("run@step", "layer", "|g_mixer|", "lag<0.1", "lag<0.01", "radius", "sigma_J")]
+    for rec in result["records"]:
+        for name in rec["temporal"]:
+            i = int(name.split("_")[1])
+            g = rec["param_grad_norms"].get(f"blocks.{i}", {})
+            gm = math.sqrt(sum(v * v for k, v in g.items() if k.startswith("mixer.")))
+            hz = rec["horizon"][name]
+            rc = rec["recurrence"].get(name)
+            rows.append((_label(rec), str(i), f"{gm:.3g}", str(hz["0.1"]), str(hz["0.01"]),
+                         f"{rc['spectral_radius']:.4f}" if rc else "-",
+                         f"{rc['jacobian_sigma_mean']:.4f}" if rc else "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)

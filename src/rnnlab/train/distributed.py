@@ -1,0 +1,431 @@
+"""Multi-process (multi-GPU) training through ``torchrun``: process group, model wrapping, and
+full (unsharded) state dicts so checkpoints move freely between world sizes and wrappers.
+
+    torchrun --standalone --nproc-per-node 2 -m rnnlab train ... --distributed ddp
+    rnnlab train --gpus 2 ...                      # re-launches itself through torchrun
+
+The process layout comes from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``).
+``WORLD_SIZE`` unset or 1 means one ordinary process: nothing here initialises anything then,
+and every helper is the identity / a local call.
+
+Backend: NCCL on CUDA, gloo on CPU. ``NCCL_NVLS_ENABLE=0`` is set (``setdefault``, so an
+explicit value wins) before the process group starts: NVLink SHARP / multicast stays off.
+
+Modes (``wrap_model``):
+- ``"ddp"``: ``DistributedDataParallel``: every rank holds the whole model and optimizer state;
+  gradients are all-reduced (averaged) in buckets during backward.
+- ``"fsdp2"``: ``torch.distributed.fsdp.fully_shard`` on every block, then on the root (embedding,
+  final norm, tied head): parameters, gradients and optimizer state are sharded over ranks (dim 0);
+  each block's weights are all-gathered just in time for its forward/backward.
+
+Checkpoints are always written as FULL state dicts by rank 0, in the same format as a single
+process (``full_state_dict``, ``full_optimizer_state_dict``), and loaded on every rank
+(``load_full_state_dict``, ``load_full_optimizer_state_dict``), so a run saved on 2 ranks resumes
+on 1 and vice versa, with DDP or FSDP2. With FSDP2, gathering a full state dict is a collective:
+every rank must call these helpers (only rank 0 receives the tensors).
+
+Per-rank batch: ``--batch-size`` is the GLOBAL batch; each of N ranks takes ``batch/N`` samples
+(``per_rank_batch``), so N ranks see exactly the samples one process with the global batch sees
+(``BatchStream(rank, world_size)``), and the averaged gradient is the same.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+MODES = ("ddp", "fsdp2")
+DEFAULT_TIMEOUT_MIN = 60  # barriers wait while rank 0 evaluates / checkpoints; NCCL's 10 min is short
+
+
+def _env_int(env, name: str, default: int) -> int:
+    v = env.get(name)
+    if v is None or v == "":
+        return default
+    try:
+        return int(v)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {v!r}") from None
+
+
+@dataclass
+class DistContext:
+    """Where this process sits in a torchrun job. ``backend`` is None until ``init``."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @classmethod
+    def from_env(cls, env=None) -> "DistContext":
+        env = os.environ if env is None else env
+        world = _env_int(env, "WORLD_SIZE", 1)
+        rank = _env_int(env, "RANK", 0)
+        local = _env_int(env, "LOCAL_RANK", rank)
+        if world < 1:
+            raise ValueError(f"WORLD_SIZE must be >= 1, got {world}")
+        if not 0 <= rank < world:
+            raise ValueError(f"RANK must be in [0, WORLD_SIZE={world}), got {rank}")
+        if local < 0:
+            raise ValueError(f"LOCAL_RANK must be >= 0, got {local}")
+        return cls(rank=rank, world_size=world, local_rank=local)
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def enabled(self) -> bool:
+        """True when several processes train together (a process group is or will be used)."""
+        return self.world_size > 1
+
+    @property
+    def initialized(self) -> bool:
+        return self.enabled and dist.is_available() and dist.is_initialized()
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    # ---------------------------------------------------------------- setup
+    def device(self, requested: str = "auto") -> torch.device:
+        """The device of this rank: ``cuda:LOCAL_RANK`` for auto/cuda/cuda:N when distributed
+        (each rank owns one GPU), else ``requested`` resolved as usual."""
+        req = str(requested)
+        if not self.enabled:
+            if req == "auto":
+                return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            return torch.device(req)
+        if req == "auto":
+            req = "cuda" if torch.cuda.is_available() else "cpu"
+        if req.startswith("cuda"):
+            if not torch.cuda.is_available():
+                raise ValueError(f"device {requested!r} requested but CUDA is not available (use --device cpu)")
+            n = torch.cuda.device_count()
+            if self.local_rank >= n:
+                raise ValueError(f"LOCAL_RANK {self.local_rank} has no GPU: this host has {n} "
+                                 f"(start at most {n} processes per node)")
+            return torch.device("cuda", self.local_rank)
+        if req == "cpu":
+            return torch.device("cpu")
+        raise ValueError(f"distributed training runs on cuda or cpu, not {requested!r}")
+
+    def init(self, device: torch.device) -> "DistContext":
+        """Start the process group (NCCL on CUDA, gloo on CPU); no-op for one process."""
+        if not self.enabled:
+            return self
+        if dist.is_initialized():
+            self.backend = dist.get_backend()
+            return self
+        os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast (NVLS)
+        timeout = datetime.timedelta(minutes=float(os.environ.get("RNNLAB_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MIN)))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            self.backend = "nccl"
+            dist.init_process_group("nccl", rank=self.rank, world_size=self.world_size, timeout=timeout,
+                                    device_id=device)
+        else:
+            self.backend = "gloo"
+            dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=timeout)
+        return self
+
+    def close(self, sync: bool = True) -> None:
+        """Leave the process group. ``sync`` (after a normal finish): a barrier first, so no rank
+        tears down while another is still inside a collective (gloo can abort at exit otherwise);
+        pass False on an error path, where the other ranks may never arrive."""
+        if self.initialized:
+            try:
+                if sync:
+                    self.barrier()
+            finally:
+                dist.destroy_process_group()
+        self.backend = None
+
+    # ---------------------------------------------------------------- collectives
+    def barrier(self) -> None:
+        if self.initialized:
+            if self.backend == "nccl":
+                dist.barrier(device_ids=[torch.cuda.current_device()])
+            else:
+                dist.barrier()
+
+    def _reduce_device(self) -> torch.device:
+        return torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+
+    def all_reduce_mean(self, value: float) -> float:
+        """Mean of a Python float over ranks (float64 on the wire); identity for one process."""
+        if not self.initialized:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self._reduce_device())
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.item()) / self.world_size
+
+    def all_true(self, flag: bool) -> bool:
+        """True when ``flag`` holds on every rank."""
+        if not self.initialized:
+            return bool(flag)
+        t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=self._reduce_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item())
+
+    def agree(self, dt: float, stop: bool) -> tuple[float, bool]:
+        """One small all-reduce per step so every rank takes the same decisions: the slowest
+        rank's step time (for a ``--minutes`` budget) and whether any rank saw a Ctrl-C."""
+        if not self.initialized:
+            return float(dt), bool(stop)
+        t = torch.tensor([float(dt), 1.0 if stop else 0.0], dtype=torch.float64, device=self._reduce_device())
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t[0].item()), bool(t[1].item() > 0)
+
+    def broadcast_object(self, obj, src: int = 0):
+        """``obj`` from rank ``src`` on every rank (pickled)."""
+        if not self.initialized:
+            return obj
+        box = [obj if self.rank == src else None]
+        dist.broadcast_object_list(box, src=src, device=self._reduce_device())
+        return box[0]
+
+
+# ------------------------------------------------------------------------- process-wide context
+_CTX: DistContext | None = None
+
+
+def context() -> DistContext:
+    """This process's context (read from the environment on first use; not initialised)."""
+    global _CTX
+    if _CTX is None:
+        _CTX = DistContext.from_env()
+    return _CTX
+
+
+def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
+    """Read torchrun's environment, pick this rank's device and start the process group."""
+    ctx = context()
+    dev = ctx.device(device)
+    ctx.init(dev)
+    return ctx, dev
+
+
+def is_main() -> bool:
+    return context().is_main
+
+
+def barrier() -> None:
+    context().barrier()
+
+
+def all_reduce_mean(value: float) -> float:
+    return context().all_reduce_mean(value)
+
+
+def per_rank_batch(global_batch: int, world_size: int) -> int:
+    """The per-rank batch for a GLOBAL batch; the global batch must divide evenly."""
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if global_batch % world_size:
+        raise ValueError(f"batch_size (the global batch) must be divisible by the number of processes: "
+                         f"{global_batch} is not divisible by {world_size}")
+    return global_batch // world_size
+
+
+def default_mode(world_size: int | None = None) -> str | None:
+    """``"ddp"`` when several processes run, else None (no wrapping)."""
+    world = context().world_size if world_size is None else world_size
+    return "ddp" if world > 1 else None
+
+
+# ------------------------------------------------------------------------- wrapping
+def is_fsdp(model: nn.Module) -> bool:
+    """True for a module sharded with FSDP2's ``fully_shard`` (also under ``torch.compile``)."""
+    model = getattr(model, "_orig_mod", model)
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - old torch
+        return False
+    return isinstance(model, FSDPModule)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module under ``torch.compile`` / DDP (an FSDP2 module is its own plain module)."""
+    model = getattr(model, "_orig_mod", model)
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
+    return getattr(model, "_orig_mod", model)
+
+
+def wrap_model(model: nn.Module, mode: str = "ddp", device: torch.device | None = None,
+               ctx: DistContext | None = None) -> nn.Module:
+    """Wrap ``model`` for data-parallel training; returns the module the training step calls.
+
+    ``"ddp"``: a DistributedDataParallel wrapper (``model`` stays the plain module inside it).
+    ``"fsdp2"``: ``fully_shard`` each of ``model.blocks`` then the root, IN PLACE: ``model``
+    itself becomes the sharded module (its parameters are DTensors) and is returned.
+    One process (or no process group): ``model`` unchanged.
+    """
+    ctx = ctx or context()
+    if mode not in MODES:
+        raise ValueError(f"distributed must be one of {', '.join(MODES)}, got {mode!r}")
+    if not ctx.initialized:
+        return model
+    if device is None:
+        device = next(model.parameters()).device
+    if mode == "ddp":
+        ids = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (ctx.world_size,))
+    for block in getattr(model, "blocks", []):
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def reshard(model: nn.Module) -> None:
+    """Put FSDP2 modules back in their sharded state. After a forward without backward (eval)
+    the root stays unsharded and its parameters are then not the optimizer's (sharded) ones."""
+    if not is_fsdp(model):
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    for m in getattr(model, "_orig_mod", model).modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
+# ------------------------------------------------------------------------- full state dicts
+def _options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(**kw)
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole model's state dict (plain keys, no ``module.`` prefix), as a single process has it.
+
+    Plain / DDP: the local state dict (every rank has it all). FSDP2: gathered to rank 0 on the
+    CPU (``get_model_state_dict(full_state_dict=True, cpu_offload=True)``); a COLLECTIVE that every
+    rank must call; ranks other than 0 get ``{}``.
+    """
+    if not is_fsdp(model):
+        return unwrap(model).state_dict()
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    reshard(model)
+    return get_model_state_dict(getattr(model, "_orig_mod", model),
+                                options=_options(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor],
+                         strict: bool = True) -> tuple[list[str], list[str]]:
+    """Load a full state dict (every rank passes the whole dict) into a plain, DDP or FSDP2 model;
+    returns ``(missing, unexpected)`` keys like ``load_state_dict``."""
+    if not is_fsdp(model):
+        r = unwrap(model).load_state_dict(state_dict, strict=strict)
+        return list(r.missing_keys), list(r.unexpected_keys)
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+
+    reshard(model)
+    r = set_model_state_dict(getattr(model, "_orig_mod", model), state_dict,
+                             options=_options(full_state_dict=True, strict=strict))
+    return list(r.missing_keys), list(r.unexpected_keys)
+
+
+def _param_names(model: nn.Module) -> list[str]:
+    """Parameter names in ``model.parameters()`` order (the order optimizers are built in)."""
+    return [n for n, _ in getattr(model, "_orig_mod", model).named_parameters()]
+
+
+def _fqn_to_index(osd: dict, model: nn.Module) -> dict:
+    """``get_optimizer_state_dict``'s name-keyed form -> ``torch.optim``'s index-keyed form."""
+    index = {n: i for i, n in enumerate(_param_names(model))}
+    groups = []
+    for g in osd["param_groups"]:
+        g = dict(g)
+        g["params"] = [index[n] for n in g["params"]]
+        groups.append(g)
+    return {"state": {index[n]: s for n, s in osd["state"].items()}, "param_groups": groups}
+
+
+def _index_to_fqn(osd: dict, model: nn.Module) -> dict:
+    names = _param_names(model)
+    groups = []
+    for g in osd["param_groups"]:
+        g = dict(g)
+        g["params"] = [names[int(i)] for i in g["params"]]
+        groups.append(g)
+    return {"state": {names[int(i)]: s for i, s in osd["state"].items()}, "param_groups": groups}
+
+
+def full_optimizer_state_dict(model: nn.Module, opt) -> dict:
+    """The optimizer's full state in ``opt.state_dict()`` form (parameter indices), whatever the
+    wrapper: a checkpoint taken on N ranks with FSDP2 loads with ``opt.load_state_dict`` in one
+    process. FSDP2: a collective (``get_optimizer_state_dict(full_state_dict=True,
+    cpu_offload=True)``); ranks other than 0 get ``{}``."""
+    if not is_fsdp(model):
+        return opt.state_dict()
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    reshard(model)
+    osd = get_optimizer_state_dict(getattr(model, "_orig_mod", model), opt,
+                                   options=_options(full_state_dict=True, cpu_offload=True))
+    if not osd or not osd.get("param_groups"):
+        return {}
+    return _fqn_to_index(osd, model)
+
+
+def load_full_optimizer_state_dict(model: nn.Module, opt, osd: dict) -> None:
+    """Load a full ``opt.state_dict()``-form state (every rank passes the whole dict)."""
+    if not is_fsdp(model):
+        opt.load_state_dict(osd)
+        return
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+    reshard(model)
+    # set_optimizer_state_dict first materialises the state with a zero-LR step, but only when
+    # opt.state is empty; Schedule-Free's train()/eval() leave empty per-parameter entries behind.
+    for p in [p for p, st in opt.state.items() if not st]:
+        del opt.state[p]
+    set_optimizer_state_dict(getattr(model, "_orig_mod", model), opt, _index_to_fqn(osd, model),
+                             options=_options(full_state_dict=True))
+
+
+# ------------------------------------------------------------------------- DTensor helpers
+def is_dtensor(t) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(t, DTensor)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) parameter gathered to a plain tensor (collective); others unchanged."""
+    return t.full_tensor() if is_dtensor(t) else t
+
+
+def copy_full_into(param: torch.Tensor, full: torch.Tensor) -> None:
+    """``param.copy_(full)`` where ``param`` may be a sharded DTensor and ``full`` the whole tensor."""
+    with torch.no_grad():
+        if is_dtensor(param):
+            from torch.distributed.tensor import distribute_tensor
+
+            src = full.detach().to(device=param.device, dtype=param.dtype)
+            local = distribute_tensor(src, param.device_mesh, param.placements, src_data_rank=None).to_local()
+            param.to_local().copy_(local)
+        else:
+            param.copy_(full)
+
+
+def local_all_finite(model: nn.Module) -> bool:
+    """Whether this rank's (shard of the) parameters is finite (combine with ``all_true``)."""
+    for p in model.parameters():
+        t = p.to_local() if is_dtensor(p) else p
+        if not bool(torch.isfinite(t).all()):
+            return False
+    return True

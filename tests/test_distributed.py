@@ -1,0 +1,159 @@
+"""Multi-process training (issue 8) on the CPU through gloo: 2 processes with a global batch of 8
+follow the same loss trajectory as 1 process with batch 8, with DDP and FSDP2, and checkpoints
+move between world sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rnnlab.train import distributed as dist
+from rnnlab.train.config import TrainConfig
+from rnnlab.train.trainer import run_training
+
+pytestmark = [
+    pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                       reason="needs torch.distributed with gloo"),
+    pytest.mark.usefixtures("one_thread"),
+]
+
+TINY = dict(model="e1", dim=32, depth=2, seq_len=32, batch_size=8, precision="fp32", lr=3e-3,
+            eval_bytes=4096, device="cpu")
+
+
+def _flags(cfg: dict) -> list[str]:
+    out = []
+    for k, v in cfg.items():
+        out += [f"--{k.replace('_', '-')}", str(v)]
+    return out
+
+
+def _env() -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    return env
+
+
+def _torchrun(args: list[str], nproc: int = 2) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "rnnlab", "train", *args, "--no-progress"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+
+
+def _losses(run) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _one(out, corpus, **kw) -> dict:
+    cfg = dict(TINY, data=str(corpus), out=str(out), **kw)
+    return run_training(TrainConfig.from_dict(cfg), progress=False)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    p = tmp_path_factory.mktemp("data") / "corpus.txt"
+    p.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 500)[:20000])
+    return p
+
+
+@pytest.fixture(scope="module")
+def ref_sf(tmp_path_factory, corpus):
+    """The uninterrupted 1-process Schedule-Free run (8 steps, batch 8)."""
+    run = tmp_path_factory.mktemp("ref") / "one"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _one(run, corpus, steps=8)
+    finally:
+        torch.set_num_threads(n)
+    return run
+
+
+# ------------------------------------------------------------------------- no processes needed
+def test_context_from_env_and_batch_split():
+    ctx = dist.DistContext.from_env({"RANK": "1", "WORLD_SIZE": "4", "LOCAL_RANK": "1"})
+    assert (ctx.rank, ctx.world_size, ctx.local_rank, ctx.enabled, ctx.is_main) == (1, 4, 1, True, False)
+    one = dist.DistContext.from_env({})
+    assert (one.rank, one.world_size, one.enabled, one.is_main) == (0, 1, False, True)
+    assert one.all_reduce_mean(2.5) == 2.5 and one.agree(0.1, False) == (0.1, False)
+    with pytest.raises(ValueError, match="RANK must be in"):
+        dist.DistContext.from_env({"RANK": "2", "WORLD_SIZE": "2"})
+    assert dist.per_rank_batch(32, 4) == 8
+    with pytest.raises(ValueError, match="divisible by the number of processes"):
+        dist.per_rank_batch(10, 4)
+
+
+def test_gpus_flag_relaunches_through_torchrun():
+    from rnnlab.train.cli import torchrun_command
+
+    cmd = torchrun_command(2, ["train", "--gpus", "2", "--steps", "3", "--gpus=2", "--out", "r"])
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                       "-m", "rnnlab", "train", "--steps", "3", "--out", "r"]
+
+
+def test_distributed_field_validated():
+    with pytest.raises(ValueError, match="distributed must be one of"):
+        TrainConfig.from_dict(dict(TINY, distributed="zero3", steps=2)).validate()
+
+
+def test_global_batch_must_divide(tmp_path, corpus, monkeypatch):
+    from rnnlab.train.trainer import resolve_config
+
+    monkeypatch.setattr(dist, "_CTX", dist.DistContext(rank=0, world_size=2))  # as under torchrun
+    cfg = TrainConfig.from_dict(dict(TINY, steps=2, batch_size=7, data=str(corpus), out=str(tmp_path / "r")))
+    with pytest.raises(ValueError, match="7 is not divisible by 2"):
+        resolve_config(cfg)
+    assert resolve_config(TrainConfig.from_dict(dict(TINY, steps=2, data=str(corpus)))).distributed == "ddp"
+
+
+# ------------------------------------------------------------------------- 2 processes (gloo)
+def test_two_processes_equal_one_adamw_ddp_via_gpus_flag(tmp_path, corpus):
+    small_corpus = corpus
+    ref = tmp_path / "one"
+    _one(ref, small_corpus, steps=8, optimizer="adamw")
+    two = tmp_path / "two"
+    cmd = [sys.executable, "-m", "rnnlab", "train", *_flags(dict(TINY, steps=8, optimizer="adamw")),
+           "--data", str(small_corpus), "--out", str(two), "--gpus", "2", "--no-progress"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]
+    assert r.stdout.count("loss (last 100)") == 1  # rank 0 alone prints the summary
+    assert _losses(two) == pytest.approx(_losses(ref), rel=1e-5)
+    s1, s2 = (json.loads((p / "summary.json").read_text()) for p in (ref, two))
+    assert s2["tokens"] == s1["tokens"] == 8 * 8 * 32  # global tokens
+    assert s2["world_size"] == 2 and s2["distributed"] == "ddp"
+    assert s2["val_loss"] == pytest.approx(s1["val_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
+def test_two_processes_equal_one_and_resume_in_one(mode, tmp_path, corpus, ref_sf):
+    """Schedule-Free: 2 processes for 4 steps equal 1 process; the 2-process checkpoint then
+    resumes in 1 process and continues the uninterrupted 1-process run to rounding."""
+    small_corpus, ref = corpus, ref_sf
+    two = tmp_path / "two"
+    _torchrun([*_flags(dict(TINY, steps=4)), "--data", str(small_corpus), "--out", str(two),
+               "--distributed", mode])
+    assert _losses(two) == pytest.approx(_losses(ref)[:4], rel=1e-5)
+    cfg = json.loads((two / "config.json").read_text())
+    assert cfg["distributed"] == mode and cfg["batch_size"] == 8
+    s = _one(two, small_corpus, steps=8, resume=True)
+    assert s["complete"] and s["steps"] == 8
+    assert _losses(two) == pytest.approx(_losses(ref), rel=1e-5)
+    ref_sum = json.loads((ref / "summary.json").read_text())
+    assert s["val_loss"] == pytest.approx(ref_sum["val_loss"], rel=1e-5)
+
+
+def test_one_process_checkpoint_resumes_on_two_fsdp2(tmp_path, corpus, ref_sf):
+    small_corpus, ref = corpus, ref_sf
+    run = tmp_path / "r"
+    _one(run, small_corpus, steps=4)
+    _torchrun([*_flags(dict(TINY, steps=8)), "--data", str(small_corpus), "--out", str(run),
+               "--resume", "--distributed", "fsdp2"])
+    assert _losses(run) == pytest.approx(_losses(ref), rel=1e-5)
+    assert json.loads((run / "summary.json").read_text())["complete"]
