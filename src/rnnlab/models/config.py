@@ -6,6 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from rnnlab.models.registry import get_spec
+
 MAX_DIM = 65536
 MAX_DEPTH = 1024
 
@@ -28,9 +30,7 @@ class ModelConfig:
     layer: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from rnnlab.models.registry import get_spec
-
-        spec = get_spec(self.model)
+        get_spec(self.model)  # raises ValueError naming the known models
         if not isinstance(self.dim, int) or not 0 < self.dim <= MAX_DIM:
             raise ValueError(f"dim must be an integer in 1..{MAX_DIM}, got {self.dim!r}")
         if not isinstance(self.depth, int) or not 0 < self.depth <= MAX_DEPTH:
@@ -40,17 +40,12 @@ class ModelConfig:
         if self.mlp_ratio is not None and self.mlp_ratio < 0:
             raise ValueError(f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
         self.layer_config().validate()
-        del spec
 
     def resolved_mlp_ratio(self) -> float:
-        from rnnlab.models.registry import get_spec
-
         return get_spec(self.model).mlp_ratio if self.mlp_ratio is None else float(self.mlp_ratio)
 
     def layer_config(self):
         """The mixer's own config dataclass, built from ``dim`` and ``layer``."""
-        from rnnlab.models.registry import get_spec
-
         cls = get_spec(self.model).config_cls
         known = {f.name for f in dataclasses.fields(cls)} - {"dim"}
         unknown = sorted(set(self.layer) - known)
