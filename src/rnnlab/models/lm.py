@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.models.config import ModelConfig
+from rnnlab.models.registry import get_spec
 
 
 class MLP(nn.Module):
@@ -34,7 +35,7 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
-        self.mixer = _layer_cls(cfg)(cfg.layer_config())
+        self.mixer = get_spec(cfg.model).layer_cls(cfg.layer_config())
         ratio = cfg.resolved_mlp_ratio()
         self.mlp_norm = nn.LayerNorm(cfg.dim) if ratio > 0 else None
         self.mlp = MLP(cfg.dim, ratio) if ratio > 0 else None
@@ -51,12 +52,6 @@ class Block(nn.Module):
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x, state
-
-
-def _layer_cls(cfg: ModelConfig):
-    from rnnlab.models.registry import get_spec
-
-    return get_spec(cfg.model).layer_cls
 
 
 class LM(nn.Module):
