@@ -57,6 +57,7 @@ def ssd_scan(
     b, T, h, p = x.shape
     x, dt, A, B, C = _up(x, dt, A, B, C)
     B, C = _heads(B, h), _heads(C, h)
+    chunk_size = max(1, min(chunk_size, T))  # the chunked form is exact for any chunk size
     pad = (-T) % chunk_size
     if pad:
         x, B, C = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (x, B, C))
