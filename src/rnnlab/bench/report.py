@@ -352,7 +352,7 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     md = [f"# {'Sweep' if axes else 'Benchmark'} report: {header['suite']}", ""]
     if header["description"]:
         md += [header["description"], ""]
-    md += [f"- **Suite:** {header['suite']}" + (f" (`{plan['path']}`)" if plan.get("path") else ""),
+    md += [f"- **Suite:** {header['suite']}" + (f" (`{_suite_ref(plan['path'])}`)" if plan.get("path") else ""),
            f"- **Date:** {header['date']}",
            f"- **Device:** {header['device']}",
            f"- **Corpus:** {header['corpus']}",
@@ -404,3 +404,10 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     json_path = out / "report.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return {"md": md_path, "json": json_path, "plots": plot_files}
+
+
+def _suite_ref(path: str) -> str:
+    """A shipped suite by its package path (no machine-specific prefix); any other file as given."""
+    p = Path(path)
+    shipped = (Path(__file__).parent / "suites").resolve()
+    return f"rnnlab/bench/suites/{p.name}" if p.resolve().parent == shipped else str(p)

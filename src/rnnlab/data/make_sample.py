@@ -2,8 +2,8 @@
 
 Not run at import. Usage::
 
-    python -m rnnlab.data.make_sample /work/shared/data            # writes into the package
-    python -m rnnlab.data.make_sample /work/shared/data --out DIR
+    python -m rnnlab.data.make_sample ../shared/data            # writes into the package
+    python -m rnnlab.data.make_sample ../shared/data --out DIR
 
 Rule (deterministic, standard library only): for every shard, in sorted file-name order,
 decompress from the start and keep the longest prefix of whole documents that is at most
