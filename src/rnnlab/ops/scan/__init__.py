@@ -13,32 +13,20 @@ from __future__ import annotations
 
 import torch
 
+from rnnlab.ops.dispatch import BACKENDS as DISPATCH_BACKENDS
+from rnnlab.ops.dispatch import LazyKernel, dispatch
 from rnnlab.ops.scan import naive
 from rnnlab.ops.scan.naive import linear_scan_parallel
 
 __all__ = ["linear_scan", "linear_scan_parallel", "fused_gate_scan", "triton_available", "BACKENDS"]
 
-BACKENDS = ("auto", "naive", "triton", "heinsen")
+BACKENDS = (*DISPATCH_BACKENDS, "heinsen")
 
-_triton_fn = None
-_triton_error: BaseException | None = None
-
-
-def _load_triton():
-    """The Triton ``linear_scan``, or None when it does not import (the error is kept)."""
-    global _triton_fn, _triton_error
-    if _triton_fn is None and _triton_error is None:
-        try:
-            from rnnlab.ops.scan import triton as mod
-
-            _triton_fn = mod.linear_scan
-        except Exception as e:  # noqa: BLE001 - any import failure means "not available"
-            _triton_error = e
-    return _triton_fn
+_kernel = LazyKernel("rnnlab.ops.scan.triton")
 
 
 def triton_available() -> bool:
-    return _load_triton() is not None
+    return _kernel.available()
 
 
 def _check(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> None:
@@ -55,21 +43,11 @@ def linear_scan(
 ) -> torch.Tensor:
     """All states of ``h_t = a_t * h_{t-1} + b_t``, ``[B, T, H]``, in ``b``'s dtype."""
     _check(a, b, h0)
-    if backend == "auto":
-        fn = _load_triton() if b.is_cuda else None
-        return fn(a, b, h0) if fn is not None else naive.linear_scan(a, b, h0)
-    if backend == "naive":
-        return naive.linear_scan(a, b, h0)
     if backend == "heinsen":
         return linear_scan_parallel(a, b, h0, method="log")
-    if backend == "triton":
-        fn = _load_triton()
-        if fn is None:
-            raise RuntimeError(f"backend='triton' is unavailable: cannot import the kernel ({_triton_error!r})")
-        if not b.is_cuda:
-            raise RuntimeError(f"backend='triton' needs CUDA tensors, got device {b.device}")
-        return fn(a, b, h0)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return dispatch("linear_scan", backend, b, _kernel, naive.linear_scan, a, b, h0)
 
 
 def fused_gate_scan(kind: str, x: torch.Tensor, backend: str):
@@ -78,8 +56,7 @@ def fused_gate_scan(kind: str, x: torch.Tensor, backend: str):
 
     It keeps no fp32 gate tensors, which is what holds minGRU/minLSTM memory at or below Mamba2's
     (results/kernels_h100.md); the layers fall back to ``linear_scan`` over explicit gates."""
-    if backend not in ("auto", "triton") or not x.is_cuda or _load_triton() is None:
+    mod = _kernel.get() if backend in ("auto", "triton") and x.is_cuda else None
+    if mod is None:
         return None
-    from rnnlab.ops.scan import triton as mod
-
     return mod.mingru_scan if kind == "mingru" else mod.minlstm_scan
