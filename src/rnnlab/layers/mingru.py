@@ -30,19 +30,10 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-def validate_min_rnn(dim: int, expansion: float, backend: str) -> None:
-    check_positive("dim", dim)
-    if not isinstance(dim, int):
-        raise ValueError(f"dim must be an integer, got {dim!r}")
-    check_positive("expansion", expansion)
-    if int(dim * expansion) < 1:
-        raise ValueError(f"expansion must give at least one inner unit (int(dim*expansion) >= 1), got {expansion!r}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-
-
 @dataclass
-class MinGRUConfig:
+class MinRNNConfig:
+    """Config shared by minGRU and minLSTM (they differ only in their gates)."""
+
     dim: int = 256
     expansion: float = 1.0  # di = int(dim * expansion); the seed's runs all used 1.0
     backend: str = "auto"  # linear_scan backend: auto | naive | triton | heinsen
@@ -52,7 +43,19 @@ class MinGRUConfig:
         return int(self.dim * self.expansion)
 
     def validate(self) -> None:
-        validate_min_rnn(self.dim, self.expansion, self.backend)
+        check_positive("dim", self.dim)
+        if not isinstance(self.dim, int):
+            raise ValueError(f"dim must be an integer, got {self.dim!r}")
+        check_positive("expansion", self.expansion)
+        if self.d_inner < 1:
+            raise ValueError("expansion must give at least one inner unit (int(dim*expansion) >= 1), "
+                             f"got {self.expansion!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+
+
+class MinGRUConfig(MinRNNConfig):
+    """minGRU: ``in_proj`` D -> 2*di (h~, gate)."""
 
 
 class MinGRU(nn.Module):

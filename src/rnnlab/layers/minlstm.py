@@ -12,29 +12,18 @@ and the result is cast back to the input dtype. No output gate; xavier_uniform p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State
-from rnnlab.layers.mingru import compute_dtype, g, validate_min_rnn
+from rnnlab.layers.mingru import MinRNNConfig, compute_dtype, g
 from rnnlab.ops.scan import fused_gate_scan, linear_scan
 
 
-@dataclass
-class MinLSTMConfig:
-    dim: int = 256
-    expansion: float = 1.0  # di = int(dim * expansion); the seed's runs all used 1.0
-    backend: str = "auto"  # linear_scan backend: auto | naive | triton | heinsen
-
-    @property
-    def d_inner(self) -> int:
-        return int(self.dim * self.expansion)
-
-    def validate(self) -> None:
-        validate_min_rnn(self.dim, self.expansion, self.backend)
+class MinLSTMConfig(MinRNNConfig):
+    """minLSTM: ``in_proj`` D -> 3*di (h~, f, i)."""
 
 
 class MinLSTM(nn.Module):
