@@ -12,7 +12,6 @@ and the result is cast back to the input dtype. No output gate; xavier_uniform p
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
