@@ -74,6 +74,8 @@ def main(argv=None):
     p.add_argument("--best-out", default=None, help="write the fastest dense config BN,BK,warps,stages,split")
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
+    p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "dense"],
+                   help="which kernel families to time (default all)")
     args = p.parse_args(argv)
 
     import triton
@@ -100,7 +102,7 @@ def main(argv=None):
     el = 2  # bf16 bytes
 
     # ---- linear scan (minGRU / minLSTM)
-    for H in (1760, 3520):
+    for H in (1760, 3520) if "scan" in args.sections else ():
         n = B * T * H
         floor = (3 + 5) * n * el / bw * 1e3
 
@@ -126,7 +128,7 @@ def main(argv=None):
     from rnnlab.ops.scan import triton as stri
 
     H = 1760
-    for blk in (128, 512):
+    for blk in (128, 512) if "scan" in args.sections else ():
         stri.BLOCK = blk
 
         def mkb(H=H):
@@ -140,7 +142,8 @@ def main(argv=None):
 
     # fused gate + scan (reads p once, writes h; backward reads p, h, g, writes dp)
     for nm, fn, G, H in (("minGRU fused gates+scan", stri.mingru_scan, 2, 3520),
-                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)):
+                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)) \
+            if "scan" in args.sections else ():
         floor = ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
 
         def mkf(fn=fn, G=G, H=H):
@@ -159,16 +162,16 @@ def main(argv=None):
         a = torch.rand(S, device=dev, dtype=dt, requires_grad=True)
         return (lambda u, a: diag_elman_scan(u, a, None, backend="triton")), [u, a], torch.randn_like(u)
 
-    add("diag triton", f"B{B} T{T} S{S}", fwd_bwd(mkd, args.reps), floor)
-
     def mkdn():
         fn, ins, g = mkd()
         return (lambda u, a: diag_elman_scan(u, a, None, backend="naive")), ins, g
 
-    add("diag naive (torch loop)", f"B{B} T{T} S{S}", fwd_bwd(mkdn, 3), floor)
+    if "diag" in args.sections:
+        add("diag triton", f"B{B} T{T} S{S}", fwd_bwd(mkd, args.reps), floor)
+        add("diag naive (torch loop)", f"B{B} T{T} S{S}", fwd_bwd(mkdn, 3), floor)
 
     # ---- E1 heads 14 x 128
-    for nh, hd in ((14, 128), (28, 64)):
+    for nh, hd in ((14, 128), (28, 64)) if "heads" in args.sections else ():
         H = nh * hd
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
@@ -194,6 +197,16 @@ def main(argv=None):
         w = (torch.randn(H, H, device=dev) * (0.9 / H**0.5)).to(dt).requires_grad_()
         return (lambda x, w: elman_scan(x, w, None, backend="triton")), [wx, w], torch.randn_like(wx)
 
+    if "dense" not in args.sections:
+        return finish(args, rows, bw, fl, None)
+    from rnnlab.ops.elman import persistent
+
+    for warps, tile in persistent.SHAPES:
+        persistent.WARPS, persistent.TILE = warps, tile
+        add("E1 dense persistent CUDA", f"B{B} T{T} H{H}", fwd_bwd(mke, args.reps), floor,
+            f"cooperative, {warps} warps, tile {tile[0]} cols x {tile[1]} rows")
+    persistent.WARPS = persistent.TILE = None
+    et.DENSE_PERSISTENT = False
     best = None
     # (BN, BK, warps, stages, split-K)
     for cfg in ((16, 128, 4, 3, 1), (16, 256, 4, 3, 1), (16, 128, 4, 3, 2), (16, 128, 4, 3, 4),
@@ -240,12 +253,18 @@ def main(argv=None):
         chain()
     tc = timeit(gph.replay, args.reps)
     print(f"{'cuBLAS GEMM chain (graph)':34s} {'':22s} {tc:8.3f} ms ({tc / T * 1e3:.2f} us/step)")
+    et.DENSE_PERSISTENT = True
+    return finish(args, rows, bw, fl, tc)
+
+
+def finish(args, rows, bw, fl, tc):
+    import triton
 
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds"), torch=torch.__version__, triton=triton.__version__,
-                python=platform.python_version(), command=" ".join(sys.argv), B=B, T=T, dtype="bf16",
-                copy_bw_GBs=round(bw / 1e9, 1), gemm_bf16_TFLOPs=round(fl / 1e12, 1),
-                cublas_chain_ms=round(tc, 4))
+                python=platform.python_version(), command=" ".join(sys.argv), B=args.B, T=args.T,
+                dtype="bf16", copy_bw_GBs=round(bw / 1e9, 1), gemm_bf16_TFLOPs=round(fl / 1e12, 1),
+                cublas_chain_ms=None if tc is None else round(tc, 4))
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

@@ -6,8 +6,8 @@
 # and a tarball per suite of the reports, summaries and metrics (no checkpoints) goes to OUTDIR.
 set -euo pipefail
 out=$1; shift
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl
-export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1
+# shellcheck source=benchmarks/gpu_env.sh
+source benchmarks/gpu_env.sh
 python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz
 python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz
 python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz

@@ -3,7 +3,7 @@ every layer's CUDA path against its CPU reference with the same weights.
 
 Run on a GPU machine with ``pytest -m gpu tests/gpu -s`` (``-s`` prints the measured errors).
 Errors are ``||a - b|| / ||b||`` against a float64 reference on the same (rounded) inputs.
-Tolerances: fp32 kernels 1e-4 (IEEE fp32 products), bf16 kernels 2e-2 (bf16 stores of h / grads),
+Tolerances: fp32 kernels 1e-4 (IEEE fp32 products), bf16/fp16 kernels 2e-2 (16-bit stores of h / grads),
 fp32 layers 1e-4 (layers whose CUDA path uses TF32 or fused library kernels have their own,
 stated next to them).
 """
@@ -21,7 +21,7 @@ pytestmark = [
 ]
 
 DEV = "cuda"
-TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
+TOL = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -181,6 +181,7 @@ def test_elman_dense_split_k(dtype, cfg, graph):
 
     saved = (et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT, et.USE_GRAPH)
     try:
+        et.DENSE_PERSISTENT = False
         et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT = cfg
         et.USE_GRAPH = graph
         for trial, (B, T, H) in enumerate([(5, 30, 300), (5, 30, 300), (33, 12, 200)]):
@@ -191,7 +192,52 @@ def test_elman_dense_split_k(dtype, cfg, graph):
             _check_op(f"elman_dense_splitK{cfg} graph={graph}",
                       lambda x, w, h: et.elman_scan(x, w, h), naive.elman_scan, [wx, w, h0], dtype)
     finally:
+        et.DENSE_PERSISTENT = True
         et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT, et.USE_GRAPH = saved
+
+
+# (B, T, H): H = 1760 is E1 d26's width; B = 70 takes several batch groups / passes; H = 200 and
+# 104 are not multiples of 16 (zero-padded K tile); T = 300 runs many step handshakes.
+PERSISTENT_CASES = [(2, 33, 96), (1, 17, 64), (70, 9, 200), (3, 20, 104), (4, 300, 256), (32, 48, 1760)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", PERSISTENT_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("warps", [8, 16])
+@pytest.mark.parametrize("tile", [(16, 32), (32, 16)])
+def test_elman_dense_persistent(dtype, case, with_h0, warps, tile, monkeypatch):
+    """The persistent cooperative kernel (the default dense 16-bit path) against the float64
+    reference, forward and all gradients; counts its launches to prove it ran."""
+    from rnnlab.ops.elman import naive, persistent
+    from rnnlab.ops.elman import triton as et
+
+    B, T, H = case
+    if warps == 16 and H != 1760:
+        pytest.skip("16 warps: checked at the E1 width only")
+    assert persistent.supported(torch.empty(1, 1, H, device=DEV, dtype=dtype))
+    calls = []
+    for name in ("forward", "backward"):
+        fn = getattr(persistent, name)
+        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
+    monkeypatch.setattr(persistent, "WARPS", warps)
+    monkeypatch.setattr(persistent, "TILE", tile)
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 7)
+    wx = torch.randn(B, T, H)
+    w = torch.randn(H, H) * (0.9 / H**0.5)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    _check_op(f"elman_dense_persistent{case} warps={warps} tile={tile}", lambda x, w, h: et.elman_scan(x, w, h),
+              naive.elman_scan, [wx, w, h0], dtype)
+    assert calls == ["forward", "backward"]
+
+
+def test_elman_dense_persistent_not_used_when_it_cannot_run():
+    """fp32, and H not a multiple of 8, fall back to the Triton per-step kernel."""
+    from rnnlab.ops.elman import persistent
+
+    assert not persistent.supported(torch.empty(1, 1, 256, device=DEV, dtype=torch.float32))
+    assert not persistent.supported(torch.empty(1, 1, 100, device=DEV, dtype=torch.bfloat16))
+    assert not persistent.supported(torch.empty(1, 1, 8192, device=DEV, dtype=torch.bfloat16))
 
 
 # ------------------------------------------------------------------------------------- layers

@@ -7,6 +7,9 @@ Two paths, chosen by the shape of ``w_h``:
   ``[16, hd] x [hd, hd]`` MMA per step). The backward runs the same way in reverse with W_head:
   ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``; then ``dW = sum_t dpre_t^T h_{t-1}`` is one
   batched GEMM in torch and ``dwx = dpre``.
+* **dense persistent** ``w_h: [H, H]``, bf16/fp16 (``DENSE_PERSISTENT``): one cooperative CUDA
+  kernel per direction runs all T steps with W resident in shared memory and a grid barrier per
+  step (``rnnlab.ops.elman.persistent``); used whenever the shape fits, else:
 * **dense** ``w_h: [H, H]`` (design a+): per time step ONE fused Triton kernel
   (``h_{t-1} @ W^T + wx_t``, tanh, store), in a Python loop over T that is captured once per
   shape in a CUDA graph (``USE_GRAPH``; static buffers keyed by shape) and replayed. Backward:
@@ -22,13 +25,15 @@ mode for fp32 inputs and 16-bit operands (fp32 accumulation) for 16-bit inputs.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["elman_scan", "USE_GRAPH", "DENSE_BN", "DENSE_BK", "DENSE_SPLIT"]
+__all__ = ["elman_scan", "DENSE_PERSISTENT", "USE_GRAPH", "DENSE_BN", "DENSE_BK", "DENSE_SPLIT"]
 
+DENSE_PERSISTENT = True  # dense 16-bit scans: the persistent CUDA kernel when the shape fits
 USE_GRAPH = True  # capture the dense per-step loop in a CUDA graph (per shape)
 FAST_TANH = True  # tanh.approx.f32 for 16-bit inputs on the GPU (never for fp32 / the interpreter)
 DENSE_BN = 16  # output columns per program in the dense step kernel
@@ -346,6 +351,24 @@ def _use_graph(t: torch.Tensor) -> bool:
     return USE_GRAPH and t.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
+_PERSISTENT_ERROR: list[str] = []
+
+
+def _persistent(x: torch.Tensor):
+    """The persistent-kernel module when it should run the dense scan of ``x``, else None (it is
+    off, the shape does not fit, or it failed to build: then a one-time warning)."""
+    if not DENSE_PERSISTENT or _PERSISTENT_ERROR or not x.is_cuda:
+        return None
+    try:
+        from rnnlab.ops.elman import persistent
+
+        return persistent if persistent.supported(x) else None
+    except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the Triton path
+        _PERSISTENT_ERROR.append(f"{type(e).__name__}: {e}")
+        warnings.warn(f"persistent Elman kernel unavailable, using the per-step Triton kernel ({e})")
+        return None
+
+
 class _ElmanDense(torch.autograd.Function):
     @staticmethod
     def forward(ctx, wx, w, h0):
@@ -359,6 +382,8 @@ class _ElmanDense(torch.autograd.Function):
         h0c = h0.to(dt).contiguous() if has_h0 else torch.zeros(B, H, device=wx.device, dtype=dt)
         if T == 0 or B == 0:
             h = torch.empty_like(wx)
+        elif (pk := _persistent(wx)) is not None:
+            h = pk.forward(wx, wk, h0c if has_h0 else None)
         elif _use_graph(wx):
             key = ("fwd", B, T, H, dt, wx.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
                    DENSE_SPLIT, _fast(wx))
@@ -391,6 +416,8 @@ class _ElmanDense(torch.autograd.Function):
         g = g.contiguous()
         if T == 0 or B == 0:
             dpre = torch.zeros_like(h)
+        elif (pk := _persistent(h)) is not None:
+            dpre = pk.backward(g, h, wk)
         elif _use_graph(h):
             key = ("bwd", B, T, H, dt, h.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
                    DENSE_SPLIT)

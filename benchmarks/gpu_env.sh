@@ -1,0 +1,5 @@
+# Source on a GPU machine that received the wheels under .gpu/wheels (see README "GPU"): installs
+# them into /tmp/site (no internet needed) and puts rnnlab, the wheels and ninja on the paths.
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl
+export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}

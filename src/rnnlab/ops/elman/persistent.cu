@@ -1,0 +1,276 @@
+// Persistent dense Elman scan (E1): ONE cooperative launch runs all T steps of
+//   forward   h_t    = tanh(wx_t + h_{t-1} @ W^T)                 (M = W)
+//   backward  dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)       (M = W^T)
+// Block j owns 16 output columns: its 16 rows of M stay in shared memory for all T steps.
+// Per step every warp of every block waits for the producers of its K range (per-block step
+// flags, release/acquire: a dataflow grid barrier without a central counter), stages those
+// columns of the previous state from L2 (cp.async.cg, so never a stale L1 line) and runs its
+// part of the [32 x H] x [H x 16] product on tensor cores (wmma, bf16/fp16 in, fp32 accumulate);
+// the block sums the warps' partials, applies the epilogue (its operands were prefetched during
+// the previous step), stores its 16 columns and raises its flag.
+// Spinning on flags needs every block resident: cudaLaunchCooperativeKernel guarantees that for
+// the grid (ceil(H/16) blocks, one per SM) or refuses the launch.
+// Loaded by rnnlab/ops/elman/persistent.py via torch's extension loader.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+
+namespace {
+using namespace nvcuda;
+
+constexpr int PAD = 8;  // shared-memory row padding (elements): spreads rows over the banks
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
+__device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_release(unsigned* p, unsigned v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+// flags[p] = number of steps block p has completed (zeroed by the host before each launch).
+// The calling warp waits until blocks [p0, p1] have completed `steps` steps; __syncwarp then
+// orders the acquiring lanes' view for the whole warp.
+__device__ __forceinline__ void wait_producers(const unsigned* flags, int p0, int p1, unsigned steps, int lane) {
+  for (int p = p0 + lane; p <= p1; p += 32)
+    while (ld_acquire(flags + p) < steps) {
+    }
+  __syncwarp();
+}
+
+__device__ __forceinline__ float tanh_approx(float x) {
+  float y;
+  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T from_float(float x);
+template <> __device__ __forceinline__ __nv_bfloat16 from_float(float x) { return __float2bfloat16(x); }
+template <> __device__ __forceinline__ __half from_float(float x) { return __float2half(x); }
+
+__host__ __device__ __forceinline__ int padded(int H) { return (H + 15) / 16 * 16; }
+
+template <typename T, int WARPS, int NC, int RB>
+size_t smem_bytes(int H) {
+  const int ld = padded(H) + PAD;
+  return static_cast<size_t>(NC + RB) * ld * sizeof(T) + static_cast<size_t>(WARPS) * RB * NC * sizeof(float);
+}
+
+// Block (x, y) computes columns [NC*x, NC*x + NC) for batch rows y*RB + k*gridDim.y*RB + [0, RB).
+// e1: forward wx, backward g;  e2: backward h (unused forward);  m: [H, H] row-major (W or W^T);
+// x0: the state before the first step ([B, H], forward h0) or nullptr for zeros; out: [B, T, H];
+// flags: [gridDim.y][gridDim.x] step counters.
+template <typename T, int WARPS, int NC, int RB, bool BWD>
+__global__ void __launch_bounds__(WARPS * 32, 1)
+elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __restrict__ m,
+                 const T* __restrict__ x0, T* out, unsigned* flags, int B, int Tn, int H, int dbg) {
+  constexpr int THREADS = WARPS * 32, MT = RB / 16, NT = NC / 16;
+  constexpr int EPT = (RB * NC + THREADS - 1) / THREADS;  // epilogue elements per thread and pass
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int Hp = padded(H);
+  const int ld = Hp + PAD;
+  T* ws = reinterpret_cast<T*>(smem_raw);               // [NC][ld]: rows c0.. of M
+  T* hs = ws + NC * ld;                                  // [RB][ld]: staged previous state
+  float* part = reinterpret_cast<float*>(hs + RB * ld);  // [WARPS][RB][NC]: per-warp partial sums
+
+  const int c0 = blockIdx.x * NC;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int KT = Hp / 16;
+  const int kt0 = warp * KT / WARPS, kt1 = (warp + 1) * KT / WARPS;  // this warp's K tiles
+  const long sT = static_cast<long>(Tn) * H;
+  const int bstep = gridDim.y * RB;
+  unsigned* myflags = flags + blockIdx.y * gridDim.x;
+
+  const T zero = from_float<T>(0.f);
+  for (int i = threadIdx.x; i < NC * ld; i += THREADS) {
+    const int n = i / ld, k = i % ld;
+    ws[i] = (c0 + n < H && k < H) ? m[static_cast<long>(c0 + n) * H + k] : zero;
+  }
+  for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero
+  __syncthreads();
+
+  // epilogue operands of one pass (step t, batch rows b0..), loaded a pass ahead into registers
+  float q1[EPT], q2[EPT];
+  auto prefetch = [&](int t, int b0) {
+    const int nb = min(RB, B - b0);
+#pragma unroll
+    for (int e = 0; e < EPT; ++e) {
+      const int i = threadIdx.x + e * THREADS, r = i / NC, c = c0 + i % NC;
+      const long o = static_cast<long>(b0 + r) * sT + static_cast<long>(t) * H + c;
+      const bool ok = i < nb * NC && c < H && !(dbg & 4);
+      q1[e] = ok ? to_float(e1[o]) : 0.f;
+      if constexpr (BWD) q2[e] = ok ? to_float(e2[o]) : 0.f;
+    }
+  };
+  const int first_b0 = blockIdx.y * RB;
+  if (first_b0 < B) prefetch(BWD ? Tn - 1 : 0, first_b0);
+
+  for (int s = 0; s < Tn; ++s) {
+    const int t = BWD ? Tn - 1 - s : s;
+    const T* src = x0;
+    long stride = H;
+    if (s > 0) {
+      src = out + static_cast<long>(BWD ? t + 1 : t - 1) * H;
+      stride = sT;
+    }
+    for (int b0 = first_b0; b0 < B; b0 += bstep) {
+      const int nb = min(RB, B - b0);
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MT][NT];
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+      if (src != nullptr && kt1 > kt0) {
+        // K tile kt is produced by column block kt / NT: wait for exactly the ones this warp reads
+        if (s > 0 && b0 == first_b0 && !(dbg & 1)) wait_producers(myflags, kt0 / NT, (kt1 - 1) / NT, s, lane);
+        // each warp stages (and later reads) only its own K columns: no block-wide sync needed
+        const int nch = (kt1 - kt0) * 2;  // 16-byte chunks per row
+        for (int i = lane; i < nb * nch && !(dbg & 2); i += 32) {
+          const int r = i / nch, c = kt0 * 16 + (i % nch) * 8;
+          if (c < H) cp_async16(hs + r * ld + c, src + static_cast<long>(b0 + r) * stride + c);
+        }
+        cp_async_wait_all();
+        __syncwarp();
+#pragma unroll 2
+        for (int kt = kt0; kt < kt1; ++kt) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];
+#pragma unroll
+          for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);
+#pragma unroll
+          for (int i = 0; i < MT; ++i) {
+            if (i * 16 < nb) {
+              wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af;
+              wmma::load_matrix_sync(af, hs + i * 16 * ld + kt * 16, ld);
+#pragma unroll
+              for (int j = 0; j < NT; ++j) wmma::mma_sync(acc[i][j], af, bf[j], acc[i][j]);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+          wmma::store_matrix_sync(part + (warp * RB + i * 16) * NC + j * 16, acc[i][j], NC, wmma::mem_row_major);
+      __syncthreads();
+#pragma unroll
+      for (int e = 0; e < EPT; ++e) {
+        const int i = threadIdx.x + e * THREADS, r = i / NC, n = i % NC, c = c0 + n;
+        if (i >= nb * NC || c >= H) continue;
+        float a = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) a += part[(w * RB + r) * NC + n];
+        const long o = static_cast<long>(b0 + r) * sT + static_cast<long>(t) * H + c;
+        const float v = BWD ? (a + q1[e]) * (1.f - q2[e] * q2[e]) : tanh_approx(a + q1[e]);
+        out[o] = from_float<T>(v);
+      }
+      __syncthreads();  // all stores of the pass done; `part` is reused
+      const bool last = b0 + bstep >= B;
+      // the release orders this block's stores (made visible to thread 0 by the barrier above);
+      // it also waits for thread 0's earlier loads, so the next prefetch is issued after it
+      if (last && threadIdx.x == 0 && !(dbg & 1)) st_release(myflags + blockIdx.x, static_cast<unsigned>(s + 1));
+      if (!last) prefetch(t, b0 + bstep);
+      else if (s + 1 < Tn) prefetch(BWD ? t - 1 : t + 1, first_b0);
+    }
+  }
+}
+
+template <typename T, int WARPS, int NC, int RB, bool BWD>
+void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tensor& m, const torch::Tensor* x0,
+            torch::Tensor& out, int groups, int dbg) {
+  const int B = e1.size(0), Tn = e1.size(1), H = e1.size(2);
+  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD>;
+  const size_t smem = smem_bytes<T, WARPS, NC, RB>(H);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const dim3 grid((H + NC - 1) / NC, groups), block(WARPS * 32);
+  auto flags = torch::zeros({static_cast<long>(grid.x * grid.y)}, e1.options().dtype(torch::kInt32));
+  const T* pe1 = reinterpret_cast<const T*>(e1.data_ptr());
+  const T* pe2 = e2 ? reinterpret_cast<const T*>(e2->data_ptr()) : nullptr;
+  const T* pm = reinterpret_cast<const T*>(m.data_ptr());
+  const T* px0 = x0 ? reinterpret_cast<const T*>(x0->data_ptr()) : nullptr;
+  T* pout = reinterpret_cast<T*>(out.data_ptr());
+  unsigned* pf = reinterpret_cast<unsigned*>(flags.data_ptr());
+  void* args[] = {&pe1, &pe2, &pm, &px0, &pout, &pf, (void*)&B, (void*)&Tn, (void*)&H, (void*)&dbg};
+  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), grid, block, args, smem,
+                                             c10::cuda::getCurrentCUDAStream()));
+}
+
+// The tile shapes built: (columns per block, batch rows per block) = (16, 32) or (32, 16).
+#define RNNLAB_TILES(X, T, W, BWD) \
+  if (nc == 16 && rb == 32) X(T, W, 16, 32, BWD) else if (nc == 32 && rb == 16) X(T, W, 32, 16, BWD) \
+  else TORCH_CHECK(false, "tile (nc, rb) must be (16, 32) or (32, 16)");
+#define RNNLAB_WARPS(X, T, BWD)                    \
+  if (warps == 8) { RNNLAB_TILES(X, T, 8, BWD) }   \
+  else if (warps == 16) { RNNLAB_TILES(X, T, 16, BWD) } \
+  else TORCH_CHECK(false, "warps must be 8 or 16");
+#define RNNLAB_DTYPE(X, BWD)                                                                          \
+  if (dtype == torch::kBFloat16) { RNNLAB_WARPS(X, __nv_bfloat16, BWD) }                             \
+  else if (dtype == torch::kHalf) { RNNLAB_WARPS(X, __half, BWD) }                                   \
+  else TORCH_CHECK(false, "persistent Elman scan supports bf16 and fp16");
+
+template <bool BWD>
+torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e2, const torch::Tensor& m,
+                  const c10::optional<torch::Tensor>& x0, int64_t warps, int64_t nc, int64_t rb, int64_t groups,
+                  int64_t dbg) {
+  TORCH_CHECK(e1.is_cuda() && e1.dim() == 3 && e1.is_contiguous(), "e1 must be a contiguous CUDA [B, T, H] tensor");
+  TORCH_CHECK(m.scalar_type() == e1.scalar_type() && m.is_contiguous(), "m must be contiguous, dtype of e1");
+  TORCH_CHECK(e1.size(2) % 8 == 0, "H must be a multiple of 8 (16-byte rows)");
+  TORCH_CHECK(groups >= 1, "groups must be >= 1");
+  const c10::cuda::CUDAGuard guard(e1.device());
+  auto out = torch::empty_like(e1);
+  if (e1.numel() == 0) return out;
+  const torch::Tensor* pe2 = e2.has_value() ? &e2.value() : nullptr;
+  const torch::Tensor* px0 = x0.has_value() ? &x0.value() : nullptr;
+  const auto dtype = e1.scalar_type();
+#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_>(e1, pe2, m, px0, out, groups, dbg);
+  RNNLAB_DTYPE(RNNLAB_LAUNCH, BWD)
+#undef RNNLAB_LAUNCH
+  return out;
+}
+
+// Blocks of this tile that can be co-resident on the current device (0: does not fit).
+template <typename T, int WARPS, int NC, int RB, bool BWD>
+int64_t capacity_for(int64_t H) {
+  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD>;
+  const size_t smem = smem_bytes<T, WARPS, NC, RB>(static_cast<int>(H));
+  int dev;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  int max_smem;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  if (smem > static_cast<size_t>(max_smem)) return 0;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  int per_sm = 0, sms = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, WARPS * 32, smem));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  return static_cast<int64_t>(per_sm) * sms;
+}
+
+int64_t capacity(int64_t H, int64_t warps, int64_t nc, int64_t rb) {
+  const auto dtype = torch::kBFloat16;
+#define RNNLAB_CAP(T, W, NC_, RB_, BWD_) return capacity_for<T, W, NC_, RB_, BWD_>(H);
+  RNNLAB_DTYPE(RNNLAB_CAP, false)
+#undef RNNLAB_CAP
+  return 0;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
+  mod.def("forward", &run<false>, "h = forward(wx, None, W, h0 or None, warps, nc, rb, groups, dbg)");
+  mod.def("backward", &run<true>, "dpre = backward(g, h, W^T, None, warps, nc, rb, groups, dbg)");
+  mod.def("capacity", &capacity, "co-resident blocks of a tile (H, warps, nc, rb); 0 = does not fit");
+}
