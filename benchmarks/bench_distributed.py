@@ -13,6 +13,7 @@ Prints a markdown table for docs/distributed.md.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import statistics
@@ -21,10 +22,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-CONFIGS = [
-    ("e1", dict(model="e1", dim=1024, depth=12)),
-    ("mamba2", dict(model="mamba2", dim=1024, depth=12)),
-    ("transformer", dict(model="transformer", dim=1024, depth=12)),
+CONFIGS = [  # the 400M seed configurations (E1 d26, official Mamba2 d22 with d_state 64)
+    ("e1", dict(model="e1", dim=1760, depth=26)),
+    ("mamba2", dict(model="mamba2", dim=1728, depth=22)),
+    ("transformer", dict(model="transformer", dim=1024, depth=32)),
 ]
 
 
@@ -90,8 +91,13 @@ def main() -> int:
               f"{f(row['ddp'], 'efficiency', '.2f')} | {f(row['fsdp2'], 'tok_per_s', ',.0f')} | "
               f"{f(row['fsdp2'], 'efficiency', '.2f')} |")
     if a.json:
+        import torch
+
+        meta = dict(device=f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}",
+                    date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    torch=torch.__version__, command=" ".join(sys.argv), steps=a.steps, warmup=a.warmup)
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+        Path(a.json).write_text(json.dumps(dict(meta=meta, rows=results), indent=1) + "\n")
     return 0
 
 

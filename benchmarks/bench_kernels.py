@@ -206,6 +206,13 @@ def main(argv=None):
         add("E1 dense persistent CUDA", f"B{B} T{T} H{H}", fwd_bwd(mke, args.reps), floor,
             f"cooperative, {warps} warps, tile {tile[0]} cols x {tile[1]} rows")
     persistent.WARPS = persistent.TILE = None
+    # where the default shape's time goes: the same kernel without the inter-block waits (wrong
+    # results, timing only) and without staging the previous state from L2
+    for dbg, what in ((1, "no inter-block waits"), (2, "no state staging"), (3, "neither")):
+        persistent.DEBUG = dbg
+        add("E1 dense persistent CUDA", f"B{B} T{T} H{H}", fwd_bwd(mke, args.reps), floor,
+            f"default shape, {what} (timing only)")
+    persistent.DEBUG = 0
     et.DENSE_PERSISTENT = False
     best = None
     # (BN, BK, warps, stages, split-K)
