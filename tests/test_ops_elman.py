@@ -81,3 +81,14 @@ def test_dispatch_errors():
         elman_scan(wx[0], w)
     with pytest.raises(ValueError, match="h0 must be"):
         elman_scan(wx, w, torch.zeros(3, 4))
+
+
+def test_persistent_kernel_declines_what_it_cannot_run_without_building():
+    """The persistent CUDA kernel is chosen only for CUDA 16-bit inputs with H a multiple of 8;
+    anything else is declined before the extension would be built (no nvcc needed)."""
+    from rnnlab.ops.elman import persistent
+
+    persistent._ext.cache_clear()
+    for x in (torch.zeros(2, 3, 16), torch.zeros(2, 3, 16, dtype=torch.bfloat16)):
+        assert not persistent.supported(x)
+    assert persistent._ext.cache_info().currsize == 0

@@ -8,8 +8,9 @@ Two paths, chosen by the shape of ``w_h``:
   ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``; then ``dW = sum_t dpre_t^T h_{t-1}`` is one
   batched GEMM in torch and ``dwx = dpre``.
 * **dense persistent** ``w_h: [H, H]``, bf16/fp16 (``DENSE_PERSISTENT``): one cooperative CUDA
-  kernel per direction runs all T steps with W resident in shared memory and a grid barrier per
-  step (``rnnlab.ops.elman.persistent``); used whenever the shape fits, else:
+  kernel per direction runs all T steps with W resident in shared memory, the blocks handing each
+  step's state to each other through per-block step flags (``rnnlab.ops.elman.persistent``); used
+  whenever the shape fits, else:
 * **dense** ``w_h: [H, H]`` (design a+): per time step ONE fused Triton kernel
   (``h_{t-1} @ W^T + wx_t``, tanh, store), in a Python loop over T that is captured once per
   shape in a CUDA graph (``USE_GRAPH``; static buffers keyed by shape) and replayed. Backward:
