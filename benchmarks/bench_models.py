@@ -1,12 +1,21 @@
 """Whole-model training throughput (tok/s) and peak memory at the 400M seed configurations.
 
-    python benchmarks/bench_models.py [--all] [--batches 16 32] [--json results/models_h100.json]
+    python benchmarks/bench_models.py [--all] [--batches 16 32] [--compile off|on|both]
+                                      [--json results/models_h100.json]
 
 Pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1), T=512, the same random bytes for every
 model, ``--warmup`` steps excluded, median step time of ``--steps`` timed steps (CUDA-synchronised
 wall clock per step). Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps.
 Models are built with ``rnnlab.models.LM`` / ``ModelConfig`` (the real configs, default backends:
 Triton kernels for the recurrences, official mamba_ssm for Mamba2).
+
+``--compile on`` times ``torch.compile(model)`` (default mode) instead of the eager model, ``both``
+times each configuration eager and then compiled (rows side by side; compiled names end in
+" +compile", each JSON row has ``compile``). The recurrences stay opaque kernel calls under
+compile (graph breaks, ``rnnlab.ops.dispatch.opaque``); Inductor fuses what lies between them.
+Compilation happens in the warm-up steps (at least 3 when compiling), so it is not timed; each
+row records ``first_step_s``, the first step's wall time (compilation for a compiled row, Triton
+autotuning for both).
 """
 
 from __future__ import annotations
@@ -36,7 +45,11 @@ EXTRA = [
 ]
 
 
-def bench(name, cfgd, B, T, steps, warmup, data_seed=0):
+COMPILE_MODES = {"off": (False,), "on": (True,), "both": (False, True)}
+MIN_COMPILE_WARMUP = 3  # step 1 compiles forward and backward; keep later steps out of it too
+
+
+def bench(name, cfgd, B, T, steps, warmup, data_seed=0, compile=False):
     import schedulefree
 
     from rnnlab.models import LM, ModelConfig
@@ -46,6 +59,11 @@ def bench(name, cfgd, B, T, steps, warmup, data_seed=0):
     model = LM(cfg).to("cuda", torch.bfloat16)
     model.train()
     params = sum(p.numel() for p in model.parameters())
+    fwd = model
+    if compile:
+        torch._dynamo.reset()  # fresh caches (and recompile budget) for every configuration
+        fwd = torch.compile(model)
+        warmup = max(warmup, MIN_COMPILE_WARMUP)
     opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=3e-4, weight_decay=0.1)
     opt.train()
     g = torch.Generator(device="cuda").manual_seed(data_seed)
@@ -58,21 +76,26 @@ def bench(name, cfgd, B, T, steps, warmup, data_seed=0):
         x = batches[i % len(batches)]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = model(x[:, :-1], x[:, 1:])
+        loss = fwd(x[:, :-1], x[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         torch.cuda.synchronize()
         dt = time.perf_counter() - t0
+        if i == 0:
+            first = dt
         if i >= warmup:
             times.append(dt)
         losses.append(loss.item())
     peak = torch.cuda.max_memory_allocated() / 2**30
     med = statistics.median(times)
-    res = dict(name=name, config=cfgd, params=params, B=B, T=T, step_ms=round(med * 1e3, 2),
-               tok_per_s=round(B * T / med), peak_mem_gib=round(peak, 2),
+    res = dict(name=name + (" +compile" if compile else ""), config=cfgd, compile=compile, params=params,
+               B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
+               peak_mem_gib=round(peak, 2), first_step_s=round(first, 2),
                loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
-    del model, opt, batches
+    del model, fwd, opt, batches
+    if compile:
+        torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
     return res
@@ -84,7 +107,11 @@ def main(argv=None):
     p.add_argument("--batches", type=int, nargs="+", default=[16, 32])
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--warmup", type=int, default=3,
+                   help=f"untimed steps (at least {MIN_COMPILE_WARMUP} with --compile on/both)")
+    p.add_argument("--compile", choices=list(COMPILE_MODES), nargs="?", const="on", default="off",
+                   help="time torch.compile(model): on (bare --compile), off (default), or both "
+                        "(each configuration eager, then compiled)")
     p.add_argument("--only", default=None, help="substring filter on model names")
     p.add_argument("--json", default=None)
     p.add_argument("--dense-cfg", default=None, help="E1 dense Triton step config BN,BK,warps,stages[,split]")
@@ -101,31 +128,38 @@ def main(argv=None):
     todo = BASE + (EXTRA if args.all else [])
     if args.only:
         todo = [t for t in todo if args.only.lower() in t[0].lower()]
+    warmup = args.warmup if args.compile == "off" else max(args.warmup, MIN_COMPILE_WARMUP)  # same for both
     rows = []
     for name, cfgd in todo:
         for B in args.batches:
-            try:
-                r = bench(name, cfgd, B, args.T, args.steps, args.warmup)
-            except Exception as e:  # noqa: BLE001 - report and continue with the next model
-                r = dict(name=name, config=cfgd, B=B, T=args.T, error=f"{type(e).__name__}: {e}")
-                gc.collect()
-                torch.cuda.empty_cache()
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+            for comp in COMPILE_MODES[args.compile]:
+                try:
+                    r = bench(name, cfgd, B, args.T, args.steps, warmup, compile=comp)
+                except Exception as e:  # noqa: BLE001 - report and continue with the next model
+                    r = dict(name=name + (" +compile" if comp else ""), config=cfgd, compile=comp, B=B,
+                             T=args.T, error=f"{type(e).__name__}: {e}")
+                    if comp:
+                        torch._dynamo.reset()
+                    gc.collect()
+                    torch.cuda.empty_cache()
+                rows.append(r)
+                print(json.dumps(r), flush=True)
     meta = dict(device=torch.cuda.get_device_name(),
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 torch=torch.__version__, triton=triton.__version__, command=" ".join(sys.argv),
                 optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1", weights="bf16",
-                steps=args.steps, warmup=args.warmup,
+                steps=args.steps, warmup=warmup, compile=args.compile,
                 dense_cfg=[et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT])
     print(f"\n{meta['device']}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}")
-    print(f"{'model':26s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'step ms':>9s} {'peak GiB':>9s}")
+    w = max([26] + [len(r["name"]) for r in rows])
+    print(f"{'model':{w}s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'step ms':>9s} {'peak GiB':>9s} "
+          f"{'1st step s':>10s}")
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:26s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
+            print(f"{r['name']:{w}s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
         else:
-            print(f"{r['name']:26s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d} {r['step_ms']:9.1f} "
-                  f"{r['peak_mem_gib']:9.2f}")
+            print(f"{r['name']:{w}s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d} {r['step_ms']:9.1f} "
+                  f"{r['peak_mem_gib']:9.2f} {r['first_step_s']:10.1f}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(meta=meta, rows=rows), f, indent=1)

@@ -28,7 +28,8 @@ Variants (issue 7), all in this one layer; K = di * state_expansion is the state
   ``h_t = tanh(x_t W_x^T + b + h_{t-1} Wh_eff^T + ((h_{t-1} V) * s_t) U^T)``. U starts at zero
   (so the layer starts as plain E1); the rank-r term spans the full state (it couples heads) and
   is not spectrally normalised.
-  Both selective forms run as a PyTorch loop in the layer (any device), not through the op.
+  Both selective forms run as a PyTorch loop in the layer (any device), not through the op; the
+  loop is opaque to torch.compile like the op (``rnnlab.ops.dispatch.opaque``).
 * ``state_expansion=k``: state of width K = k*di (``W_x: [K, di]``, ``W_h: [K, K]``, ``b: [K]``)
   read out by ``W_r: [di, K]`` before the gate: ``y_t = (h_t W_r^T) * silu(z_t)``.
 * ``init``: ``"xavier"`` (seed: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,
@@ -53,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
+from rnnlab.ops.dispatch import opaque
 from rnnlab.ops.elman import BACKENDS, elman_scan
 from rnnlab.ops.elman.naive import acc_dtype, recur
 
@@ -246,6 +248,7 @@ class E1(nn.Module):
             return torch.tanh(pre + recur(h, w) + ((h @ V) * g) @ U.t())
         return torch.tanh(pre + recur(h, w))
 
+    @opaque  # a T-step Python loop: torch.compile would unroll it
     def _selective_scan(self, xr: torch.Tensor, pre: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
         dt = acc_dtype(pre.dtype)
         g = self._gates(xr).to(dt)

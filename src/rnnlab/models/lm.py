@@ -6,6 +6,10 @@
     logits = head(LayerNorm_f(x))                     # head tied to the embedding, no bias
 
 Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the seed; cross-entropy over every position.
+
+Under ``torch.compile`` each recurrence is an opaque call (``rnnlab.ops.dispatch.opaque``), so a
+recurrent model compiles to a few graphs per block around it; attention and the Mamba2
+reference compile to one graph.
 """
 
 from __future__ import annotations
@@ -70,13 +74,20 @@ class LM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """``idx: [B, T]`` bytes -> logits ``[B, T, 256]``, or the mean cross-entropy (nats,
         computed in fp32) when ``targets`` is given."""
-        x = self.embed(idx)
-        for block in self.blocks:
-            x = block(x)
+        x = self._run_blocks(self.embed(idx))
         logits = self.head(self.norm_f(x))
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        # A frame of its own for torch.compile: the recurrences are opaque calls (graph breaks,
+        # rnnlab.ops.dispatch), and Dynamo gives up on a whole frame whose graph break falls
+        # inside a for loop. Only this loop then runs uncompiled; each Block and forward's
+        # embedding, final norm, head and loss are still compiled.
+        for block in self.blocks:
+            x = block(x)
+        return x
 
     @torch.no_grad()
     def init_state(self, batch: int) -> list:

@@ -1,5 +1,14 @@
 """Backend selection shared by every op: the Triton kernel module is imported on first use, and
-``backend="auto" | "naive" | "triton"`` picks the kernel or the pure-PyTorch reference."""
+``backend="auto" | "naive" | "triton"`` picks the kernel or the pure-PyTorch reference.
+
+torch.compile: every recurrence is one opaque call (:func:`opaque`). Dynamo does not trace into
+``dispatch`` (nor the fused gate+scan kernels, the official Mamba2 forward or E1's selective
+loop, which use the same wrapper): a compiled model graph-breaks just around each recurrence,
+Inductor fuses everything between them (LayerNorm, projections, gates, residuals, loss), and the
+Triton/CUDA kernels (their autograd Functions, CUDA-graph caches, ...) or the reference loop
+run eagerly with ordinary autograd. Tracing the reference loops would unroll ``T`` steps and make
+compilation take minutes.
+"""
 
 from __future__ import annotations
 
@@ -34,10 +43,22 @@ class LazyKernel:
         return self.get() is not None
 
 
+def opaque(fn: Callable) -> Callable:
+    """``fn`` as one opaque call under ``torch.compile``: Dynamo neither traces nor compiles it
+    (or anything it calls) and breaks the graph around it; outside compilation it is ``fn``.
+
+    This is ``torch.compiler.disable(fn)``, built through ``torch._disable_dynamo`` where it exists
+    (the form torch.optim uses): it imports ``torch._dynamo`` (about a second) only on the first
+    call instead of when rnnlab is imported."""
+    lazy = getattr(torch, "_disable_dynamo", None)
+    return lazy(fn, recursive=True) if lazy is not None else torch.compiler.disable(fn, recursive=True)
+
+
+@opaque
 def dispatch(op: str, backend: str, x: torch.Tensor, kernel: LazyKernel, naive_fn: Callable, *args):
     """Run ``op`` on ``args`` with the chosen backend. ``auto`` = the kernel for CUDA tensors when it
     imports (else the reference, with a one-time warning on CUDA); an explicit ``triton`` that
-    cannot run raises."""
+    cannot run raises. Opaque to torch.compile (see the module docstring)."""
     if backend == "naive":
         return naive_fn(*args)
     if backend == "triton":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from rnnlab.ops.dispatch import BACKENDS as DISPATCH_BACKENDS
-from rnnlab.ops.dispatch import LazyKernel, dispatch
+from rnnlab.ops.dispatch import LazyKernel, dispatch, opaque
 from rnnlab.ops.scan import naive
 from rnnlab.ops.scan.naive import linear_scan_parallel
 
@@ -50,13 +50,25 @@ def linear_scan(
     return dispatch("linear_scan", backend, b, _kernel, naive.linear_scan, a, b, h0)
 
 
+@opaque
+def _mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    return _kernel.get().mingru_scan(p, h0)
+
+
+@opaque
+def _minlstm_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
+    return _kernel.get().minlstm_scan(p, h0)
+
+
 def fused_gate_scan(kind: str, x: torch.Tensor, backend: str):
     """The fused GPU kernel that computes minGRU/minLSTM gates from the raw projection inside the
     scan (``kind`` = "mingru" or "minlstm"), or None when ``x``/``backend`` call for another path.
+    The returned function ``(p, h0=None) -> h`` takes the raw projection ``p``; like
+    ``dispatch`` it is opaque to torch.compile.
 
     It keeps no fp32 gate tensors, which is what holds minGRU/minLSTM memory at or below Mamba2's
     (results/kernels_h100.md); the layers fall back to ``linear_scan`` over explicit gates."""
     mod = _kernel.get() if backend in ("auto", "triton") and x.is_cuda else None
     if mod is None:
         return None
-    return mod.mingru_scan if kind == "mingru" else mod.minlstm_scan
+    return _mingru_scan if kind == "mingru" else _minlstm_scan

@@ -16,6 +16,7 @@ import types
 
 import torch
 
+from rnnlab.ops.dispatch import opaque
 from rnnlab.ops.ssd import naive
 from rnnlab.ops.ssd.naive import ssd_recurrent
 
@@ -46,6 +47,7 @@ def import_mamba_ssm():
     return mamba_ssm
 
 
+@opaque  # mamba_ssm's Triton autograd Function: one opaque call under torch.compile
 def _triton_scan(x, dt, A, B, C, chunk_size):
     import_mamba_ssm()
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
