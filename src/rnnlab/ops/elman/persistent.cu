@@ -1,15 +1,19 @@
 // Persistent dense Elman scan (E1): ONE cooperative launch runs all T steps of
 //   forward   h_t    = tanh(wx_t + h_{t-1} @ W^T)                 (M = W)
 //   backward  dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)       (M = W^T)
-// Block j owns 16 output columns: its 16 rows of M stay in shared memory for all T steps.
+// Block (x, y) owns NC output columns and the RB-row batch group y (tiles 32 x 16 or 16 x 32):
+// its NC rows of M stay in shared memory for all T steps. Batch groups are independent
+// recurrences, so a block reads only its group's rows of the state.
 // Per step every warp of every block waits for the producers of its K range (per-block step
 // flags, release/acquire: a dataflow grid barrier without a central counter), stages those
 // columns of the previous state from L2 (cp.async.cg, so never a stale L1 line) and runs its
-// part of the [32 x H] x [H x 16] product on tensor cores (wmma, bf16/fp16 in, fp32 accumulate);
+// part of the [RB x H] x [H x NC] product on tensor cores (wmma, bf16/fp16 in, fp32 accumulate);
 // the block sums the warps' partials, applies the epilogue (its operands were prefetched during
-// the previous step), stores its 16 columns and raises its flag.
+// the previous step), stores its columns and raises its flag.
 // Spinning on flags needs every block resident: cudaLaunchCooperativeKernel guarantees that for
-// the grid (ceil(H/16) blocks, one per SM) or refuses the launch.
+// the grid (one block per SM) or refuses the launch.
+// `dbg` (timing decomposition only; results are wrong when set): 1 skips the waits and flags,
+// 2 skips staging the state, 4 skips the epilogue-operand prefetch.
 // Loaded by rnnlab/ops/elman/persistent.py via torch's extension loader.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>

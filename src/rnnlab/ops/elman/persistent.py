@@ -28,8 +28,8 @@ __all__ = ["supported", "forward", "backward", "SHAPES"]
 SHAPES = ((16, (32, 16)), (8, (32, 16)), (16, (16, 32)), (8, (16, 32)))
 WARPS: int | None = None  # force the warps (8 or 16); None = by SHAPES
 TILE: tuple[int, int] | None = None  # force the tile, (16, 32) or (32, 16); None = by SHAPES
-DEBUG = 0  # timing decomposition (bench_kernels.py) only: 1 = skip the inter-block waits, 2 = skip
-# staging the state (results are wrong when set)
+DEBUG = 0  # timing decomposition (bench_kernels.py) only, results are wrong when set: bit 1 = skip
+# the inter-block waits, 2 = skip staging the state, 4 = skip the epilogue-operand prefetch
 
 
 @functools.cache
