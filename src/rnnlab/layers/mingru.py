@@ -54,35 +54,35 @@ class MinRNNConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
-class MinGRUConfig(MinRNNConfig):
-    """minGRU: ``in_proj`` D -> 2*di (h~, gate)."""
+class MinRNN(nn.Module):
+    """What minGRU and minLSTM share: ``in_proj`` D -> PARTS*di (h~ and the gates), the linear
+    recurrence ``h_t = a_t h_{t-1} + b_t`` (fused gate+scan kernel ``KIND`` on CUDA), the optional
+    ``out_proj``, and ``step``. Subclasses set ``KIND``, ``PARTS`` and ``_coeffs`` (their gates)."""
 
+    KIND: str
+    PARTS: int
 
-class MinGRU(nn.Module):
-    """minGRU mixer: ``h_t = (1 - z_t) h_{t-1} + z_t g(h~_t)``; see the module docstring."""
-
-    def __init__(self, cfg: MinGRUConfig):
+    def __init__(self, cfg: MinRNNConfig):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
         di = cfg.d_inner
-        self.in_proj = nn.Linear(cfg.dim, 2 * di, bias=False)
+        self.in_proj = nn.Linear(cfg.dim, self.PARTS * di, bias=False)
         self.out_proj = nn.Linear(di, cfg.dim, bias=False) if cfg.expansion != 1 else None
         nn.init.xavier_uniform_(self.in_proj.weight)
         if self.out_proj is not None:
             nn.init.xavier_uniform_(self.out_proj.weight)
 
     def _coeffs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a, b) = (1 - z, z * g(h~))`` in the compute dtype, for ``x: [..., D]``."""
-        h_tilde, k = self.in_proj(x).to(compute_dtype(x.dtype)).chunk(2, dim=-1)
-        return torch.sigmoid(-k), torch.sigmoid(k) * g(h_tilde)
+        """``(a, b)`` of the recurrence in the compute dtype, for ``x: [..., D]``."""
+        raise NotImplementedError
 
     def _out(self, h: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         h = h.to(dtype)
         return h if self.out_proj is None else self.out_proj(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        fused = fused_gate_scan("mingru", x, self.cfg.backend)
+        fused = fused_gate_scan(self.KIND, x, self.cfg.backend)
         if fused is not None:  # CUDA: gates computed inside the scan kernel
             return self._out(fused(self.in_proj(x)), x.dtype)
         a, b = self._coeffs(x)
@@ -97,3 +97,19 @@ class MinGRU(nn.Module):
         a, b = self._coeffs(x_t)
         h = a * h.to(a.dtype) + b
         return self._out(h, x_t.dtype), (h,)
+
+
+class MinGRUConfig(MinRNNConfig):
+    """minGRU: ``in_proj`` D -> 2*di (h~, gate)."""
+
+
+class MinGRU(MinRNN):
+    """minGRU mixer: ``h_t = (1 - z_t) h_{t-1} + z_t g(h~_t)``; see the module docstring."""
+
+    KIND = "mingru"
+    PARTS = 2
+
+    def _coeffs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(a, b) = (1 - z, z * g(h~))`` in the compute dtype, for ``x: [..., D]``."""
+        h_tilde, k = self.in_proj(x).to(compute_dtype(x.dtype)).chunk(2, dim=-1)
+        return torch.sigmoid(-k), torch.sigmoid(k) * g(h_tilde)
