@@ -308,6 +308,9 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
         assert key in md
     for p in ("loss_vs_step.png", "loss_vs_time.png", "tok_per_s.png", "report.json", "suite.json"):
         assert (out / p).stat().st_size > 0
+    # a shipped suite is recorded by its package path, not this machine's install path
+    assert json.loads((out / "suite.json").read_text())["path"] == "rnnlab/bench/suites/tiny.toml"
+    assert "(`rnnlab/bench/suites/tiny.toml`)" in md
     data = collect(out)
     assert all(r["status"] == "complete" for r in data["records"])
     assert all(r["steps"] == 8 for r in aggregate(data["records"]))

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rnnlab.bench.suite import SUITE_FILE, read_json
+from rnnlab.bench.suite import SUITE_FILE, read_json, suite_ref
 
 METRICS = ("loss", "val_loss", "val_bpb", "tok_per_s", "peak_mem_gib", "time_s")
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s", "Memory", "Time")
@@ -352,7 +352,7 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     md = [f"# {'Sweep' if axes else 'Benchmark'} report: {header['suite']}", ""]
     if header["description"]:
         md += [header["description"], ""]
-    md += [f"- **Suite:** {header['suite']}" + (f" (`{_suite_ref(plan['path'])}`)" if plan.get("path") else ""),
+    md += [f"- **Suite:** {header['suite']}" + (f" (`{suite_ref(plan['path'])}`)" if plan.get("path") else ""),
            f"- **Date:** {header['date']}",
            f"- **Device:** {header['device']}",
            f"- **Corpus:** {header['corpus']}",
@@ -406,8 +406,3 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     return {"md": md_path, "json": json_path, "plots": plot_files}
 
 
-def _suite_ref(path: str) -> str:
-    """A shipped suite by its package path (no machine-specific prefix); any other file as given."""
-    p = Path(path)
-    shipped = (Path(__file__).parent / "suites").resolve()
-    return f"rnnlab/bench/suites/{p.name}" if p.resolve().parent == shipped else str(p)

@@ -324,11 +324,19 @@ def _train(cfg, progress: bool) -> dict[str, Any]:
     return trainer.run_training(cfg, progress=progress)
 
 
+def suite_ref(path: str) -> str:
+    """A shipped suite by its package path (no machine-specific prefix); any other file as given."""
+    p = Path(path)
+    shipped = (Path(__file__).parent / "suites").resolve()
+    return f"rnnlab/bench/suites/{p.name}" if p.resolve().parent == shipped else str(p)
+
+
 def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | None,
                options: dict[str, Any]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     doc = {
-        "suite": suite.name, "description": suite.description, "path": suite.path,
+        "suite": suite.name, "description": suite.description,
+        "path": suite_ref(suite.path) if suite.path else suite.path,
         "command": command, "options": {k: v for k, v in options.items() if v is not None},
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reference": suite.reference, "sweep": suite.sweep,
