@@ -1,8 +1,18 @@
-"""Shared test fixtures (kept small)."""
+"""Shared test fixtures (kept small).
+
+Without a GPU the Triton kernels run in Triton's interpreter (``TRITON_INTERPRET=1``, set before
+any kernel module is imported), so the CPU suite checks them too (tests/test_kernels_interpreted.py).
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture

@@ -352,3 +352,32 @@ def test_lm_bf16_train_step_triton():
             losses.append(loss.item())
         print(model, layer, [f"{v:.4f}" for v in losses])
         assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("heads", [1, 4])
+def test_e1_lm_compiles_to_one_graph(heads):
+    """E1's scan is a custom op: torch.compile(fullgraph=True) captures a whole bf16 E1 LM (no graph
+    break; dense uses the persistent kernel here) and its loss and gradients match eager
+    (Inductor's fusions round differently in bf16: 3e-2)."""
+    import torch._dynamo
+
+    from rnnlab.models import LM, ModelConfig
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    m = LM(ModelConfig(model="e1", dim=128, depth=2, layer={"heads": heads})).to(DEV, torch.bfloat16)
+    idx = torch.randint(0, 256, (4, 65), device=DEV)
+    start = copy.deepcopy(m.state_dict())
+
+    def run(fn):
+        m.load_state_dict(start)
+        m.zero_grad(set_to_none=True)
+        loss = fn(idx[:, :-1], idx[:, 1:])
+        loss.backward()
+        return loss, {n: p.grad for n, p in m.named_parameters()}
+
+    ref = run(m)
+    got = run(torch.compile(m, fullgraph=True))
+    assert rel(got[0], ref[0]) < 1e-2
+    for n in ref[1]:
+        assert rel(got[1][n], ref[1][n]) < 3e-2, n

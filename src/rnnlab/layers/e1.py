@@ -29,7 +29,8 @@ Variants (issue 7), all in this one layer; K = di * state_expansion is the state
   (so the layer starts as plain E1); the rank-r term spans the full state (it couples heads) and
   is not spectrally normalised.
   Both selective forms run as a PyTorch loop in the layer (any device), not through the op; the
-  loop is opaque to torch.compile like the op (``rnnlab.ops.dispatch.opaque``).
+  loop is one opaque call under torch.compile (``rnnlab.ops.dispatch.opaque``); the plain scan is a
+  custom op that compiles into the graph on CUDA.
 * ``state_expansion=k``: state of width K = k*di (``W_x: [K, di]``, ``W_h: [K, K]``, ``b: [K]``)
   read out by ``W_r: [di, K]`` before the gate: ``y_t = (h_t W_r^T) * silu(z_t)``.
 * ``init``: ``"xavier"`` (seed: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,

@@ -7,9 +7,9 @@
 
 Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the seed; cross-entropy over every position.
 
-Under ``torch.compile`` each recurrence is an opaque call (``rnnlab.ops.dispatch.opaque``), so a
-recurrent model compiles to a few graphs per block around it; attention and the Mamba2
-reference compile to one graph.
+Under ``torch.compile`` E1 on CUDA (its scan is a custom op), attention and the Mamba2 reference
+compile to one graph; every other recurrence is an opaque call (``rnnlab.ops.dispatch``), so such
+a model compiles to a few graphs per block around it.
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ class LM(nn.Module):
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        # A frame of its own for torch.compile: the recurrences are opaque calls (graph breaks,
+        # A frame of its own for torch.compile: most recurrences are opaque calls (graph breaks,
         # rnnlab.ops.dispatch), and Dynamo gives up on a whole frame whose graph break falls
         # inside a for loop. Only this loop then runs uncompiled; each Block and forward's
         # embedding, final norm, head and loss are still compiled.

@@ -1,13 +1,16 @@
 """Backend selection shared by every op: the Triton kernel module is imported on first use, and
 ``backend="auto" | "naive" | "triton"`` picks the kernel or the pure-PyTorch reference.
 
-torch.compile: every recurrence is one opaque call (:func:`opaque`). Dynamo does not trace into
-``dispatch`` (nor the fused gate+scan kernels, the official Mamba2 forward or E1's selective
-loop, which use the same wrapper): a compiled model graph-breaks just around each recurrence,
-Inductor fuses everything between them (LayerNorm, projections, gates, residuals, loss), and the
-Triton/CUDA kernels (their autograd Functions, CUDA-graph caches, ...) or the reference loop
-run eagerly with ordinary autograd. Tracing the reference loops would unroll ``T`` steps and make
-compilation take minutes.
+torch.compile: Dynamo traces ``dispatch`` itself (the choice is plain Python; a kernel module's
+availability is a trace-time constant) and then either
+
+* keeps the op inside the graph, when the chosen function is marked :func:`traced`: its body calls
+  only torch ops and ``torch.library`` custom ops, which Inductor treats as opaque extern calls
+  with a registered autograd formula (E1's Elman scan); a model made of such layers compiles to
+  one graph, with no graph break; or
+* calls it as one opaque call (:func:`opaque`, a graph break around it): the reference loops
+  (tracing would unroll ``T`` steps and take minutes), the other Triton autograd Functions, the
+  official Mamba2 forward and E1's selective loop. Inductor fuses everything between the breaks.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ class LazyKernel:
     def available(self) -> bool:
         return self.get() is not None
 
+    # Under torch.compile the import runs once at trace time and its answer is a constant.
+    available = torch.compiler.assume_constant_result(available)
+
 
 def opaque(fn: Callable) -> Callable:
     """``fn`` as one opaque call under ``torch.compile``: Dynamo neither traces nor compiles it
@@ -54,28 +60,40 @@ def opaque(fn: Callable) -> Callable:
     return lazy(fn, recursive=True) if lazy is not None else torch.compiler.disable(fn, recursive=True)
 
 
+def traced(fn: Callable) -> Callable:
+    """Mark a kernel-module entry point that torch.compile may trace (it calls only torch ops and
+    registered custom ops): :func:`dispatch` then keeps it in the graph instead of breaking."""
+    fn.traced = True
+    return fn
+
+
 @opaque
+def _eager(fn: Callable, *args):
+    """``fn(*args)`` as one opaque call under torch.compile."""
+    return fn(*args)
+
+
+@opaque
+def _warn_unavailable(op: str, kernel: LazyKernel) -> None:
+    if not kernel._warned:
+        warnings.warn(f"{op}: Triton kernel unavailable ({kernel.error}); using the slow reference loop")
+        kernel._warned = True
+
+
 def dispatch(op: str, backend: str, x: torch.Tensor, kernel: LazyKernel, naive_fn: Callable, *args):
     """Run ``op`` on ``args`` with the chosen backend. ``auto`` = the kernel for CUDA tensors when it
     imports (else the reference, with a one-time warning on CUDA); an explicit ``triton`` that
-    cannot run raises. Opaque to torch.compile (see the module docstring)."""
-    if backend == "naive":
-        return naive_fn(*args)
+    cannot run raises. Under torch.compile see the module docstring."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "triton":
         if not x.is_cuda:
             raise RuntimeError(f"{op} backend='triton' needs CUDA tensors, got device {x.device}; "
                                "use 'naive' or 'auto'")
-        mod = kernel.get()
-        if mod is None:
+        if not kernel.available():
             raise RuntimeError(f"{op} backend='triton' is unavailable: cannot import the kernel ({kernel.error})")
-        return getattr(mod, op)(*args)
-    if backend == "auto":
-        if x.is_cuda:
-            mod = kernel.get()
-            if mod is not None:
-                return getattr(mod, op)(*args)
-            if not kernel._warned:
-                warnings.warn(f"{op}: Triton kernel unavailable ({kernel.error}); using the slow reference loop")
-                kernel._warned = True
-        return naive_fn(*args)
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    use_kernel = backend == "triton" or (backend == "auto" and x.is_cuda and kernel.available())
+    if backend == "auto" and x.is_cuda and not use_kernel:
+        _warn_unavailable(op, kernel)
+    fn = getattr(kernel.get(), op) if use_kernel else naive_fn
+    return fn(*args) if getattr(fn, "traced", False) else _eager(fn, *args)

@@ -74,7 +74,7 @@ def register(sub) -> None:
     r.add_argument("--out", help="run dir (default runs/<model>-d<dim>-l<depth>)")
     r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     r.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training forward+loss (recurrences stay opaque kernel calls; README)")
+                   help="torch.compile the training forward+loss (README: torch.compile)")
     r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("multi-GPU (docs/distributed.md)")

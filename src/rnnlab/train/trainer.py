@@ -76,7 +76,7 @@ def wrap_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """The module the training step calls (DDP-wrapped and/or compiled); ``model`` stays the
     plain LM used for eval, sampling and checkpoints. Under FSDP2 ``model`` itself is sharded in
     place, so call this before building the optimizer. ``cfg.compile`` compiles the whole step's
-    forward and loss; the recurrences stay opaque calls (``rnnlab.ops.dispatch.opaque``)."""
+    forward and loss (README "torch.compile": which recurrences join the graph)."""
     fwd = model
     if dist.context().world_size > 1:
         fwd = dist.wrap_model(model, cfg.distributed or "ddp")

@@ -5,8 +5,10 @@ Two paths, chosen by the shape of ``w_h``:
 * **heads** ``w_h: [nh, hd, hd]`` (block-diagonal): one program per (head, batch tile of 16 rows)
   keeps W_head on chip for all T and walks time sequentially (fp32 state, one
   ``[16, hd] x [hd, hd]`` MMA per step). The backward runs the same way in reverse with W_head:
-  ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``; then ``dW = sum_t dpre_t^T h_{t-1}`` is one
-  batched GEMM in torch and ``dwx = dpre``.
+  ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``, and accumulates ``dW = sum_t dpre_t^T h_{t-1}``
+  on chip in the same loop (one more ``[hd, 16] x [16, hd]`` MMA per step, fp32, one partial per
+  batch tile summed in torch: no [B, T, H] copy of the shifted states, no extra GEMM);
+  ``dwx = dpre``.
 * **dense persistent** ``w_h: [H, H]``, bf16/fp16 (``DENSE_PERSISTENT``): one cooperative CUDA
   kernel per direction runs all T steps with W resident in shared memory, the blocks handing each
   step's state to each other through per-block step flags (``rnnlab.ops.elman.persistent``); used
@@ -18,6 +20,9 @@ Two paths, chosen by the shape of ``w_h``:
   ``dh0`` as single GEMMs after the loop. ``DENSE_SPLIT > 1`` splits each step's reduction over
   several programs (fp32 atomics; the last program of a tile runs the epilogue): tested, but no
   faster on H100 (docs/kernels.md), so off by default.
+
+Both paths sit behind one pair of ``torch.library`` custom ops (``rnnlab::elman_scan_fwd`` /
+``_bwd``) with a registered autograd formula, so ``torch.compile`` keeps an E1 model in one graph.
 
 Inputs bf16/fp16/fp32 (fp64 is computed in fp32); matrix products take fp32 operands in IEEE
 mode for fp32 inputs and 16-bit operands (fp32 accumulation) for 16-bit inputs.
@@ -31,6 +36,8 @@ import warnings
 import torch
 import triton
 import triton.language as tl
+
+from rnnlab.ops.dispatch import traced
 
 __all__ = ["elman_scan", "DENSE_PERSISTENT", "USE_GRAPH", "DENSE_BN", "DENSE_BK", "DENSE_SPLIT"]
 
@@ -89,32 +96,47 @@ def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD,
 
 
 @triton.jit
-def _heads_bwd(w_ptr, h_ptr, g_ptr, dpre_ptr, dh0_ptr, B, T, H, HD,
-               BT: tl.constexpr, HDP: tl.constexpr, IEEE: tl.constexpr, STAGES: tl.constexpr):
+def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD,
+               HAS_H0: tl.constexpr, DW: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr,
+               IEEE: tl.constexpr, STAGES: tl.constexpr):
     head = tl.program_id(0)
     pid_b = tl.program_id(1)
     rb = pid_b * BT + tl.arange(0, BT)
     rk = tl.arange(0, HDP)
     mb = rb < B
     mk = rk < HD
+    mw = mk[:, None] & mk[None, :]
     # w[n, k] = W[head, n, k]
-    w = tl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rk[None, :],
-                mask=mk[:, None] & mk[None, :], other=0.0)
+    w = tl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rk[None, :], mask=mw, other=0.0)
     cols = head * HD + rk
     m2 = mb[:, None] & mk[None, :]
     offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
+    if HAS_H0:
+        hfirst = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    hh = tl.load(h_ptr + offs + (T - 1) * H, mask=m2, other=0.0).to(tl.float32)  # h_t
     carry = tl.zeros([BT, HDP], dtype=tl.float32)  # dpre_{t+1} @ W
+    dw = tl.zeros([HDP, HDP], dtype=tl.float32)  # sum_t dpre_t^T h_{t-1}, this batch tile
     for i in tl.range(0, T, num_stages=STAGES):
         t = T - 1 - i
         g = tl.load(g_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
-        hh = tl.load(h_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        hp = tl.load(h_ptr + offs + (t - 1) * H, mask=m2 & (t > 0), other=0.0).to(tl.float32)
+        if HAS_H0:
+            hp = tl.where(t > 0, hp, hfirst)
         dpre = (g + carry) * (1.0 - hh * hh)
         tl.store(dpre_ptr + offs + t * H, dpre.to(dpre_ptr.dtype.element_ty), mask=m2)
         if IEEE:
             carry = tl.dot(dpre, w, input_precision="ieee")
+            if DW:
+                dw += tl.dot(tl.trans(dpre), hp, input_precision="ieee")
         else:
-            carry = tl.dot(dpre.to(w.dtype), w)
+            dq = dpre.to(w.dtype)
+            carry = tl.dot(dq, w)
+            if DW:
+                dw += tl.dot(tl.trans(dq), hp.to(w.dtype))
+        hh = hp
     tl.store(dh0_ptr + rb[:, None] * H + cols[None, :], carry, mask=m2)
+    if DW:
+        tl.store(dw_ptr + (pid_b * (H // HD) + head) * HD * HD + rk[:, None] * HD + rk[None, :], dw, mask=mw)
 
 
 def _fast(x: torch.Tensor) -> bool:
@@ -125,53 +147,46 @@ def _pow2(n: int, lo: int = 16) -> int:
     return max(lo, triton.next_power_of_2(n))
 
 
-class _ElmanHeads(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, wx, w, h0):
-        B, T, H = wx.shape
-        nh, hd, _ = w.shape
-        wx = wx.contiguous()
-        wk = w.to(wx.dtype).contiguous()
-        has_h0 = h0 is not None
-        h0c = h0.contiguous() if has_h0 else wx
-        h = torch.empty_like(wx)
-        ieee = wx.dtype == torch.float32
-        if T > 0 and B > 0:
-            grid = (nh, triton.cdiv(B, HEAD_BT))
-            _heads_fwd[grid](wx, wk, h0c, h, B, T, H, hd, HAS_H0=has_h0, BT=HEAD_BT, HDP=_pow2(hd),
-                             IEEE=ieee, STAGES=HEAD_STAGES, FAST=_fast(wx), num_warps=HEAD_WARPS)
-        ctx.save_for_backward(wk, h, h0 if has_h0 else None)
-        ctx.has_h0 = has_h0
-        ctx.w_dtype = w.dtype
-        ctx.h0_dtype = h0.dtype if has_h0 else None
-        return h
-
-    @staticmethod
-    def backward(ctx, g):
-        wk, h, h0 = ctx.saved_tensors
-        B, T, H = h.shape
-        nh, hd, _ = wk.shape
-        g = g.contiguous()
-        dpre = torch.empty_like(h)
-        dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
-        ieee = h.dtype == torch.float32
-        if T > 0 and B > 0:
-            grid = (nh, triton.cdiv(B, HEAD_BT))
-            _heads_bwd[grid](wk, h, g, dpre, dh0, B, T, H, hd, BT=HEAD_BT, HDP=_pow2(hd), IEEE=ieee,
-                             STAGES=HEAD_STAGES, num_warps=HEAD_WARPS)
-        dW = None
-        if ctx.needs_input_grad[1]:
-            hprev = _prev_states(h, h0)
-            dp = dpre.reshape(B * T, nh, hd).permute(1, 2, 0)  # [nh, hd(n), BT]
-            hp = hprev.reshape(B * T, nh, hd).transpose(0, 1)  # [nh, BT, hd(k)]
-            dW = torch.bmm(dp, hp).to(ctx.w_dtype)
-        return dpre, dW, (dh0.to(ctx.h0_dtype) if ctx.has_h0 else None)
+def _heads_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    B, T, H = wx.shape
+    nh, hd, _ = w.shape
+    wx = wx.contiguous()
+    wk = w.to(wx.dtype).contiguous()
+    h = torch.empty_like(wx)
+    if T > 0 and B > 0:
+        _heads_fwd[(nh, triton.cdiv(B, HEAD_BT))](
+            wx, wk, wx if h0 is None else h0.contiguous(), h, B, T, H, hd, HAS_H0=h0 is not None,
+            BT=HEAD_BT, HDP=_pow2(hd), IEEE=wx.dtype == torch.float32, STAGES=HEAD_STAGES,
+            FAST=_fast(wx), num_warps=HEAD_WARPS)
+    return h
 
 
-def _prev_states(h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """``[B, T, H]``: h_{t-1} for every t (h0 or zeros first)."""
-    first = torch.zeros_like(h[:, :1]) if h0 is None else h0.to(h.dtype).unsqueeze(1)
-    return torch.cat([first, h[:, :-1]], dim=1)
+def _heads_backward(g, w, h, h0, need_dw: bool):
+    B, T, H = h.shape
+    nh, hd, _ = w.shape
+    dpre = torch.empty_like(h)
+    dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+    nbt = triton.cdiv(B, HEAD_BT)
+    dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # per batch tile
+    if T > 0 and B > 0:
+        _heads_bwd[(nh, nbt)](
+            w.to(h.dtype).contiguous(), h, h if h0 is None else h0.contiguous(), g.contiguous(), dpre,
+            dh0, dw, B, T, H, hd, HAS_H0=h0 is not None, DW=need_dw, BT=HEAD_BT, HDP=_pow2(hd),
+            IEEE=h.dtype == torch.float32, STAGES=HEAD_STAGES, num_warps=HEAD_WARPS)
+    return dpre, dw.sum(0).to(w.dtype), dh0
+
+
+def _dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """``dW = sum_{b,t} dpre[b, t]^T h[b, t-1]`` (``h[b, -1] = h0[b]`` or 0) as ONE GEMM without a
+    shifted copy of ``h``: over the flat ``[B*T, H]`` rows, row r of dpre meets row r-1 of h; the
+    B-1 pairs that straddle two sequences are subtracted and the t = 0 terms with h0 added through
+    addmm's C operand (one rounding of the result)."""
+    B, T, H = h.shape
+    d, hf = dpre.reshape(B * T, H), h.reshape(B * T, H)
+    corr = -(dpre[1:, 0].t() @ h[:-1, -1])
+    if h0 is not None:
+        corr += dpre[:, 0].t() @ h0
+    return torch.addmm(corr, d[1:].t(), hf[:-1])
 
 
 # --------------------------------------------------------------------------------------- dense
@@ -370,94 +385,124 @@ def _persistent(x: torch.Tensor):
         return None
 
 
-class _ElmanDense(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, wx, w, h0):
-        B, T, H = wx.shape
-        dt = wx.dtype
-        ieee = dt == torch.float32
-        wx = wx.contiguous()
-        wk = w.to(dt).contiguous()
-        wt = wk.t().contiguous()
-        has_h0 = h0 is not None
-        h0c = h0.to(dt).contiguous() if has_h0 else torch.zeros(B, H, device=wx.device, dtype=dt)
-        if T == 0 or B == 0:
-            h = torch.empty_like(wx)
-        elif (pk := _persistent(wx)) is not None:
-            h = pk.forward(wx, wk, h0c if has_h0 else None)
-        elif _use_graph(wx):
-            key = ("fwd", B, T, H, dt, wx.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
-                   DENSE_SPLIT, _fast(wx))
-            graph, (swx, swt, sh0, sh) = _GRAPHS.get(
-                key,
-                lambda: (torch.zeros_like(wx), torch.zeros_like(wt), torch.zeros_like(h0c),
-                         torch.empty_like(wx)),
-                lambda a, b, c, d: _dense_fwd_loop(a, b, c, d, ieee),
-            )
-            swx.copy_(wx)
-            swt.copy_(wt)
-            sh0.copy_(h0c)
-            graph.replay()
-            h = sh.clone()
-        else:
-            h = torch.empty_like(wx)
-            _dense_fwd_loop(wx, wt, h0c, h, ieee)
-        ctx.save_for_backward(wk, h, h0c)
-        ctx.has_h0 = has_h0
-        ctx.w_dtype = w.dtype
-        ctx.h0_dtype = h0.dtype if has_h0 else None
-        return h
-
-    @staticmethod
-    def backward(ctx, g):
-        wk, h, h0c = ctx.saved_tensors
-        B, T, H = h.shape
-        dt = h.dtype
-        ieee = dt == torch.float32
-        g = g.contiguous()
-        if T == 0 or B == 0:
-            dpre = torch.zeros_like(h)
-        elif (pk := _persistent(h)) is not None:
-            dpre = pk.backward(g, h, wk)
-        elif _use_graph(h):
-            key = ("bwd", B, T, H, dt, h.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
-                   DENSE_SPLIT)
-            graph, (sw, shh, sg, sz, sd) = _GRAPHS.get(
-                key,
-                lambda: (torch.zeros_like(wk), torch.zeros_like(h), torch.zeros_like(g),
-                         torch.zeros(B, H, device=h.device, dtype=dt), torch.empty_like(h)),
-                lambda a, b, c, d, e: _dense_bwd_loop(a, b, c, d, e, ieee),
-            )
-            sw.copy_(wk)
-            shh.copy_(h)
-            sg.copy_(g)
-            graph.replay()
-            dpre = sd.clone()
-        else:
-            dpre = torch.empty_like(h)
-            zeros = torch.zeros(B, H, device=h.device, dtype=dt)
-            _dense_bwd_loop(wk, h, g, zeros, dpre, ieee)
-        dW = dh0 = None
-        if T > 0 and ctx.needs_input_grad[1]:
-            hprev = _prev_states(h, h0c if ctx.has_h0 else None)
-            dW = (dpre.reshape(B * T, H).t() @ hprev.reshape(B * T, H)).to(ctx.w_dtype)
-        elif ctx.needs_input_grad[1]:
-            dW = torch.zeros_like(wk).to(ctx.w_dtype)
-        if ctx.has_h0:
-            dh0 = (dpre[:, 0].float() @ wk.float()).to(ctx.h0_dtype) if T > 0 else \
-                torch.zeros(B, H, device=h.device, dtype=ctx.h0_dtype)
-        return dpre, dW, dh0
+def _dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    B, T, H = wx.shape
+    dt = wx.dtype
+    ieee = dt == torch.float32
+    wx = wx.contiguous()
+    wk = w.to(dt).contiguous()
+    h0c = h0.to(dt).contiguous() if h0 is not None else torch.zeros(B, H, device=wx.device, dtype=dt)
+    if T == 0 or B == 0:
+        return torch.empty_like(wx)
+    if (pk := _persistent(wx)) is not None:
+        return pk.forward(wx, wk, None if h0 is None else h0c)
+    wt = wk.t().contiguous()
+    if _use_graph(wx):
+        key = ("fwd", B, T, H, dt, wx.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
+               DENSE_SPLIT, _fast(wx))
+        graph, (swx, swt, sh0, sh) = _GRAPHS.get(
+            key,
+            lambda: (torch.zeros_like(wx), torch.zeros_like(wt), torch.zeros_like(h0c),
+                     torch.empty_like(wx)),
+            lambda a, b, c, d: _dense_fwd_loop(a, b, c, d, ieee),
+        )
+        swx.copy_(wx)
+        swt.copy_(wt)
+        sh0.copy_(h0c)
+        graph.replay()
+        return sh.clone()
+    h = torch.empty_like(wx)
+    _dense_fwd_loop(wx, wt, h0c, h, ieee)
+    return h
 
 
+def _dense_backward(g, w, h, h0, need_dw: bool):
+    B, T, H = h.shape
+    dt = h.dtype
+    ieee = dt == torch.float32
+    wk = w.to(dt).contiguous()
+    g = g.contiguous()
+    if T == 0 or B == 0:
+        dpre = torch.zeros_like(h)
+    elif (pk := _persistent(h)) is not None:
+        dpre = pk.backward(g, h, wk)
+    elif _use_graph(h):
+        key = ("bwd", B, T, H, dt, h.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
+               DENSE_SPLIT)
+        graph, (sw, shh, sg, sz, sd) = _GRAPHS.get(
+            key,
+            lambda: (torch.zeros_like(wk), torch.zeros_like(h), torch.zeros_like(g),
+                     torch.zeros(B, H, device=h.device, dtype=dt), torch.empty_like(h)),
+            lambda a, b, c, d, e: _dense_bwd_loop(a, b, c, d, e, ieee),
+        )
+        sw.copy_(wk)
+        shh.copy_(h)
+        sg.copy_(g)
+        graph.replay()
+        dpre = sd.clone()
+    else:
+        dpre = torch.empty_like(h)
+        _dense_bwd_loop(wk, h, g, torch.zeros(B, H, device=h.device, dtype=dt), dpre, ieee)
+    h0c = None if h0 is None else h0.to(dt)
+    dW = _dw_dense(dpre, h, h0c) if T > 0 and need_dw else torch.zeros_like(wk)
+    if h0 is not None and T > 0:
+        dh0 = dpre[:, 0].float() @ wk.float()
+    else:
+        dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+    return dpre, dW.to(w.dtype), dh0
+
+
+# ------------------------------------------------------------------------ torch.library ops
+# The scan is a pair of custom ops with an autograd formula: under torch.compile E1 stays in the
+# compiled graph (each op one opaque extern call, no graph break) and can be CUDA-graphed with it.
+@torch.library.custom_op("rnnlab::elman_scan_fwd", mutates_args=(),
+                         schema="(Tensor wx, Tensor w, Tensor? h0) -> Tensor")
+def _scan_fwd(wx, w, h0):
+    """All states ``h`` (``wx``'s dtype); ``w`` dense ``[H, H]`` or heads ``[nh, hd, hd]``."""
+    return (_heads_forward if w.dim() == 3 else _dense_forward)(wx, w, h0)
+
+
+@_scan_fwd.register_fake
+def _(wx, w, h0):
+    return torch.empty_like(wx, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("rnnlab::elman_scan_bwd", mutates_args=(),
+                         schema="(Tensor g, Tensor w, Tensor h, Tensor? h0, bool need_dw) -> (Tensor, Tensor, Tensor)")
+def _scan_bwd(g, w, h, h0, need_dw):
+    """``(dpre, dW, dh0)``: dpre = dL/dwx (``h``'s dtype), dW in ``w``'s dtype (zeros unless
+    ``need_dw``), dh0 ``[B, H]`` fp32 (zeros without ``h0``)."""
+    return (_heads_backward if w.dim() == 3 else _dense_backward)(g, w, h, h0, need_dw)
+
+
+@_scan_bwd.register_fake
+def _(g, w, h, h0, need_dw):
+    return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(w),
+            h.new_empty(h.shape[0], h.shape[2], dtype=torch.float32))
+
+
+def _scan_setup(ctx, inputs, output):
+    _, w, h0 = inputs
+    ctx.save_for_backward(w, output, h0)
+
+
+def _scan_grads(ctx, g):
+    w, h, h0 = ctx.saved_tensors
+    need_dw = ctx.needs_input_grad[1]
+    dpre, dw, dh0 = _scan_bwd(g, w, h, h0, need_dw)
+    return dpre, dw if need_dw else None, None if h0 is None else dh0.to(h0.dtype)
+
+
+_scan_fwd.register_autograd(_scan_grads, setup_context=_scan_setup)
+
+
+@traced
 def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """All states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; dense or heads ``w_h``."""
+    """All states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; dense or heads ``w_h``.
+    torch.compile traces it (``traced``): only dtype handling and the custom op."""
     dtype = wx.dtype
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         wx = wx.float()
         h0 = None if h0 is None else h0.float()
         w_h = w_h.float()
-    if w_h.dim() == 3:
-        h = _ElmanHeads.apply(wx, w_h, h0)
-    else:
-        h = _ElmanDense.apply(wx, w_h, h0)
-    return h.to(dtype)
+    return _scan_fwd(wx, w_h, h0).to(dtype)
