@@ -57,7 +57,11 @@ def test_heads_kernel_matches_reference(B, T, heads, hd, h0):
 
 
 @pytest.mark.parametrize("B,T,H,h0", [(3, 5, 40, False), (1, 3, 24, True), (4, 1, 16, True)])
-def test_dense_step_kernels_match_reference(B, T, H, h0):
+@pytest.mark.parametrize("split", [1, 3])
+def test_dense_step_kernels_match_reference(B, T, H, h0, split, monkeypatch):
+    """The per-step kernel, whole-K and split-K (16-wide K chunks: up to 3 programs per tile)."""
+    monkeypatch.setattr(K, "DENSE_SPLIT", split)
+    monkeypatch.setattr(K, "DENSE_BK", 16)
     _check(K.elman_scan, B, T, H, None, h0)
 
 

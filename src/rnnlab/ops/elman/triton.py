@@ -191,6 +191,38 @@ def _dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> t
 
 # --------------------------------------------------------------------------------------- dense
 @triton.jit
+def _tile_dot(x_ptr, stride_x, m_ptr, rb, rn, mb, mn, k_lo, k_hi, H, BB: tl.constexpr,
+              BN: tl.constexpr, BK: tl.constexpr, IEEE: tl.constexpr, STAGES: tl.constexpr):
+    """``X[rb, k_lo:k_hi] @ M[k_lo:k_hi, rn]`` in fp32 (M row-major [H, H])."""
+    acc = tl.zeros([BB, BN], dtype=tl.float32)
+    for k0 in tl.range(k_lo, k_hi, BK, num_stages=STAGES):
+        rk = k0 + tl.arange(0, BK)
+        mk = rk < k_hi
+        xk = tl.load(x_ptr + rb[:, None].to(tl.int64) * stride_x + rk[None, :],
+                     mask=mb[:, None] & mk[None, :], other=0.0)
+        mm = tl.load(m_ptr + rk[:, None] * H + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
+        if IEEE:
+            acc += tl.dot(xk.to(tl.float32), mm.to(tl.float32), input_precision="ieee")
+        else:
+            acc += tl.dot(xk.to(mm.dtype), mm)
+    return acc
+
+
+@triton.jit
+def _step_epilogue(acc, e1_ptr, e2_ptr, out_ptr, stride_e, rb, rn, m2, MODE: tl.constexpr,
+                   FAST: tl.constexpr):
+    """MODE 0: ``out = tanh(acc + e1)``; MODE 1: ``out = (acc + e1) * (1 - e2^2)``."""
+    eo = rb[:, None].to(tl.int64) * stride_e + rn[None, :]
+    e1 = tl.load(e1_ptr + eo, mask=m2, other=0.0).to(tl.float32)
+    if MODE == 0:
+        out = _tanh(acc + e1, FAST)
+    else:
+        e2 = tl.load(e2_ptr + eo, mask=m2, other=0.0).to(tl.float32)
+        out = (acc + e1) * (1.0 - e2 * e2)
+    tl.store(out_ptr + eo, out.to(out_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
 def _dense_step(x_ptr, stride_x, m_ptr, e1_ptr, e2_ptr, out_ptr, stride_e, B, H,
                 MODE: tl.constexpr, BB: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
                 IEEE: tl.constexpr, FAST: tl.constexpr, STAGES: tl.constexpr):
@@ -204,26 +236,8 @@ def _dense_step(x_ptr, stride_x, m_ptr, e1_ptr, e2_ptr, out_ptr, stride_e, B, H,
     rn = pid_n * BN + tl.arange(0, BN)
     mb = rb < B
     mn = rn < H
-    acc = tl.zeros([BB, BN], dtype=tl.float32)
-    for k0 in tl.range(0, H, BK, num_stages=STAGES):
-        rk = k0 + tl.arange(0, BK)
-        mk = rk < H
-        xk = tl.load(x_ptr + rb[:, None].to(tl.int64) * stride_x + rk[None, :],
-                     mask=mb[:, None] & mk[None, :], other=0.0)
-        mm = tl.load(m_ptr + rk[:, None] * H + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
-        if IEEE:
-            acc += tl.dot(xk.to(tl.float32), mm.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(xk.to(mm.dtype), mm)
-    m2 = mb[:, None] & mn[None, :]
-    eo = rb[:, None].to(tl.int64) * stride_e + rn[None, :]
-    e1 = tl.load(e1_ptr + eo, mask=m2, other=0.0).to(tl.float32)
-    if MODE == 0:
-        out = _tanh(acc + e1, FAST)
-    else:
-        e2 = tl.load(e2_ptr + eo, mask=m2, other=0.0).to(tl.float32)
-        out = (acc + e1) * (1.0 - e2 * e2)
-    tl.store(out_ptr + eo, out.to(out_ptr.dtype.element_ty), mask=m2)
+    acc = _tile_dot(x_ptr, stride_x, m_ptr, rb, rn, mb, mn, 0, H, H, BB, BN, BK, IEEE, STAGES)
+    _step_epilogue(acc, e1_ptr, e2_ptr, out_ptr, stride_e, rb, rn, mb[:, None] & mn[None, :], MODE, FAST)
 
 
 @triton.jit
@@ -242,19 +256,9 @@ def _dense_step_split(x_ptr, stride_x, m_ptr, e1_ptr, e2_ptr, out_ptr, stride_e,
     rn = pid_n * BN + tl.arange(0, BN)
     mb = rb < B
     mn = rn < H
-    acc = tl.zeros([BB, BN], dtype=tl.float32)
     k_lo = pid_k * KCH
-    k_hi = tl.minimum(k_lo + KCH, H)
-    for k0 in tl.range(k_lo, k_hi, BK, num_stages=STAGES):
-        rk = k0 + tl.arange(0, BK)
-        mk = rk < k_hi
-        xk = tl.load(x_ptr + rb[:, None].to(tl.int64) * stride_x + rk[None, :],
-                     mask=mb[:, None] & mk[None, :], other=0.0)
-        mm = tl.load(m_ptr + rk[:, None] * H + rn[None, :], mask=mk[:, None] & mn[None, :], other=0.0)
-        if IEEE:
-            acc += tl.dot(xk.to(tl.float32), mm.to(tl.float32), input_precision="ieee")
-        else:
-            acc += tl.dot(xk.to(mm.dtype), mm)
+    acc = _tile_dot(x_ptr, stride_x, m_ptr, rb, rn, mb, mn, k_lo, tl.minimum(k_lo + KCH, H), H,
+                    BB, BN, BK, IEEE, STAGES)
     m2 = mb[:, None] & mn[None, :]
     ws = acc_ptr + rb[:, None] * H + rn[None, :]
     tl.atomic_add(ws, acc, mask=m2, sem="relaxed")
@@ -267,14 +271,7 @@ def _dense_step_split(x_ptr, stride_x, m_ptr, e1_ptr, e2_ptr, out_ptr, stride_e,
         tot = tl.atomic_add(ws, tl.zeros([BB, BN], dtype=tl.float32), mask=m2, sem="acq_rel")
         tl.store(ws, tl.zeros([BB, BN], dtype=tl.float32), mask=m2)
         tl.store(cnt_ptr + tile, 0)
-        eo = rb[:, None].to(tl.int64) * stride_e + rn[None, :]
-        e1 = tl.load(e1_ptr + eo, mask=m2, other=0.0).to(tl.float32)
-        if MODE == 0:
-            out = _tanh(tot + e1, FAST)
-        else:
-            e2 = tl.load(e2_ptr + eo, mask=m2, other=0.0).to(tl.float32)
-            out = (tot + e1) * (1.0 - e2 * e2)
-        tl.store(out_ptr + eo, out.to(out_ptr.dtype.element_ty), mask=m2)
+        _step_epilogue(tot, e1_ptr, e2_ptr, out_ptr, stride_e, rb, rn, m2, MODE, FAST)
 
 
 _WS: dict = {}
