@@ -343,10 +343,9 @@ def _label(rec: dict) -> str:
 
 
 def write_plots(records: list[dict], out: Path) -> list[Path]:
-    import matplotlib
+    from rnnlab.bench.plots import pyplot, save
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     paths = []
     # temporal flow: one panel per record (latest per run first), one line per layer, vs lag
@@ -361,11 +360,7 @@ def write_plots(records: list[dict], out: Path) -> list[Path]:
         ax.set_ylabel("||dL/dx_t|| / ||dL/dx_{T-1}||")
         ax.set_title(_label(rec), fontsize=9)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    p = out / "temporal_flow.png"
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(save(fig, out / "temporal_flow.png"))
 
     # per-block parameter gradient norms (latest record)
     rec = records[-1]
@@ -383,11 +378,7 @@ def write_plots(records: list[dict], out: Path) -> list[Path]:
         ax.set_ylabel("||grad||")
         ax.set_title(f"parameter gradient norms, {_label(rec)}", fontsize=9)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out / "grad_norms.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save(fig, out / "grad_norms.png"))
 
     # recurrence: per layer; over steps when there are several records
     rec_recs = [r for r in records if r["recurrence"]]
@@ -419,11 +410,7 @@ def write_plots(records: list[dict], out: Path) -> list[Path]:
         axes[1].set_title("sigma_max(J_t)" + (" (mean over t)" if len(rec_recs) > 1 else ""), fontsize=9)
         for ax in axes:
             ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = out / "recurrence.png"
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(save(fig, out / "recurrence.png"))
     return paths
 
 

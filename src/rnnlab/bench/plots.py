@@ -15,13 +15,22 @@ from typing import Any
 from rnnlab.bench.report import read_jsonl
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (imported on first use: plotting is optional work)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save(fig, path: Path) -> Path:
+    """Lay out, write (110 dpi) and close ``fig``; returns ``path``."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    pyplot().close(fig)
+    return path
 
 
 def smooth(values: list[float], window: int) -> list[float]:
@@ -38,7 +47,7 @@ def smooth(values: list[float], window: int) -> list[float]:
 
 
 def _colors(names: list[str]) -> dict[str, Any]:
-    plt = _plt()
+    plt = pyplot()
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
@@ -75,7 +84,7 @@ def _safe(s: str) -> str:
 
 
 def _loss_curves(path: Path, curves, colors, xkey: str, xlabel: str) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     labelled = set()
     tail = []
@@ -97,14 +106,11 @@ def _loss_curves(path: Path, curves, colors, xkey: str, xlabel: str) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(f"loss vs {xlabel}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _tok_bar(path: Path, rows, colors) -> Path:
-    plt = _plt()
+    plt = pyplot()
     rows = [r for r in rows if r["tok_per_s"] is not None]
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4.5))
     xs = range(len(rows))
@@ -116,10 +122,7 @@ def _tok_bar(path: Path, rows, colors) -> Path:
     ax.set_ylabel("training tokens / s")
     ax.set_title("throughput")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _depth_varying(rows) -> list[str]:
@@ -131,7 +134,7 @@ def _depth_varying(rows) -> list[str]:
 
 
 def _loss_vs_depth(path: Path, rows, models: list[str]) -> Path:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, model in enumerate(models):
         pts = sorted((r["depth"], r["loss"], r["loss_std"] or 0, r["val_bpb"]) for r in rows
@@ -143,10 +146,7 @@ def _loss_vs_depth(path: Path, rows, models: list[str]) -> Path:
     ax.set_title("loss vs depth")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _numeric(v) -> float | None:
@@ -159,7 +159,7 @@ def _numeric(v) -> float | None:
 
 def _sweep(path: Path, rows, axes: list[str]) -> Path:
     """Loss and held-out bpb vs the first axis; one line per combination of the other axes."""
-    plt = _plt()
+    plt = pyplot()
     x_axis, rest = axes[0], axes[1:]
     lines: dict[str, list] = {}
     for r in rows:
@@ -197,7 +197,4 @@ def _sweep(path: Path, rows, axes: list[str]) -> Path:
         if len(lines) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(f"sweep over {x_axis}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save(fig, path)
