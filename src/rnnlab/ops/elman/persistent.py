@@ -28,6 +28,7 @@ __all__ = ["supported", "forward", "backward", "SHAPES"]
 SHAPES = ((16, (32, 16)), (8, (32, 16)), (16, (16, 32)), (8, (16, 32)))
 WARPS: int | None = None  # force the warps (8 or 16); None = by SHAPES
 TILE: tuple[int, int] | None = None  # force the tile, (16, 32) or (32, 16); None = by SHAPES
+MAX_GROUPS: int | None = None  # cap the batch groups (so the grid leaves SMs free); None = no cap
 DEBUG = 0  # timing decomposition (bench_kernels.py) only, results are wrong when set: bit 1 = skip
 # the inter-block waits, 2 = skip staging the state, 4 = skip the epilogue-operand prefetch
 
@@ -57,7 +58,7 @@ def _plan(x: torch.Tensor) -> tuple[int, int, int, int] | None:
     for warps, (nc, rb) in SHAPES:
         warps, nc, rb = WARPS or warps, *(TILE or (nc, rb))
         cap = _capacity(x.device.index or 0, H, warps, (nc, rb))
-        groups = min(-(-B // rb), cap // -(-H // nc))
+        groups = min(-(-B // rb), cap // -(-H // nc), MAX_GROUPS or B)
         if groups >= 1:
             return warps, nc, rb, groups
     return None

@@ -1,0 +1,187 @@
+"""Layer wavefront for dense E1 (issue 4, idea 2), measured against its prediction; not adopted.
+
+The idea: one dense E1 recurrence is latency-bound (~5 us per step whatever the batch), so run the
+recurrences of two layers at once, layer l on time chunk c while layer l+1 works on chunk c-1.
+Prints, on one GPU, in one run:
+
+1. Concurrency of the persistent scan (forward, T = 512, H = 1760): one scan; two serially; two
+   on two streams; and one scan next to a stream of GEMMs. At B = 32 one scan takes 2 batch
+   groups x 55 blocks = 110 of the 132 SMs, so two fit side by side only with the groups capped
+   at 1 (``persistent.MAX_GROUPS``), which makes each scan slower.
+2. The whole E1 d26 model (dim 1760, bf16) forward+backward, each variant captured in ONE CUDA
+   graph so that Python/launch cost does not decide (eager, the wavefront's ~C x more kernel
+   launches make it CPU-bound): plain vs the wavefront with C chunks on 2 streams, plus the
+   gradient difference to plain (the wavefront rounds the carried state gradient to bf16 at
+   chunk boundaries and sums dW_h per chunk).
+
+    python benchmarks/bench_wavefront.py --json results/e1-wavefront-h100/wavefront.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_kernels import timeit  # noqa: E402
+
+from rnnlab.models import LM, ModelConfig  # noqa: E402
+from rnnlab.ops.elman import elman_scan  # noqa: E402
+from rnnlab.ops.elman import persistent  # noqa: E402
+
+H, T = 1760, 512
+
+
+def concurrency(rows: list) -> None:
+    w = (torch.randn(H, H, device="cuda") * 0.02).bfloat16()
+    side = [torch.cuda.Stream(), torch.cuda.Stream()]
+
+    def on_streams(*fns):
+        cur = torch.cuda.current_stream()
+        for s, fn in zip(side, fns):
+            s.wait_stream(cur)
+            with torch.cuda.stream(s):
+                fn()
+        for s in side:
+            cur.wait_stream(s)
+
+    for B, groups in ((16, 1), (32, 2), (32, 1)):
+        persistent.MAX_GROUPS = groups
+        wx = [torch.randn(B, T, H, device="cuda").bfloat16() for _ in range(2)]
+        a, b = (lambda: persistent.forward(wx[0], w, None)), (lambda: persistent.forward(wx[1], w, None))
+        one, serial = timeit(a, 10), timeit(lambda: (a(), b()), 10)
+        both = timeit(lambda: on_streams(a, b), 10)
+        rows.append(dict(part="scans", B=B, max_groups=groups, one_ms=round(one, 3),
+                         us_per_step=round(one / T * 1e3, 2), two_serial_ms=round(serial, 3),
+                         two_streams_ms=round(both, 3), speedup=round(serial / both, 2)))
+        print(rows[-1], flush=True)
+    persistent.MAX_GROUPS = 1
+    wx = torch.randn(16, T, H, device="cuda").bfloat16()
+    a, m = torch.randn(16 * T, H, device="cuda").bfloat16(), torch.randn(2 * H, H, device="cuda").bfloat16()
+    scan = lambda: persistent.forward(wx, w, None)  # noqa: E731
+    gemms = lambda: [a @ m.t() for _ in range(20)]  # noqa: E731
+    ts, tg, tb = timeit(scan, 10), timeit(gemms, 10), timeit(lambda: on_streams(scan, gemms), 10)
+    rows.append(dict(part="scan+gemms", B=16, scan_ms=round(ts, 3), gemms_ms=round(tg, 3),
+                     together_ms=round(tb, 3), serial_ms=round(ts + tg, 3)))
+    print(rows[-1], flush=True)
+    persistent.MAX_GROUPS = None
+
+
+# ------------------------------------------------------------------------------- wavefront
+def e1_chunk(mixer, x, h0, w_h):
+    """E1's forward on one time chunk from state ``h0`` (None = zeros): ``(y, last state)``. The
+    same steps as ``E1.forward`` with the spectral-normed ``w_h`` computed once per model step."""
+    xr, z = mixer._inputs(x)
+    h = elman_scan(F.linear(xr, mixer.W_x, mixer.b), w_h, h0)
+    return mixer._output(h, z), h[:, -1]
+
+
+def wavefront_loss(model: LM, idx, tgt, chunks: int, streams: list) -> torch.Tensor:
+    """``model(idx, tgt)`` computed as a wavefront: block l runs chunk c on stream l % len(streams)
+    after block l-1 has run chunk c; autograd replays the backward on the same streams in the
+    reverse order, which is again a wavefront."""
+    cur = torch.cuda.current_stream()
+    w_h = [b.mixer.recurrent_weight() for b in model.blocks]
+    xs = list(model.embed(idx).chunk(chunks, dim=1))
+    start = cur.record_event()
+    L = len(model.blocks)
+    done = [[None] * chunks for _ in range(L)]
+    state = [None] * L
+    for d in range(L + chunks - 1):  # anti-diagonals: every (l, c) with l + c = d
+        for l in range(max(0, d - chunks + 1), min(L, d + 1)):
+            c, s, blk = d - l, streams[l % len(streams)], model.blocks[l]
+            s.wait_event(start if l == 0 else done[l - 1][c])
+            with torch.cuda.stream(s):
+                x = xs[c]
+                x.record_stream(s)
+                y, state[l] = e1_chunk(blk.mixer, blk.norm(x), state[l], w_h[l])
+                xs[c] = x + y
+                done[l][c] = s.record_event()
+    for c in range(chunks):
+        cur.wait_event(done[L - 1][c])
+        xs[c].record_stream(cur)
+    logits = model.head(model.norm_f(torch.cat(xs, dim=1)))
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1))
+
+
+def graphed(model: LM, loss_fn) -> torch.cuda.CUDAGraph:
+    """Forward+backward of ``loss_fn()`` captured in one CUDA graph (grads in the graph's pool)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(2):
+            model.zero_grad(set_to_none=True)
+            loss_fn().backward()
+    torch.cuda.current_stream().wait_stream(s)
+    model.zero_grad(set_to_none=True)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        loss_fn().backward()
+    return g
+
+
+def whole_model(rows: list, batches: list[int], chunk_counts: list[int]) -> None:
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="e1", dim=H, depth=26)).to("cuda", torch.bfloat16).train()
+    u0 = [b.mixer.spectral_u.clone() for b in model.blocks]
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+
+    def reset_u():
+        for b, u in zip(model.blocks, u0):
+            b.mixer.spectral_u.copy_(u)
+
+    for B in batches:
+        x = torch.randint(0, 256, (B, T + 1), device="cuda")
+        idx, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+        variants = [(1, None)] + [(c, g) for g in ((1,) if B <= 16 else (1, 2)) for c in chunk_counts]
+        ref = None
+        for chunks, groups in variants:
+            persistent.MAX_GROUPS = groups
+            fn = (lambda: model(idx, tgt)) if chunks == 1 else (
+                lambda c=chunks: wavefront_loss(model, idx, tgt, c, streams))
+            g = graphed(model, fn)
+            reset_u()
+            g.replay()
+            grads = [p.grad.float().clone() for p in model.parameters()]
+            ref = ref or grads
+            err = max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, ref))
+            ms = timeit(g.replay, 5)
+            rows.append(dict(part="model", B=B, chunks=chunks, max_groups=groups, fwd_bwd_ms=round(ms, 1),
+                             ktok_s=round(B * T / ms, 1), max_rel_grad_diff=float(f"{err:.2e}")))
+            print(rows[-1], flush=True)
+            del g
+            model.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+    persistent.MAX_GROUPS = None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    # nothing on the legacy default stream: autograd records it for the leaves, and a captured
+    # backward must not depend on it
+    torch.cuda.set_stream(torch.cuda.Stream())
+    rows: list = []
+    concurrency(rows)
+    whole_model(rows, a.batches, a.chunks)
+    meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, command=" ".join(sys.argv),
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                model="E1 d26 dim 1760, bf16, T=512, fwd+bwd in one CUDA graph (no optimizer)")
+    print(json.dumps(meta))
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+
+
+if __name__ == "__main__":
+    main()
