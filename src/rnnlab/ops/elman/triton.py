@@ -388,11 +388,13 @@ def _dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -
     ieee = dt == torch.float32
     wx = wx.contiguous()
     wk = w.to(dt).contiguous()
-    h0c = h0.to(dt).contiguous() if h0 is not None else torch.zeros(B, H, device=wx.device, dtype=dt)
+    h0c = None if h0 is None else h0.to(dt).contiguous()
     if T == 0 or B == 0:
         return torch.empty_like(wx)
     if (pk := _persistent(wx)) is not None:
-        return pk.forward(wx, wk, None if h0 is None else h0c)
+        return pk.forward(wx, wk, h0c)
+    if h0c is None:  # the per-step kernels read the previous state from a tensor
+        h0c = torch.zeros(B, H, device=wx.device, dtype=dt)
     wt = wk.t().contiguous()
     if _use_graph(wx):
         key = ("fwd", B, T, H, dt, wx.device, DENSE_BN, DENSE_BK, DENSE_WARPS, DENSE_STAGES,
