@@ -22,9 +22,11 @@ onto ``self`` and its ``forward``/``step`` are called with ``self``, so the offi
 unchanged. Both backends draw the initial values in the same order, so the same seed gives the
 same weights.
 
-torch.compile: the official forward (in_proj, conv, SSD, gated norm and out_proj, mostly inside
-mamba_ssm's fused Triton autograd Function) is one opaque call (``rnnlab.ops.dispatch.opaque``);
-the reference backend has no loop over time and is traced and compiled like any other module.
+torch.compile: Dynamo traces the official forward (mamba_ssm's autograd Functions and their
+Triton kernels become part of the graph), so Inductor fuses the projections' elementwise work
+around them. Measured on one H200 (results/fair-baselines-h200/): the traced official Mamba2 LM
+trains to the same losses as eager and ~1.4x faster than when the forward was one opaque call.
+The reference backend has no loop over time and is traced like any other module.
 
 State for ``step``: ``(conv_state [B, di+2GN, d_conv] in the model dtype, ssm_state [B, H, headdim,
 N] in fp32, float64 for float64)``.
@@ -41,7 +43,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
-from rnnlab.ops.dispatch import opaque
 from rnnlab.ops.ssd import import_mamba_ssm
 from rnnlab.ops.ssd import naive as ssd_naive
 
@@ -109,12 +110,6 @@ def resolve_backend(backend: str) -> str:
 
 
 _warned_no_conv = False
-
-
-@opaque
-def _official_forward(layer: "Mamba2", x: torch.Tensor) -> torch.Tensor:
-    """mamba_ssm's ``Mamba2.forward`` run on the adopting layer, hidden from torch.compile."""
-    return layer._official.forward(layer, x)
 
 
 class GatedRMSNorm(nn.Module):
@@ -225,7 +220,7 @@ class Mamba2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "official":
             self._check_cuda(x)
-            return _official_forward(self, x)
+            return self._official.forward(self, x)
         T = x.shape[1]
         z, xBC, dt = self._split(self.in_proj(x))
         xBC = self.act(self.conv1d(xBC.transpose(1, 2))[..., :T].transpose(1, 2))
