@@ -126,16 +126,8 @@ def main(argv=None):
                         "several modes run each configuration once per mode")
     p.add_argument("--only", nargs="+", default=None, help="keep models whose name contains any of these")
     p.add_argument("--json", default=None)
-    p.add_argument("--dense-cfg", default=None, help="E1 dense Triton step config BN,BK,warps,stages[,split]")
     args = p.parse_args(argv)
     import triton
-
-    from rnnlab.ops.elman import triton as et
-
-    if args.dense_cfg:
-        vals = list(map(int, args.dense_cfg.split(",")))
-        et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES = vals[:4]
-        et.DENSE_SPLIT = vals[4] if len(vals) > 4 else 1
 
     todo = BASE + (EXTRA if args.all else [])
     if args.only:
@@ -162,8 +154,7 @@ def main(argv=None):
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 torch=torch.__version__, triton=triton.__version__, command=" ".join(sys.argv),
                 optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1", weights="bf16",
-                steps=args.steps, warmup=warmup, compile=modes,
-                dense_cfg=[et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT])
+                steps=args.steps, warmup=warmup, compile=modes)
     print(f"\n{meta['device']}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}")
     w = max([26] + [len(r["name"]) for r in rows])
     print(f"{'model':{w}s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'step ms':>9s} {'peak GiB':>9s} "
