@@ -1,25 +1,34 @@
-"""Whole-model training throughput (tok/s) and peak memory at the 400M seed configurations.
+"""Whole-model training throughput (tok/s), model-FLOPs utilisation and peak memory at the 400M
+reference configurations, every model in the compile modes that can be its fastest, in one run.
 
-    python benchmarks/bench_models.py [--all] [--batches 16 32] [--compile MODE ...]
-                                      [--json results/models_h100.json]
+    python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
+                                      [--json results/x/models.json]
 
-Pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1), T=512, the same random bytes for every
-model, ``--warmup`` steps excluded, median step time of ``--steps`` timed steps (CUDA-synchronised
-wall clock per step). Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps
-("peak GiB") and ``max_memory_reserved`` ("reserved"): under ``reduce-overhead`` the CUDA graphs'
-private memory pool, set up in the warm-up, is reserved but not counted as allocated, so only
-the reserved figure is comparable there.
-Models are built with ``rnnlab.models.LM`` / ``ModelConfig`` (the real configs, default backends:
-Triton kernels for the recurrences, official mamba_ssm for Mamba2).
+Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1), T=512, the same random
+bytes and the same initial weights (seed 0) for every mode of a model; ``--warmup`` steps (at
+least 3 when compiling: compilation, autotuning) are not timed; tok/s is B*T over the median of
+``--steps`` CUDA-synchronised step times. MFU = 6 * params * tok/s / the GPU's dense bf16 peak
+(``--peak-tflops``, default 989 for H100/H200 SXM): every model pays 6*N FLOPs per token for its
+weights, so MFU is the share of the chip a model turns into training.
 
-``--compile`` times ``torch.compile(model)``: each MODE is ``off`` (eager), ``default`` (``on``,
-also a bare ``--compile``) or ``reduce-overhead`` (Inductor plus CUDA graphs), ``both`` = ``off
-default``; every configuration runs once per mode, rows side by side (compiled names end in
-" +compile" or " +compile(reduce-overhead)"; JSON rows have ``compile`` and ``compile_mode``).
-E1's scan is a custom op that compiles into the graph; the other recurrences stay opaque calls
-with graph breaks around them (``rnnlab.ops.dispatch``). Compilation happens in the warm-up steps
-(at least 3 when compiling), so it is not timed; each row records ``first_step_s``, the first
-step's wall time (compilation for a compiled row, Triton autotuning for both).
+Rows:
+- every rnnlab model (``rnnlab.models.LM`` with its default fast path: Triton/CUDA kernels for the
+  recurrences, the official ``mamba_ssm`` module for Mamba2);
+- ``Mamba2 standalone``: the official ``mamba_ssm`` Mamba2 in a minimal LM written here (embedding,
+  pre-norm LayerNorm residual blocks, final LayerNorm, tied head, fp32 cross-entropy), outside
+  rnnlab, so the cost of rnnlab's wrapper is visible (rnnlab's best Mamba2 / standalone best).
+
+Modes: each model runs in its ``MODES`` below (the candidates for its fastest mode), or in the
+modes given by ``--compile`` (``off`` = eager, ``default``, ``reduce-overhead``). A mode is used as
+"fastest correct" only if it trains like the model's first mode: the loss of every step agrees
+within ``LOSS_TOL`` (same weights, same batches; the GPU tests check compiled vs eager more
+tightly on small models). The table gives each row's ratio to the fastest correct Mamba2 mode
+of rnnlab in the same run.
+
+Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps and
+``max_memory_reserved``; under ``reduce-overhead`` the CUDA graphs' memory pool is reserved, not
+allocated, so compare the reserved column there. Every row is appended to ``--json`` as soon as
+it is measured (a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
@@ -29,54 +38,92 @@ import datetime
 import gc
 import json
 import statistics
+import subprocess
 import sys
 import time
+from importlib import metadata
+from pathlib import Path
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-BASE = [
-    ("E1 d26 (dense, seed)", dict(model="e1", dim=1760, depth=26)),
-    ("Mamba2 d22 (official)", dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})),
-]
-EXTRA = [
-    ("E1 heads 14x128 d31", dict(model="e1", dim=1792, depth=31, layer={"heads": 14})),
-    ("minGRU 3520x16 (fused gate+scan)", dict(model="mingru", dim=3520, depth=16)),
-    ("minLSTM 2880x16 (fused gate+scan)", dict(model="minlstm", dim=2880, depth=16)),
-    ("minGRU 3520x16 (Heinsen, seed's scan)", dict(model="mingru", dim=3520, depth=16, layer={"backend": "heinsen"})),
-    ("minLSTM 2880x16 (Heinsen, seed's scan)", dict(model="minlstm", dim=2880, depth=16, layer={"backend": "heinsen"})),
+OFF, DEFAULT, RO = None, "default", "reduce-overhead"
+MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO}
+MAMBA2 = dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})
+# (name, config, modes that can be its fastest). Eager is left out where earlier runs measured
+# it slower than compiled (results/e1-heads-compile-h100: E1 dense and heads).
+MODELS = [
+    ("Mamba2 d22 standalone", dict(MAMBA2, standalone=True), [OFF, DEFAULT, RO]),
+    ("Mamba2 d22", MAMBA2, [OFF, DEFAULT, RO]),
+    ("E1 d26 dense", dict(model="e1", dim=1760, depth=26), [DEFAULT, RO]),
+    ("E1 heads 14x128 d31", dict(model="e1", dim=1792, depth=31, layer={"heads": 14}), [DEFAULT, RO]),
+    ("minGRU 3520x16", dict(model="mingru", dim=3520, depth=16), [OFF, DEFAULT]),
+    ("minLSTM 2880x16", dict(model="minlstm", dim=2880, depth=16), [OFF, DEFAULT]),
     ("E16 s4 1024x10 e2", dict(model="e16", dim=1024, depth=10,
-                               layer={"expansion": 2.0, "state_expansion": 4})),
+                                layer={"expansion": 2.0, "state_expansion": 4}), [OFF, DEFAULT]),
 ]
-
-
-COMPILE_MODES = {"off": [None], "on": ["default"], "default": ["default"], "both": [None, "default"],
-                 "reduce-overhead": ["reduce-overhead"]}
 MIN_COMPILE_WARMUP = 3  # step 1 compiles forward and backward; keep later steps out of it too
+LOSS_TOL = 5e-2  # nats, any step: a mode that differs more from the model's first mode is not "correct"
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
-def _row_name(name: str, mode: str | None) -> str:
-    return name + ("" if mode is None else " +compile" if mode == "default" else f" +compile({mode})")
+class StandaloneLM(nn.Module):
+    """The official mamba_ssm Mamba2 in the smallest LM around it (no rnnlab code): embedding
+    N(0, 0.02), ``x + mixer(LayerNorm(x))`` per layer, final LayerNorm, head tied to the
+    embedding, mean fp32 cross-entropy."""
+
+    def __init__(self, dim: int, depth: int, d_state: int):
+        super().__init__()
+        from rnnlab.ops.ssd import import_mamba_ssm
+
+        if import_mamba_ssm() is None:
+            raise RuntimeError("mamba_ssm does not import")
+        from mamba_ssm.modules.mamba2 import Mamba2
+
+        self.embed = nn.Embedding(256, dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.norms = nn.ModuleList(nn.LayerNorm(dim) for _ in range(depth))
+        self.mixers = nn.ModuleList(Mamba2(dim, d_state=d_state, d_conv=4, expand=2, headdim=64)
+                                    for _ in range(depth))
+        self.norm_f = nn.LayerNorm(dim)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        x = self.embed(idx)
+        for norm, mixer in zip(self.norms, self.mixers):
+            x = x + mixer(norm(x))
+        logits = self.norm_f(x) @ self.embed.weight.t()
+        return F.cross_entropy(logits.float().reshape(-1, 256), targets.reshape(-1))
 
 
-def bench(name, cfgd, B, T, steps, warmup, data_seed=0, compile=None):
-    """One configuration; ``compile``: None (eager) or a torch.compile mode."""
-    import schedulefree
-
+def build(cfgd: dict) -> nn.Module:
+    if cfgd.get("standalone"):
+        return StandaloneLM(cfgd["dim"], cfgd["depth"], cfgd["layer"]["d_state"])
     from rnnlab.models import LM, ModelConfig
 
+    return LM(ModelConfig(**cfgd))
+
+
+def graph_stats() -> dict:
+    from torch._dynamo.utils import counters
+
+    return {"graph_breaks": sum(counters["graph_break"].values()),
+            "graphs": counters["stats"]["unique_graphs"]}
+
+
+def bench(name, cfgd, B, T, steps, warmup, mode):
+    """Train ``steps + warmup`` steps of one model in one mode; returns the row."""
+    import schedulefree
+
     torch.manual_seed(0)
-    cfg = ModelConfig(**cfgd)
-    model = LM(cfg).to("cuda", torch.bfloat16)
+    model = build(cfgd).to("cuda", torch.bfloat16)
     model.train()
     params = sum(p.numel() for p in model.parameters())
-    fwd = model
-    if compile:
-        torch._dynamo.reset()  # fresh caches (and recompile budget) for every configuration
-        fwd = torch.compile(model, mode=compile)
-        warmup = max(warmup, MIN_COMPILE_WARMUP)
+    torch._dynamo.reset()  # fresh caches, counters and recompile budget for every row
+    fwd = model if mode is OFF else torch.compile(model, mode=mode)
     opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=3e-4, weight_decay=0.1)
     opt.train()
-    g = torch.Generator(device="cuda").manual_seed(data_seed)
+    g = torch.Generator(device="cuda").manual_seed(0)
     batches = [torch.randint(0, 256, (B, T + 1), device="cuda", generator=g) for _ in range(4)]
     times, losses = [], []
     for i in range(warmup + steps):
@@ -91,83 +138,126 @@ def bench(name, cfgd, B, T, steps, warmup, data_seed=0, compile=None):
         loss.backward()
         opt.step()
         torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
-        if i == 0:
-            first = dt
-        if i >= warmup:
-            times.append(dt)
+        times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-    peak = torch.cuda.max_memory_allocated() / 2**30
-    reserved = torch.cuda.max_memory_reserved() / 2**30
-    med = statistics.median(times)
-    res = dict(name=_row_name(name, compile), config=cfgd, compile=compile is not None,
-               compile_mode=compile, params=params,
-               B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
-               peak_mem_gib=round(peak, 2), peak_reserved_gib=round(reserved, 2), first_step_s=round(first, 2),
-               loss_first=round(losses[0], 4), loss_last=round(losses[-1], 4))
+    med = statistics.median(times[warmup:])
+    row = dict(name=name, mode="eager" if mode is OFF else mode, config=cfgd, params=params, B=B, T=T,
+               warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
+               peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+               peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
+               first_step_s=round(times[0], 2), losses=[round(v, 5) for v in losses])
+    if mode is not OFF:
+        row.update(graph_stats())
     del model, fwd, opt, batches
-    if compile:
-        torch._dynamo.reset()
+    torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
-    return res
+    return row
+
+
+def versions() -> dict:
+    from rnnlab.layers.mamba2 import causal_conv1d_available
+
+    def v(pkg):
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    import triton
+
+    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return dict(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
+                mamba_ssm=v("mamba-ssm") or v("mamba_ssm"), causal_conv1d=v("causal-conv1d") or v("causal_conv1d"),
+                mamba2_fused_path=causal_conv1d_available(), git_commit=sha or None)
+
+
+def annotate(rows: list[dict], peak_tflops: float) -> None:
+    """Per row: MFU, whether it trains like its model's first mode, and the ratio to the fastest
+    correct rnnlab Mamba2 row; per model: which row is its fastest correct mode."""
+    by_model: dict[tuple[str, int], list[dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            by_model.setdefault((r["name"], r["B"]), []).append(r)
+    for group in by_model.values():
+        ref = group[0]["losses"]
+        for r in group:
+            r["mfu"] = round(6 * r["params"] * r["tok_per_s"] / (peak_tflops * 1e12), 4)
+            r["max_dloss_vs_first_mode"] = round(max(abs(a - b) for a, b in zip(r["losses"], ref)), 5)
+            r["correct"] = r["max_dloss_vs_first_mode"] <= LOSS_TOL
+            r["fastest"] = False
+        best = max((r for r in group if r["correct"]), key=lambda r: r["tok_per_s"])
+        best["fastest"] = True
+    for r in rows:
+        if "error" in r:
+            continue
+        for key, ref_name in (("x_mamba2_best", "Mamba2 d22"), ("x_standalone_best", "Mamba2 d22 standalone")):
+            best = [m for m in by_model.get((ref_name, r["B"]), []) if m["fastest"]]
+            if best:
+                r[key] = round(r["tok_per_s"] / best[0]["tok_per_s"], 3)
+
+
+def print_table(meta: dict, rows: list[dict]) -> None:
+    print(f"\n{meta['device']}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}  "
+          f"mamba_ssm {meta['mamba_ssm']}  causal_conv1d {meta['causal_conv1d']} "
+          f"(fused path: {meta['mamba2_fused_path']})  commit {meta['git_commit']}")
+    w = max([24] + [len(r["name"]) for r in rows])
+    print(f"{'model':{w}s} {'mode':>15s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'MFU':>6s} {'xMamba2':>7s} "
+          f"{'step ms':>8s} {'peak GiB':>8s} {'reserved':>8s} {'1st s':>6s} {'dloss':>7s} {'breaks':>6s}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:{w}s} {r['mode']:>15s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
+            continue
+        flag = "*" if r["fastest"] else ("!" if not r["correct"] else " ")
+        print(f"{r['name']:{w}s} {r['mode']:>15s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d}{flag}"
+              f"{100 * r['mfu']:5.1f}% {r.get('x_mamba2_best', float('nan')):7.2f} {r['step_ms']:8.1f} "
+              f"{r['peak_mem_gib']:8.2f} {r['peak_reserved_gib']:8.2f} {r['first_step_s']:6.1f} "
+              f"{r['max_dloss_vs_first_mode']:7.4f} {r.get('graph_breaks', '-'):>6}")
+    print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than "
+          f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode")
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--all", action="store_true")
-    p.add_argument("--batches", type=int, nargs="+", default=[16, 32])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batches", type=int, nargs="+", default=[32])
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--warmup", type=int, default=3,
-                   help=f"untimed steps (at least {MIN_COMPILE_WARMUP} with --compile on/both)")
-    p.add_argument("--compile", choices=list(COMPILE_MODES), nargs="*", default=None, metavar="MODE",
-                   help="off (default), default/on (bare --compile), reduce-overhead, both = off default; "
-                        "several modes run each configuration once per mode")
+    p.add_argument("--warmup", type=int, default=3, help=f"untimed steps (at least {MIN_COMPILE_WARMUP} compiled)")
+    p.add_argument("--compile", choices=list(MODE_NAMES), nargs="+", default=None, metavar="MODE",
+                   help="run every model in these modes instead of its own candidates (off, default, "
+                        "reduce-overhead)")
     p.add_argument("--only", nargs="+", default=None, help="keep models whose name contains any of these")
+    p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
-    import triton
 
-    todo = BASE + (EXTRA if args.all else [])
-    if args.only:
-        todo = [t for t in todo if any(o.lower() in t[0].lower() for o in args.only)]
-    chosen = ["off"] if args.compile is None else args.compile or ["on"]  # [] = a bare --compile
-    modes = list(dict.fromkeys(m for c in chosen for m in COMPILE_MODES[c]))
-    warmup = args.warmup if modes == [None] else max(args.warmup, MIN_COMPILE_WARMUP)  # same for all
-    rows = []
-    for name, cfgd in todo:
+    device = torch.cuda.get_device_name()
+    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), 989.0)
+    meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join(sys.argv), optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1",
+                weights="bf16", steps=args.steps, peak_tflops=peak, loss_tol=LOSS_TOL, **versions())
+    todo = [m for m in MODELS if not args.only or any(o.lower() in m[0].lower() for o in args.only)]
+    rows: list[dict] = []
+    for name, cfgd, modes in todo:
         for B in args.batches:
-            for comp in modes:
+            for mode in ([MODE_NAMES[m] for m in args.compile] if args.compile else modes):
+                warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
                 try:
-                    r = bench(name, cfgd, B, args.T, args.steps, warmup, compile=comp)
-                except Exception as e:  # noqa: BLE001 - report and continue with the next model
-                    r = dict(name=_row_name(name, comp), config=cfgd, compile=comp is not None,
-                             compile_mode=comp, B=B, T=args.T, error=f"{type(e).__name__}: {e}")
-                    if comp is not None:
-                        torch._dynamo.reset()
+                    r = bench(name, cfgd, B, args.T, args.steps, warmup, mode)
+                except Exception as e:  # noqa: BLE001 - report and continue with the next row
+                    r = dict(name=name, mode="eager" if mode is OFF else mode, config=cfgd, B=B, T=args.T,
+                             error=f"{type(e).__name__}: {e}")
+                    torch._dynamo.reset()
                     gc.collect()
                     torch.cuda.empty_cache()
                 rows.append(r)
-                print(json.dumps(r), flush=True)
-    meta = dict(device=torch.cuda.get_device_name(),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                torch=torch.__version__, triton=triton.__version__, command=" ".join(sys.argv),
-                optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1", weights="bf16",
-                steps=args.steps, warmup=warmup, compile=modes)
-    print(f"\n{meta['device']}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}")
-    w = max([26] + [len(r["name"]) for r in rows])
-    print(f"{'model':{w}s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'step ms':>9s} {'peak GiB':>9s} "
-          f"{'reserved':>9s} {'1st step s':>10s}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['name']:{w}s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
-        else:
-            print(f"{r['name']:{w}s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d} {r['step_ms']:9.1f} "
-                  f"{r['peak_mem_gib']:9.2f} {r['peak_reserved_gib']:9.2f} {r['first_step_s']:10.1f}")
+                print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
+                if args.json:
+                    Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+    annotate(rows, peak)
+    print_table(meta, rows)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 
 
 if __name__ == "__main__":

@@ -323,6 +323,7 @@ def run_eval(model: nn.Module, opt, split, cfg: TrainConfig) -> dict[str, float]
 
 # ---------------------------------------------------------------------------- the run
 def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
+    started = time.perf_counter()  # wall clock: start-up, compilation, eval and checkpoints included
     cfg = resolve_config(cfg)
     run = Path(cfg.out)
     ctx = dist.context()
@@ -348,13 +349,14 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     fwd = wrap_model(model, cfg)  # before the optimizer: FSDP2 replaces the parameters
     opt, sched = build_optimizer(model, cfg)
 
-    step, tokens, elapsed = 0, 0, 0.0
+    step, tokens, elapsed, wall_before = 0, 0, 0.0, 0.0
     losses: deque[float] = deque(maxlen=LOSS_WINDOW)
     last_eval: dict[str, Any] | None = None
     if resuming:
         state = load_checkpoint(run, model, opt, sched)
         step, tokens, elapsed = int(state["step"]), int(state["tokens"]), float(state["elapsed_s"])
         losses.extend(state["losses"])
+        wall_before = float(state.get("wall_s", elapsed))  # wall time of the earlier sessions
         last_eval = state.get("last_eval")
         if main:
             truncate_jsonl(run / "metrics.jsonl", step)
@@ -378,6 +380,7 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     def progress_state(complete: bool) -> dict[str, Any]:
         return {"step": step, "tokens": tokens, "elapsed_s": elapsed, "losses": list(losses),
+                "wall_s": wall_before + time.perf_counter() - started,
                 "last_eval": last_eval, "complete": complete}
 
     def checkpoint(complete: bool) -> None:
@@ -409,6 +412,7 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
 
     def summary(complete: bool, error: str | None = None) -> dict[str, Any]:
         m = cfg.model
+        wall = wall_before + time.perf_counter() - started
         out = {
             "model": m.model, "params": n_params, "steps": step, "tokens": tokens,
             "loss": (sum(losses) / len(losses)) if losses else None,
@@ -418,6 +422,9 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
             # autotuning, allocator growth) are left out, as the seed left out its warm-up steps
             "tok_per_s": (steady[0] / steady[1]) if steady[1] > 0 else (tokens / elapsed if elapsed > 0 else None),
             "peak_mem_gib": _peak_mem_gib(device), "time_s": elapsed, "complete": complete,
+            # tokens over the whole wall clock of the run (start-up, compilation, evaluation and
+            # checkpoints included), beside the steady-state tok_per_s above
+            "wall_s": wall, "tok_per_wall_s": tokens / wall,
             "dim": m.dim, "depth": m.depth, "layer": m.layer, "mlp_ratio": m.resolved_mlp_ratio(),
             "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "optimizer": cfg.optimizer,
             "lr": cfg.lr, "weight_decay": cfg.weight_decay, "precision": cfg.precision, "seed": cfg.seed,
