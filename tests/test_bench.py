@@ -192,15 +192,15 @@ def test_failed_run_does_not_stop_suite(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ report
 def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, depth: int = 2, model: str = "e1",
-                   seed: int = 42, mem: float | None = 2.0):
+                   seed: int = 42, mem: float | None = 2.0, steps: int = 10, params: int = 400_000_000):
     d = root / name
     d.mkdir(parents=True)
-    s = {"model": model, "params": 400_000_000, "steps": 10, "tokens": 10 * 512, "loss": loss, "val_loss": bpb * 0.693,
-         "val_bpb": bpb, "tok_per_s": tok, "peak_mem_gib": mem, "time_s": 100.0, "complete": True, "dim": 64,
-         "depth": depth, "layer": {}, "seed": seed, "budget": {"steps": 10}, "device": "cuda"}
+    s = {"model": model, "params": params, "steps": steps, "tokens": steps * 512, "loss": loss, "val_loss": bpb * 0.693,
+         "val_bpb": bpb, "tok_per_s": tok, "tok_per_wall_s": tok / 2, "peak_mem_gib": mem, "time_s": 100.0, "complete": True, "dim": 64,
+         "depth": depth, "layer": {}, "seed": seed, "budget": {"steps": steps}, "device": "cuda"}
     (d / "summary.json").write_text(json.dumps(s))
     (d / "config.json").write_text(json.dumps({"data": "/data/pile.txt", "val_data": None, "val_fraction": 0.01,
-                                               "steps": 10, "batch_size": 16, "seq_len": 512, "optimizer": "adamw",
+                                               "steps": steps, "batch_size": 16, "seq_len": 512, "optimizer": "adamw",
                                                "lr": 1e-4, "weight_decay": 0.1, "grad_clip": None,
                                                "precision": "bf16", "model": {"model": model, "dim": 64,
                                                                               "depth": depth, "layer": {}}}))
@@ -224,7 +224,8 @@ def test_report_mean_std_over_seeds(tmp_path):
     assert rows["mamba2"][2] == "1.5000 ± 0.1000"  # sample std of 1.4, 1.5, 1.6
     assert rows["mamba2"][3] == "2.0200 ± 0.0100"
     assert rows["mamba2"][4] == "22.0K ± 1.00K"
-    assert rows["mamba2"][5] == "2.0 ± 0.0 GiB" and rows["e1-d6"][5] == "2.0 GiB"
+    assert rows["mamba2"][5] == "11.0K ± 500"  # tokens / whole wall clock
+    assert rows["mamba2"][6] == "2.0 ± 0.0 GiB" and rows["e1-d6"][6] == "2.0 GiB"
     assert rows["e1-d6"][2] == "1.7000" and rows["e1-d6"][1] == "400M"
     for r in rows.values():
         assert all(c and c != "-" for c in r), r
@@ -238,16 +239,33 @@ def test_report_mean_std_over_seeds(tmp_path):
         assert p.stat().st_size > 1000
 
 
-def test_report_reference_table(tmp_path):
+def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     _synthetic_run(tmp_path, "e1-d26", 1.60, 2.3, 16000.0, depth=26)
-    plan = {"suite": "seed-400m-sf", "runs": [{"name": "e1-d26", "seed": None, "dir": "e1-d26", "point": None}],
-            "reference": {"source": "seed Table A", "runs": {
-                "e1-d26": {"params": 403279360, "loss": 1.5875, "tok_per_s": 15800, "mem_gb": 9.7, "time_s": 778}}}}
+    _synthetic_run(tmp_path, "e1-d6", 1.70, 2.4, 25000.0, depth=6, params=258_000)
+    _synthetic_run(tmp_path, "mamba2-d22", 1.50, 2.2, 24000.0, depth=22, model="mamba2", steps=20)
+    ref = {"params": 403279360, "loss": 1.5875, "tok_per_s": 15800, "mem_gb": 9.7, "time_s": 778}
+    plan = {"suite": "seed-400m-sf", "defaults": {"steps": 10, "batch_size": 16, "optimizer": "adamw"},
+            "options": {"steps": 20, "device": "cuda"},
+            "runs": [{"name": n, "seed": None, "dir": n, "point": None} for n in ("e1-d26", "e1-d6", "mamba2-d22")],
+            "reference": {"source": "reference Table A", "runs": {
+                "e1-d26": ref, "e1-d6": ref, "mamba2-d22": dict(ref, params=402064492)}}}
     (tmp_path / "suite.json").write_text(json.dumps(plan))
     md = write_report(tmp_path, plots=False)["md"].read_text()
-    assert "## Seed vs ours" in md
-    row = _table_rows(md, "| Model | Params (seed / ours)")[0]
-    assert row[0] == "e1-d26" and row[2] == "1.5875 / 1.6000" and row[3] == "+0.0125"
+    rows = _table_rows(md, "| Model | Params (reference / ours)")
+    assert [r[0] for r in rows] == ["e1-d26"]  # the only row run as the reference was
+    assert rows[0][2] == "1.5875 / 1.6000" and rows[0][3] == "+0.0125"
+    assert "- e1-d6: 258K params (reference 403M)" in md
+    assert "- mamba2-d22: steps 20 (reference 10)" in md
+    assert "**Departs from the suite as shipped:** steps = 20" in md
+    warning = md[md.index("> **Warning"):md.index("## Results")]
+    assert "steps run: e1-d26, e1-d6 10; mamba2-d22 20" in warning and "parameter counts" in warning
+
+
+def test_report_without_differences_has_no_warning(tmp_path):
+    for seed in (1, 2):
+        _synthetic_run(tmp_path, f"e1-s{seed}", 1.6, 2.3, 16000.0, seed=seed)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "Warning" not in md and "Departs" not in md
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -302,7 +320,7 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
     rows = _table_rows(md)
     assert [r[0] for r in rows] == [r.name for r in load_suite("tiny").runs]
     for r in rows:
-        assert len(r) == 7 and all(c and c != "-" for c in r), r
+        assert len(r) == 8 and all(c and c != "-" for c in r), r
         assert re.fullmatch(r"\d\.\d{4}", r[2]) and re.fullmatch(r"\d+\.\d{4}", r[3])
     for key in ("Suite:** tiny", "Device:** CPU", "Corpus:** bundled sample", "Command:** `"):
         assert key in md

@@ -39,6 +39,8 @@ def _scaling_flags(p, sweep: bool = False) -> None:
     b.add_argument("--val-data", help="raw held-out file")
     b.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     b.add_argument("--eval-bytes", type=_eval_bytes, help="held-out bytes per eval (e.g. 1M, or all)")
+    b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU "
+                                                         "(default: one run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
     b.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
     b.add_argument("--no-plots", action="store_true", help="report without PNG plots")
@@ -110,8 +112,15 @@ def _execute(suite, out: Path, args) -> int:
                   + (f"  {m.layer}" if m.layer else ""))
         return 0
     options = {**{k: v for k, v in opts.items() if v is not None}, **(extra or {})}
-    result = run_plan(suite, plan, out, progress=not args.no_progress, command=command_line(),
-                      options=options, report=False)
+    gpus = None
+    if args.gpus is not None:
+        if args.gpus < 1:
+            raise ValueError(f"--gpus must be a positive integer, got {args.gpus}")
+        from rnnlab.bench.parallel import visible_gpus
+
+        gpus = visible_gpus(args.gpus) if args.gpus > 1 else None
+    result = run_plan(suite, plan, out, progress=not args.no_progress and gpus is None, command=command_line(),
+                      options=options, report=False, gpus=gpus)
     from rnnlab.bench.report import main_table, write_report, aggregate, collect, describe_device
 
     paths = write_report(out, plots=not args.no_plots)

@@ -22,8 +22,11 @@ from typing import Any
 
 from rnnlab.bench.suite import SUITE_FILE, read_json, suite_ref
 
-METRICS = ("loss", "val_loss", "val_bpb", "tok_per_s", "peak_mem_gib", "time_s")
-COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s", "Memory", "Time")
+METRICS = ("loss", "val_loss", "val_bpb", "tok_per_s", "tok_per_wall_s", "peak_mem_gib", "time_s")
+COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
+# what must be equal across rows for a like-for-like comparison (config.json keys)
+PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay")
+PARAMS_TOL = 0.05  # rows (and reference rows) within 5% of each other's parameter count compare
 _SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 _SHA = re.compile(r"[0-9a-f]{7,64}")
 
@@ -58,7 +61,9 @@ def collect(root: str | Path) -> dict[str, Any]:
         status = ("missing" if not d.is_dir() or (summary is None and config is None) else
                   "complete" if summary and summary.get("complete") else
                   "failed" if summary and summary.get("error") else "incomplete")
+        evals = read_jsonl(d / "eval.jsonl")
         records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": d.name, "path": str(d),
+                        "gpu": entry.get("gpu"), "val_bytes": evals[-1].get("bytes") if evals else None,
                         "point": entry.get("point"), "status": status, "summary": summary or {},
                         "config": config or {}, "env": read_json(d / "env.json") or {},
                         "planned_params": entry.get("params"), "model": entry.get("model")})
@@ -118,6 +123,9 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "status": "complete" if len(done) == len(recs) else
                       ("partial" if use else ("failed" if any(r["status"] == "failed" for r in recs) else "missing")),
             "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
+            "protocol": {k: c.get(k) for k in ("steps", "minutes", "tokens") + PROTOCOL_KEYS},
+            "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
+            "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
         }
         for k in METRICS:
             m, sd, n = mean_std([r["summary"].get(k) for r in use])
@@ -187,24 +195,53 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
             _pm(r["loss"], r["loss_std"], fmt_loss),
             _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss),
             _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count),
+            _pm(r["tok_per_wall_s"], r["tok_per_wall_s_std"], fmt_count),
             fmt_mem(r, device),
             _pm(r["time_s"], r["time_s_std"], fmt_time),
         ])
     return md_table(list(COLUMNS), body)
 
 
-def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
-    """Seed vs ours, for the runs the suite's [reference] names. Memory in GB (1e9 bytes), as
-    the seed reported it."""
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return math.isclose(float(a), float(b), rel_tol=1e-9)
+    return a == b
+
+
+def reference_mismatch(row: dict[str, Any], ref: dict[str, Any], protocol: dict[str, Any]) -> str | None:
+    """Why ``row`` cannot be set beside its reference numbers (None when it can): its protocol
+    differs from the one the reference ran (the suite's shipped defaults), it is not complete,
+    or its parameter count is more than 5% away from the reference's."""
+    why = []
+    if row["status"] != "complete":
+        why.append(f"run {row['status']}")
+    for k, want in protocol.items():
+        got = row["protocol"].get(k)
+        if k in row["protocol"] and not _same(got, want):
+            why.append(f"{k} {got} (reference {want})")
+    if ref.get("params") and row["params"] and abs(row["params"] / ref["params"] - 1) > PARAMS_TOL:
+        why.append(f"{fmt_count(row['params'])} params (reference {fmt_count(ref['params'])})")
+    return "; ".join(why) or None
+
+
+def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
+                    protocol: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """Reference vs ours, for the rows the suite's [reference] names whose protocol and parameter
+    count match the reference's (``reference_mismatch``); also returns why the others were left
+    out. Memory in GB (1e9 bytes), as the reference reported it."""
     refs = reference.get("runs", {}) or {}
-    body, out = [], []
+    body, out, left_out = [], [], []
     for r in rows:
         ref = refs.get(r["name"])
         if not ref:
             continue
+        why = reference_mismatch(r, ref, protocol)
+        if why:
+            left_out.append(f"{r['name']}: {why}")
+            continue
         ours_gb = r["peak_mem_gib"] * 2**30 / 1e9 if r["peak_mem_gib"] is not None else None
         d = (r["loss"] - ref["loss"]) if (r["loss"] is not None and ref.get("loss") is not None) else None
-        out.append({"name": r["name"], "seed": ref, "ours": {
+        out.append({"name": r["name"], "reference": ref, "ours": {
             "params": r["params"], "loss": r["loss"], "val_bpb": r["val_bpb"], "tok_per_s": r["tok_per_s"],
             "mem_gb": ours_gb, "time_s": r["time_s"]}, "loss_delta": d})
 
@@ -218,11 +255,29 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any]) -> tu
             pair(ref.get("mem_gb"), ours_gb, lambda v: f"{v:.1f}"),
             pair(ref.get("time_s"), r["time_s"], fmt_time),
         ])
-    if not body:
-        return "", out
-    header = ["Model", "Params (seed / ours)", "Loss (seed / ours)", "Δ loss", "Tok/s (seed / ours)",
-              "Mem GB (seed / ours)", "Time (seed / ours)"]
-    return md_table(header, body), out
+    header = ["Model", "Params (reference / ours)", "Loss (reference / ours)", "Δ loss",
+              "Tok/s (reference / ours)", "Mem GB (reference / ours)", "Time (reference / ours)"]
+    return (md_table(header, body) if body else ""), out, left_out
+
+
+def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per setting that is not the same for every row (steps run, batch, sequence
+    length, precision, optimizer, lr, weight decay, parameter count beyond 5%, held-out bytes):
+    such rows do not compare like for like."""
+    lines = []
+    keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
+             "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
+             **{k: {r["name"]: r["protocol"].get(k) for r in rows} for k in PROTOCOL_KEYS}}
+    for key, values in keyed.items():
+        groups: dict[str, list[str]] = {}
+        for name, v in values.items():
+            groups.setdefault(str(v), []).append(name)
+        if len(groups) > 1:
+            lines.append(f"{key}: " + "; ".join(f"{', '.join(n)} {v}" for v, n in groups.items()))
+    params = sorted(r["params"] for r in rows if r["params"])
+    if params and params[-1] > params[0] * (1 + 2 * PARAMS_TOL):
+        lines.append("parameter counts: " + "; ".join(f"{r['name']} {fmt_count(r['params'])}" for r in rows))
+    return lines
 
 
 def sweep_table(rows: list[dict[str, Any]], axes: list[str]) -> str:
@@ -316,6 +371,85 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------ write
+OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes")  # options that change the protocol
+LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on the "
+          "held-out split at the end of training (bytes scored: {val_bytes}); Tok/s (steady) = training "
+          "tokens per second of training-step time, the first 3 steps of each process (compilation, "
+          "autotuning) left out; Tok/s (wall) = tokens / the run's whole wall-clock time (start-up, "
+          "compilation, evaluation and checkpoints included); Memory = peak CUDA memory allocated.")
+
+
+def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "suite": plan.get("suite") or root.name,
+        "description": plan.get("description") or "",
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": describe_device(records),
+        "corpus": describe_corpus(records),
+        "git_commit": describe_git(records),
+        "command": plan.get("command") or next(
+            (" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-"),
+        "protocol": describe_protocol(records),
+        "overrides": {k: v for k, v in (plan.get("options") or {}).items() if k in OVERRIDE_KEYS},
+        "seeds": sorted({r["seed"] for r in records if r["seed"] is not None}),
+    }
+
+
+def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """Title, what ran where (the protocol as run, and how it departs from the suite as shipped),
+    and the warnings a reader needs before comparing rows."""
+    md = [f"# {'Sweep' if plan.get('sweep') else 'Benchmark'} report: {header['suite']}", ""]
+    shipped = f" (`{suite_ref(plan['path'])}`)" if plan.get("path") else ""
+    md += [f"- **Suite:** {header['suite']}{shipped}" + (f": {header['description']}" if header["description"] else ""),
+           f"- **Protocol as run:** {header['protocol']}"]
+    if header["overrides"]:
+        md.append("- **Departs from the suite as shipped:** "
+                  + ", ".join(f"{k} = {v}" for k, v in header["overrides"].items()))
+    md += [f"- **Date:** {header['date']}", f"- **Device:** {header['device']}",
+           f"- **Corpus:** {header['corpus']}", f"- **Git commit:** {header['git_commit']}",
+           f"- **Command:** `{header['command']}`"]
+    if header["seeds"]:
+        md.append(f"- **Seeds:** {', '.join(map(str, header['seeds']))} (mean ± sample std over seeds)")
+    diffs = protocol_differences(rows)
+    if diffs:
+        md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
+        md += [f"> - {d}" for d in diffs]
+    bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
+    return md + ["", LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-"), ""]
+
+
+def reference_lines(rows: list[dict[str, Any]], plan: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    reference = plan.get("reference")
+    if not reference:
+        return [], []
+    table, ref_out, left_out = reference_table(rows, reference, plan.get("defaults") or {})
+    md = ["## Reference vs ours", "", f"Reference: {reference.get('source', '-')}."]
+    if table:
+        md += ["", table]
+    if left_out:
+        md += ["", "Left out (protocol or parameter count differs from the reference's, or not complete):"]
+        md += [f"- {line}" for line in left_out]
+    return md + [""], ref_out
+
+
+def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[str]:
+    md = ["## Configs", "", md_table(
+        ["Model", "Config", "Params", "Steps", "Tokens", "Runs", "GPU"],
+        [[r["name"], config_text(r), f"{r['params']:,}" if r["params"] else "-",
+          f"{r['steps']:,}" if r["steps"] is not None else "-",
+          f"{r['tokens']:,}" if r["tokens"] is not None else "-",
+          ", ".join(r["dirs"]), ", ".join(map(str, r["gpus"])) or "-"] for r in rows]), ""]
+    problems = [r for r in records if r["status"] != "complete"]
+    if problems:
+        md += ["## Not complete", ""]
+        for r in problems:
+            err = r["summary"].get("error")
+            md.append(f"- `{r['dir']}`: {r['status']}" + (f" ({err})" if err else "")
+                      + (f", {r['summary'].get('steps')} steps done" if r["summary"] else ""))
+        md.append("")
+    return md
+
+
 def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and the plots for the runs under ``root`` (into
     ``out``, default ``root``). Returns the paths written."""
@@ -325,74 +459,21 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     out.mkdir(parents=True, exist_ok=True)
     plan, records = data["plan"], data["records"]
     rows = aggregate(records)
-    device = describe_device(records)
     sweep = (plan.get("sweep") or {}).get("axes") or {}
-    axes = list(sweep)
-    seeds = sorted({r["seed"] for r in records if r["seed"] is not None})
-
-    header = {
-        "suite": plan.get("suite") or root.name,
-        "description": plan.get("description") or "",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "device": device,
-        "corpus": describe_corpus(records),
-        "git_commit": describe_git(records),
-        "command": plan.get("command") or next(
-            (" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-"),
-        "protocol": describe_protocol(records),
-        "seeds": seeds,
-    }
-
+    header = report_header(root, plan, records)
     plot_files: list[Path] = []
     if plots:
         from rnnlab.bench import plots as P
 
-        plot_files = P.make_plots(out, records, rows, axes)
+        plot_files = P.make_plots(out, records, rows, list(sweep))
 
-    md = [f"# {'Sweep' if axes else 'Benchmark'} report: {header['suite']}", ""]
-    if header["description"]:
-        md += [header["description"], ""]
-    md += [f"- **Suite:** {header['suite']}" + (f" (`{suite_ref(plan['path'])}`)" if plan.get("path") else ""),
-           f"- **Date:** {header['date']}",
-           f"- **Device:** {header['device']}",
-           f"- **Corpus:** {header['corpus']}",
-           f"- **Git commit:** {header['git_commit']}",
-           f"- **Command:** `{header['command']}`",
-           f"- **Protocol:** {header['protocol']}"]
-    if seeds:
-        md.append(f"- **Seeds:** {', '.join(map(str, seeds))} (mean ± sample std over seeds)")
-    md += ["", "Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on "
-           "the held-out split at the end of training; Tok/s = training tokens / training time; "
-           "Memory = peak CUDA memory allocated.", ""]
-    md += ["## Results", "", main_table(rows, device), ""]
-
-    ref_out: list[dict[str, Any]] = []
-    reference = plan.get("reference")
-    if reference:
-        table, ref_out = reference_table(rows, reference)
-        if table:
-            md += ["## Seed vs ours", "", f"Seed: {reference.get('source', '-')}.", "", table, ""]
-
-    if axes:
-        md += ["## Sweep", "", f"Axes: {', '.join(f'{a} = {sweep[a]}' for a in axes)}", "",
-               sweep_table(rows, axes), ""]
-
-    md += ["## Configs", "", md_table(
-        ["Model", "Config", "Params", "Steps", "Tokens", "Runs"],
-        [[r["name"], config_text(r), f"{r['params']:,}" if r["params"] else "-",
-          f"{r['steps']:,}" if r["steps"] is not None else "-",
-          f"{r['tokens']:,}" if r["tokens"] is not None else "-",
-          ", ".join(r["dirs"])] for r in rows]), ""]
-
-    problems = [r for r in records if r["status"] != "complete"]
-    if problems:
-        md += ["## Not complete", ""]
-        for r in problems:
-            err = r["summary"].get("error")
-            md.append(f"- `{r['dir']}`: {r['status']}" + (f" ({err})" if err else "")
-                      + (f", {r['summary'].get('steps')} steps done" if r["summary"] else ""))
-        md.append("")
-
+    md = header_lines(header, plan, rows) + ["## Results", "", main_table(rows, header["device"]), ""]
+    ref_md, ref_out = reference_lines(rows, plan)
+    md += ref_md
+    if sweep:
+        md += ["## Sweep", "", f"Axes: {', '.join(f'{a} = {sweep[a]}' for a in sweep)}", "",
+               sweep_table(rows, list(sweep)), ""]
+    md += config_lines(rows, records)
     if plot_files:
         md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
 
@@ -404,5 +485,3 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     json_path = out / "report.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return {"md": md_path, "json": json_path, "plots": plot_files}
-
-

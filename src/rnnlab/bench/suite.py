@@ -340,6 +340,7 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
         "command": command, "options": {k: v for k, v in options.items() if v is not None},
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "reference": suite.reference, "sweep": suite.sweep,
+        "defaults": suite.defaults,  # the suite's protocol as shipped (what its reference ran)
         "runs": [{"name": p.name, "seed": p.seed, "dir": p.dir.name, "params": p.params,
                   "target_params": p.target_params, "point": p.point,
                   "model": p.cfg.model.to_dict()} for p in plan],
@@ -351,9 +352,12 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
 
 def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
              command: str | None = None, options: dict[str, Any] | None = None,
-             log: Callable[[str], None] | None = None, report: bool = True) -> dict[str, Any]:
+             log: Callable[[str], None] | None = None, report: bool = True,
+             gpus: list[str] | None = None) -> dict[str, Any]:
     """Train every planned run that is not complete, then write the report.
 
+    ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries, see ``rnnlab.bench.parallel``): run up to that many
+    runs at once, one process per GPU; None trains the runs one after another in this process.
     Returns ``{"trained": [...], "skipped": [...], "failed": {label: error}, "stopped": bool}``.
     A run that fails (divergence, OOM, bad config) is recorded and the suite goes on; an
     interrupted run (Ctrl-C) stops the suite after its checkpoint is saved.
@@ -364,6 +368,23 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
     if conflicts:
         raise ValueError("; ".join(conflicts) + " (use another --out, or delete those run folders)")
     write_plan(suite, plan, out, command, options or {})
+    if gpus:
+        from rnnlab.bench.parallel import run_parallel
+
+        result = run_parallel(plan, out, gpus, progress=progress, log=log)
+    else:
+        result = run_sequential(plan, progress, log)
+    if report:
+        from rnnlab.bench.report import write_report
+
+        paths = write_report(out)
+        result["report"] = str(paths["md"])
+        log(f"report: {paths['md']}")
+    return result
+
+
+def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train the planned runs one after another in this process (see ``run_plan``)."""
     result: dict[str, Any] = {"trained": [], "skipped": [], "failed": {}, "stopped": False}
     for i, pr in enumerate(plan, 1):
         status = run_status(pr)
@@ -395,12 +416,6 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
         loss, bpb = summary.get("loss"), summary.get("val_bpb")
         log(f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
             if loss is not None else f"{tag}: done")
-    if report:
-        from rnnlab.bench.report import write_report
-
-        paths = write_report(out)
-        result["report"] = str(paths["md"])
-        log(f"report: {paths['md']}")
     return result
 
 

@@ -1,0 +1,159 @@
+"""Run a suite's planned runs several at a time, one process per GPU (``rnnlab bench --gpus N``).
+
+Each run is an ordinary ``rnnlab train --config ...`` process whose ``CUDA_VISIBLE_DEVICES`` names
+one GPU, so every kernel, allocator and compile cache stays on that device and a crash takes
+down one run only. At most one run per GPU at a time; a GPU takes the next pending run as soon
+as its run ends. As in the one-process path (``suite.run_plan``), complete runs are skipped and
+partial runs resumed from their checkpoints; the GPU each run used is recorded in
+``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
+``OUT/logs/<run>.log``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rnnlab.bench.suite import SUITE_FILE, PlannedRun, read_json, run_status
+
+POLL_S = 0.2
+
+
+def visible_gpus(n: int) -> list[str]:
+    """The first ``n`` GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (a user's
+    own ``CUDA_VISIBLE_DEVICES=2,3`` is respected: ``--gpus 2`` then uses 2 and 3)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [d.strip() for d in env.split(",") if d.strip()]
+    else:
+        import torch
+
+        ids = [str(i) for i in range(torch.cuda.device_count())]
+    if n > len(ids):
+        raise ValueError(f"--gpus {n} asks for more GPUs than the {len(ids)} visible")
+    return ids[:n]
+
+
+@dataclass
+class Job:
+    """One training process: the planned run, its GPU, the process and its log file."""
+
+    index: int
+    run: PlannedRun
+    gpu: str
+    proc: subprocess.Popen
+    log_path: Path
+    started: float
+
+
+def launch(pr: PlannedRun, gpu: str, out: Path, resume: bool, progress: bool) -> tuple[subprocess.Popen, Path]:
+    """Start ``rnnlab train`` for ``pr`` on ``gpu``; its config goes to ``OUT/logs/<run>.json``."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cfg = copy.deepcopy(pr.cfg)
+    cfg.resume = resume
+    cfg_path = logs / f"{pr.label}.json"
+    cfg_path.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    cmd = [sys.executable, "-m", "rnnlab", "train", "--config", str(cfg_path)]
+    cmd += ["--resume"] if resume else []
+    cmd += [] if progress else ["--no-progress"]
+    log_path = logs / f"{pr.label}.log"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+    with open(log_path, "a") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return proc, log_path
+
+
+def record_gpu(out: Path, label: str, gpu: str) -> None:
+    """Write the GPU a run used into ``OUT/suite.json``."""
+    path = out / SUITE_FILE
+    doc = read_json(path) or {}
+    for entry in doc.get("runs", []):
+        if entry.get("dir") == label:
+            entry["gpu"] = gpu
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    tmp.replace(path)
+
+
+def last_line(path: Path) -> str:
+    lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
+def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: int) -> None:
+    """Record a finished process in ``result`` (trained / failed / stopped) and log one line."""
+    tag = f"[{job.index}/{total}] {job.run.label} (GPU {job.gpu}, {time.time() - job.started:.0f} s)"
+    code = job.proc.returncode
+    summary = read_json(job.run.dir / "summary.json") or {}
+    if code == 0 and summary.get("complete"):
+        result["trained"].append(job.run.label)
+        loss, bpb = summary.get("loss"), summary.get("val_bpb")
+        log(f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
+            if loss is not None else f"{tag}: done")
+    elif code == 130:
+        result["trained"].append(job.run.label)
+        result["stopped"] = True
+        log(f"{tag}: interrupted; checkpoint kept (run the same command again to resume)")
+    else:
+        result["failed"][job.run.label] = f"exit {code}: {last_line(job.log_path)}"
+        log(f"{tag}: FAILED (exit {code}): {last_line(job.log_path)}; log {job.log_path}")
+
+
+def next_run(pending: list[tuple[int, PlannedRun]], result: dict[str, Any], log: Callable[[str], None],
+             total: int) -> tuple[int, PlannedRun, str] | None:
+    """The next pending run that still needs training (complete ones are skipped and logged)."""
+    while pending:
+        i, pr = pending.pop(0)
+        status = run_status(pr)
+        if status != "complete":
+            return i, pr, status
+        log(f"[{i}/{total}] {pr.label}: complete, skipped")
+        result["skipped"].append(pr.label)
+    return None
+
+
+def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress: bool = False,
+                 log: Callable[[str], None]) -> dict[str, Any]:
+    """Train every planned run that is not complete, up to ``len(gpus)`` at once. A Ctrl-C stops
+    launching, lets the running processes save their checkpoints, and marks the suite stopped."""
+    result: dict[str, Any] = {"trained": [], "skipped": [], "failed": {}, "stopped": False}
+    pending = list(enumerate(plan, 1))
+    running: dict[str, Job] = {}
+    try:
+        while True:
+            for gpu in [g for g in gpus if g not in running and not result["stopped"]]:
+                nxt = next_run(pending, result, log, len(plan))
+                if nxt is None:
+                    break
+                i, pr, status = nxt
+                proc, log_path = launch(pr, gpu, out, status == "partial", progress)
+                running[gpu] = Job(i, pr, gpu, proc, log_path, time.time())
+                record_gpu(out, pr.label, gpu)
+                log(f"[{i}/{len(plan)}] {pr.label}: {'resuming' if status == 'partial' else 'training'} "
+                    f"on GPU {gpu} ({pr.params:,} params; log {log_path})")
+            if not running:
+                break
+            time.sleep(POLL_S)
+            for gpu, job in list(running.items()):
+                if job.proc.poll() is not None:
+                    del running[gpu]
+                    finish(job, result, log, len(plan))
+    except KeyboardInterrupt:
+        result["stopped"] = True
+        log("interrupted: waiting for the running runs to save their checkpoints")
+        for job in running.values():
+            if job.proc.poll() is None:
+                job.proc.send_signal(signal.SIGINT)
+        for job in running.values():
+            job.proc.wait()
+            finish(job, result, log, len(plan))
+    return result

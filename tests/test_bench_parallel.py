@@ -1,0 +1,97 @@
+"""``rnnlab bench --gpus N``: up to N runs at once, one process per GPU (CPU, fake devices)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rnnlab.bench import parallel
+from rnnlab.bench.suite import load_suite, plan_suite, run_plan
+from rnnlab.cli import main
+
+
+class FakeProc:
+    """A training process that finishes after ``polls`` polls, writing a complete summary."""
+
+    live: list["FakeProc"] = []
+    max_live = 0
+
+    def __init__(self, pr, gpu, code=0, polls=3):
+        self.pr, self.gpu, self.code, self.polls, self.returncode = pr, gpu, code, polls, None
+        FakeProc.live.append(self)
+        FakeProc.max_live = max(FakeProc.max_live, len(FakeProc.live))
+
+    def poll(self):
+        self.polls -= 1
+        if self.polls <= 0 and self.returncode is None:
+            self.returncode = self.code
+            FakeProc.live.remove(self)
+            d = self.pr.dir
+            d.mkdir(parents=True, exist_ok=True)
+            (d / "config.json").write_text(json.dumps(self.pr.cfg.to_dict()))
+            (d / "summary.json").write_text(json.dumps({"complete": self.code == 0, "loss": 1.0, "steps": 2,
+                                                        "budget": {"steps": 2}, "model": self.pr.cfg.model.model}))
+        return self.returncode
+
+
+@pytest.fixture
+def fake_launch(monkeypatch, tmp_path):
+    FakeProc.live, FakeProc.max_live = [], 0
+    launched: list[tuple[str, str, bool]] = []
+
+    def launch(pr, gpu, out, resume, progress):
+        launched.append((pr.label, gpu, resume))
+        log = out / "logs" / f"{pr.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("CUDA error: out of memory\n" if pr.label == "mamba2" else "ok\n")
+        return FakeProc(pr, gpu, code=1 if pr.label == "mamba2" else 0), log
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    monkeypatch.setattr(parallel, "POLL_S", 0.0)
+    return launched
+
+
+def test_scheduler_runs_at_most_one_run_per_gpu(tmp_path, fake_launch):
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["3", "5"], log=lambda m: None, report=False)
+    assert FakeProc.max_live == 2  # both GPUs busy, never more than one run on either
+    assert sorted(label for label, _, _ in fake_launch) == sorted(r.name for r in suite.runs)
+    assert {gpu for _, gpu, _ in fake_launch} == {"3", "5"}
+    assert list(res["failed"]) == ["mamba2"] and "out of memory" in res["failed"]["mamba2"]
+    assert len(res["trained"]) == len(suite.runs) - 1 and not res["stopped"]
+    plan = json.loads((out / "suite.json").read_text())
+    assert {r["dir"]: r["gpu"] for r in plan["runs"]} == {label: gpu for label, gpu, _ in fake_launch}
+
+    fake_launch.clear()  # again: complete runs are skipped, the failed one is retried
+    res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["3", "5"], log=lambda m: None, report=False)
+    assert [label for label, _, _ in fake_launch] == ["mamba2"] and len(res["skipped"]) == len(suite.runs) - 1
+
+
+def test_visible_gpus_respects_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,7")
+    assert parallel.visible_gpus(2) == ["2", "3"]
+    with pytest.raises(ValueError, match="more GPUs than the 3 visible"):
+        parallel.visible_gpus(4)
+
+
+def test_bench_gpus_end_to_end(tmp_path, monkeypatch, capsys):
+    """Two real `rnnlab train` processes at once (on the CPU; the device list is faked), then
+    the report names the GPU each run used."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    suite = tmp_path / "two.toml"
+    suite.write_text('name = "two"\ndescription = "two tiny runs"\n[defaults]\nbatch_size = 2\nseq_len = 16\n'
+                     'steps = 3\nprecision = "fp32"\nlr = 1e-3\n'
+                     '[[runs]]\nname = "a"\nmodel = "mingru"\ndim = 16\ndepth = 1\n'
+                     '[[runs]]\nname = "b"\nmodel = "e16"\ndim = 16\ndepth = 1\n')
+    out = tmp_path / "out"
+    rc = main(["bench", str(suite), "--out", str(out), "--gpus", "2", "--device", "cpu", "--eval-bytes", "1024",
+               "--no-plots"])
+    assert rc == 0, capsys.readouterr().err
+    for name in ("a", "b"):
+        assert json.loads((out / name / "summary.json").read_text())["complete"]
+    gpus = {r["dir"]: r["gpu"] for r in json.loads((out / "suite.json").read_text())["runs"]}
+    assert sorted(gpus.values()) == ["0", "1"]
+    md = (out / "report.md").read_text()
+    assert "| GPU |" in md and f"| {gpus['a']} |" in md
