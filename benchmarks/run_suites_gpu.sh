@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Run benchmark suites on a GPU machine that received the registry-pile shards compressed under
-# .gpu/data (train/*.xz, val/*.xz, wikitext2_raw_test.txt.xz) and wheels under .gpu/wheels.
+# Run benchmark suites on a GPU machine that received `.gpu/` from benchmarks/stage_gpu.sh (the
+# wheels and the registry-pile subset of benchmarks/registry_pile_subset.txt, compressed).
 # Usage: bash benchmarks/run_suites_gpu.sh OUTDIR "SUITE ARGS" ["SUITE ARGS" ...]
-# Each "SUITE ARGS" is passed to `rnnlab bench`; afterwards every run is evaluated on WikiText-2
-# and a tarball per suite of the reports, summaries and metrics (no checkpoints) goes to OUTDIR.
+# Each "SUITE ARGS" is passed to `rnnlab bench` (e.g. "seed-400m-sf --gpus 2 --runs a,b");
+# afterwards every complete run is evaluated on WikiText-2, and a tarball per suite of the
+# reports, summaries, metrics and logs (no checkpoints) goes to OUTDIR. Runs already complete
+# in runs/<suite>/ (brought back from an earlier call) are skipped.
+# GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites.
+# BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
 set -euo pipefail
 out=$1; shift
 # shellcheck source=benchmarks/gpu_env.sh
@@ -12,17 +16,20 @@ python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz
 python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz
 python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz
 python3 -m rnnlab doctor
-if [ -n "${GPU_TESTS:-}" ]; then  # e.g. GPU_TESTS="-k layer": a selection of `pytest -m gpu`
-  # shellcheck disable=SC2086
-  timeout 300 python3 -m pytest -m gpu tests/gpu -q $GPU_TESTS 2>&1 | tail -15 || true
-fi
 for args in "$@"; do
   suite=${args%% *}
+  mkdir -p runs/"$suite"
   # shellcheck disable=SC2086
-  python3 -m rnnlab bench $args --data /tmp/train.txt --val-data /tmp/val.txt --out /tmp/runs/$suite --no-progress || true
-  for run in /tmp/runs/$suite/*/; do
-    [ -f "$run/summary.json" ] || continue
-    python3 -m rnnlab eval --run "$run" --data /tmp/wikitext2.txt --json > "$run/wikitext2.json" 2>&1 || true
+  timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench $args --data /tmp/train.txt --val-data /tmp/val.txt --eval-bytes all \
+    --out runs/"$suite" --no-progress || true
+  for run in runs/"$suite"/*/; do
+    [ -f "$run/summary.json" ] && [ ! -f "$run/wikitext2.json" ] || continue
+    python3 -m rnnlab eval --run "$run" --data /tmp/wikitext2.txt --eval-bytes all --json \
+      > "$run/wikitext2.json" 2>&1 || true
   done
-  tar czf "$out/$suite.tgz" --exclude=ckpt --exclude=tb -C /tmp/runs "$suite"
+  tar czf "$out/$suite.tgz" --exclude=ckpt --exclude=tb -C runs "$suite"
 done
+if [ -n "${GPU_TESTS:-}" ]; then
+  # shellcheck disable=SC2086
+  python3 -m pytest -m gpu -q -s -p no:cacheprovider $GPU_TESTS 2>&1 | tee "$out/gpu_tests.txt" | tail -5 || true
+fi

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Stage what a GPU call needs under .gpu/ (git-ignored; carry it with the call): the wheels and
+# the registry-pile shards of benchmarks/registry_pile_subset.txt, compressed.
+# Usage: bash benchmarks/stage_gpu.sh SHARED_DIR   (the folder holding wheels/ and data/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+shared=$1
+mkdir -p .gpu/wheels .gpu/data/train .gpu/data/val
+cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja}*.whl .gpu/wheels/
+for s in $(grep -v '^#' benchmarks/registry_pile_subset.txt); do
+  cp "$shared/data/train/$s.train.txt.xz" .gpu/data/train/
+  [ ! -f "$shared/data/val/$s.val.txt.xz" ] || cp "$shared/data/val/$s.val.txt.xz" .gpu/data/val/
+done
+xz -kc "$shared/data/eval/wikitext2_raw_test.txt" > .gpu/data/wikitext2_raw_test.txt.xz
+du -sh .gpu
