@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
+from rnnlab.ops.dtypes import compute_dtype
 
 
 @dataclass
@@ -43,7 +44,7 @@ class AttentionConfig:
 def rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
     """Rotate-half RoPE. ``x: [B, H, T, hd]``, ``pos: [T]`` absolute positions; math in fp32
     (float64 for float64 inputs), result in ``x``'s dtype."""
-    hd, ct = x.shape[-1], torch.promote_types(x.dtype, torch.float32)
+    hd, ct = x.shape[-1], compute_dtype(x.dtype)
     inv_freq = base ** (-torch.arange(0, hd, 2, device=x.device, dtype=ct) / hd)
     ang = pos.to(ct)[:, None] * inv_freq  # [T, hd/2]
     cos, sin = ang.cos().repeat(1, 2), ang.sin().repeat(1, 2)  # [T, hd]

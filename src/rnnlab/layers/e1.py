@@ -57,7 +57,8 @@ from torch import nn
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.dispatch import opaque
 from rnnlab.ops.elman import BACKENDS, elman_scan
-from rnnlab.ops.elman.naive import acc_dtype, recur
+from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.ops.elman.naive import recur
 
 SELECTIVE = ("none", "decay", "lowrank")
 INITS = ("xavier", "mamba2", "identity")
@@ -251,7 +252,7 @@ class E1(nn.Module):
 
     @opaque  # a T-step Python loop: torch.compile would unroll it
     def _selective_scan(self, xr: torch.Tensor, pre: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
-        dt = acc_dtype(pre.dtype)
+        dt = compute_dtype(pre.dtype)
         g = self._gates(xr).to(dt)
         p, w = pre.to(dt), w_h.to(dt)
         h = p.new_zeros(p.shape[0], p.shape[2])
@@ -283,7 +284,7 @@ class E1(nn.Module):
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
         """``(h,)`` or ``(h, conv_buf)``: h ``[B, K]`` kept in fp32 (like the scan's carry),
         conv_buf ``[B, di, conv-1]`` holds the last pre-conv inputs."""
-        h = torch.zeros(batch, self.cfg.d_state, device=device, dtype=acc_dtype(dtype))
+        h = torch.zeros(batch, self.cfg.d_state, device=device, dtype=compute_dtype(dtype))
         if self.conv1d is None:
             return (h,)
         return (h, torch.zeros(batch, self.cfg.d_inner, self.cfg.conv - 1, device=device, dtype=dtype))

@@ -22,6 +22,7 @@ from torch import nn
 
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.diag import BACKENDS, diag_elman_scan
+from rnnlab.ops.dtypes import compute_dtype
 
 
 @dataclass
@@ -85,13 +86,13 @@ class E16(nn.Module):
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
         """``(h,)`` with ``h: [batch, ds]`` zeros, kept in fp32 (fp64 stays fp64)."""
-        ct = torch.promote_types(dtype, torch.float32)
+        ct = compute_dtype(dtype)
         return (torch.zeros(batch, self.cfg.d_state, device=device, dtype=ct),)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         (h,) = state
         u, z = self._input(x_t)
-        ct = torch.promote_types(u.dtype, torch.float32)
+        ct = compute_dtype(u.dtype)
         a = torch.sigmoid(self.log_A).to(ct)
         h = torch.tanh(a * h.to(ct) + u.to(ct))
         return self._out(h, z), (h,)

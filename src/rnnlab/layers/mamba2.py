@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
+from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.ssd import import_mamba_ssm
 from rnnlab.ops.ssd import naive as ssd_naive
 
@@ -211,7 +212,7 @@ class Mamba2(nn.Module):
         x = x.unflatten(-1, (self.nheads, self.headdim))
         B = B.unflatten(-1, (self.ngroups, self.d_state))
         C = C.unflatten(-1, (self.ngroups, self.d_state))
-        ct = torch.promote_types(dt.dtype, torch.float32)  # fp32 math (float64 stays)
+        ct = compute_dtype(dt.dtype)
         dt = F.softplus(dt.to(ct) + self.dt_bias.to(ct))
         A = -torch.exp(self.A_log.to(ct))
         return x, dt, A, B, C
@@ -233,7 +234,7 @@ class Mamba2(nn.Module):
         conv_dim = self.d_inner + 2 * self.ngroups * self.d_state
         # [B, d_conv, C].transpose: the layout mamba_ssm allocates (causal_conv1d_update accepts it)
         conv = torch.zeros(batch, self.d_conv, conv_dim, device=device, dtype=dtype).transpose(1, 2)
-        sdt = torch.promote_types(dtype, torch.float32)
+        sdt = compute_dtype(dtype)
         ssm = torch.zeros(batch, self.nheads, self.headdim, self.d_state, device=device, dtype=sdt)
         return conv, ssm
 

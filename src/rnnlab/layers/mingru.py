@@ -18,16 +18,13 @@ import torch
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
+from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.scan import BACKENDS, fused_gate_scan, linear_scan
 
 
 def g(x: torch.Tensor) -> torch.Tensor:
     """minGRU's positive activation: ``x + 0.5`` for ``x >= 0``, ``sigmoid(x)`` otherwise."""
     return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.promote_types(dtype, torch.float32)
 
 
 @dataclass

@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rnnlab.layers.mingru import MinRNN, MinRNNConfig, compute_dtype, g
+from rnnlab.layers.mingru import MinRNN, MinRNNConfig, g
+from rnnlab.ops.dtypes import compute_dtype
 
 
 class MinLSTMConfig(MinRNNConfig):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import torch
 
+from rnnlab.ops.dtypes import compute_dtype
+
 
 def diag_elman_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """Sequential ``h_t = tanh(a * h_{t-1} + u_t)``, returns ``[B, T, S]``."""
     dtype = u.dtype
-    ct = torch.promote_types(dtype, torch.float32)
+    ct = compute_dtype(dtype)
     u, a = u.to(ct), a.to(ct)
     h = torch.zeros_like(u[:, 0]) if h0 is None else h0.to(ct)
     out = []

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import torch
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype the recurrence accumulates in: at least fp32 (fp64 stays fp64)."""
-    return torch.promote_types(dtype, torch.float32)
+from rnnlab.ops.dtypes import compute_dtype
 
 
 def recur(h: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
@@ -33,7 +30,7 @@ def recur(h: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
 def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """All states ``h: [B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (see module doc)."""
     B, T, H = wx.shape
-    dt = acc_dtype(wx.dtype)
+    dt = compute_dtype(wx.dtype)
     wx32 = wx.to(dt)
     w = w_h.to(dt)
     h = wx32.new_zeros(B, H) if h0 is None else h0.to(dt)

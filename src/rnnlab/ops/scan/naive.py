@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import torch
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp32 for half/bf16/fp32 inputs, fp64 stays fp64."""
-    return torch.promote_types(dtype, torch.float32)
+from rnnlab.ops.dtypes import compute_dtype
 
 
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:

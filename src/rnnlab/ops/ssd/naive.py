@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from rnnlab.ops.dtypes import compute_dtype
+
 
 def _heads(t: torch.Tensor, nheads: int) -> torch.Tensor:
     """``[B,T,G,N] -> [B,T,H,N]``: head h reads group h // (H/G) (mamba_ssm's convention)."""
@@ -27,7 +29,7 @@ def _heads(t: torch.Tensor, nheads: int) -> torch.Tensor:
 
 def _up(*ts: torch.Tensor):
     """Upcast to fp32 (float64 stays float64, for gradcheck)."""
-    return tuple(t.to(torch.promote_types(t.dtype, torch.float32)) for t in ts)
+    return tuple(t.to(compute_dtype(t.dtype)) for t in ts)
 
 
 def segsum(x: torch.Tensor) -> torch.Tensor:
