@@ -36,14 +36,15 @@ def timeit(fn, reps: int, warmup: int = 2) -> float:
 
 
 def fwd_bwd(make, reps):
-    """make() -> (fn, inputs list, grad_out). Returns (fwd_ms, bwd_ms, total_ms)."""
+    """make() -> (fn, inputs list, grad_out); fn returns an op's ``(h, h_T)``. Returns (fwd_ms,
+    bwd_ms, total_ms)."""
     fn, ins, g = make()
 
     def f():
         return fn(*ins)
 
     def fb():
-        y = fn(*ins)
+        y, _ = fn(*ins)
         torch.autograd.backward(y, g)
         for x in ins:
             if x is not None and x.grad is not None:

@@ -79,7 +79,7 @@ def e1_chunk(mixer, x, h0, w_h):
     """E1's forward on one time chunk from state ``h0`` (None = zeros): ``(y, last state)``. The
     same steps as ``E1.forward`` with the spectral-normed ``w_h`` computed once per model step."""
     xr, z = mixer._inputs(x)
-    h = elman_scan(F.linear(xr, mixer.W_x, mixer.b), w_h, h0)
+    h, _ = elman_scan(F.linear(xr, mixer.W_x, mixer.b), w_h, h0)
     return mixer._output(h, z), h[:, -1]
 
 

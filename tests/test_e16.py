@@ -27,7 +27,9 @@ def test_naive_matches_definition():
     for t in range(u.shape[1]):
         h = torch.tanh(a * h + u[:, t])
         ref.append(h)
-    torch.testing.assert_close(diag_naive.diag_elman_scan(u, a, h0), torch.stack(ref, 1))
+    out, h_last = diag_naive.diag_elman_scan(u, a, h0)
+    torch.testing.assert_close(out, torch.stack(ref, 1))
+    assert torch.equal(h_last, out[:, -1])
     torch.testing.assert_close(
         diag_naive.diag_elman_scan(u, a), diag_naive.diag_elman_scan(u, a, torch.zeros_like(h0))
     )
@@ -40,7 +42,8 @@ def test_gradcheck_naive():
 
 def test_naive_returns_input_dtype():
     u, a, h0 = _inputs(dtype=torch.bfloat16)
-    assert diag_naive.diag_elman_scan(u, a, h0).dtype == torch.bfloat16
+    h, h_last = diag_naive.diag_elman_scan(u, a, h0)
+    assert h.dtype == torch.bfloat16 and h_last.dtype == torch.float32
 
 
 def test_dispatch():

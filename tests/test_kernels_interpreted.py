@@ -38,11 +38,11 @@ def _inputs(B, T, H, heads, h0, seed=0):
 def _check(fn, B, T, H, heads, h0):
     leaves = _inputs(B, T, H, heads, h0)
     args = leaves if h0 else [*leaves, None]
-    out = fn(*args)
+    out = fn(*args)[0]
     g = torch.randn_like(out)
     got = torch.autograd.grad(out, leaves, g)
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    ref = naive.elman_scan(*(ref_leaves if h0 else [*ref_leaves, None]))
+    ref = naive.elman_scan(*(ref_leaves if h0 else [*ref_leaves, None]))[0]
     want = torch.autograd.grad(ref, ref_leaves, g.double())
     torch.testing.assert_close(out, ref.float(), **TOL)
     for name, a, b in zip(("dwx", "dW", "dh0"), got, want):
@@ -67,8 +67,8 @@ def test_dense_step_kernels_match_reference(B, T, H, h0, split, monkeypatch):
 
 def test_heads_backward_skips_dw_when_not_needed():
     wx, w = _inputs(2, 3, 32, 2, False)
-    (dwx,) = torch.autograd.grad(K.elman_scan(wx, w.detach()).sum(), [wx])
-    (want,) = torch.autograd.grad(K.elman_scan(wx, w).sum(), [wx])
+    (dwx,) = torch.autograd.grad(K.elman_scan(wx, w.detach())[0].sum(), [wx])
+    (want,) = torch.autograd.grad(K.elman_scan(wx, w)[0].sum(), [wx])
     torch.testing.assert_close(dwx, want, rtol=0, atol=0)
 
 
@@ -88,7 +88,7 @@ def test_compiled_scan_is_one_graph(heads):
     torch._dynamo.reset()
 
     def f(wx, w, hz):
-        return torch.sin(K.elman_scan(torch.cos(wx), w, hz))
+        return torch.sin(K.elman_scan(torch.cos(wx), w, hz)[0])
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     leaves = _inputs(2, 3, 32, heads, True)

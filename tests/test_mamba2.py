@@ -35,17 +35,20 @@ def _tiny(**kw) -> Mamba2Config:
 def test_chunked_matches_sequential(T, chunk):
     x, dt, A, B, C = _ssd_inputs(T=T)
     s0 = torch.randn(2, 4, 3, 5)
-    y1, f1 = naive.ssd_scan(x, dt, A, B, C, chunk, initial_state=s0, return_final_state=True)
-    y2, f2 = naive.ssd_recurrent(x, dt, A, B, C, initial_state=s0, return_final_state=True)
+    y1, f1 = naive.ssd_chunked(x, dt, A, B, C, chunk, initial_state=s0)
+    y2, f2 = naive.ssd_scan(x, dt, A, B, C, initial_state=s0)
     torch.testing.assert_close(y1, y2, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(f1, f2, atol=1e-4, rtol=1e-4)
 
 
 def test_dispatch_and_dtype():
     x, dt, A, B, C = _ssd_inputs(T=20)
-    torch.testing.assert_close(ssd_scan(x, dt, A, B, C, 8), naive.ssd_scan(x, dt, A, B, C, 8))
-    y = ssd_scan(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16(), 8, backend="naive")
-    assert y.dtype == torch.bfloat16
+    assert all(torch.equal(a, b) for a, b in zip(ssd_scan(x, dt, A, B, C, 8), naive.ssd_scan(x, dt, A, B, C)))
+    assert all(torch.equal(a, b) for a, b in zip(ssd_scan(x, dt, A, B, C, 8, backend="chunked"),
+                                                 naive.ssd_chunked(x, dt, A, B, C, 8)))
+    for backend in ("naive", "chunked"):
+        y, s = ssd_scan(x.bfloat16(), dt, A, B.bfloat16(), C.bfloat16(), 8, backend=backend)
+        assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
     with pytest.raises(RuntimeError, match="CUDA"):
         ssd_scan(x, dt, A, B, C, 8, backend="triton")
     with pytest.raises(ValueError, match="backend"):
@@ -60,7 +63,7 @@ def test_matches_ssd_minimal_discrete():
     y_ref, s_ref = ssd_minimal_discrete(
         x * dt[..., None], A * dt, B.repeat_interleave(2, 2), C.repeat_interleave(2, 2), 8
     )
-    y, s = naive.ssd_scan(x, dt, A, B, C, 8, return_final_state=True)
+    y, s = naive.ssd_chunked(x, dt, A, B, C, 8)
     torch.testing.assert_close(y, y_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
 
@@ -68,7 +71,8 @@ def test_matches_ssd_minimal_discrete():
 def test_gradcheck_ssd_scan():
     x, dt, A, B, C = _ssd_inputs(b=1, T=6, h=2, p=2, g=1, n=3, dtype=torch.float64)
     args = tuple(t.clone().requires_grad_() for t in (x, dt, A, B, C))
-    assert torch.autograd.gradcheck(lambda *a: naive.ssd_scan(*a, chunk_size=4), args)
+    assert torch.autograd.gradcheck(lambda *a: naive.ssd_chunked(*a, chunk_size=4), args)
+    assert torch.autograd.gradcheck(naive.ssd_scan, args)
 
 
 # ----------------------------------------------------------------------------- config

@@ -31,8 +31,8 @@ def test_naive_matches_explicit(heads, with_h0):
     wx = torch.randn(B, T, H, generator=g)
     w_h = torch.randn(H, H, generator=g) * 0.5 if heads is None else torch.randn(heads, H // heads, H // heads, generator=g) * 0.5
     h0 = torch.randn(B, H, generator=g) if with_h0 else None
-    h = elman_scan(wx, w_h, h0, backend="naive")
-    assert h.shape == (B, T, H) and h.dtype == torch.float32
+    h, h_last = elman_scan(wx, w_h, h0, backend="naive")
+    assert h.shape == (B, T, H) and h.dtype == torch.float32 and torch.equal(h_last, h[:, -1])
     torch.testing.assert_close(h.double(), explicit(wx, w_h, h0), rtol=1e-5, atol=1e-6)
 
 
@@ -47,13 +47,14 @@ def test_heads_equal_block_diagonal_dense():
 def test_dtypes_and_auto_on_cpu():
     wx = torch.randn(2, 3, 4)
     w = torch.randn(4, 4) * 0.3
-    assert torch.equal(elman_scan(wx, w), naive.elman_scan(wx, w))  # auto on CPU = naive
-    hb = elman_scan(wx.bfloat16(), w.bfloat16())
-    assert hb.dtype == torch.bfloat16
-    torch.testing.assert_close(hb.float(), elman_scan(wx.bfloat16().float(), w.bfloat16().float()),
-                               rtol=0, atol=4e-3)  # fp32 loop inside, one rounding at the end
-    assert elman_scan(wx.double(), w.double()).dtype == torch.float64
-    assert elman_scan(wx[:, :0], w).shape == (2, 0, 4)
+    assert all(map(torch.equal, elman_scan(wx, w), naive.elman_scan(wx, w)))  # auto on CPU = naive
+    hb, hb_last = elman_scan(wx.bfloat16(), w.bfloat16())
+    assert hb.dtype == torch.bfloat16 and hb_last.dtype == torch.float32
+    h32, h32_last = elman_scan(wx.bfloat16().float(), w.bfloat16().float())
+    torch.testing.assert_close(hb.float(), h32, rtol=0, atol=4e-3)  # fp32 loop inside, one rounding at the end
+    assert torch.equal(hb_last, h32_last)  # the final state is the loop's fp32 state, not rounded
+    assert elman_scan(wx.double(), w.double())[0].dtype == torch.float64
+    assert elman_scan(wx[:, :0], w)[0].shape == (2, 0, 4)
 
 
 @pytest.mark.parametrize("heads", [None, 3])

@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rnnlab.layers.mingru import MinGRU, MinGRUConfig, g
+from rnnlab.layers.mingru import MinGRU, MinGRUConfig
 from rnnlab.layers.minlstm import MinLSTM, MinLSTMConfig
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params
-from rnnlab.ops.scan import linear_scan, linear_scan_parallel
+from rnnlab.ops.scan import linear_scan
 from rnnlab.ops.scan import naive as scan_naive
+from rnnlab.ops.scan.naive import g, linear_scan_parallel, minlstm_gates
 
 
 def _inputs(B=2, T=5, H=3, dtype=torch.float64, seed=0, positive_b=False):
@@ -37,8 +38,10 @@ def _explicit(a, b, h0):
 
 def test_naive_matches_definition():
     a, b, h0 = _inputs()
-    torch.testing.assert_close(scan_naive.linear_scan(a, b, h0), _explicit(a, b, h0))
-    torch.testing.assert_close(scan_naive.linear_scan(a, b), _explicit(a, b, torch.zeros_like(h0)))
+    h, h_last = scan_naive.linear_scan(a, b, h0)
+    torch.testing.assert_close(h, _explicit(a, b, h0))
+    assert torch.equal(h_last, h[:, -1])
+    torch.testing.assert_close(scan_naive.linear_scan(a, b)[0], _explicit(a, b, torch.zeros_like(h0)))
 
 
 @pytest.mark.parametrize("method", ["log", "doubling"])
@@ -46,8 +49,10 @@ def test_naive_matches_definition():
 def test_parallel_matches_sequential(method, with_h0):
     a, b, h0 = _inputs(B=3, T=37, H=4, dtype=torch.float32, seed=1)
     h0 = h0 if with_h0 else None
-    ref = scan_naive.linear_scan(a, b, h0)
-    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method=method), ref, rtol=1e-4, atol=1e-5)
+    ref, ref_last = scan_naive.linear_scan(a, b, h0)
+    h, h_last = linear_scan_parallel(a, b, h0, method=method)
+    torch.testing.assert_close(h, ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(h_last, ref_last, rtol=1e-4, atol=1e-5)
 
 
 def test_parallel_log_long_decay_and_positive_b():
@@ -55,14 +60,14 @@ def test_parallel_log_long_decay_and_positive_b():
     a, b, _ = _inputs(B=2, T=300, H=4, dtype=torch.float32, seed=2, positive_b=True)
     a = a * 0.1
     torch.testing.assert_close(
-        linear_scan_parallel(a, b, method="log"), scan_naive.linear_scan(a, b), rtol=1e-4, atol=1e-5
+        linear_scan_parallel(a, b, method="log")[0], scan_naive.linear_scan(a, b)[0], rtol=1e-4, atol=1e-5
     )
 
 
 def test_doubling_handles_negative_a():
     a, b, h0 = _inputs(T=9, seed=3)
     a = -a
-    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method="doubling"), _explicit(a, b, h0))
+    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method="doubling")[0], _explicit(a, b, h0))
 
 
 def test_parallel_gradients_match_sequential():
@@ -70,7 +75,7 @@ def test_parallel_gradients_match_sequential():
     grads = []
     for fn in (scan_naive.linear_scan, lambda *x: linear_scan_parallel(*x, method="log")):
         xs = [t.clone().requires_grad_() for t in (a, b, h0)]
-        fn(*xs).pow(2).sum().backward()
+        fn(*xs)[0].pow(2).sum().backward()
         grads.append([x.grad for x in xs])
     for g1, g2 in zip(*grads):
         torch.testing.assert_close(g1, g2)
@@ -84,8 +89,8 @@ def test_gradcheck_naive_linear_scan():
 
 def test_naive_upcasts_and_returns_input_dtype():
     a, b, h0 = _inputs(dtype=torch.bfloat16)
-    h = scan_naive.linear_scan(a, b, h0)
-    assert h.dtype == torch.bfloat16
+    h, h_last = scan_naive.linear_scan(a, b, h0)
+    assert h.dtype == torch.bfloat16 and h_last.dtype == torch.float32
     ref = _explicit(a.float(), b.float(), h0.float())
     torch.testing.assert_close(h.float(), ref.bfloat16().float())
 
@@ -175,7 +180,7 @@ def test_layer_gradcheck(cls, cfg_cls):
 def test_minlstm_gates_normalised():
     layer = _layer(MinLSTM, MinLSTMConfig, dtype=torch.float64)
     x = torch.randn(2, 4, 8, dtype=torch.float64) * 5
-    a, b = layer._coeffs(x)
+    a, b = minlstm_gates(layer.in_proj(x))
     _, f, i = layer.in_proj(x).chunk(3, -1)
     sf, si = torch.sigmoid(f), torch.sigmoid(i)
     torch.testing.assert_close(a, sf / (sf + si))

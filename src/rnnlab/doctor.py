@@ -25,6 +25,7 @@ def report() -> dict[str, str]:
     import torch
 
     from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
+    from rnnlab.ops import OPS
     from rnnlab.ops.ssd import import_mamba_ssm
 
     out = {
@@ -38,9 +39,16 @@ def report() -> dict[str, str]:
         "mamba_ssm": "ok" if import_mamba_ssm() is not None else "unavailable (Mamba2 uses the SSD reference)",
         "mamba2 backend (auto)": _mamba2_backend(resolve_backend("auto"), causal_conv1d_available()),
     }
-    for op in ("elman", "scan", "diag"):
-        out[f"triton kernel {op}"] = _try(f"rnnlab.ops.{op}.triton") if torch.cuda.is_available() else "needs CUDA"
+    for name, op in OPS.items():
+        out[f"kernel {name}"] = _kernel_status(op) if torch.cuda.is_available() else "needs CUDA"
     return out
+
+
+def _kernel_status(op) -> str:
+    """Whether the GPU kernel module of registered op ``op`` imports."""
+    if op.kernel is None:
+        return "none yet (the reference runs)"
+    return f"ok ({op.kernel.module})" if op.kernel_available() else f"unavailable ({op.kernel.error})"
 
 
 def register(sub) -> None:

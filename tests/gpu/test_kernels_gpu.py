@@ -32,18 +32,20 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None):
     """inputs: list of fp32 CPU tensors or None. Fast path gets them in ``dtype`` on CUDA; the
-    reference gets the same rounded values in float64 on CPU."""
+    reference gets the same rounded values in float64 on CPU. Both return ``(h, h_T)``: h, the
+    final state and every input gradient (through h) are compared."""
     tol = TOL[dtype] if tol is None else tol
     fast = [None if x is None else x.to(dtype).to(DEV).requires_grad_() for x in inputs]
     ref = [None if x is None else x.to(dtype).double().requires_grad_() for x in inputs]
-    y = fn_fast(*fast)
-    yr = fn_ref(*ref)
-    assert y.dtype == dtype and y.shape == yr.shape
+    y, y_last = fn_fast(*fast)
+    yr, yr_last = fn_ref(*ref)
+    assert y.dtype == dtype and y.shape == yr.shape and y_last.dtype == torch.float32
     g = torch.randn(yr.shape, dtype=torch.float64)
     gf = torch.autograd.grad(y, [x for x in fast if x is not None], g.to(dtype).to(DEV))
     gr = torch.autograd.grad(yr, [x for x in ref if x is not None], g.to(dtype).double())
-    errs = [rel(y, yr)] + [rel(a, b) for a, b in zip(gf, gr)]
-    print(f"{name} {str(dtype)[6:]}: fwd {errs[0]:.2e} grads " + " ".join(f"{e:.2e}" for e in errs[1:]))
+    errs = [rel(y, yr), rel(y_last, yr_last)] + [rel(a, b) for a, b in zip(gf, gr)]
+    print(f"{name} {str(dtype)[6:]}: fwd {errs[0]:.2e} final {errs[1]:.2e} grads "
+          + " ".join(f"{e:.2e}" for e in errs[2:]))
     for e in errs:
         assert e < tol, (name, errs)
     return errs
@@ -82,28 +84,14 @@ def test_diag_elman(dtype, shape, with_h0):
               naive.diag_elman_scan, [u, a, h0], dtype)
 
 
-def _ref_min(p, h0=None, which="mingru"):
-    import torch.nn.functional as F
-
-    from rnnlab.layers.mingru import g as gact
-    from rnnlab.ops.scan import naive
-
-    if which == "mingru":
-        ht, k = p.chunk(2, -1)
-        a, b = torch.sigmoid(-k), torch.sigmoid(k) * gact(ht)
-    else:  # the same formulas as rnnlab.layers.minlstm._coeffs
-        ht, f, i = p.chunk(3, -1)
-        d = F.softplus(-f) - F.softplus(-i)
-        a, b = torch.exp(-F.softplus(d)), torch.exp(-F.softplus(-d)) * gact(ht)
-    return naive.linear_scan(a, b, h0)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("with_h0", [False, True])
 @pytest.mark.parametrize("which", ["mingru", "minlstm"])
 def test_fused_min_scan(dtype, shape, with_h0, which):
-    """Fused gate + scan kernels (raw projection in, h out) vs gates + naive scan in float64."""
+    """Fused gate + scan kernels (raw projection in, h out) vs the ops' references (gates, then
+    the naive scan) in float64."""
+    from rnnlab.ops.scan import naive
     from rnnlab.ops.scan import triton as st
 
     torch.manual_seed(hash((shape, with_h0, which == "mingru")) % 1000 + 3)
@@ -111,8 +99,7 @@ def test_fused_min_scan(dtype, shape, with_h0, which):
     G = 2 if which == "mingru" else 3
     p = torch.randn(B, T, G * H) * 2
     h0 = torch.randn(B, H) if with_h0 else None
-    fn = st.mingru_scan if which == "mingru" else st.minlstm_scan
-    _check_op(which + "_scan", fn, lambda p, h: _ref_min(p, h, which), [p, h0], dtype)
+    _check_op(which + "_scan", getattr(st, which + "_scan"), getattr(naive, which + "_scan"), [p, h0], dtype)
 
 
 ELMAN_CASES = [
@@ -159,10 +146,10 @@ def test_elman_dense_graph_matches_eager_and_reuses_buffers():
                 et.USE_GRAPH = use
                 x = wx.clone().requires_grad_()
                 ww = w.clone().requires_grad_()
-                y = et.elman_scan(x, ww, None)
+                y, _ = et.elman_scan(x, ww, None)
                 y.square().sum().backward()
                 outs.append((y.detach(), x.grad, ww.grad))
-            ref = naive.elman_scan(wx.double().cpu(), w.double().cpu())
+            ref, _ = naive.elman_scan(wx.double().cpu(), w.double().cpu())
             assert rel(outs[0][0], ref) < 1e-4
             for a, b in zip(outs[0], outs[1]):
                 assert rel(a, b) < 1e-6

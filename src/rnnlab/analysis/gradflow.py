@@ -247,7 +247,7 @@ def e1_states(mixer: nn.Module, x_norm: torch.Tensor) -> dict[str, torch.Tensor]
     w_h = mixer.recurrent_weight(update=False)
     sel = getattr(mixer.cfg, "selective", "none")
     if sel == "none":
-        h = elman_scan(pre.float(), w_h.float(), None, backend="naive")
+        h, _ = elman_scan(pre.float(), w_h.float(), None, backend="naive")
     else:
         h = mixer._selective_scan(xr.float(), pre.float(), w_h.float())
     out = {"h": h.float(), "w_h": w_h.detach().float()}

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
-from rnnlab.ops.dispatch import opaque
+from rnnlab.ops.registry import opaque
 from rnnlab.ops.elman import BACKENDS, elman_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman.naive import recur
@@ -276,7 +276,7 @@ class E1(nn.Module):
         pre = F.linear(xr, self.W_x, self.b)
         w_h = self.recurrent_weight()
         if self.cfg.selective == "none":
-            h = elman_scan(pre, w_h, None, backend=self.cfg.backend)
+            h, _ = elman_scan(pre, w_h, None, backend=self.cfg.backend)
         else:
             h = self._selective_scan(xr, pre, w_h)
         return self._output(h, z)
@@ -301,8 +301,12 @@ class E1(nn.Module):
             new_state = (win[..., 1:],)
         xr = F.silu(xr)
         pre = F.linear(xr, self.W_x, self.b)
+        w = self.recurrent_weight(update=False)
+        if self.cfg.selective == "none":
+            h_t, h = elman_scan(pre.unsqueeze(1), w, h, backend="naive")
+            return self._output(h_t[:, 0], z), (h, *new_state)
         dt = h.dtype
-        w = self.recurrent_weight(update=False).to(dt)
+        w = w.to(dt)
         g = self._gates(xr)
         h = self._cell(pre.to(dt), h, w, None if g is None else g.to(dt))
         y = self._output(h.to(x_t.dtype), z)

@@ -8,8 +8,9 @@
     out = y W_out^T               out_proj.weight: [D, di], no bias
 
 Init: in_proj, out_proj, B, C xavier_uniform; log_A = 0 (A = 0.5). Per layer this is
-``3*D*di + 2*s*di^2 + s*di`` parameters (spec §1.7). The scan is ``diag_elman_scan`` (fp32
-internally, returns the input dtype); the step state is kept in fp32.
+``3*D*di + 2*s*di^2 + s*di`` parameters (spec §1.7). The scan is the op ``diag_elman_scan``
+(fp32 internally, returns the input dtype); ``step`` runs the same op on one token and keeps the
+state in fp32.
 """
 
 from __future__ import annotations
@@ -81,18 +82,15 @@ class E16(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         u, z = self._input(x)
-        h = diag_elman_scan(u, torch.sigmoid(self.log_A), None, backend=self.cfg.backend)
+        h, _ = diag_elman_scan(u, torch.sigmoid(self.log_A), None, backend=self.cfg.backend)
         return self._out(h, z)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
-        """``(h,)`` with ``h: [batch, ds]`` zeros, kept in fp32 (fp64 stays fp64)."""
-        ct = compute_dtype(dtype)
-        return (torch.zeros(batch, self.cfg.d_state, device=device, dtype=ct),)
+        """``(h,)`` with ``h: [batch, ds]`` zeros, kept in the compute dtype (like the scan's)."""
+        return (torch.zeros(batch, self.cfg.d_state, device=device, dtype=compute_dtype(dtype)),)
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        (h,) = state
+        """One token: the op's reference on a length-1 sequence from the carried state."""
         u, z = self._input(x_t)
-        ct = compute_dtype(u.dtype)
-        a = torch.sigmoid(self.log_A).to(ct)
-        h = torch.tanh(a * h.to(ct) + u.to(ct))
-        return self._out(h, z), (h,)
+        h_t, h = diag_elman_scan(u.unsqueeze(1), torch.sigmoid(self.log_A), state[0], backend="naive")
+        return self._out(h_t[:, 0], z), (h,)

@@ -7,8 +7,12 @@ Backends (``Mamba2Config.backend``):
 
 - ``"official"``: ``mamba_ssm.modules.mamba2.Mamba2`` (Triton SSD, causal_conv1d when installed).
   Needs mamba_ssm; its forward/step need CUDA tensors.
-- ``"reference"``: pure PyTorch (``rnnlab.ops.ssd.naive``), runs anywhere.
+- ``"reference"``: pure PyTorch (this module with the op ``rnnlab.ops.ssd_scan``: its
+  "chunked" form in ``forward``, its sequential reference in ``step``), runs anywhere.
 - ``"auto"``: official when mamba_ssm imports and CUDA is available, else reference.
+
+These words choose the whole layer implementation, not an op backend: "official" replaces the
+projections, conv, scan and gated norm by mamba_ssm's fused module.
 
 Checkpoints move freely between the two: both register the same parameters, in the same order,
 directly on this layer (no ``inner.`` prefix)::
@@ -44,8 +48,7 @@ from torch import nn
 
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.dtypes import compute_dtype
-from rnnlab.ops.ssd import import_mamba_ssm
-from rnnlab.ops.ssd import naive as ssd_naive
+from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
 
 BACKENDS = ("auto", "official", "reference")
 
@@ -101,9 +104,7 @@ def resolve_backend(backend: str) -> str:
         return backend
     if backend == "official":
         if import_mamba_ssm() is None:
-            from rnnlab.ops import ssd
-
-            raise RuntimeError(f"Mamba2 backend='official' needs mamba_ssm: {ssd._mamba_error!r}")
+            raise RuntimeError(f"Mamba2 backend='official' needs mamba_ssm: {mamba_ssm_error()}")
         return backend
     if backend == "auto":
         return "official" if torch.cuda.is_available() and import_mamba_ssm() is not None else "reference"
@@ -226,7 +227,7 @@ class Mamba2(nn.Module):
         z, xBC, dt = self._split(self.in_proj(x))
         xBC = self.act(self.conv1d(xBC.transpose(1, 2))[..., :T].transpose(1, 2))
         xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
-        y = ssd_naive.ssd_scan(xs, dt, A, B, C, self.chunk_size)
+        y, _ = ssd_scan(xs, dt, A, B, C, self.chunk_size, None, backend="chunked")
         y = y + xs * self.D.to(y.dtype)[:, None]
         return self.out_proj(self.norm(y.flatten(-2), z))
 
@@ -250,11 +251,7 @@ class Mamba2(nn.Module):
         xBC = (conv * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias
         xBC = self.act(xBC).to(x_t.dtype)
         xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
-        ct = dt.dtype
-        Bh = ssd_naive._heads(B.to(ct).unsqueeze(1), self.nheads).squeeze(1)  # [b, H, N]
-        Ch = ssd_naive._heads(C.to(ct).unsqueeze(1), self.nheads).squeeze(1)
-        dA = torch.exp(dt * A)
-        ssm = ssm.to(ct) * dA[..., None, None] + torch.einsum("bh,bhn,bhp->bhpn", dt, Bh, xs.to(ct))
-        y = torch.einsum("bhpn,bhn->bhp", ssm, Ch).to(x_t.dtype)
-        y = y + xs * self.D.to(y.dtype)[:, None]
+        # the op's sequential reference on a length-1 sequence from the carried state
+        y, ssm = ssd_scan(xs[:, None], dt[:, None], A, B[:, None], C[:, None], 1, ssm, backend="naive")
+        y = y[:, 0] + xs * self.D.to(y.dtype)[:, None]
         return self.out_proj(self.norm(y.flatten(-2), z)), (conv, ssm)

@@ -6,17 +6,14 @@
     h_t = f'_t * h_{t-1} + i'_t * g(h~_t),   h_0 = 0,   g as in minGRU
     y = h W_out^T                 out_proj.weight: [D, di], only when expansion != 1 (else y = h)
 
-The recurrence is ``linear_scan(a=f', b=i'*g(h~))``; gates and scan run in fp32 (fp64 stays fp64)
-and the result is cast back to the input dtype. No output gate; xavier_uniform projections.
+The gates and the recurrence are the op ``rnnlab.ops.minlstm_scan`` over the raw projection (fp32
+math, fp64 stays fp64). No output gate; xavier_uniform projections.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
-from rnnlab.layers.mingru import MinRNN, MinRNNConfig, g
-from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.layers.mingru import MinRNN, MinRNNConfig
+from rnnlab.ops.scan import minlstm_scan
 
 
 class MinLSTMConfig(MinRNNConfig):
@@ -26,13 +23,5 @@ class MinLSTMConfig(MinRNNConfig):
 class MinLSTM(MinRNN):
     """minLSTM mixer: ``h_t = f'_t h_{t-1} + i'_t g(h~_t)``; see the module docstring."""
 
-    KIND = "minlstm"
     PARTS = 3
-
-    def _coeffs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(a, b) = (f', i' * g(h~))`` in the compute dtype, for ``x: [..., D]``."""
-        h_tilde, f, i = self.in_proj(x).to(compute_dtype(x.dtype)).chunk(3, dim=-1)
-        diff = F.softplus(-f) - F.softplus(-i)  # log s(i) - log s(f)
-        log_f = -F.softplus(diff)
-        log_i = -F.softplus(-diff)
-        return torch.exp(log_f), torch.exp(log_i) * g(h_tilde)
+    SCAN = staticmethod(minlstm_scan)

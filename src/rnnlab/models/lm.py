@@ -8,7 +8,7 @@
 Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the seed; cross-entropy over every position.
 
 Under ``torch.compile`` E1 on CUDA (its scan is a custom op), attention and the Mamba2 reference
-compile to one graph; every other recurrence is an opaque call (``rnnlab.ops.dispatch``), so such
+compile to one graph; every other recurrence is an opaque call (``rnnlab.ops.registry``), so such
 a model compiles to a few graphs per block around it.
 """
 
@@ -82,7 +82,7 @@ class LM(nn.Module):
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         # A frame of its own for torch.compile: most recurrences are opaque calls (graph breaks,
-        # rnnlab.ops.dispatch), and Dynamo gives up on a whole frame whose graph break falls
+        # rnnlab.ops.registry), and Dynamo gives up on a whole frame whose graph break falls
         # inside a for loop. Only this loop then runs uncompiled; each Block and forward's
         # embedding, final norm, head and loss are still compiled.
         for block in self.blocks:

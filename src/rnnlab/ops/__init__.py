@@ -1,1 +1,13 @@
-"""Recurrence kernels: naive.py (PyTorch reference) beside triton.py (GPU) for each op."""
+"""The recurrences of every layer, one op each: a pure-PyTorch reference (``<op>/naive.py``) beside
+its GPU kernel (``<op>/triton.py``), run through one registry and backend vocabulary
+(``rnnlab.ops.registry``). Every op returns ``(all states or outputs, final state)``, so a
+layer's ``step`` is its op run on one token."""
+
+from rnnlab.ops.diag import diag_elman_scan
+from rnnlab.ops.elman import elman_scan
+from rnnlab.ops.registry import BACKENDS, OPS
+from rnnlab.ops.scan import linear_scan, mingru_scan, minlstm_scan
+from rnnlab.ops.ssd import ssd_scan
+
+__all__ = ["BACKENDS", "OPS", "diag_elman_scan", "elman_scan", "linear_scan", "mingru_scan",
+           "minlstm_scan", "ssd_scan"]

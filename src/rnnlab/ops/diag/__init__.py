@@ -1,11 +1,8 @@
 """Diagonal Elman recurrence ``h_t = tanh(a * h_{t-1} + u_t)`` (E16).
 
-``diag_elman_scan(u, a, h0=None, backend="auto") -> h`` with ``u, h: [B, T, S]``, ``a: [S]``,
-``h0: [B, S]`` or None (zeros).
-
-Backends: ``"naive"`` (sequential fp32 loop), ``"triton"`` (fused GPU kernel in ``triton.py``,
-imported lazily), ``"auto"`` = Triton on CUDA tensors when it imports, else naive. An explicit
-backend that cannot run raises.
+``diag_elman_scan(u, a, h0=None, backend="auto") -> (h, h_T)`` with ``u, h: [B, T, S]``,
+``a: [S]``, ``h0: [B, S]`` or None (zeros). Implementations: ``naive.py`` (the reference loop)
+and ``triton.py`` (the GPU kernel); backends as in ``rnnlab.ops.registry``.
 """
 
 from __future__ import annotations
@@ -13,15 +10,12 @@ from __future__ import annotations
 import torch
 
 from rnnlab.ops.diag import naive
-from rnnlab.ops.dispatch import BACKENDS, LazyKernel, dispatch
+from rnnlab.ops.registry import Op, register
 
-__all__ = ["diag_elman_scan", "triton_available", "BACKENDS"]
+__all__ = ["diag_elman_scan", "BACKENDS"]
 
-_kernel = LazyKernel("rnnlab.ops.diag.triton")
-
-
-def triton_available() -> bool:
-    return _kernel.available()
+DIAG_ELMAN_SCAN = register(Op("diag_elman_scan", naive.diag_elman_scan, "rnnlab.ops.diag.triton"))
+BACKENDS = DIAG_ELMAN_SCAN.backends
 
 
 def _check(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None) -> None:
@@ -35,7 +29,8 @@ def _check(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None) -> None:
 
 def diag_elman_scan(
     u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None, backend: str = "auto"
-) -> torch.Tensor:
-    """All states of ``h_t = tanh(a * h_{t-1} + u_t)``, ``[B, T, S]``, in ``u``'s dtype."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of ``h_t = tanh(a * h_{t-1} + u_t)``: all states ``[B, T, S]`` in ``u``'s
+    dtype, the final state ``[B, S]`` in the compute dtype."""
     _check(u, a, h0)
-    return dispatch("diag_elman_scan", backend, u, _kernel, naive.diag_elman_scan, u, a, h0)
+    return DIAG_ELMAN_SCAN(u, a, h0, backend=backend)

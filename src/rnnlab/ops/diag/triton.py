@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnlab.ops.registry import final_state
+
 __all__ = ["diag_elman_scan"]
 
 BLOCK = 256
@@ -146,6 +148,9 @@ class _DiagElman(torch.autograd.Function):
         return du, da, (dh0.to(ctx.h0_dtype) if ctx.has_h0 else None)
 
 
-def diag_elman_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """All states ``[B, T, S]`` of ``h_t = tanh(a * h_{t-1} + u_t)`` (fp32 state), in ``u``'s dtype."""
-    return _DiagElman.apply(u, a, h0)
+def diag_elman_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)``: all states ``[B, T, S]`` of ``h_t = tanh(a * h_{t-1} + u_t)`` (fp32 state)
+    in ``u``'s dtype, and ``h[:, -1]`` in fp32."""
+    h = _DiagElman.apply(u, a, h0)
+    return h, final_state(h, h0)

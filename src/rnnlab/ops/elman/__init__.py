@@ -1,25 +1,22 @@
-"""The Elman scan used by E1: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``, all states returned.
+"""The Elman scan used by E1: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``.
 
 ``w_h`` is dense ``[H, H]`` or block-diagonal heads ``[nh, hd, hd]`` (H = nh*hd; each head only
-sees its own slice of h). Backends: ``"naive"`` (PyTorch loop, any device, reference),
-``"triton"`` (fused GPU kernel in ``rnnlab.ops.elman.triton``, imported lazily) and ``"auto"``
-(Triton for CUDA tensors when that module imports, else naive).
+sees its own slice of h). Implementations: ``naive.py`` (the reference loop) and ``triton.py``
+(the GPU kernels: heads, dense per-step and the persistent dense kernel); backends as in
+``rnnlab.ops.registry``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from rnnlab.ops.dispatch import BACKENDS, LazyKernel, dispatch
 from rnnlab.ops.elman import naive
+from rnnlab.ops.registry import Op, register
 
-__all__ = ["elman_scan", "triton_available", "BACKENDS"]
+__all__ = ["elman_scan", "BACKENDS"]
 
-_kernel = LazyKernel("rnnlab.ops.elman.triton")
-
-
-def triton_available() -> bool:
-    return torch.cuda.is_available() and _kernel.available()
+ELMAN_SCAN = register(Op("elman_scan", naive.elman_scan, "rnnlab.ops.elman.triton"))
+BACKENDS = ELMAN_SCAN.backends
 
 
 def _check(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None) -> None:
@@ -46,10 +43,9 @@ def elman_scan(
     w_h: torch.Tensor,
     h0: torch.Tensor | None = None,
     backend: str = "auto",
-) -> torch.Tensor:
-    """All states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` from ``h_{-1} = h0``
-    (zeros when None). ``wx: [B, T, H]`` already includes the bias. Returns ``wx.dtype``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` from
+    ``h_{-1} = h0`` (zeros when None) in ``wx``'s dtype, and the final state ``[B, H]`` in the
+    compute dtype. ``wx: [B, T, H]`` already includes the bias."""
     _check(wx, w_h, h0)
-    return dispatch("elman_scan", backend, wx, _kernel, naive.elman_scan, wx, w_h, h0)
+    return ELMAN_SCAN(wx, w_h, h0, backend=backend)

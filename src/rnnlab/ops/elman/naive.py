@@ -4,8 +4,9 @@ backward).
     h_t = tanh(wx_t + h_{t-1} @ w_h.T)                          dense   w_h: [H, H]
     h_t[n] = tanh(wx_t[n] + h_{t-1}[n] @ w_h[n].T)  per head n   heads   w_h: [nh, hd, hd], H = nh*hd
 
-``wx`` already holds ``x_t @ W_x.T + b``. The loop runs in fp32 (fp64 stays fp64, so gradcheck
-works) and the result is cast back to the input dtype.
+``wx`` already holds ``x_t @ W_x.T + b``. The loop runs in the compute dtype (fp32; fp64 stays
+fp64, so gradcheck works); the states come back in the input dtype, the final state in the
+compute dtype.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ def recur(h: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
     return torch.bmm(hh, w_h.transpose(1, 2)).transpose(0, 1).reshape(h.shape[0], nh * hd)
 
 
-def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """All states ``h: [B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (see module doc)."""
+def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h [B, T, H], h_T [B, H])`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (see module doc)."""
     B, T, H = wx.shape
     dt = compute_dtype(wx.dtype)
     wx32 = wx.to(dt)
@@ -39,5 +41,5 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
         h = torch.tanh(wx32[:, t] + recur(h, w))
         out.append(h)
     if not out:
-        return wx.new_zeros(B, 0, H)
-    return torch.stack(out, dim=1).to(wx.dtype)
+        return wx.new_zeros(B, 0, H), h
+    return torch.stack(out, dim=1).to(wx.dtype), h

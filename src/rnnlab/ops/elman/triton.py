@@ -37,7 +37,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.dispatch import traced
+from rnnlab.ops.registry import final_state, traced
 
 __all__ = ["elman_scan", "DENSE_PERSISTENT", "USE_GRAPH", "DENSE_BN", "DENSE_BK", "DENSE_SPLIT"]
 
@@ -496,12 +496,15 @@ _scan_fwd.register_autograd(_scan_grads, setup_context=_scan_setup)
 
 
 @traced
-def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """All states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; dense or heads ``w_h``.
-    torch.compile traces it (``traced``): only dtype handling and the custom op."""
+def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (dense or
+    heads ``w_h``) and the final state (``h[:, -1]`` in the compute dtype). torch.compile traces
+    it (``traced``): only dtype handling and the custom op."""
     dtype = wx.dtype
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         wx = wx.float()
         h0 = None if h0 is None else h0.float()
         w_h = w_h.float()
-    return _scan_fwd(wx, w_h, h0).to(dtype)
+    h = _scan_fwd(wx, w_h, h0).to(dtype)
+    return h, final_state(h, h0)

@@ -1,7 +1,9 @@
-"""Reference (pure PyTorch) linear recurrence ``h_t = a_t * h_{t-1} + b_t``.
+"""Reference (pure PyTorch) linear recurrence ``h_t = a_t * h_{t-1} + b_t`` and the minGRU /
+minLSTM gates that feed it.
 
-``a, b: [B, T, H]``, ``h0: [B, H]`` or None (zeros). All functions return every state
-``h: [B, T, H]`` in the input dtype; the arithmetic runs in fp32 (fp64 stays fp64).
+``a, b: [B, T, H]``, ``h0: [B, H]`` or None (zeros). Every function returns ``(h, h_T)``: all
+states ``[B, T, H]`` in the input dtype and the final state ``[B, H]`` in the compute dtype; the
+arithmetic runs in fp32 (fp64 stays fp64).
 
 - ``linear_scan``: the readable sequential loop over time (the reference).
 - ``linear_scan_parallel``: the same recurrence without a loop over time.
@@ -12,28 +14,37 @@
   and negative parts separately. Needs ``a > 0`` (values are clamped to the smallest normal).
   ``method="doubling"`` is the Hillis-Steele associative scan over pairs
   ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)`` in ``ceil(log2 T)`` steps; any ``a``.
+- ``mingru_scan`` / ``minlstm_scan``: the recurrence of minGRU / minLSTM from the raw input
+  projection ``p`` (gates by ``mingru_gates`` / ``minlstm_gates``, then ``linear_scan``), with
+  ``heinsen_*`` twins that run ``linear_scan_parallel`` instead (the seed's training path).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
 
 from rnnlab.ops.dtypes import compute_dtype
 
+Scan = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """Sequential ``h_t = a_t * h_{t-1} + b_t`` (fp32 loop), returns ``[B, T, H]``."""
+
+def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequential ``h_t = a_t * h_{t-1} + b_t`` (fp32 loop): ``(h [B, T, H], h_T [B, H])``."""
     dtype = b.dtype
     ct = compute_dtype(dtype)
     a, b = a.to(ct), b.to(ct)
-    h = torch.zeros_like(b[:, 0]) if h0 is None else h0.to(ct)
+    h = b.new_zeros(b.shape[0], b.shape[2]) if h0 is None else h0.to(ct)
     out = []
     for t in range(b.shape[1]):
         h = a[:, t] * h + b[:, t]
         out.append(h)
     if not out:
-        return b.to(dtype)
-    return torch.stack(out, dim=1).to(dtype)
+        return b.to(dtype), h
+    return torch.stack(out, dim=1).to(dtype), h
 
 
 def _signed_log(x: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,18 +86,65 @@ def _doubling_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) ->
 
 def linear_scan_parallel(
     a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, method: str = "log"
-) -> torch.Tensor:
-    """Parallel-form ``h_t = a_t * h_{t-1} + b_t`` (no loop over time); see the module docstring."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Parallel-form ``h_t = a_t * h_{t-1} + b_t`` (no loop over time), ``(h, h_T)``; see the
+    module docstring."""
     dtype = b.dtype
     ct = compute_dtype(dtype)
     a, b = a.to(ct), b.to(ct)
     h0 = None if h0 is None else h0.to(ct)
     if b.shape[1] == 0:
-        return b.to(dtype)
+        return b.to(dtype), b.new_zeros(b.shape[0], b.shape[2]) if h0 is None else h0
     if method == "log":
         h = _log_scan(a, b, h0)
     elif method == "doubling":
         h = _doubling_scan(a, b, h0)
     else:
         raise ValueError(f"method must be 'log' or 'doubling', got {method!r}")
-    return h.to(dtype)
+    return h.to(dtype), h[:, -1]
+
+
+def heinsen_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear_scan`` by the log-space parallel scan (needs ``a > 0``): backend "heinsen"."""
+    return linear_scan_parallel(a, b, h0, method="log")
+
+
+# ------------------------------------------------------------------ minGRU / minLSTM gates
+def g(x: torch.Tensor) -> torch.Tensor:
+    """minGRU's positive activation: ``x + 0.5`` for ``x >= 0``, ``sigmoid(x)`` otherwise."""
+    return torch.where(x >= 0, x + 0.5, torch.sigmoid(x))
+
+
+def mingru_gates(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b) = (1 - z, z * g(h~))`` with ``z = sigmoid(k)``, from ``p = [h~ | k]``
+    ``[..., 2H]``, in the compute dtype."""
+    h_tilde, k = p.to(compute_dtype(p.dtype)).chunk(2, dim=-1)
+    return torch.sigmoid(-k), torch.sigmoid(k) * g(h_tilde)
+
+
+def minlstm_gates(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, b) = (f', i' * g(h~))`` from ``p = [h~ | f | i]`` ``[..., 3H]``, in the compute dtype:
+    ``f' = s(f) / (s(f) + s(i))``, ``i' = s(i) / (s(f) + s(i))`` (s = sigmoid), in log space."""
+    h_tilde, f, i = p.to(compute_dtype(p.dtype)).chunk(3, dim=-1)
+    diff = F.softplus(-f) - F.softplus(-i)  # log s(i) - log s(f)
+    log_f = -F.softplus(diff)
+    log_i = -F.softplus(-diff)
+    return torch.exp(log_f), torch.exp(log_i) * g(h_tilde)
+
+
+def _gated(gates: Callable, scan: Scan) -> Scan:
+    """The recurrence ``scan(gates(p))`` from a raw projection ``p``, states in ``p``'s dtype."""
+
+    def gated_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        h, h_last = scan(*gates(p), h0)
+        return h.to(p.dtype), h_last
+
+    gated_scan.__doc__ = f"``(h, h_T)`` of ``{scan.__name__}`` over ``{gates.__name__}(p)``."
+    return gated_scan
+
+
+mingru_scan = _gated(mingru_gates, linear_scan)
+minlstm_scan = _gated(minlstm_gates, linear_scan)
+heinsen_mingru_scan = _gated(mingru_gates, heinsen_scan)
+heinsen_minlstm_scan = _gated(minlstm_gates, heinsen_scan)

@@ -19,8 +19,9 @@ so the layer keeps only ``p`` and ``h`` (both in the input dtype) per layer:
 * ``minlstm_scan(p, h0=None)``, ``p = [h~ | f | i]`` ``[B, T, 3H]``:
   ``d = softplus(-f) - softplus(-i)``, ``a = sigmoid(-d)``, ``b = sigmoid(d) * g(h~)``;
 
-with ``g(x) = x + 0.5`` (x >= 0) else ``sigmoid(x)``; the same maths as
-``rnnlab.layers.mingru`` / ``minlstm`` ``_coeffs``.
+with ``g(x) = x + 0.5`` (x >= 0) else ``sigmoid(x)``; the same maths as ``naive.mingru_gates``
+/ ``naive.minlstm_gates``. Each entry point returns ``(h, h_T)``, the final state being
+``h[:, -1]`` in fp32.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from rnnlab.ops.registry import final_state
 
 __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 
@@ -262,24 +265,25 @@ class _Scan(torch.autograd.Function):
         return None, dh0, dp
 
 
-def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """All states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in ``b``'s dtype."""
+def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in
+    ``b``'s dtype."""
     if a.dtype != b.dtype:
         a = a.to(b.dtype)
-    return _Scan.apply(0, h0, a, b)
+    h = _Scan.apply(0, h0, a, b)
+    return h, final_state(h, h0)
 
 
-def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """minGRU recurrence from the raw projection ``p = [h~ | k]`` ``[B, T, 2H]`` -> h ``[B, T, H]``
-    in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
-    if p.shape[-1] % 2:
-        raise ValueError(f"p must be [B, T, 2H], got {tuple(p.shape)}")
-    return _Scan.apply(1, h0, p)
-
-
-def minlstm_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
-    """minLSTM recurrence from the raw projection ``p = [h~ | f | i]`` ``[B, T, 3H]`` -> h
+def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of minGRU from the raw projection ``p = [h~ | k]`` ``[B, T, 2H]``: h
     ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
-    if p.shape[-1] % 3:
-        raise ValueError(f"p must be [B, T, 3H], got {tuple(p.shape)}")
-    return _Scan.apply(2, h0, p)
+    h = _Scan.apply(1, h0, p)
+    return h, final_state(h, h0)
+
+
+def minlstm_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of minLSTM from the raw projection ``p = [h~ | f | i]`` ``[B, T, 3H]``: h
+    ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
+    h = _Scan.apply(2, h0, p)
+    return h, final_state(h, h0)

@@ -1,4 +1,5 @@
-"""Pure-PyTorch SSD (Mamba2's state-space duality scan), the CPU reference.
+"""Pure-PyTorch SSD (Mamba2's state-space duality scan): the sequential reference ``ssd_scan`` and
+the chunked form ``ssd_chunked`` (backend "chunked", what the reference Mamba2 layer trains with).
 
 Per head ``h`` (group ``g = h // (H/G)``), with ``dt`` already positive (softplus applied):
 
@@ -6,9 +7,10 @@ Per head ``h`` (group ``g = h // (H/G)``), with ``dt`` already positive (softplu
     y_t = S_t C_t                                          # y: [P]
 
 Shapes: ``x [B,T,H,P]``, ``dt [B,T,H]``, ``A [H]`` (negative), ``B, C [B,T,G,N]``,
-``initial_state [B,H,P,N]``. Math in fp32 (or float64); outputs in ``x``'s dtype. ``D`` skip and gating are not
-part of the scan (the layer adds them), matching ``mamba_ssm``'s ``ssd_minimal_discrete`` with
-``X = x*dt`` and ``A = A*dt``.
+``initial_state [B,H,P,N]`` (None = zeros). Math in fp32 (or float64). Both forms return
+``(y, S_T)``: outputs in ``x``'s dtype and the final state ``[B,H,P,N]`` in the compute dtype.
+``D`` skip and gating are not part of the scan (the layer adds them), matching ``mamba_ssm``'s
+``ssd_minimal_discrete`` with ``X = x*dt`` and ``A = A*dt``.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
     return out.masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool, device=x.device), 0), -torch.inf)
 
 
-def ssd_scan(
+def ssd_chunked(
     x: torch.Tensor,
     dt: torch.Tensor,
     A: torch.Tensor,
@@ -50,11 +52,10 @@ def ssd_scan(
     C: torch.Tensor,
     chunk_size: int = 256,
     initial_state: torch.Tensor | None = None,
-    return_final_state: bool = False,
-):
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked SSD: quadratic attention-like form inside chunks of ``chunk_size``, a linear
     recurrence over chunk states between them. ``T`` need not divide ``chunk_size`` (zero
-    padding, dt=0, leaves the state unchanged). Returns ``y`` or ``(y, final_state)``."""
+    padding, dt=0, leaves the state unchanged). Returns ``(y, final_state)``."""
     dtype = x.dtype
     b, T, h, p = x.shape
     x, dt, A, B, C = _up(x, dt, A, B, C)
@@ -88,19 +89,20 @@ def ssd_scan(
     # 4. carried-in state -> outputs
     y_off = torch.einsum("bclhn,bchpn,bhcl->bclhp", C, states, torch.exp(cum))
     y = (y_diag + y_off).reshape(b, nc * L, h, p)[:, :T].to(dtype)
-    return (y, final) if return_final_state else y
+    return y, final
 
 
-def ssd_recurrent(
+def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
     A: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
+    chunk_size: int = 256,
     initial_state: torch.Tensor | None = None,
-    return_final_state: bool = False,
-):
-    """The same map as :func:`ssd_scan`, one time step at a time (readable; for tests)."""
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference: the recurrence above one time step at a time, ``(y, final_state)``
+    (``chunk_size`` is accepted for the common signature and unused)."""
     dtype = x.dtype
     b, T, h, p = x.shape
     x, dt, A, B, C = _up(x, dt, A, B, C)
@@ -112,4 +114,4 @@ def ssd_recurrent(
         S = S * dA[..., None, None] + torch.einsum("bh,bhn,bhp->bhpn", dt[:, t], B[:, t], x[:, t])
         ys.append(torch.einsum("bhpn,bhn->bhp", S, C[:, t]))
     y = torch.stack(ys, dim=1).to(dtype) if T else x.new_zeros(b, 0, h, p).to(dtype)
-    return (y, S) if return_final_state else y
+    return y, S

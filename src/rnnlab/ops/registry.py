@@ -1,0 +1,156 @@
+"""The op registry: every recurrence in rnnlab is one :class:`Op`, run with one backend vocabulary.
+
+``backend`` of every op:
+
+* ``"naive"``: the op's reference, a readable pure-PyTorch loop over time (any device). It defines
+  the op; every other implementation is tested against it.
+* ``"triton"``: the op's GPU kernel module (``rnnlab.ops.<op>.triton``: Triton, or CUDA C++
+  where that module says so), imported on first use; CUDA tensors only.
+* ``"auto"``: ``"triton"`` for CUDA tensors when the kernel imports (a one-time warning when it
+  does not), else ``"naive"``.
+* named PyTorch alternatives an op adds (``"heinsen"``: the log-space parallel linear scan;
+  ``"chunked"``: the chunked SSD form).
+
+An explicit backend that cannot run raises. ``Op.backends`` lists the words an op accepts (layer
+configs validate their ``backend`` field against it).
+
+torch.compile: Dynamo traces :meth:`Op.__call__` itself (the choice is plain Python; a kernel
+module's availability is a trace-time constant) and then either
+
+* keeps the op inside the graph, when the chosen function is marked :func:`traced`: its body calls
+  only torch ops and ``torch.library`` custom ops, which Inductor treats as opaque extern calls
+  with a registered autograd formula (E1's Elman scan); a model made of such layers compiles to
+  one graph, with no graph break; or
+* calls it as one opaque call (:func:`opaque`, a graph break around it): the reference loops
+  (tracing would unroll ``T`` steps and take minutes) and the other kernels' autograd Functions.
+  Inductor fuses everything between the breaks.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from typing import Callable
+
+import torch
+
+from rnnlab.ops.dtypes import compute_dtype
+
+BACKENDS = ("auto", "naive", "triton")
+
+
+class LazyKernel:
+    """The GPU kernel module ``module``, imported once on first use; ``get()`` returns None when
+    it cannot be imported (no Triton, no GPU toolchain), keeping the error for messages."""
+
+    def __init__(self, module: str):
+        self.module = module
+        self._mod = None
+        self.error: str | None = None
+        self.warned = False
+
+    def get(self):
+        if self._mod is None and self.error is None:
+            try:
+                self._mod = importlib.import_module(self.module)
+            except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+                self.error = f"{type(e).__name__}: {e}"
+        return self._mod
+
+    def available(self) -> bool:
+        return self.get() is not None
+
+    # Under torch.compile the import runs once at trace time and its answer is a constant.
+    available = torch.compiler.assume_constant_result(available)
+
+
+def opaque(fn: Callable) -> Callable:
+    """``fn`` as one opaque call under ``torch.compile``: Dynamo neither traces nor compiles it
+    (or anything it calls) and breaks the graph around it; outside compilation it is ``fn``.
+
+    This is ``torch.compiler.disable(fn)``, built through ``torch._disable_dynamo`` where it exists
+    (the form torch.optim uses): it imports ``torch._dynamo`` (about a second) only on the first
+    call instead of when rnnlab is imported."""
+    lazy = getattr(torch, "_disable_dynamo", None)
+    return lazy(fn, recursive=True) if lazy is not None else torch.compiler.disable(fn, recursive=True)
+
+
+def traced(fn: Callable) -> Callable:
+    """Mark a kernel-module entry point that torch.compile may trace (it calls only torch ops and
+    registered custom ops): :class:`Op` then keeps it in the graph instead of breaking."""
+    fn.traced = True
+    return fn
+
+
+@opaque
+def _run_opaque(fn: Callable, *args):
+    """``fn(*args)`` as one opaque call under torch.compile."""
+    return fn(*args)
+
+
+@opaque
+def _warn_unavailable(op: str, kernel: LazyKernel) -> None:
+    if not kernel.warned:
+        warnings.warn(f"{op}: GPU kernel unavailable ({kernel.error}); using the slow reference loop")
+        kernel.warned = True
+
+
+class Op:
+    """One recurrence: its reference ``naive`` (the definition), its GPU kernel module
+    ``kernel_module`` (a function named ``name`` in it; None = no kernel yet) and named PyTorch
+    ``alternatives``. ``op(*args, backend=...)`` runs the chosen implementation on ``args``; the
+    first argument's device decides ``auto``. Every implementation returns
+    ``(outputs, final_state)`` (see :func:`final_state`)."""
+
+    def __init__(self, name: str, naive: Callable, kernel_module: str | None = None,
+                 alternatives: dict[str, Callable] | None = None):
+        self.name = name
+        self.naive = naive
+        self.kernel = LazyKernel(kernel_module) if kernel_module else None
+        self.alternatives = dict(alternatives or {})
+        self.backends = (*BACKENDS, *self.alternatives)
+
+    def kernel_available(self) -> bool:
+        return self.kernel is not None and self.kernel.available()
+
+    def implementation(self, backend: str, x: torch.Tensor) -> Callable:
+        """The function ``backend`` picks for inputs on ``x``'s device (raises when it cannot run)."""
+        if backend not in self.backends:
+            raise ValueError(f"backend must be one of {self.backends}, got {backend!r}")
+        if backend in self.alternatives:
+            return self.alternatives[backend]
+        if backend == "triton":
+            if not x.is_cuda:
+                raise RuntimeError(f"{self.name} backend='triton' needs CUDA tensors, got device "
+                                   f"{x.device}; use 'naive' or 'auto'")
+            if not self.kernel_available():
+                why = "it has no GPU kernel yet" if self.kernel is None else \
+                    f"cannot import the kernel ({self.kernel.error})"
+                raise RuntimeError(f"{self.name} backend='triton' is unavailable: {why}")
+        use_kernel = backend == "triton" or (backend == "auto" and x.is_cuda and self.kernel_available())
+        if backend == "auto" and x.is_cuda and self.kernel is not None and not use_kernel:
+            _warn_unavailable(self.name, self.kernel)
+        return getattr(self.kernel.get(), self.name) if use_kernel else self.naive
+
+    def __call__(self, *args, backend: str = "auto"):
+        fn = self.implementation(backend, args[0])
+        return fn(*args) if getattr(fn, "traced", False) else _run_opaque(fn, *args)
+
+
+OPS: dict[str, Op] = {}
+
+
+def register(op: Op) -> Op:
+    """Add ``op`` to :data:`OPS` (by name) and return it."""
+    OPS[op.name] = op
+    return op
+
+
+def final_state(h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """The state after the last step of all states ``h: [B, T, ...]`` from ``h0`` (None = zeros),
+    in the compute dtype: ``h[:, -1]`` (``h0`` when T = 0). For kernels that store their states in
+    the input dtype; the references return the exact state of their loop instead."""
+    dt = compute_dtype(h.dtype)
+    if h.shape[1] > 0:
+        return h[:, -1].to(dt)
+    return h.new_zeros(h.shape[:1] + h.shape[2:], dtype=dt) if h0 is None else h0.to(dt)
