@@ -11,6 +11,7 @@ measured copy bandwidth, and (E1) the recurrent FLOPs over the measured bf16 GEM
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -72,18 +73,17 @@ def main(argv=None):
     p.add_argument("--json", default=None)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--quick", action="store_true", help="skip the slow naive E1 loop")
-    p.add_argument("--best-out", default=None, help="write the fastest dense config BN,BK,warps,stages,split")
+    p.add_argument("--best-out", default=None, help="write the fastest dense per-step tile BN,BK,warps,stages")
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "dense"],
                    help="which kernel families to time (default all)")
     args = p.parse_args(argv)
 
-    import triton
-
     from rnnlab.ops.diag import diag_elman_scan
     from rnnlab.ops.elman import elman_scan
     from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
     from rnnlab.ops.scan import linear_scan
 
     B, T = args.B, args.T
@@ -128,19 +128,6 @@ def main(argv=None):
 
     from rnnlab.ops.scan import triton as stri
 
-    H = 1760
-    for blk in (128, 512) if "scan" in args.sections else ():
-        stri.BLOCK = blk
-
-        def mkb(H=H):
-            a = torch.rand(B, T, H, device=dev, dtype=dt).mul_(0.5).add_(0.5).requires_grad_()
-            b = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
-            return (lambda a, b: linear_scan(a, b, None, backend="triton")), [a, b], torch.randn_like(b)
-
-        add("scan triton", f"B{B} T{T} H{H}", fwd_bwd(mkb, args.reps), (3 + 5) * B * T * H * el / bw * 1e3,
-            f"BLOCK={blk}")
-    stri.BLOCK = 256
-
     # fused gate + scan (reads p once, writes h; backward reads p, h, g, writes dp)
     for nm, fn, G, H in (("minGRU fused gates+scan", stri.mingru_scan, 2, 3520),
                          ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)) \
@@ -177,65 +164,51 @@ def main(argv=None):
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-        def mkh(nh=nh, hd=hd, H=H):
-            wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
-            w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
-            return (lambda x, w: elman_scan(x, w, None, backend="triton")), [wx, w], torch.randn_like(wx)
-
         for fast in (True, False):
-            et.FAST_TANH = fast
+            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast)):
+                wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
+                w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
+                return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
+
             add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
                 "tanh.approx" if fast else "exp-tanh")
-        et.FAST_TANH = True
 
     # ---- E1 dense 1760
     H = 1760
     rec_flops = 3 * 2 * B * T * H * H
     floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-    def mke():
+    def mke(opts=ElmanKernelOptions()):
         wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
         w = (torch.randn(H, H, device=dev) * (0.9 / H**0.5)).to(dt).requires_grad_()
-        return (lambda x, w: elman_scan(x, w, None, backend="triton")), [wx, w], torch.randn_like(wx)
+        return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
     if "dense" not in args.sections:
         return finish(args, rows, bw, fl, None)
-    from rnnlab.ops.elman import persistent
+    from rnnlab.ops.elman import dense_step, persistent
 
-    for warps, tile in persistent.SHAPES:
-        persistent.WARPS, persistent.TILE = warps, tile
-        add("E1 dense persistent CUDA", f"B{B} T{T} H{H}", fwd_bwd(mke, args.reps), floor,
+    for i, (warps, tile) in enumerate(persistent.SHAPES):
+        add("E1 dense persistent CUDA", f"B{B} T{T} H{H}",
+            fwd_bwd(lambda: mke(ElmanKernelOptions(persistent_shape=i)), args.reps), floor,
             f"cooperative, {warps} warps, tile {tile[0]} cols x {tile[1]} rows")
-    persistent.WARPS = persistent.TILE = None
-    # where the default shape's time goes: the same kernel without the inter-block waits (wrong
-    # results, timing only) and without staging the previous state from L2
-    for dbg, what in ((1, "no inter-block waits"), (2, "no state staging"), (3, "neither")):
-        persistent.DEBUG = dbg
-        add("E1 dense persistent CUDA", f"B{B} T{T} H{H}", fwd_bwd(mke, args.reps), floor,
-            f"default shape, {what} (timing only)")
-    persistent.DEBUG = 0
-    et.DENSE_PERSISTENT = False
     best = None
-    # (BN, BK, warps, stages, split-K)
-    for cfg in ((16, 128, 4, 3, 1), (16, 256, 4, 3, 1), (16, 128, 4, 3, 2), (16, 128, 4, 3, 4),
-                (16, 64, 4, 3, 4), (32, 128, 4, 3, 4), (32, 64, 4, 3, 7), (64, 64, 4, 3, 7),
-                (16, 64, 2, 3, 7), (32, 64, 4, 2, 14)):
-        et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT = cfg
-        et.USE_GRAPH = True
-        r = fwd_bwd(mke, args.reps)
-        add("E1 dense triton step+graph", f"B{B} T{T} H{H}", r, floor,
-            "BN={} BK={} w={} st={} splitK={}".format(*cfg))
+    # the per-step kernel (persistent off), CUDA-graphed, per tile (BN, BK, warps, stages)
+    for tile in ((16, 128, 4, 3), (16, 256, 4, 3), (16, 64, 4, 3), (32, 128, 4, 3), (32, 64, 4, 3),
+                 (64, 64, 4, 3), (16, 64, 2, 3), (32, 64, 4, 2)):
+        opts = ElmanKernelOptions(persistent=False, dense_bn=tile[0], dense_bk=tile[1],
+                                  dense_warps=tile[2], dense_stages=tile[3])
+        r = fwd_bwd(lambda: mke(opts), args.reps)
+        add("E1 dense triton step+graph", f"B{B} T{T} H{H}", r, floor, "BN={} BK={} w={} st={}".format(*tile))
         if best is None or r[2] < best[0]:
-            best = (r[2], cfg)
-    et._GRAPHS.clear()
-    print("best dense config", best)
+            best = (r[2], opts)
+    dense_step.GRAPHS.clear()
+    print("best dense per-step options", best)
     if args.best_out:
         with open(args.best_out, "w") as f:
-            f.write(",".join(map(str, best[1])))
-    et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT = best[1]
-    et.USE_GRAPH = False
-    add("E1 dense triton step, eager", f"B{B} T{T} H{H}", fwd_bwd(mke, 3), floor, "best config")
-    et.USE_GRAPH = True
+            o = best[1]
+            f.write(f"{o.dense_bn},{o.dense_bk},{o.dense_warps},{o.dense_stages}")
+    add("E1 dense triton step, eager", f"B{B} T{T} H{H}",
+        fwd_bwd(lambda: mke(dataclasses.replace(best[1], cuda_graph=False)), 3), floor, "best tile")
     if not args.quick:
         def mken():
             fn, ins, g = mke()
@@ -261,7 +234,6 @@ def main(argv=None):
         chain()
     tc = timeit(gph.replay, args.reps)
     print(f"{'cuBLAS GEMM chain (graph)':34s} {'':22s} {tc:8.3f} ms ({tc / T * 1e3:.2f} us/step)")
-    et.DENSE_PERSISTENT = True
     return finish(args, rows, bw, fl, tc)
 
 

@@ -7,7 +7,7 @@ Prints, on one GPU, in one run:
 1. Concurrency of the persistent scan (forward, T = 512, H = 1760): one scan; two serially; two
    on two streams; and one scan next to a stream of GEMMs. At B = 32 one scan takes 2 batch
    groups x 55 blocks = 110 of the 132 SMs, so two fit side by side only with the groups capped
-   at 1 (``persistent.MAX_GROUPS``), which makes each scan slower.
+   at 1 (:func:`capped_plan`, this benchmark's own launch plan), which makes each scan slower.
 2. The whole E1 d26 model (dim 1760, bf16) forward+backward, each variant captured in ONE CUDA
    graph so that Python/launch cost does not decide (eager, the wavefront's ~C x more kernel
    launches make it CPU-bound): plain vs the wavefront with C chunks on 2 streams, plus the
@@ -20,6 +20,7 @@ Prints, on one GPU, in one run:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import sys
@@ -33,10 +34,38 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import timeit  # noqa: E402
 
 from rnnlab.models import LM, ModelConfig  # noqa: E402
-from rnnlab.ops.elman import elman_scan  # noqa: E402
 from rnnlab.ops.elman import persistent  # noqa: E402
+from rnnlab.ops.elman.triton import dw_dense  # noqa: E402
 
 H, T = 1760, 512
+
+
+def capped_plan(x: torch.Tensor, groups: int | None) -> persistent.Plan:
+    """The persistent kernel's launch for ``x`` with at most ``groups`` batch groups (None = as
+    chosen), so that the grid leaves SMs free for a second scan: the wavefront's experiment, not
+    a kernel option."""
+    plan = persistent.make_plan(x)
+    return plan if groups is None else dataclasses.replace(plan, groups=min(plan.groups, groups))
+
+
+class CappedScan(torch.autograd.Function):
+    """The dense bf16 Elman scan on the persistent kernel with :func:`capped_plan` (forward and
+    backward), the rest of the backward as ``rnnlab.ops.elman.triton`` computes it."""
+
+    @staticmethod
+    def forward(ctx, wx, w, h0, groups):
+        plan = capped_plan(wx, groups)
+        h = persistent.forward(wx.contiguous(), w.contiguous(), None if h0 is None else h0.contiguous(), plan)
+        ctx.plan = plan
+        ctx.save_for_backward(w, h, h0)
+        return h
+
+    @staticmethod
+    def backward(ctx, g):
+        w, h, h0 = ctx.saved_tensors
+        dpre = persistent.backward(g.contiguous(), h, w.contiguous(), ctx.plan)
+        dh0 = None if h0 is None else (dpre[:, 0].float() @ w.float()).to(h0.dtype)
+        return dpre, dw_dense(dpre, h, h0), dh0, None
 
 
 def concurrency(rows: list) -> None:
@@ -53,37 +82,37 @@ def concurrency(rows: list) -> None:
             cur.wait_stream(s)
 
     for B, groups in ((16, 1), (32, 2), (32, 1)):
-        persistent.MAX_GROUPS = groups
         wx = [torch.randn(B, T, H, device="cuda").bfloat16() for _ in range(2)]
-        a, b = (lambda: persistent.forward(wx[0], w, None)), (lambda: persistent.forward(wx[1], w, None))
+        plan = capped_plan(wx[0], groups)
+        a, b = (lambda: persistent.forward(wx[0], w, None, plan)), (lambda: persistent.forward(wx[1], w, None, plan))
         one, serial = timeit(a, 10), timeit(lambda: (a(), b()), 10)
         both = timeit(lambda: on_streams(a, b), 10)
         rows.append(dict(part="scans", B=B, max_groups=groups, one_ms=round(one, 3),
                          us_per_step=round(one / T * 1e3, 2), two_serial_ms=round(serial, 3),
                          two_streams_ms=round(both, 3), speedup=round(serial / both, 2)))
         print(rows[-1], flush=True)
-    persistent.MAX_GROUPS = 1
     wx = torch.randn(16, T, H, device="cuda").bfloat16()
+    plan = capped_plan(wx, 1)
     a, m = torch.randn(16 * T, H, device="cuda").bfloat16(), torch.randn(2 * H, H, device="cuda").bfloat16()
-    scan = lambda: persistent.forward(wx, w, None)  # noqa: E731
+    scan = lambda: persistent.forward(wx, w, None, plan)  # noqa: E731
     gemms = lambda: [a @ m.t() for _ in range(20)]  # noqa: E731
     ts, tg, tb = timeit(scan, 10), timeit(gemms, 10), timeit(lambda: on_streams(scan, gemms), 10)
     rows.append(dict(part="scan+gemms", B=16, scan_ms=round(ts, 3), gemms_ms=round(tg, 3),
                      together_ms=round(tb, 3), serial_ms=round(ts + tg, 3)))
     print(rows[-1], flush=True)
-    persistent.MAX_GROUPS = None
 
 
 # ------------------------------------------------------------------------------- wavefront
-def e1_chunk(mixer, x, h0, w_h):
+def e1_chunk(mixer, x, h0, w_h, groups):
     """E1's forward on one time chunk from state ``h0`` (None = zeros): ``(y, last state)``. The
-    same steps as ``E1.forward`` with the spectral-normed ``w_h`` computed once per model step."""
+    same steps as ``E1.forward`` with the spectral-normed ``w_h`` computed once per model step and
+    the scan's batch groups capped at ``groups``."""
     xr, z = mixer._inputs(x)
-    h, _ = elman_scan(F.linear(xr, mixer.W_x, mixer.b), w_h, h0)
+    h = CappedScan.apply(F.linear(xr, mixer.W_x, mixer.b), w_h, h0, groups)
     return mixer._output(h, z), h[:, -1]
 
 
-def wavefront_loss(model: LM, idx, tgt, chunks: int, streams: list) -> torch.Tensor:
+def wavefront_loss(model: LM, idx, tgt, chunks: int, groups: int, streams: list) -> torch.Tensor:
     """``model(idx, tgt)`` computed as a wavefront: block l runs chunk c on stream l % len(streams)
     after block l-1 has run chunk c; autograd replays the backward on the same streams in the
     reverse order, which is again a wavefront."""
@@ -101,7 +130,7 @@ def wavefront_loss(model: LM, idx, tgt, chunks: int, streams: list) -> torch.Ten
             with torch.cuda.stream(s):
                 x = xs[c]
                 x.record_stream(s)
-                y, state[l] = e1_chunk(blk.mixer, blk.norm(x), state[l], w_h[l])
+                y, state[l] = e1_chunk(blk.mixer, blk.norm(x), state[l], w_h[l], groups)
                 xs[c] = x + y
                 done[l][c] = s.record_event()
     for c in range(chunks):
@@ -143,9 +172,8 @@ def whole_model(rows: list, batches: list[int], chunk_counts: list[int]) -> None
         variants = [(1, None)] + [(c, g) for g in ((1,) if B <= 16 else (1, 2)) for c in chunk_counts]
         ref = None
         for chunks, groups in variants:
-            persistent.MAX_GROUPS = groups
             fn = (lambda: model(idx, tgt)) if chunks == 1 else (
-                lambda c=chunks: wavefront_loss(model, idx, tgt, c, streams))
+                lambda c=chunks, g=groups: wavefront_loss(model, idx, tgt, c, g, streams))
             g = graphed(model, fn)
             reset_u()
             g.replay()
@@ -159,7 +187,6 @@ def whole_model(rows: list, batches: list[int], chunk_counts: list[int]) -> None
             del g
             model.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-    persistent.MAX_GROUPS = None
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rnnlab.ops.elman import naive
+from rnnlab.ops.elman.options import ElmanKernelOptions
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -57,12 +58,11 @@ def test_heads_kernel_matches_reference(B, T, heads, hd, h0):
 
 
 @pytest.mark.parametrize("B,T,H,h0", [(3, 5, 40, False), (1, 3, 24, True), (4, 1, 16, True)])
-@pytest.mark.parametrize("split", [1, 3])
-def test_dense_step_kernels_match_reference(B, T, H, h0, split, monkeypatch):
-    """The per-step kernel, whole-K and split-K (16-wide K chunks: up to 3 programs per tile)."""
-    monkeypatch.setattr(K, "DENSE_SPLIT", split)
-    monkeypatch.setattr(K, "DENSE_BK", 16)
-    _check(K.elman_scan, B, T, H, None, h0)
+@pytest.mark.parametrize("bk", [16, 128])
+def test_dense_step_kernels_match_reference(B, T, H, h0, bk):
+    """The per-step kernel with the default options and with 16-wide K chunks (several per step)."""
+    opts = ElmanKernelOptions(dense_bk=bk)
+    _check(lambda *a: K.elman_scan(*a, options=opts), B, T, H, None, h0)
 
 
 def test_heads_backward_skips_dw_when_not_needed():
@@ -76,8 +76,9 @@ def test_heads_backward_skips_dw_when_not_needed():
 def test_custom_ops_pass_opcheck(heads):
     """Schema, fake (meta) implementation and autograd registration agree with the real kernels."""
     wx, w, hz = _inputs(2, 3, 32, heads, True)
-    torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, hz))
-    torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, None))
+    options = ElmanKernelOptions().to_ints()
+    torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, hz, options))
+    torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, None, options))
 
 
 @pytest.mark.parametrize("heads", [2, None])

@@ -91,5 +91,15 @@ def test_persistent_kernel_declines_what_it_cannot_run_without_building():
 
     persistent._ext.cache_clear()
     for x in (torch.zeros(2, 3, 16), torch.zeros(2, 3, 16, dtype=torch.bfloat16)):
-        assert not persistent.supported(x)
+        assert persistent.make_plan(x) is None
     assert persistent._ext.cache_info().currsize == 0
+
+
+def test_kernel_options_round_trip_through_the_custom_op_argument():
+    """The options travel through the custom ops as ints and come back equal (bools as bools)."""
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    opts = ElmanKernelOptions(persistent=False, persistent_shape=2, cuda_graph=False, dense_bk=64, heads_warps=4)
+    back = ElmanKernelOptions.from_ints(opts.to_ints())
+    assert back == opts and back.persistent is False and isinstance(back.cuda_graph, bool)
+    assert ElmanKernelOptions.from_ints(ElmanKernelOptions().to_ints()) == ElmanKernelOptions()

@@ -133,54 +133,47 @@ def test_elman_dense_graph_matches_eager_and_reuses_buffers():
     shape, so the same captured graph) gives the new answer, not the old one."""
     from rnnlab.ops.elman import naive
     from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
     B, T, H = 4, 24, 160
-    old = et.USE_GRAPH
-    try:
-        for trial in range(2):
-            torch.manual_seed(100 + trial)
-            wx = torch.randn(B, T, H, device=DEV)
-            w = torch.randn(H, H, device=DEV) * (0.9 / H**0.5)
-            outs = []
-            for use in (True, False):
-                et.USE_GRAPH = use
-                x = wx.clone().requires_grad_()
-                ww = w.clone().requires_grad_()
-                y, _ = et.elman_scan(x, ww, None)
-                y.square().sum().backward()
-                outs.append((y.detach(), x.grad, ww.grad))
-            ref, _ = naive.elman_scan(wx.double().cpu(), w.double().cpu())
-            assert rel(outs[0][0], ref) < 1e-4
-            for a, b in zip(outs[0], outs[1]):
-                assert rel(a, b) < 1e-6
-    finally:
-        et.USE_GRAPH = old
+    for trial in range(2):
+        torch.manual_seed(100 + trial)
+        wx = torch.randn(B, T, H, device=DEV)
+        w = torch.randn(H, H, device=DEV) * (0.9 / H**0.5)
+        outs = []
+        for graph in (True, False):
+            x = wx.clone().requires_grad_()
+            ww = w.clone().requires_grad_()
+            y, _ = et.elman_scan(x, ww, None, options=ElmanKernelOptions(cuda_graph=graph))
+            y.square().sum().backward()
+            outs.append((y.detach(), x.grad, ww.grad))
+        ref, _ = naive.elman_scan(wx.double().cpu(), w.double().cpu())
+        assert rel(outs[0][0], ref) < 1e-4
+        for a, b in zip(outs[0], outs[1]):
+            assert rel(a, b) < 1e-6
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("cfg", [(16, 64, 4, 3, 4), (32, 64, 4, 3, 7), (16, 128, 4, 3, 2)])
+@pytest.mark.parametrize("tile", [(16, 64, 4, 3), (32, 64, 4, 3), (16, 128, 4, 3), (32, 128, 8, 2)])
 @pytest.mark.parametrize("graph", [True, False])
-def test_elman_dense_split_k(dtype, cfg, graph):
-    """The split-K dense step (fp32 atomics + last-program epilogue, self-cleaning workspace):
-    two calls in a row (the second reuses the workspace) both match the reference."""
+def test_elman_dense_step_tiles(dtype, tile, graph):
+    """The per-step dense kernel (persistent kernel off) with other tiles (BN, BK, warps, stages),
+    graphed and eager: three calls in a row (the second reuses the captured graph) all match the
+    reference, and the backward runs with the forward's options."""
     from rnnlab.ops.elman import naive
     from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
-    saved = (et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT, et.USE_GRAPH)
-    try:
-        et.DENSE_PERSISTENT = False
-        et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT = cfg
-        et.USE_GRAPH = graph
-        for trial, (B, T, H) in enumerate([(5, 30, 300), (5, 30, 300), (33, 12, 200)]):
-            torch.manual_seed(200 + trial)
-            wx = torch.randn(B, T, H)
-            w = torch.randn(H, H) * (0.9 / H**0.5)
-            h0 = torch.randn(B, H).tanh()
-            _check_op(f"elman_dense_splitK{cfg} graph={graph}",
-                      lambda x, w, h: et.elman_scan(x, w, h), naive.elman_scan, [wx, w, h0], dtype)
-    finally:
-        et.DENSE_PERSISTENT = True
-        et.DENSE_BN, et.DENSE_BK, et.DENSE_WARPS, et.DENSE_STAGES, et.DENSE_SPLIT, et.USE_GRAPH = saved
+    bn, bk, warps, stages = tile
+    opts = ElmanKernelOptions(persistent=False, cuda_graph=graph, dense_bn=bn, dense_bk=bk,
+                              dense_warps=warps, dense_stages=stages)
+    for trial, (B, T, H) in enumerate([(5, 30, 300), (5, 30, 300), (33, 12, 200)]):
+        torch.manual_seed(200 + trial)
+        wx = torch.randn(B, T, H)
+        w = torch.randn(H, H) * (0.9 / H**0.5)
+        h0 = torch.randn(B, H).tanh()
+        _check_op(f"elman_dense_step{tile} graph={graph}",
+                  lambda x, w, h: et.elman_scan(x, w, h, options=opts), naive.elman_scan, [wx, w, h0], dtype)
 
 
 # (B, T, H): H = 1760 is E1 d26's width; B = 70 takes several batch groups / passes; H = 200 and
@@ -191,40 +184,42 @@ PERSISTENT_CASES = [(2, 33, 96), (1, 17, 64), (70, 9, 200), (3, 20, 104), (4, 30
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", PERSISTENT_CASES)
 @pytest.mark.parametrize("with_h0", [False, True])
-@pytest.mark.parametrize("warps", [8, 16])
-@pytest.mark.parametrize("tile", [(16, 32), (32, 16)])
-def test_elman_dense_persistent(dtype, case, with_h0, warps, tile, monkeypatch):
-    """The persistent cooperative kernel (the default dense 16-bit path) against the float64
-    reference, forward and all gradients; counts its launches to prove it ran."""
+@pytest.mark.parametrize("shape", range(4))  # persistent.SHAPES: 8 and 16 warps x both tiles
+def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
+    """The persistent cooperative kernel (the default dense 16-bit path) in each launch shape
+    against the float64 reference, forward and all gradients; records its launches to prove it
+    ran with the forced shape."""
     from rnnlab.ops.elman import naive, persistent
     from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
     B, T, H = case
+    warps, tile = persistent.SHAPES[shape]
     if warps == 16 and H != 1760:
         pytest.skip("16 warps: checked at the E1 width only")
-    assert persistent.supported(torch.empty(1, 1, H, device=DEV, dtype=dtype))
+    assert persistent.make_plan(torch.empty(1, 1, H, device=DEV, dtype=dtype)) is not None
     calls = []
     for name in ("forward", "backward"):
         fn = getattr(persistent, name)
-        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append(name) or fn(*a))
-    monkeypatch.setattr(persistent, "WARPS", warps)
-    monkeypatch.setattr(persistent, "TILE", tile)
+        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[-1])) or fn(*a))
+    opts = ElmanKernelOptions(persistent_shape=shape)
     torch.manual_seed(hash((case, with_h0)) % 1000 + 7)
     wx = torch.randn(B, T, H)
     w = torch.randn(H, H) * (0.9 / H**0.5)
     h0 = torch.randn(B, H).tanh() if with_h0 else None
-    _check_op(f"elman_dense_persistent{case} warps={warps} tile={tile}", lambda x, w, h: et.elman_scan(x, w, h),
-              naive.elman_scan, [wx, w, h0], dtype)
-    assert calls == ["forward", "backward"]
+    _check_op(f"elman_dense_persistent{case} warps={warps} tile={tile}",
+              lambda x, w, h: et.elman_scan(x, w, h, options=opts), naive.elman_scan, [wx, w, h0], dtype)
+    assert [name for name, _ in calls] == ["forward", "backward"]
+    assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) for _, plan in calls)
 
 
 def test_elman_dense_persistent_not_used_when_it_cannot_run():
     """fp32, and H not a multiple of 8, fall back to the Triton per-step kernel."""
     from rnnlab.ops.elman import persistent
 
-    assert not persistent.supported(torch.empty(1, 1, 256, device=DEV, dtype=torch.float32))
-    assert not persistent.supported(torch.empty(1, 1, 100, device=DEV, dtype=torch.bfloat16))
-    assert not persistent.supported(torch.empty(1, 1, 8192, device=DEV, dtype=torch.bfloat16))
+    assert persistent.make_plan(torch.empty(1, 1, 256, device=DEV, dtype=torch.float32)) is None
+    assert persistent.make_plan(torch.empty(1, 1, 100, device=DEV, dtype=torch.bfloat16)) is None
+    assert persistent.make_plan(torch.empty(1, 1, 8192, device=DEV, dtype=torch.bfloat16)) is None
 
 
 # ------------------------------------------------------------------------------------- layers

@@ -12,8 +12,6 @@
 // the previous step), stores its columns and raises its flag.
 // Spinning on flags needs every block resident: cudaLaunchCooperativeKernel guarantees that for
 // the grid (one block per SM) or refuses the launch.
-// `dbg` (timing decomposition only; results are wrong when set): 1 skips the waits and flags,
-// 2 skips staging the state, 4 skips the epilogue-operand prefetch.
 // Loaded by rnnlab/ops/elman/persistent.py via torch's extension loader.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -81,7 +79,7 @@ size_t smem_bytes(int H) {
 template <typename T, int WARPS, int NC, int RB, bool BWD>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __restrict__ m,
-                 const T* __restrict__ x0, T* out, unsigned* flags, int B, int Tn, int H, int dbg) {
+                 const T* __restrict__ x0, T* out, unsigned* flags, int B, int Tn, int H) {
   constexpr int THREADS = WARPS * 32, MT = RB / 16, NT = NC / 16;
   constexpr int EPT = (RB * NC + THREADS - 1) / THREADS;  // epilogue elements per thread and pass
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -115,7 +113,7 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
     for (int e = 0; e < EPT; ++e) {
       const int i = threadIdx.x + e * THREADS, r = i / NC, c = c0 + i % NC;
       const long o = static_cast<long>(b0 + r) * sT + static_cast<long>(t) * H + c;
-      const bool ok = i < nb * NC && c < H && !(dbg & 4);
+      const bool ok = i < nb * NC && c < H;
       q1[e] = ok ? to_float(e1[o]) : 0.f;
       if constexpr (BWD) q2[e] = ok ? to_float(e2[o]) : 0.f;
     }
@@ -140,10 +138,10 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
         for (int j = 0; j < NT; ++j) wmma::fill_fragment(acc[i][j], 0.f);
       if (src != nullptr && kt1 > kt0) {
         // K tile kt is produced by column block kt / NT: wait for exactly the ones this warp reads
-        if (s > 0 && b0 == first_b0 && !(dbg & 1)) wait_producers(myflags, kt0 / NT, (kt1 - 1) / NT, s, lane);
+        if (s > 0 && b0 == first_b0) wait_producers(myflags, kt0 / NT, (kt1 - 1) / NT, s, lane);
         // each warp stages (and later reads) only its own K columns: no block-wide sync needed
         const int nch = (kt1 - kt0) * 2;  // 16-byte chunks per row
-        for (int i = lane; i < nb * nch && !(dbg & 2); i += 32) {
+        for (int i = lane; i < nb * nch; i += 32) {
           const int r = i / nch, c = kt0 * 16 + (i % nch) * 8;
           if (c < H) cp_async16(hs + r * ld + c, src + static_cast<long>(b0 + r) * stride + c);
         }
@@ -186,7 +184,7 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
       const bool last = b0 + bstep >= B;
       // the release orders this block's stores (made visible to thread 0 by the barrier above);
       // it also waits for thread 0's earlier loads, so the next prefetch is issued after it
-      if (last && threadIdx.x == 0 && !(dbg & 1)) st_release(myflags + blockIdx.x, static_cast<unsigned>(s + 1));
+      if (last && threadIdx.x == 0) st_release(myflags + blockIdx.x, static_cast<unsigned>(s + 1));
       if (!last) prefetch(t, b0 + bstep);
       else if (s + 1 < Tn) prefetch(BWD ? t - 1 : t + 1, first_b0);
     }
@@ -195,7 +193,7 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
 
 template <typename T, int WARPS, int NC, int RB, bool BWD>
 void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tensor& m, const torch::Tensor* x0,
-            torch::Tensor& out, int groups, int dbg) {
+            torch::Tensor& out, int groups) {
   const int B = e1.size(0), Tn = e1.size(1), H = e1.size(2);
   auto kernel = elman_persistent<T, WARPS, NC, RB, BWD>;
   const size_t smem = smem_bytes<T, WARPS, NC, RB>(H);
@@ -208,7 +206,7 @@ void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tenso
   const T* px0 = x0 ? reinterpret_cast<const T*>(x0->data_ptr()) : nullptr;
   T* pout = reinterpret_cast<T*>(out.data_ptr());
   unsigned* pf = reinterpret_cast<unsigned*>(flags.data_ptr());
-  void* args[] = {&pe1, &pe2, &pm, &px0, &pout, &pf, (void*)&B, (void*)&Tn, (void*)&H, (void*)&dbg};
+  void* args[] = {&pe1, &pe2, &pm, &px0, &pout, &pf, (void*)&B, (void*)&Tn, (void*)&H};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), grid, block, args, smem,
                                              c10::cuda::getCurrentCUDAStream()));
 }
@@ -228,8 +226,8 @@ void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tenso
 
 template <bool BWD>
 torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e2, const torch::Tensor& m,
-                  const c10::optional<torch::Tensor>& x0, int64_t warps, int64_t nc, int64_t rb, int64_t groups,
-                  int64_t dbg) {
+                  const c10::optional<torch::Tensor>& x0, int64_t warps, int64_t nc, int64_t rb,
+                  int64_t groups) {
   TORCH_CHECK(e1.is_cuda() && e1.dim() == 3 && e1.is_contiguous(), "e1 must be a contiguous CUDA [B, T, H] tensor");
   TORCH_CHECK(m.scalar_type() == e1.scalar_type() && m.is_contiguous(), "m must be contiguous, dtype of e1");
   TORCH_CHECK(e1.size(2) % 8 == 0, "H must be a multiple of 8 (16-byte rows)");
@@ -240,7 +238,7 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
   const torch::Tensor* pe2 = e2.has_value() ? &e2.value() : nullptr;
   const torch::Tensor* px0 = x0.has_value() ? &x0.value() : nullptr;
   const auto dtype = e1.scalar_type();
-#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_>(e1, pe2, m, px0, out, groups, dbg);
+#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_>(e1, pe2, m, px0, out, groups);
   RNNLAB_DTYPE(RNNLAB_LAUNCH, BWD)
 #undef RNNLAB_LAUNCH
   return out;
@@ -274,7 +272,7 @@ int64_t capacity(int64_t H, int64_t warps, int64_t nc, int64_t rb) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("forward", &run<false>, "h = forward(wx, None, W, h0 or None, warps, nc, rb, groups, dbg)");
-  mod.def("backward", &run<true>, "dpre = backward(g, h, W^T, None, warps, nc, rb, groups, dbg)");
+  mod.def("forward", &run<false>, "h = forward(wx, None, W, h0 or None, warps, nc, rb, groups)");
+  mod.def("backward", &run<true>, "dpre = backward(g, h, W^T, None, warps, nc, rb, groups)");
   mod.def("capacity", &capacity, "co-resident blocks of a tile (H, warps, nc, rb); 0 = does not fit");
 }

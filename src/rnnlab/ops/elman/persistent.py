@@ -8,29 +8,38 @@ keeps its rows of ``W`` (forward) or ``W^T`` (backward) in shared memory for all
 it waits only for the blocks that produced the state columns it reads (per-block step flags);
 see the .cu file.
 
-Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans when :func:`supported` says the
-shape fits (H a multiple of 8, the blocks co-resident); otherwise the Triton per-step kernel
-(CUDA-graphed) runs.
+Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans when :func:`make_plan` finds a launch
+(H a multiple of 8, the blocks co-resident); otherwise the Triton per-step kernel
+(``dense_step.py``, CUDA-graphed) runs.
 """
 
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["supported", "forward", "backward", "SHAPES"]
+__all__ = ["SHAPES", "Plan", "make_plan", "forward", "backward"]
 
 # Launch shapes in order of preference (measured on an H100 at H = 1760, B = 16 and 32; see
 # docs/kernels.md): warps per block (the K range of a step is split over them) and the tile
-# (output columns, batch rows) per block. The first that fits in shared memory and co-residency runs.
+# (output columns, batch rows) per block. The first that fits in shared memory and co-residency
+# runs (``ElmanKernelOptions.persistent_shape`` forces one).
 SHAPES = ((16, (32, 16)), (8, (32, 16)), (16, (16, 32)), (8, (16, 32)))
-WARPS: int | None = None  # force the warps (8 or 16); None = by SHAPES
-TILE: tuple[int, int] | None = None  # force the tile, (16, 32) or (32, 16); None = by SHAPES
-MAX_GROUPS: int | None = None  # cap the batch groups (so the grid leaves SMs free); None = no cap
-DEBUG = 0  # timing decomposition (bench_kernels.py) only, results are wrong when set: bit 1 = skip
-# the inter-block waits, 2 = skip staging the state, 4 = skip the epilogue-operand prefetch
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One launch of the kernel: warps per block, the tile (output columns x batch rows per block)
+    and the batch groups (independent recurrences on their own blocks: fewer state bytes per block
+    per step; a block loops over its rows if needed)."""
+
+    warps: int
+    cols: int
+    rows: int
+    groups: int
 
 
 @functools.cache
@@ -48,33 +57,27 @@ def _capacity(device_index: int, H: int, warps: int, tile: tuple[int, int]) -> i
         return int(_ext().capacity(H, warps, *tile))
 
 
-def _plan(x: torch.Tensor) -> tuple[int, int, int, int] | None:
-    """(warps, columns per block, batch rows per block, batch groups) for ``x: [B, T, H]``, or None
-    when the persistent kernel cannot run it. Batch groups are independent recurrences on their
-    own blocks (fewer state bytes per block per step); a block loops over its rows if needed."""
+def make_plan(x: torch.Tensor, shapes=SHAPES) -> Plan | None:
+    """The launch for the dense scan of ``x: [B, T, H]`` with the first of ``shapes`` that fits,
+    or None when the kernel cannot run it. CPU tensors, dtypes other than bf16/fp16 and H not a
+    multiple of 8 are declined without building the extension."""
     if not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16) or x.shape[-1] % 8 != 0:
         return None
     B, H = x.shape[0], x.shape[-1]
-    for warps, (nc, rb) in SHAPES:
-        warps, nc, rb = WARPS or warps, *(TILE or (nc, rb))
+    for warps, (nc, rb) in shapes:
         cap = _capacity(x.device.index or 0, H, warps, (nc, rb))
-        groups = min(-(-B // rb), cap // -(-H // nc), MAX_GROUPS or B)
+        groups = min(-(-B // rb), cap // -(-H // nc))
         if groups >= 1:
-            return warps, nc, rb, groups
+            return Plan(warps, nc, rb, groups)
     return None
 
 
-def supported(x: torch.Tensor) -> bool:
-    """True when the persistent kernel can run the dense scan of ``x: [B, T, H]``."""
-    return _plan(x) is not None
-
-
-def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Plan) -> torch.Tensor:
     """``h_t = tanh(wx_t + h_{t-1} @ w.T)`` for all t; contiguous ``wx: [B, T, H]``, ``w: [H, H]``
     and ``h0: [B, H]`` (None = zeros), all of one 16-bit dtype."""
-    return _ext().forward(wx, None, w, h0, *_plan(wx), DEBUG)
+    return _ext().forward(wx, None, w, h0, plan.warps, plan.cols, plan.rows, plan.groups)
 
 
-def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan) -> torch.Tensor:
     """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
-    return _ext().backward(g, h, w.t().contiguous(), None, *_plan(g), DEBUG)
+    return _ext().backward(g, h, w.t().contiguous(), None, plan.warps, plan.cols, plan.rows, plan.groups)

@@ -1,0 +1,130 @@
+"""Triton kernels of the block-diagonal (heads) Elman scan, ``w_h: [nh, hd, hd]``.
+
+One program per (head, batch tile of ``heads_bt`` rows) keeps W_head on chip for all T and walks
+time sequentially (fp32 state, one ``[16, hd] x [hd, hd]`` MMA per step). The backward runs the
+same way in reverse with W_head: ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``, and
+accumulates ``dW = sum_t dpre_t^T h_{t-1}`` on chip in the same loop (one more
+``[hd, 16] x [16, hd]`` MMA per step, fp32, one partial per batch tile summed in torch: no
+[B, T, H] copy of the shifted states, no extra GEMM); ``dwx = dpre``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from rnnlab.ops.elman.options import ElmanKernelOptions
+from rnnlab.ops.elman.tanh import tanh
+
+
+@triton.jit
+def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD,
+               HAS_H0: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr, IEEE: tl.constexpr,
+               STAGES: tl.constexpr, FAST: tl.constexpr):
+    head = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rb = pid_b * BT + tl.arange(0, BT)
+    rk = tl.arange(0, HDP)
+    mb = rb < B
+    mk = rk < HD
+    # wt[k, n] = W[head, n, k]
+    wt = tl.load(w_ptr + head * HD * HD + rk[None, :] * HD + rk[:, None],
+                 mask=mk[:, None] & mk[None, :], other=0.0)
+    cols = head * HD + rk
+    m2 = mb[:, None] & mk[None, :]
+    offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
+    if HAS_H0:
+        h = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BT, HDP], dtype=tl.float32)
+    for t in tl.range(0, T, num_stages=STAGES):
+        x = tl.load(wx_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        if IEEE:
+            r = tl.dot(h, wt, input_precision="ieee")
+        else:
+            r = tl.dot(h.to(wt.dtype), wt)
+        h = tanh(x + r, FAST)
+        tl.store(h_ptr + offs + t * H, h.to(h_ptr.dtype.element_ty), mask=m2)
+
+
+@triton.jit
+def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD,
+               HAS_H0: tl.constexpr, DW: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr,
+               IEEE: tl.constexpr, STAGES: tl.constexpr):
+    head = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rb = pid_b * BT + tl.arange(0, BT)
+    rk = tl.arange(0, HDP)
+    mb = rb < B
+    mk = rk < HD
+    mw = mk[:, None] & mk[None, :]
+    # w[n, k] = W[head, n, k]
+    w = tl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rk[None, :], mask=mw, other=0.0)
+    cols = head * HD + rk
+    m2 = mb[:, None] & mk[None, :]
+    offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
+    if HAS_H0:
+        hfirst = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    hh = tl.load(h_ptr + offs + (T - 1) * H, mask=m2, other=0.0).to(tl.float32)  # h_t
+    carry = tl.zeros([BT, HDP], dtype=tl.float32)  # dpre_{t+1} @ W
+    dw = tl.zeros([HDP, HDP], dtype=tl.float32)  # sum_t dpre_t^T h_{t-1}, this batch tile
+    for i in tl.range(0, T, num_stages=STAGES):
+        t = T - 1 - i
+        g = tl.load(g_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        hp = tl.load(h_ptr + offs + (t - 1) * H, mask=m2 & (t > 0), other=0.0).to(tl.float32)
+        if HAS_H0:
+            hp = tl.where(t > 0, hp, hfirst)
+        dpre = (g + carry) * (1.0 - hh * hh)
+        tl.store(dpre_ptr + offs + t * H, dpre.to(dpre_ptr.dtype.element_ty), mask=m2)
+        if IEEE:
+            carry = tl.dot(dpre, w, input_precision="ieee")
+            if DW:
+                dw += tl.dot(tl.trans(dpre), hp, input_precision="ieee")
+        else:
+            dq = dpre.to(w.dtype)
+            carry = tl.dot(dq, w)
+            if DW:
+                dw += tl.dot(tl.trans(dq), hp.to(w.dtype))
+        hh = hp
+    tl.store(dh0_ptr + rb[:, None] * H + cols[None, :], carry, mask=m2)
+    if DW:
+        tl.store(dw_ptr + (pid_b * (H // HD) + head) * HD * HD + rk[:, None] * HD + rk[None, :], dw, mask=mw)
+
+
+def _padded(hd: int) -> int:
+    """Lanes per head: ``hd`` rounded up to a power of two, at least 16 (the MMA minimum)."""
+    return max(16, triton.next_power_of_2(hd))
+
+
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions
+            ) -> torch.Tensor:
+    """All states ``h`` (``wx``'s dtype) of the heads scan."""
+    B, T, H = wx.shape
+    nh, hd, _ = w.shape
+    wx = wx.contiguous()
+    wk = w.to(wx.dtype).contiguous()
+    h = torch.empty_like(wx)
+    if T > 0 and B > 0:
+        _heads_fwd[(nh, triton.cdiv(B, opts.heads_bt))](
+            wx, wk, wx if h0 is None else h0.contiguous(), h, B, T, H, hd, HAS_H0=h0 is not None,
+            BT=opts.heads_bt, HDP=_padded(hd), IEEE=wx.dtype == torch.float32, STAGES=opts.heads_stages,
+            FAST=opts.use_fast_tanh(wx), num_warps=opts.heads_warps)
+    return h
+
+
+def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, need_dw: bool,
+             opts: ElmanKernelOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dpre, dW, dh0)`` of the heads scan (dW zeros unless ``need_dw``; dh0 fp32)."""
+    B, T, H = h.shape
+    nh, hd, _ = w.shape
+    dpre = torch.empty_like(h)
+    dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+    nbt = triton.cdiv(B, opts.heads_bt)
+    dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # per batch tile
+    if T > 0 and B > 0:
+        _heads_bwd[(nh, nbt)](
+            w.to(h.dtype).contiguous(), h, h if h0 is None else h0.contiguous(), g.contiguous(), dpre,
+            dh0, dw, B, T, H, hd, HAS_H0=h0 is not None, DW=need_dw, BT=opts.heads_bt, HDP=_padded(hd),
+            IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages, num_warps=opts.heads_warps)
+    return dpre, dw.sum(0).to(w.dtype), dh0

@@ -1,0 +1,56 @@
+"""How the E1 GPU kernels run: one frozen options object, passed explicitly (never module globals).
+
+The defaults are what every layer uses (measured choices, docs/kernels.md); benchmarks and tests
+pass other values to ``rnnlab.ops.elman.triton.elman_scan(..., options=...)``. The options ride
+through the ``rnnlab::elman_scan_*`` custom ops as a list of ints (:meth:`to_ints`), so the
+backward of a call runs with the same options as its forward, and they key the CUDA-graph cache.
+Options change speed, not the maths: up to rounding (``fast_tanh``, tile sizes) every setting
+computes the same scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class ElmanKernelOptions:
+    persistent: bool = True  # dense 16-bit scans: the persistent CUDA kernel when the shape fits
+    persistent_shape: int = -1  # force persistent.SHAPES[i] (warps, tile); -1 = the first that fits
+    cuda_graph: bool = True  # capture the dense per-step loop in a CUDA graph (one per shape)
+    fast_tanh: bool = True  # tanh.approx.f32 for 16-bit inputs on the GPU (never fp32 / interpreter)
+    dense_bn: int = 16  # dense per-step kernel: output columns per program
+    dense_bk: int = 128  # dense per-step kernel: reduction chunk
+    dense_warps: int = 4
+    dense_stages: int = 3
+    heads_bt: int = 16  # heads kernel: batch rows per program
+    heads_warps: int = 8
+    heads_stages: int = 3
+
+    def to_ints(self) -> list[int]:
+        """The options as the ``int[]`` argument of the custom ops."""
+        return [int(getattr(self, f.name)) for f in dataclasses.fields(self)]
+
+    @staticmethod
+    def from_ints(values: list[int]) -> ElmanKernelOptions:
+        """Inverse of :meth:`to_ints`."""
+        return _from_ints(tuple(values))
+
+    def use_fast_tanh(self, x: torch.Tensor) -> bool:
+        """Whether a kernel on ``x`` uses the MUFU tanh (16-bit inputs on a real GPU only)."""
+        return (self.fast_tanh and x.dtype != torch.float32 and x.is_cuda
+                and not os.environ.get("TRITON_INTERPRET"))
+
+
+@functools.cache
+def _from_ints(values: tuple[int, ...]) -> ElmanKernelOptions:
+    fields = dataclasses.fields(ElmanKernelOptions)
+    return ElmanKernelOptions(*(type(f.default)(v) for f, v in zip(fields, values, strict=True)))
+
+
+DEFAULT = ElmanKernelOptions()
