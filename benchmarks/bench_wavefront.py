@@ -107,9 +107,9 @@ def e1_chunk(mixer, x, h0, w_h, groups):
     """E1's forward on one time chunk from state ``h0`` (None = zeros): ``(y, last state)``. The
     same steps as ``E1.forward`` with the spectral-normed ``w_h`` computed once per model step and
     the scan's batch groups capped at ``groups``."""
-    xr, z = mixer._inputs(x)
+    xr, z = mixer.inputs(x)
     h = CappedScan.apply(F.linear(xr, mixer.W_x, mixer.b), w_h, h0, groups)
-    return mixer._output(h, z), h[:, -1]
+    return mixer.readout(h, z), h[:, -1]
 
 
 def wavefront_loss(model: LM, idx, tgt, chunks: int, groups: int, streams: list) -> torch.Tensor:

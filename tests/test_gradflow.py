@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rnnlab.analysis import gradflow as gf
 from rnnlab.cli import main
@@ -105,12 +106,15 @@ def test_jacobian_sigma_equals_linalg():
     assert gf.spectral_radius(W) == pytest.approx(float(torch.linalg.eigvals(W).abs().max()))
 
 
-@pytest.mark.parametrize("layer", [{}, {"heads": 2}, {"selective": "decay"}])
+@pytest.mark.parametrize("layer", [{}, {"heads": 2}, {"selective": "decay"}, {"selective": "lowrank"}])
 def test_recurrence_stats_match_explicit_jacobians(layer):
     """The E1 states come from an independent path (the layer's ``step``); J_t is formed
-    explicitly and its top singular value taken with torch.linalg."""
+    explicitly (gates from the layer's weights) and its top singular value taken with torch.linalg."""
     torch.manual_seed(0)
     model = LM(ModelConfig(model="e1", dim=8, depth=1, layer=layer)).eval()
+    if layer.get("selective") == "lowrank":
+        with torch.no_grad():
+            model.blocks[0].mixer.U.normal_(std=0.3)  # U starts at zero: make the term count
     idx = torch.randint(0, 256, (3, 6))
     x0 = model.embed(idx).detach()
     stats = gf.recurrence_stats(model, [[x0]], iters=400)["layer_0"]
@@ -123,12 +127,16 @@ def test_recurrence_stats_match_explicit_jacobians(layer):
             xt = norm(x0[:, t])
             _, state = mixer.step(xt, state)
             h = state[0].double()
+            xr = F.silu(mixer.in_proj(xt).chunk(2, dim=-1)[0])
             for b in range(3):
                 D = torch.diag(1 - h[b] ** 2)
+                Wt = W
                 if layer.get("selective") == "decay":
-                    xr = torch.nn.functional.silu(mixer.in_proj(xt).chunk(2, dim=-1)[0])
-                    D = D @ torch.diag(mixer._gates(xr)[b].double())
-                sig[t] += torch.linalg.matrix_norm(D @ W, ord=2) / 3
+                    D = D @ torch.diag(torch.sigmoid(F.linear(xr, mixer.W_a, mixer.b_a))[b].double())
+                if layer.get("selective") == "lowrank":
+                    s = F.linear(xr, mixer.W_s)[b].double()
+                    Wt = W + mixer.U.double() @ torch.diag(s) @ mixer.V.double().T
+                sig[t] += torch.linalg.matrix_norm(D @ Wt, ord=2) / 3
     torch.testing.assert_close(torch.tensor(stats["jacobian_sigma_t"], dtype=torch.float64), sig,
                                rtol=1e-4, atol=1e-7)
     assert stats["spectral_radius"] == pytest.approx(float(torch.linalg.eigvals(W).abs().max()), rel=1e-6)

@@ -13,7 +13,7 @@ For a run's checkpoint (``ckpt/model.safetensors`` + ``config.json``) and a few 
     lag ``T - 1 - t`` is the layer's memory of the past. ``horizon`` gives the first lag where the
     curve, normalised by its value at t = T-1, drops below 1e-1 / 1e-2 / 1e-3 (None = never).
     Works for every mixer.
-(c) ``recurrence`` (E1-type layers, i.e. mixers with ``W_h`` and ``recurrent_weight``): the
+(c) ``recurrence`` (E1-type layers, i.e. mixers with E1's public ``inputs`` / ``recurrence``): the
     spectral radius (max |eigenvalue|) and spectral norm of ``W_h_eff``, and the largest singular
     value of the recurrence Jacobian ``J_t = dh_t/dh_{t-1} = diag(1 - h_t^2) W_h_eff`` (times
     ``diag(a_t)`` for ``selective="decay"``; ``W_h_eff + U diag(s_t) V^T`` for ``"lowrank"``),
@@ -183,7 +183,8 @@ def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last:
 
 # ------------------------------------------------------------------------- (c) E1 recurrences
 def is_recurrent_e1(mixer: nn.Module) -> bool:
-    return hasattr(mixer, "W_h") and hasattr(mixer, "recurrent_weight")
+    """Whether ``mixer`` exposes E1's recurrence API (``inputs``, ``recurrence``)."""
+    return hasattr(mixer, "inputs") and hasattr(mixer, "recurrence")
 
 
 def dense_recurrence(w_h: torch.Tensor) -> torch.Tensor:
@@ -238,22 +239,13 @@ def jacobian_sigma(d: torch.Tensor, w: torch.Tensor, iters: int = 10, gate: torc
 
 
 @torch.no_grad()
-def e1_states(mixer: nn.Module, x_norm: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Hidden states ``h [B, T, K]`` of an E1 mixer on its (normalised) input, with the gates."""
-    from rnnlab.ops.elman import elman_scan
-
-    xr, _z = mixer._inputs(x_norm)
-    pre = F.linear(xr, mixer.W_x, mixer.b)
-    w_h = mixer.recurrent_weight(update=False)
-    sel = getattr(mixer.cfg, "selective", "none")
-    if sel == "none":
-        h, _ = elman_scan(pre.float(), w_h.float(), None, backend="naive")
-    else:
-        h = mixer._selective_scan(xr.float(), pre.float(), w_h.float())
-    out = {"h": h.float(), "w_h": w_h.detach().float()}
-    if sel != "none":
-        out["g"] = mixer._gates(xr).float()
-    return out
+def e1_states(mixer: nn.Module, x_norm: torch.Tensor):
+    """``(recurrence, h)``: an E1 mixer's ``Recurrence`` on its (normalised) input and its hidden
+    states ``h [B, T, K]`` (the reference scan; the model is fp32, see :func:`load_model`)."""
+    xr, _z = mixer.inputs(x_norm)
+    rec = mixer.recurrence(xr, update=False)
+    h, _ = rec.scan(None, backend="naive")
+    return rec, h
 
 
 @torch.no_grad()
@@ -265,20 +257,18 @@ def recurrence_stats(model: nn.Module, inputs: list[list[torch.Tensor]], iters: 
         mixer = block.mixer
         if not is_recurrent_e1(mixer):
             continue
-        sel = getattr(mixer.cfg, "selective", "none")
         sig_sum, count, w_eff = None, 0, None
         for per_layer in inputs:
-            st = e1_states(mixer, block.norm(per_layer[li].float()))
-            h, w_eff = st["h"], st["w_h"]
+            rec, h = e1_states(mixer, block.norm(per_layer[li].float()))
+            w_eff = rec.w_h.detach()
             B, T, K = h.shape
-            W = dense_recurrence(w_eff)
             d = (1 - h * h).reshape(B * T, K)
-            gate, lowrank = None, None
-            if sel == "decay":
-                gate = st["g"].reshape(B * T, K)
-            elif sel == "lowrank":
-                lowrank = (mixer.U.float(), mixer.V.float(), st["g"].reshape(B * T, -1))
-            sig = jacobian_sigma(d, W, iters, gate=gate, lowrank=lowrank).reshape(B, T).sum(0)
+            gate = None if rec.decay is None else rec.decay.reshape(B * T, K)
+            lowrank = None
+            if rec.lowrank is not None:
+                U, V, s = rec.lowrank
+                lowrank = (U, V, s.reshape(B * T, -1))
+            sig = jacobian_sigma(d, dense_recurrence(w_eff), iters, gate=gate, lowrank=lowrank).reshape(B, T).sum(0)
             sig_sum = sig if sig_sum is None else sig_sum + sig
             count += B
         curve = (sig_sum / count).cpu()
@@ -287,7 +277,7 @@ def recurrence_stats(model: nn.Module, inputs: list[list[torch.Tensor]], iters: 
             "spectral_norm": spectral_norm(w_eff),
             "jacobian_sigma_mean": float(curve.mean()),
             "jacobian_sigma_t": [float(v) for v in curve],
-            "selective": sel,
+            "selective": mixer.cfg.selective,
             "heads": int(w_eff.shape[0]) if w_eff.dim() == 3 else 1,
         }
     return out

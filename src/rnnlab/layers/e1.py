@@ -11,7 +11,8 @@ Default path (every switch at its default reproduces the seed's E1 exactly)::
 Spectral norm (``norm="spectral"``, default): ``power_iters`` (3) power iterations under no_grad,
 ``v = normalize(W_h^T u)``, ``u = normalize(W_h v)`` (normalize adds 1e-8), then
 ``sigma = |u^T W_h v|`` WITH grad and ``Wh_eff = W_h * spectral_radius / (sigma + 1e-8)``: W_h is
-always rescaled to spectral norm ~0.99 (not clamped). ``u`` is a plain attribute (not saved),
+always rescaled to spectral norm ~0.99 (not clamped). ``u`` is the buffer ``spectral_u``
+(saved with checkpoints, so a resumed model computes the same Wh_eff; the seed kept it unsaved),
 initialised randn-normalised. It is updated only by ``forward`` in training mode; in eval mode and
 in ``step`` the iterations start from the current ``u`` and their result is discarded, so
 ``step`` and an eval ``forward`` use the same Wh_eff.
@@ -28,9 +29,9 @@ Variants (issue 7), all in this one layer; K = di * state_expansion is the state
   ``h_t = tanh(x_t W_x^T + b + h_{t-1} Wh_eff^T + ((h_{t-1} V) * s_t) U^T)``. U starts at zero
   (so the layer starts as plain E1); the rank-r term spans the full state (it couples heads) and
   is not spectrally normalised.
-  Both selective forms run as a PyTorch loop in the layer (any device), not through the op; the
-  loop is one opaque call under torch.compile (``rnnlab.ops.dispatch.opaque``); the plain scan is a
-  custom op that compiles into the graph on CUDA.
+  Both selective forms are ops of their own (``rnnlab.ops.elman_decay_scan`` /
+  ``elman_lowrank_scan``) with the PyTorch reference only so far (any device; one opaque call under
+  torch.compile); the plain scan's GPU kernel is a custom op that compiles into the graph.
 * ``state_expansion=k``: state of width K = k*di (``W_x: [K, di]``, ``W_h: [K, K]``, ``b: [K]``)
   read out by ``W_r: [di, K]`` before the gate: ``y_t = (h_t W_r^T) * silu(z_t)``.
 * ``init``: ``"xavier"`` (seed: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,
@@ -43,22 +44,27 @@ Variants (issue 7), all in this one layer; K = di * state_expansion is the state
 
 Parameter names: ``in_proj.weight, W_x, W_h, b, out_proj.weight`` (+ ``conv1d.weight/bias``,
 ``W_a, b_a``, ``W_s, U, V``, ``W_r``, ``h_norm.weight`` when switched on).
+
+Code: the switches are resolved once, at construction, into small pieces: an init rule
+(``_INIT_RULES``), a selective mode (``_SELECTIVE_MODES``: its parameters, their init and its
+input-dependent terms), and optional modules (conv1d, W_r, h_norm). The recurrence of an input is
+a :class:`Recurrence` (public: ``analysis.gradflow`` reads it), scanned by its op; ``forward`` and
+``step`` are ``inputs`` -> ``recurrence(...).scan`` -> ``readout``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
-from rnnlab.ops.registry import opaque
-from rnnlab.ops.elman import BACKENDS, elman_scan
 from rnnlab.ops.dtypes import compute_dtype
-from rnnlab.ops.elman.naive import recur
+from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan
 
 SELECTIVE = ("none", "decay", "lowrank")
 INITS = ("xavier", "mamba2", "identity")
@@ -124,6 +130,119 @@ def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
 
 
+# ------------------------------------------------------------------ init rules (``init``)
+def _normal_002(w: torch.Tensor) -> None:
+    nn.init.normal_(w, std=0.02)
+
+
+def _xavier_gain_01(block: torch.Tensor, cfg: E1Config) -> None:
+    nn.init.xavier_uniform_(block, gain=0.1)
+
+
+def _orthogonal_0999(block: torch.Tensor, cfg: E1Config) -> None:
+    nn.init.orthogonal_(block)
+    block.mul_(0.999)
+
+
+def _scaled_identity(block: torch.Tensor, cfg: E1Config) -> None:
+    block.copy_(torch.eye(block.shape[0], device=block.device, dtype=block.dtype) * cfg.init_scale)
+
+
+@dataclass(frozen=True)
+class _InitRule:
+    """How ``init`` draws E1's weights: ``proj`` for W_in, W_out, W_x and the extra matrices
+    (W_a, W_s, V, W_r), ``w_h_block`` for each (head) block of W_h."""
+
+    proj: Callable[[torch.Tensor], object]
+    w_h_block: Callable[[torch.Tensor, E1Config], None]
+
+
+_INIT_RULES = {
+    "xavier": _InitRule(nn.init.xavier_uniform_, _xavier_gain_01),
+    "mamba2": _InitRule(_normal_002, _orthogonal_0999),
+    "identity": _InitRule(nn.init.xavier_uniform_, _scaled_identity),
+}
+
+
+# ------------------------------------------------------------ the recurrence of one input
+@dataclass
+class Recurrence:
+    """E1's recurrence on one input sequence, ready to scan from a state ``h0``::
+
+        h_t = tanh(wx_t + a_t * (h_{t-1} w_h^T) + ((h_{t-1} V) * s_t) U^T)
+
+    where the decay ``a_t`` is present only for ``selective="decay"`` and the low-rank term only
+    for ``"lowrank"``. ``wx: [B, T, K]`` (bias included), ``w_h``: Wh_eff, dense ``[K, K]`` or
+    heads ``[n, K/n, K/n]``, ``decay: [B, T, K]``, ``lowrank = (U [K, r], V [K, r], s [B, T, r])``.
+    """
+
+    wx: torch.Tensor
+    w_h: torch.Tensor
+    decay: torch.Tensor | None = None
+    lowrank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def scan(self, h0: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h [B, T, K], h_T [B, K])`` by the op of this recurrence (``rnnlab.ops.elman``)."""
+        if self.decay is not None:
+            return elman_decay_scan(self.wx, self.w_h, self.decay, h0, backend)
+        if self.lowrank is not None:
+            return elman_lowrank_scan(self.wx, self.w_h, *self.lowrank, h0, backend)
+        return elman_scan(self.wx, self.w_h, h0, backend)
+
+
+# ------------------------------------------------------------ selective modes (``selective``)
+class _Plain:
+    """``selective="none"``: no input-dependent term (the seed's E1)."""
+
+    def add_parameters(self, layer: E1) -> None:
+        pass
+
+    def reset_parameters(self, layer: E1, proj: Callable) -> None:
+        pass
+
+    def terms(self, layer: E1, xr: torch.Tensor) -> dict:
+        """The :class:`Recurrence` fields this mode adds for the (post-silu) input ``xr``."""
+        return {}
+
+
+class _Decay(_Plain):
+    """``selective="decay"``: ``a_t = sigmoid(x_t W_a^T + b_a)`` scales the recurrent term;
+    ``W_a: [K, di]``, ``b_a: [K]`` initialised to +3 (a ~ 0.95)."""
+
+    def add_parameters(self, layer: E1) -> None:
+        layer.W_a = nn.Parameter(torch.empty(layer.cfg.d_state, layer.cfg.d_inner))
+        layer.b_a = nn.Parameter(torch.empty(layer.cfg.d_state))
+
+    def reset_parameters(self, layer: E1, proj: Callable) -> None:
+        proj(layer.W_a)
+        layer.b_a.fill_(3.0)
+
+    def terms(self, layer: E1, xr: torch.Tensor) -> dict:
+        return {"decay": torch.sigmoid(F.linear(xr, layer.W_a, layer.b_a))}
+
+
+class _LowRank(_Plain):
+    """``selective="lowrank"``: the recurrent matrix plus ``U diag(s_t) V^T`` with
+    ``s_t = x_t W_s^T``; ``W_s: [r, di]``, ``U, V: [K, r]``, U initialised to zero (plain E1)."""
+
+    def add_parameters(self, layer: E1) -> None:
+        r, K = layer.cfg.selective_rank, layer.cfg.d_state
+        layer.W_s = nn.Parameter(torch.empty(r, layer.cfg.d_inner))
+        layer.U = nn.Parameter(torch.empty(K, r))
+        layer.V = nn.Parameter(torch.empty(K, r))
+
+    def reset_parameters(self, layer: E1, proj: Callable) -> None:
+        proj(layer.W_s)
+        proj(layer.V)
+        layer.U.zero_()
+
+    def terms(self, layer: E1, xr: torch.Tensor) -> dict:
+        return {"lowrank": (layer.U, layer.V, F.linear(xr, layer.W_s))}
+
+
+_SELECTIVE_MODES = {"none": _Plain(), "decay": _Decay(), "lowrank": _LowRank()}
+
+
 class E1(nn.Module):
     """E1 gated Elman layer ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
 
@@ -131,7 +250,10 @@ class E1(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
+        self._init_rule = _INIT_RULES[cfg.init]
+        self._selective = _SELECTIVE_MODES[cfg.selective]
         D, di, K, n = cfg.dim, cfg.d_inner, cfg.d_state, cfg.heads
+        # registration order = state_dict order and the order the RNG is drawn in: keep it
         self.in_proj = nn.Linear(D, 2 * di, bias=False)
         self.conv1d = (
             nn.Conv1d(di, di, cfg.conv, groups=di, padding=cfg.conv - 1, bias=True)
@@ -140,52 +262,24 @@ class E1(nn.Module):
         self.W_x = nn.Parameter(torch.empty(K, di))
         self.W_h = nn.Parameter(torch.empty(K, K) if n == 1 else torch.empty(n, K // n, K // n))
         self.b = nn.Parameter(torch.zeros(K))
-        if cfg.selective == "decay":
-            self.W_a = nn.Parameter(torch.empty(K, di))
-            self.b_a = nn.Parameter(torch.empty(K))
-        elif cfg.selective == "lowrank":
-            r = cfg.selective_rank
-            self.W_s = nn.Parameter(torch.empty(r, di))
-            self.U = nn.Parameter(torch.empty(K, r))
-            self.V = nn.Parameter(torch.empty(K, r))
+        self._selective.add_parameters(self)
         self.W_r = nn.Parameter(torch.empty(di, K)) if cfg.state_expansion > 1 else None
         self.h_norm = nn.RMSNorm(K, eps=1e-5) if cfg.norm == "rms" else None
         self.out_proj = nn.Linear(di, D, bias=False)
         self.reset_parameters()
-        # Power-iteration vector. The seed kept it as an unsaved attribute; here it is a buffer
-        # (saved with checkpoints) so that a resumed or reloaded model computes the same Wh_eff.
-        if cfg.norm == "spectral":
+        if cfg.norm == "spectral":  # the power-iteration vector u, saved with checkpoints
             self.register_buffer("spectral_u", _normalize(torch.randn(self.W_h.shape[:-1], device=self.W_h.device)))
 
-    # ------------------------------------------------------------------ init
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        c = self.cfg
-        if c.init == "mamba2":
-            def proj(w):
-                nn.init.normal_(w, std=0.02)
-        else:
-            proj = nn.init.xavier_uniform_
+        proj = self._init_rule.proj
         proj(self.in_proj.weight)
         proj(self.W_x)
         proj(self.out_proj.weight)
-        blocks = [self.W_h] if self.W_h.dim() == 2 else list(self.W_h.unbind(0))
-        for blk in blocks:
-            if c.init == "xavier":
-                nn.init.xavier_uniform_(blk, gain=0.1)
-            elif c.init == "mamba2":
-                nn.init.orthogonal_(blk)
-                blk.mul_(0.999)
-            else:
-                blk.copy_(torch.eye(blk.shape[0], device=blk.device, dtype=blk.dtype) * c.init_scale)
+        for block in [self.W_h] if self.W_h.dim() == 2 else self.W_h.unbind(0):
+            self._init_rule.w_h_block(block, self.cfg)
         self.b.zero_()
-        if c.selective == "decay":
-            proj(self.W_a)
-            self.b_a.fill_(3.0)
-        elif c.selective == "lowrank":
-            proj(self.W_s)
-            proj(self.V)
-            self.U.zero_()
+        self._selective.reset_parameters(self, proj)
         if self.W_r is not None:
             proj(self.W_r)
 
@@ -223,46 +317,22 @@ class E1(nn.Module):
         """Run many power iterations and keep ``u`` (sharpens sigma, e.g. before an analysis)."""
         self.recurrent_weight(update=True, iters=iters)
 
-    def _inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """in_proj, split, optional causal conv, silu: ``[B, T, D] -> x, z`` each ``[B, T, di]``."""
+    def inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """in_proj, split, optional causal conv, silu: ``[B, T, D] -> (x, z)``, each ``[B, T, di]``."""
         xr, z = self.in_proj(x).chunk(2, dim=-1)
         if self.conv1d is not None:
             T = xr.shape[1]
             xr = self.conv1d(xr.transpose(1, 2))[..., :T].transpose(1, 2)
         return F.silu(xr), z
 
-    def _gates(self, xr: torch.Tensor) -> torch.Tensor | None:
-        """The input-dependent part of a selective recurrence: a_t (decay) or s_t (lowrank)."""
-        if self.cfg.selective == "decay":
-            return torch.sigmoid(F.linear(xr, self.W_a, self.b_a))
-        if self.cfg.selective == "lowrank":
-            return F.linear(xr, self.W_s)
-        return None
+    def recurrence(self, xr: torch.Tensor, update: bool | None = None) -> Recurrence:
+        """The :class:`Recurrence` for the (post-silu) input ``xr: [B, T, di]``; ``update`` as in
+        :meth:`recurrent_weight`."""
+        wx = F.linear(xr, self.W_x, self.b)
+        return Recurrence(wx, self.recurrent_weight(update), **self._selective.terms(self, xr))
 
-    def _cell(self, pre: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
-              g: torch.Tensor | None) -> torch.Tensor:
-        """One step ``h_{t-1} -> h_t`` in the accumulation dtype (all arguments already cast)."""
-        sel = self.cfg.selective
-        if sel == "decay":
-            return torch.tanh(pre + g * recur(h, w))
-        if sel == "lowrank":
-            U, V = self.U.to(h.dtype), self.V.to(h.dtype)
-            return torch.tanh(pre + recur(h, w) + ((h @ V) * g) @ U.t())
-        return torch.tanh(pre + recur(h, w))
-
-    @opaque  # a T-step Python loop: torch.compile would unroll it
-    def _selective_scan(self, xr: torch.Tensor, pre: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
-        dt = compute_dtype(pre.dtype)
-        g = self._gates(xr).to(dt)
-        p, w = pre.to(dt), w_h.to(dt)
-        h = p.new_zeros(p.shape[0], p.shape[2])
-        out = []
-        for t in range(p.shape[1]):
-            h = self._cell(p[:, t], h, w, g[:, t])
-            out.append(h)
-        return torch.stack(out, dim=1).to(pre.dtype)
-
-    def _output(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    def readout(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``out_proj((RMSNorm(h) W_r^T) * silu(z))`` (norm and W_r when switched on)."""
         if self.h_norm is not None:
             h = self.h_norm(h)
         if self.W_r is not None:
@@ -272,17 +342,12 @@ class E1(nn.Module):
     # ------------------------------------------------------------- interface
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B, T, dim] -> [B, T, dim]``, causal, zero initial state."""
-        xr, z = self._inputs(x)
-        pre = F.linear(xr, self.W_x, self.b)
-        w_h = self.recurrent_weight()
-        if self.cfg.selective == "none":
-            h, _ = elman_scan(pre, w_h, None, backend=self.cfg.backend)
-        else:
-            h = self._selective_scan(xr, pre, w_h)
-        return self._output(h, z)
+        xr, z = self.inputs(x)
+        h, _ = self.recurrence(xr).scan(None, self.cfg.backend)
+        return self.readout(h, z)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:
-        """``(h,)`` or ``(h, conv_buf)``: h ``[B, K]`` kept in fp32 (like the scan's carry),
+        """``(h,)`` or ``(h, conv_buf)``: h ``[B, K]`` kept in the compute dtype (like the scan's),
         conv_buf ``[B, di, conv-1]`` holds the last pre-conv inputs."""
         h = torch.zeros(batch, self.cfg.d_state, device=device, dtype=compute_dtype(dtype))
         if self.conv1d is None:
@@ -290,27 +355,18 @@ class E1(nn.Module):
         return (h, torch.zeros(batch, self.cfg.d_inner, self.cfg.conv - 1, device=device, dtype=dtype))
 
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One token ``x_t: [B, dim]``; equals ``forward`` position by position (eval mode: the
-        spectral norm uses the current ``u`` without updating it)."""
-        h = state[0]
+        """One token ``x_t: [B, dim]``: ``forward`` on a length-1 sequence from the carried state
+        (the op's reference; eval mode: the spectral norm uses the current ``u`` without updating
+        it)."""
         xr, z = self.in_proj(x_t).chunk(2, dim=-1)
-        new_state: tuple = ()
+        conv_state: tuple = ()
         if self.conv1d is not None:
-            win = torch.cat([state[1], xr.unsqueeze(-1)], dim=-1)  # [B, di, conv]
-            xr = (win * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias
-            new_state = (win[..., 1:],)
-        xr = F.silu(xr)
-        pre = F.linear(xr, self.W_x, self.b)
-        w = self.recurrent_weight(update=False)
-        if self.cfg.selective == "none":
-            h_t, h = elman_scan(pre.unsqueeze(1), w, h, backend="naive")
-            return self._output(h_t[:, 0], z), (h, *new_state)
-        dt = h.dtype
-        w = w.to(dt)
-        g = self._gates(xr)
-        h = self._cell(pre.to(dt), h, w, None if g is None else g.to(dt))
-        y = self._output(h.to(x_t.dtype), z)
-        return y, (h, *new_state)
+            window = torch.cat([state[1], xr.unsqueeze(-1)], dim=-1)  # [B, di, conv]
+            xr = (window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias
+            conv_state = (window[..., 1:],)
+        rec = self.recurrence(F.silu(xr).unsqueeze(1), update=False)
+        h_t, h = rec.scan(state[0], "naive")
+        return self.readout(h_t[:, 0], z), (h, *conv_state)
 
     def extra_repr(self) -> str:
         return repr(self.cfg)

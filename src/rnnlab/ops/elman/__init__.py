@@ -1,9 +1,12 @@
-"""The Elman scan used by E1: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``.
+"""The Elman scans of E1, three ops (math in ``naive.py``):
+
+* ``elman_scan``: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; implementations ``naive.py`` (the
+  reference loop) and ``triton.py`` (the GPU kernels: heads, dense per-step, persistent dense);
+* ``elman_decay_scan`` (``selective="decay"``) and ``elman_lowrank_scan``
+  (``selective="lowrank"``): the reference only so far (backend "triton" raises).
 
 ``w_h`` is dense ``[H, H]`` or block-diagonal heads ``[nh, hd, hd]`` (H = nh*hd; each head only
-sees its own slice of h). Implementations: ``naive.py`` (the reference loop) and ``triton.py``
-(the GPU kernels: heads, dense per-step and the persistent dense kernel); backends as in
-``rnnlab.ops.registry``.
+sees its own slice of h). Backends as in ``rnnlab.ops.registry``; every op returns ``(h, h_T)``.
 """
 
 from __future__ import annotations
@@ -13,9 +16,11 @@ import torch
 from rnnlab.ops.elman import naive
 from rnnlab.ops.registry import Op, register
 
-__all__ = ["elman_scan", "BACKENDS"]
+__all__ = ["elman_scan", "elman_decay_scan", "elman_lowrank_scan", "BACKENDS"]
 
 ELMAN_SCAN = register(Op("elman_scan", naive.elman_scan, "rnnlab.ops.elman.triton"))
+ELMAN_DECAY_SCAN = register(Op("elman_decay_scan", naive.elman_decay_scan))
+ELMAN_LOWRANK_SCAN = register(Op("elman_lowrank_scan", naive.elman_lowrank_scan))
 BACKENDS = ELMAN_SCAN.backends
 
 
@@ -49,3 +54,38 @@ def elman_scan(
     compute dtype. ``wx: [B, T, H]`` already includes the bias."""
     _check(wx, w_h, h0)
     return ELMAN_SCAN(wx, w_h, h0, backend=backend)
+
+
+def elman_decay_scan(
+    wx: torch.Tensor,
+    w_h: torch.Tensor,
+    a: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of ``h_t = tanh(wx_t + a_t * (h_{t-1} @ w_h.T))`` with the decay
+    ``a: [B, T, H]``; otherwise as :func:`elman_scan`."""
+    _check(wx, w_h, h0)
+    if a.shape != wx.shape:
+        raise ValueError(f"a must have wx's shape {tuple(wx.shape)}, got {tuple(a.shape)}")
+    return ELMAN_DECAY_SCAN(wx, w_h, a, h0, backend=backend)
+
+
+def elman_lowrank_scan(
+    wx: torch.Tensor,
+    w_h: torch.Tensor,
+    U: torch.Tensor,
+    V: torch.Tensor,
+    s: torch.Tensor,
+    h0: torch.Tensor | None = None,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T + ((h_{t-1} @ V) * s_t) @ U.T)`` with
+    ``U, V: [H, r]`` and ``s: [B, T, r]``; otherwise as :func:`elman_scan`."""
+    _check(wx, w_h, h0)
+    B, T, H = wx.shape
+    r = s.shape[-1]
+    if U.shape != (H, r) or V.shape != (H, r) or s.shape != (B, T, r):
+        raise ValueError(f"U, V must be [H, r] and s [B, T, r] (H = {H}), got {tuple(U.shape)}, "
+                         f"{tuple(V.shape)}, {tuple(s.shape)}")
+    return ELMAN_LOWRANK_SCAN(wx, w_h, U, V, s, h0, backend=backend)

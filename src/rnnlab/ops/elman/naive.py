@@ -1,15 +1,20 @@
-"""Reference Elman scan in plain PyTorch (CPU or GPU; autograd through the loop is the reference
-backward).
+"""Reference Elman scans in plain PyTorch (CPU or GPU; autograd through the loop is the reference
+backward): E1's plain recurrence and its two selective variants.
 
-    h_t = tanh(wx_t + h_{t-1} @ w_h.T)                          dense   w_h: [H, H]
-    h_t[n] = tanh(wx_t[n] + h_{t-1}[n] @ w_h[n].T)  per head n   heads   w_h: [nh, hd, hd], H = nh*hd
+    elman_scan          h_t = tanh(wx_t + h_{t-1} @ w_h.T)
+    elman_decay_scan    h_t = tanh(wx_t + a_t * (h_{t-1} @ w_h.T))                      a: [B, T, H]
+    elman_lowrank_scan  h_t = tanh(wx_t + h_{t-1} @ w_h.T + ((h_{t-1} @ V) * s_t) @ U.T)
+                                                          U, V: [H, r], s: [B, T, r]
 
-``wx`` already holds ``x_t @ W_x.T + b``. The loop runs in the compute dtype (fp32; fp64 stays
-fp64, so gradcheck works); the states come back in the input dtype, the final state in the
-compute dtype.
+``w_h`` is dense ``[H, H]`` or block-diagonal heads ``[nh, hd, hd]`` (H = nh*hd; head n of
+``h @ w_h.T`` is ``h[n] @ w_h[n].T``); the low-rank term spans the whole state. ``wx`` already
+holds ``x_t @ W_x.T + b``. The loop runs in the compute dtype (fp32; fp64 stays fp64, so gradcheck
+works); the states come back in the input dtype, the final state in the compute dtype.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -28,18 +33,40 @@ def recur(h: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
     return torch.bmm(hh, w_h.transpose(1, 2)).transpose(0, 1).reshape(h.shape[0], nh * hd)
 
 
-def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h [B, T, H], h_T [B, H])`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (see module doc)."""
+def _loop(wx: torch.Tensor, h0: torch.Tensor | None, cell: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of ``h_t = cell(t, wx_t, h_{t-1})`` over ``wx: [B, T, H]`` in the compute dtype
+    (``wx_t`` already cast), from ``h0`` (zeros when None)."""
     B, T, H = wx.shape
-    dt = compute_dtype(wx.dtype)
-    wx32 = wx.to(dt)
-    w = w_h.to(dt)
-    h = wx32.new_zeros(B, H) if h0 is None else h0.to(dt)
+    wx32 = wx.to(compute_dtype(wx.dtype))
+    h = wx32.new_zeros(B, H) if h0 is None else h0.to(wx32.dtype)
     out = []
     for t in range(T):
-        h = torch.tanh(wx32[:, t] + recur(h, w))
+        h = cell(t, wx32[:, t], h)
         out.append(h)
     if not out:
         return wx.new_zeros(B, 0, H), h
     return torch.stack(out, dim=1).to(wx.dtype), h
+
+
+def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h [B, T, H], h_T [B, H])`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``."""
+    w = w_h.to(compute_dtype(wx.dtype))
+    return _loop(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w)))
+
+
+def elman_decay_scan(wx: torch.Tensor, w_h: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of ``h_t = tanh(wx_t + a_t * (h_{t-1} @ w_h.T))`` (E1 ``selective="decay"``)."""
+    dt = compute_dtype(wx.dtype)
+    w, a = w_h.to(dt), a.to(dt)
+    return _loop(wx, h0, lambda t, x, h: torch.tanh(x + a[:, t] * recur(h, w)))
+
+
+def elman_lowrank_scan(wx: torch.Tensor, w_h: torch.Tensor, U: torch.Tensor, V: torch.Tensor, s: torch.Tensor,
+                       h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, h_T)`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T + ((h_{t-1} @ V) * s_t) @ U.T)`` (E1
+    ``selective="lowrank"``: the recurrent matrix plus an input-dependent rank-r term)."""
+    dt = compute_dtype(wx.dtype)
+    w, U, V, s = w_h.to(dt), U.to(dt), V.to(dt), s.to(dt)
+    return _loop(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w) + ((h @ V) * s[:, t]) @ U.t()))
