@@ -1,8 +1,10 @@
-"""E1's Triton kernels on CPU, in Triton's interpreter (conftest sets ``TRITON_INTERPRET=1`` when
-there is no GPU): the heads scan (forward; backward with dW accumulated in the kernel), the dense
-per-step kernels, and the ``rnnlab::elman_scan_*`` custom ops that carry them through autograd
-and torch.compile. fp32 inputs run the kernels' IEEE path; the reference is the float64 loop.
-The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh and the persistent kernel."""
+"""The Triton kernels on CPU, in Triton's interpreter (conftest sets ``TRITON_INTERPRET=1`` when
+there is no GPU): every registered op's GPU kernel (E1's heads and dense per-step scans, the linear
+scan, the fused minGRU/minLSTM gate scans, E16's diagonal scan) against the op's float64
+reference, forward, final state and every input gradient; and E1's ``rnnlab::elman_scan_*``
+custom ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path).
+The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the persistent E1 kernel and
+mamba_ssm's SSD kernel (the ssd op's "triton" backend, not run here)."""
 
 from __future__ import annotations
 
@@ -11,77 +13,122 @@ import os
 import pytest
 import torch
 
-from rnnlab.ops.elman import naive
+from rnnlab.ops import OPS
 from rnnlab.ops.elman.options import ElmanKernelOptions
 
 pytestmark = [
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                        reason="runs the Triton interpreter (CPU-only machines)"),
     pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning"),
+    pytest.mark.usefixtures("one_thread"),
 ]
 
-K = pytest.importorskip("rnnlab.ops.elman.triton")
+E = pytest.importorskip("rnnlab.ops.elman.triton")
 TOL = dict(rtol=1e-5, atol=2e-5)
 
 
-def _inputs(B, T, H, heads, h0, seed=0):
+def _elman(B, T, H, heads=0):
+    def make(g):
+        hd = H // heads if heads else H
+        w = torch.randn(heads, hd, hd, generator=g) if heads else torch.randn(H, H, generator=g)
+        return [torch.randn(B, T, H, generator=g), w / hd**0.5]
+    return make
+
+
+def _scan(B, T, H, parts=0):
+    if parts:
+        return lambda g: [torch.randn(B, T, parts * H, generator=g) * 2]
+    return lambda g: [torch.rand(B, T, H, generator=g) * 0.9 + 0.05, torch.randn(B, T, H, generator=g)]
+
+
+def _diag(B, T, S):
+    return lambda g: [torch.randn(B, T, S, generator=g), torch.rand(S, generator=g)]
+
+
+# (op, inputs(generator) without h0, h0 width). B = 17 leaves a partial batch tile; hd = 24 is
+# padded to 32 lanes; T = 1, 5 and 6 exercise the scans' 4-step unroll masks; H = 300 > 256 takes
+# two channel blocks.
+CASES = [
+    ("elman_scan", _elman(3, 6, 32, heads=2), 32), ("elman_scan", _elman(17, 5, 72, heads=3), 72),
+    ("elman_scan", _elman(1, 1, 16, heads=1), 16), ("elman_scan", _elman(2, 4, 32, heads=4), 32),
+    ("elman_scan", _elman(3, 5, 40), 40), ("elman_scan", _elman(1, 3, 24), 24),
+    ("linear_scan", _scan(2, 6, 20), 20), ("linear_scan", _scan(3, 5, 300), 300),
+    ("mingru_scan", _scan(2, 6, 20, parts=2), 20), ("mingru_scan", _scan(2, 1, 300, parts=2), 300),
+    ("minlstm_scan", _scan(2, 6, 20, parts=3), 20), ("minlstm_scan", _scan(3, 5, 12, parts=3), 12),
+    ("diag_elman_scan", _diag(2, 6, 20), 20), ("diag_elman_scan", _diag(3, 5, 300), 300),
+]
+_id = lambda case: f"{case[0]}-{case[2]}"  # noqa: E731
+
+
+def check_kernel(kernel, reference, inputs, h0=None, seed=0):
+    """``kernel`` (fp32) against ``reference`` (float64 of the same values), both called as
+    ``fn(*inputs, h0)``: outputs, final states and the gradients of every input (and ``h0``)
+    through the outputs."""
     g = torch.Generator().manual_seed(seed)
-    wx = torch.randn(B, T, H, generator=g).requires_grad_()
-    if heads:
-        hd = H // heads
-        w = (torch.randn(heads, hd, hd, generator=g) / hd**0.5).requires_grad_()
-    else:
-        w = (torch.randn(H, H, generator=g) / H**0.5).requires_grad_()
-    hz = torch.randn(B, H, generator=g).requires_grad_() if h0 else None
-    return [t for t in (wx, w, hz) if t is not None]
-
-
-def _check(fn, B, T, H, heads, h0):
-    leaves = _inputs(B, T, H, heads, h0)
-    args = leaves if h0 else [*leaves, None]
-    out = fn(*args)[0]
-    g = torch.randn_like(out)
-    got = torch.autograd.grad(out, leaves, g)
+    leaves = [t.requires_grad_() for t in (*inputs, *([] if h0 is None else [h0]))]
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    ref = naive.elman_scan(*(ref_leaves if h0 else [*ref_leaves, None]))[0]
-    want = torch.autograd.grad(ref, ref_leaves, g.double())
+    out, out_last = kernel(*leaves) if h0 is not None else kernel(*leaves, None)
+    ref, ref_last = reference(*ref_leaves) if h0 is not None else reference(*ref_leaves, None)
     torch.testing.assert_close(out, ref.float(), **TOL)
-    for name, a, b in zip(("dwx", "dW", "dh0"), got, want):
-        torch.testing.assert_close(a, b.float(), **TOL, msg=name)
+    assert out_last.dtype == torch.float32
+    torch.testing.assert_close(out_last, ref_last.float(), **TOL)
+    grad_out = torch.randn(out.shape, generator=g)
+    got = torch.autograd.grad(out, leaves, grad_out)
+    want = torch.autograd.grad(ref, ref_leaves, grad_out.double())
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b.float(), **TOL, msg=f"grad of input {i}")
 
 
-# B = 17 leaves a partial second batch tile; hd = 24 is padded to 32 lanes; T = 1 has one step.
-@pytest.mark.parametrize("B,T,heads,hd,h0", [(3, 6, 2, 16, False), (17, 5, 3, 24, True),
-                                             (1, 1, 1, 16, True), (2, 4, 4, 8, False)])
-def test_heads_kernel_matches_reference(B, T, heads, hd, h0):
-    _check(K.elman_scan, B, T, heads * hd, heads, h0)
+def test_every_kernel_op_has_a_case():
+    with_kernel = {name for name, op in OPS.items() if op.kernel is not None} - {"ssd_scan"}
+    assert {case[0] for case in CASES} == with_kernel
 
 
-@pytest.mark.parametrize("B,T,H,h0", [(3, 5, 40, False), (1, 3, 24, True), (4, 1, 16, True)])
+@pytest.mark.parametrize("case", CASES, ids=_id)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_kernel_matches_reference(case, with_h0):
+    name, make, width = case
+    g = torch.Generator().manual_seed(1)
+    inputs = make(g)
+    batch = inputs[0].shape[0]
+    op = OPS[name]
+    h0 = torch.randn(batch, width, generator=g) if with_h0 else None
+    check_kernel(getattr(op.kernel.get(), name), op.naive, inputs, h0)
+
+
 @pytest.mark.parametrize("bk", [16, 128])
-def test_dense_step_kernels_match_reference(B, T, H, h0, bk):
-    """The per-step kernel with the default options and with 16-wide K chunks (several per step)."""
-    opts = ElmanKernelOptions(dense_bk=bk)
-    _check(lambda *a: K.elman_scan(*a, options=opts), B, T, H, None, h0)
+def test_dense_step_kernel_options(bk):
+    """E1's per-step kernel with the default options and with 16-wide K chunks (several per step)."""
+    opts = ElmanKernelOptions(dense_bk=bk, heads_bt=16)
+    g = torch.Generator().manual_seed(2)
+    check_kernel(lambda *a: E.elman_scan(*a, options=opts), OPS["elman_scan"].naive, _elman(4, 3, 40)(g),
+                 torch.randn(4, 40, generator=g))
 
 
 def test_heads_backward_skips_dw_when_not_needed():
-    wx, w = _inputs(2, 3, 32, 2, False)
-    (dwx,) = torch.autograd.grad(K.elman_scan(wx, w.detach())[0].sum(), [wx])
-    (want,) = torch.autograd.grad(K.elman_scan(wx, w)[0].sum(), [wx])
+    wx, w = _elman(2, 3, 32, heads=2)(torch.Generator().manual_seed(3))
+    wx.requires_grad_()
+    (dwx,) = torch.autograd.grad(E.elman_scan(wx, w)[0].sum(), [wx])
+    (want,) = torch.autograd.grad(E.elman_scan(wx, w.requires_grad_())[0].sum(), [wx])
     torch.testing.assert_close(dwx, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("heads", [2, None])
+def _elman_leaves(heads):
+    g = torch.Generator().manual_seed(4)
+    wx, w = _elman(2, 3, 32, heads=heads)(g)
+    return [wx.requires_grad_(), w.requires_grad_(), torch.randn(2, 32, generator=g).requires_grad_()]
+
+
+@pytest.mark.parametrize("heads", [2, 0])
 def test_custom_ops_pass_opcheck(heads):
     """Schema, fake (meta) implementation and autograd registration agree with the real kernels."""
-    wx, w, hz = _inputs(2, 3, 32, heads, True)
+    wx, w, hz = _elman_leaves(heads)
     options = ElmanKernelOptions().to_ints()
     torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, hz, options))
     torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, None, options))
 
 
-@pytest.mark.parametrize("heads", [2, None])
+@pytest.mark.parametrize("heads", [2, 0])
 def test_compiled_scan_is_one_graph(heads):
     """torch.compile traces the kernel entry point (fullgraph: no graph break) and matches eager."""
     import torch._dynamo
@@ -89,14 +136,37 @@ def test_compiled_scan_is_one_graph(heads):
     torch._dynamo.reset()
 
     def f(wx, w, hz):
-        return torch.sin(K.elman_scan(torch.cos(wx), w, hz)[0])
+        h, h_last = E.elman_scan(torch.cos(wx), w, hz)
+        return torch.sin(h), h_last
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    leaves = _inputs(2, 3, 32, heads, True)
-    g = torch.randn(2, 3, 32)
+    leaves = _elman_leaves(heads)
     outs = []
     for fn in (f, compiled):
-        out = fn(*leaves)
-        outs.append((out, *torch.autograd.grad(out, leaves, g)))
+        h, h_last = fn(*leaves)
+        outs.append((h, h_last, *torch.autograd.grad(h, leaves, torch.ones_like(h))))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layer", [{}, {"heads": 2, "conv": 2, "state_expansion": 2, "norm": "rms"}])
+def test_e1_layer_compiles_to_one_graph_on_the_kernel_path(layer, monkeypatch):
+    """With the Elman op resolved to its kernel (as on CUDA), torch.compile captures a whole E1
+    layer (its switches, Recurrence and the op dispatch included) without a graph break."""
+    import torch._dynamo
+
+    from rnnlab.layers.e1 import E1, E1Config
+    from rnnlab.ops.elman import ELMAN_SCAN
+
+    monkeypatch.setattr(ELMAN_SCAN, "implementation", lambda backend, x: E.elman_scan)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    mixer = E1(E1Config(dim=16, **layer)).train()  # training: the spectral norm updates its buffer
+    start = {k: v.clone() for k, v in mixer.state_dict().items()}
+    x = torch.randn(2, 5, 16)
+    want, want_state = mixer(x), {k: v.clone() for k, v in mixer.state_dict().items()}
+    mixer.load_state_dict(start)
+    got = torch.compile(mixer, backend="aot_eager", fullgraph=True)(x)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    for k, v in mixer.state_dict().items():
+        torch.testing.assert_close(v, want_state[k], rtol=0, atol=0, msg=k)

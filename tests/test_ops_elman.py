@@ -1,9 +1,10 @@
-"""elman_scan: the naive reference against an explicit per-step formula, gradcheck, dispatch."""
+"""elman_scan: the reference against an explicit per-element formula, dtypes, argument checks,
+the persistent kernel's launch choice and the kernel options (the op contract: tests/test_ops.py)."""
 
 import pytest
 import torch
 
-from rnnlab.ops.elman import elman_scan
+from rnnlab.ops.elman import elman_decay_scan, elman_lowrank_scan, elman_scan
 from rnnlab.ops.elman import naive
 
 
@@ -57,23 +58,8 @@ def test_dtypes_and_auto_on_cpu():
     assert elman_scan(wx[:, :0], w)[0].shape == (2, 0, 4)
 
 
-@pytest.mark.parametrize("heads", [None, 3])
-def test_gradcheck_naive(heads):
-    g = torch.Generator().manual_seed(2)
-    B, T, H = 2, 4, 3
-    wx = torch.randn(B, T, H, generator=g, dtype=torch.float64, requires_grad=True)
-    shape = (H, H) if heads is None else (heads, H // heads, H // heads)
-    w = (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
-    h0 = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b, c: elman_scan(a, b, c, backend="naive"), (wx, w, h0))
-
-
-def test_dispatch_errors():
+def test_argument_checks():
     wx, w = torch.randn(2, 3, 4), torch.randn(4, 4)
-    with pytest.raises(ValueError, match="backend must be one of"):
-        elman_scan(wx, w, backend="cuda")
-    with pytest.raises(RuntimeError, match="triton.*CUDA"):
-        elman_scan(wx, w, backend="triton")
     with pytest.raises(ValueError, match=r"w_h must be \[H, H\]"):
         elman_scan(wx, torch.randn(3, 3))
     with pytest.raises(ValueError, match="nh\\*hd = H = 4"):
@@ -82,6 +68,10 @@ def test_dispatch_errors():
         elman_scan(wx[0], w)
     with pytest.raises(ValueError, match="h0 must be"):
         elman_scan(wx, w, torch.zeros(3, 4))
+    with pytest.raises(ValueError, match="a must have wx's shape"):
+        elman_decay_scan(wx, w, torch.rand(2, 3, 3))
+    with pytest.raises(ValueError, match=r"U, V must be \[H, r\] and s \[B, T, r\]"):
+        elman_lowrank_scan(wx, w, torch.randn(4, 2), torch.randn(4, 3), torch.randn(2, 3, 2))
 
 
 def test_persistent_kernel_declines_what_it_cannot_run_without_building():

@@ -7,7 +7,9 @@ A layer maps ``x: [B, T, dim] -> y: [B, T, dim]`` causally and can also run one 
     y_t, state = layer.step(x_t, state)         # x_t: [B, dim]; equals y[:, t] of the full forward
 
 ``state`` is any tuple of tensors. For recurrent layers it has a fixed size (constant memory per
-generated token); for attention it is a growing key/value cache.
+generated token) and ``step`` runs the layer's recurrence op (``rnnlab.ops``) on one token; for
+attention it is a growing key/value cache. tests/test_layer_contract.py checks this contract for
+every registered model.
 
 Each layer is built from a config dataclass with a ``dim`` field and a ``validate()`` method that
 raises ``ValueError`` with a clear message for impossible values.
@@ -15,19 +17,9 @@ raises ``ValueError`` with a clear message for impossible values.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
-
-import torch
+from typing import Any
 
 State = tuple[Any, ...]
-
-
-class Mixer(Protocol):
-    def forward(self, x: torch.Tensor) -> torch.Tensor: ...
-
-    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State: ...
-
-    def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]: ...
 
 
 def check_positive(name: str, value: float) -> None:

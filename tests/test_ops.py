@@ -1,0 +1,131 @@
+"""The op contract, checked for every registered op (rnnlab.ops.registry.OPS): each returns (states
+or outputs, final state) with the documented dtypes, the final state continues the scan exactly
+(what every layer's ``step`` relies on), a zero-length sequence returns its initial state, the
+named alternative backends agree with the reference, the reference has exact gradients
+(gradcheck), and the backend vocabulary is enforced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rnnlab.ops import OPS
+from rnnlab.ops.dtypes import compute_dtype
+
+B, T, H, R = 2, 7, 6, 3  # T differs from every other size: the time axis is unambiguous
+
+
+def _elman(g, dtype, heads=False):
+    w = torch.randn(2, H // 2, H // 2, generator=g) if heads else torch.randn(H, H, generator=g)
+    return [torch.randn(B, T, H, generator=g), (w * 0.4).to(dtype)]
+
+
+def _ssd(g, dtype):  # x [B,T,h,p], dt [B,T,h], A [h], B/C [B,T,G,N], chunk size
+    return [torch.randn(B, T, 4, 3, generator=g), torch.rand(B, T, 4, generator=g) * 0.5 + 0.01,
+            -torch.rand(4, generator=g) - 0.1, torch.randn(B, T, 2, 5, generator=g),
+            torch.randn(B, T, 2, 5, generator=g), 4]
+
+
+# op name -> (inputs(generator, dtype) without the initial state, initial-state shape, positions
+# of the per-time [B, T, ...] inputs). Every op is called as op(*inputs, h0).
+CASES = {
+    "elman_scan": (lambda g, dt: _elman(g, dt), (B, H), (0,)),
+    "elman_decay_scan": (lambda g, dt: [*_elman(g, dt, heads=True), torch.rand(B, T, H, generator=g)], (B, H), (0, 2)),
+    "elman_lowrank_scan": (lambda g, dt: [*_elman(g, dt), torch.randn(H, R, generator=g) * 0.3,
+                                          torch.randn(H, R, generator=g) * 0.3, torch.randn(B, T, R, generator=g)],
+                           (B, H), (0, 4)),
+    "linear_scan": (lambda g, dt: [torch.rand(B, T, H, generator=g) * 0.9 + 0.05, torch.randn(B, T, H, generator=g)],
+                    (B, H), (0, 1)),
+    "mingru_scan": (lambda g, dt: [torch.randn(B, T, 2 * H, generator=g)], (B, H), (0,)),
+    "minlstm_scan": (lambda g, dt: [torch.randn(B, T, 3 * H, generator=g)], (B, H), (0,)),
+    "diag_elman_scan": (lambda g, dt: [torch.randn(B, T, H, generator=g), torch.rand(H, generator=g)], (B, H), (0,)),
+    "ssd_scan": (_ssd, (B, 4, 3, 5), (0, 1, 3, 4)),
+}
+STATE_IS_LAST_OUTPUT = set(CASES) - {"ssd_scan"}  # ssd's outputs are y = S C, not the state
+
+
+def _case(name, dtype=torch.float32, seed=0):
+    make, h0_shape, time_args = CASES[name]
+    g = torch.Generator().manual_seed(seed)
+    args = [a.to(dtype) if isinstance(a, torch.Tensor) else a for a in make(g, dtype)]
+    return args, torch.randn(*h0_shape, generator=g).to(dtype), time_args
+
+
+def _window(args, time_args, lo, hi):
+    return [a[:, lo:hi] if i in time_args else a for i, a in enumerate(args)]
+
+
+def test_every_registered_op_has_a_case():
+    assert set(OPS) == set(CASES)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_reference_returns_outputs_and_final_state(name, dtype):
+    args, h0, _ = _case(name, dtype)
+    h, h_last = OPS[name].naive(*args, h0)
+    assert h.dtype == dtype and h_last.dtype == compute_dtype(dtype) == torch.float32
+    assert h.shape[:2] == (B, T) and h_last.shape == h0.shape
+    if name in STATE_IS_LAST_OUTPUT:
+        assert torch.equal(h[:, -1], h_last.to(dtype))
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_final_state_continues_the_scan(name):
+    """Scanning [0, T) equals scanning [0, k), then [k, T) from the first part's final state: a
+    layer's ``step`` (the op on one token from the carried state) equals its forward."""
+    args, h0, time_args = _case(name)
+    op = OPS[name]
+    whole, whole_last = op(*args, h0, backend="naive")
+    first, mid = op(*_window(args, time_args, 0, 3), h0, backend="naive")
+    second, last = op(*_window(args, time_args, 3, T), mid, backend="naive")
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=0, atol=0)
+    torch.testing.assert_close(last, whole_last, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_empty_sequence_returns_the_initial_state(name):
+    args, h0, time_args = _case(name)
+    h, h_last = OPS[name](*_window(args, time_args, 0, 0), h0, backend="naive")
+    assert h.shape[:2] == (B, 0) and torch.equal(h_last, h0)
+    _, zero = OPS[name](*_window(args, time_args, 0, 0), None, backend="naive")
+    assert torch.equal(zero, torch.zeros_like(h0))
+
+
+@pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in OPS[n].alternatives])
+def test_alternative_backends_match_the_reference(name, backend):
+    args, h0, _ = _case(name)
+    for init in (h0, None):
+        got = OPS[name](*args, init, backend=backend)
+        want = OPS[name](*args, init, backend="naive")
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_reference_gradcheck(name):
+    args, h0, _ = _case(name, torch.float64)
+    leaves = [a.requires_grad_() if isinstance(a, torch.Tensor) else a for a in (*args, h0.requires_grad_())]
+    tensors = [i for i, a in enumerate(leaves) if isinstance(a, torch.Tensor)]
+
+    def fn(*ts):
+        full = list(leaves)
+        for i, t in zip(tensors, ts):
+            full[i] = t
+        return OPS[name].naive(*full)
+
+    assert torch.autograd.gradcheck(fn, [leaves[i] for i in tensors])
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_backend_vocabulary(name):
+    """auto on CPU is the reference; triton needs CUDA tensors; unknown words are refused."""
+    args, h0, _ = _case(name)
+    op = OPS[name]
+    assert op.backends[:3] == ("auto", "naive", "triton")
+    for a, b in zip(op(*args, h0, backend="auto"), op(*args, h0, backend="naive")):
+        assert torch.equal(a, b)
+    with pytest.raises(RuntimeError, match=f"{name} backend='triton'"):
+        op(*args, h0, backend="triton")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        op(*args, h0, backend="cuda")
