@@ -42,7 +42,7 @@ def test_chunked_matches_sequential(T, chunk):
     torch.testing.assert_close(f1, f2, atol=1e-4, rtol=1e-4)
 
 
-def test_dispatch_and_dtype():
+def test_backends_and_dtype():
     x, dt, A, B, C = _ssd_inputs(T=20)
     assert all(torch.equal(a, b) for a, b in zip(ssd_scan(x, dt, A, B, C, 8), naive.ssd_scan(x, dt, A, B, C)))
     assert all(torch.equal(a, b) for a, b in zip(ssd_scan(x, dt, A, B, C, 8, backend="chunked"),
