@@ -56,13 +56,8 @@ def elman_scan(
     return ELMAN_SCAN(wx, w_h, h0, backend=backend)
 
 
-def elman_decay_scan(
-    wx: torch.Tensor,
-    w_h: torch.Tensor,
-    a: torch.Tensor,
-    h0: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
+def elman_decay_scan(wx: torch.Tensor, w_h: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None,
+                     backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of ``h_t = tanh(wx_t + a_t * (h_{t-1} @ w_h.T))`` with the decay
     ``a: [B, T, H]``; otherwise as :func:`elman_scan`."""
     _check(wx, w_h, h0)
@@ -71,15 +66,8 @@ def elman_decay_scan(
     return ELMAN_DECAY_SCAN(wx, w_h, a, h0, backend=backend)
 
 
-def elman_lowrank_scan(
-    wx: torch.Tensor,
-    w_h: torch.Tensor,
-    U: torch.Tensor,
-    V: torch.Tensor,
-    s: torch.Tensor,
-    h0: torch.Tensor | None = None,
-    backend: str = "auto",
-) -> tuple[torch.Tensor, torch.Tensor]:
+def elman_lowrank_scan(wx: torch.Tensor, w_h: torch.Tensor, U: torch.Tensor, V: torch.Tensor, s: torch.Tensor,
+                       h0: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T + ((h_{t-1} @ V) * s_t) @ U.T)`` with
     ``U, V: [H, r]`` and ``s: [B, T, r]``; otherwise as :func:`elman_scan`."""
     _check(wx, w_h, h0)
