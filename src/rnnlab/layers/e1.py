@@ -66,66 +66,6 @@ from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan
 
-SELECTIVE = ("none", "decay", "lowrank")
-INITS = ("xavier", "mamba2", "identity")
-NORMS = ("spectral", "none", "rms")
-
-
-@dataclass
-class E1Config:
-    """E1 options; every default reproduces the seed's E1 (see the module docstring)."""
-
-    dim: int
-    expansion: float = 1.0  # di = int(dim * expansion)
-    conv: int = 0  # causal depthwise conv kernel before silu; 0 = off (seed: off)
-    heads: int = 1  # block-diagonal W_h heads
-    selective: str = "none"  # "none" | "decay" | "lowrank"
-    selective_rank: int = 8  # r for selective="lowrank"
-    state_expansion: int = 1  # state width K = di * state_expansion, read out by W_r
-    init: str = "xavier"  # "xavier" | "mamba2" | "identity"
-    init_scale: float = 0.9  # W_h = init_scale * I for init="identity"
-    norm: str = "spectral"  # "spectral" | "none" | "rms"
-    spectral_radius: float = 0.99
-    power_iters: int = 3
-    backend: str = "auto"  # elman_scan backend for the plain path: "auto" | "naive" | "triton"
-
-    @property
-    def d_inner(self) -> int:
-        return int(self.dim * self.expansion)
-
-    @property
-    def d_state(self) -> int:
-        return self.d_inner * self.state_expansion
-
-    def validate(self) -> None:
-        for name in ("dim", "conv", "heads", "selective_rank", "state_expansion", "power_iters"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"{name} must be an integer, got {v!r}")
-        for name in ("expansion", "init_scale", "spectral_radius"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        for name in ("dim", "expansion", "heads", "selective_rank", "state_expansion",
-                     "init_scale", "spectral_radius", "power_iters"):
-            check_positive(name, getattr(self, name))
-        if self.conv < 0:
-            raise ValueError(f"conv must be >= 0 (0 = off), got {self.conv!r}")
-        if self.d_inner < 1:
-            raise ValueError(
-                f"expansion must give int(dim*expansion) >= 1, got {self.expansion!r} (dim {self.dim})"
-            )
-        if self.d_state % self.heads:
-            raise ValueError(
-                f"heads must divide the state width int(dim*expansion)*state_expansion = "
-                f"{self.d_state}, got {self.heads}"
-            )
-        for name, choices in (("selective", SELECTIVE), ("init", INITS), ("norm", NORMS),
-                              ("backend", BACKENDS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
-
-
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
 
@@ -162,32 +102,7 @@ _INIT_RULES = {
     "mamba2": _InitRule(_normal_002, _orthogonal_0999),
     "identity": _InitRule(nn.init.xavier_uniform_, _scaled_identity),
 }
-
-
-# ------------------------------------------------------------ the recurrence of one input
-@dataclass
-class Recurrence:
-    """E1's recurrence on one input sequence, ready to scan from a state ``h0``::
-
-        h_t = tanh(wx_t + a_t * (h_{t-1} w_h^T) + ((h_{t-1} V) * s_t) U^T)
-
-    where the decay ``a_t`` is present only for ``selective="decay"`` and the low-rank term only
-    for ``"lowrank"``. ``wx: [B, T, K]`` (bias included), ``w_h``: Wh_eff, dense ``[K, K]`` or
-    heads ``[n, K/n, K/n]``, ``decay: [B, T, K]``, ``lowrank = (U [K, r], V [K, r], s [B, T, r])``.
-    """
-
-    wx: torch.Tensor
-    w_h: torch.Tensor
-    decay: torch.Tensor | None = None
-    lowrank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-
-    def scan(self, h0: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-        """``(h [B, T, K], h_T [B, K])`` by the op of this recurrence (``rnnlab.ops.elman``)."""
-        if self.decay is not None:
-            return elman_decay_scan(self.wx, self.w_h, self.decay, h0, backend)
-        if self.lowrank is not None:
-            return elman_lowrank_scan(self.wx, self.w_h, *self.lowrank, h0, backend)
-        return elman_scan(self.wx, self.w_h, h0, backend)
+INITS = tuple(_INIT_RULES)
 
 
 # ------------------------------------------------------------ selective modes (``selective``)
@@ -241,6 +156,89 @@ class _LowRank(_Plain):
 
 
 _SELECTIVE_MODES = {"none": _Plain(), "decay": _Decay(), "lowrank": _LowRank()}
+SELECTIVE = tuple(_SELECTIVE_MODES)
+NORMS = ("spectral", "none", "rms")  # one branch each: recurrent_weight, the h_norm module
+
+
+@dataclass
+class E1Config:
+    """E1 options; every default reproduces the seed's E1 (see the module docstring)."""
+
+    dim: int
+    expansion: float = 1.0  # di = int(dim * expansion)
+    conv: int = 0  # causal depthwise conv kernel before silu; 0 = off (seed: off)
+    heads: int = 1  # block-diagonal W_h heads
+    selective: str = "none"  # "none" | "decay" | "lowrank"
+    selective_rank: int = 8  # r for selective="lowrank"
+    state_expansion: int = 1  # state width K = di * state_expansion, read out by W_r
+    init: str = "xavier"  # "xavier" | "mamba2" | "identity"
+    init_scale: float = 0.9  # W_h = init_scale * I for init="identity"
+    norm: str = "spectral"  # "spectral" | "none" | "rms"
+    spectral_radius: float = 0.99
+    power_iters: int = 3
+    backend: str = "auto"  # backend of E1's op: "auto" | "naive" | "triton" (selective: no kernel yet)
+
+    @property
+    def d_inner(self) -> int:
+        return int(self.dim * self.expansion)
+
+    @property
+    def d_state(self) -> int:
+        return self.d_inner * self.state_expansion
+
+    def validate(self) -> None:
+        for name in ("dim", "conv", "heads", "selective_rank", "state_expansion", "power_iters"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name} must be an integer, got {v!r}")
+        for name in ("expansion", "init_scale", "spectral_radius"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        for name in ("dim", "expansion", "heads", "selective_rank", "state_expansion",
+                     "init_scale", "spectral_radius", "power_iters"):
+            check_positive(name, getattr(self, name))
+        if self.conv < 0:
+            raise ValueError(f"conv must be >= 0 (0 = off), got {self.conv!r}")
+        if self.d_inner < 1:
+            raise ValueError(
+                f"expansion must give int(dim*expansion) >= 1, got {self.expansion!r} (dim {self.dim})"
+            )
+        if self.d_state % self.heads:
+            raise ValueError(
+                f"heads must divide the state width int(dim*expansion)*state_expansion = "
+                f"{self.d_state}, got {self.heads}"
+            )
+        for name, choices in (("selective", SELECTIVE), ("init", INITS), ("norm", NORMS),
+                              ("backend", BACKENDS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
+
+
+# ------------------------------------------------------------ the recurrence of one input
+@dataclass
+class Recurrence:
+    """E1's recurrence on one input sequence, ready to scan from a state ``h0``::
+
+        h_t = tanh(wx_t + a_t * (h_{t-1} w_h^T) + ((h_{t-1} V) * s_t) U^T)
+
+    where the decay ``a_t`` is present only for ``selective="decay"`` and the low-rank term only
+    for ``"lowrank"``. ``wx: [B, T, K]`` (bias included), ``w_h``: Wh_eff, dense ``[K, K]`` or
+    heads ``[n, K/n, K/n]``, ``decay: [B, T, K]``, ``lowrank = (U [K, r], V [K, r], s [B, T, r])``.
+    """
+
+    wx: torch.Tensor
+    w_h: torch.Tensor
+    decay: torch.Tensor | None = None
+    lowrank: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def scan(self, h0: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+        """``(h [B, T, K], h_T [B, K])`` by the op of this recurrence (``rnnlab.ops.elman``)."""
+        if self.decay is not None:
+            return elman_decay_scan(self.wx, self.w_h, self.decay, h0, backend)
+        if self.lowrank is not None:
+            return elman_lowrank_scan(self.wx, self.w_h, *self.lowrank, h0, backend)
+        return elman_scan(self.wx, self.w_h, h0, backend)
 
 
 class E1(nn.Module):
