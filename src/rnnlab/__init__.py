@@ -10,7 +10,15 @@ Layout (data -> models -> kernels -> training -> benchmarks -> CLI):
   rnnlab.eval      held-out bits per byte and sampling
   rnnlab.bench     benchmark suites, sweeps, reports and plots
   rnnlab.analysis  gradient-flow analysis
+  rnnlab.hf        Hugging Face models (export, Auto classes, generate) and lm-eval-harness
   rnnlab.cli       the `rnnlab` command
 """
 
 __version__ = "0.1.0"
+
+
+# `import rnnlab` lets Hugging Face's Auto classes load exported rnnlab models (model type
+# "rnnlab") wherever a supported transformers is installed; see rnnlab.hf.
+from rnnlab.hf import register_auto_classes as _register_auto_classes  # noqa: E402
+
+_register_auto_classes()

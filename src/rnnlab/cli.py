@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "rnnlab.train.cli",
     "rnnlab.bench.cli",
     "rnnlab.analysis.cli",
+    "rnnlab.hf.cli",
     "rnnlab.doctor",
 )
 
