@@ -4,6 +4,7 @@ rnnlab's own, for every model kind (tiny runs trained 2 steps on CPU)."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import time
 
@@ -160,3 +161,28 @@ def test_export_user_errors(exported, tmp_path, capsys):
         assert err.startswith("rnnlab export: error:") and msg in err and "\n" not in err
     saved = json.loads((hf / "config.json").read_text())
     assert saved["architectures"] == ["RnnlabForCausalLM"] and saved["eos_token_id"] is None
+
+
+def test_lm_eval_bits_per_byte_equal_rnnlab_eval(exported, tmp_path, capsys):
+    """lm-eval's HF wrapper scores a text with ``loglikelihood_rolling``: windows of
+    ``max_length`` = the tokenizer's ``model_max_length`` (the run's seq_len, 32) bytes, the first
+    conditioned on the BOS byte (NUL), each later one on the byte before it. That is exactly
+    ``rnnlab eval``'s non-overlapping windows over NUL + text when the text is a whole number of
+    windows, so the two bits-per-byte agree to float rounding."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    run, hf = exported["e1"]
+    text = ("Pack my box with five dozen liquor jugs. " * 8)[:320]  # 10 windows of 32 bytes
+    lm = HFLM(pretrained=str(hf), device="cpu", batch_size=3)
+    request = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
+    [loglik] = lm.loglikelihood_rolling([request], disable_tqdm=True)
+    lm_eval_bpb = -loglik / (len(text) * math.log(2))
+
+    data = tmp_path / "doc.bin"
+    data.write_bytes(b"\x00" + text.encode())
+    assert main(["eval", "--run", str(run), "--data", str(data), "--eval-bytes", "all", "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    assert ours["bytes"] == len(text)
+    assert lm_eval_bpb == pytest.approx(ours["val_bpb"], rel=1e-6)
