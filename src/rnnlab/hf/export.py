@@ -42,4 +42,3 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     model.save_pretrained(out)
     byte_tokenizer(cfg.seq_len).save_pretrained(out)
     return out
-
