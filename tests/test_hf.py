@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+import sys
 import time
 
 import pytest
@@ -186,3 +188,12 @@ def test_lm_eval_bits_per_byte_equal_rnnlab_eval(exported, tmp_path, capsys):
     ours = json.loads(capsys.readouterr().out)
     assert ours["bytes"] == len(text)
     assert lm_eval_bpb == pytest.approx(ours["val_bpb"], rel=1e-6)
+
+
+def test_import_rnnlab_registers_when_transformers_is_imported():
+    """In a fresh interpreter: ``import rnnlab`` does not import transformers (every CLI command
+    and worker process would pay for it), and a later import of transformers finds the model type."""
+    code = ("import sys, rnnlab; assert 'transformers' not in sys.modules; "
+            "from transformers import AutoConfig; print(type(AutoConfig.for_model('rnnlab')).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "RnnlabConfig"

@@ -17,8 +17,11 @@ Layout (data -> models -> kernels -> training -> benchmarks -> CLI):
 __version__ = "0.1.0"
 
 
-# `import rnnlab` lets Hugging Face's Auto classes load exported rnnlab models (model type
-# "rnnlab") wherever a supported transformers is installed; see rnnlab.hf.
+# `import rnnlab` lets transformers' Auto classes load exported rnnlab models (model type
+# "rnnlab", see rnnlab.hf). The classes register when transformers is imported (at once if it
+# already is), so a process that never uses transformers does not pay ~2 s to import it.
+import wrapt  # noqa: E402
+
 from rnnlab.hf import register_auto_classes as _register_auto_classes  # noqa: E402
 
-_register_auto_classes()
+wrapt.register_post_import_hook(lambda transformers: _register_auto_classes(), "transformers")

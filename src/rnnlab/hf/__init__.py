@@ -12,8 +12,9 @@ with a ``RecurrentState`` cache); ``tokenizer``: the byte tokenizer; ``export``:
 with the model type registered.
 
 This module itself imports nothing from ``transformers`` (an optional dependency, ``pip install
-'rnnlab[hf]'``): ``import rnnlab`` calls ``register_auto_classes``, which does nothing where a
-supported ``transformers`` is not installed.
+'rnnlab[hf]'``). ``import rnnlab`` runs ``register_auto_classes`` when ``transformers`` is
+imported (a post-import hook; at once if it already is), and that does nothing where the
+installed ``transformers`` is not a supported version.
 """
 
 from __future__ import annotations
