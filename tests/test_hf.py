@@ -137,10 +137,9 @@ def _per_token_seconds(model, prefix_len: int) -> float:
 
 def test_generation_cost_per_token_does_not_grow_with_the_prefix(exported):
     model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
-    short, long = 8, 512
+    rounds = [(_per_token_seconds(model, 8), _per_token_seconds(model, 512)) for _ in range(2)]
     # Best of two interleaved rounds: a busy machine only ever adds time.
-    t_short = min(_per_token_seconds(model, short) for _ in range(2))
-    t_long = min(_per_token_seconds(model, long) for _ in range(2))
+    t_short, t_long = (min(times) for times in zip(*rounds))
     # Re-running the 512-byte prefix for each token would cost ~20x more per token here.
     assert t_long / t_short < 3.0, (t_short, t_long)
 
