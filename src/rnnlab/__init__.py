@@ -10,7 +10,18 @@ Layout (data -> models -> kernels -> training -> benchmarks -> CLI):
   rnnlab.eval      held-out bits per byte and sampling
   rnnlab.bench     benchmark suites, sweeps, reports and plots
   rnnlab.analysis  gradient-flow analysis
+  rnnlab.hf        Hugging Face models (export, Auto classes, generate) and lm-eval-harness
   rnnlab.cli       the `rnnlab` command
 """
 
 __version__ = "0.1.0"
+
+
+# `import rnnlab` lets transformers' Auto classes load exported rnnlab models (model type
+# "rnnlab", see rnnlab.hf). The classes register when transformers is imported (at once if it
+# already is), so a process that never uses transformers does not pay ~2 s to import it.
+import wrapt  # noqa: E402
+
+from rnnlab.hf import register_auto_classes as _register_auto_classes  # noqa: E402
+
+wrapt.register_post_import_hook(lambda transformers: _register_auto_classes(), "transformers")

@@ -7,6 +7,8 @@
     rnnlab bench    run a benchmark suite and write its report            (rnnlab.bench.cli)
     rnnlab sweep    sweep any config field                                (rnnlab.bench.cli)
     rnnlab analyze  gradient-flow analysis of a run                       (rnnlab.analysis.cli)
+    rnnlab data prepare  text / JSON-lines shards -> one raw byte corpus  (rnnlab.data.cli)
+    rnnlab export   a run as a Hugging Face model folder                  (rnnlab.hf.cli)
     rnnlab doctor   versions and which fast paths load                    (rnnlab.doctor)
 """
 
@@ -21,6 +23,8 @@ COMMAND_MODULES = (
     "rnnlab.train.cli",
     "rnnlab.bench.cli",
     "rnnlab.analysis.cli",
+    "rnnlab.data.cli",
+    "rnnlab.hf.cli",
     "rnnlab.doctor",
 )
 

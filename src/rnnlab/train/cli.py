@@ -99,7 +99,8 @@ def register(sub) -> None:
     s.add_argument("--run", required=True, metavar="DIR")
     s.add_argument("--prompt", default="\n")
     s.add_argument("--tokens", type=int, default=200, help="bytes to generate")
-    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--temperature", type=float, default=0.8,
+                   help="0 = greedy: always the most likely byte (--top-k is then ignored)")
     s.add_argument("--top-k", type=int, default=50)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")

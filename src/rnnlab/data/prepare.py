@@ -1,0 +1,274 @@
+"""Real corpora -> one raw byte file that ``rnnlab train --data`` reads (``rnnlab data prepare``).
+
+Sources are files and folders (walked recursively in sorted order, hidden entries skipped). A
+file's name says its format:
+
+    NAME.txt, or any other name   plain text: the whole file is one document
+    NAME.jsonl                    JSON lines: each line an object whose FIELD (default "text") is one document
+    ... + .xz / .gz / .zst        compressed with lzma, gzip or Zstandard (the Pile ships 00.jsonl.zst)
+
+A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. Documents are
+written in order with SEPARATOR between them (default a blank line, ``\\n\\n``, as between the
+documents of registry-pile's shards); empty documents are skipped.
+
+Nothing is held whole: files are read in blocks and a JSON-lines file one line (one document) at
+a time. The corpus is written under a temporary name in the output's folder and renamed to FILE
+only when complete, so an interrupted prepare leaves nothing under FILE. ``FILE.manifest.json``
+then records each source (path, format, size and sha256 of the file as stored, documents and
+bytes contributed) and the corpus's size and sha256. A corrupt or truncated shard, a line that
+is not a JSON object, or an object without a string FIELD stops the run with a ``CorpusError``
+naming the file (and line).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import lzma
+import os
+import tempfile
+import zlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zstandard
+from tqdm import tqdm
+
+# Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
+# compression ratio times more (a few times for text); xz and gzip yield at most this much.
+READ_SIZE = 1 << 16
+COMPRESSIONS = (".xz", ".gz", ".zst")
+FOLDER_FORMATS = (".txt", ".jsonl")  # what a folder contributes (before any compression suffix)
+# What a damaged compressed stream raises (gzip's BadGzipFile is an OSError: caught by name).
+CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
+
+
+class CorpusError(ValueError):
+    """A source that cannot be read as its name says (one line, naming the file)."""
+
+
+@dataclass(frozen=True)
+class Source:
+    path: Path
+    compression: str | None  # one of COMPRESSIONS, or None
+    jsonl: bool
+
+    @classmethod
+    def from_path(cls, path: Path) -> "Source":
+        compression = path.suffix if path.suffix in COMPRESSIONS else None
+        inner = path.name[: -len(compression)] if compression else path.name
+        return cls(path, compression, inner.endswith(".jsonl"))
+
+    @property
+    def format(self) -> str:
+        return ("jsonl" if self.jsonl else "text") + (self.compression or "")
+
+
+def find_sources(paths: Sequence[str | os.PathLike]) -> list[Source]:
+    """Files as given, folders expanded to their ``FOLDER_FORMATS`` files in sorted order."""
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _in_folder_format(f, p))
+            if not found:
+                raise FileNotFoundError(f"{p} holds no *.txt or *.jsonl files (optionally .xz/.gz/.zst)")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"source not found: {p}")
+    seen = set()
+    for f in files:
+        if f.resolve() in seen:
+            raise ValueError(f"source {f} is given twice")
+        seen.add(f.resolve())
+    return [Source.from_path(f) for f in files]
+
+
+def _in_folder_format(f: Path, folder: Path) -> bool:
+    if any(part.startswith(".") for part in f.relative_to(folder).parts):
+        return False
+    name = f.name[: -len(f.suffix)] if f.suffix in COMPRESSIONS else f.name
+    return name.endswith(FOLDER_FORMATS)
+
+
+def parse_separator(text: str) -> bytes:
+    r"""The separator as typed on a command line, with backslash escapes: ``\n``, ``\t``, ``\0``,
+    ``\xNN`` (one byte); other characters stand for their UTF-8 bytes."""
+    try:
+        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
+    except (UnicodeError, ValueError) as e:
+        raise ValueError(f"separator {text!r}: use \\n, \\t, \\0 or \\xNN escapes ({e})") from None
+
+
+def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: str = "text",
+            separator: bytes = b"\n\n", progress: bool = True) -> dict:
+    """Write the documents of ``paths`` to ``out`` and ``out.manifest.json``; returns the manifest.
+    ``progress``: a bar on stderr when it is a terminal."""
+    out = Path(out)
+    sources = find_sources(paths)
+    if out.exists():
+        raise ValueError(f"--out {out} already exists; remove it or choose another name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(s.path.stat().st_size for s in sources)
+    with _AtomicFile(out) as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"prepare {out.name}",
+                                     disable=None if progress else True) as bar:  # None: on a terminal only
+        corpus = _Corpus(f, separator)
+        entries = [_write_source(s, corpus, field, bar) for s in sources]
+    manifest = {"file": out.name, "bytes": corpus.bytes, "sha256": corpus.sha256.hexdigest(),
+                "documents": corpus.documents, "separator": separator.decode("latin-1"),
+                "field": field, "sources": entries}
+    with _AtomicFile(manifest_path(out)) as m:
+        m.write((json.dumps(manifest, indent=1) + "\n").encode())
+    return manifest
+
+
+def manifest_path(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".manifest.json")
+
+
+def _write_source(source: Source, corpus: "_Corpus", field: str, bar: tqdm) -> dict:
+    """Append one source's documents to the corpus; its manifest entry."""
+    docs = bytes_out = 0
+    with open(source.path, "rb") as f:
+        raw = _HashingReader(f, bar)
+        blocks = _decompressed_blocks(raw, source.compression)
+        documents = ((text,) for text in _jsonl_texts(blocks, field, source.path)) if source.jsonl else [blocks]
+        try:
+            for doc in documents:
+                n = corpus.write_document(doc)
+                docs, bytes_out = docs + (n > 0), bytes_out + n
+        except CORRUPT as e:
+            raise CorpusError(f"{source.path}: corrupt or truncated {source.format} file ({e})") from None
+        while raw.read(READ_SIZE):  # the sha256 covers the whole file, even bytes a decoder skipped
+            pass
+    return {"path": str(source.path), "format": source.format, "size": raw.size,
+            "sha256": raw.sha256.hexdigest(), "documents": docs, "bytes": bytes_out}
+
+
+def _decompressed_blocks(raw: io.RawIOBase, compression: str | None) -> Iterator[bytes]:
+    if compression == ".zst":
+        yield from _zstd_blocks(raw)
+        return
+    if compression == ".xz":
+        stream = lzma.LZMAFile(raw)
+    elif compression == ".gz":
+        stream = gzip.GzipFile(fileobj=raw)
+    else:
+        stream = raw
+    while block := stream.read(READ_SIZE):
+        yield block
+
+
+def _zstd_blocks(raw: io.RawIOBase) -> Iterator[bytes]:
+    """Zstandard frames one after another. zstandard's own stream reader ends quietly inside a
+    truncated frame; here a stream that stops mid-frame raises EOFError."""
+    dctx = zstandard.ZstdDecompressor()
+    frame, in_frame = dctx.decompressobj(), False
+    while data := raw.read(READ_SIZE):
+        while data:
+            block, in_frame = frame.decompress(data), True
+            if block:
+                yield block
+            if not frame.eof:
+                break
+            data, frame, in_frame = frame.unused_data, dctx.decompressobj(), False
+    if in_frame:
+        raise EOFError("the data ends inside a Zstandard frame")
+
+
+def _lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
+    """The lines of a byte stream, without their ``\\n``, holding one line at a time."""
+    buf = bytearray()
+    for block in blocks:
+        start, scan = 0, len(buf)
+        buf += block
+        while (end := buf.find(b"\n", scan)) >= 0:
+            yield bytes(buf[start:end])
+            start = scan = end + 1
+        del buf[:start]
+    if buf:
+        yield bytes(buf)
+
+
+def _jsonl_texts(blocks: Iterable[bytes], field: str, path: Path) -> Iterator[bytes]:
+    """Each non-blank line's ``field`` as UTF-8 (lone surrogates, which UTF-8 cannot hold, as U+FFFD)."""
+    for lineno, line in enumerate(_lines(blocks), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError as e:
+            raise CorpusError(f"{path}: line {lineno} is not valid JSON ({e})") from None
+        text = record.get(field) if isinstance(record, dict) else None
+        if not isinstance(text, str):
+            raise CorpusError(f"{path}: line {lineno} has no string field {field!r} (choose it with --field)")
+        yield text.encode("utf-8", errors="replace")
+
+
+class _HashingReader(io.RawIOBase):
+    """A source file as read by its decoder, hashed and counted on the way (and shown on the bar)."""
+
+    def __init__(self, f, bar: tqdm):
+        self.f, self.bar, self.sha256, self.size = f, bar, hashlib.sha256(), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = self.f.readinto(b)
+        if n:
+            self.sha256.update(memoryview(b)[:n])
+            self.size += n
+            self.bar.update(n)
+        return n
+
+
+class _Corpus:
+    """The output being written: documents joined by the separator, counted and hashed."""
+
+    def __init__(self, f, separator: bytes):
+        self.f, self.separator = f, separator
+        self.sha256, self.bytes, self.documents = hashlib.sha256(), 0, 0
+
+    def write_document(self, pieces: Iterable[bytes]) -> int:
+        """One document given as consecutive pieces; returns its bytes (0: empty, not written)."""
+        n = 0
+        for piece in pieces:
+            if not piece:
+                continue
+            if n == 0 and self.documents:
+                self._write(self.separator)
+            self._write(piece)
+            n += len(piece)
+        self.documents += n > 0
+        return n
+
+    def _write(self, data: bytes) -> None:
+        self.f.write(data)
+        self.sha256.update(data)
+        self.bytes += len(data)
+
+
+class _AtomicFile:
+    """``with _AtomicFile(path) as f``: writes go to a temporary file in ``path``'s folder, renamed
+    to ``path`` when the block ends normally and deleted when it raises (or is interrupted)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
+        self.f = os.fdopen(fd, "wb")
+        return self.f
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.f.close()
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            os.unlink(self.tmp)

@@ -1,0 +1,30 @@
+"""``rnnlab export``: a training run as a Hugging Face model folder (``rnnlab.hf.export``).
+
+    rnnlab export --run runs/e1 --out hf/e1
+"""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("export", help="write a run as a Hugging Face model folder",
+                       description="Write a run's model and the byte tokenizer as a Hugging Face "
+                                   "save_pretrained folder; after `import rnnlab`, "
+                                   "AutoModelForCausalLM.from_pretrained(DIR) loads it.")
+    p.add_argument("--run", required=True, metavar="DIR", help="a training run folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args) -> int:
+    from rnnlab.hf import transformers_problem
+
+    problem = transformers_problem()
+    if problem is not None:
+        raise ValueError(problem)
+    from rnnlab.hf.export import export_run
+
+    out = export_run(args.run, args.out)
+    print(f"wrote {out}; load it with `import rnnlab` and "
+          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0

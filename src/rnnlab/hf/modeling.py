@@ -1,0 +1,131 @@
+"""rnnlab's LM as a Hugging Face causal LM: ``RnnlabConfig`` (model type ``rnnlab``) and
+``RnnlabForCausalLM``, which wraps ``rnnlab.models.LM`` unchanged (state-dict keys ``model.*``).
+
+Two ways through the model:
+
+- ``model(input_ids)`` runs the parallel forward (the one training used), for scoring text
+  (lm-eval's loglikelihood, perplexity).
+- ``model(input_ids, use_cache=True[, cache=state])`` steps the layers one byte at a time
+  (``LM.step``) from ``cache`` (a ``RecurrentState``; a fresh one when none is given) and returns
+  the advanced state as ``output.cache``. ``generate`` does this: the prompt is fed step by step
+  (the layers' parallel forward does not return its final state), then each new byte costs one
+  step, O(1) for the recurrent layers whatever the prefix length (attention's step still reads
+  its growing key/value cache).
+
+There is no attention mask inside a byte-level RNN: masks with padding before real bytes (left
+padding) are refused; right padding is harmless for a causal model and accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.lm import LM
+
+# The byte every special-token slot names: NUL, which text never contains (see rnnlab.hf.tokenizer).
+SPECIAL_BYTE = 0
+
+
+class RnnlabConfig(PreTrainedConfig):
+    """``rnnlab.models.ModelConfig``'s fields (``tie_embeddings`` under HF's name
+    ``tie_word_embeddings``) plus ``seq_len``, the training context in bytes (informational: a
+    recurrent model has no position limit)."""
+
+    model_type = "rnnlab"
+
+    model: str = "e1"
+    dim: int = 256
+    depth: int = 4
+    vocab_size: int = 256
+    mlp_ratio: float | None = None
+    tie_word_embeddings: bool = True
+    layer: dict[str, Any] | None = None
+    seq_len: int | None = None
+    bos_token_id: int | None = SPECIAL_BYTE
+    pad_token_id: int | None = SPECIAL_BYTE
+    eos_token_id: int | None = None  # no end-of-text byte: generate runs for max_new_tokens
+
+    @classmethod
+    def from_model_config(cls, cfg: ModelConfig, seq_len: int | None = None) -> "RnnlabConfig":
+        d = cfg.to_dict()
+        d["tie_word_embeddings"] = d.pop("tie_embeddings")
+        return cls(**d, seq_len=seq_len)
+
+    def to_model_config(self) -> ModelConfig:
+        return ModelConfig(model=self.model, dim=self.dim, depth=self.depth, vocab_size=self.vocab_size,
+                           mlp_ratio=self.mlp_ratio, tie_embeddings=self.tie_word_embeddings,
+                           layer=dict(self.layer or {}))
+
+
+class RecurrentState:
+    """What ``generate`` carries between steps: each block's layer state from ``LM.init_state``
+    (fixed size for recurrent layers, a growing key/value cache for attention)."""
+
+    def __init__(self, layers: list):
+        self.layers = layers
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        """Keep the rows of ``beam_idx`` (beam search): every state tensor is batch-first."""
+        self.layers = [tuple(t.index_select(0, beam_idx.to(t.device)) for t in s) for s in self.layers]
+
+
+class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
+    config_class = RnnlabConfig
+    base_model_prefix = "model"
+    _tied_weights_keys = {"model.head.weight": "model.embed.weight"}  # applied when tie_word_embeddings
+    _is_stateful = True  # a recurrent state cannot be rolled back (no assisted generation)
+
+    def __init__(self, config: RnnlabConfig):
+        super().__init__(config)
+        self.model = LM(config.to_model_config())
+        self.post_init()
+
+    def _init_weights(self, module: torch.nn.Module) -> None:
+        """Nothing: rnnlab's layers initialise themselves when built, and an exported model's
+        weights all come from its checkpoint; HF's generic init must not overwrite either."""
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        # generate must not create a key/value DynamicCache: forward builds a RecurrentState.
+        return False
+
+    def get_input_embeddings(self) -> torch.nn.Embedding:
+        return self.model.embed
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
+                cache: RecurrentState | None = None, use_cache: bool = False,
+                labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+        """``input_ids: [B, T]`` bytes -> ``logits [B, T, 256]`` (and the shifted-label loss when
+        ``labels`` is given). ``use_cache=True`` or a ``cache`` steps from that state instead of
+        running the parallel forward, and returns the new state as ``cache``."""
+        _check_no_left_padding(attention_mask)
+        if use_cache or cache is not None:
+            if cache is None:
+                cache = RecurrentState(self.model.init_state(input_ids.shape[0]))
+            logits = self._step_through(input_ids, cache)
+        else:
+            logits = self.model(input_ids)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
+
+    def _step_through(self, input_ids: torch.LongTensor, cache: RecurrentState) -> torch.Tensor:
+        """Feed ``input_ids`` one byte at a time through ``LM.step``, advancing ``cache`` in place."""
+        logits = []
+        for t in range(input_ids.shape[1]):
+            step_logits, cache.layers = self.model.step(input_ids[:, t], cache.layers)
+            logits.append(step_logits)
+        return torch.stack(logits, dim=1)
+
+
+def _check_no_left_padding(attention_mask: torch.Tensor | None) -> None:
+    """A 0 before a 1 in a row would feed a pad byte into the recurrent state: refuse it."""
+    if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
+        raise ValueError("rnnlab models cannot skip padding before real bytes (left padding): "
+                         "pad on the right, or batch prompts of equal length")

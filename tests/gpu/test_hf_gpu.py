@@ -1,0 +1,44 @@
+"""GPU: an exported bf16 model loads through the Auto classes and runs its CUDA paths (E1's
+kernels, the official Mamba2 module) with the logits and greedy bytes of rnnlab's own model.
+
+Run with ``pytest -m gpu tests/gpu/test_hf_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.mark.parametrize("model, layer", [("e1", {}), ("mamba2", {"headdim": 32})])
+def test_exported_model_on_cuda(tmp_path, model, layer):
+    from rnnlab.eval.sampling import generate
+    from rnnlab.hf.export import export_run
+    from rnnlab.models.config import ModelConfig
+    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.trainer import load_run, run_training
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 400)[:16000])
+    cfg = TrainConfig(model=ModelConfig(model=model, dim=64, depth=2, layer=layer), data=str(corpus),
+                      batch_size=4, seq_len=64, steps=3, precision="bf16", eval_bytes=4096, device="cuda",
+                      out=str(tmp_path / "run"))
+    run_training(cfg, progress=False)
+    export_run(cfg.out, tmp_path / "hf")
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").to("cuda")
+    assert hf.dtype == torch.bfloat16
+    if model == "mamba2":
+        assert hf.model.blocks[0].mixer.backend == "official"
+    _, ref, _ = load_run(cfg.out, "cuda")
+    ids = torch.tensor([list(b"the quick brown fox")], device="cuda")
+    a, b = hf(ids).logits.float(), ref(ids).float()
+    assert ((a - b).norm() / b.norm()).item() < 1e-3
+    out = hf.generate(ids, max_new_tokens=32, do_sample=False)
+    assert bytes(out[0, ids.shape[1]:].tolist()) == generate(ref, b"the quick brown fox", 32, temperature=0)

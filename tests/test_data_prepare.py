@@ -1,0 +1,174 @@
+"""``rnnlab data prepare``: text / JSON lines, plain / xz / gzip / zstd, files and folders -> one
+raw byte file + manifest; corrupt shards, atomic output, streaming."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import lzma
+import random
+import tracemalloc
+
+import pytest
+import zstandard
+
+from rnnlab.cli import main
+from rnnlab.data import ByteCorpus
+from rnnlab.data import prepare as prep
+
+zstd = zstandard.ZstdCompressor(write_checksum=True).compress  # as the zstd command writes frames
+COMPRESS = {".xz": lzma.compress, ".gz": gzip.compress, ".zst": zstd}
+
+
+def _jsonl(*texts: str, field: str = "text") -> bytes:
+    return b"".join(json.dumps({field: t, "meta": {"pile_set_name": "x"}}).encode() + b"\n" for t in texts)
+
+
+def _err(capsys, argv) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rnnlab data prepare: error: ") and "\n" not in err, err
+    return err
+
+
+def _leftovers(folder) -> list[str]:
+    return [p.name for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_every_format_from_files_and_folders(tmp_path, capsys):
+    shards = tmp_path / "shards"
+    (shards / "sub").mkdir(parents=True)
+    (shards / "a.txt").write_bytes(b"plain text\n")
+    (shards / "b.txt.xz").write_bytes(lzma.compress(b"xz text"))
+    (shards / "sub" / "c.txt.gz").write_bytes(gzip.compress(b"gz text"))
+    (shards / "sub" / "d.txt.zst").write_bytes(zstd(b"zst frame 1, ") + zstd(b"frame 2"))  # two frames
+    (shards / "e.jsonl").write_bytes(_jsonl("doc one", "") + b"\n" + _jsonl("doc \u00e9"))  # blank line, empty doc
+    (shards / "README.md").write_bytes(b"not a shard")  # a folder contributes *.txt / *.jsonl only
+    (shards / ".hidden.txt").write_bytes(b"skipped")
+    pile = tmp_path / "00.jsonl.zst"  # the Pile's own format, named explicitly
+    pile.write_bytes(zstd(_jsonl("pile a", "pile b")))
+    odd = tmp_path / "notes.xz"  # a compressed file of any other name is text
+    odd.write_bytes(lzma.compress(b"odd"))
+    out = tmp_path / "corpus" / "all.txt"
+    assert main(["data", "prepare", str(pile), str(shards), str(odd), "--out", str(out), "--no-progress"]) == 0
+    assert "8 source file(s)" not in capsys.readouterr().out  # 7 sources: README and .hidden skipped
+
+    docs = [b"pile a", b"pile b", b"plain text\n", b"xz text", b"doc one", "doc \u00e9".encode(),
+            b"gz text", b"zst frame 1, frame 2", b"odd"]
+    assert out.read_bytes() == b"\n\n".join(docs)
+    m = json.loads(prep.manifest_path(out).read_text())
+    assert m["bytes"] == out.stat().st_size and m["documents"] == len(docs)
+    assert m["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    names = [p.split("/")[-1] for p in (s["path"] for s in m["sources"])]
+    assert names == ["00.jsonl.zst", "a.txt", "b.txt.xz", "e.jsonl", "c.txt.gz", "d.txt.zst", "notes.xz"]
+    for s in m["sources"]:
+        raw = open(s["path"], "rb").read()
+        assert s["sha256"] == hashlib.sha256(raw).hexdigest() and s["size"] == len(raw)
+    assert [(s["format"], s["documents"], s["bytes"]) for s in m["sources"]][:4] == [
+        ("jsonl.zst", 2, 12), ("text", 1, 11), ("text.xz", 1, 7), ("jsonl", 2, 13)]
+    assert _leftovers(out.parent) == []
+
+
+def test_pile_shard_feeds_training(tmp_path, capsys):
+    shard = tmp_path / "00.jsonl.zst"
+    shard.write_bytes(zstd(_jsonl(*(f"document {i}: the quick brown fox. " * 3 for i in range(60)))))
+    out = tmp_path / "pile.txt"
+    assert main(["data", "prepare", str(shard), "--out", str(out), "--separator", r"\x00", "--no-progress"]) == 0
+    assert out.read_bytes().count(b"\x00") == 59
+    assert main(["train", "--model", "e1", "--dim", "16", "--depth", "1", "--seq-len", "16", "--batch-size", "2",
+                 "--steps", "2", "--precision", "fp32", "--device", "cpu", "--no-progress", "--data", str(out),
+                 "--out", str(tmp_path / "run")]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"] == str(out)
+
+
+def test_field_and_separator(tmp_path):
+    src = tmp_path / "x.jsonl.gz"
+    src.write_bytes(gzip.compress(_jsonl("a", "b", field="content")))
+    out = tmp_path / "x.txt"
+    prep.prepare([src], out, field="content", separator=prep.parse_separator(r"\n<|doc|>\t"), progress=False)
+    assert out.read_bytes() == b"a\n<|doc|>\tb"
+    assert prep.parse_separator("\u00a7") == "\u00a7".encode()  # typed characters are their UTF-8 bytes
+    with pytest.raises(ValueError, match="separator"):
+        prep.parse_separator(r"\u2028")
+
+
+@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])
+@pytest.mark.parametrize("damage", ["truncated", "garbled"])
+def test_corrupt_shard_is_named(tmp_path, capsys, suffix, damage):
+    good = tmp_path / f"good.txt{suffix}"
+    good.write_bytes(COMPRESS[suffix](b"fine"))
+    data = COMPRESS[suffix](_jsonl(*(f"doc {i} " * 50 for i in range(100))))
+    bad = tmp_path / f"bad.jsonl{suffix}"
+    mid = len(data) // 2
+    bad.write_bytes(data[:mid] if damage == "truncated" else data[:mid] + b"\xff" * 16 + data[mid + 16:])
+    out = tmp_path / "out.txt"
+    err = _err(capsys, ["data", "prepare", str(good), str(bad), "--out", str(out), "--no-progress"])
+    assert f"{bad}: corrupt or truncated jsonl{suffix} file" in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, msg", [
+    (b'{"text": "ok"}\n{"text": tru\n', "line 2 is not valid JSON"),
+    (b'{"text": "ok"}\n\n{"body": "x"}\n', "line 3 has no string field 'text'"),
+    (b'["text"]\n', "line 1 has no string field 'text'"),
+    (b'{"text": "\xff\xfe"}\n', "line 1 is not valid JSON"),
+])
+def test_bad_json_lines(tmp_path, capsys, content, msg):
+    src = tmp_path / "s.jsonl"
+    src.write_bytes(content)
+    assert msg in _err(capsys, ["data", "prepare", str(src), "--out", str(tmp_path / "o.txt"), "--no-progress"])
+
+
+def test_user_errors(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"x")
+    (tmp_path / "empty").mkdir()
+    assert "already exists" in _err(capsys, ["data", "prepare", str(src), "--out", str(src)])
+    assert "source not found" in _err(capsys, ["data", "prepare", str(tmp_path / "nope"), "--out", "o"])
+    assert "holds no *.txt or *.jsonl" in _err(capsys, ["data", "prepare", str(tmp_path / "empty"), "--out", "o"])
+    assert "given twice" in _err(capsys, ["data", "prepare", str(src), str(tmp_path), "--out",
+                                          str(tmp_path / "o.txt")])
+
+
+def test_interrupted_prepare_leaves_no_file(tmp_path, capsys, monkeypatch):
+    srcs = []
+    for i in range(3):
+        srcs.append(tmp_path / f"{i}.txt")
+        srcs[-1].write_bytes(b"document %d" % i)
+    calls = []
+
+    def interrupt_on_third_write(self, data):
+        calls.append(data)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(prep._Corpus, "_write", interrupt_on_third_write)
+    out = tmp_path / "out.txt"
+    assert main(["data", "prepare", *map(str, srcs), "--out", str(out), "--no-progress"]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists() and not prep.manifest_path(out).exists() and _leftovers(tmp_path) == []
+
+
+def test_lines_span_blocks():
+    blocks = [b"ab", b"c\nde", b"", b"f\n\ng", b"h"]
+    assert list(prep._lines(blocks)) == [b"abc", b"def", b"", b"gh"]
+
+
+def test_streams_without_holding_a_shard(tmp_path):
+    """A 6 MB text shard (zstd) and an 8 MB JSON-lines shard (gzip) go through while Python holds
+    under 4 MB (a few blocks, and one document at a time)."""
+    rng = random.Random(0)
+    words = [bytes(rng.choices(range(97, 123), k=rng.randint(1, 9))) for _ in range(5000)]
+    text = b" ".join(rng.choices(words, k=1_200_000))[: 6 << 20]
+    (tmp_path / "big.txt.zst").write_bytes(zstd(text))
+    (tmp_path / "many.jsonl.gz").write_bytes(gzip.compress(_jsonl(*["y" * 1000] * 8000)))
+    tracemalloc.start()
+    try:
+        m = prep.prepare([tmp_path / "big.txt.zst", tmp_path / "many.jsonl.gz"], tmp_path / "o.txt",
+                         progress=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert m["bytes"] == len(text) + 2 + 8000 * 1000 + 7999 * 2
+    assert peak < 4 << 20, peak

@@ -1,0 +1,198 @@
+"""Hugging Face interoperability: ``rnnlab export`` -> Auto classes -> logits / generate equal
+rnnlab's own, for every model kind (tiny runs trained 2 steps on CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from transformers import (  # noqa: E402
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+
+from rnnlab.cli import main  # noqa: E402  (importing rnnlab registers the model type)
+from rnnlab.eval.sampling import generate  # noqa: E402
+from rnnlab.hf.modeling import RnnlabForCausalLM  # noqa: E402
+from rnnlab.models.config import ModelConfig  # noqa: E402
+from rnnlab.train.config import TrainConfig  # noqa: E402
+from rnnlab.train.trainer import load_run, run_training  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+# Every model kind, tiny; E1 with block-diagonal heads and a conv (a second state tensor).
+KINDS = {
+    "e1": {},
+    "e1-heads-conv": {"heads": 4, "conv": 4},
+    "e16": {},
+    "mamba2": {"headdim": 16, "d_state": 16, "backend": "reference"},
+    "mingru": {},
+    "minlstm": {},
+    "transformer": {"head_dim": 16},
+}
+PROMPT = b"the quick \xc3\xa9"
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """name -> (run dir, exported folder), each trained for 2 steps and exported via the CLI."""
+    root = tmp_path_factory.mktemp("hf")
+    corpus = root / "corpus.txt"
+    corpus.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 200)[:8000])
+    torch.set_num_threads(1)
+    out = {}
+    for name, layer in KINDS.items():
+        run, hf = root / f"run-{name}", root / f"hf-{name}"
+        cfg = TrainConfig(model=ModelConfig(model=name.split("-")[0], dim=32, depth=2, layer=layer),
+                          data=str(corpus), batch_size=4, seq_len=32, steps=2, precision="fp32",
+                          lr=3e-3, eval_bytes=1024, device="cpu", out=str(run))
+        run_training(cfg, progress=False)
+        assert main(["export", "--run", str(run), "--out", str(hf)]) == 0
+        out[name] = (run, hf)
+    return out
+
+
+@pytest.mark.parametrize("name", KINDS)
+def test_loaded_model_matches_rnnlab(exported, name):
+    run, hf = exported[name]
+    config = AutoConfig.from_pretrained(hf)
+    assert config.model_type == "rnnlab" and config.seq_len == 32
+    assert "backend" not in config.layer  # kernel choice is left to where the model is loaded
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    assert isinstance(model, RnnlabForCausalLM) and not model.training
+    _, ref, _ = load_run(run, "cpu")
+
+    ids = torch.tensor([list(PROMPT), list(b"jumps over t")])
+    logits = model(ids).logits
+    # Not bit-equal in general: the loaded weights are memory-mapped from model.safetensors and
+    # their alignment can change which SIMD path a CPU matmul takes (~1e-7 differences).
+    torch.testing.assert_close(logits, ref(ids), rtol=0, atol=1e-5)
+    stepped = model(ids, use_cache=True)  # through LM.step, returning the state
+    torch.testing.assert_close(stepped.logits, logits, rtol=0, atol=1e-5)
+    assert len(stepped.cache.layers) == 2
+
+    tok = AutoTokenizer.from_pretrained(hf)
+    out = model.generate(**tok(PROMPT.decode(), return_tensors="pt"), max_new_tokens=24, do_sample=False)
+    assert bytes(out[0, len(PROMPT):].tolist()) == generate(ref, PROMPT, 24, temperature=0)
+
+
+def test_greedy_generate_equals_rnnlab_sample(exported, capsys):
+    run, hf = exported["e1"]
+    assert main(["sample", "--run", str(run), "--prompt", "The ", "--tokens", "40", "--temperature", "0",
+                 "--device", "cpu"]) == 0
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    ids = model.generate(torch.tensor([list(b"The ")]), max_new_tokens=40, do_sample=False)
+    assert ids.shape == (1, 44)  # no end-of-text byte stops generation early
+    assert capsys.readouterr().out == bytes(ids[0].tolist()).decode("utf-8", errors="replace") + "\n"
+
+
+def test_beam_search_reorders_the_recurrent_state(exported):
+    model = AutoModelForCausalLM.from_pretrained(exported["e1-heads-conv"][1])
+    ids = torch.tensor([list(PROMPT)])
+    kw = dict(max_new_tokens=8, num_beams=3, do_sample=False)
+    with_state = model.generate(ids, use_cache=True, **kw)
+    rerun_prefix = model.generate(ids, use_cache=False, **kw)  # parallel forward over the whole text
+    assert torch.equal(with_state, rerun_prefix)
+
+
+def test_byte_tokenizer(exported):
+    tok = AutoTokenizer.from_pretrained(exported["e1"][1])
+    text = "héllo\n\x00 Ā wörld 日本"
+    ids = tok(text).input_ids
+    assert ids == list(text.encode("utf-8"))  # no BOS/EOS added, a literal NUL or "Ā" is its bytes
+    assert len(tok) == 256 and tok.model_max_length == 32
+    assert tok.bos_token_id == tok.eos_token_id == tok.pad_token_id == 0
+    assert tok.decode(ids) == text
+    assert tok.decode(ids, skip_special_tokens=True) == text.replace("\x00", "")
+
+
+class _StepClock(StoppingCriteria):
+    """Records the time at which each new token is chosen; never stops generation."""
+
+    def __init__(self):
+        self.times = []
+
+    def __call__(self, input_ids, scores, **kwargs):
+        self.times.append(time.perf_counter())
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool)
+
+
+def _per_token_seconds(model, prefix_len: int) -> float:
+    clock = _StepClock()
+    ids = torch.randint(32, 127, (1, prefix_len), generator=torch.Generator().manual_seed(prefix_len))
+    model.generate(ids, max_new_tokens=33, do_sample=False, stopping_criteria=StoppingCriteriaList([clock]))
+    return statistics.median(b - a for a, b in zip(clock.times, clock.times[1:]))  # after the prefill
+
+
+def test_generation_cost_per_token_does_not_grow_with_the_prefix(exported):
+    model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
+    rounds = [(_per_token_seconds(model, 8), _per_token_seconds(model, 512)) for _ in range(2)]
+    # Best of two interleaved rounds: a busy machine only ever adds time.
+    t_short, t_long = (min(times) for times in zip(*rounds))
+    # Re-running the 512-byte prefix for each token would cost ~20x more per token here.
+    assert t_long / t_short < 3.0, (t_short, t_long)
+
+
+def test_left_padding_is_refused(exported):
+    model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
+    ids = torch.tensor([[0, 104, 105], [104, 105, 106]])
+    right = model(ids, attention_mask=torch.tensor([[1, 1, 0], [1, 1, 1]]))  # trailing pads: fine
+    assert right.logits.shape == (2, 3, 256)
+    with pytest.raises(ValueError, match="left padding"):
+        model(ids, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
+
+
+def test_export_user_errors(exported, tmp_path, capsys):
+    run, hf = exported["e1"]
+    for argv, msg in ((["--run", str(run), "--out", str(hf)], "not an empty directory"),
+                      (["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "run dir not found")):
+        assert main(["export", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("rnnlab export: error:") and msg in err and "\n" not in err
+    saved = json.loads((hf / "config.json").read_text())
+    assert saved["architectures"] == ["RnnlabForCausalLM"] and saved["eos_token_id"] is None
+
+
+def test_lm_eval_bits_per_byte_equal_rnnlab_eval(exported, tmp_path, capsys):
+    """lm-eval's HF wrapper scores a text with ``loglikelihood_rolling``: windows of
+    ``max_length`` = the tokenizer's ``model_max_length`` (the run's seq_len, 32) bytes, the first
+    conditioned on the BOS byte (NUL), each later one on the byte before it. That is exactly
+    ``rnnlab eval``'s non-overlapping windows over NUL + text when the text is a whole number of
+    windows, so the two bits-per-byte agree to float rounding."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    run, hf = exported["e1"]
+    text = ("Pack my box with five dozen liquor jugs. " * 8)[:320]  # 10 windows of 32 bytes
+    lm = HFLM(pretrained=str(hf), device="cpu", batch_size=3)
+    request = Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)
+    [loglik] = lm.loglikelihood_rolling([request], disable_tqdm=True)
+    lm_eval_bpb = -loglik / (len(text) * math.log(2))
+
+    data = tmp_path / "doc.bin"
+    data.write_bytes(b"\x00" + text.encode())
+    assert main(["eval", "--run", str(run), "--data", str(data), "--eval-bytes", "all", "--json"]) == 0
+    ours = json.loads(capsys.readouterr().out)
+    assert ours["bytes"] == len(text)
+    assert lm_eval_bpb == pytest.approx(ours["val_bpb"], rel=1e-6)
+
+
+def test_import_rnnlab_registers_when_transformers_is_imported():
+    """In a fresh interpreter: ``import rnnlab`` does not import transformers (every CLI command
+    and worker process would pay for it), and a later import of transformers finds the model type."""
+    code = ("import sys, rnnlab; assert 'transformers' not in sys.modules; "
+            "from transformers import AutoConfig; print(type(AutoConfig.for_model('rnnlab')).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "RnnlabConfig"
