@@ -18,14 +18,14 @@ if not torch.cuda.is_available():
 @pytest.fixture
 def tiny_train():
     """Keyword args for a tiny, fast CPU training run (fp32, 2 layers, 32-byte windows)."""
-    from rnnlab.models.config import ModelConfig
     from rnnlab.train.config import TrainConfig
 
     def make(out, model="e1", dim=32, depth=2, **kw):
+        """``kw``: any config fields by their flat keys (``steps=30``, ``optimizer="adamw"``)."""
         base = dict(batch_size=4, seq_len=32, steps=10, precision="fp32", lr=3e-3, eval_bytes=4096,
                     device="cpu", out=str(out))
         base.update(kw)
-        return TrainConfig(model=ModelConfig(model=model, dim=dim, depth=depth), **base)
+        return TrainConfig.from_dict({"model": {"model": model, "dim": dim, "depth": depth}, **base})
 
     return make
 

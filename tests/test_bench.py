@@ -49,9 +49,9 @@ def test_seed_suites_reproduce_seed_param_counts(tmp_path):
             assert p.params == refs[p.name]["params"], p.name
     sf = {p.name: p.cfg for p in plan_suite(load_suite("seed-400m-sf"), tmp_path / "a")}
     c = sf["mamba2-d22"]
-    assert (c.optimizer, c.lr, c.weight_decay, c.precision, c.grad_clip, c.seed) == \
+    assert (c.optim.optimizer, c.optim.lr, c.optim.weight_decay, c.run.precision, c.optim.grad_clip, c.run.seed) == \
         ("schedulefree-adamw", 3e-4, 0.1, "bf16", None, 42)
-    assert (c.batch_size, c.seq_len, c.steps) == (16, 512, 1500)
+    assert (c.data.batch_size, c.data.seq_len, c.budget.steps) == (16, 512, 1500)
     assert c.model.layer == {"d_state": 64}
 
 
@@ -60,16 +60,16 @@ def test_scaling_options(tmp_path):
     plan = plan_suite(suite, tmp_path, params="150K", steps=7, seeds="1,2", device="cpu")
     assert len(plan) == 2 * len(suite.runs)
     assert [p.dir.name for p in plan[:2]] == ["e1-s1", "e1-s2"]
-    assert [p.cfg.seed for p in plan[:2]] == [1, 2]
+    assert [p.cfg.run.seed for p in plan[:2]] == [1, 2]
     for p in plan:
-        assert p.cfg.steps == 7 and p.cfg.minutes is None and p.cfg.device == "cpu"
+        assert p.cfg.budget.steps == 7 and p.cfg.budget.minutes is None and p.cfg.run.device == "cpu"
         assert p.params == count_params(p.cfg.model)
         assert abs(p.params - 150_000) / 150_000 < 0.3, (p.label, p.params)
         assert p.cfg.model.depth == 2  # depth kept, width re-solved
     base = {p.name: p.cfg.model.dim for p in plan_suite(suite, tmp_path)}
     assert any(p.cfg.model.dim != base[p.name] for p in plan)
     timed = plan_suite(suite, tmp_path, minutes=0.5)
-    assert all(p.cfg.minutes == 0.5 and p.cfg.steps is None for p in timed)
+    assert all(p.cfg.budget.minutes == 0.5 and p.cfg.budget.steps is None for p in timed)
     with pytest.raises(ValueError, match="schedulefree"):
         plan_suite(load_suite("seed-400m-step-matched"), tmp_path, minutes=5)
     with pytest.raises(ValueError, match="seeds"):
@@ -99,7 +99,7 @@ lr = 2e-3
     suite = load_suite(f)
     plan = {p.name: p for p in plan_suite(suite, tmp_path / "out")}
     assert abs(plan["a"].params - 100_000) < 20_000 and plan["a"].target_params == 100_000
-    assert plan["a"].cfg.lr == 1e-3 and plan["b"].cfg.lr == 2e-3
+    assert plan["a"].cfg.optim.lr == 1e-3 and plan["b"].cfg.optim.lr == 2e-3
     assert plan["b"].cfg.model.dim == 32 and plan["b"].cfg.model.depth == 3
     with pytest.raises(ValueError, match="dim"):
         parse_suite({"runs": [{"name": "x", "model": "e1", "depth": 2}]})
@@ -117,21 +117,21 @@ def _fake_trainer(calls, interrupt_at=None):
     """A stand-in for run_training that writes a plausible run folder."""
 
     def fake(cfg, progress=True):
-        calls.append((Path(cfg.out).name, cfg.resume))
-        out = Path(cfg.out)
+        calls.append((Path(cfg.run.out).name, cfg.run.resume))
+        out = Path(cfg.run.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict()))
         complete = len(calls) != interrupt_at
-        steps = cfg.steps if complete else 1
+        steps = cfg.budget.steps if complete else 1
         with open(out / "metrics.jsonl", "w") as f:
             for s in range(1, steps + 1):
-                f.write(json.dumps({"step": s, "tokens": s * 64, "loss": 5.0 / s, "lr": cfg.lr,
+                f.write(json.dumps({"step": s, "tokens": s * 64, "loss": 5.0 / s, "lr": cfg.optim.lr,
                                     "tok_per_s": 1000.0, "peak_mem_gib": None, "elapsed_s": 0.1 * s}) + "\n")
         summary = {"model": cfg.model.model, "params": 1000, "steps": steps, "tokens": steps * 64,
                    "loss": 1.0 + len(calls) / 10, "val_loss": 1.0, "val_bpb": 1.44, "tok_per_s": 1000.0,
                    "peak_mem_gib": None, "time_s": 0.1 * steps, "complete": complete,
                    "dim": cfg.model.dim, "depth": cfg.model.depth, "layer": cfg.model.layer,
-                   "seed": cfg.seed, "budget": {"steps": cfg.steps}, "device": "cpu"}
+                   "seed": cfg.run.seed, "budget": {"steps": cfg.budget.steps}, "device": "cpu"}
         (out / "summary.json").write_text(json.dumps(summary))
         return summary
 
@@ -178,8 +178,8 @@ def test_failed_run_does_not_stop_suite(tmp_path, monkeypatch):
     good = _fake_trainer(calls)
 
     def flaky(cfg, progress=True):
-        if Path(cfg.out).name == "mamba2":
-            calls.append(("mamba2", cfg.resume))
+        if Path(cfg.run.out).name == "mamba2":
+            calls.append(("mamba2", cfg.run.resume))
             raise RuntimeError("diverged")
         return good(cfg, progress)
 

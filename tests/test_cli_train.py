@@ -68,9 +68,9 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--model", "nope"], "unknown model 'nope'; choose one of"),
-    (["--model", "e1", "--dim", "0"], "dim must be an integer in 1..65536, got 0"),
-    (["--model", "e1", "--dim", "1000000"], "dim must be an integer in 1..65536, got 1000000"),
+    (["--model", "nope"], "model must be one of e1, e16, mingru, minlstm, mamba2, transformer, got 'nope'"),
+    (["--model", "e1", "--dim", "0"], "dim must be a positive integer (at most 65,536), got 0"),
+    (["--model", "e1", "--dim", "1000000"], "dim must be a positive integer (at most 65,536), got 1000000"),
     (["--model", "e1", "--depth", "-1"], "depth must be"),
     (["--model", "e1", "--batch-size", "0"], "batch_size must be a positive integer"),
     (["--model", "e1", "--batch-size", "100000000"], "batch_size must be a positive integer (at most 65,536)"),

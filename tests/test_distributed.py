@@ -121,7 +121,7 @@ def test_global_batch_must_divide(tmp_path, corpus, monkeypatch):
     cfg = TrainConfig.from_dict(dict(TINY, steps=2, batch_size=7, data=str(corpus), out=str(tmp_path / "r")))
     with pytest.raises(ValueError, match="7 is not divisible by 2"):
         resolve_config(cfg)
-    assert resolve_config(TrainConfig.from_dict(dict(TINY, steps=2, data=str(corpus)))).distributed == "ddp"
+    assert resolve_config(TrainConfig.from_dict(dict(TINY, steps=2, data=str(corpus)))).run.distributed == "ddp"
 
 
 # ------------------------------------------------------------------------- 2 processes (gloo)

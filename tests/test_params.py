@@ -59,9 +59,9 @@ def test_parse_count(text, value):
 @pytest.mark.parametrize(
     "argv,message",
     [
-        (["--model", "nope", "--dim", "64", "--depth", "2"], "unknown model 'nope'"),
-        (["--model", "e1", "--dim", "0", "--depth", "2"], "dim must be an integer in 1..65536, got 0"),
-        (["--model", "e1", "--dim", "64", "--depth", "-3"], "depth must be an integer in 1..1024, got -3"),
+        (["--model", "nope", "--dim", "64", "--depth", "2"], "model must be one of e1, e16, mingru, minlstm, mamba2, transformer, got 'nope'"),
+        (["--model", "e1", "--dim", "0", "--depth", "2"], "dim must be a positive integer (at most 65,536), got 0"),
+        (["--model", "e1", "--dim", "64", "--depth", "-3"], "depth must be a positive integer (at most 1,024), got -3"),
         (["--model", "e1", "--target", "lots", "--depth", "2"], "cannot read a parameter count from 'lots'"),
         (["--model", "e1", "--dim", "64", "--depth", "2", "--layer", "bogus=1"], "unknown e1 layer option"),
     ],

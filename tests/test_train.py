@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -14,7 +13,7 @@ import torch
 
 from rnnlab.models.registry import MODELS
 from rnnlab.train import trainer
-from rnnlab.train.config import TrainConfig, load_config, resume_mismatch
+from rnnlab.train.config import TrainConfig, apply_overrides, load_config, resume_mismatch
 from rnnlab.train.trainer import NonFiniteLossError, load_run, run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -106,12 +105,12 @@ def test_config_file_and_overrides(tmp_path):
                     'depth = 3\n[model.layer]\nexpansion = 2.0\n')
     cfg = load_config(toml, {"lr": 5e-4, "minutes": 2.0, "dim": 64, "seq_len": None})
     assert cfg.model.model == "mingru" and cfg.model.dim == 64 and cfg.model.depth == 3
-    assert cfg.model.layer == {"expansion": 2.0} and cfg.batch_size == 8 and cfg.seq_len == 512
-    assert cfg.lr == 5e-4 and cfg.minutes == 2.0 and cfg.steps is None  # one budget: flag wins
+    assert cfg.model.layer == {"expansion": 2.0} and cfg.data.batch_size == 8 and cfg.data.seq_len == 512
+    assert cfg.optim.lr == 5e-4 and cfg.budget.minutes == 2.0 and cfg.budget.steps is None  # one budget: flag wins
     yml = tmp_path / "c.yaml"
     yml.write_text("model: e1\ndim: 40\ndepth: 2\ntokens: 1000\nbetas: [0.9, 0.95]\n")
     cfg = load_config(yml).validate()
-    assert (cfg.model.model, cfg.model.dim, cfg.tokens, cfg.betas) == ("e1", 40, 1000, (0.9, 0.95))
+    assert (cfg.model.model, cfg.model.dim, cfg.budget.tokens, cfg.optim.betas) == ("e1", 40, 1000, (0.9, 0.95))
     assert cfg.max_steps() == math.ceil(1000 / (16 * 512))
     bad = tmp_path / "bad.toml"
     bad.write_text("stepz = 3\n")
@@ -137,18 +136,18 @@ def test_config_file_and_overrides(tmp_path):
     (dict(data="/nonexistent/corpus.txt"), "data file not found"),
 ])
 def test_validate_messages(kw, msg):
-    cfg = TrainConfig(**kw)
+    cfg = apply_overrides(TrainConfig(), kw)
     with pytest.raises((ValueError, FileNotFoundError), match=msg):
         cfg.validate()
 
 
 def test_resume_mismatch_ignores_budget_and_logging():
-    a = TrainConfig(steps=10)
-    b = dataclasses.replace(a, steps=20, eval_every=5, out="x", log_every=3, checkpoint_every=7)
+    a = TrainConfig.from_dict({"steps": 10})
+    b = TrainConfig.from_dict({"steps": 20, "eval_every": 5, "out": "x", "log_every": 3, "checkpoint_every": 7})
     assert resume_mismatch(a.to_dict(), b) is None
-    c = dataclasses.replace(a, lr=1e-3)
+    c = TrainConfig.from_dict({"steps": 10, "lr": 1e-3})
     assert resume_mismatch(a.to_dict(), c) == ("lr", 3e-4, 1e-3)
-    d = dataclasses.replace(a, model=dataclasses.replace(a.model, dim=128))
+    d = TrainConfig.from_dict({"steps": 10, "dim": 128})
     assert resume_mismatch(a.to_dict(), d) == ("model.dim", 256, 128)
 
 

@@ -90,7 +90,7 @@ def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[
     """The first ``n_batches`` batches of deterministic held-out windows ``[b, seq_len + 1]``."""
     from rnnlab.data import eval_windows, load_splits
 
-    split = load_splits(cfg.data, cfg.val_data, cfg.val_fraction).val
+    split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
     if len(split) < seq_len + 1:
         raise ValueError(f"held-out split has {len(split)} bytes, fewer than seq_len+1 = {seq_len + 1}; "
                          f"use a smaller --seq-len")
@@ -303,7 +303,7 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
             ckpts = [None]
         for weights in ckpts:
             cfg, model, step = load_model(run, weights, device)
-            T = seq_len or cfg.seq_len
+            T = seq_len or cfg.data.seq_len
             data = heldout_batches(cfg, T, batch_size, batches)
             r = analyze_model(model, data, last, power_iters)
             records.append({

@@ -105,10 +105,10 @@ def _execute(suite, out: Path, args) -> int:
         print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
         for pr in plan:
             c = pr.cfg
-            kind, value = c.budget()
+            kind, value = c.budget.chosen()
             m = c.model
             print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
-                  f"{kind}={value:g}  {c.optimizer} lr={c.lr:g}  {c.precision}  [{run_status(pr)}]"
+                  f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{run_status(pr)}]"
                   + (f"  {m.layer}" if m.layer else ""))
         return 0
     options = {**{k: v for k, v in opts.items() if v is not None}, **(extra or {})}

@@ -217,7 +217,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     budget; ``seeds`` repeats each run per seed; ``data``/``val_data``/``device`` replace those
     fields; ``extra`` sets any other TrainConfig field for every run; ``runs`` keeps only the
     named runs."""
-    from rnnlab.train.config import DEFAULT_STEPS, TrainConfig, apply_overrides
+    from rnnlab.train.config import TrainConfig, apply_overrides
 
     budgets = [b for b in (steps, minutes, tokens) if b is not None]
     if len(budgets) > 1:
@@ -248,19 +248,14 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
         for seed in (seed_list or [None]):
             c = copy.deepcopy(cfg)
             if seed is not None:
-                c.seed = seed
+                c.run.seed = seed
             d = out / (run.name if seed is None else f"{run.name}-s{seed}")
-            c.out = str(d)
-            if c.steps is None and c.minutes is None and c.tokens is None:
-                c.steps = DEFAULT_STEPS
-            for key in ("data", "val_data"):  # absolute, as the trainer records them in config.json
-                if getattr(c, key) is not None:
-                    setattr(c, key, str(Path(getattr(c, key)).resolve()))
+            c.run.out = str(d)
             try:
-                copy.deepcopy(c).validate()
+                c = c.resolve()
             except (ValueError, FileNotFoundError) as e:
                 hint = ""
-                if c.optimizer == "adamw" and c.minutes is not None:
+                if c.optim.optimizer == "adamw" and c.budget.minutes is not None:
                     hint = (f" (suite {suite.name} uses AdamW with a cosine schedule; time-matched "
                             f"--minutes needs schedulefree-adamw)")
                 raise type(e)(f"suite {suite.name}, run {d.name}: {e}{hint}") from None
@@ -271,7 +266,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
 
 # ------------------------------------------------------------------------------------------ run
 def _budget(cfg) -> dict[str, Any]:
-    kind, value = cfg.budget()
+    kind, value = cfg.budget.chosen()
     return {kind: value}
 
 
@@ -394,9 +389,9 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             result["skipped"].append(pr.label)
             continue
         cfg = copy.deepcopy(pr.cfg)
-        cfg.resume = status == "partial"
+        cfg.run.resume = status == "partial"
         m = cfg.model
-        log(f"{tag}: {'resuming' if cfg.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
+        log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
             + (f" {m.layer}" if m.layer else "") + f" ({pr.params:,} params)")
         try:
             summary = _train(cfg, progress)

@@ -13,7 +13,6 @@ suite machinery (``rnnlab.bench.suite``), so an interrupted sweep resumes the sa
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import json
 import re
@@ -53,7 +52,7 @@ def parse_set(item: str) -> tuple[str, list[str], list]:
 
 
 def _check_key(key: str) -> None:
-    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.config import FIELDS
 
     if key.startswith("layer."):
         if not key[6:]:
@@ -62,7 +61,7 @@ def _check_key(key: str) -> None:
     if key in FORBIDDEN:
         raise ValueError(f"--set cannot sweep {key!r} (use the --{key.replace('_', '-')} flag, or "
                          f"layer.NAME for mixer options)")
-    known = {f.name for f in dataclasses.fields(TrainConfig)} | set(MODEL_AXES)
+    known = set(FIELDS) | set(MODEL_AXES)
     if key not in known:
         raise ValueError(f"--set: unknown key {key!r}; use a TrainConfig field ({', '.join(sorted(known - set(FORBIDDEN)))}) "
                          f"or layer.NAME")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import typing
+from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.models.registry import get_spec
+from rnnlab.models.registry import MODELS, get_spec
+from rnnlab.options import at_least, check, check_value, option, positive
 
 MAX_DIM = 65536
 MAX_DEPTH = 1024
@@ -21,47 +23,38 @@ class ModelConfig:
     seed's recurrent models; 4 for the Transformer).
     """
 
-    model: str = "e1"
-    dim: int = 256
-    depth: int = 4
-    vocab_size: int = 256
-    mlp_ratio: float | None = None
-    tie_embeddings: bool = True
-    layer: dict[str, Any] = field(default_factory=dict)
+    model: str = option("e1", help="mixer kind", choices=lambda: tuple(MODELS))
+    dim: int = option(256, help="model width", bounds=positive(MAX_DIM))
+    depth: int = option(4, help="number of blocks", bounds=positive(MAX_DEPTH))
+    vocab_size: int = option(256, help="bytes: always 256", choices=(256,), flag=False)
+    mlp_ratio: float | None = option(None, help="MLP width per block as a multiple of dim (default: the "
+                                                "model's: 0 = no MLP for recurrent models, 4 for the Transformer)",
+                                     bounds=at_least(0))
+    tie_embeddings: bool = option(True, help="share the input embedding with the output head")
+    layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
+                                                              "(repeatable)", sweep=False)
 
     def validate(self) -> None:
-        get_spec(self.model)  # raises ValueError naming the known models
-        if not isinstance(self.dim, int) or not 0 < self.dim <= MAX_DIM:
-            raise ValueError(f"dim must be an integer in 1..{MAX_DIM}, got {self.dim!r}")
-        if not isinstance(self.depth, int) or not 0 < self.depth <= MAX_DEPTH:
-            raise ValueError(f"depth must be an integer in 1..{MAX_DEPTH}, got {self.depth!r}")
-        if self.vocab_size != 256:
-            raise ValueError(f"rnnlab models are byte-level: vocab_size must be 256, got {self.vocab_size}")
-        if self.mlp_ratio is not None and self.mlp_ratio < 0:
-            raise ValueError(f"mlp_ratio must be >= 0, got {self.mlp_ratio}")
+        check(self)
         self.layer_config().validate()
 
     def resolved_mlp_ratio(self) -> float:
         return get_spec(self.model).mlp_ratio if self.mlp_ratio is None else float(self.mlp_ratio)
 
     def layer_config(self):
-        """The mixer's own config dataclass, built from ``dim`` and ``layer``."""
+        """The mixer's own config dataclass, built from ``dim`` and ``layer``; each option is
+        type-checked against that dataclass's annotations."""
         cls = get_spec(self.model).config_cls
+        types = typing.get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)} - {"dim"}
         unknown = sorted(set(self.layer) - known)
         if unknown:
             raise ValueError(
                 f"unknown {self.model} layer option(s) {unknown}; known: {sorted(known)}"
             )
+        for name, value in self.layer.items():
+            check_value(f"{self.model} layer option {name}", types[name], value)
         return cls(dim=self.dim, **self.layer)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config field(s) {unknown}; known: {sorted(known)}")
-        return cls(**d)

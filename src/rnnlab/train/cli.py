@@ -119,7 +119,7 @@ def config_from_args(args):
         cfg = TrainConfig()
         saved = None
         if args.resume:
-            out = args.out or apply_overrides(TrainConfig(), dict(overrides)).run_dir()
+            out = args.out or apply_overrides(TrainConfig(), dict(overrides)).out_dir()
             if Path(out, "config.json").exists():
                 saved = json.loads(Path(out, "config.json").read_text())
         if saved is not None:
@@ -127,7 +127,7 @@ def config_from_args(args):
     apply_overrides(cfg, overrides, source="flag")
     if layer:
         cfg.model.layer = {**(cfg.model.layer or {}), **layer}
-    cfg.resume = bool(args.resume)
+    cfg.run.resume = bool(args.resume)
     return cfg
 
 
@@ -226,14 +226,14 @@ def run_eval_cmd(args) -> int:
     from rnnlab.train.trainer import autocast_dtype, load_run
 
     cfg, model, progress = load_run(args.run, args.device)
-    max_bytes = args.eval_bytes if args.eval_bytes is not None else cfg.eval_bytes
+    max_bytes = args.eval_bytes if args.eval_bytes is not None else cfg.run.eval_bytes
     if args.data:
         corpus = ByteCorpus(args.data)
         split = Split(corpus, 0, len(corpus), "eval")
     else:
-        split = load_splits(cfg.data, cfg.val_data, cfg.val_fraction).val
-    r = evaluate(model, split, cfg.seq_len, args.batch_size or cfg.eval_batch_size or cfg.batch_size,
-                 max_bytes or None, autocast_dtype=autocast_dtype(cfg.precision))
+        split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
+    r = evaluate(model, split, cfg.data.seq_len, args.batch_size or cfg.run.eval_batch_size or cfg.data.batch_size,
+                 max_bytes or None, autocast_dtype=autocast_dtype(cfg.run.precision))
     out = {"run": str(args.run), "step": progress["step"], "data": str(split.path),
            "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
     if args.json:

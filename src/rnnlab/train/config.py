@@ -1,9 +1,13 @@
-"""TrainConfig: everything a training run depends on, as one plain dataclass.
+"""TrainConfig: everything a training run depends on, in five sections (model, data, budget,
+optim, run), each a dataclass whose fields declare their help, type, range and whether a
+resumed run may change them (``rnnlab.options``). Those declarations generate the ``rnnlab
+train`` flags, the validation, the resumable set and the suite/sweep key lists.
 
-Sources, lowest priority first: the defaults below (the seed's Table A protocol, spec §2.1), a
-TOML or YAML file (``load_config``), then command-line flags (``apply_overrides``). The resolved
-config is written to ``<out>/config.json``; ``--resume`` checks a run dir against it
-(``resume_mismatch``).
+Every field has one flat name used everywhere outside Python: flags (``--lr``), config files,
+``config.json``, suite files and ``rnnlab sweep --set``. Sources, lowest priority first: the
+defaults below (the seed's Table A protocol), a TOML/YAML/JSON file (``load_config``), then
+flags (``apply_overrides``). The resolved config is written to ``<out>/config.json``, flat as
+today (old files load unchanged); ``--resume`` checks a run folder against it (``resume_mismatch``).
 
 File layout (TOML shown; YAML the same shape)::
 
@@ -19,227 +23,243 @@ File layout (TOML shown; YAML the same shape)::
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from rnnlab.models.config import ModelConfig
+from rnnlab.models.params import parse_count
+from rnnlab.options import Bounds, Spec, at_least, check, normalize, option, positive, specs
 
 OPTIMIZERS = ("schedulefree-adamw", "adamw")
 PRECISIONS = ("bf16", "bf16-mixed", "fp32")
 DISTRIBUTED = ("ddp", "fsdp2")
-BUDGET_FIELDS = ("steps", "minutes", "tokens")
 DEFAULT_STEPS = 1000
-
-# Fields that may differ when a run is resumed: they change how long it runs and what it
-# records, never the trajectory of the weights.
-RESUMABLE_FIELDS = frozenset({
-    "steps", "minutes", "tokens", "eval_every", "eval_bytes", "eval_batch_size", "log_every",
-    "checkpoint_every", "out", "resume", "compile", "device", "distributed",
-})
 
 # Absurdity limits: anything beyond these is a typo, not an experiment.
 MAX_BATCH = 1 << 16
 MAX_SEQ_LEN = 1 << 22
 MAX_TOKENS_PER_STEP = 1 << 31
 MAX_STEPS = 10**12
-MODEL_SHORTCUTS = ("dim", "depth", "mlp_ratio", "layer", "tie_embeddings")
+
+
+def parse_eval_bytes(value: Any) -> Any:
+    """``"all"`` (or 0) = the whole held-out split, stored as 0; ``"1M"`` = a cap of 1,000,000."""
+    if isinstance(value, str):
+        return 0 if value.strip().lower() in ("all", "0") else parse_count(value)
+    return value
+
+
+@dataclass
+class DataConfig:
+    """The corpus and the shape of a batch."""
+
+    path: str | None = option(None, key="data", help="raw training file (default: the bundled sample)",
+                              sweep=False)
+    val_path: str | None = option(None, key="val_data", sweep=False,
+                                  help="raw held-out file (default: the last val_fraction of --data)")
+    val_fraction: float = option(0.01, help="share of --data held out at its end",
+                                 bounds=Bounds(0, 1, lo_open=True, hi_open=True))
+    batch_size: int = option(16, help="the GLOBAL batch (split over --gpus processes)", bounds=positive(MAX_BATCH))
+    seq_len: int = option(512, help="bytes per training window", bounds=positive(MAX_SEQ_LEN))
+
+
+@dataclass
+class BudgetConfig:
+    """How long to train: exactly one of steps, minutes or tokens (a value given for one clears
+    the others, so a flag ``--minutes`` replaces a file's ``steps``)."""
+
+    steps: int | None = option(DEFAULT_STEPS, help="optimizer steps", bounds=positive(MAX_STEPS),
+                               resumable=True, sweep=False)
+    minutes: float | None = option(None, help="training minutes (eval and checkpoints not counted)",
+                                   bounds=positive(), resumable=True, sweep=False)
+    tokens: int | None = option(None, help="training tokens, e.g. 50M", parse=parse_count,
+                                bounds=positive(MAX_STEPS * MAX_TOKENS_PER_STEP), resumable=True, sweep=False)
+
+    def chosen(self) -> tuple[str, float]:
+        """``("steps"|"minutes"|"tokens", value)``: the one budget that is set."""
+        given = [(s.key, getattr(self, s.name)) for s in specs(BudgetConfig) if getattr(self, s.name) is not None]
+        if len(given) != 1:
+            names = ", ".join(f"{k}={v}" for k, v in given) or "none"
+            raise ValueError(f"give one budget (steps, minutes or tokens), got {names}")
+        return given[0]
+
+
+@dataclass
+class OptimConfig:
+    """The optimizer, with one parameter group as in the seed."""
+
+    optimizer: str = option("schedulefree-adamw", help="Schedule-Free AdamW (the seed's) or AdamW with "
+                                                       "warmup + cosine decay", choices=OPTIMIZERS)
+    lr: float = option(3e-4, help="peak learning rate", bounds=positive())
+    weight_decay: float = option(0.1, help="decoupled weight decay", bounds=at_least(0))
+    betas: tuple[float, float] = option((0.9, 0.999), help="Adam betas",
+                                        bounds=Bounds(0, 1, hi_open=True))
+    eps: float = option(1e-8, help="Adam epsilon", bounds=positive())
+    warmup_steps: int = option(0, help="linear LR warmup steps", bounds=at_least(0, MAX_STEPS))
+    grad_clip: float | None = option(None, help="clip the gradient norm to this (default: no clipping)",
+                                     bounds=positive())
+
+
+@dataclass
+class RunConfig:
+    """Numerics, seed, device, the cadence of evaluation/logging/checkpoints, and the run folder."""
+
+    precision: str = option("bf16", choices=PRECISIONS,
+                            help="bf16 = weights, grads and optimizer state in bf16 (the seed's); "
+                                 "bf16-mixed = fp32 master weights + bf16 autocast; fp32")
+    seed: int = option(42, help="seeds the initialisation and the batch stream", bounds=at_least(0, 2**63 - 1))
+    eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",
+                             bounds=at_least(0, MAX_STEPS), resumable=True)
+    eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M; all or 0 = the whole held-out "
+                                     "split", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50), resumable=True)
+    eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size)",
+                                         bounds=positive(MAX_BATCH), resumable=True)
+    log_every: int = option(10, help="steps between progress/TensorBoard updates (metrics.jsonl gets every step)",
+                            bounds=positive(MAX_STEPS), resumable=True)
+    checkpoint_every: int = option(1000, help="steps between checkpoints (0 = at the end and on interrupt only)",
+                                   bounds=at_least(0, MAX_STEPS), resumable=True)
+    out: str | None = option(None, help="run folder (default runs/<model>-d<dim>-l<depth>)", resumable=True,
+                             runner=True, sweep=False)
+    resume: bool = option(False, help="continue the run in --out from its checkpoint", resumable=True,
+                          runner=True, sweep=False)
+    compile: bool = option(False, help="torch.compile the training forward+loss (README: torch.compile)",
+                           resumable=True)
+    device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps",
+                         resumable=True, sweep=False)
+    distributed: str | None = option(None, choices=DISTRIBUTED, resumable=True,
+                                     help="data parallelism under torchrun: ddp (default) or fsdp2 (sharded "
+                                          "weights, grads and optimizer state); docs/distributed.md")
 
 
 @dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
-    # data (rnnlab.data.load_splits): None = the bundled sample
-    data: str | None = None
-    val_data: str | None = None
-    val_fraction: float = 0.01
-    batch_size: int = 16  # the GLOBAL batch: split evenly over the processes of a torchrun job
-    seq_len: int = 512
-    # budget: exactly one of steps / minutes / tokens (none given = DEFAULT_STEPS steps)
-    steps: int | None = None
-    minutes: float | None = None
-    tokens: int | None = None
-    # optimizer (one parameter group, as in the seed)
-    optimizer: str = "schedulefree-adamw"
-    lr: float = 3e-4
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_steps: int = 0
-    grad_clip: float | None = None
-    # bf16 = weights, grads and optimizer state in bf16 (the seed); bf16-mixed = fp32 master
-    # weights + bf16 autocast; fp32 = everything fp32
-    precision: str = "bf16"
-    seed: int = 42
-    # evaluation / logging / checkpoints
-    eval_every: int = 0  # 0 = at the end only
-    eval_bytes: int | None = 1_000_000  # cap on held-out bytes per evaluation (None or 0 = all)
-    eval_batch_size: int | None = None  # None = batch_size
-    log_every: int = 10  # progress bar / TensorBoard cadence (metrics.jsonl gets every step)
-    checkpoint_every: int = 1000  # 0 = at the end (and on interrupt) only
-    out: str | None = None  # None = runs/<model>-d<dim>-l<depth>
-    resume: bool = False
-    compile: bool = False
-    device: str = "auto"  # auto = cuda if available, else cpu
-    # multi-process data parallelism under torchrun (WORLD_SIZE > 1): "ddp" or "fsdp2";
-    # None = ddp. Ignored for one process. See docs/distributed.md.
-    distributed: str | None = None
+    data: DataConfig = field(default_factory=DataConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
-    # ---- budget -------------------------------------------------------------------------
-    def budget(self) -> tuple[str, float]:
-        """``("steps"|"minutes"|"tokens", value)``; no budget set means DEFAULT_STEPS steps."""
-        given = [(k, getattr(self, k)) for k in BUDGET_FIELDS if getattr(self, k) is not None]
-        if len(given) > 1:
-            names = ", ".join(f"{k}={v}" for k, v in given)
-            raise ValueError(f"give one budget (steps, minutes or tokens), got {names}")
-        return given[0] if given else ("steps", DEFAULT_STEPS)
-
+    # ---- derived quantities -------------------------------------------------------------
     def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
+        return self.data.batch_size * self.data.seq_len
 
     def max_steps(self) -> int | None:
         """The step budget when it is known in advance (steps or tokens), else None."""
-        kind, value = self.budget()
+        kind, value = self.budget.chosen()
         if kind == "steps":
             return int(value)
         if kind == "tokens":
             return max(1, math.ceil(value / self.tokens_per_step()))
         return None
 
-    def run_dir(self) -> Path:
-        if self.out:
-            return Path(self.out)
-        return Path("runs") / f"{self.model.model}-d{self.model.dim}-l{self.model.depth}"
+    def out_dir(self) -> Path:
+        """The run folder: ``run.out``, or ``runs/<model>-d<dim>-l<depth>``."""
+        m = self.model
+        return Path(self.run.out) if self.run.out else Path("runs") / f"{m.model}-d{m.dim}-l{m.depth}"
+
+    def resolve(self) -> "TrainConfig":
+        """A validated copy as a run records it: the run folder named, data paths absolute (so
+        the folder can be evaluated from anywhere)."""
+        cfg = copy.deepcopy(self).validate()
+        cfg.run.out = str(cfg.out_dir())
+        for name in ("path", "val_path"):
+            if getattr(cfg.data, name) is not None:
+                setattr(cfg.data, name, str(Path(getattr(cfg.data, name)).resolve()))
+        return cfg
 
     # ---- checks -------------------------------------------------------------------------
     def validate(self) -> "TrainConfig":
+        """Every field against its declaration, then the rules between fields."""
         self.model.validate()
-        _int_in("batch_size", self.batch_size, 1, MAX_BATCH)
-        _int_in("seq_len", self.seq_len, 1, MAX_SEQ_LEN)
-        if self.batch_size * self.seq_len > MAX_TOKENS_PER_STEP:
+        for name, section in self.sections():
+            if name != "model":
+                check(section)
+        if self.tokens_per_step() > MAX_TOKENS_PER_STEP:
             raise ValueError(
                 f"batch_size * seq_len must be at most {MAX_TOKENS_PER_STEP:,} tokens per step, "
-                f"got {self.batch_size} * {self.seq_len} = {self.batch_size * self.seq_len:,}")
-        kind, value = self.budget()
-        if kind == "steps":
-            _int_in("steps", value, 1, MAX_STEPS)
-        elif kind == "tokens":
-            _int_in("tokens", value, 1, MAX_STEPS * MAX_TOKENS_PER_STEP)
-        else:
-            _num_pos("minutes", value)
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        _num_pos("lr", self.lr)
-        if not _is_num(self.weight_decay) or self.weight_decay < 0 or not math.isfinite(self.weight_decay):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else None
-        if betas is None or len(betas) != 2 or not all(_is_num(b) and 0 <= b < 1 for b in betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        self.betas = (float(betas[0]), float(betas[1]))
-        _num_pos("eps", self.eps)
-        _int_in("warmup_steps", self.warmup_steps, 0, MAX_STEPS)
+                f"got {self.data.batch_size} * {self.data.seq_len} = {self.tokens_per_step():,}")
         steps = self.max_steps()
-        if self.optimizer == "adamw" and steps is None:
+        if self.optim.optimizer == "adamw" and steps is None:
             raise ValueError("optimizer adamw decays its LR on a cosine over the step budget: give "
                              "--steps or --tokens (or use schedulefree-adamw with --minutes)")
-        if steps is not None and self.warmup_steps > steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must not exceed the step budget ({steps})")
-        if self.grad_clip is not None:
-            _num_pos("grad_clip", self.grad_clip)
-        _int_in("seed", self.seed, 0, 2**63 - 1)
-        if not _is_num(self.val_fraction) or not 0 < self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        _int_in("eval_every", self.eval_every, 0, MAX_STEPS)
-        if self.eval_bytes is not None:
-            _int_in("eval_bytes", self.eval_bytes, 0, 1 << 50)
-        if self.eval_batch_size is not None:
-            _int_in("eval_batch_size", self.eval_batch_size, 1, MAX_BATCH)
-        _int_in("log_every", self.log_every, 1, MAX_STEPS)
-        _int_in("checkpoint_every", self.checkpoint_every, 0, MAX_STEPS)
-        if self.distributed is not None and self.distributed not in DISTRIBUTED:
-            raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got {self.distributed!r}")
-        dev = str(self.device)
+        if steps is not None and self.optim.warmup_steps > steps:
+            raise ValueError(f"warmup_steps ({self.optim.warmup_steps}) must not exceed the step budget ({steps})")
+        dev = self.run.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
-        for name in ("data", "val_data"):
-            path = getattr(self, name)
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        for key, path in (("data", self.data.path), ("val_data", self.data.val_path)):
             if path is not None and not Path(path).exists():
-                raise FileNotFoundError(f"{name} file not found: {path}")
+                raise FileNotFoundError(f"{key} file not found: {path}")
         return self
+
+    # ---- sections and flat keys ---------------------------------------------------------
+    def sections(self) -> Iterator[tuple[str, Any]]:
+        for f in dataclasses.fields(self):
+            yield f.name, getattr(self, f.name)
 
     # ---- (de)serialisation ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["betas"] = list(self.betas)
+        """The flat ``config.json`` form: the model section nested under "model", the rest by key."""
+        d: dict[str, Any] = {"model": self.model.to_dict()}
+        for name, section in self.sections():
+            if name != "model":
+                d.update({s.key: getattr(section, s.name) for s in specs(type(section))})
+        d["betas"] = list(self.optim.betas)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        cfg = cls()
-        apply_overrides(cfg, d, source="config")
-        return cfg
+        return apply_overrides(cls(), d, source="config")
 
 
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
+def _fields_by_key() -> dict[str, tuple[str, Spec]]:
+    out = {}
+    for f in dataclasses.fields(TrainConfig):
+        for s in specs(f.default_factory):
+            if s.key in out:
+                raise TypeError(f"config key {s.key!r} is declared twice")
+            out[s.key] = (f.name, s)
+    return out
 
 
-def _int_in(name: str, v, lo: int, hi: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-        what = "a positive integer" if lo == 1 else f"an integer >= {lo}"
-        raise ValueError(f"{name} must be {what} (at most {hi:,}), got {v!r}")
-
-
-def _num_pos(name: str, v) -> None:
-    if not _is_num(v) or not math.isfinite(v) or v <= 0:
-        raise ValueError(f"{name} must be a positive finite number, got {v!r}")
+# Every field by its flat key: {key: (section name, Spec)}; the lists below derive from it.
+FIELDS = _fields_by_key()
+MODEL_KEYS = tuple(k for k, (section, _) in FIELDS.items() if section == "model")
+RESUMABLE = frozenset(k for k, (_, s) in FIELDS.items() if s.meta.resumable)
 
 
 def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str = "override") -> TrainConfig:
-    """Set fields from a flat/nested dict (a config file, or flags). ``None`` values are skipped.
-
-    ``model`` may be a dict (ModelConfig fields) or a model name; ``dim``, ``depth``,
-    ``mlp_ratio``, ``layer``, ``tie_embeddings`` at top level go to the model. Setting one budget
-    field clears the others, so a flag ``--minutes`` overrides a file's ``steps``.
-    """
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    """Set fields from a flat dict (a config file, flags, a suite row) by flat key; ``None``
+    values are skipped (not given). ``model`` may be a model name or a dict of model fields;
+    model fields may also be given at top level (``dim``, ``layer``, ...)."""
     values = {k.replace("-", "_"): v for k, v in values.items() if v is not None}
-    unknown = sorted(set(values) - known - set(MODEL_SHORTCUTS))
-    if unknown:
-        raise ValueError(f"unknown {source} field(s) {unknown}; known: {sorted(known | set(MODEL_SHORTCUTS))}")
     model = values.pop("model", None)
     if isinstance(model, dict):
-        mk = {f.name for f in dataclasses.fields(ModelConfig)}
-        bad = sorted(set(model) - mk)
+        bad = sorted(set(k.replace("-", "_") for k in model) - set(MODEL_KEYS))
         if bad:
-            raise ValueError(f"unknown {source} model field(s) {bad}; known: {sorted(mk)}")
-        cfg.model = dataclasses.replace(cfg.model, **{k: v for k, v in model.items() if v is not None})
+            raise ValueError(f"unknown {source} model field(s) {bad}; known: {sorted(MODEL_KEYS)}")
+        values = {**{k.replace("-", "_"): v for k, v in model.items() if v is not None}, **values}
     elif model is not None:
-        cfg.model = dataclasses.replace(cfg.model, model=str(model))
-    for k in MODEL_SHORTCUTS:
-        if k in values:
-            setattr(cfg.model, k, values.pop(k))
-    if cfg.model.layer is None:
-        cfg.model.layer = {}
-    budgets = [k for k in BUDGET_FIELDS if k in values]
-    if budgets:
-        for k in BUDGET_FIELDS:
-            setattr(cfg, k, None)
-    for k, v in values.items():
-        if k == "betas":
-            v = tuple(v)
-        setattr(cfg, k, v)
+        values["model"] = model
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"unknown {source} field(s) {unknown}; known: {sorted(FIELDS)}")
+    if any(FIELDS[k][0] == "budget" for k in values):
+        cfg.budget = BudgetConfig(steps=None)
+    for key, value in values.items():
+        section, spec = FIELDS[key]
+        setattr(getattr(cfg, section), spec.name, normalize(spec, value))
     return cfg
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
-    """A TOML (``.toml``) or YAML (``.yaml``/``.yml``) file as a dict."""
+    """A TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON file as a dict."""
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"config file not found: {p}")
@@ -285,7 +305,7 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, 
     """First field (dotted name, saved value, new value) that differs and matters for resuming."""
     new = cfg.to_dict()
     for key in sorted(set(saved) | set(new)):
-        if key in RESUMABLE_FIELDS:
+        if key in RESUMABLE:
             continue
         a, b = saved.get(key), new.get(key)
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
@@ -298,9 +318,7 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, 
 
 
 def _norm(v):
-    if isinstance(v, tuple):
-        return [_norm(x) for x in v]
-    if isinstance(v, list):
+    if isinstance(v, (tuple, list)):
         return [_norm(x) for x in v]
     if isinstance(v, dict):
         return {k: _norm(x) for k, x in v.items()}

@@ -64,7 +64,7 @@ class RunLogger:
             return
         self.metrics.write(json.dumps(rec) + "\n")
         s = rec["step"]
-        if s % self.cfg.log_every == 0 or s == 1:
+        if s % self.cfg.run.log_every == 0 or s == 1:
             self.metrics.flush()
             if self.tb is not None:
                 for k in ("loss", "lr", "tok_per_s"):

@@ -26,23 +26,23 @@ def is_schedulefree(opt) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig):
-    """``(optimizer, scheduler_or_None)`` for ``cfg.optimizer``; the optimizer starts in train mode."""
+    """``(optimizer, scheduler_or_None)`` for ``cfg.optim.optimizer``; the optimizer starts in train mode."""
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == "schedulefree-adamw":
+    if cfg.optim.optimizer == "schedulefree-adamw":
         import schedulefree
 
         opt = schedulefree.AdamWScheduleFree(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-            weight_decay=cfg.weight_decay, warmup_steps=cfg.warmup_steps)
+            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+            weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps)
         opt.train()
         return opt, None
-    if cfg.optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)
+    if cfg.optim.optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
+                                weight_decay=cfg.optim.weight_decay)
         total = cfg.max_steps()
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=WarmupCosine(cfg.warmup_steps, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=WarmupCosine(cfg.optim.warmup_steps, total))
         return opt, sched
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+    raise ValueError(f"unknown optimizer {cfg.optim.optimizer!r}")
 
 
 class WarmupCosine:

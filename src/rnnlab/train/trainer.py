@@ -49,7 +49,7 @@ from rnnlab.models.lm import LM
 from rnnlab.models.params import count_params
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import ckpt_dir, has_checkpoint, load_checkpoint, save_checkpoint
-from rnnlab.train.config import DEFAULT_STEPS, TrainConfig, resume_mismatch
+from rnnlab.train.config import TrainConfig, resume_mismatch
 from rnnlab.train.metrics import RunLogger, truncate_jsonl, write_json
 from rnnlab.train.optim import build_optimizer, current_lr, eval_weights
 
@@ -75,12 +75,12 @@ def is_main_process() -> bool:
 def wrap_model(model: nn.Module, cfg: TrainConfig) -> nn.Module:
     """The module the training step calls (DDP-wrapped and/or compiled); ``model`` stays the
     plain LM used for eval, sampling and checkpoints. Under FSDP2 ``model`` itself is sharded in
-    place, so call this before building the optimizer. ``cfg.compile`` compiles the whole step's
+    place, so call this before building the optimizer. ``cfg.run.compile`` compiles the whole step's
     forward and loss (README "torch.compile": which recurrences join the graph)."""
     fwd = model
     if dist.context().world_size > 1:
-        fwd = dist.wrap_model(model, cfg.distributed or "ddp")
-    if cfg.compile:
+        fwd = dist.wrap_model(model, cfg.run.distributed or "ddp")
+    if cfg.run.compile:
         return torch.compile(fwd)
     return fwd
 
@@ -92,20 +92,13 @@ def reduce_mean(value: float) -> float:
 
 # ---------------------------------------------------------------------------- setup helpers
 def resolve_config(cfg: TrainConfig) -> TrainConfig:
-    """Copy of ``cfg`` with the default budget filled in, validated."""
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, layer=dict(cfg.model.layer or {})))
-    if cfg.steps is None and cfg.minutes is None and cfg.tokens is None:
-        cfg.steps = DEFAULT_STEPS
-    cfg.validate()
-    for name in ("data", "val_data"):  # absolute, so the run dir can be evaluated from anywhere
-        if getattr(cfg, name) is not None:
-            setattr(cfg, name, str(Path(getattr(cfg, name)).resolve()))
-    if cfg.out is None:
-        cfg.out = str(cfg.run_dir())
+    """``cfg.resolve()`` plus what depends on the process layout (the global batch must split
+    over the ranks; ddp is the default wrapper)."""
+    cfg = cfg.resolve()
     world = dist.context().world_size
     if world > 1:
-        dist.per_rank_batch(cfg.batch_size, world)  # the global batch must split evenly
-        cfg.distributed = cfg.distributed or "ddp"
+        dist.per_rank_batch(cfg.data.batch_size, world)  # the global batch must split evenly
+        cfg.run.distributed = cfg.run.distributed or "ddp"
     return cfg
 
 
@@ -138,7 +131,7 @@ def seed_everything(seed: int) -> None:
 
 def check_memory(cfg: TrainConfig, params: int, device: torch.device) -> None:
     """Refuse a model whose weights + grads + optimizer state cannot fit the device at all."""
-    bytes_per = 2 if cfg.precision == "bf16" else 4
+    bytes_per = 2 if cfg.run.precision == "bf16" else 4
     need = params * bytes_per * 4  # weights, grads, two optimizer moments (z/exp_avg, exp_avg_sq)
     if device.type == "cuda":
         have = torch.cuda.get_device_properties(device).total_memory
@@ -151,12 +144,12 @@ def check_memory(cfg: TrainConfig, params: int, device: torch.device) -> None:
         raise ValueError(
             f"model {cfg.model.model} dim={cfg.model.dim} depth={cfg.model.depth} has {params:,} "
             f"parameters: weights, grads and optimizer state need ~{need / 2**30:,.1f} GiB at "
-            f"precision {cfg.precision}, more than the {have / 2**30:,.1f} GiB of {device}")
+            f"precision {cfg.run.precision}, more than the {have / 2**30:,.1f} GiB of {device}")
 
 
 def build_model(cfg: TrainConfig, device: torch.device) -> LM:
     model = LM(cfg.model)
-    return model.to(device=device, dtype=param_dtype(cfg.precision))
+    return model.to(device=device, dtype=param_dtype(cfg.run.precision))
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[TrainConfig, LM, dict[str, Any]]:
@@ -178,11 +171,11 @@ def load_run(run_dir: str | os.PathLike, device: str = "auto") -> tuple[TrainCon
 
 def prepare_run_dir(cfg: TrainConfig) -> bool:
     """Check the run dir; returns True when it holds a checkpoint to resume from."""
-    run = Path(cfg.out)
+    run = Path(cfg.run.out)
     if run.exists() and not run.is_dir():
         raise ValueError(f"--out {run} exists and is not a directory")
     holds_run = run.is_dir() and any((run / f).exists() for f in ("config.json", "ckpt", "metrics.jsonl"))
-    if not cfg.resume:
+    if not cfg.run.resume:
         if holds_run:
             raise ValueError(f"run dir {run} already holds a run; pass --resume to continue it "
                              f"or choose another --out")
@@ -295,7 +288,7 @@ def train_step(fwd: nn.Module, model: nn.Module, opt, sched, batch: torch.Tensor
     """
     batch = batch.to(device, non_blocking=True)
     x, y = batch[:, :-1], batch[:, 1:]
-    amp = autocast_dtype(cfg.precision)
+    amp = autocast_dtype(cfg.run.precision)
     ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
     with ctx:
         loss = fwd(x, y)
@@ -304,8 +297,8 @@ def train_step(fwd: nn.Module, model: nn.Module, opt, sched, batch: torch.Tensor
     if not math.isfinite(value):
         opt.zero_grad(set_to_none=True)
         raise NonFiniteLossError(str(value))
-    if cfg.grad_clip is not None:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    if cfg.optim.grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
     lr = current_lr(opt)
     opt.step()
     if sched is not None:
@@ -317,34 +310,34 @@ def train_step(fwd: nn.Module, model: nn.Module, opt, sched, batch: torch.Tensor
 def run_eval(model: nn.Module, opt, split, cfg: TrainConfig) -> dict[str, float]:
     """Held-out loss at the weights one ships (Schedule-Free's x); training is not perturbed."""
     with eval_weights(model, opt):
-        return evaluate(model, split, cfg.seq_len, cfg.eval_batch_size or cfg.batch_size, cfg.eval_bytes or None,
-                        autocast_dtype=autocast_dtype(cfg.precision))
+        return evaluate(model, split, cfg.data.seq_len, cfg.run.eval_batch_size or cfg.data.batch_size, cfg.run.eval_bytes or None,
+                        autocast_dtype=autocast_dtype(cfg.run.precision))
 
 
 # ---------------------------------------------------------------------------- the run
 def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
     started = time.perf_counter()  # wall clock: start-up, compilation, eval and checkpoints included
     cfg = resolve_config(cfg)
-    run = Path(cfg.out)
+    run = Path(cfg.run.out)
     ctx = dist.context()
     rank, world = ctx.rank, ctx.world_size
     main = rank == 0
-    device = pick_device(cfg.device) if world == 1 else dist.init_distributed(cfg.device)[1]
-    sharded = world > 1 and cfg.distributed == "fsdp2"  # every rank takes part in eval and checkpoints
+    device = pick_device(cfg.run.device) if world == 1 else dist.init_distributed(cfg.run.device)[1]
+    sharded = world > 1 and cfg.run.distributed == "fsdp2"  # every rank takes part in eval and checkpoints
     resuming = prepare_run_dir(cfg)
     ctx.barrier()  # every rank has looked at the run dir before rank 0 writes into it
 
     # data first: a bad corpus should fail before any model is built
-    splits = load_splits(cfg.data, cfg.val_data, cfg.val_fraction)
-    stream = BatchStream(splits.train, dist.per_rank_batch(cfg.batch_size, world), cfg.seq_len, cfg.seed,
+    splits = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
+    stream = BatchStream(splits.train, dist.per_rank_batch(cfg.data.batch_size, world), cfg.data.seq_len, cfg.run.seed,
                          rank, world)
-    if len(splits.val) < cfg.seq_len + 1:
+    if len(splits.val) < cfg.data.seq_len + 1:
         raise ValueError(f"held-out split of {splits.val.path} has {len(splits.val)} bytes, fewer than "
-                         f"seq_len+1 = {cfg.seq_len + 1}; use a smaller --seq-len or a larger --val-data")
+                         f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or a larger --val-data")
 
     n_params = count_params(cfg.model)
     check_memory(cfg, n_params, device)
-    seed_everything(cfg.seed)
+    seed_everything(cfg.run.seed)
     model = build_model(cfg, device)
     fwd = wrap_model(model, cfg)  # before the optimizer: FSDP2 replaces the parameters
     opt, sched = build_optimizer(model, cfg)
@@ -369,7 +362,7 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
         write_json(run / "config.json", cfg.to_dict())
         write_json(run / "env.json", env_info(device))
 
-    kind, budget = cfg.budget()
+    kind, budget = cfg.budget.chosen()
     max_steps = cfg.max_steps()
     tokens_per_step = cfg.tokens_per_step()  # global: batch_size is the global batch
     if device.type == "cuda":
@@ -426,10 +419,10 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
             # checkpoints included), beside the steady-state tok_per_s above
             "wall_s": wall, "tok_per_wall_s": tokens / wall,
             "dim": m.dim, "depth": m.depth, "layer": m.layer, "mlp_ratio": m.resolved_mlp_ratio(),
-            "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "optimizer": cfg.optimizer,
-            "lr": cfg.lr, "weight_decay": cfg.weight_decay, "precision": cfg.precision, "seed": cfg.seed,
+            "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len, "optimizer": cfg.optim.optimizer,
+            "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "precision": cfg.run.precision, "seed": cfg.run.seed,
             "budget": {kind: budget}, "device": str(device), "run_dir": str(run),
-            "world_size": world, "distributed": cfg.distributed if world > 1 else None,
+            "world_size": world, "distributed": cfg.run.distributed if world > 1 else None,
         }
         if error is not None:
             out["error"] = error
@@ -467,9 +460,9 @@ def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
                 log.step({"step": step, "tokens": tokens, "loss": loss, "lr": lr,
                           "tok_per_s": tokens_per_step / dt if dt > 0 else None,
                           "peak_mem_gib": _peak_mem_gib(device), "elapsed_s": elapsed})
-                if cfg.eval_every and step % cfg.eval_every == 0 and not budget_spent():
+                if cfg.run.eval_every and step % cfg.run.eval_every == 0 and not budget_spent():
                     do_eval()
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not budget_spent():
+                if cfg.run.checkpoint_every and step % cfg.run.checkpoint_every == 0 and not budget_spent():
                     checkpoint(False)
     except (NonFiniteLossError, KeyboardInterrupt) as e:
         log.close()

@@ -1,0 +1,296 @@
+"""Config fields that describe themselves: one declaration per field drives its command-line
+flag, its type and range check, whether a resumed run may change it, and the suite/sweep key lists.
+
+A config section is a plain dataclass whose fields are declared with ``option``::
+
+    @dataclass
+    class OptimConfig:
+        lr: float = option(3e-4, help="peak learning rate", bounds=positive())
+
+Every field has one flat ``key`` (its attribute name unless given): the name used by flags
+(``--lr``), config files, ``config.json``, suite files and ``rnnlab sweep --set``. From the
+declarations:
+
+- ``check(section)`` type-checks every field (a bool is a bool, an int is not a float or a
+  string, floats are finite) and applies ``choices`` / ``bounds``, raising
+  ``ValueError("<key> must be <what>, got <value>")``;
+- ``add_flags(group, cls)`` adds one argparse flag per field, and ``flag_values(args, cls)``
+  reads them back, converting the text with the field's type (errors are ``ValueError`` too, so
+  the CLI reports them as one line);
+- ``specs(cls)`` lists the fields with their metadata (``resumable``, ``sweep``, ``runner``) for
+  the lists other modules derive from them.
+
+We wrote this (~200 lines) rather than use tyro or jsonargparse: those generate a whole parser
+from the dataclasses, with nested names (``--optim.lr``) or their own parser class, while rnnlab
+keeps its flat flag names, its argparse subcommands, ``--layer KEY=VALUE`` and its config-file
+layering, and also needs the same metadata for validation messages and suite/sweep keys, which
+neither library generates (docs/architecture.md, "One config source").
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import types
+import typing
+from dataclasses import MISSING, dataclass, field
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """An interval ``lo..hi``; ``lo_open``/``hi_open`` exclude the end."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def contains(self, v: float) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self, kind: str) -> str:
+        """``kind`` is "integer" or "number"; e.g. "a positive integer (at most 65,536)"."""
+        fin = "finite " if kind == "number" else ""
+        if self.lo == 0 and self.lo_open and not self.hi_open:
+            text = f"a positive {fin}{kind}"
+        elif self.lo is not None and not self.lo_open and (self.hi is None or not self.hi_open):
+            text = f"{'an' if kind == 'integer' else 'a'} {fin}{kind} >= {self.lo:g}"
+        else:
+            lo = "-inf" if self.lo is None else f"{self.lo:g}"
+            hi = "inf" if self.hi is None else f"{self.hi:g}"
+            return (f"{'an' if kind == 'integer' else 'a'} {kind} in {'(' if self.lo_open else '['}"
+                    f"{lo}, {hi}{')' if self.hi_open else ']'}")
+        return text + (f" (at most {self.hi:,})" if self.hi is not None else "")
+
+
+def positive(hi: float | None = None) -> Bounds:
+    return Bounds(lo=0, hi=hi, lo_open=True)
+
+
+def at_least(lo: float, hi: float | None = None) -> Bounds:
+    return Bounds(lo=lo, hi=hi)
+
+
+@dataclass(frozen=True)
+class Meta:
+    """What a field says about itself (see ``option``)."""
+
+    help: str
+    choices: tuple | Callable[[], tuple] | None = None
+    bounds: Bounds | None = None
+    parse: Callable[[Any], Any] | None = None
+    resumable: bool = False
+    sweep: bool = True
+    runner: bool = False
+    flag: bool = True
+    key: str | None = None
+
+
+def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING, **meta) -> Any:
+    """A dataclass field with metadata:
+
+    ``help`` (flag help), ``choices`` (a tuple, or a function returning one), ``bounds``
+    (``Bounds``), ``parse`` (turns a raw value, from a flag's text or a file, into the field's
+    type, e.g. "50M" -> 50_000_000), ``resumable`` (a resumed run may change it: it changes how
+    long a run goes or what it records, never its trajectory), ``sweep=False`` (``rnnlab sweep``
+    cannot sweep it), ``runner=True`` (set by the suite runner per run, never by a suite),
+    ``flag=False`` (no command-line flag), ``key`` (the flat name when not the attribute name).
+    """
+    return field(default=default, default_factory=default_factory, metadata={"option": Meta(help=help, **meta)})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One field of a section: attribute ``name``, flat ``key``, resolved ``type``, ``meta`` and
+    ``default`` (None when the field has a default factory)."""
+
+    name: str
+    key: str
+    type: Any
+    meta: Meta
+    default: Any = None
+
+    @property
+    def choices(self) -> tuple | None:
+        c = self.meta.choices
+        return c() if callable(c) else c
+
+
+def specs(cls: type) -> list[Spec]:
+    """The ``option`` fields of the dataclass ``cls``, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("option")
+        if meta is not None:
+            default = None if f.default is MISSING else f.default
+            out.append(Spec(f.name, meta.key or f.name, hints[f.name], meta, default))
+    return out
+
+
+# ------------------------------------------------------------------------------------- checks
+def _unwrap(tp: Any) -> tuple[Any, bool]:
+    """``(X, True)`` for ``X | None``, else ``(tp, False)``."""
+    args = typing.get_args(tp)
+    if (typing.get_origin(tp) in (typing.Union, types.UnionType)) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+    return tp, False
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _scalar_ok(tp: Any, v: Any) -> bool:
+    if tp is bool:
+        return isinstance(v, bool)
+    if tp is int:
+        return _is_int(v)
+    if tp is float:
+        return _is_number(v)
+    if tp is str:
+        return isinstance(v, str)
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return v in typing.get_args(tp)
+    if origin is dict or tp is dict:
+        return isinstance(v, dict)
+    return True  # a type this checker does not know: the section's own validate() decides
+
+
+def describe(tp: Any, choices: tuple | None = None, bounds: Bounds | None = None) -> str:
+    """What a value of this field must be, as the error message says it."""
+    tp, _ = _unwrap(tp)
+    if choices:
+        return "one of " + ", ".join(str(c) for c in choices)
+    if typing.get_origin(tp) is typing.Literal:
+        return "one of " + ", ".join(str(c) for c in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        inner = describe(args[0], None, bounds).split(" ", 1)[1]  # "number in [0, 1)"
+        count = {2: "two", 3: "three"}.get(len(args), str(len(args)))
+        return f"{count} {inner.replace('number', 'numbers', 1)}"
+    kind = {int: "integer", float: "number"}.get(tp)
+    if kind is not None:
+        return bounds.describe(kind) if bounds else f"{'an' if kind == 'integer' else 'a finite'} {kind}"
+    return {bool: "true or false", str: "a string"}.get(tp, "a table of options" if tp is dict
+                                                       or typing.get_origin(tp) is dict else str(tp))
+
+
+def check_value(key: str, tp: Any, v: Any, choices: tuple | None = None, bounds: Bounds | None = None) -> None:
+    """Raise ``ValueError("<key> must be <what>, got <v>")`` unless ``v`` fits."""
+    base, optional = _unwrap(tp)
+    if v is None and optional:
+        return
+    if typing.get_origin(base) is tuple:
+        args = typing.get_args(base)
+        ok = isinstance(v, (list, tuple)) and len(v) == len(args) and all(
+            _scalar_ok(a, x) and (bounds is None or bounds.contains(x)) for a, x in zip(args, v))
+    else:
+        ok = v is not None and _scalar_ok(base, v) and (not choices or v in choices) and (
+            bounds is None or bounds.contains(v))
+    if not ok:
+        raise ValueError(f"{key} must be {describe(tp, choices, bounds)}, got {v!r}")
+
+
+def check(section: Any) -> None:
+    """Check every ``option`` field of a section instance against its declaration."""
+    for s in specs(type(section)):
+        check_value(s.key, s.type, getattr(section, s.name), s.choices, s.meta.bounds)
+
+
+def normalize(spec: Spec, v: Any) -> Any:
+    """A raw value (from a file or a flag) as the field stores it: the field's ``parse`` applied;
+    a list for a tuple field becomes a tuple; an int for a float field becomes a float."""
+    if spec.meta.parse is not None:
+        v = spec.meta.parse(v)
+    base, _ = _unwrap(spec.type)
+    if typing.get_origin(base) is tuple and isinstance(v, list):
+        return tuple(v)
+    if base is float and _is_int(v):
+        return float(v)
+    return v
+
+
+# ------------------------------------------------------------------------------------- flags
+def flag_name(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def parse_key_values(items: list[str] | None) -> dict[str, Any]:
+    """``["expansion=2.5", "spectral_norm=false"]`` -> ``{"expansion": 2.5, "spectral_norm": False}``
+    (values read as JSON where possible, else kept as strings)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"option {item!r} must look like KEY=VALUE")
+        try:
+            out[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def from_text(spec: Spec, text: Any) -> Any:
+    """A flag's text as the field's value (``ValueError`` naming the field when it cannot be)."""
+    base, _ = _unwrap(spec.type)
+    try:
+        if spec.meta.parse is not None:
+            return normalize(spec, text)
+        if typing.get_origin(base) is tuple:
+            return tuple(float(t) for t in text)
+        if base is dict or typing.get_origin(base) is dict:
+            return parse_key_values(text)
+        if base in (int, float):
+            value = base(text)
+            return value if base is int or math.isfinite(value) else text  # the check names nan/inf
+        return text
+    except ValueError:
+        raise ValueError(f"{spec.key} must be {describe(spec.type, spec.choices, spec.meta.bounds)}, "
+                         f"got {text!r}") from None
+
+
+def add_flags(group, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per ``option`` field of ``cls`` (not in ``skip``, not ``flag=False``) on the
+    argparse ``group``; every flag defaults to None (= not given)."""
+    for s in specs(cls):
+        if not s.meta.flag or s.key in skip:
+            continue
+        base, _ = _unwrap(s.type)
+        kw: dict[str, Any] = {"dest": s.key, "default": None, "help": _help(s)}
+        if base is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif base is dict or typing.get_origin(base) is dict:
+            kw.update(action="append", metavar="KEY=VALUE")
+        elif typing.get_origin(base) is tuple:
+            kw.update(nargs=len(typing.get_args(base)), metavar=s.key.upper())
+        else:
+            kw["metavar"] = "{" + ",".join(map(str, s.choices)) + "}" if s.choices else s.key.upper()
+        group.add_argument(flag_name(s.key), **kw)
+
+
+def _help(s: Spec) -> str:
+    """The field's help, plus its default when that is a plain number or word."""
+    shown = isinstance(s.default, (int, float, str)) and not isinstance(s.default, bool) and s.default != ""
+    return s.meta.help + (f" (default: {s.default})" if shown else "")
+
+
+def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The flags of ``cls``'s fields that were given, as ``{key: value}`` (text converted)."""
+    out = {}
+    for s in specs(cls):
+        text = getattr(args, s.key, None)
+        if text is not None:
+            out[s.key] = text if isinstance(text, bool) else from_text(s, text)
+    return out
