@@ -14,7 +14,8 @@ import torch
 from rnnlab.models.registry import MODELS
 from rnnlab.train import trainer
 from rnnlab.train.config import TrainConfig, apply_overrides, load_config, resume_mismatch
-from rnnlab.train.trainer import NonFiniteLossError, load_run, run_training
+from rnnlab.train.rundir import RunDir
+from rnnlab.train.trainer import NonFiniteLossError, Trainer, run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -60,7 +61,7 @@ def test_bf16_and_mixed_precision_run(tiny_train, tmp_path):
     for prec in ("bf16", "bf16-mixed"):
         s = run_training(tiny_train(tmp_path / prec, precision=prec, steps=5), progress=False)
         assert s["complete"] and math.isfinite(s["loss"]) and s["precision"] == prec
-    _, model, _ = load_run(tmp_path / "bf16", device="cpu")
+    _, model, _ = RunDir(tmp_path / "bf16").load("cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
 
 
@@ -90,8 +91,8 @@ def test_run_folder_contents(tiny_train, tmp_path):
     with safe_open(str(run / "ckpt" / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert "embed.weight" in keys and "head.weight" not in keys
-    _, model, prog = load_run(run, device="cpu")
-    assert prog["step"] == 12 and model.head.weight is model.embed.weight
+    _, model, step = RunDir(run).load("cpu")
+    assert step == 12 and model.head.weight is model.embed.weight
     from rnnlab.data import load_splits
     from rnnlab.eval.bpb import evaluate
 
@@ -152,19 +153,19 @@ def test_resume_mismatch_ignores_budget_and_logging():
 
 
 # ----------------------------------------------------------------------------- resume
-class _Interrupt:
-    """Wraps trainer.train_step: sends SIGINT (Ctrl-C) to this process during step ``at``
+def _interrupt(at: int, times: int = 1):
+    """A ``Trainer.train_step`` that sends SIGINT (Ctrl-C) to this process during step ``at``
     (``times`` of them: one = stop after the step and save, two = abort)."""
+    real, calls = Trainer.train_step, [0]
 
-    def __init__(self, at: int, times: int = 1):
-        self.at, self.times, self.calls, self.real = at, times, 0, trainer.train_step
-
-    def __call__(self, *a, **kw):
-        self.calls += 1
-        if self.calls == self.at:
-            for _ in range(self.times):
+    def step(self, batch):
+        calls[0] += 1
+        if calls[0] == at:
+            for _ in range(times):
                 signal.raise_signal(signal.SIGINT)
-        return self.real(*a, **kw)
+        return real(self, batch)
+
+    return step
 
 
 @pytest.mark.parametrize("optimizer", ["schedulefree-adamw", "adamw"])
@@ -174,7 +175,7 @@ def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch):
     straight = run_training(tiny_train(tmp_path / "a", eval_every=4, checkpoint_every=7, **kw),
                             progress=False)
 
-    monkeypatch.setattr(trainer, "train_step", _Interrupt(at=10))
+    monkeypatch.setattr(Trainer, "train_step", _interrupt(at=10))
     part = run_training(tiny_train(tmp_path / "b", **kw), progress=False)
     assert part["complete"] is False and part["steps"] == 10  # Ctrl-C in step 10: finish it, save
     monkeypatch.undo()
@@ -194,7 +195,7 @@ def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeyp
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=4), progress=False)
     before = _digest(run / "ckpt" / "state.pt")
-    monkeypatch.setattr(trainer, "train_step", _Interrupt(at=2, times=2))
+    monkeypatch.setattr(Trainer, "train_step", _interrupt(at=2, times=2))
     with pytest.raises(KeyboardInterrupt):
         run_training(tiny_train(run, steps=8, checkpoint_every=1, resume=True), progress=False)
     assert _digest(run / "ckpt" / "state.pt") != before  # step 5 was checkpointed, step 6 aborted
@@ -277,7 +278,7 @@ def test_sampling_is_deterministic(tiny_train, tmp_path):
     from rnnlab.eval.sampling import generate
 
     run_training(tiny_train(tmp_path / "s", steps=5), progress=False)
-    _, model, _ = load_run(tmp_path / "s", device="cpu")
+    _, model, _ = RunDir(tmp_path / "s").load("cpu")
     a = generate(model, b"The ", 40, temperature=0.8, top_k=50, seed=1)
     b = generate(model, b"The ", 40, temperature=0.8, top_k=50, seed=1)
     c = generate(model, b"The ", 40, temperature=0.8, top_k=50, seed=2)

@@ -39,53 +39,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.train.rundir import RunDir
+
 THRESHOLDS = (1e-1, 1e-2, 1e-3)
 
 
-# ------------------------------------------------------------------------- loading
-def find_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
-    """Every ``model.safetensors`` under ``run_dir`` (the current ``ckpt/`` and any history),
-    ordered by the step in its metadata (unknown steps last, then by path)."""
-    from safetensors import safe_open
-
-    run = Path(run_dir)
-    found = sorted(p for p in run.rglob("model.safetensors") if p.is_file())
-
-    def step(p: Path) -> tuple[int, str]:
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                s = (f.metadata() or {}).get("step")
-            return (int(s) if s is not None else 1 << 62, str(p))
-        except Exception:
-            return (1 << 62, str(p))
-
-    out, seen = [], set()
-    current = (run / "ckpt" / "model.safetensors").resolve()
-    for p in sorted(found, key=lambda p: (step(p)[0], p.resolve() != current, str(p))):  # ckpt/ first on a tie
-        s = step(p)[0]
-        if s in seen and s != 1 << 62:
-            continue  # the same step twice (a history copy of the current checkpoint)
-        seen.add(s)
-        out.append(p)
-    return out
-
-
-def load_model(run_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
-               device: str = "cpu") -> tuple[Any, nn.Module, int | None]:
-    """``(TrainConfig, LM in fp32 eval mode, step)`` of a run; ``weights`` picks another
-    ``model.safetensors`` of the run (default: its ``ckpt/``)."""
-    from rnnlab.train.checkpoint import load_weights
-    from rnnlab.train.trainer import load_run
-
-    cfg, model, progress = load_run(run_dir, device)
-    step = progress.get("step")
-    if weights is not None and Path(weights).resolve() != (Path(run_dir) / "ckpt" / "model.safetensors").resolve():
-        meta = load_weights(model, weights)
-        step = int(meta["step"]) if meta.get("step") is not None else None
-    model = model.float().eval()
-    return cfg, model, (int(step) if step is not None else None)
-
-
+# ------------------------------------------------------------------------- data
 def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[torch.Tensor]:
     """The first ``n_batches`` batches of deterministic held-out windows ``[b, seq_len + 1]``."""
     from rnnlab.data import eval_windows, load_splits
@@ -298,11 +257,10 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
     """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``."""
     records = []
     for run in runs:
-        ckpts = find_checkpoints(run) if history else []
-        if not ckpts:
-            ckpts = [None]
-        for weights in ckpts:
-            cfg, model, step = load_model(run, weights, device)
+        weights_files = RunDir(run).weight_files() if history else []
+        for weights in weights_files or [None]:
+            cfg, model, step = RunDir(run).load(device, weights)
+            model = model.float()
             T = seq_len or cfg.data.seq_len
             data = heldout_batches(cfg, T, batch_size, batches)
             r = analyze_model(model, data, last, power_iters)

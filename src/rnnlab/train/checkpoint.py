@@ -1,4 +1,6 @@
-"""Checkpoints: ``ckpt/model.safetensors`` (the weights to evaluate/ship) + ``ckpt/state.pt``.
+"""Checkpoints: a directory (a run's ``ckpt/``, see ``RunDir``) holding ``model.safetensors``
+(the weights to evaluate/ship) and ``state.pt``; ``Checkpointer`` saves and restores a trainer's
+``TrainState`` there.
 
 - ``model.safetensors``: the model's state dict. For Schedule-Free these are the averaged
   weights x (the optimizer's eval point). A tied ``head.weight`` is stored once, as
@@ -44,12 +46,8 @@ MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 
 
-def ckpt_dir(run_dir: str | os.PathLike) -> Path:
-    return Path(run_dir) / "ckpt"
-
-
-def has_checkpoint(run_dir: str | os.PathLike) -> bool:
-    d = ckpt_dir(run_dir)
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    d = Path(directory)
     return (d / MODEL_FILE).exists() and (d / STATE_FILE).exists()
 
 
@@ -153,8 +151,8 @@ def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt, sched, progress: dict[str, Any]) -> Path:
-    """Write ``run_dir/ckpt``. ``progress`` holds step, tokens, elapsed_s, losses, ... (plain data).
+def save_checkpoint(directory: str | os.PathLike, model: nn.Module, opt, sched, progress: dict[str, Any]) -> Path:
+    """Write the checkpoint into ``directory``. ``progress`` holds step, tokens, elapsed_s, losses, ... (plain data).
 
     Schedule-Free: the state dict and y are taken in train mode; the weights file gets x (via
     ``eval_weights``, which restores y exactly afterwards), so training continues unperturbed.
@@ -162,7 +160,7 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt, sched, pr
     Distributed: only rank 0 writes; under FSDP2 every rank must call (the gathers are collectives),
     otherwise the other ranks return at once.
     """
-    d = ckpt_dir(run_dir)
+    d = Path(directory)
     main = context().is_main
     if not main and not is_fsdp(model):
         return d
@@ -190,13 +188,13 @@ def save_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt, sched, pr
     return d
 
 
-def load_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt=None, sched=None) -> dict[str, Any]:
-    """Restore ``model`` (and ``opt``/``sched`` when given) from ``run_dir/ckpt``; returns progress.
+def load_checkpoint(directory: str | os.PathLike, model: nn.Module, opt=None, sched=None) -> dict[str, Any]:
+    """Restore ``model`` (and ``opt``/``sched`` when given) from ``directory``; returns progress.
 
     With ``opt=None`` the model gets the shipped weights (x for Schedule-Free), for eval/sampling.
     """
-    d = ckpt_dir(run_dir)
-    if not has_checkpoint(run_dir):
+    d = Path(directory)
+    if not has_checkpoint(d):
         raise FileNotFoundError(f"no checkpoint in {d} (expected {MODEL_FILE} and {STATE_FILE})")
     meta = load_weights(model, d / MODEL_FILE)
     state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
@@ -220,3 +218,29 @@ def load_checkpoint(run_dir: str | os.PathLike, model: nn.Module, opt=None, sche
             sched.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
     return state["progress"]
+
+
+class Checkpointer:
+    """Saves and restores a trainer's ``TrainState`` (model, optimizer, scheduler, progress) in
+    ``directory``; remembers the last step saved, so each step is written once and a failure can
+    say which checkpoint is kept."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = Path(directory)
+        self.saved_step: int | None = None
+
+    def restore(self, state) -> None:
+        state.load_progress(load_checkpoint(self.directory, state.model, state.optimizer, state.scheduler))
+        self.saved_step = state.step
+
+    def save(self, state, complete: bool) -> None:
+        """Write ``state`` (rank 0 writes; under FSDP2 every rank must call); all ranks wait."""
+        save_checkpoint(self.directory, state.model, state.optimizer, state.scheduler, state.progress(complete))
+        self.saved_step = state.step
+        context().barrier()
+
+    def kept(self) -> str:
+        """Which checkpoint survives a failure now, for error messages."""
+        if self.saved_step is None:
+            return "no checkpoint was written"
+        return f"last good checkpoint kept at {self.directory} (step {self.saved_step})"

@@ -110,6 +110,7 @@ def register(sub) -> None:
 def config_from_args(args):
     """Defaults < ``--config`` file (or, with ``--resume`` and no file, the run's config.json) < flags."""
     from rnnlab.train.config import TrainConfig, apply_overrides, load_config
+    from rnnlab.train.rundir import RunDir
 
     overrides = {k: getattr(args, k, None) for k in _FLAG_FIELDS}
     layer = parse_layer_options(args.layer)
@@ -120,8 +121,7 @@ def config_from_args(args):
         saved = None
         if args.resume:
             out = args.out or apply_overrides(TrainConfig(), dict(overrides)).out_dir()
-            if Path(out, "config.json").exists():
-                saved = json.loads(Path(out, "config.json").read_text())
+            saved = RunDir(out).saved_config()
         if saved is not None:
             cfg = TrainConfig.from_dict(saved)
     apply_overrides(cfg, overrides, source="flag")
@@ -208,7 +208,8 @@ def format_summary(s: dict) -> str:
         ("params", fmt(s["params"], ",")),
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
         ("loss (last 100)", fmt(s["loss"], ".4f")),
-        ("val loss / bpb", f"{fmt(s['val_loss'], '.4f')} / {fmt(s['val_bpb'], '.4f')}"),
+        ("val loss / bpb", f"{fmt(s['val_loss'], '.4f')} / {fmt(s['val_bpb'], '.4f')}"
+                           + (f" ({s['val_bytes']:,} held-out bytes)" if s.get("val_bytes") else "")),
         ("tok/s", fmt(s["tok_per_s"], ",.0f")),
         ("peak mem GiB", fmt(s["peak_mem_gib"], ".2f")),
         ("time s", fmt(s["time_s"], ".1f")),
@@ -222,19 +223,17 @@ def format_summary(s: dict) -> str:
 
 def run_eval_cmd(args) -> int:
     from rnnlab.data import ByteCorpus, Split, load_splits
-    from rnnlab.eval.bpb import evaluate
-    from rnnlab.train.trainer import autocast_dtype, load_run
+    from rnnlab.eval.bpb import evaluate_run
+    from rnnlab.train.rundir import RunDir
 
-    cfg, model, progress = load_run(args.run, args.device)
-    max_bytes = args.eval_bytes if args.eval_bytes is not None else cfg.run.eval_bytes
+    cfg, model, step = RunDir(args.run).load(args.device)
     if args.data:
         corpus = ByteCorpus(args.data)
         split = Split(corpus, 0, len(corpus), "eval")
     else:
         split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
-    r = evaluate(model, split, cfg.data.seq_len, args.batch_size or cfg.run.eval_batch_size or cfg.data.batch_size,
-                 max_bytes or None, autocast_dtype=autocast_dtype(cfg.run.precision))
-    out = {"run": str(args.run), "step": progress["step"], "data": str(split.path),
+    r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=args.eval_bytes)
+    out = {"run": str(args.run), "step": step, "data": str(split.path),
            "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
     if args.json:
         print(json.dumps(out))
@@ -246,9 +245,9 @@ def run_eval_cmd(args) -> int:
 
 def run_sample(args) -> int:
     from rnnlab.eval.sampling import generate
-    from rnnlab.train.trainer import load_run
+    from rnnlab.train.rundir import RunDir
 
-    _, model, _ = load_run(args.run, args.device)
+    _, model, _ = RunDir(args.run).load(args.device)
     prompt = args.prompt.encode("utf-8")
     out = generate(model, prompt, args.tokens, args.temperature, args.top_k, args.seed)
     sys.stdout.write((prompt + out).decode("utf-8", errors="replace") + "\n")

@@ -1,0 +1,148 @@
+"""What a run is built on: its device, number formats, seeds, a memory pre-check, the model (plain,
+then wrapped for data parallelism and ``torch.compile``) and the record of the environment."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnlab.models.lm import LM
+from rnnlab.train import distributed as dist
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` = cuda if available, else cpu; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {name!r} requested but MPS is not available (use --device cpu)")
+    return dev
+
+
+def param_dtype(precision: str) -> torch.dtype:
+    """The weights' dtype: bf16 for pure ``bf16``, else fp32 (``bf16-mixed`` keeps fp32 masters)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return torch.bfloat16 if precision == "bf16-mixed" else None
+
+
+def autocast(device: torch.device, precision: str):
+    """The forward's autocast context (bf16 for ``bf16-mixed``, none otherwise)."""
+    amp = autocast_dtype(precision)
+    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device (so a timer measures finished work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_mem_gib(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return None
+
+
+def check_memory(cfg, params: int, device: torch.device) -> None:
+    """Refuse a model whose weights + grads + optimizer state cannot fit the device at all."""
+    bytes_per = 2 if cfg.run.precision == "bf16" else 4
+    need = params * bytes_per * 4  # weights, grads, two optimizer moments (z/exp_avg, exp_avg_sq)
+    if device.type == "cuda":
+        have = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > have:
+        m = cfg.model
+        raise ValueError(
+            f"model {m.model} dim={m.dim} depth={m.depth} has {params:,} "
+            f"parameters: weights, grads and optimizer state need ~{need / 2**30:,.1f} GiB at "
+            f"precision {cfg.run.precision}, more than the {have / 2**30:,.1f} GiB of {device}")
+
+
+def build_model(cfg, device: torch.device) -> LM:
+    """The LM of ``cfg.model`` on ``device`` in the weights' dtype of ``cfg.run.precision``."""
+    return LM(cfg.model).to(device=device, dtype=param_dtype(cfg.run.precision))
+
+
+def wrap_model(model: nn.Module, cfg) -> nn.Module:
+    """The module the training step calls (DDP-wrapped and/or compiled); ``model`` stays the
+    plain LM used for eval, sampling and checkpoints. Under FSDP2 ``model`` itself is sharded in
+    place, so call this before building the optimizer. ``cfg.run.compile`` compiles the whole
+    step's forward and loss (README "torch.compile": which recurrences join the graph)."""
+    fwd = model
+    if dist.context().world_size > 1:
+        fwd = dist.wrap_model(model, cfg.run.distributed or "ddp")
+    if cfg.run.compile:
+        return torch.compile(fwd)
+    return fwd
+
+
+def env_info(device: torch.device) -> dict[str, Any]:
+    """Versions, host, device, command line and git commit: env.json of a run."""
+    from importlib import metadata
+
+    def version(pkg: str) -> str | None:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return None
+
+    info: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "hostname": platform.node(),
+        "argv": sys.argv,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": {p: version(p) for p in ("rnnlab", "torch", "numpy", "schedulefree", "safetensors",
+                                             "triton", "mamba-ssm", "causal-conv1d")},
+        "device": str(device),
+        "cuda": torch.version.cuda,
+        "cpu_threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu_count"] = torch.cuda.device_count()
+    info["git_sha"], info["git_dirty"] = _git_state()
+    return info
+
+
+def _git_state() -> tuple[str | None, bool | None]:
+    here = Path(__file__).resolve().parent
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        sha = res.stdout.strip() if res.returncode == 0 else None
+        if not sha:
+            return None, None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip() != ""
+        return sha, dirty
+    except (OSError, subprocess.SubprocessError):
+        return None, None
