@@ -81,6 +81,10 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
     (["--model", "e1", "--steps", "5", "--minutes", "1"], "give one budget"),
     (["--model", "e1", "--config", "/nonexistent.toml"], "config file not found"),
     (["--model", "e1", "--lr", "0"], "lr must be a positive finite number, got 0.0"),
+    (["--model", "e1", "--lr", "nan"], "lr must be a positive finite number, got 'nan'"),
+    (["--model", "e1", "--dim", "abc"], "dim must be a positive integer (at most 65,536), got 'abc'"),
+    (["--model", "e1", "--tokens", "lots"], "tokens must be a positive integer"),
+    (["--model", "e1", "--betas", "0.9", "1"], "betas must be two numbers in [0, 1), got (0.9, 1.0)"),
 ])
 def test_bad_inputs(args, msg, tmp_path, capsys, small_corpus):
     argv = ["train", *TINY, "--steps", "2", "--out", str(tmp_path / "r"), *args]
@@ -111,3 +115,30 @@ def test_nan_exits_nonzero(tmp_path, capsys):
                "--out", str(tmp_path / "r")])
     assert rc == 1
     assert "non-finite loss" in capsys.readouterr().err
+
+
+def test_every_config_field_has_a_flag():
+    """The train flags are generated from the config: a new field cannot be left without one."""
+    from rnnlab.cli import build_parser
+    from rnnlab.options import flag_name
+    from rnnlab.train.config import FIELDS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["train"]
+    flags = {o for a in sub._actions for o in a.option_strings}
+    expected = {flag_name(k) for k, (_, spec) in FIELDS.items() if spec.meta.flag}
+    assert expected <= flags and "--vocab-size" not in flags
+    assert {"--layer", "--eval-bytes", "--no-compile", "--tie-embeddings", "--betas"} <= flags
+
+
+def test_flags_override_a_config_file(tmp_path, capsys):
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("eval_bytes: 64\nbetas: [0.9, 0.95]\nlayer: {expansion: 2.0}\n")
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), *TINY, "--steps", "2", "--eval-bytes", "all", "--betas", "0.8",
+                 "0.9", "--layer", "conv=2", "--out", str(run)]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["eval_bytes"] == 0 and saved["betas"] == [0.8, 0.9]
+    assert saved["model"]["layer"] == {"expansion": 2.0, "conv": 2}  # --layer adds to the file's options
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_bytes"] > 4096  # the whole held-out split, not the file's 64 bytes
+    assert f"({summary['val_bytes']:,} held-out bytes)" in capsys.readouterr().out

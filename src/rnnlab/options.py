@@ -274,15 +274,18 @@ def add_flags(group, cls: type, skip: tuple[str, ...] = ()) -> None:
         elif base is dict or typing.get_origin(base) is dict:
             kw.update(action="append", metavar="KEY=VALUE")
         elif typing.get_origin(base) is tuple:
-            kw.update(nargs=len(typing.get_args(base)), metavar=s.key.upper())
+            n = len(typing.get_args(base))
+            kw.update(nargs=n, metavar=tuple(f"{s.key.upper()}{i + 1}" for i in range(n)))
         else:
             kw["metavar"] = "{" + ",".join(map(str, s.choices)) + "}" if s.choices else s.key.upper()
         group.add_argument(flag_name(s.key), **kw)
 
 
 def _help(s: Spec) -> str:
-    """The field's help, plus its default when that is a plain number or word."""
-    shown = isinstance(s.default, (int, float, str)) and not isinstance(s.default, bool) and s.default != ""
+    """The field's help, plus its default when that is a plain number or word (and the help does
+    not name the default itself)."""
+    shown = (isinstance(s.default, (int, float, str)) and not isinstance(s.default, bool) and s.default != ""
+             and "default" not in s.meta.help)
     return s.meta.help + (f" (default: {s.default})" if shown else "")
 
 

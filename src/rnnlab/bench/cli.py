@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rnnlab.models.cli import parse_layer_options
+from rnnlab.options import parse_key_values
 from rnnlab.models.params import parse_count
 
 
@@ -154,7 +154,7 @@ def run_sweep(args) -> int:
                                               "warmup_steps", "grad_clip", "precision", "seed")
                 if getattr(args, k) is not None}
     suite = build_sweep(args.model, args.depth, args.sets, dim=args.dim, target_params=args.target_params,
-                        layer=parse_layer_options(args.layer), mlp_ratio=args.mlp_ratio, defaults=defaults,
+                        layer=parse_key_values(args.layer), mlp_ratio=args.mlp_ratio, defaults=defaults,
                         name=f"sweep-{Path(args.out).name}")
     args.params = None
     return _execute(suite, Path(args.out), args)

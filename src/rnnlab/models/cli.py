@@ -1,4 +1,5 @@
-"""``rnnlab params``: count parameters for a config, or solve the width for a target count."""
+"""``rnnlab params``: count parameters for a config, or solve the width for a target count.
+The model flags are generated from ``ModelConfig``'s field declarations, as for ``rnnlab train``."""
 
 from __future__ import annotations
 
@@ -6,48 +7,29 @@ import json
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
-
-
-def parse_layer_options(items: list[str] | None) -> dict:
-    """``["expansion=2.5", "spectral_norm=false"]`` -> ``{"expansion": 2.5, "spectral_norm": False}``
-    (values read as JSON where possible, else kept as strings)."""
-    out = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"layer option {item!r} must look like key=value")
-        try:
-            out[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
+from rnnlab.options import add_flags, flag_values
 
 
 def register(sub) -> None:
     p = sub.add_parser("params", help="count parameters or solve a width for a target count")
-    p.add_argument("--model", required=True)
-    p.add_argument("--depth", type=int, required=True)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--dim", type=int, help="count parameters at this width")
-    g.add_argument("--target", help="solve the width for this many parameters (e.g. 400M)")
+    add_flags(p.add_argument_group("model"), ModelConfig)
+    p.add_argument("--target", help="solve the width for this many parameters (e.g. 400M) instead of --dim")
     p.add_argument("--multiple", type=int, default=None, help="width step for --target")
-    p.add_argument("--mlp-ratio", type=float, default=None)
-    p.add_argument("--layer", action="append", metavar="KEY=VALUE",
-                   help="a mixer option, e.g. --layer expansion=2.5 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    cfg = ModelConfig(model=args.model, dim=args.dim if args.dim is not None else 64, depth=args.depth,
-                      mlp_ratio=args.mlp_ratio, layer=parse_layer_options(args.layer))
-    if args.target is not None:
-        target = parse_count(args.target)
-        dim, params = solve_dim(cfg, target, args.multiple)
-        cfg.dim = dim
+    values = flag_values(args, ModelConfig)
+    if args.target is not None and "dim" in values:
+        raise ValueError("give --dim or --target, not both")
+    cfg = ModelConfig(**values)  # the model section's keys are its field names
+    cfg.validate()
+    target = parse_count(args.target) if args.target is not None else None
+    if target is not None:
+        cfg.dim, params = solve_dim(cfg, target, args.multiple)
     else:
         params = count_params(cfg)
-        target = None
     out = {"model": cfg.model, "dim": cfg.dim, "depth": cfg.depth, "params": params}
     if cfg.layer:
         out["layer"] = cfg.layer

@@ -7,89 +7,39 @@
     torchrun --standalone --nproc-per-node 2 -m rnnlab train --distributed fsdp2 ...
     rnnlab eval --run runs/e1 [--data file.txt]
     rnnlab sample --run runs/e1 --prompt "The " --tokens 200
+
+The train flags are generated from the config's field declarations (``add_config_flags``): one
+flag per field, named by its key (``--batch-size``), in one help group per config section.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
-from rnnlab.models.cli import parse_layer_options
-from rnnlab.models.params import parse_count
-
-# flag dest -> TrainConfig field (model fields go through the config's shortcuts)
-_FLAG_FIELDS = ("model", "dim", "depth", "mlp_ratio", "data", "val_data", "val_fraction", "batch_size",
-                "seq_len", "steps", "minutes", "tokens", "optimizer", "lr", "weight_decay",
-                "warmup_steps", "grad_clip", "precision", "seed", "eval_every", "eval_bytes",
-                "eval_batch_size", "log_every", "checkpoint_every", "out", "compile", "device", "distributed")
-
-
-def _count(text: str) -> int:
-    return parse_count(text)
-
-
-def _eval_bytes(text: str) -> int:
-    return 0 if text.lower() in ("all", "0") else parse_count(text)
+from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
+                                 parse_eval_bytes)
+from rnnlab.train.rundir import RunDir
 
 
 def register(sub) -> None:
-    from rnnlab.train.config import DISTRIBUTED, OPTIMIZERS, PRECISIONS
-
     p = sub.add_parser("train", help="train one model",
                        description="Train one model. Defaults follow the seed's Table A protocol "
                                    "(bf16 weights, Schedule-Free AdamW 3e-4, wd 0.1, batch 16x512, seed 42).")
-    p.add_argument("--config", metavar="FILE", help="TOML or YAML config file (flags override it)")
-    m = p.add_argument_group("model")
-    m.add_argument("--model", help="mixer kind, e.g. e1, mamba2, mingru, minlstm, e16, transformer")
-    m.add_argument("--dim", type=int)
-    m.add_argument("--depth", type=int)
-    m.add_argument("--mlp-ratio", type=float)
-    m.add_argument("--layer", action="append", metavar="KEY=VALUE",
-                   help="a mixer option, e.g. --layer expansion=2.5 (repeatable)")
-    d = p.add_argument_group("data")
-    d.add_argument("--data", help="raw training file (default: the bundled sample)")
-    d.add_argument("--val-data", help="raw held-out file (default: the tail of --data)")
-    d.add_argument("--val-fraction", type=float)
-    d.add_argument("--batch-size", type=int, help="the GLOBAL batch (split over --gpus processes)")
-    d.add_argument("--seq-len", type=int)
-    b = p.add_argument_group("budget (one of)")
-    b.add_argument("--steps", type=int)
-    b.add_argument("--minutes", type=float, help="training time (excludes eval and checkpoints)")
-    b.add_argument("--tokens", type=_count, help="e.g. 50M")
-    o = p.add_argument_group("optimization")
-    o.add_argument("--optimizer", choices=OPTIMIZERS)
-    o.add_argument("--lr", type=float)
-    o.add_argument("--weight-decay", type=float)
-    o.add_argument("--warmup-steps", type=int)
-    o.add_argument("--grad-clip", type=float)
-    o.add_argument("--precision", choices=PRECISIONS)
-    o.add_argument("--seed", type=int)
-    r = p.add_argument_group("run")
-    r.add_argument("--eval-every", type=int, help="steps between held-out evals (0 = end only)")
-    r.add_argument("--eval-bytes", type=_eval_bytes, help="held-out bytes per eval (e.g. 1M, or all)")
-    r.add_argument("--eval-batch-size", type=int)
-    r.add_argument("--log-every", type=int)
-    r.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = end only)")
-    r.add_argument("--out", help="run dir (default runs/<model>-d<dim>-l<depth>)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    r.add_argument("--compile", action="store_true", default=None,
-                   help="torch.compile the training forward+loss (README: torch.compile)")
-    r.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
-    r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("multi-GPU (docs/distributed.md)")
-    g.add_argument("--gpus", type=int, metavar="N",
-                   help="train on N processes (one GPU each): re-launches this command through torchrun")
-    g.add_argument("--distributed", choices=DISTRIBUTED,
-                   help="data parallelism under torchrun: ddp (default) or fsdp2 (sharded weights, "
-                        "grads and optimizer state)")
+    p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file (flags override it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="train on N processes (one GPU each): re-launches this command through torchrun "
+                        "(docs/distributed.md)")
+    add_config_flags(p)
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("eval", help="held-out loss and bits per byte of a run")
     e.add_argument("--run", required=True, metavar="DIR")
     e.add_argument("--data", help="a raw file to evaluate whole (up to --eval-bytes) instead of the "
                                   "run's held-out split")
-    e.add_argument("--eval-bytes", type=_eval_bytes, help="cap on bytes (default: the run's eval_bytes)")
+    e.add_argument("--eval-bytes", type=parse_eval_bytes,
+                   help="cap on bytes, e.g. 1M, or all (default: the run's eval_bytes)")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -107,26 +57,20 @@ def register(sub) -> None:
     s.set_defaults(func=run_sample)
 
 
-def config_from_args(args):
-    """Defaults < ``--config`` file (or, with ``--resume`` and no file, the run's config.json) < flags."""
-    from rnnlab.train.config import TrainConfig, apply_overrides, load_config
-    from rnnlab.train.rundir import RunDir
-
-    overrides = {k: getattr(args, k, None) for k in _FLAG_FIELDS}
-    layer = parse_layer_options(args.layer)
+def config_from_args(args) -> TrainConfig:
+    """Defaults < ``--config`` file (or, with ``--resume`` and no file, the run's config.json) <
+    flags; ``--layer`` options are added to the file's. ``resume`` comes from the flag alone."""
+    flags = config_flag_values(args)
+    layer = flags.pop("layer", {})
     if args.config:
         cfg = load_config(args.config)
     else:
-        cfg = TrainConfig()
         saved = None
         if args.resume:
-            out = args.out or apply_overrides(TrainConfig(), dict(overrides)).out_dir()
-            saved = RunDir(out).saved_config()
-        if saved is not None:
-            cfg = TrainConfig.from_dict(saved)
-    apply_overrides(cfg, overrides, source="flag")
-    if layer:
-        cfg.model.layer = {**(cfg.model.layer or {}), **layer}
+            saved = RunDir(args.out or apply_overrides(TrainConfig(), dict(flags)).out_dir()).saved_config()
+        cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
+    apply_overrides(cfg, flags, source="flag")
+    cfg.model.layer = {**cfg.model.layer, **layer}
     cfg.run.resume = bool(args.resume)
     return cfg
 
@@ -224,8 +168,6 @@ def format_summary(s: dict) -> str:
 def run_eval_cmd(args) -> int:
     from rnnlab.data import ByteCorpus, Split, load_splits
     from rnnlab.eval.bpb import evaluate_run
-    from rnnlab.train.rundir import RunDir
-
     cfg, model, step = RunDir(args.run).load(args.device)
     if args.data:
         corpus = ByteCorpus(args.data)
@@ -245,7 +187,6 @@ def run_eval_cmd(args) -> int:
 
 def run_sample(args) -> int:
     from rnnlab.eval.sampling import generate
-    from rnnlab.train.rundir import RunDir
 
     _, model, _ = RunDir(args.run).load(args.device)
     prompt = args.prompt.encode("utf-8")

@@ -34,7 +34,7 @@ from typing import Any, Iterator
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
-from rnnlab.options import Bounds, Spec, at_least, check, normalize, option, positive, specs
+from rnnlab.options import Bounds, Spec, add_flags, at_least, check, flag_values, normalize, option, positive, specs
 
 OPTIMIZERS = ("schedulefree-adamw", "adamw")
 PRECISIONS = ("bf16", "bf16-mixed", "fp32")
@@ -116,8 +116,8 @@ class RunConfig:
     seed: int = option(42, help="seeds the initialisation and the batch stream", bounds=at_least(0, 2**63 - 1))
     eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",
                              bounds=at_least(0, MAX_STEPS), resumable=True)
-    eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M; all or 0 = the whole held-out "
-                                     "split", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50), resumable=True)
+    eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M (default: all = 0, the whole "
+                                     "held-out split)", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50), resumable=True)
     eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size)",
                                          bounds=positive(MAX_BATCH), resumable=True)
     log_every: int = option(10, help="steps between progress/TensorBoard updates (metrics.jsonl gets every step)",
@@ -232,6 +232,21 @@ def _fields_by_key() -> dict[str, tuple[str, Spec]]:
 FIELDS = _fields_by_key()
 MODEL_KEYS = tuple(k for k, (section, _) in FIELDS.items() if section == "model")
 RESUMABLE = frozenset(k for k, (_, s) in FIELDS.items() if s.meta.resumable)
+
+
+def add_config_flags(parser, skip: tuple[str, ...] = ()) -> None:
+    """The command-line flags of every field (not in ``skip``): one argparse group per section."""
+    for f in dataclasses.fields(TrainConfig):
+        doc = " ".join((f.default_factory.__doc__ or "").split("\n\n")[0].split()).replace("``", "")
+        add_flags(parser.add_argument_group(f.name, description=doc), f.default_factory, skip)
+
+
+def config_flag_values(args) -> dict[str, Any]:
+    """The config flags that were given (``add_config_flags``), as ``{key: value}``."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        out.update(flag_values(args, f.default_factory))
+    return out
 
 
 def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str = "override") -> TrainConfig:
