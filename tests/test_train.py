@@ -291,3 +291,40 @@ def test_sampling_is_deterministic(tiny_train, tmp_path):
     assert generate(model, b"x", 0) == b""
     with pytest.raises(ValueError, match="prompt must be"):
         generate(model, b"", 5)
+
+
+# ----------------------------------------------------------------------------- optimizer contract
+def _grad_norms_seen_by_optimizer(cfg) -> list[float]:
+    """Train ``cfg``; the total gradient norm the optimizer receives at each step."""
+    t = Trainer(cfg, progress=False)
+    opt, seen, real_step = t.state.optimizer, [], t.state.optimizer.step
+
+    def step(*a, **kw):
+        grads = [p.grad for p in t.state.model.parameters() if p.grad is not None]
+        seen.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return real_step(*a, **kw)
+
+    opt.step = step
+    t.train()
+    return seen
+
+
+def test_grad_clip_bounds_the_gradient_the_optimizer_sees(tiny_train, tmp_path):
+    free = _grad_norms_seen_by_optimizer(tiny_train(tmp_path / "free", steps=4))
+    assert max(free) > 0.2  # without clipping the gradients here are larger than the clip below
+    clipped = _grad_norms_seen_by_optimizer(tiny_train(tmp_path / "clip", steps=4, grad_clip=0.2))
+    assert len(clipped) == 4 and max(clipped) <= 0.2 * (1 + 1e-5)
+
+
+def test_adamw_lr_is_linear_warmup_then_cosine(tiny_train, tmp_path):
+    run_training(tiny_train(tmp_path / "r", steps=10, optimizer="adamw", warmup_steps=3, lr=1e-3), progress=False)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    # the LR of the update after s completed steps: (s+1)/3 during warmup, then cos from 1 to 0 at step 10
+    expected = [1e-3 * ((s + 1) / 3 if s < 3 else 0.5 * (1 + math.cos(math.pi * (s - 3) / 7))) for s in range(10)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_schedulefree_lr_warms_up_then_stays(tiny_train, tmp_path):
+    run_training(tiny_train(tmp_path / "r", steps=5, warmup_steps=2, lr=1e-3), progress=False)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3], rel=1e-12)
