@@ -19,5 +19,5 @@ if ! .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.fin
   MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
     $PIP install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
 fi
-# what `import mamba_ssm` itself imports (its __init__ reaches transformers.generation)
-$PIP install -q "${CONSTRAINTS[@]}" huggingface_hub "transformers>=5.6.2,<6"
+# what `import mamba_ssm` itself imports (einops; its __init__ reaches transformers.generation)
+$PIP install -q "${CONSTRAINTS[@]}" "einops>=0.7,<1" huggingface_hub "transformers>=5.6.2,<6"

@@ -225,10 +225,6 @@ class BatchStream:
         self.n_choices = len(split) - self.seq_len  # valid starts: 0 .. len - seq_len - 1
         self._arange = np.arange(self.seq_len + 1, dtype=np.int64)
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
     def offsets(self, step: int) -> np.ndarray:
         """Start offsets of this rank's windows at ``step``, relative to the split."""
         if int(step) < 0:

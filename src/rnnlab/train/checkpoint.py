@@ -7,9 +7,9 @@
   ``embed.weight`` (metadata ``tied=1``), and re-tied on load. Metadata also records the step.
 - ``state.pt``: everything else needed to continue bit-exactly, loadable with
   ``torch.load(weights_only=True)``: optimizer and scheduler state, Schedule-Free's training point
-  y, step/tokens/elapsed time, the last train losses, RNG states, and plain tensor attributes of
-  modules that are neither parameters nor buffers (e.g. E1's spectral-norm power-iteration vector
-  ``u``, which evolves during training).
+  y, step/tokens/elapsed time, the last train losses and the RNG states. State that evolves in
+  training without being a parameter (E1's spectral-norm vector ``spectral_u``) is a buffer, so it
+  is in the weights file.
 
 Both files are written to a temporary name and moved into place with ``os.replace``; the step
 is stored in both and checked on load, so a crash between the two moves is detected.
@@ -100,27 +100,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     return meta
 
 
-def _module_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Plain tensor attributes (not parameters/buffers) of every submodule."""
-    out = {}
-    for mname, mod in model.named_modules():
-        for attr, v in vars(mod).items():
-            if isinstance(v, torch.Tensor) and not isinstance(v, nn.Parameter) and not attr.startswith("__"):
-                out[f"{mname}.{attr}" if mname else attr] = v.detach().clone()
-    return out
-
-
-def _restore_module_tensors(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
-    mods = dict(model.named_modules())
-    for key, v in tensors.items():
-        mname, _, attr = key.rpartition(".")
-        mod = mods.get(mname)
-        if mod is None or not isinstance(getattr(mod, attr, None), torch.Tensor):
-            continue
-        old = getattr(mod, attr)
-        setattr(mod, attr, v.to(device=old.device, dtype=old.dtype))
-
-
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     st = {
@@ -173,7 +152,6 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, opt, sched, 
         "optimizer": full_optimizer_state_dict(model, opt),
         "scheduler": sched.state_dict() if sched is not None else None,
         "train_point": train_point(opt),
-        "module_tensors": _module_tensors(model),
         "rng": rng_state(),
     }
     if state["scheduler"] is not None:  # the LR function is rebuilt from the config on resume
@@ -204,7 +182,6 @@ def load_checkpoint(directory: str | os.PathLike, model: nn.Module, opt=None, sc
     if meta.get("step") is not None and int(meta["step"]) != step:
         raise ValueError(f"checkpoint in {d} is inconsistent: weights at step {meta['step']}, state at step {step} "
                          f"(interrupted while saving?)")
-    _restore_module_tensors(model, state.get("module_tensors") or {})
     if opt is not None:
         load_full_optimizer_state_dict(model, opt, state["optimizer"])
         if is_schedulefree(opt):

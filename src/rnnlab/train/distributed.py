@@ -209,18 +209,6 @@ def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
     return ctx, dev
 
 
-def is_main() -> bool:
-    return context().is_main
-
-
-def barrier() -> None:
-    context().barrier()
-
-
-def all_reduce_mean(value: float) -> float:
-    return context().all_reduce_mean(value)
-
-
 def per_rank_batch(global_batch: int, world_size: int) -> int:
     """The per-rank batch for a GLOBAL batch; the global batch must divide evenly."""
     if world_size < 1:
@@ -229,12 +217,6 @@ def per_rank_batch(global_batch: int, world_size: int) -> int:
         raise ValueError(f"batch_size (the global batch) must be divisible by the number of processes: "
                          f"{global_batch} is not divisible by {world_size}")
     return global_batch // world_size
-
-
-def default_mode(world_size: int | None = None) -> str | None:
-    """``"ddp"`` when several processes run, else None (no wrapping)."""
-    world = context().world_size if world_size is None else world_size
-    return "ddp" if world > 1 else None
 
 
 # ------------------------------------------------------------------------- wrapping

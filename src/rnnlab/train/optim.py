@@ -71,20 +71,6 @@ def current_lr(opt) -> float:
     return g["lr"]
 
 
-def set_train_mode(model: nn.Module, opt) -> None:
-    """``model.train()`` and, for Schedule-Free, ``opt.train()`` (params become y)."""
-    model.train()
-    if is_schedulefree(opt):
-        opt.train()
-
-
-def set_eval_mode(model: nn.Module, opt) -> None:
-    """``model.eval()`` and, for Schedule-Free, ``opt.eval()`` (params become the average x)."""
-    model.eval()
-    if is_schedulefree(opt):
-        opt.eval()
-
-
 @contextmanager
 def eval_weights(model: nn.Module, opt):
     """Evaluate (or save) the weights one should ship, then restore training bit-exactly.
