@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.bench.plots import pyplot, save
 from rnnlab.train.rundir import RunDir
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)
@@ -82,41 +83,23 @@ def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last:
     device = next(model.parameters()).device
     params = dict(model.named_parameters())
     grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
-    depth = len(model.blocks)
     curves = None
-    inputs: list[torch.Tensor] = []
+    inputs: list[list[torch.Tensor]] = []
     for batch in batches:
         batch = batch.to(device)
         x, y = batch[:, :-1], batch[:, 1:]
-        T = x.shape[1]
-        k = min(max(1, last), T)
         # (a) full loss, parameter gradients
         model.zero_grad(set_to_none=True)
-        loss = model(x, y)
-        loss.backward()
+        model(x, y).backward()
         for n, p in params.items():
             if p.grad is not None:
                 grad_sum[n] += p.grad
-        # (b) loss at the last k positions, gradients w.r.t. the block inputs
-        model.zero_grad(set_to_none=True)
-        store, handles = _block_inputs(model)
-        try:
-            logits = model(x)
-        finally:
-            for h in handles:
-                h.remove()
-        loss_last = F.cross_entropy(logits[:, T - k:].float().reshape(-1, logits.size(-1)),
-                                    y[:, T - k:].reshape(-1))
-        grads = torch.autograd.grad(loss_last, store, allow_unused=True)
-        per = torch.stack([
-            (g if g is not None else torch.zeros_like(s)).float().norm(dim=-1).mean(0)
-            for g, s in zip(grads, store)
-        ])  # [depth, T]
+        # (b) loss at the last positions, gradients w.r.t. the block inputs
+        per, store = _last_loss_input_grads(model, x, y, last)
         curves = per if curves is None else curves + per
         inputs.append([s.detach() for s in store])
     model.zero_grad(set_to_none=True)
     n = len(batches)
-    curves = (curves / n).cpu()
     pg: dict[str, Any] = {}
     for name, g in grad_sum.items():
         v = float((g / n).float().norm())
@@ -125,8 +108,36 @@ def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last:
             pg.setdefault(f"blocks.{parts[1]}", {})[".".join(parts[2:])] = v
         else:
             pg[name] = v
+    return {"param_grad_norms": pg, **_temporal_summary((curves / n).cpu()), "_inputs": inputs}
+
+
+def _last_loss_input_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, last: int
+                           ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``(||dL/dx_t^(l)|| averaged over the batch: [depth, T], the block inputs)`` for the loss
+    at the last ``last`` positions."""
+    T = x.shape[1]
+    k = min(max(1, last), T)
+    model.zero_grad(set_to_none=True)
+    store, handles = _block_inputs(model)
+    try:
+        logits = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    loss_last = F.cross_entropy(logits[:, T - k:].float().reshape(-1, logits.size(-1)), y[:, T - k:].reshape(-1))
+    grads = torch.autograd.grad(loss_last, store, allow_unused=True)
+    per = torch.stack([
+        (g if g is not None else torch.zeros_like(s)).float().norm(dim=-1).mean(0)
+        for g, s in zip(grads, store)
+    ])
+    return per, store
+
+
+def _temporal_summary(curves: torch.Tensor) -> dict[str, Any]:
+    """Per layer: the curve, the curve over its value at t = T-1, and the first lag below each
+    threshold."""
     temporal, normalized, horizon = {}, {}, {}
-    for layer in range(depth):
+    for layer in range(curves.shape[0]):
         c = curves[layer]
         ref = float(c[-1])
         temporal[f"layer_{layer}"] = [float(v) for v in c]
@@ -136,8 +147,7 @@ def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last:
         horizon[f"layer_{layer}"] = {
             f"{th:g}": next((lag for lag, v in enumerate(lagged) if v < th), None) for th in THRESHOLDS
         }
-    return {"param_grad_norms": pg, "temporal": temporal, "temporal_normalized": normalized,
-            "horizon": horizon, "_inputs": inputs}
+    return {"temporal": temporal, "temporal_normalized": normalized, "horizon": horizon}
 
 
 # ------------------------------------------------------------------------- (c) E1 recurrences
@@ -291,13 +301,17 @@ def _label(rec: dict) -> str:
 
 
 def write_plots(records: list[dict], out: Path) -> list[Path]:
-    from rnnlab.bench.plots import pyplot, save
-
+    """temporal_flow.png, grad_norms.png (when the model has blocks) and recurrence.png (E1)."""
     plt = pyplot()
+    paths = [_plot_temporal(plt, records[-4:], out / "temporal_flow.png")]
+    grads = _plot_grad_norms(plt, records[-1], out / "grad_norms.png")
+    rec_recs = [r for r in records if r["recurrence"]]
+    recurrence = _plot_recurrence(plt, rec_recs, out / "recurrence.png") if rec_recs else None
+    return paths + [p for p in (grads, recurrence) if p is not None]
 
-    paths = []
-    # temporal flow: one panel per record (latest per run first), one line per layer, vs lag
-    shown = records[-4:]
+
+def _plot_temporal(plt, shown: list[dict], path: Path) -> Path:
+    """One panel per record (latest per run first), one line per layer, vs lag."""
     fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.8), squeeze=False)
     for ax, rec in zip(axes[0], shown):
         for name, curve in rec["temporal_normalized"].items():
@@ -308,58 +322,60 @@ def write_plots(records: list[dict], out: Path) -> list[Path]:
         ax.set_ylabel("||dL/dx_t|| / ||dL/dx_{T-1}||")
         ax.set_title(_label(rec), fontsize=9)
         ax.legend(fontsize=7)
-    paths.append(save(fig, out / "temporal_flow.png"))
+    return save(fig, path)
 
-    # per-block parameter gradient norms (latest record)
-    rec = records[-1]
+
+def _plot_grad_norms(plt, rec: dict, path: Path) -> Path | None:
+    """Per-block parameter gradient norms of one record."""
     blocks = sorted((k for k in rec["param_grad_norms"] if k.startswith("blocks.")), key=lambda k: int(k.split(".")[1]))
-    if blocks:
-        names = sorted({n for b in blocks for n in rec["param_grad_norms"][b]})
-        fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 3), 3.8))
-        width = 0.8 / len(blocks)
-        for i, b in enumerate(blocks):
-            vals = [rec["param_grad_norms"][b].get(n, 0.0) for n in names]
-            ax.bar([j + i * width for j in range(len(names))], vals, width, label=b)
-        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
-        ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
-        ax.set_yscale("log")
-        ax.set_ylabel("||grad||")
-        ax.set_title(f"parameter gradient norms, {_label(rec)}", fontsize=9)
-        ax.legend(fontsize=7)
-        paths.append(save(fig, out / "grad_norms.png"))
+    if not blocks:
+        return None
+    names = sorted({n for b in blocks for n in rec["param_grad_norms"][b]})
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) + 3), 3.8))
+    width = 0.8 / len(blocks)
+    for i, b in enumerate(blocks):
+        vals = [rec["param_grad_norms"][b].get(n, 0.0) for n in names]
+        ax.bar([j + i * width for j in range(len(names))], vals, width, label=b)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))])
+    ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("||grad||")
+    ax.set_title(f"parameter gradient norms, {_label(rec)}", fontsize=9)
+    ax.legend(fontsize=7)
+    return save(fig, path)
 
-    # recurrence: per layer; over steps when there are several records
-    rec_recs = [r for r in records if r["recurrence"]]
-    if rec_recs:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-        if len(rec_recs) > 1:
-            by_run: dict[str, list[dict]] = {}
-            for r in rec_recs:
-                by_run.setdefault(r["run"], []).append(r)
-            for run, rs in by_run.items():
-                xs = [r["step"] if r["step"] is not None else i for i, r in enumerate(rs)]
-                for layer in rs[-1]["recurrence"]:
-                    tag = f"{Path(run).name} {layer}"
-                    axes[0].plot(xs, [r["recurrence"].get(layer, {}).get("spectral_radius") for r in rs], "o-", label=tag)
-                    axes[1].plot(xs, [r["recurrence"].get(layer, {}).get("jacobian_sigma_mean") for r in rs], "o-", label=tag)
-            for ax in axes:
-                ax.set_xlabel("step")
-        else:
-            r = rec_recs[0]
-            layers = list(r["recurrence"])
-            axes[0].bar(range(len(layers)), [r["recurrence"][k]["spectral_radius"] for k in layers], label="radius")
-            axes[0].plot(range(len(layers)), [r["recurrence"][k]["spectral_norm"] for k in layers], "ko", label="norm")
-            axes[0].set_xticks(range(len(layers)))
-            axes[0].set_xticklabels(layers, fontsize=7)
-            for k in layers:
-                axes[1].plot(r["recurrence"][k]["jacobian_sigma_t"], label=k)
-            axes[1].set_xlabel("t")
-        axes[0].set_title("W_h_eff spectral radius", fontsize=9)
-        axes[1].set_title("sigma_max(J_t)" + (" (mean over t)" if len(rec_recs) > 1 else ""), fontsize=9)
+
+def _plot_recurrence(plt, rec_recs: list[dict], path: Path) -> Path:
+    """E1 recurrence per layer: over steps when there are several records, else radius/norm bars
+    and sigma_max(J_t) over t."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    if len(rec_recs) > 1:
+        by_run: dict[str, list[dict]] = {}
+        for r in rec_recs:
+            by_run.setdefault(r["run"], []).append(r)
+        for run, rs in by_run.items():
+            xs = [r["step"] if r["step"] is not None else i for i, r in enumerate(rs)]
+            for layer in rs[-1]["recurrence"]:
+                tag = f"{Path(run).name} {layer}"
+                axes[0].plot(xs, [r["recurrence"].get(layer, {}).get("spectral_radius") for r in rs], "o-", label=tag)
+                axes[1].plot(xs, [r["recurrence"].get(layer, {}).get("jacobian_sigma_mean") for r in rs], "o-", label=tag)
         for ax in axes:
-            ax.legend(fontsize=7)
-        paths.append(save(fig, out / "recurrence.png"))
-    return paths
+            ax.set_xlabel("step")
+    else:
+        r = rec_recs[0]
+        layers = list(r["recurrence"])
+        axes[0].bar(range(len(layers)), [r["recurrence"][k]["spectral_radius"] for k in layers], label="radius")
+        axes[0].plot(range(len(layers)), [r["recurrence"][k]["spectral_norm"] for k in layers], "ko", label="norm")
+        axes[0].set_xticks(range(len(layers)))
+        axes[0].set_xticklabels(layers, fontsize=7)
+        for k in layers:
+            axes[1].plot(r["recurrence"][k]["jacobian_sigma_t"], label=k)
+        axes[1].set_xlabel("t")
+    axes[0].set_title("W_h_eff spectral radius", fontsize=9)
+    axes[1].set_title("sigma_max(J_t)" + (" (mean over t)" if len(rec_recs) > 1 else ""), fontsize=9)
+    for ax in axes:
+        ax.legend(fontsize=7)
+    return save(fig, path)
 
 
 def format_table(result: dict[str, Any]) -> str:
