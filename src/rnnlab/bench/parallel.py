@@ -59,7 +59,7 @@ def launch(pr: PlannedRun, gpu: str, out: Path, resume: bool, progress: bool) ->
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cfg = copy.deepcopy(pr.cfg)
-    cfg.resume = resume
+    cfg.run.resume = resume
     cfg_path = logs / f"{pr.label}.json"
     cfg_path.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     cmd = [sys.executable, "-m", "rnnlab", "train", "--config", str(cfg_path)]
