@@ -46,14 +46,3 @@ def evaluate(model: nn.Module, split, seq_len: int, batch_size: int, max_bytes: 
     loss = total / count
     return {"loss": loss, "bpb": loss / math.log(2), "bytes": count}
 
-
-def evaluate_run(model: nn.Module, split, cfg, *, batch_size: int | None = None,
-                 max_bytes: int | None = None) -> dict[str, float]:
-    """``evaluate`` with a run's settings (its ``TrainConfig``): window length, eval batch, byte cap
-    and precision. ``batch_size`` / ``max_bytes`` replace the run's; a cap of 0 = all bytes."""
-    from rnnlab.train.runtime import autocast_dtype
-
-    batch = batch_size or cfg.run.eval_batch_size or cfg.data.batch_size
-    cap = cfg.run.eval_bytes if max_bytes is None else max_bytes
-    return evaluate(model, split, cfg.data.seq_len, batch, cap or None,
-                    autocast_dtype=autocast_dtype(cfg.run.precision))

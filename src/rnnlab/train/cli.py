@@ -167,7 +167,7 @@ def format_summary(s: dict) -> str:
 
 def run_eval_cmd(args) -> int:
     from rnnlab.data import ByteCorpus, Split, load_splits
-    from rnnlab.eval.bpb import evaluate_run
+    from rnnlab.train.runtime import evaluate_run
     cfg, model, step = RunDir(args.run).load(args.device)
     if args.data:
         corpus = ByteCorpus(args.data)

@@ -1,5 +1,6 @@
 """What a run is built on: its device, number formats, seeds, a memory pre-check, the model (plain,
-then wrapped for data parallelism and ``torch.compile``) and the record of the environment."""
+then wrapped for data parallelism and ``torch.compile``), held-out evaluation with the run's
+settings, and the record of the environment."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnlab.eval.bpb import evaluate
 from rnnlab.models.lm import LM
 from rnnlab.train import distributed as dist
 
@@ -48,6 +50,16 @@ def autocast(device: torch.device, precision: str):
     """The forward's autocast context (bf16 for ``bf16-mixed``, none otherwise)."""
     amp = autocast_dtype(precision)
     return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+
+
+def evaluate_run(model: nn.Module, split, cfg, *, batch_size: int | None = None,
+                 max_bytes: int | None = None) -> dict[str, float]:
+    """Held-out ``evaluate`` with a run's settings (its TrainConfig): window length, eval batch,
+    byte cap and precision. ``batch_size`` / ``max_bytes`` replace the run's; a cap of 0 = all."""
+    batch = batch_size or cfg.run.eval_batch_size or cfg.data.batch_size
+    cap = cfg.run.eval_bytes if max_bytes is None else max_bytes
+    return evaluate(model, split, cfg.data.seq_len, batch, cap or None,
+                    autocast_dtype=autocast_dtype(cfg.run.precision))
 
 
 def seed_everything(seed: int) -> None:

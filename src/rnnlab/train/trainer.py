@@ -34,7 +34,6 @@ import torch
 from torch import nn
 
 from rnnlab.data import BatchStream, load_splits
-from rnnlab.eval.bpb import evaluate_run
 from rnnlab.models.params import count_params
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import Checkpointer
@@ -42,8 +41,8 @@ from rnnlab.train.config import TrainConfig
 from rnnlab.train.metrics import RunLogger, Throughput
 from rnnlab.train.optim import build_optimizer, current_lr, eval_weights
 from rnnlab.train.rundir import RunDir
-from rnnlab.train.runtime import (autocast, build_model, check_memory, env_info, peak_mem_gib, pick_device,
-                                  seed_everything, sync, wrap_model)
+from rnnlab.train.runtime import (autocast, build_model, check_memory, env_info, evaluate_run, peak_mem_gib,
+                                  pick_device, seed_everything, sync, wrap_model)
 
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the seed's)
 
