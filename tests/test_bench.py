@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 
 from rnnlab.bench.report import aggregate, collect, write_report
-from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_plan
+from rnnlab.bench.runner import run_plan
+from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite
 from rnnlab.bench.sweep import build_sweep
 from rnnlab.cli import main
 from rnnlab.models.params import count_params
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
 SHIPPED = {"tiny", "seed-400m-sf", "seed-400m-step-matched", "depth-sweep", "e1-ablations"}
 
@@ -162,7 +165,7 @@ def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     run_plan(suite, plan_suite(suite, out, steps=5), out, progress=False, log=lambda m: None)
     assert len(calls) == len(suite.runs) and all(resume for _, resume in calls)  # budget grew: extend
 
-    md = (out / "report.md").read_text()
+    md = write_report(out)["md"].read_text()
     assert len(_table_rows(md)) == len(suite.runs)
 
     # a different model config in the same folder is refused, not silently reused
@@ -186,7 +189,7 @@ def test_failed_run_does_not_stop_suite(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "run_training", flaky)
     res = run_plan(suite, plan_suite(suite, tmp_path, steps=2), tmp_path, progress=False, log=lambda m: None)
     assert len(calls) == len(suite.runs) and list(res["failed"]) == ["mamba2"]
-    md = (tmp_path / "report.md").read_text()
+    md = write_report(tmp_path)["md"].read_text()
     assert "mamba2 (missing" in md or "mamba2 (failed" in md
 
 
@@ -270,32 +273,34 @@ def test_report_without_differences_has_no_warning(tmp_path):
 
 # ------------------------------------------------------------------------------------ sweep
 def test_sweep_expands_points(tmp_path):
-    s = build_sweep("e1", 2, ["lr=1e-4,3e-4,1e-3", "layer.heads=1,4"], dim=64)
+    s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["lr=1e-4,3e-4,1e-3", "layer.heads=1,4"])
     assert len(s.runs) == 6
     names = [r.name for r in s.runs]
     assert names[0] == "lr-1e-4_heads-1" and len(set(names)) == 6
     r = s.runs[3]
-    assert r.point == {"lr": 3e-4, "layer.heads": 4} and r.overrides == {"lr": 3e-4} and r.layer == {"heads": 4}
+    assert r.point == {"lr": 3e-4, "layer.heads": 4} and r.overrides == {"lr": 3e-4}
+    assert r.model == {"model": "e1", "depth": 2, "dim": 64, "layer": {"heads": 4}}
     assert s.sweep["axes"] == {"lr": [1e-4, 3e-4, 1e-3], "layer.heads": [1, 4]}
 
-    d = build_sweep("e1", 2, ["depth=2,4"], target_params="500K", layer={"expansion": 2.0})
+    d = build_sweep({"model": "e1", "depth": 2, "layer": {"expansion": 2.0}}, ["depth=2,4"], target_params="500K")
     plan = plan_suite(d, tmp_path)
     assert [p.cfg.model.depth for p in plan] == [2, 4]
     assert plan[0].cfg.model.dim > plan[1].cfg.model.dim  # width re-solved per depth
     assert all(abs(p.params - 500_000) < 75_000 for p in plan)
     assert all(p.cfg.model.layer == {"expansion": 2.0} for p in plan)
 
-    for bad, match in ((["out=a,b"], "cannot sweep"), (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"),
-                       (["lr=1,1"], "repeats")):
+    base = {"model": "e1", "depth": 2, "dim": 64}
+    for bad, match in ((["out=a,b"], "cannot sweep"), (["steps=1,2"], "cannot sweep"), (["layer=1,2"], "layer.NAME"),
+                       (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"), (["lr=1,1"], "repeats")):
         with pytest.raises(ValueError, match=match):
-            build_sweep("e1", 2, bad, dim=64)
+            build_sweep(base, bad)
     with pytest.raises(ValueError, match="conflicts"):
-        build_sweep("e1", 2, ["dim=32,64"], target_params="1M")
+        build_sweep({"model": "e1", "depth": 2}, ["dim=32,64"], target_params="1M")
     with pytest.raises(ValueError, match="--dim"):
-        build_sweep("e1", 2, ["lr=1e-3"])
+        build_sweep({"model": "e1", "depth": 2}, ["lr=1e-3"])
     with pytest.raises(ValueError, match="--depth"):
-        build_sweep("e1", None, ["lr=1e-3"], dim=64)
-    assert [r.depth for r in build_sweep("e1", None, ["depth=2,3"], dim=64).runs] == [2, 3]
+        build_sweep({"model": "e1", "dim": 64}, ["lr=1e-3"])
+    assert [r.model["depth"] for r in build_sweep({"model": "e1", "dim": 64}, ["depth=2,3"]).runs] == [2, 3]
 
 
 # ------------------------------------------------------------------------------------ end to end
@@ -367,3 +372,21 @@ def test_runs_subset(tmp_path):
     assert [p.name for p in plan] == ["e1", "mamba2"]  # suite order kept
     with pytest.raises(ValueError, match=r"has no run\(s\) \['nope'\]"):
         plan_suite(suite, tmp_path, runs="e1,nope")
+
+
+def test_bench_and_sweep_flags_come_from_the_config():
+    """bench replaces the suite-wide fields (corpus, budget, device, held-out bytes) for every
+    run; sweep takes every field but the run folder's; both lists derive from the declarations."""
+    from rnnlab.cli import build_parser
+    from rnnlab.options import flag_name
+    from rnnlab.train.config import FIELDS, RUNNER_KEYS, SUITE_KEYS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+
+    def flags(cmd):
+        return {o for a in sub[cmd]._actions for o in a.option_strings}
+
+    assert set(SUITE_KEYS) == {"data", "val_data", "steps", "minutes", "tokens", "eval_bytes", "device"}
+    assert {flag_name(k) for k in SUITE_KEYS} <= flags("bench") and "--lr" not in flags("bench")
+    expected = {flag_name(k) for k, (_, s) in FIELDS.items() if s.meta.flag and k not in RUNNER_KEYS}
+    assert expected <= flags("sweep") and "--resume" not in flags("sweep")

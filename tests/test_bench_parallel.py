@@ -7,7 +7,8 @@ import json
 import pytest
 
 from rnnlab.bench import parallel
-from rnnlab.bench.suite import load_suite, plan_suite, run_plan
+from rnnlab.bench.runner import run_plan
+from rnnlab.bench.suite import load_suite, plan_suite
 from rnnlab.cli import main
 
 
@@ -55,7 +56,7 @@ def fake_launch(monkeypatch, tmp_path):
 def test_scheduler_runs_at_most_one_run_per_gpu(tmp_path, fake_launch):
     suite = load_suite("tiny")
     out = tmp_path / "s"
-    res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["3", "5"], log=lambda m: None, report=False)
+    res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["3", "5"], log=lambda m: None)
     assert FakeProc.max_live == 2  # both GPUs busy, never more than one run on either
     assert sorted(label for label, _, _ in fake_launch) == sorted(r.name for r in suite.runs)
     assert {gpu for _, gpu, _ in fake_launch} == {"3", "5"}
@@ -65,7 +66,7 @@ def test_scheduler_runs_at_most_one_run_per_gpu(tmp_path, fake_launch):
     assert {r["dir"]: r["gpu"] for r in plan["runs"]} == {label: gpu for label, gpu, _ in fake_launch}
 
     fake_launch.clear()  # again: complete runs are skipped, the failed one is retried
-    res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["3", "5"], log=lambda m: None, report=False)
+    res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["3", "5"], log=lambda m: None)
     assert [label for label, _, _ in fake_launch] == ["mamba2"] and len(res["skipped"]) == len(suite.runs) - 1
 
 
@@ -80,6 +81,7 @@ def test_bench_gpus_end_to_end(tmp_path, monkeypatch, capsys):
     """Two real `rnnlab train` processes at once (on the CPU; the device list is faked), then
     the report names the GPU each run used."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two tiny trainings share the cores
     suite = tmp_path / "two.toml"
     suite.write_text('name = "two"\ndescription = "two tiny runs"\n[defaults]\nbatch_size = 2\nseq_len = 16\n'
                      'steps = 3\nprecision = "fp32"\nlr = 1e-3\n'

@@ -17,8 +17,8 @@ declarations:
 - ``add_flags(group, cls)`` adds one argparse flag per field, and ``flag_values(args, cls)``
   reads them back, converting the text with the field's type (errors are ``ValueError`` too, so
   the CLI reports them as one line);
-- ``specs(cls)`` lists the fields with their metadata (``resumable``, ``sweep``, ``runner``) for
-  the lists other modules derive from them.
+- ``specs(cls)`` lists the fields with their metadata (``resumable``, ``scope``) for the key
+  lists other modules derive from them.
 
 We wrote this (~200 lines) rather than use tyro or jsonargparse: those generate a whole parser
 from the dataclasses, with nested names (``--optim.lr``) or their own parser class, while rnnlab
@@ -36,7 +36,7 @@ import math
 import types
 import typing
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Container
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,7 @@ class Meta:
     bounds: Bounds | None = None
     parse: Callable[[Any], Any] | None = None
     resumable: bool = False
-    sweep: bool = True
-    runner: bool = False
+    scope: str = "run"
     flag: bool = True
     key: str | None = None
 
@@ -97,9 +96,11 @@ def option(default: Any = MISSING, *, help: str, default_factory: Any = MISSING,
     ``help`` (flag help), ``choices`` (a tuple, or a function returning one), ``bounds``
     (``Bounds``), ``parse`` (turns a raw value, from a flag's text or a file, into the field's
     type, e.g. "50M" -> 50_000_000), ``resumable`` (a resumed run may change it: it changes how
-    long a run goes or what it records, never its trajectory), ``sweep=False`` (``rnnlab sweep``
-    cannot sweep it), ``runner=True`` (set by the suite runner per run, never by a suite),
-    ``flag=False`` (no command-line flag), ``key`` (the flat name when not the attribute name).
+    long a run goes or what it records, never its trajectory), ``scope`` (who sets it in a suite
+    or sweep: ``"run"``, each run and sweep point (default); ``"suite"``, one value for every run
+    of a comparison, from the command line or the suite's defaults, never swept (the corpus, the
+    budget, the device); ``"runner"``, the suite runner, per run folder), ``flag=False`` (no
+    command-line flag), ``key`` (the flat name when not the attribute name).
     """
     return field(default=default, default_factory=default_factory, metadata={"option": Meta(help=help, **meta)})
 
@@ -261,11 +262,11 @@ def from_text(spec: Spec, text: Any) -> Any:
                          f"got {text!r}") from None
 
 
-def add_flags(group, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per ``option`` field of ``cls`` (not in ``skip``, not ``flag=False``) on the
-    argparse ``group``; every flag defaults to None (= not given)."""
+def add_flags(group, cls: type, keys: Container[str] | None = None) -> None:
+    """One flag per ``option`` field of ``cls`` (those in ``keys`` when given; not ``flag=False``)
+    on the argparse ``group``; every flag defaults to None (= not given)."""
     for s in specs(cls):
-        if not s.meta.flag or s.key in skip:
+        if not s.meta.flag or (keys is not None and s.key not in keys):
             continue
         base, _ = _unwrap(s.type)
         kw: dict[str, Any] = {"dest": s.key, "default": None, "help": _help(s)}

@@ -1,9 +1,12 @@
-"""Benchmark suites, sweeps and reports.
+"""Benchmark suites, sweeps and reports. Imports run one way: cli -> runner -> parallel -> suite,
+cli -> report -> plots, sweep -> suite; every run folder is read through ``RunDir``.
 
     suites/*.toml  shipped suites (tiny, seed-400m-sf, seed-400m-step-matched, depth-sweep, e1-ablations)
-    suite.py       load / plan (scaling: --params, --steps, --minutes, --seeds, --data) / run, resumable
+    suite.py       load / plan (scaling: --params, --seeds, --runs, and config flags for every run) / status
     sweep.py       ``rnnlab sweep``: Cartesian product of --set axes as a suite
-    report.py      report.md (seed columns, mean ± std over seeds, seed-vs-ours), report.json
+    runner.py      train a plan: one run at a time in this process, or through parallel.py
+    parallel.py    ``--gpus N``: up to N runs at once, one ``rnnlab train`` process per GPU
+    report.py      report.md (reference columns, mean ± std over seeds, reference vs ours), report.json
     plots.py       loss vs step / wall-clock, tok/s bars, loss vs depth, metric vs swept value
     cli.py         ``rnnlab bench``, ``rnnlab sweep``, ``rnnlab report``
 """

@@ -3,7 +3,7 @@
 Each run is an ordinary ``rnnlab train --config ...`` process whose ``CUDA_VISIBLE_DEVICES`` names
 one GPU, so every kernel, allocator and compile cache stays on that device and a crash takes
 down one run only. At most one run per GPU at a time; a GPU takes the next pending run as soon
-as its run ends. As in the one-process path (``suite.run_plan``), complete runs are skipped and
+as its run ends. As in the one-process path (``runner.run_sequential``), complete runs are skipped and
 partial runs resumed from their checkpoints; the GPU each run used is recorded in
 ``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
 ``OUT/logs/<run>.log``.
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.suite import SUITE_FILE, PlannedRun, read_json, run_status
+from rnnlab.bench.suite import SUITE_FILE, PlannedRun, run_status
+from rnnlab.train.rundir import read_json
 
 POLL_S = 0.2
 
@@ -93,7 +94,7 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
     """Record a finished process in ``result`` (trained / failed / stopped) and log one line."""
     tag = f"[{job.index}/{total}] {job.run.label} (GPU {job.gpu}, {time.time() - job.started:.0f} s)"
     code = job.proc.returncode
-    summary = read_json(job.run.dir / "summary.json") or {}
+    summary = job.run.rundir.summary() or {}
     if code == 0 and summary.get("complete"):
         result["trained"].append(job.run.label)
         loss, bpb = summary.get("loss"), summary.get("val_bpb")

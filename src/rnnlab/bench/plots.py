@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rnnlab.bench.report import read_jsonl
+from rnnlab.train.rundir import RunDir
 
 
 def pyplot():
@@ -58,8 +58,7 @@ def make_plots(out: Path, records: list[dict[str, Any]], rows: list[dict[str, An
     files = []
     curves = {}
     for r in records:
-        m = read_jsonl(Path(r["path"]) / "metrics.jsonl")
-        m = [x for x in m if x.get("loss") is not None]
+        m = [x for x in RunDir(r["path"]).metrics() if x.get("loss") is not None]
         if m:
             curves[r["dir"]] = (r["name"], m)
     names = list(dict.fromkeys(r["name"] for r in records))

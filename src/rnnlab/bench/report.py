@@ -1,7 +1,7 @@
 """Suite / sweep reports from run folders: ``report.md``, ``report.json`` and PNG plots.
 
-Input: a directory of run folders (each with ``summary.json``, ``config.json``, ``env.json``,
-``metrics.jsonl``), plus ``suite.json`` when the directory was made by ``rnnlab bench`` or
+Input: a directory of run folders (``RunDir``: ``summary.json``, ``config.json``, ``env.json``,
+``metrics.jsonl``, ...), plus ``suite.json`` when the directory was made by ``rnnlab bench`` or
 ``rnnlab sweep`` (run names, seeds, sweep axes, the seed's reference numbers). Without
 ``suite.json`` any directory of runs works: folders named ``NAME-sSEED`` are grouped as seeds of
 ``NAME``.
@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rnnlab.bench.suite import SUITE_FILE, read_json, suite_ref
+from rnnlab.bench import plots as P
+from rnnlab.bench.suite import SUITE_FILE, suite_ref
+from rnnlab.train.rundir import RunDir, read_json
 
 METRICS = ("loss", "val_loss", "val_bpb", "tok_per_s", "tok_per_wall_s", "peak_mem_gib", "time_s")
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
@@ -32,10 +34,6 @@ _SHA = re.compile(r"[0-9a-f]{7,64}")
 
 
 # ------------------------------------------------------------------------------------ collect
-def is_run_dir(p: Path) -> bool:
-    return p.is_dir() and ((p / "summary.json").exists() or (p / "config.json").exists())
-
-
 def collect(root: str | Path) -> dict[str, Any]:
     """Everything the report needs: the suite plan (if any) and one record per run folder."""
     root = Path(root)
@@ -43,49 +41,28 @@ def collect(root: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"report dir not found: {root}")
     plan = read_json(root / SUITE_FILE) or {}
     planned = {r["dir"]: r for r in plan.get("runs", [])}
-    dirs = [root / d for d in planned] + sorted(
-        p for p in root.iterdir() if is_run_dir(p) and p.name not in planned)
-    if not dirs and is_run_dir(root):  # a single run folder
-        dirs = [root]
+    dirs = [RunDir(root / d) for d in planned] + [
+        RunDir(p) for p in sorted(root.iterdir()) if p.name not in planned and RunDir(p).holds_run()]
+    if not dirs and RunDir(root).holds_run():  # a single run folder
+        dirs = [RunDir(root)]
     records = []
-    for d in dirs:
-        entry = planned.get(d.name)
-        summary = read_json(d / "summary.json")
-        config = read_json(d / "config.json")
+    for run in dirs:
+        name = run.path.name
+        entry = planned.get(name)
         if entry is None:
-            if summary is None and config is None:
-                continue
-            m = _SEED_DIR.match(d.name)
-            entry = {"name": m["name"] if m else d.name, "seed": int(m["seed"]) if m else None,
-                     "dir": d.name, "point": None}
-        status = ("missing" if not d.is_dir() or (summary is None and config is None) else
-                  "complete" if summary and summary.get("complete") else
-                  "failed" if summary and summary.get("error") else "incomplete")
-        evals = read_jsonl(d / "eval.jsonl")
-        records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": d.name, "path": str(d),
+            m = _SEED_DIR.match(name)
+            entry = {"name": m["name"] if m else name, "seed": int(m["seed"]) if m else None,
+                     "dir": name, "point": None}
+        status = run.status()
+        evals = run.evals()
+        records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": name, "path": str(run.path),
                         "gpu": entry.get("gpu"), "val_bytes": evals[-1].get("bytes") if evals else None,
-                        "point": entry.get("point"), "status": status, "summary": summary or {},
-                        "config": config or {}, "env": read_json(d / "env.json") or {},
-                        "planned_params": entry.get("params"), "model": entry.get("model")})
+                        "point": entry.get("point"), "status": "missing" if status == "empty" else status,
+                        "summary": run.summary() or {}, "config": run.saved_config() or {},
+                        "env": run.env() or {}, "planned_params": entry.get("params"), "model": entry.get("model")})
     if not records:
-        raise FileNotFoundError(f"no run folders (with summary.json or config.json) in {root}")
+        raise FileNotFoundError(f"no run folders in {root}")
     return {"root": root, "plan": plan, "records": records}
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    try:
-        with open(path) as f:
-            for line in f:
-                line = line.strip()
-                if line:
-                    try:
-                        out.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        continue
-    except OSError:
-        pass
-    return out
 
 
 # ------------------------------------------------------------------------------------ aggregate
@@ -461,11 +438,7 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     rows = aggregate(records)
     sweep = (plan.get("sweep") or {}).get("axes") or {}
     header = report_header(root, plan, records)
-    plot_files: list[Path] = []
-    if plots:
-        from rnnlab.bench import plots as P
-
-        plot_files = P.make_plots(out, records, rows, list(sweep))
+    plot_files = P.make_plots(out, records, rows, list(sweep)) if plots else []
 
     md = header_lines(header, plan, rows) + ["## Results", "", main_table(rows, header["device"]), ""]
     ref_md, ref_out = reference_lines(rows, plan)

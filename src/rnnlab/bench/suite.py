@@ -4,7 +4,7 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
 
     name = "tiny"
     description = "one line"
-    [defaults]                    # TrainConfig fields shared by every run
+    [defaults]                    # config fields (flat keys) shared by every run
     batch_size = 8
     steps = 40
     lr = 3e-3
@@ -14,14 +14,17 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     dim = 64                      # or: target_params = "50M" (dim solved at this depth)
     depth = 2
     layer = { expansion = 2.5 }   # mixer options (optional)
-    lr = 1e-3                     # any other key overrides a TrainConfig field for this run
+    lr = 1e-3                     # any other config key overrides that field for this run
     [reference]                   # optional: the seed's numbers, printed side by side in report.md
     source = "..."
     [reference.runs]
     e1 = { params = 123, loss = 1.5, tok_per_s = 2e4, mem_gb = 8.1, time_s = 515 }
 
+Model fields (``MODEL_KEYS``) belong in ``[[runs]]``; the fields the runner sets per run folder
+(``RUNNER_KEYS``: out, resume) in neither. Both lists come from the config's field declarations.
+
 Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``). A run
-whose ``summary.json`` says complete (with the same budget) is skipped; a partial run is resumed
+that is complete (``RunDir.status``, with the same budget) is skipped; a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped. ``OUT/suite.json`` records
 the resolved plan for ``rnnlab report``.
 """
@@ -37,38 +40,32 @@ import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
+from rnnlab.train.config import BUDGET_KEYS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides, resume_mismatch
+from rnnlab.train.rundir import RunDir
 
 SUITE_FILE = "suite.json"
-MODEL_KEYS = ("model", "dim", "depth", "mlp_ratio", "tie_embeddings", "layer")
-RUN_KEYS = ("name", "target_params", "multiple") + MODEL_KEYS
-# TrainConfig fields a suite must not set: they belong to the runner
-RESERVED = ("out", "resume", "model")
+ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, beside the config's
 
 
 @dataclass
 class RunSpec:
-    """One row of a suite: a model plus optional per-run TrainConfig overrides."""
+    """One row of a suite: its model fields (``MODEL_KEYS``; ``dim`` unless ``target_params``)
+    plus optional overrides of any other config field for this run."""
 
     name: str
-    model: str
-    depth: int
-    dim: int | None = None
-    layer: dict[str, Any] = field(default_factory=dict)
-    mlp_ratio: float | None = None
-    tie_embeddings: bool = True
+    model: dict[str, Any]
     target_params: int | None = None  # solve dim at depth for this many parameters
     multiple: int | None = None  # width step for the solver (default: the model's)
     overrides: dict[str, Any] = field(default_factory=dict)
     point: dict[str, Any] | None = None  # sweep coordinates (set by rnnlab sweep)
 
     def model_config(self, dim: int | None = None) -> ModelConfig:
-        return ModelConfig(model=self.model, dim=dim or self.dim or 64, depth=self.depth,
-                           mlp_ratio=self.mlp_ratio, tie_embeddings=self.tie_embeddings,
-                           layer=dict(self.layer))
+        fields = {**self.model, **({"dim": dim} if dim is not None else {})}
+        return ModelConfig(**copy.deepcopy(fields))
 
 
 @dataclass
@@ -97,6 +94,10 @@ class PlannedRun:
     @property
     def label(self) -> str:
         return self.dir.name
+
+    @property
+    def rundir(self) -> RunDir:
+        return RunDir(self.dir)
 
 
 # ------------------------------------------------------------------------------------------ load
@@ -140,7 +141,7 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
         raise ValueError(f"{where}: unknown top-level key(s) {unknown}; known: name, description, "
                          f"defaults, runs, reference, notes")
     defaults = dict(data.get("defaults", {}))
-    bad = sorted(set(defaults) & (set(RESERVED) | set(RUN_KEYS)))
+    bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
     if bad:
         raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
     rows = data.get("runs")
@@ -168,16 +169,13 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     if not name or "/" in name or name.startswith("."):
         raise ValueError(f"{where}: run name {name!r} must be a plain folder name")
     target = row.pop("target_params", None)
-    run = RunSpec(name=name, model=str(row.pop("model")), depth=int(row.pop("depth")),
-                  dim=row.pop("dim", None), layer=dict(row.pop("layer", {}) or {}),
-                  mlp_ratio=row.pop("mlp_ratio", None), tie_embeddings=bool(row.pop("tie_embeddings", True)),
-                  target_params=parse_count(target) if target is not None else None,
-                  multiple=row.pop("multiple", None))
-    bad = sorted(set(row) & set(RESERVED))
+    multiple = row.pop("multiple", None)
+    model = {k: row.pop(k) for k in MODEL_KEYS if k in row}
+    bad = sorted(set(row) & set(RUNNER_KEYS))
     if bad:
         raise ValueError(f"{where}: must not set {bad}")
-    run.overrides = row
-    return run
+    return RunSpec(name=name, model=model, target_params=parse_count(target) if target is not None else None,
+                   multiple=multiple, overrides=row)
 
 
 # ------------------------------------------------------------------------------------------ plan
@@ -208,18 +206,14 @@ def parse_seeds(text: str | list[int] | None) -> list[int] | None:
     return seeds
 
 
-def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None, steps: int | None = None,
-               minutes: float | None = None, tokens: int | None = None, seeds: str | list[int] | None = None,
-               data: str | None = None, val_data: str | None = None, device: str | None = None,
-               extra: dict[str, Any] | None = None, runs: str | list[str] | None = None) -> list[PlannedRun]:
-    """Every run of the suite as a TrainConfig, with the scaling options applied:
-    ``params`` re-solves each run's width at its depth; ``steps``/``minutes``/``tokens`` replace the
-    budget; ``seeds`` repeats each run per seed; ``data``/``val_data``/``device`` replace those
-    fields; ``extra`` sets any other TrainConfig field for every run; ``runs`` keeps only the
-    named runs."""
-    from rnnlab.train.config import TrainConfig, apply_overrides
-
-    budgets = [b for b in (steps, minutes, tokens) if b is not None]
+def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None,
+               seeds: str | list[int] | None = None, runs: str | list[str] | None = None,
+               **overrides: Any) -> list[PlannedRun]:
+    """Every run of the suite as a TrainConfig, with the scaling options applied: ``params``
+    re-solves each run's width at its depth; ``seeds`` repeats each run per seed; ``runs`` keeps
+    only the named runs; ``overrides`` (config fields by key, e.g. ``steps=500``,
+    ``device="cpu"``; None = not given) set those fields for every run, last."""
+    budgets = [k for k in BUDGET_KEYS if overrides.get(k) is not None]
     if len(budgets) > 1:
         raise ValueError("give at most one of --steps, --minutes, --tokens")
     target_all = parse_count(params) if params is not None else None
@@ -240,9 +234,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
             cfg = TrainConfig(model=run.model_config(dim))
             apply_overrides(cfg, suite.defaults, source=f"suite {suite.name} [defaults]")
             apply_overrides(cfg, run.overrides, source=f"suite {suite.name} run {run.name}")
-            flags = {"steps": steps, "minutes": minutes, "tokens": tokens, "data": data,
-                     "val_data": val_data, "device": device, **(extra or {})}
-            apply_overrides(cfg, flags, source="flag")
+            apply_overrides(cfg, overrides, source="flag")
         except ValueError as e:
             raise ValueError(f"suite {suite.name}, run {run.name}: {e}") from None
         for seed in (seed_list or [None]):
@@ -272,9 +264,7 @@ def _budget(cfg) -> dict[str, Any]:
 
 def run_conflict(pr: PlannedRun) -> str | None:
     """Why the folder's existing run cannot be reused for this planned run (None if it can)."""
-    from rnnlab.train.config import resume_mismatch
-
-    saved = read_json(pr.dir / "config.json")
+    saved = pr.rundir.saved_config()
     if saved is None:
         return None
     diff = resume_mismatch(saved, pr.cfg)
@@ -289,34 +279,19 @@ def run_status(pr: PlannedRun) -> str:
     holds a run of a different config)."""
     if run_conflict(pr) is not None:
         return "conflict"
-    s = read_json(pr.dir / "summary.json")
-    if s is not None and s.get("complete"):
-        saved = s.get("budget")
+    status = pr.rundir.status()
+    if status == "complete":
+        saved = (pr.rundir.summary() or {}).get("budget")
         if saved is None or _same_budget(saved, _budget(pr.cfg)):
             return "complete"
         return "partial"  # the budget changed: resume extends (or re-finishes) the run
-    if pr.dir.is_dir() and any((pr.dir / f).exists() for f in ("config.json", "ckpt", "metrics.jsonl")):
-        return "partial"
-    return "new"
+    return "new" if status == "empty" else "partial"
 
 
 def _same_budget(a: dict, b: dict) -> bool:
     if set(a) != set(b):
         return False
     return all(float(a[k]) == float(b[k]) for k in a)
-
-
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def _train(cfg, progress: bool) -> dict[str, Any]:
-    from rnnlab.train import trainer  # looked up at call time so tests can monkeypatch it
-
-    return trainer.run_training(cfg, progress=progress)
 
 
 def suite_ref(path: str) -> str:
@@ -343,75 +318,6 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
     tmp = out / (SUITE_FILE + ".tmp")
     tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     tmp.replace(out / SUITE_FILE)
-
-
-def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
-             command: str | None = None, options: dict[str, Any] | None = None,
-             log: Callable[[str], None] | None = None, report: bool = True,
-             gpus: list[str] | None = None) -> dict[str, Any]:
-    """Train every planned run that is not complete, then write the report.
-
-    ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries, see ``rnnlab.bench.parallel``): run up to that many
-    runs at once, one process per GPU; None trains the runs one after another in this process.
-    Returns ``{"trained": [...], "skipped": [...], "failed": {label: error}, "stopped": bool}``.
-    A run that fails (divergence, OOM, bad config) is recorded and the suite goes on; an
-    interrupted run (Ctrl-C) stops the suite after its checkpoint is saved.
-    """
-    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
-    out = Path(out)
-    conflicts = [c for c in (run_conflict(pr) for pr in plan) if c]
-    if conflicts:
-        raise ValueError("; ".join(conflicts) + " (use another --out, or delete those run folders)")
-    write_plan(suite, plan, out, command, options or {})
-    if gpus:
-        from rnnlab.bench.parallel import run_parallel
-
-        result = run_parallel(plan, out, gpus, progress=progress, log=log)
-    else:
-        result = run_sequential(plan, progress, log)
-    if report:
-        from rnnlab.bench.report import write_report
-
-        paths = write_report(out)
-        result["report"] = str(paths["md"])
-        log(f"report: {paths['md']}")
-    return result
-
-
-def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Train the planned runs one after another in this process (see ``run_plan``)."""
-    result: dict[str, Any] = {"trained": [], "skipped": [], "failed": {}, "stopped": False}
-    for i, pr in enumerate(plan, 1):
-        status = run_status(pr)
-        tag = f"[{i}/{len(plan)}] {pr.label}"
-        if status == "complete":
-            log(f"{tag}: complete, skipped")
-            result["skipped"].append(pr.label)
-            continue
-        cfg = copy.deepcopy(pr.cfg)
-        cfg.run.resume = status == "partial"
-        m = cfg.model
-        log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
-            + (f" {m.layer}" if m.layer else "") + f" ({pr.params:,} params)")
-        try:
-            summary = _train(cfg, progress)
-        except KeyboardInterrupt:
-            result["stopped"] = True
-            log(f"{tag}: aborted; stopping the suite (run the same command again to resume)")
-            break
-        except Exception as e:  # one bad run must not sink the suite
-            result["failed"][pr.label] = f"{type(e).__name__}: {e}"
-            log(f"{tag}: FAILED: {type(e).__name__}: {e}")
-            continue
-        result["trained"].append(pr.label)
-        if not summary.get("complete", False):
-            result["stopped"] = True
-            log(f"{tag}: interrupted; stopping the suite (run the same command again to resume)")
-            break
-        loss, bpb = summary.get("loss"), summary.get("val_bpb")
-        log(f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
-            if loss is not None else f"{tag}: done")
-    return result
 
 
 def command_line() -> str:

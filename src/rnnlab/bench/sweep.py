@@ -1,13 +1,16 @@
 """``rnnlab sweep``: the Cartesian product of ``--set KEY=V1,V2,...`` axes over one base model.
 
-Keys: any TrainConfig field (``lr``, ``weight_decay``, ``batch_size``, ``seq_len``, ``optimizer``,
-``warmup_steps``, ``grad_clip``, ...), a model field (``model``, ``dim``, ``depth``, ``mlp_ratio``)
-or a mixer option as ``layer.NAME`` (``layer.heads=1,4,8``). With ``--target-params`` every point's
-width is solved at its depth for that many parameters (so ``--set depth=6,12`` trades width for
-depth at a fixed budget).
+Keys: any config field a run may set on its own (``lr``, ``weight_decay``, ``batch_size``,
+``optimizer``, ``grad_clip``, ...; a model field ``model``, ``dim``, ``depth``, ``mlp_ratio``, ...)
+or a mixer option as ``layer.NAME`` (``layer.heads=1,4,8``). The fields one sweep shares (the
+corpus, the budget, the device, held-out bytes: ``SUITE_KEYS``) and those of the run folder
+(``RUNNER_KEYS``) are set by flag, not swept; both lists come from the config's declarations.
+With ``--target-params`` every point's width is solved at its depth for that many parameters (so
+``--set depth=6,12`` trades width for depth at a fixed budget).
 
 Each point is a normal run in ``OUT/<key>-<value>_...``; the sweep is run and reported by the
-suite machinery (``rnnlab.bench.suite``), so an interrupted sweep resumes the same way.
+suite machinery (``rnnlab.bench.suite``, ``rnnlab.bench.runner``), so an interrupted sweep
+resumes the same way.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ import json
 import re
 
 from rnnlab.bench.suite import RunSpec, Suite
+from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
+from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS
 
-MODEL_AXES = ("model", "dim", "depth", "mlp_ratio")
-FORBIDDEN = ("out", "resume", "data", "val_data", "device", "steps", "minutes", "tokens", "layer")
+MODEL_AXES = tuple(k for k in MODEL_KEYS if k != "layer")  # mixer options are swept as layer.NAME
+FORBIDDEN = SUITE_KEYS + RUNNER_KEYS + ("layer",)
 
 
 def parse_value(text: str):
@@ -52,8 +57,6 @@ def parse_set(item: str) -> tuple[str, list[str], list]:
 
 
 def _check_key(key: str) -> None:
-    from rnnlab.train.config import FIELDS
-
     if key.startswith("layer."):
         if not key[6:]:
             raise ValueError("--set layer.NAME needs a mixer option name, e.g. layer.heads=1,4")
@@ -61,10 +64,9 @@ def _check_key(key: str) -> None:
     if key in FORBIDDEN:
         raise ValueError(f"--set cannot sweep {key!r} (use the --{key.replace('_', '-')} flag, or "
                          f"layer.NAME for mixer options)")
-    known = set(FIELDS) | set(MODEL_AXES)
-    if key not in known:
-        raise ValueError(f"--set: unknown key {key!r}; use a TrainConfig field ({', '.join(sorted(known - set(FORBIDDEN)))}) "
-                         f"or layer.NAME")
+    if key not in FIELDS:
+        raise ValueError(f"--set: unknown key {key!r}; use a config field "
+                         f"({', '.join(sorted(set(FIELDS) - set(FORBIDDEN)))}) or layer.NAME")
 
 
 def _slug(key: str, raw: str) -> str:
@@ -72,11 +74,8 @@ def _slug(key: str, raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]", "", f"{short}-{raw}")
 
 
-def build_sweep(model: str, depth: int | None, sets: list[str], *, dim: int | None = None,
-                target_params: str | int | None = None, layer: dict | None = None,
-                mlp_ratio: float | None = None, defaults: dict | None = None,
-                name: str | None = None) -> Suite:
-    """A Suite with one run per point of the product of the ``--set`` axes."""
+def parse_axes(sets: list[str]) -> list[tuple[str, list[str], list]]:
+    """The ``--set`` items as ``(key, raw texts, values)``, each key checked and given once."""
     if not sets:
         raise ValueError("give at least one --set KEY=V1,V2,...")
     axes = []
@@ -86,32 +85,39 @@ def build_sweep(model: str, depth: int | None, sets: list[str], *, dim: int | No
         if any(key == a[0] for a in axes):
             raise ValueError(f"--set {key} given twice")
         axes.append((key, raw, vals))
+    return axes
+
+
+def build_sweep(model: dict, sets: list[str], *, target_params: str | int | None = None,
+                defaults: dict | None = None, name: str | None = None) -> Suite:
+    """A Suite with one run per point of the product of the ``--set`` axes over the base
+    ``model`` (model fields by key: ``{"model": "e1", "depth": 6, "dim": 512, "layer": {...}}``);
+    ``defaults`` sets other config fields for every point."""
+    axes = parse_axes(sets)
     keys = [a[0] for a in axes]
     target = parse_count(target_params) if target_params is not None else None
     if target is not None and "dim" in keys:
         raise ValueError("--set dim conflicts with --target-params (the width is solved per point)")
-    if depth is None and "depth" not in keys:
+    if "depth" not in model and "depth" not in keys:
         raise ValueError("give --depth (or --set depth=...)")
-    if target is None and dim is None and "dim" not in keys:
+    if target is None and "dim" not in model and "dim" not in keys:
         raise ValueError("give --dim (or --target-params, or --set dim=...)")
-    base = RunSpec(name="base", model=model, depth=depth, dim=dim, layer=dict(layer or {}),
-                   mlp_ratio=mlp_ratio, target_params=target)
+    base = RunSpec(name="base", model={"layer": {}, **copy.deepcopy(model)}, target_params=target)
     runs = []
     for combo in itertools.product(*[list(zip(a[1], a[2])) for a in axes]):
         run = copy.deepcopy(base)
-        point, parts = {}, []
+        run.point = {}
         for key, (raw, val) in zip(keys, combo):
-            point[key] = val
-            parts.append(_slug(key, raw))
+            run.point[key] = val
             if key.startswith("layer."):
-                run.layer[key[6:]] = val
+                run.model["layer"][key[6:]] = val
             elif key in MODEL_AXES:
-                setattr(run, key, val)
+                run.model[key] = val
             else:
                 run.overrides[key] = val
-        run.name = "_".join(parts)
-        run.point = point
+        run.name = "_".join(_slug(key, raw) for key, (raw, _) in zip(keys, combo))
         runs.append(run)
-    return Suite(name=name or f"sweep-{model}", runs=runs, defaults=dict(defaults or {}),
-                 description=f"{model} sweep over " + ", ".join(f"{k} in {r}" for k, r, _ in axes),
+    kind = model.get("model", ModelConfig().model)
+    return Suite(name=name or f"sweep-{kind}", runs=runs, defaults=dict(defaults or {}),
+                 description=f"{kind} sweep over " + ", ".join(f"{k} in {r}" for k, r, _ in axes),
                  sweep={"axes": {k: v for k, _, v in axes}})

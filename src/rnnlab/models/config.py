@@ -32,7 +32,7 @@ class ModelConfig:
                                      bounds=at_least(0))
     tie_embeddings: bool = option(True, help="share the input embedding with the output head")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
-                                                              "(repeatable)", sweep=False)
+                                                              "(repeatable)")
 
     def validate(self) -> None:
         check(self)

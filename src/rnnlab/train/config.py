@@ -30,7 +30,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Container, Iterator
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
@@ -60,8 +60,8 @@ class DataConfig:
     """The corpus and the shape of a batch."""
 
     path: str | None = option(None, key="data", help="raw training file (default: the bundled sample)",
-                              sweep=False)
-    val_path: str | None = option(None, key="val_data", sweep=False,
+                              scope="suite")
+    val_path: str | None = option(None, key="val_data", scope="suite",
                                   help="raw held-out file (default: the last val_fraction of --data)")
     val_fraction: float = option(0.01, help="share of --data held out at its end",
                                  bounds=Bounds(0, 1, lo_open=True, hi_open=True))
@@ -75,11 +75,11 @@ class BudgetConfig:
     the others, so a flag ``--minutes`` replaces a file's ``steps``)."""
 
     steps: int | None = option(DEFAULT_STEPS, help="optimizer steps", bounds=positive(MAX_STEPS),
-                               resumable=True, sweep=False)
+                               resumable=True, scope="suite")
     minutes: float | None = option(None, help="training minutes (eval and checkpoints not counted)",
-                                   bounds=positive(), resumable=True, sweep=False)
+                                   bounds=positive(), resumable=True, scope="suite")
     tokens: int | None = option(None, help="training tokens, e.g. 50M", parse=parse_count,
-                                bounds=positive(MAX_STEPS * MAX_TOKENS_PER_STEP), resumable=True, sweep=False)
+                                bounds=positive(MAX_STEPS * MAX_TOKENS_PER_STEP), resumable=True, scope="suite")
 
     def chosen(self) -> tuple[str, float]:
         """``("steps"|"minutes"|"tokens", value)``: the one budget that is set."""
@@ -117,7 +117,8 @@ class RunConfig:
     eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",
                              bounds=at_least(0, MAX_STEPS), resumable=True)
     eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M (default: all = 0, the whole "
-                                     "held-out split)", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50), resumable=True)
+                                     "held-out split)", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50),
+                             resumable=True, scope="suite")
     eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size)",
                                          bounds=positive(MAX_BATCH), resumable=True)
     log_every: int = option(10, help="steps between progress/TensorBoard updates (metrics.jsonl gets every step)",
@@ -125,13 +126,13 @@ class RunConfig:
     checkpoint_every: int = option(1000, help="steps between checkpoints (0 = at the end and on interrupt only)",
                                    bounds=at_least(0, MAX_STEPS), resumable=True)
     out: str | None = option(None, help="run folder (default runs/<model>-d<dim>-l<depth>)", resumable=True,
-                             runner=True, sweep=False)
+                             scope="runner")
     resume: bool = option(False, help="continue the run in --out from its checkpoint", resumable=True,
-                          runner=True, sweep=False)
+                          scope="runner")
     compile: bool = option(False, help="torch.compile the training forward+loss (README: torch.compile)",
                            resumable=True)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps",
-                         resumable=True, sweep=False)
+                         resumable=True, scope="suite")
     distributed: str | None = option(None, choices=DISTRIBUTED, resumable=True,
                                      help="data parallelism under torchrun: ddp (default) or fsdp2 (sharded "
                                           "weights, grads and optimizer state); docs/distributed.md")
@@ -231,14 +232,20 @@ def _fields_by_key() -> dict[str, tuple[str, Spec]]:
 # Every field by its flat key: {key: (section name, Spec)}; the lists below derive from it.
 FIELDS = _fields_by_key()
 MODEL_KEYS = tuple(k for k, (section, _) in FIELDS.items() if section == "model")
+BUDGET_KEYS = tuple(k for k, (section, _) in FIELDS.items() if section == "budget")
 RESUMABLE = frozenset(k for k, (_, s) in FIELDS.items() if s.meta.resumable)
+SUITE_KEYS = tuple(k for k, (_, s) in FIELDS.items() if s.meta.scope == "suite")  # one value per suite
+RUNNER_KEYS = tuple(k for k, (_, s) in FIELDS.items() if s.meta.scope == "runner")  # set per run folder
 
 
-def add_config_flags(parser, skip: tuple[str, ...] = ()) -> None:
-    """The command-line flags of every field (not in ``skip``): one argparse group per section."""
+def add_config_flags(parser, keys: Container[str] | None = None) -> None:
+    """The command-line flags of every field (of those in ``keys`` when given): one argparse
+    group per section that has any."""
     for f in dataclasses.fields(TrainConfig):
+        if keys is not None and not any(s.key in keys for s in specs(f.default_factory)):
+            continue
         doc = " ".join((f.default_factory.__doc__ or "").split("\n\n")[0].split()).replace("``", "")
-        add_flags(parser.add_argument_group(f.name, description=doc), f.default_factory, skip)
+        add_flags(parser.add_argument_group(f.name, description=doc), f.default_factory, keys)
 
 
 def config_flag_values(args) -> dict[str, Any]:

@@ -95,6 +95,9 @@ class RunDir:
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.file(METRICS))
 
+    def evals(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.file(EVALS))
+
     def status(self) -> str:
         """``"empty"`` (no run), ``"complete"``, ``"failed"`` (summary.json records an error) or
         ``"incomplete"`` (started, interrupted, or still running)."""

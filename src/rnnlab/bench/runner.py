@@ -1,0 +1,78 @@
+"""Training a suite's plan (``rnnlab bench``, ``rnnlab sweep``): every planned run that is not
+complete, one after another in this process (``run_sequential``) or up to one per GPU at once
+(``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed. The caller writes
+the report afterwards (``rnnlab.bench.report``)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from rnnlab.bench.parallel import run_parallel
+from rnnlab.bench.suite import PlannedRun, Suite, run_conflict, run_status, write_plan
+
+
+def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
+             command: str | None = None, options: dict[str, Any] | None = None,
+             log: Callable[[str], None] | None = None, gpus: list[str] | None = None) -> dict[str, Any]:
+    """Train every planned run that is not complete (the caller then writes the report).
+
+    ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries, see ``rnnlab.bench.parallel``): run up to that many
+    runs at once, one process per GPU; None trains the runs one after another in this process.
+    Returns ``{"trained": [...], "skipped": [...], "failed": {label: error}, "stopped": bool}``.
+    A run that fails (divergence, OOM, bad config) is recorded and the suite goes on; an
+    interrupted run (Ctrl-C) stops the suite after its checkpoint is saved.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out = Path(out)
+    conflicts = [c for c in (run_conflict(pr) for pr in plan) if c]
+    if conflicts:
+        raise ValueError("; ".join(conflicts) + " (use another --out, or delete those run folders)")
+    write_plan(suite, plan, out, command, options or {})
+    if gpus:
+        return run_parallel(plan, out, gpus, progress=progress, log=log)
+    return run_sequential(plan, progress, log)
+
+
+def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """Train the planned runs one after another in this process (see ``run_plan``)."""
+    result: dict[str, Any] = {"trained": [], "skipped": [], "failed": {}, "stopped": False}
+    for i, pr in enumerate(plan, 1):
+        status = run_status(pr)
+        tag = f"[{i}/{len(plan)}] {pr.label}"
+        if status == "complete":
+            log(f"{tag}: complete, skipped")
+            result["skipped"].append(pr.label)
+            continue
+        cfg = copy.deepcopy(pr.cfg)
+        cfg.run.resume = status == "partial"
+        m = cfg.model
+        log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
+            + (f" {m.layer}" if m.layer else "") + f" ({pr.params:,} params)")
+        try:
+            summary = _train(cfg, progress)
+        except KeyboardInterrupt:
+            result["stopped"] = True
+            log(f"{tag}: aborted; stopping the suite (run the same command again to resume)")
+            break
+        except Exception as e:  # one bad run must not sink the suite
+            result["failed"][pr.label] = f"{type(e).__name__}: {e}"
+            log(f"{tag}: FAILED: {type(e).__name__}: {e}")
+            continue
+        result["trained"].append(pr.label)
+        if not summary.get("complete", False):
+            result["stopped"] = True
+            log(f"{tag}: interrupted; stopping the suite (run the same command again to resume)")
+            break
+        loss, bpb = summary.get("loss"), summary.get("val_bpb")
+        log(f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
+            if loss is not None else f"{tag}: done")
+    return result
+
+
+def _train(cfg, progress: bool) -> dict[str, Any]:
+    from rnnlab.train import trainer  # looked up at call time so tests can monkeypatch it
+
+    return trainer.run_training(cfg, progress=progress)

@@ -1,0 +1,74 @@
+"""The package layout stays a one-way street: no import circle between rnnlab's packages, and none
+between the modules of rnnlab.bench (imports inside functions count too)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import rnnlab
+
+ROOT = Path(rnnlab.__file__).parent
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports() -> dict[str, set[str]]:
+    """``{module: rnnlab modules it imports}``, from every import statement in its source."""
+    files = {_module(p): p for p in ROOT.rglob("*.py")}
+    graph = {}
+    for name, path in files.items():
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rnnlab"):
+                deps |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names if a.name.startswith("rnnlab")}
+        graph[name] = {d for d in deps if d in files and d != name}
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the directed graph, or None."""
+    state: dict[str, int] = {}
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def _package(module: str) -> str:
+    return module.split(".")[1] if module.count(".") else module
+
+
+def test_no_import_circle_between_packages():
+    packages: dict[str, set[str]] = {}
+    for module, deps in _imports().items():
+        packages.setdefault(_package(module), set()).update(
+            _package(d) for d in deps if _package(d) != _package(module) and d.count("."))
+    assert _cycle(packages) is None, _cycle(packages)
+
+
+def test_no_import_circle_in_bench():
+    bench = {m: {d for d in deps if d.startswith("rnnlab.bench.") and d != "rnnlab.bench"}
+             for m, deps in _imports().items() if m.startswith("rnnlab.bench.")}
+    assert _cycle(bench) is None, _cycle(bench)
+
+
+def test_cycle_finder_finds_one():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
