@@ -20,7 +20,7 @@ declarations:
 - ``specs(cls)`` lists the fields with their metadata (``resumable``, ``scope``) for the key
   lists other modules derive from them.
 
-We wrote this (~200 lines) rather than use tyro or jsonargparse: those generate a whole parser
+We wrote this (~300 lines) rather than use tyro or jsonargparse: those generate a whole parser
 from the dataclasses, with nested names (``--optim.lr``) or their own parser class, while rnnlab
 keeps its flat flag names, its argparse subcommands, ``--layer KEY=VALUE`` and its config-file
 layering, and also needs the same metadata for validation messages and suite/sweep keys, which
