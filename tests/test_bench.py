@@ -386,7 +386,8 @@ def test_bench_and_sweep_flags_come_from_the_config():
     def flags(cmd):
         return {o for a in sub[cmd]._actions for o in a.option_strings}
 
-    assert set(SUITE_KEYS) == {"data", "val_data", "steps", "minutes", "tokens", "eval_bytes", "device"}
+    assert set(SUITE_KEYS) == {"data", "val_data", "val_fraction", "steps", "minutes", "tokens", "eval_bytes",
+                               "device"}
     assert {flag_name(k) for k in SUITE_KEYS} <= flags("bench") and "--lr" not in flags("bench")
     expected = {flag_name(k) for k, (_, s) in FIELDS.items() if s.meta.flag and k not in RUNNER_KEYS}
     assert expected <= flags("sweep") and "--resume" not in flags("sweep")

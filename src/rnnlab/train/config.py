@@ -6,8 +6,9 @@ train`` flags, the validation, the resumable set and the suite/sweep key lists.
 Every field has one flat name used everywhere outside Python: flags (``--lr``), config files,
 ``config.json``, suite files and ``rnnlab sweep --set``. Sources, lowest priority first: the
 defaults below (the seed's Table A protocol), a TOML/YAML/JSON file (``load_config``), then
-flags (``apply_overrides``). The resolved config is written to ``<out>/config.json``, flat as
-today (old files load unchanged); ``--resume`` checks a run folder against it (``resume_mismatch``).
+flags (``apply_overrides``). The resolved config is written to ``<out>/config.json`` with flat keys
+(the model's nested under "model"), the layout of files written before the sections existed, so
+those load unchanged; ``--resume`` checks a run folder against it (``resume_mismatch``).
 
 File layout (TOML shown; YAML the same shape)::
 
@@ -63,7 +64,7 @@ class DataConfig:
                               scope="suite")
     val_path: str | None = option(None, key="val_data", scope="suite",
                                   help="raw held-out file (default: the last val_fraction of --data)")
-    val_fraction: float = option(0.01, help="share of --data held out at its end",
+    val_fraction: float = option(0.01, help="share of --data held out at its end", scope="suite",
                                  bounds=Bounds(0, 1, lo_open=True, hi_open=True))
     batch_size: int = option(16, help="the GLOBAL batch (split over --gpus processes)", bounds=positive(MAX_BATCH))
     seq_len: int = option(512, help="bytes per training window", bounds=positive(MAX_SEQ_LEN))
@@ -140,6 +141,9 @@ class RunConfig:
 
 @dataclass
 class TrainConfig:
+    """A training run's whole config, one section per concern; ``to_dict`` / ``from_dict`` give
+    the flat ``config.json`` form."""
+
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
@@ -201,6 +205,7 @@ class TrainConfig:
 
     # ---- sections and flat keys ---------------------------------------------------------
     def sections(self) -> Iterator[tuple[str, Any]]:
+        """``(name, section)`` pairs: model, data, budget, optim, run."""
         for f in dataclasses.fields(self):
             yield f.name, getattr(self, f.name)
 
