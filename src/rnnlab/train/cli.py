@@ -38,8 +38,7 @@ def register(sub) -> None:
     e.add_argument("--run", required=True, metavar="DIR")
     e.add_argument("--data", help="a raw file to evaluate whole (up to --eval-bytes) instead of the "
                                   "run's held-out split")
-    e.add_argument("--eval-bytes", type=parse_eval_bytes,
-                   help="cap on bytes, e.g. 1M, or all (default: the run's eval_bytes)")
+    e.add_argument("--eval-bytes", help="cap on bytes, e.g. 1M, or all (default: the run's eval_bytes)")
     e.add_argument("--batch-size", type=int)
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
@@ -168,13 +167,15 @@ def format_summary(s: dict) -> str:
 def run_eval_cmd(args) -> int:
     from rnnlab.data import ByteCorpus, Split, load_splits
     from rnnlab.train.runtime import evaluate_run
+
     cfg, model, step = RunDir(args.run).load(args.device)
     if args.data:
         corpus = ByteCorpus(args.data)
         split = Split(corpus, 0, len(corpus), "eval")
     else:
         split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
-    r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=args.eval_bytes)
+    max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
+    r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     out = {"run": str(args.run), "step": step, "data": str(split.path),
            "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
     if args.json:
