@@ -143,8 +143,8 @@ class Trainer:
         self.ctx = ctx = dist.context()
         self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)[1]
         self.sharded = ctx.world_size > 1 and cfg.run.distributed == "fsdp2"  # all ranks evaluate/checkpoint
-        self.run = RunDir(cfg.run.out)
-        resuming = self.run.prepare(cfg)
+        self.rundir = RunDir(cfg.run.out)
+        resuming = self.rundir.prepare(cfg)
         ctx.barrier()  # every rank has looked at the run dir before rank 0 writes into it
         self.val_split, self.stream = open_data(cfg, ctx)  # a bad corpus fails before a model is built
         self.n_params = count_params(cfg.model)
@@ -153,15 +153,15 @@ class Trainer:
         model = build_model(cfg, self.device)
         self.forward = wrap_model(model, cfg)  # before the optimizer: FSDP2 replaces the parameters
         self.state = TrainState(model, *build_optimizer(model, cfg))
-        self.checkpointer = Checkpointer(self.run.ckpt_dir)
+        self.checkpointer = Checkpointer(self.rundir.ckpt_dir)
         if resuming:
             self.checkpointer.restore(self.state)
         self.wall_before = self.state.wall_s  # the earlier sessions' wall time
         if ctx.is_main:
-            self.run.start(cfg, env_info(self.device), self.state.step if resuming else None)
+            self.rundir.start(cfg, env_info(self.device), self.state.step if resuming else None)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.logger = RunLogger(self.run, cfg, self.device, self.state.step, cfg.max_steps(), progress,
+        self.logger = RunLogger(self.rundir, cfg, self.device, self.state.step, cfg.max_steps(), progress,
                                 enabled=ctx.is_main)
         self.throughput = Throughput()
 
@@ -187,7 +187,7 @@ class Trainer:
             if not self.budget_spent():  # stopped by Ctrl-C
                 self.checkpoint(complete=False)
                 print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
-                      f"{self.run.ckpt_dir} (continue with --resume --out {self.run.path})", file=sys.stderr)
+                      f"{self.rundir.ckpt_dir} (continue with --resume --out {self.rundir.path})", file=sys.stderr)
                 return self.finish(complete=False)
             try:
                 if state.last_eval is None or state.last_eval["step"] != state.step:
@@ -289,13 +289,14 @@ class Trainer:
             "dim": m.dim, "depth": m.depth, "layer": m.layer, "mlp_ratio": m.resolved_mlp_ratio(),
             "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len, "optimizer": cfg.optim.optimizer,
             "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "precision": cfg.run.precision,
-            "seed": cfg.run.seed, "budget": {kind: budget}, "device": str(self.device), "run_dir": str(self.run.path),
-            "world_size": self.ctx.world_size, "distributed": cfg.run.distributed if self.ctx.world_size > 1 else None,
+            "seed": cfg.run.seed, "budget": {kind: budget}, "device": str(self.device),
+            "run_dir": str(self.rundir.path), "world_size": self.ctx.world_size,
+            "distributed": cfg.run.distributed if self.ctx.world_size > 1 else None,
         }
         if error is not None:
             summary["error"] = error
         if self.ctx.is_main:
-            self.run.write_summary(summary)
+            self.rundir.write_summary(summary)
         return summary
 
 
