@@ -25,9 +25,9 @@ from transformers import (  # noqa: E402
 from rnnlab.cli import main  # noqa: E402  (importing rnnlab registers the model type)
 from rnnlab.eval.sampling import generate  # noqa: E402
 from rnnlab.hf.modeling import RnnlabForCausalLM  # noqa: E402
-from rnnlab.models.config import ModelConfig  # noqa: E402
 from rnnlab.train.config import TrainConfig  # noqa: E402
-from rnnlab.train.trainer import load_run, run_training  # noqa: E402
+from rnnlab.train.rundir import RunDir  # noqa: E402
+from rnnlab.train.trainer import run_training  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,9 +54,10 @@ def exported(tmp_path_factory):
     out = {}
     for name, layer in KINDS.items():
         run, hf = root / f"run-{name}", root / f"hf-{name}"
-        cfg = TrainConfig(model=ModelConfig(model=name.split("-")[0], dim=32, depth=2, layer=layer),
-                          data=str(corpus), batch_size=4, seq_len=32, steps=2, precision="fp32",
-                          lr=3e-3, eval_bytes=1024, device="cpu", out=str(run))
+        cfg = TrainConfig.from_dict({"model": {"model": name.split("-")[0], "dim": 32, "depth": 2, "layer": layer},
+                                     "data": str(corpus), "batch_size": 4, "seq_len": 32, "steps": 2,
+                                     "precision": "fp32", "lr": 3e-3, "eval_bytes": 1024, "device": "cpu",
+                                     "out": str(run)})
         run_training(cfg, progress=False)
         assert main(["export", "--run", str(run), "--out", str(hf)]) == 0
         out[name] = (run, hf)
@@ -71,7 +72,7 @@ def test_loaded_model_matches_rnnlab(exported, name):
     assert "backend" not in config.layer  # kernel choice is left to where the model is loaded
     model = AutoModelForCausalLM.from_pretrained(hf)
     assert isinstance(model, RnnlabForCausalLM) and not model.training
-    _, ref, _ = load_run(run, "cpu")
+    _, ref, _ = RunDir(run).load("cpu")
 
     ids = torch.tensor([list(PROMPT), list(b"jumps over t")])
     logits = model(ids).logits

@@ -6,11 +6,13 @@ Layout (data -> models -> kernels -> training -> benchmarks -> CLI):
   rnnlab.ops       recurrence kernels: a pure-PyTorch reference (naive.py) beside each GPU kernel
   rnnlab.layers    nn.Module mixers with one contract (forward / init_state / step)
   rnnlab.models    ModelConfig, the LM, the model registry and parameter matching
-  rnnlab.train     trainer, optimizers, checkpoints, metrics, distributed
+  rnnlab.train     config (one source: flags, checks), Trainer, run folder, optimizers, checkpoints,
+                   metrics, distributed
   rnnlab.eval      held-out bits per byte and sampling
   rnnlab.bench     benchmark suites, sweeps, reports and plots
   rnnlab.analysis  gradient-flow analysis
   rnnlab.hf        Hugging Face models (export, Auto classes, generate) and lm-eval-harness
+  rnnlab.options   config fields that describe themselves (flags, checks, key lists)
   rnnlab.cli       the `rnnlab` command
 """
 

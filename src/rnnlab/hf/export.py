@@ -23,9 +23,9 @@ from rnnlab.hf.tokenizer import byte_tokenizer
 def load_trained(run_dir: str | os.PathLike):
     """The run's TrainConfig and its LM with the shipped weights, on CPU. The one place this
     package reaches into ``rnnlab.train``."""
-    from rnnlab.train.trainer import load_run
+    from rnnlab.train.rundir import RunDir
 
-    cfg, model, _ = load_run(run_dir, device="cpu")
+    cfg, model, _ = RunDir(run_dir).load("cpu")
     return cfg, model
 
 
@@ -36,9 +36,9 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
         raise ValueError(f"--out {out} already exists and is not an empty directory")
     cfg, lm = load_trained(run_dir)
     layer = {k: v for k, v in (cfg.model.layer or {}).items() if k != "backend"}
-    hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.seq_len)
+    hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.data.seq_len)
     model = RnnlabForCausalLM(hf_config).to(next(lm.parameters()).dtype)
     model.model.load_state_dict(lm.state_dict())
     model.save_pretrained(out)
-    byte_tokenizer(cfg.seq_len).save_pretrained(out)
+    byte_tokenizer(cfg.data.seq_len).save_pretrained(out)
     return out
