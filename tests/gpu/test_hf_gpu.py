@@ -20,23 +20,24 @@ transformers = pytest.importorskip("transformers")
 def test_exported_model_on_cuda(tmp_path, model, layer):
     from rnnlab.eval.sampling import generate
     from rnnlab.hf.export import export_run
-    from rnnlab.models.config import ModelConfig
     from rnnlab.train.config import TrainConfig
-    from rnnlab.train.trainer import load_run, run_training
+    from rnnlab.train.rundir import RunDir
+    from rnnlab.train.trainer import run_training
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 400)[:16000])
-    cfg = TrainConfig(model=ModelConfig(model=model, dim=64, depth=2, layer=layer), data=str(corpus),
-                      batch_size=4, seq_len=64, steps=3, precision="bf16", eval_bytes=4096, device="cuda",
-                      out=str(tmp_path / "run"))
+    run = tmp_path / "run"
+    cfg = TrainConfig.from_dict({"model": {"model": model, "dim": 64, "depth": 2, "layer": layer},
+                                 "data": str(corpus), "batch_size": 4, "seq_len": 64, "steps": 3,
+                                 "precision": "bf16", "eval_bytes": 4096, "device": "cuda", "out": str(run)})
     run_training(cfg, progress=False)
-    export_run(cfg.out, tmp_path / "hf")
+    export_run(run, tmp_path / "hf")
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").to("cuda")
     assert hf.dtype == torch.bfloat16
     if model == "mamba2":
         assert hf.model.blocks[0].mixer.backend == "official"
-    _, ref, _ = load_run(cfg.out, "cuda")
+    _, ref, _ = RunDir(run).load("cuda")
     ids = torch.tensor([list(b"the quick brown fox")], device="cuda")
     a, b = hf(ids).logits.float(), ref(ids).float()
     assert ((a - b).norm() / b.norm()).item() < 1e-3
