@@ -368,10 +368,12 @@ def test_e1_lm_compiles_to_one_graph(heads):
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_mamba2_official_compiled_trains_like_eager(mode):
     """The official Mamba2 forward is traced by torch.compile (not an opaque call): 20 training
-    steps of a pure-bf16 Mamba2 LM from the same weights on the same batches, eager vs compiled,
-    give the same losses. Tolerance: 2e-2 nats on every step (bf16 weights; Inductor fuses the
-    elementwise work around mamba_ssm's kernels and rounds differently; the first step, before
-    any update, must agree to 1e-2)."""
+    steps of a pure-bf16 Mamba2 LM from the same weights on the same batches (4 batches seen 5
+    times each, so the loss falls), eager vs compiled, give the same losses. Tolerance: 2e-2
+    nats on every step (bf16 weights; Inductor fuses the elementwise work around mamba_ssm's
+    kernels and rounds differently; the first step, before any update, must agree to 1e-2).
+    Measured on an H200 (results/fair-baselines-h200/gpu_tests_b.txt, with 20 distinct batches):
+    max |dloss| 3.3e-4 in both modes."""
     import torch._dynamo
 
     from rnnlab.models import LM, ModelConfig
@@ -385,7 +387,7 @@ def test_mamba2_official_compiled_trains_like_eager(mode):
     assert m.blocks[0].mixer.backend == "official"
     start = copy.deepcopy(m.state_dict())
     g = torch.Generator(device=DEV).manual_seed(1)
-    batches = torch.randint(0, 256, (20, 8, 257), device=DEV, generator=g)
+    batches = torch.randint(0, 256, (4, 8, 257), device=DEV, generator=g).repeat(5, 1, 1)
 
     def train(fn):
         m.load_state_dict(start)
@@ -403,6 +405,6 @@ def test_mamba2_official_compiled_trains_like_eager(mode):
     compiled = train(torch.compile(m, mode=mode))
     diffs = [abs(a - b) for a, b in zip(eager, compiled)]
     print(f"mamba2 compile={mode}: eager {eager[0]:.4f}->{eager[-1]:.4f}, max |dloss| {max(diffs):.2e}")
-    assert eager[-1] < eager[0] - 0.5  # it trains
+    assert sum(eager[-4:]) < sum(eager[:4]) - 0.2  # it trains: each batch's loss falls on later visits
     assert diffs[0] < 1e-2 and max(diffs) < 2e-2, diffs
     torch._dynamo.reset()
