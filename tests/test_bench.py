@@ -264,6 +264,19 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     assert "steps run: e1-d26, e1-d6 10; mamba2-d22 20" in warning and "parameter counts" in warning
 
 
+def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
+    _synthetic_run(tmp_path, "good", 1.6, 2.30, 16000.0)
+    _synthetic_run(tmp_path, "bad", 1.6, 3.10, 16000.0)
+    for name, y in (("good", 2.29), ("bad", 2.40)):
+        path = tmp_path / name / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "val_bpb_train_point": y}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    rows = {r[0]: r for r in _table_rows(md)}
+    assert rows["bad"][3:5] == ["3.1000", "2.4000"] and rows["good"][3:5] == ["2.3000", "2.2900"]
+    warning = md[md.index("averaged weights"):md.index("## Results")]
+    assert "bad (+0.70 bpb)" in warning and "good" not in warning
+
+
 def test_report_without_differences_has_no_warning(tmp_path):
     for seed in (1, 2):
         _synthetic_run(tmp_path, f"e1-s{seed}", 1.6, 2.3, 16000.0, seed=seed)
@@ -325,8 +338,8 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
     rows = _table_rows(md)
     assert [r[0] for r in rows] == [r.name for r in load_suite("tiny").runs]
     for r in rows:
-        assert len(r) == 8 and all(c and c != "-" for c in r), r
-        assert re.fullmatch(r"\d\.\d{4}", r[2]) and re.fullmatch(r"\d+\.\d{4}", r[3])
+        assert len(r) == 9 and all(c and c != "-" for c in r), r  # Schedule-Free: bpb at x and at y
+        assert re.fullmatch(r"\d\.\d{4}", r[2]) and all(re.fullmatch(r"\d+\.\d{4}", c) for c in r[3:5])
     for key in ("Suite:** tiny", "Device:** CPU", "Corpus:** bundled sample", "Command:** `"):
         assert key in md
     for p in ("loss_vs_step.png", "loss_vs_time.png", "tok_per_s.png", "report.json", "suite.json"):

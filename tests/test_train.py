@@ -11,6 +11,7 @@ import signal
 import pytest
 import torch
 
+from rnnlab.data import load_splits
 from rnnlab.models.registry import MODELS
 from rnnlab.train import trainer
 from rnnlab.train.config import TrainConfig, apply_overrides, load_config, resume_mismatch
@@ -271,6 +272,27 @@ def test_checkpoint_contents(tiny_train, tmp_path):
     assert "blocks.0.mixer.spectral_u" in weights  # E1's evolving power-iteration vector is saved
     # the shipped weights are Schedule-Free's x, not the training point y
     assert not torch.equal(weights["blocks.0.mixer.W_x"], state["train_point"][3])  # params order: embed, norm.w, norm.b, W_x
+
+
+def test_schedulefree_is_evaluated_at_x_and_at_the_train_point(tiny_train, tmp_path):
+    """Held-out loss at the shipped average x (val_loss) and at the training point y
+    (val_loss_train_point); each equals evaluating those weights from the checkpoint."""
+    from rnnlab.train.runtime import evaluate_run
+
+    cfg = tiny_train(tmp_path / "r", steps=6)
+    s = run_training(cfg, progress=False)
+    run = RunDir(cfg.run.out)
+    rcfg, model, _ = run.load("cpu")
+    split = load_splits(rcfg.data.path, rcfg.data.val_path, rcfg.data.val_fraction).val
+    assert evaluate_run(model, split, rcfg)["loss"] == pytest.approx(s["val_loss"], rel=1e-6)
+    state = torch.load(run.ckpt_dir / "state.pt", weights_only=True)
+    with torch.no_grad():
+        for p, y in zip(model.parameters(), state["train_point"]):
+            p.copy_(y)
+    assert evaluate_run(model, split, rcfg)["loss"] == pytest.approx(s["val_loss_train_point"], rel=1e-6)
+    assert s["val_loss_train_point"] != s["val_loss"]
+    adamw = run_training(tiny_train(tmp_path / "a", steps=6, optimizer="adamw"), progress=False)
+    assert adamw["val_loss_train_point"] is None  # one point only
 
 
 # ----------------------------------------------------------------------------- sampling

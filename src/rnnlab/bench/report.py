@@ -24,7 +24,9 @@ from rnnlab.bench import plots as P
 from rnnlab.bench.suite import SUITE_FILE, suite_ref
 from rnnlab.train.rundir import RunDir, read_json
 
-METRICS = ("loss", "val_loss", "val_bpb", "tok_per_s", "tok_per_wall_s", "peak_mem_gib", "time_s")
+METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
+           "time_s")
+X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
 # what must be equal across rows for a like-for-like comparison (config.json keys)
 PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay")
@@ -162,21 +164,42 @@ def md_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def main_table(rows: list[dict[str, Any]], device: str) -> str:
+    """The results table; a "held-out bpb (train point)" column is added when a row used
+    Schedule-Free (its held-out bpb at the training point y, beside the one at the average x)."""
+    at_y = any(r["val_bpb_train_point"] is not None for r in rows)
     body = []
     for r in rows:
         name = model_label(r)
         if r["status"] != "complete":
             name += f" ({r['status']}: {r['n_complete']}/{r['n_runs']})"
+        y = [_pm(r["val_bpb_train_point"], r["val_bpb_train_point_std"], fmt_loss)] if at_y else []
         body.append([
             name, fmt_count(r["params"]),
             _pm(r["loss"], r["loss_std"], fmt_loss),
-            _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss),
+            _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss), *y,
             _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count),
             _pm(r["tok_per_wall_s"], r["tok_per_wall_s_std"], fmt_count),
             fmt_mem(r, device),
             _pm(r["time_s"], r["time_s_std"], fmt_time),
         ])
-    return md_table(list(COLUMNS), body)
+    header = list(COLUMNS)
+    if at_y:
+        header.insert(4, "held-out bpb (train point)")
+    return md_table(header, body)
+
+
+def averaging_warning(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows whose Schedule-Free average x scores clearly worse on held-out data than the training
+    point y (``X_VS_Y_TOL``): a sign the averaging was lost to bf16 rounding."""
+    bad = [f"{r['name']} (+{r['val_bpb'] - r['val_bpb_train_point']:.2f} bpb)" for r in rows
+           if r["val_bpb"] is not None and r["val_bpb_train_point"] is not None
+           and r["val_bpb"] - r["val_bpb_train_point"] > X_VS_Y_TOL]
+    if not bad:
+        return []
+    return ["", "> **Warning: Schedule-Free's averaged weights (x, what a checkpoint ships) score worse on "
+            "held-out data than its training point (y, where the training loss is measured):** "
+            + ", ".join(bad) + ". In pure bf16 the averaging step is mostly lost to rounding "
+            "(docs/findings.md): compare the train-point column, or train with --precision bf16-mixed."]
 
 
 def _same(a, b) -> bool:
@@ -350,7 +373,8 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------ write
 OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes")  # options that change the protocol
 LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on the "
-          "held-out split at the end of training (bytes scored: {val_bytes}); Tok/s (steady) = training "
+          "held-out split at the end of training (bytes scored: {val_bytes}), at the weights a checkpoint ships "
+          "(Schedule-Free: its average x; \"train point\": its y); Tok/s (steady) = training "
           "tokens per second of training-step time, the first 3 steps of each process (compilation, "
           "autotuning) left out; Tok/s (wall) = tokens / the run's whole wall-clock time (start-up, "
           "compilation, evaluation and checkpoints included); Memory = peak CUDA memory allocated.")
@@ -391,6 +415,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     if diffs:
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
         md += [f"> - {d}" for d in diffs]
+    md += averaging_warning(rows)
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
     return md + ["", LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-"), ""]
 

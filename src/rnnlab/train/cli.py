@@ -153,6 +153,8 @@ def format_summary(s: dict) -> str:
         ("loss (last 100)", fmt(s["loss"], ".4f")),
         ("val loss / bpb", f"{fmt(s['val_loss'], '.4f')} / {fmt(s['val_bpb'], '.4f')}"
                            + (f" ({s['val_bytes']:,} held-out bytes)" if s.get("val_bytes") else "")),
+        *([("  at train point", f"{fmt(s['val_loss_train_point'], '.4f')} / {fmt(s['val_bpb_train_point'], '.4f')}"
+            " (Schedule-Free's y, where the training loss is measured)")] if s.get("val_bpb_train_point") else []),
         ("tok/s", fmt(s["tok_per_s"], ",.0f")),
         ("peak mem GiB", fmt(s["peak_mem_gib"], ".2f")),
         ("time s", fmt(s["time_s"], ".1f")),

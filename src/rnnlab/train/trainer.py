@@ -39,7 +39,7 @@ from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import Checkpointer
 from rnnlab.train.config import TrainConfig
 from rnnlab.train.metrics import RunLogger, Throughput
-from rnnlab.train.optim import build_optimizer, current_lr, eval_weights
+from rnnlab.train.optim import build_optimizer, current_lr, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import (autocast, build_model, check_memory, env_info, evaluate_run, peak_mem_gib,
                                   pick_device, seed_everything, sync, wrap_model)
@@ -244,8 +244,11 @@ class Trainer:
         return bool(every) and self.state.step % every == 0 and not self.budget_spent()
 
     def evaluate(self) -> None:
-        """Held-out loss at the weights one ships (Schedule-Free's x); training is not perturbed.
-        Rank 0 evaluates (every rank under FSDP2); the others receive its result."""
+        """Held-out loss at the weights one ships (Schedule-Free's average x); for Schedule-Free
+        also at its training point y, where the training loss is measured (``*_train_point``):
+        in pure bf16 the averaging into x is partly lost to rounding and x can score far worse
+        than y (docs/findings.md). Training is not perturbed. Rank 0 evaluates (every rank under
+        FSDP2); the others receive its result."""
         state = self.state
         record = state.last_eval
         if self.ctx.is_main or self.sharded:
@@ -253,6 +256,9 @@ class Trainer:
                 r = evaluate_run(state.model, self.val_split, self.cfg)
             record = {"step": state.step, "tokens": state.tokens, "val_loss": r["loss"], "val_bpb": r["bpb"],
                       "bytes": r["bytes"]}
+            if is_schedulefree(state.optimizer):  # the parameters hold y while training
+                y = evaluate_run(state.model, self.val_split, self.cfg)
+                record.update(val_loss_train_point=y["loss"], val_bpb_train_point=y["bpb"])
             self.logger.eval(record)
         state.last_eval = self.ctx.broadcast_object(record)
 
@@ -281,6 +287,8 @@ class Trainer:
             "model": m.model, "params": self.n_params, "steps": state.step, "tokens": state.tokens,
             "loss": (sum(state.losses) / len(state.losses)) if state.losses else None,
             "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"), "val_bytes": last.get("bytes"),
+            "val_loss_train_point": last.get("val_loss_train_point"),
+            "val_bpb_train_point": last.get("val_bpb_train_point"),
             "tok_per_s": self.throughput.tok_per_s(state.tokens, state.elapsed_s),
             "peak_mem_gib": peak_mem_gib(self.device), "time_s": state.elapsed_s, "complete": complete,
             # tokens over the whole wall clock of the run (start-up, compilation, evaluation and
