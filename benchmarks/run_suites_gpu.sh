@@ -8,6 +8,8 @@
 # in runs/<suite>/ (brought back from an earlier call) are skipped.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites.
 # BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
+# RNNLAB_GIT_COMMIT=SHA: the commit of the tree sent (its copy's git metadata is stale), recorded
+# in every run's env.json and the reports.
 set -euo pipefail
 out=$1; shift
 # shellcheck source=benchmarks/gpu_env.sh

@@ -350,3 +350,11 @@ def test_schedulefree_lr_warms_up_then_stays(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=5, warmup_steps=2, lr=1e-3), progress=False)
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3, 1e-3, 1e-3], rel=1e-12)
+
+
+def test_env_records_the_commit_named_for_a_copied_tree(monkeypatch):
+    from rnnlab.train.runtime import env_info
+
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "0123abcd" * 5)
+    info = env_info(torch.device("cpu"))
+    assert info["git_sha"] == "0123abcd" * 5 and info["git_dirty"] is None

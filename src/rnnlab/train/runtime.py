@@ -147,6 +147,10 @@ def env_info(device: torch.device) -> dict[str, Any]:
 
 
 def _git_state() -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the code that runs. ``RNNLAB_GIT_COMMIT`` names the commit where the
+    code is a copy whose git metadata is missing or stale (e.g. a tree sent to a GPU machine)."""
+    if os.environ.get("RNNLAB_GIT_COMMIT"):
+        return os.environ["RNNLAB_GIT_COMMIT"], None
     here = Path(__file__).resolve().parent
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
