@@ -26,7 +26,7 @@ def test_old_config_json_loads_and_round_trips():
     old = json.loads(OLD_CONFIG_JSON)
     cfg = TrainConfig.from_dict(old).validate()
     assert (cfg.data.batch_size, cfg.budget.steps, cfg.optim.lr, cfg.run.eval_bytes) == (4, 8, 3e-3, 4096)
-    assert cfg.to_dict() == old  # the same flat file, key for key
+    assert cfg.to_dict() == {**old, "lr_schedule": "cosine"}  # the same flat file, plus fields added since
     assert resume_mismatch(old, cfg) is None
 
 

@@ -346,6 +346,16 @@ def test_adamw_lr_is_linear_warmup_then_cosine(tiny_train, tmp_path):
     assert lrs == pytest.approx(expected, rel=1e-12)
 
 
+def test_adamw_constant_schedule_warms_up_then_stays(tiny_train, tmp_path):
+    run_training(tiny_train(tmp_path / "r", steps=8, optimizer="adamw", warmup_steps=3, lr=1e-3,
+                            lr_schedule="constant"), progress=False)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3], rel=1e-12)
+    with pytest.raises(ValueError, match="budget"):  # a cosine needs a known number of steps
+        tiny_train(tmp_path / "m", optimizer="adamw", steps=None, minutes=1.0).validate()
+    tiny_train(tmp_path / "m", optimizer="adamw", steps=None, minutes=1.0, lr_schedule="constant").validate()
+
+
 def test_schedulefree_lr_warms_up_then_stays(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=5, warmup_steps=2, lr=1e-3), progress=False)
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]

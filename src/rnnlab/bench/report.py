@@ -424,7 +424,8 @@ def reference_lines(rows: list[dict[str, Any]], plan: dict[str, Any]) -> tuple[l
     reference = plan.get("reference")
     if not reference:
         return [], []
-    table, ref_out, left_out = reference_table(rows, reference, plan.get("defaults") or {})
+    # the protocol the reference ran: stated in the suite's [reference], else the suite's defaults
+    table, ref_out, left_out = reference_table(rows, reference, reference.get("protocol") or plan.get("defaults") or {})
     md = ["## Reference vs ours", "", f"Reference: {reference.get('source', '-')}."]
     if table:
         md += ["", table]

@@ -38,6 +38,7 @@ from rnnlab.models.params import parse_count
 from rnnlab.options import Bounds, Spec, add_flags, at_least, check, flag_values, normalize, option, positive, specs
 
 OPTIMIZERS = ("schedulefree-adamw", "adamw")
+LR_SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("bf16", "bf16-mixed", "fp32")
 DISTRIBUTED = ("ddp", "fsdp2")
 DEFAULT_STEPS = 1000
@@ -103,6 +104,9 @@ class OptimConfig:
                                         bounds=Bounds(0, 1, hi_open=True))
     eps: float = option(1e-8, help="Adam epsilon", bounds=positive())
     warmup_steps: int = option(0, help="linear LR warmup steps", bounds=at_least(0, MAX_STEPS))
+    lr_schedule: str = option("cosine", choices=LR_SCHEDULES,
+                              help="AdamW's LR after the warmup: cosine decay to 0 over the step budget, or "
+                                   "constant (Schedule-Free needs no schedule and ignores this)")
     grad_clip: float | None = option(None, help="clip the gradient norm to this (default: no clipping)",
                                      bounds=positive())
 
@@ -190,9 +194,9 @@ class TrainConfig:
                 f"batch_size * seq_len must be at most {MAX_TOKENS_PER_STEP:,} tokens per step, "
                 f"got {self.data.batch_size} * {self.data.seq_len} = {self.tokens_per_step():,}")
         steps = self.max_steps()
-        if self.optim.optimizer == "adamw" and steps is None:
+        if self.optim.optimizer == "adamw" and self.optim.lr_schedule == "cosine" and steps is None:
             raise ValueError("optimizer adamw decays its LR on a cosine over the step budget: give "
-                             "--steps or --tokens (or use schedulefree-adamw with --minutes)")
+                             "--steps or --tokens (or --lr-schedule constant, or schedulefree-adamw)")
         if steps is not None and self.optim.warmup_steps > steps:
             raise ValueError(f"warmup_steps ({self.optim.warmup_steps}) must not exceed the step budget ({steps})")
         dev = self.run.device
@@ -329,12 +333,13 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
 
 def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, Any] | None:
-    """First field (dotted name, saved value, new value) that differs and matters for resuming."""
-    new = cfg.to_dict()
+    """First field (dotted name, saved value, new value) that differs and matters for resuming.
+    A field the saved config lacks (one added to rnnlab since) counts as its default."""
+    new, defaults = cfg.to_dict(), TrainConfig().to_dict()
     for key in sorted(set(saved) | set(new)):
         if key in RESUMABLE:
             continue
-        a, b = saved.get(key), new.get(key)
+        a, b = saved.get(key, defaults.get(key)), new.get(key)
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
             for mk in sorted(set(a) | set(b)):
                 if _norm(a.get(mk)) != _norm(b.get(mk)):

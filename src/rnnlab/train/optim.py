@@ -39,24 +39,27 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
     if cfg.optim.optimizer == "adamw":
         opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
                                 weight_decay=cfg.optim.weight_decay)
-        total = cfg.max_steps()
+        total = cfg.max_steps() if cfg.optim.lr_schedule == "cosine" else None
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=WarmupCosine(cfg.optim.warmup_steps, total))
         return opt, sched
     raise ValueError(f"unknown optimizer {cfg.optim.optimizer!r}")
 
 
 class WarmupCosine:
-    """LR multiplier: linear warmup over ``warmup`` steps, then cosine from 1 to 0 at ``total``.
+    """LR multiplier: linear warmup over ``warmup`` steps, then cosine from 1 to 0 at ``total``
+    (``total=None``: constant 1 after the warmup).
 
     ``lr_lambda(s)`` gives the factor for the update that follows ``s`` completed steps.
     """
 
-    def __init__(self, warmup: int, total: int):
-        self.warmup, self.total = int(warmup), int(total)
+    def __init__(self, warmup: int, total: int | None):
+        self.warmup, self.total = int(warmup), None if total is None else int(total)
 
     def __call__(self, s: int) -> float:
         if s < self.warmup:
             return (s + 1) / self.warmup
+        if self.total is None:
+            return 1.0
         span = max(1, self.total - self.warmup)
         progress = min(1.0, (s - self.warmup) / span)
         return 0.5 * (1.0 + math.cos(math.pi * progress))
