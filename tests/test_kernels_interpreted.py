@@ -1,10 +1,11 @@
 """The Triton kernels on CPU, in Triton's interpreter (conftest sets ``TRITON_INTERPRET=1`` when
 there is no GPU): every registered op's GPU kernel (E1's heads and dense per-step scans, the linear
-scan, the fused minGRU/minLSTM gate scans, E16's diagonal scan) against the op's float64
-reference, forward, final state and every input gradient; and E1's ``rnnlab::elman_scan_*``
-custom ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path).
-The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the persistent E1 kernel and
-mamba_ssm's SSD kernel (the ssd op's "triton" backend, not run here)."""
+scan, the fused minGRU/minLSTM gate scans, E16's diagonal scan, E88's checkpointed scan) against
+the op's float64 reference, forward, final state and every input gradient; and E1's
+``rnnlab::elman_scan_*`` custom ops under opcheck and torch.compile. fp32 inputs (E1's kernels
+run their IEEE path). The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the persistent E1
+kernel and the external kernels behind the ssd and gated-delta ops' "triton" backends (mamba_ssm's
+and fla's, which do not run in the interpreter)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rnnlab.ops import OPS
 from rnnlab.ops.elman.options import ElmanKernelOptions
@@ -45,7 +47,14 @@ def _diag(B, T, S):
     return lambda g: [torch.randn(B, T, S, generator=g), torch.rand(S, generator=g)]
 
 
-# (op, inputs(generator) without h0, h0 width). B = 17 leaves a partial batch tile; hd = 24 is
+def _e88(B, T, H, n, m):
+    def make(g):
+        q, k = (F.normalize(torch.randn(B, T, H, n, generator=g), dim=-1) for _ in range(2))
+        return [q, k, torch.randn(B, T, H, m, generator=g), torch.rand(B, T, H, generator=g) * 0.5 + 0.5]
+    return make
+
+
+# (op, inputs(generator) without h0, h0 shape after the batch: an int for vector states). B = 17 leaves a partial batch tile; hd = 24 is
 # padded to 32 lanes; T = 1, 5 and 6 exercise the scans' 4-step unroll masks; H = 300 > 256 takes
 # two channel blocks.
 CASES = [
@@ -56,6 +65,8 @@ CASES = [
     ("mingru_scan", _scan(2, 6, 20, parts=2), 20), ("mingru_scan", _scan(2, 1, 300, parts=2), 300),
     ("minlstm_scan", _scan(2, 6, 20, parts=3), 20), ("minlstm_scan", _scan(3, 5, 12, parts=3), 12),
     ("diag_elman_scan", _diag(2, 6, 20), 20), ("diag_elman_scan", _diag(3, 5, 300), 300),
+    # n, m not powers of two (padded lanes), n != m, B = 1
+    ("e88_scan", _e88(2, 6, 3, 4, 6), (3, 4, 6)), ("e88_scan", _e88(1, 5, 2, 5, 3), (2, 5, 3)),
 ]
 _id = lambda case: f"{case[0]}-{case[2]}"  # noqa: E731
 
@@ -80,7 +91,8 @@ def check_kernel(kernel, reference, inputs, h0=None, seed=0):
 
 
 def test_every_kernel_op_has_a_case():
-    with_kernel = {name for name, op in OPS.items() if op.kernel is not None} - {"ssd_scan"}
+    external = {"ssd_scan", "gated_delta_scan"}  # mamba_ssm's and fla's kernels: tests/gpu only
+    with_kernel = {name for name, op in OPS.items() if op.kernel is not None} - external
     assert {case[0] for case in CASES} == with_kernel
 
 
@@ -92,7 +104,8 @@ def test_kernel_matches_reference(case, with_h0):
     inputs = make(g)
     batch = inputs[0].shape[0]
     op = OPS[name]
-    h0 = torch.randn(batch, width, generator=g) if with_h0 else None
+    shape = width if isinstance(width, tuple) else (width,)
+    h0 = torch.randn(batch, *shape, generator=g) if with_h0 else None
     check_kernel(getattr(op.kernel.get(), name), op.naive, inputs, h0)
 
 
@@ -103,6 +116,39 @@ def test_dense_step_kernel_options(bk):
     g = torch.Generator().manual_seed(2)
     check_kernel(lambda *a: E.elman_scan(*a, options=opts), OPS["elman_scan"].naive, _elman(4, 3, 40)(g),
                  torch.randn(4, 40, generator=g))
+
+
+@pytest.mark.parametrize("every", [1, 3, 7, 16])
+def test_e88_backward_from_checkpoints(every):
+    """E88's backward recomputes each segment of ``every`` steps from its checkpoint (T = 7: a
+    partial last segment for 3, one segment for 7 and 16): outputs, final state and the gradient
+    of every input through both the outputs and the final state, against the float64 reference."""
+    from rnnlab.ops.e88 import naive
+    from rnnlab.ops.e88 import triton as kernel
+
+    g = torch.Generator().manual_seed(5)
+    leaves = [t.requires_grad_() for t in (*_e88(2, 7, 2, 3, 5)(g), torch.randn(2, 2, 3, 5, generator=g))]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    (y, s_T), (ref, ref_s_T) = kernel.e88_scan(*leaves, checkpoint_every=every), naive.e88_scan(*ref_leaves)
+    torch.testing.assert_close(y, ref.float(), **TOL)
+    torch.testing.assert_close(s_T, ref_s_T.float(), **TOL)
+    gy, gs = torch.randn(y.shape, generator=g), torch.randn(s_T.shape, generator=g)
+    got = torch.autograd.grad((y * gy).sum() + (s_T * gs).sum(), leaves)
+    want = torch.autograd.grad((ref * gy.double()).sum() + (ref_s_T * gs.double()).sum(), ref_leaves)
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b.float(), **TOL, msg=f"grad of input {i}")
+
+
+def test_e88_inference_forward_equals_training_forward():
+    """Without autograd the forward keeps no checkpoints; its outputs are the same bits."""
+    from rnnlab.ops.e88 import triton as kernel
+
+    inputs = _e88(2, 5, 2, 4, 4)(torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        y, s_T = kernel.e88_scan(*inputs)
+    y2, s_T2 = kernel.e88_scan(*(t.requires_grad_() for t in inputs))
+    assert not y.requires_grad and y2.requires_grad
+    assert torch.equal(y, y2) and torch.equal(s_T, s_T2)
 
 
 def test_heads_backward_skips_dw_when_not_needed():

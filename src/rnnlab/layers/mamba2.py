@@ -38,7 +38,6 @@ N] in fp32, float64 for float64)``.
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 
@@ -47,6 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.layers.base import State, check_positive
+from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
 
@@ -185,14 +185,9 @@ class Mamba2(nn.Module):
         conv_dim = di + 2 * G * N
         self.conv1d = nn.Conv1d(conv_dim, conv_dim, cfg.d_conv, groups=conv_dim, padding=cfg.d_conv - 1)
         self.act = nn.SiLU()
-        dt_min, dt_max = 1e-3, 0.1
-        dt = torch.exp(torch.rand(H) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = torch.clamp(dt, min=1e-4)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
-        self.A_log = nn.Parameter(torch.log(torch.empty(H, dtype=torch.float32).uniform_(1, 16)))
-        self.D = nn.Parameter(torch.ones(H))
-        for p in (self.dt_bias, self.A_log, self.D):
-            p._no_weight_decay = True
+        self.dt_bias = dt_bias_init(H)
+        self.A_log = a_log_init(H, 1, 16)
+        self.D = no_weight_decay(nn.Parameter(torch.ones(H)))
         self.norm = GatedRMSNorm(di, eps=1e-5, group_size=di // G)
         self.out_proj = nn.Linear(di, cfg.dim, bias=False)
 

@@ -63,3 +63,5 @@ register(ModelSpec("transformer", "rnnlab.layers.attention:CausalSelfAttention",
                    "rnnlab.layers.attention:AttentionConfig",
                    "Transformer: causal SDPA attention with RoPE, plus an MLP sub-block",
                    mlp_ratio=4.0, dim_multiple=64))
+register(ModelSpec("e88", "rnnlab.layers.e88:E88", "rnnlab.layers.e88:E88Config",
+                   "E88 nonlinear matrix state: S = tanh(d S + k (v - S^T k)^T), y = (S^T q) * silu(g)"))

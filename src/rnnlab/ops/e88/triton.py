@@ -1,0 +1,185 @@
+"""Triton E88 scan, forward and backward, with each head's state on chip and checkpointed.
+
+One program per (batch row, head) holds the state ``S [n, m]`` in fp32 registers (padded to
+powers of two; padded rows and columns stay 0) and walks T sequentially, loading step t+1's
+inputs while it computes step t:
+
+    r = S^T k;   S = tanh(d S + k (v - r)^T);   y = S^T q
+
+The forward keeps S only every ``checkpoint_every`` steps (``[B, H, ceil(T/C), n, m]`` fp32, not
+all T states) and the final state. The backward walks the segments from the last: it recomputes
+the segment's states from its checkpoint into the program's own scratch (``C+1`` states, fp32,
+small enough to stay in L2), then runs the reverse recurrence through them:
+
+    dS  += q dy^T              dq = S_t dy
+    dP   = dS * (1 - S_t^2)    dd = <dP, S_{t-1}>
+    dv   = dP^T k              dk = dP (v - r) - S_{t-1} dv
+    dS_{t-1} = d dP - k dv^T
+
+starting from the gradient of the final state when it has one. The tanh is the exact exp form,
+or the MUFU approximation for 16-bit inputs on a GPU (as E1's kernels).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from rnnlab.ops.elman.tanh import tanh
+
+__all__ = ["e88_scan", "CHECKPOINT_EVERY"]
+
+CHECKPOINT_EVERY = 16  # the reference study's interval: 1/16 of the states' memory, 1 recompute
+
+
+@triton.jit
+def _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row, rn, rm, mn, mm, N, M, valid):
+    """Step inputs at ``row`` (= (b*T + t)*H + h) as fp32; zeros where ``valid`` is false."""
+    k = tl.load(k_ptr + row * N + rn, mask=mn & valid, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + row * M + rm, mask=mm & valid, other=0.0).to(tl.float32)
+    q = tl.load(q_ptr + row * N + rn, mask=mn & valid, other=0.0).to(tl.float32)
+    d = tl.load(d_ptr + row, mask=valid, other=0.0).to(tl.float32)
+    return q, k, v, d
+
+
+@triton.jit
+def _e88_fwd(q_ptr, k_ptr, v_ptr, d_ptr, s0_ptr, y_ptr, ck_ptr, sT_ptr, T, H, N, M,
+             HAS_S0: tl.constexpr, SAVE: tl.constexpr, C: tl.constexpr, BN: tl.constexpr,
+             BM: tl.constexpr, FAST: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)  # b * H + h
+    row0 = (bh // H) * T * H + bh % H  # row of (b, t=0, h); step t adds t*H
+    rn = tl.arange(0, BN)
+    rm = tl.arange(0, BM)
+    mn = rn < N
+    mm = rm < M
+    s_off = rn[:, None] * M + rm[None, :]
+    s_mask = mn[:, None] & mm[None, :]
+    if HAS_S0:
+        S = tl.load(s0_ptr + bh * N * M + s_off, mask=s_mask, other=0.0).to(tl.float32)
+    else:
+        S = tl.zeros([BN, BM], dtype=tl.float32)
+    n_ck = tl.cdiv(T, C)
+    q, k, v, d = _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row0, rn, rm, mn, mm, N, M, T > 0)
+    for t in range(0, T):
+        if SAVE:
+            if t % C == 0:
+                tl.store(ck_ptr + (bh * n_ck + t // C) * N * M + s_off, S, mask=s_mask)
+        q_t, k_t, v_t, d_t = q, k, v, d
+        q, k, v, d = _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row0 + (t + 1) * H, rn, rm, mn, mm, N, M,
+                                t + 1 < T)
+        r = tl.sum(S * k_t[:, None], axis=0)
+        S = tanh(d_t * S + k_t[:, None] * (v_t - r)[None, :], FAST)
+        y = tl.sum(S * q_t[:, None], axis=0)
+        tl.store(y_ptr + (row0 + t * H) * M + rm, y.to(y_ptr.dtype.element_ty), mask=mm)
+    tl.store(sT_ptr + bh * N * M + s_off, S, mask=s_mask)
+
+
+@triton.jit
+def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
+             dq_ptr, dk_ptr, dv_ptr, dd_ptr, ds0_ptr, T, H, N, M,
+             HAS_DST: tl.constexpr, C: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
+             FAST: tl.constexpr):
+    bh = tl.program_id(0).to(tl.int64)
+    row0 = (bh // H) * T * H + bh % H
+    rn = tl.arange(0, BN)
+    rm = tl.arange(0, BM)
+    mn = rn < N
+    mm = rm < M
+    s_off = rn[:, None] * M + rm[None, :]
+    s_mask = mn[:, None] & mm[None, :]
+    ws = ws_ptr + bh * (C + 1) * N * M  # scratch slot j = the state before segment step j
+    if HAS_DST:
+        dS = tl.load(dsT_ptr + bh * N * M + s_off, mask=s_mask, other=0.0).to(tl.float32)
+    else:
+        dS = tl.zeros([BN, BM], dtype=tl.float32)
+    n_ck = tl.cdiv(T, C)
+    for i in range(0, n_ck):
+        t0 = (n_ck - 1 - i) * C
+        S = tl.load(ck_ptr + (bh * n_ck + t0 // C) * N * M + s_off, mask=s_mask, other=0.0)
+        tl.debug_barrier()  # every thread is done reading the previous segment's scratch
+        tl.store(ws + s_off, S, mask=s_mask)
+        for j in range(0, C):  # recompute the segment (steps past T see zeros and are never read)
+            _, k, v, d = _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row0 + (t0 + j) * H, rn, rm, mn, mm, N, M,
+                                    t0 + j < T)
+            r = tl.sum(S * k[:, None], axis=0)
+            S = tanh(d * S + k[:, None] * (v - r)[None, :], FAST)
+            tl.store(ws + (j + 1) * N * M + s_off, S, mask=s_mask)
+        tl.debug_barrier()  # the recomputed states are visible to every thread
+        for j in range(0, C):
+            t = t0 + C - 1 - j
+            valid = t < T
+            row = row0 + t * H
+            q, k, v, d = _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row, rn, rm, mn, mm, N, M, valid)
+            dy = tl.load(dy_ptr + row * M + rm, mask=mm & valid, other=0.0).to(tl.float32)
+            S_t = tl.load(ws + (C - j) * N * M + s_off, mask=s_mask, other=0.0)
+            S_p = tl.load(ws + (C - 1 - j) * N * M + s_off, mask=s_mask, other=0.0)
+            dS += q[:, None] * dy[None, :]
+            dP = dS * (1.0 - S_t * S_t)
+            r = tl.sum(S_p * k[:, None], axis=0)
+            dv = tl.sum(dP * k[:, None], axis=0)
+            dq = tl.sum(S_t * dy[None, :], axis=1)
+            dk = tl.sum(dP * (v - r)[None, :], axis=1) - tl.sum(S_p * dv[None, :], axis=1)
+            dd = tl.sum(dP * S_p)
+            tl.store(dq_ptr + row * N + rn, dq.to(dq_ptr.dtype.element_ty), mask=mn & valid)
+            tl.store(dk_ptr + row * N + rn, dk.to(dk_ptr.dtype.element_ty), mask=mn & valid)
+            tl.store(dv_ptr + row * M + rm, dv.to(dv_ptr.dtype.element_ty), mask=mm & valid)
+            tl.store(dd_ptr + row, dd, mask=valid)
+            dS = tl.where(valid, d * dP - k[:, None] * dv[None, :], dS)
+    tl.store(ds0_ptr + bh * N * M + s_off, dS, mask=s_mask)
+
+
+def _launch(q: torch.Tensor, M: int) -> dict:
+    """Block sizes, warps and the tanh form for states ``[n, m]`` of inputs like ``q``."""
+    BN, BM = triton.next_power_of_2(q.shape[-1]), triton.next_power_of_2(M)
+    fast = q.dtype != torch.float32 and q.is_cuda and not os.environ.get("TRITON_INTERPRET")
+    return dict(BN=BN, BM=BM, FAST=fast, num_warps=max(1, min(8, BN * BM // 512)))
+
+
+class _E88Scan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, decay, S0, checkpoint_every, save):
+        q, k, v, decay = (t.contiguous() for t in (q, k, v, decay))
+        B, T, H, N = q.shape
+        M = v.shape[-1]
+        y = v.new_empty(B, T, H, M, dtype=q.dtype)
+        S_T = q.new_empty(B, H, N, M, dtype=torch.float32)
+        ckpt = q.new_empty(B, H, triton.cdiv(T, checkpoint_every), N, M, dtype=torch.float32) if save else S_T
+        s0 = S_T if S0 is None else S0.contiguous()
+        launch = _launch(q, M)
+        if B * H > 0:
+            _e88_fwd[(B * H,)](q, k, v, decay, s0, y, ckpt, S_T, T, H, N, M, HAS_S0=S0 is not None,
+                               SAVE=save, C=checkpoint_every, **launch)
+        if save:
+            ctx.save_for_backward(q, k, v, decay, ckpt)
+            ctx.checkpoint_every, ctx.launch = checkpoint_every, launch
+            ctx.s0_dtype = None if S0 is None else S0.dtype
+        return y, S_T
+
+    @staticmethod
+    def backward(ctx, dy, dS_T):
+        q, k, v, decay, ckpt = ctx.saved_tensors
+        B, T, H, N = q.shape
+        M, C = v.shape[-1], ctx.checkpoint_every
+        dy = torch.zeros_like(v, dtype=q.dtype) if dy is None else dy.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        dd = torch.empty_like(decay, dtype=torch.float32)
+        dS0 = q.new_empty(B, H, N, M, dtype=torch.float32)
+        scratch = q.new_empty(B * H, C + 1, N, M, dtype=torch.float32)
+        dsT = dS0 if dS_T is None else dS_T.float().contiguous()
+        if B * H > 0:
+            _e88_bwd[(B * H,)](q, k, v, decay, ckpt, dy, dsT, scratch, dq, dk, dv, dd, dS0, T, H, N, M,
+                               HAS_DST=dS_T is not None, C=C, **ctx.launch)
+        dS0 = None if ctx.s0_dtype is None else dS0.to(ctx.s0_dtype)
+        return dq, dk, dv, dd.to(decay.dtype), dS0, None, None
+
+
+def e88_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor,
+             S0: torch.Tensor | None = None, checkpoint_every: int = CHECKPOINT_EVERY
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(y, S_T)``: outputs ``[B, T, H, m]`` in ``q``'s dtype and the final state in fp32. The
+    checkpoints for the backward are kept only when autograd will need them."""
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay, S0))
+    return _E88Scan.apply(q, k, v, decay, S0, checkpoint_every, save)

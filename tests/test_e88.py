@@ -1,0 +1,123 @@
+"""E88: the op's reference and the layer against the cell's definition written out one number at a
+time, its init, config checks and parameter counts. The layer contract (step == forward,
+causality, gradcheck): tests/test_layer_contract.py; the op contract: tests/test_ops.py; the
+Triton kernel: tests/test_kernels_interpreted.py and tests/gpu."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.cli import main
+from rnnlab.layers.e88 import E88, E88Config
+from rnnlab.models import ModelConfig, count_params
+from rnnlab.ops.e88 import e88_scan
+
+
+def definition(q, k, v, decay, S0):
+    """``S_t = tanh(d_t S_{t-1} + k_t (v_t - S_{t-1}^T k_t)^T)``, ``y_t = S_t^T q_t`` per (batch,
+    head), element by element in Python floats: ``(y, S_T)`` as float64 tensors."""
+    B, T, H, n = q.shape
+    m = v.shape[-1]
+    y = torch.zeros(B, T, H, m, dtype=torch.float64)
+    S_T = torch.zeros(B, H, n, m, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            S = S0[b, h].tolist()
+            for t in range(T):
+                qt, kt, vt, d = q[b, t, h].tolist(), k[b, t, h].tolist(), v[b, t, h].tolist(), float(decay[b, t, h])
+                r = [sum(S[i][j] * kt[i] for i in range(n)) for j in range(m)]
+                S = [[math.tanh(d * S[i][j] + kt[i] * (vt[j] - r[j])) for j in range(m)] for i in range(n)]
+                y[b, t, h] = torch.tensor([sum(S[i][j] * qt[i] for i in range(n)) for j in range(m)], dtype=torch.float64)
+            S_T[b, h] = torch.tensor(S, dtype=torch.float64)
+    return y, S_T
+
+
+def _inputs(B=2, T=4, H=2, n=3, m=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (F.normalize(torch.randn(B, T, H, n, generator=g, dtype=torch.float64), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, H, m, generator=g, dtype=torch.float64) * 2
+    decay = torch.rand(B, T, H, generator=g, dtype=torch.float64) * 0.5 + 0.5
+    return q, k, v, decay, torch.randn(B, H, n, m, generator=g, dtype=torch.float64).tanh()
+
+
+def test_op_reference_is_the_definition():
+    q, k, v, decay, S0 = _inputs()
+    y, S_T = e88_scan(q, k, v, decay, S0, backend="naive")
+    want_y, want_S = definition(q, k, v, decay, S0)
+    torch.testing.assert_close(y, want_y, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(S_T, want_S, rtol=1e-12, atol=1e-12)
+
+
+def _perturbed(cfg: E88Config) -> E88:
+    torch.manual_seed(0)
+    layer = E88(cfg).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    return layer
+
+
+def test_layer_is_the_definition():
+    """The layer's forward equals its docstring's equations on the layer's own weights."""
+    layer = _perturbed(E88Config(dim=6, n_state=3, expansion=2 / 3, heads=2, backend="naive"))
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    H, n, m = 2, 3, 2
+    with torch.no_grad():
+        qkv = F.silu(x @ layer.qkv_proj.weight.T)
+        q, k, v = qkv[..., :H * n], qkv[..., H * n:2 * H * n], qkv[..., 2 * H * n:]
+        q, k = (t.reshape(2, 5, H, n) for t in (q, k))
+        q, k = (t / (t.norm(dim=-1, keepdim=True) + 1e-6) for t in (q, k))
+        a = x @ layer.a_proj.weight.T
+        decay = torch.exp(-torch.exp(layer.A_log) * F.softplus(a + layer.dt_bias))
+        y, _ = definition(q, k, v.reshape(2, 5, H, m), decay, torch.zeros(2, H, n, m))
+        gate = F.silu(x @ layer.g_proj.weight.T)
+        want = (y.reshape(2, 5, H * m) * gate) @ layer.o_proj.weight.T
+        torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-10)
+
+
+def test_init():
+    torch.manual_seed(0)
+    layer = E88(E88Config(dim=256, n_state=32))
+    assert layer.cfg.n_heads == 8  # balanced: dim // n_state
+    A = layer.A_log.exp()
+    assert A.min() > 0 and A.max() < 16 and A.max() > 8 and layer.A_log.dtype == torch.float32
+    dt = F.softplus(layer.dt_bias)
+    assert dt.min() >= 1e-3 - 1e-7 and dt.max() <= 0.1 + 1e-7
+    assert layer.A_log._no_weight_decay and layer.dt_bias._no_weight_decay
+    for proj in (layer.qkv_proj, layer.a_proj, layer.g_proj, layer.o_proj):
+        w = proj.weight
+        bound = math.sqrt(6 / sum(w.shape))  # xavier_uniform
+        assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound, proj
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(n_state=0), "n_state must be positive"),
+    (dict(heads=0), "heads must be positive"),
+    (dict(heads=2.5), "heads must be an integer"),
+    (dict(expansion=0.01), "expansion must give"),
+    (dict(backend="cuda"), "backend must be one of"),
+])
+def test_config_errors(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        E88Config(dim=64, **kw).validate()
+
+
+@pytest.mark.parametrize("dim, depth, layer", [(1792, 31, {"heads": 49}), (96, 3, {"n_state": 8, "expansion": 1.5})])
+def test_parameter_count(dim, depth, layer):
+    """Per layer ``D (2Hn + 3Hm + H) + 2H`` plus its LayerNorm; the tied embedding and final norm.
+    (1792 x 31, 49 heads of 32: the reference study's ~480M config, its "~439M" parameters.)"""
+    cfg = E88Config(dim=dim, **layer)
+    H, n, m = cfg.n_heads, cfg.n_state, cfg.head_v_dim
+    per_layer = dim * (2 * H * n + 3 * H * m + H) + 2 * H + 2 * dim
+    assert count_params(ModelConfig("e88", dim, depth, layer=layer)) == depth * per_layer + 256 * dim + 2 * dim
+
+
+def test_params_cli_solves_a_width(capsys):
+    assert main(["params", "--model", "e88", "--target", "400M", "--depth", "31", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dim"] % 32 == 0 and abs(out["params"] - 4e8) < 0.01 * 4e8
