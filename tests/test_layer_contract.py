@@ -27,6 +27,7 @@ VARIANTS = {
     "mamba2": [{"d_state": 4, "headdim": 4, "chunk_size": 4}, {"d_state": 4, "headdim": 4, "chunk_size": 3, "ngroups": 2}],
     "transformer": [{"head_dim": 4}],
     "e88": [{"n_state": 4}, {"n_state": 3, "expansion": 1.5, "heads": 3}],
+    "gdn": [{"head_dim": 4, "conv_size": 3}, {"head_dim": 3, "heads": 2, "expand_v": 1.0, "conv_size": 1}],
 }
 CASES = [(m, kw) for m, variants in VARIANTS.items() for kw in variants]
 _id = lambda case: f"{case[0]}-" + "-".join(f"{k}={v}" for k, v in case[1].items())  # noqa: E731

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from rnnlab.ops import OPS
 from rnnlab.ops.dtypes import compute_dtype
@@ -26,6 +27,14 @@ def _ssd(g, dtype):  # x [B,T,h,p], dt [B,T,h], A [h], B/C [B,T,G,N], chunk size
             torch.randn(B, T, 2, 5, generator=g), 4]
 
 
+def _matrix_state(g, dtype, gated=False):  # q, k [B,T,h,n] (unit rows), v [B,T,h,m], decay or (g, beta)
+    q, k = (F.normalize(torch.randn(B, T, 3, 4, generator=g), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, 3, 5, generator=g)
+    if gated:  # gated delta rule: log decay g <= 0 and write strength beta
+        return [q, k, v, -torch.rand(B, T, 3, generator=g), torch.rand(B, T, 3, generator=g)]
+    return [q, k, v, torch.rand(B, T, 3, generator=g) * 0.5 + 0.5]
+
+
 # op name -> (inputs(generator, dtype) without the initial state, initial-state shape, positions
 # of the per-time [B, T, ...] inputs). Every op is called as op(*inputs, h0).
 CASES = {
@@ -40,8 +49,11 @@ CASES = {
     "minlstm_scan": (lambda g, dt: [torch.randn(B, T, 3 * H, generator=g)], (B, H), (0,)),
     "diag_elman_scan": (lambda g, dt: [torch.randn(B, T, H, generator=g), torch.rand(H, generator=g)], (B, H), (0,)),
     "ssd_scan": (_ssd, (B, 4, 3, 5), (0, 1, 3, 4)),
+    "e88_scan": (_matrix_state, (B, 3, 4, 5), (0, 1, 2, 3)),
+    "gated_delta_scan": (lambda g, dt: _matrix_state(g, dt, gated=True), (B, 3, 4, 5), (0, 1, 2, 3, 4)),
 }
-STATE_IS_LAST_OUTPUT = set(CASES) - {"ssd_scan"}  # ssd's outputs are y = S C, not the state
+# the matrix-state ops' outputs are readouts (y = S C, y = S^T q), not the state
+STATE_IS_LAST_OUTPUT = set(CASES) - {"ssd_scan", "e88_scan", "gated_delta_scan"}
 
 
 def _case(name, dtype=torch.float32, seed=0):

@@ -24,6 +24,7 @@ def _mamba2_backend(backend: str, fused: bool) -> str:
 def report() -> dict[str, str]:
     import torch
 
+    from rnnlab.layers import gdn
     from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
     from rnnlab.ops import OPS
     from rnnlab.ops.ssd import import_mamba_ssm
@@ -38,6 +39,8 @@ def report() -> dict[str, str]:
         "causal_conv1d": _try("causal_conv1d"),
         "mamba_ssm": "ok" if import_mamba_ssm() is not None else "unavailable (Mamba2 uses the SSD reference)",
         "mamba2 backend (auto)": _mamba2_backend(resolve_backend("auto"), causal_conv1d_available()),
+        "fla layers": _try("fla.layers.gated_deltanet"),
+        "gdn backend (auto)": gdn.resolve_backend("auto"),
     }
     for name, op in OPS.items():
         out[f"kernel {name}"] = _kernel_status(op) if torch.cuda.is_available() else "needs CUDA"

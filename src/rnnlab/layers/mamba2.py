@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_positive
+from rnnlab.layers.base import State, adopt, check_positive
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
@@ -164,13 +164,7 @@ class Mamba2(nn.Module):
             headdim=cfg.headdim, ngroups=cfg.ngroups, chunk_size=cfg.chunk_size,
             use_mem_eff_path=fused,
         )
-        for name, p in inner.named_parameters(recurse=False):
-            self.register_parameter(name, p)
-        for name, m in inner.named_children():
-            self.add_module(name, m)
-        for k, v in vars(inner).items():
-            if not k.startswith("_") and k != "training":
-                setattr(self, k, v)
+        adopt(self, inner)
         self._official = Official
 
     def _build_reference(self, cfg: Mamba2Config) -> None:

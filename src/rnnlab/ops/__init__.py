@@ -3,11 +3,13 @@ its GPU kernel (``<op>/triton.py``), run through one registry and backend vocabu
 (``rnnlab.ops.registry``). Every op returns ``(all states or outputs, final state)``, so a
 layer's ``step`` is its op run on one token."""
 
+from rnnlab.ops.delta import gated_delta_scan
 from rnnlab.ops.diag import diag_elman_scan
+from rnnlab.ops.e88 import e88_scan
 from rnnlab.ops.elman import elman_decay_scan, elman_lowrank_scan, elman_scan
 from rnnlab.ops.registry import BACKENDS, OPS
 from rnnlab.ops.scan import linear_scan, mingru_scan, minlstm_scan
 from rnnlab.ops.ssd import ssd_scan
 
-__all__ = ["BACKENDS", "OPS", "diag_elman_scan", "elman_decay_scan", "elman_lowrank_scan", "elman_scan",
-           "linear_scan", "mingru_scan", "minlstm_scan", "ssd_scan"]
+__all__ = ["BACKENDS", "OPS", "diag_elman_scan", "e88_scan", "elman_decay_scan", "elman_lowrank_scan", "elman_scan",
+           "gated_delta_scan", "linear_scan", "mingru_scan", "minlstm_scan", "ssd_scan"]

@@ -1,0 +1,40 @@
+"""The gated delta rule (Gated DeltaNet's recurrence), see ``naive.py`` for the math.
+
+``gated_delta_scan(q, k, v, g, beta, S0=None, backend="auto") -> (o, S_T)`` with
+``q, k [B, T, H, K]`` (k unit-norm for a stable rule), ``v [B, T, H, V]``, ``g [B, T, H]`` (log
+decay, <= 0), ``beta [B, T, H]`` (in (0, 1)), ``S0 [B, H, K, V]`` or None (zeros); ``o`` in
+``q``'s dtype, ``S_T`` in the compute dtype. Backends (``rnnlab.ops.registry``): ``"naive"`` (the
+sequential reference loop), ``"triton"`` (fla's chunked kernel, CUDA only, from the ``fla-core``
+package) and ``"auto"``.
+
+The official Gated DeltaNet layer (fla's own module, ``GatedDeltaNetConfig.backend="official"``)
+calls fla's kernels itself; this op is what the reference layer and every layer's ``step`` run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rnnlab.ops.delta import naive
+from rnnlab.ops.registry import Op, register
+
+__all__ = ["gated_delta_scan", "BACKENDS"]
+
+GATED_DELTA_SCAN = register(Op("gated_delta_scan", naive.gated_delta_scan, "rnnlab.ops.delta.triton"))
+BACKENDS = GATED_DELTA_SCAN.backends
+
+
+def gated_delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch.Tensor, beta: torch.Tensor,
+                     S0: torch.Tensor | None = None, backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(o, S_T)`` of ``S_t = a_t S_{t-1} + beta_t k_t (v_t - a_t S_{t-1}^T k_t)^T``, ``a_t = exp(g_t)``,
+    ``o_t = S_t^T q_t``."""
+    if q.dim() != 4 or k.shape != q.shape or v.dim() != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"q, k must be [B, T, H, K] and v [B, T, H, V], got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if g.shape != q.shape[:3] or beta.shape != q.shape[:3]:
+        raise ValueError(f"g and beta must be [B, T, H] = {tuple(q.shape[:3])}, got {tuple(g.shape)} "
+                         f"and {tuple(beta.shape)}")
+    state = (q.shape[0], q.shape[2], q.shape[3], v.shape[3])
+    if S0 is not None and S0.shape != state:
+        raise ValueError(f"S0 must be [B, H, K, V] = {state}, got {tuple(S0.shape)}")
+    return GATED_DELTA_SCAN(q, k, v, g, beta, S0, backend=backend)

@@ -1,0 +1,152 @@
+"""Gated DeltaNet: the op's reference against its definition and fla's own PyTorch reference, the
+reference layer against fla's formulas, the state_dict and init of fla's layer (built on CPU),
+backend choice, config checks and parameter counts. fla's kernels need CUDA (tests/gpu); the layer
+contract (step == forward, causality, gradcheck): tests/test_layer_contract.py."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rnnlab.cli import main
+from rnnlab.layers import gdn
+from rnnlab.layers.gdn import GatedDeltaNet, GatedDeltaNetConfig
+from rnnlab.models import ModelConfig, count_params
+from rnnlab.ops.delta import gated_delta_scan
+
+
+
+def _fla(module: str):
+    return pytest.importorskip(module, reason="fla not installed (pip install flash-linear-attention)")
+
+
+def _inputs(B=2, T=5, H=2, K=3, V=2, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=g, dtype=dtype)
+    k = F.normalize(torch.randn(B, T, H, K, generator=g, dtype=dtype), dim=-1)
+    v = torch.randn(B, T, H, V, generator=g, dtype=dtype)
+    log_a = -torch.rand(B, T, H, generator=g, dtype=dtype)
+    beta = torch.rand(B, T, H, generator=g, dtype=dtype)
+    return q, k, v, log_a, beta, torch.randn(B, H, K, V, generator=g, dtype=dtype)
+
+
+def definition(q, k, v, log_a, beta, S0):
+    """``S_t = a S_{t-1} + beta k (v - a S_{t-1}^T k)^T``, ``o_t = S_t^T q_t`` element by element."""
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    o = torch.zeros(B, T, H, V, dtype=torch.float64)
+    for b in range(B):
+        for h in range(H):
+            S = S0[b, h].tolist()
+            for t in range(T):
+                a, bt = float(log_a[b, t, h].exp()), float(beta[b, t, h])
+                qt, kt, vt = q[b, t, h].tolist(), k[b, t, h].tolist(), v[b, t, h].tolist()
+                u = [bt * (vt[j] - sum(a * S[i][j] * kt[i] for i in range(K))) for j in range(V)]
+                S = [[a * S[i][j] + kt[i] * u[j] for j in range(V)] for i in range(K)]
+                o[b, t, h] = torch.tensor([sum(S[i][j] * qt[i] for i in range(K)) for j in range(V)], dtype=torch.float64)
+    return o
+
+
+def test_op_reference_is_the_definition():
+    q, k, v, log_a, beta, S0 = _inputs()
+    o, _ = gated_delta_scan(q, k, v, log_a, beta, S0, backend="naive")
+    torch.testing.assert_close(o, definition(q, k, v, log_a, beta, S0), rtol=1e-12, atol=1e-12)
+
+
+def test_op_reference_matches_fla_naive():
+    """fla's own PyTorch recurrence (fp32 inside) with ``scale=1``: outputs and final state."""
+    naive = _fla("fla.ops.gated_delta_rule.naive")
+    q, k, v, log_a, beta, S0 = _inputs(T=9, H=3, K=4, V=5, dtype=torch.float32)
+    o, S_T = gated_delta_scan(q, k, v, log_a, beta, S0, backend="naive")
+    want_o, want_S = naive.naive_recurrent_gated_delta_rule(q, k, v, beta, log_a, scale=1.0, initial_state=S0,
+                                                            output_final_state=True)
+    torch.testing.assert_close(o, want_o, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(S_T, want_S, rtol=1e-6, atol=1e-6)
+
+
+def _reference(seed=0, **kw) -> GatedDeltaNet:
+    torch.manual_seed(seed)
+    return GatedDeltaNet(GatedDeltaNetConfig(**{"dim": 16, "head_dim": 4, "backend": "reference", **kw}))
+
+
+def test_layer_follows_fla_formulas():
+    """The reference layer equals the layer written with fla's PyTorch gate and recurrence
+    (``naive_gdn_gate``, ``naive_recurrent_gated_delta_rule`` with its default q scale K^-1/2)."""
+    gate = _fla("fla.ops.gated_delta_rule.gate")
+    naive = _fla("fla.ops.gated_delta_rule.naive")
+    layer = _reference(heads=3, expand_v=1.5)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+        x = torch.randn(2, 7, 16)
+        q, k, v = (F.silu(F.conv1d(proj(x).transpose(1, 2), conv.weight, padding=3, groups=conv.weight.shape[0])
+                          [..., :7].transpose(1, 2))
+                   for proj, conv in ((layer.q_proj, layer.q_conv1d), (layer.k_proj, layer.k_conv1d),
+                                      (layer.v_proj, layer.v_conv1d)))
+        q, k = (F.normalize(t.unflatten(-1, (3, 4)), dim=-1, eps=0) for t in (q, k))  # |x| >> 1e-3 here
+        g = gate.naive_gdn_gate(layer.a_proj(x), layer.A_log, layer.dt_bias)
+        o, _ = naive.naive_recurrent_gated_delta_rule(q, k, v.unflatten(-1, (3, 6)), layer.b_proj(x).sigmoid(), g)
+        gate_in = layer.g_proj(x).unflatten(-1, (3, 6))
+        o = o * torch.rsqrt(o.square().mean(-1, keepdim=True) + 1e-5) * layer.o_norm.weight * F.silu(gate_in)
+        torch.testing.assert_close(layer(x), layer.o_proj(o.flatten(-2)), rtol=1e-4, atol=1e-5)
+
+
+def test_reference_has_fla_state_dict_and_init():
+    """fla's layer (built on CPU, where its forward cannot run) and the reference: the same names,
+    shapes, order and, from the same seed, the same initial values."""
+    _fla("fla.layers.gated_deltanet")
+    cfg = dict(dim=48, head_dim=8, heads=3, expand_v=2.0, conv_size=4)
+    torch.manual_seed(3)
+    official = GatedDeltaNet(GatedDeltaNetConfig(**cfg, backend="official")).state_dict()
+    reference = _reference(seed=3, **cfg).state_dict()
+    assert list(official) == list(reference)
+    for name in official:
+        torch.testing.assert_close(reference[name], official[name], rtol=0, atol=0, msg=name)
+
+
+def test_official_forward_needs_cuda():
+    _fla("fla.layers.gated_deltanet")
+    layer = GatedDeltaNet(GatedDeltaNetConfig(dim=16, head_dim=4, backend="official"))
+    assert layer.backend == "official" and layer._use_fused_qkv_conv(None, False, None)
+    with pytest.raises(RuntimeError, match="only on CUDA"):
+        layer(torch.randn(1, 3, 16))
+
+
+def test_backend_choice(monkeypatch):
+    assert gdn.resolve_backend("auto") == ("official" if torch.cuda.is_available() and gdn.FLA_LAYER.available()
+                                           else "reference")
+    monkeypatch.setattr(gdn, "FLA_LAYER", gdn.LazyKernel("rnnlab_no_such_module"))
+    assert gdn.resolve_backend("auto") == "reference"
+    with pytest.raises(RuntimeError, match="needs fla's layer"):
+        gdn.resolve_backend("official")
+
+
+@pytest.mark.parametrize("kw, msg", [
+    (dict(head_dim=0), "head_dim must be positive"),
+    (dict(heads=0), "heads must be positive"),
+    (dict(expand_v=0.3), "expand_v must make"),
+    (dict(conv_size=2.0), "conv_size must be an integer"),
+    (dict(backend="naive"), "backend must be one of"),
+])
+def test_config_errors(kw, msg):
+    with pytest.raises(ValueError, match=msg):
+        GatedDeltaNetConfig(dim=64, **kw).validate()
+
+
+@pytest.mark.parametrize("dim, depth, layer", [(1920, 17, {"heads": 24, "head_dim": 80}), (256, 2, {"conv_size": 2})])
+def test_parameter_count(dim, depth, layer):
+    """Per layer ``D (2HK + 3HV + 2H) + c (2HK + HV) + 2H + V`` plus its LayerNorm; the tied
+    embedding and final norm (1920 x 17, 24 heads of 80: the reference study's ~480M config)."""
+    cfg = GatedDeltaNetConfig(dim=dim, **layer)
+    H, K, V, c = cfg.n_heads, cfg.head_dim, cfg.head_v_dim, cfg.conv_size
+    per_layer = dim * (2 * H * K + 3 * H * V + 2 * H) + c * (2 * H * K + H * V) + 2 * H + V + 2 * dim
+    assert count_params(ModelConfig("gdn", dim, depth, layer=layer)) == depth * per_layer + 256 * dim + 2 * dim
+
+
+def test_params_cli_solves_a_width(capsys):
+    assert main(["params", "--model", "gdn", "--target", "400M", "--depth", "16", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["dim"] % 128 == 0 and abs(out["params"] - 4e8) < 0.05 * 4e8
