@@ -30,13 +30,15 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None):
-    """inputs: list of fp32 CPU tensors or None. Fast path gets them in ``dtype`` on CUDA; the
-    reference gets the same rounded values in float64 on CPU. Both return ``(h, h_T)``: h, the
-    final state and every input gradient (through h) are compared."""
+def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=()):
+    """inputs: list of fp32 CPU tensors or None. Fast path gets them in ``dtype`` on CUDA (those at
+    the positions ``fp32_inputs`` stay fp32, as their layer passes them); the reference gets the
+    same rounded values in float64 on CPU. Both return ``(h, h_T)``: h, the final state and every
+    input gradient (through h) are compared."""
     tol = TOL[dtype] if tol is None else tol
-    fast = [None if x is None else x.to(dtype).to(DEV).requires_grad_() for x in inputs]
-    ref = [None if x is None else x.to(dtype).double().requires_grad_() for x in inputs]
+    inputs = [x if x is None or i in fp32_inputs else x.to(dtype) for i, x in enumerate(inputs)]
+    fast = [None if x is None else x.to(DEV).requires_grad_() for x in inputs]
+    ref = [None if x is None else x.double().requires_grad_() for x in inputs]
     y, y_last = fn_fast(*fast)
     yr, yr_last = fn_ref(*ref)
     assert y.dtype == dtype and y.shape == yr.shape and y_last.dtype == torch.float32
@@ -408,3 +410,134 @@ def test_mamba2_official_compiled_trains_like_eager(mode):
     assert sum(eager[-4:]) < sum(eager[:4]) - 0.2  # it trains: each batch's loss falls on later visits
     assert diffs[0] < 1e-2 and max(diffs) < 2e-2, diffs
     torch._dynamo.reset()
+
+
+# ------------------------------------------------------------------- E88 and Gated DeltaNet
+# (B, T, H, n, m): B = 1; n, m not powers of two (padded lanes) and n != m; T not a multiple of
+# the kernel's checkpoint interval (16), and T = 300 for many segments; 49 heads of 32 (the
+# reference's 480M layer).
+E88_SHAPES = [(2, 33, 3, 32, 32), (1, 50, 5, 24, 40), (3, 17, 4, 16, 8), (1, 7, 2, 5, 3), (2, 300, 8, 32, 32),
+              (4, 64, 49, 32, 32)]
+
+
+def _e88_inputs(B, T, H, n, m, with_s0):
+    q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, n), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, H, m)
+    decay = torch.rand(B, T, H) * 0.2 + 0.8
+    return [q, k, v, decay, torch.randn(B, H, n, m).tanh() if with_s0 else None]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", E88_SHAPES)
+@pytest.mark.parametrize("with_s0", [False, True])
+def test_e88(dtype, shape, with_s0):
+    """E88's Triton kernel (checkpointed backward) against the float64 reference: outputs, final
+    state, the gradients of q, k, v, the decay (kept fp32, as the layer passes it) and S0."""
+    from rnnlab.ops.e88 import e88_scan, naive
+
+    torch.manual_seed(hash((shape, with_s0)) % 1000 + 11)
+    _check_op(f"e88{shape}", lambda q, k, v, d, s: e88_scan(q, k, v, d, s, backend="triton"), naive.e88_scan,
+              _e88_inputs(*shape, with_s0), dtype, fp32_inputs=(3, 4))
+
+
+@pytest.mark.parametrize("every", [1, 5, 16])
+def test_e88_final_state_gradient(every):
+    """A loss on the outputs and the final state: every gradient, several checkpoint intervals."""
+    from rnnlab.ops.e88 import naive
+    from rnnlab.ops.e88 import triton as kernel
+
+    torch.manual_seed(every)
+    inputs = _e88_inputs(2, 37, 3, 32, 16, True)
+    fast = [x.to(DEV).requires_grad_() for x in inputs]
+    ref = [x.double().requires_grad_() for x in inputs]
+    (y, s_T), (yr, s_Tr) = kernel.e88_scan(*fast, checkpoint_every=every), naive.e88_scan(*ref)
+    gy, gs = torch.randn(yr.shape, dtype=torch.float64), torch.randn(s_Tr.shape, dtype=torch.float64)
+    got = torch.autograd.grad((y * gy.float().to(DEV)).sum() + (s_T * gs.float().to(DEV)).sum(), fast)
+    want = torch.autograd.grad((yr * gy).sum() + (s_Tr * gs).sum(), ref)
+    errs = [rel(y, yr), rel(s_T, s_Tr)] + [rel(a, b) for a, b in zip(got, want)]
+    print(f"e88 every={every}: " + " ".join(f"{e:.1e}" for e in errs))
+    assert max(errs) < TOL[torch.float32], errs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 70, 3, 32, 64), (1, 33, 2, 80, 160), (2, 130, 4, 64, 64)])
+@pytest.mark.parametrize("with_s0", [False, True])
+def test_gated_delta_fla(dtype, shape, with_s0):
+    """The gated delta op's "triton" backend, fla's chunk kernel, against the float64 reference
+    (q scaled, k unit-norm, log decay and beta in fp32 as the reference layer passes them).
+    Tolerance 2e-2: fla's chunk kernels multiply in TF32 (measured values are printed)."""
+    from rnnlab.ops.delta import GATED_DELTA_SCAN, gated_delta_scan, naive
+
+    if not GATED_DELTA_SCAN.kernel_available():
+        pytest.skip(f"fla not importable: {GATED_DELTA_SCAN.kernel.error}")
+    torch.manual_seed(hash((shape, with_s0)) % 1000 + 13)
+    B, T, H, K, V = shape
+    q = torch.randn(B, T, H, K) * K ** -0.5
+    k = torch.nn.functional.normalize(torch.randn(B, T, H, K), dim=-1)
+    inputs = [q, k, torch.randn(B, T, H, V), -torch.rand(B, T, H) * 0.3, torch.rand(B, T, H),
+              torch.randn(B, H, K, V) * 0.5 if with_s0 else None]
+    _check_op(f"gated_delta{shape}", lambda *a: gated_delta_scan(*a, backend="triton"), naive.gated_delta_scan,
+              inputs, dtype, tol=2e-2, fp32_inputs=(3, 4, 5))
+
+
+@pytest.mark.parametrize("layer", [dict(n_state=32, heads=3), dict(n_state=24, expansion=1.5, heads=4)])
+def test_e88_layer(layer):
+    from rnnlab.layers.e88 import E88, E88Config
+
+    cpu, gpu = _pair(E88, E88Config, {"backend": "triton"}, dim=96, backend="naive", **layer)
+    _check_layer(f"E88 {layer}", cpu, gpu, 96, 1e-4)
+
+
+def test_gdn_official_vs_reference():
+    """fla's GatedDeltaNet (CUDA, fp32 in, TF32 products inside its chunk kernels) against the
+    PyTorch reference on CPU (float64) with the SAME state_dict; tolerance 2e-2 as Mamba2's."""
+    from rnnlab.layers.gdn import FLA_LAYER, GatedDeltaNet, GatedDeltaNetConfig
+
+    if not FLA_LAYER.available():
+        pytest.skip(f"fla's layer not importable: {FLA_LAYER.error}")
+    torch.manual_seed(0)
+    cfg = dict(dim=128, head_dim=32, heads=4, expand_v=2.0)
+    ref = GatedDeltaNet(GatedDeltaNetConfig(**cfg, backend="reference"))
+    off = GatedDeltaNet(GatedDeltaNetConfig(**cfg, backend="official"))
+    off.load_state_dict(ref.state_dict())
+    _check_layer("GDN official", ref, off, 128, 2e-2, B=2, T=80)
+
+
+def test_gdn_official_step_matches_forward():
+    """Decoding an official (fla) layer token by token (the reference's step on CUDA with fla's
+    gated norm) gives its eval forward (fla's fused_recurrent kernel for short sequences)."""
+    from rnnlab.layers.gdn import FLA_LAYER, GatedDeltaNet, GatedDeltaNetConfig
+
+    if not FLA_LAYER.available():
+        pytest.skip(f"fla's layer not importable: {FLA_LAYER.error}")
+    torch.manual_seed(0)
+    layer = GatedDeltaNet(GatedDeltaNetConfig(dim=128, head_dim=32, backend="official")).to(DEV).eval()
+    x = torch.randn(2, 24, 128, device=DEV)
+    with torch.no_grad():
+        y = layer(x)
+        state = layer.init_state(2, x.device, x.dtype)
+        steps = []
+        for t in range(x.shape[1]):
+            y_t, state = layer.step(x[:, t], state)
+            steps.append(y_t)
+    assert rel(torch.stack(steps, 1), y) < 1e-3
+
+
+def test_new_cells_bf16_train_step():
+    """One bf16 training step of an E88 (Triton kernel) and a GDN (fla) LM runs, is finite and moves the loss."""
+    from rnnlab.models import LM, ModelConfig
+
+    for model, layer in [("e88", {}), ("gdn", {"head_dim": 64})]:
+        torch.manual_seed(0)
+        m = LM(ModelConfig(model=model, dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
+        idx = torch.randint(0, 256, (4, 65), device=DEV)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        losses = []
+        for _ in range(3):
+            loss = m(idx[:, :-1], idx[:, 1:])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        print(model, [f"{v:.4f}" for v in losses])
+        assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
