@@ -76,7 +76,7 @@ def main(argv=None):
     p.add_argument("--best-out", default=None, help="write the fastest dense per-step tile BN,BK,warps,stages")
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
-    p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "dense"],
+    p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "dense"],
                    help="which kernel families to time (default all)")
     args = p.parse_args(argv)
 
@@ -173,6 +173,9 @@ def main(argv=None):
             add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
                 "tanh.approx" if fast else "exp-tanh")
 
+    if "cells" in args.sections:
+        matrix_state_cells(add, B, T, args.reps, bw)
+
     # ---- E1 dense 1760
     H = 1760
     rec_flops = 3 * 2 * B * T * H * H
@@ -235,6 +238,39 @@ def main(argv=None):
     tc = timeit(gph.replay, args.reps)
     print(f"{'cuBLAS GEMM chain (graph)':34s} {'':22s} {tc:8.3f} ms ({tc / T * 1e3:.2f} us/step)")
     return finish(args, rows, bw, fl, tc)
+
+
+def matrix_state_cells(add, B, T, reps, bw):
+    """E88's kernel at the race's layer (50 heads, n = m = 32) and at the reference's 480M layer
+    (49 heads), and fla's gated delta rule at the race's GDN layer (13 heads, K 128, V 256): one
+    layer's recurrence, decay / log decay and beta in fp32 as their layers pass them. Floor: the
+    HBM bytes the kernels must move (inputs and outputs of forward and backward, once each)."""
+    from rnnlab.ops.delta import gated_delta_scan
+    from rnnlab.ops.e88 import e88_scan
+
+    dev, dt, el = "cuda", torch.bfloat16, 2
+
+    def inputs(H, K, V, lo, hi):  # the third input: E88's decay / GDN's log decay, uniform in [lo, hi)
+        q, k = (torch.nn.functional.normalize(torch.randn(B, T, H, K, device=dev), dim=-1).to(dt) for _ in range(2))
+        v = torch.randn(B, T, H, V, device=dev, dtype=dt)
+        g = torch.empty(B, T, H, device=dev).uniform_(lo, hi)
+        return [t.requires_grad_() for t in (q, k, v, g)], torch.randn(B, T, H, V, device=dev, dtype=dt)
+
+    for H in (50, 49):
+        def mk(H=H):
+            ins, gy = inputs(H, 32, 32, 0.8, 1.0)
+            return (lambda q, k, v, d: e88_scan(q, k, v, d, None, backend="triton")), ins, gy
+
+        floor = B * T * H * (2 * (3 * 32 + 32) * el + 2 * 4 + 2 * (3 * 32 + 32) * el) / bw * 1e3
+        add("E88 triton", f"B{B} T{T} {H}x32x32", fwd_bwd(mk, reps), floor, "checkpoint every 16")
+
+    def mkg():
+        ins, gy = inputs(13, 128, 256, -0.3, 0.0)
+        beta = torch.rand(B, T, 13, device=dev, requires_grad=True)
+        return (lambda q, k, v, g, b: gated_delta_scan(q, k, v, g, b, None, backend="triton")), ins + [beta], gy
+
+    floor = B * T * 13 * (2 * (2 * 128 + 2 * 256) * el + 4 * 4) / bw * 1e3
+    add("gated delta (fla chunk)", f"B{B} T{T} 13x128x256", fwd_bwd(mkg, reps), floor)
 
 
 def finish(args, rows, bw, fl, tc):

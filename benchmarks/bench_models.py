@@ -13,7 +13,7 @@ weights, so MFU is the share of the chip a model turns into training.
 
 Rows:
 - every rnnlab model (``rnnlab.models.LM`` with its default fast path: Triton/CUDA kernels for the
-  recurrences, the official ``mamba_ssm`` module for Mamba2);
+  recurrences, the official ``mamba_ssm`` module for Mamba2, fla's layer for Gated DeltaNet);
 - ``Mamba2 standalone``: the official ``mamba_ssm`` Mamba2 in a minimal LM written here (embedding,
   pre-norm LayerNorm residual blocks, final LayerNorm, tied head, fp32 cross-entropy), outside
   rnnlab, so the cost of rnnlab's wrapper is visible (rnnlab's best Mamba2 / standalone best).
@@ -63,6 +63,9 @@ MODELS = [
     ("minLSTM 2880x16", dict(model="minlstm", dim=2880, depth=16), [OFF, DEFAULT]),
     ("E16 s4 1024x10 e2", dict(model="e16", dim=1024, depth=10,
                                 layer={"expansion": 2.0, "state_expansion": 4}), [OFF, DEFAULT]),
+    # the equal-time race's configs (suites/race-400m.toml); not measured yet
+    ("E88 50x32 d31", dict(model="e88", dim=1600, depth=31), [OFF, DEFAULT, RO]),
+    ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
 ]
 MIN_COMPILE_WARMUP = 3  # step 1 compiles forward and backward; keep later steps out of it too
 LOSS_TOL = 5e-2  # nats, any step: a mode that differs more from the model's first mode is not "correct"

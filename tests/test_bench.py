@@ -17,7 +17,7 @@ from rnnlab.models.params import count_params
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
-SHIPPED = {"tiny", "seed-400m-sf", "seed-400m-step-matched", "depth-sweep", "e1-ablations"}
+SHIPPED = {"tiny", "seed-400m-sf", "seed-400m-step-matched", "depth-sweep", "e1-ablations", "race-400m"}
 
 
 def _table_rows(md: str, header_start: str = "| Model | Params | Loss") -> list[list[str]]:
@@ -47,7 +47,7 @@ def test_seed_suites_reproduce_seed_param_counts(tmp_path):
         suite = load_suite(name)
         plan = plan_suite(suite, tmp_path / name)
         refs = suite.reference["runs"]
-        assert set(refs) <= {p.name for p in plan}  # every reference row is planned
+        assert set(refs) <= {p.name for p in plan}  # every reference row is planned (Table B has more)
         for p in plan:
             if p.name in refs:
                 assert p.params == refs[p.name]["params"], p.name
@@ -62,6 +62,22 @@ def test_seed_suites_reproduce_seed_param_counts(tmp_path):
     a = tb["e1-exp2.5-adamw"].optim
     assert (a.optimizer, a.lr, a.warmup_steps, a.lr_schedule) == ("adamw", 1e-4, 100, "constant")
     assert tb["e1-exp2.5"].optim.optimizer == "schedulefree-adamw" and tb["e1-exp2.5"].optim.lr == 3e-4
+
+
+def test_race_suite_is_table_b_plus_the_new_cells_at_equal_time(tmp_path):
+    """Every Table B model at its width, plus E1 heads, E88 and GDN, all within 2.5% of 400M
+    parameters, 6 minutes each of 32 x 512 with Schedule-Free AdamW 3e-4 in bf16."""
+    race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
+    table_b = {p.name: p for p in plan_suite(load_suite("seed-400m-step-matched"), tmp_path / "b")
+               if p.cfg.optim.optimizer == "schedulefree-adamw"}  # one row per model
+    assert set(race) == set(table_b) | {"e1-heads"}
+    for name, p in race.items():
+        assert abs(p.params - 4e8) < 0.025 * 4e8, name
+        if name in table_b:
+            assert p.cfg.model == table_b[name].cfg.model, name
+        c = p.cfg
+        assert (c.budget.minutes, c.budget.steps, c.data.batch_size, c.data.seq_len) == (6, None, 32, 512)
+        assert (c.optim.optimizer, c.optim.lr, c.run.precision) == ("schedulefree-adamw", 3e-4, "bf16")
 
 
 def test_scaling_options(tmp_path):
@@ -165,7 +181,8 @@ def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))
     res = run_plan(suite, plan_suite(suite, out, steps=3), out, progress=False, log=lambda m: None)
     # the interrupted run is resumed, complete ones are skipped, the rest start fresh
-    assert calls == [("mingru", True), ("minlstm", False), ("e16", False), ("transformer", False)]
+    assert calls == [("mingru", True), ("minlstm", False), ("e16", False), ("transformer", False), ("e88", False),
+                     ("gdn", False)]
     assert res["skipped"] == ["e1", "mamba2"] and not res["stopped"]
 
     calls.clear()
@@ -333,7 +350,7 @@ def test_bench_list_and_plan(tmp_path, capsys):
         assert name in out
     assert main(["bench", "tiny", "--plan", "--out", str(tmp_path), "--params", "100K", "--seeds", "3"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
-    assert len(lines) == 6 and all("[new]" in x and "-s3" in x for x in lines)
+    assert len(lines) == len(load_suite("tiny").runs) and all("[new]" in x and "-s3" in x for x in lines)
     assert not any(tmp_path.iterdir())  # --plan trains and writes nothing
     assert main(["bench"]) == 2  # no suite named: a one-line error
 

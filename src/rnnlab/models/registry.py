@@ -66,5 +66,4 @@ register(ModelSpec("transformer", "rnnlab.layers.attention:CausalSelfAttention",
 register(ModelSpec("e88", "rnnlab.layers.e88:E88", "rnnlab.layers.e88:E88Config",
                    "E88 nonlinear matrix state: S = tanh(d S + k (v - S^T k)^T), y = (S^T q) * silu(g)"))
 register(ModelSpec("gdn", "rnnlab.layers.gdn:GatedDeltaNet", "rnnlab.layers.gdn:GatedDeltaNetConfig",
-                   "Gated DeltaNet (fla's official layer and kernels on CUDA, a PyTorch reference elsewhere)",
-                   dim_multiple=128))
+                   "Gated DeltaNet (fla's official layer and kernels on CUDA, a PyTorch reference elsewhere)"))
