@@ -6,7 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=$1
 mkdir -p .gpu/wheels .gpu/data/train .gpu/data/val
-cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja}*.whl .gpu/wheels/
+cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja,fla_core}*.whl .gpu/wheels/
+# fla's layers (Gated DeltaNet's official layer): a pure wheel, from PyPI when the shared folder lacks it
+cp "$shared"/wheels/flash_linear_attention-0.6.0-*.whl .gpu/wheels/ 2>/dev/null ||
+  python3 -m pip download -q --no-deps -d .gpu/wheels flash-linear-attention==0.6.0
 for s in $(grep -v '^#' benchmarks/registry_pile_subset.txt); do
   cp "$shared/data/train/$s.train.txt.xz" .gpu/data/train/
   [ ! -f "$shared/data/val/$s.val.txt.xz" ] || cp "$shared/data/val/$s.val.txt.xz" .gpu/data/val/
