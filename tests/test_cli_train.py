@@ -68,7 +68,7 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--model", "nope"], "model must be one of e1, e16, mingru, minlstm, mamba2, transformer, got 'nope'"),
+    (["--model", "nope"], "model must be one of e1, e16, mingru, minlstm, mamba2, transformer, e88, gdn, got 'nope'"),
     (["--model", "e1", "--dim", "0"], "dim must be a positive integer (at most 65,536), got 0"),
     (["--model", "e1", "--dim", "1000000"], "dim must be a positive integer (at most 65,536), got 1000000"),
     (["--model", "e1", "--depth", "-1"], "depth must be"),

@@ -60,7 +60,7 @@ def test_parse_count(text, value):
     "argv,message",
     [
         (["--model", "nope", "--dim", "64", "--depth", "2"],
-         "model must be one of e1, e16, mingru, minlstm, mamba2, transformer, got 'nope'"),
+         "model must be one of e1, e16, mingru, minlstm, mamba2, transformer, e88, gdn, got 'nope'"),
         (["--model", "e1", "--dim", "0", "--depth", "2"], "dim must be a positive integer (at most 65,536), got 0"),
         (["--model", "e1", "--dim", "64", "--depth", "-3"], "depth must be a positive integer (at most 1,024), got -3"),
         (["--model", "e1", "--target", "lots", "--depth", "2"], "cannot read a parameter count from 'lots'"),
