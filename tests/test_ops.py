@@ -28,11 +28,11 @@ def _ssd(g, dtype):  # x [B,T,h,p], dt [B,T,h], A [h], B/C [B,T,G,N], chunk size
 
 
 def _matrix_state(g, dtype, gated=False):  # q, k [B,T,h,n] (unit rows), v [B,T,h,m], decay or (g, beta)
-    q, k = (F.normalize(torch.randn(B, T, 3, 4, generator=g), dim=-1) for _ in range(2))
-    v = torch.randn(B, T, 3, 5, generator=g)
+    q, k = (F.normalize(torch.randn(B, T, 2, 3, generator=g), dim=-1) for _ in range(2))
+    v = torch.randn(B, T, 2, 2, generator=g)
     if gated:  # gated delta rule: log decay g <= 0 and write strength beta
-        return [q, k, v, -torch.rand(B, T, 3, generator=g), torch.rand(B, T, 3, generator=g)]
-    return [q, k, v, torch.rand(B, T, 3, generator=g) * 0.5 + 0.5]
+        return [q, k, v, -torch.rand(B, T, 2, generator=g), torch.rand(B, T, 2, generator=g)]
+    return [q, k, v, torch.rand(B, T, 2, generator=g) * 0.5 + 0.5]
 
 
 # op name -> (inputs(generator, dtype) without the initial state, initial-state shape, positions
@@ -49,8 +49,8 @@ CASES = {
     "minlstm_scan": (lambda g, dt: [torch.randn(B, T, 3 * H, generator=g)], (B, H), (0,)),
     "diag_elman_scan": (lambda g, dt: [torch.randn(B, T, H, generator=g), torch.rand(H, generator=g)], (B, H), (0,)),
     "ssd_scan": (_ssd, (B, 4, 3, 5), (0, 1, 3, 4)),
-    "e88_scan": (_matrix_state, (B, 3, 4, 5), (0, 1, 2, 3)),
-    "gated_delta_scan": (lambda g, dt: _matrix_state(g, dt, gated=True), (B, 3, 4, 5), (0, 1, 2, 3, 4)),
+    "e88_scan": (_matrix_state, (B, 2, 3, 2), (0, 1, 2, 3)),
+    "gated_delta_scan": (lambda g, dt: _matrix_state(g, dt, gated=True), (B, 2, 3, 2), (0, 1, 2, 3, 4)),
 }
 # the matrix-state ops' outputs are readouts (y = S C, y = S^T q), not the state
 STATE_IS_LAST_OUTPUT = set(CASES) - {"ssd_scan", "e88_scan", "gated_delta_scan"}
