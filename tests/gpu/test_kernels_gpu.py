@@ -322,7 +322,7 @@ def test_lm_bf16_train_step_triton():
     from rnnlab.models import LM, ModelConfig
 
     for model, layer in [("e1", {}), ("e1", {"heads": 4}), ("e16", {"state_expansion": 2}),
-                         ("mingru", {}), ("minlstm", {})]:
+                         ("mingru", {}), ("minlstm", {}), ("e88", {}), ("gdn", {"head_dim": 64})]:
         torch.manual_seed(0)
         m = LM(ModelConfig(model=model, dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
         idx = torch.randint(0, 256, (4, 65), device=DEV)
@@ -521,23 +521,3 @@ def test_gdn_official_step_matches_forward():
             y_t, state = layer.step(x[:, t], state)
             steps.append(y_t)
     assert rel(torch.stack(steps, 1), y) < 1e-3
-
-
-def test_new_cells_bf16_train_step():
-    """One bf16 training step of an E88 (Triton kernel) and a GDN (fla) LM runs, is finite and moves the loss."""
-    from rnnlab.models import LM, ModelConfig
-
-    for model, layer in [("e88", {}), ("gdn", {"head_dim": 64})]:
-        torch.manual_seed(0)
-        m = LM(ModelConfig(model=model, dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
-        idx = torch.randint(0, 256, (4, 65), device=DEV)
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
-        losses = []
-        for _ in range(3):
-            loss = m(idx[:, :-1], idx[:, 1:])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
-        print(model, [f"{v:.4f}" for v in losses])
-        assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]

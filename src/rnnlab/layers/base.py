@@ -17,18 +17,33 @@ raises ``ValueError`` with a clear message for impossible values.
 
 from __future__ import annotations
 
+import math
 import types
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import nn
 
 State = tuple[Any, ...]
+OFFICIAL_BACKENDS = ("auto", "official", "reference")  # of a layer with an official implementation
 
 
 def check_positive(name: str, value: float) -> None:
     """Raise a ValueError naming the field when a size is not positive."""
     if value is None or value <= 0:
         raise ValueError(f"{name} must be positive, got {value!r}")
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    """Raise a ValueError naming the field unless ``value`` is a positive int (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    check_positive(name, value)
+
+
+def is_finite_number(value: Any) -> bool:
+    """An int or float (not a bool) that is finite."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def adopt(layer: nn.Module, inner: nn.Module, methods: tuple[str, ...] = ()) -> None:
@@ -46,3 +61,39 @@ def adopt(layer: nn.Module, inner: nn.Module, methods: tuple[str, ...] = ()) -> 
             setattr(layer, k, v)
     for name in methods:
         setattr(layer, name, types.MethodType(getattr(type(inner), name), layer))
+
+
+def resolve_official(backend: str, layer: str, official_error: Callable[[], str | None]) -> str:
+    """``"official"`` or ``"reference"`` for ``backend`` of a layer with an official
+    implementation; ``official_error()`` imports its library (on first call) and says why it
+    cannot, or None. ``"auto"`` is official on CUDA when the library imports (never imported
+    without CUDA); an explicit ``"official"`` that cannot load raises."""
+    if backend not in OFFICIAL_BACKENDS:
+        raise ValueError(f"backend must be one of {OFFICIAL_BACKENDS}, got {backend!r}")
+    if backend == "reference" or (backend == "auto" and not torch.cuda.is_available()):
+        return "reference"
+    error = official_error()
+    if error is not None and backend == "official":
+        raise RuntimeError(f"{layer} backend='official' needs {error}")
+    return "official" if error is None else "reference"
+
+
+class OfficialOrReference(nn.Module):
+    """A mixer whose ``backend`` chooses the whole implementation (Mamba2, Gated DeltaNet):
+    ``"official"`` adopts the library's module (:func:`adopt`, ``_adopt_official``), ``"reference"``
+    builds the PyTorch reference with the same state_dict (``_build_reference``)."""
+
+    def __init__(self, cfg: Any, backend: str):
+        super().__init__()
+        self.backend = backend
+        if backend == "official":
+            self._adopt_official(cfg)
+        else:
+            self._build_reference(cfg)
+        self.cfg = cfg
+
+    def _adopt_official(self, cfg: Any) -> None:
+        raise NotImplementedError
+
+    def _build_reference(self, cfg: Any) -> None:
+        raise NotImplementedError

@@ -23,14 +23,13 @@ and keeps the state ``[B, H, n, m]`` in the compute dtype.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_positive
+from rnnlab.layers.base import State, check_positive_int, is_finite_number
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.e88 import BACKENDS, e88_scan
@@ -53,15 +52,9 @@ class E88Config:
         return int(self.n_state * self.expansion)
 
     def validate(self) -> None:
-        for name in ("dim", "n_state", "heads"):
-            value = getattr(self, name)
-            if name == "heads" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            check_positive(name, value)
-        if isinstance(self.expansion, bool) or not isinstance(self.expansion, (int, float)) \
-                or not math.isfinite(self.expansion) or self.head_v_dim < 1:
+        for name in ("dim", "n_state") + (("heads",) if self.heads is not None else ()):
+            check_positive_int(name, getattr(self, name))
+        if not is_finite_number(self.expansion) or self.head_v_dim < 1:
             raise ValueError(f"expansion must give int(n_state*expansion) >= 1, got {self.expansion!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")

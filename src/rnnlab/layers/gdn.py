@@ -35,20 +35,19 @@ dtype); the official layer's gated norm is fla's kernel, so its ``step`` needs C
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, adopt, check_positive
+from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_positive_int,
+                                is_finite_number, resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.delta import gated_delta_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.registry import LazyKernel
 
-BACKENDS = ("auto", "official", "reference")
 FLA_LAYER = LazyKernel("fla.layers.gated_deltanet")  # fla's layer module, imported on first use
 
 
@@ -70,33 +69,18 @@ class GatedDeltaNetConfig:
         return int(self.head_dim * self.expand_v)
 
     def validate(self) -> None:
-        for name in ("dim", "head_dim", "heads", "conv_size"):
-            value = getattr(self, name)
-            if name == "heads" and value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            check_positive(name, value)
-        if isinstance(self.expand_v, bool) or not isinstance(self.expand_v, (int, float)) \
-                or not math.isfinite(self.expand_v) or self.head_v_dim < 1 \
-                or self.head_v_dim != self.head_dim * self.expand_v:
+        for name in ("dim", "head_dim", "conv_size") + (("heads",) if self.heads is not None else ()):
+            check_positive_int(name, getattr(self, name))
+        if not is_finite_number(self.expand_v) or self.head_v_dim < 1 or self.head_v_dim != self.head_dim * self.expand_v:
             raise ValueError(f"expand_v must make head_dim*expand_v a positive integer, got {self.expand_v!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend not in OFFICIAL_BACKENDS:
+            raise ValueError(f"backend must be one of {OFFICIAL_BACKENDS}, got {self.backend!r}")
 
 
 def resolve_backend(backend: str) -> str:
     """``"official"`` or ``"reference"``; an explicit ``"official"`` without fla's layer raises."""
-    if backend == "reference":
-        return backend
-    if backend == "official":
-        if not FLA_LAYER.available():
-            raise RuntimeError(f"GatedDeltaNet backend='official' needs fla's layer "
-                               f"(pip install flash-linear-attention): {FLA_LAYER.error}")
-        return backend
-    if backend == "auto":
-        return "official" if torch.cuda.is_available() and FLA_LAYER.available() else "reference"
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return resolve_official(backend, "GatedDeltaNet", lambda: None if FLA_LAYER.available() else
+                            f"fla's layer (pip install flash-linear-attention): {FLA_LAYER.error}")
 
 
 def _l2_normalize(t: torch.Tensor) -> torch.Tensor:
@@ -121,18 +105,12 @@ class GatedRMSNorm(nn.Module):
         return (x * F.silu(gate.to(ct))).to(o.dtype)
 
 
-class GatedDeltaNet(nn.Module):
+class GatedDeltaNet(OfficialOrReference):
     """Gated DeltaNet mixer, ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
 
     def __init__(self, cfg: GatedDeltaNetConfig):
-        super().__init__()
         cfg.validate()
-        self.backend = resolve_backend(cfg.backend)
-        if self.backend == "official":
-            self._adopt_official(cfg)
-        else:
-            self._build_reference(cfg)
-        self.cfg = cfg
+        super().__init__(cfg, resolve_backend(cfg.backend))
 
     # ---------------------------------------------------------------- construction
     def _adopt_official(self, cfg: GatedDeltaNetConfig) -> None:

@@ -45,12 +45,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, adopt, check_positive
+from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_positive_int,
+                                resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
-
-BACKENDS = ("auto", "official", "reference")
 
 
 @dataclass
@@ -74,10 +73,7 @@ class Mamba2Config:
 
     def validate(self) -> None:
         for name in ("dim", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
-            check_positive(name, value)
+            check_positive_int(name, getattr(self, name))
         if self.d_inner % self.headdim:
             raise ValueError(
                 f"headdim must divide d_inner = expand*dim = {self.d_inner}, got {self.headdim}"
@@ -86,8 +82,8 @@ class Mamba2Config:
             raise ValueError(
                 f"ngroups must divide the number of heads ({self.nheads}), got {self.ngroups}"
             )
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.backend not in OFFICIAL_BACKENDS:
+            raise ValueError(f"backend must be one of {OFFICIAL_BACKENDS}, got {self.backend!r}")
 
 
 def causal_conv1d_available() -> bool:
@@ -100,15 +96,8 @@ def causal_conv1d_available() -> bool:
 
 def resolve_backend(backend: str) -> str:
     """``"official"`` or ``"reference"``; an explicit ``"official"`` without mamba_ssm raises."""
-    if backend == "reference":
-        return backend
-    if backend == "official":
-        if import_mamba_ssm() is None:
-            raise RuntimeError(f"Mamba2 backend='official' needs mamba_ssm: {mamba_ssm_error()}")
-        return backend
-    if backend == "auto":
-        return "official" if torch.cuda.is_available() and import_mamba_ssm() is not None else "reference"
-    raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    return resolve_official(backend, "Mamba2", lambda: None if import_mamba_ssm() is not None
+                            else f"mamba_ssm: {mamba_ssm_error()}")
 
 
 _warned_no_conv = False
@@ -133,18 +122,12 @@ class GatedRMSNorm(nn.Module):
         return (g.flatten(-2) * self.weight.float()).to(dtype)
 
 
-class Mamba2(nn.Module):
+class Mamba2(OfficialOrReference):
     """Mamba2 mixer, ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
 
     def __init__(self, cfg: Mamba2Config):
-        super().__init__()
         cfg.validate()
-        self.backend = resolve_backend(cfg.backend)
-        if self.backend == "official":
-            self._adopt_official(cfg)
-        else:
-            self._build_reference(cfg)
-        self.cfg = cfg
+        super().__init__(cfg, resolve_backend(cfg.backend))
 
     # ---------------------------------------------------------------- construction
     def _adopt_official(self, cfg: Mamba2Config) -> None:

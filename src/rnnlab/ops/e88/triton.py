@@ -46,17 +46,23 @@ def _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row, rn, rm, mn, mm, N, M, valid):
 
 
 @triton.jit
-def _e88_fwd(q_ptr, k_ptr, v_ptr, d_ptr, s0_ptr, y_ptr, ck_ptr, sT_ptr, T, H, N, M,
-             HAS_S0: tl.constexpr, SAVE: tl.constexpr, C: tl.constexpr, BN: tl.constexpr,
-             BM: tl.constexpr, FAST: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)  # b * H + h
-    row0 = (bh // H) * T * H + bh % H  # row of (b, t=0, h); step t adds t*H
+def _program(T, H, N, M, BN: tl.constexpr, BM: tl.constexpr):
+    """This program's ``b * H + h``, its row of (b, t=0, h) in ``[B*T*H]`` (step t adds t*H), the
+    state's lanes and masks and the offsets of a ``[n, m]`` state."""
+    bh = tl.program_id(0).to(tl.int64)
+    row0 = (bh // H) * T * H + bh % H
     rn = tl.arange(0, BN)
     rm = tl.arange(0, BM)
     mn = rn < N
     mm = rm < M
-    s_off = rn[:, None] * M + rm[None, :]
-    s_mask = mn[:, None] & mm[None, :]
+    return bh, row0, rn, rm, mn, mm, rn[:, None] * M + rm[None, :], mn[:, None] & mm[None, :]
+
+
+@triton.jit
+def _e88_fwd(q_ptr, k_ptr, v_ptr, d_ptr, s0_ptr, y_ptr, ck_ptr, sT_ptr, T, H, N, M,
+             HAS_S0: tl.constexpr, SAVE: tl.constexpr, C: tl.constexpr, BN: tl.constexpr,
+             BM: tl.constexpr, FAST: tl.constexpr):
+    bh, row0, rn, rm, mn, mm, s_off, s_mask = _program(T, H, N, M, BN, BM)
     if HAS_S0:
         S = tl.load(s0_ptr + bh * N * M + s_off, mask=s_mask, other=0.0).to(tl.float32)
     else:
@@ -82,14 +88,7 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
              dq_ptr, dk_ptr, dv_ptr, dd_ptr, ds0_ptr, T, H, N, M,
              HAS_DST: tl.constexpr, C: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
              FAST: tl.constexpr):
-    bh = tl.program_id(0).to(tl.int64)
-    row0 = (bh // H) * T * H + bh % H
-    rn = tl.arange(0, BN)
-    rm = tl.arange(0, BM)
-    mn = rn < N
-    mm = rm < M
-    s_off = rn[:, None] * M + rm[None, :]
-    s_mask = mn[:, None] & mm[None, :]
+    bh, row0, rn, rm, mn, mm, s_off, s_mask = _program(T, H, N, M, BN, BM)
     ws = ws_ptr + bh * (C + 1) * N * M  # scratch slot j = the state before segment step j
     if HAS_DST:
         dS = tl.load(dsT_ptr + bh * N * M + s_off, mask=s_mask, other=0.0).to(tl.float32)
