@@ -8,8 +8,9 @@ inputs while it computes step t:
 
 The forward keeps S only every ``checkpoint_every`` steps (``[B, H, ceil(T/C), n, m]`` fp32, not
 all T states) and the final state. The backward walks the segments from the last: it recomputes
-the segment's states from its checkpoint into the program's own scratch (``C+1`` states, fp32,
-small enough to stay in L2), then runs the reverse recurrence through them:
+the segment's states from its checkpoint, writing each step's S_{t-1} to the program's own
+scratch (``C`` states, fp32), then runs the reverse recurrence, reading S_{t-1} back and carrying
+S_t down in registers (one state written and one read per step):
 
     dS  += q dy^T              dq = S_t dy
     dP   = dS * (1 - S_t^2)    dd = <dP, S_{t-1}>
@@ -89,7 +90,7 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
              HAS_DST: tl.constexpr, C: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
              FAST: tl.constexpr):
     bh, row0, rn, rm, mn, mm, s_off, s_mask = _program(T, H, N, M, BN, BM)
-    ws = ws_ptr + bh * (C + 1) * N * M  # scratch slot j = the state before segment step j
+    ws = ws_ptr + bh * C * N * M  # scratch slot j = the state before the segment's step j
     if HAS_DST:
         dS = tl.load(dsT_ptr + bh * N * M + s_off, mask=s_mask, other=0.0).to(tl.float32)
     else:
@@ -99,21 +100,20 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
         t0 = (n_ck - 1 - i) * C
         S = tl.load(ck_ptr + (bh * n_ck + t0 // C) * N * M + s_off, mask=s_mask, other=0.0)
         tl.debug_barrier()  # every thread is done reading the previous segment's scratch
-        tl.store(ws + s_off, S, mask=s_mask)
-        for j in range(0, C):  # recompute the segment (steps past T see zeros and are never read)
+        for j in range(0, C):  # recompute the segment (steps past T see zeros and are never used)
+            tl.store(ws + j * N * M + s_off, S, mask=s_mask)
             _, k, v, d = _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row0 + (t0 + j) * H, rn, rm, mn, mm, N, M,
                                     t0 + j < T)
             r = tl.sum(S * k[:, None], axis=0)
             S = tanh(d * S + k[:, None] * (v - r)[None, :], FAST)
-            tl.store(ws + (j + 1) * N * M + s_off, S, mask=s_mask)
         tl.debug_barrier()  # the recomputed states are visible to every thread
+        S_t = S  # the state after step t, carried down: step t's S_{t-1} is step t-1's S_t
         for j in range(0, C):
             t = t0 + C - 1 - j
             valid = t < T
             row = row0 + t * H
             q, k, v, d = _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row, rn, rm, mn, mm, N, M, valid)
             dy = tl.load(dy_ptr + row * M + rm, mask=mm & valid, other=0.0).to(tl.float32)
-            S_t = tl.load(ws + (C - j) * N * M + s_off, mask=s_mask, other=0.0)
             S_p = tl.load(ws + (C - 1 - j) * N * M + s_off, mask=s_mask, other=0.0)
             dS += q[:, None] * dy[None, :]
             dP = dS * (1.0 - S_t * S_t)
@@ -127,6 +127,7 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
             tl.store(dv_ptr + row * M + rm, dv.to(dv_ptr.dtype.element_ty), mask=mm & valid)
             tl.store(dd_ptr + row, dd, mask=valid)
             dS = tl.where(valid, d * dP - k[:, None] * dv[None, :], dS)
+            S_t = S_p
     tl.store(ds0_ptr + bh * N * M + s_off, dS, mask=s_mask)
 
 
@@ -166,7 +167,7 @@ class _E88Scan(torch.autograd.Function):
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dd = torch.empty_like(decay, dtype=torch.float32)
         dS0 = q.new_empty(B, H, N, M, dtype=torch.float32)
-        scratch = q.new_empty(B * H, C + 1, N, M, dtype=torch.float32)
+        scratch = q.new_empty(B * H, C, N, M, dtype=torch.float32)
         dsT = dS0 if dS_T is None else dS_T.float().contiguous()
         if B * H > 0:
             _e88_bwd[(B * H,)](q, k, v, decay, ckpt, dy, dsT, scratch, dq, dk, dv, dd, dS0, T, H, N, M,
