@@ -24,6 +24,10 @@ CASES = {
     "mingru": dict(model="mingru", layer={}),
     # reference Mamba2: the op ssd_scan's "chunked" form is traced, no opaque call at all, one graph
     "mamba2": dict(model="mamba2", layer={"d_state": 16, "headdim": 16, "chunk_size": 8}),
+    # the op e88_scan (reference loop, opaque) between the traced projections, norms and gates
+    "e88": dict(model="e88", layer={"n_state": 8}),
+    # reference Gated DeltaNet: convolutions traced, the op gated_delta_scan opaque
+    "gdn": dict(model="gdn", layer={"head_dim": 8}),
 }
 
 

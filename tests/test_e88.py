@@ -32,7 +32,8 @@ def definition(q, k, v, decay, S0):
                 qt, kt, vt, d = q[b, t, h].tolist(), k[b, t, h].tolist(), v[b, t, h].tolist(), float(decay[b, t, h])
                 r = [sum(S[i][j] * kt[i] for i in range(n)) for j in range(m)]
                 S = [[math.tanh(d * S[i][j] + kt[i] * (vt[j] - r[j])) for j in range(m)] for i in range(n)]
-                y[b, t, h] = torch.tensor([sum(S[i][j] * qt[i] for i in range(n)) for j in range(m)], dtype=torch.float64)
+                y[b, t, h] = torch.tensor([sum(S[i][j] * qt[i] for i in range(n)) for j in range(m)],
+                                          dtype=torch.float64)
             S_T[b, h] = torch.tensor(S, dtype=torch.float64)
     return y, S_T
 

@@ -46,7 +46,8 @@ def definition(q, k, v, log_a, beta, S0):
                 qt, kt, vt = q[b, t, h].tolist(), k[b, t, h].tolist(), v[b, t, h].tolist()
                 u = [bt * (vt[j] - sum(a * S[i][j] * kt[i] for i in range(K))) for j in range(V)]
                 S = [[a * S[i][j] + kt[i] * u[j] for j in range(V)] for i in range(K)]
-                o[b, t, h] = torch.tensor([sum(S[i][j] * qt[i] for i in range(K)) for j in range(V)], dtype=torch.float64)
+                o[b, t, h] = torch.tensor([sum(S[i][j] * qt[i] for i in range(K)) for j in range(V)],
+                                          dtype=torch.float64)
     return o
 
 

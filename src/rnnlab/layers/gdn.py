@@ -71,7 +71,8 @@ class GatedDeltaNetConfig:
     def validate(self) -> None:
         for name in ("dim", "head_dim", "conv_size") + (("heads",) if self.heads is not None else ()):
             check_positive_int(name, getattr(self, name))
-        if not is_finite_number(self.expand_v) or self.head_v_dim < 1 or self.head_v_dim != self.head_dim * self.expand_v:
+        v = self.head_v_dim if is_finite_number(self.expand_v) else 0
+        if v < 1 or v != self.head_dim * self.expand_v:
             raise ValueError(f"expand_v must make head_dim*expand_v a positive integer, got {self.expand_v!r}")
         if self.backend not in OFFICIAL_BACKENDS:
             raise ValueError(f"backend must be one of {OFFICIAL_BACKENDS}, got {self.backend!r}")
@@ -131,7 +132,8 @@ class GatedDeltaNet(OfficialOrReference):
         self.A_log = a_log_init(H, 0, 16)
         self.dt_bias = dt_bias_init(H)
         self.q_conv1d, self.k_conv1d, self.v_conv1d = (
-            nn.Conv1d(c, c, cfg.conv_size, groups=c, padding=cfg.conv_size - 1, bias=False) for c in (H * K, H * K, H * V))
+            nn.Conv1d(c, c, cfg.conv_size, groups=c, padding=cfg.conv_size - 1, bias=False)
+            for c in (H * K, H * K, H * V))
         self.g_proj = nn.Linear(D, H * V, bias=False)
         self.o_norm = GatedRMSNorm(V)
         self.o_proj = nn.Linear(H * V, D, bias=False)
