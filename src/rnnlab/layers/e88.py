@@ -33,15 +33,19 @@ from rnnlab.layers.base import State, check_positive_int, is_finite_number
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.e88 import BACKENDS, e88_scan
+from rnnlab.options import option
 
 
 @dataclass
 class E88Config:
+    """E88 options (the reference's: n 32, expansion 1, balanced heads)."""
+
     dim: int = 256
-    n_state: int = 32  # n: key/query size per head, the rows of each head's state
-    expansion: float = 1.0  # value size per head m = int(n_state * expansion), the state's columns
-    heads: int | None = None  # None = balanced: max(1, dim // n_state)
-    backend: str = "auto"  # e88_scan backend: auto | naive | triton
+    n_state: int = option(32, help="key/query size n per head: the rows of each head's state")
+    expansion: float = option(1.0, help="value size per head m = int(n_state * expansion): the state's columns")
+    heads: int | None = option(None, help="number of heads (default: balanced, max(1, dim // n_state))")
+    backend: str = option("auto", choices=BACKENDS,
+                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
 
     @property
     def n_heads(self) -> int:

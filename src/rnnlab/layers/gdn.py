@@ -47,18 +47,23 @@ from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.delta import gated_delta_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.registry import LazyKernel
+from rnnlab.options import option
 
 FLA_LAYER = LazyKernel("fla.layers.gated_deltanet")  # fla's layer module, imported on first use
 
 
 @dataclass
 class GatedDeltaNetConfig:
+    """Gated DeltaNet options (fla's layer as the reference study built it: head_dim 128, expand_v 2)."""
+
     dim: int = 256
-    head_dim: int = 128  # K: key/query size per head
-    heads: int | None = None  # None = max(1, dim // head_dim): key width ~ dim, as the reference study
-    expand_v: float = 2.0  # value size per head V = head_dim * expand_v
-    conv_size: int = 4  # kernel of the causal depthwise convolutions on q, k, v
-    backend: str = "auto"  # "official" (fla's layer, CUDA) | "reference" | "auto"
+    head_dim: int = option(128, help="key/query size K per head")
+    heads: int | None = option(None, help="number of heads (default: max(1, dim // head_dim), key width ~ dim)")
+    expand_v: float = option(2.0, help="value size per head V = head_dim * expand_v")
+    conv_size: int = option(4, help="kernel size of the causal depthwise convs on q, k, v")
+    backend: str = option("auto", choices=OFFICIAL_BACKENDS,
+                          help="official (fla's layer and kernels, CUDA only), reference (PyTorch, any device, "
+                               "same weights) or auto (official where it runs)")
 
     @property
     def n_heads(self) -> int:
