@@ -13,6 +13,10 @@ every registered model.
 
 Each layer is built from a config dataclass with a ``dim`` field and a ``validate()`` method that
 raises ``ValueError`` with a clear message for impossible values.
+
+Shared here: the config checks, and for a layer with an official implementation (Mamba2, Gated
+DeltaNet) the choice between it and the reference (:func:`resolve_official`,
+:class:`OfficialOrReference`) and the adoption of the library's module (:func:`adopt`).
 """
 
 from __future__ import annotations
@@ -79,9 +83,10 @@ def resolve_official(backend: str, layer: str, official_error: Callable[[], str 
 
 
 class OfficialOrReference(nn.Module):
-    """A mixer whose ``backend`` chooses the whole implementation (Mamba2, Gated DeltaNet):
-    ``"official"`` adopts the library's module (:func:`adopt`, ``_adopt_official``), ``"reference"``
-    builds the PyTorch reference with the same state_dict (``_build_reference``)."""
+    """A mixer whose ``backend`` (``"official"`` or ``"reference"``, see :func:`resolve_official`)
+    chooses the whole implementation (Mamba2, Gated DeltaNet). A subclass defines
+    ``_adopt_official(cfg)`` (build the library's module and :func:`adopt` it) and
+    ``_build_reference(cfg)`` (the PyTorch reference, with the same state_dict)."""
 
     def __init__(self, cfg: Any, backend: str):
         super().__init__()
@@ -91,9 +96,3 @@ class OfficialOrReference(nn.Module):
         else:
             self._build_reference(cfg)
         self.cfg = cfg
-
-    def _adopt_official(self, cfg: Any) -> None:
-        raise NotImplementedError
-
-    def _build_reference(self, cfg: Any) -> None:
-        raise NotImplementedError
