@@ -262,6 +262,21 @@ def from_text(spec: Spec, text: Any) -> Any:
                          f"got {text!r}") from None
 
 
+def checked(tp: type, bounds: Bounds | None = None) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a flag that is no config field (``rnnlab eval --batch-size``): the
+    text as ``tp`` (int or float), checked like a field, so nan, inf and out-of-range values are
+    refused with what the value must be."""
+    def parse(text: str) -> Any:
+        try:
+            value = tp(text)
+            check_value("value", tp, value, bounds=bounds)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {describe(tp, None, bounds)}, got {text!r}") from None
+        return value
+
+    return parse
+
+
 def add_flags(group, cls: type, keys: Container[str] | None = None) -> None:
     """One flag per ``option`` field of ``cls`` (those in ``keys`` when given; not ``flag=False``)
     on the argparse ``group``; every flag defaults to None (= not given)."""
