@@ -79,7 +79,11 @@ def error_line(e: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level parser; name the command instead
+        print(f"rnnlab {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
+              f"(see rnnlab {args.command} --help)", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
     except USER_ERRORS as e:

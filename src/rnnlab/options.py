@@ -246,13 +246,13 @@ def parse_key_values(items: list[str] | None) -> dict[str, Any]:
 def from_text(spec: Spec, text: Any) -> Any:
     """A flag's text as the field's value (``ValueError`` naming the field when it cannot be)."""
     base, _ = _unwrap(spec.type)
+    if base is dict or typing.get_origin(base) is dict:
+        return parse_key_values(text)  # its errors name the malformed item
     try:
         if spec.meta.parse is not None:
             return normalize(spec, text)
         if typing.get_origin(base) is tuple:
             return tuple(float(t) for t in text)
-        if base is dict or typing.get_origin(base) is dict:
-            return parse_key_values(text)
         if base in (int, float):
             value = base(text)
             return value if base is int or math.isfinite(value) else text  # the check names nan/inf

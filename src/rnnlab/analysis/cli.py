@@ -30,7 +30,7 @@ def register(sub) -> None:
     g.add_argument("--no-plots", action="store_true")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     g.add_argument("--json", action="store_true", help="print gradflow.json's path only")
-    g.set_defaults(func=run_gradflow)
+    g.set_defaults(func=run_gradflow, command="analyze gradflow")
 
 
 def run_gradflow(args) -> int:
