@@ -81,7 +81,6 @@ CASES = [
     ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
     ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
     ("heldout_short", [*TRAIN, "--seq-len", "4000"], "held-out split of"),
-    ("weights_too_big", [*TRAIN, "--dim", "65536", "--depth", "1024"], "weights, grads and optimizer state need"),
     ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge}", "--seq-len", "4000000",
                              "--batch-size", "512"], "of activations (plus"),
     # --- train: config files

@@ -68,7 +68,7 @@ from rnnlab.train.distributed import (
     load_full_state_dict,
 )
 from rnnlab.train.durable import (TMP_PREFIX, default_file_mode, fsync_dir, fsync_file, interrupts_deferred,
-                                  remove_tree, write_atomic)
+                                  remove_tree, write_synced)
 from rnnlab.train.optim import eval_weights, is_schedulefree, load_train_point, train_point
 
 FORMAT = 1  # the content of state.pt
@@ -417,7 +417,8 @@ class Checkpointer:
             _pause()
             files = {name: _file_entry(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
             manifest = {"format": MANIFEST_FORMAT, "step": step, "complete": complete, "files": files}
-            write_atomic(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+            write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+            fsync_dir(tmp)
             _pause()
             return tmp
         except BaseException:  # a write error or Ctrl-C: the older checkpoints are untouched

@@ -3,8 +3,8 @@
 - ``write_atomic``: a file appears whole or not at all (a temporary name private to this
   process, fsync, rename, fsync of the folder), so a kill or power loss leaves the old content
   or the new, never a mix.
-- ``fsync_file`` / ``fsync_dir``: data and directory entries on the disk before anything that
-  depends on them is made visible.
+- ``write_synced``, ``fsync_file`` / ``fsync_dir``: data and directory entries on the disk
+  before anything that depends on them is made visible.
 - ``remove_tree``: a folder disappears at once (renamed to a ``.trash-*`` name, then deleted);
   a kill mid-way leaves only that trash, which ``clear_temporaries`` removes later.
 - ``interrupts_deferred``: Ctrl-C arriving inside the block takes effect when it ends, so a
@@ -56,15 +56,20 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def write_synced(path: Path, data: str | bytes) -> None:
+    """Write ``path`` and put it on the disk (a file in a folder no one else sees yet)."""
+    with open(path, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Replace ``path`` with ``data`` in one step: the old content or the new survives a crash."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        with open(tmp, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
