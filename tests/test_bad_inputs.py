@@ -246,3 +246,16 @@ def test_out_of_memory_names_the_knobs(world, capsys, monkeypatch):
                                                    "--batch-size (4) or --seq-len (32)"), err
     assert "no checkpoint was written" in err
     assert "out of memory" in json.loads((out / "summary.json").read_text())["error"]
+
+
+def test_out_of_memory_in_eval_names_the_knob(world, capsys, monkeypatch):
+    from rnnlab.train import runtime
+
+    def oom(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(runtime, "evaluate_run", oom)
+    assert main(["eval", "--run", str(world["run"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("rnnlab eval: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): lower "
+                   "--batch-size (and --seq-len where the command has it)")

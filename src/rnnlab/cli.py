@@ -91,3 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"rnnlab {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from rnnlab.train.runtime import is_out_of_memory
+
+        if args.debug or not is_out_of_memory(e):
+            raise
+        print(f"rnnlab {args.command}: error: out of memory ({error_line(e)[:120]}): lower --batch-size "
+              f"(and --seq-len where the command has it)", file=sys.stderr)
+        return 2

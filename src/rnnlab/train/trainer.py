@@ -155,8 +155,11 @@ class Trainer:
         resume_from = ctx.broadcast_object(self.rundir.prepare(cfg) if ctx.is_main else None)  # rank 0 locks
         try:
             self._build(progress, resume_from)
-        except BaseException:
+        except BaseException as e:
             self.rundir.release()
+            if is_out_of_memory(e):
+                raise OutOfMemory(f"out of memory building the model on {self.device}: lower --dim or --depth, "
+                                  f"or use --precision bf16 or several GPUs (--gpus N --distributed fsdp2)") from None
             raise
 
     def _build(self, progress: bool, resume_from) -> None:
