@@ -6,12 +6,14 @@ in the child: no interpreter start-up per run, so dozens of restarts stay cheap)
 with SIGKILL. Scenarios, all on the same tiny fp32 CPU run:
 
 - ``reference``: one uninterrupted run;
-- ``chaos``: the run again, killed at least ``kills`` times, at least ``inside_writes`` of them
-  while a checkpoint is being written (the writer pauses between its stages through
-  ``RNNLAB_TEST_CHECKPOINT_PAUSE_S``; the harness waits for the k-th staging folder ``.tmp-*`` to
-  appear, then kills after a random part of a pause), the others at a random moment after the
-  start; after each kill it continues with ``--resume`` (``--overwrite`` while no checkpoint was
-  committed), then lets the last attempt finish;
+- ``chaos``: the run again, killed at least ``kills`` times, in turn: up to ``max_delay`` s after
+  the start (start-up, restoring, the first steps); inside the k-th checkpoint write (the writer
+  pauses between its stages through ``RNNLAB_TEST_CHECKPOINT_PAUSE_S``; the harness waits for the
+  k-th staging folder ``.tmp-<pid>-*`` to appear, then kills within four pauses), until at least
+  ``inside_writes`` kills left a staging folder behind; and up to ``running_delay`` s after the
+  first checkpoint began (steps, evaluations, log writes, commits). After each kill it goes on
+  with ``--resume`` (``--overwrite`` while no checkpoint was committed), then lets the last
+  attempt finish;
 - ``concurrent_starts`` / ``concurrent_resumes``: two children started together on one folder
   (a run of ``concurrent_steps``).
 
@@ -66,41 +68,45 @@ def wait(pid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def staging(ckpt: Path) -> list[str]:
+def staging(ckpt: Path, pid: int) -> list[str]:
+    """The staging folders of child ``pid``'s checkpoint writes (``.tmp-<pid>-step-...``)."""
     try:
-        return [p.name for p in ckpt.iterdir() if p.name.startswith(".tmp-")]
+        return [p.name for p in ckpt.iterdir() if p.name.startswith(f".tmp-{pid}-")]
     except FileNotFoundError:
         return []
 
 
-def kill_inside_write(pid: int, ckpt: Path, nth: int, pause: float, rng: random.Random) -> bool:
-    """Kill ``pid`` while it writes its ``nth`` checkpoint; True when a staging folder was left."""
+def began_checkpoint(pid: int, ckpt: Path, nth: int) -> bool:
+    """Wait until child ``pid`` begins writing its ``nth`` checkpoint; False (and the child
+    reaped) when it ends first."""
     seen: set[str] = set()
     while len(seen) < nth:
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
-            return False  # finished (or died) first
-        seen.update(staging(ckpt))
+            return False
+        seen.update(staging(ckpt, pid))
         time.sleep(0.0005)
-    time.sleep(rng.uniform(0, 4 * pause))
-    os.kill(pid, 9)
-    wait(pid)
-    return bool(staging(ckpt))
+    return True
 
 
 def chaos(base: list[str], run: Path, log: Path, spec: dict, rng: random.Random) -> dict:
+    """Kill in turn: at a random moment after the start (start-up, restore, the first steps),
+    inside the k-th checkpoint write (k = 1..3), and at a random moment once training runs."""
     kills, inside, pause = 0, 0, spec["pause"]
     while kills < spec["kills"] or inside < spec["inside_writes"]:
         if kills >= 4 * spec["kills"] or RunDir(run).status() == "complete":
             raise RuntimeError(f"{kills} kills, {inside} inside a checkpoint write, and the run "
                                f"{RunDir(run).status()}: give it more steps")
         mode = ["--resume"] if RunDir(run).has_checkpoint() else ["--overwrite"]
-        pid = start(base + mode, log, pause)
-        if kills % 2:
-            inside += kill_inside_write(pid, run / "ckpt", rng.randint(1, 3), pause, rng)
+        pid, moment = start(base + mode, log, pause), kills % 3
+        if moment == 0:
+            time.sleep(rng.uniform(0, spec["max_delay"]))
+        elif not began_checkpoint(pid, run / "ckpt", rng.randint(1, 3) if moment == 1 else 1):
+            continue  # it finished first: no kill
         else:
-            time.sleep(rng.uniform(0.0, spec["max_delay"]))
-            os.kill(pid, 9)
-            wait(pid)
+            time.sleep(rng.uniform(0, 4 * pause) if moment == 1 else rng.uniform(0, spec["running_delay"]))
+        os.kill(pid, 9)
+        wait(pid)
+        inside += moment == 1 and bool(staging(run / "ckpt", pid))
         kills += 1
     progress = RunDir(run).checkpoint().step
     code = wait(start(base + ["--resume"], log, 0.0))

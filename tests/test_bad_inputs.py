@@ -158,7 +158,7 @@ def _damage(path: Path, at: int = 1000, n: int = 64, byte: int | None = None) ->
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, one_thread_module):
     """The paths the cases name: a small corpus, a trained run and damaged copies of it, old-format
     runs with damaged files, config files, odd files and a run folder whose lock is held."""
     root = tmp_path_factory.mktemp("world")

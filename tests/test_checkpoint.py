@@ -49,7 +49,7 @@ def _one_line(capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(tmp_path_factory, one_thread_module):
     """The losses of an uninterrupted 6-step run (the reference for resumed ones)."""
     from rnnlab.train.config import TrainConfig
 
