@@ -18,7 +18,6 @@ import torch
 
 from rnnlab.cli import main
 from rnnlab.train import checkpoint
-from rnnlab.train.durable import default_file_mode
 from rnnlab.train.rundir import LOCK, RunDir, RunLock
 from rnnlab.train.trainer import Trainer, run_training
 
@@ -74,9 +73,10 @@ def test_step_directories_manifest_and_pruning(tiny_train, tmp_path):
         for name, entry in manifest["files"].items():
             assert entry == {"bytes": (d / name).stat().st_size,
                              "sha256": hashlib.sha256((d / name).read_bytes()).hexdigest()}
-        # every file with the same mode (safetensors alone would create the weights 0600)
+        # every file with the mode a new file gets (safetensors alone would create the weights 0600)
+        (tmp_path / "probe").write_text("")
         assert {(d / f).stat().st_mode & 0o777 for f in ("model.safetensors", "state.pt", "manifest.json")} \
-            == {default_file_mode()}
+            == {(tmp_path / "probe").stat().st_mode & 0o777}
     assert RunDir(run).checkpoint().step == 7 and not list(run.rglob(".tmp-*"))
 
 

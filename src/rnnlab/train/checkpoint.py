@@ -67,8 +67,8 @@ from rnnlab.train.distributed import (
     load_full_optimizer_state_dict,
     load_full_state_dict,
 )
-from rnnlab.train.durable import (TMP_PREFIX, default_file_mode, fsync_dir, fsync_file, interrupts_deferred,
-                                  remove_tree, write_synced)
+from rnnlab.train.durable import (fsync_dir, fsync_file, interrupts_deferred, remove_tree, temporary_name,
+                                  write_synced)
 from rnnlab.train.optim import eval_weights, is_schedulefree, load_train_point, train_point
 
 FORMAT = 1  # the content of state.pt
@@ -307,7 +307,6 @@ def _pause() -> None:
 
 def _file_entry(path: Path) -> dict[str, Any]:
     """Make a written file durable and describe it for the manifest."""
-    os.chmod(path, default_file_mode())  # safetensors creates its file 0600, torch.save 0644
     fsync_file(path)
     with open(path, "rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
@@ -397,10 +396,11 @@ class Checkpointer:
     def _stage(self, state, complete: bool) -> Path | None:
         """Write the checkpoint into a temporary directory (rank 0; None elsewhere)."""
         main, step = context().is_main, state.step
-        tmp = self.directory / f"{TMP_PREFIX}{os.getpid()}-{step_dir_name(step)}"
+        tmp = temporary_name(self.directory / step_dir_name(step))
         try:
             contents = training_state(state.model, state.optimizer, state.scheduler, state.progress(complete))
             if main:
+                shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process with this pid
                 tmp.mkdir(parents=True)
                 _pause()
             with eval_weights(state.model, state.optimizer):  # the shipped weights: Schedule-Free's x
@@ -414,6 +414,8 @@ class Checkpointer:
                 return None
             _pause()
             torch.save(contents, tmp / STATE_FILE)
+            # safetensors creates its file 0600; give it the mode open() gives (the state file's)
+            os.chmod(tmp / MODEL_FILE, (tmp / STATE_FILE).stat().st_mode & 0o777)
             _pause()
             files = {name: _file_entry(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
             manifest = {"format": MANIFEST_FORMAT, "step": step, "complete": complete, "files": files}

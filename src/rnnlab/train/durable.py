@@ -27,13 +27,6 @@ TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 
 
-def default_file_mode() -> int:
-    """The mode ``open()`` gives a new file under this process's umask (0644 under umask 022)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
 def temporary_name(path: Path) -> Path:
     """A sibling of ``path`` that no other process uses and ``clear_temporaries`` recognises."""
     return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")

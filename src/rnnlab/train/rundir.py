@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rnnlab.train.durable import clear_temporaries, default_file_mode, remove_tree, write_atomic
+from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -95,7 +95,7 @@ class RunLock:
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, default_file_mode())
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # less the umask
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
