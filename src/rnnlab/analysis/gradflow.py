@@ -1,7 +1,8 @@
 """Gradient-flow analysis of trained runs (issue 7, item 7): ``rnnlab analyze gradflow``.
 
-For a run's checkpoint (its newest usable one in ``ckpt/``, and ``config.json``) and a few held-out batches
-(the run's own held-out split, deterministic windows) it measures, in fp32 and eval mode:
+For a run's checkpoint (its newest usable one in ``ckpt/``, and ``config.json``) and a few
+held-out batches (the run's own held-out split, deterministic windows) it measures, in fp32 and
+eval mode:
 
 (a) ``param_grad_norms``: the norm of the gradient of the mean training loss (all positions) for
     every parameter, grouped per block (``blocks.i`` -> ``{"mixer.W_h": ..., "norm.weight": ...}``)
@@ -24,8 +25,8 @@ For a run's checkpoint (its newest usable one in ``ckpt/``, and ``config.json``)
 
 Several checkpoints of a run (every usable checkpoint in ``ckpt/`` and any other
 ``*/model.safetensors`` under the run dir, ordered by their step: ``RunDir.weight_files``) or
-several runs give one record each, and the plots show the
-quantities over training steps. Output: ``gradflow.json`` and PNG plots in ``--out``.
+several runs give one record each, and the plots show the quantities over training steps.
+Output: ``gradflow.json`` and PNG plots in ``--out``.
 """
 
 from __future__ import annotations

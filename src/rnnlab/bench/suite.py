@@ -21,13 +21,13 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     e1 = { params = 123, loss = 1.5, tok_per_s = 2e4, mem_gb = 8.1, time_s = 515 }
 
 Model fields (``MODEL_KEYS``) belong in ``[[runs]]``; the fields the runner sets per run folder
-(``RUNNER_KEYS``: out, resume, overwrite) in neither. Both lists come from the config's field declarations.
+(``RUNNER_KEYS``: out, resume, overwrite) in neither. Both lists come from the config's field
+declarations.
 
 Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``). A run
 that is complete (``RunDir.status``, with the same budget) is skipped; a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
-first checkpoint starts over). ``OUT/suite.json`` records
-the resolved plan for ``rnnlab report``.
+first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``.
 """
 
 from __future__ import annotations

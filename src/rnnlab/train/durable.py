@@ -78,15 +78,16 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(trash)
 
 
-def clear_temporaries(folder: Path) -> list[Path]:
-    """Remove what interrupted writes left in ``folder`` (``.tmp-*`` and ``.trash-*`` entries);
-    returns them. Only the holder of the run folder's lock may call this."""
-    removed = []
-    for entry in sorted(folder.glob(".t*")):
-        if entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
-            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-            removed.append(entry)
-    return removed
+def clear_temporaries(folder: Path) -> None:
+    """Remove what interrupted writes left in ``folder`` (``.tmp-*`` and ``.trash-*`` entries).
+    Only the holder of the run folder's lock may call this."""
+    for entry in folder.iterdir():
+        if not entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 @contextmanager
