@@ -7,6 +7,7 @@ any kernel module is imported), so the CPU suite checks them too (tests/test_ker
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -38,13 +39,26 @@ def small_corpus(tmp_path):
     return p
 
 
+@contextmanager
+def _single_threaded():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture
 def one_thread():
     """Tiny models gain nothing from intra-op threads, and OpenMP spin-waits make them 10x slower
     when other processes compete for the cores; run such tests single-threaded."""
-    import torch
+    with _single_threaded():
+        yield
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """``one_thread`` for module-scoped fixtures that train (they are set up before it)."""
+    with _single_threaded():
+        yield

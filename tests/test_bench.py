@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
 from rnnlab.bench.report import aggregate, collect, write_report
 from rnnlab.bench.runner import run_plan
-from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite
+from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_status
 from rnnlab.bench.sweep import build_sweep
 from rnnlab.cli import main
 from rnnlab.models.params import count_params
@@ -151,6 +152,7 @@ def _fake_trainer(calls, interrupt_at=None):
         (out / "config.json").write_text(json.dumps(cfg.to_dict()))
         complete = len(calls) != interrupt_at
         steps = cfg.budget.steps if complete else 1
+        (out / "ckpt" / f"step-{steps:06d}").mkdir(parents=True, exist_ok=True)  # listed, never loaded
         with open(out / "metrics.jsonl", "w") as f:
             for s in range(1, steps + 1):
                 f.write(json.dumps({"step": s, "tokens": s * 64, "loss": 5.0 / s, "lr": cfg.optim.lr,
@@ -193,6 +195,17 @@ def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
 
     md = write_report(out)["md"].read_text()
     assert len(_table_rows(md)) == len(suite.runs)
+
+    # a run stopped before its first checkpoint has nothing to resume: it starts over
+    shutil.rmtree(out / "e16" / "ckpt")
+    (out / "e16" / "summary.json").unlink()
+    assert run_status(next(pr for pr in plan if pr.label == "e16")) == "restart"
+    calls.clear()
+    restarted = []
+    monkeypatch.setattr(trainer, "run_training", lambda cfg, progress: restarted.append(
+        (cfg.run.resume, cfg.run.overwrite)) or _fake_trainer(calls)(cfg, progress))
+    run_plan(suite, plan_suite(suite, out, steps=5), out, progress=False, log=lambda m: None)
+    assert calls == [("e16", False)] and restarted == [(False, True)]
 
     # a different model config in the same folder is refused, not silently reused
     with pytest.raises(ValueError, match="model.dim"):

@@ -1,4 +1,5 @@
-"""``rnnlab train`` / ``eval`` / ``sample`` through the real entry point (in-process)."""
+"""``rnnlab train`` / ``eval`` / ``sample`` through the real entry point (in-process). Bad inputs:
+tests/test_bad_inputs.py."""
 
 from __future__ import annotations
 
@@ -67,47 +68,10 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
     assert "was made with a different config: field lr is 0.003, not 0.1" in err
 
 
-@pytest.mark.parametrize("args, msg", [
-    (["--model", "nope"], "model must be one of e1, e16, mingru, minlstm, mamba2, transformer, e88, gdn, got 'nope'"),
-    (["--model", "e1", "--dim", "0"], "dim must be a positive integer (at most 65,536), got 0"),
-    (["--model", "e1", "--dim", "1000000"], "dim must be a positive integer (at most 65,536), got 1000000"),
-    (["--model", "e1", "--depth", "-1"], "depth must be"),
-    (["--model", "e1", "--batch-size", "0"], "batch_size must be a positive integer"),
-    (["--model", "e1", "--batch-size", "100000000"], "batch_size must be a positive integer (at most 65,536)"),
-    (["--model", "e1", "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
-    (["--model", "e1", "--seq-len", "4000"], "held-out split of"),
-    (["--model", "e1", "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),
-    (["--model", "e1", "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
-    (["--model", "e1", "--steps", "5", "--minutes", "1"], "give one budget"),
-    (["--model", "e1", "--config", "/nonexistent.toml"], "config file not found"),
-    (["--model", "e1", "--lr", "0"], "lr must be a positive finite number, got 0.0"),
-    (["--model", "e1", "--lr", "nan"], "lr must be a positive finite number, got 'nan'"),
-    (["--model", "e1", "--dim", "abc"], "dim must be a positive integer (at most 65,536), got 'abc'"),
-    (["--model", "e1", "--tokens", "lots"], "tokens must be a positive integer"),
-    (["--model", "e1", "--betas", "0.9", "1"], "betas must be two numbers in [0, 1), got (0.9, 1.0)"),
-])
-def test_bad_inputs(args, msg, tmp_path, capsys, small_corpus):
-    argv = ["train", *TINY, "--steps", "2", "--out", str(tmp_path / "r"), *args]
-    if "--data" not in args:
-        argv += ["--data", str(small_corpus)]
-    err = _err(capsys, argv)
-    assert err.startswith("rnnlab train: error: ") and msg in err, err
-
-
 def test_model_too_big_for_memory(tmp_path, capsys):
     err = _err(capsys, ["train", "--model", "e1", "--dim", "65536", "--depth", "1024", "--device", "cpu",
                         "--out", str(tmp_path / "r")])
     assert "parameters: weights, grads and optimizer state need" in err
-
-
-def test_directory_as_corpus(tmp_path, capsys):
-    err = _err(capsys, ["train", "--model", "e1", *TINY, "--data", str(tmp_path), "--out", str(tmp_path / "r")])
-    assert "is a directory" in err
-
-
-def test_eval_and_sample_bad_run(tmp_path, capsys):
-    assert "run dir not found" in _err(capsys, ["eval", "--run", str(tmp_path / "missing")])
-    assert "not a run dir" in _err(capsys, ["sample", "--run", str(tmp_path)])
 
 
 def test_nan_exits_nonzero(tmp_path, capsys):

@@ -31,12 +31,13 @@ def _finite(x) -> bool:
 
 @pytest.fixture
 def trained_run(tiny_train, small_corpus, tmp_path):
-    """A tiny E1 run with a checkpoint history: ``history/step2`` (step 2) and ``ckpt`` (step 4)."""
+    """A tiny E1 run with a checkpoint history: ``history/step1`` (a copy of step 1, pruned from
+    ckpt/), and ckpt/ with steps 2 and 4 (``keep_checkpoints`` 2)."""
     run = tmp_path / "run"
-    run_training(tiny_train(run, steps=2, data=str(small_corpus)), progress=False)
-    shutil.copytree(run / "ckpt", run / "history" / "step2")
+    run_training(tiny_train(run, steps=2, checkpoint_every=1, data=str(small_corpus)), progress=False)
+    shutil.copytree(run / "ckpt" / "step-000001", run / "history" / "step1")
     run_training(tiny_train(run, steps=4, data=str(small_corpus), resume=True), progress=False)
-    shutil.copytree(run / "ckpt", run / "history" / "step4")  # a copy of the current one: counted once
+    shutil.copytree(run / "ckpt" / "step-000004", run / "history" / "step4")  # a copy of a checkpoint: counted once
     return run
 
 
@@ -50,8 +51,9 @@ def test_cli_writes_json_and_plots(trained_run, tmp_path, capsys):
         assert (out / f).stat().st_size > 0
     res = json.loads((out / "gradflow.json").read_text())
     recs = res["records"]
-    assert [r["step"] for r in recs] == [2, 4]  # the history, in step order
-    assert recs[1]["weights"].endswith("ckpt/model.safetensors")
+    assert [r["step"] for r in recs] == [1, 2, 4]  # the history, in step order
+    assert recs[0]["weights"].endswith("history/step1/model.safetensors")
+    assert recs[2]["weights"].endswith("ckpt/step-000004/model.safetensors")
     for r in recs:
         assert _finite({k: r[k] for k in ("param_grad_norms", "temporal", "recurrence")})
         assert set(r["temporal"]) == {"layer_0", "layer_1"}

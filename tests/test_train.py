@@ -42,6 +42,11 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _digests(folder) -> dict[str, str]:
+    """sha256 of every file under ``folder``, by relative path."""
+    return {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 # ----------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_each_model_learns(name, tiny_train, tmp_path):
@@ -89,7 +94,10 @@ def test_run_folder_contents(tiny_train, tmp_path):
     # tied head stored once; the checkpoint's weights reproduce the final held-out loss exactly
     from safetensors import safe_open
 
-    with safe_open(str(run / "ckpt" / "model.safetensors"), "pt") as f:
+    ckpt = RunDir(run).checkpoint()
+    assert ckpt.path == run / "ckpt" / "step-000012"
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-000008", "step-000012"]  # keep 2
+    with safe_open(str(ckpt.weights), "pt") as f:
         keys = set(f.keys())
     assert "embed.weight" in keys and "head.weight" not in keys
     _, model, step = RunDir(run).load("cpu")
@@ -188,18 +196,19 @@ def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch):
     assert resumed["steps"] == 20 and resumed["complete"] is True
     from safetensors.torch import load_file
 
-    wa, wb = load_file(tmp_path / "a/ckpt/model.safetensors"), load_file(tmp_path / "b/ckpt/model.safetensors")
+    wa, wb = (load_file(RunDir(tmp_path / r).checkpoint().weights) for r in "ab")
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeypatch):
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=4), progress=False)
-    before = _digest(run / "ckpt" / "state.pt")
     monkeypatch.setattr(Trainer, "train_step", _interrupt(at=2, times=2))
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(KeyboardInterrupt, match=r"aborted by Ctrl-C at step 5; last good checkpoint kept at "
+                                                r".*ckpt/step-000005 \(step 5\)"):
         run_training(tiny_train(run, steps=8, checkpoint_every=1, resume=True), progress=False)
-    assert _digest(run / "ckpt" / "state.pt") != before  # step 5 was checkpointed, step 6 aborted
+    assert RunDir(run).checkpoint().step == 5  # step 5 was checkpointed, step 6 aborted
+    assert "aborted by Ctrl-C at step 5" in json.loads((run / "summary.json").read_text())["error"]
     monkeypatch.undo()
     s = run_training(tiny_train(run, steps=8, resume=True), progress=False)
     assert s["complete"] and s["steps"] == 8
@@ -220,14 +229,16 @@ def test_resume_refuses_a_different_config(tiny_train, tmp_path):
         run_training(tiny_train(tmp_path / "r", dim=48, steps=6, resume=True), progress=False)
     with pytest.raises(ValueError, match="field lr is 0.003, not 0.01"):
         run_training(tiny_train(tmp_path / "r", lr=1e-2, steps=6, resume=True), progress=False)
-    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+    with pytest.raises(ValueError, match="already holds a complete run; pass --resume"):
         run_training(tiny_train(tmp_path / "r", steps=6), progress=False)
 
 
 def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkeypatch):
     run = tmp_path / "nan"
     run_training(tiny_train(run, steps=6, checkpoint_every=3), progress=False)
-    before = {f: _digest(run / "ckpt" / f) for f in ("model.safetensors", "state.pt")}
+    before = _digests(run / "ckpt")
+    assert sorted(before) == [f"step-00000{s}/{f}" for s in (3, 6) for f in ("manifest.json", "model.safetensors",
+                                                                             "state.pt")]
 
     real_wrap = trainer.wrap_model
 
@@ -243,9 +254,9 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
 
     monkeypatch.setattr(trainer, "wrap_model", poisoned)
     with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 8; lower --lr or use "
-                                                 r"--precision bf16-mixed; last good checkpoint kept at .*ckpt \(step 6\)"):
+                                                 r"--precision bf16-mixed; last good checkpoint kept at .*ckpt/step-000006 \(step 6\)"):
         run_training(tiny_train(run, steps=12, checkpoint_every=2, resume=True), progress=False)
-    assert {f: _digest(run / "ckpt" / f) for f in before} == before
+    assert _digests(run / "ckpt") == before
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] is False and "non-finite" in summary["error"] and summary["steps"] == 7
     # resuming after the failure drops the steps logged past the checkpoint
@@ -265,10 +276,11 @@ def test_checkpoint_contents(tiny_train, tmp_path):
     from safetensors.torch import load_file
 
     run_training(tiny_train(tmp_path / "r", steps=3), progress=False)
-    state = torch.load(tmp_path / "r/ckpt/state.pt", weights_only=True)
+    ckpt = RunDir(tmp_path / "r").checkpoint()
+    state = torch.load(ckpt.state_file, weights_only=True)
     assert state["train_point"] is not None and state["progress"]["step"] == 3
     assert len(state["progress"]["losses"]) == 3 and state["progress"]["complete"] is True
-    weights = load_file(tmp_path / "r/ckpt/model.safetensors")
+    weights = load_file(ckpt.weights)
     assert "blocks.0.mixer.spectral_u" in weights  # E1's evolving power-iteration vector is saved
     # the shipped weights are Schedule-Free's x, not the training point y
     assert not torch.equal(weights["blocks.0.mixer.W_x"], state["train_point"][3])  # params order: embed, norm.w, norm.b, W_x
@@ -285,7 +297,7 @@ def test_schedulefree_is_evaluated_at_x_and_at_the_train_point(tiny_train, tmp_p
     rcfg, model, _ = run.load("cpu")
     split = load_splits(rcfg.data.path, rcfg.data.val_path, rcfg.data.val_fraction).val
     assert evaluate_run(model, split, rcfg)["loss"] == pytest.approx(s["val_loss"], rel=1e-6)
-    state = torch.load(run.ckpt_dir / "state.pt", weights_only=True)
+    state = torch.load(run.checkpoint().state_file, weights_only=True)
     with torch.no_grad():
         for p, y in zip(model.parameters(), state["train_point"]):
             p.copy_(y)

@@ -33,8 +33,21 @@ class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
 
 
+# What a command raises for bad input or an unusable file or folder: one line, exit status 2.
+# ``--debug`` shows the traceback instead; anything else is a bug and keeps its traceback.
+USER_ERRORS = (UserError, ValueError, OSError)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``rnnlab train: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rnnlab", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="rnnlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:
@@ -44,13 +57,45 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    _add_debug_flag(parser)
     return parser
 
 
+def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
+    """``--debug`` on every (sub)command, so it may follow the command's name."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for command in action.choices.values():
+                command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                                     help="show the traceback of an error")
+                _add_debug_flag(command)
+
+
+def error_line(e: BaseException) -> str:
+    """An error as one line: an OS error as "<reason>: <file>", anything else by its message."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.strerror}: {e.filename}"
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # argparse would blame the top-level parser; name the command instead
+        print(f"rnnlab {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
+              f"(see rnnlab {args.command} --help)", file=sys.stderr)
+        return 2
     try:
         return int(args.func(args) or 0)
-    except (UserError, ValueError, FileNotFoundError, IsADirectoryError) as e:
-        print(f"rnnlab {args.command}: error: {e}", file=sys.stderr)
+    except USER_ERRORS as e:
+        if args.debug:
+            raise
+        print(f"rnnlab {args.command}: error: {error_line(e)}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        from rnnlab.train.runtime import is_out_of_memory
+
+        if args.debug or not is_out_of_memory(e):
+            raise
+        print(f"rnnlab {args.command}: error: out of memory ({error_line(e)[:120]}): lower --batch-size "
+              f"(and --seq-len where the command has it)", file=sys.stderr)
         return 2

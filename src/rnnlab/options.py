@@ -246,13 +246,13 @@ def parse_key_values(items: list[str] | None) -> dict[str, Any]:
 def from_text(spec: Spec, text: Any) -> Any:
     """A flag's text as the field's value (``ValueError`` naming the field when it cannot be)."""
     base, _ = _unwrap(spec.type)
+    if base is dict or typing.get_origin(base) is dict:
+        return parse_key_values(text)  # its errors name the malformed item
     try:
         if spec.meta.parse is not None:
             return normalize(spec, text)
         if typing.get_origin(base) is tuple:
             return tuple(float(t) for t in text)
-        if base is dict or typing.get_origin(base) is dict:
-            return parse_key_values(text)
         if base in (int, float):
             value = base(text)
             return value if base is int or math.isfinite(value) else text  # the check names nan/inf
@@ -260,6 +260,21 @@ def from_text(spec: Spec, text: Any) -> Any:
     except ValueError:
         raise ValueError(f"{spec.key} must be {describe(spec.type, spec.choices, spec.meta.bounds)}, "
                          f"got {text!r}") from None
+
+
+def checked(tp: type, bounds: Bounds | None = None) -> Callable[[str], Any]:
+    """An argparse ``type=`` for a flag that is no config field (``rnnlab eval --batch-size``): the
+    text as ``tp`` (int or float), checked like a field, so nan, inf and out-of-range values are
+    refused with what the value must be."""
+    def parse(text: str) -> Any:
+        try:
+            value = tp(text)
+            check_value("value", tp, value, bounds=bounds)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {describe(tp, None, bounds)}, got {text!r}") from None
+        return value
+
+    return parse
 
 
 def add_flags(group, cls: type, keys: Container[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 """Gradient-flow analysis of trained runs (issue 7, item 7): ``rnnlab analyze gradflow``.
 
-For a run's checkpoint (``ckpt/model.safetensors`` + ``config.json``) and a few held-out batches
-(the run's own held-out split, deterministic windows) it measures, in fp32 and eval mode:
+For a run's checkpoint (its newest usable one in ``ckpt/``, and ``config.json``) and a few
+held-out batches (the run's own held-out split, deterministic windows) it measures, in fp32 and
+eval mode:
 
 (a) ``param_grad_norms``: the norm of the gradient of the mean training loss (all positions) for
     every parameter, grouped per block (``blocks.i`` -> ``{"mixer.W_h": ..., "norm.weight": ...}``)
@@ -22,9 +23,10 @@ For a run's checkpoint (``ckpt/model.safetensors`` + ``config.json``) and a few 
     ``jacobian_sigma_t``). Products of Jacobians with sigma < 1 shrink: together with (b) this
     tells whether the recurrence itself or the tanh saturation limits the memory.
 
-Several checkpoints of a run (any ``*/model.safetensors`` under the run dir, e.g. a checkpoint
-history, ordered by their step) or several runs give one record each, and the plots show the
-quantities over training steps. Output: ``gradflow.json`` and PNG plots in ``--out``.
+Several checkpoints of a run (every usable checkpoint in ``ckpt/`` and any other
+``*/model.safetensors`` under the run dir, ordered by their step: ``RunDir.weight_files``) or
+several runs give one record each, and the plots show the quantities over training steps.
+Output: ``gradflow.json`` and PNG plots in ``--out``.
 """
 
 from __future__ import annotations

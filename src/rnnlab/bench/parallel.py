@@ -11,7 +11,6 @@ partial runs resumed from their checkpoints; the GPU each run used is recorded i
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.suite import SUITE_FILE, PlannedRun, run_status
+from rnnlab.bench.suite import SUITE_FILE, PlannedRun, run_status, train_config
 from rnnlab.train.rundir import read_json
 
 POLL_S = 0.2
@@ -55,16 +54,15 @@ class Job:
     started: float
 
 
-def launch(pr: PlannedRun, gpu: str, out: Path, resume: bool, progress: bool) -> tuple[subprocess.Popen, Path]:
-    """Start ``rnnlab train`` for ``pr`` on ``gpu``; its config goes to ``OUT/logs/<run>.json``."""
+def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> tuple[subprocess.Popen, Path]:
+    """Start ``rnnlab train`` for ``pr`` (its folder's ``run_status``) on ``gpu``; its config goes
+    to ``OUT/logs/<run>.json``."""
     logs = out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    cfg = copy.deepcopy(pr.cfg)
-    cfg.run.resume = resume
+    cfg = train_config(pr, status)
     cfg_path = logs / f"{pr.label}.json"
     cfg_path.write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
     cmd = [sys.executable, "-m", "rnnlab", "train", "--config", str(cfg_path)]
-    cmd += ["--resume"] if resume else []
     cmd += [] if progress else ["--no-progress"]
     log_path = logs / f"{pr.label}.log"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
@@ -136,7 +134,7 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                 if nxt is None:
                     break
                 i, pr, status = nxt
-                proc, log_path = launch(pr, gpu, out, status == "partial", progress)
+                proc, log_path = launch(pr, gpu, out, status, progress)
                 running[gpu] = Job(i, pr, gpu, proc, log_path, time.time())
                 record_gpu(out, pr.label, gpu)
                 log(f"[{i}/{len(plan)}] {pr.label}: {'resuming' if status == 'partial' else 'training'} "

@@ -5,13 +5,12 @@ the report afterwards (``rnnlab.bench.report``)."""
 
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab.bench.parallel import run_parallel
-from rnnlab.bench.suite import PlannedRun, Suite, run_conflict, run_status, write_plan
+from rnnlab.bench.suite import PlannedRun, Suite, run_conflict, run_status, train_config, write_plan
 
 
 def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
@@ -46,8 +45,7 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             log(f"{tag}: complete, skipped")
             result["skipped"].append(pr.label)
             continue
-        cfg = copy.deepcopy(pr.cfg)
-        cfg.run.resume = status == "partial"
+        cfg = train_config(pr, status)
         m = cfg.model
         log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
             + (f" {m.layer}" if m.layer else "") + f" ({pr.params:,} params)")

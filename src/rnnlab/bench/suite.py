@@ -21,12 +21,13 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     e1 = { params = 123, loss = 1.5, tok_per_s = 2e4, mem_gb = 8.1, time_s = 515 }
 
 Model fields (``MODEL_KEYS``) belong in ``[[runs]]``; the fields the runner sets per run folder
-(``RUNNER_KEYS``: out, resume) in neither. Both lists come from the config's field declarations.
+(``RUNNER_KEYS``: out, resume, overwrite) in neither. Both lists come from the config's field
+declarations.
 
 Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``). A run
 that is complete (``RunDir.status``, with the same budget) is skipped; a partial run is resumed
-from its checkpoint, so an interrupted suite picks up where it stopped. ``OUT/suite.json`` records
-the resolved plan for ``rnnlab report``.
+from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
+first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``.
 """
 
 from __future__ import annotations
@@ -275,17 +276,29 @@ def run_conflict(pr: PlannedRun) -> str | None:
 
 
 def run_status(pr: PlannedRun) -> str:
-    """``"complete"`` (skip), ``"partial"`` (resume), ``"new"``, or ``"conflict"`` (the folder
-    holds a run of a different config)."""
+    """``"complete"`` (skip), ``"partial"`` (resume from its checkpoint), ``"restart"`` (the folder
+    holds a run stopped before its first checkpoint: nothing to resume, train it afresh), ``"new"``,
+    or ``"conflict"`` (the folder holds a run of a different config)."""
     if run_conflict(pr) is not None:
         return "conflict"
     status = pr.rundir.status()
+    if status == "empty":
+        return "new"
     if status == "complete":
         saved = (pr.rundir.summary() or {}).get("budget")
         if saved is None or _same_budget(saved, _budget(pr.cfg)):
             return "complete"
-        return "partial"  # the budget changed: resume extends (or re-finishes) the run
-    return "new" if status == "empty" else "partial"
+    # an incomplete run, or a complete one whose budget changed (resume extends or re-finishes it)
+    return "partial" if pr.rundir.has_checkpoint() else "restart"
+
+
+def train_config(pr: PlannedRun, status: str):
+    """The planned run's config for its folder's ``status``: ``resume`` a partial run,
+    ``overwrite`` one to restart."""
+    cfg = copy.deepcopy(pr.cfg)
+    cfg.run.resume = status == "partial"
+    cfg.run.overwrite = status == "restart"
+    return cfg
 
 
 def _same_budget(a: dict, b: dict) -> bool:

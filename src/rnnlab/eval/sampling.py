@@ -7,6 +7,8 @@ fed byte by byte through ``step``; then each new byte is sampled from the last l
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -25,8 +27,8 @@ def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float 
         raise ValueError("prompt must be at least one byte")
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 0:
         raise ValueError(f"n_tokens must be an integer >= 0, got {n_tokens!r}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
     was_training = model.training

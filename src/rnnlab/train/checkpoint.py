@@ -1,29 +1,57 @@
-"""Checkpoints: a directory (a run's ``ckpt/``, see ``RunDir``) holding ``model.safetensors``
-(the weights to evaluate/ship) and ``state.pt``; ``Checkpointer`` saves and restores a trainer's
-``TrainState`` there.
+"""Checkpoints: each one step's directory in a run's ``ckpt/``, written whole under a temporary
+name and made visible by one atomic rename; ``Checkpointer`` finds, verifies, restores, saves and
+prunes them.
 
-- ``model.safetensors``: the model's state dict. For Schedule-Free these are the averaged
-  weights x (the optimizer's eval point). A tied ``head.weight`` is stored once, as
-  ``embed.weight`` (metadata ``tied=1``), and re-tied on load. Metadata also records the step.
-- ``state.pt``: everything else needed to continue bit-exactly, loadable with
-  ``torch.load(weights_only=True)``: optimizer and scheduler state, Schedule-Free's training point
-  y, step/tokens/elapsed time, the last train losses and the RNG states. State that evolves in
-  training without being a parameter (E1's spectral-norm vector ``spectral_u``) is a buffer, so it
-  is in the weights file.
+    ckpt/step-000600/
+        model.safetensors   the model's state dict: the weights to evaluate/ship (Schedule-Free's
+                            average x). A tied ``head.weight`` is stored once, as ``embed.weight``
+                            (metadata ``tied=1``), and re-tied on load; metadata records the step.
+        state.pt            everything else needed to continue bit-exactly, loadable with
+                            ``torch.load(weights_only=True)``: optimizer and scheduler state,
+                            Schedule-Free's training point y, step/tokens/times, the last train
+                            losses, the last evaluation and the RNG states. State that evolves in
+                            training without being a parameter (E1's ``spectral_u``) is a buffer,
+                            so it is in the weights file.
+        manifest.json       {"format": 2, "step": 600, "complete": false,
+                             "files": {"model.safetensors": {"bytes": ..., "sha256": ...}, ...}}
 
-Both files are written to a temporary name and moved into place with ``os.replace``; the step
-is stored in both and checked on load, so a crash between the two moves is detected.
+Writing (rank 0): ``ckpt/.tmp-<pid>-step-000600/`` receives the weights, the state and the
+manifest, each fsync'd, then the folder itself; one ``rename`` makes it ``step-000600`` and
+``ckpt/`` is fsync'd. A kill or a power loss at any moment leaves the new checkpoint whole or
+absent and the older ones untouched; Ctrl-C is held back over the rename and its bookkeeping
+(``interrupts_deferred``). A write error (disk full) removes the temporary folder and raises
+``CheckpointWriteError``. Then only the newest ``keep`` checkpoints stay, plus every one whose
+step is a multiple of ``keep_every``.
+
+Reading: newest first, a checkpoint is used when its manifest is readable and every file has
+the size and sha256 it lists; a damaged one is reported by the caller and the next older one
+tried (``Checkpointer.find``). Loading also refuses non-finite weights.
+
+Old run folders (before manifests) hold ``ckpt/model.safetensors`` + ``ckpt/state.pt``
+directly: they are read as one more checkpoint (``legacy``), by step, and never deleted. They
+carry no checksums, so their damage is found only when a file does not parse, the two files
+disagree on the step, or the weights are not finite.
+
+Test hook: with the environment variable ``RNNLAB_TEST_CHECKPOINT_PAUSE_S`` set to a number of
+seconds, the writer sleeps that long between its stages (after each file, before and after the
+rename), so a test can kill it inside a write (tests/test_crash.py). Nothing else reads it.
 
 Under torchrun the files hold FULL state dicts (``rnnlab.train.distributed``), written by rank 0
 in this same format whatever the wrapper (DDP or FSDP2) and world size, and loaded on every rank:
 a checkpoint from 2 ranks resumes on 1 and vice versa. With FSDP2, gathering the state is a
-collective, so every rank calls ``save_checkpoint`` (only rank 0 writes).
+collective, so every rank calls ``Checkpointer.save`` (only rank 0 writes).
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import json
 import os
 import random
+import shutil
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +67,125 @@ from rnnlab.train.distributed import (
     load_full_optimizer_state_dict,
     load_full_state_dict,
 )
+from rnnlab.train.durable import (fsync_dir, fsync_file, interrupts_deferred, remove_tree, temporary_name,
+                                  write_synced)
 from rnnlab.train.optim import eval_weights, is_schedulefree, load_train_point, train_point
 
-FORMAT = 1
+FORMAT = 1  # the content of state.pt
+MANIFEST_FORMAT = 2  # a step directory with a manifest (1: the two files directly in ckpt/)
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
+MANIFEST = "manifest.json"
+STEP_PREFIX = "step-"
+DAMAGED_PREFIX = "damaged-"
+PAUSE_ENV = "RNNLAB_TEST_CHECKPOINT_PAUSE_S"
 
 
-def has_checkpoint(directory: str | os.PathLike) -> bool:
-    d = Path(directory)
-    return (d / MODEL_FILE).exists() and (d / STATE_FILE).exists()
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: missing, damaged, or made for another model."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """Writing a checkpoint failed (disk full, I/O error); the older checkpoints are intact."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"{STEP_PREFIX}{step:06d}"
+
+
+def parse_step_dir(name: str) -> int | None:
+    """The step of a checkpoint directory's name (``step-000600`` -> 600), else None."""
+    digits = name[len(STEP_PREFIX):]
+    return int(digits) if name.startswith(STEP_PREFIX) and digits.isdigit() else None
+
+
+def _reason(e: BaseException) -> str:
+    """An exception as a short phrase for a one-line message."""
+    text = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One committed checkpoint: the directory holding its files and its step (``legacy``: an
+    old run's files directly in ckpt/, without a manifest; its step None when unreadable)."""
+
+    path: Path
+    step: int | None
+    legacy: bool = False
+
+    @property
+    def weights(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / STATE_FILE
+
+    def __str__(self) -> str:
+        return f"{self.path} (step {self.step})"
+
+    def verify(self) -> None:
+        """Raise ``CheckpointError`` saying what is wrong unless the checkpoint is as written."""
+        if self.legacy:
+            state = read_state(self.state_file)
+            weights_step = read_weights_metadata(self.weights).get("step")
+            if weights_step is not None and int(weights_step) != int(state["progress"]["step"]):
+                raise CheckpointError(f"{self.path} is inconsistent: weights at step {weights_step}, state at "
+                                      f"step {state['progress']['step']} (interrupted while saving)")
+            return
+        manifest = self.manifest()
+        for name, entry in manifest["files"].items():
+            path = self.path / name
+            try:
+                size = path.stat().st_size
+            except OSError:
+                raise CheckpointError(f"{path} is missing") from None
+            if size != entry["bytes"]:
+                raise CheckpointError(f"{path} has {size:,} bytes, its manifest says {entry['bytes']:,}")
+            with open(path, "rb") as f:
+                if hashlib.file_digest(f, "sha256").hexdigest() != entry["sha256"]:
+                    raise CheckpointError(f"{path} does not match the sha256 in its manifest (corrupted)")
+
+    def manifest(self) -> dict[str, Any]:
+        """The checkpoint's manifest, checked to describe this step and both files."""
+        path = self.path / MANIFEST
+        try:
+            m = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is unreadable ({_reason(e)})") from None
+        files = m.get("files") if isinstance(m, dict) else None
+        if (m.get("format") != MANIFEST_FORMAT or m.get("step") != self.step or not isinstance(files, dict)
+                or set(files) != {MODEL_FILE, STATE_FILE}
+                or not all(isinstance(e, dict) and {"bytes", "sha256"} <= set(e) for e in files.values())):
+            raise CheckpointError(f"{path} does not describe a format-{MANIFEST_FORMAT} checkpoint of step {self.step}")
+        return m
+
+
+# ------------------------------------------------------------------------------ reading files
+def read_state(path: Path) -> dict[str, Any]:
+    """``state.pt`` as saved (pickle-free), or ``CheckpointError`` naming what is wrong."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except Exception as e:  # a truncated or corrupt file fails in many ways: EOFError, RuntimeError, ...
+        raise CheckpointError(f"{path} is damaged ({_reason(e)})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("progress"), dict):
+        raise CheckpointError(f"{path} is not a format-{FORMAT} rnnlab training state")
+    return state
+
+
+def read_weights_metadata(path: Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except Exception as e:  # SafetensorError and friends: a damaged header
+        raise CheckpointError(f"{path} is damaged ({_reason(e)})") from None
 
 
 def _tied(model: nn.Module) -> bool:
@@ -65,41 +202,56 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous() for k, v in sd.items()}
 
 
-def save_weights(model: nn.Module, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    meta = {"format": "rnnlab", "tied": "1" if _tied(model) else "0", **(metadata or {})}
-    sd = model_state_dict(model)
-    if not context().is_main:  # distributed: rank 0 writes
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata=meta)
-    os.replace(tmp, path)
-
-
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
-    """Load ``model.safetensors`` into ``model`` (strict, re-tying the head); returns metadata."""
-    from safetensors import safe_open
+    """Load a ``model.safetensors`` into ``model`` (strict, re-tying the head); returns its
+    metadata. ``CheckpointError`` when the file is missing, damaged, for another model or holds
+    non-finite values."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    sd = load_file(str(path), device=str(next(model.parameters()).device))
+    meta = read_weights_metadata(path)
+    try:
+        sd = load_file(str(path), device=str(next(model.parameters()).device))
+    except Exception as e:  # SafetensorError: truncated or corrupt tensor data
+        raise CheckpointError(f"{path} is damaged ({_reason(e)})") from None
+    bad = [k for k, t in sd.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite values in {bad[0]} (damaged, or saved from a diverged run)")
     if _tied(model):
         sd.pop("head.weight", None)
-        missing, unexpected = load_full_state_dict(model, sd, strict=False)
-        missing = [k for k in missing if k != "head.weight"]
-    else:
-        missing, unexpected = load_full_state_dict(model, sd, strict=False)
+    missing, unexpected = load_full_state_dict(model, sd, strict=False)
+    missing = [k for k in missing if not (_tied(model) and k == "head.weight")]
     if missing or unexpected:
-        raise ValueError(f"weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}")
+        raise CheckpointError(f"weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}")
     return meta
 
 
+def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt=None, sched=None) -> dict[str, Any]:
+    """Restore ``model`` (and ``opt``/``sched`` when given, with the RNG states) from
+    ``checkpoint``; returns its progress. With ``opt=None`` the model gets the shipped weights
+    (x for Schedule-Free), for eval/sampling."""
+    meta = load_weights(model, checkpoint.weights)
+    state = read_state(checkpoint.state_file)
+    step = int(state["progress"]["step"])
+    if (meta.get("step") is not None and int(meta["step"]) != step) or checkpoint.step not in (None, step):
+        raise CheckpointError(f"{checkpoint.path} is inconsistent: weights at step {meta.get('step')}, state at "
+                              f"step {step} (interrupted while saving?)")
+    if opt is not None:
+        load_full_optimizer_state_dict(model, opt, state["optimizer"])
+        if is_schedulefree(opt):
+            tp = state.get("train_point")
+            if tp is None:
+                raise CheckpointError(f"{checkpoint.path} has no Schedule-Free train point")
+            load_train_point(opt, tp)
+            for g in opt.param_groups:
+                g["train_mode"] = True
+        if sched is not None and state.get("scheduler") is not None:
+            sched.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+    return state["progress"]
+
+
+# ------------------------------------------------------------------------------ RNG states
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     st = {
@@ -130,22 +282,9 @@ def _to_tuples(x):
     return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
 
 
-def save_checkpoint(directory: str | os.PathLike, model: nn.Module, opt, sched, progress: dict[str, Any]) -> Path:
-    """Write the checkpoint into ``directory``. ``progress`` holds step, tokens, elapsed_s, losses, ... (plain data).
-
-    Schedule-Free: the state dict and y are taken in train mode; the weights file gets x (via
-    ``eval_weights``, which restores y exactly afterwards), so training continues unperturbed.
-
-    Distributed: only rank 0 writes; under FSDP2 every rank must call (the gathers are collectives),
-    otherwise the other ranks return at once.
-    """
-    d = Path(directory)
-    main = context().is_main
-    if not main and not is_fsdp(model):
-        return d
-    if main:
-        d.mkdir(parents=True, exist_ok=True)
-    step = int(progress["step"])
+# ------------------------------------------------------------------------------ writing
+def training_state(model: nn.Module, opt, sched, progress: dict[str, Any]) -> dict[str, Any]:
+    """``state.pt``'s content (taken with the optimizer in train mode; a collective under FSDP2)."""
     state = {
         "format": FORMAT,
         "progress": progress,
@@ -156,68 +295,152 @@ def save_checkpoint(directory: str | os.PathLike, model: nn.Module, opt, sched, 
     }
     if state["scheduler"] is not None:  # the LR function is rebuilt from the config on resume
         state["scheduler"]["lr_lambdas"] = [None] * len(state["scheduler"].get("lr_lambdas", [None]))
-    with eval_weights(model, opt):
-        save_weights(model, d / MODEL_FILE, metadata={"step": str(step)})
-    if not main:
-        return d
-    tmp = d / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, d / STATE_FILE)
-    return d
+    return state
 
 
-def load_checkpoint(directory: str | os.PathLike, model: nn.Module, opt=None, sched=None) -> dict[str, Any]:
-    """Restore ``model`` (and ``opt``/``sched`` when given) from ``directory``; returns progress.
+def _pause() -> None:
+    """The test hook (module docstring): sleep ``RNNLAB_TEST_CHECKPOINT_PAUSE_S`` seconds if set."""
+    seconds = float(os.environ.get(PAUSE_ENV) or 0)
+    if seconds > 0:
+        time.sleep(seconds)
 
-    With ``opt=None`` the model gets the shipped weights (x for Schedule-Free), for eval/sampling.
-    """
-    d = Path(directory)
-    if not has_checkpoint(d):
-        raise FileNotFoundError(f"no checkpoint in {d} (expected {MODEL_FILE} and {STATE_FILE})")
-    meta = load_weights(model, d / MODEL_FILE)
-    state = torch.load(d / STATE_FILE, map_location="cpu", weights_only=True)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{d / STATE_FILE} has checkpoint format {state.get('format')!r}, expected {FORMAT}")
-    step = int(state["progress"]["step"])
-    if meta.get("step") is not None and int(meta["step"]) != step:
-        raise ValueError(f"checkpoint in {d} is inconsistent: weights at step {meta['step']}, state at step {step} "
-                         f"(interrupted while saving?)")
-    if opt is not None:
-        load_full_optimizer_state_dict(model, opt, state["optimizer"])
-        if is_schedulefree(opt):
-            tp = state.get("train_point")
-            if tp is None:
-                raise ValueError(f"checkpoint in {d} has no Schedule-Free train point")
-            load_train_point(opt, tp)
-            for g in opt.param_groups:
-                g["train_mode"] = True
-        if sched is not None and state.get("scheduler") is not None:
-            sched.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
-    return state["progress"]
+
+def _file_entry(path: Path) -> dict[str, Any]:
+    """Make a written file durable and describe it for the manifest."""
+    fsync_file(path)
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": digest}
 
 
 class Checkpointer:
-    """Saves and restores a trainer's ``TrainState`` (model, optimizer, scheduler, progress) in
-    ``directory``; remembers the last step saved, so each step is written once and a failure can
-    say which checkpoint is kept."""
+    """The checkpoints in ``directory`` (a run's ckpt/): finds the newest usable one, restores a
+    trainer's ``TrainState`` from it, saves new ones (keeping the newest ``keep`` and every step
+    that is a multiple of ``keep_every``), and knows which one is the last good one."""
 
-    def __init__(self, directory: str | os.PathLike):
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, keep_every: int = 0):
         self.directory = Path(directory)
-        self.saved_step: int | None = None
+        self.keep, self.keep_every = keep, keep_every
+        self.last: Checkpoint | None = None  # the newest checkpoint this process restored or saved
 
-    def restore(self, state) -> None:
-        state.load_progress(load_checkpoint(self.directory, state.model, state.optimizer, state.scheduler))
-        self.saved_step = state.step
+    @property
+    def saved_step(self) -> int | None:
+        return self.last.step if self.last is not None else None
 
-    def save(self, state, complete: bool) -> None:
-        """Write ``state`` (rank 0 writes; under FSDP2 every rank must call); all ranks wait."""
-        save_checkpoint(self.directory, state.model, state.optimizer, state.scheduler, state.progress(complete))
-        self.saved_step = state.step
-        context().barrier()
+    # ------------------------------------------------------------------ finding
+    def checkpoints(self) -> list[Checkpoint]:
+        """The committed checkpoints, newest first (not verified; an old-format one by its step)."""
+        if not self.directory.is_dir():
+            return []
+        found = [Checkpoint(p, parse_step_dir(p.name)) for p in self.directory.iterdir()
+                 if parse_step_dir(p.name) is not None and p.is_dir()]
+        legacy = Checkpoint(self.directory, None, legacy=True)
+        if legacy.weights.exists() or legacy.state_file.exists():
+            try:
+                step = read_weights_metadata(legacy.weights).get("step")
+            except CheckpointError:
+                step = None
+            found.append(Checkpoint(self.directory, int(step) if step is not None else None, legacy=True))
+        return sorted(found, key=lambda c: (-1 if c.step is None else c.step, not c.legacy), reverse=True)
+
+    def find(self) -> tuple[Checkpoint | None, list[tuple[Checkpoint, str]]]:
+        """``(the newest checkpoint that verifies or None, [(each damaged newer one, why)])``."""
+        damaged = []
+        for c in self.checkpoints():
+            try:
+                c.verify()
+                return c, damaged
+            except CheckpointError as e:
+                damaged.append((c, str(e)))
+        return None, damaged
+
+    def quarantine(self, checkpoint: Checkpoint) -> Path:
+        """Rename a damaged step directory to ``damaged-step-...`` (kept for inspection, never
+        read again); only the holder of the run folder's lock may call this."""
+        target = checkpoint.path.with_name(DAMAGED_PREFIX + checkpoint.path.name)
+        if target.exists():
+            remove_tree(target)
+        os.rename(checkpoint.path, target)
+        fsync_dir(self.directory)
+        return target
 
     def kept(self) -> str:
-        """Which checkpoint survives a failure now, for error messages."""
-        if self.saved_step is None:
+        """Which checkpoint survives a failure now, for messages."""
+        if self.last is None:
             return "no checkpoint was written"
-        return f"last good checkpoint kept at {self.directory} (step {self.saved_step})"
+        return f"last good checkpoint kept at {self.last.path} (step {self.last.step})"
+
+    # ------------------------------------------------------------------ restoring
+    def restore(self, state, checkpoint: Checkpoint) -> None:
+        state.load_progress(load_checkpoint(checkpoint, state.model, state.optimizer, state.scheduler))
+        self.last = checkpoint
+
+    # ------------------------------------------------------------------ saving
+    def save(self, state, complete: bool) -> None:
+        """Write ``state`` as the checkpoint of its step (rank 0 writes; under FSDP2 every rank
+        must call, the gathers are collectives); all ranks wait for it."""
+        ctx = context()
+        if ctx.is_main or is_fsdp(state.model):
+            try:
+                staged = self._stage(state, complete)
+                if staged is not None:
+                    self._commit(staged, state.step)
+            except OSError as e:
+                what = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
+                raise CheckpointWriteError(f"could not write the checkpoint of step {state.step} to "
+                                           f"{self.directory}: {e.strerror or e}{what}; {self.kept()}") from e
+            if staged is not None:
+                self._prune()
+        ctx.barrier()
+
+    def _stage(self, state, complete: bool) -> Path | None:
+        """Write the checkpoint into a temporary directory (rank 0; None elsewhere)."""
+        main, step = context().is_main, state.step
+        tmp = temporary_name(self.directory / step_dir_name(step))
+        try:
+            contents = training_state(state.model, state.optimizer, state.scheduler, state.progress(complete))
+            if main:
+                shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process with this pid
+                tmp.mkdir(parents=True)
+                _pause()
+            with eval_weights(state.model, state.optimizer):  # the shipped weights: Schedule-Free's x
+                weights = model_state_dict(state.model)
+                if main:
+                    from safetensors.torch import save_file
+
+                    meta = {"format": "rnnlab", "tied": "1" if _tied(state.model) else "0", "step": str(step)}
+                    save_file(weights, str(tmp / MODEL_FILE), metadata=meta)
+            if not main:
+                return None
+            _pause()
+            torch.save(contents, tmp / STATE_FILE)
+            # safetensors creates its file 0600; give it the mode open() gives (the state file's)
+            os.chmod(tmp / MODEL_FILE, (tmp / STATE_FILE).stat().st_mode & 0o777)
+            _pause()
+            files = {name: _file_entry(tmp / name) for name in (MODEL_FILE, STATE_FILE)}
+            manifest = {"format": MANIFEST_FORMAT, "step": step, "complete": complete, "files": files}
+            write_synced(tmp / MANIFEST, json.dumps(manifest, indent=1) + "\n")
+            fsync_dir(tmp)
+            _pause()
+            return tmp
+        except BaseException:  # a write error or Ctrl-C: the older checkpoints are untouched
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def _commit(self, staged: Path, step: int) -> None:
+        """Make the staged directory the checkpoint of ``step`` with one rename; Ctrl-C waits."""
+        final = self.directory / step_dir_name(step)
+        with interrupts_deferred():
+            if final.exists():  # a damaged copy of this step: the new one replaces it
+                remove_tree(final)
+            os.rename(staged, final)
+            _pause()
+            fsync_dir(self.directory)
+            self.last = Checkpoint(final, step)
+
+    def _prune(self) -> None:
+        """Delete step directories beyond the newest ``keep``, except multiples of ``keep_every``
+        (an old-format checkpoint is never deleted)."""
+        for c in [c for c in self.checkpoints() if not c.legacy][self.keep:]:
+            if not (self.keep_every and c.step % self.keep_every == 0):
+                remove_tree(c.path)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sys
 
+from rnnlab.options import at_least, checked, positive
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
 from rnnlab.train.rundir import RunDir
@@ -39,7 +40,7 @@ def register(sub) -> None:
     e.add_argument("--data", help="a raw file to evaluate whole (up to --eval-bytes) instead of the "
                                   "run's held-out split")
     e.add_argument("--eval-bytes", help="cap on bytes, e.g. 1M, or all (default: the run's eval_bytes)")
-    e.add_argument("--batch-size", type=int)
+    e.add_argument("--batch-size", type=checked(int, positive()), help="windows per batch (default: the run's)")
     e.add_argument("--device", default="auto")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval_cmd)
@@ -47,10 +48,11 @@ def register(sub) -> None:
     s = sub.add_parser("sample", help="generate text from a run")
     s.add_argument("--run", required=True, metavar="DIR")
     s.add_argument("--prompt", default="\n")
-    s.add_argument("--tokens", type=int, default=200, help="bytes to generate")
-    s.add_argument("--temperature", type=float, default=0.8,
+    s.add_argument("--tokens", type=checked(int, at_least(0)), default=200, help="bytes to generate")
+    s.add_argument("--temperature", type=checked(float, at_least(0)), default=0.8,
                    help="0 = greedy: always the most likely byte (--top-k is then ignored)")
-    s.add_argument("--top-k", type=int, default=50)
+    s.add_argument("--top-k", type=checked(int, at_least(0)), default=50, help="sample among the k most likely "
+                                                                              "bytes (0 = all)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--device", default="auto")
     s.set_defaults(func=run_sample)
@@ -58,7 +60,7 @@ def register(sub) -> None:
 
 def config_from_args(args) -> TrainConfig:
     """Defaults < ``--config`` file (or, with ``--resume`` and no file, the run's config.json) <
-    flags; ``--layer`` options are added to the file's. ``resume`` comes from the flag alone."""
+    flags; ``--layer`` options are added to the file's."""
     flags = config_flag_values(args)
     layer = flags.pop("layer", {})
     if args.config:
@@ -69,8 +71,8 @@ def config_from_args(args) -> TrainConfig:
             saved = RunDir(args.out or apply_overrides(TrainConfig(), dict(flags)).out_dir()).saved_config()
         cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
     apply_overrides(cfg, flags, source="flag")
-    cfg.model.layer = {**cfg.model.layer, **layer}
-    cfg.run.resume = bool(args.resume)
+    if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
+        cfg.model.layer = {**cfg.model.layer, **layer}
     return cfg
 
 
@@ -116,6 +118,7 @@ def _launch(args) -> int | None:
 
 def run_train(args) -> int:
     from rnnlab.train import distributed as dist
+    from rnnlab.train.checkpoint import CheckpointWriteError
     from rnnlab.train.trainer import NonFiniteLossError, run_training
 
     launched = _launch(args)
@@ -127,11 +130,11 @@ def run_train(args) -> int:
     try:
         summary = run_training(cfg, progress=not args.no_progress)
         finished = True
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, CheckpointWriteError) as e:
         print(f"rnnlab train: error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("rnnlab train: aborted; the last checkpoint (if any) is kept", file=sys.stderr)
+    except KeyboardInterrupt as e:  # the trainer's message names the checkpoint kept
+        print(f"rnnlab train: {e or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
         return 130
     finally:
         ctx.close(sync=finished)

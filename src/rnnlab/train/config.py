@@ -130,10 +130,16 @@ class RunConfig:
                             bounds=positive(MAX_STEPS), resumable=True)
     checkpoint_every: int = option(1000, help="steps between checkpoints (0 = at the end and on interrupt only)",
                                    bounds=at_least(0, MAX_STEPS), resumable=True)
+    keep_checkpoints: int = option(2, help="checkpoints kept: the newest N (older ones are deleted after each save)",
+                                   bounds=positive(MAX_STEPS), resumable=True)
+    keep_checkpoint_every: int = option(0, help="also keep for good every checkpoint whose step is a multiple of N "
+                                                "(0 = none)", bounds=at_least(0, MAX_STEPS), resumable=True)
     out: str | None = option(None, help="run folder (default runs/<model>-d<dim>-l<depth>)", resumable=True,
                              scope="runner")
-    resume: bool = option(False, help="continue the run in --out from its checkpoint", resumable=True,
-                          scope="runner")
+    resume: bool = option(False, help="continue the run in --out from its newest usable checkpoint",
+                          resumable=True, scope="runner")
+    overwrite: bool = option(False, help="delete the run already in --out and start over", resumable=True,
+                             scope="runner")
     compile: bool = option(False, help="torch.compile the training forward+loss (README: torch.compile)",
                            resumable=True)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps",
@@ -297,24 +303,24 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if p.is_dir():
         raise IsADirectoryError(f"config file {p} is a directory")
     suffix = p.suffix.lower()
-    text = p.read_text()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise ValueError(f"config file {p} must end in .toml, .yaml, .yml or .json")
     try:
+        text = p.read_text()
         if suffix == ".toml":
             import tomllib
 
             d = tomllib.loads(text)
-        elif suffix in (".yaml", ".yml"):
-            import yaml
-
-            d = yaml.safe_load(text) or {}
         elif suffix == ".json":
             d = json.loads(text)
         else:
-            raise ValueError(f"config file {p} must end in .toml, .yaml, .yml or .json")
-    except ValueError:
+            import yaml
+
+            d = yaml.safe_load(text) or {}
+    except OSError:
         raise
-    except Exception as e:  # yaml.YAMLError and friends
-        raise ValueError(f"cannot parse config file {p}: {e}") from None
+    except Exception as e:  # TOMLDecodeError, JSONDecodeError, yaml.YAMLError, UnicodeDecodeError
+        raise ValueError(f"cannot parse config file {p}: {' '.join(str(e).split())}") from None
     if not isinstance(d, dict):
         raise ValueError(f"config file {p} must hold a table/mapping at top level")
     if isinstance(d.get("model"), dict) and "name" in d["model"] and "model" not in d["model"]:

@@ -4,6 +4,7 @@ tqdm bar (``RunLogger``, main process only), and the steady-state throughput (``
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -93,6 +94,15 @@ class RunLogger:
             self.tb.add_scalar("eval/bpb", rec["val_bpb"], rec["step"])
         if self.bar is not None:
             self.bar.write(f"step {rec['step']}: val_loss {rec['val_loss']:.4f}  val_bpb {rec['val_bpb']:.4f}")
+
+    def sync(self) -> None:
+        """Put every line written so far on the disk; called before each checkpoint, so a resumed
+        run finds every step up to its checkpoint in the logs."""
+        if not self.enabled:
+            return
+        for f in (self.metrics, self.evals):
+            f.flush()
+            os.fsync(f.fileno())
 
     def close(self) -> None:
         if not self.enabled:

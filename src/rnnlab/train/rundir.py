@@ -1,25 +1,43 @@
 """RunDir: one training run's folder. It alone knows the folder's file names, when the folder
-holds a run and when that run is complete, and how to load the run back; the trainer, eval and
-sample, the benchmark suite and report, and the analyses all go through it.
+holds a run and when that run is complete, which checkpoint a run continues from, and how to load
+the run back; the trainer, eval and sample, export, the benchmark suite and report, and the
+analyses all go through it.
 
     config.json     the resolved TrainConfig (flat keys, ``TrainConfig.to_dict``)
     env.json        versions, device, host, git commit, command line
     metrics.jsonl   one JSON object per training step
     eval.jsonl      one JSON object per held-out evaluation
     summary.json    the run's result; ``"complete": true`` once the budget was spent
-    ckpt/           the checkpoint: model.safetensors + state.pt (rnnlab.train.checkpoint)
+    ckpt/           the checkpoints: step-NNNNNN/ directories (rnnlab.train.checkpoint)
     tb/             TensorBoard events
+    .lock           the writer lock; records the pid, host and start time of its holder
 
 A folder *holds a run* when any of config.json, summary.json, metrics.jsonl or ckpt/ exists;
-the run is *complete* when summary.json says so.
+the run is *complete* when summary.json says so. Rules for training into a folder
+(``prepare``), all checked while holding the lock, before anything is written:
+
+- one writer: a process that trains into the folder holds an exclusive lock on ``.lock`` until
+  it ends; a second one stops with an error naming the holder;
+- a fresh run refuses a folder that holds a run, unless ``overwrite`` (then the run's files are
+  deleted first);
+- ``resume`` continues from the newest checkpoint that verifies, or stops with an error saying
+  what is missing (no folder, no config.json, another config, no usable checkpoint), changing
+  nothing; damaged newer checkpoints are reported and renamed ``damaged-step-...``; the logs
+  are cut back to the checkpoint's step, so every step appears in them once.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
 ENV = "env.json"
@@ -28,21 +46,26 @@ EVALS = "eval.jsonl"
 SUMMARY = "summary.json"
 CKPT = "ckpt"
 TB = "tb"
+LOCK = ".lock"
 WEIGHTS = "model.safetensors"  # the weights file of a checkpoint (rnnlab.train.checkpoint)
+RUN_FILES = (CONFIG, ENV, METRICS, EVALS, SUMMARY, CKPT, TB)  # what --overwrite deletes
+
+
+def warn(message: str) -> None:
+    """A loud one-line warning on stderr (a damaged checkpoint passed over, ...)."""
+    print(f"rnnlab: warning: {message}", file=sys.stderr, flush=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as indented JSON, atomically (temporary file, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON, atomically (``durable.write_atomic``)."""
+    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_json(path: Path) -> Any:
     """The JSON in ``path``, or None when it is missing or unreadable."""
     try:
         return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):
         return None
 
 
@@ -61,11 +84,55 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+class RunLock:
+    """The one-writer lock of a run folder: an exclusive ``flock`` on its ``.lock`` file, held for
+    the life of the process that trains into it and released by the kernel however that process
+    ends (``kill -9`` included). The holder writes its pid, host and start time into the file so
+    that a second process can say who holds it (docs/reliability.md: why not ``filelock``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # less the umask
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self._holder(fd)
+            os.close(fd)
+            raise ValueError(f"run dir {self.path.parent} is in use by {holder}: one process at a time "
+                             f"trains into a run folder") from None
+        except OSError as e:
+            os.close(fd)
+            raise ValueError(f"cannot lock run dir {self.path.parent} ({e.strerror}); a run folder needs "
+                             f"a file system with flock") from None
+        record = {"pid": os.getpid(), "host": socket.gethostname(),
+                  "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        self.fd = fd
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        try:
+            h = json.loads(os.pread(fd, 4096, 0))
+            return f"pid {h['pid']} on {h['host']} (started {h['started']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "another process (which has not recorded itself yet)"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the file drops the lock
+            self.fd = None
+
+
 class RunDir:
     """The run folder at ``path`` (which need not exist yet)."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        self.lock = RunLock(self.path / LOCK)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -106,32 +173,58 @@ class RunDir:
         s = self.summary() or {}
         return "complete" if s.get("complete") else "failed" if s.get("error") else "incomplete"
 
-    def has_checkpoint(self) -> bool:
-        from rnnlab.train.checkpoint import has_checkpoint
+    def checkpointer(self, cfg=None):
+        """The ``Checkpointer`` of ckpt/, keeping what ``cfg`` asks (``keep_checkpoints``,
+        ``keep_checkpoint_every``) when given."""
+        from rnnlab.train.checkpoint import Checkpointer
 
-        return has_checkpoint(self.ckpt_dir)
+        if cfg is None:
+            return Checkpointer(self.ckpt_dir)
+        return Checkpointer(self.ckpt_dir, cfg.run.keep_checkpoints, cfg.run.keep_checkpoint_every)
+
+    def has_checkpoint(self) -> bool:
+        """Whether any checkpoint was committed (not verified: ``checkpoint`` does that)."""
+        return bool(self.checkpointer().checkpoints())
+
+    def checkpoint(self):
+        """The newest checkpoint that verifies; damaged newer ones are reported on stderr.
+        ``CheckpointError`` saying what was found when there is none."""
+        from rnnlab.train.checkpoint import CheckpointError
+
+        usable, damaged = self.checkpointer().find()
+        if usable is None:
+            found = "; ".join(why for _, why in damaged) or "none was written"
+            raise CheckpointError(f"no usable checkpoint in {self.ckpt_dir} ({found})")
+        for c, why in damaged:
+            warn(f"checkpoint {c.path} is damaged: {why}; using {usable} instead")
+        return usable
 
     def weight_files(self) -> list[Path]:
-        """Every ``model.safetensors`` in the folder (the checkpoint and any copies of older ones),
-        ordered by the step in its metadata (unknown last); a step seen twice is listed once,
-        the checkpoint's own file first."""
-        from safetensors import safe_open
+        """The weights of every usable checkpoint and every other ``model.safetensors`` in the
+        folder outside ckpt/ (copies of older ones), ordered by the step in their metadata
+        (unknown last); a step seen twice is listed once, the checkpoint's own file first."""
+        from rnnlab.train.checkpoint import CheckpointError, read_weights_metadata
 
-        unknown = 1 << 62
-
-        def step(p: Path) -> int:
+        def step(p: Path) -> int | None:
             try:
-                with safe_open(str(p), framework="pt") as f:
-                    s = (f.metadata() or {}).get("step")
-                return int(s) if s is not None else unknown
-            except Exception:  # an unreadable file sorts last rather than failing the listing
-                return unknown
+                s = read_weights_metadata(p).get("step")
+                return int(s) if s is not None else None
+            except CheckpointError:  # an unreadable copy sorts last rather than failing the listing
+                return None
 
-        current = (self.ckpt_dir / WEIGHTS).resolve()
-        found = [(step(p), p.resolve() != current, str(p), p) for p in self.path.rglob(WEIGHTS) if p.is_file()]
+        own = []
+        for c in self.checkpointer().checkpoints():
+            try:
+                c.verify()
+                own.append((c.step, False, str(c.weights), c.weights))
+            except CheckpointError:
+                continue
+        ckpt = self.ckpt_dir.resolve()
+        copies = [(step(p), True, str(p), p) for p in self.path.rglob(WEIGHTS)
+                  if p.is_file() and ckpt not in p.resolve().parents]
         out, seen = [], set()
-        for s, _, _, p in sorted(found):
-            if s not in seen or s == unknown:
+        for s, _, _, p in sorted(own + copies, key=lambda r: (r[0] is None, r[0] or 0, r[1], r[2])):
+            if s is None or s not in seen:
                 seen.add(s)
                 out.append(p)
         return out
@@ -149,66 +242,111 @@ class RunDir:
         return TrainConfig.from_dict(saved)
 
     def load(self, device: str = "auto", weights: str | os.PathLike | None = None):
-        """``(TrainConfig, LM in eval mode, step)``: the run's model with its checkpoint's shipped
-        weights (Schedule-Free's x), or with ``weights`` (another ``model.safetensors`` of the run,
-        e.g. from ``weight_files``), at the run's precision on ``device``."""
+        """``(TrainConfig, LM in eval mode, step)``: the run's model with the shipped weights
+        (Schedule-Free's x) of its newest usable checkpoint, or with ``weights`` (another
+        ``model.safetensors`` of the run, e.g. from ``weight_files``), at the run's precision
+        on ``device``."""
         from rnnlab.train.checkpoint import load_checkpoint, load_weights
         from rnnlab.train.runtime import build_model, pick_device
 
         cfg = self.config()
         model = build_model(cfg, pick_device(device))
-        step = load_checkpoint(self.ckpt_dir, model)["step"]
-        if weights is not None and Path(weights).resolve() != (self.ckpt_dir / WEIGHTS).resolve():
+        if weights is None:
+            step = load_checkpoint(self.checkpoint(), model)["step"]
+        else:
             meta = load_weights(model, weights)
             step = int(meta["step"]) if meta.get("step") is not None else None
         model.eval()
         return cfg, model, step
 
     # ------------------------------------------------------------------ training
-    def prepare(self, cfg) -> bool:
-        """Check the folder before training ``cfg`` into it; True when it holds a checkpoint of
-        the same config to resume from (``cfg.run.resume``). A fresh run refuses a folder that
-        holds a run; a resumed one refuses a folder whose run had another config."""
-        from rnnlab.train.config import resume_mismatch
-
+    def prepare(self, cfg):
+        """Take the folder for training ``cfg`` into it (module docstring: the rules); returns
+        the checkpoint to resume from (None for a fresh run). Holds the lock until ``release``."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path} exists and is not a directory")
-        if not cfg.run.resume:
-            if self.holds_run():
-                raise ValueError(f"run dir {self.path} already holds a run; pass --resume to continue it "
-                                 f"or choose another --out")
-            return False
-        if not self.has_checkpoint():
-            return False
+        if cfg.run.resume and cfg.run.overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them")
+        if cfg.run.resume and not self.holds_run():
+            raise ValueError(f"--resume: {self.path} holds no run to resume "
+                             f"({'an empty folder' if self.path.is_dir() else 'no such folder'}; check --out)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            start = self._resume_point(cfg) if cfg.run.resume else None
+            if not cfg.run.resume:
+                self._clear(cfg)
+            for folder in (self.path, self.ckpt_dir):
+                if folder.is_dir():
+                    clear_temporaries(folder)
+            return start
+        except BaseException:
+            self.release()
+            raise
+
+    def _resume_point(self, cfg):
+        """The newest usable checkpoint of a run made with ``cfg``'s config, else an error that
+        changes nothing; damaged newer checkpoints are renamed aside, loudly."""
+        from rnnlab.train.checkpoint import CheckpointError
+        from rnnlab.train.config import resume_mismatch
+
         saved = self.saved_config()
         if saved is None:
-            raise ValueError(f"run dir {self.path} has a checkpoint but no {CONFIG}; cannot check it matches")
+            raise ValueError(f"--resume: {self.path} has no readable {CONFIG}, so its run cannot be checked "
+                             f"or continued (start over with --overwrite)")
         diff = resume_mismatch(saved, cfg)
         if diff is not None:
             key, old, new = diff
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}")
-        return True
+        checkpointer = self.checkpointer(cfg)
+        usable, damaged = checkpointer.find()
+        if usable is None:
+            found = "; ".join(why for _, why in damaged) or "none was written"
+            raise CheckpointError(f"--resume: no usable checkpoint in {self.ckpt_dir} ({found}); nothing was "
+                                  f"changed (start over with --overwrite, which deletes this run)")
+        for c, why in damaged:
+            aside = f"; it is kept as {checkpointer.quarantine(c).name}" if not c.legacy else ""
+            warn(f"checkpoint {c.path} is damaged: {why}; resuming from {usable} instead{aside}")
+        return usable
+
+    def _clear(self, cfg) -> None:
+        """A fresh run: refuse a folder holding a run, or delete that run's files (``overwrite``)."""
+        if not self.holds_run():
+            return
+        if not cfg.run.overwrite:
+            status = self.status()
+            raise ValueError(f"run dir {self.path} already holds {'an' if status == 'incomplete' else 'a'} {status} "
+                             f"run; pass --resume to continue it, --overwrite to delete it and start over, or "
+                             f"choose another --out")
+        for name in RUN_FILES:
+            path = self.file(name)
+            if path.is_dir():
+                remove_tree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None) -> None:
-        """Create the folder and record the config and environment. A fresh run clears the logs
-        and summary of an earlier attempt; a resumed one cuts its logs back to ``resumed_step``."""
-        self.path.mkdir(parents=True, exist_ok=True)
-        if resumed_step is None:
-            for name in (METRICS, EVALS, SUMMARY):
-                self.file(name).unlink(missing_ok=True)
-        else:
+        """Record the config and environment; a resumed run cuts its logs back to ``resumed_step``
+        (the lines of steps after its checkpoint are written again)."""
+        if resumed_step is not None:
             for name in (METRICS, EVALS):
                 self._truncate(self.file(name), resumed_step)
-        write_json(self.file(CONFIG), cfg.to_dict())
+        # how this session was started is no part of the run: a config.json reused as --config
+        # must not resume or delete anything
+        write_json(self.file(CONFIG), {**cfg.to_dict(), "resume": False, "overwrite": False})
         write_json(self.file(ENV), env)
+
+    def release(self) -> None:
+        """Let go of the folder (the lock ``prepare`` took)."""
+        self.lock.release()
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.file(SUMMARY), summary)
 
     @staticmethod
     def _truncate(path: Path, max_step: int) -> None:
-        """Drop records past ``max_step`` (steps logged after the checkpoint resumed from)."""
+        """Drop records past ``max_step`` and any line a crash cut short."""
         if not path.exists():
             return
         keep = []
@@ -216,8 +354,6 @@ class RunDir:
             try:
                 if json.loads(line).get("step", 0) <= max_step:
                     keep.append(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, AttributeError):
                 continue
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(k + "\n" for k in keep))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(k + "\n" for k in keep))

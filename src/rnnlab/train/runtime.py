@@ -81,22 +81,47 @@ def peak_mem_gib(device: torch.device) -> float | None:
 
 
 def check_memory(cfg, params: int, device: torch.device) -> None:
-    """Refuse a model whose weights + grads + optimizer state cannot fit the device at all."""
+    """Refuse a run that cannot fit the device at all: weights + grads + optimizer state, plus a
+    lower bound on the activations a step keeps for its backward (each block's input and its
+    normalised copy, and the fp32 logits with their gradient), so the check never refuses a run
+    that would fit; an out-of-memory error at the first step is reported by the trainer."""
+    have = device_memory(device)
+    if have is None:
+        return
     bytes_per = 2 if cfg.run.precision == "bf16" else 4
-    need = params * bytes_per * 4  # weights, grads, two optimizer moments (z/exp_avg, exp_avg_sq)
-    if device.type == "cuda":
-        have = torch.cuda.get_device_properties(device).total_memory
-    else:
-        try:
-            have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return
-    if need > have:
-        m = cfg.model
+    states = params * bytes_per * 4  # weights, grads, two optimizer moments (z/exp_avg, exp_avg_sq)
+    act_bytes = 4 if cfg.run.precision == "fp32" else 2  # bf16-mixed: bf16 copies under autocast
+    tokens = cfg.data.batch_size * cfg.data.seq_len
+    activations = tokens * (2 * cfg.model.depth * cfg.model.dim * act_bytes + 2 * cfg.model.vocab_size * 4)
+    if states + activations <= have:
+        return
+    m, gib = cfg.model, 2**30
+    if states > have:
         raise ValueError(
             f"model {m.model} dim={m.dim} depth={m.depth} has {params:,} "
-            f"parameters: weights, grads and optimizer state need ~{need / 2**30:,.1f} GiB at "
-            f"precision {cfg.run.precision}, more than the {have / 2**30:,.1f} GiB of {device}")
+            f"parameters: weights, grads and optimizer state need ~{states / gib:,.1f} GiB at "
+            f"precision {cfg.run.precision}, more than the {have / gib:,.1f} GiB of {device}")
+    raise ValueError(
+        f"a step of batch_size {cfg.data.batch_size} x seq_len {cfg.data.seq_len} keeps at least "
+        f"~{activations / gib:,.1f} GiB of activations (plus {states / gib:,.1f} GiB of weights and optimizer "
+        f"state), more than the {have / gib:,.1f} GiB of {device}: lower --batch-size or --seq-len")
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (physical RAM for the CPU), None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is the device running out of memory (CUDA's OutOfMemoryError, or the CPU
+    allocator's RuntimeError)."""
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "DefaultCPUAllocator: can't allocate memory" in str(e))
 
 
 def build_model(cfg, device: torch.device) -> LM:

@@ -22,6 +22,7 @@ evaluation and in gathering the checkpoint, as the weights are sharded).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import sys
@@ -36,19 +37,23 @@ from torch import nn
 from rnnlab.data import BatchStream, load_splits
 from rnnlab.models.params import count_params
 from rnnlab.train import distributed as dist
-from rnnlab.train.checkpoint import Checkpointer
+from rnnlab.train.checkpoint import CheckpointWriteError
 from rnnlab.train.config import TrainConfig
 from rnnlab.train.metrics import RunLogger, Throughput
 from rnnlab.train.optim import build_optimizer, current_lr, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
-from rnnlab.train.runtime import (autocast, build_model, check_memory, env_info, evaluate_run, peak_mem_gib,
-                                  pick_device, seed_everything, sync, wrap_model)
+from rnnlab.train.runtime import (autocast, build_model, check_memory, env_info, evaluate_run, is_out_of_memory,
+                                  peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
 
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the seed's)
 
 
 class NonFiniteLossError(RuntimeError):
     """Training diverged (NaN/inf loss or weights). The last good checkpoint is left untouched."""
+
+
+class OutOfMemory(ValueError):
+    """A step or an evaluation ran out of device memory; the message names the knobs to lower."""
 
 
 @dataclass
@@ -134,8 +139,8 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
 
 
 class Trainer:
-    """One training run: built from a config (checking the run folder, data, memory; restoring
-    the checkpoint when resuming), then ``train()``."""
+    """One training run: built from a config (checking the data and memory, taking the run folder,
+    restoring the checkpoint when resuming), then ``train()``, which lets go of the folder."""
 
     def __init__(self, cfg: TrainConfig, *, progress: bool = True):
         self.started = time.perf_counter()  # this session's wall clock starts with its set-up
@@ -143,22 +148,33 @@ class Trainer:
         self.ctx = ctx = dist.context()
         self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)[1]
         self.sharded = ctx.world_size > 1 and cfg.run.distributed == "fsdp2"  # all ranks evaluate/checkpoint
-        self.rundir = RunDir(cfg.run.out)
-        resuming = self.rundir.prepare(cfg)
-        ctx.barrier()  # every rank has looked at the run dir before rank 0 writes into it
-        self.val_split, self.stream = open_data(cfg, ctx)  # a bad corpus fails before a model is built
+        self.val_split, self.stream = open_data(cfg, ctx)  # a bad corpus fails before the folder is touched
         self.n_params = count_params(cfg.model)
         check_memory(cfg, self.n_params, self.device)
+        self.rundir = RunDir(cfg.run.out)
+        resume_from = ctx.broadcast_object(self.rundir.prepare(cfg) if ctx.is_main else None)  # rank 0 locks
+        try:
+            self._build(progress, resume_from)
+        except BaseException as e:
+            self.rundir.release()
+            if is_out_of_memory(e):
+                raise OutOfMemory(f"out of memory building the model on {self.device}: lower --dim or --depth, "
+                                  f"or use --precision bf16 or several GPUs (--gpus N --distributed fsdp2)") from None
+            raise
+
+    def _build(self, progress: bool, resume_from) -> None:
+        """Model, optimizer and state (restored from ``resume_from`` when given), run records."""
+        cfg, ctx = self.cfg, self.ctx
         seed_everything(cfg.run.seed)
         model = build_model(cfg, self.device)
         self.forward = wrap_model(model, cfg)  # before the optimizer: FSDP2 replaces the parameters
         self.state = TrainState(model, *build_optimizer(model, cfg))
-        self.checkpointer = Checkpointer(self.rundir.ckpt_dir)
-        if resuming:
-            self.checkpointer.restore(self.state)
+        self.checkpointer = self.rundir.checkpointer(cfg)
+        if resume_from is not None:
+            self.checkpointer.restore(self.state, resume_from)
         self.wall_before = self.state.wall_s  # the earlier sessions' wall time
         if ctx.is_main:
-            self.rundir.start(cfg, env_info(self.device), self.state.step if resuming else None)
+            self.rundir.start(cfg, env_info(self.device), self.state.step if resume_from is not None else None)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.step, cfg.max_steps(), progress,
@@ -168,38 +184,58 @@ class Trainer:
     # ------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, Any]:
         """Train until the budget is spent (then evaluate and checkpoint) or Ctrl-C (then
-        checkpoint); returns the summary, also written to summary.json."""
-        state, run_cfg, tokens_per_step = self.state, self.cfg.run, self.cfg.tokens_per_step()
-        state.model.train()
+        checkpoint); returns the summary, also written to summary.json. A failure that stops
+        the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C) is
+        recorded in summary.json and raised with a message naming the checkpoint kept."""
         try:
-            with StopOnInterrupt() as stop:
-                while not self.budget_spent() and not stop.requested:
-                    loss, lr, seconds = self.train_step(self.stream.batch(state.step))
-                    if self.ctx.world_size > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
-                        seconds, stop.requested = self.ctx.agree(seconds, stop.requested)
-                    state.advance(loss, tokens_per_step, seconds)
-                    self.throughput.add(tokens_per_step, seconds)
-                    self.logger.step(state, loss, lr, seconds)
-                    if self.due(run_cfg.eval_every):
-                        self.evaluate()
-                    if self.due(run_cfg.checkpoint_every):
-                        self.checkpoint(complete=False)
-            if not self.budget_spent():  # stopped by Ctrl-C
-                self.checkpoint(complete=False)
-                print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
-                      f"{self.rundir.ckpt_dir} (continue with --resume --out {self.rundir.path})", file=sys.stderr)
-                return self.finish(complete=False)
-            try:
-                if state.last_eval is None or state.last_eval["step"] != state.step:
-                    self.evaluate()
-            finally:
-                self.checkpoint(complete=True)  # saved even if the final evaluation fails
-            return self.finish(complete=True)
-        except (NonFiniteLossError, KeyboardInterrupt) as e:
-            self.finish(complete=False, error=str(e) or "aborted by Ctrl-C")
+            return self.loop()
+        except (NonFiniteLossError, CheckpointWriteError) as e:
+            self.record_failure(str(e))
             raise
+        except KeyboardInterrupt:
+            message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
+            self.record_failure(message)
+            raise KeyboardInterrupt(message) from None
+        except RuntimeError as e:
+            if not is_out_of_memory(e):
+                raise
+            cfg = self.cfg
+            message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
+                       f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}), or --eval-batch-size when it "
+                       f"happens in an evaluation; {self.checkpointer.kept()}")
+            self.record_failure(message)
+            raise OutOfMemory(message) from None
         finally:
             self.logger.close()
+            self.rundir.release()
+
+    def loop(self) -> dict[str, Any]:
+        """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C."""
+        state, run_cfg, tokens_per_step = self.state, self.cfg.run, self.cfg.tokens_per_step()
+        state.model.train()
+        with StopOnInterrupt() as stop:
+            while not self.budget_spent() and not stop.requested:
+                loss, lr, seconds = self.train_step(self.stream.batch(state.step))
+                if self.ctx.world_size > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
+                    seconds, stop.requested = self.ctx.agree(seconds, stop.requested)
+                state.advance(loss, tokens_per_step, seconds)
+                self.throughput.add(tokens_per_step, seconds)
+                self.logger.step(state, loss, lr, seconds)
+                if self.due(run_cfg.eval_every):
+                    self.evaluate()
+                if self.due(run_cfg.checkpoint_every):
+                    self.checkpoint(complete=False)
+        if not self.budget_spent():  # stopped by Ctrl-C
+            self.checkpoint(complete=False)
+            print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
+                  f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})", file=sys.stderr)
+            return self.finish(complete=False)
+        try:
+            if state.last_eval is None or state.last_eval["step"] != state.step:
+                self.evaluate()
+        finally:
+            self.checkpoint(complete=True)  # saved even if the final evaluation fails
+        return self.finish(complete=True)
 
     def train_step(self, batch: torch.Tensor) -> tuple[float, float, float]:
         """One optimizer step on ``batch`` ([B, T+1]); returns ``(loss, lr, seconds)``.
@@ -264,13 +300,15 @@ class Trainer:
 
     def checkpoint(self, complete: bool) -> None:
         """Save the state unless this step is saved already; broken weights never replace a good
-        checkpoint."""
+        checkpoint. The logs reach the disk first, so a resumed run finds every step up to its
+        checkpoint in them."""
         if self.checkpointer.saved_step == self.state.step:
             return
         if not self.ctx.all_true(dist.local_all_finite(self.state.model)):  # this rank's shard under FSDP2
             raise NonFiniteLossError(f"non-finite weights at step {self.state.step}; lower --lr or use "
                                      f"--precision bf16-mixed; {self.checkpointer.kept()}")
         self.clock()
+        self.logger.sync()
         self.checkpointer.save(self.state, complete)
 
     def clock(self) -> None:
@@ -306,6 +344,11 @@ class Trainer:
         if self.ctx.is_main:
             self.rundir.write_summary(summary)
         return summary
+
+    def record_failure(self, error: str) -> None:
+        """summary.json for a run that stopped with ``error``, if the disk still takes it."""
+        with contextlib.suppress(OSError):
+            self.finish(complete=False, error=error)
 
 
 def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:

@@ -1,0 +1,261 @@
+"""Every bad input gets one clear line: a table of careless and hostile command lines (issue 16),
+each through the real entry point. Each must exit 2 with one line ``rnnlab <cmd>: error: ...`` on
+stderr naming the problem, no traceback, and leave every file of the runs around it unchanged
+(the folders' ``.lock`` files aside: a command that reaches a run folder takes its lock, which
+records the holder)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlab.cli import main
+from rnnlab.train.rundir import LOCK, RunLock
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LEGACY = Path(__file__).parent / "data" / "legacy-run"  # a run folder written before checkpoint manifests
+TINY = ["--model", "e1", "--dim", "32", "--depth", "2", "--seq-len", "32", "--batch-size", "4", "--precision", "fp32",
+        "--eval-bytes", "4096", "--device", "cpu", "--no-progress", "--lr", "3e-3"]
+FRESH = ["train", *TINY, "--data", "{corpus}", "--out", "{new}"]  # a fresh run that would be valid ...
+TRAIN = [*FRESH, "--steps", "2"]  # ... with its budget
+
+CONFIG_FILES = {  # placeholder: (file name, content)
+    "betas5": ("betas5.toml", "betas = 5\n"),
+    "mlp_two": ("mlp_two.toml", 'mlp_ratio = "two"\n'),
+    "layer5": ("layer5.toml", "layer = 5\n"),
+    "out5": ("out5.toml", "out = 5\n"),
+    "compile_no": ("compile_no.toml", 'compile = "no"\n'),
+    "tie_no": ("tie_no.yaml", "model:\n  tie_embeddings: 'no'\n"),
+    "batch_text": ("batch_text.toml", 'batch_size = "256"\n'),
+    "vocab_text": ("vocab_text.toml", '[model]\nvocab_size = "256"\n'),
+    "toml_syntax": ("syntax.toml", "steps = = 3\n"),
+    "yaml_syntax": ("syntax.yaml", "steps: [3\n"),
+    "json_list": ("list.json", "[1, 2]\n"),
+    "unknown_key": ("unknown.toml", "bogus = 1\n"),
+    "ini": ("wrong.ini", "steps = 3\n"),
+    "resume_true": ("resume_true.toml", "resume = true\n"),
+}
+
+CASES = [
+    # --- train: fields and flags
+    ("model_unknown", [*TRAIN, "--model", "nope"], "model must be one of e1,"),
+    ("dim_zero", [*TRAIN, "--dim", "0"], "dim must be a positive integer (at most 65,536), got 0"),
+    ("dim_huge", [*TRAIN, "--dim", "1000000"], "dim must be a positive integer (at most 65,536), got 1000000"),
+    ("dim_text", [*TRAIN, "--dim", "abc"], "dim must be a positive integer (at most 65,536), got 'abc'"),
+    ("depth_negative", [*TRAIN, "--depth", "-1"], "depth must be a positive integer"),
+    ("batch_zero", [*TRAIN, "--batch-size", "0"], "batch_size must be a positive integer"),
+    ("batch_huge", [*TRAIN, "--batch-size", "100000000"], "batch_size must be a positive integer (at most 65,536)"),
+    ("lr_zero", [*TRAIN, "--lr", "0"], "lr must be a positive finite number, got 0.0"),
+    ("lr_nan", [*TRAIN, "--lr", "nan"], "lr must be a positive finite number, got 'nan'"),
+    ("lr_inf", [*TRAIN, "--lr", "inf"], "lr must be a positive finite number, got 'inf'"),
+    ("tokens_text", [*TRAIN, "--tokens", "lots"], "tokens must be a positive integer"),
+    ("two_budgets", [*TRAIN, "--minutes", "1"], "give one budget (steps, minutes or tokens)"),
+    ("betas_range", [*TRAIN, "--betas", "0.9", "1"], "betas must be two numbers in [0, 1), got (0.9, 1.0)"),
+    ("val_fraction", [*TRAIN, "--val-fraction", "1.5"], "val_fraction must be a number in (0, 1), got 1.5"),
+    ("precision", [*TRAIN, "--precision", "fp64"], "precision must be one of bf16, bf16-mixed, fp32, got 'fp64'"),
+    ("optimizer", [*TRAIN, "--optimizer", "sgd"], "optimizer must be one of schedulefree-adamw, adamw, got 'sgd'"),
+    ("warmup_exceeds", [*TRAIN, "--warmup-steps", "50"], "warmup_steps (50) must not exceed the step budget (2)"),
+    ("adamw_minutes", [*FRESH, "--optimizer", "adamw", "--minutes", "1"], "adamw decays its LR on a cosine"),
+    ("device_unknown", [*TRAIN, "--device", "tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("device_cuda_missing", [*TRAIN, "--device", "cuda"], "requested but CUDA is not available (use --device cpu)"),
+    ("eval_every_negative", [*TRAIN, "--eval-every", "-1"], "eval_every must be an integer >= 0"),
+    ("checkpoint_every_negative", [*TRAIN, "--checkpoint-every", "-2"], "checkpoint_every must be an integer >= 0"),
+    ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "keep_checkpoints must be a positive integer"),
+    ("eval_bytes_text", [*TRAIN, "--eval-bytes", "lots"], "eval_bytes must be an integer >= 0"),
+    ("gpus_zero", [*TRAIN, "--gpus", "0"], "gpus must be a positive integer, got 0"),
+    ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
+    ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
+    ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be an integer, got 'two'"),
+    ("layer_syntax", [*TRAIN, "--layer", "expansion"], "option 'expansion' must look like KEY=VALUE"),
+    # --- train: data and memory
+    ("data_missing", [*TRAIN, "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),
+    ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
+    ("data_empty", [*TRAIN, "--data", "{empty}"], "is empty"),
+    ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
+    ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
+    ("heldout_short", [*TRAIN, "--seq-len", "4000"], "held-out split of"),
+    ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge}", "--seq-len", "4000000",
+                             "--batch-size", "512"], "of activations (plus"),
+    # --- train: config files
+    ("config_missing", [*TRAIN, "--config", "/nonexistent.toml"], "config file not found: /nonexistent.toml"),
+    ("config_betas", [*TRAIN, "--config", "{betas5}"], "betas must be two numbers in [0, 1), got 5"),
+    ("config_mlp_ratio", [*TRAIN, "--config", "{mlp_two}"], "mlp_ratio must be a finite number >= 0, got 'two'"),
+    ("config_layer", [*TRAIN, "--config", "{layer5}", "--layer", "expansion=2"],
+     "layer must be a table of options, got 5"),
+    ("config_out", ["train", *TINY, "--data", "{corpus}", "--config", "{out5}"], "out must be a string, got 5"),
+    ("config_compile", [*TRAIN, "--config", "{compile_no}"], "compile must be true or false, got 'no'"),
+    ("config_tie", [*TRAIN, "--config", "{tie_no}"], "tie_embeddings must be true or false, got 'no'"),
+    ("config_batch_text", ["train", "--config", "{batch_text}", "--data", "{corpus}", "--out", "{new}"],
+     "batch_size must be a positive integer (at most 65,536), got '256'"),
+    ("config_vocab_text", [*TRAIN, "--config", "{vocab_text}"], "vocab_size must be one of 256, got '256'"),
+    ("config_toml_syntax", [*TRAIN, "--config", "{toml_syntax}"], "cannot parse config file {toml_syntax}: "),
+    ("config_yaml_syntax", [*TRAIN, "--config", "{yaml_syntax}"], "cannot parse config file {yaml_syntax}: "),
+    ("config_not_table", [*TRAIN, "--config", "{json_list}"], "must hold a table/mapping at top level"),
+    ("config_unknown_key", [*TRAIN, "--config", "{unknown_key}"], "unknown config file {unknown_key} field(s) ['bogus']"),
+    ("config_suffix", [*TRAIN, "--config", "{ini}"], "must end in .toml, .yaml, .yml or .json"),
+    # --- train: run folders
+    ("out_is_file", [*TRAIN, "--out", "{file}"], "exists and is not a directory"),
+    ("fresh_over_run", [*TRAIN, "--out", "{run}"], "already holds a complete run; pass --resume to continue it, "
+                                                   "--overwrite to delete it"),
+    ("resume_no_folder", [*TRAIN, "--resume"], "holds no run to resume (no such folder; check --out)"),
+    ("resume_empty_folder", [*TRAIN, "--resume", "--out", "{dir}"], "holds no run to resume (an empty folder"),
+    ("resume_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}"], "no usable checkpoint in {nockpt}/ckpt "
+                                                                        "(none was written); nothing was changed"),
+    ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
+     "was made with a different config: field model.dim is 32, not 48"),
+    ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],
+     "was made with a different config: field model.dim is 32, not 48"),
+    ("resume_and_overwrite", [*TRAIN, "--resume", "--overwrite", "--out", "{run}"], "give one of them"),
+    ("resume_all_damaged", [*TRAIN, "--resume", "--out", "{damaged}"], "does not match the sha256 in its manifest"),
+    ("resume_true_in_config", [*TRAIN, "--config", "{resume_true}", "--out", "{nockpt}"],
+     "no usable checkpoint"),
+    ("folder_locked", [*TRAIN, "--out", "{locked}"], "is in use by pid {pid} on "),
+    # --- eval, sample and the other commands
+    ("eval_no_run", ["eval", "--run", "{new}"], "run dir not found"),
+    ("eval_not_a_run", ["eval", "--run", "{dir}"], "is not a run dir (no readable config.json)"),
+    ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
+     "argument --batch-size: must be a positive integer, got '0'"),
+    ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "lots"),
+    ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),
+    ("eval_all_damaged", ["eval", "--run", "{damaged}"], "no usable checkpoint in {damaged}/ckpt"),
+    ("eval_legacy_truncated_state", ["eval", "--run", "{legacy_truncated}"], "state.pt is damaged ("),
+    ("eval_legacy_nan_weights", ["eval", "--run", "{legacy_nan}"], "holds non-finite values in"),
+    ("eval_legacy_bad_header", ["eval", "--run", "{legacy_header}"], "model.safetensors is damaged ("),
+    ("sample_temperature_nan", ["sample", "--run", "{run}", "--temperature", "nan"],
+     "argument --temperature: must be a finite number >= 0, got 'nan'"),
+    ("sample_temperature_negative", ["sample", "--run", "{run}", "--temperature", "-1"],
+     "argument --temperature: must be a finite number >= 0, got '-1'"),
+    ("sample_tokens_negative", ["sample", "--run", "{run}", "--tokens", "-5"], "argument --tokens: must be an integer >= 0"),
+    ("sample_top_k_negative", ["sample", "--run", "{run}", "--top-k", "-1"], "argument --top-k: must be an integer >= 0"),
+    ("sample_no_run", ["sample", "--run", "{new}"], "run dir not found"),
+    ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "dim must be a positive integer"),
+    ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],
+     "batches must be a positive integer"),
+    ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
+    ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
+]
+
+
+def _digests(root: Path) -> dict[str, str]:
+    """Every file under ``root`` (lock files aside) by path, with its sha256."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK}
+
+
+def _damage(path: Path, at: int = 1000, n: int = 64, byte: int | None = None) -> None:
+    """Flip (or set to ``byte``) ``n`` bytes of ``path`` from offset ``at``."""
+    data = bytearray(path.read_bytes())
+    for i in range(at, at + n):
+        data[i] = byte if byte is not None else data[i] ^ 0xFF
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, one_thread_module):
+    """The paths the cases name: a small corpus, a trained run and damaged copies of it, old-format
+    runs with damaged files, config files, odd files and a run folder whose lock is held."""
+    root = tmp_path_factory.mktemp("world")
+    w = {"root": root, "new": root / "new-run", "dir": root / "a-dir", "file": root / "a-file",
+         "empty": root / "empty.txt", "unreadable": root / "unreadable.txt", "huge": root / "huge.bin",
+         "corpus": root / "corpus.txt", "pid": os.getpid()}
+    w["dir"].mkdir()
+    w["file"].write_text("x")
+    w["empty"].write_bytes(b"")
+    w["unreadable"].write_bytes(b"text " * 4000)
+    w["unreadable"].chmod(0)
+    with open(w["huge"], "wb") as f:  # sparse: enough bytes for a 4M-byte window, no disk used
+        f.truncate(5_000_000)
+    w["corpus"].write_bytes((b"the quick brown fox jumps over the lazy dog. " * 500)[:20000])
+    for key, (name, text) in CONFIG_FILES.items():
+        w[key] = root / name
+        w[key].write_text(text)
+    w["run"] = root / "run"
+    argv = ["train", *TINY, "--steps", "2", "--data", str(w["corpus"]), "--out", str(w["run"]), "--checkpoint-every", "1"]
+    assert main(argv) == 0
+    for name in ("damaged", "nockpt", "locked"):
+        w[name] = root / name
+        shutil.copytree(w["run"], w[name])
+    for ckpt in (w["damaged"] / "ckpt").iterdir():
+        _damage(ckpt / "model.safetensors")
+    shutil.rmtree(w["nockpt"] / "ckpt")
+    for name in ("legacy_truncated", "legacy_nan", "legacy_header"):
+        w[name] = root / name
+        shutil.copytree(LEGACY, w[name])
+    state = w["legacy_truncated"] / "ckpt" / "state.pt"
+    state.write_bytes(state.read_bytes()[:5000])
+    weights = w["legacy_nan"] / "ckpt" / "model.safetensors"
+    _damage(weights, at=weights.stat().st_size - 200, n=64, byte=0xFF)  # 0xFFFFFFFF is a NaN
+    _damage(w["legacy_header"] / "ckpt" / "model.safetensors", at=10, n=16)
+    lock = RunLock(w["locked"] / LOCK)
+    lock.acquire()
+    yield w
+    lock.release()
+    w["unreadable"].chmod(0o644)
+
+
+@pytest.mark.parametrize("name, argv, message", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_line(name, argv, message, world, capsys):
+    if name == "data_unreadable" and os.geteuid() == 0:
+        pytest.skip("root reads a file without read permission")
+    if name == "device_cuda_missing" and torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    before = _digests(world["root"])
+    fill = {k: str(v) for k, v in world.items()}
+    try:
+        rc = main([a.format(**fill) for a in argv])
+    except SystemExit as e:  # argparse's own errors (an unknown flag, a --batch-size of 0)
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2, err
+    assert err.count("\n") == 0 and "Traceback" not in err, err  # one line, no traceback
+    command = " ".join(argv[:2]) if argv[0] in ("analyze", "data") else argv[0]
+    assert err.startswith(f"rnnlab {command}: error: "), err
+    assert message.format(**fill) in err, err
+    assert _digests(world["root"]) == before  # nothing written, deleted or changed
+    assert not world["new"].exists()
+
+
+def test_cases_cover_the_issue():
+    assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
+
+
+def test_debug_shows_the_traceback(world, capsys):
+    with pytest.raises(ValueError, match="dim must be a positive integer"):
+        main(["train", "--debug", *TINY, "--steps", "2", "--dim", "0", "--data", str(world["corpus"]), "--out", str(world["new"])])
+
+
+def test_out_of_memory_names_the_knobs(world, capsys, monkeypatch):
+    """An out-of-memory error in a step becomes one line naming --batch-size and --seq-len."""
+    from rnnlab.train.trainer import Trainer
+
+    def oom(self, batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "forward_backward", oom)
+    out = world["root"] / "oom"
+    assert main(["train", *TINY, "--steps", "2", "--data", str(world["corpus"]), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("rnnlab train: error: out of memory at step 1 on cpu: lower "
+                                                   "--batch-size (4) or --seq-len (32)"), err
+    assert "no checkpoint was written" in err
+    assert "out of memory" in json.loads((out / "summary.json").read_text())["error"]
+
+
+def test_out_of_memory_in_eval_names_the_knob(world, capsys, monkeypatch):
+    from rnnlab.train import runtime
+
+    def oom(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(runtime, "evaluate_run", oom)
+    assert main(["eval", "--run", str(world["run"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("rnnlab eval: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): lower "
+                   "--batch-size (and --seq-len where the command has it)")

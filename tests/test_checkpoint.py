@@ -1,0 +1,268 @@
+"""Checkpoints that cannot be lost (issue 16): step directories committed by one rename after
+fsync, a manifest that catches damage in any file (the previous checkpoint is then used, loudly),
+old-format run folders, pruning, write errors, Ctrl-C during the commit, the folder lock and
+--overwrite. Kills at random moments: tests/test_crash.py."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlab.cli import main
+from rnnlab.train import checkpoint
+from rnnlab.train.rundir import LOCK, RunDir, RunLock
+from rnnlab.train.trainer import Trainer, run_training
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+LEGACY = Path(__file__).parent / "data" / "legacy-run"  # written by commit 4ce17db (before manifests)
+TINY = ["--model", "e1", "--dim", "32", "--depth", "2", "--seq-len", "32", "--batch-size", "4", "--precision", "fp32",
+        "--eval-bytes", "4096", "--device", "cpu", "--no-progress", "--lr", "3e-3"]
+
+
+def _steps(run: Path, name: str = "metrics.jsonl") -> list[int]:
+    return [json.loads(line)["step"] for line in (run / name).read_text().splitlines()]
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK}
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "Traceback" not in err, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, one_thread_module):
+    """The losses of an uninterrupted 6-step run (the reference for resumed ones)."""
+    from rnnlab.train.config import TrainConfig
+
+    run = tmp_path_factory.mktemp("straight") / "r"
+    cfg = {"model": {"model": "e1", "dim": 32, "depth": 2}, "batch_size": 4, "seq_len": 32, "steps": 6,
+           "precision": "fp32", "lr": 3e-3, "eval_bytes": 4096, "device": "cpu", "out": str(run)}
+    run_training(TrainConfig.from_dict(cfg), progress=False)
+    return _losses(run)
+
+
+# ------------------------------------------------------------------------------ layout
+def test_step_directories_manifest_and_pruning(tiny_train, tmp_path):
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=7, checkpoint_every=2, keep_checkpoints=2, keep_checkpoint_every=4),
+                 progress=False)
+    # saved at 2, 4, 6 and 7; the newest two stay, and 4 as a multiple of keep_checkpoint_every
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-000004", "step-000006", "step-000007"]
+    for step in (4, 6, 7):
+        d = run / "ckpt" / f"step-{step:06d}"
+        manifest = json.loads((d / "manifest.json").read_text())
+        assert manifest["step"] == step and manifest["complete"] is (step == 7) and manifest["format"] == 2
+        for name, entry in manifest["files"].items():
+            assert entry == {"bytes": (d / name).stat().st_size,
+                             "sha256": hashlib.sha256((d / name).read_bytes()).hexdigest()}
+        # every file with the mode a new file gets (safetensors alone would create the weights 0600)
+        (tmp_path / "probe").write_text("")
+        assert {(d / f).stat().st_mode & 0o777 for f in ("model.safetensors", "state.pt", "manifest.json")} \
+            == {(tmp_path / "probe").stat().st_mode & 0o777}
+    assert RunDir(run).checkpoint().step == 7 and not list(run.rglob(".tmp-*"))
+
+
+def test_commit_fsyncs_every_file_before_the_rename(tiny_train, tmp_path, monkeypatch):
+    """The protocol that makes a checkpoint survive a power loss: each file and the staging folder
+    reach the disk before the rename makes the checkpoint visible, and ckpt/ after it."""
+    events = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def rename(src, dst):
+        events.append(("rename", str(src), str(dst)))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=1), progress=False)
+    commit = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2].endswith("ckpt/step-000001"))
+    staged = events[commit][1]
+    synced_before = {e[1] for e in events[:commit] if e[0] == "fsync"}
+    assert {f"{staged}/{f}" for f in ("model.safetensors", "state.pt", "manifest.json")} | {staged} <= synced_before
+    assert ("fsync", str((run / "ckpt").resolve())) in events[commit:]
+    assert {str((run / f).resolve()) for f in ("metrics.jsonl", "eval.jsonl")} <= synced_before  # logs first
+
+
+# ------------------------------------------------------------------------------ damage
+@pytest.mark.parametrize("name, how", [("model.safetensors", "flip"), ("state.pt", "flip"),
+                                       ("manifest.json", "flip"), ("state.pt", "truncate"),
+                                       ("model.safetensors", "delete")])
+def test_damaged_newest_checkpoint_falls_back_loudly(name, how, tiny_train, tmp_path, capsys, straight):
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=4, checkpoint_every=2), progress=False)
+    path = run / "ckpt" / "step-000004" / name
+    data = bytearray(path.read_bytes())
+    if how == "flip":
+        for i in range(len(data) // 2, len(data) // 2 + 64):
+            data[i] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    else:
+        path.unlink()
+    capsys.readouterr()
+    _, _, step = RunDir(run).load("cpu")  # eval, sample, export and gradflow load this way
+    assert step == 2
+    warning = _one_line(capsys)
+    assert warning.startswith(f"rnnlab: warning: checkpoint {run}/ckpt/step-000004 is damaged: ") and \
+        warning.endswith(f"; using {run}/ckpt/step-000002 (step 2) instead"), warning
+
+    s = run_training(tiny_train(run, steps=6, resume=True), progress=False)
+    warning = _one_line(capsys)
+    assert f"resuming from {run}/ckpt/step-000002 (step 2) instead; it is kept as damaged-step-000004" in warning
+    assert (run / "ckpt" / "damaged-step-000004" / "manifest.json").exists()  # kept for inspection
+    assert s["complete"] and _steps(run) == list(range(1, 7)) and _losses(run) == straight
+
+
+def test_no_usable_checkpoint_is_a_clear_error(tiny_train, tmp_path, capsys):
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    (run / "ckpt" / "step-000002" / "state.pt").write_bytes(b"not a checkpoint")
+    before = _digests(run)
+    assert main(["eval", "--run", str(run)]) == 2
+    err = _one_line(capsys)
+    size = json.loads((run / "ckpt/step-000002/manifest.json").read_text())["files"]["state.pt"]["bytes"]
+    assert err == (f"rnnlab eval: error: no usable checkpoint in {run}/ckpt ({run}/ckpt/step-000002/state.pt has "
+                   f"16 bytes, its manifest says {size:,})")
+    assert main(["train", "--resume", "--out", str(run), "--steps", "4", "--no-progress"]) == 2
+    assert "nothing was changed (start over with --overwrite, which deletes this run)" in _one_line(capsys)
+    assert _digests(run) == before
+
+
+# ------------------------------------------------------------------------------ old run folders
+def test_old_format_run_loads_evaluates_and_resumes(tmp_path, capsys):
+    run = tmp_path / "legacy"
+    shutil.copytree(LEGACY, run)
+    legacy_files = _digests(run / "ckpt")
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["step"] == 3 and r["val_loss"] == summary["val_loss"]  # the same weights, the same number
+    assert main(["sample", "--run", str(run), "--tokens", "5", "--device", "cpu"]) == 0
+
+    assert main(["train", "--resume", "--out", str(run), "--steps", "5", "--no-progress"]) == 0
+    assert _steps(run) == [1, 2, 3, 4, 5] and _steps(run, "eval.jsonl") == [3, 5]
+    assert _digests(run / "ckpt") == {**legacy_files, **_digests(run / "ckpt")}  # the old files are untouched
+    assert RunDir(run).checkpoint().path == run / "ckpt" / "step-000005"
+    assert [p.parent.name for p in RunDir(run).weight_files()] == ["ckpt", "step-000005"]  # steps 3 and 5
+
+
+# ------------------------------------------------------------------------------ write errors, Ctrl-C
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch, straight):
+    run = tmp_path / "r"
+    real_save, calls = torch.save, [0]
+
+    def full_disk(obj, f, *args, **kw):
+        calls[0] += 1
+        if calls[0] == 2:  # the checkpoint of step 4
+            Path(f).write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, f, *args, **kw)
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    assert main(["train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--out", str(run)]) == 1
+    assert _one_line(capsys) == (f"rnnlab train: error: could not write the checkpoint of step 4 to {run}/ckpt: No space "
+                                 f"left on device (ENOSPC); last good checkpoint kept at {run}/ckpt/step-000002 "
+                                 f"(step 2)")
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-000002"]  # nothing half-written left
+    assert "No space left on device" in json.loads((run / "summary.json").read_text())["error"]
+    monkeypatch.undo()
+    assert main(["train", "--resume", *TINY, "--steps", "6", "--out", str(run)]) == 0
+    assert _steps(run) == list(range(1, 7)) and _losses(run) == straight
+
+
+def _ctrl_c_at(step: int):
+    """A ``Trainer.train_step`` that presses Ctrl-C once during step ``step``."""
+    real, calls = Trainer.train_step, [0]
+
+    def train_step(self, batch):
+        calls[0] += 1
+        if calls[0] == step:
+            signal.raise_signal(signal.SIGINT)
+        return real(self, batch)
+
+    return train_step
+
+
+@pytest.mark.parametrize("stage, kept", [(2, 2), (5, 3)])  # the writer's pauses: 2 = after the weights, 5 = in the commit
+def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, capsys, monkeypatch):
+    """Ctrl-C stops after step 3 and saves; a second Ctrl-C while that checkpoint is written
+    abandons it (the one of step 2 stays), or, inside the commit, takes effect once the commit is
+    done: either way the message names the checkpoint that really is on disk."""
+    run, pauses = tmp_path / "r", [0]
+
+    def pause():
+        pauses[0] += 1
+        if pauses[0] == 5 + stage:  # the first checkpoint (step 2) passes its 5 pauses
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(Trainer, "train_step", _ctrl_c_at(3))
+    monkeypatch.setattr(checkpoint, "_pause", pause)
+    assert main(["train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--out", str(run)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"rnnlab train: aborted by Ctrl-C at step 3; last good checkpoint kept at "
+                   f"{run}/ckpt/step-{kept:06d} (step {kept})")
+    assert RunDir(run).checkpoint().step == kept and not list(run.rglob(".tmp-*"))
+    assert json.loads((run / "summary.json").read_text())["error"] == err.removeprefix("rnnlab train: ")
+    monkeypatch.undo()
+    assert main(["train", "--resume", *TINY, "--steps", "6", "--out", str(run)]) == 0
+    assert _steps(run) == list(range(1, 7))
+
+
+# ------------------------------------------------------------------------------ the folder
+def test_lock_names_its_holder(tmp_path):
+    a, b = RunLock(tmp_path / LOCK), RunLock(tmp_path / LOCK)
+    a.acquire()
+    with pytest.raises(ValueError, match=rf"run dir {tmp_path} is in use by pid {os.getpid()} on .+ \(started "
+                                         r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\): one process at a time"):
+        b.acquire()
+    a.release()
+    b.acquire()  # free again once released (the kernel also frees it when the holder dies)
+    b.release()
+
+
+def test_overwrite_replaces_only_the_run(tiny_train, tmp_path):
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=3, checkpoint_every=1), progress=False)
+    (run / "notes.txt").write_text("mine")
+    s = run_training(tiny_train(run, steps=2, overwrite=True), progress=False)
+    assert s["complete"] and s["steps"] == 2 and _steps(run) == [1, 2]
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-000002"]
+    assert (run / "notes.txt").read_text() == "mine"
+    assert json.loads((run / "config.json").read_text())["overwrite"] is False  # reusing it deletes nothing
+
+
+def test_resume_clears_what_killed_writers_left(tiny_train, tmp_path):
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    leftovers = [run / "ckpt" / ".tmp-99-step-000003", run / "ckpt" / ".trash-99-step-000001",
+                 run / ".tmp-99-summary.json"]
+    leftovers[0].mkdir()
+    (leftovers[0] / "model.safetensors").write_bytes(b"half")
+    leftovers[1].mkdir()
+    leftovers[2].write_text("{")
+    run_training(tiny_train(run, steps=3, resume=True), progress=False)
+    assert not any(p.exists() for p in leftovers)
