@@ -53,20 +53,24 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions):
 
 
 def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """``dW = sum_{b,t} dpre[b, t]^T h[b, t-1]`` (``h[b, -1] = h0[b]`` or 0) as ONE GEMM without a
-    shifted copy of ``h``: over the flat ``[B*T, H]`` rows, row r of dpre meets row r-1 of h; the
-    B-1 pairs that straddle two sequences are subtracted and the t = 0 terms with h0 added through
-    addmm's C operand (one rounding of the result)."""
+    """``dW = sum_{b,t} dpre[b, t]^T h[b, t-1]`` (``h[b, -1] = h0[b]`` or 0; ``dpre: [B, T, D]``,
+    ``h: [B, T, H]`` -> ``[D, H]``) as ONE GEMM without a shifted copy of ``h``: over the flat
+    ``[B*T, .]`` rows, row r of dpre meets row r-1 of h; the B-1 pairs that straddle two sequences
+    are subtracted and the t = 0 terms with h0 added through addmm's C operand (one rounding of
+    the result)."""
     B, T, H = h.shape
-    d, hf = dpre.reshape(B * T, H), h.reshape(B * T, H)
+    d, hf = dpre.reshape(B * T, dpre.shape[-1]), h.reshape(B * T, H)
     corr = -(dpre[1:, 0].t() @ h[:-1, -1])
     if h0 is not None:
         corr += dpre[:, 0].t() @ h0
     return torch.addmm(corr, d[1:].t(), hf[:-1])
 
 
-def _dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None,
-                   opts: ElmanKernelOptions) -> torch.Tensor:
+def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
+                  a: torch.Tensor | None = None, lowrank: tuple | None = None) -> torch.Tensor:
+    """All states of the dense scan (``w: [H, H]``): the persistent kernel when it runs the plain
+    scan, else the per-step kernel, which also takes E1's selective terms (the decay ``a``,
+    ``lowrank = (V, U, s)``: contiguous, ``wx``'s dtype)."""
     B, T, H = wx.shape
     dt = wx.dtype
     wx = wx.contiguous()
@@ -74,12 +78,12 @@ def _dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None,
     h0c = None if h0 is None else h0.to(dt).contiguous()
     if T == 0 or B == 0:
         return torch.empty_like(wx)
-    if (found := _persistent_plan(wx, opts)) is not None:
+    if a is None and lowrank is None and (found := _persistent_plan(wx, opts)) is not None:
         persistent, plan = found
         return persistent.forward(wx, wk, h0c, plan)
     if h0c is None:  # the per-step kernels read the previous state from a tensor
         h0c = torch.zeros(B, H, device=wx.device, dtype=dt)
-    return dense_step.forward(wx, wk.t().contiguous(), h0c, opts)
+    return dense_step.forward(wx, wk.t().contiguous(), h0c, opts, a, lowrank)
 
 
 def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
@@ -93,7 +97,7 @@ def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
         persistent, plan = found
         dpre = persistent.backward(g, h, wk, plan)
     else:
-        dpre = dense_step.backward(wk, h, g, opts)
+        dpre, _ = dense_step.backward(wk, h, g, opts)
     h0c = None if h0 is None else h0.to(dt)
     dW = dw_dense(dpre, h, h0c) if T > 0 and need_dw else torch.zeros_like(wk)
     if h0 is not None and T > 0:
@@ -101,6 +105,14 @@ def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
     else:
         dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
     return dpre, dW.to(w.dtype), dh0
+
+
+def kernel_dtype(*xs: torch.Tensor | None) -> tuple:
+    """``xs`` as the kernels take them: unchanged when the first is bf16/fp16/fp32, else (fp64)
+    all in fp32 (None stays None)."""
+    if xs[0].dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return xs
+    return tuple(None if x is None else x.float() for x in xs)
 
 
 # ------------------------------------------------------------------------ torch.library ops
@@ -112,7 +124,7 @@ def _scan_fwd(wx, w, h0, options):
     """All states ``h`` (``wx``'s dtype); ``w`` dense ``[H, H]`` or heads ``[nh, hd, hd]``;
     ``options`` = ``ElmanKernelOptions.to_ints()``."""
     opts = ElmanKernelOptions.from_ints(options)
-    return (heads.forward if w.dim() == 3 else _dense_forward)(wx, w, h0, opts)
+    return (heads.forward if w.dim() == 3 else dense_forward)(wx, w, h0, opts)
 
 
 @_scan_fwd.register_fake
@@ -127,7 +139,9 @@ def _scan_bwd(g, w, h, h0, need_dw, options):
     """``(dpre, dW, dh0)``: dpre = dL/dwx (``h``'s dtype), dW in ``w``'s dtype (zeros unless
     ``need_dw``), dh0 ``[B, H]`` fp32 (zeros without ``h0``)."""
     opts = ElmanKernelOptions.from_ints(options)
-    return (heads.backward if w.dim() == 3 else _dense_backward)(g, w, h, h0, need_dw, opts)
+    if w.dim() == 3:
+        return heads.backward(g, w, h, h0, need_dw, opts)[:3]
+    return _dense_backward(g, w, h, h0, need_dw, opts)
 
 
 @_scan_bwd.register_fake
@@ -158,10 +172,5 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
     """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (dense or
     heads ``w_h``) and the final state (``h[:, -1]`` in the compute dtype), run with ``options``.
     torch.compile traces it (``traced``): only dtype handling and the custom op."""
-    dtype = wx.dtype
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        wx = wx.float()
-        h0 = None if h0 is None else h0.float()
-        w_h = w_h.float()
-    h = _scan_fwd(wx, w_h, h0, options.to_ints()).to(dtype)
+    h = _scan_fwd(*kernel_dtype(wx, w_h, h0), options.to_ints()).to(wx.dtype)
     return h, final_state(h, h0)
