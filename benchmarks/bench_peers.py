@@ -106,16 +106,20 @@ def leaves(*xs: torch.Tensor) -> list[torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------ recurrence rows
-def rnnlab_case(nh: int, hd: int, B: int, T: int, which: str = "plain") -> Case:
-    """rnnlab's scan (backend "triton", default kernel options) for ``which`` in plain, decay,
-    lowrank."""
-    from rnnlab.ops import elman
+def rnnlab_case(nh: int, hd: int, B: int, T: int, which: str = "plain", persistent: bool = True) -> Case:
+    """rnnlab's GPU scan for ``which`` in plain, decay, lowrank (``persistent=False``: the dense
+    per-step kernel instead of the persistent one)."""
+    from rnnlab.ops import OPS
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
     wx, w = elman_inputs(B, T, nh, hd)
     extra = [] if which == "plain" else selective_inputs(which, B, T, nh * hd)
-    op = elman.elman_scan if which == "plain" else getattr(elman, f"elman_{which}_scan")
+    name = "elman_scan" if which == "plain" else f"elman_{which}_scan"
+    kernel = getattr(OPS[name].kernel.get(), name)
+    opts = ElmanKernelOptions(persistent=persistent)
     weights = w.numel() + (2 * nh * hd * RANK if which == "lowrank" else 0)
-    return Case(lambda *a: op(*a, backend="triton"), leaves(wx, w, *extra), weights)
+    return Case(lambda *a: kernel(*a, None, options=opts), leaves(wx, w, *extra), weights,
+                note="" if persistent or nh > 1 else "per-step kernel")
 
 
 def _cublas_loop(wx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -235,6 +239,10 @@ def rows() -> list[Row]:
         for which in ("decay", "lowrank") if hd != 64 else ():
             ours.append(Row("recurrence", f"{base} {which}", shape, _p(rnnlab_case, nh, hd, which=which),
                             vs=f"{base}@{shape}"))
+        if nh == 1:  # the kernel the dense decay falls back to, and plain E1's before the persistent one
+            ours += [Row("recurrence", f"{base} {which}, per-step", shape,
+                         _p(rnnlab_case, nh, hd, which=which, persistent=False), vs=f"{base}@{shape}")
+                     for which in ("plain", "decay")]
         if nh == 1:
             ours += [Row("recurrence", f"cuBLAS loop {'graphed' if g else 'eager'}", shape, _p(cublas_case, hd, graphed=g),
                          check=f"{base}@{shape}") for g in (False, True)]

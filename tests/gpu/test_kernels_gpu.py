@@ -278,6 +278,36 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) for _, plan in calls)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", PERSISTENT_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("shape", range(4))  # persistent.SHAPES: 8 and 16 warps x both tiles
+def test_elman_decay_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
+    """E1's decay on the persistent kernel (its default dense 16-bit path: a_t in the epilogue,
+    the backward exchanging q = a * dpre) in a launch shape, against the float64 reference,
+    forward and the gradients of wx, W, a and h0; records the launches to prove the decay ran
+    there with the forced shape."""
+    from rnnlab.ops.elman import naive, persistent, selective
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    B, T, H = case
+    if persistent.SHAPES[shape][0] == 16 and H != 1760:
+        pytest.skip("16 warps: checked at the E1 width only")
+    calls = []
+    for name in ("forward", "backward"):
+        fn = getattr(persistent, name)
+        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[3], a[4])) or fn(*a))
+    opts = ElmanKernelOptions(persistent_shape=shape)
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 13)
+    inputs = _selective_inputs("decay", B, T, H, 0, 0)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    _check_op(f"elman_decay_persistent{case} shape={persistent.SHAPES[shape]}",
+              lambda *a: selective.elman_decay_scan(*a, options=opts), naive.elman_decay_scan, [*inputs, h0], dtype)
+    assert [name for name, _, _ in calls] == ["forward", "backward"]
+    warps, tile = persistent.SHAPES[shape]
+    assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) and a is not None for _, plan, a in calls)
+
+
 def test_elman_dense_persistent_not_used_when_it_cannot_run():
     """fp32, and H not a multiple of 8, fall back to the Triton per-step kernel."""
     from rnnlab.ops.elman import persistent

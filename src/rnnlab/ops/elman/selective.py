@@ -6,11 +6,13 @@ CUDA-graphed per-step launches):
 
 * **decay, heads** ``w_h: [nh, hd, hd]``: ``heads.py`` (W_head on chip for all T; the decay is
   one more operand per step; the backward recomputes ``h_{t-1} @ W^T`` on chip for ``da``).
-* **decay, dense** and **low-rank** (dense or heads): the per-step kernel of ``dense_step.py``
-  (decay in its epilogue; the rank-r product in the same K loop). Heads run low-rank as their
-  block-diagonal dense matrix: the rank-r term couples every head at every step, so one head's
-  program cannot compute ``h_{t-1} @ V`` alone. The persistent dense kernel runs the plain scan
-  only (docs/kernels.md: the predicted cost of each path, and the persistent decay as next step).
+* **decay, dense**: the persistent CUDA kernel (bf16/fp16, when the shape fits; ``a_t`` one more
+  epilogue operand, the backward's exchanged state ``q = a * dpre``), else the per-step kernel of
+  ``dense_step.py`` with the decay in its epilogue.
+* **low-rank** (dense or heads): the per-step kernel (the rank-r product in the same K loop).
+  Heads run it as their block-diagonal dense matrix: the rank-r term couples every head at every
+  step, so one head's program cannot compute ``h_{t-1} @ V`` alone (docs/kernels.md: the
+  predicted cost of each path).
 
 The rest of the backward is parallel over time, one GEMM or elementwise pass each, with
 ``q_t = a_t * dpre_t`` the gradient of the recurrent term (decay) and, for the low-rank term,
@@ -29,9 +31,9 @@ from __future__ import annotations
 
 import torch
 
-from rnnlab.ops.elman import dense_step, heads
+from rnnlab.ops.elman import heads
 from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
-from rnnlab.ops.elman.triton import dense_forward, dw_dense, kernel_dtype
+from rnnlab.ops.elman.triton import dense_dpre, dense_forward, dw_dense, kernel_dtype
 from rnnlab.ops.registry import final_state, traced
 
 __all__ = ["elman_decay_scan", "elman_lowrank_scan"]
@@ -69,7 +71,7 @@ def _forward(wx, w, a, U, V, s, h0, opts: ElmanKernelOptions) -> torch.Tensor:
     if U is not None:
         U, V, s = _lowrank_operands(U, V, s, dt)
         lowrank = (V, U, s)
-    return dense_forward(wx, _dense(w), h0, opts, a=None if a is None else a.contiguous(), lowrank=lowrank)
+    return dense_forward(wx, _dense(w), h0, opts, a=None if a is None else a.to(dt).contiguous(), lowrank=lowrank)
 
 
 def _decay_backward(g, w, a, h, h0, opts: ElmanKernelOptions):
@@ -77,7 +79,7 @@ def _decay_backward(g, w, a, h, h0, opts: ElmanKernelOptions):
     if w.dim() == 3:
         return heads.backward(g, w, h, h0, True, opts, a=a)
     wk = w.to(h.dtype).contiguous()
-    dpre, q = dense_step.backward(wk, h, g.contiguous(), opts, a=a.contiguous())
+    dpre, q = dense_dpre(g.contiguous(), wk, h, opts, a=a.to(h.dtype).contiguous())
     h0c = None if h0 is None else h0.to(h.dtype)
     r = _previous(h @ wk.t(), None if h0c is None else h0c @ wk.t())  # r_t = h_{t-1} @ W^T
     dh0 = q[:, 0].float() @ wk.float()
@@ -89,7 +91,7 @@ def _lowrank_backward(g, w, U, V, s, h, h0, opts: ElmanKernelOptions):
     dt = h.dtype
     wk = _dense(w).to(dt).contiguous()
     Uk, Vk, s = _lowrank_operands(U, V, s, dt)
-    dpre, _ = dense_step.backward(wk, h, g.contiguous(), opts, lowrank=(Uk, Vk, s))
+    dpre, _ = dense_dpre(g.contiguous(), wk, h, opts, lowrank=(Uk, Vk, s))
     h0c = None if h0 is None else h0.to(dt)
     p = _previous(h @ Vk, None if h0c is None else h0c @ Vk).float()  # p_t = h_{t-1} @ V
     e = (dpre @ Uk).float()  # dL/d(p_t * s_t)

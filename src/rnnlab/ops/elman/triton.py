@@ -68,9 +68,9 @@ def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> to
 
 def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
                   a: torch.Tensor | None = None, lowrank: tuple | None = None) -> torch.Tensor:
-    """All states of the dense scan (``w: [H, H]``): the persistent kernel when it runs the plain
-    scan, else the per-step kernel, which also takes E1's selective terms (the decay ``a``,
-    ``lowrank = (V, U, s)``: contiguous, ``wx``'s dtype)."""
+    """All states of the dense scan (``w: [H, H]``), with E1's selective terms when given (the
+    decay ``a``, ``lowrank = (V, U, s)``: contiguous, ``wx``'s dtype): the persistent kernel when
+    it runs the shape (plain or decay), else the per-step kernel."""
     B, T, H = wx.shape
     dt = wx.dtype
     wx = wx.contiguous()
@@ -78,12 +78,23 @@ def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, op
     h0c = None if h0 is None else h0.to(dt).contiguous()
     if T == 0 or B == 0:
         return torch.empty_like(wx)
-    if a is None and lowrank is None and (found := _persistent_plan(wx, opts)) is not None:
+    if lowrank is None and (found := _persistent_plan(wx, opts)) is not None:
         persistent, plan = found
-        return persistent.forward(wx, wk, h0c, plan)
+        return persistent.forward(wx, wk, h0c, plan) if a is None else persistent.forward(wx, wk, h0c, plan, a)
     if h0c is None:  # the per-step kernels read the previous state from a tensor
         h0c = torch.zeros(B, H, device=wx.device, dtype=dt)
     return dense_step.forward(wx, wk.t().contiguous(), h0c, opts, a, lowrank)
+
+
+def dense_dpre(g: torch.Tensor, wk: torch.Tensor, h: torch.Tensor, opts: ElmanKernelOptions,
+               a: torch.Tensor | None = None, lowrank: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequential part of the dense backward, ``(dpre, q)`` with ``q = a * dpre`` (``dpre``
+    without the decay ``a``; ``lowrank = (U, V, s)``), by the kernel :func:`dense_forward` chose;
+    contiguous operands of ``h``'s dtype, T, B > 0."""
+    if lowrank is None and (found := _persistent_plan(h, opts)) is not None:
+        persistent, plan = found
+        return persistent.backward(g, h, wk, plan) if a is None else persistent.backward(g, h, wk, plan, a)
+    return dense_step.backward(wk, h, g, opts, a, lowrank)
 
 
 def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
@@ -93,11 +104,8 @@ def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
     g = g.contiguous()
     if T == 0 or B == 0:
         dpre = torch.zeros_like(h)
-    elif (found := _persistent_plan(h, opts)) is not None:
-        persistent, plan = found
-        dpre = persistent.backward(g, h, wk, plan)
     else:
-        dpre, _ = dense_step.backward(wk, h, g, opts)
+        dpre, _ = dense_dpre(g, wk, h, opts)
     h0c = None if h0 is None else h0.to(dt)
     dW = dw_dense(dpre, h, h0c) if T > 0 and need_dw else torch.zeros_like(wk)
     if h0 is not None and T > 0:
