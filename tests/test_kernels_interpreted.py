@@ -218,36 +218,44 @@ def test_custom_ops_pass_opcheck(heads):
     torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, None, options))
 
 
-@pytest.mark.parametrize("variant", ["decay heads", "lowrank"])
-def test_selective_custom_ops_pass_opcheck(variant):
-    """The same for the selective scans' ops (decay: ``a`` given, with and without h0; low-rank:
-    ``U, V, s``, the slower dense kernel in the interpreter, with h0 only)."""
-    from rnnlab.ops.elman import selective  # noqa: F401 - registers the ops
-
-    wx, w, hz = _elman_leaves(2 if "heads" in variant else 0)
+def _selective_leaves(name):
+    """The selective inputs of op ``name`` at ``_elman_leaves``' shapes (B 2, T 3, H 32): ``[a]``,
+    ``[U, V, s]`` (r = 3), or none for the plain scan."""
     g = torch.Generator().manual_seed(5)
-    if variant.startswith("decay"):
-        extra = [torch.rand(2, 3, 32, generator=g).requires_grad_(), None, None, None]
-    else:
-        extra = [None, *(torch.randn(*shape, generator=g).requires_grad_() for shape in ((32, 3), (32, 3), (2, 3, 3)))]
+    shapes = {"elman_decay_scan": [(2, 3, 32)], "elman_lowrank_scan": [(32, 3), (32, 3), (2, 3, 3)]}
+    return [torch.rand(*shape, generator=g).requires_grad_() for shape in shapes.get(name, [])]
+
+
+@pytest.mark.parametrize("name,heads", [("elman_decay_scan", 2), ("elman_lowrank_scan", 0)])
+def test_selective_custom_ops_pass_opcheck(name, heads):
+    """The same for the selective scans' op (decay: ``a`` given, with and without h0; low-rank:
+    ``U, V, s``, the slower dense kernel in the interpreter, with h0 only)."""
+    assert OPS[name].kernel.get() is not None  # importing the kernel module registers the ops
+    wx, w, hz = _elman_leaves(heads)
+    extra = _selective_leaves(name)
+    extra = [*extra, None, None, None] if name == "elman_decay_scan" else [None, *extra]
     options = ElmanKernelOptions().to_ints()
-    for h0 in (hz, None) if variant.startswith("decay") else (hz,):
+    for h0 in (hz, None) if name == "elman_decay_scan" else (hz,):
         torch.library.opcheck(torch.ops.rnnlab.elman_selective_fwd.default, (wx, w, *extra, h0, options))
 
 
-@pytest.mark.parametrize("heads", [2, 0])
-def test_compiled_scan_is_one_graph(heads):
-    """torch.compile traces the kernel entry point (fullgraph: no graph break) and matches eager."""
+@pytest.mark.parametrize("name,heads", [("elman_scan", 2), ("elman_scan", 0), ("elman_decay_scan", 2),
+                                        ("elman_lowrank_scan", 0)])
+def test_compiled_scan_is_one_graph(name, heads):
+    """torch.compile traces the kernel entry points (fullgraph: no graph break) and matches eager,
+    outputs and every gradient bit for bit."""
     import torch._dynamo
 
     torch._dynamo.reset()
+    kernel = getattr(OPS[name].kernel.get(), name)
 
-    def f(wx, w, hz):
-        h, h_last = E.elman_scan(torch.cos(wx), w, hz)
+    def f(wx, *rest):
+        h, h_last = kernel(torch.cos(wx), *rest)
         return torch.sin(h), h_last
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    leaves = _elman_leaves(heads)
+    wx, w, hz = _elman_leaves(heads)
+    leaves = [wx, w, *_selective_leaves(name), hz]
     outs = []
     for fn in (f, compiled):
         h, h_last = fn(*leaves)

@@ -4,7 +4,7 @@
   reference loop) and ``triton.py`` (the GPU kernels: heads, dense per-step, persistent dense);
 * ``elman_decay_scan`` (``selective="decay"``) and ``elman_lowrank_scan``
   (``selective="lowrank"``): ``naive.py`` and ``selective.py`` (the same GPU kernels with the
-  selective terms inside: heads for the decay with heads, the dense per-step kernel otherwise).
+  selective terms inside: the decay in the heads or dense kernels, low-rank in the per-step one).
 
 ``w_h`` is dense ``[H, H]`` or block-diagonal heads ``[nh, hd, hd]`` (H = nh*hd; each head only
 sees its own slice of h). Backends as in ``rnnlab.ops.registry``; every op returns ``(h, h_T)``.

@@ -9,7 +9,8 @@ backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
   ``dense_step.py``, one fused Triton kernel per step in a CUDA-graphed loop.
 
 The dense paths share the rest of the backward here: ``dW_h`` as ONE GEMM (:func:`dw_dense`)
-and ``dh0`` as one product. All sit behind one pair of ``torch.library`` custom ops
+and ``dh0`` as one product. E1's selective scans (``selective.py``) run on the same kernels
+through :func:`dense_forward` / :func:`dense_dpre` (dense) and ``heads.py`` (decay with heads). All sit behind one pair of ``torch.library`` custom ops
 (``rnnlab::elman_scan_fwd`` / ``_bwd``) with a registered autograd formula, so ``torch.compile``
 keeps an E1 model in one graph. How the kernels run (which dense kernel, tiles, CUDA graphs, fast
 tanh) is an explicit :class:`~rnnlab.ops.elman.options.ElmanKernelOptions`, passed through both
