@@ -7,8 +7,9 @@ forward+backward time and model-FLOPs utilisation at B=32, T=512, bf16.
 Two sections, every row from the same seeded inputs:
 
 * **recurrence** (``wx = x W_x^T + b`` given; the Elman recurrence only, forward and all
-  gradients): rnnlab's E1 kernels (dense: the persistent CUDA kernel; heads 14x128 and 28x64;
-  the selective decay and low-rank r=8 scans), FlashRNN's Elman (NX-AI; ``cuda``, the alternating
+  gradients): rnnlab's E1 kernels (dense: the persistent CUDA kernel, and the per-step Triton
+  kernel it falls back to; heads 14x128 and 28x64; the selective decay and low-rank r=8 scans),
+  FlashRNN's Elman (NX-AI; ``cuda``, the alternating
   cuBLAS + pointwise backend, and ``cuda_fused``; FlashRNN's ``R`` is our ``W_h`` per head,
   untransposed), and a per-timestep cuBLAS loop (``torch.addmm`` + ``tanh`` per step, autograd
   backward: what the reference study's own E1 kernel does), eager and captured with
@@ -21,7 +22,8 @@ Two sections, every row from the same seeded inputs:
 MFU = 6 * weights * B * T / (forward+backward time) / the GPU's dense bf16 peak (989 TFLOP/s on
 H100/H200, ``--peak-tflops``): for a recurrence the weights are ``W_h`` (+ ``U, V``), whose
 products are exactly 6 FLOPs per weight and token; for a mixer all its parameters. ``rel`` is a
-row's speed relative to the row it names (the selective scans against plain E1).
+row's speed relative to the row it names (``vs`` in the json): the selective scans and the peers
+against rnnlab's plain kernel of the shape, the mixers against E1's mixer of the width.
 
 A peer that cannot run here (not installed, no CUDA toolkit to build it, a shape it declines)
 prints one line ``<row>: skipped: <reason>`` and the run goes on; build output goes to
@@ -118,8 +120,7 @@ def rnnlab_case(nh: int, hd: int, B: int, T: int, which: str = "plain", persiste
     kernel = getattr(OPS[name].kernel.get(), name)
     opts = ElmanKernelOptions(persistent=persistent)
     weights = w.numel() + (2 * nh * hd * RANK if which == "lowrank" else 0)
-    return Case(lambda *a: kernel(*a, None, options=opts), leaves(wx, w, *extra), weights,
-                note="" if persistent or nh > 1 else "per-step kernel")
+    return Case(lambda *a: kernel(*a, None, options=opts), leaves(wx, w, *extra), weights)
 
 
 def _cublas_loop(wx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -239,15 +240,16 @@ def rows() -> list[Row]:
         for which in ("decay", "lowrank") if hd != 64 else ():
             ours.append(Row("recurrence", f"{base} {which}", shape, _p(rnnlab_case, nh, hd, which=which),
                             vs=f"{base}@{shape}"))
-        if nh == 1:  # the kernel the dense decay falls back to, and plain E1's before the persistent one
-            ours += [Row("recurrence", f"{base} {which}, per-step", shape,
-                         _p(rnnlab_case, nh, hd, which=which, persistent=False), vs=f"{base}@{shape}")
-                     for which in ("plain", "decay")]
-        if nh == 1:
+        key = f"{base}@{shape}"
+        if nh == 1:  # the per-step kernel (the persistent kernel's fallback) and the cuBLAS loop
+            ours += [Row("recurrence", f"{base}, per-step kernel", shape, _p(rnnlab_case, nh, hd, persistent=False),
+                         check=key, vs=key),
+                     Row("recurrence", f"{base} decay, per-step kernel", shape,
+                         _p(rnnlab_case, nh, hd, which="decay", persistent=False), vs=key)]
             ours += [Row("recurrence", f"cuBLAS loop {'graphed' if g else 'eager'}", shape, _p(cublas_case, hd, graphed=g),
-                         check=f"{base}@{shape}") for g in (False, True)]
+                         check=key, vs=key) for g in (False, True)]
         flash += [Row("recurrence", f"FlashRNN {backend}", shape, _p(flashrnn_case, nh, hd, backend=backend),
-                      check=f"{base}@{shape}") for backend in ("cuda", "cuda_fused")]
+                      check=key, vs=key) for backend in ("cuda", "cuda_fused")]
     mixers = []
     for D, layer in ((1760, {}), (1792, {"heads": 14})):
         base = "rnnlab E1 mixer" + (" heads 14x128" if layer else " dense")
@@ -318,20 +320,21 @@ def annotate(rows_out: list[dict], B: int, T: int, peak_tflops: float) -> None:
 def print_table(meta: dict, rows_out: list[dict]) -> None:
     print(f"\n{meta['device']}  {meta['date']}  B={meta['B']} T={meta['T']} bf16  torch {meta['torch']}  "
           f"triton {meta['triton']}  commit {meta['git_commit']}")
-    print(f"{'row':36s} {'shape':9s} {'fwd ms':>8s} {'bwd ms':>8s} {'total':>8s} {'us/step':>8s} {'MFU':>6s} "
+    print(f"{'row':40s} {'shape':9s} {'fwd ms':>8s} {'bwd ms':>8s} {'total':>8s} {'us/step':>8s} {'MFU':>6s} "
           f"{'rel':>5s} {'check':>8s}  note")
     for section in ("recurrence", "mixer"):
         print(f"-- {section}")
         for r in (r for r in rows_out if r["section"] == section):
             if "skipped" in r:
-                print(f"{r['name']:36s} {r['shape']:9s} skipped: {r['skipped']}")
+                print(f"{r['name']:40s} {r['shape']:9s} skipped: {r['skipped']}")
                 continue
             rel = f"{r['rel']:5.2f}" if "rel" in r else f"{'':5s}"
             check = f"{r['check']:8.1e}" if "check" in r else f"{'':8s}"
-            print(f"{r['name']:36s} {r['shape']:9s} {r['fwd_ms']:8.3f} {r['bwd_ms']:8.3f} {r['total_ms']:8.3f} "
+            print(f"{r['name']:40s} {r['shape']:9s} {r['fwd_ms']:8.3f} {r['bwd_ms']:8.3f} {r['total_ms']:8.3f} "
                   f"{r['us_per_step']:8.2f} {100 * r['mfu']:5.1f}% {rel} {check}  {r['note']}")
     print("total = forward+backward; us/step = total / T; MFU = 6 * weights * B * T / total / peak; rel = speed "
-          "against the row named in the json's 'vs'; check = max |h - h_rnnlab| on the same inputs")
+          "against the row named in the json's 'vs' (rnnlab's plain kernel or E1's mixer); check = max |h - h_rnnlab| "
+          "on the same inputs")
 
 
 def main(argv=None) -> None:
