@@ -130,10 +130,11 @@ def test_elman(dtype, case, with_h0):
               lambda x, w, h: elman_scan(x, w, h, backend="triton"), naive.elman_scan, [wx, w, h0], dtype)
 
 
-# (B, T, H, heads, rank): heads = 0 -> dense (the per-step kernel); decay with heads runs the heads
-# kernel, low-rank with heads the per-step kernel on the block-diagonal matrix. H = 100 / 257 are
-# not multiples of 16 (partial column tiles); B = 1; B = 70 takes two batch tiles (dense) and 5
-# (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly; T = 300 a long backward.
+# (B, T, H, heads, rank): heads = 0 -> dense: the bf16 decay on the persistent kernel where H is a
+# multiple of 8 (64, 96, 128), else (H = 100, 257, fp32, low-rank) the per-step kernel; decay with
+# heads runs the heads kernel, low-rank with heads the per-step kernel on the block-diagonal
+# matrix. H = 100 / 257 leave partial column tiles; B = 1; B = 70 takes two batch tiles (dense)
+# and 5 (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly; T = 300 a long backward.
 SELECTIVE_CASES = [
     (2, 33, 100, 0, 8), (1, 17, 64, 0, 3), (5, 40, 257, 0, 8), (70, 9, 96, 0, 16), (4, 300, 128, 0, 8),
     (2, 33, 96, 3, 8), (1, 20, 64, 1, 5), (3, 50, 224, 7, 8), (70, 24, 256, 2, 8), (2, 16, 1792, 14, 8),
