@@ -59,6 +59,12 @@ MODELS = [
     ("Mamba2 d22", MAMBA2, [OFF, DEFAULT, RO]),
     ("E1 d26 dense", dict(model="e1", dim=1760, depth=26), [DEFAULT, RO]),
     ("E1 heads 14x128 d31", dict(model="e1", dim=1792, depth=31, layer={"heads": 14}), [DEFAULT, RO]),
+    # E1's selective switches at ~400M (width or depth re-solved: W_a adds a [di, di] matrix per
+    # layer): issue 19 asks each to train at >= 0.8x the tok/s of the E1 row above it
+    ("E1 d26 decay 1600", dict(model="e1", dim=1600, depth=26, layer={"selective": "decay"}), [DEFAULT, RO]),
+    ("E1 d26 lowrank 1744", dict(model="e1", dim=1744, depth=26, layer={"selective": "lowrank"}), [DEFAULT, RO]),
+    ("E1 heads 14x128 d25 decay", dict(model="e1", dim=1792, depth=25, layer={"heads": 14, "selective": "decay"}),
+     [DEFAULT, RO]),
     ("minGRU 3520x16", dict(model="mingru", dim=3520, depth=16), [OFF, DEFAULT]),
     ("minLSTM 2880x16", dict(model="minlstm", dim=2880, depth=16), [OFF, DEFAULT]),
     ("E16 s4 1024x10 e2", dict(model="e16", dim=1024, depth=10,

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Stage what a GPU call needs under .gpu/ (git-ignored; carry it with the call): the wheels and
-# the registry-pile shards of benchmarks/registry_pile_subset.txt, compressed.
+# Stage what a GPU call needs under .gpu/ (git-ignored; carry it with the call): the wheels (flashrnn
+# only for benchmarks/bench_peers.py) and the registry-pile shards of
+# benchmarks/registry_pile_subset.txt, compressed.
 # Usage: bash benchmarks/stage_gpu.sh SHARED_DIR   (the folder holding wheels/ and data/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=$1
 mkdir -p .gpu/wheels .gpu/data/train .gpu/data/val
-cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja,fla_core}*.whl .gpu/wheels/
+cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja,fla_core,flashrnn}*.whl .gpu/wheels/
 # fla's layers (Gated DeltaNet's official layer): a pure wheel, from PyPI when the shared folder lacks it
 cp "$shared"/wheels/flash_linear_attention-0.6.0-*.whl .gpu/wheels/ 2>/dev/null ||
   python3 -m pip download -q --no-deps -d .gpu/wheels flash-linear-attention==0.6.0

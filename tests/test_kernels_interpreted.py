@@ -1,11 +1,12 @@
 """The Triton kernels on CPU, in Triton's interpreter (conftest sets ``TRITON_INTERPRET=1`` when
-there is no GPU): every registered op's GPU kernel (E1's heads and dense per-step scans, the linear
-scan, the fused minGRU/minLSTM gate scans, E16's diagonal scan, E88's checkpointed scan) against
-the op's float64 reference, forward, final state and every input gradient; and E1's
-``rnnlab::elman_scan_*`` custom ops under opcheck and torch.compile. fp32 inputs (E1's kernels
-run their IEEE path). The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the persistent E1
-kernel and the external kernels behind the ssd and gated-delta ops' "triton" backends (mamba_ssm's
-and fla's, which do not run in the interpreter)."""
+there is no GPU): every registered op's GPU kernel (E1's heads and dense per-step scans, plain and
+with the selective decay / low-rank terms, the linear scan, the fused minGRU/minLSTM gate scans,
+E16's diagonal scan, E88's checkpointed scan) against the op's float64 reference, forward, final
+state and every input gradient; and E1's ``rnnlab::elman_scan_*`` / ``elman_selective_*`` custom
+ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path; one test runs
+their 16-bit path on fp16). The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the
+persistent E1 kernel and the external kernels behind the ssd and gated-delta ops' "triton"
+backends (mamba_ssm's and fla's, which do not run in the interpreter)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,15 @@ def _elman(B, T, H, heads=0):
     return make
 
 
+def _decay(B, T, H, heads=0):
+    return lambda g: [*_elman(B, T, H, heads)(g), torch.rand(B, T, H, generator=g)]
+
+
+def _lowrank(B, T, H, r, heads=0):
+    return lambda g: [*_elman(B, T, H, heads)(g), *(torch.randn(H, r, generator=g) * 0.5 for _ in "UV"),
+                      torch.randn(B, T, r, generator=g)]
+
+
 def _scan(B, T, H, parts=0):
     if parts:
         return lambda g: [torch.randn(B, T, parts * H, generator=g) * 2]
@@ -54,13 +64,18 @@ def _e88(B, T, H, n, m):
     return make
 
 
-# (op, inputs(generator) without h0, h0 shape after the batch: an int for vector states). B = 17 leaves a partial batch tile; hd = 24 is
-# padded to 32 lanes; T = 1, 5 and 6 exercise the scans' 4-step unroll masks; H = 300 > 256 takes
-# two channel blocks.
+# (op, inputs(generator) without h0, h0 shape after the batch: an int for vector states). B = 17
+# leaves a partial batch tile; hd = 24 (12) is padded to 32 (16) lanes; T = 1, 5 and 6 exercise the
+# scans' 4-step unroll masks; H = 300 > 256 takes two channel blocks; dense H = 20 / 40 leave a
+# partial column tile; ranks 3 and 5 are padded to 16. Selective heads: decay runs the heads
+# kernel, low-rank the dense one (block-diagonal W).
 CASES = [
     ("elman_scan", _elman(3, 6, 32, heads=2), 32), ("elman_scan", _elman(17, 5, 72, heads=3), 72),
     ("elman_scan", _elman(1, 1, 16, heads=1), 16), ("elman_scan", _elman(2, 4, 32, heads=4), 32),
     ("elman_scan", _elman(3, 5, 40), 40), ("elman_scan", _elman(1, 3, 24), 24),
+    ("elman_decay_scan", _decay(17, 3, 72, heads=3), 72), ("elman_decay_scan", _decay(1, 4, 24, heads=2), 24),
+    ("elman_decay_scan", _decay(3, 4, 40), 40), ("elman_decay_scan", _decay(1, 3, 20), 20),
+    ("elman_lowrank_scan", _lowrank(2, 4, 20, 3), 20), ("elman_lowrank_scan", _lowrank(1, 3, 32, 5, heads=2), 32),
     ("linear_scan", _scan(2, 6, 20), 20), ("linear_scan", _scan(3, 5, 300), 300),
     ("mingru_scan", _scan(2, 6, 20, parts=2), 20), ("mingru_scan", _scan(2, 1, 300, parts=2), 300),
     ("minlstm_scan", _scan(2, 6, 20, parts=3), 20), ("minlstm_scan", _scan(3, 5, 12, parts=3), 12),
@@ -110,12 +125,15 @@ def test_kernel_matches_reference(case, with_h0):
 
 
 @pytest.mark.parametrize("bk", [16, 128])
-def test_dense_step_kernel_options(bk):
-    """E1's per-step kernel with the default options and with 16-wide K chunks (several per step)."""
+@pytest.mark.parametrize("name,make", [("elman_scan", _elman(4, 3, 40)), ("elman_decay_scan", _decay(4, 3, 40)),
+                                       ("elman_lowrank_scan", _lowrank(4, 3, 40, 2))])
+def test_dense_step_kernel_options(bk, name, make):
+    """E1's per-step kernel (plain and selective) with the default options and with 16-wide K
+    chunks (several per step, each adding to the low-rank product too)."""
     opts = ElmanKernelOptions(dense_bk=bk, heads_bt=16)
     g = torch.Generator().manual_seed(2)
-    check_kernel(lambda *a: E.elman_scan(*a, options=opts), OPS["elman_scan"].naive, _elman(4, 3, 40)(g),
-                 torch.randn(4, 40, generator=g))
+    kernel = getattr(OPS[name].kernel.get(), name)
+    check_kernel(lambda *a: kernel(*a, options=opts), OPS[name].naive, make(g), torch.randn(4, 40, generator=g))
 
 
 @pytest.mark.parametrize("every", [1, 3, 16])
@@ -152,6 +170,31 @@ def test_e88_inference_forward_equals_training_forward():
     assert torch.equal(y, y2) and torch.equal(s_T, s_T2)
 
 
+@pytest.mark.parametrize("name,make", [
+    ("elman_scan", _elman(3, 4, 48, heads=3)), ("elman_scan", _elman(2, 3, 40)),
+    ("elman_decay_scan", _decay(17, 3, 48, heads=2)), ("elman_decay_scan", _decay(1, 4, 40)),
+    ("elman_lowrank_scan", _lowrank(2, 3, 40, 3, heads=2)),
+])
+def test_elman_kernels_16bit_path(name, make):
+    """E1's kernels on 16-bit inputs (16-bit MMA operands, fp32 accumulation and state, 16-bit
+    stores) against the float64 reference on the same rounded values: relative error of the
+    output and every gradient under 1e-2 (measured ~5e-4). fp16, since the interpreter cannot run
+    bf16 (numpy has none); the GPU tests cover bf16."""
+    g = torch.Generator().manual_seed(6)
+    inputs = [x.half() for x in make(g)]
+    h0 = torch.randn(inputs[0].shape[0], inputs[0].shape[2], generator=g).tanh().half()
+    leaves = [x.requires_grad_() for x in (*inputs, h0)]
+    ref_leaves = [x.detach().double().requires_grad_() for x in leaves]
+    out, _ = getattr(OPS[name].kernel.get(), name)(*leaves)
+    ref, _ = OPS[name].naive(*ref_leaves)
+    grad_out = torch.randn(out.shape, generator=g)
+    got = [out, *torch.autograd.grad(out, leaves, grad_out.half())]
+    want = [ref, *torch.autograd.grad(ref, ref_leaves, grad_out.double())]
+    assert out.dtype == torch.float16
+    for i, (a, b) in enumerate(zip(got, want)):
+        assert ((a.double() - b).norm() / b.norm()).item() < 1e-2, i
+
+
 def test_heads_backward_skips_dw_when_not_needed():
     wx, w = _elman(2, 3, 32, heads=2)(torch.Generator().manual_seed(3))
     wx.requires_grad_()
@@ -175,19 +218,44 @@ def test_custom_ops_pass_opcheck(heads):
     torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, None, options))
 
 
-@pytest.mark.parametrize("heads", [2, 0])
-def test_compiled_scan_is_one_graph(heads):
-    """torch.compile traces the kernel entry point (fullgraph: no graph break) and matches eager."""
+def _selective_leaves(name):
+    """The selective inputs of op ``name`` at ``_elman_leaves``' shapes (B 2, T 3, H 32): ``[a]``,
+    ``[U, V, s]`` (r = 3), or none for the plain scan."""
+    g = torch.Generator().manual_seed(5)
+    shapes = {"elman_decay_scan": [(2, 3, 32)], "elman_lowrank_scan": [(32, 3), (32, 3), (2, 3, 3)]}
+    return [torch.rand(*shape, generator=g).requires_grad_() for shape in shapes.get(name, [])]
+
+
+@pytest.mark.parametrize("name,heads", [("elman_decay_scan", 2), ("elman_lowrank_scan", 0)])
+def test_selective_custom_ops_pass_opcheck(name, heads):
+    """The same for the selective scans' op (decay: ``a`` given, with and without h0; low-rank:
+    ``U, V, s``, the slower dense kernel in the interpreter, with h0 only)."""
+    assert OPS[name].kernel.get() is not None  # importing the kernel module registers the ops
+    wx, w, hz = _elman_leaves(heads)
+    extra = _selective_leaves(name)
+    extra = [*extra, None, None, None] if name == "elman_decay_scan" else [None, *extra]
+    options = ElmanKernelOptions().to_ints()
+    for h0 in (hz, None) if name == "elman_decay_scan" else (hz,):
+        torch.library.opcheck(torch.ops.rnnlab.elman_selective_fwd.default, (wx, w, *extra, h0, options))
+
+
+@pytest.mark.parametrize("name,heads", [("elman_scan", 2), ("elman_scan", 0), ("elman_decay_scan", 2),
+                                        ("elman_lowrank_scan", 0)])
+def test_compiled_scan_is_one_graph(name, heads):
+    """torch.compile traces the kernel entry points (fullgraph: no graph break) and matches eager,
+    outputs and every gradient bit for bit."""
     import torch._dynamo
 
     torch._dynamo.reset()
+    kernel = getattr(OPS[name].kernel.get(), name)
 
-    def f(wx, w, hz):
-        h, h_last = E.elman_scan(torch.cos(wx), w, hz)
+    def f(wx, *rest):
+        h, h_last = kernel(torch.cos(wx), *rest)
         return torch.sin(h), h_last
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    leaves = _elman_leaves(heads)
+    wx, w, hz = _elman_leaves(heads)
+    leaves = [wx, w, *_selective_leaves(name), hz]
     outs = []
     for fn in (f, compiled):
         h, h_last = fn(*leaves)
@@ -196,16 +264,18 @@ def test_compiled_scan_is_one_graph(heads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("layer", [{}, {"heads": 2, "conv": 2, "state_expansion": 2, "norm": "rms"}])
+@pytest.mark.parametrize("layer", [{}, {"heads": 2, "conv": 2, "state_expansion": 2, "norm": "rms"},
+                                   {"selective": "decay", "heads": 2}, {"selective": "lowrank", "selective_rank": 2}])
 def test_e1_layer_compiles_to_one_graph_on_the_kernel_path(layer, monkeypatch):
-    """With the Elman op resolved to its kernel (as on CUDA), torch.compile captures a whole E1
+    """With the Elman ops resolved to their kernels (as on CUDA), torch.compile captures a whole E1
     layer (its switches, Recurrence and the op dispatch included) without a graph break."""
     import torch._dynamo
 
     from rnnlab.layers.e1 import E1, E1Config
-    from rnnlab.ops.elman import ELMAN_SCAN
 
-    monkeypatch.setattr(ELMAN_SCAN, "implementation", lambda backend, x: E.elman_scan)
+    for name in ("elman_scan", "elman_decay_scan", "elman_lowrank_scan"):
+        kernel = getattr(OPS[name].kernel.get(), name)
+        monkeypatch.setattr(OPS[name], "implementation", lambda backend, x, kernel=kernel: kernel)
     torch._dynamo.reset()
     torch.manual_seed(0)
     mixer = E1(E1Config(dim=16, **layer)).train()  # training: the spectral norm updates its buffer

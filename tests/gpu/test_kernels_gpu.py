@@ -130,6 +130,70 @@ def test_elman(dtype, case, with_h0):
               lambda x, w, h: elman_scan(x, w, h, backend="triton"), naive.elman_scan, [wx, w, h0], dtype)
 
 
+# (B, T, H, heads, rank): heads = 0 -> dense: the bf16 decay on the persistent kernel where H is a
+# multiple of 8 (64, 96, 128), else (H = 100, 257, fp32, low-rank) the per-step kernel; decay with
+# heads runs the heads kernel, low-rank with heads the per-step kernel on the block-diagonal
+# matrix. H = 100 / 257 leave partial column tiles; B = 1; B = 70 takes two batch tiles (dense)
+# and 5 (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly; T = 300 a long backward.
+SELECTIVE_CASES = [
+    (2, 33, 100, 0, 8), (1, 17, 64, 0, 3), (5, 40, 257, 0, 8), (70, 9, 96, 0, 16), (4, 300, 128, 0, 8),
+    (2, 33, 96, 3, 8), (1, 20, 64, 1, 5), (3, 50, 224, 7, 8), (70, 24, 256, 2, 8), (2, 16, 1792, 14, 8),
+]
+
+
+def _selective_inputs(which, B, T, H, nh, r):
+    """fp32 CPU inputs (without h0) of the decay or low-rank scan: ``wx, w[, a | U, V, s]``; the
+    decay near its init (sigmoid(3) ~ 0.95), the low-rank term of order 0.5."""
+    wx = torch.randn(B, T, H)
+    hd = H // nh if nh else H
+    w = torch.randn(*((nh, hd, hd) if nh else (H, H))) * (0.9 / hd**0.5)
+    if which == "decay":
+        return [wx, w, torch.rand(B, T, H) * 0.5 + 0.5]
+    return [wx, w, torch.randn(H, r) * (0.5 / r**0.5), torch.randn(H, r) / H**0.5, torch.randn(B, T, r)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", SELECTIVE_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("which", ["decay", "lowrank"])
+def test_elman_selective(dtype, case, with_h0, which):
+    """E1's selective scans (backend "triton") against their float64 references: forward, final
+    state and the gradients of wx, w_h, a (decay) or U, V, s (low-rank) and h0."""
+    from rnnlab.ops import elman
+    from rnnlab.ops.elman import naive
+
+    torch.manual_seed(hash((case, with_h0, which == "decay")) % 1000 + 11)
+    B, T, H, nh, r = case
+    inputs = _selective_inputs(which, B, T, H, nh, r)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    op = getattr(elman, f"elman_{which}_scan")
+    _check_op(f"elman_{which}{case}", lambda *a: op(*a, backend="triton"), getattr(naive, f"elman_{which}_scan"),
+              [*inputs, h0], dtype)
+
+
+@pytest.mark.parametrize("which", ["decay", "lowrank"])
+def test_elman_selective_graph_matches_eager_and_reuses_buffers(which):
+    """The selective per-step loop, CUDA-graphed, equals the eager loop (forward and every
+    gradient), and a second call with new inputs of the same shape (the same captured graph, its
+    static buffers refilled) gives the new answer."""
+    from rnnlab.ops.elman import naive, selective
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    fn = getattr(selective, f"elman_{which}_scan")
+    for trial in range(2):
+        torch.manual_seed(300 + trial)
+        inputs = [x.to(DEV) for x in _selective_inputs(which, 4, 24, 160, 0, 8)]
+        outs = []
+        for graph in (True, False):
+            leaves = [x.clone().requires_grad_() for x in inputs]
+            y, _ = fn(*leaves, None, options=ElmanKernelOptions(cuda_graph=graph))
+            outs.append((y, *torch.autograd.grad(y.square().sum(), leaves)))
+        ref, _ = getattr(naive, f"elman_{which}_scan")(*(x.double().cpu() for x in inputs))
+        assert rel(outs[0][0], ref) < 1e-4
+        for a, b in zip(outs[0], outs[1]):
+            assert rel(a, b) < 1e-6
+
+
 def test_elman_dense_graph_matches_eager_and_reuses_buffers():
     """The CUDA-graphed dense loop equals the eager loop, and a second call with new inputs (same
     shape, so the same captured graph) gives the new answer, not the old one."""
@@ -215,6 +279,36 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) for _, plan in calls)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", PERSISTENT_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("shape", range(4))  # persistent.SHAPES: 8 and 16 warps x both tiles
+def test_elman_decay_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
+    """E1's decay on the persistent kernel (its default dense 16-bit path: a_t in the epilogue,
+    the backward exchanging q = a * dpre) in a launch shape, against the float64 reference,
+    forward and the gradients of wx, W, a and h0; records the launches to prove the decay ran
+    there with the forced shape."""
+    from rnnlab.ops.elman import naive, persistent, selective
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    B, T, H = case
+    if persistent.SHAPES[shape][0] == 16 and H != 1760:
+        pytest.skip("16 warps: checked at the E1 width only")
+    calls = []
+    for name in ("forward", "backward"):
+        fn = getattr(persistent, name)
+        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[3], a[4])) or fn(*a))
+    opts = ElmanKernelOptions(persistent_shape=shape)
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 13)
+    inputs = _selective_inputs("decay", B, T, H, 0, 0)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    _check_op(f"elman_decay_persistent{case} shape={persistent.SHAPES[shape]}",
+              lambda *a: selective.elman_decay_scan(*a, options=opts), naive.elman_decay_scan, [*inputs, h0], dtype)
+    assert [name for name, _, _ in calls] == ["forward", "backward"]
+    warps, tile = persistent.SHAPES[shape]
+    assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) and a is not None for _, plan, a in calls)
+
+
 def test_elman_dense_persistent_not_used_when_it_cannot_run():
     """fp32, and H not a multiple of 8, fall back to the Triton per-step kernel."""
     from rnnlab.ops.elman import persistent
@@ -273,6 +367,23 @@ def test_e1_layer(heads):
     _check_layer(f"E1 heads={heads}", cpu, gpu, 96, 1e-4)
 
 
+@pytest.mark.parametrize("heads", [1, 4])
+@pytest.mark.parametrize("selective", ["decay", "lowrank"])
+def test_e1_selective_layer(heads, selective):
+    """E1 with a selective switch on its CUDA kernels (fp32) against the float64 CPU reference,
+    output and every parameter gradient (W_a, b_a or W_s, U, V included)."""
+    from rnnlab.layers.e1 import E1, E1Config
+
+    cpu, gpu = _pair(E1, E1Config, {"backend": "triton"}, dim=96, heads=heads, selective=selective,
+                     selective_rank=4, backend="naive")
+    with torch.no_grad():  # U starts at zero (plain E1): give the low-rank term a value to check
+        for layer in (cpu, gpu):
+            if selective == "lowrank":
+                layer.U.copy_(torch.randn(layer.U.shape, generator=torch.Generator().manual_seed(1)) * 0.3)
+    cpu.eval(), gpu.eval()
+    _check_layer(f"E1 heads={heads} selective={selective}", cpu, gpu, 96, 1e-4)
+
+
 def test_e16_layer():
     from rnnlab.layers.e16 import E16, E16Config
 
@@ -321,8 +432,10 @@ def test_lm_bf16_train_step_triton():
     """One bf16 training step per recurrent model on CUDA runs, is finite, and moves the loss."""
     from rnnlab.models import LM, ModelConfig
 
-    for model, layer in [("e1", {}), ("e1", {"heads": 4}), ("e16", {"state_expansion": 2}),
-                         ("mingru", {}), ("minlstm", {}), ("e88", {}), ("gdn", {"head_dim": 64})]:
+    for model, layer in [("e1", {}), ("e1", {"heads": 4}), ("e1", {"selective": "decay"}),
+                         ("e1", {"selective": "decay", "heads": 4}), ("e1", {"selective": "lowrank"}),
+                         ("e16", {"state_expansion": 2}), ("mingru", {}), ("minlstm", {}), ("e88", {}),
+                         ("gdn", {"head_dim": 64})]:
         torch.manual_seed(0)
         m = LM(ModelConfig(model=model, dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
         idx = torch.randint(0, 256, (4, 65), device=DEV)
@@ -338,18 +451,19 @@ def test_lm_bf16_train_step_triton():
         assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("heads", [1, 4])
-def test_e1_lm_compiles_to_one_graph(heads):
-    """E1's scan is a custom op: torch.compile(fullgraph=True) captures a whole bf16 E1 LM (no graph
-    break; dense uses the persistent kernel here) and its loss and gradients match eager
-    (Inductor's fusions round differently in bf16: 3e-2)."""
+@pytest.mark.parametrize("layer", [{"heads": 1}, {"heads": 4}, {"selective": "decay"},
+                                   {"selective": "decay", "heads": 4}, {"selective": "lowrank"}])
+def test_e1_lm_compiles_to_one_graph(layer):
+    """E1's scans are custom ops: torch.compile(fullgraph=True) captures a whole bf16 E1 LM (no graph
+    break; plain dense uses the persistent kernel here, the selective variants their own kernels)
+    and its loss and gradients match eager (Inductor's fusions round differently in bf16: 3e-2)."""
     import torch._dynamo
 
     from rnnlab.models import LM, ModelConfig
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = LM(ModelConfig(model="e1", dim=128, depth=2, layer={"heads": heads})).to(DEV, torch.bfloat16)
+    m = LM(ModelConfig(model="e1", dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
     idx = torch.randint(0, 256, (4, 65), device=DEV)
     start = copy.deepcopy(m.state_dict())
 

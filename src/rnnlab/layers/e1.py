@@ -30,8 +30,9 @@ Variants (issue 7), all in this one layer; K = di * state_expansion is the state
   (so the layer starts as plain E1); the rank-r term spans the full state (it couples heads) and
   is not spectrally normalised.
   Both selective forms are ops of their own (``rnnlab.ops.elman_decay_scan`` /
-  ``elman_lowrank_scan``) with the PyTorch reference only so far (any device; one opaque call under
-  torch.compile); the plain scan's GPU kernel is a custom op that compiles into the graph.
+  ``elman_lowrank_scan``) with GPU kernels beside their references (the selective terms computed
+  in the same fused programs as the plain scan; ``rnnlab.ops.elman.selective``); like the plain
+  scan's, they are custom ops that compile into the graph.
 * ``state_expansion=k``: state of width K = k*di (``W_x: [K, di]``, ``W_h: [K, K]``, ``b: [K]``)
   read out by ``W_r: [di, K]`` before the gate: ``y_t = (h_t W_r^T) * silu(z_t)``.
 * ``init``: ``"xavier"`` (seed: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,
@@ -176,7 +177,7 @@ class E1Config:
     norm: str = "spectral"  # "spectral" | "none" | "rms"
     spectral_radius: float = 0.99
     power_iters: int = 3
-    backend: str = "auto"  # backend of E1's op: "auto" | "naive" | "triton" (selective: no kernel yet)
+    backend: str = "auto"  # backend of E1's op: "auto" | "naive" | "triton"
 
     @property
     def d_inner(self) -> int:

@@ -3,7 +3,8 @@
 * ``elman_scan``: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; implementations ``naive.py`` (the
   reference loop) and ``triton.py`` (the GPU kernels: heads, dense per-step, persistent dense);
 * ``elman_decay_scan`` (``selective="decay"``) and ``elman_lowrank_scan``
-  (``selective="lowrank"``): the reference only so far (backend "triton" raises).
+  (``selective="lowrank"``): ``naive.py`` and ``selective.py`` (the same GPU kernels with the
+  selective terms inside: the decay in the heads or dense kernels, low-rank in the per-step one).
 
 ``w_h`` is dense ``[H, H]`` or block-diagonal heads ``[nh, hd, hd]`` (H = nh*hd; each head only
 sees its own slice of h). Backends as in ``rnnlab.ops.registry``; every op returns ``(h, h_T)``.
@@ -19,8 +20,8 @@ from rnnlab.ops.registry import Op, register
 __all__ = ["elman_scan", "elman_decay_scan", "elman_lowrank_scan", "BACKENDS"]
 
 ELMAN_SCAN = register(Op("elman_scan", naive.elman_scan, "rnnlab.ops.elman.triton"))
-ELMAN_DECAY_SCAN = register(Op("elman_decay_scan", naive.elman_decay_scan))
-ELMAN_LOWRANK_SCAN = register(Op("elman_lowrank_scan", naive.elman_lowrank_scan))
+ELMAN_DECAY_SCAN = register(Op("elman_decay_scan", naive.elman_decay_scan, "rnnlab.ops.elman.selective"))
+ELMAN_LOWRANK_SCAN = register(Op("elman_lowrank_scan", naive.elman_lowrank_scan, "rnnlab.ops.elman.selective"))
 BACKENDS = ELMAN_SCAN.backends
 
 

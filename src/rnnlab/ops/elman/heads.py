@@ -1,11 +1,15 @@
-"""Triton kernels of the block-diagonal (heads) Elman scan, ``w_h: [nh, hd, hd]``.
+"""Triton kernels of the block-diagonal (heads) Elman scan, ``w_h: [nh, hd, hd]``, plain or with
+E1's decay (``selective="decay"``: ``h_t = tanh(wx_t + a_t * (h_{t-1} @ W^T))``).
 
 One program per (head, batch tile of ``heads_bt`` rows) keeps W_head on chip for all T and walks
 time sequentially (fp32 state, one ``[16, hd] x [hd, hd]`` MMA per step). The backward runs the
-same way in reverse with W_head: ``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)``, and
-accumulates ``dW = sum_t dpre_t^T h_{t-1}`` on chip in the same loop (one more
-``[hd, 16] x [16, hd]`` MMA per step, fp32, one partial per batch tile summed in torch: no
-[B, T, H] copy of the shifted states, no extra GEMM); ``dwx = dpre``.
+same way in reverse with W_head: ``dpre_t = (g_t + q_{t+1} @ W) * (1 - h_t^2)`` with
+``q_t = a_t * dpre_t`` (``q = dpre`` without decay), and accumulates ``dW = sum_t q_t^T h_{t-1}``
+on chip in the same loop (one more ``[hd, 16] x [16, hd]`` MMA per step, fp32, one partial per
+batch tile summed in torch: no [B, T, H] copy of the shifted states, no extra GEMM);
+``dwx = dpre``. With decay the backward also recomputes the recurrent term
+``r_t = h_{t-1} @ W^T`` (one more MMA per step, off the dependent chain: h_{t-1} is already
+loaded for dW) and stores ``da_t = dpre_t * r_t``, so nothing beyond ``h`` is saved.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ from rnnlab.ops.elman.tanh import tanh
 
 
 @triton.jit
-def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD,
-               HAS_H0: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr, IEEE: tl.constexpr,
-               STAGES: tl.constexpr, FAST: tl.constexpr):
+def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, a_ptr, B, T, H, HD,
+               HAS_H0: tl.constexpr, DECAY: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr,
+               IEEE: tl.constexpr, STAGES: tl.constexpr, FAST: tl.constexpr):
     head = tl.program_id(0)
     pid_b = tl.program_id(1)
     rb = pid_b * BT + tl.arange(0, BT)
@@ -44,14 +48,16 @@ def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD,
             r = tl.dot(h, wt, input_precision="ieee")
         else:
             r = tl.dot(h.to(wt.dtype), wt)
+        if DECAY:
+            r = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * r
         h = tanh(x + r, FAST)
         tl.store(h_ptr + offs + t * H, h.to(h_ptr.dtype.element_ty), mask=m2)
 
 
 @triton.jit
-def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD,
-               HAS_H0: tl.constexpr, DW: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr,
-               IEEE: tl.constexpr, STAGES: tl.constexpr):
+def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, a_ptr, da_ptr, B, T, H, HD,
+               HAS_H0: tl.constexpr, DW: tl.constexpr, DECAY: tl.constexpr, BT: tl.constexpr,
+               HDP: tl.constexpr, IEEE: tl.constexpr, STAGES: tl.constexpr):
     head = tl.program_id(0)
     pid_b = tl.program_id(1)
     rb = pid_b * BT + tl.arange(0, BT)
@@ -61,14 +67,16 @@ def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, 
     mw = mk[:, None] & mk[None, :]
     # w[n, k] = W[head, n, k]
     w = tl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rk[None, :], mask=mw, other=0.0)
+    if DECAY:  # wt[k, n] = W[head, n, k], for r_t = h_{t-1} @ W^T
+        wt = tl.load(w_ptr + head * HD * HD + rk[None, :] * HD + rk[:, None], mask=mw, other=0.0)
     cols = head * HD + rk
     m2 = mb[:, None] & mk[None, :]
     offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
     if HAS_H0:
         hfirst = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     hh = tl.load(h_ptr + offs + (T - 1) * H, mask=m2, other=0.0).to(tl.float32)  # h_t
-    carry = tl.zeros([BT, HDP], dtype=tl.float32)  # dpre_{t+1} @ W
-    dw = tl.zeros([HDP, HDP], dtype=tl.float32)  # sum_t dpre_t^T h_{t-1}, this batch tile
+    carry = tl.zeros([BT, HDP], dtype=tl.float32)  # q_{t+1} @ W
+    dw = tl.zeros([HDP, HDP], dtype=tl.float32)  # sum_t q_t^T h_{t-1}, this batch tile
     for i in tl.range(0, T, num_stages=STAGES):
         t = T - 1 - i
         g = tl.load(g_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
@@ -77,12 +85,20 @@ def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, 
             hp = tl.where(t > 0, hp, hfirst)
         dpre = (g + carry) * (1.0 - hh * hh)
         tl.store(dpre_ptr + offs + t * H, dpre.to(dpre_ptr.dtype.element_ty), mask=m2)
+        q = dpre
+        if DECAY:
+            q = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * dpre
+            if IEEE:
+                r = tl.dot(hp, wt, input_precision="ieee")
+            else:
+                r = tl.dot(hp.to(wt.dtype), wt)
+            tl.store(da_ptr + offs + t * H, (dpre * r).to(da_ptr.dtype.element_ty), mask=m2)
         if IEEE:
-            carry = tl.dot(dpre, w, input_precision="ieee")
+            carry = tl.dot(q, w, input_precision="ieee")
             if DW:
-                dw += tl.dot(tl.trans(dpre), hp, input_precision="ieee")
+                dw += tl.dot(tl.trans(q), hp, input_precision="ieee")
         else:
-            dq = dpre.to(w.dtype)
+            dq = q.to(w.dtype)
             carry = tl.dot(dq, w)
             if DW:
                 dw += tl.dot(tl.trans(dq), hp.to(w.dtype))
@@ -97,9 +113,10 @@ def _padded(hd: int) -> int:
     return max(16, triton.next_power_of_2(hd))
 
 
-def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions
-            ) -> torch.Tensor:
-    """All states ``h`` (``wx``'s dtype) of the heads scan."""
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
+            a: torch.Tensor | None = None) -> torch.Tensor:
+    """All states ``h`` (``wx``'s dtype) of the heads scan, with the decay ``a: [B, T, H]`` when
+    given."""
     B, T, H = wx.shape
     nh, hd, _ = w.shape
     wx = wx.contiguous()
@@ -107,24 +124,29 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: El
     h = torch.empty_like(wx)
     if T > 0 and B > 0:
         _heads_fwd[(nh, triton.cdiv(B, opts.heads_bt))](
-            wx, wk, wx if h0 is None else h0.contiguous(), h, B, T, H, hd, HAS_H0=h0 is not None,
-            BT=opts.heads_bt, HDP=_padded(hd), IEEE=wx.dtype == torch.float32, STAGES=opts.heads_stages,
-            FAST=opts.use_fast_tanh(wx), num_warps=opts.heads_warps)
+            wx, wk, wx if h0 is None else h0.contiguous(), h, wx if a is None else a.contiguous(), B, T, H, hd,
+            HAS_H0=h0 is not None, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
+            IEEE=wx.dtype == torch.float32, STAGES=opts.heads_stages, FAST=opts.use_fast_tanh(wx),
+            num_warps=opts.heads_warps)
     return h
 
 
 def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, need_dw: bool,
-             opts: ElmanKernelOptions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dpre, dW, dh0)`` of the heads scan (dW zeros unless ``need_dw``; dh0 fp32)."""
+             opts: ElmanKernelOptions, a: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(dpre, dW, dh0, da)`` of the heads scan (dW zeros unless ``need_dw``; dh0 fp32; da in
+    ``a``'s dtype, None without the decay ``a``)."""
     B, T, H = h.shape
     nh, hd, _ = w.shape
     dpre = torch.empty_like(h)
     dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
     nbt = triton.cdiv(B, opts.heads_bt)
     dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # per batch tile
+    da = None if a is None else torch.empty(h.shape, device=h.device, dtype=a.dtype)
     if T > 0 and B > 0:
         _heads_bwd[(nh, nbt)](
             w.to(h.dtype).contiguous(), h, h if h0 is None else h0.contiguous(), g.contiguous(), dpre,
-            dh0, dw, B, T, H, hd, HAS_H0=h0 is not None, DW=need_dw, BT=opts.heads_bt, HDP=_padded(hd),
+            dh0, dw, h if a is None else a.contiguous(), dpre if da is None else da, B, T, H, hd,
+            HAS_H0=h0 is not None, DW=need_dw, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
             IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages, num_warps=opts.heads_warps)
-    return dpre, dw.sum(0).to(w.dtype), dh0
+    return dpre, dw.sum(0).to(w.dtype), dh0, da

@@ -1,6 +1,10 @@
 // Persistent dense Elman scan (E1): ONE cooperative launch runs all T steps of
 //   forward   h_t    = tanh(wx_t + h_{t-1} @ W^T)                 (M = W)
 //   backward  dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)       (M = W^T)
+// or, with E1's decay a (DECAY; selective="decay"),
+//   forward   h_t    = tanh(wx_t + a_t * (h_{t-1} @ W^T))
+//   backward  dpre_t = (g_t + q_{t+1} @ W) * (1 - h_t^2),  q_t = a_t * dpre_t
+// where the backward's state (what the blocks exchange) is q, and dpre goes to a second output.
 // Block (x, y) owns NC output columns and the RB-row batch group y (tiles 32 x 16 or 16 x 32):
 // its NC rows of M stay in shared memory for all T steps. Batch groups are independent
 // recurrences, so a block reads only its group's rows of the state.
@@ -73,13 +77,15 @@ size_t smem_bytes(int H) {
 }
 
 // Block (x, y) computes columns [NC*x, NC*x + NC) for batch rows y*RB + k*gridDim.y*RB + [0, RB).
-// e1: forward wx, backward g;  e2: backward h (unused forward);  m: [H, H] row-major (W or W^T);
-// x0: the state before the first step ([B, H], forward h0) or nullptr for zeros; out: [B, T, H];
-// flags: [gridDim.y][gridDim.x] step counters.
-template <typename T, int WARPS, int NC, int RB, bool BWD>
+// e1: forward wx, backward g;  e2: backward h (unused forward);  e3: the decay a (DECAY only);
+// m: [H, H] row-major (W or W^T); x0: the state before the first step ([B, H], forward h0) or
+// nullptr for zeros; out: [B, T, H], the states (forward h; backward dpre, or q with DECAY);
+// out2: backward with DECAY, dpre (else unused); flags: [gridDim.y][gridDim.x] step counters.
+template <typename T, int WARPS, int NC, int RB, bool BWD, bool DECAY>
 __global__ void __launch_bounds__(WARPS * 32, 1)
-elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __restrict__ m,
-                 const T* __restrict__ x0, T* out, unsigned* flags, int B, int Tn, int H) {
+elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __restrict__ e3,
+                 const T* __restrict__ m, const T* __restrict__ x0, T* out, T* out2, unsigned* flags, int B,
+                 int Tn, int H) {
   constexpr int THREADS = WARPS * 32, MT = RB / 16, NT = NC / 16;
   constexpr int EPT = (RB * NC + THREADS - 1) / THREADS;  // epilogue elements per thread and pass
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -106,7 +112,7 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
   __syncthreads();
 
   // epilogue operands of one pass (step t, batch rows b0..), loaded a pass ahead into registers
-  float q1[EPT], q2[EPT];
+  float q1[EPT], q2[EPT], q3[EPT];
   auto prefetch = [&](int t, int b0) {
     const int nb = min(RB, B - b0);
 #pragma unroll
@@ -116,6 +122,7 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
       const bool ok = i < nb * NC && c < H;
       q1[e] = ok ? to_float(e1[o]) : 0.f;
       if constexpr (BWD) q2[e] = ok ? to_float(e2[o]) : 0.f;
+      if constexpr (DECAY) q3[e] = ok ? to_float(e3[o]) : 0.f;
     }
   };
   const int first_b0 = blockIdx.y * RB;
@@ -177,7 +184,16 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) a += part[(w * RB + r) * NC + n];
         const long o = static_cast<long>(b0 + r) * sT + static_cast<long>(t) * H + c;
-        const float v = BWD ? (a + q1[e]) * (1.f - q2[e] * q2[e]) : tanh_approx(a + q1[e]);
+        float v;
+        if constexpr (BWD) {
+          v = (a + q1[e]) * (1.f - q2[e] * q2[e]);  // dpre
+          if constexpr (DECAY) {
+            out2[o] = from_float<T>(v);
+            v *= q3[e];  // q, the state of the next step
+          }
+        } else {
+          v = tanh_approx((DECAY ? q3[e] * a : a) + q1[e]);
+        }
         out[o] = from_float<T>(v);
       }
       __syncthreads();  // all stores of the pass done; `part` is reused
@@ -191,22 +207,24 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
   }
 }
 
-template <typename T, int WARPS, int NC, int RB, bool BWD>
-void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tensor& m, const torch::Tensor* x0,
-            torch::Tensor& out, int groups) {
+template <typename T, int WARPS, int NC, int RB, bool BWD, bool DECAY>
+void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tensor* e3, const torch::Tensor& m,
+            const torch::Tensor* x0, torch::Tensor& out, torch::Tensor* out2, int groups) {
   const int B = e1.size(0), Tn = e1.size(1), H = e1.size(2);
-  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD>;
+  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD, DECAY>;
   const size_t smem = smem_bytes<T, WARPS, NC, RB>(H);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid((H + NC - 1) / NC, groups), block(WARPS * 32);
   auto flags = torch::zeros({static_cast<long>(grid.x * grid.y)}, e1.options().dtype(torch::kInt32));
   const T* pe1 = reinterpret_cast<const T*>(e1.data_ptr());
   const T* pe2 = e2 ? reinterpret_cast<const T*>(e2->data_ptr()) : nullptr;
+  const T* pe3 = e3 ? reinterpret_cast<const T*>(e3->data_ptr()) : nullptr;
   const T* pm = reinterpret_cast<const T*>(m.data_ptr());
   const T* px0 = x0 ? reinterpret_cast<const T*>(x0->data_ptr()) : nullptr;
   T* pout = reinterpret_cast<T*>(out.data_ptr());
+  T* pout2 = out2 ? reinterpret_cast<T*>(out2->data_ptr()) : nullptr;
   unsigned* pf = reinterpret_cast<unsigned*>(flags.data_ptr());
-  void* args[] = {&pe1, &pe2, &pm, &px0, &pout, &pf, (void*)&B, (void*)&Tn, (void*)&H};
+  void* args[] = {&pe1, &pe2, &pe3, &pm, &px0, &pout, &pout2, &pf, (void*)&B, (void*)&Tn, (void*)&H};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), grid, block, args, smem,
                                              c10::cuda::getCurrentCUDAStream()));
 }
@@ -224,22 +242,38 @@ void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tenso
   else if (dtype == torch::kHalf) { RNNLAB_WARPS(X, __half, BWD) }                                   \
   else TORCH_CHECK(false, "persistent Elman scan supports bf16 and fp16");
 
+// Returns out; with the decay e3 the backward also fills out2 (dpre) and returns q.
 template <bool BWD>
 torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e2, const torch::Tensor& m,
-                  const c10::optional<torch::Tensor>& x0, int64_t warps, int64_t nc, int64_t rb,
-                  int64_t groups) {
+                  const c10::optional<torch::Tensor>& x0, const c10::optional<torch::Tensor>& e3,
+                  c10::optional<torch::Tensor> out2, int64_t warps, int64_t nc, int64_t rb, int64_t groups) {
   TORCH_CHECK(e1.is_cuda() && e1.dim() == 3 && e1.is_contiguous(), "e1 must be a contiguous CUDA [B, T, H] tensor");
   TORCH_CHECK(m.scalar_type() == e1.scalar_type() && m.is_contiguous(), "m must be contiguous, dtype of e1");
   TORCH_CHECK(e1.size(2) % 8 == 0, "H must be a multiple of 8 (16-byte rows)");
   TORCH_CHECK(groups >= 1, "groups must be >= 1");
+  auto like_e1 = [&](const c10::optional<torch::Tensor>& t) {
+    return !t.has_value() || (t->sizes() == e1.sizes() && t->scalar_type() == e1.scalar_type() && t->is_contiguous());
+  };
+  TORCH_CHECK(like_e1(e3) && like_e1(out2), "the decay a and dpre must be contiguous, with e1's shape and dtype");
+  TORCH_CHECK(!BWD || e3.has_value() == out2.has_value(), "the decay backward needs both a and the dpre output");
   const c10::cuda::CUDAGuard guard(e1.device());
   auto out = torch::empty_like(e1);
   if (e1.numel() == 0) return out;
   const torch::Tensor* pe2 = e2.has_value() ? &e2.value() : nullptr;
+  const torch::Tensor* pe3 = e3.has_value() ? &e3.value() : nullptr;
+  torch::Tensor* pout2 = out2.has_value() ? &out2.value() : nullptr;
   const torch::Tensor* px0 = x0.has_value() ? &x0.value() : nullptr;
   const auto dtype = e1.scalar_type();
-#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_>(e1, pe2, m, px0, out, groups);
-  RNNLAB_DTYPE(RNNLAB_LAUNCH, BWD)
+#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) \
+  launch<T, W, NC_, RB_, BWD_, false>(e1, pe2, pe3, m, px0, out, pout2, groups);
+#define RNNLAB_LAUNCH_DECAY(T, W, NC_, RB_, BWD_) \
+  launch<T, W, NC_, RB_, BWD_, true>(e1, pe2, pe3, m, px0, out, pout2, groups);
+  if (pe3 != nullptr) {
+    RNNLAB_DTYPE(RNNLAB_LAUNCH_DECAY, BWD)
+  } else {
+    RNNLAB_DTYPE(RNNLAB_LAUNCH, BWD)
+  }
+#undef RNNLAB_LAUNCH_DECAY
 #undef RNNLAB_LAUNCH
   return out;
 }
@@ -247,7 +281,7 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
 // Blocks of this tile that can be co-resident on the current device (0: does not fit).
 template <typename T, int WARPS, int NC, int RB, bool BWD>
 int64_t capacity_for(int64_t H) {
-  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD>;
+  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD, false>;
   const size_t smem = smem_bytes<T, WARPS, NC, RB>(static_cast<int>(H));
   int dev;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
@@ -272,7 +306,9 @@ int64_t capacity(int64_t H, int64_t warps, int64_t nc, int64_t rb) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("forward", &run<false>, "h = forward(wx, None, W, h0 or None, warps, nc, rb, groups)");
-  mod.def("backward", &run<true>, "dpre = backward(g, h, W^T, None, warps, nc, rb, groups)");
+  mod.def("forward", &run<false>, "h = forward(wx, None, W, h0 or None, a or None, None, warps, nc, rb, groups)");
+  mod.def("backward", &run<true>,
+          "dpre = backward(g, h, W^T, None, None, None, ...); with the decay a: "
+          "q = backward(g, h, W^T, None, a, dpre_out, warps, nc, rb, groups)");
   mod.def("capacity", &capacity, "co-resident blocks of a tile (H, warps, nc, rb); 0 = does not fit");
 }

@@ -8,7 +8,8 @@ keeps its rows of ``W`` (forward) or ``W^T`` (backward) in shared memory for all
 it waits only for the blocks that produced the state columns it reads (per-block step flags);
 see the .cu file.
 
-Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans when :func:`make_plan` finds a launch
+Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans, plain or with E1's decay
+(``selective="decay"``: ``a_t`` one more epilogue operand), when :func:`make_plan` finds a launch
 (H a multiple of 8, the blocks co-resident); otherwise the Triton per-step kernel
 (``dense_step.py``, CUDA-graphed) runs.
 """
@@ -72,12 +73,21 @@ def make_plan(x: torch.Tensor, shapes=SHAPES) -> Plan | None:
     return None
 
 
-def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Plan) -> torch.Tensor:
-    """``h_t = tanh(wx_t + h_{t-1} @ w.T)`` for all t; contiguous ``wx: [B, T, H]``, ``w: [H, H]``
-    and ``h0: [B, H]`` (None = zeros), all of one 16-bit dtype."""
-    return _ext().forward(wx, None, w, h0, plan.warps, plan.cols, plan.rows, plan.groups)
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Plan,
+            a: torch.Tensor | None = None) -> torch.Tensor:
+    """``h_t = tanh(wx_t + a_t * (h_{t-1} @ w.T))`` for all t (``a = 1`` when None); contiguous
+    ``wx, a: [B, T, H]``, ``w: [H, H]`` and ``h0: [B, H]`` (None = zeros), all of one 16-bit dtype."""
+    return _ext().forward(wx, None, w, h0, a, None, plan.warps, plan.cols, plan.rows, plan.groups)
 
 
-def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan) -> torch.Tensor:
-    """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
-    return _ext().backward(g, h, w.t().contiguous(), None, plan.warps, plan.cols, plan.rows, plan.groups)
+def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(dpre, q)``: ``dpre_t = (g_t + q_{t+1} @ w) * (1 - h_t^2)`` backwards over t
+    (``q_T = 0``) with ``q_t = a_t * dpre_t`` (``q`` is ``dpre`` itself when ``a`` is None)."""
+    wt = w.t().contiguous()
+    if a is None:
+        dpre = _ext().backward(g, h, wt, None, None, None, plan.warps, plan.cols, plan.rows, plan.groups)
+        return dpre, dpre
+    dpre = torch.empty_like(g)
+    q = _ext().backward(g, h, wt, None, a, dpre, plan.warps, plan.cols, plan.rows, plan.groups)
+    return dpre, q

@@ -9,7 +9,8 @@ backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
   ``dense_step.py``, one fused Triton kernel per step in a CUDA-graphed loop.
 
 The dense paths share the rest of the backward here: ``dW_h`` as ONE GEMM (:func:`dw_dense`)
-and ``dh0`` as one product. All sit behind one pair of ``torch.library`` custom ops
+and ``dh0`` as one product. E1's selective scans (``selective.py``) run on the same kernels
+through :func:`dense_forward` / :func:`dense_dpre` (dense) and ``heads.py`` (decay with heads). All sit behind one pair of ``torch.library`` custom ops
 (``rnnlab::elman_scan_fwd`` / ``_bwd``) with a registered autograd formula, so ``torch.compile``
 keeps an E1 model in one graph. How the kernels run (which dense kernel, tiles, CUDA graphs, fast
 tanh) is an explicit :class:`~rnnlab.ops.elman.options.ElmanKernelOptions`, passed through both
@@ -53,20 +54,24 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions):
 
 
 def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """``dW = sum_{b,t} dpre[b, t]^T h[b, t-1]`` (``h[b, -1] = h0[b]`` or 0) as ONE GEMM without a
-    shifted copy of ``h``: over the flat ``[B*T, H]`` rows, row r of dpre meets row r-1 of h; the
-    B-1 pairs that straddle two sequences are subtracted and the t = 0 terms with h0 added through
-    addmm's C operand (one rounding of the result)."""
+    """``dW = sum_{b,t} dpre[b, t]^T h[b, t-1]`` (``h[b, -1] = h0[b]`` or 0; ``dpre: [B, T, D]``,
+    ``h: [B, T, H]`` -> ``[D, H]``) as ONE GEMM without a shifted copy of ``h``: over the flat
+    ``[B*T, .]`` rows, row r of dpre meets row r-1 of h; the B-1 pairs that straddle two sequences
+    are subtracted and the t = 0 terms with h0 added through addmm's C operand (one rounding of
+    the result)."""
     B, T, H = h.shape
-    d, hf = dpre.reshape(B * T, H), h.reshape(B * T, H)
+    d, hf = dpre.reshape(B * T, dpre.shape[-1]), h.reshape(B * T, H)
     corr = -(dpre[1:, 0].t() @ h[:-1, -1])
     if h0 is not None:
         corr += dpre[:, 0].t() @ h0
     return torch.addmm(corr, d[1:].t(), hf[:-1])
 
 
-def _dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None,
-                   opts: ElmanKernelOptions) -> torch.Tensor:
+def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
+                  a: torch.Tensor | None = None, lowrank: tuple | None = None) -> torch.Tensor:
+    """All states of the dense scan (``w: [H, H]``), with E1's selective terms when given (the
+    decay ``a``, ``lowrank = (V, U, s)``: contiguous, ``wx``'s dtype): the persistent kernel when
+    it runs the shape (plain or decay), else the per-step kernel."""
     B, T, H = wx.shape
     dt = wx.dtype
     wx = wx.contiguous()
@@ -74,12 +79,23 @@ def _dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None,
     h0c = None if h0 is None else h0.to(dt).contiguous()
     if T == 0 or B == 0:
         return torch.empty_like(wx)
-    if (found := _persistent_plan(wx, opts)) is not None:
+    if lowrank is None and (found := _persistent_plan(wx, opts)) is not None:
         persistent, plan = found
-        return persistent.forward(wx, wk, h0c, plan)
+        return persistent.forward(wx, wk, h0c, plan) if a is None else persistent.forward(wx, wk, h0c, plan, a)
     if h0c is None:  # the per-step kernels read the previous state from a tensor
         h0c = torch.zeros(B, H, device=wx.device, dtype=dt)
-    return dense_step.forward(wx, wk.t().contiguous(), h0c, opts)
+    return dense_step.forward(wx, wk.t().contiguous(), h0c, opts, a, lowrank)
+
+
+def dense_dpre(g: torch.Tensor, wk: torch.Tensor, h: torch.Tensor, opts: ElmanKernelOptions,
+               a: torch.Tensor | None = None, lowrank: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sequential part of the dense backward, ``(dpre, q)`` with ``q = a * dpre`` (``dpre``
+    without the decay ``a``; ``lowrank = (U, V, s)``), by the kernel :func:`dense_forward` chose;
+    contiguous operands of ``h``'s dtype, T, B > 0."""
+    if lowrank is None and (found := _persistent_plan(h, opts)) is not None:
+        persistent, plan = found
+        return persistent.backward(g, h, wk, plan) if a is None else persistent.backward(g, h, wk, plan, a)
+    return dense_step.backward(wk, h, g, opts, a, lowrank)
 
 
 def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
@@ -89,11 +105,8 @@ def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
     g = g.contiguous()
     if T == 0 or B == 0:
         dpre = torch.zeros_like(h)
-    elif (found := _persistent_plan(h, opts)) is not None:
-        persistent, plan = found
-        dpre = persistent.backward(g, h, wk, plan)
     else:
-        dpre = dense_step.backward(wk, h, g, opts)
+        dpre, _ = dense_dpre(g, wk, h, opts)
     h0c = None if h0 is None else h0.to(dt)
     dW = dw_dense(dpre, h, h0c) if T > 0 and need_dw else torch.zeros_like(wk)
     if h0 is not None and T > 0:
@@ -101,6 +114,14 @@ def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
     else:
         dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
     return dpre, dW.to(w.dtype), dh0
+
+
+def kernel_dtype(*xs: torch.Tensor | None) -> tuple:
+    """``xs`` as the kernels take them: unchanged when the first is bf16/fp16/fp32, else (fp64)
+    all in fp32 (None stays None)."""
+    if xs[0].dtype in (torch.float32, torch.bfloat16, torch.float16):
+        return xs
+    return tuple(None if x is None else x.float() for x in xs)
 
 
 # ------------------------------------------------------------------------ torch.library ops
@@ -112,7 +133,7 @@ def _scan_fwd(wx, w, h0, options):
     """All states ``h`` (``wx``'s dtype); ``w`` dense ``[H, H]`` or heads ``[nh, hd, hd]``;
     ``options`` = ``ElmanKernelOptions.to_ints()``."""
     opts = ElmanKernelOptions.from_ints(options)
-    return (heads.forward if w.dim() == 3 else _dense_forward)(wx, w, h0, opts)
+    return (heads.forward if w.dim() == 3 else dense_forward)(wx, w, h0, opts)
 
 
 @_scan_fwd.register_fake
@@ -127,7 +148,9 @@ def _scan_bwd(g, w, h, h0, need_dw, options):
     """``(dpre, dW, dh0)``: dpre = dL/dwx (``h``'s dtype), dW in ``w``'s dtype (zeros unless
     ``need_dw``), dh0 ``[B, H]`` fp32 (zeros without ``h0``)."""
     opts = ElmanKernelOptions.from_ints(options)
-    return (heads.backward if w.dim() == 3 else _dense_backward)(g, w, h, h0, need_dw, opts)
+    if w.dim() == 3:
+        return heads.backward(g, w, h, h0, need_dw, opts)[:3]
+    return _dense_backward(g, w, h, h0, need_dw, opts)
 
 
 @_scan_bwd.register_fake
@@ -158,10 +181,5 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
     """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (dense or
     heads ``w_h``) and the final state (``h[:, -1]`` in the compute dtype), run with ``options``.
     torch.compile traces it (``traced``): only dtype handling and the custom op."""
-    dtype = wx.dtype
-    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        wx = wx.float()
-        h0 = None if h0 is None else h0.float()
-        w_h = w_h.float()
-    h = _scan_fwd(wx, w_h, h0, options.to_ints()).to(dtype)
+    h = _scan_fwd(*kernel_dtype(wx, w_h, h0), options.to_ints()).to(wx.dtype)
     return h, final_state(h, h0)
