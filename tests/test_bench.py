@@ -427,7 +427,7 @@ def test_runs_subset(tmp_path):
 
 
 def test_bench_and_sweep_flags_come_from_the_config():
-    """bench replaces the suite-wide fields (corpus, budget, device, held-out bytes) for every
+    """bench replaces the suite-wide fields (corpus, budget, device, held-out bytes, W&B project) for every
     run; sweep takes every field but the run folder's; both lists derive from the declarations."""
     from rnnlab.cli import build_parser
     from rnnlab.options import flag_name
@@ -439,7 +439,7 @@ def test_bench_and_sweep_flags_come_from_the_config():
         return {o for a in sub[cmd]._actions for o in a.option_strings}
 
     assert set(SUITE_KEYS) == {"data", "val_data", "val_fraction", "steps", "minutes", "tokens", "eval_bytes",
-                               "device"}
+                               "wandb", "device"}
     assert {flag_name(k) for k in SUITE_KEYS} <= flags("bench") and "--lr" not in flags("bench")
     expected = {flag_name(k) for k, (_, s) in FIELDS.items() if s.meta.flag and k not in RUNNER_KEYS}
     assert expected <= flags("sweep") and "--resume" not in flags("sweep")

@@ -64,6 +64,7 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
     # --resume with no config: the run's own config is the base; the budget may grow
     assert main(["train", "--resume", "--out", str(run), "--steps", "6", "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    capsys.readouterr()
     err = _err(capsys, ["train", "--resume", "--out", str(run), "--steps", "8", "--lr", "0.1", "--no-progress"])
     assert "was made with a different config: field lr is 0.003, not 0.1" in err
 

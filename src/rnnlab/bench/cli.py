@@ -27,7 +27,8 @@ def _common_flags(p) -> None:
     b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU "
                                                          "(default: one run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
-    b.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+    b.add_argument("--no-progress", action="store_true",
+                   help="no per-run progress bar: plain log lines (every --log-every steps) instead")
     b.add_argument("--no-plots", action="store_true", help="report without PNG plots")
 
 
