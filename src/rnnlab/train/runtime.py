@@ -143,7 +143,7 @@ def wrap_model(model: nn.Module, cfg) -> nn.Module:
 
 
 def env_info(device: torch.device) -> dict[str, Any]:
-    """Versions, host, device, command line and git commit: env.json of a run."""
+    """Versions, host, device, command line, git commit and the machine's load: env.json of a run."""
     from importlib import metadata
 
     def version(pkg: str) -> str | None:
@@ -163,12 +163,26 @@ def env_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cuda": torch.version.cuda,
         "cpu_threads": torch.get_num_threads(),
+        **machine_load(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = torch.cuda.device_count()
     info["git_sha"], info["git_dirty"] = _git_state()
     return info
+
+
+def machine_load() -> dict[str, Any]:
+    """``load_avg``: the 1, 5 and 15-minute load averages as the run starts (None where the OS
+    has none), and ``cpu_count``: the cores this process may use. A load above the core count
+    means other processes compete for the CPU, and a CPU run's tok/s then says little (reports
+    warn about it)."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows
+        load = None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"load_avg": load, "cpu_count": cores}
 
 
 def _git_state() -> tuple[str | None, bool | None]:
