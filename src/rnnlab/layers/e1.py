@@ -66,6 +66,7 @@ from torch import nn
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan
+from rnnlab.options import option
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
@@ -163,21 +164,29 @@ NORMS = ("spectral", "none", "rms")  # one branch each: recurrent_weight, the h_
 
 @dataclass
 class E1Config:
-    """E1 options; every default reproduces the seed's E1 (see the module docstring)."""
+    """E1 options; every default reproduces the reference E1 (see the module docstring)."""
 
     dim: int
-    expansion: float = 1.0  # di = int(dim * expansion)
-    conv: int = 0  # causal depthwise conv kernel before silu; 0 = off (seed: off)
-    heads: int = 1  # block-diagonal W_h heads
-    selective: str = "none"  # "none" | "decay" | "lowrank"
-    selective_rank: int = 8  # r for selective="lowrank"
-    state_expansion: int = 1  # state width K = di * state_expansion, read out by W_r
-    init: str = "xavier"  # "xavier" | "mamba2" | "identity"
-    init_scale: float = 0.9  # W_h = init_scale * I for init="identity"
-    norm: str = "spectral"  # "spectral" | "none" | "rms"
-    spectral_radius: float = 0.99
-    power_iters: int = 3
-    backend: str = "auto"  # backend of E1's op: "auto" | "naive" | "triton"
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
+    conv: int = option(0, help="kernel size of a causal depthwise conv before the silu (0 = no conv)")
+    heads: int = option(1, help="block-diagonal W_h with this many heads (must divide the state width)")
+    selective: str = option("none", choices=SELECTIVE,
+                            help="input-dependent recurrence: none, decay (a sigmoid gate a_t scales W_h h) "
+                                 "or lowrank (W_h + U diag(s_t) V^T)")
+    selective_rank: int = option(8, help="rank r of the lowrank selective term")
+    state_expansion: int = option(1, help="state width K = di * state_expansion, read out by W_r: [di, K]")
+    init: str = option("xavier", choices=INITS,
+                       help="initialisation: xavier (the reference's), mamba2 (N(0, 0.02), W_h orthogonal "
+                            "x 0.999) or identity (W_h = init_scale * I)")
+    init_scale: float = option(0.9, help="W_h = init_scale * I for init=identity")
+    norm: str = option("spectral", choices=NORMS,
+                       help="spectral (W_h rescaled to spectral norm spectral_radius), none, or rms "
+                            "(RMSNorm on the state before the output gate)")
+    spectral_radius: float = option(0.99, help="the spectral norm W_h is rescaled to (norm=spectral)")
+    power_iters: int = option(3, help="power iterations per training forward estimating W_h's spectral norm")
+    backend: str = option("auto", choices=BACKENDS,
+                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive "
+                               "(the reference) or triton")
 
     @property
     def d_inner(self) -> int:

@@ -24,14 +24,18 @@ from torch import nn
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.diag import BACKENDS, diag_elman_scan
 from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.options import option
 
 
 @dataclass
 class E16Config:
+    """E16 options (the reference's Table B E16 used expansion 2)."""
+
     dim: int = 256
-    expansion: float = 1.0  # di = int(dim * expansion); the seed's Table B E16 used 2.0
-    state_expansion: int = 2  # s: ds = di * s ("E16 s4" means 4)
-    backend: str = "auto"  # diag_elman_scan backend: auto | naive | triton
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
+    state_expansion: int = option(2, help="state width ds = di * state_expansion (\"E16 s4\" means 4)")
+    backend: str = option("auto", choices=BACKENDS,
+                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
 
     @property
     def d_inner(self) -> int:

@@ -50,18 +50,23 @@ from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, a
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
+from rnnlab.options import option
 
 
 @dataclass
 class Mamba2Config:
+    """Mamba2 options (mamba_ssm's, with the reference's d_state 64)."""
+
     dim: int
-    d_state: int = 64
-    d_conv: int = 4
-    expand: int = 2
-    headdim: int = 64
-    ngroups: int = 1
-    chunk_size: int = 256
-    backend: str = "auto"
+    d_state: int = option(64, help="SSM state size N per head")
+    d_conv: int = option(4, help="kernel size of the causal depthwise conv")
+    expand: int = option(2, help="inner width di = expand * dim")
+    headdim: int = option(64, help="width of each SSM head (must divide di)")
+    ngroups: int = option(1, help="groups of heads sharing B and C (must divide the number of heads)")
+    chunk_size: int = option(256, help="chunk length of the SSD scan")
+    backend: str = option("auto", choices=BACKENDS,
+                          help="official (mamba_ssm's module and kernels, CUDA only), reference (PyTorch, any "
+                               "device, same weights) or auto (official where it runs)")
 
     @property
     def d_inner(self) -> int:
