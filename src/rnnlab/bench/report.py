@@ -2,11 +2,11 @@
 
 Input: a directory of run folders (``RunDir``: ``summary.json``, ``config.json``, ``env.json``,
 ``metrics.jsonl``, ...), plus ``suite.json`` when the directory was made by ``rnnlab bench`` or
-``rnnlab sweep`` (run names, seeds, sweep axes, the seed's reference numbers). Without
+``rnnlab sweep`` (run names, seeds, sweep axes, the suite's reference numbers). Without
 ``suite.json`` any directory of runs works: folders named ``NAME-sSEED`` are grouped as seeds of
 ``NAME``.
 
-The main table has the seed report's columns (Model, Params, Loss, held-out bpb, Tok/s, Memory,
+The main table has the reference study's columns (Model, Params, Loss, held-out bpb, Tok/s, Memory,
 Time), each a mean ± sample std over seeds when a run was repeated.
 """
 

@@ -1,6 +1,6 @@
-"""E1, the seed's gated Elman mixer (spec §1.2), plus the issue-7 variants as config switches.
+"""E1, the reference study's gated Elman mixer, plus variants of it as config switches.
 
-Default path (every switch at its default reproduces the seed's E1 exactly)::
+Default path (every switch at its default reproduces the reference E1 exactly)::
 
     x, z = split(x @ W_in^T)                     W_in: [2*di, D], no bias; di = int(D*expansion)
     x    = silu(causal_depthwise_conv(x))        conv = kernel size; 0 (default) = no conv
@@ -12,12 +12,12 @@ Spectral norm (``norm="spectral"``, default): ``power_iters`` (3) power iteratio
 ``v = normalize(W_h^T u)``, ``u = normalize(W_h v)`` (normalize adds 1e-8), then
 ``sigma = |u^T W_h v|`` WITH grad and ``Wh_eff = W_h * spectral_radius / (sigma + 1e-8)``: W_h is
 always rescaled to spectral norm ~0.99 (not clamped). ``u`` is the buffer ``spectral_u``
-(saved with checkpoints, so a resumed model computes the same Wh_eff; the seed kept it unsaved),
+(saved with checkpoints, so a resumed model computes the same Wh_eff; the reference kept it unsaved),
 initialised randn-normalised. It is updated only by ``forward`` in training mode; in eval mode and
 in ``step`` the iterations start from the current ``u`` and their result is discarded, so
 ``step`` and an eval ``forward`` use the same Wh_eff.
 
-Variants (issue 7), all in this one layer; K = di * state_expansion is the state width:
+Variants, all in this one layer; K = di * state_expansion is the state width:
 
 * ``heads=n``: block-diagonal ``W_h: [n, K/n, K/n]``; head i evolves with its own block,
   ``h_t[i] = tanh((x_t W_x^T + b)[i] + h_{t-1}[i] W_h[i]^T)``. W_x stays dense, out_proj mixes
@@ -35,7 +35,7 @@ Variants (issue 7), all in this one layer; K = di * state_expansion is the state
   scan's, they are custom ops that compile into the graph.
 * ``state_expansion=k``: state of width K = k*di (``W_x: [K, di]``, ``W_h: [K, K]``, ``b: [K]``)
   read out by ``W_r: [di, K]`` before the gate: ``y_t = (h_t W_r^T) * silu(z_t)``.
-* ``init``: ``"xavier"`` (seed: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,
+* ``init``: ``"xavier"`` (the reference's: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,
   per head block), ``"mamba2"`` (W_in, W_out, W_x ~ N(0, 0.02); W_h orthogonal x 0.999 per
   block), ``"identity"`` (W_h = init_scale * I per block; the rest as xavier). Extra matrices
   (W_a, W_s, V, W_r) follow the W_x rule; b = 0.
@@ -109,7 +109,7 @@ INITS = tuple(_INIT_RULES)
 
 # ------------------------------------------------------------ selective modes (``selective``)
 class _Plain:
-    """``selective="none"``: no input-dependent term (the seed's E1)."""
+    """``selective="none"``: no input-dependent term (the reference E1)."""
 
     def add_parameters(self, layer: E1) -> None:
         pass

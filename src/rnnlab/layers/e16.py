@@ -1,4 +1,4 @@
-"""E16 "diagonal state-expanded Elman" (the seed's ``diagonal_state_elman.py``, ``level=16``, spec §1.4).
+"""E16 "diagonal state-expanded Elman" (the reference's ``diagonal_state_elman.py``, ``level=16``).
 
     [x, z] = x W_in^T             in_proj.weight: [2*di, D], no bias;  di = int(D * expansion)
     x = silu(x)
@@ -8,7 +8,7 @@
     out = y W_out^T               out_proj.weight: [D, di], no bias
 
 Init: in_proj, out_proj, B, C xavier_uniform; log_A = 0 (A = 0.5). Per layer this is
-``3*D*di + 2*s*di^2 + s*di`` parameters (spec §1.7). The scan is the op ``diag_elman_scan``
+``3*D*di + 2*s*di^2 + s*di`` parameters. The scan is the op ``diag_elman_scan``
 (fp32 internally, returns the input dtype); ``step`` runs the same op on one token and keeps the
 state in fp32.
 """

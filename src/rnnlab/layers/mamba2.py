@@ -1,4 +1,4 @@
-"""Mamba2 mixer as the seed trained it (spec §1.6): ``mamba_ssm`` Mamba2 with d_state=64,
+"""Mamba2 mixer as the reference study trained it: ``mamba_ssm`` Mamba2 with d_state=64,
 d_conv=4, expand=2, headdim=64 and the library defaults (ngroups=1, chunk_size=256, gated RMSNorm
 with norm_before_gate=False, A_init_range=(1,16), dt in [1e-3, 0.1] floor 1e-4, conv bias, no
 linear biases).

@@ -1,4 +1,4 @@
-"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?"; the seed's ``min_rnn_baseline.py``, spec §1.5).
+"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?"; the reference's ``min_rnn_baseline.py``).
 
     [h~, k] = x W^T              in_proj.weight: [2*di, D], no bias;  di = int(D * expansion)
     z_t = sigmoid(k_t)

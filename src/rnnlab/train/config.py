@@ -5,7 +5,7 @@ train`` flags, the validation, the resumable set and the suite/sweep key lists.
 
 Every field has one flat name used everywhere outside Python: flags (``--lr``), config files,
 ``config.json``, suite files and ``rnnlab sweep --set``. Sources, lowest priority first: the
-defaults below (the seed's Table A protocol), a TOML/YAML/JSON file (``load_config``), then
+defaults below (the reference study's Table A protocol, README), a TOML/YAML/JSON file (``load_config``), then
 flags (``apply_overrides``). The resolved config is written to ``<out>/config.json`` with flat keys
 (the model's nested under "model"), the layout of files written before the sections existed, so
 those load unchanged; ``--resume`` checks a run folder against it (``resume_mismatch``).
@@ -97,9 +97,9 @@ class BudgetConfig:
 
 @dataclass
 class OptimConfig:
-    """The optimizer, with one parameter group as in the seed."""
+    """The optimizer, with one parameter group as in the reference study."""
 
-    optimizer: str = option("schedulefree-adamw", help="Schedule-Free AdamW (the seed's) or AdamW with "
+    optimizer: str = option("schedulefree-adamw", help="Schedule-Free AdamW (the reference's) or AdamW with "
                                                        "warmup + cosine decay", choices=OPTIMIZERS)
     lr: float = option(3e-4, help="peak learning rate", bounds=positive())
     weight_decay: float = option(0.1, help="decoupled weight decay", bounds=at_least(0))
@@ -119,7 +119,7 @@ class RunConfig:
     """Numerics, seed, device, the cadence of evaluation/logging/checkpoints, and the run folder."""
 
     precision: str = option("bf16", choices=PRECISIONS,
-                            help="bf16 = weights, grads and optimizer state in bf16 (the seed's); "
+                            help="bf16 = weights, grads and optimizer state in bf16 (the reference's); "
                                  "bf16-mixed = fp32 master weights + bf16 autocast; fp32")
     seed: int = option(42, help="seeds the initialisation and the batch stream", bounds=at_least(0, 2**63 - 1))
     eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",

@@ -9,7 +9,7 @@ more and write the summary. Everything the loop changes is one ``TrainState``, e
 checkpoint saves; the other parts are the ``Checkpointer``, the held-out ``evaluate`` and the
 ``RunLogger``, and the run folder is a ``RunDir``.
 
-Protocol defaults follow the seed's Table A (rnnlab.train.config): pure bf16 weights,
+Protocol defaults follow the reference study's Table A (rnnlab.train.config, README): pure bf16 weights,
 Schedule-Free AdamW lr 3e-4 wd 0.1 in one group, no clipping, seed 42, batch 16 x 512; the
 reported ``loss`` is the mean of the last 100 training losses (at the optimizer's train point y).
 
@@ -45,7 +45,7 @@ from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import (autocast, build_model, check_memory, env_info, evaluate_run, is_out_of_memory,
                                   peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
 
-LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the seed's)
+LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
 
 
 class StepResult(NamedTuple):
