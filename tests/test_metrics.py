@@ -89,7 +89,7 @@ def test_tensorboard_gets_grad_norm_and_hparams(tiny_train, tmp_path):
 def test_wandb_offline_run_is_resumed(tiny_train, tmp_path, monkeypatch):
     """--wandb PROJECT with WANDB_MODE=offline: a W&B run in the run folder gets the config and
     the train/eval curves; resuming continues the same W&B run."""
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     from rnnlab.train.trainer import run_training
 
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -97,6 +97,7 @@ def test_wandb_offline_run_is_resumed(tiny_train, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_SILENT", "true")
     run = tmp_path / "run"
     run_training(tiny_train(run, steps=2, wandb="rnnlab-test"), progress=False)
+    wandb.teardown()  # W&B's service writes the run's file in the background; this waits for it
     run_id = (run / "wandb-id.txt").read_text().strip()
     (first,) = (run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     data = first.read_bytes()
