@@ -153,7 +153,9 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
 
 class Trainer:
     """One training run: built from a config (checking the data and memory, taking the run folder,
-    restoring the checkpoint when resuming), then ``train()``, which lets go of the folder."""
+    restoring the checkpoint when resuming), then ``train()``, which lets go of the folder.
+    ``progress``: a progress bar when stderr is a terminal; without it, or when stderr is a file
+    or pipe, plain log lines (``RunLogger``)."""
 
     def __init__(self, cfg: TrainConfig, *, progress: bool = True):
         self.started = time.perf_counter()  # this session's wall clock starts with its set-up
