@@ -398,7 +398,7 @@ def test_grad_accum_equals_the_whole_batch(tiny_train, tmp_path):
     assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-6)
     assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-5)
     assert max(r["grad_norm"] for r in one) > 0.5  # clipping was active
-    w1, w2 = (load_file(str(run / "ckpt" / "model.safetensors")) for run in runs.values())
+    w1, w2 = (load_file(run / "ckpt" / "step-000006" / "model.safetensors") for run in runs.values())
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) <= 1e-6
 
 
@@ -438,3 +438,13 @@ def test_grad_accum_under_ddp_syncs_gradients_once_per_step(tiny_train, tmp_path
 def test_grad_accum_must_divide_the_batch():
     with pytest.raises(ValueError, match=r"grad_accum \(3\) must divide batch_size \(4\)"):
         TrainConfig.from_dict({"batch_size": 4, "grad_accum": 3}).validate()
+
+
+def test_memory_check_counts_one_micro_batch_of_activations(tiny_train, tmp_path, monkeypatch):
+    from rnnlab.train import runtime
+
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 2**30)  # a 1 GiB device
+    cfg = tiny_train(tmp_path / "r", batch_size=64, seq_len=32768)  # ~5 GiB of activations at once
+    with pytest.raises(ValueError, match=r"batch_size 64 x seq_len 32768 keeps at least ~5\.\d GiB"):
+        runtime.check_memory(cfg, 20_000, torch.device("cpu"))
+    runtime.check_memory(apply_overrides(cfg, {"grad_accum": 64}), 20_000, torch.device("cpu"))  # ~0.1 GiB

@@ -64,7 +64,7 @@ class Mamba2Config:
     headdim: int = option(64, help="width of each SSM head (must divide di)")
     ngroups: int = option(1, help="groups of heads sharing B and C (must divide the number of heads)")
     chunk_size: int = option(256, help="chunk length of the SSD scan")
-    backend: str = option("auto", choices=BACKENDS,
+    backend: str = option("auto", choices=OFFICIAL_BACKENDS,
                           help="official (mamba_ssm's module and kernels, CUDA only), reference (PyTorch, any "
                                "device, same weights) or auto (official where it runs)")
 

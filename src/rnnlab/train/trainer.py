@@ -218,8 +218,9 @@ class Trainer:
                 raise
             cfg = self.cfg
             message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
-                       f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}), or --eval-batch-size when it "
-                       f"happens in an evaluation; {self.checkpointer.kept()}")
+                       f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}) or raise --grad-accum "
+                       f"({cfg.data.grad_accum}), or lower --eval-batch-size when it happens in an evaluation; "
+                       f"{self.checkpointer.kept()}")
             self.record_failure(message)
             raise OutOfMemory(message) from None
         finally:
