@@ -338,23 +338,22 @@ def test_report_warns_when_a_cpu_run_started_on_a_busy_machine(tmp_path):
 
 def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     """Step axes tick whole steps; every tok/s bar is labelled with its value; the held-out panel
-    puts each evaluation at its training time (eval.jsonl's elapsed_s, or for older runs that
-    of the same step in metrics.jsonl)."""
+    puts each evaluation at the training time of its step in metrics.jsonl."""
     from rnnlab.bench import plots as P
 
     run = tmp_path / "e1"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(
         json.dumps({"step": i, "loss": 3.0 - 0.1 * i, "elapsed_s": 2.0 * i}) + "\n" for i in (1, 2, 3)))
-    (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5, "elapsed_s": 4.5}) + "\n"
+    (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5}) + "\n"
                                     + json.dumps({"step": 3, "val_bpb": 2.4}) + "\n")
     curves = P.run_curves([{"path": str(run), "dir": "e1", "name": "e1"}])
-    assert curves["e1"]["bpb"] == [(4.5, 2.5), (6.0, 2.4)]
+    assert curves["e1"]["bpb"] == [(4.0, 2.5), (6.0, 2.4)]
     left, right = P.loss_and_bpb_figure(curves, P.colors_for(["e1"])).axes
     ticks = [t for t in left.get_xticks() if 1 <= t <= 3]
     assert ticks and all(float(t).is_integer() for t in ticks)
     (line,) = right.get_lines()
-    assert list(line.get_xdata()) == [4.5, 6.0] and list(line.get_ydata()) == [2.5, 2.4]
+    assert list(line.get_xdata()) == [4.0, 6.0] and list(line.get_ydata()) == [2.5, 2.4]
     rows = [{"name": "e1", "tok_per_s": 40213.0, "tok_per_s_std": None},
             {"name": "mamba2", "tok_per_s": 1.26e6, "tok_per_s_std": 1e4}]
     bars = P.tok_bar_figure(rows, P.colors_for(["e1", "mamba2"])).axes[0]

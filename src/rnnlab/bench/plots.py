@@ -71,15 +71,14 @@ def time_unit(seconds: float) -> tuple[float, str]:
 
 def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per run folder: its row ``name``, its training records (``metrics.jsonl``) and its held-out
-    points ``(training time, bpb)`` (``eval.jsonl``; runs logged before evaluations carried
-    ``elapsed_s`` take the time of that step's training record)."""
+    points ``(training time, bpb)``: each evaluation (``eval.jsonl``) at the training time of its
+    step in ``metrics.jsonl`` (eval records carry no times, so they stay the same in every rerun)."""
     curves = {}
     for r in records:
         run = RunDir(r["path"])
         metrics = [x for x in run.metrics() if x.get("loss") is not None]
         elapsed = {x["step"]: x.get("elapsed_s") for x in metrics}
-        bpb = [(e.get("elapsed_s", elapsed.get(e["step"])), e["val_bpb"]) for e in run.evals()
-               if e.get("val_bpb") is not None]
+        bpb = [(elapsed.get(e["step"]), e["val_bpb"]) for e in run.evals() if e.get("val_bpb") is not None]
         if metrics or bpb:
             curves[r["dir"]] = {"name": r["name"], "metrics": metrics, "bpb": [p for p in bpb if p[0] is not None]}
     return curves

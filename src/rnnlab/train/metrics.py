@@ -31,7 +31,7 @@ from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
 
 WARMUP_STEPS = 3  # steps per process left out of the steady-state tok/s (compilation, autotuning)
-NOT_PLOTTED = ("step", "tokens", "elapsed_s", "wall_s", "bytes")  # record fields that are no curve
+NOT_PLOTTED = ("step", "tokens", "elapsed_s", "bytes")  # record fields that are no curve
 HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of TensorBoard's HPARAMS tab
 
 
@@ -59,7 +59,7 @@ class Throughput:
 class Tracker:
     """One destination of a run's records. ``log(kind, record)``: ``kind`` is ``"train"`` (a
     step: step, tokens, loss, lr, grad_norm, tok_per_s, peak_mem_gib, elapsed_s) or ``"eval"``
-    (step, tokens, val_loss, val_bpb, bytes, elapsed_s, ...); ``flush()`` comes every
+    (step, tokens, val_loss, val_bpb, bytes, ...); ``flush()`` comes every
     ``--log-every`` steps, ``sync()`` before each checkpoint, ``close()`` at the end."""
 
     every_step = False  # True: every step's record, not only the logged steps'

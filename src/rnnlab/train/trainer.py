@@ -335,8 +335,8 @@ class Trainer:
         if self.ctx.is_main or self.sharded:
             with eval_weights(state.model, state.optimizer):
                 r = evaluate_run(state.model, self.val_split, self.cfg)
-            record = {"step": state.step, "tokens": state.tokens, "elapsed_s": state.elapsed_s,
-                      "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
+            record = {"step": state.step, "tokens": state.tokens, "val_loss": r["loss"], "val_bpb": r["bpb"],
+                      "bytes": r["bytes"]}
             if is_schedulefree(state.optimizer):  # the parameters hold y while training
                 y = evaluate_run(state.model, self.val_split, self.cfg)
                 record.update(val_loss_train_point=y["loss"], val_bpb_train_point=y["bpb"])
