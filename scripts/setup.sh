@@ -13,11 +13,14 @@ else
 fi
 $PIP install -q "${CONSTRAINTS[@]}" torch
 $PIP install -q "${CONSTRAINTS[@]}" -e ".[dev]" setuptools wheel packaging
+# what `import mamba_ssm` itself imports (einops; its __init__ reaches transformers.generation)
+$PIP install -q "${CONSTRAINTS[@]}" "einops>=0.7,<1" huggingface_hub "transformers>=5.6.2,<6"
 # mamba-ssm ships only as an sdist; its Mamba2 SSD kernels are Triton, and its CPU references
-# (ssd_minimal) back our tests. Build it without the CUDA extension (see docs/dependencies.md).
+# (ssd_minimal) back our tests. Build it without the CUDA extension (see docs/dependencies.md),
+# last and with --no-deps: its metadata also asks for tilelang, quack-kernels, apache-tvm-ffi and
+# ninja (Mamba-3 and CUDA builds only), which pip would otherwise report in red after any later
+# install into this environment that touches one of its dependencies.
 if ! .venv/bin/python -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('mamba_ssm') is None)"; then
   MAMBA_SKIP_CUDA_BUILD=TRUE MAMBA_FORCE_BUILD=TRUE \
     $PIP install -q --no-build-isolation --no-deps mamba-ssm==2.3.2.post1
 fi
-# what `import mamba_ssm` itself imports (einops; its __init__ reaches transformers.generation)
-$PIP install -q "${CONSTRAINTS[@]}" "einops>=0.7,<1" huggingface_hub "transformers>=5.6.2,<6"

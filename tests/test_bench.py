@@ -276,7 +276,7 @@ def test_report_mean_std_over_seeds(tmp_path):
     m = next(r for r in doc["rows"] if r["name"] == "mamba2")
     assert m["loss_n"] == 3 and abs(m["loss_std"] - 0.1) < 1e-9 and m["seeds"] == [1, 2, 3]
     names = {p.name for p in paths["plots"]}
-    assert {"loss_vs_step.png", "loss_vs_time.png", "tok_per_s.png", "loss_vs_depth.png"} <= names
+    assert {"loss_and_bpb.png", "loss_vs_time.png", "tok_per_s.png", "loss_vs_depth.png"} <= names
     for p in paths["plots"]:
         assert p.stat().st_size > 1000
 
@@ -321,6 +321,43 @@ def test_report_without_differences_has_no_warning(tmp_path):
         _synthetic_run(tmp_path, f"e1-s{seed}", 1.6, 2.3, 16000.0, seed=seed)
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "Warning" not in md and "Departs" not in md
+
+
+def test_report_warns_when_a_cpu_run_started_on_a_busy_machine(tmp_path):
+    for name, load in (("quiet-run", 0.4), ("busy-run", 3.2)):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+        (tmp_path / name / "env.json").write_text(json.dumps({"device": "cpu", "load_avg": [load, 1.0, 1.0],
+                                                             "cpu_count": 2}))
+    paths = write_report(tmp_path, plots=False)
+    md = paths["md"].read_text()
+    assert "- **Machine load at start (CPU runs):** 1-minute load average 0.4–3.2 on 2 cores" in md
+    warning = md[md.index("> **Warning: the machine was busy"):md.index("## Results")]
+    assert "when 1 CPU run(s) started" in warning and "busy-run 3.2" in warning and "quiet-run" not in warning
+    assert json.loads(paths["json"].read_text())["machine_load"]["busy"] == ["busy-run"]
+
+
+def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
+    """Step axes tick whole steps; every tok/s bar is labelled with its value; the held-out panel
+    puts each evaluation at the training time of its step in metrics.jsonl."""
+    from rnnlab.bench import plots as P
+
+    run = tmp_path / "e1"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i, "loss": 3.0 - 0.1 * i, "elapsed_s": 2.0 * i}) + "\n" for i in (1, 2, 3)))
+    (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5}) + "\n"
+                                    + json.dumps({"step": 3, "val_bpb": 2.4}) + "\n")
+    curves = P.run_curves([{"path": str(run), "dir": "e1", "name": "e1"}])
+    assert curves["e1"]["bpb"] == [(4.0, 2.5), (6.0, 2.4)]
+    left, right = P.loss_and_bpb_figure(curves, P.colors_for(["e1"])).axes
+    ticks = [t for t in left.get_xticks() if 1 <= t <= 3]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+    (line,) = right.get_lines()
+    assert list(line.get_xdata()) == [4.0, 6.0] and list(line.get_ydata()) == [2.5, 2.4]
+    rows = [{"name": "e1", "tok_per_s": 40213.0, "tok_per_s_std": None},
+            {"name": "mamba2", "tok_per_s": 1.26e6, "tok_per_s_std": 1e4}]
+    bars = P.tok_bar_figure(rows, P.colors_for(["e1", "mamba2"])).axes[0]
+    assert [t.get_text() for t in bars.texts] == ["40.2k", "1.3M"]
 
 
 # ------------------------------------------------------------------------------------ sweep
@@ -381,7 +418,7 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
         assert re.fullmatch(r"\d\.\d{4}", r[2]) and all(re.fullmatch(r"\d+\.\d{4}", c) for c in r[3:5])
     for key in ("Suite:** tiny", "Device:** CPU", "Corpus:** bundled sample", "Command:** `"):
         assert key in md
-    for p in ("loss_vs_step.png", "loss_vs_time.png", "tok_per_s.png", "report.json", "suite.json"):
+    for p in ("loss_and_bpb.png", "loss_vs_time.png", "tok_per_s.png", "report.json", "suite.json"):
         assert (out / p).stat().st_size > 0
     # a shipped suite is recorded by its package path, not this machine's install path
     assert json.loads((out / "suite.json").read_text())["path"] == "rnnlab/bench/suites/tiny.toml"
@@ -427,7 +464,7 @@ def test_runs_subset(tmp_path):
 
 
 def test_bench_and_sweep_flags_come_from_the_config():
-    """bench replaces the suite-wide fields (corpus, budget, device, held-out bytes) for every
+    """bench replaces the suite-wide fields (corpus, budget, device, held-out bytes, W&B project) for every
     run; sweep takes every field but the run folder's; both lists derive from the declarations."""
     from rnnlab.cli import build_parser
     from rnnlab.options import flag_name
@@ -439,7 +476,7 @@ def test_bench_and_sweep_flags_come_from_the_config():
         return {o for a in sub[cmd]._actions for o in a.option_strings}
 
     assert set(SUITE_KEYS) == {"data", "val_data", "val_fraction", "steps", "minutes", "tokens", "eval_bytes",
-                               "device"}
+                               "wandb", "device"}
     assert {flag_name(k) for k in SUITE_KEYS} <= flags("bench") and "--lr" not in flags("bench")
     expected = {flag_name(k) for k, (_, s) in FIELDS.items() if s.meta.flag and k not in RUNNER_KEYS}
     assert expected <= flags("sweep") and "--resume" not in flags("sweep")

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 from pathlib import Path
@@ -41,8 +42,12 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK}
 
 
+LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (eval )?step ")  # training's log lines (LogLines)
+
+
 def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
+    """What a command said on stderr besides training's log lines: one line, no traceback."""
+    err = "\n".join(line for line in capsys.readouterr().err.splitlines() if not LOG_LINE.match(line)).strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     return err
 

@@ -64,6 +64,7 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
     # --resume with no config: the run's own config is the base; the budget may grow
     assert main(["train", "--resume", "--out", str(run), "--steps", "6", "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 6
+    capsys.readouterr()
     err = _err(capsys, ["train", "--resume", "--out", str(run), "--steps", "8", "--lr", "0.1", "--no-progress"])
     assert "was made with a different config: field lr is 0.003, not 0.1" in err
 
@@ -106,3 +107,17 @@ def test_flags_override_a_config_file(tmp_path, capsys, small_corpus):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["val_bytes"] == (200 - 1) // 32 * 32  # the whole 200-byte held-out split, not 64 bytes
     assert f"({summary['val_bytes']:,} held-out bytes)" in capsys.readouterr().out
+
+
+def test_top_level_help_and_version(capsys):
+    from rnnlab import __version__
+
+    for argv in (["--help"], ["--version"]):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "rnnlab trains byte-level language models" in out.split("\n\n")[1]  # right after the usage line
+    assert out.rstrip().endswith(f"rnnlab {__version__}")
+    for command in ("train", "layers", "bench", "report", "export", "data"):
+        assert re.search(rf"^    {command} ", out, re.M)

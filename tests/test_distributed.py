@@ -129,12 +129,13 @@ def test_global_batch_must_divide(tmp_path, corpus, monkeypatch):
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
 def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, ref_sf):
     """Schedule-Free, global batch 8: one process trains to step 2; two processes (DDP through
-    the ``--gpus 2`` re-launch, or FSDP2 under torchrun) resume to step 5; one process resumes to
-    step 8. Every step's loss equals the uninterrupted one-process run's to rounding: two
-    processes train like one, and a checkpoint moves from 1 to 2 processes and back."""
+    the ``--gpus 2`` re-launch, or FSDP2 under torchrun), each running its 4 rows as 2
+    micro-batches (``--grad-accum 2``), resume to step 5; one process resumes to step 8. Every
+    step's loss equals the uninterrupted one-process run's to rounding: two processes with
+    gradient accumulation train like one, and a checkpoint moves from 1 to 2 processes and back."""
     run = tmp_path / "r"
     _one(run, corpus, steps=2)
-    args = [*_flags(dict(TINY, steps=5)), "--data", str(corpus), "--out", str(run), "--resume"]
+    args = [*_flags(dict(TINY, steps=5, grad_accum=2)), "--data", str(corpus), "--out", str(run), "--resume"]
     if mode == "ddp":
         cmd = [sys.executable, "-m", "rnnlab", "train", *args, "--gpus", "2", "--no-progress"]
         r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)

@@ -58,6 +58,14 @@ def test_every_registered_model_is_covered():
     assert set(VARIANTS) == set(MODELS)
 
 
+def test_every_layer_option_is_declared_with_help():
+    """``rnnlab layers`` documents the ``--layer`` options from their declarations: every field
+    of a mixer's config but ``dim`` must be ``rnnlab.options.option(default, help=...)``."""
+    for spec in MODELS.values():
+        missing = spec.undeclared_options()
+        assert not missing, f"{spec.config_path}: declare {missing} with rnnlab.options.option(default, help=...)"
+
+
 @pytest.mark.parametrize("case", CASES, ids=_id)
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.bfloat16, 0.05)], ids=["fp64", "bf16"])
 def test_step_matches_forward(case, dtype, tol):

@@ -1,6 +1,7 @@
 """Parameter counts reproduce the seed's logged configs exactly (spec §1.7), and the solver works."""
 
 import json
+import re
 
 import pytest
 
@@ -70,3 +71,23 @@ def test_parse_count(text, value):
 def test_params_cli_errors(argv, message, capsys):
     assert main(["params", *argv]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_layers_lists_every_option_with_its_default(capsys):
+    from rnnlab.models.registry import MODELS
+
+    assert main(["layers"]) == 0
+    out = capsys.readouterr().out
+    for name, spec in MODELS.items():
+        assert f"{name}: {spec.description}" in out
+        for s in spec.layer_options():
+            assert re.search(rf"^  --layer {s.key}={re.escape(str(s.default))} +{re.escape(s.meta.help)}", out, re.M)
+    assert "--layer selective=none" in out and "[none | decay | lowrank]" in out
+    assert main(["layers", "mamba2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mamba2: ") and "e1:" not in out and "--layer d_state=64 " in out
+
+
+def test_layer_option_choices_are_checked():
+    with pytest.raises(ValueError, match=r"e1 layer option selective must be one of none, decay, lowrank, got 'gate'"):
+        ModelConfig(model="e1", layer={"selective": "gate"}).validate()

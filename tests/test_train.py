@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SUMMARY_KEYS = {"model", "params", "steps", "tokens", "loss", "val_loss", "val_bpb", "tok_per_s",
                 "peak_mem_gib", "time_s", "complete", "dim", "depth", "batch_size", "seq_len",
                 "optimizer", "lr", "precision", "seed"}
-METRIC_KEYS = {"step", "tokens", "loss", "lr", "tok_per_s", "peak_mem_gib", "elapsed_s"}
+METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "peak_mem_gib", "elapsed_s"}
 
 
 def _layer_module_exists(name: str) -> bool:
@@ -91,6 +91,7 @@ def test_run_folder_contents(tiny_train, tmp_path):
     assert cfg["model"]["dim"] == 32 and cfg["steps"] == 12 and cfg["optimizer"] == "schedulefree-adamw"
     env = json.loads((run / "env.json").read_text())
     assert env["versions"]["torch"] and env["device"] == "cpu"
+    assert env["cpu_count"] >= 1 and len(env["load_avg"]) == 3  # the machine's load as the run started
     # tied head stored once; the checkpoint's weights reproduce the final held-out loss exactly
     from safetensors import safe_open
 
@@ -380,3 +381,70 @@ def test_env_records_the_commit_named_for_a_copied_tree(monkeypatch):
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "0123abcd" * 5)
     info = env_info(torch.device("cpu"))
     assert info["git_sha"] == "0123abcd" * 5 and info["git_dirty"] is None
+
+
+# ----------------------------------------------------------------------------- gradient accumulation
+def test_grad_accum_equals_the_whole_batch(tiny_train, tmp_path):
+    """--grad-accum 2 runs each step's batch as two micro-batches of half its rows: in fp32 the
+    losses, gradient norms (clipped to 0.5 here) and final weights equal the whole batch's to
+    1e-6. At the default lr: Adam divides by |g| + 1e-8, so where a gradient is near 1e-8 its
+    float rounding (the order of the sums differs) moves the weights by up to ~lr * 1e-3."""
+    from safetensors.torch import load_file
+
+    runs = {n: tmp_path / f"accum{n}" for n in (1, 2)}
+    for n, run in runs.items():
+        run_training(tiny_train(run, steps=6, grad_accum=n, grad_clip=0.5, lr=3e-4), progress=False)
+    one, two = ([json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in runs.values())
+    assert [r["loss"] for r in two] == pytest.approx([r["loss"] for r in one], abs=1e-6)
+    assert [r["grad_norm"] for r in two] == pytest.approx([r["grad_norm"] for r in one], rel=1e-5)
+    assert max(r["grad_norm"] for r in one) > 0.5  # clipping was active
+    w1, w2 = (load_file(run / "ckpt" / "step-000006" / "model.safetensors") for run in runs.values())
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) <= 1e-6
+
+
+def test_grad_accum_under_ddp_syncs_gradients_once_per_step(tiny_train, tmp_path):
+    """Under DDP (a one-rank gloo group in this process) every micro-batch but the last runs in
+    ``no_sync``: gradients are all-reduced as often per step with --grad-accum 2 as without it,
+    while the model sees two micro-batches of batch_size / 2 rows per step."""
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        seen = {}
+        for n in (1, 2):
+            t = Trainer(tiny_train(tmp_path / f"r{n}", steps=2, grad_accum=n), progress=False)
+            ddp = torch.nn.parallel.DistributedDataParallel(t.state.model)
+            syncs, rows = [], []
+
+            def count(state, bucket, syncs=syncs):
+                syncs.append(bucket.index())
+                done = torch.futures.Future()
+                done.set_result(bucket.buffer())
+                return done
+
+            ddp.register_comm_hook(None, count)
+            t.state.model.register_forward_pre_hook(lambda m, args, rows=rows: rows.append(args[0].shape[0]))
+            t.forward = ddp
+            for step in range(2):
+                t.train_step(t.stream.batch(step))
+            t.logger.close()
+            seen[n] = syncs, rows
+        assert seen[2][0] == seen[1][0] and len(seen[1][0]) >= 2  # the same all-reduces, once per step
+        assert seen[1][1] == [4, 4] and seen[2][1] == [2, 2, 2, 2]
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_grad_accum_must_divide_the_batch():
+    with pytest.raises(ValueError, match=r"grad_accum \(3\) must divide batch_size \(4\)"):
+        TrainConfig.from_dict({"batch_size": 4, "grad_accum": 3}).validate()
+
+
+def test_memory_check_counts_one_micro_batch_of_activations(tiny_train, tmp_path, monkeypatch):
+    from rnnlab.train import runtime
+
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 2**30)  # a 1 GiB device
+    cfg = tiny_train(tmp_path / "r", batch_size=64, seq_len=32768)  # ~5 GiB of activations at once
+    with pytest.raises(ValueError, match=r"batch_size 64 x seq_len 32768 keeps at least ~5\.\d GiB"):
+        runtime.check_memory(cfg, 20_000, torch.device("cpu"))
+    runtime.check_memory(apply_overrides(cfg, {"grad_accum": 64}), 20_000, torch.device("cpu"))  # ~0.1 GiB

@@ -1,11 +1,13 @@
 """The ``rnnlab`` command. Each subcommand lives with the code it drives; this file only wires them.
 
     rnnlab params   count parameters / solve a width for a target        (rnnlab.models.cli)
+    rnnlab layers   the model kinds and their --layer options             (rnnlab.models.cli)
     rnnlab train    train one model                                       (rnnlab.train.cli)
     rnnlab eval     held-out loss and bits per byte of a run              (rnnlab.train.cli)
     rnnlab sample   generate text from a run                              (rnnlab.train.cli)
     rnnlab bench    run a benchmark suite and write its report            (rnnlab.bench.cli)
     rnnlab sweep    sweep any config field                                (rnnlab.bench.cli)
+    rnnlab report   (re)write a suite's report from its run folders       (rnnlab.bench.cli)
     rnnlab analyze  gradient-flow analysis of a run                       (rnnlab.analysis.cli)
     rnnlab data prepare  text / JSON-lines shards -> one raw byte corpus  (rnnlab.data.cli)
     rnnlab export   a run as a Hugging Face model folder                  (rnnlab.hf.cli)
@@ -17,6 +19,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+
+from rnnlab import __version__
 
 COMMAND_MODULES = (
     "rnnlab.models.cli",
@@ -37,6 +41,14 @@ class UserError(Exception):
 # ``--debug`` shows the traceback instead; anything else is a bug and keeps its traceback.
 USER_ERRORS = (UserError, ValueError, OSError)
 
+DESCRIPTION = """\
+rnnlab trains byte-level language models built from recurrent layers (E1 gated Elman, E16, E88,
+minGRU, minLSTM, Mamba2, Gated DeltaNet) and a Transformer on the same data stream, and compares
+their loss, held-out bits per byte, tokens/s and memory side by side.
+
+Start with `rnnlab bench tiny` (every model kind in a few minutes on a CPU), then
+`rnnlab train --help`. `rnnlab layers` lists the model kinds and their options."""
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are one line (``rnnlab train: error: ...``), exit status 2."""
@@ -46,9 +58,11 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="rnnlab", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="rnnlab", description=DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rnnlab {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)

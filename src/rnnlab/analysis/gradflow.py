@@ -1,4 +1,4 @@
-"""Gradient-flow analysis of trained runs (issue 7, item 7): ``rnnlab analyze gradflow``.
+"""Gradient-flow analysis of trained runs: ``rnnlab analyze gradflow``.
 
 For a run's checkpoint (its newest usable one in ``ckpt/``, and ``config.json``) and a few
 held-out batches (the run's own held-out split, deterministic windows) it measures, in fp32 and

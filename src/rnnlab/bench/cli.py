@@ -2,7 +2,7 @@
 
     rnnlab bench --list
     rnnlab bench tiny --out runs/bench/tiny                   # ~10 s on a laptop CPU
-    rnnlab bench seed-400m-sf --out runs/table-a              # the seed's Table A
+    rnnlab bench seed-400m-sf --out runs/table-a              # the reference study's Table A (README)
     rnnlab bench depth-sweep --params 50M --steps 500 --seeds 1,2,3
     rnnlab bench e1-ablations --minutes 10                    # time-matched instead of step-matched
     rnnlab bench seed-400m-sf --plan                          # show dims/params/status, train nothing
@@ -27,7 +27,8 @@ def _common_flags(p) -> None:
     b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU "
                                                          "(default: one run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
-    b.add_argument("--no-progress", action="store_true", help="no per-run progress bar")
+    b.add_argument("--no-progress", action="store_true",
+                   help="no per-run progress bar: plain log lines (every --log-every steps) instead")
     b.add_argument("--no-plots", action="store_true", help="report without PNG plots")
 
 
@@ -49,7 +50,7 @@ def register(sub) -> None:
     s = sub.add_parser("sweep", help="sweep any config field",
                        description="Train one run per point of the product of the --set axes and report "
                                    "metric vs swept value. The config flags below set the base of every "
-                                   "point (defaults: the seed's Table A protocol).")
+                                   "point (defaults: the reference protocol, README).")
     s.add_argument("--set", action="append", dest="sets", metavar="KEY=V1,V2,..", required=True,
                    help="a swept axis: a config field (lr=1e-4,3e-4), a model field (depth=6,12) "
                         "or a mixer option (layer.heads=1,4,8); repeatable (Cartesian product)")

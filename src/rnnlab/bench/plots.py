@@ -1,10 +1,14 @@
 """PNG plots for suite and sweep reports (matplotlib, Agg backend; no display needed).
 
-    loss_vs_step.png   training loss (smoothed) vs step, every run
-    loss_vs_time.png   training loss (smoothed) vs training wall-clock
-    tok_per_s.png      throughput bar chart (mean ± std over seeds)
+    loss_and_bpb.png   training loss (smoothed) vs step, beside held-out bits per byte vs training time
+    loss_vs_time.png   training loss (smoothed) vs training time
+    tok_per_s.png      throughput bar chart (mean ± std over seeds), each bar labelled with its value
     loss_vs_depth.png  final loss vs depth per model, when the suite varies depth
     sweep_<axis>.png   loss and held-out bpb vs the first swept value (sweeps)
+
+Each plot is built by a function returning its figure (tests read the figures); ``make_plots``
+saves them. Training time is ``elapsed_s``: optimizer steps only, evaluations and checkpoints
+not counted, so runs that evaluate more often are not penalised.
 """
 
 from __future__ import annotations
@@ -46,57 +50,79 @@ def smooth(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _colors(names: list[str]) -> dict[str, Any]:
+def colors_for(names: list[str]) -> dict[str, Any]:
+    """One colour per row name (tab10, tab20 beyond ten names)."""
     plt = pyplot()
     cmap = plt.get_cmap("tab10" if len(names) <= 10 else "tab20")
     return {n: cmap(i % cmap.N) for i, n in enumerate(names)}
 
 
-def make_plots(out: Path, records: list[dict[str, Any]], rows: list[dict[str, Any]],
-               axes: list[str] | None = None) -> list[Path]:
-    out = Path(out)
-    files = []
+def integer_ticks(axis) -> None:
+    """Ticks on whole numbers only (steps, depths)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.set_major_locator(MaxNLocator(integer=True))
+
+
+def time_unit(seconds: float) -> tuple[float, str]:
+    """``(divisor, name)`` of a readable unit for a time axis reaching ``seconds``."""
+    return (3600, "h") if seconds >= 3 * 3600 else (60, "min") if seconds >= 600 else (1, "s")
+
+
+def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per run folder: its row ``name``, its training records (``metrics.jsonl``) and its held-out
+    points ``(training time, bpb)``: each evaluation (``eval.jsonl``) at the training time of its
+    step in ``metrics.jsonl`` (eval records carry no times, so they stay the same in every rerun)."""
     curves = {}
     for r in records:
-        m = [x for x in RunDir(r["path"]).metrics() if x.get("loss") is not None]
-        if m:
-            curves[r["dir"]] = (r["name"], m)
-    names = list(dict.fromkeys(r["name"] for r in records))
-    colors = _colors(names)
-    if curves:
-        files.append(_loss_curves(out / "loss_vs_step.png", curves, colors, "step", "step"))
-        if any(x.get("elapsed_s") is not None for _, m in curves.values() for x in m):
-            files.append(_loss_curves(out / "loss_vs_time.png", curves, colors, "elapsed_s",
-                                      "training wall-clock (s)"))
+        run = RunDir(r["path"])
+        metrics = [x for x in run.metrics() if x.get("loss") is not None]
+        elapsed = {x["step"]: x.get("elapsed_s") for x in metrics}
+        bpb = [(elapsed.get(e["step"]), e["val_bpb"]) for e in run.evals() if e.get("val_bpb") is not None]
+        if metrics or bpb:
+            curves[r["dir"]] = {"name": r["name"], "metrics": metrics, "bpb": [p for p in bpb if p[0] is not None]}
+    return curves
+
+
+def make_plots(out: Path, records: list[dict[str, Any]], rows: list[dict[str, Any]],
+               axes: list[str] | None = None) -> list[Path]:
+    """Write every plot that the runs have data for into ``out``; returns their paths."""
+    out = Path(out)
+    curves = run_curves(records)
+    colors = colors_for(list(dict.fromkeys(r["name"] for r in records)))
+    figures = {}
+    if any(c["metrics"] for c in curves.values()):
+        figures["loss_and_bpb"] = loss_and_bpb_figure(curves, colors)
+        if any(x.get("elapsed_s") is not None for c in curves.values() for x in c["metrics"]):
+            figures["loss_vs_time"] = loss_vs_time_figure(curves, colors)
     if any(r["tok_per_s"] is not None for r in rows):
-        files.append(_tok_bar(out / "tok_per_s.png", rows, colors))
+        figures["tok_per_s"] = tok_bar_figure(rows, colors)
     depth_models = _depth_varying(rows)
     if depth_models:
-        files.append(_loss_vs_depth(out / "loss_vs_depth.png", rows, depth_models))
+        figures["loss_vs_depth"] = loss_vs_depth_figure(rows, depth_models)
     if axes:
-        files.append(_sweep(out / f"sweep_{_safe(axes[0])}.png", rows, axes))
-    return files
+        figures[f"sweep_{_safe(axes[0])}"] = sweep_figure(rows, axes)
+    return [save(fig, out / f"{name}.png") for name, fig in figures.items()]
 
 
 def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
 
-def _loss_curves(path: Path, curves, colors, xkey: str, xlabel: str) -> Path:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(8, 5))
-    labelled = set()
-    tail = []
-    for _, (name, m) in curves.items():
-        pts = [(x[xkey], x["loss"]) for x in m if x.get(xkey) is not None]
+def _draw_losses(ax, curves, colors, xkey: str, scale: float = 1.0) -> None:
+    """Each run's smoothed training loss against ``xkey`` (divided by ``scale``); the y range
+    leaves out the first 10% of every curve (the initial drop swamps the rest)."""
+    labelled, tail = set(), []
+    for c in curves.values():
+        name = c["name"]
+        pts = [(x[xkey] / scale, x["loss"]) for x in c["metrics"] if x.get(xkey) is not None]
         if not pts:
             continue
         xs, ys = zip(*pts)
         ys = smooth(list(ys), max(1, min(50, len(ys) // 20)))
         ax.plot(xs, ys, color=colors[name], lw=1.2, label=None if name in labelled else name)
         labelled.add(name)
-        tail.extend(ys[len(ys) // 10:])  # skip the first 10%: the initial drop swamps the rest
-    ax.set_xlabel(xlabel)
+        tail.extend(ys[len(ys) // 10:])
     ax.set_ylabel("training loss (nats/byte, smoothed)")
     if tail:
         lo, hi = min(tail), max(tail)
@@ -104,24 +130,65 @@ def _loss_curves(path: Path, curves, colors, xkey: str, xlabel: str) -> Path:
         ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    ax.set_title(f"loss vs {xlabel}")
-    return save(fig, path)
 
 
-def _tok_bar(path: Path, rows, colors) -> Path:
+def loss_and_bpb_figure(curves, colors):
+    """Left: training loss vs step. Right: held-out bits per byte vs training time, one point per
+    evaluation (a run evaluated only at its end is one point: its result against its cost)."""
+    plt = pyplot()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    _draw_losses(left, curves, colors, "step")
+    left.set_xlabel("step")
+    integer_ticks(left.xaxis)
+    left.set_title("training loss vs step")
+    scale, unit = time_unit(max((t for c in curves.values() for t, _ in c["bpb"]), default=0))
+    labelled = set()
+    for c in curves.values():
+        if c["bpb"]:
+            ts, bpb = zip(*sorted(c["bpb"]))
+            right.plot([t / scale for t in ts], bpb, marker="o", color=colors[c["name"]], lw=1.2,
+                       label=None if c["name"] in labelled else c["name"])
+            labelled.add(c["name"])
+    right.set_xlabel(f"training time ({unit})")
+    right.set_ylabel("held-out bits per byte")
+    right.set_title("held-out bpb vs training time")
+    right.grid(alpha=0.3)
+    if labelled:
+        right.legend(fontsize=8)
+    return fig
+
+
+def loss_vs_time_figure(curves, colors):
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    scale, unit = time_unit(max((x.get("elapsed_s") or 0 for c in curves.values() for x in c["metrics"]), default=0))
+    _draw_losses(ax, curves, colors, "elapsed_s", scale)
+    ax.set_xlabel(f"training time ({unit})")
+    ax.set_title("training loss vs training time")
+    return fig
+
+
+def tok_bar_figure(rows, colors):
+    """Training tokens/s per row (mean ± std over seeds), each bar labelled with its value."""
+    from matplotlib.ticker import EngFormatter
+
     plt = pyplot()
     rows = [r for r in rows if r["tok_per_s"] is not None]
     fig, ax = plt.subplots(figsize=(max(5, 0.8 * len(rows) + 2), 4.5))
     xs = range(len(rows))
     err = [r["tok_per_s_std"] or 0 for r in rows]
-    ax.bar(xs, [r["tok_per_s"] for r in rows], yerr=err if any(err) else None,
-           color=[colors.get(r["name"], "C0") for r in rows], capsize=3)
+    bars = ax.bar(xs, [r["tok_per_s"] for r in rows], yerr=err if any(err) else None,
+                  color=[colors.get(r["name"], "C0") for r in rows], capsize=3)
+    value = EngFormatter(places=1, sep="")
+    ax.bar_label(bars, labels=[value(r["tok_per_s"]) for r in rows], fontsize=8, padding=2)
+    ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.margins(y=0.12)  # room for the labels
     ax.set_xticks(list(xs))
     ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("training tokens / s")
     ax.set_title("throughput")
     ax.grid(axis="y", alpha=0.3)
-    return save(fig, path)
+    return fig
 
 
 def _depth_varying(rows) -> list[str]:
@@ -132,7 +199,7 @@ def _depth_varying(rows) -> list[str]:
     return [m for m, d in depths.items() if len(d) > 1]
 
 
-def _loss_vs_depth(path: Path, rows, models: list[str]) -> Path:
+def loss_vs_depth_figure(rows, models: list[str]):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, model in enumerate(models):
@@ -141,11 +208,12 @@ def _loss_vs_depth(path: Path, rows, models: list[str]) -> Path:
         d, loss, sd, _ = zip(*pts)
         ax.errorbar(d, loss, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"{model} train loss")
     ax.set_xlabel("depth (width solved for the parameter budget)")
+    integer_ticks(ax.xaxis)
     ax.set_ylabel("loss (nats/byte, last-100 mean)")
     ax.set_title("loss vs depth")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save(fig, path)
+    return fig
 
 
 def _numeric(v) -> float | None:
@@ -156,7 +224,7 @@ def _numeric(v) -> float | None:
     return None
 
 
-def _sweep(path: Path, rows, axes: list[str]) -> Path:
+def sweep_figure(rows, axes: list[str]):
     """Loss and held-out bpb vs the first axis; one line per combination of the other axes."""
     plt = pyplot()
     x_axis, rest = axes[0], axes[1:]
@@ -187,6 +255,8 @@ def _sweep(path: Path, rows, axes: list[str]) -> Path:
             vals = [float(x) for x in xs_all]
             if min(vals) > 0 and max(vals) / min(vals) >= 10:
                 ax.set_xscale("log")
+            elif all(isinstance(x, int) for x in xs_all):  # depth, heads, ...
+                integer_ticks(ax.xaxis)
         else:
             ax.set_xticks(range(len(cats)))
             ax.set_xticklabels(cats, rotation=30, ha="right")
@@ -196,4 +266,4 @@ def _sweep(path: Path, rows, axes: list[str]) -> Path:
         if len(lines) > 1:
             ax.legend(fontsize=8)
     fig.suptitle(f"sweep over {x_axis}")
-    return save(fig, path)
+    return fig

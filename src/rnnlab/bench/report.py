@@ -2,11 +2,11 @@
 
 Input: a directory of run folders (``RunDir``: ``summary.json``, ``config.json``, ``env.json``,
 ``metrics.jsonl``, ...), plus ``suite.json`` when the directory was made by ``rnnlab bench`` or
-``rnnlab sweep`` (run names, seeds, sweep axes, the seed's reference numbers). Without
+``rnnlab sweep`` (run names, seeds, sweep axes, the suite's reference numbers). Without
 ``suite.json`` any directory of runs works: folders named ``NAME-sSEED`` are grouped as seeds of
 ``NAME``.
 
-The main table has the seed report's columns (Model, Params, Loss, held-out bpb, Tok/s, Memory,
+The main table has the reference study's columns (Model, Params, Loss, held-out bpb, Tok/s, Memory,
 Time), each a mean ± sample std over seeds when a run was repeated.
 """
 
@@ -349,6 +349,34 @@ def describe_git(records: list[dict[str, Any]]) -> str:
         return "- (git not available)"
 
 
+def machine_load(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """For CPU runs (None without any): the 1-minute load average each started under and the
+    cores it had (env.json), and ``busy``: the runs that started with a load above their core
+    count. Other processes then competed for the CPU, so their tok/s and time do not compare."""
+    cpu = {r["dir"]: r["env"] for r in records if r["env"].get("device") == "cpu" and r["env"].get("load_avg")}
+    if not cpu:
+        return None
+    return {"load_avg_1min": {d: env["load_avg"][0] for d, env in cpu.items()},
+            "cores": sorted({env["cpu_count"] for env in cpu.values()}),
+            "busy": [d for d, env in cpu.items() if env["load_avg"][0] > env["cpu_count"]]}
+
+
+def load_lines(load: dict[str, Any] | None) -> list[str]:
+    """The machine-load header line of a CPU report, and a warning when a run started busy."""
+    if not load:
+        return []
+    loads = load["load_avg_1min"]
+    lo, hi = f"{min(loads.values()):.1f}", f"{max(loads.values()):.1f}"
+    md = [f"- **Machine load at start (CPU runs):** 1-minute load average {lo if lo == hi else f'{lo}–{hi}'} "
+          f"on {'/'.join(map(str, load['cores']))} cores"]
+    if load["busy"]:
+        md += ["", f"> **Warning: the machine was busy when {len(load['busy'])} CPU run(s) started** (1-minute "
+               "load average above the core count: " + ", ".join(f"{d} {loads[d]:.1f}" for d in load["busy"])
+               + "): other processes competed for the CPU, so the tok/s and time of these runs do not compare; "
+               "rerun them on an idle machine."]
+    return md
+
+
 def describe_protocol(records: list[dict[str, Any]]) -> str:
     def one(c):
         budget = next((f"{k} {c[k]:g}" for k in ("steps", "minutes", "tokens") if c.get(k) is not None), "-")
@@ -391,6 +419,7 @@ def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]
         "command": plan.get("command") or next(
             (" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-"),
         "protocol": describe_protocol(records),
+        "machine_load": machine_load(records),
         "overrides": {k: v for k, v in (plan.get("options") or {}).items() if k in OVERRIDE_KEYS},
         "seeds": sorted({r["seed"] for r in records if r["seed"] is not None}),
     }
@@ -411,6 +440,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
            f"- **Command:** `{header['command']}`"]
     if header["seeds"]:
         md.append(f"- **Seeds:** {', '.join(map(str, header['seeds']))} (mean ± sample std over seeds)")
+    md += load_lines(header["machine_load"])
     diffs = protocol_differences(rows)
     if diffs:
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]

@@ -15,7 +15,7 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     depth = 2
     layer = { expansion = 2.5 }   # mixer options (optional)
     lr = 1e-3                     # any other config key overrides that field for this run
-    [reference]                   # optional: the seed's numbers, printed side by side in report.md
+    [reference]                   # optional: published numbers, printed beside ours in report.md
     source = "..."
     [reference.runs]
     e1 = { params = 123, loss = 1.5, tok_per_s = 2e4, mem_gb = 8.1, time_s = 515 }

@@ -2,8 +2,11 @@
 
 Not run at import. Usage::
 
-    python -m rnnlab.data.make_sample ../shared/data            # writes into the package
-    python -m rnnlab.data.make_sample ../shared/data --out DIR
+    python -m rnnlab.data.make_sample /path/to/registry-pile            # writes into the package
+    python -m rnnlab.data.make_sample /path/to/registry-pile --out DIR
+
+(registry-pile: a folder of ``train/<source>.train.txt.xz`` and ``val/<source>.val.txt.xz`` shards;
+see ``sample/README.md``.)
 
 Rule (deterministic, standard library only): for every shard, in sorted file-name order,
 decompress from the start and keep the longest prefix of whole documents that is at most
@@ -46,26 +49,26 @@ def cut_prefix(path: str | Path, per_shard: int, chunk: int = 1 << 16) -> bytes:
 
 
 def make_sample(
-    shared_data: str | Path,
+    corpus_dir: str | Path,
     out_dir: str | Path = SAMPLE_DIR,
     train_per_shard: int = TRAIN_PER_SHARD,
     val_per_shard: int = VAL_PER_SHARD,
 ) -> dict:
     """Write ``registry_pile_train.txt`` and ``registry_pile_val.txt`` under ``out_dir``.
 
-    ``shared_data`` is the folder holding ``train/*.train.txt.xz`` and ``val/*.val.txt.xz``.
+    ``corpus_dir`` is the folder holding ``train/*.train.txt.xz`` and ``val/*.val.txt.xz``.
     Returns ``{split: {"file", "bytes", "md5", "shards": [(shard, bytes), ...]}}``.
     """
-    shared_data, out_dir = Path(shared_data), Path(out_dir)
+    corpus_dir, out_dir = Path(corpus_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     info = {}
     for split, pattern, per_shard in (
         ("train", "train/*.train.txt.xz", train_per_shard),
         ("val", "val/*.val.txt.xz", val_per_shard),
     ):
-        shards = sorted(shared_data.glob(pattern))
+        shards = sorted(corpus_dir.glob(pattern))
         if not shards:
-            raise FileNotFoundError(f"no shards matching {shared_data / pattern}")
+            raise FileNotFoundError(f"no shards matching {corpus_dir / pattern}")
         md5, total, rows = hashlib.md5(), 0, []
         out = out_dir / f"registry_pile_{split}.txt"
         with open(out, "wb") as w:
@@ -81,12 +84,12 @@ def make_sample(
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("shared_data", help="folder with train/ and val/ xz shards")
+    p.add_argument("corpus_dir", help="folder with train/ and val/ xz shards")
     p.add_argument("--out", default=str(SAMPLE_DIR))
     p.add_argument("--train-per-shard", type=int, default=TRAIN_PER_SHARD)
     p.add_argument("--val-per-shard", type=int, default=VAL_PER_SHARD)
     a = p.parse_args(argv)
-    info = make_sample(a.shared_data, a.out, a.train_per_shard, a.val_per_shard)
+    info = make_sample(a.corpus_dir, a.out, a.train_per_shard, a.val_per_shard)
     for split, d in info.items():
         print(f"{split}: {d['file']} {d['bytes']:,} B md5 {d['md5']}")
         for name, n in d["shards"]:

@@ -19,13 +19,16 @@ from torch import nn
 
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.options import option
 
 
 @dataclass
 class AttentionConfig:
+    """Transformer attention options."""
+
     dim: int
-    head_dim: int = 64
-    rope_base: float = 10000.0
+    head_dim: int = option(64, help="width of each attention head (must divide dim, and be even for RoPE)")
+    rope_base: float = option(10000.0, help="RoPE base frequency")
 
     @property
     def n_heads(self) -> int:

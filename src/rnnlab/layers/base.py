@@ -12,7 +12,10 @@ attention it is a growing key/value cache. tests/test_layer_contract.py checks t
 every registered model.
 
 Each layer is built from a config dataclass with a ``dim`` field and a ``validate()`` method that
-raises ``ValueError`` with a clear message for impossible values.
+raises ``ValueError`` with a clear message for impossible values. Every other field is a
+``--layer`` option, declared with ``rnnlab.options.option(default, help=..., choices=...)``:
+``rnnlab layers`` lists the options from these declarations (rnnlab.models.registry), and
+tests/test_layer_contract.py fails for a field declared without help.
 
 Shared here: the config checks, and for a layer with an official implementation (Mamba2, Gated
 DeltaNet) the choice between it and the reference (:func:`resolve_official`,

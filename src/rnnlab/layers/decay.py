@@ -6,7 +6,7 @@ DeltaNet; Mamba2 itself draws ``dt_bias`` the same way)::
 Init (mamba_ssm / fla): ``dt`` log-uniform in [1e-3, 0.1], floored at 1e-4, ``dt_bias`` its
 inverse softplus; ``A_log = log A`` with ``A ~ U(low, high)``. Both are marked
 ``_no_weight_decay`` as in mamba_ssm and fla: a hint for optimizers that group parameters
-(rnnlab's optimizers use one group, as the seed did, and decay every parameter).
+(rnnlab's optimizers use one group, as the reference study did, and decay every parameter).
 """
 
 from __future__ import annotations

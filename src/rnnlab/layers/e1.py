@@ -1,6 +1,6 @@
-"""E1, the seed's gated Elman mixer (spec §1.2), plus the issue-7 variants as config switches.
+"""E1, the reference study's gated Elman mixer, plus variants of it as config switches.
 
-Default path (every switch at its default reproduces the seed's E1 exactly)::
+Default path (every switch at its default reproduces the reference E1 exactly)::
 
     x, z = split(x @ W_in^T)                     W_in: [2*di, D], no bias; di = int(D*expansion)
     x    = silu(causal_depthwise_conv(x))        conv = kernel size; 0 (default) = no conv
@@ -12,12 +12,12 @@ Spectral norm (``norm="spectral"``, default): ``power_iters`` (3) power iteratio
 ``v = normalize(W_h^T u)``, ``u = normalize(W_h v)`` (normalize adds 1e-8), then
 ``sigma = |u^T W_h v|`` WITH grad and ``Wh_eff = W_h * spectral_radius / (sigma + 1e-8)``: W_h is
 always rescaled to spectral norm ~0.99 (not clamped). ``u`` is the buffer ``spectral_u``
-(saved with checkpoints, so a resumed model computes the same Wh_eff; the seed kept it unsaved),
+(saved with checkpoints, so a resumed model computes the same Wh_eff; the reference kept it unsaved),
 initialised randn-normalised. It is updated only by ``forward`` in training mode; in eval mode and
 in ``step`` the iterations start from the current ``u`` and their result is discarded, so
 ``step`` and an eval ``forward`` use the same Wh_eff.
 
-Variants (issue 7), all in this one layer; K = di * state_expansion is the state width:
+Variants, all in this one layer; K = di * state_expansion is the state width:
 
 * ``heads=n``: block-diagonal ``W_h: [n, K/n, K/n]``; head i evolves with its own block,
   ``h_t[i] = tanh((x_t W_x^T + b)[i] + h_{t-1}[i] W_h[i]^T)``. W_x stays dense, out_proj mixes
@@ -35,7 +35,7 @@ Variants (issue 7), all in this one layer; K = di * state_expansion is the state
   scan's, they are custom ops that compile into the graph.
 * ``state_expansion=k``: state of width K = k*di (``W_x: [K, di]``, ``W_h: [K, K]``, ``b: [K]``)
   read out by ``W_r: [di, K]`` before the gate: ``y_t = (h_t W_r^T) * silu(z_t)``.
-* ``init``: ``"xavier"`` (seed: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,
+* ``init``: ``"xavier"`` (the reference's: xavier_uniform W_in, W_out, W_x; W_h xavier_uniform gain 0.1,
   per head block), ``"mamba2"`` (W_in, W_out, W_x ~ N(0, 0.02); W_h orthogonal x 0.999 per
   block), ``"identity"`` (W_h = init_scale * I per block; the rest as xavier). Extra matrices
   (W_a, W_s, V, W_r) follow the W_x rule; b = 0.
@@ -66,6 +66,7 @@ from torch import nn
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan
+from rnnlab.options import option
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
@@ -108,7 +109,7 @@ INITS = tuple(_INIT_RULES)
 
 # ------------------------------------------------------------ selective modes (``selective``)
 class _Plain:
-    """``selective="none"``: no input-dependent term (the seed's E1)."""
+    """``selective="none"``: no input-dependent term (the reference E1)."""
 
     def add_parameters(self, layer: E1) -> None:
         pass
@@ -163,21 +164,29 @@ NORMS = ("spectral", "none", "rms")  # one branch each: recurrent_weight, the h_
 
 @dataclass
 class E1Config:
-    """E1 options; every default reproduces the seed's E1 (see the module docstring)."""
+    """E1 options; every default reproduces the reference E1 (see the module docstring)."""
 
     dim: int
-    expansion: float = 1.0  # di = int(dim * expansion)
-    conv: int = 0  # causal depthwise conv kernel before silu; 0 = off (seed: off)
-    heads: int = 1  # block-diagonal W_h heads
-    selective: str = "none"  # "none" | "decay" | "lowrank"
-    selective_rank: int = 8  # r for selective="lowrank"
-    state_expansion: int = 1  # state width K = di * state_expansion, read out by W_r
-    init: str = "xavier"  # "xavier" | "mamba2" | "identity"
-    init_scale: float = 0.9  # W_h = init_scale * I for init="identity"
-    norm: str = "spectral"  # "spectral" | "none" | "rms"
-    spectral_radius: float = 0.99
-    power_iters: int = 3
-    backend: str = "auto"  # backend of E1's op: "auto" | "naive" | "triton"
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
+    conv: int = option(0, help="kernel size of a causal depthwise conv before the silu (0 = no conv)")
+    heads: int = option(1, help="block-diagonal W_h with this many heads (must divide the state width)")
+    selective: str = option("none", choices=SELECTIVE,
+                            help="input-dependent recurrence: none, decay (a sigmoid gate a_t scales W_h h) "
+                                 "or lowrank (W_h + U diag(s_t) V^T)")
+    selective_rank: int = option(8, help="rank r of the lowrank selective term")
+    state_expansion: int = option(1, help="state width K = di * state_expansion, read out by W_r: [di, K]")
+    init: str = option("xavier", choices=INITS,
+                       help="initialisation: xavier (the reference's), mamba2 (N(0, 0.02), W_h orthogonal "
+                            "x 0.999) or identity (W_h = init_scale * I)")
+    init_scale: float = option(0.9, help="W_h = init_scale * I for init=identity")
+    norm: str = option("spectral", choices=NORMS,
+                       help="spectral (W_h rescaled to spectral norm spectral_radius), none, or rms "
+                            "(RMSNorm on the state before the output gate)")
+    spectral_radius: float = option(0.99, help="the spectral norm W_h is rescaled to (norm=spectral)")
+    power_iters: int = option(3, help="power iterations per training forward estimating W_h's spectral norm")
+    backend: str = option("auto", choices=BACKENDS,
+                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive "
+                               "(the reference) or triton")
 
     @property
     def d_inner(self) -> int:

@@ -1,4 +1,4 @@
-"""E16 "diagonal state-expanded Elman" (the seed's ``diagonal_state_elman.py``, ``level=16``, spec §1.4).
+"""E16 "diagonal state-expanded Elman" (the reference's ``diagonal_state_elman.py``, ``level=16``).
 
     [x, z] = x W_in^T             in_proj.weight: [2*di, D], no bias;  di = int(D * expansion)
     x = silu(x)
@@ -8,7 +8,7 @@
     out = y W_out^T               out_proj.weight: [D, di], no bias
 
 Init: in_proj, out_proj, B, C xavier_uniform; log_A = 0 (A = 0.5). Per layer this is
-``3*D*di + 2*s*di^2 + s*di`` parameters (spec §1.7). The scan is the op ``diag_elman_scan``
+``3*D*di + 2*s*di^2 + s*di`` parameters. The scan is the op ``diag_elman_scan``
 (fp32 internally, returns the input dtype); ``step`` runs the same op on one token and keeps the
 state in fp32.
 """
@@ -24,14 +24,18 @@ from torch import nn
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.diag import BACKENDS, diag_elman_scan
 from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.options import option
 
 
 @dataclass
 class E16Config:
+    """E16 options (the reference's Table B E16 used expansion 2)."""
+
     dim: int = 256
-    expansion: float = 1.0  # di = int(dim * expansion); the seed's Table B E16 used 2.0
-    state_expansion: int = 2  # s: ds = di * s ("E16 s4" means 4)
-    backend: str = "auto"  # diag_elman_scan backend: auto | naive | triton
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
+    state_expansion: int = option(2, help="state width ds = di * state_expansion (\"E16 s4\" means 4)")
+    backend: str = option("auto", choices=BACKENDS,
+                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
 
     @property
     def d_inner(self) -> int:

@@ -1,4 +1,4 @@
-"""Mamba2 mixer as the seed trained it (spec §1.6): ``mamba_ssm`` Mamba2 with d_state=64,
+"""Mamba2 mixer as the reference study trained it: ``mamba_ssm`` Mamba2 with d_state=64,
 d_conv=4, expand=2, headdim=64 and the library defaults (ngroups=1, chunk_size=256, gated RMSNorm
 with norm_before_gate=False, A_init_range=(1,16), dt in [1e-3, 0.1] floor 1e-4, conv bias, no
 linear biases).
@@ -50,18 +50,23 @@ from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, a
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
+from rnnlab.options import option
 
 
 @dataclass
 class Mamba2Config:
+    """Mamba2 options (mamba_ssm's, with the reference's d_state 64)."""
+
     dim: int
-    d_state: int = 64
-    d_conv: int = 4
-    expand: int = 2
-    headdim: int = 64
-    ngroups: int = 1
-    chunk_size: int = 256
-    backend: str = "auto"
+    d_state: int = option(64, help="SSM state size N per head")
+    d_conv: int = option(4, help="kernel size of the causal depthwise conv")
+    expand: int = option(2, help="inner width di = expand * dim")
+    headdim: int = option(64, help="width of each SSM head (must divide di)")
+    ngroups: int = option(1, help="groups of heads sharing B and C (must divide the number of heads)")
+    chunk_size: int = option(256, help="chunk length of the SSD scan")
+    backend: str = option("auto", choices=OFFICIAL_BACKENDS,
+                          help="official (mamba_ssm's module and kernels, CUDA only), reference (PyTorch, any "
+                               "device, same weights) or auto (official where it runs)")
 
     @property
     def d_inner(self) -> int:

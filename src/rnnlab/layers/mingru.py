@@ -1,4 +1,4 @@
-"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?"; the seed's ``min_rnn_baseline.py``, spec §1.5).
+"""minGRU (Feng et al. 2024, "Were RNNs All We Needed?"; the reference's ``min_rnn_baseline.py``).
 
     [h~, k] = x W^T              in_proj.weight: [2*di, D], no bias;  di = int(D * expansion)
     z_t = sigmoid(k_t)
@@ -22,6 +22,7 @@ from torch import nn
 from rnnlab.layers.base import State, check_positive
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.scan import BACKENDS, mingru_scan
+from rnnlab.options import option
 
 
 @dataclass
@@ -29,8 +30,11 @@ class MinRNNConfig:
     """Config shared by minGRU and minLSTM (they differ only in their gates)."""
 
     dim: int = 256
-    expansion: float = 1.0  # di = int(dim * expansion); the seed's runs all used 1.0
-    backend: str = "auto"  # scan backend: auto | naive | triton | heinsen
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion); an output projection "
+                                        "di -> dim is added when it is not 1")
+    backend: str = option("auto", choices=BACKENDS,
+                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive, "
+                               "triton or heinsen (the log-space parallel scan the reference trained with)")
 
     @property
     def d_inner(self) -> int:

@@ -1,4 +1,4 @@
-"""minLSTM (Feng et al. 2024; the seed's ``min_rnn_baseline.py``, spec §1.5).
+"""minLSTM (Feng et al. 2024; the reference's ``min_rnn_baseline.py``).
 
     [h~, f, i] = x W^T            in_proj.weight: [3*di, D], no bias;  di = int(D * expansion)
     f'_t = s(f)/(s(f)+s(i)),  i'_t = s(i)/(s(f)+s(i))    (s = sigmoid), computed in log space:

@@ -1,5 +1,8 @@
 """``rnnlab params``: count parameters for a config, or solve the width for a target count.
-The model flags are generated from ``ModelConfig``'s field declarations, as for ``rnnlab train``."""
+The model flags are generated from ``ModelConfig``'s field declarations, as for ``rnnlab train``.
+
+``rnnlab layers [MODEL]``: every model kind with its ``--layer`` options, defaults and meanings,
+generated from the layers' config declarations (``ModelSpec.layer_options``)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
+from rnnlab.models.registry import MODELS, get_spec
 from rnnlab.options import add_flags, flag_values
 
 
@@ -17,6 +21,12 @@ def register(sub) -> None:
     p.add_argument("--multiple", type=int, default=None, help="width step for --target")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+    lay = sub.add_parser("layers", help="list the model kinds and their --layer options",
+                         description="Every model kind (--model) with its --layer KEY=VALUE options, their "
+                                     "defaults and what they do.")
+    lay.add_argument("model", nargs="?", help="only this model kind")
+    lay.set_defaults(func=run_layers)
 
 
 def run(args) -> int:
@@ -40,4 +50,20 @@ def run(args) -> int:
     else:
         extra = f" (target {target:,})" if target is not None else ""
         print(f"{cfg.model} dim={cfg.dim} depth={cfg.depth}: {params:,} parameters{extra}")
+    return 0
+
+
+def run_layers(args) -> int:
+    names = [get_spec(args.model).name] if args.model else list(MODELS)
+    for i, name in enumerate(names):
+        spec = get_spec(name)
+        print(("\n" if i else "") + f"{name}: {spec.description}")
+        options = spec.layer_options()
+        if not options:
+            print("  (no --layer options)")
+        shown = [f"{s.key}={s.default}" for s in options]
+        width = max(map(len, shown), default=0)
+        for text, s in zip(shown, options):
+            choices = f" [{' | '.join(map(str, s.choices))}]" if s.choices else ""
+            print(f"  --layer {text:<{width}}  {s.meta.help}{choices}")
     return 0

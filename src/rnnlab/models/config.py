@@ -20,10 +20,11 @@ class ModelConfig:
     fields (e.g. ``{"expansion": 2.5}`` for E1, ``{"d_state": 128}`` for Mamba2).
 
     ``mlp_ratio=None`` takes the registry's default for the model (0 = no MLP sub-block, as in the
-    seed's recurrent models; 4 for the Transformer).
+    reference's recurrent models; 4 for the Transformer).
     """
 
-    model: str = option("e1", help="mixer kind", choices=lambda: tuple(MODELS))
+    model: str = option("e1", help="model kind: its mixer layer (rnnlab layers lists them)",
+                        choices=lambda: tuple(MODELS))
     dim: int = option(256, help="model width", bounds=positive(MAX_DIM))
     depth: int = option(4, help="number of blocks", bounds=positive(MAX_DEPTH))
     vocab_size: int = option(256, help="bytes: always 256", choices=(256,), flag=False)
@@ -32,7 +33,7 @@ class ModelConfig:
                                      bounds=at_least(0))
     tie_embeddings: bool = option(True, help="share the input embedding with the output head")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
-                                                              "(repeatable)")
+                                                              "(repeatable; rnnlab layers lists them)")
 
     def validate(self) -> None:
         check(self)
@@ -43,17 +44,19 @@ class ModelConfig:
 
     def layer_config(self):
         """The mixer's own config dataclass, built from ``dim`` and ``layer``; each option is
-        type-checked against that dataclass's annotations."""
-        cls = get_spec(self.model).config_cls
+        checked against that dataclass's annotations and declared choices."""
+        spec = get_spec(self.model)
+        cls = spec.config_cls
         types = typing.get_type_hints(cls)
+        choices = {s.name: s.choices for s in spec.layer_options()}
         known = {f.name for f in dataclasses.fields(cls)} - {"dim"}
         unknown = sorted(set(self.layer) - known)
         if unknown:
             raise ValueError(
-                f"unknown {self.model} layer option(s) {unknown}; known: {sorted(known)}"
+                f"unknown {self.model} layer option(s) {unknown}; known: {sorted(known)} (rnnlab layers)"
             )
         for name, value in self.layer.items():
-            check_value(f"{self.model} layer option {name}", types[name], value)
+            check_value(f"{self.model} layer option {name}", types[name], value, choices.get(name))
         return cls(dim=self.dim, **self.layer)
 
     def to_dict(self) -> dict[str, Any]:

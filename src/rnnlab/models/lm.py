@@ -1,11 +1,11 @@
-"""The byte-level language model shared by every mixer (the seed's LadderLM, spec §1.1).
+"""The byte-level language model shared by every mixer (the reference study's LadderLM).
 
     x = embed(bytes)                                  # [256, D], N(0, 0.02)
     for each layer i:  x = x + mixer_i(LayerNorm_i(x))
                        x = x + mlp_i(LayerNorm'_i(x))  # only when mlp_ratio > 0 (Transformer)
     logits = head(LayerNorm_f(x))                     # head tied to the embedding, no bias
 
-Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the seed; cross-entropy over every position.
+Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the reference; cross-entropy over every position.
 
 Under ``torch.compile`` E1 on CUDA (its scan is a custom op), attention and the Mamba2 reference
 compile to one graph; every other recurrence is an opaque call (``rnnlab.ops.registry``), so such

@@ -1,8 +1,8 @@
 """Parameter counting and width solving, so models of different kinds can be matched by size.
 
 Counts come from building the real module on the ``meta`` device (no memory, no init cost), so
-they can never drift from the model that trains. Tied weights are counted once. For the seed's
-configs these reproduce the logged counts exactly (see ``tests/test_params.py`` and spec §1.7).
+they can never drift from the model that trains. Tied weights are counted once. For the reference
+study's configs these reproduce its logged counts exactly (``tests/test_params.py``).
 """
 
 from __future__ import annotations

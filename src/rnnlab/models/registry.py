@@ -2,13 +2,26 @@
 
 Entries name classes as ``"module:Class"`` strings, resolved on first use, so importing the
 registry stays cheap and an external mixer can be registered the same way (``register``).
+
+A mixer's config dataclass has ``dim`` (the model width, set by ``--dim``) and declares every
+other field, its ``--layer`` options, with ``rnnlab.options.option``::
+
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
+    backend: str = option("auto", choices=BACKENDS, help="...")
+
+``rnnlab layers`` lists them from these declarations (``ModelSpec.layer_options``), ``--layer``
+values are checked against their types and choices, and tests/test_layer_contract.py fails for
+a field declared without help.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from functools import cached_property
+
+from rnnlab.options import Spec, specs
 
 
 @dataclass(frozen=True)
@@ -32,6 +45,15 @@ class ModelSpec:
     @cached_property
     def config_cls(self):
         return self._resolve(self.config_path)
+
+    def layer_options(self) -> list[Spec]:
+        """The mixer's ``--layer`` options: its config's ``option`` fields (``dim`` is not one)."""
+        return [s for s in specs(self.config_cls) if s.name != "dim"]
+
+    def undeclared_options(self) -> list[str]:
+        """Config fields (but ``dim``) not declared with ``option(..., help=...)``: undocumented."""
+        declared = {s.name for s in self.layer_options() if s.meta.help}
+        return [f.name for f in dataclasses.fields(self.config_cls) if f.name != "dim" and f.name not in declared]
 
 
 MODELS: dict[str, ModelSpec] = {}

@@ -25,10 +25,12 @@ from rnnlab.train.rundir import RunDir
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train one model",
-                       description="Train one model. Defaults follow the seed's Table A protocol "
+                       description="Train one model. Defaults follow the reference protocol (README) "
                                    "(bf16 weights, Schedule-Free AdamW 3e-4, wd 0.1, batch 16x512, seed 42).")
     p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file (flags override it)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line every --log-every steps instead (the default when "
+                        "stderr is not a terminal)")
     p.add_argument("--gpus", type=int, metavar="N",
                    help="train on N processes (one GPU each): re-launches this command through torchrun "
                         "(docs/distributed.md)")

@@ -5,7 +5,7 @@ train`` flags, the validation, the resumable set and the suite/sweep key lists.
 
 Every field has one flat name used everywhere outside Python: flags (``--lr``), config files,
 ``config.json``, suite files and ``rnnlab sweep --set``. Sources, lowest priority first: the
-defaults below (the seed's Table A protocol), a TOML/YAML/JSON file (``load_config``), then
+defaults below (the reference study's Table A protocol, README), a TOML/YAML/JSON file (``load_config``), then
 flags (``apply_overrides``). The resolved config is written to ``<out>/config.json`` with flat keys
 (the model's nested under "model"), the layout of files written before the sections existed, so
 those load unchanged; ``--resume`` checks a run folder against it (``resume_mismatch``).
@@ -69,6 +69,9 @@ class DataConfig:
                                  bounds=Bounds(0, 1, lo_open=True, hi_open=True))
     batch_size: int = option(16, help="the GLOBAL batch (split over --gpus processes)", bounds=positive(MAX_BATCH))
     seq_len: int = option(512, help="bytes per training window", bounds=positive(MAX_SEQ_LEN))
+    grad_accum: int = option(1, help="gradient accumulation: each process runs its batch as N micro-batches "
+                                     "(forward+backward each, one optimizer step): the same step with about "
+                                     "1/N the activation memory", bounds=positive(MAX_BATCH), resumable=True)
 
 
 @dataclass
@@ -94,9 +97,9 @@ class BudgetConfig:
 
 @dataclass
 class OptimConfig:
-    """The optimizer, with one parameter group as in the seed."""
+    """The optimizer, with one parameter group as in the reference study."""
 
-    optimizer: str = option("schedulefree-adamw", help="Schedule-Free AdamW (the seed's) or AdamW with "
+    optimizer: str = option("schedulefree-adamw", help="Schedule-Free AdamW (the reference's) or AdamW with "
                                                        "warmup + cosine decay", choices=OPTIMIZERS)
     lr: float = option(3e-4, help="peak learning rate", bounds=positive())
     weight_decay: float = option(0.1, help="decoupled weight decay", bounds=at_least(0))
@@ -116,7 +119,7 @@ class RunConfig:
     """Numerics, seed, device, the cadence of evaluation/logging/checkpoints, and the run folder."""
 
     precision: str = option("bf16", choices=PRECISIONS,
-                            help="bf16 = weights, grads and optimizer state in bf16 (the seed's); "
+                            help="bf16 = weights, grads and optimizer state in bf16 (the reference's); "
                                  "bf16-mixed = fp32 master weights + bf16 autocast; fp32")
     seed: int = option(42, help="seeds the initialisation and the batch stream", bounds=at_least(0, 2**63 - 1))
     eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",
@@ -126,8 +129,11 @@ class RunConfig:
                              resumable=True, scope="suite")
     eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size)",
                                          bounds=positive(MAX_BATCH), resumable=True)
-    log_every: int = option(10, help="steps between progress/TensorBoard updates (metrics.jsonl gets every step)",
-                            bounds=positive(MAX_STEPS), resumable=True)
+    log_every: int = option(10, help="steps between log lines and TensorBoard/W&B points (metrics.jsonl gets "
+                                     "every step)", bounds=positive(MAX_STEPS), resumable=True)
+    wandb: str | None = option(None, help="also log to this Weights & Biases project (pip install "
+                                          "'rnnlab[wandb]'; WANDB_MODE=offline keeps it local)",
+                               resumable=True, scope="suite")
     checkpoint_every: int = option(1000, help="steps between checkpoints (0 = at the end and on interrupt only)",
                                    bounds=at_least(0, MAX_STEPS), resumable=True)
     keep_checkpoints: int = option(2, help="checkpoints kept: the newest N (older ones are deleted after each save)",
@@ -199,6 +205,9 @@ class TrainConfig:
             raise ValueError(
                 f"batch_size * seq_len must be at most {MAX_TOKENS_PER_STEP:,} tokens per step, "
                 f"got {self.data.batch_size} * {self.data.seq_len} = {self.tokens_per_step():,}")
+        if self.data.batch_size % self.data.grad_accum:
+            raise ValueError(f"grad_accum ({self.data.grad_accum}) must divide batch_size ({self.data.batch_size}): "
+                             f"every micro-batch has batch_size / grad_accum rows")
         steps = self.max_steps()
         if self.optim.optimizer == "adamw" and self.optim.lr_schedule == "cosine" and steps is None:
             raise ValueError("optimizer adamw decays its LR on a cosine over the step budget: give "

@@ -26,11 +26,14 @@ every rank must call these helpers (only rank 0 receives the tensors).
 
 Per-rank batch: ``--batch-size`` is the GLOBAL batch; each of N ranks takes ``batch/N`` samples
 (``per_rank_batch``), so N ranks see exactly the samples one process with the global batch sees
-(``BatchStream(rank, world_size)``), and the averaged gradient is the same.
+(``BatchStream(rank, world_size)``), and the averaged gradient is the same. With
+``--grad-accum N`` each rank runs its share as N micro-batches, all but the last inside
+``no_grad_sync`` (gradients are averaged over ranks once per optimizer step).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 from dataclasses import dataclass
@@ -266,6 +269,26 @@ def wrap_model(model: nn.Module, mode: str = "ddp", device: torch.device | None 
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+@contextlib.contextmanager
+def no_grad_sync(module: nn.Module):
+    """Backward passes inside keep their gradients local (accumulated, not averaged over ranks):
+    DDP's ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``; nothing for one process.
+    Gradient accumulation runs every micro-batch but the last of a step inside it, so gradients
+    cross the network once per optimizer step."""
+    module = getattr(module, "_orig_mod", module)  # under torch.compile
+    if isinstance(module, nn.parallel.DistributedDataParallel):
+        with module.no_sync():
+            yield
+    elif is_fsdp(module):
+        module.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            module.set_requires_gradient_sync(True)
+    else:
+        yield
 
 
 def reshard(model: nn.Module) -> None:

@@ -1,24 +1,43 @@
-"""Run records: metrics.jsonl (one JSON per step), eval.jsonl, TensorBoard scalars in tb/ and the
-tqdm bar (``RunLogger``, main process only), and the steady-state throughput (``Throughput``)."""
+"""Run records: where a run's numbers go (``RunLogger`` and its trackers), and the steady-state
+throughput (``Throughput``).
+
+``RunLogger`` (main process only) makes one record per training step and one per held-out
+evaluation and hands them to its trackers, each behind the same small interface (``Tracker``):
+
+    JsonlFiles    metrics.jsonl (every step) and eval.jsonl in the run folder
+    TensorBoard   scalars in tb/ (``train/loss``, ``train/grad_norm``, ``eval/bpb``, ...) and the
+                  run's config as hyperparameters (TensorBoard's HPARAMS tab)
+    Wandb         a Weights & Biases run (``--wandb PROJECT``; the optional ``wandb`` package)
+    ProgressBar   the tqdm bar, when stderr is a terminal
+    LogLines      otherwise (batch jobs, log files, ``--no-progress``): one plain line every
+                  ``--log-every`` steps and one per evaluation
+
+Trackers with ``every_step`` see every step; the others see step 1 and every ``--log-every``-th.
+"""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import secrets
 import sys
-from typing import Any
+import time
+from typing import Any, TextIO
 
 import torch
 
-from rnnlab.train.rundir import EVALS, METRICS, TB, RunDir
+from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
 
 WARMUP_STEPS = 3  # steps per process left out of the steady-state tok/s (compilation, autotuning)
+NOT_PLOTTED = ("step", "tokens", "elapsed_s", "bytes")  # record fields that are no curve
+HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of TensorBoard's HPARAMS tab
 
 
 class Throughput:
     """Tokens per second of this process after its first ``WARMUP_STEPS`` steps (kernel
-    compilation, autotuning, allocator growth), as the seed left out its warm-up steps."""
+    compilation, autotuning, allocator growth), as the reference study left out its warm-up steps."""
 
     def __init__(self):
         self.steps, self.tokens, self.seconds = 0, 0, 0.0
@@ -36,81 +55,270 @@ class Throughput:
         return tokens / seconds if seconds > 0 else None
 
 
-class RunLogger:
-    """metrics.jsonl / eval.jsonl lines, TensorBoard scalars and the tqdm bar (main process only)."""
+# ------------------------------------------------------------------------------ the interface
+class Tracker:
+    """One destination of a run's records. ``log(kind, record)``: ``kind`` is ``"train"`` (a
+    step: step, tokens, loss, lr, grad_norm, tok_per_s, peak_mem_gib, elapsed_s) or ``"eval"``
+    (step, tokens, val_loss, val_bpb, bytes, ...); ``flush()`` comes every
+    ``--log-every`` steps, ``sync()`` before each checkpoint, ``close()`` at the end."""
 
-    def __init__(self, run: RunDir, cfg, device: torch.device, start_step: int, total: int | None,
-                 progress: bool, enabled: bool = True):
-        self.enabled = enabled
-        self.log_every = cfg.run.log_every
-        self.tokens_per_step = cfg.tokens_per_step()
-        self.device = device
-        self.metrics = open(run.file(METRICS), "a") if enabled else None
-        self.evals = open(run.file(EVALS), "a") if enabled else None
-        self.tb = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+    every_step = False  # True: every step's record, not only the logged steps'
 
-                self.tb = SummaryWriter(str(run.file(TB)), purge_step=start_step + 1 if start_step else None)
-            except Exception as e:  # TensorBoard is a convenience; never fail a run over it
-                print(f"rnnlab train: TensorBoard disabled ({e})", file=sys.stderr)
-        self.bar = None
-        if enabled and progress:
-            from tqdm.auto import tqdm
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        raise NotImplementedError
 
-            m = cfg.model
-            self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True,
-                            desc=f"{m.model} d{m.dim}x{m.depth}")
-
-    def step(self, state, loss: float, lr: float, seconds: float) -> None:
-        """Record the step ``state`` just finished (``loss``, the ``lr`` it used, its time)."""
-        if not self.enabled:
-            return
-        rec = {"step": state.step, "tokens": state.tokens, "loss": loss, "lr": lr,
-               "tok_per_s": self.tokens_per_step / seconds if seconds > 0 else None,
-               "peak_mem_gib": peak_mem_gib(self.device), "elapsed_s": state.elapsed_s}
-        self.metrics.write(json.dumps(rec) + "\n")
-        s = rec["step"]
-        if s % self.log_every == 0 or s == 1:
-            self.metrics.flush()
-            if self.tb is not None:
-                for k in ("loss", "lr", "tok_per_s"):
-                    self.tb.add_scalar(f"train/{k}", rec[k], s)
-                if rec["peak_mem_gib"] is not None:
-                    self.tb.add_scalar("train/peak_mem_gib", rec["peak_mem_gib"], s)
-            if self.bar is not None:
-                self.bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tok_per_s']:,.0f}", refresh=False)
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def eval(self, rec: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.evals.write(json.dumps(rec) + "\n")
-        self.evals.flush()
-        if self.tb is not None:
-            self.tb.add_scalar("eval/loss", rec["val_loss"], rec["step"])
-            self.tb.add_scalar("eval/bpb", rec["val_bpb"], rec["step"])
-        if self.bar is not None:
-            self.bar.write(f"step {rec['step']}: val_loss {rec['val_loss']:.4f}  val_bpb {rec['val_bpb']:.4f}")
+    def flush(self) -> None:
+        pass
 
     def sync(self) -> None:
-        """Put every line written so far on the disk; called before each checkpoint, so a resumed
-        run finds every step up to its checkpoint in the logs."""
-        if not self.enabled:
-            return
-        for f in (self.metrics, self.evals):
+        """Everything logged so far is on the disk (before a checkpoint); ``flush`` unless the
+        tracker's files must survive a crash."""
+        self.flush()
+
+    def close(self) -> None:
+        pass
+
+
+def scalars(kind: str, record: dict[str, Any]) -> dict[str, float]:
+    """The record's curves by tag, as TensorBoard and W&B name them: ``train/loss``,
+    ``train/grad_norm``, ``eval/bpb`` (``val_`` dropped), ...; missing values (None) left out."""
+    return {f"{kind}/{key.removeprefix('val_')}": value for key, value in record.items()
+            if key not in NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value, bool)}
+
+
+def flat_config(cfg) -> dict[str, bool | int | float | str]:
+    """The config as flat ``key: value`` hyperparameters (``model.dim``, ``model.layer.heads``);
+    values that are no scalar become text, unset ones are left out."""
+    def flatten(d: dict[str, Any], prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flatten(value, f"{prefix}{key}."))
+            elif value is not None:
+                out[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(value)
+        return out
+
+    return flatten(cfg.to_dict(), "")
+
+
+# ------------------------------------------------------------------------------ trackers
+class JsonlFiles(Tracker):
+    """metrics.jsonl (every step; flushed every ``--log-every`` steps) and eval.jsonl (flushed at
+    once), appended to (a resumed run's files were cut back to its checkpoint by ``RunDir.start``);
+    both fsync'ed before each checkpoint."""
+
+    every_step = True
+
+    def __init__(self, run: RunDir):
+        self.files = {"train": open(run.file(METRICS), "a"), "eval": open(run.file(EVALS), "a")}
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        self.files[kind].write(json.dumps(record) + "\n")
+        if kind == "eval":
+            self.files[kind].flush()
+
+    def flush(self) -> None:
+        self.files["train"].flush()
+
+    def sync(self) -> None:
+        for f in self.files.values():
             f.flush()
             os.fsync(f.fileno())
 
     def close(self) -> None:
-        if not self.enabled:
-            return
-        self.enabled = False
-        for f in (self.metrics, self.evals):
+        for f in self.files.values():
             f.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.bar is not None:
-            self.bar.close()
+
+
+class TensorBoard(Tracker):
+    """Scalars in ``tb/`` and, once per session, the config as hyperparameters with
+    ``HPARAM_METRICS`` as their metrics. A resumed run purges the events logged after its
+    checkpoint."""
+
+    def __init__(self, run: RunDir, cfg, start_step: int):
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        self.writer = SummaryWriter(str(run.file(TB)), purge_step=start_step + 1 if start_step else None)
+        for summary in hparams(flat_config(cfg), {tag: 0.0 for tag in HPARAM_METRICS}):
+            self.writer.file_writer.add_summary(summary)
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        for tag, value in scalars(kind, record).items():
+            self.writer.add_scalar(tag, value, record["step"])
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Wandb(Tracker):
+    """A Weights & Biases run in project ``cfg.run.wandb``, named after the run folder, with the
+    config; W&B keeps its files in the run folder (``wandb/``; ``WANDB_MODE=offline`` logs there
+    only). A resumed run continues the same W&B run (its id is kept in ``WANDB_ID``); steps a
+    crashed session logged after its last checkpoint stay in W&B's history."""
+
+    def __init__(self, run: RunDir, cfg, resumed: bool):
+        wandb = import_wandb()
+        id_file = run.file(WANDB_ID)
+        run_id = id_file.read_text().strip() if resumed and id_file.exists() else secrets.token_hex(6)
+        id_file.write_text(run_id + "\n")
+        try:
+            self.run = wandb.init(project=cfg.run.wandb, name=run.path.name, id=run_id, resume="allow",
+                                  dir=str(run.path), config=cfg.to_dict())
+        except wandb.errors.Error as e:  # not logged in, no network, ...
+            raise ValueError(f"W&B could not start a run: {e} (WANDB_MODE=offline logs locally)") from None
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        self.run.log(scalars(kind, record), step=record["step"])
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def import_wandb():
+    """The ``wandb`` module, or a one-line error saying how to install it."""
+    try:
+        import wandb
+    except ImportError:
+        raise ValueError("--wandb needs the wandb package: pip install 'rnnlab[wandb]'") from None
+    return wandb
+
+
+def eval_line(record: dict[str, Any]) -> str:
+    """One held-out evaluation as text (the bar and the log lines)."""
+    line = (f"eval step {record['step']}: val_loss {record['val_loss']:.4f}  val_bpb {record['val_bpb']:.4f}"
+            f"  ({record['bytes']:,} held-out bytes)")
+    if record.get("val_bpb_train_point") is not None:
+        line += f"  at the train point: val_bpb {record['val_bpb_train_point']:.4f}"
+    return line
+
+
+class ProgressBar(Tracker):
+    """The tqdm bar (loss and tok/s of the last step); evaluations are printed above it."""
+
+    every_step = True
+
+    def __init__(self, cfg, start_step: int, total: int | None):
+        from tqdm.auto import tqdm
+
+        m = cfg.model
+        self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True,
+                        desc=f"{m.model} d{m.dim}x{m.depth}")
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        if kind == "eval":
+            self.bar.write(eval_line(record))
+            return
+        self.bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tok_per_s']:,.0f}", refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class LogLines(Tracker):
+    """One plain, timestamped line every ``--log-every`` steps and one per evaluation, for batch
+    jobs and log files (torchtitan's style)::
+
+        2026-01-31 12:00:05 step 120/1000  loss 1.2345  lr 3.00e-04  grad_norm 0.812  tok/s 40,213  mem 12.3 GiB  elapsed 0:02:05  eta 0:14:40
+
+    tok/s is the mean since the previous line over training time (evaluations and checkpoints not
+    counted); the ETA assumes that pace for the rest of the step budget (or the --minutes budget);
+    mem is the peak CUDA memory (no such column on CPU)."""
+
+    def __init__(self, total_steps: int | None, budget_s: float | None, stream: TextIO | None = None):
+        self.total, self.budget_s = total_steps, budget_s
+        self.stream = stream or sys.stderr
+        self.previous = {"step": 0, "tokens": 0, "elapsed_s": 0.0}  # the first line: the run's mean pace
+
+    def log(self, kind: str, record: dict[str, Any]) -> None:
+        line = eval_line(record) if kind == "eval" else self.step_line(record)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=self.stream, flush=True)
+
+    def step_line(self, r: dict[str, Any]) -> str:
+        prev, self.previous = self.previous, r
+        seconds = r["elapsed_s"] - prev["elapsed_s"]
+        tok_s = (r["tokens"] - prev["tokens"]) / seconds if seconds > 0 else r["tok_per_s"]
+        pace = seconds / (r["step"] - prev["step"])  # seconds per step
+        if self.total is not None:
+            eta = (self.total - r["step"]) * pace
+        else:
+            eta = max(0.0, self.budget_s - r["elapsed_s"]) if self.budget_s is not None else None
+        parts = [f"step {r['step']}" + (f"/{self.total}" if self.total else ""), f"loss {r['loss']:.4f}",
+                 f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:.3g}", f"tok/s {tok_s:,.0f}"]
+        if r["peak_mem_gib"] is not None:
+            parts.append(f"mem {r['peak_mem_gib']:.1f} GiB")
+        parts.append(f"elapsed {duration(r['elapsed_s'])}")
+        if eta is not None:
+            parts.append(f"eta {duration(eta)}")
+        return "  ".join(parts)
+
+
+def duration(seconds: float) -> str:
+    """``h:mm:ss``."""
+    return str(datetime.timedelta(seconds=round(seconds)))
+
+
+# ------------------------------------------------------------------------------ the logger
+class RunLogger:
+    """Makes each step's record and hands it, and each evaluation, to the trackers (main process
+    only: on the other ranks, ``enabled=False``, it has none). ``progress``: the bar when stderr
+    is a terminal; without it, or when stderr is a file or pipe, plain log lines."""
+
+    def __init__(self, run: RunDir, cfg, device: torch.device, start_step: int, total: int | None,
+                 progress: bool, enabled: bool = True):
+        self.log_every = cfg.run.log_every
+        self.tokens_per_step = cfg.tokens_per_step()
+        self.device = device
+        self.trackers: list[Tracker] = build_trackers(run, cfg, start_step, total, progress) if enabled else []
+
+    def step(self, state, result) -> None:
+        """Record the step ``state`` just finished (``result``: its loss, LR, gradient norm, time)."""
+        if not self.trackers:
+            return
+        record = {"step": state.step, "tokens": state.tokens, "loss": result.loss, "lr": result.lr,
+                  "grad_norm": result.grad_norm,
+                  "tok_per_s": self.tokens_per_step / result.seconds if result.seconds > 0 else None,
+                  "peak_mem_gib": peak_mem_gib(self.device), "elapsed_s": state.elapsed_s}
+        logged = state.step % self.log_every == 0 or state.step == 1
+        for tracker in self.trackers:
+            if tracker.every_step or logged:
+                tracker.log("train", record)
+        if logged:
+            for tracker in self.trackers:
+                tracker.flush()
+
+    def eval(self, record: dict[str, Any]) -> None:
+        for tracker in self.trackers:
+            tracker.log("eval", record)
+
+    def sync(self) -> None:
+        """Put every record so far on the disk; called before each checkpoint, so a resumed run
+        finds every step up to its checkpoint in the logs."""
+        for tracker in self.trackers:
+            tracker.sync()
+
+    def close(self) -> None:
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:
+            tracker.close()
+
+
+def build_trackers(run: RunDir, cfg, start_step: int, total: int | None, progress: bool) -> list[Tracker]:
+    """W&B when asked, the JSONL files, TensorBoard (skipped with a note when it cannot start),
+    and the bar or the log lines."""
+    trackers: list[Tracker] = [Wandb(run, cfg, resumed=start_step > 0)] if cfg.run.wandb else []
+    trackers.append(JsonlFiles(run))
+    try:
+        trackers.append(TensorBoard(run, cfg, start_step))
+    except Exception as e:  # TensorBoard is a convenience; never fail a run over it
+        print(f"rnnlab train: TensorBoard disabled ({e})", file=sys.stderr)
+    if progress and sys.stderr.isatty():
+        trackers.append(ProgressBar(cfg, start_step, total))
+    else:
+        kind, budget = cfg.budget.chosen()
+        trackers.append(LogLines(total, budget * 60 if kind == "minutes" else None))
+    return trackers

@@ -1,6 +1,6 @@
-"""Optimizers: Schedule-Free AdamW (the seed's Table A) or AdamW with linear warmup + cosine decay.
+"""Optimizers: Schedule-Free AdamW (the reference study's Table A) or AdamW with linear warmup + cosine decay.
 
-Both use ONE parameter group, as the seed did, so weight decay also reaches LayerNorm weights,
+Both use ONE parameter group, as the reference study did, so weight decay also reaches LayerNorm weights,
 biases and the (tied) embedding.
 
 Schedule-Free keeps two points: the training point y (what forward/backward see after

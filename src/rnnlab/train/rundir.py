@@ -11,6 +11,7 @@ analyses all go through it.
     ckpt/           the checkpoints: step-NNNNNN/ directories (rnnlab.train.checkpoint)
     tb/             TensorBoard events
     .lock           the writer lock; records the pid, host and start time of its holder
+    wandb/, wandb-id.txt   Weights & Biases files and run id (``--wandb`` only)
 
 A folder *holds a run* when any of config.json, summary.json, metrics.jsonl or ckpt/ exists;
 the run is *complete* when summary.json says so. Rules for training into a folder
@@ -47,8 +48,10 @@ SUMMARY = "summary.json"
 CKPT = "ckpt"
 TB = "tb"
 LOCK = ".lock"
+WANDB = "wandb"  # Weights & Biases keeps its files here (--wandb)
+WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its W&B run
 WEIGHTS = "model.safetensors"  # the weights file of a checkpoint (rnnlab.train.checkpoint)
-RUN_FILES = (CONFIG, ENV, METRICS, EVALS, SUMMARY, CKPT, TB)  # what --overwrite deletes
+RUN_FILES = (CONFIG, ENV, METRICS, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
 
 
 def warn(message: str) -> None:

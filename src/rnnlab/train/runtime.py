@@ -83,15 +83,16 @@ def peak_mem_gib(device: torch.device) -> float | None:
 def check_memory(cfg, params: int, device: torch.device) -> None:
     """Refuse a run that cannot fit the device at all: weights + grads + optimizer state, plus a
     lower bound on the activations a step keeps for its backward (each block's input and its
-    normalised copy, and the fp32 logits with their gradient), so the check never refuses a run
-    that would fit; an out-of-memory error at the first step is reported by the trainer."""
+    normalised copy, and the fp32 logits with their gradient, for one micro-batch of
+    ``--grad-accum``), so the check never refuses a run that would fit; an out-of-memory error at
+    the first step is reported by the trainer."""
     have = device_memory(device)
     if have is None:
         return
     bytes_per = 2 if cfg.run.precision == "bf16" else 4
     states = params * bytes_per * 4  # weights, grads, two optimizer moments (z/exp_avg, exp_avg_sq)
     act_bytes = 4 if cfg.run.precision == "fp32" else 2  # bf16-mixed: bf16 copies under autocast
-    tokens = cfg.data.batch_size * cfg.data.seq_len
+    tokens = cfg.data.batch_size // cfg.data.grad_accum * cfg.data.seq_len
     activations = tokens * (2 * cfg.model.depth * cfg.model.dim * act_bytes + 2 * cfg.model.vocab_size * 4)
     if states + activations <= have:
         return
@@ -102,9 +103,12 @@ def check_memory(cfg, params: int, device: torch.device) -> None:
             f"parameters: weights, grads and optimizer state need ~{states / gib:,.1f} GiB at "
             f"precision {cfg.run.precision}, more than the {have / gib:,.1f} GiB of {device}")
     raise ValueError(
-        f"a step of batch_size {cfg.data.batch_size} x seq_len {cfg.data.seq_len} keeps at least "
+        f"a step of batch_size {cfg.data.batch_size}"
+        + (f" / grad_accum {cfg.data.grad_accum}" if cfg.data.grad_accum > 1 else "")
+        + f" x seq_len {cfg.data.seq_len} keeps at least "
         f"~{activations / gib:,.1f} GiB of activations (plus {states / gib:,.1f} GiB of weights and optimizer "
-        f"state), more than the {have / gib:,.1f} GiB of {device}: lower --batch-size or --seq-len")
+        f"state), more than the {have / gib:,.1f} GiB of {device}: lower --batch-size or --seq-len, or "
+        f"raise --grad-accum")
 
 
 def device_memory(device: torch.device) -> int | None:
@@ -143,7 +147,7 @@ def wrap_model(model: nn.Module, cfg) -> nn.Module:
 
 
 def env_info(device: torch.device) -> dict[str, Any]:
-    """Versions, host, device, command line and git commit: env.json of a run."""
+    """Versions, host, device, command line, git commit and the machine's load: env.json of a run."""
     from importlib import metadata
 
     def version(pkg: str) -> str | None:
@@ -163,12 +167,26 @@ def env_info(device: torch.device) -> dict[str, Any]:
         "device": str(device),
         "cuda": torch.version.cuda,
         "cpu_threads": torch.get_num_threads(),
+        **machine_load(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = torch.cuda.device_count()
     info["git_sha"], info["git_dirty"] = _git_state()
     return info
+
+
+def machine_load() -> dict[str, Any]:
+    """``load_avg``: the 1, 5 and 15-minute load averages as the run starts (None where the OS
+    has none), and ``cpu_count``: the cores this process may use. A load above the core count
+    means other processes compete for the CPU, and a CPU run's tok/s then says little (reports
+    warn about it)."""
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # Windows
+        load = None
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"load_avg": load, "cpu_count": cores}
 
 
 def _git_state() -> tuple[str | None, bool | None]:

@@ -12,7 +12,7 @@ compute dtype):
 Backends (``rnnlab.ops.registry``): ``"naive"`` (gates, then the sequential fp32 loop),
 ``"triton"`` (GPU kernels in ``triton.py``; the minGRU/minLSTM ones compute the gates inside the
 kernel and keep no fp32 gate tensors, which holds their memory at or below Mamba2's), ``"heinsen"``
-(the log-space parallel scan the seed trained minGRU/minLSTM with; needs ``a > 0``; one graph
+(the log-space parallel scan the reference study trained minGRU/minLSTM with; needs ``a > 0``; one graph
 under torch.compile) and ``"auto"``.
 """
 

@@ -7,8 +7,8 @@ arithmetic runs in fp32 (fp64 stays fp64).
 
 - ``linear_scan``: the readable sequential loop over time (the reference).
 - ``linear_scan_parallel``: the same recurrence without a loop over time.
-  ``method="log"`` is the log-space (Heinsen) scan of Feng et al. 2024 / the seed's minGRU/minLSTM
-  training path: with ``a* = cumsum(log a)``,
+  ``method="log"`` is the log-space (Heinsen) scan of Feng et al. 2024 / the reference study's
+  minGRU/minLSTM training path: with ``a* = cumsum(log a)``,
   ``h_t = exp(a*_t) * (h0 + sum_{s<=t} b_s exp(-a*_s))``, evaluated as
   ``exp(a*_t + logcumsumexp(log b_s - a*_s))``; signed ``b`` is handled by scanning its positive
   and negative parts separately. Needs ``a > 0`` (values are clamped to the smallest normal).
@@ -16,7 +16,7 @@ arithmetic runs in fp32 (fp64 stays fp64).
   ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)`` in ``ceil(log2 T)`` steps; any ``a``.
 - ``mingru_scan`` / ``minlstm_scan``: the recurrence of minGRU / minLSTM from the raw input
   projection ``p`` (gates by ``mingru_gates`` / ``minlstm_gates``, then ``linear_scan``), with
-  ``heinsen_*`` twins that run ``linear_scan_parallel`` instead (the seed's training path).
+  ``heinsen_*`` twins that run ``linear_scan_parallel`` instead (the reference study's training path).
 """
 
 from __future__ import annotations

@@ -1,0 +1,116 @@
+"""Run records: the plain log lines of batch jobs, TensorBoard scalars and hyperparameters, the
+Weights & Biases tracker (offline), and the gradient norm in each of them."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+
+import pytest
+
+from rnnlab.cli import main
+from rnnlab.train.metrics import LogLines, scalars
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--model", "e1", "--dim", "32", "--depth", "2", "--seq-len", "32", "--batch-size", "4", "--precision",
+        "fp32", "--eval-bytes", "4096", "--device", "cpu", "--lr", "3e-3"]
+STEP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d step (\d+)/6  loss (\S+)  lr (\S+)  grad_norm (\S+)  "
+                       r"tok/s (\S+)  elapsed \d+:\d\d:\d\d  eta \d+:\d\d:\d\d$")
+
+
+def _records(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("no_progress", [True, False])
+def test_batch_job_gets_one_line_per_logged_step_and_eval(no_progress, tmp_path, capsys):
+    """``rnnlab train 2>log`` (stderr not a terminal), with or without --no-progress: one line
+    at step 1 and every --log-every steps, one per evaluation; the numbers are metrics.jsonl's."""
+    run = tmp_path / "run"
+    argv = ["train", *TINY, "--steps", "6", "--log-every", "2", "--eval-every", "3", "--out", str(run)]
+    assert main(argv + (["--no-progress"] if no_progress else [])) == 0
+    err = capsys.readouterr().err.splitlines()
+    steps = [STEP_LINE.match(line) for line in err if " step " in line and " eval " not in line]
+    assert all(steps) and [int(m[1]) for m in steps] == [1, 2, 4, 6]
+    metrics = {r["step"]: r for r in _records(run / "metrics.jsonl")}
+    for m in steps:
+        r = metrics[int(m[1])]
+        assert (m[2], m[3], m[4]) == (f"{r['loss']:.4f}", f"{r['lr']:.2e}", f"{r['grad_norm']:.3g}")
+    evals = [line for line in err if " eval step " in line]
+    assert [int(re.search(r"eval step (\d+):", e)[1]) for e in evals] == [3, 6]
+    assert all(f"val_bpb {r['val_bpb']:.4f}" in e for e, r in zip(evals, _records(run / "eval.jsonl")))
+
+
+def test_log_line_pace_and_eta():
+    """tok/s is the mean since the previous line; the ETA is the rest of the budget at that pace."""
+    out = io.StringIO()
+    lines = LogLines(total_steps=100, budget_s=None, stream=out)
+    base = {"loss": 2.5, "lr": 3e-4, "grad_norm": 0.8123, "tok_per_s": 999.0, "peak_mem_gib": None}
+    lines.log("train", {**base, "step": 10, "tokens": 10_000, "elapsed_s": 20.0})
+    lines.log("train", {**base, "step": 20, "tokens": 20_000, "elapsed_s": 60.0, "peak_mem_gib": 12.34})
+    first, second = (line.split(" ", 2)[2] for line in out.getvalue().splitlines())
+    assert first == ("step 10/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 500  elapsed 0:00:20  "
+                     "eta 0:03:00")  # 2 s per step from the start, 90 steps to go
+    assert second == ("step 20/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 250  mem 12.3 GiB  "
+                      "elapsed 0:01:00  eta 0:05:20")  # 4 s per step since the last line, 80 to go
+    timed = LogLines(total_steps=None, budget_s=600.0, stream=out)
+    timed.log("train", {**base, "step": 5, "tokens": 5_000, "elapsed_s": 150.0})
+    assert out.getvalue().splitlines()[-1].endswith("step 5  loss 2.5000  lr 3.00e-04  grad_norm 0.812  "
+                                                    "tok/s 33  elapsed 0:02:30  eta 0:07:30")
+
+
+def test_scalar_tags():
+    rec = {"step": 3, "tokens": 96, "val_loss": 1.5, "val_bpb": 2.1, "bytes": 4064, "elapsed_s": 1.0,
+           "val_bpb_train_point": 2.0, "peak_mem_gib": None}
+    assert scalars("eval", rec) == {"eval/loss": 1.5, "eval/bpb": 2.1, "eval/bpb_train_point": 2.0}
+
+
+def test_tensorboard_gets_grad_norm_and_hparams(tiny_train, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rnnlab.train.trainer import run_training
+
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=4, log_every=2, grad_clip=0.5), progress=False)
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    metrics = {r["step"]: r for r in _records(run / "metrics.jsonl")}
+    norms = acc.Scalars("train/grad_norm")
+    assert [e.step for e in norms] == [1, 2, 4]
+    assert [e.value for e in norms] == pytest.approx([metrics[e.step]["grad_norm"] for e in norms], rel=1e-6)
+    assert max(e.value for e in norms) > 0.5  # the norm before clipping
+    assert acc.Scalars("eval/bpb")[-1].step == 4
+    assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+
+
+def test_wandb_offline_run_is_resumed(tiny_train, tmp_path, monkeypatch):
+    """--wandb PROJECT with WANDB_MODE=offline: a W&B run in the run folder gets the config and
+    the train/eval curves; resuming continues the same W&B run."""
+    wandb = pytest.importorskip("wandb")
+    from rnnlab.train.trainer import run_training
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=2, wandb="rnnlab-test"), progress=False)
+    wandb.teardown()  # W&B's service writes the run's file in the background; this waits for it
+    run_id = (run / "wandb-id.txt").read_text().strip()
+    (first,) = (run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
+    data = first.read_bytes()
+    assert all(key in data for key in (b"train/grad_norm", b"train/loss", b"eval/bpb", b"grad_accum"))
+    run_training(tiny_train(run, steps=3, wandb="rnnlab-test", resume=True), progress=False)
+    assert (run / "wandb-id.txt").read_text().strip() == run_id
+    assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))) == 2
+
+
+def test_wandb_missing_is_a_one_line_error_before_the_run_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--steps", "2", "--wandb", "p", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rnnlab train: error: --wandb needs the wandb package: pip install 'rnnlab[wandb]'"
+    assert not run.exists()
