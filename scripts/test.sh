@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pytest -q "$@"
+# one worker per core (at most 4: each imports torch); pytest-xdist, see docs/dependencies.md
+.venv/bin/python -m pytest -q --numprocesses=auto --maxprocesses=4 "$@"

@@ -53,7 +53,7 @@ def _records(run: Path, name: str) -> list[dict]:
 def _state(run: Path) -> dict:
     """state.pt of the run's newest checkpoint, without the wall-clock times."""
     state = torch.load(RunDir(run).checkpoint().state_file, weights_only=True)
-    for key in ("elapsed_s", "wall_s"):
+    for key in ("elapsed_s", "wall_s", "warmup_s"):
         state["progress"].pop(key)
     return state
 

@@ -448,3 +448,20 @@ def test_memory_check_counts_one_micro_batch_of_activations(tiny_train, tmp_path
     with pytest.raises(ValueError, match=r"batch_size 64 x seq_len 32768 keeps at least ~5\.\d GiB"):
         runtime.check_memory(cfg, 20_000, torch.device("cpu"))
     runtime.check_memory(apply_overrides(cfg, {"grad_accum": 64}), 20_000, torch.device("cpu"))  # ~0.1 GiB
+
+
+def test_minutes_budget_leaves_out_the_warm_up_steps(tiny_train, tmp_path, monkeypatch):
+    """An equal-time race must not charge compilation to a model: each process's first 3 steps
+    (compilation, autotuning) are outside a --minutes budget, and the summary states them."""
+    real = Trainer.train_step
+    calls = []
+
+    def slow_start(self, batch):
+        result = real(self, batch)
+        calls.append(1)
+        return result._replace(seconds=result.seconds + (0.5 if len(calls) <= 3 else 0.0))
+
+    monkeypatch.setattr(Trainer, "train_step", slow_start)
+    s = run_training(tiny_train(tmp_path / "r", steps=None, minutes=0.005), progress=False)  # 0.3 s
+    assert s["warmup_s"] >= 1.5 and s["steps"] > 3  # the 1.5 s of "compilation" did not spend the budget
+    assert s["time_s"] - s["warmup_s"] >= 0.3

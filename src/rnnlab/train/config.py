@@ -81,7 +81,8 @@ class BudgetConfig:
 
     steps: int | None = option(DEFAULT_STEPS, help="optimizer steps", bounds=positive(MAX_STEPS),
                                resumable=True, scope="suite")
-    minutes: float | None = option(None, help="training minutes (eval and checkpoints not counted)",
+    minutes: float | None = option(None, help="training minutes (not counted: evaluation, checkpoints and each "
+                                              "process's first 3 steps, i.e. compilation and autotuning)",
                                    bounds=positive(), resumable=True, scope="suite")
     tokens: int | None = option(None, help="training tokens, e.g. 50M", parse=parse_count,
                                 bounds=positive(MAX_STEPS * MAX_TOKENS_PER_STEP), resumable=True, scope="suite")

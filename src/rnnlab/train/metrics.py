@@ -42,11 +42,14 @@ class Throughput:
     def __init__(self):
         self.steps, self.tokens, self.seconds = 0, 0, 0.0
 
-    def add(self, tokens: int, seconds: float) -> None:
+    def add(self, tokens: int, seconds: float) -> bool:
+        """Count one step; returns whether it was a warm-up step (left out)."""
         self.steps += 1
-        if self.steps > WARMUP_STEPS:
-            self.tokens += tokens
-            self.seconds += seconds
+        if self.steps <= WARMUP_STEPS:
+            return True
+        self.tokens += tokens
+        self.seconds += seconds
+        return False
 
     def tok_per_s(self, tokens: int, seconds: float) -> float | None:
         """Steady-state tok/s; ``tokens / seconds`` (the whole run) before the warm-up is over."""

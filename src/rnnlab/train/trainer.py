@@ -78,23 +78,29 @@ class TrainState:
     tokens: int = 0
     elapsed_s: float = 0.0  # training time (eval and checkpoints not counted)
     wall_s: float = 0.0  # wall-clock time of the run (start-up, compilation, eval, checkpoints included)
+    warmup_s: float = 0.0  # training time of each process's first steps (compilation): outside --minutes
     losses: deque = field(default_factory=lambda: deque(maxlen=LOSS_WINDOW))
     last_eval: dict[str, Any] | None = None
 
-    def advance(self, loss: float, tokens: int, seconds: float) -> None:
+    def advance(self, loss: float, tokens: int, seconds: float, warmup: bool = False) -> None:
+        """One step done; ``warmup``: it was one of this process's first steps (compilation,
+        autotuning), whose time a ``--minutes`` budget leaves out."""
         self.step += 1
         self.tokens += tokens
         self.elapsed_s += seconds
+        self.warmup_s += seconds if warmup else 0.0
         self.losses.append(loss)
 
     def progress(self, complete: bool) -> dict[str, Any]:
         """The plain-data part, as ``state.pt`` stores it."""
         return {"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed_s, "wall_s": self.wall_s,
+                "warmup_s": self.warmup_s,
                 "losses": list(self.losses), "last_eval": self.last_eval, "complete": complete}
 
     def load_progress(self, p: dict[str, Any]) -> None:
         self.step, self.tokens, self.elapsed_s = int(p["step"]), int(p["tokens"]), float(p["elapsed_s"])
         self.wall_s = float(p.get("wall_s", self.elapsed_s))  # checkpoints before wall_s: training time
+        self.warmup_s = float(p.get("warmup_s", 0.0))
         self.losses.extend(p["losses"])
         self.last_eval = p.get("last_eval")
 
@@ -237,8 +243,8 @@ class Trainer:
                 if self.ctx.world_size > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
                     seconds, stop.requested = self.ctx.agree(result.seconds, stop.requested)
                     result = result._replace(seconds=seconds)
-                state.advance(result.loss, tokens_per_step, result.seconds)
-                self.throughput.add(tokens_per_step, result.seconds)
+                warmup = self.throughput.add(tokens_per_step, result.seconds)
+                state.advance(result.loss, tokens_per_step, result.seconds, warmup)
                 self.logger.step(state, result)
                 if self.due(run_cfg.eval_every):
                     self.evaluate()
@@ -316,8 +322,8 @@ class Trainer:
     # ------------------------------------------------------------------------- around the loop
     def budget_spent(self) -> bool:
         kind, value = self.cfg.budget.chosen()
-        if kind == "minutes":
-            return self.state.elapsed_s >= value * 60
+        if kind == "minutes":  # compilation (the warm-up steps) is not part of the race
+            return self.state.elapsed_s - self.state.warmup_s >= value * 60
         return self.state.step >= self.cfg.max_steps()
 
     def due(self, every: int) -> bool:
@@ -374,6 +380,7 @@ class Trainer:
             "val_bpb_train_point": last.get("val_bpb_train_point"),
             "tok_per_s": self.throughput.tok_per_s(state.tokens, state.elapsed_s),
             "peak_mem_gib": peak_mem_gib(self.device), "time_s": state.elapsed_s, "complete": complete,
+            "warmup_s": state.warmup_s,  # of time_s: the first steps of each process (compilation)
             # tokens over the whole wall clock of the run (start-up, compilation, evaluation and
             # checkpoints included), beside the steady-state tok_per_s above
             "wall_s": state.wall_s, "tok_per_wall_s": state.tokens / state.wall_s,
