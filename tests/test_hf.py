@@ -197,3 +197,28 @@ def test_import_rnnlab_registers_when_transformers_is_imported():
             "from transformers import AutoConfig; print(type(AutoConfig.for_model('rnnlab')).__name__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "RnnlabConfig"
+    # rnnlab.hf.modeling itself importing transformers first: the hook waits, the module registers
+    code = ("import sys, rnnlab.hf.modeling; from transformers import AutoConfig; "
+            "print(type(AutoConfig.for_model('rnnlab')).__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "RnnlabConfig"
+
+
+def test_export_in_a_fresh_process_and_load_without_importing_rnnlab(exported, tmp_path):
+    """``rnnlab export`` where rnnlab.hf itself imports transformers first (the CLI: the import
+    hook must wait for the module), and a process that never imports rnnlab (the plain `lm_eval
+    --model hf --model_args pretrained=DIR,trust_remote_code=True`) loads the folder through its
+    ``auto_map`` and gets rnnlab's logits."""
+    run, _ = exported["e1"]
+    hf = tmp_path / "hf"
+    subprocess.run([sys.executable, "-m", "rnnlab", "export", "--run", str(run), "--out", str(hf)],
+                   capture_output=True, text=True, check=True)
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM as A; "
+            f"m = A.from_pretrained({str(hf)!r}, trust_remote_code=True); "
+            "print(type(m).__module__); torch.save(m(torch.tensor([[116, 104, 101]])).logits, sys.argv[1])")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "logits.pt")], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "rnnlab.hf.modeling"
+    _, model, _ = RunDir(run).load("cpu")
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(torch.tensor([[116, 104, 101]])),
+                               rtol=0, atol=1e-5)

@@ -101,12 +101,12 @@ def test_run_folder_contents(tiny_train, tmp_path):
     with safe_open(str(ckpt.weights), "pt") as f:
         keys = set(f.keys())
     assert "embed.weight" in keys and "head.weight" not in keys
-    _, model, step = RunDir(run).load("cpu")
+    rcfg, model, step = RunDir(run).load("cpu")
     assert step == 12 and model.head.weight is model.embed.weight
     from rnnlab.data import load_splits
-    from rnnlab.eval.bpb import evaluate
+    from rnnlab.train.runtime import evaluate_run
 
-    r = evaluate(model, load_splits().val, 32, 4, 4096)
+    r = evaluate_run(model, load_splits().val, rcfg)  # the run's eval settings (windows, batch, cap)
     assert r["loss"] == summary["val_loss"] and r["bytes"] == (4096 - 1) // 32 * 32
 
 

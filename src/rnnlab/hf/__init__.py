@@ -19,6 +19,8 @@ installed ``transformers`` is not a supported version.
 
 from __future__ import annotations
 
+import sys
+
 # The transformers versions this package is written and tested for (pyproject's [hf] extra).
 TRANSFORMERS_VERSIONS = ">=5.24,<6"
 
@@ -45,6 +47,9 @@ def register_auto_classes() -> bool:
     where ``transformers_problem()`` names a problem."""
     if transformers_problem() is not None:
         return False
+    modeling = sys.modules.get("rnnlab.hf.modeling")
+    if modeling is not None and not hasattr(modeling, "RnnlabForCausalLM"):
+        return False  # transformers is being imported by rnnlab.hf.modeling, which registers when done
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM

@@ -3,7 +3,9 @@
 The folder holds ``config.json`` (``RnnlabConfig``, model type ``rnnlab``), ``model.safetensors``
 (the run's shipped weights, in their training dtype, keys ``model.*``), ``generation_config.json``
 and the byte tokenizer (``tokenizer.json``, ``tokenizer_config.json``). After ``import rnnlab``,
-``AutoModelForCausalLM.from_pretrained(folder)`` loads it.
+``AutoModelForCausalLM.from_pretrained(folder)`` loads it; without that import,
+``from_pretrained(folder, trust_remote_code=True)`` does (``modeling_rnnlab.py`` in the folder
+imports the installed rnnlab), which is how the plain ``lm_eval --model hf`` command loads it.
 
 Kernel choices (a layer's ``backend`` option) are not exported: where the folder is loaded each
 layer takes the fast path available there (checkpoints move freely between backends), so a
@@ -18,6 +20,14 @@ from pathlib import Path
 
 from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM
 from rnnlab.hf.tokenizer import byte_tokenizer
+
+
+# For tools that load a folder without importing rnnlab first (lm-eval's plain `lm_eval --model
+# hf`): with trust_remote_code=True, transformers follows config.json's auto_map to this file in
+# the folder, whose one line imports the classes from the installed rnnlab package.
+SHIM = "modeling_rnnlab"
+SHIM_CODE = ('"""rnnlab model classes, from the installed rnnlab package (pip install rnnlab[hf])."""\n\n'
+             "from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM  # noqa: F401\n")
 
 
 def load_trained(run_dir: str | os.PathLike):
@@ -37,8 +47,10 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     cfg, lm = load_trained(run_dir)
     layer = {k: v for k, v in (cfg.model.layer or {}).items() if k != "backend"}
     hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.data.seq_len)
+    hf_config.auto_map = {"AutoConfig": f"{SHIM}.RnnlabConfig", "AutoModelForCausalLM": f"{SHIM}.RnnlabForCausalLM"}
     model = RnnlabForCausalLM(hf_config).to(next(lm.parameters()).dtype)
     model.model.load_state_dict(lm.state_dict())
     model.save_pretrained(out)
     byte_tokenizer(cfg.data.seq_len).save_pretrained(out)
+    (out / f"{SHIM}.py").write_text(SHIM_CODE)
     return out

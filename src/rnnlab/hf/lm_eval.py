@@ -2,11 +2,11 @@
 
     python -m rnnlab.hf.lm_eval --model hf --model_args pretrained=hf/e1 --tasks lambada_openai --batch_size 1
 
-takes exactly ``lm_eval``'s arguments. The plain ``lm_eval`` command cannot load an exported
-folder: it reads ``config.json`` through ``transformers.AutoConfig``, which knows model type
-``rnnlab`` only after ``import rnnlab``, and neither lm-eval nor transformers imports installed
-packages on its own (no plugin entry points). This module is that import and nothing more, so no
-``trust_remote_code`` (which would execute code from the model folder) is needed. From Python,
+takes exactly ``lm_eval``'s arguments. The plain ``lm_eval`` command reads ``config.json``
+through ``transformers.AutoConfig``, which knows model type ``rnnlab`` only after ``import
+rnnlab`` (neither lm-eval nor transformers imports installed packages on its own), or with
+``trust_remote_code=True`` through the folder's ``modeling_rnnlab.py`` (rnnlab.hf.export). This
+module is that import and nothing more, so it needs no remote code. From Python,
 ``import rnnlab`` before ``lm_eval.simple_evaluate(model="hf", model_args="pretrained=...")``.
 
 Install with ``pip install 'rnnlab[eval]'`` (lm-eval with its Hugging Face backend).

@@ -24,6 +24,7 @@ import torch
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from rnnlab.hf import register_auto_classes
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.lm import LM
 
@@ -129,3 +130,8 @@ def _check_no_left_padding(attention_mask: torch.Tensor | None) -> None:
     if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
         raise ValueError("rnnlab models cannot skip padding before real bytes (left padding): "
                          "pad on the right, or batch prompts of equal length")
+
+
+# The post-import hook of ``import rnnlab`` cannot register while this module is still being
+# imported (when it is what imported transformers first): register now that the classes exist.
+register_auto_classes()

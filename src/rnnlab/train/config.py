@@ -128,7 +128,8 @@ class RunConfig:
     eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M (default: all = 0, the whole "
                                      "held-out split)", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50),
                              resumable=True, scope="suite")
-    eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size)",
+    eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size, or more "
+                                                    "windows to make 16K tokens per eval batch)",
                                          bounds=positive(MAX_BATCH), resumable=True)
     log_every: int = option(10, help="steps between log lines and TensorBoard/W&B points (metrics.jsonl gets "
                                      "every step)", bounds=positive(MAX_STEPS), resumable=True)

@@ -52,11 +52,14 @@ def autocast(device: torch.device, precision: str):
     return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
 
 
+EVAL_TOKENS = 16384  # default eval batch: at least this many tokens (evaluation keeps no activations)
+
+
 def evaluate_run(model: nn.Module, split, cfg, *, batch_size: int | None = None,
                  max_bytes: int | None = None) -> dict[str, float]:
     """Held-out ``evaluate`` with a run's settings (its TrainConfig): window length, eval batch,
     byte cap and precision. ``batch_size`` / ``max_bytes`` replace the run's; a cap of 0 = all."""
-    batch = batch_size or cfg.run.eval_batch_size or cfg.data.batch_size
+    batch = batch_size or cfg.run.eval_batch_size or max(cfg.data.batch_size, EVAL_TOKENS // cfg.data.seq_len)
     cap = cfg.run.eval_bytes if max_bytes is None else max_bytes
     return evaluate(model, split, cfg.data.seq_len, batch, cap or None,
                     autocast_dtype=autocast_dtype(cfg.run.precision))
