@@ -314,6 +314,13 @@ def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     assert rows["bad"][3:5] == ["3.1000", "2.4000"] and rows["good"][3:5] == ["2.3000", "2.2900"]
     warning = md[md.index("averaged weights"):md.index("## Results")]
     assert "bad (+0.70 bpb)" in warning and "good" not in warning
+    assert "lost to rounding" in warning  # the runs are pure bf16
+
+    config = tmp_path / "bad" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "precision": "fp32"}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    warning = md[md.index("averaged weights"):md.index("## Results")]
+    assert "bad (+0.70 bpb)" in warning and "rounding" not in warning  # no bf16 to blame
 
 
 def test_report_without_differences_has_no_warning(tmp_path):

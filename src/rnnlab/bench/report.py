@@ -190,16 +190,20 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
 
 def averaging_warning(rows: list[dict[str, Any]]) -> list[str]:
     """Rows whose Schedule-Free average x scores clearly worse on held-out data than the training
-    point y (``X_VS_Y_TOL``): a sign the averaging was lost to bf16 rounding."""
-    bad = [f"{r['name']} (+{r['val_bpb'] - r['val_bpb_train_point']:.2f} bpb)" for r in rows
-           if r["val_bpb"] is not None and r["val_bpb_train_point"] is not None
-           and r["val_bpb"] - r["val_bpb_train_point"] > X_VS_Y_TOL]
-    if not bad:
+    point y (``X_VS_Y_TOL``); in pure bf16 a sign the averaging was lost to rounding."""
+    flagged = [r for r in rows if r["val_bpb"] is not None and r["val_bpb_train_point"] is not None
+               and r["val_bpb"] - r["val_bpb_train_point"] > X_VS_Y_TOL]
+    if not flagged:
         return []
+    bad = [f"{r['name']} (+{r['val_bpb'] - r['val_bpb_train_point']:.2f} bpb)" for r in flagged]
+    if any(r["protocol"].get("precision") == "bf16" for r in flagged):
+        why = ("In pure bf16 the averaging step is mostly lost to rounding (docs/findings.md): compare "
+               "the train-point column, or train with --precision bf16-mixed.")
+    else:
+        why = "Compare the train-point column."
     return ["", "> **Warning: Schedule-Free's averaged weights (x, what a checkpoint ships) score worse on "
             "held-out data than its training point (y, where the training loss is measured):** "
-            + ", ".join(bad) + ". In pure bf16 the averaging step is mostly lost to rounding "
-            "(docs/findings.md): compare the train-point column, or train with --precision bf16-mixed."]
+            + ", ".join(bad) + ". " + why]
 
 
 def _same(a, b) -> bool:
