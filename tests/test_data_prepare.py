@@ -14,7 +14,6 @@ import pytest
 import zstandard
 
 from rnnlab.cli import main
-from rnnlab.data import ByteCorpus
 from rnnlab.data import prepare as prep
 
 zstd = zstandard.ZstdCompressor(write_checksum=True).compress  # as the zstd command writes frames
