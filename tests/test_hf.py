@@ -40,6 +40,8 @@ KINDS = {
     "mingru": {},
     "minlstm": {},
     "transformer": {"head_dim": 16},
+    "e88": {"n_state": 8},
+    "gdn": {"head_dim": 8, "backend": "reference"},
 }
 PROMPT = b"the quick \xc3\xa9"
 
