@@ -1,7 +1,7 @@
 """``rnnlab bench``, ``rnnlab sweep`` and ``rnnlab report``.
 
     rnnlab bench --list
-    rnnlab bench tiny --out runs/bench/tiny                   # ~10 s on a laptop CPU
+    rnnlab bench tiny --out runs/bench/tiny                   # every model kind, a few minutes on a CPU
     rnnlab bench seed-400m-sf --out runs/table-a              # the reference study's Table A (README)
     rnnlab bench depth-sweep --params 50M --steps 500 --seeds 1,2,3
     rnnlab bench e1-ablations --minutes 10                    # time-matched instead of step-matched

@@ -74,7 +74,7 @@ def get_spec(name: str) -> ModelSpec:
 register(ModelSpec("e1", "rnnlab.layers.e1:E1", "rnnlab.layers.e1:E1Config",
                    "E1 gated Elman: h = tanh(W_x x + W_h h + b), y = h * silu(z)"))
 register(ModelSpec("e16", "rnnlab.layers.e16:E16", "rnnlab.layers.e16:E16Config",
-                   "E16 diagonal state-expanded Elman: h = tanh(A*h + x B), y = (h C) * silu(z)"))
+                   "E16 diagonal state-expanded Elman: h = tanh(A*h + silu(x) B), y = (h C) * silu(z)"))
 register(ModelSpec("mingru", "rnnlab.layers.mingru:MinGRU", "rnnlab.layers.mingru:MinGRUConfig",
                    "minGRU (Feng et al. 2024): h = (1-z) h + z g(h~)"))
 register(ModelSpec("minlstm", "rnnlab.layers.minlstm:MinLSTM", "rnnlab.layers.minlstm:MinLSTMConfig",

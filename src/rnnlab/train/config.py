@@ -101,7 +101,7 @@ class OptimConfig:
     """The optimizer, with one parameter group as in the reference study."""
 
     optimizer: str = option("schedulefree-adamw", help="Schedule-Free AdamW (the reference's) or AdamW with "
-                                                       "warmup + cosine decay", choices=OPTIMIZERS)
+                                                       "warmup, then --lr-schedule", choices=OPTIMIZERS)
     lr: float = option(3e-4, help="peak learning rate", bounds=positive())
     weight_decay: float = option(0.1, help="decoupled weight decay", bounds=at_least(0))
     betas: tuple[float, float] = option((0.9, 0.999), help="Adam betas",

@@ -1,4 +1,5 @@
-"""Optimizers: Schedule-Free AdamW (the reference study's Table A) or AdamW with linear warmup + cosine decay.
+"""Optimizers: Schedule-Free AdamW (the reference study's Table A) or AdamW with linear warmup, then
+cosine decay or a constant LR (``lr_schedule``).
 
 Both use ONE parameter group, as the reference study did, so weight decay also reaches LayerNorm weights,
 biases and the (tied) embedding.
