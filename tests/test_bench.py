@@ -399,6 +399,15 @@ def test_sweep_expands_points(tmp_path):
     assert [r.model["depth"] for r in build_sweep({"model": "e1", "dim": 64}, ["depth=2,3"]).runs] == [2, 3]
 
 
+def test_sweep_values_read_as_layer_options_are():
+    """``none`` is a choice of E1's norm (not None), ``null`` unsets an optional field."""
+    s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["layer.norm=spectral,none", "grad_clip=null,1"])
+    assert [(r.model["layer"]["norm"], r.point["grad_clip"]) for r in s.runs] == [
+        ("spectral", None), ("spectral", 1), ("none", None), ("none", 1)]
+    plan = plan_suite(s, "unused")
+    assert [(p.cfg.model.layer["norm"], p.cfg.optim.grad_clip) for p in plan][2] == ("none", None)
+
+
 # ------------------------------------------------------------------------------------ end to end
 def test_bench_list_and_plan(tmp_path, capsys):
     assert main(["bench", "--list"]) == 0

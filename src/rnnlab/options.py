@@ -228,18 +228,26 @@ def flag_name(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
+def parse_value(text: str) -> Any:
+    """A value typed on the command line (``--layer``, ``rnnlab sweep --set``): JSON where it parses
+    (numbers, ``null``, lists), ``true``/``false`` in any case, else the text itself (so a choice
+    named ``none``, like E1's ``norm=none``, stays a string)."""
+    text = text.strip()
+    try:
+        return json.loads(text.lower() if text.lower() in ("true", "false") else text)
+    except json.JSONDecodeError:
+        return text
+
+
 def parse_key_values(items: list[str] | None) -> dict[str, Any]:
     """``["expansion=2.5", "spectral_norm=false"]`` -> ``{"expansion": 2.5, "spectral_norm": False}``
-    (values read as JSON where possible, else kept as strings)."""
+    (each value by :func:`parse_value`)."""
     out = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"option {item!r} must look like KEY=VALUE")
-        try:
-            out[key] = json.loads(value.lower() if value.lower() in ("true", "false") else value)
-        except json.JSONDecodeError:
-            out[key] = value
+        out[key] = parse_value(value)
     return out
 
 

@@ -17,33 +17,21 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import re
 
 from rnnlab.bench.suite import RunSpec, Suite
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
+from rnnlab.options import parse_value
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS
 
 MODEL_AXES = tuple(k for k in MODEL_KEYS if k != "layer")  # mixer options are swept as layer.NAME
 FORBIDDEN = SUITE_KEYS + RUNNER_KEYS + ("layer",)
 
 
-def parse_value(text: str):
-    text = text.strip()
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
 def parse_set(item: str) -> tuple[str, list[str], list]:
-    """``"lr=1e-4,3e-4"`` -> ``("lr", ["1e-4", "3e-4"], [0.0001, 0.0003])``."""
+    """``"lr=1e-4,3e-4"`` -> ``("lr", ["1e-4", "3e-4"], [0.0001, 0.0003])`` (values as ``--layer``
+    reads them, ``rnnlab.options.parse_value``: ``null`` is None, ``none`` a string)."""
     key, sep, values = item.partition("=")
     key = key.strip().replace("-", "_") if not key.startswith("layer.") else key.strip()
     if not sep or not key:
