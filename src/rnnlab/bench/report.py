@@ -22,6 +22,7 @@ from typing import Any
 
 from rnnlab.bench import plots as P
 from rnnlab.bench.suite import SUITE_FILE, suite_ref
+from rnnlab.train.config import BUDGET_KEYS
 from rnnlab.train.rundir import RunDir, read_json
 
 METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
@@ -102,7 +103,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "status": "complete" if len(done) == len(recs) else
                       ("partial" if use else ("failed" if any(r["status"] == "failed" for r in recs) else "missing")),
             "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
-            "protocol": {k: c.get(k) for k in ("steps", "minutes", "tokens") + PROTOCOL_KEYS},
+            "protocol": {k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
         }
@@ -383,7 +384,7 @@ def load_lines(load: dict[str, Any] | None) -> list[str]:
 
 def describe_protocol(records: list[dict[str, Any]]) -> str:
     def one(c):
-        budget = next((f"{k} {c[k]:g}" for k in ("steps", "minutes", "tokens") if c.get(k) is not None), "-")
+        budget = next((f"{k} {c[k]:g}" for k in BUDGET_KEYS if c.get(k) is not None), "-")
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
                 f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")

@@ -42,7 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-MODES = ("ddp", "fsdp2")
+from rnnlab.train.config import DISTRIBUTED
+
 DEFAULT_TIMEOUT_MIN = 60  # barriers wait while rank 0 evaluates / checkpoints; NCCL's 10 min is short
 
 
@@ -251,8 +252,8 @@ def wrap_model(model: nn.Module, mode: str = "ddp", device: torch.device | None 
     One process (or no process group): ``model`` unchanged.
     """
     ctx = ctx or context()
-    if mode not in MODES:
-        raise ValueError(f"distributed must be one of {', '.join(MODES)}, got {mode!r}")
+    if mode not in DISTRIBUTED:
+        raise ValueError(f"distributed must be one of {', '.join(DISTRIBUTED)}, got {mode!r}")
     if not ctx.initialized:
         return model
     if device is None:

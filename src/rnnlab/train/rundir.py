@@ -50,7 +50,6 @@ TB = "tb"
 LOCK = ".lock"
 WANDB = "wandb"  # Weights & Biases keeps its files here (--wandb)
 WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its W&B run
-WEIGHTS = "model.safetensors"  # the weights file of a checkpoint (rnnlab.train.checkpoint)
 RUN_FILES = (CONFIG, ENV, METRICS, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
 
 
@@ -206,7 +205,7 @@ class RunDir:
         """The weights of every usable checkpoint and every other ``model.safetensors`` in the
         folder outside ckpt/ (copies of older ones), ordered by the step in their metadata
         (unknown last); a step seen twice is listed once, the checkpoint's own file first."""
-        from rnnlab.train.checkpoint import CheckpointError, read_weights_metadata
+        from rnnlab.train.checkpoint import MODEL_FILE, CheckpointError, read_weights_metadata
 
         def step(p: Path) -> int | None:
             try:
@@ -223,7 +222,7 @@ class RunDir:
             except CheckpointError:
                 continue
         ckpt = self.ckpt_dir.resolve()
-        copies = [(step(p), True, str(p), p) for p in self.path.rglob(WEIGHTS)
+        copies = [(step(p), True, str(p), p) for p in self.path.rglob(MODEL_FILE)
                   if p.is_file() and ckpt not in p.resolve().parents]
         out, seen = [], set()
         for s, _, _, p in sorted(own + copies, key=lambda r: (r[0] is None, r[0] or 0, r[1], r[2])):
