@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.suite import SUITE_FILE, PlannedRun, run_status, train_config
-from rnnlab.train.rundir import read_json
+from rnnlab.bench.suite import SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
+from rnnlab.train.rundir import read_json, write_json
 
 POLL_S = 0.2
 
@@ -78,9 +78,7 @@ def record_gpu(out: Path, label: str, gpu: str) -> None:
     for entry in doc.get("runs", []):
         if entry.get("dir") == label:
             entry["gpu"] = gpu
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    write_json(path, doc)
 
 
 def last_line(path: Path) -> str:
@@ -95,9 +93,7 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
     summary = job.run.rundir.summary() or {}
     if code == 0 and summary.get("complete"):
         result["trained"].append(job.run.label)
-        loss, bpb = summary.get("loss"), summary.get("val_bpb")
-        log(f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
-            if loss is not None else f"{tag}: done")
+        log(outcome_line(tag, summary))
     elif code == 130:
         result["trained"].append(job.run.label)
         result["stopped"] = True

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab.bench.parallel import run_parallel
-from rnnlab.bench.suite import PlannedRun, Suite, run_conflict, run_status, train_config, write_plan
+from rnnlab.bench.suite import (PlannedRun, Suite, outcome_line, run_conflict, run_status, train_config,
+                                write_plan)
 
 
 def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
@@ -64,9 +65,7 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             result["stopped"] = True
             log(f"{tag}: interrupted; stopping the suite (run the same command again to resume)")
             break
-        loss, bpb = summary.get("loss"), summary.get("val_bpb")
-        log(f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
-            if loss is not None else f"{tag}: done")
+        log(outcome_line(tag, summary))
     return result
 
 

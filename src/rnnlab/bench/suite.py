@@ -46,7 +46,7 @@ from typing import Any
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.train.config import BUDGET_KEYS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides, resume_mismatch
-from rnnlab.train.rundir import RunDir
+from rnnlab.train.rundir import RunDir, write_json
 
 SUITE_FILE = "suite.json"
 ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, beside the config's
@@ -292,6 +292,14 @@ def run_status(pr: PlannedRun) -> str:
     return "partial" if pr.rundir.has_checkpoint() else "restart"
 
 
+def outcome_line(tag: str, summary: dict[str, Any]) -> str:
+    """The log line of a run that trained to the end: ``[i/n] label: loss L, val bpb B``."""
+    loss, bpb = summary.get("loss"), summary.get("val_bpb")
+    if loss is None:
+        return f"{tag}: done"
+    return f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
+
+
 def train_config(pr: PlannedRun, status: str):
     """The planned run's config for its folder's ``status``: ``resume`` a partial run,
     ``overwrite`` one to restart."""
@@ -328,9 +336,7 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
                   "target_params": p.target_params, "point": p.point,
                   "model": p.cfg.model.to_dict()} for p in plan],
     }
-    tmp = out / (SUITE_FILE + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    tmp.replace(out / SUITE_FILE)
+    write_json(out / SUITE_FILE, doc)
 
 
 def command_line() -> str:
