@@ -96,12 +96,7 @@ def _execute(suite, out: Path, args) -> int:
         gpus = visible_gpus(args.gpus) if args.gpus > 1 else None
     result = run_plan(suite, plan, out, progress=not args.no_progress and gpus is None, command=command_line(),
                       options=options, gpus=gpus)
-    from rnnlab.bench.report import main_table, write_report, aggregate, collect, describe_device
-
-    paths = write_report(out, plots=not args.no_plots)
-    data = collect(out)
-    print(main_table(aggregate(data["records"]), describe_device(data["records"])))
-    print(f"\nreport: {paths['md']}")
+    write_and_show_report(out, None, plots=not args.no_plots)
     if result["failed"]:
         print(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])}", file=sys.stderr)
         return 1
@@ -136,10 +131,16 @@ def run_sweep(args) -> int:
 
 
 def run_report(args) -> int:
+    write_and_show_report(args.dir, args.out, plots=not args.no_plots)
+    return 0
+
+
+def write_and_show_report(runs: str | Path, out: str | Path | None, plots: bool) -> None:
+    """Write the report of the run folders in ``runs`` (into ``out``, default ``runs``) and print
+    its results table."""
     from rnnlab.bench.report import aggregate, collect, describe_device, main_table, write_report
 
-    paths = write_report(args.dir, args.out, plots=not args.no_plots)
-    data = collect(args.dir)
-    print(main_table(aggregate(data["records"]), describe_device(data["records"])))
+    paths = write_report(runs, out, plots=plots)
+    records = collect(runs)["records"]
+    print(main_table(aggregate(records), describe_device(records)))
     print(f"\nreport: {paths['md']}" + (f" (+ {len(paths['plots'])} plots)" if paths["plots"] else ""))
-    return 0

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM
 from rnnlab.hf.tokenizer import byte_tokenizer
-
+from rnnlab.train.rundir import RunDir
 
 # For tools that load a folder without importing rnnlab first (lm-eval's plain `lm_eval --model
 # hf`): with trust_remote_code=True, transformers follows config.json's auto_map to this file in
@@ -30,21 +30,12 @@ SHIM_CODE = ('"""rnnlab model classes, from the installed rnnlab package (pip in
              "from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM  # noqa: F401\n")
 
 
-def load_trained(run_dir: str | os.PathLike):
-    """The run's TrainConfig and its LM with the shipped weights, on CPU. The one place this
-    package reaches into ``rnnlab.train``."""
-    from rnnlab.train.rundir import RunDir
-
-    cfg, model, _ = RunDir(run_dir).load("cpu")
-    return cfg, model
-
-
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write the run's model and the byte tokenizer to ``out_dir`` (which must not hold files)."""
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"--out {out} already exists and is not an empty directory")
-    cfg, lm = load_trained(run_dir)
+    cfg, lm, _ = RunDir(run_dir).load("cpu")  # the shipped weights of its newest usable checkpoint
     layer = {k: v for k, v in (cfg.model.layer or {}).items() if k != "backend"}
     hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.data.seq_len)
     hf_config.auto_map = {"AutoConfig": f"{SHIM}.RnnlabConfig", "AutoModelForCausalLM": f"{SHIM}.RnnlabForCausalLM"}
