@@ -1,7 +1,7 @@
 """Benchmark suites, sweeps and reports. Imports run one way: cli -> runner -> parallel -> suite,
 cli -> report -> plots, sweep -> suite; every run folder is read through ``RunDir``.
 
-    suites/*.toml  shipped suites (tiny, seed-400m-sf, seed-400m-step-matched, depth-sweep, e1-ablations)
+    suites/*.toml  shipped suites (``rnnlab bench --list``)
     suite.py       load / plan (scaling: --params, --seeds, --runs, and config flags for every run) / status
     sweep.py       ``rnnlab sweep``: Cartesian product of --set axes as a suite
     runner.py      train a plan: one run at a time in this process, or through parallel.py
