@@ -28,7 +28,7 @@ def _common_flags(p) -> None:
                                                          "(default: one run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
     b.add_argument("--no-progress", action="store_true",
-                   help="no per-run progress bar: plain log lines (every --log-every steps) instead")
+                   help="no per-run progress bar: plain log lines (one every log_every steps) instead")
     b.add_argument("--no-plots", action="store_true", help="report without PNG plots")
 
 
