@@ -14,7 +14,7 @@ fi
 $PIP install -q "${CONSTRAINTS[@]}" torch
 $PIP install -q "${CONSTRAINTS[@]}" -e ".[dev]" setuptools wheel packaging
 # what `import mamba_ssm` itself imports (einops; its __init__ reaches transformers.generation)
-$PIP install -q "${CONSTRAINTS[@]}" "einops>=0.7,<1" huggingface_hub "transformers>=5.6.2,<6"
+$PIP install -q "${CONSTRAINTS[@]}" "einops>=0.7,<1" huggingface_hub "transformers>=5.24,<6"
 # mamba-ssm ships only as an sdist; its Mamba2 SSD kernels are Triton, and its CPU references
 # (ssd_minimal) back our tests. Build it without the CUDA extension (see docs/dependencies.md),
 # last and with --no-deps: its metadata also asks for tilelang, quack-kernels, apache-tvm-ffi and
