@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SUMMARY_KEYS = {"model", "params", "steps", "tokens", "loss", "val_loss", "val_bpb", "tok_per_s",
                 "peak_mem_gib", "time_s", "complete", "dim", "depth", "batch_size", "seq_len",
                 "optimizer", "lr", "precision", "seed"}
-METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "peak_mem_gib", "elapsed_s"}
+METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "peak_mem_gib", "elapsed_s", "warmup_s"}
 
 
 def _layer_module_exists(name: str) -> bool:

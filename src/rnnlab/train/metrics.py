@@ -31,7 +31,7 @@ from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
 
 WARMUP_STEPS = 3  # steps per process left out of the steady-state tok/s (compilation, autotuning)
-NOT_PLOTTED = ("step", "tokens", "elapsed_s", "bytes")  # record fields that are no curve
+NOT_PLOTTED = ("step", "tokens", "elapsed_s", "warmup_s", "bytes")  # record fields that are no curve
 HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of TensorBoard's HPARAMS tab
 
 
@@ -60,8 +60,8 @@ class Throughput:
 
 # ------------------------------------------------------------------------------ the interface
 class Tracker:
-    """One destination of a run's records. ``log(kind, record)``: ``kind`` is ``"train"`` (a
-    step: step, tokens, loss, lr, grad_norm, tok_per_s, peak_mem_gib, elapsed_s) or ``"eval"``
+    """One destination of a run's records. ``log(kind, record)``: ``kind`` is ``"train"`` (a step:
+    step, tokens, loss, lr, grad_norm, tok_per_s, peak_mem_gib, elapsed_s, warmup_s) or ``"eval"``
     (step, tokens, val_loss, val_bpb, bytes, ...); ``flush()`` comes every
     ``--log-every`` steps, ``sync()`` before each checkpoint, ``close()`` at the end."""
 
@@ -249,7 +249,8 @@ class LogLines(Tracker):
         if self.total is not None:
             eta = (self.total - r["step"]) * pace
         else:
-            eta = max(0.0, self.budget_s - r["elapsed_s"]) if self.budget_s is not None else None
+            spent = r["elapsed_s"] - r.get("warmup_s", 0.0)  # a --minutes budget leaves out the warm-up
+            eta = max(0.0, self.budget_s - spent) if self.budget_s is not None else None
         parts = [f"step {r['step']}" + (f"/{self.total}" if self.total else ""), f"loss {r['loss']:.4f}",
                  f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:.3g}", f"tok/s {tok_s:,.0f}"]
         if r["peak_mem_gib"] is not None:
@@ -285,7 +286,8 @@ class RunLogger:
         record = {"step": state.step, "tokens": state.tokens, "loss": result.loss, "lr": result.lr,
                   "grad_norm": result.grad_norm,
                   "tok_per_s": self.tokens_per_step / result.seconds if result.seconds > 0 else None,
-                  "peak_mem_gib": peak_mem_gib(self.device), "elapsed_s": state.elapsed_s}
+                  "peak_mem_gib": peak_mem_gib(self.device), "elapsed_s": state.elapsed_s,
+                  "warmup_s": state.warmup_s}
         logged = state.step % self.log_every == 0 or state.step == 1
         for tracker in self.trackers:
             if tracker.every_step or logged:
