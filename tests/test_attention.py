@@ -43,11 +43,14 @@ def test_rope_is_relative():
     torch.testing.assert_close(rope(q, torch.tensor([0]), 10000.0), q)  # position 0: identity
 
 
-@pytest.mark.parametrize(
-    "kw,field",
-    [(dict(dim=100, head_dim=64), "head_dim"), (dict(dim=64, head_dim=0), "head_dim"),
-     (dict(dim=63, head_dim=21), "even"), (dict(dim=64, rope_base=-1.0), "rope_base")],
-)
-def test_validate_names_field(kw, field):
-    with pytest.raises(ValueError, match=field):
+@pytest.mark.parametrize("kw,msg", [
+    (dict(dim=100, head_dim=64), "head_dim must divide dim (100), got 64"),
+    (dict(dim=64, head_dim=0), "head_dim must be a positive integer, got 0"),
+    (dict(dim=63, head_dim=21), "head_dim must be even for RoPE, got 21"),
+    (dict(dim=64, rope_base=-1.0), "rope_base must be a positive finite number, got -1.0"),
+    (dict(dim=0), "dim must be a positive integer, got 0"),
+])
+def test_validate_messages(kw, msg):
+    with pytest.raises(ValueError) as e:
         AttentionConfig(**kw).validate()
+    assert str(e.value) == msg

@@ -72,7 +72,7 @@ CASES = [
     ("gpus_zero", [*TRAIN, "--gpus", "0"], "gpus must be a positive integer, got 0"),
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
-    ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be an integer, got 'two'"),
+    ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be a positive integer, got 'two'"),
     ("layer_syntax", [*TRAIN, "--layer", "expansion"], "option 'expansion' must look like KEY=VALUE"),
     # --- train: data and memory
     ("data_missing", [*TRAIN, "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),

@@ -59,7 +59,7 @@ def test_every_field_is_type_checked(key):
     ({"betas": 5}, "betas must be two numbers in [0, 1), got 5"),
     ({"mlp_ratio": "two"}, "mlp_ratio must be a finite number >= 0, got 'two'"),
     ({"layer": 5}, "layer must be a table of options, got 5"),
-    ({"layer": {"heads": "two"}}, "e1 layer option heads must be an integer, got 'two'"),
+    ({"layer": {"heads": "two"}}, "e1 layer option heads must be a positive integer, got 'two'"),
     ({"vocab_size": 300}, "vocab_size must be one of 256, got 300"),
     ({"distributed": "zero3"}, "distributed must be one of ddp, fsdp2, got 'zero3'"),
 ])

@@ -98,15 +98,14 @@ def test_param_formula(e, s):
 
 def test_config_validation():
     E16Config(dim=8).validate()
-    with pytest.raises(ValueError, match="dim must be positive"):
-        E16Config(dim=-1).validate()
-    with pytest.raises(ValueError, match="expansion must be positive"):
-        E16Config(dim=8, expansion=0).validate()
-    with pytest.raises(ValueError, match="expansion must give at least one inner unit"):
-        E16Config(dim=8, expansion=0.1).validate()
-    with pytest.raises(ValueError, match="state_expansion must be a positive integer"):
-        E16Config(dim=8, state_expansion=0).validate()
-    with pytest.raises(ValueError, match="state_expansion must be a positive integer"):
-        E16Config(dim=8, state_expansion=1.5).validate()
-    with pytest.raises(ValueError, match="backend must be one of"):
-        E16Config(dim=8, backend="heinsen").validate()
+    for kw, msg in [(dict(dim=-1), "dim must be a positive integer, got -1"),
+                    (dict(dim=8.0), "dim must be a positive integer, got 8.0"),
+                    (dict(expansion=0), "expansion must be a positive finite number, got 0"),
+                    (dict(expansion=0.1), "expansion must give at least one inner unit (int(dim*expansion) >= 1), "
+                                          "got 0.1"),
+                    (dict(state_expansion=0), "state_expansion must be a positive integer, got 0"),
+                    (dict(state_expansion=1.5), "state_expansion must be a positive integer, got 1.5"),
+                    (dict(backend="heinsen"), "backend must be one of auto, naive, triton, got 'heinsen'")]:
+        with pytest.raises(ValueError) as e:
+            E16Config(**{"dim": 8, **kw}).validate()
+        assert str(e.value) == msg

@@ -4,9 +4,12 @@ and bf16, layer and whole LM), and exact input gradients (gradcheck)."""
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 import torch
 
+from rnnlab import options
 from rnnlab.models import LM, ModelConfig
 from rnnlab.models.registry import MODELS, get_spec
 from rnnlab.ops.dtypes import compute_dtype
@@ -64,6 +67,31 @@ def test_every_layer_option_is_declared_with_help():
     for spec in MODELS.values():
         missing = spec.undeclared_options()
         assert not missing, f"{spec.config_path}: declare {missing} with rnnlab.options.option(default, help=...)"
+
+
+def _bad_values(opt) -> list:
+    """Values the declaration of a ``--layer`` option refuses: text for a number, an unknown
+    choice, and a number just outside its bounds."""
+    if opt.choices:
+        return ["bogus"]
+    base = opt.type if opt.type in (int, float) else typing.get_args(opt.type)[0]  # int | None -> int
+    b = opt.meta.bounds
+    return ["two", base(b.lo if b.lo_open else b.lo - 1)]
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_bad_layer_option_is_one_clear_error(model):
+    """Each declared option of every mixer is checked against its declaration (type, choices,
+    bounds; a number without bounds is a missing declaration), and a bad value is one error
+    naming the model and the option, as ``--layer`` reports it."""
+    ModelConfig(model=model, dim=64).validate()  # the defaults pass
+    for opt in get_spec(model).layer_options():
+        assert opt.choices or opt.meta.bounds, f"{model} layer option {opt.key}: declare its choices or bounds"
+        for bad in _bad_values(opt):
+            with pytest.raises(ValueError) as e:
+                ModelConfig(model=model, dim=64, layer={opt.key: bad}).validate()
+            what = options.describe(opt.type, opt.choices, opt.meta.bounds)
+            assert str(e.value) == f"{model} layer option {opt.key} must be {what}, got {bad!r}"
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)

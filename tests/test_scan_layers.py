@@ -199,14 +199,14 @@ def test_param_formula(model, e):
 @pytest.mark.parametrize("cfg_cls", [MinGRUConfig, MinLSTMConfig])
 def test_config_validation(cfg_cls):
     cfg_cls(dim=8).validate()
-    with pytest.raises(ValueError, match="dim must be positive"):
-        cfg_cls(dim=0).validate()
-    with pytest.raises(ValueError, match="expansion must be positive"):
-        cfg_cls(dim=8, expansion=-1.0).validate()
-    with pytest.raises(ValueError, match="expansion must give at least one inner unit"):
-        cfg_cls(dim=8, expansion=0.01).validate()
-    with pytest.raises(ValueError, match="backend must be one of"):
-        cfg_cls(dim=8, backend="fast").validate()
+    for kw, msg in [(dict(dim=0), "dim must be a positive integer, got 0"),
+                    (dict(expansion=-1.0), "expansion must be a positive finite number, got -1.0"),
+                    (dict(expansion=0.01), "expansion must give at least one inner unit (int(dim*expansion) >= 1), "
+                                           "got 0.01"),
+                    (dict(backend="fast"), "backend must be one of auto, naive, triton, heinsen, got 'fast'")]:
+        with pytest.raises(ValueError) as e:
+            cfg_cls(**{"dim": 8, **kw}).validate()
+        assert str(e.value) == msg
     with pytest.raises(ValueError, match="unknown mingru layer option"):
         ModelConfig(model="mingru", dim=8, depth=1, layer={"state_expansion": 2}).validate()
 

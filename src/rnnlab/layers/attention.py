@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_positive
+from rnnlab.layers.base import State, check_options
 from rnnlab.ops.dtypes import compute_dtype
-from rnnlab.options import option
+from rnnlab.options import option, positive
 
 
 @dataclass
@@ -27,17 +27,16 @@ class AttentionConfig:
     """Transformer attention options."""
 
     dim: int
-    head_dim: int = option(64, help="width of each attention head (must divide dim, and be even for RoPE)")
-    rope_base: float = option(10000.0, help="RoPE base frequency")
+    head_dim: int = option(64, help="width of each attention head (must divide dim, and be even for RoPE)",
+                           bounds=positive())
+    rope_base: float = option(10000.0, help="RoPE base frequency", bounds=positive())
 
     @property
     def n_heads(self) -> int:
         return self.dim // self.head_dim
 
     def validate(self) -> None:
-        check_positive("dim", self.dim)
-        check_positive("head_dim", self.head_dim)
-        check_positive("rope_base", self.rope_base)
+        check_options(self)
         if self.dim % self.head_dim:
             raise ValueError(f"head_dim must divide dim ({self.dim}), got {self.head_dim}")
         if self.head_dim % 2:

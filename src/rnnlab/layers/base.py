@@ -12,45 +12,41 @@ attention it is a growing key/value cache. tests/test_layer_contract.py checks t
 every registered model.
 
 Each layer is built from a config dataclass with a ``dim`` field and a ``validate()`` method that
-raises ``ValueError`` with a clear message for impossible values. Every other field is a
-``--layer`` option, declared with ``rnnlab.options.option(default, help=..., choices=...)``:
-``rnnlab layers`` lists the options from these declarations (rnnlab.models.registry), and
+raises ``ValueError("<name> must ..., got ...")`` for impossible values. Every other field is a
+``--layer`` option, declared with ``rnnlab.options.option(default, help=..., choices=...,
+bounds=...)`` like the run config's fields: ``rnnlab layers`` lists the options from these
+declarations (rnnlab.models.registry), :func:`check_options` checks each value against its
+declaration, and ``validate()`` adds only the rules between fields, each message starting with
+the option it names (``ModelConfig`` prefixes it with "<model> layer option").
 tests/test_layer_contract.py fails for a field declared without help.
 
-Shared here: the config checks, and for a layer with an official implementation (Mamba2, Gated
+Shared here: the config check, and for a layer with an official implementation (Mamba2, Gated
 DeltaNet) the choice between it and the reference (:func:`resolve_official`,
 :class:`OfficialOrReference`) and the adoption of the library's module (:func:`adopt`).
 """
 
 from __future__ import annotations
 
-import math
 import types
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
+from rnnlab.options import check, check_value, positive
+
 State = tuple[Any, ...]
 OFFICIAL_BACKENDS = ("auto", "official", "reference")  # of a layer with an official implementation
 
 
-def check_positive(name: str, value: float) -> None:
-    """Raise a ValueError naming the field when a size is not positive."""
-    if value is None or value <= 0:
-        raise ValueError(f"{name} must be positive, got {value!r}")
-
-
-def check_positive_int(name: str, value: Any) -> None:
-    """Raise a ValueError naming the field unless ``value`` is a positive int (a bool is not)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    check_positive(name, value)
-
-
-def is_finite_number(value: Any) -> bool:
-    """An int or float (not a bool) that is finite."""
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+def check_options(cfg: Any) -> None:
+    """Check a layer config's ``dim`` (a positive integer) and each of its declared ``--layer``
+    options against the type, ``choices`` and ``bounds`` of its ``option`` declaration
+    (:func:`rnnlab.options.check`), raising ``ValueError("<name> must be <what>, got <value>")``
+    as the run config does. Each config's ``validate()`` calls this, then checks only the rules
+    between fields."""
+    check_value("dim", int, cfg.dim, bounds=positive())
+    check(cfg)
 
 
 def adopt(layer: nn.Module, inner: nn.Module, methods: tuple[str, ...] = ()) -> None:

@@ -55,7 +55,6 @@ a :class:`Recurrence` (public: ``analysis.gradflow`` reads it), scanned by its o
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -63,10 +62,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_positive
+from rnnlab.layers.base import State, check_options
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan
-from rnnlab.options import option
+from rnnlab.options import at_least, option, positive
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
@@ -167,23 +166,28 @@ class E1Config:
     """E1 options; every default reproduces the reference E1 (see the module docstring)."""
 
     dim: int
-    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
-    conv: int = option(0, help="kernel size of a causal depthwise conv before the silu (0 = no conv)")
-    heads: int = option(1, help="block-diagonal W_h with this many heads (must divide the state width)")
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive())
+    conv: int = option(0, help="kernel size of a causal depthwise conv before the silu (0 = no conv)",
+                       bounds=at_least(0))
+    heads: int = option(1, help="block-diagonal W_h with this many heads (must divide the state width)",
+                        bounds=positive())
     selective: str = option("none", choices=SELECTIVE,
                             help="input-dependent recurrence: none, decay (a sigmoid gate a_t scales W_h h) "
                                  "or lowrank (W_h + U diag(s_t) V^T)")
-    selective_rank: int = option(8, help="rank r of the lowrank selective term")
-    state_expansion: int = option(1, help="state width K = di * state_expansion, read out by W_r: [di, K]")
+    selective_rank: int = option(8, help="rank r of the lowrank selective term", bounds=positive())
+    state_expansion: int = option(1, help="state width K = di * state_expansion, read out by W_r: [di, K]",
+                                  bounds=positive())
     init: str = option("xavier", choices=INITS,
                        help="initialisation: xavier (the reference's), mamba2 (N(0, 0.02), W_h orthogonal "
                             "x 0.999) or identity (W_h = init_scale * I)")
-    init_scale: float = option(0.9, help="W_h = init_scale * I for init=identity")
+    init_scale: float = option(0.9, help="W_h = init_scale * I for init=identity", bounds=positive())
     norm: str = option("spectral", choices=NORMS,
                        help="spectral (W_h rescaled to spectral norm spectral_radius), none, or rms "
                             "(RMSNorm on the state before the output gate)")
-    spectral_radius: float = option(0.99, help="the spectral norm W_h is rescaled to (norm=spectral)")
-    power_iters: int = option(3, help="power iterations per training forward estimating W_h's spectral norm")
+    spectral_radius: float = option(0.99, help="the spectral norm W_h is rescaled to (norm=spectral)",
+                                    bounds=positive())
+    power_iters: int = option(3, help="power iterations per training forward estimating W_h's spectral norm",
+                              bounds=positive())
     backend: str = option("auto", choices=BACKENDS,
                           help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive "
                                "(the reference) or triton")
@@ -197,19 +201,7 @@ class E1Config:
         return self.d_inner * self.state_expansion
 
     def validate(self) -> None:
-        for name in ("dim", "conv", "heads", "selective_rank", "state_expansion", "power_iters"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise ValueError(f"{name} must be an integer, got {v!r}")
-        for name in ("expansion", "init_scale", "spectral_radius"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        for name in ("dim", "expansion", "heads", "selective_rank", "state_expansion",
-                     "init_scale", "spectral_radius", "power_iters"):
-            check_positive(name, getattr(self, name))
-        if self.conv < 0:
-            raise ValueError(f"conv must be >= 0 (0 = off), got {self.conv!r}")
+        check_options(self)
         if self.d_inner < 1:
             raise ValueError(
                 f"expansion must give int(dim*expansion) >= 1, got {self.expansion!r} (dim {self.dim})"
@@ -219,10 +211,6 @@ class E1Config:
                 f"heads must divide the state width int(dim*expansion)*state_expansion = "
                 f"{self.d_state}, got {self.heads}"
             )
-        for name, choices in (("selective", SELECTIVE), ("init", INITS), ("norm", NORMS),
-                              ("backend", BACKENDS)):
-            if getattr(self, name) not in choices:
-                raise ValueError(f"{name} must be one of {choices}, got {getattr(self, name)!r}")
 
 
 # ------------------------------------------------------------ the recurrence of one input

@@ -21,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_positive
+from rnnlab.layers.base import State, check_options
 from rnnlab.ops.diag import BACKENDS, diag_elman_scan
 from rnnlab.ops.dtypes import compute_dtype
-from rnnlab.options import option
+from rnnlab.options import option, positive
 
 
 @dataclass
@@ -32,8 +32,9 @@ class E16Config:
     """E16 options (the reference's Table B E16 used expansion 2)."""
 
     dim: int = 256
-    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
-    state_expansion: int = option(2, help="state width ds = di * state_expansion (\"E16 s4\" means 4)")
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive())
+    state_expansion: int = option(2, help="state width ds = di * state_expansion (\"E16 s4\" means 4)",
+                                  bounds=positive())
     backend: str = option("auto", choices=BACKENDS,
                           help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
 
@@ -46,18 +47,11 @@ class E16Config:
         return self.d_inner * self.state_expansion
 
     def validate(self) -> None:
-        check_positive("dim", self.dim)
-        if not isinstance(self.dim, int):
-            raise ValueError(f"dim must be an integer, got {self.dim!r}")
-        check_positive("expansion", self.expansion)
+        check_options(self)
         if self.d_inner < 1:
             raise ValueError(
                 f"expansion must give at least one inner unit (int(dim*expansion) >= 1), got {self.expansion!r}"
             )
-        if isinstance(self.state_expansion, bool) or not isinstance(self.state_expansion, int) or self.state_expansion <= 0:
-            raise ValueError(f"state_expansion must be a positive integer, got {self.state_expansion!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 class E16(nn.Module):

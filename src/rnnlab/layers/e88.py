@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_positive_int, is_finite_number
+from rnnlab.layers.base import State, check_options
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.e88 import BACKENDS, e88_scan
-from rnnlab.options import option
+from rnnlab.options import option, positive
 
 
 @dataclass
@@ -41,9 +41,11 @@ class E88Config:
     """E88 options (the reference's: n 32, expansion 1, balanced heads)."""
 
     dim: int = 256
-    n_state: int = option(32, help="key/query size n per head: the rows of each head's state")
-    expansion: float = option(1.0, help="value size per head m = int(n_state * expansion): the state's columns")
-    heads: int | None = option(None, help="number of heads (default: balanced, max(1, dim // n_state))")
+    n_state: int = option(32, help="key/query size n per head: the rows of each head's state", bounds=positive())
+    expansion: float = option(1.0, help="value size per head m = int(n_state * expansion): the state's columns",
+                              bounds=positive())
+    heads: int | None = option(None, help="number of heads (default: balanced, max(1, dim // n_state))",
+                               bounds=positive())
     backend: str = option("auto", choices=BACKENDS,
                           help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
 
@@ -56,12 +58,9 @@ class E88Config:
         return int(self.n_state * self.expansion)
 
     def validate(self) -> None:
-        for name in ("dim", "n_state") + (("heads",) if self.heads is not None else ()):
-            check_positive_int(name, getattr(self, name))
-        if not is_finite_number(self.expansion) or self.head_v_dim < 1:
+        check_options(self)
+        if self.head_v_dim < 1:
             raise ValueError(f"expansion must give int(n_state*expansion) >= 1, got {self.expansion!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:

@@ -41,13 +41,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_positive_int,
-                                is_finite_number, resolve_official)
+from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_options,
+                                resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.delta import gated_delta_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.registry import LazyKernel
-from rnnlab.options import option
+from rnnlab.options import option, positive
 
 FLA_LAYER = LazyKernel("fla.layers.gated_deltanet")  # fla's layer module, imported on first use
 
@@ -57,10 +57,11 @@ class GatedDeltaNetConfig:
     """Gated DeltaNet options (fla's layer as the reference study built it: head_dim 128, expand_v 2)."""
 
     dim: int = 256
-    head_dim: int = option(128, help="key/query size K per head")
-    heads: int | None = option(None, help="number of heads (default: max(1, dim // head_dim), key width ~ dim)")
-    expand_v: float = option(2.0, help="value size per head V = head_dim * expand_v")
-    conv_size: int = option(4, help="kernel size of the causal depthwise convs on q, k, v")
+    head_dim: int = option(128, help="key/query size K per head", bounds=positive())
+    heads: int | None = option(None, help="number of heads (default: max(1, dim // head_dim), key width ~ dim)",
+                               bounds=positive())
+    expand_v: float = option(2.0, help="value size per head V = head_dim * expand_v", bounds=positive())
+    conv_size: int = option(4, help="kernel size of the causal depthwise convs on q, k, v", bounds=positive())
     backend: str = option("auto", choices=OFFICIAL_BACKENDS,
                           help="official (fla's layer and kernels, CUDA only), reference (PyTorch, any device, "
                                "same weights) or auto (official where it runs)")
@@ -74,13 +75,9 @@ class GatedDeltaNetConfig:
         return int(self.head_dim * self.expand_v)
 
     def validate(self) -> None:
-        for name in ("dim", "head_dim", "conv_size") + (("heads",) if self.heads is not None else ()):
-            check_positive_int(name, getattr(self, name))
-        v = self.head_v_dim if is_finite_number(self.expand_v) else 0
-        if v < 1 or v != self.head_dim * self.expand_v:
+        check_options(self)
+        if self.head_v_dim < 1 or self.head_v_dim != self.head_dim * self.expand_v:
             raise ValueError(f"expand_v must make head_dim*expand_v a positive integer, got {self.expand_v!r}")
-        if self.backend not in OFFICIAL_BACKENDS:
-            raise ValueError(f"backend must be one of {OFFICIAL_BACKENDS}, got {self.backend!r}")
 
 
 def resolve_backend(backend: str) -> str:

@@ -45,12 +45,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_positive_int,
+from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_options,
                                 resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
-from rnnlab.options import option
+from rnnlab.options import option, positive
 
 
 @dataclass
@@ -58,12 +58,13 @@ class Mamba2Config:
     """Mamba2 options (mamba_ssm's, with the reference's d_state 64)."""
 
     dim: int
-    d_state: int = option(64, help="SSM state size N per head")
-    d_conv: int = option(4, help="kernel size of the causal depthwise conv")
-    expand: int = option(2, help="inner width di = expand * dim")
-    headdim: int = option(64, help="width of each SSM head (must divide di)")
-    ngroups: int = option(1, help="groups of heads sharing B and C (must divide the number of heads)")
-    chunk_size: int = option(256, help="chunk length of the SSD scan")
+    d_state: int = option(64, help="SSM state size N per head", bounds=positive())
+    d_conv: int = option(4, help="kernel size of the causal depthwise conv", bounds=positive())
+    expand: int = option(2, help="inner width di = expand * dim", bounds=positive())
+    headdim: int = option(64, help="width of each SSM head (must divide di)", bounds=positive())
+    ngroups: int = option(1, help="groups of heads sharing B and C (must divide the number of heads)",
+                         bounds=positive())
+    chunk_size: int = option(256, help="chunk length of the SSD scan", bounds=positive())
     backend: str = option("auto", choices=OFFICIAL_BACKENDS,
                           help="official (mamba_ssm's module and kernels, CUDA only), reference (PyTorch, any "
                                "device, same weights) or auto (official where it runs)")
@@ -77,8 +78,7 @@ class Mamba2Config:
         return self.d_inner // self.headdim
 
     def validate(self) -> None:
-        for name in ("dim", "d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size"):
-            check_positive_int(name, getattr(self, name))
+        check_options(self)
         if self.d_inner % self.headdim:
             raise ValueError(
                 f"headdim must divide d_inner = expand*dim = {self.d_inner}, got {self.headdim}"
@@ -87,8 +87,6 @@ class Mamba2Config:
             raise ValueError(
                 f"ngroups must divide the number of heads ({self.nheads}), got {self.ngroups}"
             )
-        if self.backend not in OFFICIAL_BACKENDS:
-            raise ValueError(f"backend must be one of {OFFICIAL_BACKENDS}, got {self.backend!r}")
 
 
 def causal_conv1d_available() -> bool:

@@ -19,10 +19,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rnnlab.layers.base import State, check_positive
+from rnnlab.layers.base import State, check_options
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.scan import BACKENDS, mingru_scan
-from rnnlab.options import option
+from rnnlab.options import option, positive
 
 
 @dataclass
@@ -31,7 +31,7 @@ class MinRNNConfig:
 
     dim: int = 256
     expansion: float = option(1.0, help="inner width di = int(dim * expansion); an output projection "
-                                        "di -> dim is added when it is not 1")
+                                        "di -> dim is added when it is not 1", bounds=positive())
     backend: str = option("auto", choices=BACKENDS,
                           help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive, "
                                "triton or heinsen (the log-space parallel scan the reference trained with)")
@@ -41,15 +41,10 @@ class MinRNNConfig:
         return int(self.dim * self.expansion)
 
     def validate(self) -> None:
-        check_positive("dim", self.dim)
-        if not isinstance(self.dim, int):
-            raise ValueError(f"dim must be an integer, got {self.dim!r}")
-        check_positive("expansion", self.expansion)
+        check_options(self)
         if self.d_inner < 1:
             raise ValueError("expansion must give at least one inner unit (int(dim*expansion) >= 1), "
                              f"got {self.expansion!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
 
 
 class MinRNN(nn.Module):

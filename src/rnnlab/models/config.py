@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from rnnlab.models.registry import MODELS, get_spec
-from rnnlab.options import at_least, check, check_value, option, positive
+from rnnlab.options import at_least, check, option, positive
 
 MAX_DIM = 65536
 MAX_DEPTH = 1024
@@ -37,27 +36,27 @@ class ModelConfig:
 
     def validate(self) -> None:
         check(self)
-        self.layer_config().validate()
+        self.layer_config()  # builds and validates the mixer's config
 
     def resolved_mlp_ratio(self) -> float:
         return get_spec(self.model).mlp_ratio if self.mlp_ratio is None else float(self.mlp_ratio)
 
     def layer_config(self):
-        """The mixer's own config dataclass, built from ``dim`` and ``layer``; each option is
-        checked against that dataclass's annotations and declared choices."""
-        spec = get_spec(self.model)
-        cls = spec.config_cls
-        types = typing.get_type_hints(cls)
-        choices = {s.name: s.choices for s in spec.layer_options()}
+        """The mixer's own config dataclass, built from ``dim`` and ``layer`` and validated by its
+        ``validate()``, whose errors come prefixed: "e1 layer option heads must be ..."."""
+        cls = get_spec(self.model).config_cls
         known = {f.name for f in dataclasses.fields(cls)} - {"dim"}
         unknown = sorted(set(self.layer) - known)
         if unknown:
             raise ValueError(
                 f"unknown {self.model} layer option(s) {unknown}; known: {sorted(known)} (rnnlab layers)"
             )
-        for name, value in self.layer.items():
-            check_value(f"{self.model} layer option {name}", types[name], value, choices.get(name))
-        return cls(dim=self.dim, **self.layer)
+        cfg = cls(dim=self.dim, **self.layer)
+        try:
+            cfg.validate()
+        except ValueError as e:
+            raise ValueError(f"{self.model} layer option {e}") from None
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

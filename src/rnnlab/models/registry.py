@@ -6,12 +6,13 @@ registry stays cheap and an external mixer can be registered the same way (``reg
 A mixer's config dataclass has ``dim`` (the model width, set by ``--dim``) and declares every
 other field, its ``--layer`` options, with ``rnnlab.options.option``::
 
-    expansion: float = option(1.0, help="inner width di = int(dim * expansion)")
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive())
     backend: str = option("auto", choices=BACKENDS, help="...")
 
-``rnnlab layers`` lists them from these declarations (``ModelSpec.layer_options``), ``--layer``
-values are checked against their types and choices, and tests/test_layer_contract.py fails for
-a field declared without help.
+``rnnlab layers`` lists them from these declarations (``ModelSpec.layer_options``), the config's
+``validate()`` checks values against their types, choices and bounds
+(``rnnlab.layers.base.check_options``), and tests/test_layer_contract.py fails for a field
+declared without help, or a number declared without bounds.
 """
 
 from __future__ import annotations
