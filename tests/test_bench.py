@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnlab.bench.report import aggregate, collect, write_report
+from rnnlab.bench.report import aggregate, collect, describe_git, write_report
 from rnnlab.bench.runner import run_plan
 from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_status
 from rnnlab.bench.sweep import build_sweep
@@ -251,6 +251,17 @@ def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, d
     (d / "metrics.jsonl").write_text("".join(
         json.dumps({"step": i, "loss": 3.0 - 0.1 * i, "elapsed_s": i * 0.5, "tok_per_s": tok}) + "\n"
         for i in range(1, 11)))
+
+
+def test_report_commit_is_the_runs_else_this_code(monkeypatch):
+    """The first commit a run recorded (env.json), marked dirty as recorded; without one, the
+    commit of the code writing the report (RNNLAB_GIT_COMMIT where the tree is a copy)."""
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "fedcba98" * 5)
+    runs = [{"env": {"git_sha": None}}, {"env": {"git_sha": "0123456789abcdef", "git_dirty": True}}]
+    assert describe_git(runs) == "0123456789ab (dirty)"
+    assert describe_git(runs[:1]) == "fedcba98fedc"
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "not-a-commit")
+    assert describe_git(runs[:1]) == "- (not a git checkout)"
 
 
 def test_report_mean_std_over_seeds(tmp_path):

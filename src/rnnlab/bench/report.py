@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from rnnlab.bench import plots as P
 from rnnlab.bench.suite import SUITE_FILE, suite_ref
 from rnnlab.train.config import BUDGET_KEYS
 from rnnlab.train.rundir import RunDir, read_json
+from rnnlab.train.runtime import git_state
 
 METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
            "time_s")
@@ -341,20 +341,20 @@ def describe_corpus(records: list[dict[str, Any]]) -> str:
 
 
 def describe_git(records: list[dict[str, Any]]) -> str:
-    for r in records:
-        sha = r["env"].get("git_sha")
-        if sha and _SHA.fullmatch(str(sha)):
-            return sha[:12] + (" (dirty)" if r["env"].get("git_dirty") else "")
-    try:
-        p = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                           capture_output=True, text=True, timeout=5)
-        sha = p.stdout.strip()
-        return sha[:12] if p.returncode == 0 and _SHA.fullmatch(sha) else "- (not a git checkout)"
-    except (OSError, subprocess.SubprocessError):
-        return "- (git not available)"
+    """The commit the runs recorded (the first env.json naming one), else the commit of the code
+    writing the report."""
+    recorded = (_describe_commit(r["env"].get("git_sha"), r["env"].get("git_dirty")) for r in records)
+    return next(filter(None, recorded), None) or _describe_commit(*git_state()) or "- (not a git checkout)"
 
 
-def machine_load(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _describe_commit(sha: Any, dirty: bool | None) -> str | None:
+    """``"0123456789ab (dirty)"``, or None when ``sha`` is no commit hash."""
+    if not (sha and _SHA.fullmatch(str(sha))):
+        return None
+    return sha[:12] + (" (dirty)" if dirty else "")
+
+
+def cpu_runs_start_load(records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """For CPU runs (None without any): the 1-minute load average each started under and the
     cores it had (env.json), and ``busy``: the runs that started with a load above their core
     count. Other processes then competed for the CPU, so their tok/s and time do not compare."""
@@ -424,7 +424,7 @@ def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]
         "command": plan.get("command") or next(
             (" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-"),
         "protocol": describe_protocol(records),
-        "machine_load": machine_load(records),
+        "machine_load": cpu_runs_start_load(records),
         "overrides": {k: v for k, v in (plan.get("options") or {}).items() if k in OVERRIDE_KEYS},
         "seeds": sorted({r["seed"] for r in records if r["seed"] is not None}),
     }

@@ -175,7 +175,7 @@ def env_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["gpu_count"] = torch.cuda.device_count()
-    info["git_sha"], info["git_dirty"] = _git_state()
+    info["git_sha"], info["git_dirty"] = git_state()
     return info
 
 
@@ -192,7 +192,7 @@ def machine_load() -> dict[str, Any]:
     return {"load_avg": load, "cpu_count": cores}
 
 
-def _git_state() -> tuple[str | None, bool | None]:
+def git_state() -> tuple[str | None, bool | None]:
     """``(commit, dirty)`` of the code that runs. ``RNNLAB_GIT_COMMIT`` names the commit where the
     code is a copy whose git metadata is missing or stale (e.g. a tree sent to a GPU machine)."""
     if os.environ.get("RNNLAB_GIT_COMMIT"):
