@@ -64,11 +64,21 @@ def test_each_model_learns(name, tiny_train, tmp_path):
 
 
 def test_bf16_and_mixed_precision_run(tiny_train, tmp_path):
+    from rnnlab.data import load_splits
+    from rnnlab.train.runtime import evaluate_run
+
     for prec in ("bf16", "bf16-mixed"):
         s = run_training(tiny_train(tmp_path / prec, precision=prec, steps=5), progress=False)
         assert s["complete"] and math.isfinite(s["loss"]) and s["precision"] == prec
     _, model, _ = RunDir(tmp_path / "bf16").load("cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
+    # bf16-mixed keeps fp32 weights and evaluates under bf16 autocast: fp32 evaluation differs
+    rcfg, model, _ = RunDir(tmp_path / "bf16-mixed").load("cpu")
+    assert next(model.parameters()).dtype == torch.float32
+    mixed = evaluate_run(model, load_splits().val, rcfg)["loss"]
+    assert mixed == s["val_loss"]
+    rcfg.run.precision = "fp32"
+    assert abs(evaluate_run(model, load_splits().val, rcfg)["loss"] - mixed) > 1e-6
 
 
 # ----------------------------------------------------------------------------- run folder

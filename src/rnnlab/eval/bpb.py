@@ -8,23 +8,23 @@ is ``loss / ln 2`` (one token = one byte).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 from torch import nn
 
 from rnnlab.data import eval_windows
+from rnnlab.ops.dtypes import autocast
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, split, seq_len: int, batch_size: int, max_bytes: int | None = None,
-             *, autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+             *, precision: str = "fp32") -> dict[str, float]:
     """``{"loss", "bpb", "bytes"}`` over ``split`` (its first ``max_bytes`` bytes when given).
 
-    ``model(idx, targets)`` must return the mean cross-entropy; ``autocast_dtype`` (e.g. bf16 for
-    the ``bf16-mixed`` precision) runs the forward under autocast. The model's train/eval mode
-    is restored afterwards.
+    ``model(idx, targets)`` must return the mean cross-entropy; the forward runs under the
+    autocast of the run's ``precision`` (``rnnlab.ops.dtypes.autocast``: bf16 for
+    ``bf16-mixed``). The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
     model.eval()
@@ -34,9 +34,7 @@ def evaluate(model: nn.Module, split, seq_len: int, batch_size: int, max_bytes: 
         for win in eval_windows(split, seq_len, batch_size, max_bytes):
             win = win.to(device, non_blocking=True)
             x, y = win[:, :-1], win[:, 1:]
-            ctx = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None
-                   else contextlib.nullcontext())
-            with ctx:
+            with autocast(device, precision):
                 loss = model(x, y)
             n = y.numel()
             total += float(loss.float()) * n

@@ -1,10 +1,9 @@
-"""What a run is built on: its device, number formats, seeds, a memory pre-check, the model (plain,
-then wrapped for data parallelism and ``torch.compile``), held-out evaluation with the run's
-settings, and the record of the environment."""
+"""What a run is built on: its device, seeds, a memory pre-check, the model (in its precision's
+dtype, plain, then wrapped for data parallelism and ``torch.compile``), held-out evaluation with
+the run's settings, and the record of the environment."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import platform
 import random
@@ -20,6 +19,7 @@ from torch import nn
 
 from rnnlab.eval.bpb import evaluate
 from rnnlab.models.lm import LM
+from rnnlab.ops.dtypes import param_dtype
 from rnnlab.train import distributed as dist
 
 
@@ -37,21 +37,6 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-def param_dtype(precision: str) -> torch.dtype:
-    """The weights' dtype: bf16 for pure ``bf16``, else fp32 (``bf16-mixed`` keeps fp32 masters)."""
-    return torch.bfloat16 if precision == "bf16" else torch.float32
-
-
-def autocast_dtype(precision: str) -> torch.dtype | None:
-    return torch.bfloat16 if precision == "bf16-mixed" else None
-
-
-def autocast(device: torch.device, precision: str):
-    """The forward's autocast context (bf16 for ``bf16-mixed``, none otherwise)."""
-    amp = autocast_dtype(precision)
-    return torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
-
-
 EVAL_TOKENS = 16384  # default eval batch: at least this many tokens (evaluation keeps no activations)
 
 
@@ -61,8 +46,7 @@ def evaluate_run(model: nn.Module, split, cfg, *, batch_size: int | None = None,
     byte cap and precision. ``batch_size`` / ``max_bytes`` replace the run's; a cap of 0 = all."""
     batch = batch_size or cfg.run.eval_batch_size or max(cfg.data.batch_size, EVAL_TOKENS // cfg.data.seq_len)
     cap = cfg.run.eval_bytes if max_bytes is None else max_bytes
-    return evaluate(model, split, cfg.data.seq_len, batch, cap or None,
-                    autocast_dtype=autocast_dtype(cfg.run.precision))
+    return evaluate(model, split, cfg.data.seq_len, batch, cap or None, precision=cfg.run.precision)
 
 
 def seed_everything(seed: int) -> None:

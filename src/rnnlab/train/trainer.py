@@ -36,13 +36,14 @@ from torch import nn
 
 from rnnlab.data import BatchStream, load_splits
 from rnnlab.models.params import count_params
+from rnnlab.ops.dtypes import autocast
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError
 from rnnlab.train.config import TrainConfig
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
-from rnnlab.train.runtime import (autocast, build_model, check_memory, env_info, evaluate_run, is_out_of_memory,
+from rnnlab.train.runtime import (build_model, check_memory, env_info, evaluate_run, is_out_of_memory,
                                   peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
 
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
