@@ -21,7 +21,7 @@ from typing import Any
 
 from rnnlab.bench import plots as P
 from rnnlab.bench.suite import SUITE_FILE, suite_ref
-from rnnlab.train.config import BUDGET_KEYS
+from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS
 from rnnlab.train.rundir import RunDir, read_json
 from rnnlab.train.runtime import git_state
 
@@ -408,7 +408,7 @@ OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes")  # option
 LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on the "
           "held-out split at the end of training (bytes scored: {val_bytes}), at the weights a checkpoint ships "
           "(Schedule-Free: its average x; \"train point\": its y); Tok/s (steady) = training "
-          "tokens per second of training-step time, the first 3 steps of each process (compilation, "
+          "tokens per second of training-step time, the first {warmup_steps} steps of each process (compilation, "
           "autotuning) left out; Tok/s (wall) = tokens / the run's whole wall-clock time (start-up, "
           "compilation, evaluation and checkpoints included); Memory = peak CUDA memory allocated.")
 
@@ -452,7 +452,8 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
         md += [f"> - {d}" for d in diffs]
     md += averaging_warning(rows)
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
-    return md + ["", LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-"), ""]
+    legend = LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-", warmup_steps=WARMUP_STEPS)
+    return md + ["", legend, ""]
 
 
 def reference_lines(rows: list[dict[str, Any]], plan: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

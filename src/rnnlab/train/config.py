@@ -42,6 +42,7 @@ LR_SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("bf16", "bf16-mixed", "fp32")
 DISTRIBUTED = ("ddp", "fsdp2")
 DEFAULT_STEPS = 1000
+WARMUP_STEPS = 3  # steps per process (compilation, autotuning) left out of the steady tok/s and --minutes
 
 # Absurdity limits: anything beyond these is a typo, not an experiment.
 MAX_BATCH = 1 << 16
@@ -82,7 +83,7 @@ class BudgetConfig:
     steps: int | None = option(DEFAULT_STEPS, help="optimizer steps", bounds=positive(MAX_STEPS),
                                resumable=True, scope="suite")
     minutes: float | None = option(None, help="training minutes (not counted: evaluation, checkpoints and each "
-                                              "process's first 3 steps, i.e. compilation and autotuning)",
+                                              f"process's first {WARMUP_STEPS} steps, i.e. compilation and autotuning)",
                                    bounds=positive(), resumable=True, scope="suite")
     tokens: int | None = option(None, help="training tokens, e.g. 50M", parse=parse_count,
                                 bounds=positive(MAX_STEPS * MAX_TOKENS_PER_STEP), resumable=True, scope="suite")

@@ -27,10 +27,10 @@ from typing import Any, TextIO
 
 import torch
 
+from rnnlab.train.config import WARMUP_STEPS
 from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
 
-WARMUP_STEPS = 3  # steps per process left out of the steady-state tok/s (compilation, autotuning)
 NOT_PLOTTED = ("step", "tokens", "elapsed_s", "warmup_s", "bytes")  # record fields that are no curve
 HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of TensorBoard's HPARAMS tab
 
