@@ -191,14 +191,25 @@ class RunDir:
     def checkpoint(self):
         """The newest checkpoint that verifies; damaged newer ones are reported on stderr.
         ``CheckpointError`` saying what was found when there is none."""
+        return self._usable_checkpoint(self.checkpointer(), resuming=False)
+
+    def _usable_checkpoint(self, checkpointer, resuming: bool):
+        """The newest checkpoint of ``checkpointer`` that verifies, each damaged newer one reported
+        on stderr and, when ``resuming``, renamed aside (a legacy one is left in place);
+        ``CheckpointError`` saying what was found when none verifies."""
         from rnnlab.train.checkpoint import CheckpointError
 
-        usable, damaged = self.checkpointer().find()
+        usable, damaged = checkpointer.find()
         if usable is None:
             found = "; ".join(why for _, why in damaged) or "none was written"
+            if resuming:
+                raise CheckpointError(f"--resume: no usable checkpoint in {self.ckpt_dir} ({found}); nothing was "
+                                      f"changed (start over with --overwrite, which deletes this run)")
             raise CheckpointError(f"no usable checkpoint in {self.ckpt_dir} ({found})")
         for c, why in damaged:
-            warn(f"checkpoint {c.path} is damaged: {why}; using {usable} instead")
+            aside = f"; it is kept as {checkpointer.quarantine(c).name}" if resuming and not c.legacy else ""
+            warn(f"checkpoint {c.path} is damaged: {why}; {'resuming from' if resuming else 'using'} {usable} "
+                 f"instead{aside}")
         return usable
 
     def weight_files(self) -> list[Path]:
@@ -289,7 +300,6 @@ class RunDir:
     def _resume_point(self, cfg):
         """The newest usable checkpoint of a run made with ``cfg``'s config, else an error that
         changes nothing; damaged newer checkpoints are renamed aside, loudly."""
-        from rnnlab.train.checkpoint import CheckpointError
         from rnnlab.train.config import resume_mismatch
 
         saved = self.saved_config()
@@ -301,16 +311,7 @@ class RunDir:
             key, old, new = diff
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}")
-        checkpointer = self.checkpointer(cfg)
-        usable, damaged = checkpointer.find()
-        if usable is None:
-            found = "; ".join(why for _, why in damaged) or "none was written"
-            raise CheckpointError(f"--resume: no usable checkpoint in {self.ckpt_dir} ({found}); nothing was "
-                                  f"changed (start over with --overwrite, which deletes this run)")
-        for c, why in damaged:
-            aside = f"; it is kept as {checkpointer.quarantine(c).name}" if not c.legacy else ""
-            warn(f"checkpoint {c.path} is damaged: {why}; resuming from {usable} instead{aside}")
-        return usable
+        return self._usable_checkpoint(self.checkpointer(cfg), resuming=True)
 
     def _clear(self, cfg) -> None:
         """A fresh run: refuse a folder holding a run, or delete that run's files (``overwrite``)."""
