@@ -148,10 +148,6 @@ def fmt_mem(row: dict[str, Any], device: str) -> str:
     return _pm(row["peak_mem_gib"], row["peak_mem_gib_std"], lambda v: f"{v:.1f}") + " GiB"
 
 
-def model_label(row: dict[str, Any]) -> str:
-    return row["name"]
-
-
 def config_text(row: dict[str, Any]) -> str:
     layer = row.get("layer") or {}
     opts = " ".join(f"{k}={v}" for k, v in layer.items())
@@ -170,7 +166,7 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
     at_y = any(r["val_bpb_train_point"] is not None for r in rows)
     body = []
     for r in rows:
-        name = model_label(r)
+        name = r["name"]
         if r["status"] != "complete":
             name += f" ({r['status']}: {r['n_complete']}/{r['n_runs']})"
         y = [_pm(r["val_bpb_train_point"], r["val_bpb_train_point_std"], fmt_loss)] if at_y else []
