@@ -101,6 +101,7 @@ def test_run_folder_contents(tiny_train, tmp_path):
     assert cfg["model"]["dim"] == 32 and cfg["steps"] == 12 and cfg["optimizer"] == "schedulefree-adamw"
     env = json.loads((run / "env.json").read_text())
     assert env["versions"]["torch"] and env["device"] == "cpu"
+    assert {"flash-linear-attention", "fla-core", "transformers", "wrapt", "mamba-ssm"} <= set(env["versions"])
     assert env["cpu_count"] >= 1 and len(env["load_avg"]) == 3  # the machine's load as the run started
     # tied head stored once; the checkpoint's weights reproduce the final held-out loss exactly
     from safetensors import safe_open

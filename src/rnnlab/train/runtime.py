@@ -133,6 +133,12 @@ def wrap_model(model: nn.Module, cfg) -> nn.Module:
     return fwd
 
 
+# the distributions whose versions env.json records (None where not installed): fla ships as two,
+# flash-linear-attention over fla-core; transformers and wrapt carry the Hugging Face classes (rnnlab.hf)
+VERSIONED = ("rnnlab", "torch", "numpy", "schedulefree", "safetensors", "triton", "mamba-ssm", "causal-conv1d",
+             "flash-linear-attention", "fla-core", "transformers", "wrapt")
+
+
 def env_info(device: torch.device) -> dict[str, Any]:
     """Versions, host, device, command line, git commit and the machine's load: env.json of a run."""
     from importlib import metadata
@@ -149,8 +155,7 @@ def env_info(device: torch.device) -> dict[str, Any]:
         "hostname": platform.node(),
         "argv": sys.argv,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "versions": {p: version(p) for p in ("rnnlab", "torch", "numpy", "schedulefree", "safetensors",
-                                             "triton", "mamba-ssm", "causal-conv1d")},
+        "versions": {p: version(p) for p in VERSIONED},
         "device": str(device),
         "cuda": torch.version.cuda,
         "cpu_threads": torch.get_num_threads(),
