@@ -476,3 +476,33 @@ def test_minutes_budget_leaves_out_the_warm_up_steps(tiny_train, tmp_path, monke
     s = run_training(tiny_train(tmp_path / "r", steps=None, minutes=0.005), progress=False)  # 0.3 s
     assert s["warmup_s"] >= 1.5 and s["steps"] > 3  # the 1.5 s of "compilation" did not spend the budget
     assert s["time_s"] - s["warmup_s"] >= 0.3
+
+
+# ----------------------------------------------------------------------------- weight decay
+MARKED = {"mamba2": {"A_log", "dt_bias", "D"}, "e88": {"A_log", "dt_bias"}, "gdn": {"A_log", "dt_bias"}, "e1": set()}
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "schedulefree-adamw"])
+@pytest.mark.parametrize("model", sorted(MARKED))
+@pytest.mark.parametrize("decay_marked", [False, True])
+def test_weight_decay_spares_the_marked_decay_rates(model, optimizer, decay_marked):
+    """With zero gradients a step only applies weight decay: every parameter shrinks except the
+    ones a layer marks ``_no_weight_decay`` (Mamba2's A_log, dt_bias, D, E88's and GDN's A_log,
+    dt_bias), which stay put unless ``decay_marked`` (the reference study's one group)."""
+    from rnnlab.train.optim import build_optimizer
+    from rnnlab.train.runtime import build_model
+
+    cfg = apply_overrides(TrainConfig(), {"model": model, "dim": 32, "depth": 1, "optimizer": optimizer,
+                                          "lr": 0.5, "weight_decay": 0.5, "decay_marked": decay_marked,
+                                          "lr_schedule": "constant", "precision": "fp32"}).validate()
+    lm = build_model(cfg, torch.device("cpu"))
+    opt, _ = build_optimizer(lm, cfg)
+    before = {n: p.detach().clone() for n, p in lm.named_parameters()}
+    for p in lm.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    kept = {n.rsplit(".", 1)[-1] for n, p in lm.named_parameters()
+            if torch.equal(p, before[n]) and before[n].any()}  # zeros (biases) stay zeros either way
+    marked = {n.rsplit(".", 1)[-1] for n, p in lm.named_parameters() if getattr(p, "_no_weight_decay", False)}
+    assert marked == MARKED[model]
+    assert kept == (set() if decay_marked else MARKED[model])

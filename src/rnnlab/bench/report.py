@@ -30,7 +30,7 @@ METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "t
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
 # what must be equal across rows for a like-for-like comparison (config.json keys)
-PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay")
+PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay", "decay_marked")
 PARAMS_TOL = 0.05  # rows (and reference rows) within 5% of each other's parameter count compare
 _SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 _SHA = re.compile(r"[0-9a-f]{7,64}")
@@ -382,8 +382,9 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
     def one(c):
         budget = next((f"{k} {c[k]:g}" for k in BUDGET_KEYS if c.get(k) is not None), "-")
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
+        spared = "" if c.get("decay_marked", True) else " (not on the decay rates A_log, dt_bias, D)"
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
-                f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
+                f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{spared}{clip}, {c.get('precision')}")
 
     texts = []
     for r in records:

@@ -5,8 +5,8 @@ DeltaNet; Mamba2 itself draws ``dt_bias`` the same way)::
 
 Init (mamba_ssm / fla): ``dt`` log-uniform in [1e-3, 0.1], floored at 1e-4, ``dt_bias`` its
 inverse softplus; ``A_log = log A`` with ``A ~ U(low, high)``. Both are marked
-``_no_weight_decay`` as in mamba_ssm and fla: a hint for optimizers that group parameters
-(rnnlab's optimizers use one group, as the reference study did, and decay every parameter).
+``_no_weight_decay`` as in mamba_ssm and fla: rnnlab's optimizers then give them no weight decay
+(``rnnlab.train.optim.param_groups``; ``decay_marked`` decays them too, as the reference study did).
 """
 
 from __future__ import annotations

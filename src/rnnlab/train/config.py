@@ -99,12 +99,17 @@ class BudgetConfig:
 
 @dataclass
 class OptimConfig:
-    """The optimizer, with one parameter group as in the reference study."""
+    """The optimizer. Parameters a layer marks ``_no_weight_decay`` (Mamba2's ``A_log``, ``dt_bias``,
+    ``D``; E88's and Gated DeltaNet's ``A_log``, ``dt_bias``: mamba_ssm's and fla's recipe) get no
+    weight decay unless ``decay_marked`` is set, which puts every parameter in one group as the
+    reference study did."""
 
     optimizer: str = option("schedulefree-adamw", help="Schedule-Free AdamW (the reference's) or AdamW with "
                                                        "warmup, then --lr-schedule", choices=OPTIMIZERS)
     lr: float = option(3e-4, help="peak learning rate", bounds=positive())
     weight_decay: float = option(0.1, help="decoupled weight decay", bounds=at_least(0))
+    decay_marked: bool = option(False, help="also decay the parameters a layer marks as not to decay (the "
+                                            "decay rates A_log, dt_bias, D), as the reference study did")
     betas: tuple[float, float] = option((0.9, 0.999), help="Adam betas",
                                         bounds=Bounds(0, 1, hi_open=True))
     eps: float = option(1e-8, help="Adam epsilon", bounds=positive())
@@ -243,7 +248,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        return apply_overrides(cls(), d, source="config")
+        """The config of a saved ``config.json`` (fields it lacks: :data:`LEGACY_DEFAULTS`, then the defaults)."""
+        return apply_overrides(cls(), {**LEGACY_DEFAULTS, **d}, source="config")
 
 
 def _fields_by_key() -> dict[str, tuple[str, Spec]]:
@@ -255,6 +261,10 @@ def _fields_by_key() -> dict[str, tuple[str, Spec]]:
             out[s.key] = (f.name, s)
     return out
 
+
+# What a config.json written before a field existed meant by leaving it out, where that differs from
+# the field's default: those runs decayed every parameter.
+LEGACY_DEFAULTS = {"decay_marked": True}
 
 # Every field by its flat key: {key: (section name, Spec)}; the lists below derive from it.
 FIELDS = _fields_by_key()
@@ -352,8 +362,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
 def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, Any] | None:
     """First field (dotted name, saved value, new value) that differs and matters for resuming.
-    A field the saved config lacks (one added to rnnlab since) counts as its default."""
-    new, defaults = cfg.to_dict(), TrainConfig().to_dict()
+    A field the saved config lacks (one added to rnnlab since) counts as :data:`LEGACY_DEFAULTS`
+    or its default says."""
+    new, defaults = cfg.to_dict(), {**TrainConfig().to_dict(), **LEGACY_DEFAULTS}
     for key in sorted(set(saved) | set(new)):
         if key in RESUMABLE:
             continue

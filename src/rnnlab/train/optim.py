@@ -1,8 +1,11 @@
 """Optimizers: Schedule-Free AdamW (the reference study's Table A) or AdamW with linear warmup, then
 cosine decay or a constant LR (``lr_schedule``).
 
-Both use ONE parameter group, as the reference study did, so weight decay also reaches LayerNorm weights,
-biases and the (tied) embedding.
+Weight decay reaches every parameter (LayerNorm weights, biases and the tied embedding too, as in
+the reference study) except those a layer marks ``_no_weight_decay`` (the decay rates ``A_log``,
+``dt_bias``, ``D`` of Mamba2, E88 and Gated DeltaNet, as mamba_ssm and fla train them), which form
+a second group with weight decay 0; ``decay_marked`` puts them back in the one group the reference
+study used.
 
 Schedule-Free keeps two points: the training point y (what forward/backward see after
 ``opt.train()``) and the average x (what you evaluate and ship, after ``opt.eval()``). Switching
@@ -28,7 +31,7 @@ def is_schedulefree(opt) -> bool:
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig):
     """``(optimizer, scheduler_or_None)`` for ``cfg.optim.optimizer``; the optimizer starts in train mode."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups(model, cfg)
     if cfg.optim.optimizer == "schedulefree-adamw":
         import schedulefree
 
@@ -44,6 +47,17 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda=WarmupCosine(cfg.optim.warmup_steps, total))
         return opt, sched
     raise ValueError(f"unknown optimizer {cfg.optim.optimizer!r}")
+
+
+def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """The trainable parameters as optimizer groups: one, or two when some are marked
+    ``_no_weight_decay`` and ``cfg.optim.decay_marked`` is off (the second with weight decay 0)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    exempt = [] if cfg.optim.decay_marked else [p for p in params if getattr(p, "_no_weight_decay", False)]
+    if not exempt:
+        return [{"params": params}]
+    ids = {id(p) for p in exempt}
+    return [{"params": [p for p in params if id(p) not in ids]}, {"params": exempt, "weight_decay": 0.0}]
 
 
 class WarmupCosine:

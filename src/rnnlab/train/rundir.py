@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rnnlab.train.config import LEGACY_DEFAULTS
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
@@ -155,8 +156,9 @@ class RunDir:
         return read_json(self.file(SUMMARY))
 
     def saved_config(self) -> dict[str, Any] | None:
-        """config.json as written (flat keys), or None."""
-        return read_json(self.file(CONFIG))
+        """config.json (flat keys), a field it predates as :data:`LEGACY_DEFAULTS` says; or None."""
+        saved = read_json(self.file(CONFIG))
+        return None if saved is None else {**LEGACY_DEFAULTS, **saved}
 
     def env(self) -> dict[str, Any] | None:
         return read_json(self.file(ENV))
