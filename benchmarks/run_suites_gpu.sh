@@ -6,7 +6,8 @@
 # afterwards every complete run is evaluated on WikiText-2, and a tarball per suite of the
 # reports, summaries, metrics and logs (no checkpoints) goes to OUTDIR. Runs already complete
 # in runs/<suite>/ (brought back from an earlier call) are skipped.
-# GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites.
+# GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
+# (benchmarks/gpu_tests.sh).
 # BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
 # RNNLAB_GIT_COMMIT=SHA: the commit of the tree sent (its copy's git metadata is stale), recorded
 # in every run's env.json and the reports.
@@ -33,5 +34,5 @@ for args in "$@"; do
 done
 if [ -n "${GPU_TESTS:-}" ]; then
   # shellcheck disable=SC2086
-  python3 -m pytest -m gpu -q -s -p no:cacheprovider $GPU_TESTS 2>&1 | tee "$out/gpu_tests.txt" | tail -5 || true
+  bash benchmarks/gpu_tests.sh "$out" $GPU_TESTS || true
 fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage what a GPU call needs under .gpu/ (git-ignored; carry it with the call): the wheels (flashrnn
-# only for benchmarks/bench_peers.py) and the registry-pile shards of
+# only for benchmarks/bench_peers.py, pytest-xdist for benchmarks/gpu_tests.sh) and the registry-pile shards of
 # benchmarks/registry_pile_subset.txt, compressed.
 # Usage: bash benchmarks/stage_gpu.sh SHARED_DIR   (the folder holding wheels/ and data/)
 set -euo pipefail
@@ -11,6 +11,8 @@ cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja,fla_core,flashrn
 # fla's layers (Gated DeltaNet's official layer): a pure wheel, from PyPI when the shared folder lacks it
 cp "$shared"/wheels/flash_linear_attention-0.6.0-*.whl .gpu/wheels/ 2>/dev/null ||
   python3 -m pip download -q --no-deps -d .gpu/wheels flash-linear-attention==0.6.0
+# pytest-xdist for benchmarks/gpu_tests.sh (the GPU image has pytest and pytest-timeout, not xdist)
+python3 -m pip download -q --no-deps -d .gpu/wheels pytest-xdist==3.8.0 execnet==2.1.2
 for s in $(grep -v '^#' benchmarks/registry_pile_subset.txt); do
   cp "$shared/data/train/$s.train.txt.xz" .gpu/data/train/
   [ ! -f "$shared/data/val/$s.val.txt.xz" ] || cp "$shared/data/val/$s.val.txt.xz" .gpu/data/val/

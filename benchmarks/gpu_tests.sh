@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Run GPU tests on a GPU machine that received `.gpu/` from benchmarks/stage_gpu.sh, so that a call
+# cut short still says what passed: one line per test (-v) in OUTDIR/gpu_tests.txt as it runs, a
+# per-test time limit (a hung or endlessly autotuning test fails with its traceback instead of
+# eating the call), failures' tracebacks and the slowest tests at the end.
+# Usage: bash benchmarks/gpu_tests.sh OUTDIR [pytest args, e.g. -k "persistent"]
+# GPU_TEST_WORKERS (default 4; the float64 CPU references dominate, so workers share one GPU well),
+# GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` took ~14 min on one
+# H200 with 4 workers (2026-11-30): split it, e.g. -k "persistent" and -k "not persistent".
+set -uo pipefail
+out=$1; shift
+# shellcheck source=benchmarks/gpu_env.sh
+source benchmarks/gpu_env.sh >/dev/null 2>&1
+python3 -m pytest -m gpu tests/gpu -v -p no:cacheprovider -n "${GPU_TEST_WORKERS:-4}" \
+  --timeout "${GPU_TEST_TIMEOUT:-240}" -rfE --tb=short --durations=10 "$@" > "$out/gpu_tests.txt" 2>&1
+rc=$?
+grep -E "FAILED|ERROR|passed|failed" "$out/gpu_tests.txt" | tail -40
+exit $rc
