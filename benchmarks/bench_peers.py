@@ -17,7 +17,8 @@ Two sections, every row from the same seeded inputs:
   same inputs (the peers compute the same math).
 * **mixer** (``x: [B, T, D] -> [B, T, D]``, projections included): rnnlab's E1 layers and the
   official Mamba2 mixer (``mamba_ssm.modules.mamba2.Mamba2``, d_state 64, headdim 64, expand 2)
-  at the same width D, eager.
+  at the same width D, eager; E88 (its Triton kernel) and Gated DeltaNet (fla's layer) at the
+  widths of suite race-400m.
 
 MFU = 6 * weights * B * T / (forward+backward time) / the GPU's dense bf16 peak (989 TFLOP/s on
 H100/H200, ``--peak-tflops``): for a recurrence the weights are ``W_h`` (+ ``U, V``), whose
@@ -181,11 +182,13 @@ def flashrnn_case(nh: int, hd: int, B: int, T: int, backend: str) -> Case:
 
 
 # ------------------------------------------------------------------------------ mixer rows
-def e1_mixer_case(D: int, B: int, T: int, **layer) -> Case:
-    from rnnlab.layers.e1 import E1, E1Config
+def layer_mixer_case(model: str, D: int, B: int, T: int, **layer) -> Case:
+    """rnnlab's layer of model kind ``model`` (its fast path on CUDA) at width ``D``."""
+    from rnnlab.models.registry import get_spec
 
+    spec = get_spec(model)
     torch.manual_seed(0)
-    return _mixer(E1(E1Config(dim=D, **layer)), D, B, T)
+    return _mixer(spec.layer_cls(spec.config_cls(dim=D, **layer)), D, B, T)
 
 
 def mamba2_mixer_case(D: int, B: int, T: int) -> Case:
@@ -253,10 +256,15 @@ def rows() -> list[Row]:
     mixers = []
     for D, layer in ((1760, {}), (1792, {"heads": 14})):
         base = "rnnlab E1 mixer" + (" heads 14x128" if layer else " dense")
-        mixers.append(Row("mixer", base, f"D{D}", _p(e1_mixer_case, D, **layer)))
-        mixers += [Row("mixer", f"{base} {which}", f"D{D}", _p(e1_mixer_case, D, selective=which, **layer),
+        mixers.append(Row("mixer", base, f"D{D}", _p(layer_mixer_case, "e1", D, **layer)))
+        mixers += [Row("mixer", f"{base} {which}", f"D{D}", _p(layer_mixer_case, "e1", D, selective=which, **layer),
                        vs=f"{base}@D{D}") for which in ("decay", "lowrank")]
         mixers.append(Row("mixer", "Mamba2 mixer (mamba_ssm)", f"D{D}", _p(mamba2_mixer_case, D), vs=f"{base}@D{D}"))
+    # the race's E88 (50 heads of 32) and Gated DeltaNet (fla's layer, 13 heads of 128) widths
+    mixers += [Row("mixer", "rnnlab E88 mixer 50x32", "D1600", _p(layer_mixer_case, "e88", 1600),
+                   vs="rnnlab E1 mixer heads 14x128@D1792"),
+               Row("mixer", "Gated DeltaNet mixer (fla)", "D1760", _p(layer_mixer_case, "gdn", 1760, backend="official"),
+                   vs="rnnlab E1 mixer dense@D1760")]
     return ours + mixers + sorted(flash, key=lambda r: r.name == "FlashRNN cuda_fused")
 
 
