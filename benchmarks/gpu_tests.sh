@@ -4,7 +4,8 @@
 # per-test time limit (a hung or endlessly autotuning test fails with its traceback instead of
 # eating the call), failures' tracebacks and the slowest tests at the end.
 # Usage: bash benchmarks/gpu_tests.sh OUTDIR [pytest args, e.g. -k "persistent"]
-# GPU_TEST_WORKERS (default 4; the float64 CPU references dominate, so workers share one GPU well),
+# GPU_TEST_WORKERS (default 4; the float64 CPU references dominate, so workers share a GPU well; on a
+# machine with several GPUs the workers spread over them, tests/gpu/conftest.py),
 # GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` took ~14 min on one
 # H200 with 4 workers (2026-11-30): split it, e.g. -k "persistent" and -k "not persistent".
 set -uo pipefail
