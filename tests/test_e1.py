@@ -176,7 +176,7 @@ def test_inits():
     (dict(power_iters=0), "power_iters must be a positive integer, got 0"),
     (dict(power_iters=True), "power_iters must be a positive integer, got True"),
     (dict(backend="cuda"), "backend must be one of auto, naive, triton, got 'cuda'"),
-    (dict(expansion=0.01), "expansion must give int(dim*expansion) >= 1, got 0.01 (dim 8)"),
+    (dict(expansion=0.01), "expansion must give at least one inner unit (int(dim*expansion) >= 1), got 0.01 (dim 8)"),
 ])
 def test_validation_messages(kw, msg):
     with pytest.raises(ValueError) as e:

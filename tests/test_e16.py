@@ -102,7 +102,7 @@ def test_config_validation():
                     (dict(dim=8.0), "dim must be a positive integer, got 8.0"),
                     (dict(expansion=0), "expansion must be a positive finite number, got 0"),
                     (dict(expansion=0.1), "expansion must give at least one inner unit (int(dim*expansion) >= 1), "
-                                          "got 0.1"),
+                                          "got 0.1 (dim 8)"),
                     (dict(state_expansion=0), "state_expansion must be a positive integer, got 0"),
                     (dict(state_expansion=1.5), "state_expansion must be a positive integer, got 1.5"),
                     (dict(backend="heinsen"), "backend must be one of auto, naive, triton, got 'heinsen'")]:

@@ -49,6 +49,20 @@ def check_options(cfg: Any) -> None:
     check(cfg)
 
 
+class InnerWidth:
+    """Config mixin of the layers with an ``expansion`` option (E1, E16, minGRU/minLSTM): the inner
+    width ``d_inner = int(dim * expansion)``, checked to be at least 1 by :meth:`check_inner_width`."""
+
+    @property
+    def d_inner(self) -> int:
+        return int(self.dim * self.expansion)
+
+    def check_inner_width(self) -> None:
+        if self.d_inner < 1:
+            raise ValueError("expansion must give at least one inner unit (int(dim*expansion) >= 1), "
+                             f"got {self.expansion!r} (dim {self.dim})")
+
+
 def adopt(layer: nn.Module, inner: nn.Module, methods: tuple[str, ...] = ()) -> None:
     """Make ``layer`` stand in for ``inner``, a freshly built official module (mamba_ssm's Mamba2,
     fla's GatedDeltaNet): its parameters, submodules and public attributes move onto ``layer``

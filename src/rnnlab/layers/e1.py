@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_options
+from rnnlab.layers.base import InnerWidth, State, check_options
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan
 from rnnlab.options import at_least, option, positive
@@ -162,7 +162,7 @@ NORMS = ("spectral", "none", "rms")  # one branch each: recurrent_weight, the h_
 
 
 @dataclass
-class E1Config:
+class E1Config(InnerWidth):
     """E1 options; every default reproduces the reference E1 (see the module docstring)."""
 
     dim: int
@@ -193,19 +193,12 @@ class E1Config:
                                "(the reference) or triton")
 
     @property
-    def d_inner(self) -> int:
-        return int(self.dim * self.expansion)
-
-    @property
     def d_state(self) -> int:
         return self.d_inner * self.state_expansion
 
     def validate(self) -> None:
         check_options(self)
-        if self.d_inner < 1:
-            raise ValueError(
-                f"expansion must give int(dim*expansion) >= 1, got {self.expansion!r} (dim {self.dim})"
-            )
+        self.check_inner_width()
         if self.d_state % self.heads:
             raise ValueError(
                 f"heads must divide the state width int(dim*expansion)*state_expansion = "

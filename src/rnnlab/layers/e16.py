@@ -21,14 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_options
+from rnnlab.layers.base import InnerWidth, State, check_options
 from rnnlab.ops.diag import BACKENDS, diag_elman_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.options import option, positive
 
 
 @dataclass
-class E16Config:
+class E16Config(InnerWidth):
     """E16 options (the reference's Table B E16 used expansion 2)."""
 
     dim: int = 256
@@ -39,19 +39,12 @@ class E16Config:
                           help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
 
     @property
-    def d_inner(self) -> int:
-        return int(self.dim * self.expansion)
-
-    @property
     def d_state(self) -> int:
         return self.d_inner * self.state_expansion
 
     def validate(self) -> None:
         check_options(self)
-        if self.d_inner < 1:
-            raise ValueError(
-                f"expansion must give at least one inner unit (int(dim*expansion) >= 1), got {self.expansion!r}"
-            )
+        self.check_inner_width()
 
 
 class E16(nn.Module):

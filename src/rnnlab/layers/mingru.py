@@ -19,14 +19,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rnnlab.layers.base import State, check_options
+from rnnlab.layers.base import InnerWidth, State, check_options
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.scan import BACKENDS, mingru_scan
 from rnnlab.options import option, positive
 
 
 @dataclass
-class MinRNNConfig:
+class MinRNNConfig(InnerWidth):
     """Config shared by minGRU and minLSTM (they differ only in their gates)."""
 
     dim: int = 256
@@ -36,15 +36,9 @@ class MinRNNConfig:
                           help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive, "
                                "triton or heinsen (the log-space parallel scan the reference trained with)")
 
-    @property
-    def d_inner(self) -> int:
-        return int(self.dim * self.expansion)
-
     def validate(self) -> None:
         check_options(self)
-        if self.d_inner < 1:
-            raise ValueError("expansion must give at least one inner unit (int(dim*expansion) >= 1), "
-                             f"got {self.expansion!r}")
+        self.check_inner_width()
 
 
 class MinRNN(nn.Module):
