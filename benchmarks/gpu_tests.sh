@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run GPU tests on a GPU machine that received `.gpu/` from benchmarks/stage_gpu.sh, so that a call
+# Run GPU tests on a GPU machine that received `.gpu/` from `benchmarks/stage_gpu.sh SHARED --tests`, so that a call
 # cut short still says what passed: one line per test (-v) in OUTDIR/gpu_tests.txt as it runs, a
 # per-test time limit (a hung or endlessly autotuning test fails with its traceback instead of
 # eating the call), failures' tracebacks and the slowest tests at the end.
