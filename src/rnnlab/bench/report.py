@@ -382,7 +382,7 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
     def one(c):
         budget = next((f"{k} {c[k]:g}" for k in BUDGET_KEYS if c.get(k) is not None), "-")
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
-        spared = "" if c.get("decay_marked", True) else " (not on the decay rates A_log, dt_bias, D)"
+        spared = "" if c.get("decay_marked", True) else " (not on A_log, dt_bias, D)"
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
                 f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{spared}{clip}, {c.get('precision')}")
 

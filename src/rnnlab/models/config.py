@@ -30,7 +30,7 @@ class ModelConfig:
     mlp_ratio: float | None = option(None, help="MLP width per block as a multiple of dim (default: the "
                                                 "model's: 0 = no MLP for recurrent models, 4 for the Transformer)",
                                      bounds=at_least(0))
-    tie_embeddings: bool = option(True, help="share the input embedding with the output head")
+    tie_embeddings: bool = option(True, help="share the input embedding with the output head (default: on)")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
 

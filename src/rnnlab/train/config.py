@@ -5,8 +5,8 @@ train`` flags, the validation, the resumable set and the suite/sweep key lists.
 
 Every field has one flat name used everywhere outside Python: flags (``--lr``), config files,
 ``config.json``, suite files and ``rnnlab sweep --set``. Sources, lowest priority first: the
-defaults below (the reference study's Table A protocol, README), a TOML/YAML/JSON file (``load_config``), then
-flags (``apply_overrides``). The resolved config is written to ``<out>/config.json`` with flat keys
+defaults below (the reference study's Table A protocol, README, but for the budget and
+``decay_marked``), a TOML/YAML/JSON file (``load_config``), then flags (``apply_overrides``). The resolved config is written to ``<out>/config.json`` with flat keys
 (the model's nested under "model"), the layout of files written before the sections existed, so
 those load unchanged; ``--resume`` checks a run folder against it (``resume_mismatch``).
 
@@ -108,9 +108,9 @@ class OptimConfig:
                                                        "warmup, then --lr-schedule", choices=OPTIMIZERS)
     lr: float = option(3e-4, help="peak learning rate", bounds=positive())
     weight_decay: float = option(0.1, help="decoupled weight decay", bounds=at_least(0))
-    decay_marked: bool = option(False, help="also decay the parameters a layer marks as not to decay (the "
-                                            "decay rates A_log, dt_bias, D), as the reference study did")
-    betas: tuple[float, float] = option((0.9, 0.999), help="Adam betas",
+    decay_marked: bool = option(False, help="also decay the parameters a layer marks as not to decay (A_log, "
+                                            "dt_bias and Mamba2's D), as the reference study did (default: off)")
+    betas: tuple[float, float] = option((0.9, 0.999), help="Adam betas (default: 0.9 0.999)",
                                         bounds=Bounds(0, 1, hi_open=True))
     eps: float = option(1e-8, help="Adam epsilon", bounds=positive())
     warmup_steps: int = option(0, help="linear LR warmup steps", bounds=at_least(0, MAX_STEPS))
@@ -154,7 +154,8 @@ class RunConfig:
                           resumable=True, scope="runner")
     overwrite: bool = option(False, help="delete the run already in --out and start over", resumable=True,
                              scope="runner")
-    compile: bool = option(False, help="torch.compile the training forward+loss (README: torch.compile)",
+    compile: bool = option(False, help="torch.compile the training forward+loss (default: off; README: "
+                                       "torch.compile)",
                            resumable=True)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps",
                          resumable=True, scope="suite")

@@ -10,7 +10,8 @@ checkpoint saves; the other parts are the ``Checkpointer``, the held-out ``evalu
 ``RunLogger``, and the run folder is a ``RunDir``.
 
 Protocol defaults follow the reference study's Table A (rnnlab.train.config, README): pure bf16 weights,
-Schedule-Free AdamW lr 3e-4 wd 0.1 in one group, no clipping, seed 42, batch 16 x 512; the
+Schedule-Free AdamW lr 3e-4 wd 0.1 (but not on the parameters layers mark ``_no_weight_decay``
+unless ``decay_marked``; rnnlab.train.optim), no clipping, seed 42, batch 16 x 512; the
 reported ``loss`` is the mean of the last 100 training losses (at the optimizer's train point y).
 
 Under torchrun (``WORLD_SIZE`` > 1, see ``rnnlab.train.distributed`` and docs/distributed.md)
