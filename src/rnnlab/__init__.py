@@ -1,7 +1,8 @@
-"""rnnlab: recurrent byte-level language models (E1 gated Elman, E16, minGRU, minLSTM, Mamba2,
-Transformer) trained on one seeded data stream and compared side by side.
+"""rnnlab: recurrent byte-level language models (E1 gated Elman, E16, E88, minGRU, minLSTM, Mamba2,
+Gated DeltaNet, Transformer) trained on one seeded data stream and compared side by side.
 
-Layout (data -> models -> kernels -> training -> benchmarks -> CLI):
+Layout (imports run one way: data, options -> ops -> layers -> models -> eval -> train -> bench
+-> analysis -> cli; hf wraps models; docs/architecture.md):
   rnnlab.data      byte corpora (memory-mapped) and the seeded batch stream
   rnnlab.ops       recurrence kernels: a pure-PyTorch reference (naive.py) beside each GPU kernel
   rnnlab.layers    nn.Module mixers with one contract (forward / init_state / step)

@@ -7,6 +7,7 @@ cli -> report -> plots, sweep -> suite; every run folder is read through ``RunDi
     runner.py      train a plan: one run at a time in this process, or through parallel.py
     parallel.py    ``--gpus N``: up to N runs at once, one ``rnnlab train`` process per GPU
     report.py      report.md (reference columns, mean ± std over seeds, reference vs ours), report.json
-    plots.py       loss vs step / wall-clock, tok/s bars, loss vs depth, metric vs swept value
+    plots.py       loss vs step and training time, held-out bpb vs training time, tok/s bars, loss vs
+                   depth, metric vs swept value
     cli.py         ``rnnlab bench``, ``rnnlab sweep``, ``rnnlab report``
 """

@@ -24,8 +24,9 @@ def _common_flags(p) -> None:
     b = p.add_argument_group("runs")
     b.add_argument("--seeds", metavar="S1,S2,..", help="repeat every run once per seed (folders NAME-sSEED)")
     b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite")
-    b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU "
-                                                         "(default: one run at a time in this process)")
+    b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU, "
+                                                         "each logging to OUT/logs/<run>.log (default: one "
+                                                         "run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
     b.add_argument("--no-progress", action="store_true",
                    help="no per-run progress bar: plain log lines (one every log_every steps) instead")
@@ -50,7 +51,7 @@ def register(sub) -> None:
     s = sub.add_parser("sweep", help="sweep any config field",
                        description="Train one run per point of the product of the --set axes and report "
                                    "metric vs swept value. The config flags below set the base of every "
-                                   "point (defaults: the reference protocol, README).")
+                                   "point (defaults: rnnlab train's).")
     s.add_argument("--set", action="append", dest="sets", metavar="KEY=V1,V2,..", required=True,
                    help="a swept axis: a config field (lr=1e-4,3e-4), a model field (depth=6,12) "
                         "or a mixer option (layer.heads=1,4,8); repeatable (Cartesian product)")

@@ -20,7 +20,8 @@ declaration, and ``validate()`` adds only the rules between fields, each message
 the option it names (``ModelConfig`` prefixes it with "<model> layer option").
 tests/test_layer_contract.py fails for a field declared without help.
 
-Shared here: the config check, and for a layer with an official implementation (Mamba2, Gated
+Shared here: the config check, the inner width of the layers with an ``expansion`` option
+(:class:`InnerWidth`), and for a layer with an official implementation (Mamba2, Gated
 DeltaNet) the choice between it and the reference (:func:`resolve_official`,
 :class:`OfficialOrReference`) and the adoption of the library's module (:func:`adopt`).
 """
