@@ -8,7 +8,8 @@ Every field has one flat name used everywhere outside Python: flags (``--lr``), 
 defaults below (the reference study's Table A protocol, README, but for the budget and
 ``decay_marked``), a TOML/YAML/JSON file (``load_config``), then flags (``apply_overrides``).
 The resolved config is written to ``<out>/config.json`` with flat keys (the model's nested under
-"model"), the layout of files written before the sections existed, so those load unchanged; ``--resume`` checks a run folder against it (``resume_mismatch``).
+"model"), the layout of files written before the sections existed, so those load unchanged;
+``--resume`` checks a run folder against it (``resume_mismatch``).
 
 File layout (TOML shown; YAML the same shape)::
 
