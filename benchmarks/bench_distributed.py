@@ -1,4 +1,4 @@
-"""Data-parallel scaling of ``rnnlab train`` (issue 8): tok/s on 1 GPU vs N GPUs (DDP, FSDP2).
+"""Data-parallel scaling of ``rnnlab train``: tok/s on 1 GPU vs N GPUs (DDP, FSDP2).
 
     python benchmarks/bench_distributed.py [--gpus 2] [--steps 40] [--json results/distributed_h200x2.json]
 

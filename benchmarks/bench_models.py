@@ -53,14 +53,14 @@ MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": 
 MAMBA2 = dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})
 # (name, config, modes that can be its fastest). Eager is left out where earlier runs measured
 # it slower than compiled (results/e1-heads-compile-h100: E1 dense and heads; the standalone
-# Mamba2: 80K eager vs 112K compiled, issue 14).
+# Mamba2, as rnnlab's ran 79.6K eager vs 111.8K compiled in results/fair-baselines-h200).
 MODELS = [
     ("Mamba2 d22 standalone", dict(MAMBA2, standalone=True), [DEFAULT, RO]),
     ("Mamba2 d22", MAMBA2, [OFF, DEFAULT, RO]),
     ("E1 d26 dense", dict(model="e1", dim=1760, depth=26), [DEFAULT, RO]),
     ("E1 heads 14x128 d31", dict(model="e1", dim=1792, depth=31, layer={"heads": 14}), [DEFAULT, RO]),
     # E1's selective switches at ~400M (width or depth re-solved: W_a adds a [di, di] matrix per
-    # layer): issue 19 asks each to train at >= 0.8x the tok/s of the E1 row above it
+    # layer): the target is >= 0.8x the tok/s of the E1 row above it (docs/kernels.md)
     ("E1 d26 decay 1600", dict(model="e1", dim=1600, depth=26, layer={"selective": "decay"}), [DEFAULT, RO]),
     ("E1 d26 lowrank 1744", dict(model="e1", dim=1744, depth=26, layer={"selective": "lowrank"}), [DEFAULT, RO]),
     ("E1 heads 14x128 d25 decay", dict(model="e1", dim=1792, depth=25, layer={"heads": 14, "selective": "decay"}),

@@ -1,4 +1,4 @@
-"""E1's kernels beside their peers, per layer, same shapes, same run (issue 19): forward and
+"""E1's kernels beside their peers, per layer, same shapes, same run: forward and
 forward+backward time and model-FLOPs utilisation at B=32, T=512, bf16.
 
     python benchmarks/bench_peers.py [--B 32] [--T 512] [--reps 10] [--only TEXT ...]

@@ -1,4 +1,4 @@
-"""Layer wavefront for dense E1 (issue 4, idea 2), measured against its prediction; not adopted.
+"""Layer wavefront for dense E1, measured against its prediction; not adopted (docs/kernels.md).
 
 The idea: one dense E1 recurrence is latency-bound (~5 us per step whatever the batch), so run the
 recurrences of two layers at once, layer l on time chunk c while layer l+1 works on chunk c-1.

@@ -1,4 +1,4 @@
-# Source on a GPU machine that received the wheels under .gpu/wheels (see README "GPU"): installs
+# Source on a GPU machine that received the wheels under .gpu/wheels (benchmarks/stage_gpu.sh): installs
 # them into /tmp/site (no internet needed) and puts rnnlab, the wheels and ninja on the paths.
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl
 export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
