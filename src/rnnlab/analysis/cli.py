@@ -27,7 +27,7 @@ def register(sub) -> None:
     g.add_argument("--last", type=int, default=1, help="loss at the last K positions (default 1)")
     g.add_argument("--power-iters", type=int, default=10, help="power iterations for sigma_max(J_t) (default 10)")
     g.add_argument("--no-history", action="store_true", help="only the run's newest usable checkpoint")
-    g.add_argument("--no-plots", action="store_true")
+    g.add_argument("--no-plots", action="store_true", help="write gradflow.json only")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     g.add_argument("--json", action="store_true", help="print gradflow.json's path only")
     g.set_defaults(func=run_gradflow, command="analyze gradflow")

@@ -64,7 +64,7 @@ def register(sub) -> None:
     r = sub.add_parser("report", help="(re)write report.md, report.json and plots from run folders")
     r.add_argument("dir", help="a suite/sweep output dir, or any dir of run folders")
     r.add_argument("--out", help="write the report here (default: DIR)")
-    r.add_argument("--no-plots", action="store_true")
+    r.add_argument("--no-plots", action="store_true", help="report without PNG plots")
     r.set_defaults(func=run_report)
 
 
