@@ -4,8 +4,8 @@ cosine decay or a constant LR (``lr_schedule``).
 Weight decay reaches every parameter (LayerNorm weights, biases and the tied embedding too, as in
 the reference study) except those a layer marks ``_no_weight_decay`` (the decay rates ``A_log``
 and ``dt_bias`` of Mamba2, E88 and Gated DeltaNet, and Mamba2's skip ``D``, as mamba_ssm and fla
-train them), which form a second group with weight decay 0; ``decay_marked`` puts them back in the one group the reference
-study used.
+train them), which form a second group with weight decay 0; ``decay_marked`` puts them back in
+the one group the reference study used.
 
 Schedule-Free keeps two points: the training point y (what forward/backward see after
 ``opt.train()``) and the average x (what you evaluate and ship, after ``opt.eval()``). Switching
