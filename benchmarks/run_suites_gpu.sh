@@ -3,7 +3,8 @@
 # wheels and the registry-pile subset of benchmarks/registry_pile_subset.txt, compressed).
 # Usage: bash benchmarks/run_suites_gpu.sh OUTDIR "SUITE ARGS" ["SUITE ARGS" ...]
 # Each "SUITE ARGS" is passed to `rnnlab bench` (e.g. "seed-400m-sf --gpus 2 --runs a,b");
-# afterwards every complete run is evaluated on WikiText-2, and a tarball per suite of the
+# afterwards every complete run is evaluated on WikiText-2 (Schedule-Free runs at x and at y), and
+# a tarball per suite of the
 # reports, summaries, metrics and logs (no checkpoints) goes to OUTDIR. Runs already complete
 # in runs/<suite>/ (brought back from an earlier call) are skipped.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
@@ -29,6 +30,9 @@ for args in "$@"; do
     [ -f "$run/summary.json" ] && [ ! -f "$run/wikitext2.json" ] || continue
     python3 -m rnnlab eval --run "$run" --data /tmp/wikitext2.txt --eval-bytes all --json \
       > "$run/wikitext2.json" 2>&1 || true
+    # Schedule-Free runs: also at the training point y (the average x can lag in pure bf16)
+    python3 -m rnnlab eval --run "$run" --at train-point --data /tmp/wikitext2.txt --eval-bytes all --json \
+      > "$run/wikitext2_train_point.json" 2>/dev/null || rm -f "$run/wikitext2_train_point.json"
   done
   tar czf "$out/$suite.tgz" --exclude=ckpt --exclude=tb -C runs "$suite"
 done

@@ -298,25 +298,31 @@ def test_checkpoint_contents(tiny_train, tmp_path):
     assert not torch.equal(weights["blocks.0.mixer.W_x"], state["train_point"][3])  # params order: embed, norm.w, norm.b, W_x
 
 
-def test_schedulefree_is_evaluated_at_x_and_at_the_train_point(tiny_train, tmp_path):
+@pytest.mark.parametrize("model", ["e1", "mamba2"])  # Mamba2: two parameter groups (A_log, dt_bias, D spared)
+def test_schedulefree_is_evaluated_at_x_and_at_the_train_point(model, tiny_train, tmp_path, capsys):
     """Held-out loss at the shipped average x (val_loss) and at the training point y
-    (val_loss_train_point); each equals evaluating those weights from the checkpoint."""
+    (val_loss_train_point); each equals evaluating those weights from the checkpoint, as
+    ``rnnlab eval`` and ``rnnlab eval --at train-point`` do."""
+    from rnnlab.cli import main
     from rnnlab.train.runtime import evaluate_run
 
-    cfg = tiny_train(tmp_path / "r", steps=6)
+    cfg = tiny_train(tmp_path / "r", model=model, steps=6)
     s = run_training(cfg, progress=False)
     run = RunDir(cfg.run.out)
-    rcfg, model, _ = run.load("cpu")
+    rcfg, model_x, _ = run.load("cpu")
     split = load_splits(rcfg.data.path, rcfg.data.val_path, rcfg.data.val_fraction).val
-    assert evaluate_run(model, split, rcfg)["loss"] == pytest.approx(s["val_loss"], rel=1e-6)
-    state = torch.load(run.checkpoint().state_file, weights_only=True)
-    with torch.no_grad():
-        for p, y in zip(model.parameters(), state["train_point"]):
-            p.copy_(y)
-    assert evaluate_run(model, split, rcfg)["loss"] == pytest.approx(s["val_loss_train_point"], rel=1e-6)
+    assert evaluate_run(model_x, split, rcfg)["loss"] == pytest.approx(s["val_loss"], rel=1e-6)
+    _, model_y, _ = run.load("cpu", train_point=True)
+    assert evaluate_run(model_y, split, rcfg)["loss"] == pytest.approx(s["val_loss_train_point"], rel=1e-6)
     assert s["val_loss_train_point"] != s["val_loss"]
+    assert main(["eval", "--run", str(run.path), "--at", "train-point", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["weights"], out["val_loss"]) == ("train-point", pytest.approx(s["val_loss_train_point"], rel=1e-6))
+
     adamw = run_training(tiny_train(tmp_path / "a", steps=6, optimizer="adamw"), progress=False)
     assert adamw["val_loss_train_point"] is None  # one point only
+    assert main(["eval", "--run", str(tmp_path / "a"), "--at", "train-point"]) == 2
+    assert "holds no Schedule-Free train point" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- sampling

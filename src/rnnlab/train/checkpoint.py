@@ -251,6 +251,21 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt=None, sched=No
     return state["progress"]
 
 
+def load_train_point_weights(checkpoint: Checkpoint, model: nn.Module, order: list[nn.Parameter]) -> None:
+    """Put Schedule-Free's training point y of ``checkpoint`` into ``model`` (instead of the
+    shipped average x). ``order``: the model's parameters in the optimizer's order (the order
+    ``state.pt`` stores y in: ``optim.param_groups`` flattened)."""
+    tensors = read_state(checkpoint.state_file).get("train_point")
+    if tensors is None:
+        raise CheckpointError(f"{checkpoint.path} holds no Schedule-Free train point: the run's optimizer keeps "
+                              "one set of weights (drop --at train-point)")
+    if len(tensors) != len(order) or any(t.shape != p.shape for t, p in zip(tensors, order)):
+        raise CheckpointError(f"{checkpoint.path}'s Schedule-Free train point does not fit the model")
+    with torch.no_grad():
+        for p, y in zip(order, tensors):
+            p.copy_(y)
+
+
 # ------------------------------------------------------------------------------ RNG states
 def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()

@@ -47,6 +47,9 @@ def register(sub) -> None:
     e.add_argument("--batch-size", type=checked(int, positive()),
                    help="windows per batch (default: the run's eval batch size)")
     e.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    e.add_argument("--at", choices=("average", "train-point"), default="average",
+                   help="which weights of a Schedule-Free run: its average x, the weights it ships (default), or "
+                        "its training point y, the weights the training loss is measured at")
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval_cmd)
 
@@ -178,7 +181,7 @@ def run_eval_cmd(args) -> int:
     from rnnlab.data import ByteCorpus, Split, load_splits
     from rnnlab.train.runtime import evaluate_run
 
-    cfg, model, step = RunDir(args.run).load(args.device)
+    cfg, model, step = RunDir(args.run).load(args.device, train_point=args.at == "train-point")
     if args.data:
         corpus = ByteCorpus(args.data)
         split = Split(corpus, 0, len(corpus), "eval")
@@ -186,12 +189,13 @@ def run_eval_cmd(args) -> int:
         split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
-    out = {"run": str(args.run), "step": step, "data": str(split.path),
+    out = {"run": str(args.run), "step": step, "weights": args.at, "data": str(split.path),
            "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
     if args.json:
         print(json.dumps(out))
     else:
-        print(f"{args.run} (step {out['step']}) on {out['data']}: val_loss {r['loss']:.4f}  "
+        at = " at the train point" if args.at == "train-point" else ""
+        print(f"{args.run} (step {out['step']}{at}) on {out['data']}: val_loss {r['loss']:.4f}  "
               f"val_bpb {r['bpb']:.4f}  ({r['bytes']:,} bytes)")
     return 0
 

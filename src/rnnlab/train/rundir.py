@@ -256,18 +256,23 @@ class RunDir:
             raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG})")
         return TrainConfig.from_dict(saved)
 
-    def load(self, device: str = "auto", weights: str | os.PathLike | None = None):
+    def load(self, device: str = "auto", weights: str | os.PathLike | None = None, train_point: bool = False):
         """``(TrainConfig, LM in eval mode, step)``: the run's model with the shipped weights
-        (Schedule-Free's x) of its newest usable checkpoint, or with ``weights`` (another
-        ``model.safetensors`` of the run, e.g. from ``weight_files``), at the run's precision
-        on ``device``."""
-        from rnnlab.train.checkpoint import load_checkpoint, load_weights
+        (Schedule-Free's x) of its newest usable checkpoint, or with Schedule-Free's training
+        point y there (``train_point``), or with ``weights`` (another ``model.safetensors`` of the
+        run, e.g. from ``weight_files``), at the run's precision on ``device``."""
+        from rnnlab.train.checkpoint import load_checkpoint, load_train_point_weights, load_weights
+        from rnnlab.train.optim import param_groups
         from rnnlab.train.runtime import build_model, pick_device
 
         cfg = self.config()
         model = build_model(cfg, pick_device(device))
         if weights is None:
-            step = load_checkpoint(self.checkpoint(), model)["step"]
+            checkpoint = self.checkpoint()
+            step = load_checkpoint(checkpoint, model)["step"]
+            if train_point:
+                order = [p for g in param_groups(model, cfg) for p in g["params"]]
+                load_train_point_weights(checkpoint, model, order)
         else:
             meta = load_weights(model, weights)
             step = int(meta["step"]) if meta.get("step") is not None else None
