@@ -121,3 +121,13 @@ def test_top_level_help_and_version(capsys):
     assert out.rstrip().endswith(f"rnnlab {__version__}")
     for command in ("train", "layers", "bench", "report", "export", "data"):
         assert re.search(rf"^    {command} ", out, re.M)
+
+
+def test_doctor_lists_every_kernel_in_one_column(capsys):
+    from rnnlab.ops.registry import OPS
+
+    main(["doctor"])
+    lines = capsys.readouterr().out.splitlines()
+    assert {f"kernel {name}" for name in OPS} <= {line.split("  ")[0].rstrip() for line in lines}
+    starts = {len(line) - len(line.split("  ", 1)[1].lstrip()) for line in lines}
+    assert len(starts) == 1, lines  # every value starts in the same column

@@ -56,4 +56,10 @@ def _kernel_status(op) -> str:
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="print versions and which fast paths load")
-    p.set_defaults(func=lambda args: print("\n".join(f"{k:22s} {v}" for k, v in report().items())))
+    p.set_defaults(func=lambda args: print(aligned(report())))
+
+
+def aligned(rows: dict[str, str]) -> str:
+    """``name  value`` lines, the values in one column."""
+    width = max(map(len, rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
