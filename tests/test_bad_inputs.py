@@ -69,7 +69,7 @@ CASES = [
     ("checkpoint_every_negative", [*TRAIN, "--checkpoint-every", "-2"], "checkpoint_every must be an integer >= 0"),
     ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "keep_checkpoints must be a positive integer"),
     ("eval_bytes_text", [*TRAIN, "--eval-bytes", "lots"], "eval_bytes must be an integer >= 0"),
-    ("gpus_zero", [*TRAIN, "--gpus", "0"], "gpus must be a positive integer, got 0"),
+    ("gpus_zero", [*TRAIN, "--gpus", "0"], "--gpus must be a positive integer, got 0"),
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
     ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be a positive integer, got 'two'"),

@@ -108,7 +108,7 @@ def _launch(args) -> int | None:
     if n is None or n == 1 or "WORLD_SIZE" in os.environ:
         return None
     if n < 1:
-        raise ValueError(f"gpus must be a positive integer, got {n}")
+        raise ValueError(f"--gpus must be a positive integer, got {n}")
     import torch
 
     if (args.device or "auto") != "cpu" and torch.cuda.is_available() and n > torch.cuda.device_count():
