@@ -23,11 +23,16 @@ def test_shapes_and_params():
 
 
 def test_kv_cache_grows_one_token_per_step():
+    """The cache holds each step's key (after RoPE at its absolute position) and value."""
     layer = _layer()
+    x = torch.randn(2, 13, 64, dtype=torch.float64)
     state = layer.init_state(2, torch.device("cpu"), torch.float64)
-    for _ in range(13):
-        _, state = layer.step(torch.randn(2, 64, dtype=torch.float64), state)
+    for t in range(13):
+        _, state = layer.step(x[:, t], state)
     assert state[0].shape == (2, 4, 13, 16) and state[1].shape == (2, 4, 13, 16)
+    _, k, v = (x @ layer.qkv.weight.T).unflatten(-1, (3, 4, 16)).permute(2, 0, 3, 1, 4)  # [B, H, T, hd] each
+    torch.testing.assert_close(state[0], rope(k, torch.arange(13), 10000.0))
+    torch.testing.assert_close(state[1], v)
 
 
 def test_rope_is_relative():
@@ -41,6 +46,18 @@ def test_rope_is_relative():
 
     torch.testing.assert_close(score(5, 2), score(103, 100))
     torch.testing.assert_close(rope(q, torch.tensor([0]), 10000.0), q)  # position 0: identity
+
+
+def test_rope_is_the_rotate_half_rotation():
+    """Channel pair (i, i + hd/2) at position p, as a complex number, turns by the angle
+    ``p * base^(-2i/hd)`` counter-clockwise (the GPT-NeoX / Llama convention Hugging Face uses)."""
+    torch.manual_seed(0)
+    hd, base = 8, 100.0
+    x = torch.randn(2, 3, 5, hd, dtype=torch.float64)
+    pos = torch.tensor([0, 1, 4, 9, 30])
+    angle = pos[:, None].double() * base ** (-2 * torch.arange(hd // 2, dtype=torch.float64) / hd)  # [T, hd/2]
+    z = torch.complex(x[..., :hd // 2], x[..., hd // 2:]) * torch.polar(torch.ones_like(angle), angle)
+    torch.testing.assert_close(rope(x, pos, base), torch.cat([z.real, z.imag], dim=-1))
 
 
 @pytest.mark.parametrize("kw,msg", [
