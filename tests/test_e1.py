@@ -85,6 +85,28 @@ def test_selective_variants_match_their_formulas(selective, heads):
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
 
 
+def test_conv_rms_norm_and_state_expansion_match_their_formulas():
+    """conv, norm="rms" and state_expansion written out (module docstring): the causal depthwise
+    conv before the silu, the raw W_h in the recurrence, RMSNorm (eps 1e-5) over the K-wide state,
+    then W_r, before the gate."""
+    layer = make(conv=3, norm="rms", state_expansion=2, heads=2)
+    x = torch.randn(2, 6, 8)
+    xr, z = F.linear(x, layer.in_proj.weight).chunk(2, dim=-1)
+    w = layer.conv1d.weight[:, 0]  # [di, 3]: tap j multiplies x_{t-2+j}
+    padded = F.pad(xr, (0, 0, 2, 0))
+    xr = F.silu(sum(padded[:, j:j + 6] * w[:, j] for j in range(3)) + layer.conv1d.bias)
+    W = torch.block_diag(*layer.W_h)  # [K, K], K = 16
+    h = torch.zeros(2, 16)
+    hs = []
+    for t in range(6):
+        h = torch.tanh(xr[:, t] @ layer.W_x.T + layer.b + h @ W.T)
+        hs.append(h)
+    h = torch.stack(hs, 1)
+    normed = h / torch.sqrt(h.square().mean(-1, keepdim=True) + 1e-5) * layer.h_norm.weight
+    want = F.linear((normed @ layer.W_r.T) * F.silu(z), layer.out_proj.weight)
+    torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
+
+
 def test_param_names_with_features():
     names = lambda **kw: {n for n, _ in make(randomize=False, **kw).named_parameters()}
     base = {"in_proj.weight", "W_x", "W_h", "b", "out_proj.weight"}

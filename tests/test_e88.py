@@ -96,6 +96,14 @@ def test_init():
         assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound, proj
 
 
+def test_decay_rate_init_spans_u_0_16():
+    """``A = exp(A_log) ~ U(0, 16)`` (Mamba2 draws U(1, 16)): over many heads, its whole range."""
+    torch.manual_seed(0)
+    A = E88(E88Config(dim=4, n_state=1, heads=4096)).A_log.exp()
+    assert A.min() < 0.05 and A.max() > 15.95 and A.max() < 16
+    assert abs(A.mean().item() - 8) < 0.3  # std of the mean: 16 / sqrt(12 * 4096) = 0.07
+
+
 @pytest.mark.parametrize("kw, msg", [
     (dict(n_state=0), "n_state must be a positive integer, got 0"),
     (dict(heads=0), "heads must be a positive integer, got 0"),
