@@ -1,0 +1,46 @@
+"""The LM shared by every mixer (rnnlab.models.lm): its forward written out (pre-norm residual blocks,
+GELU MLP, final LayerNorm, head tied to the embedding, mean cross-entropy) and its init. The
+mixers' own formulas: their test files; LM.step == forward: tests/test_layer_contract.py."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from rnnlab.models.config import ModelConfig
+from rnnlab.models.lm import LM
+
+
+def _layer_norm(norm, x):
+    return F.layer_norm(x, x.shape[-1:], norm.weight, norm.bias, eps=1e-5)
+
+
+def test_forward_is_the_pre_norm_residual_stack():
+    torch.manual_seed(0)
+    lm = LM(ModelConfig(model="transformer", dim=32, depth=2, mlp_ratio=1.5, layer={"head_dim": 16})).double()
+    with torch.no_grad():  # LayerNorms away from their identity init, so each one counts
+        for name, p in lm.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    idx, targets = torch.randint(0, 256, (2, 7)), torch.randint(0, 256, (2, 7))
+    x = lm.embed.weight[idx]
+    for block in lm.blocks:
+        x = x + block.mixer(_layer_norm(block.norm, x))
+        assert block.mlp.fc.weight.shape == (48, 32)  # hidden = round(dim * mlp_ratio)
+        x = x + F.gelu(_layer_norm(block.mlp_norm, x) @ block.mlp.fc.weight.T) @ block.mlp.proj.weight.T
+    logits = _layer_norm(lm.norm_f, x) @ lm.embed.weight.T
+    torch.testing.assert_close(lm(idx), logits)
+    loss = F.cross_entropy(logits.reshape(-1, 256), targets.reshape(-1))
+    torch.testing.assert_close(lm(idx, targets).double(), loss, rtol=1e-6, atol=1e-6)  # computed in fp32
+
+
+def test_init_and_tied_head():
+    torch.manual_seed(0)
+    lm = LM(ModelConfig(model="e1", dim=64, depth=2))
+    assert abs(lm.embed.weight.std().item() - 0.02) < 0.001  # N(0, 0.02) over 256 x 64 values
+    assert lm.head.weight is lm.embed.weight and lm.head.bias is None
+    assert all(b.mlp is None and b.mlp_norm is None for b in lm.blocks)  # recurrent models: no MLP by default
+    for norm in (lm.norm_f, *(b.norm for b in lm.blocks)):
+        assert torch.equal(norm.weight, torch.ones(64)) and torch.equal(norm.bias, torch.zeros(64))
+    untied = LM(ModelConfig(model="e1", dim=64, depth=2, tie_embeddings=False))
+    assert untied.head.weight is not untied.embed.weight
