@@ -63,6 +63,18 @@ def test_each_model_learns(name, tiny_train, tmp_path):
     assert math.isfinite(s["val_loss"]) and s["val_bpb"] == pytest.approx(s["val_loss"] / math.log(2))
 
 
+def test_train_state_keeps_the_last_100_losses():
+    """The summary's loss is the mean of ``TrainState.losses``: the last 100 training losses (the
+    reference's window), restored with a checkpoint's progress."""
+    state = trainer.TrainState(None, None, None)
+    for i in range(150):
+        state.advance(float(i), tokens=10, seconds=0.1)
+    assert list(state.losses) == [float(i) for i in range(50, 150)]
+    restored = trainer.TrainState(None, None, None)
+    restored.load_progress(state.progress(complete=False))
+    assert list(restored.losses) == list(state.losses) and (restored.step, restored.tokens) == (150, 1500)
+
+
 def test_bf16_and_mixed_precision_run(tiny_train, tmp_path):
     from rnnlab.data import load_splits
     from rnnlab.train.runtime import evaluate_run
@@ -343,6 +355,36 @@ def test_sampling_is_deterministic(tiny_train, tmp_path):
     assert generate(model, b"x", 0) == b""
     with pytest.raises(ValueError, match="prompt must be"):
         generate(model, b"", 5)
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in LM whose next-byte logits are always ``logits [256]``."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits)
+
+    def init_state(self, batch: int) -> None:
+        return None
+
+    def step(self, idx_t: torch.Tensor, state: None) -> tuple[torch.Tensor, None]:
+        return self.logits.expand(idx_t.shape[0], -1), state
+
+
+@pytest.mark.parametrize("temperature,top_k,want", [
+    (2.0, None, [1, 3 ** 0.5, math.exp(-0.25)]),  # p ~ exp(logit / temperature)
+    (1.0, 2, [1, 3, 0]),  # only the 2 most likely bytes, in proportion
+])
+def test_sampling_draws_from_the_softmax_of_logits_over_temperature_within_top_k(temperature, top_k, want):
+    from rnnlab.eval.sampling import generate
+
+    logits = torch.full((256,), -math.inf)
+    logits[list(b"abc")] = torch.tensor([0.0, math.log(3), -0.5])
+    n = 4000
+    out = generate(_FixedLogits(logits), b"x", n, temperature=temperature, top_k=top_k, seed=0)
+    counts = [out.count(c) for c in b"abc"]
+    assert sum(counts) == n  # no byte outside the three finite logits
+    assert [c / n for c in counts] == pytest.approx([w / sum(want) for w in want], abs=0.03)  # 4 sigma
 
 
 # ----------------------------------------------------------------------------- optimizer contract
