@@ -297,34 +297,39 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     _synthetic_run(tmp_path, "e1-d6", 1.70, 2.4, 25000.0, depth=6, params=258_000)
     _synthetic_run(tmp_path, "mamba2-d22", 1.50, 2.2, 24000.0, depth=22, model="mamba2", steps=20)
     ref = {"params": 403279360, "loss": 1.5875, "tok_per_s": 15800, "mem_gb": 9.7, "time_s": 778}
+    _synthetic_run(tmp_path, "e1-d24", 1.62, 2.3, 16000.0, depth=24, params=int(ref["params"] * 1.04))
+    _synthetic_run(tmp_path, "e1-d20", 1.64, 2.3, 16000.0, depth=20, params=int(ref["params"] * 1.07))
     plan = {"suite": "seed-400m-sf", "defaults": {"steps": 10, "batch_size": 16, "optimizer": "adamw"},
             "options": {"steps": 20, "device": "cuda"},
-            "runs": [{"name": n, "seed": None, "dir": n, "point": None} for n in ("e1-d26", "e1-d6", "mamba2-d22")],
+            "runs": [{"name": n, "seed": None, "dir": n, "point": None}
+                     for n in ("e1-d26", "e1-d6", "mamba2-d22", "e1-d24", "e1-d20")],
             "reference": {"source": "reference Table A", "runs": {
-                "e1-d26": ref, "e1-d6": ref, "mamba2-d22": dict(ref, params=402064492)}}}
+                "e1-d26": ref, "e1-d6": ref, "mamba2-d22": dict(ref, params=402064492), "e1-d24": ref, "e1-d20": ref}}}
     (tmp_path / "suite.json").write_text(json.dumps(plan))
     md = write_report(tmp_path, plots=False)["md"].read_text()
     rows = _table_rows(md, "| Model | Params (reference / ours)")
-    assert [r[0] for r in rows] == ["e1-d26"]  # the only row run as the reference was
+    assert [r[0] for r in rows] == ["e1-d26", "e1-d24"]  # run as the reference was, params within 5%
     assert rows[0][2] == "1.5875 / 1.6000" and rows[0][3] == "+0.0125"
-    assert "- e1-d6: 258K params (reference 403M)" in md
+    assert rows[0][5] == "9.7 / 2.1"  # ours: 2.0 GiB = 2.15 GB
+    assert "- e1-d6: 258K params (reference 403M)" in md and "- e1-d20: 432M params (reference 403M)" in md
     assert "- mamba2-d22: steps 20 (reference 10)" in md
     assert "**Departs from the suite as shipped:** steps = 20" in md
     warning = md[md.index("> **Warning"):md.index("## Results")]
-    assert "steps run: e1-d26, e1-d6 10; mamba2-d22 20" in warning and "parameter counts" in warning
+    assert "steps run: e1-d26, e1-d6, e1-d24, e1-d20 10; mamba2-d22 20" in warning and "parameter counts" in warning
 
 
 def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     _synthetic_run(tmp_path, "good", 1.6, 2.30, 16000.0)
     _synthetic_run(tmp_path, "bad", 1.6, 3.10, 16000.0)
-    for name, y in (("good", 2.29), ("bad", 2.40)):
+    _synthetic_run(tmp_path, "better", 1.6, 2.20, 16000.0)
+    for name, y in (("good", 2.29), ("bad", 2.40), ("better", 2.40)):
         path = tmp_path / name / "summary.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "val_bpb_train_point": y}))
     md = write_report(tmp_path, plots=False)["md"].read_text()
     rows = {r[0]: r for r in _table_rows(md)}
     assert rows["bad"][3:5] == ["3.1000", "2.4000"] and rows["good"][3:5] == ["2.3000", "2.2900"]
     warning = md[md.index("averaged weights"):md.index("## Results")]
-    assert "bad (+0.70 bpb)" in warning and "good" not in warning
+    assert "bad (+0.70 bpb)" in warning and "good" not in warning and "better" not in warning
     assert "lost to rounding" in warning  # the runs are pure bf16
 
     config = tmp_path / "bad" / "config.json"
@@ -332,6 +337,28 @@ def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     md = write_report(tmp_path, plots=False)["md"].read_text()
     warning = md[md.index("averaged weights"):md.index("## Results")]
     assert "bad (+0.70 bpb)" in warning and "rounding" not in warning  # no bf16 to blame
+
+
+def test_report_row_averages_its_complete_seeds_only(tmp_path):
+    """A row with some seeds complete averages those; its unfinished seeds are only counted."""
+    for seed, loss in ((1, 1.5), (2, 1.7)):
+        _synthetic_run(tmp_path, f"e1-s{seed}", loss, 2.3, 16000.0, seed=seed)
+    _synthetic_run(tmp_path, "e1-s3", 3.0, 4.0, 16000.0, seed=3)
+    summary = tmp_path / "e1-s3" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "complete": False}))
+    [row] = aggregate(collect(tmp_path)["records"])
+    assert (row["status"], row["n_complete"], row["n_runs"], row["seeds"]) == ("partial", 2, 3, [1, 2])
+    assert row["loss"] == pytest.approx(1.6) and row["val_bpb"] == pytest.approx(2.3)
+
+
+@pytest.mark.parametrize("ratio,flagged", [(1.08, False), (1.12, True)])
+def test_report_warns_when_parameter_counts_spread_beyond_the_tolerance(tmp_path, ratio, flagged):
+    """Rows compare while every parameter count is within 5% of a common middle: the largest at
+    most 1 + 2 * 5% times the smallest."""
+    _synthetic_run(tmp_path, "small", 1.6, 2.3, 16000.0)
+    _synthetic_run(tmp_path, "large", 1.6, 2.3, 16000.0, params=int(400_000_000 * ratio))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert ("> - parameter counts: large" in md) == flagged and ("Warning" in md) == flagged
 
 
 def test_report_without_differences_has_no_warning(tmp_path):
