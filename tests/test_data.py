@@ -85,6 +85,15 @@ def test_tail_split_is_view(corpus_file):
     train, val = s  # unpacks
 
 
+@pytest.mark.parametrize("n,fraction,n_val", [(1001, 0.01, 11), (1000, 0.01, 10), (1000, 0.0001, 2)])
+def test_tail_split_size_rounds_up_to_at_least_min_len(tmp_path, n, fraction, n_val):
+    """The held-out tail is ``max(ceil(len * val_fraction), min_len)`` bytes (min_len = 2)."""
+    p = tmp_path / "corpus.bin"
+    p.write_bytes(bytes(n))
+    s = load_splits(p, val_fraction=fraction)
+    assert (len(s.train), len(s.val)) == (n - n_val, n_val)
+
+
 def test_val_data_file(corpus_file, tmp_path):
     p, data = corpus_file
     v = tmp_path / "val.bin"

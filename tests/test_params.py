@@ -52,7 +52,8 @@ def test_solver_matches_seed_search_rule():
     assert (dim, params) == (1760, 403_279_360)
 
 
-@pytest.mark.parametrize("text,value", [("400M", 400_000_000), ("1.5B", 1_500_000_000), ("50m", 50_000_000), ("123", 123)])
+@pytest.mark.parametrize("text,value", [("400M", 400_000_000), ("1.5B", 1_500_000_000), ("50m", 50_000_000), ("123", 123),
+                                        ("2k", 2_000), ("1G", 1_000_000_000)])
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
