@@ -263,7 +263,8 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
 
 def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
-    length, precision, optimizer, lr, weight decay, parameter count beyond 5%, held-out bytes):
+    length, precision, optimizer, lr, weight decay and the parameters it reaches, held-out bytes)
+    and one when parameter counts are more than 10% apart (not all within 5% of one middle value):
     such rows do not compare like for like."""
     lines = []
     keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
