@@ -123,6 +123,7 @@ def test_top_level_help_and_version(capsys):
         assert re.search(rf"^    {command} ", out, re.M)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU
 def test_doctor_lists_every_kernel_in_one_column(capsys):
     from rnnlab.ops.registry import OPS
 
