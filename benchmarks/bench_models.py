@@ -48,6 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rnnlab.bench.mfu import mfu, peak_tflops
+
 OFF, DEFAULT, RO = None, "default", "reduce-overhead"
 MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO}
 MAMBA2 = dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})
@@ -75,7 +77,6 @@ MODELS = [
 ]
 MIN_COMPILE_WARMUP = 3  # step 1 compiles forward and backward; keep later steps out of it too
 LOSS_TOL = 5e-2  # nats, any step: a mode that differs more from the model's first mode is not "correct"
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 class StandaloneLM(nn.Module):
@@ -184,7 +185,7 @@ def versions() -> dict:
                 mamba2_fused_path=causal_conv1d_available(), git_commit=sha or None)
 
 
-def annotate(rows: list[dict], peak_tflops: float) -> None:
+def annotate(rows: list[dict], peak: float) -> None:
     """Per row: MFU, whether it trains like its model's first mode, and the ratio to the fastest
     correct rnnlab Mamba2 row; per model: which row is its fastest correct mode."""
     by_model: dict[tuple[str, int], list[dict]] = {}
@@ -194,7 +195,7 @@ def annotate(rows: list[dict], peak_tflops: float) -> None:
     for group in by_model.values():
         ref = group[0]["losses"]
         for r in group:
-            r["mfu"] = round(6 * r["params"] * r["tok_per_s"] / (peak_tflops * 1e12), 4)
+            r["mfu"] = round(mfu(r["params"], r["tok_per_s"], peak), 4)
             r["max_dloss_vs_first_mode"] = round(max(abs(a - b) for a, b in zip(r["losses"], ref)), 5)
             r["correct"] = r["max_dloss_vs_first_mode"] <= LOSS_TOL
             r["fastest"] = False
@@ -245,7 +246,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     device = torch.cuda.get_device_name()
-    peak = args.peak_tflops or next((v for k, v in PEAK_TFLOPS.items() if k in device), 989.0)
+    peak = args.peak_tflops or peak_tflops(device) or 989.0
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(sys.argv), optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1",
                 weights="bf16", steps=args.steps, peak_tflops=peak, loss_tol=LOSS_TOL, **versions())

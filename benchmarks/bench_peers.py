@@ -55,10 +55,12 @@ from typing import Callable
 
 import torch
 
+from rnnlab.bench.mfu import mfu, peak_tflops
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_kernels  # noqa: E402  (fwd_bwd: CUDA-event timing)
-import bench_models  # noqa: E402  (PEAK_TFLOPS, versions)
+import bench_models  # noqa: E402  (versions)
 
 DEV, DT = "cuda", torch.bfloat16
 RANK = 8  # the low-rank rows' r (E1's selective_rank default)
@@ -316,11 +318,11 @@ def skip_reason(e: Exception, log: str) -> str:
     return f"{type(e).__name__}: {first} (build/warm-up output: {log})"
 
 
-def annotate(rows_out: list[dict], B: int, T: int, peak_tflops: float) -> None:
+def annotate(rows_out: list[dict], B: int, T: int, peak: float) -> None:
     """MFU of every measured row and ``rel`` (speed against its ``vs`` row)."""
     by_key = {f"{r['name']}@{r['shape']}": r for r in rows_out if "total_ms" in r}
     for r in by_key.values():
-        r["mfu"] = round(6 * r["weights"] * B * T / (r["total_ms"] * 1e-3) / (peak_tflops * 1e12), 4)
+        r["mfu"] = round(mfu(r["weights"], B * T / (r["total_ms"] * 1e-3), peak), 4)
         if r.get("vs") in by_key:
             r["rel"] = round(by_key[r["vs"]]["total_ms"] / r["total_ms"], 3)
 
@@ -359,7 +361,7 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_peers: error: needs a CUDA GPU")
     device = torch.cuda.get_device_name()
-    peak = args.peak_tflops or next((v for k, v in bench_models.PEAK_TFLOPS.items() if k in device), 989.0)
+    peak = args.peak_tflops or peak_tflops(device) or 989.0
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(sys.argv), B=args.B, T=args.T, dtype="bf16", peak_tflops=peak,
                 **bench_models.versions())

@@ -277,8 +277,9 @@ def test_report_mean_std_over_seeds(tmp_path):
     assert rows["mamba2"][2] == "1.5000 ± 0.1000"  # sample std of 1.4, 1.5, 1.6
     assert rows["mamba2"][3] == "2.0200 ± 0.0100"
     assert rows["mamba2"][4] == "22.0K ± 1.00K"
-    assert rows["mamba2"][5] == "11.0K ± 500"  # tokens / whole wall clock
-    assert rows["mamba2"][6] == "2.0 ± 0.0 GiB" and rows["e1-d6"][6] == "2.0 GiB"
+    assert rows["mamba2"][5] == "5.3%"  # MFU: 6 x 400M params x 22.0K tok/s / the H100's 989 TFLOP/s
+    assert rows["mamba2"][6] == "11.0K ± 500"  # tokens / whole wall clock
+    assert rows["mamba2"][7] == "2.0 ± 0.0 GiB" and rows["e1-d6"][7] == "2.0 GiB"
     assert rows["e1-d6"][2] == "1.7000" and rows["e1-d6"][1] == "400M"
     for r in rows.values():
         assert all(c and c != "-" for c in r), r
@@ -286,6 +287,7 @@ def test_report_mean_std_over_seeds(tmp_path):
     doc = json.loads(paths["json"].read_text())
     m = next(r for r in doc["rows"] if r["name"] == "mamba2")
     assert m["loss_n"] == 3 and abs(m["loss_std"] - 0.1) < 1e-9 and m["seeds"] == [1, 2, 3]
+    assert m["mfu"] == pytest.approx(6 * 400e6 * 22000 / 989e12)
     names = {p.name for p in paths["plots"]}
     assert {"loss_and_bpb.png", "loss_vs_time.png", "tok_per_s.png", "loss_vs_depth.png"} <= names
     for p in paths["plots"]:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.bench import plots as P
+from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import SUITE_FILE, suite_ref
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS
 from rnnlab.train.rundir import RunDir, read_json
@@ -105,6 +106,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
             "protocol": {k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
+            "gpu_name": first["env"].get("gpu"),
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
         }
         for k in METRICS:
@@ -112,6 +114,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[k] = m
             row[k + "_std"] = sd
             row[k + "_n"] = n
+        row["mfu"] = row_mfu(row)
         rows.append(row)
     return rows
 
@@ -160,26 +163,40 @@ def md_table(header: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def row_mfu(row: dict[str, Any]) -> float | None:
+    """The row's model-FLOPs utilisation at its steady tok/s on its GPU (``rnnlab.bench.mfu``), or
+    None (no GPU of known peak, or no throughput)."""
+    peak = peak_tflops(row.get("gpu_name"))
+    if peak is None or not row["params"] or row["tok_per_s"] is None:
+        return None
+    return mfu(row["params"], row["tok_per_s"], peak)
+
+
 def main_table(rows: list[dict[str, Any]], device: str) -> str:
     """The results table; a "held-out bpb (train point)" column is added when a row used
-    Schedule-Free (its held-out bpb at the training point y, beside the one at the average x)."""
+    Schedule-Free (its held-out bpb at the training point y, beside the one at the average x), and
+    an "MFU" column beside the steady tok/s when a row ran on a GPU of known peak."""
     at_y = any(r["val_bpb_train_point"] is not None for r in rows)
+    with_mfu = any(r["mfu"] is not None for r in rows)
     body = []
     for r in rows:
         name = r["name"]
         if r["status"] != "complete":
             name += f" ({r['status']}: {r['n_complete']}/{r['n_runs']})"
         y = [_pm(r["val_bpb_train_point"], r["val_bpb_train_point_std"], fmt_loss)] if at_y else []
+        m = [f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"] if with_mfu else []
         body.append([
             name, fmt_count(r["params"]),
             _pm(r["loss"], r["loss_std"], fmt_loss),
             _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss), *y,
-            _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count),
+            _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count), *m,
             _pm(r["tok_per_wall_s"], r["tok_per_wall_s_std"], fmt_count),
             fmt_mem(r, device),
             _pm(r["time_s"], r["time_s_std"], fmt_time),
         ])
     header = list(COLUMNS)
+    if with_mfu:
+        header.insert(header.index("Tok/s (steady)") + 1, "MFU")
     if at_y:
         header.insert(4, "held-out bpb (train point)")
     return md_table(header, body)
@@ -408,7 +425,8 @@ LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb
           "(Schedule-Free: its average x; \"train point\": its y); Tok/s (steady) = training "
           "tokens per second of training-step time, the first {warmup_steps} steps of each process (compilation, "
           "autotuning) left out; Tok/s (wall) = tokens / the run's whole wall-clock time (start-up, "
-          "compilation, evaluation and checkpoints included); Memory = peak CUDA memory allocated.")
+          "compilation, evaluation and checkpoints included); MFU (GPU runs) = 6 x parameters x steady tok/s "
+          "over the GPU's dense bf16 peak; Memory = peak CUDA memory allocated.")
 
 
 def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:

@@ -1,0 +1,20 @@
+"""Model-FLOPs utilisation (MFU): the share of a GPU's dense bf16 peak that a training throughput
+uses, counting 6 FLOPs per parameter and token (2 forward, 4 backward). Those are the FLOPs of the
+projections' matrix products, which every model kind spends whatever its recurrence is, so MFU
+compares kernels across kinds; a recurrence's own FLOPs are not counted."""
+
+from __future__ import annotations
+
+# Dense bf16 tensor-core peak in TFLOP/s (no sparsity), by a substring of the GPU's name
+PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(gpu_name: str | None) -> float | None:
+    """The dense bf16 peak of the GPU named ``gpu_name`` (``torch.cuda.get_device_name``), or None
+    for a GPU not in :data:`PEAK_BF16_TFLOPS` or no GPU."""
+    return next((v for k, v in PEAK_BF16_TFLOPS.items() if gpu_name and k in gpu_name), None)
+
+
+def mfu(params: float, tok_per_s: float, peak: float) -> float:
+    """``6 * params * tok_per_s`` over ``peak`` TFLOP/s, a fraction."""
+    return 6 * params * tok_per_s / (peak * 1e12)
