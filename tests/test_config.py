@@ -22,15 +22,18 @@ OLD_CONFIG_JSON = (
     '"device": "cpu", "distributed": null}')
 
 
-def test_old_config_json_loads_and_round_trips():
+def test_old_config_json_loads_and_round_trips(tmp_path):
+    from rnnlab.train.rundir import RunDir
+
     old = json.loads(OLD_CONFIG_JSON)
-    cfg = TrainConfig.from_dict(old).validate()
+    (tmp_path / "config.json").write_text(OLD_CONFIG_JSON)
+    cfg = RunDir(tmp_path).config().validate()
     assert (cfg.data.batch_size, cfg.budget.steps, cfg.optim.lr, cfg.run.eval_bytes) == (4, 8, 3e-3, 4096)
     added = {"lr_schedule": "cosine", "grad_accum": 1, "keep_checkpoints": 2, "keep_checkpoint_every": 0,
              "wandb": None, "overwrite": False,
              "decay_marked": True}  # a run saved before this field decayed every parameter (LEGACY_DEFAULTS)
     assert cfg.to_dict() == {**old, **added}  # the same flat file, plus fields added since (their defaults)
-    assert TrainConfig().optim.decay_marked is False
+    assert TrainConfig().optim.decay_marked is False and TrainConfig.from_dict(old).optim.decay_marked is False
     assert resume_mismatch(old, cfg) is None
 
 

@@ -153,3 +153,35 @@ def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, 
     assert _losses(run) == pytest.approx(_losses(ref_sf), rel=1e-5)
     ref_sum = json.loads((ref_sf / "summary.json").read_text())
     assert s["val_loss"] == pytest.approx(ref_sum["val_loss"], rel=1e-5)
+
+
+FSDP2_GROUPS = """
+import json, sys, torch
+from rnnlab.train import distributed as dist
+from rnnlab.train.config import TrainConfig
+from rnnlab.train.optim import build_optimizer
+from rnnlab.train.runtime import build_model
+
+ctx = dist.context()
+ctx.init(torch.device("cpu"))
+cfg = TrainConfig.from_dict({"model": {"model": "mamba2", "dim": 32, "depth": 2}, "precision": "fp32"})
+lm = build_model(cfg, torch.device("cpu"))
+dist.wrap_model(lm, "fsdp2", torch.device("cpu"), ctx)
+opt, _ = build_optimizer(lm, cfg)
+groups = [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]
+open(sys.argv[1] + f".{ctx.rank}", "w").write(json.dumps(groups))
+"""
+
+
+def test_fsdp2_keeps_the_parameters_spared_from_weight_decay(tmp_path):
+    """FSDP2's sharding replaces the parameters; the marks that spare Mamba2's A_log, dt_bias and D
+    from weight decay survive it, so two sharded processes build the optimizer groups of one."""
+    script, out = tmp_path / "groups.py", tmp_path / "groups.json"
+    script.write_text(FSDP2_GROUPS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(out)]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    written = [Path(f"{out}.{rank}").exists() for rank in (0, 1)]  # (a rare gloo teardown abort comes after)
+    assert all(written), r.stdout[-3000:] + r.stderr[-5000:]
+    for rank in (0, 1):
+        groups = json.loads(Path(f"{out}.{rank}").read_text())
+        assert [wd for _, wd in groups] == [0.1, 0.0] and groups[1][0] == 3 * 2, groups  # 3 per layer, 2 layers

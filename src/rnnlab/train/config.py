@@ -250,8 +250,10 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        """The config of a saved ``config.json`` (fields it lacks: :data:`LEGACY_DEFAULTS`, then the defaults)."""
-        return apply_overrides(cls(), {**LEGACY_DEFAULTS, **d}, source="config")
+        """The config of flat keys ``d`` (``to_dict``'s layout, as in ``config.json``); fields it
+        lacks keep their defaults (``RunDir.saved_config`` first fills what an old file meant:
+        :data:`LEGACY_DEFAULTS`)."""
+        return apply_overrides(cls(), d, source="config")
 
 
 def _fields_by_key() -> dict[str, tuple[str, Spec]]:

@@ -266,9 +266,13 @@ def wrap_model(model: nn.Module, mode: str = "ddp", device: torch.device | None 
     from torch.distributed.fsdp import fully_shard
 
     mesh = init_device_mesh(device.type, (ctx.world_size,))
+    marked = {n for n, p in model.named_parameters() if getattr(p, "_no_weight_decay", False)}
     for block in getattr(model, "blocks", []):
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
+    for n, p in model.named_parameters():  # sharding replaced the parameters, dropping the marks
+        if n in marked:
+            p._no_weight_decay = True  # read by rnnlab.train.optim.param_groups
     return model
 
 
