@@ -12,6 +12,20 @@ from contextlib import contextmanager
 import pytest
 import torch
 
+
+def _one_gpu_per_xdist_worker() -> None:
+    """Under pytest-xdist (``-n N``) on a machine with several GPUs, worker ``gwK`` sees only GPU
+    ``K mod count`` (benchmarks/gpu_tests.sh), so the workers spread over the GPUs. It must run
+    before anything starts CUDA (``torch.cuda.is_available`` below does): CUDA reads
+    ``CUDA_VISIBLE_DEVICES`` once. ``device_count`` asks NVML and starts nothing."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker.startswith("gw") and "CUDA_VISIBLE_DEVICES" not in os.environ:
+        count = torch.cuda.device_count()
+        if count > 1:
+            os.environ["CUDA_VISIBLE_DEVICES"] = str(int(worker[2:]) % count)
+
+
+_one_gpu_per_xdist_worker()
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

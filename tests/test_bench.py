@@ -234,23 +234,41 @@ def test_failed_run_does_not_stop_suite(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------------------------ report
 def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, depth: int = 2, model: str = "e1",
-                   seed: int = 42, mem: float | None = 2.0, steps: int = 10, params: int = 400_000_000):
+                   seed: int = 42, mem: float | None = 2.0, steps: int = 10, params: int = 400_000_000,
+                   gpu: str | None = "NVIDIA H100 80GB HBM3", world_size: int = 1):
     d = root / name
     d.mkdir(parents=True)
     s = {"model": model, "params": params, "steps": steps, "tokens": steps * 512, "loss": loss, "val_loss": bpb * 0.693,
          "val_bpb": bpb, "tok_per_s": tok, "tok_per_wall_s": tok / 2, "peak_mem_gib": mem, "time_s": 100.0, "complete": True, "dim": 64,
-         "depth": depth, "layer": {}, "seed": seed, "budget": {"steps": steps}, "device": "cuda"}
+         "depth": depth, "layer": {}, "seed": seed, "budget": {"steps": steps}, "device": "cuda" if gpu else "cpu",
+         "world_size": world_size}
     (d / "summary.json").write_text(json.dumps(s))
     (d / "config.json").write_text(json.dumps({"data": "/data/pile.txt", "val_data": None, "val_fraction": 0.01,
                                                "steps": steps, "batch_size": 16, "seq_len": 512, "optimizer": "adamw",
                                                "lr": 1e-4, "weight_decay": 0.1, "grad_clip": None,
                                                "precision": "bf16", "model": {"model": model, "dim": 64,
                                                                               "depth": depth, "layer": {}}}))
-    (d / "env.json").write_text(json.dumps({"device": "cuda", "gpu": "NVIDIA H100 80GB HBM3",
+    (d / "env.json").write_text(json.dumps({"device": "cuda" if gpu else "cpu", "gpu": gpu,
                                             "git_sha": "0123456789abcdef", "git_dirty": False}))
     (d / "metrics.jsonl").write_text("".join(
         json.dumps({"step": i, "loss": 3.0 - 0.1 * i, "elapsed_s": i * 0.5, "tok_per_s": tok}) + "\n"
         for i in range(1, 11)))
+
+
+def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
+    """MFU = 6 x params x tok/s over the peak of every GPU the run used (its tok/s counts all its
+    processes' tokens); no MFU column when no run was on a GPU of known peak (CPU, unknown GPU)."""
+    from rnnlab.bench.mfu import peak_tflops
+
+    assert (peak_tflops("NVIDIA A100-SXM4-80GB"), peak_tflops("NVIDIA H200"), peak_tflops("NVIDIA RTX 6000 Ada"),
+            peak_tflops(None)) == (312.0, 989.0, None, None)
+    _synthetic_run(tmp_path / "g", "one", 1.5, 2.0, 30000.0, gpu="NVIDIA A100-SXM4-80GB")
+    _synthetic_run(tmp_path / "g", "two", 1.5, 2.0, 30000.0, gpu="NVIDIA A100-SXM4-80GB", world_size=2)
+    rows = {r[0]: r for r in _table_rows(write_report(tmp_path / "g", plots=False)["md"].read_text())}
+    assert (rows["one"][5], rows["two"][5]) == ("23.1%", "11.5%")  # 6 * 400M * 30K / 312T, then / 2
+    for root, gpu in (("cpu", None), ("ada", "NVIDIA RTX 6000 Ada")):
+        _synthetic_run(tmp_path / root, "r", 1.5, 2.0, 30000.0, gpu=gpu)
+        assert "| MFU |" not in write_report(tmp_path / root, plots=False)["md"].read_text()
 
 
 def test_report_commit_is_the_runs_else_this_code(monkeypatch):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 # Dense bf16 tensor-core peak in TFLOP/s (no sparsity), by a substring of the GPU's name
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+ASSUMED_PEAK_TFLOPS = 989.0  # what the benchmark scripts assume for a GPU not in the table (and say so)
 
 
 def peak_tflops(gpu_name: str | None) -> float | None:
@@ -15,6 +16,6 @@ def peak_tflops(gpu_name: str | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if gpu_name and k in gpu_name), None)
 
 
-def mfu(params: float, tok_per_s: float, peak: float) -> float:
-    """``6 * params * tok_per_s`` over ``peak`` TFLOP/s, a fraction."""
-    return 6 * params * tok_per_s / (peak * 1e12)
+def mfu(params: float, tok_per_s: float, peak: float, gpus: int = 1) -> float:
+    """``6 * params * tok_per_s`` over ``gpus`` GPUs of ``peak`` TFLOP/s each, a fraction."""
+    return 6 * params * tok_per_s / (gpus * peak * 1e12)

@@ -107,6 +107,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "protocol": {k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
             "gpu_name": first["env"].get("gpu"),
+            "world_size": s.get("world_size") or 1,
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
         }
         for k in METRICS:
@@ -164,12 +165,13 @@ def md_table(header: list[str], body: list[list[str]]) -> str:
 
 
 def row_mfu(row: dict[str, Any]) -> float | None:
-    """The row's model-FLOPs utilisation at its steady tok/s on its GPU (``rnnlab.bench.mfu``), or
-    None (no GPU of known peak, or no throughput)."""
+    """The row's model-FLOPs utilisation per GPU at its steady tok/s (all its processes' tokens,
+    over ``world_size`` GPUs; ``rnnlab.bench.mfu``), or None (no GPU of known peak, or no
+    throughput)."""
     peak = peak_tflops(row.get("gpu_name"))
     if peak is None or not row["params"] or row["tok_per_s"] is None:
         return None
-    return mfu(row["params"], row["tok_per_s"], peak)
+    return mfu(row["params"], row["tok_per_s"], peak, gpus=row["world_size"])
 
 
 def main_table(rows: list[dict[str, Any]], device: str) -> str:
@@ -426,7 +428,7 @@ LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb
           "tokens per second of training-step time, the first {warmup_steps} steps of each process (compilation, "
           "autotuning) left out; Tok/s (wall) = tokens / the run's whole wall-clock time (start-up, "
           "compilation, evaluation and checkpoints included); MFU (GPU runs) = 6 x parameters x steady tok/s "
-          "over the GPU's dense bf16 peak; Memory = peak CUDA memory allocated.")
+          "over the dense bf16 peak of the GPUs the run used; Memory = peak CUDA memory allocated.")
 
 
 def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
