@@ -554,3 +554,23 @@ def test_bench_and_sweep_flags_come_from_the_config():
     assert {flag_name(k) for k in SUITE_KEYS} <= flags("bench") and "--lr" not in flags("bench")
     expected = {flag_name(k) for k, (_, s) in FIELDS.items() if s.meta.flag and k not in RUNNER_KEYS}
     assert expected <= flags("sweep") and "--resume" not in flags("sweep")
+
+
+def _set_summary(root: Path, name: str, **kw) -> None:
+    p = root / name / "summary.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), **kw}))
+
+
+def test_report_compares_decay_rates_only_where_a_model_has_them(tmp_path):
+    """Whether weight decay reached A_log, dt_bias, D differs only between rows whose models have
+    them: a new E1 run (none marked) beside an old one is no protocol difference; a Mamba2 run
+    sparing them beside one from before ``decay_marked`` (which decayed them) is."""
+    _synthetic_run(tmp_path, "e1-old", 1.6, 2.3, 16000.0)  # no decay_rates: from before the field
+    _synthetic_run(tmp_path, "e1-new", 1.6, 2.3, 16000.0)
+    _set_summary(tmp_path, "e1-new", decay_rates=None)
+    assert "decay rates:" not in write_report(tmp_path, plots=False)["md"].read_text()
+    _synthetic_run(tmp_path, "mamba2-new", 1.5, 2.2, 24000.0, model="mamba2")
+    _set_summary(tmp_path, "mamba2-new", decay_rates="spared")
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "decay rates: e1-old decayed; mamba2-new spared" in md
+    assert "wd 0.1 (not on A_log, dt_bias, D)" in md

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SUMMARY_KEYS = {"model", "params", "steps", "tokens", "loss", "val_loss", "val_bpb", "tok_per_s",
                 "peak_mem_gib", "time_s", "complete", "dim", "depth", "batch_size", "seq_len",
-                "optimizer", "lr", "precision", "seed"}
+                "optimizer", "lr", "precision", "seed", "decay_rates"}
 METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "peak_mem_gib", "elapsed_s", "warmup_s"}
 
 
@@ -537,7 +537,7 @@ def test_weight_decay_spares_the_marked_decay_rates(model, optimizer, decay_mark
     """With zero gradients a step only applies weight decay: every parameter shrinks except the
     ones a layer marks ``_no_weight_decay`` (Mamba2's A_log, dt_bias, D, E88's and GDN's A_log,
     dt_bias), which stay put unless ``decay_marked`` (the reference study's one group)."""
-    from rnnlab.train.optim import build_optimizer
+    from rnnlab.train.optim import build_optimizer, decay_rates
     from rnnlab.train.runtime import build_model
 
     cfg = apply_overrides(TrainConfig(), {"model": model, "dim": 32, "depth": 1, "optimizer": optimizer,
@@ -554,3 +554,4 @@ def test_weight_decay_spares_the_marked_decay_rates(model, optimizer, decay_mark
     marked = {n.rsplit(".", 1)[-1] for n, p in lm.named_parameters() if getattr(p, "_no_weight_decay", False)}
     assert marked == MARKED[model]
     assert kept == (set() if decay_marked else MARKED[model])
+    assert decay_rates(lm, cfg) == (None if not marked else "decayed" if decay_marked else "spared")  # summary.json

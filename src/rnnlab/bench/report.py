@@ -31,7 +31,7 @@ METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "t
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
 # what must be equal across rows for a like-for-like comparison (config.json keys)
-PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay", "decay_marked")
+PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay")
 PARAMS_TOL = 0.05  # rows (and reference rows) within 5% of each other's parameter count compare
 _SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 _SHA = re.compile(r"[0-9a-f]{7,64}")
@@ -70,6 +70,15 @@ def collect(root: str | Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ aggregate
+def run_decay_rates(record: dict[str, Any]) -> str | None:
+    """``summary.json``'s ``decay_rates`` (``rnnlab.train.optim.decay_rates``: "spared",
+    "decayed", or None for a model whose layers mark none); runs from before it decayed every
+    parameter (``decay_marked`` is then true in their config)."""
+    if "decay_rates" in record["summary"]:
+        return record["summary"]["decay_rates"]
+    return "decayed" if record["config"].get("decay_marked") else None
+
+
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
     vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     if not vals:
@@ -104,7 +113,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "status": "complete" if len(done) == len(recs) else
                       ("partial" if use else ("failed" if any(r["status"] == "failed" for r in recs) else "missing")),
             "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
-            "protocol": {k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS},
+            "protocol": {**{k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS}, "decay rates": run_decay_rates(first)},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
             "gpu_name": first["env"].get("gpu"),
             "world_size": s.get("world_size") or 1,
@@ -282,13 +291,16 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
 
 def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
-    length, precision, optimizer, lr, weight decay and the parameters it reaches, held-out bytes)
+    length, precision, optimizer, lr, weight decay, held-out bytes, and whether weight decay reached
+    the decay rates A_log, dt_bias, D among the rows whose models have them)
     and one when parameter counts are more than 10% apart (not all within 5% of one middle value):
     such rows do not compare like for like."""
     lines = []
     keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
-             **{k: {r["name"]: r["protocol"].get(k) for r in rows} for k in PROTOCOL_KEYS}}
+             **{k: {r["name"]: r["protocol"].get(k) for r in rows} for k in PROTOCOL_KEYS},
+             # weight decay on A_log, dt_bias, D, among the rows whose models have them
+             "decay rates": {r["name"]: r["protocol"]["decay rates"] for r in rows if r["protocol"]["decay rates"]}}
     for key, values in keyed.items():
         groups: dict[str, list[str]] = {}
         for name, v in values.items():
@@ -399,10 +411,11 @@ def load_lines(load: dict[str, Any] | None) -> list[str]:
 
 
 def describe_protocol(records: list[dict[str, Any]]) -> str:
-    def one(c):
+    def one(r):
+        c = r["config"]
         budget = next((f"{k} {c[k]:g}" for k in BUDGET_KEYS if c.get(k) is not None), "-")
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
-        spared = "" if c.get("decay_marked", True) else " (not on A_log, dt_bias, D)"
+        spared = " (not on A_log, dt_bias, D)" if run_decay_rates(r) == "spared" else ""
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
                 f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{spared}{clip}, {c.get('precision')}")
 
@@ -410,7 +423,7 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
     for r in records:
         if r["config"]:
             try:
-                t = one(r["config"])
+                t = one(r)
             except (TypeError, ValueError):
                 continue
             if t not in texts:

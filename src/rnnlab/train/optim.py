@@ -60,6 +60,14 @@ def param_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
     return [{"params": [p for p in params if id(p) not in ids]}, {"params": exempt, "weight_decay": 0.0}]
 
 
+def decay_rates(model: nn.Module, cfg: TrainConfig) -> str | None:
+    """What weight decay does to the parameters ``model``'s layers mark ``_no_weight_decay``:
+    ``"spared"``, ``"decayed"`` (``decay_marked``), or None when it marks none (E1, minGRU...)."""
+    if not any(getattr(p, "_no_weight_decay", False) for p in model.parameters()):
+        return None
+    return "decayed" if cfg.optim.decay_marked else "spared"
+
+
 class WarmupCosine:
     """LR multiplier: linear warmup over ``warmup`` steps, then cosine from 1 to 0 at ``total``
     (``total=None``: constant 1 after the warmup).

@@ -42,7 +42,7 @@ from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError
 from rnnlab.train.config import TrainConfig
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
-from rnnlab.train.optim import build_optimizer, current_lr, eval_weights, is_schedulefree
+from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import (build_model, check_memory, env_info, evaluate_run, is_out_of_memory,
                                   peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
@@ -388,7 +388,8 @@ class Trainer:
             "wall_s": state.wall_s, "tok_per_wall_s": state.tokens / state.wall_s,
             "dim": m.dim, "depth": m.depth, "layer": m.layer, "mlp_ratio": m.resolved_mlp_ratio(),
             "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len, "optimizer": cfg.optim.optimizer,
-            "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "precision": cfg.run.precision,
+            "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "decay_rates": decay_rates(state.model, cfg),
+            "precision": cfg.run.precision,
             "seed": cfg.run.seed, "budget": {kind: budget}, "device": str(self.device),
             "run_dir": str(self.rundir.path), "world_size": self.ctx.world_size,
             "distributed": cfg.run.distributed if self.ctx.world_size > 1 else None,
