@@ -34,7 +34,9 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
              "decay_marked": True}  # a run saved before this field decayed every parameter (LEGACY_DEFAULTS)
     assert cfg.to_dict() == {**old, **added}  # the same flat file, plus fields added since (their defaults)
     assert TrainConfig().optim.decay_marked is False and TrainConfig.from_dict(old).optim.decay_marked is False
-    assert resume_mismatch(old, cfg) is None
+    assert resume_mismatch(RunDir(tmp_path).saved_config(), cfg) is None
+    new = TrainConfig.from_dict({**old, "decay_marked": False})
+    assert resume_mismatch(RunDir(tmp_path).saved_config(), new)[0] == "decay_marked"
 
 
 def _wrong_value(spec):

@@ -555,3 +555,19 @@ def test_weight_decay_spares_the_marked_decay_rates(model, optimizer, decay_mark
     assert marked == MARKED[model]
     assert kept == (set() if decay_marked else MARKED[model])
     assert decay_rates(lm, cfg) == (None if not marked else "decayed" if decay_marked else "spared")  # summary.json
+
+
+def test_resuming_a_run_from_before_decay_marked_says_how(tiny_train, tmp_path):
+    """A run saved before ``decay_marked`` existed decayed every parameter: resuming it under
+    today's default is refused, with the setting that continues it."""
+    cfg = tiny_train(tmp_path / "r", steps=2)
+    run_training(cfg, progress=False)
+    path = tmp_path / "r" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["decay_marked"]
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"field decay_marked is true, not false \(runs saved before rnnlab had "
+                                         r"decay_marked count as decay_marked = true: set it to continue them\)"):
+        run_training(tiny_train(tmp_path / "r", steps=4, resume=True), progress=False)
+    s = run_training(tiny_train(tmp_path / "r", steps=4, resume=True, decay_marked=True), progress=False)
+    assert s["complete"] and s["steps"] == 4

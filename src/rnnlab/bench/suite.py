@@ -45,7 +45,8 @@ from typing import Any
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
-from rnnlab.train.config import BUDGET_KEYS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides, resume_mismatch
+from rnnlab.train.config import (BUDGET_KEYS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides, legacy_hint,
+                                  resume_mismatch)
 from rnnlab.train.rundir import RunDir, write_json
 
 SUITE_FILE = "suite.json"
@@ -272,7 +273,8 @@ def run_conflict(pr: PlannedRun) -> str | None:
     if diff is None:
         return None
     key, old, new = diff
-    return f"{pr.dir} holds a run with {key} = {json.dumps(old)}, but the suite now asks for {json.dumps(new)}"
+    return (f"{pr.dir} holds a run with {key} = {json.dumps(old)}, but the suite now asks for {json.dumps(new)}"
+            f"{legacy_hint(key)}")
 
 
 def run_status(pr: PlannedRun) -> str:

@@ -270,6 +270,14 @@ def _fields_by_key() -> dict[str, tuple[str, Spec]]:
 # the field's default: those runs decayed every parameter.
 LEGACY_DEFAULTS = {"decay_marked": True}
 
+def legacy_hint(key: str) -> str:
+    """A hint for a resume refused on ``key`` when older runs differ there by design, else ""."""
+    if key not in LEGACY_DEFAULTS:
+        return ""
+    value = json.dumps(LEGACY_DEFAULTS[key])
+    return f" (runs saved before rnnlab had {key} count as {key} = {value}: set it to continue them)"
+
+
 # Every field by its flat key: {key: (section name, Spec)}; the lists below derive from it.
 FIELDS = _fields_by_key()
 MODEL_KEYS = tuple(k for k, (section, _) in FIELDS.items() if section == "model")
@@ -366,9 +374,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 
 def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, Any] | None:
     """First field (dotted name, saved value, new value) that differs and matters for resuming.
-    A field the saved config lacks (one added to rnnlab since) counts as :data:`LEGACY_DEFAULTS`
-    or its default says."""
-    new, defaults = cfg.to_dict(), {**TrainConfig().to_dict(), **LEGACY_DEFAULTS}
+    A field the saved config lacks (one added to rnnlab since) counts as its default; pass
+    ``RunDir.saved_config()``, which first fills what old files meant (:data:`LEGACY_DEFAULTS`)."""
+    new, defaults = cfg.to_dict(), TrainConfig().to_dict()
     for key in sorted(set(saved) | set(new)):
         if key in RESUMABLE:
             continue

@@ -307,7 +307,7 @@ class RunDir:
     def _resume_point(self, cfg):
         """The newest usable checkpoint of a run made with ``cfg``'s config, else an error that
         changes nothing; damaged newer checkpoints are renamed aside, loudly."""
-        from rnnlab.train.config import resume_mismatch
+        from rnnlab.train.config import legacy_hint, resume_mismatch
 
         saved = self.saved_config()
         if saved is None:
@@ -317,7 +317,7 @@ class RunDir:
         if diff is not None:
             key, old, new = diff
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
-                             f"{json.dumps(old)}, not {json.dumps(new)}")
+                             f"{json.dumps(old)}, not {json.dumps(new)}{legacy_hint(key)}")
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True)
 
     def _clear(self, cfg) -> None:
