@@ -4,9 +4,8 @@
 # Usage: bash benchmarks/run_suites_gpu.sh OUTDIR "SUITE ARGS" ["SUITE ARGS" ...]
 # Each "SUITE ARGS" is passed to `rnnlab bench` (e.g. "seed-400m-sf --gpus 2 --runs a,b");
 # afterwards every complete run is evaluated on WikiText-2 (Schedule-Free runs at x and at y), and
-# a tarball per suite of the
-# reports, summaries, metrics and logs (no checkpoints) goes to OUTDIR. Runs already complete
-# in runs/<suite>/ (brought back from an earlier call) are skipped.
+# a tarball per suite of the reports, summaries, metrics and logs (no checkpoints) goes to OUTDIR.
+# Runs already complete in runs/<suite>/ (brought back from an earlier call) are skipped.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
 # (benchmarks/gpu_tests.sh).
 # BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
@@ -27,12 +26,14 @@ for args in "$@"; do
   timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench $args --data /tmp/train.txt --val-data /tmp/val.txt --eval-bytes all \
     --out runs/"$suite" --no-progress || true
   for run in runs/"$suite"/*/; do
-    [ -f "$run/summary.json" ] && [ ! -f "$run/wikitext2.json" ] || continue
-    python3 -m rnnlab eval --run "$run" --data /tmp/wikitext2.txt --eval-bytes all --json \
-      > "$run/wikitext2.json" 2>&1 || true
+    [ -f "$run/summary.json" ] && [ -d "$run/ckpt" ] || continue  # complete here (brought-back runs have no ckpt)
+    [ -f "$run/wikitext2.json" ] || python3 -m rnnlab eval --run "$run" --data /tmp/wikitext2.txt --eval-bytes all \
+      --json > "$run/wikitext2.json" 2>&1 || true
     # Schedule-Free runs: also at the training point y (the average x can lag in pure bf16)
-    python3 -m rnnlab eval --run "$run" --at train-point --data /tmp/wikitext2.txt --eval-bytes all --json \
-      > "$run/wikitext2_train_point.json" 2>/dev/null || rm -f "$run/wikitext2_train_point.json"
+    if grep -q '"optimizer": "schedulefree-adamw"' "$run/config.json" && [ ! -f "$run/wikitext2_train_point.json" ]; then
+      python3 -m rnnlab eval --run "$run" --at train-point --data /tmp/wikitext2.txt --eval-bytes all --json \
+        > "$run/wikitext2_train_point.json" 2>&1 || true
+    fi
   done
   tar czf "$out/$suite.tgz" --exclude=ckpt --exclude=tb -C runs "$suite"
 done
