@@ -6,7 +6,7 @@
 # Usage: bash benchmarks/gpu_tests.sh OUTDIR [pytest args, e.g. -k "persistent"]
 # GPU_TEST_WORKERS (default 4; the float64 CPU references dominate, so workers share a GPU well; on a
 # machine with several GPUs the workers spread over them, tests/conftest.py),
-# GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` (~680 tests) was ~70%
+# GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` (~440 tests) was ~70%
 # done after 540 s on one H200 with 4 workers (results/gpu-tests-h200-1130): split it over calls, e.g.
 # -k "persistent" and -k "not persistent". Needs pytest-xdist and pytest-timeout (the GPU image has both).
 set -uo pipefail
