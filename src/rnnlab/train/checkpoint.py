@@ -242,7 +242,7 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt=None, sched=No
             tp = state.get("train_point")
             if tp is None:
                 raise CheckpointError(f"{checkpoint.path} has no Schedule-Free train point")
-            load_train_point(opt, tp)
+            load_train_point([p for g in opt.param_groups for p in g["params"]], tp)
             for g in opt.param_groups:
                 g["train_mode"] = True
         if sched is not None and state.get("scheduler") is not None:
@@ -259,11 +259,10 @@ def load_train_point_weights(checkpoint: Checkpoint, model: nn.Module, order: li
     if tensors is None:
         raise CheckpointError(f"{checkpoint.path} holds no Schedule-Free train point: the run's optimizer keeps "
                               "one set of weights (drop --at train-point)")
-    if len(tensors) != len(order) or any(t.shape != p.shape for t, p in zip(tensors, order)):
-        raise CheckpointError(f"{checkpoint.path}'s Schedule-Free train point does not fit the model")
-    with torch.no_grad():
-        for p, y in zip(order, tensors):
-            p.copy_(y)
+    try:
+        load_train_point(order, tensors)
+    except ValueError as e:
+        raise CheckpointError(f"{checkpoint.path}: {e}") from None
 
 
 # ------------------------------------------------------------------------------ RNG states

@@ -135,10 +135,12 @@ def train_point(opt) -> list[torch.Tensor] | None:
     return [full_tensor(p.detach()).to("cpu", copy=True) for g in opt.param_groups for p in g["params"]]
 
 
-def load_train_point(opt, tensors: list[torch.Tensor]) -> None:
-    params = [p for g in opt.param_groups for p in g["params"]]
-    if len(params) != len(tensors):
-        raise ValueError(f"checkpoint holds {len(tensors)} Schedule-Free train tensors, model has {len(params)}")
+def load_train_point(params: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
+    """Copy Schedule-Free's y (``train_point``'s list) into ``params``, the parameters in the
+    optimizer's order (``[p for g in param_groups for p in g["params"]]``)."""
+    if len(params) != len(tensors) or any(p.shape != y.shape for p, y in zip(params, tensors)):
+        raise ValueError(f"checkpoint holds {len(tensors)} Schedule-Free train tensors that do not fit the "
+                         f"model's {len(params)} parameters")
     from rnnlab.train.distributed import copy_full_into  # full y into a (possibly sharded) param
 
     for p, y in zip(params, tensors):
