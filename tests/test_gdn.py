@@ -15,7 +15,9 @@ from rnnlab.cli import main
 from rnnlab.layers import gdn
 from rnnlab.layers.gdn import GatedDeltaNet, GatedDeltaNetConfig
 from rnnlab.models import ModelConfig, count_params
-from rnnlab.ops.delta import gated_delta_scan
+from rnnlab.ops.delta import fla_backward_refusal, gated_delta_scan
+from rnnlab.train.config import TrainConfig
+from rnnlab.train.runtime import check_trainable
 
 
 
@@ -123,6 +125,38 @@ def test_backend_choice(monkeypatch):
     assert gdn.resolve_backend("auto") == "reference"
     with pytest.raises(RuntimeError, match="needs fla's layer"):
         gdn.resolve_backend("official")
+
+
+def test_fla_backward_refusal_follows_fla_flags(monkeypatch):
+    """fla 0.6 refuses the gated backward on Hopper with Triton in [3.4, 3.7.1) unless its TileLang
+    kernel is usable and enabled (tests/gpu checks that fla raises exactly when this says so)."""
+    _fla("fla.ops.common.backends.tilelang")
+    import fla.utils as fu
+    from fla.ops.common.backends.tilelang import CommonTileLangBackend
+
+    def refusal(hopper=True, above_3_4=True, above_3_7_1=False, tilelang=False):
+        for name, value in (("IS_NVIDIA_HOPPER", hopper), ("TRITON_ABOVE_3_4_0", above_3_4),
+                            ("TRITON_ABOVE_3_7_1", above_3_7_1)):
+            monkeypatch.setattr(fu, name, value)
+        monkeypatch.setattr(CommonTileLangBackend, "is_available", classmethod(lambda cls: tilelang))
+        return fla_backward_refusal()
+
+    monkeypatch.setenv("FLA_TILELANG", "1")
+    assert "wrong gradients, fla issue #640): install tilelang" in refusal()
+    assert refusal(hopper=False) is None and refusal(above_3_4=False) is None
+    assert refusal(above_3_7_1=True) is None and refusal(tilelang=True) is None
+    monkeypatch.setenv("FLA_TILELANG", "0")  # TileLang installed but switched off: still refused
+    assert refusal(tilelang=True) is not None
+
+
+def test_training_refused_in_one_line_where_fla_refuses(monkeypatch):
+    monkeypatch.setattr(gdn, "fla_backward_refusal", lambda: "fla refuses (test)")
+    cfg = TrainConfig.from_dict({"model": "gdn"})
+    with pytest.raises(ValueError) as e:
+        check_trainable(cfg, torch.device("cuda"))
+    assert str(e.value) == "model gdn cannot train on cuda: fla refuses (test)"
+    check_trainable(cfg, torch.device("cpu"))  # the reference loop trains anywhere
+    check_trainable(TrainConfig.from_dict({"model": "e1"}), torch.device("cuda"))
 
 
 @pytest.mark.parametrize("kw, msg", [

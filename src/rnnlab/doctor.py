@@ -41,6 +41,8 @@ def report() -> dict[str, str]:
         "mamba2 backend (auto)": _mamba2_backend(resolve_backend("auto"), causal_conv1d_available()),
         "fla layers": _try("fla.layers.gated_deltanet"),
         "gdn backend (auto)": gdn.resolve_backend("auto"),
+        "gdn training on cuda": (gdn.GatedDeltaNet.training_blocker(torch.device("cuda")) or "ok")
+        if torch.cuda.is_available() else "needs CUDA",
     }
     for name, op in OPS.items():
         out[f"kernel {name}"] = _kernel_status(op) if torch.cuda.is_available() else "needs CUDA"

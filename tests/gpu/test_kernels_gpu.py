@@ -30,11 +30,13 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
-def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=()):
+def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=(), refused=None):
     """inputs: list of fp32 CPU tensors or None. Fast path gets them in ``dtype`` on CUDA (those at
     the positions ``fp32_inputs`` stay fp32, as their layer passes them); the reference gets the
     same rounded values in float64 on CPU. Both return ``(h, h_T)``: h, the final state and every
-    input gradient (through h) are compared."""
+    input gradient (through h) are compared. ``refused``: the fast path's library refuses its
+    backward on this machine (the reason, e.g. ``fla_backward_refusal()``): the outputs are
+    compared and the backward must raise."""
     tol = TOL[dtype] if tol is None else tol
     inputs = [x if x is None or i in fp32_inputs else x.to(dtype) for i, x in enumerate(inputs)]
     fast = [None if x is None else x.to(DEV).requires_grad_() for x in inputs]
@@ -42,6 +44,9 @@ def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=()):
     y, y_last = fn_fast(*fast)
     yr, yr_last = fn_ref(*ref)
     assert y.dtype == dtype and y.shape == yr.shape and y_last.dtype == torch.float32
+    if refused:
+        _assert_backward_refused(name, y, [rel(y, yr), rel(y_last, yr_last)], tol, refused)
+        return
     g = torch.randn(yr.shape, dtype=torch.float64)
     gf = torch.autograd.grad(y, [x for x in fast if x is not None], g.to(dtype).to(DEV))
     gr = torch.autograd.grad(yr, [x for x in ref if x is not None], g.to(dtype).double())
@@ -51,6 +56,14 @@ def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=()):
     for e in errs:
         assert e < tol, (name, errs)
     return errs
+
+
+def _assert_backward_refused(name, y, errs, tol, reason):
+    """The outputs (``errs``) within ``tol``, and the backward of ``y`` raising as ``reason`` says."""
+    print(f"{name}: outputs " + " ".join(f"{e:.2e}" for e in errs) + f"; backward refused: {reason}")
+    assert max(errs) < tol, (name, errs)
+    with pytest.raises(RuntimeError, match="incorrect results"):
+        y.float().sum().backward()
 
 
 SHAPES = [(2, 33, 100), (1, 17, 64), (3, 64, 200)]  # H not a multiple of 64, B=1
@@ -319,9 +332,9 @@ def test_elman_dense_persistent_not_used_when_it_cannot_run():
 
 
 # ------------------------------------------------------------------------------------- layers
-def _check_layer(name, layer_cpu, layer_gpu, dim, tol, B=2, T=40):
+def _check_layer(name, layer_cpu, layer_gpu, dim, tol, B=2, T=40, refused=None):
     """Same weights; CPU reference in float64, CUDA path in fp32. Checks y, dx and every
-    parameter gradient."""
+    parameter gradient (``refused``: as in ``_check_op``)."""
     torch.manual_seed(7)
     x = torch.randn(B, T, dim)
     lc = layer_cpu.double()
@@ -329,6 +342,9 @@ def _check_layer(name, layer_cpu, layer_gpu, dim, tol, B=2, T=40):
     xc = x.double().requires_grad_()
     xg = x.float().to(DEV).requires_grad_()
     yc, yg = lc(xc), lg(xg)
+    if refused:
+        _assert_backward_refused(name, yg, [rel(yg, yc)], tol, refused)
+        return
     g = torch.randn(yc.shape, dtype=torch.float64)
     pc = dict(lc.named_parameters())
     pg = dict(lg.named_parameters())
@@ -431,11 +447,13 @@ def test_transformer_sdpa_cuda():
 def test_lm_bf16_train_step_triton():
     """One bf16 training step per recurrent model on CUDA runs, is finite, and moves the loss."""
     from rnnlab.models import LM, ModelConfig
+    from rnnlab.ops.delta import fla_backward_refusal
 
+    # GDN where fla trains it (else tests/gpu/test_reliability_gpu.py checks the one-line refusal)
+    gdn = [] if fla_backward_refusal() else [("gdn", {"head_dim": 64})]
     for model, layer in [("e1", {}), ("e1", {"heads": 4}), ("e1", {"selective": "decay"}),
                          ("e1", {"selective": "decay", "heads": 4}), ("e1", {"selective": "lowrank"}),
-                         ("e16", {"state_expansion": 2}), ("mingru", {}), ("minlstm", {}), ("e88", {}),
-                         ("gdn", {"head_dim": 64})]:
+                         ("e16", {"state_expansion": 2}), ("mingru", {}), ("minlstm", {}), ("e88", {})] + gdn:
         torch.manual_seed(0)
         m = LM(ModelConfig(model=model, dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
         idx = torch.randint(0, 256, (4, 65), device=DEV)
@@ -579,8 +597,10 @@ def test_e88_final_state_gradient(every):
 def test_gated_delta_fla(dtype, shape, with_s0):
     """The gated delta op's "triton" backend, fla's chunk kernel, against the float64 reference
     (q scaled, k unit-norm, log decay and beta in fp32 as the reference layer passes them).
-    Tolerance 2e-2: fla's chunk kernels multiply in TF32 (measured values are printed)."""
-    from rnnlab.ops.delta import GATED_DELTA_SCAN, gated_delta_scan, naive
+    Tolerance 2e-2: fla's chunk kernels multiply in TF32 (measured values are printed). Where fla
+    refuses its backward (Hopper with Triton in [3.4, 3.7.1), ``fla_backward_refusal``), the
+    outputs are checked and the backward must raise: rnnlab refuses those runs up front."""
+    from rnnlab.ops.delta import GATED_DELTA_SCAN, fla_backward_refusal, gated_delta_scan, naive
 
     if not GATED_DELTA_SCAN.kernel_available():
         pytest.skip(f"fla not importable: {GATED_DELTA_SCAN.kernel.error}")
@@ -591,7 +611,7 @@ def test_gated_delta_fla(dtype, shape, with_s0):
     inputs = [q, k, torch.randn(B, T, H, V), -torch.rand(B, T, H) * 0.3, torch.rand(B, T, H),
               torch.randn(B, H, K, V) * 0.5 if with_s0 else None]
     _check_op(f"gated_delta{shape}", lambda *a: gated_delta_scan(*a, backend="triton"), naive.gated_delta_scan,
-              inputs, dtype, tol=2e-2, fp32_inputs=(3, 4, 5))
+              inputs, dtype, tol=2e-2, fp32_inputs=(3, 4, 5), refused=fla_backward_refusal())
 
 
 @pytest.mark.parametrize("layer", [dict(n_state=32, heads=3), dict(n_state=24, expansion=1.5, heads=4)])
@@ -604,8 +624,10 @@ def test_e88_layer(layer):
 
 def test_gdn_official_vs_reference():
     """fla's GatedDeltaNet (CUDA, fp32 in, TF32 products inside its chunk kernels) against the
-    PyTorch reference on CPU (float64) with the SAME state_dict; tolerance 2e-2 as Mamba2's."""
+    PyTorch reference on CPU (float64) with the SAME state_dict; tolerance 2e-2 as Mamba2's. Where fla
+    refuses its backward here (``fla_backward_refusal``), the output is compared and the backward must raise."""
     from rnnlab.layers.gdn import FLA_LAYER, GatedDeltaNet, GatedDeltaNetConfig
+    from rnnlab.ops.delta import fla_backward_refusal
 
     if not FLA_LAYER.available():
         pytest.skip(f"fla's layer not importable: {FLA_LAYER.error}")
@@ -614,7 +636,7 @@ def test_gdn_official_vs_reference():
     ref = GatedDeltaNet(GatedDeltaNetConfig(**cfg, backend="reference"))
     off = GatedDeltaNet(GatedDeltaNetConfig(**cfg, backend="official"))
     off.load_state_dict(ref.state_dict())
-    _check_layer("GDN official", ref, off, 128, 2e-2, B=2, T=80)
+    _check_layer("GDN official", ref, off, 128, 2e-2, B=2, T=80, refused=fla_backward_refusal())
 
 
 def test_gdn_official_step_matches_forward():

@@ -1,5 +1,6 @@
 """GPU: a real CUDA out-of-memory error at start-up is one line naming the knobs to lower
-(docs/reliability.md, guarantee 11), and the run folder keeps no half-written checkpoint.
+(docs/reliability.md, guarantee 11), and the run folder keeps no half-written checkpoint; a model
+whose library refuses to train on this GPU is refused in one line before the folder is touched.
 
 Run with ``pytest -m gpu tests/gpu/test_reliability_gpu.py``.
 """
@@ -38,3 +39,22 @@ def test_out_of_memory_at_the_first_step_is_one_line(tmp_path, capsys):
         assert "out of memory" in json.loads((out / "summary.json").read_text())["error"]
         assert not (out / "ckpt").exists()
     print(f"GPU {total / 2**30:.0f} GiB ({free / 2**30:.0f} free): {err}")
+
+
+def test_gdn_trains_here_or_is_refused_in_one_line(tmp_path, capsys):
+    """Gated DeltaNet trains 3 steps where fla runs its backward; where fla refuses it (Hopper with
+    Triton in [3.4, 3.7.1), no TileLang), ``rnnlab train`` says so in one line and writes nothing."""
+    from rnnlab.cli import main
+    from rnnlab.ops.delta import fla_backward_refusal
+
+    out = tmp_path / "gdn"
+    rc = main(["train", "--model", "gdn", "--dim", "128", "--depth", "2", "--layer", "head_dim=64", "--batch-size", "4",
+               "--seq-len", "64", "--steps", "3", "--precision", "bf16", "--device", "cuda", "--no-progress",
+               "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    reason = fla_backward_refusal()
+    if reason is None:
+        assert rc == 0 and json.loads((out / "summary.json").read_text())["steps"] == 3, err
+    else:
+        assert rc == 2 and err == f"rnnlab train: error: model gdn cannot train on cuda: {reason}" and not out.exists(), err
+    print(f"rc {rc}: {err.splitlines()[-1] if err else ''}")

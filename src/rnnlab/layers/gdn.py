@@ -44,7 +44,7 @@ from torch import nn
 from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_options,
                                 resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
-from rnnlab.ops.delta import gated_delta_scan
+from rnnlab.ops.delta import fla_backward_refusal, gated_delta_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.registry import LazyKernel
 from rnnlab.options import option, positive
@@ -114,6 +114,12 @@ class GatedDeltaNet(OfficialOrReference):
     def __init__(self, cfg: GatedDeltaNetConfig):
         cfg.validate()
         super().__init__(cfg, resolve_backend(cfg.backend))
+
+    @staticmethod
+    def training_blocker(device: torch.device) -> str | None:
+        """Why this layer cannot train on ``device``, or None: on CUDA both backends train through
+        fla's chunked backward, which fla refuses on some GPU and Triton versions."""
+        return fla_backward_refusal() if device.type == "cuda" else None
 
     # ---------------------------------------------------------------- construction
     def _adopt_official(self, cfg: GatedDeltaNetConfig) -> None:

@@ -13,6 +13,10 @@ other field, its ``--layer`` options, with ``rnnlab.options.option``::
 ``validate()`` checks values against their types, choices and bounds
 (``rnnlab.layers.base.check_options``), and tests/test_layer_contract.py fails for a field
 declared without help, or a number declared without bounds.
+
+A layer class may define ``training_blocker(device) -> str | None`` (a static method): why it
+cannot train on that device (e.g. its library refuses the backward there), checked before a run
+starts (``ModelSpec.training_blocker``).
 """
 
 from __future__ import annotations
@@ -50,6 +54,11 @@ class ModelSpec:
     def layer_options(self) -> list[Spec]:
         """The mixer's ``--layer`` options: its config's ``option`` fields (``dim`` is not one)."""
         return [s for s in specs(self.config_cls) if s.name != "dim"]
+
+    def training_blocker(self, device) -> str | None:
+        """Why this mixer cannot train on ``device`` (its layer class's answer), or None."""
+        blocker = getattr(self.layer_cls, "training_blocker", None)
+        return blocker(device) if blocker is not None else None
 
     def undeclared_options(self) -> list[str]:
         """Config fields (but ``dim``) not declared with ``option(..., help=...)``: undocumented."""

@@ -1,4 +1,4 @@
-"""What a run is built on: its device, seeds, a memory pre-check, the model (in its precision's
+"""What a run is built on: its device, seeds, memory and kernel pre-checks, the model (in its precision's
 dtype, plain, then wrapped for data parallelism and ``torch.compile``), held-out evaluation with
 the run's settings, and the record of the environment."""
 
@@ -19,6 +19,7 @@ from torch import nn
 
 from rnnlab.eval.bpb import evaluate
 from rnnlab.models.lm import LM
+from rnnlab.models.registry import get_spec
 from rnnlab.ops.dtypes import param_dtype
 from rnnlab.train import distributed as dist
 
@@ -96,6 +97,14 @@ def check_memory(cfg, params: int, device: torch.device) -> None:
         f"~{activations / gib:,.1f} GiB of activations (plus {states / gib:,.1f} GiB of weights and optimizer "
         f"state), more than the {have / gib:,.1f} GiB of {device}: lower --batch-size or --seq-len, or "
         f"raise --grad-accum")
+
+
+def check_trainable(cfg, device: torch.device) -> None:
+    """Refuse a model whose kernels refuse to train on ``device`` (one line naming the cause and the
+    fix), before the run folder is touched rather than at the first backward."""
+    reason = get_spec(cfg.model.model).training_blocker(device)
+    if reason:
+        raise ValueError(f"model {cfg.model.model} cannot train on {device}: {reason}")
 
 
 def device_memory(device: torch.device) -> int | None:

@@ -44,8 +44,8 @@ from rnnlab.train.config import TrainConfig
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
-from rnnlab.train.runtime import (build_model, check_memory, env_info, evaluate_run, is_out_of_memory,
-                                  peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
+from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, evaluate_run,
+                                  is_out_of_memory, peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
 
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
 
@@ -176,6 +176,7 @@ class Trainer:
         self.val_split, self.stream = open_data(cfg, ctx)  # a bad corpus fails before the folder is touched
         self.n_params = count_params(cfg.model)
         check_memory(cfg, self.n_params, self.device)
+        check_trainable(cfg, self.device)
         self.rundir = RunDir(cfg.run.out)
         resume_from = ctx.broadcast_object(self.rundir.prepare(cfg) if ctx.is_main else None)  # rank 0 locks
         try:

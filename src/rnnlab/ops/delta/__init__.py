@@ -9,6 +9,8 @@ package) and ``"auto"``.
 
 The official Gated DeltaNet layer (fla's own module, ``GatedDeltaNetConfig.backend="official"``)
 calls fla's kernels itself; this op is what the reference layer and every layer's ``step`` run.
+Both train through fla's chunked backward, which fla itself refuses on some GPU and Triton
+combinations: ``fla_backward_refusal()`` says why, before a run starts.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from rnnlab.ops.delta import naive
 from rnnlab.ops.registry import Op, register
 
-__all__ = ["gated_delta_scan", "BACKENDS"]
+__all__ = ["gated_delta_scan", "fla_backward_refusal", "BACKENDS"]
 
 GATED_DELTA_SCAN = register(Op("gated_delta_scan", naive.gated_delta_scan, "rnnlab.ops.delta.triton"))
 BACKENDS = GATED_DELTA_SCAN.backends
@@ -38,3 +40,27 @@ def gated_delta_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: torch
     if S0 is not None and S0.shape != state:
         raise ValueError(f"S0 must be [B, H, K, V] = {state}, got {tuple(S0.shape)}")
     return GATED_DELTA_SCAN(q, k, v, g, beta, S0, backend=backend)
+
+
+def fla_backward_refusal() -> str | None:
+    """Why fla's chunked gated delta rule refuses its backward on this machine, or None (it trains,
+    or fla is not installed).
+
+    fla 0.6 raises at the first backward on Hopper GPUs (H100, H200) with Triton >= 3.4 and < 3.7.1:
+    Triton miscompiles its ``chunk_bwd_dqkwg`` kernel into wrong gradients (fla issue #640), unless
+    its TileLang kernel can stand in (package ``tilelang``, with nvcc). fla's own flags decide, so
+    this answer follows fla's check; ``tests/gpu`` asserts that fla raises exactly when it says so.
+    """
+    try:
+        import triton
+        from fla.ops.common.backends.tilelang import CommonTileLangBackend
+        from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
+    except ImportError:
+        return None
+    tilelang = CommonTileLangBackend()  # the kernel fla dispatches to instead, when usable and enabled
+    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1) or (
+            tilelang.is_available() and tilelang.is_enabled()):
+        return None
+    return (f"fla refuses the gated delta rule's backward on Hopper GPUs with Triton {triton.__version__} "
+            "(a Triton miscompile gives wrong gradients, fla issue #640): install tilelang (fla then runs "
+            "its TileLang kernel) or Triton >= 3.7.1")
