@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # Run GPU tests on a GPU machine that received `.gpu/` from `benchmarks/stage_gpu.sh SHARED --tests`, so that a call
-# cut short still says what passed: one line per test (-v) in OUTDIR/gpu_tests.txt as it runs, a
-# per-test time limit (a hung or endlessly autotuning test fails with its traceback instead of
-# eating the call), failures' tracebacks and the slowest tests at the end.
+# cut short still says what passed and why a test failed: one line per test (-v) in
+# OUTDIR/gpu_tests.txt as it runs, each test's time in OUTDIR/test_times.tsv and each failure's
+# traceback in OUTDIR/failures.txt as soon as it ends (tests/conftest.py), a per-test time limit (a
+# hung or endlessly autotuning test fails with its traceback instead of eating the call).
 # Usage: bash benchmarks/gpu_tests.sh OUTDIR [pytest args, e.g. -k "persistent"]
 # GPU_TEST_WORKERS (default 4; the float64 CPU references dominate, so workers share a GPU well; on a
 # machine with several GPUs the workers spread over them, tests/conftest.py),
 # GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` (~440 tests) was ~70%
-# done after 540 s on one H200 with 4 workers (results/gpu-tests-h200-1130): split it over calls, e.g.
-# -k "persistent" and -k "not persistent". Needs pytest-xdist and pytest-timeout (the GPU image has both).
+# done after 540 s on one H200 with 4 workers and no faster on two H200s with 10 workers, each of
+# which then used every CPU core (results/gpu-tests-h200-1130*; OMP_NUM_THREADS is now a share):
+# split it over calls, e.g. -k "persistent" and -k "not persistent", or pass the node ids not yet
+# run. Needs pytest-xdist and pytest-timeout (the GPU image has both).
 set -uo pipefail
 out=$1; shift
 # shellcheck source=benchmarks/gpu_env.sh
 source benchmarks/gpu_env.sh >/dev/null 2>&1
-python3 -m pytest -m gpu -v -p no:cacheprovider -n "${GPU_TEST_WORKERS:-4}" \
+workers=${GPU_TEST_WORKERS:-4}
+# the workers share the CPU cores (the float64 references run there): a share each, not every core each
+share=$(( $(nproc) / (workers > 0 ? workers : 1) ))
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( share > 0 ? share : 1 ))}
+export RNNLAB_TEST_RECORD=$out  # test_times.tsv and failures.txt, written as each test ends (tests/conftest.py)
+python3 -m pytest -m gpu -v -p no:cacheprovider -n "$workers" \
   --timeout "${GPU_TEST_TIMEOUT:-240}" -rfE --tb=short --durations=10 "$@" > "$out/gpu_tests.txt" 2>&1
 rc=$?
 grep -E "FAILED|ERROR|passed|failed" "$out/gpu_tests.txt" | tail -40

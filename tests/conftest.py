@@ -30,6 +30,22 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_runtest_logreport(report) -> None:
+    """With ``RNNLAB_TEST_RECORD=DIR`` (benchmarks/gpu_tests.sh), each test's outcome and time go to
+    DIR/test_times.tsv and each failure's traceback to DIR/failures.txt as soon as it ends, so a
+    device call cut by its time limit still says why a test failed and which tests are slow. Written
+    by the main process only (under xdist it receives every worker's reports)."""
+    record = os.environ.get("RNNLAB_TEST_RECORD")
+    if not record or "PYTEST_XDIST_WORKER" in os.environ:
+        return
+    if report.when == "call" or report.outcome != "passed":  # set-up/tear-down lines only when not passed
+        with open(os.path.join(record, "test_times.tsv"), "a") as f:
+            f.write(f"{report.nodeid}\t{report.when}\t{report.outcome}\t{report.duration:.1f}\n")
+    if report.failed:
+        with open(os.path.join(record, "failures.txt"), "a") as f:
+            f.write(f"=== {report.nodeid} ({report.when}, {report.duration:.1f} s)\n{report.longreprtext}\n\n")
+
+
 @pytest.fixture
 def tiny_train():
     """Keyword args for a tiny, fast CPU training run (fp32, 2 layers, 32-byte windows)."""
