@@ -319,8 +319,9 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     ref = {"params": 403279360, "loss": 1.5875, "tok_per_s": 15800, "mem_gb": 9.7, "time_s": 778}
     _synthetic_run(tmp_path, "e1-d24", 1.62, 2.3, 16000.0, depth=24, params=int(ref["params"] * 1.04))
     _synthetic_run(tmp_path, "e1-d20", 1.64, 2.3, 16000.0, depth=20, params=int(ref["params"] * 1.07))
-    plan = {"suite": "seed-400m-sf", "defaults": {"steps": 10, "batch_size": 16, "optimizer": "adamw"},
-            "options": {"steps": 20, "device": "cuda"},
+    plan = {"suite": "seed-400m-sf", "defaults": {"steps": 10, "batch_size": 16, "optimizer": "adamw",
+                                                  "eval_bytes": 0},
+            "options": {"steps": 20, "device": "cuda", "eval_bytes": 0},  # eval_bytes as the suite's: no departure
             "runs": [{"name": n, "seed": None, "dir": n, "point": None}
                      for n in ("e1-d26", "e1-d6", "mamba2-d22", "e1-d24", "e1-d20")],
             "reference": {"source": "reference Table A", "runs": {
@@ -333,7 +334,7 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     assert rows[0][5] == "9.7 / 2.1"  # ours: 2.0 GiB = 2.15 GB
     assert "- e1-d6: 258K params (reference 403M)" in md and "- e1-d20: 432M params (reference 403M)" in md
     assert "- mamba2-d22: steps 20 (reference 10)" in md
-    assert "**Departs from the suite as shipped:** steps = 20" in md
+    assert "**Departs from the suite as shipped:** steps = 20\n" in md
     warning = md[md.index("> **Warning"):md.index("## Results")]
     assert "steps run: e1-d26, e1-d6, e1-d24, e1-d20 10; mamba2-d22 20" in warning and "parameter counts" in warning
 

@@ -444,6 +444,14 @@ LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb
           "over the dense bf16 peak of the GPUs the run used; Memory = peak CUDA memory allocated.")
 
 
+def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
+    """The command-line options that changed the suite's protocol: those of ``OVERRIDE_KEYS`` given
+    with a value other than the suite's own (``--eval-bytes all`` on a suite that scores all is none)."""
+    defaults = plan.get("defaults") or {}
+    return {k: v for k, v in (plan.get("options") or {}).items()
+            if k in OVERRIDE_KEYS and (k not in defaults or defaults[k] != v)}
+
+
 def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "suite": plan.get("suite") or root.name,
@@ -456,7 +464,7 @@ def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]
             (" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-"),
         "protocol": describe_protocol(records),
         "machine_load": cpu_runs_start_load(records),
-        "overrides": {k: v for k, v in (plan.get("options") or {}).items() if k in OVERRIDE_KEYS},
+        "overrides": protocol_overrides(plan),
         "seeds": sorted({r["seed"] for r in records if r["seed"] is not None}),
     }
 
