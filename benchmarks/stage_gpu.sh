@@ -2,8 +2,9 @@
 # Stage what a GPU call needs under .gpu/ (git-ignored; carry it with the call): the wheels (flashrnn
 # only for benchmarks/bench_peers.py) and either the registry-pile shards of
 # benchmarks/registry_pile_subset.txt, compressed (for suites and benchmarks), or, with --tests, the
-# transformers version rnnlab.hf needs (the GPU image's is older) for the whole `pytest -m gpu`.
-# Both do not fit one call's 64 MiB. Usage: bash benchmarks/stage_gpu.sh SHARED_DIR [--tests]
+# transformers version rnnlab.hf needs (the GPU image's is older) for the whole `pytest -m gpu`,
+# or, with --tilelang, fla's TileLang kernels for Gated DeltaNet's backward on Hopper (below).
+# No two fit one call's 64 MiB. Usage: bash benchmarks/stage_gpu.sh SHARED_DIR [--tests|--tilelang]
 # (SHARED_DIR: the folder holding wheels/ and data/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +18,21 @@ cp "$shared"/wheels/flash_linear_attention-0.6.0-*.whl .gpu/wheels/ 2>/dev/null 
 if [ "${2:-}" = --tests ]; then
   # its needs (huggingface-hub >= 1.31, tokenizers 0.23) are in the GPU image
   python3 -m pip download -q --no-deps -d .gpu/wheels transformers==5.24.0
+elif [ "${2:-}" = --tilelang ]; then
+  # Gated DeltaNet on Hopper: with Triton in [3.4, 3.7.1) (torch 2.11 pins 3.6) fla refuses its own
+  # gated backward (fla #640) and runs its TileLang kernel instead when tilelang is installed. As
+  # wheels tilelang and its needs are ~82 MB, over a call's 64 MiB: unpacked, without z3's
+  # command-line binary, and xz'd they are ~40 MB, so this set has fla and its TileLang stack only
+  # (no Mamba2, no corpus): enough for the GDN GPU tests. gpu_env.sh unpacks it into /tmp/site.
+  rm -f .gpu/wheels/{causal_conv1d,mamba_ssm,ninja,flashrnn}*.whl
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$tmp/wheels" \
+    tilelang==0.1.15 apache-tvm-ffi==0.1.12 z3-solver==4.15.4.0 torch-c-dlpack-ext==0.1.5
+  for w in "$tmp"/wheels/*.whl; do unzip -qo "$w" -d "$tmp/site"; done
+  rm -rf "$tmp"/site/z3_solver-*.data
+  tar cf - -C "$tmp/site" . | xz -T0 -9 > .gpu/tilelang-site.tar.xz
+  rm -rf "$tmp"
 else
   mkdir -p .gpu/data/train .gpu/data/val
   for s in $(grep -v '^#' benchmarks/registry_pile_subset.txt); do
