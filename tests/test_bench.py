@@ -360,6 +360,24 @@ def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     assert "bad (+0.70 bpb)" in warning and "rounding" not in warning  # no bf16 to blame
 
 
+def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
+    """Rows scored on an --extra-val-data file get its bpb at x and y, named after the file, in
+    columns after the held-out split's; a row without it shows "-"."""
+    for name, extra in (("a", {"data": "/d/wikitext2.txt", "val_bpb": 2.5, "val_bpb_train_point": 2.25}),
+                        ("b", {"data": "/d/wikitext2.txt", "val_bpb": 3.5, "val_bpb_train_point": 3.0}), ("c", None)):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+        path = tmp_path / name / "summary.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "val_bpb_train_point": 2.2, "extra_val": extra}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Model | Params | Loss"))
+    assert header.split(" | ")[3:7] == ["held-out bpb", "held-out bpb (train point)", "wikitext2.txt bpb",
+                                        "wikitext2.txt bpb (train point)"]
+    rows = {r[0]: r[3:7] for r in _table_rows(md)}
+    assert rows == {"a": ["2.3000", "2.2000", "2.5000", "2.2500"], "b": ["2.3000", "2.2000", "3.5000", "3.0000"],
+                    "c": ["2.3000", "2.2000", "-", "-"]}
+    assert "wikitext2.txt bpb = that file (--extra-val-data)" in md
+
+
 def test_report_row_averages_its_complete_seeds_only(tmp_path):
     """A row with some seeds complete averages those; its unfinished seeds are only counted."""
     for seed, loss in ((1, 1.5), (2, 1.7)):
@@ -550,7 +568,7 @@ def test_bench_and_sweep_flags_come_from_the_config():
     def flags(cmd):
         return {o for a in sub[cmd]._actions for o in a.option_strings}
 
-    assert set(SUITE_KEYS) == {"data", "val_data", "val_fraction", "steps", "minutes", "tokens", "eval_bytes",
+    assert set(SUITE_KEYS) == {"data", "val_data", "extra_val_data", "val_fraction", "steps", "minutes", "tokens", "eval_bytes",
                                "wandb", "device"}
     assert {flag_name(k) for k in SUITE_KEYS} <= flags("bench") and "--lr" not in flags("bench")
     expected = {flag_name(k) for k, (_, s) in FIELDS.items() if s.meta.flag and k not in RUNNER_KEYS}

@@ -337,6 +337,29 @@ def test_schedulefree_is_evaluated_at_x_and_at_the_train_point(model, tiny_train
     assert "holds no Schedule-Free train point" in capsys.readouterr().err
 
 
+def test_extra_held_out_file_is_scored_whole_at_the_end(tiny_train, tmp_path, capsys):
+    """``--extra-val-data``: a second held-out file scored whole once, at the end, at x and y; its
+    scores equal ``rnnlab eval --data FILE --eval-bytes all`` of the run at x and at the train point,
+    and intermediate evaluations leave it out."""
+    from rnnlab.cli import main
+
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(bytes(range(32, 127)) * 40)  # 3,800 bytes unlike the training text
+    cfg = tiny_train(tmp_path / "r", steps=6, eval_every=3, eval_bytes=1024, extra_val_data=str(extra))
+    s = run_training(cfg, progress=False)
+    evals = [json.loads(line) for line in (tmp_path / "r" / "eval.jsonl").read_text().splitlines()]
+    assert [("extra_val_bpb" in e, e["step"]) for e in evals] == [(False, 3), (True, 6)]
+    x = s["extra_val"]
+    assert x["data"] == str(extra.resolve()) and x["bytes"] == (3800 - 1) // 32 * 32  # every whole window (windows share their edge byte)
+    assert x["val_bpb"] != s["val_bpb"]
+    for at, key in (("average", "val_bpb"), ("train-point", "val_bpb_train_point")):
+        assert main(["eval", "--run", str(tmp_path / "r"), "--data", str(extra), "--eval-bytes", "all",
+                     "--at", at, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(x[key], rel=1e-6)
+    with pytest.raises(FileNotFoundError, match="extra_val_data file not found"):
+        tiny_train(tmp_path / "m", extra_val_data=str(tmp_path / "missing.txt")).validate()
+
+
 # ----------------------------------------------------------------------------- sampling
 def test_sampling_is_deterministic(tiny_train, tmp_path):
     from rnnlab.eval.sampling import generate

@@ -124,6 +124,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[k] = m
             row[k + "_std"] = sd
             row[k + "_n"] = n
+        for k in ("val_bpb", "val_bpb_train_point"):  # --extra-val-data, scored whole at the end
+            row[f"extra_{k}"], row[f"extra_{k}_std"], _ = mean_std(
+                [(r["summary"].get("extra_val") or {}).get(k) for r in use])
+        row["extra_data"] = next((Path(r["summary"]["extra_val"]["data"]).name for r in use
+                                  if r["summary"].get("extra_val")), None)
         row["mfu"] = row_mfu(row)
         rows.append(row)
     return rows
@@ -189,12 +194,15 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
     an "MFU" column beside the steady tok/s when a row ran on a GPU of known peak."""
     at_y = any(r["val_bpb_train_point"] is not None for r in rows)
     with_mfu = any(r["mfu"] is not None for r in rows)
+    extra = sorted({r["extra_data"] for r in rows if r["extra_data"]})
+    extra_keys = [k for k in ("extra_val_bpb", "extra_val_bpb_train_point") if any(r[k] is not None for r in rows)]
     body = []
     for r in rows:
         name = r["name"]
         if r["status"] != "complete":
             name += f" ({r['status']}: {r['n_complete']}/{r['n_runs']})"
         y = [_pm(r["val_bpb_train_point"], r["val_bpb_train_point_std"], fmt_loss)] if at_y else []
+        y += [_pm(r[k], r[k + "_std"], fmt_loss) for k in extra_keys]
         m = [f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"] if with_mfu else []
         body.append([
             name, fmt_count(r["params"]),
@@ -208,8 +216,9 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
     header = list(COLUMNS)
     if with_mfu:
         header.insert(header.index("Tok/s (steady)") + 1, "MFU")
-    if at_y:
-        header.insert(4, "held-out bpb (train point)")
+    label = extra[0] if len(extra) == 1 else "extra held-out file"  # several files: the legend names them
+    header[4:4] = (["held-out bpb (train point)"] if at_y else []) + [
+        f"{label} bpb" + (" (train point)" if k.endswith("train_point") else "") for k in extra_keys]
     return md_table(header, body)
 
 
@@ -492,6 +501,10 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     md += averaging_warning(rows)
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
     legend = LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-", warmup_steps=WARMUP_STEPS)
+    extra = sorted({r["extra_data"] for r in rows if r["extra_data"]})
+    if extra:
+        legend += (f" {' / '.join(extra)} bpb = that file (--extra-val-data), a held-out text of its own, scored "
+                   "whole at the end of training at the same weights.")
     return md + ["", legend, ""]
 
 

@@ -9,6 +9,7 @@ from .corpus import (
     default_val_path,
     eval_num_windows,
     eval_windows,
+    file_split,
     load_splits,
     sample_offsets,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "default_val_path",
     "eval_num_windows",
     "eval_windows",
+    "file_split",
     "load_splits",
     "sample_offsets",
 ]

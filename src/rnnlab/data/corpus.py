@@ -160,6 +160,12 @@ def load_splits(
     return Splits(train, val)
 
 
+def file_split(path: str | os.PathLike, name: str = "eval") -> Split:
+    """All of the raw file ``path`` as one split: a held-out text of its own (e.g. WikiText-2)."""
+    corpus = ByteCorpus(path)
+    return Split(corpus, 0, len(corpus), name)
+
+
 def _check_len(split: Split, seq_len: int) -> None:
     if len(split) < seq_len + 1:
         raise ValueError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from rnnlab.options import at_least, checked, positive
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
@@ -166,6 +167,7 @@ def format_summary(s: dict) -> str:
                            + (f" ({s['val_bytes']:,} held-out bytes)" if s.get("val_bytes") else "")),
         *([("  at train point", f"{fmt(s['val_loss_train_point'], '.4f')} / {fmt(s['val_bpb_train_point'], '.4f')}"
             " (Schedule-Free's y, where the training loss is measured)")] if s.get("val_bpb_train_point") else []),
+        *extra_val_rows(s.get("extra_val"), fmt),
         ("tok/s", fmt(s["tok_per_s"], ",.0f")),
         ("peak mem GiB", fmt(s["peak_mem_gib"], ".2f")),
         ("time s", fmt(s["time_s"], ".1f")),
@@ -177,14 +179,25 @@ def format_summary(s: dict) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
+def extra_val_rows(extra: dict | None, fmt) -> list[tuple[str, str]]:
+    """The summary lines of the extra held-out file (``--extra-val-data``), if one was scored."""
+    if not extra:
+        return []
+    rows = [(f"{Path(extra['data']).name} loss / bpb",
+             f"{fmt(extra['val_loss'], '.4f')} / {fmt(extra['val_bpb'], '.4f')} ({extra['bytes']:,} bytes)")]
+    if extra.get("val_bpb_train_point") is not None:
+        rows.append(("  at train point",
+                     f"{fmt(extra['val_loss_train_point'], '.4f')} / {fmt(extra['val_bpb_train_point'], '.4f')}"))
+    return rows
+
+
 def run_eval_cmd(args) -> int:
-    from rnnlab.data import ByteCorpus, Split, load_splits
+    from rnnlab.data import file_split, load_splits
     from rnnlab.train.runtime import evaluate_run
 
     cfg, model, step = RunDir(args.run).load(args.device, train_point=args.at == "train-point")
     if args.data:
-        corpus = ByteCorpus(args.data)
-        split = Split(corpus, 0, len(corpus), "eval")
+        split = file_split(args.data)
     else:
         split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None

@@ -67,6 +67,10 @@ class DataConfig:
                               scope="suite")
     val_path: str | None = option(None, key="val_data", scope="suite",
                                   help="raw held-out file (default: the last val_fraction of --data)")
+    extra_val_path: str | None = option(None, key="extra_val_data", scope="suite", resumable=True,
+                                        help="another held-out file (e.g. WikiText-2's raw test text), scored "
+                                             "whole once at the end of training at the same weights as the "
+                                             "held-out split: summary.json's extra_val")
     val_fraction: float = option(0.01, help="share of --data held out at its end", scope="suite",
                                  bounds=Bounds(0, 1, lo_open=True, hi_open=True))
     batch_size: int = option(16, help="the GLOBAL batch (split over --gpus processes)", bounds=positive(MAX_BATCH))
@@ -199,7 +203,7 @@ class TrainConfig:
         the folder can be evaluated from anywhere)."""
         cfg = copy.deepcopy(self).validate()
         cfg.run.out = str(cfg.out_dir())
-        for name in ("path", "val_path"):
+        for name in ("path", "val_path", "extra_val_path"):
             if getattr(cfg.data, name) is not None:
                 setattr(cfg.data, name, str(Path(getattr(cfg.data, name)).resolve()))
         return cfg
@@ -227,7 +231,8 @@ class TrainConfig:
         dev = self.run.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
-        for key, path in (("data", self.data.path), ("val_data", self.data.val_path)):
+        for key, path in (("data", self.data.path), ("val_data", self.data.val_path),
+                          ("extra_val_data", self.data.extra_val_path)):
             if path is not None and not Path(path).exists():
                 raise FileNotFoundError(f"{key} file not found: {path}")
         return self

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from rnnlab.data import BatchStream, load_splits
+from rnnlab.data import BatchStream, file_split, load_splits
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
 from rnnlab.train import distributed as dist
@@ -149,14 +149,17 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
 
 
 def open_data(cfg: TrainConfig, ctx: dist.DistContext):
-    """``(held-out split, this rank's BatchStream)``; fails on a corpus too short for seq_len."""
+    """``(held-out split, the extra held-out file's split or None, this rank's BatchStream)``;
+    fails on a corpus too short for seq_len."""
     splits = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
     stream = BatchStream(splits.train, dist.per_rank_batch(cfg.data.batch_size, ctx.world_size),
                          cfg.data.seq_len, cfg.run.seed, ctx.rank, ctx.world_size)
-    if len(splits.val) < cfg.data.seq_len + 1:
-        raise ValueError(f"held-out split of {splits.val.path} has {len(splits.val)} bytes, fewer than "
-                         f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or a larger --val-data")
-    return splits.val, stream
+    extra = file_split(cfg.data.extra_val_path, "extra_val") if cfg.data.extra_val_path else None
+    for split, flag in ((splits.val, "--val-data"), (extra, "--extra-val-data")):
+        if split is not None and len(split) < cfg.data.seq_len + 1:
+            raise ValueError(f"held-out split of {split.path} has {len(split)} bytes, fewer than "
+                             f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or a larger {flag}")
+    return splits.val, extra, stream
 
 
 class Trainer:
@@ -173,7 +176,8 @@ class Trainer:
         self.ctx = ctx = dist.context()
         self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)[1]
         self.sharded = ctx.world_size > 1 and cfg.run.distributed == "fsdp2"  # all ranks evaluate/checkpoint
-        self.val_split, self.stream = open_data(cfg, ctx)  # a bad corpus fails before the folder is touched
+        # a bad corpus fails before the folder is touched
+        self.val_split, self.extra_val_split, self.stream = open_data(cfg, ctx)
         self.n_params = count_params(cfg.model)
         check_memory(cfg, self.n_params, self.device)
         check_trainable(cfg, self.device)
@@ -260,7 +264,7 @@ class Trainer:
             return self.finish(complete=False)
         try:
             if state.last_eval is None or state.last_eval["step"] != state.step:
-                self.evaluate()
+                self.evaluate(final=True)
         finally:
             self.checkpoint(complete=True)  # saved even if the final evaluation fails
         return self.finish(complete=True)
@@ -333,24 +337,35 @@ class Trainer:
         """Whether a cadence of ``every`` steps (0 = never) falls on this step, before the last."""
         return bool(every) and self.state.step % every == 0 and not self.budget_spent()
 
-    def evaluate(self) -> None:
+    def evaluate(self, final: bool = False) -> None:
         """Held-out loss at the weights one ships (Schedule-Free's average x); for Schedule-Free
         also at its training point y, where the training loss is measured (``*_train_point``):
         in pure bf16 the averaging into x is partly lost to rounding and x can score far worse
-        than y (docs/findings.md). Training is not perturbed. Rank 0 evaluates (every rank under
-        FSDP2); the others receive its result."""
+        than y (docs/findings.md). ``final`` (the end of training) also scores the extra held-out
+        file whole (``--extra-val-data``, keys ``extra_*``). Training is not perturbed. Rank 0
+        evaluates (every rank under FSDP2); the others receive its result."""
         state = self.state
         record = state.last_eval
         if self.ctx.is_main or self.sharded:
-            with eval_weights(state.model, state.optimizer):
-                r = evaluate_run(state.model, self.val_split, self.cfg)
-            record = {"step": state.step, "tokens": state.tokens, "val_loss": r["loss"], "val_bpb": r["bpb"],
-                      "bytes": r["bytes"]}
-            if is_schedulefree(state.optimizer):  # the parameters hold y while training
-                y = evaluate_run(state.model, self.val_split, self.cfg)
-                record.update(val_loss_train_point=y["loss"], val_bpb_train_point=y["bpb"])
+            record = {"step": state.step, "tokens": state.tokens, **self.score(self.val_split)}
+            if final and self.extra_val_split is not None:
+                extra = self.score(self.extra_val_split, max_bytes=0)
+                record.update({"extra_data": str(self.extra_val_split.path)},
+                              **{f"extra_{key}": value for key, value in extra.items()})
             self.logger.eval(record)
         state.last_eval = self.ctx.broadcast_object(record)
+
+    def score(self, split, max_bytes: int | None = None) -> dict[str, Any]:
+        """``val_loss``, ``val_bpb`` and ``bytes`` of ``split`` at x, and for Schedule-Free the
+        ``*_train_point`` pair at y (``max_bytes``: as ``evaluate_run``'s, 0 = all)."""
+        state = self.state
+        with eval_weights(state.model, state.optimizer):
+            r = evaluate_run(state.model, split, self.cfg, max_bytes=max_bytes)
+        out = {"val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
+        if is_schedulefree(state.optimizer):  # the parameters hold y while training
+            y = evaluate_run(state.model, split, self.cfg, max_bytes=max_bytes)
+            out.update(val_loss_train_point=y["loss"], val_bpb_train_point=y["bpb"])
+        return out
 
     def checkpoint(self, complete: bool) -> None:
         """Save the state unless this step is saved already; broken weights never replace a good
@@ -381,6 +396,9 @@ class Trainer:
             "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"), "val_bytes": last.get("bytes"),
             "val_loss_train_point": last.get("val_loss_train_point"),
             "val_bpb_train_point": last.get("val_bpb_train_point"),
+            # --extra-val-data scored whole at the end: {data, val_loss, val_bpb, bytes, *_train_point}
+            "extra_val": {key.removeprefix("extra_"): value for key, value in last.items()
+                          if key.startswith("extra_")} or None,
             "tok_per_s": self.throughput.tok_per_s(state.tokens, state.elapsed_s),
             "peak_mem_gib": peak_mem_gib(self.device), "time_s": state.elapsed_s, "complete": complete,
             "warmup_s": state.warmup_s,  # of time_s: the first steps of each process (compilation)
