@@ -438,6 +438,14 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     assert ticks and all(float(t).is_integer() for t in ticks)
     (line,) = right.get_lines()
     assert list(line.get_xdata()) == [4.0, 6.0] and list(line.get_ydata()) == [2.5, 2.4]
+    # Schedule-Free: solid at the training point y, dashed at the average x
+    (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5, "val_bpb_train_point": 2.2}) + "\n"
+                                    + json.dumps({"step": 3, "val_bpb": 2.4, "val_bpb_train_point": 2.1}) + "\n")
+    curves = P.run_curves([{"path": str(run), "dir": "e1", "name": "e1"}])
+    right = P.loss_and_bpb_figure(curves, P.colors_for(["e1"])).axes[1]
+    assert [(ln.get_linestyle(), list(ln.get_ydata())) for ln in right.get_lines()] == [
+        ("-", [2.2, 2.1]), ("--", [2.5, 2.4])]
+    assert "solid at y" in right.get_title()
     rows = [{"name": "e1", "tok_per_s": 40213.0, "tok_per_s_std": None},
             {"name": "mamba2", "tok_per_s": 1.26e6, "tok_per_s_std": 1e4}]
     bars = P.tok_bar_figure(rows, P.colors_for(["e1", "mamba2"])).axes[0]

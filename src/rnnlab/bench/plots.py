@@ -71,16 +71,24 @@ def time_unit(seconds: float) -> tuple[float, str]:
 
 def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per run folder: its row ``name``, its training records (``metrics.jsonl``) and its held-out
-    points ``(training time, bpb)``: each evaluation (``eval.jsonl``) at the training time of its
-    step in ``metrics.jsonl`` (eval records carry no times, so they stay the same in every rerun)."""
+    points ``(training time, bpb)`` at the shipped weights (``bpb``; Schedule-Free: the average x)
+    and, for Schedule-Free, at the training point y (``bpb_y``): each evaluation (``eval.jsonl``)
+    at the training time of its step in ``metrics.jsonl`` (eval records carry no times, so they
+    stay the same in every rerun)."""
     curves = {}
     for r in records:
         run = RunDir(r["path"])
         metrics = [x for x in run.metrics() if x.get("loss") is not None]
         elapsed = {x["step"]: x.get("elapsed_s") for x in metrics}
-        bpb = [(elapsed.get(e["step"]), e["val_bpb"]) for e in run.evals() if e.get("val_bpb") is not None]
+        evals = run.evals()
+
+        def points(key: str) -> list[tuple[float, float]]:
+            return [(elapsed[e["step"]], e[key]) for e in evals
+                    if e.get(key) is not None and elapsed.get(e["step"]) is not None]
+
+        bpb, bpb_y = points("val_bpb"), points("val_bpb_train_point")
         if metrics or bpb:
-            curves[r["dir"]] = {"name": r["name"], "metrics": metrics, "bpb": [p for p in bpb if p[0] is not None]}
+            curves[r["dir"]] = {"name": r["name"], "metrics": metrics, "bpb": bpb, "bpb_y": bpb_y}
     return curves
 
 
@@ -134,7 +142,9 @@ def _draw_losses(ax, curves, colors, xkey: str, scale: float = 1.0) -> None:
 
 def loss_and_bpb_figure(curves, colors):
     """Left: training loss vs step. Right: held-out bits per byte vs training time, one point per
-    evaluation (a run evaluated only at its end is one point: its result against its cost)."""
+    evaluation (a run evaluated only at its end is one point: its result against its cost); for
+    Schedule-Free runs solid at the training point y (where the training loss is measured; in
+    pure bf16 the average x can score far worse, docs/findings.md) and dashed at x."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     _draw_losses(left, curves, colors, "step")
@@ -144,14 +154,17 @@ def loss_and_bpb_figure(curves, colors):
     scale, unit = time_unit(max((t for c in curves.values() for t, _ in c["bpb"]), default=0))
     labelled = set()
     for c in curves.values():
-        if c["bpb"]:
-            ts, bpb = zip(*sorted(c["bpb"]))
-            right.plot([t / scale for t in ts], bpb, marker="o", color=colors[c["name"]], lw=1.2,
-                       label=None if c["name"] in labelled else c["name"])
-            labelled.add(c["name"])
+        solid, dashed = (c["bpb_y"], c["bpb"]) if c["bpb_y"] else (c["bpb"], [])
+        for pts, style in ((solid, "-"), (dashed, "--")):
+            if pts:
+                ts, bpb = zip(*sorted(pts))
+                right.plot([t / scale for t in ts], bpb, style, marker="o", color=colors[c["name"]],
+                           lw=1.2 if style == "-" else 0.8, label=None if c["name"] in labelled else c["name"])
+                labelled.add(c["name"])
     right.set_xlabel(f"training time ({unit})")
     right.set_ylabel("held-out bits per byte")
-    right.set_title("held-out bpb vs training time")
+    y_too = any(c["bpb_y"] for c in curves.values())
+    right.set_title("held-out bpb vs training time" + (" (Schedule-Free: solid at y, dashed at x)" if y_too else ""))
     right.grid(alpha=0.3)
     if labelled:
         right.legend(fontsize=8)
