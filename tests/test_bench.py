@@ -445,7 +445,8 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     right = P.loss_and_bpb_figure(curves, P.colors_for(["e1"])).axes[1]
     assert [(ln.get_linestyle(), list(ln.get_ydata())) for ln in right.get_lines()] == [
         ("-", [2.2, 2.1]), ("--", [2.5, 2.4])]
-    assert "solid at y" in right.get_title()
+    assert "filled at y, hollow at x" in right.get_title()
+    assert [ln.get_markerfacecolor() for ln in right.get_lines()][1] == "none"
     rows = [{"name": "e1", "tok_per_s": 40213.0, "tok_per_s_std": None},
             {"name": "mamba2", "tok_per_s": 1.26e6, "tok_per_s_std": 1e4}]
     bars = P.tok_bar_figure(rows, P.colors_for(["e1", "mamba2"])).axes[0]

@@ -143,8 +143,9 @@ def _draw_losses(ax, curves, colors, xkey: str, scale: float = 1.0) -> None:
 def loss_and_bpb_figure(curves, colors):
     """Left: training loss vs step. Right: held-out bits per byte vs training time, one point per
     evaluation (a run evaluated only at its end is one point: its result against its cost); for
-    Schedule-Free runs solid at the training point y (where the training loss is measured; in
-    pure bf16 the average x can score far worse, docs/findings.md) and dashed at x."""
+    Schedule-Free runs solid with filled points at the training point y (where the training loss
+    is measured; in pure bf16 the average x can score far worse, docs/findings.md) and dashed with
+    hollow points at x."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     _draw_losses(left, curves, colors, "step")
@@ -159,12 +160,13 @@ def loss_and_bpb_figure(curves, colors):
             if pts:
                 ts, bpb = zip(*sorted(pts))
                 right.plot([t / scale for t in ts], bpb, style, marker="o", color=colors[c["name"]],
+                           markerfacecolor=None if style == "-" else "none",  # a lone point shows which
                            lw=1.2 if style == "-" else 0.8, label=None if c["name"] in labelled else c["name"])
                 labelled.add(c["name"])
     right.set_xlabel(f"training time ({unit})")
     right.set_ylabel("held-out bits per byte")
     y_too = any(c["bpb_y"] for c in curves.values())
-    right.set_title("held-out bpb vs training time" + (" (Schedule-Free: solid at y, dashed at x)" if y_too else ""))
+    right.set_title("held-out bpb vs training time" + (" (Schedule-Free: filled at y, hollow at x)" if y_too else ""))
     right.grid(alpha=0.3)
     if labelled:
         right.legend(fontsize=8)
