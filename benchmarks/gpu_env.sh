@@ -2,6 +2,6 @@
 # them into /tmp/site (no internet needed) and puts rnnlab, the wheels and ninja on the paths.
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/wheels/*.whl
 # fla's TileLang stack, when staged (stage_gpu.sh --tilelang): unpacked wheels, so no pip step
-[ ! -f .gpu/tilelang-site.tar.xz ] || tar xJf .gpu/tilelang-site.tar.xz -C /tmp/site
+[ ! -f .gpu/tilelang-site.tar.xz ] || [ -d /tmp/site/tilelang ] || tar xJf .gpu/tilelang-site.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}

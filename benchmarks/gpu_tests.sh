@@ -18,9 +18,13 @@ out=$1; shift
 source benchmarks/gpu_env.sh >/dev/null 2>&1
 workers=${GPU_TEST_WORKERS:-4}
 # the workers share the CPU cores (the float64 references run there): a share each, not every core each
-share=$(( $(nproc) / (workers > 0 ? workers : 1) ))
+case $workers in
+  ''|*[!0-9]*) share=1 ;;  # xdist's auto / logical: as many workers as cores
+  *) share=$(( $(nproc) / (workers > 0 ? workers : 1) )) ;;
+esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( share > 0 ? share : 1 ))}
 export RNNLAB_TEST_RECORD=$out  # test_times.tsv and failures.txt, written as each test ends (tests/conftest.py)
+: > "$out/test_times.tsv"; : > "$out/failures.txt"  # this run's only
 python3 -m pytest -m gpu -v -p no:cacheprovider -n "$workers" \
   --timeout "${GPU_TEST_TIMEOUT:-240}" -rfE --tb=short --durations=10 "$@" > "$out/gpu_tests.txt" 2>&1
 rc=$?

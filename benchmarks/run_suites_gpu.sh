@@ -7,7 +7,8 @@
 # (--extra-val-data: scored whole at the end of each run, at x and, for Schedule-Free, at y, inside
 # the training process); a tarball per suite of the reports, summaries, metrics and logs (no
 # checkpoints) goes to OUTDIR (below). Budget a call: a pair of 400M Table-A runs on two GPUs took
-# ~8 minutes; leave BENCH_TIMEOUT 90 s under the call's limit.
+# ~8 minutes. BENCH_TIMEOUT ~ the call's limit - set-up (~40 s) - 60 s (timeout's kill-after) - a few
+# seconds for the tarball, e.g. 470 for a 600 s call.
 # Runs already complete in runs/<suite>/ (brought back from an earlier call) are skipped.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
 # (benchmarks/gpu_tests.sh).
@@ -25,16 +26,21 @@ python3 -m rnnlab doctor
 # the suite's tarball OUTDIR/SUITE.tgz when the suite ends, and OUTDIR/SUITE.partial.tgz every minute
 # while it runs, so a call cut by its time limit still brings back every run finished before the
 # cut (use SUITE.tgz when both came back)
-pack() { tar czf "$out/$2" --exclude=ckpt --exclude=tb -C runs "$1" 2>/dev/null || true; }
+pack() {  # written aside, then renamed: a cut never leaves a half archive under the real name
+  tar czf "$out/.$2.tmp" --exclude=ckpt --exclude=tb -C runs "$1" 2>/dev/null || true
+  mv -f "$out/.$2.tmp" "$out/$2"
+}
 for args in "$@"; do
   suite=${args%% *}
   mkdir -p runs/"$suite"
-  (while sleep 60; do pack "$suite" "$suite.partial.tgz"; done) &
+  (while sleep 60; do pack "$suite" "$suite.partial.tgz"; done) >/dev/null 2>&1 &
   packer=$!
   # shellcheck disable=SC2086
   timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench $args --data /tmp/train.txt --val-data /tmp/val.txt \
     --extra-val-data /tmp/wikitext2.txt --eval-bytes all --out runs/"$suite" --no-progress || true
+  pkill -P "$packer" 2>/dev/null || true  # its sleep or tar, then the loop itself
   kill "$packer" 2>/dev/null || true
+  wait "$packer" 2>/dev/null || true
   pack "$suite" "$suite.tgz"
   rm -f "$out/$suite.partial.tgz"
 done

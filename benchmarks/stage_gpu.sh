@@ -22,17 +22,17 @@ elif [ "${2:-}" = --tilelang ]; then
   # Gated DeltaNet on Hopper: with Triton in [3.4, 3.7.1) (torch 2.11 pins 3.6) fla refuses its own
   # gated backward (fla #640) and runs its TileLang kernel instead when tilelang is installed. As
   # wheels tilelang and its needs are ~82 MB, over a call's 64 MiB: unpacked, without z3's
-  # command-line binary, and xz'd they are ~40 MB, so this set has fla and its TileLang stack only
+  # command-line binary, and xz'd they are ~38 MB, so this set has fla and its TileLang stack only
   # (no Mamba2, no corpus): enough for the GDN GPU tests. gpu_env.sh unpacks it into /tmp/site.
   rm -f .gpu/wheels/{causal_conv1d,mamba_ssm,ninja,flashrnn}*.whl
   tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
   python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$tmp/wheels" \
     tilelang==0.1.15 apache-tvm-ffi==0.1.12 z3-solver==4.15.4.0 torch-c-dlpack-ext==0.1.5
   for w in "$tmp"/wheels/*.whl; do unzip -qo "$w" -d "$tmp/site"; done
   rm -rf "$tmp"/site/z3_solver-*.data
   tar cf - -C "$tmp/site" . | xz -T0 -9 > .gpu/tilelang-site.tar.xz
-  rm -rf "$tmp"
 else
   mkdir -p .gpu/data/train .gpu/data/val
   for s in $(grep -v '^#' benchmarks/registry_pile_subset.txt); do

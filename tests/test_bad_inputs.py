@@ -81,6 +81,9 @@ CASES = [
     ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
     ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
     ("heldout_short", [*TRAIN, "--seq-len", "4000"], "held-out split of"),
+    ("extra_val_short", [*TRAIN, "--extra-val-data", "{file}"],
+     "held-out split of {file} has 1 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
+     "--extra-val-data"),
     ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge}", "--seq-len", "4000000",
                              "--batch-size", "512"], "of activations (plus"),
     # --- train: config files

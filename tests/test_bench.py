@@ -335,6 +335,9 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     assert "- e1-d6: 258K params (reference 403M)" in md and "- e1-d20: 432M params (reference 403M)" in md
     assert "- mamba2-d22: steps 20 (reference 10)" in md
     assert "**Departs from the suite as shipped:** steps = 20\n" in md
+    plan["defaults"].pop("eval_bytes")  # a suite that leaves it to the config's default (0 = all)
+    (tmp_path / "suite.json").write_text(json.dumps(plan))
+    assert "**Departs from the suite as shipped:** steps = 20\n" in write_report(tmp_path, plots=False)["md"].read_text()
     warning = md[md.index("> **Warning"):md.index("## Results")]
     assert "steps run: e1-d26, e1-d6, e1-d24, e1-d20 10; mamba2-d22 20" in warning and "parameter counts" in warning
 

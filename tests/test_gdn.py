@@ -6,6 +6,8 @@ contract (step == forward, causality, gradcheck): tests/test_layer_contract.py."
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 import torch
@@ -134,19 +136,26 @@ def test_fla_backward_refusal_follows_fla_flags(monkeypatch):
     import fla.utils as fu
     from fla.ops.common.backends.tilelang import CommonTileLangBackend
 
-    def refusal(hopper=True, above_3_4=True, above_3_7_1=False, tilelang=False):
+    def refusal(hopper=True, above_3_4=True, above_3_7_1=False, tilelang=False, imports=True):
+        """``tilelang``: fla finds the package; ``imports``: importing it works."""
         for name, value in (("IS_NVIDIA_HOPPER", hopper), ("TRITON_ABOVE_3_4_0", above_3_4),
                             ("TRITON_ABOVE_3_7_1", above_3_7_1)):
             monkeypatch.setattr(fu, name, value)
         monkeypatch.setattr(CommonTileLangBackend, "is_available", classmethod(lambda cls: tilelang))
+        monkeypatch.setitem(sys.modules, "tilelang", types.ModuleType("tilelang") if imports else None)
         return fla_backward_refusal()
 
     monkeypatch.setenv("FLA_TILELANG", "1")
     assert "wrong gradients, fla issue #640): install tilelang" in refusal()
     assert refusal(hopper=False) is None and refusal(above_3_4=False) is None
     assert refusal(above_3_7_1=True) is None and refusal(tilelang=True) is None
+    monkeypatch.setenv("FLA_DISABLE_BACKEND_DISPATCH", "1")  # fla then never dispatches to TileLang
+    assert "unset FLA_DISABLE_BACKEND_DISPATCH" in refusal(tilelang=True)
+    monkeypatch.delenv("FLA_DISABLE_BACKEND_DISPATCH")
     monkeypatch.setenv("FLA_TILELANG", "0")  # TileLang installed but switched off: still refused
     assert refusal(tilelang=True) is not None
+    monkeypatch.setenv("FLA_TILELANG", "1")
+    assert "tilelang does not import" in refusal(tilelang=True, imports=False)  # found by fla, import fails
 
 
 def test_training_refused_in_one_line_where_fla_refuses(monkeypatch):
@@ -157,6 +166,17 @@ def test_training_refused_in_one_line_where_fla_refuses(monkeypatch):
     assert str(e.value) == "model gdn cannot train on cuda: fla refuses (test)"
     check_trainable(cfg, torch.device("cpu"))  # the reference loop trains anywhere
     check_trainable(TrainConfig.from_dict({"model": "e1"}), torch.device("cuda"))
+
+
+def test_refused_training_touches_no_folder(monkeypatch, tmp_path, capsys):
+    """Through ``rnnlab train`` (a blocker made to fire on the CPU): exit 2, one line, no run folder."""
+    monkeypatch.setattr(GatedDeltaNet, "training_blocker", staticmethod(lambda device: "fla refuses (test)"))
+    out = tmp_path / "run"
+    rc = main(["train", "--model", "gdn", "--dim", "32", "--depth", "1", "--layer", "head_dim=8", "--steps", "2",
+               "--batch-size", "2", "--seq-len", "16", "--device", "cpu", "--no-progress", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert (rc, err) == (2, "rnnlab train: error: model gdn cannot train on cpu: fla refuses (test)")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("kw, msg", [

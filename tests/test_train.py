@@ -356,8 +356,31 @@ def test_extra_held_out_file_is_scored_whole_at_the_end(tiny_train, tmp_path, ca
         assert main(["eval", "--run", str(tmp_path / "r"), "--data", str(extra), "--eval-bytes", "all",
                      "--at", at, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(x[key], rel=1e-6)
+    from rnnlab.train.cli import format_summary
+    from rnnlab.train.metrics import eval_line, scalars
+
+    text = format_summary(s)
+    assert f"extra.txt loss / bpb  {x['val_loss']:.4f} / {x['val_bpb']:.4f} (3,776 bytes)" in text
+    assert f"at train point      {x['val_loss_train_point']:.4f} / {x['val_bpb_train_point']:.4f}\n" in text
+    assert f"; extra.txt: val_bpb {x['val_bpb']:.4f}  (3,776 bytes)  at the train point" in eval_line(evals[-1])
+    assert "eval/extra_val_bpb" in scalars("eval", evals[-1]) and "eval/extra_bytes" not in scalars("eval", evals[-1])
     with pytest.raises(FileNotFoundError, match="extra_val_data file not found"):
         tiny_train(tmp_path / "m", extra_val_data=str(tmp_path / "missing.txt")).validate()
+
+
+def test_finished_run_resumed_with_an_extra_held_out_file_scores_it(tiny_train, tmp_path, capsys):
+    """A complete run resumed with a new --extra-val-data (same budget) scores that file and adds it
+    to the final record, keeping the held-out split's scores; no training step is taken."""
+    from rnnlab.cli import main
+
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(bytes(range(32, 127)) * 20)
+    first = run_training(tiny_train(tmp_path / "r", steps=4), progress=False)
+    assert first["extra_val"] is None
+    again = run_training(tiny_train(tmp_path / "r", steps=4, resume=True, extra_val_data=str(extra)), progress=False)
+    assert (again["steps"], again["val_bpb"], again["loss"]) == (4, first["val_bpb"], first["loss"])
+    assert main(["eval", "--run", str(tmp_path / "r"), "--data", str(extra), "--eval-bytes", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(again["extra_val"]["val_bpb"], rel=1e-6)
 
 
 # ----------------------------------------------------------------------------- sampling

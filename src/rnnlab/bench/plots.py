@@ -165,8 +165,9 @@ def loss_and_bpb_figure(curves, colors):
                 labelled.add(c["name"])
     right.set_xlabel(f"training time ({unit})")
     right.set_ylabel("held-out bits per byte")
-    y_too = any(c["bpb_y"] for c in curves.values())
-    right.set_title("held-out bpb vs training time" + (" (Schedule-Free: filled at y, hollow at x)" if y_too else ""))
+    any_train_point = any(c["bpb_y"] for c in curves.values())
+    right.set_title("held-out bpb vs training time"
+                    + (" (Schedule-Free: filled at y, hollow at x)" if any_train_point else ""))
     right.grid(alpha=0.3)
     if labelled:
         right.legend(fontsize=8)

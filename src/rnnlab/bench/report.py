@@ -22,7 +22,7 @@ from typing import Any
 from rnnlab.bench import plots as P
 from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import SUITE_FILE, suite_ref
-from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS
+from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig
 from rnnlab.train.rundir import RunDir, read_json
 from rnnlab.train.runtime import git_state
 
@@ -188,13 +188,18 @@ def row_mfu(row: dict[str, Any]) -> float | None:
     return mfu(row["params"], row["tok_per_s"], peak, gpus=row["world_size"])
 
 
+def extra_files(rows: list[dict[str, Any]]) -> list[str]:
+    """The names of the extra held-out files (``--extra-val-data``) the rows were scored on."""
+    return sorted({r["extra_data"] for r in rows if r["extra_data"]})
+
+
 def main_table(rows: list[dict[str, Any]], device: str) -> str:
     """The results table; a "held-out bpb (train point)" column is added when a row used
     Schedule-Free (its held-out bpb at the training point y, beside the one at the average x), and
     an "MFU" column beside the steady tok/s when a row ran on a GPU of known peak."""
     at_y = any(r["val_bpb_train_point"] is not None for r in rows)
     with_mfu = any(r["mfu"] is not None for r in rows)
-    extra = sorted({r["extra_data"] for r in rows if r["extra_data"]})
+    extra = extra_files(rows)
     extra_keys = [k for k in ("extra_val_bpb", "extra_val_bpb_train_point") if any(r[k] is not None for r in rows)]
     body = []
     for r in rows:
@@ -455,10 +460,11 @@ LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb
 
 def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
     """The command-line options that changed the suite's protocol: those of ``OVERRIDE_KEYS`` given
-    with a value other than the suite's own (``--eval-bytes all`` on a suite that scores all is none)."""
-    defaults = plan.get("defaults") or {}
+    with a value other than the suite's own, or where the suite sets none, the config's default
+    (``--eval-bytes all`` on a suite that scores all is none)."""
+    shipped = {**TrainConfig().to_dict(), **(plan.get("defaults") or {})}
     return {k: v for k, v in (plan.get("options") or {}).items()
-            if k in OVERRIDE_KEYS and (k not in defaults or defaults[k] != v)}
+            if k in OVERRIDE_KEYS and (k not in shipped or shipped[k] != v)}
 
 
 def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -501,7 +507,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     md += averaging_warning(rows)
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
     legend = LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-", warmup_steps=WARMUP_STEPS)
-    extra = sorted({r["extra_data"] for r in rows if r["extra_data"]})
+    extra = extra_files(rows)
     if extra:
         legend += (f" {' / '.join(extra)} bpb = that file (--extra-val-data), a held-out text of its own, scored "
                    "whole at the end of training at the same weights.")

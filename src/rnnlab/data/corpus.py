@@ -139,9 +139,8 @@ def load_splits(
     corpus = ByteCorpus(data)
     n = len(corpus)
     if val_data is not None:
-        vcorpus = ByteCorpus(val_data)
         train = Split(corpus, 0, n, "train")
-        val = Split(vcorpus, 0, len(vcorpus), "val")
+        val = file_split(val_data, "val")
     else:
         if not (0.0 < val_fraction < 1.0):
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")

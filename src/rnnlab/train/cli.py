@@ -163,11 +163,9 @@ def format_summary(s: dict) -> str:
         ("params", fmt(s["params"], ",")),
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
         ("loss (last 100)", fmt(s["loss"], ".4f")),
-        ("val loss / bpb", f"{fmt(s['val_loss'], '.4f')} / {fmt(s['val_bpb'], '.4f')}"
-                           + (f" ({s['val_bytes']:,} held-out bytes)" if s.get("val_bytes") else "")),
-        *([("  at train point", f"{fmt(s['val_loss_train_point'], '.4f')} / {fmt(s['val_bpb_train_point'], '.4f')}"
-            " (Schedule-Free's y, where the training loss is measured)")] if s.get("val_bpb_train_point") else []),
-        *extra_val_rows(s.get("extra_val"), fmt),
+        *score_rows("val", {**s, "bytes": s.get("val_bytes")}, fmt, "held-out bytes",
+                    " (Schedule-Free's y, where the training loss is measured)"),
+        *(score_rows(Path(s["extra_val"]["data"]).name, s["extra_val"], fmt, "bytes") if s.get("extra_val") else []),
         ("tok/s", fmt(s["tok_per_s"], ",.0f")),
         ("peak mem GiB", fmt(s["peak_mem_gib"], ".2f")),
         ("time s", fmt(s["time_s"], ".1f")),
@@ -179,15 +177,13 @@ def format_summary(s: dict) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def extra_val_rows(extra: dict | None, fmt) -> list[tuple[str, str]]:
-    """The summary lines of the extra held-out file (``--extra-val-data``), if one was scored."""
-    if not extra:
-        return []
-    rows = [(f"{Path(extra['data']).name} loss / bpb",
-             f"{fmt(extra['val_loss'], '.4f')} / {fmt(extra['val_bpb'], '.4f')} ({extra['bytes']:,} bytes)")]
-    if extra.get("val_bpb_train_point") is not None:
-        rows.append(("  at train point",
-                     f"{fmt(extra['val_loss_train_point'], '.4f')} / {fmt(extra['val_bpb_train_point'], '.4f')}"))
+def score_rows(label: str, scores: dict, fmt, unit: str, y_note: str = "") -> list[tuple[str, str]]:
+    """``label loss / bpb`` (and the bytes scored), then Schedule-Free's train-point pair if any."""
+    rows = [(f"{label} loss / bpb", f"{fmt(scores['val_loss'], '.4f')} / {fmt(scores['val_bpb'], '.4f')}"
+             + (f" ({scores['bytes']:,} {unit})" if scores.get("bytes") else ""))]
+    if scores.get("val_bpb_train_point") is not None:
+        rows.append(("  at train point", f"{fmt(scores['val_loss_train_point'], '.4f')} / "
+                                          f"{fmt(scores['val_bpb_train_point'], '.4f')}{y_note}"))
     return rows
 
 

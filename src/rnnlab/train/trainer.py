@@ -263,7 +263,7 @@ class Trainer:
                   f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})", file=sys.stderr)
             return self.finish(complete=False)
         try:
-            if state.last_eval is None or state.last_eval["step"] != state.step:
+            if self.final_eval_due():
                 self.evaluate(final=True)
         finally:
             self.checkpoint(complete=True)  # saved even if the final evaluation fails
@@ -337,17 +337,28 @@ class Trainer:
         """Whether a cadence of ``every`` steps (0 = never) falls on this step, before the last."""
         return bool(every) and self.state.step % every == 0 and not self.budget_spent()
 
+    def final_eval_due(self) -> bool:
+        """No evaluation at this step yet, or it lacks the extra held-out file this session names
+        (a finished run resumed with a new ``--extra-val-data``)."""
+        last, extra = self.state.last_eval, self.extra_val_split
+        return (last is None or last["step"] != self.state.step
+                or (extra is not None and last.get("extra_data") != str(extra.path)))
+
     def evaluate(self, final: bool = False) -> None:
         """Held-out loss at the weights one ships (Schedule-Free's average x); for Schedule-Free
         also at its training point y, where the training loss is measured (``*_train_point``):
         in pure bf16 the averaging into x is partly lost to rounding and x can score far worse
         than y (docs/findings.md). ``final`` (the end of training) also scores the extra held-out
-        file whole (``--extra-val-data``, keys ``extra_*``). Training is not perturbed. Rank 0
-        evaluates (every rank under FSDP2); the others receive its result."""
+        file whole (``--extra-val-data``, keys ``extra_*``); when this step is evaluated already (a
+        finished run resumed with a new extra file) only that file is scored and added. Training
+        is not perturbed. Rank 0 evaluates (every rank under FSDP2); the others receive its result."""
         state = self.state
         record = state.last_eval
         if self.ctx.is_main or self.sharded:
-            record = {"step": state.step, "tokens": state.tokens, **self.score(self.val_split)}
+            if record is not None and record["step"] == state.step:  # only the extra file is new
+                record = {k: v for k, v in record.items() if not k.startswith("extra_")}
+            else:
+                record = {"step": state.step, "tokens": state.tokens, **self.score(self.val_split)}
             if final and self.extra_val_split is not None:
                 extra = self.score(self.extra_val_split, max_bytes=0)
                 record.update({"extra_data": str(self.extra_val_split.path)},

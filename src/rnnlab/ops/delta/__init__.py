@@ -15,6 +15,9 @@ combinations: ``fla_backward_refusal()`` says why, before a run starts.
 
 from __future__ import annotations
 
+import importlib
+import os
+
 import torch
 
 from rnnlab.ops.delta import naive
@@ -48,8 +51,9 @@ def fla_backward_refusal() -> str | None:
 
     fla 0.6 raises at the first backward on Hopper GPUs (H100, H200) with Triton >= 3.4 and < 3.7.1:
     Triton miscompiles its ``chunk_bwd_dqkwg`` kernel into wrong gradients (fla issue #640), unless
-    its TileLang kernel can stand in (package ``tilelang``, with nvcc). fla's own flags decide, so
-    this answer follows fla's check; ``tests/gpu`` asserts that fla raises exactly when it says so.
+    its TileLang kernel stands in (package ``tilelang``, with nvcc; not with fla's
+    ``FLA_DISABLE_BACKEND_DISPATCH=1``). fla's own flags decide, so this answer follows fla's check;
+    ``tests/gpu`` asserts that fla raises exactly when it says so.
     """
     try:
         import triton
@@ -57,10 +61,17 @@ def fla_backward_refusal() -> str | None:
         from fla.utils import IS_NVIDIA_HOPPER, TRITON_ABOVE_3_4_0, TRITON_ABOVE_3_7_1
     except ImportError:
         return None
+    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1):
+        return None
     tilelang = CommonTileLangBackend()  # the kernel fla dispatches to instead, when usable and enabled
-    if not (IS_NVIDIA_HOPPER and TRITON_ABOVE_3_4_0 and not TRITON_ABOVE_3_7_1) or (
-            tilelang.is_available() and tilelang.is_enabled()):
+    dispatch = os.environ.get("FLA_DISABLE_BACKEND_DISPATCH") != "1"
+    if dispatch and tilelang.is_available() and tilelang.is_enabled():
+        try:  # fla only looks for the package: a broken install would fail at the first backward
+            importlib.import_module("tilelang")
+        except Exception as e:  # any import failure, whatever its kind
+            return f"fla would run its TileLang kernel here (fla issue #640), but tilelang does not import: {e!r}"
         return None
     return (f"fla refuses the gated delta rule's backward on Hopper GPUs with Triton {triton.__version__} "
             "(a Triton miscompile gives wrong gradients, fla issue #640): install tilelang (fla then runs "
-            "its TileLang kernel) or Triton >= 3.7.1")
+            "its TileLang kernel"
+            + ("" if dispatch else "; unset FLA_DISABLE_BACKEND_DISPATCH") + ") or Triton >= 3.7.1")
