@@ -69,7 +69,7 @@ from rnnlab.train.distributed import (
 )
 from rnnlab.train.durable import (fsync_dir, fsync_file, interrupts_deferred, remove_tree, temporary_name,
                                   write_synced)
-from rnnlab.train.optim import eval_weights, is_schedulefree, load_train_point, train_point
+from rnnlab.train.optim import eval_weights, in_order, is_schedulefree, load_train_point, train_point
 
 FORMAT = 1  # the content of state.pt
 MANIFEST_FORMAT = 2  # a step directory with a manifest (1: the two files directly in ckpt/)
@@ -242,7 +242,7 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt=None, sched=No
             tp = state.get("train_point")
             if tp is None:
                 raise CheckpointError(f"{checkpoint.path} has no Schedule-Free train point")
-            load_train_point([p for g in opt.param_groups for p in g["params"]], tp)
+            load_train_point(in_order(opt.param_groups), tp)
             for g in opt.param_groups:
                 g["train_mode"] = True
         if sched is not None and state.get("scheduler") is not None:
@@ -254,7 +254,7 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt=None, sched=No
 def load_train_point_weights(checkpoint: Checkpoint, model: nn.Module, order: list[nn.Parameter]) -> None:
     """Put Schedule-Free's training point y of ``checkpoint`` into ``model`` (instead of the
     shipped average x). ``order``: the model's parameters in the optimizer's order (the order
-    ``state.pt`` stores y in: ``optim.param_groups`` flattened)."""
+    ``state.pt`` stores y in: ``optim.in_order``)."""
     tensors = read_state(checkpoint.state_file).get("train_point")
     if tensors is None:
         raise CheckpointError(f"{checkpoint.path} holds no Schedule-Free train point: the run's optimizer keeps "

@@ -132,12 +132,18 @@ def train_point(opt) -> list[torch.Tensor] | None:
         raise RuntimeError("train_point() needs the optimizer in train mode")
     from rnnlab.train.distributed import full_tensor  # sharded (FSDP2) params: gathered, a collective
 
-    return [full_tensor(p.detach()).to("cpu", copy=True) for g in opt.param_groups for p in g["params"]]
+    return [full_tensor(p.detach()).to("cpu", copy=True) for p in in_order(opt.param_groups)]
+
+
+def in_order(groups: list[dict]) -> list[torch.Tensor]:
+    """The parameters of optimizer ``groups`` (an optimizer's ``param_groups`` or
+    :func:`param_groups`' list) in the optimizer's order: the order ``train_point`` stores y in."""
+    return [p for g in groups for p in g["params"]]
 
 
 def load_train_point(params: list[torch.Tensor], tensors: list[torch.Tensor]) -> None:
     """Copy Schedule-Free's y (``train_point``'s list) into ``params``, the parameters in the
-    optimizer's order (``[p for g in param_groups for p in g["params"]]``)."""
+    optimizer's order (:func:`in_order`)."""
     if len(params) != len(tensors) or any(p.shape != y.shape for p, y in zip(params, tensors)):
         raise ValueError(f"checkpoint holds {len(tensors)} Schedule-Free train tensors that do not fit the "
                          f"model's {len(params)} parameters")

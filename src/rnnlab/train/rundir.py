@@ -262,7 +262,7 @@ class RunDir:
         point y there (``train_point``), or with ``weights`` (another ``model.safetensors`` of the
         run, e.g. from ``weight_files``), at the run's precision on ``device``."""
         from rnnlab.train.checkpoint import load_checkpoint, load_train_point_weights, load_weights
-        from rnnlab.train.optim import param_groups
+        from rnnlab.train.optim import in_order, param_groups
         from rnnlab.train.runtime import build_model, pick_device
 
         cfg = self.config()
@@ -271,8 +271,7 @@ class RunDir:
             checkpoint = self.checkpoint()
             step = load_checkpoint(checkpoint, model)["step"]
             if train_point:
-                order = [p for g in param_groups(model, cfg) for p in g["params"]]
-                load_train_point_weights(checkpoint, model, order)
+                load_train_point_weights(checkpoint, model, in_order(param_groups(model, cfg)))
         else:
             meta = load_weights(model, weights)
             step = int(meta["step"]) if meta.get("step") is not None else None
