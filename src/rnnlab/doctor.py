@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import platform
+from collections.abc import Iterable
 
 
 def _try(module: str) -> str:
@@ -58,10 +59,11 @@ def _kernel_status(op) -> str:
 
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="print versions and which fast paths load")
-    p.set_defaults(func=lambda args: print(aligned(report())))
+    p.set_defaults(func=lambda args: print(aligned(report().items())))
 
 
-def aligned(rows: dict[str, str]) -> str:
-    """``name  value`` lines, the values in one column."""
-    width = max(map(len, rows), default=0)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
+def aligned(rows: Iterable[tuple[str, str]]) -> str:
+    """``name  value`` lines, the values in one column (doctor's report, train's summary)."""
+    rows = list(rows)
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

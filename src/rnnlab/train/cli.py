@@ -18,6 +18,7 @@ import json
 import sys
 from pathlib import Path
 
+from rnnlab.doctor import aligned
 from rnnlab.options import at_least, checked, positive
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
@@ -173,8 +174,7 @@ def format_summary(s: dict) -> str:
         ("complete", str(s["complete"])),
         ("run dir", s.get("run_dir", "-")),
     ]
-    w = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+    return aligned(rows)
 
 
 def score_rows(label: str, scores: dict, fmt, unit: str, y_note: str = "") -> list[tuple[str, str]]:
