@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.bench.mfu import ASSUMED_PEAK_TFLOPS, mfu, peak_tflops
+from rnnlab.bench.mfu import benchmark_peak, mfu
 
 OFF, DEFAULT, RO = None, "default", "reduce-overhead"
 MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO}
@@ -246,11 +246,11 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     device = torch.cuda.get_device_name()
-    peak = args.peak_tflops or peak_tflops(device) or ASSUMED_PEAK_TFLOPS
+    peak, assumed = benchmark_peak(device, args.peak_tflops)
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(sys.argv), optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1",
                 weights="bf16", steps=args.steps, peak_tflops=peak,
-                peak_assumed=not (args.peak_tflops or peak_tflops(device)), loss_tol=LOSS_TOL, **versions())
+                peak_assumed=assumed, loss_tol=LOSS_TOL, **versions())
     meta["git_commit"] = args.commit or meta["git_commit"]
     todo = [m for m in MODELS if not args.only or any(o.lower() in m[0].lower() for o in args.only)]
     rows: list[dict] = []

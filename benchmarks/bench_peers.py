@@ -55,7 +55,7 @@ from typing import Callable
 
 import torch
 
-from rnnlab.bench.mfu import ASSUMED_PEAK_TFLOPS, mfu, peak_tflops
+from rnnlab.bench.mfu import benchmark_peak, mfu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -361,10 +361,10 @@ def main(argv=None) -> None:
     if not torch.cuda.is_available():
         sys.exit("bench_peers: error: needs a CUDA GPU")
     device = torch.cuda.get_device_name()
-    peak = args.peak_tflops or peak_tflops(device) or ASSUMED_PEAK_TFLOPS
+    peak, assumed = benchmark_peak(device, args.peak_tflops)
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(sys.argv), B=args.B, T=args.T, dtype="bf16", peak_tflops=peak,
-                peak_assumed=not (args.peak_tflops or peak_tflops(device)), **bench_models.versions())
+                peak_assumed=assumed, **bench_models.versions())
     todo = [r for r in rows() if not args.only or any(o.lower() in r.name.lower() for o in args.only)]
     out, outputs = [], {}
     for row in todo:

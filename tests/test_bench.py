@@ -262,6 +262,10 @@ def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
 
     assert (peak_tflops("NVIDIA A100-SXM4-80GB"), peak_tflops("NVIDIA H200"), peak_tflops("NVIDIA RTX 6000 Ada"),
             peak_tflops(None)) == (312.0, 989.0, None, None)
+    from rnnlab.bench.mfu import benchmark_peak
+
+    assert (benchmark_peak("NVIDIA H200"), benchmark_peak("NVIDIA H200", 700.0), benchmark_peak("NVIDIA RTX 6000 Ada"),
+            benchmark_peak("NVIDIA RTX 6000 Ada", 364.0)) == ((989.0, False), (700.0, False), (989.0, True), (364.0, False))
     _synthetic_run(tmp_path / "g", "one", 1.5, 2.0, 30000.0, gpu="NVIDIA A100-SXM4-80GB")
     _synthetic_run(tmp_path / "g", "two", 1.5, 2.0, 30000.0, gpu="NVIDIA A100-SXM4-80GB", world_size=2)
     rows = {r[0]: r for r in _table_rows(write_report(tmp_path / "g", plots=False)["md"].read_text())}

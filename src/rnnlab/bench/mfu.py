@@ -16,6 +16,13 @@ def peak_tflops(gpu_name: str | None) -> float | None:
     return next((v for k, v in PEAK_BF16_TFLOPS.items() if gpu_name and k in gpu_name), None)
 
 
+def benchmark_peak(gpu_name: str | None, given: float | None = None) -> tuple[float, bool]:
+    """``(peak TFLOP/s, assumed)`` for a benchmark script: ``given`` (its ``--peak-tflops``), else
+    the table's, else :data:`ASSUMED_PEAK_TFLOPS` with ``assumed`` True (recorded beside the MFU)."""
+    known = given or peak_tflops(gpu_name)
+    return (known, False) if known else (ASSUMED_PEAK_TFLOPS, True)
+
+
 def mfu(params: float, tok_per_s: float, peak: float, gpus: int = 1) -> float:
     """``6 * params * tok_per_s`` over ``gpus`` GPUs of ``peak`` TFLOP/s each, a fraction."""
     return 6 * params * tok_per_s / (gpus * peak * 1e12)
