@@ -275,6 +275,7 @@ def _fields_by_key() -> dict[str, tuple[str, Spec]]:
 # the field's default: those runs decayed every parameter.
 LEGACY_DEFAULTS = {"decay_marked": True}
 
+
 def legacy_hint(key: str) -> str:
     """A hint for a resume refused on ``key`` when older runs differ there by design, else ""."""
     if key not in LEGACY_DEFAULTS:
