@@ -99,7 +99,7 @@ def _lowrank_backward(g, w, U, V, s, h, h0, opts: ElmanKernelOptions):
     es = e * sf
     dW = dw_dense(dpre, h, h0c)
     dU = dpre.reshape(-1, dpre.shape[-1]).t() @ (p * sf).to(dt).reshape(-1, p.shape[-1])
-    dV = dw_dense(es.to(dt), h, h0c).t()
+    dV = dw_dense(es.to(dt), h, h0c).t().contiguous()  # the fake kernel promises contiguous grads
     dh0 = dpre[:, 0].float() @ wk.float() + es[:, 0] @ Vk.float().t()
     return (dpre, _head_blocks(dW, w).to(w.dtype), dh0, dU.to(U.dtype), dV.to(V.dtype),
             (e * p).to(s.dtype))
