@@ -15,12 +15,13 @@ cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja,fla_core,flashrn
 # fla's layers (Gated DeltaNet's official layer): a pure wheel, from PyPI when the shared folder lacks it
 cp "$shared"/wheels/flash_linear_attention-0.6.0-*.whl .gpu/wheels/ 2>/dev/null ||
   python3 -m pip download -q --no-deps -d .gpu/wheels flash-linear-attention==0.6.0
-# zstandard: a core dependency of rnnlab (`.zst` shards) that the GPU image lacks
-python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-  --platform manylinux_2_17_x86_64 -d .gpu/wheels zstandard==0.25.0
 if [ "${2:-}" = --tests ]; then
-  # its needs (huggingface-hub >= 1.31, tokenizers 0.23) are in the GPU image
+  # its needs (huggingface-hub >= 1.31, tokenizers 0.23) are in the GPU image; zstandard (`.zst`
+  # shards, tests/test_data_prepare.py) is a core dependency the image lacks (5.5 MB: the suites,
+  # which unpack xz shards, go without it to keep their corpus within a call)
   python3 -m pip download -q --no-deps -d .gpu/wheels transformers==5.24.0
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_17_x86_64 -d .gpu/wheels zstandard==0.25.0
 elif [ "${2:-}" = --tilelang ]; then
   # Gated DeltaNet on Hopper: with Triton in [3.4, 3.7.1) (torch 2.11 pins 3.6) fla refuses its own
   # gated backward (fla #640) and runs its TileLang kernel instead when tilelang is installed. As
