@@ -276,12 +276,16 @@ def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
 
 
 def test_report_commit_is_the_runs_else_this_code(monkeypatch):
-    """The first commit a run recorded (env.json), marked dirty as recorded; without one, the
-    commit of the code writing the report (RNNLAB_GIT_COMMIT where the tree is a copy)."""
+    """The commit the runs recorded (env.json), marked dirty as recorded, each with its runs when
+    they differ; without one, the commit of the code writing the report (RNNLAB_GIT_COMMIT where
+    the tree is a copy)."""
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "fedcba98" * 5)
-    runs = [{"env": {"git_sha": None}}, {"env": {"git_sha": "0123456789abcdef", "git_dirty": True}}]
+    runs = [{"dir": "a", "env": {"git_sha": None}}, {"dir": "b", "env": {"git_sha": "0123456789abcdef", "git_dirty": True}},
+            {"dir": "c", "env": {"git_sha": "0123456789abcdef", "git_dirty": True}}]
     assert describe_git(runs) == "0123456789ab (dirty)"
     assert describe_git(runs[:1]) == "fedcba98fedc"
+    runs.append({"dir": "d", "env": {"git_sha": "abcdef0"}})
+    assert describe_git(runs) == "0123456789ab (dirty) (b, c); abcdef0 (d)"
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "not-a-commit")
     assert describe_git(runs[:1]) == "- (not a git checkout)"
 
@@ -369,9 +373,13 @@ def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
 
 def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
     """Rows scored on an --extra-val-data file get its bpb at x and y, named after the file, in
-    columns after the held-out split's; a row without it shows "-"."""
-    for name, extra in (("a", {"data": "/d/wikitext2.txt", "val_bpb": 2.5, "val_bpb_train_point": 2.25}),
-                        ("b", {"data": "/d/wikitext2.txt", "val_bpb": 3.5, "val_bpb_train_point": 3.0}), ("c", None)):
+    columns after the held-out split's; a row without it shows "-", a row scored on it in only some
+    of its seeds says in how many."""
+    w = "/d/wikitext2.txt"
+    for name, extra in (("a", {"data": w, "val_bpb": 2.5, "val_bpb_train_point": 2.25}),
+                        ("b", {"data": w, "val_bpb": 3.5, "val_bpb_train_point": 3.0}), ("c", None),
+                        ("d-s1", None), ("d-s2", {"data": w, "val_bpb": 3.0, "val_bpb_train_point": 2.0}),
+                        ("d-s3", {"data": w, "val_bpb": 3.2, "val_bpb_train_point": 2.0})):
         _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
         path = tmp_path / name / "summary.json"
         path.write_text(json.dumps({**json.loads(path.read_text()), "val_bpb_train_point": 2.2, "extra_val": extra}))
@@ -381,7 +389,9 @@ def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
                                         "wikitext2.txt bpb (train point)"]
     rows = {r[0]: r[3:7] for r in _table_rows(md)}
     assert rows == {"a": ["2.3000", "2.2000", "2.5000", "2.2500"], "b": ["2.3000", "2.2000", "3.5000", "3.0000"],
-                    "c": ["2.3000", "2.2000", "-", "-"]}
+                    "c": ["2.3000", "2.2000", "-", "-"],
+                    "d": ["2.3000 ± 0.0000", "2.2000 ± 0.0000", "3.1000 ± 0.1414 (2 of 3 runs)",
+                          "2.0000 ± 0.0000 (2 of 3 runs)"]}
     assert "wikitext2.txt bpb = that file (--extra-val-data)" in md
 
 
@@ -609,3 +619,16 @@ def test_report_compares_decay_rates_only_where_a_model_has_them(tmp_path):
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "decay rates: e1-old decayed; mamba2-new spared" in md
     assert "wd 0.1 (not on A_log, dt_bias, D)" in md
+
+
+def test_recorded_command_names_rnnlab_not_this_machines_path(monkeypatch):
+    """env.json's argv and suite.json's command say ``rnnlab ...``, as a user types it, not the
+    path of the package on the machine that ran it."""
+    from rnnlab.bench.suite import command_line
+    from rnnlab.train.runtime import command_argv
+
+    monkeypatch.setattr("sys.argv", ["/work/x/src/rnnlab/__main__.py", "bench", "tiny", "--runs", "a b"])
+    assert command_argv() == ["rnnlab", "bench", "tiny", "--runs", "a b"]
+    assert command_line() == "rnnlab bench tiny --runs 'a b'"
+    monkeypatch.setattr("sys.argv", ["/usr/bin/python3", "-c"])
+    assert command_argv() == ["/usr/bin/python3", "-c"]

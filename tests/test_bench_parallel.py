@@ -97,3 +97,36 @@ def test_bench_gpus_end_to_end(tmp_path, monkeypatch, capsys):
     assert sorted(gpus.values()) == ["0", "1"]
     md = (out / "report.md").read_text()
     assert "| GPU |" in md and f"| {gpus['a']} |" in md
+
+
+def test_a_suite_continued_by_later_commands_keeps_every_run_and_command(tmp_path, fake_launch):
+    """``--runs a,b``, then ``--runs c``, then more ``--seeds`` into one folder (a suite split over
+    GPU jobs): suite.json keeps every run, in the suite's order, with the GPU each used, and every
+    command; the report shows them all and the seeds, the unsuffixed run's included."""
+    from rnnlab.bench.report import write_report
+    from rnnlab.bench.suite import write_plan
+
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    for i, (runs, seeds, gpus) in enumerate((("mingru,e1", None, ["3", "5"]), ("minlstm", None, ["5"]),
+                                             ("mingru", "7,8", ["3", "5"]))):
+        run_plan(suite, plan_suite(suite, out, steps=2, runs=runs, seeds=seeds), out, gpus=gpus,
+                 command=f"rnnlab bench tiny #{i}", log=lambda m: None)
+    doc = json.loads((out / "suite.json").read_text())
+    assert [r["dir"] for r in doc["runs"]] == ["e1", "mingru", "mingru-s7", "mingru-s8", "minlstm"]
+    assert {r["dir"]: r["gpu"] for r in doc["runs"]} == {label: gpu for label, gpu, _ in fake_launch}
+    assert [c["command"] for c in doc["invocations"]] == [f"rnnlab bench tiny #{i}" for i in range(3)]
+    md = write_report(out, plots=False)["md"].read_text()
+    assert "- **Commands** (3, one after another into this folder, oldest first):" in md
+    assert all(f"  - `rnnlab bench tiny #{i}`" in md for i in range(3))
+    seed = plan_suite(suite, out, steps=2)[0].cfg.run.seed
+    assert f"- **Seeds:** {', '.join(map(str, sorted({7, 8, seed})))} (mean ± sample std over seeds)" in md
+    table = md.split("| Model | Params | Loss")[1].split("\n\n")[0].splitlines()[2:]
+    assert [line.split("|")[1].strip() for line in table] == ["e1", "mingru", "minlstm"]  # the suite's order
+
+    # a run trained again keeps no GPU from before (it may train elsewhere, or in this process)
+    (out / "e1" / "summary.json").unlink()
+    plan = plan_suite(suite, out, steps=2, runs="e1")
+    write_plan(suite, plan, out, "rnnlab bench tiny #3", {})
+    gpus = {r["dir"]: r.get("gpu") for r in json.loads((out / "suite.json").read_text())["runs"]}
+    assert gpus["e1"] is None and gpus["minlstm"] == "5"

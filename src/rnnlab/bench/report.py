@@ -21,7 +21,7 @@ from typing import Any
 
 from rnnlab.bench import plots as P
 from rnnlab.bench.mfu import mfu, peak_tflops
-from rnnlab.bench.suite import SUITE_FILE, suite_ref
+from rnnlab.bench.suite import SUITE_FILE, invocations, suite_ref
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig
 from rnnlab.train.rundir import RunDir, read_json
 from rnnlab.train.runtime import git_state
@@ -109,7 +109,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "layer": s.get("layer") if s.get("layer") is not None else model.get("layer"),
             "params": s.get("params") or first.get("planned_params"),
             "seeds": [r["seed"] if r["seed"] is not None else r["summary"].get("seed") for r in use],
-            "n_runs": len(recs), "n_complete": len(done), "point": first.get("point"),
+            "n_runs": len(recs), "n_complete": len(done), "n_used": len(use), "point": first.get("point"),
             "status": "complete" if len(done) == len(recs) else
                       ("partial" if use else ("failed" if any(r["status"] == "failed" for r in recs) else "missing")),
             "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
@@ -125,7 +125,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             row[k + "_std"] = sd
             row[k + "_n"] = n
         for k in ("val_bpb", "val_bpb_train_point"):  # --extra-val-data, scored whole at the end
-            row[f"extra_{k}"], row[f"extra_{k}_std"], _ = mean_std(
+            row[f"extra_{k}"], row[f"extra_{k}_std"], row[f"extra_{k}_n"] = mean_std(
                 [(r["summary"].get("extra_val") or {}).get(k) for r in use])
         row["extra_data"] = next((Path(r["summary"]["extra_val"]["data"]).name for r in use
                                   if r["summary"].get("extra_val")), None)
@@ -193,6 +193,14 @@ def extra_files(rows: list[dict[str, Any]]) -> list[str]:
     return sorted({r["extra_data"] for r in rows if r["extra_data"]})
 
 
+def metric_cell(row: dict[str, Any], key: str, fmt) -> str:
+    """``mean ± std`` of a row's metric, saying over how many of its runs when some lack it (e.g.
+    a held-out file scored in only some of the seeds)."""
+    text = _pm(row[key], row[key + "_std"], fmt)
+    n = row[key + "_n"]
+    return text + (f" ({n} of {row['n_used']} runs)" if 0 < n < row["n_used"] else "")
+
+
 def main_table(rows: list[dict[str, Any]], device: str) -> str:
     """The results table; a "held-out bpb (train point)" column is added when a row used
     Schedule-Free (its held-out bpb at the training point y, beside the one at the average x), and
@@ -206,17 +214,17 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
         name = r["name"]
         if r["status"] != "complete":
             name += f" ({r['status']}: {r['n_complete']}/{r['n_runs']})"
-        y = [_pm(r["val_bpb_train_point"], r["val_bpb_train_point_std"], fmt_loss)] if at_y else []
-        y += [_pm(r[k], r[k + "_std"], fmt_loss) for k in extra_keys]
+        y = [metric_cell(r, "val_bpb_train_point", fmt_loss)] if at_y else []
+        y += [metric_cell(r, k, fmt_loss) for k in extra_keys]
         m = [f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"] if with_mfu else []
         body.append([
             name, fmt_count(r["params"]),
-            _pm(r["loss"], r["loss_std"], fmt_loss),
-            _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss), *y,
-            _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count), *m,
-            _pm(r["tok_per_wall_s"], r["tok_per_wall_s_std"], fmt_count),
+            metric_cell(r, "loss", fmt_loss),
+            metric_cell(r, "val_bpb", fmt_loss), *y,
+            metric_cell(r, "tok_per_s", fmt_count), *m,
+            metric_cell(r, "tok_per_wall_s", fmt_count),
             fmt_mem(r, device),
-            _pm(r["time_s"], r["time_s_std"], fmt_time),
+            metric_cell(r, "time_s", fmt_time),
         ])
     header = list(COLUMNS)
     if with_mfu:
@@ -383,10 +391,16 @@ def describe_corpus(records: list[dict[str, Any]]) -> str:
 
 
 def describe_git(records: list[dict[str, Any]]) -> str:
-    """The commit the runs recorded (the first env.json naming one), else the commit of the code
-    writing the report."""
-    recorded = (_describe_commit(r["env"].get("git_sha"), r["env"].get("git_dirty")) for r in records)
-    return next(filter(None, recorded), None) or _describe_commit(*git_state()) or "- (not a git checkout)"
+    """The commit the runs recorded (env.json), each with its runs when they differ; without any,
+    the commit of the code writing the report."""
+    by_commit: dict[str, list[str]] = {}
+    for r in records:
+        c = _describe_commit(r["env"].get("git_sha"), r["env"].get("git_dirty"))
+        if c:
+            by_commit.setdefault(c, []).append(r["dir"])
+    if len(by_commit) > 1:
+        return "; ".join(f"{c} ({', '.join(dirs)})" for c, dirs in by_commit.items())
+    return next(iter(by_commit), None) or _describe_commit(*git_state()) or "- (not a git checkout)"
 
 
 def _describe_commit(sha: Any, dirty: bool | None) -> str | None:
@@ -459,28 +473,51 @@ LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb
 
 
 def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
-    """The command-line options that changed the suite's protocol: those of ``OVERRIDE_KEYS`` given
-    with a value other than the suite's own, or where the suite sets none, the config's default
-    (``--eval-bytes all`` on a suite that scores all is none)."""
+    """The command-line options that changed the suite's protocol, over every command that ran in
+    the folder: those of ``OVERRIDE_KEYS`` given with a value other than the suite's own, or where
+    the suite sets none, the config's default (``--eval-bytes all`` on a suite that scores all is
+    none); a key given different values by different commands maps to the list of them."""
     shipped = {**TrainConfig().to_dict(), **(plan.get("defaults") or {})}
-    return {k: v for k, v in (plan.get("options") or {}).items()
-            if k in OVERRIDE_KEYS and (k not in shipped or shipped[k] != v)}
+    found: dict[str, list[Any]] = {}
+    for call in invocations(plan):
+        for k, v in (call.get("options") or {}).items():
+            if k in OVERRIDE_KEYS and (k not in shipped or shipped[k] != v) and v not in found.get(k, []):
+                found.setdefault(k, []).append(v)
+    return {k: v[0] if len(v) == 1 else v for k, v in found.items()}
+
+
+def run_seed(record: dict[str, Any]) -> int | None:
+    """The seed a run trained with: its ``--seeds`` value, else its config's."""
+    return record["seed"] if record["seed"] is not None else record["config"].get("seed")
+
+
+def describe_dates(records: list[dict[str, Any]]) -> str:
+    """When the runs started (env.json; first to last) and when this report was written."""
+    written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    started = sorted(r["env"]["started"] for r in records if r["env"].get("started"))
+    if not started:
+        return f"report written {written}"
+    span = [s.replace("T", " ")[:16] for s in (started[0], started[-1])]
+    when = span[0] if span[0] == span[1] else f"{span[0]} to {span[1]}"
+    return f"runs started {when} UTC; report written {written}"
 
 
 def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+    commands = [c["command"] for c in invocations(plan) if c.get("command")]
+    names = [r["name"] for r in records]
+    repeated = any(names.count(n) > 1 for n in names)
     return {
         "suite": plan.get("suite") or root.name,
         "description": plan.get("description") or "",
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "date": describe_dates(records),
         "device": describe_device(records),
         "corpus": describe_corpus(records),
         "git_commit": describe_git(records),
-        "command": plan.get("command") or next(
-            (" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-"),
+        "commands": commands or [next((" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-")],
         "protocol": describe_protocol(records),
         "machine_load": cpu_runs_start_load(records),
         "overrides": protocol_overrides(plan),
-        "seeds": sorted({r["seed"] for r in records if r["seed"] is not None}),
+        "seeds": sorted({run_seed(r) for r in records if run_seed(r) is not None}) if repeated else [],
     }
 
 
@@ -496,7 +533,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
                   + ", ".join(f"{k} = {v}" for k, v in header["overrides"].items()))
     md += [f"- **Date:** {header['date']}", f"- **Device:** {header['device']}",
            f"- **Corpus:** {header['corpus']}", f"- **Git commit:** {header['git_commit']}",
-           f"- **Command:** `{header['command']}`"]
+           *command_lines(header["commands"])]
     if header["seeds"]:
         md.append(f"- **Seeds:** {', '.join(map(str, header['seeds']))} (mean ± sample std over seeds)")
     md += load_lines(header["machine_load"])
@@ -512,6 +549,13 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
         legend += (f" {' / '.join(extra)} bpb = that file (--extra-val-data), a held-out text of its own, scored "
                    "whole at the end of training at the same weights.")
     return md + ["", legend, ""]
+
+
+def command_lines(commands: list[str]) -> list[str]:
+    if len(commands) == 1:
+        return [f"- **Command:** `{commands[0]}`"]
+    return [f"- **Commands** ({len(commands)}, one after another into this folder, oldest first):",
+            *(f"  - `{c}`" for c in commands)]
 
 
 def reference_lines(rows: list[dict[str, Any]], plan: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

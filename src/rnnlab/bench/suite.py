@@ -27,7 +27,8 @@ declarations.
 Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``). A run
 that is complete (``RunDir.status``, with the same budget) is skipped; a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
-first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``.
+first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``;
+a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part's runs and commands.
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from __future__ import annotations
 import copy
 import json
 import shlex
-import sys
 import time
 import tomllib
 from dataclasses import dataclass, field
@@ -47,7 +47,8 @@ from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.train.config import (BUDGET_KEYS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides, legacy_hint,
                                   resume_mismatch)
-from rnnlab.train.rundir import RunDir, write_json
+from rnnlab.train.rundir import RunDir, read_json, write_json
+from rnnlab.train.runtime import command_argv
 
 SUITE_FILE = "suite.json"
 ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, beside the config's
@@ -326,24 +327,43 @@ def suite_ref(path: str) -> str:
 
 def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | None,
                options: dict[str, Any]) -> None:
+    """Write ``OUT/suite.json``: the suite, its reference, the planned runs and the command. A suite
+    continued in the same folder by later commands (``--runs a,b``, then ``--runs c,d``, or more
+    ``--seeds``) keeps the earlier commands and runs, with the GPU each complete run used, so the
+    report covers every run folder; runs stay in the suite's order."""
     out.mkdir(parents=True, exist_ok=True)
-    doc = {
+    runs = [{"name": p.name, "seed": p.seed, "dir": p.dir.name, "params": p.params,
+             "target_params": p.target_params, "point": p.point,
+             "model": p.cfg.model.to_dict()} for p in plan]
+    calls = [{"command": command, "options": {k: v for k, v in options.items() if v is not None},
+              "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+    old = read_json(out / SUITE_FILE) or {}
+    if old.get("suite") == suite.name:
+        prior = {r["dir"]: r for r in old.get("runs", [])}
+        complete = {p.dir.name for p in plan if run_status(p) == "complete"}
+        runs = [{**(prior[r["dir"]] if r["dir"] in complete and r["dir"] in prior else {}), **r} for r in runs]
+        runs += [r for d, r in prior.items() if d not in {r["dir"] for r in runs}]
+        calls = invocations(old) + calls
+    order = {spec.name: i for i, spec in enumerate(suite.runs)}
+    runs.sort(key=lambda r: (order.get(r["name"], len(order)), -1 if r["seed"] is None else r["seed"]))
+    write_json(out / SUITE_FILE, {
         "suite": suite.name, "description": suite.description,
         "path": suite_ref(suite.path) if suite.path else suite.path,
-        "command": command, "options": {k: v for k, v in options.items() if v is not None},
-        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "invocations": calls,
         "reference": suite.reference, "sweep": suite.sweep,
         "defaults": suite.defaults,  # the suite's protocol as shipped (what its reference ran)
-        "runs": [{"name": p.name, "seed": p.seed, "dir": p.dir.name, "params": p.params,
-                  "target_params": p.target_params, "point": p.point,
-                  "model": p.cfg.model.to_dict()} for p in plan],
-    }
-    write_json(out / SUITE_FILE, doc)
+        "runs": runs,
+    })
+
+
+def invocations(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The commands that wrote a ``suite.json``, oldest first, each ``{"command", "options",
+    "written"}`` (a suite.json from before continued suites kept them holds one, at its top level)."""
+    if "invocations" in doc:
+        return doc["invocations"]
+    return [{k: doc.get(k) for k in ("command", "options", "written")}] if {"command", "options"} & set(doc) else []
 
 
 def command_line() -> str:
-    argv = list(sys.argv)
-    if argv and argv[0].endswith(("__main__.py", "/rnnlab")):
-        argv[0] = "rnnlab"
-    return " ".join(shlex.quote(a) for a in argv)
+    return shlex.join(command_argv())
 

@@ -148,6 +148,15 @@ VERSIONED = ("rnnlab", "torch", "numpy", "schedulefree", "safetensors", "triton"
              "flash-linear-attention", "fla-core", "transformers", "wrapt")
 
 
+def command_argv() -> list[str]:
+    """``sys.argv`` with the entry point named ``rnnlab`` (not the path of ``__main__.py`` or of
+    the console script on this machine), as a user would type it again."""
+    argv = list(sys.argv)
+    if argv and argv[0].endswith(("__main__.py", "/rnnlab")):
+        argv[0] = "rnnlab"
+    return argv
+
+
 def env_info(device: torch.device) -> dict[str, Any]:
     """Versions, host, device, command line, git commit and the machine's load: env.json of a run."""
     from importlib import metadata
@@ -162,7 +171,7 @@ def env_info(device: torch.device) -> dict[str, Any]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "hostname": platform.node(),
-        "argv": sys.argv,
+        "argv": command_argv(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "versions": {p: version(p) for p in VERSIONED},
         "device": str(device),
