@@ -67,7 +67,8 @@ def test_seed_suites_reproduce_seed_param_counts(tmp_path):
 
 def test_race_suite_is_table_b_plus_the_new_cells_at_equal_time(tmp_path):
     """Every Table B model at its width, plus E1 heads, E88 and GDN, all within 2.5% of 400M
-    parameters, 6 minutes each of 32 x 512 with Schedule-Free AdamW 3e-4 in bf16."""
+    parameters, 5 minutes each of 32 x 512 with Schedule-Free AdamW 3e-4 in bf16, a learning curve
+    on 256K held-out bytes and the whole split at the end."""
     race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     table_b = {p.name: p for p in plan_suite(load_suite("seed-400m-step-matched"), tmp_path / "b")
                if p.cfg.optim.optimizer == "schedulefree-adamw"}  # one row per model
@@ -77,7 +78,8 @@ def test_race_suite_is_table_b_plus_the_new_cells_at_equal_time(tmp_path):
         if name in table_b:
             assert p.cfg.model == table_b[name].cfg.model, name
         c = p.cfg
-        assert (c.budget.minutes, c.budget.steps, c.data.batch_size, c.data.seq_len) == (6, None, 32, 512)
+        assert (c.budget.minutes, c.budget.steps, c.data.batch_size, c.data.seq_len) == (5, None, 32, 512)
+        assert (c.run.eval_every, c.run.curve_eval_bytes, c.run.eval_bytes) == (250, 256_000, 0)
         assert (c.optim.optimizer, c.optim.lr, c.run.precision) == ("schedulefree-adamw", 3e-4, "bf16")
 
 
@@ -595,6 +597,7 @@ def test_bench_and_sweep_flags_come_from_the_config():
         return {o for a in sub[cmd]._actions for o in a.option_strings}
 
     assert set(SUITE_KEYS) == {"data", "val_data", "extra_val_data", "val_fraction", "steps", "minutes", "tokens", "eval_bytes",
+                               "curve_eval_bytes",
                                "wandb", "device"}
     assert {flag_name(k) for k in SUITE_KEYS} <= flags("bench") and "--lr" not in flags("bench")
     expected = {flag_name(k) for k, (_, s) in FIELDS.items() if s.meta.flag and k not in RUNNER_KEYS}

@@ -30,7 +30,7 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
     cfg = RunDir(tmp_path).config().validate()
     assert (cfg.data.batch_size, cfg.budget.steps, cfg.optim.lr, cfg.run.eval_bytes) == (4, 8, 3e-3, 4096)
     added = {"lr_schedule": "cosine", "grad_accum": 1, "keep_checkpoints": 2, "keep_checkpoint_every": 0,
-             "wandb": None, "overwrite": False, "extra_val_data": None,
+             "wandb": None, "overwrite": False, "extra_val_data": None, "curve_eval_bytes": None,
              "decay_marked": True}  # a run saved before this field decayed every parameter (LEGACY_DEFAULTS)
     assert cfg.to_dict() == {**old, **added}  # the same flat file, plus fields added since (their defaults)
     assert TrainConfig().optim.decay_marked is False and TrainConfig.from_dict(old).optim.decay_marked is False
@@ -90,9 +90,9 @@ def test_eval_bytes_default_is_the_whole_split():
 
 
 def test_derived_key_lists():
-    assert RESUMABLE == {"steps", "minutes", "tokens", "extra_val_data", "grad_accum", "eval_every", "eval_bytes", "eval_batch_size",
-                         "log_every", "wandb", "checkpoint_every", "keep_checkpoints", "keep_checkpoint_every",
-                         "out", "resume", "overwrite", "compile", "device", "distributed"}
+    assert RESUMABLE == {"steps", "minutes", "tokens", "extra_val_data", "grad_accum", "eval_every", "eval_bytes",
+                         "curve_eval_bytes", "eval_batch_size", "log_every", "wandb", "checkpoint_every",
+                         "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "device", "distributed"}
     assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings", "layer")
     assert set(TrainConfig().to_dict()) == set(FIELDS) - set(MODEL_KEYS) | {"model"}
 

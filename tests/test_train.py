@@ -617,3 +617,28 @@ def test_resuming_a_run_from_before_decay_marked_says_how(tiny_train, tmp_path):
         run_training(tiny_train(tmp_path / "r", steps=4, resume=True), progress=False)
     s = run_training(tiny_train(tmp_path / "r", steps=4, resume=True, decay_marked=True), progress=False)
     assert s["complete"] and s["steps"] == 4
+
+
+def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_path, capsys):
+    """``curve_eval_bytes``: evaluations during training score that many held-out bytes (a cheap
+    learning curve), the final one ``eval_bytes`` (here the whole split) and the curve's bytes too
+    (``curve_*``), each equal to ``rnnlab eval`` of the finished run with that many bytes; the
+    report's curve ends on the curve's bytes."""
+    from rnnlab.bench.plots import run_curves
+    from rnnlab.cli import main
+    from rnnlab.train.metrics import eval_line, scalars
+
+    cfg = tiny_train(tmp_path / "r", steps=6, eval_every=3, eval_bytes="all", curve_eval_bytes="1K")
+    s = run_training(cfg, progress=False)
+    evals = [json.loads(line) for line in (tmp_path / "r" / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["bytes"], e.get("curve_bytes")) for e in evals] == [(3, 992, None), (6, s["val_bytes"], 992)]
+    assert s["val_bytes"] > 4 * 992  # the whole split, not the curve's share
+    for cap, key in (("all", "val_bpb"), ("1K", "curve_val_bpb")):
+        assert main(["eval", "--run", str(tmp_path / "r"), "--eval-bytes", cap, "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(evals[-1][key], rel=1e-6)
+    assert evals[-1]["curve_val_bpb"] != evals[-1]["val_bpb"]
+    assert f"the curve's 992 bytes: val_bpb {evals[-1]['curve_val_bpb']:.4f}" in eval_line(evals[-1])
+    assert "eval/curve_val_bpb" in scalars("eval", evals[-1]) and "eval/curve_bytes" not in scalars("eval", evals[-1])
+    record = {"name": "r", "dir": "r", "path": str(tmp_path / "r")}
+    points = run_curves([record])["r"]["bpb"]
+    assert [bpb for _, bpb in points] == [evals[0]["val_bpb"], evals[1]["curve_val_bpb"]]

@@ -82,8 +82,8 @@ def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         elapsed = {x["step"]: x.get("elapsed_s") for x in metrics}
         evals = run.evals()
 
-        def points(key: str) -> list[tuple[float, float]]:
-            return [(elapsed[e["step"]], e[key]) for e in evals
+        def points(key: str) -> list[tuple[float, float]]:  # the final eval's curve_* keys: the curve's bytes
+            return [(elapsed[e["step"]], e.get(f"curve_{key}", e[key])) for e in evals
                     if e.get(key) is not None and elapsed.get(e["step"]) is not None]
 
         bpb, bpb_y = points("val_bpb"), points("val_bpb_train_point")

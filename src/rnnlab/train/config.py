@@ -139,6 +139,12 @@ class RunConfig:
     eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M (default: all = 0, the whole "
                                      "held-out split)", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50),
                              resumable=True, scope="suite")
+    curve_eval_bytes: int | None = option(None, help="held-out bytes scored by the evals during training "
+                                                     "(--eval-every), e.g. 256K for a cheap learning curve; the "
+                                                     "eval at the end scores --eval-bytes and these bytes too "
+                                                     "(curve_* keys), so the curve ends on the same bytes "
+                                                     "(default: --eval-bytes)", parse=parse_eval_bytes,
+                                          bounds=at_least(0, 1 << 50), resumable=True, scope="suite")
     eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size, or more "
                                                     "windows to make 16K tokens per eval batch)",
                                          bounds=positive(MAX_BATCH), resumable=True)

@@ -32,7 +32,7 @@ from rnnlab.train.config import WARMUP_STEPS
 from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
 
-NOT_PLOTTED = ("step", "tokens", "elapsed_s", "warmup_s", "bytes", "extra_bytes")  # record fields that are no curve
+NOT_PLOTTED = ("step", "tokens", "elapsed_s", "warmup_s", "bytes", "extra_bytes", "curve_bytes")  # record fields that are no curve
 HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of TensorBoard's HPARAMS tab
 
 
@@ -197,6 +197,8 @@ def eval_line(record: dict[str, Any]) -> str:
             f"  ({record['bytes']:,} held-out bytes)")
     if record.get("val_bpb_train_point") is not None:
         line += f"  at the train point: val_bpb {record['val_bpb_train_point']:.4f}"
+    if record.get("curve_val_bpb") is not None:
+        line += f"; the curve's {record['curve_bytes']:,} bytes: val_bpb {record['curve_val_bpb']:.4f}"
     if record.get("extra_val_bpb") is not None:
         line += (f"; {Path(record['extra_data']).name}: val_bpb {record['extra_val_bpb']:.4f}"
                  f"  ({record['extra_bytes']:,} bytes)")

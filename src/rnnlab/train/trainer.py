@@ -348,7 +348,9 @@ class Trainer:
         """Held-out loss at the weights one ships (Schedule-Free's average x); for Schedule-Free
         also at its training point y, where the training loss is measured (``*_train_point``):
         in pure bf16 the averaging into x is partly lost to rounding and x can score far worse
-        than y (docs/findings.md). ``final`` (the end of training) also scores the extra held-out
+        than y (docs/findings.md). Evaluations during training score ``curve_eval_bytes`` of the
+        split, the final one ``eval_bytes`` and, where they differ, the curve's bytes too (keys
+        ``curve_*``). ``final`` (the end of training) also scores the extra held-out
         file whole (``--extra-val-data``, keys ``extra_*``); when this step is evaluated already (a
         finished run resumed with a new extra file) only that file is scored and added. Training
         is not perturbed. Rank 0 evaluates (every rank under FSDP2); the others receive its result."""
@@ -358,7 +360,11 @@ class Trainer:
             if record is not None and record["step"] == state.step:  # only the extra file is new
                 record = {k: v for k, v in record.items() if not k.startswith("extra_")}
             else:
-                record = {"step": state.step, "tokens": state.tokens, **self.score(self.val_split)}
+                curve = self.cfg.run.curve_eval_bytes
+                record = {"step": state.step, "tokens": state.tokens,
+                          **self.score(self.val_split, max_bytes=None if final else curve)}
+                if final and curve is not None and curve != self.cfg.run.eval_bytes:
+                    record.update({f"curve_{k}": v for k, v in self.score(self.val_split, max_bytes=curve).items()})
             if final and self.extra_val_split is not None:
                 extra = self.score(self.extra_val_split, max_bytes=0)
                 record.update({"extra_data": str(self.extra_val_split.path)},
