@@ -5,3 +5,11 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 [ ! -f .gpu/tilelang-site.tar.xz ] || [ -d /tmp/site/tilelang ] || tar xJf .gpu/tilelang-site.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
+# the commit staged by stage_gpu.sh, when every tracked file is as it was then (else none is claimed)
+if [ -z "${RNNLAB_GIT_COMMIT:-}" ] && [ -f .gpu/commit ]; then
+  if sha1sum --quiet --strict -c .gpu/tree.sha1 >/dev/null 2>&1; then
+    RNNLAB_GIT_COMMIT=$(cat .gpu/commit); export RNNLAB_GIT_COMMIT
+  else
+    echo "gpu_env.sh: the tree differs from the staged commit $(cat .gpu/commit): no commit recorded (stage again)" >&2
+  fi
+fi

@@ -45,4 +45,13 @@ else
   done
   xz -kc "$shared/data/eval/wikitext2_raw_test.txt" > .gpu/data/wikitext2_raw_test.txt.xz
 fi
+# the commit of the tree sent (the GPU machine's copy of .git is stale): HEAD and every tracked
+# file's hash; gpu_env.sh there checks the files and records the commit in each run's env.json
+# (RNNLAB_GIT_COMMIT). Stage after committing: a tree with uncommitted changes records none.
+if git diff --quiet HEAD; then
+  git rev-parse --short=12 HEAD > .gpu/commit
+  git ls-files -z | xargs -0 sha1sum > .gpu/tree.sha1
+else
+  echo "stage_gpu.sh: uncommitted changes: commit first, or the runs record no commit" >&2
+fi
 du -sh .gpu
