@@ -441,13 +441,15 @@ def test_report_warns_when_a_cpu_run_started_on_a_busy_machine(tmp_path):
 
 def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     """Step axes tick whole steps; every tok/s bar is labelled with its value; the held-out panel
-    puts each evaluation at the training time of its step in metrics.jsonl."""
+    puts each evaluation at the training time of its step in metrics.jsonl, without the warm-up
+    steps' time (compilation), as the --minutes budget counts it."""
     from rnnlab.bench import plots as P
 
     run = tmp_path / "e1"
     run.mkdir()
     (run / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": i, "loss": 3.0 - 0.1 * i, "elapsed_s": 2.0 * i}) + "\n" for i in (1, 2, 3)))
+        json.dumps({"step": i, "loss": 3.0 - 0.1 * i, "elapsed_s": 2.0 * i + 30, "warmup_s": 30.0}) + "\n"
+        for i in (1, 2, 3)))
     (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5}) + "\n"
                                     + json.dumps({"step": 3, "val_bpb": 2.4}) + "\n")
     curves = P.run_curves([{"path": str(run), "dir": "e1", "name": "e1"}])
@@ -457,6 +459,9 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     assert ticks and all(float(t).is_integer() for t in ticks)
     (line,) = right.get_lines()
     assert list(line.get_xdata()) == [4.0, 6.0] and list(line.get_ydata()) == [2.5, 2.4]
+    assert right.get_xlabel() == "training time, compilation excluded (s)"
+    (loss,) = P.loss_vs_time_figure(curves, P.colors_for(["e1"])).axes[0].get_lines()
+    assert list(loss.get_xdata()) == [2.0, 4.0, 6.0]
     # Schedule-Free: solid at the training point y, dashed at the average x
     (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5, "val_bpb_train_point": 2.2}) + "\n"
                                     + json.dumps({"step": 3, "val_bpb": 2.4, "val_bpb_train_point": 2.1}) + "\n")

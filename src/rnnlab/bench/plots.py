@@ -69,17 +69,23 @@ def time_unit(seconds: float) -> tuple[float, str]:
     return (3600, "h") if seconds >= 3 * 3600 else (60, "min") if seconds >= 600 else (1, "s")
 
 
+TIME_LABEL = "training time, compilation excluded"
+
+
 def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per run folder: its row ``name``, its training records (``metrics.jsonl``) and its held-out
-    points ``(training time, bpb)`` at the shipped weights (``bpb``; Schedule-Free: the average x)
-    and, for Schedule-Free, at the training point y (``bpb_y``): each evaluation (``eval.jsonl``)
-    at the training time of its step in ``metrics.jsonl`` (eval records carry no times, so they
-    stay the same in every rerun)."""
+    """Per run folder: its row ``name``, its training records (``metrics.jsonl``, each with
+    ``clock_s``: its training time without the first steps of each process, compilation and
+    autotuning, as the ``--minutes`` budget counts it, so runs start together) and its held-out
+    points ``(clock_s, bpb)`` at the shipped weights (``bpb``; Schedule-Free: the average x) and,
+    for Schedule-Free, at the training point y (``bpb_y``): each evaluation (``eval.jsonl``) at
+    the time of its step in ``metrics.jsonl`` (eval records carry no times, so they stay the same
+    in every rerun)."""
     curves = {}
     for r in records:
         run = RunDir(r["path"])
-        metrics = [x for x in run.metrics() if x.get("loss") is not None]
-        elapsed = {x["step"]: x.get("elapsed_s") for x in metrics}
+        metrics = [{**x, "clock_s": None if x.get("elapsed_s") is None else x["elapsed_s"] - (x.get("warmup_s") or 0)}
+                   for x in run.metrics() if x.get("loss") is not None]
+        elapsed = {x["step"]: x["clock_s"] for x in metrics}
         evals = run.evals()
 
         def points(key: str) -> list[tuple[float, float]]:  # the final eval's curve_* keys: the curve's bytes
@@ -101,7 +107,7 @@ def make_plots(out: Path, records: list[dict[str, Any]], rows: list[dict[str, An
     figures = {}
     if any(c["metrics"] for c in curves.values()):
         figures["loss_and_bpb"] = loss_and_bpb_figure(curves, colors)
-        if any(x.get("elapsed_s") is not None for c in curves.values() for x in c["metrics"]):
+        if any(x["clock_s"] is not None for c in curves.values() for x in c["metrics"]):
             figures["loss_vs_time"] = loss_vs_time_figure(curves, colors)
     if any(r["tok_per_s"] is not None for r in rows):
         figures["tok_per_s"] = tok_bar_figure(rows, colors)
@@ -163,7 +169,7 @@ def loss_and_bpb_figure(curves, colors):
                            markerfacecolor=None if style == "-" else "none",  # a lone point shows which
                            lw=1.2 if style == "-" else 0.8, label=None if c["name"] in labelled else c["name"])
                 labelled.add(c["name"])
-    right.set_xlabel(f"training time ({unit})")
+    right.set_xlabel(f"{TIME_LABEL} ({unit})")
     right.set_ylabel("held-out bits per byte")
     any_train_point = any(c["bpb_y"] for c in curves.values())
     right.set_title("held-out bpb vs training time"
@@ -177,9 +183,9 @@ def loss_and_bpb_figure(curves, colors):
 def loss_vs_time_figure(curves, colors):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    scale, unit = time_unit(max((x.get("elapsed_s") or 0 for c in curves.values() for x in c["metrics"]), default=0))
-    _draw_losses(ax, curves, colors, "elapsed_s", scale)
-    ax.set_xlabel(f"training time ({unit})")
+    scale, unit = time_unit(max((x["clock_s"] or 0 for c in curves.values() for x in c["metrics"]), default=0))
+    _draw_losses(ax, curves, colors, "clock_s", scale)
+    ax.set_xlabel(f"{TIME_LABEL} ({unit})")
     ax.set_title("training loss vs training time")
     return fig
 
