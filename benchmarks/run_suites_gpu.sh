@@ -13,8 +13,8 @@
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
 # (benchmarks/gpu_tests.sh).
 # BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
-# RNNLAB_GIT_COMMIT=SHA: the commit of the tree sent (its copy's git metadata is stale), recorded in
-# every run's env.json and the reports; default: the one stage_gpu.sh staged (gpu_env.sh).
+# Every run's env.json and the reports record the commit stage_gpu.sh staged, when the tree sent is
+# still that commit (gpu_env.sh).
 set -euo pipefail
 out=$1; shift
 # shellcheck source=benchmarks/gpu_env.sh

@@ -45,13 +45,14 @@ else
   done
   xz -kc "$shared/data/eval/wikitext2_raw_test.txt" > .gpu/data/wikitext2_raw_test.txt.xz
 fi
-# the commit of the tree sent (the GPU machine's copy of .git is stale): HEAD and every tracked
-# file's hash; gpu_env.sh there checks the files and records the commit in each run's env.json
-# (RNNLAB_GIT_COMMIT). Stage after committing: a tree with uncommitted changes records none.
-if git diff --quiet HEAD; then
+# the commit of the tree sent (the GPU machine's copy of .git is stale): HEAD, every tracked file's
+# hash and the list of files; gpu_env.sh there checks both and records the commit in each run's
+# env.json (RNNLAB_GIT_COMMIT). Stage after committing: a tree with uncommitted changes or untracked
+# files (they travel too) records none.
+if [ -z "$(git status --porcelain)" ]; then
   git rev-parse --short=12 HEAD > .gpu/commit
   git ls-files -z | xargs -0 sha1sum > .gpu/tree.sha1
 else
-  echo "stage_gpu.sh: uncommitted changes: commit first, or the runs record no commit" >&2
+  echo "stage_gpu.sh: uncommitted changes or untracked files: commit first, or the runs record no commit" >&2
 fi
 du -sh .gpu
