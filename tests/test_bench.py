@@ -279,15 +279,16 @@ def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
 
 def test_report_commit_is_the_runs_else_this_code(monkeypatch):
     """The commit the runs recorded (env.json), marked dirty as recorded, each with its runs when
-    they differ; without one, the commit of the code writing the report (RNNLAB_GIT_COMMIT where
-    the tree is a copy)."""
+    they differ or some recorded none; where none did, the commit of the code writing the report
+    (RNNLAB_GIT_COMMIT where the tree is a copy), labelled as such."""
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "fedcba98" * 5)
     runs = [{"dir": "a", "env": {"git_sha": None}}, {"dir": "b", "env": {"git_sha": "0123456789abcdef", "git_dirty": True}},
             {"dir": "c", "env": {"git_sha": "0123456789abcdef", "git_dirty": True}}]
-    assert describe_git(runs) == "0123456789ab (dirty)"
-    assert describe_git(runs[:1]) == "fedcba98fedc"
+    assert describe_git(runs[1:]) == "0123456789ab (dirty)"
+    assert describe_git(runs) == "none recorded (a); 0123456789ab (dirty) (b, c)"
+    assert describe_git(runs[:1]) == "fedcba98fedc (the code writing this report; the runs recorded none)"
     runs.append({"dir": "d", "env": {"git_sha": "abcdef0"}})
-    assert describe_git(runs) == "0123456789ab (dirty) (b, c); abcdef0 (d)"
+    assert describe_git(runs[1:]) == "0123456789ab (dirty) (b, c); abcdef0 (d)"
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "not-a-commit")
     assert describe_git(runs[:1]) == "- (not a git checkout)"
 
@@ -638,5 +639,23 @@ def test_recorded_command_names_rnnlab_not_this_machines_path(monkeypatch):
     monkeypatch.setattr("sys.argv", ["/work/x/src/rnnlab/__main__.py", "bench", "tiny", "--runs", "a b"])
     assert command_argv() == ["rnnlab", "bench", "tiny", "--runs", "a b"]
     assert command_line() == "rnnlab bench tiny --runs 'a b'"
-    monkeypatch.setattr("sys.argv", ["/usr/bin/python3", "-c"])
-    assert command_argv() == ["/usr/bin/python3", "-c"]
+    monkeypatch.setattr("sys.argv", ["/venv/bin/rnnlab", "train"])
+    assert command_argv() == ["rnnlab", "train"]
+    for other in (["/usr/bin/python3", "-c"], ["/venv/lib/pytest/__main__.py", "-q"]):
+        monkeypatch.setattr("sys.argv", other)
+        assert command_argv() == other
+
+
+def test_report_dates_its_runs_and_names_seeds_only_when_repeated(tmp_path):
+    """The header's date spans the runs' starts (env.json); a Seeds line appears only when some
+    row repeats a run over seeds."""
+    for name, started in (("a", "2026-11-30T19:32:05Z"), ("b", "2026-12-01T02:22:59Z")):
+        _synthetic_run(tmp_path, name, 1.5, 2.0, 1000.0)
+        env = tmp_path / name / "env.json"
+        env.write_text(json.dumps({**json.loads(env.read_text()), "started": started}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert re.search(r"- \*\*Date:\*\* runs started 2026-11-30 19:32 to 2026-12-01 02:22 UTC; report written "
+                     r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\n", md)
+    assert "**Seeds:**" not in md
+    _synthetic_run(tmp_path, "a-s7", 1.6, 2.1, 1000.0, seed=7)
+    assert "- **Seeds:** 7, 42 (mean ± sample std over seeds)" in write_report(tmp_path, plots=False)["md"].read_text()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -124,9 +125,35 @@ def test_a_suite_continued_by_later_commands_keeps_every_run_and_command(tmp_pat
     table = md.split("| Model | Params | Loss")[1].split("\n\n")[0].splitlines()[2:]
     assert [line.split("|")[1].strip() for line in table] == ["e1", "mingru", "minlstm"]  # the suite's order
 
-    # a run trained again keeps no GPU from before (it may train elsewhere, or in this process)
+    # a run trained again keeps no GPU from before (it may train elsewhere, or in this process); a
+    # run folder deleted since leaves the plan; the same command twice is listed once
     (out / "e1" / "summary.json").unlink()
-    plan = plan_suite(suite, out, steps=2, runs="e1")
-    write_plan(suite, plan, out, "rnnlab bench tiny #3", {})
-    gpus = {r["dir"]: r.get("gpu") for r in json.loads((out / "suite.json").read_text())["runs"]}
-    assert gpus["e1"] is None and gpus["minlstm"] == "5"
+    shutil.rmtree(out / "mingru-s8")
+    for _ in range(2):
+        write_plan(suite, plan_suite(suite, out, steps=2, runs="e1"), out, "rnnlab bench tiny #3", {})
+    doc = json.loads((out / "suite.json").read_text())
+    used = {label: gpu for label, gpu, _ in fake_launch}
+    assert {r["dir"]: r.get("gpu") for r in doc["runs"]} == {
+        "e1": None, **{d: used[d] for d in ("mingru", "mingru-s7", "minlstm")}}
+    assert [c["command"] for c in doc["invocations"]] == [f"rnnlab bench tiny #{i}" for i in range(4)]
+
+
+def test_a_suite_json_from_before_continued_suites_is_continued(tmp_path):
+    """A suite.json written before suites kept their parts (one command at its top level) is read
+    as that one command, and continued; one of another suite is replaced."""
+    from rnnlab.bench.report import protocol_overrides
+    from rnnlab.bench.suite import invocations, write_plan
+
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    out.mkdir()
+    legacy = {"suite": "tiny", "command": "rnnlab bench tiny --steps 2", "options": {"steps": 2},
+              "written": "2026-11-01T00:00:00Z", "runs": []}
+    (out / "suite.json").write_text(json.dumps(legacy))
+    write_plan(suite, plan_suite(suite, out, steps=3, runs="e1"), out, "rnnlab bench tiny --steps 3", {"steps": 3})
+    doc = json.loads((out / "suite.json").read_text())
+    assert [c["command"] for c in invocations(doc)] == ["rnnlab bench tiny --steps 2", "rnnlab bench tiny --steps 3"]
+    assert protocol_overrides(doc) == {"steps": [2, 3]}  # two commands, two budgets: both named
+    (out / "suite.json").write_text(json.dumps({**legacy, "suite": "other"}))
+    write_plan(suite, plan_suite(suite, out, steps=3, runs="e1"), out, "rnnlab bench tiny --steps 3", {"steps": 3})
+    assert len(invocations(json.loads((out / "suite.json").read_text()))) == 1

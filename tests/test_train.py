@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import shutil
 import signal
 
 import pytest
@@ -628,7 +629,8 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     from rnnlab.cli import main
     from rnnlab.train.metrics import eval_line, scalars
 
-    cfg = tiny_train(tmp_path / "r", steps=6, eval_every=3, eval_bytes="all", curve_eval_bytes="1K")
+    cfg = tiny_train(tmp_path / "r", steps=6, eval_every=3, eval_bytes="all", curve_eval_bytes="1K",
+                     checkpoint_every=3)
     s = run_training(cfg, progress=False)
     evals = [json.loads(line) for line in (tmp_path / "r" / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["bytes"], e.get("curve_bytes")) for e in evals] == [(3, 992, None), (6, s["val_bytes"], 992)]
@@ -642,3 +644,9 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     record = {"name": "r", "dir": "r", "path": str(tmp_path / "r")}
     points = run_curves([record])["r"]["bpb"]
     assert [bpb for _, bpb in points] == [evals[0]["val_bpb"], evals[1]["curve_val_bpb"]]
+
+    # resumed from step 3 with the budget cut to 3 steps: step 3's curve evaluation is no final one
+    shutil.rmtree(tmp_path / "r" / "ckpt" / "step-000006")
+    cut = run_training(tiny_train(tmp_path / "r", steps=3, eval_every=3, eval_bytes="all", curve_eval_bytes="1K",
+                                  checkpoint_every=3, resume=True), progress=False)
+    assert (cut["steps"], cut["val_bytes"]) == (3, s["val_bytes"])

@@ -108,7 +108,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "dim": s.get("dim") or model.get("dim"), "depth": s.get("depth") or model.get("depth"),
             "layer": s.get("layer") if s.get("layer") is not None else model.get("layer"),
             "params": s.get("params") or first.get("planned_params"),
-            "seeds": [r["seed"] if r["seed"] is not None else r["summary"].get("seed") for r in use],
+            "seeds": [run_seed(r) for r in use],
             "n_runs": len(recs), "n_complete": len(done), "n_used": len(use), "point": first.get("point"),
             "status": "complete" if len(done) == len(recs) else
                       ("partial" if use else ("failed" if any(r["status"] == "failed" for r in recs) else "missing")),
@@ -391,16 +391,18 @@ def describe_corpus(records: list[dict[str, Any]]) -> str:
 
 
 def describe_git(records: list[dict[str, Any]]) -> str:
-    """The commit the runs recorded (env.json), each with its runs when they differ; without any,
-    the commit of the code writing the report."""
+    """The commit the runs recorded (env.json), each with its runs when they differ or some runs
+    recorded none; without any, the commit of the code writing the report, labelled so."""
     by_commit: dict[str, list[str]] = {}
     for r in records:
-        c = _describe_commit(r["env"].get("git_sha"), r["env"].get("git_dirty"))
-        if c:
-            by_commit.setdefault(c, []).append(r["dir"])
+        c = _describe_commit(r["env"].get("git_sha"), r["env"].get("git_dirty")) or "none recorded"
+        by_commit.setdefault(c, []).append(r["dir"])
+    if list(by_commit) == ["none recorded"]:
+        here = _describe_commit(*git_state())
+        return f"{here} (the code writing this report; the runs recorded none)" if here else "- (not a git checkout)"
     if len(by_commit) > 1:
         return "; ".join(f"{c} ({', '.join(dirs)})" for c, dirs in by_commit.items())
-    return next(iter(by_commit), None) or _describe_commit(*git_state()) or "- (not a git checkout)"
+    return next(iter(by_commit))
 
 
 def _describe_commit(sha: Any, dirty: bool | None) -> str | None:
@@ -462,7 +464,7 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------ write
-OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes")  # options that change the protocol
+OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes", "curve_eval_bytes")  # options that change the protocol
 LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on the "
           "held-out split at the end of training (bytes scored: {val_bytes}), at the weights a checkpoint ships "
           "(Schedule-Free: its average x; \"train point\": its y); Tok/s (steady) = training "
@@ -488,7 +490,7 @@ def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
 
 def run_seed(record: dict[str, Any]) -> int | None:
     """The seed a run trained with: its ``--seeds`` value, else its config's."""
-    return record["seed"] if record["seed"] is not None else record["config"].get("seed")
+    return record["seed"] if record["seed"] is not None else record["config"].get("seed", record["summary"].get("seed"))
 
 
 def describe_dates(records: list[dict[str, Any]]) -> str:

@@ -340,10 +340,16 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
     old = read_json(out / SUITE_FILE) or {}
     if old.get("suite") == suite.name:
         prior = {r["dir"]: r for r in old.get("runs", [])}
-        complete = {p.dir.name for p in plan if run_status(p) == "complete"}
-        runs = [{**(prior[r["dir"]] if r["dir"] in complete and r["dir"] in prior else {}), **r} for r in runs]
-        runs += [r for d, r in prior.items() if d not in {r["dir"] for r in runs}]
-        calls = invocations(old) + calls
+        planned = {p.dir.name for p in plan}
+        for r, p in zip(runs, plan):  # a skipped run keeps the GPU it trained on
+            if "gpu" in prior.get(r["dir"], {}) and run_status(p) == "complete":
+                r["gpu"] = prior[r["dir"]]["gpu"]
+        runs += [r for d, r in prior.items() if d not in planned and RunDir(out / d).holds_run()]
+        earlier = invocations(old)
+        if earlier and {k: earlier[-1].get(k) for k in ("command", "options")} == {
+                k: calls[0][k] for k in ("command", "options")}:
+            earlier = earlier[:-1]  # the same command again (a resume): listed once, with its latest date
+        calls = earlier + calls
     order = {spec.name: i for i, spec in enumerate(suite.runs)}
     runs.sort(key=lambda r: (order.get(r["name"], len(order)), -1 if r["seed"] is None else r["seed"]))
     write_json(out / SUITE_FILE, {

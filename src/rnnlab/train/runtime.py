@@ -152,7 +152,8 @@ def command_argv() -> list[str]:
     """``sys.argv`` with the entry point named ``rnnlab`` (not the path of ``__main__.py`` or of
     the console script on this machine), as a user would type it again."""
     argv = list(sys.argv)
-    if argv and argv[0].endswith(("__main__.py", "/rnnlab")):
+    entry = Path(argv[0]) if argv else Path()
+    if entry.name == "rnnlab" or (entry.name == "__main__.py" and entry.parent.name == "rnnlab"):
         argv[0] = "rnnlab"
     return argv
 

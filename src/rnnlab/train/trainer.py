@@ -338,10 +338,11 @@ class Trainer:
         return bool(every) and self.state.step % every == 0 and not self.budget_spent()
 
     def final_eval_due(self) -> bool:
-        """No evaluation at this step yet, or it lacks the extra held-out file this session names
-        (a finished run resumed with a new ``--extra-val-data``)."""
+        """No final evaluation at this step yet (a curve evaluation scored fewer bytes), or it lacks
+        the extra held-out file this session names (a finished run resumed with a new
+        ``--extra-val-data``)."""
         last, extra = self.state.last_eval, self.extra_val_split
-        return (last is None or last["step"] != self.state.step
+        return (last is None or last["step"] != self.state.step or not last.get("final")
                 or (extra is not None and last.get("extra_data") != str(extra.path)))
 
     def evaluate(self, final: bool = False) -> None:
@@ -349,26 +350,29 @@ class Trainer:
         also at its training point y, where the training loss is measured (``*_train_point``):
         in pure bf16 the averaging into x is partly lost to rounding and x can score far worse
         than y (docs/findings.md). Evaluations during training score ``curve_eval_bytes`` of the
-        split, the final one ``eval_bytes`` and, where they differ, the curve's bytes too (keys
-        ``curve_*``). ``final`` (the end of training) also scores the extra held-out
-        file whole (``--extra-val-data``, keys ``extra_*``); when this step is evaluated already (a
-        finished run resumed with a new extra file) only that file is scored and added. Training
-        is not perturbed. Rank 0 evaluates (every rank under FSDP2); the others receive its result."""
-        state = self.state
+        split; the final one (``final``: true in its record) ``eval_bytes`` and, for a curve of
+        other bytes, the curve's bytes too (keys ``curve_*``), and the extra held-out file whole
+        (``--extra-val-data``, keys ``extra_*``); when this step has its final evaluation already
+        (a finished run resumed with a new extra file) only that file is scored and added.
+        Training is not perturbed. Rank 0 evaluates (every rank under FSDP2); the others receive
+        its result."""
+        state, run_cfg = self.state, self.cfg.run
         record = state.last_eval
         if self.ctx.is_main or self.sharded:
-            if record is not None and record["step"] == state.step:  # only the extra file is new
+            if final and record is not None and record["step"] == state.step and record.get("final"):
                 record = {k: v for k, v in record.items() if not k.startswith("extra_")}
             else:
-                curve = self.cfg.run.curve_eval_bytes
+                curve = run_cfg.curve_eval_bytes
                 record = {"step": state.step, "tokens": state.tokens,
                           **self.score(self.val_split, max_bytes=None if final else curve)}
-                if final and curve is not None and curve != self.cfg.run.eval_bytes:
+                if final and run_cfg.eval_every and curve is not None and curve != run_cfg.eval_bytes:
                     record.update({f"curve_{k}": v for k, v in self.score(self.val_split, max_bytes=curve).items()})
-            if final and self.extra_val_split is not None:
-                extra = self.score(self.extra_val_split, max_bytes=0)
-                record.update({"extra_data": str(self.extra_val_split.path)},
-                              **{f"extra_{key}": value for key, value in extra.items()})
+            if final:
+                record["final"] = True
+                if self.extra_val_split is not None:
+                    extra = self.score(self.extra_val_split, max_bytes=0)
+                    record.update({"extra_data": str(self.extra_val_split.path)},
+                                  **{f"extra_{key}": value for key, value in extra.items()})
             self.logger.eval(record)
         state.last_eval = self.ctx.broadcast_object(record)
 
