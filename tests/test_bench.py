@@ -658,4 +658,9 @@ def test_report_dates_its_runs_and_names_seeds_only_when_repeated(tmp_path):
                      r"\d{4}-\d\d-\d\d \d\d:\d\d UTC\n", md)
     assert "**Seeds:**" not in md
     _synthetic_run(tmp_path, "a-s7", 1.6, 2.1, 1000.0, seed=7)
-    assert "- **Seeds:** 7, 42 (mean ± sample std over seeds)" in write_report(tmp_path, plots=False)["md"].read_text()
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "- **Seeds:** 7, 42 (mean ± sample std over seeds)" in md and "same seed" not in md
+    _synthetic_run(tmp_path, "a-s42", 1.6, 2.1, 1000.0, seed=42)  # --seeds 42 beside the unsuffixed seed-42 run
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "**Warning: some rows average runs of the same seed** (the spread is then not over seeds): " \
+           "a (seed 42 2 times)." in md

@@ -253,6 +253,17 @@ def averaging_warning(rows: list[dict[str, Any]]) -> list[str]:
             + ", ".join(bad) + ". " + why]
 
 
+def repeated_seed_warning(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows averaging two runs of one seed (``--seeds 42`` beside the unsuffixed run, whose seed
+    is the suite's 42): the same run twice, not a spread."""
+    twice = [f"{r['name']} (seed {s} {r['seeds'].count(s)} times)" for r in rows
+             for s in sorted({s for s in r["seeds"] if s is not None}) if r["seeds"].count(s) > 1]
+    if not twice:
+        return []
+    return ["", "> **Warning: some rows average runs of the same seed** (the spread is then not over "
+            "seeds): " + ", ".join(twice) + "."]
+
+
 def _same(a, b) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         return math.isclose(float(a), float(b), rel_tol=1e-9)
@@ -543,7 +554,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     if diffs:
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
         md += [f"> - {d}" for d in diffs]
-    md += averaging_warning(rows)
+    md += averaging_warning(rows) + repeated_seed_warning(rows)
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
     legend = LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-", warmup_steps=WARMUP_STEPS)
     extra = extra_files(rows)
