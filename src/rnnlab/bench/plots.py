@@ -16,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rnnlab.train.metrics import budget_clock
 from rnnlab.train.rundir import RunDir
 
 
@@ -83,8 +84,7 @@ def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     curves = {}
     for r in records:
         run = RunDir(r["path"])
-        metrics = [{**x, "clock_s": None if x.get("elapsed_s") is None else x["elapsed_s"] - (x.get("warmup_s") or 0)}
-                   for x in run.metrics() if x.get("loss") is not None]
+        metrics = [{**x, "clock_s": budget_clock(x)} for x in run.metrics() if x.get("loss") is not None]
         elapsed = {x["step"]: x["clock_s"] for x in metrics}
         evals = run.evals()
 

@@ -90,6 +90,14 @@ def scalars(kind: str, record: dict[str, Any]) -> dict[str, float]:
             if key not in NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
+def budget_clock(record: dict[str, Any]) -> float | None:
+    """A metrics record's training time as a ``--minutes`` budget counts it: ``elapsed_s`` without
+    each process's first steps (``warmup_s``: compilation, autotuning); None without a time."""
+    if record.get("elapsed_s") is None:
+        return None
+    return record["elapsed_s"] - (record.get("warmup_s") or 0.0)
+
+
 def flat_config(cfg) -> dict[str, bool | int | float | str]:
     """The config as flat ``key: value`` hyperparameters (``model.dim``, ``model.layer.heads``);
     values that are no scalar become text, unset ones are left out."""
@@ -257,8 +265,7 @@ class LogLines(Tracker):
         if self.total is not None:
             eta = (self.total - r["step"]) * pace
         else:
-            spent = r["elapsed_s"] - r.get("warmup_s", 0.0)  # a --minutes budget leaves out the warm-up
-            eta = max(0.0, self.budget_s - spent) if self.budget_s is not None else None
+            eta = max(0.0, self.budget_s - budget_clock(r)) if self.budget_s is not None else None
         parts = [f"step {r['step']}" + (f"/{self.total}" if self.total else ""), f"loss {r['loss']:.4f}",
                  f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:.3g}", f"tok/s {tok_s:,.0f}"]
         if r["peak_mem_gib"] is not None:
