@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run benchmark suites on a GPU machine that received `.gpu/` from benchmarks/stage_gpu.sh (the
-# wheels and the registry-pile subset of benchmarks/registry_pile_subset.txt, compressed).
+# wheels and a registry-pile subset, compressed: registry_pile_subset.txt, or for the comparisons
+# with Gated DeltaNet registry_pile_subset_small.txt beside fla's TileLang stack).
 # Usage: bash benchmarks/run_suites_gpu.sh OUTDIR "SUITE ARGS" ["SUITE ARGS" ...]
 # Each "SUITE ARGS" is passed to `rnnlab bench` (e.g. "seed-400m-sf --gpus 2 --runs a,b"), with the
 # held-out split scored whole and WikiText-2's raw test text as the extra held-out file
@@ -19,9 +20,13 @@ set -euo pipefail
 out=$1; shift
 # shellcheck source=benchmarks/gpu_env.sh
 source benchmarks/gpu_env.sh
-python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz
-python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz
-python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz
+# the corpus, and which shards it is (stage_gpu.sh --subset) in OUTDIR/corpus.txt for the record
+{
+  python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz
+  python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz
+  python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz
+  cat .gpu/data/SUBSET
+} 2>&1 | tee "$out/corpus.txt"
 python3 -m rnnlab doctor
 # the suite's tarball OUTDIR/SUITE.tgz when the suite ends, and OUTDIR/SUITE.partial.tgz every minute
 # while it runs, so a call cut by its time limit still brings back every run finished before the
