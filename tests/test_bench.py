@@ -282,8 +282,8 @@ def test_report_commit_is_the_runs_else_this_code(monkeypatch):
     they differ or some recorded none; where none did, the commit of the code writing the report
     (RNNLAB_GIT_COMMIT where the tree is a copy), labelled as such."""
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "fedcba98" * 5)
-    runs = [{"dir": "a", "env": {"git_sha": None}}, {"dir": "b", "env": {"git_sha": "0123456789abcdef", "git_dirty": True}},
-            {"dir": "c", "env": {"git_sha": "0123456789abcdef", "git_dirty": True}}]
+    dirty = {"git_sha": "0123456789abcdef", "git_dirty": True}
+    runs = [{"dir": "a", "env": {"git_sha": None}}, {"dir": "b", "env": dirty}, {"dir": "c", "env": dirty}]
     assert describe_git(runs[1:]) == "0123456789ab (dirty)"
     assert describe_git(runs) == "none recorded (a); 0123456789ab (dirty) (b, c)"
     assert describe_git(runs[:1]) == "fedcba98fedc (the code writing this report; the runs recorded none)"

@@ -92,7 +92,8 @@ def test_eval_bytes_default_is_the_whole_split():
 def test_derived_key_lists():
     assert RESUMABLE == {"steps", "minutes", "tokens", "extra_val_data", "grad_accum", "eval_every", "eval_bytes",
                          "curve_eval_bytes", "eval_batch_size", "log_every", "wandb", "checkpoint_every",
-                         "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "device", "distributed"}
+                         "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "device",
+                         "distributed"}
     assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings", "layer")
     assert set(TrainConfig().to_dict()) == set(FIELDS) - set(MODEL_KEYS) | {"model"}
 

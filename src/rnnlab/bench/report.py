@@ -475,7 +475,8 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------ write
-OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes", "curve_eval_bytes")  # options that change the protocol
+# the options that change the protocol
+OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes", "curve_eval_bytes")
 LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on the "
           "held-out split at the end of training (bytes scored: {val_bytes}), at the weights a checkpoint ships "
           "(Schedule-Free: its average x; \"train point\": its y); Tok/s (steady) = training "

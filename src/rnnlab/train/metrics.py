@@ -32,7 +32,8 @@ from rnnlab.train.config import WARMUP_STEPS
 from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
 
-NOT_PLOTTED = ("step", "tokens", "elapsed_s", "warmup_s", "bytes", "extra_bytes", "curve_bytes")  # record fields that are no curve
+# record fields that are no curve
+NOT_PLOTTED = ("step", "tokens", "elapsed_s", "warmup_s", "bytes", "extra_bytes", "curve_bytes")
 HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of TensorBoard's HPARAMS tab
 
 
