@@ -241,7 +241,8 @@ def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, d
     d = root / name
     d.mkdir(parents=True)
     s = {"model": model, "params": params, "steps": steps, "tokens": steps * 512, "loss": loss, "val_loss": bpb * 0.693,
-         "val_bpb": bpb, "tok_per_s": tok, "tok_per_wall_s": tok / 2, "peak_mem_gib": mem, "time_s": 100.0, "complete": True, "dim": 64,
+         "val_bpb": bpb, "tok_per_s": tok, "tok_per_wall_s": tok / 2, "peak_mem_gib": mem, "time_s": 100.0,
+         "warmup_s": 10.0 + depth, "complete": True, "dim": 64,
          "depth": depth, "layer": {}, "seed": seed, "budget": {"steps": steps}, "device": "cuda" if gpu else "cpu",
          "world_size": world_size}
     (d / "summary.json").write_text(json.dumps(s))
@@ -310,6 +311,8 @@ def test_report_mean_std_over_seeds(tmp_path):
     assert rows["mamba2"][6] == "11.0K ± 500"  # tokens / whole wall clock
     assert rows["mamba2"][7] == "2.0 ± 0.0 GiB" and rows["e1-d6"][7] == "2.0 GiB"
     assert rows["e1-d6"][2] == "1.7000" and rows["e1-d6"][1] == "400M"
+    configs = {r[0]: r for r in _table_rows(md, "| Model | Config")}
+    assert (configs["mamba2"][5], configs["e1-d6"][5]) == ("32.0 s ± 0.0 s", "16.0 s")  # warm-up: 10 s + depth
     for r in rows.values():
         assert all(c and c != "-" for c in r), r
     assert "NVIDIA H100 80GB HBM3" in md and "0123456789ab" in md and "/data/pile.txt" in md

@@ -27,7 +27,7 @@ from rnnlab.train.rundir import RunDir, read_json
 from rnnlab.train.runtime import git_state
 
 METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
-           "time_s")
+           "time_s", "warmup_s")
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
 # what must be equal across rows for a like-for-like comparison (config.json keys)
@@ -589,11 +589,13 @@ def reference_lines(rows: list[dict[str, Any]], plan: dict[str, Any]) -> tuple[l
 
 def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[str]:
     md = ["## Configs", "", md_table(
-        ["Model", "Config", "Params", "Steps", "Tokens", "Runs", "GPU"],
+        ["Model", "Config", "Params", "Steps", "Tokens", "Warm-up", "Runs", "GPU"],
         [[r["name"], config_text(r), f"{r['params']:,}" if r["params"] else "-",
           f"{r['steps']:,}" if r["steps"] is not None else "-",
-          f"{r['tokens']:,}" if r["tokens"] is not None else "-",
-          ", ".join(r["dirs"]), ", ".join(map(str, r["gpus"])) or "-"] for r in rows]), ""]
+          f"{r['tokens']:,}" if r["tokens"] is not None else "-", metric_cell(r, "warmup_s", fmt_time),
+          ", ".join(r["dirs"]), ", ".join(map(str, r["gpus"])) or "-"] for r in rows]),
+        "", "Warm-up = the training time of each process's first steps (compilation, autotuning): part of "
+            "Time, outside a --minutes budget.", ""]
     problems = [r for r in records if r["status"] != "complete"]
     if problems:
         md += ["## Not complete", ""]
