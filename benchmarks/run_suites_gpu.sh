@@ -10,7 +10,9 @@
 # checkpoints) goes to OUTDIR (below). Budget a call: a pair of 400M Table-A runs on two GPUs took
 # ~8 minutes. BENCH_TIMEOUT ~ the call's limit - set-up (~40 s) - 60 s (timeout's kill-after) - a few
 # seconds for the tarball, e.g. 470 for a 600 s call.
-# Runs already complete in runs/<suite>/ (brought back from an earlier call) are skipped.
+# Runs already complete in runs/<suite>/ are skipped: carry a slim copy of the suite kept in results/
+# (`bash benchmarks/suite_carry.sh out results/X runs/<suite>`, carry runs/<suite>) and bring the
+# call's runs back with `bash benchmarks/suite_carry.sh in OUTDIR/<suite>.tgz results/X`.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
 # (benchmarks/gpu_tests.sh).
 # BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
