@@ -667,3 +667,22 @@ def test_report_dates_its_runs_and_names_seeds_only_when_repeated(tmp_path):
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "**Warning: some rows average runs of the same seed** (the spread is then not over seeds): " \
            "a (seed 42 2 times)." in md
+
+
+def test_archived_metrics_read_as_the_plain_file(tmp_path):
+    """A finished run kept in results/ with metrics.jsonl xz'd (benchmarks/suite_carry.sh) reads the
+    same records; a plain metrics.jsonl beside it wins (a run that trains again writes that one)."""
+    import lzma
+
+    from rnnlab.train.rundir import RunDir
+
+    _synthetic_run(tmp_path, "a", 1.5, 2.0, 1000.0)
+    plain = tmp_path / "a" / "metrics.jsonl"
+    records = RunDir(tmp_path / "a").metrics()
+    assert len(records) == 10
+    (tmp_path / "a" / "metrics.jsonl.xz").write_bytes(lzma.compress(plain.read_bytes()))
+    plain.write_text(json.dumps(records[0]) + "\n")
+    assert RunDir(tmp_path / "a").metrics() == records[:1]
+    plain.unlink()
+    assert RunDir(tmp_path / "a").metrics() == records
+    assert "loss_vs_time.png" in {p.name for p in write_report(tmp_path)["plots"]}

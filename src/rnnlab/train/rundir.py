@@ -5,7 +5,8 @@ analyses all go through it.
 
     config.json     the resolved TrainConfig (flat keys, ``TrainConfig.to_dict``)
     env.json        versions, device, host, git commit, command line
-    metrics.jsonl   one JSON object per training step
+    metrics.jsonl   one JSON object per training step (``metrics.jsonl.xz`` in a finished run
+                    archived in results/: read the same)
     eval.jsonl      one JSON object per held-out evaluation
     summary.json    the run's result; ``"complete": true`` once the budget was spent
     ckpt/           the checkpoints: step-NNNNNN/ directories (rnnlab.train.checkpoint)
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import lzma
 import os
 import socket
 import sys
@@ -73,10 +75,13 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file (unreadable lines skipped; [] when missing)."""
+    """The records of a JSON-lines file, or of ``PATH.xz`` when only that exists (a finished run
+    archived in results/, benchmarks/suite_carry.sh); unreadable lines skipped; [] when missing."""
+    path, packed = Path(path), Path(f"{path}.xz")
     try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
+        archived = packed.exists() and not path.exists()
+        lines = (lzma.decompress(packed.read_bytes()).decode() if archived else path.read_text()).splitlines()
+    except (OSError, lzma.LZMAError, UnicodeDecodeError):
         return []
     out = []
     for line in lines:
