@@ -464,6 +464,8 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     (line,) = right.get_lines()
     assert list(line.get_xdata()) == [4.0, 6.0] and list(line.get_ydata()) == [2.5, 2.4]
     assert right.get_xlabel() == "training time, compilation excluded (s)"
+    assert right.get_ylabel() == "held-out bits per byte"  # these records name no byte count
+    assert P.held_out_label({"a": {"bytes": {100}}, "b": {"bytes": {200}}}) == "held-out bits per byte (bytes scored vary)"
     (loss,) = P.loss_vs_time_figure(curves, P.colors_for(["e1"])).axes[0].get_lines()
     assert list(loss.get_xdata()) == [2.0, 4.0, 6.0]
     # Schedule-Free: solid at the training point y, dashed at the average x

@@ -80,7 +80,7 @@ def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     points ``(clock_s, bpb)`` at the shipped weights (``bpb``; Schedule-Free: the average x) and,
     for Schedule-Free, at the training point y (``bpb_y``): each evaluation (``eval.jsonl``) at
     the time of its step in ``metrics.jsonl`` (eval records carry no times, so they stay the same
-    in every rerun)."""
+    in every rerun), and ``bytes``: the byte counts those points scored."""
     curves = {}
     for r in records:
         run = RunDir(r["path"])
@@ -93,8 +93,10 @@ def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
                     if e.get(key) is not None and elapsed.get(e["step"]) is not None]
 
         bpb, bpb_y = points("val_bpb"), points("val_bpb_train_point")
+        scored = {e.get("curve_bytes", e.get("bytes")) for e in evals if e.get("val_bpb") is not None}
         if metrics or bpb:
-            curves[r["dir"]] = {"name": r["name"], "metrics": metrics, "bpb": bpb, "bpb_y": bpb_y}
+            curves[r["dir"]] = {"name": r["name"], "metrics": metrics, "bpb": bpb, "bpb_y": bpb_y,
+                                "bytes": scored}
     return curves
 
 
@@ -170,7 +172,7 @@ def loss_and_bpb_figure(curves, colors):
                            lw=1.2 if style == "-" else 0.8, label=None if c["name"] in labelled else c["name"])
                 labelled.add(c["name"])
     right.set_xlabel(f"{TIME_LABEL} ({unit})")
-    right.set_ylabel("held-out bits per byte")
+    right.set_ylabel(held_out_label(curves))
     any_train_point = any(c["bpb_y"] for c in curves.values())
     right.set_title("held-out bpb vs training time"
                     + (" (Schedule-Free: filled at y, hollow at x)" if any_train_point else ""))
@@ -178,6 +180,15 @@ def loss_and_bpb_figure(curves, colors):
     if labelled:
         right.legend(fontsize=8)
     return fig
+
+
+def held_out_label(curves) -> str:
+    """The held-out axis label, naming how many bytes each point scored (the same for all: a
+    curve drawn on a prefix of the split, ``--curve-eval-bytes``, says so)."""
+    scored = set().union(set(), *(c["bytes"] for c in curves.values())) - {None}
+    if len(scored) == 1:
+        return f"held-out bits per byte ({next(iter(scored)):,} bytes)"
+    return "held-out bits per byte" + (" (bytes scored vary)" if scored else "")
 
 
 def loss_vs_time_figure(curves, colors):
