@@ -651,3 +651,25 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     cut = run_training(tiny_train(tmp_path / "r", steps=3, eval_every=3, eval_bytes="all", curve_eval_bytes="1K",
                                   checkpoint_every=3, resume=True), progress=False)
     assert (cut["steps"], cut["val_bytes"]) == (3, s["val_bytes"])
+
+
+def test_resumed_run_keeps_its_earlier_sessions_provenance(tiny_train, tmp_path, monkeypatch):
+    """env.json describes the session that wrote it; a resumed run keeps each earlier session's
+    start, commit and GPU, and the report names every commit the run trained under and dates it
+    from its first start."""
+    from rnnlab.bench.report import collect, describe_dates, describe_git
+
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "aaaaaaa")
+    run_training(tiny_train(tmp_path / "r", steps=3, checkpoint_every=3), progress=False)
+    first = RunDir(tmp_path / "r").env()
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "bbbbbbb")
+    run_training(tiny_train(tmp_path / "r", steps=5, checkpoint_every=3, resume=True), progress=False)
+    env = RunDir(tmp_path / "r").env()
+    assert env["git_sha"] == "bbbbbbb" and env["earlier_sessions"] == [
+        {"started": first["started"], "git_sha": "aaaaaaa", "git_dirty": None, "gpu": None}]
+    env["earlier_sessions"][0]["started"] = "2026-01-01T00:00:00Z"  # a session long before this one
+    (tmp_path / "r" / "env.json").write_text(json.dumps(env))
+    records = collect(tmp_path)["records"]
+    assert describe_git(records) == "aaaaaaa (r); bbbbbbb (r)"
+    latest = env["started"].replace("T", " ")[:16]
+    assert describe_dates(records).startswith(f"runs started 2026-01-01 00:00 to {latest} UTC")

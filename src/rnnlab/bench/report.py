@@ -406,8 +406,10 @@ def describe_git(records: list[dict[str, Any]]) -> str:
     recorded none; without any, the commit of the code writing the report, labelled so."""
     by_commit: dict[str, list[str]] = {}
     for r in records:
-        c = _describe_commit(r["env"].get("git_sha"), r["env"].get("git_dirty")) or "none recorded"
-        by_commit.setdefault(c, []).append(r["dir"])
+        for session in [*r["env"].get("earlier_sessions", []), r["env"]]:  # a resumed run: each session's
+            c = _describe_commit(session.get("git_sha"), session.get("git_dirty")) or "none recorded"
+            if r["dir"] not in by_commit.setdefault(c, []):
+                by_commit[c].append(r["dir"])
     if list(by_commit) == ["none recorded"]:
         here = _describe_commit(*git_state())
         return f"{here} (the code writing this report; the runs recorded none)" if here else "- (not a git checkout)"
@@ -508,7 +510,8 @@ def run_seed(record: dict[str, Any]) -> int | None:
 def describe_dates(records: list[dict[str, Any]]) -> str:
     """When the runs started (env.json; first to last) and when this report was written."""
     written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    started = sorted(r["env"]["started"] for r in records if r["env"].get("started"))
+    started = sorted(s["started"] for r in records for s in [*r["env"].get("earlier_sessions", []), r["env"]]
+                     if s.get("started"))
     if not started:
         return f"report written {written}"
     span = [s.replace("T", " ")[:16] for s in (started[0], started[-1])]

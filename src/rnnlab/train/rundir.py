@@ -341,11 +341,16 @@ class RunDir:
                 path.unlink(missing_ok=True)
 
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None) -> None:
-        """Record the config and environment; a resumed run cuts its logs back to ``resumed_step``
-        (the lines of steps after its checkpoint are written again)."""
+        """Record the config and this session's environment; a resumed run cuts its logs back to
+        ``resumed_step`` (the lines of steps after its checkpoint are written again) and keeps its
+        earlier sessions' start, commit and GPU in env.json's ``earlier_sessions``."""
         if resumed_step is not None:
             for name in (METRICS, EVALS):
                 self._truncate(self.file(name), resumed_step)
+            before = self.env() or {}
+            if before.get("started"):
+                env = {**env, "earlier_sessions": before.get("earlier_sessions", []) + [
+                    {k: before.get(k) for k in ("started", "git_sha", "git_dirty", "gpu")}]}
         # how this session was started is no part of the run: a config.json reused as --config
         # must not resume or delete anything
         write_json(self.file(CONFIG), {**cfg.to_dict(), "resume": False, "overwrite": False})
