@@ -22,12 +22,13 @@ set -euo pipefail
 out=$1; shift
 # shellcheck source=benchmarks/gpu_env.sh
 source benchmarks/gpu_env.sh
-# the corpus, and which shards it is (stage_gpu.sh --subset) in OUTDIR/corpus.txt for the record
+# the corpus, and which shards it is (stage_gpu.sh --subset), in OUTDIR/corpus.txt and each suite's
+# folder, for the record
 {
   python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz
   python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz
   python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz
-  cat .gpu/data/SUBSET
+  cat .gpu/data/SUBSET 2>/dev/null || echo "(which shards: not recorded by this staging)"
 } 2>&1 | tee "$out/corpus.txt"
 python3 -m rnnlab doctor
 # the suite's tarball OUTDIR/SUITE.tgz when the suite ends, and OUTDIR/SUITE.partial.tgz every minute
@@ -40,6 +41,7 @@ pack() {  # written aside, then renamed: a cut never leaves a half archive under
 for args in "$@"; do
   suite=${args%% *}
   mkdir -p runs/"$suite"
+  cp "$out/corpus.txt" runs/"$suite"/  # which corpus, in the suite's tarball (suite_carry.sh in keeps it)
   (while sleep 60; do pack "$suite" "$suite.partial.tgz"; done) >/dev/null 2>&1 &
   packer=$!
   # shellcheck disable=SC2086

@@ -17,7 +17,8 @@ mode=data subset=benchmarks/registry_pile_subset.txt corpus=
 while [ $# -gt 0 ]; do
   case $1 in
     --tests|--tilelang) mode=${1#--} ;;
-    --subset) subset=$2 corpus=1; shift ;;
+    --subset) [ $# -ge 2 ] || { echo "stage_gpu.sh: --subset needs a file" >&2; exit 2; }
+              subset=$2 corpus=1; shift ;;
     *) echo "stage_gpu.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -43,17 +44,19 @@ elif [ "$mode" = tilelang ]; then
   # command-line binary, and xz'd they are ~38 MB (stripping the libraries saves nothing), built
   # once into a cache. gpu_env.sh unpacks it into /tmp/site.
   rm -f .gpu/wheels/{causal_conv1d,mamba_ssm,ninja,flashrnn}*.whl
-  pack=${XDG_CACHE_HOME:-$HOME/.cache}/rnnlab/tilelang-0.1.15-site.tar.xz
+  pins="tilelang==0.1.15 apache-tvm-ffi==0.1.12 z3-solver==4.15.4.0 torch-c-dlpack-ext==0.1.5"
+  pack=${XDG_CACHE_HOME:-$HOME/.cache}/rnnlab/tilelang-site-$(echo "$pins" | sha1sum | cut -c1-12).tar.xz
   if [ ! -f "$pack" ]; then
     tmp=$(mktemp -d)
     trap 'rm -rf "$tmp"' EXIT
+    # shellcheck disable=SC2086
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$tmp/wheels" \
-      tilelang==0.1.15 apache-tvm-ffi==0.1.12 z3-solver==4.15.4.0 torch-c-dlpack-ext==0.1.5
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 -d "$tmp/wheels" $pins
     for w in "$tmp"/wheels/*.whl; do unzip -qo "$w" -d "$tmp/site"; done
     rm -rf "$tmp"/site/z3_solver-*.data
     mkdir -p "$(dirname "$pack")"
-    tar cf - -C "$tmp/site" . | xz -T0 -9 > "$pack.tmp" && mv "$pack.tmp" "$pack"
+    tar cf - -C "$tmp/site" . | xz -T0 -9 > "$pack.tmp"
+    mv "$pack.tmp" "$pack"
   fi
   cp "$pack" .gpu/tilelang-site.tar.xz
 fi
@@ -77,7 +80,7 @@ else
   echo "stage_gpu.sh: uncommitted changes or untracked files: commit first, or the runs record no commit" >&2
 fi
 # what a call carries: the tracked and untracked-not-ignored files, plus .gpu (and any other carry)
-tree=$(git ls-files -z --cached --others --exclude-standard | xargs -0 stat -c %s 2>/dev/null | awk '{s+=$1} END {print s+0}')
+tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
 staged=$(du -sb .gpu | cut -f1)
 total=$(( tree + staged ))
 echo ".gpu: $(( staged / 1048576 )) MiB; with the tree: $(( total / 1048576 )) MiB of a call's 64"

@@ -671,7 +671,7 @@ def test_report_dates_its_runs_and_names_seeds_only_when_repeated(tmp_path):
            "a (seed 42 2 times)." in md
 
 
-def test_archived_metrics_read_as_the_plain_file(tmp_path):
+def test_archived_metrics_read_as_the_plain_file(tmp_path, capsys):
     """A finished run kept in results/ with metrics.jsonl xz'd (benchmarks/suite_carry.sh) reads the
     same records; a plain metrics.jsonl beside it wins (a run that trains again writes that one)."""
     import lzma
@@ -688,3 +688,16 @@ def test_archived_metrics_read_as_the_plain_file(tmp_path):
     plain.unlink()
     assert RunDir(tmp_path / "a").metrics() == records
     assert "loss_vs_time.png" in {p.name for p in write_report(tmp_path)["plots"]}
+    RunDir._unarchive(plain)  # what a resumed run does first: it appends to the plain file
+    assert not (tmp_path / "a" / "metrics.jsonl.xz").exists() and RunDir(tmp_path / "a").metrics() == records
+    (tmp_path / "a" / "metrics.jsonl.xz").write_bytes(lzma.compress(plain.read_bytes())[:-20])  # cut short
+    plain.unlink()
+    assert RunDir(tmp_path / "a").metrics() == []
+    assert "metrics.jsonl.xz is unreadable" in capsys.readouterr().err
+
+
+def test_a_run_resumed_on_another_gpu_names_both():
+    from rnnlab.bench.report import describe_device
+
+    env = {"device": "cuda", "gpu": "NVIDIA H200", "earlier_sessions": [{"gpu": "NVIDIA H100 80GB HBM3"}]}
+    assert describe_device([{"env": env, "summary": {}}]) == "NVIDIA H100 80GB HBM3, NVIDIA H200"

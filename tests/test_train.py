@@ -673,3 +673,17 @@ def test_resumed_run_keeps_its_earlier_sessions_provenance(tiny_train, tmp_path,
     assert describe_git(records) == "aaaaaaa (r); bbbbbbb (r)"
     latest = env["started"].replace("T", " ")[:16]
     assert describe_dates(records).startswith(f"runs started 2026-01-01 00:00 to {latest} UTC")
+
+
+def test_overwrite_removes_an_archived_runs_metrics(tiny_train, tmp_path):
+    """--overwrite deletes a finished run's archived metrics.jsonl.xz too (else its records would
+    stand for the new run's until that wrote its first line)."""
+    import lzma
+
+    run_training(tiny_train(tmp_path / "r", steps=2), progress=False)
+    plain = tmp_path / "r" / "metrics.jsonl"
+    (tmp_path / "r" / "metrics.jsonl.xz").write_bytes(lzma.compress(plain.read_bytes()))
+    plain.unlink()
+    run_training(tiny_train(tmp_path / "r", steps=3, overwrite=True), progress=False)
+    assert not (tmp_path / "r" / "metrics.jsonl.xz").exists()
+    assert [r["step"] for r in RunDir(tmp_path / "r").metrics()] == [1, 2, 3]

@@ -185,7 +185,7 @@ def loss_and_bpb_figure(curves, colors):
 def held_out_label(curves) -> str:
     """The held-out axis label, naming how many bytes each point scored (the same for all: a
     curve drawn on a prefix of the split, ``--curve-eval-bytes``, says so)."""
-    scored = set().union(set(), *(c["bytes"] for c in curves.values())) - {None}
+    scored = set().union(*(c["bytes"] for c in curves.values())) - {None}
     if len(scored) == 1:
         return f"held-out bits per byte ({next(iter(scored)):,} bytes)"
     return "held-out bits per byte" + (" (bytes scored vary)" if scored else "")

@@ -357,6 +357,12 @@ def sweep_table(rows: list[dict[str, Any]], axes: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ header
+def sessions(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The environments a run trained in, oldest first: its earlier sessions' (a resumed run,
+    ``rundir.SESSION_KEYS``), then env.json's own."""
+    return [*record["env"].get("earlier_sessions", []), record["env"]]
+
+
 def describe_device(records: list[dict[str, Any]]) -> str:
     seen = []
     for r in records:
@@ -371,8 +377,10 @@ def describe_device(records: list[dict[str, Any]]) -> str:
             text = f"CPU ({threads} threads)" if threads else "CPU"
         else:
             text = str(dev)
-        if text not in seen:
-            seen.append(text)
+        gpus = [x.get("gpu") for x in sessions(r)[:-1]] if text == env.get("gpu") else []
+        for t in [*filter(None, gpus), text]:  # a run resumed on another GPU names both
+            if t not in seen:
+                seen.append(t)
     if seen:
         return ", ".join(seen)
     try:
@@ -406,7 +414,7 @@ def describe_git(records: list[dict[str, Any]]) -> str:
     recorded none; without any, the commit of the code writing the report, labelled so."""
     by_commit: dict[str, list[str]] = {}
     for r in records:
-        for session in [*r["env"].get("earlier_sessions", []), r["env"]]:  # a resumed run: each session's
+        for session in sessions(r):  # a resumed run: each session's
             c = _describe_commit(session.get("git_sha"), session.get("git_dirty")) or "none recorded"
             if r["dir"] not in by_commit.setdefault(c, []):
                 by_commit[c].append(r["dir"])
@@ -510,8 +518,7 @@ def run_seed(record: dict[str, Any]) -> int | None:
 def describe_dates(records: list[dict[str, Any]]) -> str:
     """When the runs started (env.json; first to last) and when this report was written."""
     written = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    started = sorted(s["started"] for r in records for s in [*r["env"].get("earlier_sessions", []), r["env"]]
-                     if s.get("started"))
+    started = sorted(s["started"] for r in records for s in sessions(r) if s.get("started"))
     if not started:
         return f"report written {written}"
     span = [s.replace("T", " ")[:16] for s in (started[0], started[-1])]

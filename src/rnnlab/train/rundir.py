@@ -14,7 +14,8 @@ analyses all go through it.
     .lock           the writer lock; records the pid, host and start time of its holder
     wandb/, wandb-id.txt   Weights & Biases files and run id (``--wandb`` only)
 
-A folder *holds a run* when any of config.json, summary.json, metrics.jsonl or ckpt/ exists;
+A folder *holds a run* when any of config.json, summary.json, metrics.jsonl or ckpt/ exists (an
+archived run keeps its config.json and summary.json);
 the run is *complete* when summary.json says so. Rules for training into a folder
 (``prepare``), all checked while holding the lock, before anything is written:
 
@@ -46,6 +47,7 @@ from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 CONFIG = "config.json"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
+METRICS_XZ = METRICS + ".xz"  # a finished run archived in results/ (benchmarks/suite_carry.sh)
 EVALS = "eval.jsonl"
 SUMMARY = "summary.json"
 CKPT = "ckpt"
@@ -53,7 +55,8 @@ TB = "tb"
 LOCK = ".lock"
 WANDB = "wandb"  # Weights & Biases keeps its files here (--wandb)
 WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its W&B run
-RUN_FILES = (CONFIG, ENV, METRICS, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
+SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu")  # what env.json keeps of a resumed run's earlier sessions
+RUN_FILES = (CONFIG, ENV, METRICS, METRICS_XZ, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
 
 
 def warn(message: str) -> None:
@@ -81,7 +84,10 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     try:
         archived = packed.exists() and not path.exists()
         lines = (lzma.decompress(packed.read_bytes()).decode() if archived else path.read_text()).splitlines()
-    except (OSError, lzma.LZMAError, UnicodeDecodeError):
+    except OSError:
+        return []
+    except (lzma.LZMAError, UnicodeDecodeError) as e:
+        warn(f"{packed} is unreadable ({e}); its records are left out")
         return []
     out = []
     for line in lines:
@@ -346,11 +352,12 @@ class RunDir:
         earlier sessions' start, commit and GPU in env.json's ``earlier_sessions``."""
         if resumed_step is not None:
             for name in (METRICS, EVALS):
+                self._unarchive(self.file(name))
                 self._truncate(self.file(name), resumed_step)
             before = self.env() or {}
             if before.get("started"):
                 env = {**env, "earlier_sessions": before.get("earlier_sessions", []) + [
-                    {k: before.get(k) for k in ("started", "git_sha", "git_dirty", "gpu")}]}
+                    {k: before.get(k) for k in SESSION_KEYS}]}
         # how this session was started is no part of the run: a config.json reused as --config
         # must not resume or delete anything
         write_json(self.file(CONFIG), {**cfg.to_dict(), "resume": False, "overwrite": False})
@@ -362,6 +369,14 @@ class RunDir:
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.file(SUMMARY), summary)
+
+    @staticmethod
+    def _unarchive(path: Path) -> None:
+        """An archived ``PATH.xz`` back to ``PATH``, so a resumed run appends to its records."""
+        packed = Path(f"{path}.xz")
+        if packed.exists() and not path.exists():
+            write_atomic(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path)))
+            packed.unlink()
 
     @staticmethod
     def _truncate(path: Path, max_step: int) -> None:
