@@ -84,7 +84,8 @@ def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     curves = {}
     for r in records:
         run = RunDir(r["path"])
-        metrics = [{**x, "clock_s": budget_clock(x)} for x in run.metrics() if x.get("loss") is not None]
+        metrics = [{**x, "clock_s": budget_clock(x.get("elapsed_s"), x.get("warmup_s"))}
+                   for x in run.metrics() if x.get("loss") is not None]
         elapsed = {x["step"]: x["clock_s"] for x in metrics}
         evals = run.evals()
 

@@ -91,12 +91,10 @@ def scalars(kind: str, record: dict[str, Any]) -> dict[str, float]:
             if key not in NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
-def budget_clock(record: dict[str, Any]) -> float | None:
-    """A metrics record's training time as a ``--minutes`` budget counts it: ``elapsed_s`` without
-    each process's first steps (``warmup_s``: compilation, autotuning); None without a time."""
-    if record.get("elapsed_s") is None:
-        return None
-    return record["elapsed_s"] - (record.get("warmup_s") or 0.0)
+def budget_clock(elapsed_s: float | None, warmup_s: float | None) -> float | None:
+    """Training time as a ``--minutes`` budget counts it: ``elapsed_s`` without each process's
+    first steps (``warmup_s``: compilation, autotuning); None without a time."""
+    return None if elapsed_s is None else elapsed_s - (warmup_s or 0.0)
 
 
 def flat_config(cfg) -> dict[str, bool | int | float | str]:
@@ -266,7 +264,8 @@ class LogLines(Tracker):
         if self.total is not None:
             eta = (self.total - r["step"]) * pace
         else:
-            eta = max(0.0, self.budget_s - budget_clock(r)) if self.budget_s is not None else None
+            spent = budget_clock(r["elapsed_s"], r.get("warmup_s"))
+            eta = max(0.0, self.budget_s - spent) if self.budget_s is not None else None
         parts = [f"step {r['step']}" + (f"/{self.total}" if self.total else ""), f"loss {r['loss']:.4f}",
                  f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:.3g}", f"tok/s {tok_s:,.0f}"]
         if r["peak_mem_gib"] is not None:

@@ -41,7 +41,7 @@ from rnnlab.ops.dtypes import autocast
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError
 from rnnlab.train.config import TrainConfig
-from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
+from rnnlab.train.metrics import RunLogger, Throughput, budget_clock, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, evaluate_run,
@@ -330,7 +330,7 @@ class Trainer:
     def budget_spent(self) -> bool:
         kind, value = self.cfg.budget.chosen()
         if kind == "minutes":  # compilation (the warm-up steps) is not part of the race
-            return self.state.elapsed_s - self.state.warmup_s >= value * 60
+            return budget_clock(self.state.elapsed_s, self.state.warmup_s) >= value * 60
         return self.state.step >= self.cfg.max_steps()
 
     def due(self, every: int) -> bool:
