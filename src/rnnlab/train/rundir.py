@@ -47,7 +47,8 @@ from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 CONFIG = "config.json"
 ENV = "env.json"
 METRICS = "metrics.jsonl"
-METRICS_XZ = METRICS + ".xz"  # a finished run archived in results/ (benchmarks/suite_carry.sh)
+ARCHIVED = ".xz"  # the suffix of a finished run's records archived in results/ (benchmarks/suite_carry.sh)
+METRICS_XZ = METRICS + ARCHIVED
 EVALS = "eval.jsonl"
 SUMMARY = "summary.json"
 CKPT = "ckpt"
@@ -77,10 +78,15 @@ def read_json(path: Path) -> Any:
         return None
 
 
+def archived_path(path: Path) -> Path:
+    """Where a run file lives once archived (xz'd)."""
+    return Path(f"{path}{ARCHIVED}")
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file, or of ``PATH.xz`` when only that exists (a finished run
     archived in results/, benchmarks/suite_carry.sh); unreadable lines skipped; [] when missing."""
-    path, packed = Path(path), Path(f"{path}.xz")
+    path, packed = Path(path), archived_path(path)
     try:
         archived = packed.exists() and not path.exists()
         lines = (lzma.decompress(packed.read_bytes()).decode() if archived else path.read_text()).splitlines()
@@ -373,7 +379,7 @@ class RunDir:
     @staticmethod
     def _unarchive(path: Path) -> None:
         """An archived ``PATH.xz`` back to ``PATH``, so a resumed run appends to its records."""
-        packed = Path(f"{path}.xz")
+        packed = archived_path(path)
         if packed.exists() and not path.exists():
             write_atomic(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path)))
             packed.unlink()
