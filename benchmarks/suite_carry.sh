@@ -7,8 +7,9 @@
 #       metrics, which with the corpus and the wheels would not fit)
 #   bash benchmarks/suite_carry.sh in SUITE.tgz RESULTS_DIR
 #       bring the call's runs back (benchmarks/run_suites_gpu.sh's tarball) into RESULTS_DIR (made
-#       if new): the call's suite.json and corpus.txt, its logs, and each run folder it trained (it
-#       has metrics.jsonl), run locks left behind and metrics.jsonl xz'd (~8x smaller; every reader
+#       if new): the call's suite.json merged into the kept one (benchmarks/merge_suite_json.py: no
+#       command or run of another call is lost), its corpus.txt and logs, and each run folder it
+#       trained (it has metrics.jsonl), run locks left behind and metrics.jsonl xz'd (~8x smaller; every reader
 #       takes metrics.jsonl.xz, rundir.read_jsonl: results/ travels with every call); then
 #       `rnnlab report RESULTS_DIR` redraws the report from every run
 set -euo pipefail
@@ -46,7 +47,7 @@ case ${1:-} in
       die "$tgz is suite $(suite_of "$src/suite.json"), $results holds $(suite_of "$results/suite.json")"
     fi
     mkdir -p "$results/logs"
-    cp "$src/suite.json" "$results/"
+    python3 "$(dirname "$0")/merge_suite_json.py" "$results/suite.json" "$src/suite.json"
     [ ! -f "$src/corpus.txt" ] || cp "$src/corpus.txt" "$results/"
     [ ! -d "$src/logs" ] || cp -r "$src/logs/." "$results/logs/"
     for metrics in "$src"/*/metrics.jsonl; do

@@ -701,3 +701,44 @@ def test_a_run_resumed_on_another_gpu_names_both():
 
     env = {"device": "cuda", "gpu": "NVIDIA H200", "earlier_sessions": [{"gpu": "NVIDIA H100 80GB HBM3"}]}
     assert describe_device([{"env": env, "summary": {}}]) == "NVIDIA H100 80GB HBM3, NVIDIA H200"
+
+
+def test_suite_carry_in_keeps_the_commands_and_runs_of_calls_that_started_from_one_copy(tmp_path):
+    """Two GPU calls continue a suite from the same slim copy; bringing both back
+    (benchmarks/suite_carry.sh in) keeps both calls' commands and runs, in the suite's order; a
+    repeated command (a resume) is listed once, with its latest date; a GPU recorded earlier stays."""
+    import subprocess
+    import tarfile
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def run(name, d, seed, gpu=None):
+        entry = {"name": name, "seed": seed, "dir": d, "params": 1, "model": {"model": name}}
+        return entry if gpu is None else {**entry, "gpu": gpu}
+
+    def inv(cmd, written):
+        return {"command": cmd, "options": {"runs": cmd}, "written": written}
+
+    kept = {"suite": "s", "invocations": [inv("a", "2026-01-01T00:00:00Z")],
+            "runs": [run("m", "m", None, "0"), run("e1", "e1", None, "1")]}
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "suite.json").write_text(json.dumps(kept))
+    calls = [("b", "2026-01-02T00:00:00Z", "e1-s43", 43), ("c", "2026-01-03T00:00:00Z", "e1-s44", 44),
+             ("c", "2026-01-04T00:00:00Z", "e1-s44", 44)]
+    for i, (cmd, written, d, seed) in enumerate(calls):
+        call = tmp_path / f"call{i}" / "s"
+        (call / d).mkdir(parents=True)
+        (call / d / "metrics.jsonl").write_text('{"step": 1}\n')
+        doc = {**kept, "invocations": kept["invocations"] + [inv(cmd, written)],
+               "runs": [kept["runs"][0], run("e1", "e1", None), run("e1", d, seed)]}
+        (call / "suite.json").write_text(json.dumps(doc))
+        with tarfile.open(tmp_path / f"call{i}.tgz", "w:gz") as tar:
+            tar.add(call, arcname="s")
+        subprocess.run(["bash", str(repo / "benchmarks/suite_carry.sh"), "in", str(tmp_path / f"call{i}.tgz"),
+                        str(results)], check=True, capture_output=True)
+    merged = json.loads((results / "suite.json").read_text())
+    assert [(c["command"], c["written"][8:10]) for c in merged["invocations"]] == [("a", "01"), ("b", "02"), ("c", "04")]
+    assert [(r["dir"], r.get("gpu")) for r in merged["runs"]] == [("m", "0"), ("e1", "1"), ("e1-s43", None),
+                                                                  ("e1-s44", None)]
+    assert (results / "e1-s43" / "metrics.jsonl.xz").exists() and (results / "e1-s44" / "metrics.jsonl.xz").exists()

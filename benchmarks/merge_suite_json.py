@@ -1,0 +1,52 @@
+"""Merge a GPU call's suite.json into the one kept in results/ (benchmarks/suite_carry.sh in).
+
+    python3 benchmarks/merge_suite_json.py RESULTS/suite.json CALL/suite.json
+
+Calls that continue a suite each carry a slim copy taken from results/ before they start; when two
+calls start from the same copy (the second before the first came back), each call's suite.json
+lacks the other's command and runs. Copying the later one over results/ would drop them: the
+merge keeps every command (oldest first; one command repeated, as a resume, once with its latest
+date, as ``rnnlab bench`` lists it) and every run (the call's entry where both have one, keeping
+the GPU the older entry recorded if the call's lacks it), runs in the suite's order then by seed.
+Plain json only: it runs where the package's dependencies are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def merge(kept: dict, call: dict) -> dict:
+    """``call``'s suite.json with ``kept``'s commands and runs that it lacks."""
+    calls: dict[tuple, dict] = {}
+    for inv in kept.get("invocations", []) + call.get("invocations", []):
+        key = (inv.get("command"), json.dumps(inv.get("options"), sort_keys=True))
+        if key not in calls or (inv.get("written") or "") >= (calls[key].get("written") or ""):
+            calls[key] = inv
+    runs = {r["dir"]: r for r in kept.get("runs", [])}
+    for r in call.get("runs", []):
+        old = runs.get(r["dir"], {})
+        runs[r["dir"]] = {**r, "gpu": old["gpu"]} if "gpu" in old and "gpu" not in r else r
+    names: list[str] = []
+    for r in call.get("runs", []) + kept.get("runs", []):
+        if r["name"] not in names:
+            names.append(r["name"])
+    order = sorted(runs.values(), key=lambda r: (names.index(r["name"]), -1 if r.get("seed") is None else r["seed"]))
+    return {**call, "invocations": sorted(calls.values(), key=lambda c: c.get("written") or ""), "runs": order}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: merge_suite_json.py RESULTS/suite.json CALL/suite.json", file=sys.stderr)
+        return 2
+    kept_path, call_path = map(Path, argv)
+    call = json.loads(call_path.read_text())
+    kept = json.loads(kept_path.read_text()) if kept_path.exists() else {}
+    kept_path.write_text(json.dumps(merge(kept, call), indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
