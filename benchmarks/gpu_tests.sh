@@ -26,11 +26,12 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( share > 0 ? share : 1 ))}
 # what the record is of: the commit (gpu_env.sh), the date, the GPUs and cores
 echo "${RNNLAB_GIT_COMMIT:-unknown (stage with benchmarks/stage_gpu.sh after committing)}" > "$out/commit.txt"
 date -u > "$out/date.txt"
-{ nvidia-smi -L; echo "$(nproc) CPU cores"; } > "$out/device.txt" 2>&1
+{ nvidia-smi -L; echo "$(nproc --all) CPU cores"; } > "$out/device.txt" 2>&1
 export RNNLAB_TEST_RECORD=$out  # test_times.tsv and failures.txt, written as each test ends (tests/conftest.py)
 : > "$out/test_times.tsv"; : > "$out/failures.txt"  # this run's only
 python3 -m pytest -m gpu -v -p no:cacheprovider -n "$workers" \
   --timeout "${GPU_TEST_TIMEOUT:-240}" -rfE --tb=short --durations=10 "$@" > "$out/gpu_tests.txt" 2>&1
 rc=$?
+save_compile_cache "$out"
 grep -E "FAILED|ERROR|passed|failed" "$out/gpu_tests.txt" | tail -40
 exit $rc

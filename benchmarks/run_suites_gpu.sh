@@ -13,6 +13,8 @@
 # Runs already complete in runs/<suite>/ are skipped: carry a slim copy of the suite kept in results/
 # (`bash benchmarks/suite_carry.sh out results/X runs/<suite>`, carry runs/<suite>) and bring the
 # call's runs back with `bash benchmarks/suite_carry.sh in OUTDIR/<suite>.tgz results/X`.
+# The compilers' caches come back as OUTDIR/compile-cache.tar.xz (gpu_env.sh): stage the next call
+# with `stage_gpu.sh ... --compile-cache FILE` to skip most compilation.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
 # (benchmarks/gpu_tests.sh).
 # BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
@@ -53,6 +55,7 @@ for args in "$@"; do
   pack "$suite" "$suite.tgz"
   rm -f "$out/$suite.partial.tgz"
 done
+save_compile_cache "$out"
 if [ -n "${GPU_TESTS:-}" ]; then
   # shellcheck disable=SC2086
   bash benchmarks/gpu_tests.sh "$out" $GPU_TESTS || true

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Stage what a GPU call needs under .gpu/ (git-ignored; carry it with the call).
-# Usage: bash benchmarks/stage_gpu.sh SHARED_DIR [--tests | --tilelang] [--subset FILE]
+# Usage: bash benchmarks/stage_gpu.sh SHARED_DIR [--tests | --tilelang] [--subset FILE] [--compile-cache FILE]
 # (SHARED_DIR: the folder holding wheels/ and data/)
 #   (default)        the wheels (flashrnn only for benchmarks/bench_peers.py) and the registry-pile
 #                    shards of --subset FILE (default benchmarks/registry_pile_subset.txt), compressed,
@@ -9,16 +9,19 @@
 #   --tilelang       fla with its TileLang stack for Gated DeltaNet's backward on Hopper (below), no
 #                    Mamba2 wheels; with --subset also that corpus (GDN's suite runs: only a small
 #                    subset fits beside the stack, benchmarks/registry_pile_subset_small.txt)
+#   --compile-cache FILE  an earlier call's compile-cache.tar.xz (gpu_env.sh): the compilers start warm
 # A call carries at most 64 MiB with the tree: the script says when the staged set does not fit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=$1; shift
-mode=data subset=benchmarks/registry_pile_subset.txt corpus=
+mode=data subset=benchmarks/registry_pile_subset.txt corpus= cache=
 while [ $# -gt 0 ]; do
   case $1 in
     --tests|--tilelang) mode=${1#--} ;;
     --subset) [ $# -ge 2 ] || { echo "stage_gpu.sh: --subset needs a file" >&2; exit 2; }
               subset=$2 corpus=1; shift ;;
+    --compile-cache) [ $# -ge 2 ] && [ -f "$2" ] || { echo "stage_gpu.sh: --compile-cache needs a file" >&2; exit 2; }
+                     cache=$2; shift ;;
     *) echo "stage_gpu.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -69,6 +72,7 @@ if [ -n "$corpus" ]; then
   xz -kc "$shared/data/eval/wikitext2_raw_test.txt" > .gpu/data/wikitext2_raw_test.txt.xz
   cp "$subset" .gpu/data/SUBSET  # which shards, for the record
 fi
+[ -z "$cache" ] || cp "$cache" .gpu/compile-cache.tar.xz
 # the commit of the tree sent (the GPU machine's copy of .git is stale): HEAD, every tracked file's
 # hash and the list of files; gpu_env.sh there checks both and records the commit in each run's
 # env.json (RNNLAB_GIT_COMMIT). Stage after committing: a tree with uncommitted changes or untracked
