@@ -2,7 +2,7 @@
 reference configurations, every model in the compile modes that can be its fastest, in one run.
 
     python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
-                                      [--json results/x/models.json]
+                                      [--profile] [--json results/x/models.json]
 
 Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1), T=512, the same random
 bytes and the same initial weights (seed 0) for every mode of a model; ``--warmup`` steps (at
@@ -24,6 +24,11 @@ modes given by ``--compile`` (``off`` = eager, ``default``, ``reduce-overhead``)
 within ``LOSS_TOL`` (same weights, same batches; the GPU tests check compiled vs eager more
 tightly on small models). The table gives each row's ratio to the fastest correct Mamba2 mode
 of rnnlab in the same run.
+
+``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` and adds
+the GPU time per step by kind of kernel (``KERNEL_KINDS``: matmuls, the sequence mixer's kernels,
+Inductor's fused elementwise work, the optimizer, other) and the costliest kernels: where a
+model's step goes, for the kernel work on MFU (docs/kernels.md).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps and
 ``max_memory_reserved``; under ``reduce-overhead`` the CUDA graphs' memory pool is reserved, not
@@ -71,7 +76,7 @@ MODELS = [
     ("minLSTM 2880x16", dict(model="minlstm", dim=2880, depth=16), [OFF, DEFAULT]),
     ("E16 s4 1024x10 e2", dict(model="e16", dim=1024, depth=10,
                                 layer={"expansion": 2.0, "state_expansion": 4}), [OFF, DEFAULT]),
-    # the equal-time race's configs (suites/race-400m.toml); not measured yet
+    # the equal-time race's configs (suites/race-400m.toml); first measured in results/e88-gdn-speed-h200
     ("E88 50x32 d31", dict(model="e88", dim=1600, depth=31), [OFF, DEFAULT, RO]),
     ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
 ]
@@ -115,6 +120,41 @@ def build(cfgd: dict) -> nn.Module:
     return LM(ModelConfig(**cfgd))
 
 
+# Kinds of GPU kernel in a training step, by name (first match wins): the projections' matrix
+# products (cuBLAS / CUTLASS, Inductor's matmul templates), the sequence mixers' own kernels
+# (rnnlab's scans, mamba_ssm's and fla's chunk kernels, the causal convolution), Inductor's fused
+# elementwise and reduction kernels, the optimizer's multi-tensor kernels; the rest (eager
+# elementwise, copies, reductions, and names not listed here, e.g. TileLang's) is "other": the
+# breakdown's top kernels name them.
+KERNEL_KINDS = [
+    ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "triton_tem_")),
+    ("mixer", ("_scan_fwd", "_scan_bwd", "_diag_fwd", "_diag_bwd", "_heads_fwd", "_heads_bwd", "_dense_step",
+               "_e88_fwd", "_e88_bwd", "elman_persistent", "_chunk_", "_state_passing", "_bmm_chunk",
+               "causal_conv1d", "chunk_", "fused_recurrent", "flash")),
+    ("fused elementwise (Inductor)", ("triton_",)),
+    ("optimizer", ("multi_tensor_apply", "foreach")),
+]
+PROFILE_STEPS = 2
+
+
+def kernel_kind(name: str) -> str:
+    low = name.lower()
+    return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def kernel_breakdown(kernels: list[tuple[str, float, int]], steps: int) -> dict:
+    """GPU milliseconds per step by kind of kernel and the 12 costliest kernels, from
+    ``(name, total ms, launches)`` over ``steps`` profiled steps."""
+    kinds: dict[str, float] = {}
+    for name, ms, _ in kernels:
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms / steps
+    top = sorted(kernels, key=lambda k: -k[1])[:12]
+    return {"gpu_ms_per_step": round(sum(kinds.values()), 2),
+            "by_kind_ms": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+            "top": [{"kernel": n[:120], "kind": kernel_kind(n), "ms_per_step": round(ms / steps, 3),
+                     "launches_per_step": c / steps} for n, ms, c in top]}
+
+
 def graph_stats() -> dict:
     from torch._dynamo.utils import counters
 
@@ -122,8 +162,9 @@ def graph_stats() -> dict:
             "graphs": counters["stats"]["unique_graphs"]}
 
 
-def bench(name, cfgd, B, T, steps, warmup, mode):
-    """Train ``steps + warmup`` steps of one model in one mode; returns the row."""
+def bench(name, cfgd, B, T, steps, warmup, mode, profile=False):
+    """Train ``steps + warmup`` steps of one model in one mode; returns the row (with ``profile``,
+    also the GPU time per step by kind of kernel, from ``PROFILE_STEPS`` more steps)."""
     import schedulefree
 
     torch.manual_seed(0)
@@ -137,6 +178,13 @@ def bench(name, cfgd, B, T, steps, warmup, mode):
     opt.train()
     g = torch.Generator(device="cuda").manual_seed(0)
     batches = [torch.randint(0, 256, (B, T + 1), device="cuda", generator=g) for _ in range(4)]
+    def step(x):
+        loss = fwd(x[:, :-1], x[:, 1:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return loss
+
     times, losses = [], []
     for i in range(warmup + steps):
         if i == warmup:
@@ -145,10 +193,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode):
         x = batches[i % len(batches)]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = fwd(x[:, :-1], x[:, 1:])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        loss = step(x)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
@@ -160,6 +205,17 @@ def bench(name, cfgd, B, T, steps, warmup, mode):
                first_step_s=round(times[0], 2), losses=[round(v, 5) for v in losses])
     if mode is not OFF:
         row.update(graph_stats())
+    if profile:  # after the timed steps, so the profiler's own cost stays out of tok/s
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for i in range(PROFILE_STEPS):
+                step(batches[i % len(batches)])
+            torch.cuda.synchronize()
+        kernels = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0]
+        row["profile"] = kernel_breakdown(kernels, PROFILE_STEPS)
     del model, fwd, opt, batches
     torch._dynamo.reset()
     gc.collect()
@@ -230,6 +286,15 @@ def print_table(meta: dict, rows: list[dict]) -> None:
           f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode")
 
 
+def print_profiles(rows: list[dict]) -> None:
+    for r in rows:
+        if "profile" in r:
+            prof = r["profile"]
+            kinds = ", ".join(f"{k} {v:.1f}" for k, v in prof["by_kind_ms"].items())
+            print(f"{r['name']} ({r['mode']}): GPU {prof['gpu_ms_per_step']:.1f} ms per step of "
+                  f"{r['step_ms']:.1f}: {kinds}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batches", type=int, nargs="+", default=[32])
@@ -241,6 +306,8 @@ def main(argv=None):
                         "reduce-overhead)")
     p.add_argument("--only", nargs="+", default=None, help="keep models whose name contains any of these")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
+    p.add_argument("--profile", action="store_true",
+                   help=f"after each row's timed steps, profile {PROFILE_STEPS} more: GPU time per step by kind of kernel")
     p.add_argument("--json", default=None)
     p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
     args = p.parse_args(argv)
@@ -259,7 +326,7 @@ def main(argv=None):
             for mode in ([MODE_NAMES[m] for m in args.compile] if args.compile else modes):
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
                 try:
-                    r = bench(name, cfgd, B, args.T, args.steps, warmup, mode)
+                    r = bench(name, cfgd, B, args.T, args.steps, warmup, mode, args.profile)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
                     r = dict(name=name, mode="eager" if mode is OFF else mode, config=cfgd, B=B, T=args.T,
                              error=f"{type(e).__name__}: {e}")
@@ -272,6 +339,7 @@ def main(argv=None):
                     Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     annotate(rows, peak)
     print_table(meta, rows)
+    print_profiles(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
 

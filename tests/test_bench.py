@@ -742,3 +742,25 @@ def test_suite_carry_in_keeps_the_commands_and_runs_of_calls_that_started_from_o
     assert [(r["dir"], r.get("gpu")) for r in merged["runs"]] == [("m", "0"), ("e1", "1"), ("e1-s43", None),
                                                                   ("e1-s44", None)]
     assert (results / "e1-s43" / "metrics.jsonl.xz").exists() and (results / "e1-s44" / "metrics.jsonl.xz").exists()
+
+
+def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
+    """bench_models.py --profile: each kernel name lands in its kind (the first listed kind that
+    matches), per-step milliseconds add up, the costliest kernels come first."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_models", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py")
+    bm = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bm)
+    kernels = [("sm90_xmma_gemm_bf16bf16_bf16f32", 40.0, 20), ("nvjet_tst_128x256_64x4", 20.0, 10),
+               ("triton_tem_fused_mm_0", 2.0, 2), ("_heads_fwd", 10.0, 62), ("elman_persistent<bf16>", 8.0, 52),
+               ("_chunk_scan_fwd_kernel", 6.0, 44), ("triton_poi_fused_silu_mul_3", 4.0, 100),
+               ("multi_tensor_apply_kernel<...>", 3.0, 6), ("vectorized_elementwise_kernel<4>", 1.0, 8)]
+    out = bm.kernel_breakdown(kernels, steps=2)
+    assert out["by_kind_ms"] == {"matmul": 31.0, "mixer": 12.0, "fused elementwise (Inductor)": 2.0,
+                                 "optimizer": 1.5, "other": 0.5}
+    assert out["gpu_ms_per_step"] == 47.0
+    assert [t["kernel"] for t in out["top"][:2]] == ["sm90_xmma_gemm_bf16bf16_bf16f32", "nvjet_tst_128x256_64x4"]
+    assert out["top"][3] == {"kernel": "elman_persistent<bf16>", "kind": "mixer", "ms_per_step": 4.0,
+                             "launches_per_step": 26.0}
