@@ -256,13 +256,28 @@ def matrix_state_cells(add, B, T, reps, bw):
         g = torch.empty(B, T, H, device=dev).uniform_(lo, hi)
         return [t.requires_grad_() for t in (q, k, v, g)], torch.randn(B, T, H, V, device=dev, dtype=dt)
 
+    from rnnlab.ops.e88 import triton as e88_kernel
+
     for H in (50, 49):
         def mk(H=H):
             ins, gy = inputs(H, 32, 32, 0.8, 1.0)
             return (lambda q, k, v, d: e88_scan(q, k, v, d, None, backend="triton")), ins, gy
 
         floor = B * T * H * (2 * (3 * 32 + 32) * el + 2 * 4 + 2 * (3 * 32 + 32) * el) / bw * 1e3
-        add("E88 triton", f"B{B} T{T} {H}x32x32", fwd_bwd(mk, reps), floor, "checkpoint every 16")
+        add("E88 triton", f"B{B} T{T} {H}x32x32", fwd_bwd(mk, reps), floor, "checkpoint every 16, default launch")
+        if H != 50:
+            continue
+        # the launch and checkpoint choices at the race's layer, beside the default: warps per
+        # program (1: a column of S per lane; 2: the launch before 2026-12-01) and the checkpoint
+        # interval (the backward's per-program scratch is C states: 8 halves its L2 footprint and
+        # doubles the checkpoints' memory)
+        for warps, every in ((2, 16), (1, 8), (2, 8)):
+            def mkv(warps=warps, every=every):
+                ins, gy = inputs(50, 32, 32, 0.8, 1.0)
+                return (lambda q, k, v, d: e88_kernel.e88_scan(q, k, v, d, None, every, warps)), ins, gy
+
+            add("E88 triton", f"B{B} T{T} 50x32x32", fwd_bwd(mkv, reps), floor,
+                f"checkpoint every {every}, {warps} warp{'s' if warps > 1 else ''}")
 
     def mkg():
         ins, gy = inputs(13, 128, 256, -0.3, 0.0)

@@ -37,7 +37,7 @@ CHECKPOINT_EVERY = 16  # the reference study's interval: 1/16 of the states' mem
 
 
 @triton.jit
-def _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row, rn, rm, mn, mm, N, M, valid):
+def _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row, rn, rm, mn, mm, N: tl.constexpr, M: tl.constexpr, valid):
     """Step inputs at ``row`` (= (b*T + t)*H + h) as fp32; zeros where ``valid`` is false."""
     k = tl.load(k_ptr + row * N + rn, mask=mn & valid, other=0.0).to(tl.float32)
     v = tl.load(v_ptr + row * M + rm, mask=mm & valid, other=0.0).to(tl.float32)
@@ -47,7 +47,7 @@ def _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row, rn, rm, mn, mm, N, M, valid):
 
 
 @triton.jit
-def _program(T, H, N, M, BN: tl.constexpr, BM: tl.constexpr):
+def _program(T, H, N: tl.constexpr, M: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr):
     """This program's ``b * H + h``, its row of (b, t=0, h) in ``[B*T*H]`` (step t adds t*H), the
     state's lanes and masks and the offsets of a ``[n, m]`` state."""
     bh = tl.program_id(0).to(tl.int64)
@@ -60,7 +60,7 @@ def _program(T, H, N, M, BN: tl.constexpr, BM: tl.constexpr):
 
 
 @triton.jit
-def _e88_fwd(q_ptr, k_ptr, v_ptr, d_ptr, s0_ptr, y_ptr, ck_ptr, sT_ptr, T, H, N, M,
+def _e88_fwd(q_ptr, k_ptr, v_ptr, d_ptr, s0_ptr, y_ptr, ck_ptr, sT_ptr, T, H, N: tl.constexpr, M: tl.constexpr,
              HAS_S0: tl.constexpr, SAVE: tl.constexpr, C: tl.constexpr, BN: tl.constexpr,
              BM: tl.constexpr, FAST: tl.constexpr):
     bh, row0, rn, rm, mn, mm, s_off, s_mask = _program(T, H, N, M, BN, BM)
@@ -86,7 +86,7 @@ def _e88_fwd(q_ptr, k_ptr, v_ptr, d_ptr, s0_ptr, y_ptr, ck_ptr, sT_ptr, T, H, N,
 
 @triton.jit
 def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
-             dq_ptr, dk_ptr, dv_ptr, dd_ptr, ds0_ptr, T, H, N, M,
+             dq_ptr, dk_ptr, dv_ptr, dd_ptr, ds0_ptr, T, H, N: tl.constexpr, M: tl.constexpr,
              HAS_DST: tl.constexpr, C: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
              FAST: tl.constexpr):
     bh, row0, rn, rm, mn, mm, s_off, s_mask = _program(T, H, N, M, BN, BM)
@@ -120,7 +120,7 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
             r = tl.sum(S_p * k[:, None], axis=0)
             dv = tl.sum(dP * k[:, None], axis=0)
             dq = tl.sum(S_t * dy[None, :], axis=1)
-            dk = tl.sum(dP * (v - r)[None, :], axis=1) - tl.sum(S_p * dv[None, :], axis=1)
+            dk = tl.sum(dP * (v - r)[None, :] - S_p * dv[None, :], axis=1)
             dd = tl.sum(dP * S_p)
             tl.store(dq_ptr + row * N + rn, dq.to(dq_ptr.dtype.element_ty), mask=mn & valid)
             tl.store(dk_ptr + row * N + rn, dk.to(dk_ptr.dtype.element_ty), mask=mn & valid)
@@ -131,16 +131,19 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
     tl.store(ds0_ptr + bh * N * M + s_off, dS, mask=s_mask)
 
 
-def _launch(q: torch.Tensor, M: int) -> dict:
-    """Block sizes, warps and the tanh form for states ``[n, m]`` of inputs like ``q``."""
+def _launch(q: torch.Tensor, M: int, num_warps: int | None) -> dict:
+    """Block sizes, warps and the tanh form for states ``[n, m]`` of inputs like ``q``. By default
+    one warp per 1024 state elements (32 per lane): at n = m = 32 one warp holds a whole column
+    of S in each lane, so the forward's sums over n stay in registers (no shared memory, no
+    barrier), and 1600 programs of ~130 registers fit the GPU at once (docs/kernels.md)."""
     BN, BM = triton.next_power_of_2(q.shape[-1]), triton.next_power_of_2(M)
     fast = q.dtype != torch.float32 and q.is_cuda and not os.environ.get("TRITON_INTERPRET")
-    return dict(BN=BN, BM=BM, FAST=fast, num_warps=max(1, min(8, BN * BM // 512)))
+    return dict(BN=BN, BM=BM, FAST=fast, num_warps=num_warps or max(1, min(8, BN * BM // 1024)))
 
 
 class _E88Scan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, decay, S0, checkpoint_every, save):
+    def forward(ctx, q, k, v, decay, S0, checkpoint_every, num_warps, save):
         q, k, v, decay = (t.contiguous() for t in (q, k, v, decay))
         B, T, H, N = q.shape
         M = v.shape[-1]
@@ -148,7 +151,7 @@ class _E88Scan(torch.autograd.Function):
         S_T = q.new_empty(B, H, N, M, dtype=torch.float32)
         ckpt = q.new_empty(B, H, triton.cdiv(T, checkpoint_every), N, M, dtype=torch.float32) if save else S_T
         s0 = S_T if S0 is None else S0.contiguous()
-        launch = _launch(q, M)
+        launch = _launch(q, M, num_warps)
         if B * H > 0:
             _e88_fwd[(B * H,)](q, k, v, decay, s0, y, ckpt, S_T, T, H, N, M, HAS_S0=S0 is not None,
                                SAVE=save, C=checkpoint_every, **launch)
@@ -173,13 +176,14 @@ class _E88Scan(torch.autograd.Function):
             _e88_bwd[(B * H,)](q, k, v, decay, ckpt, dy, dsT, scratch, dq, dk, dv, dd, dS0, T, H, N, M,
                                HAS_DST=dS_T is not None, C=C, **ctx.launch)
         dS0 = None if ctx.s0_dtype is None else dS0.to(ctx.s0_dtype)
-        return dq, dk, dv, dd.to(decay.dtype), dS0, None, None
+        return dq, dk, dv, dd.to(decay.dtype), dS0, None, None, None
 
 
 def e88_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor,
-             S0: torch.Tensor | None = None, checkpoint_every: int = CHECKPOINT_EVERY
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             S0: torch.Tensor | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
+             num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, S_T)``: outputs ``[B, T, H, m]`` in ``q``'s dtype and the final state in fp32. The
-    checkpoints for the backward are kept only when autograd will need them."""
+    checkpoints for the backward are kept only when autograd will need them. ``num_warps``
+    overrides the default launch (benchmarks/bench_kernels.py compares them)."""
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay, S0))
-    return _E88Scan.apply(q, k, v, decay, S0, checkpoint_every, save)
+    return _E88Scan.apply(q, k, v, decay, S0, checkpoint_every, num_warps, save)
