@@ -279,6 +279,15 @@ def matrix_state_cells(add, B, T, reps, bw):
             add("E88 triton", f"B{B} T{T} 50x32x32", fwd_bwd(mkv, reps), floor,
                 f"checkpoint every {every}, {warps} warp{'s' if warps > 1 else ''}")
 
+    from rnnlab.ops.delta import GATED_DELTA_SCAN, fla_backward_refusal
+
+    if not GATED_DELTA_SCAN.kernel_available():
+        print(f"gated delta (fla chunk): skipped, fla does not import: {GATED_DELTA_SCAN.kernel.error}")
+        return
+    if fla_backward_refusal():  # Hopper with Triton 3.6 and no TileLang: fla refuses its backward
+        print(f"gated delta (fla chunk): skipped: {fla_backward_refusal()}")
+        return
+
     def mkg():
         ins, gy = inputs(13, 128, 256, -0.3, 0.0)
         beta = torch.rand(B, T, 13, device=dev, requires_grad=True)

@@ -2,7 +2,7 @@
 reference configurations, every model in the compile modes that can be its fastest, in one run.
 
     python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
-                                      [--profile] [--json results/x/models.json]
+                                      [--skip NAME ...] [--profile] [--json results/x/models.json]
 
 Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1), T=512, the same random
 bytes and the same initial weights (seed 0) for every mode of a model; ``--warmup`` steps (at
@@ -305,6 +305,7 @@ def main(argv=None):
                    help="run every model in these modes instead of its own candidates (off, default, "
                         "reduce-overhead)")
     p.add_argument("--only", nargs="+", default=None, help="keep models whose name contains any of these")
+    p.add_argument("--skip", nargs="+", default=None, help="then drop models whose name contains any of these")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
     p.add_argument("--profile", action="store_true",
                    help=f"after each row's timed steps, profile {PROFILE_STEPS} more: GPU time per step by kind of kernel")
@@ -319,7 +320,10 @@ def main(argv=None):
                 weights="bf16", steps=args.steps, peak_tflops=peak,
                 peak_assumed=assumed, loss_tol=LOSS_TOL, **versions())
     meta["git_commit"] = args.commit or meta["git_commit"]
-    todo = [m for m in MODELS if not args.only or any(o.lower() in m[0].lower() for o in args.only)]
+    def named(name, words):
+        return any(w.lower() in name.lower() for w in words or ())
+
+    todo = [m for m in MODELS if (not args.only or named(m[0], args.only)) and not named(m[0], args.skip)]
     rows: list[dict] = []
     for name, cfgd, modes in todo:
         for B in args.batches:
