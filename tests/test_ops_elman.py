@@ -93,3 +93,26 @@ def test_kernel_options_round_trip_through_the_custom_op_argument():
     back = ElmanKernelOptions.from_ints(opts.to_ints())
     assert back == opts and back.persistent is False and isinstance(back.cuda_graph, bool)
     assert ElmanKernelOptions.from_ints(ElmanKernelOptions().to_ints()) == ElmanKernelOptions()
+
+
+def test_persistent_extension_is_named_by_its_source(monkeypatch):
+    """The persistent kernel's extension name carries a hash of its source and flags, so a build
+    folder kept between machines (benchmarks/gpu_env.sh) cannot serve a stale binary."""
+    import hashlib
+    from pathlib import Path
+
+    import torch.utils.cpp_extension
+
+    from rnnlab.ops.elman import persistent
+
+    calls = []
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: calls.append(kw) or "ext")
+    persistent._ext.cache_clear()
+    try:
+        assert persistent._ext() == "ext"
+    finally:
+        persistent._ext.cache_clear()
+    (kw,) = calls
+    src = Path(persistent.__file__).with_name("persistent.cu")
+    digest = hashlib.sha1(src.read_bytes() + " ".join(kw["extra_cuda_cflags"]).encode()).hexdigest()[:12]
+    assert kw["name"] == f"rnnlab_elman_persistent_{digest}" and kw["sources"] == [str(src)]

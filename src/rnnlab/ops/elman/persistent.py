@@ -17,6 +17,7 @@ Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans, plain or with E1'
 from __future__ import annotations
 
 import functools
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +46,16 @@ class Plan:
 
 @functools.cache
 def _ext():
+    """The built extension. Its name carries a hash of the source and flags, so a build folder
+    kept across machines (benchmarks/gpu_env.sh carries it between GPU jobs) never serves another
+    version's binary: torch's own check of the sources lives only as long as the process."""
     from torch.utils.cpp_extension import load
 
     src = Path(__file__).with_name("persistent.cu")
-    return load(name="rnnlab_elman_persistent", sources=[str(src)],
-                extra_cuda_cflags=["-O3", "-std=c++17"], verbose=False)
+    flags = ["-O3", "-std=c++17"]
+    digest = hashlib.sha1(src.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
+    return load(name=f"rnnlab_elman_persistent_{digest}", sources=[str(src)], extra_cuda_cflags=flags,
+                verbose=False)
 
 
 @functools.cache
