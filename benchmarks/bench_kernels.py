@@ -270,8 +270,8 @@ def matrix_state_cells(add, B, T, reps, bw):
         # the launch and checkpoint choices at the race's layer, beside the default: warps per
         # program (1: a column of S per lane; 2: the launch before 2026-12-01) and the checkpoint
         # interval (the backward's per-program scratch is C states: 8 halves its L2 footprint and
-        # doubles the checkpoints' memory)
-        for warps, every in ((2, 16), (1, 8), (2, 8)):
+        # doubles the checkpoints' memory, 4 quarters and quadruples them)
+        for warps, every in ((2, 16), (1, 8), (2, 8), (1, 4)):
             def mkv(warps=warps, every=every):
                 ins, gy = inputs(50, 32, 32, 0.8, 1.0)
                 return (lambda q, k, v, d: e88_kernel.e88_scan(q, k, v, d, None, every, warps)), ins, gy
