@@ -287,3 +287,11 @@ def test_e1_layer_compiles_to_one_graph_on_the_kernel_path(layer, monkeypatch):
     torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
     for k, v in mixer.state_dict().items():
         torch.testing.assert_close(v, want_state[k], rtol=0, atol=0, msg=k)
+
+
+def test_e88_launch_refuses_warps_that_are_not_a_power_of_two():
+    from rnnlab.ops.e88 import triton as kernel
+
+    inputs = _e88(1, 3, 1, 4, 4)(torch.Generator().manual_seed(7))
+    with pytest.raises(ValueError, match="num_warps must be a power of two >= 1, got 3"):
+        kernel.e88_scan(*inputs, num_warps=3)

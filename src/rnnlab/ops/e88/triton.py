@@ -131,14 +131,19 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
     tl.store(ds0_ptr + bh * N * M + s_off, dS, mask=s_mask)
 
 
-def _launch(q: torch.Tensor, M: int, num_warps: int | None) -> dict:
-    """Block sizes, warps and the tanh form for states ``[n, m]`` of inputs like ``q``. By default
-    one warp per 1024 state elements (32 per lane): at n = m = 32 one warp holds a whole column
-    of S in each lane, so the forward's sums over n stay in registers (no shared memory, no
-    barrier), and 1600 programs of ~130 registers fit the GPU at once (docs/kernels.md)."""
+def _launch(q: torch.Tensor, M: int, num_warps: int | None) -> tuple[dict, int, int]:
+    """Block sizes and the tanh form for states ``[n, m]`` of inputs like ``q``, and the warps of
+    the forward and the backward. Measured on an H200 at n = m = 32 (results/e88-kernel-h200):
+    the forward is fastest with one warp per 1024 state elements (a column of S per lane: its sums
+    over n stay in registers), the backward with one per 512 (its sums over m need fewer shuffles
+    when the rows are split over two warps). ``num_warps`` sets both."""
+    if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
+        raise ValueError(f"num_warps must be a power of two >= 1, got {num_warps}")
     BN, BM = triton.next_power_of_2(q.shape[-1]), triton.next_power_of_2(M)
     fast = q.dtype != torch.float32 and q.is_cuda and not os.environ.get("TRITON_INTERPRET")
-    return dict(BN=BN, BM=BM, FAST=fast, num_warps=num_warps or max(1, min(8, BN * BM // 1024)))
+    fwd = num_warps or max(1, min(8, BN * BM // 1024))
+    bwd = num_warps or max(1, min(8, BN * BM // 512))
+    return dict(BN=BN, BM=BM, FAST=fast), fwd, bwd
 
 
 class _E88Scan(torch.autograd.Function):
@@ -151,13 +156,13 @@ class _E88Scan(torch.autograd.Function):
         S_T = q.new_empty(B, H, N, M, dtype=torch.float32)
         ckpt = q.new_empty(B, H, triton.cdiv(T, checkpoint_every), N, M, dtype=torch.float32) if save else S_T
         s0 = S_T if S0 is None else S0.contiguous()
-        launch = _launch(q, M, num_warps)
+        launch, fwd_warps, bwd_warps = _launch(q, M, num_warps)
         if B * H > 0:
             _e88_fwd[(B * H,)](q, k, v, decay, s0, y, ckpt, S_T, T, H, N, M, HAS_S0=S0 is not None,
-                               SAVE=save, C=checkpoint_every, **launch)
+                               SAVE=save, C=checkpoint_every, num_warps=fwd_warps, **launch)
         if save:
             ctx.save_for_backward(q, k, v, decay, ckpt)
-            ctx.checkpoint_every, ctx.launch = checkpoint_every, launch
+            ctx.checkpoint_every, ctx.launch, ctx.bwd_warps = checkpoint_every, launch, bwd_warps
             ctx.s0_dtype = None if S0 is None else S0.dtype
         return y, S_T
 
@@ -174,7 +179,7 @@ class _E88Scan(torch.autograd.Function):
         dsT = dS0 if dS_T is None else dS_T.float().contiguous()
         if B * H > 0:
             _e88_bwd[(B * H,)](q, k, v, decay, ckpt, dy, dsT, scratch, dq, dk, dv, dd, dS0, T, H, N, M,
-                               HAS_DST=dS_T is not None, C=C, **ctx.launch)
+                               HAS_DST=dS_T is not None, C=C, num_warps=ctx.bwd_warps, **ctx.launch)
         dS0 = None if ctx.s0_dtype is None else dS0.to(ctx.s0_dtype)
         return dq, dk, dv, dd.to(decay.dtype), dS0, None, None, None
 
@@ -183,7 +188,8 @@ def e88_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Ten
              S0: torch.Tensor | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
              num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, S_T)``: outputs ``[B, T, H, m]`` in ``q``'s dtype and the final state in fp32. The
-    checkpoints for the backward are kept only when autograd will need them. ``num_warps``
-    overrides the default launch (benchmarks/bench_kernels.py compares them)."""
+    checkpoints for the backward are kept only when autograd will need them. ``num_warps`` (a
+    power of two) overrides the default launch of both passes (benchmarks/bench_kernels.py
+    compares them)."""
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay, S0))
     return _E88Scan.apply(q, k, v, decay, S0, checkpoint_every, num_warps, save)
