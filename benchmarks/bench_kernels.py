@@ -284,8 +284,9 @@ def matrix_state_cells(add, B, T, reps, bw):
     if not GATED_DELTA_SCAN.kernel_available():
         print(f"gated delta (fla chunk): skipped, fla does not import: {GATED_DELTA_SCAN.kernel.error}")
         return
-    if fla_backward_refusal():  # Hopper with Triton 3.6 and no TileLang: fla refuses its backward
-        print(f"gated delta (fla chunk): skipped: {fla_backward_refusal()}")
+    refusal = fla_backward_refusal()  # Hopper with Triton 3.6 and no TileLang: fla refuses its backward
+    if refusal:
+        print(f"gated delta (fla chunk): skipped: {refusal}")
         return
 
     def mkg():

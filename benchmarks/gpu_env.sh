@@ -8,8 +8,8 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
 # one folder for the compilers' caches (Inductor's graphs and kernels, Triton's, TileLang's, and the
 # torch extensions built with nvcc: E1's persistent kernel, ~1 minute to build), started from an
 # earlier call's when staged (stage_gpu.sh --compile-cache): warm caches cut a 400M E1 run's
-# warm-up from ~119 s to ~6 s. save_compile_cache OUTDIR (the scripts call it at their end)
-# brings it back. Caches are keyed by the code and compiler versions: a stale entry is a miss.
+# warm-up from ~119 s to ~6 s. save_compile_cache OUTDIR (the scripts call it last) brings it back.
+# Caches are keyed by the code and compiler versions: a stale entry is a miss.
 export RNNLAB_COMPILE_CACHE=/tmp/compile-cache
 mkdir -p "$RNNLAB_COMPILE_CACHE"
 if [ -f .gpu/compile-cache.tar.xz ] && [ ! -f "$RNNLAB_COMPILE_CACHE/.from-staging" ]; then
@@ -21,12 +21,21 @@ fi
 find src -name '*.cu' -exec touch -d '2000-01-01 00:00:00' {} +
 export TORCHINDUCTOR_CACHE_DIR=$RNNLAB_COMPILE_CACHE/inductor TRITON_CACHE_DIR=$RNNLAB_COMPILE_CACHE/triton \
   TILELANG_CACHE_DIR=$RNNLAB_COMPILE_CACHE/tilelang TORCH_EXTENSIONS_DIR=$RNNLAB_COMPILE_CACHE/torch_extensions
-save_compile_cache() {  # OUTDIR/compile-cache.tar.xz, when it is within what a call brings back (16 MiB a file)
-  local raw size; raw=$(du -sm "$RNNLAB_COMPILE_CACHE" | cut -f1)
-  if [ "$raw" -gt 400 ]; then  # would not compress to 16 MiB, and compressing it would eat the call
+save_compile_cache() {
+  # OUTDIR/compile-cache.tar.xz, when it is within what a call brings back (at most 8 files, 16 MiB
+  # each: it is left out when OUTDIR already holds 8 other files). Never fails the caller.
+  local raw size others
+  others=$(find "$1" -maxdepth 3 -type f ! -name compile-cache.tar.xz ! -name '.*' | wc -l)
+  if [ "$others" -ge 8 ]; then
+    echo "compile cache: not brought back, OUTDIR already holds $others files (a call brings back 8)"; return 0
+  fi
+  raw=$(du -sm "$RNNLAB_COMPILE_CACHE" 2>/dev/null | cut -f1) || return 0
+  if [ "${raw:-0}" -gt 400 ]; then  # would not compress to 16 MiB, and compressing it would eat the call
     echo "compile cache: $raw MiB unpacked, not brought back"; return 0
   fi
-  XZ_OPT="-6 -T0" tar cJf "$1/.compile-cache.tmp" --exclude=.from-staging -C "$RNNLAB_COMPILE_CACHE" . || return 0
+  # (a torch extension's build lock left by a killed build would make the next call wait forever)
+  XZ_OPT="-6 -T0" tar cJf "$1/.compile-cache.tmp" --exclude=.from-staging --exclude='torch_extensions/*/lock' \
+    -C "$RNNLAB_COMPILE_CACHE" . || { rm -f "$1/.compile-cache.tmp"; return 0; }
   size=$(stat -c %s "$1/.compile-cache.tmp")
   if [ "$size" -le $(( 15 * 1048576 )) ]; then
     mv -f "$1/.compile-cache.tmp" "$1/compile-cache.tar.xz"

@@ -5,8 +5,8 @@
 Calls that continue a suite each carry a slim copy taken from results/ before they start; when two
 calls start from the same copy (the second before the first came back), each call's suite.json
 lacks the other's command and runs. Copying the later one over results/ would drop them: the
-merge keeps every command (oldest first; one command repeated, as a resume, once with its latest
-date, as ``rnnlab bench`` lists it) and every run (the call's entry where both have one, keeping
+merge keeps every command (oldest first; a command repeated right after itself, a resume, once
+with its latest date, as ``rnnlab bench`` lists it) and every run (the call's entry where both have one, keeping
 the GPU the older entry recorded if the call's lacks it), runs in the suite's order then by seed.
 Plain json only: it runs where the package's dependencies are not installed.
 """
@@ -18,13 +18,25 @@ import sys
 from pathlib import Path
 
 
+def commands(doc: dict) -> list[dict]:
+    """A suite.json's commands, oldest first (one written before continued suites kept them holds
+    one, at its top level: ``rnnlab.bench.suite.invocations``)."""
+    if "invocations" in doc:
+        return doc["invocations"]
+    return [{k: doc.get(k) for k in ("command", "options", "written")}] if "command" in doc else []
+
+
 def merge(kept: dict, call: dict) -> dict:
     """``call``'s suite.json with ``kept``'s commands and runs that it lacks."""
-    calls: dict[tuple, dict] = {}
-    for inv in kept.get("invocations", []) + call.get("invocations", []):
-        key = (inv.get("command"), json.dumps(inv.get("options"), sort_keys=True))
-        if key not in calls or (inv.get("written") or "") >= (calls[key].get("written") or ""):
-            calls[key] = inv
+    def key(c):
+        return c.get("command"), json.dumps(c.get("options"), sort_keys=True)
+
+    union = {(*key(c), c.get("written")): c for c in commands(kept) + commands(call)}
+    calls: list[dict] = []
+    for c in sorted(union.values(), key=lambda c: c.get("written") or ""):
+        if calls and key(calls[-1]) == key(c):
+            calls.pop()  # the same command again right after (a resume): once, with its latest date
+        calls.append(c)
     runs = {r["dir"]: r for r in kept.get("runs", [])}
     for r in call.get("runs", []):
         old = runs.get(r["dir"], {})
@@ -34,7 +46,8 @@ def merge(kept: dict, call: dict) -> dict:
         if r["name"] not in names:
             names.append(r["name"])
     order = sorted(runs.values(), key=lambda r: (names.index(r["name"]), -1 if r.get("seed") is None else r["seed"]))
-    return {**call, "invocations": sorted(calls.values(), key=lambda c: c.get("written") or ""), "runs": order}
+    merged = {k: v for k, v in call.items() if k not in ("command", "options", "written")}
+    return {**merged, "invocations": calls, "runs": order}
 
 
 def main(argv: list[str]) -> int:

@@ -9,7 +9,8 @@
 # the training process); a tarball per suite of the reports, summaries, metrics and logs (no
 # checkpoints) goes to OUTDIR (below). Budget a call: a pair of 400M Table-A runs on two GPUs took
 # ~8 minutes. BENCH_TIMEOUT ~ the call's limit - set-up (~40 s) - 60 s (timeout's kill-after) - a few
-# seconds for the tarball, e.g. 470 for a 600 s call.
+# seconds for the tarball and the compile cache (xz'd on all cores; up to 400 MiB unpacked is tried:
+# allow ~30 s when it is large), e.g. 470 for a 600 s call.
 # Runs already complete in runs/<suite>/ are skipped: carry a slim copy of the suite kept in results/
 # (`bash benchmarks/suite_carry.sh out results/X runs/<suite>`, carry runs/<suite>) and bring the
 # call's runs back with `bash benchmarks/suite_carry.sh in OUTDIR/<suite>.tgz results/X`.
@@ -55,8 +56,9 @@ for args in "$@"; do
   pack "$suite" "$suite.tgz"
   rm -f "$out/$suite.partial.tgz"
 done
-save_compile_cache "$out"
 if [ -n "${GPU_TESTS:-}" ]; then
   # shellcheck disable=SC2086
-  bash benchmarks/gpu_tests.sh "$out" $GPU_TESTS || true
+  bash benchmarks/gpu_tests.sh "$out" $GPU_TESTS || true  # it saves the compile cache last
+else
+  save_compile_cache "$out"
 fi

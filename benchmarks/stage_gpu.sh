@@ -9,7 +9,8 @@
 #   --tilelang       fla with its TileLang stack for Gated DeltaNet's backward on Hopper (below), no
 #                    Mamba2 wheels; with --subset also that corpus (GDN's suite runs: only a small
 #                    subset fits beside the stack, benchmarks/registry_pile_subset_small.txt)
-#   --compile-cache FILE  an earlier call's compile-cache.tar.xz (gpu_env.sh): the compilers start warm
+#   --compile-cache FILE  an earlier call's compile-cache.tar.xz (gpu_env.sh), kept outside .gpu/ (a
+#                    path relative to the repository's root): the compilers start warm
 # A call carries at most 64 MiB with the tree: the script says when the staged set does not fit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ while [ $# -gt 0 ]; do
     --subset) [ $# -ge 2 ] || { echo "stage_gpu.sh: --subset needs a file" >&2; exit 2; }
               subset=$2 corpus=1; shift ;;
     --compile-cache) [ $# -ge 2 ] && [ -f "$2" ] || { echo "stage_gpu.sh: --compile-cache needs a file" >&2; exit 2; }
+                     case $(realpath "$2") in "$PWD"/.gpu/*)
+                       echo "stage_gpu.sh: keep the compile cache outside .gpu/ (it is emptied first)" >&2; exit 2 ;;
+                     esac
                      cache=$2; shift ;;
     *) echo "stage_gpu.sh: unknown option $1" >&2; exit 2 ;;
   esac

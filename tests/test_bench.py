@@ -735,8 +735,9 @@ def test_suite_carry_in_keeps_the_commands_and_runs_of_calls_that_started_from_o
         (call / "suite.json").write_text(json.dumps(doc))
         with tarfile.open(tmp_path / f"call{i}.tgz", "w:gz") as tar:
             tar.add(call, arcname="s")
-        subprocess.run(["bash", str(repo / "benchmarks/suite_carry.sh"), "in", str(tmp_path / f"call{i}.tgz"),
-                        str(results)], check=True, capture_output=True)
+        proc = subprocess.run(["bash", str(repo / "benchmarks/suite_carry.sh"), "in", str(tmp_path / f"call{i}.tgz"),
+                               str(results)], capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stderr
     merged = json.loads((results / "suite.json").read_text())
     assert [(c["command"], c["written"][8:10]) for c in merged["invocations"]] == [("a", "01"), ("b", "02"), ("c", "04")]
     assert [(r["dir"], r.get("gpu")) for r in merged["runs"]] == [("m", "0"), ("e1", "1"), ("e1-s43", None),
@@ -758,9 +759,30 @@ def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
                ("_chunk_scan_fwd_kernel", 6.0, 44), ("triton_poi_fused_silu_mul_3", 4.0, 100),
                ("multi_tensor_apply_kernel<...>", 3.0, 6), ("vectorized_elementwise_kernel<4>", 1.0, 8)]
     out = bm.kernel_breakdown(kernels, steps=2)
-    assert out["by_kind_ms"] == {"matmul": 31.0, "mixer": 12.0, "fused elementwise (Inductor)": 2.0,
+    assert out["by_kind_ms"] == {"matmul": 31.0, "mixer": 12.0, "Inductor's fused kernels": 2.0,
                                  "optimizer": 1.5, "other": 0.5}
     assert out["gpu_ms_per_step"] == 47.0
     assert [t["kernel"] for t in out["top"][:2]] == ["sm90_xmma_gemm_bf16bf16_bf16f32", "nvjet_tst_128x256_64x4"]
     assert out["top"][3] == {"kernel": "elman_persistent<bf16>", "kind": "mixer", "ms_per_step": 4.0,
                              "launches_per_step": 26.0}
+
+
+def test_merge_suite_json_keeps_a_command_repeated_later_and_an_old_format_record():
+    """A command run again later (not right after itself) stays twice, in date order; a kept
+    suite.json from before continued suites (its command at the top level) keeps its command."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "merge_suite_json", Path(__file__).resolve().parents[1] / "benchmarks" / "merge_suite_json.py")
+    m = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(m)
+
+    def inv(cmd, written):
+        return {"command": cmd, "options": {}, "written": written}
+
+    kept = {"suite": "s", "invocations": [inv("A", "1"), inv("B", "2"), inv("A", "3")], "runs": []}
+    call = {"suite": "s", "invocations": [inv("A", "1"), inv("B", "2"), inv("C", "4")], "runs": []}
+    assert [c["command"] for c in m.merge(kept, call)["invocations"]] == ["A", "B", "A", "C"]
+    old = {"suite": "s", "command": "X", "options": {}, "written": "0", "runs": []}
+    merged = m.merge(old, call)
+    assert [c["command"] for c in merged["invocations"]] == ["X", "A", "B", "C"] and "command" not in merged

@@ -95,16 +95,21 @@ def test_kernel_options_round_trip_through_the_custom_op_argument():
     assert ElmanKernelOptions.from_ints(ElmanKernelOptions().to_ints()) == ElmanKernelOptions()
 
 
-def test_persistent_extension_is_named_by_its_source(monkeypatch):
-    """The persistent kernel's extension name carries a hash of its source and flags, so a build
-    folder kept between machines (benchmarks/gpu_env.sh) cannot serve a stale binary."""
-    import hashlib
-    from pathlib import Path
-
+def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch):
+    """The persistent kernel's extension name changes with its source, its flags and the torch
+    version (and stays put otherwise), so a build folder kept between machines
+    (benchmarks/gpu_env.sh) cannot serve a stale binary; ``_ext`` builds under that name."""
     import torch.utils.cpp_extension
 
     from rnnlab.ops.elman import persistent
 
+    name = persistent._ext_name
+    base = name(b"kernel A", ["-O3"])
+    assert base == name(b"kernel A", ["-O3"]) and base.startswith("rnnlab_elman_persistent_")
+    assert len({base, name(b"kernel B", ["-O3"]), name(b"kernel A", ["-O2"])}) == 3
+    monkeypatch.setattr(torch, "__version__", "0.0.0")
+    assert name(b"kernel A", ["-O3"]) != base
+    monkeypatch.undo()
     calls = []
     monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: calls.append(kw) or "ext")
     persistent._ext.cache_clear()
@@ -112,7 +117,5 @@ def test_persistent_extension_is_named_by_its_source(monkeypatch):
         assert persistent._ext() == "ext"
     finally:
         persistent._ext.cache_clear()
-    (kw,) = calls
-    src = Path(persistent.__file__).with_name("persistent.cu")
-    digest = hashlib.sha1(src.read_bytes() + " ".join(kw["extra_cuda_cflags"]).encode()).hexdigest()[:12]
-    assert kw["name"] == f"rnnlab_elman_persistent_{digest}" and kw["sources"] == [str(src)]
+    src = calls[0]["sources"][0]
+    assert src.endswith("persistent.cu") and calls[0]["name"] == name(open(src, "rb").read(), persistent.EXT_FLAGS)

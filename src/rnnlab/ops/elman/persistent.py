@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,18 +45,27 @@ class Plan:
     groups: int
 
 
+EXT_FLAGS = ["-O3", "-std=c++17"]
+
+
 @functools.cache
 def _ext():
-    """The built extension. Its name carries a hash of the source and flags, so a build folder
-    kept across machines (benchmarks/gpu_env.sh carries it between GPU jobs) never serves another
-    version's binary: torch's own check of the sources lives only as long as the process."""
+    """The built extension, named by :func:`_ext_name`."""
     from torch.utils.cpp_extension import load
 
     src = Path(__file__).with_name("persistent.cu")
-    flags = ["-O3", "-std=c++17"]
-    digest = hashlib.sha1(src.read_bytes() + " ".join(flags).encode()).hexdigest()[:12]
-    return load(name=f"rnnlab_elman_persistent_{digest}", sources=[str(src)], extra_cuda_cflags=flags,
+    return load(name=_ext_name(src.read_bytes(), EXT_FLAGS), sources=[str(src)], extra_cuda_cflags=EXT_FLAGS,
                 verbose=False)
+
+
+def _ext_name(source: bytes, flags: list[str]) -> str:
+    """The extension's name: a hash of its source, its flags and the torch, CUDA and Python
+    versions, so a build folder kept across machines (benchmarks/gpu_env.sh carries it between GPU
+    jobs; with TORCH_EXTENSIONS_DIR set, torch files every version's build in one folder) never
+    serves another build's binary: torch's own check of the sources lasts only as long as the process."""
+    versions = f"{torch.__version__} {torch.version.cuda} {sys.version_info[:2]}"
+    digest = hashlib.sha1(source + " ".join(flags).encode() + versions.encode()).hexdigest()[:12]
+    return f"rnnlab_elman_persistent_{digest}"
 
 
 @functools.cache
