@@ -78,6 +78,10 @@ def main(argv=None):
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "dense"],
                    help="which kernel families to time (default all)")
+    p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
+                   help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
+                        "checkpoint variants run at 50, the race's (49 ran 1.5x faster than 50: "
+                        "results/e88-kernel-h200)")
     args = p.parse_args(argv)
 
     from rnnlab.ops.diag import diag_elman_scan
@@ -174,7 +178,7 @@ def main(argv=None):
                 "tanh.approx" if fast else "exp-tanh")
 
     if "cells" in args.sections:
-        matrix_state_cells(add, B, T, args.reps, bw)
+        matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)
 
     # ---- E1 dense 1760
     H = 1760
@@ -240,9 +244,9 @@ def main(argv=None):
     return finish(args, rows, bw, fl, tc)
 
 
-def matrix_state_cells(add, B, T, reps, bw):
-    """E88's kernel at the race's layer (50 heads, n = m = 32) and at the reference's 480M layer
-    (49 heads), and fla's gated delta rule at the race's GDN layer (13 heads, K 128, V 256): one
+def matrix_state_cells(add, B, T, reps, bw, e88_heads):
+    """E88's kernel at ``e88_heads`` heads of n = m = 32 (default the race's 50 and the reference's
+    480M layer's 49; at 50 also other launches and checkpoint intervals), and fla's gated delta rule at the race's GDN layer (13 heads, K 128, V 256): one
     layer's recurrence, decay / log decay and beta in fp32 as their layers pass them. Floor: the
     HBM bytes the kernels must move (inputs and outputs of forward and backward, once each)."""
     from rnnlab.ops.delta import gated_delta_scan
@@ -258,7 +262,7 @@ def matrix_state_cells(add, B, T, reps, bw):
 
     from rnnlab.ops.e88 import triton as e88_kernel
 
-    for H in (50, 49):
+    for H in e88_heads:
         def mk(H=H):
             ins, gy = inputs(H, 32, 32, 0.8, 1.0)
             return (lambda q, k, v, d: e88_scan(q, k, v, d, None, backend="triton")), ins, gy
