@@ -268,20 +268,23 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
             return (lambda q, k, v, d: e88_scan(q, k, v, d, None, backend="triton")), ins, gy
 
         floor = B * T * H * (2 * (3 * 32 + 32) * el + 2 * 4 + 2 * (3 * 32 + 32) * el) / bw * 1e3
-        add("E88 triton", f"B{B} T{T} {H}x32x32", fwd_bwd(mk, reps), floor, "checkpoint every 16, default launch")
+        add("E88 triton", f"B{B} T{T} {H}x32x32", fwd_bwd(mk, reps), floor, "default options")
         if H != 50:
             continue
         # the launch and checkpoint choices at the race's layer, beside the default: warps per
-        # program (1: a column of S per lane; 2: the launch before 2026-12-01) and the checkpoint
-        # interval (the backward's per-program scratch is C states: 8 halves its L2 footprint and
-        # doubles the checkpoints' memory, 4 quarters and quadruples them)
-        for warps, every in ((2, 16), (1, 8), (2, 8), (1, 4)):
-            def mkv(warps=warps, every=every):
+        # program (forward 1 and backward 2 by default; 1: a column of S per lane), a cap on the
+        # registers (more programs per SM: the default forward fits 1584 at once, the 1600 of 50
+        # heads leave a second wave) and the checkpoint interval (the backward's per-program scratch
+        # is C states: 8 halves its L2 footprint and doubles the checkpoints' memory)
+        variants = [dict(fwd_warps=2, bwd_warps=2), dict(bwd_warps=1), dict(fwd_maxnreg=128),
+                    dict(fwd_maxnreg=128, bwd_maxnreg=168), dict(checkpoint_every=8), dict(checkpoint_every=4)]
+        for kw in variants:
+            def mkv(opts=e88_kernel.E88KernelOptions(**kw)):
                 ins, gy = inputs(50, 32, 32, 0.8, 1.0)
-                return (lambda q, k, v, d: e88_kernel.e88_scan(q, k, v, d, None, every, warps)), ins, gy
+                return (lambda q, k, v, d: e88_kernel.e88_scan(q, k, v, d, None, opts)), ins, gy
 
             add("E88 triton", f"B{B} T{T} 50x32x32", fwd_bwd(mkv, reps), floor,
-                f"checkpoint every {every}, {warps} warp{'s' if warps > 1 else ''}")
+                " ".join(f"{k}={v}" for k, v in kw.items()))
 
     from rnnlab.ops.delta import GATED_DELTA_SCAN, fla_backward_refusal
 

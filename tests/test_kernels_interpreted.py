@@ -148,7 +148,8 @@ def test_e88_backward_from_checkpoints(every):
     g = torch.Generator().manual_seed(5)
     leaves = [t.requires_grad_() for t in (*_e88(2, 7, 2, 3, 5)(g), torch.randn(2, 2, 3, 5, generator=g))]
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    (y, s_T), (ref, ref_s_T) = kernel.e88_scan(*leaves, checkpoint_every=every), naive.e88_scan(*ref_leaves)
+    opts = kernel.E88KernelOptions(checkpoint_every=every)
+    (y, s_T), (ref, ref_s_T) = kernel.e88_scan(*leaves, options=opts), naive.e88_scan(*ref_leaves)
     torch.testing.assert_close(y, ref.float(), **TOL)
     torch.testing.assert_close(s_T, ref_s_T.float(), **TOL)
     gy, gs = torch.randn(y.shape, generator=g), torch.randn(s_T.shape, generator=g)
@@ -289,9 +290,15 @@ def test_e1_layer_compiles_to_one_graph_on_the_kernel_path(layer, monkeypatch):
         torch.testing.assert_close(v, want_state[k], rtol=0, atol=0, msg=k)
 
 
-def test_e88_launch_refuses_warps_that_are_not_a_power_of_two():
-    from rnnlab.ops.e88 import triton as kernel
+def test_e88_kernel_options_refuse_bad_launches():
+    from rnnlab.ops.e88.triton import E88KernelOptions
 
-    inputs = _e88(1, 3, 1, 4, 4)(torch.Generator().manual_seed(7))
-    with pytest.raises(ValueError, match="num_warps must be a power of two >= 1, got 3"):
-        kernel.e88_scan(*inputs, num_warps=3)
+    for kw, msg in [({"fwd_warps": 3}, "fwd_warps must be a power of two >= 1, got 3"),
+                    ({"bwd_warps": 0}, "bwd_warps must be a power of two >= 1, got 0"),
+                    ({"checkpoint_every": 0}, "checkpoint_every must be >= 1, got 0"),
+                    ({"fwd_maxnreg": 300}, r"fwd_maxnreg must be in \[32, 255\], got 300")]:
+        with pytest.raises(ValueError, match=msg):
+            E88KernelOptions(**kw)
+    launch = E88KernelOptions(bwd_maxnreg=128).launch(24, 40, backward=True)
+    assert launch == dict(BN=32, BM=64, num_warps=4, maxnreg=128)
+    assert E88KernelOptions().launch(32, 32, backward=False) == dict(BN=32, BM=32, num_warps=1)

@@ -572,23 +572,26 @@ def test_e88(dtype, shape, with_s0):
               _e88_inputs(*shape, with_s0), dtype, fp32_inputs=(3, 4))
 
 
-@pytest.mark.parametrize("every,warps", [(1, None), (5, None), (16, None), (16, 2), (5, 4)])
-def test_e88_final_state_gradient(every, warps):
+@pytest.mark.parametrize("options", [dict(checkpoint_every=1), dict(checkpoint_every=5), {},
+                                     dict(fwd_warps=2, bwd_warps=2), dict(checkpoint_every=5, fwd_warps=4, bwd_warps=4),
+                                     dict(fwd_maxnreg=128, bwd_maxnreg=200), dict(bwd_warps=1)],
+                         ids=["every1", "every5", "default", "warps2", "every5-warps4", "maxnreg", "bwd1warp"])
+def test_e88_final_state_gradient(options):
     """A loss on the outputs and the final state: every gradient, several checkpoint intervals,
     the default launch and others (bench_kernels.py times them)."""
     from rnnlab.ops.e88 import naive
     from rnnlab.ops.e88 import triton as kernel
 
-    torch.manual_seed(every)
+    torch.manual_seed(len(options))
     inputs = _e88_inputs(2, 37, 3, 32, 16, True)
     fast = [x.to(DEV).requires_grad_() for x in inputs]
     ref = [x.double().requires_grad_() for x in inputs]
-    (y, s_T), (yr, s_Tr) = kernel.e88_scan(*fast, checkpoint_every=every, num_warps=warps), naive.e88_scan(*ref)
+    (y, s_T), (yr, s_Tr) = kernel.e88_scan(*fast, options=kernel.E88KernelOptions(**options)), naive.e88_scan(*ref)
     gy, gs = torch.randn(yr.shape, dtype=torch.float64), torch.randn(s_Tr.shape, dtype=torch.float64)
     got = torch.autograd.grad((y * gy.float().to(DEV)).sum() + (s_T * gs.float().to(DEV)).sum(), fast)
     want = torch.autograd.grad((yr * gy).sum() + (s_Tr * gs).sum(), ref)
     errs = [rel(y, yr), rel(s_T, s_Tr)] + [rel(a, b) for a, b in zip(got, want)]
-    print(f"e88 every={every} warps={warps}: " + " ".join(f"{e:.1e}" for e in errs))
+    print(f"e88 {options}: " + " ".join(f"{e:.1e}" for e in errs))
     assert max(errs) < TOL[torch.float32], errs
 
 

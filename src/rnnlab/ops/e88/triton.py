@@ -6,7 +6,7 @@ inputs while it computes step t:
 
     r = S^T k;   S = tanh(d S + k (v - r)^T);   y = S^T q
 
-The forward keeps S only every ``checkpoint_every`` steps (``[B, H, ceil(T/C), n, m]`` fp32, not
+The forward keeps S only every ``C = options.checkpoint_every`` steps (``[B, H, ceil(T/C), n, m]`` fp32, not
 all T states) and the final state. The backward walks the segments from the last: it recomputes
 the segment's states from its checkpoint, writing each step's S_{t-1} to the program's own
 scratch (``C`` states, fp32), then runs the reverse recurrence, reading S_{t-1} back and carrying
@@ -24,6 +24,7 @@ or the MUFU approximation for 16-bit inputs on a GPU (as E1's kernels).
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -31,9 +32,49 @@ import triton.language as tl
 
 from rnnlab.ops.elman.tanh import tanh
 
-__all__ = ["e88_scan", "CHECKPOINT_EVERY"]
+__all__ = ["e88_scan", "E88KernelOptions"]
 
-CHECKPOINT_EVERY = 16  # the reference study's interval: 1/16 of the states' memory, 1 recompute
+
+@dataclass(frozen=True)
+class E88KernelOptions:
+    """How the kernels run (speed, not maths: every setting computes the same scan). The defaults
+    are what the layer uses; benchmarks/bench_kernels.py times others (results/e88-kernel-h200).
+
+    - ``checkpoint_every``: the forward keeps S every C steps, the backward recomputes a segment of
+      C states into a per-program scratch (16: the reference study's interval).
+    - ``fwd_warps`` / ``bwd_warps``: warps per program; None = one per 1024 state elements forward (a
+      column of S per lane: its sums over n stay in registers) and one per 512 backward (its sums
+      over m need fewer shuffles with the rows split over two warps), measured at n = m = 32.
+    - ``fwd_maxnreg`` / ``bwd_maxnreg``: a cap on each thread's registers (None: the compiler's
+      choice), so that more programs fit an SM at once (the forward's 132 registers at n = m = 32
+      allow 12 programs per SM, 1584 on an H200: at B = 32, 50 heads leave a second wave of 16).
+    """
+
+    checkpoint_every: int = 16
+    fwd_warps: int | None = None
+    bwd_warps: int | None = None
+    fwd_maxnreg: int | None = None
+    bwd_maxnreg: int | None = None
+
+    def __post_init__(self):
+        if self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        for name in ("fwd_warps", "bwd_warps"):
+            w = getattr(self, name)
+            if w is not None and (w < 1 or w & (w - 1)):
+                raise ValueError(f"{name} must be a power of two >= 1, got {w}")
+        for name in ("fwd_maxnreg", "bwd_maxnreg"):
+            r = getattr(self, name)
+            if r is not None and not 32 <= r <= 255:
+                raise ValueError(f"{name} must be in [32, 255], got {r}")
+
+    def launch(self, n: int, m: int, backward: bool) -> dict:
+        """The launch arguments of one pass for states ``[n, m]`` (padded to powers of two)."""
+        BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
+        warps = self.bwd_warps if backward else self.fwd_warps
+        out = dict(BN=BN, BM=BM, num_warps=warps or max(1, min(8, BN * BM // (512 if backward else 1024))))
+        maxnreg = self.bwd_maxnreg if backward else self.fwd_maxnreg
+        return out if maxnreg is None else dict(out, maxnreg=maxnreg)
 
 
 @triton.jit
@@ -131,38 +172,27 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
     tl.store(ds0_ptr + bh * N * M + s_off, dS, mask=s_mask)
 
 
-def _launch(q: torch.Tensor, M: int, num_warps: int | None) -> tuple[dict, int, int]:
-    """Block sizes and the tanh form for states ``[n, m]`` of inputs like ``q``, and the warps of
-    the forward and the backward. Measured on an H200 at n = m = 32 (results/e88-kernel-h200):
-    the forward is fastest with one warp per 1024 state elements (a column of S per lane: its sums
-    over n stay in registers), the backward with one per 512 (its sums over m need fewer shuffles
-    when the rows are split over two warps). ``num_warps`` sets both."""
-    if num_warps is not None and (num_warps < 1 or num_warps & (num_warps - 1)):
-        raise ValueError(f"num_warps must be a power of two >= 1, got {num_warps}")
-    BN, BM = triton.next_power_of_2(q.shape[-1]), triton.next_power_of_2(M)
-    fast = q.dtype != torch.float32 and q.is_cuda and not os.environ.get("TRITON_INTERPRET")
-    fwd = num_warps or max(1, min(8, BN * BM // 1024))
-    bwd = num_warps or max(1, min(8, BN * BM // 512))
-    return dict(BN=BN, BM=BM, FAST=fast), fwd, bwd
+def _fast_tanh(q: torch.Tensor) -> bool:
+    """MUFU's tanh for 16-bit inputs on a GPU (not in Triton's interpreter), as E1's kernels."""
+    return q.dtype != torch.float32 and q.is_cuda and not os.environ.get("TRITON_INTERPRET")
 
 
 class _E88Scan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, decay, S0, checkpoint_every, num_warps, save):
+    def forward(ctx, q, k, v, decay, S0, options, save):
         q, k, v, decay = (t.contiguous() for t in (q, k, v, decay))
         B, T, H, N = q.shape
-        M = v.shape[-1]
+        M, C = v.shape[-1], options.checkpoint_every
         y = v.new_empty(B, T, H, M, dtype=q.dtype)
         S_T = q.new_empty(B, H, N, M, dtype=torch.float32)
-        ckpt = q.new_empty(B, H, triton.cdiv(T, checkpoint_every), N, M, dtype=torch.float32) if save else S_T
+        ckpt = q.new_empty(B, H, triton.cdiv(T, C), N, M, dtype=torch.float32) if save else S_T
         s0 = S_T if S0 is None else S0.contiguous()
-        launch, fwd_warps, bwd_warps = _launch(q, M, num_warps)
         if B * H > 0:
             _e88_fwd[(B * H,)](q, k, v, decay, s0, y, ckpt, S_T, T, H, N, M, HAS_S0=S0 is not None,
-                               SAVE=save, C=checkpoint_every, num_warps=fwd_warps, **launch)
+                               SAVE=save, C=C, FAST=_fast_tanh(q), **options.launch(N, M, backward=False))
         if save:
             ctx.save_for_backward(q, k, v, decay, ckpt)
-            ctx.checkpoint_every, ctx.launch, ctx.bwd_warps = checkpoint_every, launch, bwd_warps
+            ctx.options = options
             ctx.s0_dtype = None if S0 is None else S0.dtype
         return y, S_T
 
@@ -170,7 +200,7 @@ class _E88Scan(torch.autograd.Function):
     def backward(ctx, dy, dS_T):
         q, k, v, decay, ckpt = ctx.saved_tensors
         B, T, H, N = q.shape
-        M, C = v.shape[-1], ctx.checkpoint_every
+        M, C = v.shape[-1], ctx.options.checkpoint_every
         dy = torch.zeros_like(v, dtype=q.dtype) if dy is None else dy.contiguous()
         dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         dd = torch.empty_like(decay, dtype=torch.float32)
@@ -179,17 +209,16 @@ class _E88Scan(torch.autograd.Function):
         dsT = dS0 if dS_T is None else dS_T.float().contiguous()
         if B * H > 0:
             _e88_bwd[(B * H,)](q, k, v, decay, ckpt, dy, dsT, scratch, dq, dk, dv, dd, dS0, T, H, N, M,
-                               HAS_DST=dS_T is not None, C=C, num_warps=ctx.bwd_warps, **ctx.launch)
+                               HAS_DST=dS_T is not None, C=C, FAST=_fast_tanh(q),
+                               **ctx.options.launch(N, M, backward=True))
         dS0 = None if ctx.s0_dtype is None else dS0.to(ctx.s0_dtype)
-        return dq, dk, dv, dd.to(decay.dtype), dS0, None, None, None
+        return dq, dk, dv, dd.to(decay.dtype), dS0, None, None
 
 
 def e88_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor,
-             S0: torch.Tensor | None = None, checkpoint_every: int = CHECKPOINT_EVERY,
-             num_warps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             S0: torch.Tensor | None = None, options: E88KernelOptions = E88KernelOptions()
+             ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y, S_T)``: outputs ``[B, T, H, m]`` in ``q``'s dtype and the final state in fp32. The
-    checkpoints for the backward are kept only when autograd will need them. ``num_warps`` (a
-    power of two) overrides the default launch of both passes (benchmarks/bench_kernels.py
-    compares them)."""
+    checkpoints for the backward are kept only when autograd will need them."""
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay, S0))
-    return _E88Scan.apply(q, k, v, decay, S0, checkpoint_every, num_warps, save)
+    return _E88Scan.apply(q, k, v, decay, S0, options, save)
