@@ -272,12 +272,14 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
         if H != 50:
             continue
         # the launch and checkpoint choices at the race's layer, beside the default: warps per
-        # program (forward 1 and backward 2 by default; 1: a column of S per lane), a cap on the
+        # program (forward 1 and backward 2 by default; 1: a column of S per lane; more warps split
+        # the rows further: fewer registers per thread, fewer programs per SM), a cap on the
         # registers (more programs per SM: the default forward fits 1584 at once, the 1600 of 50
         # heads leave a second wave) and the checkpoint interval (the backward's per-program scratch
         # is C states: 8 halves its L2 footprint and doubles the checkpoints' memory)
-        variants = [dict(fwd_warps=2, bwd_warps=2), dict(bwd_warps=1), dict(fwd_maxnreg=128),
-                    dict(fwd_maxnreg=128, bwd_maxnreg=168), dict(checkpoint_every=8), dict(checkpoint_every=4)]
+        variants = [dict(fwd_warps=2, bwd_warps=2), dict(bwd_warps=1), dict(bwd_warps=4), dict(bwd_warps=8),
+                    dict(fwd_maxnreg=128), dict(fwd_maxnreg=128, bwd_maxnreg=168), dict(checkpoint_every=8),
+                    dict(checkpoint_every=4)]
         for kw in variants:
             def mkv(opts=e88_kernel.E88KernelOptions(**kw)):
                 ins, gy = inputs(50, 32, 32, 0.8, 1.0)
