@@ -277,9 +277,12 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
         # registers (more programs per SM: the default forward fits 1584 at once, the 1600 of 50
         # heads leave a second wave) and the checkpoint interval (the backward's per-program scratch
         # is C states: 8 halves its L2 footprint and doubles the checkpoints' memory)
+        # (ptxas at n = m = 32: forward 132 registers, 128 with 16 bytes of spills; backward with 2
+        # warps 245, 168 without spills: 6 programs per SM instead of 4; with 4 warps 125, 96 without
+        # spills; with 1 warp 226, 168 with 4 bytes)
         variants = [dict(fwd_warps=2, bwd_warps=2), dict(bwd_warps=1), dict(bwd_warps=4), dict(bwd_warps=8),
-                    dict(fwd_maxnreg=128), dict(fwd_maxnreg=128, bwd_maxnreg=168), dict(checkpoint_every=8),
-                    dict(checkpoint_every=4)]
+                    dict(fwd_maxnreg=128), dict(bwd_maxnreg=168), dict(bwd_warps=4, bwd_maxnreg=96),
+                    dict(bwd_warps=1, bwd_maxnreg=168), dict(checkpoint_every=8), dict(checkpoint_every=4)]
         for kw in variants:
             def mkv(opts=e88_kernel.E88KernelOptions(**kw)):
                 ins, gy = inputs(50, 32, 32, 0.8, 1.0)
