@@ -23,6 +23,7 @@ or the MUFU approximation for 16-bit inputs on a GPU (as E1's kernels).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -179,7 +180,8 @@ def _fast_tanh(q: torch.Tensor) -> bool:
 
 class _E88Scan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, decay, S0, options, save):
+    def forward(ctx, q, k, v, decay, S0, option_values, save):
+        options = E88KernelOptions(*option_values)
         q, k, v, decay = (t.contiguous() for t in (q, k, v, decay))
         B, T, H, N = q.shape
         M, C = v.shape[-1], options.checkpoint_every
@@ -221,4 +223,5 @@ def e88_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Ten
     """``(y, S_T)``: outputs ``[B, T, H, m]`` in ``q``'s dtype and the final state in fp32. The
     checkpoints for the backward are kept only when autograd will need them."""
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay, S0))
-    return _E88Scan.apply(q, k, v, decay, S0, options, save)
+    # the options as a tuple of plain values: what torch.compile takes as a constant argument
+    return _E88Scan.apply(q, k, v, decay, S0, dataclasses.astuple(options), save)
