@@ -170,6 +170,27 @@ def _fake_trainer(calls, interrupt_at=None):
     return fake
 
 
+def test_one_process_suite_records_the_gpu_of_each_cuda_run(tmp_path, monkeypatch):
+    """``rnnlab bench`` without --gpus (or with --gpus 1) names the GPU of each run that trained on
+    CUDA in suite.json, as the one-process-per-GPU path does; CPU runs get none."""
+    import rnnlab.train.trainer as trainer
+
+    suite = parse_suite({"name": "s", "runs": [{"name": n, "model": "e1", "depth": 1, "dim": 16} for n in "ab"]})
+    out = tmp_path / "suite"
+    calls: list = []
+    fake = _fake_trainer(calls)
+
+    def on_cuda_for_b(cfg, progress=True):
+        summary = fake(cfg, progress)
+        return {**summary, "device": "cuda"} if Path(cfg.run.out).name == "b" else summary
+
+    monkeypatch.setattr(trainer, "run_training", on_cuda_for_b)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=lambda m: None)
+    runs = json.loads((out / "suite.json").read_text())["runs"]
+    assert [(r["dir"], r.get("gpu")) for r in runs] == [("a", None), ("b", "3")]
+
+
 def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     import rnnlab.train.trainer as trainer
 

@@ -1,15 +1,17 @@
 """Training a suite's plan (``rnnlab bench``, ``rnnlab sweep``): every planned run that is not
 complete, one after another in this process (``run_sequential``) or up to one per GPU at once
-(``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed. The caller writes
-the report afterwards (``rnnlab.bench.report``)."""
+(``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed; either way
+suite.json names the GPU each CUDA run used. The caller writes the report afterwards
+(``rnnlab.bench.report``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.parallel import run_parallel
+from rnnlab.bench.parallel import record_gpu, run_parallel
 from rnnlab.bench.suite import (PlannedRun, Suite, outcome_line, run_conflict, run_status, train_config,
                                 write_plan)
 
@@ -61,6 +63,8 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             log(f"{tag}: FAILED: {type(e).__name__}: {e}")
             continue
         result["trained"].append(pr.label)
+        if summary.get("device") == "cuda":  # as rnnlab.bench.parallel does: the report names each run's GPU
+            record_gpu(pr.dir.parent, pr.label, os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip())
         if not summary.get("complete", False):
             result["stopped"] = True
             log(f"{tag}: interrupted; stopping the suite (run the same command again to resume)")
