@@ -279,10 +279,11 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
         # is C states: 8 halves its L2 footprint and doubles the checkpoints' memory)
         # (ptxas at n = m = 32: forward 132 registers, 128 with 16 bytes of spills; backward with 2
         # warps 245, 168 without spills: 6 programs per SM instead of 4; with 4 warps 125, 96 without
-        # spills; with 1 warp 226, 168 with 4 bytes)
+        # spills; with 1 warp 226, 168 with 4 bytes), and the backward's loads pipelined (cp.async)
         variants = [dict(fwd_warps=2, bwd_warps=2), dict(bwd_warps=1), dict(bwd_warps=4), dict(bwd_warps=8),
                     dict(fwd_maxnreg=128), dict(bwd_maxnreg=168), dict(bwd_warps=4, bwd_maxnreg=96),
-                    dict(bwd_warps=1, bwd_maxnreg=168), dict(checkpoint_every=8), dict(checkpoint_every=4)]
+                    dict(bwd_warps=1, bwd_maxnreg=168), dict(bwd_stages=2), dict(bwd_stages=3),
+                    dict(checkpoint_every=8), dict(checkpoint_every=4)]
         for kw in variants:
             def mkv(opts=e88_kernel.E88KernelOptions(**kw)):
                 ins, gy = inputs(50, 32, 32, 0.8, 1.0)

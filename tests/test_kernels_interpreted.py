@@ -148,7 +148,7 @@ def test_e88_backward_from_checkpoints(every):
     g = torch.Generator().manual_seed(5)
     leaves = [t.requires_grad_() for t in (*_e88(2, 7, 2, 3, 5)(g), torch.randn(2, 2, 3, 5, generator=g))]
     ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
-    opts = kernel.E88KernelOptions(checkpoint_every=every)
+    opts = kernel.E88KernelOptions(checkpoint_every=every, bwd_stages=1 + every % 3)
     (y, s_T), (ref, ref_s_T) = kernel.e88_scan(*leaves, options=opts), naive.e88_scan(*ref_leaves)
     torch.testing.assert_close(y, ref.float(), **TOL)
     torch.testing.assert_close(s_T, ref_s_T.float(), **TOL)
@@ -299,6 +299,8 @@ def test_e88_kernel_options_refuse_bad_launches():
                     ({"fwd_maxnreg": 300}, r"fwd_maxnreg must be in \[32, 255\], got 300")]:
         with pytest.raises(ValueError, match=msg):
             E88KernelOptions(**kw)
-    launch = E88KernelOptions(bwd_maxnreg=128).launch(24, 40, backward=True)
-    assert launch == dict(BN=32, BM=64, num_warps=4, maxnreg=128)
+    with pytest.raises(ValueError, match=r"bwd_stages must be in \[1, 4\], got 0"):
+        E88KernelOptions(bwd_stages=0)
+    launch = E88KernelOptions(bwd_maxnreg=128, bwd_stages=3).launch(24, 40, backward=True)
+    assert launch == dict(BN=32, BM=64, num_warps=4, STAGES=3, maxnreg=128)
     assert E88KernelOptions().launch(32, 32, backward=False) == dict(BN=32, BM=32, num_warps=1)

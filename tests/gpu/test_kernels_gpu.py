@@ -574,8 +574,10 @@ def test_e88(dtype, shape, with_s0):
 
 @pytest.mark.parametrize("options", [dict(checkpoint_every=1), dict(checkpoint_every=5), {},
                                      dict(fwd_warps=2, bwd_warps=2), dict(checkpoint_every=5, fwd_warps=4, bwd_warps=4),
-                                     dict(fwd_maxnreg=128, bwd_maxnreg=200), dict(bwd_warps=1)],
-                         ids=["every1", "every5", "default", "warps2", "every5-warps4", "maxnreg", "bwd1warp"])
+                                     dict(fwd_maxnreg=128, bwd_maxnreg=200), dict(bwd_warps=1),
+                                     dict(bwd_stages=3), dict(checkpoint_every=5, bwd_stages=2, bwd_maxnreg=168)],
+                         ids=["every1", "every5", "default", "warps2", "every5-warps4", "maxnreg", "bwd1warp",
+                              "stages3", "every5-stages2-maxnreg"])
 def test_e88_final_state_gradient(options):
     """A loss on the outputs and the final state: every gradient, several checkpoint intervals,
     the default launch and others (bench_kernels.py times them)."""

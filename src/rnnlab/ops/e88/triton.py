@@ -49,6 +49,10 @@ class E88KernelOptions:
     - ``fwd_maxnreg`` / ``bwd_maxnreg``: a cap on each thread's registers (None: the compiler's
       choice), so that more programs fit an SM at once (the forward's 132 registers at n = m = 32
       allow 12 programs per SM, 1584 on an H200: at B = 32, 50 heads leave a second wave of 16).
+    - ``bwd_stages``: software pipelining of the backward's loads (Triton's ``tl.range``
+      ``num_stages``: the next steps' inputs and scratch states copied ahead into shared memory,
+      ``cp.async``); 1 = none, each step waits for its loads (the forward prefetches one step ahead
+      in registers).
     """
 
     checkpoint_every: int = 16
@@ -56,10 +60,13 @@ class E88KernelOptions:
     bwd_warps: int | None = None
     fwd_maxnreg: int | None = None
     bwd_maxnreg: int | None = None
+    bwd_stages: int = 1
 
     def __post_init__(self):
         if self.checkpoint_every < 1:
             raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
+        if not 1 <= self.bwd_stages <= 4:
+            raise ValueError(f"bwd_stages must be in [1, 4], got {self.bwd_stages}")
         for name in ("fwd_warps", "bwd_warps"):
             w = getattr(self, name)
             if w is not None and (w < 1 or w & (w - 1)):
@@ -74,6 +81,8 @@ class E88KernelOptions:
         BN, BM = triton.next_power_of_2(n), triton.next_power_of_2(m)
         warps = self.bwd_warps if backward else self.fwd_warps
         out = dict(BN=BN, BM=BM, num_warps=warps or max(1, min(8, BN * BM // (512 if backward else 1024))))
+        if backward:
+            out["STAGES"] = self.bwd_stages
         maxnreg = self.bwd_maxnreg if backward else self.fwd_maxnreg
         return out if maxnreg is None else dict(out, maxnreg=maxnreg)
 
@@ -130,7 +139,7 @@ def _e88_fwd(q_ptr, k_ptr, v_ptr, d_ptr, s0_ptr, y_ptr, ck_ptr, sT_ptr, T, H, N:
 def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
              dq_ptr, dk_ptr, dv_ptr, dd_ptr, ds0_ptr, T, H, N: tl.constexpr, M: tl.constexpr,
              HAS_DST: tl.constexpr, C: tl.constexpr, BN: tl.constexpr, BM: tl.constexpr,
-             FAST: tl.constexpr):
+             FAST: tl.constexpr, STAGES: tl.constexpr):
     bh, row0, rn, rm, mn, mm, s_off, s_mask = _program(T, H, N, M, BN, BM)
     ws = ws_ptr + bh * C * N * M  # scratch slot j = the state before the segment's step j
     if HAS_DST:
@@ -142,7 +151,8 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
         t0 = (n_ck - 1 - i) * C
         S = tl.load(ck_ptr + (bh * n_ck + t0 // C) * N * M + s_off, mask=s_mask, other=0.0)
         tl.debug_barrier()  # every thread is done reading the previous segment's scratch
-        for j in range(0, C):  # recompute the segment (steps past T see zeros and are never used)
+        # recompute the segment (steps past T see zeros and are never used)
+        for j in tl.range(0, C, num_stages=STAGES):
             tl.store(ws + j * N * M + s_off, S, mask=s_mask)
             _, k, v, d = _load_step(q_ptr, k_ptr, v_ptr, d_ptr, row0 + (t0 + j) * H, rn, rm, mn, mm, N, M,
                                     t0 + j < T)
@@ -150,7 +160,7 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
             S = tanh(d * S + k[:, None] * (v - r)[None, :], FAST)
         tl.debug_barrier()  # the recomputed states are visible to every thread
         S_t = S  # the state after step t, carried down: step t's S_{t-1} is step t-1's S_t
-        for j in range(0, C):
+        for j in tl.range(0, C, num_stages=STAGES):
             t = t0 + C - 1 - j
             valid = t < T
             row = row0 + t * H
