@@ -147,7 +147,8 @@ def kernel_breakdown(kernels: list[tuple[str, float, int]], steps: int) -> dict:
     ``(name, total ms, launches)`` over ``steps`` profiled steps."""
     kinds: dict[str, float] = {}
     for name, ms, _ in kernels:
-        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + ms / steps
+        kind = kernel_kind(name)
+        kinds[kind] = kinds.get(kind, 0.0) + ms / steps
     top = sorted(kernels, key=lambda k: -k[1])[:12]
     return {"gpu_ms_per_step": round(sum(kinds.values()), 2),
             "by_kind_ms": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},

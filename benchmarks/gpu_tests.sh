@@ -17,16 +17,17 @@ out=$1; shift
 # shellcheck source=benchmarks/gpu_env.sh
 source benchmarks/gpu_env.sh >/dev/null 2>&1
 workers=${GPU_TEST_WORKERS:-4}
+cores=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)  # the machine's, not an OMP limit already set
 # the workers share the CPU cores (the float64 references run there): a share each, not every core each
 case $workers in
   ''|*[!0-9]*) share=1 ;;  # xdist's auto / logical: as many workers as cores
-  *) share=$(( $(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) / (workers > 0 ? workers : 1) )) ;;
+  *) share=$(( cores / (workers > 0 ? workers : 1) )) ;;
 esac
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( share > 0 ? share : 1 ))}
 # what the record is of: the commit (gpu_env.sh), the date, the GPUs and cores
 echo "${RNNLAB_GIT_COMMIT:-unknown (stage with benchmarks/stage_gpu.sh after committing)}" > "$out/commit.txt"
 date -u > "$out/date.txt"
-{ nvidia-smi -L; echo "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc) CPU cores"; } > "$out/device.txt" 2>&1
+{ nvidia-smi -L; echo "$cores CPU cores"; } > "$out/device.txt" 2>&1
 export RNNLAB_TEST_RECORD=$out  # test_times.tsv and failures.txt, written as each test ends (tests/conftest.py)
 : > "$out/test_times.tsv"; : > "$out/failures.txt"  # this run's only
 python3 -m pytest -m gpu -v -p no:cacheprovider -n "$workers" \

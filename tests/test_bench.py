@@ -766,15 +766,20 @@ def test_suite_carry_in_keeps_the_commands_and_runs_of_calls_that_started_from_o
     assert (results / "e1-s43" / "metrics.jsonl.xz").exists() and (results / "e1-s44" / "metrics.jsonl.xz").exists()
 
 
+def _benchmark_script(name: str):
+    """A script of benchmarks/ (no package) loaded as a module."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
     """bench_models.py --profile: each kernel name lands in its kind (the first listed kind that
     matches), per-step milliseconds add up, the costliest kernels come first."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_models", Path(__file__).resolve().parents[1] / "benchmarks" / "bench_models.py")
-    bm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bm)
+    bm = _benchmark_script("bench_models")
     kernels = [("sm90_xmma_gemm_bf16bf16_bf16f32", 40.0, 20), ("nvjet_tst_128x256_64x4", 20.0, 10),
                ("triton_tem_fused_mm_0", 2.0, 2), ("_heads_fwd", 10.0, 62), ("elman_persistent<bf16>", 8.0, 52),
                ("_chunk_scan_fwd_kernel", 6.0, 44), ("triton_poi_fused_silu_mul_3", 4.0, 100),
@@ -791,12 +796,7 @@ def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
 def test_merge_suite_json_keeps_a_command_repeated_later_and_an_old_format_record():
     """A command run again later (not right after itself) stays twice, in date order; a kept
     suite.json from before continued suites (its command at the top level) keeps its command."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(
-        "merge_suite_json", Path(__file__).resolve().parents[1] / "benchmarks" / "merge_suite_json.py")
-    m = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(m)
+    m = _benchmark_script("merge_suite_json")
 
     def inv(cmd, written):
         return {"command": cmd, "options": {}, "written": written}

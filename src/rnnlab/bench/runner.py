@@ -6,12 +6,11 @@ suite.json names the GPU each CUDA run used. The caller writes the report afterw
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.parallel import record_gpu, run_parallel
+from rnnlab.bench.parallel import record_gpu, run_parallel, visible_gpus
 from rnnlab.bench.suite import (PlannedRun, Suite, outcome_line, run_conflict, run_status, train_config,
                                 write_plan)
 
@@ -64,7 +63,7 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             continue
         result["trained"].append(pr.label)
         if summary.get("device") == "cuda":  # as rnnlab.bench.parallel does: the report names each run's GPU
-            record_gpu(pr.dir.parent, pr.label, os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip())
+            record_gpu(pr.dir.parent, pr.label, visible_gpus(1)[0])
         if not summary.get("complete", False):
             result["stopped"] = True
             log(f"{tag}: interrupted; stopping the suite (run the same command again to resume)")

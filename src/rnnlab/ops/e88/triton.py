@@ -24,14 +24,13 @@ or the MUFU approximation for 16-bit inputs on a GPU (as E1's kernels).
 from __future__ import annotations
 
 import dataclasses
-import os
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.elman.tanh import tanh
+from rnnlab.ops.elman.tanh import fast_tanh_applies, tanh
 
 __all__ = ["e88_scan", "E88KernelOptions"]
 
@@ -183,11 +182,6 @@ def _e88_bwd(q_ptr, k_ptr, v_ptr, d_ptr, ck_ptr, dy_ptr, dsT_ptr, ws_ptr,
     tl.store(ds0_ptr + bh * N * M + s_off, dS, mask=s_mask)
 
 
-def _fast_tanh(q: torch.Tensor) -> bool:
-    """MUFU's tanh for 16-bit inputs on a GPU (not in Triton's interpreter), as E1's kernels."""
-    return q.dtype != torch.float32 and q.is_cuda and not os.environ.get("TRITON_INTERPRET")
-
-
 class _E88Scan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, decay, S0, option_values, save):
@@ -201,7 +195,7 @@ class _E88Scan(torch.autograd.Function):
         s0 = S_T if S0 is None else S0.contiguous()
         if B * H > 0:
             _e88_fwd[(B * H,)](q, k, v, decay, s0, y, ckpt, S_T, T, H, N, M, HAS_S0=S0 is not None,
-                               SAVE=save, C=C, FAST=_fast_tanh(q), **options.launch(N, M, backward=False))
+                               SAVE=save, C=C, FAST=fast_tanh_applies(q), **options.launch(N, M, backward=False))
         if save:
             ctx.save_for_backward(q, k, v, decay, ckpt)
             ctx.options = options
@@ -221,7 +215,7 @@ class _E88Scan(torch.autograd.Function):
         dsT = dS0 if dS_T is None else dS_T.float().contiguous()
         if B * H > 0:
             _e88_bwd[(B * H,)](q, k, v, decay, ckpt, dy, dsT, scratch, dq, dk, dv, dd, dS0, T, H, N, M,
-                               HAS_DST=dS_T is not None, C=C, FAST=_fast_tanh(q),
+                               HAS_DST=dS_T is not None, C=C, FAST=fast_tanh_applies(q),
                                **ctx.options.launch(N, M, backward=True))
         dS0 = None if ctx.s0_dtype is None else dS0.to(ctx.s0_dtype)
         return dq, dk, dv, dd.to(decay.dtype), dS0, None, None

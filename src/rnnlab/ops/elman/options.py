@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from dataclasses import dataclass
 
 import torch
+
+from rnnlab.ops.elman.tanh import fast_tanh_applies
 
 
 @dataclass(frozen=True)
@@ -43,8 +44,7 @@ class ElmanKernelOptions:
 
     def use_fast_tanh(self, x: torch.Tensor) -> bool:
         """Whether a kernel on ``x`` uses the MUFU tanh (16-bit inputs on a real GPU only)."""
-        return (self.fast_tanh and x.dtype != torch.float32 and x.is_cuda
-                and not os.environ.get("TRITON_INTERPRET"))
+        return self.fast_tanh and fast_tanh_applies(x)
 
 
 @functools.cache

@@ -1,8 +1,17 @@
-"""The tanh inside the Elman Triton kernels: the exact exp form, or (``FAST``, 16-bit inputs on a
-GPU only, see ``ElmanKernelOptions.use_fast_tanh``) the sm_75+ MUFU approximation."""
+"""The tanh inside the Elman and E88 Triton kernels: the exact exp form, or (``FAST``, 16-bit
+inputs on a GPU only, :func:`fast_tanh_applies`) the sm_75+ MUFU approximation."""
 
+import os
+
+import torch
 import triton
 import triton.language as tl
+
+
+def fast_tanh_applies(x: torch.Tensor) -> bool:
+    """Whether a kernel on ``x`` may use the MUFU tanh: 16-bit inputs on a real GPU (not fp32,
+    whose tests hold kernels to ~1e-6, nor Triton's interpreter)."""
+    return x.dtype != torch.float32 and x.is_cuda and not os.environ.get("TRITON_INTERPRET")
 
 
 @triton.jit
