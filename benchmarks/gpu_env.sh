@@ -9,7 +9,9 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
 # torch extensions built with nvcc: E1's persistent kernel, ~1 minute to build), started from an
 # earlier call's when staged (stage_gpu.sh --compile-cache): warm caches cut a 400M E1 run's
 # warm-up from ~119 s to ~6 s. save_compile_cache OUTDIR (the scripts call it last) brings it back.
-# Caches are keyed by the code and compiler versions: a stale entry is a miss.
+# Caches are keyed by the code and compiler versions: a stale entry is a miss. Triton's autotuners
+# (Mamba2's and fla's kernels try many launches on first use, most of a deep Mamba2's ~100 s
+# warm-up) keep their choices in the cache too (TRITON_CACHE_AUTOTUNING).
 export RNNLAB_COMPILE_CACHE=/tmp/compile-cache
 mkdir -p "$RNNLAB_COMPILE_CACHE"
 if [ -f .gpu/compile-cache.tar.xz ] && [ ! -f "$RNNLAB_COMPILE_CACHE/.from-staging" ]; then
@@ -20,7 +22,8 @@ fi
 # is always of this very source, rnnlab/ops/elman/persistent.py)
 find src -name '*.cu' -exec touch -d '2000-01-01 00:00:00' {} +
 export TORCHINDUCTOR_CACHE_DIR=$RNNLAB_COMPILE_CACHE/inductor TRITON_CACHE_DIR=$RNNLAB_COMPILE_CACHE/triton \
-  TILELANG_CACHE_DIR=$RNNLAB_COMPILE_CACHE/tilelang TORCH_EXTENSIONS_DIR=$RNNLAB_COMPILE_CACHE/torch_extensions
+  TILELANG_CACHE_DIR=$RNNLAB_COMPILE_CACHE/tilelang TORCH_EXTENSIONS_DIR=$RNNLAB_COMPILE_CACHE/torch_extensions \
+  TRITON_CACHE_AUTOTUNING=1
 save_compile_cache() {
   # OUTDIR/compile-cache.tar.xz, when it is within what a call brings back (at most 8 files, 16 MiB
   # each: it is left out when OUTDIR already holds 8 other files). Never fails the caller.
@@ -33,8 +36,10 @@ save_compile_cache() {
   if [ "${raw:-0}" -gt 400 ]; then  # would not compress to 16 MiB, and compressing it would eat the call
     echo "compile cache: $raw MiB unpacked, not brought back"; return 0
   fi
-  # (a torch extension's build lock left by a killed build would make the next call wait forever)
+  # (a torch extension's build lock left by a killed build would make the next call wait forever;
+  # Triton loads a cached kernel from its cubin and metadata: its text IRs, 2/3 of the bytes, stay)
   XZ_OPT="-6 -T0" tar cJf "$1/.compile-cache.tmp" --exclude=.from-staging --exclude='torch_extensions/*/lock' \
+    --exclude='*.llir' --exclude='*.ttir' --exclude='*.ttgir' --exclude='*.ptx' --exclude='*.source' \
     -C "$RNNLAB_COMPILE_CACHE" . || { rm -f "$1/.compile-cache.tmp"; return 0; }
   size=$(stat -c %s "$1/.compile-cache.tmp")
   if [ "$size" -le $(( 15 * 1048576 )) ]; then
