@@ -282,8 +282,9 @@ def print_table(meta: dict, rows: list[dict]) -> None:
             print(f"{r['name']:{w}s} {r['mode']:>15s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
             continue
         flag = "*" if r["fastest"] else ("!" if not r["correct"] else " ")
+        x_mamba2 = f"{r['x_mamba2_best']:7.2f}" if "x_mamba2_best" in r else f"{'-':>7s}"  # no Mamba2 row ran
         print(f"{r['name']:{w}s} {r['mode']:>15s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d}{flag}"
-              f"{100 * r['mfu']:5.1f}% {r.get('x_mamba2_best', float('nan')):7.2f} {r['step_ms']:8.1f} "
+              f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} "
               f"{r['peak_mem_gib']:8.2f} {r['peak_reserved_gib']:8.2f} {r['first_step_s']:6.1f} "
               f"{r['max_dloss_vs_first_mode']:7.4f} {r.get('graph_breaks', '-'):>6}")
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than "

@@ -793,6 +793,27 @@ def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
                              "launches_per_step": 26.0}
 
 
+def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
+    """The x Mamba2 column: each row's tok/s over Mamba2's fastest correct mode of the same run;
+    "-" (not nan) in a run without a Mamba2 row."""
+    bm = _benchmark_script("bench_models")
+    meta = dict(device="GPU", date="today", torch="2", triton="3", mamba_ssm=None, causal_conv1d=None,
+                mamba2_fused_path=False, git_commit="abc")
+
+    def row(name, tok_per_s):
+        return dict(name=name, mode="default", params=10, B=32, tok_per_s=tok_per_s, losses=[1.0],
+                    step_ms=1.0, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
+
+    with_mamba2 = [row("Mamba2 d22", 100_000), row("E88 49x32 d32", 80_000)]
+    bm.annotate(with_mamba2, peak=989.0)
+    bm.print_table(meta, with_mamba2)
+    assert [line.split()[-7] for line in capsys.readouterr().out.splitlines()[3:5]] == ["1.00", "0.80"]
+    alone = [row("E1 d26 dense", 70_000)]
+    bm.annotate(alone, peak=989.0)
+    bm.print_table(meta, alone)
+    assert capsys.readouterr().out.splitlines()[3].split()[-7] == "-"
+
+
 def test_merge_suite_json_keeps_a_command_repeated_later_and_an_old_format_record():
     """A command run again later (not right after itself) stays twice, in date order; a kept
     suite.json from before continued suites (its command at the top level) keeps its command."""
