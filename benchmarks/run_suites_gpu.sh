@@ -16,6 +16,10 @@
 # call's runs back with `bash benchmarks/suite_carry.sh in OUTDIR/<suite>.tgz results/X`.
 # The compilers' caches come back as OUTDIR/compile-cache.tar.xz (gpu_env.sh): stage the next call
 # with `stage_gpu.sh ... --compile-cache FILE` to skip most compilation.
+# WARM_ONLY=1 only fills the compile cache: each run trains its first 3 steps (compilation,
+# autotuning, E1's extension build) into a scratch folder, nothing but the cache comes back. For a
+# run too long to fit a call with its warm-up (a deep 400M model at Table A's length): warm it in
+# one call, then stage the run's call with `stage_gpu.sh ... --compile-cache $OUT/compile-cache.tar.xz`.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
 # (benchmarks/gpu_tests.sh).
 # BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
@@ -43,6 +47,12 @@ pack() {  # written aside, then renamed: a cut never leaves a half archive under
 }
 for args in "$@"; do
   suite=${args%% *}
+  if [ -n "${WARM_ONLY:-}" ]; then
+    # shellcheck disable=SC2086
+    timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench $args --data /tmp/train.txt \
+      --val-data /tmp/val.txt --steps 3 --eval-bytes 64K --out /tmp/warm/"$suite" --no-progress --no-plots || true
+    continue
+  fi
   mkdir -p runs/"$suite"
   cp "$out/corpus.txt" runs/"$suite"/  # which corpus, in the suite's tarball (suite_carry.sh in keeps it)
   (while sleep 60; do pack "$suite" "$suite.partial.tgz"; done) >/dev/null 2>&1 &

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stage what a GPU call needs under .gpu/ (git-ignored; carry it with the call).
 # Usage: bash benchmarks/stage_gpu.sh SHARED_DIR [--tests | --tilelang] [--subset FILE] [--compile-cache FILE]
+#                                     [--models KINDS]
 # (SHARED_DIR: the folder holding wheels/ and data/)
 #   (default)        the wheels (flashrnn only for benchmarks/bench_peers.py) and the registry-pile
 #                    shards of --subset FILE (default benchmarks/registry_pile_subset.txt), compressed,
@@ -11,11 +12,14 @@
 #                    subset fits beside the stack, benchmarks/registry_pile_subset_small.txt)
 #   --compile-cache FILE  an earlier call's compile-cache.tar.xz (gpu_env.sh), kept outside .gpu/ (a
 #                    path relative to the repository's root): the compilers start warm
+#   --models KINDS   only the wheels these model kinds need (comma-separated, e.g. e1 or mamba2):
+#                    Mamba2 mamba_ssm + causal_conv1d (26 MB), Gated DeltaNet fla; schedulefree and
+#                    ninja always; flashrnn never: room for a compile cache beside the corpus
 # A call carries at most 64 MiB with the tree: the script says when the staged set does not fit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 shared=$1; shift
-mode=data subset=benchmarks/registry_pile_subset.txt corpus= cache=
+mode=data subset=benchmarks/registry_pile_subset.txt corpus= cache= models=
 while [ $# -gt 0 ]; do
   case $1 in
     --tests|--tilelang) mode=${1#--} ;;
@@ -26,6 +30,12 @@ while [ $# -gt 0 ]; do
                        echo "stage_gpu.sh: keep the compile cache outside .gpu/ (it is emptied first)" >&2; exit 2 ;;
                      esac
                      cache=$2; shift ;;
+    --models) [ $# -ge 2 ] || { echo "stage_gpu.sh: --models needs model kinds, e.g. e1,mamba2" >&2; exit 2; }
+              kinds=$(sed -n 's/^register(ModelSpec("\([a-z0-9]*\)".*/\1/p' src/rnnlab/models/registry.py | xargs)
+              for m in ${2//,/ }; do
+                case " $kinds " in *" $m "*) ;; *) echo "stage_gpu.sh: unknown model kind $m (known: $kinds)" >&2; exit 2 ;; esac
+              done
+              models=,$2,; shift ;;
     *) echo "stage_gpu.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift
@@ -37,6 +47,11 @@ cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja,fla_core,flashrn
 # fla's layers (Gated DeltaNet's official layer): a pure wheel, from PyPI when the shared folder lacks it
 cp "$shared"/wheels/flash_linear_attention-0.6.0-*.whl .gpu/wheels/ 2>/dev/null ||
   python3 -m pip download -q --no-deps -d .gpu/wheels flash-linear-attention==0.6.0
+if [ -n "$models" ]; then  # keep what the model kinds need
+  rm -f .gpu/wheels/flashrnn*.whl
+  case $models in *,mamba2,*) ;; *) rm -f .gpu/wheels/{causal_conv1d,mamba_ssm}*.whl ;; esac
+  case $models in *,gdn,*) ;; *) rm -f .gpu/wheels/{fla_core,flash_linear_attention}*.whl ;; esac
+fi
 if [ "$mode" = tests ]; then
   # its needs (huggingface-hub >= 1.31, tokenizers 0.23) are in the GPU image; zstandard (`.zst`
   # shards, tests/test_data_prepare.py) is a core dependency the image lacks (5.5 MB: the suites,
