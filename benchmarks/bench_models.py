@@ -76,9 +76,10 @@ MODELS = [
     ("minLSTM 2880x16", dict(model="minlstm", dim=2880, depth=16), [OFF, DEFAULT]),
     ("E16 s4 1024x10 e2", dict(model="e16", dim=1024, depth=10,
                                 layer={"expansion": 2.0, "state_expansion": 4}), [OFF, DEFAULT]),
-    # the equal-time race's configs (suites/race-400m.toml); first measured in results/e88-gdn-speed-h200
+    # E88 at the width `rnnlab params --target 400M` solves at the reference's depth 31 (50 heads),
+    # and the race's and Table B's (suites/race-400m.toml): 49 heads, whose scan runs ~1.3x faster
+    # (results/e88-kernel-h200, head-count sweep; results/e88-mamba2-h200); GDN as in the race
     ("E88 50x32 d31", dict(model="e88", dim=1600, depth=31), [OFF, DEFAULT, RO]),
-    # 49 heads: the scan runs ~1.3x faster than at 50 (results/e88-kernel-h200, head-count sweep)
     ("E88 49x32 d32", dict(model="e88", dim=1568, depth=32), [OFF, DEFAULT, RO]),
     ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
 ]
