@@ -262,8 +262,8 @@ def rows() -> list[Row]:
         mixers += [Row("mixer", f"{base} {which}", f"D{D}", _p(layer_mixer_case, "e1", D, selective=which, **layer),
                        vs=f"{base}@D{D}") for which in ("decay", "lowrank")]
         mixers.append(Row("mixer", "Mamba2 mixer (mamba_ssm)", f"D{D}", _p(mamba2_mixer_case, D), vs=f"{base}@D{D}"))
-    # the race's E88 (50 heads of 32) and Gated DeltaNet (fla's layer, 13 heads of 128) widths
-    mixers += [Row("mixer", "rnnlab E88 mixer 50x32", "D1600", _p(layer_mixer_case, "e88", 1600),
+    # the race's E88 (49 heads of 32) and Gated DeltaNet (fla's layer, 13 heads of 128) widths
+    mixers += [Row("mixer", "rnnlab E88 mixer 49x32", "D1568", _p(layer_mixer_case, "e88", 1568),
                    vs="rnnlab E1 mixer heads 14x128@D1792"),
                Row("mixer", "Gated DeltaNet mixer (fla)", "D1760", _p(layer_mixer_case, "gdn", 1760, backend="official"),
                    vs="rnnlab E1 mixer dense@D1760")]

@@ -37,7 +37,7 @@ save_compile_cache() {
     echo "compile cache: $raw MiB unpacked, not brought back"; return 0
   fi
   # (a torch extension's build lock left by a killed build would make the next call wait forever;
-  # Triton loads a cached kernel from its cubin and metadata: its text IRs, 2/3 of the bytes, stay)
+  # Triton loads a cached kernel from its cubin and metadata: its text IRs, 2/3 of the bytes, are left out)
   XZ_OPT="-6 -T0" tar cJf "$1/.compile-cache.tmp" --exclude=.from-staging --exclude='torch_extensions/*/lock' \
     --exclude='*.llir' --exclude='*.ttir' --exclude='*.ttgir' --exclude='*.ptx' --exclude='*.source' \
     -C "$RNNLAB_COMPILE_CACHE" . || { rm -f "$1/.compile-cache.tmp"; return 0; }

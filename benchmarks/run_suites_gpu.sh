@@ -17,7 +17,7 @@
 # The compilers' caches come back as OUTDIR/compile-cache.tar.xz (gpu_env.sh): stage the next call
 # with `stage_gpu.sh ... --compile-cache FILE` to skip most compilation.
 # WARM_ONLY=1 only fills the compile cache: each run trains its first 3 steps (compilation,
-# autotuning, E1's extension build) into a scratch folder, nothing but the cache comes back. For a
+# autotuning, E1's extension build) into a scratch folder; only the cache (and corpus.txt) come back. For a
 # run too long to fit a call with its warm-up (a deep 400M model at Table A's length): warm it in
 # one call, then stage the run's call with `stage_gpu.sh ... --compile-cache $OUT/compile-cache.tar.xz`.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
@@ -47,7 +47,7 @@ pack() {  # written aside, then renamed: a cut never leaves a half archive under
 }
 for args in "$@"; do
   suite=${args%% *}
-  if [ -n "${WARM_ONLY:-}" ]; then
+  if [ "${WARM_ONLY:-0}" = 1 ]; then
     # shellcheck disable=SC2086
     timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench $args --data /tmp/train.txt \
       --val-data /tmp/val.txt --steps 3 --eval-bytes 64K --out /tmp/warm/"$suite" --no-progress --no-plots || true

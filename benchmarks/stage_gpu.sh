@@ -13,8 +13,10 @@
 #   --compile-cache FILE  an earlier call's compile-cache.tar.xz (gpu_env.sh), kept outside .gpu/ (a
 #                    path relative to the repository's root): the compilers start warm
 #   --models KINDS   only the wheels these model kinds need (comma-separated, e.g. e1 or mamba2):
-#                    Mamba2 mamba_ssm + causal_conv1d (26 MB), Gated DeltaNet fla; schedulefree and
-#                    ninja always; flashrnn never: room for a compile cache beside the corpus
+#                    Mamba2 mamba_ssm + causal_conv1d (26 MB), Gated DeltaNet fla; schedulefree
+#                    always (and ninja, but for --tilelang); flashrnn never: room for a compile
+#                    cache beside the corpus. A Mamba2 run in a call staged without Mamba2's
+#                    wheels would train on the slow SSD reference: name every kind the call trains
 # A call carries at most 64 MiB with the tree: the script says when the staged set does not fit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,9 +32,11 @@ while [ $# -gt 0 ]; do
                        echo "stage_gpu.sh: keep the compile cache outside .gpu/ (it is emptied first)" >&2; exit 2 ;;
                      esac
                      cache=$2; shift ;;
-    --models) [ $# -ge 2 ] || { echo "stage_gpu.sh: --models needs model kinds, e.g. e1,mamba2" >&2; exit 2; }
+    --models) [ $# -ge 2 ] && [[ $2 =~ ^[a-z0-9]+(,[a-z0-9]+)*$ ]] ||
+                { echo "stage_gpu.sh: --models needs model kinds separated by commas, e.g. e1,mamba2" >&2; exit 2; }
               kinds=$(sed -n 's/^register(ModelSpec("\([a-z0-9]*\)".*/\1/p' src/rnnlab/models/registry.py | xargs)
-              for m in ${2//,/ }; do
+              IFS=, read -ra wanted <<< "$2"
+              for m in "${wanted[@]}"; do
                 case " $kinds " in *" $m "*) ;; *) echo "stage_gpu.sh: unknown model kind $m (known: $kinds)" >&2; exit 2 ;; esac
               done
               models=,$2,; shift ;;
@@ -41,6 +45,7 @@ while [ $# -gt 0 ]; do
   shift
 done
 [ "$mode" != data ] || corpus=1
+[ "$mode" != tests ] || [ -z "$models" ] || { echo "stage_gpu.sh: --tests needs every wheel: no --models" >&2; exit 2; }
 rm -rf .gpu
 mkdir -p .gpu/wheels
 cp "$shared"/wheels/{causal_conv1d,mamba_ssm,schedulefree,ninja,fla_core,flashrnn}*.whl .gpu/wheels/
