@@ -80,7 +80,7 @@ def main(argv=None):
                    help="which kernel families to time (default all)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
-                        "checkpoint variants run at 50, the race's (49 ran 1.5x faster than 50: "
+                        "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
                         "results/e88-kernel-h200)")
     args = p.parse_args(argv)
 
@@ -245,8 +245,9 @@ def main(argv=None):
 
 
 def matrix_state_cells(add, B, T, reps, bw, e88_heads):
-    """E88's kernel at ``e88_heads`` heads of n = m = 32 (default the race's 50 and the reference's
-    480M layer's 49; at 50 also other launches and checkpoint intervals), and fla's gated delta rule at the race's GDN layer (13 heads, K 128, V 256): one
+    """E88's kernel at ``e88_heads`` heads of n = m = 32 (default 50, the width `rnnlab params`
+    solves for 400M at depth 31, and 49, the race's; at 50 also other launches and checkpoint
+    intervals), and fla's gated delta rule at the race's GDN layer (13 heads, K 128, V 256): one
     layer's recurrence, decay / log decay and beta in fp32 as their layers pass them. Floor: the
     HBM bytes the kernels must move (inputs and outputs of forward and backward, once each)."""
     from rnnlab.ops.delta import gated_delta_scan
@@ -271,7 +272,7 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
         add("E88 triton", f"B{B} T{T} {H}x32x32", fwd_bwd(mk, reps), floor, "default options")
         if H != 50:
             continue
-        # the launch and checkpoint choices at the race's layer, beside the default: warps per
+        # the launch and checkpoint choices at 50 heads, beside the default: warps per
         # program (forward 1 and backward 2 by default; 1: a column of S per lane; more warps split
         # the rows further: fewer registers per thread, fewer programs per SM), a cap on the
         # registers (more programs per SM: the default forward fits 1584 at once, the 1600 of 50

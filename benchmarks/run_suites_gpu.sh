@@ -45,12 +45,15 @@ pack() {  # written aside, then renamed: a cut never leaves a half archive under
   tar czf "$out/.$2.tmp" --exclude=ckpt --exclude=tb -C runs "$1" 2>/dev/null || true
   mv -f "$out/.$2.tmp" "$out/$2"
 }
+bench() {  # `rnnlab bench ARGS` on the staged corpus, stopped by BENCH_TIMEOUT with a Ctrl-C
+  timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench "$@" --data /tmp/train.txt \
+    --val-data /tmp/val.txt --no-progress || true
+}
 for args in "$@"; do
   suite=${args%% *}
   if [ "${WARM_ONLY:-0}" = 1 ]; then
     # shellcheck disable=SC2086
-    timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench $args --data /tmp/train.txt \
-      --val-data /tmp/val.txt --steps 3 --eval-bytes 64K --out /tmp/warm/"$suite" --no-progress --no-plots || true
+    bench $args --steps 3 --eval-bytes 64K --out /tmp/warm/"$suite" --no-plots
     continue
   fi
   mkdir -p runs/"$suite"
@@ -58,8 +61,7 @@ for args in "$@"; do
   (while sleep 60; do pack "$suite" "$suite.partial.tgz"; done) >/dev/null 2>&1 &
   packer=$!
   # shellcheck disable=SC2086
-  timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench $args --data /tmp/train.txt --val-data /tmp/val.txt \
-    --extra-val-data /tmp/wikitext2.txt --eval-bytes all --out runs/"$suite" --no-progress || true
+  bench $args --extra-val-data /tmp/wikitext2.txt --eval-bytes all --out runs/"$suite"
   pkill -P "$packer" 2>/dev/null || true  # its sleep or tar, then the loop itself
   kill "$packer" 2>/dev/null || true
   wait "$packer" 2>/dev/null || true
