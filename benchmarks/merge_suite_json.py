@@ -7,15 +7,19 @@ calls start from the same copy (the second before the first came back), each cal
 lacks the other's command and runs. Copying the later one over results/ would drop them: the
 merge keeps every command (oldest first; a command repeated right after itself, a resume, once
 with its latest date, as ``rnnlab bench`` lists it) and every run (the call's entry where both have one, keeping
-the GPU the older entry recorded if the call's lacks it), runs in the suite's order then by seed.
-Plain json only: it runs where the package's dependencies are not installed.
+the GPU the older entry recorded if the call's lacks it), runs in the suite's order (its TOML's
+``[[runs]]``, found through suite.json's ``path`` under ``src/``; else the order the two files name
+them) then by seed. Standard library only: it runs where the package's dependencies are not installed.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import tomllib
 from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def commands(doc: dict) -> list[dict]:
@@ -26,8 +30,17 @@ def commands(doc: dict) -> list[dict]:
     return [{k: doc.get(k) for k in ("command", "options", "written")}] if "command" in doc else []
 
 
-def merge(kept: dict, call: dict) -> dict:
-    """``call``'s suite.json with ``kept``'s commands and runs that it lacks."""
+def suite_order(doc: dict) -> list[str]:
+    """The run names of the suite's TOML in their order, or [] when it is not found."""
+    toml = SRC / doc.get("path", "")
+    if not doc.get("path") or not toml.is_file():
+        return []
+    return [r["name"] for r in tomllib.loads(toml.read_text()).get("runs", [])]
+
+
+def merge(kept: dict, call: dict, order: list[str] = ()) -> dict:
+    """``call``'s suite.json with ``kept``'s commands and runs that it lacks; runs named in
+    ``order`` (the suite's) first, in that order."""
     def key(c):
         return c.get("command"), json.dumps(c.get("options"), sort_keys=True)
 
@@ -41,7 +54,7 @@ def merge(kept: dict, call: dict) -> dict:
     for r in call.get("runs", []):
         old = runs.get(r["dir"], {})
         runs[r["dir"]] = {**r, "gpu": old["gpu"]} if "gpu" in old and "gpu" not in r else r
-    names: list[str] = []
+    names = list(order)
     for r in call.get("runs", []) + kept.get("runs", []):
         if r["name"] not in names:
             names.append(r["name"])
@@ -57,7 +70,7 @@ def main(argv: list[str]) -> int:
     kept_path, call_path = map(Path, argv)
     call = json.loads(call_path.read_text())
     kept = json.loads(kept_path.read_text()) if kept_path.exists() else {}
-    kept_path.write_text(json.dumps(merge(kept, call), indent=2) + "\n")
+    kept_path.write_text(json.dumps(merge(kept, call, suite_order(call)), indent=2) + "\n")
     return 0
 
 

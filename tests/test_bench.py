@@ -831,3 +831,21 @@ def test_merge_suite_json_keeps_a_command_repeated_later_and_an_old_format_recor
     old = {"suite": "s", "command": "X", "options": {}, "written": "0", "runs": []}
     merged = m.merge(old, call)
     assert [c["command"] for c in merged["invocations"]] == ["X", "A", "B", "C"] and "command" not in merged
+
+
+def test_merge_suite_json_orders_runs_as_the_suite_defines_them():
+    """Two calls that started from the same slim copy come back in either order; the merged runs
+    follow the suite's TOML (depth-sweep: e1-d22, e1-d32, e1-d40), not the order of arrival."""
+    m = _benchmark_script("merge_suite_json")
+
+    def run(name):
+        return {"name": name, "dir": name, "seed": None}
+
+    doc = {"suite": "depth-sweep", "path": "rnnlab/bench/suites/depth-sweep.toml"}
+    kept = {**doc, "invocations": [], "runs": [run("e1-d22"), run("e1-d32")]}
+    call = {**doc, "invocations": [], "runs": [run("e1-d22"), run("e1-d40")]}
+    order = m.suite_order(call)
+    assert order.index("e1-d22") < order.index("e1-d32") < order.index("e1-d40")
+    assert [r["name"] for r in m.merge(kept, call, order)["runs"]] == ["e1-d22", "e1-d32", "e1-d40"]
+    assert [r["name"] for r in m.merge(kept, call)["runs"]] == ["e1-d22", "e1-d40", "e1-d32"]  # arrival
+    assert m.suite_order({"suite": "gone", "path": "rnnlab/bench/suites/no-such.toml"}) == []
