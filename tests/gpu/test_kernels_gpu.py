@@ -322,6 +322,58 @@ def test_elman_decay_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) and a is not None for _, plan, a in calls)
 
 
+# the low-rank term's ranks, one per case: 1 and 16 (its range's ends), odd and even in between;
+# (72, 8, 1760): more batch rows than a launch's blocks hold at once (each block loops over rows)
+LOWRANK_PERSISTENT_CASES = [(*case, r) for case, r in zip(PERSISTENT_CASES + [(72, 8, 1760)], (1, 16, 5, 8, 3, 16, 4))]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", LOWRANK_PERSISTENT_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("shape", range(4))  # persistent.SHAPES: 8 and 16 warps x both tiles
+def test_elman_lowrank_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
+    """E1's low-rank term on the persistent kernel (its default dense 16-bit path for ranks 1-16:
+    the state times V beside W's product, the block's sum times s_t, the epilogue's product with U;
+    the backward with U and V swapped and s_{t+1}) in a launch shape, against the float64
+    reference, forward and the gradients of wx, W, U, V, s and h0; records the launches to prove
+    the low-rank build ran with the forced shape."""
+    from rnnlab.ops.elman import naive, persistent, selective
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    B, T, H, r = case
+    if persistent.SHAPES[shape][0] == 16 and H != 1760:
+        pytest.skip("16 warps: checked at the E1 width only")
+    calls = []
+    for name in ("forward", "backward"):
+        fn = getattr(persistent, name)
+        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[3], a[5])) or fn(*a))
+    opts = ElmanKernelOptions(persistent_shape=shape)
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 17)
+    inputs = _selective_inputs("lowrank", B, T, H, 0, r)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    plan = persistent.make_plan(torch.empty(B, T, H, device=DEV, dtype=dtype), (persistent.SHAPES[shape],), r)
+    if plan is None:
+        pytest.skip(f"shape {persistent.SHAPES[shape]} does not fit H = {H} with the low-rank term")
+    _check_op(f"elman_lowrank_persistent{case} shape={persistent.SHAPES[shape]}",
+              lambda *a: selective.elman_lowrank_scan(*a, options=opts), naive.elman_lowrank_scan,
+              [*inputs, h0], dtype)
+    assert [name for name, _, _ in calls] == ["forward", "backward"]
+    warps, tile = persistent.SHAPES[shape]
+    assert all((p.warps, (p.cols, p.rows), p.lowrank) == (warps, tile, True) and lr is not None
+               for _, p, lr in calls)
+
+
+def test_elman_lowrank_persistent_declines_ranks_outside_its_range():
+    """Ranks above 16 (more than one MMA tile) go to the per-step kernel; 1 and 16 are planned
+    on the low-rank build."""
+    from rnnlab.ops.elman import persistent
+
+    x = torch.empty(4, 8, 256, device=DEV, dtype=torch.bfloat16)
+    assert persistent.make_plan(x, rank=17) is None
+    assert all(p is not None and p.lowrank for p in (persistent.make_plan(x, rank=1), persistent.make_plan(x, rank=16)))
+    assert not persistent.make_plan(x).lowrank
+
+
 def test_elman_dense_persistent_not_used_when_it_cannot_run():
     """fp32, and H not a multiple of 8, fall back to the Triton per-step kernel."""
     from rnnlab.ops.elman import persistent

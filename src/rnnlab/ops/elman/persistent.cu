@@ -1,10 +1,18 @@
 // Persistent dense Elman scan (E1): ONE cooperative launch runs all T steps of
 //   forward   h_t    = tanh(wx_t + h_{t-1} @ W^T)                 (M = W)
 //   backward  dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)       (M = W^T)
-// or, with E1's decay a (DECAY; selective="decay"),
+// or, with E1's decay a (kDecay; selective="decay"),
 //   forward   h_t    = tanh(wx_t + a_t * (h_{t-1} @ W^T))
 //   backward  dpre_t = (g_t + q_{t+1} @ W) * (1 - h_t^2),  q_t = a_t * dpre_t
-// where the backward's state (what the blocks exchange) is q, and dpre goes to a second output.
+// where the backward's state (what the blocks exchange) is q, and dpre goes to a second output;
+// or, with E1's low-rank term of rank r <= 16 (LOWRANK; selective="lowrank"),
+//   forward   h_t    = tanh(wx_t + h_{t-1} @ W^T + ((h_{t-1} @ V) * s_t) @ U^T)
+//   backward  dpre_t = (g_t + dpre_{t+1} @ W + ((dpre_{t+1} @ U) * s_{t+1}) @ V^T) * (1 - h_t^2)
+// where each warp also multiplies its staged K columns of the state by the same rows of the
+// state-side matrix (V forward, U backward; zero-padded to [Hp, 16], one more MMA per K tile, its
+// operand read through L1/L2), the block sums the warps' [RB x 16] partials times s, and the
+// epilogue adds their product with the thread's row of the other matrix (in registers for all T).
+// This variant is built on its own (RNNLAB_LOWRANK), so plain E1 does not pay for its build.
 // Block (x, y) owns NC output columns and the RB-row batch group y (tiles 32 x 16 or 16 x 32):
 // its NC rows of M stay in shared memory for all T steps. Batch groups are independent
 // recurrences, so a block reads only its group's rows of the state.
@@ -70,30 +78,43 @@ template <> __device__ __forceinline__ __half from_float(float x) { return __flo
 
 __host__ __device__ __forceinline__ int padded(int H) { return (H + 15) / 16 * 16; }
 
-template <typename T, int WARPS, int NC, int RB>
+// What the epilogue adds to the recurrent product: nothing, E1's decay, or its low-rank term.
+enum Epilogue { kPlain, kDecay, kLowRank };
+constexpr int LR = 16;  // the low-rank term's padded rank: one MMA tile wide
+
+template <typename T, int WARPS, int NC, int RB, int EPI>
 size_t smem_bytes(int H) {
   const int ld = padded(H) + PAD;
-  return static_cast<size_t>(NC + RB) * ld * sizeof(T) + static_cast<size_t>(WARPS) * RB * NC * sizeof(float);
+  const size_t lowrank = EPI == kLowRank ? static_cast<size_t>(WARPS + 1) * RB * LR * sizeof(float) : 0;
+  return static_cast<size_t>(NC + RB) * ld * sizeof(T) + static_cast<size_t>(WARPS) * RB * NC * sizeof(float) +
+         lowrank;
 }
 
 // Block (x, y) computes columns [NC*x, NC*x + NC) for batch rows y*RB + k*gridDim.y*RB + [0, RB).
-// e1: forward wx, backward g;  e2: backward h (unused forward);  e3: the decay a (DECAY only);
+// e1: forward wx, backward g;  e2: backward h (unused forward);  e3: the decay a (kDecay only);
 // m: [H, H] row-major (W or W^T); x0: the state before the first step ([B, H], forward h0) or
-// nullptr for zeros; out: [B, T, H], the states (forward h; backward dpre, or q with DECAY);
-// out2: backward with DECAY, dpre (else unused); flags: [gridDim.y][gridDim.x] step counters.
-template <typename T, int WARPS, int NC, int RB, bool BWD, bool DECAY>
+// nullptr for zeros; out: [B, T, H], the states (forward h; backward dpre, or q with kDecay);
+// out2: backward with kDecay, dpre (else unused); flags: [gridDim.y][gridDim.x] step counters.
+// kLowRank only: lr_in [Hp, LR] the state-side matrix (forward V, backward U), lr_out [H, LR] the
+// other (forward U, backward V), both zero-padded; lr_s [B, T, R] fp32, s (the backward reads s_{t+1}).
+template <typename T, int WARPS, int NC, int RB, bool BWD, int EPI>
 __global__ void __launch_bounds__(WARPS * 32, 1)
 elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __restrict__ e3,
-                 const T* __restrict__ m, const T* __restrict__ x0, T* out, T* out2, unsigned* flags, int B,
-                 int Tn, int H) {
+                 const T* __restrict__ m, const T* __restrict__ x0, T* out, T* out2, unsigned* flags,
+                 const T* __restrict__ lr_in, const T* __restrict__ lr_out, const float* __restrict__ lr_s, int R,
+                 int B, int Tn, int H) {
+  constexpr bool DECAY = EPI == kDecay, LOWRANK = EPI == kLowRank;
   constexpr int THREADS = WARPS * 32, MT = RB / 16, NT = NC / 16;
   constexpr int EPT = (RB * NC + THREADS - 1) / THREADS;  // epilogue elements per thread and pass
+  constexpr int SPT = (RB * LR + THREADS - 1) / THREADS;  // low-rank s values per thread and pass
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int Hp = padded(H);
   const int ld = Hp + PAD;
   T* ws = reinterpret_cast<T*>(smem_raw);               // [NC][ld]: rows c0.. of M
   T* hs = ws + NC * ld;                                  // [RB][ld]: staged previous state
   float* part = reinterpret_cast<float*>(hs + RB * ld);  // [WARPS][RB][NC]: per-warp partial sums
+  float* lpart = part + WARPS * RB * NC;                 // kLowRank: [WARPS][RB][LR] partial state @ lr_in
+  float* lsum = lpart + WARPS * RB * LR;                 // kLowRank: [RB][LR] (state @ lr_in) * s
 
   const int c0 = blockIdx.x * NC;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -111,8 +132,20 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
   for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero
   __syncthreads();
 
+  // kLowRank: the thread's epilogue columns' rows of lr_out, in registers for all T (a thread's
+  // columns are the same in every pass)
+  float lu[LOWRANK ? EPT : 1][LOWRANK ? LR : 1];
+  if constexpr (LOWRANK) {
+#pragma unroll
+    for (int e = 0; e < EPT; ++e) {
+      const int i = threadIdx.x + e * THREADS, c = c0 + i % NC;
+#pragma unroll
+      for (int j = 0; j < LR; ++j) lu[e][j] = (i < RB * NC && c < H) ? to_float(lr_out[c * LR + j]) : 0.f;
+    }
+  }
+
   // epilogue operands of one pass (step t, batch rows b0..), loaded a pass ahead into registers
-  float q1[EPT], q2[EPT], q3[EPT];
+  float q1[EPT], q2[EPT], q3[EPT], qs[SPT];
   auto prefetch = [&](int t, int b0) {
     const int nb = min(RB, B - b0);
 #pragma unroll
@@ -123,6 +156,15 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
       q1[e] = ok ? to_float(e1[o]) : 0.f;
       if constexpr (BWD) q2[e] = ok ? to_float(e2[o]) : 0.f;
       if constexpr (DECAY) q3[e] = ok ? to_float(e3[o]) : 0.f;
+    }
+    if constexpr (LOWRANK) {
+      const int ts = BWD ? t + 1 : t;  // the backward's term at t uses s_{t+1} (none at T-1)
+#pragma unroll
+      for (int e = 0; e < SPT; ++e) {
+        const int i = threadIdx.x + e * THREADS, r = i / LR, j = i % LR;
+        const bool ok = i < RB * LR && r < nb && j < R && ts < Tn;
+        qs[e] = ok ? lr_s[(static_cast<long>(b0 + r) * Tn + ts) * R + j] : 0.f;
+      }
     }
   };
   const int first_b0 = blockIdx.y * RB;
@@ -139,10 +181,13 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
     for (int b0 = first_b0; b0 < B; b0 += bstep) {
       const int nb = min(RB, B - b0);
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[MT][NT];
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> lacc[LOWRANK ? MT : 1];  // state @ lr_in
 #pragma unroll
-      for (int i = 0; i < MT; ++i)
+      for (int i = 0; i < MT; ++i) {
 #pragma unroll
         for (int j = 0; j < NT; ++j) wmma::fill_fragment(acc[i][j], 0.f);
+        if constexpr (LOWRANK) wmma::fill_fragment(lacc[i], 0.f);
+      }
       if (src != nullptr && kt1 > kt0) {
         // K tile kt is produced by column block kt / NT: wait for exactly the ones this warp reads
         if (s > 0 && b0 == first_b0) wait_producers(myflags, kt0 / NT, (kt1 - 1) / NT, s, lane);
@@ -159,6 +204,8 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
           wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];
 #pragma unroll
           for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> lf;
+          if constexpr (LOWRANK) wmma::load_matrix_sync(lf, lr_in + kt * 16 * LR, LR);
 #pragma unroll
           for (int i = 0; i < MT; ++i) {
             if (i * 16 < nb) {
@@ -166,16 +213,32 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
               wmma::load_matrix_sync(af, hs + i * 16 * ld + kt * 16, ld);
 #pragma unroll
               for (int j = 0; j < NT; ++j) wmma::mma_sync(acc[i][j], af, bf[j], acc[i][j]);
+              if constexpr (LOWRANK) wmma::mma_sync(lacc[i], af, lf, lacc[i]);
             }
           }
         }
       }
 #pragma unroll
-      for (int i = 0; i < MT; ++i)
+      for (int i = 0; i < MT; ++i) {
 #pragma unroll
         for (int j = 0; j < NT; ++j)
           wmma::store_matrix_sync(part + (warp * RB + i * 16) * NC + j * 16, acc[i][j], NC, wmma::mem_row_major);
+        if constexpr (LOWRANK)
+          wmma::store_matrix_sync(lpart + (warp * RB + i * 16) * LR, lacc[i], LR, wmma::mem_row_major);
+      }
       __syncthreads();
+      if constexpr (LOWRANK) {  // the block's (state @ lr_in) * s, [RB x LR]
+#pragma unroll
+        for (int e = 0; e < SPT; ++e) {
+          const int i = threadIdx.x + e * THREADS;
+          if (i >= RB * LR) continue;
+          float p = 0.f;
+#pragma unroll
+          for (int w = 0; w < WARPS; ++w) p += lpart[w * RB * LR + i];
+          lsum[i] = p * qs[e];
+        }
+        __syncthreads();
+      }
 #pragma unroll
       for (int e = 0; e < EPT; ++e) {
         const int i = threadIdx.x + e * THREADS, r = i / NC, n = i % NC, c = c0 + n;
@@ -183,6 +246,10 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
         float a = 0.f;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) a += part[(w * RB + r) * NC + n];
+        if constexpr (LOWRANK) {
+#pragma unroll
+          for (int j = 0; j < LR; ++j) a += lsum[r * LR + j] * lu[e][j];
+        }
         const long o = static_cast<long>(b0 + r) * sT + static_cast<long>(t) * H + c;
         float v;
         if constexpr (BWD) {
@@ -207,24 +274,42 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
   }
 }
 
-template <typename T, int WARPS, int NC, int RB, bool BWD, bool DECAY>
-void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tensor* e3, const torch::Tensor& m,
-            const torch::Tensor* x0, torch::Tensor& out, torch::Tensor* out2, int groups) {
+// The operands of one launch beyond the state's: what the kernel's e2, e3, out2 and lr_* take.
+struct Extras {
+  const torch::Tensor* e2 = nullptr;      // backward: h
+  const torch::Tensor* e3 = nullptr;      // kDecay: a
+  torch::Tensor* out2 = nullptr;          // kDecay backward: dpre
+  const torch::Tensor* lr_in = nullptr;   // kLowRank: [Hp, LR] state-side matrix
+  const torch::Tensor* lr_out = nullptr;  // kLowRank: [H, LR] epilogue-side matrix
+  const torch::Tensor* lr_s = nullptr;    // kLowRank: [B, T, R] fp32 s
+};
+
+template <typename T>
+const T* ptr(const torch::Tensor* t) { return t ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr; }
+
+template <typename T, int WARPS, int NC, int RB, bool BWD, int EPI>
+void launch(const torch::Tensor& e1, const torch::Tensor& m, const torch::Tensor* x0, torch::Tensor& out,
+            const Extras& x, int groups) {
   const int B = e1.size(0), Tn = e1.size(1), H = e1.size(2);
-  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD, DECAY>;
-  const size_t smem = smem_bytes<T, WARPS, NC, RB>(H);
+  const int R = x.lr_s ? x.lr_s->size(2) : 0;
+  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD, EPI>;
+  const size_t smem = smem_bytes<T, WARPS, NC, RB, EPI>(H);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid((H + NC - 1) / NC, groups), block(WARPS * 32);
   auto flags = torch::zeros({static_cast<long>(grid.x * grid.y)}, e1.options().dtype(torch::kInt32));
-  const T* pe1 = reinterpret_cast<const T*>(e1.data_ptr());
-  const T* pe2 = e2 ? reinterpret_cast<const T*>(e2->data_ptr()) : nullptr;
-  const T* pe3 = e3 ? reinterpret_cast<const T*>(e3->data_ptr()) : nullptr;
-  const T* pm = reinterpret_cast<const T*>(m.data_ptr());
-  const T* px0 = x0 ? reinterpret_cast<const T*>(x0->data_ptr()) : nullptr;
+  const T* pe1 = ptr<T>(&e1);
+  const T* pe2 = ptr<T>(x.e2);
+  const T* pe3 = ptr<T>(x.e3);
+  const T* pm = ptr<T>(&m);
+  const T* px0 = ptr<T>(x0);
   T* pout = reinterpret_cast<T*>(out.data_ptr());
-  T* pout2 = out2 ? reinterpret_cast<T*>(out2->data_ptr()) : nullptr;
+  T* pout2 = x.out2 ? reinterpret_cast<T*>(x.out2->data_ptr()) : nullptr;
   unsigned* pf = reinterpret_cast<unsigned*>(flags.data_ptr());
-  void* args[] = {&pe1, &pe2, &pe3, &pm, &px0, &pout, &pout2, &pf, (void*)&B, (void*)&Tn, (void*)&H};
+  const T* plin = ptr<T>(x.lr_in);
+  const T* plout = ptr<T>(x.lr_out);
+  const float* ps = x.lr_s ? x.lr_s->data_ptr<float>() : nullptr;
+  void* args[] = {&pe1, &pe2, &pe3, &pm, &px0, &pout, &pout2, &pf, &plin, &plout, &ps, (void*)&R,
+                  (void*)&B, (void*)&Tn, (void*)&H};
   C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), grid, block, args, smem,
                                              c10::cuda::getCurrentCUDAStream()));
 }
@@ -242,11 +327,20 @@ void launch(const torch::Tensor& e1, const torch::Tensor* e2, const torch::Tenso
   else if (dtype == torch::kHalf) { RNNLAB_WARPS(X, __half, BWD) }                                   \
   else TORCH_CHECK(false, "persistent Elman scan supports bf16 and fp16");
 
+// This build's epilogues: plain and decay, or (built with RNNLAB_LOWRANK) the low-rank term only.
+#ifdef RNNLAB_LOWRANK
+constexpr bool kLowRankBuild = true;
+#else
+constexpr bool kLowRankBuild = false;
+#endif
+
 // Returns out; with the decay e3 the backward also fills out2 (dpre) and returns q.
 template <bool BWD>
 torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e2, const torch::Tensor& m,
                   const c10::optional<torch::Tensor>& x0, const c10::optional<torch::Tensor>& e3,
-                  c10::optional<torch::Tensor> out2, int64_t warps, int64_t nc, int64_t rb, int64_t groups) {
+                  c10::optional<torch::Tensor> out2, const c10::optional<torch::Tensor>& lr_in,
+                  const c10::optional<torch::Tensor>& lr_out, const c10::optional<torch::Tensor>& lr_s,
+                  int64_t warps, int64_t nc, int64_t rb, int64_t groups) {
   TORCH_CHECK(e1.is_cuda() && e1.dim() == 3 && e1.is_contiguous(), "e1 must be a contiguous CUDA [B, T, H] tensor");
   TORCH_CHECK(m.scalar_type() == e1.scalar_type() && m.is_contiguous(), "m must be contiguous, dtype of e1");
   TORCH_CHECK(e1.size(2) % 8 == 0, "H must be a multiple of 8 (16-byte rows)");
@@ -256,33 +350,58 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
   };
   TORCH_CHECK(like_e1(e3) && like_e1(out2), "the decay a and dpre must be contiguous, with e1's shape and dtype");
   TORCH_CHECK(!BWD || e3.has_value() == out2.has_value(), "the decay backward needs both a and the dpre output");
+  const bool lowrank = lr_s.has_value();
+  TORCH_CHECK(lowrank == kLowRankBuild, lowrank ? "this build has no low-rank term (RNNLAB_LOWRANK)"
+                                                : "the low-rank build needs lr_in, lr_out and lr_s");
+  if (lowrank) {
+    const int64_t H = e1.size(2), Hp = padded(static_cast<int>(H));
+    TORCH_CHECK(lr_in.has_value() && lr_out.has_value() && !e3.has_value(), "low-rank: lr_in, lr_out, no decay");
+    TORCH_CHECK(lr_in->sizes() == torch::IntArrayRef({Hp, LR}) && lr_out->sizes() == torch::IntArrayRef({H, LR}) &&
+                    lr_in->scalar_type() == e1.scalar_type() && lr_out->scalar_type() == e1.scalar_type() &&
+                    lr_in->is_contiguous() && lr_out->is_contiguous(),
+                "low-rank: lr_in [Hp, 16] and lr_out [H, 16], contiguous, dtype of e1");
+    TORCH_CHECK(lr_s->dim() == 3 && lr_s->size(0) == e1.size(0) && lr_s->size(1) == e1.size(1) &&
+                    lr_s->size(2) >= 1 && lr_s->size(2) <= LR && lr_s->scalar_type() == torch::kFloat &&
+                    lr_s->is_contiguous(),
+                "low-rank: s must be contiguous fp32 [B, T, R] with 1 <= R <= 16");
+  }
   const c10::cuda::CUDAGuard guard(e1.device());
   auto out = torch::empty_like(e1);
   if (e1.numel() == 0) return out;
-  const torch::Tensor* pe2 = e2.has_value() ? &e2.value() : nullptr;
-  const torch::Tensor* pe3 = e3.has_value() ? &e3.value() : nullptr;
-  torch::Tensor* pout2 = out2.has_value() ? &out2.value() : nullptr;
+  Extras x;
+  x.e2 = e2.has_value() ? &e2.value() : nullptr;
+  x.e3 = e3.has_value() ? &e3.value() : nullptr;
+  x.out2 = out2.has_value() ? &out2.value() : nullptr;
+  x.lr_in = lr_in.has_value() ? &lr_in.value() : nullptr;
+  x.lr_out = lr_out.has_value() ? &lr_out.value() : nullptr;
+  x.lr_s = lr_s.has_value() ? &lr_s.value() : nullptr;
   const torch::Tensor* px0 = x0.has_value() ? &x0.value() : nullptr;
   const auto dtype = e1.scalar_type();
-#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) \
-  launch<T, W, NC_, RB_, BWD_, false>(e1, pe2, pe3, m, px0, out, pout2, groups);
-#define RNNLAB_LAUNCH_DECAY(T, W, NC_, RB_, BWD_) \
-  launch<T, W, NC_, RB_, BWD_, true>(e1, pe2, pe3, m, px0, out, pout2, groups);
-  if (pe3 != nullptr) {
+#ifdef RNNLAB_LOWRANK
+#define RNNLAB_LAUNCH_LOWRANK(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kLowRank>(e1, m, px0, out, x, groups);
+  RNNLAB_DTYPE(RNNLAB_LAUNCH_LOWRANK, BWD)
+#undef RNNLAB_LAUNCH_LOWRANK
+#else
+#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kPlain>(e1, m, px0, out, x, groups);
+#define RNNLAB_LAUNCH_DECAY(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kDecay>(e1, m, px0, out, x, groups);
+  if (x.e3 != nullptr) {
     RNNLAB_DTYPE(RNNLAB_LAUNCH_DECAY, BWD)
   } else {
     RNNLAB_DTYPE(RNNLAB_LAUNCH, BWD)
   }
 #undef RNNLAB_LAUNCH_DECAY
 #undef RNNLAB_LAUNCH
+#endif
   return out;
 }
 
-// Blocks of this tile that can be co-resident on the current device (0: does not fit).
+// Blocks of this tile that can be co-resident on the current device (0: does not fit), for this
+// build's epilogue (the low-rank one needs more shared memory).
 template <typename T, int WARPS, int NC, int RB, bool BWD>
 int64_t capacity_for(int64_t H) {
-  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD, false>;
-  const size_t smem = smem_bytes<T, WARPS, NC, RB>(static_cast<int>(H));
+  constexpr int EPI = kLowRankBuild ? kLowRank : kPlain;
+  auto kernel = elman_persistent<T, WARPS, NC, RB, BWD, EPI>;
+  const size_t smem = smem_bytes<T, WARPS, NC, RB, EPI>(static_cast<int>(H));
   int dev;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
   int max_smem;
@@ -306,9 +425,12 @@ int64_t capacity(int64_t H, int64_t warps, int64_t nc, int64_t rb) {
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
-  mod.def("forward", &run<false>, "h = forward(wx, None, W, h0 or None, a or None, None, warps, nc, rb, groups)");
+  mod.def("forward", &run<false>,
+          "h = forward(wx, None, W, h0 or None, a or None, None, lr_in, lr_out, s (low-rank build; else None), "
+          "warps, nc, rb, groups)");
   mod.def("backward", &run<true>,
-          "dpre = backward(g, h, W^T, None, None, None, ...); with the decay a: "
-          "q = backward(g, h, W^T, None, a, dpre_out, warps, nc, rb, groups)");
+          "dpre = backward(g, h, W^T, None, None, None, None, None, None, ...); with the decay a: "
+          "q = backward(g, h, W^T, None, a, dpre_out, None, None, None, ...); low-rank build: "
+          "dpre = backward(g, h, W^T, None, None, None, U padded, V padded, s, ...)");
   mod.def("capacity", &capacity, "co-resident blocks of a tile (H, warps, nc, rb); 0 = does not fit");
 }

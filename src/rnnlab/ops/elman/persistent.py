@@ -8,10 +8,12 @@ keeps its rows of ``W`` (forward) or ``W^T`` (backward) in shared memory for all
 it waits only for the blocks that produced the state columns it reads (per-block step flags);
 see the .cu file.
 
-Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans, plain or with E1's decay
-(``selective="decay"``: ``a_t`` one more epilogue operand), when :func:`make_plan` finds a launch
-(H a multiple of 8, the blocks co-resident); otherwise the Triton per-step kernel
-(``dense_step.py``, CUDA-graphed) runs.
+Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans, plain, with E1's decay
+(``selective="decay"``: ``a_t`` one more epilogue operand) or with its low-rank term
+(``selective="lowrank"``, rank 1 to 16: one more MMA per K tile and a block sum per step; a build
+of its own, so plain E1 does not pay for it), when :func:`make_plan` finds a launch (H a multiple
+of 8, the blocks co-resident); otherwise the Triton per-step kernel (``dense_step.py``,
+CUDA-graphed) runs.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SHAPES", "Plan", "make_plan", "forward", "backward"]
+__all__ = ["SHAPES", "MAX_RANK", "Plan", "make_plan", "forward", "backward"]
 
 # Launch shapes in order of preference (measured on an H100 at H = 1760, B = 16 and 32; see
 # docs/kernels.md): warps per block (the K range of a step is split over them) and the tile
 # (output columns, batch rows) per block. The first that fits in shared memory and co-residency
 # runs (``ElmanKernelOptions.persistent_shape`` forces one).
 SHAPES = ((16, (32, 16)), (8, (32, 16)), (16, (16, 32)), (8, (16, 32)))
+MAX_RANK = 16  # the low-rank term is one 16-wide MMA tile (persistent.cu's LR)
 
 
 @dataclass(frozen=True)
@@ -43,19 +46,21 @@ class Plan:
     cols: int
     rows: int
     groups: int
+    lowrank: bool = False  # launched from the low-rank build
 
 
 EXT_FLAGS = ["-O3", "-std=c++17"]
 
 
 @functools.cache
-def _ext():
-    """The built extension, named by :func:`_ext_name`."""
+def _ext(lowrank: bool = False):
+    """The built extension (plain and decay; or, ``lowrank``, the low-rank term's build), named
+    by :func:`_ext_name`."""
     from torch.utils.cpp_extension import load
 
     src = Path(__file__).with_name("persistent.cu")
-    return load(name=_ext_name(src.read_bytes(), EXT_FLAGS), sources=[str(src)], extra_cuda_cflags=EXT_FLAGS,
-                verbose=False)
+    flags = EXT_FLAGS + (["-DRNNLAB_LOWRANK"] if lowrank else [])
+    return load(name=_ext_name(src.read_bytes(), flags), sources=[str(src)], extra_cuda_cflags=flags, verbose=False)
 
 
 def _ext_name(source: bytes, flags: list[str]) -> str:
@@ -69,41 +74,64 @@ def _ext_name(source: bytes, flags: list[str]) -> str:
 
 
 @functools.cache
-def _capacity(device_index: int, H: int, warps: int, tile: tuple[int, int]) -> int:
+def _capacity(device_index: int, H: int, warps: int, tile: tuple[int, int], lowrank: bool) -> int:
     with torch.cuda.device(device_index):
-        return int(_ext().capacity(H, warps, *tile))
+        return int(_ext(lowrank).capacity(H, warps, *tile))
 
 
-def make_plan(x: torch.Tensor, shapes=SHAPES) -> Plan | None:
-    """The launch for the dense scan of ``x: [B, T, H]`` with the first of ``shapes`` that fits,
-    or None when the kernel cannot run it. CPU tensors, dtypes other than bf16/fp16 and H not a
-    multiple of 8 are declined without building the extension."""
+def make_plan(x: torch.Tensor, shapes=SHAPES, rank: int = 0) -> Plan | None:
+    """The launch for the dense scan of ``x: [B, T, H]`` (with a low-rank term of ``rank`` > 0)
+    with the first of ``shapes`` that fits, or None when the kernel cannot run it. CPU tensors,
+    dtypes other than bf16/fp16, H not a multiple of 8 and ranks above :data:`MAX_RANK` are
+    declined without building the extension."""
     if not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16) or x.shape[-1] % 8 != 0:
+        return None
+    if not 0 <= rank <= MAX_RANK:
         return None
     B, H = x.shape[0], x.shape[-1]
     for warps, (nc, rb) in shapes:
-        cap = _capacity(x.device.index or 0, H, warps, (nc, rb))
+        cap = _capacity(x.device.index or 0, H, warps, (nc, rb), rank > 0)
         groups = min(-(-B // rb), cap // -(-H // nc))
         if groups >= 1:
-            return Plan(warps, nc, rb, groups)
+            return Plan(warps, nc, rb, groups, rank > 0)
     return None
 
 
+def _lowrank_operands(state_side: torch.Tensor, epilogue_side: torch.Tensor, s: torch.Tensor):
+    """The low-rank build's ``(lr_in, lr_out, s)``: ``[H, r]`` matrices zero-padded to
+    ``[Hp, 16]`` (Hp = H rounded up to 16; the MMA's K tiles) and ``[H, 16]``, and ``s`` in fp32."""
+    H, r = state_side.shape
+    lr_in = state_side.new_zeros(-(-H // 16) * 16, MAX_RANK)
+    lr_in[:H, :r] = state_side
+    lr_out = epilogue_side.new_zeros(H, MAX_RANK)
+    lr_out[:, :r] = epilogue_side
+    return lr_in, lr_out, s.float().contiguous()
+
+
 def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Plan,
-            a: torch.Tensor | None = None) -> torch.Tensor:
-    """``h_t = tanh(wx_t + a_t * (h_{t-1} @ w.T))`` for all t (``a = 1`` when None); contiguous
-    ``wx, a: [B, T, H]``, ``w: [H, H]`` and ``h0: [B, H]`` (None = zeros), all of one 16-bit dtype."""
-    return _ext().forward(wx, None, w, h0, a, None, plan.warps, plan.cols, plan.rows, plan.groups)
+            a: torch.Tensor | None = None, lowrank: tuple | None = None) -> torch.Tensor:
+    """``h_t = tanh(wx_t + a_t * (h_{t-1} @ w.T))`` for all t (``a = 1`` when None), or with
+    ``lowrank = (V, U, s)`` (a plan made with its rank) ``h_t = tanh(wx_t + h_{t-1} @ w.T +
+    ((h_{t-1} @ V) * s_t) @ U.T)``; contiguous ``wx, a: [B, T, H]``, ``w: [H, H]``, ``h0: [B, H]``
+    (None = zeros), ``U, V: [H, r]``, all of one 16-bit dtype, ``s: [B, T, r]`` any float dtype."""
+    extra = (None,) * 3 if lowrank is None else _lowrank_operands(*lowrank)
+    return _ext(plan.lowrank).forward(wx, None, w, h0, a, None, *extra, plan.warps, plan.cols, plan.rows,
+                                      plan.groups)
 
 
-def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: torch.Tensor | None = None,
+             lowrank: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(dpre, q)``: ``dpre_t = (g_t + q_{t+1} @ w) * (1 - h_t^2)`` backwards over t
-    (``q_T = 0``) with ``q_t = a_t * dpre_t`` (``q`` is ``dpre`` itself when ``a`` is None)."""
+    (``q_T = 0``) with ``q_t = a_t * dpre_t`` (``q`` is ``dpre`` itself when ``a`` is None); with
+    ``lowrank = (U, V, s)`` (note the order: U first) the bracket also holds
+    ``((dpre_{t+1} @ U) * s_{t+1}) @ V.T``."""
     wt = w.t().contiguous()
+    ext = _ext(plan.lowrank)
+    launch = (plan.warps, plan.cols, plan.rows, plan.groups)
     if a is None:
-        dpre = _ext().backward(g, h, wt, None, None, None, plan.warps, plan.cols, plan.rows, plan.groups)
+        extra = (None,) * 3 if lowrank is None else _lowrank_operands(*lowrank)
+        dpre = ext.backward(g, h, wt, None, None, None, *extra, *launch)
         return dpre, dpre
     dpre = torch.empty_like(g)
-    q = _ext().backward(g, h, wt, None, a, dpre, plan.warps, plan.cols, plan.rows, plan.groups)
+    q = ext.backward(g, h, wt, None, a, dpre, None, None, None, *launch)
     return dpre, q

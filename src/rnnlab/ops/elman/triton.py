@@ -35,17 +35,17 @@ __all__ = ["elman_scan", "ElmanKernelOptions"]
 _PERSISTENT_ERROR: list[str] = []  # why the persistent kernel failed to build (then never retried)
 
 
-def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions):
+def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
     """``(persistent module, launch plan)`` when the persistent kernel should run the dense scan of
-    ``x``, else None (switched off, the shape does not fit, or it failed to build: then a
-    one-time warning)."""
+    ``x`` (with a low-rank term of ``rank`` > 0), else None (switched off, the shape or rank does
+    not fit, or it failed to build: then a one-time warning)."""
     if not opts.persistent or _PERSISTENT_ERROR or not x.is_cuda:
         return None
     try:
         from rnnlab.ops.elman import persistent
 
         shapes = persistent.SHAPES if opts.persistent_shape < 0 else (persistent.SHAPES[opts.persistent_shape],)
-        plan = persistent.make_plan(x, shapes)
+        plan = persistent.make_plan(x, shapes, rank)
     except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the Triton path
         _PERSISTENT_ERROR.append(f"{type(e).__name__}: {e}")
         warnings.warn(f"persistent Elman kernel unavailable, using the per-step Triton kernel ({e})")
@@ -67,11 +67,16 @@ def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> to
     return torch.addmm(corr, d[1:].t(), hf[:-1])
 
 
+def _rank(lowrank: tuple | None) -> int:
+    """The low-rank term's rank (its matrices are ``[H, r]``), 0 without it."""
+    return 0 if lowrank is None else lowrank[0].shape[1]
+
+
 def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
                   a: torch.Tensor | None = None, lowrank: tuple | None = None) -> torch.Tensor:
     """All states of the dense scan (``w: [H, H]``), with E1's selective terms when given (the
     decay ``a``, ``lowrank = (V, U, s)``: contiguous, ``wx``'s dtype): the persistent kernel when
-    it runs the shape (plain or decay), else the per-step kernel."""
+    it runs the shape (and the rank), else the per-step kernel."""
     B, T, H = wx.shape
     dt = wx.dtype
     wx = wx.contiguous()
@@ -79,9 +84,9 @@ def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, op
     h0c = None if h0 is None else h0.to(dt).contiguous()
     if T == 0 or B == 0:
         return torch.empty_like(wx)
-    if lowrank is None and (found := _persistent_plan(wx, opts)) is not None:
+    if (found := _persistent_plan(wx, opts, _rank(lowrank))) is not None:
         persistent, plan = found
-        return persistent.forward(wx, wk, h0c, plan) if a is None else persistent.forward(wx, wk, h0c, plan, a)
+        return persistent.forward(wx, wk, h0c, plan, a, lowrank)
     if h0c is None:  # the per-step kernels read the previous state from a tensor
         h0c = torch.zeros(B, H, device=wx.device, dtype=dt)
     return dense_step.forward(wx, wk.t().contiguous(), h0c, opts, a, lowrank)
@@ -92,9 +97,9 @@ def dense_dpre(g: torch.Tensor, wk: torch.Tensor, h: torch.Tensor, opts: ElmanKe
     """The sequential part of the dense backward, ``(dpre, q)`` with ``q = a * dpre`` (``dpre``
     without the decay ``a``; ``lowrank = (U, V, s)``), by the kernel :func:`dense_forward` chose;
     contiguous operands of ``h``'s dtype, T, B > 0."""
-    if lowrank is None and (found := _persistent_plan(h, opts)) is not None:
+    if (found := _persistent_plan(h, opts, _rank(lowrank))) is not None:
         persistent, plan = found
-        return persistent.backward(g, h, wk, plan) if a is None else persistent.backward(g, h, wk, plan, a)
+        return persistent.backward(g, h, wk, plan, a, lowrank)
     return dense_step.backward(wk, h, g, opts, a, lowrank)
 
 
