@@ -114,8 +114,12 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch):
     monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: calls.append(kw) or "ext")
     persistent._ext.cache_clear()
     try:
-        assert persistent._ext() == "ext"
+        assert persistent._ext() == "ext" and persistent._ext(lowrank=True) == "ext"
     finally:
         persistent._ext.cache_clear()
     src = calls[0]["sources"][0]
     assert src.endswith("persistent.cu") and calls[0]["name"] == name(open(src, "rb").read(), persistent.EXT_FLAGS)
+    # the low-rank term's build: the same source with its macro, under a name of its own
+    lowrank_flags = persistent.EXT_FLAGS + ["-DRNNLAB_LOWRANK"]
+    assert calls[1]["extra_cuda_cflags"] == lowrank_flags and "-DRNNLAB_LOWRANK" not in calls[0]["extra_cuda_cflags"]
+    assert calls[1]["name"] == name(open(src, "rb").read(), lowrank_flags) != calls[0]["name"]

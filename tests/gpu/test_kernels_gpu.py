@@ -347,7 +347,7 @@ def test_elman_lowrank_dense_persistent(dtype, case, with_h0, shape, monkeypatch
     for name in ("forward", "backward"):
         fn = getattr(persistent, name)
         monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[3], a[5])) or fn(*a))
-    opts = ElmanKernelOptions(persistent_shape=shape)
+    opts = ElmanKernelOptions(persistent_shape=shape, persistent_lowrank=True)
     torch.manual_seed(hash((case, with_h0)) % 1000 + 17)
     inputs = _selective_inputs("lowrank", B, T, H, 0, r)
     h0 = torch.randn(B, H).tanh() if with_h0 else None

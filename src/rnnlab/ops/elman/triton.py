@@ -39,7 +39,7 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
     """``(persistent module, launch plan)`` when the persistent kernel should run the dense scan of
     ``x`` (with a low-rank term of ``rank`` > 0), else None (switched off, the shape or rank does
     not fit, or it failed to build: then a one-time warning)."""
-    if not opts.persistent or _PERSISTENT_ERROR or not x.is_cuda:
+    if not opts.persistent or _PERSISTENT_ERROR or not x.is_cuda or (rank and not opts.persistent_lowrank):
         return None
     try:
         from rnnlab.ops.elman import persistent
