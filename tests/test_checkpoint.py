@@ -167,7 +167,9 @@ def test_old_format_run_loads_evaluates_and_resumes(tmp_path, capsys):
     # larger batches by default, which changes the float summation order)
     assert main(["eval", "--run", str(run), "--json", "--batch-size", "2"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["step"] == 3 and r["val_loss"] == summary["val_loss"]  # the same weights, the same number
+    # the same weights, the same number up to the CPU's float rounding (the fixture was written on
+    # another machine: its vectorised kernels may round differently by a few ulps)
+    assert r["step"] == 3 and r["val_loss"] == pytest.approx(summary["val_loss"], rel=1e-6)
     assert main(["sample", "--run", str(run), "--tokens", "5", "--device", "cpu"]) == 0
 
     assert main(["train", "--resume", "--out", str(run), "--steps", "5", "--no-progress"]) == 0

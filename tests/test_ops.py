@@ -85,14 +85,17 @@ def test_reference_returns_outputs_and_final_state(name, dtype):
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_final_state_continues_the_scan(name):
     """Scanning [0, T) equals scanning [0, k), then [k, T) from the first part's final state: a
-    layer's ``step`` (the op on one token from the carried state) equals its forward."""
+    layer's ``step`` (the op on one token from the carried state) equals its forward. To a few
+    fp32 ulps, not bit for bit: torch's vectorised exp / softplus (the gates) can round an element
+    differently in a vector lane and in a loop's scalar tail, and the split moves elements between
+    them (measured: 1 ulp on an AVX2 CPU, none on AVX-512)."""
     args, h0, time_args = _case(name)
     op = OPS[name]
     whole, whole_last = op(*args, h0, backend="naive")
     first, mid = op(*_window(args, time_args, 0, 3), h0, backend="naive")
     second, last = op(*_window(args, time_args, 3, T), mid, backend="naive")
-    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=0, atol=0)
-    torch.testing.assert_close(last, whole_last, rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([first, second], dim=1), whole, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(last, whole_last, rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
