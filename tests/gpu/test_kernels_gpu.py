@@ -255,6 +255,21 @@ def test_elman_dense_step_tiles(dtype, tile, graph):
                   lambda x, w, h: et.elman_scan(x, w, h, options=opts), naive.elman_scan, [wx, w, h0], dtype)
 
 
+def _record_persistent_launches(monkeypatch) -> list[tuple]:
+    """Wrap the persistent kernel's ``forward`` / ``backward`` so each launch is recorded as
+    ``(name, plan, a, lowrank)`` (their positional arguments 3-5; absent ones None)."""
+    from rnnlab.ops.elman import persistent
+
+    calls = []
+    for name in ("forward", "backward"):
+        def wrapped(*args, fn=getattr(persistent, name), name=name):
+            plan_a_lowrank = list(args[3:6])
+            calls.append((name, *plan_a_lowrank, *[None] * (3 - len(plan_a_lowrank))))
+            return fn(*args)
+        monkeypatch.setattr(persistent, name, wrapped)
+    return calls
+
+
 # (B, T, H): H = 1760 is E1 d26's width; B = 70 takes several batch groups / passes; H = 200 and
 # 104 are not multiples of 16 (zero-padded K tile); T = 300 runs many step handshakes.
 PERSISTENT_CASES = [(2, 33, 96), (1, 17, 64), (70, 9, 200), (3, 20, 104), (4, 300, 256), (32, 48, 1760)]
@@ -277,10 +292,7 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     if warps == 16 and H != 1760:
         pytest.skip("16 warps: checked at the E1 width only")
     assert persistent.make_plan(torch.empty(1, 1, H, device=DEV, dtype=dtype)) is not None
-    calls = []
-    for name in ("forward", "backward"):
-        fn = getattr(persistent, name)
-        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[-1])) or fn(*a))
+    calls = _record_persistent_launches(monkeypatch)
     opts = ElmanKernelOptions(persistent_shape=shape)
     torch.manual_seed(hash((case, with_h0)) % 1000 + 7)
     wx = torch.randn(B, T, H)
@@ -288,8 +300,8 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     h0 = torch.randn(B, H).tanh() if with_h0 else None
     _check_op(f"elman_dense_persistent{case} warps={warps} tile={tile}",
               lambda x, w, h: et.elman_scan(x, w, h, options=opts), naive.elman_scan, [wx, w, h0], dtype)
-    assert [name for name, _ in calls] == ["forward", "backward"]
-    assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) for _, plan in calls)
+    assert [c[0] for c in calls] == ["forward", "backward"]
+    assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) for _, plan, _, _ in calls)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -307,19 +319,16 @@ def test_elman_decay_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     B, T, H = case
     if persistent.SHAPES[shape][0] == 16 and H != 1760:
         pytest.skip("16 warps: checked at the E1 width only")
-    calls = []
-    for name in ("forward", "backward"):
-        fn = getattr(persistent, name)
-        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[3], a[4])) or fn(*a))
+    calls = _record_persistent_launches(monkeypatch)
     opts = ElmanKernelOptions(persistent_shape=shape)
     torch.manual_seed(hash((case, with_h0)) % 1000 + 13)
     inputs = _selective_inputs("decay", B, T, H, 0, 0)
     h0 = torch.randn(B, H).tanh() if with_h0 else None
     _check_op(f"elman_decay_persistent{case} shape={persistent.SHAPES[shape]}",
               lambda *a: selective.elman_decay_scan(*a, options=opts), naive.elman_decay_scan, [*inputs, h0], dtype)
-    assert [name for name, _, _ in calls] == ["forward", "backward"]
+    assert [c[0] for c in calls] == ["forward", "backward"]
     warps, tile = persistent.SHAPES[shape]
-    assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) and a is not None for _, plan, a in calls)
+    assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) and a is not None for _, plan, a, _ in calls)
 
 
 # the low-rank term's ranks, one per case: 1 and 16 (its range's ends), odd and even in between;
@@ -343,10 +352,7 @@ def test_elman_lowrank_dense_persistent(dtype, case, with_h0, shape, monkeypatch
     B, T, H, r = case
     if persistent.SHAPES[shape][0] == 16 and H != 1760:
         pytest.skip("16 warps: checked at the E1 width only")
-    calls = []
-    for name in ("forward", "backward"):
-        fn = getattr(persistent, name)
-        monkeypatch.setattr(persistent, name, lambda *a, fn=fn, name=name: calls.append((name, a[3], a[5])) or fn(*a))
+    calls = _record_persistent_launches(monkeypatch)
     opts = ElmanKernelOptions(persistent_shape=shape, persistent_lowrank=True)
     torch.manual_seed(hash((case, with_h0)) % 1000 + 17)
     inputs = _selective_inputs("lowrank", B, T, H, 0, r)
@@ -357,10 +363,10 @@ def test_elman_lowrank_dense_persistent(dtype, case, with_h0, shape, monkeypatch
     _check_op(f"elman_lowrank_persistent{case} shape={persistent.SHAPES[shape]}",
               lambda *a: selective.elman_lowrank_scan(*a, options=opts), naive.elman_lowrank_scan,
               [*inputs, h0], dtype)
-    assert [name for name, _, _ in calls] == ["forward", "backward"]
+    assert [c[0] for c in calls] == ["forward", "backward"]
     warps, tile = persistent.SHAPES[shape]
     assert all((p.warps, (p.cols, p.rows), p.lowrank) == (warps, tile, True) and lr is not None
-               for _, p, lr in calls)
+               for _, p, _, lr in calls)
 
 
 def test_elman_lowrank_persistent_declines_ranks_outside_its_range():
