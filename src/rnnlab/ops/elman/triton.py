@@ -32,14 +32,18 @@ from rnnlab.ops.registry import final_state, traced
 
 __all__ = ["elman_scan", "ElmanKernelOptions"]
 
-_PERSISTENT_ERROR: list[str] = []  # why the persistent kernel failed to build (then never retried)
+# why a build of the persistent kernel failed (keyed by "lowrank": its own build); never retried
+_PERSISTENT_ERROR: dict[bool, str] = {}
 
 
 def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
     """``(persistent module, launch plan)`` when the persistent kernel should run the dense scan of
     ``x`` (with a low-rank term of ``rank`` > 0), else None (switched off, the shape or rank does
-    not fit, or it failed to build: then a one-time warning)."""
-    if not opts.persistent or _PERSISTENT_ERROR or not x.is_cuda or (rank and not opts.persistent_lowrank):
+    not fit, or its build failed: then a one-time warning, and the other build still runs)."""
+    lowrank = rank > 0
+    if not opts.persistent or not x.is_cuda or lowrank in _PERSISTENT_ERROR:
+        return None
+    if lowrank and not opts.persistent_lowrank:
         return None
     try:
         from rnnlab.ops.elman import persistent
@@ -47,7 +51,7 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
         shapes = persistent.SHAPES if opts.persistent_shape < 0 else (persistent.SHAPES[opts.persistent_shape],)
         plan = persistent.make_plan(x, shapes, rank)
     except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the Triton path
-        _PERSISTENT_ERROR.append(f"{type(e).__name__}: {e}")
+        _PERSISTENT_ERROR[lowrank] = f"{type(e).__name__}: {e}"
         warnings.warn(f"persistent Elman kernel unavailable, using the per-step Triton kernel ({e})")
         return None
     return None if plan is None else (persistent, plan)
