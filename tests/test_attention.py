@@ -35,6 +35,21 @@ def test_kv_cache_grows_one_token_per_step():
     torch.testing.assert_close(state[1], v)
 
 
+def test_forward_is_causal_softmax_attention_written_out():
+    """softmax(q kᵀ / sqrt(head_dim) + causal mask) v per head, with RoPE on q and k, then the
+    output projection: the module docstring with the layer's weights."""
+    layer = _layer(dim=16, head_dim=4)
+    T = 7
+    x = torch.randn(2, T, 16, dtype=torch.float64)
+    q, k, v = (x @ layer.qkv.weight.T).unflatten(-1, (3, 4, 4)).permute(2, 0, 3, 1, 4)
+    pos = torch.arange(T)
+    q, k = rope(q, pos, 10000.0), rope(k, pos, 10000.0)
+    scores = (q @ k.transpose(-1, -2)) / 4**0.5
+    scores = scores.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), float("-inf"))
+    want = (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).flatten(2) @ layer.out.weight.T
+    torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-12)
+
+
 def test_rope_is_relative():
     torch.manual_seed(0)
     q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)

@@ -67,8 +67,11 @@ def test_shapes_and_params():
 
 
 def test_forward_is_the_seed_formula():
-    """The module docstring written out with the layer's weights (the seed's E16)."""
+    """The module docstring written out with the layer's weights (the seed's E16), with log_A
+    perturbed off its init (at 0, sigmoid(log_A) = sigmoid(-log_A) would hide a sign error)."""
     layer = _layer()
+    with torch.no_grad():
+        layer.log_A.normal_(0.0, 1.0)
     x = torch.randn(2, 5, 8)
     xr, z = (x @ layer.in_proj.weight.T).chunk(2, dim=-1)
     u = torch.nn.functional.silu(xr) @ layer.B
@@ -80,6 +83,17 @@ def test_forward_is_the_seed_formula():
         ys.append((h @ layer.C) * torch.nn.functional.silu(z[:, t]))
     want = torch.stack(ys, 1) @ layer.out_proj.weight.T
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_init_is_xavier_uniform_and_half_decay():
+    """The seed's init: in_proj, B, C, out_proj xavier_uniform (within sqrt(6 / (fan_in +
+    fan_out)), reaching close to it over hundreds of draws), A = sigmoid(0) = 0.5."""
+    layer = _layer(dim=32)
+    for name, p in layer.named_parameters():
+        if p.dim() == 2:
+            bound = (6 / sum(p.shape)) ** 0.5
+            assert 0.9 * bound < p.abs().max() <= bound, (name, p.abs().max().item(), bound)
+    assert torch.all(layer.log_A == 0)
 
 
 def test_seed_param_count():

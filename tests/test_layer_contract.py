@@ -153,3 +153,16 @@ def test_lm_step_matches_forward(model):
         lt, state = lm.step(idx[:, t], state)
         outs.append(lt)
     torch.testing.assert_close(torch.stack(outs, 1), logits, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
+def test_every_parameter_gets_a_gradient(case):
+    """Every parameter of every variant receives a nonzero gradient in training mode: one cut off
+    from the loss (a stray ``detach``, a decay rate the forward never reads) would never train,
+    and nothing else would say so."""
+    model, layer = case
+    mixer = make_layer(model, layer, torch.float64).train()
+    x = torch.randn(2, 6, DIM, dtype=torch.float64)
+    (mixer(x) * torch.randn(2, 6, DIM, dtype=torch.float64)).sum().backward()
+    dead = [n for n, p in mixer.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"{model} {layer}: no gradient for {dead}"

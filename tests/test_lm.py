@@ -44,3 +44,22 @@ def test_init_and_tied_head():
         assert torch.equal(norm.weight, torch.ones(64)) and torch.equal(norm.bias, torch.zeros(64))
     untied = LM(ModelConfig(model="e1", dim=64, depth=2, tie_embeddings=False))
     assert untied.head.weight is not untied.embed.weight
+
+
+def test_mlp_width_rounds_to_nearest():
+    """The MLP's hidden width is round(dim * mlp_ratio), as the parameter counter assumes:
+    32 * 1.4 = 44.8 -> 45 (truncation would give 44)."""
+    lm = LM(ModelConfig(model="e1", dim=32, depth=1, mlp_ratio=1.4))
+    assert lm.blocks[0].mlp.fc.weight.shape == (45, 32) and lm.blocks[0].mlp.proj.weight.shape == (32, 45)
+
+
+def test_loss_is_fp32_cross_entropy_of_bf16_logits():
+    """A bf16 model's loss is the cross-entropy of its logits taken in fp32 (bf16 would round the
+    log-sum-exp over 256 bytes to ~3 significant digits)."""
+    torch.manual_seed(0)
+    lm = LM(ModelConfig(model="e1", dim=16, depth=1)).to(torch.bfloat16).eval()  # eval: u fixed
+    idx, tgt = torch.randint(0, 256, (2, 8)), torch.randint(0, 256, (2, 8))
+    loss = lm(idx, tgt)
+    want = F.cross_entropy(lm(idx).float().reshape(-1, 256), tgt.reshape(-1))
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, want, rtol=0, atol=1e-6)

@@ -66,6 +66,16 @@ def test_parallel_log_long_decay_and_positive_b():
     )
 
 
+def test_parallel_log_near_zero_gates():
+    """Gates a_t down to 1e-7 (a minGRU/minLSTM forget gate at large logits): the log scan clamps
+    only at the smallest normal float, so it still equals the sequential loop."""
+    a, b, h0 = _inputs(B=2, T=12, H=4, dtype=torch.float64, seed=4)
+    a = a.clone()
+    a[:, 3::4] = 1e-7
+    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method="log")[0], scan_naive.linear_scan(a, b, h0)[0],
+                               rtol=1e-7, atol=1e-9)
+
+
 def test_doubling_handles_negative_a():
     a, b, h0 = _inputs(T=9, seed=3)
     a = -a
@@ -112,6 +122,21 @@ LAYERS = [(MinGRU, MinGRUConfig), (MinLSTM, MinLSTMConfig)]
 def _layer(cls, cfg_cls, expansion=1.0, dim=8, dtype=torch.float32, seed=0, **kw):
     torch.manual_seed(seed)
     return cls(cfg_cls(dim=dim, expansion=expansion, **kw)).to(dtype)
+
+
+def _assert_xavier_uniform(w: torch.Tensor, name: str):
+    """``w`` drawn from xavier_uniform: within its bound sqrt(6 / (fan_in + fan_out)) and, with
+    hundreds of draws, reaching close to it (a normal or a smaller init would not)."""
+    bound = (6 / sum(w.shape)) ** 0.5
+    assert 0.9 * bound < w.abs().max() <= bound, (name, w.abs().max().item(), bound)
+
+
+@pytest.mark.parametrize("cls,cfg_cls", LAYERS)
+def test_projections_are_xavier_uniform(cls, cfg_cls):
+    layer = _layer(cls, cfg_cls, 1.5, dim=32)
+    for name, p in layer.named_parameters():
+        if p.dim() == 2:
+            _assert_xavier_uniform(p.detach(), name)
 
 
 def test_g_activation():
