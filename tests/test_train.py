@@ -248,6 +248,28 @@ def test_resume_extends_budget_exactly(tiny_train, tmp_path):
     assert evals == [8, 16]
 
 
+def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path):
+    """``tok_per_wall_s`` is tokens over the run's whole wall clock (set-up, evaluation and
+    checkpoints included, so at most the training rate), summed over the sessions of a resumed run."""
+    first = run_training(tiny_train(tmp_path / "r", steps=4), progress=False)
+    resumed = run_training(tiny_train(tmp_path / "r", steps=8, resume=True), progress=False)
+    for s in (first, resumed):
+        assert s["tok_per_wall_s"] == pytest.approx(s["tokens"] / s["wall_s"]) and s["wall_s"] >= s["time_s"]
+    assert resumed["wall_s"] > first["wall_s"]
+
+
+def test_the_run_seed_draws_the_initial_weights(tiny_train, tmp_path):
+    """``seed`` sets the initial weights as well as the data order (the seed-spread studies vary
+    both): the same seed gives the same weights, another seed other weights."""
+    def initial_weights(seed, name):
+        t = Trainer(tiny_train(tmp_path / name, seed=seed), progress=False)
+        t.rundir.release()
+        return torch.cat([p.detach().flatten() for p in t.state.model.parameters()])
+
+    a, b, c = initial_weights(1, "a"), initial_weights(1, "b"), initial_weights(2, "c")
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
 def test_resume_refuses_a_different_config(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=3), progress=False)
     with pytest.raises(ValueError, match=r"was made with a different config: field model.dim is 32, not 48"):
