@@ -30,6 +30,18 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_as_in_a_terminal():
+    """Every test starts with Python's own Ctrl-C handler, as in a terminal: a pytest launched with
+    SIGINT ignored (``nohup``, ``cmd &`` in a script, some CI runners) would otherwise hand the
+    interrupt tests an ignored SIGINT, which the trainer restores between its two Ctrl-Cs."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def pytest_runtest_logreport(report) -> None:
     """With ``RNNLAB_TEST_RECORD=DIR`` (benchmarks/gpu_tests.sh), each test's outcome and time go to
     DIR/test_times.tsv and each failure's traceback to DIR/failures.txt as soon as it ends, so a
