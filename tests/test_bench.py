@@ -849,3 +849,13 @@ def test_merge_suite_json_orders_runs_as_the_suite_defines_them():
     assert [r["name"] for r in m.merge(kept, call, order)["runs"]] == ["e1-d22", "e1-d32", "e1-d40"]
     assert [r["name"] for r in m.merge(kept, call)["runs"]] == ["e1-d22", "e1-d40", "e1-d32"]  # arrival
     assert m.suite_order({"suite": "gone", "path": "rnnlab/bench/suites/no-such.toml"}) == []
+
+
+def test_mean_std_is_the_sample_std_over_finite_values():
+    """A diverged seed (nan, inf) or a missing value (None) is left out of a row's mean ± std,
+    which uses the sample standard deviation (n - 1), and counts only what it used."""
+    from rnnlab.bench.report import mean_std
+
+    m, s, n = mean_std([1.0, float("nan"), 3.0, None, float("inf")])
+    assert (m, n) == (2.0, 2) and s == pytest.approx(2**0.5)
+    assert mean_std([5.0]) == (5.0, None, 1) and mean_std([None]) == (None, None, 0)

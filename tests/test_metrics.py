@@ -114,3 +114,15 @@ def test_wandb_missing_is_a_one_line_error_before_the_run_folder(tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert err == "rnnlab train: error: --wandb needs the wandb package: pip install 'rnnlab[wandb]'"
     assert not run.exists()
+
+
+def test_steady_throughput_leaves_out_the_warm_up_steps():
+    """tok/s counts only the steps after the first WARMUP_STEPS (compilation, autotuning): three
+    slow first steps do not lower it; before they are over it is the whole run's rate."""
+    from rnnlab.train.metrics import WARMUP_STEPS, Throughput
+
+    t = Throughput()
+    flags = [t.add(100, 10.0) for _ in range(WARMUP_STEPS)]
+    assert all(flags) and t.tok_per_s(300, 30.0) == 10.0  # only warm-up so far: the run's own rate
+    assert t.add(100, 0.1) is False and t.add(100, 0.1) is False
+    assert t.tok_per_s(500, 30.2) == pytest.approx(1000.0)

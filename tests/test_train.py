@@ -563,6 +563,20 @@ def test_grad_accum_under_ddp_syncs_gradients_once_per_step(tiny_train, tmp_path
         tdist.destroy_process_group()
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "schedulefree-adamw"])
+def test_optimizer_takes_every_hyperparameter_from_the_config(optimizer, tiny_train, tmp_path):
+    """lr, betas, eps and weight decay reach the optimizer as configured (none left at a library
+    default): Table A's protocol is these numbers."""
+    from rnnlab.models import LM
+    from rnnlab.train.optim import build_optimizer
+
+    cfg = tiny_train(tmp_path, optimizer=optimizer, lr=2e-3, betas=[0.8, 0.95], eps=1e-6, weight_decay=0.05)
+    opt, _ = build_optimizer(LM(cfg.model), cfg)
+    group = opt.param_groups[0]
+    assert (tuple(group["betas"]), group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.05)
+    assert group.get("initial_lr", group["lr"]) == 2e-3  # AdamW's scheduler keeps the base lr as initial_lr
+
+
 def test_grad_accum_must_divide_the_batch():
     with pytest.raises(ValueError, match=r"grad_accum \(3\) must divide batch_size \(4\)"):
         TrainConfig.from_dict({"batch_size": 4, "grad_accum": 3}).validate()
