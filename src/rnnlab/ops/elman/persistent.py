@@ -98,7 +98,7 @@ def make_plan(x: torch.Tensor, shapes=SHAPES, rank: int = 0) -> Plan | None:
     return None
 
 
-def _lowrank_operands(state_side: torch.Tensor, epilogue_side: torch.Tensor, s: torch.Tensor):
+def _padded_lowrank(state_side: torch.Tensor, epilogue_side: torch.Tensor, s: torch.Tensor):
     """The low-rank build's ``(lr_in, lr_out, s)``: ``[H, r]`` matrices zero-padded to
     ``[Hp, 16]`` (Hp = H rounded up to 16; the MMA's K tiles) and ``[H, 16]``, and ``s`` in fp32."""
     H, r = state_side.shape
@@ -115,7 +115,7 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Pl
     ``lowrank = (V, U, s)`` (a plan made with its rank) ``h_t = tanh(wx_t + h_{t-1} @ w.T +
     ((h_{t-1} @ V) * s_t) @ U.T)``; contiguous ``wx, a: [B, T, H]``, ``w: [H, H]``, ``h0: [B, H]``
     (None = zeros), ``U, V: [H, r]``, all of one 16-bit dtype, ``s: [B, T, r]`` any float dtype."""
-    extra = (None,) * 3 if lowrank is None else _lowrank_operands(*lowrank)
+    extra = (None,) * 3 if lowrank is None else _padded_lowrank(*lowrank)
     return _ext(plan.lowrank).forward(wx, None, w, h0, a, None, *extra, plan.warps, plan.cols, plan.rows,
                                       plan.groups)
 
@@ -130,7 +130,7 @@ def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: t
     ext = _ext(plan.lowrank)
     launch = (plan.warps, plan.cols, plan.rows, plan.groups)
     if a is None:
-        extra = (None,) * 3 if lowrank is None else _lowrank_operands(*lowrank)
+        extra = (None,) * 3 if lowrank is None else _padded_lowrank(*lowrank)
         dpre = ext.backward(g, h, wt, None, None, None, *extra, *launch)
         return dpre, dpre
     dpre = torch.empty_like(g)
