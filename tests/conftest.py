@@ -74,6 +74,20 @@ def tiny_train():
 
 
 @pytest.fixture
+def assert_xavier_uniform():
+    """``check(w, what, near)``: ``w`` was drawn by xavier_uniform, i.e. lies within its bound
+    sqrt(6 / (fan_in + fan_out)) and, over the hundreds of draws of a layer's matrix, its largest
+    entry comes above ``near`` of it (a normal or a smaller init would not)."""
+
+    def check(w: torch.Tensor, what: str = "", near: float = 0.9) -> None:
+        bound = (6 / sum(w.shape)) ** 0.5
+        largest = w.detach().abs().max().item()
+        assert near * bound < largest <= bound, (what, largest, bound)
+
+    return check
+
+
+@pytest.fixture
 def small_corpus(tmp_path):
     """A 20 kB text file (enough for seq_len 32 and a 1% held-out tail of 200 bytes)."""
     p = tmp_path / "corpus.txt"

@@ -81,7 +81,7 @@ def test_layer_is_the_definition():
         torch.testing.assert_close(layer(x), want, rtol=1e-10, atol=1e-10)
 
 
-def test_init():
+def test_init(assert_xavier_uniform):
     torch.manual_seed(0)
     layer = E88(E88Config(dim=256, n_state=32))
     assert layer.cfg.n_heads == 8  # balanced: dim // n_state
@@ -91,9 +91,7 @@ def test_init():
     assert dt.min() >= 1e-3 - 1e-7 and dt.max() <= 0.1 + 1e-7
     assert layer.A_log._no_weight_decay and layer.dt_bias._no_weight_decay
     for proj in (layer.qkv_proj, layer.a_proj, layer.g_proj, layer.o_proj):
-        w = proj.weight
-        bound = math.sqrt(6 / sum(w.shape))  # xavier_uniform
-        assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound, proj
+        assert_xavier_uniform(proj.weight, str(proj), near=0.95)
 
 
 def test_decay_rate_init_spans_u_0_16():

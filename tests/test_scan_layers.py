@@ -124,19 +124,12 @@ def _layer(cls, cfg_cls, expansion=1.0, dim=8, dtype=torch.float32, seed=0, **kw
     return cls(cfg_cls(dim=dim, expansion=expansion, **kw)).to(dtype)
 
 
-def _assert_xavier_uniform(w: torch.Tensor, name: str):
-    """``w`` drawn from xavier_uniform: within its bound sqrt(6 / (fan_in + fan_out)) and, with
-    hundreds of draws, reaching close to it (a normal or a smaller init would not)."""
-    bound = (6 / sum(w.shape)) ** 0.5
-    assert 0.9 * bound < w.abs().max() <= bound, (name, w.abs().max().item(), bound)
-
-
 @pytest.mark.parametrize("cls,cfg_cls", LAYERS)
-def test_projections_are_xavier_uniform(cls, cfg_cls):
+def test_projections_are_xavier_uniform(cls, cfg_cls, assert_xavier_uniform):
     layer = _layer(cls, cfg_cls, 1.5, dim=32)
     for name, p in layer.named_parameters():
         if p.dim() == 2:
-            _assert_xavier_uniform(p.detach(), name)
+            assert_xavier_uniform(p, name)
 
 
 def test_g_activation():
