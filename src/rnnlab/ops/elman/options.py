@@ -23,9 +23,8 @@ from rnnlab.ops.elman.tanh import fast_tanh_applies
 class ElmanKernelOptions:
     persistent: bool = True  # dense 16-bit scans: the persistent CUDA kernel when the shape fits
     persistent_shape: int = -1  # force persistent.SHAPES[i] (warps, tile); -1 = the first that fits
-    # E1's low-rank term on the persistent kernel (ranks 1-16): off until its GPU tests have passed
-    # on an H200 (built and compiled, not yet run; docs/kernels.md), then the default
-    persistent_lowrank: bool = False
+    # E1's low-rank term in the persistent kernel's epilogue (ranks 1-16; a build of its own)
+    persistent_lowrank: bool = True
     cuda_graph: bool = True  # capture the dense per-step loop in a CUDA graph (one per shape)
     fast_tanh: bool = True  # tanh.approx.f32 for 16-bit inputs on the GPU (never fp32 / interpreter)
     dense_bn: int = 16  # dense per-step kernel: output columns per program
