@@ -43,7 +43,6 @@ import datetime
 import gc
 import json
 import statistics
-import subprocess
 import sys
 import time
 from importlib import metadata
@@ -54,6 +53,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.bench.mfu import benchmark_peak, mfu
+from rnnlab.train.runtime import git_state
 
 OFF, DEFAULT, RO = None, "default", "reduce-overhead"
 MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO}
@@ -239,8 +239,7 @@ def versions() -> dict:
 
     import triton
 
-    sha = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                         cwd=Path(__file__).parent).stdout.strip()
+    sha, _ = git_state()  # RNNLAB_GIT_COMMIT on a GPU machine, whose copy's git metadata is stale
     return dict(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
                 mamba_ssm=v("mamba-ssm") or v("mamba_ssm"), causal_conv1d=v("causal-conv1d") or v("causal_conv1d"),
                 mamba2_fused_path=causal_conv1d_available(), git_commit=sha or None)

@@ -380,6 +380,22 @@ def test_elman_lowrank_persistent_declines_ranks_outside_its_range():
     assert not persistent.make_plan(x).lowrank
 
 
+def test_elman_lowrank_default_is_persistent_and_the_option_turns_it_off(monkeypatch):
+    """A bf16 dense low-rank scan runs the persistent low-rank build by default, and the per-step
+    kernel with ``persistent_lowrank=False``, with the same answer (to bf16 rounding)."""
+    from rnnlab.ops.elman import selective
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    calls = _record_persistent_launches(monkeypatch)
+    torch.manual_seed(3)
+    wx, w, U, V, s = (t.to(DEV, torch.bfloat16) for t in _selective_inputs("lowrank", 4, 16, 256, 0, 8))
+    on, _ = selective.elman_lowrank_scan(wx, w, U, V, s, None)
+    assert [(c[0], c[1].lowrank) for c in calls] == [("forward", True)]
+    off, _ = selective.elman_lowrank_scan(wx, w, U, V, s, None, options=ElmanKernelOptions(persistent_lowrank=False))
+    assert len(calls) == 1
+    assert rel(on.float(), off.float()) < 2e-2
+
+
 def test_elman_dense_persistent_not_used_when_it_cannot_run():
     """fp32, and H not a multiple of 8, fall back to the Triton per-step kernel."""
     from rnnlab.ops.elman import persistent

@@ -9,10 +9,9 @@ CUDA-graphed per-step launches):
 * **decay, dense**: the persistent CUDA kernel (bf16/fp16, when the shape fits; ``a_t`` one more
   epilogue operand, the backward's exchanged state ``q = a * dpre``), else the per-step kernel of
   ``dense_step.py`` with the decay in its epilogue.
-* **low-rank** (dense or heads): the per-step kernel (the rank-r product in the same K loop), or
-  with ``ElmanKernelOptions(persistent_lowrank=True)`` (not yet the default: its GPU tests have not
-  run) the persistent CUDA kernel's low-rank build (bf16/fp16, ranks 1-16, when the shape fits:
-  ``h_{t-1} @ V`` beside W's product in the same K tiles, the term added in the epilogue).
+* **low-rank** (dense or heads): the persistent CUDA kernel's low-rank build (bf16/fp16, ranks
+  1-16, when the shape fits: ``h_{t-1} @ V`` beside W's product in the same K tiles, the term
+  added in the epilogue), else the per-step kernel (the rank-r product in the same K loop).
   Heads run it as their block-diagonal dense matrix: the rank-r term couples every head at every
   step, so one head's program cannot compute ``h_{t-1} @ V`` alone (docs/kernels.md: the
   predicted cost of each path).
