@@ -2,9 +2,12 @@
 reference configurations, every model in the compile modes that can be its fastest, in one run.
 
     python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
-                                      [--skip NAME ...] [--profile] [--json results/x/models.json]
+                                      [--skip NAME ...] [--profile] [--sf-step fused foreach]
+                                      [--json results/x/models.json]
 
-Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1), T=512, the same random
+Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; its step fused into one Triton
+launch as ``rnnlab train`` runs it, or with ``--sf-step foreach`` also schedulefree's own step,
+each mode of each model once per step kind: the optimizer's share in one run), T=512, the same random
 bytes and the same initial weights (seed 0) for every mode of a model; ``--warmup`` steps (at
 least 3 when compiling: compilation, autotuning) are not timed; tok/s is B*T over the median of
 ``--steps`` CUDA-synchronised step times. MFU = 6 * params * tok/s / the GPU's dense bf16 peak
@@ -41,6 +44,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import itertools
 import json
 import statistics
 import sys
@@ -166,10 +170,13 @@ def graph_stats() -> dict:
             "graphs": counters["stats"]["unique_graphs"]}
 
 
-def bench(name, cfgd, B, T, steps, warmup, mode, profile=False):
-    """Train ``steps + warmup`` steps of one model in one mode; returns the row (with ``profile``,
-    also the GPU time per step by kind of kernel, from ``PROFILE_STEPS`` more steps)."""
+def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused"):
+    """Train ``steps + warmup`` steps of one model in one mode with Schedule-Free AdamW's
+    ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own); returns the row
+    (with ``profile``, also the GPU time per step by kind of kernel, from ``PROFILE_STEPS`` more steps)."""
     import schedulefree
+
+    from rnnlab.train import sf_adamw
 
     torch.manual_seed(0)
     model = build(cfgd).to("cuda", torch.bfloat16)
@@ -178,7 +185,8 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False):
     torch._dynamo.reset()  # fresh caches and recompile budget for every row
     torch._dynamo.utils.counters.clear()  # reset() keeps the graph-break counters
     fwd = model if mode is OFF else torch.compile(model, mode=mode)
-    opt = schedulefree.AdamWScheduleFree(model.parameters(), lr=3e-4, weight_decay=0.1)
+    cls = sf_adamw.AdamWScheduleFree if sf_step == "fused" else schedulefree.AdamWScheduleFree
+    opt = cls(model.parameters(), lr=3e-4, weight_decay=0.1)
     opt.train()
     g = torch.Generator(device="cuda").manual_seed(0)
     batches = [torch.randint(0, 256, (B, T + 1), device="cuda", generator=g) for _ in range(4)]
@@ -314,6 +322,9 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
     p.add_argument("--profile", action="store_true",
                    help=f"after each row's timed steps, profile {PROFILE_STEPS} more: GPU time per step by kind of kernel")
+    p.add_argument("--sf-step", choices=["fused", "foreach"], nargs="+", default=["fused"],
+                   help="Schedule-Free AdamW's step: rnnlab's fused kernel (what `rnnlab train` runs) and/or "
+                        "schedulefree's own foreach step; each one a row (default: fused)")
     p.add_argument("--json", default=None)
     p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
     args = p.parse_args(argv)
@@ -321,7 +332,7 @@ def main(argv=None):
     device = torch.cuda.get_device_name()
     peak, assumed = benchmark_peak(device, args.peak_tflops)
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command=" ".join(sys.argv), optimizer="schedulefree.AdamWScheduleFree lr 3e-4 wd 0.1",
+                command=" ".join(sys.argv), optimizer="Schedule-Free AdamW lr 3e-4 wd 0.1",
                 weights="bf16", steps=args.steps, peak_tflops=peak,
                 peak_assumed=assumed, loss_tol=LOSS_TOL, **versions())
     meta["git_commit"] = args.commit or meta["git_commit"]
@@ -336,12 +347,14 @@ def main(argv=None):
     rows: list[dict] = []
     for name, cfgd, modes in todo:
         for B in args.batches:
-            for mode in ([MODE_NAMES[m] for m in args.compile] if args.compile else modes):
+            for mode, sf_step in itertools.product(
+                    [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step):
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
+                row_name = name if sf_step == "fused" else f"{name} [sf foreach]"  # its own row group
                 try:
-                    r = bench(name, cfgd, B, args.T, args.steps, warmup, mode, args.profile)
+                    r = bench(row_name, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
-                    r = dict(name=name, mode="eager" if mode is OFF else mode, config=cfgd, B=B, T=args.T,
+                    r = dict(name=row_name, mode="eager" if mode is OFF else mode, config=cfgd, B=B, T=args.T,
                              error=f"{type(e).__name__}: {e}")
                     torch._dynamo.reset()
                     gc.collect()

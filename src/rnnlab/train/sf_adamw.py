@@ -1,0 +1,152 @@
+"""Schedule-Free AdamW with its step fused into one Triton kernel launch per dtype (CUDA).
+
+schedulefree's own step (its ``foreach`` path) makes ten passes over parameter-sized tensors: on
+a 400M model in bf16 about 21 GB of memory traffic, 6.6-6.9 ms of a 70-80 ms step on an H200
+(``results/optimizer-profile-h200``). The kernel here reads y (the parameter), z, the second moment
+and the gradient once and writes y, z and the moment once, for every parameter of one dtype in a
+single launch (a table of their addresses; per-tensor launches would leave the GPU waiting on
+Python for the small ones).
+
+It computes what the ``foreach`` step computes, operation by operation, rounding to the
+parameter's dtype after each of the ten as the ``foreach`` ops do (in pure bf16, the reference
+study's numerics, that rounding matters: it is where the move of y towards z is lost, see
+``docs/findings.md``), with IEEE division and square root: the GPU tests check it against
+schedulefree's step. Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping
+of ``k``, ``lr_max`` and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the
+kernel does not take (not contiguous, or another dtype), run schedulefree's own step. Unlike that
+step, this one leaves ``p.grad`` as it was.
+"""
+
+from __future__ import annotations
+
+import schedulefree
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: schedulefree's step
+    triton = None
+
+__all__ = ["AdamWScheduleFree"]
+
+BLOCK = 2048  # elements per program
+DTYPES = (torch.bfloat16, torch.float32)  # pure bf16, and the fp32 master weights of bf16-mixed / fp32
+
+
+class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
+    """``schedulefree.AdamWScheduleFree`` whose step runs the fused kernel when every parameter
+    with a gradient is a contiguous CUDA tensor of one of :data:`DTYPES` (and its gradient of the
+    same dtype), else schedulefree's step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        if not self._fused_applies():
+            return super().step(closure)
+        if not self.param_groups[0]["train_mode"]:
+            raise RuntimeError("the optimizer is in eval mode: call opt.train() before opt.step()")
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:  # schedulefree 1.4's scalars, in its order
+            beta1, beta2 = group["betas"]
+            k, warmup = group["k"], group["warmup_steps"]
+            lr = group["lr"] * ((k + 1) / warmup if k < warmup else 1.0)
+            group["scheduled_lr"] = lr
+            lr_max = group["lr_max"] = max(lr, group["lr_max"])
+            weight = ((k + 1) ** group["r"]) * (lr_max ** group["weight_lr_power"])
+            weight_sum = group["weight_sum"] = group["weight_sum"] + weight
+            ckp1 = weight / weight_sum if weight_sum else 0.0
+            active = [p for p in group["params"] if p.grad is not None]
+            for p in active:
+                if "z" not in self.state[p]:
+                    self.state[p]["z"] = torch.clone(p, memory_format=torch.preserve_format)
+                    self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            for dtype in {p.dtype for p in active}:
+                params = [p for p in active if p.dtype == dtype]
+                _launch(params, [self.state[p]["z"] for p in params], [self.state[p]["exp_avg_sq"] for p in params],
+                        scalars=[float(v) for v in (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"],
+                                                    group["weight_decay"], ckp1, lr * (beta1 * (1 - ckp1) - 1), lr)])
+            group["k"] = k + 1
+        return loss
+
+    def _fused_applies(self) -> bool:
+        if triton is None:
+            return False
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                if not (p.is_cuda and p.dtype in DTYPES and p.grad.dtype == p.dtype and p.is_contiguous()
+                        and p.grad.is_contiguous()):
+                    return False
+        return True
+
+
+_BLOCK_MAPS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # tensor sizes -> (block's tensor, its first block)
+
+
+def _block_map(numels: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """For one list of tensor sizes: which tensor each program works on, and each tensor's first
+    program (the sizes of a model's parameters do not change, so this is built once)."""
+    key = (numels, str(device))
+    if key not in _BLOCK_MAPS:
+        blocks = torch.tensor([-(-n // BLOCK) for n in numels])
+        first = torch.cumsum(blocks, 0) - blocks
+        owner = torch.repeat_interleave(torch.arange(len(numels)), blocks)
+        _BLOCK_MAPS[key] = (owner.to(device, torch.int32), first.to(device, torch.int64))
+    return _BLOCK_MAPS[key]
+
+
+def _launch(params, zs, sqs, scalars):
+    """One launch over all of ``params`` (one dtype): their y, z, second-moment and gradient
+    addresses go in as a table, copied each step (a checkpoint's load replaces the state tensors,
+    and each backward allocates new gradients)."""
+    numels = tuple(p.numel() for p in params)
+    owner, first = _block_map(numels, params[0].device)
+    table = torch.tensor([[t.data_ptr() for t in ts] for ts in (params, zs, sqs, [p.grad for p in params])]
+                         + [list(numels)], dtype=torch.int64)
+    if params[0].is_cuda:  # an asynchronous copy (a pageable one would wait for the backward)
+        table = table.pin_memory().to(params[0].device, non_blocking=True)
+    dt = tl.bfloat16 if params[0].dtype == torch.bfloat16 else tl.float32
+    _sf_adamw_kernel[(owner.numel(),)](table, len(params), owner, first, *scalars, DT=dt, BLOCK=BLOCK, num_warps=8)
+
+
+if triton is not None:
+
+    @triton.jit
+    def _round(x, DT: tl.constexpr):
+        """``x`` (fp32) rounded to the parameters' dtype, as a ``foreach`` op stores its result."""
+        return x.to(DT).to(tl.float32)
+
+    @triton.jit
+    def _sf_adamw_kernel(table, n_tensors, owner, first, beta2, one_minus_beta2, bias_correction2, eps, decay,
+                         ckp1, y_coef, lr, DT: tl.constexpr, BLOCK: tl.constexpr):
+        """schedulefree's foreach step on one block of one tensor, in its order of operations."""
+        pid = tl.program_id(0)
+        t = tl.load(owner + pid)
+        offs = (pid - tl.load(first + t)) * BLOCK + tl.arange(0, BLOCK)
+        mask = offs < tl.load(table + 4 * n_tensors + t)
+        y_ptr = tl.load(table + t).to(tl.pointer_type(DT))
+        z_ptr = tl.load(table + n_tensors + t).to(tl.pointer_type(DT))
+        sq_ptr = tl.load(table + 2 * n_tensors + t).to(tl.pointer_type(DT))
+        g_ptr = tl.load(table + 3 * n_tensors + t).to(tl.pointer_type(DT))
+        y = tl.load(y_ptr + offs, mask=mask).to(tl.float32)
+        z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
+        sq = tl.load(sq_ptr + offs, mask=mask).to(tl.float32)
+        g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
+        sq = _round(sq * beta2, DT)  # exp_avg_sq.mul_(beta2)
+        sq = _round(sq + one_minus_beta2 * g * g, DT)  # .addcmul_(grad, grad, value=1 - beta2)
+        d = _round(tl.math.div_rn(sq, tl.full(sq.shape, bias_correction2, tl.float32)), DT)  # denom = sq / bc2
+        d = _round(tl.math.sqrt_rn(d), DT)  # .sqrt_()
+        d = _round(d + eps, DT)  # .add_(eps)
+        u = _round(tl.math.div_rn(g, d), DT)  # grad.div_(denom)
+        u = _round(u + decay * y, DT)  # .add_(y, alpha=decay)
+        # y.lerp_(z, ckp1), torch's formula for either half of the weight's range
+        y = _round(tl.where(ckp1 < 0.5, y + ckp1 * (z - y), z - (z - y) * (1 - ckp1)), DT)
+        y = _round(y + y_coef * u, DT)  # y.add_(grad, alpha=lr * (beta1 * (1 - ckp1) - 1))
+        z = _round(z - lr * u, DT)  # z.sub_(grad, alpha=lr)
+        tl.store(y_ptr + offs, y.to(DT), mask=mask)
+        tl.store(z_ptr + offs, z.to(DT), mask=mask)
+        tl.store(sq_ptr + offs, sq.to(DT), mask=mask)

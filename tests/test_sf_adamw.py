@@ -1,0 +1,126 @@
+"""The fused Schedule-Free AdamW step (``rnnlab.train.sf_adamw``) against schedulefree's own step:
+its Triton kernel in Triton's interpreter on fp32 CPU tensors (the GPU suite checks bf16 on CUDA),
+and the fallback to schedulefree's step where the kernel does not apply."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import schedulefree
+import torch
+
+from rnnlab.train import sf_adamw
+
+# odd sizes, one below and one across a program's block, a matrix, a scalar-like bias
+SHAPES = [(37,), (sf_adamw.BLOCK + 5,), (5, 7), (1,), (3 * sf_adamw.BLOCK,)]
+
+
+def _pair(monkeypatch=None, weight_decay=0.1, warmup_steps=3, groups=1):
+    """schedulefree's optimizer and ours over equal parameters (``groups`` param groups, the
+    second without weight decay), both in train mode; ours forced onto the kernel when
+    ``monkeypatch`` is given (CPU tensors: Triton's interpreter)."""
+    torch.manual_seed(0)
+    init = [torch.randn(s) for s in SHAPES]
+    opts = []
+    for cls in (schedulefree.AdamWScheduleFree, sf_adamw.AdamWScheduleFree):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        pg = [{"params": params}] if groups == 1 else [{"params": params[:2]},
+                                                       {"params": params[2:], "weight_decay": 0.0}]
+        opt = cls(pg, lr=1e-2, weight_decay=weight_decay, warmup_steps=warmup_steps)
+        opt.train()
+        opts.append(opt)
+    if monkeypatch is not None:
+        monkeypatch.setattr(opts[1], "_fused_applies", lambda: True)
+    return opts
+
+
+def _params(opt):
+    return [p for g in opt.param_groups for p in g["params"]]
+
+
+def _steps(ref, ours, n, skip_grad=None):
+    """``n`` steps of both on the same random gradients (parameter ``skip_grad`` gets none)."""
+    g = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        for i, (a, b) in enumerate(zip(_params(ref), _params(ours))):
+            grad = None if i == skip_grad else torch.randn(a.shape, generator=g)
+            a.grad = None if grad is None else grad.clone()
+            b.grad = None if grad is None else grad.clone()
+        ref.step()
+        ours.step()
+
+
+def _assert_same_state(ref, ours, **tol):
+    for a, b in zip(_params(ref), _params(ours)):
+        torch.testing.assert_close(b, a, **tol)
+        assert ("z" in ours.state[b]) == ("z" in ref.state[a])
+        for key in ("z", "exp_avg_sq") if "z" in ref.state[a] else ():
+            torch.testing.assert_close(ours.state[b][key], ref.state[a][key], **tol)
+    for ga, gb in zip(ref.param_groups, ours.param_groups):
+        assert {k: gb[k] for k in ("k", "lr_max", "weight_sum", "scheduled_lr")} == \
+               {k: ga[k] for k in ("k", "lr_max", "weight_sum", "scheduled_lr")}
+
+
+needs_interpreter = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" or sf_adamw.triton is None,
+                                       reason="runs the Triton interpreter (CPU-only machines)")
+
+
+@needs_interpreter
+@pytest.mark.parametrize("weight_decay", [0.1, 0.0])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_fused_step_matches_schedulefree(monkeypatch, weight_decay, groups):
+    """Through its warm-up and after it, with and without weight decay, over two param groups:
+    y, z, the second moment and the bookkeeping scalars as schedulefree's step leaves them (fp32:
+    to an ulp or two; CPU torch and the kernel contract different products into FMAs)."""
+    ref, ours = _pair(monkeypatch, weight_decay=weight_decay, groups=groups)
+    _steps(ref, ours, 6)
+    _assert_same_state(ref, ours, rtol=2e-6, atol=1e-7)
+
+
+@needs_interpreter
+def test_fused_step_skips_parameters_without_gradient_and_keeps_the_gradient(monkeypatch):
+    """A parameter without a gradient is left alone (no state either); the gradients are not
+    overwritten (schedulefree's step divides them in place)."""
+    ref, ours = _pair(monkeypatch)
+    _steps(ref, ours, 2, skip_grad=1)
+    _assert_same_state(ref, ours, rtol=2e-6, atol=1e-7)
+    untouched = _params(ours)[1]
+    assert "z" not in ours.state[untouched]
+    grad = torch.randn(SHAPES[0])
+    p = _params(ours)[0]
+    p.grad = grad.clone()
+    ours.step()
+    assert torch.equal(p.grad, grad)
+
+
+@needs_interpreter
+def test_fused_step_then_eval_and_state_dict_round_trip(monkeypatch):
+    """The average x (``eval()``) and a state dict loaded into a fresh optimizer continue exactly
+    as schedulefree's: the state has schedulefree's keys."""
+    ref, ours = _pair(monkeypatch)
+    _steps(ref, ours, 3)
+    fresh = sf_adamw.AdamWScheduleFree([torch.nn.Parameter(p.detach().clone()) for p in _params(ours)], lr=1e-2,
+                                       weight_decay=0.1, warmup_steps=3)
+    fresh.load_state_dict(ours.state_dict())
+    monkeypatch.setattr(fresh, "_fused_applies", lambda: True)
+    _steps(ref, fresh, 2)
+    _assert_same_state(ref, fresh, rtol=2e-6, atol=1e-7)
+    ref.eval(), fresh.eval()
+    for a, b in zip(_params(ref), _params(fresh)):
+        torch.testing.assert_close(b, a, rtol=2e-6, atol=1e-7)
+
+
+def test_cpu_parameters_run_schedulefrees_step():
+    """Where the kernel does not apply (CPU tensors), the step is schedulefree's own, bit for bit."""
+    ref, ours = _pair()
+    _steps(ref, ours, 4)
+    assert not ours._fused_applies()
+    _assert_same_state(ref, ours, rtol=0, atol=0)
+
+
+def test_step_in_eval_mode_is_refused(monkeypatch):
+    _, ours = _pair(monkeypatch)
+    ours.eval()
+    with pytest.raises(RuntimeError, match="eval mode"):
+        ours.step()
