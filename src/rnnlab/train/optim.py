@@ -33,9 +33,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
     """``(optimizer, scheduler_or_None)`` for ``cfg.optim.optimizer``; the optimizer starts in train mode."""
     params = param_groups(model, cfg)
     if cfg.optim.optimizer == "schedulefree-adamw":
-        from rnnlab.train.sf_adamw import AdamWScheduleFree  # schedulefree's, its step fused on CUDA
+        import schedulefree  # its fused step (rnnlab.train.sf_adamw) takes over once checked on a GPU
 
-        opt = AdamWScheduleFree(
+        opt = schedulefree.AdamWScheduleFree(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
             weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps)
         opt.train()

@@ -10,8 +10,10 @@ Python for the small ones).
 It computes what the ``foreach`` step computes, operation by operation, rounding to the
 parameter's dtype after each of the ten as the ``foreach`` ops do (in pure bf16, the reference
 study's numerics, that rounding matters: it is where the move of y towards z is lost, see
-``docs/findings.md``), with IEEE division and square root: the GPU tests check it against
-schedulefree's step. Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping
+``docs/findings.md``), with IEEE division and square root. Checked against schedulefree's step in
+Triton's interpreter (fp32, tests/test_sf_adamw.py); its GPU test (bf16, bit for bit:
+tests/gpu/test_train_gpu.py) and speed (``benchmarks/bench_models.py --sf-step foreach fused``)
+have not run yet, so ``rnnlab train`` still runs schedulefree's step. Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping
 of ``k``, ``lr_max`` and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the
 kernel does not take (not contiguous, or another dtype), run schedulefree's own step. Unlike that
 step, this one leaves ``p.grad`` as it was.
