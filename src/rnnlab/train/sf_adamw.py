@@ -2,7 +2,7 @@
 
 schedulefree's own step (its ``foreach`` path) makes ten passes over parameter-sized tensors: on
 a 400M model in bf16 about 21 GB of memory traffic, 6.6-6.9 ms of a 70-80 ms step on an H200
-(``results/optimizer-profile-h200``). The kernel here reads y (the parameter), z, the second moment
+(``results/min-rnn-profile-h200``). The kernel here reads y (the parameter), z, the second moment
 and the gradient once and writes y, z and the moment once, for every parameter of one dtype in a
 single launch (a table of their addresses; per-tensor launches would leave the GPU waiting on
 Python for the small ones).
