@@ -67,13 +67,16 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
                     self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             for dtype in {p.dtype for p in active}:
                 params = [p for p in active if p.dtype == dtype]
-                _launch(params, [self.state[p]["z"] for p in params], [self.state[p]["exp_avg_sq"] for p in params],
-                        scalars=[float(v) for v in (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"],
-                                                    group["weight_decay"], ckp1, lr * (beta1 * (1 - ckp1) - 1), lr)])
+                self._launch(params, [self.state[p]["z"] for p in params],
+                             [self.state[p]["exp_avg_sq"] for p in params],
+                             scalars=[float(v) for v in (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"],
+                                                         group["weight_decay"], ckp1, lr * (beta1 * (1 - ckp1) - 1),
+                                                         lr)])
             group["k"] = k + 1
         return loss
 
     def _fused_applies(self) -> bool:
+        """Whether the kernel takes every parameter that has a gradient."""
         if triton is None:
             return False
         for group in self.param_groups:
@@ -85,34 +88,31 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
                     return False
         return True
 
+    def _block_map(self, numels: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """For one list of tensor sizes: which tensor each program works on, and each tensor's
+        first program (a model's parameter sizes do not change: built once per list)."""
+        maps = self.__dict__.setdefault("_block_maps", {})
+        key = (numels, str(device))
+        if key not in maps:
+            blocks = torch.tensor([-(-n // BLOCK) for n in numels])
+            first = torch.cumsum(blocks, 0) - blocks
+            owner = torch.repeat_interleave(torch.arange(len(numels)), blocks)
+            maps[key] = (owner.to(device, torch.int32), first.to(device, torch.int64))
+        return maps[key]
 
-_BLOCK_MAPS: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # tensor sizes -> (block's tensor, its first block)
-
-
-def _block_map(numels: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For one list of tensor sizes: which tensor each program works on, and each tensor's first
-    program (the sizes of a model's parameters do not change, so this is built once)."""
-    key = (numels, str(device))
-    if key not in _BLOCK_MAPS:
-        blocks = torch.tensor([-(-n // BLOCK) for n in numels])
-        first = torch.cumsum(blocks, 0) - blocks
-        owner = torch.repeat_interleave(torch.arange(len(numels)), blocks)
-        _BLOCK_MAPS[key] = (owner.to(device, torch.int32), first.to(device, torch.int64))
-    return _BLOCK_MAPS[key]
-
-
-def _launch(params, zs, sqs, scalars):
-    """One launch over all of ``params`` (one dtype): their y, z, second-moment and gradient
-    addresses go in as a table, copied each step (a checkpoint's load replaces the state tensors,
-    and each backward allocates new gradients)."""
-    numels = tuple(p.numel() for p in params)
-    owner, first = _block_map(numels, params[0].device)
-    table = torch.tensor([[t.data_ptr() for t in ts] for ts in (params, zs, sqs, [p.grad for p in params])]
-                         + [list(numels)], dtype=torch.int64)
-    if params[0].is_cuda:  # an asynchronous copy (a pageable one would wait for the backward)
-        table = table.pin_memory().to(params[0].device, non_blocking=True)
-    dt = tl.bfloat16 if params[0].dtype == torch.bfloat16 else tl.float32
-    _sf_adamw_kernel[(owner.numel(),)](table, len(params), owner, first, *scalars, DT=dt, BLOCK=BLOCK, num_warps=8)
+    def _launch(self, params, zs, sqs, scalars):
+        """One launch over all of ``params`` (one dtype): their y, z, second-moment and gradient
+        addresses go in as a table, copied each step (loading a state dict replaces the state
+        tensors, and each backward allocates new gradients)."""
+        numels = tuple(p.numel() for p in params)
+        owner, first = self._block_map(numels, params[0].device)
+        table = torch.tensor([[t.data_ptr() for t in ts] for ts in (params, zs, sqs, [p.grad for p in params])]
+                             + [list(numels)], dtype=torch.int64)
+        if params[0].is_cuda:  # an asynchronous copy (a pageable one would wait for the backward)
+            table = table.pin_memory().to(params[0].device, non_blocking=True)
+        dt = tl.bfloat16 if params[0].dtype == torch.bfloat16 else tl.float32
+        _sf_adamw_kernel[(owner.numel(),)](table, len(params), owner, first, *scalars, DT=dt, BLOCK=BLOCK,
+                                           num_warps=8)
 
 
 if triton is not None:
