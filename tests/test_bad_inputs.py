@@ -81,6 +81,9 @@ CASES = [
     ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
     ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
     ("heldout_short", [*TRAIN, "--seq-len", "4000"], "held-out split of"),
+    ("val_data_short", [*TRAIN, "--val-data", "{val32}"],  # one byte short of a window: refused before training
+     "held-out split of {val32} has 32 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
+     "--val-data"),
     ("extra_val_short", [*TRAIN, "--extra-val-data", "{file}"],
      "held-out split of {file} has 1 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--extra-val-data"),
@@ -167,9 +170,10 @@ def world(tmp_path_factory, one_thread_module):
     root = tmp_path_factory.mktemp("world")
     w = {"root": root, "new": root / "new-run", "dir": root / "a-dir", "file": root / "a-file",
          "empty": root / "empty.txt", "unreadable": root / "unreadable.txt", "huge": root / "huge.bin",
-         "corpus": root / "corpus.txt", "pid": os.getpid()}
+         "corpus": root / "corpus.txt", "val32": root / "val32.txt", "pid": os.getpid()}
     w["dir"].mkdir()
     w["file"].write_text("x")
+    w["val32"].write_bytes(b"0123456789abcdef" * 2)  # seq_len (32) bytes: one short of a window
     w["empty"].write_bytes(b"")
     w["unreadable"].write_bytes(b"text " * 4000)
     w["unreadable"].chmod(0)
@@ -223,6 +227,24 @@ def test_bad_input_is_one_line(name, argv, message, world, capsys):
     assert message.format(**fill) in err, err
     assert _digests(world["root"]) == before  # nothing written, deleted or changed
     assert not world["new"].exists()
+
+
+def test_a_held_out_file_of_seq_len_plus_one_bytes_is_enough(world, tmp_path):
+    """The early refusal of a short held-out file (``val_data_short``) is exact: seq_len + 1 bytes
+    make one evaluation window and pass the check that runs before the run folder is touched."""
+    from rnnlab.train import distributed as dist
+    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.trainer import open_data
+
+    val = tmp_path / "val33.txt"
+    val.write_bytes(world["val32"].read_bytes() + b"!")
+    cfg = TrainConfig.from_dict({"model": {"model": "e1", "dim": 32, "depth": 2}, "seq_len": 32, "batch_size": 4,
+                                 "data": str(world["corpus"]), "val_data": str(val)})
+    split, extra, _ = open_data(cfg, dist.context())
+    assert (split.path, len(split), extra) == (val, 33, None)
+    cfg.data.val_path = str(world["val32"])
+    with pytest.raises(ValueError, match="has 32 bytes, fewer than seq_len\\+1 = 33"):
+        open_data(cfg, dist.context())
 
 
 def test_cases_cover_the_issue():

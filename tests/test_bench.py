@@ -859,3 +859,93 @@ def test_mean_std_is_the_sample_std_over_finite_values():
     m, s, n = mean_std([1.0, float("nan"), 3.0, None, float("inf")])
     assert (m, n) == (2.0, 2) and s == pytest.approx(2**0.5)
     assert mean_std([5.0]) == (5.0, None, 1) and mean_std([None]) == (None, None, 0)
+
+
+def _set_config(root: Path, name: str, **kw) -> None:
+    p = root / name / "config.json"
+    p.write_text(json.dumps({**json.loads(p.read_text()), **kw}))
+
+
+def test_cli_params_replace_a_rows_own_target_params(tmp_path):
+    """``--params N`` (``plan_suite(params=...)``) re-solves every run for N parameters, a row's own
+    ``target_params`` included (depth-sweep: "scale down with --params 50M"); without it the row's
+    own target holds."""
+    suite = parse_suite({"name": "t", "runs": [{"name": "solved", "model": "e1", "depth": 2, "target_params": "100K"},
+                                              {"name": "fixed", "model": "e1", "depth": 2, "dim": 32}]})
+    own = {p.name: p for p in plan_suite(suite, tmp_path)}
+    assert own["solved"].target_params == 100_000 and abs(own["solved"].params - 100_000) < 20_000
+    assert own["fixed"].target_params is None and own["fixed"].cfg.model.dim == 32
+    scaled = {p.name: p for p in plan_suite(suite, tmp_path, params="400K")}
+    for p in scaled.values():
+        assert p.target_params == 400_000 and abs(p.params - 400_000) < 60_000, (p.name, p.params)
+        assert p.params == count_params(p.cfg.model) and p.cfg.model.depth == 2
+
+
+def test_report_flags_rows_that_differ_in_weight_decay(tmp_path):
+    """Runs that differ only in weight decay were not run under one protocol: the report warns,
+    and a row whose weight decay is not the reference's is left out of the reference table."""
+    _synthetic_run(tmp_path, "a", 1.6, 2.3, 16000.0)
+    _synthetic_run(tmp_path, "b", 1.6, 2.3, 16000.0)
+    _set_config(tmp_path, "b", weight_decay=0.0)
+    ref = {"params": 400_000_000, "loss": 1.6}
+    (tmp_path / "suite.json").write_text(json.dumps({
+        "suite": "s", "defaults": {"weight_decay": 0.1},
+        "runs": [{"name": n, "seed": None, "dir": n, "point": None} for n in "ab"],
+        "reference": {"source": "ref", "runs": {"a": ref, "b": ref}}}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - weight_decay: a 0.1; b 0.0" in md
+    assert [r[0] for r in _table_rows(md, "| Model | Params (reference / ours)")] == ["a"]
+    assert "- b: weight_decay 0.0 (reference 0.1)" in md
+
+
+def test_report_settings_are_the_same_within_float_tolerance(tmp_path):
+    """A setting equal to the reference's up to float rounding (3e-4 written as 0.1 * 3e-3) is the
+    same protocol; one that differs beyond that (by 1e-4 relative) is not."""
+    from rnnlab.bench.report import _same
+
+    assert _same(3e-4, 0.1 * 3e-3) and _same(16, 16.0) and _same("adamw", "adamw")
+    assert not _same(1e-4, 1.0001e-4) and not _same(0.1, 0.0) and not _same("adamw", "schedulefree-adamw")
+    for name, lr in (("rounded", 0.1 * 1e-3), ("other", 1.0001e-4)):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+        _set_config(tmp_path, name, lr=lr)
+    ref = {"params": 400_000_000, "loss": 1.6}
+    (tmp_path / "suite.json").write_text(json.dumps({
+        "suite": "s", "defaults": {"lr": 1e-4},
+        "runs": [{"name": n, "seed": None, "dir": n, "point": None} for n in ("rounded", "other")],
+        "reference": {"source": "ref", "runs": {"rounded": ref, "other": ref}}}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert [r[0] for r in _table_rows(md, "| Model | Params (reference / ours)")] == ["rounded"]
+    assert "- other: lr 0.00010001 (reference 0.0001)" in md and "- rounded:" not in md
+
+
+def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):
+    """``--seeds 1,1`` would train one folder twice and count it as two seeds: refused in one
+    line (exit 2), as are negative seeds; nothing is written."""
+    for seeds in ("1,1", "3,2,3", "-1"):
+        with pytest.raises(ValueError, match="distinct non-negative"):
+            plan_suite(load_suite("tiny"), tmp_path, seeds=seeds)
+    assert main(["bench", "tiny", "--plan", "--seeds", "2,1,2", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == ("rnnlab bench: error: --seeds must list distinct non-negative "
+                                               "integers, got '2,1,2'")
+    assert not (tmp_path / "o").exists()
+
+
+def test_ctrl_c_stops_the_suite_with_exit_130(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C that aborts a run of ``rnnlab bench`` stops the suite (later runs are not started)
+    and exits 130 after writing the report of what ran; no traceback."""
+    import rnnlab.train.trainer as trainer
+
+    calls: list = []
+    fake = _fake_trainer(calls)
+
+    def abort_second(cfg, progress=True):
+        if Path(cfg.run.out).name == "mamba2":
+            raise KeyboardInterrupt("aborted by Ctrl-C at step 1")
+        return fake(cfg, progress)
+
+    monkeypatch.setattr(trainer, "run_training", abort_second)
+    out = tmp_path / "s"
+    assert main(["bench", "tiny", "--steps", "2", "--out", str(out), "--no-plots", "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert f"[2/{len(load_suite('tiny').runs)}] mamba2: aborted; stopping the suite" in err and "Traceback" not in err
+    assert [name for name, _ in calls] == ["e1"] and (out / "report.md").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -19,8 +20,9 @@ class FakeProc:
     live: list["FakeProc"] = []
     max_live = 0
 
-    def __init__(self, pr, gpu, code=0, polls=3):
+    def __init__(self, pr, gpu, code=0, polls=3, complete=None):
         self.pr, self.gpu, self.code, self.polls, self.returncode = pr, gpu, code, polls, None
+        self.complete = code == 0 if complete is None else complete  # what its summary.json says
         FakeProc.live.append(self)
         FakeProc.max_live = max(FakeProc.max_live, len(FakeProc.live))
 
@@ -32,7 +34,7 @@ class FakeProc:
             d = self.pr.dir
             d.mkdir(parents=True, exist_ok=True)
             (d / "config.json").write_text(json.dumps(self.pr.cfg.to_dict()))
-            (d / "summary.json").write_text(json.dumps({"complete": self.code == 0, "loss": 1.0, "steps": 2,
+            (d / "summary.json").write_text(json.dumps({"complete": self.complete, "loss": 1.0, "steps": 2,
                                                         "budget": {"steps": 2}, "model": self.pr.cfg.model.model}))
         return self.returncode
 
@@ -157,3 +159,54 @@ def test_a_suite_json_from_before_continued_suites_is_continued(tmp_path):
     (out / "suite.json").write_text(json.dumps({**legacy, "suite": "other"}))
     write_plan(suite, plan_suite(suite, out, steps=3, runs="e1"), out, "rnnlab bench tiny --steps 3", {"steps": 3})
     assert len(invocations(json.loads((out / "suite.json").read_text()))) == 1
+
+
+def test_a_process_that_exits_0_with_its_run_incomplete_is_not_counted_done(tmp_path, monkeypatch):
+    """A training process that exits 0 while its summary.json says the run is incomplete is a
+    failed run, named with its log's last line, not a trained one; the next command trains it
+    again."""
+    monkeypatch.setattr(parallel, "POLL_S", 0.0)
+    FakeProc.live, FakeProc.max_live = [], 0
+
+    launched: list[str] = []
+
+    def launch(pr, gpu, out, status, progress):  # mingru's first process stops early, exiting 0
+        launched.append(pr.label)
+        log = out / "logs" / f"{pr.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("stopped early\n")
+        return FakeProc(pr, gpu, code=0, complete=launched.count("mingru") != 1), log
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    logged: list[str] = []
+    res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0", "1"], log=logged.append)
+    assert res["trained"] == ["e1"] and res["failed"] == {"mingru": "exit 0: stopped early"} and not res["stopped"]
+    assert any("mingru (GPU" in line and "FAILED (exit 0)" in line for line in logged)
+    res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0", "1"], log=logged.append)
+    assert res["skipped"] == ["e1"] and res["trained"] == ["mingru"] and launched == ["e1", "mingru", "mingru"]
+
+
+def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypatch):
+    """``rnnlab bench --data corpus.txt --gpus N``: each training process reads a config whose data
+    path is absolute (resolved against the directory the suite was started in), whatever
+    directory it runs in."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_bytes(b"the quick brown fox. " * 500)
+    monkeypatch.chdir(tmp_path)
+    [pr] = plan_suite(load_suite("tiny"), "out", steps=2, runs="e1", data="corpus.txt", val_data="corpus.txt")
+    started = []
+
+    class Popen:
+        def __init__(self, cmd, **kw):
+            started.append((cmd, kw))
+
+    monkeypatch.setattr(parallel.subprocess, "Popen", Popen)
+    _, log = parallel.launch(pr, "3", Path("out"), "new", progress=False)
+    [(cmd, kw)] = started
+    assert cmd[-3:] == ["--config", str(Path("out") / "logs" / "e1.json"), "--no-progress"]
+    assert kw["env"]["CUDA_VISIBLE_DEVICES"] == "3" and log == Path("out") / "logs" / "e1.log"
+    cfg = json.loads((tmp_path / "out" / "logs" / "e1.json").read_text())
+    assert cfg["data"] == cfg["val_data"] == str(corpus.resolve())
+    assert (cfg["resume"], cfg["overwrite"]) == (False, False)

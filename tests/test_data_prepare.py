@@ -171,3 +171,42 @@ def test_streams_without_holding_a_shard(tmp_path):
         tracemalloc.stop()
     assert m["bytes"] == len(text) + 2 + 8000 * 1000 + 7999 * 2
     assert peak < 4 << 20, peak
+
+
+def test_blank_json_lines_are_skipped_and_documents_kept_byte_for_byte(tmp_path):
+    """What prepare strips: JSON lines that are blank or whitespace only (CRLF endings included)
+    are skipped, a line's trailing ``\\r`` is JSON whitespace, an empty document is skipped;
+    nothing else. Documents are written byte for byte, their own leading and trailing spaces and
+    line endings kept (a document of whitespace only too), a text file's CRLF as well. The
+    manifest's sha256 is that of the bytes written."""
+    src = tmp_path / "dos.jsonl"
+    src.write_bytes(b'{"text": "  one  "}\r\n\r\n \t \r\n{"text": ""}\r\n{"text": " \\n"}\r\n{"text": "two\\r\\n"}\r\n'
+                    b'   ')  # ends in a blank line without a newline
+    txt = tmp_path / "dos.txt"
+    txt.write_bytes(b"  three\r\n\r\n")
+    out = tmp_path / "o.txt"
+    m = prep.prepare([src, txt], out, progress=False)
+    data = out.read_bytes()
+    assert data == b"  one  \n\n \n\n\ntwo\r\n\n\n  three\r\n\r\n"
+    assert (m["bytes"], m["documents"], m["sha256"]) == (len(data), 4, hashlib.sha256(data).hexdigest())
+    assert [(s["documents"], s["bytes"]) for s in m["sources"]] == [(3, 14), (1, 11)]
+
+
+def test_recorded_sha256s_cover_every_byte(tmp_path):
+    """The manifest's corpus sha256 equals hashlib.sha256 of the output file, over documents and
+    separators spanning many read blocks; each source's sha256 and size cover the whole file as
+    stored, even the bytes after an xz stream, where Python's lzma stops reading."""
+    docs = [bytes([97 + i]) * (prep.READ_SIZE + 1000 * i) for i in range(3)]
+    shard = tmp_path / "a.txt.xz"
+    shard.write_bytes(lzma.compress(docs[0]) + b"\n" * (4 * prep.READ_SIZE))  # not xz: ignored, unread
+    lines = tmp_path / "b.jsonl"
+    lines.write_bytes(_jsonl(*(d.decode() for d in docs[1:])))
+    out = tmp_path / "o.txt"
+    m = prep.prepare([shard, lines], out, separator=b"\0|\0", progress=False)
+    data = out.read_bytes()
+    assert data == b"\0|\0".join(docs)
+    assert m["sha256"] == hashlib.sha256(data).hexdigest() and m["bytes"] == len(data)
+    assert json.loads(prep.manifest_path(out).read_text())["sha256"] == m["sha256"]
+    for s, path in zip(m["sources"], (shard, lines)):
+        raw = path.read_bytes()
+        assert (s["size"], s["sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest()), path.name

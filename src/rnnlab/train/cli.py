@@ -144,7 +144,7 @@ def run_train(args) -> int:
         print(f"rnnlab train: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:  # the trainer's message names the checkpoint kept
-        print(f"rnnlab train: {e or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
+        print(f"rnnlab train: {str(e) or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
         return 130
     finally:
         ctx.close(sync=finished)
