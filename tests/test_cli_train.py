@@ -132,3 +132,96 @@ def test_doctor_lists_every_kernel_in_one_column(capsys):
     assert {f"kernel {name}" for name in OPS} <= {line.split("  ")[0].rstrip() for line in lines}
     starts = {len(line) - len(line.split("  ", 1)[1].lstrip()) for line in lines}
     assert len(starts) == 1, lines  # every value starts in the same column
+
+
+def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys, small_corpus):
+    """``rnnlab eval --run`` of a run trained with ``--val-data FILE`` scores FILE (the run's
+    held-out split), not the tail of ``--data``; ``eval --data OTHER`` scores OTHER instead."""
+    val = tmp_path / "val.txt"
+    val.write_bytes(b"0123456789" * 200)  # 2,000 bytes of digits; the tail of --data is 200 bytes
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--data", str(small_corpus), "--val-data",
+                 str(val), "--out", str(run)]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["val_bytes"] == (2000 - 1) // 32 * 32
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["data"], r["bytes"], r["val_loss"]) == (str(val.resolve()), summary["val_bytes"], summary["val_loss"])
+    assert main(["eval", "--run", str(run), "--data", str(small_corpus), "--eval-bytes", "all", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["data"], r["bytes"]) == (str(small_corpus), (20000 - 1) // 32 * 32)
+
+
+def test_relative_data_paths_are_resolved_against_the_launch_directory(tmp_path, capsys, monkeypatch, small_corpus):
+    """A relative ``--data`` / ``--val-data`` names a file of the working directory at launch;
+    config.json records its absolute path, so the run resumes and evaluates from any directory."""
+    val = tmp_path / "val.txt"
+    val.write_bytes(b"held-out text of its own. " * 40)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", *TINY, "--steps", "2", "--data", "corpus.txt", "--val-data", "val.txt", "--out", "run"]) == 0
+    run = tmp_path / "run"
+    saved = json.loads((run / "config.json").read_text())
+    assert (saved["data"], saved["val_data"]) == (str(small_corpus.resolve()), str(val.resolve()))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # no corpus.txt or val.txt here
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--steps", "3", "--no-progress"]) == 0, capsys.readouterr().err
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    assert json.loads((run / "config.json").read_text())["data"] == str(small_corpus.resolve())
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == str(val.resolve())
+
+
+def test_ctrl_c_in_training_exits_130_after_saving(tmp_path, capsys, monkeypatch):
+    """One Ctrl-C during ``rnnlab train`` finishes the step, saves a checkpoint and exits 130
+    (not 0: the run is incomplete), saying where to resume; no traceback."""
+    import signal
+
+    from rnnlab.train.trainer import Trainer
+
+    real, calls = Trainer.train_step, [0]
+
+    def train_step(self, batch):
+        calls[0] += 1
+        if calls[0] == 2:
+            signal.raise_signal(signal.SIGINT)
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "5", "--out", str(run)]) == 130
+    captured = capsys.readouterr()
+    assert f"interrupted at step 2; checkpoint saved to {run}/ckpt/step-000002" in captured.err
+    assert "Traceback" not in captured.err and re.search(r"^complete +False$", captured.out, re.M)
+    assert json.loads((run / "summary.json").read_text())["complete"] is False
+
+
+def test_ctrl_c_before_training_starts_exits_130_in_one_line(tmp_path, capsys, monkeypatch):
+    """A Ctrl-C while ``rnnlab train`` sets up (before the first step) exits 130 with one short
+    line and no traceback, and leaves no run folder."""
+    from rnnlab.train import trainer
+
+    def interrupted(cfg, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "open_data", interrupted)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "5", "--out", str(run)]) == 130
+    assert capsys.readouterr().err.strip() == "rnnlab train: aborted by Ctrl-C before training started"
+    assert not run.exists()
+
+
+def test_ctrl_c_in_any_other_command_exits_130_in_one_line(capsys, monkeypatch):
+    """A Ctrl-C in a command without its own handling (here ``rnnlab params``) exits 130 with one
+    line, no traceback."""
+    from rnnlab.models import cli as models_cli
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(models_cli, "count_params", interrupted)
+    assert main(["params", "--model", "e1", "--dim", "64", "--depth", "2"]) == 130
+    assert capsys.readouterr().err.strip() == "rnnlab params: interrupted (Ctrl-C)"

@@ -107,3 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rnnlab {args.command}: error: out of memory ({error_line(e)[:120]}): lower --batch-size "
               f"(and --seq-len where the command has it)", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # train and bench save and say what they kept; the rest have nothing to keep
+        if args.debug:
+            raise
+        print(f"rnnlab {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
