@@ -9,11 +9,14 @@ import errno
 import hashlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
+import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -157,6 +160,73 @@ def test_no_usable_checkpoint_is_a_clear_error(tiny_train, tmp_path, capsys):
     assert _digests(run) == before
 
 
+def _rewrite_manifest(folder: Path, step: int) -> None:
+    """Make ``folder``'s manifest describe its files as they now are, as the checkpoint of ``step``
+    (so that only the files' own steps can disagree)."""
+    files = {name: {"bytes": (folder / name).stat().st_size,
+                    "sha256": hashlib.sha256((folder / name).read_bytes()).hexdigest()}
+             for name in ("model.safetensors", "state.pt")}
+    (folder / "manifest.json").write_text(json.dumps({"format": 2, "step": step, "complete": False, "files": files}))
+
+
+def test_checkpoint_whose_parts_disagree_on_the_step_is_refused(tiny_train, tmp_path, capsys):
+    """The weights, the state, the manifest and the directory name each record the step; a
+    checkpoint where two of them disagree (files copied between checkpoints, a legacy folder
+    interrupted while saving) is refused with an error naming both steps, never loaded."""
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2, checkpoint_every=1), progress=False)
+    ckpt = run / "ckpt"
+    model = RunDir(run).load("cpu")[1]
+
+    moved = ckpt / "step-000005"  # step 1's files under the name (and manifest) of step 5
+    shutil.copytree(ckpt / "step-000001", moved)
+    _rewrite_manifest(moved, 5)
+    with pytest.raises(checkpoint.CheckpointError, match=r"step-000005 is inconsistent: .*state at step 1"):
+        checkpoint.load_checkpoint(checkpoint.Checkpoint(moved, 5), model)
+    shutil.rmtree(moved)
+
+    shutil.copytree(ckpt / "step-000001", ckpt / "step-000007")  # with step 1's manifest
+    with pytest.raises(checkpoint.CheckpointError, match="does not describe a format-2 checkpoint of step 7"):
+        checkpoint.Checkpoint(ckpt / "step-000007", 7).verify()
+    assert RunDir(run).checkpoint().step == 2 and "step-000007 is damaged" in capsys.readouterr().err
+    shutil.rmtree(ckpt / "step-000007")
+
+    mixed = ckpt / "step-000002"  # step 1's weights beside step 2's state, the manifest matching both
+    shutil.copy(ckpt / "step-000001" / "model.safetensors", mixed / "model.safetensors")
+    _rewrite_manifest(mixed, 2)
+    with pytest.raises(checkpoint.CheckpointError, match=r"step-000002 is inconsistent: weights at step 1, state at "
+                                                         r"step 2"):
+        RunDir(run).load("cpu")
+
+    legacy = tmp_path / "legacy" / "ckpt"  # an old run folder: the files directly in ckpt/, no manifest
+    legacy.mkdir(parents=True)
+    shutil.copy(ckpt / "step-000001" / "model.safetensors", legacy / "model.safetensors")
+    shutil.copy(ckpt / "step-000002" / "state.pt", legacy / "state.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="inconsistent: weights at step 1, state at step 2"):
+        checkpoint.Checkpoint(legacy, 1, legacy=True).verify()
+    with pytest.raises(checkpoint.CheckpointError, match="inconsistent: weights at step 1, state at step 2"):
+        checkpoint.load_checkpoint(checkpoint.Checkpoint(legacy, None, legacy=True), model)
+
+
+def test_resume_restores_the_random_generators(tiny_train, tmp_path, monkeypatch):
+    """A checkpoint saves the torch, numpy and Python RNG states and a resumed run restores them:
+    a step that draws random numbers draws after resuming what an uninterrupted run draws at that
+    step, not the seed's first numbers again."""
+    real, draws = Trainer.train_step, []
+
+    def train_step(self, batch):
+        draws.append((torch.rand(2).tolist(), np.random.rand(2).tolist(), [random.random(), random.random()]))
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    run_training(tiny_train(tmp_path / "a", steps=4), progress=False)
+    straight = draws[:]
+    draws.clear()
+    run_training(tiny_train(tmp_path / "b", steps=2), progress=False)
+    run_training(tiny_train(tmp_path / "b", steps=4, resume=True), progress=False)
+    assert len(set(map(str, straight))) == 4  # each step drew new numbers
+    assert draws == straight
+
 # ------------------------------------------------------------------------------ old run folders
 def test_old_format_run_loads_evaluates_and_resumes(tmp_path, capsys):
     run = tmp_path / "legacy"
@@ -240,6 +310,42 @@ def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, ca
     assert main(["train", "--resume", *TINY, "--steps", "6", "--out", str(run)]) == 0
     assert _steps(run) == list(range(1, 7))
 
+
+def test_write_atomic_syncs_the_folder_and_leaves_no_temporary(tmp_path, monkeypatch):
+    """``durable.write_atomic`` (summary.json, config.json, env.json): the new content is fsync'ed
+    under a temporary name, renamed over the file, then the folder is fsync'ed so the rename
+    survives a power loss; when the write fails (an I/O error, Ctrl-C) the old content stays and
+    no temporary file is left behind."""
+    from rnnlab.train import durable
+
+    target = tmp_path / "summary.json"
+    target.write_text("old")
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    durable.write_atomic(target, "new")
+    assert target.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
+    (i,) = [i for i, e in enumerate(events) if e[0] == "replace"]
+    assert ("fsync", str(Path(events[i][1]).resolve()), False) in events[:i]  # the data before the rename
+    assert events[i + 1:] == [("fsync", str(tmp_path.resolve()), True)]  # the folder after it
+
+    for error in (OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()):
+        def failing(src, dst, error=error):
+            raise error
+
+        monkeypatch.setattr(os, "replace", failing)
+        with pytest.raises(type(error)):
+            durable.write_atomic(target, "newer")
+        assert target.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
 
 # ------------------------------------------------------------------------------ the folder
 def test_lock_names_its_holder(tmp_path):

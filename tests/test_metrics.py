@@ -7,6 +7,7 @@ import io
 import json
 import re
 import sys
+import types
 
 import pytest
 
@@ -84,6 +85,62 @@ def test_tensorboard_gets_grad_norm_and_hparams(tiny_train, tmp_path):
     assert max(e.value for e in norms) > 0.5  # the norm before clipping
     assert acc.Scalars("eval/bpb")[-1].step == 4
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
+
+
+class _RecordingWriter:
+    """A stand-in for TensorBoard's ``SummaryWriter`` that keeps what it was given."""
+
+    made: list["_RecordingWriter"] = []
+
+    def __init__(self, log_dir, purge_step=None, **kw):
+        self.purge_step, self.steps = purge_step, []
+        self.file_writer = types.SimpleNamespace(add_summary=lambda summary: None)
+        _RecordingWriter.made.append(self)
+
+    def add_scalar(self, tag, value, step):
+        self.steps.append(step)
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_resumed_run_purges_the_tensorboard_events_after_its_checkpoint(tiny_train, tmp_path, monkeypatch):
+    """TensorBoard hides the events a writer's ``purge_step`` names and all later ones: a run
+    resumed from its step-2 checkpoint purges from step 3 (what a crashed session logged after the
+    checkpoint, logged again now) and keeps step 2's; a fresh run purges nothing."""
+    from rnnlab.train.trainer import run_training
+
+    board = types.ModuleType("torch.utils.tensorboard")
+    board.SummaryWriter = _RecordingWriter
+    summary = types.ModuleType("torch.utils.tensorboard.summary")
+    summary.hparams = lambda hparams, metrics: []
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", board)
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard.summary", summary)
+    monkeypatch.setattr(_RecordingWriter, "made", [])
+    run_training(tiny_train(tmp_path / "r", steps=2, log_every=1), progress=False)
+    run_training(tiny_train(tmp_path / "r", steps=4, log_every=1, resume=True), progress=False)
+    fresh, resumed = _RecordingWriter.made
+    assert (fresh.purge_step, resumed.purge_step) == (None, 3)
+    assert min(resumed.steps) == 3
+
+
+def test_eval_record_is_on_disk_as_soon_as_it_is_logged(tiny_train, tmp_path, monkeypatch):
+    """eval.jsonl is flushed after each evaluation (metrics.jsonl only every --log-every steps and
+    before a checkpoint): another process following a long run sees each evaluation at once."""
+    from rnnlab.train.trainer import Trainer, run_training
+
+    run, real, seen = tmp_path / "r", Trainer.train_step, []
+
+    def train_step(self, batch):
+        seen.append([r["step"] for r in _records(run / "eval.jsonl")])  # read as another reader would
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    run_training(tiny_train(run, steps=4, eval_every=2, log_every=100, checkpoint_every=0), progress=False)
+    assert seen == [[], [], [2], [2]]
 
 
 def test_wandb_offline_run_is_resumed(tiny_train, tmp_path, monkeypatch):

@@ -497,6 +497,20 @@ def test_adamw_constant_schedule_warms_up_then_stays(tiny_train, tmp_path):
     tiny_train(tmp_path / "m", optimizer="adamw", steps=None, minutes=1.0, lr_schedule="constant").validate()
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "schedulefree-adamw"])
+def test_warmup_may_span_the_whole_budget(optimizer, tiny_train, tmp_path):
+    """warmup_steps == steps is a valid budget: the LR climbs linearly and reaches the peak on the
+    last step; the cosine after it has no steps left to span (no division by zero when the
+    scheduler steps past the last update)."""
+    from rnnlab.train.optim import WarmupCosine
+
+    run_training(tiny_train(tmp_path / "r", steps=3, warmup_steps=3, optimizer=optimizer, lr=1e-3), progress=False)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3], rel=1e-12)
+    schedule = WarmupCosine(3, 3)  # the factors of the 3 updates, then the one the scheduler computes after them
+    assert [schedule(s) for s in range(3)] == pytest.approx([1 / 3, 2 / 3, 1], rel=1e-12)
+    assert math.isfinite(schedule(3))
+
 def test_schedulefree_lr_warms_up_then_stays(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=5, warmup_steps=2, lr=1e-3), progress=False)
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
@@ -529,6 +543,19 @@ def test_grad_accum_equals_the_whole_batch(tiny_train, tmp_path):
     w1, w2 = (load_file(run / "ckpt" / "step-000006" / "model.safetensors") for run in runs.values())
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) <= 1e-6
 
+
+def test_grad_accum_counts_each_token_once(tiny_train, tmp_path):
+    """--grad-accum splits a step's batch into micro-batches, it does not add to it: a step is
+    batch_size x seq_len tokens (128 here) in metrics.jsonl, the summary, tok/s and a --tokens
+    budget (5 x 128 tokens = 5 steps), as without accumulation."""
+    run = tmp_path / "r"
+    s = run_training(tiny_train(run, steps=None, tokens=5 * 128, grad_accum=2), progress=False)
+    recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["tokens"] for r in recs] == [128 * i for i in range(1, 6)]
+    assert (s["steps"], s["tokens"]) == (5, 5 * 128)
+    seconds = [b["elapsed_s"] - a["elapsed_s"] for a, b in zip([{"elapsed_s": 0.0}] + recs, recs)]
+    assert [r["tok_per_s"] for r in recs] == pytest.approx([128 / t for t in seconds], rel=1e-6)
+    assert s["tok_per_s"] == pytest.approx(2 * 128 / sum(seconds[3:]), rel=1e-6)  # after the 3 warm-up steps
 
 def test_grad_accum_under_ddp_syncs_gradients_once_per_step(tiny_train, tmp_path):
     """Under DDP (a one-rank gloo group in this process) every micro-batch but the last runs in
