@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -196,7 +195,7 @@ class TrainConfig:
         if kind == "steps":
             return int(value)
         if kind == "tokens":
-            return max(1, math.ceil(value / self.tokens_per_step()))
+            return max(1, -(-int(value) // self.tokens_per_step()))  # the ceiling, exact for any int
         return None
 
     def out_dir(self) -> Path:
