@@ -88,29 +88,35 @@ def test_step_directories_manifest_and_pruning(tiny_train, tmp_path):
     assert RunDir(run).checkpoint().step == 7 and not list(run.rglob(".tmp-*"))
 
 
+def _record_fs_calls(monkeypatch, move: str) -> list[tuple]:
+    """Record, in order, every ``os.fsync`` as ``("fsync", path, is a folder)`` and every
+    ``os.<move>`` (rename or replace) as ``(move, src, dst)``; the calls still happen."""
+    events, real_fsync, real_move = [], os.fsync, getattr(os, move)
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(os.fstat(fd).st_mode)))
+        return real_fsync(fd)
+
+    def moved(src, dst):
+        events.append((move, str(src), str(dst)))
+        return real_move(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, move, moved)
+    return events
+
+
 def test_commit_fsyncs_every_file_before_the_rename(tiny_train, tmp_path, monkeypatch):
     """The protocol that makes a checkpoint survive a power loss: each file and the staging folder
     reach the disk before the rename makes the checkpoint visible, and ckpt/ after it."""
-    events = []
-    real_fsync, real_rename = os.fsync, os.rename
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-        return real_fsync(fd)
-
-    def rename(src, dst):
-        events.append(("rename", str(src), str(dst)))
-        return real_rename(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "rename", rename)
+    events = _record_fs_calls(monkeypatch, "rename")
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=1), progress=False)
     commit = next(i for i, e in enumerate(events) if e[0] == "rename" and e[2].endswith("ckpt/step-000001"))
     staged = events[commit][1]
     synced_before = {e[1] for e in events[:commit] if e[0] == "fsync"}
     assert {f"{staged}/{f}" for f in ("model.safetensors", "state.pt", "manifest.json")} | {staged} <= synced_before
-    assert ("fsync", str((run / "ckpt").resolve())) in events[commit:]
+    assert ("fsync", str((run / "ckpt").resolve()), True) in events[commit:]
     assert {str((run / f).resolve()) for f in ("metrics.jsonl", "eval.jsonl")} <= synced_before  # logs first
 
 
@@ -320,18 +326,7 @@ def test_write_atomic_syncs_the_folder_and_leaves_no_temporary(tmp_path, monkeyp
 
     target = tmp_path / "summary.json"
     target.write_text("old")
-    events, real_fsync, real_replace = [], os.fsync, os.replace
-
-    def fsync(fd):
-        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"), stat.S_ISDIR(os.fstat(fd).st_mode)))
-        return real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("replace", str(src), str(dst)))
-        return real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
+    events = _record_fs_calls(monkeypatch, "replace")
     durable.write_atomic(target, "new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
     (i,) = [i for i, e in enumerate(events) if e[0] == "replace"]
