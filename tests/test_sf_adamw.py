@@ -13,7 +13,7 @@ import torch
 from rnnlab.train import sf_adamw
 
 # odd sizes, one below and one across a program's block, a matrix, a scalar-like bias
-SHAPES = [(37,), (sf_adamw.BLOCK + 5,), (5, 7), (1,), (3 * sf_adamw.BLOCK,)]
+SHAPES = [(37,), (sf_adamw.BLOCK + 5,), (5, 7), (1,), (0,), (3 * sf_adamw.BLOCK,)]
 
 
 def _pair(monkeypatch=None, weight_decay=0.1, warmup_steps=3, groups=1):
@@ -116,6 +116,20 @@ def test_cpu_parameters_run_schedulefrees_step():
     ref, ours = _pair()
     _steps(ref, ours, 4)
     assert not ours._fused_applies()
+    _assert_same_state(ref, ours, rtol=0, atol=0)
+
+
+def test_closure_runs_before_the_path_is_chosen():
+    """A closure that makes the gradients runs first, so the choice of path sees them (CPU
+    gradients: schedulefree's step), and its loss is returned."""
+    ref, ours = _pair()
+    for opt in (ref, ours):
+        def closure(opt=opt):
+            loss = sum((p.float() ** 2).sum() for p in _params(opt))
+            loss.backward()
+            return loss
+        loss = opt.step(closure)
+    assert loss.item() > 0
     _assert_same_state(ref, ours, rtol=0, atol=0)
 
 

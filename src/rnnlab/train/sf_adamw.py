@@ -1,25 +1,32 @@
-"""Schedule-Free AdamW with its step fused into one Triton kernel launch per dtype (CUDA).
+"""Schedule-Free AdamW with its step fused into one Triton launch per param group and dtype (CUDA).
 
 schedulefree's own step (its ``foreach`` path) makes ten passes over parameter-sized tensors: on
 a 400M model in bf16 about 21 GB of memory traffic, 6.6-6.9 ms of a 70-80 ms step on an H200
 (``results/min-rnn-profile-h200``). The kernel here reads y (the parameter), z, the second moment
-and the gradient once and writes y, z and the moment once, for every parameter of one dtype in a
-single launch (a table of their addresses; per-tensor launches would leave the GPU waiting on
-Python for the small ones).
+and the gradient once and writes y, z and the moment once, for all parameters of a group with one
+device and dtype in a single launch (a table of their addresses: per-tensor launches would leave
+the GPU waiting on Python for the small ones).
 
 It computes what the ``foreach`` step computes, operation by operation, rounding to the
 parameter's dtype after each of the ten as the ``foreach`` ops do (in pure bf16, the reference
 study's numerics, that rounding matters: it is where the move of y towards z is lost, see
-``docs/findings.md``), with IEEE division and square root. Checked against schedulefree's step in
-Triton's interpreter (fp32, tests/test_sf_adamw.py); its GPU test (bf16, bit for bit:
-tests/gpu/test_train_gpu.py) and speed (``benchmarks/bench_models.py --sf-step foreach fused``)
-have not run yet, so ``rnnlab train`` still runs schedulefree's step. Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping
-of ``k``, ``lr_max`` and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the
-kernel does not take (not contiguous, or another dtype), run schedulefree's own step. Unlike that
-step, this one leaves ``p.grad`` as it was.
+``docs/findings.md``), with PyTorch's CUDA arithmetic: multiply-adds as FMAs (nvcc's default), the
+division by the bias correction as a product with its reciprocal (computed in double, as
+``_foreach_div`` by a scalar does), IEEE division by the denominator and IEEE square root.
+Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping of ``k``, ``lr_max``
+and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the kernel does not take (not
+contiguous, another dtype), run schedulefree's own step. Unlike that step, this one leaves
+``p.grad`` as it was.
+
+Checked against schedulefree's step in Triton's interpreter (fp32, tests/test_sf_adamw.py); its GPU
+test (bf16, bit for bit, tests/gpu/test_train_gpu.py) and its speed
+(``benchmarks/bench_models.py --sf-step foreach fused``) have not run yet, so ``rnnlab train``
+still runs schedulefree's step.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import schedulefree
 import torch
@@ -43,14 +50,15 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
 
     @torch.no_grad()
     def step(self, closure=None):
-        if not self._fused_applies():
-            return super().step(closure)
-        if not self.param_groups[0]["train_mode"]:
-            raise RuntimeError("the optimizer is in eval mode: call opt.train() before opt.step()")
         loss = None
-        if closure is not None:
+        if closure is not None:  # first: it makes the gradients that decide the path
             with torch.enable_grad():
                 loss = closure()
+        if not self._fused_applies():
+            super().step()
+            return loss
+        if not self.param_groups[0]["train_mode"]:
+            raise RuntimeError("the optimizer is in eval mode: call opt.train() before opt.step()")
         for group in self.param_groups:  # schedulefree 1.4's scalars, in its order
             beta1, beta2 = group["betas"]
             k, warmup = group["k"], group["warmup_steps"]
@@ -65,26 +73,28 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
                 if "z" not in self.state[p]:
                     self.state[p]["z"] = torch.clone(p, memory_format=torch.preserve_format)
                     self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            for dtype in {p.dtype for p in active}:
-                params = [p for p in active if p.dtype == dtype]
+            bias_correction2 = 1 - beta2 ** (k + 1)
+            scalars = [float(v) for v in (beta2, 1 - beta2, 1 / bias_correction2 if bias_correction2 else float("inf"),
+                                          group["eps"], group["weight_decay"], ckp1, lr * (beta1 * (1 - ckp1) - 1), lr)]
+            for device, dtype in {(p.device, p.dtype) for p in active}:
+                params = [p for p in active if (p.device, p.dtype) == (device, dtype)]
                 self._launch(params, [self.state[p]["z"] for p in params],
-                             [self.state[p]["exp_avg_sq"] for p in params],
-                             scalars=[float(v) for v in (beta2, 1 - beta2, 1 - beta2 ** (k + 1), group["eps"],
-                                                         group["weight_decay"], ckp1, lr * (beta1 * (1 - ckp1) - 1),
-                                                         lr)])
+                             [self.state[p]["exp_avg_sq"] for p in params], scalars,
+                             has_decay=group["weight_decay"] != 0)
             group["k"] = k + 1
         return loss
 
     def _fused_applies(self) -> bool:
-        """Whether the kernel takes every parameter that has a gradient."""
+        """Whether the kernel takes every parameter that has a gradient (and its state, if any)."""
         if triton is None:
             return False
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if not (p.is_cuda and p.dtype in DTYPES and p.grad.dtype == p.dtype and p.is_contiguous()
-                        and p.grad.is_contiguous()):
+                state = [self.state[p][k] for k in ("z", "exp_avg_sq") if k in self.state[p]]
+                if not (p.is_cuda and p.dtype in DTYPES and all(t.dtype == p.dtype and t.is_contiguous()
+                                                                for t in (p, p.grad, *state))):
                     return False
         return True
 
@@ -100,8 +110,8 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
             maps[key] = (owner.to(device, torch.int32), first.to(device, torch.int64))
         return maps[key]
 
-    def _launch(self, params, zs, sqs, scalars):
-        """One launch over all of ``params`` (one dtype): their y, z, second-moment and gradient
+    def _launch(self, params, zs, sqs, scalars, has_decay):
+        """One launch over all of ``params`` (one device and dtype): their y, z, second-moment and gradient
         addresses go in as a table, copied each step (loading a state dict replaces the state
         tensors, and each backward allocates new gradients)."""
         numels = tuple(p.numel() for p in params)
@@ -111,8 +121,9 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
         if params[0].is_cuda:  # an asynchronous copy (a pageable one would wait for the backward)
             table = table.pin_memory().to(params[0].device, non_blocking=True)
         dt = tl.bfloat16 if params[0].dtype == torch.bfloat16 else tl.float32
-        _sf_adamw_kernel[(owner.numel(),)](table, len(params), owner, first, *scalars, DT=dt, BLOCK=BLOCK,
-                                           num_warps=8)
+        with torch.cuda.device(params[0].device) if params[0].is_cuda else contextlib.nullcontext():
+            _sf_adamw_kernel[(owner.numel(),)](table, len(params), owner, first, *scalars, DT=dt, BLOCK=BLOCK,
+                                               HAS_DECAY=has_decay, num_warps=8)
 
 
 if triton is not None:
@@ -123,9 +134,10 @@ if triton is not None:
         return x.to(DT).to(tl.float32)
 
     @triton.jit
-    def _sf_adamw_kernel(table, n_tensors, owner, first, beta2, one_minus_beta2, bias_correction2, eps, decay,
-                         ckp1, y_coef, lr, DT: tl.constexpr, BLOCK: tl.constexpr):
-        """schedulefree's foreach step on one block of one tensor, in its order of operations."""
+    def _sf_adamw_kernel(table, n_tensors, owner, first, beta2, one_minus_beta2, inv_bias_correction2, eps, decay,
+                         ckp1, y_coef, lr, DT: tl.constexpr, BLOCK: tl.constexpr, HAS_DECAY: tl.constexpr):
+        """schedulefree's foreach step on one block of one tensor, in its order of operations, each
+        in the fp32 expression PyTorch's CUDA foreach kernel evaluates (the FMAs spelt out)."""
         pid = tl.program_id(0)
         t = tl.load(owner + pid)
         offs = (pid - tl.load(first + t)) * BLOCK + tl.arange(0, BLOCK)
@@ -139,16 +151,18 @@ if triton is not None:
         sq = tl.load(sq_ptr + offs, mask=mask).to(tl.float32)
         g = tl.load(g_ptr + offs, mask=mask).to(tl.float32)
         sq = _round(sq * beta2, DT)  # exp_avg_sq.mul_(beta2)
-        sq = _round(sq + one_minus_beta2 * g * g, DT)  # .addcmul_(grad, grad, value=1 - beta2)
-        d = _round(tl.math.div_rn(sq, tl.full(sq.shape, bias_correction2, tl.float32)), DT)  # denom = sq / bc2
+        sq = _round(tl.fma(one_minus_beta2, g * g, sq), DT)  # .addcmul_(grad, grad, value=1 - beta2)
+        d = _round(sq * inv_bias_correction2, DT)  # denom = sq / bc2: times the reciprocal
         d = _round(tl.math.sqrt_rn(d), DT)  # .sqrt_()
         d = _round(d + eps, DT)  # .add_(eps)
         u = _round(tl.math.div_rn(g, d), DT)  # grad.div_(denom)
-        u = _round(u + decay * y, DT)  # .add_(y, alpha=decay)
+        if HAS_DECAY:  # schedulefree skips the op when the decay is 0
+            u = _round(tl.fma(decay, y, u), DT)  # .add_(y, alpha=decay)
         # y.lerp_(z, ckp1), torch's formula for either half of the weight's range
-        y = _round(tl.where(ckp1 < 0.5, y + ckp1 * (z - y), z - (z - y) * (1 - ckp1)), DT)
-        y = _round(y + y_coef * u, DT)  # y.add_(grad, alpha=lr * (beta1 * (1 - ckp1) - 1))
-        z = _round(z - lr * u, DT)  # z.sub_(grad, alpha=lr)
+        diff = z - y
+        y = _round(tl.where(ckp1 < 0.5, tl.fma(ckp1, diff, y), tl.fma(-diff, 1 - ckp1, z)), DT)
+        y = _round(tl.fma(y_coef, u, y), DT)  # y.add_(grad, alpha=lr * (beta1 * (1 - ckp1) - 1))
+        z = _round(tl.fma(-lr, u, z), DT)  # z.sub_(grad, alpha=lr)
         tl.store(y_ptr + offs, y.to(DT), mask=mask)
         tl.store(z_ptr + offs, z.to(DT), mask=mask)
         tl.store(sq_ptr + offs, sq.to(DT), mask=mask)
