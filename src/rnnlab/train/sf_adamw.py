@@ -15,7 +15,7 @@ division by the bias correction as a product with its reciprocal (computed in do
 ``_foreach_div`` by a scalar does), IEEE division by the denominator and IEEE square root.
 Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping of ``k``, ``lr_max``
 and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the kernel does not take (not
-contiguous, another dtype), run schedulefree's own step. Unlike that step, this one leaves
+contiguous, not 16-byte aligned, another dtype), run schedulefree's own step. Unlike that step, this one leaves
 ``p.grad`` as it was.
 
 Checked against schedulefree's step in Triton's interpreter (fp32, tests/test_sf_adamw.py); its GPU
@@ -85,7 +85,8 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
         return loss
 
     def _fused_applies(self) -> bool:
-        """Whether the kernel takes every parameter that has a gradient (and its state, if any)."""
+        """Whether the kernel takes every parameter that has a gradient (and its state, if any):
+        CUDA, a dtype of :data:`DTYPES` throughout, contiguous and 16-byte aligned."""
         if triton is None:
             return False
         for group in self.param_groups:
@@ -94,6 +95,7 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
                     continue
                 state = [self.state[p][k] for k in ("z", "exp_avg_sq") if k in self.state[p]]
                 if not (p.is_cuda and p.dtype in DTYPES and all(t.dtype == p.dtype and t.is_contiguous()
+                                                                and t.data_ptr() % 16 == 0  # vector access
                                                                 for t in (p, p.grad, *state))):
                     return False
         return True
@@ -136,16 +138,32 @@ if triton is not None:
     @triton.jit
     def _sf_adamw_kernel(table, n_tensors, owner, first, beta2, one_minus_beta2, inv_bias_correction2, eps, decay,
                          ckp1, y_coef, lr, DT: tl.constexpr, BLOCK: tl.constexpr, HAS_DECAY: tl.constexpr):
-        """schedulefree's foreach step on one block of one tensor, in its order of operations, each
-        in the fp32 expression PyTorch's CUDA foreach kernel evaluates (the FMAs spelt out)."""
+        """One block of one tensor: its addresses from the table (16-byte aligned, checked on the
+        host), then the step, without a mask (vector loads and stores) unless the block is the
+        tensor's partial last one."""
         pid = tl.program_id(0)
         t = tl.load(owner + pid)
-        offs = (pid - tl.load(first + t)) * BLOCK + tl.arange(0, BLOCK)
-        mask = offs < tl.load(table + 4 * n_tensors + t)
-        y_ptr = tl.load(table + t).to(tl.pointer_type(DT))
-        z_ptr = tl.load(table + n_tensors + t).to(tl.pointer_type(DT))
-        sq_ptr = tl.load(table + 2 * n_tensors + t).to(tl.pointer_type(DT))
-        g_ptr = tl.load(table + 3 * n_tensors + t).to(tl.pointer_type(DT))
+        start = (pid - tl.load(first + t)) * BLOCK
+        offs = tl.max_contiguous(tl.multiple_of(start + tl.arange(0, BLOCK), BLOCK), BLOCK)
+        n = tl.load(table + 4 * n_tensors + t)
+        y_ptr = tl.multiple_of(tl.load(table + t).to(tl.pointer_type(DT)), 16)
+        z_ptr = tl.multiple_of(tl.load(table + n_tensors + t).to(tl.pointer_type(DT)), 16)
+        sq_ptr = tl.multiple_of(tl.load(table + 2 * n_tensors + t).to(tl.pointer_type(DT)), 16)
+        g_ptr = tl.multiple_of(tl.load(table + 3 * n_tensors + t).to(tl.pointer_type(DT)), 16)
+        if start + BLOCK <= n:
+            _sf_adamw_block(y_ptr, z_ptr, sq_ptr, g_ptr, offs, n, beta2, one_minus_beta2, inv_bias_correction2, eps,
+                            decay, ckp1, y_coef, lr, DT, HAS_DECAY, False)
+        else:
+            _sf_adamw_block(y_ptr, z_ptr, sq_ptr, g_ptr, offs, n, beta2, one_minus_beta2, inv_bias_correction2, eps,
+                            decay, ckp1, y_coef, lr, DT, HAS_DECAY, True)
+
+    @triton.jit
+    def _sf_adamw_block(y_ptr, z_ptr, sq_ptr, g_ptr, offs, n, beta2, one_minus_beta2, inv_bias_correction2, eps,
+                        decay, ckp1, y_coef, lr, DT: tl.constexpr, HAS_DECAY: tl.constexpr, MASKED: tl.constexpr):
+        """schedulefree's foreach step on elements ``offs`` of one tensor, in its order of
+        operations, each in the fp32 expression PyTorch's CUDA foreach kernel evaluates (the FMAs
+        spelt out)."""
+        mask = offs < n if MASKED else None
         y = tl.load(y_ptr + offs, mask=mask).to(tl.float32)
         z = tl.load(z_ptr + offs, mask=mask).to(tl.float32)
         sq = tl.load(sq_ptr + offs, mask=mask).to(tl.float32)
