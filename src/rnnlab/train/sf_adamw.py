@@ -15,8 +15,8 @@ division by the bias correction as a product with its reciprocal (computed in do
 ``_foreach_div`` by a scalar does), IEEE division by the denominator and IEEE square root.
 Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping of ``k``, ``lr_max``
 and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the kernel does not take (not
-contiguous, not 16-byte aligned, another dtype), run schedulefree's own step. Unlike that step, this one leaves
-``p.grad`` as it was.
+contiguous, not 16-byte aligned, another dtype), run schedulefree's own step. Unlike that step,
+this one leaves ``p.grad`` as it was.
 
 Checked against schedulefree's step in Triton's interpreter (fp32, tests/test_sf_adamw.py); its GPU
 test (bf16, bit for bit, tests/gpu/test_train_gpu.py) and its speed
@@ -44,9 +44,8 @@ DTYPES = (torch.bfloat16, torch.float32)  # pure bf16, and the fp32 master weigh
 
 
 class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
-    """``schedulefree.AdamWScheduleFree`` whose step runs the fused kernel when every parameter
-    with a gradient is a contiguous CUDA tensor of one of :data:`DTYPES` (and its gradient of the
-    same dtype), else schedulefree's step."""
+    """``schedulefree.AdamWScheduleFree`` whose step runs the fused kernel when the kernel takes
+    every parameter with a gradient (:meth:`_fused_applies`), else schedulefree's step."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -74,8 +73,9 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
                     self.state[p]["z"] = torch.clone(p, memory_format=torch.preserve_format)
                     self.state[p]["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             bias_correction2 = 1 - beta2 ** (k + 1)
-            scalars = [float(v) for v in (beta2, 1 - beta2, 1 / bias_correction2 if bias_correction2 else float("inf"),
-                                          group["eps"], group["weight_decay"], ckp1, lr * (beta1 * (1 - ckp1) - 1), lr)]
+            inv_bc2 = 1 / bias_correction2 if bias_correction2 else float("inf")  # C++'s 1. / 0.
+            scalars = [float(v) for v in (beta2, 1 - beta2, inv_bc2, group["eps"], group["weight_decay"], ckp1,
+                                          lr * (beta1 * (1 - ckp1) - 1), lr)]
             for device, dtype in {(p.device, p.dtype) for p in active}:
                 params = [p for p in active if (p.device, p.dtype) == (device, dtype)]
                 self._launch(params, [self.state[p]["z"] for p in params],

@@ -11,9 +11,9 @@ see the .cu file.
 Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans, plain, with E1's decay
 (``selective="decay"``: ``a_t`` one more epilogue operand) or with its low-rank term
 (``selective="lowrank"``, rank 1 to 16: one more MMA per K tile and a block sum per step; a build
-of its own, so plain E1 does not pay for it; ``ElmanKernelOptions.persistent_lowrank``), when :func:`make_plan` finds a launch (H a multiple
-of 8, the blocks co-resident); otherwise the Triton per-step kernel (``dense_step.py``,
-CUDA-graphed) runs.
+of its own, so plain E1 does not pay for it; ``ElmanKernelOptions.persistent_lowrank``), when
+:func:`make_plan` finds a launch (H a multiple of 8, the blocks co-resident); otherwise the Triton
+per-step kernel (``dense_step.py``, CUDA-graphed) runs.
 """
 
 from __future__ import annotations
