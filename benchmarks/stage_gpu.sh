@@ -99,13 +99,17 @@ fi
 [ -z "$cache" ] || cp "$cache" .gpu/compile-cache.tar.xz
 # the commit of the tree sent (the GPU machine's copy of .git is stale): HEAD, every tracked file's
 # hash and the list of files; gpu_env.sh there checks both and records the commit in each run's
-# env.json (RNNLAB_GIT_COMMIT). Stage after committing: a tree with uncommitted changes or untracked
-# files (they travel too) records none.
-if [ -z "$(git status --porcelain)" ]; then
+# env.json (RNNLAB_GIT_COMMIT). Only the code counts (uncommitted results or docs, e.g. run folders
+# brought back from the last call, change no measurement); uncommitted or untracked code (it travels
+# too) is recorded as HEAD-dirty, with the files named in .gpu/dirty.
+code=(src tests benchmarks scripts pyproject.toml)
+git ls-files -z --cached --others --exclude-standard | xargs -0 sha1sum > .gpu/tree.sha1
+if [ -z "$(git status --porcelain -- "${code[@]}")" ]; then
   git rev-parse --short=12 HEAD > .gpu/commit
-  git ls-files -z | xargs -0 sha1sum > .gpu/tree.sha1
 else
-  echo "stage_gpu.sh: uncommitted changes or untracked files: commit first, or the runs record no commit" >&2
+  echo "$(git rev-parse --short=12 HEAD)-dirty" > .gpu/commit
+  git status --porcelain -- "${code[@]}" > .gpu/dirty
+  echo "stage_gpu.sh: uncommitted code (.gpu/dirty): the runs record $(cat .gpu/commit); commit first" >&2
 fi
 # what a call carries: the tracked and untracked-not-ignored files, plus .gpu (and any other carry)
 tree=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
