@@ -905,17 +905,20 @@ def test_report_settings_are_the_same_within_float_tolerance(tmp_path):
 
     assert _same(3e-4, 0.1 * 3e-3) and _same(16, 16.0) and _same("adamw", "adamw")
     assert not _same(1e-4, 1.0001e-4) and not _same(0.1, 0.0) and not _same("adamw", "schedulefree-adamw")
-    for name, lr in (("rounded", 0.1 * 1e-3), ("other", 1.0001e-4)):
+    names = ("rounded", "exact", "other")
+    for name, lr in zip(names, (0.1 * 1e-3, 1e-4, 1.0001e-4)):
         _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
         _set_config(tmp_path, name, lr=lr)
     ref = {"params": 400_000_000, "loss": 1.6}
     (tmp_path / "suite.json").write_text(json.dumps({
         "suite": "s", "defaults": {"lr": 1e-4},
-        "runs": [{"name": n, "seed": None, "dir": n, "point": None} for n in ("rounded", "other")],
-        "reference": {"source": "ref", "runs": {"rounded": ref, "other": ref}}}))
+        "runs": [{"name": n, "seed": None, "dir": n, "point": None} for n in names],
+        "reference": {"source": "ref", "runs": dict.fromkeys(names, ref)}}))
     md = write_report(tmp_path, plots=False)["md"].read_text()
-    assert [r[0] for r in _table_rows(md, "| Model | Params (reference / ours)")] == ["rounded"]
+    assert [r[0] for r in _table_rows(md, "| Model | Params (reference / ours)")] == ["rounded", "exact"]
     assert "- other: lr 0.00010001 (reference 0.0001)" in md and "- rounded:" not in md
+    # the protocol warning groups the same way: rounded with exact, other apart
+    assert re.search(r"> - lr: rounded, exact 0\.0001\S*; other 0\.00010001$", md, re.M), md
 
 
 def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):

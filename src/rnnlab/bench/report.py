@@ -335,11 +335,15 @@ def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
              # weight decay on A_log, dt_bias, D, among the rows whose models have them
              "decay rates": {r["name"]: r["protocol"]["decay rates"] for r in rows if r["protocol"]["decay rates"]}}
     for key, values in keyed.items():
-        groups: dict[str, list[str]] = {}
+        groups: list[tuple[Any, list[str]]] = []  # values equal as _same says (floats to rounding)
         for name, v in values.items():
-            groups.setdefault(str(v), []).append(name)
+            group = next((g for g in groups if _same(g[0], v)), None)
+            if group is None:
+                groups.append((v, [name]))
+            else:
+                group[1].append(name)
         if len(groups) > 1:
-            lines.append(f"{key}: " + "; ".join(f"{', '.join(n)} {v}" for v, n in groups.items()))
+            lines.append(f"{key}: " + "; ".join(f"{', '.join(n)} {v}" for v, n in groups))
     params = sorted(r["params"] for r in rows if r["params"])
     if params and params[-1] > params[0] * (1 + 2 * PARAMS_TOL):
         lines.append("parameter counts: " + "; ".join(f"{r['name']} {fmt_count(r['params'])}" for r in rows))
