@@ -86,7 +86,8 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
 
     def _fused_applies(self) -> bool:
         """Whether the kernel takes every parameter that has a gradient (and its state, if any):
-        CUDA, a dtype of :data:`DTYPES` throughout, contiguous and 16-byte aligned."""
+        plain CUDA tensors (not FSDP2's DTensors), a dtype of :data:`DTYPES` throughout,
+        contiguous and 16-byte aligned."""
         if triton is None:
             return False
         for group in self.param_groups:
@@ -94,9 +95,11 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
                 if p.grad is None:
                     continue
                 state = [self.state[p][k] for k in ("z", "exp_avg_sq") if k in self.state[p]]
-                if not (p.is_cuda and p.dtype in DTYPES and all(t.dtype == p.dtype and t.is_contiguous()
-                                                                and t.data_ptr() % 16 == 0  # vector access
-                                                                for t in (p, p.grad, *state))):
+                tensors = (p.data, p.grad, *state)
+                if not (p.is_cuda and p.dtype in DTYPES
+                        and all(type(t) is torch.Tensor for t in tensors)  # not FSDP2's DTensor shards
+                        and all(t.dtype == p.dtype and t.is_contiguous() and t.data_ptr() % 16 == 0  # vectors
+                                for t in tensors)):
                     return False
         return True
 
