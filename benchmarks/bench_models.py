@@ -299,6 +299,23 @@ def print_table(meta: dict, rows: list[dict]) -> None:
           f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode")
 
 
+FUSED_SUFFIX = " [sf fused]"  # the row name of a model run with the fused Schedule-Free step
+
+
+def compare_sf_steps(rows: list[dict]) -> None:
+    """Per fused-step row: the largest loss difference from the same model, mode and batch with
+    schedulefree's step (same weights, same batches), and its tok/s ratio to it; printed."""
+    foreach = {(r["name"], r["mode"], r["B"]): r for r in rows if "error" not in r}
+    for r in rows:
+        twin = foreach.get((r["name"].removesuffix(FUSED_SUFFIX), r["mode"], r["B"]))
+        if "error" in r or not r["name"].endswith(FUSED_SUFFIX) or twin is None:
+            continue
+        r["max_dloss_vs_foreach"] = round(max(abs(a - b) for a, b in zip(r["losses"], twin["losses"])), 5)
+        r["x_foreach"] = round(r["tok_per_s"] / twin["tok_per_s"], 3)
+        print(f"{r['name']} ({r['mode']}, B={r['B']}): {r['x_foreach']:.3f}x the tok/s of schedulefree's step, "
+              f"losses within {r['max_dloss_vs_foreach']:.5f}")
+
+
 def print_profiles(rows: list[dict]) -> None:
     for r in rows:
         if "profile" in r:
@@ -350,7 +367,7 @@ def main(argv=None):
             for mode, sf_step in itertools.product(
                     [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step):
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
-                row_name = name if sf_step == "foreach" else f"{name} [sf fused]"  # its own row group
+                row_name = name if sf_step == "foreach" else name + FUSED_SUFFIX  # its own row group
                 try:
                     r = bench(row_name, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
@@ -365,6 +382,7 @@ def main(argv=None):
                     Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
     annotate(rows, peak)
     print_table(meta, rows)
+    compare_sf_steps(rows)
     print_profiles(rows)
     if args.json:
         Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))

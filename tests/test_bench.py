@@ -817,6 +817,23 @@ def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
     assert capsys.readouterr().out.splitlines()[3].split()[-7] == "-"
 
 
+def test_bench_models_sets_each_fused_step_row_beside_schedulefrees(capsys):
+    """--sf-step foreach fused: each fused row gets its loss difference from and tok/s ratio to the
+    same model, mode and batch under schedulefree's step; rows without a twin get neither."""
+    bm = _benchmark_script("bench_models")
+
+    def row(name, tok_per_s, losses, mode="default"):
+        return dict(name=name, mode=mode, B=32, tok_per_s=tok_per_s, losses=losses)
+
+    rows = [row("E16 s4", 200_000, [5.0, 4.0]), row("E16 s4" + bm.FUSED_SUFFIX, 220_000, [5.0, 4.25]),
+            row("minGRU" + bm.FUSED_SUFFIX, 1.0, [1.0], mode="off")]
+    bm.compare_sf_steps(rows)
+    assert (rows[1]["x_foreach"], rows[1]["max_dloss_vs_foreach"]) == (1.1, 0.25)
+    assert "x_foreach" not in rows[0] and "x_foreach" not in rows[2]
+    assert capsys.readouterr().out.strip() == ("E16 s4 [sf fused] (default, B=32): 1.100x the tok/s of "
+                                               "schedulefree's step, losses within 0.25000")
+
+
 def test_merge_suite_json_keeps_a_command_repeated_later_and_an_old_format_record():
     """A command run again later (not right after itself) stays twice, in date order; a kept
     suite.json from before continued suites (its command at the top level) keeps its command."""
