@@ -1,4 +1,5 @@
-"""Per-layer recurrence timings (forward, backward) of each implementation at the seed shapes.
+"""Per-layer recurrence timings (forward, backward) of each implementation at the seed shapes, and
+the Schedule-Free AdamW step over a 400M model's parameters (schedulefree's vs rnnlab's fused).
 
     python benchmarks/bench_kernels.py [--json results/kernels_h100.json] [--quick]
 
@@ -76,7 +77,7 @@ def main(argv=None):
     p.add_argument("--best-out", default=None, help="write the fastest dense per-step tile BN,BK,warps,stages")
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
-    p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "dense"],
+    p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
                    help="which kernel families to time (default all)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
@@ -179,6 +180,9 @@ def main(argv=None):
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)
+
+    if "optim" in args.sections:
+        schedulefree_steps(add, args.reps, bw)
 
     # ---- E1 dense 1760
     H = 1760
@@ -313,6 +317,34 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
 
     floor = B * T * 13 * (2 * (2 * 128 + 2 * 256) * el + 4 * 4) / bw * 1e3
     add("gated delta (fla chunk)", f"B{B} T{T} 13x128x256", fwd_bwd(mkg, reps), floor)
+
+
+def schedulefree_steps(add, reps, bw):
+    """One Schedule-Free AdamW step over minGRU 3520 x 16's parameters (397.5M, bf16, one tensor per
+    weight as the model has them), schedulefree's foreach step and rnnlab's fused one, from the
+    same state. Floor: the fused step's bytes (read y, z, second moment, gradient; write three) over
+    the copy bandwidth; "fwd" is the step."""
+    import schedulefree
+
+    from rnnlab.train import sf_adamw
+
+    D, L = 3520, 16
+    shapes = [(256, D)] + [(2 * D, D), (D,), (D,)] * L + [(D,), (D,)]
+    g = torch.Generator(device="cuda").manual_seed(0)
+    init = [torch.randn(s, device="cuda", generator=g).to(torch.bfloat16) for s in shapes]
+    grads = [torch.randn(s, device="cuda", generator=g).to(torch.bfloat16) * 1e-2 for s in shapes]
+    n = sum(t.numel() for t in init)
+    floor = 7 * n * 2 / bw * 1e3
+    for name, cls in (("schedulefree step (foreach)", schedulefree.AdamWScheduleFree),
+                      ("schedulefree step (rnnlab fused)", sf_adamw.AdamWScheduleFree)):
+        params = [torch.nn.Parameter(t.clone()) for t in init]
+        for p, gr in zip(params, grads):  # (the foreach step divides them in place: values drift, bytes do not)
+            p.grad = gr.clone()
+        opt = cls(params, lr=3e-4, weight_decay=0.1)
+        opt.train()
+        t = timeit(opt.step, reps)
+        add(name, f"{n / 1e6:.1f}M bf16", (t, 0.0, t), floor)
+        del opt, params
 
 
 def finish(args, rows, bw, fl, tc):
