@@ -97,9 +97,13 @@ def make_plan(x: torch.Tensor, shapes=SHAPES, rank: int = 0) -> Plan | None:
     return None
 
 
-def _padded_lowrank(state_side: torch.Tensor, epilogue_side: torch.Tensor, s: torch.Tensor):
-    """The low-rank build's ``(lr_in, lr_out, s)``: ``[H, r]`` matrices zero-padded to
-    ``[Hp, 16]`` (Hp = H rounded up to 16; the MMA's K tiles) and ``[H, 16]``, and ``s`` in fp32."""
+def _lowrank_operands(lowrank: tuple | None) -> tuple:
+    """The extension's ``(lr_in, lr_out, s)`` for ``lowrank = (state side, epilogue side, s)``:
+    the ``[H, r]`` matrices zero-padded to ``[Hp, 16]`` (Hp = H rounded up to 16; the MMA's K
+    tiles) and ``[H, 16]``, and ``s`` in fp32; three Nones without a low-rank term."""
+    if lowrank is None:
+        return None, None, None
+    state_side, epilogue_side, s = lowrank
     H, r = state_side.shape
     lr_in = state_side.new_zeros(-(-H // 16) * 16, MAX_RANK)
     lr_in[:H, :r] = state_side
@@ -114,9 +118,8 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Pl
     ``lowrank = (V, U, s)`` (a plan made with its rank) ``h_t = tanh(wx_t + h_{t-1} @ w.T +
     ((h_{t-1} @ V) * s_t) @ U.T)``; contiguous ``wx, a: [B, T, H]``, ``w: [H, H]``, ``h0: [B, H]``
     (None = zeros), ``U, V: [H, r]``, all of one 16-bit dtype, ``s: [B, T, r]`` any float dtype."""
-    extra = (None,) * 3 if lowrank is None else _padded_lowrank(*lowrank)
-    return _ext(plan.lowrank).forward(wx, None, w, h0, a, None, *extra, plan.warps, plan.cols, plan.rows,
-                                      plan.groups)
+    return _ext(plan.lowrank).forward(wx, None, w, h0, a, None, *_lowrank_operands(lowrank), plan.warps,
+                                      plan.cols, plan.rows, plan.groups)
 
 
 def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: torch.Tensor | None = None,
@@ -129,8 +132,7 @@ def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: t
     ext = _ext(plan.lowrank)
     launch = (plan.warps, plan.cols, plan.rows, plan.groups)
     if a is None:
-        extra = (None,) * 3 if lowrank is None else _padded_lowrank(*lowrank)
-        dpre = ext.backward(g, h, wt, None, None, None, *extra, *launch)
+        dpre = ext.backward(g, h, wt, None, None, None, *_lowrank_operands(lowrank), *launch)
         return dpre, dpre
     dpre = torch.empty_like(g)
     q = ext.backward(g, h, wt, None, a, dpre, None, None, None, *launch)
