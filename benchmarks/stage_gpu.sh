@@ -104,11 +104,12 @@ fi
 # too) is recorded as HEAD-dirty, with the files named in .gpu/dirty.
 code=(src tests benchmarks scripts pyproject.toml)
 git ls-files -z --cached --others --exclude-standard | xargs -0 sha1sum > .gpu/tree.sha1
-if [ -z "$(git status --porcelain -- "${code[@]}")" ]; then
+dirty=$(git status --porcelain -- "${code[@]}")
+if [ -z "$dirty" ]; then
   git rev-parse --short=12 HEAD > .gpu/commit
 else
   echo "$(git rev-parse --short=12 HEAD)-dirty" > .gpu/commit
-  git status --porcelain -- "${code[@]}" > .gpu/dirty
+  echo "$dirty" > .gpu/dirty
   echo "stage_gpu.sh: uncommitted code (.gpu/dirty): the runs record $(cat .gpu/commit); commit first" >&2
 fi
 # what a call carries: the tracked and untracked-not-ignored files, plus .gpu (and any other carry)
