@@ -2,12 +2,12 @@
 reference configurations, every model in the compile modes that can be its fastest, in one run.
 
     python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
-                                      [--skip NAME ...] [--profile] [--sf-step foreach fused]
+                                      [--skip NAME ...] [--profile] [--sf-step fused foreach]
                                       [--json results/x/models.json]
 
-Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; schedulefree's own step, as
-``rnnlab train`` runs it, and/or with ``--sf-step fused`` rnnlab's one-launch step, each mode of
-each model once per step kind: the optimizer's share in one run), T=512, the same random
+Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; rnnlab's one-launch step, as
+``rnnlab train`` runs it on CUDA, and/or with ``--sf-step foreach`` schedulefree's own step, each
+mode of each model once per step kind: the optimizer's share in one run), T=512, the same random
 bytes and the same initial weights (seed 0) for every mode of a model; ``--warmup`` steps (at
 least 3 when compiling: compilation, autotuning) are not timed; tok/s is B*T over the median of
 ``--steps`` CUDA-synchronised step times. MFU = 6 * params * tok/s / the GPU's dense bf16 peak
@@ -170,9 +170,9 @@ def graph_stats() -> dict:
             "graphs": counters["stats"]["unique_graphs"]}
 
 
-def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="foreach"):
+def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused"):
     """Train ``steps + warmup`` steps of one model in one mode with Schedule-Free AdamW's
-    ``sf_step`` ("foreach": schedulefree's own; "fused": rnnlab's one-launch step); returns the row
+    ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own); returns the row
     (with ``profile``, also the GPU time per step by kind of kernel, from ``PROFILE_STEPS`` more steps)."""
     import schedulefree
 
@@ -299,16 +299,17 @@ def print_table(meta: dict, rows: list[dict]) -> None:
           f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode")
 
 
-FUSED_SUFFIX = " [sf fused]"  # the row name of a model run with the fused Schedule-Free step
+FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step
 
 
 def compare_sf_steps(rows: list[dict]) -> None:
-    """Per fused-step row: the largest loss difference from the same model, mode and batch with
-    schedulefree's step (same weights, same batches), and its tok/s ratio to it; printed."""
-    foreach = {(r["name"], r["mode"], r["B"]): r for r in rows if "error" not in r}
+    """Per fused-step row (the plain names): the largest loss difference from the same model, mode
+    and batch with schedulefree's step (same weights, same batches), and its tok/s ratio to it; printed."""
+    foreach = {(r["name"].removesuffix(FOREACH_SUFFIX), r["mode"], r["B"]): r
+               for r in rows if "error" not in r and r["name"].endswith(FOREACH_SUFFIX)}
     for r in rows:
-        twin = foreach.get((r["name"].removesuffix(FUSED_SUFFIX), r["mode"], r["B"]))
-        if "error" in r or not r["name"].endswith(FUSED_SUFFIX) or twin is None:
+        twin = foreach.get((r["name"], r["mode"], r["B"]))
+        if "error" in r or twin is None:
             continue
         r["max_dloss_vs_foreach"] = round(max(abs(a - b) for a, b in zip(r["losses"], twin["losses"])), 5)
         r["x_foreach"] = round(r["tok_per_s"] / twin["tok_per_s"], 3)
@@ -339,9 +340,9 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
     p.add_argument("--profile", action="store_true",
                    help=f"after each row's timed steps, profile {PROFILE_STEPS} more: GPU time per step by kind of kernel")
-    p.add_argument("--sf-step", choices=["foreach", "fused"], nargs="+", default=["foreach"],
-                   help="Schedule-Free AdamW's step: schedulefree's own foreach step (what `rnnlab train` runs) "
-                        "and/or rnnlab's fused kernel (rnnlab.train.sf_adamw); each one a row (default: foreach)")
+    p.add_argument("--sf-step", choices=["fused", "foreach"], nargs="+", default=["fused"],
+                   help="Schedule-Free AdamW's step: rnnlab's fused kernel (rnnlab.train.sf_adamw, what `rnnlab "
+                        "train` runs on CUDA) and/or schedulefree's own foreach step; each one a row (default: fused)")
     p.add_argument("--json", default=None)
     p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
     args = p.parse_args(argv)
@@ -367,7 +368,7 @@ def main(argv=None):
             for mode, sf_step in itertools.product(
                     [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step):
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
-                row_name = name if sf_step == "foreach" else name + FUSED_SUFFIX  # its own row group
+                row_name = name if sf_step == "fused" else name + FOREACH_SUFFIX  # its own row group
                 try:
                     r = bench(row_name, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row

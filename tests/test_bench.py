@@ -818,19 +818,20 @@ def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
 
 
 def test_bench_models_sets_each_fused_step_row_beside_schedulefrees(capsys):
-    """--sf-step foreach fused: each fused row gets its loss difference from and tok/s ratio to the
-    same model, mode and batch under schedulefree's step; rows without a twin get neither."""
+    """--sf-step fused foreach: each fused row (the plain name) gets its loss difference from and
+    tok/s ratio to the same model, mode and batch under schedulefree's step; rows without a twin
+    (another mode, or no foreach row) get neither."""
     bm = _benchmark_script("bench_models")
 
     def row(name, tok_per_s, losses, mode="default"):
         return dict(name=name, mode=mode, B=32, tok_per_s=tok_per_s, losses=losses)
 
-    rows = [row("E16 s4", 200_000, [5.0, 4.0]), row("E16 s4" + bm.FUSED_SUFFIX, 220_000, [5.0, 4.25]),
-            row("minGRU" + bm.FUSED_SUFFIX, 1.0, [1.0], mode="off")]
+    rows = [row("E16 s4", 220_000, [5.0, 4.25]), row("E16 s4" + bm.FOREACH_SUFFIX, 200_000, [5.0, 4.0]),
+            row("minGRU", 1.0, [1.0], mode="off"), row("minGRU" + bm.FOREACH_SUFFIX, 1.0, [1.0])]
     bm.compare_sf_steps(rows)
-    assert (rows[1]["x_foreach"], rows[1]["max_dloss_vs_foreach"]) == (1.1, 0.25)
-    assert "x_foreach" not in rows[0] and "x_foreach" not in rows[2]
-    assert capsys.readouterr().out.strip() == ("E16 s4 [sf fused] (default, B=32): 1.100x the tok/s of "
+    assert (rows[0]["x_foreach"], rows[0]["max_dloss_vs_foreach"]) == (1.1, 0.25)
+    assert not any("x_foreach" in r for r in rows[1:])
+    assert capsys.readouterr().out.strip() == ("E16 s4 (default, B=32): 1.100x the tok/s of "
                                                "schedulefree's step, losses within 0.25000")
 
 

@@ -602,6 +602,10 @@ def test_optimizer_takes_every_hyperparameter_from_the_config(optimizer, tiny_tr
     group = opt.param_groups[0]
     assert (tuple(group["betas"]), group["eps"], group["weight_decay"]) == ((0.8, 0.95), 1e-6, 0.05)
     assert group.get("initial_lr", group["lr"]) == 2e-3  # AdamW's scheduler keeps the base lr as initial_lr
+    if optimizer == "schedulefree-adamw":  # schedulefree's, its step fused on CUDA
+        from rnnlab.train import sf_adamw
+
+        assert type(opt) is sf_adamw.AdamWScheduleFree
 
 
 def test_grad_accum_must_divide_the_batch():

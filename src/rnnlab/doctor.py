@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 import platform
-from collections.abc import Iterable
+
+from rnnlab.train.cli import aligned
 
 
 def _try(module: str) -> str:
@@ -29,6 +30,7 @@ def report() -> dict[str, str]:
     from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
     from rnnlab.ops import OPS
     from rnnlab.ops.ssd import import_mamba_ssm
+    from rnnlab.train import sf_adamw
 
     out = {
         "python": platform.python_version(),
@@ -36,6 +38,7 @@ def report() -> dict[str, str]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
         "triton": _try("triton"),
         "schedulefree": _try("schedulefree"),
+        "schedule-free step": sf_adamw.status(),
         "safetensors": _try("safetensors"),
         "causal_conv1d": _try("causal_conv1d"),
         "mamba_ssm": "ok" if import_mamba_ssm() is not None else "unavailable (Mamba2 uses the SSD reference)",
@@ -60,10 +63,3 @@ def _kernel_status(op) -> str:
 def register(sub) -> None:
     p = sub.add_parser("doctor", help="print versions and which fast paths load")
     p.set_defaults(func=lambda args: print(aligned(report().items())))
-
-
-def aligned(rows: Iterable[tuple[str, str]]) -> str:
-    """``name  value`` lines, the values in one column (doctor's report, train's summary)."""
-    rows = list(rows)
-    width = max((len(k) for k, _ in rows), default=0)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

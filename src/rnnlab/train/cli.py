@@ -16,13 +16,20 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
-from rnnlab.doctor import aligned
 from rnnlab.options import at_least, checked, positive
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
 from rnnlab.train.rundir import RunDir
+
+
+def aligned(rows: Iterable[tuple[str, str]]) -> str:
+    """``name  value`` lines, the values in one column (train's summary, ``rnnlab doctor``)."""
+    rows = list(rows)
+    width = max((len(k) for k, _ in rows), default=0)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def register(sub) -> None:

@@ -1,5 +1,6 @@
-"""Optimizers: Schedule-Free AdamW (the reference study's Table A) or AdamW with linear warmup, then
-cosine decay or a constant LR (``lr_schedule``).
+"""Optimizers: Schedule-Free AdamW (the reference study's Table A; schedulefree's, with its step in one
+Triton launch on CUDA: ``rnnlab.train.sf_adamw``) or AdamW with linear warmup, then cosine decay or a
+constant LR (``lr_schedule``).
 
 Weight decay reaches every parameter (LayerNorm weights, biases and the tied embedding too, as in
 the reference study) except those a layer marks ``_no_weight_decay`` (the decay rates ``A_log``
@@ -33,9 +34,9 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig):
     """``(optimizer, scheduler_or_None)`` for ``cfg.optim.optimizer``; the optimizer starts in train mode."""
     params = param_groups(model, cfg)
     if cfg.optim.optimizer == "schedulefree-adamw":
-        import schedulefree  # its fused step (rnnlab.train.sf_adamw) takes over once checked on a GPU
+        from rnnlab.train.sf_adamw import AdamWScheduleFree  # schedulefree's, its step fused on CUDA
 
-        opt = schedulefree.AdamWScheduleFree(
+        opt = AdamWScheduleFree(
             params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), eps=cfg.optim.eps,
             weight_decay=cfg.optim.weight_decay, warmup_steps=cfg.optim.warmup_steps)
         opt.train()

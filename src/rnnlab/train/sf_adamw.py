@@ -18,10 +18,10 @@ and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the kernel
 contiguous, not 16-byte aligned, another dtype), run schedulefree's own step. Unlike that step,
 this one leaves ``p.grad`` as it was.
 
-Checked against schedulefree's step in Triton's interpreter (fp32, tests/test_sf_adamw.py); its GPU
-test (bf16, bit for bit, tests/gpu/test_train_gpu.py) and its speed
-(``benchmarks/bench_models.py --sf-step foreach fused``) have not run yet, so ``rnnlab train``
-still runs schedulefree's step.
+Checked against schedulefree's step in Triton's interpreter (fp32, tests/test_sf_adamw.py) and on an
+H200 (bit for bit in bf16, tests/gpu/test_train_gpu.py): 2.0 ms per step over 400M bf16 values
+against schedulefree's 6.9, 1.01-1.07x the whole training step's tok/s
+(``results/sf-adamw-fused-h200``). ``rnnlab train`` builds this class for Schedule-Free AdamW.
 """
 
 from __future__ import annotations
@@ -37,10 +37,19 @@ try:
 except ImportError:  # CPU-only installs: schedulefree's step
     triton = None
 
-__all__ = ["AdamWScheduleFree"]
+__all__ = ["AdamWScheduleFree", "status"]
 
 BLOCK = 2048  # elements per program
 DTYPES = (torch.bfloat16, torch.float32)  # pure bf16, and the fp32 master weights of bf16-mixed / fp32
+
+
+def status() -> str:
+    """Which step Schedule-Free AdamW takes on this machine (``rnnlab doctor``)."""
+    if triton is None:
+        return "schedulefree's foreach step (the fused one needs Triton)"
+    if not torch.cuda.is_available():
+        return "schedulefree's foreach step (the fused one needs CUDA)"
+    return "fused (rnnlab.train.sf_adamw) on CUDA parameters"
 
 
 class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
