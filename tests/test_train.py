@@ -590,6 +590,26 @@ def test_grad_accum_under_ddp_syncs_gradients_once_per_step(tiny_train, tmp_path
         tdist.destroy_process_group()
 
 
+def test_a_steps_time_ends_after_its_optimizer_step(tiny_train, tmp_path, monkeypatch):
+    """On a GPU the optimizer's kernels run after ``optimizer.step()`` returns: the step waits for
+    the device after it, so its time (tok/s, the --minutes budget) counts them. Without that sync
+    they would fall before the next step's clock starts (the race would give the optimizer's time
+    away, most to the models with the most steps)."""
+    from rnnlab.train import trainer as trainer_module
+
+    t = Trainer(tiny_train(tmp_path, steps=2), progress=False)
+    events = []
+    real_step = t.state.optimizer.step
+    monkeypatch.setattr(t.state.optimizer, "step", lambda *a, **k: (events.append("optimizer"), real_step(*a, **k))[1])
+    monkeypatch.setattr(trainer_module, "sync", lambda device: events.append("sync"))
+    real_clock = trainer_module.time.perf_counter
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: (events.append("clock"), real_clock())[1])
+    t.train_step(t.stream.batch(0))
+    t.logger.close()
+    assert events[-3:] == ["optimizer", "sync", "clock"], events
+    assert events[:2] == ["sync", "clock"], events
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "schedulefree-adamw"])
 def test_optimizer_takes_every_hyperparameter_from_the_config(optimizer, tiny_train, tmp_path):
     """lr, betas, eps and weight decay reach the optimizer as configured (none left at a library
