@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TINY = ["--model", "e1", "--dim", "32", "--depth", "2", "--seq-len", "32", "--batch-size", "4", "--precision",
         "fp32", "--eval-bytes", "4096", "--device", "cpu", "--lr", "3e-3"]
 STEP_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d step (\d+)/6  loss (\S+)  lr (\S+)  grad_norm (\S+)  "
-                       r"tok/s (\S+)  elapsed \d+:\d\d:\d\d  eta \d+:\d\d:\d\d$")
+                       r"tok/s (\S+)  elapsed \d+:\d\d:\d\d(  eta \d+:\d\d:\d\d)?$")
 
 
 def _records(path) -> list[dict]:
@@ -36,6 +36,7 @@ def test_batch_job_gets_one_line_per_logged_step_and_eval(no_progress, tmp_path,
     err = capsys.readouterr().err.splitlines()
     steps = [STEP_LINE.match(line) for line in err if " step " in line and " eval " not in line]
     assert all(steps) and [int(m[1]) for m in steps] == [1, 2, 4, 6]
+    assert [bool(m[6]) for m in steps] == [False, False, True, True]  # no ETA from warm-up steps 1-3 alone
     metrics = {r["step"]: r for r in _records(run / "metrics.jsonl")}
     for m in steps:
         r = metrics[int(m[1])]
@@ -46,17 +47,26 @@ def test_batch_job_gets_one_line_per_logged_step_and_eval(no_progress, tmp_path,
 
 
 def test_log_line_pace_and_eta():
-    """tok/s is the mean since the previous line; the ETA is the rest of the budget at that pace."""
+    """tok/s is the mean since the previous line; the ETA is the rest of the budget at the pace of
+    the steps after this process's warm-up (its first WARMUP_STEPS = 3: compilation), none while
+    only warm-up steps have run."""
     out = io.StringIO()
     lines = LogLines(total_steps=100, budget_s=None, stream=out)
     base = {"loss": 2.5, "lr": 3e-4, "grad_norm": 0.8123, "tok_per_s": 999.0, "peak_mem_gib": None}
-    lines.log("train", {**base, "step": 10, "tokens": 10_000, "elapsed_s": 20.0})
-    lines.log("train", {**base, "step": 20, "tokens": 20_000, "elapsed_s": 60.0, "peak_mem_gib": 12.34})
-    first, second = (line.split(" ", 2)[2] for line in out.getvalue().splitlines())
-    assert first == ("step 10/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 500  elapsed 0:00:20  "
-                     "eta 0:03:00")  # 2 s per step from the start, 90 steps to go
-    assert second == ("step 20/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 250  mem 12.3 GiB  "
-                      "elapsed 0:01:00  eta 0:05:20")  # 4 s per step since the last line, 80 to go
+    lines.log("train", {**base, "step": 1, "tokens": 1_000, "elapsed_s": 9.0, "warmup_s": 9.0})
+    lines.log("train", {**base, "step": 10, "tokens": 10_000, "elapsed_s": 34.0, "warmup_s": 20.0})
+    lines.log("train", {**base, "step": 20, "tokens": 20_000, "elapsed_s": 74.0, "warmup_s": 20.0,
+                        "peak_mem_gib": 12.34})
+    first, second, third = (line.split(" ", 2)[2] for line in out.getvalue().splitlines())
+    assert first == "step 1/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 111  elapsed 0:00:09"
+    assert second == ("step 10/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 360  elapsed 0:00:34  "
+                      "eta 0:03:00")  # steps 4-10: 14 s for 7 steps, 2 s each, 90 to go
+    assert third == ("step 20/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 250  mem 12.3 GiB  "
+                     "elapsed 0:01:14  eta 0:05:20")  # 4 s per step since the last line, 80 to go
+    resumed = LogLines(total_steps=100, budget_s=None, stream=out, start_step=50)  # warm-up: steps 51-53
+    resumed.previous = {"step": 50, "tokens": 50_000, "elapsed_s": 100.0, "warmup_s": 20.0}
+    resumed.log("train", {**base, "step": 60, "tokens": 60_000, "elapsed_s": 130.0, "warmup_s": 36.0})
+    assert out.getvalue().splitlines()[-1].endswith("eta 0:01:20")  # 14 s for 7 steps, 40 to go
     timed = LogLines(total_steps=None, budget_s=600.0, stream=out)
     timed.log("train", {**base, "step": 5, "tokens": 5_000, "elapsed_s": 150.0})
     assert out.getvalue().splitlines()[-1].endswith("step 5  loss 2.5000  lr 3.00e-04  grad_norm 0.812  "

@@ -244,13 +244,17 @@ class LogLines(Tracker):
         2026-01-31 12:00:05 step 120/1000  loss 1.2345  lr 3.00e-04  grad_norm 0.812  tok/s 40,213  mem 12.3 GiB  elapsed 0:02:05  eta 0:14:40
 
     tok/s is the mean since the previous line over training time (evaluations and checkpoints not
-    counted); the ETA assumes that pace for the rest of the step budget (or the --minutes budget);
-    mem is the peak CUDA memory (no such column on CPU)."""
+    counted); the ETA assumes the pace of those steps, leaving out this process's first
+    ``WARMUP_STEPS`` (compilation, autotuning), for the rest of the step budget (no ETA while only
+    those have run), or gives what is left of the --minutes budget; mem is the peak CUDA memory (no
+    such column on CPU)."""
 
-    def __init__(self, total_steps: int | None, budget_s: float | None, stream: TextIO | None = None):
+    def __init__(self, total_steps: int | None, budget_s: float | None, stream: TextIO | None = None,
+                 start_step: int = 0):
         self.total, self.budget_s = total_steps, budget_s
         self.stream = stream or sys.stderr
         self.previous = {"step": 0, "tokens": 0, "elapsed_s": 0.0}  # the first line: the run's mean pace
+        self.warmup = (start_step, start_step + WARMUP_STEPS)  # this process's warm-up steps: (first - 1, last]
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
         line = eval_line(record) if kind == "eval" else self.step_line(record)
@@ -260,9 +264,12 @@ class LogLines(Tracker):
         prev, self.previous = self.previous, r
         seconds = r["elapsed_s"] - prev["elapsed_s"]
         tok_s = (r["tokens"] - prev["tokens"]) / seconds if seconds > 0 else r["tok_per_s"]
-        pace = seconds / (r["step"] - prev["step"])  # seconds per step
         if self.total is not None:
-            eta = (self.total - r["step"]) * pace
+            lo, hi = self.warmup
+            warm_steps = max(0, min(r["step"], hi) - max(prev["step"], lo))
+            steady_s = seconds - (r.get("warmup_s", 0.0) - prev.get("warmup_s", 0.0))
+            steps = r["step"] - prev["step"] - warm_steps
+            eta = (self.total - r["step"]) * steady_s / steps if steps > 0 else None  # at the steady pace
         else:
             spent = budget_clock(r["elapsed_s"], r.get("warmup_s"))
             eta = max(0.0, self.budget_s - spent) if self.budget_s is not None else None
@@ -340,5 +347,5 @@ def build_trackers(run: RunDir, cfg, start_step: int, total: int | None, progres
         trackers.append(ProgressBar(cfg, start_step, total))
     else:
         kind, budget = cfg.budget.chosen()
-        trackers.append(LogLines(total, budget * 60 if kind == "minutes" else None))
+        trackers.append(LogLines(total, budget * 60 if kind == "minutes" else None, start_step=start_step))
     return trackers
