@@ -253,6 +253,15 @@ def versions() -> dict:
                 mamba2_fused_path=causal_conv1d_available(), git_commit=sha or None)
 
 
+FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step
+
+
+def row_name(model: str, sf_step: str) -> str:
+    """A row's name: the model's for rnnlab's fused Schedule-Free step (what `rnnlab train` runs),
+    marked with ``FOREACH_SUFFIX`` for schedulefree's own (its own row group)."""
+    return model if sf_step == "fused" else model + FOREACH_SUFFIX
+
+
 def annotate(rows: list[dict], peak: float) -> None:
     """Per row: MFU, whether it trains like its model's first mode, and the ratio to the fastest
     correct rnnlab Mamba2 row; per model: which row is its fastest correct mode."""
@@ -272,8 +281,9 @@ def annotate(rows: list[dict], peak: float) -> None:
     for r in rows:
         if "error" in r:
             continue
+        step = FOREACH_SUFFIX if r["name"].endswith(FOREACH_SUFFIX) else ""  # Mamba2 with the same optimizer step
         for key, ref_name in (("x_mamba2_best", "Mamba2 d22"), ("x_standalone_best", "Mamba2 d22 standalone")):
-            best = [m for m in by_model.get((ref_name, r["B"]), []) if m["fastest"]]
+            best = [m for m in by_model.get((ref_name + step, r["B"]), []) if m["fastest"]]
             if best:
                 r[key] = round(r["tok_per_s"] / best[0]["tok_per_s"], 3)
 
@@ -297,9 +307,6 @@ def print_table(meta: dict, rows: list[dict]) -> None:
               f"{r['max_dloss_vs_first_mode']:7.4f} {r.get('graph_breaks', '-'):>6}")
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than "
           f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode")
-
-
-FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step
 
 
 def compare_sf_steps(rows: list[dict]) -> None:
@@ -368,11 +375,11 @@ def main(argv=None):
             for mode, sf_step in itertools.product(
                     [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step):
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
-                row_name = name if sf_step == "fused" else name + FOREACH_SUFFIX  # its own row group
+                label = row_name(name, sf_step)
                 try:
-                    r = bench(row_name, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step)
+                    r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
-                    r = dict(name=row_name, mode="eager" if mode is OFF else mode, config=cfgd, B=B, T=args.T,
+                    r = dict(name=label, mode="eager" if mode is OFF else mode, config=cfgd, B=B, T=args.T,
                              error=f"{type(e).__name__}: {e}")
                     torch._dynamo.reset()
                     gc.collect()

@@ -815,6 +815,12 @@ def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
     bm.annotate(alone, peak=989.0)
     bm.print_table(meta, alone)
     assert capsys.readouterr().out.splitlines()[3].split()[-7] == "-"
+    # rows of schedulefree's own step are set against Mamba2 with that step, the others against the fused one
+    steps = [row(bm.row_name("Mamba2 d22", "fused"), 120_000), row(bm.row_name("Mamba2 d22", "foreach"), 100_000),
+             row(bm.row_name("E16 s4", "fused"), 240_000), row(bm.row_name("E16 s4", "foreach"), 230_000)]
+    bm.annotate(steps, peak=989.0)
+    assert [r["name"] for r in steps] == ["Mamba2 d22", "Mamba2 d22 [sf foreach]", "E16 s4", "E16 s4 [sf foreach]"]
+    assert [r["x_mamba2_best"] for r in steps] == [1.0, 1.0, 2.0, 2.3]
 
 
 def test_bench_models_sets_each_fused_step_row_beside_schedulefrees(capsys):

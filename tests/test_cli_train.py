@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from rnnlab.cli import main
 
@@ -126,13 +127,14 @@ def test_top_level_help_and_version(capsys):
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU
 def test_doctor_lists_every_kernel_in_one_column(capsys):
     from rnnlab.ops.registry import OPS
+    from rnnlab.train import sf_adamw
 
     main(["doctor"])
     lines = capsys.readouterr().out.splitlines()
     assert {f"kernel {name}" for name in OPS} <= {line.split("  ")[0].rstrip() for line in lines}
-    step = next(line for line in lines if line.startswith("schedule-free step"))
-    assert step.split("  ", 1)[1].strip() in ("schedulefree's foreach step (the fused one needs CUDA)",  # CPU
-                                              "schedulefree's foreach step (the fused one needs Triton)")
+    step = next(line for line in lines if line.startswith("schedule-free step")).split("  ", 1)[1].strip()
+    assert step == sf_adamw.status()
+    assert step.startswith("fused" if torch.cuda.is_available() else "schedulefree's foreach step (the fused one needs")
     starts = {len(line) - len(line.split("  ", 1)[1].lstrip()) for line in lines}
     assert len(starts) == 1, lines  # every value starts in the same column
 

@@ -63,14 +63,30 @@ def test_log_line_pace_and_eta():
                       "eta 0:03:00")  # steps 4-10: 14 s for 7 steps, 2 s each, 90 to go
     assert third == ("step 20/100  loss 2.5000  lr 3.00e-04  grad_norm 0.812  tok/s 250  mem 12.3 GiB  "
                      "elapsed 0:01:14  eta 0:05:20")  # 4 s per step since the last line, 80 to go
-    resumed = LogLines(total_steps=100, budget_s=None, stream=out, start_step=50)  # warm-up: steps 51-53
-    resumed.previous = {"step": 50, "tokens": 50_000, "elapsed_s": 100.0, "warmup_s": 20.0}
+    resumed = LogLines(total_steps=100, budget_s=None, stream=out,  # warm-up: steps 51-53
+                       start={"step": 50, "tokens": 50_000, "elapsed_s": 100.0, "warmup_s": 20.0})
     resumed.log("train", {**base, "step": 60, "tokens": 60_000, "elapsed_s": 130.0, "warmup_s": 36.0})
-    assert out.getvalue().splitlines()[-1].endswith("eta 0:01:20")  # 14 s for 7 steps, 40 to go
+    assert out.getvalue().splitlines()[-1].endswith("tok/s 333  elapsed 0:02:10  eta 0:01:20")  # 14 s, 7 steps
     timed = LogLines(total_steps=None, budget_s=600.0, stream=out)
     timed.log("train", {**base, "step": 5, "tokens": 5_000, "elapsed_s": 150.0})
     assert out.getvalue().splitlines()[-1].endswith("step 5  loss 2.5000  lr 3.00e-04  grad_norm 0.812  "
                                                     "tok/s 33  elapsed 0:02:30  eta 0:07:30")
+
+
+def test_resumed_run_logs_this_processs_pace(tiny_train, tmp_path, capsys):
+    """After --resume the first log line's tok/s is that of the steps since the checkpoint, and
+    there is no ETA until a step after the new process's warm-up (steps 5-7 here) has run."""
+    run = tmp_path / "run"
+    argv = ["train", *TINY, "--log-every", "2", "--out", str(run), "--no-progress"]
+    assert main([*argv, "--steps", "4"]) == 0
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out", str(run), "--steps", "8", "--no-progress"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    lines = [line for line in err if re.search(r" step [68]/8 ", line) and " eval " not in line]
+    metrics = {r["step"]: r for r in _records(run / "metrics.jsonl")}
+    tok_s = (metrics[6]["tokens"] - metrics[4]["tokens"]) / (metrics[6]["elapsed_s"] - metrics[4]["elapsed_s"])
+    assert f"tok/s {tok_s:,.0f} " in lines[0] and " eta " not in lines[0], lines
+    assert " eta " in lines[1], lines
 
 
 def test_scalar_tags():

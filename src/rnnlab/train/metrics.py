@@ -250,11 +250,15 @@ class LogLines(Tracker):
     such column on CPU)."""
 
     def __init__(self, total_steps: int | None, budget_s: float | None, stream: TextIO | None = None,
-                 start_step: int = 0):
+                 start: dict[str, Any] | None = None):
+        """``start``: the run's progress when this process began (a resumed run's ``step``,
+        ``tokens``, ``elapsed_s`` and ``warmup_s``; None: a fresh run): the first line's pace is this
+        process's."""
         self.total, self.budget_s = total_steps, budget_s
         self.stream = stream or sys.stderr
-        self.previous = {"step": 0, "tokens": 0, "elapsed_s": 0.0}  # the first line: the run's mean pace
-        self.warmup = (start_step, start_step + WARMUP_STEPS)  # this process's warm-up steps: (first - 1, last]
+        self.previous = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "warmup_s": 0.0, **(start or {})}
+        first = self.previous["step"]
+        self.warmup = (first, first + WARMUP_STEPS)  # this process's warm-up steps: (first - 1, last]
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
         line = eval_line(record) if kind == "eval" else self.step_line(record)
@@ -294,12 +298,14 @@ class RunLogger:
     only: on the other ranks, ``enabled=False``, it has none). ``progress``: the bar when stderr
     is a terminal; without it, or when stderr is a file or pipe, plain log lines."""
 
-    def __init__(self, run: RunDir, cfg, device: torch.device, start_step: int, total: int | None,
+    def __init__(self, run: RunDir, cfg, device: torch.device, start: dict[str, Any], total: int | None,
                  progress: bool, enabled: bool = True):
+        """``start``: the run's progress as this process begins (``TrainState.progress``: its
+        ``step``, ``tokens``, ``elapsed_s`` and ``warmup_s``; all 0 for a fresh run)."""
         self.log_every = cfg.run.log_every
         self.tokens_per_step = cfg.tokens_per_step()
         self.device = device
-        self.trackers: list[Tracker] = build_trackers(run, cfg, start_step, total, progress) if enabled else []
+        self.trackers: list[Tracker] = build_trackers(run, cfg, start, total, progress) if enabled else []
 
     def step(self, state, result) -> None:
         """Record the step ``state`` just finished (``result``: its loss, LR, gradient norm, time)."""
@@ -334,9 +340,10 @@ class RunLogger:
             tracker.close()
 
 
-def build_trackers(run: RunDir, cfg, start_step: int, total: int | None, progress: bool) -> list[Tracker]:
+def build_trackers(run: RunDir, cfg, start: dict[str, Any], total: int | None, progress: bool) -> list[Tracker]:
     """W&B when asked, the JSONL files, TensorBoard (skipped with a note when it cannot start),
     and the bar or the log lines."""
+    start_step = start["step"]
     trackers: list[Tracker] = [Wandb(run, cfg, resumed=start_step > 0)] if cfg.run.wandb else []
     trackers.append(JsonlFiles(run))
     try:
@@ -347,5 +354,6 @@ def build_trackers(run: RunDir, cfg, start_step: int, total: int | None, progres
         trackers.append(ProgressBar(cfg, start_step, total))
     else:
         kind, budget = cfg.budget.chosen()
-        trackers.append(LogLines(total, budget * 60 if kind == "minutes" else None, start_step=start_step))
+        since = {k: start[k] for k in ("step", "tokens", "elapsed_s", "warmup_s")}
+        trackers.append(LogLines(total, budget * 60 if kind == "minutes" else None, start=since))
     return trackers

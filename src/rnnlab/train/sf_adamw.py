@@ -16,7 +16,9 @@ division by the bias correction as a product with its reciprocal (computed in do
 Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping of ``k``, ``lr_max``
 and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the kernel does not take (not
 contiguous, not 16-byte aligned, another dtype), run schedulefree's own step. Unlike that step,
-this one leaves ``p.grad`` as it was.
+this one leaves ``p.grad`` as it was. In fp32 (the master weights of fp32 and bf16-mixed runs) it
+agrees with schedulefree's step to about one ulp, not bit for bit (the two compilers contract
+different products into FMAs): such a run resumed across the switch continues within rounding.
 
 Checked against schedulefree's step in Triton's interpreter (fp32, tests/test_sf_adamw.py) and on an
 H200 (bit for bit in bf16, tests/gpu/test_train_gpu.py): 2.0 ms per step over 400M bf16 values

@@ -207,8 +207,8 @@ class Trainer:
             self.rundir.start(cfg, env_info(self.device), self.state.step if resume_from is not None else None)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        self.logger = RunLogger(self.rundir, cfg, self.device, self.state.step, cfg.max_steps(), progress,
-                                enabled=ctx.is_main)
+        self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
+                                cfg.max_steps(), progress, enabled=ctx.is_main)
         self.throughput = Throughput()
 
     # ------------------------------------------------------------------------- the loop
