@@ -78,7 +78,8 @@ def main(argv=None):
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
-                   help="which kernel families to time (default all)")
+                   help="which kernel families to time (default all but scan-unroll: the scans at 8 time "
+                        "steps per loop iteration beside 4)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -144,6 +145,31 @@ def main(argv=None):
             return fn, [pp], torch.randn(B, T, H, device=dev, dtype=dt)
 
         add(nm, f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps), floor)
+
+    # the scans at 8 time steps per loop iteration instead of 4 (twice the loads in flight; the
+    # kernels' UNROLL, docs/kernels.md "linear_scan"): each pair from the same inputs, outputs compared
+    for nm, fn, G, H in (("scan", stri.linear_scan, 0, 1760), ("minGRU fused gates+scan", stri.mingru_scan, 2, 3520),
+                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)) \
+            if "scan-unroll" in args.sections else ():
+        reads = (G + 1) + (G + 2 + G) if G else 3 + 5
+        floor = reads * B * T * H * el / bw * 1e3
+        gen = torch.Generator(device=dev).manual_seed(0)
+        ins = ([torch.rand(B, T, H, device=dev, generator=gen).mul_(0.5).add_(0.5).to(dt).requires_grad_(),
+                torch.randn(B, T, H, device=dev, generator=gen).to(dt).requires_grad_()] if not G else
+               [torch.randn(B, T, G * H, device=dev, generator=gen).to(dt).requires_grad_()])
+        g_out = torch.randn(B, T, H, device=dev, generator=gen).to(dt)
+        outs, kept = {}, stri.UNROLL
+        for unroll in (4, 8):
+            stri.UNROLL = unroll  # the kernels' tuning constant, set for this row only
+            try:
+                add(f"{nm} unroll {unroll}", f"B{B} T{T} H{H}", fwd_bwd(lambda: (fn, ins, g_out), args.reps), floor)
+                h, _ = fn(*ins)
+                outs[unroll] = [h, *torch.autograd.grad(h, ins, g_out)]
+            finally:
+                stri.UNROLL = kept
+        same = all(torch.equal(a, b) for a, b in zip(outs[4], outs[8]))
+        print(f"{nm}: unroll 8 {'equals' if same else 'DIFFERS FROM'} unroll 4 (output and input gradients, bit for bit)")
+        rows[-1]["same_as_unroll_4"] = same
 
     # ---- diag Elman (E16 s4: di 2048 -> S 8192)
     S = 8192

@@ -1,9 +1,9 @@
 """Triton linear scan ``h_t = a_t * h_{t-1} + b_t`` (minGRU, minLSTM), forward and backward.
 
 One program per (batch row, block of ``BLOCK`` channels); each walks T sequentially with fp32
-state, loads and stores coalesced along H, 4 time steps per loop iteration (all loads of the 4
-steps issued before the first dependent update, so several HBM round trips are in flight). The
-backward is the reverse scan
+state, loads and stores coalesced along H, ``UNROLL`` (4 or 8) time steps per loop iteration (all
+their loads issued before the first dependent update, so several HBM round trips are in flight;
+docs/kernels.md). The backward is the reverse scan
 
     dh_t  = g_t + a_{t+1} * dh_{t+1}      (g = dL/dh from above)
     db_t  = dh_t,   da_t = dh_t * h_{t-1},   dh0 = a_0 * dh_0
@@ -36,6 +36,7 @@ __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 
 BLOCK = 256
 NUM_WARPS = 4
+UNROLL = 4  # time steps per loop iteration, their loads issued first (4 or 8; docs/kernels.md, linear_scan)
 
 
 @triton.jit
@@ -106,8 +107,28 @@ def _coef_bwd(x0, x1, x2, dh, hp, MODE: tl.constexpr):
 
 
 @triton.jit
+def _ld4(x0_ptr, x1_ptr, x2_ptr, q, RS, mask, t0, T, MODE: tl.constexpr):
+    """The inputs of time steps t0 .. t0 + 3 (masked past T), all their loads issued together."""
+    u0, v0, w0 = _ld(x0_ptr, x1_ptr, x2_ptr, q, mask, MODE)
+    u1, v1, w1 = _ld(x0_ptr, x1_ptr, x2_ptr, q + RS, mask & (t0 + 1 < T), MODE)
+    u2, v2, w2 = _ld(x0_ptr, x1_ptr, x2_ptr, q + 2 * RS, mask & (t0 + 2 < T), MODE)
+    u3, v3, w3 = _ld(x0_ptr, x1_ptr, x2_ptr, q + 3 * RS, mask & (t0 + 3 < T), MODE)
+    return (u0, v0, w0), (u1, v1, w1), (u2, v2, w2), (u3, v3, w3)
+
+
+@triton.jit
+def _fwd4(h, xs, h_ptr, o, H, mask, t0, T, MODE: tl.constexpr):
+    """Steps t0 .. t0 + 3 of ``h = a * h + b`` from ``_ld4``'s inputs, each state stored."""
+    for k in tl.static_range(4):
+        a, b = _coef(xs[k][0], xs[k][1], xs[k][2], MODE)
+        h = a * h + b
+        tl.store(h_ptr + o + k * H, h.to(h_ptr.dtype.element_ty), mask=mask & (t0 + k < T) if k else mask)
+    return h
+
+
+@triton.jit
 def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
-              MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
+              MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs = pid_h * BLOCK + tl.arange(0, BLOCK)
@@ -118,29 +139,15 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
         h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BLOCK], dtype=tl.float32)
-    for t0 in tl.range(0, T, 4):
-        m0 = mask
-        m1 = mask & (t0 + 1 < T)
-        m2 = mask & (t0 + 2 < T)
-        m3 = mask & (t0 + 3 < T)
+    for t0 in tl.range(0, T, UNROLL):
         q = xb + t0 * RS
-        u0, v0, w0 = _ld(x0_ptr, x1_ptr, x2_ptr, q, m0, MODE)
-        u1, v1, w1 = _ld(x0_ptr, x1_ptr, x2_ptr, q + RS, m1, MODE)
-        u2, v2, w2 = _ld(x0_ptr, x1_ptr, x2_ptr, q + 2 * RS, m2, MODE)
-        u3, v3, w3 = _ld(x0_ptr, x1_ptr, x2_ptr, q + 3 * RS, m3, MODE)
         o = hb + t0 * H
-        a, b = _coef(u0, v0, w0, MODE)
-        h = a * h + b
-        tl.store(h_ptr + o, h.to(h_ptr.dtype.element_ty), mask=m0)
-        a, b = _coef(u1, v1, w1, MODE)
-        h = a * h + b
-        tl.store(h_ptr + o + H, h.to(h_ptr.dtype.element_ty), mask=m1)
-        a, b = _coef(u2, v2, w2, MODE)
-        h = a * h + b
-        tl.store(h_ptr + o + 2 * H, h.to(h_ptr.dtype.element_ty), mask=m2)
-        a, b = _coef(u3, v3, w3, MODE)
-        h = a * h + b
-        tl.store(h_ptr + o + 3 * H, h.to(h_ptr.dtype.element_ty), mask=m3)
+        xs = _ld4(x0_ptr, x1_ptr, x2_ptr, q, RS, mask, t0, T, MODE)
+        if UNROLL == 8:  # the next 4 steps' loads in flight too, before the first dependent update
+            xs2 = _ld4(x0_ptr, x1_ptr, x2_ptr, q + 4 * RS, RS, mask & (t0 + 4 < T), t0 + 4, T, MODE)
+        h = _fwd4(h, xs, h_ptr, o, H, mask, t0, T, MODE)
+        if UNROLL == 8:
+            h = _fwd4(h, xs2, h_ptr, o + 4 * H, H, mask & (t0 + 4 < T), t0 + 4, T, MODE)
 
 
 @triton.jit
@@ -156,6 +163,16 @@ def _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H,
 
 
 @triton.jit
+def _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask,
+             MODE: tl.constexpr, HAS_H0: tl.constexpr):
+    """What the backward of steps t, t - 1, t - 2, t - 3 reads, all loads issued together."""
+    return (_ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask, MODE, HAS_H0),
+            _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t - 1, H, mask, MODE, HAS_H0),
+            _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t - 2, H, mask, MODE, HAS_H0),
+            _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t - 3, H, mask, MODE, HAS_H0))
+
+
+@triton.jit
 def _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, q, m, d0, d1, d2, MODE: tl.constexpr):
     tl.store(d0_ptr + q, d0.to(d0_ptr.dtype.element_ty), mask=m)
     tl.store(d1_ptr + q, d1.to(d1_ptr.dtype.element_ty), mask=m)
@@ -164,8 +181,25 @@ def _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, q, m, d0, d1, d2, MODE: tl.constexpr):
 
 
 @triton.jit
+def _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE: tl.constexpr, FIRST_IN_RANGE: tl.constexpr):
+    """The reverse scan over steps t, t - 1, t - 2, t - 3 from ``_ld4_bwd``'s inputs; ``carry`` =
+    a_{t+1} * dh_{t+1}, returned for step t - 4. Steps before 0 leave it as it is (step t too,
+    unless ``FIRST_IN_RANGE``: the caller knows t >= 0)."""
+    for k in tl.static_range(4):
+        u, v, w, g, hp = xs[k]
+        a, d0, d1, d2 = _coef_bwd(u, v, w, g + carry, hp, MODE)
+        if k == 0 and FIRST_IN_RANGE:
+            _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + t * RS, mask, d0, d1, d2, MODE)
+            carry = a * (g + carry)
+        else:
+            _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - k) * RS, mask & (t >= k), d0, d1, d2, MODE)
+            carry = tl.where(t >= k, a * (g + carry), carry)
+    return carry
+
+
+@triton.jit
 def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, d2_ptr, dh0_ptr,
-              T, H, MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
+              T, H, MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs = pid_h * BLOCK + tl.arange(0, BLOCK)
@@ -174,28 +208,15 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
     hb = pid_b.to(tl.int64) * T * H + offs
     h0o = pid_b * H + offs
     carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}
-    for i0 in tl.range(0, T, 4):
+    for i0 in tl.range(0, T, UNROLL):
         t = T - 1 - i0
-        u0, v0, w0, g0, p0 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
-                                     t, H, mask, MODE, HAS_H0)
-        u1, v1, w1, g1, p1 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
-                                     t - 1, H, mask, MODE, HAS_H0)
-        u2, v2, w2, g2, p2 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
-                                     t - 2, H, mask, MODE, HAS_H0)
-        u3, v3, w3, g3, p3 = _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o,
-                                     t - 3, H, mask, MODE, HAS_H0)
-        a, d0, d1, d2 = _coef_bwd(u0, v0, w0, g0 + carry, p0, MODE)
-        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + t * RS, mask, d0, d1, d2, MODE)
-        carry = a * (g0 + carry)
-        a, d0, d1, d2 = _coef_bwd(u1, v1, w1, g1 + carry, p1, MODE)
-        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - 1) * RS, mask & (t >= 1), d0, d1, d2, MODE)
-        carry = tl.where(t >= 1, a * (g1 + carry), carry)
-        a, d0, d1, d2 = _coef_bwd(u2, v2, w2, g2 + carry, p2, MODE)
-        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - 2) * RS, mask & (t >= 2), d0, d1, d2, MODE)
-        carry = tl.where(t >= 2, a * (g2 + carry), carry)
-        a, d0, d1, d2 = _coef_bwd(u3, v3, w3, g3 + carry, p3, MODE)
-        _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - 3) * RS, mask & (t >= 3), d0, d1, d2, MODE)
-        carry = tl.where(t >= 3, a * (g3 + carry), carry)
+        xs = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask, MODE, HAS_H0)
+        if UNROLL == 8:  # the next 4 steps' loads in flight too
+            xs2 = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t - 4, H, mask, MODE,
+                           HAS_H0)
+        carry = _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE, True)
+        if UNROLL == 8:
+            carry = _bwd4(carry, xs2, d0_ptr, d1_ptr, d2_ptr, RS, xb, t - 4, mask, MODE, False)
     tl.store(dh0_ptr + h0o, carry, mask=mask)
 
 
@@ -224,7 +245,7 @@ class _Scan(torch.autograd.Function):
         h = torch.empty(B, T, H, device=ptrs[0].device, dtype=dt)
         if T > 0 and B > 0 and H > 0:
             grid = (B, triton.cdiv(H, BLOCK))
-            _scan_fwd[grid](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=BLOCK,
+            _scan_fwd[grid](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=BLOCK, UNROLL=UNROLL,
                             num_warps=NUM_WARPS)
         ctx.mode, ctx.has_h0, ctx.H, ctx.RS = mode, has_h0, H, RS
         ctx.h0_dtype = h0.dtype if has_h0 else None
@@ -254,7 +275,7 @@ class _Scan(torch.autograd.Function):
         if T > 0 and B > 0 and H > 0:
             grid = (B, triton.cdiv(H, BLOCK))
             _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=ctx.has_h0,
-                            BLOCK=BLOCK, num_warps=NUM_WARPS)
+                            BLOCK=BLOCK, UNROLL=UNROLL, num_warps=NUM_WARPS)
         elif mode == 0:
             da.zero_(), db.zero_()
         else:
