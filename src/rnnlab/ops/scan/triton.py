@@ -139,6 +139,7 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
         h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BLOCK], dtype=tl.float32)
+    tl.static_assert(UNROLL == 4 or UNROLL == 8, "UNROLL must be 4 or 8")
     for t0 in tl.range(0, T, UNROLL):
         q = xb + t0 * RS
         o = hb + t0 * H
@@ -208,6 +209,7 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
     hb = pid_b.to(tl.int64) * T * H + offs
     h0o = pid_b * H + offs
     carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}
+    tl.static_assert(UNROLL == 4 or UNROLL == 8, "UNROLL must be 4 or 8")
     for i0 in tl.range(0, T, UNROLL):
         t = T - 1 - i0
         xs = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask, MODE, HAS_H0)
