@@ -108,8 +108,10 @@ def main(argv=None):
 
     el = 2  # bf16 bytes
 
-    # ---- linear scan (minGRU / minLSTM)
-    for H in (1760, 3520) if "scan" in args.sections else ():
+    # ---- linear scan (minGRU / minLSTM); with scan-unroll, each triton row also at 8 time steps per
+    # loop iteration beside 4 (unroll_pair)
+    scans = {"scan", "scan-unroll"} & set(args.sections)
+    for H in (1760, 3520) if scans else ():
         n = B * T * H
         floor = (3 + 5) * n * el / bw * 1e3
 
@@ -118,6 +120,10 @@ def main(argv=None):
             b = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
             return (lambda a, b: linear_scan(a, b, None, backend="triton")), [a, b], torch.randn_like(b)
 
+        if "scan-unroll" in scans:
+            rows[-1]["same_as_unroll_4"] = unroll_pair(add, "scan triton", f"B{B} T{T} H{H}", mk, args.reps, floor)
+        if "scan" not in scans:
+            continue
         add("scan triton", f"B{B} T{T} H{H}", fwd_bwd(mk, args.reps), floor)
 
         def mkn(H=H):
@@ -136,40 +142,17 @@ def main(argv=None):
 
     # fused gate + scan (reads p once, writes h; backward reads p, h, g, writes dp)
     for nm, fn, G, H in (("minGRU fused gates+scan", stri.mingru_scan, 2, 3520),
-                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)) \
-            if "scan" in args.sections else ():
+                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)) if scans else ():
         floor = ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
 
         def mkf(fn=fn, G=G, H=H):
             pp = torch.randn(B, T, G * H, device=dev, dtype=dt, requires_grad=True)
             return fn, [pp], torch.randn(B, T, H, device=dev, dtype=dt)
 
-        add(nm, f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps), floor)
-
-    # the scans at 8 time steps per loop iteration instead of 4 (twice the loads in flight; the
-    # kernels' UNROLL, docs/kernels.md "linear_scan"): each pair from the same inputs, outputs compared
-    for nm, fn, G, H in (("scan", stri.linear_scan, 0, 1760), ("minGRU fused gates+scan", stri.mingru_scan, 2, 3520),
-                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)) \
-            if "scan-unroll" in args.sections else ():
-        reads = (G + 1) + (G + 2 + G) if G else 3 + 5
-        floor = reads * B * T * H * el / bw * 1e3
-        gen = torch.Generator(device=dev).manual_seed(0)
-        ins = ([torch.rand(B, T, H, device=dev, generator=gen).mul_(0.5).add_(0.5).to(dt).requires_grad_(),
-                torch.randn(B, T, H, device=dev, generator=gen).to(dt).requires_grad_()] if not G else
-               [torch.randn(B, T, G * H, device=dev, generator=gen).to(dt).requires_grad_()])
-        g_out = torch.randn(B, T, H, device=dev, generator=gen).to(dt)
-        outs, kept = {}, stri.UNROLL
-        for unroll in (4, 8):
-            stri.UNROLL = unroll  # the kernels' tuning constant, set for this row only
-            try:
-                add(f"{nm} unroll {unroll}", f"B{B} T{T} H{H}", fwd_bwd(lambda: (fn, ins, g_out), args.reps), floor)
-                h, _ = fn(*ins)
-                outs[unroll] = [h, *torch.autograd.grad(h, ins, g_out)]
-            finally:
-                stri.UNROLL = kept
-        same = all(torch.equal(a, b) for a, b in zip(outs[4], outs[8]))
-        print(f"{nm}: unroll 8 {'equals' if same else 'DIFFERS FROM'} unroll 4 (output and input gradients, bit for bit)")
-        rows[-1]["same_as_unroll_4"] = same
+        if "scan" in scans:
+            add(nm, f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps), floor)
+        if "scan-unroll" in scans:
+            rows[-1]["same_as_unroll_4"] = unroll_pair(add, nm, f"B{B} T{T} H{H}", mkf, args.reps, floor)
 
     # ---- diag Elman (E16 s4: di 2048 -> S 8192)
     S = 8192
@@ -343,6 +326,27 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
 
     floor = B * T * 13 * (2 * (2 * 128 + 2 * 256) * el + 4 * 4) / bw * 1e3
     add("gated delta (fla chunk)", f"B{B} T{T} 13x128x256", fwd_bwd(mkg, reps), floor)
+
+
+def unroll_pair(add, name, shape, make, reps, floor):
+    """A scan row at 4 and at 8 time steps per loop iteration (the scan kernels' ``UNROLL``; 8 puts
+    twice the loads in flight: docs/kernels.md "linear_scan") from the same inputs, and whether
+    the output and input gradients are equal bit for bit (printed and returned)."""
+    from rnnlab.ops.scan import triton as stri
+
+    fn, ins, g = make()
+    outs, kept = {}, stri.UNROLL
+    for unroll in (4, 8):
+        stri.UNROLL = unroll  # the kernels' tuning constant, set for this row only
+        try:
+            add(f"{name} unroll {unroll}", shape, fwd_bwd(lambda: (fn, ins, g), reps), floor)
+            h, _ = fn(*ins)
+            outs[unroll] = [h, *torch.autograd.grad(h, ins, g)]
+        finally:
+            stri.UNROLL = kept
+    same = all(torch.equal(a, b) for a, b in zip(outs[4], outs[8]))
+    print(f"{name}: unroll 8 {'equals' if same else 'DIFFERS FROM'} unroll 4 (output and input gradients, bit for bit)")
+    return same
 
 
 def schedulefree_steps(add, reps, bw):
