@@ -78,8 +78,7 @@ def main(argv=None):
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
-                   help="which kernel families to time (default all but scan-unroll: the scans at 8 time "
-                        "steps per loop iteration beside 4)")
+                   help="which kernel families to time (default all)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -108,9 +107,8 @@ def main(argv=None):
 
     el = 2  # bf16 bytes
 
-    # ---- linear scan (minGRU / minLSTM); with scan-unroll, each triton row also at 8 time steps per
-    # loop iteration beside 4 (unroll_pair)
-    scans = {"scan", "scan-unroll"} & set(args.sections)
+    # ---- linear scan (minGRU / minLSTM)
+    scans = "scan" in args.sections
     for H in (1760, 3520) if scans else ():
         n = B * T * H
         floor = (3 + 5) * n * el / bw * 1e3
@@ -120,10 +118,6 @@ def main(argv=None):
             b = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
             return (lambda a, b: linear_scan(a, b, None, backend="triton")), [a, b], torch.randn_like(b)
 
-        if "scan-unroll" in scans:
-            rows[-1]["same_as_unroll_4"] = unroll_pair(add, "scan triton", f"B{B} T{T} H{H}", mk, args.reps, floor)
-        if "scan" not in scans:
-            continue
         add("scan triton", f"B{B} T{T} H{H}", fwd_bwd(mk, args.reps), floor)
 
         def mkn(H=H):
@@ -149,10 +143,7 @@ def main(argv=None):
             pp = torch.randn(B, T, G * H, device=dev, dtype=dt, requires_grad=True)
             return fn, [pp], torch.randn(B, T, H, device=dev, dtype=dt)
 
-        if "scan" in scans:
-            add(nm, f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps), floor)
-        if "scan-unroll" in scans:
-            rows[-1]["same_as_unroll_4"] = unroll_pair(add, nm, f"B{B} T{T} H{H}", mkf, args.reps, floor)
+        add(nm, f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps), floor)
 
     # ---- diag Elman (E16 s4: di 2048 -> S 8192)
     S = 8192
@@ -326,27 +317,6 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
 
     floor = B * T * 13 * (2 * (2 * 128 + 2 * 256) * el + 4 * 4) / bw * 1e3
     add("gated delta (fla chunk)", f"B{B} T{T} 13x128x256", fwd_bwd(mkg, reps), floor)
-
-
-def unroll_pair(add, name, shape, make, reps, floor):
-    """A scan row at 4 and at 8 time steps per loop iteration (the scan kernels' ``UNROLL``; 8 puts
-    twice the loads in flight: docs/kernels.md "linear_scan") from the same inputs, and whether
-    the output and input gradients are equal bit for bit (printed and returned)."""
-    from rnnlab.ops.scan import triton as stri
-
-    fn, ins, g = make()
-    outs, kept = {}, stri.UNROLL
-    for unroll in (4, 8):
-        stri.UNROLL = unroll  # the kernels' tuning constant, set for this row only
-        try:
-            add(f"{name} unroll {unroll}", shape, fwd_bwd(lambda: (fn, ins, g), reps), floor)
-            h, _ = fn(*ins)
-            outs[unroll] = [h, *torch.autograd.grad(h, ins, g)]
-        finally:
-            stri.UNROLL = kept
-    same = all(torch.equal(a, b) for a, b in zip(outs[4], outs[8]))
-    print(f"{name}: unroll 8 {'equals' if same else 'DIFFERS FROM'} unroll 4 (output and input gradients, bit for bit)")
-    return same
 
 
 def schedulefree_steps(add, reps, bw):

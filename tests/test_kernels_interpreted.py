@@ -124,27 +124,6 @@ def test_kernel_matches_reference(case, with_h0):
     check_kernel(getattr(op.kernel.get(), name), op.naive, inputs, h0)
 
 
-@pytest.mark.parametrize("T", [1, 9, 13])
-@pytest.mark.parametrize("name,parts", [("linear_scan", 0), ("mingru_scan", 2), ("minlstm_scan", 3)])
-def test_scan_kernels_unrolled_8_steps(name, parts, T, monkeypatch):
-    """The scans' other unroll depth (8 time steps per loop iteration, the loads of all 8 issued
-    first; ``UNROLL``, docs/kernels.md): the reference's values and gradients, with T ending in either
-    half of an iteration (T = 1: one partial half; 9: a second iteration of one step; 13: one ending
-    in its second half), and the same results as the 4-step loop."""
-    from rnnlab.ops.scan import triton as scan_kernels
-
-    kernel = getattr(scan_kernels, name)
-    g = torch.Generator().manual_seed(T)
-    inputs, h0 = _scan(3, T, 20, parts)(g), torch.randn(3, 20, generator=g)
-    monkeypatch.setattr(scan_kernels, "UNROLL", 8)
-    check_kernel(kernel, OPS[name].naive, [x.clone() for x in inputs], h0.clone())
-    eight = kernel(*inputs, h0)
-    monkeypatch.setattr(scan_kernels, "UNROLL", 4)
-    four = kernel(*inputs, h0)
-    for a, b in zip(eight, four):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
 @pytest.mark.parametrize("bk", [16, 128])
 @pytest.mark.parametrize("name,make", [("elman_scan", _elman(4, 3, 40)), ("elman_decay_scan", _decay(4, 3, 40)),
                                        ("elman_lowrank_scan", _lowrank(4, 3, 40, 2))])

@@ -1,9 +1,9 @@
 """Triton linear scan ``h_t = a_t * h_{t-1} + b_t`` (minGRU, minLSTM), forward and backward.
 
 One program per (batch row, block of ``BLOCK`` channels); each walks T sequentially with fp32
-state, loads and stores coalesced along H, ``UNROLL`` (4 or 8) time steps per loop iteration (all
-their loads issued before the first dependent update, so several HBM round trips are in flight;
-docs/kernels.md). The backward is the reverse scan
+state, loads and stores coalesced along H, 4 time steps per loop iteration (all their loads
+issued before the first dependent update, so several HBM round trips are in flight; 8 measured
+slower, docs/kernels.md). The backward is the reverse scan
 
     dh_t  = g_t + a_{t+1} * dh_{t+1}      (g = dL/dh from above)
     db_t  = dh_t,   da_t = dh_t * h_{t-1},   dh0 = a_0 * dh_0
@@ -36,7 +36,6 @@ __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 
 BLOCK = 256
 NUM_WARPS = 4
-UNROLL = 4  # time steps per loop iteration, their loads issued first (4 or 8; docs/kernels.md, linear_scan)
 
 
 @triton.jit
@@ -128,7 +127,7 @@ def _fwd4(h, xs, h_ptr, o, H, mask, t0, T, MODE: tl.constexpr):
 
 @triton.jit
 def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
-              MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+              MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs = pid_h * BLOCK + tl.arange(0, BLOCK)
@@ -139,16 +138,9 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
         h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BLOCK], dtype=tl.float32)
-    tl.static_assert(UNROLL == 4 or UNROLL == 8, "UNROLL must be 4 or 8")
-    for t0 in tl.range(0, T, UNROLL):
-        q = xb + t0 * RS
-        o = hb + t0 * H
-        xs = _ld4(x0_ptr, x1_ptr, x2_ptr, q, RS, mask, t0, T, MODE)
-        if UNROLL == 8:  # the next 4 steps' loads in flight too, before the first dependent update
-            xs2 = _ld4(x0_ptr, x1_ptr, x2_ptr, q + 4 * RS, RS, mask & (t0 + 4 < T), t0 + 4, T, MODE)
-        h = _fwd4(h, xs, h_ptr, o, H, mask, t0, T, MODE)
-        if UNROLL == 8:
-            h = _fwd4(h, xs2, h_ptr, o + 4 * H, H, mask & (t0 + 4 < T), t0 + 4, T, MODE)
+    for t0 in tl.range(0, T, 4):
+        xs = _ld4(x0_ptr, x1_ptr, x2_ptr, xb + t0 * RS, RS, mask, t0, T, MODE)
+        h = _fwd4(h, xs, h_ptr, hb + t0 * H, H, mask, t0, T, MODE)
 
 
 @triton.jit
@@ -182,14 +174,13 @@ def _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, q, m, d0, d1, d2, MODE: tl.constexpr):
 
 
 @triton.jit
-def _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE: tl.constexpr, FIRST_IN_RANGE: tl.constexpr):
-    """The reverse scan over steps t, t - 1, t - 2, t - 3 from ``_ld4_bwd``'s inputs; ``carry`` =
-    a_{t+1} * dh_{t+1}, returned for step t - 4. Steps before 0 leave it as it is (step t too,
-    unless ``FIRST_IN_RANGE``: the caller knows t >= 0)."""
+def _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE: tl.constexpr):
+    """The reverse scan over steps t, t - 1, t - 2, t - 3 (t >= 0) from ``_ld4_bwd``'s inputs;
+    ``carry`` = a_{t+1} * dh_{t+1}, returned for step t - 4. Steps before 0 leave it as it is."""
     for k in tl.static_range(4):
         u, v, w, g, hp = xs[k]
         a, d0, d1, d2 = _coef_bwd(u, v, w, g + carry, hp, MODE)
-        if k == 0 and FIRST_IN_RANGE:
+        if k == 0:
             _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + t * RS, mask, d0, d1, d2, MODE)
             carry = a * (g + carry)
         else:
@@ -200,7 +191,7 @@ def _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE: tl.constexpr
 
 @triton.jit
 def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, d2_ptr, dh0_ptr,
-              T, H, MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, UNROLL: tl.constexpr):
+              T, H, MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
     pid_b = tl.program_id(0)
     pid_h = tl.program_id(1)
     offs = pid_h * BLOCK + tl.arange(0, BLOCK)
@@ -209,16 +200,10 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
     hb = pid_b.to(tl.int64) * T * H + offs
     h0o = pid_b * H + offs
     carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}
-    tl.static_assert(UNROLL == 4 or UNROLL == 8, "UNROLL must be 4 or 8")
-    for i0 in tl.range(0, T, UNROLL):
+    for i0 in tl.range(0, T, 4):
         t = T - 1 - i0
         xs = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask, MODE, HAS_H0)
-        if UNROLL == 8:  # the next 4 steps' loads in flight too
-            xs2 = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t - 4, H, mask, MODE,
-                           HAS_H0)
-        carry = _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE, True)
-        if UNROLL == 8:
-            carry = _bwd4(carry, xs2, d0_ptr, d1_ptr, d2_ptr, RS, xb, t - 4, mask, MODE, False)
+        carry = _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE)
     tl.store(dh0_ptr + h0o, carry, mask=mask)
 
 
@@ -247,7 +232,7 @@ class _Scan(torch.autograd.Function):
         h = torch.empty(B, T, H, device=ptrs[0].device, dtype=dt)
         if T > 0 and B > 0 and H > 0:
             grid = (B, triton.cdiv(H, BLOCK))
-            _scan_fwd[grid](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=BLOCK, UNROLL=UNROLL,
+            _scan_fwd[grid](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=BLOCK,
                             num_warps=NUM_WARPS)
         ctx.mode, ctx.has_h0, ctx.H, ctx.RS = mode, has_h0, H, RS
         ctx.h0_dtype = h0.dtype if has_h0 else None
@@ -277,7 +262,7 @@ class _Scan(torch.autograd.Function):
         if T > 0 and B > 0 and H > 0:
             grid = (B, triton.cdiv(H, BLOCK))
             _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=ctx.has_h0,
-                            BLOCK=BLOCK, UNROLL=UNROLL, num_warps=NUM_WARPS)
+                            BLOCK=BLOCK, num_warps=NUM_WARPS)
         elif mode == 0:
             da.zero_(), db.zero_()
         else:
