@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.registry import final_state
+from rnnlab.ops.registry import final_state, traced
 
 __all__ = ["diag_elman_scan"]
 
@@ -114,43 +114,67 @@ def _diag_bwd(a_ptr, h_ptr, h0_ptr, g_ptr, du_ptr, da_part_ptr, dh0_ptr, T, S,
     tl.store(da_part_ptr + h0o, da, mask=mask)
 
 
-class _DiagElman(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, u, a, h0):
-        u = u.contiguous()
-        a = a.contiguous()
-        B, T, S = u.shape
-        has_h0 = h0 is not None
-        h0c = h0.contiguous() if has_h0 else u
-        h = torch.empty_like(u)
-        grid = (B, triton.cdiv(S, BLOCK))
-        if T > 0 and B > 0:
-            _diag_fwd[grid](u, a, h0c, h, T, S, HAS_H0=has_h0, BLOCK=BLOCK, num_warps=NUM_WARPS)
-        ctx.save_for_backward(a, h, h0 if has_h0 else None)
-        ctx.has_h0 = has_h0
-        ctx.h0_dtype = h0.dtype if has_h0 else None
-        return h
-
-    @staticmethod
-    def backward(ctx, g):
-        a, h, h0 = ctx.saved_tensors
-        B, T, S = h.shape
-        g = g.contiguous()
-        du = torch.empty_like(h)
-        da_part = torch.zeros(B, S, device=h.device, dtype=torch.float32)
-        dh0 = torch.zeros(B, S, device=h.device, dtype=torch.float32)
-        h0c = h0.contiguous() if ctx.has_h0 else h
-        grid = (B, triton.cdiv(S, BLOCK))
-        if T > 0 and B > 0:
-            _diag_bwd[grid](a, h, h0c, g, du, da_part, dh0, T, S, HAS_H0=ctx.has_h0, BLOCK=BLOCK,
-                            num_warps=NUM_WARPS)
-        da = da_part.sum(0).to(a.dtype)
-        return du, da, (dh0.to(ctx.h0_dtype) if ctx.has_h0 else None)
+# ------------------------------------------------------------------------ torch.library ops
+# The scan is a pair of custom ops with an autograd formula, like E1's: under torch.compile E16
+# stays in one compiled graph (each op one opaque extern call, no graph break).
+@torch.library.custom_op("rnnlab::diag_elman_fwd", mutates_args=(), schema="(Tensor u, Tensor a, Tensor? h0) -> Tensor")
+def _scan_fwd(u, a, h0):
+    """All states ``h`` in ``u``'s dtype."""
+    u, a = u.contiguous(), a.contiguous()
+    B, T, S = u.shape
+    h = torch.empty_like(u)
+    if T > 0 and B > 0:
+        _diag_fwd[(B, triton.cdiv(S, BLOCK))](u, a, u if h0 is None else h0.contiguous(), h, T, S,
+                                               HAS_H0=h0 is not None, BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return h
 
 
+@_scan_fwd.register_fake
+def _(u, a, h0):
+    return torch.empty_like(u, memory_format=torch.contiguous_format)
+
+
+@torch.library.custom_op("rnnlab::diag_elman_bwd", mutates_args=(),
+                         schema="(Tensor g, Tensor a, Tensor h, Tensor? h0) -> (Tensor, Tensor, Tensor)")
+def _scan_bwd(g, a, h, h0):
+    """``(du, da, dh0)``: du in ``h``'s dtype, da in ``a``'s (summed over the batch), dh0 ``[B, S]``
+    fp32 (zeros without ``h0``)."""
+    B, T, S = h.shape
+    du = torch.empty_like(h)
+    da_part = torch.zeros(B, S, device=h.device, dtype=torch.float32)
+    dh0 = torch.zeros(B, S, device=h.device, dtype=torch.float32)
+    if T > 0 and B > 0:
+        _diag_bwd[(B, triton.cdiv(S, BLOCK))](a.contiguous(), h, h if h0 is None else h0.contiguous(),
+                                               g.contiguous(), du, da_part, dh0, T, S, HAS_H0=h0 is not None,
+                                               BLOCK=BLOCK, num_warps=NUM_WARPS)
+    return du, da_part.sum(0).to(a.dtype), dh0
+
+
+@_scan_bwd.register_fake
+def _(g, a, h, h0):
+    return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(a),
+            h.new_empty(h.shape[0], h.shape[2], dtype=torch.float32))
+
+
+def _scan_setup(ctx, inputs, output):
+    _, a, h0 = inputs
+    ctx.save_for_backward(a, output, h0)
+
+
+def _scan_grads(ctx, g):
+    a, h, h0 = ctx.saved_tensors
+    du, da, dh0 = _scan_bwd(g, a, h, h0)
+    return du, da, None if h0 is None else dh0.to(h0.dtype)
+
+
+_scan_fwd.register_autograd(_scan_grads, setup_context=_scan_setup)
+
+
+@traced
 def diag_elman_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)``: all states ``[B, T, S]`` of ``h_t = tanh(a * h_{t-1} + u_t)`` (fp32 state)
-    in ``u``'s dtype, and ``h[:, -1]`` in fp32."""
-    h = _DiagElman.apply(u, a, h0)
+    in ``u``'s dtype, and ``h[:, -1]`` in fp32. torch.compile traces it (``traced``): only the
+    custom op and the final state."""
+    h = _scan_fwd(u, a, h0)
     return h, final_state(h, h0)
