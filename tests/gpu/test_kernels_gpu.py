@@ -543,19 +543,21 @@ def test_lm_bf16_train_step_triton():
         assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
 
 
-@pytest.mark.parametrize("layer", [{"heads": 1}, {"heads": 4}, {"selective": "decay"},
-                                   {"selective": "decay", "heads": 4}, {"selective": "lowrank"}])
-def test_e1_lm_compiles_to_one_graph(layer):
-    """E1's scans are custom ops: torch.compile(fullgraph=True) captures a whole bf16 E1 LM (no graph
-    break; plain dense uses the persistent kernel here, the selective variants their own kernels)
-    and its loss and gradients match eager (Inductor's fusions round differently in bf16: 3e-2)."""
+@pytest.mark.parametrize("model,layer", [("e1", {"heads": 1}), ("e1", {"heads": 4}), ("e1", {"selective": "decay"}),
+                                         ("e1", {"selective": "decay", "heads": 4}), ("e1", {"selective": "lowrank"}),
+                                         ("e16", {"state_expansion": 2})])
+def test_lm_compiles_to_one_graph(model, layer):
+    """E1's and E16's scans are custom ops: torch.compile(fullgraph=True) captures a whole bf16 LM
+    (no graph break; plain dense E1 uses the persistent kernel here, the selective variants their
+    own kernels) and its loss and gradients match eager (Inductor's fusions round differently in
+    bf16: 3e-2)."""
     import torch._dynamo
 
     from rnnlab.models import LM, ModelConfig
 
     torch._dynamo.reset()
     torch.manual_seed(0)
-    m = LM(ModelConfig(model="e1", dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
+    m = LM(ModelConfig(model=model, dim=128, depth=2, layer=layer)).to(DEV, torch.bfloat16)
     idx = torch.randint(0, 256, (4, 65), device=DEV)
     start = copy.deepcopy(m.state_dict())
 
