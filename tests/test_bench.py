@@ -976,3 +976,19 @@ def test_ctrl_c_stops_the_suite_with_exit_130(tmp_path, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert f"[2/{len(load_suite('tiny').runs)}] mamba2: aborted; stopping the suite" in err and "Traceback" not in err
     assert [name for name, _ in calls] == ["e1"] and (out / "report.md").exists()
+
+
+def test_bench_trainer_rows_time_the_trainers_steps_and_undo_their_change():
+    """bench_trainer.py's trainer rows (CPU smoke: a tiny E16): the steps after the first 10, their
+    spread in order; each row's change (TensorBoard off, the garbage collector off) undone after it."""
+    import gc
+
+    from rnnlab.train import metrics
+
+    bt = _benchmark_script("bench_trainer")
+    kept = metrics.TensorBoard
+    for change in ("no TensorBoard", "no gc"):
+        row = bt.trainer_row("e16", bt.SMOKE["e16"], change, steps=13, smoke=True)
+        assert row["steps"] == len(row["step_ms"]) == 3 and row["change"] == change
+        assert row["min_ms"] <= row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["max_ms"]
+        assert metrics.TensorBoard is kept and gc.isenabled()

@@ -1,0 +1,132 @@
+"""The trainer's step beside bench_models.py's, same model, batch and optimizer step, one process:
+what `rnnlab train` itself costs a model, and why.
+
+In the race (results/race-400m-h200) Mamba2 d22 ran 82.4K tok/s, a median step of ~199 ms with
+steps from 132 to 498 ms, while `bench_models.py` times the same model, batch and optimizer step
+at ~139.5 ms (results/sf-adamw-fused-h200); E16 and E1 train within ~5% of their benchmark. This
+script measures, in one process on one GPU, each model's step in `bench_models.bench` and in the
+trainer (the race's config on the bundled sample corpus), then the trainer with one thing changed
+at a time: every parameter in one weight-decay group (the tables' `decay_marked`), TensorBoard off,
+Python's cyclic garbage collector off. The trainer rows give the median and spread of the steps
+after the first 10, and a profiled step's GPU-busy time against its wall time (host-bound or not).
+
+    python3 benchmarks/bench_trainer.py OUT.json [--models mamba2 e16] [--steps 60]
+    python3 benchmarks/bench_trainer.py OUT.json --smoke   # CPU: tiny models, trainer rows only
+"""
+
+import argparse
+import contextlib
+import gc
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_models as bm  # noqa: E402
+
+from rnnlab.data.corpus import default_train_path, default_val_path  # noqa: E402
+from rnnlab.train import metrics  # noqa: E402
+from rnnlab.train.config import TrainConfig  # noqa: E402
+from rnnlab.train.trainer import Trainer  # noqa: E402
+
+MODELS = {"mamba2": bm.MAMBA2, "e16": next(c for n, c, _ in bm.MODELS if n.startswith("E16 s4"))}
+SMOKE = {"mamba2": dict(model="mamba2", dim=64, depth=2, layer={"d_state": 16}),
+         "e16": dict(model="e16", dim=32, depth=2, layer={"state_expansion": 2})}
+
+
+class NoTensorBoard:
+    """Stands in for rnnlab's TensorBoard tracker: refuses to start, so the run goes without it."""
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("off for this row")
+
+
+@contextlib.contextmanager
+def variant(change: str):
+    kept_tb = metrics.TensorBoard
+    if change == "no TensorBoard":
+        metrics.TensorBoard = NoTensorBoard
+    if change == "no gc":
+        gc.collect()
+        gc.disable()
+    try:
+        yield
+    finally:
+        metrics.TensorBoard = kept_tb
+        gc.enable()
+
+
+def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> dict:
+    """``steps`` steps of ``rnnlab train`` (the race's settings) with ``change``; the step times
+    (``StepResult.seconds``) and, for one step after the 10th, the GPU's busy time."""
+    with tempfile.TemporaryDirectory() as out:
+        cfg = TrainConfig.from_dict({
+            "model": cfgd, "data": str(default_train_path()), "val_data": str(default_val_path()),
+            "batch_size": 4 if smoke else 32, "seq_len": 32 if smoke else 512, "steps": steps,
+            "optimizer": "schedulefree-adamw", "lr": 3e-4, "weight_decay": 0.1, "warmup_steps": 0,
+            "precision": "fp32" if smoke else "bf16", "compile": not smoke, "seed": 42,
+            "eval_every": 0, "eval_bytes": "4K", "checkpoint_every": 0, "out": out,
+            "decay_marked": change == "one weight-decay group", "device": "cpu" if smoke else "cuda"})
+        with variant(change):
+            trainer = Trainer(cfg, progress=False)
+            times, busy = [], []
+            real_step = trainer.train_step
+
+            def timed(batch):
+                if len(times) == 12 and not busy and not smoke:  # one profiled step, left out of the times
+                    from torch.profiler import ProfilerActivity, profile
+                    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                        result = real_step(batch)
+                    busy.extend([sum(e.self_device_time_total for e in prof.key_averages()
+                                     if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3,
+                                 result.seconds * 1e3])
+                    return result
+                result = real_step(batch)
+                times.append(result.seconds)
+                return result
+
+            trainer.train_step = timed
+            trainer.train()
+    steady = [t * 1e3 for t in times[10:]]
+    q = statistics.quantiles(steady, n=10, method="inclusive") if len(steady) > 1 else [float("nan")] * 9
+    row = dict(model=kind, where="rnnlab train", change=change, steps=len(steady),
+               median_ms=round(statistics.median(steady), 2), p10_ms=round(q[0], 2), p90_ms=round(q[-1], 2),
+               min_ms=round(min(steady), 2), max_ms=round(max(steady), 2), step_ms=[round(t, 2) for t in steady])
+    if busy:
+        row.update(profiled_gpu_busy_ms=round(busy[0], 2), profiled_step_ms=round(busy[1], 2))
+    return row
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--smoke", action="store_true", help="CPU, tiny models, no compile, no bench rows")
+    args = p.parse_args()
+    rows = []
+    for kind in args.models:
+        cfgd = SMOKE[kind] if args.smoke else MODELS[kind]
+        if not args.smoke:
+            r = bm.bench(f"{kind} [bench_models]", cfgd, 32, 512, 8, 3, bm.DEFAULT)
+            rows.append(dict(model=kind, where="bench_models", change="-", median_ms=r["step_ms"]))
+            print(json.dumps(rows[-1]), flush=True)
+        changes = ["none", "one weight-decay group", "no TensorBoard", "no gc"] if kind == "mamba2" else ["none"]
+        for change in changes:
+            rows.append(trainer_row(kind, cfgd, change, args.steps, args.smoke))
+            print(json.dumps({k: v for k, v in rows[-1].items() if k != "step_ms"}), flush=True)
+            torch._dynamo.reset()
+            json.dump(rows, open(args.out, "w"), indent=1)
+    for r in rows:
+        extra = (f"  p10 {r['p10_ms']:7.2f}  p90 {r['p90_ms']:7.2f}  max {r['max_ms']:7.2f}" if "p10_ms" in r else "")
+        busy = (f"  profiled: GPU busy {r['profiled_gpu_busy_ms']:.1f} of {r['profiled_step_ms']:.1f} ms"
+                if "profiled_gpu_busy_ms" in r else "")
+        print(f"{r['model']:7s} {r['where']:13s} {r['change']:24s} median {r['median_ms']:8.2f} ms{extra}{busy}")
+
+
+if __name__ == "__main__":
+    main()
