@@ -120,10 +120,20 @@ def rnnlab_case(nh: int, hd: int, B: int, T: int, which: str = "plain", persiste
     wx, w = elman_inputs(B, T, nh, hd)
     extra = [] if which == "plain" else selective_inputs(which, B, T, nh * hd)
     name = "elman_scan" if which == "plain" else f"elman_{which}_scan"
-    kernel = getattr(OPS[name].kernel.get(), name)
+    module = OPS[name].kernel.get()
+    if module is None:
+        raise Skip(f"the kernel does not import ({OPS[name].kernel.error})")
+    kernel = getattr(module, name)
     opts = ElmanKernelOptions(persistent=persistent)
     weights = w.numel() + (2 * nh * hd * RANK if which == "lowrank" else 0)
-    return Case(lambda *a: kernel(*a, None, options=opts), leaves(wx, w, *extra), weights)
+    case = Case(lambda *a: kernel(*a, None, options=opts), leaves(wx, w, *extra), weights)
+    if nh == 1 and persistent:  # the persistent kernel's rows (plain, decay, low-rank): say if it fell back
+        kernel(*case.inputs, None, options=opts)  # builds it (or records why it cannot)
+        from rnnlab.ops.elman.triton import _PERSISTENT_ERROR
+
+        why = _PERSISTENT_ERROR.get(which == "lowrank")
+        case.note = f"persistent kernel unavailable, per-step kernel ran ({why})"[:200] if why else "persistent kernel"
+    return case
 
 
 def _cublas_loop(wx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -189,6 +199,9 @@ def layer_mixer_case(model: str, D: int, B: int, T: int, **layer) -> Case:
     from rnnlab.models.registry import get_spec
 
     spec = get_spec(model)
+    why = spec.training_blocker(torch.device(DEV))  # e.g. fla's refused backward (gdn)
+    if why:
+        raise Skip(why)
     torch.manual_seed(0)
     return _mixer(spec.layer_cls(spec.config_cls(dim=D, **layer)), D, B, T)
 
@@ -212,7 +225,9 @@ def mamba2_mixer_case(D: int, B: int, T: int) -> Case:
 def _mixer(module: torch.nn.Module, D: int, B: int, T: int) -> Case:
     m = module.to(DEV, DT).train()
     x = torch.randn(B, T, D, device=DEV, generator=torch.Generator(device=DEV).manual_seed(2)).to(DT)
-    return Case(lambda x: (m(x), None), leaves(x), sum(p.numel() for p in m.parameters()))
+    # the parameters' gradients set to None in each forward, so a timed backward writes them fresh
+    # instead of adding to the last rep's (one read and write of every parameter more)
+    return Case(lambda x: (m(x), m.zero_grad(set_to_none=True)), leaves(x), sum(p.numel() for p in m.parameters()))
 
 
 # ------------------------------------------------------------------------------ the rows
@@ -376,10 +391,17 @@ def main(argv=None) -> None:
             r = dict(section=row.section, name=row.name, shape=row.shape, skipped=skip_reason(e, args.log))
             print(f"{row.name} {row.shape}: skipped: {r['skipped']}", flush=True)
         out.append(r)
+        if args.json:  # after every row: a call cut short keeps what it measured
+            write_json(args.json, meta, out)
     annotate(out, args.B, args.T, peak)
     print_table(meta, out)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=out), indent=1))
+        write_json(args.json, meta, out)
+
+
+def write_json(path: str, meta: dict, rows_out: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(dict(meta=meta, rows=rows_out), indent=1))
 
 
 if __name__ == "__main__":
