@@ -22,7 +22,8 @@ Rows:
   rnnlab, so the cost of rnnlab's wrapper is visible (rnnlab's best Mamba2 / standalone best).
 
 Modes: each model runs in its ``MODES`` below (the candidates for its fastest mode), or in the
-modes given by ``--compile`` (``off`` = eager, ``default``, ``reduce-overhead``). A mode is used as
+modes given by ``--compile`` (``off`` = eager, ``default``, ``reduce-overhead``, ``max-autotune``:
+Inductor's GEMM autotuning, for the GEMM-bound models). A mode is used as
 "fastest correct" only if it trains like the model's first mode: the loss of every step agrees
 within ``LOSS_TOL`` (same weights, same batches; the GPU tests check compiled vs eager more
 tightly on small models). The table gives each row's ratio to the fastest correct Mamba2 mode
@@ -60,7 +61,10 @@ from rnnlab.bench.mfu import benchmark_peak, mfu
 from rnnlab.train.runtime import git_state
 
 OFF, DEFAULT, RO = None, "default", "reduce-overhead"
-MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO}
+# max-autotune: Inductor times its Triton matmul templates against cuBLAS for every GEMM shape and
+# keeps the faster (minutes of compilation at 400M; without CUDA graphs, which reduce-overhead has)
+MAX_AUTOTUNE = "max-autotune-no-cudagraphs"
+MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO, "max-autotune": MAX_AUTOTUNE}
 MAMBA2 = dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})
 # (name, config, modes that can be its fastest). Eager is left out where earlier runs measured
 # it slower than compiled (results/e1-heads-compile-h100: E1 dense and heads; the standalone
@@ -90,6 +94,11 @@ MODELS = [
     ("E88 49x32 d32", dict(model="e88", dim=1568, depth=32), [OFF, DEFAULT, RO]),
     ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
 ]
+def mode_name(mode: str | None) -> str:
+    """A compile mode as rows name it: eager, default, reduce-overhead, max-autotune."""
+    return "eager" if mode is OFF else {MAX_AUTOTUNE: "max-autotune"}.get(mode, mode)
+
+
 MIN_COMPILE_WARMUP = 3  # step 1 compiles forward and backward; keep later steps out of it too
 LOSS_TOL = 5e-2  # nats, any step: a mode that differs more from the model's first mode is not "correct"
 
@@ -213,7 +222,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused")
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     med = statistics.median(times[warmup:])
-    row = dict(name=name, mode="eager" if mode is OFF else mode, config=cfgd, params=params, B=B, T=T,
+    row = dict(name=name, mode=mode_name(mode), config=cfgd, params=params, B=B, T=T,
                warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
@@ -344,7 +353,7 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3, help=f"untimed steps (at least {MIN_COMPILE_WARMUP} compiled)")
     p.add_argument("--compile", choices=list(MODE_NAMES), nargs="+", default=None, metavar="MODE",
                    help="run every model in these modes instead of its own candidates (off, default, "
-                        "reduce-overhead)")
+                        "reduce-overhead, max-autotune)")
     p.add_argument("--only", nargs="+", default=None, help="keep models whose name contains any of these")
     p.add_argument("--skip", nargs="+", default=None, help="then drop models whose name contains any of these")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
@@ -382,7 +391,7 @@ def main(argv=None):
                 try:
                     r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
-                    r = dict(name=label, mode="eager" if mode is OFF else mode, config=cfgd, B=B, T=args.T,
+                    r = dict(name=label, mode=mode_name(mode), config=cfgd, B=B, T=args.T,
                              error=f"{type(e).__name__}: {e}")
                     torch._dynamo.reset()
                     gc.collect()
