@@ -94,6 +94,8 @@ MODELS = [
     ("E88 49x32 d32", dict(model="e88", dim=1568, depth=32), [OFF, DEFAULT, RO]),
     ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
 ]
+
+
 def mode_name(mode: str | None) -> str:
     """A compile mode as rows name it: eager, default, reduce-overhead, max-autotune."""
     return "eager" if mode is OFF else {MAX_AUTOTUNE: "max-autotune"}.get(mode, mode)
@@ -159,6 +161,15 @@ PROFILE_STEPS = 2
 def kernel_kind(name: str) -> str:
     low = name.lower()
     return next((kind for kind, keys in KERNEL_KINDS if any(k in low for k in keys)), "other")
+
+
+def cuda_kernels(prof) -> list[tuple[str, float, int]]:
+    """``(name, total ms, launches)`` of every GPU kernel a ``torch.profiler`` run recorded; the
+    user annotations (compiled regions, ``Optimizer.step`` spans), which are device-typed but
+    cover kernels counted already, left out."""
+    return [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
+            and not e.is_user_annotation]
 
 
 def kernel_breakdown(kernels: list[tuple[str, float, int]], steps: int) -> dict:
@@ -237,10 +248,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused")
             for i in range(PROFILE_STEPS):
                 step(batches[i % len(batches)])
             torch.cuda.synchronize()
-        kernels = [(e.key, e.self_device_time_total / 1e3, e.count) for e in prof.key_averages()
-                   if e.device_type == torch.autograd.DeviceType.CUDA and e.self_device_time_total > 0
-                   and not e.is_user_annotation]
-        row["profile"] = kernel_breakdown(kernels, PROFILE_STEPS)
+        row["profile"] = kernel_breakdown(cuda_kernels(prof), PROFILE_STEPS)
     del model, fwd, opt, batches
     torch._dynamo.reset()
     gc.collect()

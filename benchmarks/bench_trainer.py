@@ -3,12 +3,15 @@ what `rnnlab train` itself costs a model, and why.
 
 In the race (results/race-400m-h200) Mamba2 d22 ran 82.4K tok/s, a median step of ~199 ms with
 steps from 132 to 498 ms, while `bench_models.py` times the same model, batch and optimizer step
-at ~139.5 ms (results/sf-adamw-fused-h200); E16 and E1 train within ~5% of their benchmark. This
+at ~139.5 ms (results/sf-adamw-fused-h200); E16's steps were ~4-5% slower than its benchmark. This
 script measures, in one process on one GPU, each model's step in `bench_models.bench` and in the
-trainer (the race's config on the bundled sample corpus), then the trainer with one thing changed
-at a time: every parameter in one weight-decay group (the tables' `decay_marked`), TensorBoard off,
-Python's cyclic garbage collector off. The trainer rows give the median and spread of the steps
-after the first 10, and a profiled step's GPU-busy time against its wall time (host-bound or not).
+trainer (the race's settings, on the bundled sample corpus, without evaluations during training),
+then, for Mamba2, the trainer with one thing changed at a time: every parameter in one
+weight-decay group (the tables' `decay_marked`), TensorBoard off, Python's cyclic garbage collector
+off. Each trainer row gives the median and spread of its steps after the first 10, and its last
+step profiled: the GPU's busy time against that step's wall time (host-bound or not). Each row
+also runs its final evaluation (4K bytes) and writes its final checkpoint (~2.4 GB at 400M) to a
+temporary folder.
 
     python3 benchmarks/bench_trainer.py OUT.json [--models mamba2 e16] [--steps 60]
     python3 benchmarks/bench_trainer.py OUT.json --smoke   # CPU: tiny models, trainer rows only
@@ -38,6 +41,10 @@ SMOKE = {"mamba2": dict(model="mamba2", dim=64, depth=2, layer={"d_state": 16}),
          "e16": dict(model="e16", dim=32, depth=2, layer={"state_expansion": 2})}
 
 
+CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc"]
+MIN_STEPS = 13  # 10 left out, at least 2 timed, the last profiled (on the GPU)
+
+
 class NoTensorBoard:
     """Stands in for rnnlab's TensorBoard tracker: refuses to start, so the run goes without it."""
 
@@ -47,7 +54,8 @@ class NoTensorBoard:
 
 @contextlib.contextmanager
 def variant(change: str):
-    kept_tb = metrics.TensorBoard
+    """The trainer with ``change`` (see CHANGES) while inside; undone after."""
+    kept_tb, gc_was_on = metrics.TensorBoard, gc.isenabled()
     if change == "no TensorBoard":
         metrics.TensorBoard = NoTensorBoard
     if change == "no gc":
@@ -57,12 +65,15 @@ def variant(change: str):
         yield
     finally:
         metrics.TensorBoard = kept_tb
-        gc.enable()
+        if gc_was_on:
+            gc.enable()
 
 
 def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> dict:
-    """``steps`` steps of ``rnnlab train`` (the race's settings) with ``change``; the step times
-    (``StepResult.seconds``) and, for one step after the 10th, the GPU's busy time."""
+    """``steps`` steps of ``rnnlab train`` (the race's settings) with ``change``: the times
+    (``StepResult.seconds``) of the steps after the 10th but the last, and on the GPU the last
+    step's GPU-busy time under ``torch.profiler``; which trackers ran and whether the garbage
+    collector was on while training."""
     with tempfile.TemporaryDirectory() as out:
         cfg = TrainConfig.from_dict({
             "model": cfgd, "data": str(default_train_path()), "val_data": str(default_val_path()),
@@ -73,17 +84,17 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
             "decay_marked": change == "one weight-decay group", "device": "cpu" if smoke else "cuda"})
         with variant(change):
             trainer = Trainer(cfg, progress=False)
-            times, busy = [], []
+            trackers = [type(t).__name__ for t in trainer.logger.trackers]
+            times, busy, gc_on = [], [], []
             real_step = trainer.train_step
 
             def timed(batch):
-                if len(times) == 12 and not busy and not smoke:  # one profiled step, left out of the times
+                gc_on.append(gc.isenabled())
+                if trainer.state.step == steps - 1 and not smoke:  # the last step, profiled
                     from torch.profiler import ProfilerActivity, profile
                     with profile(activities=[ProfilerActivity.CUDA]) as prof:
                         result = real_step(batch)
-                    busy.extend([sum(e.self_device_time_total for e in prof.key_averages()
-                                     if e.device_type == torch.autograd.DeviceType.CUDA) / 1e3,
-                                 result.seconds * 1e3])
+                    busy.extend([sum(ms for _, ms, _ in bm.cuda_kernels(prof)), result.seconds * 1e3])
                     return result
                 result = real_step(batch)
                 times.append(result.seconds)
@@ -93,7 +104,8 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
             trainer.train()
     steady = [t * 1e3 for t in times[10:]]
     q = statistics.quantiles(steady, n=10, method="inclusive") if len(steady) > 1 else [float("nan")] * 9
-    row = dict(model=kind, where="rnnlab train", change=change, steps=len(steady),
+    row = dict(model=kind, where="rnnlab train", change=change, steps=len(steady), trackers=trackers,
+               gc_on_while_training=all(gc_on),
                median_ms=round(statistics.median(steady), 2), p10_ms=round(q[0], 2), p90_ms=round(q[-1], 2),
                min_ms=round(min(steady), 2), max_ms=round(max(steady), 2), step_ms=[round(t, 2) for t in steady])
     if busy:
@@ -101,13 +113,21 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
     return row
 
 
+def write_json(path: str, rows: list[dict]) -> None:
+    """All rows so far (after each one: a call cut short keeps what it measured)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(rows, indent=1))
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--steps", type=int, default=60, help=f"per trainer row (at least {MIN_STEPS})")
     p.add_argument("--smoke", action="store_true", help="CPU, tiny models, no compile, no bench rows")
     args = p.parse_args()
+    if args.steps < MIN_STEPS:
+        p.error(f"--steps must be at least {MIN_STEPS} (10 left out, 2 timed, 1 profiled)")
     rows = []
     for kind in args.models:
         cfgd = SMOKE[kind] if args.smoke else MODELS[kind]
@@ -115,12 +135,12 @@ def main():
             r = bm.bench(f"{kind} [bench_models]", cfgd, 32, 512, 8, 3, bm.DEFAULT)
             rows.append(dict(model=kind, where="bench_models", change="-", median_ms=r["step_ms"]))
             print(json.dumps(rows[-1]), flush=True)
-        changes = ["none", "one weight-decay group", "no TensorBoard", "no gc"] if kind == "mamba2" else ["none"]
-        for change in changes:
+            write_json(args.out, rows)
+        for change in CHANGES if kind == "mamba2" else CHANGES[:1]:
             rows.append(trainer_row(kind, cfgd, change, args.steps, args.smoke))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "step_ms"}), flush=True)
             torch._dynamo.reset()
-            json.dump(rows, open(args.out, "w"), indent=1)
+            write_json(args.out, rows)
     for r in rows:
         extra = (f"  p10 {r['p10_ms']:7.2f}  p90 {r['p90_ms']:7.2f}  max {r['max_ms']:7.2f}" if "p10_ms" in r else "")
         busy = (f"  profiled: GPU busy {r['profiled_gpu_busy_ms']:.1f} of {r['profiled_step_ms']:.1f} ms"

@@ -978,17 +978,21 @@ def test_ctrl_c_stops_the_suite_with_exit_130(tmp_path, capsys, monkeypatch):
     assert [name for name, _ in calls] == ["e1"] and (out / "report.md").exists()
 
 
-def test_bench_trainer_rows_time_the_trainers_steps_and_undo_their_change():
+def test_bench_trainer_rows_time_the_trainers_steps_with_their_change_only():
     """bench_trainer.py's trainer rows (CPU smoke: a tiny E16): the steps after the first 10, their
-    spread in order; each row's change (TensorBoard off, the garbage collector off) undone after it."""
+    spread in order; each row's change (TensorBoard off, the garbage collector off) in effect while
+    it trains, and undone after it."""
     import gc
 
     from rnnlab.train import metrics
 
     bt = _benchmark_script("bench_trainer")
     kept = metrics.TensorBoard
-    for change in ("no TensorBoard", "no gc"):
-        row = bt.trainer_row("e16", bt.SMOKE["e16"], change, steps=13, smoke=True)
+    rows = {change: bt.trainer_row("e16", bt.SMOKE["e16"], change, steps=13, smoke=True)
+            for change in ("none", "no TensorBoard", "no gc")}
+    for change, row in rows.items():
         assert row["steps"] == len(row["step_ms"]) == 3 and row["change"] == change
         assert row["min_ms"] <= row["p10_ms"] <= row["median_ms"] <= row["p90_ms"] <= row["max_ms"]
+        assert ("TensorBoard" in row["trackers"]) == (change != "no TensorBoard")
+        assert row["gc_on_while_training"] == (change != "no gc")
         assert metrics.TensorBoard is kept and gc.isenabled()

@@ -2,8 +2,8 @@
 there is no GPU): every registered op's GPU kernel (E1's heads and dense per-step scans, plain and
 with the selective decay / low-rank terms, the linear scan, the fused minGRU/minLSTM gate scans,
 E16's diagonal scan, E88's checkpointed scan) against the op's float64 reference, forward, final
-state and every input gradient; and E1's ``rnnlab::elman_scan_*`` / ``elman_selective_*`` custom
-ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path; one test runs
+state and every input gradient; and E1's ``rnnlab::elman_scan_*`` / ``elman_selective_*`` and
+E16's ``rnnlab::diag_elman_*`` custom ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path; one test runs
 their 16-bit path on fp16). The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the
 persistent E1 kernel and the external kernels behind the ssd and gated-delta ops' "triton"
 backends (mamba_ssm's and fla's, which do not run in the interpreter)."""
@@ -279,6 +279,14 @@ def test_diag_custom_op_passes_opcheck():
     u, a, h0 = _diag_leaves()
     for start in (h0, None):
         torch.library.opcheck(kernel._scan_fwd, (u, a, start))
+    # the backward op on its own, 16-bit states beside an fp32 ``a`` (fp16: the interpreter has no
+    # bf16): du in h's dtype, da in a's, dh0 fp32
+    h = kernel._scan_fwd(u.detach().half(), a.detach(), None)
+    g = torch.randn_like(h)
+    for start in (h0.detach().half(), None):
+        torch.library.opcheck(kernel._scan_bwd, (g, a.detach(), h, start))
+        du, da, dh0 = kernel._scan_bwd(g, a.detach(), h, start)
+        assert (du.dtype, da.dtype, dh0.dtype) == (torch.float16, torch.float32, torch.float32)
 
 
 def test_compiled_diag_scan_is_one_graph():

@@ -8,6 +8,9 @@ coalesced along S. Backward (reverse scan, reading the saved outputs ``h``):
     dpre_t = dh_t * (1 - h_t^2)          -> du_t
     da    += dpre_t * h_{t-1}            (per program in registers, then summed over B in torch)
     dh0    = a * dpre_0
+
+Under torch.compile the scan is the custom op pair ``rnnlab::diag_elman_fwd`` / ``diag_elman_bwd``
+(opaque extern calls with a registered autograd formula), so an E16 model compiles to one graph.
 """
 
 from __future__ import annotations
@@ -139,6 +142,7 @@ def _(u, a, h0):
 def _scan_bwd(g, a, h, h0):
     """``(du, da, dh0)``: du in ``h``'s dtype, da in ``a``'s (summed over the batch), dh0 ``[B, S]``
     fp32 (zeros without ``h0``)."""
+    h = h.contiguous()
     B, T, S = h.shape
     du = torch.empty_like(h)
     da_part = torch.zeros(B, S, device=h.device, dtype=torch.float32)
