@@ -8,8 +8,10 @@ script measures, in one process on one GPU, each model's step in `bench_models.b
 trainer (the race's settings, on the bundled sample corpus, without evaluations during training),
 then, for Mamba2, the trainer with one thing changed at a time: every parameter in one
 weight-decay group (the tables' `decay_marked`), TensorBoard off, Python's cyclic garbage collector
-off. Each trainer row gives the median and spread of its steps after the first 10, and its last
-step profiled: the GPU's busy time against that step's wall time (host-bound or not). Each row
+off, no torch.compile (Mamba2's steps in the race, ~199 ms, were near its eager benchmark, 205.8 ms
+in results/fair-baselines-h200). Each trainer row gives the median and spread of its steps after the
+first 10, its last step profiled (the GPU's busy time against that step's wall time: host-bound or
+not), and how many graphs torch.compile made (more than bench_models' would mean recompiles). Each row
 also runs its final evaluation (4K bytes) and writes its final checkpoint (~2.4 GB at 400M) to a
 temporary folder.
 
@@ -41,7 +43,7 @@ SMOKE = {"mamba2": dict(model="mamba2", dim=64, depth=2, layer={"d_state": 16}),
          "e16": dict(model="e16", dim=32, depth=2, layer={"state_expansion": 2})}
 
 
-CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc"]
+CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc", "not compiled"]
 MIN_STEPS = 13  # 10 left out, at least 2 timed, the last profiled (on the GPU)
 
 
@@ -79,9 +81,11 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
             "model": cfgd, "data": str(default_train_path()), "val_data": str(default_val_path()),
             "batch_size": 4 if smoke else 32, "seq_len": 32 if smoke else 512, "steps": steps,
             "optimizer": "schedulefree-adamw", "lr": 3e-4, "weight_decay": 0.1, "warmup_steps": 0,
-            "precision": "fp32" if smoke else "bf16", "compile": not smoke, "seed": 42,
+            "precision": "fp32" if smoke else "bf16", "compile": not smoke and change != "not compiled", "seed": 42,
             "eval_every": 0, "eval_bytes": "4K", "checkpoint_every": 0, "out": out,
             "decay_marked": change == "one weight-decay group", "device": "cpu" if smoke else "cuda"})
+        torch._dynamo.reset()  # fresh caches and recompile budget, counters from zero
+        torch._dynamo.utils.counters.clear()
         with variant(change):
             trainer = Trainer(cfg, progress=False)
             trackers = [type(t).__name__ for t in trainer.logger.trackers]
@@ -110,6 +114,7 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
                min_ms=round(min(steady), 2), max_ms=round(max(steady), 2), step_ms=[round(t, 2) for t in steady])
     if busy:
         row.update(profiled_gpu_busy_ms=round(busy[0], 2), profiled_step_ms=round(busy[1], 2))
+    row.update(bm.graph_stats())
     return row
 
 
@@ -133,19 +138,20 @@ def main():
         cfgd = SMOKE[kind] if args.smoke else MODELS[kind]
         if not args.smoke:
             r = bm.bench(f"{kind} [bench_models]", cfgd, 32, 512, 8, 3, bm.DEFAULT)
-            rows.append(dict(model=kind, where="bench_models", change="-", median_ms=r["step_ms"]))
+            rows.append(dict(model=kind, where="bench_models", change="-", median_ms=r["step_ms"],
+                             graph_breaks=r.get("graph_breaks"), graphs=r.get("graphs")))
             print(json.dumps(rows[-1]), flush=True)
             write_json(args.out, rows)
         for change in CHANGES if kind == "mamba2" else CHANGES[:1]:
             rows.append(trainer_row(kind, cfgd, change, args.steps, args.smoke))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "step_ms"}), flush=True)
-            torch._dynamo.reset()
             write_json(args.out, rows)
     for r in rows:
         extra = (f"  p10 {r['p10_ms']:7.2f}  p90 {r['p90_ms']:7.2f}  max {r['max_ms']:7.2f}" if "p10_ms" in r else "")
         busy = (f"  profiled: GPU busy {r['profiled_gpu_busy_ms']:.1f} of {r['profiled_step_ms']:.1f} ms"
                 if "profiled_gpu_busy_ms" in r else "")
-        print(f"{r['model']:7s} {r['where']:13s} {r['change']:24s} median {r['median_ms']:8.2f} ms{extra}{busy}")
+        print(f"{r['model']:7s} {r['where']:13s} {r['change']:24s} median {r['median_ms']:8.2f} ms{extra}{busy}"
+              f"  graphs {r.get('graphs')} (breaks {r.get('graph_breaks')})")
 
 
 if __name__ == "__main__":
