@@ -8,10 +8,12 @@ script measures, in one process on one GPU, each model's step in `bench_models.b
 trainer (the race's settings, on the bundled sample corpus, without evaluations during training),
 then, for Mamba2, the trainer with one thing changed at a time: every parameter in one
 weight-decay group (the tables' `decay_marked`), TensorBoard off, Python's cyclic garbage collector
-off, no torch.compile (Mamba2's steps in the race, ~199 ms, were near its eager benchmark, 205.8 ms
-in results/fair-baselines-h200). Each trainer row gives the median and spread of its steps after the
+off, the CUDA allocator's expandable segments (fewer cudaMalloc / cudaFree, which synchronise,
+when the cache fragments), no torch.compile (Mamba2's steps in the race, ~199 ms, were near its
+eager benchmark, 205.8 ms in results/fair-baselines-h200). Each trainer row gives the median and spread of its steps after the
 first 10, its last step profiled (the GPU's busy time against that step's wall time: host-bound or
-not), and how many graphs torch.compile made (more than bench_models' would mean recompiles). Each row
+not), how many graphs torch.compile made (more than bench_models' would mean recompiles) and the
+allocator's retries and device allocations (CUDA: from `torch.cuda.memory_stats`). Each row
 also runs its final evaluation (4K bytes) and writes its final checkpoint (~2.4 GB at 400M) to a
 temporary folder.
 
@@ -43,7 +45,7 @@ SMOKE = {"mamba2": dict(model="mamba2", dim=64, depth=2, layer={"d_state": 16}),
          "e16": dict(model="e16", dim=32, depth=2, layer={"state_expansion": 2})}
 
 
-CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc", "not compiled"]
+CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc", "expandable segments", "not compiled"]
 MIN_STEPS = 13  # 10 left out, at least 2 timed, the last profiled (on the GPU)
 
 
@@ -63,12 +65,18 @@ def variant(change: str):
     if change == "no gc":
         gc.collect()
         gc.disable()
+    if change == "expandable segments":
+        torch.cuda.empty_cache()
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     try:
         yield
     finally:
         metrics.TensorBoard = kept_tb
         if gc_was_on:
             gc.enable()
+        if change == "expandable segments":
+            torch.cuda.empty_cache()
+            torch.cuda.memory._set_allocator_settings("expandable_segments:False")
 
 
 def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> dict:
@@ -86,6 +94,9 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
             "decay_marked": change == "one weight-decay group", "device": "cpu" if smoke else "cuda"})
         torch._dynamo.reset()  # fresh caches and recompile budget, counters from zero
         torch._dynamo.utils.counters.clear()
+        if not smoke:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_accumulated_memory_stats()
         with variant(change):
             trainer = Trainer(cfg, progress=False)
             trackers = [type(t).__name__ for t in trainer.logger.trackers]
@@ -115,6 +126,10 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
     if busy:
         row.update(profiled_gpu_busy_ms=round(busy[0], 2), profiled_step_ms=round(busy[1], 2))
     row.update(bm.graph_stats())
+    if not smoke:
+        stats = torch.cuda.memory_stats()
+        row.update(alloc_retries=stats["num_alloc_retries"], device_allocs=stats["num_device_alloc"],
+                   device_frees=stats["num_device_free"])
     return row
 
 
