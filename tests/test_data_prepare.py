@@ -11,10 +11,13 @@ import random
 import tracemalloc
 
 import pytest
-import zstandard
 
-from rnnlab.cli import main
-from rnnlab.data import prepare as prep
+# a core dependency (installed with rnnlab); a GPU machine staged for suites runs without it, and
+# its `pytest -m gpu` collects this file too: skipped there rather than an import error
+zstandard = pytest.importorskip("zstandard")
+
+from rnnlab.cli import main  # noqa: E402
+from rnnlab.data import prepare as prep  # noqa: E402
 
 zstd = zstandard.ZstdCompressor(write_checksum=True).compress  # as the zstd command writes frames
 COMPRESS = {".xz": lzma.compress, ".gz": gzip.compress, ".zst": zstd}
