@@ -344,6 +344,13 @@ def compare_sf_steps(rows: list[dict]) -> None:
               f"losses within {r['max_dloss_vs_foreach']:.5f}")
 
 
+def write_json(path: str, doc) -> None:
+    """``doc`` as indented JSON at ``path``, its folder made: the benchmarks write their rows after
+    each one, so a call cut short keeps what it measured (bench_peers.py, bench_trainer.py too)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1))
+
+
 def print_profiles(rows: list[dict]) -> None:
     for r in rows:
         if "profile" in r:
@@ -407,13 +414,13 @@ def main(argv=None):
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
                 if args.json:
-                    Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+                    write_json(args.json, dict(meta=meta, rows=rows))
     annotate(rows, peak)
     print_table(meta, rows)
     compare_sf_steps(rows)
     print_profiles(rows)
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+        write_json(args.json, dict(meta=meta, rows=rows))
 
 
 if __name__ == "__main__":

@@ -43,7 +43,6 @@ import argparse
 import contextlib
 import datetime
 import importlib.util
-import json
 import os
 import re
 import shutil
@@ -392,16 +391,11 @@ def main(argv=None) -> None:
             print(f"{row.name} {row.shape}: skipped: {r['skipped']}", flush=True)
         out.append(r)
         if args.json:  # after every row: a call cut short keeps what it measured
-            write_json(args.json, meta, out)
+            bench_models.write_json(args.json, dict(meta=meta, rows=out))
     annotate(out, args.B, args.T, peak)
     print_table(meta, out)
     if args.json:
-        write_json(args.json, meta, out)
-
-
-def write_json(path: str, meta: dict, rows_out: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(dict(meta=meta, rows=rows_out), indent=1))
+        bench_models.write_json(args.json, dict(meta=meta, rows=out))
 
 
 if __name__ == "__main__":

@@ -133,12 +133,6 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
     return row
 
 
-def write_json(path: str, rows: list[dict]) -> None:
-    """All rows so far (after each one: a call cut short keeps what it measured)."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(rows, indent=1))
-
-
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("out")
@@ -156,11 +150,11 @@ def main():
             rows.append(dict(model=kind, where="bench_models", change="-", median_ms=r["step_ms"],
                              graph_breaks=r.get("graph_breaks"), graphs=r.get("graphs")))
             print(json.dumps(rows[-1]), flush=True)
-            write_json(args.out, rows)
+            bm.write_json(args.out, rows)
         for change in CHANGES if kind == "mamba2" else CHANGES[:1]:
             rows.append(trainer_row(kind, cfgd, change, args.steps, args.smoke))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "step_ms"}), flush=True)
-            write_json(args.out, rows)
+            bm.write_json(args.out, rows)
     for r in rows:
         extra = (f"  p10 {r['p10_ms']:7.2f}  p90 {r['p90_ms']:7.2f}  max {r['max_ms']:7.2f}" if "p10_ms" in r else "")
         busy = (f"  profiled: GPU busy {r['profiled_gpu_busy_ms']:.1f} of {r['profiled_step_ms']:.1f} ms"
