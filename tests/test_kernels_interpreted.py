@@ -210,6 +210,12 @@ def _elman_leaves(heads):
     return [wx.requires_grad_(), w.requires_grad_(), torch.randn(2, 32, generator=g).requires_grad_()]
 
 
+def _diag_leaves():
+    g = torch.Generator().manual_seed(7)
+    u, a = _diag(2, 5, 20)(g)
+    return [u.requires_grad_(), a.requires_grad_(), torch.randn(2, 20, generator=g).requires_grad_()]
+
+
 @pytest.mark.parametrize("heads", [2, 0])
 def test_custom_ops_pass_opcheck(heads):
     """Schema, fake (meta) implementation and autograd registration agree with the real kernels."""
@@ -241,10 +247,11 @@ def test_selective_custom_ops_pass_opcheck(name, heads):
 
 
 @pytest.mark.parametrize("name,heads", [("elman_scan", 2), ("elman_scan", 0), ("elman_decay_scan", 2),
-                                        ("elman_lowrank_scan", 0)])
+                                        ("elman_lowrank_scan", 0), ("diag_elman_scan", None)])
 def test_compiled_scan_is_one_graph(name, heads):
-    """torch.compile traces the kernel entry points (fullgraph: no graph break) and matches eager,
-    outputs and every gradient bit for bit."""
+    """torch.compile traces the kernel entry points of E1's and E16's custom ops (fullgraph: no
+    graph break) and matches eager, outputs and every gradient (through all states and the final
+    one) bit for bit."""
     import torch._dynamo
 
     torch._dynamo.reset()
@@ -255,20 +262,17 @@ def test_compiled_scan_is_one_graph(name, heads):
         return torch.sin(h), h_last
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    wx, w, hz = _elman_leaves(heads)
-    leaves = [wx, w, *_selective_leaves(name), hz]
+    if name == "diag_elman_scan":
+        leaves = _diag_leaves()  # u, a in [0, 1), h0
+    else:
+        wx, w, hz = _elman_leaves(heads)
+        leaves = [wx, w, *_selective_leaves(name), hz]
     outs = []
     for fn in (f, compiled):
         h, h_last = fn(*leaves)
-        outs.append((h, h_last, *torch.autograd.grad(h, leaves, torch.ones_like(h))))
+        outs.append((h, h_last, *torch.autograd.grad((h.sum(), h_last.sum()), leaves)))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
-def _diag_leaves():
-    g = torch.Generator().manual_seed(7)
-    u, a = _diag(2, 5, 20)(g)
-    return [u.requires_grad_(), a.requires_grad_(), torch.randn(2, 20, generator=g).requires_grad_()]
 
 
 def test_diag_custom_op_passes_opcheck():
@@ -287,29 +291,6 @@ def test_diag_custom_op_passes_opcheck():
         torch.library.opcheck(kernel._scan_bwd, (g, a.detach(), h, start))
         du, da, dh0 = kernel._scan_bwd(g, a.detach(), h, start)
         assert (du.dtype, da.dtype, dh0.dtype) == (torch.float16, torch.float32, torch.float32)
-
-
-def test_compiled_diag_scan_is_one_graph():
-    """torch.compile traces E16's scan entry point (fullgraph: no graph break) and matches eager,
-    outputs and every gradient bit for bit."""
-    import torch._dynamo
-
-    from rnnlab.ops.diag import triton as kernel
-
-    torch._dynamo.reset()
-
-    def f(u, a, h0):
-        h, h_last = kernel.diag_elman_scan(torch.cos(u), torch.sigmoid(a), h0)
-        return torch.sin(h), h_last
-
-    compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    leaves = _diag_leaves()
-    outs = []
-    for fn in (f, compiled):
-        h, h_last = fn(*leaves)
-        outs.append((h, h_last, *torch.autograd.grad((h.sum(), h_last.sum()), leaves)))
-    for got, want in zip(*outs):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_e16_layer_compiles_to_one_graph_on_the_kernel_path(monkeypatch):
