@@ -29,6 +29,14 @@ within ``LOSS_TOL`` (same weights, same batches; the GPU tests check compiled vs
 tightly on small models). The table gives each row's ratio to the fastest correct Mamba2 mode
 of rnnlab in the same run.
 
+``--graph`` adds, for each mode but reduce-overhead, a row with the step's forward and backward
+captured whole in one CUDA graph and replayed (the optimizer step runs outside it): no launching
+left on the host, so a model whose step is bound by the CPU's launching shows what it costs.
+
+Every row also gives ``host_ms``: how long the CPU takes to queue one step while the GPU is kept
+busy by a spin kernel (``host_time``). A step whose host time nears its step time is bound by the
+host, and its speed then moves with the machine's CPU (results/mamba2-trainer-steps-h200).
+
 ``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` and adds
 the GPU time per step by kind of kernel (``KERNEL_KINDS``: the sequence mixer's kernels, matmuls,
 Inductor's fused kernels, the optimizer, other) and the costliest kernels: where a
@@ -94,6 +102,9 @@ MODELS = [
     ("E88 49x32 d32", dict(model="e88", dim=1568, depth=32), [OFF, DEFAULT, RO]),
     ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
 ]
+
+
+GRAPHED_SUFFIX = " + graph"  # a row's mode when its forward and backward replay a CUDA graph (--graph)
 
 
 def mode_name(mode: str | None) -> str:
@@ -181,6 +192,7 @@ def kernel_breakdown(kernels: list[tuple[str, float, int]], steps: int) -> dict:
         kinds[kind] = kinds.get(kind, 0.0) + ms / steps
     top = sorted(kernels, key=lambda k: -k[1])[:12]
     return {"gpu_ms_per_step": round(sum(kinds.values()), 2),
+            "kernels_per_step": round(sum(c for _, _, c in kernels) / steps, 1),
             "by_kind_ms": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "top": [{"kernel": n[:120], "kind": kernel_kind(n), "ms_per_step": round(ms / steps, 3),
                      "launches_per_step": c / steps} for n, ms, c in top]}
@@ -193,10 +205,57 @@ def graph_stats() -> dict:
             "graphs": counters["stats"]["unique_graphs"]}
 
 
-def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused"):
+SPIN_CYCLES = 2_000_000_000  # torch.cuda._sleep's GPU clock cycles: ~1 s on an H100 / H200, longer than any step's queueing
+HOST_STEPS = 3
+
+
+def host_time(step, batches: list[torch.Tensor]) -> tuple[float, float]:
+    """``(host ms, spin ms)``: the median time the CPU takes to queue one ``step`` while the GPU
+    is still running a ~1-s spin kernel queued just before (``HOST_STEPS`` steps), and that
+    kernel's own time. A host time near the spin's means the step waited for the GPU inside (a
+    synchronisation), not that its host work is that long."""
+    times, spin = [], 0.0
+    for i in range(HOST_STEPS):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(SPIN_CYCLES)
+        end.record()
+        t0 = time.perf_counter()
+        step(batches[i % len(batches)])
+        times.append(time.perf_counter() - t0)
+        torch.cuda.synchronize()
+        spin = start.elapsed_time(end)
+    return round(statistics.median(times) * 1e3, 2), round(spin, 1)
+
+
+def captured_step(fwd, opt, example: torch.Tensor):
+    """A training step whose forward and backward are one CUDA graph: ``fwd``'s loss on a static
+    copy of ``example``'s shape and its backward are captured once, and each step copies its
+    batch in, replays the graph and runs ``opt.step()`` outside it (rnnlab's fused Schedule-Free
+    step takes its scalars from the host, a new table every step). The gradients live in the
+    graph's memory, rewritten by every replay: nothing may set them to None afterwards."""
+    static = example.clone()
+    opt.zero_grad(set_to_none=True)  # so the captured backward writes the gradients instead of adding
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = fwd(static[:, :-1], static[:, 1:])
+        loss.backward()
+
+    def step(x):
+        static.copy_(x)
+        graph.replay()
+        opt.step()
+        return loss
+    return step
+
+
+def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused", graphed=False):
     """Train ``steps + warmup`` steps of one model in one mode with Schedule-Free AdamW's
-    ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own); returns the row
-    (with ``profile``, also the GPU time per step by kind of kernel, from ``PROFILE_STEPS`` more steps)."""
+    ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own), ``graphed``:
+    the timed steps replay a CUDA graph of the forward and backward (``captured_step``; the warm-up
+    steps run on a side stream, as capturing requires); returns the row (with ``profile``, also
+    the GPU time per step by kind of kernel, from ``PROFILE_STEPS`` more steps)."""
     import schedulefree
 
     from rnnlab.train import sf_adamw
@@ -213,33 +272,39 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused")
     opt.train()
     g = torch.Generator(device="cuda").manual_seed(0)
     batches = [torch.randint(0, 256, (B, T + 1), device="cuda", generator=g) for _ in range(4)]
-    def step(x):
+    def eager_step(x):
         loss = fwd(x[:, :-1], x[:, 1:])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return loss
 
-    times, losses = [], []
+    times, losses, step = [], [], eager_step
+    main, side = torch.cuda.current_stream(), torch.cuda.Stream() if graphed else torch.cuda.current_stream()
+    side.wait_stream(main)
     for i in range(warmup + steps):
         if i == warmup:
             torch.cuda.synchronize()
+            if graphed:
+                step = captured_step(fwd, opt, batches[0])
             torch.cuda.reset_peak_memory_stats()
         x = batches[i % len(batches)]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        loss = step(x)
+        with torch.cuda.stream(side if i < warmup else main):
+            loss = step(x)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     med = statistics.median(times[warmup:])
-    row = dict(name=name, mode=mode_name(mode), config=cfgd, params=params, B=B, T=T,
-               warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
+    row = dict(name=name, mode=mode_name(mode) + (GRAPHED_SUFFIX if graphed else ""), config=cfgd, params=params,
+               B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
                first_step_s=round(times[0], 2), losses=[round(v, 5) for v in losses])
     if mode is not OFF:
         row.update(graph_stats())
+    row["host_ms"], row["spin_ms"] = host_time(step, batches)
     if profile:  # after the timed steps, so the profiler's own cost stays out of tok/s
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -249,7 +314,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused")
                 step(batches[i % len(batches)])
             torch.cuda.synchronize()
         row["profile"] = kernel_breakdown(cuda_kernels(prof), PROFILE_STEPS)
-    del model, fwd, opt, batches
+    del model, fwd, opt, batches, step
     torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
@@ -314,7 +379,7 @@ def print_table(meta: dict, rows: list[dict]) -> None:
           f"(fused path: {meta['mamba2_fused_path']})  commit {meta['git_commit']}")
     w = max([24] + [len(r["name"]) for r in rows])
     print(f"{'model':{w}s} {'mode':>15s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'MFU':>6s} {'xMamba2':>7s} "
-          f"{'step ms':>8s} {'peak GiB':>8s} {'reserved':>8s} {'1st s':>6s} {'dloss':>7s} {'breaks':>6s}")
+          f"{'step ms':>8s} {'host ms':>8s} {'peak GiB':>8s} {'reserved':>8s} {'1st s':>6s} {'dloss':>7s} {'breaks':>6s}")
     for r in rows:
         if "error" in r:
             print(f"{r['name']:{w}s} {r['mode']:>15s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
@@ -322,11 +387,12 @@ def print_table(meta: dict, rows: list[dict]) -> None:
         flag = "*" if r["fastest"] else ("!" if not r["correct"] else " ")
         x_mamba2 = f"{r['x_mamba2_best']:7.2f}" if "x_mamba2_best" in r else f"{'-':>7s}"  # no Mamba2 row ran
         print(f"{r['name']:{w}s} {r['mode']:>15s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d}{flag}"
-              f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} "
+              f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} {r['host_ms']:8.1f} "
               f"{r['peak_mem_gib']:8.2f} {r['peak_reserved_gib']:8.2f} {r['first_step_s']:6.1f} "
               f"{r['max_dloss_vs_first_mode']:7.4f} {r.get('graph_breaks', '-'):>6}")
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than "
-          f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode")
+          f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode; host ms = the CPU's "
+          "time to queue one step behind a busy GPU (near step ms: bound by the host)")
 
 
 def compare_sf_steps(rows: list[dict]) -> None:
@@ -372,6 +438,8 @@ def main(argv=None):
     p.add_argument("--only", nargs="+", default=None, help="keep models whose name contains any of these")
     p.add_argument("--skip", nargs="+", default=None, help="then drop models whose name contains any of these")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
+    p.add_argument("--graph", action="store_true",
+                   help="also run each mode but reduce-overhead with the forward and backward replayed as one CUDA graph")
     p.add_argument("--profile", action="store_true",
                    help=f"after each row's timed steps, profile {PROFILE_STEPS} more: GPU time per step by kind of kernel")
     p.add_argument("--sf-step", choices=["fused", "foreach"], nargs="+", default=["fused"],
@@ -399,15 +467,18 @@ def main(argv=None):
     rows: list[dict] = []
     for name, cfgd, modes in todo:
         for B in args.batches:
-            for mode, sf_step in itertools.product(
-                    [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step):
+            for mode, sf_step, graphed in itertools.product(
+                    [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step,
+                    [False, True] if args.graph else [False]):
+                if graphed and mode == RO:  # its CUDA graphs cannot be captured inside another
+                    continue
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
                 label = row_name(name, sf_step)
                 try:
-                    r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step)
+                    r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step, graphed)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
-                    r = dict(name=label, mode=mode_name(mode), config=cfgd, B=B, T=args.T,
-                             error=f"{type(e).__name__}: {e}")
+                    r = dict(name=label, mode=mode_name(mode) + (GRAPHED_SUFFIX if graphed else ""), config=cfgd,
+                             B=B, T=args.T, error=f"{type(e).__name__}: {e}")
                     torch._dynamo.reset()
                     gc.collect()
                     torch.cuda.empty_cache()

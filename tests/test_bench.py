@@ -787,7 +787,7 @@ def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
     out = bm.kernel_breakdown(kernels, steps=2)
     assert out["by_kind_ms"] == {"matmul": 31.0, "mixer": 12.0, "Inductor's fused kernels": 2.0,
                                  "optimizer": 1.5, "other": 0.5}
-    assert out["gpu_ms_per_step"] == 47.0
+    assert out["gpu_ms_per_step"] == 47.0 and out["kernels_per_step"] == 152.0
     assert [t["kernel"] for t in out["top"][:2]] == ["sm90_xmma_gemm_bf16bf16_bf16f32", "nvjet_tst_128x256_64x4"]
     assert out["top"][3] == {"kernel": "elman_persistent<bf16>", "kind": "mixer", "ms_per_step": 4.0,
                              "launches_per_step": 26.0}
@@ -802,19 +802,19 @@ def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
 
     def row(name, tok_per_s, mode="default", loss=1.0):
         return dict(name=name, mode=mode, params=10, B=32, tok_per_s=tok_per_s, losses=[loss],
-                    step_ms=1.0, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
+                    step_ms=1.0, host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
     # Mamba2's fastest correct mode is reduce-overhead: "off" is faster but trains differently
     with_mamba2 = [row("Mamba2 d22", 100_000), row("Mamba2 d22", 125_000, "reduce-overhead"),
                    row("Mamba2 d22", 150_000, "off", loss=1.0 + 2 * bm.LOSS_TOL), row("E88 49x32 d32", 100_000)]
     bm.annotate(with_mamba2, peak=989.0)
     bm.print_table(meta, with_mamba2)
-    ratios = [line.split()[-7] for line in capsys.readouterr().out.splitlines()[3:7]]
+    ratios = [line.split()[-8] for line in capsys.readouterr().out.splitlines()[3:7]]
     assert ratios == ["0.80", "1.00", "1.20", "0.80"]
     alone = [row("E1 d26 dense", 70_000)]
     bm.annotate(alone, peak=989.0)
     bm.print_table(meta, alone)
-    assert capsys.readouterr().out.splitlines()[3].split()[-7] == "-"
+    assert capsys.readouterr().out.splitlines()[3].split()[-8] == "-"
     # rows of schedulefree's own step are set against Mamba2 with that step, the others against the fused one
     steps = [row(bm.row_name("Mamba2 d22", "fused"), 120_000), row(bm.row_name("Mamba2 d22", "foreach"), 100_000),
              row(bm.row_name("E16 s4", "fused"), 240_000), row(bm.row_name("E16 s4", "foreach"), 230_000)]
