@@ -65,6 +65,9 @@ CASES = [
     ("adamw_minutes", [*FRESH, "--optimizer", "adamw", "--minutes", "1"], "adamw decays its LR on a cosine"),
     ("device_unknown", [*TRAIN, "--device", "tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
     ("device_cuda_missing", [*TRAIN, "--device", "cuda"], "requested but CUDA is not available (use --device cpu)"),
+    ("cuda_graph_on_cpu", [*TRAIN, "--cuda-graph"], "cuda_graph needs a CUDA device, got device 'cpu'"),
+    ("cuda_graph_auto_cpu", [*TRAIN, "--cuda-graph", "--device", "auto"],
+     "cuda_graph needs a CUDA device; this run's device is cpu"),
     ("eval_every_negative", [*TRAIN, "--eval-every", "-1"], "eval_every must be an integer >= 0"),
     ("checkpoint_every_negative", [*TRAIN, "--checkpoint-every", "-2"], "checkpoint_every must be an integer >= 0"),
     ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "keep_checkpoints must be a positive integer"),
@@ -211,7 +214,7 @@ def world(tmp_path_factory, one_thread_module):
 def test_bad_input_is_one_line(name, argv, message, world, capsys):
     if name == "data_unreadable" and os.geteuid() == 0:
         pytest.skip("root reads a file without read permission")
-    if name == "device_cuda_missing" and torch.cuda.is_available():
+    if name in ("device_cuda_missing", "cuda_graph_auto_cpu") and torch.cuda.is_available():
         pytest.skip("CUDA is available")
     before = _digests(world["root"])
     fill = {k: str(v) for k, v in world.items()}

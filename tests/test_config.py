@@ -31,6 +31,7 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
     assert (cfg.data.batch_size, cfg.budget.steps, cfg.optim.lr, cfg.run.eval_bytes) == (4, 8, 3e-3, 4096)
     added = {"lr_schedule": "cosine", "grad_accum": 1, "keep_checkpoints": 2, "keep_checkpoint_every": 0,
              "wandb": None, "overwrite": False, "extra_val_data": None, "curve_eval_bytes": None,
+             "cuda_graph": False,
              "decay_marked": True}  # a run saved before this field decayed every parameter (LEGACY_DEFAULTS)
     assert cfg.to_dict() == {**old, **added}  # the same flat file, plus fields added since (their defaults)
     assert TrainConfig().optim.decay_marked is False and TrainConfig.from_dict(old).optim.decay_marked is False
@@ -76,6 +77,20 @@ def test_type_and_range_messages(values, message):
     assert str(e.value) == message
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"cuda_graph": True, "device": "cpu"}, "cuda_graph needs a CUDA device, got device 'cpu'"),
+    ({"cuda_graph": True, "device": "cuda", "batch_size": 8, "grad_accum": 2},
+     "cuda_graph captures one forward and backward per step: it needs grad_accum 1, got 2"),
+])
+def test_cuda_graph_rules(values, message):
+    """--cuda-graph captures one forward and backward on CUDA: a CPU device or gradient
+    accumulation is refused in one line (the CUDA case runs in tests/gpu)."""
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(values).validate()
+    assert str(e.value) == message
+    TrainConfig.from_dict({**values, "cuda_graph": False}).validate()  # only the combination is wrong
+
+
 def test_budget_one_of_and_default():
     assert TrainConfig().budget.chosen() == ("steps", 1000)  # the default budget, declared once
     cfg = apply_overrides(TrainConfig.from_dict({"steps": 7}), {"minutes": 2})
@@ -92,8 +107,8 @@ def test_eval_bytes_default_is_the_whole_split():
 def test_derived_key_lists():
     assert RESUMABLE == {"steps", "minutes", "tokens", "extra_val_data", "grad_accum", "eval_every", "eval_bytes",
                          "curve_eval_bytes", "eval_batch_size", "log_every", "wandb", "checkpoint_every",
-                         "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "device",
-                         "distributed"}
+                         "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "cuda_graph",
+                         "device", "distributed"}
     assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings", "layer")
     assert set(TrainConfig().to_dict()) == set(FIELDS) - set(MODEL_KEYS) | {"model"}
 

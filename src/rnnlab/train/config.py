@@ -167,6 +167,10 @@ class RunConfig:
     compile: bool = option(False, help="torch.compile the training forward+loss (default: off; README: "
                                        "torch.compile)",
                            resumable=True)
+    cuda_graph: bool = option(False, help="replay each step's forward and backward as one CUDA graph, captured at "
+                                          "the process's first step: for a model whose step the host's kernel "
+                                          "launching bounds (compiled Mamba2); CUDA, one process, --grad-accum 1",
+                              resumable=True)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps",
                          resumable=True, scope="suite")
     distributed: str | None = option(None, choices=DISTRIBUTED, resumable=True,
@@ -236,6 +240,11 @@ class TrainConfig:
         dev = self.run.device
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        if self.run.cuda_graph and dev in ("cpu", "mps"):
+            raise ValueError(f"cuda_graph needs a CUDA device, got device {dev!r}")
+        if self.run.cuda_graph and self.data.grad_accum > 1:
+            raise ValueError(f"cuda_graph captures one forward and backward per step: it needs grad_accum 1, "
+                             f"got {self.data.grad_accum}")
         for key, path in (("data", self.data.path), ("val_data", self.data.val_path),
                           ("extra_val_data", self.data.extra_val_path)):
             if path is not None and not Path(path).exists():

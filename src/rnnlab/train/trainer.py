@@ -41,6 +41,7 @@ from rnnlab.ops.dtypes import autocast
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError
 from rnnlab.train.config import TrainConfig
+from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, budget_clock, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
@@ -145,6 +146,8 @@ def resolve_config(cfg: TrainConfig) -> TrainConfig:
             raise ValueError(f"grad_accum ({cfg.data.grad_accum}) must divide the batch of each process "
                              f"(batch_size {cfg.data.batch_size} / {world} processes = {per_rank})")
         cfg.run.distributed = cfg.run.distributed or "ddp"
+        if cfg.run.cuda_graph:
+            raise ValueError(f"cuda_graph runs in one process, not in {world} (torchrun); drop --cuda-graph")
     return cfg
 
 
@@ -175,6 +178,8 @@ class Trainer:
             import_wandb()  # a missing package fails before the run folder is touched
         self.ctx = ctx = dist.context()
         self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)[1]
+        if cfg.run.cuda_graph and self.device.type != "cuda":
+            raise ValueError(f"cuda_graph needs a CUDA device; this run's device is {self.device}")
         self.sharded = ctx.world_size > 1 and cfg.run.distributed == "fsdp2"  # all ranks evaluate/checkpoint
         # a bad corpus fails before the folder is touched
         self.val_split, self.extra_val_split, self.stream = open_data(cfg, ctx)
@@ -198,6 +203,7 @@ class Trainer:
         seed_everything(cfg.run.seed)
         model = build_model(cfg, self.device)
         self.forward = wrap_model(model, cfg)  # before the optimizer: FSDP2 replaces the parameters
+        self.graphed: GraphedForwardBackward | None = None  # --cuda-graph: captured at this process's first step
         self.state = TrainState(model, *build_optimizer(model, cfg))
         self.checkpointer = self.rundir.checkpointer(cfg)
         if resume_from is not None:
@@ -282,7 +288,9 @@ class Trainer:
         state, optimizer = self.state, self.state.optimizer
         sync(self.device)
         start = time.perf_counter()
-        loss = self.forward_backward(batch)
+        if self.cfg.run.cuda_graph and self.graphed is None:  # inside a warm-up step's time
+            self.graphed = GraphedForwardBackward(self.forward_backward, state.model, batch)
+        loss = self.graphed(batch) if self.graphed is not None else self.forward_backward(batch)
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.get_total_norm(grads)  # one fused norm; a DTensor under FSDP2
         loss_value, norm_value = torch.stack([loss.detach().float(), dist.full_tensor(norm).float()]).tolist()
@@ -297,7 +305,8 @@ class Trainer:
         optimizer.step()
         if state.scheduler is not None:
             state.scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if self.graphed is None:  # a replayed graph rewrites its gradients, which must stay where it put them
+            optimizer.zero_grad(set_to_none=True)
         sync(self.device)  # the optimizer's kernels are part of this step's time
         return StepResult(loss_value, lr, norm_value, time.perf_counter() - start)
 
