@@ -10,10 +10,13 @@ then, for Mamba2, the trainer with one thing changed at a time: every parameter 
 weight-decay group (the tables' `decay_marked`), TensorBoard off, Python's cyclic garbage collector
 off, the CUDA allocator's expandable segments (fewer cudaMalloc / cudaFree, which synchronise,
 when the cache fragments), no torch.compile (Mamba2's steps in the race, ~199 ms, were near its
-eager benchmark, 205.8 ms in results/fair-baselines-h200). Each trainer row gives the median and spread of its steps after the
-first 10, its last step profiled (the GPU's busy time against that step's wall time: host-bound or
-not), how many graphs torch.compile made (more than bench_models' would mean recompiles) and the
-allocator's retries and device allocations (CUDA: from `torch.cuda.memory_stats`). Each row
+eager benchmark, 205.8 ms in results/fair-baselines-h200), and ``--cuda-graph`` (the forward and
+backward replayed as one CUDA graph: no launching left on the host; for E16 too; its first call,
+results/mamba2-trainer-steps-h200, found the trainer not at fault and the step partly host-bound).
+Each trainer row gives the median and spread of its steps after the first 10, its last step
+profiled (the GPU's busy time against that step's wall time: host-bound or not), how many graphs
+torch.compile made (more than bench_models' would mean recompiles) and the allocator's retries and
+device allocations (CUDA: from `torch.cuda.memory_stats`). Each row
 also runs its final evaluation (4K bytes) and writes its final checkpoint (~2.4 GB at 400M) to a
 temporary folder.
 
@@ -45,7 +48,9 @@ SMOKE = {"mamba2": dict(model="mamba2", dim=64, depth=2, layer={"d_state": 16}),
          "e16": dict(model="e16", dim=32, depth=2, layer={"state_expansion": 2})}
 
 
-CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc", "expandable segments", "not compiled"]
+CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc", "expandable segments", "not compiled",
+           "CUDA graph"]
+GPU_ONLY = {"CUDA graph"}  # not in --smoke's CPU rows
 MIN_STEPS = 13  # 10 left out, at least 2 timed, the last profiled (on the GPU)
 
 
@@ -90,7 +95,7 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
             "batch_size": 4 if smoke else 32, "seq_len": 32 if smoke else 512, "steps": steps,
             "optimizer": "schedulefree-adamw", "lr": 3e-4, "weight_decay": 0.1, "warmup_steps": 0,
             "precision": "fp32" if smoke else "bf16", "compile": not smoke and change != "not compiled", "seed": 42,
-            "eval_every": 0, "eval_bytes": "4K", "checkpoint_every": 0, "out": out,
+            "eval_every": 0, "eval_bytes": "4K", "checkpoint_every": 0, "out": out, "cuda_graph": change == "CUDA graph",
             "decay_marked": change == "one weight-decay group", "device": "cpu" if smoke else "cuda"})
         torch._dynamo.reset()  # fresh caches and recompile budget, counters from zero
         torch._dynamo.utils.counters.clear()
@@ -142,6 +147,10 @@ def main():
     args = p.parse_args()
     if args.steps < MIN_STEPS:
         p.error(f"--steps must be at least {MIN_STEPS} (10 left out, 2 timed, 1 profiled)")
+    if not args.smoke:  # the profiled steps then see the kernels a replayed CUDA graph runs
+        from torch.profiler._utils import _init_for_cuda_graphs
+
+        _init_for_cuda_graphs()
     rows = []
     for kind in args.models:
         cfgd = SMOKE[kind] if args.smoke else MODELS[kind]
@@ -151,7 +160,9 @@ def main():
                              graph_breaks=r.get("graph_breaks"), graphs=r.get("graphs")))
             print(json.dumps(rows[-1]), flush=True)
             bm.write_json(args.out, rows)
-        for change in CHANGES if kind == "mamba2" else CHANGES[:1]:
+        for change in CHANGES if kind == "mamba2" else [CHANGES[0], "CUDA graph"]:
+            if args.smoke and change in GPU_ONLY:
+                continue
             rows.append(trainer_row(kind, cfgd, change, args.steps, args.smoke))
             print(json.dumps({k: v for k, v in rows[-1].items() if k != "step_ms"}), flush=True)
             bm.write_json(args.out, rows)
