@@ -451,6 +451,44 @@ def test_report_without_differences_has_no_warning(tmp_path):
     assert "Warning" not in md and "Departs" not in md
 
 
+def test_step_times_leave_out_warm_up_steps_evaluations_and_gaps():
+    """A run's steady step times come from consecutive steps' elapsed_s, without the process's
+    warm-up steps (their time is added to warmup_s: the first steps, and those after a resume),
+    evaluation records, or a step missing between two records."""
+    from rnnlab.bench.report import step_times_ms
+
+    def rec(step, elapsed, warmup):
+        return {"step": step, "loss": 1.0, "elapsed_s": elapsed, "warmup_s": warmup}
+
+    metrics = [rec(1, 5.0, 5.0), rec(2, 5.5, 5.5), rec(3, 6.0, 6.0),  # warm-up: compilation
+               rec(4, 6.1, 6.0), {"step": 4, "val_bpb": 2.0}, rec(5, 6.3, 6.0),
+               rec(6, 9.3, 9.0), rec(7, 9.4, 9.0),  # resumed at step 5: step 6 is a warm-up step
+               rec(9, 9.6, 9.0), rec(10, 9.75, 9.0)]  # step 8 missing
+    assert step_times_ms(metrics) == pytest.approx([100.0, 200.0, 100.0, 150.0])
+
+
+@pytest.mark.parametrize("slow_every, flagged", [(0, False), (3, True)])
+def test_report_warns_of_unsteady_step_times(tmp_path, slow_every, flagged):
+    """A row whose steady steps spread widely (every third step 1.5x slower) is named with its
+    10th-90th percentile step times; steady rows are not; report.json has each row's spread."""
+    _synthetic_run(tmp_path, "steady", 1.6, 2.3, 16000.0)
+    _synthetic_run(tmp_path, "jumpy", 1.6, 2.3, 16000.0)
+    elapsed, lines = 0.0, []
+    for i in range(1, 41):
+        elapsed += 0.15 if slow_every and i % slow_every == 0 else 0.1
+        lines.append(json.dumps({"step": i, "loss": 2.0, "elapsed_s": elapsed, "warmup_s": 0.0}) + "\n")
+    (tmp_path / "jumpy" / "metrics.jsonl").write_text("".join(lines))
+    paths = write_report(tmp_path, plots=False)
+    md = paths["md"].read_text()
+    assert ("unsteady times" in md) == flagged
+    if flagged:
+        warning = md[md.index("unsteady times"):].splitlines()[0]
+        assert "jumpy 100–150 ms (median 100)" in warning and "steady" not in warning.split(":")[1]
+    rows = {r["name"]: r["step_ms"] for r in json.loads(paths["json"].read_text())["rows"]}
+    assert rows["steady"] is None  # 9 steps: too few for a spread
+    assert rows["jumpy"] == {"median": 100.0, "p10": 100.0, "p90": 150.0 if slow_every else 100.0}
+
+
 def test_report_warns_when_a_cpu_run_started_on_a_busy_machine(tmp_path):
     for name, load in (("quiet-run", 0.4), ("busy-run", 3.2)):
         _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,8 @@ from rnnlab.train.runtime import git_state
 METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
            "time_s", "warmup_s")
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
+JITTER_TOL = 1.15  # a row whose steady steps' 90th-percentile time exceeds its 10th by more than this is flagged
+MIN_TIMED_STEPS = 20  # fewer steady steps than this give no step-time spread
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
 # what must be equal across rows for a like-for-like comparison (config.json keys)
 PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay")
@@ -60,6 +63,7 @@ def collect(root: str | Path) -> dict[str, Any]:
         status = run.status()
         evals = run.evals()
         records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": name, "path": str(run.path),
+                        "step_ms": step_times_ms(run.metrics()),
                         "gpu": entry.get("gpu"), "val_bytes": evals[-1].get("bytes") if evals else None,
                         "point": entry.get("point"), "status": "missing" if status == "empty" else status,
                         "summary": run.summary() or {}, "config": run.saved_config() or {},
@@ -67,6 +71,24 @@ def collect(root: str | Path) -> dict[str, Any]:
     if not records:
         raise FileNotFoundError(f"no run folders in {root}")
     return {"root": root, "plan": plan, "records": records}
+
+
+def step_times_ms(metrics: list[dict[str, Any]]) -> list[float]:
+    """Each steady training step's time in ms from a run's ``metrics.jsonl`` records: the
+    difference of ``elapsed_s`` between consecutive steps with no warm-up step between them (each
+    process's first ``WARMUP_STEPS`` steps add to ``warmup_s``; a resumed run's first steps are
+    such), evaluation records and records without times left out."""
+    steps = [m for m in metrics if m.get("loss") is not None and m.get("elapsed_s") is not None]
+    return [(b["elapsed_s"] - a["elapsed_s"]) * 1e3 for a, b in zip(steps, steps[1:])
+            if b["step"] == a["step"] + 1 and b.get("warmup_s") == a.get("warmup_s")]
+
+
+def spread(ms: list[float]) -> dict[str, float] | None:
+    """Median, 10th and 90th percentile of step times (None below ``MIN_TIMED_STEPS`` steps)."""
+    if len(ms) < MIN_TIMED_STEPS:
+        return None
+    q = statistics.quantiles(ms, n=10, method="inclusive")
+    return {"median": round(statistics.median(ms), 2), "p10": round(q[0], 2), "p90": round(q[-1], 2)}
 
 
 # ------------------------------------------------------------------------------------ aggregate
@@ -118,6 +140,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "gpu_name": first["env"].get("gpu"),
             "world_size": s.get("world_size") or 1,
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
+            "step_ms": spread([ms for r in use for ms in r.get("step_ms", [])]),  # its seeds' steps pooled
         }
         for k in METRICS:
             m, sd, n = mean_std([r["summary"].get(k) for r in use])
@@ -251,6 +274,21 @@ def averaging_warning(rows: list[dict[str, Any]]) -> list[str]:
     return ["", "> **Warning: Schedule-Free's averaged weights (x, what a checkpoint ships) score worse on "
             "held-out data than its training point (y, where the training loss is measured):** "
             + ", ".join(bad) + ". " + why]
+
+
+def jitter_warning(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows whose steady step times spread widely (90th over 10th percentile above ``JITTER_TOL``):
+    their tok/s averages fast and slow steps, and a step bound by the host's kernel launching
+    moves with the machine's CPU (results/mamba2-trainer-steps-h200)."""
+    flagged = [r for r in rows if r["step_ms"] and r["step_ms"]["p90"] > JITTER_TOL * r["step_ms"]["p10"]]
+    if not flagged:
+        return []
+    runs = [f"{r['name']} {r['step_ms']['p10']:.0f}–{r['step_ms']['p90']:.0f} ms (median "
+            f"{r['step_ms']['median']:.0f})" for r in flagged]
+    return ["", "> **Warning: some runs' steps took unsteady times** (10th–90th percentile of their steady "
+            "steps): " + ", ".join(runs) + ". Their tok/s is not the model's speed alone: a step that the CPU's "
+            "kernel launching bounds slows with the machine (`benchmarks/bench_models.py`'s host ms says "
+            "whether it is; `rnnlab train --cuda-graph` takes the launching out)."]
 
 
 def repeated_seed_warning(rows: list[dict[str, Any]]) -> list[str]:
@@ -569,7 +607,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     if diffs:
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
         md += [f"> - {d}" for d in diffs]
-    md += averaging_warning(rows) + repeated_seed_warning(rows)
+    md += averaging_warning(rows) + repeated_seed_warning(rows) + jitter_warning(rows)
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
     legend = LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-", warmup_steps=WARMUP_STEPS)
     extra = extra_files(rows)
