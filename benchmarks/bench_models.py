@@ -29,13 +29,16 @@ within ``LOSS_TOL`` (same weights, same batches; the GPU tests check compiled vs
 tightly on small models). The table gives each row's ratio to the fastest correct Mamba2 mode
 of rnnlab in the same run.
 
-``--graph`` adds, for each mode but reduce-overhead, a row with the step's forward and backward
+``--graph`` adds, for each mode but reduce-overhead (its own CUDA graphs cannot be captured inside
+another), a row with the step's forward and backward
 captured whole in one CUDA graph and replayed (the optimizer step runs outside it): no launching
 left on the host, so a model whose step is bound by the CPU's launching shows what it costs.
 
 Every row also gives ``host_ms``: how long the CPU takes to queue one step while the GPU is kept
-busy by a spin kernel (``host_time``). A step whose host time nears its step time is bound by the
-host, and its speed then moves with the machine's CPU (results/mamba2-trainer-steps-h200).
+busy by a spin kernel (``host_time``; "blocked" where the step waited for the GPU instead). A
+step whose host time nears its step time is bound by the host, and its speed then moves with the
+machine's CPU (results/mamba2-trainer-steps-h200); the ``--graph`` row beside it says what the
+host's part costs.
 
 ``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` and adds
 the GPU time per step by kind of kernel (``KERNEL_KINDS``: the sequence mixer's kernels, matmuls,
@@ -212,8 +215,9 @@ HOST_STEPS = 3
 def host_time(step, batches: list[torch.Tensor]) -> tuple[float, float]:
     """``(host ms, spin ms)``: the median time the CPU takes to queue one ``step`` while the GPU
     is still running a ~1-s spin kernel queued just before (``HOST_STEPS`` steps), and that
-    kernel's own time. A host time near the spin's means the step waited for the GPU inside (a
-    synchronisation), not that its host work is that long."""
+    kernel's own time. A host time of half the spin's or more is no measurement (``blocked``): the
+    step waited for the GPU inside, at a synchronisation or because its launches filled the
+    driver's queue of pending work (on the order of a thousand kernels)."""
     times, spin = [], 0.0
     for i in range(HOST_STEPS):
         torch.cuda.synchronize()
@@ -305,6 +309,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
     if mode is not OFF:
         row.update(graph_stats())
     row["host_ms"], row["spin_ms"] = host_time(step, batches)
+    row["host_blocked"] = row["host_ms"] >= row["spin_ms"] / 2
     if profile:  # after the timed steps, so the profiler's own cost stays out of tok/s
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
@@ -314,7 +319,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
                 step(batches[i % len(batches)])
             torch.cuda.synchronize()
         row["profile"] = kernel_breakdown(cuda_kernels(prof), PROFILE_STEPS)
-    del model, fwd, opt, batches, step
+    del model, fwd, opt, batches, step, eager_step
     torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
@@ -387,12 +392,13 @@ def print_table(meta: dict, rows: list[dict]) -> None:
         flag = "*" if r["fastest"] else ("!" if not r["correct"] else " ")
         x_mamba2 = f"{r['x_mamba2_best']:7.2f}" if "x_mamba2_best" in r else f"{'-':>7s}"  # no Mamba2 row ran
         print(f"{r['name']:{w}s} {r['mode']:>15s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d}{flag}"
-              f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} {r['host_ms']:8.1f} "
+              f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} "
+              f"{'blocked' if r.get('host_blocked') else format(r['host_ms'], '.1f'):>8s} "
               f"{r['peak_mem_gib']:8.2f} {r['peak_reserved_gib']:8.2f} {r['first_step_s']:6.1f} "
               f"{r['max_dloss_vs_first_mode']:7.4f} {r.get('graph_breaks', '-'):>6}")
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than "
           f"{LOSS_TOL} (not counted); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode; host ms = the CPU's "
-          "time to queue one step behind a busy GPU (near step ms: bound by the host)")
+          "time to queue one step behind a busy GPU (near step ms: bound by the host; blocked: it waited for the GPU)")
 
 
 def compare_sf_steps(rows: list[dict]) -> None:
@@ -473,6 +479,7 @@ def main(argv=None):
                 if graphed and mode == RO:  # its CUDA graphs cannot be captured inside another
                     continue
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
+                warmup = max(warmup, 1) if graphed else warmup  # capturing needs a step run before it
                 label = row_name(name, sf_step)
                 try:
                     r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step, graphed)

@@ -122,6 +122,10 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
 
             trainer.train_step = timed
             trainer.train()
+            # train_step -> timed -> trainer is a cycle: collect it, so that the model and any CUDA
+            # graph's memory are freed before the next row
+            del trainer, timed, real_step
+            gc.collect()
     steady = [t * 1e3 for t in times[10:]]
     q = statistics.quantiles(steady, n=10, method="inclusive") if len(steady) > 1 else [float("nan")] * 9
     row = dict(model=kind, where="rnnlab train", change=change, steps=len(steady), trackers=trackers,

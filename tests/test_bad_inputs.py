@@ -271,7 +271,7 @@ def test_out_of_memory_names_the_knobs(world, capsys, monkeypatch):
     assert main(["train", *TINY, "--steps", "2", "--data", str(world["corpus"]), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("rnnlab train: error: out of memory at step 1 on cpu: lower "
-                                                   "--batch-size (4) or --seq-len (32)"), err
+                                                   "--batch-size (4) or --seq-len (32) or raise --grad-accum (1)"), err
     assert "no checkpoint was written" in err
     assert "out of memory" in json.loads((out / "summary.json").read_text())["error"]
 

@@ -462,9 +462,21 @@ def test_step_times_leave_out_warm_up_steps_evaluations_and_gaps():
 
     metrics = [rec(1, 5.0, 5.0), rec(2, 5.5, 5.5), rec(3, 6.0, 6.0),  # warm-up: compilation
                rec(4, 6.1, 6.0), {"step": 4, "val_bpb": 2.0}, rec(5, 6.3, 6.0),
-               rec(6, 9.3, 9.0), rec(7, 9.4, 9.0),  # resumed at step 5: step 6 is a warm-up step
-               rec(9, 9.6, 9.0), rec(10, 9.75, 9.0)]  # step 8 missing
+               rec(6, 8.3, 8.0), rec(7, 8.8, 8.5), rec(8, 9.3, 9.0),  # resumed at step 5: warm-up again
+               rec(9, 9.4, 9.0), rec(11, 9.6, 9.0), rec(12, 9.75, 9.0)]  # step 10 missing
     assert step_times_ms(metrics) == pytest.approx([100.0, 200.0, 100.0, 150.0])
+    # records from before warmup_s: only the run's first WARMUP_STEPS steps are known warm-ups
+    old = [{"step": s, "loss": 1.0, "elapsed_s": e} for s, e in ((1, 5.0), (2, 5.5), (3, 6.0), (4, 6.1), (5, 6.3))]
+    assert step_times_ms(old) == pytest.approx([100.0, 200.0])
+
+
+def test_a_rows_step_spread_is_its_unsteadiest_runs():
+    """Seeds that are each steady at different speeds (other GPUs) do not make a row unsteady: the
+    row takes its widest run's spread, not the pooled steps'."""
+    from rnnlab.bench.report import unsteadiest
+
+    fast, slow = {"median": 100.0, "p10": 99.0, "p90": 101.0}, {"median": 200.0, "p10": 199.0, "p90": 202.0}
+    assert unsteadiest([slow, None, fast]) is fast and unsteadiest([None]) is None
 
 
 @pytest.mark.parametrize("slow_every, flagged", [(0, False), (3, True)])

@@ -125,6 +125,15 @@ def test_global_batch_must_divide(tmp_path, corpus, monkeypatch):
     assert resolve_config(TrainConfig.from_dict(dict(TINY, steps=2, data=str(corpus)))).run.distributed == "ddp"
 
 
+def test_cuda_graph_is_refused_under_torchrun(monkeypatch):
+    from rnnlab.train.trainer import resolve_config
+
+    monkeypatch.setattr(dist, "_CTX", dist.DistContext(rank=0, world_size=2))  # as under torchrun
+    cfg = TrainConfig.from_dict(dict(TINY, steps=2, cuda_graph=True, device="cuda"))
+    with pytest.raises(ValueError, match=r"^cuda_graph runs in one process, not in 2 \(torchrun\); drop --cuda-graph$"):
+        resolve_config(cfg)
+
+
 # ------------------------------------------------------------------------- 2 processes (gloo)
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
 def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, ref_sf):

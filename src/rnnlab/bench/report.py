@@ -77,10 +77,12 @@ def step_times_ms(metrics: list[dict[str, Any]]) -> list[float]:
     """Each steady training step's time in ms from a run's ``metrics.jsonl`` records: the
     difference of ``elapsed_s`` between consecutive steps with no warm-up step between them (each
     process's first ``WARMUP_STEPS`` steps add to ``warmup_s``; a resumed run's first steps are
-    such), evaluation records and records without times left out."""
+    such; in records from before ``warmup_s`` existed only the run's first steps are known to be),
+    records without a loss or a time left out."""
     steps = [m for m in metrics if m.get("loss") is not None and m.get("elapsed_s") is not None]
     return [(b["elapsed_s"] - a["elapsed_s"]) * 1e3 for a, b in zip(steps, steps[1:])
-            if b["step"] == a["step"] + 1 and b.get("warmup_s") == a.get("warmup_s")]
+            if b["step"] == a["step"] + 1 and b.get("warmup_s") == a.get("warmup_s")
+            and (b.get("warmup_s") is not None or b["step"] > WARMUP_STEPS)]
 
 
 def spread(ms: list[float]) -> dict[str, float] | None:
@@ -89,6 +91,13 @@ def spread(ms: list[float]) -> dict[str, float] | None:
         return None
     q = statistics.quantiles(ms, n=10, method="inclusive")
     return {"median": round(statistics.median(ms), 2), "p10": round(q[0], 2), "p90": round(q[-1], 2)}
+
+
+def unsteadiest(spreads: list[dict[str, float] | None]) -> dict[str, float] | None:
+    """Of a row's runs' step-time spreads, the widest (90th over 10th percentile): seeds that are
+    each steady but ran at different speeds (other GPUs) are not unsteady."""
+    known = [s for s in spreads if s is not None]
+    return max(known, key=lambda s: s["p90"] / s["p10"]) if known else None
 
 
 # ------------------------------------------------------------------------------------ aggregate
@@ -140,7 +149,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "gpu_name": first["env"].get("gpu"),
             "world_size": s.get("world_size") or 1,
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
-            "step_ms": spread([ms for r in use for ms in r.get("step_ms", [])]),  # its seeds' steps pooled
+            "step_ms": unsteadiest([spread(r.get("step_ms", [])) for r in use]),
         }
         for k in METRICS:
             m, sd, n = mean_std([r["summary"].get(k) for r in use])

@@ -8,7 +8,8 @@ forward and backward cost the host one launch. The optimizer step stays outside 
 gradient-norm reads.
 
 The gradients live in the graph's memory and every replay rewrites them: the trainer must not set
-them to None after the optimizer step (``Trainer.train_step``).
+them to None after the optimizer step (``Trainer.train_step``). That memory, with the step's
+activations, stays reserved for the whole run, so an evaluation's memory comes on top of it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class GraphedForwardBackward:
     def __init__(self, forward_backward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
                  example: torch.Tensor):
         self.static = example.to(next(model.parameters()).device, copy=True)
+        with torch.cuda.device(self.static.device):  # streams and graphs belong to the current device
+            self._capture(forward_backward, model)
+
+    def _capture(self, forward_backward, model: nn.Module) -> None:
         buffers = list(model.buffers())
         saved = [b.clone() for b in buffers]
         side = torch.cuda.Stream()
@@ -56,6 +61,7 @@ class GraphedForwardBackward:
         if batch.shape != self.static.shape:
             raise ValueError(f"a CUDA-graphed step takes batches of shape {tuple(self.static.shape)}, "
                              f"got {tuple(batch.shape)}")
-        self.static.copy_(batch, non_blocking=True)
-        self.graph.replay()
+        with torch.cuda.device(self.static.device):
+            self.static.copy_(batch, non_blocking=True)
+            self.graph.replay()
         return self.loss

@@ -236,10 +236,11 @@ class Trainer:
             if not is_out_of_memory(e):
                 raise
             cfg = self.cfg
+            accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
+                     if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
             message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
-                       f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}) or raise --grad-accum "
-                       f"({cfg.data.grad_accum}), or lower --eval-batch-size when it happens in an evaluation; "
-                       f"{self.checkpointer.kept()}")
+                       f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
+                       f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
             self.record_failure(message)
             raise OutOfMemory(message) from None
         finally:
@@ -296,7 +297,8 @@ class Trainer:
         loss_value, norm_value = torch.stack([loss.detach().float(), dist.full_tensor(norm).float()]).tolist()
         loss_value = self.ctx.all_reduce_mean(loss_value)
         if not math.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
+            if self.graphed is None:
+                optimizer.zero_grad(set_to_none=True)
             raise NonFiniteLossError(f"non-finite loss ({loss_value}) at step {state.step + 1}; lower --lr or "
                                      f"use --precision bf16-mixed; {self.checkpointer.kept()}")
         if self.cfg.optim.grad_clip is not None:
