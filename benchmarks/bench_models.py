@@ -30,9 +30,9 @@ tightly on small models). The table gives each row's ratio to the fastest correc
 of rnnlab in the same run.
 
 ``--graph`` adds, for each mode but reduce-overhead (its own CUDA graphs cannot be captured inside
-another), a row with the step's forward and backward
-captured whole in one CUDA graph and replayed (the optimizer step runs outside it): no launching
-left on the host, so a model whose step is bound by the CPU's launching shows what it costs.
+another), a row with the step's forward and backward captured whole in one CUDA graph and replayed
+(the optimizer step runs outside it): no launching left on the host, so a model whose step is
+bound by the CPU's launching shows what that costs.
 
 Every row also gives ``host_ms``: how long the CPU takes to queue one step while the GPU is kept
 busy by a spin kernel (``host_time``; "blocked" where the step waited for the GPU instead). A
