@@ -78,7 +78,7 @@ def test_type_and_range_messages(values, message):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"cuda_graph": True, "device": "cpu"}, "cuda_graph needs a CUDA device, got device 'cpu'"),
+    ({"cuda_graph": True, "device": "cpu"}, "cuda_graph needs a CUDA device, got device 'cpu' (use --no-cuda-graph)"),
     ({"cuda_graph": True, "device": "cuda", "batch_size": 8, "grad_accum": 2},
      "cuda_graph captures one forward and backward per step: it needs grad_accum 1, got 2"),
 ])

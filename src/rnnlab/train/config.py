@@ -241,7 +241,7 @@ class TrainConfig:
         if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
         if self.run.cuda_graph and dev in ("cpu", "mps"):
-            raise ValueError(f"cuda_graph needs a CUDA device, got device {dev!r}")
+            raise ValueError(f"cuda_graph needs a CUDA device, got device {dev!r} (use --no-cuda-graph)")
         if self.run.cuda_graph and self.data.grad_accum > 1:
             raise ValueError(f"cuda_graph captures one forward and backward per step: it needs grad_accum 1, "
                              f"got {self.data.grad_accum}")

@@ -179,7 +179,8 @@ class Trainer:
         self.ctx = ctx = dist.context()
         self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)[1]
         if cfg.run.cuda_graph and self.device.type != "cuda":
-            raise ValueError(f"cuda_graph needs a CUDA device; this run's device is {self.device}")
+            raise ValueError(f"cuda_graph needs a CUDA device; this run's device is {self.device} "
+                             "(use --no-cuda-graph)")
         self.sharded = ctx.world_size > 1 and cfg.run.distributed == "fsdp2"  # all ranks evaluate/checkpoint
         # a bad corpus fails before the folder is touched
         self.val_split, self.extra_val_split, self.stream = open_data(cfg, ctx)
