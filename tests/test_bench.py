@@ -479,12 +479,14 @@ def test_a_rows_step_spread_is_its_unsteadiest_runs():
     assert unsteadiest([slow, None, fast]) is fast and unsteadiest([None]) is None
 
 
-@pytest.mark.parametrize("slow_every, flagged", [(0, False), (3, True)])
-def test_report_warns_of_unsteady_step_times(tmp_path, slow_every, flagged):
-    """A row whose steady steps spread widely (every third step 1.5x slower) is named with its
-    10th-90th percentile step times; steady rows are not; report.json has each row's spread."""
+@pytest.mark.parametrize("slow_every, gpu, flagged", [(0, "NVIDIA H200", False), (3, "NVIDIA H200", True),
+                                                      (3, None, False)])
+def test_report_warns_of_unsteady_step_times(tmp_path, slow_every, gpu, flagged):
+    """A GPU row whose steady steps spread widely (every third step 1.5x slower) is named with its
+    10th-90th percentile step times; steady rows and CPU rows (their steps vary with the machine's
+    load) are not; report.json has each row's spread."""
     _synthetic_run(tmp_path, "steady", 1.6, 2.3, 16000.0)
-    _synthetic_run(tmp_path, "jumpy", 1.6, 2.3, 16000.0)
+    _synthetic_run(tmp_path, "jumpy", 1.6, 2.3, 16000.0, gpu=gpu)
     elapsed, lines = 0.0, []
     for i in range(1, 41):
         elapsed += 0.15 if slow_every and i % slow_every == 0 else 0.1
