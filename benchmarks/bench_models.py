@@ -31,8 +31,9 @@ of rnnlab in the same run.
 
 ``--graph`` adds, for each mode but reduce-overhead (its own CUDA graphs cannot be captured inside
 another), a row with the step's forward and backward captured whole in one CUDA graph and replayed
-(the optimizer step runs outside it): no launching left on the host, so a model whose step is
-bound by the CPU's launching shows what that costs.
+as ``rnnlab train --cuda-graph`` does (``rnnlab.train.cuda_graph``; the optimizer step runs outside
+it): no launching left on the host, so a model whose step is bound by the CPU's launching shows
+what that costs.
 
 Every row also gives ``host_ms``: how long the CPU takes to queue one step while the GPU is kept
 busy by a spin kernel (``host_time``; "blocked" where the step waited for the GPU instead). A
@@ -69,6 +70,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.bench.mfu import benchmark_peak, mfu
+from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.runtime import git_state
 
 OFF, DEFAULT, RO = None, "default", "reduce-overhead"
@@ -233,33 +235,13 @@ def host_time(step, batches: list[torch.Tensor]) -> tuple[float, float]:
     return round(statistics.median(times) * 1e3, 2), round(spin, 1)
 
 
-def captured_step(fwd, opt, example: torch.Tensor):
-    """A training step whose forward and backward are one CUDA graph: ``fwd``'s loss on a static
-    copy of ``example``'s shape and its backward are captured once, and each step copies its
-    batch in, replays the graph and runs ``opt.step()`` outside it (rnnlab's fused Schedule-Free
-    step takes its scalars from the host, a new table every step). The gradients live in the
-    graph's memory, rewritten by every replay: nothing may set them to None afterwards."""
-    static = example.clone()
-    opt.zero_grad(set_to_none=True)  # so the captured backward writes the gradients instead of adding
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        loss = fwd(static[:, :-1], static[:, 1:])
-        loss.backward()
-
-    def step(x):
-        static.copy_(x)
-        graph.replay()
-        opt.step()
-        return loss
-    return step
-
-
 def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused", graphed=False):
     """Train ``steps + warmup`` steps of one model in one mode with Schedule-Free AdamW's
     ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own), ``graphed``:
-    the timed steps replay a CUDA graph of the forward and backward (``captured_step``; the warm-up
-    steps run on a side stream, as capturing requires); returns the row (with ``profile``, also
-    the GPU time per step by kind of kernel, from ``PROFILE_STEPS`` more steps)."""
+    the timed steps replay a CUDA graph of the forward and backward, captured after the warm-up
+    steps as ``rnnlab train --cuda-graph`` captures it (``GraphedForwardBackward``; the optimizer
+    step outside); returns the row (with ``profile``, also the GPU time per step by kind of
+    kernel, from ``PROFILE_STEPS`` more steps)."""
     import schedulefree
 
     from rnnlab.train import sf_adamw
@@ -276,27 +258,33 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
     opt.train()
     g = torch.Generator(device="cuda").manual_seed(0)
     batches = [torch.randint(0, 256, (B, T + 1), device="cuda", generator=g) for _ in range(4)]
-    def eager_step(x):
+    def forward_backward(x):
         loss = fwd(x[:, :-1], x[:, 1:])
-        opt.zero_grad(set_to_none=True)
         loss.backward()
+        return loss
+
+    def eager_step(x):
+        opt.zero_grad(set_to_none=True)
+        loss = forward_backward(x)
         opt.step()
         return loss
 
-    times, losses, step = [], [], eager_step
-    main, side = torch.cuda.current_stream(), torch.cuda.Stream() if graphed else torch.cuda.current_stream()
-    side.wait_stream(main)
+    def graphed_step(x):  # the graph's replay rewrites the gradients: none are set to None
+        loss = graph(x)
+        opt.step()
+        return loss
+
+    times, losses, step, graph = [], [], eager_step, None
     for i in range(warmup + steps):
         if i == warmup:
             torch.cuda.synchronize()
             if graphed:
-                step = captured_step(fwd, opt, batches[0])
+                graph, step = GraphedForwardBackward(forward_backward, model, batches[0]), graphed_step
             torch.cuda.reset_peak_memory_stats()
         x = batches[i % len(batches)]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
-        with torch.cuda.stream(side if i < warmup else main):
-            loss = step(x)
+        loss = step(x)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
@@ -319,7 +307,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
                 step(batches[i % len(batches)])
             torch.cuda.synchronize()
         row["profile"] = kernel_breakdown(cuda_kernels(prof), PROFILE_STEPS)
-    del model, fwd, opt, batches, step, eager_step
+    del model, fwd, opt, batches, step, eager_step, graphed_step, forward_backward, graph
     torch._dynamo.reset()
     gc.collect()
     torch.cuda.empty_cache()
@@ -479,7 +467,6 @@ def main(argv=None):
                 if graphed and mode == RO:  # its CUDA graphs cannot be captured inside another
                     continue
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
-                warmup = max(warmup, 1) if graphed else warmup  # capturing needs a step run before it
                 label = row_name(name, sf_step)
                 try:
                     r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step, graphed)
