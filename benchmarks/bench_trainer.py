@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import gc
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 
+from rnnlab.bench.report import spread  # noqa: E402
 from rnnlab.data.corpus import default_train_path, default_val_path  # noqa: E402
 from rnnlab.train import metrics  # noqa: E402
 from rnnlab.train.config import TrainConfig  # noqa: E402
@@ -127,10 +127,9 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
             del trainer, timed, real_step
             gc.collect()
     steady = [t * 1e3 for t in times[10:]]
-    q = statistics.quantiles(steady, n=10, method="inclusive") if len(steady) > 1 else [float("nan")] * 9
+    s = spread(steady, min_steps=2)  # MIN_STEPS leaves at least 2
     row = dict(model=kind, where="rnnlab train", change=change, steps=len(steady), trackers=trackers,
-               gc_on_while_training=all(gc_on),
-               median_ms=round(statistics.median(steady), 2), p10_ms=round(q[0], 2), p90_ms=round(q[-1], 2),
+               gc_on_while_training=all(gc_on), median_ms=s["median"], p10_ms=s["p10"], p90_ms=s["p90"],
                min_ms=round(min(steady), 2), max_ms=round(max(steady), 2), step_ms=[round(t, 2) for t in steady])
     if busy:
         row.update(profiled_gpu_busy_ms=round(busy[0], 2), profiled_step_ms=round(busy[1], 2))

@@ -85,9 +85,9 @@ def step_times_ms(metrics: list[dict[str, Any]]) -> list[float]:
             and (b.get("warmup_s") is not None or b["step"] > WARMUP_STEPS)]
 
 
-def spread(ms: list[float]) -> dict[str, float] | None:
-    """Median, 10th and 90th percentile of step times (None below ``MIN_TIMED_STEPS`` steps)."""
-    if len(ms) < MIN_TIMED_STEPS:
+def spread(ms: list[float], min_steps: int = MIN_TIMED_STEPS) -> dict[str, float] | None:
+    """Median, 10th and 90th percentile of step times (None below ``min_steps`` steps)."""
+    if len(ms) < max(min_steps, 2):
         return None
     q = statistics.quantiles(ms, n=10, method="inclusive")
     return {"median": round(statistics.median(ms), 2), "p10": round(q[0], 2), "p90": round(q[-1], 2)}
