@@ -279,6 +279,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         if i == warmup:
             torch.cuda.synchronize()
             if graphed:
+                loss = None  # frees the last step's autograd graph, made on the default stream (see GraphedForwardBackward)
                 graph, step = GraphedForwardBackward(forward_backward, model, batches[0]), graphed_step
             torch.cuda.reset_peak_memory_stats()
         x = batches[i % len(batches)]

@@ -31,6 +31,11 @@ class GraphedForwardBackward:
     the autograd engine's first-use set-up cannot happen during a capture) and then puts back the
     model's buffers and drops the gradients, so the run's numbers are those of the uncaptured
     step: E1's spectral-norm vector moves on every training forward, and must move once per step.
+
+    Capture before any step's output is kept (the trainer captures at its first step): a loss held
+    from an uncaptured step keeps its autograd graph, whose gradient accumulators belong to the
+    stream that step ran on; if that is the default stream, the captured backward would make it
+    wait on the capture, which CUDA refuses ("legacy stream depend on a capturing blocking stream").
     """
 
     def __init__(self, forward_backward: Callable[[torch.Tensor], torch.Tensor], model: nn.Module,
