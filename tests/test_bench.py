@@ -556,6 +556,25 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     assert [t.get_text() for t in bars.texts] == ["40.2k", "1.3M"]
 
 
+def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
+    """loss_vs_depth: Mamba2 at two depths is a line; two E1 runs that differ in layer options too
+    (the race's 2.5x-expansion E1 and its 14-head E1) are not; the line's points are in depth order."""
+    from rnnlab.bench import plots as P
+
+    def row(model, depth, loss, layer=None):
+        return {"model": model, "depth": depth, "loss": loss, "loss_std": None, "layer": layer}
+
+    rows = [row("mamba2", 32, 1.3, {"d_state": 64}), row("mamba2", 22, 1.2, {"d_state": 64}),
+            row("e1", 19, 1.5, {"expansion": 2.5}), row("e1", 31, 1.4, {"heads": 14}), row("e16", 10, None)]
+    series = P._depth_series(rows)
+    assert list(series) == ["mamba2 d_state=64"]
+    ax = P.loss_vs_depth_figure(series).axes[0]
+    (line, _, _), = ax.containers  # one errorbar: its data line, caps and bars
+    assert (list(line.get_xdata()), list(line.get_ydata())) == ([22, 32], [1.2, 1.3])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mamba2 d_state=64 train loss"]
+    assert P._depth_series(rows[2:]) == {}
+
+
 # ------------------------------------------------------------------------------------ sweep
 def test_sweep_expands_points(tmp_path):
     s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["lr=1e-4,3e-4,1e-3", "layer.heads=1,4"])

@@ -3,7 +3,7 @@
     loss_and_bpb.png   training loss (smoothed) vs step, beside held-out bits per byte vs training time
     loss_vs_time.png   training loss (smoothed) vs training time
     tok_per_s.png      throughput bar chart (mean ± std over seeds), each bar labelled with its value
-    loss_vs_depth.png  final loss vs depth per model, when the suite varies depth
+    loss_vs_depth.png  final loss vs depth, one line per model whose runs differ in depth alone
     sweep_<axis>.png   loss and held-out bpb vs the first swept value (sweeps)
 
 Each plot is built by a function returning its figure (tests read the figures); ``make_plots``
@@ -114,9 +114,9 @@ def make_plots(out: Path, records: list[dict[str, Any]], rows: list[dict[str, An
             figures["loss_vs_time"] = loss_vs_time_figure(curves, colors)
     if any(r["tok_per_s"] is not None for r in rows):
         figures["tok_per_s"] = tok_bar_figure(rows, colors)
-    depth_models = _depth_varying(rows)
-    if depth_models:
-        figures["loss_vs_depth"] = loss_vs_depth_figure(rows, depth_models)
+    depth_series = _depth_series(rows)
+    if depth_series:
+        figures["loss_vs_depth"] = loss_vs_depth_figure(depth_series)
     if axes:
         figures[f"sweep_{_safe(axes[0])}"] = sweep_figure(rows, axes)
     return [save(fig, out / f"{name}.png") for name, fig in figures.items()]
@@ -225,22 +225,24 @@ def tok_bar_figure(rows, colors):
     return fig
 
 
-def _depth_varying(rows) -> list[str]:
-    depths: dict[str, set] = {}
+def _depth_series(rows) -> dict[str, list[dict]]:
+    """Rows that differ in depth alone, as one series each: the same model kind with the same
+    layer options at two or more depths (an E1 of 2.5x expansion at 19 layers and an E1 of 14 heads
+    at 31 are two models, not a depth curve)."""
+    series: dict[str, list[dict]] = {}
     for r in rows:
         if r["loss"] is not None and r.get("depth") is not None:
-            depths.setdefault(r["model"], set()).add(r["depth"])
-    return [m for m, d in depths.items() if len(d) > 1]
+            options = " ".join(f"{k}={v}" for k, v in sorted((r.get("layer") or {}).items()))
+            series.setdefault(f"{r['model']} {options}".strip(), []).append(r)
+    return {label: rs for label, rs in series.items() if len({r["depth"] for r in rs}) > 1}
 
 
-def loss_vs_depth_figure(rows, models: list[str]):
+def loss_vs_depth_figure(series: dict[str, list[dict]]):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for i, model in enumerate(models):
-        pts = sorted((r["depth"], r["loss"], r["loss_std"] or 0, r["val_bpb"]) for r in rows
-                     if r["model"] == model and r["loss"] is not None)
-        d, loss, sd, _ = zip(*pts)
-        ax.errorbar(d, loss, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"{model} train loss")
+    for i, (label, rs) in enumerate(series.items()):
+        d, loss, sd = zip(*sorted((r["depth"], r["loss"], r["loss_std"] or 0) for r in rs))
+        ax.errorbar(d, loss, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"{label} train loss")
     ax.set_xlabel("depth (width solved for the parameter budget)")
     integer_ticks(ax.xaxis)
     ax.set_ylabel("loss (nats/byte, last-100 mean)")
