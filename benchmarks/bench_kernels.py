@@ -169,14 +169,15 @@ def main(argv=None):
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-        for fast in (True, False):
-            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast)):
+        # the default launch, the exact tanh, and the inputs loaded two steps ahead (heads_prefetch)
+        for fast, prefetch in ((True, False), (False, False), (True, True)):
+            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast, heads_prefetch=prefetch)):
                 wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
                 w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
                 return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
             add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
-                "tanh.approx" if fast else "exp-tanh")
+                ("tanh.approx" if fast else "exp-tanh") + (" + prefetch" if prefetch else ""))
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)

@@ -136,6 +136,22 @@ def test_dense_step_kernel_options(bk, name, make):
     check_kernel(lambda *a: kernel(*a, options=opts), OPS[name].naive, make(g), torch.randn(4, 40, generator=g))
 
 
+@pytest.mark.parametrize("T", [1, 2, 3, 7])
+@pytest.mark.parametrize("name,make", [("elman_scan", lambda T: _elman(17, T, 72, heads=3)),
+                                       ("elman_decay_scan", lambda T: _decay(3, T, 48, heads=2))],
+                         ids=["plain", "decay"])
+def test_heads_kernel_prefetch(T, name, make):
+    """The heads kernels with ``heads_prefetch`` (each step's inputs loaded two steps ahead): the
+    same scan, with h0, at T = 1, 2, 3 (the loads before the loop and the last steps' masked loads
+    past either end) and 7, plain and with the decay, forward and every gradient."""
+    opts = ElmanKernelOptions(heads_prefetch=True)
+    g = torch.Generator().manual_seed(T)
+    inputs = make(T)(g)
+    kernel = getattr(OPS[name].kernel.get(), name)
+    check_kernel(lambda *a: kernel(*a, options=opts), OPS[name].naive, inputs,
+                 torch.randn(inputs[0].shape[0], inputs[0].shape[2], generator=g))
+
+
 @pytest.mark.parametrize("every", [1, 3, 16])
 def test_e88_backward_from_checkpoints(every):
     """E88's backward recomputes each segment of ``every`` steps from its checkpoint (T = 7: a
