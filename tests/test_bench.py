@@ -558,7 +558,8 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
 
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     """loss_vs_depth: Mamba2 at two depths is a line; two E1 runs that differ in layer options too
-    (the race's 2.5x-expansion E1 and its 14-head E1) are not; the line's points are in depth order."""
+    (the race's 2.5x-expansion E1 and its 14-head E1) are not; one model at two depths under two
+    learning rates is two lines; the line's points are in depth order."""
     from rnnlab.bench import plots as P
 
     def row(model, depth, loss, layer=None):
@@ -568,6 +569,9 @@ def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
             row("e1", 19, 1.5, {"expansion": 2.5}), row("e1", 31, 1.4, {"heads": 14}), row("e16", 10, None)]
     series = P._depth_series(rows)
     assert list(series) == ["mamba2 d_state=64"]
+    two_lrs = [dict(row("e16", d, 1.0 + d / 100), protocol={"lr": lr}) for d in (8, 12) for lr in (1e-3, 3e-4)]
+    assert [[r["protocol"]["lr"] for r in rs] for rs in P._depth_series(two_lrs).values()] == [[1e-3] * 2, [3e-4] * 2]
+    assert list(P._depth_series(two_lrs)) == ["e16", "e16 (2)"]
     ax = P.loss_vs_depth_figure(series).axes[0]
     (line, _, _), = ax.containers  # one errorbar: its data line, caps and bars
     assert (list(line.get_xdata()), list(line.get_ydata())) == ([22, 32], [1.2, 1.3])

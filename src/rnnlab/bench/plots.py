@@ -13,6 +13,7 @@ not counted, so runs that evaluate more often are not penalised.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -226,15 +227,23 @@ def tok_bar_figure(rows, colors):
 
 
 def _depth_series(rows) -> dict[str, list[dict]]:
-    """Rows that differ in depth alone, as one series each: the same model kind with the same
-    layer options at two or more depths (an E1 of 2.5x expansion at 19 layers and an E1 of 14 heads
-    at 31 are two models, not a depth curve)."""
-    series: dict[str, list[dict]] = {}
+    """Rows that differ in depth (and the width solved for it) alone, as one series each: the same
+    model kind, layer options and protocol (budget, optimizer, batch, ...) at two or more depths.
+    An E1 of 2.5x expansion at 19 layers and an E1 of 14 heads at 31 are two models, not a depth
+    curve; a model at two depths and two learning rates is two curves."""
+    groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["loss"] is not None and r.get("depth") is not None:
             options = " ".join(f"{k}={v}" for k, v in sorted((r.get("layer") or {}).items()))
-            series.setdefault(f"{r['model']} {options}".strip(), []).append(r)
-    return {label: rs for label, rs in series.items() if len({r["depth"] for r in rs}) > 1}
+            protocol = json.dumps(r.get("protocol") or {}, sort_keys=True, default=str)
+            groups.setdefault((f"{r['model']} {options}".strip(), protocol), []).append(r)
+    curves = [(label, rs) for (label, _), rs in groups.items() if len({r["depth"] for r in rs}) > 1]
+    seen: dict[str, int] = {}
+    series: dict[str, list[dict]] = {}
+    for label, rs in curves:  # one model under two protocols: "e1", "e1 (2)"
+        seen[label] = seen.get(label, 0) + 1
+        series[label if seen[label] == 1 else f"{label} ({seen[label]})"] = rs
+    return series
 
 
 def loss_vs_depth_figure(series: dict[str, list[dict]]):

@@ -11,11 +11,12 @@ batch tile summed in torch: no [B, T, H] copy of the shifted states, no extra GE
 ``r_t = h_{t-1} @ W^T`` (one more MMA per step, off the dependent chain: h_{t-1} is already
 loaded for dW) and stores ``da_t = dpre_t * r_t``, so nothing beyond ``h`` is saved.
 
-With ``PREFETCH`` (``ElmanKernelOptions.heads_prefetch``) both loops load each step's inputs two
-steps ahead (the forward ``wx_t`` and ``a_t``; the backward ``g_t``, ``h_{t-1}`` and ``a_t``),
-carried in registers, so a step no longer waits on a global load: Triton's pipeliner leaves these
-loads in place (they feed no dot operand; the forward's ``wx_t`` is the dot's accumulator, which it
-does not pipeline either), and each step of the chain then starts with a load's full latency.
+Without ``PREFETCH`` each step of the chain starts by waiting a global load's full latency:
+Triton's pipeliner leaves these loads in place (they feed no dot operand; the forward's ``wx_t`` is
+the dot's accumulator, which it does not pipeline either). With ``PREFETCH``
+(``ElmanKernelOptions.heads_prefetch``) both loops load each step's inputs two steps ahead (the
+forward ``wx_t`` and ``a_t``; the backward ``g_t``, ``h_{t-1}`` and ``a_t``), carried in
+registers, so a step no longer waits on them.
 """
 
 from __future__ import annotations
