@@ -61,6 +61,12 @@ class NoTensorBoard:
         raise RuntimeError("off for this row")
 
 
+def set_allocator(settings: str) -> None:
+    """The CUDA allocator's settings, through the call torch 2.11 wants (its older name warns)."""
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None) or torch.cuda.memory._set_allocator_settings
+    setter(settings)
+
+
 @contextlib.contextmanager
 def variant(change: str):
     """The trainer with ``change`` (see CHANGES) while inside; undone after."""
@@ -72,7 +78,7 @@ def variant(change: str):
         gc.disable()
     if change == "expandable segments":
         torch.cuda.empty_cache()
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+        set_allocator("expandable_segments:True")
     try:
         yield
     finally:
@@ -81,7 +87,7 @@ def variant(change: str):
             gc.enable()
         if change == "expandable segments":
             torch.cuda.empty_cache()
-            torch.cuda.memory._set_allocator_settings("expandable_segments:False")
+            set_allocator("expandable_segments:False")
 
 
 def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> dict:
