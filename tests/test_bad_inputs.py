@@ -122,6 +122,8 @@ CASES = [
     ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_and_overwrite", [*TRAIN, "--resume", "--overwrite", "--out", "{run}"], "give one of them"),
+    ("resume_past_budget", [*FRESH, "--steps", "1", "--resume", "--out", "{run}"],
+     "is at step 2, past this budget (steps 1, step 1): nothing to train, nothing changed"),
     ("resume_all_damaged", [*TRAIN, "--resume", "--out", "{damaged}"], "does not match the sha256 in its manifest"),
     ("resume_true_in_config", [*TRAIN, "--config", "{resume_true}", "--out", "{nockpt}"],
      "no usable checkpoint"),

@@ -45,7 +45,8 @@ def _digests(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != LOCK}
 
 
-LOG_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (eval )?step ")  # training's log lines (LogLines)
+# training's own lines: its log lines (LogLines) and the line saying where a resumed run resumes
+LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d (eval )?step |rnnlab train: resuming )")
 
 
 def _one_line(capsys) -> str:

@@ -28,7 +28,7 @@ def test_train_eval_sample(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--model", "e1", *TINY, "--steps", "6", "--out", str(run)]) == 0
     out = capsys.readouterr().out
-    assert "loss (last 100)" in out and "val loss / bpb" in out
+    assert "loss (last 6)" in out and "val loss / bpb" in out  # 6 steps: their mean
     assert re.search(r"^complete +True$", out, re.M)
     summary = json.loads((run / "summary.json").read_text())
 
@@ -122,6 +122,19 @@ def test_top_level_help_and_version(capsys):
     assert out.rstrip().endswith(f"rnnlab {__version__}")
     for command in ("train", "layers", "bench", "report", "export", "data"):
         assert re.search(rf"^    {command} ", out, re.M)
+
+
+def test_bench_help_names_no_train_defaults(capsys):
+    """``rnnlab train --help`` gives each flag's default; ``rnnlab bench --help`` does not (a suite
+    sets the steps, lr, ...: train's 1000 steps would be wrong for every shipped suite)."""
+    helps = {}
+    for command in ("train", "bench"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps[command] = " ".join(capsys.readouterr().out.split())
+    assert "optimizer steps (default: 1000)" in helps["train"]
+    assert "optimizer steps" in helps["bench"] and "(default: 1000)" not in helps["bench"]
+    assert "not given: the suite's, else rnnlab train's default" in helps["bench"]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import typing
+from pathlib import Path
 
 import pytest
 
@@ -96,6 +97,12 @@ def test_budget_one_of_and_default():
     cfg = apply_overrides(TrainConfig.from_dict({"steps": 7}), {"minutes": 2})
     assert cfg.budget.chosen() == ("minutes", 2.0)  # a budget given replaces the others
     assert apply_overrides(TrainConfig(), {"tokens": "50M"}).budget.chosen() == ("tokens", 50_000_000)
+
+
+def test_default_run_folder_names_width_and_depth():
+    cfg = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 64, "depth": 3}})
+    assert cfg.out_dir() == Path("runs") / "mingru-64x3"
+    assert apply_overrides(cfg, {"out": "elsewhere"}).out_dir() == Path("elsewhere")
 
 
 def test_eval_bytes_default_is_the_whole_split():

@@ -74,14 +74,16 @@ def test_log_line_pace_and_eta():
 
 
 def test_resumed_run_logs_this_processs_pace(tiny_train, tmp_path, capsys):
-    """After --resume the first log line's tok/s is that of the steps since the checkpoint, and
-    there is no ETA until a step after the new process's warm-up (steps 5-7 here) has run."""
+    """After --resume a line says where the run resumes; the first log line's tok/s is that of the
+    steps since the checkpoint, and there is no ETA until a step after the new process's warm-up
+    (steps 5-7 here) has run."""
     run = tmp_path / "run"
     argv = ["train", *TINY, "--log-every", "2", "--out", str(run), "--no-progress"]
     assert main([*argv, "--steps", "4"]) == 0
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(run), "--steps", "8", "--no-progress"]) == 0
     err = capsys.readouterr().err.splitlines()
+    assert f"rnnlab train: resuming {run} at step 4 (step-000004)" in err, err[:5]
     lines = [line for line in err if re.search(r" step [68]/8 ", line) and " eval " not in line]
     metrics = {r["step"]: r for r in _records(run / "metrics.jsonl")}
     tok_s = (metrics[6]["tokens"] - metrics[4]["tokens"]) / (metrics[6]["elapsed_s"] - metrics[4]["elapsed_s"])

@@ -248,6 +248,22 @@ def test_resume_extends_budget_exactly(tiny_train, tmp_path):
     assert evals == [8, 16]
 
 
+def test_resume_past_a_smaller_budget_is_refused_and_changes_nothing(tiny_train, tmp_path):
+    """A run resumed with a budget it has already passed trains nothing and keeps its records
+    (its config.json still says the budget it ran), with one line saying so; the same budget
+    again is allowed (a finished run resumed)."""
+    run_training(tiny_train(tmp_path / "r", steps=8), progress=False)
+    def records():  # every file of the run but the folder's lock (who holds it, and since when)
+        return {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir() if p.is_file() and p.name != ".lock"}
+
+    before = records()
+    with pytest.raises(ValueError, match=r"is at step 8, past this budget \(steps 4, step 4\): nothing to train, "
+                                         r"nothing changed \(a larger --steps extends a run\)"):
+        run_training(tiny_train(tmp_path / "r", steps=4, resume=True), progress=False)
+    assert records() == before
+    assert run_training(tiny_train(tmp_path / "r", steps=8, resume=True), progress=False)["steps"] == 8
+
+
 def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path):
     """``tok_per_wall_s`` is tokens over the run's whole wall clock (set-up, evaluation and
     checkpoints included, so at most the training rate), summed over the sessions of a resumed run."""
@@ -274,7 +290,8 @@ def test_resume_refuses_a_different_config(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=3), progress=False)
     with pytest.raises(ValueError, match=r"was made with a different config: field model.dim is 32, not 48"):
         run_training(tiny_train(tmp_path / "r", dim=48, steps=6, resume=True), progress=False)
-    with pytest.raises(ValueError, match="field lr is 0.003, not 0.01"):
+    with pytest.raises(ValueError, match="field lr is 0.003, not 0.01 \\(a run continues with the settings it was "
+                                         "made with: leave that setting as it was, or start a new run"):
         run_training(tiny_train(tmp_path / "r", lr=1e-2, steps=6, resume=True), progress=False)
     with pytest.raises(ValueError, match="already holds a complete run; pass --resume"):
         run_training(tiny_train(tmp_path / "r", steps=6), progress=False)

@@ -46,7 +46,7 @@ rnnlab trains byte-level language models built from recurrent layers (E1 gated E
 minGRU, minLSTM, Mamba2, Gated DeltaNet) and a Transformer on the same data stream, and compares
 their loss, held-out bits per byte, tokens/s and memory side by side.
 
-Start with `rnnlab bench tiny` (every model kind in a few minutes on a CPU), then
+Start with `rnnlab bench tiny` (every model kind in about a minute on a CPU), then
 `rnnlab train --help`. `rnnlab layers` lists the model kinds and their options."""
 
 

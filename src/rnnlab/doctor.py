@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import importlib
 import platform
+import warnings
 
 from rnnlab.train.cli import aligned
 
 
 def _try(module: str) -> str:
+    """"ok VERSION" or why ``module`` does not import (its import-time warnings, e.g. fla's on a
+    machine without a GPU, are what this line reports, so they are not printed too)."""
     try:
-        m = importlib.import_module(module)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = importlib.import_module(module)
     except Exception as e:  # report any import failure, whatever its kind
         return f"unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return f"ok {getattr(m, '__version__', '')}".rstrip()

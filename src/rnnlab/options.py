@@ -285,14 +285,15 @@ def checked(tp: type, bounds: Bounds | None = None) -> Callable[[str], Any]:
     return parse
 
 
-def add_flags(group, cls: type, keys: Container[str] | None = None) -> None:
+def add_flags(group, cls: type, keys: Container[str] | None = None, show_defaults: bool = True) -> None:
     """One flag per ``option`` field of ``cls`` (those in ``keys`` when given; not ``flag=False``)
-    on the argparse ``group``; every flag defaults to None (= not given)."""
+    on the argparse ``group``; every flag defaults to None (= not given). ``show_defaults=False``:
+    the help names no default (where something else, e.g. a suite, supplies the values)."""
     for s in specs(cls):
         if not s.meta.flag or (keys is not None and s.key not in keys):
             continue
         base, _ = _unwrap(s.type)
-        kw: dict[str, Any] = {"dest": s.key, "default": None, "help": _help(s)}
+        kw: dict[str, Any] = {"dest": s.key, "default": None, "help": _help(s) if show_defaults else s.meta.help}
         if base is bool:
             kw["action"] = argparse.BooleanOptionalAction
         elif base is dict or typing.get_origin(base) is dict:

@@ -1,7 +1,7 @@
 """``rnnlab bench``, ``rnnlab sweep`` and ``rnnlab report``.
 
     rnnlab bench --list
-    rnnlab bench tiny --out runs/bench/tiny                   # every model kind, a few minutes on a CPU
+    rnnlab bench tiny --out runs/bench/tiny                   # every model kind, about a minute on a CPU
     rnnlab bench seed-400m-sf --out runs/table-a              # the reference study's Table A (README)
     rnnlab bench depth-sweep --params 50M --steps 500 --seeds 1,2,3
     rnnlab bench e1-ablations --minutes 10                    # time-matched instead of step-matched
@@ -38,13 +38,14 @@ def register(sub) -> None:
                        description="Run every run of a suite (a shipped name or a .toml path) as a normal "
                                    "training run under --out, skipping complete runs and resuming partial "
                                    "ones, then write report.md, report.json and plots. The config flags "
-                                   "below replace the suite's value for every run.")
+                                   "below replace the suite's value for every run (not given: the suite's, "
+                                   "else rnnlab train's default).")
     p.add_argument("suite", nargs="?", help="suite name (see --list) or path to a suite .toml")
     p.add_argument("--list", action="store_true", help="list the shipped suites")
     p.add_argument("--out", help="output dir (default runs/bench/<suite>)")
     p.add_argument("--params", metavar="N", help="re-solve every run's width at its depth for N parameters "
                                                  "(e.g. 50M)")
-    add_config_flags(p, keys=SUITE_KEYS)
+    add_config_flags(p, keys=SUITE_KEYS, show_defaults=False)
     _common_flags(p)
     p.set_defaults(func=run_bench)
 

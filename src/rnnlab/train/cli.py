@@ -161,6 +161,9 @@ def run_train(args) -> int:
 
 
 def format_summary(s: dict) -> str:
+    """The run's summary as the table ``rnnlab train`` prints at the end."""
+    from rnnlab.train.trainer import LOSS_WINDOW  # torch is loaded by then
+
     def fmt(v, spec=""):
         if v is None:
             return "-"
@@ -170,7 +173,7 @@ def format_summary(s: dict) -> str:
         ("model", f"{s['model']} dim={s['dim']} depth={s['depth']}" + (f" {s['layer']}" if s.get("layer") else "")),
         ("params", fmt(s["params"], ",")),
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
-        ("loss (last 100)", fmt(s["loss"], ".4f")),
+        (f"loss (last {min(LOSS_WINDOW, s['steps']):,})", fmt(s["loss"], ".4f")),  # the mean of the steps' losses
         *score_rows("val", {**s, "bytes": s.get("val_bytes")}, fmt, "held-out bytes",
                     " (Schedule-Free's y, where the training loss is measured)"),
         *(score_rows(Path(s["extra_val"]["data"]).name, s["extra_val"], fmt, "bytes") if s.get("extra_val") else []),

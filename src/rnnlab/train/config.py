@@ -158,8 +158,8 @@ class RunConfig:
                                    bounds=positive(MAX_STEPS), resumable=True)
     keep_checkpoint_every: int = option(0, help="also keep for good every checkpoint whose step is a multiple of N "
                                                 "(0 = none)", bounds=at_least(0, MAX_STEPS), resumable=True)
-    out: str | None = option(None, help="run folder (default runs/<model>-d<dim>-l<depth>)", resumable=True,
-                             scope="runner")
+    out: str | None = option(None, help="run folder (default runs/<model>-<dim>x<depth>, width x depth)",
+                             resumable=True, scope="runner")
     resume: bool = option(False, help="continue the run in --out from its newest usable checkpoint",
                           resumable=True, scope="runner")
     overwrite: bool = option(False, help="delete the run already in --out and start over", resumable=True,
@@ -203,9 +203,9 @@ class TrainConfig:
         return None
 
     def out_dir(self) -> Path:
-        """The run folder: ``run.out``, or ``runs/<model>-d<dim>-l<depth>``."""
+        """The run folder: ``run.out``, or ``runs/<model>-<dim>x<depth>`` (width x depth)."""
         m = self.model
-        return Path(self.run.out) if self.run.out else Path("runs") / f"{m.model}-d{m.dim}-l{m.depth}"
+        return Path(self.run.out) if self.run.out else Path("runs") / f"{m.model}-{m.dim}x{m.depth}"
 
     def resolve(self) -> "TrainConfig":
         """A validated copy as a run records it: the run folder named, data paths absolute (so
@@ -307,14 +307,15 @@ SUITE_KEYS = tuple(k for k, (_, s) in FIELDS.items() if s.meta.scope == "suite")
 RUNNER_KEYS = tuple(k for k, (_, s) in FIELDS.items() if s.meta.scope == "runner")  # set per run folder
 
 
-def add_config_flags(parser, keys: Container[str] | None = None) -> None:
+def add_config_flags(parser, keys: Container[str] | None = None, show_defaults: bool = True) -> None:
     """The command-line flags of every field (of those in ``keys`` when given): one argparse
-    group per section that has any."""
+    group per section that has any; ``show_defaults=False`` leaves rnnlab train's defaults out of
+    the help (``rnnlab bench``, whose suites set the values)."""
     for f in dataclasses.fields(TrainConfig):
         if keys is not None and not any(s.key in keys for s in specs(f.default_factory)):
             continue
         doc = " ".join((f.default_factory.__doc__ or "").split("\n\n")[0].split()).replace("``", "")
-        add_flags(parser.add_argument_group(f.name, description=doc), f.default_factory, keys)
+        add_flags(parser.add_argument_group(f.name, description=doc), f.default_factory, keys, show_defaults)
 
 
 def config_flag_values(args) -> dict[str, Any]:

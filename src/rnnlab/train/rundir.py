@@ -332,9 +332,18 @@ class RunDir:
         diff = resume_mismatch(saved, cfg)
         if diff is not None:
             key, old, new = diff
+            hint = legacy_hint(key) or (" (a run continues with the settings it was made with: leave that "
+                                        "setting as it was, or start a new run with another --out)")
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
-                             f"{json.dumps(old)}, not {json.dumps(new)}{legacy_hint(key)}")
-        return self._usable_checkpoint(self.checkpointer(cfg), resuming=True)
+                             f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
+        checkpoint = self._usable_checkpoint(self.checkpointer(cfg), resuming=True)
+        budget = cfg.max_steps()
+        if checkpoint.step is not None and budget is not None and checkpoint.step > budget:
+            kind, value = cfg.budget.chosen()
+            raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}, past this budget "
+                             f"({kind} {value:,}, step {budget:,}): nothing to train, nothing changed (a larger "
+                             f"--{kind} extends a run)")
+        return checkpoint
 
     def _clear(self, cfg) -> None:
         """A fresh run: refuse a folder holding a run, or delete that run's files (``overwrite``)."""

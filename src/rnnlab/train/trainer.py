@@ -209,6 +209,9 @@ class Trainer:
         self.checkpointer = self.rundir.checkpointer(cfg)
         if resume_from is not None:
             self.checkpointer.restore(self.state, resume_from)
+            if ctx.is_main:
+                print(f"rnnlab train: resuming {self.rundir.path} at step {self.state.step:,} "
+                      f"({resume_from.path.name})", file=sys.stderr, flush=True)
         self.wall_before = self.state.wall_s  # the earlier sessions' wall time
         if ctx.is_main:
             self.rundir.start(cfg, env_info(self.device), self.state.step if resume_from is not None else None)
