@@ -432,6 +432,8 @@ def test_report_row_averages_its_complete_seeds_only(tmp_path):
     [row] = aggregate(collect(tmp_path)["records"])
     assert (row["status"], row["n_complete"], row["n_runs"], row["seeds"]) == ("partial", 2, 3, [1, 2])
     assert row["loss"] == pytest.approx(1.6) and row["val_bpb"] == pytest.approx(2.3)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "| e1 (partial: 2 of 3 runs complete) |" in md and "- `e1-s3`: incomplete, 10 steps done" in md
 
 
 @pytest.mark.parametrize("ratio,flagged", [(1.08, False), (1.12, True)])

@@ -245,7 +245,7 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
     for r in rows:
         name = r["name"]
         if r["status"] != "complete":
-            name += f" ({r['status']}: {r['n_complete']}/{r['n_runs']})"
+            name += f" ({r['status']}: {r['n_complete']} of {r['n_runs']} runs complete)"
         y = [metric_cell(r, "val_bpb_train_point", fmt_loss)] if at_y else []
         y += [metric_cell(r, k, fmt_loss) for k in extra_keys]
         m = [f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"] if with_mfu else []
