@@ -170,14 +170,19 @@ def main(argv=None):
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
         # the default launch, the exact tanh, and the inputs loaded two steps ahead (heads_prefetch)
-        for fast, prefetch in ((True, False), (False, False), (True, True)):
-            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast, heads_prefetch=prefetch)):
+        # on 8 and on 16 warps (the MMA's columns split further: a shorter chain per warp, half the
+        # backward's registers per thread; 4 warps spill in the backward, docs/kernels.md)
+        for fast, prefetch, warps in ((True, False, 8), (False, False, 8), (True, True, 8), (True, False, 16),
+                                      (True, True, 16)):
+            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast, heads_prefetch=prefetch,
+                                                               heads_warps=warps)):
                 wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
                 w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
                 return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
             add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
-                ("tanh.approx" if fast else "exp-tanh") + (" + prefetch" if prefetch else ""))
+                ("tanh.approx" if fast else "exp-tanh") + (" + prefetch" if prefetch else "")
+                + (f", {warps} warps" if warps != 8 else ""))
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)
