@@ -212,13 +212,16 @@ class RunDir:
         ``CheckpointError`` saying what was found when there is none."""
         return self._usable_checkpoint(self.checkpointer(), resuming=False)
 
-    def _usable_checkpoint(self, checkpointer, resuming: bool):
+    def _usable_checkpoint(self, checkpointer, resuming: bool, check=None):
         """The newest checkpoint of ``checkpointer`` that verifies, each damaged newer one reported
         on stderr and, when ``resuming``, renamed aside (a legacy one is left in place);
-        ``CheckpointError`` saying what was found when none verifies."""
+        ``CheckpointError`` saying what was found when none verifies. ``check(checkpoint)`` runs
+        before anything is renamed (an error it raises leaves the folder as it was)."""
         from rnnlab.train.checkpoint import CheckpointError
 
         usable, damaged = checkpointer.find()
+        if usable is not None and check is not None:
+            check(usable)
         if usable is None:
             found = "; ".join(why for _, why in damaged) or "none was written"
             if resuming:
@@ -336,14 +339,16 @@ class RunDir:
                                         "setting as it was, or start a new run with another --out)")
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
-        checkpoint = self._usable_checkpoint(self.checkpointer(cfg), resuming=True)
         budget = cfg.max_steps()
-        if checkpoint.step is not None and budget is not None and checkpoint.step > budget:
-            kind, value = cfg.budget.chosen()
-            raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}, past this budget "
-                             f"({kind} {value:,}, step {budget:,}): nothing to train, nothing changed (a larger "
-                             f"--{kind} extends a run)")
-        return checkpoint
+
+        def within_budget(checkpoint) -> None:
+            if checkpoint.step is not None and budget is not None and checkpoint.step > budget:
+                kind, value = cfg.budget.chosen()
+                raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}, past this "
+                                 f"budget ({kind} {value:,}, step {budget:,}): nothing to train, nothing changed "
+                                 f"(a larger --{kind} extends a run)")
+
+        return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
 
     def _clear(self, cfg) -> None:
         """A fresh run: refuse a folder holding a run, or delete that run's files (``overwrite``)."""
