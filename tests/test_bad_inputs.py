@@ -53,6 +53,7 @@ CASES = [
     ("batch_zero", [*TRAIN, "--batch-size", "0"], "batch_size must be a positive integer"),
     ("batch_huge", [*TRAIN, "--batch-size", "100000000"], "batch_size must be a positive integer (at most 65,536)"),
     ("lr_zero", [*TRAIN, "--lr", "0"], "lr must be a positive finite number, got 0.0"),
+    ("lr_negative_exponent", [*TRAIN, "--lr", "-1e-3"], "lr must be a positive finite number, got -0.001"),
     ("lr_nan", [*TRAIN, "--lr", "nan"], "lr must be a positive finite number, got 'nan'"),
     ("lr_inf", [*TRAIN, "--lr", "inf"], "lr must be a positive finite number, got 'inf'"),
     ("tokens_text", [*TRAIN, "--tokens", "lots"], "tokens must be a positive integer"),

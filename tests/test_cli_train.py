@@ -124,6 +124,15 @@ def test_top_level_help_and_version(capsys):
         assert re.search(rf"^    {command} ", out, re.M)
 
 
+def test_negative_exponents_reach_their_flag():
+    """argparse reads ``-1e-3`` as a flag; rnnlab hands it to the flag before it (``-2`` and
+    ``--x=-1e-3`` argparse takes as they are)."""
+    from rnnlab.cli import attach_negative_exponents
+
+    assert attach_negative_exponents(["train", "--lr", "-1e-3", "--steps", "-2", "--dim", "-.5E2", "--x=-1e-3"]) == [
+        "train", "--lr=-1e-3", "--steps", "-2", "--dim=-.5E2", "--x=-1e-3"]
+
+
 def test_bench_help_names_no_train_defaults(capsys):
     """``rnnlab train --help`` gives each flag's default; ``rnnlab bench --help`` does not (a suite
     sets the steps, lr, ...: train's 1000 steps would be wrong for every shipped suite)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from rnnlab import __version__
@@ -86,7 +87,24 @@ def error_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+# a negative number in exponent form, which argparse takes for a flag (it knows -1 and -0.5)
+NEGATIVE_EXPONENT = re.compile(r"-(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def attach_negative_exponents(argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` as ``--lr=-1e-3``, so the value reaches the flag's own check ("lr must be a
+    positive finite number") instead of argparse's "expected one argument"."""
+    out: list[str] = []
+    for token in argv:
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NEGATIVE_EXPONENT.fullmatch(token):
+            out[-1] = f"{out[-1]}={token}"
+        else:
+            out.append(token)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = attach_negative_exponents(sys.argv[1:] if argv is None else list(argv))
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # argparse would blame the top-level parser; name the command instead
         print(f"rnnlab {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
