@@ -327,9 +327,10 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
 
 def schedulefree_steps(add, reps, bw):
     """One Schedule-Free AdamW step over minGRU 3520 x 16's parameters (397.5M, bf16, one tensor per
-    weight as the model has them), schedulefree's foreach step and rnnlab's fused one, from the
-    same state. Floor: the fused step's bytes (read y, z, second moment, gradient; write three) over
-    the copy bandwidth; "fwd" is the step."""
+    weight as the model has them), schedulefree's foreach step and rnnlab's fused one (its default
+    launch and larger blocks per program: fewer programs, more bytes in flight per thread), from
+    the same state. Floor: the fused step's bytes (read y, z, second moment, gradient; write three)
+    over the copy bandwidth; "fwd" is the step."""
     import schedulefree
 
     from rnnlab.train import sf_adamw
@@ -341,12 +342,15 @@ def schedulefree_steps(add, reps, bw):
     grads = [torch.randn(s, device="cuda", generator=g).to(torch.bfloat16) * 1e-2 for s in shapes]
     n = sum(t.numel() for t in init)
     floor = 7 * n * 2 / bw * 1e3
-    for name, cls in (("schedulefree step (foreach)", schedulefree.AdamWScheduleFree),
-                      ("schedulefree step (rnnlab fused)", sf_adamw.AdamWScheduleFree)):
+    launches = [(sf_adamw.BLOCK, sf_adamw.WARPS), (8192, 8), (8192, 16), (16384, 16)]
+    steps = [("schedulefree step (foreach)", schedulefree.AdamWScheduleFree, {})] + [
+        (f"schedulefree step (rnnlab fused, {b} x {w})", sf_adamw.AdamWScheduleFree, dict(block=b, warps=w))
+        for b, w in launches]
+    for name, cls, launch in steps:
         params = [torch.nn.Parameter(t.clone()) for t in init]
         for p, gr in zip(params, grads):  # (the foreach step divides them in place: values drift, bytes do not)
             p.grad = gr.clone()
-        opt = cls(params, lr=3e-4, weight_decay=0.1)
+        opt = cls(params, lr=3e-4, weight_decay=0.1, **launch)
         opt.train()
         t = timeit(opt.step, reps)
         add(name, f"{n / 1e6:.1f}M bf16", (t, 0.0, t), floor)
