@@ -199,8 +199,11 @@ def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     plan = plan_suite(suite, out, steps=3)
     calls: list = []
     monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls, interrupt_at=3))
-    res = run_plan(suite, plan, out, progress=False, log=lambda m: None)
+    said: list[str] = []
+    res = run_plan(suite, plan, out, progress=False, log=said.append)
     assert res["stopped"] and len(calls) == 3 and res["trained"] == ["e1", "mamba2", "mingru"]
+    assert any(m.endswith("mingru: interrupted; stopping the suite (run the same rnnlab bench command again to "
+                          "resume the suite and write its report)") for m in said), said
 
     calls.clear()
     monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))

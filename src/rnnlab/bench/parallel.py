@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.suite import SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
+from rnnlab.bench.suite import RESUME_HINT, SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
 from rnnlab.train.rundir import read_json, write_json
 
 POLL_S = 0.2
@@ -97,7 +97,7 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
     elif code == 130:
         result["trained"].append(job.run.label)
         result["stopped"] = True
-        log(f"{tag}: interrupted; checkpoint kept (run the same command again to resume)")
+        log(f"{tag}: interrupted; checkpoint kept ({RESUME_HINT})")
     else:
         result["failed"][job.run.label] = f"exit {code}: {last_line(job.log_path)}"
         log(f"{tag}: FAILED (exit {code}): {last_line(job.log_path)}; log {job.log_path}")

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab.bench.parallel import record_gpu, run_parallel, visible_gpus
-from rnnlab.bench.suite import (PlannedRun, Suite, outcome_line, run_conflict, run_status, train_config,
-                                write_plan)
+from rnnlab.bench.suite import (RESUME_HINT, PlannedRun, Suite, outcome_line, run_conflict, run_status,
+                                train_config, write_plan)
 
 
 def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
@@ -55,7 +55,7 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             summary = _train(cfg, progress)
         except KeyboardInterrupt:
             result["stopped"] = True
-            log(f"{tag}: aborted; stopping the suite (run the same command again to resume)")
+            log(f"{tag}: aborted; stopping the suite ({RESUME_HINT})")
             break
         except Exception as e:  # one bad run must not sink the suite
             result["failed"][pr.label] = f"{type(e).__name__}: {e}"
@@ -66,7 +66,7 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             record_gpu(pr.dir.parent, pr.label, visible_gpus(1)[0])
         if not summary.get("complete", False):
             result["stopped"] = True
-            log(f"{tag}: interrupted; stopping the suite (run the same command again to resume)")
+            log(f"{tag}: interrupted; stopping the suite ({RESUME_HINT})")
             break
         log(outcome_line(tag, summary))
     return result

@@ -51,6 +51,8 @@ from rnnlab.train.rundir import RunDir, read_json, write_json
 from rnnlab.train.runtime import command_argv
 
 SUITE_FILE = "suite.json"
+# what an interrupted suite says (its interrupted run says how to continue that run alone)
+RESUME_HINT = "run the same rnnlab bench command again to resume the suite and write its report"
 ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, beside the config's
 
 
