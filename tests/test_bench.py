@@ -534,7 +534,7 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
         for i in (1, 2, 3)))
     (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5}) + "\n"
                                     + json.dumps({"step": 3, "val_bpb": 2.4}) + "\n")
-    curves = P.run_curves([{"path": str(run), "dir": "e1", "name": "e1"}])
+    curves = P.run_curves(collect(tmp_path)["records"])
     assert curves["e1"]["bpb"] == [(4.0, 2.5), (6.0, 2.4)]
     left, right = P.loss_and_bpb_figure(curves, P.colors_for(["e1"])).axes
     ticks = [t for t in left.get_xticks() if 1 <= t <= 3]
@@ -549,7 +549,7 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     # Schedule-Free: solid at the training point y, dashed at the average x
     (run / "eval.jsonl").write_text(json.dumps({"step": 2, "val_bpb": 2.5, "val_bpb_train_point": 2.2}) + "\n"
                                     + json.dumps({"step": 3, "val_bpb": 2.4, "val_bpb_train_point": 2.1}) + "\n")
-    curves = P.run_curves([{"path": str(run), "dir": "e1", "name": "e1"}])
+    curves = P.run_curves(collect(tmp_path)["records"])
     right = P.loss_and_bpb_figure(curves, P.colors_for(["e1"])).axes[1]
     assert [(ln.get_linestyle(), list(ln.get_ydata())) for ln in right.get_lines()] == [
         ("-", [2.2, 2.1]), ("--", [2.5, 2.4])]

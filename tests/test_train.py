@@ -730,6 +730,7 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     (``curve_*``), each equal to ``rnnlab eval`` of the finished run with that many bytes; the
     report's curve ends on the curve's bytes."""
     from rnnlab.bench.plots import held_out_label, run_curves
+    from rnnlab.bench.report import collect
     from rnnlab.cli import main
     from rnnlab.train.metrics import eval_line, scalars
 
@@ -745,8 +746,7 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     assert evals[-1]["curve_val_bpb"] != evals[-1]["val_bpb"]
     assert f"the curve's 992 bytes: val_bpb {evals[-1]['curve_val_bpb']:.4f}" in eval_line(evals[-1])
     assert "eval/curve_val_bpb" in scalars("eval", evals[-1]) and "eval/curve_bytes" not in scalars("eval", evals[-1])
-    record = {"name": "r", "dir": "r", "path": str(tmp_path / "r")}
-    curves = run_curves([record])
+    curves = run_curves(collect(tmp_path)["records"])
     assert [bpb for _, bpb in curves["r"]["bpb"]] == [evals[0]["val_bpb"], evals[1]["curve_val_bpb"]]
     assert held_out_label(curves) == "held-out bits per byte (992 bytes)"
 

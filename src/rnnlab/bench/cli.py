@@ -140,9 +140,8 @@ def run_report(args) -> int:
 def write_and_show_report(runs: str | Path, out: str | Path | None, plots: bool) -> None:
     """Write the report of the run folders in ``runs`` (into ``out``, default ``runs``) and print
     its results table."""
-    from rnnlab.bench.report import aggregate, collect, describe_device, main_table, write_report
+    from rnnlab.bench.report import write_report
 
     paths = write_report(runs, out, plots=plots)
-    records = collect(runs)["records"]
-    print(main_table(aggregate(records), describe_device(records)))
+    print(paths["table"])
     print(f"\nreport: {paths['md']}" + (f" (+ {len(paths['plots'])} plots)" if paths["plots"] else ""))

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.train.metrics import budget_clock
-from rnnlab.train.rundir import RunDir
 
 
 def pyplot():
@@ -75,20 +74,20 @@ TIME_LABEL = "training time, compilation excluded"
 
 
 def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per run folder: its row ``name``, its training records (``metrics.jsonl``, each with
-    ``clock_s``: its training time without the first steps of each process, compilation and
-    autotuning, as the ``--minutes`` budget counts it, so runs start together) and its held-out
+    """Per run folder (``report.collect``'s records): its row ``name``, its training records
+    (``metrics.jsonl``, each with ``clock_s``: its training time without the first steps of each
+    process, compilation and autotuning, as the ``--minutes`` budget counts it, so runs start
+    together) and its held-out
     points ``(clock_s, bpb)`` at the shipped weights (``bpb``; Schedule-Free: the average x) and,
     for Schedule-Free, at the training point y (``bpb_y``): each evaluation (``eval.jsonl``) at
     the time of its step in ``metrics.jsonl`` (eval records carry no times, so they stay the same
     in every rerun), and ``bytes``: the byte counts those points scored."""
     curves = {}
     for r in records:
-        run = RunDir(r["path"])
         metrics = [{**x, "clock_s": budget_clock(x.get("elapsed_s"), x.get("warmup_s"))}
-                   for x in run.metrics() if x.get("loss") is not None]
+                   for x in r["metrics"] if x.get("loss") is not None]
         elapsed = {x["step"]: x["clock_s"] for x in metrics}
-        evals = run.evals()
+        evals = r["evals"]
 
         def points(key: str) -> list[tuple[float, float]]:  # the final eval's curve_* keys: the curve's bytes
             return [(elapsed[e["step"]], e.get(f"curve_{key}", e[key])) for e in evals

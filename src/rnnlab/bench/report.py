@@ -42,7 +42,8 @@ _SHA = re.compile(r"[0-9a-f]{7,64}")
 
 # ------------------------------------------------------------------------------------ collect
 def collect(root: str | Path) -> dict[str, Any]:
-    """Everything the report needs: the suite plan (if any) and one record per run folder."""
+    """Everything the report needs: the suite plan (if any) and one record per run folder (with its
+    ``metrics`` and ``evals`` records, read once here for the table and the plots)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"report dir not found: {root}")
@@ -61,9 +62,9 @@ def collect(root: str | Path) -> dict[str, Any]:
             entry = {"name": m["name"] if m else name, "seed": int(m["seed"]) if m else None,
                      "dir": name, "point": None}
         status = run.status()
-        evals = run.evals()
+        metrics, evals = run.metrics(), run.evals()
         records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": name, "path": str(run.path),
-                        "step_ms": step_times_ms(run.metrics()),
+                        "metrics": metrics, "evals": evals, "step_ms": step_times_ms(metrics),
                         "gpu": entry.get("gpu"), "val_bytes": evals[-1].get("bytes") if evals else None,
                         "point": entry.get("point"), "status": "missing" if status == "empty" else status,
                         "summary": run.summary() or {}, "config": run.saved_config() or {},
@@ -700,4 +701,4 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
            "runs": [{k: r[k] for k in ("name", "seed", "dir", "status", "point", "summary")} for r in records]}
     json_path = out / "report.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    return {"md": md_path, "json": json_path, "plots": plot_files}
+    return {"md": md_path, "json": json_path, "plots": plot_files, "table": main_table(rows, header["device"])}
