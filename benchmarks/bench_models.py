@@ -112,9 +112,11 @@ MODELS = [
 GRAPHED_SUFFIX = " + graph"  # a row's mode when its forward and backward replay a CUDA graph (--graph)
 
 
-def mode_name(mode: str | None) -> str:
-    """A compile mode as rows name it: eager, default, reduce-overhead, max-autotune."""
-    return "eager" if mode is OFF else {MAX_AUTOTUNE: "max-autotune"}.get(mode, mode)
+def mode_name(mode: str | None, graphed: bool = False) -> str:
+    """A row's mode as it is named: eager, default, reduce-overhead, max-autotune, each with
+    ``GRAPHED_SUFFIX`` when the step replays a CUDA graph."""
+    name = "eager" if mode is OFF else {MAX_AUTOTUNE: "max-autotune"}.get(mode, mode)
+    return name + (GRAPHED_SUFFIX if graphed else "")
 
 
 MIN_COMPILE_WARMUP = 3  # step 1 compiles forward and backward; keep later steps out of it too
@@ -290,7 +292,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     med = statistics.median(times[warmup:])
-    row = dict(name=name, mode=mode_name(mode) + (GRAPHED_SUFFIX if graphed else ""), config=cfgd, params=params,
+    row = dict(name=name, mode=mode_name(mode, graphed), config=cfgd, params=params,
                B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
@@ -472,7 +474,7 @@ def main(argv=None):
                 try:
                     r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step, graphed)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
-                    r = dict(name=label, mode=mode_name(mode) + (GRAPHED_SUFFIX if graphed else ""), config=cfgd,
+                    r = dict(name=label, mode=mode_name(mode, graphed), config=cfgd,
                              B=B, T=args.T, error=f"{type(e).__name__}: {e}")
                     torch._dynamo.reset()
                     gc.collect()
