@@ -169,20 +169,14 @@ def main(argv=None):
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-        # the default launch, the exact tanh, and the inputs loaded two steps ahead (heads_prefetch)
-        # on 8 and on 16 warps (the MMA's columns split further: a shorter chain per warp, half the
-        # backward's registers per thread; 4 warps spill in the backward, docs/kernels.md)
-        for fast, prefetch, warps in ((True, False, 8), (False, False, 8), (True, True, 8), (True, False, 16),
-                                      (True, True, 16)):
-            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast, heads_prefetch=prefetch,
-                                                               heads_warps=warps)):
+        for fast in (True, False):
+            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast)):
                 wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
                 w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
                 return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
             add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
-                ("tanh.approx" if fast else "exp-tanh") + (" + prefetch" if prefetch else "")
-                + (f", {warps} warps" if warps != 8 else ""))
+                "tanh.approx" if fast else "exp-tanh")
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)
@@ -327,10 +321,9 @@ def matrix_state_cells(add, B, T, reps, bw, e88_heads):
 
 def schedulefree_steps(add, reps, bw):
     """One Schedule-Free AdamW step over minGRU 3520 x 16's parameters (397.5M, bf16, one tensor per
-    weight as the model has them), schedulefree's foreach step and rnnlab's fused one (its default
-    launch and larger blocks per program: fewer programs, more bytes in flight per thread), from
-    the same state. Floor: the fused step's bytes (read y, z, second moment, gradient; write three)
-    over the copy bandwidth; "fwd" is the step."""
+    weight as the model has them), schedulefree's foreach step and rnnlab's fused one, from the
+    same state. Floor: the fused step's bytes (read y, z, second moment, gradient; write three) over
+    the copy bandwidth; "fwd" is the step."""
     import schedulefree
 
     from rnnlab.train import sf_adamw
@@ -342,15 +335,12 @@ def schedulefree_steps(add, reps, bw):
     grads = [torch.randn(s, device="cuda", generator=g).to(torch.bfloat16) * 1e-2 for s in shapes]
     n = sum(t.numel() for t in init)
     floor = 7 * n * 2 / bw * 1e3
-    launches = [(sf_adamw.BLOCK, sf_adamw.WARPS), (8192, 8), (8192, 16), (16384, 16)]
-    steps = [("schedulefree step (foreach)", schedulefree.AdamWScheduleFree, {})] + [
-        (f"schedulefree step (rnnlab fused, {b} x {w})", sf_adamw.AdamWScheduleFree, dict(block=b, warps=w))
-        for b, w in launches]
-    for name, cls, launch in steps:
+    for name, cls in (("schedulefree step (foreach)", schedulefree.AdamWScheduleFree),
+                      ("schedulefree step (rnnlab fused)", sf_adamw.AdamWScheduleFree)):
         params = [torch.nn.Parameter(t.clone()) for t in init]
         for p, gr in zip(params, grads):  # (the foreach step divides them in place: values drift, bytes do not)
             p.grad = gr.clone()
-        opt = cls(params, lr=3e-4, weight_decay=0.1, **launch)
+        opt = cls(params, lr=3e-4, weight_decay=0.1)
         opt.train()
         t = timeit(opt.step, reps)
         add(name, f"{n / 1e6:.1f}M bf16", (t, 0.0, t), floor)

@@ -136,24 +136,6 @@ def test_dense_step_kernel_options(bk, name, make):
     check_kernel(lambda *a: kernel(*a, options=opts), OPS[name].naive, make(g), torch.randn(4, 40, generator=g))
 
 
-@pytest.mark.parametrize("T", [1, 2, 3, 7])
-@pytest.mark.parametrize("name,make", [("elman_scan", lambda T: _elman(17, T, 72, heads=3)),
-                                       ("elman_decay_scan", lambda T: _decay(3, T, 48, heads=2))],
-                         ids=["plain", "decay"])
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_heads_kernel_prefetch(T, name, make, with_h0):
-    """The heads kernels with ``heads_prefetch`` (each step's inputs loaded two steps ahead): the
-    same scan at T = 1, 2, 3 (the loads before the loop and the last steps' masked loads past
-    either end; without h0 the state before the first step must load as zeros) and 7, plain and
-    with the decay, with and without h0, forward and every gradient."""
-    opts = ElmanKernelOptions(heads_prefetch=True)
-    g = torch.Generator().manual_seed(T)
-    inputs = make(T)(g)
-    kernel = getattr(OPS[name].kernel.get(), name)
-    h0 = torch.randn(inputs[0].shape[0], inputs[0].shape[2], generator=g) if with_h0 else None
-    check_kernel(lambda *a: kernel(*a, options=opts), OPS[name].naive, inputs, h0)
-
-
 @pytest.mark.parametrize("every", [1, 3, 16])
 def test_e88_backward_from_checkpoints(every):
     """E88's backward recomputes each segment of ``every`` steps from its checkpoint (T = 7: a

@@ -89,11 +89,9 @@ def test_kernel_options_round_trip_through_the_custom_op_argument():
     """The options travel through the custom ops as ints and come back equal (bools as bools)."""
     from rnnlab.ops.elman.options import ElmanKernelOptions
 
-    opts = ElmanKernelOptions(persistent=False, persistent_shape=2, cuda_graph=False, dense_bk=64, heads_warps=4,
-                              heads_prefetch=True)
+    opts = ElmanKernelOptions(persistent=False, persistent_shape=2, cuda_graph=False, dense_bk=64, heads_warps=4)
     back = ElmanKernelOptions.from_ints(opts.to_ints())
     assert back == opts and back.persistent is False and isinstance(back.cuda_graph, bool)
-    assert back.heads_prefetch is True
     assert ElmanKernelOptions.from_ints(ElmanKernelOptions().to_ints()) == ElmanKernelOptions()
 
 

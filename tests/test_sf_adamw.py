@@ -79,29 +79,6 @@ def test_fused_step_matches_schedulefree(monkeypatch, weight_decay, groups):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("block, warps", [(128, 1), (4 * sf_adamw.BLOCK, 16)])
-def test_every_launch_computes_the_same_bits(monkeypatch, block, warps):
-    """Another launch (elements per program, warps) gives the default launch's y, z and second
-    moment bit for bit: the blocks split the same elementwise step differently."""
-    _, default = _pair(monkeypatch)
-    _, other = _pair()
-    other = sf_adamw.AdamWScheduleFree(_params(other), lr=1e-2, weight_decay=0.1, warmup_steps=3, block=block,
-                                       warps=warps)
-    other.train()
-    monkeypatch.setattr(other, "_fused_applies", lambda: True)
-    _steps(default, other, 3)
-    _assert_same_state(default, other, rtol=0, atol=0)
-
-
-def test_launch_options_are_checked():
-    p = [torch.nn.Parameter(torch.zeros(3))]
-    with pytest.raises(ValueError, match="block must be a power of two >= 128, got 100"):
-        sf_adamw.AdamWScheduleFree(p, block=100)
-    with pytest.raises(ValueError, match="warps must be a power of two, got 3"):
-        sf_adamw.AdamWScheduleFree(p, warps=3)
-
-
-@needs_interpreter
 def test_fused_step_skips_parameters_without_gradient_and_keeps_the_gradient(monkeypatch):
     """A parameter without a gradient is left alone (no state either); the gradients are not
     overwritten (schedulefree's step divides them in place)."""

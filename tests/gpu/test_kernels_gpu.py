@@ -143,33 +143,6 @@ def test_elman(dtype, case, with_h0):
               lambda x, w, h: elman_scan(x, w, h, backend="triton"), naive.elman_scan, [wx, w, h0], dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("case", [c for c in ELMAN_CASES if c[3]] + [(32, 512, 1792, 14), (3, 2, 96, 3), (2, 1, 64, 1)])
-@pytest.mark.parametrize("decay", [False, True])
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_elman_heads_prefetch(dtype, case, decay, with_h0):
-    """The heads kernels with ``heads_prefetch`` (each step's inputs loaded two steps ahead), plain
-    and with the decay, with and without h0, against the float64 reference: the heads cases above,
-    the race's 14 x 128 at B = 32, T = 512, and T = 2 and 1 (every load masked past an end)."""
-    from rnnlab.ops.elman import naive, selective
-    from rnnlab.ops.elman import triton as et
-    from rnnlab.ops.elman.options import ElmanKernelOptions
-
-    torch.manual_seed(hash((case, decay, with_h0)) % 1000 + 5)
-    B, T, H, nh = case
-    opts = ElmanKernelOptions(heads_prefetch=True)
-    hd = H // nh
-    inputs = [torch.randn(B, T, H), torch.randn(nh, hd, hd) * (0.9 / hd**0.5)]
-    if decay:
-        inputs.append(torch.rand(B, T, H) * 0.5 + 0.5)
-    inputs.append(torch.randn(B, H).tanh() if with_h0 else None)
-    if decay:
-        fast, ref = (lambda *a: selective.elman_decay_scan(*a, options=opts)), naive.elman_decay_scan
-    else:
-        fast, ref = (lambda *a: et.elman_scan(*a, options=opts)), naive.elman_scan
-    _check_op(f"elman_heads_prefetch{case}{' decay' if decay else ''}", fast, ref, inputs, dtype)
-
-
 # (B, T, H, heads, rank): heads = 0 -> dense: the bf16 decay on the persistent kernel where H is a
 # multiple of 8 (64, 96, 128), else (H = 100, 257, fp32, low-rank) the per-step kernel; decay with
 # heads runs the heads kernel, low-rank with heads the per-step kernel on the block-diagonal

@@ -41,8 +41,7 @@ except ImportError:  # CPU-only installs: schedulefree's step
 
 __all__ = ["AdamWScheduleFree", "status"]
 
-BLOCK = 2048  # elements per program (the default launch)
-WARPS = 8
+BLOCK = 2048  # elements per program
 DTYPES = (torch.bfloat16, torch.float32)  # pure bf16, and the fp32 master weights of bf16-mixed / fp32
 
 
@@ -57,17 +56,7 @@ def status() -> str:
 
 class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
     """``schedulefree.AdamWScheduleFree`` whose step runs the fused kernel when the kernel takes
-    every parameter with a gradient (:meth:`_fused_applies`), else schedulefree's step.
-    ``block`` (elements per program, a power of two >= 128) and ``warps`` set the kernel's launch:
-    speed only, every launch computes the same bits (``benchmarks/bench_kernels.py`` times them)."""
-
-    def __init__(self, params, *args, block: int = BLOCK, warps: int = WARPS, **kwargs):
-        if block < 128 or block & (block - 1):
-            raise ValueError(f"block must be a power of two >= 128, got {block}")
-        if warps < 1 or warps & (warps - 1):
-            raise ValueError(f"warps must be a power of two, got {warps}")
-        super().__init__(params, *args, **kwargs)
-        self.block, self.warps = block, warps
+    every parameter with a gradient (:meth:`_fused_applies`), else schedulefree's step."""
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -131,7 +120,7 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
         maps = self.__dict__.setdefault("_block_maps", {})
         key = (numels, str(device))
         if key not in maps:
-            blocks = torch.tensor([-(-n // self.block) for n in numels])
+            blocks = torch.tensor([-(-n // BLOCK) for n in numels])
             first = torch.cumsum(blocks, 0) - blocks
             owner = torch.repeat_interleave(torch.arange(len(numels)), blocks)
             maps[key] = (owner.to(device, torch.int32), first.to(device, torch.int64))
@@ -149,8 +138,8 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
             table = table.pin_memory().to(params[0].device, non_blocking=True)
         dt = tl.bfloat16 if params[0].dtype == torch.bfloat16 else tl.float32
         with torch.cuda.device(params[0].device) if params[0].is_cuda else contextlib.nullcontext():
-            _sf_adamw_kernel[(owner.numel(),)](table, len(params), owner, first, *scalars, DT=dt, BLOCK=self.block,
-                                               HAS_DECAY=has_decay, num_warps=self.warps)
+            _sf_adamw_kernel[(owner.numel(),)](table, len(params), owner, first, *scalars, DT=dt, BLOCK=BLOCK,
+                                               HAS_DECAY=has_decay, num_warps=8)
 
 
 if triton is not None:

@@ -10,13 +10,6 @@ batch tile summed in torch: no [B, T, H] copy of the shifted states, no extra GE
 ``dwx = dpre``. With decay the backward also recomputes the recurrent term
 ``r_t = h_{t-1} @ W^T`` (one more MMA per step, off the dependent chain: h_{t-1} is already
 loaded for dW) and stores ``da_t = dpre_t * r_t``, so nothing beyond ``h`` is saved.
-
-Without ``PREFETCH`` each step of the chain starts by waiting a global load's full latency:
-Triton's pipeliner leaves these loads in place (they feed no dot operand; the forward's ``wx_t`` is
-the dot's accumulator, which it does not pipeline either). With ``PREFETCH``
-(``ElmanKernelOptions.heads_prefetch``) both loops load each step's inputs two steps ahead (the
-forward ``wx_t`` and ``a_t``; the backward ``g_t``, ``h_{t-1}`` and ``a_t``), carried in
-registers, so a step no longer waits on them.
 """
 
 from __future__ import annotations
@@ -32,7 +25,7 @@ from rnnlab.ops.elman.tanh import tanh
 @triton.jit
 def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, a_ptr, B, T, H, HD,
                HAS_H0: tl.constexpr, DECAY: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr,
-               IEEE: tl.constexpr, STAGES: tl.constexpr, FAST: tl.constexpr, PREFETCH: tl.constexpr):
+               IEEE: tl.constexpr, STAGES: tl.constexpr, FAST: tl.constexpr):
     head = tl.program_id(0)
     pid_b = tl.program_id(1)
     rb = pid_b * BT + tl.arange(0, BT)
@@ -49,30 +42,14 @@ def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, a_ptr, B, T, H, HD,
         h = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BT, HDP], dtype=tl.float32)
-    if PREFETCH:  # steps 0 and 1 (x0, x1; a0, a1), then step t + 2 each step
-        x0 = tl.load(wx_ptr + offs, mask=m2 & (T > 0), other=0.0)
-        x1 = tl.load(wx_ptr + offs + H, mask=m2 & (T > 1), other=0.0)
-        if DECAY:
-            a0 = tl.load(a_ptr + offs, mask=m2 & (T > 0), other=0.0)
-            a1 = tl.load(a_ptr + offs + H, mask=m2 & (T > 1), other=0.0)
     for t in tl.range(0, T, num_stages=STAGES):
-        if PREFETCH:
-            x = x0.to(tl.float32)
-            x0 = x1
-            x1 = tl.load(wx_ptr + offs + (t + 2) * H, mask=m2 & (t + 2 < T), other=0.0)
-        else:
-            x = tl.load(wx_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        x = tl.load(wx_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
         if IEEE:
             r = tl.dot(h, wt, input_precision="ieee")
         else:
             r = tl.dot(h.to(wt.dtype), wt)
         if DECAY:
-            if PREFETCH:
-                r = a0.to(tl.float32) * r
-                a0 = a1
-                a1 = tl.load(a_ptr + offs + (t + 2) * H, mask=m2 & (t + 2 < T), other=0.0)
-            else:
-                r = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * r
+            r = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * r
         h = tanh(x + r, FAST)
         tl.store(h_ptr + offs + t * H, h.to(h_ptr.dtype.element_ty), mask=m2)
 
@@ -80,7 +57,7 @@ def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, a_ptr, B, T, H, HD,
 @triton.jit
 def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, a_ptr, da_ptr, B, T, H, HD,
                HAS_H0: tl.constexpr, DW: tl.constexpr, DECAY: tl.constexpr, BT: tl.constexpr,
-               HDP: tl.constexpr, IEEE: tl.constexpr, STAGES: tl.constexpr, PREFETCH: tl.constexpr):
+               HDP: tl.constexpr, IEEE: tl.constexpr, STAGES: tl.constexpr):
     head = tl.program_id(0)
     pid_b = tl.program_id(1)
     rb = pid_b * BT + tl.arange(0, BT)
@@ -100,38 +77,17 @@ def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, a_ptr, da
     hh = tl.load(h_ptr + offs + (T - 1) * H, mask=m2, other=0.0).to(tl.float32)  # h_t
     carry = tl.zeros([BT, HDP], dtype=tl.float32)  # q_{t+1} @ W
     dw = tl.zeros([HDP, HDP], dtype=tl.float32)  # sum_t q_t^T h_{t-1}, this batch tile
-    if PREFETCH:  # steps T-1 and T-2 (g0, g1; p0, p1 = h_{t-1}; a0, a1), then step t - 2 each step
-        g0 = tl.load(g_ptr + offs + (T - 1) * H, mask=m2, other=0.0)
-        g1 = tl.load(g_ptr + offs + (T - 2) * H, mask=m2 & (T > 1), other=0.0)
-        p0 = tl.load(h_ptr + offs + (T - 2) * H, mask=m2 & (T > 1), other=0.0)
-        p1 = tl.load(h_ptr + offs + (T - 3) * H, mask=m2 & (T > 2), other=0.0)
-        if DECAY:
-            a0 = tl.load(a_ptr + offs + (T - 1) * H, mask=m2, other=0.0)
-            a1 = tl.load(a_ptr + offs + (T - 2) * H, mask=m2 & (T > 1), other=0.0)
     for i in tl.range(0, T, num_stages=STAGES):
         t = T - 1 - i
-        if PREFETCH:
-            g = g0.to(tl.float32)
-            hp = p0.to(tl.float32)
-            g0 = g1
-            p0 = p1
-            g1 = tl.load(g_ptr + offs + (t - 2) * H, mask=m2 & (t > 1), other=0.0)
-            p1 = tl.load(h_ptr + offs + (t - 3) * H, mask=m2 & (t > 2), other=0.0)
-        else:
-            g = tl.load(g_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
-            hp = tl.load(h_ptr + offs + (t - 1) * H, mask=m2 & (t > 0), other=0.0).to(tl.float32)
+        g = tl.load(g_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        hp = tl.load(h_ptr + offs + (t - 1) * H, mask=m2 & (t > 0), other=0.0).to(tl.float32)
         if HAS_H0:
             hp = tl.where(t > 0, hp, hfirst)
         dpre = (g + carry) * (1.0 - hh * hh)
         tl.store(dpre_ptr + offs + t * H, dpre.to(dpre_ptr.dtype.element_ty), mask=m2)
         q = dpre
         if DECAY:
-            if PREFETCH:
-                q = a0.to(tl.float32) * dpre
-                a0 = a1
-                a1 = tl.load(a_ptr + offs + (t - 2) * H, mask=m2 & (t > 1), other=0.0)
-            else:
-                q = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * dpre
+            q = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * dpre
             if IEEE:
                 r = tl.dot(hp, wt, input_precision="ieee")
             else:
@@ -171,7 +127,7 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: El
             wx, wk, wx if h0 is None else h0.contiguous(), h, wx if a is None else a.contiguous(), B, T, H, hd,
             HAS_H0=h0 is not None, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
             IEEE=wx.dtype == torch.float32, STAGES=opts.heads_stages, FAST=opts.use_fast_tanh(wx),
-            PREFETCH=opts.heads_prefetch, num_warps=opts.heads_warps)
+            num_warps=opts.heads_warps)
     return h
 
 
@@ -192,6 +148,5 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
             w.to(h.dtype).contiguous(), h, h if h0 is None else h0.contiguous(), g.contiguous(), dpre,
             dh0, dw, h if a is None else a.contiguous(), dpre if da is None else da, B, T, H, hd,
             HAS_H0=h0 is not None, DW=need_dw, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
-            IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages, PREFETCH=opts.heads_prefetch,
-            num_warps=opts.heads_warps)
+            IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages, num_warps=opts.heads_warps)
     return dpre, dw.sum(0).to(w.dtype), dh0, da

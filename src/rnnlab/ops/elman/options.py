@@ -34,8 +34,6 @@ class ElmanKernelOptions:
     heads_bt: int = 16  # heads kernel: batch rows per program
     heads_warps: int = 8
     heads_stages: int = 3
-    # heads kernel: load each step's inputs two steps ahead (heads.py); off until measured on a GPU
-    heads_prefetch: bool = False
 
     def to_ints(self) -> list[int]:
         """The options as the ``int[]`` argument of the custom ops."""
