@@ -314,6 +314,8 @@ def test_report_commit_is_the_runs_else_this_code(monkeypatch):
     assert describe_git(runs[:1]) == "fedcba98fedc (the code writing this report; the runs recorded none)"
     runs.append({"dir": "d", "env": {"git_sha": "abcdef0"}})
     assert describe_git(runs[1:]) == "0123456789ab (dirty) (b, c); abcdef0 (d)"
+    runs.append({"dir": "e", "env": {"git_sha": "abcdef0-dirty", "git_dirty": None}})  # as older runs recorded it
+    assert describe_git(runs[3:]) == "abcdef0 (d); abcdef0 (dirty) (e)"
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "not-a-commit")
     assert describe_git(runs[:1]) == "- (not a git checkout)"
 

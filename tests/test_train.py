@@ -540,6 +540,9 @@ def test_env_records_the_commit_named_for_a_copied_tree(monkeypatch):
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "0123abcd" * 5)
     info = env_info(torch.device("cpu"))
     assert info["git_sha"] == "0123abcd" * 5 and info["git_dirty"] is None
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "0123abcd0123-dirty")  # staged with uncommitted code
+    info = env_info(torch.device("cpu"))
+    assert info["git_sha"] == "0123abcd0123" and info["git_dirty"] is True
 
 
 # ----------------------------------------------------------------------------- gradient accumulation

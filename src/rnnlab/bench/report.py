@@ -481,7 +481,10 @@ def describe_git(records: list[dict[str, Any]]) -> str:
 
 
 def _describe_commit(sha: Any, dirty: bool | None) -> str | None:
-    """``"0123456789ab (dirty)"``, or None when ``sha`` is no commit hash."""
+    """``"0123456789ab (dirty)"``, or None when ``sha`` is no commit hash. A ``<sha>-dirty`` sha is
+    dirty (how runs before runtime.git_state split it recorded a staged tree with changes)."""
+    if isinstance(sha, str) and sha.endswith("-dirty"):
+        sha, dirty = sha.removesuffix("-dirty"), True
     if not (sha and _SHA.fullmatch(str(sha))):
         return None
     return sha[:12] + (" (dirty)" if dirty else "")

@@ -202,9 +202,11 @@ def machine_load() -> dict[str, Any]:
 
 def git_state() -> tuple[str | None, bool | None]:
     """``(commit, dirty)`` of the code that runs. ``RNNLAB_GIT_COMMIT`` names the commit where the
-    code is a copy whose git metadata is missing or stale (e.g. a tree sent to a GPU machine)."""
+    code is a copy whose git metadata is missing or stale (e.g. a tree sent to a GPU machine);
+    ``<sha>-dirty`` there means that commit plus uncommitted changes (``benchmarks/stage_gpu.sh``)."""
     if os.environ.get("RNNLAB_GIT_COMMIT"):
-        return os.environ["RNNLAB_GIT_COMMIT"], None
+        named = os.environ["RNNLAB_GIT_COMMIT"]
+        return (named.removesuffix("-dirty"), True) if named.endswith("-dirty") else (named, None)
     here = Path(__file__).resolve().parent
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
