@@ -249,7 +249,8 @@ def test_resume_extends_budget_exactly(tiny_train, tmp_path):
 
 
 def test_resume_past_a_smaller_budget_is_refused_and_changes_nothing(tiny_train, tmp_path):
-    """A run resumed with a budget it has already passed trains nothing and keeps its records
+    """A run resumed with a budget it has already passed (steps, or minutes of training time)
+    trains nothing and keeps its records
     (its config.json still says the budget it ran), with one line saying so; the same budget
     again is allowed (a finished run resumed)."""
     run_training(tiny_train(tmp_path / "r", steps=8), progress=False)
@@ -262,6 +263,15 @@ def test_resume_past_a_smaller_budget_is_refused_and_changes_nothing(tiny_train,
         run_training(tiny_train(tmp_path / "r", steps=4, resume=True), progress=False)
     assert records() == before
     assert run_training(tiny_train(tmp_path / "r", steps=8, resume=True), progress=False)["steps"] == 8
+
+    before = records()  # a --minutes budget shorter than the training time the run has had
+    trained = RunDir(tmp_path / "r").minutes_trained(8)
+    metrics = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert trained == pytest.approx((metrics[-1]["elapsed_s"] - metrics[-1]["warmup_s"]) / 60) and trained > 0
+    with pytest.raises(ValueError, match=rf"has trained {trained:.2f} minutes by step 8, past this budget "
+                                         r"\(minutes 1e-09\): nothing to train, nothing changed \(a larger --minutes"):
+        run_training(tiny_train(tmp_path / "r", steps=None, minutes=1e-9, resume=True), progress=False)
+    assert records() == before
 
 
 def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path):

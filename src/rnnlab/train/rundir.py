@@ -177,6 +177,17 @@ class RunDir:
         saved = read_json(self.file(CONFIG))
         return None if saved is None else {**LEGACY_DEFAULTS, **saved}
 
+    def minutes_trained(self, step: int) -> float | None:
+        """Training time by ``step`` as a ``--minutes`` budget counts it (compilation left out), from
+        metrics.jsonl's last record at or before it; None without one."""
+        from rnnlab.train.metrics import budget_clock  # (metrics imports this module)
+
+        timed = [m for m in read_jsonl(self.file(METRICS)) if m.get("elapsed_s") is not None and m.get("step", 0) <= step]
+        if not timed:
+            return None
+        last = max(timed, key=lambda m: m["step"])
+        return budget_clock(last["elapsed_s"], last.get("warmup_s")) / 60
+
     def env(self) -> dict[str, Any] | None:
         return read_json(self.file(ENV))
 
@@ -340,13 +351,22 @@ class RunDir:
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
         budget = cfg.max_steps()
+        kind, value = cfg.budget.chosen()
 
         def within_budget(checkpoint) -> None:
-            if checkpoint.step is not None and budget is not None and checkpoint.step > budget:
-                kind, value = cfg.budget.chosen()
-                raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}, past this "
-                                 f"budget ({kind} {value:,}, step {budget:,}): nothing to train, nothing changed "
-                                 f"(a larger --{kind} extends a run)")
+            if checkpoint.step is None:
+                return
+            if budget is not None and checkpoint.step > budget:
+                past = f"is at step {checkpoint.step:,}, past this budget ({kind} {value:,}, step {budget:,})"
+            elif kind == "minutes" and value != saved.get("minutes"):  # (its own budget: a finished run)
+                trained = self.minutes_trained(checkpoint.step)
+                if trained is None or trained <= value:
+                    return
+                past = f"has trained {trained:.2f} minutes by step {checkpoint.step:,}, past this budget (minutes {value:g})"
+            else:
+                return
+            raise ValueError(f"--resume: the run in {self.path} {past}: nothing to train, nothing changed "
+                             f"(a larger --{kind} extends a run)")
 
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
 
