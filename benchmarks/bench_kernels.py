@@ -3,6 +3,11 @@ the Schedule-Free AdamW step over a 400M model's parameters (schedulefree's vs r
 
     python benchmarks/bench_kernels.py [--json results/kernels_h100.json] [--quick]
 
+``--sections heads-floor`` measures what bounds the E1 heads kernels' time step (the limiting
+resource, not an estimate): the forward's loop rebuilt here with each part switchable
+(``_heads_chain``): the dependent chain alone (MMA, tanh), then with the step's input load, its
+store, and the backward's second MMA (dW) beside the chain.
+
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
 training), "bwd" = median(fwd+bwd) - median(fwd). Also prints the two floors: HBM bytes over the
@@ -20,6 +25,10 @@ import statistics
 import sys
 
 import torch
+import triton
+import triton.language as tl
+
+from rnnlab.ops.elman.tanh import tanh
 
 
 def timeit(fn, reps: int, warmup: int = 2) -> float:
@@ -57,6 +66,83 @@ def fwd_bwd(make, reps):
     return tf, tt - tf, tt
 
 
+@triton.jit
+def _heads_chain(wx_ptr, w_ptr, h_ptr, dw_ptr, B, T, H, HD, BT: tl.constexpr, HDP: tl.constexpr,
+                 LOAD: tl.constexpr, STORE: tl.constexpr, DW: tl.constexpr, IEEE: tl.constexpr,
+                 FAST: tl.constexpr, STAGES: tl.constexpr):
+    """The E1 heads forward's loop (rnnlab/ops/elman/heads.py, same grid and tiles) with its parts
+    switchable: ``h_t = tanh(x_t + h_{t-1} @ W^T)``, where x_t is loaded each step (``LOAD``) or is
+    step 0's input throughout; h_t stored each step (``STORE``) or only the last; ``DW`` adds
+    the backward's off-chain MMA, ``sum_t h_t^T h_{t-1}``, stored per batch tile. Without LOAD
+    and STORE what is left is the dependent chain: its time is the step's floor on this GPU."""
+    head = tl.program_id(0)
+    pid_b = tl.program_id(1)
+    rb = pid_b * BT + tl.arange(0, BT)
+    rk = tl.arange(0, HDP)
+    mk = rk < HD
+    m2 = (rb < B)[:, None] & mk[None, :]
+    wt = tl.load(w_ptr + head * HD * HD + rk[None, :] * HD + rk[:, None], mask=mk[:, None] & mk[None, :], other=0.0)
+    offs = rb[:, None].to(tl.int64) * T * H + head * HD + rk[None, :]
+    x = tl.load(wx_ptr + offs, mask=m2, other=0.0).to(tl.float32)
+    h = tl.zeros([BT, HDP], dtype=tl.float32)
+    dw = tl.zeros([HDP, HDP], dtype=tl.float32)
+    for t in tl.range(0, T, num_stages=STAGES):
+        if LOAD:
+            x = tl.load(wx_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
+        if IEEE:
+            hn = tanh(x + tl.dot(h, wt, input_precision="ieee"), FAST)
+        else:
+            hn = tanh(x + tl.dot(h.to(wt.dtype), wt), FAST)
+        if DW:
+            if IEEE:
+                dw += tl.dot(tl.trans(hn), h, input_precision="ieee")
+            else:
+                dw += tl.dot(tl.trans(hn.to(wt.dtype)), h.to(wt.dtype))
+        h = hn
+        if STORE:
+            tl.store(h_ptr + offs + t * H, h.to(h_ptr.dtype.element_ty), mask=m2)
+    if not STORE:
+        tl.store(h_ptr + offs + (T - 1) * H, h.to(h_ptr.dtype.element_ty), mask=m2)
+    if DW:
+        tl.store(dw_ptr + (pid_b * (H // HD) + head) * HD * HD + rk[:, None] * HD + rk[None, :], dw,
+                 mask=mk[:, None] & mk[None, :])
+
+
+def heads_chain(wx, w, load=True, store=True, dw=False, bt=16, warps=8, stages=3):
+    """Run :func:`_heads_chain` on ``wx: [B, T, H]``, ``w: [nh, hd, hd]``; returns ``(h, dW)``
+    (h: every step's state with ``store``, else only the last step's slot written; dW per batch
+    tile ``[tiles, nh, hd, hd]`` or None). Launch as the package's heads kernels (BT 16, 8 warps,
+    3 stages)."""
+    B, T, H = wx.shape
+    nh, hd = w.shape[0], w.shape[1]
+    h = torch.zeros_like(wx)
+    tiles = triton.cdiv(B, bt)
+    dws = torch.zeros(tiles, nh, hd, hd, device=wx.device, dtype=torch.float32) if dw else h
+    _heads_chain[(nh, tiles)](wx, w, h, dws, B, T, H, hd, BT=bt, HDP=max(16, triton.next_power_of_2(hd)),
+                              LOAD=load, STORE=store, DW=dw, IEEE=wx.dtype == torch.float32,
+                              FAST=wx.dtype != torch.float32 and wx.is_cuda, STAGES=stages, num_warps=warps)
+    return h, (dws if dw else None)
+
+
+def heads_floor(add, B, T, reps, dt):
+    """E1 heads' forward against the same loop with parts removed (``_heads_chain``), one run:
+    the chain alone is the step's floor; each row's note gives µs per time step."""
+    from rnnlab.ops.elman import triton as et
+
+    for nh, hd in ((14, 128), (28, 64)):
+        wx = torch.randn(B, T, nh * hd, device="cuda", dtype=dt)
+        w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
+        variants = [("E1 heads forward (rnnlab)", lambda: et.elman_scan(wx, w, None))]
+        for load, store, dw in ((True, True, False), (False, False, False), (True, False, False),
+                                (False, True, False), (False, False, True), (True, True, True)):
+            parts = ["chain"] + [n for n, on in (("load", load), ("store", store), ("dW MMA", dw)) if on]
+            variants.append((" + ".join(parts), lambda load=load, store=store, dw=dw: heads_chain(wx, w, load, store, dw)))
+        with torch.no_grad():
+            for name, fn in variants:
+                t = timeit(fn, reps)
+                add(f"heads floor: {name}", f"B{B} T{T} {nh}x{hd}", (t, 0.0, t), 0.0, f"{t / T * 1e3:.3f} us/step")
+
+
 def ceilings():
     n = 256 * 2**20
     a = torch.randn(n // 4, device="cuda")
@@ -78,7 +164,8 @@ def main(argv=None):
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
-                   help="which kernel families to time (default all)")
+                   choices=["scan", "diag", "heads", "heads-floor", "cells", "optim", "dense"],
+                   help="which kernel families to time (default all but heads-floor)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -177,6 +264,9 @@ def main(argv=None):
 
             add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
                 "tanh.approx" if fast else "exp-tanh")
+
+    if "heads-floor" in args.sections:
+        heads_floor(add, B, T, args.reps, dt)
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)
@@ -348,8 +438,6 @@ def schedulefree_steps(add, reps, bw):
 
 
 def finish(args, rows, bw, fl, tc):
-    import triton
-
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds"), torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), command=" ".join(sys.argv), B=args.B, T=args.T,

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from rnnlab.bench.report import aggregate, collect, describe_git, write_report
 from rnnlab.bench.runner import run_plan
@@ -1079,3 +1081,27 @@ def test_bench_trainer_rows_time_the_trainers_steps_with_their_change_only():
         assert row["gc_on_while_training"] == (change != "no gc")
         assert row["graphs"] == 0  # the smoke rows do not compile
         assert metrics.TensorBoard is kept and gc.isenabled()
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
+@pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+def test_heads_floor_kernel_computes_the_heads_recurrence():
+    """bench_kernels.py's heads-floor loop is the E1 heads recurrence (so its floor is that of the
+    real work): with every part on, all states equal the float64 reference; without the load each
+    step reuses step 0's input; the dW MMA is sum_t h_t^T h_{t-1} per batch tile."""
+    from rnnlab.ops.elman import naive
+
+    bk = _benchmark_script("bench_kernels")
+    g = torch.Generator().manual_seed(0)
+    B, T, nh, hd = 3, 5, 2, 16
+    wx, w = torch.randn(B, T, nh * hd, generator=g), torch.randn(nh, hd, hd, generator=g) / hd**0.5
+    h, dw = bk.heads_chain(wx, w, load=True, store=True, dw=True)
+    ref, _ = naive.elman_scan(wx.double(), w.double(), None)
+    torch.testing.assert_close(h, ref.float(), rtol=1e-5, atol=2e-5)
+    hs = ref.view(B, T, nh, hd)
+    prev = torch.cat([torch.zeros_like(hs[:, :1]), hs[:, :-1]], 1)
+    torch.testing.assert_close(dw[0], torch.einsum("btnk,btnj->nkj", hs, prev).float(), rtol=1e-5, atol=2e-5)
+    h, _ = bk.heads_chain(wx, w, load=False, store=False)
+    same_input, _ = naive.elman_scan(wx[:, :1].expand(B, T, -1).double(), w.double(), None)
+    torch.testing.assert_close(h[:, -1], same_input[:, -1].float(), rtol=1e-5, atol=2e-5)
+    assert not h[:, :-1].any()  # only the last step's state was stored
