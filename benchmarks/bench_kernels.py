@@ -137,6 +137,10 @@ def heads_floor(add, B, T, reps, dt):
                                 (False, True, False), (False, False, True), (True, True, True)):
             parts = ["chain"] + [n for n, on in (("load", load), ("store", store), ("dW MMA", dw)) if on]
             variants.append((" + ".join(parts), lambda load=load, store=store, dw=dw: heads_chain(wx, w, load, store, dw)))
+        for warps in (4, 16):  # the chain's length per warp against the layout exchange between warps
+            for load in (False, True):
+                variants.append((("chain + load + store" if load else "chain") + f", {warps} warps",
+                                 lambda load=load, warps=warps: heads_chain(wx, w, load, load, warps=warps)))
         with torch.no_grad():
             for name, fn in variants:
                 t = timeit(fn, reps)
