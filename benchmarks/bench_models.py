@@ -328,10 +328,10 @@ def versions() -> dict:
 
     import triton
 
-    sha, _ = git_state()  # RNNLAB_GIT_COMMIT on a GPU machine, whose copy's git metadata is stale
+    sha, dirty = git_state()  # RNNLAB_GIT_COMMIT on a GPU machine, whose copy's git metadata is stale
     return dict(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
                 mamba_ssm=v("mamba-ssm") or v("mamba_ssm"), causal_conv1d=v("causal-conv1d") or v("causal_conv1d"),
-                mamba2_fused_path=causal_conv1d_available(), git_commit=sha or None)
+                mamba2_fused_path=causal_conv1d_available(), git_commit=sha and sha + ("-dirty" if dirty else ""))
 
 
 FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step

@@ -1087,20 +1087,27 @@ def test_bench_trainer_rows_time_the_trainers_steps_with_their_change_only():
 @pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 def test_heads_floor_kernel_computes_the_heads_recurrence():
     """bench_kernels.py's heads-floor loop is the E1 heads recurrence (so its floor is that of the
-    real work): with every part on, all states equal the float64 reference; without the load each
-    step reuses step 0's input; the dW MMA is sum_t h_t^T h_{t-1} per batch tile."""
-    from rnnlab.ops.elman import naive
+    real work): with every part on, all states equal the float64 reference and, bit for bit, the
+    package's heads forward (fp32 and the 16-bit path the GPU times; a padded head width, two batch
+    tiles); without the load each step reuses step 0's input; the dW MMA is sum_t h_t^T h_{t-1}
+    per batch tile."""
+    from rnnlab.ops.elman import heads, naive
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
     bk = _benchmark_script("bench_kernels")
     g = torch.Generator().manual_seed(0)
-    B, T, nh, hd = 3, 5, 2, 16
+    B, T, nh, hd = 20, 4, 2, 12
     wx, w = torch.randn(B, T, nh * hd, generator=g), torch.randn(nh, hd, hd, generator=g) / hd**0.5
     h, dw = bk.heads_chain(wx, w, load=True, store=True, dw=True)
     ref, _ = naive.elman_scan(wx.double(), w.double(), None)
     torch.testing.assert_close(h, ref.float(), rtol=1e-5, atol=2e-5)
+    for dtype in (torch.float32, torch.float16):
+        x16, w16 = wx.to(dtype), w.to(dtype)
+        assert torch.equal(bk.heads_chain(x16, w16)[0], heads.forward(x16, w16, None, ElmanKernelOptions()))
     hs = ref.view(B, T, nh, hd)
     prev = torch.cat([torch.zeros_like(hs[:, :1]), hs[:, :-1]], 1)
-    torch.testing.assert_close(dw[0], torch.einsum("btnk,btnj->nkj", hs, prev).float(), rtol=1e-5, atol=2e-5)
+    per_tile = [torch.einsum("btnk,btnj->nkj", hs[i:i + 16], prev[i:i + 16]).float() for i in (0, 16)]
+    torch.testing.assert_close(dw, torch.stack(per_tile), rtol=1e-5, atol=2e-5)
     h, _ = bk.heads_chain(wx, w, load=False, store=False)
     same_input, _ = naive.elman_scan(wx[:, :1].expand(B, T, -1).double(), w.double(), None)
     torch.testing.assert_close(h[:, -1], same_input[:, -1].float(), rtol=1e-5, atol=2e-5)

@@ -264,14 +264,27 @@ def test_resume_past_a_smaller_budget_is_refused_and_changes_nothing(tiny_train,
     assert records() == before
     assert run_training(tiny_train(tmp_path / "r", steps=8, resume=True), progress=False)["steps"] == 8
 
-    before = records()  # a --minutes budget shorter than the training time the run has had
-    trained = RunDir(tmp_path / "r").minutes_trained(8)
+    before = records()  # a --minutes budget the run's training time had passed before its last step
+    trained = RunDir(tmp_path / "r").minutes_trained(7)
     metrics = [json.loads(x) for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
-    assert trained == pytest.approx((metrics[-1]["elapsed_s"] - metrics[-1]["warmup_s"]) / 60) and trained > 0
-    with pytest.raises(ValueError, match=rf"has trained {trained:.2f} minutes by step 8, past this budget "
-                                         r"\(minutes 1e-09\): nothing to train, nothing changed \(a larger --minutes"):
+    assert trained == pytest.approx((metrics[6]["elapsed_s"] - metrics[6]["warmup_s"]) / 60) and trained > 0
+    with pytest.raises(ValueError, match=rf"is at step 8, and had trained {trained:.4g} minutes by step 7, past this "
+                                         r"budget \(minutes 1e-09\): nothing to train, nothing changed \(a larger --minutes"):
         run_training(tiny_train(tmp_path / "r", steps=None, minutes=1e-9, resume=True), progress=False)
     assert records() == before
+
+
+def test_resume_with_the_minutes_budget_a_run_ended_on_is_allowed(tiny_train, tmp_path):
+    """A run that stopped on its --minutes budget ran its last step past it (the trainer starts a
+    step while the time is under the budget); resumed with that budget again, also after a
+    session with another budget, it is complete and trains nothing."""
+    first = run_training(tiny_train(tmp_path / "r", steps=None, minutes=0.002), progress=False)
+    assert first["complete"] and RunDir(tmp_path / "r").minutes_trained(first["steps"]) >= 0.002
+    again = run_training(tiny_train(tmp_path / "r", steps=None, minutes=0.002, resume=True), progress=False)
+    assert again["steps"] == first["steps"]
+    run_training(tiny_train(tmp_path / "r", steps=first["steps"], resume=True), progress=False)
+    again = run_training(tiny_train(tmp_path / "r", steps=None, minutes=0.002, resume=True), progress=False)
+    assert again["steps"] == first["steps"]
 
 
 def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path):

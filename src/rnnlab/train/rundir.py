@@ -358,11 +358,12 @@ class RunDir:
                 return
             if budget is not None and checkpoint.step > budget:
                 past = f"is at step {checkpoint.step:,}, past this budget ({kind} {value:,}, step {budget:,})"
-            elif kind == "minutes" and value != saved.get("minutes"):  # (its own budget: a finished run)
-                trained = self.minutes_trained(checkpoint.step)
-                if trained is None or trained <= value:
+            elif kind == "minutes":  # the trainer's rule: a step starts while the time is under the budget
+                trained = self.minutes_trained(checkpoint.step - 1)
+                if trained is None or trained < value:
                     return
-                past = f"has trained {trained:.2f} minutes by step {checkpoint.step:,}, past this budget (minutes {value:g})"
+                past = (f"is at step {checkpoint.step:,}, and had trained {trained:.4g} minutes by step "
+                        f"{checkpoint.step - 1:,}, past this budget (minutes {value:g})")
             else:
                 return
             raise ValueError(f"--resume: the run in {self.path} {past}: nothing to train, nothing changed "
