@@ -321,6 +321,18 @@ def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
         assert "| MFU |" not in write_report(tmp_path / root, plots=False)["md"].read_text()
 
 
+def test_report_skips_an_export_folder_beside_the_runs(tmp_path):
+    """A folder of runs may also hold an ``rnnlab export`` output (a Hugging Face config.json):
+    the report leaves it out instead of reading it as a run; alone it is no run folder."""
+    _synthetic_run(tmp_path / "g", "r", 1.5, 2.0, 30000.0)
+    export = tmp_path / "g" / "r-hf"
+    export.mkdir()
+    (export / "config.json").write_text(json.dumps({"model_type": "rnnlab", "model": "e1", "dim": 64}))
+    assert [r[0] for r in _table_rows(write_report(tmp_path / "g", plots=False)["md"].read_text())] == ["r"]
+    with pytest.raises(FileNotFoundError, match="no run folders in"):
+        collect(export)
+
+
 def test_report_commit_is_the_runs_else_this_code(monkeypatch):
     """The commit the runs recorded (env.json), marked dirty as recorded, each with its runs when
     they differ or some recorded none; where none did, the commit of the code writing the report

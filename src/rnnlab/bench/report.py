@@ -50,8 +50,8 @@ def collect(root: str | Path) -> dict[str, Any]:
     plan = read_json(root / SUITE_FILE) or {}
     planned = {r["dir"]: r for r in plan.get("runs", [])}
     dirs = [RunDir(root / d) for d in planned] + [
-        RunDir(p) for p in sorted(root.iterdir()) if p.name not in planned and RunDir(p).holds_run()]
-    if not dirs and RunDir(root).holds_run():  # a single run folder
+        RunDir(p) for p in sorted(root.iterdir()) if p.name not in planned and _is_run(p)]
+    if not dirs and _is_run(root):  # a single run folder
         dirs = [RunDir(root)]
     records = []
     for run in dirs:
@@ -120,6 +120,13 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None, in
         return m, None, len(vals)
     var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
     return m, math.sqrt(var), len(vals)
+
+
+def _is_run(path: Path) -> bool:
+    """A run folder, not another folder with a config.json beside the runs (an ``rnnlab export``
+    output: a Hugging Face config, which names its ``model_type``)."""
+    run = RunDir(path)
+    return run.holds_run() and "model_type" not in (run.saved_config() or {})
 
 
 def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
