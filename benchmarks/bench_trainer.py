@@ -11,8 +11,11 @@ weight-decay group (the tables' `decay_marked`), TensorBoard off, Python's cycli
 off, the CUDA allocator's expandable segments (fewer cudaMalloc / cudaFree, which synchronise,
 when the cache fragments), no torch.compile (Mamba2's steps in the race, ~199 ms, were near its
 eager benchmark, 205.8 ms in results/fair-baselines-h200), and ``--cuda-graph`` (the forward and
-backward replayed as one CUDA graph: no launching left on the host; for E16 too; its first call,
-results/mamba2-trainer-steps-h200, found the trainer not at fault and the step partly host-bound).
+backward replayed as one CUDA graph: no launching left on the host; for E16 and Gated DeltaNet
+too; its first call, results/mamba2-trainer-steps-h200, found the trainer not at fault and the step
+partly host-bound). Gated DeltaNet (eager, its fastest mode; staged with fla's TileLang stack) is
+here because its race steps (median 161.6 ms, p10-p90 147-179) were slower and less steady than
+its benchmark's (146.9 ms; results/gdn-graph-h200).
 Each trainer row gives the median and spread of its steps after the first 10, its last step
 profiled (the GPU's busy time against that step's wall time: host-bound or not), how many graphs
 torch.compile made (more than bench_models' would mean recompiles) and the allocator's retries and
@@ -20,7 +23,7 @@ device allocations (CUDA: from `torch.cuda.memory_stats`). Each row
 also runs its final evaluation (4K bytes) and writes its final checkpoint (~2.4 GB at 400M) to a
 temporary folder.
 
-    python3 benchmarks/bench_trainer.py OUT.json [--models mamba2 e16] [--steps 60]
+    python3 benchmarks/bench_trainer.py OUT.json [--models mamba2 e16 gdn] [--steps 60]
     python3 benchmarks/bench_trainer.py OUT.json --smoke   # CPU: tiny models, trainer rows only
 """
 
@@ -43,9 +46,12 @@ from rnnlab.train import metrics  # noqa: E402
 from rnnlab.train.config import TrainConfig  # noqa: E402
 from rnnlab.train.trainer import Trainer  # noqa: E402
 
-MODELS = {"mamba2": bm.MAMBA2, "e16": next(c for n, c, _ in bm.MODELS if n.startswith("E16 s4"))}
+MODELS = {"mamba2": bm.MAMBA2, "e16": next(c for n, c, _ in bm.MODELS if n.startswith("E16 s4")),
+          "gdn": next(c for n, c, _ in bm.MODELS if n.startswith("GDN"))}
 SMOKE = {"mamba2": dict(model="mamba2", dim=64, depth=2, layer={"d_state": 16}),
-         "e16": dict(model="e16", dim=32, depth=2, layer={"state_expansion": 2})}
+         "e16": dict(model="e16", dim=32, depth=2, layer={"state_expansion": 2}),
+         "gdn": dict(model="gdn", dim=32, depth=2, layer={"heads": 2, "head_dim": 16})}
+EAGER = {"gdn"}  # its fastest mode (fla's layer is fused kernels already; results/e88-gdn-speed-h200)
 
 
 CHANGES = ["none", "one weight-decay group", "no TensorBoard", "no gc", "expandable segments", "not compiled",
@@ -100,7 +106,8 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
             "model": cfgd, "data": str(default_train_path()), "val_data": str(default_val_path()),
             "batch_size": 4 if smoke else 32, "seq_len": 32 if smoke else 512, "steps": steps,
             "optimizer": "schedulefree-adamw", "lr": 3e-4, "weight_decay": 0.1, "warmup_steps": 0,
-            "precision": "fp32" if smoke else "bf16", "compile": not smoke and change != "not compiled", "seed": 42,
+            "precision": "fp32" if smoke else "bf16", "seed": 42,
+            "compile": not smoke and kind not in EAGER and change != "not compiled",
             "eval_every": 0, "eval_bytes": "4K", "checkpoint_every": 0, "out": out, "cuda_graph": change == "CUDA graph",
             "decay_marked": change == "one weight-decay group", "device": "cpu" if smoke else "cuda"})
         torch._dynamo.reset()  # fresh caches and recompile budget, counters from zero
@@ -164,7 +171,7 @@ def main():
     for kind in args.models:
         cfgd = SMOKE[kind] if args.smoke else MODELS[kind]
         if not args.smoke:
-            r = bm.bench(f"{kind} [bench_models]", cfgd, 32, 512, 8, 3, bm.DEFAULT)
+            r = bm.bench(f"{kind} [bench_models]", cfgd, 32, 512, 8, 3, bm.OFF if kind in EAGER else bm.DEFAULT)
             rows.append(dict(model=kind, where="bench_models", change="-", median_ms=r["step_ms"],
                              graph_breaks=r.get("graph_breaks"), graphs=r.get("graphs")))
             print(json.dumps(rows[-1]), flush=True)

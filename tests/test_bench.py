@@ -1112,6 +1112,17 @@ def test_bench_trainer_rows_time_the_trainers_steps_with_their_change_only():
         assert metrics.TensorBoard is kept and gc.isenabled()
 
 
+def test_bench_trainer_models_are_the_races_in_their_race_modes(tmp_path):
+    """bench_trainer.py measures the race's Mamba2, E16 and Gated DeltaNet: the same configs, and
+    compiled or eager as the race runs them."""
+    bt = _benchmark_script("bench_trainer")
+    race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path)}
+    for kind, run in {"mamba2": "mamba2", "e16": "e16-s4", "gdn": "gdn"}.items():
+        m, ours = race[run].model, bt.MODELS[kind]
+        assert (ours["model"], ours["dim"], ours["depth"]) == (m.model, m.dim, m.depth)
+        assert (kind in bt.EAGER) == (not race[run].run.compile)
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
 @pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 def test_heads_floor_kernel_computes_the_heads_recurrence():
