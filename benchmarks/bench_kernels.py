@@ -6,7 +6,8 @@ the Schedule-Free AdamW step over a 400M model's parameters (schedulefree's vs r
 ``--sections heads-floor`` measures what bounds the E1 heads kernels' time step (the limiting
 resource, not an estimate): the forward's loop rebuilt here with each part switchable
 (``_heads_chain``): the dependent chain alone (MMA, tanh), then with the step's input load, its
-store, and the backward's second MMA (dW) beside the chain.
+store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
+a layer's weight-gradient GEMMs overlap on two streams.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -145,6 +146,52 @@ def heads_floor(add, B, T, reps, dt):
             for name, fn in variants:
                 t = timeit(fn, reps)
                 add(f"heads floor: {name}", f"B{B} T{T} {nh}x{hd}", (t, 0.0, t), 0.0, f"{t / T * 1e3:.3f} us/step")
+    with torch.no_grad():
+        scan_beside_weight_gradients(add, B, T, reps, dt)
+
+
+def scan_beside_weight_gradients(add, B, T, reps, dt):
+    """Whether the latency-bound heads backward scan (14 x 128: 28 programs on the GPU's SMs) and
+    an E1 heads layer's weight-gradient GEMMs (in_proj, W_x, out_proj at dim 1792, B*T rows) overlap
+    when issued on two streams: each alone, then both at once. The time both save against the sum
+    is what putting weight gradients on a second stream could save per layer in training."""
+    from rnnlab.ops.elman import heads
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    nh, hd, D = 14, 128, 1792
+    H, n = nh * hd, B * T
+    w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
+    h = torch.randn(B, T, H, device="cuda", dtype=dt).tanh()
+    g = torch.randn(B, T, H, device="cuda", dtype=dt)
+    opts = ElmanKernelOptions()
+    x, xr, y = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
+    d_in, d_pre, d_out = (torch.randn(n, k, device="cuda", dtype=dt) for k in (2 * H, H, D))
+
+    def scan():
+        heads.backward(g, w, h, None, True, opts)
+
+    pairs = [(d_in, x), (d_pre, xr), (d_out, y)]  # dW = dY^T X of in_proj [2H, D], W_x [H, H], out_proj [D, H]
+
+    def gemms():
+        for dy, inputs in pairs:
+            torch.mm(dy.t(), inputs)
+
+    side = torch.cuda.Stream()
+
+    def both():
+        main = torch.cuda.current_stream()
+        side.wait_stream(main)
+        scan()
+        with torch.cuda.stream(side):
+            gemms()
+        main.wait_stream(side)
+
+    shape = f"B{B} T{T} {nh}x{hd} D{D}"
+    ts, tg, tb = timeit(scan, reps), timeit(gemms, reps), timeit(both, reps)
+    for name, t in (("heads backward scan", ts), ("the layer's weight-gradient GEMMs", tg)):
+        add(f"overlap: {name}", shape, (t, 0.0, t), 0.0, "alone")
+    add("overlap: both, two streams", shape, (tb, 0.0, tb), 0.0,
+        f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
 
 
 def ceilings():
