@@ -25,7 +25,7 @@ from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import SUITE_FILE, invocations, suite_ref
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig
 from rnnlab.train.rundir import RunDir, read_json
-from rnnlab.train.runtime import git_state
+from rnnlab.train.runtime import git_state, split_dirty
 
 METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
            "time_s", "warmup_s")
@@ -490,8 +490,9 @@ def describe_git(records: list[dict[str, Any]]) -> str:
 def _describe_commit(sha: Any, dirty: bool | None) -> str | None:
     """``"0123456789ab (dirty)"``, or None when ``sha`` is no commit hash. A ``<sha>-dirty`` sha is
     dirty (how runs before runtime.git_state split it recorded a staged tree with changes)."""
-    if isinstance(sha, str) and sha.endswith("-dirty"):
-        sha, dirty = sha.removesuffix("-dirty"), True
+    if isinstance(sha, str):
+        sha, marked = split_dirty(sha)
+        dirty = marked or dirty
     if not (sha and _SHA.fullmatch(str(sha))):
         return None
     return sha[:12] + (" (dirty)" if dirty else "")

@@ -200,13 +200,18 @@ def machine_load() -> dict[str, Any]:
     return {"load_avg": load, "cpu_count": cores}
 
 
+def split_dirty(named: str) -> tuple[str, bool | None]:
+    """``(commit, True)`` for ``<sha>-dirty`` (that commit plus uncommitted changes, as
+    ``benchmarks/stage_gpu.sh`` names a staged tree), else ``(named, None)``: not known dirty."""
+    return (named.removesuffix("-dirty"), True) if named.endswith("-dirty") else (named, None)
+
+
 def git_state() -> tuple[str | None, bool | None]:
     """``(commit, dirty)`` of the code that runs. ``RNNLAB_GIT_COMMIT`` names the commit where the
-    code is a copy whose git metadata is missing or stale (e.g. a tree sent to a GPU machine);
-    ``<sha>-dirty`` there means that commit plus uncommitted changes (``benchmarks/stage_gpu.sh``)."""
+    code is a copy whose git metadata is missing or stale (e.g. a tree sent to a GPU machine), in
+    :func:`split_dirty`'s form."""
     if os.environ.get("RNNLAB_GIT_COMMIT"):
-        named = os.environ["RNNLAB_GIT_COMMIT"]
-        return (named.removesuffix("-dirty"), True) if named.endswith("-dirty") else (named, None)
+        return split_dirty(os.environ["RNNLAB_GIT_COMMIT"])
     here = Path(__file__).resolve().parent
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
