@@ -32,7 +32,11 @@ import triton.language as tl
 from rnnlab.ops.elman.tanh import tanh
 
 
-def timeit(fn, reps: int, warmup: int = 2) -> float:
+def timeit(fn, reps: int, warmup: int = 2, back_to_back: int = 1) -> float:
+    """Median ms of ``fn`` over ``reps`` timings. With ``back_to_back = n`` each timing queues
+    ``fn`` n times between its events and counts a n-th: while the GPU runs one call the host
+    queues the next, so the host's launch time between calls (tens of µs, ~0.1 ms for a single
+    kernel launched from Python) is left out, as in a training step that keeps the GPU busy."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
@@ -40,10 +44,11 @@ def timeit(fn, reps: int, warmup: int = 2) -> float:
     for _ in range(reps):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         s.record()
-        fn()
+        for _ in range(back_to_back):
+            fn()
         e.record()
         torch.cuda.synchronize()
-        ts.append(s.elapsed_time(e))
+        ts.append(s.elapsed_time(e) / back_to_back)
     return statistics.median(ts)
 
 
@@ -109,14 +114,14 @@ def _heads_chain(wx_ptr, w_ptr, h_ptr, dw_ptr, B, T, H, HD, BT: tl.constexpr, HD
                  mask=mk[:, None] & mk[None, :])
 
 
-def heads_chain(wx, w, load=True, store=True, dw=False, bt=16, warps=8, stages=3):
+def heads_chain(wx, w, load=True, store=True, dw=False, bt=16, warps=8, stages=3, out=None):
     """Run :func:`_heads_chain` on ``wx: [B, T, H]``, ``w: [nh, hd, hd]``; returns ``(h, dW)``
     (h: every step's state with ``store``, else only the last step's slot written; dW per batch
-    tile ``[tiles, nh, hd, hd]`` or None). Launch as the package's heads kernels (BT 16, 8 warps,
-    3 stages)."""
+    tile ``[tiles, nh, hd, hd]`` or None; h written into ``out`` when given). Launch as the package's
+    heads kernels (BT 16, 8 warps, 3 stages)."""
     B, T, H = wx.shape
     nh, hd = w.shape[0], w.shape[1]
-    h = torch.zeros_like(wx)
+    h = torch.empty_like(wx) if out is None else out  # no memset in the timed call
     tiles = triton.cdiv(B, bt)
     dws = torch.zeros(tiles, nh, hd, hd, device=wx.device, dtype=torch.float32) if dw else h
     _heads_chain[(nh, tiles)](wx, w, h, dws, B, T, H, hd, BT=bt, HDP=max(16, triton.next_power_of_2(hd)),
@@ -125,15 +130,24 @@ def heads_chain(wx, w, load=True, store=True, dw=False, bt=16, warps=8, stages=3
     return h, (dws if dw else None)
 
 
+BACK_TO_BACK = 20  # heads-floor's calls per timing (timeit): a ~0.3-ms kernel, not its launch
+
+
 def heads_floor(add, B, T, reps, dt):
-    """E1 heads' forward against the same loop with parts removed (``_heads_chain``), one run:
-    the chain alone is the step's floor; each row's note gives µs per time step."""
+    """E1 heads' forward and backward against the forward's loop with parts removed
+    (``_heads_chain``), one run, each call timed back to back with the next (the kernels' own
+    time, as in training): the chain alone is the step's floor; each row's note gives µs per
+    time step."""
+    from rnnlab.ops.elman import heads
     from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
     for nh, hd in ((14, 128), (28, 64)):
         wx = torch.randn(B, T, nh * hd, device="cuda", dtype=dt)
         w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
-        variants = [("E1 heads forward (rnnlab)", lambda: et.elman_scan(wx, w, None))]
+        hs, g = et.elman_scan(wx, w, None)[0], torch.randn_like(wx)
+        variants = [("E1 heads forward (rnnlab)", lambda: et.elman_scan(wx, w, None)),
+                    ("E1 heads backward (rnnlab)", lambda: heads.backward(g, w, hs, None, True, ElmanKernelOptions()))]
         for load, store, dw in ((True, True, False), (False, False, False), (True, False, False),
                                 (False, True, False), (False, False, True), (True, True, True)):
             parts = ["chain"] + [n for n, on in (("load", load), ("store", store), ("dW MMA", dw)) if on]
@@ -144,7 +158,7 @@ def heads_floor(add, B, T, reps, dt):
                                  lambda load=load, warps=warps: heads_chain(wx, w, load, load, warps=warps)))
         with torch.no_grad():
             for name, fn in variants:
-                t = timeit(fn, reps)
+                t = timeit(fn, reps, back_to_back=BACK_TO_BACK)
                 add(f"heads floor: {name}", f"B{B} T{T} {nh}x{hd}", (t, 0.0, t), 0.0, f"{t / T * 1e3:.3f} us/step")
     with torch.no_grad():
         scan_beside_weight_gradients(add, B, T, reps, dt)
@@ -187,7 +201,7 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
         main.wait_stream(side)
 
     shape = f"B{B} T{T} {nh}x{hd} D{D}"
-    ts, tg, tb = timeit(scan, reps), timeit(gemms, reps), timeit(both, reps)
+    ts, tg, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (scan, gemms, both))
     for name, t in (("heads backward scan", ts), ("the layer's weight-gradient GEMMs", tg)):
         add(f"overlap: {name}", shape, (t, 0.0, t), 0.0, "alone")
     add("overlap: both, two streams", shape, (tb, 0.0, tb), 0.0,

@@ -1,7 +1,7 @@
 """E1's kernels beside their peers, per layer, same shapes, same run: forward and
 forward+backward time and model-FLOPs utilisation at B=32, T=512, bf16.
 
-    python benchmarks/bench_peers.py [--B 32] [--T 512] [--reps 10] [--only TEXT ...]
+    python benchmarks/bench_peers.py [--B 32] [--T 512] [--reps 10] [--only TEXT ...] [--skip TEXT ...]
                                      [--json results/x/peers.json]
 
 Two sections, every row from the same seeded inputs:
@@ -367,6 +367,7 @@ def main(argv=None) -> None:
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--only", nargs="+", default=None, help="keep rows whose name contains any of these")
+    p.add_argument("--skip", nargs="+", default=None, help="then drop rows whose name contains any of these")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
     p.add_argument("--log", default=str(Path(tempfile.gettempdir()) / "bench_peers_build.log"),
                    help="where build and warm-up output goes")
@@ -379,7 +380,10 @@ def main(argv=None) -> None:
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(sys.argv), B=args.B, T=args.T, dtype="bf16", peak_tflops=peak,
                 peak_assumed=assumed, **bench_models.versions())
-    todo = [r for r in rows() if not args.only or any(o.lower() in r.name.lower() for o in args.only)]
+    def named(row, words):
+        return any(w.lower() in row.name.lower() for w in words or ())
+
+    todo = [r for r in rows() if (not args.only or named(r, args.only)) and not named(r, args.skip)]
     out, outputs = [], {}
     for row in todo:
         try:

@@ -1149,7 +1149,7 @@ def test_heads_floor_kernel_computes_the_heads_recurrence():
     prev = torch.cat([torch.zeros_like(hs[:, :1]), hs[:, :-1]], 1)
     per_tile = [torch.einsum("btnk,btnj->nkj", hs[i:i + 16], prev[i:i + 16]).float() for i in (0, 16)]
     torch.testing.assert_close(dw, torch.stack(per_tile), rtol=1e-5, atol=2e-5)
-    h, _ = bk.heads_chain(wx, w, load=False, store=False)
+    h, _ = bk.heads_chain(wx, w, load=False, store=False, out=torch.zeros_like(wx))
     same_input, _ = naive.elman_scan(wx[:, :1].expand(B, T, -1).double(), w.double(), None)
     torch.testing.assert_close(h[:, -1], same_input[:, -1].float(), rtol=1e-5, atol=2e-5)
     assert not h[:, :-1].any()  # only the last step's state was stored
