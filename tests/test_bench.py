@@ -890,6 +890,24 @@ def _benchmark_script(name: str):
     return module
 
 
+def test_bench_models_rows_are_valid_models_and_fused_add_norm_rows_differ_in_that_switch_only():
+    """Every bench_models.py row but the standalone Mamba2 is a valid ModelConfig; each "fused
+    add-norm" row is the plain row of its name with ``fused_add_norm`` on, run eager (a same-run
+    comparison)."""
+    from rnnlab.models.config import ModelConfig
+
+    bm = _benchmark_script("bench_models")
+    rows = {name: (cfgd, modes) for name, cfgd, modes in bm.MODELS}
+    fused = [name for name in rows if name.endswith(" fused add-norm")]
+    assert {"minGRU 3520x16 fused add-norm", "minLSTM 2880x16 fused add-norm"} <= set(fused)
+    for name, (cfgd, _) in rows.items():
+        if not cfgd.get("standalone"):
+            ModelConfig(**cfgd).validate()
+    for name in fused:
+        cfgd, modes = rows[name]
+        assert dict(rows[name.removesuffix(" fused add-norm")][0], fused_add_norm=True) == cfgd and modes == [None]
+
+
 def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
     """bench_models.py --profile: each kernel name lands in its kind (the first listed kind that
     matches), per-step milliseconds add up, the costliest kernels come first."""

@@ -34,11 +34,27 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
              "wandb": None, "overwrite": False, "extra_val_data": None, "curve_eval_bytes": None,
              "cuda_graph": False,
              "decay_marked": True}  # a run saved before this field decayed every parameter (LEGACY_DEFAULTS)
-    assert cfg.to_dict() == {**old, **added}  # the same flat file, plus fields added since (their defaults)
+    model_added = {"fused_add_norm": False}
+    # the same flat file, plus fields added since (their defaults)
+    assert cfg.to_dict() == {**old, **added, "model": {**old["model"], **model_added}}
     assert TrainConfig().optim.decay_marked is False and TrainConfig.from_dict(old).optim.decay_marked is False
     assert resume_mismatch(RunDir(tmp_path).saved_config(), cfg) is None
     new = TrainConfig.from_dict({**old, "decay_marked": False})
     assert resume_mismatch(RunDir(tmp_path).saved_config(), new)[0] == "decay_marked"
+
+
+def test_resume_compares_the_model_section_field_by_field():
+    """A model field the saved config lacks counts as its default; ``fused_add_norm`` (how the
+    same model is computed, like ``compile``) may change on resume; the model's shape may not."""
+    saved = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32}}).to_dict()
+    del saved["model"]["fused_add_norm"]
+    same = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32}})
+    fused = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32, "fused_add_norm": True}})
+    wider = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 48}})
+    assert resume_mismatch(saved, same) is None and resume_mismatch(saved, fused) is None
+    assert resume_mismatch(saved, wider) == ("model.dim", 32, 48)
+    saved["model"].pop("mlp_ratio")  # absent: its default, None, the same as the new config's
+    assert resume_mismatch(saved, same) is None
 
 
 def _wrong_value(spec):
@@ -115,8 +131,9 @@ def test_derived_key_lists():
     assert RESUMABLE == {"steps", "minutes", "tokens", "extra_val_data", "grad_accum", "eval_every", "eval_bytes",
                          "curve_eval_bytes", "eval_batch_size", "log_every", "wandb", "checkpoint_every",
                          "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "cuda_graph",
-                         "device", "distributed"}
-    assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings", "layer")
+                         "device", "distributed", "fused_add_norm"}
+    assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings", "fused_add_norm",
+                          "layer")
     assert set(TrainConfig().to_dict()) == set(FIELDS) - set(MODEL_KEYS) | {"model"}
 
 

@@ -152,3 +152,26 @@ def test_generic_mixer_has_temporal_flow_but_no_recurrence_stats():
     assert r["recurrence"] == {}
     assert [len(c) for c in r["temporal"].values()] == [12, 12]
     assert _finite(r["temporal"]) and _finite(r["param_grad_norms"])
+
+
+def test_block_inputs_are_the_residual_stream_and_their_gradients():
+    """(b) reads each block's input, the residual stream entering it (``x^(l)``), and the loss's
+    gradient with respect to it, written out here for a 2-block LM: x^(0) is the embedding,
+    x^(1) = x^(0) + mixer_0(LN_0(x^(0))); and a block running the fused kernel is refused."""
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="mingru", dim=16, depth=2)).eval()
+    batch = torch.randint(0, 256, (2, 9))
+    x, y = batch[:, :-1], batch[:, 1:]
+    per, store = gf._last_loss_input_grads(model, x, y, last=2)
+    x0 = model.embed(x).detach().requires_grad_()
+    x1 = x0 + model.blocks[0].mixer(model.blocks[0].norm(x0))
+    x1.retain_grad()
+    x2 = x1 + model.blocks[1].mixer(model.blocks[1].norm(x1))
+    logits = model.head(model.norm_f(x2))
+    F.cross_entropy(logits[:, -2:].reshape(-1, 256), y[:, -2:].reshape(-1)).backward()
+    torch.testing.assert_close(store[0], x0)
+    torch.testing.assert_close(store[1], x1)
+    torch.testing.assert_close(per, torch.stack([x0.grad.norm(dim=-1).mean(0), x1.grad.norm(dim=-1).mean(0)]))
+    fused = LM(ModelConfig(model="mingru", dim=16, depth=2, fused_add_norm=True))
+    with pytest.raises(ValueError, match="turn the block's fused_add_norm off"):
+        gf._block_inputs(fused)

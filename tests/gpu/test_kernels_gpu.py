@@ -492,6 +492,68 @@ def test_min_rnn_layers(which):
     _check_layer(which, cpu, gpu, 80, 1e-4)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(2, 33, 100), (1, 1, 37), (4, 16, 3520)])  # odd widths, one row, minGRU's
+@pytest.mark.parametrize("first", [False, True])
+def test_fused_add_layer_norm(dtype, shape, first):
+    """``fused_add_norm``'s kernel (fla's LayerNorm with its residual input) against the plain ops
+    in float64 on the same rounded inputs: the LayerNorm output, the residual stream and the
+    gradients of the sub-block output, the stream, the weight and the bias (both outputs carry a
+    gradient, as in the LM). ``first``: no sub-block output yet (the first block)."""
+    pytest.importorskip("fla")
+    from torch import nn
+
+    from rnnlab.models.norm import add_layer_norm
+
+    g = torch.Generator().manual_seed(0)
+    D = shape[-1]
+    hidden = None if first else torch.randn(shape, generator=g)
+    residual = torch.randn(shape, generator=g) * 2 + 0.5
+    weight, bias = 1 + 0.3 * torch.randn(D, generator=g), 0.3 * torch.randn(D, generator=g)
+    outs, grads = {}, {}
+    for name, device, dt, fused in (("fast", DEV, dtype, True), ("ref", "cpu", torch.float64, False)):
+        norm = nn.LayerNorm(D).to(device, dt)
+        with torch.no_grad():
+            norm.weight.copy_(weight.to(dtype))
+            norm.bias.copy_(bias.to(dtype))
+        h = None if first else hidden.to(dtype).to(device, dt).requires_grad_()
+        r = residual.to(dtype).to(device, dt).requires_grad_()
+        y, stream = add_layer_norm(h, r, norm, fused=fused)
+        gy, gs = (torch.randn(shape, generator=torch.Generator().manual_seed(k)).to(dtype).to(device, dt)
+                  for k in (1, 2))
+        leaves = [x for x in (h, r, norm.weight, norm.bias) if x is not None]
+        outs[name] = (y, stream)
+        grads[name] = torch.autograd.grad((y, stream), leaves, (gy, gs))
+    assert outs["fast"][0].dtype == dtype and outs["fast"][1].dtype == dtype
+    errs = [rel(a, b) for a, b in zip(outs["fast"] + grads["fast"], outs["ref"] + grads["ref"])]
+    print(f"add_layer_norm {str(dtype)[6:]} {shape} first={first}: " + " ".join(f"{e:.2e}" for e in errs))
+    assert max(errs) < TOL[dtype], errs
+
+
+@pytest.mark.parametrize("model", ["mingru", "transformer"])
+def test_lm_with_fused_add_norm_equals_the_plain_lm(model):
+    """The same LM (same weights) with ``fused_add_norm`` on and off, fp32 on CUDA: the loss and
+    every parameter's gradient agree (the Transformer's MLP sub-blocks add and normalise too)."""
+    pytest.importorskip("fla")
+    from rnnlab.models.config import ModelConfig
+    from rnnlab.models.lm import LM
+
+    torch.manual_seed(0)
+    layer = {"head_dim": 16} if model == "transformer" else {}
+    plain = LM(ModelConfig(model=model, dim=64, depth=3, layer=layer)).to(DEV)
+    fused = LM(ModelConfig(model=model, dim=64, depth=3, layer=layer, fused_add_norm=True)).to(DEV)
+    fused.load_state_dict(plain.state_dict())
+    idx, targets = (torch.randint(0, 256, (4, 32), device=DEV) for _ in range(2))
+    losses = []
+    for lm in (plain, fused):
+        loss = lm(idx, targets)
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    for (name, a), b in zip(plain.named_parameters(), fused.parameters()):
+        assert rel(b.grad, a.grad) < 1e-4, name
+
+
 def test_mamba2_official_vs_reference():
     """Official mamba_ssm kernels (CUDA, fp32 in, Triton SSD with TF32 products inside) against
     the pure-PyTorch reference on CPU (float64) with the SAME state_dict. Tolerance 2e-2 for the
