@@ -53,8 +53,10 @@ def test_resume_compares_the_model_section_field_by_field():
     wider = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 48}})
     assert resume_mismatch(saved, same) is None and resume_mismatch(saved, fused) is None
     assert resume_mismatch(saved, wider) == ("model.dim", 32, 48)
-    saved["model"].pop("mlp_ratio")  # absent: its default, None, the same as the new config's
+    saved["model"].pop("tie_embeddings")  # absent: its default (True), as the new config's
     assert resume_mismatch(saved, same) is None
+    untied = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32, "tie_embeddings": False}})
+    assert resume_mismatch(saved, untied) == ("model.tie_embeddings", True, False)
 
 
 def _wrong_value(spec):

@@ -173,5 +173,20 @@ def test_block_inputs_are_the_residual_stream_and_their_gradients():
     torch.testing.assert_close(store[1], x1)
     torch.testing.assert_close(per, torch.stack([x0.grad.norm(dim=-1).mean(0), x1.grad.norm(dim=-1).mean(0)]))
     fused = LM(ModelConfig(model="mingru", dim=16, depth=2, fused_add_norm=True))
-    with pytest.raises(ValueError, match="turn the block's fused_add_norm off"):
+    with pytest.raises(ValueError, match=r"run the model with model\.use_fused_add_norm\(False\)"):
         gf._block_inputs(fused)
+
+
+def test_a_run_trained_with_fused_add_norm_loads_and_is_analysed_with_the_plain_ops(tiny_train, small_corpus,
+                                                                                    tmp_path):
+    """``RunDir.load`` (eval, sample, export, gradflow) runs a ``fused_add_norm`` run's adds and
+    LayerNorms as the plain ops (the same arithmetic, no fla needed), so gradflow can read them."""
+    from rnnlab.train.rundir import RunDir
+
+    run = tmp_path / "fused"
+    run_training(tiny_train(run, model="mingru", steps=2, fused_add_norm=True, data=str(small_corpus)), progress=False)
+    cfg, model, _ = RunDir(run).load("cpu")
+    assert cfg.model.fused_add_norm is True
+    assert model.fused_add_norm is False and not any(b.fused_add_norm for b in model.blocks)
+    r = gf.analyze([run], tmp_path / "gf", batches=1, batch_size=2, seq_len=16, history=False, plots=False)
+    assert [len(c) for c in r["records"][0]["temporal"].values()] == [16, 16]

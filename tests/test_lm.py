@@ -58,6 +58,20 @@ def test_add_layer_norm_is_the_residual_add_then_layer_norm():
     assert torch.equal(fused(idx), plain(idx))
 
 
+def test_bf16_forward_is_the_written_out_loop_bit_for_bit():
+    """The blocks' ``(hidden, residual)`` form adds and normalises in the order of ``x = x +
+    mixer(LayerNorm(x))``: in bf16, where any other order or rounding point would show, the
+    logits are those of the loop written out, bit for bit."""
+    torch.manual_seed(0)
+    lm = LM(ModelConfig(model="mingru", dim=32, depth=3)).to(torch.bfloat16)
+    idx = torch.randint(0, 256, (2, 9))
+    with torch.no_grad():
+        x = lm.embed(idx)
+        for block in lm.blocks:
+            x = x + block.mixer(block.norm(x))
+        assert torch.equal(lm(idx), lm.head(lm.norm_f(x)))
+
+
 def test_fused_add_norm_without_fla_says_what_it_needs(monkeypatch):
     """On CUDA ``fused_add_norm`` runs fla's kernel; when fla does not import, one line says so."""
     from rnnlab.models import norm as norm_mod

@@ -492,14 +492,17 @@ def test_min_rnn_layers(which):
     _check_layer(which, cpu, gpu, 80, 1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype, stream_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                                 (torch.bfloat16, torch.float32)])  # the last: bf16-mixed
 @pytest.mark.parametrize("shape", [(2, 33, 100), (1, 1, 37), (4, 16, 3520)])  # odd widths, one row, minGRU's
 @pytest.mark.parametrize("first", [False, True])
-def test_fused_add_layer_norm(dtype, shape, first):
+def test_fused_add_layer_norm(dtype, stream_dtype, shape, first):
     """``fused_add_norm``'s kernel (fla's LayerNorm with its residual input) against the plain ops
     in float64 on the same rounded inputs: the LayerNorm output, the residual stream and the
     gradients of the sub-block output, the stream, the weight and the bias (both outputs carry a
-    gradient, as in the LM). ``first``: no sub-block output yet (the first block)."""
+    gradient, as in the LM). ``first``: no sub-block output yet (the first block). Under bf16-mixed
+    autocast the sub-block output is bf16 and the stream and weights fp32: the stream stays fp32,
+    the output is bf16."""
     pytest.importorskip("fla")
     from torch import nn
 
@@ -511,22 +514,25 @@ def test_fused_add_layer_norm(dtype, shape, first):
     residual = torch.randn(shape, generator=g) * 2 + 0.5
     weight, bias = 1 + 0.3 * torch.randn(D, generator=g), 0.3 * torch.randn(D, generator=g)
     outs, grads = {}, {}
-    for name, device, dt, fused in (("fast", DEV, dtype, True), ("ref", "cpu", torch.float64, False)):
-        norm = nn.LayerNorm(D).to(device, dt)
+    fast = (dtype, stream_dtype)  # the sub-block output's dtype, the stream's and the weights'
+    for name, device, dts, fused in (("fast", DEV, fast, True), ("ref", "cpu", (torch.float64,) * 2, False)):
+        norm = nn.LayerNorm(D).to(device, dts[1])
         with torch.no_grad():
-            norm.weight.copy_(weight.to(dtype))
-            norm.bias.copy_(bias.to(dtype))
-        h = None if first else hidden.to(dtype).to(device, dt).requires_grad_()
-        r = residual.to(dtype).to(device, dt).requires_grad_()
+            norm.weight.copy_(weight.to(stream_dtype))
+            norm.bias.copy_(bias.to(stream_dtype))
+        h = None if first else hidden.to(dtype).to(device, dts[0]).requires_grad_()
+        r = residual.to(stream_dtype).to(device, dts[1]).requires_grad_()
         y, stream = add_layer_norm(h, r, norm, fused=fused)
-        gy, gs = (torch.randn(shape, generator=torch.Generator().manual_seed(k)).to(dtype).to(device, dt)
-                  for k in (1, 2))
+        y_dtypes = (stream_dtype, dts[1]) if first else (dtype, dts[0])  # y: the LayerNorm input's dtype
+        gy, gs = (torch.randn(shape, generator=torch.Generator().manual_seed(k)).to(rounded).to(device, dt)
+                  for k, (rounded, dt) in ((1, y_dtypes), (2, (stream_dtype, dts[1]))))
         leaves = [x for x in (h, r, norm.weight, norm.bias) if x is not None]
         outs[name] = (y, stream)
         grads[name] = torch.autograd.grad((y, stream), leaves, (gy, gs))
-    assert outs["fast"][0].dtype == dtype and outs["fast"][1].dtype == dtype
+    assert outs["fast"][0].dtype == (stream_dtype if first else dtype) and outs["fast"][1].dtype == stream_dtype
     errs = [rel(a, b) for a, b in zip(outs["fast"] + grads["fast"], outs["ref"] + grads["ref"])]
-    print(f"add_layer_norm {str(dtype)[6:]} {shape} first={first}: " + " ".join(f"{e:.2e}" for e in errs))
+    print(f"add_layer_norm {str(dtype)[6:]}/{str(stream_dtype)[6:]} {shape} first={first}: "
+          + " ".join(f"{e:.2e}" for e in errs))
     assert max(errs) < TOL[dtype], errs
 
 

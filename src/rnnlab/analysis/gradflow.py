@@ -73,7 +73,7 @@ def _block_inputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
     for b in model.blocks:
         if b.fused_add_norm:
             raise ValueError("gradflow reads each block's input at its LayerNorm module: "
-                             "turn the block's fused_add_norm off (the same arithmetic)")
+                             "run the model with model.use_fused_add_norm(False) (the same arithmetic)")
 
     def hook(_mod, args):
         x = args[0]
@@ -278,9 +278,7 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
         weights_files = RunDir(run).weight_files() if history else []
         for weights in weights_files or [None]:
             cfg, model, step = RunDir(run).load(device, weights)
-            model = model.float()
-            for block in model.blocks:  # the plain ops, whose LayerNorm the hooks read (_block_inputs)
-                block.fused_add_norm = False
+            model = model.float()  # RunDir.load: the plain add and LayerNorm ops, as _block_inputs needs
             T = seq_len or cfg.data.seq_len
             data = heldout_batches(cfg, T, batch_size, batches)
             r = analyze_model(model, data, last, power_iters)

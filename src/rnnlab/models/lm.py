@@ -8,7 +8,9 @@
 Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the reference; cross-entropy over every position.
 The blocks pass the residual stream and the last sub-block's output apart, ``(hidden, residual)``,
 so that each residual add and the LayerNorm after it are one step (:mod:`rnnlab.models.norm`: plain
-ops, or one fused kernel with ``ModelConfig.fused_add_norm``); the arithmetic is the loop above.
+ops, or one fused kernel with ``ModelConfig.fused_add_norm``); the arithmetic is the loop above
+(eager, bit for bit; under ``torch.compile`` Inductor now fuses each add into the next block's
+LayerNorm, which may round 16-bit values differently from the earlier form of this loop).
 
 Under ``torch.compile`` E1 and E16 on CUDA (their scans are custom ops), attention and the Mamba2
 reference compile to one graph; every other recurrence is an opaque call (``rnnlab.ops.registry``),
@@ -79,12 +81,21 @@ class LM(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        self.use_fused_add_norm(cfg.fused_add_norm)
+
+    def use_fused_add_norm(self, on: bool) -> "LM":
+        """Run every residual add and LayerNorm (the blocks' and the final one) through fla's kernel
+        on CUDA (``on``) or as the plain ops: the same arithmetic (``rnnlab.models.norm``)."""
+        self.fused_add_norm = on
+        for block in self.blocks:
+            block.fused_add_norm = on
+        return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """``idx: [B, T]`` bytes -> logits ``[B, T, 256]``, or the mean cross-entropy (nats,
         computed in fp32) when ``targets`` is given."""
         hidden, residual = self._run_blocks(self.embed(idx))
-        logits = self.head(add_layer_norm(hidden, residual, self.norm_f, self.cfg.fused_add_norm)[0])
+        logits = self.head(add_layer_norm(hidden, residual, self.norm_f, self.fused_add_norm)[0])
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
