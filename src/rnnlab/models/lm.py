@@ -8,9 +8,9 @@
 Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the reference; cross-entropy over every position.
 The blocks pass the residual stream and the last sub-block's output apart, ``(hidden, residual)``,
 so that each residual add and the LayerNorm after it are one step (:mod:`rnnlab.models.norm`: plain
-ops, or one fused kernel with ``ModelConfig.fused_add_norm``); the arithmetic is the loop above
-(eager, bit for bit; under ``torch.compile`` Inductor now fuses each add into the next block's
-LayerNorm, which may round 16-bit values differently from the earlier form of this loop).
+ops, or one fused kernel with ``ModelConfig.fused_add_norm``); the arithmetic is the loop above,
+eager bit for bit (under ``torch.compile`` Inductor fuses each add into the next LayerNorm and
+rounds 16-bit values its own way).
 
 Under ``torch.compile`` E1 and E16 on CUDA (their scans are custom ops), attention and the Mamba2
 reference compile to one graph; every other recurrence is an opaque call (``rnnlab.ops.registry``),

@@ -4,9 +4,9 @@ LayerNorm(residual)``, as plain PyTorch ops or as one fused kernel each way.
 Run eager on a GPU, the plain ops are two memory-bound kernels forward (the add, LayerNorm) and
 three backward (LayerNorm's input and weight gradients, and autograd's sum of the residual
 stream's two gradients), each reading or writing ``[B, T, dim]`` two or three times: 7.7 ms of
-minGRU's 70-ms step at 400M (``results/step-profile-h200``). ``fused`` runs fla's LayerNorm with its residual input
-(``fla.modules.norm.layernorm.layer_norm(..., residual=..., prenorm=True)``, the fused add-norm
-of mamba_ssm's and fla's own models): one Triton kernel forward, one backward. ``torch.compile``
+minGRU's 70-ms step at 400M (``results/step-profile-h200``). ``fused`` runs fla's LayerNorm with
+its residual input (``fla.modules.norm.layernorm.layer_norm(..., residual=..., prenorm=True)``,
+the fused add-norm of mamba_ssm's and fla's own models): one Triton kernel forward, one backward. ``torch.compile``
 fuses the plain ops itself (Inductor), so the option is for models trained eager.
 
 The two forms compute the same residual stream (the sum rounded to the stream's dtype) and
