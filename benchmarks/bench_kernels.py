@@ -7,7 +7,8 @@ the Schedule-Free AdamW step over a 400M model's parameters (schedulefree's vs r
 resource, not an estimate): the forward's loop rebuilt here with each part switchable
 (``_heads_chain``): the dependent chain alone (MMA, tanh), then with the step's input load, its
 store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
-a layer's weight-gradient GEMMs overlap on two streams.
+a layer's weight-gradient GEMMs overlap on two streams. ``--sections scan-launch`` sweeps the
+fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -208,6 +209,57 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
 
 
+# (channels per program, warps) for the fused minGRU / minLSTM scans; the package's is (256, 4)
+SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
+
+
+def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCAN_LAUNCHES):
+    """The fused minGRU (``mode`` 1) / minLSTM (2) scan on the raw projection ``x0: [B, T, G*H]``
+    with each ``(block, warps)`` of ``launches``: yields ``(block, warps, forward, backward)``, two
+    callables each running one launch, after checking that the launch's states and gradients
+    equal the package's bit for bit (each channel is its own recurrence: the launch may change
+    the time, never a value)."""
+    from rnnlab.ops.scan import triton as stri
+
+    G = mode + 1
+    B, T, GH = x0.shape
+    H = GH // G
+    ptrs = stri._views(x0, G, H)
+    h_ref = torch.empty(B, T, H, device=x0.device, dtype=x0.dtype)
+    stri.launch_forward(ptrs, GH, ptrs[0], h_ref, mode, False)
+    dp_ref, dh0 = torch.empty_like(x0), torch.zeros(B, H, device=x0.device, dtype=torch.float32)
+    stri.launch_backward(ptrs, GH, h_ref, h_ref, g, stri._views(dp_ref, G, H), dh0, mode, False)
+    for block, warps in launches:
+        h, dp = torch.empty_like(h_ref), torch.empty_like(x0)
+        outs = stri._views(dp, G, H)
+
+        def forward(block=block, warps=warps, h=h):
+            stri.launch_forward(ptrs, GH, ptrs[0], h, mode, False, block, warps)
+
+        def backward(block=block, warps=warps, outs=outs):
+            stri.launch_backward(ptrs, GH, h_ref, h_ref, g, outs, dh0, mode, False, block, warps)
+
+        forward()
+        backward()
+        assert torch.equal(h, h_ref) and torch.equal(dp, dp_ref), (block, warps)
+        yield block, warps, forward, backward
+
+
+def scan_launches(add, B, T, reps, dt, bw):
+    """The fused minGRU / minLSTM scans at the 400M widths with each launch of
+    :data:`SCAN_LAUNCHES`, forward and backward each timed back to back (the kernels' own time)."""
+    el = torch.finfo(dt).bits // 8
+    for name, mode, H in (("minGRU", 1, 3520), ("minLSTM", 2, 2880)):
+        G = mode + 1
+        floor = ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
+        x0 = torch.randn(B, T, G * H, device="cuda", dtype=dt)
+        g = torch.randn(B, T, H, device="cuda", dtype=dt)
+        for block, warps, forward, backward in scan_launch_sweep(x0, mode, g):
+            tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))
+            note = "the package's" if (block, warps) == (256, 4) else ""
+            add(f"scan launch: {name} BLOCK {block}, {warps} warps", f"B{B} T{T} H{H}", (tf, tb, tf + tb), floor, note)
+
+
 def ceilings():
     n = 256 * 2**20
     a = torch.randn(n // 4, device="cuda")
@@ -229,8 +281,8 @@ def main(argv=None):
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
-                   choices=["scan", "diag", "heads", "heads-floor", "cells", "optim", "dense"],
-                   help="which kernel families to time (default all but heads-floor)")
+                   choices=["scan", "scan-launch", "diag", "heads", "heads-floor", "cells", "optim", "dense"],
+                   help="which kernel families to time (default all but heads-floor and scan-launch)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -330,6 +382,8 @@ def main(argv=None):
             add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
                 "tanh.approx" if fast else "exp-tanh")
 
+    if "scan-launch" in args.sections:
+        scan_launches(add, B, T, args.reps, dt, bw)
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
 

@@ -1171,3 +1171,34 @@ def test_heads_floor_kernel_computes_the_heads_recurrence():
     same_input, _ = naive.elman_scan(wx[:, :1].expand(B, T, -1).double(), w.double(), None)
     torch.testing.assert_close(h[:, -1], same_input[:, -1].float(), rtol=1e-5, atol=2e-5)
     assert not h[:, :-1].any()  # only the last step's state was stored
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
+@pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+def test_scan_launch_sweep_runs_the_package_scans_with_other_launches():
+    """bench_kernels.py's scan-launch sweep: every launch's minGRU / minLSTM states and gradients
+    are the package's own op's, bit for bit (the sweep asserts it per launch; here against
+    ``mingru_scan`` / ``minlstm_scan`` too), and a launch that miscounted its programs would fail."""
+    from rnnlab.ops.scan import triton as stri
+
+    bk = _benchmark_script("bench_kernels")
+    g = torch.Generator().manual_seed(0)
+    B, T, H = 2, 5, 37  # H not a multiple of any block
+    for mode, op in ((1, stri.mingru_scan), (2, stri.minlstm_scan)):
+        x0 = torch.randn(B, T, (mode + 1) * H, generator=g)
+        dh = torch.randn(B, T, H, generator=g)
+        p = x0.clone().requires_grad_()
+        h_op = op(p)[0]
+        h_op.backward(dh)
+        launches = [(16, 1), (64, 2)]
+        done = []
+        for block, warps, forward, backward in bk.scan_launch_sweep(x0, mode, dh, launches):
+            done.append((block, warps))
+        assert done == launches
+        h_ref = torch.empty(B, T, H)
+        stri.launch_forward(stri._views(x0, mode + 1, H), (mode + 1) * H, x0, h_ref, mode, False, 16, 1)
+        assert torch.equal(h_ref, h_op.detach())
+        dp, dh0 = torch.empty_like(x0), torch.zeros(B, H)
+        stri.launch_backward(stri._views(x0, mode + 1, H), (mode + 1) * H, h_ref, h_ref, dh,
+                             stri._views(dp, mode + 1, H), dh0, mode, False, 16, 1)
+        assert torch.equal(dp, p.grad)

@@ -211,6 +211,23 @@ def _views(x: torch.Tensor, groups: int, H: int):
     return [x[..., k * H:(k + 1) * H] for k in range(groups)] + [x] * (3 - groups)
 
 
+def launch_forward(ptrs, RS: int, h0c, h: torch.Tensor, mode: int, has_h0: bool,
+                   block: int = BLOCK, warps: int = NUM_WARPS) -> None:
+    """``_scan_fwd`` over ``h: [B, T, H]`` (one program per batch row and ``block`` channels);
+    ``block`` and ``warps`` other than the defaults only for ``bench_kernels.py``'s sweep."""
+    B, T, H = h.shape
+    _scan_fwd[(B, triton.cdiv(H, block))](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
+                                          num_warps=warps)
+
+
+def launch_backward(ptrs, RS: int, h: torch.Tensor, h0c, g: torch.Tensor, outs, dh0: torch.Tensor, mode: int,
+                    has_h0: bool, block: int = BLOCK, warps: int = NUM_WARPS) -> None:
+    """``_scan_bwd``, launched as :func:`launch_forward`."""
+    B, T, H = h.shape
+    _scan_bwd[(B, triton.cdiv(H, block))](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0,
+                                          BLOCK=block, num_warps=warps)
+
+
 class _Scan(torch.autograd.Function):
     """MODE 0: inputs (a, b); MODE 1/2: input p = [B, T, G*H] (G = 2, 3)."""
 
@@ -231,9 +248,7 @@ class _Scan(torch.autograd.Function):
         h0c = h0.contiguous() if has_h0 else ptrs[0]
         h = torch.empty(B, T, H, device=ptrs[0].device, dtype=dt)
         if T > 0 and B > 0 and H > 0:
-            grid = (B, triton.cdiv(H, BLOCK))
-            _scan_fwd[grid](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=BLOCK,
-                            num_warps=NUM_WARPS)
+            launch_forward(ptrs, RS, h0c, h, mode, has_h0)
         ctx.mode, ctx.has_h0, ctx.H, ctx.RS = mode, has_h0, H, RS
         ctx.h0_dtype = h0.dtype if has_h0 else None
         if mode == 0:
@@ -260,9 +275,7 @@ class _Scan(torch.autograd.Function):
         dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
         h0c = h0.contiguous() if ctx.has_h0 else h
         if T > 0 and B > 0 and H > 0:
-            grid = (B, triton.cdiv(H, BLOCK))
-            _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=ctx.has_h0,
-                            BLOCK=BLOCK, num_warps=NUM_WARPS)
+            launch_backward(ptrs, RS, h, h0c, g, outs, dh0, mode, ctx.has_h0)
         elif mode == 0:
             da.zero_(), db.zero_()
         else:
