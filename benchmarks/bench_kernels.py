@@ -209,6 +209,17 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
 
 
+# the fused gate + scan kernels at the 400M widths: (name, mode of rnnlab.ops.scan.triton, H)
+FUSED_SCANS = (("minGRU", 1, 3520), ("minLSTM", 2, 2880))
+
+
+def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -> float:
+    """The fused scan's bytes over the copy bandwidth: the forward reads the G = mode + 1 gate
+    inputs and writes h; the backward reads them, h and g and writes their G gradients."""
+    G = mode + 1
+    return ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
+
+
 # (channels per program, warps) for the fused minGRU / minLSTM scans; the package's is (256, 4)
 SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
 
@@ -249,10 +260,9 @@ def scan_launches(add, B, T, reps, dt, bw):
     """The fused minGRU / minLSTM scans at the 400M widths with each launch of
     :data:`SCAN_LAUNCHES`, forward and backward each timed back to back (the kernels' own time)."""
     el = torch.finfo(dt).bits // 8
-    for name, mode, H in (("minGRU", 1, 3520), ("minLSTM", 2, 2880)):
-        G = mode + 1
-        floor = ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
-        x0 = torch.randn(B, T, G * H, device="cuda", dtype=dt)
+    for name, mode, H in FUSED_SCANS:
+        floor = fused_scan_floor_ms(mode, B, T, H, el, bw)
+        x0 = torch.randn(B, T, (mode + 1) * H, device="cuda", dtype=dt)
         g = torch.randn(B, T, H, device="cuda", dtype=dt)
         for block, warps, forward, backward in scan_launch_sweep(x0, mode, g):
             tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))
@@ -339,15 +349,13 @@ def main(argv=None):
     from rnnlab.ops.scan import triton as stri
 
     # fused gate + scan (reads p once, writes h; backward reads p, h, g, writes dp)
-    for nm, fn, G, H in (("minGRU fused gates+scan", stri.mingru_scan, 2, 3520),
-                         ("minLSTM fused gates+scan", stri.minlstm_scan, 3, 2880)) if scans else ():
-        floor = ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
-
-        def mkf(fn=fn, G=G, H=H):
+    for name, mode, H in FUSED_SCANS if scans else ():
+        def mkf(fn={1: stri.mingru_scan, 2: stri.minlstm_scan}[mode], G=mode + 1, H=H):
             pp = torch.randn(B, T, G * H, device=dev, dtype=dt, requires_grad=True)
             return fn, [pp], torch.randn(B, T, H, device=dev, dtype=dt)
 
-        add(nm, f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps), floor)
+        add(f"{name} fused gates+scan", f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps),
+            fused_scan_floor_ms(mode, B, T, H, el, bw))
 
     # ---- diag Elman (E16 s4: di 2048 -> S 8192)
     S = 8192
