@@ -73,14 +73,23 @@ def test_bf16_forward_is_the_written_out_loop_bit_for_bit():
 
 
 def test_fused_add_norm_without_fla_says_what_it_needs(monkeypatch):
-    """On CUDA ``fused_add_norm`` runs fla's kernel; when fla does not import, one line says so."""
+    """On CUDA ``fused_add_norm`` runs fla's kernel; when fla does not import, one line says so:
+    at the kernel's call, and before training starts (the trainer's start-up check, off CUDA
+    nothing to refuse)."""
     from rnnlab.models import norm as norm_mod
     from rnnlab.ops.registry import LazyKernel
+    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.runtime import check_trainable
 
     monkeypatch.setattr(norm_mod, "FLA_LAYER_NORM", LazyKernel("rnnlab_no_such_module"))
-    with pytest.raises(RuntimeError, match=r"fused_add_norm needs fla on CUDA \(pip install fla-core; "
-                                           r"ModuleNotFoundError.*\); or leave it off"):
+    needs = r"fused_add_norm needs fla on CUDA \(pip install fla-core; ModuleNotFoundError.*\); or leave it off"
+    with pytest.raises(RuntimeError, match=needs):
         norm_mod._fla_add_layer_norm(None, torch.zeros(2, 4), torch.ones(4), torch.zeros(4), 1e-5)
+    cfg = TrainConfig.from_dict({"model": {"model": "mingru", "fused_add_norm": True}})
+    with pytest.raises(ValueError, match="^model mingru cannot train on cuda: " + needs + "$"):
+        check_trainable(cfg, torch.device("cuda"))
+    check_trainable(cfg, torch.device("cpu"))
+    check_trainable(TrainConfig.from_dict({"model": "mingru"}), torch.device("cuda"))
 
 
 def test_init_and_tied_head():

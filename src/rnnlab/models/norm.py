@@ -38,12 +38,20 @@ def add_layer_norm(hidden: torch.Tensor | None, residual: torch.Tensor, norm: nn
     return norm(residual), residual
 
 
+def fused_add_norm_blocker(device: torch.device) -> str | None:
+    """Why ``fused_add_norm`` cannot run on ``device``, or None (off CUDA it runs the plain ops)."""
+    return None if device.type != "cuda" or FLA_LAYER_NORM.available() else _needs_fla()
+
+
+def _needs_fla() -> str:
+    return f"fused_add_norm needs fla on CUDA (pip install fla-core; {FLA_LAYER_NORM.error}); or leave it off"
+
+
 @opaque  # under torch.compile one call (Inductor fuses the plain ops instead)
 def _fla_add_layer_norm(hidden, residual, weight, bias, eps):
     fla = FLA_LAYER_NORM.get()
     if fla is None:
-        raise RuntimeError(f"fused_add_norm needs fla on CUDA (pip install fla-core; {FLA_LAYER_NORM.error}); "
-                           "or leave it off")
+        raise RuntimeError(_needs_fla())
     if hidden is None:
         return fla.layer_norm(residual, weight, bias, eps=eps, prenorm=True)
     return fla.layer_norm(hidden, weight, bias, residual=residual, eps=eps, prenorm=True)
