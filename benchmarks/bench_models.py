@@ -98,10 +98,6 @@ MODELS = [
     # (results/sf-adamw-fused-h200)
     ("minGRU 3520x16", dict(model="mingru", dim=3520, depth=16), [OFF, DEFAULT, RO]),
     ("minLSTM 2880x16", dict(model="minlstm", dim=2880, depth=16), [OFF, DEFAULT, RO]),
-    # eager with each residual add and LayerNorm as one fla kernel (ModelConfig.fused_add_norm;
-    # compiled, Inductor fuses them itself): the models trained eager
-    ("minGRU 3520x16 fused add-norm", dict(model="mingru", dim=3520, depth=16, fused_add_norm=True), [OFF]),
-    ("minLSTM 2880x16 fused add-norm", dict(model="minlstm", dim=2880, depth=16, fused_add_norm=True), [OFF]),
     ("E16 s4 1024x10 e2", dict(model="e16", dim=1024, depth=10,
                                 layer={"expansion": 2.0, "state_expansion": 4}), [OFF, DEFAULT, RO]),
     # E88 at the width `rnnlab params --target 400M` solves at the reference's depth 31 (50 heads),
@@ -110,7 +106,6 @@ MODELS = [
     ("E88 50x32 d31", dict(model="e88", dim=1600, depth=31), [OFF, DEFAULT, RO]),
     ("E88 49x32 d32", dict(model="e88", dim=1568, depth=32), [OFF, DEFAULT, RO]),
     ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
-    ("GDN 13x128 d17 (fla) fused add-norm", dict(model="gdn", dim=1760, depth=17, fused_add_norm=True), [OFF]),
 ]
 
 

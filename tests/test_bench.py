@@ -890,22 +890,16 @@ def _benchmark_script(name: str):
     return module
 
 
-def test_bench_models_rows_are_valid_models_and_fused_add_norm_rows_differ_in_that_switch_only():
-    """Every bench_models.py row but the standalone Mamba2 is a valid ModelConfig; each "fused
-    add-norm" row is the plain row of its name with ``fused_add_norm`` on, run eager (a same-run
-    comparison)."""
+def test_bench_models_rows_are_valid_models():
+    """Every bench_models.py row but the standalone Mamba2 is a valid ModelConfig, with unique names."""
     from rnnlab.models.config import ModelConfig
 
     bm = _benchmark_script("bench_models")
-    rows = {name: (cfgd, modes) for name, cfgd, modes in bm.MODELS}
-    fused = [name for name in rows if name.endswith(" fused add-norm")]
-    assert {"minGRU 3520x16 fused add-norm", "minLSTM 2880x16 fused add-norm"} <= set(fused)
-    for name, (cfgd, _) in rows.items():
+    names = [name for name, _, _ in bm.MODELS]
+    assert len(set(names)) == len(names)
+    for name, cfgd, _ in bm.MODELS:
         if not cfgd.get("standalone"):
             ModelConfig(**cfgd).validate()
-    for name in fused:
-        cfgd, modes = rows[name]
-        assert dict(rows[name.removesuffix(" fused add-norm")][0], fused_add_norm=True) == cfgd and modes == [None]
 
 
 def test_bench_models_profile_breakdown_sorts_kernels_by_kind():

@@ -34,9 +34,7 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
              "wandb": None, "overwrite": False, "extra_val_data": None, "curve_eval_bytes": None,
              "cuda_graph": False,
              "decay_marked": True}  # a run saved before this field decayed every parameter (LEGACY_DEFAULTS)
-    model_added = {"fused_add_norm": False}
-    # the same flat file, plus fields added since (their defaults)
-    assert cfg.to_dict() == {**old, **added, "model": {**old["model"], **model_added}}
+    assert cfg.to_dict() == {**old, **added}  # the same flat file, plus fields added since (their defaults)
     assert TrainConfig().optim.decay_marked is False and TrainConfig.from_dict(old).optim.decay_marked is False
     assert resume_mismatch(RunDir(tmp_path).saved_config(), cfg) is None
     new = TrainConfig.from_dict({**old, "decay_marked": False})
@@ -44,14 +42,12 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
 
 
 def test_resume_compares_the_model_section_field_by_field():
-    """A model field the saved config lacks counts as its default; ``fused_add_norm`` (how the
-    same model is computed, like ``compile``) may change on resume; the model's shape may not."""
+    """A model field the saved config lacks (one added to rnnlab since) counts as its default; the
+    model's shape may not change."""
     saved = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32}}).to_dict()
-    del saved["model"]["fused_add_norm"]
     same = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32}})
-    fused = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32, "fused_add_norm": True}})
     wider = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 48}})
-    assert resume_mismatch(saved, same) is None and resume_mismatch(saved, fused) is None
+    assert resume_mismatch(saved, same) is None
     assert resume_mismatch(saved, wider) == ("model.dim", 32, 48)
     saved["model"].pop("tie_embeddings")  # absent: its default (True), as the new config's
     assert resume_mismatch(saved, same) is None
@@ -133,9 +129,8 @@ def test_derived_key_lists():
     assert RESUMABLE == {"steps", "minutes", "tokens", "extra_val_data", "grad_accum", "eval_every", "eval_bytes",
                          "curve_eval_bytes", "eval_batch_size", "log_every", "wandb", "checkpoint_every",
                          "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "cuda_graph",
-                         "device", "distributed", "fused_add_norm"}
-    assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings", "fused_add_norm",
-                          "layer")
+                         "device", "distributed"}
+    assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings", "layer")
     assert set(TrainConfig().to_dict()) == set(FIELDS) - set(MODEL_KEYS) | {"model"}
 
 

@@ -157,7 +157,7 @@ def test_generic_mixer_has_temporal_flow_but_no_recurrence_stats():
 def test_block_inputs_are_the_residual_stream_and_their_gradients():
     """(b) reads each block's input, the residual stream entering it (``x^(l)``), and the loss's
     gradient with respect to it, written out here for a 2-block LM: x^(0) is the embedding,
-    x^(1) = x^(0) + mixer_0(LN_0(x^(0))); and a block running the fused kernel is refused."""
+    x^(1) = x^(0) + mixer_0(LN_0(x^(0)))."""
     torch.manual_seed(0)
     model = LM(ModelConfig(model="mingru", dim=16, depth=2)).eval()
     batch = torch.randint(0, 256, (2, 9))
@@ -172,21 +172,3 @@ def test_block_inputs_are_the_residual_stream_and_their_gradients():
     torch.testing.assert_close(store[0], x0)
     torch.testing.assert_close(store[1], x1)
     torch.testing.assert_close(per, torch.stack([x0.grad.norm(dim=-1).mean(0), x1.grad.norm(dim=-1).mean(0)]))
-    fused = LM(ModelConfig(model="mingru", dim=16, depth=2, fused_add_norm=True))
-    with pytest.raises(ValueError, match=r"run the model with model\.use_fused_add_norm\(False\)"):
-        gf._block_inputs(fused)
-
-
-def test_a_run_trained_with_fused_add_norm_loads_and_is_analysed_with_the_plain_ops(tiny_train, small_corpus,
-                                                                                    tmp_path):
-    """``RunDir.load`` (eval, sample, export, gradflow) runs a ``fused_add_norm`` run's adds and
-    LayerNorms as the plain ops (the same arithmetic, no fla needed), so gradflow can read them."""
-    from rnnlab.train.rundir import RunDir
-
-    run = tmp_path / "fused"
-    run_training(tiny_train(run, model="mingru", steps=2, fused_add_norm=True, data=str(small_corpus)), progress=False)
-    cfg, model, _ = RunDir(run).load("cpu")
-    assert cfg.model.fused_add_norm is True
-    assert model.fused_add_norm is False and not any(b.fused_add_norm for b in model.blocks)
-    r = gf.analyze([run], tmp_path / "gf", batches=1, batch_size=2, seq_len=16, history=False, plots=False)
-    assert [len(c) for c in r["records"][0]["temporal"].values()] == [16, 16]

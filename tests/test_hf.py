@@ -224,14 +224,3 @@ def test_export_in_a_fresh_process_and_load_without_importing_rnnlab(exported, t
     _, model, _ = RunDir(run).load("cpu")
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(torch.tensor([[116, 104, 101]])),
                                rtol=0, atol=1e-5)
-
-
-def test_the_hf_config_leaves_out_how_a_run_was_computed():
-    """``fused_add_norm`` (fla's kernel or the plain ops: the same model) is not part of an export:
-    the config has no such field and loads back as the plain ops."""
-    from rnnlab.hf.modeling import RnnlabConfig
-    from rnnlab.models.config import ModelConfig
-
-    hf = RnnlabConfig.from_model_config(ModelConfig(model="mingru", dim=16, depth=2, fused_add_norm=True))
-    assert "fused_add_norm" not in hf.to_dict()
-    assert hf.to_model_config() == ModelConfig(model="mingru", dim=16, depth=2)

@@ -66,14 +66,8 @@ def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[
 
 # ------------------------------------------------------------------------- (a) + (b)
 def _block_inputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
-    """Forward pre-hooks that keep (and retain the grad of) every block's input: the residual
-    stream entering its LayerNorm (so the blocks must run the plain add and LayerNorm ops, whose
-    LayerNorm module sees the stream, not ``fused_add_norm``'s kernel)."""
+    """Forward pre-hooks that keep (and retain the grad of) every block's input."""
     store: list[torch.Tensor] = []
-    for b in model.blocks:
-        if b.fused_add_norm:
-            raise ValueError("gradflow reads each block's input at its LayerNorm module: "
-                             "run the model with model.use_fused_add_norm(False) (the same arithmetic)")
 
     def hook(_mod, args):
         x = args[0]
@@ -81,7 +75,7 @@ def _block_inputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
             x.retain_grad()
         store.append(x)
 
-    handles = [b.norm.register_forward_pre_hook(hook) for b in model.blocks]
+    handles = [b.register_forward_pre_hook(hook) for b in model.blocks]
     return store, handles
 
 
@@ -278,7 +272,7 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
         weights_files = RunDir(run).weight_files() if history else []
         for weights in weights_files or [None]:
             cfg, model, step = RunDir(run).load(device, weights)
-            model = model.float()  # RunDir.load: the plain add and LayerNorm ops, as _block_inputs needs
+            model = model.float()
             T = seq_len or cfg.data.seq_len
             data = heldout_batches(cfg, T, batch_size, batches)
             r = analyze_model(model, data, last, power_iters)

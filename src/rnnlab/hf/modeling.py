@@ -55,7 +55,6 @@ class RnnlabConfig(PreTrainedConfig):
     def from_model_config(cls, cfg: ModelConfig, seq_len: int | None = None) -> "RnnlabConfig":
         d = cfg.to_dict()
         d["tie_word_embeddings"] = d.pop("tie_embeddings")
-        del d["fused_add_norm"]  # how a run was computed, not the model: an export runs the plain ops
         return cls(**d, seq_len=seq_len)
 
     def to_model_config(self) -> ModelConfig:

@@ -31,10 +31,6 @@ class ModelConfig:
                                                 "model's: 0 = no MLP for recurrent models, 4 for the Transformer)",
                                      bounds=at_least(0))
     tie_embeddings: bool = option(True, help="share the input embedding with the output head (default: on)")
-    fused_add_norm: bool = option(False, help="each residual add and the LayerNorm after it as one fla Triton "
-                                              "kernel on CUDA, forward and backward (for models trained eager: "
-                                              "torch.compile fuses them itself; needs fla)",
-                                  resumable=True)  # like compile: how the same model is computed
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
 

@@ -6,11 +6,6 @@
     logits = head(LayerNorm_f(x))                     # head tied to the embedding, no bias
 
 Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the reference; cross-entropy over every position.
-The blocks pass the residual stream and the last sub-block's output apart, ``(hidden, residual)``,
-so that each residual add and the LayerNorm after it are one step (:mod:`rnnlab.models.norm`: plain
-ops, or one fused kernel with ``ModelConfig.fused_add_norm``); the arithmetic is the loop above,
-eager bit for bit (under ``torch.compile`` Inductor fuses each add into the next LayerNorm and
-rounds 16-bit values its own way).
 
 Under ``torch.compile`` E1 and E16 on CUDA (their scans are custom ops), attention and the Mamba2
 reference compile to one graph; every other recurrence is an opaque call (``rnnlab.ops.registry``),
@@ -24,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.models.config import ModelConfig
-from rnnlab.models.norm import add_layer_norm
 from rnnlab.models.registry import get_spec
 
 
@@ -49,17 +43,12 @@ class Block(nn.Module):
         ratio = cfg.resolved_mlp_ratio()
         self.mlp_norm = nn.LayerNorm(cfg.dim) if ratio > 0 else None
         self.mlp = MLP(cfg.dim, ratio) if ratio > 0 else None
-        self.fused_add_norm = cfg.fused_add_norm
 
-    def forward(self, hidden: torch.Tensor | None, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(hidden, residual)`` -> the same pair one block on: the residual stream is
-        ``residual + hidden`` (``hidden=None``: nothing to add yet, the first block)."""
-        hidden, residual = add_layer_norm(hidden, residual, self.norm, self.fused_add_norm)
-        hidden = self.mixer(hidden)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm(x))
         if self.mlp is not None:
-            hidden, residual = add_layer_norm(hidden, residual, self.mlp_norm, self.fused_add_norm)
-            hidden = self.mlp(hidden)
-        return hidden, residual
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
 
     def step(self, x: torch.Tensor, state):
         y, state = self.mixer.step(self.norm(x), state)
@@ -81,34 +70,24 @@ class LM(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
-        self.use_fused_add_norm(cfg.fused_add_norm)
-
-    def use_fused_add_norm(self, on: bool) -> "LM":
-        """Run every residual add and LayerNorm (the blocks' and the final one) through fla's kernel
-        on CUDA (``on``) or as the plain ops: the same arithmetic (``rnnlab.models.norm``)."""
-        self.fused_add_norm = on
-        for block in self.blocks:
-            block.fused_add_norm = on
-        return self
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """``idx: [B, T]`` bytes -> logits ``[B, T, 256]``, or the mean cross-entropy (nats,
         computed in fp32) when ``targets`` is given."""
-        hidden, residual = self._run_blocks(self.embed(idx))
-        logits = self.head(add_layer_norm(hidden, residual, self.norm_f, self.fused_add_norm)[0])
+        x = self._run_blocks(self.embed(idx))
+        logits = self.head(self.norm_f(x))
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
-    def _run_blocks(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         # A frame of its own for torch.compile: most recurrences are opaque calls (graph breaks,
         # rnnlab.ops.registry), and Dynamo gives up on a whole frame whose graph break falls
         # inside a for loop. Only this loop then runs uncompiled; each Block and forward's
         # embedding, final norm, head and loss are still compiled.
-        hidden, residual = None, x
         for block in self.blocks:
-            hidden, residual = block(hidden, residual)
-        return hidden, residual
+            x = block(x)
+        return x
 
     @torch.no_grad()
     def init_state(self, batch: int) -> list:

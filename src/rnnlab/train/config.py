@@ -403,7 +403,7 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, 
             continue
         a, b = saved.get(key, defaults.get(key)), new.get(key)
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
-            for mk in sorted((set(a) | set(b)) - RESUMABLE):
+            for mk in sorted(set(a) | set(b)):
                 old = a.get(mk, defaults["model"].get(mk))
                 if _norm(old) != _norm(b.get(mk)):
                     return f"model.{mk}", old, b.get(mk)

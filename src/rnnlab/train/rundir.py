@@ -291,15 +291,13 @@ class RunDir:
         """``(TrainConfig, LM in eval mode, step)``: the run's model with the shipped weights
         (Schedule-Free's x) of its newest usable checkpoint, or with Schedule-Free's training
         point y there (``train_point``), or with ``weights`` (another ``model.safetensors`` of the
-        run, e.g. from ``weight_files``), at the run's precision on ``device``. Its residual adds and
-        LayerNorms run as the plain ops whatever ``fused_add_norm`` the run trained with (the same
-        arithmetic; evaluating or sampling a run needs no fla)."""
+        run, e.g. from ``weight_files``), at the run's precision on ``device``."""
         from rnnlab.train.checkpoint import load_checkpoint, load_train_point_weights, load_weights
         from rnnlab.train.optim import in_order, param_groups
         from rnnlab.train.runtime import build_model, pick_device
 
         cfg = self.config()
-        model = build_model(cfg, pick_device(device)).use_fused_add_norm(False)
+        model = build_model(cfg, pick_device(device))
         if weights is None:
             checkpoint = self.checkpoint()
             step = load_checkpoint(checkpoint, model)["step"]

@@ -102,10 +102,7 @@ def check_memory(cfg, params: int, device: torch.device) -> None:
 def check_trainable(cfg, device: torch.device) -> None:
     """Refuse a model whose kernels refuse to train on ``device`` (one line naming the cause and the
     fix), before the run folder is touched rather than at the first backward."""
-    from rnnlab.models.norm import fused_add_norm_blocker
-
-    reason = get_spec(cfg.model.model).training_blocker(device) or (
-        fused_add_norm_blocker(device) if cfg.model.fused_add_norm else None)
+    reason = get_spec(cfg.model.model).training_blocker(device)
     if reason:
         raise ValueError(f"model {cfg.model.model} cannot train on {device}: {reason}")
 
