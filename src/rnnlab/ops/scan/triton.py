@@ -237,8 +237,8 @@ def _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, lo, mask, MODE: tl.const
             _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + t * RS, mask, d0, d1, d2, MODE)
             carry = a * (g + carry)
         else:
-            _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - k) * RS, mask & (t - k >= lo), d0, d1, d2, MODE)
-            carry = tl.where(t - k >= lo, a * (g + carry), carry)
+            _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t - k) * RS, mask & (t >= lo + k), d0, d1, d2, MODE)
+            carry = tl.where(t >= lo + k, a * (g + carry), carry)
     return carry
 
 
