@@ -41,6 +41,24 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
     assert resume_mismatch(RunDir(tmp_path).saved_config(), new)[0] == "decay_marked"
 
 
+def test_a_config_with_a_retired_model_field_loads_and_resumes_without_it(tmp_path):
+    """A run saved while rnnlab had ``fused_add_norm`` (how it was computed, not its weights) still
+    loads, resumes and reports, with or without that field on; an unknown model field still fails."""
+    from rnnlab.train.rundir import RunDir
+
+    cfg = TrainConfig.from_dict({"model": {"model": "mingru", "dim": 32}})
+    for on in (False, True):
+        saved = cfg.to_dict()
+        saved["model"]["fused_add_norm"] = on
+        (tmp_path / "config.json").write_text(json.dumps(saved))
+        assert RunDir(tmp_path).config() == cfg
+        assert resume_mismatch(RunDir(tmp_path).saved_config(), cfg) is None
+    saved["model"]["no_such_field"] = 1
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="no_such_field"):
+        RunDir(tmp_path).config()
+
+
 def test_resume_compares_the_model_section_field_by_field():
     """A model field the saved config lacks (one added to rnnlab since) counts as its default; the
     model's shape may not change."""

@@ -289,6 +289,11 @@ def _fields_by_key() -> dict[str, tuple[str, Spec]]:
 # the field's default: those runs decayed every parameter.
 LEGACY_DEFAULTS = {"decay_marked": True}
 
+# Model fields rnnlab no longer has that said how a run was computed, never what its weights are:
+# a config.json that has one still loads, without it (fused_add_norm: one fla kernel for each
+# residual add and LayerNorm, the same arithmetic; removed 2026-12-02, docs/kernels.md).
+RETIRED_MODEL_FIELDS = frozenset({"fused_add_norm"})
+
 
 def legacy_hint(key: str) -> str:
     """A hint for a resume refused on ``key`` when older runs differ there by design, else ""."""

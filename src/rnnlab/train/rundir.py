@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rnnlab.train.config import LEGACY_DEFAULTS
+from rnnlab.train.config import LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
@@ -173,9 +173,14 @@ class RunDir:
         return read_json(self.file(SUMMARY))
 
     def saved_config(self) -> dict[str, Any] | None:
-        """config.json (flat keys), a field it predates as :data:`LEGACY_DEFAULTS` says; or None."""
+        """config.json (flat keys), a field it predates as :data:`LEGACY_DEFAULTS` says, without
+        the model fields rnnlab retired (:data:`RETIRED_MODEL_FIELDS`); or None."""
         saved = read_json(self.file(CONFIG))
-        return None if saved is None else {**LEGACY_DEFAULTS, **saved}
+        if saved is None:
+            return None
+        if isinstance(saved.get("model"), dict):
+            saved["model"] = {k: v for k, v in saved["model"].items() if k not in RETIRED_MODEL_FIELDS}
+        return {**LEGACY_DEFAULTS, **saved}
 
     def minutes_trained(self, step: int) -> float | None:
         """Training time by ``step`` as a ``--minutes`` budget counts it (compilation left out), from

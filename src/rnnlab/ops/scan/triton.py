@@ -10,12 +10,13 @@ slower, docs/kernels.md). The backward is the reverse scan
 
 reading the saved outputs ``h`` (input dtype) and ``a``. No fp32 [B, T, H] intermediates.
 
-``chunks`` > 1 splits T into that many chunks scanned in parallel (more programs, so more loads
-in flight per SM): a first kernel reduces each chunk but the last (forward: its end state from
-zero and the product of its ``a``; backward, from the right: its carry and the product) into a
-``[2, chunks, B, H]`` fp32 buffer, then each chunk's program combines the chunks before it into
-its entering state and scans its own steps, as ``chunks = 1`` does for all of T. Each input is
-read twice; the states agree with one chunk's up to fp32 rounding (not bit for bit).
+``chunks`` > 1 splits T into up to that many chunks (lengths a multiple of the 4-step unroll)
+scanned in parallel: more programs, so more loads in flight per SM. A first kernel reduces each
+chunk a later one depends on (forward: its end state from zero and the product of its ``a``;
+backward, from the right: its carry and the product) into a ``[2, chunks, B, H]`` fp32 buffer;
+then each chunk's program combines the chunks before it (backward: after it) into its entering
+state (carry) and scans its own steps, as one chunk does for all of T. Each input is read twice;
+the states agree with one chunk's up to fp32 rounding (not bit for bit).
 
 Besides the contract op ``linear_scan(a, b, h0)``, two fused ops take a layer's raw input
 projection ``p`` and compute the gates inside the kernel (and recompute them in the backward),
@@ -164,7 +165,7 @@ def _chunk_fwd(x0_ptr, x1_ptr, x2_ptr, RS, S_ptr, T, H, L, NC,
         h, A = _sum4(h, A, xs, t0, te, MODE)
     o = (c * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
     tl.store(S_ptr + o, A, mask=mask)
-    tl.store(S_ptr + NC * tl.num_programs(0) * H + o, h, mask=mask)
+    tl.store(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, h, mask=mask)
 
 
 @triton.jit
@@ -187,7 +188,7 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H, S_ptr, L, NC,
         for j in range(0, c):
             o = (j * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
             A = tl.load(S_ptr + o, mask=mask, other=0.0)
-            h = A * h + tl.load(S_ptr + NC * tl.num_programs(0) * H + o, mask=mask, other=0.0)
+            h = A * h + tl.load(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, mask=mask, other=0.0)
     else:
         ts = 0
         te = T
@@ -269,7 +270,7 @@ def _chunk_bwd(x0_ptr, x1_ptr, x2_ptr, RS, g_ptr, S_ptr, T, H, L, NC,
             P = tl.where(t >= ts, a * P, P)
     o = (c * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
     tl.store(S_ptr + o, P, mask=mask)
-    tl.store(S_ptr + NC * tl.num_programs(0) * H + o, carry, mask=mask)
+    tl.store(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, carry, mask=mask)
 
 
 @triton.jit
@@ -291,7 +292,7 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
         for i in range(0, NC - 1 - c):
             o = ((NC - 1 - i) * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
             P = tl.load(S_ptr + o, mask=mask, other=0.0)
-            carry = P * carry + tl.load(S_ptr + NC * tl.num_programs(0) * H + o, mask=mask, other=0.0)
+            carry = P * carry + tl.load(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, mask=mask, other=0.0)
     else:
         c = 0
         ts = 0
@@ -405,7 +406,7 @@ class _Scan(torch.autograd.Function):
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, chunks: int = CHUNKS
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in
-    ``b``'s dtype; ``chunks``: T split into that many chunks scanned in parallel (module docstring)."""
+    ``b``'s dtype; ``chunks``: T split into up to that many chunks scanned in parallel (module docstring)."""
     if a.dtype != b.dtype:
         a = a.to(b.dtype)
     h = _Scan.apply(0, chunks, h0, a, b)
