@@ -897,7 +897,7 @@ def test_bench_models_rows_are_valid_models():
     bm = _benchmark_script("bench_models")
     names = [name for name, _, _ in bm.MODELS]
     assert len(set(names)) == len(names)
-    for name, cfgd, _ in bm.MODELS:
+    for _, cfgd, _ in bm.MODELS:
         if not cfgd.get("standalone"):
             ModelConfig(**cfgd).validate()
 
