@@ -213,11 +213,13 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
 FUSED_SCANS = (("minGRU", 1, 3520), ("minLSTM", 2, 2880))
 
 
-def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -> float:
+def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float, chunked: bool = False) -> float:
     """The fused scan's bytes over the copy bandwidth: the forward reads the G = mode + 1 gate
-    inputs and writes h; the backward reads them, h and g and writes their G gradients."""
+    inputs and writes h; the backward reads them, h and g and writes their G gradients. In chunks
+    (``chunked``) each pass also reads, for the chunks' reduction, the forward its G inputs and the
+    backward what ``a`` needs (G - 1 inputs) and g: 2G more."""
     G = mode + 1
-    return ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
+    return ((G + 1) + (G + 2 + G) + (2 * G if chunked else 0)) * B * T * H * el / bw * 1e3
 
 
 # (channels per program, warps, chunks of T) for the fused minGRU / minLSTM scans; the package's
@@ -269,11 +271,14 @@ def scan_launches(add, B, T, reps, dt, bw):
     el = torch.finfo(dt).bits // 8
     for name, mode, H in FUSED_SCANS:
         floor = fused_scan_floor_ms(mode, B, T, H, el, bw)
+        chunked_floor = fused_scan_floor_ms(mode, B, T, H, el, bw, chunked=True)
         x0 = torch.randn(B, T, (mode + 1) * H, device="cuda", dtype=dt)
         g = torch.randn(B, T, H, device="cuda", dtype=dt)
         for block, warps, chunks, forward, backward in scan_launch_sweep(x0, mode, g):
             tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))
             note = "the package's" if (block, warps, chunks) == package_scan_launch() else ""
+            if chunks > 1:
+                note = f"floor in chunks {chunked_floor:.3f} {note}".strip()
             add(f"scan launch: {name} BLOCK {block}, {warps} warps, {chunks} chunks", f"B{B} T{T} H{H}",
                 (tf, tb, tf + tb), floor, note)
 
