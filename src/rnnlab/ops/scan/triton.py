@@ -146,6 +146,15 @@ def _sum4(h, A, xs, t0, te, MODE: tl.constexpr):
 
 
 @triton.jit
+def _summary(S_ptr, c, NC, H, offs):
+    """Pointers into the chunks' ``[2, NC, B, H]`` fp32 buffer at this program's batch row and
+    channels: chunk c's product of ``a`` (S[0, c]) and its end state or carry (S[1, c])."""
+    B = tl.num_programs(0)
+    o = (c * B + tl.program_id(0)).to(tl.int64) * H + offs
+    return S_ptr + o, S_ptr + (NC * B).to(tl.int64) * H + o
+
+
+@triton.jit
 def _chunk_fwd(x0_ptr, x1_ptr, x2_ptr, RS, S_ptr, T, H, L, NC,
                MODE: tl.constexpr, BLOCK: tl.constexpr):
     """Chunk c of T (steps c*L .. c*L + L - 1) reduced from a zero state: the product of its
@@ -163,9 +172,9 @@ def _chunk_fwd(x0_ptr, x1_ptr, x2_ptr, RS, S_ptr, T, H, L, NC,
     for t0 in tl.range(ts, te, 4):
         xs = _ld4(x0_ptr, x1_ptr, x2_ptr, xb + t0 * RS, RS, mask, t0, te, MODE)
         h, A = _sum4(h, A, xs, t0, te, MODE)
-    o = (c * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
-    tl.store(S_ptr + o, A, mask=mask)
-    tl.store(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, h, mask=mask)
+    prod, state = _summary(S_ptr, c, NC, H, offs)
+    tl.store(prod, A, mask=mask)
+    tl.store(state, h, mask=mask)
 
 
 @triton.jit
@@ -186,9 +195,8 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H, S_ptr, L, NC,
         ts = c * L
         te = tl.minimum(ts + L, T)
         for j in range(0, c):
-            o = (j * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
-            A = tl.load(S_ptr + o, mask=mask, other=0.0)
-            h = A * h + tl.load(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, mask=mask, other=0.0)
+            prod, state = _summary(S_ptr, j, NC, H, offs)
+            h = tl.load(prod, mask=mask, other=0.0) * h + tl.load(state, mask=mask, other=0.0)
     else:
         ts = 0
         te = T
@@ -268,9 +276,9 @@ def _chunk_bwd(x0_ptr, x1_ptr, x2_ptr, RS, g_ptr, S_ptr, T, H, L, NC,
             a, _ = _coef(x0, x1, x2, MODE)
             carry = tl.where(t >= ts, a * (g + carry), carry)
             P = tl.where(t >= ts, a * P, P)
-    o = (c * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
-    tl.store(S_ptr + o, P, mask=mask)
-    tl.store(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, carry, mask=mask)
+    prod, state = _summary(S_ptr, c, NC, H, offs)
+    tl.store(prod, P, mask=mask)
+    tl.store(state, carry, mask=mask)
 
 
 @triton.jit
@@ -290,9 +298,8 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
         ts = c * L
         te = tl.minimum(ts + L, T)
         for i in range(0, NC - 1 - c):
-            o = ((NC - 1 - i) * tl.num_programs(0) + pid_b).to(tl.int64) * H + offs
-            P = tl.load(S_ptr + o, mask=mask, other=0.0)
-            carry = P * carry + tl.load(S_ptr + (NC * tl.num_programs(0)).to(tl.int64) * H + o, mask=mask, other=0.0)
+            prod, state = _summary(S_ptr, NC - 1 - i, NC, H, offs)
+            carry = tl.load(prod, mask=mask, other=0.0) * carry + tl.load(state, mask=mask, other=0.0)
     else:
         c = 0
         ts = 0
