@@ -8,7 +8,7 @@ resource, not an estimate): the forward's loop rebuilt here with each part switc
 (``_heads_chain``): the dependent chain alone (MMA, tanh), then with the step's input load, its
 store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
 a layer's weight-gradient GEMMs overlap on two streams. ``--sections scan-launch`` sweeps the
-fused minGRU / minLSTM scans' launch (channels per program, warps, chunks of T; :data:`SCAN_LAUNCHES`).
+fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -213,28 +213,24 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
 FUSED_SCANS = (("minGRU", 1, 3520), ("minLSTM", 2, 2880))
 
 
-def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float, chunked: bool = False) -> float:
+def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -> float:
     """The fused scan's bytes over the copy bandwidth: the forward reads the G = mode + 1 gate
-    inputs and writes h; the backward reads them, h and g and writes their G gradients. In chunks
-    (``chunked``) each pass also reads, for the chunks' reduction, the forward its G inputs and the
-    backward what ``a`` needs (G - 1 inputs) and g: 2G more."""
+    inputs and writes h; the backward reads them, h and g and writes their G gradients."""
     G = mode + 1
-    return ((G + 1) + (G + 2 + G) + (2 * G if chunked else 0)) * B * T * H * el / bw * 1e3
+    return ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
 
 
-# (channels per program, warps, chunks of T) for the fused minGRU / minLSTM scans; the package's
-# is (256, 4, 1). Channels and warps were swept on an H200 (results/scan-launch-h200: none beat the
-# package's by more than 3.6%); chunks put more programs, so more loads, in flight.
-SCAN_LAUNCHES = [(256, 4, 1), (256, 4, 2), (256, 4, 4), (256, 4, 8), (128, 2, 4), (64, 2, 1)]
+# (channels per program, warps) for the fused minGRU / minLSTM scans; the package's is (256, 4).
+# Swept on an H200 (results/scan-launch-h200): none beat the package's by more than 3.6%.
+SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
 def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCAN_LAUNCHES):
     """The fused minGRU (``mode`` 1) / minLSTM (2) scan on the raw projection ``x0: [B, T, G*H]``
-    with each ``(block, warps, chunks)`` of ``launches``: yields ``(block, warps, chunks, forward,
-    backward)``, two callables each running one launch, after checking its states and gradients
-    against the package's launch: bit for bit in one chunk (each channel is its own recurrence:
-    the channels and warps may change the time, never a value), to fp32 rounding in the state
-    (then the input dtype's) in several (chunks re-associate the recurrence)."""
+    with each ``(block, warps)`` of ``launches``: yields ``(block, warps, forward, backward)``, two
+    callables each running one launch, after checking that the launch's states and gradients
+    equal the package's bit for bit (each channel is its own recurrence: the launch may change
+    the time, never a value)."""
     from rnnlab.ops.scan import triton as stri
 
     G = mode + 1
@@ -245,24 +241,20 @@ def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCA
     stri.launch_forward(ptrs, GH, ptrs[0], h_ref, mode, False)
     dp_ref, dh0 = torch.empty_like(x0), torch.zeros(B, H, device=x0.device, dtype=torch.float32)
     stri.launch_backward(ptrs, GH, h_ref, h_ref, g, stri._views(dp_ref, G, H), dh0, mode, False)
-    for block, warps, chunks in launches:
+    for block, warps in launches:
         h, dp = torch.empty_like(h_ref), torch.empty_like(x0)
         outs = stri._views(dp, G, H)
 
-        def forward(block=block, warps=warps, chunks=chunks, h=h):
-            stri.launch_forward(ptrs, GH, ptrs[0], h, mode, False, block, warps, chunks)
+        def forward(block=block, warps=warps, h=h):
+            stri.launch_forward(ptrs, GH, ptrs[0], h, mode, False, block, warps)
 
-        def backward(block=block, warps=warps, chunks=chunks, outs=outs):
-            stri.launch_backward(ptrs, GH, h_ref, h_ref, g, outs, dh0, mode, False, block, warps, chunks)
+        def backward(block=block, warps=warps, outs=outs):
+            stri.launch_backward(ptrs, GH, h_ref, h_ref, g, outs, dh0, mode, False, block, warps)
 
         forward()
         backward()
-        if chunks == 1:
-            assert torch.equal(h, h_ref) and torch.equal(dp, dp_ref), (block, warps)
-        else:
-            torch.testing.assert_close(h, h_ref, msg=f"{block, warps, chunks}")
-            torch.testing.assert_close(dp, dp_ref, msg=f"{block, warps, chunks}")
-        yield block, warps, chunks, forward, backward
+        assert torch.equal(h, h_ref) and torch.equal(dp, dp_ref), (block, warps)
+        yield block, warps, forward, backward
 
 
 def scan_launches(add, B, T, reps, dt, bw):
@@ -271,23 +263,12 @@ def scan_launches(add, B, T, reps, dt, bw):
     el = torch.finfo(dt).bits // 8
     for name, mode, H in FUSED_SCANS:
         floor = fused_scan_floor_ms(mode, B, T, H, el, bw)
-        chunked_floor = fused_scan_floor_ms(mode, B, T, H, el, bw, chunked=True)
         x0 = torch.randn(B, T, (mode + 1) * H, device="cuda", dtype=dt)
         g = torch.randn(B, T, H, device="cuda", dtype=dt)
-        for block, warps, chunks, forward, backward in scan_launch_sweep(x0, mode, g):
+        for block, warps, forward, backward in scan_launch_sweep(x0, mode, g):
             tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))
-            note = "the package's" if (block, warps, chunks) == package_scan_launch() else ""
-            if chunks > 1:
-                note = f"floor in chunks {chunked_floor:.3f} {note}".strip()
-            add(f"scan launch: {name} BLOCK {block}, {warps} warps, {chunks} chunks", f"B{B} T{T} H{H}",
-                (tf, tb, tf + tb), floor, note)
-
-
-def package_scan_launch() -> tuple[int, int, int]:
-    """The package's launch of the fused scans: (channels per program, warps, chunks)."""
-    from rnnlab.ops.scan import triton as stri
-
-    return stri.BLOCK, stri.NUM_WARPS, stri.CHUNKS
+            note = "the package's" if (block, warps) == (256, 4) else ""
+            add(f"scan launch: {name} BLOCK {block}, {warps} warps", f"B{B} T{T} H{H}", (tf, tb, tf + tb), floor, note)
 
 
 def ceilings():

@@ -1171,25 +1171,23 @@ def test_heads_floor_kernel_computes_the_heads_recurrence():
 @pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 def test_scan_launch_sweep_runs_the_package_scans_with_other_launches():
     """bench_kernels.py's scan-launch sweep: every launch's minGRU / minLSTM states and gradients
-    are the package's own op's (bit for bit in one chunk, the sweep asserts it per launch; here
-    against ``mingru_scan`` / ``minlstm_scan`` too), and a launch that miscounted its programs or
-    chunks would fail."""
+    are the package's own op's, bit for bit (the sweep asserts it per launch; here against
+    ``mingru_scan`` / ``minlstm_scan`` too), and a launch that miscounted its programs would fail."""
     from rnnlab.ops.scan import triton as stri
 
     bk = _benchmark_script("bench_kernels")
-    assert bk.package_scan_launch() in bk.SCAN_LAUNCHES
     g = torch.Generator().manual_seed(0)
-    B, T, H = 2, 9, 37  # H not a multiple of any block; T: chunks of 4 and a partial one
+    B, T, H = 2, 5, 37  # H not a multiple of any block
     for mode, op in ((1, stri.mingru_scan), (2, stri.minlstm_scan)):
         x0 = torch.randn(B, T, (mode + 1) * H, generator=g)
         dh = torch.randn(B, T, H, generator=g)
         p = x0.clone().requires_grad_()
         h_op = op(p)[0]
         h_op.backward(dh)
-        launches = [(16, 1, 1), (64, 2, 1), (16, 1, 3)]
+        launches = [(16, 1), (64, 2)]
         done = []
-        for block, warps, chunks, forward, backward in bk.scan_launch_sweep(x0, mode, dh, launches):
-            done.append((block, warps, chunks))
+        for block, warps, forward, backward in bk.scan_launch_sweep(x0, mode, dh, launches):
+            done.append((block, warps))
         assert done == launches
         h_ref = torch.empty(B, T, H)
         stri.launch_forward(stri._views(x0, mode + 1, H), (mode + 1) * H, x0, h_ref, mode, False, 16, 1)

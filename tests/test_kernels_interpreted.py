@@ -136,22 +136,6 @@ def test_dense_step_kernel_options(bk, name, make):
     check_kernel(lambda *a: kernel(*a, options=opts), OPS[name].naive, make(g), torch.randn(4, 40, generator=g))
 
 
-@pytest.mark.parametrize("chunks", [2, 4])
-@pytest.mark.parametrize("name,make", [("linear_scan", _scan(2, 13, 20)), ("mingru_scan", _scan(2, 13, 20, parts=2)),
-                                       ("minlstm_scan", _scan(1, 13, 20, parts=3))])
-def test_linear_scans_in_chunks(chunks, name, make):
-    """The linear / minGRU / minLSTM scans with T split into chunks scanned in parallel (T = 13:
-    two chunks of 8 and 5, or four of 4, 4, 4 and 1, every chunk entered
-    with the ones before it, every carry with the ones after it): outputs, final state and every
-    gradient (``h0``'s too) against the float64 reference."""
-    from rnnlab.ops.scan import triton as kernel
-
-    g = torch.Generator().manual_seed(6)
-    inputs = make(g)
-    fn = getattr(kernel, name)
-    check_kernel(lambda *a: fn(*a, chunks=chunks), OPS[name].naive, inputs, torch.randn(inputs[0].shape[0], 20, generator=g))
-
-
 @pytest.mark.parametrize("every", [1, 3, 16])
 def test_e88_backward_from_checkpoints(every):
     """E88's backward recomputes each segment of ``every`` steps from its checkpoint (T = 7: a

@@ -117,28 +117,6 @@ def test_fused_min_scan(dtype, shape, with_h0, which):
     _check_op(which + "_scan", getattr(st, which + "_scan"), getattr(naive, which + "_scan"), [p, h0], dtype)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", SHAPES + [(32, 512, 2880)])  # and minLSTM's 400M width
-@pytest.mark.parametrize("chunks", [3, 8])
-@pytest.mark.parametrize("which", ["linear", "mingru", "minlstm"])
-def test_scan_in_chunks(dtype, shape, chunks, which):
-    """The linear / fused minGRU / minLSTM scans with T split into chunks scanned in parallel
-    (``chunks``; each chunk entered with the chunks before it) vs the ops' float64 references,
-    with ``h0``: outputs, final state and every gradient."""
-    from rnnlab.ops.scan import naive
-    from rnnlab.ops.scan import triton as st
-
-    torch.manual_seed(hash((shape, chunks, ["linear", "mingru", "minlstm"].index(which))) % 1000 + 4)
-    B, T, H = shape
-    if which == "linear":
-        inputs = [torch.rand(B, T, H) * 0.5 + 0.5, torch.randn(B, T, H)]
-    else:
-        inputs = [torch.randn(B, T, (2 if which == "mingru" else 3) * H) * 2]
-    fn = getattr(st, which + "_scan")
-    _check_op(f"{which}_scan in {chunks} chunks", lambda *a: fn(*a, chunks=chunks), getattr(naive, which + "_scan"),
-              [*inputs, torch.randn(B, H)], dtype)
-
-
 ELMAN_CASES = [
     # (B, T, H, heads)  heads=0 -> dense
     (2, 33, 100, 0), (1, 17, 64, 0), (5, 40, 257, 0), (70, 9, 96, 0),
