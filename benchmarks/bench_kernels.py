@@ -9,6 +9,9 @@ resource, not an estimate): the forward's loop rebuilt here with each part switc
 store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
 a layer's weight-gradient GEMMs overlap on two streams. ``--sections scan-launch`` sweeps the
 fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
+``--scan-against FILE`` times the fused scans also from another copy of ``rnnlab.ops.scan.triton``
+(an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py > FILE``), row beside row in
+the same run, so that a kernel change is measured as a ratio of one run.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import json
 import platform
 import statistics
@@ -220,6 +224,18 @@ def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -
     return ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
 
 
+def scan_module_from(path: str):
+    """``rnnlab.ops.scan.triton`` as another file holds it (``--scan-against``), imported under a
+    name of its own so that both versions' kernels compile side by side."""
+    spec = importlib.util.spec_from_file_location("scan_triton_against", path)
+    if spec is None or not path.endswith(".py"):
+        print(f"bench_kernels.py: --scan-against needs a Python file, got {path}", file=sys.stderr)
+        raise SystemExit(2)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 # (channels per program, warps) for the fused minGRU / minLSTM scans; the package's is (256, 4).
 # Swept on an H200 (results/scan-launch-h200): none beat the package's by more than 3.6%.
 SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
@@ -294,6 +310,9 @@ def main(argv=None):
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
                    choices=["scan", "scan-launch", "diag", "heads", "heads-floor", "cells", "optim", "dense"],
                    help="which kernel families to time (default all but heads-floor and scan-launch)")
+    p.add_argument("--scan-against", default=None, metavar="FILE",
+                   help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the scan "
+                        "section times its fused scans beside the package's, in the same run")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -350,12 +369,15 @@ def main(argv=None):
     from rnnlab.ops.scan import triton as stri
 
     # fused gate + scan (reads p once, writes h; backward reads p, h, g, writes dp)
-    for name, mode, H in FUSED_SCANS if scans else ():
-        def mkf(fn={1: stri.mingru_scan, 2: stri.minlstm_scan}[mode], G=mode + 1, H=H):
+    versions = [("", stri)]
+    if args.scan_against:
+        versions.append((f" ({args.scan_against})", scan_module_from(args.scan_against)))
+    for (name, mode, H), (label, mod) in ((f, v) for f in FUSED_SCANS if scans for v in versions):
+        def mkf(fn={1: mod.mingru_scan, 2: mod.minlstm_scan}[mode], G=mode + 1, H=H):
             pp = torch.randn(B, T, G * H, device=dev, dtype=dt, requires_grad=True)
             return fn, [pp], torch.randn(B, T, H, device=dev, dtype=dt)
 
-        add(f"{name} fused gates+scan", f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps),
+        add(f"{name} fused gates+scan{label}", f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps),
             fused_scan_floor_ms(mode, B, T, H, el, bw))
 
     # ---- diag Elman (E16 s4: di 2048 -> S 8192)

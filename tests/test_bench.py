@@ -1196,3 +1196,25 @@ def test_scan_launch_sweep_runs_the_package_scans_with_other_launches():
         stri.launch_backward(stri._views(x0, mode + 1, H), (mode + 1) * H, h_ref, h_ref, dh,
                              stri._views(dp, mode + 1, H), dh0, mode, False, 16, 1)
         assert torch.equal(dp, p.grad)
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
+def test_scan_against_loads_another_copy_of_the_scan_module(tmp_path, capsys):
+    """bench_kernels.py --scan-against: a copy of rnnlab/ops/scan/triton.py from a file is a
+    module of its own (its kernels not the package's objects) that computes the same scans; a
+    path that is no Python file stops in one line."""
+    import shutil
+
+    from rnnlab.ops.scan import triton as stri
+
+    bk = _benchmark_script("bench_kernels")
+    copy = tmp_path / "scan_old.py"
+    shutil.copy(stri.__file__, copy)
+    other = bk.scan_module_from(str(copy))
+    assert other is not stri and other._scan_fwd is not stri._scan_fwd
+    p = torch.randn(2, 5, 3 * 7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(other.minlstm_scan(p)[0], stri.minlstm_scan(p)[0])
+    with pytest.raises(SystemExit) as stop:
+        bk.scan_module_from(str(tmp_path / "scan_old.txt"))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("needs a Python file, got " + str(tmp_path / "scan_old.txt"))

@@ -124,6 +124,20 @@ def test_kernel_matches_reference(case, with_h0):
     check_kernel(getattr(op.kernel.get(), name), op.naive, inputs, h0)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # g's sigmoid: exp(200) = inf, 1 / inf = 0
+@pytest.mark.parametrize("name,parts", [("mingru_scan", 2), ("minlstm_scan", 3)])
+def test_fused_gates_saturated(name, parts):
+    """The fused minGRU / minLSTM gates where they saturate: pre-activations up to ~±200 (an exp of
+    the raw value would overflow fp32 past 88), and a minLSTM step with both gates at -100 (their
+    normalised forget gate is then 1/2 + tiny, not 0/0), against float64."""
+    H = 12
+    g = torch.Generator().manual_seed(5)
+    p = torch.randn(2, 5, parts * H, generator=g) * 60
+    p[0, 2, H:] = -100.0
+    op = OPS[name]
+    check_kernel(getattr(op.kernel.get(), name), op.naive, [p])
+
+
 @pytest.mark.parametrize("bk", [16, 128])
 @pytest.mark.parametrize("name,make", [("elman_scan", _elman(4, 3, 40)), ("elman_decay_scan", _decay(4, 3, 40)),
                                        ("elman_lowrank_scan", _lowrank(4, 3, 40, 2))])

@@ -117,6 +117,22 @@ def test_fused_min_scan(dtype, shape, with_h0, which):
     _check_op(which + "_scan", getattr(st, which + "_scan"), getattr(naive, which + "_scan"), [p, h0], dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("which", ["mingru", "minlstm"])
+def test_fused_min_scan_saturated(dtype, which):
+    """The fused gates where they saturate (pre-activations to ~±200, and a minLSTM step with both
+    gates at -100): finite, and the float64 reference's values and gradients."""
+    from rnnlab.ops.scan import naive
+    from rnnlab.ops.scan import triton as st
+
+    torch.manual_seed(11)
+    G = 2 if which == "mingru" else 3
+    H = 300
+    p = torch.randn(3, 37, G * H) * 60
+    p[0, 5, H:] = -100.0
+    _check_op(which + "_scan", getattr(st, which + "_scan"), getattr(naive, which + "_scan"), [p, None], dtype)
+
+
 ELMAN_CASES = [
     # (B, T, H, heads)  heads=0 -> dense
     (2, 33, 100, 0), (1, 17, 64, 0), (5, 40, 257, 0), (70, 9, 96, 0),

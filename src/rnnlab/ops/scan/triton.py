@@ -17,7 +17,8 @@ so the layer keeps only ``p`` and ``h`` (both in the input dtype) per layer:
 * ``mingru_scan(p, h0=None)``, ``p = [h~ | k]`` ``[B, T, 2H]``:
   ``a = sigmoid(-k)``, ``b = sigmoid(k) * g(h~)``;
 * ``minlstm_scan(p, h0=None)``, ``p = [h~ | f | i]`` ``[B, T, 3H]``:
-  ``d = softplus(-f) - softplus(-i)``, ``a = sigmoid(-d)``, ``b = sigmoid(d) * g(h~)``;
+  ``d = softplus(-f) - softplus(-i)``, ``a = sigmoid(-d)``, ``b = sigmoid(d) * g(h~)``
+  (computed as a ratio of exponentials, without logarithms: ``_minlstm_terms``);
 
 with ``g(x) = x + 0.5`` (x >= 0) else ``sigmoid(x)``; the same maths as ``naive.mingru_gates``
 / ``naive.minlstm_gates``. Each entry point returns ``(h, h_T)``, the final state being
@@ -50,11 +51,6 @@ def _gact_grad(x):
 
 
 @triton.jit
-def _softplus(x):
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
-
-
-@triton.jit
 def _ld(x0_ptr, x1_ptr, x2_ptr, q, m, MODE: tl.constexpr):
     x0 = tl.load(x0_ptr + q, mask=m, other=0.0).to(tl.float32)
     x1 = tl.load(x1_ptr + q, mask=m, other=0.0).to(tl.float32)
@@ -66,17 +62,34 @@ def _ld(x0_ptr, x1_ptr, x2_ptr, q, m, MODE: tl.constexpr):
 
 
 @triton.jit
+def _minlstm_terms(x1, x2):
+    """``(u_f, u_i, w_f, w_i, r)``: with ``m = max(-f, -i, 0)``, ``w = exp(-x - m)`` and
+    ``u = exp(-m) + w`` (``u`` is ``1 + exp(-x)`` scaled by ``exp(-m)``), ``r = 1 / (u_f + u_i)``.
+    Then ``a = sigmoid(-d) = u_i r`` and ``sigmoid(d) = u_f r`` for ``d = softplus(-f) -
+    softplus(-i)`` = ``log(u_f / u_i)``: three exponentials of non-positive arguments and one
+    reciprocal (``u_f + u_i >= 1``), no logarithm (docs/kernels.md: the scans' instructions)."""
+    m = tl.maximum(tl.maximum(-x1, -x2), 0.0)
+    e0 = tl.exp(-m)
+    w1 = tl.exp(-x1 - m)
+    w2 = tl.exp(-x2 - m)
+    u1 = e0 + w1
+    u2 = e0 + w2
+    return u1, u2, w1, w2, 1.0 / (u1 + u2)
+
+
+@triton.jit
 def _coef(x0, x1, x2, MODE: tl.constexpr):
     if MODE == 0:
         a = x0
         b = x1
     elif MODE == 1:
-        a = tl.sigmoid(-x1)
-        b = tl.sigmoid(x1) * _gact(x0)
+        s = tl.sigmoid(x1)
+        a = 1.0 - s  # sigmoid(-k) with one exponential and division fewer; exact to fp32's step at 1
+        b = s * _gact(x0)
     else:
-        d = _softplus(-x1) - _softplus(-x2)
-        a = tl.sigmoid(-d)
-        b = tl.sigmoid(d) * _gact(x0)
+        u1, u2, w1, w2, r = _minlstm_terms(x1, x2)
+        a = u2 * r
+        b = (u1 * r) * _gact(x0)
     return a, b
 
 
@@ -90,18 +103,19 @@ def _coef_bwd(x0, x1, x2, dh, hp, MODE: tl.constexpr):
         d2 = dh
     elif MODE == 1:
         s = tl.sigmoid(x1)
-        a = tl.sigmoid(-x1)
+        a = 1.0 - s
         d0 = dh * s * _gact_grad(x0)
         d1 = dh * s * a * (_gact(x0) - hp)
         d2 = d1
     else:
-        d = _softplus(-x1) - _softplus(-x2)
-        s = tl.sigmoid(d)
-        a = tl.sigmoid(-d)
-        d0 = dh * s * _gact_grad(x0)
-        dd = dh * s * a * (_gact(x0) - hp)
-        d1 = -dd * tl.sigmoid(-x1)
-        d2 = dd * tl.sigmoid(-x2)
+        # dL/dd = dh * s * a * (g - hp) with s = sigmoid(d) = u_f r, a = u_i r; dd/df =
+        # -sigmoid(-f) = -w_f / u_f and dd/di = sigmoid(-i) = w_i / u_i, so the u's cancel
+        u1, u2, w1, w2, r = _minlstm_terms(x1, x2)
+        a = u2 * r
+        d0 = dh * (u1 * r) * _gact_grad(x0)
+        dd = dh * (r * r) * (_gact(x0) - hp)
+        d1 = -dd * (u2 * w1)
+        d2 = dd * (u1 * w2)
     return a, d0, d1, d2
 
 
