@@ -47,20 +47,22 @@ def test_shipped_suites_load():
 
 
 def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tmp_path):
-    """e88-recipe-400m: the race's E88 and Mamba2 (same widths, minutes, modes) under the
-    reference's train.py recipe, each at its reference run's batch and lr and at the other's."""
+    """e88-recipe-400m: the race's E88, Mamba2, E1 heads and E16 (same widths, minutes, modes)
+    under the reference's train.py recipe, each at the reference's E88 run's batch and lr and at
+    its Mamba2 run's."""
     race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     runs = {p.name: p.cfg for p in plan_suite(load_suite("e88-recipe-400m"), tmp_path / "recipe")}
     settings = {name: (c.data.batch_size, c.optim.lr) for name, c in runs.items()}
-    assert settings == {"e88-b16-lr9.2e-4": (16, 9.2e-4), "e88-b8-lr3e-4": (8, 3e-4),
-                        "mamba2-b8-lr3e-4": (8, 3e-4), "mamba2-b16-lr9.2e-4": (16, 9.2e-4)}
+    assert settings == {f"{m}-{s}": v for m in ("e88", "mamba2", "e1-heads", "e16-s4")
+                        for s, v in (("b16-lr9.2e-4", (16, 9.2e-4)), ("b8-lr3e-4", (8, 3e-4)))}
     for name, c in runs.items():
         o = c.optim
         assert (o.optimizer, tuple(o.betas), o.grad_clip, o.weight_decay, o.decay_marked, o.warmup_steps) == \
             ("schedulefree-adamw", (0.9, 0.95), 1.0, 0.01, True, 0), name
-        model = race[name.split("-")[0]]
+        model = race[name.rsplit("-b", 1)[0]]
         assert (c.data.seq_len, c.budget.minutes, c.run.precision) == (512, 5, "bf16"), name
-        assert c.model == model.model and c.run.compile == model.run.compile and c.run.cuda_graph, name
+        assert c.model == model.model, name
+        assert (c.run.compile, c.run.cuda_graph) == (model.run.compile, model.run.cuda_graph), name
 
 
 def test_seed_suites_reproduce_seed_param_counts(tmp_path):
