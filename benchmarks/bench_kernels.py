@@ -9,9 +9,9 @@ resource, not an estimate): the forward's loop rebuilt here with each part switc
 store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
 a layer's weight-gradient GEMMs overlap on two streams. ``--sections scan-launch`` sweeps the
 fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
-``--scan-against FILE`` times the fused scans also from another copy of ``rnnlab.ops.scan.triton``
-(an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py > FILE``), row beside row in
-the same run, so that a kernel change is measured as a ratio of one run.
+With it, ``--scan-against FILE`` times the package's launch of the fused scans also from another
+copy of ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py
+> FILE``), row beside row in the same run, so that a kernel change is measured as a ratio of one run.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
@@ -226,13 +227,23 @@ def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -
 
 def scan_module_from(path: str):
     """``rnnlab.ops.scan.triton`` as another file holds it (``--scan-against``), imported under a
-    name of its own so that both versions' kernels compile side by side."""
-    spec = importlib.util.spec_from_file_location("scan_triton_against", path)
-    if spec is None or not path.endswith(".py"):
-        print(f"bench_kernels.py: --scan-against needs a Python file, got {path}", file=sys.stderr)
+    name of its own so that both versions' kernels compile side by side; a file that is not such
+    a copy stops the script in one line (exit 2) before anything is timed."""
+    def refuse(why):
+        print(f"bench_kernels.py: --scan-against {path}: {why}", file=sys.stderr)
         raise SystemExit(2)
+
+    if not (path.endswith(".py") and os.path.isfile(path)):
+        refuse("needs an existing Python file (a copy of rnnlab/ops/scan/triton.py)")
+    spec = importlib.util.spec_from_file_location("scan_triton_against", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # any failure of the user's file, reported in one line
+        refuse(f"does not import ({type(e).__name__}: {e})")
+    missing = [n for n in ("launch_forward", "launch_backward", "_views") if not hasattr(module, n)]
+    if missing:
+        refuse(f"has no {', '.join(missing)} (not a copy of rnnlab/ops/scan/triton.py)")
     return module
 
 
@@ -241,13 +252,16 @@ def scan_module_from(path: str):
 SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
-def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCAN_LAUNCHES):
+def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCAN_LAUNCHES, module=None):
     """The fused minGRU (``mode`` 1) / minLSTM (2) scan on the raw projection ``x0: [B, T, G*H]``
     with each ``(block, warps)`` of ``launches``: yields ``(block, warps, forward, backward)``, two
     callables each running one launch, after checking that the launch's states and gradients
-    equal the package's bit for bit (each channel is its own recurrence: the launch may change
-    the time, never a value)."""
-    from rnnlab.ops.scan import triton as stri
+    equal the package's launch's bit for bit (each channel is its own recurrence: the launch may
+    change the time, never a value). ``module``: another copy of ``rnnlab.ops.scan.triton``
+    (``--scan-against``) instead of the package's."""
+    stri = module
+    if stri is None:
+        from rnnlab.ops.scan import triton as stri
 
     G = mode + 1
     B, T, GH = x0.shape
@@ -273,18 +287,24 @@ def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCA
         yield block, warps, forward, backward
 
 
-def scan_launches(add, B, T, reps, dt, bw):
+def scan_launches(add, B, T, reps, dt, bw, against=None):
     """The fused minGRU / minLSTM scans at the 400M widths with each launch of
-    :data:`SCAN_LAUNCHES`, forward and backward each timed back to back (the kernels' own time)."""
+    :data:`SCAN_LAUNCHES`, forward and backward each timed back to back (the kernels' own time);
+    with ``against`` (``--scan-against``'s module) also its kernels at the package's launch."""
     el = torch.finfo(dt).bits // 8
     for name, mode, H in FUSED_SCANS:
         floor = fused_scan_floor_ms(mode, B, T, H, el, bw)
         x0 = torch.randn(B, T, (mode + 1) * H, device="cuda", dtype=dt)
         g = torch.randn(B, T, H, device="cuda", dtype=dt)
-        for block, warps, forward, backward in scan_launch_sweep(x0, mode, g):
-            tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))
-            note = "the package's" if (block, warps) == (256, 4) else ""
-            add(f"scan launch: {name} BLOCK {block}, {warps} warps", f"B{B} T{T} H{H}", (tf, tb, tf + tb), floor, note)
+        sweeps = [("", scan_launch_sweep(x0, mode, g))]
+        if against is not None:
+            sweeps.append((" (--scan-against)", scan_launch_sweep(x0, mode, g, [(256, 4)], against)))
+        for label, sweep in sweeps:
+            for block, warps, forward, backward in sweep:
+                tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))
+                note = "the package's" if (block, warps) == (256, 4) and not label else ""
+                add(f"scan launch: {name} BLOCK {block}, {warps} warps{label}", f"B{B} T{T} H{H}",
+                    (tf, tb, tf + tb), floor, note)
 
 
 def ceilings():
@@ -311,13 +331,16 @@ def main(argv=None):
                    choices=["scan", "scan-launch", "diag", "heads", "heads-floor", "cells", "optim", "dense"],
                    help="which kernel families to time (default all but heads-floor and scan-launch)")
     p.add_argument("--scan-against", default=None, metavar="FILE",
-                   help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the scan "
-                        "section times its fused scans beside the package's, in the same run")
+                   help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
+                        "scan-launch section times its fused scans' package launch beside the package's")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
                         "results/e88-kernel-h200)")
     args = p.parse_args(argv)
+    if args.scan_against and "scan-launch" not in args.sections:
+        p.error("--scan-against times in the scan-launch section: add it to --sections")
+    against = scan_module_from(args.scan_against) if args.scan_against else None
 
     from rnnlab.ops.diag import diag_elman_scan
     from rnnlab.ops.elman import elman_scan
@@ -369,15 +392,12 @@ def main(argv=None):
     from rnnlab.ops.scan import triton as stri
 
     # fused gate + scan (reads p once, writes h; backward reads p, h, g, writes dp)
-    versions = [("", stri)]
-    if args.scan_against:
-        versions.append((f" ({args.scan_against})", scan_module_from(args.scan_against)))
-    for (name, mode, H), (label, mod) in ((f, v) for f in FUSED_SCANS if scans for v in versions):
-        def mkf(fn={1: mod.mingru_scan, 2: mod.minlstm_scan}[mode], G=mode + 1, H=H):
+    for name, mode, H in FUSED_SCANS if scans else ():
+        def mkf(fn={1: stri.mingru_scan, 2: stri.minlstm_scan}[mode], G=mode + 1, H=H):
             pp = torch.randn(B, T, G * H, device=dev, dtype=dt, requires_grad=True)
             return fn, [pp], torch.randn(B, T, H, device=dev, dtype=dt)
 
-        add(f"{name} fused gates+scan{label}", f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps),
+        add(f"{name} fused gates+scan", f"B{B} T{T} H{H}", fwd_bwd(mkf, args.reps),
             fused_scan_floor_ms(mode, B, T, H, el, bw))
 
     # ---- diag Elman (E16 s4: di 2048 -> S 8192)
@@ -414,7 +434,7 @@ def main(argv=None):
                 "tanh.approx" if fast else "exp-tanh")
 
     if "scan-launch" in args.sections:
-        scan_launches(add, B, T, args.reps, dt, bw)
+        scan_launches(add, B, T, args.reps, dt, bw, against)
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
 

@@ -1201,22 +1201,52 @@ def test_scan_launch_sweep_runs_the_package_scans_with_other_launches():
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
-def test_scan_against_loads_another_copy_of_the_scan_module(tmp_path, capsys):
+@pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
+def test_scan_against_times_another_copy_of_the_scan_module(tmp_path):
     """bench_kernels.py --scan-against: a copy of rnnlab/ops/scan/triton.py from a file is a
-    module of its own (its kernels not the package's objects) that computes the same scans; a
-    path that is no Python file stops in one line."""
-    import shutil
-
+    module of its own (its kernels not the package's objects, the same values), and the launch
+    sweep given it launches its kernels, not the package's."""
     from rnnlab.ops.scan import triton as stri
 
     bk = _benchmark_script("bench_kernels")
     copy = tmp_path / "scan_old.py"
-    shutil.copy(stri.__file__, copy)
+    copy.write_text(Path(stri.__file__).read_text() + (
+        "\n_launched = []\n_launch_forward = launch_forward\n\n\n"
+        "def launch_forward(*args, **kwargs):\n    _launched.append(args[6:])\n"
+        "    return _launch_forward(*args, **kwargs)\n"))
     other = bk.scan_module_from(str(copy))
     assert other is not stri and other._scan_fwd is not stri._scan_fwd
-    p = torch.randn(2, 5, 3 * 7, generator=torch.Generator().manual_seed(0))
+    B, T, H = 2, 5, 7
+    p = torch.randn(B, T, 3 * H, generator=torch.Generator().manual_seed(0))
+    g = torch.randn(B, T, H, generator=torch.Generator().manual_seed(1))
     assert torch.equal(other.minlstm_scan(p)[0], stri.minlstm_scan(p)[0])
+    other._launched.clear()
+    (block, warps, forward, backward), = bk.scan_launch_sweep(p, 2, g, [(16, 1)], other)
+    forward()
+    assert other._launched == [(), (16, 1), (16, 1)]  # its own launch (the reference), the one checked, this call
+
+
+@pytest.mark.parametrize("name,text,why", [
+    ("missing.py", None, "needs an existing Python file"),
+    ("scan.txt", "x = 1\n", "needs an existing Python file"),
+    ("bad.py", "def (:\n", "does not import (SyntaxError"),
+    ("other.py", "x = 1\n", "has no launch_forward, launch_backward, _views"),
+])
+def test_scan_against_refuses_what_is_no_scan_module_in_one_line(tmp_path, capsys, name, text, why):
+    bk = _benchmark_script("bench_kernels")
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
     with pytest.raises(SystemExit) as stop:
-        bk.scan_module_from(str(tmp_path / "scan_old.txt"))
+        bk.scan_module_from(str(path))
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err
+    assert err.startswith(f"bench_kernels.py: --scan-against {path}: {why}")
+
+
+def test_scan_against_needs_the_scan_launch_section(capsys):
+    bk = _benchmark_script("bench_kernels")
+    with pytest.raises(SystemExit) as stop:
+        bk.main(["--sections", "scan", "--scan-against", "scan_old.py"])
     assert stop.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("needs a Python file, got " + str(tmp_path / "scan_old.txt"))
+    assert "--scan-against times in the scan-launch section" in capsys.readouterr().err

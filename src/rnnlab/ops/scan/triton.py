@@ -67,7 +67,8 @@ def _minlstm_terms(x1, x2):
     ``u = exp(-m) + w`` (``u`` is ``1 + exp(-x)`` scaled by ``exp(-m)``), ``r = 1 / (u_f + u_i)``.
     Then ``a = sigmoid(-d) = u_i r`` and ``sigmoid(d) = u_f r`` for ``d = softplus(-f) -
     softplus(-i)`` = ``log(u_f / u_i)``: three exponentials of non-positive arguments and one
-    reciprocal (``u_f + u_i >= 1``), no logarithm (docs/kernels.md: the scans' instructions)."""
+    reciprocal (``u_f + u_i >= 1``), no logarithm (docs/kernels.md: fewer instructions in the
+    gates). Finite inputs: a pre-activation of -inf gives NaN (``inf - inf``)."""
     m = tl.maximum(tl.maximum(-x1, -x2), 0.0)
     e0 = tl.exp(-m)
     w1 = tl.exp(-x1 - m)
@@ -84,7 +85,7 @@ def _coef(x0, x1, x2, MODE: tl.constexpr):
         b = x1
     elif MODE == 1:
         s = tl.sigmoid(x1)
-        a = 1.0 - s  # sigmoid(-k) with one exponential and division fewer; exact to fp32's step at 1
+        a = 1.0 - s  # sigmoid(-k), one exponential and division fewer; its error absolute (<= 1e-7)
         b = s * _gact(x0)
     else:
         u1, u2, w1, w2, r = _minlstm_terms(x1, x2)
