@@ -225,12 +225,12 @@ def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -
     return ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
 
 
-def scan_module_from(path: str):
+def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"):
     """``rnnlab.ops.scan.triton`` as another file holds it (``--scan-against``), imported under a
     name of its own so that both versions' kernels compile side by side; a file that is not such
-    a copy stops the script in one line (exit 2) before anything is timed."""
+    a copy stops the script in one line (``option path: why``, exit 2) before anything runs."""
     def refuse(why):
-        print(f"bench_kernels.py: --scan-against {path}: {why}", file=sys.stderr)
+        print(f"{option} {path}: {why}", file=sys.stderr)
         raise SystemExit(2)
 
     if not (path.endswith(".py") and os.path.isfile(path)):

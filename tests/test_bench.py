@@ -1250,3 +1250,29 @@ def test_scan_against_needs_the_scan_launch_section(capsys):
         bk.main(["--sections", "scan", "--scan-against", "scan_old.py"])
     assert stop.value.code == 2
     assert "--scan-against times in the scan-launch section" in capsys.readouterr().err
+
+
+def test_scan_instructions_counts_the_fused_scans_time_loop(tmp_path):
+    """benchmarks/scan_instructions.py: the fused scans' MUFU ops a channel-step, read from their
+    sm_90 PTX (compiled without a GPU; run as a script, outside Triton's interpreter): minGRU 4
+    (sigmoid(k) and g's sigmoid, an exponential and a division each), minLSTM 6 (three
+    exponentials and a reciprocal for the gates, g's sigmoid), no logarithm in either pass; a gate
+    written back as softplus / sigmoid pairs would raise them."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_instructions.py"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = tmp_path / "counts.json"
+    subprocess.run([sys.executable, str(script), "--json", str(out)], env=env, check=True, capture_output=True)
+    got = {(r["kernel"], r["pass"]): r for r in json.loads(out.read_text())["rows"]}
+    assert {k: r["mufu"] for k, r in got.items()} == {("minGRU", "fwd"): 4, ("minGRU", "bwd"): 4,
+                                                      ("minLSTM", "fwd"): 6, ("minLSTM", "bwd"): 6}
+    assert all(r["lg2"] == 0 and r["version"] == "package" for r in got.values())
+    assert got[("minLSTM", "fwd")]["instructions"] < 2 * got[("minGRU", "fwd")]["instructions"]
+    si = _benchmark_script("scan_instructions")
+    body = si.loop_body("mov.u32 %r1, 0;\n$L__BB0_2:  // loop\nex2.approx.f32 %f1, %f2;\n"
+                        "@%p1 bra $L__BB0_2;\nret;\n")
+    assert body == ["ex2.approx.f32 %f1, %f2;", "@%p1 bra $L__BB0_2;"]
+    with pytest.raises(ValueError, match="no backward branch"):
+        si.loop_body("ret;\n")
