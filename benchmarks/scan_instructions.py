@@ -19,6 +19,7 @@ commit's, ``git show REV:src/rnnlab/ops/scan/triton.py > FILE``), beside the pac
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import re
 import sys
@@ -90,7 +91,8 @@ def main(argv=None) -> None:
                 print(f"{version:24s} {name:8s} {rows[-1]['pass']}: {c['instructions']:6.1f} instructions, "
                       f"{c['mufu']:4.1f} MUFU ({c['lg2']:.1f} lg2) a channel-step", flush=True)
     if args.json:
-        meta = {"triton": triton.__version__, "target": "sm_90", "command": " ".join(sys.argv)}
+        meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "triton": triton.__version__, "target": "sm_90", "command": " ".join(sys.argv)}
         Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
 
 
