@@ -192,6 +192,28 @@ def _fake_trainer(calls, interrupt_at=None):
     return fake
 
 
+def test_a_ctrl_c_at_a_runs_end_stops_the_suite_after_that_run(tmp_path, monkeypatch):
+    """A run whose Ctrl-C came after its budget was spent finishes complete (the trainer lets its
+    final evaluation and checkpoint end) and says so in its summary: the suite logs its outcome,
+    keeps it as trained, and stops there instead of starting the next run."""
+    import rnnlab.train.trainer as trainer
+
+    suite = parse_suite({"name": "s", "runs": [{"name": n, "model": "e1", "depth": 1, "dim": 16} for n in "abc"]})
+    out = tmp_path / "suite"
+    calls: list = []
+    fake = _fake_trainer(calls)
+
+    def ctrl_c_at_the_end_of_b(cfg, progress=True):
+        summary = fake(cfg, progress)
+        return {**summary, "interrupted_at_end": True} if Path(cfg.run.out).name == "b" else summary
+
+    monkeypatch.setattr(trainer, "run_training", ctrl_c_at_the_end_of_b)
+    said: list[str] = []
+    res = run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=said.append)
+    assert [c[0] for c in calls] == ["a", "b"] and res["trained"] == ["a", "b"] and res["stopped"]
+    assert said[-2].startswith("[2/3] b: loss ") and said[-1].startswith("[2/3] b: interrupted; stopping the suite")
+
+
 def test_one_process_suite_records_the_gpu_of_each_cuda_run(tmp_path, monkeypatch):
     """``rnnlab bench`` without --gpus (or with --gpus 1) names the GPU of each run that trained on
     CUDA in suite.json, as the one-process-per-GPU path does; CPU runs get none."""

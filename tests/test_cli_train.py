@@ -226,6 +226,38 @@ def test_ctrl_c_in_training_exits_130_after_saving(tmp_path, capsys, monkeypatch
     assert json.loads((run / "summary.json").read_text())["complete"] is False
 
 
+@pytest.mark.parametrize("presses", [1, 2])
+def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
+    """Once the budget is spent, a first Ctrl-C lets the final evaluation and checkpoint finish:
+    the run is complete (summary, checkpoint, held-out score), the summary says it was interrupted
+    at its end, and ``rnnlab train`` exits 130 saying so; a second Ctrl-C still aborts at once."""
+    import signal
+
+    from rnnlab.train.trainer import Trainer
+
+    real = Trainer.evaluate
+
+    def evaluate(self, final=False):
+        if final:
+            for _ in range(presses):
+                signal.raise_signal(signal.SIGINT)
+        return real(self, final=final)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "3", "--out", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert "the budget is spent: finishing the final evaluation and checkpoint first (Ctrl-C again to abort)" in err
+    summary = json.loads((run / "summary.json").read_text())
+    if presses == 1:
+        assert summary["complete"] is True and summary["interrupted_at_end"] is True
+        assert summary["val_bpb"] is not None and (run / "ckpt" / "step-000003").is_dir()
+        assert err.strip().splitlines()[-1] == ("rnnlab train: Ctrl-C came after the budget was spent; the run "
+                                                "finished first (complete)")
+    else:
+        assert summary["complete"] is False and summary["error"].startswith("aborted by Ctrl-C at step 3")
+
+
 def test_ctrl_c_before_training_starts_exits_130_in_one_line(tmp_path, capsys, monkeypatch):
     """A Ctrl-C while ``rnnlab train`` sets up (before the first step) exits 130 with one short
     line and no traceback, and leaves no run folder."""

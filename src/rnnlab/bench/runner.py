@@ -64,11 +64,13 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
         result["trained"].append(pr.label)
         if summary.get("device") == "cuda":  # as rnnlab.bench.parallel does: the report names each run's GPU
             record_gpu(pr.dir.parent, pr.label, visible_gpus(1)[0])
-        if not summary.get("complete", False):
+        complete = summary.get("complete", False)
+        if complete:
+            log(outcome_line(tag, summary))
+        if not complete or summary.get("interrupted_at_end"):  # a Ctrl-C during the run or its end
             result["stopped"] = True
             log(f"{tag}: interrupted; stopping the suite ({RESUME_HINT})")
             break
-        log(outcome_line(tag, summary))
     return result
 
 

@@ -157,7 +157,10 @@ def run_train(args) -> int:
         ctx.close(sync=finished)
     if ctx.is_main:
         print(format_summary(summary))
-    return 0 if summary["complete"] else 130
+    if summary.get("interrupted_at_end"):
+        print("rnnlab train: Ctrl-C came after the budget was spent; the run finished first (complete)",
+              file=sys.stderr)
+    return 0 if summary["complete"] and not summary.get("interrupted_at_end") else 130
 
 
 def format_summary(s: dict) -> str:

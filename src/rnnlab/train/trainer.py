@@ -109,11 +109,13 @@ class TrainState:
 
 
 class StopOnInterrupt:
-    """First Ctrl-C (SIGINT): finish the current step, save a checkpoint, return cleanly.
-    A second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept)."""
+    """First Ctrl-C (SIGINT): finish the current step, save a checkpoint, return cleanly; once
+    the budget is spent, finish the final evaluation and checkpoint (``notice`` says which). A
+    second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept)."""
 
     def __init__(self):
         self.requested = False
+        self.notice = "stopping after this step to save a checkpoint"
         self._prev = None
 
     def __enter__(self) -> "StopOnInterrupt":
@@ -127,8 +129,7 @@ class StopOnInterrupt:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nrnnlab train: stopping after this step to save a checkpoint (Ctrl-C again to abort)",
-              file=sys.stderr)
+        print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
 
     def __exit__(self, *exc) -> None:
         if self._prev is not None:
@@ -268,17 +269,20 @@ class Trainer:
                     self.evaluate()
                 if self.due(run_cfg.checkpoint_every):
                     self.checkpoint(complete=False)
-        if not self.budget_spent():  # stopped by Ctrl-C
-            self.checkpoint(complete=False)
-            print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
-                  f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})", file=sys.stderr)
-            return self.finish(complete=False)
-        try:
-            if self.final_eval_due():
-                self.evaluate(final=True)
-        finally:
-            self.checkpoint(complete=True)  # saved even if the final evaluation fails
-        return self.finish(complete=True)
+            if not self.budget_spent():  # stopped by Ctrl-C
+                self.checkpoint(complete=False)
+                print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
+                      f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
+                      file=sys.stderr)
+                return self.finish(complete=False)
+            # the budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end
+            stop.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
+            try:
+                if self.final_eval_due():
+                    self.evaluate(final=True)
+            finally:
+                self.checkpoint(complete=True)  # saved even if the final evaluation fails
+            return self.finish(complete=True, interrupted=stop.requested)
 
     def train_step(self, batch: torch.Tensor) -> StepResult:
         """One optimizer step on ``batch`` ([B, T+1]).
@@ -423,8 +427,10 @@ class Trainer:
         """Bring ``state.wall_s`` up to now (before it is saved or reported)."""
         self.state.wall_s = self.wall_before + time.perf_counter() - self.started
 
-    def finish(self, complete: bool, error: str | None = None) -> dict[str, Any]:
-        """The run's summary (written to summary.json by rank 0)."""
+    def finish(self, complete: bool, error: str | None = None, interrupted: bool = False) -> dict[str, Any]:
+        """The run's summary (written to summary.json by rank 0); ``interrupted``: a Ctrl-C came
+        after the budget was spent and the run finished anyway (``interrupted_at_end``: callers
+        that run several stop after this one)."""
         cfg, state, m = self.cfg, self.state, self.cfg.model
         kind, budget = cfg.budget.chosen()
         self.clock()
@@ -454,6 +460,8 @@ class Trainer:
         }
         if error is not None:
             summary["error"] = error
+        if interrupted:
+            summary["interrupted_at_end"] = True
         if self.ctx.is_main:
             self.rundir.write_summary(summary)
         return summary
