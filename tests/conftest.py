@@ -34,7 +34,7 @@ if not torch.cuda.is_available():
 def _ctrl_c_as_in_a_terminal():
     """Every test starts with Python's own Ctrl-C handler, as in a terminal: a pytest launched with
     SIGINT ignored (``nohup``, ``cmd &`` in a script, some CI runners) would otherwise hand the
-    interrupt tests an ignored SIGINT, which the trainer restores between its two Ctrl-Cs."""
+    interrupt tests an ignored SIGINT, which the trainer restores once its run ends."""
     import signal
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -20,9 +20,10 @@ class FakeProc:
     live: list["FakeProc"] = []
     max_live = 0
 
-    def __init__(self, pr, gpu, code=0, polls=3, complete=None):
+    def __init__(self, pr, gpu, code=0, polls=3, complete=None, **summary):
         self.pr, self.gpu, self.code, self.polls, self.returncode = pr, gpu, code, polls, None
         self.complete = code == 0 if complete is None else complete  # what its summary.json says
+        self.summary = summary  # more summary.json keys
         FakeProc.live.append(self)
         FakeProc.max_live = max(FakeProc.max_live, len(FakeProc.live))
 
@@ -35,7 +36,8 @@ class FakeProc:
             d.mkdir(parents=True, exist_ok=True)
             (d / "config.json").write_text(json.dumps(self.pr.cfg.to_dict()))
             (d / "summary.json").write_text(json.dumps({"complete": self.complete, "loss": 1.0, "steps": 2,
-                                                        "budget": {"steps": 2}, "model": self.pr.cfg.model.model}))
+                                                        "budget": {"steps": 2}, "model": self.pr.cfg.model.model,
+                                                        **self.summary}))
         return self.returncode
 
 
@@ -186,6 +188,31 @@ def test_a_process_that_exits_0_with_its_run_incomplete_is_not_counted_done(tmp_
     assert any("mingru (GPU" in line and "FAILED (exit 0)" in line for line in logged)
     res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0", "1"], log=logged.append)
     assert res["skipped"] == ["e1"] and res["trained"] == ["mingru"] and launched == ["e1", "mingru", "mingru"]
+
+
+def test_a_process_interrupted_at_its_end_is_trained_and_stops_the_suite(tmp_path, monkeypatch):
+    """A training process that exits 130 because a Ctrl-C came after its budget was spent, its
+    run complete (summary.json says so, with interrupted_at_end), counts as trained, is logged
+    with its outcome, and stops the suite: no further run starts."""
+    monkeypatch.setattr(parallel, "POLL_S", 0.0)
+    FakeProc.live, FakeProc.max_live = [], 0
+    launched: list[str] = []
+
+    def launch(pr, gpu, out, status, progress):
+        launched.append(pr.label)
+        log = out / "logs" / f"{pr.label}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("ok\n")
+        return FakeProc(pr, gpu, code=130, complete=True, interrupted_at_end=True), log
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    logged: list[str] = []
+    res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0"], log=logged.append)
+    assert launched == ["e1"] and res["trained"] == ["e1"] and res["stopped"] and not res["failed"]
+    assert "e1 (GPU 0" in logged[-2] and logged[-2].endswith("loss 1.0000")
+    assert "Ctrl-C at its end; stopping the suite" in logged[-1]
 
 
 def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypatch):

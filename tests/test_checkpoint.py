@@ -318,6 +318,28 @@ def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, ca
     assert _steps(run) == list(range(1, 7))
 
 
+@pytest.mark.parametrize("stage", [2, 5])  # the writer's pauses: 2 = after the weights, 5 = in the commit
+def test_first_ctrl_c_during_the_final_checkpoint_lets_it_finish(stage, tmp_path, capsys, monkeypatch):
+    """The budget spent and the final evaluation done, a first Ctrl-C while the final checkpoint
+    is written no longer abandons it: the checkpoint is committed, the run is complete (so it is
+    neither retrained nor resumed), summary.json says it was interrupted at its end, exit 130."""
+    run, pauses = tmp_path / "r", [0]
+
+    def pause():
+        pauses[0] += 1
+        if pauses[0] == stage:  # the only checkpoint: the final one
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(checkpoint, "_pause", pause)
+    assert main(["train", *TINY, "--steps", "3", "--out", str(run)]) == 130
+    err = capsys.readouterr().err
+    assert "finishing the final evaluation and checkpoint first (Ctrl-C again to abort)" in err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is True and summary["interrupted_at_end"] is True and "error" not in summary
+    assert RunDir(run).checkpoint().step == 3 and RunDir(run).status() == "complete"
+    assert not list(run.rglob(".tmp-*"))
+
+
 def test_write_atomic_syncs_the_folder_and_leaves_no_temporary(tmp_path, monkeypatch):
     """``durable.write_atomic`` (summary.json, config.json, env.json): the new content is fsync'ed
     under a temporary name, renamed over the file, then the folder is fsync'ed so the rename

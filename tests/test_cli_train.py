@@ -252,7 +252,7 @@ def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
     if presses == 1:
         assert summary["complete"] is True and summary["interrupted_at_end"] is True
         assert summary["val_bpb"] is not None and (run / "ckpt" / "step-000003").is_dir()
-        assert err.strip().splitlines()[-1] == ("rnnlab train: Ctrl-C came after the budget was spent; the run "
+        assert err.strip().splitlines()[-1] == ("rnnlab train: Ctrl-C came at the end of the budget; the run "
                                                 "finished first (complete)")
     else:
         assert summary["complete"] is False and summary["error"].startswith("aborted by Ctrl-C at step 3")

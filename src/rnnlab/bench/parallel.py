@@ -91,9 +91,12 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
     tag = f"[{job.index}/{total}] {job.run.label} (GPU {job.gpu}, {time.time() - job.started:.0f} s)"
     code = job.proc.returncode
     summary = job.run.rundir.summary() or {}
-    if code == 0 and summary.get("complete"):
+    if code in (0, 130) and summary.get("complete"):
         result["trained"].append(job.run.label)
         log(outcome_line(tag, summary))
+        if summary.get("interrupted_at_end"):  # a Ctrl-C at its end, after which it finished
+            result["stopped"] = True
+            log(f"{tag}: Ctrl-C at its end; stopping the suite ({RESUME_HINT})")
     elif code == 130:
         result["trained"].append(job.run.label)
         result["stopped"] = True

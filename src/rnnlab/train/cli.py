@@ -157,8 +157,8 @@ def run_train(args) -> int:
         ctx.close(sync=finished)
     if ctx.is_main:
         print(format_summary(summary))
-    if summary.get("interrupted_at_end"):
-        print("rnnlab train: Ctrl-C came after the budget was spent; the run finished first (complete)",
+    if summary.get("interrupted_at_end") and ctx.is_main:
+        print("rnnlab train: Ctrl-C came at the end of the budget; the run finished first (complete)",
               file=sys.stderr)
     return 0 if summary["complete"] and not summary.get("interrupted_at_end") else 130
 

@@ -277,12 +277,18 @@ class Trainer:
                 return self.finish(complete=False)
             # the budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end
             stop.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
+            if stop.requested:  # pressed during the step that spent the budget
+                print(f"\nrnnlab train: {stop.notice}", file=sys.stderr)
             try:
                 if self.final_eval_due():
                     self.evaluate(final=True)
             finally:
                 self.checkpoint(complete=True)  # saved even if the final evaluation fails
-            return self.finish(complete=True, interrupted=stop.requested)
+            interrupted = self.ctx.agree(0.0, stop.requested)[1]  # every rank gets here: one answer
+            summary = self.finish(complete=True, interrupted=interrupted)
+            if stop.requested and not interrupted:  # pressed while the summary was being written
+                summary = self.finish(complete=True, interrupted=True)
+            return summary
 
     def train_step(self, batch: torch.Tensor) -> StepResult:
         """One optimizer step on ``batch`` ([B, T+1]).
