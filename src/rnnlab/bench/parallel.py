@@ -6,7 +6,9 @@ down one run only. At most one run per GPU at a time; a GPU takes the next pendi
 as its run ends. As in the one-process path (``runner.run_sequential``), complete runs are skipped and
 partial runs resumed from their checkpoints; the GPU each run used is recorded in
 ``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
-``OUT/logs/<run>.log``.
+``OUT/logs/<run>.log``. Each process runs in a session of its own, so a Ctrl-C (in a terminal, or
+a time limit's signal to the bench's process group) reaches it once, forwarded by the bench, and
+it saves its checkpoint instead of taking a second delivery as "abort".
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> 
     log_path = logs / f"{pr.label}.log"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log_path
 
 
@@ -147,11 +149,22 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                     finish(job, result, log, len(plan))
     except KeyboardInterrupt:
         result["stopped"] = True
-        log("interrupted: waiting for the running runs to save their checkpoints")
+        log("interrupted: waiting for the running runs to save their checkpoints (Ctrl-C again to abort them)")
+        interrupt(running.values())
+        while True:
+            try:
+                for job in running.values():
+                    job.proc.wait()
+                break
+            except KeyboardInterrupt:  # a second Ctrl-C: passed on, the runs abort keeping their last checkpoint
+                interrupt(running.values())
         for job in running.values():
-            if job.proc.poll() is None:
-                job.proc.send_signal(signal.SIGINT)
-        for job in running.values():
-            job.proc.wait()
             finish(job, result, log, len(plan))
     return result
+
+
+def interrupt(jobs) -> None:
+    """Ctrl-C for each training process still running (each has a session of its own)."""
+    for job in jobs:
+        if job.proc.poll() is None:
+            job.proc.send_signal(signal.SIGINT)
