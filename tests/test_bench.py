@@ -192,22 +192,28 @@ def _fake_trainer(calls, interrupt_at=None):
     return fake
 
 
+def _suite_of_fakes(tmp_path, monkeypatch, names: str, b_summary: dict):
+    """A suite of tiny E1 runs, one per letter of ``names``, trained by ``_fake_trainer`` whose
+    summary of run b gets ``b_summary`` too: ``(suite, out, calls)``."""
+    import rnnlab.train.trainer as trainer
+
+    suite = parse_suite({"name": "s", "runs": [{"name": n, "model": "e1", "depth": 1, "dim": 16} for n in names]})
+    calls: list = []
+    fake = _fake_trainer(calls)
+
+    def train(cfg, progress=True):
+        summary = fake(cfg, progress)
+        return {**summary, **b_summary} if Path(cfg.run.out).name == "b" else summary
+
+    monkeypatch.setattr(trainer, "run_training", train)
+    return suite, tmp_path / "suite", calls
+
+
 def test_a_ctrl_c_at_a_runs_end_stops_the_suite_after_that_run(tmp_path, monkeypatch):
     """A run whose Ctrl-C came after its budget was spent finishes complete (the trainer lets its
     final evaluation and checkpoint end) and says so in its summary: the suite logs its outcome,
     keeps it as trained, and stops there instead of starting the next run."""
-    import rnnlab.train.trainer as trainer
-
-    suite = parse_suite({"name": "s", "runs": [{"name": n, "model": "e1", "depth": 1, "dim": 16} for n in "abc"]})
-    out = tmp_path / "suite"
-    calls: list = []
-    fake = _fake_trainer(calls)
-
-    def ctrl_c_at_the_end_of_b(cfg, progress=True):
-        summary = fake(cfg, progress)
-        return {**summary, "interrupted_at_end": True} if Path(cfg.run.out).name == "b" else summary
-
-    monkeypatch.setattr(trainer, "run_training", ctrl_c_at_the_end_of_b)
+    suite, out, calls = _suite_of_fakes(tmp_path, monkeypatch, "abc", {"interrupted_at_end": True})
     said: list[str] = []
     res = run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=said.append)
     assert [c[0] for c in calls] == ["a", "b"] and res["trained"] == ["a", "b"] and res["stopped"]
@@ -217,18 +223,7 @@ def test_a_ctrl_c_at_a_runs_end_stops_the_suite_after_that_run(tmp_path, monkeyp
 def test_one_process_suite_records_the_gpu_of_each_cuda_run(tmp_path, monkeypatch):
     """``rnnlab bench`` without --gpus (or with --gpus 1) names the GPU of each run that trained on
     CUDA in suite.json, as the one-process-per-GPU path does; CPU runs get none."""
-    import rnnlab.train.trainer as trainer
-
-    suite = parse_suite({"name": "s", "runs": [{"name": n, "model": "e1", "depth": 1, "dim": 16} for n in "ab"]})
-    out = tmp_path / "suite"
-    calls: list = []
-    fake = _fake_trainer(calls)
-
-    def on_cuda_for_b(cfg, progress=True):
-        summary = fake(cfg, progress)
-        return {**summary, "device": "cuda"} if Path(cfg.run.out).name == "b" else summary
-
-    monkeypatch.setattr(trainer, "run_training", on_cuda_for_b)
+    suite, out, _ = _suite_of_fakes(tmp_path, monkeypatch, "ab", {"device": "cuda"})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=lambda m: None)
     runs = json.loads((out / "suite.json").read_text())["runs"]
