@@ -52,10 +52,12 @@ def _gact_grad(x):
 
 @triton.jit
 def _ld(x0_ptr, x1_ptr, x2_ptr, q, m, MODE: tl.constexpr):
-    x0 = tl.load(x0_ptr + q, mask=m, other=0.0).to(tl.float32)
-    x1 = tl.load(x1_ptr + q, mask=m, other=0.0).to(tl.float32)
+    """One step's inputs as stored (converted to fp32 where used, so that a load issued ahead
+    of the steps before it is not waited for early)."""
+    x0 = tl.load(x0_ptr + q, mask=m, other=0.0)
+    x1 = tl.load(x1_ptr + q, mask=m, other=0.0)
     if MODE == 2:
-        x2 = tl.load(x2_ptr + q, mask=m, other=0.0).to(tl.float32)
+        x2 = tl.load(x2_ptr + q, mask=m, other=0.0)
     else:
         x2 = x0
     return x0, x1, x2
@@ -134,7 +136,7 @@ def _ld4(x0_ptr, x1_ptr, x2_ptr, q, RS, mask, t0, T, MODE: tl.constexpr):
 def _fwd4(h, xs, h_ptr, o, H, mask, t0, T, MODE: tl.constexpr):
     """Steps t0 .. t0 + 3 of ``h = a * h + b`` from ``_ld4``'s inputs, each state stored."""
     for k in tl.static_range(4):
-        a, b = _coef(xs[k][0], xs[k][1], xs[k][2], MODE)
+        a, b = _coef(xs[k][0].to(tl.float32), xs[k][1].to(tl.float32), xs[k][2].to(tl.float32), MODE)
         h = a * h + b
         tl.store(h_ptr + o + k * H, h.to(h_ptr.dtype.element_ty), mask=mask & (t0 + k < T) if k else mask)
     return h
@@ -153,9 +155,12 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
         h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BLOCK], dtype=tl.float32)
+    xs = _ld4(x0_ptr, x1_ptr, x2_ptr, xb, RS, mask, 0, T, MODE)
     for t0 in tl.range(0, T, 4):
-        xs = _ld4(x0_ptr, x1_ptr, x2_ptr, xb + t0 * RS, RS, mask, t0, T, MODE)
+        # the next 4 steps' loads go out before this group's updates (two groups in flight)
+        nxt = _ld4(x0_ptr, x1_ptr, x2_ptr, xb + (t0 + 4) * RS, RS, mask & (t0 + 4 < T), t0 + 4, T, MODE)
         h = _fwd4(h, xs, h_ptr, hb + t0 * H, H, mask, t0, T, MODE)
+        xs = nxt
 
 
 @triton.jit
@@ -163,10 +168,10 @@ def _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H,
             MODE: tl.constexpr, HAS_H0: tl.constexpr):
     m = mask & (t >= 0)
     x0, x1, x2 = _ld(x0_ptr, x1_ptr, x2_ptr, xb + t * RS, m, MODE)
-    g = tl.load(g_ptr + hb + t * H, mask=m, other=0.0).to(tl.float32)
-    hp = tl.load(h_ptr + hb + (t - 1) * H, mask=m & (t > 0), other=0.0).to(tl.float32)
+    g = tl.load(g_ptr + hb + t * H, mask=m, other=0.0)
+    hp = tl.load(h_ptr + hb + (t - 1) * H, mask=m & (t > 0), other=0.0)
     if HAS_H0:
-        hp += tl.load(h0_ptr + h0o, mask=m & (t == 0), other=0.0).to(tl.float32)
+        hp = hp.to(tl.float32) + tl.load(h0_ptr + h0o, mask=m & (t == 0), other=0.0).to(tl.float32)
     return x0, x1, x2, g, hp
 
 
@@ -194,7 +199,8 @@ def _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE: tl.constexpr
     ``carry`` = a_{t+1} * dh_{t+1}, returned for step t - 4. Steps before 0 leave it as it is."""
     for k in tl.static_range(4):
         u, v, w, g, hp = xs[k]
-        a, d0, d1, d2 = _coef_bwd(u, v, w, g + carry, hp, MODE)
+        a, d0, d1, d2 = _coef_bwd(u.to(tl.float32), v.to(tl.float32), w.to(tl.float32),
+                                  g.to(tl.float32) + carry, hp.to(tl.float32), MODE)
         if k == 0:
             _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + t * RS, mask, d0, d1, d2, MODE)
             carry = a * (g + carry)
@@ -215,10 +221,13 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
     hb = pid_b.to(tl.int64) * T * H + offs
     h0o = pid_b * H + offs
     carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}
+    xs = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, T - 1, H, mask, MODE, HAS_H0)
     for i0 in tl.range(0, T, 4):
         t = T - 1 - i0
-        xs = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask, MODE, HAS_H0)
+        # the next 4 steps' loads (masked before step 0) go out before this group's updates
+        nxt = _ld4_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t - 4, H, mask, MODE, HAS_H0)
         carry = _bwd4(carry, xs, d0_ptr, d1_ptr, d2_ptr, RS, xb, t, mask, MODE)
+        xs = nxt
     tl.store(dh0_ptr + h0o, carry, mask=mask)
 
 
