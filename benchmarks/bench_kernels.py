@@ -9,9 +9,10 @@ resource, not an estimate): the forward's loop rebuilt here with each part switc
 store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
 a layer's weight-gradient GEMMs overlap on two streams. ``--sections scan-launch`` sweeps the
 fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
-With it, ``--scan-against FILE`` times the package's launch of the fused scans also from another
-copy of ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py
-> FILE``), row beside row in the same run, so that a kernel change is measured as a ratio of one run.
+With it, ``--scan-against FILE`` also times the fused scans of another copy of
+``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py >
+FILE``) at that copy's own launch (its ``BLOCK``, ``NUM_WARPS``), row beside row in the same run,
+so that a kernel change is measured as a ratio of one run.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -241,14 +242,15 @@ def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"
         spec.loader.exec_module(module)
     except Exception as e:  # any failure of the user's file, reported in one line
         refuse(f"does not import ({type(e).__name__}: {e})")
-    missing = [n for n in ("launch_forward", "launch_backward", "_views") if not hasattr(module, n)]
+    missing = [n for n in ("launch_forward", "launch_backward", "_views", "BLOCK", "NUM_WARPS") if not hasattr(module, n)]
     if missing:
         refuse(f"has no {', '.join(missing)} (not a copy of rnnlab/ops/scan/triton.py)")
     return module
 
 
-# (channels per program, warps) for the fused minGRU / minLSTM scans; the package's is (256, 4).
-# Swept on an H200 (results/scan-launch-h200): none beat the package's by more than 3.6%.
+# (channels per program, warps) for the fused minGRU / minLSTM scans (the package's:
+# rnnlab.ops.scan.triton.BLOCK, NUM_WARPS). Swept on an H200: results/scan-launch-h200 (none beat
+# the then package's 256 / 4 by more than 3.6%), results/scan-prefetch-h200 (64 / 1 did by 4-5%).
 SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
@@ -290,7 +292,9 @@ def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCA
 def scan_launches(add, B, T, reps, dt, bw, against=None):
     """The fused minGRU / minLSTM scans at the 400M widths with each launch of
     :data:`SCAN_LAUNCHES`, forward and backward each timed back to back (the kernels' own time);
-    with ``against`` (``--scan-against``'s module) also its kernels at the package's launch."""
+    with ``against`` (``--scan-against``'s module) also its kernels at its own launch."""
+    from rnnlab.ops.scan import triton as stri
+
     el = torch.finfo(dt).bits // 8
     for name, mode, H in FUSED_SCANS:
         floor = fused_scan_floor_ms(mode, B, T, H, el, bw)
@@ -298,11 +302,12 @@ def scan_launches(add, B, T, reps, dt, bw, against=None):
         g = torch.randn(B, T, H, device="cuda", dtype=dt)
         sweeps = [("", scan_launch_sweep(x0, mode, g))]
         if against is not None:
-            sweeps.append((" (--scan-against)", scan_launch_sweep(x0, mode, g, [(256, 4)], against)))
+            own = [(against.BLOCK, against.NUM_WARPS)]  # that copy's own launch
+            sweeps.append((" (--scan-against)", scan_launch_sweep(x0, mode, g, own, against)))
         for label, sweep in sweeps:
             for block, warps, forward, backward in sweep:
                 tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))
-                note = "the package's" if (block, warps) == (256, 4) and not label else ""
+                note = "the package's" if (block, warps) == (stri.BLOCK, stri.NUM_WARPS) and not label else ""
                 add(f"scan launch: {name} BLOCK {block}, {warps} warps{label}", f"B{B} T{T} H{H}",
                     (tf, tb, tf + tb), floor, note)
 
@@ -332,7 +337,7 @@ def main(argv=None):
                    help="which kernel families to time (default all but heads-floor and scan-launch)")
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
-                        "scan-launch section times its fused scans' package launch beside the package's")
+                        "scan-launch section times its fused scans at its own launch beside the package's")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "

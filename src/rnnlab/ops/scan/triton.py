@@ -1,9 +1,10 @@
 """Triton linear scan ``h_t = a_t * h_{t-1} + b_t`` (minGRU, minLSTM), forward and backward.
 
 One program per (batch row, block of ``BLOCK`` channels); each walks T sequentially with fp32
-state, loads and stores coalesced along H, 4 time steps per loop iteration (all their loads
-issued before the first dependent update, so several HBM round trips are in flight; 8 measured
-slower, docs/kernels.md). The backward is the reverse scan
+state, loads and stores coalesced along H, 4 time steps per loop iteration, the next 4 steps'
+loads issued before this iteration's updates (two groups of HBM round trips in flight: the
+scans are latency-bound, docs/kernels.md; 8 steps a group measured slower). The backward is the
+reverse scan
 
     dh_t  = g_t + a_{t+1} * dh_{t+1}      (g = dL/dh from above)
     db_t  = dh_t,   da_t = dh_t * h_{t-1},   dh0 = a_0 * dh_0
@@ -35,8 +36,10 @@ from rnnlab.ops.registry import final_state
 
 __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 
-BLOCK = 256
-NUM_WARPS = 4
+# one warp of 2 channels a thread: the fastest launch of the prefetching kernels at the 400M
+# widths, forward and backward (results/scan-prefetch-h200: 4-5% faster than 256 channels, 4 warps)
+BLOCK = 64
+NUM_WARPS = 1
 
 
 @triton.jit
