@@ -2,13 +2,13 @@
 # Continue a suite kept in results/ over GPU calls, within a call's 64 MiB (docs/gpu-runs.md).
 #   bash benchmarks/suite_carry.sh out RESULTS_DIR RUNS_DIR
 #       a slim copy of the suite for the call to carry (carry RUNS_DIR, e.g. runs/seed-400m-sf):
-#       suite.json and each run's config.json and summary.json, all `rnnlab bench` needs to skip
+#       suite.json and each run's config.json, summary.json and env.json, all `rnnlab bench` needs to skip
 #       the complete runs and to keep their record in suite.json (a whole Table A is ~4 MB of
 #       metrics, which with the corpus and the wheels would not fit)
 #   bash benchmarks/suite_carry.sh in SUITE.tgz RESULTS_DIR
 #       bring the call's runs back (benchmarks/run_suites_gpu.sh's tarball) into RESULTS_DIR (made
 #       if new): the call's suite.json merged into the kept one (benchmarks/merge_suite_json.py: no
-#       command or run of another call is lost), its corpus.txt and logs, and each run folder it
+#       command or run of another call is lost), its corpus.txt and logs (call logs xz'd), and each run folder it
 #       trained (it has metrics.jsonl), run locks left behind and metrics.jsonl xz'd (~8x smaller; every reader
 #       takes metrics.jsonl.xz, rundir.read_jsonl: results/ travels with every call); then
 #       `rnnlab report RESULTS_DIR` redraws the report from every run
@@ -31,6 +31,7 @@ case ${1:-} in
       mkdir -p "$runs/$run"
       cp "$config" "$runs/$run/"  # without summary.json a run is restarted, and keeps its record
       [ ! -f "$results/$run/summary.json" ] || cp "$results/$run/summary.json" "$runs/$run/"
+      [ ! -f "$results/$run/env.json" ] || cp "$results/$run/env.json" "$runs/$run/"  # its GPU: the report's MFU
     done
     du -sh "$runs"
     ;;
@@ -50,6 +51,7 @@ case ${1:-} in
     python3 "$(dirname "$0")/merge_suite_json.py" "$results/suite.json" "$src/suite.json"
     [ ! -f "$src/corpus.txt" ] || cp "$src/corpus.txt" "$results/"
     [ ! -d "$src/logs" ] || cp -r "$src/logs/." "$results/logs/"
+    find "$results/logs" -name 'call-*.log' -exec xz -9 -f {} +  # run_suites_gpu.sh's call logs
     for metrics in "$src"/*/metrics.jsonl; do
       [ -f "$metrics" ] || continue
       run=$(basename "$(dirname "$metrics")")

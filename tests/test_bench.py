@@ -884,6 +884,8 @@ def test_suite_carry_in_keeps_the_commands_and_runs_of_calls_that_started_from_o
         call = tmp_path / f"call{i}" / "s"
         (call / d).mkdir(parents=True)
         (call / d / "metrics.jsonl").write_text('{"step": 1}\n')
+        (call / "logs").mkdir()
+        (call / "logs" / f"call-{i}.log").write_text(f"call {i}\n")  # run_suites_gpu.sh's log of the call
         doc = {**kept, "invocations": kept["invocations"] + [inv(cmd, written)],
                "runs": [kept["runs"][0], run("e1", "e1", None), run("e1", d, seed)]}
         (call / "suite.json").write_text(json.dumps(doc))
@@ -897,6 +899,24 @@ def test_suite_carry_in_keeps_the_commands_and_runs_of_calls_that_started_from_o
     assert [(r["dir"], r.get("gpu")) for r in merged["runs"]] == [("m", "0"), ("e1", "1"), ("e1-s43", None),
                                                                   ("e1-s44", None)]
     assert (results / "e1-s43" / "metrics.jsonl.xz").exists() and (results / "e1-s44" / "metrics.jsonl.xz").exists()
+    assert sorted(p.name for p in (results / "logs").iterdir()) == [f"call-{i}.log.xz" for i in range(3)]
+
+
+def test_suite_carry_out_makes_a_slim_copy_with_what_bench_and_the_report_need(tmp_path):
+    """benchmarks/suite_carry.sh out: suite.json and each run's config, summary and env (the GPU,
+    for the report's MFU), never its metrics."""
+    import subprocess
+
+    results, runs = tmp_path / "results", tmp_path / "runs" / "s"
+    (results / "a").mkdir(parents=True)
+    (results / "suite.json").write_text('{"suite": "s"}')
+    for name in ("config.json", "summary.json", "env.json", "metrics.jsonl.xz", "eval.jsonl"):
+        (results / "a" / name).write_text("{}")
+    proc = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "benchmarks/suite_carry.sh"), "out",
+                           str(results), str(runs)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (runs / "a").iterdir()) == ["config.json", "env.json", "summary.json"]
+    assert (runs / "suite.json").exists()
 
 
 def _benchmark_script(name: str):
