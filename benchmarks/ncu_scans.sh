@@ -20,11 +20,12 @@ import sys
 import torch
 sys.path.insert(0, "benchmarks")
 from bench_kernels import FUSED_SCANS, scan_launch_sweep
+from rnnlab.ops.scan import triton as stri
 
 for name, mode, H in FUSED_SCANS:  # minGRU (mode 1), minLSTM (mode 2) at their 400M widths
     x0 = torch.randn(32, 512, (mode + 1) * H, device="cuda", dtype=torch.bfloat16)
     g = torch.randn(32, 512, H, device="cuda", dtype=torch.bfloat16)
-    for _block, _warps, forward, backward in scan_launch_sweep(x0, mode, g, [(256, 4)]):
+    for _block, _warps, forward, backward in scan_launch_sweep(x0, mode, g, [(stri.BLOCK, stri.NUM_WARPS)]):
         forward()
         backward()
     torch.cuda.synchronize()
