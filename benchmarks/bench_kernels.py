@@ -254,13 +254,30 @@ def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"
 SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 
-def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCAN_LAUNCHES, module=None):
+def fused_scan_outputs(x0: torch.Tensor, mode: int, g: torch.Tensor, module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(h, dp)``: the states of ``module``'s fused minGRU (``mode`` 1) / minLSTM (2) scan of the
+    raw projection ``x0: [B, T, G*H]`` at its own launch, and the projection's gradient from ``g``."""
+    G = mode + 1
+    B, T, GH = x0.shape
+    H = GH // G
+    ptrs = module._views(x0, G, H)
+    h = torch.empty(B, T, H, device=x0.device, dtype=x0.dtype)
+    module.launch_forward(ptrs, GH, ptrs[0], h, mode, False)
+    dp, dh0 = torch.empty_like(x0), torch.zeros(B, H, device=x0.device, dtype=torch.float32)
+    module.launch_backward(ptrs, GH, h, h, g, module._views(dp, G, H), dh0, mode, False)
+    return h, dp
+
+
+def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCAN_LAUNCHES, module=None,
+                      expect=None):
     """The fused minGRU (``mode`` 1) / minLSTM (2) scan on the raw projection ``x0: [B, T, G*H]``
     with each ``(block, warps)`` of ``launches``: yields ``(block, warps, forward, backward)``, two
     callables each running one launch, after checking that the launch's states and gradients
-    equal the package's launch's bit for bit (each channel is its own recurrence: the launch may
+    equal the module's own launch's bit for bit (each channel is its own recurrence: the launch may
     change the time, never a value). ``module``: another copy of ``rnnlab.ops.scan.triton``
-    (``--scan-against``) instead of the package's."""
+    (``--scan-against``) instead of the package's; ``expect``: the package's
+    :func:`fused_scan_outputs`, which its own launch must then match within bf16 rounding (another
+    copy may compute the same maths in another order)."""
     stri = module
     if stri is None:
         from rnnlab.ops.scan import triton as stri
@@ -268,11 +285,12 @@ def scan_launch_sweep(x0: torch.Tensor, mode: int, g: torch.Tensor, launches=SCA
     G = mode + 1
     B, T, GH = x0.shape
     H = GH // G
+    h_ref, dp_ref = fused_scan_outputs(x0, mode, g, stri)
+    if expect is not None:
+        torch.testing.assert_close(h_ref, expect[0], rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(dp_ref, expect[1], rtol=2e-2, atol=2e-2)
     ptrs = stri._views(x0, G, H)
-    h_ref = torch.empty(B, T, H, device=x0.device, dtype=x0.dtype)
-    stri.launch_forward(ptrs, GH, ptrs[0], h_ref, mode, False)
-    dp_ref, dh0 = torch.empty_like(x0), torch.zeros(B, H, device=x0.device, dtype=torch.float32)
-    stri.launch_backward(ptrs, GH, h_ref, h_ref, g, stri._views(dp_ref, G, H), dh0, mode, False)
+    dh0 = torch.zeros(B, H, device=x0.device, dtype=torch.float32)
     for block, warps in launches:
         h, dp = torch.empty_like(h_ref), torch.empty_like(x0)
         outs = stri._views(dp, G, H)
@@ -303,7 +321,8 @@ def scan_launches(add, B, T, reps, dt, bw, against=None):
         sweeps = [("", scan_launch_sweep(x0, mode, g))]
         if against is not None:
             own = [(against.BLOCK, against.NUM_WARPS)]  # that copy's own launch
-            sweeps.append((" (--scan-against)", scan_launch_sweep(x0, mode, g, own, against)))
+            expect = fused_scan_outputs(x0, mode, g, stri)
+            sweeps.append((" (--scan-against)", scan_launch_sweep(x0, mode, g, own, against, expect)))
         for label, sweep in sweeps:
             for block, warps, forward, backward in sweep:
                 tf, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (forward, backward))

@@ -7,8 +7,9 @@
 #   scans     the fused minGRU (H 3520) and minLSTM (H 2880) scans, `_scan_fwd` / `_scan_bwd`
 #   e1-dense  dense E1's persistent kernel (H 1760), `elman_persistent` (forward, backward)
 #   e1-heads  E1 heads' kernels (14 heads of 128), `_heads_fwd` / `_heads_bwd`
-# Each family runs its forward and backward twice and every launch is profiled (`--set full`):
-# read the second pair (warm caches, as in training). Writes OUTDIR/ncu_FAMILY_details.txt (every
+# Every launch is profiled (`--set full`); read the last forward / backward pair of a model (warm
+# caches, as in training): e1-dense and e1-heads run twice, scans three times a model (the launch
+# sweep's reference and check pairs, then one more). Writes OUTDIR/ncu_FAMILY_details.txt (every
 # section of each launch), OUTDIR/ncu_FAMILY_raw.csv (every metric; the stall reasons are
 # smsp__pcsamp_warps_issue_stalled_*), OUTDIR/ncu_FAMILY_source.csv (sampled stalls per SASS
 # instruction) and OUTDIR/ncu_FAMILY.ncu-rep (the report, for ncu-ui).

@@ -60,11 +60,13 @@ for args in "$@"; do
   cp "$out/corpus.txt" runs/"$suite"/  # which corpus, in the suite's tarball (suite_carry.sh in keeps it)
   (while sleep 60; do pack "$suite" "$suite.partial.tgz"; done) >/dev/null 2>&1 &
   packer=$!
-  # the call's log in the suite's logs/ (back with its tarball; suite_carry.sh in keeps it, xz'd)
+  # the call's log in the suite's logs/ (back with its tarball; suite_carry.sh in keeps it, xz'd);
+  # tee -i: a Ctrl-C to the script's group must not kill the log's reader before the run saves
+  # (the run would die on its next print), and a failing tee must not skip the tarball
   mkdir -p runs/"$suite"/logs
   # shellcheck disable=SC2086
   bench $args --extra-val-data /tmp/wikitext2.txt --eval-bytes all --out runs/"$suite" 2>&1 |
-    tee runs/"$suite"/logs/call-"$(date -u +%Y%m%dT%H%M%SZ)".log
+    tee -i runs/"$suite"/logs/call-"$(date -u +%Y%m%dT%H%M%SZ)".log || true
   pkill -P "$packer" 2>/dev/null || true  # its sleep or tar, then the loop itself
   kill "$packer" 2>/dev/null || true
   wait "$packer" 2>/dev/null || true

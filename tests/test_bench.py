@@ -1258,9 +1258,14 @@ def test_scan_against_times_another_copy_of_the_scan_module(tmp_path):
     g = torch.randn(B, T, H, generator=torch.Generator().manual_seed(1))
     assert torch.equal(other.minlstm_scan(p)[0], stri.minlstm_scan(p)[0])
     other._launched.clear()
-    (block, warps, forward, backward), = bk.scan_launch_sweep(p, 2, g, [(16, 1)], other)
+    (block, warps, forward, backward), = bk.scan_launch_sweep(p, 2, g, [(16, 1)], other,
+                                                            bk.fused_scan_outputs(p, 2, g, stri))
     forward()
     assert other._launched == [(), (16, 1), (16, 1)]  # its own launch (the reference), the one checked, this call
+    broken = tmp_path / "scan_broken.py"  # minLSTM's normalised forget gate off by 10%
+    broken.write_text(Path(stri.__file__).read_text().replace("a = u2 * r\n", "a = u2 * r * 0.9\n"))
+    with pytest.raises(AssertionError):
+        next(bk.scan_launch_sweep(p, 2, g, [(16, 1)], bk.scan_module_from(str(broken)), bk.fused_scan_outputs(p, 2, g, stri)))
 
 
 @pytest.mark.parametrize("name,text,why", [

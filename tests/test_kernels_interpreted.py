@@ -65,9 +65,9 @@ def _e88(B, T, H, n, m):
 
 
 # (op, inputs(generator) without h0, h0 shape after the batch: an int for vector states). B = 17
-# leaves a partial batch tile; hd = 24 (12) is padded to 32 (16) lanes; T = 1, 5, 6 and 9 exercise the
-# scans' 4-step unroll masks and the next group's loads issued ahead (masked past T); H = 300 takes
-# several channel blocks, the last partial; dense H = 20 / 40 leave a
+# leaves a partial batch tile; hd = 24 (12) is padded to 32 (16) lanes; T = 1, 5, 6, 8 and 9 exercise
+# the scans' 4-step unroll masks and the next group's loads issued ahead (masked past T); H = 130
+# and 300 take several channel blocks, the last partial; dense H = 20 / 40 leave a
 # partial column tile; ranks 3 and 5 are padded to 16. Selective heads: decay runs the heads
 # kernel, low-rank the dense one (block-diagonal W).
 CASES = [
@@ -79,6 +79,7 @@ CASES = [
     ("elman_lowrank_scan", _lowrank(2, 4, 20, 3), 20), ("elman_lowrank_scan", _lowrank(1, 3, 32, 5, heads=2), 32),
     ("linear_scan", _scan(2, 6, 20), 20), ("linear_scan", _scan(3, 5, 300), 300),
     ("mingru_scan", _scan(2, 6, 20, parts=2), 20), ("mingru_scan", _scan(2, 1, 300, parts=2), 300),
+    ("mingru_scan", _scan(2, 8, 130, parts=2), 130),
     ("minlstm_scan", _scan(2, 6, 20, parts=3), 20), ("minlstm_scan", _scan(3, 9, 12, parts=3), 12),
     ("diag_elman_scan", _diag(2, 6, 20), 20), ("diag_elman_scan", _diag(3, 5, 300), 300),
     # n, m not powers of two (padded lanes), n != m, B = 1
