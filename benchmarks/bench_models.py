@@ -3,7 +3,7 @@ reference configurations, every model in the compile modes that can be its faste
 
     python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
                                       [--skip NAME ...] [--profile] [--sf-step fused foreach]
-                                      [--json results/x/models.json]
+                                      [--scan-against FILE] [--json results/x/models.json]
 
 Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; rnnlab's one-launch step, as
 ``rnnlab train`` runs it on CUDA, and/or with ``--sf-step foreach`` schedulefree's own step, each
@@ -41,6 +41,10 @@ step whose host time nears its step time is bound by the host, and its speed the
 machine's CPU (results/mamba2-trainer-steps-h200); the ``--graph`` row beside it says what the
 host's part costs.
 
+``--scan-against FILE`` (another copy of ``rnnlab/ops/scan/triton.py``, e.g. an earlier commit's)
+adds, for each minGRU / minLSTM row, a twin row (``SCAN_SUFFIX``) that trains with that copy's
+scan kernels in place of the package's: a kernel change as a whole-model ratio of one run.
+
 ``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` and adds
 the GPU time per step by kind of kernel (``KERNEL_KINDS``: the sequence mixer's kernels, matmuls,
 Inductor's fused kernels, the optimizer, other) and the costliest kernels: where a
@@ -55,6 +59,7 @@ it is measured (a run cut short keeps what it measured).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import itertools
@@ -70,6 +75,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.bench.mfu import benchmark_peak, mfu
+from rnnlab.ops.scan import LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN
 from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.runtime import git_state
 
@@ -335,12 +341,26 @@ def versions() -> dict:
 
 
 FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step
+SCAN_SUFFIX = " [--scan-against]"  # the row name of a model run with --scan-against's scan kernels
+SCAN_MODELS = ("mingru", "minlstm")  # the model kinds whose layers run those kernels
 
 
-def row_name(model: str, sf_step: str) -> str:
-    """A row's name: the model's for rnnlab's fused Schedule-Free step (what `rnnlab train` runs),
-    marked with ``FOREACH_SUFFIX`` for schedulefree's own (its own row group)."""
-    return model if sf_step == "fused" else model + FOREACH_SUFFIX
+def row_name(model: str, sf_step: str, scan_against: bool = False) -> str:
+    """A row's name: the model's for rnnlab's fused Schedule-Free step (what `rnnlab train` runs)
+    and the package's kernels, marked with ``FOREACH_SUFFIX`` for schedulefree's own step and
+    ``SCAN_SUFFIX`` for ``--scan-against``'s scan kernels (each its own row group)."""
+    return model + ("" if sf_step == "fused" else FOREACH_SUFFIX) + (SCAN_SUFFIX if scan_against else "")
+
+
+@contextlib.contextmanager
+def scan_kernels(module):
+    """The minGRU / minLSTM (and linear) scan ops run ``module``'s kernels inside the block (None:
+    the package's)."""
+    with contextlib.ExitStack() as stack:
+        if module is not None:
+            for op in (LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN):
+                stack.enter_context(op.kernel.replaced(module))
+        yield
 
 
 def annotate(rows: list[dict], peak: float) -> None:
@@ -362,7 +382,7 @@ def annotate(rows: list[dict], peak: float) -> None:
     for r in rows:
         if "error" in r:
             continue
-        step = FOREACH_SUFFIX if r["name"].endswith(FOREACH_SUFFIX) else ""  # Mamba2 with the same optimizer step
+        step = FOREACH_SUFFIX if FOREACH_SUFFIX in r["name"] else ""  # Mamba2 with the same optimizer step
         for key, ref_name in (("x_mamba2_best", "Mamba2 d22"), ("x_standalone_best", "Mamba2 d22 standalone")):
             best = [m for m in by_model.get((ref_name + step, r["B"]), []) if m["fastest"]]
             if best:
@@ -392,19 +412,19 @@ def print_table(meta: dict, rows: list[dict]) -> None:
           "time to queue one step behind a busy GPU (near step ms: bound by the host; blocked: it waited for the GPU)")
 
 
-def compare_sf_steps(rows: list[dict]) -> None:
-    """Per fused-step row (the plain names): the largest loss difference from the same model, mode
-    and batch with schedulefree's step (same weights, same batches), and its tok/s ratio to it; printed."""
-    foreach = {(r["name"].removesuffix(FOREACH_SUFFIX), r["mode"], r["B"]): r
-               for r in rows if "error" not in r and r["name"].endswith(FOREACH_SUFFIX)}
+def compare_twins(rows: list[dict], suffix: str, key: str, what: str) -> None:
+    """Per row without ``suffix`` in its name: the largest loss difference from its twin (the row
+    of the same name with ``suffix``, mode and batch: same weights, same batches) and its tok/s
+    ratio to it, as ``max_dloss_vs_KEY`` and ``x_KEY``; printed, the twin named ``what``."""
+    twins = {(r["name"].replace(suffix, ""), r["mode"], r["B"]): r
+             for r in rows if "error" not in r and suffix in r["name"]}
     for r in rows:
-        twin = foreach.get((r["name"], r["mode"], r["B"]))
-        if "error" in r or twin is None:
+        twin = twins.get((r["name"], r["mode"], r["B"]))
+        if "error" in r or suffix in r["name"] or twin is None:
             continue
-        r["max_dloss_vs_foreach"] = round(max(abs(a - b) for a, b in zip(r["losses"], twin["losses"])), 5)
-        r["x_foreach"] = round(r["tok_per_s"] / twin["tok_per_s"], 3)
-        print(f"{r['name']} ({r['mode']}, B={r['B']}): {r['x_foreach']:.3f}x the tok/s of schedulefree's step, "
-              f"losses within {r['max_dloss_vs_foreach']:.5f}")
+        r[f"max_dloss_vs_{key}"] = dloss = round(max(abs(a - b) for a, b in zip(r["losses"], twin["losses"])), 5)
+        r[f"x_{key}"] = x = round(r["tok_per_s"] / twin["tok_per_s"], 3)
+        print(f"{r['name']} ({r['mode']}, B={r['B']}): {x:.3f}x the tok/s of {what}, losses within {dloss:.5f}")
 
 
 def write_json(path: str, doc) -> None:
@@ -442,9 +462,18 @@ def main(argv=None):
     p.add_argument("--sf-step", choices=["fused", "foreach"], nargs="+", default=["fused"],
                    help="Schedule-Free AdamW's step: rnnlab's fused kernel (rnnlab.train.sf_adamw, what `rnnlab "
                         "train` runs on CUDA) and/or schedulefree's own foreach step; each one a row (default: fused)")
+    p.add_argument("--scan-against", default=None, metavar="FILE",
+                   help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): each minGRU / "
+                        "minLSTM row gets a twin row training with its scan kernels")
     p.add_argument("--json", default=None)
     p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
     args = p.parse_args(argv)
+    against = None
+    if args.scan_against:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_kernels import scan_module_from
+
+        against = scan_module_from(args.scan_against, "bench_models.py: --scan-against")
 
     device = torch.cuda.get_device_name()
     peak, assumed = benchmark_peak(device, args.peak_tflops)
@@ -464,15 +493,17 @@ def main(argv=None):
     rows: list[dict] = []
     for name, cfgd, modes in todo:
         for B in args.batches:
-            for mode, sf_step, graphed in itertools.product(
+            for mode, sf_step, graphed, module in itertools.product(
                     [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step,
-                    [False, True] if args.graph else [False]):
+                    [False, True] if args.graph else [False],
+                    [None, against] if against is not None and cfgd["model"] in SCAN_MODELS else [None]):
                 if graphed and mode == RO:  # its CUDA graphs cannot be captured inside another
                     continue
                 warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
-                label = row_name(name, sf_step)
+                label = row_name(name, sf_step, module is not None)
                 try:
-                    r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step, graphed)
+                    with scan_kernels(module):
+                        r = bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile, sf_step, graphed)
                 except Exception as e:  # noqa: BLE001 - report and continue with the next row
                     r = dict(name=label, mode=mode_name(mode, graphed), config=cfgd,
                              B=B, T=args.T, error=f"{type(e).__name__}: {e}")
@@ -485,7 +516,8 @@ def main(argv=None):
                     write_json(args.json, dict(meta=meta, rows=rows))
     annotate(rows, peak)
     print_table(meta, rows)
-    compare_sf_steps(rows)
+    compare_twins(rows, FOREACH_SUFFIX, "foreach", "schedulefree's step")
+    compare_twins(rows, SCAN_SUFFIX, "scan_against", "--scan-against's scan kernels")
     print_profiles(rows)
     if args.json:
         write_json(args.json, dict(meta=meta, rows=rows))

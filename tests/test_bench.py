@@ -999,11 +999,51 @@ def test_bench_models_sets_each_fused_step_row_beside_schedulefrees(capsys):
 
     rows = [row("E16 s4", 220_000, [5.0, 4.25]), row("E16 s4" + bm.FOREACH_SUFFIX, 200_000, [5.0, 4.0]),
             row("minGRU", 1.0, [1.0], mode="off"), row("minGRU" + bm.FOREACH_SUFFIX, 1.0, [1.0])]
-    bm.compare_sf_steps(rows)
+    bm.compare_twins(rows, bm.FOREACH_SUFFIX, "foreach", "schedulefree's step")
     assert (rows[0]["x_foreach"], rows[0]["max_dloss_vs_foreach"]) == (1.1, 0.25)
     assert not any("x_foreach" in r for r in rows[1:])
     assert capsys.readouterr().out.strip() == ("E16 s4 (default, B=32): 1.100x the tok/s of "
                                                "schedulefree's step, losses within 0.25000")
+
+
+def test_bench_models_sets_each_row_beside_its_scan_against_twin(capsys):
+    """--scan-against: each minGRU row is compared with its twin of the other scan kernels, the
+    foreach-step row with the foreach-step twin (suffixes in row_name's order), and the twin's
+    ratio to Mamba2 is the one of Mamba2 with the same optimizer step."""
+    bm = _benchmark_script("bench_models")
+
+    def row(name, tok_per_s, losses):
+        return dict(name=name, mode="off", B=32, tok_per_s=tok_per_s, losses=losses)
+
+    names = [bm.row_name("minGRU", step, against) for step in ("fused", "foreach") for against in (False, True)]
+    assert names == ["minGRU", "minGRU [--scan-against]", "minGRU [sf foreach]", "minGRU [sf foreach] [--scan-against]"]
+    rows = [row(names[0], 230_000, [5.0, 4.0]), row(names[1], 200_000, [5.0, 4.01]),
+            row(names[2], 100_000, [5.0, 4.0]), row(names[3], 125_000, [5.0, 4.0])]
+    bm.compare_twins(rows, bm.SCAN_SUFFIX, "scan_against", "--scan-against's scan kernels")
+    assert [r.get("x_scan_against") for r in rows] == [1.15, None, 0.8, None]
+    assert rows[0]["max_dloss_vs_scan_against"] == 0.01
+    assert capsys.readouterr().out.splitlines()[1] == ("minGRU [sf foreach] (off, B=32): 0.800x the tok/s of "
+                                                       "--scan-against's scan kernels, losses within 0.00000")
+    mamba2 = [dict(row("Mamba2 d22", 100_000, [1.0]), params=1), dict(row("Mamba2 d22 [sf foreach]", 50_000, [1.0]), params=1)]
+    steps = mamba2 + [dict(r, params=1) for r in rows]
+    bm.annotate(steps, peak=989.0)
+    assert [r["x_mamba2_best"] for r in steps[2:]] == [2.3, 2.0, 2.0, 2.5]
+
+
+def test_a_kernel_module_replaced_inside_the_block_only():
+    """LazyKernel.replaced (bench_models.py --scan-against): the op's kernel module is the other
+    one inside the block and its own after it, also after an error inside."""
+    from types import SimpleNamespace
+
+    from rnnlab.ops.scan import MINGRU_SCAN
+
+    own = MINGRU_SCAN.kernel.get()
+    other = SimpleNamespace(mingru_scan=lambda p, h0: ("other", None))
+    with pytest.raises(KeyError):
+        with MINGRU_SCAN.kernel.replaced(other):
+            assert MINGRU_SCAN.kernel.get() is other
+            raise KeyError
+    assert MINGRU_SCAN.kernel.get() is own and MINGRU_SCAN.kernel.error is None
 
 
 def test_merge_suite_json_keeps_a_command_repeated_later_and_an_old_format_record():

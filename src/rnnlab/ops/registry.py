@@ -37,9 +37,10 @@ with a measurement that it trains the same and no slower.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import warnings
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -68,6 +69,19 @@ class LazyKernel:
 
     def available(self) -> bool:
         return self.get() is not None
+
+    @contextlib.contextmanager
+    def replaced(self, module) -> Iterator[None]:
+        """Inside the block, ``module`` (another copy of this kernel module, e.g. an earlier
+        commit's) runs in its place: a benchmark times two versions of a kernel in one process
+        (``bench_models.py --scan-against``). A model compiled in the block keeps calling the
+        functions it traced, so compile it there (after ``torch._dynamo.reset()``)."""
+        saved = self._mod, self.error
+        self._mod, self.error = module, None
+        try:
+            yield
+        finally:
+            self._mod, self.error = saved
 
     # Under torch.compile the import runs once at trace time and its answer is a constant.
     available = torch.compiler.assume_constant_result(available)
