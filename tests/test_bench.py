@@ -1358,3 +1358,30 @@ def test_scan_instructions_counts_the_fused_scans_time_loop(tmp_path):
     assert body == ["ex2.approx.f32 %f1, %f2;", "@%p1 bra $L__BB0_2;"]
     with pytest.raises(ValueError, match="no backward branch"):
         si.loop_body("ret;\n")
+
+
+def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_path, capsys):
+    """bench_models.py --scan-against FILE: a twin row for each minGRU / minLSTM row (with FILE's
+    kernels in place while it trains, the package's back after), none for the other models; a
+    file that is no scan module is refused in one line."""
+    from rnnlab.ops.scan import MINGRU_SCAN
+    from rnnlab.ops.scan import triton as stri
+
+    bm = _benchmark_script("bench_models")
+    copy = tmp_path / "scan_old.py"
+    copy.write_text(Path(stri.__file__).read_text())
+    seen = []
+
+    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed):
+        seen.append((name, MINGRU_SCAN.kernel.get().__file__ == str(copy)))
+        return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
+                    step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
+
+    monkeypatch.setattr(bm, "bench", fake_bench)
+    monkeypatch.setattr(bm.torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    bm.main(["--only", "minGRU", "E16", "--compile", "off", "--scan-against", str(copy)])
+    assert seen == [("minGRU 3520x16", False), ("minGRU 3520x16 [--scan-against]", True), ("E16 s4 1024x10 e2", False)]
+    assert MINGRU_SCAN.kernel.get() is stri
+    with pytest.raises(SystemExit) as stop:
+        bm.main(["--only", "minGRU", "--scan-against", str(tmp_path / "missing.py")])
+    assert stop.value.code == 2 and capsys.readouterr().err.strip().startswith("bench_models.py: --scan-against")
