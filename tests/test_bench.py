@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -1385,3 +1386,25 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     with pytest.raises(SystemExit) as stop:
         bm.main(["--only", "minGRU", "--scan-against", str(tmp_path / "missing.py")])
     assert stop.value.code == 2 and capsys.readouterr().err.strip().startswith("bench_models.py: --scan-against")
+
+
+def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):
+    """benchmarks/ncu_summary.py: a launch's line shows its metrics and its largest stall reasons
+    as shares of the samples (the not-issued variants left out); a file that is not ncu's raw CSV
+    is refused in one line, exit 2."""
+    ns = _benchmark_script("ncu_summary")
+    stall = ns.STALL
+    header = ["ID", "Kernel Name", "gpu__time_duration.sum", "launch__grid_size", stall + "long_scoreboard",
+              stall + "wait", stall + "selected", stall + "long_scoreboard_not_issued"]
+    raw = tmp_path / "raw.csv"
+    with raw.open("w", newline="") as f:
+        csv.writer(f).writerows([header, ["", "", "us", ""], ["0", "_scan_fwd", "1,234.5", "448", "60", "30", "10", "999"]])
+    ns.main([str(raw), "--stalls", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["#  kernel  us  grid  top stalls (share of samples)",
+                     "0  _scan_fwd  1234.5  448  long_scoreboard 60%, wait 30%"]
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n3,4\n")
+    with pytest.raises(SystemExit) as stop:
+        ns.main([str(tmp_path / "other.csv")])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err and "not ncu's raw CSV" in err
