@@ -50,12 +50,16 @@ def test_shipped_suites_load():
 def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tmp_path):
     """e88-recipe-400m: the race's E88, Mamba2, E1 heads and E16 (same widths, minutes, modes)
     under the reference's train.py recipe, each at the reference's E88 run's batch and lr and at
-    its Mamba2 run's."""
+    its Mamba2 run's; E1 heads at E88's also in its fastest mode (captured as a CUDA graph)."""
     race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     runs = {p.name: p.cfg for p in plan_suite(load_suite("e88-recipe-400m"), tmp_path / "recipe")}
     settings = {name: (c.data.batch_size, c.optim.lr) for name, c in runs.items()}
-    assert settings == {f"{m}-{s}": v for m in ("e88", "mamba2", "e1-heads", "e16-s4")
-                        for s, v in (("b16-lr9.2e-4", (16, 9.2e-4)), ("b8-lr3e-4", (8, 3e-4)))}
+    assert settings == {**{f"{m}-{s}": v for m in ("e88", "mamba2", "e1-heads", "e16-s4")
+                           for s, v in (("b16-lr9.2e-4", (16, 9.2e-4)), ("b8-lr3e-4", (8, 3e-4)))},
+                        "e1-heads-graph-b16-lr9.2e-4": (16, 9.2e-4)}
+    graphed = runs.pop("e1-heads-graph-b16-lr9.2e-4")
+    assert graphed.model == race["e1-heads"].model and (graphed.run.compile, graphed.run.cuda_graph) == (True, True)
+    assert graphed.optim == runs["e1-heads-b16-lr9.2e-4"].optim
     for name, c in runs.items():
         o = c.optim
         assert (o.optimizer, tuple(o.betas), o.grad_clip, o.weight_decay, o.decay_marked, o.warmup_steps) == \
