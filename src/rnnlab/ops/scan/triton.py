@@ -36,10 +36,10 @@ from rnnlab.ops.registry import final_state
 
 __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 
-# one warp of 2 channels a thread: the fastest launch in total of the prefetching fused kernels at
+# One warp of 2 channels a thread: the fastest launch in total of the prefetching fused kernels at
 # the 400M widths, through the forward; the backwards tie (results/scan-prefetch-h200: 3.7% / 5.3%
-# faster than 256 channels, 4 warps);
-# the plain linear_scan, which no model trains with, shares it (not timed at it)
+# faster than 256 channels, 4 warps). The plain linear_scan, which no model trains with, shares it
+# (not timed at it).
 BLOCK = 64
 NUM_WARPS = 1
 
