@@ -370,3 +370,29 @@ def test_e88_kernel_options_refuse_bad_launches():
     launch = E88KernelOptions(bwd_maxnreg=128, bwd_stages=3).launch(24, 40, backward=True)
     assert launch == dict(BN=32, BM=64, num_warps=4, STAGES=3, maxnreg=128)
     assert E88KernelOptions().launch(32, 32, backward=False) == dict(BN=32, BM=32, num_warps=1)
+
+
+@pytest.mark.parametrize("name,width,parts", [("mingru_scan", 1024, 2), ("minlstm_scan", 1024, 3),
+                                              ("linear_scan", 2048, 1), ("diag_elman_scan", 2048, 1)])
+def test_a_sequence_past_the_kernels_32_bit_time_offsets_is_refused_in_one_line(name, width, parts):
+    """The Triton scans offset step t by t * (row width) in 32-bit integers: a sequence whose
+    offsets would overflow is refused before anything is allocated (inputs expanded over T from
+    one step, no memory), with how many steps fit; that many pass the check."""
+    kernel = getattr(OPS[name].kernel.get(), name)
+    limit = (2**31 - 1) // width - 16  # steps that fit at this width
+
+    def inputs(T):
+        x = torch.zeros(1, 1, width).expand(1, T, width)
+        if name == "linear_scan":
+            return [x, x]
+        if name == "diag_elman_scan":
+            return [x, torch.zeros(width)]
+        return [x]
+
+    with pytest.raises(ValueError) as err:
+        kernel(*inputs(limit + 1))
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{name}: {limit + 1:,} steps") and f"at most {limit:,} steps" in msg
+    from rnnlab.ops.registry import check_time_offsets
+
+    check_time_offsets(name, limit, width)  # the limit itself passes the check

@@ -169,6 +169,17 @@ def register(op: Op) -> Op:
     return op
 
 
+def check_time_offsets(op: str, T: int, width: int) -> None:
+    """Refuse, in one line, a sequence too long for a kernel that offsets time step ``t`` by
+    ``t * width`` in 32-bit integers (Triton's loop counters; the batch offset is 64-bit): the
+    offset, up to 16 steps past the end for loads issued ahead, must stay below 2**31."""
+    most = (2**31 - 1) // max(width, 1) - 16
+    if T > most:
+        raise ValueError(f"{op}: {T:,} steps of {width:,} elements each overflow its GPU kernel's 32-bit "
+                         f"time offsets (at most {most:,} steps at this width): run the sequence in "
+                         f"pieces, each piece's final state the next one's h0")
+
+
 def final_state(h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     """The state after the last step of all states ``h: [B, T, ...]`` from ``h0`` (None = zeros),
     in the compute dtype: ``h[:, -1]`` (``h0`` when T = 0). For kernels that store their states in

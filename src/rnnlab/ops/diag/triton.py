@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.registry import final_state, traced
+from rnnlab.ops.registry import check_time_offsets, final_state, traced
 
 __all__ = ["diag_elman_scan"]
 
@@ -180,5 +180,6 @@ def diag_elman_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = 
     """``(h, h_T)``: all states ``[B, T, S]`` of ``h_t = tanh(a * h_{t-1} + u_t)`` (fp32 state)
     in ``u``'s dtype, and ``h[:, -1]`` in fp32. torch.compile traces it (``traced``): only the
     custom op and the final state."""
+    check_time_offsets("diag_elman_scan", u.shape[1], u.shape[2])
     h = _scan_fwd(u, a, h0)
     return h, final_state(h, h0)

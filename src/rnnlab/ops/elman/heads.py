@@ -20,6 +20,7 @@ import triton.language as tl
 
 from rnnlab.ops.elman.options import ElmanKernelOptions
 from rnnlab.ops.elman.tanh import tanh
+from rnnlab.ops.registry import check_time_offsets
 
 
 @triton.jit
@@ -118,6 +119,7 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: El
     """All states ``h`` (``wx``'s dtype) of the heads scan, with the decay ``a: [B, T, H]`` when
     given."""
     B, T, H = wx.shape
+    check_time_offsets("elman_scan (heads)", T, H)
     nh, hd, _ = w.shape
     wx = wx.contiguous()
     wk = w.to(wx.dtype).contiguous()

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.registry import final_state
+from rnnlab.ops.registry import check_time_offsets, final_state
 
 __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 
@@ -319,6 +319,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in
     ``b``'s dtype."""
+    check_time_offsets("linear_scan", b.shape[1], b.shape[2])
     if a.dtype != b.dtype:
         a = a.to(b.dtype)
     h = _Scan.apply(0, h0, a, b)
@@ -328,6 +329,7 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
 def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of minGRU from the raw projection ``p = [h~ | k]`` ``[B, T, 2H]``: h
     ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
+    check_time_offsets("mingru_scan", p.shape[1], p.shape[2])
     h = _Scan.apply(1, h0, p)
     return h, final_state(h, h0)
 
@@ -335,5 +337,6 @@ def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.
 def minlstm_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of minLSTM from the raw projection ``p = [h~ | f | i]`` ``[B, T, 3H]``: h
     ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
+    check_time_offsets("minlstm_scan", p.shape[1], p.shape[2])
     h = _Scan.apply(2, h0, p)
     return h, final_state(h, h0)
