@@ -619,6 +619,37 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     assert [t.get_text() for t in bars.texts] == ["40.2k", "1.3M"]
 
 
+def test_bpb_vs_bytes_puts_each_evaluation_at_the_bytes_its_step_had_read(tmp_path):
+    """bpb_vs_bytes.png: runs of different batch sizes side by side at equal data: each held-out
+    point at the training bytes read by its step (metrics.jsonl's tokens), in millions; at y solid
+    for Schedule-Free, x dashed; written by make_plots."""
+    from rnnlab.bench import plots as P
+
+    for name, per_step in (("b8", 4096), ("b16", 8192)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "loss": 3.0, "tokens": i * per_step, "elapsed_s": float(i), "warmup_s": 0.0}) + "\n"
+            for i in (250, 500)))
+        (run / "eval.jsonl").write_text("".join(
+            json.dumps({"step": i, "val_bpb": 2.2 - i / 1000, "val_bpb_train_point": 2.0 - i / 1000}) + "\n"
+            for i in (250, 500)))
+    curves = P.run_curves(collect(tmp_path)["records"])
+    assert curves["b16"]["bpb_y_bytes"] == [(250 * 8192, 1.75), (500 * 8192, 1.5)]
+    ax = P.bpb_vs_bytes_figure(curves, P.colors_for(["b8", "b16"])).axes[0]
+    lines = {(ln.get_label(), ln.get_linestyle()): list(ln.get_xdata()) for ln in ax.get_lines()}
+    assert lines[("b8", "-")] == [1.024, 2.048] and lines[("b16", "-")] == [2.048, 4.096]
+    assert ax.get_xlabel() == "training bytes read (millions)" and "filled at y" in ax.get_title()
+    assert ax.get_ylim()[1] > 1.95 and not ax.texts  # x within 1.25x of y's top: on the axis
+    for name in ("b8", "b16"):  # x broken by rounding, far above y: left above the axis, said so
+        (tmp_path / name / "eval.jsonl").write_text(json.dumps({"step": 500, "val_bpb": 9.0, "val_bpb_train_point": 1.5}) + "\n")
+    ax = P.bpb_vs_bytes_figure(P.run_curves(collect(tmp_path)["records"]), P.colors_for(["b8", "b16"])).axes[0]
+    assert ax.get_ylim()[1] < 2.0 and [t.get_text() for t in ax.texts] == ["points at x above the axis not shown"]
+    rows = [{"name": n, "tok_per_s": None, "loss": None} for n in ("b8", "b16")]
+    written = P.make_plots(tmp_path, collect(tmp_path)["records"], rows)
+    assert tmp_path / "bpb_vs_bytes.png" in written
+
+
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     """loss_vs_depth: Mamba2 at two depths is a line; two E1 runs that differ in layer options too
     (the race's 2.5x-expansion E1 and its 14-head E1) are not; one model at two depths under two

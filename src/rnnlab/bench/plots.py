@@ -1,6 +1,8 @@
 """PNG plots for suite and sweep reports (matplotlib, Agg backend; no display needed).
 
     loss_and_bpb.png   training loss (smoothed) vs step, beside held-out bits per byte vs training time
+    bpb_vs_bytes.png   held-out bits per byte vs training bytes read (per token: runs of different
+                       batch sizes side by side)
     loss_vs_time.png   training loss (smoothed) vs training time
     tok_per_s.png      throughput bar chart (mean ± std over seeds), each bar labelled with its value
     loss_vs_depth.png  final loss vs depth, one line per model whose runs differ in depth alone
@@ -81,23 +83,26 @@ def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     points ``(clock_s, bpb)`` at the shipped weights (``bpb``; Schedule-Free: the average x) and,
     for Schedule-Free, at the training point y (``bpb_y``): each evaluation (``eval.jsonl``) at
     the time of its step in ``metrics.jsonl`` (eval records carry no times, so they stay the same
-    in every rerun), and ``bytes``: the byte counts those points scored."""
+    in every rerun), the same points against the training bytes read by that step (``bpb_bytes``,
+    ``bpb_y_bytes``: ``(tokens, bpb)``), and ``bytes``: the byte counts those points scored."""
     curves = {}
     for r in records:
         metrics = [{**x, "clock_s": budget_clock(x.get("elapsed_s"), x.get("warmup_s"))}
                    for x in r["metrics"] if x.get("loss") is not None]
         elapsed = {x["step"]: x["clock_s"] for x in metrics}
+        tokens = {x["step"]: x.get("tokens") for x in metrics}
         evals = r["evals"]
 
-        def points(key: str) -> list[tuple[float, float]]:  # the final eval's curve_* keys: the curve's bytes
-            return [(elapsed[e["step"]], e.get(f"curve_{key}", e[key])) for e in evals
-                    if e.get(key) is not None and elapsed.get(e["step"]) is not None]
+        def points(key: str, at: dict) -> list[tuple[float, float]]:  # the final eval's curve_* keys: the curve's bytes
+            return [(at[e["step"]], e.get(f"curve_{key}", e[key])) for e in evals
+                    if e.get(key) is not None and at.get(e["step"]) is not None]
 
-        bpb, bpb_y = points("val_bpb"), points("val_bpb_train_point")
+        bpb, bpb_y = points("val_bpb", elapsed), points("val_bpb_train_point", elapsed)
         scored = {e.get("curve_bytes", e.get("bytes")) for e in evals if e.get("val_bpb") is not None}
         if metrics or bpb:
             curves[r["dir"]] = {"name": r["name"], "metrics": metrics, "bpb": bpb, "bpb_y": bpb_y,
-                                "bytes": scored}
+                                "bpb_bytes": points("val_bpb", tokens),
+                                "bpb_y_bytes": points("val_bpb_train_point", tokens), "bytes": scored}
     return curves
 
 
@@ -112,6 +117,8 @@ def make_plots(out: Path, records: list[dict[str, Any]], rows: list[dict[str, An
         figures["loss_and_bpb"] = loss_and_bpb_figure(curves, colors)
         if any(x["clock_s"] is not None for c in curves.values() for x in c["metrics"]):
             figures["loss_vs_time"] = loss_vs_time_figure(curves, colors)
+    if any(c["bpb_bytes"] for c in curves.values()):
+        figures["bpb_vs_bytes"] = bpb_vs_bytes_figure(curves, colors)
     if any(r["tok_per_s"] is not None for r in rows):
         figures["tok_per_s"] = tok_bar_figure(rows, colors)
     depth_series = _depth_series(rows)
@@ -162,25 +169,56 @@ def loss_and_bpb_figure(curves, colors):
     integer_ticks(left.xaxis)
     left.set_title("training loss vs step")
     scale, unit = time_unit(max((t for c in curves.values() for t, _ in c["bpb"]), default=0))
-    labelled = set()
+    _draw_bpb(right, curves, colors, "", scale)
+    right.set_xlabel(f"{TIME_LABEL} ({unit})")
+    right.set_title("held-out bpb vs training time" + _sf_note(curves))
+    return fig
+
+
+def bpb_vs_bytes_figure(curves, colors):
+    """Held-out bits per byte against the training bytes read (millions), points and styles as
+    :func:`loss_and_bpb_figure`'s right panel: the per-token view, where runs of different batch
+    sizes (whose steps read different bytes) compare at equal data."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5))
+    _draw_bpb(ax, curves, colors, "_bytes", 1e6)
+    ax.set_xlabel("training bytes read (millions)")
+    ax.set_title("held-out bpb vs training bytes" + _sf_note(curves))
+    return fig
+
+
+def _sf_note(curves) -> str:
+    return " (Schedule-Free: filled at y, hollow at x)" if any(c["bpb_y"] for c in curves.values()) else ""
+
+
+def _draw_bpb(ax, curves, colors, which: str, scale: float) -> None:
+    """Each run's held-out points (``bpb{which}``, ``bpb_y{which}`` of :func:`run_curves`, x divided
+    by ``scale``): solid with filled points at the training point y and dashed with hollow points
+    at x for Schedule-Free runs, else solid at the shipped weights. Points at x far above every
+    solid curve (pure bf16 loses the average to rounding: bpb 5-20 where y reads 1.5) are left
+    above the axis, said in its corner, so that they do not flatten the curves that matter."""
+    labelled, values = set(), {"-": [], "--": []}
     for c in curves.values():
-        solid, dashed = (c["bpb_y"], c["bpb"]) if c["bpb_y"] else (c["bpb"], [])
+        solid, dashed = (c["bpb_y" + which], c["bpb" + which]) if c["bpb_y" + which] else (c["bpb" + which], [])
         for pts, style in ((solid, "-"), (dashed, "--")):
             if pts:
-                ts, bpb = zip(*sorted(pts))
-                right.plot([t / scale for t in ts], bpb, style, marker="o", color=colors[c["name"]],
-                           markerfacecolor=None if style == "-" else "none",  # a lone point shows which
-                           lw=1.2 if style == "-" else 0.8, label=None if c["name"] in labelled else c["name"])
+                xs, bpb = zip(*sorted(pts))
+                ax.plot([x / scale for x in xs], bpb, style, marker="o", color=colors[c["name"]],
+                        markerfacecolor=None if style == "-" else "none",  # a lone point shows which
+                        lw=1.2 if style == "-" else 0.8, label=None if c["name"] in labelled else c["name"])
                 labelled.add(c["name"])
-    right.set_xlabel(f"{TIME_LABEL} ({unit})")
-    right.set_ylabel(held_out_label(curves))
-    any_train_point = any(c["bpb_y"] for c in curves.values())
-    right.set_title("held-out bpb vs training time"
-                    + (" (Schedule-Free: filled at y, hollow at x)" if any_train_point else ""))
-    right.grid(alpha=0.3)
+                values[style].extend(bpb)
+    top = 1.25 * max(values["-"], default=0.0)
+    if values["-"] and any(v > top for v in values["--"]):
+        shown = values["-"] + [v for v in values["--"] if v <= top]
+        pad = 0.05 * (max(shown) - min(shown)) + 1e-3
+        ax.set_ylim(min(shown) - pad, max(shown) + pad)
+        ax.text(0.99, 0.02, "points at x above the axis not shown", transform=ax.transAxes, ha="right",
+                va="bottom", fontsize=8)
+    ax.set_ylabel(held_out_label(curves))
+    ax.grid(alpha=0.3)
     if labelled:
-        right.legend(fontsize=8)
-    return fig
+        ax.legend(fontsize=8)
 
 
 def held_out_label(curves) -> str:
