@@ -242,7 +242,8 @@ def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"
         spec.loader.exec_module(module)
     except Exception as e:  # any failure of the user's file, reported in one line
         refuse(f"does not import ({type(e).__name__}: {e})")
-    missing = [n for n in ("launch_forward", "launch_backward", "_views", "BLOCK", "NUM_WARPS") if not hasattr(module, n)]
+    missing = [n for n in ("launch_forward", "launch_backward", "_views", "BLOCK", "NUM_WARPS", "linear_scan",
+                           "mingru_scan", "minlstm_scan") if not hasattr(module, n)]
     if missing:
         refuse(f"has no {', '.join(missing)} (not a copy of rnnlab/ops/scan/triton.py)")
     return module

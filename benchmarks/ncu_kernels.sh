@@ -62,6 +62,6 @@ print(family, "profiled", flush=True)
 PY
   ncu --import "$rep.ncu-rep" --page details > "${rep}_details.txt"
   ncu --import "$rep.ncu-rep" --page raw --csv > "${rep}_raw.csv"
-  python3 benchmarks/ncu_summary.py "${rep}_raw.csv" | tee "${rep}_summary.txt"
+  python3 benchmarks/ncu_summary.py "${rep}_raw.csv" | tee "${rep}_summary.txt" || true
   ncu --import "$rep.ncu-rep" --page source --print-source sass --csv > "${rep}_source.csv" 2>&1 || true
 done

@@ -30,22 +30,29 @@ def number(text: str) -> float:
     return float(text.replace(",", "")) if text.strip() not in ("", "n/a") else 0.0
 
 
-def read(path: Path) -> tuple[list[str], list[list[str]]]:
-    """``(header, rows)`` of ncu's raw CSV (its second line, the units, left out)."""
+TIME_UNITS = {"ns": 1e-3, "usecond": 1.0, "us": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
+
+
+def read(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
+    """``(header, units, rows)`` of ncu's raw CSV (its second line holds each metric's unit: ncu
+    scales them, e.g. a kernel's time in us or ms)."""
     rows = list(csv.reader(path.open(newline="")))
     if len(rows) < 3 or "Kernel Name" not in rows[0]:
         raise ValueError("not ncu's raw CSV (ncu --page raw --csv): no 'Kernel Name' column")
-    return rows[0], rows[2:]
+    return rows[0], rows[1], rows[2:]
 
 
-def summarize(header: list[str], rows: list[list[str]], stalls: int = 3) -> list[str]:
-    """A header line, then one line per launch in profiling order."""
+def summarize(header: list[str], units: list[str], rows: list[list[str]], stalls: int = 3) -> list[str]:
+    """A header line, then one line per launch in profiling order (times in microseconds)."""
     col = {h: i for i, h in enumerate(header)}
+    time_col = col.get(COLUMNS["us"][0])
+    to_us = TIME_UNITS.get(units[time_col].strip(), 1.0) if time_col is not None and time_col < len(units) else 1.0
     reasons = [h for h in header if h.startswith(STALL) and not h.endswith("_not_issued")]
     shown = {k: v for k, v in COLUMNS.items() if v[0] in col}
     lines = ["  ".join(["#", "kernel", *shown, "top stalls (share of samples)"])]
     for n, row in enumerate(rows):
-        cells = [fmt.format(number(row[col[metric]])) for metric, fmt in shown.values()]
+        cells = [fmt.format(number(row[col[metric]]) * (to_us if col[metric] == time_col else 1.0))
+                 for metric, fmt in shown.values()]
         samples = {h[len(STALL):]: number(row[col[h]]) for h in reasons}
         total = sum(samples.values()) or 1.0
         top = sorted(samples.items(), key=lambda kv: -kv[1])[:stalls]
@@ -60,11 +67,11 @@ def main(argv=None) -> None:
     p.add_argument("--stalls", type=int, default=3, help="how many stall reasons a line lists")
     args = p.parse_args(argv)
     try:
-        header, rows = read(args.raw_csv)
+        header, units, rows = read(args.raw_csv)
     except (OSError, ValueError) as e:
         print(f"ncu_summary.py: {args.raw_csv}: {e}", file=sys.stderr)
         sys.exit(2)
-    print("\n".join(summarize(header, rows, args.stalls)))
+    print("\n".join(summarize(header, units, rows, args.stalls)))
 
 
 if __name__ == "__main__":

@@ -169,9 +169,9 @@ def loss_and_bpb_figure(curves, colors):
     integer_ticks(left.xaxis)
     left.set_title("training loss vs step")
     scale, unit = time_unit(max((t for c in curves.values() for t, _ in c["bpb"]), default=0))
-    _draw_bpb(right, curves, colors, "", scale)
+    clipped = _draw_bpb(right, curves, colors, "", scale)
     right.set_xlabel(f"{TIME_LABEL} ({unit})")
-    right.set_title("held-out bpb vs training time" + _sf_note(curves))
+    right.set_title("held-out bpb vs training time" + _sf_note(curves, clipped))
     return fig
 
 
@@ -181,22 +181,24 @@ def bpb_vs_bytes_figure(curves, colors):
     sizes (whose steps read different bytes) compare at equal data."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
-    _draw_bpb(ax, curves, colors, "_bytes", 1e6)
+    clipped = _draw_bpb(ax, curves, colors, "_bytes", 1e6)
     ax.set_xlabel("training bytes read (millions)")
-    ax.set_title("held-out bpb vs training bytes" + _sf_note(curves))
+    ax.set_title("held-out bpb vs training bytes" + _sf_note(curves, clipped))
     return fig
 
 
-def _sf_note(curves) -> str:
-    return " (Schedule-Free: filled at y, hollow at x)" if any(c["bpb_y"] for c in curves.values()) else ""
+def _sf_note(curves, clipped: bool) -> str:
+    """A held-out panel's title note: which points are y and x, and whether some x are off the axis."""
+    note = " (Schedule-Free: filled at y, hollow at x)" if any(c["bpb_y"] for c in curves.values()) else ""
+    return note + ("\n(points at x above the axis not shown)" if clipped else "")
 
 
-def _draw_bpb(ax, curves, colors, which: str, scale: float) -> None:
+def _draw_bpb(ax, curves, colors, which: str, scale: float) -> bool:
     """Each run's held-out points (``bpb{which}``, ``bpb_y{which}`` of :func:`run_curves`, x divided
     by ``scale``): solid with filled points at the training point y and dashed with hollow points
     at x for Schedule-Free runs, else solid at the shipped weights. Points at x far above every
     solid curve (pure bf16 loses the average to rounding: bpb 5-20 where y reads 1.5) are left
-    above the axis, said in its corner, so that they do not flatten the curves that matter."""
+    above the axis, so that they do not flatten the curves that matter: returns whether some were."""
     labelled, values = set(), {"-": [], "--": []}
     for c in curves.values():
         solid, dashed = (c["bpb_y" + which], c["bpb" + which]) if c["bpb_y" + which] else (c["bpb" + which], [])
@@ -209,16 +211,16 @@ def _draw_bpb(ax, curves, colors, which: str, scale: float) -> None:
                 labelled.add(c["name"])
                 values[style].extend(bpb)
     top = 1.25 * max(values["-"], default=0.0)
-    if values["-"] and any(v > top for v in values["--"]):
+    clipped = bool(values["-"]) and any(v > top for v in values["--"])
+    if clipped:
         shown = values["-"] + [v for v in values["--"] if v <= top]
         pad = 0.05 * (max(shown) - min(shown)) + 1e-3
         ax.set_ylim(min(shown) - pad, max(shown) + pad)
-        ax.text(0.99, 0.02, "points at x above the axis not shown", transform=ax.transAxes, ha="right",
-                va="bottom", fontsize=8)
     ax.set_ylabel(held_out_label(curves))
     ax.grid(alpha=0.3)
     if labelled:
         ax.legend(fontsize=8)
+    return clipped
 
 
 def held_out_label(curves) -> str:

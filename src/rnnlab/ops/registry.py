@@ -74,8 +74,8 @@ class LazyKernel:
     def replaced(self, module) -> Iterator[None]:
         """Inside the block, ``module`` (another copy of this kernel module, e.g. an earlier
         commit's) runs in its place: a benchmark times two versions of a kernel in one process
-        (``bench_models.py --scan-against``). A model compiled in the block keeps calling the
-        functions it traced, so compile it there (after ``torch._dynamo.reset()``)."""
+        (``bench_models.py --scan-against``). A compiled model re-guards on the module (Dynamo
+        recompiles); a CUDA graph captured in the block replays its kernels after it."""
         saved = self._mod, self.error
         self._mod, self.error = module, None
         try:
@@ -171,7 +171,8 @@ def register(op: Op) -> Op:
 
 def check_time_offsets(op: str, T: int, width: int) -> None:
     """Refuse, in one line, a sequence too long for a kernel that offsets time step ``t`` by
-    ``t * width`` in 32-bit integers (Triton's loop counters; the batch offset is 64-bit): the
+    ``t * width`` in 32-bit integers (Triton's loop counters; the batch offset of the ``[B, T, ...]``
+    tensors is 64-bit, that of the ``[B, width]`` states only overflows past ~10^5 batch rows): the
     offset, up to 16 steps past the end for loads issued ahead, must stay below 2**31."""
     most = (2**31 - 1) // max(width, 1) - 16
     if T > most:

@@ -122,7 +122,9 @@ def _diag_bwd(a_ptr, h_ptr, h0_ptr, g_ptr, du_ptr, da_part_ptr, dh0_ptr, T, S,
 # stays in one compiled graph (each op one opaque extern call, no graph break).
 @torch.library.custom_op("rnnlab::diag_elman_fwd", mutates_args=(), schema="(Tensor u, Tensor a, Tensor? h0) -> Tensor")
 def _scan_fwd(u, a, h0):
-    """All states ``h`` in ``u``'s dtype."""
+    """All states ``h`` in ``u``'s dtype (the length checked here, at run time: a check in the traced
+    entry point would be traced, and a symbolic length cannot format its message)."""
+    check_time_offsets("diag_elman_scan", u.shape[1], u.shape[2])
     u, a = u.contiguous(), a.contiguous()
     B, T, S = u.shape
     h = torch.empty_like(u)
@@ -180,6 +182,5 @@ def diag_elman_scan(u: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = 
     """``(h, h_T)``: all states ``[B, T, S]`` of ``h_t = tanh(a * h_{t-1} + u_t)`` (fp32 state)
     in ``u``'s dtype, and ``h[:, -1]`` in fp32. torch.compile traces it (``traced``): only the
     custom op and the final state."""
-    check_time_offsets("diag_elman_scan", u.shape[1], u.shape[2])
     h = _scan_fwd(u, a, h0)
     return h, final_state(h, h0)
