@@ -650,6 +650,34 @@ def test_bpb_vs_bytes_puts_each_evaluation_at_the_bytes_its_step_had_read(tmp_pa
     assert tmp_path / "bpb_vs_bytes.png" in written
 
 
+def test_report_reads_runs_of_different_batches_at_equal_training_bytes(tmp_path):
+    """report.md's equal-bytes table: when the runs read different bytes per step, each run's
+    held-out curve (at y) at a quarter, half and all of the bytes every run reached, linearly
+    between its evaluations; "-" before a run's first evaluation; no table when every run reads
+    the same bytes per step."""
+    from rnnlab.bench.report import equal_bytes_lines, interpolate
+
+    assert interpolate([(0.0, 2.0), (10.0, 1.0)], 2.5) == 1.75 and interpolate([(1.0, 2.0), (2.0, 1.0)], 0.5) is None
+    for name, per_step, steps in (("b8", 4096, (250, 500, 750, 1000)), ("b16", 8192, (250, 500))):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "loss": 3.0, "tokens": i * per_step}) + "\n" for i in steps))
+        (run / "eval.jsonl").write_text("".join(
+            json.dumps({"step": i, "val_bpb": 9.0, "val_bpb_train_point": 3.0 - i * per_step / 4096e3,
+                        "bytes": 1000}) + "\n" for i in steps))
+    lines = equal_bytes_lines(collect(tmp_path)["records"])
+    assert lines[0] == "## Held-out bpb at equal training bytes" and "scores 1,000 held-out bytes" in lines[2]
+    table = lines[4].splitlines()
+    assert table[0] == "| Run | 1.02M bytes | 2.05M bytes | 4.10M bytes |"
+    # bytes reached in common: 500 * 8192 = 4,096,000; b8 at y = 3 - bytes / 4.096M, b16 the same line
+    assert sorted(table[2:]) == ["| b16 | - | 2.5000 | 2.0000 |", "| b8 | 2.7500 | 2.5000 | 2.0000 |"]
+    for name in ("b8", "b16"):  # the same bytes per step: no table
+        (tmp_path / name / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "loss": 3.0, "tokens": i * 4096}) + "\n" for i in (250, 500)))
+    assert equal_bytes_lines(collect(tmp_path)["records"]) == []
+
+
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     """loss_vs_depth: Mamba2 at two depths is a line; two E1 runs that differ in layer options too
     (the race's 2.5x-expansion E1 and its 14-head E1) are not; one model at two depths under two

@@ -662,6 +662,45 @@ def reference_lines(rows: list[dict[str, Any]], plan: dict[str, Any]) -> tuple[l
     return md + [""], ref_out
 
 
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """``points`` (sorted by x) read at ``x``, linearly between the two around it; None outside them."""
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return points[0][1] if len(points) == 1 and points[0][0] == x else None
+
+
+def equal_bytes_lines(records: list[dict[str, Any]]) -> list[str]:
+    """When the runs read different bytes per step (their batches differ), each run's held-out
+    learning curve (at y for Schedule-Free, as the plots draw it) read at the same training bytes:
+    the per-token comparison, which the end-of-run table (equal time or equal steps) is not.
+    Marks: a quarter, half and all of the bytes every run reached; values interpolated linearly
+    between a run's evaluations."""
+    per_step = set()
+    for r in records:
+        last = next((x for x in reversed(r["metrics"]) if x.get("tokens") and x.get("step")), None)
+        if last:
+            per_step.add(round(last["tokens"] / last["step"]))
+    all_curves = P.run_curves(records)
+    curves = {d: (c["name"], sorted(c["bpb_y_bytes"] or c["bpb_bytes"])) for d, c in all_curves.items()}
+    curves = {d: v for d, v in curves.items() if len(v[1]) >= 2}
+    if len(per_step) < 2 or len(curves) < 2:
+        return []
+    common = min(pts[-1][0] for _, pts in curves.values())
+    marks = [common / 4, common / 2, common]
+    scored = set().union(*(c["bytes"] for c in all_curves.values())) - {None}
+    body = []
+    for d, (name, pts) in curves.items():
+        vals = [interpolate(pts, m) for m in marks]
+        body.append([name if d == name else f"{name} ({d})", *("-" if v is None else f"{v:.4f}" for v in vals)])
+    return ["## Held-out bpb at equal training bytes", "",
+            "The runs read different bytes per step, so the table above compares them at equal time or "
+            "steps, not at equal data: here each run's learning curve (the held-out points of the plots, "
+            "at y for Schedule-Free) read at the same training bytes, linearly between its evaluations"
+            + (f" (each point scores {next(iter(scored)):,} held-out bytes)." if len(scored) == 1 else "."), "",
+            md_table(["Run", *(f"{m / 1e6:.2f}M bytes" for m in marks)], body), ""]
+
+
 def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[str]:
     md = ["## Configs", "", md_table(
         ["Model", "Config", "Params", "Steps", "Tokens", "Warm-up", "Runs", "GPU"],
@@ -701,7 +740,7 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     if sweep:
         md += ["## Sweep", "", f"Axes: {', '.join(f'{a} = {sweep[a]}' for a in sweep)}", "",
                sweep_table(rows, list(sweep)), ""]
-    md += config_lines(rows, records)
+    md += equal_bytes_lines(records) + config_lines(rows, records)
     if plot_files:
         md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
 
