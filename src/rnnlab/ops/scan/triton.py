@@ -262,6 +262,8 @@ class _Scan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, mode, h0, *xs):
+        # the last input is b ([B, T, H]) or p ([B, T, G*H]): a step's row width either way
+        check_time_offsets(("linear_scan", "mingru_scan", "minlstm_scan")[mode], xs[-1].shape[1], xs[-1].shape[2])
         if mode == 0:
             a, b = (x.contiguous() for x in xs)
             B, T, H = b.shape
@@ -319,7 +321,6 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in
     ``b``'s dtype."""
-    check_time_offsets("linear_scan", b.shape[1], b.shape[2])
     if a.dtype != b.dtype:
         a = a.to(b.dtype)
     h = _Scan.apply(0, h0, a, b)
@@ -329,7 +330,6 @@ def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
 def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of minGRU from the raw projection ``p = [h~ | k]`` ``[B, T, 2H]``: h
     ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
-    check_time_offsets("mingru_scan", p.shape[1], p.shape[2])
     h = _Scan.apply(1, h0, p)
     return h, final_state(h, h0)
 
@@ -337,6 +337,5 @@ def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.
 def minlstm_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of minLSTM from the raw projection ``p = [h~ | f | i]`` ``[B, T, 3H]``: h
     ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
-    check_time_offsets("minlstm_scan", p.shape[1], p.shape[2])
     h = _Scan.apply(2, h0, p)
     return h, final_state(h, h0)
