@@ -12,8 +12,9 @@
 # sweep's reference and check pairs, then one more). Writes OUTDIR/ncu_FAMILY_details.txt (every
 # section of each launch), OUTDIR/ncu_FAMILY_raw.csv (every metric; the stall reasons are
 # smsp__pcsamp_warps_issue_stalled_*), OUTDIR/ncu_FAMILY_source.csv (sampled stalls per SASS
-# instruction), OUTDIR/ncu_FAMILY_summary.txt (a line a launch: benchmarks/ncu_summary.py) and
-# OUTDIR/ncu_FAMILY.ncu-rep (the report, for ncu-ui).
+# instruction), OUTDIR/ncu_FAMILY_summary.txt (a line a launch: benchmarks/ncu_summary.py),
+# OUTDIR/ncu_FAMILY_hot.txt (each launch's hottest instructions: ncu_summary.py on the source CSV;
+# its --ranges totals stretches of them) and OUTDIR/ncu_FAMILY.ncu-rep (the report, for ncu-ui).
 set -euo pipefail
 out=$1; shift
 [ $# -gt 0 ] || { echo "ncu_kernels.sh: name a kernel family: scans, e1-dense or e1-heads" >&2; exit 2; }
@@ -64,4 +65,5 @@ PY
   ncu --import "$rep.ncu-rep" --page raw --csv > "${rep}_raw.csv"
   python3 benchmarks/ncu_summary.py "${rep}_raw.csv" | tee "${rep}_summary.txt" || true
   ncu --import "$rep.ncu-rep" --page source --print-source sass --csv > "${rep}_source.csv" 2>&1 || true
+  python3 benchmarks/ncu_summary.py "${rep}_source.csv" > "${rep}_hot.txt" || true
 done

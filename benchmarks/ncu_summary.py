@@ -1,9 +1,13 @@
 """One line per profiled kernel launch from Nsight Compute's raw metrics (``ncu --page raw --csv``,
 as ``benchmarks/ncu_kernels.sh`` writes them): time, grid, warps active an SM, how often a
 scheduler had a warp to issue, memory throughput, and the largest stall reasons (shares of the
-warp-state samples). No GPU needed: read a profile brought back from the device.
+warp-state samples). Given ncu's per-instruction view instead (``--page source --print-source
+sass --csv``), where each launch's warps stalled: its hottest SASS instructions and, with
+``--ranges``, the share of samples in stretches of instructions (a loop, a wait). No GPU needed:
+read a profile brought back from the device.
 
     python benchmarks/ncu_summary.py OUT/ncu_scans_raw.csv [--stalls 3]
+    python benchmarks/ncu_summary.py OUT/ncu_e1-dense_source.csv [--launch 2] [--top 12] [--ranges 425:452,780:806]
 """
 
 from __future__ import annotations
@@ -61,17 +65,80 @@ def summarize(header: list[str], units: list[str], rows: list[list[str]], stalls
     return lines
 
 
+SAMPLES = "Warp Stall Sampling (All Samples)"
+SOURCE_STALL = "stall_"  # the source view's per-instruction stall columns ("... (Not Issued)" left out)
+
+
+def read_source(path: Path) -> list[tuple[str, list[dict[str, str]]]]:
+    """``(kernel name, instruction rows)`` per launch of ncu's source CSV, in profiling order (ncu
+    prints a CUDA C++ launch's view twice, one after the other: kept once)."""
+    launches: list[tuple[str, list[dict[str, str]]]] = []
+    header: list[str] = []
+    for row in csv.reader(path.open(newline="")):
+        if row and row[0] == "Kernel Name":
+            launches.append((row[1], []))
+        elif row and row[0] == "Address":
+            header = row
+        elif row and launches and header:
+            launches[-1][1].append(dict(zip(header, row)))
+    if not launches or not header or SAMPLES not in header:
+        raise ValueError(f"not ncu's source CSV (ncu --page source --csv): no '{SAMPLES}' column")
+    return [x for i, x in enumerate(launches) if i == 0 or x != launches[i - 1]]
+
+
+def parse_ranges(text: str) -> list[tuple[int, int]]:
+    """``"425:452,780:806"`` -> [(425, 452), (780, 806)]: instruction indices, end excluded."""
+    try:
+        ranges = [tuple(int(x) for x in part.split(":")) for part in text.split(",")]
+    except ValueError:
+        ranges = []
+    if not ranges or any(len(r) != 2 or not 0 <= r[0] < r[1] for r in ranges):
+        raise ValueError(f"--ranges takes START:END instruction indices separated by commas, not {text!r}")
+    return ranges
+
+
+def hotspots(name: str, rows: list[dict[str, str]], top: int = 12, ranges=(), stalls: int = 3) -> list[str]:
+    """One launch's view: its hottest instructions by samples (index, share, times executed, SASS,
+    the instruction's own largest stall reasons), then each range's share of the samples."""
+    samples = [number(r[SAMPLES]) for r in rows]
+    total = sum(samples) or 1.0
+    reasons = [k for k in rows[0] if k.startswith(SOURCE_STALL) and "Not Issued" not in k] if rows else []
+    lines = [f"{name}: {total:.0f} samples, {len(rows)} instructions"]
+    for i in sorted(range(len(rows)), key=lambda i: -samples[i])[:top]:
+        own = sorted(((number(rows[i][k]), k[len(SOURCE_STALL):]) for k in reasons), reverse=True)[:stalls]
+        why = ", ".join(f"{k} {100 * v / (samples[i] or 1.0):.0f}%" for v, k in own if v)
+        lines.append(f"{i:6d}  {100 * samples[i] / total:5.1f}%  {rows[i].get('Instructions Executed', ''):>10}  "
+                     f"{rows[i]['Source'].strip()}  ({why})")
+    for a, b in ranges:
+        lines.append(f"instructions {a}:{b}: {100 * sum(samples[a:b]) / total:.1f}% of samples")
+    return lines
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("raw_csv", type=Path)
+    p.add_argument("csv", type=Path, help="ncu's raw CSV (a line a launch) or its source CSV (hot instructions)")
     p.add_argument("--stalls", type=int, default=3, help="how many stall reasons a line lists")
+    p.add_argument("--launch", type=int, default=None, help="source CSV: only this launch (0 = the first profiled)")
+    p.add_argument("--top", type=int, default=12, help="source CSV: how many instructions a launch lists")
+    p.add_argument("--ranges", default=None, help="source CSV: START:END,... instruction stretches to total")
     args = p.parse_args(argv)
     try:
-        header, units, rows = read(args.raw_csv)
+        with args.csv.open(newline="") as f:
+            first = next(csv.reader(f), [])
+        if first[:1] == ["Kernel Name"]:  # the source view: a "Kernel Name" line opens each launch
+            ranges = parse_ranges(args.ranges) if args.ranges else []
+            launches = read_source(args.csv)
+            if args.launch is not None and not 0 <= args.launch < len(launches):
+                raise ValueError(f"--launch {args.launch}: the file holds launches 0 to {len(launches) - 1}")
+            chosen = range(len(launches)) if args.launch is None else [args.launch]
+            lines = [line for k in chosen for line in
+                     [f"launch {k}", *hotspots(*launches[k], args.top, ranges, args.stalls), ""]]
+        else:
+            lines = summarize(*read(args.csv), args.stalls)
     except (OSError, ValueError) as e:
-        print(f"ncu_summary.py: {args.raw_csv}: {e}", file=sys.stderr)
+        print(f"ncu_summary.py: {args.csv}: {e}", file=sys.stderr)
         sys.exit(2)
-    print("\n".join(summarize(header, units, rows, args.stalls)))
+    print("\n".join(lines).rstrip("\n"))
 
 
 if __name__ == "__main__":

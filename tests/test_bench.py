@@ -1390,6 +1390,87 @@ def test_scan_against_refuses_what_is_no_scan_module_in_one_line(tmp_path, capsy
     assert err.startswith(f"bench_kernels.py: --scan-against {path}: {why}")
 
 
+def test_ncu_summary_lists_hot_instructions_of_the_source_view(tmp_path, capsys):
+    """benchmarks/ncu_summary.py on ncu's source CSV: per launch (a C++ kernel's view, which ncu
+    prints twice, counted once) its hottest SASS instructions with their shares of the samples and
+    their own top stall reasons, and --ranges' totals; a launch or range it does not hold is
+    refused in one line, exit 2."""
+    ns = _benchmark_script("ncu_summary")
+    header = ["Address", "Source", ns.SAMPLES, "Instructions Executed", "stall_long_sb", "stall_barrier",
+              "stall_long_sb (Not Issued)"]
+    spin = [["0x10", "  LDG.E.STRONG.GPU R21, [R16]", "10", "700", "0", "0", "9"],
+            ["0x20", "  CCTL.IVALL", "60", "700", "59", "1", "50"],
+            ["0x30", "  BAR.SYNC 0x0", "30", "100", "0", "30", "0"]]
+    path = tmp_path / "source.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        for name, rows in (("elman_persistent", spin), ("elman_persistent", spin), ("_heads_fwd", spin[:1])):
+            w.writerows([["Kernel Name", name], header, *rows])
+    ns.main([str(path), "--top", "2", "--stalls", "1", "--ranges", "0:2,2:3"])
+    assert capsys.readouterr().out.splitlines() == [
+        "launch 0", "elman_persistent: 100 samples, 3 instructions",
+        "     1   60.0%         700  CCTL.IVALL  (long_sb 98%)",
+        "     2   30.0%         100  BAR.SYNC 0x0  (barrier 100%)",
+        "instructions 0:2: 70.0% of samples", "instructions 2:3: 30.0% of samples", "",
+        "launch 1", "_heads_fwd: 10 samples, 1 instructions",
+        "     0  100.0%         700  LDG.E.STRONG.GPU R21, [R16]  ()",
+        "instructions 0:2: 100.0% of samples", "instructions 2:3: 0.0% of samples"]
+    for args, why in ((["--launch", "2"], "--launch 2: the file holds launches 0 to 1"),
+                      (["--ranges", "3:1"], "--ranges takes START:END")):
+        with pytest.raises(SystemExit) as stop:
+            ns.main([str(path), *args])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and "\n" not in err and why in err
+
+
+def test_persistent_against_pairs_the_package_kernels_with_the_copy(tmp_path, monkeypatch):
+    """bench_kernels.py --persistent-against: each launch shape that fits yields the package's
+    kernels, then the copy's (a plan with the copy's source), flagged bit for bit when their
+    outputs are equal; a copy whose outputs differ beyond bf16 rounding stops the benchmark."""
+    from rnnlab.ops.elman import persistent
+
+    bk = _benchmark_script("bench_kernels")
+    copy = tmp_path / "persistent_old.cu"
+    copy.write_text("// another version\n")
+    offset = {"value": 0.0}
+
+    def forward(wx, w, h0, plan):
+        return wx.tanh() + (offset["value"] if plan.source == copy else 0.0)
+
+    def backward(g, h, w, plan):
+        return g * (1 - h * h), None
+
+    monkeypatch.setattr(persistent, "make_plan", lambda x, shapes: persistent.Plan(shapes[0][0], *shapes[0][1], 1))
+    monkeypatch.setattr(persistent, "forward", forward)
+    monkeypatch.setattr(persistent, "backward", backward)
+    wx, w, g = torch.randn(2, 3, 8), torch.randn(8, 8), torch.randn(2, 3, 8)
+    pairs = list(bk.persistent_pairs(wx, w, g, copy))
+    assert [(shape, label, same) for shape, label, _, _, same in pairs] == [
+        (shape, label, True) for shape in persistent.SHAPES for label in ("", " (--persistent-against)")]
+    assert torch.equal(pairs[1][2](), wx.tanh())
+    offset["value"] = 1e-3  # within bf16 rounding: timed, not bit for bit
+    assert {same for *_, same in bk.persistent_pairs(wx, w, g, copy)} == {False}
+    offset["value"] = 0.5
+    with pytest.raises(AssertionError):
+        next(bk.persistent_pairs(wx, w, g, copy))
+
+
+@pytest.mark.parametrize("name,text", [("missing.cu", None), ("persistent.py", "x = 1\n")])
+def test_persistent_against_refuses_what_is_no_cuda_file_in_one_line(tmp_path, capsys, name, text):
+    bk = _benchmark_script("bench_kernels")
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        bk.persistent_source(str(path))
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err
+    assert err.startswith(f"bench_kernels.py: --persistent-against {path}: needs an existing CUDA file")
+    with pytest.raises(SystemExit) as stop:
+        bk.main(["--sections", "scan", "--persistent-against", str(path)])
+    assert stop.value.code == 2 and "--persistent-against times in the dense section" in capsys.readouterr().err
+
+
 def test_scan_against_needs_the_scan_launch_section(capsys):
     bk = _benchmark_script("bench_kernels")
     with pytest.raises(SystemExit) as stop:

@@ -95,7 +95,7 @@ def test_kernel_options_round_trip_through_the_custom_op_argument():
     assert ElmanKernelOptions.from_ints(ElmanKernelOptions().to_ints()) == ElmanKernelOptions()
 
 
-def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch):
+def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, tmp_path):
     """The persistent kernel's extension name changes with its source, its flags and the torch
     version (and stays put otherwise), so a build folder kept between machines
     (benchmarks/gpu_env.sh) cannot serve a stale binary; ``_ext`` builds under that name."""
@@ -113,10 +113,15 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch):
     calls = []
     monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: calls.append(kw) or "ext")
     persistent._ext.cache_clear()
+    copy = tmp_path / "persistent_old.cu"  # another version (a benchmark's A/B): built under its own name
+    copy.write_bytes(persistent.SOURCE.read_bytes() + b"// older\n")
     try:
         assert persistent._ext() == "ext" and persistent._ext(lowrank=True) == "ext"
+        assert persistent._ext(False, copy) == "ext"
     finally:
         persistent._ext.cache_clear()
+    assert calls[2]["sources"] == [str(copy)] and calls[2]["name"] == name(copy.read_bytes(), persistent.EXT_FLAGS)
+    assert calls[2]["name"] != calls[0]["name"]
     src = calls[0]["sources"][0]
     assert src.endswith("persistent.cu") and calls[0]["name"] == name(open(src, "rb").read(), persistent.EXT_FLAGS)
     # the low-rank term's build: the same source with its macro, under a name of its own

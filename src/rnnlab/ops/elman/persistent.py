@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SHAPES", "MAX_RANK", "Plan", "make_plan", "forward", "backward"]
+__all__ = ["SHAPES", "MAX_RANK", "SOURCE", "Plan", "make_plan", "forward", "backward"]
 
 # Launch shapes in order of preference (measured on an H100 at H = 1760, B = 16 and 32; see
 # docs/kernels.md): warps per block (the K range of a step is split over them) and the tile
@@ -34,6 +34,7 @@ __all__ = ["SHAPES", "MAX_RANK", "Plan", "make_plan", "forward", "backward"]
 # runs (``ElmanKernelOptions.persistent_shape`` forces one).
 SHAPES = ((16, (32, 16)), (8, (32, 16)), (16, (16, 32)), (8, (16, 32)))
 MAX_RANK = 16  # the low-rank term is one 16-wide MMA tile (persistent.cu's LR)
+SOURCE = Path(__file__).with_name("persistent.cu")
 
 
 @dataclass(frozen=True)
@@ -47,20 +48,23 @@ class Plan:
     rows: int
     groups: int
     lowrank: bool = False  # launched from the low-rank build
+    # the kernel's source: the package's, or another copy of persistent.cu, built under a name of
+    # its own, so that a benchmark times two versions side by side (bench_kernels.py --persistent-against)
+    source: Path = SOURCE
 
 
 EXT_FLAGS = ["-O3", "-std=c++17"]
 
 
 @functools.cache
-def _ext(lowrank: bool = False):
-    """The built extension (plain and decay; or, ``lowrank``, the low-rank term's build), named
-    by :func:`_ext_name`."""
+def _ext(lowrank: bool = False, source: Path = SOURCE):
+    """The extension built from ``source`` (plain and decay; or, ``lowrank``, the low-rank term's
+    build), named by :func:`_ext_name`."""
     from torch.utils.cpp_extension import load
 
-    src = Path(__file__).with_name("persistent.cu")
     flags = EXT_FLAGS + (["-DRNNLAB_LOWRANK"] if lowrank else [])
-    return load(name=_ext_name(src.read_bytes(), flags), sources=[str(src)], extra_cuda_cflags=flags, verbose=False)
+    return load(name=_ext_name(source.read_bytes(), flags), sources=[str(source)], extra_cuda_cflags=flags,
+                verbose=False)
 
 
 def _ext_name(source: bytes, flags: list[str]) -> str:
@@ -118,8 +122,8 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Pl
     ``lowrank = (V, U, s)`` (a plan made with its rank) ``h_t = tanh(wx_t + h_{t-1} @ w.T +
     ((h_{t-1} @ V) * s_t) @ U.T)``; contiguous ``wx, a: [B, T, H]``, ``w: [H, H]``, ``h0: [B, H]``
     (None = zeros), ``U, V: [H, r]``, all of one 16-bit dtype, ``s: [B, T, r]`` any float dtype."""
-    return _ext(plan.lowrank).forward(wx, None, w, h0, a, None, *_lowrank_operands(lowrank), plan.warps,
-                                      plan.cols, plan.rows, plan.groups)
+    return _ext(plan.lowrank, plan.source).forward(wx, None, w, h0, a, None, *_lowrank_operands(lowrank),
+                                                   plan.warps, plan.cols, plan.rows, plan.groups)
 
 
 def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: torch.Tensor | None = None,
@@ -129,7 +133,7 @@ def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: t
     ``lowrank = (U, V, s)`` (note the order: U first) the bracket also holds
     ``((dpre_{t+1} @ U) * s_{t+1}) @ V.T``."""
     wt = w.t().contiguous()
-    ext = _ext(plan.lowrank)
+    ext = _ext(plan.lowrank, plan.source)
     launch = (plan.warps, plan.cols, plan.rows, plan.groups)
     if a is None:
         dpre = ext.backward(g, h, wt, None, None, None, *_lowrank_operands(lowrank), *launch)
