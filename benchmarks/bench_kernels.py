@@ -13,7 +13,7 @@ With it, ``--scan-against FILE`` also times the fused scans of another copy of
 ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py >
 FILE``) at that copy's own launch (its ``BLOCK``, ``NUM_WARPS``), row beside row in the same run,
 so that a kernel change is measured as a ratio of one run. Likewise ``--persistent-against FILE``
-(with ``--sections dense``) times dense E1's persistent kernels built from another copy of
+(with ``--sections dense`` or ``persistent``, the persistent kernel's rows alone) times dense E1's persistent kernels built from another copy of
 ``persistent.cu`` beside the package's, each launch shape, after checking their outputs agree.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
@@ -391,8 +391,10 @@ def main(argv=None):
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
-                   choices=["scan", "scan-launch", "diag", "heads", "heads-floor", "cells", "optim", "dense"],
-                   help="which kernel families to time (default all but heads-floor and scan-launch)")
+                   choices=["scan", "scan-launch", "diag", "heads", "heads-floor", "cells", "optim", "dense",
+                            "persistent"],
+                   help="which kernel families to time (default all but heads-floor, scan-launch and "
+                        "persistent: dense E1's persistent kernel alone, a part of dense)")
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
                         "scan-launch section times its fused scans at its own launch beside the package's")
@@ -407,8 +409,8 @@ def main(argv=None):
     if args.scan_against and "scan-launch" not in args.sections:
         p.error("--scan-against times in the scan-launch section: add it to --sections")
     against = scan_module_from(args.scan_against) if args.scan_against else None
-    if args.persistent_against and "dense" not in args.sections:
-        p.error("--persistent-against times in the dense section: add it to --sections")
+    if args.persistent_against and not {"dense", "persistent"} & set(args.sections):
+        p.error("--persistent-against times in the dense or persistent section: add one to --sections")
     persistent_copy = persistent_source(args.persistent_against) if args.persistent_against else None
 
     from rnnlab.ops.diag import diag_elman_scan
@@ -523,7 +525,7 @@ def main(argv=None):
         w = (torch.randn(H, H, device=dev) * (0.9 / H**0.5)).to(dt).requires_grad_()
         return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
-    if "dense" not in args.sections:
+    if not {"dense", "persistent"} & set(args.sections):
         return finish(args, rows, bw, fl, None)
     from rnnlab.ops.elman import dense_step, persistent
 
@@ -539,6 +541,8 @@ def main(argv=None):
             agree = "" if not label else ", outputs bit for bit" if same else ", outputs within bf16"
             add(f"E1 dense persistent kernels{label}", f"B{B} T{T} H{H}", (tf, tb, tf + tb), floor,
                 f"{warps} warps, tile {tile[0]} x {tile[1]}{agree}")
+    if "dense" not in args.sections:  # the persistent kernel alone
+        return finish(args, rows, bw, fl, None)
     best = None
     # the per-step kernel (persistent off), CUDA-graphed, per tile (BN, BK, warps, stages)
     for tile in ((16, 128, 4, 3), (16, 256, 4, 3), (16, 64, 4, 3), (32, 128, 4, 3), (32, 64, 4, 3),
