@@ -12,9 +12,10 @@ fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_L
 With it, ``--scan-against FILE`` also times the fused scans of another copy of
 ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py >
 FILE``) at that copy's own launch (its ``BLOCK``, ``NUM_WARPS``), row beside row in the same run,
-so that a kernel change is measured as a ratio of one run. Likewise ``--persistent-against FILE``
-(with ``--sections dense`` or ``persistent``, the persistent kernel's rows alone) times dense E1's persistent kernels built from another copy of
-``persistent.cu`` beside the package's, each launch shape, after checking their outputs agree.
+so that a kernel change is measured as a ratio of one run. Likewise ``--persistent-against FILE [FILE ...]``
+(with ``--sections dense`` or ``persistent``, the persistent kernel's rows alone) times dense E1's
+persistent kernels built from other copies of ``persistent.cu`` beside the package's, each launch
+shape, after checking their outputs agree.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -345,27 +346,31 @@ def persistent_source(path: str, option: str = "bench_kernels.py: --persistent-a
     return Path(path).resolve()
 
 
-def persistent_pairs(wx, w, g, source: Path):
-    """Dense E1's persistent kernels, the package's and those built from ``source``, at each launch
-    shape of ``persistent.SHAPES`` that fits ``wx: [B, T, H]``: yields ``(shape, label, forward,
-    backward, same)``, the package's first, then the copy's after checking that its states and
-    ``dpre`` equal the package's (``same``: bit for bit) or agree within bf16 rounding."""
+def persistent_pairs(wx, w, g, sources: list[Path]):
+    """Dense E1's persistent kernels, the package's and those built from each of ``sources``, at
+    each launch shape of ``persistent.SHAPES`` that fits ``wx: [B, T, H]``: yields ``(shape, label,
+    forward, backward, same)``, the package's first (label ""), then each copy's (label: its file
+    name) after checking that its states and ``dpre`` equal the package's (``same``: bit for bit)
+    or agree within bf16 rounding."""
     from rnnlab.ops.elman import persistent
 
     for shape in persistent.SHAPES:
         plan = persistent.make_plan(wx, (shape,))
         if plan is None:
             continue
-        other = dataclasses.replace(plan, source=source)
         h = persistent.forward(wx, w, None, plan)
         dpre, _ = persistent.backward(g, h, w, plan)
-        h2 = persistent.forward(wx, w, None, other)
-        dpre2, _ = persistent.backward(g, h, w, other)
-        same = torch.equal(h, h2) and torch.equal(dpre, dpre2)
-        if not same:
-            torch.testing.assert_close(h2, h, rtol=2e-2, atol=2e-2)
-            torch.testing.assert_close(dpre2, dpre, rtol=2e-2, atol=2e-2)
-        for label, p in (("", plan), (" (--persistent-against)", other)):
+        runs = [("", plan, True)]
+        for source in sources:
+            other = dataclasses.replace(plan, source=source)
+            h2 = persistent.forward(wx, w, None, other)
+            dpre2, _ = persistent.backward(g, h, w, other)
+            same = torch.equal(h, h2) and torch.equal(dpre, dpre2)
+            if not same:
+                torch.testing.assert_close(h2, h, rtol=2e-2, atol=2e-2)
+                torch.testing.assert_close(dpre2, dpre, rtol=2e-2, atol=2e-2)
+            runs.append((source.name, other, same))
+        for label, p, same in runs:
             yield (shape, label, lambda p=p: persistent.forward(wx, w, None, p),
                    lambda p=p: persistent.backward(g, h, w, p), same)
 
@@ -398,9 +403,9 @@ def main(argv=None):
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
                         "scan-launch section times its fused scans at its own launch beside the package's")
-    p.add_argument("--persistent-against", default=None, metavar="FILE",
-                   help="another copy of rnnlab/ops/elman/persistent.cu: the dense section times its "
-                        "kernels beside the package's, each launch shape")
+    p.add_argument("--persistent-against", nargs="+", default=[], metavar="FILE",
+                   help="other copies of rnnlab/ops/elman/persistent.cu: the dense / persistent section "
+                        "times their kernels beside the package's, each launch shape")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -411,7 +416,7 @@ def main(argv=None):
     against = scan_module_from(args.scan_against) if args.scan_against else None
     if args.persistent_against and not {"dense", "persistent"} & set(args.sections):
         p.error("--persistent-against times in the dense or persistent section: add one to --sections")
-    persistent_copy = persistent_source(args.persistent_against) if args.persistent_against else None
+    persistent_copies = [persistent_source(f) for f in args.persistent_against]
 
     from rnnlab.ops.diag import diag_elman_scan
     from rnnlab.ops.elman import elman_scan
@@ -533,14 +538,15 @@ def main(argv=None):
         add("E1 dense persistent CUDA", f"B{B} T{T} H{H}",
             fwd_bwd(lambda: mke(ElmanKernelOptions(persistent_shape=i)), args.reps), floor,
             f"cooperative, {warps} warps, tile {tile[0]} cols x {tile[1]} rows")
-    if persistent_copy is not None:  # the kernels alone (no autograd, no dW GEMM), package and copy
+    if persistent_copies:  # the kernels alone (no autograd, no dW GEMM), the package's and each copy's
         _, (wx, w), g = mke()
         for (warps, tile), label, forward, backward, same in persistent_pairs(wx.detach(), w.detach(), g,
-                                                                                persistent_copy):
+                                                                                persistent_copies):
             tf, tb = timeit(forward, args.reps), timeit(backward, args.reps)
-            agree = "" if not label else ", outputs bit for bit" if same else ", outputs within bf16"
-            add(f"E1 dense persistent kernels{label}", f"B{B} T{T} H{H}", (tf, tb, tf + tb), floor,
-                f"{warps} warps, tile {tile[0]} x {tile[1]}{agree}")
+            agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
+                f"{label}, outputs within bf16"
+            add("E1 dense persistent kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb), floor,
+                f"{warps} warps, tile {tile[0]} x {tile[1]}: {agree}")
     if "dense" not in args.sections:  # the persistent kernel alone
         return finish(args, rows, bw, fl, None)
     best = None
