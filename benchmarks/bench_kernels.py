@@ -695,8 +695,12 @@ def schedulefree_steps(add, reps, bw):
 
 
 def finish(args, rows, bw, fl, tc):
+    from rnnlab.train.runtime import git_state
+
+    sha, dirty = git_state()  # RNNLAB_GIT_COMMIT on a GPU machine, whose copy's git metadata is stale
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
-                .isoformat(timespec="seconds"), torch=torch.__version__, triton=triton.__version__,
+                .isoformat(timespec="seconds"), git_commit=sha and sha + ("-dirty" if dirty else ""),
+                torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), command=" ".join(sys.argv), B=args.B, T=args.T,
                 dtype="bf16", copy_bw_GBs=round(bw / 1e9, 1), gemm_bf16_TFLOPs=round(fl / 1e12, 1),
                 cublas_chain_ms=None if tc is None else round(tc, 4))
