@@ -1372,22 +1372,26 @@ def test_scan_against_times_another_copy_of_the_scan_module(tmp_path):
         next(bk.scan_launch_sweep(p, 2, g, [(16, 1)], bk.scan_module_from(str(broken)), bk.fused_scan_outputs(p, 2, g, stri)))
 
 
-@pytest.mark.parametrize("name,text,why", [
-    ("missing.py", None, "needs an existing Python file"),
-    ("scan.txt", "x = 1\n", "needs an existing Python file"),
-    ("bad.py", "def (:\n", "does not import (SyntaxError"),
-    ("other.py", "x = 1\n", "has no launch_forward, launch_backward, _views"),
+@pytest.mark.parametrize("option,name,text,why", [
+    ("--scan-against", "missing.py", None, "needs an existing Python file"),
+    ("--scan-against", "scan.txt", "x = 1\n", "needs an existing Python file"),
+    ("--scan-against", "bad.py", "def (:\n", "does not import (SyntaxError"),
+    ("--scan-against", "other.py", "x = 1\n", "has no launch_forward, launch_backward, _views"),
+    ("--persistent-against", "missing.cu", None, "needs an existing CUDA file"),
+    ("--persistent-against", "persistent.py", "x = 1\n", "needs an existing CUDA file"),
 ])
-def test_scan_against_refuses_what_is_no_scan_module_in_one_line(tmp_path, capsys, name, text, why):
+def test_against_options_refuse_what_is_no_copy_in_one_line(tmp_path, capsys, option, name, text, why):
+    """bench_kernels.py's --scan-against / --persistent-against: a file that is not a copy of the
+    package's module / kernel source stops the script in one line, exit 2, before anything runs."""
     bk = _benchmark_script("bench_kernels")
     path = tmp_path / name
     if text is not None:
         path.write_text(text)
     with pytest.raises(SystemExit) as stop:
-        bk.scan_module_from(str(path))
+        (bk.scan_module_from if option == "--scan-against" else bk.persistent_source)(str(path))
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and "\n" not in err
-    assert err.startswith(f"bench_kernels.py: --scan-against {path}: {why}")
+    assert err.startswith(f"bench_kernels.py: {option} {path}: {why}")
 
 
 def test_ncu_summary_lists_hot_instructions_of_the_source_view(tmp_path, capsys):
@@ -1456,28 +1460,13 @@ def test_persistent_against_pairs_the_package_kernels_with_the_copy(tmp_path, mo
         next(bk.persistent_pairs(wx, w, g, [copy]))
 
 
-@pytest.mark.parametrize("name,text", [("missing.cu", None), ("persistent.py", "x = 1\n")])
-def test_persistent_against_refuses_what_is_no_cuda_file_in_one_line(tmp_path, capsys, name, text):
+def test_against_options_need_their_sections(capsys):
     bk = _benchmark_script("bench_kernels")
-    path = tmp_path / name
-    if text is not None:
-        path.write_text(text)
-    with pytest.raises(SystemExit) as stop:
-        bk.persistent_source(str(path))
-    err = capsys.readouterr().err.strip()
-    assert stop.value.code == 2 and "\n" not in err
-    assert err.startswith(f"bench_kernels.py: --persistent-against {path}: needs an existing CUDA file")
-    with pytest.raises(SystemExit) as stop:
-        bk.main(["--sections", "scan", "--persistent-against", str(path)])
-    assert stop.value.code == 2 and "--persistent-against times in the dense or persistent section" in capsys.readouterr().err
-
-
-def test_scan_against_needs_the_scan_launch_section(capsys):
-    bk = _benchmark_script("bench_kernels")
-    with pytest.raises(SystemExit) as stop:
-        bk.main(["--sections", "scan", "--scan-against", "scan_old.py"])
-    assert stop.value.code == 2
-    assert "--scan-against times in the scan-launch section" in capsys.readouterr().err
+    for option, why in (("--scan-against", "--scan-against times in the scan-launch section"),
+                        ("--persistent-against", "--persistent-against times in the dense or persistent section")):
+        with pytest.raises(SystemExit) as stop:
+            bk.main(["--sections", "scan", option, "old_copy"])
+        assert stop.value.code == 2 and why in capsys.readouterr().err
 
 
 def test_scan_instructions_counts_the_fused_scans_time_loop(tmp_path):
