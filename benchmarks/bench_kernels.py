@@ -336,12 +336,12 @@ def scan_launches(add, B, T, reps, dt, bw, against=None):
                     (tf, tb, tf + tb), floor, note)
 
 
-def persistent_source(path: str, option: str = "bench_kernels.py: --persistent-against") -> Path:
+def persistent_source(path: str) -> Path:
     """``--persistent-against``'s file: an existing copy of rnnlab/ops/elman/persistent.cu, else one
-    line (``option path: why``, exit 2) before anything runs."""
+    line (``bench_kernels.py: --persistent-against path: why``, exit 2) before anything runs."""
     if not (path.endswith(".cu") and os.path.isfile(path)):
-        print(f"{option} {path}: needs an existing CUDA file (a copy of rnnlab/ops/elman/persistent.cu)",
-              file=sys.stderr)
+        print(f"bench_kernels.py: --persistent-against {path}: needs an existing CUDA file (a copy of "
+              "rnnlab/ops/elman/persistent.cu)", file=sys.stderr)
         raise SystemExit(2)
     return Path(path).resolve()
 
@@ -367,8 +367,9 @@ def persistent_pairs(wx, w, g, sources: list[Path]):
             dpre2, _ = persistent.backward(g, h, w, other)
             same = torch.equal(h, h2) and torch.equal(dpre, dpre2)
             if not same:
-                torch.testing.assert_close(h2, h, rtol=2e-2, atol=2e-2)
-                torch.testing.assert_close(dpre2, dpre, rtol=2e-2, atol=2e-2)
+                for name, got, want in (("states", h2, h), ("dpre", dpre2, dpre)):
+                    torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2, msg=lambda m, name=name: (
+                        f"{source.name} at {shape}: its {name} differ from the package's beyond bf16 rounding: {m}"))
             runs.append((source.name, other, same))
         for label, p, same in runs:
             yield (shape, label, lambda p=p: persistent.forward(wx, w, None, p),
@@ -539,13 +540,15 @@ def main(argv=None):
             fwd_bwd(lambda: mke(ElmanKernelOptions(persistent_shape=i)), args.reps), floor,
             f"cooperative, {warps} warps, tile {tile[0]} cols x {tile[1]} rows")
     if persistent_copies:  # the kernels alone (no autograd, no dW GEMM), the package's and each copy's
+        # their floor: two recurrent products a step (no dW), wx and h, then g, h and dpre in bytes
+        kernels_floor = max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3
         _, (wx, w), g = mke()
         for (warps, tile), label, forward, backward, same in persistent_pairs(wx.detach(), w.detach(), g,
                                                                                 persistent_copies):
             tf, tb = timeit(forward, args.reps), timeit(backward, args.reps)
             agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
                 f"{label}, outputs within bf16"
-            add("E1 dense persistent kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb), floor,
+            add("E1 dense persistent kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb), kernels_floor,
                 f"{warps} warps, tile {tile[0]} x {tile[1]}: {agree}")
     if "dense" not in args.sections:  # the persistent kernel alone
         return finish(args, rows, bw, fl, None)
@@ -695,15 +698,18 @@ def schedulefree_steps(add, reps, bw):
 
 
 def finish(args, rows, bw, fl, tc):
+    from rnnlab.ops.elman import persistent
     from rnnlab.train.runtime import git_state
 
     sha, dirty = git_state()  # RNNLAB_GIT_COMMIT on a GPU machine, whose copy's git metadata is stale
+    # each --persistent-against copy by its file and the extension name its content gives it
+    copies = {f: persistent._ext_name(Path(f).read_bytes(), persistent.EXT_FLAGS) for f in args.persistent_against}
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds"), git_commit=sha and sha + ("-dirty" if dirty else ""),
                 torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), command=" ".join(sys.argv), B=args.B, T=args.T,
                 dtype="bf16", copy_bw_GBs=round(bw / 1e9, 1), gemm_bf16_TFLOPs=round(fl / 1e12, 1),
-                cublas_chain_ms=None if tc is None else round(tc, 4))
+                cublas_chain_ms=None if tc is None else round(tc, 4), persistent_against=copies or None)
     print(json.dumps(meta))
     if args.json:
         with open(args.json, "w") as f:

@@ -75,13 +75,15 @@ def read_source(path: Path) -> list[tuple[str, list[dict[str, str]]]]:
     launches: list[tuple[str, list[dict[str, str]]]] = []
     header: list[str] = []
     for row in csv.reader(path.open(newline="")):
-        if row and row[0] == "Kernel Name":
+        if row[:1] == ["Kernel Name"] and len(row) > 1:
             launches.append((row[1], []))
-        elif row and row[0] == "Address":
+        elif row[:1] == ["Address"]:
             header = row
-        elif row and launches and header:
+        elif row and launches and header:  # (ncu's own ==WARNING== lines come before any launch)
+            if len(row) != len(header):
+                raise ValueError(f"a row of {len(row)} fields under a header of {len(header)}: not ncu's source CSV")
             launches[-1][1].append(dict(zip(header, row)))
-    if not launches or not header or SAMPLES not in header:
+    if not launches or SAMPLES not in header or "Source" not in header:
         raise ValueError(f"not ncu's source CSV (ncu --page source --csv): no '{SAMPLES}' column")
     return [x for i, x in enumerate(launches) if i == 0 or x != launches[i - 1]]
 
@@ -99,7 +101,10 @@ def parse_ranges(text: str) -> list[tuple[int, int]]:
 
 def hotspots(name: str, rows: list[dict[str, str]], top: int = 12, ranges=(), stalls: int = 3) -> list[str]:
     """One launch's view: its hottest instructions by samples (index, share, times executed, SASS,
-    the instruction's own largest stall reasons), then each range's share of the samples."""
+    the instruction's own largest stall reasons), then each range's share of the samples (a range
+    past the launch's last instruction is refused)."""
+    if any(b > len(rows) for _, b in ranges):
+        raise ValueError(f"--ranges: {name} has {len(rows)} instructions; a range ends past them")
     samples = [number(r[SAMPLES]) for r in rows]
     total = sum(samples) or 1.0
     reasons = [k for k in rows[0] if k.startswith(SOURCE_STALL) and "Not Issued" not in k] if rows else []
@@ -119,20 +124,25 @@ def main(argv=None) -> None:
     p.add_argument("csv", type=Path, help="ncu's raw CSV (a line a launch) or its source CSV (hot instructions)")
     p.add_argument("--stalls", type=int, default=3, help="how many stall reasons a line lists")
     p.add_argument("--launch", type=int, default=None, help="source CSV: only this launch (0 = the first profiled)")
-    p.add_argument("--top", type=int, default=12, help="source CSV: how many instructions a launch lists")
+    p.add_argument("--top", type=int, default=None, help="source CSV: how many instructions a launch lists (12)")
     p.add_argument("--ranges", default=None, help="source CSV: START:END,... instruction stretches to total")
     args = p.parse_args(argv)
     try:
-        with args.csv.open(newline="") as f:
-            first = next(csv.reader(f), [])
-        if first[:1] == ["Kernel Name"]:  # the source view: a "Kernel Name" line opens each launch
+        with args.csv.open(newline="") as f:  # the source view: "Kernel Name" lines open the launches
+            source_view = any(row[:1] == ["Kernel Name"] for row in csv.reader(f))
+        if not source_view and (args.launch, args.top, args.ranges) != (None, None, None):
+            p.error("--launch, --top and --ranges read ncu's source CSV (--page source), not its raw CSV")
+        if args.top is not None and args.top < 0:
+            p.error("--top takes a count of instructions, 0 or more")
+        if source_view:
             ranges = parse_ranges(args.ranges) if args.ranges else []
             launches = read_source(args.csv)
             if args.launch is not None and not 0 <= args.launch < len(launches):
                 raise ValueError(f"--launch {args.launch}: the file holds launches 0 to {len(launches) - 1}")
             chosen = range(len(launches)) if args.launch is None else [args.launch]
             lines = [line for k in chosen for line in
-                     [f"launch {k}", *hotspots(*launches[k], args.top, ranges, args.stalls), ""]]
+                     [f"launch {k}", *hotspots(*launches[k], 12 if args.top is None else args.top, ranges,
+                                               args.stalls), ""]]
         else:
             lines = summarize(*read(args.csv), args.stalls)
     except (OSError, ValueError) as e:

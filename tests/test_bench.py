@@ -1410,54 +1410,70 @@ def test_ncu_summary_lists_hot_instructions_of_the_source_view(tmp_path, capsys)
         w = csv.writer(f)
         for name, rows in (("elman_persistent", spin), ("elman_persistent", spin), ("_heads_fwd", spin[:1])):
             w.writerows([["Kernel Name", name], header, *rows])
-    ns.main([str(path), "--top", "2", "--stalls", "1", "--ranges", "0:2,2:3"])
+    ns.main([str(path), "--top", "2", "--stalls", "1"])
     assert capsys.readouterr().out.splitlines() == [
         "launch 0", "elman_persistent: 100 samples, 3 instructions",
         "     1   60.0%         700  CCTL.IVALL  (long_sb 98%)",
-        "     2   30.0%         100  BAR.SYNC 0x0  (barrier 100%)",
-        "instructions 0:2: 70.0% of samples", "instructions 2:3: 30.0% of samples", "",
+        "     2   30.0%         100  BAR.SYNC 0x0  (barrier 100%)", "",
         "launch 1", "_heads_fwd: 10 samples, 1 instructions",
-        "     0  100.0%         700  LDG.E.STRONG.GPU R21, [R16]  ()",
-        "instructions 0:2: 100.0% of samples", "instructions 2:3: 0.0% of samples"]
+        "     0  100.0%         700  LDG.E.STRONG.GPU R21, [R16]  ()"]
+    ns.main([str(path), "--launch", "0", "--top", "0", "--ranges", "0:2,2:3"])
+    assert capsys.readouterr().out.splitlines()[2:] == ["instructions 0:2: 70.0% of samples",
+                                                        "instructions 2:3: 30.0% of samples"]
+    raw = tmp_path / "raw.csv"
+    raw.write_text('"ID","Kernel Name"\n"",""\n"0","k"\n')
     for args, why in ((["--launch", "2"], "--launch 2: the file holds launches 0 to 1"),
-                      (["--ranges", "3:1"], "--ranges takes START:END")):
+                      (["--ranges", "3:1"], "--ranges takes START:END"),
+                      (["--ranges", "0:4"], "a range ends past them"),
+                      (["--top", "-1"], "--top takes a count"),
+                      (["--launch", "0", "--file-is-raw"], "--launch, --top and --ranges read ncu's source CSV")):
         with pytest.raises(SystemExit) as stop:
-            ns.main([str(path), *args])
+            ns.main([str(raw), *args[:2]] if args[-1] == "--file-is-raw" else [str(path), *args])
         err = capsys.readouterr().err.strip()
-        assert stop.value.code == 2 and "\n" not in err and why in err
+        assert stop.value.code == 2 and why in err.splitlines()[-1]
+    path.write_text(path.read_text().replace("  CCTL.IVALL,60,", "  CCTL.IVALL,"))  # a short row
+    with pytest.raises(SystemExit) as stop:
+        ns.main([str(path)])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and "\n" not in err and "not ncu's source CSV" in err
 
 
 def test_persistent_against_pairs_the_package_kernels_with_the_copy(tmp_path, monkeypatch):
     """bench_kernels.py --persistent-against: each launch shape that fits yields the package's
-    kernels, then the copy's (a plan with the copy's source), flagged bit for bit when their
-    outputs are equal; a copy whose outputs differ beyond bf16 rounding stops the benchmark."""
+    kernels, then each copy's (a plan with the copy's source: its forward and its backward),
+    flagged bit for bit when their states and dpre are equal; a copy whose outputs differ beyond
+    bf16 rounding stops the benchmark, naming itself."""
     from rnnlab.ops.elman import persistent
 
     bk = _benchmark_script("bench_kernels")
-    copy = tmp_path / "persistent_old.cu"
-    copy.write_text("// another version\n")
-    offset = {"value": 0.0}
+    copy, same_again = tmp_path / "persistent_old.cu", tmp_path / "persistent_same.cu"
+    offset = {"h": 0.0, "dpre": 0.0}  # how far the copy's outputs are from the package's
 
     def forward(wx, w, h0, plan):
-        return wx.tanh() + (offset["value"] if plan.source == copy else 0.0)
+        return wx.tanh() + (offset["h"] if plan.source == copy else 0.0)
 
     def backward(g, h, w, plan):
-        return g * (1 - h * h), None
+        return g * (1 - h * h) + (offset["dpre"] if plan.source == copy else 0.0), None
 
     monkeypatch.setattr(persistent, "make_plan", lambda x, shapes: persistent.Plan(shapes[0][0], *shapes[0][1], 1))
     monkeypatch.setattr(persistent, "forward", forward)
     monkeypatch.setattr(persistent, "backward", backward)
     wx, w, g = torch.randn(2, 3, 8), torch.randn(8, 8), torch.randn(2, 3, 8)
-    same_again = tmp_path / "persistent_same.cu"  # a second copy, of the package's output
     pairs = list(bk.persistent_pairs(wx, w, g, [copy, same_again]))
     assert [(shape, label, same) for shape, label, _, _, same in pairs] == [
         (shape, label, True) for shape in persistent.SHAPES for label in ("", copy.name, same_again.name)]
-    assert torch.equal(pairs[1][2](), wx.tanh())
-    offset["value"] = 1e-3  # within bf16 rounding: timed, not bit for bit
-    assert [same for _, label, *_, same in bk.persistent_pairs(wx, w, g, [copy])] == [True, False] * 4
-    offset["value"] = 0.5
-    with pytest.raises(AssertionError):
-        next(bk.persistent_pairs(wx, w, g, [copy]))
+    offset.update(h=1e-3, dpre=2e-3)  # within bf16 rounding: timed, not bit for bit
+    pairs = list(bk.persistent_pairs(wx, w, g, [copy]))
+    assert [same for *_, same in pairs] == [True, False] * len(persistent.SHAPES)
+    (_, _, fwd_pkg, bwd_pkg, _), (_, _, fwd_copy, bwd_copy, _) = pairs[:2]
+    assert torch.equal(fwd_pkg(), wx.tanh()) and torch.equal(fwd_copy(), wx.tanh() + 1e-3)
+    assert not torch.equal(bwd_pkg()[0], bwd_copy()[0])  # each row's backward is its own version's
+    offset.update(h=0.0)  # only dpre off: still caught
+    assert [same for *_, same in bk.persistent_pairs(wx, w, g, [copy])][:2] == [True, False]
+    for key in ("h", "dpre"):
+        offset.update({"h": 0.0, "dpre": 0.0, key: 0.5})
+        with pytest.raises(AssertionError, match="persistent_old.cu at"):
+            next(bk.persistent_pairs(wx, w, g, [copy]))
 
 
 def test_against_options_need_their_sections(capsys):
@@ -1467,6 +1483,10 @@ def test_against_options_need_their_sections(capsys):
         with pytest.raises(SystemExit) as stop:
             bk.main(["--sections", "scan", option, "old_copy"])
         assert stop.value.code == 2 and why in capsys.readouterr().err
+    for section in ("dense", "persistent"):  # either section takes it: the file is checked next
+        with pytest.raises(SystemExit) as stop:
+            bk.main(["--sections", section, "--persistent-against", "missing.cu"])
+        assert stop.value.code == 2 and "needs an existing CUDA file" in capsys.readouterr().err
 
 
 def test_scan_instructions_counts_the_fused_scans_time_loop(tmp_path):
@@ -1493,6 +1513,52 @@ def test_scan_instructions_counts_the_fused_scans_time_loop(tmp_path):
     assert body == ["ex2.approx.f32 %f1, %f2;", "@%p1 bra $L__BB0_2;"]
     with pytest.raises(ValueError, match="no backward branch"):
         si.loop_body("ret;\n")
+
+
+CUOBJDUMP = """
+\tcode for sm_90
+\t\tFunction : _Z4spinPj
+\t.headerflags\t@"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)"
+        /*0000*/                   LDC R1, c[0x0][0x28] ;                 /* 0x00000a00ff017b82 */
+                                                                          /* 0x000fe40000000800 */
+        /*0010*/                   CCTL.IVALL ;                           /* 0x0000000000007990 */
+        /*0020*/              @!P0 BRA 0x10 ;                             /* 0xfffffffc00e08947 */
+        /*0030*/                   LDGDEPBAR ;                            /* 0x00000000000079af */
+        /*0040*/                   EXIT ;                                 /* 0x000000000000794d */
+\t\t..........
+\t\tFunction : _Z4tailv
+        /*0000*/                   EXIT ;                                 /* 0x000000000000794d */
+"""
+
+
+def test_cuda_sass_reads_kernels_and_stretches_and_refuses_bad_input(tmp_path, capsys, monkeypatch):
+    """benchmarks/cuda_sass.py: each kernel's instructions from cuobjdump's SASS (addresses and
+    encodings left out, predicates kept), the stretch from one instruction to the next one named,
+    a table of kernels by file; a file that is no CUDA source, or a missing nvcc, stops it in one
+    line, exit 2."""
+    cs = _benchmark_script("cuda_sass")
+    kernels = cs.functions(CUOBJDUMP)
+    assert kernels == {"_Z4spinPj": ["LDC R1, c[0x0][0x28]", "CCTL.IVALL", "@!P0 BRA 0x10", "LDGDEPBAR", "EXIT"],
+                       "_Z4tailv": ["EXIT"]}
+    assert cs.between(kernels["_Z4spinPj"], "CCTL.IVALL", "LDGDEPBAR") == 2
+    assert cs.between(kernels["_Z4tailv"], "CCTL.IVALL", "LDGDEPBAR") is None
+    assert cs.short_name("void (anonymous namespace)::elman_persistent<__nv_bfloat16, 16, 32, 16, false, 0>"
+                         "(const T1 *, int (*)[2], int)") == "elman_persistent<__nv_bfloat16, 16, 32, 16, false, 0>"
+    assert cs.table({"old.cu": {"spin": (5, 2)}, "new.cu": {"spin": (4, 1), "tail": (1, None)}}, True) == [
+        "kernel  old.cu  new.cu", "spin  5 (2 between)  4 (1 between)", "tail  -  1 (- between)"]
+    for argv, why in (([str(tmp_path / "kernel.py")], "needs an existing CUDA file"),
+                      ([str(tmp_path / "missing.cu")], "needs an existing CUDA file")):
+        with pytest.raises(SystemExit) as stop:
+            cs.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and "\n" not in err and why in err
+    source = tmp_path / "kernel.cu"
+    source.write_text("__global__ void k() {}\n")
+    monkeypatch.setattr(cs.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit) as stop:
+        cs.main([str(source)])
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and err == "cuda_sass.py: nvcc not found (needs the CUDA toolkit's nvcc on PATH)"
 
 
 def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_path, capsys):

@@ -85,6 +85,37 @@ def test_persistent_kernel_declines_what_it_cannot_run_without_building():
     assert persistent._ext.cache_info().currsize == 0
 
 
+def test_persistent_launches_build_from_the_plans_source(monkeypatch, tmp_path):
+    """``persistent.forward`` / ``backward`` run the extension built from their plan's source (the
+    package's by default; another copy for a benchmark's A/B), for the plain and the decay
+    backward alike."""
+    from rnnlab.ops.elman import persistent
+
+    built = []
+
+    class Ext:
+        def __init__(self, key):
+            self.key = key
+
+        def forward(self, *args):
+            return self.key
+
+        def backward(self, *args):
+            return self.key
+
+    monkeypatch.setattr(persistent, "_ext", lambda lowrank=False, source=persistent.SOURCE:
+                        built.append((lowrank, source)) or Ext(source))
+    copy = tmp_path / "persistent_old.cu"
+    x = torch.zeros(2, 3, 16)
+    for plan, source in ((persistent.Plan(16, 32, 16, 1), persistent.SOURCE),
+                         (persistent.Plan(16, 32, 16, 1, source=copy), copy)):
+        built.clear()
+        assert persistent.forward(x, torch.zeros(16, 16), None, plan) == source
+        assert persistent.backward(x, x, torch.zeros(16, 16), plan)[0] == source
+        assert persistent.backward(x, x, torch.zeros(16, 16), plan, a=x)[1] == source
+        assert built == [(False, source)] * 3
+
+
 def test_kernel_options_round_trip_through_the_custom_op_argument():
     """The options travel through the custom ops as ints and come back equal (bools as bools)."""
     from rnnlab.ops.elman.options import ElmanKernelOptions
