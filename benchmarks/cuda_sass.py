@@ -65,7 +65,7 @@ def between(instructions: list[str], first: str, last: str) -> int | None:
     (that one excluded); None when either is missing."""
     try:
         start = next(i for i, x in enumerate(instructions) if first in x)
-        end = next(i for i, x in enumerate(instructions[start:], start) if last in x)
+        end = next(i for i, x in enumerate(instructions[start + 1:], start + 1) if last in x)
     except StopIteration:
         return None
     return end - start
@@ -76,8 +76,8 @@ def demangle(names: list[str]) -> dict[str, str]:
     filt = shutil.which("c++filt")
     if filt is None:
         return {n: n for n in names}
-    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True, check=True).stdout
-    return dict(zip(names, out.splitlines(), strict=True))
+    out = subprocess.run([filt], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
 
 
 def short_name(demangled: str) -> str:
@@ -94,7 +94,8 @@ def short_name(demangled: str) -> str:
 
 
 def compile_sass(source: Path, lowrank: bool = False) -> str:
-    """``cuobjdump -sass`` of ``source`` compiled for sm_90 as the extension is built."""
+    """``cuobjdump -sass`` of ``source`` compiled for sm_90 with the extension's own flags (not torch's
+    default nvcc flags, which did not change the SASS of this kernel)."""
     import torch.utils.cpp_extension as ext
 
     from rnnlab.ops.elman import persistent
@@ -112,10 +113,13 @@ def compile_sass(source: Path, lowrank: bool = False) -> str:
                "-c", str(source), "-o", str(obj)]
         built = subprocess.run(cmd, capture_output=True, text=True)
         if built.returncode != 0:
-            errors = [x for x in built.stderr.splitlines() if "error" in x]
-            raise RuntimeError(f"nvcc failed: {errors[0] if errors else built.stderr.strip()[-300:]}")
-        return subprocess.run([tool("cuobjdump"), "-sass", str(obj)], capture_output=True, text=True,
-                              check=True).stdout
+            errors = [x for x in built.stderr.splitlines() if "error" in x or "fatal" in x] or \
+                built.stderr.strip().splitlines()[-1:] or ["(no message)"]
+            raise RuntimeError(f"nvcc failed: {errors[0].strip()[:300]}")
+        dumped = subprocess.run([tool("cuobjdump"), "-sass", str(obj)], capture_output=True, text=True)
+        if dumped.returncode != 0:
+            raise RuntimeError(f"cuobjdump failed: {(dumped.stderr.strip().splitlines() or ['(no message)'])[-1][:300]}")
+        return dumped.stdout
 
 
 def table(counts: dict[str, dict[str, tuple[int, int | None]]], spans: bool) -> list[str]:
@@ -144,16 +148,24 @@ def main(argv=None) -> None:
     p.add_argument("--lowrank", action="store_true", help="the low-rank term's build (-DRNNLAB_LOWRANK)")
     args = p.parse_args(argv)
     try:
+        try:
+            kernel = re.compile(args.kernel)
+        except re.error as e:
+            raise ValueError(f"--kernel {args.kernel!r} is not a regular expression ({e})") from None
         for f in args.files:
             if not f.is_file() or f.suffix != ".cu":
                 raise ValueError(f"{f}: needs an existing CUDA file (a copy of rnnlab/ops/elman/persistent.cu)")
+        if len({f.resolve() for f in args.files}) < len(args.files):
+            raise ValueError("a file is named twice")
         counts = {}
         for f in args.files:
             per = functions(compile_sass(f, args.lowrank))
             names = demangle(list(per))
             key = f.name if [x.name for x in args.files].count(f.name) == 1 else str(f)
             counts[key] = {short_name(names[m]): (len(ins), between(ins, *args.between) if args.between else None)
-                           for m, ins in per.items() if re.search(args.kernel, names[m])}
+                           for m, ins in per.items() if kernel.search(names[m])}
+            if not counts[key]:
+                raise ValueError(f"{f}: no kernel matches --kernel {args.kernel!r}")
     except (OSError, ValueError, RuntimeError) as e:
         print(f"cuda_sass.py: {e}", file=sys.stderr)
         sys.exit(2)

@@ -41,9 +41,13 @@ def read(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
     """``(header, units, rows)`` of ncu's raw CSV (its second line holds each metric's unit: ncu
     scales them, e.g. a kernel's time in us or ms)."""
     rows = list(csv.reader(path.open(newline="")))
-    if len(rows) < 3 or "Kernel Name" not in rows[0]:
+    start = next((i for i, row in enumerate(rows) if "Kernel Name" in row), None)  # past ncu's ==WARNING== lines
+    if start is None or len(rows) < start + 3:
         raise ValueError("not ncu's raw CSV (ncu --page raw --csv): no 'Kernel Name' column")
-    return rows[0], rows[1], rows[2:]
+    header, units, launches = rows[start], rows[start + 1], rows[start + 2:]
+    if any(len(row) != len(header) for row in [units, *launches]):
+        raise ValueError(f"a row whose fields differ in number from the header's {len(header)}: not ncu's raw CSV")
+    return header, units, launches
 
 
 def summarize(header: list[str], units: list[str], rows: list[list[str]], stalls: int = 3) -> list[str]:
@@ -131,9 +135,9 @@ def main(argv=None) -> None:
         with args.csv.open(newline="") as f:  # the source view: "Kernel Name" lines open the launches
             source_view = any(row[:1] == ["Kernel Name"] for row in csv.reader(f))
         if not source_view and (args.launch, args.top, args.ranges) != (None, None, None):
-            p.error("--launch, --top and --ranges read ncu's source CSV (--page source), not its raw CSV")
-        if args.top is not None and args.top < 0:
-            p.error("--top takes a count of instructions, 0 or more")
+            raise ValueError("--launch, --top and --ranges read ncu's source CSV (--page source), not its raw CSV")
+        if (args.top is not None and args.top < 0) or args.stalls < 0:
+            raise ValueError("--top and --stalls take counts, 0 or more")
         if source_view:
             ranges = parse_ranges(args.ranges) if args.ranges else []
             launches = read_source(args.csv)

@@ -1407,6 +1407,7 @@ def test_ncu_summary_lists_hot_instructions_of_the_source_view(tmp_path, capsys)
             ["0x30", "  BAR.SYNC 0x0", "30", "100", "0", "30", "0"]]
     path = tmp_path / "source.csv"
     with path.open("w", newline="") as f:
+        f.write("==WARNING== No source files were imported.\n")  # ncu's own lines come first
         w = csv.writer(f)
         for name, rows in (("elman_persistent", spin), ("elman_persistent", spin), ("_heads_fwd", spin[:1])):
             w.writerows([["Kernel Name", name], header, *rows])
@@ -1422,15 +1423,18 @@ def test_ncu_summary_lists_hot_instructions_of_the_source_view(tmp_path, capsys)
                                                         "instructions 2:3: 30.0% of samples"]
     raw = tmp_path / "raw.csv"
     raw.write_text('"ID","Kernel Name"\n"",""\n"0","k"\n')
-    for args, why in ((["--launch", "2"], "--launch 2: the file holds launches 0 to 1"),
-                      (["--ranges", "3:1"], "--ranges takes START:END"),
-                      (["--ranges", "0:4"], "a range ends past them"),
-                      (["--top", "-1"], "--top takes a count"),
-                      (["--launch", "0", "--file-is-raw"], "--launch, --top and --ranges read ncu's source CSV")):
+    raw_only = "--launch, --top and --ranges read ncu's source CSV"
+    for file, args, why in ((path, ["--launch", "2"], "--launch 2: the file holds launches 0 to 1"),
+                            (path, ["--ranges", "3:1"], "--ranges takes START:END"),
+                            (path, ["--launch", "0", "--ranges", "0:4"], "a range ends past them"),
+                            (path, ["--top", "-1"], "--top and --stalls take counts"),
+                            (path, ["--stalls", "-1"], "--top and --stalls take counts"),
+                            (raw, ["--launch", "0"], raw_only), (raw, ["--top", "3"], raw_only),
+                            (raw, ["--ranges", "0:1"], raw_only)):
         with pytest.raises(SystemExit) as stop:
-            ns.main([str(raw), *args[:2]] if args[-1] == "--file-is-raw" else [str(path), *args])
+            ns.main([str(file), *args])
         err = capsys.readouterr().err.strip()
-        assert stop.value.code == 2 and why in err.splitlines()[-1]
+        assert stop.value.code == 2 and "\n" not in err and err.startswith(f"ncu_summary.py: {file}: ") and why in err
     path.write_text(path.read_text().replace("  CCTL.IVALL,60,", "  CCTL.IVALL,"))  # a short row
     with pytest.raises(SystemExit) as stop:
         ns.main([str(path)])
@@ -1542,12 +1546,17 @@ def test_cuda_sass_reads_kernels_and_stretches_and_refuses_bad_input(tmp_path, c
                        "_Z4tailv": ["EXIT"]}
     assert cs.between(kernels["_Z4spinPj"], "CCTL.IVALL", "LDGDEPBAR") == 2
     assert cs.between(kernels["_Z4tailv"], "CCTL.IVALL", "LDGDEPBAR") is None
+    assert cs.between(kernels["_Z4spinPj"] * 2, "EXIT", "EXIT") == 5  # to the next one, not itself
     assert cs.short_name("void (anonymous namespace)::elman_persistent<__nv_bfloat16, 16, 32, 16, false, 0>"
                          "(const T1 *, int (*)[2], int)") == "elman_persistent<__nv_bfloat16, 16, 32, 16, false, 0>"
     assert cs.table({"old.cu": {"spin": (5, 2)}, "new.cu": {"spin": (4, 1), "tail": (1, None)}}, True) == [
         "kernel  old.cu  new.cu", "spin  5 (2 between)  4 (1 between)", "tail  -  1 (- between)"]
+    (tmp_path / "kernel.py").write_text("x = 1\n")  # exists, but no CUDA source
+    (tmp_path / "twice.cu").write_text("__global__ void k() {}\n")
     for argv, why in (([str(tmp_path / "kernel.py")], "needs an existing CUDA file"),
-                      ([str(tmp_path / "missing.cu")], "needs an existing CUDA file")):
+                      ([str(tmp_path / "missing.cu")], "needs an existing CUDA file"),
+                      ([str(tmp_path / "twice.cu"), str(tmp_path / "." / "twice.cu")], "a file is named twice"),
+                      ([str(tmp_path / "twice.cu"), "--kernel", "("], "is not a regular expression")):
         with pytest.raises(SystemExit) as stop:
             cs.main(argv)
         err = capsys.readouterr().err.strip()
@@ -1598,13 +1607,16 @@ def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):
               stall + "wait", stall + "selected", stall + "long_scoreboard_not_issued"]
     raw = tmp_path / "raw.csv"
     with raw.open("w", newline="") as f:
-        csv.writer(f).writerows([header, ["", "", "us", ""], ["0", "_scan_fwd", "1,234.5", "448", "60", "30", "10", "999"]])
+        csv.writer(f).writerows([header, ["", "", "us", "", "", "", "", ""],
+                                 ["0", "_scan_fwd", "1,234.5", "448", "60", "30", "10", "999"]])
     ns.main([str(raw), "--stalls", "2"])
     lines = capsys.readouterr().out.splitlines()
     assert lines == ["#  kernel  us  grid  top stalls (share of samples)",
                      "0  _scan_fwd  1234.5  448  long_scoreboard 60%, wait 30%"]
     with raw.open("w", newline="") as f:  # ncu scales units: a long kernel's time comes in ms
-        csv.writer(f).writerows([header, ["", "", "ms", ""], ["0", "elman_persistent", "3.25", "110", "1", "0", "0", "0"]])
+        f.write("==WARNING== clocks not locked\n")  # what ncu may print before the table: skipped
+        csv.writer(f).writerows([header, ["", "", "ms", "", "", "", "", ""],
+                                 ["0", "elman_persistent", "3.25", "110", "1", "0", "0", "0"]])
     ns.main([str(raw), "--stalls", "1"])
     assert capsys.readouterr().out.splitlines()[1] == "0  elman_persistent  3250.0  110  long_scoreboard 100%"
     (tmp_path / "other.csv").write_text("a,b\n1,2\n3,4\n")
