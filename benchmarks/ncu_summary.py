@@ -37,10 +37,9 @@ def number(text: str) -> float:
 TIME_UNITS = {"ns": 1e-3, "usecond": 1.0, "us": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
 
 
-def read(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
-    """``(header, units, rows)`` of ncu's raw CSV (its second line holds each metric's unit: ncu
-    scales them, e.g. a kernel's time in us or ms)."""
-    rows = list(csv.reader(path.open(newline="")))
+def read(rows: list[list[str]]) -> tuple[list[str], list[str], list[list[str]]]:
+    """``(header, units, rows)`` of ncu's raw CSV, given its rows (its second line holds each
+    metric's unit: ncu scales them, e.g. a kernel's time in us or ms)."""
     start = next((i for i, row in enumerate(rows) if "Kernel Name" in row), None)  # past ncu's ==WARNING== lines
     if start is None or len(rows) < start + 3:
         raise ValueError("not ncu's raw CSV (ncu --page raw --csv): no 'Kernel Name' column")
@@ -73,12 +72,18 @@ SAMPLES = "Warp Stall Sampling (All Samples)"
 SOURCE_STALL = "stall_"  # the source view's per-instruction stall columns ("... (Not Issued)" left out)
 
 
-def read_source(path: Path) -> list[tuple[str, list[dict[str, str]]]]:
-    """``(kernel name, instruction rows)`` per launch of ncu's source CSV, in profiling order (ncu
-    prints a CUDA C++ launch's view twice, one after the other: kept once)."""
+def is_source_view(rows: list[list[str]]) -> bool:
+    """Whether CSV rows are ncu's source view (``--page source``): "Kernel Name" lines open its
+    launches; the raw view has that name in its header instead."""
+    return any(row[:1] == ["Kernel Name"] for row in rows)
+
+
+def read_source(rows: list[list[str]]) -> list[tuple[str, list[dict[str, str]]]]:
+    """``(kernel name, instruction rows)`` per launch of ncu's source CSV, given its rows, in
+    profiling order (ncu prints a CUDA C++ launch's view twice, one after the other: kept once)."""
     launches: list[tuple[str, list[dict[str, str]]]] = []
     header: list[str] = []
-    for row in csv.reader(path.open(newline="")):
+    for row in rows:
         if row[:1] == ["Kernel Name"] and len(row) > 1:
             launches.append((row[1], []))
         elif row[:1] == ["Address"]:
@@ -132,15 +137,16 @@ def main(argv=None) -> None:
     p.add_argument("--ranges", default=None, help="source CSV: START:END,... instruction stretches to total")
     args = p.parse_args(argv)
     try:
-        with args.csv.open(newline="") as f:  # the source view: "Kernel Name" lines open the launches
-            source_view = any(row[:1] == ["Kernel Name"] for row in csv.reader(f))
+        with args.csv.open(newline="") as f:
+            rows = list(csv.reader(f))
+        source_view = is_source_view(rows)
         if not source_view and (args.launch, args.top, args.ranges) != (None, None, None):
             raise ValueError("--launch, --top and --ranges read ncu's source CSV (--page source), not its raw CSV")
         if (args.top is not None and args.top < 0) or args.stalls < 0:
             raise ValueError("--top and --stalls take counts, 0 or more")
         if source_view:
             ranges = parse_ranges(args.ranges) if args.ranges else []
-            launches = read_source(args.csv)
+            launches = read_source(rows)
             if args.launch is not None and not 0 <= args.launch < len(launches):
                 raise ValueError(f"--launch {args.launch}: the file holds launches 0 to {len(launches) - 1}")
             chosen = range(len(launches)) if args.launch is None else [args.launch]
@@ -148,7 +154,7 @@ def main(argv=None) -> None:
                      [f"launch {k}", *hotspots(*launches[k], 12 if args.top is None else args.top, ranges,
                                                args.stalls), ""]]
         else:
-            lines = summarize(*read(args.csv), args.stalls)
+            lines = summarize(*read(rows), args.stalls)
     except (OSError, ValueError) as e:
         print(f"ncu_summary.py: {args.csv}: {e}", file=sys.stderr)
         sys.exit(2)
