@@ -699,13 +699,12 @@ def schedulefree_steps(add, reps, bw):
 
 def finish(args, rows, bw, fl, tc):
     from rnnlab.ops.elman import persistent
-    from rnnlab.train.runtime import git_state
+    from rnnlab.train.runtime import git_commit_label
 
-    sha, dirty = git_state()  # RNNLAB_GIT_COMMIT on a GPU machine, whose copy's git metadata is stale
     # each --persistent-against copy by its file and the extension name its content gives it
     copies = {f: persistent._ext_name(Path(f).read_bytes(), persistent.EXT_FLAGS) for f in args.persistent_against}
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
-                .isoformat(timespec="seconds"), git_commit=sha and sha + ("-dirty" if dirty else ""),
+                .isoformat(timespec="seconds"), git_commit=git_commit_label(),
                 torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), command=" ".join(sys.argv), B=args.B, T=args.T,
                 dtype="bf16", copy_bw_GBs=round(bw / 1e9, 1), gemm_bf16_TFLOPs=round(fl / 1e12, 1),

@@ -77,7 +77,7 @@ from torch import nn
 from rnnlab.bench.mfu import benchmark_peak, mfu
 from rnnlab.ops.scan import LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN
 from rnnlab.train.cuda_graph import GraphedForwardBackward
-from rnnlab.train.runtime import git_state
+from rnnlab.train.runtime import git_commit_label
 
 OFF, DEFAULT, RO = None, "default", "reduce-overhead"
 # max-autotune: Inductor times its Triton matmul templates against cuBLAS for every GEMM shape and
@@ -334,10 +334,9 @@ def versions() -> dict:
 
     import triton
 
-    sha, dirty = git_state()  # RNNLAB_GIT_COMMIT on a GPU machine, whose copy's git metadata is stale
     return dict(torch=torch.__version__, triton=triton.__version__, cuda=torch.version.cuda,
                 mamba_ssm=v("mamba-ssm") or v("mamba_ssm"), causal_conv1d=v("causal-conv1d") or v("causal_conv1d"),
-                mamba2_fused_path=causal_conv1d_available(), git_commit=sha and sha + ("-dirty" if dirty else ""))
+                mamba2_fused_path=causal_conv1d_available(), git_commit=git_commit_label())
 
 
 FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step

@@ -817,3 +817,15 @@ def test_overwrite_removes_an_archived_runs_metrics(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=3, overwrite=True), progress=False)
     assert not (tmp_path / "r" / "metrics.jsonl.xz").exists()
     assert [r["step"] for r in RunDir(tmp_path / "r").metrics()] == [1, 2, 3]
+
+
+def test_git_commit_label_is_the_inverse_of_split_dirty(monkeypatch):
+    """The commit the benchmarks record: ``RNNLAB_GIT_COMMIT`` (a staged tree's name) back as one
+    string, ``-dirty`` kept; a clean checkout's sha without it."""
+    from rnnlab.train.runtime import git_commit_label, split_dirty
+
+    for named in ("0123456789ab", "0123456789ab-dirty"):
+        monkeypatch.setenv("RNNLAB_GIT_COMMIT", named)
+        assert git_commit_label() == named
+        sha, dirty = split_dirty(named)
+        assert sha == "0123456789ab" and dirty is (True if named.endswith("-dirty") else None)

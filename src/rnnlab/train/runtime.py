@@ -223,3 +223,10 @@ def git_state() -> tuple[str | None, bool | None]:
         return sha, dirty
     except (OSError, subprocess.SubprocessError):
         return None, None
+
+
+def git_commit_label() -> str | None:
+    """The code's commit as one string, ``<sha>`` or ``<sha>-dirty`` (:func:`split_dirty`'s form),
+    None when unknown: what the benchmarks record."""
+    sha, dirty = git_state()
+    return sha and sha + ("-dirty" if dirty else "")
