@@ -107,10 +107,11 @@ def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def make_plots(out: Path, records: list[dict[str, Any]], rows: list[dict[str, Any]],
-               axes: list[str] | None = None) -> list[Path]:
-    """Write every plot that the runs have data for into ``out``; returns their paths."""
+               axes: list[str] | None = None, curves: dict[str, dict[str, Any]] | None = None) -> list[Path]:
+    """Write every plot that the runs have data for into ``out``; returns their paths. ``curves``:
+    :func:`run_curves` of ``records`` when the caller has them already."""
     out = Path(out)
-    curves = run_curves(records)
+    curves = run_curves(records) if curves is None else curves
     colors = colors_for(list(dict.fromkeys(r["name"] for r in records)))
     figures = {}
     if any(c["metrics"] for c in curves.values()):

@@ -670,18 +670,18 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return points[0][1] if len(points) == 1 and points[0][0] == x else None
 
 
-def equal_bytes_lines(records: list[dict[str, Any]]) -> list[str]:
+def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[str, Any]] | None = None) -> list[str]:
     """When the runs read different bytes per step (their batches differ), each run's held-out
     learning curve (at y for Schedule-Free, as the plots draw it) read at the same training bytes:
     the per-token comparison, which the end-of-run table (equal time or equal steps) is not.
     Marks: a quarter, half and all of the bytes every run reached; values interpolated linearly
-    between a run's evaluations."""
+    between a run's evaluations. ``all_curves``: ``plots.run_curves(records)`` when the caller has them."""
     per_step = set()
     for r in records:
         last = next((x for x in reversed(r["metrics"]) if x.get("tokens") and x.get("step")), None)
         if last:
             per_step.add(round(last["tokens"] / last["step"]))
-    all_curves = P.run_curves(records)
+    all_curves = P.run_curves(records) if all_curves is None else all_curves
     curves = {d: (c["name"], sorted(c["bpb_y_bytes"] or c["bpb_bytes"])) for d, c in all_curves.items()}
     curves = {d: v for d, v in curves.items() if len(v[1]) >= 2}
     if len(per_step) < 2 or len(curves) < 2:
@@ -732,7 +732,8 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     rows = aggregate(records)
     sweep = (plan.get("sweep") or {}).get("axes") or {}
     header = report_header(root, plan, records)
-    plot_files = P.make_plots(out, records, rows, list(sweep)) if plots else []
+    curves = P.run_curves(records)  # the plots' and the equal-bytes table's
+    plot_files = P.make_plots(out, records, rows, list(sweep), curves) if plots else []
 
     md = header_lines(header, plan, rows) + ["## Results", "", main_table(rows, header["device"]), ""]
     ref_md, ref_out = reference_lines(rows, plan)
@@ -740,7 +741,7 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     if sweep:
         md += ["## Sweep", "", f"Axes: {', '.join(f'{a} = {sweep[a]}' for a in sweep)}", "",
                sweep_table(rows, list(sweep)), ""]
-    md += equal_bytes_lines(records) + config_lines(rows, records)
+    md += equal_bytes_lines(records, curves) + config_lines(rows, records)
     if plot_files:
         md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
 
