@@ -10,7 +10,7 @@ matched the SASS Nsight Compute profiled on the H200 instruction for instruction
 FILE.cu: default the package's ``persistent.cu``; several files print side by side (an earlier
 commit's: ``git show REV:src/rnnlab/ops/elman/persistent.cu > OLD.cu``). ``--kernel``: only kernels
 whose demangled name matches (default: the bf16 ones). ``--lowrank``: the low-rank term's build.
-Compiles with the extension's flags (``persistent.EXT_FLAGS``) and torch's include paths; a CPU
+Compiles with the extension's flags (``persistent.ext_flags``) and torch's include paths; a CPU
 build of torch lacks one generated CUDA header, ``c10/cuda/impl/cuda_cmake_macros.h``, which an empty
 file stands in for. Needs nvcc and cuobjdump (Triton ships one); about 2 minutes a file.
 """
@@ -108,8 +108,7 @@ def compile_sass(source: Path, lowrank: bool = False) -> str:
             (Path(tmp) / header).write_text("#pragma once\n")
             includes.append(tmp)
         obj = Path(tmp) / "kernel.o"
-        flags = persistent.EXT_FLAGS + (["-DRNNLAB_LOWRANK"] if lowrank else [])
-        cmd = [tool("nvcc"), *flags, f"-arch={ARCH}", "-DTORCH_EXTENSION_NAME=sass", *(f"-I{p}" for p in includes),
+        cmd = [tool("nvcc"), *persistent.ext_flags(lowrank), f"-arch={ARCH}", "-DTORCH_EXTENSION_NAME=sass", *(f"-I{p}" for p in includes),
                "-c", str(source), "-o", str(obj)]
         built = subprocess.run(cmd, capture_output=True, text=True)
         if built.returncode != 0:

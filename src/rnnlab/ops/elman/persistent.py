@@ -56,13 +56,18 @@ class Plan:
 EXT_FLAGS = ["-O3", "-std=c++17"]
 
 
+def ext_flags(lowrank: bool = False) -> list[str]:
+    """nvcc's flags for the plain-and-decay build, or (``lowrank``) the low-rank term's."""
+    return EXT_FLAGS + (["-DRNNLAB_LOWRANK"] if lowrank else [])
+
+
 @functools.cache
 def _ext(lowrank: bool = False, source: Path = SOURCE):
     """The extension built from ``source`` (plain and decay; or, ``lowrank``, the low-rank term's
     build), named by :func:`_ext_name`."""
     from torch.utils.cpp_extension import load
 
-    flags = EXT_FLAGS + (["-DRNNLAB_LOWRANK"] if lowrank else [])
+    flags = ext_flags(lowrank)
     return load(name=_ext_name(source.read_bytes(), flags), sources=[str(source)], extra_cuda_cflags=flags,
                 verbose=False)
 
