@@ -37,9 +37,9 @@ using namespace nvcuda;
 
 constexpr int PAD = 8;  // shared-memory row padding (elements): spreads rows over the banks
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+// 16 bytes global -> shared (a shared-space byte address), through L2 only (never a stale L1 line)
+__device__ __forceinline__ void cp_async16(unsigned smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem));
 }
 
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
@@ -120,6 +120,18 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int KT = Hp / 16;
   const int kt0 = warp * KT / WARPS, kt1 = (warp + 1) * KT / WARPS;  // this warp's K tiles
+  // Staging this warp's K columns of the state: nch 16-byte chunks a row, nvalid of them inside H
+  // (the last K tile may pass it). A lane copies chunk j0 of row r0, then every 32nd chunk: dr rows
+  // and dj chunks on. Its addresses advance by adds, worked out here once, instead of a division
+  // by the run-time nch and the addresses' products every chunk of every step (those were 38% of
+  // the kernel's instructions a step: the profile in results/e1-profile-h200).
+  const int nch = (kt1 - kt0) * 2;
+  const int nvalid = min(nch, (H - kt0 * 16 + 7) / 8);
+  const int r0 = nch > 0 ? lane / nch : 0, j0 = nch > 0 ? lane % nch : 0;
+  const int dr = nch > 0 ? 32 / nch : 0, dj = nch > 0 ? 32 % nch : 0;
+  const unsigned hs_first =
+      static_cast<unsigned>(__cvta_generic_to_shared(hs + r0 * ld + kt0 * 16 + j0 * 8));  // shared bytes
+  const unsigned hs_next = (dr * ld + dj * 8) * sizeof(T), hs_wrap = (ld - nch * 8) * sizeof(T);
   const long sT = static_cast<long>(Tn) * H;
   const int bstep = gridDim.y * RB;
   unsigned* myflags = flags + blockIdx.y * gridDim.x;
@@ -192,10 +204,21 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
         // K tile kt is produced by column block kt / NT: wait for exactly the ones this warp reads
         if (s > 0 && b0 == first_b0) wait_producers(myflags, kt0 / NT, (kt1 - 1) / NT, s, lane);
         // each warp stages (and later reads) only its own K columns: no block-wide sync needed
-        const int nch = (kt1 - kt0) * 2;  // 16-byte chunks per row
-        for (int i = lane; i < nb * nch; i += 32) {
-          const int r = i / nch, c = kt0 * 16 + (i % nch) * 8;
-          if (c < H) cp_async16(hs + r * ld + c, src + static_cast<long>(b0 + r) * stride + c);
+        const long g_next = dr * stride + dj * 8, g_wrap = stride - nch * 8;  // elements
+        const T* g = src + static_cast<long>(b0 + r0) * stride + kt0 * 16 + j0 * 8;
+        unsigned d = hs_first;
+        for (int r = r0, j = j0; r < nb;) {
+          if (j < nvalid) cp_async16(d, g);
+          r += dr;
+          j += dj;
+          d += hs_next;
+          g += g_next;
+          if (j >= nch) {
+            j -= nch;
+            ++r;
+            d += hs_wrap;
+            g += g_wrap;
+          }
         }
         cp_async_wait_all();
         __syncwarp();
