@@ -50,15 +50,7 @@ save_compile_cache() {
     echo "compile cache: $raw MiB unpacked, $(( size / 1048576 )) MiB xz'd, over 15 MiB: not brought back"
   fi
 }
-# the commit staged by stage_gpu.sh, claimed only while the tree is the one staged: every tracked file
-# unchanged and no file added to the code (else none: git_state then reports the stale copy's, dirty)
-unset RNNLAB_GIT_COMMIT
-if [ -f .gpu/commit ]; then
-  if sha1sum --quiet --strict -c .gpu/tree.sha1 >/dev/null 2>&1 && [ -z "$(
-      find src tests benchmarks -type f -not -path '*/__pycache__/*' -not -path '*.egg-info/*' | sort |
-      comm -23 - <(cut -c43- .gpu/tree.sha1 | sort))" ]; then
-    RNNLAB_GIT_COMMIT=$(cat .gpu/commit); export RNNLAB_GIT_COMMIT
-  else
-    echo "gpu_env.sh: the tree differs from the staged commit $(cat .gpu/commit): no commit recorded (stage again)" >&2
-  fi
-fi
+# the commit staged by stage_gpu.sh, claimed only while the code is the code staged (else none:
+# git_state then reports the stale copy's, dirty)
+RNNLAB_GIT_COMMIT=$(bash benchmarks/staged_commit.sh)
+if [ -n "$RNNLAB_GIT_COMMIT" ]; then export RNNLAB_GIT_COMMIT; else unset RNNLAB_GIT_COMMIT; fi

@@ -982,6 +982,40 @@ def test_suite_carry_out_makes_a_slim_copy_with_what_bench_and_the_report_need(t
     assert sorted(p.name for p in (runs / "a").iterdir()) == ["config.json", "env.json", "summary.json"]
     assert (runs / "suite.json").exists()
 
+def test_staged_commit_counts_only_the_code(tmp_path):
+    """benchmarks/staged_commit.sh (gpu_env.sh's RNNLAB_GIT_COMMIT) names the staged commit while the
+    code is the code staged, also after results change (a suite's runs carried to the next call);
+    a changed or added code file, one line on stderr and no commit."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks/staged_commit.sh"
+    (tmp_path / "src").mkdir()
+    (tmp_path / "results").mkdir()
+    (tmp_path / ".gpu").mkdir()
+    (tmp_path / "src" / "a.py").write_text("x = 1\n")
+    (tmp_path / "results" / "suite.json").write_text("{}")
+    listing = subprocess.run(["sha1sum", "src/a.py", "results/suite.json"], cwd=tmp_path, capture_output=True,
+                             text=True, check=True).stdout
+    (tmp_path / ".gpu" / "tree.sha1").write_text(listing)
+    (tmp_path / ".gpu" / "commit").write_text("734304d28a54\n")
+
+    def staged():
+        proc = subprocess.run(["bash", str(script)], cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0
+        return proc.stdout.strip(), proc.stderr.strip()
+
+    assert staged() == ("734304d28a54", "")
+    (tmp_path / "results" / "suite.json").write_text('{"runs": []}')  # results only: still the commit
+    (tmp_path / "results" / "new.md").write_text("a run")
+    assert staged() == ("734304d28a54", "")
+    (tmp_path / "src" / "b.py").write_text("y = 2\n")
+    out, err = staged()
+    assert out == "" and "code added" in err and "src/b.py" in err and len(err.splitlines()) == 1
+    (tmp_path / "src" / "b.py").unlink()
+    (tmp_path / "src" / "a.py").write_text("x = 2\n")
+    out, err = staged()
+    assert out == "" and "code changed since 734304d28a54" in err and len(err.splitlines()) == 1
+
 
 def _benchmark_script(name: str):
     """A script of benchmarks/ (no package) loaded as a module."""
