@@ -99,9 +99,17 @@ def check_memory(cfg, params: int, device: torch.device) -> None:
         f"raise --grad-accum")
 
 
+CUDA_ONLY_BACKENDS = ("triton", "official")  # layer backends that run only on CUDA tensors
+
+
 def check_trainable(cfg, device: torch.device) -> None:
-    """Refuse a model whose kernels refuse to train on ``device`` (one line naming the cause and the
-    fix), before the run folder is touched rather than at the first backward."""
+    """Refuse a model whose kernels refuse to train on ``device``, or a layer backend chosen that
+    runs only on CUDA (one line naming the cause and the fix), before the run folder is touched
+    rather than at the first step."""
+    backend = cfg.model.layer.get("backend")
+    if backend in CUDA_ONLY_BACKENDS and device.type != "cuda":
+        raise ValueError(f"{cfg.model.model} layer option backend={backend} runs only on CUDA; this run's device "
+                         f"is {device} (use backend=auto, which runs the PyTorch reference there)")
     reason = get_spec(cfg.model.model).training_blocker(device)
     if reason:
         raise ValueError(f"model {cfg.model.model} cannot train on {device}: {reason}")
