@@ -76,6 +76,11 @@ CASES = [
     ("gpus_zero", [*TRAIN, "--gpus", "0"], "--gpus must be a positive integer, got 0"),
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
+    ("backend_triton_cpu", [*TRAIN, "--layer", "backend=triton"],
+     "e1 layer option backend=triton runs only on CUDA; this run's device is cpu (use backend=auto, which runs "
+     "the PyTorch reference there)"),
+    ("backend_official_cpu", [*TRAIN, "--model", "mamba2", "--dim", "64", "--layer", "backend=official"],
+     "mamba2 layer option backend=official runs only on CUDA; this run's device is cpu"),
     ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be a positive integer, got 'two'"),
     ("layer_syntax", [*TRAIN, "--layer", "expansion"], "option 'expansion' must look like KEY=VALUE"),
     # --- train: data and memory
@@ -134,7 +139,7 @@ CASES = [
     ("eval_not_a_run", ["eval", "--run", "{dir}"], "is not a run dir (no readable config.json)"),
     ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
      "argument --batch-size: must be a positive integer, got '0'"),
-    ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "lots"),
+    ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),
     ("eval_all_damaged", ["eval", "--run", "{damaged}"], "no usable checkpoint in {damaged}/ckpt"),
     ("eval_legacy_truncated_state", ["eval", "--run", "{legacy_truncated}"], "state.pt is damaged ("),

@@ -54,7 +54,12 @@ MAX_STEPS = 10**12
 def parse_eval_bytes(value: Any) -> Any:
     """``"all"`` (or 0) = the whole held-out split, stored as 0; ``"1M"`` = a cap of 1,000,000."""
     if isinstance(value, str):
-        return 0 if value.strip().lower() in ("all", "0") else parse_count(value)
+        if value.strip().lower() in ("all", "0"):
+            return 0
+        try:
+            return parse_count(value)
+        except ValueError:
+            raise ValueError(f"eval_bytes must be a byte count (e.g. 1M, 500000) or all, got {value!r}") from None
     return value
 
 
