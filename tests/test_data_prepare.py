@@ -213,3 +213,21 @@ def test_recorded_sha256s_cover_every_byte(tmp_path):
     for s, path in zip(m["sources"], (shard, lines)):
         raw = path.read_bytes()
         assert (s["size"], s["sha256"]) == (len(raw), hashlib.sha256(raw).hexdigest()), path.name
+
+
+def test_prepared_files_get_the_umask_mode(tmp_path):
+    """The corpus and its manifest are written under a private temporary name and renamed: they
+    end with the mode any new file gets under the umask (readable by the group under 022), not
+    the temporary file's owner-only 0600."""
+    import os
+
+    (tmp_path / "a.txt").write_bytes(b"text")
+    old = os.umask(0o022)
+    try:
+        assert main(["data", "prepare", str(tmp_path / "a.txt"), "--out", str(tmp_path / "c.txt"), "--no-progress"]) == 0
+        os.umask(0o077)
+        assert main(["data", "prepare", str(tmp_path / "a.txt"), "--out", str(tmp_path / "d.txt"), "--no-progress"]) == 0
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name != "a.txt"}
+    assert modes == {"c.txt": 0o644, "c.txt.manifest.json": 0o644, "d.txt": 0o600, "d.txt.manifest.json": 0o600}

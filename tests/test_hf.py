@@ -156,6 +156,18 @@ def test_left_padding_is_refused(exported):
         model(ids, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
 
 
+def test_exported_files_get_the_umask_mode(exported):
+    """Every file of an exported folder has the mode a new file gets under the umask (the weights'
+    writer makes them owner-only): colleagues can load what the umask lets them read."""
+    import os
+
+    from rnnlab.train.durable import new_file_mode
+
+    hf = exported["e1"][1]
+    modes = {f.name: f.stat().st_mode & 0o777 for f in hf.iterdir()}
+    assert "model.safetensors" in modes and modes == dict.fromkeys(modes, new_file_mode())
+
+
 def test_export_user_errors(exported, tmp_path, capsys):
     run, hf = exported["e1"]
     for argv, msg in ((["--run", str(run), "--out", str(hf)], "not an empty directory"),

@@ -37,6 +37,8 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
+from rnnlab.train.durable import new_file_mode
+
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
 READ_SIZE = 1 << 16
@@ -263,6 +265,7 @@ class _AtomicFile:
 
     def __enter__(self):
         fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
+        os.fchmod(fd, new_file_mode())  # mkstemp's file is owner-only; the corpus is for everyone the umask allows
         self.f = os.fdopen(fd, "wb")
         return self.f
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM
 from rnnlab.hf.tokenizer import byte_tokenizer
+from rnnlab.train.durable import new_file_mode
 from rnnlab.train.rundir import RunDir
 
 # For tools that load a folder without importing rnnlab first (lm-eval's plain `lm_eval --model
@@ -44,4 +45,6 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     model.save_pretrained(out)
     byte_tokenizer(cfg.data.seq_len).save_pretrained(out)
     (out / f"{SHIM}.py").write_text(SHIM_CODE)
+    for f in out.iterdir():  # the weights file comes owner-only from its writer; the folder is to share
+        f.chmod(new_file_mode())
     return out

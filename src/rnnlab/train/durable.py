@@ -9,6 +9,8 @@
   a kill mid-way leaves only that trash, which ``clear_temporaries`` removes later.
 - ``interrupts_deferred``: Ctrl-C arriving inside the block takes effect when it ends, so a
   commit and the bookkeeping that records it are never split.
+- ``new_file_mode``: the permissions a new file gets under the process's umask, for files first
+  written under a private temporary name (``mkstemp`` makes them owner-only).
 
 Temporary names start with ``.tmp-`` or ``.trash-`` and carry the writer's pid, so two processes
 never share one; only the holder of a run folder's lock removes them (``clear_temporaries``).
@@ -55,6 +57,13 @@ def write_synced(path: Path, data: str | bytes) -> None:
         f.write(data.encode() if isinstance(data, str) else data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def new_file_mode() -> int:
+    """The mode ``open`` gives a new file under the process's umask (0o644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
