@@ -159,8 +159,6 @@ def test_left_padding_is_refused(exported):
 def test_exported_files_get_the_umask_mode(exported):
     """Every file of an exported folder has the mode a new file gets under the umask (the weights'
     writer makes them owner-only): colleagues can load what the umask lets them read."""
-    import os
-
     from rnnlab.train.durable import new_file_mode
 
     hf = exported["e1"][1]
