@@ -43,8 +43,8 @@ def register(sub) -> None:
                    help="no progress bar: one plain line every --log-every steps instead (the default when "
                         "stderr is not a terminal)")
     p.add_argument("--gpus", type=int, metavar="N",
-                   help="train on N processes (one GPU each): re-launches this command through torchrun "
-                        "(docs/distributed.md)")
+                   help="train on N processes (one GPU each; with --device cpu or no GPU, N CPU processes "
+                        "over gloo): re-launches this command through torchrun (docs/distributed.md)")
     add_config_flags(p)
     p.set_defaults(func=run_train)
 
