@@ -47,6 +47,16 @@ def test_params_cli_target(capsys):
         assert abs(count_params(ModelConfig("e1", d, 20)) - 4e8) >= abs(out["params"] - 4e8)
 
 
+def test_params_cli_says_when_the_target_is_out_of_reach(capsys):
+    """A target the depth cannot come near (the smallest width already has more) is said so."""
+    assert main(["params", "--model", "e1", "--target", "10", "--depth", "2"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("e1 dim=32 depth=2: ") and out.endswith(
+        "(target 10): the nearest this depth allows; another --depth comes closer")
+    assert main(["params", "--model", "e1", "--target", "400M", "--depth", "20"]) == 0
+    assert capsys.readouterr().out.strip().endswith("(target 400,000,000)")
+
+
 def test_solver_matches_seed_search_rule():
     dim, params = solve_dim(ModelConfig("e1", 64, 26), 403_279_360)
     assert (dim, params) == (1760, 403_279_360)
