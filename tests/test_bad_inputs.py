@@ -141,6 +141,8 @@ CASES = [
      "argument --batch-size: must be a positive integer, got '0'"),
     ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),
+    ("eval_data_short", ["eval", "--run", "{run}", "--data", "{file}"],
+     "is shorter than one evaluation window, seq_len+1 = 33 bytes; use a larger file"),
     ("eval_all_damaged", ["eval", "--run", "{damaged}"], "no usable checkpoint in {damaged}/ckpt"),
     ("eval_legacy_truncated_state", ["eval", "--run", "{legacy_truncated}"], "state.pt is damaged ("),
     ("eval_legacy_nan_weights", ["eval", "--run", "{legacy_nan}"], "holds non-finite values in"),

@@ -266,5 +266,5 @@ def test_eval_windows_max_bytes_and_errors(corpus_file):
     s = load_splits(corpus_file[0], val_fraction=0.1)
     wins = torch.cat(list(eval_windows(s.val, 10, 4, max_bytes=101)))
     assert wins.shape == (10, 11)
-    with pytest.raises(ValueError, match=r"split 'val', 5000 bytes\) is shorter than seq_len\+1 = 5001"):
+    with pytest.raises(ValueError, match=r"split 'val', 5000 bytes\) is shorter than one evaluation window, seq_len\+1 = 5001"):
         list(eval_windows(s.val, 5000, 4))
