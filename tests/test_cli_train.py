@@ -180,6 +180,21 @@ def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys
     assert (r["data"], r["bytes"]) == (str(small_corpus), (20000 - 1) // 32 * 32)
 
 
+def test_a_run_trained_with_a_cuda_only_backend_evaluates_on_cpu(tmp_path, capsys, small_corpus):
+    """A run whose config names a CUDA-only layer backend (trained on a GPU with backend=triton)
+    loads on the CPU with backend auto: ``eval`` gives the run's own held-out loss there."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--data", str(small_corpus), "--out", str(run),
+                 "--layer", "backend=naive"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["layer"]["backend"] = "triton"
+    (run / "config.json").write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--device", "cpu", "--json"]) == 0, capsys.readouterr().err
+    r = json.loads(capsys.readouterr().out)
+    assert r["val_loss"] == json.loads((run / "summary.json").read_text())["val_loss"]
+
+
 def test_relative_data_paths_are_resolved_against_the_launch_directory(tmp_path, capsys, monkeypatch, small_corpus):
     """A relative ``--data`` / ``--val-data`` names a file of the working directory at launch;
     config.json records its absolute path, so the run resumes and evaluates from any directory."""

@@ -296,13 +296,18 @@ class RunDir:
         """``(TrainConfig, LM in eval mode, step)``: the run's model with the shipped weights
         (Schedule-Free's x) of its newest usable checkpoint, or with Schedule-Free's training
         point y there (``train_point``), or with ``weights`` (another ``model.safetensors`` of the
-        run, e.g. from ``weight_files``), at the run's precision on ``device``."""
+        run, e.g. from ``weight_files``), at the run's precision on ``device``. A run trained with a
+        CUDA-only layer backend loads with ``auto`` on another device (the same weights and
+        function, its PyTorch reference there)."""
         from rnnlab.train.checkpoint import load_checkpoint, load_train_point_weights, load_weights
         from rnnlab.train.optim import in_order, param_groups
-        from rnnlab.train.runtime import build_model, pick_device
+        from rnnlab.train.runtime import CUDA_ONLY_BACKENDS, build_model, pick_device
 
         cfg = self.config()
-        model = build_model(cfg, pick_device(device))
+        dev = pick_device(device)
+        if dev.type != "cuda" and cfg.model.layer.get("backend") in CUDA_ONLY_BACKENDS:
+            cfg.model.layer = {**cfg.model.layer, "backend": "auto"}
+        model = build_model(cfg, dev)
         if weights is None:
             checkpoint = self.checkpoint()
             step = load_checkpoint(checkpoint, model)["step"]
