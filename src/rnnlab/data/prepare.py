@@ -28,7 +28,6 @@ import io
 import json
 import lzma
 import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,8 +35,6 @@ from pathlib import Path
 
 import zstandard
 from tqdm import tqdm
-
-from rnnlab.train.durable import new_file_mode
 
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
@@ -264,9 +261,10 @@ class _AtomicFile:
         self.path = path
 
     def __enter__(self):
-        fd, self.tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".part")
-        os.fchmod(fd, new_file_mode())  # mkstemp's file is owner-only; the corpus is for everyone the umask allows
-        self.f = os.fdopen(fd, "wb")
+        # a name private to this process, created with the mode any new file gets under the umask
+        # (mkstemp's would be owner-only: the corpus is for whoever the umask lets read it)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.part")
+        self.f = os.fdopen(os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666), "wb")
         return self.f
 
     def __exit__(self, exc_type, exc, tb) -> None:

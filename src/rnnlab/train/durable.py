@@ -9,8 +9,8 @@
   a kill mid-way leaves only that trash, which ``clear_temporaries`` removes later.
 - ``interrupts_deferred``: Ctrl-C arriving inside the block takes effect when it ends, so a
   commit and the bookkeeping that records it are never split.
-- ``new_file_mode``: the permissions a new file gets under the process's umask, for files first
-  written under a private temporary name (``mkstemp`` makes them owner-only).
+- ``new_file_mode``: the permissions a new file gets under the process's umask, for files a
+  library wrote owner-only (the exported weights).
 
 Temporary names start with ``.tmp-`` or ``.trash-`` and carry the writer's pid, so two processes
 never share one; only the holder of a run folder's lock removes them (``clear_temporaries``).
