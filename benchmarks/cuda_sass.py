@@ -1,15 +1,17 @@
 """The SASS of dense E1's persistent CUDA kernel (``rnnlab/ops/elman/persistent.cu``) or of other
-copies of it, compiled here for sm_90 (nvcc; no GPU needed): each kernel's instruction count and,
+copies of it, compiled here for sm_90 or ``--arch`` (nvcc; no GPU needed): each kernel's instruction count and,
 with ``--between``, the count in the stretch from one instruction to another, e.g. from the flag
 spin's L1 invalidation to the ``cp.async`` commit (``CCTL.IVALL LDGDEPBAR``: the state's staging).
 The counts behind docs/kernels.md's "staging by adds"; a local build of the package's source
 matched the SASS Nsight Compute profiled on the H200 instruction for instruction.
 
-    python benchmarks/cuda_sass.py [FILE.cu ...] [--kernel REGEX] [--between FIRST LAST] [--lowrank]
+    python benchmarks/cuda_sass.py [FILE.cu ...] [--kernel REGEX] [--between FIRST LAST] [--lowrank] [--arch sm_90a]
 
 FILE.cu: default the package's ``persistent.cu``; several files print side by side (an earlier
 commit's: ``git show REV:src/rnnlab/ops/elman/persistent.cu > OLD.cu``). ``--kernel``: only kernels
 whose demangled name matches (default: the bf16 ones). ``--lowrank``: the low-rank term's build.
+``--arch``: the target (sm_90a for code that needs Hopper's arch-specific instructions, e.g. the
+multicast bulk copies of branch e1-cluster-multicast).
 Compiles with the extension's flags (``persistent.ext_flags``) and torch's include paths; a CPU
 build of torch lacks one generated CUDA header, ``c10/cuda/impl/cuda_cmake_macros.h``, which an empty
 file stands in for. Needs nvcc and cuobjdump (Triton ships one); about 2 minutes a file.
@@ -26,7 +28,7 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-ARCH = "sm_90"
+ARCH = "sm_90"  # the default target
 _INSTRUCTION = re.compile(r"^\s*/\*[0-9a-f]{4,}\*/\s*(.*?)\s*;")
 
 
@@ -93,9 +95,9 @@ def short_name(demangled: str) -> str:
     return re.sub(r"^void |\(anonymous namespace\)::", "", name)
 
 
-def compile_sass(source: Path, lowrank: bool = False) -> str:
-    """``cuobjdump -sass`` of ``source`` compiled for sm_90 with the extension's own flags (not torch's
-    default nvcc flags, which did not change the SASS of this kernel)."""
+def compile_sass(source: Path, lowrank: bool = False, arch: str = ARCH) -> str:
+    """``cuobjdump -sass`` of ``source`` compiled for ``arch`` with the extension's own flags (not
+    torch's default nvcc flags, which did not change the SASS of this kernel)."""
     import torch.utils.cpp_extension as ext
 
     from rnnlab.ops.elman import persistent
@@ -108,7 +110,7 @@ def compile_sass(source: Path, lowrank: bool = False) -> str:
             (Path(tmp) / header).write_text("#pragma once\n")
             includes.append(tmp)
         obj = Path(tmp) / "kernel.o"
-        cmd = [tool("nvcc"), *persistent.ext_flags(lowrank), f"-arch={ARCH}", "-DTORCH_EXTENSION_NAME=sass", *(f"-I{p}" for p in includes),
+        cmd = [tool("nvcc"), *persistent.ext_flags(lowrank), f"-arch={arch}", "-DTORCH_EXTENSION_NAME=sass", *(f"-I{p}" for p in includes),
                "-c", str(source), "-o", str(obj)]
         built = subprocess.run(cmd, capture_output=True, text=True)
         if built.returncode != 0:
@@ -145,8 +147,11 @@ def main(argv=None) -> None:
     p.add_argument("--between", nargs=2, metavar=("FIRST", "LAST"), default=None,
                    help="also count the instructions from the first containing FIRST to the next containing LAST")
     p.add_argument("--lowrank", action="store_true", help="the low-rank term's build (-DRNNLAB_LOWRANK)")
+    p.add_argument("--arch", default=ARCH, help=f"the target, e.g. sm_90a (default {ARCH})")
     args = p.parse_args(argv)
     try:
+        if not re.fullmatch(r"sm_\d+[af]?", args.arch):
+            raise ValueError(f"--arch {args.arch!r} is not a GPU target like sm_90 or sm_90a")
         try:
             kernel = re.compile(args.kernel)
         except re.error as e:
@@ -158,7 +163,7 @@ def main(argv=None) -> None:
             raise ValueError("a file is named twice")
         counts = {}
         for f in args.files:
-            per = functions(compile_sass(f, args.lowrank))
+            per = functions(compile_sass(f, args.lowrank, args.arch))
             names = demangle(list(per))
             key = f.name if [x.name for x in args.files].count(f.name) == 1 else str(f)
             counts[key] = {short_name(names[m]): (len(ins), between(ins, *args.between) if args.between else None)

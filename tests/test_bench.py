@@ -1573,7 +1573,9 @@ def test_cuda_sass_reads_kernels_and_stretches_and_refuses_bad_input(tmp_path, c
     """benchmarks/cuda_sass.py: each kernel's instructions from cuobjdump's SASS (addresses and
     encodings left out, predicates kept), the stretch from one instruction to the next one named,
     a table of kernels by file; a file that is no CUDA source, or a missing nvcc, stops it in one
-    line, exit 2."""
+    line, exit 2; ``--arch`` reaches nvcc."""
+    import subprocess
+
     cs = _benchmark_script("cuda_sass")
     kernels = cs.functions(CUOBJDUMP)
     assert kernels == {"_Z4spinPj": ["LDC R1, c[0x0][0x28]", "CCTL.IVALL", "@!P0 BRA 0x10", "LDGDEPBAR", "EXIT"],
@@ -1590,13 +1592,24 @@ def test_cuda_sass_reads_kernels_and_stretches_and_refuses_bad_input(tmp_path, c
     for argv, why in (([str(tmp_path / "kernel.py")], "needs an existing CUDA file"),
                       ([str(tmp_path / "missing.cu")], "needs an existing CUDA file"),
                       ([str(tmp_path / "twice.cu"), str(tmp_path / "." / "twice.cu")], "a file is named twice"),
-                      ([str(tmp_path / "twice.cu"), "--kernel", "("], "is not a regular expression")):
+                      ([str(tmp_path / "twice.cu"), "--kernel", "("], "is not a regular expression"),
+                      ([str(tmp_path / "twice.cu"), "--arch", "90a"], "is not a GPU target like sm_90")):
         with pytest.raises(SystemExit) as stop:
             cs.main(argv)
         err = capsys.readouterr().err.strip()
         assert stop.value.code == 2 and "\n" not in err and why in err
     source = tmp_path / "kernel.cu"
     source.write_text("__global__ void k() {}\n")
+    commands = []
+
+    def fake_run(cmd, **kw):  # nvcc, then cuobjdump: the target reaches nvcc
+        commands.append(cmd)
+        return subprocess.CompletedProcess(cmd, 0, stdout=CUOBJDUMP, stderr="")
+
+    monkeypatch.setattr(cs.shutil, "which", lambda name: f"/bin/{name}")
+    monkeypatch.setattr(cs.subprocess, "run", fake_run)
+    assert cs.compile_sass(source, arch="sm_90a") == CUOBJDUMP
+    assert "-arch=sm_90a" in commands[0] and commands[1][1:] == ["-sass", commands[0][commands[0].index("-o") + 1]]
     monkeypatch.setattr(cs.shutil, "which", lambda name: None)
     with pytest.raises(SystemExit) as stop:
         cs.main([str(source)])
