@@ -38,6 +38,9 @@ from rnnlab.options import check, check_value, positive
 
 State = tuple[Any, ...]
 OFFICIAL_BACKENDS = ("auto", "official", "reference")  # of a layer with an official implementation
+# the backends that run only on CUDA tensors: an op's GPU kernel (rnnlab.ops.registry's "triton")
+# and a layer's official implementation (resolve_official)
+CUDA_ONLY_BACKENDS = ("triton", "official")
 
 
 def check_options(cfg: Any) -> None:

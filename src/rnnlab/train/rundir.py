@@ -301,11 +301,11 @@ class RunDir:
         function, its PyTorch reference there)."""
         from rnnlab.train.checkpoint import load_checkpoint, load_train_point_weights, load_weights
         from rnnlab.train.optim import in_order, param_groups
-        from rnnlab.train.runtime import CUDA_ONLY_BACKENDS, build_model, pick_device
+        from rnnlab.train.runtime import build_model, cuda_only_backend, pick_device
 
         cfg = self.config()
         dev = pick_device(device)
-        if dev.type != "cuda" and cfg.model.layer.get("backend") in CUDA_ONLY_BACKENDS:
+        if cuda_only_backend(cfg, dev):
             cfg.model.layer = {**cfg.model.layer, "backend": "auto"}
         model = build_model(cfg, dev)
         if weights is None:

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rnnlab.eval.bpb import evaluate
+from rnnlab.layers.base import CUDA_ONLY_BACKENDS
 from rnnlab.models.lm import LM
 from rnnlab.models.registry import get_spec
 from rnnlab.ops.dtypes import param_dtype
@@ -99,15 +100,18 @@ def check_memory(cfg, params: int, device: torch.device) -> None:
         f"raise --grad-accum")
 
 
-CUDA_ONLY_BACKENDS = ("triton", "official")  # layer backends that run only on CUDA tensors
+def cuda_only_backend(cfg, device: torch.device) -> str | None:
+    """The run's layer backend when it runs only on CUDA and ``device`` is another, else None."""
+    backend = cfg.model.layer.get("backend")
+    return backend if backend in CUDA_ONLY_BACKENDS and device.type != "cuda" else None
 
 
 def check_trainable(cfg, device: torch.device) -> None:
     """Refuse a model whose kernels refuse to train on ``device``, or a layer backend chosen that
     runs only on CUDA (one line naming the cause and the fix), before the run folder is touched
     rather than at the first step."""
-    backend = cfg.model.layer.get("backend")
-    if backend in CUDA_ONLY_BACKENDS and device.type != "cuda":
+    backend = cuda_only_backend(cfg, device)
+    if backend:
         raise ValueError(f"{cfg.model.model} layer option backend={backend} runs only on CUDA; this run's device "
                          f"is {device} (use backend=auto, which runs the PyTorch reference there)")
     reason = get_spec(cfg.model.model).training_blocker(device)
