@@ -102,7 +102,7 @@ fi
 # env.json (RNNLAB_GIT_COMMIT). Only the code counts (uncommitted results or docs, e.g. run folders
 # brought back from the last call, change no measurement); uncommitted or untracked code (it travels
 # too) is recorded as HEAD-dirty, with the files named in .gpu/dirty.
-code=(src tests benchmarks scripts pyproject.toml)
+read -ra code <<< "$(bash benchmarks/staged_commit.sh --paths)"
 git ls-files -z --cached --others --exclude-standard | xargs -0 sha1sum > .gpu/tree.sha1
 dirty=$(git status --porcelain -- "${code[@]}")
 if [ -z "$dirty" ]; then

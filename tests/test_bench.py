@@ -1007,7 +1007,10 @@ def test_staged_commit_counts_only_the_code(tmp_path):
     assert staged() == ("734304d28a54", "")
     (tmp_path / "results" / "suite.json").write_text('{"runs": []}')  # results only: still the commit
     (tmp_path / "results" / "new.md").write_text("a run")
+    (tmp_path / "pyprojectXtoml").write_text("not pyproject.toml")  # the code's paths match exactly
     assert staged() == ("734304d28a54", "")
+    paths = subprocess.run(["bash", str(script), "--paths"], capture_output=True, text=True, check=True).stdout
+    assert paths.split() == ["src", "tests", "benchmarks", "scripts", "pyproject.toml"]
     (tmp_path / "src" / "b.py").write_text("y = 2\n")
     out, err = staged()
     assert out == "" and "code added" in err and "src/b.py" in err and len(err.splitlines()) == 1
