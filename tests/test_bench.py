@@ -1089,6 +1089,53 @@ def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
     assert [r["x_mamba2_best"] for r in steps] == [1.0, 1.0, 2.0, 2.3]
 
 
+def test_bench_models_tolerance_grows_with_the_rounding_twin(capsys):
+    """A mode counts as training like the first mode within LOSS_TOL, or within TWIN_FACTOR times
+    the first mode's rounding twin's loss difference when that is larger; the table names both."""
+    bm = _benchmark_script("bench_models")
+
+    def row(name, mode, losses, tok_per_s, **extra):
+        return dict(name=name, mode=mode, params=10, B=32, tok_per_s=tok_per_s, losses=losses, step_ms=1.0,
+                    host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0, **extra)
+
+    stray = 5.0 + bm.LOSS_TOL + 0.003  # just past the fixed tolerance, like E1 low-rank's compiled 0.053
+    wide = [row("A", "eager", [5.0, 5.0], 1, twin_losses=[5.0, 5.04]), row("A", "default", [5.0, stray], 2)]
+    narrow = [row("B", "eager", [5.0, 5.0], 1, twin_losses=[5.0, 5.01]), row("B", "default", [5.0, stray], 2)]
+    alone = [row("C", "eager", [5.0, 5.0], 1), row("C", "default", [5.0, stray], 2)]
+    rows = wide + narrow + alone
+    bm.annotate(rows, peak=989.0)
+    assert [r["correct"] for r in rows] == [True, True, True, False, True, False]
+    assert [r["fastest"] for r in rows] == [False, True, True, False, True, False]
+    assert (wide[0]["max_dloss_twin"], wide[1]["loss_tol"], narrow[1]["loss_tol"]) == (0.04, 0.08, bm.LOSS_TOL)
+    bm.print_table(dict(device="GPU", date="today", torch="2", triton="3", mamba_ssm=None, causal_conv1d=None,
+                        mamba2_fused_path=False, git_commit="abc"), rows)
+    out = capsys.readouterr().out
+    assert "A (B=32): rounding twin's dloss 0.0400, tolerance 0.0800" in out
+    assert "B (B=32): rounding twin's dloss 0.0100, tolerance 0.0500" in out
+
+
+def test_bench_models_rounding_twin_moves_each_weight_one_bf16_step():
+    """round_weights_apart: every nonzero bf16 weight moves up or down (both happen) by one or two
+    bf16 steps, zeros stay, and the same seed moves them the same way."""
+    bm = _benchmark_script("bench_models")
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    with torch.no_grad():
+        model.bias[:4] = 0
+    before = [p.detach().clone() for p in model.parameters()]
+    bm.round_weights_apart(model)
+    for old, new in zip(before, model.parameters()):
+        moved = new.float() / old.float().where(old != 0, torch.ones_like(old.float())) - 1
+        nonzero = old != 0
+        assert (new[~nonzero] == 0).all()
+        assert (moved[nonzero].abs() >= bm.TWIN_STEP / 2).all() and (moved[nonzero].abs() <= 3 * bm.TWIN_STEP).all()
+        assert (moved[nonzero] > 0).any() and (moved[nonzero] < 0).any()
+    again = torch.nn.Linear(64, 32).to(torch.bfloat16)
+    again.load_state_dict({k: v.clone() for k, v in zip(("weight", "bias"), before)})
+    bm.round_weights_apart(again)
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), model.parameters()))
+
+
 def test_bench_models_sets_each_fused_step_row_beside_schedulefrees(capsys):
     """--sf-step fused foreach: each fused row (the plain name) gets its loss difference from and
     tok/s ratio to the same model, mode and batch under schedulefree's step; rows without a twin
@@ -1623,7 +1670,8 @@ def test_cuda_sass_reads_kernels_and_stretches_and_refuses_bad_input(tmp_path, c
 def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_path, capsys):
     """bench_models.py --scan-against FILE: a twin row for each minGRU / minLSTM row (with FILE's
     kernels in place while it trains, the package's back after), none for the other models; a
-    file that is no scan module is refused in one line."""
+    file that is no scan module is refused in one line. A model run in several modes gets one
+    rounding twin of its first mode, run last."""
     from rnnlab.ops.scan import MINGRU_SCAN
     from rnnlab.ops.scan import triton as stri
 
@@ -1632,8 +1680,8 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     copy.write_text(Path(stri.__file__).read_text())
     seen = []
 
-    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed):
-        seen.append((name, MINGRU_SCAN.kernel.get().__file__ == str(copy)))
+    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed, twin=False):
+        seen.append((name, MINGRU_SCAN.kernel.get().__file__ == str(copy)) + (("twin", mode),) * twin)
         return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
                     step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
@@ -1642,6 +1690,9 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     bm.main(["--only", "minGRU", "E16", "--compile", "off", "--scan-against", str(copy)])
     assert seen == [("minGRU 3520x16", False), ("minGRU 3520x16 [--scan-against]", True), ("E16 s4 1024x10 e2", False)]
     assert MINGRU_SCAN.kernel.get() is stri
+    seen.clear()
+    bm.main(["--only", "E16", "--compile", "off", "default"])
+    assert seen == [("E16 s4 1024x10 e2", False)] * 2 + [("E16 s4 1024x10 e2", False, ("twin", bm.OFF))]
     with pytest.raises(SystemExit) as stop:
         bm.main(["--only", "minGRU", "--scan-against", str(tmp_path / "missing.py")])
     assert stop.value.code == 2 and capsys.readouterr().err.strip().startswith("bench_models.py: --scan-against")
