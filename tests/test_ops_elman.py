@@ -141,6 +141,9 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, t
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert name(b"kernel A", ["-O3"]) != base
     monkeypatch.undo()
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "an arch list of its own")  # e.g. 9.0a: the cluster path's build
+    assert name(b"kernel A", ["-O3"]) != base
+    monkeypatch.undo()
     calls = []
     monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: calls.append(kw) or "ext")
     persistent._ext.cache_clear()

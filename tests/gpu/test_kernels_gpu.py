@@ -320,6 +320,69 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) for _, plan, _, _ in calls)
 
 
+# (B, T, H): E1 d26's width (clusters of 5 at 55 column blocks, two batch groups), and an odd one
+# (7 column blocks in one cluster, H not a multiple of 16: the last slice is 24 columns)
+CLUSTER_CASES = [(32, 48, 1760), (3, 20, 200)]
+
+
+@pytest.mark.parametrize("case", CLUSTER_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_dense_persistent_stages_through_clusters(case, with_h0, monkeypatch):
+    """The persistent kernel's cluster path (an sm_90a build: TORCH_CUDA_ARCH_LIST=9.0a; thread-block
+    clusters, each CTA staging a slice of the state into its whole cluster by multicast bulk copies)
+    at the package's plan: it ran in clusters, its states and gradients equal bit for bit those of
+    the same plan without clusters (``max_cluster=1``), and it matches the float64 reference."""
+    import dataclasses
+
+    from rnnlab.ops.elman import naive, persistent
+    from rnnlab.ops.elman import triton as et
+
+    if not persistent.multicast_available():
+        pytest.skip("the loaded build has no cluster path (build it with TORCH_CUDA_ARCH_LIST=9.0a)")
+    dtype = torch.bfloat16
+    make_plan = persistent.make_plan
+    sizes = []  # each launch's cluster size, read right after it
+    for name in ("forward", "backward"):
+        def wrapped(*args, fn=getattr(persistent, name)):
+            out = fn(*args)
+            sizes.append(persistent.last_cluster_size())
+            return out
+        monkeypatch.setattr(persistent, name, wrapped)
+
+    def with_max_cluster(max_cluster):
+        def plan(*args, **kwargs):
+            p = make_plan(*args, **kwargs)
+            return None if p is None else dataclasses.replace(p, max_cluster=max_cluster)
+        monkeypatch.setattr(persistent, "make_plan", plan)
+
+    B, T, H = case
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 13)
+    wx = torch.randn(B, T, H)
+    w = torch.randn(H, H) * (0.9 / H**0.5)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    g = torch.randn(B, T, H).to(DEV, dtype)
+
+    def run():
+        inputs = [None if x is None else x.to(DEV, dtype).requires_grad_() for x in (wx, w, h0)]
+        y, y_last = et.elman_scan(*inputs)
+        return [y, y_last, *torch.autograd.grad(y, [x for x in inputs if x is not None], g)]
+
+    clustered = run()  # the package's plan: max_cluster = 8
+    assert len(sizes) == 2 and min(sizes) > 1, sizes
+    print(f"elman_dense_persistent{case} h0={with_h0}: clusters of {sizes}")
+    with_max_cluster(1)
+    sizes.clear()
+    plain = run()
+    assert sizes == [1, 1]
+    for name, a, b in zip(("h", "h_T", "d wx", "d W", "d h0"), clustered, plain):
+        assert torch.equal(a, b), f"{name}: the cluster path differs from the plain one"
+    monkeypatch.setattr(persistent, "make_plan", make_plan)
+    sizes.clear()
+    _check_op(f"elman_dense_persistent_clusters{case}", lambda x, w, h: et.elman_scan(x, w, h),
+              naive.elman_scan, [wx, w, h0], dtype)
+    assert len(sizes) == 2 and min(sizes) > 1, sizes
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("case", PERSISTENT_CASES)
 @pytest.mark.parametrize("with_h0", [False, True])

@@ -22,8 +22,14 @@
 // part of the [RB x H] x [H x NC] product on tensor cores (wmma, bf16/fp16 in, fp32 accumulate);
 // the block sums the warps' partials, applies the epilogue (its operands were prefetched during
 // the previous step), stores its columns and raises its flag.
-// Spinning on flags needs every block resident: cudaLaunchCooperativeKernel guarantees that for
-// the grid (one block per SM) or refuses the launch.
+// Spinning on flags needs every block resident: a cooperative launch guarantees that for the grid
+// (one block per SM) or refuses the launch.
+// Cluster path (sm_90a builds, one pass over the batch; kernel argument cl > 1): the column blocks
+// of a batch group run in clusters of cl CTAs; CTA k waits for the producers of the k-th slice of
+// the state's K tiles and copies it (one bulk copy a row, multicast) into every CTA's hs, counted
+// on each CTA's mbarrier; all warps wait for the whole state, then multiply as above. A cluster
+// barrier a step keeps a CTA from overwriting a peer's hs before the peer's MMAs are done with it.
+// One L2 read of the state feeds cl SMs; the arithmetic (and so every output bit) is unchanged.
 // Loaded by rnnlab/ops/elman/persistent.py via torch's extension loader.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAStream.h>
@@ -31,6 +37,12 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 namespace {
 using namespace nvcuda;
@@ -52,6 +64,122 @@ __device__ __forceinline__ unsigned ld_acquire(const unsigned* p) {
 
 __device__ __forceinline__ void st_release(unsigned* p, unsigned v) {
   asm volatile("st.release.gpu.global.u32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+}
+
+// Thread-block clusters (sm_90a builds only: the multicast bulk copy is an arch-specific
+// instruction). RNNLAB_MULTICAST is 1 in the device pass of such a build; kMulticastBuilt tells the
+// host which code was loaded. Elsewhere the helpers trap (never reached: the host keeps cl = 1).
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define RNNLAB_MULTICAST 1
+#else
+#define RNNLAB_MULTICAST 0
+#endif
+__device__ int kMulticastBuilt = RNNLAB_MULTICAST;
+
+__device__ __forceinline__ unsigned cluster_ctarank() {
+  unsigned r = 0;
+#if RNNLAB_MULTICAST
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#else
+  __trap();
+#endif
+  return r;
+}
+
+// barrier.cluster: every thread of every CTA of the cluster, warps converged (.aligned)
+__device__ __forceinline__ void cluster_arrive_release() {
+#if RNNLAB_MULTICAST
+  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void cluster_arrive_relaxed() {
+#if RNNLAB_MULTICAST
+  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void cluster_wait() {  // acquire (the default)
+#if RNNLAB_MULTICAST
+  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// the CTA's mbarrier (a shared-space byte address): arrival count 1, visible to the cluster's
+// async proxy once the cluster barrier after it completes
+__device__ __forceinline__ void mbar_init(unsigned bar) {
+#if RNNLAB_MULTICAST
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// the one arrival of a phase, expecting `bytes` of bulk copies (which may land before it)
+__device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
+#if RNNLAB_MULTICAST
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#else
+  __trap();
+#endif
+}
+
+// until the phase of parity `parity` has completed (acquire: the copies' bytes are visible)
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+#if RNNLAB_MULTICAST
+  unsigned done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+#else
+  __trap();
+#endif
+}
+
+// orders generic-proxy accesses before this thread's later async-proxy (bulk copy) ones, in global
+// memory (the producers' stores of the state, seen through the flags' acquire) or in this CTA's
+// shared memory (its zeroing of hs, before the peers' copies into it)
+__device__ __forceinline__ void fence_proxy_async_global() {
+#if RNNLAB_MULTICAST
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+__device__ __forceinline__ void fence_proxy_async_shared() {
+#if RNNLAB_MULTICAST
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#else
+  __trap();
+#endif
+}
+
+// `bytes` (a multiple of 16; both addresses 16-byte aligned) from global `src` to the shared
+// offset `dst` in every CTA of the cluster in `mask`, completing them on the mbarrier at offset
+// `bar` of each
+__device__ __forceinline__ void multicast_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar,
+                                               unsigned short mask) {
+#if RNNLAB_MULTICAST
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], "
+      "%4;\n" ::"r"(dst),
+      "l"(src), "r"(bytes), "r"(bar), "h"(mask)
+      : "memory");
+#else
+  __trap();
+#endif
 }
 
 // flags[p] = number of steps block p has completed (zeroed by the host before each launch).
@@ -86,12 +214,20 @@ __host__ __device__ __forceinline__ int padded(int H) { return (H + 15) / 16 * 1
 enum Epilogue { kPlain, kDecay, kLowRank };
 constexpr int LR = 16;  // the low-rank term's padded rank: one MMA tile wide
 
+// Shared memory: ws, hs, part (and kLowRank's lpart, lsum), then the cluster path's mbarrier
+// (8 bytes, 8-byte aligned; unused with cl = 1), at this offset.
 template <typename T, int WARPS, int NC, int RB, int EPI>
-size_t smem_bytes(int H) {
+__host__ __device__ size_t mbar_offset(int H) {
   const int ld = padded(H) + PAD;
   const size_t lowrank = EPI == kLowRank ? static_cast<size_t>(WARPS + 1) * RB * LR * sizeof(float) : 0;
-  return static_cast<size_t>(NC + RB) * ld * sizeof(T) + static_cast<size_t>(WARPS) * RB * NC * sizeof(float) +
-         lowrank;
+  const size_t end = static_cast<size_t>(NC + RB) * ld * sizeof(T) +
+                     static_cast<size_t>(WARPS) * RB * NC * sizeof(float) + lowrank;
+  return (end + 7) / 8 * 8;
+}
+
+template <typename T, int WARPS, int NC, int RB, int EPI>
+size_t smem_bytes(int H) {
+  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + sizeof(unsigned long long);
 }
 
 // Block (x, y) computes columns [NC*x, NC*x + NC) for batch rows y*RB + k*gridDim.y*RB + [0, RB).
@@ -99,6 +235,10 @@ size_t smem_bytes(int H) {
 // m: [H, H] row-major (W or W^T); x0: the state before the first step ([B, H], forward h0) or
 // nullptr for zeros; out: [B, T, H], the states (forward h; backward dpre, or q with kDecay);
 // out2: backward with kDecay, dpre (else unused); flags: [gridDim.y][gridDim.x] step counters.
+// cl: the cluster size along x (1: no cluster, each warp stages its own K columns; > 1: launched
+// in clusters of cl CTAs, sm_90a builds only, one pass over the batch: B <= gridDim.y * RB), where
+// CTA k of a cluster stages the k-th slice of the state's K tiles into every CTA of the cluster
+// with multicast bulk copies.
 // kLowRank only: lr_in [Hp, LR] the state-side matrix (forward V, backward U), lr_out [H, LR] the
 // other (forward U, backward V), both zero-padded; lr_s [B, T, R] fp32, s (the backward reads s_{t+1}).
 template <typename T, int WARPS, int NC, int RB, bool BWD, int EPI>
@@ -106,7 +246,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1)
 elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __restrict__ e3,
                  const T* __restrict__ m, const T* __restrict__ x0, T* out, T* out2, unsigned* flags,
                  const T* __restrict__ lr_in, const T* __restrict__ lr_out, const float* __restrict__ lr_s, int R,
-                 int B, int Tn, int H) {
+                 int B, int Tn, int H, int cl) {
   constexpr bool DECAY = EPI == kDecay, LOWRANK = EPI == kLowRank;
   constexpr int THREADS = WARPS * 32, MT = RB / 16, NT = NC / 16;
   constexpr int EPT = (RB * NC + THREADS - 1) / THREADS;  // epilogue elements per thread and pass
@@ -147,6 +287,31 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
   }
   for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero
   __syncthreads();
+
+  // The cluster path (cl > 1): this CTA stages the state's columns [sk0, sk1) (K tiles
+  // [ka, kb): the cluster's CTAs split the K tiles; the last slice ends at H, so every row's copy
+  // is a multiple of 16 bytes) of its producers sp0..sp1 into every CTA of the cluster; each
+  // CTA's mbarrier counts the whole state's bytes a step. A cluster barrier a step keeps a CTA from
+  // overwriting a peer's hs that the peer's MMAs still read.
+  const bool clustered = RNNLAB_MULTICAST && cl > 1;
+  if (cl > 1 && (!RNNLAB_MULTICAST || B > bstep)) __trap();  // no such build, or two passes
+  const unsigned bar =
+      static_cast<unsigned>(__cvta_generic_to_shared(smem_raw + mbar_offset<T, WARPS, NC, RB, EPI>(H)));
+  const unsigned hs_base = static_cast<unsigned>(__cvta_generic_to_shared(hs));
+  unsigned phase = 0;  // parity of the mbarrier's current phase
+  int sk0 = 0, sk1 = 0, sp0 = 0, sp1 = -1;
+  if (clustered) {
+    const int rank = static_cast<int>(cluster_ctarank());
+    const int ka = rank * KT / cl, kb = (rank + 1) * KT / cl;
+    sk0 = ka * 16;
+    sk1 = min(H, kb * 16);
+    sp0 = ka / NT;
+    sp1 = (kb - 1) / NT;
+    if (threadIdx.x == 0) mbar_init(bar);
+    fence_proxy_async_shared();  // the zeros of hs before the peers' bulk copies into it
+    cluster_arrive_release();    // every peer's mbarrier initialised before any copy
+    cluster_wait();
+  }
 
   // kLowRank: the thread's epilogue columns' rows of lr_out, in registers for all T (a thread's
   // columns are the same in every pass)
@@ -204,7 +369,23 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
         for (int j = 0; j < NT; ++j) wmma::fill_fragment(acc[i][j], 0.f);
         if constexpr (LOWRANK) wmma::fill_fragment(lacc[i], 0.f);
       }
-      if (src != nullptr && kt1 > kt0) {
+      if (clustered) {
+        if (s > 0) cluster_wait();  // the peers' MMAs of the previous step are done with their hs
+        if (src != nullptr) {
+          if (threadIdx.x == 0) mbar_arrive_expect_tx(bar, static_cast<unsigned>(nb * H * sizeof(T)));
+          if (warp == 0) {
+            if (s > 0) wait_producers(myflags, sp0, sp1, s, lane);
+            fence_proxy_async_global();  // the producers' generic stores before the async-proxy reads
+            const unsigned bytes = static_cast<unsigned>((sk1 - sk0) * sizeof(T));
+            const unsigned short mask = static_cast<unsigned short>((1u << cl) - 1);
+            for (int r = lane; r < nb; r += 32)
+              multicast_copy(hs_base + static_cast<unsigned>((r * ld + sk0) * sizeof(T)),
+                             src + static_cast<long>(b0 + r) * stride + sk0, bytes, bar, mask);
+          }
+          mbar_wait(bar, phase);  // every CTA's slice has landed in this CTA's hs
+          phase ^= 1;
+        }
+      } else if (src != nullptr && kt1 > kt0) {
         // K tile kt is produced by column block kt / NT: wait for exactly the ones this warp reads
         if (s > 0 && b0 == first_b0) wait_producers(myflags, kt0 / NT, (kt1 - 1) / NT, s, lane);
         // each warp stages (and later reads) only its own K columns: no block-wide sync needed
@@ -226,6 +407,8 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
         }
         cp_async_wait_all();
         __syncwarp();
+      }
+      if (src != nullptr && kt1 > kt0) {
 #pragma unroll 2
         for (int kt = kt0; kt < kt1; ++kt) {
           wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];
@@ -254,6 +437,8 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
           wmma::store_matrix_sync(lpart + (warp * RB + i * 16) * LR, lacc[i], LR, wmma::mem_row_major);
       }
       __syncthreads();
+      // the MMAs have consumed hs (relaxed: their shared loads completed before the barrier above)
+      if (clustered) cluster_arrive_relaxed();
       if constexpr (LOWRANK) {  // the block's (state @ lr_in) * s, [RB x LR]
 #pragma unroll
         for (int e = 0; e < SPT; ++e) {
@@ -299,6 +484,9 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
       else if (s + 1 < Tn) prefetch(BWD ? t - 1 : t + 1, first_b0);
     }
   }
+  // the last step's arrival: no CTA exits while its copies into a peer (or a peer's into it) may be
+  // in flight (a peer arrives only after its mbarrier counted every byte)
+  if (clustered && first_b0 < B) cluster_wait();
 }
 
 // The operands of one launch beyond the state's: what the kernel's e2, e3, out2 and lr_* take.
@@ -314,15 +502,97 @@ struct Extras {
 template <typename T>
 const T* ptr(const torch::Tensor* t) { return t ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr; }
 
+// Whether the code loaded on device `dev` (the current one) was built with the multicast path
+// (sm_90a): read once per device from kMulticastBuilt, then cached. The first read is a
+// synchronous copy, so it is made before any launch (capacity, multicast_available), never while a
+// stream of this thread captures a graph.
+bool multicast_built(int dev) {
+  static std::mutex mu;
+  static std::map<int, bool> built;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = built.find(dev);
+  if (it != built.end()) return it->second;
+  int v = 0;
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(&v, kMulticastBuilt, sizeof(int)));
+  return built[dev] = v != 0;
+}
+
+bool multicast_available() {
+  int dev;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  return multicast_built(dev);
+}
+
+std::atomic<int> last_cluster{0};  // the cluster size of the last launch (0: none yet)
+
+int64_t last_cluster_size() { return last_cluster.load(); }
+
+// The cluster size of a launch: the largest cl of max_cluster..2 (at most 8, the portable limit)
+// dividing grid.x whose clusters can all be resident at once (the cooperative launch needs every
+// block resident); 1 when none. Cached per (device, kernel, grid, shared memory, max_cluster); a
+// cluster launch that failed once (launch_failed) is never tried again for that key.
+struct ClusterKey {
+  int dev;
+  const void* kernel;
+  unsigned gx, gy;
+  size_t smem;
+  int max_cluster;
+  bool operator<(const ClusterKey& o) const {
+    return std::tie(dev, kernel, gx, gy, smem, max_cluster) < std::tie(o.dev, o.kernel, o.gx, o.gy, o.smem, o.max_cluster);
+  }
+};
+std::mutex cluster_mu;
+std::map<ClusterKey, int> cluster_sizes;
+
+template <typename K>
+int cluster_size(const ClusterKey& key, K kernel, dim3 grid, dim3 block, size_t smem) {
+  std::lock_guard<std::mutex> lock(cluster_mu);
+  auto it = cluster_sizes.find(key);
+  if (it != cluster_sizes.end()) return it->second;
+  int cl = 1;
+  for (int c = std::min(8, key.max_cluster); c >= 2 && cl == 1; --c) {
+    if (grid.x % c != 0) continue;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = c;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess) {
+      (void)cudaGetLastError();  // not launchable in clusters of c: try the next size
+      continue;
+    }
+    if (static_cast<long>(clusters) * c >= static_cast<long>(grid.x) * grid.y) cl = c;
+  }
+  return cluster_sizes[key] = cl;
+}
+
+void cluster_launch_failed(const ClusterKey& key) {
+  std::lock_guard<std::mutex> lock(cluster_mu);
+  cluster_sizes[key] = 1;
+}
+
 template <typename T, int WARPS, int NC, int RB, bool BWD, int EPI>
 void launch(const torch::Tensor& e1, const torch::Tensor& m, const torch::Tensor* x0, torch::Tensor& out,
-            const Extras& x, int groups) {
+            const Extras& x, int groups, int max_cluster) {
   const int B = e1.size(0), Tn = e1.size(1), H = e1.size(2);
   const int R = x.lr_s ? x.lr_s->size(2) : 0;
   auto kernel = elman_persistent<T, WARPS, NC, RB, BWD, EPI>;
   const size_t smem = smem_bytes<T, WARPS, NC, RB, EPI>(H);
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid((H + NC - 1) / NC, groups), block(WARPS * 32);
+  int dev;
+  C10_CUDA_CHECK(cudaGetDevice(&dev));
+  // clusters only where one pass covers the batch and the loaded code has the multicast path
+  const ClusterKey key{dev, reinterpret_cast<const void*>(kernel), grid.x, grid.y, smem, max_cluster};
+  int cl = max_cluster > 1 && B <= groups * RB && multicast_built(dev) ? cluster_size(key, kernel, grid, block, smem)
+                                                                       : 1;
   auto flags = torch::zeros({static_cast<long>(grid.x * grid.y)}, e1.options().dtype(torch::kInt32));
   const T* pe1 = ptr<T>(&e1);
   const T* pe2 = ptr<T>(x.e2);
@@ -336,9 +606,34 @@ void launch(const torch::Tensor& e1, const torch::Tensor& m, const torch::Tensor
   const T* plout = ptr<T>(x.lr_out);
   const float* ps = x.lr_s ? x.lr_s->data_ptr<float>() : nullptr;
   void* args[] = {&pe1, &pe2, &pe3, &pm, &px0, &pout, &pout2, &pf, &plin, &plout, &ps, (void*)&R,
-                  (void*)&B, (void*)&Tn, (void*)&H};
-  C10_CUDA_CHECK(cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), grid, block, args, smem,
-                                             c10::cuda::getCurrentCUDAStream()));
+                  (void*)&B, (void*)&Tn, (void*)&H, &cl};
+  // cooperative (every block resident: the flag spinning needs it), in clusters of cl when cl > 1
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = c10::cuda::getCurrentCUDAStream();
+  cudaLaunchAttribute attrs[2];
+  attrs[0].id = cudaLaunchAttributeCooperative;
+  attrs[0].val.cooperative = 1;
+  attrs[1].id = cudaLaunchAttributeClusterDimension;
+  attrs[1].val.clusterDim.x = cl;
+  attrs[1].val.clusterDim.y = 1;
+  attrs[1].val.clusterDim.z = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = cl > 1 ? 2 : 1;
+  cudaError_t err = cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args);
+  if (err != cudaSuccess && cl > 1) {  // the driver refused the cluster launch: the plain one, from now on
+    (void)cudaGetLastError();
+    TORCH_WARN_ONCE("persistent Elman kernel: the cluster launch (", cl, " CTAs) failed (",
+                    cudaGetErrorString(err), "); launching without clusters");
+    cluster_launch_failed(key);
+    cl = 1;
+    cfg.numAttrs = 1;
+    err = cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args);
+  }
+  C10_CUDA_CHECK(err);
+  last_cluster.store(cl);
 }
 
 // The tile shapes built: (columns per block, batch rows per block) = (16, 32) or (32, 16).
@@ -367,11 +662,12 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
                   const c10::optional<torch::Tensor>& x0, const c10::optional<torch::Tensor>& e3,
                   c10::optional<torch::Tensor> out2, const c10::optional<torch::Tensor>& lr_in,
                   const c10::optional<torch::Tensor>& lr_out, const c10::optional<torch::Tensor>& lr_s,
-                  int64_t warps, int64_t nc, int64_t rb, int64_t groups) {
+                  int64_t warps, int64_t nc, int64_t rb, int64_t groups, int64_t max_cluster) {
   TORCH_CHECK(e1.is_cuda() && e1.dim() == 3 && e1.is_contiguous(), "e1 must be a contiguous CUDA [B, T, H] tensor");
   TORCH_CHECK(m.scalar_type() == e1.scalar_type() && m.is_contiguous(), "m must be contiguous, dtype of e1");
   TORCH_CHECK(e1.size(2) % 8 == 0, "H must be a multiple of 8 (16-byte rows)");
   TORCH_CHECK(groups >= 1, "groups must be >= 1");
+  TORCH_CHECK(max_cluster >= 1, "max_cluster must be >= 1 (1: no clusters)");
   auto like_e1 = [&](const c10::optional<torch::Tensor>& t) {
     return !t.has_value() || (t->sizes() == e1.sizes() && t->scalar_type() == e1.scalar_type() && t->is_contiguous());
   };
@@ -405,12 +701,12 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
   const torch::Tensor* px0 = x0.has_value() ? &x0.value() : nullptr;
   const auto dtype = e1.scalar_type();
 #ifdef RNNLAB_LOWRANK
-#define RNNLAB_LAUNCH_LOWRANK(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kLowRank>(e1, m, px0, out, x, groups);
+#define RNNLAB_LAUNCH_LOWRANK(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kLowRank>(e1, m, px0, out, x, groups, max_cluster);
   RNNLAB_DTYPE(RNNLAB_LAUNCH_LOWRANK, BWD)
 #undef RNNLAB_LAUNCH_LOWRANK
 #else
-#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kPlain>(e1, m, px0, out, x, groups);
-#define RNNLAB_LAUNCH_DECAY(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kDecay>(e1, m, px0, out, x, groups);
+#define RNNLAB_LAUNCH(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kPlain>(e1, m, px0, out, x, groups, max_cluster);
+#define RNNLAB_LAUNCH_DECAY(T, W, NC_, RB_, BWD_) launch<T, W, NC_, RB_, BWD_, kDecay>(e1, m, px0, out, x, groups, max_cluster);
   if (x.e3 != nullptr) {
     RNNLAB_DTYPE(RNNLAB_LAUNCH_DECAY, BWD)
   } else {
@@ -431,6 +727,7 @@ int64_t capacity_for(int64_t H) {
   const size_t smem = smem_bytes<T, WARPS, NC, RB, EPI>(static_cast<int>(H));
   int dev;
   C10_CUDA_CHECK(cudaGetDevice(&dev));
+  (void)multicast_built(dev);  // its one synchronous read, here, before any launch on the device
   int max_smem;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   if (smem > static_cast<size_t>(max_smem)) return 0;
@@ -454,10 +751,13 @@ int64_t capacity(int64_t H, int64_t warps, int64_t nc, int64_t rb) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("forward", &run<false>,
           "h = forward(wx, None, W, h0 or None, a or None, None, lr_in, lr_out, s (low-rank build; else None), "
-          "warps, nc, rb, groups)");
+          "warps, nc, rb, groups, max_cluster)");
   mod.def("backward", &run<true>,
           "dpre = backward(g, h, W^T, None, None, None, None, None, None, ...); with the decay a: "
           "q = backward(g, h, W^T, None, a, dpre_out, None, None, None, ...); low-rank build: "
           "dpre = backward(g, h, W^T, None, None, None, U padded, V padded, s, ...)");
   mod.def("capacity", &capacity, "co-resident blocks of a tile (H, warps, nc, rb); 0 = does not fit");
+  mod.def("multicast_available", &multicast_available,
+          "whether the code loaded on the current device has the cluster (multicast) path (sm_90a build)");
+  mod.def("last_cluster_size", &last_cluster_size, "the cluster size of the last launch (1: none; 0: no launch yet)");
 }

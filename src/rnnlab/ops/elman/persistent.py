@@ -6,7 +6,11 @@ may wait for each other), so this one kernel is CUDA C++ built on first use by
 ``torch.utils.cpp_extension.load`` (needs nvcc and ninja; about a minute, then cached). Each block
 keeps its rows of ``W`` (forward) or ``W^T`` (backward) in shared memory for all T steps; per step
 it waits only for the blocks that produced the state columns it reads (per-block step flags);
-see the .cu file.
+see the .cu file. Built for sm_90a (``TORCH_CUDA_ARCH_LIST=9.0a``), a launch that covers the batch in
+one pass runs in thread-block clusters of up to :attr:`Plan.max_cluster` CTAs, each CTA staging a
+slice of the state into all of its cluster with multicast bulk copies (one L2 read feeds the
+cluster); :func:`multicast_available` says whether the loaded build has that path,
+:func:`last_cluster_size` what the last launch used. Outputs are the same bit for bit either way.
 
 Used by ``rnnlab.ops.elman.triton`` for dense bf16/fp16 scans, plain, with E1's decay
 (``selective="decay"``: ``a_t`` one more epilogue operand) or with its low-rank term
@@ -20,13 +24,15 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-__all__ = ["SHAPES", "MAX_RANK", "SOURCE", "Plan", "make_plan", "forward", "backward"]
+__all__ = ["SHAPES", "MAX_RANK", "SOURCE", "Plan", "make_plan", "forward", "backward", "multicast_available",
+           "last_cluster_size"]
 
 # Launch shapes in order of preference (measured on an H100 at H = 1760, B = 16 and 32; see
 # docs/kernels.md): warps per block (the K range of a step is split over them) and the tile
@@ -48,6 +54,9 @@ class Plan:
     rows: int
     groups: int
     lowrank: bool = False  # launched from the low-rank build
+    # the largest thread-block cluster the launch may use (1: never; the kernel picks the size
+    # that keeps every block resident, and clusters only in an sm_90a build, one pass over the batch)
+    max_cluster: int = 8
     # the kernel's source: the package's, or another copy of persistent.cu, built under a name of
     # its own, so that a benchmark times two versions side by side (bench_kernels.py --persistent-against)
     source: Path = SOURCE
@@ -78,6 +87,8 @@ def _ext_name(source: bytes, flags: list[str]) -> str:
     jobs; with TORCH_EXTENSIONS_DIR set, torch files every version's build in one folder) never
     serves another build's binary: torch's own check of the sources lasts only as long as the process."""
     versions = f"{torch.__version__} {torch.version.cuda} {sys.version_info[:2]}"
+    if arch := os.environ.get("TORCH_CUDA_ARCH_LIST"):  # e.g. 9.0a: another binary from the same source
+        versions += f" {arch}"
     digest = hashlib.sha1(source + " ".join(flags).encode() + versions.encode()).hexdigest()[:12]
     return f"rnnlab_elman_persistent_{digest}"
 
@@ -121,14 +132,32 @@ def _lowrank_operands(lowrank: tuple | None) -> tuple:
     return lr_in, lr_out, s.float().contiguous()
 
 
+def _launch(ext, plan: Plan) -> tuple:
+    """The launch arguments of ``plan`` for ``ext``: ``max_cluster`` only for a build that takes it
+    (an older copy of persistent.cu, timed with ``--persistent-against``, does not)."""
+    launch = (plan.warps, plan.cols, plan.rows, plan.groups)
+    return (*launch, plan.max_cluster) if hasattr(ext, "last_cluster_size") else launch
+
+
+def multicast_available(lowrank: bool = False, source: Path = SOURCE) -> bool:
+    """Whether the build of ``source`` loaded on the current CUDA device has the cluster path (an
+    sm_90a build: ``TORCH_CUDA_ARCH_LIST=9.0a``); builds the extension if needed."""
+    return bool(_ext(lowrank, source).multicast_available())
+
+
+def last_cluster_size(lowrank: bool = False, source: Path = SOURCE) -> int:
+    """The cluster size of that build's last launch (1: no clusters; 0: no launch yet)."""
+    return int(_ext(lowrank, source).last_cluster_size())
+
+
 def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Plan,
             a: torch.Tensor | None = None, lowrank: tuple | None = None) -> torch.Tensor:
     """``h_t = tanh(wx_t + a_t * (h_{t-1} @ w.T))`` for all t (``a = 1`` when None), or with
     ``lowrank = (V, U, s)`` (a plan made with its rank) ``h_t = tanh(wx_t + h_{t-1} @ w.T +
     ((h_{t-1} @ V) * s_t) @ U.T)``; contiguous ``wx, a: [B, T, H]``, ``w: [H, H]``, ``h0: [B, H]``
     (None = zeros), ``U, V: [H, r]``, all of one 16-bit dtype, ``s: [B, T, r]`` any float dtype."""
-    return _ext(plan.lowrank, plan.source).forward(wx, None, w, h0, a, None, *_lowrank_operands(lowrank),
-                                                   plan.warps, plan.cols, plan.rows, plan.groups)
+    ext = _ext(plan.lowrank, plan.source)
+    return ext.forward(wx, None, w, h0, a, None, *_lowrank_operands(lowrank), *_launch(ext, plan))
 
 
 def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: torch.Tensor | None = None,
@@ -139,7 +168,7 @@ def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: t
     ``((dpre_{t+1} @ U) * s_{t+1}) @ V.T``."""
     wt = w.t().contiguous()
     ext = _ext(plan.lowrank, plan.source)
-    launch = (plan.warps, plan.cols, plan.rows, plan.groups)
+    launch = _launch(ext, plan)
     if a is None:
         dpre = ext.backward(g, h, wt, None, None, None, *_lowrank_operands(lowrank), *launch)
         return dpre, dpre
