@@ -702,7 +702,7 @@ def finish(args, rows, bw, fl, tc):
     from rnnlab.train.runtime import git_commit_label
 
     # each --persistent-against copy by its file and the extension name its content gives it
-    copies = {f: persistent._ext_name(Path(f).read_bytes(), persistent.ext_flags()) for f in args.persistent_against}
+    copies = {f: persistent._ext_name(Path(f).read_bytes(), persistent.build_flags()) for f in args.persistent_against}
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds"), git_commit=git_commit_label(),
                 torch=torch.__version__, triton=triton.__version__,

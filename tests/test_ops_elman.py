@@ -162,3 +162,22 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, t
     lowrank_flags = persistent.EXT_FLAGS + ["-DRNNLAB_LOWRANK"]
     assert calls[1]["extra_cuda_cflags"] == lowrank_flags and "-DRNNLAB_LOWRANK" not in calls[0]["extra_cuda_cflags"]
     assert calls[1]["name"] == name(open(src, "rb").read(), lowrank_flags) != calls[0]["name"]
+
+
+def test_persistent_builds_for_sm90a_on_hopper(monkeypatch):
+    """The persistent kernel's target: sm_90a (the cluster path's multicast) when every visible GPU
+    is compute capability 9.0 and TORCH_CUDA_ARCH_LIST is unset; else torch's own choice (no arch
+    flag: any flag naming an arch replaces torch's), and the build's name follows its flags."""
+    from rnnlab.ops.elman import persistent
+
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    assert persistent.arch_flags([(9, 0)]) == persistent.arch_flags([(9, 0), (9, 0)]) == persistent.HOPPER_ARCH
+    assert persistent.HOPPER_ARCH == ["-gencode=arch=compute_90a,code=sm_90a"]
+    for other in ([], [(8, 0)], [(9, 0), (8, 6)], [(10, 0)]):
+        assert persistent.arch_flags(other) == [], other
+    if not torch.cuda.is_available():  # no GPU visible: torch's choice
+        assert persistent.arch_flags() == []
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # the user's choice stands
+    assert persistent.arch_flags([(9, 0)]) == []
+    monkeypatch.setattr(persistent, "arch_flags", lambda: persistent.HOPPER_ARCH)
+    assert persistent.build_flags(True) == persistent.EXT_FLAGS + ["-DRNNLAB_LOWRANK"] + persistent.HOPPER_ARCH

@@ -328,7 +328,7 @@ CLUSTER_CASES = [(32, 48, 1760), (3, 20, 200)]
 @pytest.mark.parametrize("case", CLUSTER_CASES)
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_elman_dense_persistent_stages_through_clusters(case, with_h0, monkeypatch):
-    """The persistent kernel's cluster path (an sm_90a build: TORCH_CUDA_ARCH_LIST=9.0a; thread-block
+    """The persistent kernel's cluster path (an sm_90a build, the default on Hopper; thread-block
     clusters, each CTA staging a slice of the state into its whole cluster by multicast bulk copies)
     at the package's plan: it ran in clusters, its states and gradients equal bit for bit those of
     the same plan without clusters (``max_cluster=1``), and it matches the float64 reference."""
@@ -338,7 +338,8 @@ def test_elman_dense_persistent_stages_through_clusters(case, with_h0, monkeypat
     from rnnlab.ops.elman import triton as et
 
     if not persistent.multicast_available():
-        pytest.skip("the loaded build has no cluster path (build it with TORCH_CUDA_ARCH_LIST=9.0a)")
+        assert not persistent.arch_flags(), "the default Hopper build (sm_90a) has no cluster path"
+        pytest.skip("the loaded build has no cluster path (not Hopper, or TORCH_CUDA_ARCH_LIST without 9.0a)")
     dtype = torch.bfloat16
     make_plan = persistent.make_plan
     sizes = []  # each launch's cluster size, read right after it

@@ -6,7 +6,7 @@ may wait for each other), so this one kernel is CUDA C++ built on first use by
 ``torch.utils.cpp_extension.load`` (needs nvcc and ninja; about a minute, then cached). Each block
 keeps its rows of ``W`` (forward) or ``W^T`` (backward) in shared memory for all T steps; per step
 it waits only for the blocks that produced the state columns it reads (per-block step flags);
-see the .cu file. Built for sm_90a (``TORCH_CUDA_ARCH_LIST=9.0a``), a launch that covers the batch in
+see the .cu file. Built for sm_90a (on Hopper by default, :func:`arch_flags`), a launch that covers the batch in
 one pass runs in thread-block clusters of up to :attr:`Plan.max_cluster` CTAs, each CTA staging a
 slice of the state into all of its cluster with multicast bulk copies (one L2 read feeds the
 cluster); :func:`multicast_available` says whether the loaded build has that path,
@@ -66,8 +66,30 @@ EXT_FLAGS = ["-O3", "-std=c++17"]
 
 
 def ext_flags(lowrank: bool = False) -> list[str]:
-    """nvcc's flags for the plain-and-decay build, or (``lowrank``) the low-rank term's."""
+    """nvcc's flags for the plain-and-decay build, or (``lowrank``) the low-rank term's, its target
+    aside (:func:`arch_flags`)."""
     return EXT_FLAGS + (["-DRNNLAB_LOWRANK"] if lowrank else [])
+
+
+HOPPER_ARCH = ["-gencode=arch=compute_90a,code=sm_90a"]  # what TORCH_CUDA_ARCH_LIST=9.0a gives
+
+
+def arch_flags(capabilities: list[tuple[int, int]] | None = None) -> list[str]:
+    """nvcc's target: sm_90a (Hopper's arch-specific instructions: the cluster path's multicast
+    copies) when every visible GPU has compute capability 9.0 (``capabilities``, default the
+    visible GPUs') and TORCH_CUDA_ARCH_LIST is not set; else none, and torch's extension loader
+    picks the target as for any extension (an arch flag given here replaces its choice)."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return []
+    if capabilities is None:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        capabilities = [torch.cuda.get_device_capability(i) for i in range(n)]
+    return HOPPER_ARCH if capabilities and all(c == (9, 0) for c in capabilities) else []
+
+
+def build_flags(lowrank: bool = False) -> list[str]:
+    """All of nvcc's flags for the extension: :func:`ext_flags` and :func:`arch_flags`."""
+    return ext_flags(lowrank) + arch_flags()
 
 
 @functools.cache
@@ -76,7 +98,7 @@ def _ext(lowrank: bool = False, source: Path = SOURCE):
     build), named by :func:`_ext_name`."""
     from torch.utils.cpp_extension import load
 
-    flags = ext_flags(lowrank)
+    flags = build_flags(lowrank)
     return load(name=_ext_name(source.read_bytes(), flags), sources=[str(source)], extra_cuda_cflags=flags,
                 verbose=False)
 
@@ -141,7 +163,7 @@ def _launch(ext, plan: Plan) -> tuple:
 
 def multicast_available(lowrank: bool = False, source: Path = SOURCE) -> bool:
     """Whether the build of ``source`` loaded on the current CUDA device has the cluster path (an
-    sm_90a build: ``TORCH_CUDA_ARCH_LIST=9.0a``); builds the extension if needed."""
+    sm_90a build: the default on Hopper, :func:`arch_flags`); builds the extension if needed."""
     return bool(_ext(lowrank, source).multicast_available())
 
 
