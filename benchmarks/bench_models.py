@@ -34,6 +34,10 @@ step by step), the yardstick for a compiled mode, whose kernels round differentl
 same. A model run in one mode only has no twin. The table gives each row's ratio to the fastest
 correct Mamba2 mode of rnnlab in the same run.
 
+After the table, each speed target whose rows ran (``MFU_TARGETS``, ``X_MAMBA2_TARGETS``,
+``RATIO_TARGETS``: issue #19's, in docs/kernels.md) is judged on this run's fastest correct modes:
+measured, bound, met or not (also in ``--json``'s ``targets``).
+
 ``--graph`` adds, for each mode but reduce-overhead (its own CUDA graphs cannot be captured inside
 another), a row with the step's forward and backward captured whole in one CUDA graph and replayed
 as ``rnnlab train --cuda-graph`` does (``rnnlab.train.cuda_graph``; the optimizer step runs outside
@@ -119,6 +123,14 @@ MODELS = [
     ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
 ]
 
+
+# The speed targets (issue #19; docs/kernels.md): each row's fastest correct mode at least this MFU
+# (dense E1 also at least Mamba2's fastest tok/s), and E1's ablation switches at least this share
+# of plain E1's tok/s, each in its fastest correct mode; judged per batch size by `targets`.
+MFU_TARGETS = {"E1 d26 dense": 0.30, "E1 heads 14x128 d31": 0.55, "minGRU 3520x16": 0.60,
+               "minLSTM 2880x16": 0.60, "E16 s4 1024x10 e2": 0.60}
+X_MAMBA2_TARGETS = {"E1 d26 dense": 1.0}
+RATIO_TARGETS = {"E1 d26 decay 1600": ("E1 d26 dense", 0.8), "E1 d26 lowrank 1744": ("E1 d26 dense", 0.8)}
 
 GRAPHED_SUFFIX = " + graph"  # a row's mode when its forward and backward replay a CUDA graph (--graph)
 
@@ -413,6 +425,36 @@ def annotate(rows: list[dict], peak: float) -> None:
                 r[key] = round(r["tok_per_s"] / best[0]["tok_per_s"], 3)
 
 
+def targets(rows: list[dict]) -> list[dict]:
+    """The speed targets whose rows ran (annotated rows), per batch size: what was measured in the
+    fastest correct modes (MFU, tok/s over Mamba2's, or tok/s over another row's), the bound and
+    whether it is met; printed by ``print_targets``."""
+    best = {(r["name"], r["B"]): r for r in rows if r.get("fastest")}
+    out = []
+    for (name, B), r in best.items():
+        if name in MFU_TARGETS:
+            out.append(dict(row=name, B=B, what="MFU", value=r["mfu"], bound=MFU_TARGETS[name]))
+        if name in X_MAMBA2_TARGETS and "x_mamba2_best" in r:
+            out.append(dict(row=name, B=B, what="x Mamba2", value=r["x_mamba2_best"], bound=X_MAMBA2_TARGETS[name]))
+        if name in RATIO_TARGETS and (RATIO_TARGETS[name][0], B) in best:
+            other, bound = RATIO_TARGETS[name]
+            x = round(r["tok_per_s"] / best[(other, B)]["tok_per_s"], 3)
+            out.append(dict(row=name, B=B, what=f"x {other}", value=x, bound=bound))
+    for t in out:
+        t["met"] = t["value"] >= t["bound"]
+    return out
+
+
+def print_targets(found: list[dict]) -> None:
+    """One line per target ``targets`` found: measured, bound, met or not."""
+    if found:
+        print("\ntargets (fastest correct modes, this run):")
+    for t in found:
+        value = f"{100 * t['value']:.1f}%" if t["what"] == "MFU" else f"{t['value']:.3f}"
+        bound = f"{100 * t['bound']:.0f}%" if t["what"] == "MFU" else f"{t['bound']:.2f}"
+        print(f"  {t['row']} (B={t['B']}): {t['what']} {value}, target >= {bound}: {'met' if t['met'] else 'NOT met'}")
+
+
 def print_table(meta: dict, rows: list[dict]) -> None:
     print(f"\n{meta['device']}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}  "
           f"mamba_ssm {meta['mamba_ssm']}  causal_conv1d {meta['causal_conv1d']} "
@@ -565,11 +607,13 @@ def main(argv=None):
                         write_json(args.json, dict(meta=meta, rows=rows))
     annotate(rows, peak)
     print_table(meta, rows)
+    found = targets(rows)
+    print_targets(found)
     compare_twins(rows, FOREACH_SUFFIX, "foreach", "schedulefree's step")
     compare_twins(rows, SCAN_SUFFIX, "scan_against", "--scan-against's scan kernels")
     print_profiles(rows)
     if args.json:
-        write_json(args.json, dict(meta=meta, rows=rows))
+        write_json(args.json, dict(meta=meta, rows=rows, targets=found))
 
 
 if __name__ == "__main__":

@@ -1114,6 +1114,35 @@ def test_bench_models_tolerance_grows_with_the_rounding_twin(capsys):
     assert "B (B=32): rounding twin's dloss 0.0100, tolerance 0.0500" in out
 
 
+def test_bench_models_judges_the_speed_targets_in_fastest_correct_modes(capsys):
+    """bench_models.py's targets: MFU of each target row's fastest correct mode, dense E1's tok/s
+    over Mamba2's and the ablation rows' over plain E1's, each against its bound; rows that did not
+    run (or whose partner did not) give no line; a faster mode that trains differently does not count."""
+    bm = _benchmark_script("bench_models")
+
+    def row(name, tok_per_s, mode="default", params=400_000_000, loss=1.0):
+        return dict(name=name, mode=mode, params=params, B=32, tok_per_s=tok_per_s, losses=[loss])
+
+    peak = 989.0
+    at = lambda mfu: round(mfu * peak * 1e12 / (6 * 400_000_000))  # noqa: E731 - tok/s giving this MFU
+    rows = [row("Mamba2 d22", 120_000), row("E1 d26 dense", at(0.29)),
+            row("E1 d26 dense", at(0.31), mode="off", loss=2.0),  # faster, but trains differently
+            row("E1 d26 decay 1600", round(at(0.29) * 0.81)), row("E1 d26 lowrank 1744", round(at(0.29) * 0.79)),
+            row("E16 s4 1024x10 e2", at(0.61)), row("minGRU 3520x16", at(0.59))]
+    bm.annotate(rows, peak)
+    found = {(t["row"], t["what"]): (t["value"], t["met"]) for t in bm.targets(rows)}
+    assert found == {("E1 d26 dense", "MFU"): (0.29, False), ("E1 d26 dense", "x Mamba2"): (0.996, False),
+                     ("E1 d26 decay 1600", "x E1 d26 dense"): (0.81, True),
+                     ("E1 d26 lowrank 1744", "x E1 d26 dense"): (0.79, False),
+                     ("E16 s4 1024x10 e2", "MFU"): (0.61, True), ("minGRU 3520x16", "MFU"): (0.59, False)}
+    bm.print_targets(bm.targets(rows))
+    out = capsys.readouterr().out
+    assert "E16 s4 1024x10 e2 (B=32): MFU 61.0%, target >= 60%: met" in out
+    assert "E1 d26 lowrank 1744 (B=32): x E1 d26 dense 0.790, target >= 0.80: NOT met" in out
+    without_dense = bm.targets([r for r in rows if r["name"] != "E1 d26 dense"])
+    assert [t["row"] for t in without_dense] == ["E16 s4 1024x10 e2", "minGRU 3520x16"]
+
+
 def test_bench_models_rounding_twin_moves_each_weight_one_bf16_step():
     """round_weights_apart: every nonzero bf16 weight moves up or down (both happen) by one or two
     bf16 steps, zeros stay, and the same seed moves them the same way."""
