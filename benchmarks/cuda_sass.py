@@ -10,8 +10,9 @@ matched the SASS Nsight Compute profiled on the H200 instruction for instruction
 FILE.cu: default the package's ``persistent.cu``; several files print side by side (an earlier
 commit's: ``git show REV:src/rnnlab/ops/elman/persistent.cu > OLD.cu``). ``--kernel``: only kernels
 whose demangled name matches (default: the bf16 ones). ``--lowrank``: the low-rank term's build.
-``--arch``: the target (sm_90a for code that needs Hopper's arch-specific instructions, e.g. the
-multicast bulk copies of branch e1-cluster-multicast).
+``--arch``: the target (sm_90a, what the extension is built for on Hopper, for the code that
+needs Hopper's arch-specific instructions: the cluster path's multicast bulk copies; the default
+sm_90 build compiles that path out).
 Compiles with the extension's flags (``persistent.ext_flags``) and torch's include paths; a CPU
 build of torch lacks one generated CUDA header, ``c10/cuda/impl/cuda_cmake_macros.h``, which an empty
 file stands in for. Needs nvcc and cuobjdump (Triton ships one); about 2 minutes a file.
