@@ -4,7 +4,9 @@ python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .
 # fla's TileLang stack, when staged (stage_gpu.sh --tilelang): unpacked wheels, so no pip step
 [ ! -f .gpu/tilelang-site.tar.xz ] || [ -d /tmp/site/tilelang ] || tar xJf .gpu/tilelang-site.tar.xz -C /tmp/site
 export PYTHONPATH=/tmp/site:$PWD/src PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} MAX_JOBS=${MAX_JOBS:-8}
+# 9.0a: Hopper with its arch-specific instructions (E1's persistent kernel's cluster path needs them;
+# with a list lacking 9.0a it builds without that path: rnnlab.ops.elman.persistent.arch_flags)
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0a} MAX_JOBS=${MAX_JOBS:-8}
 # one folder for the compilers' caches (Inductor's graphs and kernels, Triton's, TileLang's, and the
 # torch extensions built with nvcc: E1's persistent kernel, ~1 minute to build), started from an
 # earlier call's when staged (stage_gpu.sh --compile-cache): warm caches cut a 400M E1 run's

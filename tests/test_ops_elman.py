@@ -1,6 +1,9 @@
 """elman_scan: the reference against an explicit per-element formula, dtypes, argument checks,
 the persistent kernel's launch choice and the kernel options (the op contract: tests/test_ops.py)."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -181,3 +184,7 @@ def test_persistent_builds_for_sm90a_on_hopper(monkeypatch):
     assert persistent.arch_flags([(9, 0)]) == []
     monkeypatch.setattr(persistent, "arch_flags", lambda: persistent.HOPPER_ARCH)
     assert persistent.build_flags(True) == persistent.EXT_FLAGS + ["-DRNNLAB_LOWRANK"] + persistent.HOPPER_ARCH
+    # the GPU jobs' environment sets the list (benchmarks/gpu_env.sh): it must keep the cluster path
+    gpu_env = (Path(__file__).parents[1] / "benchmarks" / "gpu_env.sh").read_text()
+    default = re.search(r"TORCH_CUDA_ARCH_LIST=\$\{TORCH_CUDA_ARCH_LIST:-([^}]*)\}", gpu_env).group(1)
+    assert "9.0a" in default.split(";"), default

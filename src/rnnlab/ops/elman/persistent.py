@@ -78,7 +78,8 @@ def arch_flags(capabilities: list[tuple[int, int]] | None = None) -> list[str]:
     """nvcc's target: sm_90a (Hopper's arch-specific instructions: the cluster path's multicast
     copies) when every visible GPU has compute capability 9.0 (``capabilities``, default the
     visible GPUs') and TORCH_CUDA_ARCH_LIST is not set; else none, and torch's extension loader
-    picks the target as for any extension (an arch flag given here replaces its choice)."""
+    picks the target as for any extension (an arch flag given here replaces its choice): a set
+    TORCH_CUDA_ARCH_LIST keeps the cluster path only if it names 9.0a."""
     if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         return []
     if capabilities is None:
