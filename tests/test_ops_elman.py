@@ -147,6 +147,7 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, t
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "an arch list of its own")  # e.g. 9.0a: the cluster path's build
     assert name(b"kernel A", ["-O3"]) != base
     monkeypatch.undo()
+    monkeypatch.setattr(persistent, "arch_flags", lambda: [])  # torch's target (on Hopper: sm_90a's flag too)
     calls = []
     monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: calls.append(kw) or "ext")
     persistent._ext.cache_clear()
@@ -169,17 +170,27 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, t
 
 def test_persistent_builds_for_sm90a_on_hopper(monkeypatch):
     """The persistent kernel's target: sm_90a (the cluster path's multicast) when every visible GPU
-    is compute capability 9.0 and TORCH_CUDA_ARCH_LIST is unset; else torch's own choice (no arch
-    flag: any flag naming an arch replaces torch's), and the build's name follows its flags."""
+    is compute capability 9.0, TORCH_CUDA_ARCH_LIST is unset and torch's CUDA is 12 or later; else
+    torch's own choice (no arch flag: any flag naming an arch replaces torch's); the GPU jobs'
+    environment keeps 9.0a in its list."""
     from rnnlab.ops.elman import persistent
 
     monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
     assert persistent.arch_flags([(9, 0)]) == persistent.arch_flags([(9, 0), (9, 0)]) == persistent.HOPPER_ARCH
     assert persistent.HOPPER_ARCH == ["-gencode=arch=compute_90a,code=sm_90a"]
     for other in ([], [(8, 0)], [(9, 0), (8, 6)], [(10, 0)]):
         assert persistent.arch_flags(other) == [], other
     if not torch.cuda.is_available():  # no GPU visible: torch's choice
         assert persistent.arch_flags() == []
+    # any flag naming an arch replaces torch's own choice (it adds no -gencode of its own)
+    from torch.utils import cpp_extension
+
+    assert cpp_extension._get_cuda_arch_flags(persistent.HOPPER_ARCH) == []
+    for cuda in ("11.8", None):  # no sm_90a in CUDA 11; a CPU build of torch
+        monkeypatch.setattr(torch.version, "cuda", cuda)
+        assert persistent.arch_flags([(9, 0)]) == []
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
     monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", "9.0")  # the user's choice stands
     assert persistent.arch_flags([(9, 0)]) == []
     monkeypatch.setattr(persistent, "arch_flags", lambda: persistent.HOPPER_ARCH)

@@ -11,6 +11,8 @@ stated next to them).
 from __future__ import annotations
 
 import copy
+import os
+import re
 
 import pytest
 import torch
@@ -322,31 +324,45 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
 
 # (B, T, H): E1 d26's width (clusters of 5 at 55 column blocks, two batch groups), and an odd one
 # (7 column blocks in one cluster, H not a multiple of 16: the last slice is 24 columns)
-CLUSTER_CASES = [(32, 48, 1760), (3, 20, 200)]
+# (B, T, H): E1's width; an odd width (7 column blocks: clusters of 7); B = 1 and T = 1; a long
+# sequence (many steps of the cluster barrier and the mbarrier's phases)
+CLUSTER_CASES = [(32, 48, 1760), (3, 20, 200), (1, 1, 256), (4, 300, 256)]
+
+
+def _expects_clusters() -> bool:
+    """Whether the loaded build must have the cluster path: a Hopper GPU (compute capability 9.0)
+    with TORCH_CUDA_ARCH_LIST unset (the package then builds for sm_90a) or naming 9.0a."""
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST")
+    return torch.cuda.get_device_capability() == (9, 0) and (not arch or "9.0a" in re.split(r"[;\s]+", arch))
 
 
 @pytest.mark.parametrize("case", CLUSTER_CASES)
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_elman_dense_persistent_stages_through_clusters(case, with_h0, monkeypatch):
+@pytest.mark.parametrize("variant", ["plain", "decay", "lowrank", "plain fp16"])
+def test_elman_dense_persistent_stages_through_clusters(case, with_h0, variant, monkeypatch):
     """The persistent kernel's cluster path (an sm_90a build, the default on Hopper; thread-block
     clusters, each CTA staging a slice of the state into its whole cluster by multicast bulk copies)
-    at the package's plan: it ran in clusters, its states and gradients equal bit for bit those of
-    the same plan without clusters (``max_cluster=1``), and it matches the float64 reference."""
+    at the package's plan, for each epilogue (plain, E1's decay, its low-rank term) and dtype: it ran
+    in clusters, its states and gradients equal bit for bit those of the same plan without clusters
+    (``max_cluster=1``), and it matches the float64 reference."""
     import dataclasses
 
-    from rnnlab.ops.elman import naive, persistent
+    from rnnlab.ops.elman import naive, persistent, selective
     from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
-    if not persistent.multicast_available():
-        assert not persistent.arch_flags(), "the default Hopper build (sm_90a) has no cluster path"
+    kind = variant.split()[0]
+    dtype = torch.float16 if variant.endswith("fp16") else torch.bfloat16
+    if not persistent.multicast_available(lowrank=kind == "lowrank"):
+        assert not _expects_clusters(), "this Hopper build (sm_90a) has no cluster path"
         pytest.skip("the loaded build has no cluster path (not Hopper, or TORCH_CUDA_ARCH_LIST without 9.0a)")
-    dtype = torch.bfloat16
     make_plan = persistent.make_plan
-    sizes = []  # each launch's cluster size, read right after it
+    sizes = []  # each launch's cluster size, read right after it from the build that ran it
     for name in ("forward", "backward"):
-        def wrapped(*args, fn=getattr(persistent, name)):
-            out = fn(*args)
-            sizes.append(persistent.last_cluster_size())
+        def wrapped(*args, fn=getattr(persistent, name), **kwargs):
+            out = fn(*args, **kwargs)
+            plan = args[3]
+            sizes.append(persistent.last_cluster_size(plan.lowrank, plan.source))
             return out
         monkeypatch.setattr(persistent, name, wrapped)
 
@@ -357,30 +373,36 @@ def test_elman_dense_persistent_stages_through_clusters(case, with_h0, monkeypat
         monkeypatch.setattr(persistent, "make_plan", plan)
 
     B, T, H = case
-    torch.manual_seed(hash((case, with_h0)) % 1000 + 13)
-    wx = torch.randn(B, T, H)
-    w = torch.randn(H, H) * (0.9 / H**0.5)
-    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    torch.manual_seed(hash((case, with_h0, variant)) % 1000 + 13)
+    if kind == "plain":
+        inputs = [torch.randn(B, T, H), torch.randn(H, H) * (0.9 / H**0.5)]
+        fast, ref = et.elman_scan, naive.elman_scan
+    else:
+        opts = ElmanKernelOptions(persistent_lowrank=True)
+        inputs = _selective_inputs(kind, B, T, H, 0, 8)
+        scan, ref = ((selective.elman_decay_scan, naive.elman_decay_scan) if kind == "decay"
+                     else (selective.elman_lowrank_scan, naive.elman_lowrank_scan))
+        fast = lambda *a: scan(*a, options=opts)  # noqa: E731
+    inputs.append(torch.randn(B, H).tanh() if with_h0 else None)
     g = torch.randn(B, T, H).to(DEV, dtype)
 
     def run():
-        inputs = [None if x is None else x.to(DEV, dtype).requires_grad_() for x in (wx, w, h0)]
-        y, y_last = et.elman_scan(*inputs)
-        return [y, y_last, *torch.autograd.grad(y, [x for x in inputs if x is not None], g)]
+        on_gpu = [None if x is None else x.to(DEV, dtype).requires_grad_() for x in inputs]
+        y, y_last = fast(*on_gpu)
+        return [y, y_last, *torch.autograd.grad(y, [x for x in on_gpu if x is not None], g)]
 
     clustered = run()  # the package's plan: max_cluster = 8
     assert len(sizes) == 2 and min(sizes) > 1, sizes
-    print(f"elman_dense_persistent{case} h0={with_h0}: clusters of {sizes}")
+    print(f"elman_dense_persistent {variant} {case} h0={with_h0}: clusters of {sizes}")
     with_max_cluster(1)
     sizes.clear()
     plain = run()
     assert sizes == [1, 1]
-    for name, a, b in zip(("h", "h_T", "d wx", "d W", "d h0"), clustered, plain):
-        assert torch.equal(a, b), f"{name}: the cluster path differs from the plain one"
+    for i, (a, b) in enumerate(zip(clustered, plain)):
+        assert torch.equal(a, b), f"output {i} (h, h_T, then the gradients): the cluster path differs"
     monkeypatch.setattr(persistent, "make_plan", make_plan)
     sizes.clear()
-    _check_op(f"elman_dense_persistent_clusters{case}", lambda x, w, h: et.elman_scan(x, w, h),
-              naive.elman_scan, [wx, w, h0], dtype)
+    _check_op(f"elman_dense_persistent_clusters {variant} {case}", fast, ref, inputs, dtype)
     assert len(sizes) == 2 and min(sizes) > 1, sizes
 
 

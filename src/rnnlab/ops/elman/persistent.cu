@@ -68,102 +68,68 @@ __device__ __forceinline__ void st_release(unsigned* p, unsigned v) {
 
 // Thread-block clusters (sm_90a builds only: the multicast bulk copy is an arch-specific
 // instruction). RNNLAB_MULTICAST is 1 in the device pass of such a build; kMulticastBuilt tells the
-// host which code was loaded. Elsewhere the helpers trap (never reached: the host keeps cl = 1).
+// host which code was loaded. SM90A(...) is its statements there and a trap elsewhere (never
+// reached: the host keeps cl = 1 for other builds).
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define RNNLAB_MULTICAST 1
+#define SM90A(...) __VA_ARGS__
 #else
 #define RNNLAB_MULTICAST 0
+#define SM90A(...) __trap()
 #endif
 __device__ int kMulticastBuilt = RNNLAB_MULTICAST;
 
 __device__ __forceinline__ unsigned cluster_ctarank() {
   unsigned r = 0;
-#if RNNLAB_MULTICAST
-  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r)));
   return r;
 }
 
 // barrier.cluster: every thread of every CTA of the cluster, warps converged (.aligned)
 __device__ __forceinline__ void cluster_arrive_release() {
-#if RNNLAB_MULTICAST
-  asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory"));
 }
 
 __device__ __forceinline__ void cluster_arrive_relaxed() {
-#if RNNLAB_MULTICAST
-  asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory"));
 }
 
 __device__ __forceinline__ void cluster_wait() {  // acquire (the default)
-#if RNNLAB_MULTICAST
-  asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory"));
 }
 
 // the CTA's mbarrier (a shared-space byte address): arrival count 1, visible to the cluster's
 // async proxy once the cluster barrier after it completes
 __device__ __forceinline__ void mbar_init(unsigned bar) {
-#if RNNLAB_MULTICAST
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
-  asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"));
 }
 
 // the one arrival of a phase, expecting `bytes` of bulk copies (which may land before it)
 __device__ __forceinline__ void mbar_arrive_expect_tx(unsigned bar, unsigned bytes) {
-#if RNNLAB_MULTICAST
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory"));
 }
 
 // until the phase of parity `parity` has completed (acquire: the copies' bytes are visible)
 __device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-#if RNNLAB_MULTICAST
-  unsigned done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-#else
-  __trap();
-#endif
+  SM90A(unsigned done; do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+  } while (!done));
 }
 
-// orders generic-proxy accesses before this thread's later async-proxy (bulk copy) ones, in global
-// memory (the producers' stores of the state, seen through the flags' acquire) or in this CTA's
-// shared memory (its zeroing of hs, before the peers' copies into it)
+// Orders this thread's view of generic-proxy writes before async-proxy (bulk copy) accesses: in
+// global memory, the producers' stores of the state (seen through the flags' acquire) before this
+// thread's copies read them; in this CTA's shared memory, its zeroing of hs before the peers'
+// copies write into it (a cluster barrier follows).
 __device__ __forceinline__ void fence_proxy_async_global() {
-#if RNNLAB_MULTICAST
-  asm volatile("fence.proxy.async.global;\n" ::: "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("fence.proxy.async.global;\n" ::: "memory"));
 }
 
 __device__ __forceinline__ void fence_proxy_async_shared() {
-#if RNNLAB_MULTICAST
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"));
 }
 
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) from global `src` to the shared
@@ -171,15 +137,9 @@ __device__ __forceinline__ void fence_proxy_async_shared() {
 // `bar` of each
 __device__ __forceinline__ void multicast_copy(unsigned dst, const void* src, unsigned bytes, unsigned bar,
                                                unsigned short mask) {
-#if RNNLAB_MULTICAST
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1], %2, [%3], "
-      "%4;\n" ::"r"(dst),
-      "l"(src), "r"(bytes), "r"(bar), "h"(mask)
-      : "memory");
-#else
-  __trap();
-#endif
+  SM90A(asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster "
+                     "[%0], [%1], %2, [%3], %4;\n" ::"r"(dst), "l"(src), "r"(bytes), "r"(bar), "h"(mask)
+                     : "memory"));
 }
 
 // flags[p] = number of steps block p has completed (zeroed by the host before each launch).
@@ -437,7 +397,10 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
           wmma::store_matrix_sync(lpart + (warp * RB + i * 16) * LR, lacc[i], LR, wmma::mem_row_major);
       }
       __syncthreads();
-      // the MMAs have consumed hs (relaxed: their shared loads completed before the barrier above)
+      // the MMAs have consumed hs: their values reached the partial sums' stores before the barrier
+      // above. The relaxed arrive does not order those reads before a peer's next copies into hs in
+      // the PTX memory model; it relies on their values having been consumed (the .release form costs
+      // 5-9% a layer, results/e1-cluster-h200)
       if (clustered) cluster_arrive_relaxed();
       if constexpr (LOWRANK) {  // the block's (state @ lr_in) * s, [RB x LR]
 #pragma unroll
@@ -502,16 +465,24 @@ struct Extras {
 template <typename T>
 const T* ptr(const torch::Tensor* t) { return t ? reinterpret_cast<const T*>(t->data_ptr()) : nullptr; }
 
+// Whether the stream of this launch is capturing a CUDA graph (no synchronous copy then, and a
+// failed launch is the capture's error, not a reason to drop the clusters).
+bool capturing() {
+  cudaStreamCaptureStatus status;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 // Whether the code loaded on device `dev` (the current one) was built with the multicast path
-// (sm_90a): read once per device from kMulticastBuilt, then cached. The first read is a
-// synchronous copy, so it is made before any launch (capacity, multicast_available), never while a
-// stream of this thread captures a graph.
+// (sm_90a): read once per device from kMulticastBuilt (a synchronous copy, made by `capacity`
+// before the first launch), then cached; false, uncached, while the stream captures a graph.
 bool multicast_built(int dev) {
   static std::mutex mu;
   static std::map<int, bool> built;
   std::lock_guard<std::mutex> lock(mu);
   auto it = built.find(dev);
   if (it != built.end()) return it->second;
+  if (capturing()) return false;
   int v = 0;
   C10_CUDA_CHECK(cudaMemcpyFromSymbol(&v, kMulticastBuilt, sizeof(int)));
   return built[dev] = v != 0;
@@ -523,7 +494,9 @@ bool multicast_available() {
   return multicast_built(dev);
 }
 
-std::atomic<int> last_cluster{0};  // the cluster size of the last launch (0: none yet)
+// the cluster size of the last launch in this process, any thread or device (0: none yet): what a
+// test or benchmark reads right after its own launch
+std::atomic<int> last_cluster{0};
 
 int64_t last_cluster_size() { return last_cluster.load(); }
 
@@ -623,7 +596,7 @@ void launch(const torch::Tensor& e1, const torch::Tensor& m, const torch::Tensor
   cfg.attrs = attrs;
   cfg.numAttrs = cl > 1 ? 2 : 1;
   cudaError_t err = cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args);
-  if (err != cudaSuccess && cl > 1) {  // the driver refused the cluster launch: the plain one, from now on
+  if (err != cudaSuccess && cl > 1 && !capturing()) {  // the driver refused the cluster launch: the plain one, from now on
     (void)cudaGetLastError();
     TORCH_WARN_ONCE("persistent Elman kernel: the cluster launch (", cl, " CTAs) failed (",
                     cudaGetErrorString(err), "); launching without clusters");
