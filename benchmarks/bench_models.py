@@ -394,6 +394,11 @@ def scan_kernels(module):
         yield
 
 
+def max_dloss(losses: list[float], ref: list[float]) -> float:
+    """The largest difference between two runs' losses at the same step (nats, 5 decimals)."""
+    return round(max(abs(a - b) for a, b in zip(losses, ref)), 5)
+
+
 def annotate(rows: list[dict], peak: float) -> None:
     """Per row: MFU, whether it trains like its model's first mode, and the ratio to the fastest
     correct rnnlab Mamba2 row; per model: which row is its fastest correct mode."""
@@ -405,11 +410,11 @@ def annotate(rows: list[dict], peak: float) -> None:
         ref = group[0]["losses"]
         tol = LOSS_TOL
         if "twin_losses" in group[0]:
-            group[0]["max_dloss_twin"] = twin = round(max(abs(a - b) for a, b in zip(group[0]["twin_losses"], ref)), 5)
+            group[0]["max_dloss_twin"] = twin = max_dloss(group[0]["twin_losses"], ref)
             tol = max(tol, TWIN_FACTOR * twin)
         for r in group:
             r["mfu"] = round(mfu(r["params"], r["tok_per_s"], peak), 4)
-            r["max_dloss_vs_first_mode"] = round(max(abs(a - b) for a, b in zip(r["losses"], ref)), 5)
+            r["max_dloss_vs_first_mode"] = max_dloss(r["losses"], ref)
             r["loss_tol"] = round(tol, 5)
             r["correct"] = r["max_dloss_vs_first_mode"] <= tol
             r["fastest"] = False
@@ -491,7 +496,7 @@ def compare_twins(rows: list[dict], suffix: str, key: str, what: str) -> None:
         twin = twins.get((r["name"], r["mode"], r["B"]))
         if "error" in r or suffix in r["name"] or twin is None:
             continue
-        r[f"max_dloss_vs_{key}"] = dloss = round(max(abs(a - b) for a, b in zip(r["losses"], twin["losses"])), 5)
+        r[f"max_dloss_vs_{key}"] = dloss = max_dloss(r["losses"], twin["losses"])
         r[f"x_{key}"] = x = round(r["tok_per_s"] / twin["tok_per_s"], 3)
         print(f"{r['name']} ({r['mode']}, B={r['B']}): {x:.3f}x the tok/s of {what}, losses within {dloss:.5f}")
 

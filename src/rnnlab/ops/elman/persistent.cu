@@ -517,6 +517,16 @@ struct ClusterKey {
 std::mutex cluster_mu;
 std::map<ClusterKey, int> cluster_sizes;
 
+// the launch attribute for clusters of c CTAs along x
+cudaLaunchAttribute cluster_dim(int c) {
+  cudaLaunchAttribute a;
+  a.id = cudaLaunchAttributeClusterDimension;
+  a.val.clusterDim.x = c;
+  a.val.clusterDim.y = 1;
+  a.val.clusterDim.z = 1;
+  return a;
+}
+
 template <typename K>
 int cluster_size(const ClusterKey& key, K kernel, dim3 grid, dim3 block, size_t smem) {
   std::lock_guard<std::mutex> lock(cluster_mu);
@@ -529,11 +539,7 @@ int cluster_size(const ClusterKey& key, K kernel, dim3 grid, dim3 block, size_t 
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = c;
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
+    cudaLaunchAttribute attr[1] = {cluster_dim(c)};
     cfg.attrs = attr;
     cfg.numAttrs = 1;
     int clusters = 0;
@@ -586,13 +592,9 @@ void launch(const torch::Tensor& e1, const torch::Tensor& m, const torch::Tensor
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = c10::cuda::getCurrentCUDAStream();
-  cudaLaunchAttribute attrs[2];
+  cudaLaunchAttribute attrs[2] = {{}, cluster_dim(cl)};
   attrs[0].id = cudaLaunchAttributeCooperative;
   attrs[0].val.cooperative = 1;
-  attrs[1].id = cudaLaunchAttributeClusterDimension;
-  attrs[1].val.clusterDim.x = cl;
-  attrs[1].val.clusterDim.y = 1;
-  attrs[1].val.clusterDim.z = 1;
   cfg.attrs = attrs;
   cfg.numAttrs = cl > 1 ? 2 : 1;
   cudaError_t err = cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args);

@@ -78,9 +78,9 @@ def arch_flags(capabilities: list[tuple[int, int]] | None = None) -> list[str]:
     """nvcc's target: sm_90a (Hopper's arch-specific instructions: the cluster path's multicast
     copies) when every visible GPU has compute capability 9.0 (``capabilities``, default the
     visible GPUs'), TORCH_CUDA_ARCH_LIST is not set and torch is built with CUDA 12 or later (its
-    extensions need an nvcc of the same major version; CUDA 11.8 has no sm_90a); else none, and torch's extension loader
-    picks the target as for any extension (an arch flag given here replaces its choice): a set
-    TORCH_CUDA_ARCH_LIST keeps the cluster path only if it names 9.0a."""
+    extensions need an nvcc of the same major version; CUDA 11.8 has no sm_90a); else none, and
+    torch's extension loader picks the target as for any extension (an arch flag given here
+    replaces its choice): a set TORCH_CUDA_ARCH_LIST keeps the cluster path only if it names 9.0a."""
     if os.environ.get("TORCH_CUDA_ARCH_LIST") or int((torch.version.cuda or "0").split(".")[0]) < 12:
         return []
     if capabilities is None:
