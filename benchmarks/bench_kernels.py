@@ -7,7 +7,12 @@ the Schedule-Free AdamW step over a 400M model's parameters (schedulefree's vs r
 resource, not an estimate): the forward's loop rebuilt here with each part switchable
 (``_heads_chain``): the dependent chain alone (MMA, tanh), then with the step's input load, its
 store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
-a layer's weight-gradient GEMMs overlap on two streams. ``--sections scan-launch`` sweeps the
+a layer's weight-gradient GEMMs overlap on two streams. ``--sections dense-floor`` does the same for
+dense E1's persistent kernel: the package's beside copies of ``persistent.cu`` with parts of the
+step left out (``DENSE_FLOOR_CUTS``: the wait for the state's producers, its staging, the MMAs),
+with and without thread-block clusters; the copy with only the waits left is the step's handshake
+between SMs and its fixed work (barriers, the partial sums' reduction, the epilogue): the floor of
+this design's dependent chain. ``--sections scan-launch`` sweeps the
 fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
 With it, ``--scan-against FILE`` also times the fused scans of another copy of
 ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py >
@@ -219,6 +224,78 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
 
 
+# dense-floor: the parts of dense E1's persistent step that a copy of persistent.cu leaves out, each
+# as exact edits of the package's source (an edit that no longer matches exactly once fails before
+# any build: tests/test_bench.py holds them to the current source). Results are wrong; only time counts.
+DENSE_FLOOR_CUTS = {
+    # the wait for the producers of the previous state (the flags' release/acquire across SMs):
+    # the cluster path's warp 0, then the per-warp path's warps
+    "wait": (("if (s > 0) wait_producers(myflags, sp0, sp1, s, lane);", ""),
+             ("if (s > 0 && b0 == first_b0) wait_producers(myflags, kt0 / NT, (kt1 - 1) / NT, s, lane);", "")),
+    # staging the previous state into shared memory: the cluster path's multicast copies (its
+    # mbarrier then expects no bytes), the per-warp path's cp.async loop
+    "stage": (("mbar_arrive_expect_tx(bar, static_cast<unsigned>(nb * H * sizeof(T)))", "mbar_arrive_expect_tx(bar, 0u)"),
+              ("for (int r = lane; r < nb; r += 32)", "for (int r = lane; r < 0; r += 32)"),
+              ("for (int r = r0, j = j0; r < nb;) {", "for (int r = r0, j = j0; r < 0;) {")),
+    # the recurrent product's MMAs (the partial sums stay zero)
+    "mma": (("for (int kt = kt0; kt < kt1; ++kt) {", "for (int kt = kt0; kt < kt0; ++kt) {"),),
+}
+# the copies timed: the parts each leaves out (what is left is the row's name in DENSE_FLOOR_LEFT)
+DENSE_FLOOR_VARIANTS = (("wait",), ("stage",), ("mma",), ("stage", "mma"), ("wait", "mma"), ("wait", "stage"),
+                        ("wait", "stage", "mma"))
+
+
+def dense_floor_source(cuts: tuple[str, ...], source: str) -> str:
+    """``source`` (persistent.cu's text) without the step's parts named in ``cuts``
+    (:data:`DENSE_FLOOR_CUTS`); raises ValueError if an edit does not match exactly once."""
+    for cut in cuts:
+        for old, new in DENSE_FLOOR_CUTS[cut]:
+            if source.count(old) != 1:
+                raise ValueError(f"dense-floor's cut {cut!r} matches persistent.cu {source.count(old)} times, "
+                                 f"not once: {old!r} (update DENSE_FLOOR_CUTS to the kernel)")
+            source = source.replace(old, new)
+    return source
+
+
+def dense_floor(add, B, T, reps, dt):
+    """Dense E1's persistent kernels (H 1760, the package's launch, with its thread-block clusters
+    and with ``max_cluster = 1``) against copies with parts of the step left out
+    (:data:`DENSE_FLOOR_VARIANTS`), forward and backward, one run: what each part costs a step,
+    and what the step costs with only the handshake between SMs left (its waits, the barriers, the
+    partial sums' reduction and the epilogue), the floor of this design's dependent chain. The
+    copies are built in parallel first (~1 minute each)."""
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rnnlab.ops.elman import persistent
+
+    H = 1760
+    wx = torch.randn(B, T, H, device="cuda", dtype=dt)
+    w = (torch.randn(H, H, device="cuda") * (0.9 / H**0.5)).to(dt)
+    g = torch.randn_like(wx)
+    plan = persistent.make_plan(wx)
+    text = persistent.SOURCE.read_text()
+    folder = Path(tempfile.mkdtemp(prefix="dense-floor-"))
+    sources = {(): persistent.SOURCE}
+    for cuts in DENSE_FLOOR_VARIANTS:
+        sources[cuts] = folder / f"persistent_no_{'_'.join(cuts)}.cu"
+        sources[cuts].write_text(dense_floor_source(cuts, text))
+    with ThreadPoolExecutor(len(sources)) as pool:
+        list(pool.map(lambda src: persistent._ext(plan.lowrank, src), sources.values()))
+    h = persistent.forward(wx, w, None, plan)
+    shape = f"B{B} T{T} H{H}"
+    for max_cluster in (plan.max_cluster, 1):
+        for cuts, src in sources.items():
+            p = dataclasses.replace(plan, source=src, max_cluster=max_cluster)
+            tf = timeit(lambda: persistent.forward(wx, w, None, p), reps)
+            cl = persistent.last_cluster_size(p.lowrank, src)
+            tb = timeit(lambda: persistent.backward(g, h, w, p), reps)
+            left = [part for part in DENSE_FLOOR_CUTS if part not in cuts]
+            add(f"dense floor: {' + '.join(left) or 'none'} (+ fixed)", shape, (tf, tb, tf + tb), 0.0,
+                f"{p.warps} warps, tile {p.cols} x {p.rows}, clusters of {cl}; "
+                f"{tf / T * 1e3:.2f} / {tb / T * 1e3:.2f} us a step fwd / bwd")
+
+
 # the fused gate + scan kernels at the 400M widths: (name, mode of rnnlab.ops.scan.triton, H)
 FUSED_SCANS = (("minGRU", 1, 3520), ("minLSTM", 2, 2880))
 
@@ -398,9 +475,9 @@ def main(argv=None):
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
                    choices=["scan", "scan-launch", "diag", "heads", "heads-floor", "cells", "optim", "dense",
-                            "persistent"],
-                   help="which kernel families to time (default all but heads-floor, scan-launch and "
-                        "persistent: dense E1's persistent kernel alone, a part of dense)")
+                            "persistent", "dense-floor"],
+                   help="which kernel families to time (default all but heads-floor, dense-floor, scan-launch "
+                        "and persistent: dense E1's persistent kernel alone, a part of dense)")
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
                         "scan-launch section times its fused scans at its own launch beside the package's")
@@ -514,6 +591,8 @@ def main(argv=None):
         scan_launches(add, B, T, args.reps, dt, bw, against)
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
+    if "dense-floor" in args.sections:
+        dense_floor(add, B, T, args.reps, dt)
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)

@@ -1423,6 +1423,24 @@ def test_heads_floor_kernel_computes_the_heads_recurrence():
     assert not h[:, :-1].any()  # only the last step's state was stored
 
 
+def test_dense_floor_cuts_match_the_persistent_kernel():
+    """bench_kernels.py's dense-floor copies of persistent.cu: every cut edits the package's current
+    source (each edit matching exactly once, so a kernel change that moves a part fails here, not in
+    a GPU call), the copies differ from the source and from each other, and a source the cuts no
+    longer match is refused with the cut's name."""
+    from rnnlab.ops.elman import persistent
+
+    bk = _benchmark_script("bench_kernels")
+    text = persistent.SOURCE.read_text()
+    copies = {cuts: bk.dense_floor_source(cuts, text) for cuts in bk.DENSE_FLOOR_VARIANTS}
+    assert len(set(copies.values()) | {text}) == len(copies) + 1
+    everything = copies[("wait", "stage", "mma")]
+    assert "wait_producers(myflags" not in everything and "kt < kt1" not in everything
+    assert "cp_async16(d, g)" in everything  # the per-warp staging's loop is still compiled, never entered
+    with pytest.raises(ValueError, match="cut 'mma'"):
+        bk.dense_floor_source(("mma",), text.replace("for (int kt = kt0; kt < kt1; ++kt)", "for (int kt = kt1; kt--;)"))
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
 @pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 def test_scan_launch_sweep_runs_the_package_scans_with_other_launches():
