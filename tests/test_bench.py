@@ -1437,6 +1437,9 @@ def test_dense_floor_cuts_match_the_persistent_kernel():
     everything = copies[("wait", "stage", "mma")]
     assert "wait_producers(myflags" not in everything and "kt < kt1" not in everything
     assert "cp_async16(d, g)" in everything  # the per-warp staging's loop is still compiled, never entered
+    wread = copies[("wread",)]  # W's fragments read once a step, before the K loop
+    assert wread.count("load_matrix_sync(bf[j]") == 1 and "ws + j * 16 * ld + kt0 * 16" in wread
+    assert "w < WARPS; ++w) a += part" not in copies[("reduce",)]
     with pytest.raises(ValueError, match="cut 'mma'"):
         bk.dense_floor_source(("mma",), text.replace("for (int kt = kt0; kt < kt1; ++kt)", "for (int kt = kt1; kt--;)"))
 
