@@ -270,8 +270,9 @@ def dense_floor_source(cuts: tuple[str, ...], source: str) -> str:
     return source
 
 
-def dense_floor(add, B, T, reps, dt):
-    """Dense E1's persistent kernels (H 1760, the package's launch, with its thread-block clusters
+def dense_floor(add, B, T, reps, dt, shapes=(0,)):
+    """Dense E1's persistent kernels (H 1760, at each launch shape of ``shapes``, indices of
+    ``persistent.SHAPES``: the first is the package's at B 32; each with its thread-block clusters
     and with ``max_cluster = 1``) against copies with parts of the step left out
     (:data:`DENSE_FLOOR_VARIANTS`), forward and backward, one run: what each part costs a step,
     and what the step costs with only the handshake between SMs left (its waits, the barriers, the
@@ -286,7 +287,11 @@ def dense_floor(add, B, T, reps, dt):
     wx = torch.randn(B, T, H, device="cuda", dtype=dt)
     w = (torch.randn(H, H, device="cuda") * (0.9 / H**0.5)).to(dt)
     g = torch.randn_like(wx)
-    plan = persistent.make_plan(wx)
+    plans = [persistent.make_plan(wx, (persistent.SHAPES[i],)) for i in shapes]
+    if None in plans:
+        print(f"bench_kernels.py: --dense-floor-shapes {' '.join(map(str, shapes))}: a shape that does not "
+              f"fit B {B}, H {H} on this GPU", file=sys.stderr)
+        raise SystemExit(2)
     text = persistent.SOURCE.read_text()
     folder = Path(tempfile.mkdtemp(prefix="dense-floor-"))
     sources = {(): persistent.SOURCE}
@@ -294,10 +299,10 @@ def dense_floor(add, B, T, reps, dt):
         sources[cuts] = folder / f"persistent_no_{'_'.join(cuts)}.cu"
         sources[cuts].write_text(dense_floor_source(cuts, text))
     with ThreadPoolExecutor(len(sources)) as pool:
-        list(pool.map(lambda src: persistent._ext(plan.lowrank, src), sources.values()))
-    h = persistent.forward(wx, w, None, plan)
+        list(pool.map(lambda src: persistent._ext(False, src), sources.values()))
+    h = persistent.forward(wx, w, None, plans[0])
     shape = f"B{B} T{T} H{H}"
-    for max_cluster in (plan.max_cluster, 1):
+    for plan, max_cluster in ((plan, m) for plan in plans for m in (plan.max_cluster, 1)):
         for cuts, src in sources.items():
             p = dataclasses.replace(plan, source=src, max_cluster=max_cluster)
             tf = timeit(lambda: persistent.forward(wx, w, None, p), reps)
@@ -496,6 +501,9 @@ def main(argv=None):
     p.add_argument("--persistent-against", nargs="+", default=[], metavar="FILE",
                    help="other copies of rnnlab/ops/elman/persistent.cu: the dense / persistent section "
                         "times their kernels beside the package's, each launch shape")
+    p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
+                   choices=range(4), help="the dense-floor section's launch shapes: indices of "
+                   "rnnlab.ops.elman.persistent.SHAPES (default 0, the package's first choice)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -604,7 +612,7 @@ def main(argv=None):
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
     if "dense-floor" in args.sections:
-        dense_floor(add, B, T, args.reps, dt)
+        dense_floor(add, B, T, args.reps, dt, args.dense_floor_shapes)
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)
