@@ -7,13 +7,14 @@ the Schedule-Free AdamW step over a 400M model's parameters (schedulefree's vs r
 resource, not an estimate): the forward's loop rebuilt here with each part switchable
 (``_heads_chain``): the dependent chain alone (MMA, tanh), then with the step's input load, its
 store, and the backward's second MMA (dW) beside the chain; then whether the backward scan and
-a layer's weight-gradient GEMMs overlap on two streams. ``--sections dense-floor`` does the same for
-dense E1's persistent kernel: the package's beside copies of ``persistent.cu`` with parts of the
-step left out (``DENSE_FLOOR_CUTS``: the wait for the state's producers, its staging, the MMAs,
-their reads of W, the sum of the warps' partial sums), with and without thread-block clusters; the copy with only the waits left is the step's handshake
-between SMs and its fixed work (barriers, the partial sums' reduction, the epilogue): the floor of
-this design's dependent chain. ``--sections scan-launch`` sweeps the
-fused minGRU / minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
+a layer's weight-gradient GEMMs overlap on two streams. ``--sections dense-floor`` does the same
+for dense E1's persistent kernel: the package's beside copies of ``persistent.cu`` with parts of
+the step left out (``DENSE_FLOOR_CUTS``: the wait for the state's producers, its staging, the MMAs,
+their reads of W, the sum of the warps' partial sums), with and without thread-block clusters, at
+the launch shapes of ``--dense-floor-shapes``; the copy with only the waits left is the step's
+handshake between SMs and its fixed work (barriers, the partial sums' reduction, the epilogue):
+the floor of this design's dependent chain. ``--sections scan-launch`` sweeps the fused minGRU /
+minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
 With it, ``--scan-against FILE`` also times the fused scans of another copy of
 ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py >
 FILE``) at that copy's own launch (its ``BLOCK``, ``NUM_WARPS``), row beside row in the same run,
@@ -45,6 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnlab.ops.elman.persistent import SHAPES
 from rnnlab.ops.elman.tanh import tanh
 
 
@@ -308,7 +310,8 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,)):
             tf = timeit(lambda: persistent.forward(wx, w, None, p), reps)
             cl = persistent.last_cluster_size(p.lowrank, src)
             tb = timeit(lambda: persistent.backward(g, h, w, p), reps)
-            add(f"dense floor: {'without ' + ' + '.join(cuts) if cuts else 'the package'}", shape, (tf, tb, tf + tb), 0.0,
+            name = "without " + " + ".join(cuts) if cuts else "the package"
+            add(f"dense floor: {name}", shape, (tf, tb, tf + tb), 0.0,
                 f"{p.warps} warps, tile {p.cols} x {p.rows}, clusters of {cl}; "
                 f"{tf / T * 1e3:.2f} / {tb / T * 1e3:.2f} us a step fwd / bwd")
 
@@ -502,7 +505,7 @@ def main(argv=None):
                    help="other copies of rnnlab/ops/elman/persistent.cu: the dense / persistent section "
                         "times their kernels beside the package's, each launch shape")
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
-                   choices=range(4), help="the dense-floor section's launch shapes: indices of "
+                   choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "
                    "rnnlab.ops.elman.persistent.SHAPES (default 0, the package's first choice)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
