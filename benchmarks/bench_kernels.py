@@ -21,7 +21,8 @@ FILE``) at that copy's own launch (its ``BLOCK``, ``NUM_WARPS``), row beside row
 so that a kernel change is measured as a ratio of one run. Likewise ``--persistent-against FILE [FILE ...]``
 (with ``--sections dense`` or ``persistent``, the persistent kernel's rows alone) times dense E1's
 persistent kernels built from other copies of ``persistent.cu`` beside the package's, each launch
-shape, after checking their outputs agree.
+shape, after checking their outputs agree; ``--persistent-candidates NAME`` does the same for a
+candidate change written as exact edits of the package's source (``PERSISTENT_CANDIDATES``).
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -260,16 +261,101 @@ DENSE_FLOOR_VARIANTS = (("wait",), ("stage",), ("mma",), ("stage", "mma"), ("wai
                         ("wait", "stage", "mma"), ("wread",), ("reduce",), ("wait", "stage", "wread"))
 
 
+def edited_source(source: str, edits, what: str) -> str:
+    """``source`` (persistent.cu's text) with each ``(old, new)`` of ``edits`` made; ValueError,
+    naming ``what``, if an ``old`` does not match exactly once."""
+    for old, new in edits:
+        if source.count(old) != 1:
+            raise ValueError(f"{what} matches persistent.cu {source.count(old)} times, not once: {old!r} "
+                             "(update it to the kernel)")
+        source = source.replace(old, new)
+    return source
+
+
 def dense_floor_source(cuts: tuple[str, ...], source: str) -> str:
     """``source`` (persistent.cu's text) without the step's parts named in ``cuts``
-    (:data:`DENSE_FLOOR_CUTS`); raises ValueError if an edit does not match exactly once."""
+    (:data:`DENSE_FLOOR_CUTS`)."""
     for cut in cuts:
-        for old, new in DENSE_FLOOR_CUTS[cut]:
-            if source.count(old) != 1:
-                raise ValueError(f"dense-floor's cut {cut!r} matches persistent.cu {source.count(old)} times, "
-                                 f"not once: {old!r} (update DENSE_FLOOR_CUTS to the kernel)")
-            source = source.replace(old, new)
+        source = edited_source(source, DENSE_FLOOR_CUTS[cut], f"dense-floor's cut {cut!r}")
     return source
+
+
+# Candidate changes to dense E1's persistent kernel, as exact edits of the package's source (held to
+# it by tests/test_bench.py), timed with ``--persistent-candidates NAME`` beside the package's kernel
+# at every launch shape, their outputs checked against it (``persistent_pairs``): a change measured
+# before it is made in the package, whatever becomes of the session that wrote it.
+PERSISTENT_CANDIDATES = {
+    # W's fragments of a warp's K tiles loaded once into registers and kept for all T, where they
+    # fit (at most 8 warps: 28 / NT K tiles, 112 registers a thread; not the low-rank build, whose
+    # epilogue keeps its own rows in registers), so each step's MMAs read only the state from
+    # shared memory (docs/kernels.md, dense E1, "Run 3": bound 0.844x at 8 warps). Same MMAs in
+    # the same order: outputs bit for bit.
+    "w-registers": (
+        ("  for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero\n"
+         "  __syncthreads();\n",
+         "  for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero\n"
+         "  __syncthreads();\n"
+         "  constexpr int KTR = WARPS <= 8 && !LOWRANK ? 28 / NT : 0;  // K tiles a warp holds in registers\n"
+         "  const bool wreg = KTR > 0 && kt1 - kt0 <= KTR;\n"
+         "  wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> wf[KTR > 0 ? KTR : 1][NT];\n"
+         "  if (wreg) {\n"
+         "#pragma unroll\n"
+         "    for (int i = 0; i < KTR; ++i) {\n"
+         "      if (kt0 + i < kt1) {\n"
+         "#pragma unroll\n"
+         "        for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(wf[i][j], ws + j * 16 * ld + (kt0 + i) * 16, ld);\n"
+         "      }\n"
+         "    }\n"
+         "  }\n"),
+        ("      if (src != nullptr && kt1 > kt0) {\n"
+         "#pragma unroll 2\n"
+         "        for (int kt = kt0; kt < kt1; ++kt) {\n"
+         "          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];\n"
+         "#pragma unroll\n"
+         "          for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);\n"
+         "          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> lf;\n",
+         "      // one K tile: the state's fragments times W's (bf), and the low-rank term's\n"
+         "      auto tile = [&](int kt, const auto& bf) {\n"
+         "          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> lf;\n"),
+        ("              if constexpr (LOWRANK) wmma::mma_sync(lacc[i], af, lf, lacc[i]);\n"
+         "            }\n"
+         "          }\n"
+         "        }\n"
+         "      }\n",
+         "              if constexpr (LOWRANK) wmma::mma_sync(lacc[i], af, lf, lacc[i]);\n"
+         "            }\n"
+         "          }\n"
+         "      };\n"
+         "      if (src != nullptr && kt1 > kt0) {\n"
+         "        if (wreg) {\n"
+         "#pragma unroll\n"
+         "          for (int i = 0; i < KTR; ++i)\n"
+         "            if (kt0 + i < kt1) tile(kt0 + i, wf[i]);\n"
+         "        } else {\n"
+         "#pragma unroll 2\n"
+         "          for (int kt = kt0; kt < kt1; ++kt) {\n"
+         "            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];\n"
+         "#pragma unroll\n"
+         "            for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);\n"
+         "            tile(kt, bf);\n"
+         "          }\n"
+         "        }\n"
+         "      }\n"),
+    ),
+}
+
+
+def persistent_candidate(name: str) -> Path:
+    """The package's persistent.cu with the edits of :data:`PERSISTENT_CANDIDATES` ``[name]``, written
+    to a temporary file (named after the candidate) for ``--persistent-against``'s timing."""
+    import tempfile
+
+    from rnnlab.ops.elman import persistent
+
+    path = Path(tempfile.mkdtemp(prefix="persistent-candidate-")) / f"persistent_{name.replace('-', '_')}.cu"
+    path.write_text(edited_source(persistent.SOURCE.read_text(), PERSISTENT_CANDIDATES[name],
+                                  f"persistent candidate {name!r}"))
+    return path
 
 
 def dense_floor(add, B, T, reps, dt, shapes=(0,)):
@@ -504,6 +590,10 @@ def main(argv=None):
     p.add_argument("--persistent-against", nargs="+", default=[], metavar="FILE",
                    help="other copies of rnnlab/ops/elman/persistent.cu: the dense / persistent section "
                         "times their kernels beside the package's, each launch shape")
+    p.add_argument("--persistent-candidates", nargs="+", default=[], choices=list(PERSISTENT_CANDIDATES),
+                   metavar="NAME", help="candidate changes to the persistent kernel (PERSISTENT_CANDIDATES: "
+                   f"{', '.join(PERSISTENT_CANDIDATES)}), built from the package's source and timed as "
+                   "--persistent-against copies")
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
                    choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "
                    "rnnlab.ops.elman.persistent.SHAPES (default 0, the package's first choice)")
@@ -515,9 +605,11 @@ def main(argv=None):
     if args.scan_against and "scan-launch" not in args.sections:
         p.error("--scan-against times in the scan-launch section: add it to --sections")
     against = scan_module_from(args.scan_against) if args.scan_against else None
-    if args.persistent_against and not {"dense", "persistent"} & set(args.sections):
-        p.error("--persistent-against times in the dense or persistent section: add one to --sections")
+    if (args.persistent_against or args.persistent_candidates) and not {"dense", "persistent"} & set(args.sections):
+        p.error("--persistent-against and --persistent-candidates time in the dense or persistent section: "
+                "add one to --sections")
     persistent_copies = [persistent_source(f) for f in args.persistent_against]
+    persistent_copies += [persistent_candidate(name) for name in args.persistent_candidates]
 
     from rnnlab.ops.diag import diag_elman_scan
     from rnnlab.ops.elman import elman_scan
@@ -805,6 +897,9 @@ def finish(args, rows, bw, fl, tc):
 
     # each --persistent-against copy by its file and the extension name its content gives it
     copies = {f: persistent._ext_name(Path(f).read_bytes(), persistent.build_flags()) for f in args.persistent_against}
+    for name in args.persistent_candidates:  # the candidates by name (their files are temporary)
+        source = edited_source(persistent.SOURCE.read_text(), PERSISTENT_CANDIDATES[name], name)
+        copies[f"candidate {name}"] = persistent._ext_name(source.encode(), persistent.build_flags())
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds"), git_commit=git_commit_label(),
                 torch=torch.__version__, triton=triton.__version__,

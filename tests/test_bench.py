@@ -1444,6 +1444,27 @@ def test_dense_floor_cuts_match_the_persistent_kernel():
         bk.dense_floor_source(("mma",), text.replace("for (int kt = kt0; kt < kt1; ++kt)", "for (int kt = kt1; kt--;)"))
 
 
+def test_persistent_candidates_edit_the_current_kernel(tmp_path):
+    """bench_kernels.py's candidate changes to the persistent kernel apply to the package's current
+    source (each edit exactly once), are refused by name where they no longer match, and reach the
+    timing as copies of the source; ``w-registers`` keeps the per-K-tile path for launches whose
+    fragments do not fit (16 warps, the low-rank build)."""
+    from rnnlab.ops.elman import persistent
+
+    bk = _benchmark_script("bench_kernels")
+    for name in bk.PERSISTENT_CANDIDATES:
+        path = bk.persistent_candidate(name)
+        assert path.read_text() != persistent.SOURCE.read_text() and name.replace("-", "_") in path.name
+    wreg = bk.persistent_candidate("w-registers").read_text()
+    assert "tile(kt0 + i, wf[i])" in wreg and "tile(kt, bf)" in wreg
+    assert "constexpr int KTR = WARPS <= 8 && !LOWRANK ? 28 / NT : 0;" in wreg
+    with pytest.raises(ValueError, match="w-registers"):
+        bk.edited_source("", bk.PERSISTENT_CANDIDATES["w-registers"], "persistent candidate 'w-registers'")
+    with pytest.raises(SystemExit) as e:
+        bk.main(["--sections", "scan", "--persistent-candidates", "w-registers"])
+    assert e.value.code == 2
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
 @pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 def test_scan_launch_sweep_runs_the_package_scans_with_other_launches():
