@@ -634,9 +634,10 @@ def main(argv=None):
     if args.scan_against and "scan-launch" not in args.sections:
         p.error("--scan-against times in the scan-launch section: add it to --sections")
     against = scan_module_from(args.scan_against) if args.scan_against else None
-    if (args.persistent_against or args.persistent_candidates) and not {"dense", "persistent"} & set(args.sections):
-        p.error("--persistent-against and --persistent-candidates time in the dense or persistent section: "
-                "add one to --sections")
+    for option, given in (("--persistent-against", args.persistent_against),
+                          ("--persistent-candidates", args.persistent_candidates)):
+        if given and not {"dense", "persistent"} & set(args.sections):
+            p.error(f"{option} times in the dense or persistent section: add one to --sections")
     persistent_copies = [persistent_source(f) for f in args.persistent_against]
     persistent_copies += [persistent_candidate(name) for name in args.persistent_candidates]
 
