@@ -347,6 +347,9 @@ PERSISTENT_CANDIDATES = {
     # K tiles, so it starts its MMAs when they land, not when the last slice does (the staging
     # is 17-22% of the layer: docs/kernels.md, dense E1, "The floor of this design's step").
     "slice-barriers": (
+        ("  if (cl > 1 && (!RNNLAB_MULTICAST || B > bstep)) __trap();  // no such build, or two passes\n",
+         "  if (cl > 1 && (!RNNLAB_MULTICAST || B > bstep || cl > 8 || KT < cl)) __trap();  // (or more slices "
+         "than mbarriers or K tiles)\n"),
         ("  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + sizeof(unsigned long long);",
          "  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + 8 * sizeof(unsigned long long);  // one a slice"),
         ("  int sk0 = 0, sk1 = 0, sp0 = 0, sp1 = -1;\n",
