@@ -374,6 +374,64 @@ PERSISTENT_CANDIDATES = {
         ("          mbar_wait(bar, phase);  // every CTA's slice has landed in this CTA's hs\n",
          "          for (int k = wlo; k <= whi; ++k) mbar_wait(bar + 8 * k, phase);  // this warp's slices landed\n"),
     ),
+    # The spec-clean guard of the cluster's staging buffers (docs/kernels.md, dense E1, "Next on this
+    # path" (b)): instead of a cluster barrier a step (a relaxed arrive, not ordered by the PTX
+    # memory model), each CTA arrives, release at cluster scope, on an "empty"
+    # mbarrier of every CTA of the cluster once its MMAs are done with its hs (lane k of warp 0 on
+    # CTA k's), and only warp 0 waits on its own (acquire at cluster scope) before it multicasts;
+    # one cluster barrier at the end.
+    "empty-barriers": (
+        ("// flags[p] = number of steps block p has completed (zeroed by the host before each launch).\n",
+         "// an mbarrier of `count` arrivals a phase\n"
+         "__device__ __forceinline__ void mbar_init_count(unsigned bar, unsigned count) {\n"
+         "  SM90A(asm volatile(\"mbarrier.init.shared::cta.b64 [%0], %1;\\n\" ::\"r\"(bar), \"r\"(count) : \"memory\");\n"
+         "        asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\"));\n"
+         "}\n\n"
+         "// one arrival on the mbarrier at shared offset `bar` of CTA `rank` of the cluster, release at\n"
+         "// cluster scope (what the CTA's threads did before, through a block barrier, happens before)\n"
+         "__device__ __forceinline__ void mbar_arrive_remote(unsigned bar, unsigned rank) {\n"
+         "  SM90A(unsigned remote;\n"
+         "        asm volatile(\"mapa.shared::cluster.u32 %0, %1, %2;\\n\" : \"=r\"(remote) : \"r\"(bar), \"r\"(rank));\n"
+         "        asm volatile(\"mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\\n\" ::\"r\"(remote) : \"memory\"));\n"
+         "}\n\n"
+         "// until the phase of parity `parity` has completed, acquire at cluster scope (peers' arrivals)\n"
+         "__device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity) {\n"
+         "  SM90A(unsigned done; do {\n"
+         "    asm volatile(\"{\\n.reg .pred p;\\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\\n\"\n"
+         "                 \"selp.u32 %0, 1, 0, p;\\n}\\n\"\n"
+         "                 : \"=r\"(done)\n"
+         "                 : \"r\"(bar), \"r\"(parity)\n"
+         "                 : \"memory\");\n"
+         "  } while (!done));\n"
+         "}\n\n"
+         "// flags[p] = number of steps block p has completed (zeroed by the host before each launch).\n"),
+        ("  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + sizeof(unsigned long long);",
+         "  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + 2 * sizeof(unsigned long long);  // full, empty"),
+        ("  unsigned phase = 0;  // parity of the mbarrier's current phase\n",
+         "  unsigned phase = 0;  // parity of the mbarrier's current phase\n"
+         "  const unsigned ebar = bar + 8;  // \"empty\": every CTA of the cluster is done with its hs\n"
+         "  unsigned ephase = 0;\n"),
+        ("    if (threadIdx.x == 0) mbar_init(bar);\n",
+         "    if (threadIdx.x == 0) {\n"
+         "      mbar_init(bar);\n"
+         "      mbar_init_count(ebar, cl);\n"
+         "    }\n"),
+        ("        if (s > 0) cluster_wait();  // the peers' MMAs of the previous step are done with their hs\n", ""),
+        ("            if (s > 0) wait_producers(myflags, sp0, sp1, s, lane);\n",
+         "            if (s > 0) {\n"
+         "              mbar_wait_cluster(ebar, ephase);  // the peers' MMAs of the previous step are done with their hs\n"
+         "              ephase ^= 1;\n"
+         "              wait_producers(myflags, sp0, sp1, s, lane);\n"
+         "            }\n"),
+        ("      if (clustered) cluster_arrive_relaxed();\n",
+         "      // this CTA's MMAs are done with its hs (the barrier above): lane k tells CTA k\n"
+         "      if (clustered && warp == 0 && lane < cl) mbar_arrive_remote(ebar, static_cast<unsigned>(lane));\n"),
+        ("  if (clustered && first_b0 < B) cluster_wait();",
+         "  if (clustered && first_b0 < B) {\n"
+         "    cluster_arrive_release();\n"
+         "    cluster_wait();\n"
+         "  }"),
+    ),
 }
 
 
