@@ -699,8 +699,10 @@ def main(argv=None):
                           ("--persistent-candidates", args.persistent_candidates)):
         if given and not {"dense", "persistent"} & set(args.sections):
             p.error(f"{option} times in the dense or persistent section: add one to --sections")
-    persistent_copies = [persistent_source(f) for f in args.persistent_against]
-    persistent_copies += [persistent_candidate(name) for name in args.persistent_candidates]
+    # the other persistent kernels, by how the command named them: a file, or "candidate NAME"
+    copies = {f: persistent_source(f) for f in args.persistent_against}
+    copies |= {f"candidate {name}": persistent_candidate(name) for name in args.persistent_candidates}
+    persistent_copies = list(copies.values())
 
     from rnnlab.ops.diag import diag_elman_scan
     from rnnlab.ops.elman import elman_scan
@@ -817,7 +819,7 @@ def main(argv=None):
         return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
     if not {"dense", "persistent"} & set(args.sections):
-        return finish(args, rows, bw, fl, None)
+        return finish(args, rows, bw, fl, None, copies)
     from rnnlab.ops.elman import dense_step, persistent
 
     for i, (warps, tile) in enumerate(persistent.SHAPES):
@@ -836,7 +838,7 @@ def main(argv=None):
             add("E1 dense persistent kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb), kernels_floor,
                 f"{warps} warps, tile {tile[0]} x {tile[1]}: {agree}")
     if "dense" not in args.sections:  # the persistent kernel alone
-        return finish(args, rows, bw, fl, None)
+        return finish(args, rows, bw, fl, None, copies)
     best = None
     # the per-step kernel (persistent off), CUDA-graphed, per tile (BN, BK, warps, stages)
     for tile in ((16, 128, 4, 3), (16, 256, 4, 3), (16, 64, 4, 3), (32, 128, 4, 3), (32, 64, 4, 3),
@@ -880,7 +882,7 @@ def main(argv=None):
         chain()
     tc = timeit(gph.replay, args.reps)
     print(f"{'cuBLAS GEMM chain (graph)':34s} {'':22s} {tc:8.3f} ms ({tc / T * 1e3:.2f} us/step)")
-    return finish(args, rows, bw, fl, tc)
+    return finish(args, rows, bw, fl, tc, copies)
 
 
 def matrix_state_cells(add, B, T, reps, bw, e88_heads):
@@ -982,15 +984,13 @@ def schedulefree_steps(add, reps, bw):
         del opt, params
 
 
-def finish(args, rows, bw, fl, tc):
+def finish(args, rows, bw, fl, tc, copies: dict[str, Path]):
+    """Print the run's record and write ``--json``; ``copies``: the other persistent kernels timed,
+    recorded by their names in the command and the extension names their sources give them."""
     from rnnlab.ops.elman import persistent
     from rnnlab.train.runtime import git_commit_label
 
-    # each --persistent-against copy by its file and the extension name its content gives it
-    copies = {f: persistent._ext_name(Path(f).read_bytes(), persistent.build_flags()) for f in args.persistent_against}
-    for name in args.persistent_candidates:  # the candidates by name (their files are temporary)
-        source = edited_source(persistent.SOURCE.read_text(), PERSISTENT_CANDIDATES[name], name)
-        copies[f"candidate {name}"] = persistent._ext_name(source.encode(), persistent.build_flags())
+    copies = {label: persistent._ext_name(path.read_bytes(), persistent.build_flags()) for label, path in copies.items()}
     meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds"), git_commit=git_commit_label(),
                 torch=torch.__version__, triton=triton.__version__,
