@@ -241,17 +241,19 @@ DENSE_FLOOR_CUTS = {
               ("for (int r = lane; r < nb; r += 32)", "for (int r = lane; r < 0; r += 32)"),
               ("for (int r = r0, j = j0; r < nb;) {", "for (int r = r0, j = j0; r < 0;) {")),
     # the recurrent product's MMAs (the partial sums stay zero)
-    "mma": (("for (int kt = kt0; kt < kt1; ++kt) {", "for (int kt = kt0; kt < kt0; ++kt) {"),),
-    # the MMAs' reads of W from shared memory: its fragments of the warp's first K tile, loaded once
-    # a step, stand for every K tile (the state's fragments are still read; not with "mma")
-    "wread": (("#pragma unroll 2\n        for (int kt = kt0; kt < kt1; ++kt) {\n"
+    "mma": (("for (int kt = kt0; kt < kt1; ++kt) {", "for (int kt = kt0; kt < kt0; ++kt) {"),
+            ("if (kt0 + i < kt1) tile(kt0 + i, wf[i]);", "if (kt0 + i < kt0) tile(kt0 + i, wf[i]);")),
+    # the MMAs' reads of W from shared memory where the kernel reads them every step (launches
+    # without W's fragments in registers: 16 warps): its fragments of the warp's first K tile,
+    # loaded once a step, stand for every K tile (the state's fragments are still read; not with "mma")
+    "wread": (("#pragma unroll 2\n          for (int kt = kt0; kt < kt1; ++kt) {\n"
+               "            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];\n"
+               "#pragma unroll\n"
+               "            for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);\n",
                "          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];\n"
                "#pragma unroll\n"
-               "          for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);\n",
-               "        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];\n"
-               "#pragma unroll\n"
-               "        for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt0 * 16, ld);\n"
-               "#pragma unroll 2\n        for (int kt = kt0; kt < kt1; ++kt) {\n"),),
+               "          for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt0 * 16, ld);\n"
+               "#pragma unroll 2\n          for (int kt = kt0; kt < kt1; ++kt) {\n"),),
     # the sum of the warps' partial sums: warp 0's alone goes to the epilogue
     "reduce": (("#pragma unroll\n        for (int w = 0; w < WARPS; ++w) a += part[(w * RB + r) * NC + n];",
                 "a += part[r * NC + n];"),),
@@ -285,63 +287,6 @@ def dense_floor_source(cuts: tuple[str, ...], source: str) -> str:
 # at every launch shape, their outputs checked against it (``persistent_pairs``): a change measured
 # before it is made in the package, whatever becomes of the session that wrote it.
 PERSISTENT_CANDIDATES = {
-    # W's fragments of a warp's K tiles loaded once into registers and kept for all T, where they
-    # fit (at most 8 warps: 28 / NT K tiles, 112 registers a thread; not the low-rank build, whose
-    # epilogue keeps its own rows in registers), so each step's MMAs read only the state from
-    # shared memory (docs/kernels.md, dense E1, "Run 3": bound 0.844x at 8 warps). Same MMAs in
-    # the same order: outputs bit for bit.
-    "w-registers": (
-        ("  for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero\n"
-         "  __syncthreads();\n",
-         "  for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero\n"
-         "  __syncthreads();\n"
-         "  constexpr int KTR = WARPS <= 8 && !LOWRANK ? 28 / NT : 0;  // K tiles a warp holds in registers\n"
-         "  const bool wreg = KTR > 0 && kt1 - kt0 <= KTR;\n"
-         "  wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> wf[KTR > 0 ? KTR : 1][NT];\n"
-         "  if (wreg) {\n"
-         "#pragma unroll\n"
-         "    for (int i = 0; i < KTR; ++i) {\n"
-         "      if (kt0 + i < kt1) {\n"
-         "#pragma unroll\n"
-         "        for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(wf[i][j], ws + j * 16 * ld + (kt0 + i) * 16, ld);\n"
-         "      }\n"
-         "    }\n"
-         "  }\n"),
-        ("      if (src != nullptr && kt1 > kt0) {\n"
-         "#pragma unroll 2\n"
-         "        for (int kt = kt0; kt < kt1; ++kt) {\n"
-         "          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];\n"
-         "#pragma unroll\n"
-         "          for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);\n"
-         "          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> lf;\n",
-         "      // one K tile: the state's fragments times W's (bf), and the low-rank term's\n"
-         "      auto tile = [&](int kt, const auto& bf) {\n"
-         "          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> lf;\n"),
-        ("              if constexpr (LOWRANK) wmma::mma_sync(lacc[i], af, lf, lacc[i]);\n"
-         "            }\n"
-         "          }\n"
-         "        }\n"
-         "      }\n",
-         "              if constexpr (LOWRANK) wmma::mma_sync(lacc[i], af, lf, lacc[i]);\n"
-         "            }\n"
-         "          }\n"
-         "      };\n"
-         "      if (src != nullptr && kt1 > kt0) {\n"
-         "        if (wreg) {\n"
-         "#pragma unroll\n"
-         "          for (int i = 0; i < KTR; ++i)\n"
-         "            if (kt0 + i < kt1) tile(kt0 + i, wf[i]);\n"
-         "        } else {\n"
-         "#pragma unroll 2\n"
-         "          for (int kt = kt0; kt < kt1; ++kt) {\n"
-         "            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];\n"
-         "#pragma unroll\n"
-         "            for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);\n"
-         "            tile(kt, bf);\n"
-         "          }\n"
-         "        }\n"
-         "      }\n"),
-    ),
     # The cluster path's state counted on an mbarrier per slice (one per CTA of the cluster, at
     # most 8) instead of one for the whole state: each warp waits only for the slices holding its
     # K tiles, so it starts its MMAs when they land, not when the last slice does (the staging
@@ -373,64 +318,6 @@ PERSISTENT_CANDIDATES = {
          "src + static_cast<long>(b0 + r) * stride + sk0, bytes, mybar, mask);"),
         ("          mbar_wait(bar, phase);  // every CTA's slice has landed in this CTA's hs\n",
          "          for (int k = wlo; k <= whi; ++k) mbar_wait(bar + 8 * k, phase);  // this warp's slices landed\n"),
-    ),
-    # The spec-clean guard of the cluster's staging buffers (docs/kernels.md, dense E1, "Next on this
-    # path" (b)): instead of a cluster barrier a step (a relaxed arrive, not ordered by the PTX
-    # memory model), each CTA arrives, release at cluster scope, on an "empty"
-    # mbarrier of every CTA of the cluster once its MMAs are done with its hs (lane k of warp 0 on
-    # CTA k's), and only warp 0 waits on its own (acquire at cluster scope) before it multicasts;
-    # one cluster barrier at the end.
-    "empty-barriers": (
-        ("// flags[p] = number of steps block p has completed (zeroed by the host before each launch).\n",
-         "// an mbarrier of `count` arrivals a phase\n"
-         "__device__ __forceinline__ void mbar_init_count(unsigned bar, unsigned count) {\n"
-         "  SM90A(asm volatile(\"mbarrier.init.shared::cta.b64 [%0], %1;\\n\" ::\"r\"(bar), \"r\"(count) : \"memory\");\n"
-         "        asm volatile(\"fence.mbarrier_init.release.cluster;\\n\" ::: \"memory\"));\n"
-         "}\n\n"
-         "// one arrival on the mbarrier at shared offset `bar` of CTA `rank` of the cluster, release at\n"
-         "// cluster scope (what the CTA's threads did before, through a block barrier, happens before)\n"
-         "__device__ __forceinline__ void mbar_arrive_remote(unsigned bar, unsigned rank) {\n"
-         "  SM90A(unsigned remote;\n"
-         "        asm volatile(\"mapa.shared::cluster.u32 %0, %1, %2;\\n\" : \"=r\"(remote) : \"r\"(bar), \"r\"(rank));\n"
-         "        asm volatile(\"mbarrier.arrive.release.cluster.shared::cluster.b64 _, [%0];\\n\" ::\"r\"(remote) : \"memory\"));\n"
-         "}\n\n"
-         "// until the phase of parity `parity` has completed, acquire at cluster scope (peers' arrivals)\n"
-         "__device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity) {\n"
-         "  SM90A(unsigned done; do {\n"
-         "    asm volatile(\"{\\n.reg .pred p;\\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\\n\"\n"
-         "                 \"selp.u32 %0, 1, 0, p;\\n}\\n\"\n"
-         "                 : \"=r\"(done)\n"
-         "                 : \"r\"(bar), \"r\"(parity)\n"
-         "                 : \"memory\");\n"
-         "  } while (!done));\n"
-         "}\n\n"
-         "// flags[p] = number of steps block p has completed (zeroed by the host before each launch).\n"),
-        ("  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + sizeof(unsigned long long);",
-         "  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + 2 * sizeof(unsigned long long);  // full, empty"),
-        ("  unsigned phase = 0;  // parity of the mbarrier's current phase\n",
-         "  unsigned phase = 0;  // parity of the mbarrier's current phase\n"
-         "  const unsigned ebar = bar + 8;  // \"empty\": every CTA of the cluster is done with its hs\n"
-         "  unsigned ephase = 0;\n"),
-        ("    if (threadIdx.x == 0) mbar_init(bar);\n",
-         "    if (threadIdx.x == 0) {\n"
-         "      mbar_init(bar);\n"
-         "      mbar_init_count(ebar, cl);\n"
-         "    }\n"),
-        ("        if (s > 0) cluster_wait();  // the peers' MMAs of the previous step are done with their hs\n", ""),
-        ("            if (s > 0) wait_producers(myflags, sp0, sp1, s, lane);\n",
-         "            if (s > 0) {\n"
-         "              mbar_wait_cluster(ebar, ephase);  // the peers' MMAs of the previous step are done with their hs\n"
-         "              ephase ^= 1;\n"
-         "              wait_producers(myflags, sp0, sp1, s, lane);\n"
-         "            }\n"),
-        ("      if (clustered) cluster_arrive_relaxed();\n",
-         "      // this CTA's MMAs are done with its hs (the barrier above): lane k tells CTA k\n"
-         "      if (clustered && warp == 0 && lane < cl) mbar_arrive_remote(ebar, static_cast<unsigned>(lane));\n"),
-        ("  if (clustered && first_b0 < B) cluster_wait();",
-         "  if (clustered && first_b0 < B) {\n"
-         "    cluster_arrive_release();\n"
-         "    cluster_wait();\n"
-         "  }"),
     ),
 }
 

@@ -1436,6 +1436,7 @@ def test_dense_floor_cuts_match_the_persistent_kernel():
     assert len(set(copies.values()) | {text}) == len(copies) + 1
     everything = copies[("wait", "stage", "mma")]
     assert "wait_producers(myflags" not in everything and "kt < kt1" not in everything
+    assert "< kt1) tile(" not in everything  # nor from W's fragments in registers
     assert "cp_async16(d, g)" in everything  # the per-warp staging's loop is still compiled, never entered
     wread = copies[("wread",)]  # W's fragments read once a step, before the K loop
     assert wread.count("load_matrix_sync(bf[j]") == 1 and "ws + j * 16 * ld + kt0 * 16" in wread
@@ -1447,19 +1448,17 @@ def test_dense_floor_cuts_match_the_persistent_kernel():
 def test_persistent_candidates_edit_the_current_kernel(tmp_path):
     """bench_kernels.py's candidate changes to the persistent kernel apply to the package's current
     source (each edit exactly once), are refused by name where they no longer match, and reach the
-    timing as copies of the source; ``w-registers`` keeps the per-K-tile path for launches whose
-    fragments do not fit (16 warps, the low-rank build)."""
+    timing as copies of the source."""
     from rnnlab.ops.elman import persistent
 
     bk = _benchmark_script("bench_kernels")
     for name in bk.PERSISTENT_CANDIDATES:
         path = bk.persistent_candidate(name)
         assert path.read_text() != persistent.SOURCE.read_text() and name.replace("-", "_") in path.name
-    wreg = bk.persistent_candidate("w-registers").read_text()
-    assert "tile(kt0 + i, wf[i])" in wreg and "tile(kt, bf)" in wreg
-    assert "constexpr int KTR = WARPS <= 8 && !LOWRANK ? 28 / NT : 0;" in wreg
-    with pytest.raises(ValueError, match="w-registers"):
-        bk.edited_source("", bk.PERSISTENT_CANDIDATES["w-registers"], "persistent candidate 'w-registers'")
+    slices = bk.persistent_candidate("slice-barriers").read_text()
+    assert "mbar_wait(bar + 8 * k, phase)" in slices and "mbar_wait(bar, phase)" not in slices
+    with pytest.raises(ValueError, match="slice-barriers"):
+        bk.edited_source("", bk.PERSISTENT_CANDIDATES["slice-barriers"], "persistent candidate 'slice-barriers'")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
@@ -1637,7 +1636,7 @@ def test_against_options_need_their_sections(capsys):
     for option, value, why in (
             ("--scan-against", "old_copy", "--scan-against times in the scan-launch section"),
             ("--persistent-against", "old_copy", "--persistent-against times in the dense or persistent section"),
-            ("--persistent-candidates", "w-registers", "--persistent-candidates times in the dense or persistent section")):
+            ("--persistent-candidates", "slice-barriers", "--persistent-candidates times in the dense or persistent section")):
         with pytest.raises(SystemExit) as stop:
             bk.main(["--sections", "scan", option, value])
         assert stop.value.code == 2 and why in capsys.readouterr().err

@@ -19,7 +19,8 @@
 // Per step every warp of every block waits for the producers of its K range (per-block step
 // flags, release/acquire: a dataflow grid barrier without a central counter), stages those
 // columns of the previous state from L2 (cp.async.cg, so never a stale L1 line) and runs its
-// part of the [RB x H] x [H x NC] product on tensor cores (wmma, bf16/fp16 in, fp32 accumulate);
+// part of the [RB x H] x [H x NC] product on tensor cores (wmma, bf16/fp16 in, fp32 accumulate;
+// at 8 warps and the 32-column tile, W's fragments of the warp's K range stay in registers);
 // the block sums the warps' partials, applies the epilogue (its operands were prefetched during
 // the previous step), stores its columns and raises its flag.
 // Spinning on flags needs every block resident: a cooperative launch guarantees that for the grid
@@ -247,6 +248,22 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
   }
   for (int i = threadIdx.x; i < RB * ld; i += THREADS) hs[i] = zero;  // K padding stays zero
   __syncthreads();
+  // W's fragments of this warp's K tiles, loaded once and kept in registers for all T (each step's
+  // MMAs then read only the state from shared memory), where they fit: 8 warps, the 32-column tile
+  // (14 K tiles, 112 registers a thread: E1's widths up to H = 1792), not the low-rank build (its
+  // epilogue holds its own rows in registers); the 16 x 32 tile measured slower with them
+  constexpr int KTR = WARPS <= 8 && NT == 2 && !LOWRANK ? 14 : 0;
+  const bool wreg = KTR > 0 && kt1 - kt0 <= KTR;
+  wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> wf[KTR > 0 ? KTR : 1][NT];
+  if (wreg) {
+#pragma unroll
+    for (int i = 0; i < KTR; ++i) {
+      if (kt0 + i < kt1) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(wf[i][j], ws + j * 16 * ld + (kt0 + i) * 16, ld);
+      }
+    }
+  }
 
   // The cluster path (cl > 1): this CTA stages the state's columns [sk0, sk1) (K tiles
   // [ka, kb): the cluster's CTAs split the K tiles; the last slice ends at H, so every row's copy
@@ -368,23 +385,33 @@ elman_persistent(const T* __restrict__ e1, const T* __restrict__ e2, const T* __
         cp_async_wait_all();
         __syncwarp();
       }
+      // one K tile: the state's fragments times W's (bf), and the low-rank term's
+      auto tile = [&](int kt, const auto& bf) {
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> lf;
+        if constexpr (LOWRANK) wmma::load_matrix_sync(lf, lr_in + kt * 16 * LR, LR);
+#pragma unroll
+        for (int i = 0; i < MT; ++i) {
+          if (i * 16 < nb) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af;
+            wmma::load_matrix_sync(af, hs + i * 16 * ld + kt * 16, ld);
+#pragma unroll
+            for (int j = 0; j < NT; ++j) wmma::mma_sync(acc[i][j], af, bf[j], acc[i][j]);
+            if constexpr (LOWRANK) wmma::mma_sync(lacc[i], af, lf, lacc[i]);
+          }
+        }
+      };
       if (src != nullptr && kt1 > kt0) {
+        if (wreg) {
+#pragma unroll
+          for (int i = 0; i < KTR; ++i)
+            if (kt0 + i < kt1) tile(kt0 + i, wf[i]);
+        } else {
 #pragma unroll 2
-        for (int kt = kt0; kt < kt1; ++kt) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];
+          for (int kt = kt0; kt < kt1; ++kt) {
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> bf[NT];
 #pragma unroll
-          for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> lf;
-          if constexpr (LOWRANK) wmma::load_matrix_sync(lf, lr_in + kt * 16 * LR, LR);
-#pragma unroll
-          for (int i = 0; i < MT; ++i) {
-            if (i * 16 < nb) {
-              wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> af;
-              wmma::load_matrix_sync(af, hs + i * 16 * ld + kt * 16, ld);
-#pragma unroll
-              for (int j = 0; j < NT; ++j) wmma::mma_sync(acc[i][j], af, bf[j], acc[i][j]);
-              if constexpr (LOWRANK) wmma::mma_sync(lacc[i], af, lf, lacc[i]);
-            }
+            for (int j = 0; j < NT; ++j) wmma::load_matrix_sync(bf[j], ws + j * 16 * ld + kt * 16, ld);
+            tile(kt, bf);
           }
         }
       }

@@ -48,7 +48,7 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
     try:
         from rnnlab.ops.elman import persistent
 
-        shapes = persistent.SHAPES if opts.persistent_shape < 0 else (persistent.SHAPES[opts.persistent_shape],)
+        shapes = None if opts.persistent_shape < 0 else (persistent.SHAPES[opts.persistent_shape],)
         plan = persistent.make_plan(x, shapes, rank)
     except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the Triton path
         _PERSISTENT_ERROR[lowrank] = f"{type(e).__name__}: {e}"
