@@ -2,8 +2,9 @@
 there is no GPU): every registered op's GPU kernel (E1's heads and dense per-step scans, plain and
 with the selective decay / low-rank terms, the linear scan, the fused minGRU/minLSTM gate scans,
 E16's diagonal scan, E88's checkpointed scan) against the op's float64 reference, forward, final
-state and every input gradient; and E1's ``rnnlab::elman_scan_*`` / ``elman_selective_*`` and
-E16's ``rnnlab::diag_elman_*`` custom ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path; one test runs
+state and every input gradient; and E1's ``rnnlab::elman_scan_*`` / ``elman_selective_*``, E16's
+``rnnlab::diag_elman_*`` and the linear / minGRU / minLSTM scans' ``rnnlab::linear_scan_*`` custom
+ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path; one test runs
 their 16-bit path on fp16). The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the
 persistent E1 kernel and the external kernels behind the ssd and gated-delta ops' "triton"
 backends (mamba_ssm's and fla's, which do not run in the interpreter)."""
@@ -289,6 +290,86 @@ def test_compiled_scan_is_one_graph(name, heads):
         outs.append((h, h_last, *torch.autograd.grad((h.sum(), h_last.sum()), leaves)))
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def _scan_case(mode, h0):
+    """The scan op's inputs (``mode`` 0: a in (0.05, 0.95), b; 1 / 2: minGRU's / minLSTM's
+    projection) and ``h0`` (or None), as leaves."""
+    g = torch.Generator().manual_seed(3 + mode)
+    B, T, H = 2, 6, 5
+    if mode == 0:
+        xs = [torch.rand(B, T, H, generator=g) * 0.9 + 0.05, torch.randn(B, T, H, generator=g)]
+    else:
+        xs = [torch.randn(B, T, (mode + 1) * H, generator=g) * 2, None]
+    start = torch.randn(B, H, generator=g) if h0 else None
+    return [None if t is None else t.requires_grad_() for t in (*xs, start)]
+
+
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_scan_custom_ops_pass_opcheck(mode):
+    """The linear / minGRU / minLSTM scans' op (``rnnlab::linear_scan_fwd``, its backward
+    ``linear_scan_bwd``): schema, fake implementation and autograd registration agree with the
+    real kernels, with and without h0."""
+    from rnnlab.ops.scan import triton as kernel
+
+    for h0 in (True, False):
+        x, b, start = _scan_case(mode, h0)
+        torch.library.opcheck(kernel._scan_fwd_op, (mode, x, b, start))
+        x, b, start = (None if t is None else t.detach() for t in (x, b, start))
+        h = kernel._scan_fwd_op(mode, x, b, start)
+        g = torch.randn_like(h)
+        torch.library.opcheck(kernel._scan_bwd_op, (mode, g, x, h, start))
+        dx, db, dh0 = kernel._scan_bwd_op(mode, g, x, h, start)
+        assert dx.shape == x.shape and db.shape == (h.shape if mode == 0 else (0,)) and dh0.dtype == torch.float32
+
+
+@pytest.mark.parametrize("name,mode", [("linear_scan", 0), ("mingru_scan", 1), ("minlstm_scan", 2)])
+def test_compiled_linear_scans_are_one_graph(name, mode):
+    """torch.compile traces the linear / minGRU / minLSTM kernel entry points (their custom op;
+    fullgraph: no graph break) and matches eager, outputs and every gradient (through all states and
+    the final one) bit for bit."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    kernel = getattr(OPS[name].kernel.get(), name)
+    x, b, start = _scan_case(mode, True)
+    leaves = [t for t in (x, b, start) if t is not None]
+
+    def f(*args):
+        h, h_last = kernel(torch.cos(args[0]), *args[1:])
+        return torch.sin(h), h_last
+
+    outs = []
+    for fn in (f, torch.compile(f, backend="aot_eager", fullgraph=True)):
+        h, h_last = fn(*leaves)
+        outs.append((h, h_last, *torch.autograd.grad((h.sum(), h_last.sum()), leaves)))
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model", ["mingru", "minlstm"])
+def test_minrnn_layer_compiles_to_one_graph_on_the_kernel_path(model, monkeypatch):
+    """With minGRU's / minLSTM's op resolved to its kernel (as on CUDA), torch.compile captures the
+    whole layer (with its output projection) without a graph break, values and gradients as eager."""
+    import torch._dynamo
+
+    from rnnlab.layers.mingru import MinGRU, MinGRUConfig
+    from rnnlab.layers.minlstm import MinLSTM, MinLSTMConfig
+
+    name = f"{model}_scan"
+    kernel = getattr(OPS[name].kernel.get(), name)
+    monkeypatch.setattr(OPS[name], "implementation", lambda backend, x: kernel)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    layer, config = {"mingru": (MinGRU, MinGRUConfig), "minlstm": (MinLSTM, MinLSTMConfig)}[model]
+    mixer = layer(config(dim=16, expansion=1.5))
+    x = torch.randn(2, 5, 16, requires_grad=True)
+    outs = []
+    for fn in (mixer, torch.compile(mixer, backend="aot_eager", fullgraph=True)):
+        y = fn(x)
+        outs.append((y, *torch.autograd.grad(y.square().sum(), [x, *mixer.parameters()])))
+    for got, want in zip(*outs):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_diag_custom_op_passes_opcheck():

@@ -647,12 +647,12 @@ def test_lm_bf16_train_step_triton():
 
 @pytest.mark.parametrize("model,layer", [("e1", {"heads": 1}), ("e1", {"heads": 4}), ("e1", {"selective": "decay"}),
                                          ("e1", {"selective": "decay", "heads": 4}), ("e1", {"selective": "lowrank"}),
-                                         ("e16", {"state_expansion": 2})])
+                                         ("e16", {"state_expansion": 2}), ("mingru", {}), ("minlstm", {})])
 def test_lm_compiles_to_one_graph(model, layer):
-    """E1's and E16's scans are custom ops: torch.compile(fullgraph=True) captures a whole bf16 LM
-    (no graph break; plain dense E1 uses the persistent kernel here, the selective variants their
-    own kernels) and its loss and gradients match eager (Inductor's fusions round differently in
-    bf16: 3e-2)."""
+    """E1's, E16's and minGRU's / minLSTM's scans are custom ops: torch.compile(fullgraph=True)
+    captures a whole bf16 LM (no graph break; plain dense E1 uses the persistent kernel here, the
+    selective variants their own kernels) and its loss and gradients match eager (Inductor's
+    fusions round differently in bf16: 3e-2)."""
     import torch._dynamo
 
     from rnnlab.models import LM, ModelConfig

@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.registry import check_time_offsets, final_state
+from rnnlab.ops.registry import check_time_offsets, final_state, traced
 
 __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 
@@ -257,85 +257,110 @@ def launch_backward(ptrs, RS: int, h: torch.Tensor, h0c, g: torch.Tensor, outs, 
                                           BLOCK=block, num_warps=warps)
 
 
-class _Scan(torch.autograd.Function):
-    """MODE 0: inputs (a, b); MODE 1/2: input p = [B, T, G*H] (G = 2, 3)."""
-
-    @staticmethod
-    def forward(ctx, mode, h0, *xs):
-        # the last input is b ([B, T, H]) or p ([B, T, G*H]): a step's row width either way
-        check_time_offsets(("linear_scan", "mingru_scan", "minlstm_scan")[mode], xs[-1].shape[1], xs[-1].shape[2])
-        if mode == 0:
-            a, b = (x.contiguous() for x in xs)
-            B, T, H = b.shape
-            ptrs, RS, dt = [a, b, b], H, b.dtype
-        else:
-            (p,) = xs
-            p = p.contiguous()
-            G = mode + 1
-            B, T, GH = p.shape
-            H = GH // G
-            ptrs, RS, dt = _views(p, G, H), GH, p.dtype
-        has_h0 = h0 is not None
-        h0c = h0.contiguous() if has_h0 else ptrs[0]
-        h = torch.empty(B, T, H, device=ptrs[0].device, dtype=dt)
-        if T > 0 and B > 0 and H > 0:
-            launch_forward(ptrs, RS, h0c, h, mode, has_h0)
-        ctx.mode, ctx.has_h0, ctx.H, ctx.RS = mode, has_h0, H, RS
-        ctx.h0_dtype = h0.dtype if has_h0 else None
-        if mode == 0:
-            ctx.save_for_backward(a, h, h0 if has_h0 else None)  # b is not needed
-        else:
-            ctx.save_for_backward(p, h, h0 if has_h0 else None)
-        return h
-
-    @staticmethod
-    def backward(ctx, g):
-        x, h, h0 = ctx.saved_tensors
-        mode, H, RS = ctx.mode, ctx.H, ctx.RS
-        B, T, _ = h.shape
-        g = g.contiguous()
-        if mode == 0:
-            ptrs = [x, x, x]  # only a (x0) is read in mode 0
-            da, db = torch.empty_like(x), torch.empty_like(h)
-            outs = [da, db, db]
-        else:
-            G = mode + 1
-            ptrs = _views(x, G, H)
-            dp = torch.empty_like(x)
-            outs = _views(dp, G, H)
-        dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
-        h0c = h0.contiguous() if ctx.has_h0 else h
-        if T > 0 and B > 0 and H > 0:
-            launch_backward(ptrs, RS, h, h0c, g, outs, dh0, mode, ctx.has_h0)
-        elif mode == 0:
-            da.zero_(), db.zero_()
-        else:
-            dp.zero_()
-        dh0 = dh0.to(ctx.h0_dtype) if ctx.has_h0 else None
-        if mode == 0:
-            return None, dh0, da, db
-        return None, dh0, dp
+# ------------------------------------------------------------------------ torch.library ops
+# The scans are a pair of custom ops with an autograd formula, like E1's and E16's: under
+# torch.compile a minGRU / minLSTM model stays in one graph (each op one opaque extern call, no
+# graph break), so Inductor fuses what lies between the layers across them (results/mingru-one-graph-h200).
+# mode 0: linear_scan's (a, b); mode 1 / 2: minGRU's / minLSTM's projection p = [B, T, G*H] (G = 2, 3).
+# A copy of this file that a benchmark imports beside the package's (bench_kernels.py's
+# scan_module_from) registers its ops in a namespace of its own.
+_NS = "rnnlab" if __name__ == "rnnlab.ops.scan.triton" else __name__.replace(".", "_")
 
 
+@torch.library.custom_op(f"{_NS}::linear_scan_fwd", mutates_args=(),
+                         schema="(int mode, Tensor x, Tensor? b, Tensor? h0) -> Tensor")
+def _scan_fwd_op(mode, x, b, h0):
+    """All states ``h: [B, T, H]`` in the input dtype: of ``(a, b) = (x, b)`` (mode 0) or of the
+    projection ``p = x`` (modes 1, 2; ``b`` None)."""
+    # the last input is b ([B, T, H]) or p ([B, T, G*H]): a step's row width either way
+    last = x if b is None else b
+    check_time_offsets(("linear_scan", "mingru_scan", "minlstm_scan")[mode], last.shape[1], last.shape[2])
+    x = x.contiguous()
+    if mode == 0:
+        b = b.contiguous()
+        B, T, H = b.shape
+        ptrs, RS = [x, b, b], H
+    else:
+        B, T, GH = x.shape
+        H = GH // (mode + 1)
+        ptrs, RS = _views(x, mode + 1, H), GH
+    h = torch.empty(B, T, H, device=x.device, dtype=last.dtype)
+    if T > 0 and B > 0 and H > 0:
+        launch_forward(ptrs, RS, ptrs[0] if h0 is None else h0.contiguous(), h, mode, h0 is not None)
+    return h
+
+
+@_scan_fwd_op.register_fake
+def _(mode, x, b, h0):
+    B, T, W = x.shape
+    return x.new_empty(B, T, W // (mode + 1), dtype=(x if b is None else b).dtype)
+
+
+@torch.library.custom_op(f"{_NS}::linear_scan_bwd", mutates_args=(),
+                         schema="(int mode, Tensor g, Tensor x, Tensor h, Tensor? h0) -> (Tensor, Tensor, Tensor)")
+def _scan_bwd_op(mode, g, x, h, h0):
+    """``(dx, db, dh0)``: mode 0 ``(da, db)`` of ``a = x``; modes 1, 2 ``dp`` of the projection
+    ``p = x`` and an empty ``db``; ``dh0 [B, H]`` fp32 (zeros without ``h0``)."""
+    h, g, x = h.contiguous(), g.contiguous(), x.contiguous()
+    B, T, H = h.shape
+    if mode == 0:
+        ptrs, RS = [x, x, x], H  # only a (x0) is read in mode 0
+        dx, db = torch.empty_like(x), torch.empty_like(h)
+        outs = [dx, db, db]
+    else:
+        ptrs, RS = _views(x, mode + 1, H), x.shape[2]
+        dx, db = torch.empty_like(x), h.new_empty(0)
+        outs = _views(dx, mode + 1, H)
+    dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+    if T > 0 and B > 0 and H > 0:
+        launch_backward(ptrs, RS, h, h if h0 is None else h0.contiguous(), g, outs, dh0, mode, h0 is not None)
+    else:
+        dx.zero_(), db.zero_()
+    return dx, db, dh0
+
+
+@_scan_bwd_op.register_fake
+def _(mode, g, x, h, h0):
+    B, _, H = h.shape
+    db = torch.empty_like(h) if mode == 0 else h.new_empty(0)
+    return torch.empty_like(x), db, h.new_empty(B, H, dtype=torch.float32)
+
+
+def _scan_setup(ctx, inputs, output):
+    mode, x, _, h0 = inputs
+    ctx.mode = mode
+    ctx.save_for_backward(x, output, h0)  # mode 0: a (b is not needed)
+
+
+def _scan_grads(ctx, g):
+    x, h, h0 = ctx.saved_tensors
+    dx, db, dh0 = _scan_bwd_op(ctx.mode, g, x, h, h0)
+    return None, dx, db if ctx.mode == 0 else None, None if h0 is None else dh0.to(h0.dtype)
+
+
+_scan_fwd_op.register_autograd(_scan_grads, setup_context=_scan_setup)
+
+
+@traced
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in
     ``b``'s dtype."""
-    if a.dtype != b.dtype:
-        a = a.to(b.dtype)
-    h = _Scan.apply(0, h0, a, b)
+    h = _scan_fwd_op(0, a.to(b.dtype), b, h0)
     return h, final_state(h, h0)
 
 
+@traced
 def mingru_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of minGRU from the raw projection ``p = [h~ | k]`` ``[B, T, 2H]``: h
     ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
-    h = _Scan.apply(1, h0, p)
+    h = _scan_fwd_op(1, p, None, h0)
     return h, final_state(h, h0)
 
 
+@traced
 def minlstm_scan(p: torch.Tensor, h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of minLSTM from the raw projection ``p = [h~ | f | i]`` ``[B, T, 3H]``: h
     ``[B, T, H]`` in ``p``'s dtype (gates computed in fp32 inside the kernel)."""
-    h = _Scan.apply(2, h0, p)
+    h = _scan_fwd_op(2, p, None, h0)
     return h, final_state(h, h0)
