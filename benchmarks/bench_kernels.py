@@ -286,40 +286,9 @@ def dense_floor_source(cuts: tuple[str, ...], source: str) -> str:
 # it by tests/test_bench.py), timed with ``--persistent-candidates NAME`` beside the package's kernel
 # at every launch shape, their outputs checked against it (``persistent_pairs``): a change measured
 # before it is made in the package, whatever becomes of the session that wrote it.
-PERSISTENT_CANDIDATES = {
-    # The cluster path's state counted on an mbarrier per slice (one per CTA of the cluster, at
-    # most 8) instead of one for the whole state: each warp waits only for the slices holding its
-    # K tiles, so it starts its MMAs when they land, not when the last slice does (the staging
-    # is 17-22% of the layer: docs/kernels.md, dense E1, "The floor of this design's step").
-    "slice-barriers": (
-        ("  if (cl > 1 && (!RNNLAB_MULTICAST || B > bstep)) __trap();  // no such build, or two passes\n",
-         "  if (cl > 1 && (!RNNLAB_MULTICAST || B > bstep || cl > 8 || KT < cl)) __trap();  // (or more slices "
-         "than mbarriers or K tiles)\n"),
-        ("  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + sizeof(unsigned long long);",
-         "  return mbar_offset<T, WARPS, NC, RB, EPI>(H) + 8 * sizeof(unsigned long long);  // one a slice"),
-        ("  int sk0 = 0, sk1 = 0, sp0 = 0, sp1 = -1;\n",
-         "  int sk0 = 0, sk1 = 0, sp0 = 0, sp1 = -1;\n"
-         "  unsigned mybar = bar;   // the mbarrier of this CTA's slice, in every CTA\n"
-         "  int wlo = 0, whi = -1;  // the slices holding this warp's K tiles\n"),
-        ("    if (threadIdx.x == 0) mbar_init(bar);\n",
-         "    if (threadIdx.x < cl) mbar_init(bar + 8 * threadIdx.x);\n"
-         "    mybar = bar + 8 * rank;\n"
-         "    if (kt1 > kt0) {  // slice k holds K tiles [k * KT / cl, (k + 1) * KT / cl)\n"
-         "      while ((wlo + 1) * KT / cl <= kt0) ++wlo;\n"
-         "      whi = wlo;\n"
-         "      while ((whi + 1) * KT / cl < kt1) ++whi;\n"
-         "    }\n"),
-        ("          if (threadIdx.x == 0) mbar_arrive_expect_tx(bar, static_cast<unsigned>(nb * H * sizeof(T)));\n",
-         "          if (threadIdx.x < cl) {  // slice k's bytes on its mbarrier\n"
-         "            const int k = threadIdx.x, a = k * KT / cl * 16, b = min(H, (k + 1) * KT / cl * 16);\n"
-         "            mbar_arrive_expect_tx(bar + 8 * k, static_cast<unsigned>(nb * (b - a) * sizeof(T)));\n"
-         "          }\n"),
-        ("src + static_cast<long>(b0 + r) * stride + sk0, bytes, bar, mask);",
-         "src + static_cast<long>(b0 + r) * stride + sk0, bytes, mybar, mask);"),
-        ("          mbar_wait(bar, phase);  // every CTA's slice has landed in this CTA's hs\n",
-         "          for (int k = wlo; k <= whi; ++k) mbar_wait(bar + 8 * k, phase);  // this warp's slices landed\n"),
-    ),
-}
+# None is open now: each one measured is in docs/kernels.md (dense E1), its edits in the commit
+# that timed it (w-registers, landed; empty-barriers and slice-barriers, not kept: 8d115f9, cb9a4a5).
+PERSISTENT_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {}
 
 
 def persistent_candidate(name: str) -> Path:
@@ -569,7 +538,7 @@ def main(argv=None):
                         "times their kernels beside the package's, each launch shape")
     p.add_argument("--persistent-candidates", nargs="+", default=[], choices=list(PERSISTENT_CANDIDATES),
                    metavar="NAME", help="candidate changes to the persistent kernel (PERSISTENT_CANDIDATES: "
-                   f"{', '.join(PERSISTENT_CANDIDATES)}), built from the package's source and timed as "
+                   f"{', '.join(PERSISTENT_CANDIDATES) or 'none now'}), built from the package's source and timed as "
                    "--persistent-against copies")
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
                    choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "

@@ -1445,20 +1445,23 @@ def test_dense_floor_cuts_match_the_persistent_kernel():
         bk.dense_floor_source(("mma",), text.replace("for (int kt = kt0; kt < kt1; ++kt)", "for (int kt = kt1; kt--;)"))
 
 
-def test_persistent_candidates_edit_the_current_kernel(tmp_path):
+def test_persistent_candidates_edit_the_current_kernel(monkeypatch):
     """bench_kernels.py's candidate changes to the persistent kernel apply to the package's current
     source (each edit exactly once), are refused by name where they no longer match, and reach the
-    timing as copies of the source."""
+    timing as copies of the source (here a candidate written for the test)."""
     from rnnlab.ops.elman import persistent
 
     bk = _benchmark_script("bench_kernels")
-    for name in bk.PERSISTENT_CANDIDATES:
-        path = bk.persistent_candidate(name)
-        assert path.read_text() != persistent.SOURCE.read_text() and name.replace("-", "_") in path.name
-    slices = bk.persistent_candidate("slice-barriers").read_text()
-    assert "mbar_wait(bar + 8 * k, phase)" in slices and "mbar_wait(bar, phase)" not in slices
-    with pytest.raises(ValueError, match="slice-barriers"):
-        bk.edited_source("", bk.PERSISTENT_CANDIDATES["slice-barriers"], "persistent candidate 'slice-barriers'")
+    for name in bk.PERSISTENT_CANDIDATES:  # the open ones, if any, still match the kernel
+        assert bk.persistent_candidate(name).read_text() != persistent.SOURCE.read_text()
+    edit = ("mbar_wait(bar, phase);", "mbar_wait(bar, phase ^ 0u);")
+    monkeypatch.setitem(bk.PERSISTENT_CANDIDATES, "test-edit", (edit,))
+    path = bk.persistent_candidate("test-edit")
+    assert path.name == "persistent_test_edit.cu"
+    assert path.read_text() == persistent.SOURCE.read_text().replace(*edit)
+    monkeypatch.setitem(bk.PERSISTENT_CANDIDATES, "stale", (("no such line;", ""),))
+    with pytest.raises(ValueError, match="persistent candidate 'stale' matches persistent.cu 0 times"):
+        bk.persistent_candidate("stale")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
@@ -1631,12 +1634,13 @@ def test_persistent_against_pairs_the_package_kernels_with_the_copy(tmp_path, mo
             next(bk.persistent_pairs(wx, w, g, [copy]))
 
 
-def test_against_options_need_their_sections(capsys):
+def test_against_options_need_their_sections(capsys, monkeypatch):
     bk = _benchmark_script("bench_kernels")
+    monkeypatch.setitem(bk.PERSISTENT_CANDIDATES, "test-edit", ())
     for option, value, why in (
             ("--scan-against", "old_copy", "--scan-against times in the scan-launch section"),
             ("--persistent-against", "old_copy", "--persistent-against times in the dense or persistent section"),
-            ("--persistent-candidates", "slice-barriers", "--persistent-candidates times in the dense or persistent section")):
+            ("--persistent-candidates", "test-edit", "--persistent-candidates times in the dense or persistent section")):
         with pytest.raises(SystemExit) as stop:
             bk.main(["--sections", "scan", option, value])
         assert stop.value.code == 2 and why in capsys.readouterr().err

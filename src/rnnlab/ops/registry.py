@@ -20,19 +20,19 @@ module's availability is a trace-time constant) and then either
 
 * keeps the op inside the graph, when the chosen function is marked :func:`traced`: its body calls
   only torch ops and ``torch.library`` custom ops, which Inductor treats as opaque extern calls
-  with a registered autograd formula (E1's Elman scans, E16's diagonal scan); a model made of
-  such layers compiles to one graph, with no graph break; or
+  with a registered autograd formula (E1's Elman scans, E16's diagonal scan, the linear /
+  minGRU / minLSTM scans); a model made of such layers compiles to one graph, with no graph
+  break; or
 * calls it as one opaque call (:func:`opaque`, a graph break around it): the reference loops
-  (tracing would unroll ``T`` steps and take minutes) and the other kernels' autograd Functions.
-  Inductor fuses everything between the breaks.
+  (tracing would unroll ``T`` steps and take minutes) and the other kernels' autograd Functions
+  (E88's). Inductor fuses everything between the breaks.
 
-Why the minGRU / minLSTM scan kernels stay opaque: Dynamo can trace their autograd Functions and
-Triton kernels, but at 400M on an H200 the traced models trained at 0.961x (minGRU) and 0.930x
-(minLSTM) the speed of the opaque ones, compiled, same losses, and kept their graph breaks
-(results/fair-baselines-h200, trace_kernels_experiment.py). E16's scan, traced the same way, was
-1.008x; as a custom op it compiles into one graph at the same speed as with graph breaks (1.000x,
-same losses within bf16 rounding: results/e16-one-graph-h200). Mark an entry point ``traced`` only
-with a measurement that it trains the same and no slower.
+Letting Dynamo trace an autograd Function and its Triton kernels is not the same: minGRU's and
+minLSTM's scans traced that way trained at 0.961x / 0.930x the speed of the opaque calls and kept
+their graph breaks (results/fair-baselines-h200); as custom ops they compile into one graph at
+1.009x / 1.021x (results/mingru-one-graph-h200), E16's at 1.000x (results/e16-one-graph-h200),
+losses within bf16 rounding. Mark an entry point ``traced`` only with a measurement that it
+trains the same and no slower.
 """
 
 from __future__ import annotations
