@@ -36,6 +36,7 @@ import argparse
 import dataclasses
 import datetime
 import importlib.util
+import itertools
 import json
 import os
 import platform
@@ -359,6 +360,9 @@ def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -
     return ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
 
 
+_SCAN_COPIES = itertools.count()
+
+
 def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"):
     """``rnnlab.ops.scan.triton`` as another file holds it (``--scan-against``), imported under a
     name of its own so that both versions' kernels compile side by side; a file that is not such
@@ -369,7 +373,9 @@ def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"
 
     if not (path.endswith(".py") and os.path.isfile(path)):
         refuse("needs an existing Python file (a copy of rnnlab/ops/scan/triton.py)")
-    spec = importlib.util.spec_from_file_location("scan_triton_against", path)
+    # a module name of its own each time: a copy registers its custom ops in a namespace named
+    # after its module, and a second copy under the same name would silently replace the first's
+    spec = importlib.util.spec_from_file_location(f"scan_triton_against_{next(_SCAN_COPIES)}", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)

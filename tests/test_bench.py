@@ -1524,6 +1524,8 @@ def test_scan_against_times_another_copy_of_the_scan_module(tmp_path):
     broken.write_text(Path(stri.__file__).read_text().replace("a = u2 * r\n", "a = u2 * r * 0.9\n"))
     with pytest.raises(AssertionError):
         next(bk.scan_launch_sweep(p, 2, g, [(16, 1)], bk.scan_module_from(str(broken)), bk.fused_scan_outputs(p, 2, g, stri)))
+    # each copy keeps its own custom ops: the broken one loaded after it changed nothing of the first's
+    assert torch.equal(other.minlstm_scan(p)[0], stri.minlstm_scan(p)[0])
 
 
 @pytest.mark.parametrize("option,name,text,why", [

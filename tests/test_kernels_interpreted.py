@@ -321,6 +321,14 @@ def test_scan_custom_ops_pass_opcheck(mode):
         torch.library.opcheck(kernel._scan_bwd_op, (mode, g, x, h, start))
         dx, db, dh0 = kernel._scan_bwd_op(mode, g, x, h, start)
         assert dx.shape == x.shape and db.shape == (h.shape if mode == 0 else (0,)) and dh0.dtype == torch.float32
+    # inputs with other strides (a [B, W, T] tensor transposed): the ops' outputs are contiguous,
+    # and so must their fake versions' be (Inductor checks the strides it was promised)
+    x = x.transpose(1, 2).contiguous().transpose(1, 2)
+    b = None if b is None else b.transpose(1, 2).contiguous().transpose(1, 2)
+    torch.library.opcheck(kernel._scan_fwd_op, (mode, x, b, None))
+    h = kernel._scan_fwd_op(mode, x, b, None)
+    torch.library.opcheck(kernel._scan_bwd_op, (mode, torch.randn_like(h).transpose(1, 2).contiguous().transpose(1, 2),
+                                                x, h, None))
 
 
 @pytest.mark.parametrize("name,mode", [("linear_scan", 0), ("mingru_scan", 1), ("minlstm_scan", 2)])

@@ -88,6 +88,20 @@ def test_persistent_kernel_declines_what_it_cannot_run_without_building():
     assert persistent._ext.cache_info().currsize == 0
 
 
+def test_persistent_default_shapes_keep_w_in_registers_where_the_kernel_can():
+    """The launch that keeps W's fragments in registers (8 warps, 32 columns: 14 K tiles a warp)
+    comes first only where every warp's K tiles fit (H padded to 16 up to 1792) and without the
+    low-rank term; otherwise 16 warps lead, the other shapes in the same order."""
+    from rnnlab.ops.elman import persistent
+
+    first = (8, (32, 16))
+    assert persistent.default_shapes(1760)[0] == first == persistent.default_shapes(1792)[0]
+    assert persistent.default_shapes(64)[0] == first
+    for H, rank in ((1793, 0), (1800, 0), (2048, 0), (1760, 1), (64, 16)):
+        shapes = persistent.default_shapes(H, rank)
+        assert shapes[0] == (16, (32, 16)) and sorted(shapes) == sorted(persistent.SHAPES), (H, rank)
+
+
 def test_persistent_launches_build_from_the_plans_source(monkeypatch, tmp_path):
     """``persistent.forward`` / ``backward`` run the extension built from their plan's source (the
     package's by default; another copy for a benchmark's A/B), for the plain and the decay

@@ -25,7 +25,7 @@ module's availability is a trace-time constant) and then either
   break; or
 * calls it as one opaque call (:func:`opaque`, a graph break around it): the reference loops
   (tracing would unroll ``T`` steps and take minutes) and the other kernels' autograd Functions
-  (E88's). Inductor fuses everything between the breaks.
+  (E88's, mamba_ssm's SSD). Inductor fuses everything between the breaks.
 
 Letting Dynamo trace an autograd Function and its Triton kernels is not the same: minGRU's and
 minLSTM's scans traced that way trained at 0.961x / 0.930x the speed of the opaque calls and kept

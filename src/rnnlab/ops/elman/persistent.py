@@ -31,17 +31,19 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["SHAPES", "LOWRANK_SHAPES", "MAX_RANK", "SOURCE", "Plan", "make_plan", "forward", "backward",
-           "multicast_available", "last_cluster_size"]
+__all__ = ["SHAPES", "SHAPES_W_IN_SHARED", "W_IN_REGISTERS_MAX_H", "MAX_RANK", "SOURCE", "Plan", "default_shapes",
+           "make_plan", "forward", "backward", "multicast_available", "last_cluster_size"]
 
 # Launch shapes in order of preference (measured on an H200 at H = 1760, B = 32; see
 # docs/kernels.md): warps per block (the K range of a step is split over them) and the tile
 # (output columns, batch rows) per block. The first that fits in shared memory and co-residency
 # runs (``ElmanKernelOptions.persistent_shape`` forces one). At 8 warps and 32 columns W's
-# fragments stay in registers (0.84x the 16-warp layer), except in the low-rank build, whose
-# order keeps 16 warps first.
+# fragments stay in registers (0.84x the 16-warp layer) up to H = W_IN_REGISTERS_MAX_H
+# (persistent.cu's 14 K tiles a warp); where they cannot (the low-rank build, wider layers)
+# 16 warps come first (SHAPES_W_IN_SHARED).
 SHAPES = ((8, (32, 16)), (16, (32, 16)), (16, (16, 32)), (8, (16, 32)))
-LOWRANK_SHAPES = (SHAPES[1], SHAPES[0], *SHAPES[2:])
+SHAPES_W_IN_SHARED = (SHAPES[1], SHAPES[0], *SHAPES[2:])
+W_IN_REGISTERS_MAX_H = 8 * 14 * 16
 MAX_RANK = 16  # the low-rank term is one 16-wide MMA tile (persistent.cu's LR)
 SOURCE = Path(__file__).with_name("persistent.cu")
 
@@ -126,18 +128,24 @@ def _capacity(device_index: int, H: int, warps: int, tile: tuple[int, int], lowr
         return int(_ext(lowrank).capacity(H, warps, *tile))
 
 
+def default_shapes(H: int, rank: int = 0) -> tuple:
+    """The launch shapes in order of preference for width ``H`` (and a low-rank term of ``rank``):
+    :data:`SHAPES`, whose first keeps W's fragments in registers, or :data:`SHAPES_W_IN_SHARED`
+    where it cannot (a low-rank term, or H padded to 16 over :data:`W_IN_REGISTERS_MAX_H`)."""
+    return SHAPES_W_IN_SHARED if rank or -(-H // 16) * 16 > W_IN_REGISTERS_MAX_H else SHAPES
+
+
 def make_plan(x: torch.Tensor, shapes=None, rank: int = 0) -> Plan | None:
     """The launch for the dense scan of ``x: [B, T, H]`` (with a low-rank term of ``rank`` > 0)
-    with the first of ``shapes`` that fits (default :data:`SHAPES`, with a low-rank term
-    :data:`LOWRANK_SHAPES`), or None when the kernel cannot run it. CPU tensors,
-    dtypes other than bf16/fp16, H not a multiple of 8 and ranks above :data:`MAX_RANK` are
-    declined without building the extension."""
+    with the first of ``shapes`` that fits (default :func:`default_shapes`), or None when the
+    kernel cannot run it. CPU tensors, dtypes other than bf16/fp16, H not a multiple of 8 and ranks above
+    :data:`MAX_RANK` are declined without building the extension."""
     if not x.is_cuda or x.dtype not in (torch.bfloat16, torch.float16) or x.shape[-1] % 8 != 0:
         return None
     if not 0 <= rank <= MAX_RANK:
         return None
     B, H = x.shape[0], x.shape[-1]
-    for warps, (nc, rb) in shapes or (LOWRANK_SHAPES if rank else SHAPES):
+    for warps, (nc, rb) in default_shapes(H, rank) if shapes is None else shapes:
         cap = _capacity(x.device.index or 0, H, warps, (nc, rb), rank > 0)
         groups = min(-(-B // rb), cap // -(-H // nc))
         if groups >= 1:

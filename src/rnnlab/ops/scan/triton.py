@@ -305,7 +305,7 @@ def _scan_bwd_op(mode, g, x, h, h0):
     B, T, H = h.shape
     if mode == 0:
         ptrs, RS = [x, x, x], H  # only a (x0) is read in mode 0
-        dx, db = torch.empty_like(x), torch.empty_like(h)
+        dx, db = torch.empty_like(x), torch.empty_like(h)  # (x and h are contiguous here)
         outs = [dx, db, db]
     else:
         ptrs, RS = _views(x, mode + 1, H), x.shape[2]
@@ -322,8 +322,9 @@ def _scan_bwd_op(mode, g, x, h, h0):
 @_scan_bwd_op.register_fake
 def _(mode, g, x, h, h0):
     B, _, H = h.shape
-    db = torch.empty_like(h) if mode == 0 else h.new_empty(0)
-    return torch.empty_like(x), db, h.new_empty(B, H, dtype=torch.float32)
+    # contiguous, as the real op's (it makes x contiguous first), whatever the strides of x
+    db = torch.empty_like(h, memory_format=torch.contiguous_format) if mode == 0 else h.new_empty(0)
+    return torch.empty_like(x, memory_format=torch.contiguous_format), db, h.new_empty(B, H, dtype=torch.float32)
 
 
 def _scan_setup(ctx, inputs, output):
