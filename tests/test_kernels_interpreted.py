@@ -355,31 +355,6 @@ def test_compiled_linear_scans_are_one_graph(name, mode):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("model", ["mingru", "minlstm"])
-def test_minrnn_layer_compiles_to_one_graph_on_the_kernel_path(model, monkeypatch):
-    """With minGRU's / minLSTM's op resolved to its kernel (as on CUDA), torch.compile captures the
-    whole layer (with its output projection) without a graph break, values and gradients as eager."""
-    import torch._dynamo
-
-    from rnnlab.layers.mingru import MinGRU, MinGRUConfig
-    from rnnlab.layers.minlstm import MinLSTM, MinLSTMConfig
-
-    name = f"{model}_scan"
-    kernel = getattr(OPS[name].kernel.get(), name)
-    monkeypatch.setattr(OPS[name], "implementation", lambda backend, x: kernel)
-    torch._dynamo.reset()
-    torch.manual_seed(0)
-    layer, config = {"mingru": (MinGRU, MinGRUConfig), "minlstm": (MinLSTM, MinLSTMConfig)}[model]
-    mixer = layer(config(dim=16, expansion=1.5))
-    x = torch.randn(2, 5, 16, requires_grad=True)
-    outs = []
-    for fn in (mixer, torch.compile(mixer, backend="aot_eager", fullgraph=True)):
-        y = fn(x)
-        outs.append((y, *torch.autograd.grad(y.square().sum(), [x, *mixer.parameters()])))
-    for got, want in zip(*outs):
-        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
-
-
 def test_diag_custom_op_passes_opcheck():
     """E16's scan op (``rnnlab::diag_elman_fwd``): schema, fake implementation and autograd
     registration agree with the real kernels, with and without h0."""
@@ -398,19 +373,25 @@ def test_diag_custom_op_passes_opcheck():
         assert (du.dtype, da.dtype, dh0.dtype) == (torch.float16, torch.float32, torch.float32)
 
 
-def test_e16_layer_compiles_to_one_graph_on_the_kernel_path(monkeypatch):
-    """With E16's op resolved to its kernel (as on CUDA), torch.compile captures the whole layer
-    without a graph break, values and gradients as eager."""
+@pytest.mark.parametrize("model", ["e16", "mingru", "minlstm"])
+def test_layer_compiles_to_one_graph_on_the_kernel_path(model, monkeypatch):
+    """With E16's / minGRU's / minLSTM's op resolved to its kernel (as on CUDA), torch.compile
+    captures the whole layer (minGRU's and minLSTM's with their output projection) without a graph
+    break, values and gradients as eager."""
     import torch._dynamo
 
     from rnnlab.layers.e16 import E16, E16Config
+    from rnnlab.layers.mingru import MinGRU, MinGRUConfig
+    from rnnlab.layers.minlstm import MinLSTM, MinLSTMConfig
 
-    op = OPS["diag_elman_scan"]
-    kernel = op.kernel.get().diag_elman_scan
-    monkeypatch.setattr(op, "implementation", lambda backend, x: kernel)
+    name, make = {"e16": ("diag_elman_scan", lambda: E16(E16Config(dim=16, state_expansion=2))),
+                  "mingru": ("mingru_scan", lambda: MinGRU(MinGRUConfig(dim=16, expansion=1.5))),
+                  "minlstm": ("minlstm_scan", lambda: MinLSTM(MinLSTMConfig(dim=16, expansion=1.5)))}[model]
+    kernel = getattr(OPS[name].kernel.get(), name)
+    monkeypatch.setattr(OPS[name], "implementation", lambda backend, x: kernel)
     torch._dynamo.reset()
     torch.manual_seed(0)
-    mixer = E16(E16Config(dim=16, state_expansion=2))
+    mixer = make()
     x = torch.randn(2, 5, 16, requires_grad=True)
     outs = []
     for fn in (mixer, torch.compile(mixer, backend="aot_eager", fullgraph=True)):
