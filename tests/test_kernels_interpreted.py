@@ -292,17 +292,16 @@ def test_compiled_scan_is_one_graph(name, heads):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def _scan_case(mode, h0):
+def _scan_case(mode):
     """The scan op's inputs (``mode`` 0: a in (0.05, 0.95), b; 1 / 2: minGRU's / minLSTM's
-    projection) and ``h0`` (or None), as leaves."""
+    projection, b None) and ``h0``, as leaves."""
     g = torch.Generator().manual_seed(3 + mode)
     B, T, H = 2, 4, 3
     if mode == 0:
         xs = [torch.rand(B, T, H, generator=g) * 0.9 + 0.05, torch.randn(B, T, H, generator=g)]
     else:
         xs = [torch.randn(B, T, (mode + 1) * H, generator=g) * 2, None]
-    start = torch.randn(B, H, generator=g) if h0 else None
-    return [None if t is None else t.requires_grad_() for t in (*xs, start)]
+    return [None if t is None else t.requires_grad_() for t in (*xs, torch.randn(B, H, generator=g))]
 
 
 @pytest.mark.parametrize("mode", [0, 1, 2])
@@ -314,7 +313,7 @@ def test_scan_custom_ops_pass_opcheck(mode):
     compiled backward fails on the strides it was promised)."""
     from rnnlab.ops.scan import triton as kernel
 
-    x, b, start = _scan_case(mode, True)
+    x, b, start = _scan_case(mode)
     torch.library.opcheck(kernel._scan_fwd_op, (mode, x, b, start))  # (its autograd runs the backward op)
     strided = [None if t is None else t.detach().transpose(1, 2).contiguous().transpose(1, 2) for t in (x, b)]
     torch.library.opcheck(kernel._scan_fwd_op, (mode, *strided, None))
@@ -335,7 +334,7 @@ def test_compiled_linear_scans_are_one_graph(name, mode):
 
     torch._dynamo.reset()
     kernel = getattr(OPS[name].kernel.get(), name)
-    x, b, start = _scan_case(mode, True)
+    x, b, start = _scan_case(mode)
     leaves = [t for t in (x, b, start) if t is not None]
 
     def f(*args):
