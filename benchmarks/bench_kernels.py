@@ -10,10 +10,10 @@ store, and the backward's second MMA (dW) beside the chain; then whether the bac
 a layer's weight-gradient GEMMs overlap on two streams. ``--sections dense-floor`` does the same
 for dense E1's persistent kernel: the package's beside copies of ``persistent.cu`` with parts of
 the step left out (``DENSE_FLOOR_CUTS``: the wait for the state's producers, its staging, the MMAs,
-their reads of W, the sum of the warps' partial sums), with and without thread-block clusters, at
-the launch shapes of ``--dense-floor-shapes``; the copy with only the waits left is the step's
-handshake between SMs and its fixed work (barriers, the partial sums' reduction, the epilogue):
-the floor of this design's dependent chain. ``--sections scan-launch`` sweeps the fused minGRU /
+their reads of W or of the state, the sum of the warps' partial sums; or half or twice the MMAs),
+with and without thread-block clusters, at the launch shapes of ``--dense-floor-shapes``; the copy
+with only the waits left is the step's handshake between SMs and its fixed work (barriers, the
+partial sums' reduction, the epilogue): the floor of this design's dependent chain. ``--sections scan-launch`` sweeps the fused minGRU /
 minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
 With it, ``--scan-against FILE`` also times the fused scans of another copy of
 ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py >
@@ -258,10 +258,20 @@ DENSE_FLOOR_CUTS = {
     # the sum of the warps' partial sums: warp 0's alone goes to the epilogue
     "reduce": (("#pragma unroll\n        for (int w = 0; w < WARPS; ++w) a += part[(w * RB + r) * NC + n];",
                 "a += part[r * NC + n];"),),
+    # the MMAs' reads of the state from shared memory: the warp's first K tile's fragment stands for
+    # every K tile (the same address each time; the MMAs still run)
+    "sread": (("wmma::load_matrix_sync(af, hs + i * 16 * ld + kt * 16, ld);",
+               "wmma::load_matrix_sync(af, hs + i * 16 * ld + kt0 * 16, ld);"),),
+    # W in registers (8 warps) only: every other K tile's MMAs (half the chain and the HMMAs; the
+    # skipped tiles' W fragments then need no registers), or each K tile's MMAs twice (double)
+    "mma-half": (("if (kt0 + i < kt1) tile(kt0 + i, wf[i]);", "if (i % 2 == 0 && kt0 + i < kt1) tile(kt0 + i, wf[i]);"),),
+    "mma-twice": (("if (kt0 + i < kt1) tile(kt0 + i, wf[i]);",
+                   "if (kt0 + i < kt1) {\n              tile(kt0 + i, wf[i]);\n              tile(kt0 + i, wf[i]);\n            }"),),
 }
 # the copies timed, by the parts each leaves out
 DENSE_FLOOR_VARIANTS = (("wait",), ("stage",), ("mma",), ("stage", "mma"), ("wait", "mma"), ("wait", "stage"),
-                        ("wait", "stage", "mma"), ("wread",), ("reduce",), ("wait", "stage", "wread"))
+                        ("wait", "stage", "mma"), ("wread",), ("reduce",), ("wait", "stage", "wread"), ("sread",),
+                        ("mma-half",), ("mma-twice",))
 
 
 def edited_source(source: str, edits, what: str) -> str:

@@ -1441,6 +1441,9 @@ def test_dense_floor_cuts_match_the_persistent_kernel():
     wread = copies[("wread",)]  # W's fragments read once a step, before the K loop
     assert wread.count("load_matrix_sync(bf[j]") == 1 and "ws + j * 16 * ld + kt0 * 16" in wread
     assert "w < WARPS; ++w) a += part" not in copies[("reduce",)]
+    assert "kt * 16, ld);" not in copies[("sread",)].split("auto tile")[1].split("};")[0]  # no per-tile state read
+    assert "i % 2 == 0 && kt0 + i < kt1" in copies[("mma-half",)]
+    assert copies[("mma-twice",)].count("tile(kt0 + i, wf[i]);") == 2
     with pytest.raises(ValueError, match="cut 'mma'"):
         bk.dense_floor_source(("mma",), text.replace("for (int kt = kt0; kt < kt1; ++kt)", "for (int kt = kt1; kt--;)"))
 
