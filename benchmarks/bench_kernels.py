@@ -13,16 +13,19 @@ the step left out (``DENSE_FLOOR_CUTS``: the wait for the state's producers, its
 their reads of W or of the state, the sum of the warps' partial sums; or half or twice the MMAs),
 with and without thread-block clusters, at the launch shapes of ``--dense-floor-shapes``; the copy
 with only the waits left is the step's handshake between SMs and its fixed work (barriers, the
-partial sums' reduction, the epilogue): the floor of this design's dependent chain. ``--sections scan-launch`` sweeps the fused minGRU /
-minLSTM scans' launch (channels per program, warps; :data:`SCAN_LAUNCHES`).
-With it, ``--scan-against FILE`` also times the fused scans of another copy of
-``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show REV:src/rnnlab/ops/scan/triton.py >
-FILE``) at that copy's own launch (its ``BLOCK``, ``NUM_WARPS``), row beside row in the same run,
-so that a kernel change is measured as a ratio of one run. Likewise ``--persistent-against FILE [FILE ...]``
-(with ``--sections dense`` or ``persistent``, the persistent kernel's rows alone) times dense E1's
-persistent kernels built from other copies of ``persistent.cu`` beside the package's, each launch
-shape, after checking their outputs agree; ``--persistent-candidates NAME`` does the same for a
-candidate change written as exact edits of the package's source (``PERSISTENT_CANDIDATES``).
+partial sums' reduction, the epilogue): the floor of this design's dependent chain.
+``--sections scan-launch`` sweeps the fused minGRU / minLSTM scans' launch (channels per
+program, warps; :data:`SCAN_LAUNCHES`); with it, ``--scan-against FILE`` also times the fused
+scans of another copy of ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show
+REV:src/rnnlab/ops/scan/triton.py > FILE``) at that copy's own launch (its ``BLOCK``,
+``NUM_WARPS``), row beside row in the same run, so that a kernel change is measured as a ratio
+of one run. ``--sections scan-overlap`` times their backward scans beside their layer's
+weight-gradient GEMM on two streams, as heads-floor does for E1 heads. ``--persistent-against
+FILE [FILE ...]`` (with ``--sections dense`` or ``persistent``, the persistent kernel's rows
+alone) times dense E1's persistent kernels built from other copies of ``persistent.cu`` beside
+the package's, each launch shape, after checking their outputs agree; ``--persistent-candidates
+NAME`` does the same for a candidate change written as exact edits of the package's source
+(``PERSISTENT_CANDIDATES``).
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -184,27 +187,11 @@ def heads_floor(add, B, T, reps, dt):
         scan_beside_weight_gradients(add, B, T, reps, dt)
 
 
-def scan_beside_weight_gradients(add, B, T, reps, dt):
-    """Whether the latency-bound heads backward scan (14 x 128: 28 programs on the GPU's SMs) and
-    an E1 heads layer's weight-gradient GEMMs (in_proj, W_x, out_proj at dim 1792, B*T rows) overlap
-    when issued on two streams: each alone, then both at once. The time both save against the sum
-    is what putting weight gradients on a second stream could save per layer in training."""
-    from rnnlab.ops.elman import heads
-    from rnnlab.ops.elman.options import ElmanKernelOptions
-
-    nh, hd, D = 14, 128, 1792
-    H, n = nh * hd, B * T
-    w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
-    h = torch.randn(B, T, H, device="cuda", dtype=dt).tanh()
-    g = torch.randn(B, T, H, device="cuda", dtype=dt)
-    opts = ElmanKernelOptions()
-    x, xr, y = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
-    d_in, d_pre, d_out = (torch.randn(n, k, device="cuda", dtype=dt) for k in (2 * H, H, D))
-
-    def scan():
-        heads.backward(g, w, h, None, True, opts)
-
-    pairs = [(d_in, x), (d_pre, xr), (d_out, y)]  # dW = dY^T X of in_proj [2H, D], W_x [H, H], out_proj [D, H]
+def weight_gradients_beside(add, name, shape, scan, pairs, reps):
+    """Whether a backward scan (``scan()``) and a layer's weight-gradient GEMMs (``dW = dY^T X``
+    for each ``(dY, X)`` of ``pairs``) overlap when issued on two streams: each alone, then both
+    at once. The time both save against the sum is what putting weight gradients on a second
+    stream could save per layer in training (an upper bound: nothing else runs beside them)."""
 
     def gemms():
         for dy, inputs in pairs:
@@ -220,12 +207,47 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
             gemms()
         main.wait_stream(side)
 
-    shape = f"B{B} T{T} {nh}x{hd} D{D}"
     ts, tg, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (scan, gemms, both))
-    for name, t in (("heads backward scan", ts), ("the layer's weight-gradient GEMMs", tg)):
-        add(f"overlap: {name}", shape, (t, 0.0, t), 0.0, "alone")
+    for what, t in ((f"{name} backward scan", ts), ("the layer's weight-gradient GEMMs", tg)):
+        add(f"overlap: {what}", shape, (t, 0.0, t), 0.0, "alone")
     add("overlap: both, two streams", shape, (tb, 0.0, tb), 0.0,
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
+
+
+def scan_beside_weight_gradients(add, B, T, reps, dt):
+    """:func:`weight_gradients_beside` for the latency-bound heads backward scan (14 x 128: 28
+    programs on the GPU's SMs) and an E1 heads layer's weight-gradient GEMMs (in_proj, W_x,
+    out_proj at dim 1792, B*T rows)."""
+    from rnnlab.ops.elman import heads
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    nh, hd, D = 14, 128, 1792
+    H, n = nh * hd, B * T
+    w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
+    h = torch.randn(B, T, H, device="cuda", dtype=dt).tanh()
+    g = torch.randn(B, T, H, device="cuda", dtype=dt)
+    opts = ElmanKernelOptions()
+    x, xr, y = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
+    d_in, d_pre, d_out = (torch.randn(n, k, device="cuda", dtype=dt) for k in (2 * H, H, D))
+    pairs = [(d_in, x), (d_pre, xr), (d_out, y)]  # dW = dY^T X of in_proj [2H, D], W_x [H, H], out_proj [D, H]
+    weight_gradients_beside(add, "heads", f"B{B} T{T} {nh}x{hd} D{D}",
+                            lambda: heads.backward(g, w, h, None, True, opts), pairs, reps)
+
+
+def fused_scans_beside_weight_gradients(add, B, T, reps, dt):
+    """:func:`weight_gradients_beside` for the fused minGRU / minLSTM backward scans at the 400M
+    widths (``FUSED_SCANS``; the package's launch) and their layer's one weight-gradient GEMM
+    (in_proj, ``[G*H, D]`` with D = H, B*T rows)."""
+    from rnnlab.ops.scan import triton as stri
+
+    n = B * T
+    for name, mode, H in FUSED_SCANS:
+        G = mode + 1
+        x0 = torch.randn(B, T, G * H, device="cuda", dtype=dt)
+        g = torch.randn(B, T, H, device="cuda", dtype=dt)
+        (_, _, _, backward), = scan_launch_sweep(x0, mode, g, [(stri.BLOCK, stri.NUM_WARPS)])
+        pairs = [(torch.randn(n, G * H, device="cuda", dtype=dt), torch.randn(n, H, device="cuda", dtype=dt))]
+        weight_gradients_beside(add, name, f"B{B} T{T} H{H}", backward, pairs, reps)
 
 
 # dense-floor: the parts of dense E1's persistent step that a copy of persistent.cu leaves out, each
@@ -542,10 +564,10 @@ def main(argv=None):
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
-                   choices=["scan", "scan-launch", "diag", "heads", "heads-floor", "cells", "optim", "dense",
-                            "persistent", "dense-floor"],
-                   help="which kernel families to time (default all but heads-floor, dense-floor, scan-launch "
-                        "and persistent: dense E1's persistent kernel alone, a part of dense)")
+                   choices=["scan", "scan-launch", "scan-overlap", "diag", "heads", "heads-floor", "cells", "optim",
+                            "dense", "persistent", "dense-floor"],
+                   help="which kernel families to time (default all but heads-floor, dense-floor, scan-launch, "
+                        "scan-overlap and persistent: dense E1's persistent kernel alone, a part of dense)")
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
                         "scan-launch section times its fused scans at its own launch beside the package's")
@@ -575,6 +597,8 @@ def main(argv=None):
     copies = {f: persistent_source(f) for f in args.persistent_against}
     copies |= {f"candidate {name}": persistent_candidate(name) for name in args.persistent_candidates}
     persistent_copies = list(copies.values())
+    if not torch.cuda.is_available():
+        p.exit(2, "bench_kernels.py: error: needs a CUDA GPU (torch sees none)\n")
 
     from rnnlab.ops.diag import diag_elman_scan
     from rnnlab.ops.elman import elman_scan
@@ -669,6 +693,9 @@ def main(argv=None):
 
     if "scan-launch" in args.sections:
         scan_launches(add, B, T, args.reps, dt, bw, against)
+    if "scan-overlap" in args.sections:
+        with torch.no_grad():
+            fused_scans_beside_weight_gradients(add, B, T, args.reps, dt)
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
     if "dense-floor" in args.sections:

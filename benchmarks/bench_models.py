@@ -549,6 +549,8 @@ def main(argv=None):
 
         against = scan_module_from(args.scan_against, "bench_models.py: --scan-against")
 
+    if not torch.cuda.is_available():
+        p.exit(2, "bench_models.py: error: needs a CUDA GPU (torch sees none)\n")
     device = torch.cuda.get_device_name()
     peak, assumed = benchmark_peak(device, args.peak_tflops)
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -374,7 +374,7 @@ def main(argv=None) -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
-        sys.exit("bench_peers: error: needs a CUDA GPU")
+        p.exit(2, "bench_peers.py: error: needs a CUDA GPU (torch sees none)\n")
     device = torch.cuda.get_device_name()
     peak, assumed = benchmark_peak(device, args.peak_tflops)
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

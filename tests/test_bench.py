@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -1021,12 +1022,21 @@ def test_staged_commit_counts_only_the_code(tmp_path):
 
 
 def _benchmark_script(name: str):
-    """A script of benchmarks/ (no package) loaded as a module."""
+    """A script of benchmarks/ (no package) loaded as a module (registered under its name while it
+    runs, as an import would: dataclasses look their module up there)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    before = sys.modules.get(name)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if before is None:
+            del sys.modules[name]
+        else:
+            sys.modules[name] = before
     return module
 
 
@@ -1662,7 +1672,6 @@ def test_scan_instructions_counts_the_fused_scans_time_loop(tmp_path):
     exponentials and a reciprocal for the gates, g's sigmoid), no logarithm in either pass; a gate
     written back as softplus / sigmoid pairs would raise them."""
     import subprocess
-    import sys
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "scan_instructions.py"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -1764,6 +1773,7 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
                     step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
     monkeypatch.setattr(bm, "bench", fake_bench)
+    monkeypatch.setattr(bm.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bm.torch.cuda, "get_device_name", lambda: "NVIDIA H200")
     bm.main(["--only", "minGRU", "E16", "--compile", "off", "--scan-against", str(copy)])
     assert seen == [("minGRU 3520x16", False), ("minGRU 3520x16 [--scan-against]", True), ("E16 s4 1024x10 e2", False)]
@@ -1803,3 +1813,12 @@ def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):
         ns.main([str(tmp_path / "other.csv")])
     err = capsys.readouterr().err.strip()
     assert stop.value.code == 2 and "\n" not in err and "not ncu's raw CSV" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message for a machine without a GPU")
+@pytest.mark.parametrize("script", ["bench_kernels", "bench_models", "bench_peers"])
+def test_gpu_benchmarks_say_in_one_line_that_they_need_a_gpu(script, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _benchmark_script(script).main([])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err == f"{script}.py: error: needs a CUDA GPU (torch sees none)\n"
