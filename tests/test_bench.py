@@ -1818,6 +1818,7 @@ def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the message for a machine without a GPU")
 @pytest.mark.parametrize("script", ["bench_kernels", "bench_models", "bench_peers"])
 def test_gpu_benchmarks_say_in_one_line_that_they_need_a_gpu(script, capsys):
+    """On a machine without a GPU each GPU benchmark stops with one line and status 2, not a traceback."""
     with pytest.raises(SystemExit) as stop:
         _benchmark_script(script).main([])
     err = capsys.readouterr().err
