@@ -14,6 +14,10 @@ their reads of W or of the state, the sum of the warps' partial sums; or half or
 with and without thread-block clusters, at the launch shapes of ``--dense-floor-shapes``; the copy
 with only the waits left is the step's handshake between SMs and its fixed work (barriers, the
 partial sums' reduction, the epilogue): the floor of this design's dependent chain.
+``--sections dense-wgmma`` times the on-chip part of a step of the next design, wgmma with K split
+over a thread-block cluster (``dense_wgmma_probe.cu``: the MMAs, the partial sums' reduction over
+distributed shared memory, the epilogue, each alone and together), beside the package's kernel and
+its handshake-and-fixed-work copies, one run.
 ``--sections scan-launch`` sweeps the fused minGRU / minLSTM scans' launch (channels per
 program, warps; :data:`SCAN_LAUNCHES`); with it, ``--scan-against FILE`` also times the fused
 scans of another copy of ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show
@@ -337,14 +341,14 @@ def persistent_candidate(name: str) -> Path:
     return path
 
 
-def dense_floor(add, B, T, reps, dt, shapes=(0,)):
+def dense_floor(add, B, T, reps, dt, shapes=(0,), variants=DENSE_FLOOR_VARIANTS, without_clusters=True):
     """Dense E1's persistent kernels (H 1760, at each launch shape of ``shapes``, indices of
     ``persistent.SHAPES``: the first is the package's at B 32; each with its thread-block clusters
-    and with ``max_cluster = 1``) against copies with parts of the step left out
-    (:data:`DENSE_FLOOR_VARIANTS`), forward and backward, one run: what each part costs a step,
-    and what the step costs with only the handshake between SMs left (its waits, the barriers, the
-    partial sums' reduction and the epilogue), the floor of this design's dependent chain. The
-    copies are built in parallel first (~1 minute each)."""
+    and, ``without_clusters``, with ``max_cluster = 1``) against copies with parts of the step left
+    out (``variants``, default :data:`DENSE_FLOOR_VARIANTS`), forward and backward, one run: what
+    each part costs a step, and what the step costs with only the handshake between SMs left (its
+    waits, the barriers, the partial sums' reduction and the epilogue), the floor of this design's
+    dependent chain. The copies are built in parallel first (~1 minute each)."""
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
@@ -362,14 +366,14 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,)):
     text = persistent.SOURCE.read_text()
     folder = Path(tempfile.mkdtemp(prefix="dense-floor-"))
     sources = {(): persistent.SOURCE}
-    for cuts in DENSE_FLOOR_VARIANTS:
+    for cuts in variants:
         sources[cuts] = folder / f"persistent_no_{'_'.join(cuts)}.cu"
         sources[cuts].write_text(dense_floor_source(cuts, text))
     with ThreadPoolExecutor(len(sources)) as pool:
         list(pool.map(lambda src: persistent._ext(False, src), sources.values()))
     h = persistent.forward(wx, w, None, plans[0])
     shape = f"B{B} T{T} H{H}"
-    for plan, max_cluster in ((plan, m) for plan in plans for m in (plan.max_cluster, 1)):
+    for plan, max_cluster in ((plan, m) for plan in plans for m in (plan.max_cluster, 1)[:1 + without_clusters]):
         for cuts, src in sources.items():
             p = dataclasses.replace(plan, source=src, max_cluster=max_cluster)
             tf = timeit(lambda: persistent.forward(wx, w, None, p), reps)
@@ -379,6 +383,62 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,)):
             add(f"dense floor: {name}", shape, (tf, tb, tf + tb), 0.0,
                 f"{p.warps} warps, tile {p.cols} x {p.rows}, clusters of {cl}; "
                 f"{tf / T * 1e3:.2f} / {tb / T * 1e3:.2f} us a step fwd / bwd")
+
+
+# dense-wgmma: the on-chip part of a step of the "2-D split" wgmma design for dense E1
+# (dense_wgmma_probe.cu; docs/kernels.md), by its parts (the probe's Part bits: 1 the MMAs, 2 the
+# cluster's reduction, 4 the epilogue, 8 the reduction by st.async and mbarriers instead of a cluster
+# barrier), each timed for a layer's 2T steps beside the package's kernel in the same run
+WGMMA_PROBE = Path(__file__).with_name("dense_wgmma_probe.cu")
+WGMMA_PROBE_PARTS = (("the MMAs alone", 1), ("MMAs + reduction, cluster barrier", 3),
+                     ("MMAs + reduction + epilogue, cluster barrier", 7), ("reduction + epilogue, cluster barrier", 6),
+                     ("MMAs + reduction, st.async", 11), ("MMAs + reduction + epilogue, st.async", 15),
+                     ("reduction + epilogue, st.async", 14))
+# wgmma's descriptor offsets (bytes) for the probe's state layout: core matrices adjacent in K 128
+# bytes apart, in N 56 x 128; the swapped order is tried too, so the check says which reading of
+# the descriptor's two fields holds
+WGMMA_PROBE_OFFSETS = ((128, 56 * 128), (56 * 128, 128))
+
+
+def dense_wgmma_probe(add, B, T, reps, dt):
+    """The on-chip part of the wgmma design's step (``dense_wgmma_probe.cu``: H 1792, B 32, clusters
+    of 4 CTAs splitting K, no handshake between clusters and no staging) by its parts
+    (:data:`WGMMA_PROBE_PARTS`), its outputs first checked against ``tanh(wx + S W^T)`` in fp32 over
+    three steps; beside it, one run, the package's kernel and its copies with only the handshake and
+    the fixed work, and the fixed work alone (``dense_floor``), so the design's step is
+    bounded by measurements: this probe's time plus the handshake plus its staging."""
+    import hashlib
+
+    from torch.utils.cpp_extension import load
+
+    from rnnlab.ops.elman import persistent
+
+    dense_floor(add, B, T, reps, dt, variants=(("stage", "mma"), ("wait", "stage", "mma")), without_clusters=False)
+    source = WGMMA_PROBE.read_bytes()
+    ext = load(name=f"rnnlab_dense_wgmma_probe_{hashlib.sha1(source).hexdigest()[:12]}", sources=[str(WGMMA_PROBE)],
+               extra_cuda_cflags=persistent.EXT_FLAGS + persistent.HOPPER_ARCH, verbose=False)
+    hp, nb, steps = 1792, 32, 2 * T
+    w = (torch.randn(hp, hp, device="cuda") * (0.9 / hp**0.5)).to(dt)
+    state = torch.rand(nb, hp, device="cuda").mul_(2).sub_(1).to(dt)
+    wx = torch.randn(steps, nb, hp, device="cuda", dtype=dt)
+    h = torch.empty_like(wx)
+    ref = torch.tanh(wx[:3].float() + state.float() @ w.float().T)
+    checks = {}
+    for offsets in WGMMA_PROBE_OFFSETS:
+        for parts in (7, 15):
+            h.zero_()
+            ext.probe(w, state, wx, h, 3, parts, *offsets)
+            checks[offsets, parts] = (h[:3].float() - ref).abs().max().item()
+    good = [o for o in WGMMA_PROBE_OFFSETS if all(checks[o, p] < 1e-2 for p in (7, 15))]
+    offsets = good[0] if good else WGMMA_PROBE_OFFSETS[0]
+    agree = ("outputs within 1e-2 of fp32" if good else "OUTPUTS WRONG") + \
+        f" (max error {max(checks[offsets, 7], checks[offsets, 15]):.1e}; descriptor offsets {offsets})"
+    print("dense wgmma probe: max error of each descriptor reading and reduction:",
+          {f"{o} parts {p}": round(e, 4) for (o, p), e in checks.items()}, flush=True)
+    for name, parts in WGMMA_PROBE_PARTS:
+        ms = timeit(lambda: ext.probe(w, state, wx, h, steps, parts, *offsets), reps)
+        add(f"dense wgmma probe: {name}", f"B{nb} {steps} steps H{hp}", (ms, 0.0, ms), 0.0,
+            f"{ms / steps * 1e3:.3f} us a step; {agree}")
 
 
 # the fused gate + scan kernels at the 400M widths: (name, mode of rnnlab.ops.scan.triton, H)
@@ -565,8 +625,8 @@ def main(argv=None):
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
                    choices=["scan", "scan-launch", "scan-overlap", "diag", "heads", "heads-floor", "cells", "optim",
-                            "dense", "persistent", "dense-floor"],
-                   help="which kernel families to time (default all but heads-floor, dense-floor, scan-launch, "
+                            "dense", "persistent", "dense-floor", "dense-wgmma"],
+                   help="which kernel families to time (default all but heads-floor, dense-floor, dense-wgmma, scan-launch, "
                         "scan-overlap and persistent: dense E1's persistent kernel alone, a part of dense)")
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
@@ -700,6 +760,8 @@ def main(argv=None):
         heads_floor(add, B, T, args.reps, dt)
     if "dense-floor" in args.sections:
         dense_floor(add, B, T, args.reps, dt, args.dense_floor_shapes)
+    if "dense-wgmma" in args.sections:
+        dense_wgmma_probe(add, B, T, args.reps, dt)
 
     if "cells" in args.sections:
         matrix_state_cells(add, B, T, args.reps, bw, args.e88_heads)

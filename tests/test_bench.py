@@ -1458,6 +1458,27 @@ def test_dense_floor_cuts_match_the_persistent_kernel():
         bk.dense_floor_source(("mma",), text.replace("for (int kt = kt0; kt < kt1; ++kt)", "for (int kt = kt1; kt--;)"))
 
 
+def test_dense_wgmma_probe_runs_match_its_kernel():
+    """bench_kernels.py's dense-wgmma section passes the probe kernel's Part bits as
+    dense_wgmma_probe.cu defines them, each timed run's name says which parts it runs, every
+    combination is one the kernel accepts (the epilogue and st.async need the reduction), and the
+    descriptor offsets tried first are the state layout's (core matrices 128 bytes apart in K, KC / 8
+    of them a row of 8)."""
+    bk = _benchmark_script("bench_kernels")
+    source = bk.WGMMA_PROBE.read_text()
+    enum = re.search(r"enum Part : int \{(.*?)\};", source).group(1)
+    assert dict(re.findall(r"k(\w+) = (\d+)", enum)) == {"Mma": "1", "Reduce": "2", "Epilogue": "4", "Async": "8"}
+    words = {1: "MMAs", 2: "reduction", 4: "epilogue", 8: "st.async"}
+    runs = dict(bk.WGMMA_PROBE_PARTS)
+    assert len(set(runs.values())) == len(runs)
+    for name, parts in runs.items():
+        assert [bool(parts & bit) for bit in words] == [word in name for word in words.values()], name
+        assert ("cluster barrier" in name) == (parts & 10 == 2), name
+        assert not parts & 12 or parts & 2, name
+    kc = int(re.search(r"constexpr int KC = (\d+);", source).group(1))
+    assert bk.WGMMA_PROBE_OFFSETS[0] == (128, kc // 8 * 128)
+
+
 def test_persistent_candidates_edit_the_current_kernel(monkeypatch):
     """bench_kernels.py's candidate changes to the persistent kernel apply to the package's current
     source (each edit exactly once), are refused by name where they no longer match, and reach the

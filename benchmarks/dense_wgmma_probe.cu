@@ -1,0 +1,222 @@
+// A probe of the "2-D split" wgmma design for dense E1's recurrent product (docs/kernels.md, dense
+// E1): not the package's kernel, only the on-chip part of its step, timed by
+// `bench_kernels.py --sections dense-wgmma` beside the package's persistent kernel.
+//
+// H = 1792 (dense d26's 1760 padded to the tiles), B = 32. A cluster of CL = 4 CTAs owns 64
+// output columns; CTA k of it holds W's rows for those columns over the K range [448k, 448k + 448)
+// as wgmma's A fragments in registers (112 a thread) and that K range of the state, 32 rows, in
+// shared memory (28 KB, 8 x 8 core matrices, no swizzle). Per step, one warpgroup issues 28
+// `wgmma.m64n32k16` (the 64 x 32 partial product over its K range, fp32), then the partial sums
+// meet over distributed shared memory: warp w's 16 rows are the 16 columns CTA w owns, so each
+// warp stores its 16 x 32 partial into CTA w's receive buffer (double-buffered; one cluster
+// barrier a step), and each CTA sums its four slots and runs the epilogue, h = tanh(wx + sum),
+// for its 16 columns. The state stays in shared memory for all steps: what this probe leaves out
+// is the grid's handshake (flags between clusters) and the staging of each step's new state,
+// which the package's kernel measures (`--sections dense-floor`).
+//
+// Parts, a bit each (`parts`): kMma the MMAs, kReduce the cluster's reduction, kEpilogue wx's
+// loads, tanh and h's stores, kAsync the reduction's stores as st.async into the owner's shared
+// memory, counted on its mbarrier (one per receive buffer), instead of plain stores and a cluster
+// barrier a step. Without kMma the partial sums are constants.
+// Built for sm_90a only (wgmma, clusters, st.async) by torch's extension loader.
+#include <torch/extension.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+
+namespace cg = cooperative_groups;
+
+namespace {
+
+constexpr int CL = 4;             // CTAs a cluster: the K split
+constexpr int COLS = 64;          // output columns a cluster (wgmma's M)
+constexpr int KC = 448;           // K columns a CTA
+constexpr int KS = KC / 16;       // wgmma's K steps a CTA
+constexpr int NB = 32;            // batch rows (wgmma's N)
+constexpr int HP = CL * KC;       // the width
+constexpr int THREADS = 128;      // one warpgroup
+constexpr int OWN = COLS / CL;    // output columns a CTA owns after the reduction
+constexpr int RLD = NB + 4;       // a receive buffer's row (floats), padded against bank conflicts
+constexpr int CORE = 64;          // elements of an 8 x 8 core matrix (128 bytes)
+
+enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8 };
+
+// wgmma's shared-memory matrix descriptor, no swizzle: the start address, the byte offset between
+// core matrices adjacent in K (leading) and in N (stride), each in 16-byte units
+__device__ __forceinline__ unsigned long long smem_desc(unsigned addr, unsigned lbo, unsigned sbo) {
+  return static_cast<unsigned long long>((addr & 0x3FFFF) >> 4) |
+         (static_cast<unsigned long long>(lbo >> 4) << 16) | (static_cast<unsigned long long>(sbo >> 4) << 32);
+}
+
+// d (+)= a b: A (64 x 16) from registers, B (16 x 32, K-major) from shared memory; zero_d starts d at 0
+__device__ __forceinline__ void wgmma_64x32x16(float (&d)[16], const unsigned (&a)[4], unsigned long long b,
+                                               int accumulate) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+// the shared::cluster address of `addr` (this CTA's shared memory) in CTA `rank` of the cluster
+__device__ __forceinline__ unsigned peer_address(const void* addr, int rank) {
+  unsigned out;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
+               : "=r"(out)
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(addr))), "r"(rank));
+  return out;
+}
+
+// two floats into a peer's shared memory, counted (8 bytes) on its mbarrier `bar`
+__device__ __forceinline__ void st_async2(unsigned addr, float x, float y, unsigned bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];\n"
+               ::"r"(addr), "f"(x), "f"(y), "r"(bar) : "memory");
+}
+
+__device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity) {
+  unsigned done;
+  do {
+    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(bar), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+
+__global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
+    probe_kernel(const __nv_bfloat16* __restrict__ W, const __nv_bfloat16* __restrict__ S,
+                 const __nv_bfloat16* __restrict__ wx, __nv_bfloat16* __restrict__ h, float* __restrict__ sink,
+                 int steps, int parts, unsigned lbo, unsigned sbo) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __shared__ __align__(128) __nv_bfloat16 bs[NB * KC];
+  __shared__ __align__(16) float recv[2][CL][OWN * RLD];
+  __shared__ __align__(8) unsigned long long bars[2];  // kAsync: a receive buffer's bytes have landed
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int col0 = (blockIdx.x / CL) * COLS, k0 = rank * KC;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  // the state's K range: element (b, k) in core matrix (b / 8, k / 8), row b % 8 of it; core
+  // matrices adjacent in K are 128 bytes apart, in N KC / 8 * 128
+  for (int i = threadIdx.x; i < NB * KC / 8; i += THREADS) {
+    const int b = i / (KC / 8), c = i % (KC / 8);
+    *reinterpret_cast<uint4*>(bs + ((b / 8) * (KC / 8) + c) * CORE + (b % 8) * 8) =
+        *reinterpret_cast<const uint4*>(S + static_cast<size_t>(b) * HP + k0 + c * 8);
+  }
+  // A fragments of W's rows col0 + 16 warp + [0, 16): as mma.m16n8k16's A, per K step
+  unsigned a[KS][4];
+  const __nv_bfloat16* wr = W + static_cast<size_t>(col0 + warp * 16 + g) * HP + k0 + 2 * t;
+#pragma unroll
+  for (int s = 0; s < KS; ++s) {
+    a[s][0] = *reinterpret_cast<const unsigned*>(wr + 16 * s);
+    a[s][1] = *reinterpret_cast<const unsigned*>(wr + 8 * HP + 16 * s);
+    a[s][2] = *reinterpret_cast<const unsigned*>(wr + 16 * s + 8);
+    a[s][3] = *reinterpret_cast<const unsigned*>(wr + 8 * HP + 16 * s + 8);
+  }
+  const unsigned bar0 = static_cast<unsigned>(__cvta_generic_to_shared(&bars[0]));
+  if (threadIdx.x == 0) {
+    for (int i = 0; i < 2; ++i)
+      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * i) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // bs's stores, before wgmma reads them
+  cluster.sync();  // every CTA's buffers and mbarriers ready before a peer stores into them
+  const unsigned bs_addr = static_cast<unsigned>(__cvta_generic_to_shared(bs));
+  // the epilogue's outputs: column c of the CTA's 16, batch rows n0 .. n0 + 3
+  const int c = threadIdx.x % OWN, n0 = threadIdx.x / OWN * 4, j = col0 + rank * OWN + c;
+  // where warp w's partial sums go: CTA w's slot `rank`, its row g (and g + 8), columns 2t, 2t + 1
+  float acc[16], keep = 0.f;
+  for (int step = 0; step < steps; ++step) {
+    const int buf = step & 1;
+    float x[4];
+    if (parts & kEpilogue) {
+#pragma unroll
+      for (int q = 0; q < 4; ++q) x[q] = __bfloat162float(wx[(static_cast<size_t>(step) * NB + n0 + q) * HP + j]);
+    }
+    if ((parts & kAsync) && threadIdx.x == 0)  // this step's bytes: four slots of 16 x 32 floats
+      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar0 + 8 * buf),
+                   "r"(CL * OWN * NB * 4) : "memory");
+    if (parts & kMma) {
+      asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+#pragma unroll
+      for (int s = 0; s < KS; ++s) wgmma_64x32x16(acc, a[s], smem_desc(bs_addr + s * 2 * CORE * 2, lbo, sbo), s);
+      asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    } else {
+#pragma unroll
+      for (int i = 0; i < 16; ++i) acc[i] = static_cast<float>(step + i);
+    }
+    if (!(parts & kReduce)) {
+      keep += acc[0] + acc[15];
+      continue;
+    }
+    float* slot = &recv[buf][rank][0];
+    if (parts & kAsync) {
+      const unsigned dst = peer_address(slot, warp), bar = peer_address(&bars[buf], warp);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        st_async2(dst + 4 * (g * RLD + 8 * i + 2 * t), acc[4 * i], acc[4 * i + 1], bar);
+        st_async2(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t), acc[4 * i + 2], acc[4 * i + 3], bar);
+      }
+      mbar_wait_cluster(bar0 + 8 * buf, (step >> 1) & 1);
+    } else {
+      float* dst = cluster.map_shared_rank(slot, warp);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        *reinterpret_cast<float2*>(dst + g * RLD + 8 * i + 2 * t) = make_float2(acc[4 * i], acc[4 * i + 1]);
+        *reinterpret_cast<float2*>(dst + (g + 8) * RLD + 8 * i + 2 * t) = make_float2(acc[4 * i + 2], acc[4 * i + 3]);
+      }
+      cluster.sync();
+    }
+    float4 v = *reinterpret_cast<const float4*>(&recv[buf][0][c * RLD + n0]);
+#pragma unroll
+    for (int r = 1; r < CL; ++r) {
+      const float4 u = *reinterpret_cast<const float4*>(&recv[buf][r][c * RLD + n0]);
+      v.x += u.x, v.y += u.y, v.z += u.z, v.w += u.w;
+    }
+    if (!(parts & kEpilogue)) {
+      keep += v.x + v.w;
+      continue;
+    }
+    const float p[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      h[(static_cast<size_t>(step) * NB + n0 + q) * HP + j] = __float2bfloat16(tanhf(p[q] + x[q]));
+  }
+  if (keep == -1.f) sink[blockIdx.x * THREADS + threadIdx.x] = keep;  // the results count as used
+  cluster.sync();  // no CTA leaves while a peer may still store into its buffers
+#else
+  __trap();
+#endif
+}
+
+// Runs `steps` steps with `parts` (see above) on the current stream: W [HP, HP], S [NB, HP],
+// wx and h [steps, NB, HP], all bf16, contiguous; `lbo` and `sbo` the descriptor's offsets in bytes.
+void probe(torch::Tensor W, torch::Tensor S, torch::Tensor wx, torch::Tensor h, int64_t steps, int64_t parts,
+           int64_t lbo, int64_t sbo) {
+  for (const auto* x : {&W, &S, &wx, &h})
+    TORCH_CHECK(x->is_cuda() && x->is_contiguous() && x->scalar_type() == torch::kBFloat16,
+                "dense_wgmma_probe: every tensor contiguous bf16 on the GPU");
+  TORCH_CHECK(W.size(0) == HP && W.size(1) == HP && S.size(0) == NB && S.size(1) == HP,
+              "dense_wgmma_probe: W [1792, 1792] and S [32, 1792]");
+  TORCH_CHECK(wx.numel() >= steps * NB * HP && h.numel() >= steps * NB * HP, "dense_wgmma_probe: wx, h too small");
+  TORCH_CHECK(parts >= 0 && parts < 16 && (!(parts & kEpilogue) || (parts & kReduce)) &&
+                  (!(parts & kAsync) || (parts & kReduce)),
+              "dense_wgmma_probe: parts a sum of 1, 2, 4, 8; 4 and 8 need 2");
+  const c10::cuda::CUDAGuard guard(W.device());
+  auto sink = torch::empty({HP / COLS * CL * THREADS}, W.options().dtype(torch::kFloat));
+  probe_kernel<<<HP / COLS * CL, THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
+      reinterpret_cast<const __nv_bfloat16*>(W.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(S.data_ptr()),
+      reinterpret_cast<const __nv_bfloat16*>(wx.data_ptr()), reinterpret_cast<__nv_bfloat16*>(h.data_ptr()),
+      sink.data_ptr<float>(), static_cast<int>(steps), static_cast<int>(parts), static_cast<unsigned>(lbo),
+      static_cast<unsigned>(sbo));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) { m.def("probe", &probe, "the 2-D split wgmma probe (see the source)"); }
