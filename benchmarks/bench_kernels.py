@@ -14,10 +14,10 @@ their reads of W or of the state, the sum of the warps' partial sums; or half or
 with and without thread-block clusters, at the launch shapes of ``--dense-floor-shapes``; the copy
 with only the waits left is the step's handshake between SMs and its fixed work (barriers, the
 partial sums' reduction, the epilogue): the floor of this design's dependent chain.
-``--sections dense-wgmma`` times the on-chip part of a step of the next design, wgmma with K split
-over a thread-block cluster (``dense_wgmma_probe.cu``: the MMAs, the partial sums' reduction over
-distributed shared memory, the epilogue, each alone and together), beside the package's kernel and
-its handshake-and-fixed-work copies, one run.
+``--sections dense-wgmma`` times a step of the next design, wgmma with K split over a
+thread-block cluster, without its handshake between clusters (``dense_wgmma_probe.cu``: the state's
+staging, the MMAs, the partial sums' reduction over distributed shared memory, the epilogue, alone
+and together), beside the package's kernel and its handshake-and-fixed-work copies, one run.
 ``--sections scan-launch`` sweeps the fused minGRU / minLSTM scans' launch (channels per
 program, warps; :data:`SCAN_LAUNCHES`); with it, ``--scan-against FILE`` also times the fused
 scans of another copy of ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show
@@ -385,15 +385,18 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,), variants=DENSE_FLOOR_VARIANTS,
                 f"{tf / T * 1e3:.2f} / {tb / T * 1e3:.2f} us a step fwd / bwd")
 
 
-# dense-wgmma: the on-chip part of a step of the "2-D split" wgmma design for dense E1
-# (dense_wgmma_probe.cu; docs/kernels.md), by its parts (the probe's Part bits: 1 the MMAs, 2 the
-# cluster's reduction, 4 the epilogue, 8 the reduction by st.async and mbarriers instead of a cluster
-# barrier), each timed for a layer's 2T steps beside the package's kernel in the same run
+# dense-wgmma: a step of the "2-D split" wgmma design for dense E1 without its handshake between
+# clusters (dense_wgmma_probe.cu; docs/kernels.md), by its parts (the probe's Part bits: 1 the MMAs,
+# 2 the cluster's reduction, 4 the epilogue, 8 the reduction by st.async and mbarriers instead of a
+# cluster barrier, 16 the state's staging each step), each timed for a layer's 2T steps beside the
+# package's kernel in the same run
 WGMMA_PROBE = Path(__file__).with_name("dense_wgmma_probe.cu")
-WGMMA_PROBE_PARTS = (("the MMAs alone", 1), ("MMAs + reduction, cluster barrier", 3),
-                     ("MMAs + reduction + epilogue, cluster barrier", 7), ("reduction + epilogue, cluster barrier", 6),
+WGMMA_PROBE_PARTS = (("the MMAs alone", 1), ("the staging alone", 16), ("staging + MMAs", 17),
+                     ("MMAs + reduction, cluster barrier", 3), ("MMAs + reduction + epilogue, cluster barrier", 7),
                      ("MMAs + reduction, st.async", 11), ("MMAs + reduction + epilogue, st.async", 15),
-                     ("reduction + epilogue, st.async", 14))
+                     ("reduction + epilogue, st.async", 14),
+                     ("staging + MMAs + reduction + epilogue, cluster barrier", 23),
+                     ("staging + MMAs + reduction + epilogue, st.async", 31))
 # wgmma's descriptor offsets (bytes) for the probe's state layout: core matrices adjacent in K 128
 # bytes apart, in N 56 x 128; the swapped order is tried too, so the check says which reading of
 # the descriptor's two fields holds
@@ -401,8 +404,8 @@ WGMMA_PROBE_OFFSETS = ((128, 56 * 128), (56 * 128, 128))
 
 
 def dense_wgmma_probe(add, B, T, reps, dt):
-    """The on-chip part of the wgmma design's step (``dense_wgmma_probe.cu``: H 1792, B 32, clusters
-    of 4 CTAs splitting K, no handshake between clusters and no staging) by its parts
+    """The wgmma design's step without its handshake between clusters (``dense_wgmma_probe.cu``: H
+    1792, B 32, clusters of 4 CTAs splitting K) by its parts
     (:data:`WGMMA_PROBE_PARTS`), its outputs first checked against ``tanh(wx + S W^T)`` in fp32 over
     three steps; beside it, one run, the package's kernel and its copies with only the handshake and
     the fixed work, and the fixed work alone (``dense_floor``), so the design's step is
@@ -425,14 +428,14 @@ def dense_wgmma_probe(add, B, T, reps, dt):
     ref = torch.tanh(wx[:3].float() + state.float() @ w.float().T)
     checks = {}
     for offsets in WGMMA_PROBE_OFFSETS:
-        for parts in (7, 15):
+        for parts in (7, 15, 31):
             h.zero_()
             ext.probe(w, state, wx, h, 3, parts, *offsets)
             checks[offsets, parts] = (h[:3].float() - ref).abs().max().item()
-    good = [o for o in WGMMA_PROBE_OFFSETS if all(checks[o, p] < 1e-2 for p in (7, 15))]
+    good = [o for o in WGMMA_PROBE_OFFSETS if all(checks[o, p] < 1e-2 for p in (7, 15, 31))]
     offsets = good[0] if good else WGMMA_PROBE_OFFSETS[0]
     agree = ("outputs within 1e-2 of fp32" if good else "OUTPUTS WRONG") + \
-        f" (max error {max(checks[offsets, 7], checks[offsets, 15]):.1e}; descriptor offsets {offsets})"
+        f" (max error {max(checks[offsets, p] for p in (7, 15, 31)):.1e}; descriptor offsets {offsets})"
     print("dense wgmma probe: max error of each descriptor reading and reduction:",
           {f"{o} parts {p}": round(e, 4) for (o, p), e in checks.items()}, flush=True)
     for name, parts in WGMMA_PROBE_PARTS:

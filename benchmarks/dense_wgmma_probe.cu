@@ -10,14 +10,16 @@
 // meet over distributed shared memory: warp w's 16 rows are the 16 columns CTA w owns, so each
 // warp stores its 16 x 32 partial into CTA w's receive buffer (double-buffered; one cluster
 // barrier a step), and each CTA sums its four slots and runs the epilogue, h = tanh(wx + sum),
-// for its 16 columns. The state stays in shared memory for all steps: what this probe leaves out
-// is the grid's handshake (flags between clusters) and the staging of each step's new state,
-// which the package's kernel measures (`--sections dense-floor`).
+// for its 16 columns. What this probe leaves out is the grid's handshake (flags between
+// clusters, before the staging), which the package's kernel measures (`--sections dense-floor`).
 //
-// Parts, a bit each (`parts`): kMma the MMAs, kReduce the cluster's reduction, kEpilogue wx's
-// loads, tanh and h's stores, kAsync the reduction's stores as st.async into the owner's shared
+// Parts, a bit each (`parts`): kMma the MMAs, kReduce the cluster's reduction, kEpilogue tanh of
+// the sum plus wx and h's stores, kAsync the reduction's stores as st.async into the owner's shared
 // memory, counted on its mbarrier (one per receive buffer), instead of plain stores and a cluster
-// barrier a step. Without kMma the partial sums are constants.
+// barrier a step, kStage the staging of the state's slice (from global memory, L2 in practice,
+// each step, as the kernel must; without it the slice loaded once stands for every step). The
+// epilogue's wx is prefetched a step ahead into shared memory (cp.async). Without kMma the
+// partial sums are constants.
 // Built for sm_90a only (wgmma, clusters, st.async) by torch's extension loader.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -40,7 +42,7 @@ constexpr int OWN = COLS / CL;    // output columns a CTA owns after the reducti
 constexpr int RLD = NB + 4;       // a receive buffer's row (floats), padded against bank conflicts
 constexpr int CORE = 64;          // elements of an 8 x 8 core matrix (128 bytes)
 
-enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8 };
+enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8, kStage = 16 };
 
 // wgmma's shared-memory matrix descriptor, no swizzle: the start address, the byte offset between
 // core matrices adjacent in K (leading) and in N (stride), each in 16-byte units
@@ -77,6 +79,15 @@ __device__ __forceinline__ void st_async2(unsigned addr, float x, float y, unsig
                ::"r"(addr), "f"(x), "f"(y), "r"(bar) : "memory");
 }
 
+// 16 bytes global -> shared (a shared-space byte address), through L2 only
+__device__ __forceinline__ void cp_async16(unsigned smem, const void* gmem) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
 __device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity) {
   unsigned done;
   do {
@@ -93,20 +104,38 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
                  const __nv_bfloat16* __restrict__ wx, __nv_bfloat16* __restrict__ h, float* __restrict__ sink,
                  int steps, int parts, unsigned lbo, unsigned sbo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  __shared__ __align__(128) __nv_bfloat16 bs[NB * KC];
+  extern __shared__ __align__(128) __nv_bfloat16 bs[];  // NB x KC: dynamic, as the static part is near 48 KB
   __shared__ __align__(16) float recv[2][CL][OWN * RLD];
   __shared__ __align__(8) unsigned long long bars[2];  // kAsync: a receive buffer's bytes have landed
+  __shared__ __align__(16) __nv_bfloat16 wxs[2][NB * OWN];  // wx of this step and the next, the CTA's columns
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
   const int col0 = (blockIdx.x / CL) * COLS, k0 = rank * KC;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+  const unsigned bs_addr = static_cast<unsigned>(__cvta_generic_to_shared(bs));
   // the state's K range: element (b, k) in core matrix (b / 8, k / 8), row b % 8 of it; core
   // matrices adjacent in K are 128 bytes apart, in N KC / 8 * 128
-  for (int i = threadIdx.x; i < NB * KC / 8; i += THREADS) {
-    const int b = i / (KC / 8), c = i % (KC / 8);
-    *reinterpret_cast<uint4*>(bs + ((b / 8) * (KC / 8) + c) * CORE + (b % 8) * 8) =
-        *reinterpret_cast<const uint4*>(S + static_cast<size_t>(b) * HP + k0 + c * 8);
-  }
+  auto stage = [&] {
+    for (int i = threadIdx.x; i < NB * KC / 8; i += THREADS) {
+      const int b = i / (KC / 8), c = i % (KC / 8);
+      cp_async16(bs_addr + (((b / 8) * (KC / 8) + c) * CORE + (b % 8) * 8) * 2,
+                 S + static_cast<size_t>(b) * HP + k0 + c * 8);
+    }
+    cp_async_commit();
+  };
+  // wx's 32 rows x 16 columns of `step` into wxs[step & 1]: 16 bytes by each of 64 threads
+  const int col_own = col0 + rank * OWN;
+  auto prefetch_wx = [&](int step) {
+    if (threadIdx.x < NB * 2) {
+      const int n = threadIdx.x / 2, half = threadIdx.x % 2;
+      cp_async16(static_cast<unsigned>(__cvta_generic_to_shared(&wxs[step & 1][n * OWN + half * 8])),
+                 wx + (static_cast<size_t>(step) * NB + n) * HP + col_own + half * 8);
+    }
+    cp_async_commit();
+  };
+  stage();
+  if (parts & kEpilogue) prefetch_wx(0);
+  cp_async_wait_all();
   // A fragments of W's rows col0 + 16 warp + [0, 16): as mma.m16n8k16's A, per K step
   unsigned a[KS][4];
   const __nv_bfloat16* wr = W + static_cast<size_t>(col0 + warp * 16 + g) * HP + k0 + 2 * t;
@@ -123,19 +152,19 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
       asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * i) : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // bs's stores, before wgmma reads them
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // bs's copies, before wgmma reads them
   cluster.sync();  // every CTA's buffers and mbarriers ready before a peer stores into them
-  const unsigned bs_addr = static_cast<unsigned>(__cvta_generic_to_shared(bs));
   // the epilogue's outputs: column c of the CTA's 16, batch rows n0 .. n0 + 3
-  const int c = threadIdx.x % OWN, n0 = threadIdx.x / OWN * 4, j = col0 + rank * OWN + c;
+  const int c = threadIdx.x % OWN, n0 = threadIdx.x / OWN * 4, j = col_own + c;
   // where warp w's partial sums go: CTA w's slot `rank`, its row g (and g + 8), columns 2t, 2t + 1
   float acc[16], keep = 0.f;
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    float x[4];
-    if (parts & kEpilogue) {
-#pragma unroll
-      for (int q = 0; q < 4; ++q) x[q] = __bfloat162float(wx[(static_cast<size_t>(step) * NB + n0 + q) * HP + j]);
+    if (parts & kStage) {  // the last step's MMAs are done with the slice (their wait): rewrite it
+      stage();
+      cp_async_wait_all();  // this thread's copies (and this step's wx, long landed)
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+      __syncthreads();
     }
     if ((parts & kAsync) && threadIdx.x == 0)  // this step's bytes: four slots of 16 x 32 floats
       asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar0 + 8 * buf),
@@ -182,10 +211,14 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
       keep += v.x + v.w;
       continue;
     }
+    cp_async_wait_all();  // this step's wx (its copies issued a step ago)
+    __syncthreads();      // every thread's copies; and every thread done with the other buffer's wx
+    if (step + 1 < steps) prefetch_wx(step + 1);
     const float p[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
     for (int q = 0; q < 4; ++q)
-      h[(static_cast<size_t>(step) * NB + n0 + q) * HP + j] = __float2bfloat16(tanhf(p[q] + x[q]));
+      h[(static_cast<size_t>(step) * NB + n0 + q) * HP + j] =
+          __float2bfloat16(tanhf(p[q] + __bfloat162float(wxs[buf][(n0 + q) * OWN + c])));
   }
   if (keep == -1.f) sink[blockIdx.x * THREADS + threadIdx.x] = keep;  // the results count as used
   cluster.sync();  // no CTA leaves while a peer may still store into its buffers
@@ -204,12 +237,14 @@ void probe(torch::Tensor W, torch::Tensor S, torch::Tensor wx, torch::Tensor h, 
   TORCH_CHECK(W.size(0) == HP && W.size(1) == HP && S.size(0) == NB && S.size(1) == HP,
               "dense_wgmma_probe: W [1792, 1792] and S [32, 1792]");
   TORCH_CHECK(wx.numel() >= steps * NB * HP && h.numel() >= steps * NB * HP, "dense_wgmma_probe: wx, h too small");
-  TORCH_CHECK(parts >= 0 && parts < 16 && (!(parts & kEpilogue) || (parts & kReduce)) &&
+  TORCH_CHECK(parts >= 0 && parts < 32 && (!(parts & kEpilogue) || (parts & kReduce)) &&
                   (!(parts & kAsync) || (parts & kReduce)),
-              "dense_wgmma_probe: parts a sum of 1, 2, 4, 8; 4 and 8 need 2");
+              "dense_wgmma_probe: parts a sum of 1, 2, 4, 8, 16; 4 and 8 need 2");
   const c10::cuda::CUDAGuard guard(W.device());
   auto sink = torch::empty({HP / COLS * CL * THREADS}, W.options().dtype(torch::kFloat));
-  probe_kernel<<<HP / COLS * CL, THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(
+  constexpr int kDynamic = NB * KC * sizeof(__nv_bfloat16);
+  C10_CUDA_CHECK(cudaFuncSetAttribute(probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kDynamic));
+  probe_kernel<<<HP / COLS * CL, THREADS, kDynamic, c10::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const __nv_bfloat16*>(W.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(S.data_ptr()),
       reinterpret_cast<const __nv_bfloat16*>(wx.data_ptr()), reinterpret_cast<__nv_bfloat16*>(h.data_ptr()),
       sink.data_ptr<float>(), static_cast<int>(steps), static_cast<int>(parts), static_cast<unsigned>(lbo),
