@@ -114,12 +114,13 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const unsigned bs_addr = static_cast<unsigned>(__cvta_generic_to_shared(bs));
   // the state's K range: element (b, k) in core matrix (b / 8, k / 8), row b % 8 of it; core
-  // matrices adjacent in K are 128 bytes apart, in N KC / 8 * 128
+  // matrices adjacent in K are 128 bytes apart, in N KC / 8 * 128. Copy i (16 bytes) is row
+  // b % 8 = i % 8 of core matrix i / 8, so a warp fills 512 contiguous bytes (no bank conflicts)
+  // from 64 contiguous bytes of each of 8 rows
   auto stage = [&] {
     for (int i = threadIdx.x; i < NB * KC / 8; i += THREADS) {
-      const int b = i / (KC / 8), c = i % (KC / 8);
-      cp_async16(bs_addr + (((b / 8) * (KC / 8) + c) * CORE + (b % 8) * 8) * 2,
-                 S + static_cast<size_t>(b) * HP + k0 + c * 8);
+      const int b = i / (8 * KC / 8) * 8 + i % 8, c = i / 8 % (KC / 8);
+      cp_async16(bs_addr + i * 16, S + static_cast<size_t>(b) * HP + k0 + c * 8);
     }
     cp_async_commit();
   };
