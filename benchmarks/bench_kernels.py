@@ -388,19 +388,31 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,), variants=DENSE_FLOOR_VARIANTS,
 # dense-wgmma: a step of the "2-D split" wgmma design for dense E1 without its handshake between
 # clusters (dense_wgmma_probe.cu; docs/kernels.md), by its parts (the probe's Part bits: 1 the MMAs,
 # 2 the cluster's reduction, 4 the epilogue, 8 the reduction by st.async and mbarriers instead of a
-# cluster barrier, 16 the state's staging each step), each timed for a layer's 2T steps beside the
-# package's kernel in the same run
+# cluster barrier, 16 the state's staging each step, 32 that staging by one bulk copy of a slice
+# already in wgmma's layout), each timed for a layer's 2T steps beside the package's kernel in the same run
 WGMMA_PROBE = Path(__file__).with_name("dense_wgmma_probe.cu")
 WGMMA_PROBE_PARTS = (("the MMAs alone", 1), ("the staging alone", 16), ("staging + MMAs", 17),
                      ("MMAs + reduction, cluster barrier", 3), ("MMAs + reduction + epilogue, cluster barrier", 7),
                      ("MMAs + reduction, st.async", 11), ("MMAs + reduction + epilogue, st.async", 15),
                      ("reduction + epilogue, st.async", 14),
                      ("staging + MMAs + reduction + epilogue, cluster barrier", 23),
-                     ("staging + MMAs + reduction + epilogue, st.async", 31))
+                     ("staging + MMAs + reduction + epilogue, st.async", 31), ("the bulk staging alone", 48),
+                     ("bulk staging + MMAs + reduction + epilogue, cluster barrier", 55),
+                     ("bulk staging + MMAs + reduction + epilogue, st.async", 63))
 # wgmma's descriptor offsets (bytes) for the probe's state layout: core matrices adjacent in K 128
 # bytes apart, in N 56 x 128; the swapped order is tried too, so the check says which reading of
 # the descriptor's two fields holds
 WGMMA_PROBE_OFFSETS = ((128, 56 * 128), (56 * 128, 128))
+
+
+def wgmma_probe_tiles(state: torch.Tensor, slices: int = 4) -> torch.Tensor:
+    """The state ``[32, H]`` as the probe's bulk staging reads it: its K slices one after another,
+    each as 8 x 8 core matrices (8 rows of 8 elements, 128 bytes), K-adjacent ones next to each
+    other, then the next 8 rows: element (b, k) of slice s at ``((b // 8) * KC / 8 + k // 8) * 64 +
+    b % 8 * 8 + k % 8`` of it (KC = H / slices)."""
+    b, h = state.shape
+    kc = h // slices
+    return state.view(b // 8, 8, slices, kc // 8, 8).permute(2, 0, 3, 1, 4).contiguous().view(-1)
 
 
 def dense_wgmma_probe(add, B, T, reps, dt):
@@ -423,23 +435,24 @@ def dense_wgmma_probe(add, B, T, reps, dt):
     hp, nb, steps = 1792, 32, 2 * T
     w = (torch.randn(hp, hp, device="cuda") * (0.9 / hp**0.5)).to(dt)
     state = torch.rand(nb, hp, device="cuda").mul_(2).sub_(1).to(dt)
+    tiled = wgmma_probe_tiles(state)
     wx = torch.randn(steps, nb, hp, device="cuda", dtype=dt)
     h = torch.empty_like(wx)
     ref = torch.tanh(wx[:3].float() + state.float() @ w.float().T)
     checks = {}
     for offsets in WGMMA_PROBE_OFFSETS:
-        for parts in (7, 15, 31):
+        for parts in (7, 15, 31, 63):
             h.zero_()
-            ext.probe(w, state, wx, h, 3, parts, *offsets)
+            ext.probe(w, state, tiled, wx, h, 3, parts, *offsets)
             checks[offsets, parts] = (h[:3].float() - ref).abs().max().item()
-    good = [o for o in WGMMA_PROBE_OFFSETS if all(checks[o, p] < 1e-2 for p in (7, 15, 31))]
+    good = [o for o in WGMMA_PROBE_OFFSETS if all(checks[o, p] < 1e-2 for p in (7, 15, 31, 63))]
     offsets = good[0] if good else WGMMA_PROBE_OFFSETS[0]
     agree = ("outputs within 1e-2 of fp32" if good else "OUTPUTS WRONG") + \
-        f" (max error {max(checks[offsets, p] for p in (7, 15, 31)):.1e}; descriptor offsets {offsets})"
+        f" (max error {max(checks[offsets, p] for p in (7, 15, 31, 63)):.1e}; descriptor offsets {offsets})"
     print("dense wgmma probe: max error of each descriptor reading and reduction:",
           {f"{o} parts {p}": round(e, 4) for (o, p), e in checks.items()}, flush=True)
     for name, parts in WGMMA_PROBE_PARTS:
-        ms = timeit(lambda: ext.probe(w, state, wx, h, steps, parts, *offsets), reps)
+        ms = timeit(lambda: ext.probe(w, state, tiled, wx, h, steps, parts, *offsets), reps)
         add(f"dense wgmma probe: {name}", f"B{nb} {steps} steps H{hp}", (ms, 0.0, ms), 0.0,
             f"{ms / steps * 1e3:.3f} us a step; {agree}")
 

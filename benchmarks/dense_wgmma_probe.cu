@@ -18,8 +18,10 @@
 // memory, counted on its mbarrier (one per receive buffer), instead of plain stores and a cluster
 // barrier a step, kStage the staging of the state's slice (from global memory, L2 in practice,
 // each step, as the kernel must; without it the slice loaded once stands for every step). The
-// epilogue's wx is prefetched a step ahead into shared memory (cp.async). Without kMma the
-// partial sums are constants.
+// epilogue's wx is prefetched a step ahead into shared memory (cp.async). kBulk (with kStage):
+// the slice staged by one bulk copy (the TMA unit) from a copy of the state already in the
+// core-matrix layout, slice by slice (`St`: what producers would write), instead of 16-byte
+// cp.async copies from its rows. Without kMma the partial sums are constants.
 // Built for sm_90a only (wgmma, clusters, st.async) by torch's extension loader.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -42,7 +44,7 @@ constexpr int OWN = COLS / CL;    // output columns a CTA owns after the reducti
 constexpr int RLD = NB + 4;       // a receive buffer's row (floats), padded against bank conflicts
 constexpr int CORE = 64;          // elements of an 8 x 8 core matrix (128 bytes)
 
-enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8, kStage = 16 };
+enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8, kStage = 16, kBulk = 32 };
 
 // wgmma's shared-memory matrix descriptor, no swizzle: the start address, the byte offset between
 // core matrices adjacent in K (leading) and in N (stride), each in 16-byte units
@@ -101,12 +103,13 @@ __device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity)
 
 __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
     probe_kernel(const __nv_bfloat16* __restrict__ W, const __nv_bfloat16* __restrict__ S,
-                 const __nv_bfloat16* __restrict__ wx, __nv_bfloat16* __restrict__ h, float* __restrict__ sink,
+                 const __nv_bfloat16* __restrict__ St, const __nv_bfloat16* __restrict__ wx, __nv_bfloat16* __restrict__ h, float* __restrict__ sink,
                  int steps, int parts, unsigned lbo, unsigned sbo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) __nv_bfloat16 bs[];  // NB x KC: dynamic, as the static part is near 48 KB
   __shared__ __align__(16) float recv[2][CL][OWN * RLD];
-  __shared__ __align__(8) unsigned long long bars[2];  // kAsync: a receive buffer's bytes have landed
+  // kAsync: a receive buffer's bytes have landed (0, 1); kBulk: the staged slice has (2)
+  __shared__ __align__(8) unsigned long long bars[3];
   __shared__ __align__(16) __nv_bfloat16 wxs[2][NB * OWN];  // wx of this step and the next, the CTA's columns
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
@@ -149,7 +152,7 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
   }
   const unsigned bar0 = static_cast<unsigned>(__cvta_generic_to_shared(&bars[0]));
   if (threadIdx.x == 0) {
-    for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 3; ++i)
       asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * i) : "memory");
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -161,7 +164,16 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
   float acc[16], keep = 0.f;
   for (int step = 0; step < steps; ++step) {
     const int buf = step & 1;
-    if (parts & kStage) {  // the last step's MMAs are done with the slice (their wait): rewrite it
+    if ((parts & kStage) && (parts & kBulk)) {  // the last step's MMAs are done with the slice
+      if (threadIdx.x == 0) {
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar0 + 16),
+                     "r"(NB * KC * 2) : "memory");
+        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                     ::"r"(bs_addr), "l"(St + static_cast<size_t>(rank) * NB * KC), "r"(NB * KC * 2), "r"(bar0 + 16)
+                     : "memory");
+      }
+      mbar_wait_cluster(bar0 + 16, step & 1);
+    } else if (parts & kStage) {  // the last step's MMAs are done with the slice (their wait): rewrite it
       stage();
       cp_async_wait_all();  // this thread's copies (and this step's wx, long landed)
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -228,27 +240,29 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
 #endif
 }
 
-// Runs `steps` steps with `parts` (see above) on the current stream: W [HP, HP], S [NB, HP],
-// wx and h [steps, NB, HP], all bf16, contiguous; `lbo` and `sbo` the descriptor's offsets in bytes.
-void probe(torch::Tensor W, torch::Tensor S, torch::Tensor wx, torch::Tensor h, int64_t steps, int64_t parts,
+// Runs `steps` steps with `parts` (see above) on the current stream: W [HP, HP], S [NB, HP], St
+// (S's CL slices in the core-matrix layout, one after another) [CL * NB * KC], wx and h [steps,
+// NB, HP], all bf16, contiguous; `lbo` and `sbo` the descriptor's offsets in bytes.
+void probe(torch::Tensor W, torch::Tensor S, torch::Tensor St, torch::Tensor wx, torch::Tensor h, int64_t steps, int64_t parts,
            int64_t lbo, int64_t sbo) {
-  for (const auto* x : {&W, &S, &wx, &h})
+  for (const auto* x : {&W, &S, &St, &wx, &h})
     TORCH_CHECK(x->is_cuda() && x->is_contiguous() && x->scalar_type() == torch::kBFloat16,
                 "dense_wgmma_probe: every tensor contiguous bf16 on the GPU");
   TORCH_CHECK(W.size(0) == HP && W.size(1) == HP && S.size(0) == NB && S.size(1) == HP,
               "dense_wgmma_probe: W [1792, 1792] and S [32, 1792]");
+  TORCH_CHECK(St.numel() == NB * HP, "dense_wgmma_probe: St as many elements as S");
   TORCH_CHECK(wx.numel() >= steps * NB * HP && h.numel() >= steps * NB * HP, "dense_wgmma_probe: wx, h too small");
-  TORCH_CHECK(parts >= 0 && parts < 32 && (!(parts & kEpilogue) || (parts & kReduce)) &&
-                  (!(parts & kAsync) || (parts & kReduce)),
-              "dense_wgmma_probe: parts a sum of 1, 2, 4, 8, 16; 4 and 8 need 2");
+  TORCH_CHECK(parts >= 0 && parts < 64 && (!(parts & kEpilogue) || (parts & kReduce)) &&
+                  (!(parts & kAsync) || (parts & kReduce)) && (!(parts & kBulk) || (parts & kStage)),
+              "dense_wgmma_probe: parts a sum of 1, 2, 4, 8, 16, 32; 4 and 8 need 2, 32 needs 16");
   const c10::cuda::CUDAGuard guard(W.device());
   auto sink = torch::empty({HP / COLS * CL * THREADS}, W.options().dtype(torch::kFloat));
   constexpr int kDynamic = NB * KC * sizeof(__nv_bfloat16);
   C10_CUDA_CHECK(cudaFuncSetAttribute(probe_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kDynamic));
   probe_kernel<<<HP / COLS * CL, THREADS, kDynamic, c10::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const __nv_bfloat16*>(W.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(S.data_ptr()),
-      reinterpret_cast<const __nv_bfloat16*>(wx.data_ptr()), reinterpret_cast<__nv_bfloat16*>(h.data_ptr()),
-      sink.data_ptr<float>(), static_cast<int>(steps), static_cast<int>(parts), static_cast<unsigned>(lbo),
+      reinterpret_cast<const __nv_bfloat16*>(St.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(wx.data_ptr()),
+      reinterpret_cast<__nv_bfloat16*>(h.data_ptr()), sink.data_ptr<float>(), static_cast<int>(steps), static_cast<int>(parts), static_cast<unsigned>(lbo),
       static_cast<unsigned>(sbo));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1468,16 +1468,23 @@ def test_dense_wgmma_probe_runs_match_its_kernel():
     source = bk.WGMMA_PROBE.read_text()
     enum = re.search(r"enum Part : int \{(.*?)\};", source).group(1)
     bits = dict(re.findall(r"k(\w+) = (\d+)", enum))
-    assert bits == {"Mma": "1", "Reduce": "2", "Epilogue": "4", "Async": "8", "Stage": "16"}
-    words = {1: "MMAs", 2: "reduction", 4: "epilogue", 8: "st.async", 16: "staging"}
+    assert bits == {"Mma": "1", "Reduce": "2", "Epilogue": "4", "Async": "8", "Stage": "16", "Bulk": "32"}
+    words = {1: "MMAs", 2: "reduction", 4: "epilogue", 8: "st.async", 16: "staging", 32: "bulk"}
     runs = dict(bk.WGMMA_PROBE_PARTS)
     assert len(set(runs.values())) == len(runs)
     for name, parts in runs.items():
         assert [bool(parts & bit) for bit in words] == [word in name for word in words.values()], name
         assert ("cluster barrier" in name) == (parts & 10 == 2), name
         assert not parts & 12 or parts & 2, name
+        assert not parts & 32 or parts & 16, name
     kc = int(re.search(r"constexpr int KC = (\d+);", source).group(1))
     assert bk.WGMMA_PROBE_OFFSETS[0] == (128, kc // 8 * 128)
+    # the bulk staging's tiled state: element (b, k) where the kernel's layout puts it
+    state = torch.arange(32 * 4 * kc, dtype=torch.float32).view(32, 4 * kc)
+    tiled = bk.wgmma_probe_tiles(state)
+    for b, k in ((0, 0), (3, 5), (9, 17), (31, kc + 8), (17, 4 * kc - 1)):
+        s, kk = divmod(k, kc)
+        assert tiled[s * 32 * kc + ((b // 8) * kc // 8 + kk // 8) * 64 + b % 8 * 8 + kk % 8] == state[b, k]
 
 
 def test_persistent_candidates_edit_the_current_kernel(monkeypatch):
