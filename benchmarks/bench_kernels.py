@@ -421,7 +421,7 @@ def dense_wgmma_probe(add, B, T, reps, dt):
     (:data:`WGMMA_PROBE_PARTS`), its outputs first checked against ``tanh(wx + S W^T)`` in fp32 over
     three steps; beside it, one run, the package's kernel and its copies with only the handshake and
     the fixed work, and the fixed work alone (``dense_floor``), so the design's step is
-    bounded by measurements: this probe's time plus the handshake plus its staging."""
+    bounded by measurements: this probe's time plus the package's handshake."""
     import hashlib
 
     from torch.utils.cpp_extension import load

@@ -1,5 +1,5 @@
 // A probe of the "2-D split" wgmma design for dense E1's recurrent product (docs/kernels.md, dense
-// E1): not the package's kernel, only the on-chip part of its step, timed by
+// E1): not the package's kernel, its step without the handshake between clusters, timed by
 // `bench_kernels.py --sections dense-wgmma` beside the package's persistent kernel.
 //
 // H = 1792 (dense d26's 1760 padded to the tiles), B = 32. A cluster of CL = 4 CTAs owns 64
@@ -8,8 +8,7 @@
 // shared memory (28 KB, 8 x 8 core matrices, no swizzle). Per step, one warpgroup issues 28
 // `wgmma.m64n32k16` (the 64 x 32 partial product over its K range, fp32), then the partial sums
 // meet over distributed shared memory: warp w's 16 rows are the 16 columns CTA w owns, so each
-// warp stores its 16 x 32 partial into CTA w's receive buffer (double-buffered; one cluster
-// barrier a step), and each CTA sums its four slots and runs the epilogue, h = tanh(wx + sum),
+// warp stores its 16 x 32 partial into CTA w's receive buffer (double-buffered), and each CTA sums its four slots and runs the epilogue, h = tanh(wx + sum),
 // for its 16 columns. What this probe leaves out is the grid's handshake (flags between
 // clusters, before the staging), which the package's kernel measures (`--sections dense-floor`).
 //
