@@ -389,7 +389,9 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,), variants=DENSE_FLOOR_VARIANTS,
 # clusters (dense_wgmma_probe.cu; docs/kernels.md), by its parts (the probe's Part bits: 1 the MMAs,
 # 2 the cluster's reduction, 4 the epilogue, 8 the reduction by st.async and mbarriers instead of a
 # cluster barrier, 16 the state's staging each step, 32 that staging by one bulk copy of a slice
-# already in wgmma's layout), each timed for a layer's 2T steps beside the package's kernel in the same run
+# already in wgmma's layout, 64 st.async of four floats instead of two, 128 the reduction by one bulk
+# copy a warp instead of st.async), each timed for a layer's 2T steps beside the package's kernel in
+# the same run
 WGMMA_PROBE = Path(__file__).with_name("dense_wgmma_probe.cu")
 WGMMA_PROBE_PARTS = (("the MMAs alone", 1), ("the staging alone", 16), ("staging + MMAs", 17),
                      ("MMAs + reduction, cluster barrier", 3), ("MMAs + reduction + epilogue, cluster barrier", 7),
@@ -398,7 +400,10 @@ WGMMA_PROBE_PARTS = (("the MMAs alone", 1), ("the staging alone", 16), ("staging
                      ("staging + MMAs + reduction + epilogue, cluster barrier", 23),
                      ("staging + MMAs + reduction + epilogue, st.async", 31), ("the bulk staging alone", 48),
                      ("bulk staging + MMAs + reduction + epilogue, cluster barrier", 55),
-                     ("bulk staging + MMAs + reduction + epilogue, st.async", 63))
+                     ("bulk staging + MMAs + reduction + epilogue, st.async", 63),
+                     ("MMAs + reduction, st.async v4", 75), ("MMAs + reduction, bulk copies", 131),
+                     ("bulk staging + MMAs + reduction + epilogue, st.async v4", 127),
+                     ("bulk staging + MMAs + reduction + epilogue, bulk copies", 183))
 # wgmma's descriptor offsets (bytes) for the probe's state layout: core matrices adjacent in K 128
 # bytes apart, in N 56 x 128; the swapped order is tried too, so the check says which reading of
 # the descriptor's two fields holds
@@ -417,9 +422,9 @@ def wgmma_probe_tiles(state: torch.Tensor, slices: int = 4) -> torch.Tensor:
 
 def dense_wgmma_probe(add, B, T, reps, dt):
     """The wgmma design's step without its handshake between clusters (``dense_wgmma_probe.cu``: H
-    1792, B 32, clusters of 4 CTAs splitting K) by its parts
-    (:data:`WGMMA_PROBE_PARTS`), its outputs first checked against ``tanh(wx + S W^T)`` in fp32 over
-    three steps; beside it, one run, the package's kernel and its copies with only the handshake and
+    1792, B 32, clusters of 4 CTAs splitting K) by its parts (:data:`WGMMA_PROBE_PARTS`), each run
+    with the MMAs and the epilogue first checked against ``tanh(wx + S W^T)`` in fp32 over three
+    steps; beside it, one run, the package's kernel and its copies with only the handshake and
     the fixed work, and the fixed work alone (``dense_floor``), so the design's step is
     bounded by measurements: this probe's time plus the package's handshake."""
     import hashlib
@@ -439,22 +444,25 @@ def dense_wgmma_probe(add, B, T, reps, dt):
     wx = torch.randn(steps, nb, hp, device="cuda", dtype=dt)
     h = torch.empty_like(wx)
     ref = torch.tanh(wx[:3].float() + state.float() @ w.float().T)
-    checks = {}
-    for offsets in WGMMA_PROBE_OFFSETS:
-        for parts in (7, 15, 31, 63):
-            h.zero_()
-            ext.probe(w, state, tiled, wx, h, 3, parts, *offsets)
-            checks[offsets, parts] = (h[:3].float() - ref).abs().max().item()
-    good = [o for o in WGMMA_PROBE_OFFSETS if all(checks[o, p] < 1e-2 for p in (7, 15, 31, 63))]
-    offsets = good[0] if good else WGMMA_PROBE_OFFSETS[0]
-    agree = ("outputs within 1e-2 of fp32" if good else "OUTPUTS WRONG") + \
-        f" (max error {max(checks[offsets, p] for p in (7, 15, 31, 63)):.1e}; descriptor offsets {offsets})"
-    print("dense wgmma probe: max error of each descriptor reading and reduction:",
-          {f"{o} parts {p}": round(e, 4) for (o, p), e in checks.items()}, flush=True)
+
+    def error(parts, offsets):  # the max error over three steps of a run with the MMAs and the epilogue
+        h.zero_()
+        ext.probe(w, state, tiled, wx, h, 3, parts, *offsets)
+        return (h[:3].float() - ref).abs().max().item()
+
+    # the descriptor's reading: the offsets under which the plain runs (7, 15) agree with fp32
+    readings = {o: max(error(7, o), error(15, o)) for o in WGMMA_PROBE_OFFSETS}
+    print("dense wgmma probe: max error of runs 7 and 15 by descriptor offsets:",
+          {str(o): round(e, 4) for o, e in readings.items()}, flush=True)
+    offsets = min(readings, key=readings.get)
     for name, parts in WGMMA_PROBE_PARTS:
+        checked = ""
+        if parts & 5 == 5:  # with the MMAs and the epilogue: its outputs against fp32
+            e = error(parts, offsets)
+            checked = f"; {'outputs within 1e-2 of fp32' if e < 1e-2 else 'OUTPUTS WRONG'} (max error {e:.1e})"
         ms = timeit(lambda: ext.probe(w, state, tiled, wx, h, steps, parts, *offsets), reps)
         add(f"dense wgmma probe: {name}", f"B{nb} {steps} steps H{hp}", (ms, 0.0, ms), 0.0,
-            f"{ms / steps * 1e3:.3f} us a step; {agree}")
+            f"{ms / steps * 1e3:.3f} us a step{checked}; descriptor offsets {offsets}")
 
 
 # the fused gate + scan kernels at the 400M widths: (name, mode of rnnlab.ops.scan.triton, H)

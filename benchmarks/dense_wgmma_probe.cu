@@ -20,7 +20,11 @@
 // epilogue's wx is prefetched a step ahead into shared memory (cp.async). kBulk (with kStage):
 // the slice staged by one bulk copy (the TMA unit) from a copy of the state already in the
 // core-matrix layout, slice by slice (`St`: what producers would write), instead of 16-byte
-// cp.async copies from its rows. Without kMma the partial sums are constants.
+// cp.async copies from its rows. kVec4 (with kAsync): the partial sums sent as st.async of four
+// floats (pairs of lanes swap halves first) instead of two, half the remote stores. kBulkReduce
+// (instead of kAsync): each warp writes its partial sums into its own shared memory and one lane
+// sends them with one bulk copy (2,304 bytes, padding included) to the owner's, counted on the
+// owner's mbarrier. Without kMma the partial sums are constants.
 // Built for sm_90a only (wgmma, clusters, st.async) by torch's extension loader.
 #include <torch/extension.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -43,7 +47,8 @@ constexpr int OWN = COLS / CL;    // output columns a CTA owns after the reducti
 constexpr int RLD = NB + 4;       // a receive buffer's row (floats), padded against bank conflicts
 constexpr int CORE = 64;          // elements of an 8 x 8 core matrix (128 bytes)
 
-enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8, kStage = 16, kBulk = 32 };
+enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8, kStage = 16, kBulk = 32, kVec4 = 64,
+                  kBulkReduce = 128 };
 
 // wgmma's shared-memory matrix descriptor, no swizzle: the start address, the byte offset between
 // core matrices adjacent in K (leading) and in N (stride), each in 16-byte units
@@ -89,6 +94,12 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 
 __device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
 
+// four floats into a peer's shared memory (16-byte aligned), counted (16 bytes) on its mbarrier `bar`
+__device__ __forceinline__ void st_async4(unsigned addr, float x, float y, float z, float w, unsigned bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n"
+               ::"r"(addr), "f"(x), "f"(y), "f"(z), "f"(w), "r"(bar) : "memory");
+}
+
 __device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity) {
   unsigned done;
   do {
@@ -110,6 +121,9 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
   // kAsync: a receive buffer's bytes have landed (0, 1); kBulk: the staged slice has (2)
   __shared__ __align__(8) unsigned long long bars[3];
   __shared__ __align__(16) __nv_bfloat16 wxs[2][NB * OWN];  // wx of this step and the next, the CTA's columns
+  // kBulkReduce: each warp's partial sums as sent, by step parity (the copy of step s has been
+  // read when the owner's step s + 1 arrives here, before this CTA's step s + 2 rewrites its slot)
+  __shared__ __align__(16) float sent[2][4][OWN * RLD];
   cg::cluster_group cluster = cg::this_cluster();
   const int rank = static_cast<int>(cluster.block_rank());
   const int col0 = (blockIdx.x / CL) * COLS, k0 = rank * KC;
@@ -178,9 +192,9 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
       __syncthreads();
     }
-    if ((parts & kAsync) && threadIdx.x == 0)  // this step's bytes: four slots of 16 x 32 floats
+    if ((parts & (kAsync | kBulkReduce)) && threadIdx.x == 0)  // this step's bytes: four slots of 16 rows
       asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar0 + 8 * buf),
-                   "r"(CL * OWN * NB * 4) : "memory");
+                   "r"(CL * OWN * (parts & kBulkReduce ? RLD : NB) * 4) : "memory");
     if (parts & kMma) {
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
@@ -196,12 +210,41 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
       continue;
     }
     float* slot = &recv[buf][rank][0];
-    if (parts & kAsync) {
-      const unsigned dst = peer_address(slot, warp), bar = peer_address(&bars[buf], warp);
+    if (parts & kBulkReduce) {
+      float* mine = sent[buf][warp];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        st_async2(dst + 4 * (g * RLD + 8 * i + 2 * t), acc[4 * i], acc[4 * i + 1], bar);
-        st_async2(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t), acc[4 * i + 2], acc[4 * i + 3], bar);
+        *reinterpret_cast<float2*>(mine + g * RLD + 8 * i + 2 * t) = make_float2(acc[4 * i], acc[4 * i + 1]);
+        *reinterpret_cast<float2*>(mine + (g + 8) * RLD + 8 * i + 2 * t) = make_float2(acc[4 * i + 2], acc[4 * i + 3]);
+      }
+      asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, before the copy reads them
+      __syncwarp();
+      if (lane == 0) {
+        asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
+                     ::"r"(peer_address(slot, warp)), "r"(static_cast<unsigned>(__cvta_generic_to_shared(mine))),
+                     "r"(OWN * RLD * 4), "r"(peer_address(&bars[buf], warp))
+                     : "memory");
+      }
+      mbar_wait_cluster(bar0 + 8 * buf, (step >> 1) & 1);
+    } else if (parts & kAsync) {
+      const unsigned dst = peer_address(slot, warp), bar = peer_address(&bars[buf], warp);
+      if (parts & kVec4) {  // lane pairs (t, t ^ 1) swap halves: even t sends row g, odd t row g + 8, 4 columns
+        const bool odd = t & 1;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[4 * i] : acc[4 * i + 2], 1);
+          const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[4 * i + 1] : acc[4 * i + 3], 1);
+          if (odd)
+            st_async4(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t - 2), r0, r1, acc[4 * i + 2], acc[4 * i + 3], bar);
+          else
+            st_async4(dst + 4 * (g * RLD + 8 * i + 2 * t), acc[4 * i], acc[4 * i + 1], r0, r1, bar);
+        }
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          st_async2(dst + 4 * (g * RLD + 8 * i + 2 * t), acc[4 * i], acc[4 * i + 1], bar);
+          st_async2(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t), acc[4 * i + 2], acc[4 * i + 3], bar);
+        }
       }
       mbar_wait_cluster(bar0 + 8 * buf, (step >> 1) & 1);
     } else {
@@ -251,9 +294,12 @@ void probe(torch::Tensor W, torch::Tensor S, torch::Tensor St, torch::Tensor wx,
               "dense_wgmma_probe: W [1792, 1792] and S [32, 1792]");
   TORCH_CHECK(St.numel() == NB * HP, "dense_wgmma_probe: St as many elements as S");
   TORCH_CHECK(wx.numel() >= steps * NB * HP && h.numel() >= steps * NB * HP, "dense_wgmma_probe: wx, h too small");
-  TORCH_CHECK(parts >= 0 && parts < 64 && (!(parts & kEpilogue) || (parts & kReduce)) &&
-                  (!(parts & kAsync) || (parts & kReduce)) && (!(parts & kBulk) || (parts & kStage)),
-              "dense_wgmma_probe: parts a sum of 1, 2, 4, 8, 16, 32; 4 and 8 need 2, 32 needs 16");
+  TORCH_CHECK(parts >= 0 && parts < 256 && (!(parts & kEpilogue) || (parts & kReduce)) &&
+                  (!(parts & kAsync) || (parts & kReduce)) && (!(parts & kBulk) || (parts & kStage)) &&
+                  (!(parts & kVec4) || (parts & kAsync)) && (!(parts & kBulkReduce) || (parts & kReduce)) &&
+                  !((parts & kBulkReduce) && (parts & kAsync)),
+              "dense_wgmma_probe: parts a sum of 1, 2, 4, 8, 16, 32, 64, 128; 4, 8 and 128 need 2, 32 needs 16, "
+              "64 needs 8, 128 excludes 8");
   const c10::cuda::CUDAGuard guard(W.device());
   auto sink = torch::empty({HP / COLS * CL * THREADS}, W.options().dtype(torch::kFloat));
   constexpr int kDynamic = NB * KC * sizeof(__nv_bfloat16);

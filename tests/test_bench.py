@@ -1466,17 +1466,21 @@ def test_dense_wgmma_probe_runs_match_its_kernel():
     of them a row of 8)."""
     bk = _benchmark_script("bench_kernels")
     source = bk.WGMMA_PROBE.read_text()
-    enum = re.search(r"enum Part : int \{(.*?)\};", source).group(1)
+    enum = re.search(r"enum Part : int \{(.*?)\};", source, re.S).group(1)
     bits = dict(re.findall(r"k(\w+) = (\d+)", enum))
-    assert bits == {"Mma": "1", "Reduce": "2", "Epilogue": "4", "Async": "8", "Stage": "16", "Bulk": "32"}
-    words = {1: "MMAs", 2: "reduction", 4: "epilogue", 8: "st.async", 16: "staging", 32: "bulk"}
+    assert bits == {"Mma": "1", "Reduce": "2", "Epilogue": "4", "Async": "8", "Stage": "16", "Bulk": "32",
+                    "Vec4": "64", "BulkReduce": "128"}
+    words = {1: "MMAs", 2: "reduction", 4: "epilogue", 8: "st.async", 16: "staging", 32: "bulk staging",
+             64: "v4", 128: "bulk copies"}
     runs = dict(bk.WGMMA_PROBE_PARTS)
     assert len(set(runs.values())) == len(runs)
     for name, parts in runs.items():
         assert [bool(parts & bit) for bit in words] == [word in name for word in words.values()], name
-        assert ("cluster barrier" in name) == (parts & 10 == 2), name
-        assert not parts & 12 or parts & 2, name
+        assert ("cluster barrier" in name) == (parts & (2 | 8 | 128) == 2), name
+        assert not parts & (4 | 8 | 128) or parts & 2, name
         assert not parts & 32 or parts & 16, name
+        assert not parts & 64 or parts & 8, name
+        assert not (parts & 128 and parts & 8), name
     kc = int(re.search(r"constexpr int KC = (\d+);", source).group(1))
     assert bk.WGMMA_PROBE_OFFSETS[0] == (128, kc // 8 * 128)
     # the bulk staging's tiled state: element (b, k) where the kernel's layout puts it
