@@ -8,9 +8,10 @@
 // shared memory (28 KB, 8 x 8 core matrices, no swizzle). Per step, one warpgroup issues 28
 // `wgmma.m64n32k16` (the 64 x 32 partial product over its K range, fp32), then the partial sums
 // meet over distributed shared memory: warp w's 16 rows are the 16 columns CTA w owns, so each
-// warp stores its 16 x 32 partial into CTA w's receive buffer (double-buffered), and each CTA sums its four slots and runs the epilogue, h = tanh(wx + sum),
-// for its 16 columns. What this probe leaves out is the grid's handshake (flags between
-// clusters, before the staging), which the package's kernel measures (`--sections dense-floor`).
+// warp stores its 16 x 32 partial into CTA w's receive buffer (double-buffered), and each CTA
+// sums its four slots and runs the epilogue, h = tanh(wx + sum), for its 16 columns. What this
+// probe leaves out is the grid's handshake (flags between clusters, before the staging), which the
+// package's kernel measures (`--sections dense-floor`).
 //
 // Parts, a bit each (`parts`): kMma the MMAs, kReduce the cluster's reduction, kEpilogue tanh of
 // the sum plus wx and h's stores, kAsync the reduction's stores as st.async into the owner's shared
@@ -113,7 +114,8 @@ __device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity)
 
 __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
     probe_kernel(const __nv_bfloat16* __restrict__ W, const __nv_bfloat16* __restrict__ S,
-                 const __nv_bfloat16* __restrict__ St, const __nv_bfloat16* __restrict__ wx, __nv_bfloat16* __restrict__ h, float* __restrict__ sink,
+                 const __nv_bfloat16* __restrict__ St, const __nv_bfloat16* __restrict__ wx,
+                 __nv_bfloat16* __restrict__ h, float* __restrict__ sink,
                  int steps, int parts, unsigned lbo, unsigned sbo) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ __align__(128) __nv_bfloat16 bs[];  // NB x KC: dynamic, as the static part is near 48 KB
@@ -285,8 +287,8 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
 // Runs `steps` steps with `parts` (see above) on the current stream: W [HP, HP], S [NB, HP], St
 // (S's CL slices in the core-matrix layout, one after another) [CL * NB * KC], wx and h [steps,
 // NB, HP], all bf16, contiguous; `lbo` and `sbo` the descriptor's offsets in bytes.
-void probe(torch::Tensor W, torch::Tensor S, torch::Tensor St, torch::Tensor wx, torch::Tensor h, int64_t steps, int64_t parts,
-           int64_t lbo, int64_t sbo) {
+void probe(torch::Tensor W, torch::Tensor S, torch::Tensor St, torch::Tensor wx, torch::Tensor h, int64_t steps,
+           int64_t parts, int64_t lbo, int64_t sbo) {
   for (const auto* x : {&W, &S, &St, &wx, &h})
     TORCH_CHECK(x->is_cuda() && x->is_contiguous() && x->scalar_type() == torch::kBFloat16,
                 "dense_wgmma_probe: every tensor contiguous bf16 on the GPU");
@@ -307,8 +309,8 @@ void probe(torch::Tensor W, torch::Tensor S, torch::Tensor St, torch::Tensor wx,
   probe_kernel<<<HP / COLS * CL, THREADS, kDynamic, c10::cuda::getCurrentCUDAStream()>>>(
       reinterpret_cast<const __nv_bfloat16*>(W.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(S.data_ptr()),
       reinterpret_cast<const __nv_bfloat16*>(St.data_ptr()), reinterpret_cast<const __nv_bfloat16*>(wx.data_ptr()),
-      reinterpret_cast<__nv_bfloat16*>(h.data_ptr()), sink.data_ptr<float>(), static_cast<int>(steps), static_cast<int>(parts), static_cast<unsigned>(lbo),
-      static_cast<unsigned>(sbo));
+      reinterpret_cast<__nv_bfloat16*>(h.data_ptr()), sink.data_ptr<float>(), static_cast<int>(steps),
+      static_cast<int>(parts), static_cast<unsigned>(lbo), static_cast<unsigned>(sbo));
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
