@@ -88,6 +88,46 @@ def test_persistent_kernel_declines_what_it_cannot_run_without_building():
     assert persistent._ext.cache_info().currsize == 0
 
 
+def test_wgmma_kernel_declines_what_it_cannot_run_without_building():
+    """The wgmma kernel is considered only for bf16 CUDA inputs (B <= 32, H a multiple of 8 up to
+    1792): CPU tensors and other dtypes are declined before its extension would be built, and
+    the option is off by default."""
+    from rnnlab.ops.elman import wgmma
+    from rnnlab.ops.elman.options import DEFAULT
+
+    wgmma._ext.cache_clear()
+    for x in (torch.zeros(2, 3, 16), torch.zeros(2, 3, 16, dtype=torch.bfloat16)):
+        assert not wgmma.supported(x)
+    assert wgmma._ext.cache_info().currsize == 0
+    assert not DEFAULT.dense_wgmma
+
+
+def test_wgmma_build_failure_warns_once_and_leaves_the_persistent_kernel(monkeypatch):
+    """A failed build of the wgmma kernel (no nvcc, a compile error) is one warning; later scans
+    skip it without retrying, and the dense scan's other kernels run."""
+    import types
+
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman import wgmma
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    attempts = []
+
+    def broken(x):
+        attempts.append(x)
+        raise RuntimeError("Error building extension 'rnnlab_elman_wgmma'")
+
+    monkeypatch.setattr(wgmma, "supported", broken)
+    monkeypatch.setattr(et, "_WGMMA_ERROR", [])
+    x, opts = types.SimpleNamespace(is_cuda=True), ElmanKernelOptions(dense_wgmma=True)
+    assert et._wgmma(x, ElmanKernelOptions(), None, None) is None and not attempts  # off by default
+    assert et._wgmma(x, opts, torch.ones(1), None) is None and not attempts  # a selective term
+    with pytest.warns(UserWarning, match="wgmma Elman kernel unavailable, using the persistent kernel"):
+        assert et._wgmma(x, opts, None, None) is None
+    assert et._wgmma(x, opts, None, None) is None and len(attempts) == 1
+    assert et._WGMMA_ERROR == ["RuntimeError: Error building extension 'rnnlab_elman_wgmma'"]
+
+
 def test_persistent_default_shapes_keep_w_in_registers_where_the_kernel_can():
     """The launch that keeps W's fragments in registers (8 warps, 32 columns: 14 K tiles a warp)
     comes first only where every warp's K tiles fit (H padded to 16 up to 1792) and without the
@@ -154,6 +194,7 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, t
     name = persistent._ext_name
     base = name(b"kernel A", ["-O3"])
     assert base == name(b"kernel A", ["-O3"]) and base.startswith("rnnlab_elman_persistent_")
+    assert name(b"kernel A", ["-O3"], "wgmma") == "rnnlab_elman_wgmma_" + base.rsplit("_", 1)[1]
     assert len({base, name(b"kernel B", ["-O3"]), name(b"kernel A", ["-O2"])}) == 3
     monkeypatch.setattr(torch, "__version__", "0.0.0")
     assert name(b"kernel A", ["-O3"]) != base

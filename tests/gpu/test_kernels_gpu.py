@@ -482,6 +482,56 @@ def test_elman_lowrank_persistent_declines_ranks_outside_its_range():
     assert not persistent.make_plan(x).lowrank
 
 
+# (B, T, H): E1 d26's width (28 clusters, H padded to 1792); B = 1 and T = 1; odd widths and
+# batches (H padded to the next kernel's width: 200 -> 256, 1000 -> 1024; B = 7); a long
+# sequence (many steps of the flags and the mbarriers' phases)
+WGMMA_CASES = [(32, 48, 1760), (1, 1, 64), (7, 9, 200), (3, 300, 256), (5, 17, 512), (32, 33, 1000)]
+
+
+@pytest.mark.parametrize("case", WGMMA_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_dense_wgmma(case, with_h0, monkeypatch):
+    """The wgmma kernel (``dense_wgmma``) against the float64 reference, forward and all gradients,
+    bf16; records its launches to prove it ran (and not the persistent kernel)."""
+    from rnnlab.ops.elman import naive, persistent, wgmma
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma kernel needs a compute-capability 9.0 GPU")
+    B, T, H = case
+    calls = []
+    for module, name in ((wgmma, "forward"), (wgmma, "backward"), (persistent, "forward"), (persistent, "backward")):
+        def wrapped(*args, fn=getattr(module, name), label=f"{module.__name__.rsplit('.', 1)[1]}.{name}"):
+            calls.append(label)
+            return fn(*args)
+        monkeypatch.setattr(module, name, wrapped)
+    opts = ElmanKernelOptions(dense_wgmma=True)
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 11)
+    wx = torch.randn(B, T, H)
+    w = torch.randn(H, H) * (0.9 / H**0.5)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    _check_op(f"elman_dense_wgmma{case}", lambda x, w, h: et.elman_scan(x, w, h, options=opts),
+              naive.elman_scan, [wx, w, h0], torch.bfloat16)
+    assert calls == ["wgmma.forward", "wgmma.backward"]
+
+
+def test_elman_dense_wgmma_declines_what_it_cannot_run():
+    """Wider than 1792, more than 32 rows, fp16, H not a multiple of 8: declined (the persistent
+    kernel runs those); the kernel's own checks refuse such operands with one line."""
+    from rnnlab.ops.elman import wgmma
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma kernel needs a compute-capability 9.0 GPU")
+    assert wgmma.supported(torch.empty(32, 2, 1792, device=DEV, dtype=torch.bfloat16))
+    for shape, dtype in (((2, 2, 1800), torch.bfloat16), ((33, 2, 64), torch.bfloat16),
+                         ((2, 2, 64), torch.float16), ((2, 2, 100), torch.bfloat16)):
+        assert not wgmma.supported(torch.empty(shape, device=DEV, dtype=dtype)), (shape, dtype)
+    x = torch.zeros(33, 2, 64, device=DEV, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="B must be at most 32"):
+        wgmma.forward(x, torch.zeros(64, 64, device=DEV, dtype=torch.bfloat16), None)
+
+
 def test_elman_lowrank_default_is_persistent_and_the_option_turns_it_off(monkeypatch):
     """A bf16 dense low-rank scan runs the persistent low-rank build by default, and the per-step
     kernel with ``persistent_lowrank=False``, with the same answer (to bf16 rounding)."""

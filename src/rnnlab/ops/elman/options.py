@@ -25,6 +25,9 @@ class ElmanKernelOptions:
     persistent_shape: int = -1  # force persistent.SHAPES[i] (warps, tile); -1 = the first that fits
     # E1's low-rank term in the persistent kernel's epilogue (ranks 1-16; a build of its own)
     persistent_lowrank: bool = True
+    # plain dense bf16 scans with B <= 32, H <= 1792 on Hopper: the wgmma kernel (wgmma.cu)
+    # instead of the persistent one
+    dense_wgmma: bool = False
     cuda_graph: bool = True  # capture the dense per-step loop in a CUDA graph (one per shape)
     fast_tanh: bool = True  # tanh.approx.f32 for 16-bit inputs on the GPU (never fp32 / interpreter)
     dense_bn: int = 16  # dense per-step kernel: output columns per program

@@ -110,16 +110,16 @@ def _ext(lowrank: bool = False, source: Path = SOURCE):
                 verbose=False)
 
 
-def _ext_name(source: bytes, flags: list[str]) -> str:
-    """The extension's name: a hash of its source, its flags and the torch, CUDA and Python
-    versions, so a build folder kept across machines (benchmarks/gpu_env.sh carries it between GPU
+def _ext_name(source: bytes, flags: list[str], kernel: str = "persistent") -> str:
+    """The extension's name: ``rnnlab_elman_<kernel>_`` and a hash of its source, its flags and the
+    torch, CUDA and Python versions, so a build folder kept across machines (benchmarks/gpu_env.sh carries it between GPU
     jobs; with TORCH_EXTENSIONS_DIR set, torch files every version's build in one folder) never
     serves another build's binary: torch's own check of the sources lasts only as long as the process."""
     versions = f"{torch.__version__} {torch.version.cuda} {sys.version_info[:2]}"
     if arch := os.environ.get("TORCH_CUDA_ARCH_LIST"):  # e.g. 9.0a: another binary from the same source
         versions += f" {arch}"
     digest = hashlib.sha1(source + " ".join(flags).encode() + versions.encode()).hexdigest()[:12]
-    return f"rnnlab_elman_persistent_{digest}"
+    return f"rnnlab_elman_{kernel}_{digest}"
 
 
 @functools.cache

@@ -4,7 +4,9 @@ backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
 * **heads** ``w_h: [nh, hd, hd]`` (block-diagonal): ``heads.py``, one Triton program per (head,
   batch tile) with W_head on chip for all T, dW accumulated in the backward loop.
 * **dense persistent** ``w_h: [H, H]``, bf16/fp16, when the shape fits: ``persistent.py`` (CUDA
-  C++), one cooperative launch per direction with W resident in shared memory.
+  C++), one cooperative launch per direction with W resident in shared memory; or, with
+  ``ElmanKernelOptions.dense_wgmma``, for plain bf16 scans of B <= 32, H <= 1792 on Hopper,
+  ``wgmma.py`` (CUDA C++: the same launch on warpgroup MMAs, K split over clusters of 4 CTAs).
 * **dense per step** ``w_h: [H, H]`` otherwise (fp32, or shapes the persistent kernel declines):
   ``dense_step.py``, one fused Triton kernel per step in a CUDA-graphed loop.
 
@@ -34,6 +36,8 @@ __all__ = ["elman_scan", "ElmanKernelOptions"]
 
 # why a build of the persistent kernel failed (keyed by "lowrank": its own build); never retried
 _PERSISTENT_ERROR: dict[bool, str] = {}
+# why the wgmma kernel's build failed (one entry at most); never retried
+_WGMMA_ERROR: list[str] = []
 
 
 def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
@@ -55,6 +59,22 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
         warnings.warn(f"persistent Elman kernel unavailable, using the per-step Triton kernel ({e})")
         return None
     return None if plan is None else (persistent, plan)
+
+
+def _wgmma(x: torch.Tensor, opts: ElmanKernelOptions, *selective):
+    """The ``wgmma`` module when it should run the plain dense scan of ``x`` (``selective``: the
+    decay and low-rank operands, all None), else None (switched off, a selective term, a shape or
+    GPU it declines, or its build failed: then a one-time warning, and the persistent kernel runs)."""
+    if not opts.dense_wgmma or not x.is_cuda or _WGMMA_ERROR or any(t is not None for t in selective):
+        return None
+    try:
+        from rnnlab.ops.elman import wgmma
+
+        return wgmma if wgmma.supported(x) else None
+    except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the persistent kernel
+        _WGMMA_ERROR.append(f"{type(e).__name__}: {e}")
+        warnings.warn(f"wgmma Elman kernel unavailable, using the persistent kernel ({e})")
+        return None
 
 
 def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
@@ -79,8 +99,9 @@ def _rank(lowrank: tuple | None) -> int:
 def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
                   a: torch.Tensor | None = None, lowrank: tuple | None = None) -> torch.Tensor:
     """All states of the dense scan (``w: [H, H]``), with E1's selective terms when given (the
-    decay ``a``, ``lowrank = (V, U, s)``: contiguous, ``wx``'s dtype): the persistent kernel when
-    it runs the shape (and the rank), else the per-step kernel."""
+    decay ``a``, ``lowrank = (V, U, s)``: contiguous, ``wx``'s dtype): the wgmma kernel when asked
+    for and it runs the shape, else the persistent kernel when it does (with the rank), else the
+    per-step kernel."""
     B, T, H = wx.shape
     dt = wx.dtype
     wx = wx.contiguous()
@@ -88,6 +109,8 @@ def dense_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, op
     h0c = None if h0 is None else h0.to(dt).contiguous()
     if T == 0 or B == 0:
         return torch.empty_like(wx)
+    if (wgmma := _wgmma(wx, opts, a, lowrank)) is not None:
+        return wgmma.forward(wx, wk, h0c)
     if (found := _persistent_plan(wx, opts, _rank(lowrank))) is not None:
         persistent, plan = found
         return persistent.forward(wx, wk, h0c, plan, a, lowrank)
@@ -101,6 +124,9 @@ def dense_dpre(g: torch.Tensor, wk: torch.Tensor, h: torch.Tensor, opts: ElmanKe
     """The sequential part of the dense backward, ``(dpre, q)`` with ``q = a * dpre`` (``dpre``
     without the decay ``a``; ``lowrank = (U, V, s)``), by the kernel :func:`dense_forward` chose;
     contiguous operands of ``h``'s dtype, T, B > 0."""
+    if (wgmma := _wgmma(h, opts, a, lowrank)) is not None:
+        dpre = wgmma.backward(g, h, wk)
+        return dpre, dpre
     if (found := _persistent_plan(h, opts, _rank(lowrank))) is not None:
         persistent, plan = found
         return persistent.backward(g, h, wk, plan, a, lowrank)

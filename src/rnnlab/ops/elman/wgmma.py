@@ -1,0 +1,71 @@
+"""Dense E1 scan on Hopper's warpgroup MMA (``wgmma.cu``): the "2-D split" of docs/kernels.md.
+
+One cooperative launch a direction, in thread-block clusters of 4 CTAs that split the reduction
+(K) dimension: each CTA keeps its 64 x KC block of ``W`` (forward) or ``W^T`` (backward) as wgmma
+register fragments for all T steps, copies its K slice of the previous state with one bulk copy
+a step, and the cluster sums its four partial products over distributed shared memory (see the
+.cu file). For bf16, B <= 32 and H <= 1792 (a multiple of 8) on a compute-capability 9.0 GPU (an
+sm_90a build: wgmma, clusters and bulk copies are Hopper's arch-specific instructions); other
+scans run on ``persistent.cu``. Chosen by ``ElmanKernelOptions.dense_wgmma``; its outputs agree
+with the persistent kernel's up to fp32 summation order (tested against the float64 reference).
+
+Built on first use by ``torch.utils.cpp_extension.load`` (nvcc and ninja, a few minutes, then
+cached under a name that hashes the source, flags and versions).
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from rnnlab.ops.elman import persistent
+
+__all__ = ["SOURCE", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
+
+SOURCE = Path(__file__).with_name("wgmma.cu")
+MAX_BATCH = 32  # wgmma's N: the batch rows of one pass
+MAX_WIDTH = 64 * 28  # wgmma.cu's widest kernel: 28 clusters of 4 CTAs, 64 output columns a cluster
+
+
+@functools.cache
+def _ext():
+    """The extension, always built for sm_90a (it has no other target)."""
+    from torch.utils.cpp_extension import load
+
+    flags = persistent.EXT_FLAGS + persistent.HOPPER_ARCH
+    return load(name=persistent._ext_name(SOURCE.read_bytes(), flags, "wgmma"), sources=[str(SOURCE)],
+                extra_cuda_cflags=flags, verbose=False)
+
+
+@functools.cache
+def _fits(device_index: int, H: int) -> bool:
+    with torch.cuda.device(device_index):
+        return bool(_ext().fits(H))
+
+
+def supported(x: torch.Tensor) -> bool:
+    """Whether the kernel runs the dense scan of ``x: [B, T, H]``: a bf16 CUDA tensor with B <=
+    :data:`MAX_BATCH`, H a multiple of 8 up to :data:`MAX_WIDTH`, on a compute-capability 9.0 GPU
+    where every cluster of the launch can be resident. Anything else is declined without building
+    the extension (the residency check builds it)."""
+    if not x.is_cuda or x.dtype != torch.bfloat16 or x.dim() != 3:
+        return False
+    B, H = x.shape[0], x.shape[-1]
+    if B > MAX_BATCH or H % 8 != 0 or not 0 < H <= MAX_WIDTH:
+        return False
+    if torch.cuda.get_device_capability(x.device) != (9, 0) or int((torch.version.cuda or "0").split(".")[0]) < 12:
+        return False
+    return _fits(x.device.index or 0, H)
+
+
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """All states ``h_t = tanh(wx_t + h_{t-1} @ w.T)``: contiguous bf16 ``wx: [B, T, H]``, ``w: [H,
+    H]``, ``h0: [B, H]`` (None = zeros)."""
+    return _ext().forward(wx, None, w, h0)
+
+
+def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
+    return _ext().backward(g, h, w.t().contiguous(), None)
