@@ -809,13 +809,13 @@ def main(argv=None):
 
     for i, (warps, tile) in enumerate(persistent.SHAPES):
         add("E1 dense persistent CUDA", f"B{B} T{T} H{H}",
-            fwd_bwd(lambda: mke(ElmanKernelOptions(persistent_shape=i)), args.reps), floor,
+            fwd_bwd(lambda: mke(ElmanKernelOptions(persistent_shape=i, dense_wgmma=False)), args.reps), floor,
             f"cooperative, {warps} warps, tile {tile[0]} cols x {tile[1]} rows")
     from rnnlab.ops.elman import wgmma
 
     if wgmma.supported(torch.empty(B, 1, H, device=dev, dtype=dt)):  # same run: its ratio to the rows above
         add("E1 dense wgmma CUDA", f"B{B} T{T} H{H}",
-            fwd_bwd(lambda: mke(ElmanKernelOptions(dense_wgmma=True)), args.reps), floor,
+            fwd_bwd(lambda: mke(ElmanKernelOptions()), args.reps), floor,
             "cooperative, clusters of 4 splitting K, wgmma from W's fragments in registers")
     if persistent_copies:  # the kernels alone (no autograd, no dW GEMM), the package's and each copy's
         # their floor: two recurrent products a step (no dW), wx and h, then g, h and dpre in bytes

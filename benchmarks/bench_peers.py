@@ -112,7 +112,8 @@ def leaves(*xs: torch.Tensor) -> list[torch.Tensor]:
 # ------------------------------------------------------------------------------ recurrence rows
 def rnnlab_case(nh: int, hd: int, B: int, T: int, which: str = "plain", persistent: bool = True) -> Case:
     """rnnlab's GPU scan for ``which`` in plain, decay, lowrank (``persistent=False``: the dense
-    per-step kernel instead of the persistent one)."""
+    per-step kernel instead of the persistent ones: wgmma.cu for plain bf16 scans it runs, else
+    persistent.cu)."""
     from rnnlab.ops import OPS
     from rnnlab.ops.elman.options import ElmanKernelOptions
 
@@ -128,10 +129,13 @@ def rnnlab_case(nh: int, hd: int, B: int, T: int, which: str = "plain", persiste
     case = Case(lambda *a: kernel(*a, None, options=opts), leaves(wx, w, *extra), weights)
     if nh == 1 and persistent:  # the persistent kernel's rows (plain, decay, low-rank): say if it fell back
         kernel(*case.inputs, None, options=opts)  # builds it (or records why it cannot)
-        from rnnlab.ops.elman.triton import _PERSISTENT_ERROR
+        from rnnlab.ops.elman import wgmma
+        from rnnlab.ops.elman.triton import _PERSISTENT_ERROR, _WGMMA_ERROR
 
         why = _PERSISTENT_ERROR.get(which == "lowrank")
         case.note = f"persistent kernel unavailable, per-step kernel ran ({why})"[:200] if why else "persistent kernel"
+        if which == "plain" and not _WGMMA_ERROR and wgmma.supported(case.inputs[0]):
+            case.note = "wgmma kernel"
     return case
 
 

@@ -90,16 +90,12 @@ def test_persistent_kernel_declines_what_it_cannot_run_without_building():
 
 def test_wgmma_kernel_declines_what_it_cannot_run_without_building():
     """The wgmma kernel is considered only for bf16 CUDA inputs (B <= 32, H a multiple of 8 up to
-    1792): CPU tensors and other dtypes are declined before its extension would be built, and
-    the option is off by default."""
+    1792): CPU tensors and other dtypes are declined before its extension would be built."""
     from rnnlab.ops.elman import wgmma
-    from rnnlab.ops.elman.options import DEFAULT
-
     wgmma._ext.cache_clear()
     for x in (torch.zeros(2, 3, 16), torch.zeros(2, 3, 16, dtype=torch.bfloat16)):
         assert not wgmma.supported(x)
     assert wgmma._ext.cache_info().currsize == 0
-    assert not DEFAULT.dense_wgmma
 
 
 def test_wgmma_build_failure_warns_once_and_leaves_the_persistent_kernel(monkeypatch):
@@ -119,8 +115,9 @@ def test_wgmma_build_failure_warns_once_and_leaves_the_persistent_kernel(monkeyp
 
     monkeypatch.setattr(wgmma, "supported", broken)
     monkeypatch.setattr(et, "_WGMMA_ERROR", [])
-    x, opts = types.SimpleNamespace(is_cuda=True), ElmanKernelOptions(dense_wgmma=True)
-    assert et._wgmma(x, ElmanKernelOptions(), None, None) is None and not attempts  # off by default
+    x, opts = types.SimpleNamespace(is_cuda=True), ElmanKernelOptions()
+    for off in (ElmanKernelOptions(dense_wgmma=False), ElmanKernelOptions(persistent=False)):
+        assert et._wgmma(x, off, None, None) is None and not attempts  # switched off
     assert et._wgmma(x, opts, torch.ones(1), None) is None and not attempts  # a selective term
     with pytest.warns(UserWarning, match="wgmma Elman kernel unavailable, using the persistent kernel"):
         assert et._wgmma(x, opts, None, None) is None

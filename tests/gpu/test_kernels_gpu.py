@@ -311,7 +311,7 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
         pytest.skip("16 warps: checked at the E1 width only")
     assert persistent.make_plan(torch.empty(1, 1, H, device=DEV, dtype=dtype)) is not None
     calls = _record_persistent_launches(monkeypatch)
-    opts = ElmanKernelOptions(persistent_shape=shape)
+    opts = ElmanKernelOptions(persistent_shape=shape, dense_wgmma=False)
     torch.manual_seed(hash((case, with_h0)) % 1000 + 7)
     wx = torch.randn(B, T, H)
     w = torch.randn(H, H) * (0.9 / H**0.5)
@@ -376,7 +376,8 @@ def test_elman_dense_persistent_stages_through_clusters(case, with_h0, variant, 
     torch.manual_seed(hash((case, with_h0, variant)) % 1000 + 13)
     if kind == "plain":
         inputs = [torch.randn(B, T, H), torch.randn(H, H) * (0.9 / H**0.5)]
-        fast, ref = et.elman_scan, naive.elman_scan
+        fast = lambda *a: et.elman_scan(*a, options=ElmanKernelOptions(dense_wgmma=False))  # noqa: E731
+        ref = naive.elman_scan
     else:
         opts = ElmanKernelOptions(persistent_lowrank=True)
         inputs = _selective_inputs(kind, B, T, H, 0, 8)
@@ -491,8 +492,8 @@ WGMMA_CASES = [(32, 48, 1760), (1, 1, 64), (7, 9, 200), (3, 300, 256), (5, 17, 5
 @pytest.mark.parametrize("case", WGMMA_CASES)
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_elman_dense_wgmma(case, with_h0, monkeypatch):
-    """The wgmma kernel (``dense_wgmma``) against the float64 reference, forward and all gradients,
-    bf16; records its launches to prove it ran (and not the persistent kernel)."""
+    """The wgmma kernel (``dense_wgmma``, the default) against the float64 reference, forward and
+    all gradients, bf16; records its launches to prove it ran (and not persistent.cu)."""
     from rnnlab.ops.elman import naive, persistent, wgmma
     from rnnlab.ops.elman import triton as et
     from rnnlab.ops.elman.options import ElmanKernelOptions
@@ -506,7 +507,7 @@ def test_elman_dense_wgmma(case, with_h0, monkeypatch):
             calls.append(label)
             return fn(*args)
         monkeypatch.setattr(module, name, wrapped)
-    opts = ElmanKernelOptions(dense_wgmma=True)
+    opts = ElmanKernelOptions()
     torch.manual_seed(hash((case, with_h0)) % 1000 + 11)
     wx = torch.randn(B, T, H)
     w = torch.randn(H, H) * (0.9 / H**0.5)

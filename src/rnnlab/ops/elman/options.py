@@ -21,13 +21,13 @@ from rnnlab.ops.elman.tanh import fast_tanh_applies
 
 @dataclass(frozen=True)
 class ElmanKernelOptions:
-    persistent: bool = True  # dense 16-bit scans: the persistent CUDA kernel when the shape fits
+    persistent: bool = True  # dense 16-bit scans: a persistent CUDA kernel when the shape fits
     persistent_shape: int = -1  # force persistent.SHAPES[i] (warps, tile); -1 = the first that fits
     # E1's low-rank term in the persistent kernel's epilogue (ranks 1-16; a build of its own)
     persistent_lowrank: bool = True
-    # plain dense bf16 scans with B <= 32, H <= 1792 on Hopper: the wgmma kernel (wgmma.cu)
-    # instead of the persistent one
-    dense_wgmma: bool = False
+    # with `persistent`: plain dense bf16 scans with B <= 32, H <= 1792 on Hopper run the wgmma
+    # kernel (wgmma.cu, 0.81x the persistent kernel's time at E1 d26) instead of persistent.cu
+    dense_wgmma: bool = True
     cuda_graph: bool = True  # capture the dense per-step loop in a CUDA graph (one per shape)
     fast_tanh: bool = True  # tanh.approx.f32 for 16-bit inputs on the GPU (never fp32 / interpreter)
     dense_bn: int = 16  # dense per-step kernel: output columns per program

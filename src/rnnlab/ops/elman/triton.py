@@ -4,9 +4,9 @@ backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
 * **heads** ``w_h: [nh, hd, hd]`` (block-diagonal): ``heads.py``, one Triton program per (head,
   batch tile) with W_head on chip for all T, dW accumulated in the backward loop.
 * **dense persistent** ``w_h: [H, H]``, bf16/fp16, when the shape fits: ``persistent.py`` (CUDA
-  C++), one cooperative launch per direction with W resident in shared memory; or, with
-  ``ElmanKernelOptions.dense_wgmma``, for plain bf16 scans of B <= 32, H <= 1792 on Hopper,
-  ``wgmma.py`` (CUDA C++: the same launch on warpgroup MMAs, K split over clusters of 4 CTAs).
+  C++), one cooperative launch per direction with W resident in shared memory; for plain bf16
+  scans of B <= 32, H <= 1792 on Hopper (``ElmanKernelOptions.dense_wgmma``, on by default)
+  ``wgmma.py`` instead (CUDA C++: one cooperative launch on warpgroup MMAs, K split over clusters).
 * **dense per step** ``w_h: [H, H]`` otherwise (fp32, or shapes the persistent kernel declines):
   ``dense_step.py``, one fused Triton kernel per step in a CUDA-graphed loop.
 
@@ -63,9 +63,11 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
 
 def _wgmma(x: torch.Tensor, opts: ElmanKernelOptions, *selective):
     """The ``wgmma`` module when it should run the plain dense scan of ``x`` (``selective``: the
-    decay and low-rank operands, all None), else None (switched off, a selective term, a shape or
-    GPU it declines, or its build failed: then a one-time warning, and the persistent kernel runs)."""
-    if not opts.dense_wgmma or not x.is_cuda or _WGMMA_ERROR or any(t is not None for t in selective):
+    decay and low-rank operands, all None), else None (switched off, with ``dense_wgmma`` or with
+    the persistent kernels, a selective term, a shape or GPU it declines, or its build failed: then
+    a one-time warning, and persistent.cu runs)."""
+    if not (opts.persistent and opts.dense_wgmma) or not x.is_cuda or _WGMMA_ERROR or \
+            any(t is not None for t in selective):
         return None
     try:
         from rnnlab.ops.elman import wgmma

@@ -31,10 +31,12 @@ MAX_WIDTH = 64 * 28  # wgmma.cu's widest kernel: 28 clusters of 4 CTAs, 64 outpu
 
 @functools.cache
 def _ext():
-    """The extension, always built for sm_90a (it has no other target)."""
+    """The extension, always built for sm_90a (it has no other target), in the C++ standard torch
+    picks for its extensions (C++20 since torch 2.10; built as C++17, the H200's torch 2.11 crashed
+    when a TORCH_CHECK of this extension raised)."""
     from torch.utils.cpp_extension import load
 
-    flags = persistent.EXT_FLAGS + persistent.HOPPER_ARCH
+    flags = ["-O3", *persistent.HOPPER_ARCH]
     return load(name=persistent._ext_name(SOURCE.read_bytes(), flags, "wgmma"), sources=[str(SOURCE)],
                 extra_cuda_cflags=flags, verbose=False)
 
