@@ -19,8 +19,9 @@
 //      cluster owns, stored by st.async into CTA w's receive buffer (two by step parity), counted
 //      on its mbarrier;
 //   4. sums the four partials of its own 16 columns and runs the epilogue (wx, or g and h, were
-//      prefetched a step ahead by cp.async into shared memory): h (or dpre) to the output and to
-//      the exchange buffer's next slot, then raises its flag.
+//      prefetched a step ahead by cp.async into shared memory): h (or dpre) to the exchange
+//      buffer's next slot, raises its flag, then stores the output and prefetches the next step's
+//      operands (after the flag: its release would wait for them).
 // Padded rows and columns compute zeros (their operands are zero-filled), so the padding of the
 // exchange buffer never feeds a NaN into a product. The probe `benchmarks/dense_wgmma_probe.cu`
 // measured each part of this step on an H200 (docs/kernels.md).
@@ -274,26 +275,29 @@ elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16
     }
     cp_async_wait_all();  // this step's operands (issued a step ago)
     __syncthreads();      // every thread's copies; every thread done with the other buffer's operands
-    if (s + 1 < Tn) prefetch(s + 1);
     const float p[4] = {v.x, v.y, v.z, v.w};
+    bf16 y[4];
     bf16* next = exch + static_cast<long>(s + 1) * CL * SLICE;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int n = n0 + q;
       const float x1 = __bfloat162float(ops[buf][0][n * OWN + c]);
-      float y;
       if constexpr (BWD) {
         const float hv = __bfloat162float(ops[buf][OPS - 1][n * OWN + c]);
-        y = (p[q] + x1) * (1.f - hv * hv);
+        y[q] = __float2bfloat16((p[q] + x1) * (1.f - hv * hv));
       } else {
-        y = tanh_approx(p[q] + x1);
+        y[q] = __float2bfloat16(tanh_approx(p[q] + x1));
       }
-      const bf16 yb = __float2bfloat16(y);
-      next[exchange_offset<KS>(n, j)] = yb;
-      if (n < B && j < H) out[n * sT + static_cast<long>(t) * H + j] = yb;
+      next[exchange_offset<KS>(n, j)] = y[q];
     }
-    __syncthreads();  // every thread's stores, before thread 0's release
+    __syncthreads();  // every thread's stores into the exchange buffer, before thread 0's release
     if (threadIdx.x == 0) st_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));
+    // after the release, which waits for the thread's earlier stores and loads: the outputs (read
+    // only after the kernel) and the next step's operands (loads from memory) would hold it back
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (n0 + q < B && j < H) out[(n0 + q) * sT + static_cast<long>(t) * H + j] = y[q];
+    if (s + 1 < Tn) prefetch(s + 1);
   }
   cluster_sync();  // no CTA leaves while a peer may still store into its shared memory
 #else
