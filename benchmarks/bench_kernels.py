@@ -29,7 +29,8 @@ FILE [FILE ...]`` (with ``--sections dense`` or ``persistent``, the persistent k
 alone) times dense E1's persistent kernels built from other copies of ``persistent.cu`` beside
 the package's, each launch shape, after checking their outputs agree; ``--persistent-candidates
 NAME`` does the same for a candidate change written as exact edits of the package's source
-(``PERSISTENT_CANDIDATES``).
+(``PERSISTENT_CANDIDATES``), and ``--wgmma-candidates NAME`` for the wgmma kernel's
+(``WGMMA_CANDIDATES``): the kernels alone, forward and backward, beside the package's.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -300,12 +301,12 @@ DENSE_FLOOR_VARIANTS = (("wait",), ("stage",), ("mma",), ("stage", "mma"), ("wai
                         ("mma-half",), ("mma-twice",))
 
 
-def edited_source(source: str, edits, what: str) -> str:
-    """``source`` (persistent.cu's text) with each ``(old, new)`` of ``edits`` made; ValueError,
-    naming ``what``, if an ``old`` does not match exactly once."""
+def edited_source(source: str, edits, what: str, file: str = "persistent.cu") -> str:
+    """``source`` (the text of ``file``, a kernel's source) with each ``(old, new)`` of ``edits``
+    made; ValueError, naming ``what``, if an ``old`` does not match exactly once."""
     for old, new in edits:
         if source.count(old) != 1:
-            raise ValueError(f"{what} matches persistent.cu {source.count(old)} times, not once: {old!r} "
+            raise ValueError(f"{what} matches {file} {source.count(old)} times, not once: {old!r} "
                              "(update it to the kernel)")
         source = source.replace(old, new)
     return source
@@ -331,14 +332,101 @@ PERSISTENT_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {}
 def persistent_candidate(name: str) -> Path:
     """The package's persistent.cu with the edits of :data:`PERSISTENT_CANDIDATES` ``[name]``, written
     to a temporary file (named after the candidate) for ``--persistent-against``'s timing."""
-    import tempfile
-
     from rnnlab.ops.elman import persistent
 
-    path = Path(tempfile.mkdtemp(prefix="persistent-candidate-")) / f"persistent_{name.replace('-', '_')}.cu"
-    path.write_text(edited_source(persistent.SOURCE.read_text(), PERSISTENT_CANDIDATES[name],
-                                  f"persistent candidate {name!r}"))
+    return _candidate_file(persistent.SOURCE, PERSISTENT_CANDIDATES[name], "persistent", name)
+
+
+def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
+    """``source`` with ``edits`` made, in a temporary file ``<kernel>_<name>.cu``."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=f"{kernel}-candidate-")) / f"{kernel}_{name.replace('-', '_')}.cu"
+    path.write_text(edited_source(source.read_text(), edits, f"{kernel} candidate {name!r}", source.name))
     return path
+
+
+# Candidate changes to dense E1's wgmma kernel (wgmma.cu), as for the persistent kernel above, timed
+# with ``--wgmma-candidates NAME`` (the dense or persistent section) beside the package's kernel,
+# their outputs checked against it (``wgmma_rows``). Both are other ways to send a warp's partial
+# sums to their owner (docs/kernels.md, the probe's run 5; the package sends 8 st.async of two
+# floats a thread):
+#   v4-reduce:   st.async of four floats (lane pairs swap halves first), 4 a thread
+#   bulk-reduce: the warp writes its 16 x 32 partial into its own shared memory (by step parity)
+#                and one lane sends it with one bulk copy (2,304 bytes) to the owner
+_ST_ASYNC2_SENDS = """#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        st_async2(dst + 4 * (g * RLD + 8 * i + 2 * t4), acc[4 * i], acc[4 * i + 1], bar);
+        st_async2(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t4), acc[4 * i + 2], acc[4 * i + 3], bar);
+      }
+"""
+WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
+    "v4-reduce": (
+        ("// `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> this CTA's shared memory,",
+         """__device__ __forceinline__ void st_async4(unsigned addr, float x, float y, float z, float w, unsigned bar) {
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\\n"
+               ::"r"(addr), "f"(x), "f"(y), "f"(z), "f"(w), "r"(bar) : "memory");
+}
+
+// `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> this CTA's shared memory,"""),
+        (_ST_ASYNC2_SENDS,
+         """      const bool odd = t4 & 1;  // even t4 sends row g, odd t4 row g + 8: four columns from 2 (t4 & ~1)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[4 * i] : acc[4 * i + 2], 1);
+        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[4 * i + 1] : acc[4 * i + 3], 1);
+        if (odd)
+          st_async4(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t4 - 2), r0, r1, acc[4 * i + 2], acc[4 * i + 3], bar);
+        else
+          st_async4(dst + 4 * (g * RLD + 8 * i + 2 * t4), acc[4 * i], acc[4 * i + 1], r0, r1, bar);
+      }
+"""),
+    ),
+    "bulk-reduce": (
+        ("  __shared__ __align__(8) unsigned long long bars[3];",
+         "  __shared__ __align__(16) float sent[2][4][OWN * RLD];\n  __shared__ __align__(8) unsigned long long bars[3];"),
+        ("mbar_expect(bar0 + 8 * buf, CL * OWN * NB * 4);", "mbar_expect(bar0 + 8 * buf, CL * OWN * RLD * 4);"),
+        (_ST_ASYNC2_SENDS,
+         """      float* mine = sent[buf][warp];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        *reinterpret_cast<float2*>(mine + g * RLD + 8 * i + 2 * t4) = make_float2(acc[4 * i], acc[4 * i + 1]);
+        *reinterpret_cast<float2*>(mine + (g + 8) * RLD + 8 * i + 2 * t4) = make_float2(acc[4 * i + 2], acc[4 * i + 3]);
+      }
+      asm volatile("fence.proxy.async.shared::cta;\\n" ::: "memory");  // the stores, before the copy reads
+      __syncwarp();
+      if (lane == 0)
+        asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\\n"
+                     ::"r"(dst), "r"(smem_u32(mine)), "r"(OWN * RLD * 4), "r"(bar) : "memory");
+"""),
+    ),
+}
+
+
+def wgmma_candidate(name: str) -> Path:
+    """The package's wgmma.cu with the edits of :data:`WGMMA_CANDIDATES` ``[name]``, in a temporary file."""
+    from rnnlab.ops.elman import wgmma
+
+    return _candidate_file(wgmma.SOURCE, WGMMA_CANDIDATES[name], "wgmma", name)
+
+
+def wgmma_rows(wx, w, g, sources: dict[str, Path]):
+    """Dense E1's wgmma kernel alone (no autograd, no dW GEMM), the package's and those built from
+    each of ``sources`` (label -> file): yields ``(label, forward, backward, same)``, the package's
+    first (label ""), each copy's after checking its states and ``dpre`` against the package's
+    (``same``: bit for bit, else within bf16 rounding)."""
+    from rnnlab.ops.elman import wgmma
+
+    h = wgmma.forward(wx, w, None)
+    dpre = wgmma.backward(g, h, w)
+    yield "", lambda: wgmma.forward(wx, w, None), lambda: wgmma.backward(g, h, w), True
+    for label, source in sources.items():
+        h2, dpre2 = wgmma.forward(wx, w, None, source), wgmma.backward(g, h, w, source)
+        same = torch.equal(h, h2) and torch.equal(dpre, dpre2)
+        for what, got, want in (("states", h2, h), ("dpre", dpre2, dpre)):
+            torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2, msg=lambda m, what=what: (
+                f"{label}: its {what} differ from the package's beyond bf16 rounding: {m}"))
+        yield label, lambda s=source: wgmma.forward(wx, w, None, s), lambda s=source: wgmma.backward(g, h, w, s), same
 
 
 def dense_floor(add, B, T, reps, dt, shapes=(0,), variants=DENSE_FLOOR_VARIANTS, without_clusters=True):
@@ -662,6 +750,9 @@ def main(argv=None):
                    metavar="NAME", help="candidate changes to the persistent kernel (PERSISTENT_CANDIDATES: "
                    f"{', '.join(PERSISTENT_CANDIDATES) or 'none now'}), built from the package's source and timed as "
                    "--persistent-against copies")
+    p.add_argument("--wgmma-candidates", nargs="+", default=[], choices=list(WGMMA_CANDIDATES), metavar="NAME",
+                   help=f"candidate changes to the wgmma kernel (WGMMA_CANDIDATES: {', '.join(WGMMA_CANDIDATES)}), "
+                   "timed beside the package's in the dense or persistent section")
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
                    choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "
                    "rnnlab.ops.elman.persistent.SHAPES (default 0, the package's first choice)")
@@ -674,13 +765,15 @@ def main(argv=None):
         p.error("--scan-against times in the scan-launch section: add it to --sections")
     against = scan_module_from(args.scan_against) if args.scan_against else None
     for option, given in (("--persistent-against", args.persistent_against),
-                          ("--persistent-candidates", args.persistent_candidates)):
+                          ("--persistent-candidates", args.persistent_candidates),
+                          ("--wgmma-candidates", args.wgmma_candidates)):
         if given and not {"dense", "persistent"} & set(args.sections):
             p.error(f"{option} times in the dense or persistent section: add one to --sections")
     # the other persistent kernels, by how the command named them: a file, or "candidate NAME"
     copies = {f: persistent_source(f) for f in args.persistent_against}
     copies |= {f"candidate {name}": persistent_candidate(name) for name in args.persistent_candidates}
     persistent_copies = list(copies.values())
+    wgmma_copies = {f"candidate {name}": wgmma_candidate(name) for name in args.wgmma_candidates}
     if not torch.cuda.is_available():
         p.exit(2, "bench_kernels.py: error: needs a CUDA GPU (torch sees none)\n")
 
@@ -817,6 +910,14 @@ def main(argv=None):
         add("E1 dense wgmma CUDA", f"B{B} T{T} H{H}",
             fwd_bwd(lambda: mke(ElmanKernelOptions()), args.reps), floor,
             "cooperative, clusters of 4 splitting K, wgmma from W's fragments in registers")
+        if wgmma_copies:  # the kernels alone, the package's and each candidate's; floor as below
+            _, (wx, w), g = mke()
+            for label, forward, backward, same in wgmma_rows(wx.detach(), w.detach(), g, wgmma_copies):
+                tf, tb = timeit(forward, args.reps), timeit(backward, args.reps)
+                agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
+                    f"{label}, outputs within bf16"
+                add("E1 dense wgmma kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb),
+                    max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3, agree)
     if persistent_copies:  # the kernels alone (no autograd, no dW GEMM), the package's and each copy's
         # their floor: two recurrent products a step (no dW), wx and h, then g, h and dpre in bytes
         kernels_floor = max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3

@@ -1510,6 +1510,19 @@ def test_persistent_candidates_edit_the_current_kernel(monkeypatch):
         bk.persistent_candidate("stale")
 
 
+def test_wgmma_candidates_edit_the_current_kernel():
+    """bench_kernels.py's candidate changes to the wgmma kernel (other ways to send the partial
+    sums) apply to the package's current wgmma.cu, each replacing its st.async of two floats."""
+    from rnnlab.ops.elman import wgmma
+
+    bk = _benchmark_script("bench_kernels")
+    assert set(bk.WGMMA_CANDIDATES) == {"v4-reduce", "bulk-reduce"}
+    for name in bk.WGMMA_CANDIDATES:
+        path = bk.wgmma_candidate(name)
+        assert path.name == f"wgmma_{name.replace('-', '_')}.cu"
+        assert "st_async2(dst" in wgmma.SOURCE.read_text() and "st_async2(dst" not in path.read_text()
+
+
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
 @pytest.mark.filterwarnings("ignore:Conversion of an array with ndim > 0:DeprecationWarning")
 def test_scan_launch_sweep_runs_the_package_scans_with_other_launches():

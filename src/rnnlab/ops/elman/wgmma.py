@@ -30,14 +30,15 @@ MAX_WIDTH = 64 * 28  # wgmma.cu's widest kernel: 28 clusters of 4 CTAs, 64 outpu
 
 
 @functools.cache
-def _ext():
-    """The extension, always built for sm_90a (it has no other target), in the C++ standard torch
-    picks for its extensions (C++20 since torch 2.10; built as C++17, the H200's torch 2.11 crashed
-    when a TORCH_CHECK of this extension raised)."""
+def _ext(source: Path = SOURCE):
+    """The extension built from ``source`` (the package's, or a benchmark's copy: built under a
+    name of its own), always for sm_90a (it has no other target), in the C++ standard torch picks
+    for its extensions (C++20 since torch 2.10; built as C++17, the H200's torch 2.11 crashed when
+    a TORCH_CHECK of this extension raised)."""
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", *persistent.HOPPER_ARCH]
-    return load(name=persistent._ext_name(SOURCE.read_bytes(), flags, "wgmma"), sources=[str(SOURCE)],
+    return load(name=persistent._ext_name(source.read_bytes(), flags, "wgmma"), sources=[str(source)],
                 extra_cuda_cflags=flags, verbose=False)
 
 
@@ -62,12 +63,12 @@ def supported(x: torch.Tensor) -> bool:
     return _fits(x.device.index or 0, H)
 
 
-def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, source: Path = SOURCE) -> torch.Tensor:
     """All states ``h_t = tanh(wx_t + h_{t-1} @ w.T)``: contiguous bf16 ``wx: [B, T, H]``, ``w: [H,
-    H]``, ``h0: [B, H]`` (None = zeros)."""
-    return _ext().forward(wx, None, w, h0)
+    H]``, ``h0: [B, H]`` (None = zeros); ``source``: the kernel's (a benchmark times copies)."""
+    return _ext(source).forward(wx, None, w, h0)
 
 
-def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, source: Path = SOURCE) -> torch.Tensor:
     """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
-    return _ext().backward(g, h, w.t().contiguous(), None)
+    return _ext(source).backward(g, h, w.t().contiguous(), None)
