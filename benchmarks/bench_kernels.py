@@ -348,59 +348,10 @@ def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
 
 # Candidate changes to dense E1's wgmma kernel (wgmma.cu), as for the persistent kernel above, timed
 # with ``--wgmma-candidates NAME`` (the dense or persistent section) beside the package's kernel,
-# their outputs checked against it (``wgmma_rows``). Both are other ways to send a warp's partial
-# sums to their owner (docs/kernels.md, the probe's run 5; the package sends 8 st.async of two
-# floats a thread):
-#   v4-reduce:   st.async of four floats (lane pairs swap halves first), 4 a thread
-#   bulk-reduce: the warp writes its 16 x 32 partial into its own shared memory (by step parity)
-#                and one lane sends it with one bulk copy (2,304 bytes) to the owner
-_ST_ASYNC2_SENDS = """#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        st_async2(dst + 4 * (g * RLD + 8 * i + 2 * t4), acc[4 * i], acc[4 * i + 1], bar);
-        st_async2(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t4), acc[4 * i + 2], acc[4 * i + 3], bar);
-      }
-"""
-WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
-    "v4-reduce": (
-        ("// `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> this CTA's shared memory,",
-         """__device__ __forceinline__ void st_async4(unsigned addr, float x, float y, float z, float w, unsigned bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\\n"
-               ::"r"(addr), "f"(x), "f"(y), "f"(z), "f"(w), "r"(bar) : "memory");
-}
-
-// `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> this CTA's shared memory,"""),
-        (_ST_ASYNC2_SENDS,
-         """      const bool odd = t4 & 1;  // even t4 sends row g, odd t4 row g + 8: four columns from 2 (t4 & ~1)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const float r0 = __shfl_xor_sync(0xffffffffu, odd ? acc[4 * i] : acc[4 * i + 2], 1);
-        const float r1 = __shfl_xor_sync(0xffffffffu, odd ? acc[4 * i + 1] : acc[4 * i + 3], 1);
-        if (odd)
-          st_async4(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t4 - 2), r0, r1, acc[4 * i + 2], acc[4 * i + 3], bar);
-        else
-          st_async4(dst + 4 * (g * RLD + 8 * i + 2 * t4), acc[4 * i], acc[4 * i + 1], r0, r1, bar);
-      }
-"""),
-    ),
-    "bulk-reduce": (
-        ("  __shared__ __align__(8) unsigned long long bars[3];",
-         "  __shared__ __align__(16) float sent[2][4][OWN * RLD];\n  __shared__ __align__(8) unsigned long long bars[3];"),
-        ("mbar_expect(bar0 + 8 * buf, CL * OWN * NB * 4);", "mbar_expect(bar0 + 8 * buf, CL * OWN * RLD * 4);"),
-        (_ST_ASYNC2_SENDS,
-         """      float* mine = sent[buf][warp];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        *reinterpret_cast<float2*>(mine + g * RLD + 8 * i + 2 * t4) = make_float2(acc[4 * i], acc[4 * i + 1]);
-        *reinterpret_cast<float2*>(mine + (g + 8) * RLD + 8 * i + 2 * t4) = make_float2(acc[4 * i + 2], acc[4 * i + 3]);
-      }
-      asm volatile("fence.proxy.async.shared::cta;\\n" ::: "memory");  // the stores, before the copy reads
-      __syncwarp();
-      if (lane == 0)
-        asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\\n"
-                     ::"r"(dst), "r"(smem_u32(mine)), "r"(OWN * RLD * 4), "r"(bar) : "memory");
-"""),
-    ),
-}
+# their outputs checked against it (``wgmma_rows``). None is open now: v4-reduce (st.async of four
+# floats) and bulk-reduce (one bulk copy a warp) ran slower than the package's two-float st.async
+# (docs/kernels.md, dense E1); their edits are in commit 7b462cc.
+WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {}
 
 
 def wgmma_candidate(name: str) -> Path:
@@ -751,7 +702,8 @@ def main(argv=None):
                    f"{', '.join(PERSISTENT_CANDIDATES) or 'none now'}), built from the package's source and timed as "
                    "--persistent-against copies")
     p.add_argument("--wgmma-candidates", nargs="+", default=[], choices=list(WGMMA_CANDIDATES), metavar="NAME",
-                   help=f"candidate changes to the wgmma kernel (WGMMA_CANDIDATES: {', '.join(WGMMA_CANDIDATES)}), "
+                   help="candidate changes to the wgmma kernel (WGMMA_CANDIDATES: "
+                   f"{', '.join(WGMMA_CANDIDATES) or 'none now'}), "
                    "timed beside the package's in the dense or persistent section")
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
                    choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "

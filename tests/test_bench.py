@@ -1510,17 +1510,22 @@ def test_persistent_candidates_edit_the_current_kernel(monkeypatch):
         bk.persistent_candidate("stale")
 
 
-def test_wgmma_candidates_edit_the_current_kernel():
-    """bench_kernels.py's candidate changes to the wgmma kernel (other ways to send the partial
-    sums) apply to the package's current wgmma.cu, each replacing its st.async of two floats."""
+def test_wgmma_candidates_edit_the_current_kernel(monkeypatch):
+    """bench_kernels.py's candidate changes to the wgmma kernel apply to the package's current
+    wgmma.cu (each edit exactly once), are refused by name where they no longer match, and reach
+    the timing as copies of the source (here a candidate written for the test)."""
     from rnnlab.ops.elman import wgmma
 
     bk = _benchmark_script("bench_kernels")
-    assert set(bk.WGMMA_CANDIDATES) == {"v4-reduce", "bulk-reduce"}
-    for name in bk.WGMMA_CANDIDATES:
-        path = bk.wgmma_candidate(name)
-        assert path.name == f"wgmma_{name.replace('-', '_')}.cu"
-        assert "st_async2(dst" in wgmma.SOURCE.read_text() and "st_async2(dst" not in path.read_text()
+    for name in bk.WGMMA_CANDIDATES:  # the open ones, if any, still match the kernel
+        assert bk.wgmma_candidate(name).read_text() != wgmma.SOURCE.read_text()
+    edit = ("mbar_wait(bar0 + 16, s & 1);", "mbar_wait(bar0 + 16, (s & 1) ^ 0u);")
+    monkeypatch.setitem(bk.WGMMA_CANDIDATES, "test-edit", (edit,))
+    path = bk.wgmma_candidate("test-edit")
+    assert path.name == "wgmma_test_edit.cu" and path.read_text() == wgmma.SOURCE.read_text().replace(*edit)
+    monkeypatch.setitem(bk.WGMMA_CANDIDATES, "stale", (("no such line;", ""),))
+    with pytest.raises(ValueError, match="wgmma candidate 'stale' matches wgmma.cu 0 times"):
+        bk.wgmma_candidate("stale")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
@@ -1693,6 +1698,35 @@ def test_persistent_against_pairs_the_package_kernels_with_the_copy(tmp_path, mo
         offset.update({"h": 0.0, "dpre": 0.0, key: 0.5})
         with pytest.raises(AssertionError, match="persistent_old.cu at"):
             next(bk.persistent_pairs(wx, w, g, [copy]))
+
+
+def test_wgmma_rows_time_the_package_kernel_then_each_checked_copy(tmp_path, monkeypatch):
+    """bench_kernels.py --wgmma-candidates: the package's wgmma kernel first, then each copy's
+    (built from its own source), flagged bit for bit when their states and dpre are equal; a copy
+    whose outputs differ beyond bf16 rounding stops the benchmark, naming itself."""
+    from rnnlab.ops.elman import wgmma
+
+    bk = _benchmark_script("bench_kernels")
+    copy = tmp_path / "wgmma_copy.cu"
+    offset = {"h": 0.0, "dpre": 0.0}
+
+    def forward(wx, w, h0, source=wgmma.SOURCE):
+        return wx.tanh() + (offset["h"] if source == copy else 0.0)
+
+    def backward(g, h, w, source=wgmma.SOURCE):
+        return g * (1 - h * h) + (offset["dpre"] if source == copy else 0.0)
+
+    monkeypatch.setattr(wgmma, "forward", forward)
+    monkeypatch.setattr(wgmma, "backward", backward)
+    wx, w, g = torch.randn(2, 3, 8), torch.randn(8, 8), torch.randn(2, 3, 8)
+    rows = list(bk.wgmma_rows(wx, w, g, {"candidate x": copy}))
+    assert [(label, same) for label, _, _, same in rows] == [("", True), ("candidate x", True)]
+    offset.update(dpre=2e-3)  # within bf16 rounding: timed, not bit for bit
+    (_, fwd_pkg, bwd_pkg, _), (_, fwd_copy, bwd_copy, same) = bk.wgmma_rows(wx, w, g, {"candidate x": copy})
+    assert not same and torch.equal(fwd_pkg(), fwd_copy()) and not torch.equal(bwd_pkg(), bwd_copy())
+    offset.update(h=0.5)
+    with pytest.raises(AssertionError, match="candidate x: its states differ"):
+        list(bk.wgmma_rows(wx, w, g, {"candidate x": copy}))
 
 
 def test_against_options_need_their_sections(capsys, monkeypatch):

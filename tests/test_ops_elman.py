@@ -98,6 +98,22 @@ def test_wgmma_kernel_declines_what_it_cannot_run_without_building():
     assert wgmma._ext.cache_info().currsize == 0
 
 
+def test_wgmma_kernel_refuses_operands_it_does_not_take_in_one_line():
+    """Called directly with operands outside its range, the wgmma kernel raises one ValueError
+    naming the range and what it got, before the extension is built or reached."""
+    from rnnlab.ops.elman import wgmma
+
+    bf = torch.bfloat16
+    wgmma._ext.cache_clear()
+    for x, w, got in ((torch.zeros(33, 2, 64, dtype=bf), torch.zeros(64, 64, dtype=bf), r"\(33, 2, 64\)"),
+                      (torch.zeros(2, 2, 1800, dtype=bf), torch.zeros(1800, 1800, dtype=bf), r"\(2, 2, 1800\)"),
+                      (torch.zeros(2, 2, 64, dtype=bf), torch.zeros(64, 64), r"W torch.float32 \(64, 64\)")):
+        for call in (lambda: wgmma.forward(x, w, None), lambda: wgmma.backward(x, x, w)):
+            with pytest.raises(ValueError, match=r"^wgmma Elman scan: needs bf16 \[B, T, H\] with B <= 32 .*" + got):
+                call()
+    assert wgmma._ext.cache_info().currsize == 0
+
+
 def test_wgmma_build_failure_warns_once_and_leaves_the_persistent_kernel(monkeypatch):
     """A failed build of the wgmma kernel (no nvcc, a compile error) is one warning; later scans
     skip it without retrying, and the dense scan's other kernels run."""

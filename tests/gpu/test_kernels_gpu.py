@@ -519,7 +519,7 @@ def test_elman_dense_wgmma(case, with_h0, monkeypatch):
 
 def test_elman_dense_wgmma_declines_what_it_cannot_run():
     """Wider than 1792, more than 32 rows, fp16, H not a multiple of 8: declined (the persistent
-    kernel runs those); the kernel's own checks refuse such operands with one line."""
+    kernel runs those); called with such operands anyway, the kernel refuses them with one line."""
     from rnnlab.ops.elman import wgmma
 
     if torch.cuda.get_device_capability() != (9, 0):
@@ -529,7 +529,7 @@ def test_elman_dense_wgmma_declines_what_it_cannot_run():
                          ((2, 2, 64), torch.float16), ((2, 2, 100), torch.bfloat16)):
         assert not wgmma.supported(torch.empty(shape, device=DEV, dtype=dtype)), (shape, dtype)
     x = torch.zeros(33, 2, 64, device=DEV, dtype=torch.bfloat16)
-    with pytest.raises(RuntimeError, match="B must be at most 32"):
+    with pytest.raises(ValueError, match="needs bf16 .B, T, H. with B <= 32"):
         wgmma.forward(x, torch.zeros(64, 64, device=DEV, dtype=torch.bfloat16), None)
 
 

@@ -33,8 +33,7 @@ MAX_WIDTH = 64 * 28  # wgmma.cu's widest kernel: 28 clusters of 4 CTAs, 64 outpu
 def _ext(source: Path = SOURCE):
     """The extension built from ``source`` (the package's, or a benchmark's copy: built under a
     name of its own), always for sm_90a (it has no other target), in the C++ standard torch picks
-    for its extensions (C++20 since torch 2.10; built as C++17, the H200's torch 2.11 crashed when
-    a TORCH_CHECK of this extension raised)."""
+    for its extensions."""
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", *persistent.HOPPER_ARCH]
@@ -63,12 +62,25 @@ def supported(x: torch.Tensor) -> bool:
     return _fits(x.device.index or 0, H)
 
 
+def _check(x: torch.Tensor, w: torch.Tensor) -> None:
+    """One line (ValueError) for operands the kernel does not take, before they reach it: on the
+    H200 (torch 2.11) a check raised inside the extension crashed the process instead of raising
+    (results/dense-wgmma-h200), so the shapes are checked here."""
+    B, H = (x.shape[0], x.shape[-1]) if x.dim() == 3 else (0, 0)
+    if not (x.dim() == 3 and x.dtype == torch.bfloat16 and B <= MAX_BATCH and H % 8 == 0 and 0 < H <= MAX_WIDTH
+            and w.shape == (H, H) and w.dtype == x.dtype):
+        raise ValueError(f"wgmma Elman scan: needs bf16 [B, T, H] with B <= {MAX_BATCH} and H a multiple of 8 up to "
+                         f"{MAX_WIDTH}, and W [H, H] of that dtype; got {x.dtype} {tuple(x.shape)}, W {w.dtype} {tuple(w.shape)}")
+
+
 def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, source: Path = SOURCE) -> torch.Tensor:
     """All states ``h_t = tanh(wx_t + h_{t-1} @ w.T)``: contiguous bf16 ``wx: [B, T, H]``, ``w: [H,
     H]``, ``h0: [B, H]`` (None = zeros); ``source``: the kernel's (a benchmark times copies)."""
+    _check(wx, w)
     return _ext(source).forward(wx, None, w, h0)
 
 
 def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, source: Path = SOURCE) -> torch.Tensor:
     """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
+    _check(h, w)
     return _ext(source).backward(g, h, w.t().contiguous(), None)
