@@ -473,9 +473,12 @@ def dense_wgmma_probe(add, B, T, reps, dt):
     from rnnlab.ops.elman import persistent
 
     dense_floor(add, B, T, reps, dt, variants=(("stage", "mma"), ("wait", "stage", "mma")), without_clusters=False)
-    source = WGMMA_PROBE.read_bytes()
+    from rnnlab.ops.elman import wgmma
+
+    source = WGMMA_PROBE.read_bytes() + wgmma.HEADER.read_bytes()  # the probe includes the kernel's PTX wrappers
     ext = load(name=f"rnnlab_dense_wgmma_probe_{hashlib.sha1(source).hexdigest()[:12]}", sources=[str(WGMMA_PROBE)],
-               extra_cuda_cflags=persistent.EXT_FLAGS + persistent.HOPPER_ARCH, verbose=False)
+               extra_cuda_cflags=persistent.EXT_FLAGS + persistent.HOPPER_ARCH,
+               extra_include_paths=[str(wgmma.HEADER.parent)], verbose=False)
     hp, nb, steps = 1792, 32, 2 * T
     w = (torch.randn(hp, hp, device="cuda") * (0.9 / hp**0.5)).to(dt)
     state = torch.rand(nb, hp, device="cuda").mul_(2).sub_(1).to(dt)

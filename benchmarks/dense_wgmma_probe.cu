@@ -33,9 +33,13 @@
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 
+#include "sm90.cuh"  // the package's PTX wrappers (src/rnnlab/ops/elman), shared with its wgmma kernel
+
 namespace cg = cooperative_groups;
 
 namespace {
+
+using namespace rnnlab_sm90;
 
 constexpr int CL = 4;             // CTAs a cluster: the K split
 constexpr int COLS = 64;          // output columns a cluster (wgmma's M)
@@ -50,67 +54,6 @@ constexpr int CORE = 64;          // elements of an 8 x 8 core matrix (128 bytes
 
 enum Part : int { kMma = 1, kReduce = 2, kEpilogue = 4, kAsync = 8, kStage = 16, kBulk = 32, kVec4 = 64,
                   kBulkReduce = 128 };
-
-// wgmma's shared-memory matrix descriptor, no swizzle: the start address, the byte offset between
-// core matrices adjacent in K (leading) and in N (stride), each in 16-byte units
-__device__ __forceinline__ unsigned long long smem_desc(unsigned addr, unsigned lbo, unsigned sbo) {
-  return static_cast<unsigned long long>((addr & 0x3FFFF) >> 4) |
-         (static_cast<unsigned long long>(lbo >> 4) << 16) | (static_cast<unsigned long long>(sbo >> 4) << 32);
-}
-
-// d (+)= a b: A (64 x 16) from registers, B (16 x 32, K-major) from shared memory; zero_d starts d at 0
-__device__ __forceinline__ void wgmma_64x32x16(float (&d)[16], const unsigned (&a)[4], unsigned long long b,
-                                               int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-}
-
-// the shared::cluster address of `addr` (this CTA's shared memory) in CTA `rank` of the cluster
-__device__ __forceinline__ unsigned peer_address(const void* addr, int rank) {
-  unsigned out;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n"
-               : "=r"(out)
-               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(addr))), "r"(rank));
-  return out;
-}
-
-// two floats into a peer's shared memory, counted (8 bytes) on its mbarrier `bar`
-__device__ __forceinline__ void st_async2(unsigned addr, float x, float y, unsigned bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v2.f32 [%0], {%1, %2}, [%3];\n"
-               ::"r"(addr), "f"(x), "f"(y), "r"(bar) : "memory");
-}
-
-// 16 bytes global -> shared (a shared-space byte address), through L2 only
-__device__ __forceinline__ void cp_async16(unsigned smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem), "l"(gmem) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
-
-// four floats into a peer's shared memory (16-byte aligned), counted (16 bytes) on its mbarrier `bar`
-__device__ __forceinline__ void st_async4(unsigned addr, float x, float y, float z, float w, unsigned bar) {
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];\n"
-               ::"r"(addr), "f"(x), "f"(y), "f"(z), "f"(w), "r"(bar) : "memory");
-}
-
-__device__ __forceinline__ void mbar_wait_cluster(unsigned bar, unsigned parity) {
-  unsigned done;
-  do {
-    asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-                 "selp.u32 %0, 1, 0, p;\n}\n"
-                 : "=r"(done)
-                 : "r"(bar), "r"(parity)
-                 : "memory");
-  } while (!done);
-}
 
 __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
     probe_kernel(const __nv_bfloat16* __restrict__ W, const __nv_bfloat16* __restrict__ S,
@@ -130,7 +73,7 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
   const int rank = static_cast<int>(cluster.block_rank());
   const int col0 = (blockIdx.x / CL) * COLS, k0 = rank * KC;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-  const unsigned bs_addr = static_cast<unsigned>(__cvta_generic_to_shared(bs));
+  const unsigned bs_addr = smem_u32(bs);
   // the state's K range: element (b, k) in core matrix (b / 8, k / 8), row b % 8 of it; core
   // matrices adjacent in K are 128 bytes apart, in N KC / 8 * 128. Copy i (16 bytes) is row
   // b % 8 = i % 8 of core matrix i / 8, so a warp fills 512 contiguous bytes (no bank conflicts)
@@ -138,7 +81,7 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
   auto stage = [&] {
     for (int i = threadIdx.x; i < NB * KC / 8; i += THREADS) {
       const int b = i / (8 * KC / 8) * 8 + i % 8, c = i / 8 % (KC / 8);
-      cp_async16(bs_addr + i * 16, S + static_cast<size_t>(b) * HP + k0 + c * 8);
+      cp_async16(bs_addr + i * 16, S + static_cast<size_t>(b) * HP + k0 + c * 8, 16);
     }
     cp_async_commit();
   };
@@ -147,8 +90,8 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
   auto prefetch_wx = [&](int step) {
     if (threadIdx.x < NB * 2) {
       const int n = threadIdx.x / 2, half = threadIdx.x % 2;
-      cp_async16(static_cast<unsigned>(__cvta_generic_to_shared(&wxs[step & 1][n * OWN + half * 8])),
-                 wx + (static_cast<size_t>(step) * NB + n) * HP + col_own + half * 8);
+      cp_async16(smem_u32(&wxs[step & 1][n * OWN + half * 8]),
+                 wx + (static_cast<size_t>(step) * NB + n) * HP + col_own + half * 8, 16);
     }
     cp_async_commit();
   };
@@ -165,10 +108,9 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
     a[s][2] = *reinterpret_cast<const unsigned*>(wr + 16 * s + 8);
     a[s][3] = *reinterpret_cast<const unsigned*>(wr + 8 * HP + 16 * s + 8);
   }
-  const unsigned bar0 = static_cast<unsigned>(__cvta_generic_to_shared(&bars[0]));
+  const unsigned bar0 = smem_u32(&bars[0]);
   if (threadIdx.x == 0) {
-    for (int i = 0; i < 3; ++i)
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar0 + 8 * i) : "memory");
+    for (int i = 0; i < 3; ++i) mbar_init(bar0 + 8 * i);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // bs's copies, before wgmma reads them
@@ -181,13 +123,10 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
     const int buf = step & 1;
     if ((parts & kStage) && (parts & kBulk)) {  // the last step's MMAs are done with the slice
       if (threadIdx.x == 0) {
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar0 + 16),
-                     "r"(NB * KC * 2) : "memory");
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                     ::"r"(bs_addr), "l"(St + static_cast<size_t>(rank) * NB * KC), "r"(NB * KC * 2), "r"(bar0 + 16)
-                     : "memory");
+        mbar_expect(bar0 + 16, NB * KC * 2);
+        bulk_copy(bs_addr, St + static_cast<size_t>(rank) * NB * KC, NB * KC * 2, bar0 + 16);
       }
-      mbar_wait_cluster(bar0 + 16, step & 1);
+      mbar_wait(bar0 + 16, step & 1);
     } else if (parts & kStage) {  // the last step's MMAs are done with the slice (their wait): rewrite it
       stage();
       cp_async_wait_all();  // this thread's copies (and this step's wx, long landed)
@@ -195,8 +134,7 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
       __syncthreads();
     }
     if ((parts & (kAsync | kBulkReduce)) && threadIdx.x == 0)  // this step's bytes: four slots of 16 rows
-      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar0 + 8 * buf),
-                   "r"(CL * OWN * (parts & kBulkReduce ? RLD : NB) * 4) : "memory");
+      mbar_expect(bar0 + 8 * buf, CL * OWN * (parts & kBulkReduce ? RLD : NB) * 4);
     if (parts & kMma) {
       asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
@@ -222,14 +160,12 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
       asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // the stores, before the copy reads them
       __syncwarp();
       if (lane == 0) {
-        asm volatile("cp.async.bulk.shared::cluster.shared::cta.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n"
-                     ::"r"(peer_address(slot, warp)), "r"(static_cast<unsigned>(__cvta_generic_to_shared(mine))),
-                     "r"(OWN * RLD * 4), "r"(peer_address(&bars[buf], warp))
-                     : "memory");
+        bulk_copy_to_peer(peer_address(smem_u32(slot), warp), smem_u32(mine), OWN * RLD * 4,
+                          peer_address(smem_u32(&bars[buf]), warp));
       }
-      mbar_wait_cluster(bar0 + 8 * buf, (step >> 1) & 1);
+      mbar_wait(bar0 + 8 * buf, (step >> 1) & 1);
     } else if (parts & kAsync) {
-      const unsigned dst = peer_address(slot, warp), bar = peer_address(&bars[buf], warp);
+      const unsigned dst = peer_address(smem_u32(slot), warp), bar = peer_address(smem_u32(&bars[buf]), warp);
       if (parts & kVec4) {  // lane pairs (t, t ^ 1) swap halves: even t sends row g, odd t row g + 8, 4 columns
         const bool odd = t & 1;
 #pragma unroll
@@ -248,7 +184,7 @@ __global__ void __cluster_dims__(CL, 1, 1) __launch_bounds__(THREADS, 1)
           st_async2(dst + 4 * ((g + 8) * RLD + 8 * i + 2 * t), acc[4 * i + 2], acc[4 * i + 3], bar);
         }
       }
-      mbar_wait_cluster(bar0 + 8 * buf, (step >> 1) & 1);
+      mbar_wait(bar0 + 8 * buf, (step >> 1) & 1);
     } else {
       float* dst = cluster.map_shared_rank(slot, warp);
 #pragma unroll

@@ -10,7 +10,7 @@ scans run on ``persistent.cu``. Chosen by ``ElmanKernelOptions.dense_wgmma``; it
 with the persistent kernel's up to fp32 summation order (tested against the float64 reference).
 
 Built on first use by ``torch.utils.cpp_extension.load`` (nvcc and ninja, a few minutes, then
-cached under a name that hashes the source, flags and versions).
+cached under a name that hashes the source, its header ``sm90.cuh``, flags and versions).
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import torch
 
 from rnnlab.ops.elman import persistent
 
-__all__ = ["SOURCE", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
+__all__ = ["SOURCE", "HEADER", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
 
 SOURCE = Path(__file__).with_name("wgmma.cu")
+HEADER = Path(__file__).with_name("sm90.cuh")  # its PTX wrappers, shared with benchmarks/dense_wgmma_probe.cu
 MAX_BATCH = 32  # wgmma's N: the batch rows of one pass
 MAX_WIDTH = 64 * 28  # wgmma.cu's widest kernel: 28 clusters of 4 CTAs, 64 output columns a cluster
 
@@ -37,8 +38,9 @@ def _ext(source: Path = SOURCE):
     from torch.utils.cpp_extension import load
 
     flags = ["-O3", *persistent.HOPPER_ARCH]
-    return load(name=persistent._ext_name(source.read_bytes(), flags, "wgmma"), sources=[str(source)],
-                extra_cuda_cflags=flags, verbose=False)
+    return load(name=persistent._ext_name(source.read_bytes() + HEADER.read_bytes(), flags, "wgmma"),
+                sources=[str(source)], extra_cuda_cflags=flags, extra_include_paths=[str(HEADER.parent)],
+                verbose=False)
 
 
 @functools.cache
