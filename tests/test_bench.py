@@ -1491,41 +1491,25 @@ def test_dense_wgmma_probe_runs_match_its_kernel():
         assert tiled[s * 32 * kc + ((b // 8) * kc // 8 + kk // 8) * 64 + b % 8 * 8 + kk % 8] == state[b, k]
 
 
-def test_persistent_candidates_edit_the_current_kernel(monkeypatch):
-    """bench_kernels.py's candidate changes to the persistent kernel apply to the package's current
-    source (each edit exactly once), are refused by name where they no longer match, and reach the
-    timing as copies of the source (here a candidate written for the test)."""
-    from rnnlab.ops.elman import persistent
+@pytest.mark.parametrize("kernel, edit", [("persistent", ("mbar_wait(bar, phase);", "mbar_wait(bar, phase ^ 0u);")),
+                                          ("wgmma", ("mbar_wait(bar0 + 16, s & 1);", "mbar_wait(bar0 + 16, (s & 1) ^ 0u);"))])
+def test_kernel_candidates_edit_the_current_kernel(kernel, edit, monkeypatch):
+    """bench_kernels.py's candidate changes to the persistent and wgmma kernels apply to the
+    package's current source (each edit exactly once), are refused by name where they no longer
+    match, and reach the timing as copies of the source (here a candidate written for the test)."""
+    import importlib
 
+    source = importlib.import_module(f"rnnlab.ops.elman.{kernel}").SOURCE
     bk = _benchmark_script("bench_kernels")
-    for name in bk.PERSISTENT_CANDIDATES:  # the open ones, if any, still match the kernel
-        assert bk.persistent_candidate(name).read_text() != persistent.SOURCE.read_text()
-    edit = ("mbar_wait(bar, phase);", "mbar_wait(bar, phase ^ 0u);")
-    monkeypatch.setitem(bk.PERSISTENT_CANDIDATES, "test-edit", (edit,))
-    path = bk.persistent_candidate("test-edit")
-    assert path.name == "persistent_test_edit.cu"
-    assert path.read_text() == persistent.SOURCE.read_text().replace(*edit)
-    monkeypatch.setitem(bk.PERSISTENT_CANDIDATES, "stale", (("no such line;", ""),))
-    with pytest.raises(ValueError, match="persistent candidate 'stale' matches persistent.cu 0 times"):
-        bk.persistent_candidate("stale")
-
-
-def test_wgmma_candidates_edit_the_current_kernel(monkeypatch):
-    """bench_kernels.py's candidate changes to the wgmma kernel apply to the package's current
-    wgmma.cu (each edit exactly once), are refused by name where they no longer match, and reach
-    the timing as copies of the source (here a candidate written for the test)."""
-    from rnnlab.ops.elman import wgmma
-
-    bk = _benchmark_script("bench_kernels")
-    for name in bk.WGMMA_CANDIDATES:  # the open ones, if any, still match the kernel
-        assert bk.wgmma_candidate(name).read_text() != wgmma.SOURCE.read_text()
-    edit = ("mbar_wait(bar0 + 16, s & 1);", "mbar_wait(bar0 + 16, (s & 1) ^ 0u);")
-    monkeypatch.setitem(bk.WGMMA_CANDIDATES, "test-edit", (edit,))
-    path = bk.wgmma_candidate("test-edit")
-    assert path.name == "wgmma_test_edit.cu" and path.read_text() == wgmma.SOURCE.read_text().replace(*edit)
-    monkeypatch.setitem(bk.WGMMA_CANDIDATES, "stale", (("no such line;", ""),))
-    with pytest.raises(ValueError, match="wgmma candidate 'stale' matches wgmma.cu 0 times"):
-        bk.wgmma_candidate("stale")
+    candidates, candidate = getattr(bk, f"{kernel.upper()}_CANDIDATES"), getattr(bk, f"{kernel}_candidate")
+    for name in candidates:  # the open ones, if any, still match the kernel
+        assert candidate(name).read_text() != source.read_text()
+    monkeypatch.setitem(candidates, "test-edit", (edit,))
+    path = candidate("test-edit")
+    assert path.name == f"{kernel}_test_edit.cu" and path.read_text() == source.read_text().replace(*edit)
+    monkeypatch.setitem(candidates, "stale", (("no such line;", ""),))
+    with pytest.raises(ValueError, match=f"{kernel} candidate 'stale' matches {kernel}.cu 0 times"):
+        candidate("stale")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
