@@ -348,10 +348,75 @@ def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
 
 # Candidate changes to dense E1's wgmma kernel (wgmma.cu), as for the persistent kernel above, timed
 # with ``--wgmma-candidates NAME`` (the dense or persistent section) beside the package's kernel,
-# their outputs checked against it (``wgmma_rows``). None is open now: v4-reduce (st.async of four
-# floats) and bulk-reduce (one bulk copy a warp) ran slower than the package's two-float st.async
-# (docs/kernels.md, dense E1); their edits are in commit 7b462cc.
-WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {}
+# their outputs checked against it (``wgmma_rows``). v4-reduce (st.async of four floats) and
+# bulk-reduce (one bulk copy a warp) ran slower than the package's two-float st.async (docs/kernels.md,
+# dense E1; their edits are in commit 7b462cc). Open (written 2026-12-03, not yet run; its
+# prediction in docs/kernels.md):
+#   producer-chunks: the exchange buffer laid out by producer cluster (each 32 x 64 chunk of a
+#   slice contiguous, 4 KB); warp 0 issues a chunk's bulk copy (on an mbarrier of its own) as soon
+#   as its 4 producers' flags arrive, and the warpgroup runs each chunk's 4 MMAs as soon as it lands
+WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
+    "producer-chunks": (
+        ("""  const int k = j % KC;
+  return j / KC * slice_elems(KS) + b / 8 * (KC * 8) + k / 8 * 64 + b % 8 * 8 + k % 8;""",
+         """  const int k = j % KC, kc = k % 64;  // chunk k / 64: 32 x 64, core matrices 128 bytes apart in K, 1 KB in N
+  return j / KC * slice_elems(KS) + k / 64 * 2048 + b / 8 * 512 + kc / 8 * 64 + b % 8 * 8 + kc % 8;"""),
+        ("  __shared__ __align__(8) unsigned long long bars[3];",
+         "  __shared__ __align__(8) unsigned long long bars[2 + MAX_KS / 4];  // receive (0, 1), each chunk's staging"),
+        ("    for (int i = 0; i < 3; ++i) mbar_init(bar0 + 8 * i);",
+         "    for (int i = 0; i < 2 + KS / 4; ++i) mbar_init(bar0 + 8 * i);"),
+        ("""    if (warp == 0) {
+      if (s > 0) wait_producers(flags, rank * KS, KS, static_cast<unsigned>(s), lane);
+      asm volatile("fence.proxy.async.global;\\n" ::: "memory");  // their stores, before the copy reads
+      if (lane == 0) {
+        mbar_expect(bar0 + 16, SLICE * 2);
+        bulk_copy(bs_addr, exch + (static_cast<long>(s) * CL + rank) * SLICE, SLICE * 2, bar0 + 16);
+        mbar_expect(bar0 + 8 * buf, CL * OWN * NB * 4);  // this step's partial sums: 4 x 16 x 32 floats
+      }
+    }
+    mbar_wait(bar0 + 16, s & 1);""",
+         """    if (warp == 0) {
+      constexpr int NCH = KS / 4;  // chunks of the slice: lanes 4c .. 4c + 3 poll chunk c's producers
+      if (lane == 0) mbar_expect(bar0 + 8 * buf, CL * OWN * NB * 4);  // this step's partial sums
+      const bf16* slot = exch + (static_cast<long>(s) * CL + rank) * SLICE;
+      unsigned issued = 0;
+      bool done = s == 0 || lane >= KS;
+      while (issued != (1u << NCH) - 1) {
+        if (!done) done = ld_acquire(flags + rank * KS + lane) >= static_cast<unsigned>(s);
+        const unsigned ready = __ballot_sync(0xffffffffu, done);
+        unsigned fresh = 0;
+#pragma unroll
+        for (int c = 0; c < NCH; ++c)
+          if (((ready >> (4 * c)) & 0xFu) == 0xFu && !(issued >> c & 1u)) fresh |= 1u << c;
+        if (fresh) {
+          __syncwarp();  // the acquiring lanes' view, for lane 0's copies
+          asm volatile("fence.proxy.async.global;\\n" ::: "memory");  // their stores, before the copies read
+          if (lane == 0) {
+#pragma unroll
+            for (int c = 0; c < NCH; ++c) {
+              if (fresh >> c & 1u) {
+                mbar_expect(bar0 + 16 + 8 * c, 4096);
+                bulk_copy(bs_addr + 4096 * c, slot + 2048 * c, 4096, bar0 + 16 + 8 * c);
+              }
+            }
+          }
+          issued |= fresh;
+        }
+      }
+    }"""),
+        ("""#pragma unroll
+    for (int k = 0; k < KS; ++k) wgmma_64x32x16(acc, a[k], smem_desc(bs_addr + k * 256, 128, KC * 16), k);""",
+         """#pragma unroll
+    for (int k = 0; k < KS; ++k) {
+      if (k % 4 == 0) mbar_wait(bar0 + 16 + 8 * (k / 4), s & 1);  // chunk k / 4 has landed
+      wgmma_64x32x16(acc, a[k], smem_desc(bs_addr + 4096 * (k / 4) + 256 * (k % 4), 128, 1024), k);
+    }"""),
+        ("""  // [b / 8, b % 8, slice, k / 8, k % 8] -> [slice, b / 8, k / 8, b % 8, k % 8]
+  auto tiled = s0.view({NB / 8, 8, CL, kc / 8, 8}).permute({2, 0, 3, 1, 4}).reshape({-1});""",
+         """  // [b / 8, b % 8, slice, chunk, k / 8, k % 8] -> [slice, chunk, b / 8, k / 8, b % 8, k % 8]
+  auto tiled = s0.view({NB / 8, 8, CL, kc / 64, 8, 8}).permute({2, 3, 0, 4, 1, 5}).reshape({-1});"""),
+    ),
+}
 
 
 def wgmma_candidate(name: str) -> Path:
