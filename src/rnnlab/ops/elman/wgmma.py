@@ -9,8 +9,10 @@ sm_90a build: wgmma, clusters and bulk copies are Hopper's arch-specific instruc
 scans run on ``persistent.cu``. Chosen by ``ElmanKernelOptions.dense_wgmma``; its outputs agree
 with the persistent kernel's up to fp32 summation order (tested against the float64 reference).
 
-Built on first use by ``torch.utils.cpp_extension.load`` (nvcc and ninja, a few minutes, then
-cached under a name that hashes the source, its header ``sm90.cuh``, flags and versions).
+CUDA C++ because Triton expresses none of a cooperative launch (CTAs that wait for each other),
+distributed shared memory or ``st.async``. Built on first use by ``torch.utils.cpp_extension.load``
+(nvcc and ninja, a minute or two, then cached under a name that hashes the source, its header
+``sm90.cuh``, flags and versions).
 """
 
 from __future__ import annotations
