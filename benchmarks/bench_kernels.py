@@ -361,7 +361,7 @@ WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
   return j / KC * slice_elems(KS) + b / 8 * (KC * 8) + k / 8 * 64 + b % 8 * 8 + k % 8;""",
          """  const int k = j % KC, kc = k % 64;  // chunk k / 64: 32 x 64, core matrices 128 bytes apart in K, 1 KB in N
   return j / KC * slice_elems(KS) + k / 64 * 2048 + b / 8 * 512 + kc / 8 * 64 + b % 8 * 8 + kc % 8;"""),
-        ("  __shared__ __align__(8) unsigned long long bars[3];",
+        ("  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)",
          "  __shared__ __align__(8) unsigned long long bars[2 + MAX_KS / 4];  // receive (0, 1), each chunk's staging"),
         ("    for (int i = 0; i < 3; ++i) mbar_init(bar0 + 8 * i);",
          "    for (int i = 0; i < 2 + KS / 4; ++i) mbar_init(bar0 + 8 * i);"),

@@ -98,6 +98,22 @@ def test_wgmma_kernel_declines_what_it_cannot_run_without_building():
     assert wgmma._ext.cache_info().currsize == 0
 
 
+def test_wgmma_exchange_buffer_is_a_padded_state_a_step():
+    """The wgmma kernel's exchange buffer: T + 1 slots of 32 rows x H padded to 64 KS (KS of
+    wgmma.cu's kernels), whatever B is, so supported() can refuse a small batch of a long sequence."""
+    from rnnlab.ops.elman import wgmma
+
+    def x(B, T, H):
+        return torch.empty(B, T, H, dtype=torch.bfloat16, device="meta")
+
+    assert wgmma.KS_CHOICES == tuple(int(k) for k in re.findall(r"\d+", re.search(
+        r"for \(int ks : \{([^}]*)\}\)", wgmma.SOURCE.read_text()).group(1).replace("MAX_KS", "28")))
+    assert wgmma.exchange_bytes(x(32, 512, 1760)) == 513 * 32 * 1792 * 2
+    assert wgmma.exchange_bytes(x(1, 7, 200)) == wgmma.exchange_bytes(x(32, 7, 256)) == 8 * 32 * 256 * 2
+    long = x(1, 20000, 1760)  # 2.3 GB against 0.07 GB of states: over supported()'s bound
+    assert wgmma.exchange_bytes(long) > 8 * max(4 * long.nbytes, 256 * 2**20)
+
+
 def test_wgmma_kernel_refuses_operands_it_does_not_take_in_one_line():
     """Called directly with operands outside its range, the wgmma kernel raises one ValueError
     naming the range and what it got, before the extension is built or reached."""
@@ -111,6 +127,11 @@ def test_wgmma_kernel_refuses_operands_it_does_not_take_in_one_line():
         for call in (lambda: wgmma.forward(x, w, None), lambda: wgmma.backward(x, x, w)):
             with pytest.raises(ValueError, match=r"^wgmma Elman scan: needs bf16 \[B, T, H\] with B <= 32 .*" + got):
                 call()
+    h, w = torch.zeros(2, 3, 64, dtype=bf), torch.zeros(64, 64, dtype=bf)
+    with pytest.raises(ValueError, match=r"the gradient must match h, torch.bfloat16 \(2, 3, 64\); got torch.float32"):
+        wgmma.backward(torch.zeros(2, 3, 64), h, w)
+    with pytest.raises(ValueError, match="operands must be contiguous"):
+        wgmma.forward(torch.zeros(2, 64, 3, dtype=bf).transpose(1, 2), w, None)
     assert wgmma._ext.cache_info().currsize == 0
 
 

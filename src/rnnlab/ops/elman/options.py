@@ -22,7 +22,9 @@ from rnnlab.ops.elman.tanh import fast_tanh_applies
 @dataclass(frozen=True)
 class ElmanKernelOptions:
     persistent: bool = True  # dense 16-bit scans: a persistent CUDA kernel when the shape fits
-    persistent_shape: int = -1  # force persistent.SHAPES[i] (warps, tile); -1 = the first that fits
+    # force persistent.SHAPES[i] (warps, tile); -1 = the first that fits. Scans the wgmma kernel takes
+    # run there instead unless dense_wgmma is off
+    persistent_shape: int = -1
     # E1's low-rank term in the persistent kernel's epilogue (ranks 1-16; a build of its own)
     persistent_lowrank: bool = True
     # with `persistent`: plain dense bf16 scans with B <= 32, H <= 1792 on Hopper run the wgmma

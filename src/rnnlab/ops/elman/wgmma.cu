@@ -22,8 +22,9 @@
 //      prefetched a step ahead by cp.async into shared memory): h (or dpre) to the exchange
 //      buffer's next slot, raises its flag, then stores the output and prefetches the next step's
 //      operands (after the flag: its release would wait for them).
-// Padded rows and columns compute zeros (their operands are zero-filled), so the padding of the
-// exchange buffer never feeds a NaN into a product. The probe `benchmarks/dense_wgmma_probe.cu`
+// Padded rows and columns compute exact zeros (their operands are zero-filled, slot 0 is zeroed),
+// so the padding adds nothing to a product while the states are finite (an inf in a real row
+// becomes NaN through a padded column's 0 * inf, as it would make the reference's state NaN too). The probe `benchmarks/dense_wgmma_probe.cu`
 // measured each part of this step on an H200 (docs/kernels.md).
 // Spinning on flags needs every CTA resident: the cooperative launch guarantees it or refuses.
 // Built for sm_90a only (wgmma, clusters, st.async, bulk copies) by rnnlab/ops/elman/wgmma.py.

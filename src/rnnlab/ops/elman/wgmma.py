@@ -24,12 +24,13 @@ import torch
 
 from rnnlab.ops.elman import persistent
 
-__all__ = ["SOURCE", "HEADER", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
+__all__ = ["SOURCE", "HEADER", "KS_CHOICES", "exchange_bytes", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
 
 SOURCE = Path(__file__).with_name("wgmma.cu")
 HEADER = Path(__file__).with_name("sm90.cuh")  # its PTX wrappers, shared with benchmarks/dense_wgmma_probe.cu
 MAX_BATCH = 32  # wgmma's N: the batch rows of one pass
-MAX_WIDTH = 64 * 28  # wgmma.cu's widest kernel: 28 clusters of 4 CTAs, 64 output columns a cluster
+KS_CHOICES = (4, 8, 16, 28)  # wgmma.cu's kernels: 16 KS K columns a CTA, H padded to 64 KS (pick_ks)
+MAX_WIDTH = 64 * KS_CHOICES[-1]  # the widest: 28 clusters of 4 CTAs, 64 output columns a cluster
 
 
 @functools.cache
@@ -51,30 +52,48 @@ def _fits(device_index: int, H: int) -> bool:
         return bool(_ext().fits(H))
 
 
+def exchange_bytes(x: torch.Tensor) -> int:
+    """The bytes of the kernel's exchange buffer for ``x: [B, T, H]``: a slot of the padded state
+    (32 rows x H padded to 64 KS) for each of T + 1 steps, whatever B is (a ring of 3 slots would
+    do; docs/kernels.md)."""
+    T, H = x.shape[1], x.shape[2]
+    ks = next(k for k in KS_CHOICES if 64 * k >= H)
+    return (T + 1) * MAX_BATCH * 64 * ks * x.element_size()
+
+
 def supported(x: torch.Tensor) -> bool:
     """Whether the kernel runs the dense scan of ``x: [B, T, H]``: a bf16 CUDA tensor with B <=
-    :data:`MAX_BATCH`, H a multiple of 8 up to :data:`MAX_WIDTH`, on a compute-capability 9.0 GPU
-    where every cluster of the launch can be resident. Anything else is declined without building
-    the extension (the residency check builds it)."""
+    :data:`MAX_BATCH`, H a multiple of 8 up to :data:`MAX_WIDTH` and an exchange buffer no larger
+    than 4 x's or 256 MiB (small batches of long sequences go to the persistent kernel), on a
+    compute-capability 9.0 GPU where every cluster of the launch can be resident. Anything else is
+    declined without building the extension (the residency check builds it)."""
     if not x.is_cuda or x.dtype != torch.bfloat16 or x.dim() != 3:
         return False
     B, H = x.shape[0], x.shape[-1]
     if B > MAX_BATCH or H % 8 != 0 or not 0 < H <= MAX_WIDTH:
+        return False
+    if exchange_bytes(x) > max(4 * x.nbytes, 256 * 2**20):
         return False
     if torch.cuda.get_device_capability(x.device) != (9, 0) or int((torch.version.cuda or "0").split(".")[0]) < 12:
         return False
     return _fits(x.device.index or 0, H)
 
 
-def _check(x: torch.Tensor, w: torch.Tensor) -> None:
+def _check(x: torch.Tensor, w: torch.Tensor, *like_x: torch.Tensor) -> None:
     """One line (ValueError) for operands the kernel does not take, before they reach it: on the
     H200 (torch 2.11) a check raised inside the extension crashed the process instead of raising
-    (results/dense-wgmma-h200), so the shapes are checked here."""
+    (results/dense-wgmma-h200), so the operands are checked here (``like_x``: the backward's g,
+    of x's shape and dtype)."""
     B, H = (x.shape[0], x.shape[-1]) if x.dim() == 3 else (0, 0)
     if not (x.dim() == 3 and x.dtype == torch.bfloat16 and B <= MAX_BATCH and H % 8 == 0 and 0 < H <= MAX_WIDTH
             and w.shape == (H, H) and w.dtype == x.dtype):
         raise ValueError(f"wgmma Elman scan: needs bf16 [B, T, H] with B <= {MAX_BATCH} and H a multiple of 8 up to "
                          f"{MAX_WIDTH}, and W [H, H] of that dtype; got {x.dtype} {tuple(x.shape)}, W {w.dtype} {tuple(w.shape)}")
+    if not all(y.shape == x.shape and y.dtype == x.dtype for y in like_x):
+        raise ValueError(f"wgmma Elman scan: the gradient must match h, {x.dtype} {tuple(x.shape)}; got "
+                         + ", ".join(f"{y.dtype} {tuple(y.shape)}" for y in like_x))
+    if not all(y.is_contiguous() for y in (x, *like_x)):
+        raise ValueError("wgmma Elman scan: the [B, T, H] operands must be contiguous")
 
 
 def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, source: Path = SOURCE) -> torch.Tensor:
@@ -86,5 +105,5 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, source: 
 
 def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, source: Path = SOURCE) -> torch.Tensor:
     """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
-    _check(h, w)
+    _check(h, w, g)
     return _ext(source).backward(g, h, w.t().contiguous(), None)
