@@ -61,22 +61,26 @@ def exchange_bytes(x: torch.Tensor) -> int:
     return (T + 1) * MAX_BATCH * 64 * ks * x.element_size()
 
 
+def _takes(x: torch.Tensor) -> bool:
+    """Whether the kernel takes ``x``'s shape and dtype: bf16 ``[B, T, H]``, B <= :data:`MAX_BATCH`,
+    H a multiple of 8 up to :data:`MAX_WIDTH` (what both :func:`supported` and :func:`_check` ask)."""
+    return x.dim() == 3 and x.dtype == torch.bfloat16 and x.shape[0] <= MAX_BATCH and x.shape[2] % 8 == 0 \
+        and 0 < x.shape[2] <= MAX_WIDTH
+
+
 def supported(x: torch.Tensor) -> bool:
     """Whether the kernel runs the dense scan of ``x: [B, T, H]``: a bf16 CUDA tensor with B <=
     :data:`MAX_BATCH`, H a multiple of 8 up to :data:`MAX_WIDTH` and an exchange buffer no larger
     than 4 x's or 256 MiB (small batches of long sequences go to the persistent kernel), on a
     compute-capability 9.0 GPU where every cluster of the launch can be resident. Anything else is
     declined without building the extension (the residency check builds it)."""
-    if not x.is_cuda or x.dtype != torch.bfloat16 or x.dim() != 3:
-        return False
-    B, H = x.shape[0], x.shape[-1]
-    if B > MAX_BATCH or H % 8 != 0 or not 0 < H <= MAX_WIDTH:
+    if not x.is_cuda or not _takes(x):
         return False
     if exchange_bytes(x) > max(4 * x.nbytes, 256 * 2**20):
         return False
     if torch.cuda.get_device_capability(x.device) != (9, 0) or int((torch.version.cuda or "0").split(".")[0]) < 12:
         return False
-    return _fits(x.device.index or 0, H)
+    return _fits(x.device.index or 0, x.shape[2])
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, *like_x: torch.Tensor) -> None:
@@ -84,9 +88,8 @@ def _check(x: torch.Tensor, w: torch.Tensor, *like_x: torch.Tensor) -> None:
     H200 (torch 2.11) a check raised inside the extension crashed the process instead of raising
     (results/dense-wgmma-h200), so the operands are checked here (``like_x``: the backward's g,
     of x's shape and dtype)."""
-    B, H = (x.shape[0], x.shape[-1]) if x.dim() == 3 else (0, 0)
-    if not (x.dim() == 3 and x.dtype == torch.bfloat16 and B <= MAX_BATCH and H % 8 == 0 and 0 < H <= MAX_WIDTH
-            and w.shape == (H, H) and w.dtype == x.dtype):
+    H = x.shape[-1] if x.dim() else 0
+    if not (_takes(x) and w.shape == (H, H) and w.dtype == x.dtype):
         raise ValueError(f"wgmma Elman scan: needs bf16 [B, T, H] with B <= {MAX_BATCH} and H a multiple of 8 up to "
                          f"{MAX_WIDTH}, and W [H, H] of that dtype; got {x.dtype} {tuple(x.shape)}, W {w.dtype} {tuple(w.shape)}")
     if not all(y.shape == x.shape and y.dtype == x.dtype for y in like_x):
