@@ -31,6 +31,9 @@ the package's, each launch shape, after checking their outputs agree; ``--persis
 NAME`` does the same for a candidate change written as exact edits of the package's source
 (``PERSISTENT_CANDIDATES``), and ``--wgmma-candidates NAME`` for the wgmma kernel's
 (``WGMMA_CANDIDATES``): the kernels alone, forward and backward, beside the package's.
+``--wgmma-timeline`` splits the wgmma kernel's step into its parts (a copy of it with clock reads
+at each: the wait for the producers' flags, the slice's copy, the MMAs, the reduction, the
+epilogue; ``WGMMA_TIMELINE``), µs a step, forward and backward.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
 repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
@@ -350,11 +353,15 @@ def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
 # with ``--wgmma-candidates NAME`` (the dense or persistent section) beside the package's kernel,
 # their outputs checked against it (``wgmma_rows``). v4-reduce (st.async of four floats) and
 # bulk-reduce (one bulk copy a warp) ran slower than the package's two-float st.async (docs/kernels.md,
-# dense E1; their edits are in commit 7b462cc). Open (written 2026-12-03, not yet run; its
-# prediction in docs/kernels.md):
+# dense E1; their edits are in commit 7b462cc). Open (written 2026-12-03, not yet run; their
+# predictions in docs/kernels.md):
 #   producer-chunks: the exchange buffer laid out by producer cluster (each 32 x 64 chunk of a
 #   slice contiguous, 4 KB); warp 0 issues a chunk's bulk copy (on an mbarrier of its own) as soon
 #   as its 4 producers' flags arrive, and the warpgroup runs each chunk's 4 MMAs as soon as it lands
+#   two-chains: the KS MMAs in two accumulation chains (K steps even and odd), summed after
+#   packed-stores: the step's outputs through a shared-memory tile, stored to the exchange buffer
+#   and the output by 64 16-byte stores instead of 512 2-byte ones
+#   ring-3: the exchange buffer a ring of 3 slots, not T + 1 (docs/kernels.md says why 3 are enough)
 WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
     "producer-chunks": (
         ("""  const int k = j % KC;
@@ -416,7 +423,168 @@ WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
          """  // [b / 8, b % 8, slice, chunk, k / 8, k % 8] -> [slice, chunk, b / 8, k / 8, b % 8, k % 8]
   auto tiled = s0.view({NB / 8, 8, CL, kc / 64, 8, 8}).permute({2, 3, 0, 4, 1, 5}).reshape({-1});"""),
     ),
+    "two-chains": (
+        ("  float acc[16];", "  float acc[16], acc2[16];  // two accumulation chains: K steps even, odd"),
+        ("""#pragma unroll
+    for (int k = 0; k < KS; ++k) wgmma_64x32x16(acc, a[k], smem_desc(bs_addr + k * 256, 128, KC * 16), k);""",
+         """#pragma unroll
+    for (int k = 0; k < KS; ++k)
+      wgmma_64x32x16(k % 2 ? acc2 : acc, a[k], smem_desc(bs_addr + k * 256, 128, KC * 16), k > 1);"""),
+        ('    asm volatile("wgmma.wait_group.sync.aligned 0;\\n" ::: "memory");',
+         '    asm volatile("wgmma.wait_group.sync.aligned 0;\\n" ::: "memory");\n'
+         "#pragma unroll\n"
+         "    for (int i = 0; i < 16; ++i) acc[i] += acc2[i];"),
+    ),
+    "packed-stores": (
+        ("  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)",
+         """  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)
+  __shared__ __align__(16) bf16 ytile[NB * OWN];          // the step's outputs, [row][column]"""),
+        ("      next[exchange_offset<KS>(n, j)] = y[q];", "      ytile[n * OWN + c] = y[q];"),
+        ("    __syncthreads();  // every thread's stores into the exchange buffer, before thread 0's release",
+         """    __syncthreads();  // the tile
+    const int rn = threadIdx.x / 2, r8 = threadIdx.x % 2 * 8;  // threads 0 .. 63: row rn, 8 columns from r8
+    if (threadIdx.x < 2 * NB)
+      *reinterpret_cast<uint4*>(next + exchange_offset<KS>(rn, col_own + r8)) =
+          *reinterpret_cast<const uint4*>(&ytile[rn * OWN + r8]);
+    __syncthreads();  // every thread's stores into the exchange buffer, before thread 0's release"""),
+        ("""#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (n0 + q < B && j < H) out[(n0 + q) * sT + static_cast<long>(t) * H + j] = y[q];""",
+         """    if (threadIdx.x < 2 * NB && rn < B && col_own + r8 < H)
+      *reinterpret_cast<uint4*>(out + rn * sT + static_cast<long>(t) * H + col_own + r8) =
+          *reinterpret_cast<const uint4*>(&ytile[rn * OWN + r8]);"""),
+    ),
+    "ring-3": (
+        ("bulk_copy(bs_addr, exch + (static_cast<long>(s) * CL + rank) * SLICE,",
+         "bulk_copy(bs_addr, exch + (static_cast<long>(s % 3) * CL + rank) * SLICE,"),
+        ("    bf16* next = exch + static_cast<long>(s + 1) * CL * SLICE;",
+         "    bf16* next = exch + static_cast<long>((s + 1) % 3) * CL * SLICE;"),
+        ("  auto exch = torch::empty({(Tn + 1) * CL * slice_elems(ks)}, e1.options());",
+         "  auto exch = torch::empty({3 * CL * slice_elems(ks)}, e1.options());"),
+    ),
 }
+
+
+# --wgmma-timeline: the package's wgmma.cu with a clock read at each part of a step, thread 0 of
+# every CTA, kept in shared memory (16 KB; stores to global memory would hold back the flag's
+# release) and copied out after the loop, with each CTA's clock64 and global timer at its start and
+# end (the SM clock's rate). Stamps a step: 0 its start, 1 its producers' flags seen, 2 the slice
+# landed, 3 the MMAs done, 4 the partial sums received, 5 the flag released, 6 the outputs stored
+# and the next operands' copies issued.
+WGMMA_TIMELINE_STEPS = 512
+WGMMA_TIMELINE_PHASES = ("wait for the producers' flags", "the slice's bulk copy", "the MMAs",
+                         "the reduction (send, receive)", "the epilogue, to the flag's release",
+                         "outputs and next operands, after the release")
+WGMMA_TIMELINE = (
+    ("constexpr int MAX_KS = 28;     // H <= 64 * 28 = 1792",
+     f"""constexpr int MAX_KS = 28;     // H <= 64 * 28 = 1792
+constexpr int STAMP_STEPS = {WGMMA_TIMELINE_STEPS}, STAMPS = 8;
+__device__ unsigned stamp_buf[4 * MAX_KS][STAMP_STEPS][STAMPS];
+__device__ unsigned long long stamp_clock[4 * MAX_KS][4];  // clock64, global timer: start, end
+__device__ __forceinline__ unsigned long long global_ns() {{
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}}"""),
+    ("  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)",
+     """  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)
+  __shared__ unsigned stamps[STAMP_STEPS][STAMPS];
+  if (threadIdx.x == 0) stamp_clock[blockIdx.x][0] = clock64(), stamp_clock[blockIdx.x][2] = global_ns();"""),
+    ("    const int buf = s & 1, t = BWD ? Tn - 1 - s : s;",
+     "    const int buf = s & 1, t = BWD ? Tn - 1 - s : s;\n    unsigned stp[7] = {static_cast<unsigned>(clock())};"),
+    ("      if (s > 0) wait_producers(flags, rank * KS, KS, static_cast<unsigned>(s), lane);",
+     "      if (s > 0) wait_producers(flags, rank * KS, KS, static_cast<unsigned>(s), lane);\n"
+     "      stp[1] = static_cast<unsigned>(clock());"),
+    ("    mbar_wait(bar0 + 16, s & 1);", "    mbar_wait(bar0 + 16, s & 1);\n    stp[2] = static_cast<unsigned>(clock());"),
+    ('    asm volatile("wgmma.wait_group.sync.aligned 0;\\n" ::: "memory");',
+     '    asm volatile("wgmma.wait_group.sync.aligned 0;\\n" ::: "memory");\n    stp[3] = static_cast<unsigned>(clock());'),
+    ("    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);",
+     "    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);\n    stp[4] = static_cast<unsigned>(clock());"),
+    ("    if (threadIdx.x == 0) st_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));",
+     "    if (threadIdx.x == 0) st_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));\n"
+     "    stp[5] = static_cast<unsigned>(clock());"),
+    ("    if (s + 1 < Tn) prefetch(s + 1);",
+     """    if (s + 1 < Tn) prefetch(s + 1);
+    stp[6] = static_cast<unsigned>(clock());
+    if (threadIdx.x == 0 && s < STAMP_STEPS)
+      for (int i = 0; i < 7; ++i) stamps[s][i] = stp[i];"""),
+    ("  cluster_sync();  // no CTA leaves while a peer may still store into its shared memory",
+     """  __syncthreads();
+  for (int i = threadIdx.x; i < min(Tn, STAMP_STEPS) * STAMPS; i += THREADS)
+    stamp_buf[blockIdx.x][i / STAMPS][i % STAMPS] = stamps[i / STAMPS][i % STAMPS];
+  if (threadIdx.x == 0) stamp_clock[blockIdx.x][1] = clock64(), stamp_clock[blockIdx.x][3] = global_ns();
+  cluster_sync();  // no CTA leaves while a peer may still store into its shared memory"""),
+    ("}  // namespace\n\nPYBIND11_MODULE",
+     """// the last launch's stamps [CTAs, steps, 8] and clocks [CTAs, 4], on the CPU
+std::vector<torch::Tensor> stamps() {
+  auto st = torch::empty({4 * MAX_KS, STAMP_STEPS, STAMPS}, torch::kInt32);
+  auto cl = torch::empty({4 * MAX_KS, 4}, torch::kInt64);
+  C10_CUDA_CHECK(cudaDeviceSynchronize());
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(st.data_ptr(), stamp_buf, st.nbytes()));
+  C10_CUDA_CHECK(cudaMemcpyFromSymbol(cl.data_ptr(), stamp_clock, cl.nbytes()));
+  return {st, cl};
+}
+
+}  // namespace
+
+PYBIND11_MODULE"""),
+    ('  mod.def("fits", &fits,', '  mod.def("stamps", &stamps, "the last launch\'s stamps and clocks");\n  mod.def("fits", &fits,'),
+)
+
+
+def timeline_phases(stamps: torch.Tensor, clocks: torch.Tensor, ctas: int, steps: int, skip: int = 4) -> dict:
+    """µs a step of each of :data:`WGMMA_TIMELINE_PHASES` (mean and median over the first ``ctas``
+    CTAs and the steps but the first and last ``skip``), and the step's own period ("step"), from
+    the timeline copy's ``stamps [CTAs, steps, 8]`` (32-bit SM clocks) and ``clocks [CTAs, 4]``
+    (clock64 and global-timer ns at each CTA's start and end: each SM's clock rate)."""
+    steps = min(steps, stamps.shape[1])
+    if steps <= 2 * skip + 1:
+        raise ValueError(f"timeline: {steps} steps leave none between the {skip} skipped at each end")
+    st = stamps[:ctas, :steps, :7].to(torch.int64) & 0xFFFFFFFF
+    cl = clocks[:ctas].to(torch.float64)
+    per_us = ((cl[:, 1] - cl[:, 0]) / (cl[:, 3] - cl[:, 2]) * 1e3)[:, None]  # clocks a µs, each CTA
+    middle = slice(skip, steps - skip)
+    parts = ((st[:, middle, 1:] - st[:, middle, :-1]) & 0xFFFFFFFF).to(torch.float64) / per_us[..., None]
+    period = ((st[:, skip + 1:steps - skip, 0] - st[:, skip:steps - skip - 1, 0]) & 0xFFFFFFFF).to(torch.float64) / per_us
+    out = {name: (parts[..., i].mean().item(), parts[..., i].median().item())
+           for i, name in enumerate(WGMMA_TIMELINE_PHASES)}
+    out["step"] = (period.mean().item(), period.median().item())
+    return out
+
+
+def wgmma_timeline_source() -> Path:
+    """The package's wgmma.cu with the clock reads of :data:`WGMMA_TIMELINE`, in a temporary file."""
+    from rnnlab.ops.elman import wgmma
+
+    return _candidate_file(wgmma.SOURCE, WGMMA_TIMELINE, "wgmma", "timeline")
+
+
+def wgmma_timeline(wx, w, g, source: Path) -> dict:
+    """Dense E1's wgmma kernel's step by its parts (:func:`timeline_phases`), forward and backward:
+    ``{direction: {phase: (mean, median) µs}}``, from ``source`` (:func:`wgmma_timeline_source`),
+    its states checked against the package's first."""
+    from rnnlab.ops.elman import wgmma
+
+    ext = wgmma._ext(source)
+    h = wgmma.forward(wx, w, None)
+    torch.testing.assert_close(wgmma.forward(wx, w, None, source), h, rtol=0, atol=0)
+    ctas = 4 * next(k for k in wgmma.KS_CHOICES if 64 * k >= wx.shape[2])
+    out = {}
+    for direction, run in (("forward", lambda: wgmma.forward(wx, w, None, source)),
+                           ("backward", lambda: wgmma.backward(g, h, w, source))):
+        run()
+        out[direction] = timeline_phases(*ext.stamps(), ctas, wx.shape[1])
+    return out
+
+
+def build_in_parallel(build, sources) -> None:
+    """``build(source)`` for each of ``sources`` at once (each extension ~1.5 minutes of nvcc on
+    one core), so a run with several copies waits for the slowest build, not their sum."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = list(sources)
+    with ThreadPoolExecutor(max(1, len(sources))) as pool:
+        list(pool.map(build, sources))
 
 
 def wgmma_candidate(name: str) -> Path:
@@ -454,7 +622,6 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,), variants=DENSE_FLOOR_VARIANTS,
     waits, the barriers, the partial sums' reduction and the epilogue), the floor of this design's
     dependent chain. The copies are built in parallel first (~1 minute each)."""
     import tempfile
-    from concurrent.futures import ThreadPoolExecutor
 
     from rnnlab.ops.elman import persistent
 
@@ -473,8 +640,7 @@ def dense_floor(add, B, T, reps, dt, shapes=(0,), variants=DENSE_FLOOR_VARIANTS,
     for cuts in variants:
         sources[cuts] = folder / f"persistent_no_{'_'.join(cuts)}.cu"
         sources[cuts].write_text(dense_floor_source(cuts, text))
-    with ThreadPoolExecutor(len(sources)) as pool:
-        list(pool.map(lambda src: persistent._ext(False, src), sources.values()))
+    build_in_parallel(lambda src: persistent._ext(False, src), sources.values())
     h = persistent.forward(wx, w, None, plans[0])
     shape = f"B{B} T{T} H{H}"
     for plan, max_cluster in ((plan, m) for plan in plans for m in (plan.max_cluster, 1)[:1 + without_clusters]):
@@ -773,6 +939,9 @@ def main(argv=None):
                    help="candidate changes to the wgmma kernel (WGMMA_CANDIDATES: "
                    f"{', '.join(WGMMA_CANDIDATES) or 'none now'}), "
                    "timed beside the package's in the dense or persistent section")
+    p.add_argument("--wgmma-timeline", action="store_true",
+                   help="the wgmma kernel's step by its parts (clock reads in a copy of it, WGMMA_TIMELINE), "
+                        "in the dense or persistent section")
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
                    choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "
                    "rnnlab.ops.elman.persistent.SHAPES (default 0, the package's first choice)")
@@ -786,7 +955,8 @@ def main(argv=None):
     against = scan_module_from(args.scan_against) if args.scan_against else None
     for option, given in (("--persistent-against", args.persistent_against),
                           ("--persistent-candidates", args.persistent_candidates),
-                          ("--wgmma-candidates", args.wgmma_candidates)):
+                          ("--wgmma-candidates", args.wgmma_candidates),
+                          ("--wgmma-timeline", args.wgmma_timeline)):
         if given and not {"dense", "persistent"} & set(args.sections):
             p.error(f"{option} times in the dense or persistent section: add one to --sections")
     # the other persistent kernels, by how the command named them: a file, or "candidate NAME"
@@ -794,6 +964,7 @@ def main(argv=None):
     copies |= {f"candidate {name}": persistent_candidate(name) for name in args.persistent_candidates}
     persistent_copies = list(copies.values())
     wgmma_copies = {f"candidate {name}": wgmma_candidate(name) for name in args.wgmma_candidates}
+    timeline = wgmma_timeline_source() if args.wgmma_timeline else None
     if not torch.cuda.is_available():
         p.exit(2, "bench_kernels.py: error: needs a CUDA GPU (torch sees none)\n")
 
@@ -930,6 +1101,7 @@ def main(argv=None):
         add("E1 dense wgmma CUDA", f"B{B} T{T} H{H}",
             fwd_bwd(lambda: mke(ElmanKernelOptions()), args.reps), floor,
             "cooperative, clusters of 4 splitting K, wgmma from W's fragments in registers")
+        build_in_parallel(wgmma._ext, [*wgmma_copies.values(), *([timeline] if timeline else [])])
         if wgmma_copies:  # the kernels alone, the package's and each candidate's; floor as below
             _, (wx, w), g = mke()
             for label, forward, backward, same in wgmma_rows(wx.detach(), w.detach(), g, wgmma_copies):
@@ -938,6 +1110,13 @@ def main(argv=None):
                     f"{label}, outputs within bf16"
                 add("E1 dense wgmma kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb),
                     max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3, agree)
+        if args.wgmma_timeline:  # µs a step of each part, forward and backward: a row each, as ms a layer
+            _, (wx, w), g = mke()
+            parts = wgmma_timeline(wx.detach(), w.detach(), g, timeline)
+            for phase, (fm, fmed) in parts["forward"].items():
+                bm, bmed = parts["backward"][phase]
+                add(f"E1 dense wgmma timeline: {phase}", f"B{B} T{T} H{H}", (fm * T / 1e3, bm * T / 1e3, (fm + bm) * T / 1e3),
+                    0.0, f"us a step, mean (median): fwd {fm:.3f} ({fmed:.3f}), bwd {bm:.3f} ({bmed:.3f})")
     if persistent_copies:  # the kernels alone (no autograd, no dW GEMM), the package's and each copy's
         # their floor: two recurrent products a step (no dW), wx and h, then g, h and dpre in bytes
         kernels_floor = max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3

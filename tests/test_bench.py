@@ -1684,6 +1684,44 @@ def test_persistent_against_pairs_the_package_kernels_with_the_copy(tmp_path, mo
             next(bk.persistent_pairs(wx, w, g, [copy]))
 
 
+def test_wgmma_timeline_instruments_the_kernel_and_splits_its_step():
+    """bench_kernels.py --wgmma-timeline: its clock reads apply to the package's wgmma.cu (each
+    edit exactly once) and add only stamps (the kernel's lines all kept); the step's parts come
+    out in µs at each SM's own clock rate, across a wrap of the 32-bit clock, and sum to the step."""
+    from rnnlab.ops.elman import wgmma
+
+    bk = _benchmark_script("bench_kernels")
+    source = wgmma.SOURCE.read_text()
+    timed = bk.wgmma_timeline_source().read_text()
+    assert timed.count("clock()") == 7 and "stamp_buf" in timed and '"stamps"' in timed
+    kept = [line for line in source.splitlines() if line.strip()]
+    timed_lines = iter(timed.splitlines())
+    assert all(any(line == t for t in timed_lines) for line in kept)  # in order, none dropped
+    ctas, steps = 3, 20
+    durations = torch.tensor([5.0, 1.0, 2.0, 3.0, 1.5, 0.5])  # µs a part
+    rate = torch.tensor([2000.0, 1500.0, 1800.0])  # clocks a µs, each CTA's SM
+    ticks = (durations[None, :] * rate[:, None]).round().to(torch.int64)  # [ctas, 6]
+    start = torch.tensor([2**32 - 40_000, 0, 123])  # CTA 0's clock wraps mid-run
+    step = ticks.sum(1)
+    stamps = torch.zeros(ctas + 1, steps, 8, dtype=torch.int64)
+    for s in range(steps):
+        at = start + s * step
+        stamps[:ctas, s, 0] = at
+        stamps[:ctas, s, 1:7] = at[:, None] + ticks.cumsum(1)
+    low = stamps & 0xFFFFFFFF  # the kernel's 32-bit unsigned clocks, read back as int32
+    stamps = torch.where(low >= 2**31, low - 2**32, low).to(torch.int32)
+    clocks = torch.zeros(ctas + 1, 4, dtype=torch.int64)
+    clocks[:ctas, 1] = (rate * 1000).to(torch.int64)  # clock64 over a millisecond of global timer
+    clocks[:ctas, 3] = 10**6
+    parts = bk.timeline_phases(stamps, clocks, ctas, steps)
+    assert list(parts) == [*bk.WGMMA_TIMELINE_PHASES, "step"]
+    for name, want in zip(bk.WGMMA_TIMELINE_PHASES, durations.tolist()):
+        assert parts[name] == pytest.approx((want, want), abs=1e-3), name
+    assert parts["step"] == pytest.approx((durations.sum().item(),) * 2, abs=1e-3)
+    with pytest.raises(ValueError, match="leave none"):
+        bk.timeline_phases(stamps, clocks, ctas, 9)
+
+
 def test_wgmma_rows_time_the_package_kernel_then_each_checked_copy(tmp_path, monkeypatch):
     """bench_kernels.py --wgmma-candidates: the package's wgmma kernel first, then each copy's
     (built from its own source), flagged bit for bit when their states and dpre are equal; a copy
@@ -1727,6 +1765,9 @@ def test_against_options_need_their_sections(capsys, monkeypatch):
         with pytest.raises(SystemExit) as stop:
             bk.main(["--sections", section, "--persistent-against", "missing.cu"])
         assert stop.value.code == 2 and "needs an existing CUDA file" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        bk.main(["--sections", "scan", "--wgmma-timeline"])
+    assert stop.value.code == 2 and "--wgmma-timeline times in the dense or persistent section" in capsys.readouterr().err
 
 
 def test_scan_instructions_counts_the_fused_scans_time_loop(tmp_path):
