@@ -353,75 +353,38 @@ def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
 # with ``--wgmma-candidates NAME`` (the dense or persistent section) beside the package's kernel,
 # their outputs checked against it (``wgmma_rows``). v4-reduce (st.async of four floats) and
 # bulk-reduce (one bulk copy a warp) ran slower than the package's two-float st.async (docs/kernels.md,
-# dense E1; their edits are in commit 7b462cc). Open (written 2026-12-03, not yet run; their
-# predictions in docs/kernels.md):
-#   producer-chunks: the exchange buffer laid out by producer cluster (each 32 x 64 chunk of a
-#   slice contiguous, 4 KB); warp 0 issues a chunk's bulk copy (on an mbarrier of its own) as soon
-#   as its 4 producers' flags arrive, and the warpgroup runs each chunk's 4 MMAs as soon as it lands
+# dense E1; their edits are in commit 7b462cc), and producer-chunks (each producer cluster's chunk
+# of the slice copied and multiplied as its flags arrive: 0.83 ms slower, commit 88732ff has it).
+# Open (written 2026-12-03; their predictions and measurements in docs/kernels.md):
+#   control: the package's code under another name, timed as a copy (the bias of a copy's row)
+#   relaxed-poll: the producers' flags polled with relaxed loads, one acquire fence after them all
+#   early-barrier: the wait for the step's operands and its barrier before the partial sums' wait
 #   two-chains: the KS MMAs in two accumulation chains (K steps even and odd), summed after
 #   packed-stores: the step's outputs through a shared-memory tile, stored to the exchange buffer
 #   and the output by 64 16-byte stores instead of 512 2-byte ones
 #   ring-3: the exchange buffer a ring of 3 slots, not T + 1 (docs/kernels.md says why 3 are enough)
 WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
-    "producer-chunks": (
-        ("""  const int k = j % KC;
-  return j / KC * slice_elems(KS) + b / 8 * (KC * 8) + k / 8 * 64 + b % 8 * 8 + k % 8;""",
-         """  const int k = j % KC, kc = k % 64;  // chunk k / 64: 32 x 64, core matrices 128 bytes apart in K, 1 KB in N
-  return j / KC * slice_elems(KS) + k / 64 * 2048 + b / 8 * 512 + kc / 8 * 64 + b % 8 * 8 + kc % 8;"""),
-        ("  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)",
-         "  __shared__ __align__(8) unsigned long long bars[2 + MAX_KS / 4];  // receive (0, 1), each chunk's staging"),
-        ("    for (int i = 0; i < 3; ++i) mbar_init(bar0 + 8 * i);",
-         "    for (int i = 0; i < 2 + KS / 4; ++i) mbar_init(bar0 + 8 * i);"),
-        ("""    if (warp == 0) {
-      if (s > 0) wait_producers(flags, rank * KS, KS, static_cast<unsigned>(s), lane);
-      asm volatile("fence.proxy.async.global;\\n" ::: "memory");  // their stores, before the copy reads
-      if (lane == 0) {
-        mbar_expect(bar0 + 16, SLICE * 2);
-        bulk_copy(bs_addr, exch + (static_cast<long>(s) * CL + rank) * SLICE, SLICE * 2, bar0 + 16);
-        mbar_expect(bar0 + 8 * buf, CL * OWN * NB * 4);  // this step's partial sums: 4 x 16 x 32 floats
-      }
-    }
-    mbar_wait(bar0 + 16, s & 1);""",
-         """    if (warp == 0) {
-      constexpr int NCH = KS / 4;  // chunks of the slice: lanes 4c .. 4c + 3 poll chunk c's producers
-      if (lane == 0) mbar_expect(bar0 + 8 * buf, CL * OWN * NB * 4);  // this step's partial sums
-      const bf16* slot = exch + (static_cast<long>(s) * CL + rank) * SLICE;
-      unsigned issued = 0;
-      bool done = s == 0 || lane >= KS;
-      while (issued != (1u << NCH) - 1) {
-        if (!done) done = ld_acquire(flags + rank * KS + lane) >= static_cast<unsigned>(s);
-        const unsigned ready = __ballot_sync(0xffffffffu, done);
-        unsigned fresh = 0;
-#pragma unroll
-        for (int c = 0; c < NCH; ++c)
-          if (((ready >> (4 * c)) & 0xFu) == 0xFu && !(issued >> c & 1u)) fresh |= 1u << c;
-        if (fresh) {
-          __syncwarp();  // the acquiring lanes' view, for lane 0's copies
-          asm volatile("fence.proxy.async.global;\\n" ::: "memory");  // their stores, before the copies read
-          if (lane == 0) {
-#pragma unroll
-            for (int c = 0; c < NCH; ++c) {
-              if (fresh >> c & 1u) {
-                mbar_expect(bar0 + 16 + 8 * c, 4096);
-                bulk_copy(bs_addr + 4096 * c, slot + 2048 * c, 4096, bar0 + 16 + 8 * c);
-              }
-            }
-          }
-          issued |= fresh;
-        }
-      }
-    }"""),
-        ("""#pragma unroll
-    for (int k = 0; k < KS; ++k) wgmma_64x32x16(acc, a[k], smem_desc(bs_addr + k * 256, 128, KC * 16), k);""",
-         """#pragma unroll
-    for (int k = 0; k < KS; ++k) {
-      if (k % 4 == 0) mbar_wait(bar0 + 16 + 8 * (k / 4), s & 1);  // chunk k / 4 has landed
-      wgmma_64x32x16(acc, a[k], smem_desc(bs_addr + 4096 * (k / 4) + 256 * (k % 4), 128, 1024), k);
-    }"""),
-        ("""  // [b / 8, b % 8, slice, k / 8, k % 8] -> [slice, b / 8, k / 8, b % 8, k % 8]
-  auto tiled = s0.view({NB / 8, 8, CL, kc / 8, 8}).permute({2, 0, 3, 1, 4}).reshape({-1});""",
-         """  // [b / 8, b % 8, slice, chunk, k / 8, k % 8] -> [slice, chunk, b / 8, k / 8, b % 8, k % 8]
-  auto tiled = s0.view({NB / 8, 8, CL, kc / 64, 8, 8}).permute({2, 3, 0, 4, 1, 5}).reshape({-1});"""),
+    "control": (  # the package's code under another name: what a copy's build and its place in the run do
+        ("// Dense E1 scan on Hopper's warpgroup MMA", "// (control copy) Dense E1 scan on Hopper's warpgroup MMA"),
+    ),
+    "relaxed-poll": (
+        ("  while (!__all_sync(0xffffffffu, done)) done = done || ld_acquire(flags + p0 + lane) >= steps;\n  __syncwarp();",
+         """  while (!__all_sync(0xffffffffu, done)) {
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\\n" : "=r"(v) : "l"(flags + p0 + lane) : "memory");
+    done = done || v >= steps;
+  }
+  asm volatile("fence.acq_rel.gpu;\\n" ::: "memory");  // one acquire for all the polls
+  __syncwarp();"""),
+    ),
+    "early-barrier": (
+        ("    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);",
+         """    cp_async_wait_all();  // this step's operands (issued a step ago)
+    __syncthreads();      // every thread's copies; every thread done with the other buffer's operands
+    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);"""),
+        ("""    cp_async_wait_all();  // this step's operands (issued a step ago)
+    __syncthreads();      // every thread's copies; every thread done with the other buffer's operands
+    const float p[4]""", "    const float p[4]"),
     ),
     "two-chains": (
         ("  float acc[16];", "  float acc[16], acc2[16];  // two accumulation chains: K steps even, odd"),
@@ -469,12 +432,13 @@ WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
 # every CTA, kept in shared memory (16 KB; stores to global memory would hold back the flag's
 # release) and copied out after the loop, with each CTA's clock64 and global timer at its start and
 # end (the SM clock's rate). Stamps a step: 0 its start, 1 its producers' flags seen, 2 the slice
-# landed, 3 the MMAs done, 4 the partial sums received, 5 the flag released, 6 the outputs stored
-# and the next operands' copies issued.
+# landed, 3 the MMAs done, 4 the partial sums received, 5 the exchange buffer's stores done (the
+# barrier before the release), 6 the flag released, 7 the outputs stored and the next operands'
+# copies issued.
 WGMMA_TIMELINE_STEPS = 512
 WGMMA_TIMELINE_PHASES = ("wait for the producers' flags", "the slice's bulk copy", "the MMAs",
-                         "the reduction (send, receive)", "the epilogue, to the flag's release",
-                         "outputs and next operands, after the release")
+                         "the reduction (send, receive)", "the epilogue, to the barrier before the release",
+                         "the release (its fence)", "outputs and next operands, after the release")
 WGMMA_TIMELINE = (
     ("constexpr int MAX_KS = 28;     // H <= 64 * 28 = 1792",
      f"""constexpr int MAX_KS = 28;     // H <= 64 * 28 = 1792
@@ -491,7 +455,7 @@ __device__ __forceinline__ unsigned long long global_ns() {{
   __shared__ unsigned stamps[STAMP_STEPS][STAMPS];
   if (threadIdx.x == 0) stamp_clock[blockIdx.x][0] = clock64(), stamp_clock[blockIdx.x][2] = global_ns();"""),
     ("    const int buf = s & 1, t = BWD ? Tn - 1 - s : s;",
-     "    const int buf = s & 1, t = BWD ? Tn - 1 - s : s;\n    unsigned stp[7] = {static_cast<unsigned>(clock())};"),
+     "    const int buf = s & 1, t = BWD ? Tn - 1 - s : s;\n    unsigned stp[8] = {static_cast<unsigned>(clock())};"),
     ("      if (s > 0) wait_producers(flags, rank * KS, KS, static_cast<unsigned>(s), lane);",
      "      if (s > 0) wait_producers(flags, rank * KS, KS, static_cast<unsigned>(s), lane);\n"
      "      stp[1] = static_cast<unsigned>(clock());"),
@@ -501,13 +465,14 @@ __device__ __forceinline__ unsigned long long global_ns() {{
     ("    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);",
      "    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);\n    stp[4] = static_cast<unsigned>(clock());"),
     ("    if (threadIdx.x == 0) st_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));",
+     "    stp[5] = static_cast<unsigned>(clock());\n"
      "    if (threadIdx.x == 0) st_release(flags + blockIdx.x, static_cast<unsigned>(s + 1));\n"
-     "    stp[5] = static_cast<unsigned>(clock());"),
+     "    stp[6] = static_cast<unsigned>(clock());"),
     ("    if (s + 1 < Tn) prefetch(s + 1);",
      """    if (s + 1 < Tn) prefetch(s + 1);
-    stp[6] = static_cast<unsigned>(clock());
+    stp[7] = static_cast<unsigned>(clock());
     if (threadIdx.x == 0 && s < STAMP_STEPS)
-      for (int i = 0; i < 7; ++i) stamps[s][i] = stp[i];"""),
+      for (int i = 0; i < STAMPS; ++i) stamps[s][i] = stp[i];"""),
     ("  cluster_sync();  // no CTA leaves while a peer may still store into its shared memory",
      """  __syncthreads();
   for (int i = threadIdx.x; i < min(Tn, STAMP_STEPS) * STAMPS; i += THREADS)
@@ -535,12 +500,12 @@ PYBIND11_MODULE"""),
 def timeline_phases(stamps: torch.Tensor, clocks: torch.Tensor, ctas: int, steps: int, skip: int = 4) -> dict:
     """µs a step of each of :data:`WGMMA_TIMELINE_PHASES` (mean and median over the first ``ctas``
     CTAs and the steps but the first and last ``skip``), and the step's own period ("step"), from
-    the timeline copy's ``stamps [CTAs, steps, 8]`` (32-bit SM clocks) and ``clocks [CTAs, 4]``
+    the timeline copy's ``stamps [CTAs, steps, 8]`` (32-bit SM clocks, in order) and ``clocks [CTAs, 4]``
     (clock64 and global-timer ns at each CTA's start and end: each SM's clock rate)."""
     steps = min(steps, stamps.shape[1])
     if steps <= 2 * skip + 1:
         raise ValueError(f"timeline: {steps} steps leave none between the {skip} skipped at each end")
-    st = stamps[:ctas, :steps, :7].to(torch.int64) & 0xFFFFFFFF
+    st = stamps[:ctas, :steps].to(torch.int64) & 0xFFFFFFFF
     cl = clocks[:ctas].to(torch.float64)
     per_us = ((cl[:, 1] - cl[:, 0]) / (cl[:, 3] - cl[:, 2]) * 1e3)[:, None]  # clocks a µs, each CTA
     middle = slice(skip, steps - skip)
@@ -1104,8 +1069,14 @@ def main(argv=None):
         build_in_parallel(wgmma._ext, [*wgmma_copies.values(), *([timeline] if timeline else [])])
         if wgmma_copies:  # the kernels alone, the package's and each candidate's; floor as below
             _, (wx, w), g = mke()
-            for label, forward, backward, same in wgmma_rows(wx.detach(), w.detach(), g, wgmma_copies):
-                tf, tb = timeit(forward, args.reps), timeit(backward, args.reps)
+            timed = list(wgmma_rows(wx.detach(), w.detach(), g, wgmma_copies))
+            fwd, bwd = ({label: [] for label, *_ in timed} for _ in range(2))
+            for _ in range(3):  # rounds, each row once a round, so the rows' order favours none
+                for label, forward, backward, _ in timed:
+                    fwd[label].append(timeit(forward, args.reps))
+                    bwd[label].append(timeit(backward, args.reps))
+            for label, _, _, same in timed:
+                tf, tb = statistics.median(fwd[label]), statistics.median(bwd[label])
                 agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
                     f"{label}, outputs within bf16"
                 add("E1 dense wgmma kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb),

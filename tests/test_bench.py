@@ -1693,12 +1693,12 @@ def test_wgmma_timeline_instruments_the_kernel_and_splits_its_step():
     bk = _benchmark_script("bench_kernels")
     source = wgmma.SOURCE.read_text()
     timed = bk.wgmma_timeline_source().read_text()
-    assert timed.count("clock()") == 7 and "stamp_buf" in timed and '"stamps"' in timed
+    assert timed.count("clock()") == 8 and "stamp_buf" in timed and '"stamps"' in timed
     kept = [line for line in source.splitlines() if line.strip()]
     timed_lines = iter(timed.splitlines())
     assert all(any(line == t for t in timed_lines) for line in kept)  # in order, none dropped
     ctas, steps = 3, 20
-    durations = torch.tensor([5.0, 1.0, 2.0, 3.0, 1.5, 0.5])  # µs a part
+    durations = torch.tensor([5.0, 1.0, 2.0, 3.0, 1.5, 0.25, 0.5])  # µs a part
     rate = torch.tensor([2000.0, 1500.0, 1800.0])  # clocks a µs, each CTA's SM
     ticks = (durations[None, :] * rate[:, None]).round().to(torch.int64)  # [ctas, 6]
     start = torch.tensor([2**32 - 40_000, 0, 123])  # CTA 0's clock wraps mid-run
@@ -1707,7 +1707,7 @@ def test_wgmma_timeline_instruments_the_kernel_and_splits_its_step():
     for s in range(steps):
         at = start + s * step
         stamps[:ctas, s, 0] = at
-        stamps[:ctas, s, 1:7] = at[:, None] + ticks.cumsum(1)
+        stamps[:ctas, s, 1:] = at[:, None] + ticks.cumsum(1)
     low = stamps & 0xFFFFFFFF  # the kernel's 32-bit unsigned clocks, read back as int32
     stamps = torch.where(low >= 2**31, low - 2**32, low).to(torch.int32)
     clocks = torch.zeros(ctas + 1, 4, dtype=torch.int64)
