@@ -484,9 +484,10 @@ def test_elman_lowrank_persistent_declines_ranks_outside_its_range():
 
 
 # (B, T, H): E1 d26's width (28 clusters, H padded to 1792); B = 1 and T = 1; odd widths and
-# batches (H padded to the next kernel's width: 200 -> 256, 1000 -> 1024; B = 7); a long
-# sequence (many steps of the flags and the mbarriers' phases)
-WGMMA_CASES = [(32, 48, 1760), (1, 1, 64), (7, 9, 200), (3, 300, 256), (5, 17, 512), (32, 33, 1000)]
+# batches (H padded to the next kernel's width: 200 -> 256, 1000 -> 1024; B = 7); long sequences
+# (many steps of the flags and the mbarriers' phases, the exchange buffer's ring of 3 slots
+# wrapping around; B = 1, T = 2500 at E1 d26's width was declined while the buffer had a slot a step)
+WGMMA_CASES = [(32, 48, 1760), (1, 1, 64), (7, 9, 200), (3, 300, 256), (5, 17, 512), (32, 33, 1000), (1, 2500, 1760)]
 
 
 @pytest.mark.parametrize("case", WGMMA_CASES)
@@ -525,6 +526,7 @@ def test_elman_dense_wgmma_declines_what_it_cannot_run():
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel needs a compute-capability 9.0 GPU")
     assert wgmma.supported(torch.empty(32, 2, 1792, device=DEV, dtype=torch.bfloat16))
+    assert wgmma.supported(torch.empty(1, 20000, 1760, device=DEV, dtype=torch.bfloat16))  # any length
     for shape, dtype in (((2, 2, 1800), torch.bfloat16), ((33, 2, 64), torch.bfloat16),
                          ((2, 2, 64), torch.float16), ((2, 2, 100), torch.bfloat16)):
         assert not wgmma.supported(torch.empty(shape, device=DEV, dtype=dtype)), (shape, dtype)

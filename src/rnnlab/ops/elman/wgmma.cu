@@ -12,8 +12,10 @@
 //   1. waits for the KS CTAs that produce its K slice (per-CTA step flags, release / acquire),
 //      then copies the slice of the previous state (32 rows x KC, 2 KS KB) with ONE bulk copy
 //      (the TMA unit) into shared memory, counted on an mbarrier. The producers wrote it in
-//      wgmma's core-matrix layout into an exchange buffer with one slot a step ([T + 1][4 slices]),
-//      so no slot is rewritten while a slower consumer may still copy it;
+//      wgmma's core-matrix layout into an exchange buffer, a ring of 3 slots ([3][4 slices]):
+//      when a CTA writes slot s + 1 (mod 3) at step s, its step-s partial sums have arrived, so
+//      the four CTAs of its cluster passed their step-s flag waits, which together cover every
+//      CTA: every CTA has finished step s - 1, and with it its copies of slots s - 1 and s - 2;
 //   2. issues KS wgmma.m64n32k16: the 64 x 32 partial product over its K range, fp32;
 //   3. sends the partial sums to their owners: warp w's 16 rows are the 16 columns CTA w of the
 //      cluster owns, stored by st.async into CTA w's receive buffer (two by step parity), counted
@@ -73,8 +75,8 @@ __device__ __forceinline__ int exchange_offset(int b, int j) {
 }
 
 // e1: forward wx, backward g; e2: backward h (unused forward), all [B, T, H]; m: [H, H] (W or
-// W^T); out: [B, T, H]; exch: [T + 1][4][32 x KC], slot 0 the state before the first step (the
-// host writes it); flags: [4 KS] zeros.
+// W^T); out: [B, T, H]; exch: [3][4][32 x KC], slot 0 the state before the first step (the host
+// writes it); flags: [4 KS] zeros.
 template <int KS, bool BWD>
 __global__ void __launch_bounds__(THREADS, 1)
 elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16* __restrict__ m,
@@ -135,13 +137,13 @@ elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16
   float acc[16];
   for (int s = 0; s < Tn; ++s) {
     const int buf = s & 1, t = BWD ? Tn - 1 - s : s;
-    // 1. the previous state's K slice: its producers (CTAs KS rank ..) have written slot s
+    // 1. the previous state's K slice: its producers (CTAs KS rank ..) have written slot s % 3
     if (warp == 0) {
       if (s > 0) wait_producers(flags, rank * KS, KS, static_cast<unsigned>(s), lane);
       asm volatile("fence.proxy.async.global;\n" ::: "memory");  // their stores, before the copy reads
       if (lane == 0) {
         mbar_expect(bar0 + 16, SLICE * 2);
-        bulk_copy(bs_addr, exch + (static_cast<long>(s) * CL + rank) * SLICE, SLICE * 2, bar0 + 16);
+        bulk_copy(bs_addr, exch + (static_cast<long>(s % 3) * CL + rank) * SLICE, SLICE * 2, bar0 + 16);
         mbar_expect(bar0 + 8 * buf, CL * OWN * NB * 4);  // this step's partial sums: 4 x 16 x 32 floats
       }
     }
@@ -175,7 +177,7 @@ elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16
     __syncthreads();      // every thread's copies; every thread done with the other buffer's operands
     const float p[4] = {v.x, v.y, v.z, v.w};
     bf16 y[4];
-    bf16* next = exch + static_cast<long>(s + 1) * CL * SLICE;
+    bf16* next = exch + static_cast<long>((s + 1) % 3) * CL * SLICE;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       const int n = n0 + q;
@@ -309,7 +311,7 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
   auto out = torch::empty_like(e1);
   if (B == 0 || Tn == 0) return out;
   const int ks = pick_ks(H);
-  auto exch = torch::empty({(Tn + 1) * CL * slice_elems(ks)}, e1.options());
+  auto exch = torch::empty({3 * CL * slice_elems(ks)}, e1.options());
   write_slot0(exch, x0, static_cast<int>(B), static_cast<int>(H), ks);
   auto flags = torch::zeros({CL * ks}, e1.options().dtype(torch::kInt32));
   const bf16* pe1 = reinterpret_cast<const bf16*>(e1.data_ptr());

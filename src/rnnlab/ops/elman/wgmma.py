@@ -24,7 +24,7 @@ import torch
 
 from rnnlab.ops.elman import persistent
 
-__all__ = ["SOURCE", "HEADER", "KS_CHOICES", "exchange_bytes", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
+__all__ = ["SOURCE", "HEADER", "KS_CHOICES", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
 
 SOURCE = Path(__file__).with_name("wgmma.cu")
 HEADER = Path(__file__).with_name("sm90.cuh")  # its PTX wrappers, shared with benchmarks/dense_wgmma_probe.cu
@@ -52,15 +52,6 @@ def _fits(device_index: int, H: int) -> bool:
         return bool(_ext().fits(H))
 
 
-def exchange_bytes(x: torch.Tensor) -> int:
-    """The bytes of the kernel's exchange buffer for ``x: [B, T, H]``: a slot of the padded state
-    (32 rows x H padded to 64 KS) for each of T + 1 steps, whatever B is (a ring of 3 slots would
-    do; docs/kernels.md)."""
-    T, H = x.shape[1], x.shape[2]
-    ks = next(k for k in KS_CHOICES if 64 * k >= H)
-    return (T + 1) * MAX_BATCH * 64 * ks * x.element_size()
-
-
 def _takes(x: torch.Tensor) -> bool:
     """Whether the kernel takes ``x``'s shape and dtype: bf16 ``[B, T, H]``, B <= :data:`MAX_BATCH`,
     H a multiple of 8 up to :data:`MAX_WIDTH` (what both :func:`supported` and :func:`_check` ask)."""
@@ -70,13 +61,10 @@ def _takes(x: torch.Tensor) -> bool:
 
 def supported(x: torch.Tensor) -> bool:
     """Whether the kernel runs the dense scan of ``x: [B, T, H]``: a bf16 CUDA tensor with B <=
-    :data:`MAX_BATCH`, H a multiple of 8 up to :data:`MAX_WIDTH` and an exchange buffer no larger
-    than 4 x's or 256 MiB (small batches of long sequences go to the persistent kernel), on a
-    compute-capability 9.0 GPU where every cluster of the launch can be resident. Anything else is
-    declined without building the extension (the residency check builds it)."""
+    :data:`MAX_BATCH` and H a multiple of 8 up to :data:`MAX_WIDTH`, on a compute-capability 9.0
+    GPU where every cluster of the launch can be resident. Anything else is declined without
+    building the extension (the residency check builds it)."""
     if not x.is_cuda or not _takes(x):
-        return False
-    if exchange_bytes(x) > max(4 * x.nbytes, 256 * 2**20):
         return False
     if torch.cuda.get_device_capability(x.device) != (9, 0) or int((torch.version.cuda or "0").split(".")[0]) < 12:
         return False
