@@ -362,7 +362,7 @@ def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
 #   two-chains: the KS MMAs in two accumulation chains (K steps even and odd), summed after
 #   packed-stores: the step's outputs through a shared-memory tile, stored to the exchange buffer
 #   and the output by 64 16-byte stores instead of 512 2-byte ones
-#   ring-3: the exchange buffer a ring of 3 slots, not T + 1 (docs/kernels.md says why 3 are enough)
+#   slot-a-step: the exchange buffer with a slot a step, as before its ring of 3 slots
 WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
     "control": (  # the package's code under another name: what a copy's build and its place in the run do
         ("// Dense E1 scan on Hopper's warpgroup MMA", "// (control copy) Dense E1 scan on Hopper's warpgroup MMA"),
@@ -417,13 +417,13 @@ WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
       *reinterpret_cast<uint4*>(out + rn * sT + static_cast<long>(t) * H + col_own + r8) =
           *reinterpret_cast<const uint4*>(&ytile[rn * OWN + r8]);"""),
     ),
-    "ring-3": (
-        ("bulk_copy(bs_addr, exch + (static_cast<long>(s) * CL + rank) * SLICE,",
-         "bulk_copy(bs_addr, exch + (static_cast<long>(s % 3) * CL + rank) * SLICE,"),
-        ("    bf16* next = exch + static_cast<long>(s + 1) * CL * SLICE;",
-         "    bf16* next = exch + static_cast<long>((s + 1) % 3) * CL * SLICE;"),
-        ("  auto exch = torch::empty({(Tn + 1) * CL * slice_elems(ks)}, e1.options());",
-         "  auto exch = torch::empty({3 * CL * slice_elems(ks)}, e1.options());"),
+    "slot-a-step": (  # the exchange buffer before its ring: a slot a step
+        ("bulk_copy(bs_addr, exch + (static_cast<long>(s % 3) * CL + rank) * SLICE,",
+         "bulk_copy(bs_addr, exch + (static_cast<long>(s) * CL + rank) * SLICE,"),
+        ("    bf16* next = exch + static_cast<long>((s + 1) % 3) * CL * SLICE;",
+         "    bf16* next = exch + static_cast<long>(s + 1) * CL * SLICE;"),
+        ("  auto exch = torch::empty({3 * CL * slice_elems(ks)}, e1.options());",
+         "  auto exch = torch::empty({(Tn + 1) * CL * slice_elems(ks)}, e1.options());"),
     ),
 }
 
