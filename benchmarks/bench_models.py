@@ -202,7 +202,7 @@ def build(cfgd: dict) -> nn.Module:
 # breakdown's top kernels name them.
 KERNEL_KINDS = [
     ("mixer", ("_scan_fwd", "_scan_bwd", "_diag_fwd", "_diag_bwd", "_heads_fwd", "_heads_bwd", "_dense_step",
-               "_e88_fwd", "_e88_bwd", "elman_persistent", "_state_passing", "_bmm_chunk", "causal_conv1d",
+               "_e88_fwd", "_e88_bwd", "elman_persistent", "elman_wgmma", "_state_passing", "_bmm_chunk", "causal_conv1d",
                "chunk_", "fused_recurrent", "wy_repr", "recompute_w_u", "solve_tril", "merge_16x16", "l2norm")),
     ("matmul", ("gemm", "cutlass", "xmma", "nvjet", "cublas", "wgmma", "triton_tem_")),
     ("Inductor's fused kernels", ("triton_",)),

@@ -1059,11 +1059,12 @@ def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
     kernels = [("sm90_xmma_gemm_bf16bf16_bf16f32", 40.0, 20), ("nvjet_tst_128x256_64x4", 20.0, 10),
                ("triton_tem_fused_mm_0", 2.0, 2), ("_heads_fwd", 10.0, 62), ("elman_persistent<bf16>", 8.0, 52),
                ("_chunk_scan_fwd_kernel", 6.0, 44), ("triton_poi_fused_silu_mul_3", 4.0, 100),
-               ("multi_tensor_apply_kernel<...>", 3.0, 6), ("vectorized_elementwise_kernel<4>", 1.0, 8)]
+               ("multi_tensor_apply_kernel<...>", 3.0, 6), ("vectorized_elementwise_kernel<4>", 1.0, 8),
+               ("void (anonymous namespace)::elman_wgmma<28, false>(...)", 4.0, 52)]  # a scan, not a GEMM
     out = bm.kernel_breakdown(kernels, steps=2)
-    assert out["by_kind_ms"] == {"matmul": 31.0, "mixer": 12.0, "Inductor's fused kernels": 2.0,
+    assert out["by_kind_ms"] == {"matmul": 31.0, "mixer": 14.0, "Inductor's fused kernels": 2.0,
                                  "optimizer": 1.5, "other": 0.5}
-    assert out["gpu_ms_per_step"] == 47.0 and out["kernels_per_step"] == 152.0
+    assert out["gpu_ms_per_step"] == 49.0 and out["kernels_per_step"] == 178.0
     assert [t["kernel"] for t in out["top"][:2]] == ["sm90_xmma_gemm_bf16bf16_bf16f32", "nvjet_tst_128x256_64x4"]
     assert out["top"][3] == {"kernel": "elman_persistent<bf16>", "kind": "mixer", "ms_per_step": 4.0,
                              "launches_per_step": 26.0}
