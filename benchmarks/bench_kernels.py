@@ -351,79 +351,18 @@ def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
 
 # Candidate changes to dense E1's wgmma kernel (wgmma.cu), as for the persistent kernel above, timed
 # with ``--wgmma-candidates NAME`` (the dense or persistent section) beside the package's kernel,
-# their outputs checked against it (``wgmma_rows``). v4-reduce (st.async of four floats) and
-# bulk-reduce (one bulk copy a warp) ran slower than the package's two-float st.async (docs/kernels.md,
-# dense E1; their edits are in commit 7b462cc), and producer-chunks (each producer cluster's chunk
-# of the slice copied and multiplied as its flags arrive: 0.83 ms slower, commit 88732ff has it).
-# Open (written 2026-12-03; their predictions and measurements in docs/kernels.md):
-#   control: the package's code under another name, timed as a copy (the bias of a copy's row)
-#   relaxed-poll: the producers' flags polled with relaxed loads, one acquire fence after them all
-#   early-barrier: the wait for the step's operands and its barrier before the partial sums' wait
-#   two-chains: the KS MMAs in two accumulation chains (K steps even and odd), summed after
-#   packed-stores: the step's outputs through a shared-memory tile, stored to the exchange buffer
-#   and the output by 64 16-byte stores instead of 512 2-byte ones
-#   slot-a-step: the exchange buffer with a slot a step, as before its ring of 3 slots
+# their outputs checked against it (``wgmma_rows``), each row timed in three interleaved rounds.
+# Tried and dropped (docs/kernels.md, dense E1, has each prediction and measurement): v4-reduce
+# (st.async of four floats) and bulk-reduce (one bulk copy a warp), slower than the package's
+# two-float st.async (their edits in commit 7b462cc); producer-chunks (each producer cluster's chunk
+# of the slice copied and multiplied as its flags arrive), 0.83 ms slower (commit 88732ff);
+# relaxed-poll, early-barrier, two-chains, packed-stores, slower or equal, and slot-a-step (the
+# exchange buffer before its ring), equal (commit d9dde90). Kept:
+#   control: the package's code under another name, timed as a copy: what a copy's own build and
+#   its place among the rows do to its time (within 0.3% of the package's in run 5)
 WGMMA_CANDIDATES: dict[str, tuple[tuple[str, str], ...]] = {
     "control": (  # the package's code under another name: what a copy's build and its place in the run do
         ("// Dense E1 scan on Hopper's warpgroup MMA", "// (control copy) Dense E1 scan on Hopper's warpgroup MMA"),
-    ),
-    "relaxed-poll": (
-        ("  while (!__all_sync(0xffffffffu, done)) done = done || ld_acquire(flags + p0 + lane) >= steps;\n  __syncwarp();",
-         """  while (!__all_sync(0xffffffffu, done)) {
-    unsigned v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];\\n" : "=r"(v) : "l"(flags + p0 + lane) : "memory");
-    done = done || v >= steps;
-  }
-  asm volatile("fence.acq_rel.gpu;\\n" ::: "memory");  // one acquire for all the polls
-  __syncwarp();"""),
-    ),
-    "early-barrier": (
-        ("    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);",
-         """    cp_async_wait_all();  // this step's operands (issued a step ago)
-    __syncthreads();      // every thread's copies; every thread done with the other buffer's operands
-    mbar_wait(bar0 + 8 * buf, (s >> 1) & 1);"""),
-        ("""    cp_async_wait_all();  // this step's operands (issued a step ago)
-    __syncthreads();      // every thread's copies; every thread done with the other buffer's operands
-    const float p[4]""", "    const float p[4]"),
-    ),
-    "two-chains": (
-        ("  float acc[16];", "  float acc[16], acc2[16];  // two accumulation chains: K steps even, odd"),
-        ("""#pragma unroll
-    for (int k = 0; k < KS; ++k) wgmma_64x32x16(acc, a[k], smem_desc(bs_addr + k * 256, 128, KC * 16), k);""",
-         """#pragma unroll
-    for (int k = 0; k < KS; ++k)
-      wgmma_64x32x16(k % 2 ? acc2 : acc, a[k], smem_desc(bs_addr + k * 256, 128, KC * 16), k > 1);"""),
-        ('    asm volatile("wgmma.wait_group.sync.aligned 0;\\n" ::: "memory");',
-         '    asm volatile("wgmma.wait_group.sync.aligned 0;\\n" ::: "memory");\n'
-         "#pragma unroll\n"
-         "    for (int i = 0; i < 16; ++i) acc[i] += acc2[i];"),
-    ),
-    "packed-stores": (
-        ("  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)",
-         """  __shared__ __align__(8) unsigned long long bars[3];     // the receive buffers' (0, 1), the staging's (2)
-  __shared__ __align__(16) bf16 ytile[NB * OWN];          // the step's outputs, [row][column]"""),
-        ("      next[exchange_offset<KS>(n, j)] = y[q];", "      ytile[n * OWN + c] = y[q];"),
-        ("    __syncthreads();  // every thread's stores into the exchange buffer, before thread 0's release",
-         """    __syncthreads();  // the tile
-    const int rn = threadIdx.x / 2, r8 = threadIdx.x % 2 * 8;  // threads 0 .. 63: row rn, 8 columns from r8
-    if (threadIdx.x < 2 * NB)
-      *reinterpret_cast<uint4*>(next + exchange_offset<KS>(rn, col_own + r8)) =
-          *reinterpret_cast<const uint4*>(&ytile[rn * OWN + r8]);
-    __syncthreads();  // every thread's stores into the exchange buffer, before thread 0's release"""),
-        ("""#pragma unroll
-    for (int q = 0; q < 4; ++q)
-      if (n0 + q < B && j < H) out[(n0 + q) * sT + static_cast<long>(t) * H + j] = y[q];""",
-         """    if (threadIdx.x < 2 * NB && rn < B && col_own + r8 < H)
-      *reinterpret_cast<uint4*>(out + rn * sT + static_cast<long>(t) * H + col_own + r8) =
-          *reinterpret_cast<const uint4*>(&ytile[rn * OWN + r8]);"""),
-    ),
-    "slot-a-step": (  # the exchange buffer before its ring: a slot a step
-        ("bulk_copy(bs_addr, exch + (static_cast<long>(s % 3) * CL + rank) * SLICE,",
-         "bulk_copy(bs_addr, exch + (static_cast<long>(s) * CL + rank) * SLICE,"),
-        ("    bf16* next = exch + static_cast<long>((s + 1) % 3) * CL * SLICE;",
-         "    bf16* next = exch + static_cast<long>(s + 1) * CL * SLICE;"),
-        ("  auto exch = torch::empty({3 * CL * slice_elems(ks)}, e1.options());",
-         "  auto exch = torch::empty({(Tn + 1) * CL * slice_elems(ks)}, e1.options());"),
     ),
 }
 
