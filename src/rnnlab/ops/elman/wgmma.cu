@@ -74,12 +74,12 @@ __device__ __forceinline__ int exchange_offset(int b, int j) {
   return j / KC * slice_elems(KS) + b / 8 * (KC * 8) + k / 8 * 64 + b % 8 * 8 + k % 8;
 }
 
-// e1: forward wx, backward g; e2: backward h (unused forward), all [B, T, H]; m: [H, H] (W or
-// W^T); out: [B, T, H]; exch: [3][4][32 x KC], slot 0 the state before the first step (the host
+// e1: forward wx, backward g; e2: backward h (unused forward), all [B, T, H]; w: W [H, H] (M is W
+// forward, W^T backward: the backward reads it transposed); out: [B, T, H]; exch: [3][4][32 x KC], slot 0 the state before the first step (the host
 // writes it); flags: [4 KS] zeros.
 template <int KS, bool BWD>
 __global__ void __launch_bounds__(THREADS, 1)
-elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16* __restrict__ m,
+elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16* __restrict__ w,
             bf16* __restrict__ out, bf16* exch, unsigned* flags, int B, int Tn, int H) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int KC = 16 * KS, SLICE = slice_elems(KS), OPS = BWD ? 2 : 1;
@@ -94,12 +94,20 @@ elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16
   const long sT = static_cast<long>(Tn) * H;
 
   // M's rows col0 + 16 warp + g (and g + 8), K columns k0 + 16 s + 2 t4 (+ 1, + 8, + 9): A's
-  // fragments of K step s; zero outside H
+  // fragments of K step s; zero outside H. M[r][k] is W[r][k] forward, W[k][r] backward (two
+  // loads, once a launch, instead of a transposed copy of W a backward)
   unsigned a[KS][4];
   {
     const int r0 = col0 + warp * 16 + g, r1 = r0 + 8;
-    auto pair = [&](int r, int k) {
-      return r < H && k < H ? *reinterpret_cast<const unsigned*>(m + static_cast<long>(r) * H + k) : 0u;
+    auto pair = [&](int r, int k) -> unsigned {  // M[r][k], M[r][k + 1] (k even, H a multiple of 8)
+      if (r >= H || k >= H) return 0u;
+      if constexpr (BWD) {
+        const auto lo = __bfloat16_as_ushort(w[static_cast<long>(k) * H + r]);
+        const auto hi = __bfloat16_as_ushort(w[static_cast<long>(k + 1) * H + r]);
+        return static_cast<unsigned>(lo) | static_cast<unsigned>(hi) << 16;
+      } else {
+        return *reinterpret_cast<const unsigned*>(w + static_cast<long>(r) * H + k);
+      }
     };
 #pragma unroll
     for (int s = 0; s < KS; ++s) {
@@ -264,7 +272,7 @@ bool fits(int64_t H) {
 }
 
 template <int KS, bool BWD>
-void launch(const bf16* e1, const bf16* e2, const bf16* m, bf16* out, bf16* exch, unsigned* flags, int B, int Tn,
+void launch(const bf16* e1, const bf16* e2, const bf16* w, bf16* out, bf16* exch, unsigned* flags, int B, int Tn,
             int H) {
   auto kernel = elman_wgmma<KS, BWD>;
   const size_t smem = dynamic_smem<KS>();
@@ -272,38 +280,43 @@ void launch(const bf16* e1, const bf16* e2, const bf16* m, bf16* out, bf16* exch
   cudaLaunchAttribute attrs[2];
   cudaLaunchConfig_t cfg = launch_config(KS, smem, attrs);
   cfg.stream = c10::cuda::getCurrentCUDAStream();
-  void* args[] = {&e1, &e2, &m, &out, &exch, &flags, &B, &Tn, &H};
+  void* args[] = {&e1, &e2, &w, &out, &exch, &flags, &B, &Tn, &H};
   C10_CUDA_CHECK(cudaLaunchKernelExC(&cfg, reinterpret_cast<const void*>(kernel), args));
 }
 
-// the state before the first step ([B, H], or zeros when absent) in the exchange buffer's slot 0
+// the state before the first step ([B, H], or zeros when absent: one fill) in the exchange
+// buffer's slot 0
 void write_slot0(torch::Tensor& exch, const c10::optional<torch::Tensor>& x0, int B, int H, int ks) {
   const int64_t kc = 16 * ks, hp = CL * kc;
+  if (!x0.has_value()) {
+    exch.narrow(0, 0, NB * hp).zero_();
+    return;
+  }
   auto s0 = torch::zeros({NB, hp}, exch.options());
-  if (x0.has_value()) s0.narrow(0, 0, B).narrow(1, 0, H).copy_(*x0);
+  s0.narrow(0, 0, B).narrow(1, 0, H).copy_(*x0);
   // [b / 8, b % 8, slice, k / 8, k % 8] -> [slice, b / 8, k / 8, b % 8, k % 8]
   auto tiled = s0.view({NB / 8, 8, CL, kc / 8, 8}).permute({2, 0, 3, 1, 4}).reshape({-1});
   exch.narrow(0, 0, NB * hp).copy_(tiled);
 }
 
 template <bool BWD>
-torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e2, const torch::Tensor& m,
+torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e2, const torch::Tensor& w,
                   const c10::optional<torch::Tensor>& x0) {
   TORCH_CHECK(e1.is_cuda() && e1.dim() == 3 && e1.is_contiguous() && e1.scalar_type() == torch::kBFloat16,
               "wgmma Elman scan: e1 must be a contiguous bf16 CUDA [B, T, H] tensor");
   const int64_t B = e1.size(0), Tn = e1.size(1), H = e1.size(2);
   TORCH_CHECK(B <= NB, "wgmma Elman scan: B must be at most ", NB, ", got ", B);
   TORCH_CHECK(H % 8 == 0 && pick_ks(H) > 0, "wgmma Elman scan: H must be a multiple of 8, at most ", 64 * MAX_KS);
-  TORCH_CHECK(m.sizes() == torch::IntArrayRef({H, H}) && m.scalar_type() == e1.scalar_type() && m.is_contiguous() &&
-                  m.device() == e1.device(),
-              "wgmma Elman scan: m must be a contiguous [H, H] tensor, e1's dtype and device");
+  TORCH_CHECK(w.sizes() == torch::IntArrayRef({H, H}) && w.scalar_type() == e1.scalar_type() && w.is_contiguous() &&
+                  w.device() == e1.device(),
+              "wgmma Elman scan: W must be a contiguous [H, H] tensor, e1's dtype and device");
   TORCH_CHECK(!BWD || (e2.has_value() && e2->sizes() == e1.sizes() && e2->scalar_type() == e1.scalar_type() &&
                        e2->is_contiguous() && e2->device() == e1.device()),
               "wgmma Elman scan: the backward's h must be contiguous, e1's shape, dtype and device");
   TORCH_CHECK(!x0.has_value() || (x0->sizes() == torch::IntArrayRef({B, H}) &&
                                   x0->scalar_type() == e1.scalar_type() && x0->device() == e1.device()),
               "wgmma Elman scan: h0 must be [B, H], e1's dtype and device");
-  for (const auto* x : {&e1, &m})  // 16-byte copies and 4-byte fragment loads
+  for (const auto* x : {&e1, &w})  // 16-byte copies and 4-byte fragment loads
     TORCH_CHECK(reinterpret_cast<uintptr_t>(x->data_ptr()) % 16 == 0, "wgmma Elman scan: operands 16-byte aligned");
   TORCH_CHECK(!BWD || reinterpret_cast<uintptr_t>(e2->data_ptr()) % 16 == 0,
               "wgmma Elman scan: operands 16-byte aligned");
@@ -316,16 +329,16 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
   auto flags = torch::zeros({CL * ks}, e1.options().dtype(torch::kInt32));
   const bf16* pe1 = reinterpret_cast<const bf16*>(e1.data_ptr());
   const bf16* pe2 = BWD ? reinterpret_cast<const bf16*>(e2->data_ptr()) : nullptr;
-  const bf16* pm = reinterpret_cast<const bf16*>(m.data_ptr());
+  const bf16* pw = reinterpret_cast<const bf16*>(w.data_ptr());
   bf16* pout = reinterpret_cast<bf16*>(out.data_ptr());
   bf16* pex = reinterpret_cast<bf16*>(exch.data_ptr());
   unsigned* pf = reinterpret_cast<unsigned*>(flags.data_ptr());
   const int b = static_cast<int>(B), t = static_cast<int>(Tn), h = static_cast<int>(H);
   switch (ks) {
-    case 4: launch<4, BWD>(pe1, pe2, pm, pout, pex, pf, b, t, h); break;
-    case 8: launch<8, BWD>(pe1, pe2, pm, pout, pex, pf, b, t, h); break;
-    case 16: launch<16, BWD>(pe1, pe2, pm, pout, pex, pf, b, t, h); break;
-    default: launch<MAX_KS, BWD>(pe1, pe2, pm, pout, pex, pf, b, t, h);
+    case 4: launch<4, BWD>(pe1, pe2, pw, pout, pex, pf, b, t, h); break;
+    case 8: launch<8, BWD>(pe1, pe2, pw, pout, pex, pf, b, t, h); break;
+    case 16: launch<16, BWD>(pe1, pe2, pw, pout, pex, pf, b, t, h); break;
+    default: launch<MAX_KS, BWD>(pe1, pe2, pw, pout, pex, pf, b, t, h);
   }
   return out;
 }
@@ -334,6 +347,6 @@ torch::Tensor run(const torch::Tensor& e1, const c10::optional<torch::Tensor>& e
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, mod) {
   mod.def("forward", &run<false>, "h = forward(wx, None, W, h0 or None): all states, [B, T, H]");
-  mod.def("backward", &run<true>, "dpre = backward(g, h, W^T, None): dL/d(wx), [B, T, H]");
+  mod.def("backward", &run<true>, "dpre = backward(g, h, W, None): dL/d(wx), [B, T, H]");
   mod.def("fits", &fits, "whether the kernel for width H can run on the current device (all clusters resident)");
 }

@@ -97,4 +97,4 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, source: 
 def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, source: Path = SOURCE) -> torch.Tensor:
     """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
     _check(h, w, g)
-    return _ext(source).backward(g, h, w.t().contiguous(), None)
+    return _ext(source).backward(g, h, w, None)  # the kernel reads W transposed
