@@ -1701,7 +1701,7 @@ def test_wgmma_timeline_instruments_the_kernel_and_splits_its_step():
     ctas, steps = 3, 20
     durations = torch.tensor([5.0, 1.0, 2.0, 3.0, 1.5, 0.25, 0.5])  # µs a part
     rate = torch.tensor([2000.0, 1500.0, 1800.0])  # clocks a µs, each CTA's SM
-    ticks = (durations[None, :] * rate[:, None]).round().to(torch.int64)  # [ctas, 6]
+    ticks = (durations[None, :] * rate[:, None]).round().to(torch.int64)  # [ctas, 7]
     start = torch.tensor([2**32 - 40_000, 0, 123])  # CTA 0's clock wraps mid-run
     step = ticks.sum(1)
     stamps = torch.zeros(ctas + 1, steps, 8, dtype=torch.int64)

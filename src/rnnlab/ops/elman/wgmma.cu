@@ -75,8 +75,8 @@ __device__ __forceinline__ int exchange_offset(int b, int j) {
 }
 
 // e1: forward wx, backward g; e2: backward h (unused forward), all [B, T, H]; w: W [H, H] (M is W
-// forward, W^T backward: the backward reads it transposed); out: [B, T, H]; exch: [3][4][32 x KC], slot 0 the state before the first step (the host
-// writes it); flags: [4 KS] zeros.
+// forward, W^T backward: the backward reads it transposed); out: [B, T, H]; exch: [3][4][32 x KC],
+// slot 0 the state before the first step (the host writes it); flags: [4 KS] zeros.
 template <int KS, bool BWD>
 __global__ void __launch_bounds__(THREADS, 1)
 elman_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16* __restrict__ w,
