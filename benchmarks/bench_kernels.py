@@ -23,9 +23,9 @@ program, warps; :data:`SCAN_LAUNCHES`); with it, ``--scan-against FILE`` also ti
 scans of another copy of ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git show
 REV:src/rnnlab/ops/scan/triton.py > FILE``) at that copy's own launch (its ``BLOCK``,
 ``NUM_WARPS``), row beside row in the same run, so that a kernel change is measured as a ratio
-of one run. ``--sections scan-overlap`` times their backward scans beside their layer's
-weight-gradient GEMM on two streams, as heads-floor does for E1 heads. ``--persistent-against
-FILE [FILE ...]`` (with ``--sections dense`` or ``persistent``, the persistent kernel's rows
+of one run. ``--sections scan-overlap`` times their backward scans, and dense E1's wgmma one,
+beside their layer's weight-gradient GEMMs on two streams, as heads-floor does for E1 heads.
+``--persistent-against FILE [FILE ...]`` (with ``--sections dense`` or ``persistent``, the persistent kernel's rows
 alone) times dense E1's persistent kernels built from other copies of ``persistent.cu`` beside
 the package's, each launch shape, after checking their outputs agree; ``--persistent-candidates
 NAME`` does the same for a candidate change written as exact edits of the package's source
@@ -256,6 +256,29 @@ def fused_scans_beside_weight_gradients(add, B, T, reps, dt):
         (_, _, _, backward), = scan_launch_sweep(x0, mode, g, [(stri.BLOCK, stri.NUM_WARPS)])
         pairs = [(torch.randn(n, G * H, device="cuda", dtype=dt), torch.randn(n, H, device="cuda", dtype=dt))]
         weight_gradients_beside(add, name, f"B{B} T{T} H{H}", backward, pairs, reps)
+
+
+def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
+    """:func:`weight_gradients_beside` for dense E1's wgmma backward scan at E1 d26's width (112 of
+    the GPU's SMs, one CTA each: the rest idle) and the weight-gradient GEMMs of an E1 d26 layer
+    (in_proj ``[2H, D]``, W_x and W_h ``[H, H]``, out_proj ``[D, H]``, D = H = 1760, B*T rows): what
+    the idle SMs could take of them (docs/kernels.md, dense E1). The scan is issued first, as a
+    side stream's GEMM holding every SM would make its cooperative launch wait. Skipped where the
+    wgmma kernel does not run."""
+    from rnnlab.ops.elman import wgmma
+
+    H = D = 1760
+    n = B * T
+    h = torch.randn(B, T, H, device="cuda", dtype=dt).tanh()
+    if not wgmma.supported(h):
+        print("bench_kernels.py: scan-overlap: the wgmma kernel does not run here; its row is skipped", file=sys.stderr)
+        return
+    w = (torch.randn(H, H, device="cuda") * (0.9 / H**0.5)).to(dt)
+    g = torch.randn(B, T, H, device="cuda", dtype=dt)
+    x, xr, y = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
+    d_in, d_pre, d_out = (torch.randn(n, k, device="cuda", dtype=dt) for k in (2 * H, H, D))
+    pairs = [(d_in, x), (d_pre, xr), (d_pre, h.view(n, H)), (d_out, y)]
+    weight_gradients_beside(add, "dense wgmma", f"B{B} T{T} H{H} D{D}", lambda: wgmma.backward(g, h, w), pairs, reps)
 
 
 # dense-floor: the parts of dense E1's persistent step that a copy of persistent.cu leaves out, each
@@ -968,6 +991,7 @@ def main(argv=None):
     if "scan-overlap" in args.sections:
         with torch.no_grad():
             fused_scans_beside_weight_gradients(add, B, T, args.reps, dt)
+            dense_scan_beside_weight_gradients(add, B, T, args.reps, dt)
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
     if "dense-floor" in args.sections:
