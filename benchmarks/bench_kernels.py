@@ -222,6 +222,14 @@ def weight_gradients_beside(add, name, shape, scan, pairs, reps):
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
 
 
+def e1_weight_gradient_operands(n, D, H, dt) -> list:
+    """Random ``(dY, X)`` of an E1 layer's weight gradients ``dW = dY^T X`` over ``n`` rows, model
+    width D, state width H: in_proj ``[2H, D]``, W_x ``[H, H]``, out_proj ``[D, H]``."""
+    x, xr, y = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
+    d_in, d_pre, d_out = (torch.randn(n, k, device="cuda", dtype=dt) for k in (2 * H, H, D))
+    return [(d_in, x), (d_pre, xr), (d_out, y)]
+
+
 def scan_beside_weight_gradients(add, B, T, reps, dt):
     """:func:`weight_gradients_beside` for the latency-bound heads backward scan (14 x 128: 28
     programs on the GPU's SMs) and an E1 heads layer's weight-gradient GEMMs (in_proj, W_x,
@@ -235,9 +243,7 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
     h = torch.randn(B, T, H, device="cuda", dtype=dt).tanh()
     g = torch.randn(B, T, H, device="cuda", dtype=dt)
     opts = ElmanKernelOptions()
-    x, xr, y = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
-    d_in, d_pre, d_out = (torch.randn(n, k, device="cuda", dtype=dt) for k in (2 * H, H, D))
-    pairs = [(d_in, x), (d_pre, xr), (d_out, y)]  # dW = dY^T X of in_proj [2H, D], W_x [H, H], out_proj [D, H]
+    pairs = e1_weight_gradient_operands(n, D, H, dt)
     weight_gradients_beside(add, "heads", f"B{B} T{T} {nh}x{hd} D{D}",
                             lambda: heads.backward(g, w, h, None, True, opts), pairs, reps)
 
@@ -275,9 +281,8 @@ def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
         return
     w = (torch.randn(H, H, device="cuda") * (0.9 / H**0.5)).to(dt)
     g = torch.randn(B, T, H, device="cuda", dtype=dt)
-    x, xr, y = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
-    d_in, d_pre, d_out = (torch.randn(n, k, device="cuda", dtype=dt) for k in (2 * H, H, D))
-    pairs = [(d_in, x), (d_pre, xr), (d_pre, h.view(n, H)), (d_out, y)]
+    pairs = e1_weight_gradient_operands(n, D, H, dt)
+    pairs.append((pairs[1][0], h.view(n, H)))  # W_h's: dpre^T h (dpre as W_x's)
     weight_gradients_beside(add, "dense wgmma", f"B{B} T{T} H{H} D{D}", lambda: wgmma.backward(g, h, w), pairs, reps)
 
 
