@@ -1,5 +1,5 @@
-// E1 heads scan on Hopper's warpgroup MMA (wgmma): one CTA (one warpgroup) a head and a tile of 16
-// batch rows runs all T steps of
+// E1 heads scan on Hopper's warpgroup MMA (wgmma): one CTA a head and a tile of 16 batch rows runs
+// all T steps of
 //   forward   h_t    = tanh(wx_t + h_{t-1} @ W^T)                 (M = W)
 //   backward  dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)       (M = W^T)
 // with W the head's [HD, HD] block (HD = 64 or 128), bf16 in, fp32 accumulation; the backward's
@@ -7,13 +7,17 @@
 //
 // Why not Triton (docs/kernels.md, E1 heads): Triton's loop re-reads W from shared memory every step
 // and moves the step's load and store through two layout conversions, each a shared-memory round
-// trip with a barrier. Here the head's M is held as wgmma's A fragments in registers for all T (64
-// registers a thread at HD = 128), the state tile [16 x HD] is wgmma's B operand in shared memory
-// (K-major core matrices, as wgmma.cu's exchange buffer), and a step is
-//   1. HD / 16 wgmma.m64n16k16 a 64-row block of M (two blocks at HD = 128, independent chains);
-//   2. the epilogue straight from the accumulators: the step's operands (wx, or g and h), copied
-//      into shared memory by cp.async two steps ahead (a ring of 3), are read in the accumulators'
-//      layout; the new state goes to the other of two state tiles and to the output;
+// trip with a barrier. Here warpgroup w (one a 64-row block of M: HD / 64 of them, 128 threads
+// each) holds its rows of M as wgmma's A fragments in registers for all T (32 registers a thread),
+// the state tile [16 x HD] is wgmma's B operand in shared memory (K-major core matrices, as
+// wgmma.cu's exchange buffer), and a step is
+//   1. HD / 16 wgmma.m64n16k16 a warpgroup;
+//   2. the epilogue straight from the accumulators (8 elements a thread): the step's operands (wx,
+//      or g and h), copied into shared memory by cp.async two steps ahead (a ring of 3), are read
+//      in the accumulators' layout; the new state goes to the other of two state tiles and to the
+//      output. Every address is a per-thread base fixed before the loop plus a constant: with one
+//      warpgroup per SM sub-partition nothing hides a long epilogue's instruction latencies (a
+//      first version that computed them each step took 1.6 us a step);
 //   3. fence.proxy.async (the state's generic stores, before wgmma reads them) and one barrier.
 // Padded batch rows (B not a multiple of 16) have zero operands and stay zero.
 // Built for sm_90a only by rnnlab/ops/elman/wgmma.py.
@@ -29,8 +33,7 @@ namespace {
 using namespace rnnlab_sm90;
 using bf16 = __nv_bfloat16;
 
-constexpr int NB = 16;         // batch rows a CTA (wgmma's N)
-constexpr int THREADS = 128;   // one warpgroup
+constexpr int NB = 16;  // batch rows a CTA (wgmma's N)
 
 // element (n, k) of a state tile [NB x HD] in wgmma's K-major layout: core matrix (n / 8, k / 8) of
 // 8 x 8 elements (128 bytes, row n % 8 holds k % 8 = 0..7), adjacent in K 128 bytes apart, in N
@@ -43,22 +46,26 @@ __device__ __forceinline__ int state_offset(int n, int k) {
 // e1: forward wx, backward g; e2: backward h (unused forward), all [B, T, H]; w: [H / HD, HD, HD];
 // h0: forward's [B, H] or null (zeros; the backward starts from zeros); out: [B, T, H]
 template <int HD, bool BWD>
-__global__ void __launch_bounds__(THREADS, 1)
+__global__ void __launch_bounds__(2 * HD, 1)
 elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, const bf16* __restrict__ w,
                   const bf16* __restrict__ h0, bf16* __restrict__ out, int B, int Tn, int H) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int MB = HD / 64, KS = HD / 16, OPS = BWD ? 2 : 1;
+  constexpr int THREADS = 2 * HD, KS = HD / 16, OPS = BWD ? 2 : 1;
   constexpr int OLD = HD + 8;  // an operand row (elements), padded against bank conflicts
   __shared__ __align__(128) bf16 state[2][NB * HD];
   __shared__ __align__(16) bf16 ops[3][OPS][NB * OLD];
   const int head = blockIdx.x, b0 = blockIdx.y * NB, c0 = head * HD;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
-  const long sT = static_cast<long>(Tn) * H;
+  const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
+  const long sT = static_cast<long>(Tn) * H, dt = BWD ? -H : H;  // a step in time, in elements
+  const long t0 = BWD ? Tn - 1 : 0;
   const bf16* wh = w + static_cast<long>(head) * HD * HD;
+  // this thread's accumulator rows jt (+ 8) and batch rows nt + 8 i + q (i, q in 0, 1): element e
+  // of the accumulator is row jt + 8 (e / 2 % 2), batch row nt + 8 (e / 4) + e % 2
+  const int jt = threadIdx.x / 32 * 16 + g, nt = 2 * t4;
 
-  // M's rows 64 mb + 16 warp + g (and + 8), K columns 16 s + 2 t4 (+ 1, + 8, + 9): A's fragments;
-  // M[r][k] is W[r][k] forward, W[k][r] backward (read transposed, once a launch)
-  unsigned a[MB][KS][4];
+  // M's rows jt (and + 8), K columns 16 s + 2 t4 (+ 1, + 8, + 9): A's fragments; M[r][k] is W[r][k]
+  // forward, W[k][r] backward (read transposed, once a launch)
+  unsigned a[KS][4];
   {
     auto pair = [&](int r, int k) -> unsigned {  // M[r][k], M[r][k + 1]
       if constexpr (BWD) {
@@ -69,39 +76,50 @@ elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, cons
       }
     };
 #pragma unroll
-    for (int mb = 0; mb < MB; ++mb) {
-      const int r0 = 64 * mb + 16 * warp + g;
-#pragma unroll
-      for (int s = 0; s < KS; ++s) {
-        const int k = 16 * s + 2 * t4;
-        a[mb][s][0] = pair(r0, k);
-        a[mb][s][1] = pair(r0 + 8, k);
-        a[mb][s][2] = pair(r0, k + 8);
-        a[mb][s][3] = pair(r0 + 8, k + 8);
-      }
+    for (int s = 0; s < KS; ++s) {
+      const int k = 16 * s + 2 * t4;
+      a[s][0] = pair(jt, k);
+      a[s][1] = pair(jt + 8, k);
+      a[s][2] = pair(jt, k + 8);
+      a[s][3] = pair(jt + 8, k + 8);
     }
   }
-  // step s's operands (time t) into ops[s % 3]: NB rows x HD columns a tensor in 16-byte copies,
-  // zeros for rows past B; a group is committed even past the last step, so the waits count alike
-  auto prefetch = [&](int s) {
-    constexpr int CHUNKS = NB * HD / 8;
-    if (s < Tn) {
-      const int t = BWD ? Tn - 1 - s : s;
+  // the operands: thread i copies chunk i (16 bytes: batch row i / (HD / 8), columns i % (HD / 8)
+  // * 8 ..) of each tensor a step (NB x HD / 8 = THREADS chunks), zeros for rows past B
+  const int pn = threadIdx.x / (HD / 8), pk = threadIdx.x % (HD / 8) * 8;
+  const bool pok = b0 + pn < B;
+  const bf16* src[OPS];
 #pragma unroll
-      for (int i = threadIdx.x; i < OPS * CHUNKS; i += THREADS) {
-        const int which = i / CHUNKS, n = i % CHUNKS / (HD / 8), k = i % (HD / 8) * 8;
-        const bool ok = b0 + n < B;
-        const bf16* src = which ? e2 : e1;
-        cp_async16(smem_u32(&ops[s % 3][which][n * OLD + k]),
-                   ok ? src + (b0 + n) * sT + static_cast<long>(t) * H + c0 + k : src, ok ? 16u : 0u);
+  for (int r = 0; r < OPS; ++r) src[r] = (r ? e2 : e1) + (pok ? (b0 + pn) * sT + t0 * H + c0 + pk : 0);
+  // step s's operands into ops[s % 3], called for s = 0, 1, 2, ... in order; a group is committed
+  // even past the last step, so the waits count alike
+  auto prefetch = [&](int s) {
+    if (s < Tn) {
+#pragma unroll
+      for (int r = 0; r < OPS; ++r) {
+        cp_async16(smem_u32(&ops[s % 3][r][pn * OLD + pk]), src[r], pok ? 16u : 0u);
+        if (pok) src[r] += dt;
       }
     }
     cp_async_commit();
   };
+  // the outputs' rows: out + row's offset + time's, for batch rows nt + 8 i + q (index 2 i + q)
+  bf16* orow[4];
+  bool ook[4];
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int n = nt + 8 * (r / 2) + r % 2;
+    ook[r] = b0 + n < B;
+    orow[r] = out + (ook[r] ? (b0 + n) * sT + t0 * H : 0) + c0 + jt;
+  }
+  const int obase = nt * OLD + jt;                            // ops' element (nt, jt)
+  const int sbase = jt / 8 * 64 + nt * 8 + g;                 // the state's element (nt, jt)
+
   prefetch(0);
   prefetch(1);
-  for (int i = threadIdx.x; i < NB * HD; i += THREADS) {  // the state before the first step
-    const int n = i / HD, k = i % HD;
+#pragma unroll
+  for (int r = 0; r < NB * HD / THREADS; ++r) {  // the state before the first step
+    const int i = threadIdx.x + r * THREADS, n = i / HD, k = i % HD;
     state[0][state_offset<HD>(n, k)] = !BWD && h0 != nullptr && b0 + n < B ? h0[(b0 + n) * H + c0 + k]
                                                                            : __float2bfloat16(0.f);
   }
@@ -109,38 +127,38 @@ elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, cons
   fence_async_shared();
   __syncthreads();
 
-  float acc[MB][8];
+  float acc[8];
   for (int s = 0; s < Tn; ++s) {
-    const int t = BWD ? Tn - 1 - s : s, buf = s % 3;
-    // 1. the product of M with the previous state, one chain a 64-row block
+    const int buf = s % 3;
+    // 1. this warpgroup's rows of M times the previous state
     const unsigned from = smem_u32(state[s & 1]);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
-    for (int k = 0; k < KS; ++k)
-#pragma unroll
-      for (int mb = 0; mb < MB; ++mb) wgmma_64x16x16(acc[mb], a[mb][k], smem_desc(from + k * 256, 128, HD * 16), k);
+    for (int k = 0; k < KS; ++k) wgmma_64x16x16(acc, a[k], smem_desc(from + k * 256, 128, HD * 16), k);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
     prefetch(s + 2);  // into ops[(s + 2) % 3], last read by step s - 1 (before its barrier)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
-    // 2. the epilogue: acc[mb][4 i + 2 half + q] is row (state column) 64 mb + 16 warp + g + 8 half,
-    //    batch row 8 i + 2 t4 + q
-    bf16* next = state[(s + 1) & 1];
+    // 2. the epilogue, element e: row jt + 8 half, batch row nt + 8 i + q
+    const bf16* x1 = &ops[buf][0][obase];
+    const bf16* hx = &ops[buf][OPS - 1][obase];
+    bf16* next = &state[(s + 1) & 1][sbase];
 #pragma unroll
-    for (int mb = 0; mb < MB; ++mb)
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const int j = 64 * mb + 16 * warp + g + 8 * (e / 2 % 2), n = 8 * (e / 4) + 2 * t4 + e % 2;
-        const float x1 = __bfloat162float(ops[buf][0][n * OLD + j]);
-        bf16 y;
-        if constexpr (BWD) {
-          const float hv = __bfloat162float(ops[buf][OPS - 1][n * OLD + j]);
-          y = __float2bfloat16((acc[mb][e] + x1) * (1.f - hv * hv));
-        } else {
-          y = __float2bfloat16(tanh_approx(acc[mb][e] + x1));
-        }
-        next[state_offset<HD>(n, j)] = y;
-        if (b0 + n < B) out[(b0 + n) * sT + static_cast<long>(t) * H + c0 + j] = y;
+    for (int e = 0; e < 8; ++e) {
+      const int half = e / 2 % 2, i = e / 4, q = e % 2, r = 2 * i + q;
+      const int o = (8 * i + q) * OLD + 8 * half;
+      const float v = acc[e] + __bfloat162float(x1[o]);
+      bf16 y;
+      if constexpr (BWD) {
+        const float hv = __bfloat162float(hx[o]);
+        y = __float2bfloat16(v * (1.f - hv * hv));
+      } else {
+        y = __float2bfloat16(tanh_approx(v));
       }
+      next[i * HD * 8 + half * 64 + q * 8] = y;
+      if (ook[r]) orow[r][8 * half] = y;
+    }
+#pragma unroll
+    for (int r = 0; r < 4; ++r) orow[r] += ook[r] ? dt : 0;
     // 3. step s + 1's operands (issued at step s - 1) and the new state, for every thread
     cp_async_wait<1>();
     fence_async_shared();
@@ -154,7 +172,7 @@ elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, cons
 template <int HD, bool BWD>
 void launch(const bf16* e1, const bf16* e2, const bf16* w, const bf16* h0, bf16* out, int B, int Tn, int H) {
   const dim3 grid(H / HD, (B + NB - 1) / NB);
-  elman_heads_wgmma<HD, BWD><<<grid, THREADS, 0, c10::cuda::getCurrentCUDAStream()>>>(e1, e2, w, h0, out, B, Tn, H);
+  elman_heads_wgmma<HD, BWD><<<grid, 2 * HD, 0, c10::cuda::getCurrentCUDAStream()>>>(e1, e2, w, h0, out, B, Tn, H);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
