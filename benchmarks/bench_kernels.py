@@ -982,8 +982,8 @@ def main(argv=None):
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-        # the package's default (heads_wgmma.cu on Hopper), then the Triton kernel with either tanh
-        for kernel, opts, note in (("wgmma", ElmanKernelOptions(), "tanh.approx, dW a batched GEMM"),
+        # heads_wgmma.cu (on Hopper), then the Triton kernel with either tanh
+        for kernel, opts, note in (("wgmma", ElmanKernelOptions(heads_wgmma=True), "tanh.approx, dW a batched GEMM"),
                                    ("triton", ElmanKernelOptions(heads_wgmma=False), "tanh.approx"),
                                    ("triton", ElmanKernelOptions(heads_wgmma=False, fast_tanh=False), "exp-tanh")):
             def mkh(nh=nh, hd=hd, H=H, opts=opts):

@@ -543,11 +543,12 @@ HEADS_WGMMA_CASES = [(32, 40, 1792, 14), (1, 1, 64, 1), (7, 9, 256, 2), (3, 300,
 @pytest.mark.parametrize("case", HEADS_WGMMA_CASES)
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_elman_heads_wgmma(case, with_h0, monkeypatch):
-    """The heads wgmma kernel (``heads_wgmma``, the default) against the float64 reference, forward
-    and all gradients (dW and dh0 from its dpre), bf16; records its launches to prove it ran (and
-    not the Triton heads kernel)."""
+    """The heads wgmma kernel (``heads_wgmma``) against the float64 reference, forward and all
+    gradients (dW and dh0 from its dpre), bf16; records its launches to prove it ran (and not the
+    Triton heads kernel)."""
     from rnnlab.ops.elman import heads, naive, wgmma
     from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the wgmma kernel needs a compute-capability 9.0 GPU")
@@ -563,8 +564,9 @@ def test_elman_heads_wgmma(case, with_h0, monkeypatch):
     wx = torch.randn(B, T, H)
     w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
     h0 = torch.randn(B, H).tanh() if with_h0 else None
-    _check_op(f"elman_heads_wgmma{case}", lambda x, w, h: et.elman_scan(x, w, h), naive.elman_scan, [wx, w, h0],
-              torch.bfloat16)
+    opts = ElmanKernelOptions(heads_wgmma=True)
+    _check_op(f"elman_heads_wgmma{case}", lambda x, w, h: et.elman_scan(x, w, h, options=opts), naive.elman_scan,
+              [wx, w, h0], torch.bfloat16)
     assert calls == ["wgmma.heads_forward", "wgmma.heads_backward"]
 
 

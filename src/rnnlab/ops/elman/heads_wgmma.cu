@@ -13,8 +13,8 @@
 // wgmma.cu's exchange buffer), and a step is
 //   1. HD / 16 wgmma.m64n16k16 a warpgroup;
 //   2. the epilogue straight from the accumulators (8 elements a thread): the step's operands (wx,
-//      or g and h), copied into shared memory by cp.async two steps ahead (a ring of 3), are read
-//      in the accumulators' layout; the new state goes to the other of two state tiles and to the
+//      or g and h), copied into shared memory by cp.async DEPTH - 1 steps ahead (a ring of DEPTH:
+//      a copy from HBM takes longer than a step), are read in the accumulators' layout; the new state goes to the other of two state tiles and to the
 //      output. Every address is a per-thread base fixed before the loop plus a constant: with one
 //      warpgroup per SM sub-partition nothing hides a long epilogue's instruction latencies (a
 //      first version that computed them each step took 1.6 us a step);
@@ -51,9 +51,10 @@ elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, cons
                   const bf16* __restrict__ h0, bf16* __restrict__ out, int B, int Tn, int H) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int THREADS = 2 * HD, KS = HD / 16, OPS = BWD ? 2 : 1;
+  constexpr int DEPTH = BWD ? 4 : 6;  // the operands' ring (static shared memory stays under 48 KB)
   constexpr int OLD = HD + 8;  // an operand row (elements), padded against bank conflicts
   __shared__ __align__(128) bf16 state[2][NB * HD];
-  __shared__ __align__(16) bf16 ops[3][OPS][NB * OLD];
+  __shared__ __align__(16) bf16 ops[DEPTH][OPS][NB * OLD];
   const int head = blockIdx.x, b0 = blockIdx.y * NB, c0 = head * HD;
   const int lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
   const long sT = static_cast<long>(Tn) * H, dt = BWD ? -H : H;  // a step in time, in elements
@@ -91,13 +92,13 @@ elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, cons
   const bf16* src[OPS];
 #pragma unroll
   for (int r = 0; r < OPS; ++r) src[r] = (r ? e2 : e1) + (pok ? (b0 + pn) * sT + t0 * H + c0 + pk : 0);
-  // step s's operands into ops[s % 3], called for s = 0, 1, 2, ... in order; a group is committed
-  // even past the last step, so the waits count alike
+  // step s's operands into ops[s % DEPTH], called for s = 0, 1, 2, ... in order; a group is
+  // committed even past the last step, so the waits count alike
   auto prefetch = [&](int s) {
     if (s < Tn) {
 #pragma unroll
       for (int r = 0; r < OPS; ++r) {
-        cp_async16(smem_u32(&ops[s % 3][r][pn * OLD + pk]), src[r], pok ? 16u : 0u);
+        cp_async16(smem_u32(&ops[s % DEPTH][r][pn * OLD + pk]), src[r], pok ? 16u : 0u);
         if (pok) src[r] += dt;
       }
     }
@@ -115,28 +116,27 @@ elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, cons
   const int obase = nt * OLD + jt;                            // ops' element (nt, jt)
   const int sbase = jt / 8 * 64 + nt * 8 + g;                 // the state's element (nt, jt)
 
-  prefetch(0);
-  prefetch(1);
+  for (int s = 0; s < DEPTH - 1; ++s) prefetch(s);
 #pragma unroll
   for (int r = 0; r < NB * HD / THREADS; ++r) {  // the state before the first step
     const int i = threadIdx.x + r * THREADS, n = i / HD, k = i % HD;
     state[0][state_offset<HD>(n, k)] = !BWD && h0 != nullptr && b0 + n < B ? h0[(b0 + n) * H + c0 + k]
                                                                            : __float2bfloat16(0.f);
   }
-  cp_async_wait<1>();  // step 0's operands
+  cp_async_wait<DEPTH - 2>();  // step 0's operands
   fence_async_shared();
   __syncthreads();
 
   float acc[8];
   for (int s = 0; s < Tn; ++s) {
-    const int buf = s % 3;
+    const int buf = s % DEPTH;
     // 1. this warpgroup's rows of M times the previous state
     const unsigned from = smem_u32(state[s & 1]);
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
 #pragma unroll
     for (int k = 0; k < KS; ++k) wgmma_64x16x16(acc, a[k], smem_desc(from + k * 256, 128, HD * 16), k);
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-    prefetch(s + 2);  // into ops[(s + 2) % 3], last read by step s - 1 (before its barrier)
+    prefetch(s + DEPTH - 1);  // into ops[(s - 1) % DEPTH], last read by step s - 1 (before its barrier)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
     // 2. the epilogue, element e: row jt + 8 half, batch row nt + 8 i + q
     const bf16* x1 = &ops[buf][0][obase];
@@ -159,8 +159,8 @@ elman_heads_wgmma(const bf16* __restrict__ e1, const bf16* __restrict__ e2, cons
     }
 #pragma unroll
     for (int r = 0; r < 4; ++r) orow[r] += ook[r] ? dt : 0;
-    // 3. step s + 1's operands (issued at step s - 1) and the new state, for every thread
-    cp_async_wait<1>();
+    // 3. step s + 1's operands (issued DEPTH - 2 steps ago) and the new state, for every thread
+    cp_async_wait<DEPTH - 2>();
     fence_async_shared();
     __syncthreads();
   }
