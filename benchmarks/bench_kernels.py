@@ -982,16 +982,14 @@ def main(argv=None):
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-        # heads_wgmma.cu (on Hopper), then the Triton kernel with either tanh
-        for kernel, opts, note in (("wgmma", ElmanKernelOptions(heads_wgmma=True), "tanh.approx, dW a batched GEMM"),
-                                   ("triton", ElmanKernelOptions(heads_wgmma=False), "tanh.approx"),
-                                   ("triton", ElmanKernelOptions(heads_wgmma=False, fast_tanh=False), "exp-tanh")):
-            def mkh(nh=nh, hd=hd, H=H, opts=opts):
+        for fast in (True, False):
+            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast)):
                 wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
                 w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
                 return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
-            add(f"E1 heads {kernel}", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor, note)
+            add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
+                "tanh.approx" if fast else "exp-tanh")
 
     if "scan-launch" in args.sections:
         scan_launches(add, B, T, args.reps, dt, bw, against)

@@ -125,22 +125,12 @@ def test_wgmma_kernel_refuses_operands_it_does_not_take_in_one_line():
         wgmma.backward(torch.zeros(2, 3, 64), h, w)
     with pytest.raises(ValueError, match="operands must be contiguous"):
         wgmma.forward(torch.zeros(2, 64, 3, dtype=bf).transpose(1, 2), w, None)
-    x = torch.zeros(2, 3, 128, dtype=bf)
-    for w, got in ((torch.zeros(4, 32, 32, dtype=bf), r"W torch.bfloat16 \(4, 32, 32\)"),
-                   (torch.zeros(2, 64, 64), r"W torch.float32 \(2, 64, 64\)"),
-                   (torch.zeros(1, 64, 64, dtype=bf), r"W torch.bfloat16 \(1, 64, 64\)")):
-        with pytest.raises(ValueError, match=r"^wgmma Elman heads scan: needs bf16 \[B, T, H\] and W \[H / hd, hd, hd\] "
-                                             r".*hd in \(64, 128\); got torch.bfloat16 \(2, 3, 128\), " + got):
-            wgmma.heads_forward(x, w, None)
-    with pytest.raises(ValueError, match="heads scan: the operands must be contiguous and 16-byte aligned"):
-        wgmma.heads_backward(x, x, torch.zeros(2, 64, 64, dtype=bf).transpose(1, 2))
     assert wgmma._ext.cache_info().currsize == 0
 
 
-def test_wgmma_build_failure_warns_once_and_leaves_the_other_kernel(monkeypatch):
-    """A failed build of a wgmma kernel (no nvcc, a compile error) is one warning; later scans skip
-    that kernel without retrying (the other wgmma kernel still tries), and the dense scan's
-    persistent kernel or the Triton heads kernel runs."""
+def test_wgmma_build_failure_warns_once_and_leaves_the_persistent_kernel(monkeypatch):
+    """A failed build of the wgmma kernel (no nvcc, a compile error) is one warning; later scans
+    skip it without retrying, and the dense scan's other kernels run."""
     import types
 
     from rnnlab.ops.elman import triton as et
@@ -149,52 +139,37 @@ def test_wgmma_build_failure_warns_once_and_leaves_the_other_kernel(monkeypatch)
 
     attempts = []
 
-    def broken(x, *head_dim):
-        attempts.append(head_dim)
+    def broken(x):
+        attempts.append(x)
         raise RuntimeError("Error building extension 'rnnlab_elman_wgmma'")
 
     monkeypatch.setattr(wgmma, "supported", broken)
-    monkeypatch.setattr(wgmma, "heads_supported", broken)
-    monkeypatch.setattr(et, "_WGMMA_ERROR", {})
+    monkeypatch.setattr(et, "_WGMMA_ERROR", [])
     x, opts = types.SimpleNamespace(is_cuda=True), ElmanKernelOptions()
     for off in (ElmanKernelOptions(dense_wgmma=False), ElmanKernelOptions(persistent=False)):
         assert et._wgmma(x, off, None, None) is None and not attempts  # switched off
-    assert et._wgmma(x, ElmanKernelOptions(heads_wgmma=False), head_dim=64) is None and not attempts
     assert et._wgmma(x, opts, torch.ones(1), None) is None and not attempts  # a selective term
-    with pytest.warns(UserWarning, match="wgmma Elman dense kernel unavailable, using the persistent kernel"):
+    with pytest.warns(UserWarning, match="wgmma Elman kernel unavailable, using the persistent kernel"):
         assert et._wgmma(x, opts, None, None) is None
-    assert et._wgmma(x, opts, None, None) is None and attempts == [()]
-    with pytest.warns(UserWarning, match="wgmma Elman heads kernel unavailable, using the Triton heads kernel"):
-        assert et._wgmma(x, opts, head_dim=128) is None
-    assert et._wgmma(x, opts, head_dim=128) is None and attempts == [(), (128,)]
-    assert et._WGMMA_ERROR == dict.fromkeys(("dense", "heads"), "RuntimeError: Error building extension 'rnnlab_elman_wgmma'")
+    assert et._wgmma(x, opts, None, None) is None and len(attempts) == 1
+    assert et._WGMMA_ERROR == ["RuntimeError: Error building extension 'rnnlab_elman_wgmma'"]
 
 
-@pytest.mark.parametrize("heads", [0, 3])
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_backward_from_dpre_matches_autograd(heads, with_h0):
-    """What the dense kernels and the heads wgmma kernel leave to torch, dW as one (batched) GEMM
-    over the flat rows and dh0 as one product, equals autograd through the reference (float64,
-    B = 3 so rows straddle sequences; given the exact dpre, as the kernels compute it)."""
-    from rnnlab.ops.elman import triton as et
+def test_dense_weight_gradient_is_autograds(with_h0):
+    """``dw_dense`` (the dense kernels' dW_h: one GEMM over the flat rows, the pairs that straddle
+    two sequences subtracted, h0's terms added) equals autograd through the reference, given the
+    exact dpre (float64, B = 3 so rows straddle sequences)."""
+    from rnnlab.ops.elman.triton import dw_dense
 
     g = torch.Generator().manual_seed(5)
     B, T, H = 3, 4, 6
     wx = torch.randn(B, T, H, generator=g, dtype=torch.float64, requires_grad=True)
-    shape = (H, H) if heads == 0 else (heads, H // heads, H // heads)
-    w = (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
-    h0 = torch.randn(B, H, generator=g, dtype=torch.float64, requires_grad=True) if with_h0 else None
+    w = (torch.randn(H, H, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64) if with_h0 else None
     h, _ = naive.elman_scan(wx, w, h0)
-    gy = torch.randn(B, T, H, generator=g, dtype=torch.float64)
-    want = torch.autograd.grad(h, [wx, w] + ([h0] if with_h0 else []), gy)
-    dpre_exact = lambda g_, wk, h_: want[0]  # noqa: E731 - the kernel's part, exact
-    dpre, dW, dh0 = et._backward_from_dpre(gy, w.detach(), h.detach(), None if h0 is None else h0.detach(), True,
-                                            dpre_exact)
-    torch.testing.assert_close(dW, want[1])
-    if with_h0:
-        torch.testing.assert_close(dh0.double(), want[2], rtol=1e-5, atol=1e-6)  # fp32, as the op returns it
-    else:
-        assert not dh0.any()
+    dpre, dW = torch.autograd.grad(h, [wx, w], torch.randn(B, T, H, generator=g, dtype=torch.float64))
+    torch.testing.assert_close(dw_dense(dpre, h.detach(), h0), dW)
 
 
 def test_persistent_default_shapes_keep_w_in_registers_where_the_kernel_can():

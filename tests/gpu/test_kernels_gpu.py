@@ -535,56 +535,6 @@ def test_elman_dense_wgmma_declines_what_it_cannot_run():
         wgmma.forward(x, torch.zeros(64, 64, device=DEV, dtype=torch.bfloat16), None)
 
 
-# (B, T, H, heads): E1 heads d31's 14 x 128 (two batch tiles); hd 64 with B = 1, T = 1; B = 7 and
-# B = 33 (a partial batch tile: padded rows); T = 300 (many steps of the operands' ring of 3)
-HEADS_WGMMA_CASES = [(32, 40, 1792, 14), (1, 1, 64, 1), (7, 9, 256, 2), (3, 300, 128, 2), (33, 17, 192, 3)]
-
-
-@pytest.mark.parametrize("case", HEADS_WGMMA_CASES)
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_elman_heads_wgmma(case, with_h0, monkeypatch):
-    """The heads wgmma kernel (``heads_wgmma``) against the float64 reference, forward and all
-    gradients (dW and dh0 from its dpre), bf16; records its launches to prove it ran (and not the
-    Triton heads kernel)."""
-    from rnnlab.ops.elman import heads, naive, wgmma
-    from rnnlab.ops.elman import triton as et
-    from rnnlab.ops.elman.options import ElmanKernelOptions
-
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the wgmma kernel needs a compute-capability 9.0 GPU")
-    B, T, H, nh = case
-    calls = []
-    for module, name in ((wgmma, "heads_forward"), (wgmma, "heads_backward"), (heads, "forward"), (heads, "backward")):
-        def wrapped(*args, fn=getattr(module, name), label=f"{module.__name__.rsplit('.', 1)[1]}.{name}"):
-            calls.append(label)
-            return fn(*args)
-        monkeypatch.setattr(module, name, wrapped)
-    torch.manual_seed(hash((case, with_h0)) % 1000 + 13)
-    hd = H // nh
-    wx = torch.randn(B, T, H)
-    w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
-    h0 = torch.randn(B, H).tanh() if with_h0 else None
-    opts = ElmanKernelOptions(heads_wgmma=True)
-    _check_op(f"elman_heads_wgmma{case}", lambda x, w, h: et.elman_scan(x, w, h, options=opts), naive.elman_scan,
-              [wx, w, h0], torch.bfloat16)
-    assert calls == ["wgmma.heads_forward", "wgmma.heads_backward"]
-
-
-def test_elman_heads_wgmma_declines_what_it_cannot_run():
-    """Heads of 32, fp16 or fp32, a CPU tensor: declined (the Triton heads kernel runs those);
-    called with such operands anyway, the kernel refuses them with one line."""
-    from rnnlab.ops.elman import wgmma
-
-    if torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("the wgmma kernel needs a compute-capability 9.0 GPU")
-    x = torch.empty(2, 3, 256, device=DEV, dtype=torch.bfloat16)
-    assert wgmma.heads_supported(x, 128) and wgmma.heads_supported(x, 64)
-    assert not wgmma.heads_supported(x, 32) and not wgmma.heads_supported(x.cpu(), 128)
-    assert not any(wgmma.heads_supported(x.to(dt), 128) for dt in (torch.float16, torch.float32))
-    with pytest.raises(ValueError, match=r"needs bf16 \[B, T, H\] and W \[H / hd, hd, hd\].*hd in \(64, 128\)"):
-        wgmma.heads_forward(x, torch.zeros(8, 32, 32, device=DEV, dtype=torch.bfloat16), None)
-
-
 def test_elman_lowrank_default_is_persistent_and_the_option_turns_it_off(monkeypatch):
     """A bf16 dense low-rank scan runs the persistent low-rank build by default, and the per-step
     kernel with ``persistent_lowrank=False``, with the same answer (to bf16 rounding)."""

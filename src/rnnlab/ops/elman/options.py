@@ -31,9 +31,7 @@ class ElmanKernelOptions:
     # kernel (wgmma.cu, 0.81x the persistent kernel's time at E1 d26) instead of persistent.cu
     dense_wgmma: bool = True
     cuda_graph: bool = True  # capture the dense per-step loop in a CUDA graph (one per shape)
-    # tanh.approx.f32 for 16-bit inputs in the Triton kernels on the GPU (never fp32 / interpreter);
-    # the CUDA kernels (persistent, wgmma) always use it
-    fast_tanh: bool = True
+    fast_tanh: bool = True  # tanh.approx.f32 for 16-bit inputs on the GPU (never fp32 / interpreter)
     dense_bn: int = 16  # dense per-step kernel: output columns per program
     dense_bk: int = 128  # dense per-step kernel: reduction chunk
     dense_warps: int = 4
@@ -41,9 +39,6 @@ class ElmanKernelOptions:
     heads_bt: int = 16  # heads kernel: batch rows per program
     heads_warps: int = 8
     heads_stages: int = 3
-    # plain bf16 heads scans with heads of 64 or 128 on Hopper run heads_wgmma.cu (CUDA C++: W in
-    # registers, the step's operands in the MMA's layout) instead of the Triton heads kernel
-    heads_wgmma: bool = True
 
     def to_ints(self) -> list[int]:
         """The options as the ``int[]`` argument of the custom ops."""

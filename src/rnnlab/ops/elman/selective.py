@@ -35,7 +35,7 @@ import torch
 
 from rnnlab.ops.elman import heads
 from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
-from rnnlab.ops.elman.triton import dense_dpre, dense_forward, dw_recurrent, kernel_dtype
+from rnnlab.ops.elman.triton import dense_dpre, dense_forward, dw_dense, kernel_dtype
 from rnnlab.ops.registry import final_state, traced
 
 __all__ = ["elman_decay_scan", "elman_lowrank_scan"]
@@ -85,7 +85,7 @@ def _decay_backward(g, w, a, h, h0, opts: ElmanKernelOptions):
     h0c = None if h0 is None else h0.to(h.dtype)
     r = _previous(h @ wk.t(), None if h0c is None else h0c @ wk.t())  # r_t = h_{t-1} @ W^T
     dh0 = q[:, 0].float() @ wk.float()
-    return dpre, dw_recurrent(q, h, h0c).to(w.dtype), dh0, (dpre * r).to(a.dtype)
+    return dpre, dw_dense(q, h, h0c).to(w.dtype), dh0, (dpre * r).to(a.dtype)
 
 
 def _lowrank_backward(g, w, U, V, s, h, h0, opts: ElmanKernelOptions):
@@ -99,9 +99,9 @@ def _lowrank_backward(g, w, U, V, s, h, h0, opts: ElmanKernelOptions):
     e = (dpre @ Uk).float()  # dL/d(p_t * s_t)
     sf = s.float()
     es = e * sf
-    dW = dw_recurrent(dpre, h, h0c)
+    dW = dw_dense(dpre, h, h0c)
     dU = dpre.reshape(-1, dpre.shape[-1]).t() @ (p * sf).to(dt).reshape(-1, p.shape[-1])
-    dV = dw_recurrent(es.to(dt), h, h0c).t().contiguous()  # the fake kernel promises contiguous grads
+    dV = dw_dense(es.to(dt), h, h0c).t().contiguous()  # the fake kernel promises contiguous grads
     dh0 = dpre[:, 0].float() @ wk.float() + es[:, 0] @ Vk.float().t()
     return (dpre, _head_blocks(dW, w).to(w.dtype), dh0, dU.to(U.dtype), dV.to(V.dtype),
             (e * p).to(s.dtype))

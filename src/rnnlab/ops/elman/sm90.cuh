@@ -1,5 +1,5 @@
-// Hopper (sm_90a) instructions as inline PTX, shared by the wgmma kernels (wgmma.cu, heads_wgmma.cu)
-// and the dense kernel's probe (benchmarks/dense_wgmma_probe.cu): step flags (release / acquire), cp.async, thread-block
+// Hopper (sm_90a) instructions as inline PTX, shared by the wgmma kernel (wgmma.cu) and its probe
+// (benchmarks/dense_wgmma_probe.cu): step flags (release / acquire), cp.async, thread-block
 // clusters and distributed shared memory, mbarriers, st.async, bulk copies (the TMA unit) and
 // warpgroup MMAs (wgmma). Device code for sm_90a builds only.
 #pragma once
@@ -107,24 +107,6 @@ __device__ __forceinline__ void wgmma_64x32x16(float (&d)[16], const unsigned (&
         "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
 }
-
-// d (+)= a b for 16 batch rows: as wgmma_64x32x16 with N = 16 (the heads kernel's batch tile)
-__device__ __forceinline__ void wgmma_64x16x16(float (&d)[8], const unsigned (&a)[4], unsigned long long b,
-                                               int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
-}
-
-// this thread's generic-proxy writes to shared memory, before the async proxy (wgmma) reads them
-__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// until at most N of this thread's cp.async groups are pending
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 // four floats into a peer's shared memory (16-byte aligned), counted on its mbarrier `bar`
 __device__ __forceinline__ void st_async4(unsigned addr, float x, float y, float z, float w, unsigned bar) {

@@ -2,10 +2,7 @@
 backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
 
 * **heads** ``w_h: [nh, hd, hd]`` (block-diagonal): ``heads.py``, one Triton program per (head,
-  batch tile) with W_head on chip for all T, dW accumulated in the backward loop; for plain bf16
-  scans with hd 64 or 128 on Hopper (``ElmanKernelOptions.heads_wgmma``, on by default)
-  ``heads_wgmma.cu`` instead (through ``wgmma.py``: CUDA C++, W_head in registers as warpgroup-MMA
-  fragments, one CTA per head and 16 batch rows).
+  batch tile) with W_head on chip for all T, dW accumulated in the backward loop.
 * **dense persistent** ``w_h: [H, H]``, bf16/fp16, when the shape fits: ``persistent.py`` (CUDA
   C++), one cooperative launch per direction with W resident in shared memory; for plain bf16
   scans of B <= 32, H <= 1792 on Hopper (``ElmanKernelOptions.dense_wgmma``, on by default)
@@ -13,8 +10,8 @@ backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
 * **dense per step** ``w_h: [H, H]`` otherwise (fp32, or shapes the persistent kernel declines):
   ``dense_step.py``, one fused Triton kernel per step in a CUDA-graphed loop.
 
-The dense paths and the heads wgmma kernel share the rest of the backward here: ``dW_h`` as ONE
-(batched) GEMM (:func:`dw_recurrent`) and ``dh0`` as one product. E1's selective scans (``selective.py``) run on the same kernels
+The dense paths share the rest of the backward here: ``dW_h`` as ONE GEMM (:func:`dw_dense`)
+and ``dh0`` as one product. E1's selective scans (``selective.py``) run on the same kernels
 through :func:`dense_forward` / :func:`dense_dpre` (dense) and ``heads.py`` (decay with heads). All sit behind one pair of ``torch.library`` custom ops
 (``rnnlab::elman_scan_fwd`` / ``_bwd``) with a registered autograd formula, so ``torch.compile``
 keeps an E1 model in one graph. How the kernels run (which dense kernel, tiles, CUDA graphs, fast
@@ -39,8 +36,8 @@ __all__ = ["elman_scan", "ElmanKernelOptions"]
 
 # why a build of the persistent kernel failed (keyed by "lowrank": its own build); never retried
 _PERSISTENT_ERROR: dict[bool, str] = {}
-# why a wgmma kernel's build failed, keyed by kernel ("dense", "heads"); never retried
-_WGMMA_ERROR: dict[str, str] = {}
+# why the wgmma kernel's build failed (one entry at most); never retried
+_WGMMA_ERROR: list[str] = []
 
 
 def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
@@ -64,52 +61,36 @@ def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
     return None if plan is None else (persistent, plan)
 
 
-def _wgmma(x: torch.Tensor, opts: ElmanKernelOptions, *selective, head_dim: int = 0):
-    """The ``wgmma`` module when one of its kernels should run the plain scan of ``x``: dense
-    (``head_dim`` 0; with ``dense_wgmma`` and the persistent kernels) or heads of ``head_dim``
-    (``heads_wgmma``); else None (switched off, a selective term in ``selective``, a shape or GPU it
-    declines, or its build failed: then a one-time warning, and the persistent or Triton heads
-    kernel runs)."""
-    kernel = "heads" if head_dim else "dense"
-    wanted = opts.heads_wgmma if head_dim else opts.persistent and opts.dense_wgmma
-    if not wanted or not x.is_cuda or kernel in _WGMMA_ERROR or any(t is not None for t in selective):
+def _wgmma(x: torch.Tensor, opts: ElmanKernelOptions, *selective):
+    """The ``wgmma`` module when it should run the plain dense scan of ``x`` (``selective``: the
+    decay and low-rank operands, all None), else None (switched off, with ``dense_wgmma`` or with
+    the persistent kernels, a selective term, a shape or GPU it declines, or its build failed: then
+    a one-time warning, and persistent.cu runs)."""
+    if not (opts.persistent and opts.dense_wgmma) or not x.is_cuda or _WGMMA_ERROR or \
+            any(t is not None for t in selective):
         return None
     try:
         from rnnlab.ops.elman import wgmma
 
-        return wgmma if (wgmma.heads_supported(x, head_dim) if head_dim else wgmma.supported(x)) else None
-    except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the other kernel
-        _WGMMA_ERROR[kernel] = f"{type(e).__name__}: {e}"
-        fallback = "Triton heads" if head_dim else "persistent"
-        warnings.warn(f"wgmma Elman {kernel} kernel unavailable, using the {fallback} kernel ({e})")
+        return wgmma if wgmma.supported(x) else None
+    except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the persistent kernel
+        _WGMMA_ERROR.append(f"{type(e).__name__}: {e}")
+        warnings.warn(f"wgmma Elman kernel unavailable, using the persistent kernel ({e})")
         return None
 
 
-def dw_recurrent(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, heads: int = 0) -> torch.Tensor:
+def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     """``dW = sum_{b,t} dpre[b, t]^T h[b, t-1]`` (``h[b, -1] = h0[b]`` or 0; ``dpre: [B, T, D]``,
-    ``h: [B, T, H]``): ``[D, H]`` (``heads`` 0), or head by head ``[heads, hd, hd]`` (D = H = heads
-    * hd), as ONE (batched) GEMM without a shifted copy of ``h``: over the flat ``[B*T, .]`` rows,
-    row r of dpre meets row r-1 of h; the B-1 pairs that straddle two sequences are subtracted and
-    the t = 0 terms with h0 added through the C operand (one rounding of the result)."""
-    n = max(heads, 1)
-
-    def split(x):  # [..., D] -> [n, rows, D / n]
-        return x.reshape(-1, n, x.shape[-1] // n).transpose(0, 1)
-
-    corr = -(split(dpre[1:, 0]).transpose(1, 2) @ split(h[:-1, -1]))
+    ``h: [B, T, H]`` -> ``[D, H]``) as ONE GEMM without a shifted copy of ``h``: over the flat
+    ``[B*T, .]`` rows, row r of dpre meets row r-1 of h; the B-1 pairs that straddle two sequences
+    are subtracted and the t = 0 terms with h0 added through addmm's C operand (one rounding of
+    the result)."""
+    B, T, H = h.shape
+    d, hf = dpre.reshape(B * T, dpre.shape[-1]), h.reshape(B * T, H)
+    corr = -(dpre[1:, 0].t() @ h[:-1, -1])
     if h0 is not None:
-        corr += split(dpre[:, 0]).transpose(1, 2) @ split(h0)
-    dW = torch.baddbmm(corr, split(dpre)[:, 1:].transpose(1, 2), split(h)[:, :-1])
-    return dW if heads else dW[0]
-
-
-def _times_w(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w`` in fp32 for ``x: [B, H]`` and a dense ``w: [H, H]``, or head by head for ``w: [nh,
-    hd, hd]``: the gradient of the state before the first step, from ``dpre_0``."""
-    if w.dim() == 2:
-        return x.float() @ w.float()
-    nh, hd, _ = w.shape
-    return torch.einsum("bhn,hnk->bhk", x.float().view(-1, nh, hd), w.float()).reshape(x.shape)
+        corr += dpre[:, 0].t() @ h0
+    return torch.addmm(corr, d[1:].t(), hf[:-1])
 
 
 def _rank(lowrank: tuple | None) -> int:
@@ -154,39 +135,22 @@ def dense_dpre(g: torch.Tensor, wk: torch.Tensor, h: torch.Tensor, opts: ElmanKe
     return dense_step.backward(wk, h, g, opts, a, lowrank)
 
 
-def _backward_from_dpre(g, w, h, h0, need_dw: bool, dpre_of):
-    """``(dpre, dW, dh0)`` of a scan whose kernel gives dpre alone (``dpre_of(g, wk, h)``: the dense
-    kernels, the heads wgmma kernel), dW then as ONE GEMM (:func:`dw_recurrent`) and dh0 as one
-    product."""
+def _dense_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
     B, T, H = h.shape
     dt = h.dtype
     wk = w.to(dt).contiguous()
     g = g.contiguous()
-    dpre = torch.zeros_like(h) if T == 0 or B == 0 else dpre_of(g, wk, h)
+    if T == 0 or B == 0:
+        dpre = torch.zeros_like(h)
+    else:
+        dpre, _ = dense_dpre(g, wk, h, opts)
     h0c = None if h0 is None else h0.to(dt)
-    heads = w.shape[0] if w.dim() == 3 else 0
-    dW = dw_recurrent(dpre, h, h0c, heads) if T > 0 and need_dw else torch.zeros_like(wk)
+    dW = dw_dense(dpre, h, h0c) if T > 0 and need_dw else torch.zeros_like(wk)
     if h0 is not None and T > 0:
-        dh0 = _times_w(dpre[:, 0], wk)
+        dh0 = dpre[:, 0].float() @ wk.float()
     else:
         dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
     return dpre, dW.to(w.dtype), dh0
-
-
-def _heads_forward(wx, w, h0, opts: ElmanKernelOptions) -> torch.Tensor:
-    """All states of the heads scan: the wgmma kernel when asked for and it runs the shape, else
-    the Triton heads kernel."""
-    if (wgmma := _wgmma(wx, opts, head_dim=w.shape[1])) is None:
-        return heads.forward(wx, w, h0, opts)
-    dt = wx.dtype
-    return wgmma.heads_forward(wx.contiguous(), w.to(dt).contiguous(), None if h0 is None else h0.to(dt))
-
-
-def _heads_backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
-    """``(dpre, dW, dh0)`` of the heads scan, by the kernel :func:`_heads_forward` chose."""
-    if (wgmma := _wgmma(h, opts, head_dim=w.shape[1])) is None:
-        return heads.backward(g, w, h, h0, need_dw, opts)[:3]
-    return _backward_from_dpre(g, w, h, h0, need_dw, lambda g, wk, h: wgmma.heads_backward(g, h, wk))
 
 
 def kernel_dtype(*xs: torch.Tensor | None) -> tuple:
@@ -206,7 +170,7 @@ def _scan_fwd(wx, w, h0, options):
     """All states ``h`` (``wx``'s dtype); ``w`` dense ``[H, H]`` or heads ``[nh, hd, hd]``;
     ``options`` = ``ElmanKernelOptions.to_ints()``."""
     opts = ElmanKernelOptions.from_ints(options)
-    return (_heads_forward if w.dim() == 3 else dense_forward)(wx, w, h0, opts)
+    return (heads.forward if w.dim() == 3 else dense_forward)(wx, w, h0, opts)
 
 
 @_scan_fwd.register_fake
@@ -222,8 +186,8 @@ def _scan_bwd(g, w, h, h0, need_dw, options):
     ``need_dw``), dh0 ``[B, H]`` fp32 (zeros without ``h0``)."""
     opts = ElmanKernelOptions.from_ints(options)
     if w.dim() == 3:
-        return _heads_backward(g, w, h, h0, need_dw, opts)
-    return _backward_from_dpre(g, w, h, h0, need_dw, lambda g, wk, h: dense_dpre(g, wk, h, opts)[0])
+        return heads.backward(g, w, h, h0, need_dw, opts)[:3]
+    return _dense_backward(g, w, h, h0, need_dw, opts)
 
 
 @_scan_bwd.register_fake

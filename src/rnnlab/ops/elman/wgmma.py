@@ -1,5 +1,4 @@
-"""E1's scans on Hopper's warpgroup MMA: dense (``wgmma.cu``, the "2-D split" of docs/kernels.md)
-and heads (``heads_wgmma.cu``, one CTA a head and 16 batch rows, below the dense kernel's functions).
+"""Dense E1 scan on Hopper's warpgroup MMA (``wgmma.cu``): the "2-D split" of docs/kernels.md.
 
 One cooperative launch a direction, in thread-block clusters of 4 CTAs that split the reduction
 (K) dimension: each CTA keeps its 64 x KC block of ``W`` (forward) or ``W^T`` (backward) as wgmma
@@ -25,12 +24,9 @@ import torch
 
 from rnnlab.ops.elman import persistent
 
-__all__ = ["SOURCE", "HEADS_SOURCE", "HEADER", "KS_CHOICES", "MAX_BATCH", "MAX_WIDTH", "HEAD_DIMS", "supported",
-           "forward", "backward", "heads_supported", "heads_forward", "heads_backward"]
+__all__ = ["SOURCE", "HEADER", "KS_CHOICES", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
 
 SOURCE = Path(__file__).with_name("wgmma.cu")
-HEADS_SOURCE = Path(__file__).with_name("heads_wgmma.cu")
-HEAD_DIMS = (64, 128)  # heads_wgmma.cu's kernels: a head's width, one or two of wgmma's 64-row blocks
 HEADER = Path(__file__).with_name("sm90.cuh")  # its PTX wrappers, shared with benchmarks/dense_wgmma_probe.cu
 MAX_BATCH = 32  # wgmma's N: the batch rows of one pass
 KS_CHOICES = (4, 8, 16, 28)  # wgmma.cu's kernels: 16 KS K columns a CTA, H padded to 64 KS (pick_ks)
@@ -70,12 +66,9 @@ def supported(x: torch.Tensor) -> bool:
     building the extension (the residency check builds it)."""
     if not x.is_cuda or not _takes(x):
         return False
-    return _on_hopper(x) and _fits(x.device.index or 0, x.shape[2])
-
-
-def _on_hopper(x: torch.Tensor) -> bool:
-    """Whether ``x``'s GPU runs sm_90a code: compute capability 9.0, torch built with CUDA >= 12."""
-    return torch.cuda.get_device_capability(x.device) == (9, 0) and int((torch.version.cuda or "0").split(".")[0]) >= 12
+    if torch.cuda.get_device_capability(x.device) != (9, 0) or int((torch.version.cuda or "0").split(".")[0]) < 12:
+        return False
+    return _fits(x.device.index or 0, x.shape[2])
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, *like_x: torch.Tensor) -> None:
@@ -105,40 +98,3 @@ def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, source: Path = S
     """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
     _check(h, w, g)
     return _ext(source).backward(g, h, w, None)  # the kernel reads W transposed
-
-
-def heads_supported(x: torch.Tensor, head_dim: int) -> bool:
-    """Whether the heads kernel runs the scan of ``x: [B, T, H]`` with heads of ``head_dim``: a
-    bf16 CUDA tensor, ``head_dim`` in :data:`HEAD_DIMS` dividing H, a compute-capability 9.0 GPU
-    (any B and T). Anything else is declined without building the extension; what it takes builds
-    it here, the first time (a failed build raises here, not in a scan)."""
-    return x.is_cuda and x.dim() == 3 and x.dtype == torch.bfloat16 and head_dim in HEAD_DIMS and \
-        x.shape[2] % head_dim == 0 and _on_hopper(x) and _ext(HEADS_SOURCE) is not None
-
-
-def _check_heads(x: torch.Tensor, w: torch.Tensor, *like_x: torch.Tensor) -> None:
-    """One line (ValueError) for operands the heads kernel does not take (see :func:`_check`)."""
-    H = x.shape[-1] if x.dim() else 0
-    if not (x.dim() == 3 and x.dtype == torch.bfloat16 and w.dim() == 3 and w.shape[1] in HEAD_DIMS
-            and w.shape[1] == w.shape[2] and w.shape[0] * w.shape[1] == H and w.dtype == x.dtype):
-        raise ValueError(f"wgmma Elman heads scan: needs bf16 [B, T, H] and W [H / hd, hd, hd] of that dtype with hd "
-                         f"in {HEAD_DIMS}; got {x.dtype} {tuple(x.shape)}, W {w.dtype} {tuple(w.shape)}")
-    if not all(y.shape == x.shape and y.dtype == x.dtype for y in like_x):
-        raise ValueError(f"wgmma Elman heads scan: the gradient must match h, {x.dtype} {tuple(x.shape)}; got "
-                         + ", ".join(f"{y.dtype} {tuple(y.shape)}" for y in like_x))
-    if not all(y.is_contiguous() and y.data_ptr() % 16 == 0 for y in (x, w, *like_x)):
-        raise ValueError("wgmma Elman heads scan: the operands must be contiguous and 16-byte aligned")
-
-
-def heads_forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None,
-                  source: Path = HEADS_SOURCE) -> torch.Tensor:
-    """All states ``h_t = tanh(wx_t + h_{t-1} @ W^T)`` head by head: contiguous bf16 ``wx: [B, T,
-    H]``, ``w: [H / hd, hd, hd]``, ``h0: [B, H]`` (None = zeros)."""
-    _check_heads(wx, w)
-    return _ext(source).forward(wx, None, w, None if h0 is None else h0.contiguous())
-
-
-def heads_backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, source: Path = HEADS_SOURCE) -> torch.Tensor:
-    """``dpre_t = (g_t + dpre_{t+1} @ W) * (1 - h_t^2)`` head by head, backwards over t."""
-    _check_heads(h, w, g)
-    return _ext(source).backward(g, h, w, None)
