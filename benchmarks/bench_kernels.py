@@ -379,7 +379,8 @@ def _candidate_file(source: Path, edits, kernel: str, name: str) -> Path:
 
 # Candidate changes to dense E1's wgmma kernel (wgmma.cu), as for the persistent kernel above, timed
 # with ``--wgmma-candidates NAME`` (the dense or persistent section) beside the package's kernel,
-# their outputs checked against it (``wgmma_rows``), each row timed in three interleaved rounds.
+# their outputs checked against it (``wgmma_rows``), each row timed in three interleaved rounds
+# (``timed_in_rounds``, as the persistent kernel's copies are).
 # Tried and dropped (docs/kernels.md, dense E1, has each prediction and measurement): v4-reduce
 # (st.async of four floats) and bulk-reduce (one bulk copy a warp), slower than the package's
 # two-float st.async (their edits in commit 7b462cc); producer-chunks (each producer cluster's chunk
@@ -507,6 +508,18 @@ def wgmma_timeline(wx, w, g, source: Path) -> dict:
         run()
         out[direction] = timeline_phases(*ext.stamps(), ctas, wx.shape[1])
     return out
+
+
+def timed_in_rounds(rows, reps, rounds=3) -> dict:
+    """``{key: (forward ms, backward ms)}`` for ``rows`` of ``(key, forward, backward)``: each timed
+    once a round for ``rounds`` rounds, the median of each, so the rows' order favours none (run 4 of
+    results/dense-wgmma-h200 found order alone moving a copy of a kernel by 0.2-0.3 ms)."""
+    fwd, bwd = ({key: [] for key, *_ in rows} for _ in range(2))
+    for _ in range(rounds):
+        for key, forward, backward in rows:
+            fwd[key].append(timeit(forward, reps))
+            bwd[key].append(timeit(backward, reps))
+    return {key: (statistics.median(fwd[key]), statistics.median(bwd[key])) for key in fwd}
 
 
 def build_in_parallel(build, sources) -> None:
@@ -1038,13 +1051,9 @@ def main(argv=None):
         if wgmma_copies:  # the kernels alone, the package's and each candidate's; floor as below
             _, (wx, w), g = mke()
             timed = list(wgmma_rows(wx.detach(), w.detach(), g, wgmma_copies))
-            fwd, bwd = ({label: [] for label, *_ in timed} for _ in range(2))
-            for _ in range(3):  # rounds, each row once a round, so the rows' order favours none
-                for label, forward, backward, _ in timed:
-                    fwd[label].append(timeit(forward, args.reps))
-                    bwd[label].append(timeit(backward, args.reps))
+            times = timed_in_rounds([(label, forward, backward) for label, forward, backward, _ in timed], args.reps)
             for label, _, _, same in timed:
-                tf, tb = statistics.median(fwd[label]), statistics.median(bwd[label])
+                tf, tb = times[label]
                 agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
                     f"{label}, outputs within bf16"
                 add("E1 dense wgmma kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb),
@@ -1060,9 +1069,11 @@ def main(argv=None):
         # their floor: two recurrent products a step (no dW), wx and h, then g, h and dpre in bytes
         kernels_floor = max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3
         _, (wx, w), g = mke()
-        for (warps, tile), label, forward, backward, same in persistent_pairs(wx.detach(), w.detach(), g,
-                                                                                persistent_copies):
-            tf, tb = timeit(forward, args.reps), timeit(backward, args.reps)
+        pairs = list(persistent_pairs(wx.detach(), w.detach(), g, persistent_copies))
+        times = timed_in_rounds([((shape, label), forward, backward) for shape, label, forward, backward, _ in pairs],
+                                args.reps)
+        for (warps, tile), label, _, _, same in pairs:
+            tf, tb = times[((warps, tile), label)]
             agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
                 f"{label}, outputs within bf16"
             add("E1 dense persistent kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb), kernels_floor,
