@@ -510,6 +510,13 @@ def wgmma_timeline(wx, w, g, source: Path) -> dict:
     return out
 
 
+def agreement(label: str, same: bool) -> str:
+    """How a candidate kernel's row says its outputs compare with the package's kernel (label "")."""
+    if not label:
+        return "the package's"
+    return f"{label}, outputs bit for bit" if same else f"{label}, outputs within bf16"
+
+
 def timed_in_rounds(rows, reps, rounds=3) -> dict:
     """``{key: (forward ms, backward ms)}`` for ``rows`` of ``(key, forward, backward)``: each timed
     once a round for ``rounds`` rounds, the median of each, so the rows' order favours none (run 4 of
@@ -1054,10 +1061,8 @@ def main(argv=None):
             times = timed_in_rounds([(label, forward, backward) for label, forward, backward, _ in timed], args.reps)
             for label, _, _, same in timed:
                 tf, tb = times[label]
-                agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
-                    f"{label}, outputs within bf16"
                 add("E1 dense wgmma kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb),
-                    max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3, agree)
+                    max(5 * B * T * H * el / bw, 2 / 3 * rec_flops / fl) * 1e3, agreement(label, same))
         if args.wgmma_timeline:  # µs a step of each part, forward and backward: a row each, as ms a layer
             _, (wx, w), g = mke()
             parts = wgmma_timeline(wx.detach(), w.detach(), g, timeline)
@@ -1074,10 +1079,8 @@ def main(argv=None):
                                 args.reps)
         for (warps, tile), label, _, _, same in pairs:
             tf, tb = times[((warps, tile), label)]
-            agree = "the package's" if not label else f"{label}, outputs bit for bit" if same else \
-                f"{label}, outputs within bf16"
             add("E1 dense persistent kernels", f"B{B} T{T} H{H}", (tf, tb, tf + tb), kernels_floor,
-                f"{warps} warps, tile {tile[0]} x {tile[1]}: {agree}")
+                f"{warps} warps, tile {tile[0]} x {tile[1]}: {agreement(label, same)}")
     if "dense" not in args.sections:  # the persistent kernel alone
         return finish(args, rows, bw, fl, None, copies)
     best = None
