@@ -206,7 +206,7 @@ def _rows16(x):
 def _scan_fwd_tma(x0_desc, x1_desc, x2_desc, h0_ptr, h_ptr, T, H,
                   MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
     """``_scan_fwd`` with its inputs brought by the tensor memory accelerator: tiles of
-    ``TMA_STEPS`` steps x ``BLOCK`` channels copied into shared memory ``STAGES - 1`` tiles ahead
+    16 steps x ``BLOCK`` channels copied into shared memory ``STAGES - 1`` tiles ahead
     (Triton pipelines the descriptor loads), so that many more bytes are in flight than the
     registers of the pointer kernel hold; rows past T and channels past H arrive as zeros."""
     pid_b = tl.program_id(0)
