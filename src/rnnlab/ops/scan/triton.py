@@ -3,10 +3,11 @@
 One program per (batch row, block of ``BLOCK`` channels); each walks T sequentially with fp32
 state, loads and stores coalesced along H, 4 time steps per loop iteration, the next 4 steps'
 loads issued before this iteration's updates (two groups of HBM round trips in flight: the
-scans are latency-bound, docs/kernels.md; 8 steps a group measured slower). On Hopper the
-forward instead takes its inputs through tensor descriptors (``_scan_fwd_tma``: tiles of 16
-steps copied into shared memory ``TMA_STAGES - 1`` tiles ahead; the pointer kernel remains for
-inputs the tensor memory accelerator cannot take). The backward is the reverse scan
+scans are latency-bound, docs/kernels.md; 8 steps a group measured slower). On Hopper both
+directions instead take their inputs through tensor descriptors (``_scan_fwd_tma``,
+``_scan_bwd_tma``: tiles of 16 steps copied into shared memory ``TMA_STAGES - 1`` tiles ahead;
+the pointer kernels remain for inputs the tensor memory accelerator cannot take, and compute
+the same values bit for bit). The backward is the reverse scan
 
     dh_t  = g_t + a_{t+1} * dh_{t+1}      (g = dL/dh from above)
     db_t  = dh_t,   da_t = dh_t * h_{t-1},   dh0 = a_0 * dh_0
@@ -45,7 +46,7 @@ __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 # (not timed at it).
 BLOCK = 64
 NUM_WARPS = 1
-# The forward's tiles of 16 steps in flight through the tensor memory accelerator (Hopper on):
+# The scans' tiles of 16 steps in flight through the tensor memory accelerator (Hopper on):
 # TMA_STAGES - 1 tiles ahead of the one being scanned (docs/kernels.md, "the forward's inputs by TMA").
 TMA_STAGES = 3
 
@@ -302,19 +303,59 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
     tl.store(dh0_ptr + h0o, carry, mask=mask)
 
 
+@triton.jit
+def _scan_bwd_tma(x0_desc, x1_desc, x2_desc, h_desc, g_desc, h0_ptr, d0_ptr, d1_ptr, d2_ptr, dh0_ptr, RS, T, H,
+                  MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
+    """``_scan_bwd`` with its inputs brought by the tensor memory accelerator, as
+    ``_scan_fwd_tma``: tiles of 16 steps from the last, ``h`` one step behind (row -1 arrives as
+    zeros: h0, when given, is added there); each step as the pointer kernel computes it."""
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    col = pid_h * BLOCK
+    offs = col + tl.arange(0, BLOCK)
+    mask = offs < H
+    xb = pid_b.to(tl.int64) * T * RS + offs
+    h0o = pid_b * H + offs
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + h0o, mask=mask, other=0.0).to(tl.float32)
+    carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}; stays 0 over the zero rows past T
+    n = tl.cdiv(T, 16)
+    for i in tl.range(0, n, num_stages=STAGES):
+        t0 = (n - 1 - i) * 16
+        x0 = _rows16(x0_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
+        x1 = _rows16(x1_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
+        if MODE == 2:
+            x2 = _rows16(x2_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
+        else:
+            x2 = x0
+        gs = _rows16(g_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
+        hps = _rows16(h_desc.load([pid_b, t0 - 1, col]).reshape(16, BLOCK).to(tl.float32))
+        for k in tl.static_range(15, -1, -1):
+            hp = hps[k]
+            if HAS_H0:
+                if k == 0:
+                    hp = tl.where(t0 == 0, hp + h0, hp)
+            g = gs[k]
+            a, d0, d1, d2 = _coef_bwd(x0[k], x1[k], x2[k],
+                                      g + carry, hp, MODE)
+            _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t0 + k) * RS, mask & (t0 + k < T), d0, d1, d2, MODE)
+            carry = a * (g + carry)
+    tl.store(dh0_ptr + h0o, carry, mask=mask)
+
+
 def _views(x: torch.Tensor, groups: int, H: int):
     return [x[..., k * H:(k + 1) * H] for k in range(groups)] + [x] * (3 - groups)
 
 
-def _tma_descriptors(ptrs, RS: int, h: torch.Tensor, block: int):
-    """Tensor descriptors of the three inputs ``[B, T, H]`` (row stride ``RS``) in tiles of
+def _tma_descriptors(ptrs, RS: int, shape, block: int):
+    """Tensor descriptors of ``ptrs``, each ``shape = [B, T, H]`` with row stride ``RS``, in tiles of
     ``[1, 16, block]``, or None where the tensor memory accelerator cannot take them: a GPU before
     Hopper (outside Triton's interpreter), a row or a base not 16-byte aligned, more than 256
     channels a tile."""
     x = ptrs[0]
     if x.is_cuda and torch.cuda.get_device_capability(x.device)[0] < 9:
         return None
-    B, T, H = h.shape
+    B, T, H = shape
     es = x.element_size()
     if block * es < 16 or block > 256 or (RS * es) % 16 or any(p.data_ptr() % 16 for p in ptrs):
         return None
@@ -328,7 +369,7 @@ def launch_forward(ptrs, RS: int, h0c, h: torch.Tensor, mode: int, has_h0: bool,
     the defaults only for ``bench_kernels.py``'s sweep."""
     B, T, H = h.shape
     grid = (B, triton.cdiv(H, block))
-    descs = _tma_descriptors(ptrs, RS, h, block)
+    descs = _tma_descriptors(ptrs, RS, h.shape, block)
     if descs is not None:
         _scan_fwd_tma[grid](*descs, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block, STAGES=TMA_STAGES,
                             num_warps=warps)
@@ -338,10 +379,18 @@ def launch_forward(ptrs, RS: int, h0c, h: torch.Tensor, mode: int, has_h0: bool,
 
 def launch_backward(ptrs, RS: int, h: torch.Tensor, h0c, g: torch.Tensor, outs, dh0: torch.Tensor, mode: int,
                     has_h0: bool, block: int = BLOCK, warps: int = NUM_WARPS) -> None:
-    """``_scan_bwd``, launched as :func:`launch_forward`."""
+    """``_scan_bwd_tma`` where the inputs, ``h`` and ``g`` allow it, else ``_scan_bwd``; launched as
+    :func:`launch_forward`."""
     B, T, H = h.shape
-    _scan_bwd[(B, triton.cdiv(H, block))](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0,
-                                          BLOCK=block, num_warps=warps)
+    grid = (B, triton.cdiv(H, block))
+    descs = _tma_descriptors(ptrs, RS, h.shape, block)
+    states = _tma_descriptors([h, g], H, h.shape, block) if descs is not None else None
+    if states is not None:
+        _scan_bwd_tma[grid](*descs, *states, h0c, *outs, dh0, RS, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
+                            STAGES=TMA_STAGES, num_warps=warps)
+    else:
+        _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
+                        num_warps=warps)
 
 
 # ------------------------------------------------------------------------ torch.library ops
