@@ -322,21 +322,21 @@ def _scan_bwd_tma(x0_desc, x1_desc, x2_desc, h_desc, g_desc, h0_ptr, d0_ptr, d1_
     n = tl.cdiv(T, 16)
     for i in tl.range(0, n, num_stages=STAGES):
         t0 = (n - 1 - i) * 16
-        x0 = _rows16(x0_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
-        x1 = _rows16(x1_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
+        x0 = _rows16(x0_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        x1 = _rows16(x1_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
         if MODE == 2:
-            x2 = _rows16(x2_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
+            x2 = _rows16(x2_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
         else:
             x2 = x0
-        gs = _rows16(g_desc.load([pid_b, t0, col]).reshape(16, BLOCK).to(tl.float32))
-        hps = _rows16(h_desc.load([pid_b, t0 - 1, col]).reshape(16, BLOCK).to(tl.float32))
+        gs = _rows16(g_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        hps = _rows16(h_desc.load([pid_b, t0 - 1, col]).reshape(16, BLOCK))
         for k in tl.static_range(15, -1, -1):
-            hp = hps[k]
+            hp = hps[k].to(tl.float32)
             if HAS_H0:
                 if k == 0:
                     hp = tl.where(t0 == 0, hp + h0, hp)
-            g = gs[k]
-            a, d0, d1, d2 = _coef_bwd(x0[k], x1[k], x2[k],
+            g = gs[k].to(tl.float32)
+            a, d0, d1, d2 = _coef_bwd(x0[k].to(tl.float32), x1[k].to(tl.float32), x2[k].to(tl.float32),
                                       g + carry, hp, MODE)
             _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t0 + k) * RS, mask & (t0 + k < T), d0, d1, d2, MODE)
             carry = a * (g + carry)
