@@ -463,37 +463,3 @@ def test_a_sequence_past_the_kernels_32_bit_time_offsets_is_refused_in_one_line(
     from rnnlab.ops.registry import check_time_offsets
 
     check_time_offsets(name, limit, width)  # the limit itself passes the check
-
-
-@pytest.mark.parametrize("mode,H,T", [(0, 24, 37), (1, 40, 20), (2, 24, 16), (2, 72, 5)])
-def test_scans_by_tma_equal_the_pointer_kernels(mode, H, T):
-    """The linear / minGRU / minLSTM scans through tensor descriptors (16-step tiles, rows past T,
-    before step 0 and channels past H zero-filled) store the same states and gradients, bit for
-    bit, as the pointer kernels; inputs the tensor memory accelerator cannot take (a slice not
-    16-byte aligned, a tile over 256 channels) go to the pointer kernels."""
-    from rnnlab.ops.scan import triton as stri
-
-    g = torch.Generator().manual_seed(mode)
-    G = max(mode + 1, 2)
-    B = 3
-    if mode == 0:
-        a, b = torch.rand(B, T, H, generator=g), torch.randn(B, T, H, generator=g)
-        ptrs, RS = [a, b, b], H
-    else:
-        x = torch.randn(B, T, G * H, generator=g) * 2
-        ptrs, RS = stri._views(x, G, H), G * H
-    h0, dy = torch.randn(B, H, generator=g), torch.randn(B, T, H, generator=g)
-    runs = []
-    for block in (32, 512):  # 512 channels a tile: past TMA's 256, the pointer kernels
-        h, dh0 = torch.empty(B, T, H), torch.zeros(B, H)
-        stri.launch_forward(ptrs, RS, h0, h, mode, True, block)
-        dx, db = torch.empty(B, T, RS), torch.empty(B, T, H)
-        outs = [dx, db, db] if mode == 0 else stri._views(dx, G, H)
-        stri.launch_backward([ptrs[0]] * 3 if mode == 0 else ptrs, RS, h, h0, dy, outs, dh0, mode, True, block)
-        runs.append((h, dx, db, dh0) if mode == 0 else (h, dx, dh0))
-    assert stri._tma_descriptors(ptrs, RS, (B, T, H), 32) is not None
-    assert stri._tma_descriptors(ptrs, RS, (B, T, H), 512) is None
-    for tma, pointer in zip(*runs):
-        assert torch.equal(tma, pointer)
-    x = torch.randn(B, T, 2 * 26)  # H = 26 fp32: the second slice starts 104 bytes in
-    assert stri._tma_descriptors(stri._views(x, 2, 26), 52, (B, T, 26), 32) is None
