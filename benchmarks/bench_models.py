@@ -90,7 +90,8 @@ from rnnlab.train.runtime import git_commit_label
 
 OFF, DEFAULT, RO = None, "default", "reduce-overhead"
 # max-autotune: Inductor times its Triton matmul templates against cuBLAS for every GEMM shape and
-# keeps the faster (minutes of compilation at 400M; without CUDA graphs, which reduce-overhead has)
+# keeps the faster (minutes of compilation at 400M; without CUDA graphs, which reduce-overhead has).
+# No model's candidate: cuBLAS won every layer GEMM and minGRU ran 0.984x (results/max-autotune-h200)
 MAX_AUTOTUNE = "max-autotune-no-cudagraphs"
 MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO, "max-autotune": MAX_AUTOTUNE}
 MAMBA2 = dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})
