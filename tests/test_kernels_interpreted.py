@@ -463,3 +463,50 @@ def test_a_sequence_past_the_kernels_32_bit_time_offsets_is_refused_in_one_line(
     from rnnlab.ops.registry import check_time_offsets
 
     check_time_offsets(name, limit, width)  # the limit itself passes the check
+
+
+@pytest.mark.parametrize("mode,H,T,dtype", [(0, 24, 37, torch.float32), (1, 40, 20, torch.float32),
+                                            (2, 72, 5, torch.float32), (1, 72, 17, torch.bfloat16),
+                                            (2, 64, 5, torch.bfloat16)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, with_h0):
+    """The linear / minGRU / minLSTM scans through tensor descriptors (16-step tiles, rows past T,
+    before step 0 and channels past H zero-filled) store the same states and gradients, bit for
+    bit (signed zeros included), as the pointer kernels; inputs the tensor memory accelerator
+    cannot take (a slice not 16-byte aligned, a tile over 128 channels) go to the pointer kernels."""
+    from rnnlab.ops.scan import triton as stri
+
+    ran = []
+    for name in ("_scan_fwd_tma", "_scan_bwd_tma", "_scan_fwd", "_scan_bwd"):
+        kernel = getattr(stri, name)
+        monkeypatch.setattr(stri, name, type("Counted", (), {
+            "__getitem__": lambda self, grid, kernel=kernel, name=name: (ran.append(name), kernel[grid])[1]})())
+    g = torch.Generator().manual_seed(mode)
+    G = max(mode + 1, 2)
+    B = 3
+    if mode == 0:
+        a = (torch.rand(B, T, H, generator=g) * 2 - 1).to(dtype)  # negative a: -0.0 states reach da
+        b = torch.randn(B, T, H, generator=g).to(dtype)
+        b[:, 0] = -0.0  # with h0 = 0 and a < 0, h_0 = -0.0: the backward's h_{t-1} + 0.0 must make it +0.0
+        ptrs, RS = [a, b, b], H
+    else:
+        x = (torch.randn(B, T, G * H, generator=g) * 2).to(dtype)
+        ptrs, RS = stri._views(x, G, H), G * H
+    h0 = (torch.zeros(B, H) if mode == 0 else torch.randn(B, H, generator=g)).to(dtype) if with_h0 else ptrs[0]
+    dy = torch.randn(B, T, H, generator=g).to(dtype)
+    runs = []
+    for block in (64, 256):  # 256 channels a tile: past the TMA path's 128, the pointer kernels
+        h, dh0 = torch.empty(B, T, H, dtype=dtype), torch.zeros(B, H)
+        stri.launch_forward(ptrs, RS, h0, h, mode, with_h0, block)
+        dx, db = torch.empty(B, T, RS, dtype=dtype), torch.empty(B, T, H, dtype=dtype)
+        outs = [dx, db, db] if mode == 0 else stri._views(dx, G, H)
+        stri.launch_backward([ptrs[0]] * 3 if mode == 0 else ptrs, RS, h, h0, dy, outs, dh0, mode, with_h0, block)
+        runs.append((h, dx, db, dh0) if mode == 0 else (h, dx, dh0))
+    assert ran == ["_scan_fwd_tma", "_scan_bwd_tma", "_scan_fwd", "_scan_bwd"]
+    for tma, pointer in zip(*runs):
+        bits = torch.int16 if tma.element_size() == 2 else torch.int32
+        assert torch.equal(tma.view(bits), pointer.view(bits))
+    x = torch.randn(B, T, 2 * 26)  # H = 26 fp32: the second slice starts 104 bytes in
+    assert stri._tma_descriptors(stri._views(x, 2, 26), 52, (B, T, 26), 32) is None
+    assert stri._tma_descriptors([torch.empty(B, T, 28), torch.empty(B, T, 28, dtype=torch.bfloat16)], 28,
+                                 (B, T, 28), 32) is None  # dtypes differ (bf16 rows of 56 bytes)

@@ -3,8 +3,11 @@
 One program per (batch row, block of ``BLOCK`` channels); each walks T sequentially with fp32
 state, loads and stores coalesced along H, 4 time steps per loop iteration, the next 4 steps'
 loads issued before this iteration's updates (two groups of HBM round trips in flight: the
-scans are latency-bound, docs/kernels.md; 8 steps a group measured slower). The backward is the
-reverse scan
+scans are latency-bound, docs/kernels.md; 8 steps a group measured slower). On Hopper both
+directions instead take their inputs through tensor descriptors (``_scan_fwd_tma``,
+``_scan_bwd_tma``: tiles of 16 steps copied into shared memory, ``TMA_STAGES - 2`` in flight;
+the pointer kernels remain for inputs the tensor memory accelerator cannot take, and compute
+the same values bit for bit). The backward is the reverse scan
 
     dh_t  = g_t + a_{t+1} * dh_{t+1}      (g = dL/dh from above)
     db_t  = dh_t,   da_t = dh_t * h_{t-1},   dh0 = a_0 * dh_0
@@ -28,9 +31,12 @@ with ``g(x) = x + 0.5`` (x >= 0) else ``sigmoid(x)``; the same maths as ``naive.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from rnnlab.ops.registry import check_time_offsets, final_state, traced
 
@@ -42,6 +48,10 @@ __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 # (not timed at it).
 BLOCK = 64
 NUM_WARPS = 1
+# The scans' tiles of 16 steps in flight through the tensor memory accelerator (Hopper on):
+# Triton keeps TMA_STAGES - 1 buffers a tensor, so TMA_STAGES - 2 tiles are in flight while one is
+# scanned (docs/kernels.md, "the scans' inputs by TMA").
+TMA_STAGES = 4
 
 
 @triton.jit
@@ -169,6 +179,64 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
 
 
 @triton.jit
+def _evens_odds(x):
+    """``x: [BLOCK, n]`` -> its even and odd columns, ``[BLOCK, n // 2]`` each."""
+    return tl.split(x.reshape(x.shape[0], x.shape[1] // 2, 2))
+
+
+@triton.jit
+def _rows16(x):
+    """The 16 rows of ``x: [16, BLOCK]``, each ``[BLOCK]``, in order (splits, so that each thread
+    ends with its channels' 16 steps in registers: no shuffles)."""
+    e, o = _evens_odds(tl.permute(x, (1, 0)))
+    ee, eo = _evens_odds(e)
+    oe, oo = _evens_odds(o)
+    eee, eeo = _evens_odds(ee)
+    eoe, eoo = _evens_odds(eo)
+    oee, oeo = _evens_odds(oe)
+    ooe, ooo = _evens_odds(oo)
+    r0, r8 = tl.split(eee)
+    r4, r12 = tl.split(eeo)
+    r2, r10 = tl.split(eoe)
+    r6, r14 = tl.split(eoo)
+    r1, r9 = tl.split(oee)
+    r5, r13 = tl.split(oeo)
+    r3, r11 = tl.split(ooe)
+    r7, r15 = tl.split(ooo)
+    return r0, r1, r2, r3, r4, r5, r6, r7, r8, r9, r10, r11, r12, r13, r14, r15
+
+
+@triton.jit
+def _scan_fwd_tma(x0_desc, x1_desc, x2_desc, h0_ptr, h_ptr, T, H,
+                  MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
+    """``_scan_fwd`` with its inputs brought by the tensor memory accelerator: tiles of
+    16 steps x ``BLOCK`` channels copied into shared memory, ``STAGES - 2`` in flight
+    (Triton pipelines the descriptor loads), so that many more bytes are in flight than the
+    registers of the pointer kernel hold; rows past T and channels past H arrive as zeros."""
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    col = pid_h * BLOCK
+    offs = col + tl.arange(0, BLOCK)
+    mask = offs < H
+    hb = pid_b.to(tl.int64) * T * H + offs
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK], dtype=tl.float32)
+    for t0 in tl.range(0, T, 16, num_stages=STAGES):
+        x0 = _rows16(x0_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        x1 = _rows16(x1_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        if MODE == 2:
+            x2 = _rows16(x2_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        else:
+            x2 = x0
+        for k in tl.static_range(16):  # the gates a row at a time: no layout change through shared memory
+            a, b = _coef(x0[k].to(tl.float32), x1[k].to(tl.float32), x2[k].to(tl.float32), MODE)
+            h = a * h + b
+            tl.store(h_ptr + hb + (t0 + k) * H, h.to(h_ptr.dtype.element_ty), mask=mask & (t0 + k < T))
+
+
+@triton.jit
 def _ld_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, xb, hb, h0o, t, H, mask,
             MODE: tl.constexpr, HAS_H0: tl.constexpr):
     m = mask & (t >= 0)
@@ -236,25 +304,104 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
     tl.store(dh0_ptr + h0o, carry, mask=mask)
 
 
+@triton.jit
+def _scan_bwd_tma(x0_desc, x1_desc, x2_desc, h_desc, g_desc, h0_ptr, d0_ptr, d1_ptr, d2_ptr, dh0_ptr, RS, T, H,
+                  MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
+    """``_scan_bwd`` with its inputs brought by the tensor memory accelerator, as
+    ``_scan_fwd_tma``: tiles of 16 steps from the last, ``h`` one step behind (row -1 arrives as
+    zeros: h0, when given, is added there); each step as the pointer kernel computes it."""
+    pid_b = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    col = pid_h * BLOCK
+    offs = col + tl.arange(0, BLOCK)
+    mask = offs < H
+    xb = pid_b.to(tl.int64) * T * RS + offs
+    h0o = pid_b * H + offs
+    if HAS_H0:
+        h0 = tl.load(h0_ptr + h0o, mask=mask, other=0.0).to(tl.float32)
+    carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}; stays 0 over the zero rows past T
+    n = tl.cdiv(T, 16)
+    for i in tl.range(0, n, num_stages=STAGES):
+        t0 = (n - 1 - i) * 16
+        x0 = _rows16(x0_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        x1 = _rows16(x1_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        if MODE == 2:
+            x2 = _rows16(x2_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        else:
+            x2 = x0
+        gs = _rows16(g_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
+        hps = _rows16(h_desc.load([pid_b, t0 - 1, col]).reshape(16, BLOCK))
+        for k in tl.static_range(15, -1, -1):
+            hp = hps[k].to(tl.float32)
+            if HAS_H0:  # as the pointer kernel: h0 at step 0, + 0.0 elsewhere (-0.0 becomes +0.0 alike)
+                hp = hp + tl.where(t0 + k == 0, h0, 0.0)
+            g = gs[k].to(tl.float32)
+            a, d0, d1, d2 = _coef_bwd(x0[k].to(tl.float32), x1[k].to(tl.float32), x2[k].to(tl.float32),
+                                      g + carry, hp, MODE)
+            _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t0 + k) * RS, mask & (t0 + k < T), d0, d1, d2, MODE)
+            carry = a * (g + carry)
+    tl.store(dh0_ptr + h0o, carry, mask=mask)
+
+
 def _views(x: torch.Tensor, groups: int, H: int):
     return [x[..., k * H:(k + 1) * H] for k in range(groups)] + [x] * (3 - groups)
 
 
+@functools.cache
+def _has_tma(device: torch.device) -> bool:
+    """Whether ``device`` has the tensor memory accelerator: an NVIDIA GPU from Hopper on (CPU tensors
+    reach the kernels only in Triton's interpreter, which emulates it)."""
+    if device.type != "cuda":
+        return True
+    return torch.version.hip is None and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _tma_descriptors(ptrs, RS: int, shape, block: int, used: int = 3):
+    """Tensor descriptors of ``ptrs``, each ``shape = [B, T, H]`` with row stride ``RS``, in tiles of
+    ``[1, 16, block]`` (the first ``used`` built, the others the first again: a kernel does not
+    read them), or None where the tensor memory accelerator cannot take them: no TMA, a row or a
+    base not 16-byte aligned, dtypes that differ, more than 128 channels a tile (at 256 the
+    forward spills registers)."""
+    x = ptrs[0]
+    if not _has_tma(x.device) or block > 128 or any(p.dtype != x.dtype for p in ptrs):
+        return None
+    B, T, H = shape
+    es = x.element_size()
+    if block * es < 16 or (RS * es) % 16 or any(p.data_ptr() % 16 for p in ptrs):
+        return None
+    descs = [TensorDescriptor(p, [B, T, H], [T * RS, RS, 1], [1, 16, block]) for p in ptrs[:used]]
+    return descs + descs[:1] * (len(ptrs) - used)
+
+
 def launch_forward(ptrs, RS: int, h0c, h: torch.Tensor, mode: int, has_h0: bool,
                    block: int = BLOCK, warps: int = NUM_WARPS) -> None:
-    """``_scan_fwd`` over ``h: [B, T, H]`` (one program per batch row and ``block`` channels);
-    ``block`` and ``warps`` other than the defaults only for ``bench_kernels.py``'s sweep."""
+    """``_scan_fwd_tma`` over ``h: [B, T, H]`` where the inputs allow it, else ``_scan_fwd`` (one
+    program per batch row and ``block`` channels either way); ``block`` and ``warps`` other than
+    the defaults only for ``bench_kernels.py``'s sweep."""
     B, T, H = h.shape
-    _scan_fwd[(B, triton.cdiv(H, block))](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
-                                          num_warps=warps)
+    grid = (B, triton.cdiv(H, block))
+    descs = _tma_descriptors(ptrs, RS, h.shape, block, used=3 if mode == 2 else 2)
+    if descs is not None:
+        _scan_fwd_tma[grid](*descs, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block, STAGES=TMA_STAGES,
+                            num_warps=warps)
+    else:
+        _scan_fwd[grid](*ptrs, RS, h0c, h, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block, num_warps=warps)
 
 
 def launch_backward(ptrs, RS: int, h: torch.Tensor, h0c, g: torch.Tensor, outs, dh0: torch.Tensor, mode: int,
                     has_h0: bool, block: int = BLOCK, warps: int = NUM_WARPS) -> None:
-    """``_scan_bwd``, launched as :func:`launch_forward`."""
+    """``_scan_bwd_tma`` where the inputs, ``h`` and ``g`` allow it, else ``_scan_bwd``; launched as
+    :func:`launch_forward`."""
     B, T, H = h.shape
-    _scan_bwd[(B, triton.cdiv(H, block))](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0,
-                                          BLOCK=block, num_warps=warps)
+    grid = (B, triton.cdiv(H, block))
+    descs = _tma_descriptors(ptrs, RS, h.shape, block, used=mode + 1)
+    states = _tma_descriptors([h, g], H, h.shape, block) if descs is not None else None
+    if states is not None:
+        _scan_bwd_tma[grid](*descs, *states, h0c, *outs, dh0, RS, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
+                            STAGES=TMA_STAGES, num_warps=warps)
+    else:
+        _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
+                        num_warps=warps)
 
 
 # ------------------------------------------------------------------------ torch.library ops
