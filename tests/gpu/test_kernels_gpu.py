@@ -119,6 +119,19 @@ def test_fused_min_scan(dtype, shape, with_h0, which):
     _check_op(which + "_scan", getattr(st, which + "_scan"), getattr(naive, which + "_scan"), [p, h0], dtype)
 
 
+@pytest.mark.parametrize("G,H", [(1, 64), (2, 3520), (3, 2880), (3, 100)])
+def test_scans_read_by_tma_where_the_gpu_has_it(G, H):
+    """On a GPU with the tensor memory accelerator (Hopper on), the scans at the models' layouts
+    (minGRU 3520 channels, minLSTM 2880, bf16) take the TMA kernels, which the value tests above
+    then check (H = 64, 200); a slice not 16-byte aligned (H = 100 bf16) takes the pointer kernels."""
+    from rnnlab.ops.scan import triton as st
+
+    x = torch.randn(2, 40, G * H, device=DEV, dtype=torch.bfloat16)
+    descs = st._tma_descriptors(st._views(x, G, H) if G > 1 else [x] * 3, G * H, (2, 40, H), st.BLOCK)
+    tma = torch.cuda.get_device_capability()[0] >= 9 and torch.version.hip is None and H % 8 == 0
+    assert (descs is not None) == tma
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("which", ["mingru", "minlstm"])
 def test_fused_min_scan_saturated(dtype, which):
