@@ -465,10 +465,9 @@ def test_a_sequence_past_the_kernels_32_bit_time_offsets_is_refused_in_one_line(
     check_time_offsets(name, limit, width)  # the limit itself passes the check
 
 
-@pytest.mark.parametrize("mode,H,T,dtype", [(0, 24, 37, torch.float32), (1, 40, 20, torch.float32),
-                                            (2, 72, 5, torch.float32), (1, 72, 17, torch.bfloat16),
-                                            (2, 64, 5, torch.bfloat16)])
-@pytest.mark.parametrize("with_h0", [False, True])
+@pytest.mark.parametrize("mode,H,T,dtype,with_h0", [
+    (0, 24, 37, torch.float32, True), (0, 24, 21, torch.float32, False), (1, 40, 20, torch.float32, False),
+    (2, 72, 5, torch.float32, True), (1, 72, 17, torch.bfloat16, True), (2, 64, 5, torch.bfloat16, False)])
 def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, with_h0):
     """The linear / minGRU / minLSTM scans through tensor descriptors (16-step tiles, rows past T,
     before step 0 and channels past H zero-filled) store the same states and gradients, bit for
