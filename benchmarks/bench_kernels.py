@@ -718,9 +718,11 @@ def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"
     # after its module, and a second copy under the same name would silently replace the first's
     spec = importlib.util.spec_from_file_location(f"scan_triton_against_{next(_SCAN_COPIES)}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # torch.compile imports a custom op's module by its name
     try:
         spec.loader.exec_module(module)
     except Exception as e:  # any failure of the user's file, reported in one line
+        del sys.modules[spec.name]
         refuse(f"does not import ({type(e).__name__}: {e})")
     missing = [n for n in ("launch_forward", "launch_backward", "_views", "BLOCK", "NUM_WARPS", "linear_scan",
                            "mingru_scan", "minlstm_scan") if not hasattr(module, n)]

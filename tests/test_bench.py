@@ -1575,6 +1575,9 @@ def test_scan_against_times_another_copy_of_the_scan_module(tmp_path):
         next(bk.scan_launch_sweep(p, 2, g, [(16, 1)], bk.scan_module_from(str(broken)), bk.fused_scan_outputs(p, 2, g, stri)))
     # each copy keeps its own custom ops: the broken one loaded after it changed nothing of the first's
     assert torch.equal(other.minlstm_scan(p)[0], stri.minlstm_scan(p)[0])
+    # and they compile (torch.compile imports a custom op's module by name: bench_models' twins)
+    compiled = torch.compile(lambda p: other.minlstm_scan(p)[0], backend="aot_eager", fullgraph=True)
+    assert torch.equal(compiled(p), stri.minlstm_scan(p)[0])
 
 
 @pytest.mark.parametrize("option,name,text,why", [

@@ -469,14 +469,15 @@ def test_a_sequence_past_the_kernels_32_bit_time_offsets_is_refused_in_one_line(
     (0, 24, 37, torch.float32, True), (0, 24, 21, torch.float32, False), (1, 40, 20, torch.float32, False),
     (2, 72, 5, torch.float32, True), (1, 72, 17, torch.bfloat16, True), (2, 64, 5, torch.bfloat16, False)])
 def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, with_h0):
-    """The linear / minGRU / minLSTM scans through tensor descriptors (16-step tiles, rows past T,
-    before step 0 and channels past H zero-filled) store the same states and gradients, bit for
-    bit (signed zeros included), as the pointer kernels; inputs the tensor memory accelerator
-    cannot take (a slice not 16-byte aligned, a tile over 128 channels) go to the pointer kernels."""
+    """The linear / minGRU / minLSTM forward scans through tensor descriptors (16-step tiles, rows
+    past T and channels past H zero-filled) store the same states, bit for bit (signed zeros
+    included), as the pointer kernel, so the backward computes the same gradients; inputs the
+    tensor memory accelerator cannot take (a slice not 16-byte aligned, a tile over 128
+    channels) go to the pointer kernel."""
     from rnnlab.ops.scan import triton as stri
 
     ran = []
-    for name in ("_scan_fwd_tma", "_scan_bwd_tma", "_scan_fwd", "_scan_bwd"):
+    for name in ("_scan_fwd_tma", "_scan_fwd", "_scan_bwd"):
         kernel = getattr(stri, name)
         monkeypatch.setattr(stri, name, type("Counted", (), {
             "__getitem__": lambda self, grid, kernel=kernel, name=name: (ran.append(name), kernel[grid])[1]})())
@@ -501,7 +502,7 @@ def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, 
         outs = [dx, db, db] if mode == 0 else stri._views(dx, G, H)
         stri.launch_backward([ptrs[0]] * 3 if mode == 0 else ptrs, RS, h, h0, dy, outs, dh0, mode, with_h0, block)
         runs.append((h, dx, db, dh0) if mode == 0 else (h, dx, dh0))
-    assert ran == ["_scan_fwd_tma", "_scan_bwd_tma", "_scan_fwd", "_scan_bwd"]
+    assert ran == ["_scan_fwd_tma", "_scan_bwd", "_scan_fwd", "_scan_bwd"]
     for tma, pointer in zip(*runs):
         bits = torch.int16 if tma.element_size() == 2 else torch.int32
         assert torch.equal(tma.view(bits), pointer.view(bits))

@@ -3,11 +3,13 @@
 One program per (batch row, block of ``BLOCK`` channels); each walks T sequentially with fp32
 state, loads and stores coalesced along H, 4 time steps per loop iteration, the next 4 steps'
 loads issued before this iteration's updates (two groups of HBM round trips in flight: the
-scans are latency-bound, docs/kernels.md; 8 steps a group measured slower). On Hopper both
-directions instead take their inputs through tensor descriptors (``_scan_fwd_tma``,
-``_scan_bwd_tma``: tiles of 16 steps copied into shared memory, ``TMA_STAGES - 2`` in flight;
-the pointer kernels remain for inputs the tensor memory accelerator cannot take, and compute
-the same values bit for bit). The backward is the reverse scan
+scans are latency-bound, docs/kernels.md; 8 steps a group measured slower). On Hopper the
+forward instead takes its inputs through tensor descriptors (``_scan_fwd_tma``: tiles of 16
+steps copied into shared memory, ``TMA_STAGES - 2`` in flight; 0.89x / 0.92x the pointer
+kernel's time for minGRU / minLSTM on an H200, results/tma-scans-h200; the pointer kernel
+remains for inputs the tensor memory accelerator cannot take, and computes the same states bit
+for bit). The backward's TMA twin was slower (1.06x / 1.42x) and is not kept. The backward is
+the reverse scan
 
     dh_t  = g_t + a_{t+1} * dh_{t+1}      (g = dL/dh from above)
     db_t  = dh_t,   da_t = dh_t * h_{t-1},   dh0 = a_0 * dh_0
@@ -50,7 +52,8 @@ BLOCK = 64
 NUM_WARPS = 1
 # The scans' tiles of 16 steps in flight through the tensor memory accelerator (Hopper on):
 # Triton keeps TMA_STAGES - 1 buffers a tensor, so TMA_STAGES - 2 tiles are in flight while one is
-# scanned (docs/kernels.md, "the scans' inputs by TMA").
+# scanned (docs/kernels.md, "the scans' inputs by TMA"); 3 and 4 timed within 1% of each other on
+# an H200, 2 and 6 slower (results/tma-scans-h200).
 TMA_STAGES = 4
 
 
@@ -304,45 +307,6 @@ def _scan_bwd(x0_ptr, x1_ptr, x2_ptr, RS, h_ptr, h0_ptr, g_ptr, d0_ptr, d1_ptr, 
     tl.store(dh0_ptr + h0o, carry, mask=mask)
 
 
-@triton.jit
-def _scan_bwd_tma(x0_desc, x1_desc, x2_desc, h_desc, g_desc, h0_ptr, d0_ptr, d1_ptr, d2_ptr, dh0_ptr, RS, T, H,
-                  MODE: tl.constexpr, HAS_H0: tl.constexpr, BLOCK: tl.constexpr, STAGES: tl.constexpr):
-    """``_scan_bwd`` with its inputs brought by the tensor memory accelerator, as
-    ``_scan_fwd_tma``: tiles of 16 steps from the last, ``h`` one step behind (row -1 arrives as
-    zeros: h0, when given, is added there); each step as the pointer kernel computes it."""
-    pid_b = tl.program_id(0)
-    pid_h = tl.program_id(1)
-    col = pid_h * BLOCK
-    offs = col + tl.arange(0, BLOCK)
-    mask = offs < H
-    xb = pid_b.to(tl.int64) * T * RS + offs
-    h0o = pid_b * H + offs
-    if HAS_H0:
-        h0 = tl.load(h0_ptr + h0o, mask=mask, other=0.0).to(tl.float32)
-    carry = tl.zeros([BLOCK], dtype=tl.float32)  # a_{t+1} * dh_{t+1}; stays 0 over the zero rows past T
-    n = tl.cdiv(T, 16)
-    for i in tl.range(0, n, num_stages=STAGES):
-        t0 = (n - 1 - i) * 16
-        x0 = _rows16(x0_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
-        x1 = _rows16(x1_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
-        if MODE == 2:
-            x2 = _rows16(x2_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
-        else:
-            x2 = x0
-        gs = _rows16(g_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
-        hps = _rows16(h_desc.load([pid_b, t0 - 1, col]).reshape(16, BLOCK))
-        for k in tl.static_range(15, -1, -1):
-            hp = hps[k].to(tl.float32)
-            if HAS_H0:  # as the pointer kernel: h0 at step 0, + 0.0 elsewhere (-0.0 becomes +0.0 alike)
-                hp = hp + tl.where(t0 + k == 0, h0, 0.0)
-            g = gs[k].to(tl.float32)
-            a, d0, d1, d2 = _coef_bwd(x0[k].to(tl.float32), x1[k].to(tl.float32), x2[k].to(tl.float32),
-                                      g + carry, hp, MODE)
-            _st_bwd(d0_ptr, d1_ptr, d2_ptr, RS, xb + (t0 + k) * RS, mask & (t0 + k < T), d0, d1, d2, MODE)
-            carry = a * (g + carry)
-    tl.store(dh0_ptr + h0o, carry, mask=mask)
-
-
 def _views(x: torch.Tensor, groups: int, H: int):
     return [x[..., k * H:(k + 1) * H] for k in range(groups)] + [x] * (3 - groups)
 
@@ -390,18 +354,11 @@ def launch_forward(ptrs, RS: int, h0c, h: torch.Tensor, mode: int, has_h0: bool,
 
 def launch_backward(ptrs, RS: int, h: torch.Tensor, h0c, g: torch.Tensor, outs, dh0: torch.Tensor, mode: int,
                     has_h0: bool, block: int = BLOCK, warps: int = NUM_WARPS) -> None:
-    """``_scan_bwd_tma`` where the inputs, ``h`` and ``g`` allow it, else ``_scan_bwd``; launched as
-    :func:`launch_forward`."""
+    """``_scan_bwd``, launched as :func:`launch_forward`."""
     B, T, H = h.shape
     grid = (B, triton.cdiv(H, block))
-    descs = _tma_descriptors(ptrs, RS, h.shape, block, used=mode + 1)
-    states = _tma_descriptors([h, g], H, h.shape, block) if descs is not None else None
-    if states is not None:
-        _scan_bwd_tma[grid](*descs, *states, h0c, *outs, dh0, RS, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
-                            STAGES=TMA_STAGES, num_warps=warps)
-    else:
-        _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
-                        num_warps=warps)
+    _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
+                    num_warps=warps)
 
 
 # ------------------------------------------------------------------------ torch.library ops
