@@ -734,6 +734,8 @@ def scan_module_from(path: str, option: str = "bench_kernels.py: --scan-against"
 # (channels per program, warps) for the fused minGRU / minLSTM scans (the package's:
 # rnnlab.ops.scan.triton.BLOCK, NUM_WARPS). Swept on an H200: results/scan-launch-h200 (none beat
 # the then package's 256 / 4 by more than 3.6%), results/scan-prefetch-h200 (64 / 1 did by 4-5%).
+# On Hopper the forwards up to 128 channels a program are the TMA kernel, wider ones the pointer
+# kernel (rnnlab.ops.scan.triton.launch_forward); the backwards are the pointer kernel throughout.
 SCAN_LAUNCHES = [(64, 1), (64, 2), (128, 1), (128, 2), (128, 4), (256, 2), (256, 4), (256, 8), (512, 4), (512, 8)]
 
 

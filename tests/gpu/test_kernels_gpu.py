@@ -122,8 +122,8 @@ def test_fused_min_scan(dtype, shape, with_h0, which):
 @pytest.mark.parametrize("G,H", [(1, 64), (2, 3520), (3, 2880), (3, 100)])
 def test_scans_read_by_tma_where_the_gpu_has_it(G, H):
     """On a GPU with the tensor memory accelerator (Hopper on), the scans at the models' layouts
-    (minGRU 3520 channels, minLSTM 2880, bf16) take the TMA kernels, which the value tests above
-    then check (H = 64, 200); a slice not 16-byte aligned (H = 100 bf16) takes the pointer kernels."""
+    (minGRU 3520 channels, minLSTM 2880, bf16) take the TMA forward, which the value tests above
+    then check (H = 64, 200); a slice not 16-byte aligned (H = 100 bf16) takes the pointer kernel."""
     from rnnlab.ops.scan import triton as st
 
     x = torch.randn(2, 40, G * H, device=DEV, dtype=torch.bfloat16)
