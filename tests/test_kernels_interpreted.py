@@ -487,7 +487,7 @@ def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, 
     if mode == 0:
         a = (torch.rand(B, T, H, generator=g) * 2 - 1).to(dtype)  # negative a: -0.0 states reach da
         b = torch.randn(B, T, H, generator=g).to(dtype)
-        b[:, 0] = -0.0  # with h0 = 0 and a < 0, h_0 = -0.0: the backward's h_{t-1} + 0.0 must make it +0.0
+        b[:, 0] = -0.0  # signed zeros in h (a < 0, h0 = 0): the TMA forward must store the pointer kernel's zeros
         ptrs, RS = [a, b, b], H
     else:
         x = (torch.randn(B, T, G * H, generator=g) * 2).to(dtype)

@@ -356,9 +356,8 @@ def launch_backward(ptrs, RS: int, h: torch.Tensor, h0c, g: torch.Tensor, outs, 
                     has_h0: bool, block: int = BLOCK, warps: int = NUM_WARPS) -> None:
     """``_scan_bwd``, launched as :func:`launch_forward`."""
     B, T, H = h.shape
-    grid = (B, triton.cdiv(H, block))
-    _scan_bwd[grid](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0, BLOCK=block,
-                    num_warps=warps)
+    _scan_bwd[(B, triton.cdiv(H, block))](*ptrs, RS, h, h0c, g, *outs, dh0, T, H, MODE=mode, HAS_H0=has_h0,
+                                          BLOCK=block, num_warps=warps)
 
 
 # ------------------------------------------------------------------------ torch.library ops
