@@ -3,7 +3,8 @@ reference configurations, every model in the compile modes that can be its faste
 
     python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
                                       [--skip NAME ...] [--profile] [--sf-step fused foreach]
-                                      [--scan-against FILE] [--json results/x/models.json]
+                                      [--scan-against FILE] [--rows-against LIMIT]
+                                      [--json results/x/models.json]
 
 Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; rnnlab's one-launch step, as
 ``rnnlab train`` runs it on CUDA, and/or with ``--sf-step foreach`` schedulefree's own step, each
@@ -53,6 +54,11 @@ host's part costs.
 ``--scan-against FILE`` (another copy of ``rnnlab/ops/scan/triton.py``, e.g. an earlier commit's)
 adds, for each minGRU / minLSTM row, a twin row (``SCAN_SUFFIX``) that trains with that copy's
 scan kernels in place of the package's: a kernel change as a whole-model ratio of one run.
+
+Every compiled row is compiled as ``rnnlab train --compile`` compiles (``rnnlab.train.inductor``:
+Inductor with row reductions persistent up to ``PERSISTENT_ROWS`` elements). ``--rows-against
+LIMIT`` adds, for each compiled row, a twin row (``ROWS_SUFFIX``) compiled with that limit instead
+(1024: Inductor's own): the heuristic as a whole-model ratio of one run.
 
 ``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` and adds
 the GPU time per step by kind of kernel (``KERNEL_KINDS``: the sequence mixer's kernels, matmuls,
@@ -273,17 +279,20 @@ def host_time(step, batches: list[torch.Tensor]) -> tuple[float, float]:
     return round(statistics.median(times) * 1e3, 2), round(spin, 1)
 
 
-def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused", graphed=False, twin=False):
+def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused", graphed=False, twin=False,
+          rows=None):
     """Train ``steps + warmup`` steps of one model in one mode with Schedule-Free AdamW's
     ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own), ``graphed``:
     the timed steps replay a CUDA graph of the forward and backward, captured after the warm-up
     steps as ``rnnlab train --cuda-graph`` captures it (``GraphedForwardBackward``; the optimizer
     step outside); returns the row (with ``profile``, also the GPU time per step by kind of
     kernel, from ``PROFILE_STEPS`` more steps; ``twin``: the weights start one rounding step apart,
-    ``round_weights_apart``)."""
+    ``round_weights_apart``; ``rows``: compiled with row reductions persistent up to that many
+    elements instead of the package's ``PERSISTENT_ROWS``)."""
     import schedulefree
 
     from rnnlab.train import sf_adamw
+    from rnnlab.train.inductor import PERSISTENT_ROWS, compile_model
 
     torch.manual_seed(0)
     model = build(cfgd).to("cuda", torch.bfloat16)
@@ -293,7 +302,8 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
     params = sum(p.numel() for p in model.parameters())
     torch._dynamo.reset()  # fresh caches and recompile budget for every row
     torch._dynamo.utils.counters.clear()  # reset() keeps the graph-break counters
-    fwd = model if mode is OFF else torch.compile(model, mode=mode)
+    rows = rows or PERSISTENT_ROWS
+    fwd = model if mode is OFF else compile_model(model, mode, rows)
     cls = sf_adamw.AdamWScheduleFree if sf_step == "fused" else schedulefree.AdamWScheduleFree
     opt = cls(model.parameters(), lr=3e-4, weight_decay=0.1)
     opt.train()
@@ -332,6 +342,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         losses.append(loss.item())
     med = statistics.median(times[warmup:])
     row = dict(name=name, mode=mode_name(mode, graphed), config=cfgd, params=params,
+               persistent_rows=None if mode is OFF else rows,
                B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
@@ -375,13 +386,16 @@ def versions() -> dict:
 FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step
 SCAN_SUFFIX = " [--scan-against]"  # the row name of a model run with --scan-against's scan kernels
 SCAN_MODELS = ("mingru", "minlstm")  # the model kinds whose layers run those kernels
+ROWS_SUFFIX = " [--rows-against]"  # the row name of a model compiled with --rows-against's limit
 
 
-def row_name(model: str, sf_step: str, scan_against: bool = False) -> str:
-    """A row's name: the model's for rnnlab's fused Schedule-Free step (what `rnnlab train` runs)
-    and the package's kernels, marked with ``FOREACH_SUFFIX`` for schedulefree's own step and
-    ``SCAN_SUFFIX`` for ``--scan-against``'s scan kernels (each its own row group)."""
-    return model + ("" if sf_step == "fused" else FOREACH_SUFFIX) + (SCAN_SUFFIX if scan_against else "")
+def row_name(model: str, sf_step: str, scan_against: bool = False, rows_against: bool = False) -> str:
+    """A row's name: the model's for rnnlab's fused Schedule-Free step (what `rnnlab train` runs),
+    the package's kernels and its compile, marked with ``FOREACH_SUFFIX`` for schedulefree's own
+    step, ``SCAN_SUFFIX`` for ``--scan-against``'s scan kernels and ``ROWS_SUFFIX`` for
+    ``--rows-against``'s compile (each its own row group)."""
+    return (model + ("" if sf_step == "fused" else FOREACH_SUFFIX) + (SCAN_SUFFIX if scan_against else "")
+            + (ROWS_SUFFIX if rows_against else ""))
 
 
 @contextlib.contextmanager
@@ -540,6 +554,9 @@ def main(argv=None):
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): each minGRU / "
                         "minLSTM row gets a twin row training with its scan kernels")
+    p.add_argument("--rows-against", type=int, default=None, metavar="LIMIT",
+                   help="each compiled row gets a twin row compiled with row reductions persistent up to LIMIT "
+                        "elements instead of the package's (1024: Inductor's own)")
     p.add_argument("--json", default=None)
     p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
     args = p.parse_args(argv)
@@ -550,15 +567,19 @@ def main(argv=None):
 
         against = scan_module_from(args.scan_against, "bench_models.py: --scan-against")
 
+    if args.rows_against is not None and args.rows_against < 1:
+        p.error(f"--rows-against must be a positive number of elements, got {args.rows_against}")
     if not torch.cuda.is_available():
         p.exit(2, "bench_models.py: error: needs a CUDA GPU (torch sees none)\n")
+    from rnnlab.train.inductor import PERSISTENT_ROWS  # imports Inductor (seconds): here, not for bench_models' tests
+
     device = torch.cuda.get_device_name()
     peak, assumed = benchmark_peak(device, args.peak_tflops)
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(sys.argv), optimizer="Schedule-Free AdamW lr 3e-4 wd 0.1",
                 weights="bf16", steps=args.steps, peak_tflops=peak,
                 peak_assumed=assumed, loss_tol=LOSS_TOL, twin_factor=TWIN_FACTOR, twin_step=TWIN_STEP,
-                **versions())
+                persistent_rows=PERSISTENT_ROWS, rows_against=args.rows_against, **versions())
     meta["git_commit"] = args.commit or meta["git_commit"]
     def named(name, words):
         return any(w.lower() in name.lower() for w in words or ())
@@ -570,12 +591,12 @@ def main(argv=None):
         _init_for_cuda_graphs()
     rows: list[dict] = []
 
-    def run_row(label, cfgd, B, mode, sf_step, graphed, module, twin=False):
+    def run_row(label, cfgd, B, mode, sf_step, graphed, module, limit, twin=False):
         warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
         try:
             with scan_kernels(module):
                 return bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile and not twin, sf_step,
-                             graphed, twin)
+                             graphed, twin, limit)
         except Exception as e:  # noqa: BLE001 - report and continue with the next row
             torch._dynamo.reset()
             gc.collect()
@@ -587,15 +608,18 @@ def main(argv=None):
         for B in args.batches:
             firsts: dict[str, tuple] = {}  # per row name: its first mode's row and how it was run
             counts: dict[str, int] = {}  # per row name: the modes run
-            for mode, sf_step, graphed, module in itertools.product(
+            for mode, sf_step, graphed, module, limit in itertools.product(
                     [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step,
                     [False, True] if args.graph else [False],
-                    [None, against] if against is not None and cfgd["model"] in SCAN_MODELS else [None]):
+                    [None, against] if against is not None and cfgd["model"] in SCAN_MODELS else [None],
+                    [None, args.rows_against] if args.rows_against else [None]):
                 if graphed and mode == RO:  # its CUDA graphs cannot be captured inside another
                     continue
-                label = row_name(name, sf_step, module is not None)
-                r = run_row(label, cfgd, B, mode, sf_step, graphed, module)
-                firsts.setdefault(label, (r, (label, cfgd, B, mode, sf_step, graphed, module)))
+                if limit is not None and mode is OFF:  # nothing compiled: no twin
+                    continue
+                label = row_name(name, sf_step, module is not None, limit is not None)
+                r = run_row(label, cfgd, B, mode, sf_step, graphed, module, limit)
+                firsts.setdefault(label, (r, (label, cfgd, B, mode, sf_step, graphed, module, limit)))
                 counts[label] = counts.get(label, 0) + 1
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "losses"}), flush=True)
@@ -619,6 +643,7 @@ def main(argv=None):
     print_targets(found)
     compare_twins(rows, FOREACH_SUFFIX, "foreach", "schedulefree's step")
     compare_twins(rows, SCAN_SUFFIX, "scan_against", "--scan-against's scan kernels")
+    compare_twins(rows, ROWS_SUFFIX, "rows_against", f"row reductions persistent up to {args.rows_against}")
     print_profiles(rows)
     if args.json:
         write_json(args.json, dict(meta=meta, rows=rows, targets=found))

@@ -1879,7 +1879,7 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     """bench_models.py --scan-against FILE: a twin row for each minGRU / minLSTM row (with FILE's
     kernels in place while it trains, the package's back after), none for the other models; a
     file that is no scan module is refused in one line. A model run in several modes gets one
-    rounding twin of its first mode, run last."""
+    rounding twin of its first mode, run last. --rows-against LIMIT: a twin for each compiled row."""
     from rnnlab.ops.scan import MINGRU_SCAN
     from rnnlab.ops.scan import triton as stri
 
@@ -1888,8 +1888,9 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     copy.write_text(Path(stri.__file__).read_text())
     seen = []
 
-    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed, twin=False):
-        seen.append((name, MINGRU_SCAN.kernel.get().__file__ == str(copy)) + (("twin", mode),) * twin)
+    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed, twin=False, rows=None):
+        seen.append((name, MINGRU_SCAN.kernel.get().__file__ == str(copy)) + (("twin", mode),) * twin
+                    + (("rows", rows),) * (rows is not None))
         return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
                     step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
@@ -1905,6 +1906,17 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     with pytest.raises(SystemExit) as stop:
         bm.main(["--only", "minGRU", "--scan-against", str(tmp_path / "missing.py")])
     assert stop.value.code == 2 and capsys.readouterr().err.strip().startswith("bench_models.py: --scan-against")
+    # --rows-against: a twin compiled with that row limit for each compiled mode, none for eager
+    seen.clear()
+    bm.main(["--only", "E16", "--compile", "off", "default", "--rows-against", "1024"])
+    assert seen == [("E16 s4 1024x10 e2", False), ("E16 s4 1024x10 e2", False),
+                    ("E16 s4 1024x10 e2 [--rows-against]", False, ("rows", 1024)),
+                    ("E16 s4 1024x10 e2", False, ("twin", bm.OFF))]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        bm.main(["--only", "E16", "--rows-against", "0"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("--rows-against must be a positive number of elements, got 0")
 
 
 def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):

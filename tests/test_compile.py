@@ -1,8 +1,10 @@
 """torch.compile of the whole LM (CPU, backend "aot_eager" to keep it fast): the same loss,
 gradients and buffers as eager, graph breaks only at the opaque recurrences, and the head and loss
-still inside a compiled graph."""
+still inside a compiled graph; rnnlab's Inductor heuristic (rnnlab.train.inductor) and its options."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -74,3 +76,61 @@ def test_compiled_lm_matches_eager(name):
     assert any(any("cross_entropy" in op for op in ops) for ops in graphs)
     if name == "mamba2":
         assert len(graphs) == 1
+
+
+def _persistent(hint, numel: int, cooperative: bool = False) -> bool:
+    """What ``RowChoices`` decides for a reduction of ``numel`` elements with ``hint``, in the
+    compile under way (Inductor's config as that compile patched it)."""
+    import sympy
+    from torch._inductor.sizevars import SizeVarAllocator
+    from torch._inductor.virtualized import V
+
+    from rnnlab.train.inductor import RowChoices
+
+    features = SimpleNamespace(get_reduction_hint=lambda: hint, reduction_numel=sympy.Integer(numel),
+                               numel=sympy.Integer(64))
+    with V.set_graph_handler(SimpleNamespace(sizevars=SizeVarAllocator())):
+        return RowChoices.should_use_persistent_reduction(features, cooperative)
+
+
+def test_row_reductions_persistent_up_to_the_limit_of_the_compile_under_way():
+    """rnnlab's Inductor heuristic (rnnlab.train.inductor): a row (inner) reduction is persistent
+    up to the limit the compile was given, 1024 being Inductor's own; other reductions, cooperative
+    ones, and compiles that did not come through compile_model are left to Inductor. The limit is
+    read from the compile's options, not the choices object (Inductor keeps one per thread)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.runtime.hints import ReductionHint
+
+    from rnnlab.train.inductor import INDUCTOR_ROWS, PERSISTENT_ROWS, compile_options
+
+    inner, outer = ReductionHint.INNER, ReductionHint.OUTER
+    with inductor_config.patch(compile_options(rows=PERSISTENT_ROWS)):
+        assert [_persistent(inner, n) for n in (1024, 2880, 3520, 4096, 4097)] == [True] * 4 + [False]
+        assert not _persistent(inner, 3520, cooperative=True) and not _persistent(outer, 3520)
+        with inductor_config.patch({"triton.persistent_reductions": False}):
+            assert not _persistent(inner, 1024)
+    with inductor_config.patch(compile_options(rows=INDUCTOR_ROWS)):
+        assert [_persistent(inner, n) for n in (1024, 1025, 3520)] == [True, False, False]
+    assert [_persistent(inner, n) for n in (1024, 3520)] == [True, False]  # no rnnlab compile under way
+
+
+def test_compile_options_tell_row_limits_apart_in_the_compile_cache(monkeypatch):
+    """Two row limits give two compile-cache keys (the choices' uuid, where torch keys them:
+    pytorch#179055), or, where this torch leaves the choices out of the key, the compile skips the
+    FX graph cache; the options are ones torch.compile accepts, with the mode's own."""
+    from torch._inductor import config as inductor_config
+
+    from rnnlab.train import inductor
+
+    def key(rows):
+        with inductor_config.patch(inductor.compile_options(rows=rows)):
+            return inductor_config.save_config_portable()
+
+    if inductor.cache_keys_choices():
+        assert key(1024) != key(4096) and key(4096) == key(4096)
+        assert "fx_graph_cache" not in inductor.compile_options()
+    monkeypatch.setattr(inductor, "cache_keys_choices", lambda: False)
+    assert inductor.compile_options(rows=2048)["fx_graph_cache"] is False
+    options = inductor.compile_options("reduce-overhead", rows=2048)
+    assert options["triton.cudagraphs"] is True and options["inductor_choices_class"].limit == 2048
+    torch.compile(torch.nn.Linear(2, 2), options=options)  # an unknown option would be refused here

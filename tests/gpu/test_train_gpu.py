@@ -1,5 +1,7 @@
 """GPU: gradient accumulation on CUDA under ``torch.compile`` (E1's custom-op kernels, the official
-Mamba2 traced into the graph) gives the losses and gradient norms of the whole batch.
+Mamba2 traced into the graph) gives the losses and gradient norms of the whole batch; the CUDA
+graph step trains like the uncaptured one; rnnlab's compile (``rnnlab.train.inductor``) generates
+persistent row reductions up to its limit.
 
 Run with ``pytest -m gpu tests/gpu/test_train_gpu.py``.
 """
@@ -143,3 +145,51 @@ def test_cuda_graph_trains_like_the_uncaptured_step(tmp_path, model, layer, comp
         assert [r[key] for r in records[True]] == pytest.approx([r[key] for r in records[False]], rel=rel), key
     assert records[True][-1]["loss"] < records[True][0]["loss"]
     assert summaries[True]["val_bpb"] == pytest.approx(summaries[False]["val_bpb"], rel=rel)
+
+
+# Run in a fresh process: Inductor keeps one choices object per thread, made at the thread's first
+# compile, so an earlier plain torch.compile in this test process would hide rnnlab's heuristic.
+ROWS_SCRIPT = r"""
+import torch, torch._dynamo, torch.nn.functional as F
+from torch._inductor.utils import run_and_get_code
+from rnnlab.train.inductor import INDUCTOR_ROWS, PERSISTENT_ROWS, compile_model
+
+d = 3520
+g = torch.Generator(device="cuda").manual_seed(0)
+x, r = (torch.randn(256, d, device="cuda", generator=g, requires_grad=True) for _ in range(2))
+w, b = (torch.randn(d, device="cuda", generator=g, requires_grad=True) for _ in range(2))
+
+def f(x, r, w, b):
+    return F.layer_norm(x + r, (d,), w, b)
+
+def run(fn):
+    out = fn(x, r, w, b)
+    return out, torch.autograd.grad(out.square().sum(), (x, r, w, b))
+
+ref = run(f)
+for limit, persistent in ((INDUCTOR_ROWS, False), (PERSISTENT_ROWS, True)):
+    torch._dynamo.reset()
+    (out, grads), codes = run_and_get_code(run, compile_model(f, rows=limit))
+    kernels = [k for code in codes for k in code.split("async_compile.triton(")[1:] if f"r0_numel = {d}" in k]
+    kinds = ["persistent" if "@triton_heuristics.persistent_reduction" in k else "looped" for k in kernels]
+    print(limit, len(codes), kinds)
+    assert len(codes) == 2 and len(kernels) >= 2, (len(codes), kinds)  # the forward's and the backward's
+    assert set(kinds) == {"persistent" if persistent else "looped"}, (limit, kinds)
+    torch.testing.assert_close(out, ref[0], rtol=1e-4, atol=1e-4)
+    for got, want in zip(grads, ref[1]):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-3)
+"""
+
+
+def test_compiled_row_reductions_persistent_up_to_the_limit():
+    """rnnlab.train.inductor on a GPU: a residual add + LayerNorm over rows of 3520 channels
+    (minGRU 400M's width) compiles to looped row reductions with Inductor's own limit (1024) and
+    to persistent ones with the package's (4096), forward and backward (the backward compiles in
+    autograd's thread), in that order in one thread and process (the limit is the compile's, and
+    the compile cache must not hand one limit's kernels to the other); both give eager's values
+    (fp32; tolerances for reordered sums over 3520 and 256 rows)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", ROWS_SCRIPT], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]

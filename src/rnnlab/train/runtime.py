@@ -145,12 +145,15 @@ def wrap_model(model: nn.Module, cfg) -> nn.Module:
     """The module the training step calls (DDP-wrapped and/or compiled); ``model`` stays the
     plain LM used for eval, sampling and checkpoints. Under FSDP2 ``model`` itself is sharded in
     place, so call this before building the optimizer. ``cfg.run.compile`` compiles the whole
-    step's forward and loss (README "torch.compile": which recurrences join the graph)."""
+    step's forward and loss (README "torch.compile": which recurrences join the graph), as
+    ``rnnlab.train.inductor.compile_model`` compiles every model."""
     fwd = model
     if dist.context().world_size > 1:
         fwd = dist.wrap_model(model, cfg.run.distributed or "ddp")
     if cfg.run.compile:
-        return torch.compile(fwd)
+        from rnnlab.train.inductor import compile_model  # imports Inductor (seconds): only when compiling
+
+        return compile_model(fwd)
     return fwd
 
 
