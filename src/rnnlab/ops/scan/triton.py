@@ -151,12 +151,30 @@ def _ld4(x0_ptr, x1_ptr, x2_ptr, q, RS, mask, t0, T, MODE: tl.constexpr):
 
 
 @triton.jit
+def _h_start(h0_ptr, pid_b, H, offs, mask, HAS_H0: tl.constexpr, BLOCK: tl.constexpr):
+    """The state before step 0 of a forward program's channels: h0's, or zeros (fp32)."""
+    if HAS_H0:
+        h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        h = tl.zeros([BLOCK], dtype=tl.float32)
+    return h
+
+
+@triton.jit
+def _step(h, x0, x1, x2, h_at, mask, MODE: tl.constexpr):
+    """One step of ``h = a * h + b`` from the step's inputs (``_coef``), the new state stored at
+    ``h_at`` where ``mask``: the forward kernels' one step, whichever way their inputs came."""
+    a, b = _coef(x0.to(tl.float32), x1.to(tl.float32), x2.to(tl.float32), MODE)
+    h = a * h + b
+    tl.store(h_at, h.to(h_at.dtype.element_ty), mask=mask)
+    return h
+
+
+@triton.jit
 def _fwd4(h, xs, h_ptr, o, H, mask, t0, T, MODE: tl.constexpr):
     """Steps t0 .. t0 + 3 of ``h = a * h + b`` from ``_ld4``'s inputs, each state stored."""
     for k in tl.static_range(4):
-        a, b = _coef(xs[k][0].to(tl.float32), xs[k][1].to(tl.float32), xs[k][2].to(tl.float32), MODE)
-        h = a * h + b
-        tl.store(h_ptr + o + k * H, h.to(h_ptr.dtype.element_ty), mask=mask & (t0 + k < T) if k else mask)
+        h = _step(h, xs[k][0], xs[k][1], xs[k][2], h_ptr + o + k * H, mask & (t0 + k < T) if k else mask, MODE)
     return h
 
 
@@ -169,10 +187,7 @@ def _scan_fwd(x0_ptr, x1_ptr, x2_ptr, RS, h0_ptr, h_ptr, T, H,
     mask = offs < H
     xb = pid_b.to(tl.int64) * T * RS + offs
     hb = pid_b.to(tl.int64) * T * H + offs
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK], dtype=tl.float32)
+    h = _h_start(h0_ptr, pid_b, H, offs, mask, HAS_H0, BLOCK)
     xs = _ld4(x0_ptr, x1_ptr, x2_ptr, xb, RS, mask, 0, T, MODE)
     for t0 in tl.range(0, T, 4):
         # the next 4 steps' loads go out before this group's updates (two groups in flight)
@@ -222,10 +237,7 @@ def _scan_fwd_tma(x0_desc, x1_desc, x2_desc, h0_ptr, h_ptr, T, H,
     offs = col + tl.arange(0, BLOCK)
     mask = offs < H
     hb = pid_b.to(tl.int64) * T * H + offs
-    if HAS_H0:
-        h = tl.load(h0_ptr + pid_b * H + offs, mask=mask, other=0.0).to(tl.float32)
-    else:
-        h = tl.zeros([BLOCK], dtype=tl.float32)
+    h = _h_start(h0_ptr, pid_b, H, offs, mask, HAS_H0, BLOCK)
     for t0 in tl.range(0, T, 16, num_stages=STAGES):
         x0 = _rows16(x0_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
         x1 = _rows16(x1_desc.load([pid_b, t0, col]).reshape(16, BLOCK))
@@ -234,9 +246,7 @@ def _scan_fwd_tma(x0_desc, x1_desc, x2_desc, h0_ptr, h_ptr, T, H,
         else:
             x2 = x0
         for k in tl.static_range(16):  # the gates a row at a time: no layout change through shared memory
-            a, b = _coef(x0[k].to(tl.float32), x1[k].to(tl.float32), x2[k].to(tl.float32), MODE)
-            h = a * h + b
-            tl.store(h_ptr + hb + (t0 + k) * H, h.to(h_ptr.dtype.element_ty), mask=mask & (t0 + k < T))
+            h = _step(h, x0[k], x1[k], x2[k], h_ptr + hb + (t0 + k) * H, mask & (t0 + k < T), MODE)
 
 
 @triton.jit
