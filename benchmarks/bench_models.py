@@ -280,15 +280,15 @@ def host_time(step, batches: list[torch.Tensor]) -> tuple[float, float]:
 
 
 def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused", graphed=False, twin=False,
-          rows=None):
+          row_limit=None):
     """Train ``steps + warmup`` steps of one model in one mode with Schedule-Free AdamW's
     ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own), ``graphed``:
     the timed steps replay a CUDA graph of the forward and backward, captured after the warm-up
     steps as ``rnnlab train --cuda-graph`` captures it (``GraphedForwardBackward``; the optimizer
     step outside); returns the row (with ``profile``, also the GPU time per step by kind of
     kernel, from ``PROFILE_STEPS`` more steps; ``twin``: the weights start one rounding step apart,
-    ``round_weights_apart``; ``rows``: compiled with row reductions persistent up to that many
-    elements instead of the package's ``PERSISTENT_ROWS``)."""
+    ``round_weights_apart``; ``row_limit``: compiled with row reductions persistent up to that
+    many elements instead of the package's ``PERSISTENT_ROWS``)."""
     import schedulefree
 
     from rnnlab.train import sf_adamw
@@ -302,8 +302,8 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
     params = sum(p.numel() for p in model.parameters())
     torch._dynamo.reset()  # fresh caches and recompile budget for every row
     torch._dynamo.utils.counters.clear()  # reset() keeps the graph-break counters
-    rows = rows or PERSISTENT_ROWS
-    fwd = model if mode is OFF else compile_model(model, mode, rows)
+    row_limit = row_limit or PERSISTENT_ROWS
+    fwd = model if mode is OFF else compile_model(model, mode, row_limit)
     cls = sf_adamw.AdamWScheduleFree if sf_step == "fused" else schedulefree.AdamWScheduleFree
     opt = cls(model.parameters(), lr=3e-4, weight_decay=0.1)
     opt.train()
@@ -342,7 +342,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         losses.append(loss.item())
     med = statistics.median(times[warmup:])
     row = dict(name=name, mode=mode_name(mode, graphed), config=cfgd, params=params,
-               persistent_rows=None if mode is OFF else rows,
+               persistent_rows=None if mode is OFF else row_limit,
                B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),

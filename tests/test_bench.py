@@ -1888,9 +1888,9 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     copy.write_text(Path(stri.__file__).read_text())
     seen = []
 
-    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed, twin=False, rows=None):
+    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed, twin=False, row_limit=None):
         seen.append((name, MINGRU_SCAN.kernel.get().__file__ == str(copy)) + (("twin", mode),) * twin
-                    + (("rows", rows),) * (rows is not None))
+                    + (("rows", row_limit),) * (row_limit is not None))
         return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
                     step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 

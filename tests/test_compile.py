@@ -97,40 +97,56 @@ def test_row_reductions_persistent_up_to_the_limit_of_the_compile_under_way():
     """rnnlab's Inductor heuristic (rnnlab.train.inductor): a row (inner) reduction is persistent
     up to the limit the compile was given, 1024 being Inductor's own; other reductions, cooperative
     ones, and compiles that did not come through compile_model are left to Inductor. The limit is
-    read from the compile's options, not the choices object (Inductor keeps one per thread)."""
+    the one of the compile under way (its options, built in any order), not one held anywhere else."""
     from torch._inductor import config as inductor_config
     from torch._inductor.runtime.hints import ReductionHint
 
     from rnnlab.train.inductor import INDUCTOR_ROWS, PERSISTENT_ROWS, compile_options
 
     inner, outer = ReductionHint.INNER, ReductionHint.OUTER
-    with inductor_config.patch(compile_options(rows=PERSISTENT_ROWS)):
+    package, inductors = compile_options(rows=PERSISTENT_ROWS), compile_options(rows=INDUCTOR_ROWS)
+    with inductor_config.patch(package):
         assert [_persistent(inner, n) for n in (1024, 2880, 3520, 4096, 4097)] == [True] * 4 + [False]
         assert not _persistent(inner, 3520, cooperative=True) and not _persistent(outer, 3520)
         with inductor_config.patch({"triton.persistent_reductions": False}):
             assert not _persistent(inner, 1024)
-    with inductor_config.patch(compile_options(rows=INDUCTOR_ROWS)):
+    with inductor_config.patch(inductors):
         assert [_persistent(inner, n) for n in (1024, 1025, 3520)] == [True, False, False]
     assert [_persistent(inner, n) for n in (1024, 3520)] == [True, False]  # no rnnlab compile under way
 
 
-def test_compile_options_tell_row_limits_apart_in_the_compile_cache(monkeypatch):
-    """Two row limits give two compile-cache keys (the choices' uuid, where torch keys them:
-    pytorch#179055), or, where this torch leaves the choices out of the key, the compile skips the
-    FX graph cache; the options are ones torch.compile accepts, with the mode's own."""
-    from torch._inductor import config as inductor_config
+def test_compile_model_puts_its_choices_in_the_thread_and_keys_the_cache_by_limit():
+    """compile_model in a thread that already holds Inductor's own choices object (as after a plain
+    torch.compile there): its compile puts RowChoices in the thread; a compile with another row
+    limit misses the compile cache, with the same limit hits it. CPU Inductor on a graph of one
+    view (no kernel to build, so the test stays fast); the options keep the mode's own."""
+    from torch._inductor.choices import InductorChoices
+    from torch._inductor.utils import fresh_cache
+    from torch._inductor.virtualized import V
 
+    from rnnlab.train.inductor import RowChoices, compile_model, compile_options
+
+    x = torch.randn(4, 8, requires_grad=True)
+    with fresh_cache(), V.set_choices_handler(InductorChoices()):
+        for limit, cached in ((1024, "miss"), (4096, "miss"), (1024, "hit")):
+            torch._dynamo.reset()
+            counters.clear()
+            out = compile_model(lambda v: v.view(2, 16), rows=limit)(x)
+            out.backward(torch.ones(2, 16))
+            assert isinstance(V.choices, RowChoices), limit
+            assert counters["inductor"][f"fxgraph_cache_{cached}"] == 1, (limit, dict(counters["inductor"]))
+    torch._dynamo.reset()
+    options = compile_options("reduce-overhead", rows=2048)
+    assert options["triton.cudagraphs"] is True and options["post_grad_custom_post_pass"].limit == 2048
+
+
+def test_the_trainer_compiles_through_compile_model(monkeypatch):
+    """``rnnlab train --compile`` (runtime.wrap_model) compiles as every model is compiled."""
     from rnnlab.train import inductor
+    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.runtime import wrap_model
 
-    def key(rows):
-        with inductor_config.patch(inductor.compile_options(rows=rows)):
-            return inductor_config.save_config_portable()
-
-    if inductor.cache_keys_choices():
-        assert key(1024) != key(4096) and key(4096) == key(4096)
-        assert "fx_graph_cache" not in inductor.compile_options()
-    monkeypatch.setattr(inductor, "cache_keys_choices", lambda: False)
-    assert inductor.compile_options(rows=2048)["fx_graph_cache"] is False
-    options = inductor.compile_options("reduce-overhead", rows=2048)
-    assert options["triton.cudagraphs"] is True and options["inductor_choices_class"].limit == 2048
-    torch.compile(torch.nn.Linear(2, 2), options=options)  # an unknown option would be refused here
+    model = LM(ModelConfig(model="mingru", dim=32, depth=1))
+    monkeypatch.setattr(inductor, "compile_model", lambda m: ("compiled", m))
+    assert wrap_model(model, TrainConfig.from_dict({"compile": True})) == ("compiled", model)
+    assert wrap_model(model, TrainConfig.from_dict({"compile": False})) is model

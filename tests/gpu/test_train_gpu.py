@@ -147,8 +147,7 @@ def test_cuda_graph_trains_like_the_uncaptured_step(tmp_path, model, layer, comp
     assert summaries[True]["val_bpb"] == pytest.approx(summaries[False]["val_bpb"], rel=rel)
 
 
-# Run in a fresh process: Inductor keeps one choices object per thread, made at the thread's first
-# compile, so an earlier plain torch.compile in this test process would hide rnnlab's heuristic.
+# In a fresh process, so that the plain torch.compile below is surely each thread's first compile.
 ROWS_SCRIPT = r"""
 import torch, torch._dynamo, torch.nn.functional as F
 from torch._inductor.utils import run_and_get_code
@@ -167,6 +166,7 @@ def run(fn):
     return out, torch.autograd.grad(out.square().sum(), (x, r, w, b))
 
 ref = run(f)
+run(torch.compile(f))  # Inductor's own choices object in this thread and in autograd's, first
 for limit, persistent in ((INDUCTOR_ROWS, False), (PERSISTENT_ROWS, True)):
     torch._dynamo.reset()
     (out, grads), codes = run_and_get_code(run, compile_model(f, rows=limit))
@@ -181,15 +181,18 @@ for limit, persistent in ((INDUCTOR_ROWS, False), (PERSISTENT_ROWS, True)):
 """
 
 
-def test_compiled_row_reductions_persistent_up_to_the_limit():
+def test_compiled_row_reductions_persistent_up_to_the_limit(tmp_path):
     """rnnlab.train.inductor on a GPU: a residual add + LayerNorm over rows of 3520 channels
     (minGRU 400M's width) compiles to looped row reductions with Inductor's own limit (1024) and
     to persistent ones with the package's (4096), forward and backward (the backward compiles in
-    autograd's thread), in that order in one thread and process (the limit is the compile's, and
-    the compile cache must not hand one limit's kernels to the other); both give eager's values
-    (fp32; tolerances for reordered sums over 3520 and 256 rows)."""
+    autograd's thread), in that order in one process after a plain torch.compile (which leaves
+    Inductor's own choices in both threads: compile_model replaces them; the limit is the
+    compile's, and the compile cache must not hand one limit's kernels to the other); both give
+    eager's values (fp32; tolerances for reordered sums over 3520 and 256 rows)."""
+    import os
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", ROWS_SCRIPT], capture_output=True, text=True, timeout=600)
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path))  # every compile generates its code
+    done = subprocess.run([sys.executable, "-c", ROWS_SCRIPT], capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]

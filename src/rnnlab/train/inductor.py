@@ -8,19 +8,17 @@ elements; a wider row runs a looped kernel that reads it twice (statistics, then
 compiled this way (``rnnlab train --compile``, ``benchmarks/bench_models.py``; its ``--rows-against``
 twin compiles with another limit in the same run: results/persistent-rows-h200).
 
-How: Inductor's seam for its heuristics, ``config.inductor_choices_class`` (a factory of
-``InductorChoices``), given as a compile option, so that it holds for this compile only, the
-backward's included (Inductor patches its config around the backward's compile as well). Two
-traps of that seam, met here:
-
-- Inductor makes one choices object per thread, at the thread's first compile, and keeps it: a
-  later compile with another factory still gets the first object. So ``RowChoices`` decides with
-  the limit of the compile under way (read from Inductor's config, which that compile patched),
-  not a limit of its own; and a thread whose first compile did not come through ``compile_model``
-  keeps Inductor's own choices (rnnlab compiles nothing else).
-- torch before pytorch#179055 (April 2026; torch 2.11 is before it) leaves the factory out of
-  the compile cache's key, so two compiles of one graph under different limits would share the
-  cached kernels. There these compiles skip the FX graph cache (and AOTAutograd's, built on it).
+How: Inductor's heuristics live in one "choices" object per thread (``InductorChoices``), made at
+the thread's first compile and kept for every later one. Each compile here carries a post-grad
+graph pass of ours (``RowLimit``, an Inductor compile option, so it holds for this compile only,
+the backward's included: Inductor patches its config around the backward's compile, in autograd's
+thread, as well). The pass leaves the graph as it is; it puts a ``RowChoices`` in the compiling
+thread where another choices object is there (a plain ``torch.compile`` earlier in the thread, or
+a library's), before Inductor generates the kernels. ``RowChoices`` then decides with the limit
+of the compile under way, read from the config that compile patched, so in a later plain compile
+it chooses as Inductor does, and two compiles with different limits in one process (the
+benchmark's twins) each get their own. The pass's ``uuid()`` puts the limit in the compile
+cache's key, so the cache never hands one limit's kernels to another.
 """
 
 from __future__ import annotations
@@ -30,32 +28,38 @@ from torch import nn
 from torch._inductor import config as inductor_config
 from torch._inductor import list_mode_options
 from torch._inductor.choices import InductorChoices
+from torch._inductor.custom_graph_pass import CustomGraphPass
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
 
 # Widest row (elements) reduced in one pass: the widest 400M model's (minGRU's 3520) fits; Inductor's own is 1024
 PERSISTENT_ROWS = 4096
 INDUCTOR_ROWS = 1024  # Inductor's own limit: with it, RowChoices chooses exactly as Inductor does
+HEURISTIC_VERSION = 1  # part of the compile cache's key: change it when RowChoices decides differently
 
 
-class PersistentRows:
-    """The factory for Inductor's ``inductor_choices_class`` option: row reductions persistent up
-    to ``limit`` elements (``RowChoices`` reads the limit back from the option while compiling)."""
+class RowLimit(CustomGraphPass):
+    """The compile option that carries the row limit: a post-grad pass that changes no graph and
+    makes sure the compiling thread's choices are ``RowChoices`` (module docstring)."""
 
     def __init__(self, limit: int):
         self.limit = limit
 
-    def __call__(self) -> RowChoices:
-        return RowChoices()
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        if not isinstance(V.choices, RowChoices):
+            V.set_choices_handler(RowChoices())  # for the thread from now on (RowChoices follows each compile's config)
+
+    def uuid(self) -> str:
+        return f"rnnlab.train.inductor.RowLimit(limit={self.limit}, version={HEURISTIC_VERSION})"
 
     def __repr__(self) -> str:
-        return f"PersistentRows({self.limit})"
+        return f"RowLimit({self.limit})"
 
 
 def compiling_limit() -> int | None:
     """The row limit of the compile under way (None when it did not come through ``compile_model``)."""
-    factory = inductor_config.inductor_choices_class
-    return factory.limit if isinstance(factory, PersistentRows) else None
+    option = inductor_config.post_grad_custom_post_pass
+    return option.limit if isinstance(option, RowLimit) else None
 
 
 class RowChoices(InductorChoices):
@@ -71,23 +75,11 @@ class RowChoices(InductorChoices):
                 and features.get_reduction_hint() == ReductionHint.INNER
                 and V.graph.sizevars.statically_known_leq(features.reduction_numel, limit))
 
-    def uuid(self) -> str:
-        """The compile cache's key for these choices (torch from pytorch#179055 on asks for it)."""
-        return f"rnnlab.train.inductor.RowChoices(limit={compiling_limit()})"
-
-
-def cache_keys_choices() -> bool:
-    """Whether this torch puts ``inductor_choices_class`` in its compile cache's key (pytorch#179055)."""
-    return "inductor_choices_class" in getattr(inductor_config, "_cache_config_factory_keys", ())
-
 
 def compile_options(mode: str = "default", rows: int = PERSISTENT_ROWS) -> dict:
     """Inductor's options for ``torch.compile``: ``mode``'s own (``torch.compile`` takes a mode or
     options, not both) and row reductions persistent up to ``rows`` elements."""
-    options = dict(list_mode_options(mode), inductor_choices_class=PersistentRows(rows))
-    if not cache_keys_choices():
-        options["fx_graph_cache"] = False
-    return options
+    return dict(list_mode_options(mode), post_grad_custom_post_pass=RowLimit(rows))
 
 
 def compile_model(module: nn.Module, mode: str = "default", rows: int = PERSISTENT_ROWS) -> nn.Module:
