@@ -32,8 +32,9 @@ is larger. The rounding twin is the first mode once more with every weight moved
 bf16 rounding step (``round_weights_apart``): how far rounding alone carries this model's losses
 apart over the benchmark's steps (they memorise 4 batches of random bytes, where differences grow
 step by step), the yardstick for a compiled mode, whose kernels round differently but compute the
-same. A model run in one mode only has no twin. The table gives each row's ratio to the fastest
-correct Mamba2 mode of rnnlab in the same run.
+same. A model run in one mode only has no twin, nor do ``--scan-against`` / ``--rows-against``'s
+twin rows (compared with the package's rows instead; device time). The table gives each row's ratio
+to the fastest correct Mamba2 mode of rnnlab in the same run.
 
 After the table, each speed target whose rows ran (``MFU_TARGETS``, ``X_MAMBA2_TARGETS``,
 ``RATIO_TARGETS``: issue #19's, in docs/kernels.md) is judged on this run's fastest correct modes:
@@ -627,7 +628,7 @@ def main(argv=None):
                     write_json(args.json, dict(meta=meta, rows=rows))
             # the rounding twin of each first mode that other modes are compared with
             for label, (r, how) in firsts.items():
-                if counts[label] > 1 and "error" not in r:
+                if counts[label] > 1 and "error" not in r and SCAN_SUFFIX not in label and ROWS_SUFFIX not in label:
                     t = run_row(*how, twin=True)
                     if "error" in t:
                         r["twin_error"] = t["error"]

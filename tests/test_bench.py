@@ -1879,7 +1879,8 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     """bench_models.py --scan-against FILE: a twin row for each minGRU / minLSTM row (with FILE's
     kernels in place while it trains, the package's back after), none for the other models; a
     file that is no scan module is refused in one line. A model run in several modes gets one
-    rounding twin of its first mode, run last. --rows-against LIMIT: a twin for each compiled row."""
+    rounding twin of its first mode, run last. --rows-against LIMIT: a twin for each compiled row
+    (twin rows get no rounding twin)."""
     from rnnlab.ops.scan import MINGRU_SCAN
     from rnnlab.ops.scan import triton as stri
 
@@ -1912,6 +1913,10 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     assert seen == [("E16 s4 1024x10 e2", False), ("E16 s4 1024x10 e2", False),
                     ("E16 s4 1024x10 e2 [--rows-against]", False, ("rows", 1024)),
                     ("E16 s4 1024x10 e2", False, ("twin", bm.OFF))]
+    seen.clear()  # a twin row group run in several modes gets no rounding twin (the package's rows do)
+    bm.main(["--only", "E16", "--compile", "off", "default", "--graph", "--rows-against", "1024"])
+    assert [s[0] for s in seen].count("E16 s4 1024x10 e2 [--rows-against]") == 2
+    assert [s for s in seen if "twin" in {e[0] for e in s[2:]}] == [("E16 s4 1024x10 e2", False, ("twin", bm.OFF))]
     capsys.readouterr()
     with pytest.raises(SystemExit) as stop:
         bm.main(["--only", "E16", "--rows-against", "0"])
