@@ -569,7 +569,7 @@ def main(argv=None):
         against = scan_module_from(args.scan_against, "bench_models.py: --scan-against")
 
     if args.rows_against is not None and args.rows_against < 1:
-        p.error(f"--rows-against must be a positive number of elements, got {args.rows_against}")
+        p.exit(2, f"bench_models.py: error: --rows-against must be a positive number of elements, got {args.rows_against}\n")
     if not torch.cuda.is_available():
         p.exit(2, "bench_models.py: error: needs a CUDA GPU (torch sees none)\n")
     from rnnlab.train.inductor import PERSISTENT_ROWS  # imports Inductor (seconds): here, not for bench_models' tests

@@ -1921,7 +1921,7 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     with pytest.raises(SystemExit) as stop:
         bm.main(["--only", "E16", "--rows-against", "0"])
     assert stop.value.code == 2
-    assert capsys.readouterr().err.strip().endswith("--rows-against must be a positive number of elements, got 0")
+    assert capsys.readouterr().err == "bench_models.py: error: --rows-against must be a positive number of elements, got 0\n"
 
 
 def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):
