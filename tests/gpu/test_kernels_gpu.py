@@ -174,6 +174,52 @@ def test_elman(dtype, case, with_h0):
               lambda x, w, h: elman_scan(x, w, h, backend="triton"), naive.elman_scan, [wx, w, h0], dtype)
 
 
+# (B, T, heads, hd): T = 1, T not a multiple of the loops' six steps and one (12); B = 1, a partial
+# batch tile (3, 17) and two tiles (32); both head widths the Gluon kernels take
+HEADS_GLUON_CASES = [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (5, 50, 3, 64), (2, 12, 1, 128),
+                     (4, 5, 2, 64), (17, 300, 4, 128)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", HEADS_GLUON_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_heads_gluon(dtype, case, with_h0, monkeypatch):
+    """The Gluon heads kernels (the default for these scans) against the float64 reference:
+    outputs, final state and every gradient; and the scan did run on them, forward and backward."""
+    from rnnlab.ops.elman import elman_scan, heads_gluon, naive
+
+    ran = []
+    for name in ("forward", "backward"):
+        fn = getattr(heads_gluon, name)
+        monkeypatch.setattr(heads_gluon, name, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 5)
+    B, T, nh, hd = case
+    wx = torch.randn(B, T, nh * hd)
+    w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
+    h0 = torch.randn(B, nh * hd).tanh() if with_h0 else None
+    _check_op(f"elman_heads_gluon{case}", lambda x, w, h: elman_scan(x, w, h, backend="triton"),
+              naive.elman_scan, [wx, w, h0], dtype)
+    assert ran == ["forward", "backward"]
+
+
+def test_elman_heads_gluon_declines():
+    """Scans the Gluon kernels do not take run on the Triton ones: 32-channel heads, fp32, the
+    decay, h0 in another dtype or not 16-byte aligned, the option off."""
+    from rnnlab.ops.elman import heads
+    from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
+
+    x = torch.randn(4, 9, 256, device=DEV, dtype=torch.bfloat16)
+    h0 = torch.randn(4, 256, device=DEV, dtype=torch.bfloat16)
+    shifted = torch.randn(4 * 256 + 1, device=DEV, dtype=torch.bfloat16)[1:].view(4, 256)  # 2-byte aligned
+    assert heads._gluon(DEFAULT, None, x, 128, h0) is not None
+    assert heads._gluon(DEFAULT, None, x, 32) is None
+    assert heads._gluon(DEFAULT, None, x.float(), 128) is None
+    assert heads._gluon(DEFAULT, x, x, 128) is None  # the decay
+    assert heads._gluon(DEFAULT, None, x, 128, h0.float()) is None
+    assert heads._gluon(DEFAULT, None, x, 128, shifted) is None
+    assert heads._gluon(ElmanKernelOptions(heads_gluon=False), None, x, 128) is None
+
+
 # (B, T, H, heads, rank): heads = 0 -> dense: the bf16 decay on the persistent kernel where H is a
 # multiple of 8 (64, 96, 128), else (H = 100, 257, fp32, low-rank) the per-step kernel; decay with
 # heads runs the heads kernel, low-rank with heads the per-step kernel on the block-diagonal

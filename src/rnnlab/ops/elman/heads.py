@@ -114,6 +114,19 @@ def _padded(hd: int) -> int:
     return max(16, triton.next_power_of_2(hd))
 
 
+def _gluon(opts: ElmanKernelOptions, a: torch.Tensor | None, x: torch.Tensor, hd: int, *others):
+    """The Gluon kernels' module when they take this scan (:mod:`rnnlab.ops.elman.heads_gluon`),
+    else None: ``opts.heads_gluon`` and the MUFU tanh on, no decay, and what
+    ``heads_gluon.supported`` asks of the (contiguous) tensors."""
+    if not (opts.heads_gluon and a is None and opts.use_fast_tanh(x)):
+        return None
+    try:  # Triton before 3.4 has no Gluon
+        from rnnlab.ops.elman import heads_gluon
+    except ImportError:
+        return None
+    return heads_gluon if heads_gluon.supported(x, hd, *others) else None
+
+
 def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
             a: torch.Tensor | None = None) -> torch.Tensor:
     """All states ``h`` (``wx``'s dtype) of the heads scan, with the decay ``a: [B, T, H]`` when
@@ -122,11 +135,14 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: El
     check_time_offsets("elman_scan (heads)", T, H)
     nh, hd, _ = w.shape
     wx = wx.contiguous()
+    h0 = None if h0 is None else h0.contiguous()
+    if gluon := _gluon(opts, a, wx, hd, h0):
+        return gluon.forward(wx, w, h0)
     wk = w.to(wx.dtype).contiguous()
     h = torch.empty_like(wx)
     if T > 0 and B > 0:
         _heads_fwd[(nh, triton.cdiv(B, opts.heads_bt))](
-            wx, wk, wx if h0 is None else h0.contiguous(), h, wx if a is None else a.contiguous(), B, T, H, hd,
+            wx, wk, wx if h0 is None else h0, h, wx if a is None else a.contiguous(), B, T, H, hd,
             HAS_H0=h0 is not None, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
             IEEE=wx.dtype == torch.float32, STAGES=opts.heads_stages, FAST=opts.use_fast_tanh(wx),
             num_warps=opts.heads_warps)
@@ -140,6 +156,11 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
     ``a``'s dtype, None without the decay ``a``)."""
     B, T, H = h.shape
     nh, hd, _ = w.shape
+    g = g.contiguous()
+    h0 = None if h0 is None else h0.contiguous()
+    if gluon := _gluon(opts, a, h, hd, h0, g):
+        dpre, dw, dh0 = gluon.backward(g, w, h, h0)
+        return dpre, dw if need_dw else torch.zeros_like(dw), dh0, None
     dpre = torch.empty_like(h)
     dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
     nbt = triton.cdiv(B, opts.heads_bt)
@@ -147,7 +168,7 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
     da = None if a is None else torch.empty(h.shape, device=h.device, dtype=a.dtype)
     if T > 0 and B > 0:
         _heads_bwd[(nh, nbt)](
-            w.to(h.dtype).contiguous(), h, h if h0 is None else h0.contiguous(), g.contiguous(), dpre,
+            w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre,
             dh0, dw, h if a is None else a.contiguous(), dpre if da is None else da, B, T, H, hd,
             HAS_H0=h0 is not None, DW=need_dw, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
             IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages, num_warps=opts.heads_warps)

@@ -36,6 +36,9 @@ class ElmanKernelOptions:
     dense_bk: int = 128  # dense per-step kernel: reduction chunk
     dense_warps: int = 4
     dense_stages: int = 3
+    # 16-bit heads scans of 64 or 128 channels a head without decay on sm_80+: the Gluon kernels
+    # (heads_gluon.py: one barrier a step) instead of the Triton ones the heads_* options below tune
+    heads_gluon: bool = True
     heads_bt: int = 16  # heads kernel: batch rows per program
     heads_warps: int = 8
     heads_stages: int = 3

@@ -1,0 +1,252 @@
+"""The heads Elman scan (plain, no decay) in Gluon, Triton's dialect with explicit layouts, for
+16-bit inputs on sm_80+ GPUs: the maths of :mod:`rnnlab.ops.elman.heads`, laid out so that a time
+step costs one barrier and no layout conversion.
+
+Why (docs/kernels.md, "E1 heads"): Triton's heads loop re-reads W from shared memory every step and
+moves ``x_t`` and ``h_t`` between the MMA's layout and a coalesced one through shared memory, four
+barriers a step. Here a program (one head, 16 batch rows, 8 warps splitting the head's columns)
+keeps W as the MMA's operand in registers for all T. The new state (bf16) goes through two shared
+tiles in turn, one barrier a step (a tile is rewritten only after every warp passed the barrier
+behind its last read); ``x_t`` arrives by ``cp.async`` two steps ahead into a ring of three tiles
+in 16-byte copies, and ``h_{t-1}`` leaves from its exchange tile in 16-byte stores, one step late.
+The loop is unrolled by six (the least common multiple of the ring and the tiles), so each tile is
+an allocation of its own and Gluon's barrier analysis adds no barrier.
+
+The backward runs in reverse the same way: ``carry = dpre_{t+1} @ W``,
+``dpre_t = (g_t + carry) (1 - h_t^2)``, ``dW += dpre_{t+1}^T h_t`` (a second MMA off the chain, an
+fp32 partial per batch tile, summed in torch), ``dh0`` the carry at ``t = -1``; ``g_t`` and ``h_t``
+arrive as ``x_t`` does and ``dpre`` leaves as ``h`` does. Both loops run past the sequence to a
+multiple of six steps (masked loads and stores), the backward through ``t = -1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+from triton.experimental.gluon.language.nvidia.ampere import mma_v2
+
+from rnnlab.ops.elman.tanh import fast_tanh_applies
+
+BT = 16  # batch rows a program: the MMA's M
+WARPS = 8  # they split a head's columns: a head needs 8 columns a warp at least
+HEAD_DIMS = (64, 128)  # 128: W^T's [128, 128] operand is 32 registers a thread
+# Gluon's API moves between Triton releases; these kernels are written against 3.6's
+_GLUON_OK = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 6)
+
+
+def supported(x: torch.Tensor, hd: int, *others: torch.Tensor | None) -> bool:
+    """Whether these kernels take a heads scan on ``x`` (contiguous, like ``others``): 16-bit on an
+    sm_80+ GPU (``cp.async``, ``mma.sync``; never Triton's interpreter), heads of
+    :data:`HEAD_DIMS` channels, every tensor of ``x``'s dtype and 16-byte aligned (the copies move
+    16 bytes), and Triton 3.6's Gluon. The caller checks the rest (no decay, the MUFU tanh: the
+    only tanh these kernels have)."""
+    tensors = [x, *(t for t in others if t is not None)]
+    return (fast_tanh_applies(x) and hd in HEAD_DIMS and _GLUON_OK
+            and torch.cuda.get_device_capability(x.device) >= (8, 0)
+            and all(t.dtype == x.dtype and t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors))
+
+
+@gluon.jit
+def _tanh(x):
+    return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
+def _fwd_step(prev, nxt, xcur, xdst, wt, x_src, x_mask, out_ptrs, out_mask,
+              a_l: gl.constexpr, mma: gl.constexpr, io: gl.constexpr):
+    """One step after the previous step's barrier: ``h_{t-1}`` in ``prev``, ``x_t`` in ``xcur``."""
+    a = prev.load(a_l)
+    x = xcur.load(mma)
+    gl.store(out_ptrs, prev.load(io), mask=out_mask)  # h_{t-1}, from the exchange tile
+    cp.async_copy_global_to_shared(xdst, x_src, mask=x_mask)  # x_{t+2}
+    cp.commit_group()
+    nxt.store(_tanh(mma_v2(a, wt, x.to(gl.float32))).to(nxt.dtype))
+    cp.wait_group(1)  # this thread's copies of x_{t+1} have landed; the barrier shares them
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.constexpr):
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    io: gl.constexpr = gl.BlockedLayout([1, HD // 16], [2, 16], [8, 1], [1, 0])
+    sh: gl.constexpr = gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0])
+    dt: gl.constexpr = h_ptr.dtype.element_ty
+    head = gl.program_id(0)
+    rk = gl.arange(0, HD, layout=gl.SliceLayout(1, io))
+    rn = gl.arange(0, HD, layout=gl.SliceLayout(0, io))
+    w_sm = gl.allocate_shared_memory(dt, [HD, HD], sh, gl.load(w_ptr + head * HD * HD + rk[:, None] + rn[None, :] * HD))
+    wt = w_sm.load(b_l)  # wt[k, n] = W[head, n, k]: h_t = tanh(x_t + h_{t-1} @ wt)
+    ha = gl.allocate_shared_memory(dt, [16, HD], sh)
+    hb = gl.allocate_shared_memory(dt, [16, HD], sh)
+    x0 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    x1 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    x2 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    rb = gl.program_id(1) * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
+    m = (rb < B)[:, None] & (rn < HD)[None, :]
+    cols = head * HD + rn[None, :]
+    offs = rb[:, None].to(gl.int64) * T * H + cols
+    if HAS_H0:
+        hb.store(gl.load(h0_ptr + rb[:, None] * H + cols, mask=m, other=0.0))
+    else:
+        hb.store(gl.zeros([16, HD], dt, io))
+    cp.async_copy_global_to_shared(x0, wx_ptr + offs, mask=m & (T > 0))
+    cp.commit_group()
+    cp.async_copy_global_to_shared(x1, wx_ptr + offs + H, mask=m & (T > 1))
+    cp.commit_group()
+    cp.wait_group(1)
+    gl.thread_barrier()
+    for t in range(0, T, 6):  # h_t into ha at even t, hb at odd t; x_t in x0 / x1 / x2 by t % 3
+        _fwd_step(hb, ha, x0, x2, wt, wx_ptr + offs + (t + 2) * H, m & (t + 2 < T),
+                  h_ptr + offs + (t - 1) * H, m & (t >= 1) & (t - 1 < T), a_l, mma, io)
+        _fwd_step(ha, hb, x1, x0, wt, wx_ptr + offs + (t + 3) * H, m & (t + 3 < T),
+                  h_ptr + offs + t * H, m & (t < T), a_l, mma, io)
+        _fwd_step(hb, ha, x2, x1, wt, wx_ptr + offs + (t + 4) * H, m & (t + 4 < T),
+                  h_ptr + offs + (t + 1) * H, m & (t + 1 < T), a_l, mma, io)
+        _fwd_step(ha, hb, x0, x2, wt, wx_ptr + offs + (t + 5) * H, m & (t + 5 < T),
+                  h_ptr + offs + (t + 2) * H, m & (t + 2 < T), a_l, mma, io)
+        _fwd_step(hb, ha, x1, x0, wt, wx_ptr + offs + (t + 6) * H, m & (t + 6 < T),
+                  h_ptr + offs + (t + 3) * H, m & (t + 3 < T), a_l, mma, io)
+        _fwd_step(ha, hb, x2, x1, wt, wx_ptr + offs + (t + 7) * H, m & (t + 7 < T),
+                  h_ptr + offs + (t + 4) * H, m & (t + 4 < T), a_l, mma, io)
+    cp.wait_group(0)
+    # h_{T-1} is still in its tile when T is a multiple of 6 (the loop stored every earlier one)
+    gl.store(h_ptr + offs + (T - 1) * H, hb.load(io), mask=m & (T % 6 == 0) & (T > 0))
+
+
+@gluon.jit
+def _bwd_step(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_src, h_src, g_mask, h_mask,
+              out_ptrs, out_mask, a_l: gl.constexpr, aw_l: gl.constexpr, bw_l: gl.constexpr,
+              mma: gl.constexpr, io: gl.constexpr):
+    """Step t after the previous step's barrier: ``dpre_{t+1}`` in ``dp_prev``, ``g_t`` and
+    ``h_t`` in ``g_sm`` / ``h_sm``."""
+    carry = mma_v2(dp_prev.load(a_l), w, gl.zeros([16, w.shape[1]], gl.float32, mma))  # dpre_{t+1} @ W
+    dw = mma_v2(dp_prev.permute([1, 0]).load(aw_l), h_sm.load(bw_l), dw)  # += dpre_{t+1}^T h_t
+    gl.store(out_ptrs, dp_prev.load(io), mask=out_mask)  # dpre_{t+1}, from the exchange tile
+    cp.async_copy_global_to_shared(g_dst, g_src, mask=g_mask)  # g_{t-2}
+    cp.async_copy_global_to_shared(h_dst, h_src, mask=h_mask)  # h_{t-2}
+    cp.commit_group()
+    dh0 = gl.where(t == -1, carry, dh0)
+    hh = h_sm.load(mma).to(gl.float32)
+    dp_next.store(((g_sm.load(mma).to(gl.float32) + carry) * (1.0 - hh * hh)).to(dp_next.dtype))
+    cp.wait_group(1)
+    gl.thread_barrier()
+    return dw, dh0
+
+
+@gluon.jit
+def _h_at(h_ptr, h0_ptr, offs, offs0, s, H, m, HAS_H0: gl.constexpr):
+    """Where ``h_s`` is and whether to load it: ``h0`` at ``s = -1`` (zeros without it)."""
+    if HAS_H0:
+        return gl.where(s >= 0, h_ptr + offs + s * H, h0_ptr + offs0), m & (s >= -1)
+    else:
+        return h_ptr + offs + s * H, m & (s >= 0)
+
+
+@gluon.jit
+def _bwd_pos(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_ptr, h_ptr, h0_ptr, dpre_ptr,
+             offs, offs0, H, T, m, HAS_H0: gl.constexpr, a_l: gl.constexpr, aw_l: gl.constexpr,
+             bw_l: gl.constexpr, mma: gl.constexpr, io: gl.constexpr):
+    """:func:`_bwd_step` at time ``t``, its copies those of ``t - 2``."""
+    h_src, h_mask = _h_at(h_ptr, h0_ptr, offs, offs0, t - 2, H, m, HAS_H0)
+    return _bwd_step(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_ptr + offs + (t - 2) * H,
+                     h_src, m & (t - 2 >= 0), h_mask, dpre_ptr + offs + (t + 1) * H,
+                     m & (t + 1 < T) & (t + 1 >= 0), a_l, aw_l, bw_l, mma, io)
+
+
+@gluon.jit
+def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl.constexpr,
+         HAS_H0: gl.constexpr):
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
+    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    mma_w: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[8, 1], instr_shape=[16, 8])
+    aw_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_w, k_width=2)
+    bw_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma_w, k_width=2)
+    io: gl.constexpr = gl.BlockedLayout([1, HD // 16], [2, 16], [8, 1], [1, 0])
+    sh: gl.constexpr = gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0])
+    dt: gl.constexpr = h_ptr.dtype.element_ty
+    head = gl.program_id(0)
+    pid_b = gl.program_id(1)
+    rk = gl.arange(0, HD, layout=gl.SliceLayout(1, io))
+    rn = gl.arange(0, HD, layout=gl.SliceLayout(0, io))
+    w_sm = gl.allocate_shared_memory(dt, [HD, HD], sh, gl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rn[None, :]))
+    w = w_sm.load(b_l)  # W[head, n, k] as [n, k]: carry = dpre @ W
+    dpa = gl.allocate_shared_memory(dt, [16, HD], sh)
+    dpb = gl.allocate_shared_memory(dt, [16, HD], sh)
+    g0 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    g1 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    g2 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    s0 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    s1 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    s2 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    rb = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
+    m = (rb < B)[:, None] & (rn < HD)[None, :]
+    cols = head * HD + rn[None, :]
+    offs = rb[:, None].to(gl.int64) * T * H + cols
+    offs0 = rb[:, None] * H + cols
+    dpb.store(gl.zeros([16, HD], dt, io))  # "dpre_T": no carry into t = T - 1
+    cp.async_copy_global_to_shared(g0, g_ptr + offs + (T - 1) * H, mask=m & (T > 0))
+    h_src, h_mask = _h_at(h_ptr, h0_ptr, offs, offs0, T - 1, H, m, HAS_H0)
+    cp.async_copy_global_to_shared(s0, h_src, mask=h_mask)
+    cp.commit_group()
+    cp.async_copy_global_to_shared(g1, g_ptr + offs + (T - 2) * H, mask=m & (T > 1))
+    h_src, h_mask = _h_at(h_ptr, h0_ptr, offs, offs0, T - 2, H, m, HAS_H0)
+    cp.async_copy_global_to_shared(s1, h_src, mask=h_mask)
+    cp.commit_group()
+    cp.wait_group(1)
+    gl.thread_barrier()
+    dw = gl.zeros([HD, HD], gl.float32, mma_w)
+    dh0 = gl.zeros([16, HD], gl.float32, mma)
+    for p in range(0, T + 1, 6):  # t = T - 1 - p down to T - 6 - p; the last pass reaches t = -1
+        dw, dh0 = _bwd_pos(dpb, dpa, g0, s0, g2, s2, w, dw, dh0, T - 1 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
+                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
+        dw, dh0 = _bwd_pos(dpa, dpb, g1, s1, g0, s0, w, dw, dh0, T - 2 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
+                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
+        dw, dh0 = _bwd_pos(dpb, dpa, g2, s2, g1, s1, w, dw, dh0, T - 3 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
+                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
+        dw, dh0 = _bwd_pos(dpa, dpb, g0, s0, g2, s2, w, dw, dh0, T - 4 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
+                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
+        dw, dh0 = _bwd_pos(dpb, dpa, g1, s1, g0, s0, w, dw, dh0, T - 5 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
+                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
+        dw, dh0 = _bwd_pos(dpa, dpb, g2, s2, g1, s1, w, dw, dh0, T - 6 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
+                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
+    cp.wait_group(0)
+    rbm = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
+    rcm = gl.arange(0, HD, layout=gl.SliceLayout(0, mma))
+    gl.store(dh0_ptr + rbm[:, None] * H + head * HD + rcm[None, :], dh0, mask=(rbm < B)[:, None] & (rcm < HD)[None, :])
+    ri = gl.arange(0, HD, layout=gl.SliceLayout(1, mma_w))
+    rj = gl.arange(0, HD, layout=gl.SliceLayout(0, mma_w))
+    gl.store(dw_ptr + (pid_b * (H // HD) + head) * HD * HD + ri[:, None] * HD + rj[None, :], dw)
+
+
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
+    """All states ``h`` (``wx``'s dtype) of the heads scan; the inputs as :func:`supported` takes them."""
+    B, T, H = wx.shape
+    nh, hd, _ = w.shape
+    h = torch.empty_like(wx)
+    if T > 0 and B > 0:
+        _fwd[(nh, triton.cdiv(B, BT))](wx, w.to(wx.dtype).contiguous(), wx if h0 is None else h0, h, B, T, H,
+                                       HD=hd, HAS_H0=h0 is not None, num_warps=WARPS)
+    return h
+
+
+def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dpre, dW, dh0)`` of the heads scan: dpre in ``h``'s dtype, dW in ``w``'s, dh0 ``[B, H]``
+    fp32; the inputs as :func:`supported` takes them."""
+    B, T, H = h.shape
+    nh, hd, _ = w.shape
+    nbt = triton.cdiv(B, BT)
+    dpre = torch.empty_like(h)
+    dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+    dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # a partial per batch tile
+    if T > 0 and B > 0:
+        _bwd[(nh, nbt)](w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre, dh0, dw, B, T, H,
+                        HD=hd, HAS_H0=h0 is not None, num_warps=WARPS)
+    return dpre, dw.sum(0).to(w.dtype), dh0
