@@ -177,8 +177,11 @@ def heads_floor(add, B, T, reps, dt):
         wx = torch.randn(B, T, nh * hd, device="cuda", dtype=dt)
         w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
         hs, g = et.elman_scan(wx, w, None)[0], torch.randn_like(wx)
+        triton_only = ElmanKernelOptions(heads_gluon=False)  # the chain below is Triton's loop
         variants = [("E1 heads forward (rnnlab)", lambda: et.elman_scan(wx, w, None)),
-                    ("E1 heads backward (rnnlab)", lambda: heads.backward(g, w, hs, None, True, ElmanKernelOptions()))]
+                    ("E1 heads backward (rnnlab)", lambda: heads.backward(g, w, hs, None, True, ElmanKernelOptions())),
+                    ("E1 heads forward (Triton)", lambda: et.elman_scan(wx, w, None, triton_only)),
+                    ("E1 heads backward (Triton)", lambda: heads.backward(g, w, hs, None, True, triton_only))]
         for load, store, dw in ((True, True, False), (False, False, False), (True, False, False),
                                 (False, True, False), (False, False, True), (True, True, True)):
             parts = ["chain"] + [n for n, on in (("load", load), ("store", store), ("dW MMA", dw)) if on]
@@ -1006,14 +1009,17 @@ def main(argv=None):
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-        for fast in (True, False):
-            def mkh(nh=nh, hd=hd, H=H, opts=ElmanKernelOptions(fast_tanh=fast)):
+        # the package's kernels (Gluon for these widths in 16 bits), the Triton ones beside them, and
+        # Triton's with the exact tanh (which the Gluon kernels do not have)
+        for name, opts, note in (("E1 heads (package: gluon)", ElmanKernelOptions(), "tanh.approx"),
+                                 ("E1 heads triton", ElmanKernelOptions(heads_gluon=False), "tanh.approx"),
+                                 ("E1 heads triton", ElmanKernelOptions(fast_tanh=False), "exp-tanh")):
+            def mkh(nh=nh, hd=hd, H=H, opts=opts):
                 wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
                 w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
                 return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
-            add("E1 heads triton", f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor,
-                "tanh.approx" if fast else "exp-tanh")
+            add(name, f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor, note)
 
     if "scan-launch" in args.sections:
         scan_launches(add, B, T, args.reps, dt, bw, against)
