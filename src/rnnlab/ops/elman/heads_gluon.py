@@ -30,8 +30,10 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
 from rnnlab.ops.elman.tanh import fast_tanh_applies
 
-BT = 16  # batch rows a program: the MMA's M
-WARPS = 8  # they split a head's columns: a head needs 8 columns a warp at least
+# the kernels' layouts are written for these two: 16 batch rows a program (the MMA's M) and 8 warps
+# splitting a head's columns (8 columns a warp at the least, hence heads of 64 or more)
+BT = 16
+WARPS = 8
 HEAD_DIMS = (64, 128)  # 128: W^T's [128, 128] operand is 32 registers a thread
 # Gluon's API moves between Triton releases; these kernels are written against 3.6's
 _GLUON_OK = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 6)
@@ -82,9 +84,9 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
     rn = gl.arange(0, HD, layout=gl.SliceLayout(0, io))
     w_sm = gl.allocate_shared_memory(dt, [HD, HD], sh, gl.load(w_ptr + head * HD * HD + rk[:, None] + rn[None, :] * HD))
     wt = w_sm.load(b_l)  # wt[k, n] = W[head, n, k]: h_t = tanh(x_t + h_{t-1} @ wt)
-    ha = gl.allocate_shared_memory(dt, [16, HD], sh)
+    ha = gl.allocate_shared_memory(dt, [16, HD], sh)  # the state's two exchange tiles
     hb = gl.allocate_shared_memory(dt, [16, HD], sh)
-    x0 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    x0 = gl.allocate_shared_memory(dt, [16, HD], sh)  # x_t's ring
     x1 = gl.allocate_shared_memory(dt, [16, HD], sh)
     x2 = gl.allocate_shared_memory(dt, [16, HD], sh)
     rb = gl.program_id(1) * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
@@ -101,19 +103,16 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
     cp.commit_group()
     cp.wait_group(1)
     gl.thread_barrier()
+    hs = (ha, hb)
+    xs = (x0, x1, x2)
     for t in range(0, T, 6):  # h_t into ha at even t, hb at odd t; x_t in x0 / x1 / x2 by t % 3
-        _fwd_step(hb, ha, x0, x2, wt, wx_ptr + offs + (t + 2) * H, m & (t + 2 < T),
-                  h_ptr + offs + (t - 1) * H, m & (t >= 1) & (t - 1 < T), a_l, mma, io)
-        _fwd_step(ha, hb, x1, x0, wt, wx_ptr + offs + (t + 3) * H, m & (t + 3 < T),
-                  h_ptr + offs + t * H, m & (t < T), a_l, mma, io)
-        _fwd_step(hb, ha, x2, x1, wt, wx_ptr + offs + (t + 4) * H, m & (t + 4 < T),
-                  h_ptr + offs + (t + 1) * H, m & (t + 1 < T), a_l, mma, io)
-        _fwd_step(ha, hb, x0, x2, wt, wx_ptr + offs + (t + 5) * H, m & (t + 5 < T),
-                  h_ptr + offs + (t + 2) * H, m & (t + 2 < T), a_l, mma, io)
-        _fwd_step(hb, ha, x1, x0, wt, wx_ptr + offs + (t + 6) * H, m & (t + 6 < T),
-                  h_ptr + offs + (t + 3) * H, m & (t + 3 < T), a_l, mma, io)
-        _fwd_step(ha, hb, x2, x1, wt, wx_ptr + offs + (t + 7) * H, m & (t + 7 < T),
-                  h_ptr + offs + (t + 4) * H, m & (t + 4 < T), a_l, mma, io)
+        for k in gl.static_range(6):
+            s = t + k
+            out_ok = m & (s - 1 < T)  # h_{s-1} exists
+            if k == 0:
+                out_ok = out_ok & (t >= 1)
+            _fwd_step(hs[(k + 1) % 2], hs[k % 2], xs[k % 3], xs[(k + 2) % 3], wt, wx_ptr + offs + (s + 2) * H,
+                      m & (s + 2 < T), h_ptr + offs + (s - 1) * H, out_ok, a_l, mma, io)
     cp.wait_group(0)
     # h_{T-1} is still in its tile when T is a multiple of 6 (the loop stored every earlier one)
     gl.store(h_ptr + offs + (T - 1) * H, hb.load(io), mask=m & (T % 6 == 0) & (T > 0))
@@ -149,17 +148,6 @@ def _h_at(h_ptr, h0_ptr, offs, offs0, s, H, m, HAS_H0: gl.constexpr):
 
 
 @gluon.jit
-def _bwd_pos(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_ptr, h_ptr, h0_ptr, dpre_ptr,
-             offs, offs0, H, T, m, HAS_H0: gl.constexpr, a_l: gl.constexpr, aw_l: gl.constexpr,
-             bw_l: gl.constexpr, mma: gl.constexpr, io: gl.constexpr):
-    """:func:`_bwd_step` at time ``t``, its copies those of ``t - 2``."""
-    h_src, h_mask = _h_at(h_ptr, h0_ptr, offs, offs0, t - 2, H, m, HAS_H0)
-    return _bwd_step(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_ptr + offs + (t - 2) * H,
-                     h_src, m & (t - 2 >= 0), h_mask, dpre_ptr + offs + (t + 1) * H,
-                     m & (t + 1 < T) & (t + 1 >= 0), a_l, aw_l, bw_l, mma, io)
-
-
-@gluon.jit
 def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl.constexpr,
          HAS_H0: gl.constexpr):
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
@@ -177,14 +165,14 @@ def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl
     rn = gl.arange(0, HD, layout=gl.SliceLayout(0, io))
     w_sm = gl.allocate_shared_memory(dt, [HD, HD], sh, gl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rn[None, :]))
     w = w_sm.load(b_l)  # W[head, n, k] as [n, k]: carry = dpre @ W
-    dpa = gl.allocate_shared_memory(dt, [16, HD], sh)
+    dpa = gl.allocate_shared_memory(dt, [16, HD], sh)  # dpre's two exchange tiles
     dpb = gl.allocate_shared_memory(dt, [16, HD], sh)
-    g0 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    g0 = gl.allocate_shared_memory(dt, [16, HD], sh)  # the rings of g_t and h_t
     g1 = gl.allocate_shared_memory(dt, [16, HD], sh)
     g2 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    s0 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    s1 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    s2 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    hr0 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    hr1 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    hr2 = gl.allocate_shared_memory(dt, [16, HD], sh)
     rb = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
     m = (rb < B)[:, None] & (rn < HD)[None, :]
     cols = head * HD + rn[None, :]
@@ -192,30 +180,27 @@ def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl
     offs0 = rb[:, None] * H + cols
     dpb.store(gl.zeros([16, HD], dt, io))  # "dpre_T": no carry into t = T - 1
     cp.async_copy_global_to_shared(g0, g_ptr + offs + (T - 1) * H, mask=m & (T > 0))
-    h_src, h_mask = _h_at(h_ptr, h0_ptr, offs, offs0, T - 1, H, m, HAS_H0)
-    cp.async_copy_global_to_shared(s0, h_src, mask=h_mask)
+    h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, T - 1, H, m, HAS_H0)
+    cp.async_copy_global_to_shared(hr0, h_src, mask=h_ok)
     cp.commit_group()
     cp.async_copy_global_to_shared(g1, g_ptr + offs + (T - 2) * H, mask=m & (T > 1))
-    h_src, h_mask = _h_at(h_ptr, h0_ptr, offs, offs0, T - 2, H, m, HAS_H0)
-    cp.async_copy_global_to_shared(s1, h_src, mask=h_mask)
+    h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, T - 2, H, m, HAS_H0)
+    cp.async_copy_global_to_shared(hr1, h_src, mask=h_ok)
     cp.commit_group()
     cp.wait_group(1)
     gl.thread_barrier()
     dw = gl.zeros([HD, HD], gl.float32, mma_w)
     dh0 = gl.zeros([16, HD], gl.float32, mma)
+    dps = (dpa, dpb)
+    gs = (g0, g1, g2)
+    hrs = (hr0, hr1, hr2)
     for p in range(0, T + 1, 6):  # t = T - 1 - p down to T - 6 - p; the last pass reaches t = -1
-        dw, dh0 = _bwd_pos(dpb, dpa, g0, s0, g2, s2, w, dw, dh0, T - 1 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
-                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
-        dw, dh0 = _bwd_pos(dpa, dpb, g1, s1, g0, s0, w, dw, dh0, T - 2 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
-                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
-        dw, dh0 = _bwd_pos(dpb, dpa, g2, s2, g1, s1, w, dw, dh0, T - 3 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
-                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
-        dw, dh0 = _bwd_pos(dpa, dpb, g0, s0, g2, s2, w, dw, dh0, T - 4 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
-                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
-        dw, dh0 = _bwd_pos(dpb, dpa, g1, s1, g0, s0, w, dw, dh0, T - 5 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
-                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
-        dw, dh0 = _bwd_pos(dpa, dpb, g2, s2, g1, s1, w, dw, dh0, T - 6 - p, g_ptr, h_ptr, h0_ptr, dpre_ptr,
-                           offs, offs0, H, T, m, HAS_H0, a_l, aw_l, bw_l, mma, io)
+        for k in gl.static_range(6):  # dpre_t into dpa at even k, dpb at odd; g_t, h_t in slot k % 3
+            t = T - 1 - p - k
+            h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, t - 2, H, m, HAS_H0)
+            dw, dh0 = _bwd_step(dps[(k + 1) % 2], dps[k % 2], gs[k % 3], hrs[k % 3], gs[(k + 2) % 3], hrs[(k + 2) % 3],
+                                w, dw, dh0, t, g_ptr + offs + (t - 2) * H, h_src, m & (t - 2 >= 0), h_ok,
+                                dpre_ptr + offs + (t + 1) * H, m & (t + 1 < T) & (t + 1 >= 0), a_l, aw_l, bw_l, mma, io)
     cp.wait_group(0)
     rbm = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
     rcm = gl.arange(0, HD, layout=gl.SliceLayout(0, mma))
