@@ -3,8 +3,8 @@ reference configurations, every model in the compile modes that can be its faste
 
     python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
                                       [--skip NAME ...] [--profile] [--sf-step fused foreach]
-                                      [--scan-against FILE] [--rows-against LIMIT]
-                                      [--json results/x/models.json]
+                                      [--scan-against FILE] [--e1-against KEY=VALUE[,...]]
+                                      [--rows-against LIMIT] [--json results/x/models.json]
 
 Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; rnnlab's one-launch step, as
 ``rnnlab train`` runs it on CUDA, and/or with ``--sf-step foreach`` schedulefree's own step, each
@@ -55,6 +55,9 @@ host's part costs.
 ``--scan-against FILE`` (another copy of ``rnnlab/ops/scan/triton.py``, e.g. an earlier commit's)
 adds, for each minGRU / minLSTM row, a twin row (``SCAN_SUFFIX``) that trains with that copy's
 scan kernels in place of the package's: a kernel change as a whole-model ratio of one run.
+``--e1-against KEY=VALUE[,...]`` does the same for E1 rows (``E1_SUFFIX``): their Elman scans run
+with those kernel options (``ElmanKernelOptions``, e.g. ``heads_gluon=0``: the Triton heads
+kernels instead of the Gluon ones).
 
 Every compiled row is compiled as ``rnnlab train --compile`` compiles (``rnnlab.train.inductor``:
 Inductor with row reductions persistent up to ``PERSISTENT_ROWS`` elements). ``--rows-against
@@ -76,13 +79,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
+import functools
 import gc
 import itertools
 import json
 import statistics
 import sys
 import time
+import types
 from importlib import metadata
 from pathlib import Path
 
@@ -91,6 +97,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.bench.mfu import benchmark_peak, mfu
+from rnnlab.ops.elman import ELMAN_SCAN
+from rnnlab.ops.elman.options import ElmanKernelOptions
+from rnnlab.ops.registry import traced
 from rnnlab.ops.scan import LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN
 from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.runtime import git_commit_label
@@ -387,25 +396,53 @@ def versions() -> dict:
 FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step
 SCAN_SUFFIX = " [--scan-against]"  # the row name of a model run with --scan-against's scan kernels
 SCAN_MODELS = ("mingru", "minlstm")  # the model kinds whose layers run those kernels
+E1_SUFFIX = " [--e1-against]"  # the row name of an E1 run with --e1-against's kernel options
 ROWS_SUFFIX = " [--rows-against]"  # the row name of a model compiled with --rows-against's limit
 
 
-def row_name(model: str, sf_step: str, scan_against: bool = False, rows_against: bool = False) -> str:
+def row_name(model: str, sf_step: str, scan_against: bool = False, rows_against: bool = False,
+             e1_against: bool = False) -> str:
     """A row's name: the model's for rnnlab's fused Schedule-Free step (what `rnnlab train` runs),
     the package's kernels and its compile, marked with ``FOREACH_SUFFIX`` for schedulefree's own
-    step, ``SCAN_SUFFIX`` for ``--scan-against``'s scan kernels and ``ROWS_SUFFIX`` for
-    ``--rows-against``'s compile (each its own row group)."""
+    step, ``SCAN_SUFFIX`` / ``E1_SUFFIX`` for ``--scan-against``'s / ``--e1-against``'s kernels
+    and ``ROWS_SUFFIX`` for ``--rows-against``'s compile (each its own row group)."""
     return (model + ("" if sf_step == "fused" else FOREACH_SUFFIX) + (SCAN_SUFFIX if scan_against else "")
-            + (ROWS_SUFFIX if rows_against else ""))
+            + (E1_SUFFIX if e1_against else "") + (ROWS_SUFFIX if rows_against else ""))
+
+
+def e1_options(spec: str) -> ElmanKernelOptions:
+    """E1's kernel options with ``spec``'s comma-separated ``KEY=INTEGER`` pairs set (booleans as
+    0 / 1); ValueError, one line, naming a pair that is not one."""
+    fields = {f.name: f for f in dataclasses.fields(ElmanKernelOptions)}
+    changes = {}
+    for pair in spec.split(","):
+        key, _, value = pair.partition("=")
+        if key not in fields or not value.lstrip("-").isdigit():
+            raise ValueError(f"--e1-against takes KEY=INTEGER pairs of E1's kernel options "
+                             f"({', '.join(fields)}), got {pair!r}")
+        changes[key] = type(fields[key].default)(int(value))
+    return ElmanKernelOptions(**changes)
+
+
+def e1_kernels_with(options: ElmanKernelOptions):
+    """A stand-in for E1's kernel module (``rnnlab.ops.elman.triton``) whose plain Elman scan runs
+    with ``options``: what ``--e1-against``'s twin rows train with (the selective scans' ops are
+    not replaced)."""
+    from rnnlab.ops.elman import triton as et
+
+    stand_in = types.ModuleType(f"{et.__name__} [--e1-against]")
+    stand_in.elman_scan = traced(functools.partial(et.elman_scan, options=options))
+    return stand_in
 
 
 @contextlib.contextmanager
-def scan_kernels(module):
-    """The minGRU / minLSTM (and linear) scan ops run ``module``'s kernels inside the block (None:
-    the package's)."""
+def kernels(model: str, module):
+    """Inside the block the ``model`` kind's layers run ``module``'s kernels (None: the
+    package's): the minGRU / minLSTM (and linear) scan ops, or E1's Elman scan op."""
+    ops = (ELMAN_SCAN,) if model == "e1" else (LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN)
     with contextlib.ExitStack() as stack:
         if module is not None:
-            for op in (LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN):
+            for op in ops:
                 stack.enter_context(op.kernel.replaced(module))
         yield
 
@@ -555,6 +592,9 @@ def main(argv=None):
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): each minGRU / "
                         "minLSTM row gets a twin row training with its scan kernels")
+    p.add_argument("--e1-against", default=None, metavar="KEY=VALUE[,...]",
+                   help="E1's kernel options (rnnlab.ops.elman.options.ElmanKernelOptions, e.g. heads_gluon=0): "
+                        "each E1 row gets a twin row training with its Elman scans run that way")
     p.add_argument("--rows-against", type=int, default=None, metavar="LIMIT",
                    help="each compiled row gets a twin row compiled with row reductions persistent up to LIMIT "
                         "elements instead of the package's (1024: Inductor's own)")
@@ -568,6 +608,12 @@ def main(argv=None):
 
         against = scan_module_from(args.scan_against, "bench_models.py: --scan-against")
 
+    e1_against = None
+    if args.e1_against:
+        try:
+            e1_against = e1_kernels_with(e1_options(args.e1_against))
+        except ValueError as e:
+            p.exit(2, f"bench_models.py: error: {e}\n")
     if args.rows_against is not None and args.rows_against < 1:
         p.exit(2, f"bench_models.py: error: --rows-against must be a positive number of elements, got {args.rows_against}\n")
     if not torch.cuda.is_available():
@@ -580,7 +626,8 @@ def main(argv=None):
                 command=" ".join(sys.argv), optimizer="Schedule-Free AdamW lr 3e-4 wd 0.1",
                 weights="bf16", steps=args.steps, peak_tflops=peak,
                 peak_assumed=assumed, loss_tol=LOSS_TOL, twin_factor=TWIN_FACTOR, twin_step=TWIN_STEP,
-                persistent_rows=PERSISTENT_ROWS, rows_against=args.rows_against, **versions())
+                persistent_rows=PERSISTENT_ROWS, rows_against=args.rows_against, e1_against=args.e1_against,
+                **versions())
     meta["git_commit"] = args.commit or meta["git_commit"]
     def named(name, words):
         return any(w.lower() in name.lower() for w in words or ())
@@ -595,7 +642,7 @@ def main(argv=None):
     def run_row(label, cfgd, B, mode, sf_step, graphed, module, limit, twin=False):
         warmup = args.warmup if mode is OFF else max(args.warmup, MIN_COMPILE_WARMUP)
         try:
-            with scan_kernels(module):
+            with kernels(cfgd["model"], module):
                 return bench(label, cfgd, B, args.T, args.steps, warmup, mode, args.profile and not twin, sf_step,
                              graphed, twin, limit)
         except Exception as e:  # noqa: BLE001 - report and continue with the next row
@@ -612,13 +659,15 @@ def main(argv=None):
             for mode, sf_step, graphed, module, limit in itertools.product(
                     [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step,
                     [False, True] if args.graph else [False],
-                    [None, against] if against is not None and cfgd["model"] in SCAN_MODELS else [None],
+                    [None, against] if against is not None and cfgd["model"] in SCAN_MODELS
+                    else [None, e1_against] if e1_against is not None and cfgd["model"] == "e1" else [None],
                     [None, args.rows_against] if args.rows_against else [None]):
                 if graphed and mode == RO:  # its CUDA graphs cannot be captured inside another
                     continue
                 if limit is not None and mode is OFF:  # nothing compiled: no twin
                     continue
-                label = row_name(name, sf_step, module is not None, limit is not None)
+                label = row_name(name, sf_step, module is not None and module is against, limit is not None,
+                                 module is not None and module is e1_against)
                 r = run_row(label, cfgd, B, mode, sf_step, graphed, module, limit)
                 firsts.setdefault(label, (r, (label, cfgd, B, mode, sf_step, graphed, module, limit)))
                 counts[label] = counts.get(label, 0) + 1
@@ -628,7 +677,7 @@ def main(argv=None):
                     write_json(args.json, dict(meta=meta, rows=rows))
             # the rounding twin of each first mode that other modes are compared with
             for label, (r, how) in firsts.items():
-                if counts[label] > 1 and "error" not in r and SCAN_SUFFIX not in label and ROWS_SUFFIX not in label:
+                if counts[label] > 1 and "error" not in r and not any(x in label for x in (SCAN_SUFFIX, E1_SUFFIX, ROWS_SUFFIX)):
                     t = run_row(*how, twin=True)
                     if "error" in t:
                         r["twin_error"] = t["error"]
@@ -644,6 +693,7 @@ def main(argv=None):
     print_targets(found)
     compare_twins(rows, FOREACH_SUFFIX, "foreach", "schedulefree's step")
     compare_twins(rows, SCAN_SUFFIX, "scan_against", "--scan-against's scan kernels")
+    compare_twins(rows, E1_SUFFIX, "e1_against", f"E1's kernels with {args.e1_against}")
     compare_twins(rows, ROWS_SUFFIX, "rows_against", f"row reductions persistent up to {args.rows_against}")
     print_profiles(rows)
     if args.json:

@@ -1924,6 +1924,39 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     assert capsys.readouterr().err == "bench_models.py: error: --rows-against must be a positive number of elements, got 0\n"
 
 
+def test_bench_models_e1_against_twins_e1_rows_with_those_kernel_options(monkeypatch, capsys):
+    """bench_models.py --e1-against KEY=VALUE[,...]: a twin row for each E1 row whose Elman scans
+    run with those kernel options while it trains (the package's kernels back after), none for the
+    other models; a pair that is not an option and an integer is refused in one line, exit 2."""
+    from rnnlab.ops.elman import ELMAN_SCAN
+    from rnnlab.ops.elman import triton as et
+
+    bm = _benchmark_script("bench_models")
+    seen = []
+
+    def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed, twin=False, row_limit=None):
+        scan = ELMAN_SCAN.kernel.get().elman_scan
+        opts = scan.keywords["options"] if scan is not et.elman_scan else None
+        seen.append((name, None if opts is None else (opts.heads_gluon, opts.dense_wgmma, scan.traced)))
+        return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
+                    step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
+
+    monkeypatch.setattr(bm, "bench", fake_bench)
+    monkeypatch.setattr(bm.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bm.torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    bm.main(["--only", "E1 heads 14x128 d31", "E16", "--compile", "off", "--e1-against", "heads_gluon=0,dense_wgmma=0"])
+    assert seen == [("E1 heads 14x128 d31", None), ("E1 heads 14x128 d31 [--e1-against]", (False, False, True)),
+                    ("E16 s4 1024x10 e2", None)]
+    assert ELMAN_SCAN.kernel.get() is et
+    capsys.readouterr()
+    for bad in ("heads_glu=0", "heads_gluon", "heads_gluon=no"):
+        with pytest.raises(SystemExit) as stop:
+            bm.main(["--only", "E1 heads", "--e1-against", bad])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.count("\n") == 1
+        assert err.startswith("bench_models.py: error: --e1-against takes KEY=INTEGER pairs") and repr(bad) in err
+
+
 def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):
     """benchmarks/ncu_summary.py: a launch's line shows its metrics and its largest stall reasons
     as shares of the samples (the not-issued variants left out); a file that is not ncu's raw CSV
