@@ -1009,9 +1009,11 @@ def main(argv=None):
         rec_flops = 3 * 2 * B * T * hd * hd * nh
         floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
 
-        # the package's kernels (Gluon for these widths in 16 bits), the Triton ones beside them, and
-        # Triton's with the exact tanh (which the Gluon kernels do not have)
+        # the package's kernels (Gluon for these widths in 16 bits; also with its other input rings),
+        # the Triton ones beside them, and Triton's with the exact tanh (which the Gluon ones lack)
         for name, opts, note in (("E1 heads (package: gluon)", ElmanKernelOptions(), "tanh.approx"),
+                                 ("E1 heads gluon, ring 2", ElmanKernelOptions(heads_gluon_ring=2), "tanh.approx"),
+                                 ("E1 heads gluon, ring 6", ElmanKernelOptions(heads_gluon_ring=6), "tanh.approx"),
                                  ("E1 heads triton", ElmanKernelOptions(heads_gluon=False), "tanh.approx"),
                                  ("E1 heads triton", ElmanKernelOptions(fast_tanh=False), "exp-tanh")):
             def mkh(nh=nh, hd=hd, H=H, opts=opts):

@@ -298,3 +298,14 @@ def test_persistent_builds_for_sm90a_on_hopper(monkeypatch):
     gpu_env = (Path(__file__).parents[1] / "benchmarks" / "gpu_env.sh").read_text()
     default = re.search(r"TORCH_CUDA_ARCH_LIST=\$\{TORCH_CUDA_ARCH_LIST:-([^}]*)\}", gpu_env).group(1)
     assert "9.0a" in default.split(";"), default
+
+
+def test_gluon_heads_ring_outside_its_choices_is_refused():
+    """The Gluon heads kernels' input ring must divide their six unrolled steps: another size is
+    refused in one line, before anything is launched (so on a CPU too)."""
+    heads_gluon = pytest.importorskip("rnnlab.ops.elman.heads_gluon")
+    x, w = torch.zeros(1, 2, 128, dtype=torch.bfloat16), torch.zeros(1, 128, 128, dtype=torch.bfloat16)
+    for call in (lambda: heads_gluon.forward(x, w, None, ring=4), lambda: heads_gluon.backward(x, w, x, None, ring=5)):
+        with pytest.raises(ValueError, match=r"^heads_gluon_ring must be one of \(2, 3, 6\) \(it divides the loops' six "
+                                             r"steps\), got [45]$"):
+            call()

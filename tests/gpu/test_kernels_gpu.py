@@ -202,6 +202,26 @@ def test_elman_heads_gluon(dtype, case, with_h0, monkeypatch):
     assert ran == ["forward", "backward"]
 
 
+@pytest.mark.parametrize("ring", [2, 6])
+@pytest.mark.parametrize("case", [(3, 37, 2, 128), (1, 1, 1, 128), (2, 12, 1, 128), (4, 5, 2, 64), (17, 300, 4, 128)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_heads_gluon_rings(ring, case, with_h0):
+    """The Gluon heads kernels with their other input rings (inputs copied 1 or 5 steps ahead)
+    against the float64 reference, bf16: outputs, final state and every gradient."""
+    from rnnlab.ops.elman import naive
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    torch.manual_seed(hash((case, with_h0, ring)) % 1000 + 7)
+    B, T, nh, hd = case
+    wx = torch.randn(B, T, nh * hd)
+    w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
+    h0 = torch.randn(B, nh * hd).tanh() if with_h0 else None
+    opts = ElmanKernelOptions(heads_gluon_ring=ring)
+    _check_op(f"elman_heads_gluon_ring{ring}{case}", lambda x, w, h: et.elman_scan(x, w, h, opts),
+              naive.elman_scan, [wx, w, h0], torch.bfloat16)
+
+
 def test_elman_heads_gluon_declines():
     """Scans the Gluon kernels do not take run on the Triton ones: 32-channel heads, fp32, the
     decay, h0 in another dtype or not 16-byte aligned, the option off."""

@@ -137,7 +137,7 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: El
     wx = wx.contiguous()
     h0 = None if h0 is None else h0.contiguous()
     if gluon := _gluon(opts, a, wx, hd, h0):
-        return gluon.forward(wx, w, h0)
+        return gluon.forward(wx, w, h0, opts.heads_gluon_ring)
     wk = w.to(wx.dtype).contiguous()
     h = torch.empty_like(wx)
     if T > 0 and B > 0:
@@ -159,7 +159,7 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
     g = g.contiguous()
     h0 = None if h0 is None else h0.contiguous()
     if gluon := _gluon(opts, a, h, hd, h0, g):
-        dpre, dw, dh0 = gluon.backward(g, w, h, h0)
+        dpre, dw, dh0 = gluon.backward(g, w, h, h0, opts.heads_gluon_ring)
         return dpre, dw if need_dw else torch.zeros_like(dw), dh0, None
     dpre = torch.empty_like(h)
     dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)

@@ -7,10 +7,11 @@ moves ``x_t`` and ``h_t`` between the MMA's layout and a coalesced one through s
 barriers a step. Here a program (one head, 16 batch rows, 8 warps splitting the head's columns)
 keeps W as the MMA's operand in registers for all T. The new state (bf16) goes through two shared
 tiles in turn, one barrier a step (a tile is rewritten only after every warp passed the barrier
-behind its last read); ``x_t`` arrives by ``cp.async`` two steps ahead into a ring of three tiles
-in 16-byte copies, and ``h_{t-1}`` leaves from its exchange tile in 16-byte stores, one step late.
-The loop is unrolled by six (the least common multiple of the ring and the tiles), so each tile is
-an allocation of its own and Gluon's barrier analysis adds no barrier.
+behind its last read); ``x_t`` arrives by ``cp.async`` in 16-byte copies into a ring of RING tiles,
+RING - 1 steps ahead (RING 3 measured; 2 and 6 to compare), and ``h_{t-1}`` leaves from its
+exchange tile in 16-byte stores, one step late. The loop is unrolled by six (a multiple of the
+ring's and the tiles' periods), so each tile is an allocation of its own and Gluon's barrier
+analysis adds no barrier.
 
 The backward runs in reverse the same way: ``carry = dpre_{t+1} @ W``,
 ``dpre_t = (g_t + carry) (1 - h_t^2)``, ``dW += dpre_{t+1}^T h_t`` (a second MMA off the chain, an
@@ -35,6 +36,7 @@ from rnnlab.ops.elman.tanh import fast_tanh_applies
 BT = 16
 WARPS = 8
 HEAD_DIMS = (64, 128)  # 128: W^T's [128, 128] operand is 32 registers a thread
+RINGS = (2, 3, 6)  # tiles in an input ring (inputs copied RING - 1 steps ahead): divisors of the loop's 6
 # Gluon's API moves between Triton releases; these kernels are written against 3.6's
 _GLUON_OK = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 6)
 
@@ -58,21 +60,30 @@ def _tanh(x):
 
 
 @gluon.jit
+def _ring(dt: gl.constexpr, HD: gl.constexpr, sh: gl.constexpr):
+    """Six shared tiles, each an allocation of its own (Gluon's barrier analysis sees them apart;
+    slices of one allocation would cost a barrier a step): an input ring uses the first RING."""
+    return (gl.allocate_shared_memory(dt, [16, HD], sh), gl.allocate_shared_memory(dt, [16, HD], sh),
+            gl.allocate_shared_memory(dt, [16, HD], sh), gl.allocate_shared_memory(dt, [16, HD], sh),
+            gl.allocate_shared_memory(dt, [16, HD], sh), gl.allocate_shared_memory(dt, [16, HD], sh))
+
+
+@gluon.jit
 def _fwd_step(prev, nxt, xcur, xdst, wt, x_src, x_mask, out_ptrs, out_mask,
-              a_l: gl.constexpr, mma: gl.constexpr, io: gl.constexpr):
+              a_l: gl.constexpr, mma: gl.constexpr, io: gl.constexpr, RING: gl.constexpr):
     """One step after the previous step's barrier: ``h_{t-1}`` in ``prev``, ``x_t`` in ``xcur``."""
     a = prev.load(a_l)
     x = xcur.load(mma)
     gl.store(out_ptrs, prev.load(io), mask=out_mask)  # h_{t-1}, from the exchange tile
-    cp.async_copy_global_to_shared(xdst, x_src, mask=x_mask)  # x_{t+2}
+    cp.async_copy_global_to_shared(xdst, x_src, mask=x_mask)  # x_{t+RING-1}
     cp.commit_group()
     nxt.store(_tanh(mma_v2(a, wt, x.to(gl.float32))).to(nxt.dtype))
-    cp.wait_group(1)  # this thread's copies of x_{t+1} have landed; the barrier shares them
+    cp.wait_group(RING - 2)  # this thread's copies of x_{t+1} have landed; the barrier shares them
     gl.thread_barrier()
 
 
 @gluon.jit
-def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.constexpr):
+def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.constexpr, RING: gl.constexpr):
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -86,9 +97,7 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
     wt = w_sm.load(b_l)  # wt[k, n] = W[head, n, k]: h_t = tanh(x_t + h_{t-1} @ wt)
     ha = gl.allocate_shared_memory(dt, [16, HD], sh)  # the state's two exchange tiles
     hb = gl.allocate_shared_memory(dt, [16, HD], sh)
-    x0 = gl.allocate_shared_memory(dt, [16, HD], sh)  # x_t's ring
-    x1 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    x2 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    xs = _ring(dt, HD, sh)  # x_t's ring: its first RING tiles
     rb = gl.program_id(1) * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
     m = (rb < B)[:, None] & (rn < HD)[None, :]
     cols = head * HD + rn[None, :]
@@ -97,22 +106,21 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
         hb.store(gl.load(h0_ptr + rb[:, None] * H + cols, mask=m, other=0.0))
     else:
         hb.store(gl.zeros([16, HD], dt, io))
-    cp.async_copy_global_to_shared(x0, wx_ptr + offs, mask=m & (T > 0))
-    cp.commit_group()
-    cp.async_copy_global_to_shared(x1, wx_ptr + offs + H, mask=m & (T > 1))
-    cp.commit_group()
-    cp.wait_group(1)
+    for i in gl.static_range(RING - 1):  # x_0 .. x_{RING-2}, a copy group each
+        cp.async_copy_global_to_shared(xs[i], wx_ptr + offs + i * H, mask=m & (T > i))
+        cp.commit_group()
+    cp.wait_group(RING - 2)
     gl.thread_barrier()
     hs = (ha, hb)
-    xs = (x0, x1, x2)
-    for t in range(0, T, 6):  # h_t into ha at even t, hb at odd t; x_t in x0 / x1 / x2 by t % 3
+    for t in range(0, T, 6):  # h_t into ha at even t, hb at odd t; x_t in ring slot t % RING
         for k in gl.static_range(6):
             s = t + k
             out_ok = m & (s - 1 < T)  # h_{s-1} exists
             if k == 0:
                 out_ok = out_ok & (t >= 1)
-            _fwd_step(hs[(k + 1) % 2], hs[k % 2], xs[k % 3], xs[(k + 2) % 3], wt, wx_ptr + offs + (s + 2) * H,
-                      m & (s + 2 < T), h_ptr + offs + (s - 1) * H, out_ok, a_l, mma, io)
+            _fwd_step(hs[(k + 1) % 2], hs[k % 2], xs[k % RING], xs[(k + RING - 1) % RING], wt,
+                      wx_ptr + offs + (s + RING - 1) * H, m & (s + RING - 1 < T), h_ptr + offs + (s - 1) * H,
+                      out_ok, a_l, mma, io, RING)
     cp.wait_group(0)
     # h_{T-1} is still in its tile when T is a multiple of 6 (the loop stored every earlier one)
     gl.store(h_ptr + offs + (T - 1) * H, hb.load(io), mask=m & (T % 6 == 0) & (T > 0))
@@ -121,19 +129,19 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
 @gluon.jit
 def _bwd_step(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_src, h_src, g_mask, h_mask,
               out_ptrs, out_mask, a_l: gl.constexpr, aw_l: gl.constexpr, bw_l: gl.constexpr,
-              mma: gl.constexpr, io: gl.constexpr):
+              mma: gl.constexpr, io: gl.constexpr, RING: gl.constexpr):
     """Step t after the previous step's barrier: ``dpre_{t+1}`` in ``dp_prev``, ``g_t`` and
     ``h_t`` in ``g_sm`` / ``h_sm``."""
     carry = mma_v2(dp_prev.load(a_l), w, gl.zeros([16, w.shape[1]], gl.float32, mma))  # dpre_{t+1} @ W
     dw = mma_v2(dp_prev.permute([1, 0]).load(aw_l), h_sm.load(bw_l), dw)  # += dpre_{t+1}^T h_t
     gl.store(out_ptrs, dp_prev.load(io), mask=out_mask)  # dpre_{t+1}, from the exchange tile
-    cp.async_copy_global_to_shared(g_dst, g_src, mask=g_mask)  # g_{t-2}
-    cp.async_copy_global_to_shared(h_dst, h_src, mask=h_mask)  # h_{t-2}
+    cp.async_copy_global_to_shared(g_dst, g_src, mask=g_mask)  # g_{t-RING+1}
+    cp.async_copy_global_to_shared(h_dst, h_src, mask=h_mask)  # h_{t-RING+1}
     cp.commit_group()
     dh0 = gl.where(t == -1, carry, dh0)
     hh = h_sm.load(mma).to(gl.float32)
     dp_next.store(((g_sm.load(mma).to(gl.float32) + carry) * (1.0 - hh * hh)).to(dp_next.dtype))
-    cp.wait_group(1)
+    cp.wait_group(RING - 2)
     gl.thread_barrier()
     return dw, dh0
 
@@ -149,7 +157,7 @@ def _h_at(h_ptr, h0_ptr, offs, offs0, s, H, m, HAS_H0: gl.constexpr):
 
 @gluon.jit
 def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl.constexpr,
-         HAS_H0: gl.constexpr):
+         HAS_H0: gl.constexpr, RING: gl.constexpr):
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -167,40 +175,33 @@ def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl
     w = w_sm.load(b_l)  # W[head, n, k] as [n, k]: carry = dpre @ W
     dpa = gl.allocate_shared_memory(dt, [16, HD], sh)  # dpre's two exchange tiles
     dpb = gl.allocate_shared_memory(dt, [16, HD], sh)
-    g0 = gl.allocate_shared_memory(dt, [16, HD], sh)  # the rings of g_t and h_t
-    g1 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    g2 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    hr0 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    hr1 = gl.allocate_shared_memory(dt, [16, HD], sh)
-    hr2 = gl.allocate_shared_memory(dt, [16, HD], sh)
+    gs = _ring(dt, HD, sh)  # the rings of g_t and h_t: their first RING tiles
+    hrs = _ring(dt, HD, sh)
     rb = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
     m = (rb < B)[:, None] & (rn < HD)[None, :]
     cols = head * HD + rn[None, :]
     offs = rb[:, None].to(gl.int64) * T * H + cols
     offs0 = rb[:, None] * H + cols
     dpb.store(gl.zeros([16, HD], dt, io))  # "dpre_T": no carry into t = T - 1
-    cp.async_copy_global_to_shared(g0, g_ptr + offs + (T - 1) * H, mask=m & (T > 0))
-    h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, T - 1, H, m, HAS_H0)
-    cp.async_copy_global_to_shared(hr0, h_src, mask=h_ok)
-    cp.commit_group()
-    cp.async_copy_global_to_shared(g1, g_ptr + offs + (T - 2) * H, mask=m & (T > 1))
-    h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, T - 2, H, m, HAS_H0)
-    cp.async_copy_global_to_shared(hr1, h_src, mask=h_ok)
-    cp.commit_group()
-    cp.wait_group(1)
+    for i in gl.static_range(RING - 1):  # t = T - 1 .. T - RING + 1, a copy group each
+        cp.async_copy_global_to_shared(gs[i], g_ptr + offs + (T - 1 - i) * H, mask=m & (T - 1 - i >= 0))
+        h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, T - 1 - i, H, m, HAS_H0)
+        cp.async_copy_global_to_shared(hrs[i], h_src, mask=h_ok)
+        cp.commit_group()
+    cp.wait_group(RING - 2)
     gl.thread_barrier()
     dw = gl.zeros([HD, HD], gl.float32, mma_w)
     dh0 = gl.zeros([16, HD], gl.float32, mma)
     dps = (dpa, dpb)
-    gs = (g0, g1, g2)
-    hrs = (hr0, hr1, hr2)
     for p in range(0, T + 1, 6):  # t = T - 1 - p down to T - 6 - p; the last pass reaches t = -1
-        for k in gl.static_range(6):  # dpre_t into dpa at even k, dpb at odd; g_t, h_t in slot k % 3
+        for k in gl.static_range(6):  # dpre_t into dpa at even k, dpb at odd; g_t, h_t in slot k % RING
             t = T - 1 - p - k
-            h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, t - 2, H, m, HAS_H0)
-            dw, dh0 = _bwd_step(dps[(k + 1) % 2], dps[k % 2], gs[k % 3], hrs[k % 3], gs[(k + 2) % 3], hrs[(k + 2) % 3],
-                                w, dw, dh0, t, g_ptr + offs + (t - 2) * H, h_src, m & (t - 2 >= 0), h_ok,
-                                dpre_ptr + offs + (t + 1) * H, m & (t + 1 < T) & (t + 1 >= 0), a_l, aw_l, bw_l, mma, io)
+            r = t - RING + 1  # the step whose inputs this one copies
+            h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, r, H, m, HAS_H0)
+            dw, dh0 = _bwd_step(dps[(k + 1) % 2], dps[k % 2], gs[k % RING], hrs[k % RING], gs[(k + RING - 1) % RING],
+                                hrs[(k + RING - 1) % RING], w, dw, dh0, t, g_ptr + offs + r * H, h_src, m & (r >= 0),
+                                h_ok, dpre_ptr + offs + (t + 1) * H, m & (t + 1 < T) & (t + 1 >= 0), a_l, aw_l, bw_l,
+                                mma, io, RING)
     cp.wait_group(0)
     rbm = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
     rcm = gl.arange(0, HD, layout=gl.SliceLayout(0, mma))
@@ -210,21 +211,30 @@ def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl
     gl.store(dw_ptr + (pid_b * (H // HD) + head) * HD * HD + ri[:, None] * HD + rj[None, :], dw)
 
 
-def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    """All states ``h`` (``wx``'s dtype) of the heads scan; the inputs as :func:`supported` takes them."""
+def _check_ring(ring: int) -> None:
+    if ring not in RINGS:
+        raise ValueError(f"heads_gluon_ring must be one of {RINGS} (it divides the loops' six steps), got {ring}")
+
+
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, ring: int = 3) -> torch.Tensor:
+    """All states ``h`` (``wx``'s dtype) of the heads scan, ``x_t`` copied ``ring - 1`` steps
+    ahead; the inputs as :func:`supported` takes them."""
+    _check_ring(ring)
     B, T, H = wx.shape
     nh, hd, _ = w.shape
     h = torch.empty_like(wx)
     if T > 0 and B > 0:
         _fwd[(nh, triton.cdiv(B, BT))](wx, w.to(wx.dtype).contiguous(), wx if h0 is None else h0, h, B, T, H,
-                                       HD=hd, HAS_H0=h0 is not None, num_warps=WARPS)
+                                       HD=hd, HAS_H0=h0 is not None, RING=ring, num_warps=WARPS)
     return h
 
 
-def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None
+def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, ring: int = 3
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dpre, dW, dh0)`` of the heads scan: dpre in ``h``'s dtype, dW in ``w``'s, dh0 ``[B, H]``
-    fp32; the inputs as :func:`supported` takes them."""
+    fp32; ``g_t`` and ``h_t`` copied ``ring - 1`` steps ahead; the inputs as :func:`supported`
+    takes them."""
+    _check_ring(ring)
     B, T, H = h.shape
     nh, hd, _ = w.shape
     nbt = triton.cdiv(B, BT)
@@ -233,5 +243,5 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
     dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # a partial per batch tile
     if T > 0 and B > 0:
         _bwd[(nh, nbt)](w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre, dh0, dw, B, T, H,
-                        HD=hd, HAS_H0=h0 is not None, num_warps=WARPS)
+                        HD=hd, HAS_H0=h0 is not None, RING=ring, num_warps=WARPS)
     return dpre, dw.sum(0).to(w.dtype), dh0
