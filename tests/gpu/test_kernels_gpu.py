@@ -174,10 +174,10 @@ def test_elman(dtype, case, with_h0):
               lambda x, w, h: elman_scan(x, w, h, backend="triton"), naive.elman_scan, [wx, w, h0], dtype)
 
 
-# (B, T, heads, hd): T = 1, T not a multiple of the loops' six steps and one (12); B = 1, a partial
-# batch tile (3, 17) and two tiles (32); both head widths the Gluon kernels take
+# (B, T, heads, hd): T = 1, T of every remainder by the loops' six steps (1, 5, 3, 2, 0, 0 ...);
+# B = 1, partial batch tiles (3, 5, 17) and two tiles (32); both head widths the Gluon kernels take
 HEADS_GLUON_CASES = [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (5, 50, 3, 64), (2, 12, 1, 128),
-                     (4, 5, 2, 64), (17, 300, 4, 128)]
+                     (4, 5, 2, 64), (5, 9, 3, 64), (2, 18, 2, 64), (17, 300, 4, 128)]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -222,9 +222,38 @@ def test_elman_heads_gluon_rings(ring, case, with_h0):
               naive.elman_scan, [wx, w, h0], torch.bfloat16)
 
 
+@pytest.mark.parametrize("T", [6, 7, 12])
+@pytest.mark.parametrize("hd", [64, 128])
+def test_elman_heads_gluon_equals_triton_where_dpre_grows(T, hd):
+    """fp16, a recurrent matrix that expands (norm ~2.5) and large gradients: the Gluon backward's
+    dpre, dW and dh0 equal the Triton kernels' bit for bit and are finite. The steps the loop runs
+    past t = -1 once carried dpre on, undamped, into an fp16 overflow and dW's inf * 0 = NaN (a CPU
+    emulation of that schedule: non-finite dW in 22 of 24 draws of these sizes). Also with an fp32
+    h0 (rounded to fp16 first, as the Triton kernels' MMAs round it) and without dW."""
+    from rnnlab.ops.elman import heads, heads_gluon
+    from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
+
+    torch.manual_seed(T * hd)
+    B, nh = 16, 2
+    wx = torch.randn(B, T, nh * hd, device=DEV).half()
+    w = (torch.randn(nh, hd, hd, device=DEV) * (2.5 / hd**0.5)).half()
+    g = (torch.randn(B, T, nh * hd, device=DEV) * 100).half()  # |dpre| up to ~8e3, finite
+    triton_only = ElmanKernelOptions(heads_gluon=False)
+    for h0 in (None, torch.randn(B, nh * hd, device=DEV).tanh()):
+        h0_16 = None if h0 is None else h0.half()
+        assert heads._gluon(DEFAULT, None, wx, hd, h0_16) is heads_gluon
+        h = heads.forward(wx, w, h0, DEFAULT)
+        assert torch.equal(h, heads.forward(wx, w, h0, triton_only))
+        for need_dw in (True, False):
+            got = heads.backward(g, w, h, h0, need_dw, DEFAULT)[:3]
+            want = heads.backward(g, w, h, h0, need_dw, triton_only)[:3]
+            assert all(x.isfinite().all() for x in want), "the case must stay finite on the Triton kernels"
+            assert all(torch.equal(a, b) for a, b in zip(got, want)), (T, hd, h0 is None, need_dw)
+
+
 def test_elman_heads_gluon_declines():
     """Scans the Gluon kernels do not take run on the Triton ones: 32-channel heads, fp32, the
-    decay, h0 in another dtype or not 16-byte aligned, the option off."""
+    decay, a gradient in another dtype, h0 not 16-byte aligned, the option off."""
     from rnnlab.ops.elman import heads
     from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
 
@@ -235,7 +264,7 @@ def test_elman_heads_gluon_declines():
     assert heads._gluon(DEFAULT, None, x, 32) is None
     assert heads._gluon(DEFAULT, None, x.float(), 128) is None
     assert heads._gluon(DEFAULT, x, x, 128) is None  # the decay
-    assert heads._gluon(DEFAULT, None, x, 128, h0.float()) is None
+    assert heads._gluon(DEFAULT, None, x, 128, x.float()) is None  # g in fp32 (h0 is rounded first)
     assert heads._gluon(DEFAULT, None, x, 128, shifted) is None
     assert heads._gluon(ElmanKernelOptions(heads_gluon=False), None, x, 128) is None
 

@@ -106,7 +106,8 @@ def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, a_ptr, da
         hh = hp
     tl.store(dh0_ptr + rb[:, None] * H + cols[None, :], carry, mask=m2)
     if DW:
-        tl.store(dw_ptr + (pid_b * (H // HD) + head) * HD * HD + rk[:, None] * HD + rk[None, :], dw, mask=mw)
+        tile = (pid_b * (H // HD) + head).to(tl.int64)
+        tl.store(dw_ptr + tile * HD * HD + rk[:, None] * HD + rk[None, :], dw, mask=mw)
 
 
 def _padded(hd: int) -> int:
@@ -136,8 +137,9 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: El
     nh, hd, _ = w.shape
     wx = wx.contiguous()
     h0 = None if h0 is None else h0.contiguous()
-    if gluon := _gluon(opts, a, wx, hd, h0):
-        return gluon.forward(wx, w, h0, opts.heads_gluon_ring)
+    h0_16 = None if h0 is None else h0.to(wx.dtype).contiguous()  # the MMA reads it rounded so anyway
+    if gluon := _gluon(opts, a, wx, hd, h0_16):
+        return gluon.forward(wx, w, h0_16, opts.heads_gluon_ring)
     wk = w.to(wx.dtype).contiguous()
     h = torch.empty_like(wx)
     if T > 0 and B > 0:
@@ -158,9 +160,9 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
     nh, hd, _ = w.shape
     g = g.contiguous()
     h0 = None if h0 is None else h0.contiguous()
-    if gluon := _gluon(opts, a, h, hd, h0, g):
-        dpre, dw, dh0 = gluon.backward(g, w, h, h0, opts.heads_gluon_ring)
-        return dpre, dw if need_dw else torch.zeros_like(dw), dh0, None
+    h0_16 = None if h0 is None else h0.to(h.dtype).contiguous()  # as the forward (g keeps its precision)
+    if gluon := _gluon(opts, a, h, hd, h0_16, g):
+        return (*gluon.backward(g, w, h, h0_16, need_dw, opts.heads_gluon_ring), None)
     dpre = torch.empty_like(h)
     dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
     nbt = triton.cdiv(B, opts.heads_bt)

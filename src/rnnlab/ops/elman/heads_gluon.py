@@ -11,13 +11,17 @@ behind its last read); ``x_t`` arrives by ``cp.async`` in 16-byte copies into a 
 RING - 1 steps ahead (RING 3 measured; 2 and 6 to compare), and ``h_{t-1}`` leaves from its
 exchange tile in 16-byte stores, one step late. The loop is unrolled by six (a multiple of the
 ring's and the tiles' periods), so each tile is an allocation of its own and Gluon's barrier
-analysis adds no barrier.
+analysis adds none inside the loop.
 
 The backward runs in reverse the same way: ``carry = dpre_{t+1} @ W``,
 ``dpre_t = (g_t + carry) (1 - h_t^2)``, ``dW += dpre_{t+1}^T h_t`` (a second MMA off the chain, an
 fp32 partial per batch tile, summed in torch), ``dh0`` the carry at ``t = -1``; ``g_t`` and ``h_t``
 arrive as ``x_t`` does and ``dpre`` leaves as ``h`` does. Both loops run past the sequence to a
-multiple of six steps (masked loads and stores), the backward through ``t = -1``.
+multiple of six steps (masked copies and stores), the backward through ``t = -1``; there dpre is
+held at zero (``t < 0``), so the extra steps add nothing to dW and cannot overflow (in fp16 the
+carry, no longer damped by ``1 - h^2``, would). The backward relies on a masked-off ``cp.async``
+writing zeros (Triton 3.6 copies 0 source bytes, which fills the 16 destination bytes with
+zeros): ``h_{-1}`` without ``h0``, and the batch rows past B, whose dpre then stays 0.
 """
 
 from __future__ import annotations
@@ -37,15 +41,16 @@ BT = 16
 WARPS = 8
 HEAD_DIMS = (64, 128)  # 128: W^T's [128, 128] operand is 32 registers a thread
 RINGS = (2, 3, 6)  # tiles in an input ring (inputs copied RING - 1 steps ahead): divisors of the loop's 6
-# Gluon's API moves between Triton releases; these kernels are written against 3.6's
-_GLUON_OK = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 6)
+# Gluon's API moves between Triton releases: these kernels run on the one they were written and
+# tested against (3.6); another release gets the Triton kernels until they are checked on it
+_GLUON_OK = tuple(int(v) for v in triton.__version__.split(".")[:2]) == (3, 6)
 
 
 def supported(x: torch.Tensor, hd: int, *others: torch.Tensor | None) -> bool:
     """Whether these kernels take a heads scan on ``x`` (contiguous, like ``others``): 16-bit on an
     sm_80+ GPU (``cp.async``, ``mma.sync``; never Triton's interpreter), heads of
     :data:`HEAD_DIMS` channels, every tensor of ``x``'s dtype and 16-byte aligned (the copies move
-    16 bytes), and Triton 3.6's Gluon. The caller checks the rest (no decay, the MUFU tanh: the
+    16 bytes), and Triton 3.6 (its Gluon). The caller checks the rest (no decay, the MUFU tanh: the
     only tanh these kernels have)."""
     tensors = [x, *(t for t in others if t is not None)]
     return (fast_tanh_applies(x) and hd in HEAD_DIMS and _GLUON_OK
@@ -129,18 +134,20 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
 @gluon.jit
 def _bwd_step(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_src, h_src, g_mask, h_mask,
               out_ptrs, out_mask, a_l: gl.constexpr, aw_l: gl.constexpr, bw_l: gl.constexpr,
-              mma: gl.constexpr, io: gl.constexpr, RING: gl.constexpr):
+              mma: gl.constexpr, io: gl.constexpr, RING: gl.constexpr, DW: gl.constexpr):
     """Step t after the previous step's barrier: ``dpre_{t+1}`` in ``dp_prev``, ``g_t`` and
     ``h_t`` in ``g_sm`` / ``h_sm``."""
     carry = mma_v2(dp_prev.load(a_l), w, gl.zeros([16, w.shape[1]], gl.float32, mma))  # dpre_{t+1} @ W
-    dw = mma_v2(dp_prev.permute([1, 0]).load(aw_l), h_sm.load(bw_l), dw)  # += dpre_{t+1}^T h_t
+    if DW:
+        dw = mma_v2(dp_prev.permute([1, 0]).load(aw_l), h_sm.load(bw_l), dw)  # += dpre_{t+1}^T h_t
     gl.store(out_ptrs, dp_prev.load(io), mask=out_mask)  # dpre_{t+1}, from the exchange tile
     cp.async_copy_global_to_shared(g_dst, g_src, mask=g_mask)  # g_{t-RING+1}
     cp.async_copy_global_to_shared(h_dst, h_src, mask=h_mask)  # h_{t-RING+1}
     cp.commit_group()
     dh0 = gl.where(t == -1, carry, dh0)
     hh = h_sm.load(mma).to(gl.float32)
-    dp_next.store(((g_sm.load(mma).to(gl.float32) + carry) * (1.0 - hh * hh)).to(dp_next.dtype))
+    inside = (t >= 0).to(gl.float32)  # dpre is 0 before the sequence (a product keeps the packed bf16 stores)
+    dp_next.store(((g_sm.load(mma).to(gl.float32) + carry) * (1.0 - hh * hh) * inside).to(dp_next.dtype))
     cp.wait_group(RING - 2)
     gl.thread_barrier()
     return dw, dh0
@@ -157,7 +164,7 @@ def _h_at(h_ptr, h0_ptr, offs, offs0, s, H, m, HAS_H0: gl.constexpr):
 
 @gluon.jit
 def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl.constexpr,
-         HAS_H0: gl.constexpr, RING: gl.constexpr):
+         HAS_H0: gl.constexpr, RING: gl.constexpr, DW: gl.constexpr):
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
     a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -201,14 +208,16 @@ def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl
             dw, dh0 = _bwd_step(dps[(k + 1) % 2], dps[k % 2], gs[k % RING], hrs[k % RING], gs[(k + RING - 1) % RING],
                                 hrs[(k + RING - 1) % RING], w, dw, dh0, t, g_ptr + offs + r * H, h_src, m & (r >= 0),
                                 h_ok, dpre_ptr + offs + (t + 1) * H, m & (t + 1 < T) & (t + 1 >= 0), a_l, aw_l, bw_l,
-                                mma, io, RING)
+                                mma, io, RING, DW)
     cp.wait_group(0)
     rbm = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
     rcm = gl.arange(0, HD, layout=gl.SliceLayout(0, mma))
     gl.store(dh0_ptr + rbm[:, None] * H + head * HD + rcm[None, :], dh0, mask=(rbm < B)[:, None] & (rcm < HD)[None, :])
     ri = gl.arange(0, HD, layout=gl.SliceLayout(1, mma_w))
     rj = gl.arange(0, HD, layout=gl.SliceLayout(0, mma_w))
-    gl.store(dw_ptr + (pid_b * (H // HD) + head) * HD * HD + ri[:, None] * HD + rj[None, :], dw)
+    if DW:
+        tile = (pid_b * (H // HD) + head).to(gl.int64)
+        gl.store(dw_ptr + tile * HD * HD + ri[:, None] * HD + rj[None, :], dw)
 
 
 def _check_ring(ring: int) -> None:
@@ -229,19 +238,20 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, ring: in
     return h
 
 
-def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, ring: int = 3
-             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(dpre, dW, dh0)`` of the heads scan: dpre in ``h``'s dtype, dW in ``w``'s, dh0 ``[B, H]``
-    fp32; ``g_t`` and ``h_t`` copied ``ring - 1`` steps ahead; the inputs as :func:`supported`
-    takes them."""
+def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, need_dw: bool = True,
+             ring: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(dpre, dW, dh0)`` of the heads scan: dpre in ``h``'s dtype, dW in ``w``'s (zeros unless
+    ``need_dw``), dh0 ``[B, H]`` fp32; ``g_t`` and ``h_t`` copied ``ring - 1`` steps ahead; the
+    inputs as :func:`supported` takes them."""
     _check_ring(ring)
     B, T, H = h.shape
     nh, hd, _ = w.shape
     nbt = triton.cdiv(B, BT)
     dpre = torch.empty_like(h)
     dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
-    dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # a partial per batch tile
+    # dW: a partial per batch tile, summed here
+    dw = torch.zeros((nbt if need_dw else 1), nh, hd, hd, device=h.device, dtype=torch.float32)
     if T > 0 and B > 0:
         _bwd[(nh, nbt)](w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre, dh0, dw, B, T, H,
-                        HD=hd, HAS_H0=h0 is not None, RING=ring, num_warps=WARPS)
+                        HD=hd, HAS_H0=h0 is not None, RING=ring, DW=need_dw, num_warps=WARPS)
     return dpre, dw.sum(0).to(w.dtype), dh0
