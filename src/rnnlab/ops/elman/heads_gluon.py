@@ -35,12 +35,19 @@ from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
 from rnnlab.ops.elman.tanh import fast_tanh_applies
 
-# the kernels' layouts are written for these two: 16 batch rows a program (the MMA's M) and 8 warps
-# splitting a head's columns (8 columns a warp at the least, hence heads of 64 or more)
-BT = 16
-WARPS = 8
+BT = gl.constexpr(16)  # batch rows a program: the MMA's M
+WARPS = gl.constexpr(8)  # they split a head's columns, 8 at the least each: heads of 64 or more
 HEAD_DIMS = (64, 128)  # 128: W^T's [128, 128] operand is 32 registers a thread
 RINGS = (2, 3, 6)  # tiles in an input ring (inputs copied RING - 1 steps ahead): divisors of the loop's 6
+# the layouts: the state's MMA (warps split the columns) and its operands; the backward's dW MMA
+# (warps split dW's rows) and its operands; a [16, hd] tile in shared memory
+_MMA = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, WARPS.value], instr_shape=[16, 8]))
+_A = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_MMA.value, k_width=2))
+_B = gl.constexpr(gl.DotOperandLayout(operand_index=1, parent=_MMA.value, k_width=2))
+_MMA_W = gl.constexpr(gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[WARPS.value, 1], instr_shape=[16, 8]))
+_AW = gl.constexpr(gl.DotOperandLayout(operand_index=0, parent=_MMA_W.value, k_width=2))
+_BW = gl.constexpr(gl.DotOperandLayout(operand_index=1, parent=_MMA_W.value, k_width=2))
+_SHARED = gl.constexpr(gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0]))
 # Gluon's API moves between Triton releases: these kernels run on the one they were written and
 # tested against (3.6); another release gets the Triton kernels until they are checked on it
 _GLUON_OK = tuple(int(v) for v in triton.__version__.split(".")[:2]) == (3, 6)
@@ -58,6 +65,13 @@ def supported(x: torch.Tensor, hd: int, *others: torch.Tensor | None) -> bool:
             and all(t.dtype == x.dtype and t.is_contiguous() and t.data_ptr() % 16 == 0 for t in tensors))
 
 
+@gluon.constexpr_function
+def _io(hd):
+    """A [16, hd] tile's coalesced layout: each thread's hd / 16 contiguous elements (16 bytes at
+    hd 128) for the copies in and the stores out."""
+    return gl.BlockedLayout([1, hd // 16], [2, 16], [WARPS.value, 1], [1, 0])
+
+
 @gluon.jit
 def _tanh(x):
     return gl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=gl.float32,
@@ -65,21 +79,20 @@ def _tanh(x):
 
 
 @gluon.jit
-def _ring(dt: gl.constexpr, HD: gl.constexpr, sh: gl.constexpr):
+def _ring(dt: gl.constexpr, HD: gl.constexpr):
     """Six shared tiles, each an allocation of its own (Gluon's barrier analysis sees them apart;
     slices of one allocation would cost a barrier a step): an input ring uses the first RING."""
-    return (gl.allocate_shared_memory(dt, [16, HD], sh), gl.allocate_shared_memory(dt, [16, HD], sh),
-            gl.allocate_shared_memory(dt, [16, HD], sh), gl.allocate_shared_memory(dt, [16, HD], sh),
-            gl.allocate_shared_memory(dt, [16, HD], sh), gl.allocate_shared_memory(dt, [16, HD], sh))
+    return (gl.allocate_shared_memory(dt, [BT, HD], _SHARED), gl.allocate_shared_memory(dt, [BT, HD], _SHARED),
+            gl.allocate_shared_memory(dt, [BT, HD], _SHARED), gl.allocate_shared_memory(dt, [BT, HD], _SHARED),
+            gl.allocate_shared_memory(dt, [BT, HD], _SHARED), gl.allocate_shared_memory(dt, [BT, HD], _SHARED))
 
 
 @gluon.jit
-def _fwd_step(prev, nxt, xcur, xdst, wt, x_src, x_mask, out_ptrs, out_mask,
-              a_l: gl.constexpr, mma: gl.constexpr, io: gl.constexpr, RING: gl.constexpr):
+def _fwd_step(prev, nxt, xcur, xdst, wt, x_src, x_mask, out_ptrs, out_mask, RING: gl.constexpr):
     """One step after the previous step's barrier: ``h_{t-1}`` in ``prev``, ``x_t`` in ``xcur``."""
-    a = prev.load(a_l)
-    x = xcur.load(mma)
-    gl.store(out_ptrs, prev.load(io), mask=out_mask)  # h_{t-1}, from the exchange tile
+    a = prev.load(_A)
+    x = xcur.load(_MMA)
+    gl.store(out_ptrs, prev.load(_io(prev.shape[1])), mask=out_mask)  # h_{t-1}, from the exchange tile
     cp.async_copy_global_to_shared(xdst, x_src, mask=x_mask)  # x_{t+RING-1}
     cp.commit_group()
     nxt.store(_tanh(mma_v2(a, wt, x.to(gl.float32))).to(nxt.dtype))
@@ -89,28 +102,24 @@ def _fwd_step(prev, nxt, xcur, xdst, wt, x_src, x_mask, out_ptrs, out_mask,
 
 @gluon.jit
 def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.constexpr, RING: gl.constexpr):
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
-    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    io: gl.constexpr = gl.BlockedLayout([1, HD // 16], [2, 16], [8, 1], [1, 0])
-    sh: gl.constexpr = gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0])
+    io: gl.constexpr = _io(HD)
     dt: gl.constexpr = h_ptr.dtype.element_ty
     head = gl.program_id(0)
     rk = gl.arange(0, HD, layout=gl.SliceLayout(1, io))
     rn = gl.arange(0, HD, layout=gl.SliceLayout(0, io))
-    w_sm = gl.allocate_shared_memory(dt, [HD, HD], sh, gl.load(w_ptr + head * HD * HD + rk[:, None] + rn[None, :] * HD))
-    wt = w_sm.load(b_l)  # wt[k, n] = W[head, n, k]: h_t = tanh(x_t + h_{t-1} @ wt)
-    ha = gl.allocate_shared_memory(dt, [16, HD], sh)  # the state's two exchange tiles
-    hb = gl.allocate_shared_memory(dt, [16, HD], sh)
-    xs = _ring(dt, HD, sh)  # x_t's ring: its first RING tiles
-    rb = gl.program_id(1) * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
+    w_sm = gl.allocate_shared_memory(dt, [HD, HD], _SHARED, gl.load(w_ptr + head * HD * HD + rk[:, None] + rn[None, :] * HD))
+    wt = w_sm.load(_B)  # wt[k, n] = W[head, n, k]: h_t = tanh(x_t + h_{t-1} @ wt)
+    ha = gl.allocate_shared_memory(dt, [BT, HD], _SHARED)  # the state's two exchange tiles
+    hb = gl.allocate_shared_memory(dt, [BT, HD], _SHARED)
+    xs = _ring(dt, HD)  # x_t's ring: its first RING tiles
+    rb = gl.program_id(1) * BT + gl.arange(0, BT, layout=gl.SliceLayout(1, io))
     m = (rb < B)[:, None] & (rn < HD)[None, :]
     cols = head * HD + rn[None, :]
     offs = rb[:, None].to(gl.int64) * T * H + cols
     if HAS_H0:
         hb.store(gl.load(h0_ptr + rb[:, None] * H + cols, mask=m, other=0.0))
     else:
-        hb.store(gl.zeros([16, HD], dt, io))
+        hb.store(gl.zeros([BT, HD], dt, io))
     for i in gl.static_range(RING - 1):  # x_0 .. x_{RING-2}, a copy group each
         cp.async_copy_global_to_shared(xs[i], wx_ptr + offs + i * H, mask=m & (T > i))
         cp.commit_group()
@@ -125,7 +134,7 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
                 out_ok = out_ok & (t >= 1)
             _fwd_step(hs[(k + 1) % 2], hs[k % 2], xs[k % RING], xs[(k + RING - 1) % RING], wt,
                       wx_ptr + offs + (s + RING - 1) * H, m & (s + RING - 1 < T), h_ptr + offs + (s - 1) * H,
-                      out_ok, a_l, mma, io, RING)
+                      out_ok, RING)
     cp.wait_group(0)
     # h_{T-1} is still in its tile when T is a multiple of 6 (the loop stored every earlier one)
     gl.store(h_ptr + offs + (T - 1) * H, hb.load(io), mask=m & (T % 6 == 0) & (T > 0))
@@ -133,21 +142,20 @@ def _fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, B, T, H, HD: gl.constexpr, HAS_H0: gl.con
 
 @gluon.jit
 def _bwd_step(dp_prev, dp_next, g_sm, h_sm, g_dst, h_dst, w, dw, dh0, t, g_src, h_src, g_mask, h_mask,
-              out_ptrs, out_mask, a_l: gl.constexpr, aw_l: gl.constexpr, bw_l: gl.constexpr,
-              mma: gl.constexpr, io: gl.constexpr, RING: gl.constexpr, DW: gl.constexpr):
+              out_ptrs, out_mask, RING: gl.constexpr, DW: gl.constexpr):
     """Step t after the previous step's barrier: ``dpre_{t+1}`` in ``dp_prev``, ``g_t`` and
     ``h_t`` in ``g_sm`` / ``h_sm``."""
-    carry = mma_v2(dp_prev.load(a_l), w, gl.zeros([16, w.shape[1]], gl.float32, mma))  # dpre_{t+1} @ W
+    carry = mma_v2(dp_prev.load(_A), w, gl.zeros([BT, w.shape[1]], gl.float32, _MMA))  # dpre_{t+1} @ W
     if DW:
-        dw = mma_v2(dp_prev.permute([1, 0]).load(aw_l), h_sm.load(bw_l), dw)  # += dpre_{t+1}^T h_t
-    gl.store(out_ptrs, dp_prev.load(io), mask=out_mask)  # dpre_{t+1}, from the exchange tile
+        dw = mma_v2(dp_prev.permute([1, 0]).load(_AW), h_sm.load(_BW), dw)  # += dpre_{t+1}^T h_t
+    gl.store(out_ptrs, dp_prev.load(_io(dp_prev.shape[1])), mask=out_mask)  # dpre_{t+1}, from the exchange tile
     cp.async_copy_global_to_shared(g_dst, g_src, mask=g_mask)  # g_{t-RING+1}
     cp.async_copy_global_to_shared(h_dst, h_src, mask=h_mask)  # h_{t-RING+1}
     cp.commit_group()
     dh0 = gl.where(t == -1, carry, dh0)
-    hh = h_sm.load(mma).to(gl.float32)
+    hh = h_sm.load(_MMA).to(gl.float32)
     inside = (t >= 0).to(gl.float32)  # dpre is 0 before the sequence (a product keeps the packed bf16 stores)
-    dp_next.store(((g_sm.load(mma).to(gl.float32) + carry) * (1.0 - hh * hh) * inside).to(dp_next.dtype))
+    dp_next.store(((g_sm.load(_MMA).to(gl.float32) + carry) * (1.0 - hh * hh) * inside).to(dp_next.dtype))
     cp.wait_group(RING - 2)
     gl.thread_barrier()
     return dw, dh0
@@ -165,31 +173,24 @@ def _h_at(h_ptr, h0_ptr, offs, offs0, s, H, m, HAS_H0: gl.constexpr):
 @gluon.jit
 def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl.constexpr,
          HAS_H0: gl.constexpr, RING: gl.constexpr, DW: gl.constexpr):
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 8], instr_shape=[16, 8])
-    a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
-    b_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    mma_w: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[8, 1], instr_shape=[16, 8])
-    aw_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma_w, k_width=2)
-    bw_l: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma_w, k_width=2)
-    io: gl.constexpr = gl.BlockedLayout([1, HD // 16], [2, 16], [8, 1], [1, 0])
-    sh: gl.constexpr = gl.SwizzledSharedLayout(vec=8, per_phase=1, max_phase=8, order=[1, 0])
+    io: gl.constexpr = _io(HD)
     dt: gl.constexpr = h_ptr.dtype.element_ty
     head = gl.program_id(0)
     pid_b = gl.program_id(1)
     rk = gl.arange(0, HD, layout=gl.SliceLayout(1, io))
     rn = gl.arange(0, HD, layout=gl.SliceLayout(0, io))
-    w_sm = gl.allocate_shared_memory(dt, [HD, HD], sh, gl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rn[None, :]))
-    w = w_sm.load(b_l)  # W[head, n, k] as [n, k]: carry = dpre @ W
-    dpa = gl.allocate_shared_memory(dt, [16, HD], sh)  # dpre's two exchange tiles
-    dpb = gl.allocate_shared_memory(dt, [16, HD], sh)
-    gs = _ring(dt, HD, sh)  # the rings of g_t and h_t: their first RING tiles
-    hrs = _ring(dt, HD, sh)
-    rb = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, io))
+    w_sm = gl.allocate_shared_memory(dt, [HD, HD], _SHARED, gl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rn[None, :]))
+    w = w_sm.load(_B)  # W[head, n, k] as [n, k]: carry = dpre @ W
+    dpa = gl.allocate_shared_memory(dt, [BT, HD], _SHARED)  # dpre's two exchange tiles
+    dpb = gl.allocate_shared_memory(dt, [BT, HD], _SHARED)
+    gs = _ring(dt, HD)  # the rings of g_t and h_t: their first RING tiles
+    hrs = _ring(dt, HD)
+    rb = pid_b * BT + gl.arange(0, BT, layout=gl.SliceLayout(1, io))
     m = (rb < B)[:, None] & (rn < HD)[None, :]
     cols = head * HD + rn[None, :]
     offs = rb[:, None].to(gl.int64) * T * H + cols
     offs0 = rb[:, None] * H + cols
-    dpb.store(gl.zeros([16, HD], dt, io))  # "dpre_T": no carry into t = T - 1
+    dpb.store(gl.zeros([BT, HD], dt, io))  # "dpre_T": no carry into t = T - 1
     for i in gl.static_range(RING - 1):  # t = T - 1 .. T - RING + 1, a copy group each
         cp.async_copy_global_to_shared(gs[i], g_ptr + offs + (T - 1 - i) * H, mask=m & (T - 1 - i >= 0))
         h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, T - 1 - i, H, m, HAS_H0)
@@ -197,8 +198,8 @@ def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl
         cp.commit_group()
     cp.wait_group(RING - 2)
     gl.thread_barrier()
-    dw = gl.zeros([HD, HD], gl.float32, mma_w)
-    dh0 = gl.zeros([16, HD], gl.float32, mma)
+    dw = gl.zeros([HD, HD], gl.float32, _MMA_W)
+    dh0 = gl.zeros([BT, HD], gl.float32, _MMA)
     dps = (dpa, dpb)
     for p in range(0, T + 1, 6):  # t = T - 1 - p down to T - 6 - p; the last pass reaches t = -1
         for k in gl.static_range(6):  # dpre_t into dpa at even k, dpb at odd; g_t, h_t in slot k % RING
@@ -207,14 +208,13 @@ def _bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, B, T, H, HD: gl
             h_src, h_ok = _h_at(h_ptr, h0_ptr, offs, offs0, r, H, m, HAS_H0)
             dw, dh0 = _bwd_step(dps[(k + 1) % 2], dps[k % 2], gs[k % RING], hrs[k % RING], gs[(k + RING - 1) % RING],
                                 hrs[(k + RING - 1) % RING], w, dw, dh0, t, g_ptr + offs + r * H, h_src, m & (r >= 0),
-                                h_ok, dpre_ptr + offs + (t + 1) * H, m & (t + 1 < T) & (t + 1 >= 0), a_l, aw_l, bw_l,
-                                mma, io, RING, DW)
+                                h_ok, dpre_ptr + offs + (t + 1) * H, m & (t + 1 < T) & (t + 1 >= 0), RING, DW)
     cp.wait_group(0)
-    rbm = pid_b * 16 + gl.arange(0, 16, layout=gl.SliceLayout(1, mma))
-    rcm = gl.arange(0, HD, layout=gl.SliceLayout(0, mma))
+    rbm = pid_b * BT + gl.arange(0, BT, layout=gl.SliceLayout(1, _MMA))
+    rcm = gl.arange(0, HD, layout=gl.SliceLayout(0, _MMA))
     gl.store(dh0_ptr + rbm[:, None] * H + head * HD + rcm[None, :], dh0, mask=(rbm < B)[:, None] & (rcm < HD)[None, :])
-    ri = gl.arange(0, HD, layout=gl.SliceLayout(1, mma_w))
-    rj = gl.arange(0, HD, layout=gl.SliceLayout(0, mma_w))
+    ri = gl.arange(0, HD, layout=gl.SliceLayout(1, _MMA_W))
+    rj = gl.arange(0, HD, layout=gl.SliceLayout(0, _MMA_W))
     if DW:
         tile = (pid_b * (H // HD) + head).to(gl.int64)
         gl.store(dw_ptr + tile * HD * HD + ri[:, None] * HD + rj[None, :], dw)
@@ -233,8 +233,8 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, ring: in
     nh, hd, _ = w.shape
     h = torch.empty_like(wx)
     if T > 0 and B > 0:
-        _fwd[(nh, triton.cdiv(B, BT))](wx, w.to(wx.dtype).contiguous(), wx if h0 is None else h0, h, B, T, H,
-                                       HD=hd, HAS_H0=h0 is not None, RING=ring, num_warps=WARPS)
+        _fwd[(nh, triton.cdiv(B, BT.value))](wx, w.to(wx.dtype).contiguous(), wx if h0 is None else h0, h, B, T, H,
+                                       HD=hd, HAS_H0=h0 is not None, RING=ring, num_warps=WARPS.value)
     return h
 
 
@@ -246,12 +246,12 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
     _check_ring(ring)
     B, T, H = h.shape
     nh, hd, _ = w.shape
-    nbt = triton.cdiv(B, BT)
+    nbt = triton.cdiv(B, BT.value)
     dpre = torch.empty_like(h)
     dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
     # dW: a partial per batch tile, summed here
     dw = torch.zeros((nbt if need_dw else 1), nh, hd, hd, device=h.device, dtype=torch.float32)
     if T > 0 and B > 0:
         _bwd[(nh, nbt)](w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre, dh0, dw, B, T, H,
-                        HD=hd, HAS_H0=h0 is not None, RING=ring, DW=need_dw, num_warps=WARPS)
+                        HD=hd, HAS_H0=h0 is not None, RING=ring, DW=need_dw, num_warps=WARPS.value)
     return dpre, dw.sum(0).to(w.dtype), dh0
