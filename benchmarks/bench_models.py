@@ -653,21 +653,21 @@ def main(argv=None):
                         error=f"{type(e).__name__}: {e}")
 
     for name, cfgd, modes in todo:
+        # the kernels of this model's --scan-against / --e1-against twin rows (None: no such rows)
+        twin_kernels = against if cfgd["model"] in SCAN_MODELS else e1_against if cfgd["model"] == "e1" else None
         for B in args.batches:
             firsts: dict[str, tuple] = {}  # per row name: its first mode's row and how it was run
             counts: dict[str, int] = {}  # per row name: the modes run
             for mode, sf_step, graphed, module, limit in itertools.product(
                     [MODE_NAMES[m] for m in args.compile] if args.compile else modes, args.sf_step,
-                    [False, True] if args.graph else [False],
-                    [None, against] if against is not None and cfgd["model"] in SCAN_MODELS
-                    else [None, e1_against] if e1_against is not None and cfgd["model"] == "e1" else [None],
+                    [False, True] if args.graph else [False], [None] if twin_kernels is None else [None, twin_kernels],
                     [None, args.rows_against] if args.rows_against else [None]):
                 if graphed and mode == RO:  # its CUDA graphs cannot be captured inside another
                     continue
                 if limit is not None and mode is OFF:  # nothing compiled: no twin
                     continue
-                label = row_name(name, sf_step, module is not None and module is against, limit is not None,
-                                 module is not None and module is e1_against)
+                label = row_name(name, sf_step, module is not None and cfgd["model"] != "e1", limit is not None,
+                                 module is not None and cfgd["model"] == "e1")
                 r = run_row(label, cfgd, B, mode, sf_step, graphed, module, limit)
                 firsts.setdefault(label, (r, (label, cfgd, B, mode, sf_step, graphed, module, limit)))
                 counts[label] = counts.get(label, 0) + 1

@@ -180,46 +180,42 @@ HEADS_GLUON_CASES = [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (5, 50,
                      (4, 5, 2, 64), (5, 9, 3, 64), (2, 18, 2, 64), (17, 300, 4, 128)]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", HEADS_GLUON_CASES)
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_elman_heads_gluon(dtype, case, with_h0, monkeypatch):
-    """The Gluon heads kernels (the default for these scans) against the float64 reference:
+def _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring):
+    """The Gluon heads kernels with input rings of ``ring`` tiles against the float64 reference:
     outputs, final state and every gradient; and the scan did run on them, forward and backward."""
-    from rnnlab.ops.elman import elman_scan, heads_gluon, naive
+    from rnnlab.ops.elman import heads_gluon, naive
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
 
     ran = []
     for name in ("forward", "backward"):
         fn = getattr(heads_gluon, name)
         monkeypatch.setattr(heads_gluon, name, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
-    torch.manual_seed(hash((case, with_h0)) % 1000 + 5)
-    B, T, nh, hd = case
-    wx = torch.randn(B, T, nh * hd)
-    w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
-    h0 = torch.randn(B, nh * hd).tanh() if with_h0 else None
-    _check_op(f"elman_heads_gluon{case}", lambda x, w, h: elman_scan(x, w, h, backend="triton"),
-              naive.elman_scan, [wx, w, h0], dtype)
-    assert ran == ["forward", "backward"]
-
-
-@pytest.mark.parametrize("ring", [2, 6])
-@pytest.mark.parametrize("case", [(3, 37, 2, 128), (1, 1, 1, 128), (2, 12, 1, 128), (4, 5, 2, 64), (17, 300, 4, 128)])
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_elman_heads_gluon_rings(ring, case, with_h0):
-    """The Gluon heads kernels with their other input rings (inputs copied 1 or 5 steps ahead)
-    against the float64 reference, bf16: outputs, final state and every gradient."""
-    from rnnlab.ops.elman import naive
-    from rnnlab.ops.elman import triton as et
-    from rnnlab.ops.elman.options import ElmanKernelOptions
-
-    torch.manual_seed(hash((case, with_h0, ring)) % 1000 + 7)
+    torch.manual_seed(hash((case, with_h0, ring)) % 1000 + 5)
     B, T, nh, hd = case
     wx = torch.randn(B, T, nh * hd)
     w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
     h0 = torch.randn(B, nh * hd).tanh() if with_h0 else None
     opts = ElmanKernelOptions(heads_gluon_ring=ring)
     _check_op(f"elman_heads_gluon_ring{ring}{case}", lambda x, w, h: et.elman_scan(x, w, h, opts),
-              naive.elman_scan, [wx, w, h0], torch.bfloat16)
+              naive.elman_scan, [wx, w, h0], dtype)
+    assert ran == ["forward", "backward"]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("case", HEADS_GLUON_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_heads_gluon(dtype, case, with_h0, monkeypatch):
+    """The Gluon heads kernels as the package runs them (input rings of 3 tiles), bf16 and fp16."""
+    _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring=3)
+
+
+@pytest.mark.parametrize("ring", [2, 6])
+@pytest.mark.parametrize("case", [(3, 37, 2, 128), (1, 1, 1, 128), (2, 12, 1, 128), (4, 5, 2, 64), (17, 300, 4, 128)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_heads_gluon_rings(ring, case, with_h0, monkeypatch):
+    """The Gluon heads kernels with their other input rings (inputs copied 1 or 5 steps ahead), bf16."""
+    _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, ring)
 
 
 @pytest.mark.parametrize("T", [6, 7, 12])
