@@ -36,9 +36,11 @@ at each: the wait for the producers' flags, the slice's copy, the MMAs, the redu
 epilogue; ``WGMMA_TIMELINE``), µs a step, forward and backward.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
-repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
-training), "bwd" = median(fwd+bwd) - median(fwd). Also prints the two floors: HBM bytes over the
-measured copy bandwidth, and (E1) the recurrent FLOPs over the measured bf16 GEMM rate.
+repetitions (CUDA events) after warm-up (the E1 heads rows: 20 calls queued back to back a
+repetition, so that the host's launch, slower than these kernels, is not what is timed); forward
+alone is timed with autograd recording (as in training), "bwd" = median(fwd+bwd) - median(fwd).
+Also prints the two floors: HBM bytes over the measured copy bandwidth, and (E1) the recurrent
+FLOPs over the measured bf16 GEMM rate.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ def timeit(fn, reps: int, warmup: int = 2, back_to_back: int = 1) -> float:
     return statistics.median(ts)
 
 
-def fwd_bwd(make, reps):
+def fwd_bwd(make, reps, back_to_back: int = 1):
     """make() -> (fn, inputs list, grad_out); fn returns an op's ``(h, h_T)``. Returns (fwd_ms,
-    bwd_ms, total_ms)."""
+    bwd_ms, total_ms). ``back_to_back`` as in :func:`timeit`: more than 1 for kernels short
+    enough that their launch from Python (Gluon's launcher, autograd's) would be timed instead."""
     fn, ins, g = make()
 
     def f():
@@ -98,8 +101,8 @@ def fwd_bwd(make, reps):
             if x is not None and x.grad is not None:
                 x.grad = None
 
-    tf = timeit(f, reps)
-    tt = timeit(fb, reps)
+    tf = timeit(f, reps, back_to_back=back_to_back)
+    tt = timeit(fb, reps, back_to_back=back_to_back)
     return tf, tt - tf, tt
 
 
@@ -161,7 +164,7 @@ def heads_chain(wx, w, load=True, store=True, dw=False, bt=16, warps=8, stages=3
     return h, (dws if dw else None)
 
 
-BACK_TO_BACK = 20  # heads-floor's calls per timing (timeit): a ~0.3-ms kernel, not its launch
+BACK_TO_BACK = 20  # calls per timing (timeit) of heads, heads-floor, overlaps: a ~0.3-ms kernel, not its launch
 
 
 def heads_floor(add, B, T, reps, dt):
@@ -1021,7 +1024,7 @@ def main(argv=None):
                 w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
                 return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
 
-            add(name, f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps), floor, note)
+            add(name, f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps, BACK_TO_BACK), floor, note)
 
     if "scan-launch" in args.sections:
         scan_launches(add, B, T, args.reps, dt, bw, against)
