@@ -36,9 +36,9 @@ at each: the wait for the producers' flags, the slice's copy, the MMAs, the redu
 epilogue; ``WGMMA_TIMELINE``), µs a step, forward and backward.
 
 B=32, T=512, bf16 inputs, random data (never zeros). Each entry: median of ``--reps`` timed
-repetitions (CUDA events) after warm-up (the E1 heads rows: 20 calls queued back to back a
-repetition, so that the host's launch, slower than these kernels, is not what is timed); forward
-alone is timed with autograd recording (as in training), "bwd" = median(fwd+bwd) - median(fwd).
+repetitions (CUDA events) after warm-up; forward alone is timed with autograd recording (as in
+training), "bwd" = median(fwd+bwd) - median(fwd). The E1 heads rows are the kernels alone
+(``heads_kernels``: their launch through autograd from Python takes longer than they do).
 Also prints the two floors: HBM bytes over the measured copy bandwidth, and (E1) the recurrent
 FLOPs over the measured bf16 GEMM rate.
 """
@@ -85,10 +85,9 @@ def timeit(fn, reps: int, warmup: int = 2, back_to_back: int = 1) -> float:
     return statistics.median(ts)
 
 
-def fwd_bwd(make, reps, back_to_back: int = 1):
+def fwd_bwd(make, reps):
     """make() -> (fn, inputs list, grad_out); fn returns an op's ``(h, h_T)``. Returns (fwd_ms,
-    bwd_ms, total_ms). ``back_to_back`` as in :func:`timeit`: more than 1 for kernels short
-    enough that their launch from Python (Gluon's launcher, autograd's) would be timed instead."""
+    bwd_ms, total_ms)."""
     fn, ins, g = make()
 
     def f():
@@ -101,8 +100,8 @@ def fwd_bwd(make, reps, back_to_back: int = 1):
             if x is not None and x.grad is not None:
                 x.grad = None
 
-    tf = timeit(f, reps, back_to_back=back_to_back)
-    tt = timeit(fb, reps, back_to_back=back_to_back)
+    tf = timeit(f, reps)
+    tt = timeit(fb, reps)
     return tf, tt - tf, tt
 
 
@@ -165,6 +164,46 @@ def heads_chain(wx, w, load=True, store=True, dw=False, bt=16, warps=8, stages=3
 
 
 BACK_TO_BACK = 20  # calls per timing (timeit) of heads, heads-floor, overlaps: a ~0.3-ms kernel, not its launch
+
+
+HEADS_VARIANTS = (  # (row, kernel options, tanh): E1 heads' kernel sets, the package's first
+    ("E1 heads (package: gluon, ring 3)", {}, "tanh.approx"),
+    ("E1 heads gluon, ring 2", {"heads_gluon_ring": 2}, "tanh.approx"),
+    ("E1 heads gluon, ring 6", {"heads_gluon_ring": 6}, "tanh.approx"),
+    ("E1 heads triton", {"heads_gluon": False}, "tanh.approx"),
+    ("E1 heads triton", {"fast_tanh": False}, "exp-tanh"),  # the exact tanh: Gluon's kernels lack it
+)
+
+
+def heads_kernels(add, B, T, reps, dt, el, bw, fl):
+    """E1 heads' scan kernels alone at the 14 × 128 and 28 × 64 layers: forward (h) and backward
+    (dpre, dW, dh0) of each of :data:`HEADS_VARIANTS`, called directly (not through autograd,
+    whose launch from Python is longer than these ~0.3-ms kernels) in five interleaved rounds of
+    :data:`BACK_TO_BACK` launches, so the rows compare GPU time in one run. Each row's note says
+    how its outputs compare with the package's (bit for bit, or their largest relative difference)."""
+    from rnnlab.ops.elman import heads
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    for nh, hd in ((14, 128), (28, 64)):
+        H = nh * hd
+        floor = max(3 * B * T * H * el / bw, 3 * 2 * B * T * hd * hd * nh / fl) * 1e3
+        wx = (torch.randn(B, T, H, device="cuda") * 0.5).to(dt)
+        w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
+        g = torch.randn(B, T, H, device="cuda").to(dt)
+        h = heads.forward(wx, w, None, ElmanKernelOptions())
+        want = (h, *heads.backward(g, w, h, None, True, ElmanKernelOptions())[:2])
+        rows, notes = [], {}
+        for i, (name, options, tanh_kind) in enumerate(HEADS_VARIANTS):
+            opts = ElmanKernelOptions(**options)
+            got = (heads.forward(wx, w, None, opts), *heads.backward(g, w, h, None, True, opts)[:2])
+            worst = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, want))
+            notes[i] = f"{tanh_kind}, " + ("bit for bit" if worst == 0 else f"h, dpre, dW within {worst:.1e}")
+            rows.append((i, lambda o=opts: heads.forward(wx, w, None, o),
+                         lambda o=opts: heads.backward(g, w, h, None, True, o)))
+        times = timed_in_rounds(rows, reps, rounds=5, back_to_back=BACK_TO_BACK)
+        for i, (name, *_) in enumerate(HEADS_VARIANTS):
+            f, b = times[i]
+            add(name, f"B{B} T{T} {nh}x{hd}", (f, b, f + b), floor, notes[i])
 
 
 def heads_floor(add, B, T, reps, dt):
@@ -523,15 +562,15 @@ def agreement(label: str, same: bool) -> str:
     return f"{label}, outputs bit for bit" if same else f"{label}, outputs within bf16"
 
 
-def timed_in_rounds(rows, reps, rounds=3) -> dict:
+def timed_in_rounds(rows, reps, rounds=3, back_to_back=1) -> dict:
     """``{key: (forward ms, backward ms)}`` for ``rows`` of ``(key, forward, backward)``: each timed
     once a round for ``rounds`` rounds, the median of each, so the rows' order favours none (run 4 of
     results/dense-wgmma-h200 found order alone moving a copy of a kernel by 0.2-0.3 ms)."""
     fwd, bwd = ({key: [] for key, *_ in rows} for _ in range(2))
     for _ in range(rounds):
         for key, forward, backward in rows:
-            fwd[key].append(timeit(forward, reps))
-            bwd[key].append(timeit(backward, reps))
+            fwd[key].append(timeit(forward, reps, back_to_back=back_to_back))
+            bwd[key].append(timeit(backward, reps, back_to_back=back_to_back))
     return {key: (statistics.median(fwd[key]), statistics.median(bwd[key])) for key in fwd}
 
 
@@ -1006,25 +1045,8 @@ def main(argv=None):
         add("diag triton", f"B{B} T{T} S{S}", fwd_bwd(mkd, args.reps), floor)
         add("diag naive (torch loop)", f"B{B} T{T} S{S}", fwd_bwd(mkdn, 3), floor)
 
-    # ---- E1 heads 14 x 128
-    for nh, hd in ((14, 128), (28, 64)) if "heads" in args.sections else ():
-        H = nh * hd
-        rec_flops = 3 * 2 * B * T * hd * hd * nh
-        floor = max(3 * B * T * H * el / bw, rec_flops / fl) * 1e3
-
-        # the package's kernels (Gluon for these widths in 16 bits; also with its other input rings),
-        # the Triton ones beside them, and Triton's with the exact tanh (which the Gluon ones lack)
-        for name, opts, note in (("E1 heads (package: gluon)", ElmanKernelOptions(), "tanh.approx"),
-                                 ("E1 heads gluon, ring 2", ElmanKernelOptions(heads_gluon_ring=2), "tanh.approx"),
-                                 ("E1 heads gluon, ring 6", ElmanKernelOptions(heads_gluon_ring=6), "tanh.approx"),
-                                 ("E1 heads triton", ElmanKernelOptions(heads_gluon=False), "tanh.approx"),
-                                 ("E1 heads triton", ElmanKernelOptions(fast_tanh=False), "exp-tanh")):
-            def mkh(nh=nh, hd=hd, H=H, opts=opts):
-                wx = torch.randn(B, T, H, device=dev, dtype=dt, requires_grad=True)
-                w = (torch.randn(nh, hd, hd, device=dev) * (0.9 / hd**0.5)).to(dt).requires_grad_()
-                return (lambda x, w: et.elman_scan(x, w, None, opts)), [wx, w], torch.randn_like(wx)
-
-            add(name, f"B{B} T{T} {nh}x{hd}", fwd_bwd(mkh, args.reps, BACK_TO_BACK), floor, note)
+    if "heads" in args.sections:
+        heads_kernels(add, B, T, args.reps, dt, el, bw, fl)
 
     if "scan-launch" in args.sections:
         scan_launches(add, B, T, args.reps, dt, bw, against)
