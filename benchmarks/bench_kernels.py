@@ -167,9 +167,9 @@ BACK_TO_BACK = 20  # calls per timing (timeit) of heads, heads-floor, overlaps: 
 
 
 HEADS_VARIANTS = (  # (row, kernel options, tanh): E1 heads' kernel sets, the package's first
-    ("E1 heads (package: gluon, ring 3)", {}, "tanh.approx"),
+    ("E1 heads (package: gluon, ring 6)", {}, "tanh.approx"),
     ("E1 heads gluon, ring 2", {"heads_gluon_ring": 2}, "tanh.approx"),
-    ("E1 heads gluon, ring 6", {"heads_gluon_ring": 6}, "tanh.approx"),
+    ("E1 heads gluon, ring 3", {"heads_gluon_ring": 3}, "tanh.approx"),
     ("E1 heads triton", {"heads_gluon": False}, "tanh.approx"),
     ("E1 heads triton", {"fast_tanh": False}, "exp-tanh"),  # the exact tanh: Gluon's kernels lack it
 )

@@ -206,15 +206,15 @@ def _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring):
 @pytest.mark.parametrize("case", HEADS_GLUON_CASES)
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_elman_heads_gluon(dtype, case, with_h0, monkeypatch):
-    """The Gluon heads kernels as the package runs them (input rings of 3 tiles), bf16 and fp16."""
-    _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring=3)
+    """The Gluon heads kernels as the package runs them (input rings of 6 tiles), bf16 and fp16."""
+    _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring=6)
 
 
-@pytest.mark.parametrize("ring", [2, 6])
+@pytest.mark.parametrize("ring", [2, 3])
 @pytest.mark.parametrize("case", [(3, 37, 2, 128), (1, 1, 1, 128), (2, 12, 1, 128), (4, 5, 2, 64), (17, 300, 4, 128)])
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_elman_heads_gluon_rings(ring, case, with_h0, monkeypatch):
-    """The Gluon heads kernels with their other input rings (inputs copied 1 or 5 steps ahead), bf16."""
+    """The Gluon heads kernels with their other input rings (inputs copied 1 or 2 steps ahead), bf16."""
     _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, ring)
 
 

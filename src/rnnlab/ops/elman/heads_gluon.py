@@ -8,7 +8,7 @@ barriers a step. Here a program (one head, 16 batch rows, 8 warps splitting the 
 keeps W as the MMA's operand in registers for all T. The new state (bf16) goes through two shared
 tiles in turn, one barrier a step (a tile is rewritten only after every warp passed the barrier
 behind its last read); ``x_t`` arrives by ``cp.async`` in 16-byte copies into a ring of RING tiles,
-RING - 1 steps ahead (RING 3 measured; 2 and 6 to compare), and ``h_{t-1}`` leaves from its
+RING - 1 steps ahead (6 by default: results/e1-heads-rings-h200), and ``h_{t-1}`` leaves from its
 exchange tile in 16-byte stores, one step late. The loop is unrolled by six (a multiple of the
 ring's and the tiles' periods), so each tile is an allocation of its own and Gluon's barrier
 analysis adds none inside the loop.
@@ -225,7 +225,7 @@ def _check_ring(ring: int) -> None:
         raise ValueError(f"heads_gluon_ring must be one of {RINGS} (it divides the loops' six steps), got {ring}")
 
 
-def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, ring: int = 3) -> torch.Tensor:
+def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, ring: int = 6) -> torch.Tensor:
     """All states ``h`` (``wx``'s dtype) of the heads scan, ``x_t`` copied ``ring - 1`` steps
     ahead; the inputs as :func:`supported` takes them."""
     _check_ring(ring)
@@ -239,7 +239,7 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, ring: in
 
 
 def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, need_dw: bool = True,
-             ring: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             ring: int = 6) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(dpre, dW, dh0)`` of the heads scan: dpre in ``h``'s dtype, dW in ``w``'s (zeros unless
     ``need_dw``), dh0 ``[B, H]`` fp32; ``g_t`` and ``h_t`` copied ``ring - 1`` steps ahead; the
     inputs as :func:`supported` takes them."""

@@ -39,7 +39,7 @@ class ElmanKernelOptions:
     # 16-bit heads scans of 64 or 128 channels a head without decay on sm_80+: the Gluon kernels
     # (heads_gluon.py: one barrier a step) instead of the Triton ones the heads_* options below tune
     heads_gluon: bool = True
-    heads_gluon_ring: int = 3  # tiles in those kernels' input rings, 2, 3 or 6: inputs copied ring - 1 steps ahead
+    heads_gluon_ring: int = 6  # tiles in those kernels' input rings, 2, 3 or 6: inputs copied ring - 1 steps ahead
     heads_bt: int = 16  # heads kernel: batch rows per program
     heads_warps: int = 8
     heads_stages: int = 3
