@@ -81,7 +81,6 @@ import argparse
 import contextlib
 import dataclasses
 import datetime
-import functools
 import gc
 import itertools
 import json
@@ -430,8 +429,12 @@ def e1_kernels_with(options: ElmanKernelOptions):
     not replaced)."""
     from rnnlab.ops.elman import triton as et
 
+    @traced  # a function, not a functools.partial: Dynamo reads a function's `traced`, not a partial's
+    def elman_scan(wx, w_h, h0=None):
+        return et.elman_scan(wx, w_h, h0, options)
+
     stand_in = types.ModuleType(f"{et.__name__} [--e1-against]")
-    stand_in.elman_scan = traced(functools.partial(et.elman_scan, options=options))
+    stand_in.elman_scan, stand_in.options = elman_scan, options
     return stand_in
 
 

@@ -1935,9 +1935,9 @@ def test_bench_models_e1_against_twins_e1_rows_with_those_kernel_options(monkeyp
     seen = []
 
     def fake_bench(name, cfgd, B, T, steps, warmup, mode, profile, sf_step, graphed, twin=False, row_limit=None):
-        scan = ELMAN_SCAN.kernel.get().elman_scan
-        opts = scan.keywords["options"] if scan is not et.elman_scan else None
-        seen.append((name, None if opts is None else (opts.heads_gluon, opts.dense_wgmma, scan.traced)))
+        kernels = ELMAN_SCAN.kernel.get()
+        opts = None if kernels is et else kernels.options
+        seen.append((name, None if opts is None else (opts.heads_gluon, opts.dense_wgmma, kernels.elman_scan.traced)))
         return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
                     step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
@@ -1955,6 +1955,25 @@ def test_bench_models_e1_against_twins_e1_rows_with_those_kernel_options(monkeyp
         err = capsys.readouterr().err
         assert stop.value.code == 2 and err.count("\n") == 1
         assert err.startswith("bench_models.py: error: --e1-against takes KEY=INTEGER pairs") and repr(bad) in err
+
+
+def test_bench_models_e1_against_scan_stays_in_the_compiled_graph(monkeypatch):
+    """--e1-against's stand-in scan is traced by torch.compile like the package's (no graph break
+    around it: a twin with breaks would be slower for that alone, as a functools.partial's was)."""
+    from rnnlab.ops.elman import ELMAN_SCAN
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    bm = _benchmark_script("bench_models")
+    stand_in = bm.e1_kernels_with(ElmanKernelOptions(heads_gluon=False))
+    seen = []
+    monkeypatch.setattr(et, "elman_scan", lambda wx, w, h0, options: (seen.append(options), (wx @ w, wx))[1])
+    monkeypatch.setattr(ELMAN_SCAN, "implementation", lambda backend, x: stand_in.elman_scan)
+    torch._dynamo.reset()
+    step = torch.compile(lambda x, w: ELMAN_SCAN(x, w, None)[0].sum(), backend="eager", fullgraph=True)
+    x, w = torch.randn(2, 3), torch.randn(3, 3)
+    torch.testing.assert_close(step(x, w), (x @ w).sum())
+    assert seen and all(o is stand_in.options for o in seen) and not seen[0].heads_gluon
 
 
 def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):
