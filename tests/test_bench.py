@@ -1689,14 +1689,15 @@ def test_persistent_against_pairs_the_package_kernels_with_the_copy(tmp_path, mo
 
 
 def test_timed_in_rounds_interleaves_the_rows_and_takes_medians(monkeypatch):
-    """bench_kernels.timed_in_rounds times every row once a round (forward then backward), the
-    rounds one after another, and keeps the median of each row's timings."""
+    """bench_kernels.timed_in_rounds times every row once a round (forward then backward, each
+    timing ``back_to_back`` calls), the rounds one after another, and keeps the median of each
+    row's timings."""
     bk = _benchmark_script("bench_kernels")
     calls, clock = [], iter([5.0, 1.0, 9.0, 2.0, 7.0, 3.0, 6.0, 4.0, 8.0, 5.0, 1.0, 6.0])
-    monkeypatch.setattr(bk, "timeit", lambda fn, reps: (calls.append(fn()), next(clock))[1])
+    monkeypatch.setattr(bk, "timeit", lambda fn, reps, back_to_back: (calls.append((fn(), back_to_back)), next(clock))[1])
     rows = [(key, lambda key=key: f"{key} fwd", lambda key=key: f"{key} bwd") for key in ("a", "b")]
-    times = bk.timed_in_rounds(rows, reps=10)
-    assert calls == ["a fwd", "a bwd", "b fwd", "b bwd"] * 3
+    times = bk.timed_in_rounds(rows, reps=10, back_to_back=20)
+    assert calls == [(f"{key} {way}", 20) for key in "ab" for way in ("fwd", "bwd")] * 3
     assert times == {"a": (7.0, 3.0), "b": (6.0, 4.0)}  # medians of (5, 7, 8), (1, 3, 5); (9, 6, 1), (2, 4, 6)
 
 
