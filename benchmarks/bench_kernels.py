@@ -167,13 +167,15 @@ BACK_TO_BACK = 20  # calls per timing (timeit) of heads, heads-floor, overlaps: 
 
 
 HEADS_VARIANTS = (  # (row, kernel options, tanh, dW): E1 heads' kernel sets, the package's first
-    ("E1 heads (package: gluon, ring 6)", {}, "tanh.approx", "kernel"),
-    ("E1 heads gluon, ring 2", {"heads_gluon_ring": 2}, "tanh.approx", "kernel"),
-    ("E1 heads gluon, ring 3", {"heads_gluon_ring": 3}, "tanh.approx", "kernel"),
-    ("E1 heads gluon, no dW", {}, "tanh.approx", "none"),  # the backward without its second MMA
-    ("E1 heads gluon, dW by a GEMM", {}, "tanh.approx", "gemm"),  # that MMA's sum as one batched GEMM after
-    ("E1 heads triton", {"heads_gluon": False}, "tanh.approx", "kernel"),
-    ("E1 heads triton", {"fast_tanh": False}, "exp-tanh", "kernel"),  # the exact tanh: Gluon's kernels lack it
+    ("E1 heads (package: gluon, ring 6)", {}, "tanh.approx", True),
+    ("E1 heads gluon, ring 2", {"heads_gluon_ring": 2}, "tanh.approx", True),
+    ("E1 heads gluon, ring 3", {"heads_gluon_ring": 3}, "tanh.approx", True),
+    ("E1 heads gluon, no dW", {}, "tanh.approx", False),  # the backward without its second MMA
+    ("E1 heads gluon, dW after (256 rows)", {"heads_dw_rows": 256}, "tanh.approx", True),
+    ("E1 heads gluon, dW after (1024 rows)", {"heads_dw_rows": 1024}, "tanh.approx", True),
+    ("E1 heads triton", {"heads_gluon": False}, "tanh.approx", True),
+    ("E1 heads triton, dW after (256 rows)", {"heads_gluon": False, "heads_dw_rows": 256}, "tanh.approx", True),
+    ("E1 heads triton", {"fast_tanh": False}, "exp-tanh", True),  # the exact tanh: Gluon's kernels lack it
 )
 
 
@@ -182,12 +184,11 @@ def heads_kernels(add, B, T, reps, dt, el, bw, fl):
     (dpre, dW, dh0) of each of :data:`HEADS_VARIANTS`, called directly (not through autograd,
     whose launch from Python is longer than these ~0.3-ms kernels) in five interleaved rounds of
     :data:`BACK_TO_BACK` launches, so the rows compare GPU time in one run. The backward's dW
-    comes from the kernel's second MMA, or from ``dw_heads``' batched GEMM after a kernel
-    without it, or is left out (the scan's own cost). Each row's note says how its outputs
-    compare with the package's (bit for bit, or their largest relative difference)."""
+    comes from the scan's loop, or after it (``heads_dw_rows``), or is left out (the scan's own
+    cost). Each row's note says how its outputs compare with the package's (bit for bit, or
+    their largest relative difference)."""
     from rnnlab.ops.elman import heads
     from rnnlab.ops.elman.options import ElmanKernelOptions
-    from rnnlab.ops.elman.triton import dw_heads
 
     for nh, hd in ((14, 128), (28, 64)):
         H = nh * hd
@@ -197,18 +198,15 @@ def heads_kernels(add, B, T, reps, dt, el, bw, fl):
         g = torch.randn(B, T, H, device="cuda").to(dt)
         h = heads.forward(wx, w, None, ElmanKernelOptions())
         want = (h, *heads.backward(g, w, h, None, True, ElmanKernelOptions())[:2])
-
-        def backward(opts, dw):
-            dpre, dW = heads.backward(g, w, h, None, dw == "kernel", opts)[:2]
-            return dpre, (dw_heads(dpre, h, None, nh) if dw == "gemm" else dW)
-
         rows, notes = [], {}
-        for i, (name, options, tanh_kind, dw) in enumerate(HEADS_VARIANTS):
+        for i, (name, options, tanh_kind, need_dw) in enumerate(HEADS_VARIANTS):
             opts = ElmanKernelOptions(**options)
-            got = (heads.forward(wx, w, None, opts), *backward(opts, dw))[:2 if dw == "none" else 3]
-            worst = max(((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, want))
+            got = (heads.forward(wx, w, None, opts), *heads.backward(g, w, h, None, need_dw, opts)[:2])
+            worst = max(((a.float() - b.float()).norm() / b.float().norm()).item()
+                        for a, b in zip(got[:3 if need_dw else 2], want))
             notes[i] = f"{tanh_kind}, " + ("bit for bit" if worst == 0 else f"outputs within {worst:.1e}")
-            rows.append((i, lambda o=opts: heads.forward(wx, w, None, o), lambda o=opts, dw=dw: backward(o, dw)))
+            rows.append((i, lambda o=opts: heads.forward(wx, w, None, o),
+                         lambda o=opts, d=need_dw: heads.backward(g, w, h, None, d, o)))
         times = timed_in_rounds(rows, reps, rounds=5, back_to_back=BACK_TO_BACK)
         for i, (name, *_) in enumerate(HEADS_VARIANTS):
             f, b = times[i]

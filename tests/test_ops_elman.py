@@ -172,22 +172,6 @@ def test_dense_weight_gradient_is_autograds(with_h0):
     torch.testing.assert_close(dw_dense(dpre, h.detach(), h0), dW)
 
 
-@pytest.mark.parametrize("with_h0", [False, True])
-def test_heads_weight_gradient_is_autograds(with_h0):
-    """``dw_heads`` (dW_h of a block-diagonal W_h as one batched GEMM, as ``dw_dense`` head by
-    head) equals autograd through the heads reference, given the exact dpre (float64, B = 3)."""
-    from rnnlab.ops.elman.triton import dw_heads
-
-    g = torch.Generator().manual_seed(6)
-    B, T, nh, hd = 3, 4, 2, 3
-    wx = torch.randn(B, T, nh * hd, generator=g, dtype=torch.float64, requires_grad=True)
-    w = (torch.randn(nh, hd, hd, generator=g, dtype=torch.float64) * 0.5).requires_grad_()
-    h0 = torch.randn(B, nh * hd, generator=g, dtype=torch.float64) if with_h0 else None
-    h, _ = naive.elman_scan(wx, w, h0)
-    dpre, dW = torch.autograd.grad(h, [wx, w], torch.randn(B, T, nh * hd, generator=g, dtype=torch.float64))
-    torch.testing.assert_close(dw_heads(dpre, h.detach(), h0, nh), dW)
-
-
 def test_persistent_default_shapes_keep_w_in_registers_where_the_kernel_can():
     """The launch that keeps W's fragments in registers (8 warps, 32 columns: 14 K tiles a warp)
     comes first only where every warp's K tiles fit (H padded to 16 up to 1792) and without the

@@ -180,9 +180,10 @@ HEADS_GLUON_CASES = [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (5, 50,
                      (4, 5, 2, 64), (5, 9, 3, 64), (2, 18, 2, 64), (17, 300, 4, 128)]
 
 
-def _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring):
-    """The Gluon heads kernels with input rings of ``ring`` tiles against the float64 reference:
-    outputs, final state and every gradient; and the scan did run on them, forward and backward."""
+def _check_heads_gluon(monkeypatch, case, with_h0, dtype, **options):
+    """The heads scan with kernel ``options`` against the float64 reference: outputs, final state
+    and every gradient; and the scan did run on the Gluon kernels, forward and backward, unless
+    ``options`` turn them off."""
     from rnnlab.ops.elman import heads_gluon, naive
     from rnnlab.ops.elman import triton as et
     from rnnlab.ops.elman.options import ElmanKernelOptions
@@ -191,15 +192,15 @@ def _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring):
     for name in ("forward", "backward"):
         fn = getattr(heads_gluon, name)
         monkeypatch.setattr(heads_gluon, name, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
-    torch.manual_seed(hash((case, with_h0, ring)) % 1000 + 5)
+    torch.manual_seed(hash((case, with_h0, *options.items())) % 1000 + 5)
     B, T, nh, hd = case
     wx = torch.randn(B, T, nh * hd)
     w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
     h0 = torch.randn(B, nh * hd).tanh() if with_h0 else None
-    opts = ElmanKernelOptions(heads_gluon_ring=ring)
-    _check_op(f"elman_heads_gluon_ring{ring}{case}", lambda x, w, h: et.elman_scan(x, w, h, opts),
+    opts = ElmanKernelOptions(**options)
+    _check_op(f"elman_heads_gluon{options}{case}", lambda x, w, h: et.elman_scan(x, w, h, opts),
               naive.elman_scan, [wx, w, h0], dtype)
-    assert ran == ["forward", "backward"]
+    assert ran == (["forward", "backward"] if opts.heads_gluon else [])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -207,7 +208,7 @@ def _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring):
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_elman_heads_gluon(dtype, case, with_h0, monkeypatch):
     """The Gluon heads kernels as the package runs them (input rings of 6 tiles), bf16 and fp16."""
-    _check_heads_gluon(monkeypatch, case, with_h0, dtype, ring=6)
+    _check_heads_gluon(monkeypatch, case, with_h0, dtype)
 
 
 @pytest.mark.parametrize("ring", [2, 3])
@@ -215,7 +216,17 @@ def test_elman_heads_gluon(dtype, case, with_h0, monkeypatch):
 @pytest.mark.parametrize("with_h0", [False, True])
 def test_elman_heads_gluon_rings(ring, case, with_h0, monkeypatch):
     """The Gluon heads kernels with their other input rings (inputs copied 1 or 2 steps ahead), bf16."""
-    _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, ring)
+    _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, heads_gluon_ring=ring)
+
+
+@pytest.mark.parametrize("gluon", [True, False])
+@pytest.mark.parametrize("rows", [32, 512])
+@pytest.mark.parametrize("case", [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (5, 50, 3, 64), (17, 300, 4, 128)])
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_heads_dw_after_the_scan(gluon, rows, case, with_h0, monkeypatch):
+    """``heads_dw_rows``: dW_h summed by ``heads.weight_gradient`` after the backward scan (Gluon's
+    or Triton's, each then without its in-loop dW), bf16, against the float64 reference."""
+    _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, heads_gluon=gluon, heads_dw_rows=rows)
 
 
 @pytest.mark.parametrize("T", [6, 7, 12])

@@ -110,6 +110,54 @@ def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, a_ptr, da
         tl.store(dw_ptr + tile * HD * HD + rk[:, None] * HD + rk[None, :], dw, mask=mw)
 
 
+@triton.jit
+def _heads_dw(dpre_ptr, h_ptr, h0_ptr, dw_ptr, B, T, H, HD, ROWS: tl.constexpr, BK: tl.constexpr,
+              HDP: tl.constexpr, HAS_H0: tl.constexpr, IEEE: tl.constexpr):
+    """One head's ``dW = sum_r dpre_r^T h_{r-1}`` over ROWS of the flat ``[B * T]`` rows (one
+    partial a program): ``h_{r-1}`` the row before in the same sequence, ``h0`` (or 0) at t = 0."""
+    head = tl.program_id(0)
+    chunk = tl.program_id(1)
+    rk = tl.arange(0, BK)
+    rc = tl.arange(0, HDP)
+    mc = rc < HD
+    cols = head * HD + rc
+    acc = tl.zeros([HDP, HDP], dtype=tl.float32)
+    for k in range(0, ROWS, BK):
+        r = chunk * ROWS + k + rk
+        ok = r < B * T
+        t = r % T
+        d = tl.load(dpre_ptr + r.to(tl.int64)[:, None] * H + cols[None, :], mask=ok[:, None] & mc[None, :], other=0.0)
+        hp = tl.load(h_ptr + (r - 1).to(tl.int64)[:, None] * H + cols[None, :],
+                     mask=(ok & (t > 0))[:, None] & mc[None, :], other=0.0)
+        if HAS_H0:
+            hp += tl.load(h0_ptr + (r // T).to(tl.int64)[:, None] * H + cols[None, :],
+                          mask=(ok & (t == 0))[:, None] & mc[None, :], other=0.0).to(hp.dtype)
+        if IEEE:
+            acc = tl.dot(tl.trans(d), hp, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(tl.trans(d), hp, acc)
+    tile = (chunk * (H // HD) + head).to(tl.int64)
+    tl.store(dw_ptr + tile * HD * HD + rc[:, None] * HD + rc[None, :], acc, mask=mc[:, None] & mc[None, :])
+
+
+def weight_gradient(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, heads: int,
+                    rows: int) -> torch.Tensor:
+    """``dW_h: [heads, hd, hd]`` (fp32) of the plain heads scan from its ``dpre`` and states ``h``
+    (contiguous, one dtype; ``h0`` too): a kernel after the scan, one program a head and ``rows``
+    flat rows, the partials summed here, instead of a second MMA in each step of the scan's loop."""
+    if rows <= 0 or rows % 32:
+        raise ValueError(f"heads_dw_rows must be a positive multiple of 32 (the kernel's row block), got {rows}")
+    B, T, H = h.shape
+    hd = H // heads
+    chunks = triton.cdiv(B * T, rows)
+    dw = torch.zeros(chunks, heads, hd, hd, device=h.device, dtype=torch.float32)
+    if chunks:
+        _heads_dw[(heads, chunks)](dpre, h, h if h0 is None else h0, dw, B, T, H, hd, ROWS=rows, BK=32,
+                                   HDP=_padded(hd), HAS_H0=h0 is not None, IEEE=h.dtype == torch.float32,
+                                   num_warps=8 if hd > 64 else 4)
+    return dw.sum(0)
+
+
 def _padded(hd: int) -> int:
     """Lanes per head: ``hd`` rounded up to a power of two, at least 16 (the MMA minimum)."""
     return max(16, triton.next_power_of_2(hd))
@@ -155,23 +203,31 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
              opts: ElmanKernelOptions, a: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(dpre, dW, dh0, da)`` of the heads scan (dW zeros unless ``need_dw``; dh0 fp32; da in
-    ``a``'s dtype, None without the decay ``a``)."""
+    ``a``'s dtype, None without the decay ``a``). Without the decay, ``opts.heads_dw_rows`` > 0
+    takes dW out of the scan's loop into :func:`weight_gradient`."""
     B, T, H = h.shape
     nh, hd, _ = w.shape
     g = g.contiguous()
     h0 = None if h0 is None else h0.contiguous()
     h0_16 = None if h0 is None else h0.to(h.dtype).contiguous()  # as the forward (g keeps its precision)
+    after = need_dw and a is None and opts.heads_dw_rows > 0  # dW by weight_gradient after the scan
     if gluon := _gluon(opts, a, h, hd, h0_16, g):
-        return (*gluon.backward(g, w, h, h0_16, need_dw, opts.heads_gluon_ring), None)
-    dpre = torch.empty_like(h)
-    dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
-    nbt = triton.cdiv(B, opts.heads_bt)
-    dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # per batch tile
-    da = None if a is None else torch.empty(h.shape, device=h.device, dtype=a.dtype)
-    if T > 0 and B > 0:
-        _heads_bwd[(nh, nbt)](
-            w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre,
-            dh0, dw, h if a is None else a.contiguous(), dpre if da is None else da, B, T, H, hd,
-            HAS_H0=h0 is not None, DW=need_dw, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
-            IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages, num_warps=opts.heads_warps)
-    return dpre, dw.sum(0).to(w.dtype), dh0, da
+        dpre, dw, dh0 = gluon.backward(g, w, h, h0_16, need_dw and not after, opts.heads_gluon_ring)
+        da = None
+    else:
+        dpre = torch.empty_like(h)
+        dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+        nbt = triton.cdiv(B, opts.heads_bt)
+        dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # per batch tile
+        da = None if a is None else torch.empty(h.shape, device=h.device, dtype=a.dtype)
+        if T > 0 and B > 0:
+            _heads_bwd[(nh, nbt)](
+                w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre,
+                dh0, dw, h if a is None else a.contiguous(), dpre if da is None else da, B, T, H, hd,
+                HAS_H0=h0 is not None, DW=need_dw and not after, DECAY=a is not None, BT=opts.heads_bt,
+                HDP=_padded(hd), IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages,
+                num_warps=opts.heads_warps)
+        dw = dw.sum(0).to(w.dtype)
+    if after:  # h0 rounded as the scan's MMA rounds it
+        dw = weight_gradient(dpre, h, h0_16, nh, opts.heads_dw_rows).to(w.dtype)
+    return dpre, dw, dh0, da

@@ -93,22 +93,6 @@ def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> to
     return torch.addmm(corr, d[1:].t(), hf[:-1])
 
 
-def dw_heads(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None, heads: int) -> torch.Tensor:
-    """:func:`dw_dense` for a block-diagonal ``W_h: [heads, hd, hd]``: each head's channels of
-    ``dpre`` against its channels of ``h``, ``[heads, hd, hd]``, as ONE batched GEMM over strided
-    views (no copy), the same corrections per head."""
-    B, T, H = h.shape
-
-    def per_head(x: torch.Tensor) -> torch.Tensor:  # rows [N, H] -> [heads, N, hd], a view
-        return x.reshape(x.shape[0], heads, H // heads).transpose(0, 1)
-
-    d, hf = per_head(dpre.reshape(B * T, H)), per_head(h.reshape(B * T, H))
-    corr = -(per_head(dpre[1:, 0]).transpose(1, 2) @ per_head(h[:-1, -1]))
-    if h0 is not None:
-        corr += per_head(dpre[:, 0]).transpose(1, 2) @ per_head(h0)
-    return torch.baddbmm(corr, d[:, 1:].transpose(1, 2), hf[:, :-1])
-
-
 def _rank(lowrank: tuple | None) -> int:
     """The low-rank term's rank (its matrices are ``[H, r]``), 0 without it."""
     return 0 if lowrank is None else lowrank[0].shape[1]
