@@ -223,26 +223,20 @@ def test_heads_backward_skips_dw_when_not_needed():
 
 @pytest.mark.parametrize("B,T,H,heads,rows,with_h0", [(3, 5, 72, 3, 32, True), (2, 33, 32, 2, 64, False),
                                                       (1, 1, 16, 1, 32, True)])
-def test_heads_weight_gradient_after_the_scan(B, T, H, heads, rows, with_h0):
-    """``heads_dw_rows``: dW_h summed by ``heads.weight_gradient`` after the scan (chunks of flat rows
-    that straddle sequences, h0's terms at t = 0, heads of 24 channels padded to 32) equals the
-    float64 reference's dW_h, as the in-loop sum does; dpre, dh0 and dwx unchanged."""
+def test_heads_weight_gradient(B, T, H, heads, rows, with_h0):
+    """``heads.weight_gradient`` (the Gluon backward's dW_h at 128 channels, summed after the scan:
+    chunks of flat rows that straddle sequences, h0's terms at t = 0; here heads of 24 channels
+    padded to 32 too) equals the float64 reference's dW_h given its dpre (= the gradient of wx)
+    and states; a row count that is not a multiple of the kernel's row block is refused."""
     g = torch.Generator().manual_seed(11)
-    wx, w = _elman(B, T, H, heads)(g)
-    h0 = torch.randn(B, H, generator=g) if with_h0 else None
-    leaves = [x.requires_grad_() for x in (wx, w, h0) if x is not None]
-    grad_out = torch.randn(B, T, H, generator=g)
-    after = ElmanKernelOptions(heads_dw_rows=rows)
-    got = torch.autograd.grad(E.elman_scan(wx, w, h0, after)[0], leaves, grad_out)
-    inloop = torch.autograd.grad(E.elman_scan(wx, w, h0)[0], leaves, grad_out)
-    leaves64 = [x.detach().double().requires_grad_() for x in leaves]
-    ref = OPS["elman_scan"].naive(*leaves64[:2], leaves64[2] if with_h0 else None)[0]
-    want = torch.autograd.grad(ref, leaves64, grad_out.double())
-    for a, b, c in zip(got, inloop, want):
-        torch.testing.assert_close(a, b, **TOL)
-        torch.testing.assert_close(a.double(), c, **TOL)
+    wx, w = (x.double().requires_grad_() for x in _elman(B, T, H, heads)(g))
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64) if with_h0 else None
+    h = OPS["elman_scan"].naive(wx, w, h0)[0]
+    dpre, dw = torch.autograd.grad(h, [wx, w], torch.randn(B, T, H, generator=g, dtype=torch.float64))
+    got = E.heads.weight_gradient(dpre.float(), h.detach().float(), None if h0 is None else h0.float(), heads, rows)
+    torch.testing.assert_close(got.double(), dw, **TOL)
     with pytest.raises(ValueError, match=r"^heads_dw_rows must be a positive multiple of 32 \(the kernel's row block\), got 48$"):
-        E.heads.weight_gradient(got[0], wx, None, heads, 48)
+        E.heads.weight_gradient(dpre.float(), h.detach().float(), None, heads, 48)
 
 
 def _elman_leaves(heads):

@@ -219,24 +219,25 @@ def test_elman_heads_gluon_rings(ring, case, with_h0, monkeypatch):
     _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, heads_gluon_ring=ring)
 
 
-@pytest.mark.parametrize("gluon", [True, False])
-@pytest.mark.parametrize("rows", [32, 512])
-@pytest.mark.parametrize("case", [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (5, 50, 3, 64), (17, 300, 4, 128)])
+@pytest.mark.parametrize("rows", [0, 32])
+@pytest.mark.parametrize("case", [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (17, 300, 4, 128)])
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_elman_heads_dw_after_the_scan(gluon, rows, case, with_h0, monkeypatch):
-    """``heads_dw_rows``: dW_h summed by ``heads.weight_gradient`` after the backward scan (Gluon's
-    or Triton's, each then without its in-loop dW), bf16, against the float64 reference."""
-    _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, heads_gluon=gluon, heads_dw_rows=rows)
+def test_elman_heads_gluon_dw_rows(rows, case, with_h0, monkeypatch):
+    """The Gluon backward at 128 channels with dW_h summed in its loop (``heads_dw_rows=0``) and
+    after it by ``heads.weight_gradient`` in chunks of 32 rows (many partials; the package's 1024
+    run in ``test_elman_heads_gluon``), bf16, against the float64 reference."""
+    _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, heads_dw_rows=rows)
 
 
 @pytest.mark.parametrize("T", [6, 7, 12])
 @pytest.mark.parametrize("hd", [64, 128])
 def test_elman_heads_gluon_equals_triton_where_dpre_grows(T, hd):
     """fp16, a recurrent matrix that expands (norm ~2.5) and large gradients: the Gluon backward's
-    dpre, dW and dh0 equal the Triton kernels' bit for bit and are finite. The steps the loop runs
-    past t = -1 once carried dpre on, undamped, into an fp16 overflow and dW's inf * 0 = NaN (a CPU
-    emulation of that schedule: non-finite dW in 22 of 24 draws of these sizes). Also with an fp32
-    h0 (rounded to fp16 first, as the Triton kernels' MMAs round it) and without dW."""
+    dpre, dW and dh0 equal the Triton kernels' bit for bit and are finite (dW by the loop's MMA, as
+    theirs; by the package's sum after the scan at 128 channels, within 1e-3). The steps the loop
+    runs past t = -1 once carried dpre on, undamped, into an fp16 overflow and dW's inf * 0 = NaN (a
+    CPU emulation of that schedule: non-finite dW in 22 of 24 draws of these sizes). Also with an
+    fp32 h0 (rounded to fp16 first, as the Triton kernels' MMAs round it) and without dW."""
     from rnnlab.ops.elman import heads, heads_gluon
     from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
 
@@ -245,17 +246,21 @@ def test_elman_heads_gluon_equals_triton_where_dpre_grows(T, hd):
     wx = torch.randn(B, T, nh * hd, device=DEV).half()
     w = (torch.randn(nh, hd, hd, device=DEV) * (2.5 / hd**0.5)).half()
     g = (torch.randn(B, T, nh * hd, device=DEV) * 100).half()  # |dpre| up to ~8e3, finite
-    triton_only = ElmanKernelOptions(heads_gluon=False)
+    triton_only, in_loop = ElmanKernelOptions(heads_gluon=False), ElmanKernelOptions(heads_dw_rows=0)
     for h0 in (None, torch.randn(B, nh * hd, device=DEV).tanh()):
         h0_16 = None if h0 is None else h0.half()
         assert heads._gluon(DEFAULT, None, wx, hd, h0_16) is heads_gluon
         h = heads.forward(wx, w, h0, DEFAULT)
         assert torch.equal(h, heads.forward(wx, w, h0, triton_only))
         for need_dw in (True, False):
-            got = heads.backward(g, w, h, h0, need_dw, DEFAULT)[:3]
+            got = heads.backward(g, w, h, h0, need_dw, in_loop)[:3]
             want = heads.backward(g, w, h, h0, need_dw, triton_only)[:3]
             assert all(x.isfinite().all() for x in want), "the case must stay finite on the Triton kernels"
             assert all(torch.equal(a, b) for a, b in zip(got, want)), (T, hd, h0 is None, need_dw)
+        (dpre, dw, dh0), want = heads.backward(g, w, h, h0, True, DEFAULT)[:3], heads.backward(
+            g, w, h, h0, True, triton_only)[:3]
+        assert torch.equal(dpre, want[0]) and torch.equal(dh0, want[2]) and dw.isfinite().all()
+        assert ((dw.float() - want[1].float()).norm() / want[1].float().norm()).item() < 1e-3
 
 
 def test_elman_heads_gluon_declines():

@@ -10,6 +10,11 @@ batch tile summed in torch: no [B, T, H] copy of the shifted states, no extra GE
 ``dwx = dpre``. With decay the backward also recomputes the recurrent term
 ``r_t = h_{t-1} @ W^T`` (one more MMA per step, off the dependent chain: h_{t-1} is already
 loaded for dW) and stores ``da_t = dpre_t * r_t``, so nothing beyond ``h`` is saved.
+
+Plain 16-bit scans of 64 or 128 channels a head run on the Gluon kernels instead
+(``heads_gluon.py``); at 128 channels their backward leaves dW to :func:`weight_gradient`, a
+split-K kernel after the scan, which costs less there than the loop's second MMA
+(``results/e1-heads-dw-h200``; not at 64 channels, nor in the kernels here).
 """
 
 from __future__ import annotations
@@ -203,31 +208,29 @@ def backward(g: torch.Tensor, w: torch.Tensor, h: torch.Tensor, h0: torch.Tensor
              opts: ElmanKernelOptions, a: torch.Tensor | None = None
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """``(dpre, dW, dh0, da)`` of the heads scan (dW zeros unless ``need_dw``; dh0 fp32; da in
-    ``a``'s dtype, None without the decay ``a``). Without the decay, ``opts.heads_dw_rows`` > 0
-    takes dW out of the scan's loop into :func:`weight_gradient`."""
+    ``a``'s dtype, None without the decay ``a``)."""
     B, T, H = h.shape
     nh, hd, _ = w.shape
     g = g.contiguous()
     h0 = None if h0 is None else h0.contiguous()
     h0_16 = None if h0 is None else h0.to(h.dtype).contiguous()  # as the forward (g keeps its precision)
-    after = need_dw and a is None and opts.heads_dw_rows > 0  # dW by weight_gradient after the scan
     if gluon := _gluon(opts, a, h, hd, h0_16, g):
+        # at 128 channels dW's MMA in the loop costs more than its sum by a kernel after the scan;
+        # at 64, and in the Triton kernels, less (results/e1-heads-dw-h200)
+        after = need_dw and hd == 128 and opts.heads_dw_rows > 0
         dpre, dw, dh0 = gluon.backward(g, w, h, h0_16, need_dw and not after, opts.heads_gluon_ring)
-        da = None
-    else:
-        dpre = torch.empty_like(h)
-        dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
-        nbt = triton.cdiv(B, opts.heads_bt)
-        dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # per batch tile
-        da = None if a is None else torch.empty(h.shape, device=h.device, dtype=a.dtype)
-        if T > 0 and B > 0:
-            _heads_bwd[(nh, nbt)](
-                w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre,
-                dh0, dw, h if a is None else a.contiguous(), dpre if da is None else da, B, T, H, hd,
-                HAS_H0=h0 is not None, DW=need_dw and not after, DECAY=a is not None, BT=opts.heads_bt,
-                HDP=_padded(hd), IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages,
-                num_warps=opts.heads_warps)
-        dw = dw.sum(0).to(w.dtype)
-    if after:  # h0 rounded as the scan's MMA rounds it
-        dw = weight_gradient(dpre, h, h0_16, nh, opts.heads_dw_rows).to(w.dtype)
-    return dpre, dw, dh0, da
+        if after:  # h0 rounded as the scan's MMA rounds it
+            dw = weight_gradient(dpre, h, h0_16, nh, opts.heads_dw_rows).to(w.dtype)
+        return dpre, dw, dh0, None
+    dpre = torch.empty_like(h)
+    dh0 = torch.zeros(B, H, device=h.device, dtype=torch.float32)
+    nbt = triton.cdiv(B, opts.heads_bt)
+    dw = torch.zeros(nbt, nh, hd, hd, device=h.device, dtype=torch.float32)  # per batch tile
+    da = None if a is None else torch.empty(h.shape, device=h.device, dtype=a.dtype)
+    if T > 0 and B > 0:
+        _heads_bwd[(nh, nbt)](
+            w.to(h.dtype).contiguous(), h, h if h0 is None else h0, g, dpre,
+            dh0, dw, h if a is None else a.contiguous(), dpre if da is None else da, B, T, H, hd,
+            HAS_H0=h0 is not None, DW=need_dw, DECAY=a is not None, BT=opts.heads_bt, HDP=_padded(hd),
+            IEEE=h.dtype == torch.float32, STAGES=opts.heads_stages, num_warps=opts.heads_warps)
+    return dpre, dw.sum(0).to(w.dtype), dh0, da

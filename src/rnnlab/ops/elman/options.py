@@ -40,9 +40,9 @@ class ElmanKernelOptions:
     # (heads_gluon.py: one barrier a step) instead of the Triton ones the heads_* options below tune
     heads_gluon: bool = True
     heads_gluon_ring: int = 6  # tiles in those kernels' input rings, 2, 3 or 6: inputs copied ring - 1 steps ahead
-    # heads scans without decay: dW_h summed by a kernel after the backward scan (weight_gradient), this
-    # many flat rows a program; 0: by a second MMA in each step of the scan's loop
-    heads_dw_rows: int = 0
+    # those kernels at 128 channels a head: dW_h summed after the backward scan by heads.weight_gradient,
+    # this many flat rows a program; 0: by a second MMA in each step of the scan's loop (as everywhere else)
+    heads_dw_rows: int = 1024
     heads_bt: int = 16  # heads kernel: batch rows per program
     heads_warps: int = 8
     heads_stages: int = 3
