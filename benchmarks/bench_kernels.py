@@ -170,7 +170,7 @@ HEADS_VARIANTS = (  # (row, kernel options, tanh, dW): E1 heads' kernel sets, th
     ("E1 heads (package: gluon)", {}, "tanh.approx", True),
     ("E1 heads gluon, ring 2", {"heads_gluon_ring": 2}, "tanh.approx", True),
     ("E1 heads gluon, ring 3", {"heads_gluon_ring": 3}, "tanh.approx", True),
-    ("E1 heads gluon, dW in the loop", {"heads_dw_rows": 0}, "tanh.approx", True),
+    ("E1 heads gluon, dW in its loop", {"heads_dw_rows": 0}, "tanh.approx", True),  # at 64 the package's
     ("E1 heads gluon, no dW", {}, "tanh.approx", False),  # the backward scan alone
     ("E1 heads triton", {"heads_gluon": False}, "tanh.approx", True),
     ("E1 heads triton", {"fast_tanh": False}, "exp-tanh", True),  # the exact tanh: Gluon's kernels lack it
@@ -282,7 +282,8 @@ def e1_weight_gradient_operands(n, D, H, dt) -> list:
 
 def scan_beside_weight_gradients(add, B, T, reps, dt):
     """:func:`weight_gradients_beside` for the latency-bound heads backward scan (14 x 128: 28
-    programs on the GPU's SMs) and an E1 heads layer's weight-gradient GEMMs (in_proj, W_x,
+    programs on the GPU's SMs; its dW in the loop, as when the overlap was first measured, not
+    summed after it on every SM) and an E1 heads layer's weight-gradient GEMMs (in_proj, W_x,
     out_proj at dim 1792, B*T rows)."""
     from rnnlab.ops.elman import heads
     from rnnlab.ops.elman.options import ElmanKernelOptions
@@ -292,7 +293,7 @@ def scan_beside_weight_gradients(add, B, T, reps, dt):
     w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
     h = torch.randn(B, T, H, device="cuda", dtype=dt).tanh()
     g = torch.randn(B, T, H, device="cuda", dtype=dt)
-    opts = ElmanKernelOptions()
+    opts = ElmanKernelOptions(heads_dw_rows=0)
     pairs = e1_weight_gradient_operands(n, D, H, dt)
     weight_gradients_beside(add, "heads", f"B{B} T{T} {nh}x{hd} D{D}",
                             lambda: heads.backward(g, w, h, None, True, opts), pairs, reps)

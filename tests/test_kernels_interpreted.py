@@ -221,20 +221,26 @@ def test_heads_backward_skips_dw_when_not_needed():
     torch.testing.assert_close(dwx, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("B,T,H,heads,rows,with_h0", [(3, 5, 72, 3, 32, True), (2, 33, 32, 2, 64, False),
-                                                      (1, 1, 16, 1, 32, True)])
-def test_heads_weight_gradient(B, T, H, heads, rows, with_h0):
+@pytest.mark.parametrize("B,T,H,heads,rows,with_h0,dtype", [
+    (3, 5, 72, 3, 32, True, torch.float32), (2, 33, 32, 2, 64, False, torch.float32),
+    (1, 1, 16, 1, 32, True, torch.float32), (3, 37, 256, 2, 1024, True, torch.float16)])
+def test_heads_weight_gradient(B, T, H, heads, rows, with_h0, dtype):
     """``heads.weight_gradient`` (the Gluon backward's dW_h at 128 channels, summed after the scan:
     chunks of flat rows that straddle sequences, h0's terms at t = 0; here heads of 24 channels
-    padded to 32 too) equals the float64 reference's dW_h given its dpre (= the gradient of wx)
-    and states; a row count that is not a multiple of the kernel's row block is refused."""
+    padded to 32 too, and the 16-bit MMA path at 128 channels and 1024 rows) equals the float64
+    reference's dW_h given its dpre (= the gradient of wx) and states; a row count that is not a
+    multiple of the kernel's row block is refused."""
     g = torch.Generator().manual_seed(11)
     wx, w = (x.double().requires_grad_() for x in _elman(B, T, H, heads)(g))
     h0 = torch.randn(B, H, generator=g, dtype=torch.float64) if with_h0 else None
     h = OPS["elman_scan"].naive(wx, w, h0)[0]
     dpre, dw = torch.autograd.grad(h, [wx, w], torch.randn(B, T, H, generator=g, dtype=torch.float64))
-    got = E.heads.weight_gradient(dpre.float(), h.detach().float(), None if h0 is None else h0.float(), heads, rows)
-    torch.testing.assert_close(got.double(), dw, **TOL)
+    got = E.heads.weight_gradient(dpre.to(dtype), h.detach().to(dtype), None if h0 is None else h0.to(dtype),
+                                  heads, rows)
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.double(), dw, **TOL)
+    else:  # the inputs rounded to fp16, the sums fp32
+        assert ((got.double() - dw).norm() / dw.norm()).item() < 2e-3
     with pytest.raises(ValueError, match=r"^heads_dw_rows must be a positive multiple of 32 \(the kernel's row block\), got 48$"):
         E.heads.weight_gradient(dpre.float(), h.detach().float(), None, heads, 48)
 

@@ -172,6 +172,45 @@ def test_dense_weight_gradient_is_autograds(with_h0):
     torch.testing.assert_close(dw_dense(dpre, h.detach(), h0), dW)
 
 
+@pytest.mark.parametrize("hd,rows,need_dw,sums_after", [(128, 1024, True, True), (128, 32, True, True),
+                                                       (128, 0, True, False), (64, 1024, True, False),
+                                                       (128, 1024, False, False)])
+def test_heads_backward_sums_dw_after_the_gluon_scan_at_128_channels(monkeypatch, hd, rows, need_dw, sums_after):
+    """Where the Gluon kernels take a heads backward, dW comes from ``weight_gradient`` after the
+    scan (the scan asked for none) exactly at 128 channels with ``heads_dw_rows`` > 0 and dW
+    needed; else from the scan's loop (as asked). A fake Gluon module stands in (CPU)."""
+    from rnnlab.ops.elman import heads
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    calls = []
+
+    class FakeGluon:
+        @staticmethod
+        def backward(g, w, h, h0, need_dw, ring):
+            calls.append(("scan", need_dw))
+            return torch.zeros_like(h), torch.full_like(w, 7.0), torch.zeros(h.shape[0], h.shape[2])
+
+    def after(dpre, h, h0, n, r):
+        calls.append(("after", r))
+        return torch.ones(n, hd, hd)
+
+    monkeypatch.setattr(heads, "_gluon", lambda *a: FakeGluon)
+    monkeypatch.setattr(heads, "weight_gradient", after)
+    w, h = torch.randn(2, hd, hd), torch.randn(1, 3, 2 * hd)
+    _, dw, _, da = heads.backward(torch.randn_like(h), w, h, None, need_dw, ElmanKernelOptions(heads_dw_rows=rows))
+    assert calls == ([("scan", False), ("after", rows)] if sums_after else [("scan", need_dw)])
+    assert torch.equal(dw, torch.ones_like(w) if sums_after else torch.full_like(w, 7.0)) and da is None
+
+
+@pytest.mark.parametrize("rows", [-32, 48])
+def test_heads_dw_rows_is_checked(rows):
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    with pytest.raises(ValueError, match=rf"^heads_dw_rows must be 0 or a positive multiple of 32 \(the kernel's "
+                                         rf"row block\), got {rows}$"):
+        ElmanKernelOptions(heads_dw_rows=rows)
+
+
 def test_persistent_default_shapes_keep_w_in_registers_where_the_kernel_can():
     """The launch that keeps W's fragments in registers (8 warps, 32 columns: 14 K tiles a warp)
     comes first only where every warp's K tiles fit (H padded to 16 up to 1792) and without the

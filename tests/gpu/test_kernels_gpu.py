@@ -181,18 +181,19 @@ HEADS_GLUON_CASES = [(32, 64, 14, 128), (3, 37, 2, 128), (1, 1, 1, 128), (5, 50,
 
 
 def _check_heads_gluon(monkeypatch, case, with_h0, dtype, **options):
-    """The heads scan with kernel ``options`` against the float64 reference: outputs, final state
-    and every gradient; and the scan did run on the Gluon kernels, forward and backward, unless
-    ``options`` turn them off."""
-    from rnnlab.ops.elman import heads_gluon, naive
+    """The Gluon heads kernels with kernel ``options`` against the float64 reference: outputs,
+    final state and every gradient; and the scan did run on them, forward and backward, with dW
+    summed after the backward by ``heads.weight_gradient`` exactly at 128 channels a head with
+    ``heads_dw_rows`` > 0 (else in the backward's loop)."""
+    from rnnlab.ops.elman import heads, heads_gluon, naive
     from rnnlab.ops.elman import triton as et
     from rnnlab.ops.elman.options import ElmanKernelOptions
 
     ran = []
-    for name in ("forward", "backward"):
-        fn = getattr(heads_gluon, name)
-        monkeypatch.setattr(heads_gluon, name, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
-    torch.manual_seed(hash((case, with_h0, *options.items())) % 1000 + 5)
+    for module, name in ((heads_gluon, "forward"), (heads_gluon, "backward"), (heads, "weight_gradient")):
+        fn = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a, _fn=fn, _name=name: ran.append(_name) or _fn(*a))
+    torch.manual_seed(hash((case, with_h0, *options.values())) % 1000 + 5)
     B, T, nh, hd = case
     wx = torch.randn(B, T, nh * hd)
     w = torch.randn(nh, hd, hd) * (0.9 / hd**0.5)
@@ -200,7 +201,8 @@ def _check_heads_gluon(monkeypatch, case, with_h0, dtype, **options):
     opts = ElmanKernelOptions(**options)
     _check_op(f"elman_heads_gluon{options}{case}", lambda x, w, h: et.elman_scan(x, w, h, opts),
               naive.elman_scan, [wx, w, h0], dtype)
-    assert ran == (["forward", "backward"] if opts.heads_gluon else [])
+    after = hd == 128 and opts.heads_dw_rows > 0
+    assert ran == ["forward", "backward"] + (["weight_gradient"] if after else [])
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

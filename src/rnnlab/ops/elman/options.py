@@ -47,6 +47,11 @@ class ElmanKernelOptions:
     heads_warps: int = 8
     heads_stages: int = 3
 
+    def __post_init__(self):
+        if self.heads_dw_rows < 0 or self.heads_dw_rows % 32:
+            raise ValueError(f"heads_dw_rows must be 0 or a positive multiple of 32 (the kernel's row block), "
+                             f"got {self.heads_dw_rows}")
+
     def to_ints(self) -> list[int]:
         """The options as the ``int[]`` argument of the custom ops."""
         return [int(getattr(self, f.name)) for f in dataclasses.fields(self)]
