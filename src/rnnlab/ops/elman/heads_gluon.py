@@ -20,9 +20,10 @@ and sums it after the scan, ``heads.weight_gradient``), ``dh0`` the carry at ``t
 ``g_t`` and ``h_t`` arrive as ``x_t`` does and ``dpre`` leaves as ``h`` does. Both loops run past
 the sequence to a multiple of six steps (masked copies and stores), the backward through
 ``t = -1``; there dpre is held at zero (``t < 0``), so the extra steps add nothing to dW and cannot
-overflow (in fp16 the carry, no longer damped by ``1 - h^2``, would). The backward relies on a masked-off ``cp.async``
-writing zeros (Triton 3.6 copies 0 source bytes, which fills the 16 destination bytes with
-zeros): ``h_{-1}`` without ``h0``, and the batch rows past B, whose dpre then stays 0.
+overflow (in fp16 the carry, no longer damped by ``1 - h^2``, would). The backward relies on a
+masked-off ``cp.async`` writing zeros (Triton 3.6 copies 0 source bytes, which fills the 16
+destination bytes with zeros): ``h_{-1}`` without ``h0``, and the batch rows past B, whose dpre
+then stays 0.
 """
 
 from __future__ import annotations
