@@ -399,14 +399,14 @@ E1_SUFFIX = " [--e1-against]"  # the row name of an E1 run with --e1-against's k
 ROWS_SUFFIX = " [--rows-against]"  # the row name of a model compiled with --rows-against's limit
 
 
-def row_name(model: str, sf_step: str, scan_against: bool = False, rows_against: bool = False,
-             e1_against: bool = False) -> str:
+def row_name(model: str, sf_step: str, kernels_suffix: str = "", rows_against: bool = False) -> str:
     """A row's name: the model's for rnnlab's fused Schedule-Free step (what `rnnlab train` runs),
     the package's kernels and its compile, marked with ``FOREACH_SUFFIX`` for schedulefree's own
-    step, ``SCAN_SUFFIX`` / ``E1_SUFFIX`` for ``--scan-against``'s / ``--e1-against``'s kernels
-    and ``ROWS_SUFFIX`` for ``--rows-against``'s compile (each its own row group)."""
-    return (model + ("" if sf_step == "fused" else FOREACH_SUFFIX) + (SCAN_SUFFIX if scan_against else "")
-            + (E1_SUFFIX if e1_against else "") + (ROWS_SUFFIX if rows_against else ""))
+    step, ``kernels_suffix`` (``SCAN_SUFFIX`` / ``E1_SUFFIX``) for ``--scan-against``'s /
+    ``--e1-against``'s kernels and ``ROWS_SUFFIX`` for ``--rows-against``'s compile (each its own
+    row group)."""
+    return (model + ("" if sf_step == "fused" else FOREACH_SUFFIX) + kernels_suffix
+            + (ROWS_SUFFIX if rows_against else ""))
 
 
 def e1_options(spec: str) -> ElmanKernelOptions:
@@ -656,8 +656,9 @@ def main(argv=None):
                         error=f"{type(e).__name__}: {e}")
 
     for name, cfgd, modes in todo:
-        # the kernels of this model's --scan-against / --e1-against twin rows (None: no such rows)
-        twin_kernels = against if cfgd["model"] in SCAN_MODELS else e1_against if cfgd["model"] == "e1" else None
+        # the kernels of this model's --scan-against / --e1-against twin rows (None: no such rows), their mark
+        twin_kernels, twin_suffix = ((against, SCAN_SUFFIX) if cfgd["model"] in SCAN_MODELS else
+                                     (e1_against, E1_SUFFIX) if cfgd["model"] == "e1" else (None, ""))
         for B in args.batches:
             firsts: dict[str, tuple] = {}  # per row name: its first mode's row and how it was run
             counts: dict[str, int] = {}  # per row name: the modes run
@@ -669,8 +670,7 @@ def main(argv=None):
                     continue
                 if limit is not None and mode is OFF:  # nothing compiled: no twin
                     continue
-                label = row_name(name, sf_step, module is not None and cfgd["model"] != "e1", limit is not None,
-                                 module is not None and cfgd["model"] == "e1")
+                label = row_name(name, sf_step, "" if module is None else twin_suffix, limit is not None)
                 r = run_row(label, cfgd, B, mode, sf_step, graphed, module, limit)
                 firsts.setdefault(label, (r, (label, cfgd, B, mode, sf_step, graphed, module, limit)))
                 counts[label] = counts.get(label, 0) + 1
