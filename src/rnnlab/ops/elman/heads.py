@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.elman.options import ElmanKernelOptions
+from rnnlab.ops.elman.options import HEADS_DW_BLOCK, ElmanKernelOptions
 from rnnlab.ops.elman.tanh import tanh
 from rnnlab.ops.registry import check_time_offsets
 
@@ -150,14 +150,15 @@ def weight_gradient(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None
     """``dW_h: [heads, hd, hd]`` (fp32) of the plain heads scan from its ``dpre`` and states ``h``
     (contiguous, one dtype; ``h0`` too): a kernel after the scan, one program a head and ``rows``
     flat rows, the partials summed here, instead of a second MMA in each step of the scan's loop."""
-    if rows <= 0 or rows % 32:
-        raise ValueError(f"heads_dw_rows must be a positive multiple of 32 (the kernel's row block), got {rows}")
+    if rows <= 0 or rows % HEADS_DW_BLOCK:
+        raise ValueError(f"heads_dw_rows must be a positive multiple of {HEADS_DW_BLOCK} (the kernel's row block), "
+                         f"got {rows}")
     B, T, H = h.shape
     hd = H // heads
     chunks = triton.cdiv(B * T, rows)
     dw = torch.zeros(chunks, heads, hd, hd, device=h.device, dtype=torch.float32)
     if chunks:
-        _heads_dw[(heads, chunks)](dpre, h, h if h0 is None else h0, dw, B, T, H, hd, ROWS=rows, BK=32,
+        _heads_dw[(heads, chunks)](dpre, h, h if h0 is None else h0, dw, B, T, H, hd, ROWS=rows, BK=HEADS_DW_BLOCK,
                                    HDP=_padded(hd), HAS_H0=h0 is not None, IEEE=h.dtype == torch.float32,
                                    num_warps=8 if hd > 64 else 4)
     return dw.sum(0)

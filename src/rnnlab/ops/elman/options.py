@@ -19,6 +19,9 @@ import torch
 from rnnlab.ops.elman.tanh import fast_tanh_applies
 
 
+HEADS_DW_BLOCK = 32  # heads.weight_gradient's rows a step: heads_dw_rows is a multiple of it
+
+
 @dataclass(frozen=True)
 class ElmanKernelOptions:
     persistent: bool = True  # dense 16-bit scans: a persistent CUDA kernel when the shape fits
@@ -48,9 +51,9 @@ class ElmanKernelOptions:
     heads_stages: int = 3
 
     def __post_init__(self):
-        if self.heads_dw_rows < 0 or self.heads_dw_rows % 32:
-            raise ValueError(f"heads_dw_rows must be 0 or a positive multiple of 32 (the kernel's row block), "
-                             f"got {self.heads_dw_rows}")
+        if self.heads_dw_rows < 0 or self.heads_dw_rows % HEADS_DW_BLOCK:
+            raise ValueError(f"heads_dw_rows must be 0 or a positive multiple of {HEADS_DW_BLOCK} (the kernel's row "
+                             f"block), got {self.heads_dw_rows}")
 
     def to_ints(self) -> list[int]:
         """The options as the ``int[]`` argument of the custom ops."""
