@@ -24,7 +24,9 @@ scans of another copy of ``rnnlab.ops.scan.triton`` (an earlier commit's: ``git 
 REV:src/rnnlab/ops/scan/triton.py > FILE``) at that copy's own launch (its ``BLOCK``,
 ``NUM_WARPS``), row beside row in the same run, so that a kernel change is measured as a ratio
 of one run. ``--sections scan-overlap`` times their backward scans, and dense E1's wgmma one,
-beside their layer's weight-gradient GEMMs on two streams, as heads-floor does for E1 heads.
+beside their layer's weight-gradient GEMMs on two streams, as heads-floor does for E1 heads;
+``--sections heads-overlap`` E1 heads d31's forward and backward scans beside the GEMMs of their
+layer that do not wait on them (the gate half of in_proj, out_proj's weight gradient).
 ``--persistent-against FILE [FILE ...]`` (with ``--sections dense`` or ``persistent``, the persistent kernel's rows
 alone) times dense E1's persistent kernels built from other copies of ``persistent.cu`` beside
 the package's, each launch shape, after checking their outputs agree; ``--persistent-candidates
@@ -245,16 +247,11 @@ def heads_floor(add, B, T, reps, dt):
         scan_beside_weight_gradients(add, B, T, reps, dt)
 
 
-def weight_gradients_beside(add, name, shape, scan, pairs, reps):
-    """Whether a backward scan (``scan()``) and a layer's weight-gradient GEMMs (``dW = dY^T X``
-    for each ``(dY, X)`` of ``pairs``) overlap when issued on two streams: each alone, then both
-    at once. The time both save against the sum is what putting weight gradients on a second
-    stream could save per layer in training (an upper bound: nothing else runs beside them)."""
-
-    def gemms():
-        for dy, inputs in pairs:
-            torch.mm(dy.t(), inputs)
-
+def beside(add, shape, scan, gemms, reps, what=("backward scan", "the layer's weight-gradient GEMMs")):
+    """Whether a scan (``scan()``) and GEMMs that do not wait on it (``gemms()``) overlap when
+    issued on two streams, the scan first: each alone, then both at once. The time both save
+    against the sum is what running those GEMMs on a second stream could save per layer in
+    training (an upper bound: nothing else runs beside them). ``what`` names the two rows."""
     side = torch.cuda.Stream()
 
     def both():
@@ -266,10 +263,21 @@ def weight_gradients_beside(add, name, shape, scan, pairs, reps):
         main.wait_stream(side)
 
     ts, tg, tb = (timeit(fn, reps, back_to_back=BACK_TO_BACK) for fn in (scan, gemms, both))
-    for what, t in ((f"{name} backward scan", ts), ("the layer's weight-gradient GEMMs", tg)):
-        add(f"overlap: {what}", shape, (t, 0.0, t), 0.0, "alone")
+    for label, t in zip(what, (ts, tg)):
+        add(f"overlap: {label}", shape, (t, 0.0, t), 0.0, "alone")
     add("overlap: both, two streams", shape, (tb, 0.0, tb), 0.0,
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
+
+
+def weight_gradients_beside(add, name, shape, scan, pairs, reps):
+    """:func:`beside` for a backward scan and a layer's weight-gradient GEMMs ``dW = dY^T X``, one
+    for each ``(dY, X)`` of ``pairs``: what putting weight gradients on a second stream could save."""
+
+    def gemms():
+        for dy, inputs in pairs:
+            torch.mm(dy.t(), inputs)
+
+    beside(add, shape, scan, gemms, reps, (f"{name} backward scan", "the layer's weight-gradient GEMMs"))
 
 
 def e1_weight_gradient_operands(n, D, H, dt) -> list:
@@ -313,6 +321,38 @@ def fused_scans_beside_weight_gradients(add, B, T, reps, dt):
         (_, _, _, backward), = scan_launch_sweep(x0, mode, g, [(stri.BLOCK, stri.NUM_WARPS)])
         pairs = [(torch.randn(n, G * H, device="cuda", dtype=dt), torch.randn(n, H, device="cuda", dtype=dt))]
         weight_gradients_beside(add, name, f"B{B} T{T} H{H}", backward, pairs, reps)
+
+
+def heads_scans_beside_gate_branch(add, B, T, reps, dt):
+    """:func:`beside` for E1 heads d31's scans (14 x 128, the package's kernels and options: 28
+    programs) and the GEMMs of the layer that do not wait on them: in the forward the gate's half
+    of in_proj (``z = x W_z^T``), in the backward out_proj's weight gradient (``dy`` and ``y`` are
+    known before the backward scan) and the gate half's ``dW_z = dz^T x`` and ``dx = dz W_z``
+    (``dz = dy h silu'(z)`` needs no scan either). What running them on a second stream could save
+    per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads)."""
+    from rnnlab.ops.elman import heads
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    nh, hd, D = 14, 128, 1792
+    H, n = nh * hd, B * T
+    opts = ElmanKernelOptions()
+    w = (torch.randn(nh, hd, hd, device="cuda") * (0.9 / hd**0.5)).to(dt)
+    wx, g = (torch.randn(B, T, H, device="cuda", dtype=dt) for _ in range(2))
+    h = heads.forward(wx, w, None, opts)
+    x, y, dz = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
+    dout = torch.randn(n, D, device="cuda", dtype=dt)
+    w_z = torch.randn(H, D, device="cuda", dtype=dt) / D**0.5
+    shape = f"B{B} T{T} {nh}x{hd} D{D}"
+    beside(add, shape, lambda: heads.forward(wx, w, None, opts), lambda: torch.mm(x, w_z.t()), reps,
+           ("E1 heads forward scan", "in_proj's gate half (z = x W_z^T)"))
+
+    def gemms():
+        torch.mm(dout.t(), y)
+        torch.mm(dz.t(), x)
+        torch.mm(dz, w_z)
+
+    beside(add, shape, lambda: heads.backward(g, w, h, None, True, opts), gemms, reps,
+           ("E1 heads backward scan", "out_proj's dW, the gate half's dW and dx"))
 
 
 def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
@@ -928,10 +968,10 @@ def main(argv=None):
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
-                   choices=["scan", "scan-launch", "scan-overlap", "diag", "heads", "heads-floor", "cells", "optim",
+                   choices=["scan", "scan-launch", "scan-overlap", "diag", "heads", "heads-floor", "heads-overlap", "cells", "optim",
                             "dense", "persistent", "dense-floor", "dense-wgmma"],
-                   help="which kernel families to time (default all but heads-floor, dense-floor, dense-wgmma, scan-launch, "
-                        "scan-overlap and persistent: dense E1's persistent kernel alone, a part of dense)")
+                   help="which kernel families to time (default all but heads-floor, heads-overlap, dense-floor, dense-wgmma, "
+                        "scan-launch, scan-overlap and persistent: dense E1's persistent kernel alone, a part of dense)")
     p.add_argument("--scan-against", default=None, metavar="FILE",
                    help="another copy of rnnlab/ops/scan/triton.py (e.g. an earlier commit's): the "
                         "scan-launch section times its fused scans at its own launch beside the package's")
@@ -1060,6 +1100,9 @@ def main(argv=None):
         with torch.no_grad():
             fused_scans_beside_weight_gradients(add, B, T, args.reps, dt)
             dense_scan_beside_weight_gradients(add, B, T, args.reps, dt)
+    if "heads-overlap" in args.sections:
+        with torch.no_grad():
+            heads_scans_beside_gate_branch(add, B, T, args.reps, dt)
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
     if "dense-floor" in args.sections:
