@@ -48,6 +48,7 @@ FLOPs over the measured bf16 GEMM rate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime
 import importlib.util
@@ -323,13 +324,33 @@ def fused_scans_beside_weight_gradients(add, B, T, reps, dt):
         weight_gradients_beside(add, name, f"B{B} T{T} H{H}", backward, pairs, reps)
 
 
-def heads_scans_beside_gate_branch(add, B, T, reps, dt):
+@contextlib.contextmanager
+def sm_carveout(n: int | None):
+    """cuBLASLt GEMMs sized for all SMs but ``n`` (PyTorch's experimental carveout, read when a
+    GEMM is launched), so that a GEMM beside a kernel holding ``n`` SMs runs in one wave instead
+    of leaving its last tiles waiting for them; None: PyTorch's default library, every SM."""
+    if n is None:
+        yield
+        return
+    lib = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library("cublaslt")
+    torch._C._set_sm_carveout_experimental(n)
+    try:
+        yield
+    finally:
+        torch._C._set_sm_carveout_experimental(None)
+        torch.backends.cuda.preferred_blas_library(lib)
+
+
+def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(None, 0, 28, 32)):
     """:func:`beside` for E1 heads d31's scans (14 x 128, the package's kernels and options: 28
     programs) and the GEMMs of the layer that do not wait on them: in the forward the gate's half
     of in_proj (``z = x W_z^T``), in the backward out_proj's weight gradient (``dy`` and ``y`` are
     known before the backward scan) and the gate half's ``dW_z = dz^T x`` and ``dx = dz W_z``
     (``dz = dy h silu'(z)`` needs no scan either). What running them on a second stream could save
-    per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads)."""
+    per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads). Each carveout of
+    ``carveouts`` (:func:`sm_carveout`) is one pair of rows: the GEMMs sized for the SMs the scan
+    leaves."""
     from rnnlab.ops.elman import heads
     from rnnlab.ops.elman.options import ElmanKernelOptions
 
@@ -342,17 +363,23 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt):
     x, y, dz = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
     dout = torch.randn(n, D, device="cuda", dtype=dt)
     w_z = torch.randn(H, D, device="cuda", dtype=dt) / D**0.5
-    shape = f"B{B} T{T} {nh}x{hd} D{D}"
-    beside(add, shape, lambda: heads.forward(wx, w, None, opts), lambda: torch.mm(x, w_z.t()), reps,
-           ("E1 heads forward scan", "in_proj's gate half (z = x W_z^T)"))
+    for carve in carveouts:
+        shape = f"B{B} T{T} {nh}x{hd} D{D}" + ("" if carve is None else f" Lt-{carve}SM")
 
-    def gemms():
-        torch.mm(dout.t(), y)
-        torch.mm(dz.t(), x)
-        torch.mm(dz, w_z)
+        def forward_gemm(carve=carve):
+            with sm_carveout(carve):
+                torch.mm(x, w_z.t())
 
-    beside(add, shape, lambda: heads.backward(g, w, h, None, True, opts), gemms, reps,
-           ("E1 heads backward scan", "out_proj's dW, the gate half's dW and dx"))
+        def backward_gemms(carve=carve):
+            with sm_carveout(carve):
+                torch.mm(dout.t(), y)
+                torch.mm(dz.t(), x)
+                torch.mm(dz, w_z)
+
+        beside(add, shape, lambda: heads.forward(wx, w, None, opts), forward_gemm, reps,
+               ("E1 heads forward scan", "in_proj's gate half (z = x W_z^T)"))
+        beside(add, shape, lambda: heads.backward(g, w, h, None, True, opts), backward_gemms, reps,
+               ("E1 heads backward scan", "out_proj's dW, the gate half's dW and dx"))
 
 
 def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
