@@ -324,24 +324,6 @@ def fused_scans_beside_weight_gradients(add, B, T, reps, dt):
         weight_gradients_beside(add, name, f"B{B} T{T} H{H}", backward, pairs, reps)
 
 
-@contextlib.contextmanager
-def sm_carveout(n: int | None):
-    """cuBLASLt GEMMs sized for all SMs but ``n`` (PyTorch's experimental carveout, read when a
-    GEMM is launched), so that a GEMM beside a kernel holding ``n`` SMs runs in one wave instead
-    of leaving its last tiles waiting for them; None: PyTorch's default library, every SM."""
-    if n is None:
-        yield
-        return
-    lib = torch.backends.cuda.preferred_blas_library()
-    torch.backends.cuda.preferred_blas_library("cublaslt")
-    torch._C._set_sm_carveout_experimental(n)
-    try:
-        yield
-    finally:
-        torch._C._set_sm_carveout_experimental(None)
-        torch.backends.cuda.preferred_blas_library(lib)
-
-
 def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(None, 0, 28, 32)):
     """:func:`beside` for E1 heads d31's scans (14 x 128, the package's kernels and options: 28
     programs) and the GEMMs of the layer that do not wait on them: in the forward the gate's half
@@ -349,10 +331,11 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(None, 0, 28, 
     known before the backward scan) and the gate half's ``dW_z = dz^T x`` and ``dx = dz W_z``
     (``dz = dy h silu'(z)`` needs no scan either). What running them on a second stream could save
     per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads). Each carveout of
-    ``carveouts`` (:func:`sm_carveout`) is one pair of rows: the GEMMs sized for the SMs the scan
-    leaves."""
+    ``carveouts`` (``rnnlab.ops.streams.sm_carveout``; None: PyTorch's default GEMMs) is one pair
+    of rows: the GEMMs sized for the SMs the scan leaves."""
     from rnnlab.ops.elman import heads
     from rnnlab.ops.elman.options import ElmanKernelOptions
+    from rnnlab.ops.streams import sm_carveout
 
     nh, hd, D = 14, 128, 1792
     H, n = nh * hd, B * T
@@ -367,11 +350,11 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(None, 0, 28, 
         shape = f"B{B} T{T} {nh}x{hd} D{D}" + ("" if carve is None else f" Lt-{carve}SM")
 
         def forward_gemm(carve=carve):
-            with sm_carveout(carve):
+            with contextlib.nullcontext() if carve is None else sm_carveout(carve):
                 torch.mm(x, w_z.t())
 
         def backward_gemms(carve=carve):
-            with sm_carveout(carve):
+            with contextlib.nullcontext() if carve is None else sm_carveout(carve):
                 torch.mm(dout.t(), y)
                 torch.mm(dz.t(), x)
                 torch.mm(dz, w_z)

@@ -96,7 +96,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.bench.mfu import benchmark_peak, mfu
-from rnnlab.ops.elman import ELMAN_SCAN
+from rnnlab.ops.elman import ELMAN_SCAN, ELMAN_SCAN_BESIDE_LINEAR
 from rnnlab.ops.elman.options import ElmanKernelOptions
 from rnnlab.ops.registry import traced
 from rnnlab.ops.scan import LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN
@@ -425,16 +425,21 @@ def e1_options(spec: str) -> ElmanKernelOptions:
 
 def e1_kernels_with(options: ElmanKernelOptions):
     """A stand-in for E1's kernel module (``rnnlab.ops.elman.triton``) whose plain Elman scan runs
-    with ``options``: what ``--e1-against``'s twin rows train with (the selective scans' ops are
-    not replaced)."""
+    and its scan with the gate beside it (E1 heads) run with ``options``: what ``--e1-against``'s
+    twin rows train with (the selective scans' ops are not replaced)."""
     from rnnlab.ops.elman import triton as et
 
     @traced  # a function, not a functools.partial: Dynamo reads a function's `traced`, not a partial's
     def elman_scan(wx, w_h, h0=None):
         return et.elman_scan(wx, w_h, h0, options)
 
+    @traced
+    def elman_scan_beside_linear(wx, w_h, x, wl):
+        return et.elman_scan_beside_linear(wx, w_h, x, wl, options)
+
     stand_in = types.ModuleType(f"{et.__name__} [--e1-against]")
-    stand_in.elman_scan, stand_in.options = elman_scan, options
+    stand_in.elman_scan, stand_in.elman_scan_beside_linear = elman_scan, elman_scan_beside_linear
+    stand_in.options = options
     return stand_in
 
 
@@ -442,7 +447,7 @@ def e1_kernels_with(options: ElmanKernelOptions):
 def kernels(model: str, module):
     """Inside the block the ``model`` kind's layers run ``module``'s kernels (None: the
     package's): the minGRU / minLSTM (and linear) scan ops, or E1's Elman scan op."""
-    ops = (ELMAN_SCAN,) if model == "e1" else (LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN)
+    ops = (ELMAN_SCAN, ELMAN_SCAN_BESIDE_LINEAR) if model == "e1" else (LINEAR_SCAN, MINGRU_SCAN, MINLSTM_SCAN)
     with contextlib.ExitStack() as stack:
         if module is not None:
             for op in ops:

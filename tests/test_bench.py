@@ -1961,7 +1961,7 @@ def test_bench_models_e1_against_twins_e1_rows_with_those_kernel_options(monkeyp
 def test_bench_models_e1_against_scan_stays_in_the_compiled_graph(monkeypatch):
     """--e1-against's stand-in scan is traced by torch.compile like the package's (no graph break
     around it: a twin with breaks would be slower for that alone, as a functools.partial's was)."""
-    from rnnlab.ops.elman import ELMAN_SCAN
+    from rnnlab.ops.elman import ELMAN_SCAN, ELMAN_SCAN_BESIDE_LINEAR
     from rnnlab.ops.elman import triton as et
     from rnnlab.ops.elman.options import ElmanKernelOptions
 
@@ -1975,6 +1975,15 @@ def test_bench_models_e1_against_scan_stays_in_the_compiled_graph(monkeypatch):
     x, w = torch.randn(2, 3), torch.randn(3, 3)
     torch.testing.assert_close(step(x, w), (x @ w).sum())
     assert seen and all(o is stand_in.options for o in seen) and not seen[0].heads_gluon
+    # the heads layers' scan with the gate beside it (E1's forward with heads) likewise
+    seen.clear()
+    monkeypatch.setattr(et, "elman_scan_beside_linear",
+                        lambda wx, w, x, wl, options: (seen.append(options), (wx @ w, wx, x @ wl))[1])
+    monkeypatch.setattr(ELMAN_SCAN_BESIDE_LINEAR, "implementation", lambda backend, x: stand_in.elman_scan_beside_linear)
+    torch._dynamo.reset()
+    step = torch.compile(lambda x, w: ELMAN_SCAN_BESIDE_LINEAR(x, w, x, w)[2].sum(), backend="eager", fullgraph=True)
+    torch.testing.assert_close(step(x, w), (x @ w).sum())
+    assert seen and all(o is stand_in.options for o in seen)
 
 
 def test_ncu_summary_lines_and_bad_input(tmp_path, capsys):

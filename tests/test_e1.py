@@ -107,6 +107,36 @@ def test_conv_rms_norm_and_state_expansion_match_their_formulas():
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("kw", [dict(heads=2, norm="none"), dict(heads=4, state_expansion=2, norm="rms")])
+def test_heads_forward_with_the_gate_beside_the_scan(kw):
+    """Plain heads without a conv: ``forward`` splits in_proj and gets the gate's projection from
+    ``elman_scan_beside_linear`` (a GPU runs it beside the scan); the written-out formula, and the
+    gradients of the unsplit path (``inputs`` -> ``recurrence().scan`` -> ``readout``). The other
+    variants keep the unsplit path."""
+    layer = make(**kw)
+    assert layer._gate_beside_scan
+    assert not any(make(**{**kw, **other})._gate_beside_scan
+                   for other in (dict(conv=2), dict(selective="decay"), dict(heads=1)))
+    x = torch.randn(2, 6, 8, requires_grad=True)
+    xr, z = F.linear(x, layer.in_proj.weight).chunk(2, dim=-1)
+    W = torch.block_diag(*layer.recurrent_weight())
+    pre = F.linear(F.silu(xr), layer.W_x, layer.b)
+    h = torch.zeros(2, W.shape[0])
+    hs = []
+    for t in range(6):
+        h = torch.tanh(pre[:, t] + h @ W.T)
+        hs.append(h)
+    want = layer.readout(torch.stack(hs, 1), z)
+    got = layer(x)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    xr, z = layer.inputs(x)
+    unsplit = layer.readout(layer.recurrence(xr).scan()[0], z)
+    g = torch.randn_like(got)
+    leaves = [x, *layer.parameters()]
+    for a, b in zip(torch.autograd.grad(got, leaves, g), torch.autograd.grad(unsplit, leaves, g)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_param_names_with_features():
     names = lambda **kw: {n for n, _ in make(randomize=False, **kw).named_parameters()}
     base = {"in_proj.weight", "W_x", "W_h", "b", "out_proj.weight"}

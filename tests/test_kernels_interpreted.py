@@ -110,7 +110,8 @@ def check_kernel(kernel, reference, inputs, h0=None, seed=0):
 
 def test_every_kernel_op_has_a_case():
     external = {"ssd_scan", "gated_delta_scan"}  # mamba_ssm's and fla's kernels: tests/gpu only
-    with_kernel = {name for name, op in OPS.items() if op.kernel is not None} - external
+    own_test = {"elman_scan_beside_linear"}  # three outputs: test_elman_scan_beside_linear
+    with_kernel = {name for name, op in OPS.items() if op.kernel is not None} - external - own_test
     assert {case[0] for case in CASES} == with_kernel
 
 
@@ -266,6 +267,36 @@ def test_custom_ops_pass_opcheck(heads):
     torch.library.opcheck(torch.ops.rnnlab.elman_scan_fwd.default, (wx, w, None, options))
 
 
+def _beside_leaves(heads):
+    """``elman_scan_beside_linear``'s inputs as leaves: ``_elman_leaves``' wx, w (B 2, T 3, H 32)
+    and a projection of x ``[2, 3, 24]`` by wl ``[40, 24]``."""
+    wx, w, _ = _elman_leaves(heads)
+    g = torch.Generator().manual_seed(9)
+    return [wx, w, torch.randn(2, 3, 24, generator=g).requires_grad_(),
+            (torch.randn(40, 24, generator=g) / 5).requires_grad_()]
+
+
+@pytest.mark.parametrize("heads", [2, 0])
+def test_elman_scan_beside_linear(heads):
+    """The kernels' ``elman_scan_beside_linear`` (the heads scan with E1's gate projection, whose
+    GEMMs a GPU runs on a second stream; here one after the other) against the float64 reference:
+    the states, final state, projection and every input's gradient through all three; its custom
+    ops pass opcheck."""
+    leaves = _beside_leaves(heads)
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    got = E.elman_scan_beside_linear(*leaves)
+    want = OPS["elman_scan_beside_linear"].naive(*ref_leaves)
+    g = torch.Generator().manual_seed(4)
+    grads_out = [torch.randn(t.shape, generator=g) for t in want]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b.float(), **TOL)
+    got_grads = torch.autograd.grad(got, leaves, grads_out)
+    want_grads = torch.autograd.grad(want, ref_leaves, [t.double() for t in grads_out])
+    for i, (a, b) in enumerate(zip(got_grads, want_grads)):
+        torch.testing.assert_close(a, b.float(), **TOL, msg=f"grad of input {i}")
+    torch.library.opcheck(torch.ops.rnnlab.elman_scan_beside_fwd.default, (*leaves, ElmanKernelOptions().to_ints()))
+
+
 def _selective_leaves(name):
     """The selective inputs of op ``name`` at ``_elman_leaves``' shapes (B 2, T 3, H 32): ``[a]``,
     ``[U, V, s]`` (r = 3), or none for the plain scan."""
@@ -288,7 +319,8 @@ def test_selective_custom_ops_pass_opcheck(name, heads):
 
 
 @pytest.mark.parametrize("name,heads", [("elman_scan", 2), ("elman_scan", 0), ("elman_decay_scan", 2),
-                                        ("elman_lowrank_scan", 0), ("diag_elman_scan", None)])
+                                        ("elman_lowrank_scan", 0), ("diag_elman_scan", None),
+                                        ("elman_scan_beside_linear", 2)])
 def test_compiled_scan_is_one_graph(name, heads):
     """torch.compile traces the kernel entry points of E1's and E16's custom ops (fullgraph: no
     graph break) and matches eager, outputs and every gradient (through all states and the final
@@ -299,12 +331,14 @@ def test_compiled_scan_is_one_graph(name, heads):
     kernel = getattr(OPS[name].kernel.get(), name)
 
     def f(wx, *rest):
-        h, h_last = kernel(torch.cos(wx), *rest)
-        return torch.sin(h), h_last
+        h, h_last, *projection = kernel(torch.cos(wx), *rest)
+        return torch.sin(h) + sum(p.sum() for p in projection), h_last
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
     if name == "diag_elman_scan":
         leaves = _diag_leaves()  # u, a in [0, 1), h0
+    elif name == "elman_scan_beside_linear":
+        leaves = _beside_leaves(heads)  # wx, w, x, wl
     else:
         wx, w, hz = _elman_leaves(heads)
         leaves = [wx, w, *_selective_leaves(name), hz]

@@ -52,6 +52,9 @@ CASES = {
     "e88_scan": (_matrix_state, (B, 2, 3, 2), (0, 1, 2, 3)),
     "gated_delta_scan": (lambda g, dt: _matrix_state(g, dt, gated=True), (B, 2, 3, 2), (0, 1, 2, 3, 4)),
 }
+# ops outside this contract, tested where named: E1 heads' scan with its gate projection beside it
+# starts from zeros and returns (h, h_T, x @ wl.T)
+ELSEWHERE = {"elman_scan_beside_linear": "tests/test_kernels_interpreted.py, tests/test_e1.py"}
 # the matrix-state ops' outputs are readouts (y = S C, y = S^T q), not the state
 STATE_IS_LAST_OUTPUT = set(CASES) - {"ssd_scan", "e88_scan", "gated_delta_scan"}
 
@@ -68,7 +71,7 @@ def _window(args, time_args, lo, hi):
 
 
 def test_every_registered_op_has_a_case():
-    assert set(OPS) == set(CASES)
+    assert set(OPS) == set(CASES) | set(ELSEWHERE) and not set(CASES) & set(ELSEWHERE)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

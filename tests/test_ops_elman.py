@@ -211,6 +211,22 @@ def test_heads_dw_rows_is_checked(rows):
         ElmanKernelOptions(heads_dw_rows=rows)
 
 
+def test_gate_beside_the_scan_leaves_the_scans_sms():
+    """The GEMMs beside a heads scan are sized for all SMs but the scan's programs (one a head and
+    batch tile of ``heads_bt`` rows) and ``heads_beside_spare``; no second stream for a dense scan or
+    with ``heads_beside`` off; a negative spare is refused."""
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    heads, dense = torch.empty(14, 128, 128), torch.empty(64, 64)
+    assert et._beside_sms(heads, 32, ElmanKernelOptions()) == 14 * 2 + 4
+    assert et._beside_sms(heads, 33, ElmanKernelOptions(heads_beside_spare=0)) == 14 * 3
+    assert et._beside_sms(dense, 32, ElmanKernelOptions()) is None
+    assert et._beside_sms(heads, 32, ElmanKernelOptions(heads_beside=False)) is None
+    with pytest.raises(ValueError, match=r"^heads_beside_spare must be >= 0 \(SMs\), got -1$"):
+        ElmanKernelOptions(heads_beside_spare=-1)
+
+
 def test_persistent_default_shapes_keep_w_in_registers_where_the_kernel_can():
     """The launch that keeps W's fragments in registers (8 warps, 32 columns: 14 K tiles a warp)
     comes first only where every warp's K tiles fit (H padded to 16 up to 1792) and without the
@@ -348,3 +364,16 @@ def test_gluon_heads_ring_outside_its_choices_is_refused():
         with pytest.raises(ValueError, match=r"^heads_gluon_ring must be one of \(2, 3, 6\) \(it divides the loops' six "
                                              r"steps\), got [45]$"):
             call()
+
+
+def test_elman_scan_beside_linear_checks_its_projection():
+    """A projection whose rows are not the scan's (B, T), or whose weight does not take x's width,
+    is refused in one line."""
+    from rnnlab.ops.elman import elman_scan_beside_linear
+
+    wx, w = torch.randn(2, 3, 4), torch.randn(2, 2, 2)
+    for x, wl, shapes in ((torch.randn(2, 4, 5), torch.randn(6, 5), r"\(2, 4, 5\) and \(6, 5\)"),
+                          (torch.randn(2, 3, 5), torch.randn(6, 4), r"\(2, 3, 5\) and \(6, 4\)")):
+        with pytest.raises(ValueError, match=rf"^x must be \[B, T, D\] with wx's B, T = \(2, 3\) and wl \[K, D\], "
+                                             rf"got {shapes}$"):
+            elman_scan_beside_linear(wx, w, x, wl)

@@ -231,6 +231,38 @@ def test_elman_heads_gluon_dw_rows(rows, case, with_h0, monkeypatch):
     _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, heads_dw_rows=rows)
 
 
+@pytest.mark.parametrize("case", [(32, 64, 14, 128, 1792), (1, 37, 2, 128, 200), (3, 50, 4, 64, 96), (17, 9, 3, 48, 72)])
+@pytest.mark.parametrize("side_stream", [True, False])
+def test_elman_scan_beside_linear(case, side_stream, monkeypatch):
+    """E1 heads' scan with its gate projection ``x @ wl.T`` beside it (``heads_beside``: a second
+    stream, the GEMMs on cuBLASLt sized for the SMs the scan leaves; off: one after the other),
+    bf16, against float64: states, final state, projection and every input's gradient; the second
+    stream ran, forward and backward, exactly when on."""
+    from rnnlab.ops import streams
+    from rnnlab.ops.elman import naive
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    used = []
+    make_stream = streams._side_stream
+    monkeypatch.setattr(streams, "_side_stream", lambda device: used.append(device) or make_stream(device))
+    B, T, nh, hd, D = case
+    torch.manual_seed(B * 1000 + T)
+    inputs = [torch.randn(B, T, nh * hd), torch.randn(nh, hd, hd) * (0.9 / hd**0.5), torch.randn(B, T, D),
+              torch.randn(nh * hd, D) / D**0.5]
+    fast = [x.to(torch.bfloat16).to(DEV).requires_grad_() for x in inputs]
+    ref = [x.to(torch.bfloat16).double().requires_grad_() for x in inputs]
+    got = et.elman_scan_beside_linear(*fast, ElmanKernelOptions(heads_beside=side_stream))
+    want = naive.elman_scan_beside_linear(*ref)
+    grads = [torch.randn(y.shape, dtype=torch.float64) for y in want]
+    errs = [rel(a, b) for a, b in zip(got, want)]
+    errs += [rel(a, b) for a, b in zip(torch.autograd.grad(got, fast, [g.to(y.dtype).to(DEV) for g, y in zip(grads, got)]),
+                                        torch.autograd.grad(want, ref, grads))]
+    print(f"elman_scan_beside_linear{case} side stream {side_stream}: " + " ".join(f"{e:.2e}" for e in errs))
+    assert max(errs) < TOL[torch.bfloat16], errs
+    assert len(used) == (2 if side_stream else 0)
+
+
 @pytest.mark.parametrize("T", [6, 7, 12])
 @pytest.mark.parametrize("hd", [64, 128])
 def test_elman_heads_gluon_equals_triton_where_dpre_grows(T, hd):

@@ -108,7 +108,7 @@ def test_a_step_replayed_as_a_cuda_graph_trains_like_the_step(cfgd):
 
 @pytest.mark.parametrize("precision, rel", [("fp32", 1e-4), ("bf16", 2e-2)])
 @pytest.mark.parametrize("model, layer, compiled", [
-    ("e1", {}, True), ("mamba2", {"headdim": 32}, True), ("mingru", {}, True),
+    ("e1", {}, True), ("e1", {"heads": 2}, True), ("mamba2", {"headdim": 32}, True), ("mingru", {}, True),
     ("e88", {"heads": 4, "n_state": 16}, True), ("gdn", {"head_dim": 32, "heads": 2}, False)])
 def test_cuda_graph_trains_like_the_uncaptured_step(tmp_path, model, layer, compiled, precision, rel):
     """``--cuda-graph`` (the forward and backward captured at the first step and replayed): the
@@ -116,7 +116,7 @@ def test_cuda_graph_trains_like_the_uncaptured_step(tmp_path, model, layer, comp
     are those of the uncaptured step (compiled, or eager as the race runs Gated DeltaNet; in fp32
     to rounding, in pure bf16, the race's precision and E1's persistent kernel, to bf16's; E1's
     spectral-norm vector moves once per step either way), and the run's held-out score is the
-    same."""
+    same. E1 with heads captures its gate's GEMMs on a second stream beside the scan."""
     from rnnlab.train.config import TrainConfig
     from rnnlab.train.trainer import Trainer
 

@@ -50,7 +50,9 @@ Code: the switches are resolved once, at construction, into small pieces: an ini
 (``_INIT_RULES``), a selective mode (``_SELECTIVE_MODES``: its parameters, their init and its
 input-dependent terms), and optional modules (conv1d, W_r, h_norm). The recurrence of an input is
 a :class:`Recurrence` (public: ``analysis.gradflow`` reads it), scanned by its op; ``forward`` and
-``step`` are ``inputs`` -> ``recurrence(...).scan`` -> ``readout``.
+``step`` are ``inputs`` -> ``recurrence(...).scan`` -> ``readout``; with heads (no conv, no
+selective term) ``forward`` splits in_proj and scans with ``elman_scan_beside_linear`` instead, so
+that on a GPU the gate's half of in_proj runs beside the scan.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ from torch import nn
 
 from rnnlab.layers.base import InnerWidth, State, check_options
 from rnnlab.ops.dtypes import compute_dtype
-from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan
+from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan, elman_scan_beside_linear
 from rnnlab.options import at_least, option, positive
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
@@ -255,6 +257,8 @@ class E1(nn.Module):
         self.W_r = nn.Parameter(torch.empty(di, K)) if cfg.state_expansion > 1 else None
         self.h_norm = nn.RMSNorm(K, eps=1e-5) if cfg.norm == "rms" else None
         self.out_proj = nn.Linear(di, D, bias=False)
+        # plain heads without a conv: the gate's projection runs beside the scan (forward)
+        self._gate_beside_scan = n > 1 and cfg.conv == 0 and cfg.selective == "none"
         self.reset_parameters()
         if cfg.norm == "spectral":  # the power-iteration vector u, saved with checkpoints
             self.register_buffer("spectral_u", _normalize(torch.randn(self.W_h.shape[:-1], device=self.W_h.device)))
@@ -331,8 +335,19 @@ class E1(nn.Module):
     # ------------------------------------------------------------- interface
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x: [B, T, dim] -> [B, T, dim]``, causal, zero initial state."""
+        if self._gate_beside_scan:
+            return self._forward_gate_beside_scan(x)
         xr, z = self.inputs(x)
         h, _ = self.recurrence(xr).scan(None, self.cfg.backend)
+        return self.readout(h, z)
+
+    def _forward_gate_beside_scan(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` with in_proj as its two halves, the gate's ``z = x W_z^T`` computed
+        beside the heads scan (on a GPU, on a second stream: ``elman_scan_beside_linear``); the
+        same maths."""
+        w_in, w_z = self.in_proj.weight.chunk(2)
+        rec = self.recurrence(F.silu(F.linear(x, w_in)))
+        h, _, z = elman_scan_beside_linear(rec.wx, rec.w_h, x, w_z, self.cfg.backend)
         return self.readout(h, z)
 
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> State:

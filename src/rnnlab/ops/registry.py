@@ -123,7 +123,8 @@ class Op:
     ``kernel_module`` (a function named ``name`` in it; None = no kernel yet) and named PyTorch
     ``alternatives``. ``op(*args, backend=...)`` runs the chosen implementation on ``args``; the
     first argument's device decides ``auto``. Every implementation returns
-    ``(outputs, final_state)`` (see :func:`final_state`)."""
+    ``(outputs, final_state)`` (see :func:`final_state`), ``elman_scan_beside_linear`` its
+    projection after them."""
 
     def __init__(self, name: str, naive: Callable, kernel_module: str | None = None,
                  alternatives: dict[str, Callable] | None = None):

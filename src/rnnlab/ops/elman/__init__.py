@@ -2,6 +2,9 @@
 
 * ``elman_scan``: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; implementations ``naive.py`` (the
   reference loop) and ``triton.py`` (the GPU kernels: heads, dense per-step, persistent dense);
+* ``elman_scan_beside_linear``: ``elman_scan`` from zeros and a projection ``x @ wl.T`` that does
+  not wait on it (E1 heads' gate), which the GPU kernels run on a second stream beside a heads
+  scan (``rnnlab.ops.streams``); it returns ``(h, h_T, x @ wl.T)``;
 * ``elman_decay_scan`` (``selective="decay"``) and ``elman_lowrank_scan``
   (``selective="lowrank"``): ``naive.py`` and ``selective.py`` (the same GPU kernels with the
   selective terms inside: the decay in the heads or dense kernels, low-rank in the per-step one).
@@ -17,9 +20,11 @@ import torch
 from rnnlab.ops.elman import naive
 from rnnlab.ops.registry import Op, register
 
-__all__ = ["elman_scan", "elman_decay_scan", "elman_lowrank_scan", "BACKENDS"]
+__all__ = ["elman_scan", "elman_scan_beside_linear", "elman_decay_scan", "elman_lowrank_scan", "BACKENDS"]
 
 ELMAN_SCAN = register(Op("elman_scan", naive.elman_scan, "rnnlab.ops.elman.triton"))
+ELMAN_SCAN_BESIDE_LINEAR = register(Op("elman_scan_beside_linear", naive.elman_scan_beside_linear,
+                                        "rnnlab.ops.elman.triton"))
 ELMAN_DECAY_SCAN = register(Op("elman_decay_scan", naive.elman_decay_scan, "rnnlab.ops.elman.selective"))
 ELMAN_LOWRANK_SCAN = register(Op("elman_lowrank_scan", naive.elman_lowrank_scan, "rnnlab.ops.elman.selective"))
 BACKENDS = ELMAN_SCAN.backends
@@ -55,6 +60,17 @@ def elman_scan(
     compute dtype. ``wx: [B, T, H]`` already includes the bias."""
     _check(wx, w_h, h0)
     return ELMAN_SCAN(wx, w_h, h0, backend=backend)
+
+
+def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tensor, wl: torch.Tensor,
+                             backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(h, h_T, z)``: :func:`elman_scan` of ``wx`` from zeros and ``z = x @ wl.T`` (``x: [B, T, D]``,
+    ``wl: [K, D]``), computed beside the scan on a GPU when ``w_h`` has heads."""
+    _check(wx, w_h, None)
+    if x.shape[:-1] != wx.shape[:-1] or wl.dim() != 2 or wl.shape[1] != x.shape[-1]:
+        raise ValueError(f"x must be [B, T, D] with wx's B, T = {tuple(wx.shape[:2])} and wl [K, D], got "
+                         f"{tuple(x.shape)} and {tuple(wl.shape)}")
+    return ELMAN_SCAN_BESIDE_LINEAR(wx, w_h, x, wl, backend=backend)
 
 
 def elman_decay_scan(wx: torch.Tensor, w_h: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None,

@@ -55,6 +55,12 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
     return _loop(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w)))
 
 
+def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tensor, wl: torch.Tensor
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(h, h_T, x @ wl.T)``: :func:`elman_scan` from zeros and a projection independent of it."""
+    return (*elman_scan(wx, w_h), torch.nn.functional.linear(x, wl))
+
+
 def elman_decay_scan(wx: torch.Tensor, w_h: torch.Tensor, a: torch.Tensor, h0: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)`` of ``h_t = tanh(wx_t + a_t * (h_{t-1} @ w_h.T))`` (E1 ``selective="decay"``)."""

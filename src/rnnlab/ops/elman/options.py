@@ -46,6 +46,11 @@ class ElmanKernelOptions:
     # those kernels at 128 channels a head: dW_h summed after the backward scan by heads.weight_gradient,
     # this many flat rows a program; 0: by a second MMA in each step of the scan's loop (as everywhere else)
     heads_dw_rows: int = 1024
+    # E1 heads' gate projection z = x W_z^T on a second stream beside the heads scan (and its two GEMMs
+    # beside the backward scan), sized for all SMs but the scan's programs + heads_beside_spare
+    # (rnnlab.ops.streams; results/heads-overlap-h200); off: one after the other
+    heads_beside: bool = True
+    heads_beside_spare: int = 4
     heads_bt: int = 16  # heads kernel: batch rows per program
     heads_warps: int = 8
     heads_stages: int = 3
@@ -54,6 +59,8 @@ class ElmanKernelOptions:
         if self.heads_dw_rows < 0 or self.heads_dw_rows % HEADS_DW_BLOCK:
             raise ValueError(f"heads_dw_rows must be 0 or a positive multiple of {HEADS_DW_BLOCK} (the kernel's row "
                              f"block), got {self.heads_dw_rows}")
+        if self.heads_beside_spare < 0:
+            raise ValueError(f"heads_beside_spare must be >= 0 (SMs), got {self.heads_beside_spare}")
 
     def to_ints(self) -> list[int]:
         """The options as the ``int[]`` argument of the custom ops."""

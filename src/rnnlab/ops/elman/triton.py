@@ -24,6 +24,7 @@ mode for fp32 inputs and 16-bit operands (fp32 accumulation) for 16-bit inputs.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -31,8 +32,9 @@ import torch
 from rnnlab.ops.elman import dense_step, heads
 from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
 from rnnlab.ops.registry import final_state, traced
+from rnnlab.ops.streams import beside
 
-__all__ = ["elman_scan", "ElmanKernelOptions"]
+__all__ = ["elman_scan", "elman_scan_beside_linear", "ElmanKernelOptions"]
 
 # why a build of the persistent kernel failed (keyed by "lowrank": its own build); never retried
 _PERSISTENT_ERROR: dict[bool, str] = {}
@@ -220,3 +222,84 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
     torch.compile traces it (``traced``): only dtype handling and the custom op."""
     h = _scan_fwd(*kernel_dtype(wx, w_h, h0), options.to_ints()).to(wx.dtype)
     return h, final_state(h, h0)
+
+
+# ------------------------------------------ the heads scan with a projection beside it (E1 heads)
+def _beside_sms(w: torch.Tensor, B: int, opts: ElmanKernelOptions) -> int | None:
+    """The SMs a heads scan of batch ``B`` holds (one program a head and batch tile) plus
+    ``heads_beside_spare``: what the GEMMs beside it leave; None: no second stream (dense scans,
+    which hold most SMs, or ``heads_beside`` off)."""
+    if w.dim() != 3 or not opts.heads_beside:
+        return None
+    return w.shape[0] * -(-B // opts.heads_bt) + opts.heads_beside_spare
+
+
+@torch.library.custom_op("rnnlab::elman_scan_beside_fwd", mutates_args=(),
+                         schema="(Tensor wx, Tensor w, Tensor x, Tensor wl, int[] options) -> (Tensor, Tensor)")
+def _beside_fwd(wx, w, x, wl, options):
+    """``(h, x @ wl.T)``: the scan's states (as ``rnnlab::elman_scan_fwd`` from zeros) and the
+    projection, the projection on a second stream beside a heads scan (:mod:`rnnlab.ops.streams`)."""
+    opts = ElmanKernelOptions.from_ints(options)
+    scan = functools.partial(heads.forward if w.dim() == 3 else dense_forward, wx, w, None, opts)
+    return beside(scan, lambda: torch.nn.functional.linear(x, wl), _beside_sms(w, wx.shape[0], opts), wx.device)
+
+
+@_beside_fwd.register_fake
+def _(wx, w, x, wl, options):
+    return torch.empty_like(wx, memory_format=torch.contiguous_format), x.new_empty(*x.shape[:-1], wl.shape[0])
+
+
+@torch.library.custom_op("rnnlab::elman_scan_beside_bwd", mutates_args=(),
+                         schema="(Tensor g, Tensor w, Tensor h, Tensor x, Tensor wl, Tensor gl, bool need_dw, "
+                                "int[] options) -> (Tensor, Tensor, Tensor, Tensor)")
+def _beside_bwd(g, w, h, x, wl, gl, need_dw, options):
+    """``(dpre, dW, dx, dwl)``: the scan's backward (as ``rnnlab::elman_scan_bwd`` without h0) and
+    the projection's ``dx = gl @ wl``, ``dwl = gl^T x``, those two beside a heads scan."""
+    opts = ElmanKernelOptions.from_ints(options)
+    if w.dim() == 3:
+        scan = functools.partial(heads.backward, g, w, h, None, need_dw, opts)
+    else:
+        scan = functools.partial(_dense_backward, g, w, h, None, need_dw, opts)
+
+    def projection():
+        flat = gl.reshape(-1, gl.shape[-1])
+        return gl @ wl, (flat.t() @ x.reshape(-1, x.shape[-1])).to(wl.dtype)
+
+    (dpre, dw, *_), (dx, dwl) = beside(scan, projection, _beside_sms(w, h.shape[0], opts), h.device)
+    return dpre, dw, dx, dwl
+
+
+@_beside_bwd.register_fake
+def _(g, w, h, x, wl, gl, need_dw, options):
+    return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(w),
+            torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(wl))
+
+
+def _beside_setup(ctx, inputs, output):
+    _, w, x, wl, options = inputs
+    ctx.options = options
+    ctx.save_for_backward(w, output[0], x, wl)
+
+
+def _beside_grads(ctx, g, gl):
+    w, h, x, wl = ctx.saved_tensors
+    need_dw = ctx.needs_input_grad[1]
+    dpre, dw, dx, dwl = _beside_bwd(g, w, h, x, wl, gl, need_dw, ctx.options)
+    return (dpre, dw if need_dw else None, dx if ctx.needs_input_grad[2] else None,
+            dwl if ctx.needs_input_grad[3] else None, None)
+
+
+_beside_fwd.register_autograd(_beside_grads, setup_context=_beside_setup)
+
+
+@traced
+def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tensor, wl: torch.Tensor,
+                             options: ElmanKernelOptions = DEFAULT
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(h, h_T, x @ wl.T)``: :func:`elman_scan` from zeros and a projection that does not wait on
+    it, which for heads ``w_h`` runs on a second stream beside the scan, forward and backward
+    (``options.heads_beside``): E1 heads' gate projection."""
+    wx_k, w_k = kernel_dtype(wx, w_h)
+    h, z = _beside_fwd(wx_k, w_k, x, wl, options.to_ints())
+    h = h.to(wx.dtype)
+    return h, final_state(h, None), z
