@@ -1002,6 +1002,9 @@ def main(argv=None):
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
                    choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "
                    "rnnlab.ops.elman.persistent.SHAPES (default 0, the package's first choice)")
+    p.add_argument("--heads-carveouts", type=int, nargs="+", default=[None, 0, 28, 32], metavar="N",
+                   help="the heads-overlap section's GEMMs on cuBLASLt sized for all SMs but N, one row pair "
+                        "each (default: PyTorch's default GEMMs, then 0, 28 and 32)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "
@@ -1112,7 +1115,7 @@ def main(argv=None):
             dense_scan_beside_weight_gradients(add, B, T, args.reps, dt)
     if "heads-overlap" in args.sections:
         with torch.no_grad():
-            heads_scans_beside_gate_branch(add, B, T, args.reps, dt)
+            heads_scans_beside_gate_branch(add, B, T, args.reps, dt, args.heads_carveouts)
     if "heads-floor" in args.sections:
         heads_floor(add, B, T, args.reps, dt)
     if "dense-floor" in args.sections:
