@@ -270,14 +270,20 @@ def beside(add, shape, scan, gemms, reps, what=("backward scan", "the layer's we
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
 
 
-def weight_gradients_beside(add, name, shape, scan, pairs, reps):
+def weight_gradients_beside(add, name, shape, scan, pairs, reps, carveout=None):
     """:func:`beside` for a backward scan and a layer's weight-gradient GEMMs ``dW = dY^T X``, one
-    for each ``(dY, X)`` of ``pairs``: what putting weight gradients on a second stream could save."""
+    for each ``(dY, X)`` of ``pairs``: what putting weight gradients on a second stream could save;
+    with ``carveout``, the GEMMs on cuBLASLt sized for all SMs but that many
+    (``rnnlab.ops.streams.sm_carveout``)."""
+    from rnnlab.ops.streams import sm_carveout
 
     def gemms():
-        for dy, inputs in pairs:
-            torch.mm(dy.t(), inputs)
+        with contextlib.nullcontext() if carveout is None else sm_carveout(carveout):
+            for dy, inputs in pairs:
+                torch.mm(dy.t(), inputs)
 
+    if carveout is not None:
+        shape += f" Lt-{carveout}SM"
     beside(add, shape, scan, gemms, reps, (f"{name} backward scan", "the layer's weight-gradient GEMMs"))
 
 
@@ -369,9 +375,9 @@ def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
     """:func:`weight_gradients_beside` for dense E1's wgmma backward scan at E1 d26's width (112 of
     the GPU's SMs, one CTA each: the rest idle) and the weight-gradient GEMMs of an E1 d26 layer
     (in_proj ``[2H, D]``, W_x and W_h ``[H, H]``, out_proj ``[D, H]``, D = H = 1760, B*T rows): what
-    the idle SMs could take of them (docs/kernels.md, dense E1). The scan is issued first, as a
-    side stream's GEMM holding every SM would make its cooperative launch wait. Skipped where the
-    wgmma kernel does not run."""
+    the idle SMs could take of them (docs/kernels.md, dense E1); then out_proj's and W_h's alone,
+    sized for every SM and for the SMs the scan leaves. The scan is issued first, as a side stream's GEMM holding
+    every SM would make its cooperative launch wait. Skipped where the wgmma kernel does not run."""
     from rnnlab.ops.elman import wgmma
 
     H = D = 1760
@@ -384,7 +390,14 @@ def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
     g = torch.randn(B, T, H, device="cuda", dtype=dt)
     pairs = e1_weight_gradient_operands(n, D, H, dt)
     pairs.append((pairs[1][0], h.view(n, H)))  # W_h's: dpre^T h (dpre as W_x's)
-    weight_gradients_beside(add, "dense wgmma", f"B{B} T{T} H{H} D{D}", lambda: wgmma.backward(g, h, w), pairs, reps)
+    shape = f"B{B} T{T} H{H} D{D}"
+    weight_gradients_beside(add, "dense wgmma", shape, lambda: wgmma.backward(g, h, w), pairs, reps)
+    # what the 20 SMs the scan leaves can take in its time: out_proj's and W_h's (~0.13 ms each on
+    # every SM), sized for every SM and then for those SMs
+    ctas = 4 * -(-H // 64)  # the scan's CTAs: a cluster of 4 for each 64 output columns (112 at H = 1760)
+    for carveout in (None, ctas):
+        weight_gradients_beside(add, "dense wgmma", shape + " out_proj+W_h", lambda: wgmma.backward(g, h, w),
+                                pairs[2:], reps, carveout)
 
 
 # dense-floor: the parts of dense E1's persistent step that a copy of persistent.cu leaves out, each
