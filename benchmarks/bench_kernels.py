@@ -248,7 +248,7 @@ def heads_floor(add, B, T, reps, dt):
         scan_beside_weight_gradients(add, B, T, reps, dt)
 
 
-def beside(add, shape, scan, gemms, reps, what=("backward scan", "the layer's weight-gradient GEMMs")):
+def time_beside(add, shape, scan, gemms, reps, what=("backward scan", "the layer's weight-gradient GEMMs")):
     """Whether a scan (``scan()``) and GEMMs that do not wait on it (``gemms()``) overlap when
     issued on two streams, the scan first: each alone, then both at once. The time both save
     against the sum is what running those GEMMs on a second stream could save per layer in
@@ -271,7 +271,7 @@ def beside(add, shape, scan, gemms, reps, what=("backward scan", "the layer's we
 
 
 def weight_gradients_beside(add, name, shape, scan, pairs, reps, carveout=None):
-    """:func:`beside` for a backward scan and a layer's weight-gradient GEMMs ``dW = dY^T X``, one
+    """:func:`time_beside` for a backward scan and a layer's weight-gradient GEMMs ``dW = dY^T X``, one
     for each ``(dY, X)`` of ``pairs``: what putting weight gradients on a second stream could save;
     with ``carveout``, the GEMMs on cuBLASLt sized for all SMs but that many
     (``rnnlab.ops.streams.sm_carveout``)."""
@@ -284,7 +284,7 @@ def weight_gradients_beside(add, name, shape, scan, pairs, reps, carveout=None):
 
     if carveout is not None:
         shape += f" Lt-{carveout}SM"
-    beside(add, shape, scan, gemms, reps, (f"{name} backward scan", "the layer's weight-gradient GEMMs"))
+    time_beside(add, shape, scan, gemms, reps, (f"{name} backward scan", "the layer's weight-gradient GEMMs"))
 
 
 def e1_weight_gradient_operands(n, D, H, dt) -> list:
@@ -330,15 +330,15 @@ def fused_scans_beside_weight_gradients(add, B, T, reps, dt):
         weight_gradients_beside(add, name, f"B{B} T{T} H{H}", backward, pairs, reps)
 
 
-def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(None, 0, 28, 32)):
-    """:func:`beside` for E1 heads d31's scans (14 x 128, the package's kernels and options: 28
+def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(0, 28, 32)):
+    """:func:`time_beside` for E1 heads d31's scans (14 x 128, the package's kernels and options: 28
     programs) and the GEMMs of the layer that do not wait on them: in the forward the gate's half
     of in_proj (``z = x W_z^T``), in the backward out_proj's weight gradient (``dy`` and ``y`` are
     known before the backward scan) and the gate half's ``dW_z = dz^T x`` and ``dx = dz W_z``
     (``dz = dy h silu'(z)`` needs no scan either). What running them on a second stream could save
-    per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads). Each carveout of
-    ``carveouts`` (``rnnlab.ops.streams.sm_carveout``; None: PyTorch's default GEMMs) is one pair
-    of rows: the GEMMs sized for the SMs the scan leaves."""
+    per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads). A pair of rows with
+    PyTorch's default GEMMs, then one for each carveout of ``carveouts``
+    (``rnnlab.ops.streams.sm_carveout``): the GEMMs on cuBLASLt sized for all SMs but that many."""
     from rnnlab.ops.elman import heads
     from rnnlab.ops.elman.options import ElmanKernelOptions
     from rnnlab.ops.streams import sm_carveout
@@ -352,7 +352,7 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(None, 0, 28, 
     x, y, dz = (torch.randn(n, k, device="cuda", dtype=dt) for k in (D, H, H))
     dout = torch.randn(n, D, device="cuda", dtype=dt)
     w_z = torch.randn(H, D, device="cuda", dtype=dt) / D**0.5
-    for carve in carveouts:
+    for carve in (None, *carveouts):
         shape = f"B{B} T{T} {nh}x{hd} D{D}" + ("" if carve is None else f" Lt-{carve}SM")
 
         def forward_gemm(carve=carve):
@@ -365,9 +365,9 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(None, 0, 28, 
                 torch.mm(dz.t(), x)
                 torch.mm(dz, w_z)
 
-        beside(add, shape, lambda: heads.forward(wx, w, None, opts), forward_gemm, reps,
+        time_beside(add, shape, lambda: heads.forward(wx, w, None, opts), forward_gemm, reps,
                ("E1 heads forward scan", "in_proj's gate half (z = x W_z^T)"))
-        beside(add, shape, lambda: heads.backward(g, w, h, None, True, opts), backward_gemms, reps,
+        time_beside(add, shape, lambda: heads.backward(g, w, h, None, True, opts), backward_gemms, reps,
                ("E1 heads backward scan", "out_proj's dW, the gate half's dW and dx"))
 
 
@@ -1015,9 +1015,9 @@ def main(argv=None):
     p.add_argument("--dense-floor-shapes", type=int, nargs="+", default=[0], metavar="I",
                    choices=range(len(SHAPES)), help="the dense-floor section's launch shapes: indices of "
                    "rnnlab.ops.elman.persistent.SHAPES (default 0, the package's first choice)")
-    p.add_argument("--heads-carveouts", type=int, nargs="+", default=[None, 0, 28, 32], metavar="N",
+    p.add_argument("--heads-carveouts", type=int, nargs="+", default=[0, 28, 32], metavar="N",
                    help="the heads-overlap section's GEMMs on cuBLASLt sized for all SMs but N, one row pair "
-                        "each (default: PyTorch's default GEMMs, then 0, 28 and 32)")
+                        "each after the pair with PyTorch's default GEMMs (default: 0 28 32)")
     p.add_argument("--e88-heads", type=int, nargs="+", default=[50, 49],
                    help="head counts of E88's layer (n = m = 32) in the cells section; the launch and "
                         "checkpoint variants run at 50 (49, the race's, ran ~1.3x faster than 50: "

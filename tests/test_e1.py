@@ -107,7 +107,7 @@ def test_conv_rms_norm_and_state_expansion_match_their_formulas():
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("kw", [dict(heads=2, norm="none"), dict(heads=4, state_expansion=2, norm="rms")])
+@pytest.mark.parametrize("kw", [dict(heads=2), dict(heads=2, norm="none"), dict(heads=4, state_expansion=2, norm="rms")])
 def test_heads_forward_with_the_gate_beside_the_scan(kw):
     """Plain heads without a conv: ``forward`` splits in_proj and gets the gate's projection from
     ``elman_scan_beside_linear`` (a GPU runs it beside the scan); the written-out formula, and the

@@ -294,7 +294,47 @@ def test_elman_scan_beside_linear(heads):
     want_grads = torch.autograd.grad(want, ref_leaves, [t.double() for t in grads_out])
     for i, (a, b) in enumerate(zip(got_grads, want_grads)):
         torch.testing.assert_close(a, b.float(), **TOL, msg=f"grad of input {i}")
-    torch.library.opcheck(torch.ops.rnnlab.elman_scan_beside_fwd.default, (*leaves, ElmanKernelOptions().to_ints()))
+    options = ElmanKernelOptions().to_ints()
+    torch.library.opcheck(torch.ops.rnnlab.elman_scan_beside_fwd.default, (*leaves, options))
+    wx, w, x, wl = (t.detach() for t in leaves)
+    h = E._beside_fwd(wx, w, x, wl, options)[0]
+    for need in ((True, True, True), (False, False, True), (True, True, False)):  # wl transposed in memory
+        torch.library.opcheck(torch.ops.rnnlab.elman_scan_beside_bwd.default,
+                              (torch.randn_like(h), w, h, x, wl.t().contiguous().t(), torch.randn(2, 3, 40), *need,
+                               options))
+
+
+@pytest.mark.parametrize("frozen", [2, 3])
+def test_elman_scan_beside_linear_frozen_input(frozen):
+    """An input of the projection that needs no gradient (``x`` or ``wl``) gets none; the others
+    theirs, as the reference's."""
+    leaves = _beside_leaves(2)
+    leaves[frozen].requires_grad_(False)
+    ref_leaves = [t.detach().double().requires_grad_(t.requires_grad) for t in leaves]
+    grad = [t for t in leaves if t.requires_grad]
+    got = torch.autograd.grad(E.elman_scan_beside_linear(*leaves)[2].sum(), grad)
+    want = torch.autograd.grad(OPS["elman_scan_beside_linear"].naive(*ref_leaves)[2].sum(),
+                               [t for t in ref_leaves if t.requires_grad], allow_unused=True)
+    assert len(got) == 3
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, torch.zeros_like(a) if b is None else b.float(), **TOL)
+
+
+def test_elman_scan_beside_linear_under_autocast():
+    """Under autocast the projection runs in autocast's dtype, as ``F.linear``'s would (z in bf16),
+    and its backward too; the fp32 leaves get fp32 gradients within bf16's rounding of the
+    reference's."""
+    leaves = _beside_leaves(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h, _, z = E.elman_scan_beside_linear(*leaves)
+        want = F.linear(leaves[2], leaves[3])
+    assert z.dtype == want.dtype == torch.bfloat16 and h.dtype == torch.float32
+    torch.testing.assert_close(z, want)
+    dx, dwl = torch.autograd.grad(z.float().sum(), leaves[2:])
+    want_dx, want_dwl = torch.autograd.grad(want.float().sum(), leaves[2:])
+    assert dx.dtype == dwl.dtype == torch.float32
+    torch.testing.assert_close(dx, want_dx, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(dwl, want_dwl, rtol=1e-2, atol=1e-2)
 
 
 def _selective_leaves(name):

@@ -213,16 +213,18 @@ def test_heads_dw_rows_is_checked(rows):
 
 def test_gate_beside_the_scan_leaves_the_scans_sms():
     """The GEMMs beside a heads scan are sized for all SMs but the scan's programs (one a head and
-    batch tile of ``heads_bt`` rows) and ``heads_beside_spare``; no second stream for a dense scan or
-    with ``heads_beside`` off; a negative spare is refused."""
+    batch tile of ``heads_bt`` rows in the Triton kernels, which run here) and
+    ``heads_beside_spare``; no second stream for a dense scan or with ``heads_beside`` off; a
+    negative spare is refused."""
     from rnnlab.ops.elman import triton as et
     from rnnlab.ops.elman.options import ElmanKernelOptions
 
-    heads, dense = torch.empty(14, 128, 128), torch.empty(64, 64)
-    assert et._beside_sms(heads, 32, ElmanKernelOptions()) == 14 * 2 + 4
-    assert et._beside_sms(heads, 33, ElmanKernelOptions(heads_beside_spare=0)) == 14 * 3
-    assert et._beside_sms(dense, 32, ElmanKernelOptions()) is None
-    assert et._beside_sms(heads, 32, ElmanKernelOptions(heads_beside=False)) is None
+    heads, dense = torch.empty(14, 128, 128), torch.empty(1792, 1792)
+    x = torch.empty(32, 5, 1792)
+    assert et._beside_sms(x, heads, ElmanKernelOptions()) == 14 * 2 + 4
+    assert et._beside_sms(x[:17], heads, ElmanKernelOptions(heads_beside_spare=0, heads_bt=8)) == 14 * 3
+    assert et._beside_sms(x, dense, ElmanKernelOptions()) is None
+    assert et._beside_sms(x, heads, ElmanKernelOptions(heads_beside=False)) is None
     with pytest.raises(ValueError, match=r"^heads_beside_spare must be >= 0 \(SMs\), got -1$"):
         ElmanKernelOptions(heads_beside_spare=-1)
 
@@ -374,6 +376,6 @@ def test_elman_scan_beside_linear_checks_its_projection():
     wx, w = torch.randn(2, 3, 4), torch.randn(2, 2, 2)
     for x, wl, shapes in ((torch.randn(2, 4, 5), torch.randn(6, 5), r"\(2, 4, 5\) and \(6, 5\)"),
                           (torch.randn(2, 3, 5), torch.randn(6, 4), r"\(2, 3, 5\) and \(6, 4\)")):
-        with pytest.raises(ValueError, match=rf"^x must be \[B, T, D\] with wx's B, T = \(2, 3\) and wl \[K, D\], "
+        with pytest.raises(ValueError, match=rf"^x must be \[B, T, D\] with wx's B, T = \(2, 3\) and wl \[N, D\], "
                                              rf"got {shapes}$"):
             elman_scan_beside_linear(wx, w, x, wl)

@@ -237,7 +237,8 @@ def test_elman_scan_beside_linear(case, side_stream, monkeypatch):
     """E1 heads' scan with its gate projection ``x @ wl.T`` beside it (``heads_beside``: a second
     stream, the GEMMs on cuBLASLt sized for the SMs the scan leaves; off: one after the other),
     bf16, against float64: states, final state, projection and every input's gradient; the second
-    stream ran, forward and backward, exactly when on."""
+    stream ran, forward and backward, exactly when on; PyTorch's carveout and BLAS library are as
+    before."""
     from rnnlab.ops import streams
     from rnnlab.ops.elman import naive
     from rnnlab.ops.elman import triton as et
@@ -252,6 +253,7 @@ def test_elman_scan_beside_linear(case, side_stream, monkeypatch):
               torch.randn(nh * hd, D) / D**0.5]
     fast = [x.to(torch.bfloat16).to(DEV).requires_grad_() for x in inputs]
     ref = [x.to(torch.bfloat16).double().requires_grad_() for x in inputs]
+    settings = torch._C._get_sm_carveout_experimental(), torch.backends.cuda.preferred_blas_library()
     got = et.elman_scan_beside_linear(*fast, ElmanKernelOptions(heads_beside=side_stream))
     want = naive.elman_scan_beside_linear(*ref)
     grads = [torch.randn(y.shape, dtype=torch.float64) for y in want]
@@ -261,6 +263,7 @@ def test_elman_scan_beside_linear(case, side_stream, monkeypatch):
     print(f"elman_scan_beside_linear{case} side stream {side_stream}: " + " ".join(f"{e:.2e}" for e in errs))
     assert max(errs) < TOL[torch.bfloat16], errs
     assert len(used) == (2 if side_stream else 0)
+    assert (torch._C._get_sm_carveout_experimental(), torch.backends.cuda.preferred_blas_library()) == settings
 
 
 @pytest.mark.parametrize("T", [6, 7, 12])

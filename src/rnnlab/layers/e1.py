@@ -257,7 +257,7 @@ class E1(nn.Module):
         self.W_r = nn.Parameter(torch.empty(di, K)) if cfg.state_expansion > 1 else None
         self.h_norm = nn.RMSNorm(K, eps=1e-5) if cfg.norm == "rms" else None
         self.out_proj = nn.Linear(di, D, bias=False)
-        # plain heads without a conv: the gate's projection runs beside the scan (forward)
+        # plain heads without a conv: the gate's projection runs beside the scan, forward and backward
         self._gate_beside_scan = n > 1 and cfg.conv == 0 and cfg.selective == "none"
         self.reset_parameters()
         if cfg.norm == "spectral":  # the power-iteration vector u, saved with checkpoints

@@ -65,10 +65,10 @@ def elman_scan(
 def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tensor, wl: torch.Tensor,
                              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(h, h_T, z)``: :func:`elman_scan` of ``wx`` from zeros and ``z = x @ wl.T`` (``x: [B, T, D]``,
-    ``wl: [K, D]``), computed beside the scan on a GPU when ``w_h`` has heads."""
+    ``wl: [N, D]``), computed beside the scan on a GPU when ``w_h`` has heads."""
     _check(wx, w_h, None)
     if x.shape[:-1] != wx.shape[:-1] or wl.dim() != 2 or wl.shape[1] != x.shape[-1]:
-        raise ValueError(f"x must be [B, T, D] with wx's B, T = {tuple(wx.shape[:2])} and wl [K, D], got "
+        raise ValueError(f"x must be [B, T, D] with wx's B, T = {tuple(wx.shape[:2])} and wl [N, D], got "
                          f"{tuple(x.shape)} and {tuple(wl.shape)}")
     return ELMAN_SCAN_BESIDE_LINEAR(wx, w_h, x, wl, backend=backend)
 

@@ -182,6 +182,14 @@ def _gluon(opts: ElmanKernelOptions, a: torch.Tensor | None, x: torch.Tensor, hd
     return heads_gluon if heads_gluon.supported(x, hd, *others) else None
 
 
+def programs(x: torch.Tensor, w: torch.Tensor, opts: ElmanKernelOptions) -> int:
+    """The programs (one an SM) of the heads scan of ``x: [B, T, H]`` without decay: one a head and
+    batch tile, of 16 rows in the Gluon kernels and ``heads_bt`` in the Triton ones."""
+    nh, hd, _ = w.shape
+    gluon = _gluon(opts, None, x, hd)
+    return nh * triton.cdiv(x.shape[0], gluon.BT.value if gluon else opts.heads_bt)
+
+
 def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, opts: ElmanKernelOptions,
             a: torch.Tensor | None = None) -> torch.Tensor:
     """All states ``h`` (``wx``'s dtype) of the heads scan, with the decay ``a: [B, T, H]`` when

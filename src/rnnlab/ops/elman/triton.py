@@ -12,11 +12,13 @@ backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
 
 The dense paths share the rest of the backward here: ``dW_h`` as ONE GEMM (:func:`dw_dense`)
 and ``dh0`` as one product. E1's selective scans (``selective.py``) run on the same kernels
-through :func:`dense_forward` / :func:`dense_dpre` (dense) and ``heads.py`` (decay with heads). All sit behind one pair of ``torch.library`` custom ops
+through :func:`dense_forward` / :func:`dense_dpre` (dense) and ``heads.py`` (decay with heads). The plain scan sits behind a pair of ``torch.library`` custom ops
 (``rnnlab::elman_scan_fwd`` / ``_bwd``) with a registered autograd formula, so ``torch.compile``
-keeps an E1 model in one graph. How the kernels run (which dense kernel, tiles, CUDA graphs, fast
-tanh) is an explicit :class:`~rnnlab.ops.elman.options.ElmanKernelOptions`, passed through both
-ops.
+keeps an E1 model in one graph; a second pair (``rnnlab::elman_scan_beside_fwd`` / ``_bwd``) runs
+the scan from zeros with a projection beside it on a second stream (E1 heads' gate:
+:func:`elman_scan_beside_linear`). How the kernels run (which dense kernel, tiles, CUDA graphs, fast
+tanh, the second stream) is an explicit :class:`~rnnlab.ops.elman.options.ElmanKernelOptions`,
+passed through the ops.
 
 Inputs bf16/fp16/fp32 (fp64 is computed in fp32); matrix products take fp32 operands in IEEE
 mode for fp32 inputs and 16-bit operands (fp32 accumulation) for 16-bit inputs.
@@ -163,6 +165,18 @@ def kernel_dtype(*xs: torch.Tensor | None) -> tuple:
     return tuple(None if x is None else x.float() for x in xs)
 
 
+def _forward(wx, w, h0, opts: ElmanKernelOptions) -> torch.Tensor:
+    """All states of the scan: the heads kernels for ``w: [nh, hd, hd]``, else the dense ones."""
+    return (heads.forward if w.dim() == 3 else dense_forward)(wx, w, h0, opts)
+
+
+def _backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
+    """``(dpre, dW, dh0)`` of the scan, heads or dense kernels as :func:`_forward`."""
+    if w.dim() == 3:
+        return heads.backward(g, w, h, h0, need_dw, opts)[:3]
+    return _dense_backward(g, w, h, h0, need_dw, opts)
+
+
 # ------------------------------------------------------------------------ torch.library ops
 # The scan is a pair of custom ops with an autograd formula: under torch.compile E1 stays in the
 # compiled graph (each op one opaque extern call, no graph break) and can be CUDA-graphed with it.
@@ -171,8 +185,7 @@ def kernel_dtype(*xs: torch.Tensor | None) -> tuple:
 def _scan_fwd(wx, w, h0, options):
     """All states ``h`` (``wx``'s dtype); ``w`` dense ``[H, H]`` or heads ``[nh, hd, hd]``;
     ``options`` = ``ElmanKernelOptions.to_ints()``."""
-    opts = ElmanKernelOptions.from_ints(options)
-    return (heads.forward if w.dim() == 3 else dense_forward)(wx, w, h0, opts)
+    return _forward(wx, w, h0, ElmanKernelOptions.from_ints(options))
 
 
 @_scan_fwd.register_fake
@@ -186,10 +199,7 @@ def _(wx, w, h0, options):
 def _scan_bwd(g, w, h, h0, need_dw, options):
     """``(dpre, dW, dh0)``: dpre = dL/dwx (``h``'s dtype), dW in ``w``'s dtype (zeros unless
     ``need_dw``), dh0 ``[B, H]`` fp32 (zeros without ``h0``)."""
-    opts = ElmanKernelOptions.from_ints(options)
-    if w.dim() == 3:
-        return heads.backward(g, w, h, h0, need_dw, opts)[:3]
-    return _dense_backward(g, w, h, h0, need_dw, opts)
+    return _backward(g, w, h, h0, need_dw, ElmanKernelOptions.from_ints(options))
 
 
 @_scan_bwd.register_fake
@@ -225,23 +235,30 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
 
 
 # ------------------------------------------ the heads scan with a projection beside it (E1 heads)
-def _beside_sms(w: torch.Tensor, B: int, opts: ElmanKernelOptions) -> int | None:
-    """The SMs a heads scan of batch ``B`` holds (one program a head and batch tile) plus
-    ``heads_beside_spare``: what the GEMMs beside it leave; None: no second stream (dense scans,
-    which hold most SMs, or ``heads_beside`` off)."""
+def _beside_sms(x: torch.Tensor, w: torch.Tensor, opts: ElmanKernelOptions) -> int | None:
+    """The SMs a heads scan of ``x: [B, T, H]`` holds (one program a head and batch tile:
+    :func:`heads.programs`) plus ``heads_beside_spare``: what the GEMMs beside it leave; None: no
+    second stream (dense scans, which hold most SMs, or ``heads_beside`` off)."""
     if w.dim() != 3 or not opts.heads_beside:
         return None
-    return w.shape[0] * -(-B // opts.heads_bt) + opts.heads_beside_spare
+    return heads.programs(x, w, opts) + opts.heads_beside_spare
 
 
 @torch.library.custom_op("rnnlab::elman_scan_beside_fwd", mutates_args=(),
                          schema="(Tensor wx, Tensor w, Tensor x, Tensor wl, int[] options) -> (Tensor, Tensor)")
 def _beside_fwd(wx, w, x, wl, options):
     """``(h, x @ wl.T)``: the scan's states (as ``rnnlab::elman_scan_fwd`` from zeros) and the
-    projection, the projection on a second stream beside a heads scan (:mod:`rnnlab.ops.streams`)."""
+    projection (``x`` and ``wl`` of one dtype), the projection on a second stream beside a heads
+    scan (:func:`rnnlab.ops.streams.beside`)."""
     opts = ElmanKernelOptions.from_ints(options)
-    scan = functools.partial(heads.forward if w.dim() == 3 else dense_forward, wx, w, None, opts)
-    return beside(scan, lambda: torch.nn.functional.linear(x, wl), _beside_sms(w, wx.shape[0], opts), wx.device)
+    z = x.new_empty(*x.shape[:-1], wl.shape[0])  # on this stream: the side stream only writes it
+
+    def projection():
+        with torch.autocast(x.device.type, enabled=False):
+            torch.mm(x.reshape(-1, x.shape[-1]), wl.t(), out=z.view(-1, wl.shape[0]))
+
+    h, _ = beside(functools.partial(_forward, wx, w, None, opts), projection, _beside_sms(wx, w, opts), wx.device)
+    return h, z
 
 
 @_beside_fwd.register_fake
@@ -251,28 +268,36 @@ def _(wx, w, x, wl, options):
 
 @torch.library.custom_op("rnnlab::elman_scan_beside_bwd", mutates_args=(),
                          schema="(Tensor g, Tensor w, Tensor h, Tensor x, Tensor wl, Tensor gl, bool need_dw, "
-                                "int[] options) -> (Tensor, Tensor, Tensor, Tensor)")
-def _beside_bwd(g, w, h, x, wl, gl, need_dw, options):
+                                "bool need_dx, bool need_dwl, int[] options) -> (Tensor, Tensor, Tensor, Tensor)")
+def _beside_bwd(g, w, h, x, wl, gl, need_dw, need_dx, need_dwl, options):
     """``(dpre, dW, dx, dwl)``: the scan's backward (as ``rnnlab::elman_scan_bwd`` without h0) and
-    the projection's ``dx = gl @ wl``, ``dwl = gl^T x``, those two beside a heads scan."""
+    the projection's ``dx = gl @ wl`` and ``dwl = gl^T x`` (empty unless needed), those two beside
+    a heads scan."""
     opts = ElmanKernelOptions.from_ints(options)
-    if w.dim() == 3:
-        scan = functools.partial(heads.backward, g, w, h, None, need_dw, opts)
-    else:
-        scan = functools.partial(_dense_backward, g, w, h, None, need_dw, opts)
+    dx, dwl = _beside_grads_like(x, wl, need_dx, need_dwl)
+    flat = gl.reshape(-1, gl.shape[-1])
 
     def projection():
-        flat = gl.reshape(-1, gl.shape[-1])
-        return gl @ wl, (flat.t() @ x.reshape(-1, x.shape[-1])).to(wl.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            if need_dx:
+                torch.mm(flat, wl, out=dx.view(-1, x.shape[-1]))
+            if need_dwl:
+                torch.mm(flat.t(), x.reshape(-1, x.shape[-1]), out=dwl)
 
-    (dpre, dw, *_), (dx, dwl) = beside(scan, projection, _beside_sms(w, h.shape[0], opts), h.device)
+    (dpre, dw, _), _ = beside(functools.partial(_backward, g, w, h, None, need_dw, opts), projection,
+                              _beside_sms(h, w, opts), h.device)
     return dpre, dw, dx, dwl
 
 
+def _beside_grads_like(x, wl, need_dx, need_dwl):
+    """``(dx, dwl)`` as the backward op returns them: contiguous, or empty when not needed."""
+    return x.new_empty(x.shape if need_dx else (0,)), wl.new_empty(wl.shape if need_dwl else (0,))
+
+
 @_beside_bwd.register_fake
-def _(g, w, h, x, wl, gl, need_dw, options):
+def _(g, w, h, x, wl, gl, need_dw, need_dx, need_dwl, options):
     return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(w),
-            torch.empty_like(x, memory_format=torch.contiguous_format), torch.empty_like(wl))
+            *_beside_grads_like(x, wl, need_dx, need_dwl))
 
 
 def _beside_setup(ctx, inputs, output):
@@ -283,10 +308,9 @@ def _beside_setup(ctx, inputs, output):
 
 def _beside_grads(ctx, g, gl):
     w, h, x, wl = ctx.saved_tensors
-    need_dw = ctx.needs_input_grad[1]
-    dpre, dw, dx, dwl = _beside_bwd(g, w, h, x, wl, gl, need_dw, ctx.options)
-    return (dpre, dw if need_dw else None, dx if ctx.needs_input_grad[2] else None,
-            dwl if ctx.needs_input_grad[3] else None, None)
+    need_dw, need_dx, need_dwl = ctx.needs_input_grad[1:4]
+    dpre, dw, dx, dwl = _beside_bwd(g, w, h, x, wl, gl, need_dw, need_dx, need_dwl, ctx.options)
+    return dpre, dw if need_dw else None, dx if need_dx else None, dwl if need_dwl else None, None
 
 
 _beside_fwd.register_autograd(_beside_grads, setup_context=_beside_setup)
@@ -298,7 +322,12 @@ def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tenso
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(h, h_T, x @ wl.T)``: :func:`elman_scan` from zeros and a projection that does not wait on
     it, which for heads ``w_h`` runs on a second stream beside the scan, forward and backward
-    (``options.heads_beside``): E1 heads' gate projection."""
+    (``options.heads_beside``): E1 heads' gate projection. Under autocast the projection's
+    operands are cast to its dtype first, as ``F.linear``'s would be."""
+    device = x.device.type
+    if torch.is_autocast_enabled(device):
+        dt = torch.get_autocast_dtype(device)
+        x, wl = x.to(dt), wl.to(dt)
     wx_k, w_k = kernel_dtype(wx, w_h)
     h, z = _beside_fwd(wx_k, w_k, x, wl, options.to_ints())
     h = h.to(wx.dtype)

@@ -1,0 +1,92 @@
+"""``rnnlab.ops.streams`` without a GPU: the order of a ``beside`` call's stream operations, the
+carveout and BLAS library around its side work and their restoration, and when it runs the two one
+after the other instead; torch.cuda's streams and PyTorch's process-wide settings are replaced by
+recorders."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from rnnlab.ops import streams
+
+GPU = torch.device("cuda", 0)
+
+
+class Recorder:
+    """A stream that logs its waits."""
+
+    def __init__(self, name: str, log: list):
+        self.name, self.log = name, log
+
+    def wait_stream(self, other: Recorder) -> None:
+        self.log.append(f"{self.name} waits for {other.name}")
+
+
+@pytest.fixture
+def gpu(monkeypatch):
+    """A fake Hopper with 132 SMs: ``(log, settings)``, the carveout 8 and cuBLAS before a call."""
+    log, settings = [], {"carveout": 8, "library": "cublas"}
+    main, side = Recorder("main", log), Recorder("side", log)
+
+    @contextlib.contextmanager
+    def stream(s):
+        log.append(f"on {s.name}")
+        yield
+        log.append(f"off {s.name}")
+
+    def library(lib=None):
+        if lib is None:
+            return settings["library"]
+        settings["library"] = lib
+
+    monkeypatch.setattr(streams, "_CARVEOUT", True)
+    monkeypatch.setattr(streams, "_hopper_sms", lambda index: 132)
+    monkeypatch.setattr(streams, "_side_stream", lambda index: side)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: main)
+    monkeypatch.setattr(torch.cuda, "stream", stream)
+    monkeypatch.setattr(torch._C, "_get_sm_carveout_experimental", lambda: settings["carveout"], raising=False)
+    monkeypatch.setattr(torch._C, "_set_sm_carveout_experimental", lambda n: settings.update(carveout=n), raising=False)
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", library)
+    return log, settings
+
+
+def _work(log, settings):
+    scan = lambda: log.append("scan") or "h"  # noqa: E731
+    side = lambda: log.append(f"side work, carveout {settings['carveout']}, {settings['library']}") or "z"  # noqa: E731
+    return scan, side
+
+
+def test_beside_queues_the_scan_first_and_the_side_work_sized_for_the_sms_left(gpu):
+    log, settings = gpu
+    assert streams.beside(*_work(log, settings), 32, GPU) == ("h", "z")
+    assert log == ["side waits for main", "scan", "on side", "side work, carveout 32, cublaslt", "off side",
+                   "main waits for side"]
+    assert settings == {"carveout": 8, "library": "cublas"}  # as before the call
+
+
+def test_beside_joins_and_restores_when_the_side_work_raises(gpu):
+    log, settings = gpu
+
+    def side():
+        raise RuntimeError("side work failed")
+
+    with pytest.raises(RuntimeError, match="^side work failed$"):
+        streams.beside(lambda: log.append("scan"), side, 32, GPU)
+    assert log[-1] == "main waits for side" and settings == {"carveout": 8, "library": "cublas"}
+
+
+@pytest.mark.parametrize("case", ["no scan SMs", "a scan holding over half", "a CPU", "no carveout", "not Hopper"])
+def test_beside_runs_one_after_the_other(gpu, monkeypatch, case):
+    log, settings = gpu
+    scan_sms, device = {"no scan SMs": None, "a scan holding over half": 67}.get(case, 32), GPU
+    if case == "a CPU":
+        device = torch.device("cpu")
+    if case == "no carveout":
+        monkeypatch.setattr(streams, "_CARVEOUT", False)
+    if case == "not Hopper":
+        monkeypatch.setattr(streams, "_hopper_sms", lambda index: None)
+    assert streams.beside(*_work(log, settings), scan_sms, device) == ("h", "z")
+    assert log == ["scan", "side work, carveout 8, cublas"]
