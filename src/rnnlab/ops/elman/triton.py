@@ -252,10 +252,11 @@ def _beside_fwd(wx, w, x, wl, options):
     scan (:func:`rnnlab.ops.streams.beside`)."""
     opts = ElmanKernelOptions.from_ints(options)
     z = x.new_empty(*x.shape[:-1], wl.shape[0])  # on this stream: the side stream only writes it
+    rows = x.reshape(-1, x.shape[-1])
 
     def projection():
         with torch.autocast(x.device.type, enabled=False):
-            torch.mm(x.reshape(-1, x.shape[-1]), wl.t(), out=z.view(-1, wl.shape[0]))
+            torch.mm(rows, wl.t(), out=z.view(-1, wl.shape[0]))
 
     h, _ = beside(functools.partial(_forward, wx, w, None, opts), projection, _beside_sms(wx, w, opts), wx.device)
     return h, z
@@ -275,14 +276,14 @@ def _beside_bwd(g, w, h, x, wl, gl, need_dw, need_dx, need_dwl, options):
     a heads scan."""
     opts = ElmanKernelOptions.from_ints(options)
     dx, dwl = _beside_grads_like(x, wl, need_dx, need_dwl)
-    flat = gl.reshape(-1, gl.shape[-1])
+    flat, rows = gl.reshape(-1, gl.shape[-1]), x.reshape(-1, x.shape[-1])
 
     def projection():
         with torch.autocast(x.device.type, enabled=False):
             if need_dx:
                 torch.mm(flat, wl, out=dx.view(-1, x.shape[-1]))
             if need_dwl:
-                torch.mm(flat.t(), x.reshape(-1, x.shape[-1]), out=dwl)
+                torch.mm(flat.t(), rows, out=dwl)
 
     (dpre, dw, _), _ = beside(functools.partial(_backward, g, w, h, None, need_dw, opts), projection,
                               _beside_sms(h, w, opts), h.device)
