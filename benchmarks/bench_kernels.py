@@ -271,9 +271,9 @@ def time_beside(add, shape, scan, gemms, reps, what=("backward scan", "the layer
 
 
 def weight_gradients_beside(add, name, shape, scan, pairs, reps, carveout=None):
-    """:func:`time_beside` for a backward scan and a layer's weight-gradient GEMMs ``dW = dY^T X``, one
-    for each ``(dY, X)`` of ``pairs``: what putting weight gradients on a second stream could save;
-    with ``carveout``, the GEMMs on cuBLASLt sized for all SMs but that many
+    """:func:`time_beside` for a backward scan and a layer's weight-gradient GEMMs ``dW = dY^T X``,
+    one for each ``(dY, X)`` of ``pairs``: what putting weight gradients on a second stream could
+    save; with ``carveout``, the GEMMs on cuBLASLt sized for all SMs but that many
     (``rnnlab.ops.streams.sm_carveout``)."""
     from rnnlab.ops.streams import sm_carveout
 
@@ -366,9 +366,9 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(0, 28, 32)):
                 torch.mm(dz, w_z)
 
         time_beside(add, shape, lambda: heads.forward(wx, w, None, opts), forward_gemm, reps,
-               ("E1 heads forward scan", "in_proj's gate half (z = x W_z^T)"))
+                    ("E1 heads forward scan", "in_proj's gate half (z = x W_z^T)"))
         time_beside(add, shape, lambda: heads.backward(g, w, h, None, True, opts), backward_gemms, reps,
-               ("E1 heads backward scan", "out_proj's dW, the gate half's dW and dx"))
+                    ("E1 heads backward scan", "out_proj's dW, the gate half's dW and dx"))
 
 
 def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
@@ -376,8 +376,9 @@ def dense_scan_beside_weight_gradients(add, B, T, reps, dt):
     the GPU's SMs, one CTA each: the rest idle) and the weight-gradient GEMMs of an E1 d26 layer
     (in_proj ``[2H, D]``, W_x and W_h ``[H, H]``, out_proj ``[D, H]``, D = H = 1760, B*T rows): what
     the idle SMs could take of them (docs/kernels.md, dense E1); then out_proj's and W_h's alone,
-    sized for every SM and for the SMs the scan leaves. The scan is issued first, as a side stream's GEMM holding
-    every SM would make its cooperative launch wait. Skipped where the wgmma kernel does not run."""
+    sized for every SM and for the SMs the scan leaves. The scan is issued first, as a side
+    stream's GEMM holding every SM would make its cooperative launch wait. Skipped where the wgmma
+    kernel does not run."""
     from rnnlab.ops.elman import wgmma
 
     H = D = 1760
