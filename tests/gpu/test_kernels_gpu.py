@@ -769,6 +769,30 @@ def test_e1_layer(heads):
     _check_layer(f"E1 heads={heads}", cpu, gpu, 96, 1e-4)
 
 
+@pytest.mark.parametrize("heads", [4, 14])
+def test_e1_heads_layer_under_autocast(heads):
+    """E1 heads (the gate's projection beside the scan) in fp32 weights under bf16 autocast, eager,
+    as ``--precision bf16-mixed`` trains: the output and every gradient within bf16's rounding of
+    the fp32 layer's on the CPU reference (the gate's GEMMs once ran bf16 against fp32 saved
+    operands here and the backward failed)."""
+    from rnnlab.layers.e1 import E1, E1Config
+
+    cpu, gpu = _pair(E1, E1Config, {"backend": "triton"}, dim=heads * 64, heads=heads, backend="naive")
+    cpu.eval(), gpu.eval()
+    gpu.to(DEV)
+    x = torch.randn(3, 40, heads * 64)
+    xg = x.to(DEV).requires_grad_()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        yg = gpu(xg)
+    yc = cpu(x.requires_grad_())
+    g = torch.randn_like(yc)
+    gg = torch.autograd.grad(yg.float(), [xg, *gpu.parameters()], g.to(DEV))
+    gc = torch.autograd.grad(yc, [x, *cpu.parameters()], g)
+    assert yg.dtype == torch.bfloat16 and all(a.dtype == torch.float32 for a in gg)
+    errs = [rel(yg, yc)] + [rel(a, b) for a, b in zip(gg, gc)]
+    assert max(errs) < TOL[torch.bfloat16], errs
+
+
 @pytest.mark.parametrize("heads", [1, 4])
 @pytest.mark.parametrize("selective", ["decay", "lowrank"])
 def test_e1_selective_layer(heads, selective):
