@@ -718,16 +718,20 @@ def test_elman_dense_persistent_not_used_when_it_cannot_run():
 
 
 # ------------------------------------------------------------------------------------- layers
-def _check_layer(name, layer_cpu, layer_gpu, dim, tol, B=2, T=40, refused=None):
-    """Same weights; CPU reference in float64, CUDA path in fp32. Checks y, dx and every
-    parameter gradient (``refused``: as in ``_check_op``)."""
+def _check_layer(name, layer_cpu, layer_gpu, dim, tol, B=2, T=40, refused=None, autocast=None):
+    """Same weights; CPU reference in float64, CUDA path in fp32 (its forward under ``autocast``'s
+    dtype when given, as ``--precision bf16-mixed`` trains: y in that dtype, every gradient fp32).
+    Checks y, dx and every parameter gradient (``refused``: as in ``_check_op``)."""
     torch.manual_seed(7)
     x = torch.randn(B, T, dim)
     lc = layer_cpu.double()
     lg = layer_gpu.float().to(DEV)
     xc = x.double().requires_grad_()
     xg = x.float().to(DEV).requires_grad_()
-    yc, yg = lc(xc), lg(xg)
+    yc = lc(xc)
+    with torch.autocast("cuda", dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        yg = lg(xg)
+    assert autocast is None or yg.dtype == autocast
     if refused:
         _assert_backward_refused(name, yg, [rel(yg, yc)], tol, refused)
         return
@@ -737,7 +741,8 @@ def _check_layer(name, layer_cpu, layer_gpu, dim, tol, B=2, T=40, refused=None):
     names = [n for n in pc if pc[n].requires_grad]
     assert set(names) <= set(pg), (set(names) - set(pg))
     gc = torch.autograd.grad(yc, [xc] + [pc[n] for n in names], g, allow_unused=True)
-    gg = torch.autograd.grad(yg, [xg] + [pg[n] for n in names], g.float().to(DEV), allow_unused=True)
+    gg = torch.autograd.grad(yg, [xg] + [pg[n] for n in names], g.to(yg.dtype).to(DEV), allow_unused=True)
+    assert autocast is None or all(a is None or a.dtype == torch.float32 for a in gg)
     errs = {"y": rel(yg, yc)}
     for n, a, b in zip(["x"] + names, gg, gc):
         if b is None:
@@ -772,25 +777,15 @@ def test_e1_layer(heads):
 @pytest.mark.parametrize("heads", [4, 14])
 def test_e1_heads_layer_under_autocast(heads):
     """E1 heads (the gate's projection beside the scan) in fp32 weights under bf16 autocast, eager,
-    as ``--precision bf16-mixed`` trains: the output and every gradient within bf16's rounding of
-    the fp32 layer's on the CPU reference (the gate's GEMMs once ran bf16 against fp32 saved
+    as ``--precision bf16-mixed`` trains: the output (bf16) and every gradient (fp32) within bf16's
+    rounding of the float64 CPU reference's (the gate's GEMMs once ran bf16 against fp32 saved
     operands here and the backward failed)."""
     from rnnlab.layers.e1 import E1, E1Config
 
     cpu, gpu = _pair(E1, E1Config, {"backend": "triton"}, dim=heads * 64, heads=heads, backend="naive")
     cpu.eval(), gpu.eval()
-    gpu.to(DEV)
-    x = torch.randn(3, 40, heads * 64)
-    xg = x.to(DEV).requires_grad_()
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        yg = gpu(xg)
-    yc = cpu(x.requires_grad_())
-    g = torch.randn_like(yc)
-    gg = torch.autograd.grad(yg.float(), [xg, *gpu.parameters()], g.to(DEV))
-    gc = torch.autograd.grad(yc, [x, *cpu.parameters()], g)
-    assert yg.dtype == torch.bfloat16 and all(a.dtype == torch.float32 for a in gg)
-    errs = [rel(yg, yc)] + [rel(a, b) for a, b in zip(gg, gc)]
-    assert max(errs) < TOL[torch.bfloat16], errs
+    _check_layer(f"E1 heads={heads} under bf16 autocast", cpu, gpu, heads * 64, TOL[torch.bfloat16],
+                 autocast=torch.bfloat16)
 
 
 @pytest.mark.parametrize("heads", [1, 4])
