@@ -270,21 +270,32 @@ def time_beside(add, shape, scan, gemms, reps, what=("backward scan", "the layer
         f"saves {ts + tg - tb:.3f} ms of {ts + tg:.3f} per layer ({(ts + tg) / tb:.2f}x)")
 
 
+def gemms_sized(carveout: int | None):
+    """The GEMMs launched inside on cuBLASLt sized for all SMs but ``carveout``
+    (``rnnlab.ops.streams.sm_carveout``); None: PyTorch's default GEMMs."""
+    from rnnlab.ops.streams import sm_carveout
+
+    return contextlib.nullcontext() if carveout is None else sm_carveout(carveout)
+
+
+def carveout_mark(carveout: int | None) -> str:
+    """The shape column's mark of rows timed with :func:`gemms_sized` (``carveout``)."""
+    return "" if carveout is None else f" Lt-{carveout}SM"
+
+
 def weight_gradients_beside(add, name, shape, scan, pairs, reps, carveout=None):
     """:func:`time_beside` for a backward scan and a layer's weight-gradient GEMMs ``dW = dY^T X``,
     one for each ``(dY, X)`` of ``pairs``: what putting weight gradients on a second stream could
     save; with ``carveout``, the GEMMs on cuBLASLt sized for all SMs but that many
     (``rnnlab.ops.streams.sm_carveout``)."""
-    from rnnlab.ops.streams import sm_carveout
 
     def gemms():
-        with contextlib.nullcontext() if carveout is None else sm_carveout(carveout):
+        with gemms_sized(carveout):
             for dy, inputs in pairs:
                 torch.mm(dy.t(), inputs)
 
-    if carveout is not None:
-        shape += f" Lt-{carveout}SM"
-    time_beside(add, shape, scan, gemms, reps, (f"{name} backward scan", "the layer's weight-gradient GEMMs"))
+    time_beside(add, shape + carveout_mark(carveout), scan, gemms, reps,
+                (f"{name} backward scan", "the layer's weight-gradient GEMMs"))
 
 
 def e1_weight_gradient_operands(n, D, H, dt) -> list:
@@ -341,7 +352,6 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(0, 28, 32)):
     (``rnnlab.ops.streams.sm_carveout``): the GEMMs on cuBLASLt sized for all SMs but that many."""
     from rnnlab.ops.elman import heads
     from rnnlab.ops.elman.options import ElmanKernelOptions
-    from rnnlab.ops.streams import sm_carveout
 
     nh, hd, D = 14, 128, 1792
     H, n = nh * hd, B * T
@@ -353,14 +363,14 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(0, 28, 32)):
     dout = torch.randn(n, D, device="cuda", dtype=dt)
     w_z = torch.randn(H, D, device="cuda", dtype=dt) / D**0.5
     for carve in (None, *carveouts):
-        shape = f"B{B} T{T} {nh}x{hd} D{D}" + ("" if carve is None else f" Lt-{carve}SM")
+        shape = f"B{B} T{T} {nh}x{hd} D{D}" + carveout_mark(carve)
 
         def forward_gemm(carve=carve):
-            with contextlib.nullcontext() if carve is None else sm_carveout(carve):
+            with gemms_sized(carve):
                 torch.mm(x, w_z.t())
 
         def backward_gemms(carve=carve):
-            with contextlib.nullcontext() if carve is None else sm_carveout(carve):
+            with gemms_sized(carve):
                 torch.mm(dout.t(), y)
                 torch.mm(dz.t(), x)
                 torch.mm(dz, w_z)
