@@ -167,6 +167,22 @@ def test_no_usable_checkpoint_is_a_clear_error(tiny_train, tmp_path, capsys):
     assert _digests(run) == before
 
 
+def test_config_that_disagrees_with_the_weights_is_one_line(tiny_train, tmp_path, capsys):
+    """A run whose config.json was edited to another width: its weights no longer fit the model.
+    One line naming a tensor and both shapes, for every command that loads the weights."""
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["model"]["dim"] = 48
+    (run / "config.json").write_text(json.dumps(cfg))
+    for argv in (["eval", "--run", str(run)], ["train", "--resume", "--out", str(run), "--steps", "4", "--no-progress"]):
+        assert main(argv) == 2
+        err = _one_line(capsys)
+        assert re.search(rf"weights in {run}/ckpt/step-000002/model.safetensors do not fit the model: size "
+                         r"mismatch for \S+: copying a param with shape torch.Size\(\[\d+(, \d+)*\]\) from "
+                         r"checkpoint, the shape in current model is torch.Size", err), err
+
+
 def _rewrite_manifest(folder: Path, step: int) -> None:
     """Make ``folder``'s manifest describe its files as they now are, as the checkpoint of ``step``
     (so that only the files' own steps can disagree)."""

@@ -204,8 +204,8 @@ def model_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
     """Load a ``model.safetensors`` into ``model`` (strict, re-tying the head); returns its
-    metadata. ``CheckpointError`` when the file is missing, damaged, for another model or holds
-    non-finite values."""
+    metadata. ``CheckpointError`` when the file is missing, damaged, for another model (or another
+    shape of it) or holds non-finite values."""
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -219,7 +219,13 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> dict[str, str]:
         raise CheckpointError(f"{path} holds non-finite values in {bad[0]} (damaged, or saved from a diverged run)")
     if _tied(model):
         sd.pop("head.weight", None)
-    missing, unexpected = load_full_state_dict(model, sd, strict=False)
+    try:
+        missing, unexpected = load_full_state_dict(model, sd, strict=False)
+    except RuntimeError as e:  # a tensor of another shape: the run's config.json and weights disagree
+        mismatch = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+        if not mismatch:
+            raise
+        raise CheckpointError(f"weights in {path} do not fit the model: {mismatch[0]}") from None
     missing = [k for k in missing if not (_tied(model) and k == "head.weight")]
     if missing or unexpected:
         raise CheckpointError(f"weights in {path} do not fit the model: missing {missing}, unexpected {unexpected}")
