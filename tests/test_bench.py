@@ -15,7 +15,7 @@ import torch
 
 from rnnlab.bench.report import aggregate, collect, describe_git, write_report
 from rnnlab.bench.runner import run_plan
-from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_status
+from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_status, suites_dir
 from rnnlab.bench.sweep import build_sweep
 from rnnlab.cli import main
 from rnnlab.models.params import count_params
@@ -46,6 +46,14 @@ def test_shipped_suites_load():
     assert load_suite("tiny").name == "tiny"
     with pytest.raises(ValueError, match="unknown suite"):
         load_suite("no-such-suite")
+
+
+def test_a_folder_named_like_a_suite_is_not_a_suite_file(tmp_path, monkeypatch):
+    """``rnnlab bench tiny --out tiny`` run twice: the second time a folder ``tiny`` is in the
+    working directory, and ``tiny`` still names the shipped suite."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    assert load_suite("tiny").path == str(suites_dir() / "tiny.toml")
 
 
 def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tmp_path):

@@ -119,9 +119,10 @@ def list_suites() -> list[Suite]:
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    """A shipped suite by name (``tiny``), or a suite file by path."""
+    """A shipped suite by name (``tiny``), or a suite file by path (a ``.toml`` name or an existing
+    file: a folder named like a suite, such as a run's ``--out tiny``, is not one)."""
     p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
+    if p.suffix == ".toml" or p.is_file():
         if not p.is_file():
             raise FileNotFoundError(f"suite file not found: {p}")
         text, default_name, path = p.read_text(), p.stem, str(p)
