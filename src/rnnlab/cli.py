@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 
@@ -87,24 +88,38 @@ def error_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-# a negative number in exponent form, which argparse takes for a flag (it knows -1 and -0.5)
-NEGATIVE_EXPONENT = re.compile(r"-(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+# a negative number in exponent form or with a count's suffix, which argparse takes for a flag (it
+# knows -1 and -0.5)
+NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+|[kKmMbBgG])")
 
 
-def attach_negative_exponents(argv: list[str]) -> list[str]:
-    """``--lr -1e-3`` as ``--lr=-1e-3``, so the value reaches the flag's own check ("lr must be a
-    positive finite number") instead of argparse's "expected one argument"."""
+def attach_negative_numbers(argv: list[str]) -> list[str]:
+    """``--lr -1e-3`` as ``--lr=-1e-3`` (and ``--tokens -5M`` as ``--tokens=-5M``), so the value
+    reaches the flag's own check ("lr must be a positive finite number") instead of argparse's
+    "expected one argument"."""
     out: list[str] = []
     for token in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and NEGATIVE_EXPONENT.fullmatch(token):
+        if out and out[-1].startswith("--") and "=" not in out[-1] and NEGATIVE_NUMBER.fullmatch(token):
             out[-1] = f"{out[-1]}={token}"
         else:
             out.append(token)
     return out
 
 
+def _discard_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's last flush at exit does not
+    meet the closed pipe again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = attach_negative_exponents(sys.argv[1:] if argv is None else list(argv))
+    argv = attach_negative_numbers(sys.argv[1:] if argv is None else list(argv))
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # argparse would blame the top-level parser; name the command instead
         print(f"rnnlab {args.command}: error: unrecognized arguments: {' '.join(unknown)} "
@@ -112,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `rnnlab layers | head`: the reader has what it wanted
+        _discard_stdout()
+        return 141  # a shell's status for a writer stopped by SIGPIPE, as `git log | head` ends
     except USER_ERRORS as e:
         if args.debug:
             raise
