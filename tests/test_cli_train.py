@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 import torch
@@ -124,26 +125,48 @@ def test_top_level_help_and_version(capsys):
         assert re.search(rf"^    {command} ", out, re.M)
 
 
-def test_negative_exponents_reach_their_flag():
-    """argparse reads ``-1e-3`` as a flag; rnnlab hands it to the flag before it (``-2`` and
-    ``--x=-1e-3`` argparse takes as they are)."""
-    from rnnlab.cli import attach_negative_exponents
+def test_negative_numbers_reach_their_flag():
+    """argparse reads ``-1e-3`` and ``-5M`` as flags; rnnlab hands them to the flag before it
+    (``-2`` and ``--x=-1e-3`` argparse takes as they are; ``-M`` stays a flag)."""
+    from rnnlab.cli import attach_negative_numbers
 
-    assert attach_negative_exponents(["train", "--lr", "-1e-3", "--steps", "-2", "--dim", "-.5E2", "--x=-1e-3"]) == [
-        "train", "--lr=-1e-3", "--steps", "-2", "--dim=-.5E2", "--x=-1e-3"]
+    assert attach_negative_numbers(["train", "--lr", "-1e-3", "--steps", "-2", "--dim", "-.5E2", "--x=-1e-3",
+                                    "--tokens", "-5M", "--params", "-1.5b", "--y", "-M"]) == [
+        "train", "--lr=-1e-3", "--steps", "-2", "--dim=-.5E2", "--x=-1e-3", "--tokens=-5M", "--params=-1.5b",
+        "--y", "-M"]
+
+
+def test_a_reader_that_leaves_early_is_no_error(monkeypatch, capsys):
+    """``rnnlab layers | head -1``: writing to the closed pipe ends the command quietly with a
+    shell's SIGPIPE status, not an "error: [Errno 32] Broken pipe" line."""
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            pass
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["layers"]) == 141
+    assert capsys.readouterr().err == ""
 
 
 def test_bench_help_names_no_train_defaults(capsys):
     """``rnnlab train --help`` gives each flag's default; ``rnnlab bench --help`` does not (a suite
-    sets the steps, lr, ...: train's 1000 steps would be wrong for every shipped suite)."""
+    sets the steps, lr, ...: train's 1000 steps would be wrong for every shipped suite), nor does
+    ``rnnlab sweep --help`` (it asks for the model's size instead of train's 256 x 4)."""
     helps = {}
-    for command in ("train", "bench"):
+    for command in ("train", "bench", "sweep"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         helps[command] = " ".join(capsys.readouterr().out.split())
-    assert "optimizer steps (default: 1000)" in helps["train"]
+    assert "optimizer steps (default: 1000)" in helps["train"] and "model width (default: 256)" in helps["train"]
     assert "optimizer steps" in helps["bench"] and "(default: 1000)" not in helps["bench"]
     assert "not given: the suite's, else rnnlab train's default" in helps["bench"]
+    # a sweep takes train's defaults but for the model's size, which it asks for
+    assert "model width" in helps["sweep"] and "(default: 256)" not in helps["sweep"]
+    assert "except the model's size: give --depth and --dim (or --target-params), or sweep them" in helps["sweep"]
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU

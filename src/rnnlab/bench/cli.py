@@ -52,13 +52,15 @@ def register(sub) -> None:
     s = sub.add_parser("sweep", help="sweep any config field",
                        description="Train one run per point of the product of the --set axes and report "
                                    "metric vs swept value. The config flags below set the base of every "
-                                   "point (defaults: rnnlab train's).")
+                                   "point (not given: rnnlab train's defaults, which rnnlab train --help "
+                                   "lists), except the model's size: give --depth and --dim (or "
+                                   "--target-params), or sweep them.")
     s.add_argument("--set", action="append", dest="sets", metavar="KEY=V1,V2,..", required=True,
                    help="a swept axis: a config field (lr=1e-4,3e-4), a model field (depth=6,12) "
                         "or a mixer option (layer.heads=1,4,8); repeatable (Cartesian product)")
     s.add_argument("--out", required=True, help="output dir")
     s.add_argument("--target-params", metavar="N", help="solve each point's width at its depth for N parameters")
-    add_config_flags(s, keys=[k for k in FIELDS if k not in RUNNER_KEYS])
+    add_config_flags(s, keys=[k for k in FIELDS if k not in RUNNER_KEYS], show_defaults=False)
     _common_flags(s)
     s.set_defaults(func=run_sweep)
 
