@@ -36,10 +36,17 @@ class ModelConfig:
 
     def validate(self) -> None:
         check(self)
+        if self.resolved_mlp_ratio() > 0 and self.mlp_width() < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an MLP of no units at dim {self.dim} "
+                             f"(0 means no MLP)")
         self.layer_config()  # builds and validates the mixer's config
 
     def resolved_mlp_ratio(self) -> float:
         return get_spec(self.model).mlp_ratio if self.mlp_ratio is None else float(self.mlp_ratio)
+
+    def mlp_width(self) -> int:
+        """The MLP's hidden width, ``round(dim * ratio)`` (0: no MLP sub-block)."""
+        return int(round(self.dim * self.resolved_mlp_ratio()))
 
     def layer_config(self):
         """The mixer's own config dataclass, built from ``dim`` and ``layer`` and validated by its

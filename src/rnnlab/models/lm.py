@@ -23,11 +23,10 @@ from rnnlab.models.registry import get_spec
 
 
 class MLP(nn.Module):
-    """GELU MLP, ``dim -> ratio*dim -> dim``, no biases."""
+    """GELU MLP, ``dim -> hidden -> dim``, no biases."""
 
-    def __init__(self, dim: int, ratio: float):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        hidden = int(round(dim * ratio))
         self.fc = nn.Linear(dim, hidden, bias=False)
         self.proj = nn.Linear(hidden, dim, bias=False)
 
@@ -40,9 +39,9 @@ class Block(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(cfg.dim)
         self.mixer = get_spec(cfg.model).layer_cls(cfg.layer_config())
-        ratio = cfg.resolved_mlp_ratio()
-        self.mlp_norm = nn.LayerNorm(cfg.dim) if ratio > 0 else None
-        self.mlp = MLP(cfg.dim, ratio) if ratio > 0 else None
+        hidden = cfg.mlp_width()
+        self.mlp_norm = nn.LayerNorm(cfg.dim) if hidden > 0 else None
+        self.mlp = MLP(cfg.dim, hidden) if hidden > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.mixer(self.norm(x))
