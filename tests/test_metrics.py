@@ -211,3 +211,16 @@ def test_steady_throughput_leaves_out_the_warm_up_steps():
     assert all(flags) and t.tok_per_s(300, 30.0) == 10.0  # only warm-up so far: the run's own rate
     assert t.add(100, 0.1) is False and t.add(100, 0.1) is False
     assert t.tok_per_s(500, 30.2) == pytest.approx(1000.0)
+
+
+def test_progress_bar_names_the_model_as_its_run_folder_does(tiny_train, tmp_path):
+    """The bar reads "e1 32x2" (width x depth, as runs/e1-32x2), not "d32", which the README's
+    tables use for a depth."""
+    from rnnlab.train.metrics import ProgressBar
+
+    cfg = tiny_train(tmp_path, dim=32, depth=2)
+    bar = ProgressBar(cfg, 0, 10)
+    try:
+        assert bar.bar.desc == "e1 32x2"
+    finally:
+        bar.bar.close()

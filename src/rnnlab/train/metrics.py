@@ -224,7 +224,7 @@ class ProgressBar(Tracker):
 
         m = cfg.model
         self.bar = tqdm(total=total, initial=start_step, unit="step", dynamic_ncols=True,
-                        desc=f"{m.model} d{m.dim}x{m.depth}")
+                        desc=f"{m.model} {m.dim}x{m.depth}")  # width x depth, as the run folder's name
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
         if kind == "eval":
