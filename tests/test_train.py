@@ -6,6 +6,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import re
 import shutil
 import signal
 
@@ -340,8 +341,8 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
         return call
 
     monkeypatch.setattr(trainer, "wrap_model", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 8; lower --lr or use "
-                                                 r"--precision bf16-mixed; last good checkpoint kept at .*ckpt/step-000006 \(step 6\)"):
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss \(nan\) at step 8; lower --lr; "
+                                                 r"last good checkpoint kept at .*ckpt/step-000006 \(step 6\)"):
         run_training(tiny_train(run, steps=12, checkpoint_every=2, resume=True), progress=False)
     assert _digests(run / "ckpt") == before
     summary = json.loads((run / "summary.json").read_text())
@@ -353,10 +354,12 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
         == list(range(1, 13))
 
 
-def test_huge_lr_diverges_with_clear_error(tiny_train, tmp_path):
-    with pytest.raises(NonFiniteLossError, match="no checkpoint was written"):
-        run_training(tiny_train(tmp_path / "x", model="mingru", lr=1e30, steps=50, optimizer="adamw"),
-                     progress=False)
+@pytest.mark.parametrize("precision, hint", [("fp32", "lower --lr;"), ("bf16", "lower --lr or use --precision bf16-mixed;")])
+def test_huge_lr_diverges_with_clear_error(precision, hint, tiny_train, tmp_path):
+    """Pure bf16 runs are told of mixed precision too; fp32 ones only of the lr."""
+    with pytest.raises(NonFiniteLossError, match=f"{re.escape(hint)} no checkpoint was written"):
+        run_training(tiny_train(tmp_path / "x", model="mingru", lr=1e30, steps=50, optimizer="adamw",
+                                precision=precision), progress=False)
 
 
 def test_checkpoint_contents(tiny_train, tmp_path):
@@ -446,6 +449,22 @@ def test_finished_run_resumed_with_an_extra_held_out_file_scores_it(tiny_train, 
     assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(again["extra_val"]["val_bpb"], rel=1e-6)
 
 
+def test_summary_table_tells_step_time_from_wall_time():
+    """The printed summary labels ``time_s`` as the steps' time and adds the run's wall time (a
+    summary written before ``wall_s`` existed gets no wall row rather than a made-up one)."""
+    from pathlib import Path
+
+    from rnnlab.train.cli import format_summary
+
+    s = json.loads((Path(__file__).parent / "data" / "legacy-run" / "summary.json").read_text())
+    s["time_s"], s["wall_s"] = 0.04, 4.5  # a 4-step run: its steps take no time, its set-up and eval do
+    text = format_summary(s)
+    assert re.search(r"^time in steps s +0\.0$", text, re.M) and re.search(r"^wall time s +4\.5$", text, re.M)
+    assert not re.search(r"^time s ", text, re.M)
+    del s["wall_s"]
+    assert "wall time" not in format_summary(s) and "time in steps s" in format_summary(s)
+
+
 # ----------------------------------------------------------------------------- sampling
 def test_sampling_is_deterministic(tiny_train, tmp_path):
     from rnnlab.eval.sampling import generate
@@ -464,6 +483,43 @@ def test_sampling_is_deterministic(tiny_train, tmp_path):
     assert generate(model, b"x", 0) == b""
     with pytest.raises(ValueError, match="prompt must be"):
         generate(model, b"", 5)
+
+
+def test_sample_streams_the_text_generate_returns(tiny_train, tmp_path, capsys, monkeypatch):
+    """``rnnlab sample`` prints the prompt and each byte as it is sampled: the whole output equals
+    ``generate``'s bytes decoded at once (bytes that are no UTF-8 included), and a Ctrl-C after
+    the 7th byte leaves the prompt and those 7 bytes printed, ending their line."""
+    from rnnlab.cli import main
+    from rnnlab.eval import sampling
+
+    run_training(tiny_train(tmp_path / "s", steps=3), progress=False)
+    _, model, _ = RunDir(tmp_path / "s").load("cpu")
+    prompt = "caf\u00e9 "
+    argv = ["sample", "--run", str(tmp_path / "s"), "--prompt", prompt, "--tokens", "60", "--temperature", "5",
+            "--top-k", "0", "--seed", "4", "--device", "cpu"]
+    new = sampling.generate(model, prompt.encode(), 60, temperature=5, top_k=0, seed=4)
+    assert list(sampling.stream(model, prompt.encode(), 60, temperature=5, top_k=0, seed=4)) == [
+        bytes((b,)) for b in new]
+    expected = (prompt.encode() + new).decode("utf-8", errors="replace") + "\n"
+    assert "\ufffd" in expected  # the sample holds invalid UTF-8: decoded byte by byte, it reads the same
+    assert main(argv) == 0
+    assert capsys.readouterr().out == expected
+
+    pick, picked = sampling._pick, []
+
+    def pick_then_interrupt(*args):
+        if len(picked) == 7:
+            raise KeyboardInterrupt
+        picked.append(pick(*args))
+        return picked[-1]
+
+    monkeypatch.setattr(sampling, "_pick", pick_then_interrupt)
+    assert main(argv) == 130
+    out = capsys.readouterr()
+    assert out.out == (prompt.encode() + new[:7]).decode("utf-8", errors="replace") + "\n"
+    assert out.err.strip() == "rnnlab sample: interrupted (Ctrl-C)"
+    with pytest.raises(ValueError, match="n_tokens must be"):  # checked at the call, not at the first byte
+        sampling.stream(model, b"x", -1)
 
 
 class _FixedLogits(torch.nn.Module):

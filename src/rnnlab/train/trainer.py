@@ -313,8 +313,8 @@ class Trainer:
         if not math.isfinite(loss_value):
             if self.graphed is None:
                 optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"non-finite loss ({loss_value}) at step {state.step + 1}; lower --lr or "
-                                     f"use --precision bf16-mixed; {self.checkpointer.kept()}")
+            raise NonFiniteLossError(f"non-finite loss ({loss_value}) at step {state.step + 1}; "
+                                     f"{self.divergence_hint()}; {self.checkpointer.kept()}")
         if self.cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(state.model.parameters(), self.cfg.optim.grad_clip, norm)
         lr = current_lr(optimizer)
@@ -416,6 +416,11 @@ class Trainer:
             out.update(val_loss_train_point=y["loss"], val_bpb_train_point=y["bpb"])
         return out
 
+    def divergence_hint(self) -> str:
+        """What to try after a non-finite loss or weights: a lower lr; in pure bf16 also mixed
+        precision (fp32 weights)."""
+        return "lower --lr" + (" or use --precision bf16-mixed" if self.cfg.run.precision == "bf16" else "")
+
     def checkpoint(self, complete: bool) -> None:
         """Save the state unless this step is saved already; broken weights never replace a good
         checkpoint. The logs reach the disk first, so a resumed run finds every step up to its
@@ -423,8 +428,8 @@ class Trainer:
         if self.checkpointer.saved_step == self.state.step:
             return
         if not self.ctx.all_true(dist.local_all_finite(self.state.model)):  # this rank's shard under FSDP2
-            raise NonFiniteLossError(f"non-finite weights at step {self.state.step}; lower --lr or use "
-                                     f"--precision bf16-mixed; {self.checkpointer.kept()}")
+            raise NonFiniteLossError(f"non-finite weights at step {self.state.step}; {self.divergence_hint()}; "
+                                     f"{self.checkpointer.kept()}")
         self.clock()
         self.logger.sync()
         self.checkpointer.save(self.state, complete)
