@@ -66,5 +66,8 @@ def _kernel_status(op) -> str:
 
 
 def register(sub) -> None:
-    p = sub.add_parser("doctor", help="print versions and which fast paths load")
+    p = sub.add_parser("doctor", help="print versions and which fast paths load",
+                       description="Print the versions of rnnlab's dependencies, whether CUDA is "
+                                   "available, each model's backend, and for every kernel whether its "
+                                   "fast path runs here or why not.")
     p.set_defaults(func=lambda args: print(aligned(report().items())))

@@ -24,7 +24,7 @@ def register(sub) -> None:
     g.add_argument("--batches", type=int, default=4, help="held-out batches (default 4)")
     g.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
     g.add_argument("--seq-len", type=int, help="window length (default: the run's seq_len)")
-    g.add_argument("--last", type=int, default=1, help="loss at the last K positions (default 1)")
+    g.add_argument("--last", type=int, default=1, metavar="K", help="loss at the last K positions (default 1)")
     g.add_argument("--power-iters", type=int, default=10, help="power iterations for sigma_max(J_t) (default 10)")
     g.add_argument("--no-history", action="store_true", help="only the run's newest usable checkpoint")
     g.add_argument("--no-plots", action="store_true", help="write gradflow.json only")

@@ -23,13 +23,15 @@ def _common_flags(p) -> None:
     """The flags of bench and sweep beside the config's: repetition, selection, scheduling, output."""
     b = p.add_argument_group("runs")
     b.add_argument("--seeds", metavar="S1,S2,..", help="repeat every run once per seed (folders NAME-sSEED)")
-    b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite")
+    b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite (bench: its rows' names; "
+                                                      "sweep: its points' names, as --plan prints them)")
     b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU, "
                                                          "each logging to OUT/logs/<run>.log (default: one "
                                                          "run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
     b.add_argument("--no-progress", action="store_true",
-                   help="no per-run progress bar: plain log lines (one every log_every steps) instead")
+                   help="no per-run progress bar: plain log lines (one every --log-every steps) "
+                        "instead")
     b.add_argument("--no-plots", action="store_true", help="report without PNG plots")
 
 
@@ -64,7 +66,9 @@ def register(sub) -> None:
     _common_flags(s)
     s.set_defaults(func=run_sweep)
 
-    r = sub.add_parser("report", help="(re)write report.md, report.json and plots from run folders")
+    r = sub.add_parser("report", help="(re)write report.md, report.json and plots from run folders",
+                       description="Collect the run folders under DIR (each with its summary.json) into "
+                                   "one comparison: a results table, report.md, report.json and plots.")
     r.add_argument("dir", help="a suite/sweep output dir, or any dir of run folders")
     r.add_argument("--out", help="write the report here (default: DIR)")
     r.add_argument("--no-plots", action="store_true", help="report without PNG plots")

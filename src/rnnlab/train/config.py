@@ -74,7 +74,7 @@ class DataConfig:
     extra_val_path: str | None = option(None, key="extra_val_data", scope="suite", resumable=True,
                                         help="another held-out file (e.g. WikiText-2's raw test text), scored "
                                              "whole once at the end of training at the same weights as the "
-                                             "held-out split: summary.json's extra_val")
+                                             "held-out split (summary.json's extra_val)")
     val_fraction: float = option(0.01, help="share of --data held out at its end", scope="suite",
                                  bounds=Bounds(0, 1, lo_open=True, hi_open=True))
     batch_size: int = option(16, help="the GLOBAL batch (split over --gpus processes)", bounds=positive(MAX_BATCH))
@@ -140,13 +140,15 @@ class RunConfig:
     seed: int = option(42, help="seeds the initialisation and the batch stream", bounds=at_least(0, 2**63 - 1))
     eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",
                              bounds=at_least(0, MAX_STEPS), resumable=True)
-    eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M (default: all = 0, the whole "
-                                     "held-out split)", parse=parse_eval_bytes, bounds=at_least(0, 1 << 50),
+    eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M (K, M, B: 10^3, 10^6, 10^9; "
+                                     "default: all = 0, the whole held-out split)", parse=parse_eval_bytes,
+                             bounds=at_least(0, 1 << 50),
                              resumable=True, scope="suite")
     curve_eval_bytes: int | None = option(None, help="held-out bytes scored by the evals during training "
                                                      "(--eval-every), e.g. 256K for a cheap learning curve; the "
                                                      "eval at the end scores --eval-bytes and these bytes too "
-                                                     "(curve_* keys), so the curve ends on the same bytes "
+                                                     "(metrics.jsonl's curve_val_bpb), so the curve ends on the "
+                                                     "same bytes "
                                                      "(default: --eval-bytes)", parse=parse_eval_bytes,
                                           bounds=at_least(0, 1 << 50), resumable=True, scope="suite")
     eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size, or more "
@@ -169,12 +171,13 @@ class RunConfig:
                           resumable=True, scope="runner")
     overwrite: bool = option(False, help="delete the run already in --out and start over", resumable=True,
                              scope="runner")
-    compile: bool = option(False, help="torch.compile the training forward+loss (default: off; README: "
-                                       "torch.compile)",
+    compile: bool = option(False, help="torch.compile the training forward+loss: slower first steps, faster "
+                                       "ones after on a GPU (default: off; the README's torch.compile section)",
                            resumable=True)
     cuda_graph: bool = option(False, help="replay each step's forward and backward as one CUDA graph, captured at "
-                                          "the process's first step: for a model whose step the host's kernel "
-                                          "launching bounds (compiled Mamba2); CUDA, one process, --grad-accum 1",
+                                          "the process's first step: for a model whose GPU waits on the CPU to "
+                                          "launch its many small kernels (compiled Mamba2); CUDA, one process, "
+                                          "--grad-accum 1",
                               resumable=True)
     device: str = option("auto", help="auto (cuda if available, else cpu), cpu, cuda, cuda:N or mps",
                          resumable=True, scope="suite")
