@@ -54,7 +54,7 @@ def test_every_format_from_files_and_folders(tmp_path, capsys):
     odd.write_bytes(lzma.compress(b"odd"))
     out = tmp_path / "corpus" / "all.txt"
     assert main(["data", "prepare", str(pile), str(shards), str(odd), "--out", str(out), "--no-progress"]) == 0
-    assert "8 source file(s)" not in capsys.readouterr().out  # 7 sources: README and .hidden skipped
+    assert "documents from 7 source files;" in capsys.readouterr().out  # README and .hidden skipped
 
     docs = [b"pile a", b"pile b", b"plain text\n", b"xz text", b"doc one", "doc \u00e9".encode(),
             b"gz text", b"zst frame 1, frame 2", b"odd"]
@@ -91,8 +91,40 @@ def test_field_and_separator(tmp_path):
     prep.prepare([src], out, field="content", separator=prep.parse_separator(r"\n<|doc|>\t"), progress=False)
     assert out.read_bytes() == b"a\n<|doc|>\tb"
     assert prep.parse_separator("\u00a7") == "\u00a7".encode()  # typed characters are their UTF-8 bytes
-    with pytest.raises(ValueError, match="separator"):
-        prep.parse_separator(r"\u2028")
+    assert prep.parse_separator(r"\0|\x7f\\q") == b"\0|\x7f\\q"  # \\ is one backslash
+    for bad, shown in ((r"\u2028", r"\u"), (r"a\qb", r"\q"), (r"\012", r"\01"), (r"\xZ1", r"\x"), ("x\\", "\\")):
+        with pytest.raises(ValueError, match="separator") as e:  # never written literally
+            prep.parse_separator(bad)
+        assert str(e.value) == (f"separator: unknown escape {shown}; the escapes are \\n \\t \\0 \\xNN "
+                                "and \\\\ (a backslash)")
+
+
+def test_unknown_separator_escape_is_one_line(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"x")
+    err = _err(capsys, ["data", "prepare", str(src), "--out", str(tmp_path / "o.txt"), "--separator", r"\q"])
+    assert err == ("rnnlab data prepare: error: separator: unknown escape \\q; the escapes are "
+                   "\\n \\t \\0 \\xNN and \\\\ (a backslash)")
+    assert not (tmp_path / "o.txt").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b'\n{"text": ""}\n\n'])
+def test_sources_without_text_are_refused(tmp_path, capsys, content):
+    """Nothing to write (an empty file; JSON lines of empty or blank documents): one line, exit 2,
+    no corpus, manifest or temporary file left behind (training on an empty corpus fails later)."""
+    src = tmp_path / "empty.jsonl"
+    src.write_bytes(content)
+    out = tmp_path / "d.txt"
+    err = _err(capsys, ["data", "prepare", str(src), "--out", str(out), "--no-progress"])
+    assert err.endswith(f"error: no text in the source file (every document is empty); {out} not written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]
+
+
+def test_summary_line_counts_in_the_singular(tmp_path, capsys):
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"x")
+    assert main(["data", "prepare", str(src), "--out", str(tmp_path / "o.txt"), "--no-progress"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'o.txt'}: 1 byte, 1 document from 1 source file;")
 
 
 @pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])

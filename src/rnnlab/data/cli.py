@@ -24,7 +24,8 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, metavar="FILE", help="the corpus to write (must not exist)")
     q.add_argument("--field", default="text", help="the JSON-lines field holding the text (default: text)")
     q.add_argument("--separator", default=r"\n\n",
-                   help=r"written between documents; escapes \n \t \0 \xNN (default: \n\n, a blank line)")
+                   help=r"written between documents; escapes \n \t \0 \xNN and \\ (a backslash), no others "
+                        r"(default: \n\n, a blank line)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=run_prepare, command="data prepare")
 
@@ -38,6 +39,11 @@ def run_prepare(args) -> int:
     except KeyboardInterrupt:
         print(f"rnnlab data prepare: interrupted; no partial file is left under {args.out}", file=sys.stderr)
         return 130
-    print(f"wrote {args.out}: {m['bytes']:,} bytes, {m['documents']:,} documents from "
-          f"{len(m['sources'])} source file(s); manifest {args.out}.manifest.json")
+    print(f"wrote {args.out}: {_count(m['bytes'], 'byte')}, {_count(m['documents'], 'document')} from "
+          f"{_count(len(m['sources']), 'source file')}; manifest {args.out}.manifest.json")
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    """``1 document``, ``2 documents``, ``1,000 bytes``."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -9,7 +9,8 @@ file's name says its format:
 
 A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. Documents are
 written in order with SEPARATOR between them (default a blank line, ``\\n\\n``, as between the
-documents of registry-pile's shards); empty documents are skipped.
+documents of registry-pile's shards); empty documents are skipped, and sources holding no text at
+all are refused (an empty corpus would only fail later, in training).
 
 Nothing is held whole: files are read in blocks and a JSON-lines file one line (one document) at
 a time. The corpus is written under a temporary name in the output's folder and renamed to FILE
@@ -28,6 +29,7 @@ import io
 import json
 import lzma
 import os
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -94,13 +96,26 @@ def _in_folder_format(f: Path, folder: Path) -> bool:
     return name.endswith(FOLDER_FORMATS)
 
 
+SEPARATOR_ESCAPES = {"n": b"\n", "t": b"\t", "0": b"\0", "\\": b"\\"}  # and \xNN: one byte
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|0(?![0-7])|[nt\\])?")  # no group: an escape not accepted
+
+
 def parse_separator(text: str) -> bytes:
-    r"""The separator as typed on a command line, with backslash escapes: ``\n``, ``\t``, ``\0``,
-    ``\xNN`` (one byte); other characters stand for their UTF-8 bytes."""
-    try:
-        return text.encode("utf-8").decode("unicode_escape").encode("latin-1")
-    except (UnicodeError, ValueError) as e:
-        raise ValueError(f"separator {text!r}: use \\n, \\t, \\0 or \\xNN escapes ({e})") from None
+    r"""The separator as typed on a command line, with backslash escapes ``\n``, ``\t``, ``\0``,
+    ``\xNN`` (one byte) and ``\\`` (a backslash); other characters stand for their UTF-8 bytes.
+    Any other escape (``\q``, ``\u2028``, octal ``\012``) is refused rather than written literally."""
+    out, pos = bytearray(), 0
+    for m in _ESCAPE.finditer(text):
+        out += text[pos:m.start()].encode("utf-8")
+        esc = m.group(1)
+        if esc is None:
+            bad = text[m.start():m.start() + (3 if text[m.start() + 1:m.start() + 2] == "0" else 2)]
+            bad = bad if bad.isprintable() else ascii(bad)
+            raise ValueError(f"separator: unknown escape {bad}; the escapes are \\n \\t \\0 \\xNN "
+                             f"and \\\\ (a backslash)")
+        out += bytes([int(esc[1:], 16)]) if esc.startswith("x") else SEPARATOR_ESCAPES[esc]
+        pos = m.end()
+    return bytes(out + text[pos:].encode("utf-8"))
 
 
 def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: str = "text",
@@ -117,6 +132,9 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
                                      disable=None if progress else True) as bar:  # None: on a terminal only
         corpus = _Corpus(f, separator)
         entries = [_write_source(s, corpus, field, bar) for s in sources]
+        if not corpus.documents:  # raised inside the block: the temporary file is deleted, nothing renamed
+            files = "the source file" if len(sources) == 1 else f"the {len(sources)} source files"
+            raise ValueError(f"no text in {files} (every document is empty); {out} not written")
     manifest = {"file": out.name, "bytes": corpus.bytes, "sha256": corpus.sha256.hexdigest(),
                 "documents": corpus.documents, "separator": separator.decode("latin-1"),
                 "field": field, "sources": entries}
