@@ -76,6 +76,7 @@ def test_parse_count(text, value):
         (["--model", "e1", "--dim", "0", "--depth", "2"], "dim must be a positive integer (at most 65,536), got 0"),
         (["--model", "e1", "--dim", "64", "--depth", "-3"], "depth must be a positive integer (at most 1,024), got -3"),
         (["--model", "e1", "--target", "lots", "--depth", "2"], "cannot read a parameter count from 'lots'"),
+        (["--model", "e1", "--target", "-5M", "--depth", "2"], "parameter count must be positive, got '-5M'"),
         (["--model", "e1", "--dim", "64", "--depth", "2", "--layer", "bogus=1"], "unknown e1 layer option"),
     ],
 )
@@ -102,3 +103,22 @@ def test_layers_lists_every_option_with_its_default(capsys):
 def test_layer_option_choices_are_checked():
     with pytest.raises(ValueError, match=r"e1 layer option selective must be one of none, decay, lowrank, got 'gate'"):
         ModelConfig(model="e1", layer={"selective": "gate"}).validate()
+
+
+def test_multiple_must_be_positive_and_its_default_is_shown(capsys):
+    """``--multiple 0`` is an error, not the model's default in disguise; the help names the
+    default each model steps by."""
+    for bad in ("0", "-3"):
+        with pytest.raises(SystemExit) as e:  # argparse's check: it exits 2 itself
+            main(["params", "--model", "e1", "--target", "1M", "--depth", "2", "--multiple", bad])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"rnnlab params: error: argument --multiple: must be a positive integer, got '{bad}'")
+        assert "\n" not in err
+    with pytest.raises(ValueError, match="multiple must be a positive integer, got 0"):
+        solve_dim(ModelConfig("e1", 64, 2), 1_000_000, multiple=0)
+    assert solve_dim(ModelConfig("e1", 64, 2), 1_000_000, multiple=48)[0] % 48 == 0
+    with pytest.raises(SystemExit):
+        main(["params", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "width step for --target (default: the model's, 64 for transformer, 32 for the others)" in help_text

@@ -11,14 +11,15 @@ import json
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.models.registry import MODELS, get_spec
-from rnnlab.options import add_flags, flag_values
+from rnnlab.options import add_flags, checked, flag_values, positive
 
 
 def register(sub) -> None:
     p = sub.add_parser("params", help="count parameters or solve a width for a target count")
     add_flags(p.add_argument_group("model"), ModelConfig)
     p.add_argument("--target", help="solve the width for this many parameters (e.g. 400M) instead of --dim")
-    p.add_argument("--multiple", type=int, default=None, help="width step for --target")
+    p.add_argument("--multiple", type=checked(int, positive()), default=None, metavar="N",
+                   help=f"width step for --target (default: the model's, {_default_multiples()})")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -27,6 +28,14 @@ def register(sub) -> None:
                                      "defaults and what they do.")
     lay.add_argument("model", nargs="?", help="only this model kind")
     lay.set_defaults(func=run_layers)
+
+
+def _default_multiples() -> str:
+    """``64 for transformer, 32 for the others``: each model's ``dim_multiple``, for the help."""
+    steps = {name: spec.dim_multiple for name, spec in MODELS.items()}
+    common = max(set(steps.values()), key=list(steps.values()).count)
+    odd = [f"{step} for {name}" for name, step in steps.items() if step != common]
+    return ", ".join([*odd, f"{common} for the others" if odd else str(common)])
 
 
 def run(args) -> int:

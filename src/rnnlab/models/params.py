@@ -22,7 +22,7 @@ def parse_count(text: str | int) -> int:
     """``"400M"`` -> 400_000_000; ``"1.5B"``, ``"50m"``, ``"123456"`` likewise."""
     if isinstance(text, int):
         return text
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)\s*", str(text))
+    m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)\s*", str(text))
     if not m:
         raise ValueError(f"cannot read a parameter count from {text!r} (try 400M, 1.5B, 50000000)")
     value = int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
@@ -46,9 +46,9 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
 
     The count grows monotonically with width, so a bisection over multiples finds the bracket.
     """
-    step = multiple or get_spec(cfg.model).dim_multiple
-    if step <= 0:
-        raise ValueError(f"multiple must be positive, got {step}")
+    step = get_spec(cfg.model).dim_multiple if multiple is None else multiple  # 0 is an error, not "default"
+    if isinstance(step, bool) or not isinstance(step, int) or step <= 0:
+        raise ValueError(f"multiple must be a positive integer, got {step!r}")
 
     def at(k: int) -> int:
         return count_params(dataclasses.replace(cfg, dim=k * step))
