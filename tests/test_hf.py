@@ -172,6 +172,23 @@ def test_export_user_errors(exported, tmp_path, capsys):
     assert saved["architectures"] == ["RnnlabForCausalLM"] and saved["eos_token_id"] is None
 
 
+@pytest.mark.parametrize("bars_on", [True, False])
+def test_export_prints_no_progress_bar_and_keeps_the_setting(exported, tmp_path, capsys, bars_on):
+    """transformers' "Writing model shards" bar stays off stderr; its global progress-bar setting
+    is as it was before the export (on or off)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    (hf_logging.enable_progress_bar if bars_on else hf_logging.disable_progress_bar)()
+    try:
+        assert main(["export", "--run", str(exported["e1"][0]), "--out", str(tmp_path / "hf")]) == 0
+        assert hf_logging.is_progress_bar_enabled() is bars_on
+    finally:
+        (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
+    err = capsys.readouterr().err
+    assert "Writing model shards" not in err and "%|" not in err, err
+
+
 def test_lm_eval_bits_per_byte_equal_rnnlab_eval(exported, tmp_path, capsys):
     """lm-eval's HF wrapper scores a text with ``loglikelihood_rolling``: windows of
     ``max_length`` = the tokenizer's ``model_max_length`` (the run's seq_len, 32) bytes, the first

@@ -42,9 +42,23 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     hf_config.auto_map = {"AutoConfig": f"{SHIM}.RnnlabConfig", "AutoModelForCausalLM": f"{SHIM}.RnnlabForCausalLM"}
     model = RnnlabForCausalLM(hf_config).to(next(lm.parameters()).dtype)
     model.model.load_state_dict(lm.state_dict())
-    model.save_pretrained(out)
+    _save_quietly(model, out)
     byte_tokenizer(cfg.data.seq_len).save_pretrained(out)
     (out / f"{SHIM}.py").write_text(SHIM_CODE)
     for f in out.iterdir():  # the weights file comes owner-only from its writer; the folder is to share
         f.chmod(new_file_mode())
     return out
+
+
+def _save_quietly(model, out: Path) -> None:
+    """``model.save_pretrained(out)`` without transformers' "Writing model shards" progress bar on
+    stderr (``rnnlab export`` prints its own outcome); transformers' bar setting is restored after."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        model.save_pretrained(out)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
