@@ -1,19 +1,20 @@
 """Text generation by stepping the model one byte at a time.
 
-``generate`` uses ``LM.init_state`` / ``LM.step``: recurrent layers carry a fixed-size state, so
-memory stays constant however long the text (attention grows its key/value cache). The prompt is
-fed byte by byte through ``step``; then each new byte is sampled from the last logits.
+``generate`` (and ``stream``, the same bytes one at a time) uses ``LM.init_state`` / ``LM.step``:
+recurrent layers carry a fixed-size state, so memory stays constant however long the text
+(attention grows its key/value cache). The prompt is fed byte by byte through ``step``; then each
+new byte is sampled from the last logits.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
 
-@torch.no_grad()
 def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, seed: int = 0) -> bytes:
     """``n_tokens`` new bytes continuing ``prompt`` (the prompt itself is not returned).
@@ -21,6 +22,13 @@ def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float 
     ``temperature=0`` is greedy; ``top_k`` keeps the k most likely bytes (None/0 = all).
     Deterministic for a fixed ``seed`` on a given device.
     """
+    return b"".join(stream(model, prompt, n_tokens, temperature, top_k, seed))
+
+
+def stream(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float = 1.0,
+           top_k: int | None = None, seed: int = 0) -> Iterator[bytes]:
+    """``generate``'s bytes one at a time, each as soon as it is sampled (``rnnlab sample`` prints
+    them so); the arguments are checked here, before the first byte is asked for."""
     if isinstance(prompt, str):
         prompt = prompt.encode("utf-8")
     if not prompt:
@@ -31,6 +39,12 @@ def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float 
         raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if top_k is not None and top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k}")
+    return _stream(model, prompt, n_tokens, temperature, top_k, seed)
+
+
+@torch.no_grad()  # on a generator: grad mode is off while it runs, not while its consumer does
+def _stream(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float, top_k: int | None,
+            seed: int) -> Iterator[bytes]:
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
@@ -41,15 +55,13 @@ def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float 
         logits = None
         for b in prompt:
             logits, state = model.step(torch.tensor([b], device=device, dtype=torch.long), state)
-        out = bytearray()
-        for _ in range(n_tokens):
+        for i in range(n_tokens):
             nxt = _pick(logits[0].float(), temperature, top_k, gen)
-            out.append(nxt)
-            if len(out) < n_tokens:
+            yield bytes((nxt,))
+            if i + 1 < n_tokens:
                 logits, state = model.step(torch.tensor([nxt], device=device, dtype=torch.long), state)
     finally:
         model.train(was_training)
-    return bytes(out)
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:

@@ -15,6 +15,7 @@ flag per field, named by its key (``--batch-size``), in one help group per confi
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,7 +45,8 @@ def register(sub) -> None:
                         "stderr is not a terminal)")
     p.add_argument("--gpus", type=int, metavar="N",
                    help="train on N processes (one GPU each; with --device cpu or no GPU, N CPU processes "
-                        "over gloo): re-launches this command through torchrun (docs/distributed.md)")
+                        "talking through gloo, PyTorch's CPU backend): re-launches this command "
+                        "through torchrun (docs/distributed.md)")
     add_config_flags(p)
     p.set_defaults(func=run_train)
 
@@ -126,7 +128,7 @@ def _launch(args) -> int | None:
     if "train" not in argv:
         raise ValueError("--gpus re-launches the command line; call it as `rnnlab train ... --gpus N`")
     cmd = torchrun_command(n, argv)
-    print("rnnlab train: " + " ".join(cmd[1:]), file=sys.stderr)
+    print("rnnlab train: re-launching as: python " + shlex.join(cmd[1:]), file=sys.stderr)
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:
@@ -182,7 +184,10 @@ def format_summary(s: dict) -> str:
         *(score_rows(Path(s["extra_val"]["data"]).name, s["extra_val"], fmt, "bytes") if s.get("extra_val") else []),
         ("tok/s", fmt(s["tok_per_s"], ",.0f")),
         ("peak mem GiB", fmt(s["peak_mem_gib"], ".2f")),
-        ("time s", fmt(s["time_s"], ".1f")),
+        # time_s sums the training steps only (warm-up steps included); wall_s is the whole run's
+        # clock (start-up, evaluation and checkpoints too); summaries from before wall_s lack it
+        ("time in steps s", fmt(s["time_s"], ".1f")),
+        *([("wall time s", fmt(s["wall_s"], ".1f"))] if s.get("wall_s") is not None else []),
         ("optimizer", f"{s['optimizer']} lr={s['lr']:g} ({s['precision']}, seed {s['seed']})"),
         ("complete", str(s["complete"])),
         ("run dir", s.get("run_dir", "-")),
@@ -223,10 +228,28 @@ def run_eval_cmd(args) -> int:
 
 
 def run_sample(args) -> int:
-    from rnnlab.eval.sampling import generate
+    """The prompt and each new byte printed (and flushed) as it is sampled, so a long sample shows
+    as it grows and a Ctrl-C keeps what was printed; the text equals ``generate``'s, decoded whole."""
+    import codecs
+
+    from rnnlab.eval.sampling import stream
 
     _, model, _ = RunDir(args.run).load(args.device)
     prompt = args.prompt.encode("utf-8")
-    out = generate(model, prompt, args.tokens, args.temperature, args.top_k, args.seed)
-    sys.stdout.write((prompt + out).decode("utf-8", errors="replace") + "\n")
+    new_bytes = stream(model, prompt, args.tokens, args.temperature, args.top_k, args.seed)  # checks first
+    # incremental: a character split over bytes prints once whole, an invalid byte as U+FFFD
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def write(data: bytes, final: bool = False) -> None:
+        sys.stdout.write(decoder.decode(data, final) + ("\n" if final else ""))
+        sys.stdout.flush()
+
+    write(prompt)
+    try:
+        for b in new_bytes:
+            write(b)
+    except KeyboardInterrupt:  # the text so far ends its line; main() then says "interrupted"
+        write(b"", final=True)
+        raise
+    write(b"", final=True)
     return 0
