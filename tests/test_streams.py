@@ -6,6 +6,7 @@ recorders."""
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import pytest
 import torch
@@ -76,6 +77,36 @@ def test_beside_joins_and_restores_when_the_side_work_raises(gpu):
     with pytest.raises(RuntimeError, match="^side work failed$"):
         streams.beside(lambda: log.append("scan"), side, 32, GPU)
     assert log[-1] == "main waits for side" and settings == {"carveout": 8, "library": "cublas"}
+
+
+BLAS_WARNING = ("torch.backends.cuda.preferred_blas_library is an experimental feature. If you see any error or "
+                "unexpected behavior when this flag is set please file an issue on GitHub.")
+CARVEOUT_WARNING = ("Setting the SM carveout for matmuls is a temporary experimental mitigation for performance "
+                    "issues, while more robust solutions are developed. It may be removed at any moment without notice.")
+
+
+def test_beside_keeps_pytorchs_experimental_warnings_out_of_the_log(gpu, monkeypatch):
+    """PyTorch warns (once a process, from C++) when the BLAS library or the carveout is read or
+    set, the side work's GEMM launches included: those two are silenced, any other warning of the
+    side work is not."""
+    log, settings = gpu
+    library = torch.backends.cuda.preferred_blas_library
+
+    def warning_library(lib=None):
+        warnings.warn(BLAS_WARNING, UserWarning)
+        return library(lib)
+
+    def side():
+        warnings.warn(CARVEOUT_WARNING, UserWarning)
+        warnings.warn("a warning of the side work's own", UserWarning)
+        return "z"
+
+    monkeypatch.setattr(torch.backends.cuda, "preferred_blas_library", warning_library)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert streams.beside(lambda: "h", side, 32, GPU) == ("h", "z")
+    assert [str(w.message) for w in caught] == ["a warning of the side work's own"]
+    assert settings == {"carveout": 8, "library": "cublas"}
 
 
 @pytest.mark.parametrize("case", ["no scan SMs", "a scan holding over half", "a CPU", "no carveout", "not Hopper"])

@@ -29,18 +29,18 @@ _CARVEOUT = all(hasattr(torch._C, f"_{op}_sm_carveout_experimental") for op in (
 def sm_carveout(n: int) -> Iterator[None]:
     """GEMMs launched inside the block run on cuBLASLt sized for all SMs but ``n`` (PyTorch's
     experimental carveout, read when a GEMM is launched); the previous carveout and BLAS library
-    are restored after, also on an error. PyTorch's warnings that both are experimental are not
-    repeated at every call."""
-    library, carveout = torch.backends.cuda.preferred_blas_library(), torch._C._get_sm_carveout_experimental()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*(preferred_blas_library|SM carveout).*experimental")
+    are restored after, also on an error. PyTorch's warnings that both are experimental (given
+    when they are read or set, the GEMMs' launches included) are kept out of the user's log."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*(preferred_blas_library|SM carveout).*experimental")
+        library, carveout = torch.backends.cuda.preferred_blas_library(), torch._C._get_sm_carveout_experimental()
+        try:
             torch.backends.cuda.preferred_blas_library("cublaslt")
             torch._C._set_sm_carveout_experimental(n)
-        yield
-    finally:
-        torch._C._set_sm_carveout_experimental(carveout)
-        torch.backends.cuda.preferred_blas_library(library)
+            yield
+        finally:
+            torch._C._set_sm_carveout_experimental(carveout)
+            torch.backends.cuda.preferred_blas_library(library)
 
 
 @functools.cache
