@@ -92,10 +92,11 @@ def test_field_and_separator(tmp_path):
     assert out.read_bytes() == b"a\n<|doc|>\tb"
     assert prep.parse_separator("\u00a7") == "\u00a7".encode()  # typed characters are their UTF-8 bytes
     assert prep.parse_separator(r"\0|\x7f\\q") == b"\0|\x7f\\q"  # \\ is one backslash
-    for bad, shown in ((r"\u2028", r"\u"), (r"a\qb", r"\q"), (r"\012", r"\01"), (r"\xZ1", r"\x"), ("x\\", "\\")):
+    assert prep.parse_separator(r"\r\n\r\n") == b"\r\n\r\n"  # CRLF documents
+    for bad, shown in ((r"\u2028", r"\u"), (r"a\qb", r"\q"), (r"\012", r"\012"), (r"\xZ1", r"\x"), ("x\\", "\\")):
         with pytest.raises(ValueError, match="separator") as e:  # never written literally
             prep.parse_separator(bad)
-        assert str(e.value) == (f"separator: unknown escape {shown}; the escapes are \\n \\t \\0 \\xNN "
+        assert str(e.value) == (f"separator: unknown escape {shown}; the escapes are \\n \\r \\t \\0 \\xNN "
                                 "and \\\\ (a backslash)")
 
 
@@ -104,7 +105,7 @@ def test_unknown_separator_escape_is_one_line(tmp_path, capsys):
     src.write_bytes(b"x")
     err = _err(capsys, ["data", "prepare", str(src), "--out", str(tmp_path / "o.txt"), "--separator", r"\q"])
     assert err == ("rnnlab data prepare: error: separator: unknown escape \\q; the escapes are "
-                   "\\n \\t \\0 \\xNN and \\\\ (a backslash)")
+                   "\\n \\r \\t \\0 \\xNN and \\\\ (a backslash)")
     assert not (tmp_path / "o.txt").exists()
 
 
@@ -114,10 +115,10 @@ def test_sources_without_text_are_refused(tmp_path, capsys, content):
     no corpus, manifest or temporary file left behind (training on an empty corpus fails later)."""
     src = tmp_path / "empty.jsonl"
     src.write_bytes(content)
-    out = tmp_path / "d.txt"
+    out = tmp_path / "new" / "sub" / "d.txt"
     err = _err(capsys, ["data", "prepare", str(src), "--out", str(out), "--no-progress"])
     assert err.endswith(f"error: no text in the source file (every document is empty); {out} not written")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]  # nor the folders made for it
 
 
 def test_summary_line_counts_in_the_singular(tmp_path, capsys):

@@ -24,7 +24,7 @@ def register(sub) -> None:
     q.add_argument("--out", required=True, metavar="FILE", help="the corpus to write (must not exist)")
     q.add_argument("--field", default="text", help="the JSON-lines field holding the text (default: text)")
     q.add_argument("--separator", default=r"\n\n",
-                   help=r"written between documents; escapes \n \t \0 \xNN and \\ (a backslash), no others "
+                   help=r"written between documents; escapes \n \r \t \0 \xNN and \\ (a backslash), no others "
                         r"(default: \n\n, a blank line)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.set_defaults(func=run_prepare, command="data prepare")

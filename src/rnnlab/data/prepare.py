@@ -23,6 +23,7 @@ naming the file (and line).
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -96,22 +97,23 @@ def _in_folder_format(f: Path, folder: Path) -> bool:
     return name.endswith(FOLDER_FORMATS)
 
 
-SEPARATOR_ESCAPES = {"n": b"\n", "t": b"\t", "0": b"\0", "\\": b"\\"}  # and \xNN: one byte
-_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|0(?![0-7])|[nt\\])?")  # no group: an escape not accepted
+SEPARATOR_ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "0": b"\0", "\\": b"\\"}  # and \xNN: one byte
+_ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|0(?![0-7])|[nrt\\])?")  # no group: an escape not accepted
 
 
 def parse_separator(text: str) -> bytes:
-    r"""The separator as typed on a command line, with backslash escapes ``\n``, ``\t``, ``\0``,
-    ``\xNN`` (one byte) and ``\\`` (a backslash); other characters stand for their UTF-8 bytes.
-    Any other escape (``\q``, ``\u2028``, octal ``\012``) is refused rather than written literally."""
+    r"""The separator as typed on a command line, with backslash escapes ``\n``, ``\r``, ``\t``,
+    ``\0``, ``\xNN`` (one byte) and ``\\`` (a backslash); other characters stand for their UTF-8
+    bytes. Any other escape (``\q``, ``\u2028``, octal ``\012``) is refused rather than written
+    literally."""
     out, pos = bytearray(), 0
     for m in _ESCAPE.finditer(text):
         out += text[pos:m.start()].encode("utf-8")
         esc = m.group(1)
         if esc is None:
-            bad = text[m.start():m.start() + (3 if text[m.start() + 1:m.start() + 2] == "0" else 2)]
+            bad = re.match(r"\\(?:[0-7]+|.)?", text[m.start():], re.S).group()  # \q, \012, a final \
             bad = bad if bad.isprintable() else ascii(bad)
-            raise ValueError(f"separator: unknown escape {bad}; the escapes are \\n \\t \\0 \\xNN "
+            raise ValueError(f"separator: unknown escape {bad}; the escapes are \\n \\r \\t \\0 \\xNN "
                              f"and \\\\ (a backslash)")
         out += bytes([int(esc[1:], 16)]) if esc.startswith("x") else SEPARATOR_ESCAPES[esc]
         pos = m.end()
@@ -126,15 +128,22 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
     sources = find_sources(paths)
     if out.exists():
         raise ValueError(f"--out {out} already exists; remove it or choose another name")
+    made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # the deepest first
     out.parent.mkdir(parents=True, exist_ok=True)
     total = sum(s.path.stat().st_size for s in sources)
-    with _AtomicFile(out) as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"prepare {out.name}",
-                                     disable=None if progress else True) as bar:  # None: on a terminal only
-        corpus = _Corpus(f, separator)
-        entries = [_write_source(s, corpus, field, bar) for s in sources]
-        if not corpus.documents:  # raised inside the block: the temporary file is deleted, nothing renamed
-            files = "the source file" if len(sources) == 1 else f"the {len(sources)} source files"
-            raise ValueError(f"no text in {files} (every document is empty); {out} not written")
+    try:
+        with _AtomicFile(out) as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"prepare {out.name}",
+                                         disable=None if progress else True) as bar:  # None: on a terminal only
+            corpus = _Corpus(f, separator)
+            entries = [_write_source(s, corpus, field, bar) for s in sources]
+            if not corpus.documents:  # raised inside the block: the temporary file is deleted, nothing renamed
+                files = "the source file" if len(sources) == 1 else f"the {len(sources)} source files"
+                raise ValueError(f"no text in {files} (every document is empty); {out} not written")
+    except BaseException:  # nothing written: nor the folders made for it
+        for d in made:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     manifest = {"file": out.name, "bytes": corpus.bytes, "sha256": corpus.sha256.hexdigest(),
                 "documents": corpus.documents, "separator": separator.decode("latin-1"),
                 "field": field, "sources": entries}
