@@ -109,6 +109,18 @@ def test_beside_keeps_pytorchs_experimental_warnings_out_of_the_log(gpu, monkeyp
     assert settings == {"carveout": 8, "library": "cublas"}
 
 
+def test_carveout_leaves_warnings_shown_once_shown_once(gpu):
+    """A warning Python shows once a location stays shown once when the carveout runs between
+    its calls (each layer's forward and backward): the filters are not changed at every call."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for _ in range(3):
+            with streams.sm_carveout(8):
+                pass
+            warnings.warn("a warning of the training step's", UserWarning)
+    assert [str(w.message) for w in caught] == ["a warning of the training step's"]
+
+
 @pytest.mark.parametrize("case", ["no scan SMs", "a scan holding over half", "a CPU", "no carveout", "not Hopper"])
 def test_beside_runs_one_after_the_other(gpu, monkeypatch, case):
     log, settings = gpu

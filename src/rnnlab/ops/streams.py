@@ -25,22 +25,36 @@ import torch
 _CARVEOUT = all(hasattr(torch._C, f"_{op}_sm_carveout_experimental") for op in ("get", "set"))  # PyTorch 2.7+
 
 
+# PyTorch's warnings that the BLAS library and the SM carveout are experimental features (given
+# when either is read or set, a GEMM's launch included)
+EXPERIMENTAL = r".*(preferred_blas_library|SM carveout).*experimental"
+
+
+def _silence_experimental() -> None:
+    """Keep PyTorch's two "experimental" warnings out of the user's log: a filter first in the
+    process's list, added only when it is not there already. Not ``warnings.catch_warnings`` at
+    each call: every change of the filters makes Python show again, at each step, the other
+    warnings it shows once."""
+    first = warnings.filters[0] if warnings.filters else None
+    if not (first and first[0] == "ignore" and first[1] is not None and first[1].pattern == EXPERIMENTAL):
+        warnings.filterwarnings("ignore", message=EXPERIMENTAL)
+
+
 @contextlib.contextmanager
 def sm_carveout(n: int) -> Iterator[None]:
     """GEMMs launched inside the block run on cuBLASLt sized for all SMs but ``n`` (PyTorch's
     experimental carveout, read when a GEMM is launched); the previous carveout and BLAS library
-    are restored after, also on an error. PyTorch's warnings that both are experimental (given
-    when they are read or set, the GEMMs' launches included) are kept out of the user's log."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*(preferred_blas_library|SM carveout).*experimental")
-        library, carveout = torch.backends.cuda.preferred_blas_library(), torch._C._get_sm_carveout_experimental()
-        try:
-            torch.backends.cuda.preferred_blas_library("cublaslt")
-            torch._C._set_sm_carveout_experimental(n)
-            yield
-        finally:
-            torch._C._set_sm_carveout_experimental(carveout)
-            torch.backends.cuda.preferred_blas_library(library)
+    are restored after, also on an error. PyTorch's warnings that both are experimental are kept
+    out of the user's log (:func:`_silence_experimental`)."""
+    _silence_experimental()
+    library, carveout = torch.backends.cuda.preferred_blas_library(), torch._C._get_sm_carveout_experimental()
+    try:
+        torch.backends.cuda.preferred_blas_library("cublaslt")
+        torch._C._set_sm_carveout_experimental(n)
+        yield
+    finally:
+        torch._C._set_sm_carveout_experimental(carveout)
+        torch.backends.cuda.preferred_blas_library(library)
 
 
 @functools.cache
