@@ -169,7 +169,8 @@ def test_no_usable_checkpoint_is_a_clear_error(tiny_train, tmp_path, capsys):
 
 def test_config_that_disagrees_with_the_weights_is_one_line(tiny_train, tmp_path, capsys):
     """A run whose config.json was edited to another width: its weights no longer fit the model.
-    One line naming a tensor and both shapes, for every command that loads the weights."""
+    One line naming a tensor and both shapes, for eval and resume here (sample and export load
+    the weights through the same ``load_weights``)."""
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=2), progress=False)
     cfg = json.loads((run / "config.json").read_text())

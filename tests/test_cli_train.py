@@ -4,7 +4,9 @@ tests/test_bad_inputs.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
 import sys
 
 import pytest
@@ -150,6 +152,16 @@ def test_a_reader_that_leaves_early_is_no_error(monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", ClosedPipe())
     assert main(["layers"]) == 141
     assert capsys.readouterr().err == ""
+    monkeypatch.undo()
+    # a real pipe whose reader has gone: also the interpreter's last flush at exit stays quiet
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "rnnlab", "params", "--dim", "64", "--depth", "2"], stdout=write,
+                           stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write)
+    assert (r.returncode, r.stderr) == (141, b"")
 
 
 def test_bench_help_names_no_train_defaults(capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 import subprocess
 import sys
@@ -150,8 +151,8 @@ def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, 
         r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
         assert r.returncode == 0 or _aborted_after_finishing(r, cmd), r.stdout[-3000:] + r.stderr[-5000:]
         assert r.stdout.count("loss (last 5)") == 1  # rank 0 alone prints the summary
-        assert "rnnlab train: re-launching as: python -m torch.distributed.run --standalone --nproc-per-node=2 " \
-               "-m rnnlab train " in r.stderr
+        assert (f"rnnlab train: re-launching as: {shlex.quote(sys.executable)} -m torch.distributed.run "
+                "--standalone --nproc-per-node=2 -m rnnlab train ") in r.stderr
     else:
         _torchrun([*args, "--distributed", mode])
     two = json.loads((run / "summary.json").read_text())

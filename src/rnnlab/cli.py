@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:  # `rnnlab layers | head`: the reader has what it wanted
+        if args.debug:
+            raise
         _discard_stdout()
         return 141  # a shell's status for a writer stopped by SIGPIPE, as `git log | head` ends
     except USER_ERRORS as e:

@@ -28,7 +28,9 @@ def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float 
 def stream(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, seed: int = 0) -> Iterator[bytes]:
     """``generate``'s bytes one at a time, each as soon as it is sampled (``rnnlab sample`` prints
-    them so); the arguments are checked here, before the first byte is asked for."""
+    them so); the arguments are checked here, before the first byte is asked for. The model is in
+    eval mode from the first byte until the stream is exhausted or closed (``close()``, or the
+    end of a ``for`` loop over it), then back in its mode before."""
     if isinstance(prompt, str):
         prompt = prompt.encode("utf-8")
     if not prompt:

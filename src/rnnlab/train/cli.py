@@ -128,7 +128,7 @@ def _launch(args) -> int | None:
     if "train" not in argv:
         raise ValueError("--gpus re-launches the command line; call it as `rnnlab train ... --gpus N`")
     cmd = torchrun_command(n, argv)
-    print("rnnlab train: re-launching as: python " + shlex.join(cmd[1:]), file=sys.stderr)
+    print("rnnlab train: re-launching as: " + shlex.join(cmd), file=sys.stderr)
     try:
         return subprocess.call(cmd)
     except KeyboardInterrupt:

@@ -147,7 +147,7 @@ class RunConfig:
     curve_eval_bytes: int | None = option(None, help="held-out bytes scored by the evals during training "
                                                      "(--eval-every), e.g. 256K for a cheap learning curve; the "
                                                      "eval at the end scores --eval-bytes and these bytes too "
-                                                     "(metrics.jsonl's curve_val_bpb), so the curve ends on the "
+                                                     "(eval.jsonl's curve_val_bpb), so the curve ends on the "
                                                      "same bytes "
                                                      "(default: --eval-bytes)", parse=parse_eval_bytes,
                                           bounds=at_least(0, 1 << 50), resumable=True, scope="suite")
