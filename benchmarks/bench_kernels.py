@@ -347,7 +347,9 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(0, 28, 32)):
     of in_proj (``z = x W_z^T``), in the backward out_proj's weight gradient (``dy`` and ``y`` are
     known before the backward scan) and the gate half's ``dW_z = dz^T x`` and ``dx = dz W_z``
     (``dz = dy h silu'(z)`` needs no scan either). What running them on a second stream could save
-    per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads). A pair of rows with
+    per layer: the bound of splitting in_proj (docs/kernels.md, E1 heads). The backward scan twice:
+    with W_h's gradient (the package's: at 128 channels a split-K sum after the scan) and without
+    it, so that the two "both" rows show what that sum costs once the GEMMs run beside it. A pair of rows with
     PyTorch's default GEMMs, then one for each carveout of ``carveouts``
     (``rnnlab.ops.streams.sm_carveout``): the GEMMs on cuBLASLt sized for all SMs but that many."""
     from rnnlab.ops.elman import heads
@@ -379,6 +381,8 @@ def heads_scans_beside_gate_branch(add, B, T, reps, dt, carveouts=(0, 28, 32)):
                     ("E1 heads forward scan", "in_proj's gate half (z = x W_z^T)"))
         time_beside(add, shape, lambda: heads.backward(g, w, h, None, True, opts), backward_gemms, reps,
                     ("E1 heads backward scan", "out_proj's dW, the gate half's dW and dx"))
+        time_beside(add, shape, lambda: heads.backward(g, w, h, None, False, opts), backward_gemms, reps,
+                    ("E1 heads backward scan without dW_h", "out_proj's dW, the gate half's dW and dx"))
 
 
 def dense_scan_beside_weight_gradients(add, B, T, reps, dt):

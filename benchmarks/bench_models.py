@@ -241,6 +241,33 @@ def cuda_kernels(prof) -> list[tuple[str, float, int]]:
             and not e.is_user_annotation]
 
 
+def kernel_spans(prof) -> list[tuple[float, float, str]]:
+    """``(start µs, end µs, name)`` of every GPU kernel and copy a ``torch.profiler`` run recorded,
+    in start order (user annotations left out, as in :func:`cuda_kernels`)."""
+    return sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                  if e.device_type == torch.autograd.DeviceType.CUDA and not e.is_user_annotation)
+
+
+def idle_time(spans: list[tuple[float, float, str]], steps: int, top: int = 6) -> dict:
+    """Where the GPU ran no kernel on any stream, per step: the idle milliseconds between the
+    kernels of ``spans`` (:func:`kernel_spans`, over ``steps`` steps) in all, and by the kinds of
+    the kernel that ended last before each gap and of the one that started after it (the
+    ``top`` costliest pairs, with their gaps a step): the gaps a graphed step still keeps."""
+    pairs: dict[str, list[float]] = {}
+    busy_end, last = (spans[0][1], spans[0][2]) if spans else (0.0, "")
+    for start, end, name in spans[1:]:
+        if start > busy_end:
+            gap = pairs.setdefault(f"{kernel_kind(last)} -> {kernel_kind(name)}", [0.0, 0])
+            gap[0] += start - busy_end
+            gap[1] += 1
+        if end > busy_end:
+            busy_end, last = end, name
+    ranked = sorted(pairs.items(), key=lambda kv: -kv[1][0])
+    return {"idle_ms_per_step": round(sum(ms for ms, _ in pairs.values()) / 1e3 / steps, 3),
+            "by_pair": [{"pair": k, "ms_per_step": round(ms / 1e3 / steps, 3), "gaps_per_step": n / steps}
+                        for k, (ms, n) in ranked[:top]]}
+
+
 def kernel_breakdown(kernels: list[tuple[str, float, int]], steps: int) -> dict:
     """GPU milliseconds per step by kind of kernel and the 12 costliest kernels, from
     ``(name, total ms, launches)`` over ``steps`` profiled steps."""
@@ -369,6 +396,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
                 step(batches[i % len(batches)])
             torch.cuda.synchronize()
         row["profile"] = kernel_breakdown(cuda_kernels(prof), PROFILE_STEPS)
+        row["profile"]["idle"] = idle_time(kernel_spans(prof), PROFILE_STEPS)
     del model, fwd, opt, batches, step, eager_step, graphed_step, forward_backward, graph
     torch._dynamo.reset()
     gc.collect()
@@ -576,6 +604,10 @@ def print_profiles(rows: list[dict]) -> None:
             kinds = ", ".join(f"{k} {v:.1f}" for k, v in prof["by_kind_ms"].items())
             print(f"{r['name']} ({r['mode']}): GPU {prof['gpu_ms_per_step']:.1f} ms per step of "
                   f"{r['step_ms']:.1f}: {kinds}")
+            if idle := prof.get("idle"):
+                gaps = ", ".join(f"{g['pair']} {g['ms_per_step']:.2f} ({g['gaps_per_step']:g})" for g in idle["by_pair"])
+                print(f"  idle {idle['idle_ms_per_step']:.2f} ms per step, by the kernels around each gap "
+                      f"(ms, gaps a step): {gaps}")
 
 
 def main(argv=None):

@@ -1078,6 +1078,21 @@ def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
                              "launches_per_step": 26.0}
 
 
+def test_bench_models_idle_time_counts_only_when_no_kernel_runs():
+    """bench_models.py --profile's idle time: a gap counts only where no kernel runs on any stream
+    (a kernel inside another's span closes none), and goes to the kinds of the kernel that ended
+    last before it and of the one after it."""
+    bm = _benchmark_script("bench_models")
+    spans = [(0.0, 100.0, "nvjet_a"), (10.0, 50.0, "_scan_bwd"),  # beside the GEMM: no gap
+             (104.0, 150.0, "_scan_fwd_tma"),  # 4 us after the GEMM
+             (160.0, 200.0, "nvjet_b"), (150.0, 155.0, "triton_per_fused_x")]
+    out = bm.idle_time(sorted(spans), steps=2)
+    assert out["idle_ms_per_step"] == round((4 + 5) / 1e3 / 2, 3)
+    assert out["by_pair"] == [{"pair": "Inductor's fused kernels -> matmul", "ms_per_step": 0.003, "gaps_per_step": 0.5},
+                              {"pair": "matmul -> mixer", "ms_per_step": 0.002, "gaps_per_step": 0.5}]
+    assert bm.idle_time([], steps=1) == {"idle_ms_per_step": 0.0, "by_pair": []}
+
+
 def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
     """The x Mamba2 column: each row's tok/s over Mamba2's fastest correct mode of the same run;
     "-" (not nan) in a run without a Mamba2 row."""
