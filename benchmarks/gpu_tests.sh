@@ -14,6 +14,7 @@
 # run. Needs pytest-xdist and pytest-timeout (the GPU image has both).
 set -uo pipefail
 out=$1; shift
+mkdir -p "$out"
 # shellcheck source=benchmarks/gpu_env.sh
 source benchmarks/gpu_env.sh >/dev/null 2>&1
 workers=${GPU_TEST_WORKERS:-4}
