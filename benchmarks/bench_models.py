@@ -252,20 +252,27 @@ def idle_time(spans: list[tuple[float, float, str]], steps: int, top: int = 6) -
     """Where the GPU ran no kernel on any stream, per step: the idle milliseconds between the
     kernels of ``spans`` (:func:`kernel_spans`, over ``steps`` steps) in all, and by the kinds of
     the kernel that ended last before each gap and of the one that started after it (the
-    ``top`` costliest pairs, with their gaps a step): the gaps a graphed step still keeps."""
-    pairs: dict[str, list[float]] = {}
+    ``top`` costliest pairs, with their gaps a step), then by the two kernels' names (their first
+    60 characters): the gaps a graphed step still keeps, and where."""
+    kinds: dict[str, list[float]] = {}
+    names: dict[str, list[float]] = {}
     busy_end, last = (spans[0][1], spans[0][2]) if spans else (0.0, "")
     for start, end, name in spans[1:]:
         if start > busy_end:
-            gap = pairs.setdefault(f"{kernel_kind(last)} -> {kernel_kind(name)}", [0.0, 0])
-            gap[0] += start - busy_end
-            gap[1] += 1
+            for table, key in ((kinds, f"{kernel_kind(last)} -> {kernel_kind(name)}"),
+                               (names, f"{last[:60]} -> {name[:60]}")):
+                gap = table.setdefault(key, [0.0, 0])
+                gap[0] += start - busy_end
+                gap[1] += 1
         if end > busy_end:
             busy_end, last = end, name
-    ranked = sorted(pairs.items(), key=lambda kv: -kv[1][0])
-    return {"idle_ms_per_step": round(sum(ms for ms, _ in pairs.values()) / 1e3 / steps, 3),
-            "by_pair": [{"pair": k, "ms_per_step": round(ms / 1e3 / steps, 3), "gaps_per_step": n / steps}
-                        for k, (ms, n) in ranked[:top]]}
+
+    def ranked(table):
+        return [{"pair": k, "ms_per_step": round(ms / 1e3 / steps, 3), "gaps_per_step": n / steps}
+                for k, (ms, n) in sorted(table.items(), key=lambda kv: -kv[1][0])[:top]]
+
+    return {"idle_ms_per_step": round(sum(ms for ms, _ in kinds.values()) / 1e3 / steps, 3),
+            "by_pair": ranked(kinds), "by_kernels": ranked(names)}
 
 
 def kernel_breakdown(kernels: list[tuple[str, float, int]], steps: int) -> dict:
@@ -608,6 +615,8 @@ def print_profiles(rows: list[dict]) -> None:
                 gaps = ", ".join(f"{g['pair']} {g['ms_per_step']:.2f} ({g['gaps_per_step']:g})" for g in idle["by_pair"])
                 print(f"  idle {idle['idle_ms_per_step']:.2f} ms per step, by the kernels around each gap "
                       f"(ms, gaps a step): {gaps}")
+                for g in idle["by_kernels"]:
+                    print(f"    {g['ms_per_step']:.3f} ms ({g['gaps_per_step']:g} a step): {g['pair']}")
 
 
 def main(argv=None):

@@ -1090,7 +1090,8 @@ def test_bench_models_idle_time_counts_only_when_no_kernel_runs():
     assert out["idle_ms_per_step"] == round((4 + 5) / 1e3 / 2, 3)
     assert out["by_pair"] == [{"pair": "Inductor's fused kernels -> matmul", "ms_per_step": 0.003, "gaps_per_step": 0.5},
                               {"pair": "matmul -> mixer", "ms_per_step": 0.002, "gaps_per_step": 0.5}]
-    assert bm.idle_time([], steps=1) == {"idle_ms_per_step": 0.0, "by_pair": []}
+    assert out["by_kernels"][0] == {"pair": "triton_per_fused_x -> nvjet_b", "ms_per_step": 0.003, "gaps_per_step": 0.5}
+    assert bm.idle_time([], steps=1) == {"idle_ms_per_step": 0.0, "by_pair": [], "by_kernels": []}
 
 
 def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
