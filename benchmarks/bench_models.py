@@ -10,8 +10,13 @@ Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; rnnlab's one-
 ``rnnlab train`` runs it on CUDA, and/or with ``--sf-step foreach`` schedulefree's own step, each
 mode of each model once per step kind: the optimizer's share in one run), T=512, the same random
 bytes and the same initial weights (seed 0) for every mode of a model; ``--warmup`` steps (at
-least 3 when compiling: compilation, autotuning) are not timed; tok/s is B*T over the median of
-``--steps`` CUDA-synchronised step times. MFU = 6 * params * tok/s / the GPU's dense bf16 peak
+least 3 when compiling: compilation, autotuning) are not timed; tok/s is B*T over the median
+step time of ``--steps`` steps queued back to back (``back_to_back``: CUDA events on the GPU's
+timeline, no synchronisation between the steps, so the host queues ahead as in a training loop
+that does not wait for each step). ``synced_step_ms`` is the median of ``--steps`` steps each
+started from an idle GPU and synchronised at its end, timed first (the step time of the runs
+before 2026-12-04: it adds the host's time to launch the step's first kernels, ≈ 1 ms a step for
+a CUDA graph). MFU = 6 * params * tok/s / the GPU's dense bf16 peak
 (``--peak-tflops``, default 989 for H100/H200 SXM): every model pays 6*N FLOPs per token for its
 weights, so MFU is the share of the chip a model turns into training.
 
@@ -297,6 +302,24 @@ def graph_stats() -> dict:
             "graphs": counters["stats"]["unique_graphs"]}
 
 
+def back_to_back(step, batches: list[torch.Tensor], steps: int) -> tuple[list[float], list[float]]:
+    """``(seconds, losses)`` of ``steps`` more steps queued back to back after an idle GPU: each
+    step's time between CUDA events recorded on the current stream before and after it, with no
+    synchronisation until the last, so the GPU waits for the host only where the host is slower
+    (the first step, which starts from idle, included). Each loss is copied as its step ends (a
+    CUDA graph rewrites its loss tensor at every replay) and read at the end."""
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
+    losses = []
+    torch.cuda.synchronize()
+    events[0].record()
+    for i in range(steps):
+        losses.append(step(batches[i % len(batches)]).detach().clone())
+        events[i + 1].record()
+    torch.cuda.synchronize()
+    return ([a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])],
+            [loss.item() for loss in losses])
+
+
 SPIN_CYCLES = 2_000_000_000  # torch.cuda._sleep's GPU clock cycles: ~1 s on an H100 / H200, longer than any step's queueing
 HOST_STEPS = 3
 
@@ -324,7 +347,8 @@ def host_time(step, batches: list[torch.Tensor]) -> tuple[float, float]:
 
 def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused", graphed=False, twin=False,
           row_limit=None):
-    """Train ``steps + warmup`` steps of one model in one mode with Schedule-Free AdamW's
+    """Train ``warmup + 2 * steps`` steps of one model in one mode (the timed ``steps`` synced, then
+    ``steps`` queued back to back: ``back_to_back``) with Schedule-Free AdamW's
     ``sf_step`` ("fused": rnnlab's one-launch step; "foreach": schedulefree's own), ``graphed``:
     the timed steps replay a CUDA graph of the forward and backward, captured after the warm-up
     steps as ``rnnlab train --cuda-graph`` captures it (``GraphedForwardBackward``; the optimizer
@@ -383,10 +407,14 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
-    med = statistics.median(times[warmup:])
+    synced = statistics.median(times[warmup:])
+    queued, queued_losses = back_to_back(step, batches, steps)
+    losses += queued_losses
+    med = statistics.median(queued)
     row = dict(name=name, mode=mode_name(mode, graphed), config=cfgd, params=params,
                persistent_rows=None if mode is OFF else row_limit,
                B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
+               synced_step_ms=round(synced * 1e3, 2),
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
                first_step_s=round(times[0], 2), losses=[round(v, 5) for v in losses])
@@ -562,7 +590,7 @@ def print_table(meta: dict, rows: list[dict]) -> None:
           f"(fused path: {meta['mamba2_fused_path']})  commit {meta['git_commit']}")
     w = max([24] + [len(r["name"]) for r in rows])
     print(f"{'model':{w}s} {'mode':>15s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'MFU':>6s} {'xMamba2':>7s} "
-          f"{'step ms':>8s} {'host ms':>8s} {'peak GiB':>8s} {'reserved':>8s} {'1st s':>6s} {'dloss':>7s} {'breaks':>6s}")
+          f"{'step ms':>8s} {'synced':>7s} {'host ms':>8s} {'peak GiB':>8s} {'reserved':>8s} {'1st s':>6s} {'dloss':>7s} {'breaks':>6s}")
     for r in rows:
         if "error" in r:
             print(f"{r['name']:{w}s} {r['mode']:>15s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
@@ -570,7 +598,7 @@ def print_table(meta: dict, rows: list[dict]) -> None:
         flag = "*" if r["fastest"] else ("!" if not r["correct"] else " ")
         x_mamba2 = f"{r['x_mamba2_best']:7.2f}" if "x_mamba2_best" in r else f"{'-':>7s}"  # no Mamba2 row ran
         print(f"{r['name']:{w}s} {r['mode']:>15s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d}{flag}"
-              f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} "
+              f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} {r['synced_step_ms']:7.1f} "
               f"{'blocked' if r.get('host_blocked') else format(r['host_ms'], '.1f'):>8s} "
               f"{r['peak_mem_gib']:8.2f} {r['peak_reserved_gib']:8.2f} {r['first_step_s']:6.1f} "
               f"{r['max_dloss_vs_first_mode']:7.4f} {r.get('graph_breaks', '-'):>6}")
@@ -578,7 +606,8 @@ def print_table(meta: dict, rows: list[dict]) -> None:
         if "max_dloss_twin" in r:
             print(f"{r['name']} (B={r['B']}): rounding twin's dloss {r['max_dloss_twin']:.4f}, tolerance {r['loss_tol']:.4f}")
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than its "
-          f"tolerance (not counted: {LOSS_TOL}, or {TWIN_FACTOR}x its rounding twin's dloss when larger); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode; host ms = the CPU's "
+          f"tolerance (not counted: {LOSS_TOL}, or {TWIN_FACTOR}x its rounding twin's dloss when larger); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode; step ms = steps queued back to back "
+          "(tok/s, MFU); synced = each step from an idle GPU to a synchronised end; host ms = the CPU's "
           "time to queue one step behind a busy GPU (near step ms: bound by the host; blocked: it waited for the GPU)")
 
 

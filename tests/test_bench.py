@@ -1103,19 +1103,19 @@ def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
 
     def row(name, tok_per_s, mode="default", loss=1.0):
         return dict(name=name, mode=mode, params=10, B=32, tok_per_s=tok_per_s, losses=[loss],
-                    step_ms=1.0, host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
+                    step_ms=1.0, synced_step_ms=1.0, host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
     # Mamba2's fastest correct mode is reduce-overhead: "off" is faster but trains differently
     with_mamba2 = [row("Mamba2 d22", 100_000), row("Mamba2 d22", 125_000, "reduce-overhead"),
                    row("Mamba2 d22", 150_000, "off", loss=1.0 + 2 * bm.LOSS_TOL), row("E88 49x32 d32", 100_000)]
     bm.annotate(with_mamba2, peak=989.0)
     bm.print_table(meta, with_mamba2)
-    ratios = [line.split()[-8] for line in capsys.readouterr().out.splitlines()[3:7]]
+    ratios = [line.split()[-9] for line in capsys.readouterr().out.splitlines()[3:7]]
     assert ratios == ["0.80", "1.00", "1.20", "0.80"]
     alone = [row("E1 d26 dense", 70_000)]
     bm.annotate(alone, peak=989.0)
     bm.print_table(meta, alone)
-    assert capsys.readouterr().out.splitlines()[3].split()[-8] == "-"
+    assert capsys.readouterr().out.splitlines()[3].split()[-9] == "-"
     # rows of schedulefree's own step are set against Mamba2 with that step, the others against the fused one
     steps = [row(bm.row_name("Mamba2 d22", "fused"), 120_000), row(bm.row_name("Mamba2 d22", "foreach"), 100_000),
              row(bm.row_name("E16 s4", "fused"), 240_000), row(bm.row_name("E16 s4", "foreach"), 230_000)]
@@ -1130,7 +1130,7 @@ def test_bench_models_tolerance_grows_with_the_rounding_twin(capsys):
     bm = _benchmark_script("bench_models")
 
     def row(name, mode, losses, tok_per_s, **extra):
-        return dict(name=name, mode=mode, params=10, B=32, tok_per_s=tok_per_s, losses=losses, step_ms=1.0,
+        return dict(name=name, mode=mode, params=10, B=32, tok_per_s=tok_per_s, losses=losses, step_ms=1.0, synced_step_ms=1.0,
                     host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0, **extra)
 
     stray = 5.0 + bm.LOSS_TOL + 0.003  # just past the fixed tolerance, like E1 low-rank's compiled 0.053
@@ -1918,7 +1918,7 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
         seen.append((name, MINGRU_SCAN.kernel.get().__file__ == str(copy)) + (("twin", mode),) * twin
                     + (("rows", row_limit),) * (row_limit is not None))
         return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
-                    step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
+                    step_ms=1.0, synced_step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
     monkeypatch.setattr(bm, "bench", fake_bench)
     monkeypatch.setattr(bm.torch.cuda, "is_available", lambda: True)
@@ -1964,7 +1964,7 @@ def test_bench_models_e1_against_twins_e1_rows_with_those_kernel_options(monkeyp
         opts = None if kernels is et else kernels.options
         seen.append((name, None if opts is None else (opts.heads_gluon, opts.dense_wgmma, kernels.elman_scan.traced)))
         return dict(name=name, mode=bm.mode_name(mode, graphed), B=B, params=1, tok_per_s=1, losses=[1.0],
-                    step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
+                    step_ms=1.0, synced_step_ms=1.0, host_ms=0.1, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0)
 
     monkeypatch.setattr(bm, "bench", fake_bench)
     monkeypatch.setattr(bm.torch.cuda, "is_available", lambda: True)
