@@ -16,7 +16,9 @@ timeline, no synchronisation between the steps, so the host queues ahead as in a
 that does not wait for each step). ``synced_step_ms`` is the median of ``--steps`` steps each
 started from an idle GPU and synchronised at its end, timed first (the step time of the runs
 before 2026-12-04: it adds the host's time to launch the step's first kernels, ≈ 1 ms a step for
-a CUDA graph). MFU = 6 * params * tok/s / the GPU's dense bf16 peak
+a CUDA graph). ``sm_mhz`` / ``power_w``: the median SM clock and board power while the
+queued steps ran (nvidia-smi; the meta gives the board's power limit): a GEMM-bound step at the
+power limit runs at the clock the limit allows, which differs between boards. MFU = 6 * params * tok/s / the GPU's dense bf16 peak
 (``--peak-tflops``, default 989 for H100/H200 SXM): every model pays 6*N FLOPs per token for its
 weights, so MFU is the share of the chip a model turns into training.
 
@@ -90,6 +92,7 @@ import gc
 import itertools
 import json
 import statistics
+import subprocess
 import sys
 import time
 import types
@@ -302,22 +305,38 @@ def graph_stats() -> dict:
             "graphs": counters["stats"]["unique_graphs"]}
 
 
-def back_to_back(step, batches: list[torch.Tensor], steps: int) -> tuple[list[float], list[float]]:
-    """``(seconds, losses)`` of ``steps`` more steps queued back to back after an idle GPU: each
-    step's time between CUDA events recorded on the current stream before and after it, with no
-    synchronisation until the last, so the GPU waits for the host only where the host is slower
+def nvidia_smi(fields: str) -> list[float] | None:
+    """The current GPU's ``fields`` (nvidia-smi's ``--query-gpu`` names, comma-separated) as
+    numbers, e.g. ``"clocks.sm,power.draw"`` (MHz, W); None where nvidia-smi does not answer."""
+    uuid = f"GPU-{torch.cuda.get_device_properties(torch.cuda.current_device()).uuid}"
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={uuid}", f"--query-gpu={fields}", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout
+        return [float(v) for v in out.split(",")]
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return None
+
+
+def back_to_back(step, batches: list[torch.Tensor], steps: int) -> tuple[list[float], list[float], list[list[float]]]:
+    """``(seconds, losses, clocks)`` of ``steps`` more steps queued back to back after an idle GPU:
+    each step's time between CUDA events recorded on the current stream before and after it, with
+    no synchronisation until the last, so the GPU waits for the host only where the host is slower
     (the first step, which starts from idle, included). Each loss is copied as its step ends (a
-    CUDA graph rewrites its loss tensor at every replay) and read at the end."""
+    CUDA graph rewrites its loss tensor at every replay) and read at the end. ``clocks``: the SM
+    clock (MHz) and board power (W), sampled while the queued steps run (a GPU at its power limit
+    lowers its clock: the speed of a GEMM-bound step follows it)."""
     events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
-    losses = []
+    losses, clocks = [], []
     torch.cuda.synchronize()
     events[0].record()
     for i in range(steps):
         losses.append(step(batches[i % len(batches)]).detach().clone())
         events[i + 1].record()
+    while not events[-1].query() and (sample := nvidia_smi("clocks.sm,power.draw")):
+        clocks.append(sample)
     torch.cuda.synchronize()
     return ([a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])],
-            [loss.item() for loss in losses])
+            [loss.item() for loss in losses], clocks)
 
 
 SPIN_CYCLES = 2_000_000_000  # torch.cuda._sleep's GPU clock cycles: ~1 s on an H100 / H200, longer than any step's queueing
@@ -408,13 +427,15 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     synced = statistics.median(times[warmup:])
-    queued, queued_losses = back_to_back(step, batches, steps)
+    queued, queued_losses, clocks = back_to_back(step, batches, steps)
     losses += queued_losses
     med = statistics.median(queued)
     row = dict(name=name, mode=mode_name(mode, graphed), config=cfgd, params=params,
                persistent_rows=None if mode is OFF else row_limit,
                B=B, T=T, warmup=warmup, step_ms=round(med * 1e3, 2), tok_per_s=round(B * T / med),
                synced_step_ms=round(synced * 1e3, 2),
+               sm_mhz=round(statistics.median(c[0] for c in clocks)) if clocks else None,
+               power_w=round(statistics.median(c[1] for c in clocks)) if clocks else None,
                peak_mem_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
                peak_reserved_gib=round(torch.cuda.max_memory_reserved() / 2**30, 2),
                first_step_s=round(times[0], 2), losses=[round(v, 5) for v in losses])
@@ -585,12 +606,12 @@ def print_targets(found: list[dict]) -> None:
 
 
 def print_table(meta: dict, rows: list[dict]) -> None:
-    print(f"\n{meta['device']}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}  "
+    print(f"\n{meta['device']} (power limit {meta.get('power_limit_w')} W)  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}  "
           f"mamba_ssm {meta['mamba_ssm']}  causal_conv1d {meta['causal_conv1d']} "
           f"(fused path: {meta['mamba2_fused_path']})  commit {meta['git_commit']}")
     w = max([24] + [len(r["name"]) for r in rows])
     print(f"{'model':{w}s} {'mode':>15s} {'params':>12s} {'B':>3s} {'tok/s':>9s} {'MFU':>6s} {'xMamba2':>7s} "
-          f"{'step ms':>8s} {'synced':>7s} {'host ms':>8s} {'peak GiB':>8s} {'reserved':>8s} {'1st s':>6s} {'dloss':>7s} {'breaks':>6s}")
+          f"{'step ms':>8s} {'synced':>7s} {'MHz':>5s} {'W':>4s} {'host ms':>8s} {'peak GiB':>8s} {'reserved':>8s} {'1st s':>6s} {'dloss':>7s} {'breaks':>6s}")
     for r in rows:
         if "error" in r:
             print(f"{r['name']:{w}s} {r['mode']:>15s} {'':>12s} {r['B']:3d} ERROR {r['error'][:80]}")
@@ -599,6 +620,7 @@ def print_table(meta: dict, rows: list[dict]) -> None:
         x_mamba2 = f"{r['x_mamba2_best']:7.2f}" if "x_mamba2_best" in r else f"{'-':>7s}"  # no Mamba2 row ran
         print(f"{r['name']:{w}s} {r['mode']:>15s} {r['params']:12,d} {r['B']:3d} {r['tok_per_s']:9,d}{flag}"
               f"{100 * r['mfu']:5.1f}% {x_mamba2} {r['step_ms']:8.1f} {r['synced_step_ms']:7.1f} "
+              f"{r.get('sm_mhz') or '-':>5} {r.get('power_w') or '-':>4} "
               f"{'blocked' if r.get('host_blocked') else format(r['host_ms'], '.1f'):>8s} "
               f"{r['peak_mem_gib']:8.2f} {r['peak_reserved_gib']:8.2f} {r['first_step_s']:6.1f} "
               f"{r['max_dloss_vs_first_mode']:7.4f} {r.get('graph_breaks', '-'):>6}")
@@ -607,7 +629,8 @@ def print_table(meta: dict, rows: list[dict]) -> None:
             print(f"{r['name']} (B={r['B']}): rounding twin's dloss {r['max_dloss_twin']:.4f}, tolerance {r['loss_tol']:.4f}")
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than its "
           f"tolerance (not counted: {LOSS_TOL}, or {TWIN_FACTOR}x its rounding twin's dloss when larger); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode; step ms = steps queued back to back "
-          "(tok/s, MFU); synced = each step from an idle GPU to a synchronised end; host ms = the CPU's "
+          "(tok/s, MFU); synced = each step from an idle GPU to a synchronised end; MHz, W = the median SM clock and "
+          "board power while the queued steps ran (nvidia-smi); host ms = the CPU's "
           "time to queue one step behind a busy GPU (near step ms: bound by the host; blocked: it waited for the GPU)")
 
 
@@ -705,7 +728,7 @@ def main(argv=None):
                 weights="bf16", steps=args.steps, peak_tflops=peak,
                 peak_assumed=assumed, loss_tol=LOSS_TOL, twin_factor=TWIN_FACTOR, twin_step=TWIN_STEP,
                 persistent_rows=PERSISTENT_ROWS, rows_against=args.rows_against, e1_against=args.e1_against,
-                **versions())
+                power_limit_w=(nvidia_smi("power.limit") or [None])[0], **versions())
     meta["git_commit"] = args.commit or meta["git_commit"]
     def named(name, words):
         return any(w.lower() in name.lower() for w in words or ())

@@ -7,7 +7,9 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -1094,6 +1096,28 @@ def test_bench_models_idle_time_counts_only_when_no_kernel_runs():
     assert bm.idle_time([], steps=1) == {"idle_ms_per_step": 0.0, "by_pair": [], "by_kernels": []}
 
 
+def test_bench_models_reads_clock_and_power_from_nvidia_smi(monkeypatch):
+    """bench_models.py's clock / power samples: nvidia-smi's CSV fields as numbers for the current
+    GPU (named by its UUID), None where nvidia-smi is missing, fails or answers "[N/A]"."""
+    bm = _benchmark_script("bench_models")
+    monkeypatch.setattr(bm.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(bm.torch.cuda, "get_device_properties", lambda i: types.SimpleNamespace(uuid="1234-ab"))
+    calls, answers = [], iter(["1560, 693.25\n", FileNotFoundError("nvidia-smi"),
+                               subprocess.CalledProcessError(9, "nvidia-smi"), "[N/A], 80\n"])
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return types.SimpleNamespace(stdout=answer)
+
+    monkeypatch.setattr(bm.subprocess, "run", run)
+    assert bm.nvidia_smi("clocks.sm,power.draw") == [1560.0, 693.25]
+    assert calls[0][1:3] == ["--id=GPU-1234-ab", "--query-gpu=clocks.sm,power.draw"]
+    assert [bm.nvidia_smi("power.limit") for _ in range(3)] == [None, None, None]
+
+
 def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
     """The x Mamba2 column: each row's tok/s over Mamba2's fastest correct mode of the same run;
     "-" (not nan) in a run without a Mamba2 row."""
@@ -1110,12 +1134,12 @@ def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
                    row("Mamba2 d22", 150_000, "off", loss=1.0 + 2 * bm.LOSS_TOL), row("E88 49x32 d32", 100_000)]
     bm.annotate(with_mamba2, peak=989.0)
     bm.print_table(meta, with_mamba2)
-    ratios = [line.split()[-9] for line in capsys.readouterr().out.splitlines()[3:7]]
+    ratios = [line.split()[-11] for line in capsys.readouterr().out.splitlines()[3:7]]
     assert ratios == ["0.80", "1.00", "1.20", "0.80"]
     alone = [row("E1 d26 dense", 70_000)]
     bm.annotate(alone, peak=989.0)
     bm.print_table(meta, alone)
-    assert capsys.readouterr().out.splitlines()[3].split()[-9] == "-"
+    assert capsys.readouterr().out.splitlines()[3].split()[-11] == "-"
     # rows of schedulefree's own step are set against Mamba2 with that step, the others against the fused one
     steps = [row(bm.row_name("Mamba2 d22", "fused"), 120_000), row(bm.row_name("Mamba2 d22", "foreach"), 100_000),
              row(bm.row_name("E16 s4", "fused"), 240_000), row(bm.row_name("E16 s4", "foreach"), 230_000)]
@@ -1923,6 +1947,7 @@ def test_bench_models_scan_against_twins_only_the_scan_models(monkeypatch, tmp_p
     monkeypatch.setattr(bm, "bench", fake_bench)
     monkeypatch.setattr(bm.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bm.torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(bm, "nvidia_smi", lambda fields: [700.0])
     bm.main(["--only", "minGRU", "E16", "--compile", "off", "--scan-against", str(copy)])
     assert seen == [("minGRU 3520x16", False), ("minGRU 3520x16 [--scan-against]", True), ("E16 s4 1024x10 e2", False)]
     assert MINGRU_SCAN.kernel.get() is stri
@@ -1969,6 +1994,7 @@ def test_bench_models_e1_against_twins_e1_rows_with_those_kernel_options(monkeyp
     monkeypatch.setattr(bm, "bench", fake_bench)
     monkeypatch.setattr(bm.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bm.torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(bm, "nvidia_smi", lambda fields: [700.0])
     bm.main(["--only", "E1 heads 14x128 d31", "E16", "--compile", "off", "--e1-against", "heads_gluon=0,dense_wgmma=0"])
     assert seen == [("E1 heads 14x128 d31", None), ("E1 heads 14x128 d31 [--e1-against]", (False, False, True)),
                     ("E16 s4 1024x10 e2", None)]
