@@ -15,8 +15,9 @@ step time of ``--steps`` steps queued back to back (``back_to_back``: CUDA event
 timeline, no synchronisation between the steps, so the host queues ahead as in a training loop
 that does not wait for each step). ``synced_step_ms`` is the median of ``--steps`` steps each
 started from an idle GPU and synchronised at its end, timed first (the step time of the runs
-before 2026-12-04: it adds the host's time to launch the step's first kernels, ≈ 1 ms a step for
-a CUDA graph). ``sm_mhz`` / ``power_w``: the median SM clock and board power while the
+before 2026-12-04): right after the compilation's pause, before the board reaches its power
+limit, it read GEMM-bound models up to ≈ 3% faster than the queued steps after it
+(``results/scoreboard-h200-1204``). ``sm_mhz`` / ``power_w``: the median SM clock and board power while the
 queued steps ran (nvidia-smi; the meta gives the board's power limit): a GEMM-bound step at the
 power limit runs at the clock the limit allows, which differs between boards. MFU = 6 * params * tok/s / the GPU's dense bf16 peak
 (``--peak-tflops``, default 989 for H100/H200 SXM): every model pays 6*N FLOPs per token for its
