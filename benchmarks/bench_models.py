@@ -74,8 +74,9 @@ LIMIT`` adds, for each compiled row, a twin row (``ROWS_SUFFIX``) compiled with 
 
 ``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` and adds
 the GPU time per step by kind of kernel (``KERNEL_KINDS``: the sequence mixer's kernels, matmuls,
-Inductor's fused kernels, the optimizer, other) and the costliest kernels: where a
-model's step goes, for the kernel work on MFU (docs/kernels.md).
+Inductor's fused kernels, the optimizer, other), the costliest kernels, and the GPU's idle time
+between kernels by the kernels around each gap (``idle_time``): where a model's step goes, for
+the kernel work on MFU (docs/kernels.md).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps and
 ``max_memory_reserved``; under ``reduce-overhead`` the CUDA graphs' memory pool is reserved, not
@@ -318,22 +319,33 @@ def nvidia_smi(fields: str) -> list[float] | None:
         return None
 
 
-def back_to_back(step, batches: list[torch.Tensor], steps: int) -> tuple[list[float], list[float], list[list[float]]]:
-    """``(seconds, losses, clocks)`` of ``steps`` more steps queued back to back after an idle GPU:
-    each step's time between CUDA events recorded on the current stream before and after it, with
-    no synchronisation until the last, so the GPU waits for the host only where the host is slower
-    (the first step, which starts from idle, included). Each loss is copied as its step ends (a
-    CUDA graph rewrites its loss tensor at every replay) and read at the end. ``clocks``: the SM
-    clock (MHz) and board power (W), sampled while the queued steps run (a GPU at its power limit
-    lowers its clock: the speed of a GEMM-bound step follows it)."""
+def clock_and_power() -> list[float] | None:
+    """``[SM clock MHz, board power W]`` now: the instantaneous power where nvidia-smi has it (on
+    Hopper ``power.draw`` is a 1-s average, longer than a benchmark's window), else the average."""
+    return nvidia_smi("clocks.sm,power.draw.instant") or nvidia_smi("clocks.sm,power.draw")
+
+
+def back_to_back(step, batches: list[torch.Tensor], steps: int, start: int) -> tuple[list[float], list[float], list[list[float]]]:
+    """``(seconds, losses, clocks)`` of ``steps`` more steps queued back to back after an idle GPU,
+    on ``batches`` from index ``start`` on (the steps before took the ones up to it, so that rows
+    with the same steps in all see the same batches at each step): each step's time between CUDA
+    events recorded on the current stream before and after it, with no synchronisation until the
+    last, so the GPU waits for the host only where the host is slower (the first step, which
+    starts from idle, included). Each loss is copied as its step ends (a CUDA graph rewrites its
+    loss tensor at every replay) and read at the end. ``clocks``: :func:`clock_and_power` samples
+    taken while the queued steps run, a sample kept only if the GPU was still busy when it came
+    back (a GPU at its power limit lowers its clock: a GEMM-bound step's speed follows it)."""
     events = [torch.cuda.Event(enable_timing=True) for _ in range(steps + 1)]
     losses, clocks = [], []
     torch.cuda.synchronize()
     events[0].record()
     for i in range(steps):
-        losses.append(step(batches[i % len(batches)]).detach().clone())
+        losses.append(step(batches[(start + i) % len(batches)]).detach().clone())
         events[i + 1].record()
-    while not events[-1].query() and (sample := nvidia_smi("clocks.sm,power.draw")):
+    while not events[-1].query():
+        sample = clock_and_power()
+        if sample is None or events[-1].query():
+            break
         clocks.append(sample)
     torch.cuda.synchronize()
     return ([a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:])],
@@ -373,7 +385,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
     the timed steps replay a CUDA graph of the forward and backward, captured after the warm-up
     steps as ``rnnlab train --cuda-graph`` captures it (``GraphedForwardBackward``; the optimizer
     step outside); returns the row (with ``profile``, also the GPU time per step by kind of
-    kernel, from ``PROFILE_STEPS`` more steps; ``twin``: the weights start one rounding step apart,
+    kernel and its idle time, from ``PROFILE_STEPS`` more steps; ``twin``: the weights start one rounding step apart,
     ``round_weights_apart``; ``row_limit``: compiled with row reductions persistent up to that
     many elements instead of the package's ``PERSISTENT_ROWS``)."""
     import schedulefree
@@ -428,7 +440,7 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         times.append(time.perf_counter() - t0)
         losses.append(loss.item())
     synced = statistics.median(times[warmup:])
-    queued, queued_losses, clocks = back_to_back(step, batches, steps)
+    queued, queued_losses, clocks = back_to_back(step, batches, steps, start=warmup + steps)
     losses += queued_losses
     med = statistics.median(queued)
     row = dict(name=name, mode=mode_name(mode, graphed), config=cfgd, params=params,
@@ -607,7 +619,8 @@ def print_targets(found: list[dict]) -> None:
 
 
 def print_table(meta: dict, rows: list[dict]) -> None:
-    print(f"\n{meta['device']} (power limit {meta.get('power_limit_w')} W)  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}  "
+    limit = f" (power limit {meta['power_limit_w']:g} W)" if meta.get("power_limit_w") else ""
+    print(f"\n{meta['device']}{limit}  {meta['date']}  torch {meta['torch']}  triton {meta['triton']}  "
           f"mamba_ssm {meta['mamba_ssm']}  causal_conv1d {meta['causal_conv1d']} "
           f"(fused path: {meta['mamba2_fused_path']})  commit {meta['git_commit']}")
     w = max([24] + [len(r["name"]) for r in rows])
@@ -631,7 +644,7 @@ def print_table(meta: dict, rows: list[dict]) -> None:
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than its "
           f"tolerance (not counted: {LOSS_TOL}, or {TWIN_FACTOR}x its rounding twin's dloss when larger); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode; step ms = steps queued back to back "
           "(tok/s, MFU); synced = each step from an idle GPU to a synchronised end; MHz, W = the median SM clock and "
-          "board power while the queued steps ran (nvidia-smi); host ms = the CPU's "
+          "board power while the queued steps ran (nvidia-smi; -: no sample); host ms = the CPU's "
           "time to queue one step behind a busy GPU (near step ms: bound by the host; blocked: it waited for the GPU)")
 
 
@@ -687,7 +700,8 @@ def main(argv=None):
     p.add_argument("--graph", action="store_true",
                    help="also run each mode but reduce-overhead with the forward and backward replayed as one CUDA graph")
     p.add_argument("--profile", action="store_true",
-                   help=f"after each row's timed steps, profile {PROFILE_STEPS} more: GPU time per step by kind of kernel")
+                   help=f"after each row's timed steps, profile {PROFILE_STEPS} more: GPU time per step by kind of kernel, "
+                        "and the GPU's idle time between kernels")
     p.add_argument("--sf-step", choices=["fused", "foreach"], nargs="+", default=["fused"],
                    help="Schedule-Free AdamW's step: rnnlab's fused kernel (rnnlab.train.sf_adamw, what `rnnlab "
                         "train` runs on CUDA) and/or schedulefree's own foreach step; each one a row (default: fused)")

@@ -1118,6 +1118,85 @@ def test_bench_models_reads_clock_and_power_from_nvidia_smi(monkeypatch):
     assert [bm.nvidia_smi("power.limit") for _ in range(3)] == [None, None, None]
 
 
+def test_bench_models_back_to_back_times_copies_losses_and_samples_clocks(monkeypatch):
+    """bench_models.py's queued window: a step's time between the events around it, the batches
+    from ``start`` on (cycling), each loss copied as its step ends (a graph's loss tensor is
+    rewritten by the next replay), and clock samples kept only while the GPU is still busy."""
+    bm = _benchmark_script("bench_models")
+    clock = {"now": 0.0, "busy": 3}  # ms on a fake GPU timeline; how many more queries see it busy
+
+    class Event:
+        def __init__(self, enable_timing=False):
+            self.t = None
+
+        def record(self):
+            self.t = clock["now"]
+
+        def query(self):
+            clock["busy"] -= 1
+            return clock["busy"] < 0
+
+        def elapsed_time(self, end):
+            return end.t - self.t
+
+    monkeypatch.setattr(bm.torch.cuda, "Event", Event)
+    monkeypatch.setattr(bm.torch.cuda, "synchronize", lambda: None)
+    samples = iter([[1980.0, 300.0], [1560.0, 695.0], [1500.0, 700.0]])
+    monkeypatch.setattr(bm, "clock_and_power", lambda: next(samples))
+    batches = [torch.tensor(float(i)) for i in range(4)]
+    loss, seen = torch.zeros(()), []
+
+    def step(x):  # like a replayed graph: the same loss tensor, rewritten
+        seen.append(int(x))
+        clock["now"] += 10.0 + int(x)
+        loss.fill_(x * 2)
+        return loss
+
+    seconds, losses, clocks = bm.back_to_back(step, batches, 3, start=11)
+    assert seen == [3, 0, 1]
+    assert seconds == [0.013, 0.010, 0.011]
+    assert losses == [6.0, 0.0, 2.0]
+    # 3 busy answers: the loop's check, the first sample's check, the second's; its third check sees the GPU done
+    assert clocks == [[1980.0, 300.0]]
+
+
+def test_bench_models_table_shows_clock_power_and_limit(capsys):
+    """The table's MHz and W columns, "-" without a sample, and the power limit in its header only
+    where nvidia-smi gave one."""
+    bm = _benchmark_script("bench_models")
+    meta = dict(device="GPU", date="today", torch="2", triton="3", mamba_ssm=None, causal_conv1d=None,
+                mamba2_fused_path=False, git_commit="abc", power_limit_w=700.0)
+
+    def row(name, **extra):
+        return dict(name=name, mode="default", params=10, B=32, tok_per_s=1000, losses=[1.0], step_ms=2.0,
+                    synced_step_ms=1.5, host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0, **extra)
+
+    rows = [row("minGRU 3520x16", sm_mhz=1605, power_w=697), row("E16 s4", sm_mhz=None, power_w=None)]
+    bm.annotate(rows, peak=989.0)
+    bm.print_table(meta, rows)
+    lines = capsys.readouterr().out.splitlines()
+    assert "(power limit 700 W)" in lines[1]
+    header = lines[2].split()
+    assert header[header.index("ms") + 1:header.index("ms") + 4] == ["synced", "MHz", "W"]
+    assert lines[3].split()[-10:-6] == ["2.0", "1.5", "1605", "697"]
+    assert lines[4].split()[-10:-6] == ["2.0", "1.5", "-", "-"]
+    bm.print_table(dict(meta, power_limit_w=None), rows)
+    assert "power limit" not in capsys.readouterr().out
+
+
+def test_bench_models_prints_idle_gaps_by_kernels(capsys):
+    """--profile's printout: the idle time, the kinds around the gaps, then each named pair."""
+    bm = _benchmark_script("bench_models")
+    idle = bm.idle_time([(0.0, 10.0, "nvjet_a"), (1210.0, 1300.0, "triton_per_x"), (1302.0, 1400.0, "_scan_bwd")], 1)
+    prof = dict(gpu_ms_per_step=1.0, by_kind_ms={"matmul": 1.0}, idle=idle)
+    bm.print_profiles([dict(name="minGRU", mode="default + graph", step_ms=2.0, profile=prof)])
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == ("  idle 1.20 ms per step, by the kernels around each gap (ms, gaps a step): "
+                      "matmul -> Inductor's fused kernels 1.20 (1), Inductor's fused kernels -> mixer 0.00 (1)")
+    assert out[2] == "    1.200 ms (1 a step): nvjet_a -> triton_per_x"
+    assert out[3] == "    0.002 ms (1 a step): triton_per_x -> _scan_bwd"
+
+
 def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
     """The x Mamba2 column: each row's tok/s over Mamba2's fastest correct mode of the same run;
     "-" (not nan) in a run without a Mamba2 row."""
