@@ -47,7 +47,7 @@ def run(cfg: dict, batch: int, gpus: int, mode: str | None, steps: int, seq_len:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--gpus", type=int, default=2)
     ap.add_argument("--batch", type=int, default=16, help="per-GPU batch B")
     ap.add_argument("--seq-len", type=int, default=512)

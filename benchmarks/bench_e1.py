@@ -19,7 +19,7 @@ import bench_models  # noqa: E402
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="folder for kernels_b16.json, kernels_b32.json, models.json")
     ap.add_argument("--steps", type=int, default=8, help="timed training steps per model")
     ap.add_argument("--compile", nargs="+", default=None, help="passed to bench_models.py --compile")

@@ -998,13 +998,13 @@ def ceilings():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser()
-    p.add_argument("--json", default=None)
-    p.add_argument("--reps", type=int, default=10)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", default=None, help="write the rows, the device and the command here")
+    p.add_argument("--reps", type=int, default=10, help="timed repetitions of each kernel (the median is kept)")
     p.add_argument("--quick", action="store_true", help="skip the slow naive E1 loop")
     p.add_argument("--best-out", default=None, help="write the fastest dense per-step tile BN,BK,warps,stages")
-    p.add_argument("--B", type=int, default=32)
-    p.add_argument("--T", type=int, default=512)
+    p.add_argument("--B", type=int, default=32, help="batch size of every shape")
+    p.add_argument("--T", type=int, default=512, help="sequence length of every shape")
     p.add_argument("--sections", nargs="+", default=["scan", "diag", "heads", "cells", "optim", "dense"],
                    choices=["scan", "scan-launch", "scan-overlap", "diag", "heads", "heads-floor", "heads-overlap", "cells", "optim",
                             "dense", "persistent", "dense-floor", "dense-wgmma"],

@@ -7,8 +7,10 @@ forward+backward time and model-FLOPs utilisation at B=32, T=512, bf16.
 Two sections, every row from the same seeded inputs:
 
 * **recurrence** (``wx = x W_x^T + b`` given; the Elman recurrence only, forward and all
-  gradients): rnnlab's E1 kernels (dense: the persistent CUDA kernel, and the per-step Triton
-  kernel it falls back to; heads 14x128 and 28x64; the selective decay and low-rank r=8 scans),
+  gradients): rnnlab's E1 kernels as the package runs them (dense: on Hopper the wgmma CUDA
+  kernel, elsewhere the persistent one, and the per-step Triton kernel they fall back to; heads
+  14x128 and 28x64: the Gluon kernels on Hopper, else Triton's; the selective decay and low-rank
+  r=8 scans),
   FlashRNN's Elman (NX-AI; ``cuda``, the alternating
   cuBLAS + pointwise backend, and ``cuda_fused``; FlashRNN's ``R`` is our ``W_h`` per head,
   untransposed), and a per-timestep cuBLAS loop (``torch.addmm`` + ``tanh`` per step, autograd
@@ -366,7 +368,7 @@ def print_table(meta: dict, rows_out: list[dict]) -> None:
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--B", type=int, default=32)
     p.add_argument("--T", type=int, default=512)
     p.add_argument("--reps", type=int, default=10)

@@ -155,7 +155,7 @@ def trainer_row(kind: str, cfgd: dict, change: str, steps: int, smoke: bool) -> 
 
 
 def main():
-    p = argparse.ArgumentParser()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--steps", type=int, default=60, help=f"per trainer row (at least {MIN_STEPS})")

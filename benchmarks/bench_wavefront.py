@@ -190,7 +190,7 @@ def whole_model(rows: list, batches: list[int], chunk_counts: list[int]) -> None
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--chunks", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--json", default=None)

@@ -7,11 +7,11 @@
 # Usage: bash benchmarks/gpu_tests.sh OUTDIR [pytest args, e.g. -k "persistent"]
 # GPU_TEST_WORKERS (default 4; the float64 CPU references dominate, so workers share a GPU well; on a
 # machine with several GPUs the workers spread over them, tests/conftest.py),
-# GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` (~440 tests) was ~70%
-# done after 540 s on one H200 with 4 workers and no faster on two H200s with 10 workers, each of
-# which then used every CPU core (results/gpu-tests-h200-1130*; OMP_NUM_THREADS is now a share):
-# split it over calls, e.g. -k "persistent" and -k "not persistent", or pass the node ids not yet
-# run. Needs pytest-xdist and pytest-timeout (the GPU image has both).
+# GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` (~720 tests) ran in one
+# call on one H200 with 8 workers: 458 s, cold (results/gpu-tests-h200-1203-full-5aed91e; OMP_NUM_THREADS
+# is a share of the cores per worker). If a call cannot hold it, split it, e.g. -k "persistent" and
+# -k "not persistent", or pass the node ids not yet run. Needs pytest-xdist and pytest-timeout (the
+# GPU image has both).
 set -uo pipefail
 out=$1; shift
 mkdir -p "$out"

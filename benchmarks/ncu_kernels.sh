@@ -5,8 +5,10 @@
 # staged environment (benchmarks/gpu_env.sh); ~1 minute a kernel family.
 # Usage: bash benchmarks/ncu_kernels.sh OUTDIR FAMILY [FAMILY ...]
 #   scans     the fused minGRU (H 3520) and minLSTM (H 2880) scans, `_scan_fwd` / `_scan_bwd`
-#   e1-dense  dense E1's persistent kernel (H 1760), `elman_persistent` (forward, backward)
-#   e1-heads  E1 heads' kernels (14 heads of 128), `_heads_fwd` / `_heads_bwd`
+#   e1-dense  dense E1's kernel (H 1760) as the package runs it: `elman_wgmma` on Hopper, else
+#             `elman_persistent` (forward, backward)
+#   e1-heads  E1 heads' kernels (14 heads of 128) as the package runs them: the Gluon scans `_fwd` /
+#             `_bwd` and W_h's gradient sum `_heads_dw` on Hopper, else the Triton `_heads_fwd` / `_heads_bwd`
 # Every launch is profiled (`--set full`); read the last forward / backward pair of a model (warm
 # caches, as in training): e1-dense and e1-heads run twice, scans three times a model (the launch
 # sweep's reference and check pairs, then one more). Writes OUTDIR/ncu_FAMILY_details.txt (every
@@ -23,8 +25,8 @@ source benchmarks/gpu_env.sh >/dev/null 2>&1
 for family in "$@"; do
   case $family in
     scans) kernels='_scan_(fwd|bwd)' ;;
-    e1-dense) kernels='elman_persistent' ;;
-    e1-heads) kernels='_heads_(fwd|bwd)' ;;
+    e1-dense) kernels='elman_(persistent|wgmma)' ;;
+    e1-heads) kernels='^(_heads_(fwd|bwd|dw)|_fwd|_bwd)$' ;;
     *) echo "ncu_kernels.sh: unknown kernel family $family (scans, e1-dense, e1-heads)" >&2; exit 2 ;;
   esac
   rep=$out/ncu_$family

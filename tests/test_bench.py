@@ -1080,6 +1080,15 @@ def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
                              "launches_per_step": 26.0}
 
 
+def test_bench_models_kinds_of_the_default_kernels():
+    """The kernels the models run by default land in their kinds: E1 heads' Gluon scans (named
+    only ``_fwd`` / ``_bwd``) and its W_h sum as the mixer, the fused Schedule-Free step as the
+    optimizer; an Inductor kernel whose name ends in ``_fwd`` stays Inductor's."""
+    bm = _benchmark_script("bench_models")
+    assert [bm.kernel_kind(k) for k in ("_fwd", "_bwd", "_heads_dw", "_sf_adamw_kernel", "triton_poi_fused_fwd")] == \
+        ["mixer", "mixer", "mixer", "optimizer", "Inductor's fused kernels"]
+
+
 def test_bench_models_idle_time_counts_only_when_no_kernel_runs():
     """bench_models.py --profile's idle time: a gap counts only where no kernel runs on any stream
     (a kernel inside another's span closes none), and goes to the kinds of the kernel that ended
