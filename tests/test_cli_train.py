@@ -276,6 +276,34 @@ def test_ctrl_c_in_training_exits_130_after_saving(tmp_path, capsys, monkeypatch
     assert json.loads((run / "summary.json").read_text())["complete"] is False
 
 
+def test_sigterm_is_a_ctrl_c_for_the_rnnlab_command(tmp_path):
+    """``kill`` (SIGTERM: also ``timeout``, a scheduler's stop, ``docker stop``) on a running
+    ``rnnlab train`` saves a checkpoint after the step as a Ctrl-C does and exits 130, saying so
+    and where to resume, with no traceback."""
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "train", "--model", "mingru", *TINY, "--steps", "1000000",
+                             "--checkpoint-every", "0", "--no-progress", "--out", str(run)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 120
+        while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
+            assert time.time() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = (b.decode() for b in proc.communicate(timeout=120))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "rnnlab: SIGTERM received: handled as a Ctrl-C" in err and "Traceback" not in err
+    step = json.loads((run / "summary.json").read_text())["steps"]
+    assert f"interrupted at step {step}; checkpoint saved to {run}/ckpt/step-{step:06d}" in err
+    assert (run / "ckpt" / f"step-{step:06d}").is_dir() and re.search(r"^complete +False$", out, re.M)
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
     """Once the budget is spent, a first Ctrl-C lets the final evaluation and checkpoint finish:

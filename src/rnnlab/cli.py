@@ -17,10 +17,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import re
+import signal
 import sys
+import threading
 
 from rnnlab import __version__
 
@@ -118,8 +121,38 @@ def _discard_stdout() -> None:
     os.close(devnull)
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """Inside the block a SIGTERM (``kill``, ``timeout``, a batch scheduler's stop, ``docker
+    stop``) is handled as a Ctrl-C: training stops after its step and saves a checkpoint, a suite
+    after its runs have saved theirs, and a second one aborts as a second Ctrl-C does (a SIGINT
+    sent to the process reaches whichever Ctrl-C handler is in place). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        if not callable(signal.getsignal(signal.SIGINT)):  # Ctrl-C ignored (`cmd &` in a script): end as before
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGTERM)
+        print("\nrnnlab: SIGTERM received: handled as a Ctrl-C", file=sys.stderr)
+        signal.raise_signal(signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = attach_negative_numbers(sys.argv[1:] if argv is None else list(argv))
+    """The command line (``argv`` None: the process's own, and a SIGTERM handled as a Ctrl-C)."""
+    with sigterm_as_ctrl_c() if argv is None else contextlib.nullcontext():
+        return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+def _main(argv: list[str]) -> int:
+    argv = attach_negative_numbers(argv)
     args, unknown = build_parser().parse_known_args(argv)
     if unknown:  # argparse would blame the top-level parser; name the command instead
         print(f"rnnlab {args.command}: error: unrecognized arguments: {' '.join(unknown)} "

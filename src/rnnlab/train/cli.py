@@ -113,6 +113,7 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
 def _launch(args) -> int | None:
     """Re-launch through torchrun for ``--gpus N`` (N > 1) unless already under torchrun."""
     import os
+    import signal
     import subprocess
 
     n = args.gpus
@@ -129,10 +130,18 @@ def _launch(args) -> int | None:
         raise ValueError("--gpus re-launches the command line; call it as `rnnlab train ... --gpus N`")
     cmd = torchrun_command(n, argv)
     print("rnnlab train: re-launching as: " + shlex.join(cmd), file=sys.stderr)
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 130
+    # torchrun in a session of its own: each Ctrl-C (or SIGTERM) this process gets reaches it
+    # once, passed on here, and it stops its workers (a terminal's Ctrl-C would also reach the
+    # workers directly: two interrupts, which abort a run instead of saving it)
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    interrupted = False
+    while True:
+        try:
+            code = proc.wait()
+            return 130 if interrupted and code else code
+        except KeyboardInterrupt:
+            interrupted = True
+            proc.send_signal(signal.SIGINT)
 
 
 def run_train(args) -> int:
