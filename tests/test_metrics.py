@@ -115,6 +115,22 @@ def test_tensorboard_gets_grad_norm_and_hparams(tiny_train, tmp_path):
     assert "_hparams_/experiment" in acc.PluginTagToContent("hparams")
 
 
+def test_the_last_step_is_logged_whatever_log_every(tiny_train, tmp_path, capsys):
+    """The log lines and TensorBoard get the first step, every ``log_every``-th and the last, also
+    when the budget does not end on a multiple of ``log_every``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rnnlab.train.trainer import run_training
+
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=5, log_every=2), progress=False)
+    lines = [line for line in capsys.readouterr().err.splitlines() if re.search(r" step \d+/5 ", line)]
+    assert [int(re.search(r"step (\d+)/5", line).group(1)) for line in lines] == [1, 2, 4, 5]
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/grad_norm")] == [1, 2, 4, 5]
+
+
 class _RecordingWriter:
     """A stand-in for TensorBoard's ``SummaryWriter`` that keeps what it was given."""
 

@@ -307,8 +307,10 @@ class RunLogger:
         self.device = device
         self.trackers: list[Tracker] = build_trackers(run, cfg, start, total, progress) if enabled else []
 
-    def step(self, state, result) -> None:
-        """Record the step ``state`` just finished (``result``: its loss, LR, gradient norm, time)."""
+    def step(self, state, result, last: bool = False) -> None:
+        """Record the step ``state`` just finished (``result``: its loss, LR, gradient norm, time);
+        logged every ``log_every`` steps, at the first and at the ``last`` (the budget spent or a
+        stop asked for)."""
         if not self.trackers:
             return
         record = {"step": state.step, "tokens": state.tokens, "loss": result.loss, "lr": result.lr,
@@ -316,7 +318,7 @@ class RunLogger:
                   "tok_per_s": self.tokens_per_step / result.seconds if result.seconds > 0 else None,
                   "peak_mem_gib": peak_mem_gib(self.device), "elapsed_s": state.elapsed_s,
                   "warmup_s": state.warmup_s}
-        logged = state.step % self.log_every == 0 or state.step == 1
+        logged = state.step % self.log_every == 0 or state.step == 1 or last
         for tracker in self.trackers:
             if tracker.every_step or logged:
                 tracker.log("train", record)

@@ -264,7 +264,7 @@ class Trainer:
                     result = result._replace(seconds=seconds)
                 warmup = self.throughput.add(tokens_per_step, result.seconds)
                 state.advance(result.loss, tokens_per_step, result.seconds, warmup)
-                self.logger.step(state, result)
+                self.logger.step(state, result, last=self.budget_spent() or stop.requested)
                 if self.due(run_cfg.eval_every):
                     self.evaluate()
                 if self.due(run_cfg.checkpoint_every):
