@@ -6,6 +6,7 @@ records the holder)."""
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -87,6 +88,9 @@ CASES = [
     ("data_missing", [*TRAIN, "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),
     ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
     ("data_empty", [*TRAIN, "--data", "{empty}"], "is empty"),
+    ("data_compressed", [*TRAIN, "--data", "{gz}"],
+     "corpus file {gz} is gzip-compressed, and training reads raw bytes: unpack it first (`rnnlab data prepare {gz} --out FILE`"),
+    ("eval_data_compressed", ["eval", "--run", "{run}", "--data", "{gz}"], "is gzip-compressed"),
     ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
     ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
     ("heldout_short", [*TRAIN, "--seq-len", "4000"], "held-out split of"),
@@ -183,11 +187,12 @@ def world(tmp_path_factory, one_thread_module):
     root = tmp_path_factory.mktemp("world")
     w = {"root": root, "new": root / "new-run", "dir": root / "a-dir", "file": root / "a-file",
          "empty": root / "empty.txt", "unreadable": root / "unreadable.txt", "huge": root / "huge.bin",
-         "corpus": root / "corpus.txt", "val32": root / "val32.txt", "pid": os.getpid()}
+         "corpus": root / "corpus.txt", "val32": root / "val32.txt", "gz": root / "shard.jsonl.gz", "pid": os.getpid()}
     w["dir"].mkdir()
     w["file"].write_text("x")
     w["val32"].write_bytes(b"0123456789abcdef" * 2)  # seq_len (32) bytes: one short of a window
     w["empty"].write_bytes(b"")
+    w["gz"].write_bytes(gzip.compress(b'{"text": "the quick brown fox"}\n' * 2000))
     w["unreadable"].write_bytes(b"text " * 4000)
     w["unreadable"].chmod(0)
     with open(w["huge"], "wb") as f:  # sparse: enough bytes for a 4M-byte window, no disk used

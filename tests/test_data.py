@@ -71,6 +71,19 @@ def test_bytecorpus_empty(tmp_path):
         ByteCorpus(p)
 
 
+@pytest.mark.parametrize("magic,kind", [(b"\x1f\x8b\x08\x00", "gzip"), (b"\xfd7zXZ\x00\x00", "xz"),
+                                        (b"\x28\xb5\x2f\xfd\x00", "Zstandard")])
+def test_bytecorpus_refuses_compressed_files(tmp_path, magic, kind):
+    """A compressed shard given as a corpus is refused (it would train on its compressed bytes),
+    pointing to `rnnlab data prepare`; raw text that merely starts with one of those bytes is not."""
+    p = tmp_path / "shard.jsonl.x"
+    p.write_bytes(magic + b"rest of the file" * 10)
+    with pytest.raises(ValueError, match=f"is {kind}-compressed.*rnnlab data prepare"):
+        ByteCorpus(p)
+    p.write_bytes(magic[:1] + b"rest of the file" * 10)
+    assert len(ByteCorpus(p)) == 161
+
+
 # ---- splits -----------------------------------------------------------------------------
 
 def test_tail_split_is_view(corpus_file):

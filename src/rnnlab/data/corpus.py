@@ -28,6 +28,10 @@ def default_val_path() -> Path:
     return SAMPLE_DIR / "registry_pile_val.txt"
 
 
+# The first bytes of the compressed files `rnnlab data prepare` unpacks, which a corpus must not be
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "Zstandard"}
+
+
 class ByteCorpus:
     """Any raw file as a read-only ``np.memmap`` of uint8 (one token per byte).
 
@@ -45,6 +49,10 @@ class ByteCorpus:
         if size == 0:
             raise ValueError(f"corpus file {self.path} is empty")
         self.data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(size,))
+        head = bytes(self.data[:6])
+        if kind := next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None):
+            raise ValueError(f"corpus file {self.path} is {kind}-compressed, and training reads raw bytes: "
+                             f"unpack it first (`rnnlab data prepare {self.path} --out FILE` for text or JSON lines)")
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
