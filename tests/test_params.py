@@ -93,7 +93,9 @@ def test_layers_lists_every_option_with_its_default(capsys):
     for name, spec in MODELS.items():
         assert f"{name}: {spec.description}" in out
         for s in spec.layer_options():
-            assert re.search(rf"^  --layer {s.key}={re.escape(str(s.default))} +{re.escape(s.meta.help)}", out, re.M)
+            shown = s.key if s.default is None else f"{s.key}={re.escape(str(s.default))}"
+            assert re.search(rf"^  --layer {shown} +{re.escape(s.meta.help)}", out, re.M)
+    assert "=None" not in out and re.search(r"^  --layer heads +number of heads \(default: balanced", out, re.M)
     assert "--layer selective=none" in out and "[none | decay | lowrank]" in out
     assert main(["layers", "mamba2"]) == 0
     out = capsys.readouterr().out

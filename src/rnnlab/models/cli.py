@@ -72,7 +72,8 @@ def run_layers(args) -> int:
         options = spec.layer_options()
         if not options:
             print("  (no --layer options)")
-        shown = [f"{s.key}={s.default}" for s in options]
+        # an option whose default is worked out from others (None) shows no value: its help says how
+        shown = [s.key if s.default is None else f"{s.key}={s.default}" for s in options]
         width = max(map(len, shown), default=0)
         for text, s in zip(shown, options):
             choices = f" [{' | '.join(map(str, s.choices))}]" if s.choices else ""
