@@ -276,6 +276,16 @@ def test_ctrl_c_in_training_exits_130_after_saving(tmp_path, capsys, monkeypatch
     assert json.loads((run / "summary.json").read_text())["complete"] is False
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_pure_bf16_on_a_cpu_gets_a_note(precision, tmp_path, capsys):
+    """Pure bf16 (the default) on a CPU trains several times slower than fp32: one note says so
+    and names the option; fp32 gets none."""
+    argv = [a if a != "fp32" else precision for a in TINY]
+    assert main(["train", "--model", "mingru", *argv, "--steps", "1", "--out", str(tmp_path / "r")]) == 0
+    note = "rnnlab train: note: pure bf16 on a CPU is several times slower than fp32"
+    assert (note in capsys.readouterr().err) == (precision == "bf16")
+
+
 def test_sigterm_is_a_ctrl_c_for_the_rnnlab_command(tmp_path):
     """``kill`` (SIGTERM: also ``timeout``, a scheduler's stop, ``docker stop``) on a running
     ``rnnlab train`` saves a checkpoint after the step as a Ctrl-C does and exits 130, saying so

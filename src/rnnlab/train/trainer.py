@@ -214,6 +214,9 @@ class Trainer:
                 print(f"rnnlab train: resuming {self.rundir.path} at step {self.state.step:,} "
                       f"({resume_from.path.name})", file=sys.stderr, flush=True)
         self.wall_before = self.state.wall_s  # the earlier sessions' wall time
+        if ctx.is_main and self.device.type == "cpu" and cfg.run.precision == "bf16":
+            print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
+                  "no bf16 matrix units); --precision fp32 for experiments on a CPU", file=sys.stderr, flush=True)
         if ctx.is_main:
             self.rundir.start(cfg, env_info(self.device), self.state.step if resume_from is not None else None)
         if self.device.type == "cuda":
