@@ -288,6 +288,14 @@ def test_resume_with_the_minutes_budget_a_run_ended_on_is_allowed(tiny_train, tm
     assert again["steps"] == first["steps"]
 
 
+def test_a_finished_run_resumed_keeps_its_tok_per_s(tiny_train, tmp_path):
+    """A complete run resumed with its own budget trains nothing and keeps the tok/s its training
+    measured (not the whole run's average over a session that only evaluated)."""
+    first = run_training(tiny_train(tmp_path / "r", steps=6), progress=False)
+    again = run_training(tiny_train(tmp_path / "r", steps=6, resume=True), progress=False)
+    assert again["steps"] == 6 and again["tok_per_s"] == first["tok_per_s"]
+
+
 def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path):
     """``tok_per_wall_s`` is tokens over the run's whole wall clock (set-up, evaluation and
     checkpoints included, so at most the training rate), summed over the sessions of a resumed run."""

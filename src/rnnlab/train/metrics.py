@@ -39,10 +39,13 @@ HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of
 
 class Throughput:
     """Tokens per second of this process after its first ``WARMUP_STEPS`` steps (kernel
-    compilation, autotuning, allocator growth), as the reference study left out its warm-up steps."""
+    compilation, autotuning, allocator growth), as the reference study left out its warm-up steps.
+    ``before``: the run's tok/s as its last session recorded it, kept when this process trains no
+    step (a finished run resumed with its own budget)."""
 
-    def __init__(self):
+    def __init__(self, before: float | None = None):
         self.steps, self.tokens, self.seconds = 0, 0, 0.0
+        self.before = before
 
     def add(self, tokens: int, seconds: float) -> bool:
         """Count one step; returns whether it was a warm-up step (left out)."""
@@ -54,9 +57,12 @@ class Throughput:
         return False
 
     def tok_per_s(self, tokens: int, seconds: float) -> float | None:
-        """Steady-state tok/s; ``tokens / seconds`` (the whole run) before the warm-up is over."""
+        """Steady-state tok/s; ``tokens / seconds`` (the whole run) before the warm-up is over, or
+        ``before`` if this process trained no step."""
         if self.seconds > 0:
             return self.tokens / self.seconds
+        if self.steps == 0 and self.before is not None:
+            return self.before
         return tokens / seconds if seconds > 0 else None
 
 
