@@ -223,7 +223,8 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
                                 cfg.max_steps(), progress, enabled=ctx.is_main)
-        self.throughput = Throughput(before=(self.rundir.summary() or {}).get("tok_per_s") if resume_from is not None else None)
+        before = (self.rundir.summary() or {}).get("tok_per_s") if resume_from is not None else None
+        self.throughput = Throughput(before)
 
     # ------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, Any]:
