@@ -276,6 +276,20 @@ def test_ctrl_c_in_training_exits_130_after_saving(tmp_path, capsys, monkeypatch
     assert json.loads((run / "summary.json").read_text())["complete"] is False
 
 
+def test_gpus_refuses_a_taken_run_folder_before_launching(tmp_path, capsys, monkeypatch):
+    """``--gpus N`` checks the config, corpus and run folder before starting torchrun: a folder
+    holding a finished run is one error line and exit 2, not N ranks' tracebacks."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mingru", *TINY, "--steps", "1", "--out", str(run)]) == 0
+    capsys.readouterr()
+    argv = ["train", "--model", "mingru", *TINY, "--steps", "1", "--gpus", "2", "--out", str(run)]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rnnlab train: error: run dir {run} already holds a complete run") and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_pure_bf16_on_a_cpu_gets_a_note(precision, tmp_path, capsys):
     """Pure bf16 (the default) on a CPU trains several times slower than fp32: one note says so

@@ -110,6 +110,19 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             "-m", "rnnlab", *out]
 
 
+def _check_before_launch(args) -> None:
+    """Refuse here, in one line, what every rank would refuse after torchrun started them (each
+    printing it amid torchrun's report of failed workers): the config, the corpus, the run folder
+    (taken and let go at once, as rank 0 then takes it)."""
+    from rnnlab.data import load_splits
+
+    cfg = config_from_args(args).resolve()
+    load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
+    rundir = RunDir(cfg.run.out)
+    rundir.prepare(cfg)
+    rundir.release()
+
+
 def _launch(args) -> int | None:
     """Re-launch through torchrun for ``--gpus N`` (N > 1) unless already under torchrun."""
     import os
@@ -128,6 +141,7 @@ def _launch(args) -> int | None:
     argv = sys.argv[1:]
     if "train" not in argv:
         raise ValueError("--gpus re-launches the command line; call it as `rnnlab train ... --gpus N`")
+    _check_before_launch(args)
     cmd = torchrun_command(n, argv)
     print("rnnlab train: re-launching as: " + shlex.join(cmd), file=sys.stderr)
     # torchrun in a session of its own: each Ctrl-C (or SIGTERM) this process gets reaches it
