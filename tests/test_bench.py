@@ -446,7 +446,10 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     (tmp_path / "suite.json").write_text(json.dumps(plan))
     assert "**Departs from the suite as shipped:** steps = 20\n" in write_report(tmp_path, plots=False)["md"].read_text()
     warning = md[md.index("> **Warning"):md.index("## Results")]
-    assert "steps run: e1-d26, e1-d6, e1-d24, e1-d20 10; mamba2-d22 20" in warning and "parameter counts" in warning
+    assert "steps run: e1-d26, e1-d6, e1-d24, e1-d20 10; mamba2-d22 20" in warning and "parameter counts" not in warning
+    # the suite sets widths, not a parameter budget: differing counts are a note, not a warning
+    assert ("> Note: the parameter counts differ by design (the suite sets each model's width and depth, not a "
+            "parameter budget): e1-d26") in md
 
 
 def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
@@ -861,7 +864,7 @@ def test_report_compares_decay_rates_only_where_a_model_has_them(tmp_path):
     _set_summary(tmp_path, "mamba2-new", decay_rates="spared")
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "decay rates: e1-old decayed; mamba2-new spared" in md
-    assert "wd 0.1 (not on A_log, dt_bias, D)" in md
+    assert "; weight decay not on A_log, dt_bias, D (the models' decay rates)" in md
 
 
 def test_recorded_command_names_rnnlab_not_this_machines_path(monkeypatch):

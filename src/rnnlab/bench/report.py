@@ -379,6 +379,9 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
     return (md_table(header, body) if body else ""), out, left_out
 
 
+PARAMS_LINE = "parameter counts: "  # protocol_differences' line for counts more than 10% apart
+
+
 def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
     length, precision, optimizer, lr, weight decay, held-out bytes, and whether weight decay reached
@@ -403,7 +406,7 @@ def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
             lines.append(f"{key}: " + "; ".join(f"{', '.join(n)} {v}" for v, n in groups))
     params = sorted(r["params"] for r in rows if r["params"])
     if params and params[-1] > params[0] * (1 + 2 * PARAMS_TOL):
-        lines.append("parameter counts: " + "; ".join(f"{r['name']} {fmt_count(r['params'])}" for r in rows))
+        lines.append(PARAMS_LINE + "; ".join(f"{r['name']} {fmt_count(r['params'])}" for r in rows))
     return lines
 
 
@@ -531,9 +534,8 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
         c = r["config"]
         budget = next((f"{k} {c[k]:g}" for k in BUDGET_KEYS if c.get(k) is not None), "-")
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
-        spared = " (not on A_log, dt_bias, D)" if run_decay_rates(r) == "spared" else ""
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
-                f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{spared}{clip}, {c.get('precision')}")
+                f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
 
     texts = []
     for r in records:
@@ -546,7 +548,10 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
                 texts.append(t)
     if not texts:
         return "-"
-    return texts[0] if len(texts) == 1 else "varies by run: " + "; ".join(texts)
+    # said once: only the models that have decay rates can spare them (rows that differ in it get a warning)
+    spared = ("; weight decay not on A_log, dt_bias, D (the models' decay rates)"
+              if any(run_decay_rates(r) == "spared" for r in records) else "")
+    return (texts[0] if len(texts) == 1 else "varies by run: " + "; ".join(texts)) + spared
 
 
 # ------------------------------------------------------------------------------------ write
@@ -627,6 +632,11 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
         md.append(f"- **Seeds:** {', '.join(map(str, header['seeds']))} (mean ± sample std over seeds)")
     md += load_lines(header["machine_load"])
     diffs = protocol_differences(rows)
+    sizes = next((d for d in diffs if d.startswith(PARAMS_LINE)), None)
+    if sizes and plan.get("runs") and not any(r.get("params") for r in plan["runs"]):
+        diffs.remove(sizes)  # a suite that sets each model's width, not a parameter budget: by design
+        md += ["", "> Note: the parameter counts differ by design (the suite sets each model's width and depth, "
+                   f"not a parameter budget): {sizes.removeprefix(PARAMS_LINE)}"]
     if diffs:
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
         md += [f"> - {d}" for d in diffs]
