@@ -633,7 +633,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     md += load_lines(header["machine_load"])
     diffs = protocol_differences(rows)
     sizes = next((d for d in diffs if d.startswith(PARAMS_LINE)), None)
-    if sizes and plan.get("runs") and not any(r.get("params") for r in plan["runs"]):
+    if sizes and plan.get("runs") and not any(r.get("target_params") for r in plan["runs"]):
         diffs.remove(sizes)  # a suite that sets each model's width, not a parameter budget: by design
         md += ["", "> Note: the parameter counts differ by design (the suite sets each model's width and depth, "
                    f"not a parameter budget): {sizes.removeprefix(PARAMS_LINE)}"]
