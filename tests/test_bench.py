@@ -337,6 +337,19 @@ def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, d
         for i in range(1, 11)))
 
 
+def test_report_of_runs_without_a_suite_names_each_runs_command(tmp_path):
+    """``rnnlab report`` on a folder of runs trained one by one (no suite.json) lists each run's
+    own command once, not the first run's for all."""
+    for name, argv in (("a", ["rnnlab", "train", "--steps", "3"]), ("b", ["rnnlab", "train", "--steps", "5"]),
+                       ("c", ["rnnlab", "train", "--steps", "3"])):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+        env = tmp_path / name / "env.json"
+        env.write_text(json.dumps({**json.loads(env.read_text()), "argv": argv}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert ("- **Commands** (2, the runs' own, in the runs' order):\n  - `rnnlab train --steps 3`\n"
+            "  - `rnnlab train --steps 5`\n") in md
+
+
 def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
     """MFU = 6 x params x tok/s over the peak of every GPU the run used (its tok/s counts all its
     processes' tokens); no MFU column when no run was on a GPU of known peak (CPU, unknown GPU)."""

@@ -607,7 +607,9 @@ def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]
         "device": describe_device(records),
         "corpus": describe_corpus(records),
         "git_commit": describe_git(records),
-        "commands": commands or [next((" ".join(r["env"]["argv"]) for r in records if r["env"].get("argv")), "-")],
+        # no suite.json: each run's own command, once each
+        "commands": commands or list(dict.fromkeys(" ".join(r["env"]["argv"]) for r in records
+                                                   if r["env"].get("argv"))) or ["-"],
         "protocol": describe_protocol(records),
         "machine_load": cpu_runs_start_load(records),
         "overrides": protocol_overrides(plan),
@@ -627,7 +629,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
                   + ", ".join(f"{k} = {v}" for k, v in header["overrides"].items()))
     md += [f"- **Date:** {header['date']}", f"- **Device:** {header['device']}",
            f"- **Corpus:** {header['corpus']}", f"- **Git commit:** {header['git_commit']}",
-           *command_lines(header["commands"])]
+           *command_lines(header["commands"], suite=bool(invocations(plan)))]
     if header["seeds"]:
         md.append(f"- **Seeds:** {', '.join(map(str, header['seeds']))} (mean ± sample std over seeds)")
     md += load_lines(header["machine_load"])
@@ -650,11 +652,13 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     return md + ["", legend, ""]
 
 
-def command_lines(commands: list[str]) -> list[str]:
+def command_lines(commands: list[str], suite: bool = True) -> list[str]:
+    """The command(s) that wrote the folder: a suite's invocations, oldest first, or (``suite``
+    False) the commands of runs gathered without one, in the runs' order."""
     if len(commands) == 1:
         return [f"- **Command:** `{commands[0]}`"]
-    return [f"- **Commands** ({len(commands)}, one after another into this folder, oldest first):",
-            *(f"  - `{c}`" for c in commands)]
+    how = "one after another into this folder, oldest first" if suite else "the runs' own, in the runs' order"
+    return [f"- **Commands** ({len(commands)}, {how}):", *(f"  - `{c}`" for c in commands)]
 
 
 def reference_lines(rows: list[dict[str, Any]], plan: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
