@@ -93,7 +93,8 @@ CASES = [
     ("eval_data_compressed", ["eval", "--run", "{run}", "--data", "{gz}"], "is gzip-compressed"),
     ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
     ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
-    ("heldout_short", [*TRAIN, "--seq-len", "4000"], "held-out split of"),
+    ("heldout_short", [*TRAIN, "--seq-len", "4000"],  # held out of --data: its share is what grows
+     "; use a smaller --seq-len or a larger --val-fraction or --val-data FILE"),
     ("val_data_short", [*TRAIN, "--val-data", "{val32}"],  # one byte short of a window: refused before training
      "held-out split of {val32} has 32 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--val-data"),
@@ -133,7 +134,7 @@ CASES = [
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_and_overwrite", [*TRAIN, "--resume", "--overwrite", "--out", "{run}"], "give one of them"),
     ("resume_past_budget", [*FRESH, "--steps", "1", "--resume", "--out", "{run}"],
-     "is at step 2, past this budget (steps 1, step 1): nothing to train, nothing changed"),
+     "is at step 2, past this budget (steps 1): nothing to train, nothing changed"),
     ("resume_all_damaged", [*TRAIN, "--resume", "--out", "{damaged}"], "does not match the sha256 in its manifest"),
     ("resume_true_in_config", [*TRAIN, "--config", "{resume_true}", "--out", "{nockpt}"],
      "no usable checkpoint"),

@@ -300,6 +300,14 @@ def test_pure_bf16_on_a_cpu_gets_a_note(precision, tmp_path, capsys):
     assert (note in capsys.readouterr().err) == (precision == "bf16")
 
 
+def test_distributed_in_one_process_gets_a_note(tmp_path, capsys):
+    """--distributed without --gpus N or torchrun trains one process: a note says so."""
+    assert main(["train", "--model", "mingru", *TINY, "--steps", "1", "--distributed", "ddp",
+                 "--out", str(tmp_path / "r")]) == 0
+    assert ("rnnlab train: note: --distributed ddp spreads a run over the processes of --gpus N (or torchrun); "
+            "this is one process") in capsys.readouterr().err
+
+
 def test_sigterm_is_a_ctrl_c_for_the_rnnlab_command(tmp_path):
     """``kill`` (SIGTERM: also ``timeout``, a scheduler's stop, ``docker stop``) on a running
     ``rnnlab train`` saves a checkpoint after the step as a Ctrl-C does and exits 130, saying so

@@ -279,5 +279,8 @@ def test_eval_windows_max_bytes_and_errors(corpus_file):
     s = load_splits(corpus_file[0], val_fraction=0.1)
     wins = torch.cat(list(eval_windows(s.val, 10, 4, max_bytes=101)))
     assert wins.shape == (10, 11)
-    with pytest.raises(ValueError, match=r"split 'val', 5000 bytes\) is shorter than one evaluation window, seq_len\+1 = 5001"):
+    with pytest.raises(ValueError, match=r"split 'val', 5000 bytes\) is shorter than one evaluation window, "
+                                         r"seq_len\+1 = 5001 bytes; use a larger file$"):  # the whole split was used
         list(eval_windows(s.val, 5000, 4))
+    with pytest.raises(ValueError, match=r"3000 bytes used\) .* use a larger file \(or more of it: --eval-bytes\)$"):
+        list(eval_windows(s.val, 4000, 4, max_bytes=3000))

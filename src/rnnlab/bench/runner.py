@@ -50,7 +50,7 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
         cfg = train_config(pr, status)
         m = cfg.model
         log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
-            + (f" {m.layer}" if m.layer else "") + f" ({pr.params:,} params)")
+            + "".join(f" {k}={v}" for k, v in m.layer.items()) + f" ({pr.params:,} params)")
         try:
             summary = _train(cfg, progress)
         except KeyboardInterrupt:

@@ -281,7 +281,7 @@ def eval_windows(split: Split, seq_len: int, batch_size: int, max_bytes: int | N
         raise ValueError(
             f"corpus {split.path} (split {split.name!r}, {L} bytes"
             f"{' used' if L < len(split) else ''}) is shorter than one evaluation window, seq_len+1 = "
-            f"{seq_len + 1} bytes; use a larger file (or more of it: --eval-bytes)"
+            f"{seq_len + 1} bytes; use a larger file" + (" (or more of it: --eval-bytes)" if L < len(split) else "")
         )
     n_win = eval_num_windows(L, seq_len)
     ar = np.arange(seq_len + 1, dtype=np.int64)

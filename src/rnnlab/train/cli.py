@@ -50,7 +50,9 @@ def register(sub) -> None:
     add_config_flags(p)
     p.set_defaults(func=run_train)
 
-    e = sub.add_parser("eval", help="held-out loss and bits per byte of a run")
+    e = sub.add_parser("eval", help="held-out loss and bits per byte of a run",
+                       description="Score a run's newest checkpoint: held-out loss (nats/byte) and bits per byte on "
+                                   "its held-out split, or on any raw file (--data).")
     e.add_argument("--run", required=True, metavar="DIR", help="a training run folder")
     e.add_argument("--data", help="a raw file to evaluate whole (up to --eval-bytes) instead of the "
                                   "run's held-out split")
@@ -64,7 +66,9 @@ def register(sub) -> None:
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(func=run_eval_cmd)
 
-    s = sub.add_parser("sample", help="generate text from a run")
+    s = sub.add_parser("sample", help="generate text from a run",
+                       description="Generate bytes from a run's newest checkpoint after a prompt, printed as they "
+                                   "come (Ctrl-C keeps what was printed).")
     s.add_argument("--run", required=True, metavar="DIR", help="a training run folder")
     s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     s.add_argument("--tokens", type=checked(int, at_least(0)), default=200, help="bytes to generate (default 200)")

@@ -367,7 +367,8 @@ class RunDir:
             if checkpoint.step is None:
                 return
             if budget is not None and checkpoint.step > budget:
-                past = f"is at step {checkpoint.step:,}, past this budget ({kind} {value:,}, step {budget:,})"
+                at = "" if kind == "steps" else f", step {budget:,}"
+                past = f"is at step {checkpoint.step:,}, past this budget ({kind} {value:,}{at})"
             elif kind == "minutes":  # the trainer's rule: a step starts while the time is under the budget
                 trained = self.minutes_trained(checkpoint.step - 1)
                 if trained is None or trained < value:

@@ -159,10 +159,12 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
     stream = BatchStream(splits.train, dist.per_rank_batch(cfg.data.batch_size, ctx.world_size),
                          cfg.data.seq_len, cfg.run.seed, ctx.rank, ctx.world_size)
     extra = file_split(cfg.data.extra_val_path, "extra_val") if cfg.data.extra_val_path else None
-    for split, flag in ((splits.val, "--val-data"), (extra, "--extra-val-data")):
+    # what makes each held-out split larger: its own file, or the share of --data held out
+    larger = "a larger --val-data" if cfg.data.val_path else "a larger --val-fraction or --val-data FILE"
+    for split, fix in ((splits.val, larger), (extra, "a larger --extra-val-data")):
         if split is not None and len(split) < cfg.data.seq_len + 1:
             raise ValueError(f"held-out split of {split.path} has {len(split)} bytes, fewer than "
-                             f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or a larger {flag}")
+                             f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or {fix}")
     return splits.val, extra, stream
 
 
@@ -214,6 +216,9 @@ class Trainer:
                 print(f"rnnlab train: resuming {self.rundir.path} at step {self.state.step:,} "
                       f"({resume_from.path.name})", file=sys.stderr, flush=True)
         self.wall_before = self.state.wall_s  # the earlier sessions' wall time
+        if cfg.run.distributed and ctx.world_size == 1:
+            print(f"rnnlab train: note: --distributed {cfg.run.distributed} spreads a run over the processes "
+                  f"of --gpus N (or torchrun); this is one process, trained as without it", file=sys.stderr, flush=True)
         if ctx.is_main and self.device.type == "cpu" and cfg.run.precision == "bf16":
             print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
                   "no bf16 matrix units); --precision fp32 for experiments on a CPU", file=sys.stderr, flush=True)
