@@ -296,6 +296,19 @@ def test_a_finished_run_resumed_keeps_its_tok_per_s(tiny_train, tmp_path):
     assert again["steps"] == 6 and again["tok_per_s"] == first["tok_per_s"]
 
 
+def test_steady_tok_per_s_counts_every_session(tiny_train, tmp_path):
+    """A resumed run's tok/s is over all its sessions' steps but each process's first
+    ``WARMUP_STEPS`` (compilation): not the last session's alone."""
+    from rnnlab.train.config import WARMUP_STEPS
+
+    first = run_training(tiny_train(tmp_path / "r", steps=6), progress=False)
+    resumed = run_training(tiny_train(tmp_path / "r", steps=12, resume=True), progress=False)
+    per_step = first["tokens"] // 6
+    for s, processes in ((first, 1), (resumed, 2)):
+        steady = (s["tokens"] - processes * WARMUP_STEPS * per_step) / (s["time_s"] - s["warmup_s"])
+        assert s["tok_per_s"] == pytest.approx(steady)
+
+
 def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path):
     """``tok_per_wall_s`` is tokens over the run's whole wall clock (set-up, evaluation and
     checkpoints included, so at most the training rate), summed over the sessions of a resumed run."""

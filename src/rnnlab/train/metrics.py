@@ -40,12 +40,11 @@ HPARAM_METRICS = ("train/loss", "eval/bpb", "train/tok_per_s")  # the columns of
 class Throughput:
     """Tokens per second of this process after its first ``WARMUP_STEPS`` steps (kernel
     compilation, autotuning, allocator growth), as the reference study left out its warm-up steps.
-    ``before``: the run's tok/s as its last session recorded it, kept when this process trains no
-    step (a finished run resumed with its own budget)."""
+    (The summary's tok/s is the whole run's, over every session: ``TrainState.steady_tok_per_s``;
+    this process's is its fallback for a run resumed from a checkpoint without ``warmup_tokens``.)"""
 
-    def __init__(self, before: float | None = None):
+    def __init__(self):
         self.steps, self.tokens, self.seconds = 0, 0, 0.0
-        self.before = before
 
     def add(self, tokens: int, seconds: float) -> bool:
         """Count one step; returns whether it was a warm-up step (left out)."""
@@ -57,12 +56,9 @@ class Throughput:
         return False
 
     def tok_per_s(self, tokens: int, seconds: float) -> float | None:
-        """Steady-state tok/s; ``tokens / seconds`` (the whole run) before the warm-up is over, or
-        ``before`` if this process trained no step."""
+        """Steady-state tok/s; ``tokens / seconds`` (the whole run) before the warm-up is over."""
         if self.seconds > 0:
             return self.tokens / self.seconds
-        if self.steps == 0 and self.before is not None:
-            return self.before
         return tokens / seconds if seconds > 0 else None
 
 

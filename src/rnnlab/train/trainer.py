@@ -82,6 +82,7 @@ class TrainState:
     elapsed_s: float = 0.0  # training time (eval and checkpoints not counted)
     wall_s: float = 0.0  # wall-clock time of the run (start-up, compilation, eval, checkpoints included)
     warmup_s: float = 0.0  # training time of each process's first steps (compilation): outside --minutes
+    warmup_tokens: int | None = 0  # their tokens (None: resumed from a checkpoint that did not count them)
     losses: deque = field(default_factory=lambda: deque(maxlen=LOSS_WINDOW))
     last_eval: dict[str, Any] | None = None
 
@@ -92,18 +93,30 @@ class TrainState:
         self.tokens += tokens
         self.elapsed_s += seconds
         self.warmup_s += seconds if warmup else 0.0
+        if warmup and self.warmup_tokens is not None:
+            self.warmup_tokens += tokens
         self.losses.append(loss)
+
+    def steady_tok_per_s(self) -> float | None:
+        """Tokens per second of training time with every process's first steps left out, over
+        all the run's sessions; None before any step past them, or when a checkpoint from before
+        ``warmup_tokens`` leaves their tokens unknown."""
+        seconds = self.elapsed_s - self.warmup_s
+        if self.warmup_tokens is None or seconds <= 0:
+            return None
+        return (self.tokens - self.warmup_tokens) / seconds
 
     def progress(self, complete: bool) -> dict[str, Any]:
         """The plain-data part, as ``state.pt`` stores it."""
         return {"step": self.step, "tokens": self.tokens, "elapsed_s": self.elapsed_s, "wall_s": self.wall_s,
-                "warmup_s": self.warmup_s,
+                "warmup_s": self.warmup_s, "warmup_tokens": self.warmup_tokens,
                 "losses": list(self.losses), "last_eval": self.last_eval, "complete": complete}
 
     def load_progress(self, p: dict[str, Any]) -> None:
         self.step, self.tokens, self.elapsed_s = int(p["step"]), int(p["tokens"]), float(p["elapsed_s"])
         self.wall_s = float(p.get("wall_s", self.elapsed_s))  # checkpoints before wall_s: training time
         self.warmup_s = float(p.get("warmup_s", 0.0))
+        self.warmup_tokens = p.get("warmup_tokens")
         self.losses.extend(p["losses"])
         self.last_eval = p.get("last_eval")
 
@@ -228,8 +241,7 @@ class Trainer:
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
                                 cfg.max_steps(), progress, enabled=ctx.is_main)
-        before = (self.rundir.summary() or {}).get("tok_per_s") if resume_from is not None else None
-        self.throughput = Throughput(before)
+        self.throughput = Throughput()
 
     # ------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, Any]:
@@ -464,7 +476,7 @@ class Trainer:
             # --extra-val-data scored whole at the end: {data, val_loss, val_bpb, bytes, *_train_point}
             "extra_val": {key.removeprefix("extra_"): value for key, value in last.items()
                           if key.startswith("extra_")} or None,
-            "tok_per_s": self.throughput.tok_per_s(state.tokens, state.elapsed_s),
+            "tok_per_s": state.steady_tok_per_s() or self.throughput.tok_per_s(state.tokens, state.elapsed_s),
             "peak_mem_gib": peak_mem_gib(self.device), "time_s": state.elapsed_s, "complete": complete,
             "warmup_s": state.warmup_s,  # of time_s: the first steps of each process (compilation)
             # tokens over the whole wall clock of the run (start-up, compilation, evaluation and
