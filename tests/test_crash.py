@@ -51,9 +51,10 @@ def _records(run: Path, name: str) -> list[dict]:
 
 
 def _state(run: Path) -> dict:
-    """state.pt of the run's newest checkpoint, without the wall-clock times."""
+    """state.pt of the run's newest checkpoint, without the wall-clock times and the warm-up
+    steps' tokens (each process has its own: a run killed and resumed has more)."""
     state = torch.load(RunDir(run).checkpoint().state_file, weights_only=True)
-    for key in ("elapsed_s", "wall_s", "warmup_s"):
+    for key in ("elapsed_s", "wall_s", "warmup_s", "warmup_tokens"):
         state["progress"].pop(key)
     return state
 
