@@ -159,7 +159,8 @@ class RunConfig:
     wandb: str | None = option(None, help="also log to this Weights & Biases project (pip install "
                                           "'rnnlab[wandb]'; WANDB_MODE=offline keeps it local)",
                                resumable=True, scope="suite")
-    checkpoint_every: int = option(1000, help="steps between checkpoints (0 = at the end and on Ctrl-C or SIGTERM only)",
+    checkpoint_every: int = option(1000, help="steps between checkpoints (0 = at the end and on Ctrl-C or "
+                                              "SIGTERM only)",
                                    bounds=at_least(0, MAX_STEPS), resumable=True)
     keep_checkpoints: int = option(2, help="checkpoints kept: the newest N (older ones are deleted after each save)",
                                    bounds=positive(MAX_STEPS), resumable=True)
