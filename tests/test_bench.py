@@ -780,6 +780,13 @@ def test_bench_list_and_plan(tmp_path, capsys):
     assert len(lines) == len(load_suite("tiny").runs) and all("[new]" in x and "-s3" in x for x in lines)
     assert not any(tmp_path.iterdir())  # --plan trains and writes nothing
     assert main(["bench"]) == 2  # no suite named: a one-line error
+    capsys.readouterr()
+    # a width solved for a count its depth cannot come near: said, as `rnnlab params --target` says it
+    assert main(["bench", "tiny", "--plan", "--out", str(tmp_path), "--params", "20K", "--runs", "e1,mingru"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ("rnnlab bench: note: mingru comes to 12,480 parameters at depth 2, the nearest to 20,000 "
+                            "this depth allows; another depth comes closer\n")  # e1's 18,688 is within 10%
+    assert "mamba2" not in captured.out
 
 
 def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):

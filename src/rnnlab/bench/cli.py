@@ -84,6 +84,10 @@ def _execute(suite, out: Path, args) -> int:
     overrides = {k: v for k, v in config_flag_values(args).items() if k in SUITE_KEYS}
     opts = {"params": getattr(args, "params", None), "seeds": args.seeds, "runs": args.runs}
     plan = plan_suite(suite, out, **opts, **overrides)
+    for pr in plan:  # as `rnnlab params --target` says it: a width solved for a count it cannot reach
+        if pr.target_params and abs(pr.params - pr.target_params) > 0.1 * pr.target_params:
+            print(f"rnnlab bench: note: {pr.label} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
+                  f"the nearest to {pr.target_params:,} this depth allows; another depth comes closer", file=sys.stderr)
     if args.plan:
         print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
         for pr in plan:
@@ -92,7 +96,7 @@ def _execute(suite, out: Path, args) -> int:
             m = c.model
             print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
                   f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{run_status(pr)}]"
-                  + (f"  {m.layer}" if m.layer else ""))
+                  + "".join(f"  {k}={v}" for k, v in m.layer.items()))
         return 0
     options = {**{k: v for k, v in opts.items() if v is not None}, **overrides}
     gpus = None
