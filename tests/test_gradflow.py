@@ -47,6 +47,7 @@ def test_cli_writes_json_and_plots(trained_run, tmp_path, capsys):
                  "--seq-len", "24"]) == 0
     table = capsys.readouterr().out
     assert "sigma_J" in table and "run@4" in table
+    assert "lag<0.1 / lag<0.01 = the first distance back in time" in table  # the columns explained below the table
     for f in ("gradflow.json", "temporal_flow.png", "grad_norms.png", "recurrence.png"):
         assert (out / f).stat().st_size > 0
     res = json.loads((out / "gradflow.json").read_text())

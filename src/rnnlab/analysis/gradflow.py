@@ -395,4 +395,12 @@ def format_table(result: dict[str, Any]) -> str:
                          f"{rc['spectral_radius']:.4f}" if rc else "-",
                          f"{rc['jacobian_sigma_mean']:.4f}" if rc else "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows) + "\n" + TABLE_LEGEND
+
+
+TABLE_LEGEND = ("|g_mixer| = the norm of the layer's mixer-parameter gradients; lag<0.1 / lag<0.01 = the first "
+                "distance back in time (in bytes) at which the loss's gradient reaching the layer's input falls "
+                "below 1/10 / 1/100 of its value at the last position (None: never, within the sequence): how far "
+                "back the layer's memory reaches; radius = the spectral radius of the E1 recurrence W_h_eff; "
+                "sigma_J = the mean top singular value of its Jacobian dh_t/dh_(t-1) (below 1: gradients shrink "
+                "step by step). gradflow.json has every number and the per-step curves.")
