@@ -64,7 +64,7 @@ def test_config_file_with_flag_overrides(tmp_path, capsys):
                               "layer": {"expansion": 2}}
     assert saved["steps"] == 4 and saved["optimizer"] == "adamw" and saved["warmup_steps"] == 2
     assert saved["lr"] == 3e-3
-    capsys.readouterr()
+    assert re.search(r"^model +mingru dim=32 depth=2 expansion=2$", capsys.readouterr().out, re.M)  # the summary
     # --resume with no config: the run's own config is the base; the budget may grow
     assert main(["train", "--resume", "--out", str(run), "--steps", "6", "--no-progress"]) == 0
     assert json.loads((run / "summary.json").read_text())["steps"] == 6

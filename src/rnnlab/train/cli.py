@@ -202,7 +202,8 @@ def format_summary(s: dict) -> str:
         return format(v, spec) if spec else str(v)
 
     rows = [
-        ("model", f"{s['model']} dim={s['dim']} depth={s['depth']}" + (f" {s['layer']}" if s.get("layer") else "")),
+        ("model", f"{s['model']} dim={s['dim']} depth={s['depth']}"
+                  + "".join(f" {k}={v}" for k, v in (s.get("layer") or {}).items())),
         ("params", fmt(s["params"], ",")),
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
         (f"loss (last {min(LOSS_WINDOW, s['steps']):,})", fmt(s["loss"], ".4f")),  # the mean of the steps' losses
