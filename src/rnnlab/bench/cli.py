@@ -16,6 +16,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from rnnlab.models.config import layer_text
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
 
 
@@ -96,7 +97,7 @@ def _execute(suite, out: Path, args) -> int:
             m = c.model
             print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
                   f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{run_status(pr)}]"
-                  + "".join(f"  {k}={v}" for k, v in m.layer.items()))
+                  + (f"  {layer_text(m.layer)}" if m.layer else ""))
         return 0
     options = {**{k: v for k, v in opts.items() if v is not None}, **overrides}
     gpus = None

@@ -23,6 +23,7 @@ from typing import Any
 from rnnlab.bench import plots as P
 from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import SUITE_FILE, invocations, suite_ref
+from rnnlab.models.config import layer_text
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig
 from rnnlab.train.rundir import RunDir, read_json
 from rnnlab.train.runtime import git_state, split_dirty
@@ -207,8 +208,7 @@ def fmt_mem(row: dict[str, Any], device: str) -> str:
 
 
 def config_text(row: dict[str, Any]) -> str:
-    layer = row.get("layer") or {}
-    opts = " ".join(f"{k}={v}" for k, v in layer.items())
+    opts = layer_text(row.get("layer"))
     return f"{row['model']} {row['dim']}x{row['depth']}" + (f" {opts}" if opts else "")
 
 

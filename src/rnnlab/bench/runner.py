@@ -13,6 +13,7 @@ from typing import Any, Callable
 from rnnlab.bench.parallel import record_gpu, run_parallel, visible_gpus
 from rnnlab.bench.suite import (RESUME_HINT, PlannedRun, Suite, outcome_line, run_conflict, run_status,
                                 train_config, write_plan)
+from rnnlab.models.config import layer_text
 
 
 def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
@@ -50,7 +51,7 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
         cfg = train_config(pr, status)
         m = cfg.model
         log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
-            + "".join(f" {k}={v}" for k, v in m.layer.items()) + f" ({pr.params:,} params)")
+            + (f" {layer_text(m.layer)}" if m.layer else "") + f" ({pr.params:,} params)")
         try:
             summary = _train(cfg, progress)
         except KeyboardInterrupt:

@@ -13,6 +13,12 @@ MAX_DIM = 65536
 MAX_DEPTH = 1024
 
 
+def layer_text(layer: dict[str, Any] | None) -> str:
+    """A model's layer options as ``--layer`` writes them, ``heads=14 expansion=2.0`` ("" for none):
+    for log lines, summaries and reports."""
+    return " ".join(f"{k}={v}" for k, v in (layer or {}).items())
+
+
 @dataclass
 class ModelConfig:
     """A byte-level LM: ``model`` names the mixer in the registry; ``layer`` holds that mixer's own

@@ -20,6 +20,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from rnnlab.models.config import layer_text
 from rnnlab.options import at_least, checked, positive
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
@@ -203,7 +204,7 @@ def format_summary(s: dict) -> str:
 
     rows = [
         ("model", f"{s['model']} dim={s['dim']} depth={s['depth']}"
-                  + "".join(f" {k}={v}" for k, v in (s.get("layer") or {}).items())),
+                  + (f" {layer_text(s['layer'])}" if s.get("layer") else "")),
         ("params", fmt(s["params"], ",")),
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
         (f"loss (last {min(LOSS_WINDOW, s['steps']):,})", fmt(s["loss"], ".4f")),  # the mean of the steps' losses
