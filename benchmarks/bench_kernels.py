@@ -823,11 +823,17 @@ def dense_wgmma_probe(add, B, T, reps, dt):
 FUSED_SCANS = (("minGRU", 1, 3520), ("minLSTM", 2, 2880))
 
 
-def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -> float:
-    """The fused scan's bytes over the copy bandwidth: the forward reads the G = mode + 1 gate
-    inputs and writes h; the backward reads them, h and g and writes their G gradients."""
+def fused_scan_passes(mode: int) -> tuple[int, int]:
+    """``(forward, backward)``: the fused scan's passes over ``[B, T, H]`` tensors at least: the
+    forward reads the G = mode + 1 gate inputs and writes h; the backward reads them, h and g and
+    writes their G gradients."""
     G = mode + 1
-    return ((G + 1) + (G + 2 + G)) * B * T * H * el / bw * 1e3
+    return G + 1, G + 2 + G
+
+
+def fused_scan_floor_ms(mode: int, B: int, T: int, H: int, el: int, bw: float) -> float:
+    """The fused scan's bytes (``fused_scan_passes``) over the copy bandwidth."""
+    return sum(fused_scan_passes(mode)) * B * T * H * el / bw * 1e3
 
 
 _SCAN_COPIES = itertools.count()

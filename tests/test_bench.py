@@ -2184,3 +2184,77 @@ def test_gpu_benchmarks_say_in_one_line_that_they_need_a_gpu(script, capsys):
         _benchmark_script(script).main([])
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err == f"{script}.py: error: needs a CUDA GPU (torch sees none)\n"
+
+
+def _tiny_bound_model(kind: str, **layer) -> dict:
+    return dict(model=kind, dim=16, depth=2, **({"layer": layer} if layer else {}))
+
+
+def test_bench_bound_records_every_gemm_of_the_step():
+    """bench_bound.py: a training step's GEMMs, recorded on the meta device, are the model's matrix
+    parameters' 6 FLOPs a token (forward 2, backward 4), with each layer's in_proj and the tied head
+    forward once and twice backward, and the weight gradients' activations as transposed views."""
+    bb = _benchmark_script("bench_bound")
+    B, T = 3, 5
+    forward, backward, params = bb.record_gemms(_tiny_bound_model("mingru"), B, T)
+    assert len(forward) == 2 + 1 and len(backward) == 2 * len(forward)
+    matrices = 2 * 16 * 16 * 2 + 256 * 16  # two in_proj [2*16, 16], the embedding (the head's weight)
+    assert sum(g.flops for g in forward) == 2 * matrices * B * T
+    assert sum(g.flops for g in backward) == 4 * matrices * B * T
+    assert params > matrices  # LayerNorms too
+    weight_grads = [g for g in backward if g.k == B * T]
+    assert len(weight_grads) == 3 and all(g.a_t and not g.b_t for g in weight_grads)
+    assert not any(g.a_t for g in forward)
+
+
+def test_bench_bound_floor_bytes_count_each_pass():
+    """bench_bound.py's floor: per layer the fused residual add + LayerNorm (4 passes each way) and the
+    mixer's own (minGRU's fused scan 3 / 6 passes of di; E16's gates over di and scan over ds), the
+    embedding, final norm and logits, and Schedule-Free AdamW's 7 passes over the parameters, bf16."""
+    bb = _benchmark_script("bench_bound")
+    BT, D = 3 * 5, 16
+    got = bb.floor_bytes(_tiny_bound_model("mingru"), 1000, 3, 5)
+    assert got == dict(forward=(2 * (4 + 3) * D + 3 * D + 256) * BT * 2,
+                       backward=(2 * (4 + 6) * D + 4 * D + 256) * BT * 2, optimizer=7 * 1000 * 2)
+    di, ds = 32, 32 * 4
+    got = bb.floor_bytes(_tiny_bound_model("e16", expansion=2.0, state_expansion=4), 10, 3, 5)
+    assert got["forward"] == (2 * (4 * D + 5 * di + 2 * ds) + 3 * D + 256) * BT * 2
+    assert got["backward"] == (2 * (4 * D + 8 * di + 3 * ds) + 4 * D + 256) * BT * 2
+    with pytest.raises(ValueError, match="no floor accounting for model kind 'e1'"):
+        bb.floor_passes(dict(model="e1", dim=16, depth=2))
+
+
+def test_bench_bound_floor_step_computes_and_moves_its_bytes():
+    """bench_bound.py's synthetic step (on the CPU here): each GEMM's output is its product in the
+    recorded layout, the copies move the floor's bytes (to an element a copy), and the GEMMs-alone
+    and copies-alone variants leave the other half out."""
+    bb = _benchmark_script("bench_bound")
+    forward, backward, params = bb.record_gemms(_tiny_bound_model("mingru"), 3, 5)
+    floor = bb.floor_bytes(_tiny_bound_model("mingru"), params, 3, 5)
+    step = bb.FloorStep(forward, backward, floor, "cpu", dtype=torch.float32)
+    step()
+    for half, gemms in zip((forward, backward), step.work):
+        for g, (a, b, out) in zip(half, gemms[0]):
+            assert a.shape == (g.m, g.k) and b.shape == (g.k, g.n) and a.is_contiguous() != g.a_t
+            torch.testing.assert_close(out, a @ b)
+    assert 0 <= sum(floor.values()) - step.moved < 4 * len(forward + backward) + 4
+    assert step.flops == sum(g.flops for g in forward + backward)
+    alone = bb.FloorStep(forward, backward, floor, "cpu", copies=False, dtype=torch.float32)
+    assert alone.moved == 0 and alone.flops == step.flops
+    copies = bb.FloorStep(forward, backward, floor, "cpu", gemms=False, dtype=torch.float32)
+    assert copies.flops == 0 and copies.moved == step.moved and not any(g for g, _ in copies.work)
+
+
+def test_bench_bound_refuses_in_one_line(capsys):
+    """bench_bound.py: an --only that matches no bound model, or no GPU: one line, exit 2."""
+    bb = _benchmark_script("bench_bound")
+    with pytest.raises(SystemExit) as e:
+        bb.main(["--only", "Mamba2"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"bench_bound.py: error: --only Mamba2 matches none of {', '.join(bb.BOUND_MODELS)}"]
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as e:
+            bb.main(["--only", "minGRU", "--bound-only"])
+        assert e.value.code == 2
+        assert capsys.readouterr().err.strip() == "bench_bound.py: error: needs a CUDA GPU (torch sees none)"

@@ -1,0 +1,310 @@
+"""The measured bound of a model's training step at the board's power limit: the step's own GEMMs
+with copies moving the bytes of its memory-bound work's floor between them, replayed back to back
+as one CUDA graph, beside the model's real step, in one run (issue #19's ≥ 60% MFU targets).
+
+    python benchmarks/bench_bound.py [--only NAME ...] [--bound-only] [--json results/x/bound.json]
+
+Why: the GEMM-bound models' steps run at the board's power limit (``results/scoreboard-h200-1204``:
+700 W, SM clock 1290–1680 of 1980 MHz), so a GEMM's speed depends on what runs around it: alone,
+back to back, bf16 GEMMs ran at 658–685 TFLOP/s, between the step's memory-bound kernels at
+736–750 (``results/tma-scans-h200``). Neither figure nor a sum of floors is the step's bound;
+this script measures it. For each model of ``BOUND_MODELS``:
+
+- **its GEMMs** (``record_gemms``): every matrix product of one training step, recorded from the
+  model's forward and backward on the meta device at the benchmark's B and T (shapes, order,
+  which operand is a transposed view, so cuBLAS runs the same layouts); their FLOPs are the
+  6 · params · tokens that MFU counts (the check ``gemm_share`` prints);
+- **its floor bytes** (``floor_bytes``): what its memory-bound work must read and write at least
+  once, in passes over ``[B·T, width]`` bf16 tensors (``floor_passes``: the residual add and
+  LayerNorm fused, 4 passes each way a layer; the scans' inputs and outputs, the gates around
+  them; the final LayerNorm, embedding and logits; Schedule-Free AdamW's 7 passes over the
+  parameters), moved by copies (``torch.Tensor.copy_``, the copy the floors' bandwidth is
+  measured with), spread evenly after the forward's and the backward's GEMMs, the optimizer's
+  after the last;
+- **rows**, one run: the model's real step in its fastest mode (compiled + CUDA graph,
+  ``bench_models.bench``: steps queued back to back after synced ones), ``floor step`` (GEMMs and
+  floor copies), ``GEMMs alone``, ``copies alone`` (the floor's bytes at the copy's rate in this
+  run). The three synthetic rows are one CUDA graph each, replayed for ``--warm-seconds``
+  (the board settles at its power limit within ≈ 0.4 s) and then ``--steps`` times back to back
+  (``bench_models.back_to_back``, with the SM clock and power while they run).
+
+``floor step``'s MFU (6 · params · B·T over its time, over the GPU's dense bf16 peak) is the bound:
+a step that ran every memory-bound kernel at the copy's bandwidth and nothing else between its
+GEMMs. It leaves out the launch gaps, the scans' latency, everything but bytes: an upper bound on
+what kernels could reach at these shapes on this board, not a prediction. Operands are random
+normal bf16 (a GEMM's power depends a little on its data), each shape's allocated once and shared
+by the layers (no difference at these sizes: the GEMMs are compute-bound).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_kernels import fused_scan_passes  # noqa: E402
+from bench_models import DEFAULT, MIN_COMPILE_WARMUP, MODELS, back_to_back, bench, build, versions  # noqa: E402
+
+from rnnlab.bench.mfu import benchmark_peak, mfu  # noqa: E402
+
+BOUND_MODELS = ("minGRU 3520x16", "minLSTM 2880x16", "E16 s4 1024x10 e2")  # the ≥ 60% MFU targets' rows
+EL = 2  # bytes an element: pure bf16 training
+NORM_PASSES = (4, 4)  # a layer's residual add + LayerNorm, fused: forward (read x, mixer out; write x, normed), backward
+OPTIMIZER_PASSES = 7  # Schedule-Free AdamW: reads y, z, the second moment, the gradient; writes three of them
+ATEN_MM = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gemm:
+    """One matrix product ``a @ b`` of shapes ``[m, k] @ [k, n]``; ``a_t`` / ``b_t``: that operand
+    was a transposed view (column-major), as the backward's products of weights and activations are."""
+
+    m: int
+    k: int
+    n: int
+    a_t: bool
+    b_t: bool
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.m * self.k * self.n
+
+
+def _transposed(t: torch.Tensor) -> bool:
+    return t.dim() == 2 and t.stride(0) == 1 and t.size(0) > 1
+
+
+class _RecordGemms(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.gemms: list[Gemm] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in ATEN_MM:
+            a, b = args[-2:]  # addmm(bias, a, b)
+            self.gemms.append(Gemm(a.size(0), a.size(1), b.size(1), _transposed(a), _transposed(b)))
+        elif func is torch.ops.aten.bmm.default:
+            raise ValueError("a batched matrix product in the step: bench_bound.py times plain GEMMs only")
+        return func(*args, **(kwargs or {}))
+
+
+def record_gemms(cfgd: dict, B: int, T: int) -> tuple[list[Gemm], list[Gemm], int]:
+    """``(forward GEMMs, backward GEMMs, params)`` of one training step of ``bench_models.build(cfgd)``
+    in bf16 at batch ``B`` × ``T`` bytes, recorded on the meta device (no memory, no arithmetic;
+    the recurrences take their PyTorch references there, which for these models hold no GEMM)."""
+    with torch.device("meta"):
+        model = build(cfgd).to(torch.bfloat16)
+    x = torch.randint(0, 256, (B, T + 1), device="meta")
+    with _RecordGemms() as fwd:
+        loss = model(x[:, :-1], x[:, 1:])
+    with _RecordGemms() as bwd:
+        loss.backward()
+    return fwd.gemms, bwd.gemms, sum(p.numel() for p in model.parameters())
+
+
+def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """``(forward, backward)``: the whole model's memory-bound floor as ``(passes, width)`` pairs,
+    each a read or write of a ``[B·T, width]`` tensor (``floor_bytes`` sizes them); the optimizer apart."""
+    dim, depth, layer = cfgd["dim"], cfgd["depth"], cfgd.get("layer", {})
+    di = int(dim * layer.get("expansion", 1.0))
+    kind = cfgd["model"]
+    if kind in ("mingru", "minlstm"):  # the fused gate + scan kernels (bench_kernels' accounting)
+        fwd_scan, bwd_scan = fused_scan_passes(1 if kind == "mingru" else 2)
+        mixer_fwd, mixer_bwd = [(fwd_scan, di)], [(bwd_scan, di)]
+    elif kind == "e16":
+        ds = di * layer.get("state_expansion", 2)
+        # forward: silu(x) (read, write), the scan (read u, write h), y = hC * silu(z) (read both, write);
+        # backward: the gate's (read dy, hC, z; write d(hC), dz), the scan's (read dh, h; write du), silu's (3)
+        mixer_fwd, mixer_bwd = [(2 + 3, di), (2, ds)], [(5 + 3, di), (3, ds)]
+    else:
+        raise ValueError(f"no floor accounting for model kind {kind!r} (bench_bound.py knows {BOUND_MODELS})")
+    per_layer = lambda passes, mixer: [(passes, dim)] + mixer  # noqa: E731
+    forward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[0], mixer_fwd)]
+    backward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[1], mixer_bwd)]
+    # the embedding's output (write; backward read), the final LayerNorm (read, write; backward 3),
+    # the logits (written by the head's GEMM, read by the loss; backward their gradient written)
+    forward += [(1 + 2, dim), (1, 256)]
+    backward += [(1 + 3, dim), (1, 256)]
+    return forward, backward
+
+
+def floor_bytes(cfgd: dict, params: int, B: int, T: int) -> dict[str, int]:
+    """The bytes the step's memory-bound work moves at least: ``forward``, ``backward`` and ``optimizer``."""
+    fwd, bwd = floor_passes(cfgd)
+    size = lambda pairs: sum(p * w for p, w in pairs) * B * T * EL  # noqa: E731
+    return dict(forward=size(fwd), backward=size(bwd), optimizer=OPTIMIZER_PASSES * params * EL)
+
+
+class FloorStep:
+    """The synthetic step: ``forward`` GEMMs, then ``backward``'s, each followed by a copy of an
+    equal share of that half's floor bytes (``gemms`` / ``copies`` False: leave them out), then the
+    optimizer's bytes; operands random normal, allocated once a shape. ``moved``: bytes a call copies."""
+
+    def __init__(self, forward: list[Gemm], backward: list[Gemm], floor: dict[str, int], device,
+                 gemms: bool = True, copies: bool = True, dtype=torch.bfloat16):
+        g = torch.Generator(device=device).manual_seed(0)
+        made: dict[tuple, torch.Tensor] = {}
+
+        def operand(rows, cols, transposed):
+            key = (rows, cols, transposed)
+            if key not in made:
+                shape = (cols, rows) if transposed else (rows, cols)
+                t = torch.randn(shape, generator=g, device=device, dtype=dtype)
+                made[key] = t.t() if transposed else t
+            return made[key]
+
+        def products(half):
+            return [(operand(x.m, x.k, x.a_t), operand(x.k, x.n, x.b_t), torch.empty(x.m, x.n, device=device, dtype=dtype))
+                    for x in half] if gemms else []
+
+        def shares(total, count):  # elements a copy, `count` copies moving `total` bytes (read + write)
+            return [total // (2 * EL * count)] * count if copies else []
+
+        self.work = [(products(forward), shares(floor["forward"], len(forward))),
+                     (products(backward), shares(floor["backward"], len(backward))),
+                     ([], shares(floor["optimizer"], 1))]
+        largest = max((n for _, ns in self.work for n in ns), default=0)
+        self.src = torch.randn(largest, generator=g, device=device, dtype=dtype)
+        self.dst = torch.empty_like(self.src)
+        self.moved = sum(2 * EL * n for _, ns in self.work for n in ns)
+        self.flops = sum(x.flops for x in forward + backward) if gemms else 0
+
+    def __call__(self) -> None:
+        for gemms, copies in self.work:
+            for i in range(max(len(gemms), len(copies))):
+                if i < len(gemms):
+                    a, b, out = gemms[i]
+                    torch.mm(a, b, out=out)
+                if i < len(copies):
+                    self.dst[:copies[i]].copy_(self.src[:copies[i]])
+
+
+def sustained(step, steps: int, warm_seconds: float) -> dict:
+    """``step`` captured as one CUDA graph, replayed for ``warm_seconds`` and then ``steps`` times
+    back to back: the median step time (ms), SM clock (MHz) and board power (W) while they ran."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # capture's warm-up: cuBLAS picks its kernels and workspace
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    end = time.perf_counter() + warm_seconds
+    while time.perf_counter() < end:
+        graph.replay()
+        torch.cuda.synchronize()
+    done = torch.zeros((), device="cuda")
+    times, _, clocks = back_to_back(lambda _: (graph.replay(), done)[1], [done], steps, 0)
+    return dict(step_ms=round(statistics.median(times) * 1e3, 3),
+                sm_mhz=round(statistics.median(c[0] for c in clocks)) if clocks else None,
+                power_w=round(statistics.median(c[1] for c in clocks)) if clocks else None)
+
+
+SYNTHETIC = (("floor step", True, True), ("GEMMs alone", True, False), ("copies alone", False, True))
+
+
+def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: float, peak: float) -> list[dict]:
+    """The synthetic rows of one model (``SYNTHETIC``), each with its MFU at the model's params."""
+    forward, backward, params = record_gemms(cfgd, B, T)
+    floor = floor_bytes(cfgd, params, B, T)
+    rows = []
+    for what, gemms, copies in SYNTHETIC:
+        step = FloorStep(forward, backward, floor, "cuda", gemms, copies)
+        r = dict(name=name, row=what, params=params, B=B, T=T, floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
+                 gemm_share=round(sum(x.flops for x in forward + backward) / (6 * params * B * T), 4),
+                 **sustained(step, steps, warm_seconds))
+        seconds = r["step_ms"] / 1e3
+        r["tok_per_s"] = round(B * T / seconds)
+        r["mfu"] = round(mfu(params, r["tok_per_s"], peak), 4)
+        if gemms:
+            r["gemm_tflops"] = round(step.flops / seconds / 1e12, 1)
+        if copies and not gemms:
+            r["copy_gbps"] = round(step.moved / seconds / 1e9)
+        rows.append(r)
+        del step
+        torch.cuda.empty_cache()
+    return rows
+
+
+def model_row(name: str, cfgd: dict, args, peak: float) -> dict:
+    """The model's own step in its fastest mode (compiled + CUDA graph), as ``bench_models.py`` times it."""
+    r = bench(name, cfgd, args.B, args.T, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True)
+    r.update(row="model step", mfu=round(mfu(r["params"], r["tok_per_s"], peak), 4))
+    r.pop("losses")
+    return r
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'model':20} {'row':26} {'step ms':>8} {'tok/s':>9} {'MFU':>6} {'TFLOP/s':>8} {'GB/s':>6} {'MHz':>5} {'W':>4}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['name']:20} {r['row']:26} error: {r['error']}")
+            continue
+        cell = lambda k: "" if r.get(k) is None else r[k]  # noqa: E731
+        print(f"{r['name']:20} {r['row']:26} {r['step_ms']:8.2f} {r['tok_per_s']:9,} {r['mfu']:6.1%} "
+              f"{cell('gemm_tflops'):>8} {cell('copy_gbps'):>6} {cell('sm_mhz'):>5} {cell('power_w'):>4}")
+    for name in dict.fromkeys(r["name"] for r in rows):
+        got = {r["row"]: r for r in rows if r["name"] == name and "error" not in r}
+        if "floor step" in got and "model step" in got:
+            print(f"{name}: the model's step takes {got['model step']['step_ms'] / got['floor step']['step_ms']:.3f}x "
+                  f"its floor step; bound {got['floor step']['mfu']:.1%} MFU")
+
+
+def write_json(path: str, doc) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--only", nargs="+", default=None, help=f"keep models whose name contains any of these (of {', '.join(BOUND_MODELS)})")
+    p.add_argument("--B", type=int, default=32, help="batch size")
+    p.add_argument("--T", type=int, default=512, help="sequence length in bytes")
+    p.add_argument("--steps", type=int, default=20, help="steps timed back to back, each row")
+    p.add_argument("--warm-seconds", type=float, default=3.0,
+                   help="replay each synthetic step this long before timing (the board reaches its power limit)")
+    p.add_argument("--bound-only", action="store_true", help="leave out the model's own step (no compiling)")
+    p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
+    p.add_argument("--json", default=None, help="write the rows (each as it is measured) and the meta here")
+    p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
+    args = p.parse_args(argv)
+    todo = [(n, c) for n, c, _ in MODELS if n in BOUND_MODELS and (not args.only or any(w.lower() in n.lower() for w in args.only))]
+    if not todo:
+        p.exit(2, f"bench_bound.py: error: --only {' '.join(args.only)} matches none of {', '.join(BOUND_MODELS)}\n")
+    if not torch.cuda.is_available():
+        p.exit(2, "bench_bound.py: error: needs a CUDA GPU (torch sees none)\n")
+    device = torch.cuda.get_device_name()
+    peak, assumed = benchmark_peak(device, args.peak_tflops)
+    meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join(sys.argv), peak_tflops=peak, peak_assumed=assumed, **versions())
+    meta["git_commit"] = args.commit or meta["git_commit"]
+    rows: list[dict] = []
+    for name, cfgd in todo:
+        parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if not args.bound_only else []
+        parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds, peak)))
+        for what, run in parts:
+            try:
+                got = run()
+            except Exception as e:  # noqa: BLE001 - report and continue with the next
+                got = [dict(name=name, row=what, error=f"{type(e).__name__}: {e}")]
+                torch.cuda.empty_cache()
+            for r in got:
+                rows.append(r)
+                print(json.dumps(r), flush=True)
+            if args.json:
+                write_json(args.json, dict(meta=meta, rows=rows))
+    print_table(rows)
+
+
+if __name__ == "__main__":
+    main()
