@@ -18,9 +18,9 @@ this script measures it. For each model of ``BOUND_MODELS``:
   once, in passes over ``[B·T, width]`` bf16 tensors (``floor_passes``: the residual add and
   LayerNorm fused, 4 passes each way a layer; the scans' inputs and outputs, the gates around
   them; the final LayerNorm, embedding and logits; Schedule-Free AdamW's 7 passes over the
-  parameters), moved by copies (``torch.Tensor.copy_``, the copy the floors' bandwidth is
-  measured with), spread evenly after the forward's and the backward's GEMMs, the optimizer's
-  after the last;
+  parameters), moved by copies (``copy``: a Triton kernel; the meta gives torch's own copy's
+  rate outside a graph, the bandwidth docs/kernels.md's floors are at), spread evenly after the
+  forward's and the backward's GEMMs, the optimizer's after the last;
 - **rows**, one run: the model's real step in its fastest mode (compiled + CUDA graph,
   ``bench_models.bench``: steps queued back to back after synced ones), ``floor step`` (GEMMs and
   floor copies), ``GEMMs alone``, ``copies alone`` (the floor's bytes at the copy's rate in this
@@ -48,10 +48,12 @@ import time
 from pathlib import Path
 
 import torch
+import triton
+import triton.language as tl
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_kernels import fused_scan_passes  # noqa: E402
+from bench_kernels import ceilings, fused_scan_passes  # noqa: E402
 from bench_models import DEFAULT, MIN_COMPILE_WARMUP, MODELS, back_to_back, bench, build, versions  # noqa: E402
 
 from rnnlab.bench.mfu import benchmark_peak, mfu  # noqa: E402
@@ -144,6 +146,27 @@ def floor_bytes(cfgd: dict, params: int, B: int, T: int) -> dict[str, int]:
     return dict(forward=size(fwd), backward=size(bwd), optimizer=OPTIMIZER_PASSES * params * EL)
 
 
+@triton.jit
+def _copy(src, dst, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(dst + offs, tl.load(src + offs, mask=mask), mask=mask)
+
+
+COPY_BLOCK, COPY_WARPS = 8192, 8  # 16-byte loads and stores, four each a thread in bf16
+
+
+def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` as a kernel on the SMs on CUDA: in a CUDA graph, torch's copy of one
+    contiguous tensor into another becomes a memcpy node, which ran at ≈ 2.7 TB/s on an H200
+    against ≈ 3.9 for a kernel (``results/bound-h200``)."""
+    if src.device.type != "cuda":
+        dst.copy_(src)
+        return
+    n = src.numel()
+    _copy[(triton.cdiv(n, COPY_BLOCK),)](src, dst, n, BLOCK=COPY_BLOCK, num_warps=COPY_WARPS)
+
+
 class FloorStep:
     """The synthetic step: ``forward`` GEMMs, then ``backward``'s, each followed by a copy of an
     equal share of that half's floor bytes (``gemms`` / ``copies`` False: leave them out), then the
@@ -178,6 +201,15 @@ class FloorStep:
         self.moved = sum(2 * EL * n for _, ns in self.work for n in ns)
         self.flops = sum(x.flops for x in forward + backward) if gemms else 0
 
+    def verify(self) -> bool:
+        """After a call: each half's last GEMM holds its product (to bf16's rounding), and the
+        copy destination its source as far as the last copy reached."""
+        products = [gemms[-1] for gemms, _ in self.work if gemms]
+        last = [ns[-1] for _, ns in self.work if ns][-1:]
+        return (all(torch.allclose(out.float(), (a @ b).float(), rtol=2e-2, atol=1e-2 * a.size(1) ** 0.5)
+                    for a, b, out in products)
+                and all(torch.equal(self.dst[:n], self.src[:n]) for n in last))
+
     def __call__(self) -> None:
         for gemms, copies in self.work:
             for i in range(max(len(gemms), len(copies))):
@@ -185,7 +217,7 @@ class FloorStep:
                     a, b, out = gemms[i]
                     torch.mm(a, b, out=out)
                 if i < len(copies):
-                    self.dst[:copies[i]].copy_(self.src[:copies[i]])
+                    copy(self.dst[:copies[i]], self.src[:copies[i]])
 
 
 def sustained(step, steps: int, warm_seconds: float) -> dict:
@@ -220,7 +252,9 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
     rows = []
     for what, gemms, copies in SYNTHETIC:
         step = FloorStep(forward, backward, floor, "cuda", gemms, copies)
-        r = dict(name=name, row=what, params=params, B=B, T=T, floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
+        step()
+        r = dict(name=name, row=what, params=params, B=B, T=T, verified=step.verify(),
+                 floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
                  gemm_share=round(sum(x.flops for x in forward + backward) / (6 * params * B * T), 4),
                  **sustained(step, steps, warm_seconds))
         seconds = r["step_ms"] / 1e3
@@ -288,6 +322,8 @@ def main(argv=None):
     meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(sys.argv), peak_tflops=peak, peak_assumed=assumed, **versions())
     meta["git_commit"] = args.commit or meta["git_commit"]
+    bw, fl = ceilings()
+    meta.update(copy_gbps_eager=round(bw / 1e9), gemm_tflops_8192=round(fl / 1e12, 1))
     rows: list[dict] = []
     for name, cfgd in todo:
         parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if not args.bound_only else []
