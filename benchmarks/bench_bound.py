@@ -170,10 +170,11 @@ def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
 class FloorStep:
     """The synthetic step: ``forward`` GEMMs, then ``backward``'s, each followed by a copy of an
     equal share of that half's floor bytes (``gemms`` / ``copies`` False: leave them out), then the
-    optimizer's bytes; operands random normal, allocated once a shape. ``moved``: bytes a call copies."""
+    optimizer's bytes; operands random normal, allocated once a shape; each copy a multiple of
+    ``align`` elements. ``moved``: bytes a call copies."""
 
     def __init__(self, forward: list[Gemm], backward: list[Gemm], floor: dict[str, int], device,
-                 gemms: bool = True, copies: bool = True, dtype=torch.bfloat16):
+                 gemms: bool = True, copies: bool = True, dtype=torch.bfloat16, align: int = COPY_BLOCK):
         g = torch.Generator(device=device).manual_seed(0)
         made: dict[tuple, torch.Tensor] = {}
 
@@ -189,8 +190,9 @@ class FloorStep:
             return [(operand(x.m, x.k, x.a_t), operand(x.k, x.n, x.b_t), torch.empty(x.m, x.n, device=device, dtype=dtype))
                     for x in half] if gemms else []
 
-        def shares(total, count):  # elements a copy, `count` copies moving `total` bytes (read + write)
-            return [total // (2 * EL * count)] * count if copies else []
+        def shares(total, count):  # elements a copy, `count` copies moving `total` bytes (read + write),
+            # whole blocks: a copy of a length Triton cannot prove a multiple of 16 loads an element at a time
+            return [total // (2 * EL * count) // align * align] * count if copies else []
 
         self.work = [(products(forward), shares(floor["forward"], len(forward))),
                      (products(backward), shares(floor["backward"], len(backward))),

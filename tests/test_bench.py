@@ -2231,17 +2231,18 @@ def test_bench_bound_floor_step_computes_and_moves_its_bytes():
     bb = _benchmark_script("bench_bound")
     forward, backward, params = bb.record_gemms(_tiny_bound_model("mingru"), 3, 5)
     floor = bb.floor_bytes(_tiny_bound_model("mingru"), params, 3, 5)
-    step = bb.FloorStep(forward, backward, floor, "cpu", dtype=torch.float32)
+    step = bb.FloorStep(forward, backward, floor, "cpu", dtype=torch.float32, align=1)
     step()
     for half, gemms in zip((forward, backward), step.work):
         for g, (a, b, out) in zip(half, gemms[0]):
             assert a.shape == (g.m, g.k) and b.shape == (g.k, g.n) and a.is_contiguous() != g.a_t
             torch.testing.assert_close(out, a @ b)
-    assert 0 <= sum(floor.values()) - step.moved < 4 * len(forward + backward) + 4
+    assert step.verify()
+    assert 0 <= sum(floor.values()) - step.moved < 4 * (len(forward + backward) + 1)
     assert step.flops == sum(g.flops for g in forward + backward)
-    alone = bb.FloorStep(forward, backward, floor, "cpu", copies=False, dtype=torch.float32)
+    alone = bb.FloorStep(forward, backward, floor, "cpu", copies=False, dtype=torch.float32, align=1)
     assert alone.moved == 0 and alone.flops == step.flops
-    copies = bb.FloorStep(forward, backward, floor, "cpu", gemms=False, dtype=torch.float32)
+    copies = bb.FloorStep(forward, backward, floor, "cpu", gemms=False, dtype=torch.float32, align=1)
     assert copies.flops == 0 and copies.moved == step.moved and not any(g for g, _ in copies.work)
 
 
