@@ -54,7 +54,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import ceilings, fused_scan_passes  # noqa: E402
-from bench_models import DEFAULT, MIN_COMPILE_WARMUP, MODELS, back_to_back, bench, build, versions  # noqa: E402
+from bench_models import DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, back_to_back, bench, build, versions  # noqa: E402
 
 from rnnlab.bench.mfu import benchmark_peak, mfu  # noqa: E402
 
@@ -260,11 +260,11 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
                  gemm_share=round(sum(x.flops for x in forward + backward) / (6 * params * B * T), 4),
                  **sustained(step, steps, warm_seconds))
         seconds = r["step_ms"] / 1e3
-        r["tok_per_s"] = round(B * T / seconds)
-        r["mfu"] = round(mfu(params, r["tok_per_s"], peak), 4)
-        if gemms:
+        if gemms:  # a step of the model's FLOPs; copies alone are a rate, not a step
+            r["tok_per_s"] = round(B * T / seconds)
+            r["mfu"] = round(mfu(params, r["tok_per_s"], peak), 4)
             r["gemm_tflops"] = round(step.flops / seconds / 1e12, 1)
-        if copies and not gemms:
+        else:
             r["copy_gbps"] = round(step.moved / seconds / 1e9)
         rows.append(r)
         del step
@@ -286,14 +286,22 @@ def print_table(rows: list[dict]) -> None:
         if "error" in r:
             print(f"{r['name']:20} {r['row']:26} error: {r['error']}")
             continue
-        cell = lambda k: "" if r.get(k) is None else r[k]  # noqa: E731
-        print(f"{r['name']:20} {r['row']:26} {r['step_ms']:8.2f} {r['tok_per_s']:9,} {r['mfu']:6.1%} "
+        cell = lambda k, f="": "" if r.get(k) is None else format(r[k], f)  # noqa: E731
+        print(f"{r['name']:20} {r['row']:26} {r['step_ms']:8.2f} {cell('tok_per_s', ','):>9} {cell('mfu', '.1%'):>6} "
               f"{cell('gemm_tflops'):>8} {cell('copy_gbps'):>6} {cell('sm_mhz'):>5} {cell('power_w'):>4}")
     for name in dict.fromkeys(r["name"] for r in rows):
         got = {r["row"]: r for r in rows if r["name"] == name and "error" not in r}
-        if "floor step" in got and "model step" in got:
-            print(f"{name}: the model's step takes {got['model step']['step_ms'] / got['floor step']['step_ms']:.3f}x "
-                  f"its floor step; bound {got['floor step']['mfu']:.1%} MFU")
+        if "floor step" not in got:
+            continue
+        floor = got["floor step"]
+        line = f"{name}: bound {floor['mfu']:.1%} MFU"
+        if name in MFU_TARGETS:  # the step time the target allows, from the bound's own MFU and time
+            allowed = floor["step_ms"] * floor["mfu"] / MFU_TARGETS[name]
+            line += (f"; its target {MFU_TARGETS[name]:.0%} needs a step of {allowed:.2f} ms, "
+                     f"{allowed - floor['step_ms']:+.2f} ms on the floor step")
+        if "model step" in got:
+            line += f"; the model's step takes {got['model step']['step_ms'] / floor['step_ms']:.3f}x the floor step"
+        print(line)
 
 
 def write_json(path: str, doc) -> None:

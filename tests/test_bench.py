@@ -2259,3 +2259,20 @@ def test_bench_bound_refuses_in_one_line(capsys):
             bb.main(["--only", "minGRU", "--bound-only"])
         assert e.value.code == 2
         assert capsys.readouterr().err.strip() == "bench_bound.py: error: needs a CUDA GPU (torch sees none)"
+
+
+def test_bench_bound_table_says_what_the_target_leaves(capsys):
+    """bench_bound.py's summary: the bound's MFU, the step time the model's MFU target allows and
+    its distance from the floor step, the model's step as a multiple of the floor step; copies
+    alone show a rate, not an MFU."""
+    bb = _benchmark_script("bench_bound")
+    name = "minGRU 3520x16"
+    rows = [dict(name=name, row="model step", step_ms=66.0, tok_per_s=1, mfu=0.5),
+            dict(name=name, row="floor step", step_ms=60.0, tok_per_s=2, mfu=0.66, gemm_tflops=600.0),
+            dict(name=name, row="copies alone", step_ms=9.0, copy_gbps=4000)]
+    bb.print_table(rows)
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (f"{name}: bound 66.0% MFU; its target 60% needs a step of 66.00 ms, +6.00 ms on the "
+                       "floor step; the model's step takes 1.100x the floor step")
+    copies = next(line for line in out if "copies alone" in line)
+    assert "%" not in copies and "4000" in copies
