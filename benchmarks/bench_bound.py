@@ -54,7 +54,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import ceilings, fused_scan_passes  # noqa: E402
-from bench_models import DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, back_to_back, bench, build, versions  # noqa: E402
+from bench_models import (DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, PROFILE_STEPS,  # noqa: E402
+                          back_to_back, bench, build, cuda_kernels, kernel_breakdown, print_profiles, versions)
 
 from rnnlab.bench.mfu import benchmark_peak, mfu  # noqa: E402
 
@@ -63,6 +64,8 @@ EL = 2  # bytes an element: pure bf16 training
 NORM_PASSES = (4, 4)  # a layer's residual add + LayerNorm, fused: forward (read x, mixer out; write x, normed), backward
 OPTIMIZER_PASSES = 7  # Schedule-Free AdamW: reads y, z, the second moment, the gradient; writes three of them
 ATEN_MM = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+# matrix products a step of these models does not hold; met, they are refused rather than left out
+OTHER_PRODUCTS = tuple(getattr(torch.ops.aten, op).default for op in ("bmm", "baddbmm", "mv", "addmv", "dot"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,8 +97,8 @@ class _RecordGemms(TorchDispatchMode):
         if func in ATEN_MM:
             a, b = args[-2:]  # addmm(bias, a, b)
             self.gemms.append(Gemm(a.size(0), a.size(1), b.size(1), _transposed(a), _transposed(b)))
-        elif func is torch.ops.aten.bmm.default:
-            raise ValueError("a batched matrix product in the step: bench_bound.py times plain GEMMs only")
+        elif func in OTHER_PRODUCTS:
+            raise ValueError(f"{func} in the step: bench_bound.py times plain GEMMs only")
         return func(*args, **(kwargs or {}))
 
 
@@ -222,9 +225,11 @@ class FloorStep:
                     copy(self.dst[:copies[i]], self.src[:copies[i]])
 
 
-def sustained(step, steps: int, warm_seconds: float) -> dict:
+def sustained(step, steps: int, warm_seconds: float, profile: bool = False) -> dict:
     """``step`` captured as one CUDA graph, replayed for ``warm_seconds`` and then ``steps`` times
-    back to back: the median step time (ms), SM clock (MHz) and board power (W) while they ran."""
+    back to back: the median step time (ms), SM clock (MHz) and board power (W) while they ran;
+    ``profile``: then ``PROFILE_STEPS`` more under ``torch.profiler``, the GPU time by kind of kernel
+    (``bench_models.kernel_breakdown``: the GEMMs are "matmul", the copies "other")."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # capture's warm-up: cuBLAS picks its kernels and workspace
@@ -239,26 +244,37 @@ def sustained(step, steps: int, warm_seconds: float) -> dict:
         torch.cuda.synchronize()
     done = torch.zeros((), device="cuda")
     times, _, clocks = back_to_back(lambda _: (graph.replay(), done)[1], [done], steps, 0)
-    return dict(step_ms=round(statistics.median(times) * 1e3, 3),
-                sm_mhz=round(statistics.median(c[0] for c in clocks)) if clocks else None,
-                power_w=round(statistics.median(c[1] for c in clocks)) if clocks else None)
+    out = dict(step_ms=round(statistics.median(times) * 1e3, 3),
+               sm_mhz=round(statistics.median(c[0] for c in clocks)) if clocks else None,
+               power_w=round(statistics.median(c[1] for c in clocks)) if clocks else None)
+    if profile:
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
+
+        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(PROFILE_STEPS):
+                graph.replay()
+            torch.cuda.synchronize()
+        out["profile"] = kernel_breakdown(cuda_kernels(prof), PROFILE_STEPS)
+    return out
 
 
 SYNTHETIC = (("floor step", True, True), ("GEMMs alone", True, False), ("copies alone", False, True))
 
 
-def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: float, peak: float) -> list[dict]:
-    """The synthetic rows of one model (``SYNTHETIC``), each with its MFU at the model's params."""
+def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: float, peak: float,
+               profile: bool = False):
+    """The synthetic rows of one model (``SYNTHETIC``), each with its MFU at the model's params,
+    one at a time (``profile``: the floor step's GPU time by kind of kernel too)."""
     forward, backward, params = record_gemms(cfgd, B, T)
     floor = floor_bytes(cfgd, params, B, T)
-    rows = []
     for what, gemms, copies in SYNTHETIC:
         step = FloorStep(forward, backward, floor, "cuda", gemms, copies)
         step()
         r = dict(name=name, row=what, params=params, B=B, T=T, verified=step.verify(),
                  floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
                  gemm_share=round(sum(x.flops for x in forward + backward) / (6 * params * B * T), 4),
-                 **sustained(step, steps, warm_seconds))
+                 **sustained(step, steps, warm_seconds, profile and gemms and copies))
         seconds = r["step_ms"] / 1e3
         if gemms:  # a step of the model's FLOPs; copies alone are a rate, not a step
             r["tok_per_s"] = round(B * T / seconds)
@@ -266,15 +282,14 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
             r["gemm_tflops"] = round(step.flops / seconds / 1e12, 1)
         else:
             r["copy_gbps"] = round(step.moved / seconds / 1e9)
-        rows.append(r)
         del step
         torch.cuda.empty_cache()
-    return rows
+        yield r
 
 
 def model_row(name: str, cfgd: dict, args, peak: float) -> dict:
     """The model's own step in its fastest mode (compiled + CUDA graph), as ``bench_models.py`` times it."""
-    r = bench(name, cfgd, args.B, args.T, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True)
+    r = bench(name, cfgd, args.B, args.T, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True, profile=args.profile)
     r.update(row="model step", mfu=round(mfu(r["params"], r["tok_per_s"], peak), 4))
     r.pop("losses")
     return r
@@ -318,6 +333,9 @@ def main(argv=None):
     p.add_argument("--warm-seconds", type=float, default=3.0,
                    help="replay each synthetic step this long before timing (the board reaches its power limit)")
     p.add_argument("--bound-only", action="store_true", help="leave out the model's own step (no compiling)")
+    p.add_argument("--profile", action="store_true",
+                   help="profile the model's step and the floor step (after their timed steps, at the power limit): "
+                        "GPU time by kind of kernel, the GEMMs' time in each")
     p.add_argument("--peak-tflops", type=float, default=None, help="dense bf16 peak for MFU (default by GPU name)")
     p.add_argument("--json", default=None, help="write the rows (each as it is measured) and the meta here")
     p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
@@ -334,22 +352,28 @@ def main(argv=None):
     meta["git_commit"] = args.commit or meta["git_commit"]
     bw, fl = ceilings()
     meta.update(copy_gbps_eager=round(bw / 1e9), gemm_tflops_8192=round(fl / 1e12, 1))
+    if args.profile:  # CUDA graphs captured before the profiler first starts lose their kernels in its trace
+        from torch.profiler._utils import _init_for_cuda_graphs
+
+        _init_for_cuda_graphs()
     rows: list[dict] = []
     for name, cfgd in todo:
         parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if not args.bound_only else []
-        parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds, peak)))
+        parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds,
+                                                       peak, args.profile)))
         for what, run in parts:
             try:
-                got = run()
+                for r in run():  # each row kept as it comes: a later failure loses none
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
             except Exception as e:  # noqa: BLE001 - report and continue with the next
-                got = [dict(name=name, row=what, error=f"{type(e).__name__}: {e}")]
-                torch.cuda.empty_cache()
-            for r in got:
-                rows.append(r)
-                print(json.dumps(r), flush=True)
+                rows.append(dict(name=name, row=what, error=f"{type(e).__name__}: {e}"))
+                print(json.dumps(rows[-1]), flush=True)
+            torch.cuda.empty_cache()
             if args.json:
                 write_json(args.json, dict(meta=meta, rows=rows))
     print_table(rows)
+    print_profiles([dict(r, mode=r["row"]) for r in rows if "profile" in r])
 
 
 if __name__ == "__main__":

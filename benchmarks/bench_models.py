@@ -72,7 +72,8 @@ Inductor with row reductions persistent up to ``PERSISTENT_ROWS`` elements). ``-
 LIMIT`` adds, for each compiled row, a twin row (``ROWS_SUFFIX``) compiled with that limit instead
 (1024: Inductor's own): the heuristic as a whole-model ratio of one run.
 
-``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` and adds
+``--profile`` then runs each row ``PROFILE_STEPS`` more steps under ``torch.profiler`` (after
+``PROFILE_HOT_S`` seconds of steps, so that the board is at its power limit, as in the timed ones) and adds
 the GPU time per step by kind of kernel (``KERNEL_KINDS``: the sequence mixer's kernels, matmuls,
 Inductor's fused kernels, the optimizer, other), the costliest kernels, and the GPU's idle time
 between kernels by the kernels around each gap (``idle_time``): where a model's step goes, for
@@ -237,6 +238,7 @@ KERNEL_KINDS = [
 # Kernels whose whole name is too short to find by a part of it: E1 heads' Gluon scans
 EXACT_KINDS = {"_fwd": "mixer", "_bwd": "mixer"}
 PROFILE_STEPS = 2
+PROFILE_HOT_S = 2.0  # steps run before the profiled ones: the board at its power limit, as in the timed steps
 
 
 def kernel_kind(name: str) -> str:
@@ -464,6 +466,10 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as torch_profile
 
+        hot = time.perf_counter() + PROFILE_HOT_S  # host_time's spins let the board cool: back to its power limit
+        while time.perf_counter() < hot:
+            step(batches[0])
+            torch.cuda.synchronize()
         with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
             for i in range(PROFILE_STEPS):
                 step(batches[i % len(batches)])

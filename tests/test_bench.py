@@ -2220,6 +2220,9 @@ def test_bench_bound_floor_bytes_count_each_pass():
     got = bb.floor_bytes(_tiny_bound_model("e16", expansion=2.0, state_expansion=4), 10, 3, 5)
     assert got["forward"] == (2 * (4 * D + 5 * di + 2 * ds) + 3 * D + 256) * BT * 2
     assert got["backward"] == (2 * (4 * D + 8 * di + 3 * ds) + 4 * D + 256) * BT * 2
+    got = bb.floor_bytes(_tiny_bound_model("minlstm"), 10, 3, 5)  # three parts: 4 / 8 passes of di
+    assert got["forward"] == (2 * (4 + 4) * D + 3 * D + 256) * BT * 2
+    assert got["backward"] == (2 * (4 + 8) * D + 4 * D + 256) * BT * 2
     with pytest.raises(ValueError, match="no floor accounting for model kind 'e1'"):
         bb.floor_passes(dict(model="e1", dim=16, depth=2))
 
@@ -2235,7 +2238,8 @@ def test_bench_bound_floor_step_computes_and_moves_its_bytes():
     step()
     for half, gemms in zip((forward, backward), step.work):
         for g, (a, b, out) in zip(half, gemms[0]):
-            assert a.shape == (g.m, g.k) and b.shape == (g.k, g.n) and a.is_contiguous() != g.a_t
+            assert a.shape == (g.m, g.k) and b.shape == (g.k, g.n)
+            assert a.is_contiguous() != g.a_t and b.is_contiguous() != g.b_t
             torch.testing.assert_close(out, a @ b)
     assert step.verify()
     assert 0 <= sum(floor.values()) - step.moved < 4 * (len(forward + backward) + 1)
@@ -2244,6 +2248,10 @@ def test_bench_bound_floor_step_computes_and_moves_its_bytes():
     assert alone.moved == 0 and alone.flops == step.flops
     copies = bb.FloorStep(forward, backward, floor, "cpu", gemms=False, dtype=torch.float32, align=1)
     assert copies.flops == 0 and copies.moved == step.moved and not any(g for g, _ in copies.work)
+    blocks = bb.FloorStep(forward, backward, floor, "cpu", gemms=False, dtype=torch.float32, align=64)
+    assert all(n % 64 == 0 and n > 0 for _, ns in blocks.work for n in ns)
+    assert 0 <= step.moved - blocks.moved < 4 * 64 * (len(forward + backward) + 1)
+    assert any(g.b_t for g in forward) and any(not g.b_t for g in backward)  # both layouts met
 
 
 def test_bench_bound_refuses_in_one_line(capsys):

@@ -17,6 +17,7 @@ import torch
 
 from rnnlab.train import distributed as dist
 from rnnlab.train.config import TrainConfig
+from rnnlab.train.rundir import RunDir
 from rnnlab.train.trainer import run_training
 
 pytestmark = [
@@ -104,11 +105,38 @@ def test_context_from_env_and_batch_split():
 
 
 def test_gpus_flag_relaunches_through_torchrun():
-    from rnnlab.train.cli import torchrun_command
+    from rnnlab.train.cli import torchrun_args
 
-    cmd = torchrun_command(2, ["train", "--gpus", "2", "--steps", "3", "--gpus=2", "--out", "r"])
-    assert cmd[1:] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                       "-m", "rnnlab", "train", "--steps", "3", "--out", "r"]
+    assert torchrun_args(2, ["train", "--gpus", "2", "--steps", "3", "--gpus=2", "--out", "r"]) == [
+        "--standalone", "--nproc-per-node=2", "-m", "rnnlab", "train", "--steps", "3", "--out", "r"]
+
+
+def test_torchrun_stopped_by_an_interrupt_ends_in_one_line(monkeypatch, capsys):
+    """``--gpus N``'s torchrun: when an interrupt stops it (torchrun passes it to its workers, which
+    save), one line and exit status 130 instead of torchrun's traceback; its own arguments passed
+    through; other failures raise as torchrun's do."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from rnnlab.train.cli import torchrun_main
+
+    seen = []
+
+    def stopped(argv):
+        seen.append(argv)
+        raise SignalException("Process 1 got signal: 15", sigval=signal.SIGTERM)
+
+    monkeypatch.setattr(torchrun, "main", stopped)
+    assert torchrun_main(["--standalone", "-m", "rnnlab"]) == 130
+    assert seen == [["--standalone", "-m", "rnnlab"]]
+    assert capsys.readouterr().err == "rnnlab train: torchrun stopped its workers on SIGTERM\n"
+    monkeypatch.setattr(torchrun, "main", lambda argv: None)
+    assert torchrun_main([]) == 0
+    monkeypatch.setattr(torchrun, "main", lambda argv: (_ for _ in ()).throw(RuntimeError("worker failed")))
+    with pytest.raises(RuntimeError, match="worker failed"):
+        torchrun_main([])
 
 
 def test_distributed_field_validated():
@@ -171,6 +199,7 @@ FSDP2_GROUPS = """
 import json, sys, torch
 from rnnlab.train import distributed as dist
 from rnnlab.train.config import TrainConfig
+from rnnlab.train.rundir import RunDir
 from rnnlab.train.optim import build_optimizer
 from rnnlab.train.runtime import build_model
 
@@ -197,3 +226,69 @@ def test_fsdp2_keeps_the_parameters_spared_from_weight_decay(tmp_path):
     for rank in (0, 1):
         groups = json.loads(Path(f"{out}.{rank}").read_text())
         assert [wd for _, wd in groups] == [0.1, 0.0] and groups[1][0] == 3 * 2, groups  # 3 per layer, 2 layers
+
+
+LATE_CTRL_C = """
+import signal, sys
+from rnnlab.cli import main
+from rnnlab.train import distributed as dist
+
+agree, calls = dist.DistContext.agree, [0]
+
+
+def late(self, dt, stop):  # rank 1's Ctrl-C comes just after the ranks agreed on step 3
+    answer = agree(self, dt, stop)
+    calls[0] += 1
+    if self.rank == 1 and calls[0] == 3:
+        signal.raise_signal(signal.SIGINT)
+    return answer
+
+
+dist.DistContext.agree = late
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_on_one_rank_after_the_agreement_stops_every_rank_after_the_next_step(tmp_path, corpus):
+    """Two processes: a Ctrl-C that reaches rank 1 just after the ranks agreed to go on (step 3)
+    stops both after step 4, each saving with the other, instead of rank 1 leaving the loop alone
+    while rank 0 waits in step 4's gradient all-reduce (a gloo mismatch, a crash or a hang)."""
+    script, run = tmp_path / "late.py", tmp_path / "r"
+    script.write_text(LATE_CTRL_C)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           "train", *_flags(dict(TINY, steps=50)), "--data", str(corpus), "--out", str(run), "--no-progress"]
+    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    assert "interrupted at step 4; checkpoint saved" in r.stderr, r.stdout[-3000:] + r.stderr[-5000:]
+    assert not any(f"[rank{rank}]: Traceback" in r.stderr for rank in (0, 1)), r.stderr[-5000:]
+    assert RunDir(run).checkpoint().step == 4
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["steps"], summary["complete"], summary["world_size"]) == (4, False, 2)
+
+
+def test_sigterm_to_gpus_n_saves_on_every_rank_even_where_ctrl_c_is_ignored(tmp_path, corpus):
+    """``rnnlab train --gpus 2`` started where Ctrl-C is ignored (``cmd &`` in a script), stopped
+    by a SIGTERM (``kill``): the launcher passes it to torchrun, which passes it to its workers;
+    they stop after the same step and save, and the command ends in 130 with one line each, no
+    traceback, nothing left running."""
+    import signal
+    import time
+
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "rnnlab", "train", *_flags(dict(TINY, steps=100000)), "--data", str(corpus),
+           "--out", str(run), "--no-progress", "--gpus", "2"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    try:
+        metrics, deadline = run / "metrics.jsonl", time.monotonic() + 120
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 3) and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out[-3000:] + err[-5000:]
+    assert "rnnlab train: torchrun stopped its workers on SIGTERM" in err and "Traceback" not in err, err[-5000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and summary["world_size"] == 2
+    assert RunDir(run).checkpoint().step == summary["steps"] and f"interrupted at step {summary['steps']};" in err

@@ -100,8 +100,8 @@ def config_from_args(args) -> TrainConfig:
     return cfg
 
 
-def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone --nproc-per-node N -m rnnlab train ...``
+def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
+    """torchrun's arguments for ``--gpus N``: ``--standalone --nproc-per-node N -m rnnlab train ...``
     with ``--gpus`` taken out of ``argv`` (the arguments after ``rnnlab``)."""
     out, skip = [], False
     for a in argv:
@@ -111,8 +111,27 @@ def torchrun_command(nproc: int, argv: list[str]) -> list[str]:
             skip = True
         elif not a.startswith("--gpus="):
             out.append(a)
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "rnnlab", *out]
+    return ["--standalone", f"--nproc-per-node={nproc}", "-m", "rnnlab", *out]
+
+
+# how ``--gpus N`` runs torchrun: ``python -c TORCHRUN`` and torchrun's arguments
+TORCHRUN = "import sys; from rnnlab.train.cli import torchrun_main; sys.exit(torchrun_main(sys.argv[1:]))"
+
+
+def torchrun_main(argv: list[str]) -> int:
+    """torchrun (``torch.distributed.run``) on ``argv`` in this process. An interrupt that
+    torchrun passed on to its workers (each finishing its step and saving a checkpoint) ends it
+    with exit status 130 and one line, where torchrun itself ends in a traceback of its own
+    ``SignalException``."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.run import main
+
+    try:
+        main(argv)
+    except SignalException as e:
+        print(f"rnnlab train: torchrun stopped its workers on {e.sigval.name}", file=sys.stderr)
+        return 130
+    return 0
 
 
 def _check_before_launch(args) -> None:
@@ -147,20 +166,30 @@ def _launch(args) -> int | None:
     if "train" not in argv:
         raise ValueError("--gpus re-launches the command line; call it as `rnnlab train ... --gpus N`")
     _check_before_launch(args)
-    cmd = torchrun_command(n, argv)
-    print("rnnlab train: re-launching as: " + shlex.join(cmd), file=sys.stderr)
-    # torchrun in a session of its own: each Ctrl-C (or SIGTERM) this process gets reaches it
-    # once, passed on here, and it stops its workers (a terminal's Ctrl-C would also reach the
-    # workers directly: two interrupts, which abort a run instead of saving it)
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    interrupted = False
-    while True:
-        try:
-            code = proc.wait()
-            return 130 if interrupted and code else code
-        except KeyboardInterrupt:
-            interrupted = True
-            proc.send_signal(signal.SIGINT)
+    torchrun = torchrun_args(n, argv)
+    print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
+          file=sys.stderr)
+    # torchrun in a session of its own: each Ctrl-C or SIGTERM this process gets reaches it once,
+    # passed on here, and it stops its workers, which save (a terminal's Ctrl-C would also reach
+    # the workers directly: two interrupts, which abort a run instead of saving it). SIGTERM is
+    # passed on even where Ctrl-C is ignored (`rnnlab train --gpus 2 ... &` in a script), so that
+    # `kill` never leaves torchrun training on its own. `torchrun_main` ends such a stop in one
+    # line instead of torchrun's traceback.
+    proc = subprocess.Popen([sys.executable, "-c", TORCHRUN, *torchrun], start_new_session=True)
+    passed = []
+
+    def pass_on(signum, frame):
+        passed.append(signum)
+        proc.send_signal(signum)
+
+    caught = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else [signal.SIGINT])
+    previous = {s: signal.signal(s, pass_on) for s in caught}
+    try:
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 130 if passed and code else code
 
 
 def run_train(args) -> int:

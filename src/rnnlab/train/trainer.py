@@ -278,23 +278,32 @@ class Trainer:
         state, run_cfg, tokens_per_step = self.state, self.cfg.run, self.cfg.tokens_per_step()
         state.model.train()
         with StopOnInterrupt() as stop:
-            while not self.budget_spent() and not stop.requested:
+            agreed = False  # under torchrun: whether any rank had a Ctrl-C, as all agreed after the last step
+
+            def stopping() -> bool:
+                # One process: its own Ctrl-C. Under torchrun only the agreed answer: a Ctrl-C that
+                # reaches one rank after a step's agreement is acted on by all after the next step
+                # (a rank leaving on its own flag would leave the others inside a collective).
+                return stop.requested if self.ctx.world_size == 1 else agreed
+
+            while not self.budget_spent() and not stopping():
                 result = self.train_step(self.stream.batch(state.step))
                 if self.ctx.world_size > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
-                    seconds, stop.requested = self.ctx.agree(result.seconds, stop.requested)
+                    seconds, agreed = self.ctx.agree(result.seconds, stop.requested)
                     result = result._replace(seconds=seconds)
                 warmup = self.throughput.add(tokens_per_step, result.seconds)
                 state.advance(result.loss, tokens_per_step, result.seconds, warmup)
-                self.logger.step(state, result, last=self.budget_spent() or stop.requested)
+                self.logger.step(state, result, last=self.budget_spent() or stopping())
                 if self.due(run_cfg.eval_every):
                     self.evaluate()
                 if self.due(run_cfg.checkpoint_every):
                     self.checkpoint(complete=False)
             if not self.budget_spent():  # stopped by Ctrl-C
                 self.checkpoint(complete=False)
-                print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
-                      f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
-                      file=sys.stderr)
+                if self.ctx.is_main:  # the rank that wrote it (every rank under FSDP2: one line is enough)
+                    print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
+                          f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
+                          file=sys.stderr)
                 return self.finish(complete=False)
             # the budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end
             stop.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
