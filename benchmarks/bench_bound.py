@@ -89,31 +89,49 @@ def _transposed(t: torch.Tensor) -> bool:
 
 
 class _RecordGemms(TorchDispatchMode):
-    def __init__(self):
+    def __init__(self, keep: bool = False):
         super().__init__()
         self.gemms: list[Gemm] = []
+        self.operands: list[tuple[torch.Tensor, torch.Tensor]] = []  # copies of them, with ``keep``
+        self.keep = keep
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func in ATEN_MM:
             a, b = args[-2:]  # addmm(bias, a, b)
             self.gemms.append(Gemm(a.size(0), a.size(1), b.size(1), _transposed(a), _transposed(b)))
+            if self.keep:  # clone keeps a transposed view's strides
+                self.operands.append((a.detach().clone(), b.detach().clone()))
         elif func in OTHER_PRODUCTS:
             raise ValueError(f"{func} in the step: bench_bound.py times plain GEMMs only")
         return func(*args, **(kwargs or {}))
+
+
+def _recorded_step(cfgd: dict, B: int, T: int, device: str, keep: bool = False):
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = build(cfgd).to(torch.bfloat16)
+    x = torch.randint(0, 256, (B, T + 1), device=device)
+    with _RecordGemms(keep) as fwd:
+        loss = model(x[:, :-1], x[:, 1:])
+    with _RecordGemms(keep) as bwd:
+        loss.backward()
+    return fwd, bwd, sum(p.numel() for p in model.parameters())
 
 
 def record_gemms(cfgd: dict, B: int, T: int) -> tuple[list[Gemm], list[Gemm], int]:
     """``(forward GEMMs, backward GEMMs, params)`` of one training step of ``bench_models.build(cfgd)``
     in bf16 at batch ``B`` × ``T`` bytes, recorded on the meta device (no memory, no arithmetic;
     the recurrences take their PyTorch references there, which for these models hold no GEMM)."""
-    with torch.device("meta"):
-        model = build(cfgd).to(torch.bfloat16)
-    x = torch.randint(0, 256, (B, T + 1), device="meta")
-    with _RecordGemms() as fwd:
-        loss = model(x[:, :-1], x[:, 1:])
-    with _RecordGemms() as bwd:
-        loss.backward()
-    return fwd.gemms, bwd.gemms, sum(p.numel() for p in model.parameters())
+    fwd, bwd, params = _recorded_step(cfgd, B, T, "meta")
+    return fwd.gemms, bwd.gemms, params
+
+
+def model_operands(cfgd: dict, B: int, T: int, device: str = "cuda") -> tuple[list, list]:
+    """``(forward, backward)``: copies of the operands of every GEMM of one eager training step of
+    the model (seed 0, random bytes) on ``device``, in ``record_gemms``' order: a GEMM's power, so
+    its speed at the power limit, depends on its data, and random normal operands are not the model's."""
+    fwd, bwd, _ = _recorded_step(cfgd, B, T, device, keep=True)
+    return fwd.operands, bwd.operands
 
 
 def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
@@ -173,11 +191,12 @@ def copy(dst: torch.Tensor, src: torch.Tensor) -> None:
 class FloorStep:
     """The synthetic step: ``forward`` GEMMs, then ``backward``'s, each followed by a copy of an
     equal share of that half's floor bytes (``gemms`` / ``copies`` False: leave them out), then the
-    optimizer's bytes; operands random normal, allocated once a shape; each copy a multiple of
-    ``align`` elements. ``moved``: bytes a call copies."""
+    optimizer's bytes; operands random normal, allocated once a shape, or ``operands`` (the model's,
+    ``model_operands``); each copy a multiple of ``align`` elements. ``moved``: bytes a call copies."""
 
     def __init__(self, forward: list[Gemm], backward: list[Gemm], floor: dict[str, int], device,
-                 gemms: bool = True, copies: bool = True, dtype=torch.bfloat16, align: int = COPY_BLOCK):
+                 gemms: bool = True, copies: bool = True, dtype=torch.bfloat16, align: int = COPY_BLOCK,
+                 operands: tuple[list, list] | None = None):
         g = torch.Generator(device=device).manual_seed(0)
         made: dict[tuple, torch.Tensor] = {}
 
@@ -189,16 +208,17 @@ class FloorStep:
                 made[key] = t.t() if transposed else t
             return made[key]
 
-        def products(half):
-            return [(operand(x.m, x.k, x.a_t), operand(x.k, x.n, x.b_t), torch.empty(x.m, x.n, device=device, dtype=dtype))
-                    for x in half] if gemms else []
+        def products(half, given):
+            pairs = given or [(operand(x.m, x.k, x.a_t), operand(x.k, x.n, x.b_t)) for x in half]
+            return [(a, b, torch.empty(a.size(0), b.size(1), device=device, dtype=dtype)) for a, b in pairs] if gemms else []
 
         def shares(total, count):  # elements a copy, `count` copies moving `total` bytes (read + write),
             # whole blocks: a copy of a length Triton cannot prove a multiple of 16 loads an element at a time
             return [total // (2 * EL * count) // align * align] * count if copies else []
 
-        self.work = [(products(forward), shares(floor["forward"], len(forward))),
-                     (products(backward), shares(floor["backward"], len(backward))),
+        given = operands or (None, None)
+        self.work = [(products(forward, given[0]), shares(floor["forward"], len(forward))),
+                     (products(backward, given[1]), shares(floor["backward"], len(backward))),
                      ([], shares(floor["optimizer"], 1))]
         largest = max((n for _, ns in self.work for n in ns), default=0)
         self.src = torch.randn(largest, generator=g, device=device, dtype=dtype)
@@ -260,16 +280,22 @@ def sustained(step, steps: int, warm_seconds: float, profile: bool = False) -> d
 
 
 SYNTHETIC = (("floor step", True, True), ("GEMMs alone", True, False), ("copies alone", False, True))
+MODEL_OPERANDS = " [model's operands]"  # the row name of a synthetic step on the model's own GEMM operands
 
 
 def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: float, peak: float,
-               profile: bool = False):
+               profile: bool = False, with_model_operands: bool = False):
     """The synthetic rows of one model (``SYNTHETIC``), each with its MFU at the model's params,
-    one at a time (``profile``: the floor step's GPU time by kind of kernel too)."""
+    one at a time (``profile``: the floor steps' GPU time by kind of kernel too;
+    ``with_model_operands``: the GEMM rows again on the model's own operands, ``MODEL_OPERANDS``)."""
     forward, backward, params = record_gemms(cfgd, B, T)
     floor = floor_bytes(cfgd, params, B, T)
-    for what, gemms, copies in SYNTHETIC:
-        step = FloorStep(forward, backward, floor, "cuda", gemms, copies)
+    todo = [(what, gemms, copies, None) for what, gemms, copies in SYNTHETIC]
+    if with_model_operands:
+        ops = model_operands(cfgd, B, T)
+        todo += [(what + MODEL_OPERANDS, gemms, copies, ops) for what, gemms, copies in SYNTHETIC if gemms]
+    for what, gemms, copies, operands in todo:
+        step = FloorStep(forward, backward, floor, "cuda", gemms, copies, operands=operands)
         step()
         r = dict(name=name, row=what, params=params, B=B, T=T, verified=step.verify(),
                  floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
@@ -333,6 +359,8 @@ def main(argv=None):
     p.add_argument("--warm-seconds", type=float, default=3.0,
                    help="replay each synthetic step this long before timing (the board reaches its power limit)")
     p.add_argument("--bound-only", action="store_true", help="leave out the model's own step (no compiling)")
+    p.add_argument("--model-operands", action="store_true",
+                   help="also run the GEMM rows on the model's own operands (one eager step's) instead of random ones")
     p.add_argument("--profile", action="store_true",
                    help="profile the model's step and the floor step (after their timed steps, at the power limit): "
                         "GPU time by kind of kernel, the GEMMs' time in each")
@@ -360,7 +388,7 @@ def main(argv=None):
     for name, cfgd in todo:
         parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if not args.bound_only else []
         parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds,
-                                                       peak, args.profile)))
+                                                       peak, args.profile, args.model_operands)))
         for what, run in parts:
             try:
                 for r in run():  # each row kept as it comes: a later failure loses none

@@ -2252,6 +2252,12 @@ def test_bench_bound_floor_step_computes_and_moves_its_bytes():
     assert all(n % 64 == 0 and n > 0 for _, ns in blocks.work for n in ns)
     assert 0 <= step.moved - blocks.moved < 4 * 64 * (len(forward + backward) + 1)
     assert any(g.b_t for g in forward) and any(not g.b_t for g in backward)  # both layouts met
+    ops = bb.model_operands(_tiny_bound_model("mingru"), 3, 5, device="cpu")  # the model's own operands
+    assert [(a.shape, b.shape) for a, b in ops[0] + ops[1]] == [((g.m, g.k), (g.k, g.n)) for g in forward + backward]
+    assert [a.is_contiguous() != g.a_t for (a, _), g in zip(ops[1], backward)] == [True] * len(backward)
+    own = bb.FloorStep(forward, backward, floor, "cpu", dtype=torch.bfloat16, align=1, operands=ops)
+    own()
+    assert own.verify() and all(a is x for (a, _, _), (x, _) in zip(own.work[1][0], ops[1]))
 
 
 def test_bench_bound_refuses_in_one_line(capsys):
