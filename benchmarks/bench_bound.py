@@ -55,7 +55,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import ceilings, fused_scan_passes  # noqa: E402
 from bench_models import (DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, PROFILE_STEPS,  # noqa: E402
-                          back_to_back, bench, build, cuda_kernels, kernel_breakdown, print_profiles, versions)
+                          back_to_back, bench, build, cuda_kernels, idle_time, kernel_breakdown, kernel_spans,
+                          print_profiles, versions)
 
 from rnnlab.bench.mfu import benchmark_peak, mfu  # noqa: E402
 
@@ -276,6 +277,7 @@ def sustained(step, steps: int, warm_seconds: float, profile: bool = False) -> d
                 graph.replay()
             torch.cuda.synchronize()
         out["profile"] = kernel_breakdown(cuda_kernels(prof), PROFILE_STEPS)
+        out["profile"]["idle"] = idle_time(kernel_spans(prof), PROFILE_STEPS)
     return out
 
 
