@@ -2,7 +2,8 @@
 with copies moving the bytes of its memory-bound work's floor between them, replayed back to back
 as one CUDA graph, beside the model's real step, in one run (issue #19's ≥ 60% MFU targets).
 
-    python benchmarks/bench_bound.py [--only NAME ...] [--bound-only] [--json results/x/bound.json]
+    python benchmarks/bench_bound.py [--only NAME ...] [--bound-only] [--model-operands] [--profile]
+                                     [--json results/x/bound.json]
 
 Why: the GEMM-bound models' steps run at the board's power limit (``results/scoreboard-h200-1204``:
 700 W, SM clock 1290–1680 of 1980 MHz), so a GEMM's speed depends on what runs around it: alone,
@@ -13,7 +14,7 @@ this script measures it. For each model of ``BOUND_MODELS``:
 - **its GEMMs** (``record_gemms``): every matrix product of one training step, recorded from the
   model's forward and backward on the meta device at the benchmark's B and T (shapes, order,
   which operand is a transposed view, so cuBLAS runs the same layouts); their FLOPs are the
-  6 · params · tokens that MFU counts (the check ``gemm_share`` prints);
+  6 · params · tokens that MFU counts (each row's ``gemm_share``);
 - **its floor bytes** (``floor_bytes``): what its memory-bound work must read and write at least
   once, in passes over ``[B·T, width]`` bf16 tensors (``floor_passes``: the residual add and
   LayerNorm fused, 4 passes each way a layer; the scans' inputs and outputs, the gates around
@@ -29,11 +30,15 @@ this script measures it. For each model of ``BOUND_MODELS``:
   (``bench_models.back_to_back``, with the SM clock and power while they run).
 
 ``floor step``'s MFU (6 · params · B·T over its time, over the GPU's dense bf16 peak) is the bound:
-a step that ran every memory-bound kernel at the copy's bandwidth and nothing else between its
-GEMMs. It leaves out the launch gaps, the scans' latency, everything but bytes: an upper bound on
-what kernels could reach at these shapes on this board, not a prediction. Operands are random
-normal bf16 (a GEMM's power depends a little on its data), each shape's allocated once and shared
-by the layers (no difference at these sizes: the GEMMs are compute-bound).
+a step that ran every memory-bound pass once at a copy's bandwidth and nothing else between its
+GEMMs, at the clock the board's power allows for that mix. It is not a proof: it leaves out work
+run beside the GEMMs instead of between them, passes fused into the GEMMs, kernels faster than a
+copy. Operands are random normal bf16, each shape's allocated once and shared by the layers; a
+GEMM's power, so its speed at the power limit, depends on its data: ``--model-operands`` runs the
+GEMM rows again on the operands of one eager step of the model (``model_operands``).
+``--profile`` adds the GPU time by kind of kernel of the model's step and the floor step (the
+GEMMs' time in each), two steps each after the timed ones: indicative, as profiled steps start
+from the profiler's pause.
 """
 
 from __future__ import annotations
