@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
 import statistics
 import sys
@@ -61,9 +60,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import ceilings, fused_scan_passes  # noqa: E402
 from bench_models import (DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, PROFILE_STEPS,  # noqa: E402
                           back_to_back, bench, build, cuda_kernels, idle_time, kernel_breakdown, kernel_spans,
-                          print_profiles, versions)
+                          nvidia_smi, print_profiles, run_meta)
 
-from rnnlab.bench.mfu import benchmark_peak, mfu  # noqa: E402
+from rnnlab.bench.mfu import mfu  # noqa: E402
 
 BOUND_MODELS = ("minGRU 3520x16", "minLSTM 2880x16", "E16 s4 1024x10 e2")  # the ≥ 60% MFU targets' rows
 EL = 2  # bytes an element: pure bf16 training
@@ -380,13 +379,10 @@ def main(argv=None):
         p.exit(2, f"bench_bound.py: error: --only {' '.join(args.only)} matches none of {', '.join(BOUND_MODELS)}\n")
     if not torch.cuda.is_available():
         p.exit(2, "bench_bound.py: error: needs a CUDA GPU (torch sees none)\n")
-    device = torch.cuda.get_device_name()
-    peak, assumed = benchmark_peak(device, args.peak_tflops)
-    meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command=" ".join(sys.argv), peak_tflops=peak, peak_assumed=assumed, **versions())
-    meta["git_commit"] = args.commit or meta["git_commit"]
     bw, fl = ceilings()
-    meta.update(copy_gbps_eager=round(bw / 1e9), gemm_tflops_8192=round(fl / 1e12, 1))
+    meta = run_meta(args.peak_tflops, args.commit, copy_gbps_eager=round(bw / 1e9), gemm_tflops_8192=round(fl / 1e12, 1),
+                    power_limit_w=(nvidia_smi("power.limit") or [None])[0])
+    peak = meta["peak_tflops"]
     if args.profile:  # CUDA graphs captured before the profiler first starts lose their kernels in its trace
         from torch.profiler._utils import _init_for_cuda_graphs
 

@@ -499,6 +499,18 @@ def versions() -> dict:
                 mamba2_fused_path=causal_conv1d_available(), git_commit=git_commit_label())
 
 
+def run_meta(peak_tflops: float | None, commit: str | None, **fields) -> dict:
+    """What a benchmark run records beside its rows: the GPU, the date, the command, the dense bf16
+    peak its MFU is over (``peak_tflops`` given, else the GPU's, ``peak_assumed`` if unknown), the
+    script's own ``fields``, the versions and the commit (``commit`` where this copy is no checkout)."""
+    device = torch.cuda.get_device_name()
+    peak, assumed = benchmark_peak(device, peak_tflops)
+    meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join(sys.argv), peak_tflops=peak, peak_assumed=assumed, **fields, **versions())
+    meta["git_commit"] = commit or meta["git_commit"]
+    return meta
+
+
 FOREACH_SUFFIX = " [sf foreach]"  # the row name of a model run with schedulefree's own step
 SCAN_SUFFIX = " [--scan-against]"  # the row name of a model run with --scan-against's scan kernels
 SCAN_MODELS = ("mingru", "minlstm")  # the model kinds whose layers run those kernels
@@ -747,15 +759,11 @@ def main(argv=None):
         p.exit(2, "bench_models.py: error: needs a CUDA GPU (torch sees none)\n")
     from rnnlab.train.inductor import PERSISTENT_ROWS  # imports Inductor (seconds): here, not for bench_models' tests
 
-    device = torch.cuda.get_device_name()
-    peak, assumed = benchmark_peak(device, args.peak_tflops)
-    meta = dict(device=device, date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                command=" ".join(sys.argv), optimizer="Schedule-Free AdamW lr 3e-4 wd 0.1",
-                weights="bf16", steps=args.steps, peak_tflops=peak,
-                peak_assumed=assumed, loss_tol=LOSS_TOL, twin_factor=TWIN_FACTOR, twin_step=TWIN_STEP,
-                persistent_rows=PERSISTENT_ROWS, rows_against=args.rows_against, e1_against=args.e1_against,
-                power_limit_w=(nvidia_smi("power.limit") or [None])[0], **versions())
-    meta["git_commit"] = args.commit or meta["git_commit"]
+    meta = run_meta(args.peak_tflops, args.commit, optimizer="Schedule-Free AdamW lr 3e-4 wd 0.1", weights="bf16",
+                    steps=args.steps, loss_tol=LOSS_TOL, twin_factor=TWIN_FACTOR, twin_step=TWIN_STEP,
+                    persistent_rows=PERSISTENT_ROWS, rows_against=args.rows_against, e1_against=args.e1_against,
+                    power_limit_w=(nvidia_smi("power.limit") or [None])[0])
+    peak = meta["peak_tflops"]
     def named(name, words):
         return any(w.lower() in name.lower() for w in words or ())
 

@@ -2290,3 +2290,14 @@ def test_bench_bound_table_says_what_the_target_leaves(capsys):
                        "floor step; the model's step takes 1.100x the floor step")
     copies = next(line for line in out if "copies alone" in line)
     assert "%" not in copies and "4000" in copies
+
+
+def test_benchmark_run_meta_names_gpu_peak_fields_and_commit(monkeypatch):
+    """bench_models.run_meta (bench_models.py's and bench_bound.py's meta): the GPU, its dense bf16
+    peak for MFU (given, or the GPU's), the script's fields, and the commit given for a copy."""
+    bm = _benchmark_script("bench_models")
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    meta = bm.run_meta(None, "abc1234", steps=8)
+    assert (meta["device"], meta["peak_tflops"], meta["peak_assumed"], meta["steps"], meta["git_commit"]) == (
+        "NVIDIA H200", 989.0, False, 8, "abc1234")
+    assert bm.run_meta(500.0, None)["peak_tflops"] == 500.0 and "torch" in meta and "date" in meta
