@@ -60,7 +60,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import ceilings, fused_scan_passes  # noqa: E402
 from bench_models import (DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, PROFILE_STEPS,  # noqa: E402
                           back_to_back, bench, build, cuda_kernels, idle_time, kernel_breakdown, kernel_spans,
-                          nvidia_smi, print_profiles, run_meta)
+                          nvidia_smi, print_profiles, run_meta, write_json)
 
 from rnnlab.bench.mfu import mfu  # noqa: E402
 
@@ -328,13 +328,13 @@ def model_row(name: str, cfgd: dict, args, peak: float) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'model':20} {'row':26} {'step ms':>8} {'tok/s':>9} {'MFU':>6} {'TFLOP/s':>8} {'GB/s':>6} {'MHz':>5} {'W':>4}")
+    print(f"\n{'model':20} {'row':30} {'step ms':>8} {'tok/s':>9} {'MFU':>6} {'TFLOP/s':>8} {'GB/s':>6} {'MHz':>5} {'W':>4}")
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:20} {r['row']:26} error: {r['error']}")
+            print(f"{r['name']:20} {r['row']:30} error: {r['error']}")
             continue
         cell = lambda k, f="": "" if r.get(k) is None else format(r[k], f)  # noqa: E731
-        print(f"{r['name']:20} {r['row']:26} {r['step_ms']:8.2f} {cell('tok_per_s', ','):>9} {cell('mfu', '.1%'):>6} "
+        print(f"{r['name']:20} {r['row']:30} {r['step_ms']:8.2f} {cell('tok_per_s', ','):>9} {cell('mfu', '.1%'):>6} "
               f"{cell('gemm_tflops'):>8} {cell('copy_gbps'):>6} {cell('sm_mhz'):>5} {cell('power_w'):>4}")
     for name in dict.fromkeys(r["name"] for r in rows):
         got = {r["row"]: r for r in rows if r["name"] == name and "error" not in r}
@@ -349,11 +349,6 @@ def print_table(rows: list[dict]) -> None:
         if "model step" in got:
             line += f"; the model's step takes {got['model step']['step_ms'] / floor['step_ms']:.3f}x the floor step"
         print(line)
-
-
-def write_json(path: str, doc) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=1))
 
 
 def main(argv=None):
