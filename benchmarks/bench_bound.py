@@ -2,8 +2,8 @@
 with copies moving the bytes of its memory-bound work's floor between them, replayed back to back
 as one CUDA graph, beside the model's real step, in one run (issue #19's ≥ 60% MFU targets).
 
-    python benchmarks/bench_bound.py [--only NAME ...] [--bound-only] [--model-operands] [--profile]
-                                     [--json results/x/bound.json]
+    python benchmarks/bench_bound.py [--only NAME ...] [--bound-only] [--model-operands] [--model-scans]
+                                     [--profile] [--json results/x/bound.json]
 
 Why: the GEMM-bound models' steps run at the board's power limit (``results/scoreboard-h200-1204``:
 700 W, SM clock 1290–1680 of 1980 MHz), so a GEMM's speed depends on what runs around it: alone,
@@ -36,6 +36,10 @@ run beside the GEMMs instead of between them, passes fused into the GEMMs, kerne
 copy. Operands are random normal bf16, each shape's allocated once and shared by the layers; a
 GEMM's power, so its speed at the power limit, depends on its data: ``--model-operands`` runs the
 GEMM rows again on the operands of one eager step of the model (``model_operands``).
+``--model-scans`` runs the floor step with the model's own scan kernels in place of the copies of
+their bytes, and those kernels alone (``scan_kernels``): how much longer they make the step than
+their time alone beyond their copies' says what they cost the GEMMs (a kernel that keeps the SMs
+busy at a fraction of a copy's bandwidth may draw more of the board's power).
 ``--profile`` adds the GPU time by kind of kernel of the model's step and the floor step (the
 GEMMs' time in each), two steps each after the timed ones: indicative, as profiled steps start
 from the profiler's pause.
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
 import statistics
 import sys
@@ -145,16 +150,12 @@ def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int
     dim, depth, layer = cfgd["dim"], cfgd["depth"], cfgd.get("layer", {})
     di = int(dim * layer.get("expansion", 1.0))
     kind = cfgd["model"]
-    if kind in ("mingru", "minlstm"):  # the fused gate + scan kernels (bench_kernels' accounting)
-        fwd_scan, bwd_scan = fused_scan_passes(1 if kind == "mingru" else 2)
-        mixer_fwd, mixer_bwd = [(fwd_scan, di)], [(bwd_scan, di)]
-    elif kind == "e16":
-        ds = di * layer.get("state_expansion", 2)
-        # forward: silu(x) (read, write), the scan (read u, write h), y = hC * silu(z) (read both, write);
-        # backward: the gate's (read dy, hC, z; write d(hC), dz), the scan's (read dh, h; write du), silu's (3)
-        mixer_fwd, mixer_bwd = [(2 + 3, di), (2, ds)], [(5 + 3, di), (3, ds)]
-    else:
-        raise ValueError(f"no floor accounting for model kind {kind!r} (bench_bound.py knows {BOUND_MODELS})")
+    scan_fwd, scan_bwd = scan_passes(cfgd)
+    if kind in ("mingru", "minlstm"):  # the fused gate + scan kernels: the gates are inside the scan
+        mixer_fwd, mixer_bwd = [scan_fwd], [scan_bwd]
+    else:  # e16: forward silu(x) (read, write) and y = hC * silu(z) (read both, write); backward
+        # the gate's (read dy, hC, z; write d(hC), dz) and silu's (read, read, write)
+        mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3, di), scan_bwd]
     per_layer = lambda passes, mixer: [(passes, dim)] + mixer  # noqa: E731
     forward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[0], mixer_fwd)]
     backward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[1], mixer_bwd)]
@@ -165,11 +166,62 @@ def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int
     return forward, backward
 
 
+def scan_passes(cfgd: dict) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(forward, backward)``: a layer's scan's floor as ``(passes, width)``: minGRU's / minLSTM's
+    fused gate + scan kernels (``bench_kernels.fused_scan_passes``), E16's diagonal scan (forward
+    read u, write h; backward read dh, h, write du) over its state width."""
+    kind, layer = cfgd["model"], cfgd.get("layer", {})
+    di = int(cfgd["dim"] * layer.get("expansion", 1.0))
+    if kind in ("mingru", "minlstm"):
+        fwd, bwd = fused_scan_passes(1 if kind == "mingru" else 2)
+        return (fwd, di), (bwd, di)
+    if kind == "e16":
+        ds = di * layer.get("state_expansion", 2)
+        return (2, ds), (3, ds)
+    raise ValueError(f"no floor accounting for model kind {kind!r} (bench_bound.py knows {BOUND_MODELS})")
+
+
 def floor_bytes(cfgd: dict, params: int, B: int, T: int) -> dict[str, int]:
-    """The bytes the step's memory-bound work moves at least: ``forward``, ``backward`` and ``optimizer``."""
+    """The bytes the step's memory-bound work moves at least: ``forward``, ``backward`` and
+    ``optimizer``; ``scans_forward`` / ``scans_backward``: the scans' share of the first two."""
     fwd, bwd = floor_passes(cfgd)
     size = lambda pairs: sum(p * w for p, w in pairs) * B * T * EL  # noqa: E731
-    return dict(forward=size(fwd), backward=size(bwd), optimizer=OPTIMIZER_PASSES * params * EL)
+    scan_fwd, scan_bwd = scan_passes(cfgd)
+    return dict(forward=size(fwd), backward=size(bwd), optimizer=OPTIMIZER_PASSES * params * EL,
+                scans_forward=size([scan_fwd]) * cfgd["depth"], scans_backward=size([scan_bwd]) * cfgd["depth"])
+
+
+def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda") -> tuple[list, list]:
+    """``(forward, backward)``: the model's own scan kernels (the package's ops, as its layers call
+    them), one call a layer each way, on random inputs at its shapes: ``FloorStep`` runs them in
+    place of the copies of their floor's bytes, to see what the real kernels cost between the
+    GEMMs (their time, and the power they leave the GEMMs)."""
+    kind, layer = cfgd["model"], cfgd.get("layer", {})
+    di = int(cfgd["dim"] * layer.get("expansion", 1.0))
+    g = torch.Generator(device=device).manual_seed(1)
+
+    def rand(*shape):
+        return torch.randn(shape, generator=g, device=device, dtype=torch.bfloat16)
+
+    if kind in ("mingru", "minlstm"):
+        importlib.import_module("rnnlab.ops.scan.triton")  # registers the ops
+
+        mode = 1 if kind == "mingru" else 2
+        p, grad = rand(B, T, (mode + 1) * di), rand(B, T, di)
+        h = torch.ops.rnnlab.linear_scan_fwd(mode, p, None, None)
+        fwd, bwd = (lambda: torch.ops.rnnlab.linear_scan_fwd(mode, p, None, None),
+                    lambda: torch.ops.rnnlab.linear_scan_bwd(mode, grad, p, h, None))
+    elif kind == "e16":
+        importlib.import_module("rnnlab.ops.diag.triton")  # registers the ops
+
+        ds = di * layer.get("state_expansion", 2)
+        u, grad, a = rand(B, T, ds), rand(B, T, ds), torch.full((ds,), 0.5, device=device, dtype=torch.bfloat16)
+        h = torch.ops.rnnlab.diag_elman_fwd(u, a, None)
+        fwd, bwd = (lambda: torch.ops.rnnlab.diag_elman_fwd(u, a, None),
+                    lambda: torch.ops.rnnlab.diag_elman_bwd(grad, a, h, None))
+    else:
+        raise ValueError(f"no scan kernels for model kind {kind!r} (bench_bound.py knows {BOUND_MODELS})")
+    return [fwd] * cfgd["depth"], [bwd] * cfgd["depth"]
 
 
 @triton.jit
@@ -197,11 +249,14 @@ class FloorStep:
     """The synthetic step: ``forward`` GEMMs, then ``backward``'s, each followed by a copy of an
     equal share of that half's floor bytes (``gemms`` / ``copies`` False: leave them out), then the
     optimizer's bytes; operands random normal, allocated once a shape, or ``operands`` (the model's,
-    ``model_operands``); each copy a multiple of ``align`` elements. ``moved``: bytes a call copies."""
+    ``model_operands``); each copy a multiple of ``align`` elements. ``kernels`` (``scan_kernels``:
+    a forward and a backward list of calls): run spread over each half's GEMMs, in place of the
+    copies of the scans' bytes. ``moved``: bytes a call copies; ``scan_bytes``: the scans' floor
+    bytes, when ``kernels`` run."""
 
     def __init__(self, forward: list[Gemm], backward: list[Gemm], floor: dict[str, int], device,
                  gemms: bool = True, copies: bool = True, dtype=torch.bfloat16, align: int = COPY_BLOCK,
-                 operands: tuple[list, list] | None = None):
+                 operands: tuple[list, list] | None = None, kernels: tuple[list, list] | None = None):
         g = torch.Generator(device=device).manual_seed(0)
         made: dict[tuple, torch.Tensor] = {}
 
@@ -221,33 +276,44 @@ class FloorStep:
             # whole blocks: a copy of a length Triton cannot prove a multiple of 16 loads an element at a time
             return [total // (2 * EL * count) // align * align] * count if copies else []
 
+        def placed(calls, slots):  # each call after the GEMM it falls at, spread evenly
+            after = [[] for _ in range(slots)]
+            for j, call in enumerate(calls):
+                after[j * slots // len(calls)].append(call)
+            return after
+
         given = operands or (None, None)
-        self.work = [(products(forward, given[0]), shares(floor["forward"], len(forward))),
-                     (products(backward, given[1]), shares(floor["backward"], len(backward))),
-                     ([], shares(floor["optimizer"], 1))]
-        largest = max((n for _, ns in self.work for n in ns), default=0)
+        scans = ("scans_forward", "scans_backward") if kernels else (None, None)
+        self.work = [(products(half, given[i]), shares(floor[key] - floor.get(scans[i], 0), len(half)),
+                      placed(kernels[i], len(half)) if kernels else [])
+                     for i, (half, key) in enumerate(((forward, "forward"), (backward, "backward")))]
+        self.work.append(([], shares(floor["optimizer"], 1), []))
+        self.scan_bytes = floor["scans_forward"] + floor["scans_backward"] if kernels else 0
+        largest = max((n for _, ns, _ in self.work for n in ns), default=0)
         self.src = torch.randn(largest, generator=g, device=device, dtype=dtype)
         self.dst = torch.empty_like(self.src)
-        self.moved = sum(2 * EL * n for _, ns in self.work for n in ns)
+        self.moved = sum(2 * EL * n for _, ns, _ in self.work for n in ns)
         self.flops = sum(x.flops for x in forward + backward) if gemms else 0
 
     def verify(self) -> bool:
         """After a call: each half's last GEMM holds its product (to bf16's rounding), and the
         copy destination its source as far as the last copy reached."""
-        products = [gemms[-1] for gemms, _ in self.work if gemms]
-        last = [ns[-1] for _, ns in self.work if ns][-1:]
+        products = [gemms[-1] for gemms, _, _ in self.work if gemms]
+        last = [ns[-1] for _, ns, _ in self.work if ns][-1:]
         return (all(torch.allclose(out.float(), (a @ b).float(), rtol=2e-2, atol=1e-2 * a.size(1) ** 0.5)
                     for a, b, out in products)
                 and all(torch.equal(self.dst[:n], self.src[:n]) for n in last))
 
     def __call__(self) -> None:
-        for gemms, copies in self.work:
-            for i in range(max(len(gemms), len(copies))):
+        for gemms, copies, calls in self.work:
+            for i in range(max(len(gemms), len(copies), len(calls))):
                 if i < len(gemms):
                     a, b, out = gemms[i]
                     torch.mm(a, b, out=out)
                 if i < len(copies):
                     copy(self.dst[:copies[i]], self.src[:copies[i]])
+                for call in calls[i] if i < len(calls) else ():
+                    call()
 
 
 def sustained(step, steps: int, warm_seconds: float, profile: bool = False) -> dict:
@@ -285,35 +351,43 @@ def sustained(step, steps: int, warm_seconds: float, profile: bool = False) -> d
     return out
 
 
-SYNTHETIC = (("floor step", True, True), ("GEMMs alone", True, False), ("copies alone", False, True))
+# (row, GEMMs, copies, the model's scans in place of their bytes' copies)
+SYNTHETIC = (("floor step", True, True, False), ("GEMMs alone", True, False, False), ("copies alone", False, True, False))
 MODEL_OPERANDS = " [model's operands]"  # the row name of a synthetic step on the model's own GEMM operands
+WITH_SCANS = (("floor step, the model's scans", True, True, True), ("scans alone", False, False, True))
 
 
 def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: float, peak: float,
-               profile: bool = False, with_model_operands: bool = False):
+               profile: bool = False, with_model_operands: bool = False, with_scans: bool = False):
     """The synthetic rows of one model (``SYNTHETIC``), each with its MFU at the model's params,
     one at a time (``profile``: the floor steps' GPU time by kind of kernel too;
-    ``with_model_operands``: the GEMM rows again on the model's own operands, ``MODEL_OPERANDS``)."""
+    ``with_model_operands``: the GEMM rows again on the model's own operands, ``MODEL_OPERANDS``;
+    ``with_scans``: ``WITH_SCANS``, the floor step with the model's scan kernels, and those alone)."""
     forward, backward, params = record_gemms(cfgd, B, T)
     floor = floor_bytes(cfgd, params, B, T)
-    todo = [(what, gemms, copies, None) for what, gemms, copies in SYNTHETIC]
+    todo = [(what, gemms, copies, scans, None) for what, gemms, copies, scans in SYNTHETIC]
     if with_model_operands:
         ops = model_operands(cfgd, B, T)
-        todo += [(what + MODEL_OPERANDS, gemms, copies, ops) for what, gemms, copies in SYNTHETIC if gemms]
-    for what, gemms, copies, operands in todo:
-        step = FloorStep(forward, backward, floor, "cuda", gemms, copies, operands=operands)
+        todo += [(what + MODEL_OPERANDS, gemms, copies, scans, ops) for what, gemms, copies, scans in SYNTHETIC if gemms]
+    if with_scans:
+        todo += [(what, gemms, copies, scans, None) for what, gemms, copies, scans in WITH_SCANS]
+    for what, gemms, copies, scans, operands in todo:
+        step = FloorStep(forward, backward, floor, "cuda", gemms, copies, operands=operands,
+                         kernels=scan_kernels(cfgd, B, T) if scans else None)
         step()
         r = dict(name=name, row=what, params=params, B=B, T=T, verified=step.verify(),
                  floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
                  gemm_share=round(sum(x.flops for x in forward + backward) / (6 * params * B * T), 4),
-                 **sustained(step, steps, warm_seconds, profile and gemms and copies))
+                 **sustained(step, steps, warm_seconds, profile and gemms and (copies or scans)))
         seconds = r["step_ms"] / 1e3
         if gemms:  # a step of the model's FLOPs; copies alone are a rate, not a step
             r["tok_per_s"] = round(B * T / seconds)
             r["mfu"] = round(mfu(params, r["tok_per_s"], peak), 4)
             r["gemm_tflops"] = round(step.flops / seconds / 1e12, 1)
-        else:
+        elif copies:
             r["copy_gbps"] = round(step.moved / seconds / 1e9)
+        else:  # the scans alone: their floor's bytes over their time
+            r["scan_gbps"] = round(step.scan_bytes / seconds / 1e9)
         del step
         torch.cuda.empty_cache()
         yield r
@@ -335,7 +409,7 @@ def print_table(rows: list[dict]) -> None:
             continue
         cell = lambda k, f="": "" if r.get(k) is None else format(r[k], f)  # noqa: E731
         print(f"{r['name']:20} {r['row']:30} {r['step_ms']:8.2f} {cell('tok_per_s', ','):>9} {cell('mfu', '.1%'):>6} "
-              f"{cell('gemm_tflops'):>8} {cell('copy_gbps'):>6} {cell('sm_mhz'):>5} {cell('power_w'):>4}")
+              f"{cell('gemm_tflops'):>8} {cell('copy_gbps') or cell('scan_gbps'):>6} {cell('sm_mhz'):>5} {cell('power_w'):>4}")
     for name in dict.fromkeys(r["name"] for r in rows):
         got = {r["row"]: r for r in rows if r["name"] == name and "error" not in r}
         if "floor step" not in got:
@@ -349,6 +423,12 @@ def print_table(rows: list[dict]) -> None:
         if "model step" in got:
             line += f"; the model's step takes {got['model step']['step_ms'] / floor['step_ms']:.3f}x the floor step"
         print(line)
+        scans, alone = got.get(WITH_SCANS[0][0]), got.get(WITH_SCANS[1][0])
+        if scans and alone and "copies alone" in got:  # what the real scans cost between the GEMMs, against alone
+            floor_scans = floor["floor_gb"]["scans_forward"] + floor["floor_gb"]["scans_backward"]
+            copied = floor_scans * 1e3 / got["copies alone"]["copy_gbps"]  # ms their bytes take as copies
+            print(f"  the model's scans: {scans['step_ms'] - floor['step_ms']:+.2f} ms on the floor step; alone "
+                  f"{alone['step_ms']:.2f} ms, {alone['step_ms'] - copied:+.2f} ms on their bytes' copies")
 
 
 def main(argv=None):
@@ -362,6 +442,9 @@ def main(argv=None):
     p.add_argument("--bound-only", action="store_true", help="leave out the model's own step (no compiling)")
     p.add_argument("--model-operands", action="store_true",
                    help="also run the GEMM rows on the model's own operands (one eager step's) instead of random ones")
+    p.add_argument("--model-scans", action="store_true",
+                   help="also run the floor step with the model's own scan kernels in place of their bytes' copies, "
+                        "and those kernels alone (their time and the power they leave the GEMMs)")
     p.add_argument("--profile", action="store_true",
                    help="profile the model's step and the floor step (after their timed steps, at the power limit): "
                         "GPU time by kind of kernel, the GEMMs' time in each")
@@ -386,7 +469,7 @@ def main(argv=None):
     for name, cfgd in todo:
         parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if not args.bound_only else []
         parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds,
-                                                       peak, args.profile, args.model_operands)))
+                                                       peak, args.profile, args.model_operands, args.model_scans)))
         for what, run in parts:
             try:
                 for r in run():  # each row kept as it comes: a later failure loses none

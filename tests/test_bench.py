@@ -2215,11 +2215,13 @@ def test_bench_bound_floor_bytes_count_each_pass():
     BT, D = 3 * 5, 16
     got = bb.floor_bytes(_tiny_bound_model("mingru"), 1000, 3, 5)
     assert got == dict(forward=(2 * (4 + 3) * D + 3 * D + 256) * BT * 2,
-                       backward=(2 * (4 + 6) * D + 4 * D + 256) * BT * 2, optimizer=7 * 1000 * 2)
+                       backward=(2 * (4 + 6) * D + 4 * D + 256) * BT * 2, optimizer=7 * 1000 * 2,
+                       scans_forward=2 * 3 * D * BT * 2, scans_backward=2 * 6 * D * BT * 2)
     di, ds = 32, 32 * 4
     got = bb.floor_bytes(_tiny_bound_model("e16", expansion=2.0, state_expansion=4), 10, 3, 5)
     assert got["forward"] == (2 * (4 * D + 5 * di + 2 * ds) + 3 * D + 256) * BT * 2
     assert got["backward"] == (2 * (4 * D + 8 * di + 3 * ds) + 4 * D + 256) * BT * 2
+    assert (got["scans_forward"], got["scans_backward"]) == (2 * 2 * ds * BT * 2, 2 * 3 * ds * BT * 2)
     got = bb.floor_bytes(_tiny_bound_model("minlstm"), 10, 3, 5)  # three parts: 4 / 8 passes of di
     assert got["forward"] == (2 * (4 + 4) * D + 3 * D + 256) * BT * 2
     assert got["backward"] == (2 * (4 + 8) * D + 4 * D + 256) * BT * 2
@@ -2242,16 +2244,25 @@ def test_bench_bound_floor_step_computes_and_moves_its_bytes():
             assert a.is_contiguous() != g.a_t and b.is_contiguous() != g.b_t
             torch.testing.assert_close(out, a @ b)
     assert step.verify()
-    assert 0 <= sum(floor.values()) - step.moved < 4 * (len(forward + backward) + 1)
+    total = floor["forward"] + floor["backward"] + floor["optimizer"]
+    assert 0 <= total - step.moved < 4 * (len(forward + backward) + 1)
     assert step.flops == sum(g.flops for g in forward + backward)
     alone = bb.FloorStep(forward, backward, floor, "cpu", copies=False, dtype=torch.float32, align=1)
     assert alone.moved == 0 and alone.flops == step.flops
     copies = bb.FloorStep(forward, backward, floor, "cpu", gemms=False, dtype=torch.float32, align=1)
-    assert copies.flops == 0 and copies.moved == step.moved and not any(g for g, _ in copies.work)
+    assert copies.flops == 0 and copies.moved == step.moved and not any(g for g, _, _ in copies.work)
     blocks = bb.FloorStep(forward, backward, floor, "cpu", gemms=False, dtype=torch.float32, align=64)
-    assert all(n % 64 == 0 and n > 0 for _, ns in blocks.work for n in ns)
+    assert all(n % 64 == 0 and n > 0 for _, ns, _ in blocks.work for n in ns)
     assert 0 <= step.moved - blocks.moved < 4 * 64 * (len(forward + backward) + 1)
     assert any(g.b_t for g in forward) and any(not g.b_t for g in backward)  # both layouts met
+    calls = []  # kernels (the model's scans on a GPU) run once a step each, spread over the GEMMs
+    kernels = ([lambda i=i: calls.append(("fwd", i)) for i in range(2)], [lambda i=i: calls.append(("bwd", i)) for i in range(2)])
+    scans = bb.FloorStep(forward, backward, floor, "cpu", dtype=torch.float32, align=1, kernels=kernels)
+    scans()
+    assert calls == [("fwd", 0), ("fwd", 1), ("bwd", 0), ("bwd", 1)] and scans.scan_bytes == (
+        floor["scans_forward"] + floor["scans_backward"])
+    assert 0 <= total - scans.scan_bytes - scans.moved < 4 * (len(forward + backward) + 1)
+    assert [len(c) for c in scans.work[0][2]] == [1, 1, 0]  # after each layer's in_proj, none after the head
     ops = bb.model_operands(_tiny_bound_model("mingru"), 3, 5, device="cpu")  # the model's own operands
     assert [(a.shape, b.shape) for a, b in ops[0] + ops[1]] == [((g.m, g.k), (g.k, g.n)) for g in forward + backward]
     assert [a.is_contiguous() != g.a_t for (a, _), g in zip(ops[1], backward)] == [True] * len(backward)
@@ -2290,6 +2301,12 @@ def test_bench_bound_table_says_what_the_target_leaves(capsys):
                        "floor step; the model's step takes 1.100x the floor step")
     copies = next(line for line in out if "copies alone" in line)
     assert "%" not in copies and "4000" in copies
+    rows[1]["floor_gb"] = dict(scans_forward=4.0, scans_backward=8.0)  # 3 ms as copies at 4000 GB/s
+    rows += [dict(name=name, row="floor step, the model's scans", step_ms=64.5, tok_per_s=2, mfu=0.6),
+             dict(name=name, row="scans alone", step_ms=5.0, scan_gbps=2400)]
+    bb.print_table(rows)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  the model's scans: +4.50 ms on the floor step; alone 5.00 ms, +2.00 ms on their bytes' copies")
 
 
 def test_benchmark_run_meta_names_gpu_peak_fields_and_commit(monkeypatch):
