@@ -252,11 +252,14 @@ sys.exit(main(sys.argv[1:]))
 def test_a_ctrl_c_on_one_rank_after_the_agreement_stops_every_rank_after_the_next_step(tmp_path, corpus):
     """Two processes: a Ctrl-C that reaches rank 1 just after the ranks agreed to go on (step 3)
     stops both after step 4, each saving with the other, instead of rank 1 leaving the loop alone
-    while rank 0 waits in step 4's gradient all-reduce (a gloo mismatch, a crash or a hang)."""
+    while rank 0 waits in step 4's gradient all-reduce (a gloo mismatch, a crash or a hang).
+    Step 4 is also a checkpoint step: saved there, the step is not saved again on any rank (rank 1
+    used to try alone, and wait for rank 0 in the save's collective)."""
     script, run = tmp_path / "late.py", tmp_path / "r"
     script.write_text(LATE_CTRL_C)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-           "train", *_flags(dict(TINY, steps=50)), "--data", str(corpus), "--out", str(run), "--no-progress"]
+           "train", *_flags(dict(TINY, steps=50, checkpoint_every=2)), "--data", str(corpus), "--out", str(run),
+           "--no-progress"]
     r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
     assert "interrupted at step 4; checkpoint saved" in r.stderr, r.stdout[-3000:] + r.stderr[-5000:]
     assert not any(f"[rank{rank}]: Traceback" in r.stderr for rank in (0, 1)), r.stderr[-5000:]

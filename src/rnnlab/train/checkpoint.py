@@ -412,6 +412,9 @@ class Checkpointer:
             if staged is not None:
                 self._prune()
         ctx.barrier()
+        # every rank, not only the one that wrote it: the trainer skips a second save of a saved
+        # step (a Ctrl-C on a checkpoint step), and a rank that did not would wait in it alone
+        self.last = Checkpoint(self.directory / step_dir_name(state.step), state.step)
 
     def _stage(self, state, complete: bool) -> Path | None:
         """Write the checkpoint into a temporary directory (rank 0; None elsewhere)."""
