@@ -336,6 +336,28 @@ def test_sigterm_is_a_ctrl_c_for_the_rnnlab_command(tmp_path):
     assert (run / "ckpt" / f"step-{step:06d}").is_dir() and re.search(r"^complete +False$", out, re.M)
 
 
+def test_sigterms_close_together_are_one_stop(monkeypatch):
+    """A scheduler that signals every process of a job reaches a torchrun worker directly and again
+    through torchrun: SIGTERMs within ``SAME_STOP_S`` of the first are that one stop (one Ctrl-C,
+    the run saves), not a second Ctrl-C that aborts it; a later one is a second Ctrl-C."""
+    import signal
+
+    from rnnlab import cli
+
+    ctrl_c = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
+    try:
+        with cli.sigterm_as_ctrl_c():
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)
+            assert ctrl_c == [signal.SIGINT]
+            monkeypatch.setattr(cli, "SAME_STOP_S", 0.0)
+            signal.raise_signal(signal.SIGTERM)
+            assert ctrl_c == [signal.SIGINT, signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
     """Once the budget is spent, a first Ctrl-C lets the final evaluation and checkpoint finish:

@@ -5,6 +5,7 @@ part: every launch starts three Python processes that import torch)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shlex
@@ -137,6 +138,89 @@ def test_torchrun_stopped_by_an_interrupt_ends_in_one_line(monkeypatch, capsys):
     monkeypatch.setattr(torchrun, "main", lambda argv: (_ for _ in ()).throw(RuntimeError("worker failed")))
     with pytest.raises(RuntimeError, match="worker failed"):
         torchrun_main([])
+
+
+def test_torchrun_ends_in_one_line_when_its_workers_were_interrupted_or_it_was_before_starting_them(monkeypatch,
+                                                                                                   capsys):
+    """Workers that all ended in 130 (an interrupt that reached them and not torchrun: each saved)
+    end ``--gpus N``'s torchrun in 130 and one line instead of torchrun's ChildFailedError; a
+    worker that failed otherwise keeps torchrun's report. A SIGTERM before torchrun has its own
+    handlers (no worker started yet) is a Ctrl-C there: one line, 130, and the process's SIGTERM
+    handler is back as it was afterwards."""
+    import signal
+
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from rnnlab.train.cli import torchrun_main
+
+    def failed(*codes):
+        failures = {r: ProcessFailure(local_rank=r, pid=100 + r, exitcode=c, error_file="<N/A>")
+                    for r, c in enumerate(codes)}
+
+        def main(argv):
+            raise ChildFailedError("rnnlab", failures)
+        return main
+
+    monkeypatch.setattr(torchrun, "main", failed(130, 130))
+    assert torchrun_main([]) == 130
+    assert capsys.readouterr().err == ("rnnlab train: every worker that ended early was interrupted (exit 130); "
+                                       "their lines above say where each saved\n")
+    monkeypatch.setattr(torchrun, "main", failed(130, 1))
+    with pytest.raises(ChildFailedError):
+        torchrun_main([])
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(torchrun, "main", lambda argv: signal.raise_signal(signal.SIGTERM))
+    assert torchrun_main([]) == 130
+    assert capsys.readouterr().err == "rnnlab train: interrupted before torchrun started its workers\n"
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_gpus_n_gives_torchrun_time_for_its_workers_to_save(monkeypatch):
+    """torchrun kills its workers 30 s after it passes on a stop (torch's default), too soon for a
+    large model's step and checkpoint: ``--gpus N`` sets its wait (TORCH_ELASTIC_SHUTDOWN_TIMEOUT)
+    to 600 s unless the environment sets one, and torch's launcher reads it (torch >= 2.12)."""
+    from torch.distributed.launcher.api import LaunchConfig
+
+    from rnnlab.train.cli import SHUTDOWN_TIMEOUT_ENV, torchrun_env
+
+    assert torchrun_env({"PATH": "/bin"}) == {"PATH": "/bin", SHUTDOWN_TIMEOUT_ENV: "600"}
+    assert torchrun_env({SHUTDOWN_TIMEOUT_ENV: "45"})[SHUTDOWN_TIMEOUT_ENV] == "45"
+    if "shutdown_timeout" not in {f.name for f in dataclasses.fields(LaunchConfig)}:
+        pytest.skip("this torch keeps torchrun's 30 s (the setting came in torch 2.12)")
+    monkeypatch.setenv(SHUTDOWN_TIMEOUT_ENV, torchrun_env({})[SHUTDOWN_TIMEOUT_ENV])
+    assert LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2).shutdown_timeout == 600
+
+
+PASS_SIGNALS = """
+import signal, sys, time
+from rnnlab.train.cli import run_passing_signals
+child = [sys.executable, "-c", "import signal, sys, time\\n"
+         "signal.signal(signal.SIGTERM, lambda s, f: (print('child got SIGTERM', flush=True), sys.exit(130)))\\n"
+         "print('child started', flush=True)\\n"
+         "time.sleep(60)"]
+sys.exit(run_passing_signals(child))
+"""
+
+
+def test_a_closed_terminal_stops_gpus_n_as_a_sigterm(tmp_path):
+    """A SIGHUP (the terminal closed) to ``rnnlab train --gpus N``'s launcher reaches torchrun as a
+    SIGTERM (its workers save), instead of ending the launcher alone and leaving torchrun, in a
+    session of its own, training; the launcher ends in 130."""
+    import signal
+
+    script = tmp_path / "launcher.py"
+    script.write_text(PASS_SIGNALS)
+    proc = subprocess.Popen([sys.executable, str(script)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "child started\n", proc.communicate()
+        proc.send_signal(signal.SIGHUP)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert (proc.returncode, out) == (130, "child got SIGTERM\n"), err
 
 
 def test_distributed_field_validated():

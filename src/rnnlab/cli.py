@@ -24,6 +24,7 @@ import re
 import signal
 import sys
 import threading
+import time
 
 from rnnlab import __version__
 
@@ -121,20 +122,32 @@ def _discard_stdout() -> None:
     os.close(devnull)
 
 
+# SIGTERMs this close together are one stop: a scheduler that signals every process of a job
+# reaches a torchrun worker directly and again through torchrun (and its launcher)
+SAME_STOP_S = 5.0
+
+
 @contextlib.contextmanager
 def sigterm_as_ctrl_c():
     """Inside the block a SIGTERM (``kill``, ``timeout``, a batch scheduler's stop, ``docker
     stop``) is handled as a Ctrl-C: training stops after its step and saves a checkpoint, a suite
     after its runs have saved theirs, and a second one aborts as a second Ctrl-C does (a SIGINT
-    sent to the process reaches whichever Ctrl-C handler is in place). Main thread only."""
+    sent to the process reaches whichever Ctrl-C handler is in place), unless it follows the
+    first within ``SAME_STOP_S`` seconds (then it is the same stop, delivered twice, and ignored).
+    Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    last = [None]  # when the last SIGTERM that counted came (time.monotonic)
 
     def handle(signum, frame):
         if not callable(signal.getsignal(signal.SIGINT)):  # Ctrl-C ignored (`cmd &` in a script): end as before
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGTERM)
+        now = time.monotonic()
+        if last[0] is not None and now - last[0] < SAME_STOP_S:
+            return
+        last[0] = now
         print("\nrnnlab: SIGTERM received: handled as a Ctrl-C", file=sys.stderr)
         signal.raise_signal(signal.SIGINT)
 

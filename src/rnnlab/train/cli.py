@@ -116,22 +116,88 @@ def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
 
 # how ``--gpus N`` runs torchrun: ``python -c TORCHRUN`` and torchrun's arguments
 TORCHRUN = "import sys; from rnnlab.train.cli import torchrun_main; sys.exit(torchrun_main(sys.argv[1:]))"
+# torchrun's wait for its workers after it passes on a stop, before it kills them (torch's own
+# default is 30 s, too short for a large model's step and checkpoint); a value already in the
+# environment is kept. torch 2.12 and later read it; older versions keep their 30 s.
+SHUTDOWN_TIMEOUT_ENV, SHUTDOWN_TIMEOUT_S = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 600
+
+
+def torchrun_env(environ: dict[str, str]) -> dict[str, str]:
+    """The environment ``--gpus N`` starts torchrun with: ``environ`` and torchrun's wait for its
+    workers to save (``SHUTDOWN_TIMEOUT_S``) unless ``environ`` sets it."""
+    return {SHUTDOWN_TIMEOUT_ENV: str(SHUTDOWN_TIMEOUT_S), **environ}
 
 
 def torchrun_main(argv: list[str]) -> int:
-    """torchrun (``torch.distributed.run``) on ``argv`` in this process. An interrupt that
-    torchrun passed on to its workers (each finishing its step and saving a checkpoint) ends it
-    with exit status 130 and one line, where torchrun itself ends in a traceback of its own
-    ``SignalException``."""
+    """torchrun (``torch.distributed.run``) on ``argv`` in this process. A stop ends it with exit
+    status 130 and one line, where torchrun itself ends in a traceback: an interrupt that torchrun
+    passed on to its workers (its ``SignalException``: each finishes its step and saves), workers
+    that all ended in 130 (an interrupt that reached them, not torchrun), or a Ctrl-C or SIGTERM
+    before torchrun has its own handlers (no worker started yet)."""
+    import signal
+
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
+    def interrupted(signum, frame):  # until torchrun installs its own, as it starts the workers
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupted)
     try:
         main(argv)
     except SignalException as e:
         print(f"rnnlab train: torchrun stopped its workers on {e.sigval.name}", file=sys.stderr)
         return 130
+    except ChildFailedError as e:
+        if any(f.exitcode != 130 for f in e.failures.values()):
+            raise
+        print("rnnlab train: every worker that ended early was interrupted (exit 130); their lines above "
+              "say where each saved", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("rnnlab train: interrupted before torchrun started its workers", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` (torchrun, for ``--gpus N``) in a session of its own and pass on to it each
+    Ctrl-C and SIGTERM this process gets, and a SIGHUP (the terminal closed) as a SIGTERM; its exit
+    status, 130 when a signal was passed on and it failed.
+
+    In its own session it gets each signal once, from here (a terminal's Ctrl-C would also reach it
+    directly: two interrupts, which abort a run instead of saving it). SIGTERM and SIGHUP are passed
+    on even where Ctrl-C is ignored (``rnnlab train --gpus 2 ... &`` in a script), so that neither
+    ``kill`` nor a closed terminal leaves torchrun training on its own. The handlers are in place
+    before the child starts: a signal in between is passed on once it has."""
+    import signal
+    import subprocess
+
+    caught = {signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        caught[signal.SIGINT] = signal.SIGINT
+    proc, passed, pending = None, [], []
+
+    def pass_on(signum, frame):
+        passed.append(caught[signum])
+        if proc is None:
+            pending.append(caught[signum])
+        else:
+            proc.send_signal(caught[signum])
+
+    previous = {s: signal.signal(s, pass_on) for s in caught}
+    try:
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        while pending:  # arrived while it was starting
+            proc.send_signal(pending.pop(0))
+        code = proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return 130 if passed and code else code
 
 
 def _check_before_launch(args) -> None:
@@ -150,8 +216,6 @@ def _check_before_launch(args) -> None:
 def _launch(args) -> int | None:
     """Re-launch through torchrun for ``--gpus N`` (N > 1) unless already under torchrun."""
     import os
-    import signal
-    import subprocess
 
     n = args.gpus
     if n is None or n == 1 or "WORLD_SIZE" in os.environ:
@@ -169,27 +233,7 @@ def _launch(args) -> int | None:
     torchrun = torchrun_args(n, argv)
     print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
           file=sys.stderr)
-    # torchrun in a session of its own: each Ctrl-C or SIGTERM this process gets reaches it once,
-    # passed on here, and it stops its workers, which save (a terminal's Ctrl-C would also reach
-    # the workers directly: two interrupts, which abort a run instead of saving it). SIGTERM is
-    # passed on even where Ctrl-C is ignored (`rnnlab train --gpus 2 ... &` in a script), so that
-    # `kill` never leaves torchrun training on its own. `torchrun_main` ends such a stop in one
-    # line instead of torchrun's traceback.
-    proc = subprocess.Popen([sys.executable, "-c", TORCHRUN, *torchrun], start_new_session=True)
-    passed = []
-
-    def pass_on(signum, frame):
-        passed.append(signum)
-        proc.send_signal(signum)
-
-    caught = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGINT) is signal.SIG_IGN else [signal.SIGINT])
-    previous = {s: signal.signal(s, pass_on) for s in caught}
-    try:
-        code = proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-    return 130 if passed and code else code
+    return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], torchrun_env(dict(os.environ)))
 
 
 def run_train(args) -> int:
