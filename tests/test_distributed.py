@@ -164,8 +164,8 @@ def test_torchrun_ends_in_one_line_when_its_workers_were_interrupted_or_it_was_b
 
     monkeypatch.setattr(torchrun, "main", failed(130, 130))
     assert torchrun_main([]) == 130
-    assert capsys.readouterr().err == ("rnnlab train: every worker that ended early was interrupted (exit 130); "
-                                       "their lines above say where each saved\n")
+    assert capsys.readouterr().err == ("rnnlab train: the workers were interrupted (exit 130); rank 0's line above "
+                                       "names the checkpoint\n")
     monkeypatch.setattr(torchrun, "main", failed(130, 1))
     with pytest.raises(ChildFailedError):
         torchrun_main([])

@@ -152,8 +152,8 @@ def torchrun_main(argv: list[str]) -> int:
     except ChildFailedError as e:
         if any(f.exitcode != 130 for f in e.failures.values()):
             raise
-        print("rnnlab train: every worker that ended early was interrupted (exit 130); their lines above "
-              "say where each saved", file=sys.stderr)
+        print("rnnlab train: the workers were interrupted (exit 130); rank 0's line above names the checkpoint",
+              file=sys.stderr)
         return 130
     except KeyboardInterrupt:
         print("rnnlab train: interrupted before torchrun started its workers", file=sys.stderr)
