@@ -3,7 +3,7 @@ with copies moving the bytes of its memory-bound work's floor between them, repl
 as one CUDA graph, beside the model's real step, in one run (issue #19's ≥ 60% MFU targets).
 
     python benchmarks/bench_bound.py [--only NAME ...] [--bound-only] [--model-operands] [--model-scans]
-                                     [--profile] [--json results/x/bound.json]
+                                     [--scan-launches 64x1 256x4 ...] [--profile] [--json results/x/bound.json]
 
 Why: the GEMM-bound models' steps run at the board's power limit (``results/scoreboard-h200-1204``:
 700 W, SM clock 1290–1680 of 1980 MHz), so a GEMM's speed depends on what runs around it: alone,
@@ -40,6 +40,9 @@ GEMM rows again on the operands of one eager step of the model (``model_operands
 their bytes, and those kernels alone (``scan_kernels``): how much longer they make the step than
 their time alone beyond their copies' says what they cost the GEMMs (a kernel that keeps the SMs
 busy at a fraction of a copy's bandwidth may draw more of the board's power).
+``--scan-launches`` repeats those two rows for minGRU's and minLSTM's scans at other launches
+(channels and warps a program; over 128 channels the forward takes the pointer kernel, not TMA):
+whether a launch slower alone costs less between the GEMMs, where the board's power is short.
 ``--profile`` adds the GPU time by kind of kernel of the model's step and the floor step (the
 GEMMs' time in each), two steps each after the timed ones: indicative, as profiled steps start
 from the profiler's pause.
@@ -191,11 +194,14 @@ def floor_bytes(cfgd: dict, params: int, B: int, T: int) -> dict[str, int]:
                 scans_forward=size([scan_fwd]) * cfgd["depth"], scans_backward=size([scan_bwd]) * cfgd["depth"])
 
 
-def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda") -> tuple[list, list]:
+def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda",
+                 launch: tuple[int, int] | None = None) -> tuple[list, list]:
     """``(forward, backward)``: the model's own scan kernels (the package's ops, as its layers call
     them), one call a layer each way, on random inputs at its shapes: ``FloorStep`` runs them in
     place of the copies of their floor's bytes, to see what the real kernels cost between the
-    GEMMs (their time, and the power they leave the GEMMs)."""
+    GEMMs (their time, and the power they leave the GEMMs). ``launch`` (minGRU, minLSTM):
+    ``(channels, warps)`` a program instead of the package's launch (``--scan-launches``); those
+    calls return their outputs (``h``, the projection's gradient)."""
     kind, layer = cfgd["model"], cfgd.get("layer", {})
     di = int(cfgd["dim"] * layer.get("expansion", 1.0))
     g = torch.Generator(device=device).manual_seed(1)
@@ -211,7 +217,14 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda") -> tuple[list
         h = torch.ops.rnnlab.linear_scan_fwd(mode, p, None, None)
         fwd, bwd = (lambda: torch.ops.rnnlab.linear_scan_fwd(mode, p, None, None),
                     lambda: torch.ops.rnnlab.linear_scan_bwd(mode, grad, p, h, None))
-    elif kind == "e16":
+        if launch is not None:  # the same kernels launched as bench_kernels.py's sweep launches them
+            st, (block, warps) = sys.modules["rnnlab.ops.scan.triton"], launch
+            ptrs, out, dp = st._views(p, mode + 1, di), torch.empty_like(h), torch.empty_like(p)
+            outs, dh0 = st._views(dp, mode + 1, di), torch.zeros(B, di, device=device)
+            fwd, bwd = (lambda: (st.launch_forward(ptrs, p.shape[2], ptrs[0], out, mode, False, block, warps), out)[1],
+                        lambda: (st.launch_backward(ptrs, p.shape[2], h, h, grad, outs, dh0, mode, False, block, warps),
+                                 dp)[1])
+    elif kind == "e16" and launch is None:
         importlib.import_module("rnnlab.ops.diag.triton")  # registers the ops
 
         ds = di * layer.get("state_expansion", 2)
@@ -220,7 +233,8 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda") -> tuple[list
         fwd, bwd = (lambda: torch.ops.rnnlab.diag_elman_fwd(u, a, None),
                     lambda: torch.ops.rnnlab.diag_elman_bwd(grad, a, h, None))
     else:
-        raise ValueError(f"no scan kernels for model kind {kind!r} (bench_bound.py knows {BOUND_MODELS})")
+        raise ValueError(f"no scan kernels for model kind {kind!r}{' at another launch' if launch else ''} "
+                         f"(bench_bound.py knows {BOUND_MODELS})")
     return [fwd] * cfgd["depth"], [bwd] * cfgd["depth"]
 
 
@@ -357,12 +371,20 @@ MODEL_OPERANDS = " [model's operands]"  # the row name of a synthetic step on th
 WITH_SCANS = (("floor step, the model's scans", True, True, True), ("scans alone", False, False, True))
 
 
+def launch_name(launch: tuple[int, int]) -> str:
+    """A scan launch's row suffix: `` [64 x 1]`` (channels and warps a program)."""
+    return f" [{launch[0]} x {launch[1]}]"
+
+
 def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: float, peak: float,
-               profile: bool = False, with_model_operands: bool = False, with_scans: bool = False):
+               profile: bool = False, with_model_operands: bool = False, with_scans: bool = False,
+               scan_launches: tuple[tuple[int, int], ...] = ()):
     """The synthetic rows of one model (``SYNTHETIC``), each with its MFU at the model's params,
     one at a time (``profile``: the floor steps' GPU time by kind of kernel too;
     ``with_model_operands``: the GEMM rows again on the model's own operands, ``MODEL_OPERANDS``;
-    ``with_scans``: ``WITH_SCANS``, the floor step with the model's scan kernels, and those alone)."""
+    ``with_scans``: ``WITH_SCANS``, the floor step with the model's scan kernels, and those alone;
+    ``scan_launches``: ``WITH_SCANS`` again for each of these launches of minGRU's and minLSTM's
+    scans, ``launch_name`` after the row's name)."""
     forward, backward, params = record_gemms(cfgd, B, T)
     floor = floor_bytes(cfgd, params, B, T)
     todo = [(what, gemms, copies, scans, None) for what, gemms, copies, scans in SYNTHETIC]
@@ -371,9 +393,13 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
         todo += [(what + MODEL_OPERANDS, gemms, copies, scans, ops) for what, gemms, copies, scans in SYNTHETIC if gemms]
     if with_scans:
         todo += [(what, gemms, copies, scans, None) for what, gemms, copies, scans in WITH_SCANS]
+    if cfgd["model"] in ("mingru", "minlstm"):
+        todo += [(what + launch_name(launch), gemms, copies, launch, None)
+                 for launch in scan_launches for what, gemms, copies, _ in WITH_SCANS]
     for what, gemms, copies, scans, operands in todo:
+        launch = scans if isinstance(scans, tuple) else None
         step = FloorStep(forward, backward, floor, "cuda", gemms, copies, operands=operands,
-                         kernels=scan_kernels(cfgd, B, T) if scans else None)
+                         kernels=scan_kernels(cfgd, B, T, launch=launch) if scans else None)
         step()
         r = dict(name=name, row=what, params=params, B=B, T=T, verified=step.verify(),
                  floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
@@ -402,13 +428,13 @@ def model_row(name: str, cfgd: dict, args, peak: float) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'model':20} {'row':30} {'step ms':>8} {'tok/s':>9} {'MFU':>6} {'TFLOP/s':>8} {'GB/s':>6} {'MHz':>5} {'W':>4}")
+    print(f"\n{'model':20} {'row':40} {'step ms':>8} {'tok/s':>9} {'MFU':>6} {'TFLOP/s':>8} {'GB/s':>6} {'MHz':>5} {'W':>4}")
     for r in rows:
         if "error" in r:
-            print(f"{r['name']:20} {r['row']:30} error: {r['error']}")
+            print(f"{r['name']:20} {r['row']:40} error: {r['error']}")
             continue
         cell = lambda k, f="": "" if r.get(k) is None else format(r[k], f)  # noqa: E731
-        print(f"{r['name']:20} {r['row']:30} {r['step_ms']:8.2f} {cell('tok_per_s', ','):>9} {cell('mfu', '.1%'):>6} "
+        print(f"{r['name']:20} {r['row']:40} {r['step_ms']:8.2f} {cell('tok_per_s', ','):>9} {cell('mfu', '.1%'):>6} "
               f"{cell('gemm_tflops'):>8} {cell('copy_gbps') or cell('scan_gbps'):>6} {cell('sm_mhz'):>5} {cell('power_w'):>4}")
     for name in dict.fromkeys(r["name"] for r in rows):
         got = {r["row"]: r for r in rows if r["name"] == name and "error" not in r}
@@ -423,12 +449,15 @@ def print_table(rows: list[dict]) -> None:
         if "model step" in got:
             line += f"; the model's step takes {got['model step']['step_ms'] / floor['step_ms']:.3f}x the floor step"
         print(line)
-        scans, alone = got.get(WITH_SCANS[0][0]), got.get(WITH_SCANS[1][0])
-        if scans and alone and "copies alone" in got:  # what the real scans cost between the GEMMs, against alone
-            floor_scans = floor["floor_gb"]["scans_forward"] + floor["floor_gb"]["scans_backward"]
-            copied = floor_scans * 1e3 / got["copies alone"]["copy_gbps"]  # ms their bytes take as copies
-            print(f"  the model's scans: {scans['step_ms'] - floor['step_ms']:+.2f} ms on the floor step; alone "
-                  f"{alone['step_ms']:.2f} ms, {alone['step_ms'] - copied:+.2f} ms on their bytes' copies")
+        launches = [""] + [r["row"][len(WITH_SCANS[1][0]):] for r in got.values() if r["row"].startswith(WITH_SCANS[1][0] + " [")]
+        for suffix in launches:  # what the real scans cost between the GEMMs, against alone
+            scans, alone = got.get(WITH_SCANS[0][0] + suffix), got.get(WITH_SCANS[1][0] + suffix)
+            if scans and alone and "copies alone" in got:
+                floor_scans = floor["floor_gb"]["scans_forward"] + floor["floor_gb"]["scans_backward"]
+                copied = floor_scans * 1e3 / got["copies alone"]["copy_gbps"]  # ms their bytes take as copies
+                power = f" at {alone['power_w']} W" if alone.get("power_w") else ""
+                print(f"  the model's scans{suffix}: {scans['step_ms'] - floor['step_ms']:+.2f} ms on the floor step; "
+                      f"alone {alone['step_ms']:.2f} ms{power}, {alone['step_ms'] - copied:+.2f} ms on their bytes' copies")
 
 
 def main(argv=None):
@@ -445,6 +474,10 @@ def main(argv=None):
     p.add_argument("--model-scans", action="store_true",
                    help="also run the floor step with the model's own scan kernels in place of their bytes' copies, "
                         "and those kernels alone (their time and the power they leave the GEMMs)")
+    p.add_argument("--scan-launches", nargs="+", default=[], metavar="CHANNELSxWARPS",
+                   help="minGRU and minLSTM: the --model-scans rows again with their scans launched at these "
+                        "channels and warps a program (e.g. 64x1, the package's, 256x4): what each costs "
+                        "between the GEMMs, and its power alone")
     p.add_argument("--profile", action="store_true",
                    help="profile the model's step and the floor step (after their timed steps, at the power limit): "
                         "GPU time by kind of kernel, the GEMMs' time in each")
@@ -452,6 +485,13 @@ def main(argv=None):
     p.add_argument("--json", default=None, help="write the rows (each as it is measured) and the meta here")
     p.add_argument("--commit", default=None, help="the code's git commit, when this copy is not a git checkout")
     args = p.parse_args(argv)
+    try:
+        launches = tuple(tuple(int(v) for v in x.lower().split("x")) for x in args.scan_launches)
+    except ValueError:
+        launches = ((),)
+    if any(len(x) != 2 or min(x) < 1 for x in launches):
+        p.exit(2, f"bench_bound.py: error: --scan-launches takes CHANNELSxWARPS, e.g. 64x1 (got "
+                  f"{' '.join(args.scan_launches)})\n")
     todo = [(n, c) for n, c, _ in MODELS if n in BOUND_MODELS and (not args.only or any(w.lower() in n.lower() for w in args.only))]
     if not todo:
         p.exit(2, f"bench_bound.py: error: --only {' '.join(args.only)} matches none of {', '.join(BOUND_MODELS)}\n")
@@ -469,7 +509,8 @@ def main(argv=None):
     for name, cfgd in todo:
         parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if not args.bound_only else []
         parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds,
-                                                       peak, args.profile, args.model_operands, args.model_scans)))
+                                                       peak, args.profile, args.model_operands, args.model_scans,
+                                                       launches)))
         for what, run in parts:
             try:
                 for r in run():  # each row kept as it comes: a later failure loses none

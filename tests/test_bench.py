@@ -2272,13 +2272,19 @@ def test_bench_bound_floor_step_computes_and_moves_its_bytes():
 
 
 def test_bench_bound_refuses_in_one_line(capsys):
-    """bench_bound.py: an --only that matches no bound model, or no GPU: one line, exit 2."""
+    """bench_bound.py: an --only that matches no bound model, a --scan-launches not CHANNELSxWARPS,
+    or no GPU: one line, exit 2."""
     bb = _benchmark_script("bench_bound")
     with pytest.raises(SystemExit) as e:
         bb.main(["--only", "Mamba2"])
     assert e.value.code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         f"bench_bound.py: error: --only Mamba2 matches none of {', '.join(bb.BOUND_MODELS)}"]
+    with pytest.raises(SystemExit) as e:
+        bb.main(["--scan-launches", "64x1", "256"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == (
+        "bench_bound.py: error: --scan-launches takes CHANNELSxWARPS, e.g. 64x1 (got 64x1 256)")
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as e:
             bb.main(["--only", "minGRU", "--bound-only"])
@@ -2307,6 +2313,30 @@ def test_bench_bound_table_says_what_the_target_leaves(capsys):
     bb.print_table(rows)
     assert capsys.readouterr().out.splitlines()[-1] == (
         "  the model's scans: +4.50 ms on the floor step; alone 5.00 ms, +2.00 ms on their bytes' copies")
+    rows += [dict(name=name, row="floor step, the model's scans [256 x 4]", step_ms=64.0, tok_per_s=2, mfu=0.6),
+             dict(name=name, row="scans alone [256 x 4]", step_ms=5.5, scan_gbps=2200, power_w=650)]
+    bb.print_table(rows)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "  the model's scans [256 x 4]: +4.00 ms on the floor step; alone 5.50 ms at 650 W, +2.50 ms on their "
+        "bytes' copies")
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
+@pytest.mark.parametrize("kind", ["mingru", "minlstm"])
+def test_bench_bound_scans_at_another_launch_compute_what_the_ops_compute(kind):
+    """bench_bound.py --scan-launches: minGRU's and minLSTM's scans launched at other channels and
+    warps a program are the same work as the package's ops at the model's shapes (the states
+    forward, the projection's gradient backward), so that the rows time the same scans."""
+    bb = _benchmark_script("bench_bound")
+    cfgd = _tiny_bound_model(kind)
+    ops_fwd, ops_bwd = bb.scan_kernels(cfgd, 2, 5, device="cpu")
+    fwd, bwd = bb.scan_kernels(cfgd, 2, 5, device="cpu", launch=(32, 1))
+    assert len(fwd) == len(bwd) == cfgd["depth"]
+    h = ops_fwd[0]()
+    assert h.shape == (2, 5, 16) and torch.equal(fwd[0](), h)
+    torch.testing.assert_close(bwd[0](), ops_bwd[0]()[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="no scan kernels for model kind 'e16' at another launch"):
+        bb.scan_kernels(_tiny_bound_model("e16"), 2, 5, device="cpu", launch=(32, 1))
 
 
 def test_benchmark_run_meta_names_gpu_peak_fields_and_commit(monkeypatch):
