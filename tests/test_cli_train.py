@@ -342,20 +342,96 @@ def test_sigterms_close_together_are_one_stop(monkeypatch):
     the run saves), not a second Ctrl-C that aborts it; a later one is a second Ctrl-C."""
     import signal
 
-    from rnnlab import cli
+    from rnnlab import signals
 
     ctrl_c = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))
     try:
-        with cli.sigterm_as_ctrl_c():
+        with signals.stops_as_ctrl_c():
             signal.raise_signal(signal.SIGTERM)
             signal.raise_signal(signal.SIGTERM)
             assert ctrl_c == [signal.SIGINT]
-            monkeypatch.setattr(cli, "SAME_STOP_S", 0.0)
+            monkeypatch.setattr(signals, "SAME_STOP_S", 0.0)
             signal.raise_signal(signal.SIGTERM)
             assert ctrl_c == [signal.SIGINT, signal.SIGINT]
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_output_survives_a_hung_up_terminal(tmp_path):
+    """``SurvivingHangUp``: a write or flush that fails because the terminal hung up (EIO) points
+    the stream's file descriptor at /dev/null and carries on; any other error is raised."""
+    import errno
+
+    from rnnlab.signals import SurvivingHangUp
+
+    class Terminal:  # a stream whose terminal has hung up, on a file descriptor of a real file
+        def __init__(self, fd, code):
+            self.fd, self.code = fd, code
+
+        def fileno(self):
+            return self.fd
+
+        def write(self, text):
+            raise OSError(self.code, os.strerror(self.code))
+
+        flush = lambda self: self.write("")  # noqa: E731
+
+    path = tmp_path / "out"
+    with open(path, "w") as f:
+        stream = SurvivingHangUp(Terminal(f.fileno(), errno.EIO))
+        assert stream.write("lost\n") == 5 and stream.fileno() == f.fileno()
+        stream.flush()
+        os.write(f.fileno(), b"after")  # the descriptor now writes to /dev/null
+        with pytest.raises(BrokenPipeError):
+            SurvivingHangUp(Terminal(f.fileno(), errno.EPIPE)).write("x")
+    assert path.read_bytes() == b""
+
+
+CLOSED_TERMINAL = """
+import fcntl, os, subprocess, sys, termios, threading, time
+from pathlib import Path
+cmd, metrics = sys.argv[2:], Path(sys.argv[1])
+master, slave = os.openpty()
+
+
+def controlling_terminal():  # the child leads a session whose terminal is the pty, as in a shell
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal)
+os.close(slave)
+seen = []
+threading.Thread(target=lambda: [seen.append(d) for d in iter(lambda: os.read(master, 65536), b"")],
+                 daemon=True).start()
+deadline = time.monotonic() + 120
+while not (metrics.exists() and metrics.read_text().count("\\n") >= 3):
+    assert time.monotonic() < deadline and proc.poll() is None, b"".join(seen).decode(errors="replace")
+    time.sleep(0.1)
+os.close(master)  # the terminal closes: its session gets a SIGHUP, and writes to it fail
+print(proc.wait(timeout=120))
+"""
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_a_closed_terminal_stops_a_run_with_its_checkpoint(gpus, tmp_path):
+    """The terminal a run was started in closes (SIGHUP; a write to it then fails): the run stops
+    after its step and saves, as on a Ctrl-C, its output going to /dev/null, and ends in 130.
+    ``--gpus 2``: the launcher passes the SIGHUP to torchrun, which passes it to the workers."""
+    if sys.platform != "linux":
+        pytest.skip("a pseudo-terminal as a controlling terminal: Linux")
+    run, script = tmp_path / "run", tmp_path / "terminal.py"
+    script.write_text(CLOSED_TERMINAL)
+    cmd = [sys.executable, "-m", "rnnlab", "train", "--model", "mingru", *TINY, "--steps", "1000000",
+           "--checkpoint-every", "0", "--out", str(run), "--gpus", str(gpus)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(script), str(run / "metrics.jsonl"), *cmd], env=env,
+                       capture_output=True, text=True, timeout=240)
+    assert (r.returncode, r.stdout) == (0, "130\n"), r.stdout + r.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and summary["world_size"] == gpus
+    assert (run / "ckpt" / f"step-{summary['steps']:06d}").is_dir()
 
 
 @pytest.mark.parametrize("presses", [1, 2])

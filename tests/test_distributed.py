@@ -9,9 +9,10 @@ import dataclasses
 import json
 import os
 import shlex
-from pathlib import Path
+import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,16 +40,42 @@ def _flags(cfg: dict) -> list[str]:
 
 
 def _env() -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # a worker that hangs is killed 20 s after torchrun is stopped (torch >= 2.12; 30 s before)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_ELASTIC_SHUTDOWN_TIMEOUT="20")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     return env
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """End a torchrun (or ``--gpus N``) launch still running: a SIGTERM, which torchrun passes on to
+    its workers (each in a session of its own, which killing torchrun alone would leave running),
+    then a kill once torchrun's own wait for them has passed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def _run(cmd: list[str], timeout: float = 90) -> subprocess.CompletedProcess:
+    """``subprocess.run`` for a launch of two processes, each of which takes a few seconds here: a
+    hang fails the test after ``timeout`` seconds and leaves no process behind (``_stop``)."""
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        out, err = proc.communicate()
+        pytest.fail(f"no end after {timeout} s: {shlex.join(cmd)}\n{out[-3000:]}{err[-5000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
 def _torchrun(args: list[str], nproc: int = 2) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "rnnlab", "train", *args, "--no-progress"]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    r = _run(cmd)
     assert r.returncode == 0 or _aborted_after_finishing(r, cmd), r.stdout[-3000:] + r.stderr[-5000:]
 
 
@@ -116,8 +143,6 @@ def test_torchrun_stopped_by_an_interrupt_ends_in_one_line(monkeypatch, capsys):
     """``--gpus N``'s torchrun: when an interrupt stops it (torchrun passes it to its workers, which
     save), one line and exit status 130 instead of torchrun's traceback; its own arguments passed
     through; other failures raise as torchrun's do."""
-    import signal
-
     import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
 
@@ -147,8 +172,6 @@ def test_torchrun_ends_in_one_line_when_its_workers_were_interrupted_or_it_was_b
     worker that failed otherwise keeps torchrun's report. A SIGTERM before torchrun has its own
     handlers (no worker started yet) is a Ctrl-C there: one line, 130, and the process's SIGTERM
     handler is back as it was afterwards."""
-    import signal
-
     import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
@@ -162,29 +185,47 @@ def test_torchrun_ends_in_one_line_when_its_workers_were_interrupted_or_it_was_b
             raise ChildFailedError("rnnlab", failures)
         return main
 
-    monkeypatch.setattr(torchrun, "main", failed(130, 130))
-    assert torchrun_main([]) == 130
-    assert capsys.readouterr().err == ("rnnlab train: the workers were interrupted (exit 130); rank 0's line above "
-                                       "names the checkpoint\n")
-    monkeypatch.setattr(torchrun, "main", failed(130, 1))
-    with pytest.raises(ChildFailedError):
-        torchrun_main([])
+    for codes in ((130, 130), (130, -signal.SIGTERM)):  # the second rank stopped by torchrun once the first ended
+        monkeypatch.setattr(torchrun, "main", failed(*codes))
+        assert torchrun_main([]) == 130
+        assert capsys.readouterr().err == ("rnnlab train: the workers were interrupted (exit 130); rank 0's line "
+                                           "above names the checkpoint\n")
+    for codes in ((130, 1), (-signal.SIGTERM, -signal.SIGTERM)):
+        monkeypatch.setattr(torchrun, "main", failed(*codes))
+        with pytest.raises(ChildFailedError):
+            torchrun_main([])
 
-    before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(torchrun, "main", lambda argv: signal.raise_signal(signal.SIGTERM))
-    assert torchrun_main([]) == 130
-    assert capsys.readouterr().err == "rnnlab train: interrupted before torchrun started its workers\n"
-    assert signal.getsignal(signal.SIGTERM) is before
+    def unhandled(signum, frame):  # what this process would do (end) were torchrun_main not to take it
+        raise AssertionError("torchrun_main left SIGTERM to the handler before it")
+
+    before = signal.signal(signal.SIGTERM, unhandled)
+    try:
+        monkeypatch.setattr(torchrun, "main", lambda argv: signal.raise_signal(signal.SIGTERM))
+        assert torchrun_main([]) == 130
+        assert capsys.readouterr().err == "rnnlab train: interrupted before torchrun started its workers\n"
+        assert signal.getsignal(signal.SIGTERM) is unhandled
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
-def test_gpus_n_gives_torchrun_time_for_its_workers_to_save(monkeypatch):
+def test_gpus_n_gives_torchrun_time_for_its_workers_to_save(monkeypatch, tmp_path, corpus):
     """torchrun kills its workers 30 s after it passes on a stop (torch's default), too soon for a
     large model's step and checkpoint: ``--gpus N`` sets its wait (TORCH_ELASTIC_SHUTDOWN_TIMEOUT)
     to 600 s unless the environment sets one, and torch's launcher reads it (torch >= 2.12)."""
     from torch.distributed.launcher.api import LaunchConfig
 
+    from rnnlab.cli import main
+    from rnnlab.train import cli
     from rnnlab.train.cli import SHUTDOWN_TIMEOUT_ENV, torchrun_env
 
+    launched = []
+    monkeypatch.setattr(cli, "run_passing_signals", lambda cmd, env: launched.append((cmd, env)) or 0)
+    monkeypatch.delenv(SHUTDOWN_TIMEOUT_ENV, raising=False)
+    argv = ["train", *_flags(dict(TINY, steps=2)), "--data", str(corpus), "--out", str(tmp_path / "r"), "--gpus", "2"]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])
+    assert main(argv) == 0
+    [(cmd, env)] = launched
+    assert cmd[:3] == [sys.executable, "-c", cli.TORCHRUN] and env[SHUTDOWN_TIMEOUT_ENV] == "600"
     assert torchrun_env({"PATH": "/bin"}) == {"PATH": "/bin", SHUTDOWN_TIMEOUT_ENV: "600"}
     assert torchrun_env({SHUTDOWN_TIMEOUT_ENV: "45"})[SHUTDOWN_TIMEOUT_ENV] == "45"
     if "shutdown_timeout" not in {f.name for f in dataclasses.fields(LaunchConfig)}:
@@ -194,33 +235,68 @@ def test_gpus_n_gives_torchrun_time_for_its_workers_to_save(monkeypatch):
 
 
 PASS_SIGNALS = """
-import signal, sys, time
+import signal, subprocess, sys
 from rnnlab.train.cli import run_passing_signals
+if sys.argv[1] == "nohup":
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+if sys.argv[1] == "early":  # a SIGTERM that comes while the child is being started
+    popen = subprocess.Popen
+    subprocess.Popen = lambda *a, **k: (signal.raise_signal(signal.SIGTERM), popen(*a, **k))[1]
 child = [sys.executable, "-c", "import signal, sys, time\\n"
-         "signal.signal(signal.SIGTERM, lambda s, f: (print('child got SIGTERM', flush=True), sys.exit(130)))\\n"
+         "for s in (signal.SIGTERM, signal.SIGHUP):\\n"
+         "    signal.signal(s, lambda n, f: (print('child got', signal.Signals(n).name, flush=True), sys.exit(130)))\\n"
          "print('child started', flush=True)\\n"
          "time.sleep(60)"]
 sys.exit(run_passing_signals(child))
 """
 
 
-def test_a_closed_terminal_stops_gpus_n_as_a_sigterm(tmp_path):
-    """A SIGHUP (the terminal closed) to ``rnnlab train --gpus N``'s launcher reaches torchrun as a
-    SIGTERM (its workers save), instead of ending the launcher alone and leaving torchrun, in a
-    session of its own, training; the launcher ends in 130."""
-    import signal
+@pytest.mark.parametrize("mode", ["hup", "nohup", "early"])
+def test_the_launcher_passes_each_stop_to_torchrun(mode, tmp_path):
+    """``rnnlab train --gpus N``'s launcher (``run_passing_signals``, torchrun replaced by a child
+    that reports the signal it gets): a SIGHUP (the terminal closed) reaches the child, instead of
+    ending the launcher alone and leaving torchrun, in a session of its own, training; under
+    ``nohup`` (SIGHUP ignored) it stays ignored and a later SIGTERM stops the child; a SIGTERM that
+    comes while the child is being started reaches it once it has. The launcher ends in 130."""
+    import time
 
     script = tmp_path / "launcher.py"
     script.write_text(PASS_SIGNALS)
-    proc = subprocess.Popen([sys.executable, str(script)], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, str(script), mode], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout.readline() == "child started\n", proc.communicate()
-        proc.send_signal(signal.SIGHUP)
+        if mode != "early":
+            assert proc.stdout.readline() == "child started\n", proc.communicate()
+            proc.send_signal(signal.SIGHUP)
+        if mode == "nohup":
+            time.sleep(1)
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    assert (proc.returncode, out) == (130, "child got SIGTERM\n"), err
+    got = {"hup": "SIGHUP", "nohup": "SIGTERM", "early": "SIGTERM"}[mode]
+    assert proc.returncode == 130, err
+    # early: the SIGTERM may reach the child before its handler (then it ends without a word)
+    assert out.replace("child started\n", "") in ([f"child got {got}\n"] + ([""] if mode == "early" else [])), out
+
+
+def test_a_stop_while_torchrun_starts_ends_in_one_line(tmp_path):
+    """``--gpus N``'s torchrun process takes a SIGTERM as a Ctrl-C from its first line, before it has
+    imported torch (≈ 1 s) and long before torchrun installs its own handlers: one line, 130."""
+    import time
+
+    from rnnlab.train.cli import EARLY_STOP, TORCHRUN
+
+    proc = subprocess.Popen([sys.executable, "-c", TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "rnnlab"],
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.3)  # past the interpreter's start (milliseconds), inside torch's import
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert (proc.returncode, err) == (130, EARLY_STOP + "\n"), out + err
 
 
 def test_distributed_field_validated():
@@ -260,7 +336,7 @@ def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, 
     args = [*_flags(dict(TINY, steps=5, grad_accum=2)), "--data", str(corpus), "--out", str(run), "--resume"]
     if mode == "ddp":
         cmd = [sys.executable, "-m", "rnnlab", "train", *args, "--gpus", "2", "--no-progress"]
-        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+        r = _run(cmd)
         assert r.returncode == 0 or _aborted_after_finishing(r, cmd), r.stdout[-3000:] + r.stderr[-5000:]
         assert r.stdout.count("loss (last 5)") == 1  # rank 0 alone prints the summary
         assert (f"rnnlab train: re-launching as: {shlex.quote(sys.executable)} -m torch.distributed.run "
@@ -304,7 +380,7 @@ def test_fsdp2_keeps_the_parameters_spared_from_weight_decay(tmp_path):
     script, out = tmp_path / "groups.py", tmp_path / "groups.json"
     script.write_text(FSDP2_GROUPS)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(out)]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    r = _run(cmd)
     written = [Path(f"{out}.{rank}").exists() for rank in (0, 1)]  # (a rare gloo teardown abort comes after)
     assert all(written), r.stdout[-3000:] + r.stderr[-5000:]
     for rank in (0, 1):
@@ -344,7 +420,7 @@ def test_a_ctrl_c_on_one_rank_after_the_agreement_stops_every_rank_after_the_nex
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
            "train", *_flags(dict(TINY, steps=50, checkpoint_every=2)), "--data", str(corpus), "--out", str(run),
            "--no-progress"]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=180)
+    r = _run(cmd)
     assert "interrupted at step 4; checkpoint saved" in r.stderr, r.stdout[-3000:] + r.stderr[-5000:]
     assert not any(f"[rank{rank}]: Traceback" in r.stderr for rank in (0, 1)), r.stderr[-5000:]
     assert RunDir(run).checkpoint().step == 4
@@ -357,7 +433,6 @@ def test_sigterm_to_gpus_n_saves_on_every_rank_even_where_ctrl_c_is_ignored(tmp_
     by a SIGTERM (``kill``): the launcher passes it to torchrun, which passes it to its workers;
     they stop after the same step and save, and the command ends in 130 with one line each, no
     traceback, nothing left running."""
-    import signal
     import time
 
     run = tmp_path / "r"
@@ -373,7 +448,7 @@ def test_sigterm_to_gpus_n_saves_on_every_rank_even_where_ctrl_c_is_ignored(tmp_
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=120)
     finally:
-        proc.kill()
+        _stop(proc)
     assert proc.returncode == 130, out[-3000:] + err[-5000:]
     assert "rnnlab train: torchrun stopped its workers on SIGTERM" in err and "Traceback" not in err, err[-5000:]
     summary = json.loads((run / "summary.json").read_text())

@@ -1,7 +1,7 @@
 """rnnlab: recurrent byte-level language models (E1 gated Elman, E16, E88, minGRU, minLSTM, Mamba2,
 Gated DeltaNet, Transformer) trained on one seeded data stream and compared side by side.
 
-Layout (imports run one way: data, options -> ops -> layers -> models -> eval -> train -> bench
+Layout (imports run one way: data, options, signals -> ops -> layers -> models -> eval -> train -> bench
 -> analysis -> cli; hf wraps models; docs/architecture.md):
   rnnlab.data      byte corpora (memory-mapped) and the seeded batch stream
   rnnlab.ops       recurrence kernels: a pure-PyTorch reference (naive.py) beside each GPU kernel
@@ -14,6 +14,7 @@ Layout (imports run one way: data, options -> ops -> layers -> models -> eval ->
   rnnlab.analysis  gradient-flow analysis
   rnnlab.hf        Hugging Face models (export, Auto classes, generate) and lm-eval-harness
   rnnlab.options   config fields that describe themselves (flags, checks, key lists)
+  rnnlab.signals   SIGTERM and SIGHUP taken as a Ctrl-C (a run saves before it ends)
   rnnlab.cli       the `rnnlab` command
 """
 

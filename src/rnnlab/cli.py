@@ -19,14 +19,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import os
 import re
-import signal
 import sys
-import threading
-import time
 
 from rnnlab import __version__
+from rnnlab.signals import discard_output, stops_as_ctrl_c
 
 COMMAND_MODULES = (
     "rnnlab.models.cli",
@@ -110,57 +107,10 @@ def attach_negative_numbers(argv: list[str]) -> list[str]:
     return out
 
 
-def _discard_stdout() -> None:
-    """Point standard output at /dev/null, so that the interpreter's last flush at exit does not
-    meet the closed pipe again."""
-    try:
-        fd = sys.stdout.fileno()
-    except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, fd)
-    os.close(devnull)
-
-
-# SIGTERMs this close together are one stop: a scheduler that signals every process of a job
-# reaches a torchrun worker directly and again through torchrun (and its launcher)
-SAME_STOP_S = 5.0
-
-
-@contextlib.contextmanager
-def sigterm_as_ctrl_c():
-    """Inside the block a SIGTERM (``kill``, ``timeout``, a batch scheduler's stop, ``docker
-    stop``) is handled as a Ctrl-C: training stops after its step and saves a checkpoint, a suite
-    after its runs have saved theirs, and a second one aborts as a second Ctrl-C does (a SIGINT
-    sent to the process reaches whichever Ctrl-C handler is in place), unless it follows the
-    first within ``SAME_STOP_S`` seconds (then it is the same stop, delivered twice, and ignored).
-    Main thread only."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    last = [None]  # when the last SIGTERM that counted came (time.monotonic)
-
-    def handle(signum, frame):
-        if not callable(signal.getsignal(signal.SIGINT)):  # Ctrl-C ignored (`cmd &` in a script): end as before
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.raise_signal(signal.SIGTERM)
-        now = time.monotonic()
-        if last[0] is not None and now - last[0] < SAME_STOP_S:
-            return
-        last[0] = now
-        print("\nrnnlab: SIGTERM received: handled as a Ctrl-C", file=sys.stderr)
-        signal.raise_signal(signal.SIGINT)
-
-    previous = signal.signal(signal.SIGTERM, handle)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """The command line (``argv`` None: the process's own, and a SIGTERM handled as a Ctrl-C)."""
-    with sigterm_as_ctrl_c() if argv is None else contextlib.nullcontext():
+    """The command line (``argv`` None: the process's own, and a SIGTERM or SIGHUP handled as a
+    Ctrl-C)."""
+    with stops_as_ctrl_c() if argv is None else contextlib.nullcontext():
         return _main(sys.argv[1:] if argv is None else list(argv))
 
 
@@ -176,7 +126,7 @@ def _main(argv: list[str]) -> int:
     except BrokenPipeError:  # `rnnlab layers | head`: the reader has what it wanted
         if args.debug:
             raise
-        _discard_stdout()
+        discard_output(sys.stdout)
         return 141  # a shell's status for a writer stopped by SIGPIPE, as `git log | head` ends
     except USER_ERRORS as e:
         if args.debug:

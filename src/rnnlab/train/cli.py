@@ -114,8 +114,19 @@ def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
     return ["--standalone", f"--nproc-per-node={nproc}", "-m", "rnnlab", *out]
 
 
-# how ``--gpus N`` runs torchrun: ``python -c TORCHRUN`` and torchrun's arguments
-TORCHRUN = "import sys; from rnnlab.train.cli import torchrun_main; sys.exit(torchrun_main(sys.argv[1:]))"
+EARLY_STOP = "rnnlab train: interrupted before torchrun started its workers"
+# how ``--gpus N`` runs torchrun: ``python -c TORCHRUN`` and torchrun's arguments. A SIGTERM is a
+# Ctrl-C from the first line, before torch's import (≈ 1 s), until torchrun installs its own handlers.
+TORCHRUN = f"""\
+import signal, sys
+signal.signal(signal.SIGTERM, signal.default_int_handler)
+try:
+    from rnnlab.train.cli import torchrun_main
+except KeyboardInterrupt:
+    print({EARLY_STOP!r}, file=sys.stderr)
+    sys.exit(130)
+sys.exit(torchrun_main(sys.argv[1:]))
+"""
 # torchrun's wait for its workers after it passes on a stop, before it kills them (torch's own
 # default is 30 s, too short for a large model's step and checkpoint); a value already in the
 # environment is kept. torch 2.12 and later read it; older versions keep their 30 s.
@@ -128,35 +139,48 @@ def torchrun_env(environ: dict[str, str]) -> dict[str, str]:
     return {SHUTDOWN_TIMEOUT_ENV: str(SHUTDOWN_TIMEOUT_S), **environ}
 
 
+def interrupted_workers(exitcodes) -> bool:
+    """Whether torchrun's failed workers were all stopped, at least one by an interrupt it saved
+    on (exit 130); the others 130 too, or ended by the signal with which torchrun stops the rest
+    once one has exited (the signal can come after a rank left its handlers)."""
+    import signal
+
+    codes = list(exitcodes)
+    stopped = {130} | {-s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    return 130 in codes and all(c in stopped for c in codes)
+
+
 def torchrun_main(argv: list[str]) -> int:
     """torchrun (``torch.distributed.run``) on ``argv`` in this process. A stop ends it with exit
     status 130 and one line, where torchrun itself ends in a traceback: an interrupt that torchrun
-    passed on to its workers (its ``SignalException``: each finishes its step and saves), workers
-    that all ended in 130 (an interrupt that reached them, not torchrun), or a Ctrl-C or SIGTERM
-    before torchrun has its own handlers (no worker started yet)."""
+    passed on to its workers (its ``SignalException``: each finishes its step and saves; after a
+    SIGHUP, the terminal closed, the line goes to /dev/null), workers stopped by an interrupt that
+    reached them and not torchrun (``interrupted_workers``), or a Ctrl-C or SIGTERM before torchrun
+    has its own handlers (no worker started yet)."""
     import signal
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
-    def interrupted(signum, frame):  # until torchrun installs its own, as it starts the workers
-        raise KeyboardInterrupt
+    from rnnlab.signals import discard_output
 
-    previous = signal.signal(signal.SIGTERM, interrupted)
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # until torchrun installs its own
     try:
         main(argv)
     except SignalException as e:
+        if e.sigval == signal.SIGHUP:
+            discard_output(sys.stdout, sys.stderr)
         print(f"rnnlab train: torchrun stopped its workers on {e.sigval.name}", file=sys.stderr)
         return 130
     except ChildFailedError as e:
-        if any(f.exitcode != 130 for f in e.failures.values()):
+        if not interrupted_workers(f.exitcode for f in e.failures.values()):
             raise
         print("rnnlab train: the workers were interrupted (exit 130); rank 0's line above names the checkpoint",
               file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("rnnlab train: interrupted before torchrun started its workers", file=sys.stderr)
+        print(EARLY_STOP, file=sys.stderr)
         return 130
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -165,28 +189,33 @@ def torchrun_main(argv: list[str]) -> int:
 
 def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> int:
     """Run ``cmd`` (torchrun, for ``--gpus N``) in a session of its own and pass on to it each
-    Ctrl-C and SIGTERM this process gets, and a SIGHUP (the terminal closed) as a SIGTERM; its exit
-    status, 130 when a signal was passed on and it failed.
+    Ctrl-C, SIGTERM and SIGHUP this process gets; its exit status, 130 when a signal was passed on
+    and it failed.
 
-    In its own session it gets each signal once, from here (a terminal's Ctrl-C would also reach it
-    directly: two interrupts, which abort a run instead of saving it). SIGTERM and SIGHUP are passed
-    on even where Ctrl-C is ignored (``rnnlab train --gpus 2 ... &`` in a script), so that neither
-    ``kill`` nor a closed terminal leaves torchrun training on its own. The handlers are in place
-    before the child starts: a signal in between is passed on once it has."""
+    In its own session torchrun gets each signal once, from here: a terminal's Ctrl-C would also
+    reach it directly, two interrupts, and torchrun passes a second one on to its workers, which
+    then abort instead of saving. SIGTERM is passed on even where Ctrl-C is ignored (``rnnlab train
+    --gpus 2 ... &`` in a script), so that ``kill`` never leaves torchrun training on its own; a
+    SIGHUP (the terminal closed) unless ignored (``nohup``), and this process's output then goes to
+    /dev/null, as the workers' does when torchrun passes it on (``rnnlab.signals.stops_as_ctrl_c``).
+    The handlers are in place before the child starts: a signal in between is passed on once it
+    has."""
     import signal
     import subprocess
 
-    caught = {signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        caught[signal.SIGINT] = signal.SIGINT
+    from rnnlab.signals import discard_output
+
+    caught = [signal.SIGTERM] + [s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     proc, passed, pending = None, [], []
 
     def pass_on(signum, frame):
-        passed.append(caught[signum])
+        if signum == signal.SIGHUP:
+            discard_output(sys.stdout, sys.stderr)
+        passed.append(signum)
         if proc is None:
-            pending.append(caught[signum])
+            pending.append(signum)
         else:
-            proc.send_signal(caught[signum])
+            proc.send_signal(signum)
 
     previous = {s: signal.signal(s, pass_on) for s in caught}
     try:

@@ -1,0 +1,104 @@
+"""How an ``rnnlab`` process takes the signals that stop it: a SIGTERM (``kill``, a scheduler) or a
+SIGHUP (the terminal closed) as a Ctrl-C, so that a run saves before it ends, and its output after
+a hang-up sent to /dev/null instead of failing. Used by the ``rnnlab`` command (``rnnlab.cli``)
+and by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+
+
+def discard_output(*streams) -> None:
+    """Point each stream's file descriptor at /dev/null: after a closed pipe (so that the
+    interpreter's last flush at exit does not meet it again) or a closed terminal (so that a run
+    stopping on its hang-up can still write, to nowhere, and save)."""
+    for stream in streams:
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # not a file (a test's capture)
+            continue
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)
+        os.close(devnull)
+
+
+class SurvivingHangUp:
+    """A text stream (standard output or error) whose writes, once the terminal behind it has hung
+    up (``EIO``), go to /dev/null instead of failing: a process whose output is a closed terminal
+    (a torchrun worker, before the SIGHUP reaches it through its launcher and torchrun) keeps
+    running and can save. Everything else is the stream's own."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _hung_up(self, e: OSError) -> None:
+        if e.errno != errno.EIO:
+            raise e
+        discard_output(self._stream)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as e:
+            self._hung_up(e)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as e:
+            self._hung_up(e)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+# SIGTERMs (and SIGHUPs) this close together are one stop: a scheduler that signals every process
+# of a job reaches a torchrun worker directly and again through torchrun (and its launcher)
+SAME_STOP_S = 5.0
+
+
+@contextlib.contextmanager
+def stops_as_ctrl_c():
+    """Inside the block a SIGTERM (``kill``, ``timeout``, a batch scheduler's stop, ``docker
+    stop``) or a SIGHUP (the terminal closed; standard output and error then go to /dev/null) is
+    handled as a Ctrl-C: training stops after its step and saves a checkpoint, a suite after its
+    runs have saved theirs, and a second one aborts as a second Ctrl-C does (a SIGINT sent to the
+    process reaches whichever Ctrl-C handler is in place), unless its handler runs within
+    ``SAME_STOP_S`` seconds of the first's (then it is the same stop, delivered twice, and
+    ignored). A SIGHUP that is ignored (``nohup``) stays ignored. Standard output and error are
+    ``SurvivingHangUp`` inside the block. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    last = [None]  # when the last stop signal that counted was handled (time.monotonic)
+
+    def handle(signum, frame):
+        if not callable(signal.getsignal(signal.SIGINT)):  # Ctrl-C ignored (`cmd &` in a script): end as before
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        if signum == signal.SIGHUP:
+            discard_output(sys.stdout, sys.stderr)
+        now = time.monotonic()
+        if last[0] is not None and now - last[0] < SAME_STOP_S:
+            return
+        last[0] = now
+        print(f"\nrnnlab: {signal.Signals(signum).name} received: handled as a Ctrl-C", file=sys.stderr)
+        signal.raise_signal(signal.SIGINT)
+
+    stops = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else [signal.SIGHUP])
+    previous = {s: signal.signal(s, handle) for s in stops}
+    streams = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = SurvivingHangUp(sys.stdout), SurvivingHangUp(sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout, sys.stderr = streams
+        for s, handler in previous.items():
+            signal.signal(s, handler)
