@@ -388,8 +388,42 @@ def test_output_survives_a_hung_up_terminal(tmp_path):
     assert path.read_bytes() == b""
 
 
+def test_a_hang_up_keeps_output_that_goes_to_a_file(tmp_path):
+    """``rnnlab train ... > log 2>&1`` from a shell that then closes (bash passes its SIGHUP to its
+    jobs): the run saves as on a Ctrl-C, and its log keeps every line, the interrupt's among them:
+    only output to a terminal goes to /dev/null after a hang-up."""
+    import signal
+    import time
+
+    run, log = tmp_path / "run", tmp_path / "log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "train", "--model", "mingru", *TINY, "--steps",
+                                 "1000000", "--checkpoint-every", "0", "--out", str(run)],
+                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=f)
+        try:
+            deadline = time.time() + 120
+            while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
+                assert time.time() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGHUP)
+            assert proc.wait(timeout=120) == 130, log.read_text()
+        finally:
+            proc.kill()
+    text, step = log.read_text(), json.loads((run / "summary.json").read_text())["steps"]
+    assert "rnnlab: SIGHUP received: handled as a Ctrl-C" in text
+    assert f"interrupted at step {step}; checkpoint saved" in text and "Traceback" not in text
+
+
+def test_a_closed_standard_output_is_no_error():
+    """``rnnlab layers >&-``: with standard output closed (Python's sys.stdout is None) the command
+    still ends in 0."""
+    r = subprocess.run([sys.executable, "-m", "rnnlab", "layers"], stderr=subprocess.PIPE, text=True,
+                       preexec_fn=lambda: os.close(1))
+    assert r.returncode == 0, r.stderr
+
+
 CLOSED_TERMINAL = """
-import fcntl, os, subprocess, sys, termios, threading, time
+import fcntl, os, select, subprocess, sys, termios, threading, time
 from pathlib import Path
 cmd, metrics = sys.argv[2:], Path(sys.argv[1])
 master, slave = os.openpty()
@@ -402,13 +436,26 @@ def controlling_terminal():  # the child leads a session whose terminal is the p
 
 proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, preexec_fn=controlling_terminal)
 os.close(slave)
-seen = []
-threading.Thread(target=lambda: [seen.append(d) for d in iter(lambda: os.read(master, 65536), b"")],
-                 daemon=True).start()
+seen, done = [], threading.Event()
+
+
+def read():  # what the terminal shows, until it closes
+    while not done.is_set():
+        if select.select([master], [], [], 0.1)[0]:
+            try:
+                seen.append(os.read(master, 65536))
+            except OSError:
+                return
+
+
+reader = threading.Thread(target=read, daemon=True)
+reader.start()
 deadline = time.monotonic() + 120
 while not (metrics.exists() and metrics.read_text().count("\\n") >= 3):
     assert time.monotonic() < deadline and proc.poll() is None, b"".join(seen).decode(errors="replace")
     time.sleep(0.1)
+done.set()
+reader.join()
 os.close(master)  # the terminal closes: its session gets a SIGHUP, and writes to it fail
 print(proc.wait(timeout=120))
 """

@@ -1,6 +1,6 @@
 """How an ``rnnlab`` process takes the signals that stop it: a SIGTERM (``kill``, a scheduler) or a
-SIGHUP (the terminal closed) as a Ctrl-C, so that a run saves before it ends, and its output after
-a hang-up sent to /dev/null instead of failing. Used by the ``rnnlab`` command (``rnnlab.cli``)
+SIGHUP (the terminal closed) as a Ctrl-C, so that a run saves before it ends, and its output to a
+terminal, after a hang-up, sent to /dev/null instead of failing. Used by the ``rnnlab`` command (``rnnlab.cli``)
 and by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``)."""
 
 from __future__ import annotations
@@ -59,6 +59,36 @@ class SurvivingHangUp:
         return getattr(self._stream, name)
 
 
+def _is_terminal(stream) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, OSError, ValueError):  # closed, or not a file
+        return False
+
+
+@contextlib.contextmanager
+def terminal_output():
+    """Inside the block, standard output and error, those that are terminals, are
+    ``SurvivingHangUp``; yields them (for ``discard_output`` on a SIGHUP). Output to a file or a
+    pipe is left alone, so a hang-up loses none of a log and a disk's error is not hidden; a
+    closed stream (None) too. After a hang-up ``isatty`` is False: hence at the start."""
+    terminals, made = [], {}
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if isinstance(stream, SurvivingHangUp):  # an enclosing block's
+            terminals.append(stream)
+        elif _is_terminal(stream):
+            made[name] = SurvivingHangUp(stream)
+            setattr(sys, name, made[name])
+            terminals.append(made[name])
+    try:
+        yield terminals
+    finally:
+        for name, stream in made.items():
+            if getattr(sys, name) is stream:
+                setattr(sys, name, stream._stream)
+
+
 # SIGTERMs (and SIGHUPs) this close together are one stop: a scheduler that signals every process
 # of a job reaches a torchrun worker directly and again through torchrun (and its launcher)
 SAME_STOP_S = 5.0
@@ -67,13 +97,13 @@ SAME_STOP_S = 5.0
 @contextlib.contextmanager
 def stops_as_ctrl_c():
     """Inside the block a SIGTERM (``kill``, ``timeout``, a batch scheduler's stop, ``docker
-    stop``) or a SIGHUP (the terminal closed; standard output and error then go to /dev/null) is
+    stop``) or a SIGHUP (the terminal closed; output to it then goes to /dev/null) is
     handled as a Ctrl-C: training stops after its step and saves a checkpoint, a suite after its
     runs have saved theirs, and a second one aborts as a second Ctrl-C does (a SIGINT sent to the
     process reaches whichever Ctrl-C handler is in place), unless its handler runs within
     ``SAME_STOP_S`` seconds of the first's (then it is the same stop, delivered twice, and
-    ignored). A SIGHUP that is ignored (``nohup``) stays ignored. Standard output and error are
-    ``SurvivingHangUp`` inside the block. Main thread only."""
+    ignored). A SIGHUP that is ignored (``nohup``) stays ignored. Output to a terminal survives its
+    hang-up (``terminal_output``). Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -84,7 +114,7 @@ def stops_as_ctrl_c():
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         if signum == signal.SIGHUP:
-            discard_output(sys.stdout, sys.stderr)
+            discard_output(*terminals)
         now = time.monotonic()
         if last[0] is not None and now - last[0] < SAME_STOP_S:
             return
@@ -93,12 +123,10 @@ def stops_as_ctrl_c():
         signal.raise_signal(signal.SIGINT)
 
     stops = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else [signal.SIGHUP])
-    previous = {s: signal.signal(s, handle) for s in stops}
-    streams = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = SurvivingHangUp(sys.stdout), SurvivingHangUp(sys.stderr)
-    try:
-        yield
-    finally:
-        sys.stdout, sys.stderr = streams
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with terminal_output() as terminals:
+        previous = {s: signal.signal(s, handle) for s in stops}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)

@@ -115,15 +115,20 @@ def torchrun_args(nproc: int, argv: list[str]) -> list[str]:
 
 
 EARLY_STOP = "rnnlab train: interrupted before torchrun started its workers"
-# how ``--gpus N`` runs torchrun: ``python -c TORCHRUN`` and torchrun's arguments. A SIGTERM is a
-# Ctrl-C from the first line, before torch's import (≈ 1 s), until torchrun installs its own handlers.
+# how ``--gpus N`` runs torchrun: ``python -c TORCHRUN`` and torchrun's arguments. A SIGTERM or SIGHUP
+# is a Ctrl-C from the first line, before torch's import (≈ 1 s), until torchrun installs its own handlers.
 TORCHRUN = f"""\
 import signal, sys
-signal.signal(signal.SIGTERM, signal.default_int_handler)
+for stop in (signal.SIGTERM, signal.SIGHUP):
+    if signal.getsignal(stop) is not signal.SIG_IGN:
+        signal.signal(stop, signal.default_int_handler)
 try:
     from rnnlab.train.cli import torchrun_main
 except KeyboardInterrupt:
-    print({EARLY_STOP!r}, file=sys.stderr)
+    try:
+        print({EARLY_STOP!r}, file=sys.stderr)
+    except OSError:  # the terminal closed
+        pass
     sys.exit(130)
 sys.exit(torchrun_main(sys.argv[1:]))
 """
@@ -154,36 +159,40 @@ def torchrun_main(argv: list[str]) -> int:
     """torchrun (``torch.distributed.run``) on ``argv`` in this process. A stop ends it with exit
     status 130 and one line, where torchrun itself ends in a traceback: an interrupt that torchrun
     passed on to its workers (its ``SignalException``: each finishes its step and saves; after a
-    SIGHUP, the terminal closed, the line goes to /dev/null), workers stopped by an interrupt that
-    reached them and not torchrun (``interrupted_workers``), or a Ctrl-C or SIGTERM before torchrun
-    has its own handlers (no worker started yet)."""
+    SIGHUP, the terminal closed, a line meant for it goes to /dev/null), workers stopped by an
+    interrupt that reached them and not torchrun (``interrupted_workers``), or a Ctrl-C, SIGTERM or
+    SIGHUP before torchrun has its own handlers (no worker started yet)."""
     import signal
 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
-    from rnnlab.signals import discard_output
+    from rnnlab.signals import discard_output, terminal_output
 
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)  # until torchrun installs its own
+    stops = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
+    previous = {s: signal.signal(s, signal.default_int_handler) for s in stops}  # until torchrun installs its own
     try:
-        main(argv)
-    except SignalException as e:
-        if e.sigval == signal.SIGHUP:
-            discard_output(sys.stdout, sys.stderr)
-        print(f"rnnlab train: torchrun stopped its workers on {e.sigval.name}", file=sys.stderr)
-        return 130
-    except ChildFailedError as e:
-        if not interrupted_workers(f.exitcode for f in e.failures.values()):
-            raise
-        print("rnnlab train: the workers were interrupted (exit 130); rank 0's line above names the checkpoint",
-              file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print(EARLY_STOP, file=sys.stderr)
-        return 130
+        with terminal_output() as terminals:
+            try:
+                main(argv)
+            except SignalException as e:
+                if e.sigval == signal.SIGHUP:
+                    discard_output(*terminals)
+                print(f"rnnlab train: torchrun stopped its workers on {e.sigval.name}", file=sys.stderr)
+                return 130
+            except ChildFailedError as e:
+                if not interrupted_workers(f.exitcode for f in e.failures.values()):
+                    raise
+                print("rnnlab train: the workers were interrupted (exit 130); rank 0's line above names the "
+                      "checkpoint", file=sys.stderr)
+                return 130
+            except KeyboardInterrupt:
+                print(EARLY_STOP, file=sys.stderr)
+                return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     return 0
 
 
@@ -196,36 +205,38 @@ def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> in
     reach it directly, two interrupts, and torchrun passes a second one on to its workers, which
     then abort instead of saving. SIGTERM is passed on even where Ctrl-C is ignored (``rnnlab train
     --gpus 2 ... &`` in a script), so that ``kill`` never leaves torchrun training on its own; a
-    SIGHUP (the terminal closed) unless ignored (``nohup``), and this process's output then goes to
-    /dev/null, as the workers' does when torchrun passes it on (``rnnlab.signals.stops_as_ctrl_c``).
+    SIGHUP (the terminal closed) unless ignored (``nohup``), and this process's output to the
+    terminal then goes to /dev/null, as the workers' does when torchrun passes it on
+    (``rnnlab.signals.stops_as_ctrl_c``).
     The handlers are in place before the child starts: a signal in between is passed on once it
     has."""
     import signal
     import subprocess
 
-    from rnnlab.signals import discard_output
+    from rnnlab.signals import discard_output, terminal_output
 
     caught = [signal.SIGTERM] + [s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     proc, passed, pending = None, [], []
 
     def pass_on(signum, frame):
         if signum == signal.SIGHUP:
-            discard_output(sys.stdout, sys.stderr)
+            discard_output(*terminals)
         passed.append(signum)
         if proc is None:
             pending.append(signum)
         else:
             proc.send_signal(signum)
 
-    previous = {s: signal.signal(s, pass_on) for s in caught}
-    try:
-        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-        while pending:  # arrived while it was starting
-            proc.send_signal(pending.pop(0))
-        code = proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    with terminal_output() as terminals:
+        previous = {s: signal.signal(s, pass_on) for s in caught}
+        try:
+            proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+            while pending:  # arrived while it was starting
+                proc.send_signal(pending.pop(0))
+            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
     return 130 if passed and code else code
 
 
