@@ -283,17 +283,25 @@ def test_the_launcher_passes_each_stop_to_torchrun(mode, tmp_path):
 
 def test_a_stop_while_torchrun_starts_ends_in_one_line(tmp_path):
     """``--gpus N``'s torchrun process takes a SIGTERM as a Ctrl-C from its first line, before it has
-    imported torch (≈ 1 s) and long before torchrun installs its own handlers: one line, 130."""
+    imported torch (≈ 1 s) and long before torchrun installs its own handlers: one line, 130. The
+    import is replaced by a stand-in that says it has begun and waits, so the signal lands in it."""
     import time
 
     from rnnlab.train.cli import EARLY_STOP, TORCHRUN
 
-    proc = subprocess.Popen([sys.executable, "-c", TORCHRUN, "--standalone", "--nproc-per-node=2", "-m", "rnnlab"],
-                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = tmp_path / "importing"
+    line = "    from rnnlab.train.cli import torchrun_main\n"
+    assert line in TORCHRUN
+    program = TORCHRUN.replace(line, f"    import time; open({str(started)!r}, 'w').close(); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", program], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.3)  # past the interpreter's start (milliseconds), inside torch's import
+        deadline = time.monotonic() + 30
+        while not started.exists():
+            assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=30)
     finally:
         proc.kill()
     assert (proc.returncode, err) == (130, EARLY_STOP + "\n"), out + err
