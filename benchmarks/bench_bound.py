@@ -215,9 +215,10 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda",
         mode = 1 if kind == "mingru" else 2
         p, grad = rand(B, T, (mode + 1) * di), rand(B, T, di)
         h = torch.ops.rnnlab.linear_scan_fwd(mode, p, None, None)
-        fwd, bwd = (lambda: torch.ops.rnnlab.linear_scan_fwd(mode, p, None, None),
-                    lambda: torch.ops.rnnlab.linear_scan_bwd(mode, grad, p, h, None))
-        if launch is not None:  # the same kernels launched as bench_kernels.py's sweep launches them
+        if launch is None:
+            fwd, bwd = (lambda: torch.ops.rnnlab.linear_scan_fwd(mode, p, None, None),
+                        lambda: torch.ops.rnnlab.linear_scan_bwd(mode, grad, p, h, None))
+        else:  # the same kernels launched as bench_kernels.py's sweep launches them
             st, (block, warps) = sys.modules["rnnlab.ops.scan.triton"], launch
             ptrs, out, dp = st._views(p, mode + 1, di), torch.empty_like(h), torch.empty_like(p)
             outs, dh0 = st._views(dp, mode + 1, di), torch.zeros(B, di, device=device)

@@ -308,28 +308,37 @@ def test_distributed_in_one_process_gets_a_note(tmp_path, capsys):
             "this is one process") in capsys.readouterr().err
 
 
-def test_sigterm_is_a_ctrl_c_for_the_rnnlab_command(tmp_path):
-    """``kill`` (SIGTERM: also ``timeout``, a scheduler's stop, ``docker stop``) on a running
-    ``rnnlab train`` saves a checkpoint after the step as a Ctrl-C does and exits 130, saying so
-    and where to resume, with no traceback."""
-    import signal
+def _train_until(signum, run, output=subprocess.PIPE) -> tuple[int, str | None, str | None]:
+    """Start a long ``rnnlab train`` into ``run`` (its standard output and error to ``output``),
+    send it ``signum`` once its first metrics line is written; ``(exit status, stdout, stderr)``,
+    the texts where piped."""
     import time
 
-    run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "train", "--model", "mingru", *TINY, "--steps", "1000000",
-                             "--checkpoint-every", "0", "--no-progress", "--out", str(run)],
-                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             "--checkpoint-every", "0", "--out", str(run)],
+                            env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=output, stderr=output, text=True)
     try:
         deadline = time.time() + 120
         while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
             assert time.time() < deadline and proc.poll() is None, proc.communicate()
             time.sleep(0.1)
-        proc.send_signal(signal.SIGTERM)
-        out, err = (b.decode() for b in proc.communicate(timeout=120))
+        proc.send_signal(signum)
+        out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    return proc.returncode, out, err
+
+
+def test_sigterm_is_a_ctrl_c_for_the_rnnlab_command(tmp_path):
+    """``kill`` (SIGTERM: also ``timeout``, a scheduler's stop, ``docker stop``) on a running
+    ``rnnlab train`` saves a checkpoint after the step as a Ctrl-C does and exits 130, saying so
+    and where to resume, with no traceback."""
+    import signal
+
+    run = tmp_path / "run"
+    code, out, err = _train_until(signal.SIGTERM, run)
+    assert code == 130, err
     assert "rnnlab: SIGTERM received: handled as a Ctrl-C" in err and "Traceback" not in err
     step = json.loads((run / "summary.json").read_text())["steps"]
     assert f"interrupted at step {step}; checkpoint saved to {run}/ckpt/step-{step:06d}" in err
@@ -393,22 +402,10 @@ def test_a_hang_up_keeps_output_that_goes_to_a_file(tmp_path):
     jobs): the run saves as on a Ctrl-C, and its log keeps every line, the interrupt's among them:
     only output to a terminal goes to /dev/null after a hang-up."""
     import signal
-    import time
 
     run, log = tmp_path / "run", tmp_path / "log"
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "rnnlab", "train", "--model", "mingru", *TINY, "--steps",
-                                 "1000000", "--checkpoint-every", "0", "--out", str(run)],
-                                env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=f)
-        try:
-            deadline = time.time() + 120
-            while not ((run / "metrics.jsonl").exists() and (run / "metrics.jsonl").stat().st_size):
-                assert time.time() < deadline and proc.poll() is None, log.read_text()
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGHUP)
-            assert proc.wait(timeout=120) == 130, log.read_text()
-        finally:
-            proc.kill()
+        assert _train_until(signal.SIGHUP, run, output=f)[0] == 130, log.read_text()
     text, step = log.read_text(), json.loads((run / "summary.json").read_text())["steps"]
     assert "rnnlab: SIGHUP received: handled as a Ctrl-C" in text
     assert f"interrupted at step {step}; checkpoint saved" in text and "Traceback" not in text
