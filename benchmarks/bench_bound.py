@@ -1,9 +1,10 @@
 """The measured bound of a model's training step at the board's power limit: the step's own GEMMs
 with copies moving the bytes of its memory-bound work's floor between them, replayed back to back
-as one CUDA graph, beside the model's real step, in one run (issue #19's ≥ 60% MFU targets).
+as one CUDA graph, beside the model's real step, in one run (issue #19's MFU targets).
 
     python benchmarks/bench_bound.py [--only NAME ...] [--bound-only] [--model-operands] [--model-scans]
-                                     [--scan-launches 64x1 256x4 ...] [--profile] [--json results/x/bound.json]
+                                     [--scan-launches 64x1 256x4 ...] [--yardstick] [--profile]
+                                     [--json results/x/bound.json]
 
 Why: the GEMM-bound models' steps run at the board's power limit (``results/scoreboard-h200-1204``:
 700 W, SM clock 1290–1680 of 1980 MHz), so a GEMM's speed depends on what runs around it: alone,
@@ -43,6 +44,11 @@ busy at a fraction of a copy's bandwidth may draw more of the board's power).
 ``--scan-launches`` repeats those two rows for minGRU's and minLSTM's scans at other launches
 (channels and warps a program; over 128 channels the forward takes the pointer kernel, not TMA):
 whether a launch slower alone costs less between the GEMMs, where the board's power is short.
+E1's scans (dense and heads) hold its recurrence's matrix products, and E1 heads' gate
+projection runs beside its scan inside the same op: for E1 the GEMMs recorded are those outside
+the scan ops, and its bound is the floor step with its own scans (the plain floor step, with
+copies in their place, would leave those products out, so it is not run). ``--yardstick`` times
+Mamba2's own step first in the same run: dense E1's other target is ≥ 1.0× its speed.
 ``--profile`` adds the GPU time by kind of kernel of the model's step and the floor step (the
 GEMMs' time in each), two steps each after the timed ones: indicative, as profiled steps start
 from the profiler's pause.
@@ -51,6 +57,7 @@ from the profiler's pause.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
@@ -58,6 +65,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 import triton
@@ -67,17 +75,22 @@ from torch.utils._python_dispatch import TorchDispatchMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_kernels import ceilings, fused_scan_passes  # noqa: E402
 from bench_models import (DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, PROFILE_STEPS,  # noqa: E402
-                          back_to_back, bench, build, cuda_kernels, idle_time, kernel_breakdown, kernel_spans,
-                          nvidia_smi, print_profiles, run_meta, write_json)
+                          X_MAMBA2_TARGETS, back_to_back, bench, build, cuda_kernels, idle_time, kernel_breakdown,
+                          kernel_spans, nvidia_smi, print_profiles, run_meta, write_json)
 
 from rnnlab.bench.mfu import mfu  # noqa: E402
+from rnnlab.ops.elman.options import ElmanKernelOptions  # noqa: E402
 
-BOUND_MODELS = ("minGRU 3520x16", "minLSTM 2880x16", "E16 s4 1024x10 e2")  # the ≥ 60% MFU targets' rows
+# issue #19's MFU targets' rows: the ≥ 60% ones, dense E1's ≥ 30% (and ≥ 1.0x Mamba2), E1 heads' ≥ 55%
+BOUND_MODELS = ("minGRU 3520x16", "minLSTM 2880x16", "E16 s4 1024x10 e2", "E1 d26 dense", "E1 heads 14x128 d31")
+SCANS_HOLD_PRODUCTS = ("e1",)  # model kinds whose recurrence's matrix products run inside their scan kernels
+YARDSTICK = "Mamba2 d22"  # the model X_MAMBA2_TARGETS' ratios are to (``--yardstick``)
 EL = 2  # bytes an element: pure bf16 training
 NORM_PASSES = (4, 4)  # a layer's residual add + LayerNorm, fused: forward (read x, mixer out; write x, normed), backward
 OPTIMIZER_PASSES = 7  # Schedule-Free AdamW: reads y, z, the second moment, the gradient; writes three of them
 ATEN_MM = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
-# matrix products a step of these models does not hold; met, they are refused rather than left out
+# matrix products that are not a plain GEMM: with a vector operand (E1's spectral norm: memory-bound,
+# their bytes join the floor) or a recurrence's step (``record_gemms``); any other is refused
 OTHER_PRODUCTS = tuple(getattr(torch.ops.aten, op).default for op in ("bmm", "baddbmm", "mv", "addmv", "dot"))
 
 
@@ -101,22 +114,61 @@ def _transposed(t: torch.Tensor) -> bool:
     return t.dim() == 2 and t.stride(0) == 1 and t.size(0) > 1
 
 
+def _dims(func, a: torch.Tensor, b: torch.Tensor) -> tuple[int, int, int]:
+    """``(m, k, n)`` of a product of ``OTHER_PRODUCTS`` or ``ATEN_MM`` (a vector's missing side 1)."""
+    return (a.size(-2) if a.dim() > 1 else 1, a.size(-1), b.size(-1) if b.dim() > 1 else 1)
+
+
 class _RecordGemms(TorchDispatchMode):
-    def __init__(self, keep: bool = False):
+    """Records the step's GEMMs over its tokens (``m`` or ``k`` = ``tokens``); the bytes of its
+    products with a vector operand (``vector_bytes``: operands read, output written); refuses any
+    other product (a recurrence's per-step products belong in its scan op, ``record_gemms``)."""
+
+    def __init__(self, tokens: int, keep: bool = False):
         super().__init__()
         self.gemms: list[Gemm] = []
         self.operands: list[tuple[torch.Tensor, torch.Tensor]] = []  # copies of them, with ``keep``
-        self.keep = keep
+        self.vector_bytes = 0
+        self.tokens, self.keep = tokens, keep
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in ATEN_MM:
+        out = func(*args, **(kwargs or {}))
+        if func in ATEN_MM or func in OTHER_PRODUCTS:
             a, b = args[-2:]  # addmm(bias, a, b)
-            self.gemms.append(Gemm(a.size(0), a.size(1), b.size(1), _transposed(a), _transposed(b)))
-            if self.keep:  # clone keeps a transposed view's strides
-                self.operands.append((a.detach().clone(), b.detach().clone()))
-        elif func in OTHER_PRODUCTS:
-            raise ValueError(f"{func} in the step: bench_bound.py times plain GEMMs only")
-        return func(*args, **(kwargs or {}))
+            m, k, n = _dims(func, a, b)
+            if 1 in (m, k, n):
+                self.vector_bytes += sum(t.numel() * t.element_size() for t in (a, b, out))
+            elif func in ATEN_MM and self.tokens in (m, k):
+                self.gemms.append(Gemm(m, k, n, _transposed(a), _transposed(b)))
+                if self.keep:  # clone keeps a transposed view's strides
+                    self.operands.append((a.detach().clone(), b.detach().clone()))
+            else:
+                raise ValueError(f"{func} of [{m}, {k}] @ [{k}, {n}] in the step: bench_bound.py times "
+                                 f"GEMMs over the step's {self.tokens} tokens only")
+        return out
+
+
+@contextlib.contextmanager
+def _scans_as_on_a_gpu():
+    """E1's scans run as their custom ops, the ops a GPU runs (on the meta device their fakes, which
+    compute nothing), so that a recorded step holds the GEMMs outside the scan kernels only: the
+    recurrence's products (``h W_h^T`` forward, ``dh W_h`` and ``dW_h`` backward; E1 heads' gate
+    projection, forward and backward, beside the scan) are those kernels' work (``scan_kernels``)."""
+    from rnnlab.ops import elman
+
+    importlib.import_module("rnnlab.ops.elman.triton")  # registers the ops
+    opts = ElmanKernelOptions().to_ints()
+
+    def scan(wx, w_h, h0=None):
+        return torch.ops.rnnlab.elman_scan_fwd(wx, w_h, h0, opts), None
+
+    def scan_beside(wx, w_h, x, wl):
+        h, z = torch.ops.rnnlab.elman_scan_beside_fwd(wx, w_h, x, wl, opts)
+        return h, None, z
+
+    with (mock.patch.object(elman.ELMAN_SCAN, "implementation", lambda *_: scan),
+          mock.patch.object(elman.ELMAN_SCAN_BESIDE_LINEAR, "implementation", lambda *_: scan_beside)):
+        yield
 
 
 def _recorded_step(cfgd: dict, B: int, T: int, device: str, keep: bool = False):
@@ -124,19 +176,25 @@ def _recorded_step(cfgd: dict, B: int, T: int, device: str, keep: bool = False):
     with torch.device(device):
         model = build(cfgd).to(torch.bfloat16)
     x = torch.randint(0, 256, (B, T + 1), device=device)
-    with _RecordGemms(keep) as fwd:
-        loss = model(x[:, :-1], x[:, 1:])
-    with _RecordGemms(keep) as bwd:
-        loss.backward()
+    scans = _scans_as_on_a_gpu() if cfgd["model"] in SCANS_HOLD_PRODUCTS else contextlib.nullcontext()
+    with scans:
+        with _RecordGemms(B * T, keep) as fwd:
+            loss = model(x[:, :-1], x[:, 1:])
+        with _RecordGemms(B * T, keep) as bwd:
+            loss.backward()
     return fwd, bwd, sum(p.numel() for p in model.parameters())
 
 
-def record_gemms(cfgd: dict, B: int, T: int) -> tuple[list[Gemm], list[Gemm], int]:
-    """``(forward GEMMs, backward GEMMs, params)`` of one training step of ``bench_models.build(cfgd)``
-    in bf16 at batch ``B`` × ``T`` bytes, recorded on the meta device (no memory, no arithmetic;
-    the recurrences take their PyTorch references there, which for these models hold no GEMM)."""
+def record_gemms(cfgd: dict, B: int, T: int) -> tuple[list[Gemm], list[Gemm], int, tuple[int, int]]:
+    """``(forward GEMMs, backward GEMMs, params, vector bytes)`` of one training step of
+    ``bench_models.build(cfgd)`` in bf16 at batch ``B`` × ``T`` bytes, recorded on the meta device
+    (no memory, no arithmetic): the GEMMs over the step's tokens; the bytes its products with a
+    vector operand move, forward and backward (E1's spectral norm: memory-bound work of the
+    floor, ``floor_bytes``). minGRU's, minLSTM's
+    and E16's recurrences take their PyTorch references there, which hold no product; E1's run as
+    its scan ops (``_scans_as_on_a_gpu``), whose kernels do the recurrence's products."""
     fwd, bwd, params = _recorded_step(cfgd, B, T, "meta")
-    return fwd.gemms, bwd.gemms, params
+    return fwd.gemms, bwd.gemms, params, (fwd.vector_bytes, bwd.vector_bytes)
 
 
 def model_operands(cfgd: dict, B: int, T: int, device: str = "cuda") -> tuple[list, list]:
@@ -156,9 +214,11 @@ def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int
     scan_fwd, scan_bwd = scan_passes(cfgd)
     if kind in ("mingru", "minlstm"):  # the fused gate + scan kernels: the gates are inside the scan
         mixer_fwd, mixer_bwd = [scan_fwd], [scan_bwd]
-    else:  # e16: forward silu(x) (read, write) and y = hC * silu(z) (read both, write); backward
+    elif kind == "e16":  # forward silu(x) (read, write) and y = hC * silu(z) (read both, write); backward
         # the gate's (read dy, hC, z; write d(hC), dz) and silu's (read, read, write)
         mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3, di), scan_bwd]
+    else:  # e1: as e16's gates over di, and backward the bias's gradient (read dL/dwx once)
+        mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3 + 1, di), scan_bwd]
     per_layer = lambda passes, mixer: [(passes, dim)] + mixer  # noqa: E731
     forward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[0], mixer_fwd)]
     backward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[1], mixer_bwd)]
@@ -172,7 +232,8 @@ def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int
 def scan_passes(cfgd: dict) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(forward, backward)``: a layer's scan's floor as ``(passes, width)``: minGRU's / minLSTM's
     fused gate + scan kernels (``bench_kernels.fused_scan_passes``), E16's diagonal scan (forward
-    read u, write h; backward read dh, h, write du) over its state width."""
+    read u, write h; backward read dh, h, write du) over its state width, and E1's at its defaults
+    but heads (the same over di; the recurrent weight's reads, a few MB a layer, left out)."""
     kind, layer = cfgd["model"], cfgd.get("layer", {})
     di = int(cfgd["dim"] * layer.get("expansion", 1.0))
     if kind in ("mingru", "minlstm"):
@@ -181,33 +242,41 @@ def scan_passes(cfgd: dict) -> tuple[tuple[int, int], tuple[int, int]]:
     if kind == "e16":
         ds = di * layer.get("state_expansion", 2)
         return (2, ds), (3, ds)
-    raise ValueError(f"no floor accounting for model kind {kind!r} (bench_bound.py knows {BOUND_MODELS})")
+    if kind == "e1" and set(layer) <= {"heads", "expansion", "backend"}:
+        return (2, di), (3, di)
+    raise ValueError(f"no floor accounting for model {kind!r} {layer} (bench_bound.py knows {BOUND_MODELS})")
 
 
-def floor_bytes(cfgd: dict, params: int, B: int, T: int) -> dict[str, int]:
-    """The bytes the step's memory-bound work moves at least: ``forward``, ``backward`` and
-    ``optimizer``; ``scans_forward`` / ``scans_backward``: the scans' share of the first two."""
+def floor_bytes(cfgd: dict, params: int, B: int, T: int, vector_bytes: tuple[int, int] = (0, 0)) -> dict[str, int]:
+    """The bytes the step's memory-bound work moves at least: ``forward``, ``backward`` (each with
+    its products' with a vector operand, ``record_gemms``) and ``optimizer``; ``scans_forward`` /
+    ``scans_backward``: the scans' share of the first two."""
     fwd, bwd = floor_passes(cfgd)
     size = lambda pairs: sum(p * w for p, w in pairs) * B * T * EL  # noqa: E731
     scan_fwd, scan_bwd = scan_passes(cfgd)
-    return dict(forward=size(fwd), backward=size(bwd), optimizer=OPTIMIZER_PASSES * params * EL,
+    return dict(forward=size(fwd) + vector_bytes[0], backward=size(bwd) + vector_bytes[1],
+                optimizer=OPTIMIZER_PASSES * params * EL,
                 scans_forward=size([scan_fwd]) * cfgd["depth"], scans_backward=size([scan_bwd]) * cfgd["depth"])
 
 
-def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda",
-                 launch: tuple[int, int] | None = None) -> tuple[list, list]:
+def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda", launch: tuple[int, int] | None = None,
+                 dtype: torch.dtype = torch.bfloat16) -> tuple[list, list]:
     """``(forward, backward)``: the model's own scan kernels (the package's ops, as its layers call
     them), one call a layer each way, on random inputs at its shapes: ``FloorStep`` runs them in
     place of the copies of their floor's bytes, to see what the real kernels cost between the
     GEMMs (their time, and the power they leave the GEMMs). ``launch`` (minGRU, minLSTM):
     ``(channels, warps)`` a program instead of the package's launch (``--scan-launches``); those
-    calls return their outputs (``h``, the projection's gradient)."""
+    calls return their outputs (``h``, the projection's gradient). E1's scans hold the
+    recurrence's products (the recurrent weight's gradient included) and, with heads, the gate's
+    projection beside the scan, forward and backward (as the model runs them: ``record_gemms``
+    leaves those products to them). ``dtype``: the inputs' (tests on a CPU take fp32, as Triton's
+    interpreter computes E1's bf16 kernels wrong)."""
     kind, layer = cfgd["model"], cfgd.get("layer", {})
     di = int(cfgd["dim"] * layer.get("expansion", 1.0))
     g = torch.Generator(device=device).manual_seed(1)
 
     def rand(*shape):
-        return torch.randn(shape, generator=g, device=device, dtype=torch.bfloat16)
+        return torch.randn(shape, generator=g, device=device, dtype=dtype)
 
     if kind in ("mingru", "minlstm"):
         importlib.import_module("rnnlab.ops.scan.triton")  # registers the ops
@@ -229,10 +298,27 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda",
         importlib.import_module("rnnlab.ops.diag.triton")  # registers the ops
 
         ds = di * layer.get("state_expansion", 2)
-        u, grad, a = rand(B, T, ds), rand(B, T, ds), torch.full((ds,), 0.5, device=device, dtype=torch.bfloat16)
+        u, grad, a = rand(B, T, ds), rand(B, T, ds), torch.full((ds,), 0.5, device=device, dtype=dtype)
         h = torch.ops.rnnlab.diag_elman_fwd(u, a, None)
         fwd, bwd = (lambda: torch.ops.rnnlab.diag_elman_fwd(u, a, None),
                     lambda: torch.ops.rnnlab.diag_elman_bwd(grad, a, h, None))
+    elif kind == "e1" and launch is None:
+        importlib.import_module("rnnlab.ops.elman.triton")  # registers the ops
+
+        opts, heads = ElmanKernelOptions().to_ints(), layer.get("heads", 1)
+        w = rand(heads, di // heads, di // heads).float()  # each head's spectral norm 0.99, as the layer's:
+        w = (w * 0.99 / torch.linalg.matrix_norm(w, ord=2)[:, None, None]).to(dtype)  # states that
+        w = w if heads > 1 else w[0]  # neither saturate nor vanish, so gradients (and power) are a model's
+        wx, grad = rand(B, T, di) / 2, rand(B, T, di)
+        if heads > 1:  # the gate's projection z = x W_z^T beside the scan (E1 heads' forward)
+            x, wz, gz = rand(B, T, cfgd["dim"]), rand(di, cfgd["dim"]) / cfgd["dim"] ** 0.5, rand(B, T, di)
+            h, _ = torch.ops.rnnlab.elman_scan_beside_fwd(wx, w, x, wz, opts)
+            fwd, bwd = (lambda: torch.ops.rnnlab.elman_scan_beside_fwd(wx, w, x, wz, opts),
+                        lambda: torch.ops.rnnlab.elman_scan_beside_bwd(grad, w, h, x, wz, gz, True, True, True, opts))
+        else:
+            h = torch.ops.rnnlab.elman_scan_fwd(wx, w, None, opts)
+            fwd, bwd = (lambda: torch.ops.rnnlab.elman_scan_fwd(wx, w, None, opts),
+                        lambda: torch.ops.rnnlab.elman_scan_bwd(grad, w, h, None, True, opts))
     else:
         raise ValueError(f"no scan kernels for model kind {kind!r}{' at another launch' if launch else ''} "
                          f"(bench_bound.py knows {BOUND_MODELS})")
@@ -385,14 +471,17 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
     ``with_model_operands``: the GEMM rows again on the model's own operands, ``MODEL_OPERANDS``;
     ``with_scans``: ``WITH_SCANS``, the floor step with the model's scan kernels, and those alone;
     ``scan_launches``: ``WITH_SCANS`` again for each of these launches of minGRU's and minLSTM's
-    scans, ``launch_name`` after the row's name)."""
-    forward, backward, params = record_gemms(cfgd, B, T)
-    floor = floor_bytes(cfgd, params, B, T)
-    todo = [(what, gemms, copies, scans, None) for what, gemms, copies, scans in SYNTHETIC]
+    scans, ``launch_name`` after the row's name). E1's (``SCANS_HOLD_PRODUCTS``) always run
+    ``WITH_SCANS`` and never the plain floor step, which would leave its recurrence's products out."""
+    forward, backward, params, vector_bytes = record_gemms(cfgd, B, T)
+    floor = floor_bytes(cfgd, params, B, T, vector_bytes)
+    holds = cfgd["model"] in SCANS_HOLD_PRODUCTS
+    synthetic = [row for row in SYNTHETIC if not (holds and row[0] == "floor step")]
+    todo = [(what, gemms, copies, scans, None) for what, gemms, copies, scans in synthetic]
     if with_model_operands:
         ops = model_operands(cfgd, B, T)
-        todo += [(what + MODEL_OPERANDS, gemms, copies, scans, ops) for what, gemms, copies, scans in SYNTHETIC if gemms]
-    if with_scans:
+        todo += [(what + MODEL_OPERANDS, gemms, copies, scans, ops) for what, gemms, copies, scans in synthetic if gemms]
+    if with_scans or holds:
         todo += [(what, gemms, copies, scans, None) for what, gemms, copies, scans in WITH_SCANS]
     if cfgd["model"] in ("mingru", "minlstm"):
         todo += [(what + launch_name(launch), gemms, copies, launch, None)
@@ -437,20 +526,30 @@ def print_table(rows: list[dict]) -> None:
         cell = lambda k, f="": "" if r.get(k) is None else format(r[k], f)  # noqa: E731
         print(f"{r['name']:20} {r['row']:40} {r['step_ms']:8.2f} {cell('tok_per_s', ','):>9} {cell('mfu', '.1%'):>6} "
               f"{cell('gemm_tflops'):>8} {cell('copy_gbps') or cell('scan_gbps'):>6} {cell('sm_mhz'):>5} {cell('power_w'):>4}")
+    yardstick = next((r for r in rows if r["name"] == YARDSTICK and r["row"] == "model step" and "error" not in r),
+                     None)
     for name in dict.fromkeys(r["name"] for r in rows):
         got = {r["row"]: r for r in rows if r["name"] == name and "error" not in r}
-        if "floor step" not in got:
+        floor = got.get("floor step") or got.get(WITH_SCANS[0][0])  # E1's bound holds its own scans
+        if floor is None:
             continue
-        floor = got["floor step"]
         line = f"{name}: bound {floor['mfu']:.1%} MFU"
+        if floor["row"] != "floor step":
+            line += " (with its own scans)"
         if name in MFU_TARGETS:  # the step time the target allows, from the bound's own MFU and time
             allowed = floor["step_ms"] * floor["mfu"] / MFU_TARGETS[name]
             line += (f"; its target {MFU_TARGETS[name]:.0%} needs a step of {allowed:.2f} ms, "
                      f"{allowed - floor['step_ms']:+.2f} ms on the floor step")
+        if name in X_MAMBA2_TARGETS and yardstick:
+            line += (f"; the floor step is {yardstick['step_ms'] / floor['step_ms']:.3f}x {YARDSTICK}'s step "
+                     f"({yardstick['step_ms']:.2f} ms, this run; target {X_MAMBA2_TARGETS[name]:.1f}x)")
         if "model step" in got:
             line += f"; the model's step takes {got['model step']['step_ms'] / floor['step_ms']:.3f}x the floor step"
         print(line)
-        launches = [""] + [r["row"][len(WITH_SCANS[1][0]):] for r in got.values() if r["row"].startswith(WITH_SCANS[1][0] + " [")]
+        if floor["row"] != "floor step":
+            continue
+        launches = [""] + [r["row"][len(WITH_SCANS[1][0]):] for r in got.values()
+                           if r["row"].startswith(WITH_SCANS[1][0] + " [")]
         for suffix in launches:  # what the real scans cost between the GEMMs, against alone
             scans, alone = got.get(WITH_SCANS[0][0] + suffix), got.get(WITH_SCANS[1][0] + suffix)
             if scans and alone and "copies alone" in got:
@@ -479,6 +578,9 @@ def main(argv=None):
                    help="minGRU and minLSTM: the --model-scans rows again with their scans launched at these "
                         "channels and warps a program (e.g. 64x1, the package's, 256x4): what each costs "
                         "between the GEMMs, and its power alone")
+    p.add_argument("--yardstick", action="store_true",
+                   help=f"also time {YARDSTICK}'s own step (compiled + CUDA graph) first, in the same run: "
+                        "dense E1's speed target is a ratio to it")
     p.add_argument("--profile", action="store_true",
                    help="profile the model's step and the floor step (after their timed steps, at the power limit): "
                         "GPU time by kind of kernel, the GEMMs' time in each")
@@ -507,11 +609,16 @@ def main(argv=None):
 
         _init_for_cuda_graphs()
     rows: list[dict] = []
+    if args.yardstick:
+        todo.insert(0, next((n, c) for n, c, _ in MODELS if n == YARDSTICK))
     for name, cfgd in todo:
-        parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if not args.bound_only else []
-        parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds,
-                                                       peak, args.profile, args.model_operands, args.model_scans,
-                                                       launches)))
+        parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])]
+        if args.bound_only and name != YARDSTICK:
+            parts = []
+        if name != YARDSTICK:
+            parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds,
+                                                           peak, args.profile, args.model_operands,
+                                                           args.model_scans, launches)))
         for what, run in parts:
             try:
                 for r in run():  # each row kept as it comes: a later failure loses none

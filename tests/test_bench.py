@@ -2196,8 +2196,8 @@ def test_bench_bound_records_every_gemm_of_the_step():
     forward once and twice backward, and the weight gradients' activations as transposed views."""
     bb = _benchmark_script("bench_bound")
     B, T = 3, 5
-    forward, backward, params = bb.record_gemms(_tiny_bound_model("mingru"), B, T)
-    assert len(forward) == 2 + 1 and len(backward) == 2 * len(forward)
+    forward, backward, params, vector_bytes = bb.record_gemms(_tiny_bound_model("mingru"), B, T)
+    assert len(forward) == 2 + 1 and len(backward) == 2 * len(forward) and vector_bytes == (0, 0)
     matrices = 2 * 16 * 16 * 2 + 256 * 16  # two in_proj [2*16, 16], the embedding (the head's weight)
     assert sum(g.flops for g in forward) == 2 * matrices * B * T
     assert sum(g.flops for g in backward) == 4 * matrices * B * T
@@ -2205,6 +2205,28 @@ def test_bench_bound_records_every_gemm_of_the_step():
     weight_grads = [g for g in backward if g.k == B * T]
     assert len(weight_grads) == 3 and all(g.a_t and not g.b_t for g in weight_grads)
     assert not any(g.a_t for g in forward)
+
+
+def test_bench_bound_leaves_e1s_recurrence_to_its_scan_kernels():
+    """bench_bound.py records E1's step with its scans as the GPU's custom ops: the recurrence's
+    products (and E1 heads' gate projection, run beside the scan) are the scan kernels' work, not
+    GEMMs of the step; the spectral norm's products with a vector (memory-bound) count as bytes;
+    a reference recurrence's per-step products are refused, not taken for GEMMs."""
+    bb = _benchmark_script("bench_bound")
+    B, T, D = 3, 5, 16
+    forward, backward, params, vector_bytes = bb.record_gemms(_tiny_bound_model("e1"), B, T)
+    outside = 2 * (2 * D * D + D * D + D * D) + 256 * D  # in_proj, W_x, out_proj a layer, the head
+    assert sum(g.flops for g in forward) == 2 * outside * B * T and sum(g.flops for g in backward) == 4 * outside * B * T
+    assert len(forward) == 2 * 3 + 1 and all(B * T in (g.m, g.k) for g in forward + backward)
+    # a layer's power iterations: 6 products [D, D] @ [D], then sigma = u^T W_h v: [1, D] @ [D, D], a dot
+    per_layer = 6 * (D * D + 2 * D) + (D + D * D + D) + (2 * D + 1)
+    assert vector_bytes[0] == 2 * per_layer * 2 and vector_bytes[1] > 0
+    forward, backward, _, _ = bb.record_gemms(_tiny_bound_model("e1", heads=2), B, T)
+    outside = 2 * (D * D + D * D + D * D) + 256 * D  # the gate's half of in_proj runs beside the scan
+    assert sum(g.flops for g in forward) == 2 * outside * B * T and sum(g.flops for g in backward) == 4 * outside * B * T
+    with pytest.raises(ValueError, match=r"aten.mm.default of \[3, 16\] @ \[16, 16\] in the step: bench_bound.py "
+                                         r"times GEMMs over the step's 15 tokens only"):
+        bb.record_gemms(_tiny_bound_model("e1", selective="decay"), B, T)  # its reference loop's products
 
 
 def test_bench_bound_floor_bytes_count_each_pass():
@@ -2225,8 +2247,14 @@ def test_bench_bound_floor_bytes_count_each_pass():
     got = bb.floor_bytes(_tiny_bound_model("minlstm"), 10, 3, 5)  # three parts: 4 / 8 passes of di
     assert got["forward"] == (2 * (4 + 4) * D + 3 * D + 256) * BT * 2
     assert got["backward"] == (2 * (4 + 8) * D + 4 * D + 256) * BT * 2
-    with pytest.raises(ValueError, match="no floor accounting for model kind 'e1'"):
-        bb.floor_passes(dict(model="e1", dim=16, depth=2))
+    # E1: silu (2) and the gate (3) around the scan (2) forward; backward the gate (5), the bias's
+    # gradient (1), silu (3) and the scan (3); the spectral norm's vector products' bytes on top
+    got = bb.floor_bytes(_tiny_bound_model("e1", heads=2), 10, 3, 5, vector_bytes=(7, 11))
+    assert got["forward"] == (2 * (4 * D + 5 * D + 2 * D) + 3 * D + 256) * BT * 2 + 7
+    assert got["backward"] == (2 * (4 * D + 9 * D + 3 * D) + 4 * D + 256) * BT * 2 + 11
+    assert (got["scans_forward"], got["scans_backward"]) == (2 * 2 * D * BT * 2, 2 * 3 * D * BT * 2)
+    with pytest.raises(ValueError, match="no floor accounting for model 'e1' {'selective': 'decay'}"):
+        bb.floor_passes(_tiny_bound_model("e1", selective="decay"))
 
 
 def test_bench_bound_floor_step_computes_and_moves_its_bytes():
@@ -2234,7 +2262,7 @@ def test_bench_bound_floor_step_computes_and_moves_its_bytes():
     recorded layout, the copies move the floor's bytes (to an element a copy), and the GEMMs-alone
     and copies-alone variants leave the other half out."""
     bb = _benchmark_script("bench_bound")
-    forward, backward, params = bb.record_gemms(_tiny_bound_model("mingru"), 3, 5)
+    forward, backward, params, _ = bb.record_gemms(_tiny_bound_model("mingru"), 3, 5)
     floor = bb.floor_bytes(_tiny_bound_model("mingru"), params, 3, 5)
     step = bb.FloorStep(forward, backward, floor, "cpu", dtype=torch.float32, align=1)
     step()
@@ -2319,6 +2347,17 @@ def test_bench_bound_table_says_what_the_target_leaves(capsys):
     assert capsys.readouterr().out.splitlines()[-1] == (
         "  the model's scans [256 x 4]: +4.00 ms on the floor step; alone 5.50 ms at 650 W, +2.50 ms on their "
         "bytes' copies")
+    # E1's bound is its floor step with its own scans; dense E1's also a ratio to Mamba2's step, same run
+    e1 = "E1 d26 dense"
+    rows = [dict(name=bb.YARDSTICK, row="model step", step_ms=125.0, tok_per_s=1, mfu=0.3),
+            dict(name=e1, row="model step", step_ms=140.0, tok_per_s=1, mfu=0.28),
+            dict(name=e1, row="floor step, the model's scans", step_ms=130.0, tok_per_s=2, mfu=0.31),
+            dict(name=e1, row="scans alone", step_ms=75.0, scan_gbps=100)]
+    bb.print_table(rows)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"{e1}: bound 31.0% MFU (with its own scans); its target 30% needs a step of 134.33 ms, +4.33 ms on the "
+        "floor step; the floor step is 0.962x Mamba2 d22's step (125.00 ms, this run; target 1.0x); the model's "
+        "step takes 1.077x the floor step")
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
@@ -2337,6 +2376,27 @@ def test_bench_bound_scans_at_another_launch_compute_what_the_ops_compute(kind):
     torch.testing.assert_close(bwd[0](), ops_bwd[0]()[0], rtol=0, atol=0)
     with pytest.raises(ValueError, match="no scan kernels for model kind 'e16' at another launch"):
         bb.scan_kernels(_tiny_bound_model("e16"), 2, 5, device="cpu", launch=(32, 1))
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="runs the Triton interpreter (CPU-only machines)")
+@pytest.mark.parametrize("heads", [1, 2])
+def test_bench_bound_e1_scans_hold_what_the_record_leaves_out(heads):
+    """bench_bound.py's E1 scan kernels are the layer's custom ops at its shapes: the states (and
+    with heads the gate's projection z), backward the recurrent weight's gradient (and with heads
+    the projection's dx and dW): the work ``record_gemms`` leaves to them."""
+    bb = _benchmark_script("bench_bound")
+    cfgd = _tiny_bound_model("e1", **({"heads": heads} if heads > 1 else {}))
+    layer = bb.build(cfgd).blocks[0].mixer
+    fwd, bwd = bb.scan_kernels(cfgd, 2, 5, device="cpu", dtype=torch.float32)
+    assert len(fwd) == len(bwd) == cfgd["depth"]
+    out, grads = fwd[0](), bwd[0]()
+    if heads > 1:
+        (h, z), (dpre, dw, dx, dwz) = out, grads
+        assert z.shape == (2, 5, 16) and dx.shape == (2, 5, 16) and dwz.shape == (16, 16) and dwz.abs().sum() > 0
+    else:
+        h, (dpre, dw, _) = out, grads
+    assert h.shape == dpre.shape == (2, 5, 16) and dw.shape == layer.W_h.shape and dw.abs().sum() > 0
+    assert 0 < h.float().abs().max() < 0.99 and dpre.abs().min() > 0  # not saturated: a model's gradients
 
 
 def test_benchmark_run_meta_names_gpu_peak_fields_and_commit(monkeypatch):
