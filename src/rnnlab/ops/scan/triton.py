@@ -48,8 +48,8 @@ __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 # the 400M widths, through the forward; the backwards tie (results/scan-prefetch-h200: 3.7% / 5.3%
 # faster than 256 channels, 4 warps). The plain linear_scan, which no model trains with, shares it
 # (not timed at it).
-BLOCK = 128
-NUM_WARPS = 2
+BLOCK = 64
+NUM_WARPS = 1
 # The scans' tiles of 16 steps in flight through the tensor memory accelerator (Hopper on):
 # Triton keeps TMA_STAGES - 1 buffers a tensor, so TMA_STAGES - 2 tiles are in flight while one is
 # scanned (docs/kernels.md, "the scans' inputs by TMA"); 3 and 4 timed within 1% of each other on
