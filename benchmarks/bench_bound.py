@@ -79,7 +79,7 @@ from bench_models import (DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, PROF
                           kernel_spans, nvidia_smi, print_profiles, run_meta, write_json)
 
 from rnnlab.bench.mfu import mfu  # noqa: E402
-from rnnlab.ops.elman.options import ElmanKernelOptions  # noqa: E402
+from rnnlab.ops.elman.options import DEFAULT as E1_OPTIONS  # noqa: E402 - the options E1's layers run
 
 # issue #19's MFU targets' rows: the ≥ 60% ones, dense E1's ≥ 30% (and ≥ 1.0x Mamba2), E1 heads' ≥ 55%
 BOUND_MODELS = ("minGRU 3520x16", "minLSTM 2880x16", "E16 s4 1024x10 e2", "E1 d26 dense", "E1 heads 14x128 d31")
@@ -157,7 +157,7 @@ def _scans_as_on_a_gpu():
     from rnnlab.ops import elman
 
     importlib.import_module("rnnlab.ops.elman.triton")  # registers the ops
-    opts = ElmanKernelOptions().to_ints()
+    opts = E1_OPTIONS.to_ints()
 
     def scan(wx, w_h, h0=None):
         return torch.ops.rnnlab.elman_scan_fwd(wx, w_h, h0, opts), None
@@ -217,8 +217,12 @@ def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int
     elif kind == "e16":  # forward silu(x) (read, write) and y = hC * silu(z) (read both, write); backward
         # the gate's (read dy, hC, z; write d(hC), dz) and silu's (read, read, write)
         mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3, di), scan_bwd]
-    else:  # e1: as e16's gates over di, and backward the bias's gradient (read dL/dwx once)
+    else:  # e1: as e16's gates over di, and backward the bias's gradient (read dL/dwx once); with
+        # heads the normed input's gradient comes in two parts (in_proj's half and the gate's
+        # projection beside the scan), one more read of dim
         mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3 + 1, di), scan_bwd]
+        if layer.get("heads", 1) > 1:
+            mixer_bwd.append((1, dim))
     per_layer = lambda passes, mixer: [(passes, dim)] + mixer  # noqa: E731
     forward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[0], mixer_fwd)]
     backward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[1], mixer_bwd)]
@@ -233,7 +237,10 @@ def scan_passes(cfgd: dict) -> tuple[tuple[int, int], tuple[int, int]]:
     """``(forward, backward)``: a layer's scan's floor as ``(passes, width)``: minGRU's / minLSTM's
     fused gate + scan kernels (``bench_kernels.fused_scan_passes``), E16's diagonal scan (forward
     read u, write h; backward read dh, h, write du) over its state width, and E1's at its defaults
-    but heads (the same over di; the recurrent weight's reads, a few MB a layer, left out)."""
+    but heads (the same over di). E1's recurrent weight's own passes, a few MB a layer, are
+    counted roughly: its spectral norm's products with a vector each a read of W_h
+    (``record_gemms``; consecutive ones may hit L2 instead), its rescaling ``W_h · r / σ`` and that
+    product's backward (about as many bytes again) not at all."""
     kind, layer = cfgd["model"], cfgd.get("layer", {})
     di = int(cfgd["dim"] * layer.get("expansion", 1.0))
     if kind in ("mingru", "minlstm"):
@@ -305,7 +312,7 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda", launch: tuple
     elif kind == "e1" and launch is None:
         importlib.import_module("rnnlab.ops.elman.triton")  # registers the ops
 
-        opts, heads = ElmanKernelOptions().to_ints(), layer.get("heads", 1)
+        opts, heads = E1_OPTIONS.to_ints(), layer.get("heads", 1)
         w = rand(heads, di // heads, di // heads).float()  # each head's spectral norm 0.99, as the layer's:
         w = (w * 0.99 / torch.linalg.matrix_norm(w, ord=2)[:, None, None]).to(dtype)  # states that
         w = w if heads > 1 else w[0]  # neither saturate nor vanish, so gradients (and power) are a model's
@@ -463,35 +470,50 @@ def launch_name(launch: tuple[int, int]) -> str:
     return f" [{launch[0]} x {launch[1]}]"
 
 
+def row_plan(kind: str, with_model_operands: bool = False, with_scans: bool = False,
+             scan_launches: tuple[tuple[int, int], ...] = ()) -> list[tuple[str, bool, bool, object, bool]]:
+    """The synthetic rows ``bound_rows`` runs for a model of ``kind``, in order: ``(row, GEMMs,
+    copies, scans, on the model's operands)``, ``scans`` False, True (the package's launch) or a
+    ``(channels, warps)`` launch. The first is the model's bound (``print_table``): the plain
+    floor step, or for E1 (``SCANS_HOLD_PRODUCTS``) the floor step with its own scans, which it
+    always runs (the plain one, with copies in the scans' place, would leave the recurrence's
+    products out, so it is not run)."""
+    holds = kind in SCANS_HOLD_PRODUCTS
+    scan_rows = [(what, gemms, copies, scans, False) for what, gemms, copies, scans in WITH_SCANS]
+    synthetic = [(what, gemms, copies, scans, False) for what, gemms, copies, scans in SYNTHETIC
+                 if not (holds and what == "floor step")]
+    plan = (scan_rows[:1] + synthetic + scan_rows[1:]) if holds else synthetic
+    if with_model_operands:
+        plan += [(what + MODEL_OPERANDS, gemms, copies, scans, True) for what, gemms, copies, scans, _ in synthetic
+                 if gemms]
+    if with_scans and not holds:
+        plan += scan_rows
+    if kind in ("mingru", "minlstm"):
+        plan += [(what + launch_name(launch), gemms, copies, launch, False)
+                 for launch in scan_launches for what, gemms, copies, _ in WITH_SCANS]
+    return plan
+
+
 def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: float, peak: float,
                profile: bool = False, with_model_operands: bool = False, with_scans: bool = False,
                scan_launches: tuple[tuple[int, int], ...] = ()):
-    """The synthetic rows of one model (``SYNTHETIC``), each with its MFU at the model's params,
-    one at a time (``profile``: the floor steps' GPU time by kind of kernel too;
-    ``with_model_operands``: the GEMM rows again on the model's own operands, ``MODEL_OPERANDS``;
-    ``with_scans``: ``WITH_SCANS``, the floor step with the model's scan kernels, and those alone;
-    ``scan_launches``: ``WITH_SCANS`` again for each of these launches of minGRU's and minLSTM's
-    scans, ``launch_name`` after the row's name). E1's (``SCANS_HOLD_PRODUCTS``) always run
-    ``WITH_SCANS`` and never the plain floor step, which would leave its recurrence's products out."""
+    """The synthetic rows of one model (``row_plan``), each with its MFU at the model's params,
+    one at a time, the first marked ``bound`` (``profile``: the floor steps' GPU time by kind of
+    kernel too; ``with_model_operands``: the GEMM rows again on the model's own operands,
+    ``MODEL_OPERANDS``; ``with_scans``: ``WITH_SCANS``, the floor step with the model's scan
+    kernels, and those alone; ``scan_launches``: ``WITH_SCANS`` again for each of these launches of
+    minGRU's and minLSTM's scans, ``launch_name`` after the row's name)."""
     forward, backward, params, vector_bytes = record_gemms(cfgd, B, T)
     floor = floor_bytes(cfgd, params, B, T, vector_bytes)
     holds = cfgd["model"] in SCANS_HOLD_PRODUCTS
-    synthetic = [row for row in SYNTHETIC if not (holds and row[0] == "floor step")]
-    todo = [(what, gemms, copies, scans, None) for what, gemms, copies, scans in synthetic]
-    if with_model_operands:
-        ops = model_operands(cfgd, B, T)
-        todo += [(what + MODEL_OPERANDS, gemms, copies, scans, ops) for what, gemms, copies, scans in synthetic if gemms]
-    if with_scans or holds:
-        todo += [(what, gemms, copies, scans, None) for what, gemms, copies, scans in WITH_SCANS]
-    if cfgd["model"] in ("mingru", "minlstm"):
-        todo += [(what + launch_name(launch), gemms, copies, launch, None)
-                 for launch in scan_launches for what, gemms, copies, _ in WITH_SCANS]
-    for what, gemms, copies, scans, operands in todo:
+    plan = row_plan(cfgd["model"], with_model_operands, with_scans, scan_launches)
+    ops = model_operands(cfgd, B, T) if with_model_operands else None
+    for what, gemms, copies, scans, own in plan:
         launch = scans if isinstance(scans, tuple) else None
-        step = FloorStep(forward, backward, floor, "cuda", gemms, copies, operands=operands,
+        step = FloorStep(forward, backward, floor, "cuda", gemms, copies, operands=ops if own else None,
                          kernels=scan_kernels(cfgd, B, T, launch=launch) if scans else None)
         step()
-        r = dict(name=name, row=what, params=params, B=B, T=T, verified=step.verify(),
+        r = dict(name=name, row=what, params=params, B=B, T=T, verified=step.verify(), bound=what == plan[0][0],
                  floor_gb={k: round(v / 1e9, 3) for k, v in floor.items()},
                  gemm_share=round(sum(x.flops for x in forward + backward) / (6 * params * B * T), 4),
                  **sustained(step, steps, warm_seconds, profile and gemms and (copies or scans)))
@@ -499,10 +521,11 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
         if gemms:  # a step of the model's FLOPs; copies alone are a rate, not a step
             r["tok_per_s"] = round(B * T / seconds)
             r["mfu"] = round(mfu(params, r["tok_per_s"], peak), 4)
-            r["gemm_tflops"] = round(step.flops / seconds / 1e12, 1)
+            if not (holds and scans):  # E1's scans do FLOPs the recorded GEMMs leave out
+                r["gemm_tflops"] = round(step.flops / seconds / 1e12, 1)
         elif copies:
             r["copy_gbps"] = round(step.moved / seconds / 1e9)
-        else:  # the scans alone: their floor's bytes over their time
+        elif not holds:  # the scans alone: their floor's bytes over their time (not E1's: they do FLOPs too)
             r["scan_gbps"] = round(step.scan_bytes / seconds / 1e9)
         del step
         torch.cuda.empty_cache()
@@ -510,11 +533,19 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
 
 
 def model_row(name: str, cfgd: dict, args, peak: float) -> dict:
-    """The model's own step in its fastest mode (compiled + CUDA graph), as ``bench_models.py`` times it."""
+    """The model's own step in its fastest mode, compiled + CUDA graph (each bound model's and
+    Mamba2's in ``results/scoreboard-h200-1204``), as ``bench_models.py`` times it."""
     r = bench(name, cfgd, args.B, args.T, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True, profile=args.profile)
     r.update(row="model step", mfu=round(mfu(r["params"], r["tok_per_s"], peak), 4))
     r.pop("losses")
     return r
+
+
+def run_order(names: list[str], bound_only: bool, yardstick: bool) -> list[tuple[str, bool, bool]]:
+    """``(model, its own step, its bound's rows)`` for each model ``main`` runs, in order: with
+    ``yardstick`` first ``YARDSTICK``'s own step (even with ``bound_only``: it is a ratio's
+    denominator), then each of ``names``, its own step unless ``bound_only``."""
+    return [(YARDSTICK, True, False)] * yardstick + [(n, not bound_only, True) for n in names]
 
 
 def print_table(rows: list[dict]) -> None:
@@ -530,7 +561,7 @@ def print_table(rows: list[dict]) -> None:
                      None)
     for name in dict.fromkeys(r["name"] for r in rows):
         got = {r["row"]: r for r in rows if r["name"] == name and "error" not in r}
-        floor = got.get("floor step") or got.get(WITH_SCANS[0][0])  # E1's bound holds its own scans
+        floor = next((r for r in got.values() if r.get("bound")), None)  # row_plan's first row
         if floor is None:
             continue
         line = f"{name}: bound {floor['mfu']:.1%} MFU"
@@ -568,7 +599,8 @@ def main(argv=None):
     p.add_argument("--steps", type=int, default=20, help="steps timed back to back, each row")
     p.add_argument("--warm-seconds", type=float, default=3.0,
                    help="replay each synthetic step this long before timing (the board reaches its power limit)")
-    p.add_argument("--bound-only", action="store_true", help="leave out the model's own step (no compiling)")
+    p.add_argument("--bound-only", action="store_true",
+                   help="leave out the models' own steps (no compiling; --yardstick's step still runs)")
     p.add_argument("--model-operands", action="store_true",
                    help="also run the GEMM rows on the model's own operands (one eager step's) instead of random ones")
     p.add_argument("--model-scans", action="store_true",
@@ -595,8 +627,8 @@ def main(argv=None):
     if any(len(x) != 2 or min(x) < 1 for x in launches):
         p.exit(2, f"bench_bound.py: error: --scan-launches takes CHANNELSxWARPS, e.g. 64x1 (got "
                   f"{' '.join(args.scan_launches)})\n")
-    todo = [(n, c) for n, c, _ in MODELS if n in BOUND_MODELS and (not args.only or any(w.lower() in n.lower() for w in args.only))]
-    if not todo:
+    names = [n for n in BOUND_MODELS if not args.only or any(w.lower() in n.lower() for w in args.only)]
+    if not names:
         p.exit(2, f"bench_bound.py: error: --only {' '.join(args.only)} matches none of {', '.join(BOUND_MODELS)}\n")
     if not torch.cuda.is_available():
         p.exit(2, "bench_bound.py: error: needs a CUDA GPU (torch sees none)\n")
@@ -609,13 +641,11 @@ def main(argv=None):
 
         _init_for_cuda_graphs()
     rows: list[dict] = []
-    if args.yardstick:
-        todo.insert(0, next((n, c) for n, c, _ in MODELS if n == YARDSTICK))
-    for name, cfgd in todo:
-        parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])]
-        if args.bound_only and name != YARDSTICK:
-            parts = []
-        if name != YARDSTICK:
+    configs = {n: c for n, c, _ in MODELS}
+    for name, own, bound in run_order(names, args.bound_only, args.yardstick):
+        cfgd = configs[name]
+        parts = [("model step", lambda: [model_row(name, cfgd, args, peak)])] if own else []
+        if bound:
             parts.append(("floor step", lambda: bound_rows(name, cfgd, args.B, args.T, args.steps, args.warm_seconds,
                                                            peak, args.profile, args.model_operands,
                                                            args.model_scans, launches)))

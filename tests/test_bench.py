@@ -2248,10 +2248,11 @@ def test_bench_bound_floor_bytes_count_each_pass():
     assert got["forward"] == (2 * (4 + 4) * D + 3 * D + 256) * BT * 2
     assert got["backward"] == (2 * (4 + 8) * D + 4 * D + 256) * BT * 2
     # E1: silu (2) and the gate (3) around the scan (2) forward; backward the gate (5), the bias's
-    # gradient (1), silu (3) and the scan (3); the spectral norm's vector products' bytes on top
+    # gradient (1), silu (3) and the scan (3), with heads the normed input's second gradient (1 of
+    # dim, the gate's projection beside the scan); the spectral norm's vector products' bytes on top
     got = bb.floor_bytes(_tiny_bound_model("e1", heads=2), 10, 3, 5, vector_bytes=(7, 11))
     assert got["forward"] == (2 * (4 * D + 5 * D + 2 * D) + 3 * D + 256) * BT * 2 + 7
-    assert got["backward"] == (2 * (4 * D + 9 * D + 3 * D) + 4 * D + 256) * BT * 2 + 11
+    assert got["backward"] == (2 * (4 * D + 9 * D + 3 * D + D) + 4 * D + 256) * BT * 2 + 11  # + D: x's 2nd gradient
     assert (got["scans_forward"], got["scans_backward"]) == (2 * 2 * D * BT * 2, 2 * 3 * D * BT * 2)
     with pytest.raises(ValueError, match="no floor accounting for model 'e1' {'selective': 'decay'}"):
         bb.floor_passes(_tiny_bound_model("e1", selective="decay"))
@@ -2320,6 +2321,27 @@ def test_bench_bound_refuses_in_one_line(capsys):
         assert capsys.readouterr().err.strip() == "bench_bound.py: error: needs a CUDA GPU (torch sees none)"
 
 
+def test_bench_bound_runs_each_models_bound_first():
+    """bench_bound.py's rows a model runs: its bound first (the plain floor step, or E1's with its
+    own scans, whose kernels do the recurrence's products: E1 never runs the plain one), the GEMMs
+    and copies alone, the options' rows; the yardstick's own step first, even with --bound-only."""
+    bb = _benchmark_script("bench_bound")
+    rows = lambda plan: [(what, scans, own) for what, _, _, scans, own in plan]  # noqa: E731
+    assert rows(bb.row_plan("mingru")) == [("floor step", False, False), ("GEMMs alone", False, False),
+                                           ("copies alone", False, False)]
+    with_scans = [("floor step, the model's scans", True, False), ("scans alone", True, False)]
+    assert rows(bb.row_plan("mingru", with_scans=True, scan_launches=((128, 2),)))[3:] == with_scans + [
+        ("floor step, the model's scans [128 x 2]", (128, 2), False), ("scans alone [128 x 2]", (128, 2), False)]
+    assert rows(bb.row_plan("e16", with_model_operands=True))[3:] == [
+        ("floor step [model's operands]", False, True), ("GEMMs alone [model's operands]", False, True)]
+    e1 = [with_scans[0], ("GEMMs alone", False, False), ("copies alone", False, False), with_scans[1]]
+    assert rows(bb.row_plan("e1")) == rows(bb.row_plan("e1", with_scans=True, scan_launches=((128, 2),))) == e1
+    assert [g for _, g, _, _, _ in bb.row_plan("e1")] == [True, True, False, False]
+    assert bb.run_order(["E1 d26 dense"], bound_only=True, yardstick=True) == [
+        (bb.YARDSTICK, True, False), ("E1 d26 dense", False, True)]
+    assert bb.run_order(["a", "b"], bound_only=False, yardstick=False) == [("a", True, True), ("b", True, True)]
+
+
 def test_bench_bound_table_says_what_the_target_leaves(capsys):
     """bench_bound.py's summary: the bound's MFU, the step time the model's MFU target allows and
     its distance from the floor step, the model's step as a multiple of the floor step; copies
@@ -2327,7 +2349,7 @@ def test_bench_bound_table_says_what_the_target_leaves(capsys):
     bb = _benchmark_script("bench_bound")
     name = "minGRU 3520x16"
     rows = [dict(name=name, row="model step", step_ms=66.0, tok_per_s=1, mfu=0.5),
-            dict(name=name, row="floor step", step_ms=60.0, tok_per_s=2, mfu=0.66, gemm_tflops=600.0),
+            dict(name=name, row="floor step", step_ms=60.0, tok_per_s=2, mfu=0.66, gemm_tflops=600.0, bound=True),
             dict(name=name, row="copies alone", step_ms=9.0, copy_gbps=4000)]
     bb.print_table(rows)
     out = capsys.readouterr().out.splitlines()
@@ -2351,8 +2373,8 @@ def test_bench_bound_table_says_what_the_target_leaves(capsys):
     e1 = "E1 d26 dense"
     rows = [dict(name=bb.YARDSTICK, row="model step", step_ms=125.0, tok_per_s=1, mfu=0.3),
             dict(name=e1, row="model step", step_ms=140.0, tok_per_s=1, mfu=0.28),
-            dict(name=e1, row="floor step, the model's scans", step_ms=130.0, tok_per_s=2, mfu=0.31),
-            dict(name=e1, row="scans alone", step_ms=75.0, scan_gbps=100)]
+            dict(name=e1, row="floor step, the model's scans", step_ms=130.0, tok_per_s=2, mfu=0.31, bound=True),
+            dict(name=e1, row="scans alone", step_ms=75.0)]
     bb.print_table(rows)
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"{e1}: bound 31.0% MFU (with its own scans); its target 30% needs a step of 134.33 ms, +4.33 ms on the "
