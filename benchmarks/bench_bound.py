@@ -189,10 +189,10 @@ def record_gemms(cfgd: dict, B: int, T: int) -> tuple[list[Gemm], list[Gemm], in
     """``(forward GEMMs, backward GEMMs, params, vector bytes)`` of one training step of
     ``bench_models.build(cfgd)`` in bf16 at batch ``B`` × ``T`` bytes, recorded on the meta device
     (no memory, no arithmetic): the GEMMs over the step's tokens; the bytes its products with a
-    vector operand move, forward and backward (E1's spectral norm: memory-bound work of the
-    floor, ``floor_bytes``). minGRU's, minLSTM's
-    and E16's recurrences take their PyTorch references there, which hold no product; E1's run as
-    its scan ops (``_scans_as_on_a_gpu``), whose kernels do the recurrence's products."""
+    vector operand move, forward and backward (E1's spectral norm: memory-bound work of the floor,
+    ``floor_bytes``). minGRU's, minLSTM's and E16's recurrences take their PyTorch references
+    there, which hold no product; E1's run as its scan ops (``_scans_as_on_a_gpu``), whose
+    kernels do the recurrence's products."""
     fwd, bwd, params = _recorded_step(cfgd, B, T, "meta")
     return fwd.gemms, bwd.gemms, params, (fwd.vector_bytes, bwd.vector_bytes)
 
