@@ -276,8 +276,9 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda", launch: tuple
     calls return their outputs (``h``, the projection's gradient). E1's scans hold the
     recurrence's products (the recurrent weight's gradient included) and, with heads, the gate's
     projection beside the scan, forward and backward (as the model runs them: ``record_gemms``
-    leaves those products to them). ``dtype``: the inputs' (tests on a CPU take fp32, as Triton's
-    interpreter computes E1's bf16 kernels wrong)."""
+    leaves those products to them). ``dtype``: the inputs' (tests on a CPU take fp32: Triton's
+    interpreter multiplies the bit patterns of bf16 ``tl.dot`` operands, triton-lang/triton#11584,
+    so E1's kernels there are wrong in bf16)."""
     kind, layer = cfgd["model"], cfgd.get("layer", {})
     di = int(cfgd["dim"] * layer.get("expansion", 1.0))
     g = torch.Generator(device=device).manual_seed(1)
