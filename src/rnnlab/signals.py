@@ -89,6 +89,20 @@ def terminal_output():
                 setattr(sys, name, stream._stream)
 
 
+@contextlib.contextmanager
+def handled(handler, always=(), unless_ignored=()):
+    """Inside the block ``handler`` takes each signal of ``always`` and each of ``unless_ignored``
+    that this process does not ignore (``SIG_IGN``: a SIGHUP under ``nohup``, a Ctrl-C under ``cmd
+    &`` in a script); yields the signals it took. The handlers before are put back after it."""
+    taken = [*always, *(s for s in unless_ignored if signal.getsignal(s) is not signal.SIG_IGN)]
+    previous = {s: signal.signal(s, handler) for s in taken}
+    try:
+        yield taken
+    finally:
+        for s, before in previous.items():
+            signal.signal(s, before)
+
+
 # SIGTERMs (and SIGHUPs) this close together are one stop: a scheduler that signals every process
 # of a job reaches a torchrun worker directly and again through torchrun (and its launcher)
 SAME_STOP_S = 5.0
@@ -122,11 +136,5 @@ def stops_as_ctrl_c():
         print(f"\nrnnlab: {signal.Signals(signum).name} received: handled as a Ctrl-C", file=sys.stderr)
         signal.raise_signal(signal.SIGINT)
 
-    stops = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN else [signal.SIGHUP])
-    with terminal_output() as terminals:
-        previous = {s: signal.signal(s, handle) for s in stops}
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    with terminal_output() as terminals, handled(handle, [signal.SIGTERM], [signal.SIGHUP]):
+        yield

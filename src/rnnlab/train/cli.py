@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from rnnlab.models.config import layer_text
 from rnnlab.options import at_least, checked, positive
+from rnnlab.signals import discard_output, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
 from rnnlab.train.rundir import RunDir
@@ -148,8 +150,6 @@ def interrupted_workers(exitcodes) -> bool:
     """Whether torchrun's failed workers were all stopped, at least one by an interrupt it saved
     on (exit 130); the others 130 too, or ended by the signal with which torchrun stops the rest
     once one has exited (the signal can come after a rank left its handlers)."""
-    import signal
-
     codes = list(exitcodes)
     stopped = {130} | {-s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     return 130 in codes and all(c in stopped for c in codes)
@@ -162,37 +162,29 @@ def torchrun_main(argv: list[str]) -> int:
     SIGHUP, the terminal closed, a line meant for it goes to /dev/null), workers stopped by an
     interrupt that reached them and not torchrun (``interrupted_workers``), or a Ctrl-C, SIGTERM or
     SIGHUP before torchrun has its own handlers (no worker started yet)."""
-    import signal
-
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
-    from rnnlab.signals import discard_output, terminal_output
-
-    stops = [s for s in (signal.SIGTERM, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
-    previous = {s: signal.signal(s, signal.default_int_handler) for s in stops}  # until torchrun installs its own
-    try:
-        with terminal_output() as terminals:
-            try:
-                main(argv)
-            except SignalException as e:
-                if e.sigval == signal.SIGHUP:
-                    discard_output(*terminals)
-                print(f"rnnlab train: torchrun stopped its workers on {e.sigval.name}", file=sys.stderr)
-                return 130
-            except ChildFailedError as e:
-                if not interrupted_workers(f.exitcode for f in e.failures.values()):
-                    raise
-                print("rnnlab train: the workers were interrupted (exit 130); rank 0's line above names the "
-                      "checkpoint", file=sys.stderr)
-                return 130
-            except KeyboardInterrupt:
-                print(EARLY_STOP, file=sys.stderr)
-                return 130
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    # a stop is a Ctrl-C until torchrun installs its own handlers
+    with handled(signal.default_int_handler, unless_ignored=[signal.SIGTERM, signal.SIGHUP]), \
+            terminal_output() as terminals:
+        try:
+            main(argv)
+        except SignalException as e:
+            if e.sigval == signal.SIGHUP:
+                discard_output(*terminals)
+            print(f"rnnlab train: torchrun stopped its workers on {e.sigval.name}", file=sys.stderr)
+            return 130
+        except ChildFailedError as e:
+            if not interrupted_workers(f.exitcode for f in e.failures.values()):
+                raise
+            print("rnnlab train: the workers were interrupted (exit 130); rank 0's line above names the "
+                  "checkpoint", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt:
+            print(EARLY_STOP, file=sys.stderr)
+            return 130
     return 0
 
 
@@ -210,12 +202,8 @@ def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> in
     (``rnnlab.signals.stops_as_ctrl_c``).
     The handlers are in place before the child starts: a signal in between is passed on once it
     has."""
-    import signal
     import subprocess
 
-    from rnnlab.signals import discard_output, terminal_output
-
-    caught = [signal.SIGTERM] + [s for s in (signal.SIGINT, signal.SIGHUP) if signal.getsignal(s) is not signal.SIG_IGN]
     proc, passed, pending = None, [], []
 
     def pass_on(signum, frame):
@@ -227,16 +215,11 @@ def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> in
         else:
             proc.send_signal(signum)
 
-    with terminal_output() as terminals:
-        previous = {s: signal.signal(s, pass_on) for s in caught}
-        try:
-            proc = subprocess.Popen(cmd, env=env, start_new_session=True)
-            while pending:  # arrived while it was starting
-                proc.send_signal(pending.pop(0))
-            code = proc.wait()
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler)
+    with terminal_output() as terminals, handled(pass_on, [signal.SIGTERM], [signal.SIGINT, signal.SIGHUP]):
+        proc = subprocess.Popen(cmd, env=env, start_new_session=True)
+        while pending:  # arrived while it was starting
+            proc.send_signal(pending.pop(0))
+        code = proc.wait()
     return 130 if passed and code else code
 
 
