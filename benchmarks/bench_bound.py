@@ -156,17 +156,13 @@ def _scans_as_on_a_gpu():
     projection, forward and backward, beside the scan) are those kernels' work (``scan_kernels``)."""
     from rnnlab.ops import elman
 
-    importlib.import_module("rnnlab.ops.elman.triton")  # registers the ops
-    opts = E1_OPTIONS.to_ints()
+    kernels = importlib.import_module("rnnlab.ops.elman.triton")  # the GPU's implementations, and their ops
 
-    def scan(wx, w_h, h0=None):
-        return torch.ops.rnnlab.elman_scan_fwd(wx, w_h, h0, opts), None
-
-    def scan_beside(wx, w_h, x, wl):
-        h, z = torch.ops.rnnlab.elman_scan_beside_fwd(wx, w_h, x, wl, opts)
+    def scan_beside(wx, w_h, x, wl):  # the op itself: its entry point asks autocast about x's device, meta
+        h, z = torch.ops.rnnlab.elman_scan_beside_fwd(wx, w_h, x, wl, E1_OPTIONS.to_ints())
         return h, None, z
 
-    with (mock.patch.object(elman.ELMAN_SCAN, "implementation", lambda *_: scan),
+    with (mock.patch.object(elman.ELMAN_SCAN, "implementation", lambda *_: kernels.elman_scan),
           mock.patch.object(elman.ELMAN_SCAN_BESIDE_LINEAR, "implementation", lambda *_: scan_beside)):
         yield
 
