@@ -44,8 +44,8 @@ busy at a fraction of a copy's bandwidth may draw more of the board's power).
 ``--scan-launches`` repeats those two rows for minGRU's and minLSTM's scans at other launches
 (channels and warps a program; over 128 channels the forward takes the pointer kernel, not TMA):
 whether a launch slower alone costs less between the GEMMs, where the board's power is short.
-E1's scans (dense and heads) hold its recurrence's matrix products, and E1's gate projection
-runs beside its scan inside the same op: for E1 the GEMMs recorded are those outside
+E1's scans (dense and heads) hold its recurrence's matrix products, and E1 heads' gate
+projection runs beside its scan inside the same op: for E1 the GEMMs recorded are those outside
 the scan ops, and its bound is the floor step with its own scans (the plain floor step, with
 copies in their place, would leave those products out, so it is not run). ``--yardstick`` times
 Mamba2's own step first in the same run: dense E1's other target is ≥ 1.0× its speed.
@@ -152,7 +152,7 @@ class _RecordGemms(TorchDispatchMode):
 def _scans_as_on_a_gpu():
     """E1's scans run as their custom ops, the ops a GPU runs (on the meta device their fakes, which
     compute nothing), so that a recorded step holds the GEMMs outside the scan kernels only: the
-    recurrence's products (``h W_h^T`` forward, ``dh W_h`` and ``dW_h`` backward; E1's gate
+    recurrence's products (``h W_h^T`` forward, ``dh W_h`` and ``dW_h`` backward; E1 heads' gate
     projection, forward and backward, beside the scan) are those kernels' work (``scan_kernels``)."""
     from rnnlab.ops import elman
 
@@ -213,10 +213,12 @@ def floor_passes(cfgd: dict) -> tuple[list[tuple[int, int]], list[tuple[int, int
     elif kind == "e16":  # forward silu(x) (read, write) and y = hC * silu(z) (read both, write); backward
         # the gate's (read dy, hC, z; write d(hC), dz) and silu's (read, read, write)
         mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3, di), scan_bwd]
-    else:  # e1: as e16's gates over di, and backward the bias's gradient (read dL/dwx once); the
-        # normed input's gradient comes in two parts (in_proj's half and the gate's projection
-        # beside the scan), one more read of dim
-        mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3 + 1, di), scan_bwd, (1, dim)]
+    else:  # e1: as e16's gates over di, and backward the bias's gradient (read dL/dwx once); with
+        # heads the normed input's gradient comes in two parts (in_proj's half and the gate's
+        # projection beside the scan), one more read of dim
+        mixer_fwd, mixer_bwd = [(2 + 3, di), scan_fwd], [(5 + 3 + 1, di), scan_bwd]
+        if layer.get("heads", 1) > 1:
+            mixer_bwd.append((1, dim))
     per_layer = lambda passes, mixer: [(passes, dim)] + mixer  # noqa: E731
     forward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[0], mixer_fwd)]
     backward = [(p * depth, w) for p, w in per_layer(NORM_PASSES[1], mixer_bwd)]
@@ -268,8 +270,8 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda", launch: tuple
     GEMMs (their time, and the power they leave the GEMMs). ``launch`` (minGRU, minLSTM):
     ``(channels, warps)`` a program instead of the package's launch (``--scan-launches``); those
     calls return their outputs (``h``, the projection's gradient). E1's scans hold the
-    recurrence's products (the recurrent weight's gradient included) and the gate's projection
-    beside the scan, forward and backward (as the model runs them: ``record_gemms``
+    recurrence's products (the recurrent weight's gradient included) and, with heads, the gate's
+    projection beside the scan, forward and backward (as the model runs them: ``record_gemms``
     leaves those products to them). ``dtype``: the inputs' (tests on a CPU take fp32: Triton's
     interpreter multiplies the bit patterns of bf16 ``tl.dot`` operands, triton-lang/triton#11584,
     so E1's kernels there are wrong in bf16)."""
@@ -312,11 +314,15 @@ def scan_kernels(cfgd: dict, B: int, T: int, device: str = "cuda", launch: tuple
         w = (w * 0.99 / torch.linalg.matrix_norm(w, ord=2)[:, None, None]).to(dtype)  # states that
         w = w if heads > 1 else w[0]  # neither saturate nor vanish, so gradients (and power) are a model's
         wx, grad = rand(B, T, di) / 2, rand(B, T, di)
-        # the gate's projection z = x W_z^T beside the scan (E1's forward)
-        x, wz, gz = rand(B, T, cfgd["dim"]), rand(di, cfgd["dim"]) / cfgd["dim"] ** 0.5, rand(B, T, di)
-        h, _ = torch.ops.rnnlab.elman_scan_beside_fwd(wx, w, x, wz, opts)
-        fwd, bwd = (lambda: torch.ops.rnnlab.elman_scan_beside_fwd(wx, w, x, wz, opts),
-                    lambda: torch.ops.rnnlab.elman_scan_beside_bwd(grad, w, h, x, wz, gz, True, True, True, opts))
+        if heads > 1:  # the gate's projection z = x W_z^T beside the scan (E1 heads' forward)
+            x, wz, gz = rand(B, T, cfgd["dim"]), rand(di, cfgd["dim"]) / cfgd["dim"] ** 0.5, rand(B, T, di)
+            h, _ = torch.ops.rnnlab.elman_scan_beside_fwd(wx, w, x, wz, opts)
+            fwd, bwd = (lambda: torch.ops.rnnlab.elman_scan_beside_fwd(wx, w, x, wz, opts),
+                        lambda: torch.ops.rnnlab.elman_scan_beside_bwd(grad, w, h, x, wz, gz, True, True, True, opts))
+        else:
+            h = torch.ops.rnnlab.elman_scan_fwd(wx, w, None, opts)
+            fwd, bwd = (lambda: torch.ops.rnnlab.elman_scan_fwd(wx, w, None, opts),
+                        lambda: torch.ops.rnnlab.elman_scan_bwd(grad, w, h, None, True, opts))
     else:
         raise ValueError(f"no scan kernels for model kind {kind!r}{' at another launch' if launch else ''} "
                          f"(bench_bound.py knows {BOUND_MODELS})")

@@ -211,26 +211,20 @@ def test_heads_dw_rows_is_checked(rows):
         ElmanKernelOptions(heads_dw_rows=rows)
 
 
-def test_gate_beside_the_scan_leaves_the_scans_sms(monkeypatch):
+def test_gate_beside_the_scan_leaves_the_scans_sms():
     """The GEMMs beside a heads scan are sized for all SMs but the scan's programs (one a head and
     batch tile of ``heads_bt`` rows in the Triton kernels, which run here) and
-    ``heads_beside_spare``; beside a dense scan on the wgmma kernel, all but its CTAs (4 a
-    cluster, a cluster a 64 columns of the width padded to 64 KS); no second stream for a dense scan
-    on another kernel, or with ``heads_beside`` / ``dense_beside`` off; a negative spare is refused."""
+    ``heads_beside_spare``; no second stream for a dense scan or with ``heads_beside`` off; a
+    negative spare is refused."""
     from rnnlab.ops.elman import triton as et
-    from rnnlab.ops.elman import wgmma
     from rnnlab.ops.elman.options import ElmanKernelOptions
 
     heads, dense = torch.empty(14, 128, 128), torch.empty(1792, 1792)
     x = torch.empty(32, 5, 1792)
     assert et._beside_sms(x, heads, ElmanKernelOptions()) == 14 * 2 + 4
     assert et._beside_sms(x[:17], heads, ElmanKernelOptions(heads_beside_spare=0, heads_bt=8)) == 14 * 3
-    assert et._beside_sms(x, dense, ElmanKernelOptions()) is None  # a CPU tensor: no wgmma kernel
+    assert et._beside_sms(x, dense, ElmanKernelOptions()) is None
     assert et._beside_sms(x, heads, ElmanKernelOptions(heads_beside=False)) is None
-    monkeypatch.setattr(et, "_wgmma", lambda x, opts: wgmma)  # as on a Hopper GPU
-    assert et._beside_sms(x, dense, ElmanKernelOptions()) == 112
-    assert et._beside_sms(x, dense, ElmanKernelOptions(dense_beside=False)) is None
-    assert [wgmma.ctas(H) for H in (8, 256, 257, 512, 1024, 1025, 1760, 1792)] == [16, 16, 32, 32, 64, 112, 112, 112]
     with pytest.raises(ValueError, match=r"^heads_beside_spare must be >= 0 \(SMs\), got -1$"):
         ElmanKernelOptions(heads_beside_spare=-1)
 

@@ -231,16 +231,14 @@ def test_elman_heads_gluon_dw_rows(rows, case, with_h0, monkeypatch):
     _check_heads_gluon(monkeypatch, case, with_h0, torch.bfloat16, heads_dw_rows=rows)
 
 
-# (B, T, heads, channels a head, D); heads 0: a dense scan of that width (on the wgmma kernel)
-@pytest.mark.parametrize("case", [(32, 64, 14, 128, 1792), (1, 37, 2, 128, 200), (3, 50, 4, 64, 96), (17, 9, 3, 48, 72),
-                                  (32, 48, 0, 1760, 1760), (1, 37, 0, 256, 200), (5, 17, 0, 1000, 96)])
+@pytest.mark.parametrize("case", [(32, 64, 14, 128, 1792), (1, 37, 2, 128, 200), (3, 50, 4, 64, 96), (17, 9, 3, 48, 72)])
 @pytest.mark.parametrize("side_stream", [True, False])
 def test_elman_scan_beside_linear(case, side_stream, monkeypatch):
-    """E1's scan with its gate projection ``x @ wl.T`` beside it (``heads_beside`` /
-    ``dense_beside``: a second stream, the GEMMs on cuBLASLt sized for the SMs the scan leaves; off:
-    one after the other), heads and dense, bf16, against float64: states, final state, projection
-    and every input's gradient; the second stream ran, forward and backward, exactly when on;
-    PyTorch's carveout and BLAS library are as before."""
+    """E1 heads' scan with its gate projection ``x @ wl.T`` beside it (``heads_beside``: a second
+    stream, the GEMMs on cuBLASLt sized for the SMs the scan leaves; off: one after the other),
+    bf16, against float64: states, final state, projection and every input's gradient; the second
+    stream ran, forward and backward, exactly when on; PyTorch's carveout and BLAS library are as
+    before."""
     from rnnlab.ops import streams
     from rnnlab.ops.elman import naive
     from rnnlab.ops.elman import triton as et
@@ -250,17 +248,13 @@ def test_elman_scan_beside_linear(case, side_stream, monkeypatch):
     make_stream = streams._side_stream
     monkeypatch.setattr(streams, "_side_stream", lambda device: used.append(device) or make_stream(device))
     B, T, nh, hd, D = case
-    if nh == 0 and torch.cuda.get_device_capability() != (9, 0):
-        pytest.skip("a dense scan runs beside the projection on the wgmma kernel: a compute-capability 9.0 GPU")
     torch.manual_seed(B * 1000 + T)
-    H = max(nh, 1) * hd
-    w = torch.randn(max(nh, 1), hd, hd) * (0.9 / hd**0.5)
-    inputs = [torch.randn(B, T, H), w if nh else w[0], torch.randn(B, T, D), torch.randn(H, D) / D**0.5]
+    inputs = [torch.randn(B, T, nh * hd), torch.randn(nh, hd, hd) * (0.9 / hd**0.5), torch.randn(B, T, D),
+              torch.randn(nh * hd, D) / D**0.5]
     fast = [x.to(torch.bfloat16).to(DEV).requires_grad_() for x in inputs]
     ref = [x.to(torch.bfloat16).double().requires_grad_() for x in inputs]
     settings = torch._C._get_sm_carveout_experimental(), torch.backends.cuda.preferred_blas_library()
-    options = ElmanKernelOptions(heads_beside=side_stream, dense_beside=side_stream)
-    got = et.elman_scan_beside_linear(*fast, options)
+    got = et.elman_scan_beside_linear(*fast, ElmanKernelOptions(heads_beside=side_stream))
     want = naive.elman_scan_beside_linear(*ref)
     grads = [torch.randn(y.shape, dtype=torch.float64) for y in want]
     errs = [rel(a, b) for a, b in zip(got, want)]

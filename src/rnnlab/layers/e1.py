@@ -50,9 +50,9 @@ Code: the switches are resolved once, at construction, into small pieces: an ini
 (``_INIT_RULES``), a selective mode (``_SELECTIVE_MODES``: its parameters, their init and its
 input-dependent terms), and optional modules (conv1d, W_r, h_norm). The recurrence of an input is
 a :class:`Recurrence` (public: ``analysis.gradflow`` reads it), scanned by its op; ``forward`` and
-``step`` are ``inputs`` -> ``recurrence(...).scan`` -> ``readout``; without a conv or a selective
-term ``forward`` splits in_proj and scans with ``elman_scan_beside_linear`` instead, so that on a
-GPU the gate's half of in_proj runs beside the scan.
+``step`` are ``inputs`` -> ``recurrence(...).scan`` -> ``readout``; with heads (no conv, no
+selective term) ``forward`` splits in_proj and scans with ``elman_scan_beside_linear`` instead, so
+that on a GPU the gate's half of in_proj runs beside the scan.
 """
 
 from __future__ import annotations
@@ -257,8 +257,8 @@ class E1(nn.Module):
         self.W_r = nn.Parameter(torch.empty(di, K)) if cfg.state_expansion > 1 else None
         self.h_norm = nn.RMSNorm(K, eps=1e-5) if cfg.norm == "rms" else None
         self.out_proj = nn.Linear(di, D, bias=False)
-        # without a conv or a selective term: the gate's projection runs beside the scan, forward and backward
-        self._gate_beside_scan = cfg.conv == 0 and cfg.selective == "none"
+        # plain heads without a conv: the gate's projection runs beside the scan, forward and backward
+        self._gate_beside_scan = n > 1 and cfg.conv == 0 and cfg.selective == "none"
         self.reset_parameters()
         if cfg.norm == "spectral":  # the power-iteration vector u, saved with checkpoints
             self.register_buffer("spectral_u", _normalize(torch.randn(self.W_h.shape[:-1], device=self.W_h.device)))
@@ -343,8 +343,8 @@ class E1(nn.Module):
 
     def _forward_gate_beside_scan(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` with in_proj as its two halves, the gate's ``z = x W_z^T`` computed
-        beside the scan (on a GPU, on a second stream: ``elman_scan_beside_linear``); the same
-        maths."""
+        beside the heads scan (on a GPU, on a second stream: ``elman_scan_beside_linear``); the
+        same maths."""
         w_in, w_z = self.in_proj.weight.chunk(2)
         rec = self.recurrence(F.silu(F.linear(x, w_in)))
         h, _, z = elman_scan_beside_linear(rec.wx, rec.w_h, x, w_z, self.cfg.backend)

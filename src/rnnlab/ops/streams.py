@@ -7,10 +7,8 @@ is sized for them: cuBLAS sizes its persistent GEMMs for every SM, so beside the
 tiles wait for the scan's SMs and nothing is saved (``results/heads-overlap-h200``: −0.006 ms a
 layer forward). PyTorch's experimental SM carveout (2.7+), which cuBLASLt honours, sizes them for
 the rest: there 0.168 ms saved a layer forward, 0.214 backward (with out_proj's weight gradient
-among the GEMMs). Dense E1's wgmma scan holds 112 SMs (one CTA each) for ~1.5 ms each way; GEMMs
-sized for the 20 it leaves saved 0.10 ms of 0.31 beside its backward
-(``results/scan-overlap-dense-h200/carveout``). Measured on Hopper only; other GPUs, and PyTorch
-without the carveout, run the two one after the other. The carveout and the preferred BLAS library are process-wide settings:
+among the GEMMs). Measured on Hopper only; other GPUs, and PyTorch without the carveout, run the
+two one after the other. The carveout and the preferred BLAS library are process-wide settings:
 :func:`beside` assumes no other thread of the process launches GEMMs meanwhile (rnnlab's training
 runs one thread a process).
 """
@@ -59,9 +57,6 @@ def sm_carveout(n: int) -> Iterator[None]:
         torch.backends.cuda.preferred_blas_library(library)
 
 
-MIN_SIDE_SMS = 16  # fewer SMs left by the scan: the work beside it runs after it instead
-
-
 @functools.cache
 def _side_stream(device: int) -> torch.cuda.Stream:
     """One second stream a GPU, the same for every call (and so for a CUDA graph's warm-up and
@@ -83,9 +78,9 @@ def beside(scan: Callable, side: Callable, scan_sms: int | None, device: torch.d
     scan is queued first so that it takes its SMs before the GEMMs fill the rest. ``side`` should
     write into tensors allocated before the call (on the current stream). One after the other on
     the current stream instead: ``scan_sms`` None, not a Hopper GPU, PyTorch without the
-    carveout, or a scan that leaves fewer than :data:`MIN_SIDE_SMS` SMs."""
+    carveout, or a scan that leaves fewer than half the SMs."""
     sms = _hopper_sms(device.index) if scan_sms is not None and device.type == "cuda" and _CARVEOUT else None
-    if sms is None or sms - scan_sms < MIN_SIDE_SMS:
+    if sms is None or 2 * scan_sms > sms:
         return scan(), side()
     main = torch.cuda.current_stream(device)
     other = _side_stream(device.index)

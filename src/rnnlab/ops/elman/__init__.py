@@ -3,8 +3,8 @@
 * ``elman_scan``: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; implementations ``naive.py`` (the
   reference loop) and ``triton.py`` (the GPU kernels: heads, dense per-step, persistent dense);
 * ``elman_scan_beside_linear``: ``elman_scan`` from zeros and a projection ``x @ wl.T`` that does
-  not wait on it (E1's gate), which the GPU kernels run on a second stream beside the scan
-  (``rnnlab.ops.streams``); it returns ``(h, h_T, x @ wl.T)``;
+  not wait on it (E1 heads' gate), which the GPU kernels run on a second stream beside a heads
+  scan (``rnnlab.ops.streams``); it returns ``(h, h_T, x @ wl.T)``;
 * ``elman_decay_scan`` (``selective="decay"``) and ``elman_lowrank_scan``
   (``selective="lowrank"``): ``naive.py`` and ``selective.py`` (the same GPU kernels with the
   selective terms inside: the decay in the heads or dense kernels, low-rank in the per-step one).
@@ -65,7 +65,7 @@ def elman_scan(
 def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tensor, wl: torch.Tensor,
                              backend: str = "auto") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(h, h_T, z)``: :func:`elman_scan` of ``wx`` from zeros and ``z = x @ wl.T`` (``x: [B, T, D]``,
-    ``wl: [N, D]``), computed beside the scan on a GPU."""
+    ``wl: [N, D]``), computed beside the scan on a GPU when ``w_h`` has heads."""
     _check(wx, w_h, None)
     if x.shape[:-1] != wx.shape[:-1] or wl.dim() != 2 or wl.shape[1] != x.shape[-1]:
         raise ValueError(f"x must be [B, T, D] with wx's B, T = {tuple(wx.shape[:2])} and wl [N, D], got "

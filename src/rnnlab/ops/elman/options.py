@@ -46,13 +46,11 @@ class ElmanKernelOptions:
     # those kernels at 128 channels a head: dW_h summed after the backward scan by heads.weight_gradient,
     # this many flat rows a program; 0: by a second MMA in each step of the scan's loop (as everywhere else)
     heads_dw_rows: int = 1024
-    # E1's gate projection z = x W_z^T on a second stream beside the scan (and its two GEMMs beside the
-    # backward scan), sized for the SMs the scan leaves (rnnlab.ops.streams); off: one after the other.
-    # Heads: all SMs but the scan's programs + heads_beside_spare (results/heads-overlap-h200); dense:
-    # all but the wgmma kernel's CTAs (results/scan-overlap-dense-h200/carveout)
+    # E1 heads' gate projection z = x W_z^T on a second stream beside the heads scan (and its two GEMMs
+    # beside the backward scan), sized for all SMs but the scan's programs + heads_beside_spare
+    # (rnnlab.ops.streams; results/heads-overlap-h200); off: one after the other
     heads_beside: bool = True
     heads_beside_spare: int = 4
-    dense_beside: bool = True
     heads_bt: int = 16  # heads kernel: batch rows per program
     heads_warps: int = 8
     heads_stages: int = 3

@@ -15,7 +15,7 @@ and ``dh0`` as one product. E1's selective scans (``selective.py``) run on the s
 through :func:`dense_forward` / :func:`dense_dpre` (dense) and ``heads.py`` (decay with heads). The plain scan sits behind a pair of ``torch.library`` custom ops
 (``rnnlab::elman_scan_fwd`` / ``_bwd``) with a registered autograd formula, so ``torch.compile``
 keeps an E1 model in one graph; a second pair (``rnnlab::elman_scan_beside_fwd`` / ``_bwd``) runs
-the scan from zeros with a projection beside it on a second stream (E1's gate:
+the scan from zeros with a projection beside it on a second stream (E1 heads' gate:
 :func:`elman_scan_beside_linear`). How the kernels run (which dense kernel, tiles, CUDA graphs, fast
 tanh, the second stream) is an explicit :class:`~rnnlab.ops.elman.options.ElmanKernelOptions`,
 passed through the ops.
@@ -234,24 +234,22 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
     return h, final_state(h, h0)
 
 
-# ------------------------------------------ the scan with a projection beside it (E1's gate)
+# ------------------------------------------ the heads scan with a projection beside it (E1 heads)
 def _beside_sms(x: torch.Tensor, w: torch.Tensor, opts: ElmanKernelOptions) -> int | None:
-    """The SMs the GEMMs beside the scan of ``x: [B, T, H]`` leave to it: a heads scan's programs
-    (one a head and batch tile: :func:`heads.programs`) plus ``heads_beside_spare``, the wgmma
-    kernel's CTAs (one an SM) for a dense scan; None: no second stream (switched off, or a dense
-    scan on another kernel)."""
-    if w.dim() == 3:
-        return heads.programs(x, w, opts) + opts.heads_beside_spare if opts.heads_beside else None
-    wgmma = _wgmma(x, opts) if opts.dense_beside else None
-    return None if wgmma is None else wgmma.ctas(x.shape[2])
+    """The SMs a heads scan of ``x: [B, T, H]`` holds (one program a head and batch tile:
+    :func:`heads.programs`) plus ``heads_beside_spare``: what the GEMMs beside it leave; None: no
+    second stream (dense scans, which hold most SMs, or ``heads_beside`` off)."""
+    if w.dim() != 3 or not opts.heads_beside:
+        return None
+    return heads.programs(x, w, opts) + opts.heads_beside_spare
 
 
 @torch.library.custom_op("rnnlab::elman_scan_beside_fwd", mutates_args=(),
                          schema="(Tensor wx, Tensor w, Tensor x, Tensor wl, int[] options) -> (Tensor, Tensor)")
 def _beside_fwd(wx, w, x, wl, options):
     """``(h, x @ wl.T)``: the scan's states (as ``rnnlab::elman_scan_fwd`` from zeros) and the
-    projection (``x`` and ``wl`` of one dtype), the projection on a second stream beside the scan
-    (:func:`rnnlab.ops.streams.beside`, :func:`_beside_sms`)."""
+    projection (``x`` and ``wl`` of one dtype), the projection on a second stream beside a heads
+    scan (:func:`rnnlab.ops.streams.beside`)."""
     opts = ElmanKernelOptions.from_ints(options)
     z = x.new_empty(*x.shape[:-1], wl.shape[0])  # on this stream: the side stream only writes it
     rows = x.reshape(-1, x.shape[-1])
@@ -275,7 +273,7 @@ def _(wx, w, x, wl, options):
 def _beside_bwd(g, w, h, x, wl, gl, need_dw, need_dx, need_dwl, options):
     """``(dpre, dW, dx, dwl)``: the scan's backward (as ``rnnlab::elman_scan_bwd`` without h0) and
     the projection's ``dx = gl @ wl`` and ``dwl = gl^T x`` (empty unless needed), those two beside
-    the scan."""
+    a heads scan."""
     opts = ElmanKernelOptions.from_ints(options)
     dx, dwl = _beside_grads_like(x, wl, need_dx, need_dwl)
     flat, rows = gl.reshape(-1, gl.shape[-1]), x.reshape(-1, x.shape[-1])
@@ -324,8 +322,8 @@ def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tenso
                              options: ElmanKernelOptions = DEFAULT
                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(h, h_T, x @ wl.T)``: :func:`elman_scan` from zeros and a projection that does not wait on
-    it, which runs on a second stream beside the scan, forward and backward (``options.heads_beside``
-    / ``dense_beside``; a dense scan on the wgmma kernel only): E1's gate projection. Under autocast the projection's
+    it, which for heads ``w_h`` runs on a second stream beside the scan, forward and backward
+    (``options.heads_beside``): E1 heads' gate projection. Under autocast the projection's
     operands are cast to its dtype first, as ``F.linear``'s would be."""
     device = x.device.type
     if torch.is_autocast_enabled(device):

@@ -24,7 +24,7 @@ import torch
 
 from rnnlab.ops.elman import persistent
 
-__all__ = ["SOURCE", "HEADER", "KS_CHOICES", "MAX_BATCH", "MAX_WIDTH", "supported", "ctas", "forward", "backward"]
+__all__ = ["SOURCE", "HEADER", "KS_CHOICES", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
 
 SOURCE = Path(__file__).with_name("wgmma.cu")
 HEADER = Path(__file__).with_name("sm90.cuh")  # its PTX wrappers, shared with benchmarks/dense_wgmma_probe.cu
@@ -69,12 +69,6 @@ def supported(x: torch.Tensor) -> bool:
     if torch.cuda.get_device_capability(x.device) != (9, 0) or int((torch.version.cuda or "0").split(".")[0]) < 12:
         return False
     return _fits(x.device.index or 0, x.shape[2])
-
-
-def ctas(H: int) -> int:
-    """The CTAs (one an SM) of the kernel's cooperative launch at width ``H``: clusters of 4, a
-    cluster a 64 output columns of the width padded to ``64 KS`` (``pick_ks`` in wgmma.cu)."""
-    return 4 * next(ks for ks in KS_CHOICES if 64 * ks >= H)
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, *like_x: torch.Tensor) -> None:
