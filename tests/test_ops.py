@@ -125,6 +125,21 @@ def test_alternative_backends_match_the_reference(name, backend):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in OPS[n].alternatives])
+def test_alternative_backends_keep_the_contract(name, backend):
+    """What the reference guarantees (the tests above), the alternatives too: 16-bit inputs give
+    states in that dtype and the final state in the compute dtype; a zero-length sequence returns
+    its initial state (zeros without one)."""
+    args, h0, time_args = _case(name, torch.bfloat16)
+    h, h_last = OPS[name](*args, h0, backend=backend)
+    assert h.dtype == torch.bfloat16 and h_last.dtype == torch.float32 and h_last.shape == h0.shape
+    args, h0, time_args = _case(name)
+    h, h_last = OPS[name](*_window(args, time_args, 0, 0), h0, backend=backend)
+    assert h.shape[:2] == (B, 0) and torch.equal(h_last, h0)
+    _, zero = OPS[name](*_window(args, time_args, 0, 0), None, backend=backend)
+    assert torch.equal(zero, torch.zeros_like(h0))
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_reference_gradcheck(name):
     args, h0, _ = _case(name, torch.float64)

@@ -56,6 +56,8 @@ def ssd_chunked(
     """Chunked SSD: quadratic attention-like form inside chunks of ``chunk_size``, a linear
     recurrence over chunk states between them. ``T`` need not divide ``chunk_size`` (zero
     padding, dt=0, leaves the state unchanged). Returns ``(y, final_state)``."""
+    if x.shape[1] == 0:  # no chunks: the sequential form's empty result (outputs [B,0,H,P], the initial state)
+        return ssd_scan(x, dt, A, B, C, chunk_size, initial_state)
     dtype = x.dtype
     b, T, h, p = x.shape
     x, dt, A, B, C = _up(x, dt, A, B, C)
