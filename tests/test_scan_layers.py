@@ -76,6 +76,18 @@ def test_parallel_log_near_zero_gates():
                                rtol=1e-7, atol=1e-9)
 
 
+def test_parallel_log_zero_inputs_add_exactly_nothing():
+    """With b = 0 the state is h0's pure decay ``h0 * prod a``: the zero (and missing-sign) parts of
+    b must contribute exactly 0, not exp(floor). Checked down to ~1e-50, where a floor of e.g.
+    -100 (exp ~ 4e-44) would show."""
+    a = torch.full((2, 40, 3), 0.05, dtype=torch.float64)
+    h0 = torch.tensor([[1.0, -2.0, 0.5], [-0.3, 3.0, -1.0]], dtype=torch.float64)
+    h, h_last = linear_scan_parallel(a, torch.zeros_like(a), h0, method="log")
+    want = h0[:, None] * torch.cumprod(a, dim=1)
+    torch.testing.assert_close(h, want, rtol=1e-10, atol=0)
+    torch.testing.assert_close(h_last, want[:, -1], rtol=1e-10, atol=0)
+
+
 def test_doubling_handles_negative_a():
     a, b, h0 = _inputs(T=9, seed=3)
     a = -a
