@@ -37,7 +37,7 @@ def test_forward_is_the_pre_norm_residual_stack():
 def test_init_and_tied_head():
     torch.manual_seed(0)
     lm = LM(ModelConfig(model="e1", dim=64, depth=2))
-    assert abs(lm.embed.weight.std().item() - 0.02) < 0.001  # N(0, 0.02) over 256 x 64 values
+    assert abs(lm.embed.weight.std().item() - 0.02) < 0.0004  # N(0, 0.02) over 256 x 64 values: sd of the std ~1e-4
     assert lm.head.weight is lm.embed.weight and lm.head.bias is None
     assert all(b.mlp is None and b.mlp_norm is None for b in lm.blocks)  # recurrent models: no MLP by default
     for norm in (lm.norm_f, *(b.norm for b in lm.blocks)):

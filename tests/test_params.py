@@ -63,7 +63,8 @@ def test_solver_matches_seed_search_rule():
 
 
 @pytest.mark.parametrize("text,value", [("400M", 400_000_000), ("1.5B", 1_500_000_000), ("50m", 50_000_000), ("123", 123),
-                                        ("2k", 2_000), ("1G", 1_000_000_000)])
+                                        ("2k", 2_000), ("1G", 1_000_000_000),
+                                        ("1.005K", 1_005)])  # 1.005 * 1000 = 1004.99999...: rounded, not cut
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
