@@ -397,6 +397,40 @@ def test_checkpoint_contents(tiny_train, tmp_path):
     assert not torch.equal(weights["blocks.0.mixer.W_x"], state["train_point"][3])  # params order: embed, norm.w, norm.b, W_x
 
 
+def test_evaluate_is_the_mean_over_every_predicted_byte(tmp_path):
+    """``rnnlab.eval.bpb.evaluate`` with a stand-in model whose "loss" is the mean of its targets:
+    the result is the mean over every predicted byte (a short last batch weighs by its bytes, not
+    as a whole batch), bpb is that over ln 2, and the model runs in eval mode and comes back in
+    the mode it was in."""
+    from torch import nn
+
+    from rnnlab.data import ByteCorpus, Split
+    from rnnlab.eval.bpb import evaluate
+
+    class MeanTarget(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+            self.modes = []
+
+        def forward(self, x, y):
+            self.modes.append(self.training)
+            return y.float().mean() + 0 * self.w
+
+    data = bytes((i * 37) % 251 for i in range(105))  # 105 bytes, seq_len 10: 10 windows, targets 1..100
+    (tmp_path / "val.bin").write_bytes(data)
+    split = Split(ByteCorpus(tmp_path / "val.bin"), 0, len(data), "val")
+    model = MeanTarget()
+    for training in (True, False):
+        model.train(training)
+        out = evaluate(model, split, seq_len=10, batch_size=4)  # batches of 4, 4, 2 windows
+        want = sum(data[1:101]) / 100
+        assert out["bytes"] == 100 and out["loss"] == pytest.approx(want, rel=1e-6)  # losses are read as fp32
+        assert out["bpb"] == pytest.approx(want / math.log(2), rel=1e-6)
+        assert model.modes == [False] * 3 and model.training is training
+        model.modes.clear()
+
+
 @pytest.mark.parametrize("model", ["e1", "mamba2"])  # Mamba2: two parameter groups (A_log, dt_bias, D spared)
 def test_schedulefree_is_evaluated_at_x_and_at_the_train_point(model, tiny_train, tmp_path, capsys):
     """Held-out loss at the shipped average x (val_loss) and at the training point y
