@@ -201,6 +201,21 @@ def test_spectral_norm_radius_and_u_updates(heads, init):
     assert torch.equal(fresh(x), layer(x))
 
 
+def test_one_power_iteration_written_out():
+    """``recurrent_weight(update=True, iters=1)``: exactly one iteration from the stored u (module
+    docstring: v = normalize(W^T u), u = normalize(W v), normalize adding 1e-8), u stored, and
+    Wh_eff = W * r / (|u^T W v| + 1e-8)."""
+    layer = make(dim=8, spectral_radius=0.9).double()
+    W, u = layer.W_h.detach(), layer.spectral_u.clone()
+    v = W.T @ u
+    v = v / (v.norm() + 1e-8)
+    u = W @ v
+    u = u / (u.norm() + 1e-8)
+    got = layer.recurrent_weight(update=True, iters=1)
+    torch.testing.assert_close(layer.spectral_u, u, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got, W * 0.9 / ((u @ W @ v).abs() + 1e-8), rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("heads", [1, 4])
 def test_spectral_norm_gradient_flows_through_sigma(heads):
     """The gradient of Wh_eff = r * W / sigma(W) reaches W_h through sigma too (sigma = u W v

@@ -79,6 +79,21 @@ def test_fused_step_matches_schedulefree(monkeypatch, weight_decay, groups):
 
 
 @needs_interpreter
+def test_fused_step_weighs_by_the_largest_lr_after_the_lr_is_lowered(monkeypatch):
+    """The average's weight uses ``lr_max``, the largest LR so far, not the current one: with the
+    LR lowered after the warm-up (the two differ only then), the state still follows
+    schedulefree's step."""
+    ref, ours = _pair(monkeypatch)
+    _steps(ref, ours, 4)
+    for opt in (ref, ours):
+        for group in opt.param_groups:
+            group["lr"] /= 4
+    _steps(ref, ours, 3)
+    assert ours.param_groups[0]["lr_max"] == 1e-2 and ours.param_groups[0]["scheduled_lr"] == 2.5e-3
+    _assert_same_state(ref, ours, rtol=2e-6, atol=1e-7)
+
+
+@needs_interpreter
 def test_fused_step_skips_parameters_without_gradient_and_keeps_the_gradient(monkeypatch):
     """A parameter without a gradient is left alone (no state either); the gradients are not
     overwritten (schedulefree's step divides them in place)."""
