@@ -607,6 +607,29 @@ def test_sampling_draws_from_the_softmax_of_logits_over_temperature_within_top_k
     assert [c / n for c in counts] == pytest.approx([w / sum(want) for w in want], abs=0.03)  # 4 sigma
 
 
+def test_sampling_steps_in_eval_mode_and_restores_the_mode():
+    """The model steps in eval mode; afterwards (the stream exhausted, or closed early) it is back
+    in the mode it was in, training or not."""
+    from rnnlab.eval.sampling import generate, stream
+
+    class ModeRecorder(_FixedLogits):
+        def step(self, idx_t, state):
+            modes.append(self.training)
+            return super().step(idx_t, state)
+
+    model, modes = ModeRecorder(torch.zeros(256)), []
+    for training in (True, False):
+        model.train(training)
+        assert len(generate(model, b"ab", 3, seed=0)) == 3
+        assert modes == [False] * 4 and model.training is training  # 2 prompt bytes, then 2 more steps
+        s = stream(model, b"ab", 5, seed=0)
+        next(s)
+        assert model.training is False
+        s.close()
+        assert model.training is training
+        modes.clear()
+
+
 # ----------------------------------------------------------------------------- optimizer contract
 def _grad_norms_seen_by_optimizer(cfg) -> list[float]:
     """Train ``cfg``; the total gradient norm the optimizer receives at each step."""
