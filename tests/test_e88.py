@@ -102,6 +102,18 @@ def test_decay_rate_init_spans_u_0_16():
     assert abs(A.mean().item() - 8) < 0.3  # std of the mean: 16 / sqrt(12 * 4096) = 0.07
 
 
+def test_head_sizes():
+    """``heads`` defaults to ``max(1, dim // n_state)`` (at least one head when dim < n_state) and the
+    value size is ``m = int(n_state * expansion)``, rounded down (5 * 1.5 = 7.5 -> 7)."""
+    layer = E88(E88Config(dim=16, n_state=32))
+    assert layer.cfg.n_heads == 1 and layer.qkv_proj.weight.shape == (3 * 32, 16)
+    layer = E88(E88Config(dim=24, n_state=5, expansion=1.5))
+    H, n, m = 4, 5, 7
+    assert (layer.cfg.n_heads, layer.cfg.head_v_dim) == (H, m)
+    assert layer.qkv_proj.weight.shape == (H * (2 * n + m), 24) and layer.o_proj.weight.shape == (24, H * m)
+    assert layer.init_state(2, torch.device("cpu"), torch.float32)[0].shape == (2, H, n, m)
+
+
 @pytest.mark.parametrize("kw, msg", [
     (dict(n_state=0), "n_state must be a positive integer, got 0"),
     (dict(heads=0), "heads must be a positive integer, got 0"),
