@@ -71,6 +71,8 @@ def test_log_line_pace_and_eta():
     timed.log("train", {**base, "step": 5, "tokens": 5_000, "elapsed_s": 150.0})
     assert out.getvalue().splitlines()[-1].endswith("step 5  loss 2.5000  lr 3.00e-04  grad_norm 0.812  "
                                                     "tok/s 33  elapsed 0:02:30  eta 0:07:30")
+    timed.log("train", {**base, "step": 9, "tokens": 9_000, "elapsed_s": 190.0, "warmup_s": 30.0})
+    assert out.getvalue().splitlines()[-1].endswith("elapsed 0:03:10  eta 0:07:20")  # 600 - (190 - 30): warm-up left out
 
 
 def test_resumed_run_logs_this_processs_pace(tiny_train, tmp_path, capsys):
