@@ -236,7 +236,8 @@ def test_inits():
     m = make(randomize=False, dim=64, heads=2, init="mamba2")
     for blk in m.W_h:
         torch.testing.assert_close(blk @ blk.T, torch.eye(32) * 0.999**2, rtol=0, atol=1e-5)
-    assert abs(m.W_x.std().item() - 0.02) < 0.002 and abs(m.in_proj.weight.std().item() - 0.02) < 0.002
+    for w in (m.W_x, m.in_proj.weight, m.out_proj.weight):  # N(0, 0.02): over 4096+ draws the std is within ~2e-4
+        assert abs(w.std().item() - 0.02) < 0.0006
     i = make(randomize=False, dim=8, init="identity", init_scale=0.7)
     assert torch.equal(i.W_h.detach(), torch.eye(8) * 0.7)
     x = make(randomize=False, dim=64, heads=4)  # xavier gain 0.1 per 16x16 block: bound 0.1*sqrt(6/32)
