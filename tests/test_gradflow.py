@@ -145,6 +145,21 @@ def test_recurrence_stats_match_explicit_jacobians(layer):
     assert stats["spectral_radius"] == pytest.approx(float(torch.linalg.eigvals(W).abs().max()), rel=1e-6)
 
 
+def test_horizon_is_the_first_lag_below_each_threshold():
+    """The curve over t, normalised by its value at t = T-1, read backwards from T-1 (lag 0): the
+    horizon is the first lag whose value is below 1e-1 / 1e-2 / 1e-3 (equal is not below), None if
+    none is."""
+    curves = torch.tensor([[1e-4, 0.004, 0.05, 0.2, 0.5, 2.0],  # normalised: 5e-5, 2e-3, 0.025, 0.1, 0.25, 1
+                           [3.0, 6.0, 3.0, 3.0, 3.0, 3.0]], dtype=torch.float64)
+    r = gf._temporal_summary(curves)
+    assert r["temporal"]["layer_0"] == curves[0].tolist()
+    assert r["temporal_normalized"]["layer_0"] == pytest.approx([5e-5, 2e-3, 0.025, 0.1, 0.25, 1.0])
+    assert r["temporal_normalized"]["layer_1"] == [1.0, 2.0, 1.0, 1.0, 1.0, 1.0]  # over t = T-1, not the peak
+    # lags 0, 1, 2, ...: 1, 0.25, 0.1 (not below 0.1), 0.025, 2e-3, 5e-5
+    assert r["horizon"] == {"layer_0": {"0.1": 3, "0.01": 4, "0.001": 5},
+                            "layer_1": {"0.1": None, "0.01": None, "0.001": None}}
+
+
 def test_generic_mixer_has_temporal_flow_but_no_recurrence_stats():
     torch.manual_seed(0)
     model = LM(ModelConfig(model="mingru", dim=16, depth=2)).eval()
