@@ -614,3 +614,48 @@ def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, 
     assert stri._tma_descriptors(stri._views(x, 2, 26), 52, (B, T, 26), 32) is None
     assert stri._tma_descriptors([torch.empty(B, T, 28), torch.empty(B, T, 28, dtype=torch.bfloat16)], 28,
                                  (B, T, 28), 32) is None  # dtypes differ (bf16 rows of 56 bytes)
+
+
+def _e1_heads_reference(w, u, radius, iters):
+    """E1's own spectral norm (``E1.recurrent_weight``, its reference path on the CPU) in float64
+    for ``w: [n, hd, hd]`` from ``u``: ``(W_eff, the stored u)``, differentiable in ``w``."""
+    from rnnlab.layers.e1 import E1, E1Config
+
+    n, hd, _ = w.shape
+    layer = E1(E1Config(dim=n * hd, heads=n, spectral_radius=radius, power_iters=iters)).double()
+    del layer.W_h
+    layer.W_h = w  # a leaf of the caller's, so its gradient reaches the caller
+    layer.spectral_u.copy_(u)
+    return layer.recurrent_weight(update=True), layer.spectral_u
+
+
+@pytest.mark.parametrize("n, hd, iters", [(3, 24, 3), (2, 128, 1), (4, 40, 5)])
+def test_spectral_norm_heads(n, hd, iters):
+    """E1 heads' spectral norm kernels (one program a head; hd 24 and 40 padded to 32 and 64 lanes)
+    against E1's reference in float64: the scaled weight, the stored power-iteration vector and
+    the weight's gradient through the scaled weight."""
+    from rnnlab.ops.elman import spectral
+
+    g = torch.Generator().manual_seed(n * hd + iters)
+    w = (torch.randn(n, hd, hd, generator=g) / hd**0.5).requires_grad_()
+    u = F.normalize(torch.randn(n, hd, generator=g), dim=-1)
+    ref_w = w.detach().double().requires_grad_()
+    got, got_u = spectral.spectral_norm_heads(w, u, 0.9, iters)
+    want, want_u = _e1_heads_reference(ref_w, u.double(), 0.9, iters)
+    torch.testing.assert_close(got, want.float(), **TOL)
+    torch.testing.assert_close(got_u, want_u.float(), **TOL)
+    grad = torch.randn(n, hd, hd, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(got, w, grad)[0],
+                               torch.autograd.grad(want, ref_w, grad.double())[0].float(), **TOL)
+
+
+def test_spectral_norm_heads_custom_ops_pass_opcheck():
+    """Schema, fake implementations and autograd registration of ``rnnlab::spectral_heads_*``."""
+    from rnnlab.ops.elman import spectral
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(2, 24, 24, generator=g).requires_grad_()
+    u = F.normalize(torch.randn(2, 24, generator=g), dim=-1)
+    torch.library.opcheck(torch.ops.rnnlab.spectral_heads_fwd.default, (w, u, 0.99, 3))
+    _, _, uv, x = spectral._fwd(w.detach(), u, 0.99, 3)
+    torch.library.opcheck(torch.ops.rnnlab.spectral_heads_bwd.default, (torch.randn(2, 24, 24), w.detach(), uv, x, 0.99))

@@ -266,6 +266,54 @@ def test_elman_scan_beside_linear(case, side_stream, monkeypatch):
     assert (torch._C._get_sm_carveout_experimental(), torch.backends.cuda.preferred_blas_library()) == settings
 
 
+@pytest.mark.parametrize("n, hd, iters", [(14, 128, 3), (28, 64, 3), (3, 24, 1), (5, 100, 7)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_spectral_norm_heads(n, hd, iters, dtype):
+    """E1 heads' spectral norm kernels (``rnnlab.ops.elman.spectral``) against E1's own reference
+    (``recurrent_weight`` on the CPU) in float64: the scaled weight, the stored vector u and the
+    weight's gradient."""
+    from rnnlab.layers.e1 import E1, E1Config
+    from rnnlab.ops.elman import spectral
+
+    torch.manual_seed(n * hd + iters)
+    w32, u32 = torch.randn(n, hd, hd) / hd**0.5, torch.nn.functional.normalize(torch.randn(n, hd), dim=-1)
+    w = w32.to(dtype).to(DEV).requires_grad_()
+    got, got_u = spectral.spectral_norm_heads(w, u32.to(dtype).to(DEV), 0.99, iters)
+    layer = E1(E1Config(dim=n * hd, heads=n, power_iters=iters)).double()
+    del layer.W_h
+    layer.W_h = ref_w = w32.to(dtype).double().requires_grad_()
+    layer.spectral_u.copy_(u32.to(dtype).double())
+    want = layer.recurrent_weight(update=True)
+    grad = torch.randn(n, hd, hd, dtype=torch.float64)
+    errs = [rel(got, want), rel(got_u, layer.spectral_u),
+            rel(torch.autograd.grad(got, w, grad.to(dtype).to(DEV))[0], torch.autograd.grad(want, ref_w, grad)[0])]
+    print(f"spectral_norm_heads({n}, {hd}, {iters}) {dtype}: " + " ".join(f"{e:.2e}" for e in errs))
+    assert max(errs) < TOL[dtype], errs
+
+
+def test_e1_heads_layer_takes_the_spectral_kernels(monkeypatch):
+    """On a GPU an E1 heads layer's recurrent weight comes from the spectral kernels (and stores
+    their u when training); a dense layer's, and a heads layer's with ``backend="naive"``, from the
+    PyTorch reference; the kernels' weight equals the reference's within bf16 rounding."""
+    from rnnlab.layers.e1 import E1, E1Config
+    from rnnlab.ops.elman import spectral
+
+    calls = []
+    fn = spectral.spectral_norm_heads
+    monkeypatch.setattr(spectral, "spectral_norm_heads", lambda *a: calls.append(a[0].shape) or fn(*a))
+    torch.manual_seed(0)
+    heads = E1(E1Config(dim=256, heads=2)).to(DEV, torch.bfloat16).train()
+    naive = E1(E1Config(dim=256, heads=2, backend="naive")).to(DEV, torch.bfloat16).train()
+    naive.load_state_dict(heads.state_dict())
+    u0 = heads.spectral_u.clone()
+    got, want = heads.recurrent_weight(), naive.recurrent_weight()
+    assert calls == [(2, 128, 128)]
+    assert rel(got, want) < TOL[torch.bfloat16] and rel(heads.spectral_u, naive.spectral_u) < TOL[torch.bfloat16]
+    assert not torch.equal(heads.spectral_u, u0)  # stored when training
+    E1(E1Config(dim=64)).to(DEV, torch.bfloat16).train().recurrent_weight()
+    assert calls == [(2, 128, 128)]  # dense: the reference
+
+
 @pytest.mark.parametrize("T", [6, 7, 12])
 @pytest.mark.parametrize("hd", [64, 128])
 def test_elman_heads_gluon_equals_triton_where_dpre_grows(T, hd):

@@ -67,7 +67,11 @@ from torch import nn
 from rnnlab.layers.base import InnerWidth, State, check_options
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan, elman_scan_beside_linear
+from rnnlab.ops.registry import LazyKernel
 from rnnlab.options import at_least, option, positive
+
+# heads' spectral norm in one launch each way on a GPU (its reference: E1.recurrent_weight)
+_SPECTRAL_HEADS = LazyKernel("rnnlab.ops.elman.spectral")
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
@@ -281,16 +285,25 @@ class E1(nn.Module):
         """Wh_eff: W_h spectrally normalised (per head), or W_h itself for norm "none"/"rms".
 
         ``update`` (default: ``self.training``) stores the new power-iteration vector ``u``;
-        ``iters`` overrides ``power_iters``."""
+        ``iters`` overrides ``power_iters``. Heads on a GPU (unless ``backend`` is "naive") run
+        ``rnnlab.ops.elman.spectral``'s kernels: this reference's maths in fp32, one launch each
+        way instead of ~20 small ones."""
         c = self.cfg
         W = self.W_h
         if c.norm != "spectral":
             return W
         if update is None:
             update = self.training
+        iters = c.power_iters if iters is None else max(1, iters)
+        if W.is_cuda and c.backend != "naive" and _SPECTRAL_HEADS.available() and _SPECTRAL_HEADS.get().takes(W):
+            W_eff, u = _SPECTRAL_HEADS.get().spectral_norm_heads(W, self.spectral_u, c.spectral_radius, iters)
+            if update:
+                with torch.no_grad():
+                    self.spectral_u.copy_(u)
+            return W_eff
         u = self.spectral_u.to(W.dtype)
         with torch.no_grad():
-            for _ in range(c.power_iters if iters is None else max(1, iters)):
+            for _ in range(iters):
                 if W.dim() == 2:
                     v = _normalize(W.t() @ u)
                     u = _normalize(W @ v)
