@@ -29,13 +29,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--json")
     p.add_argument("--commit")
+    p.add_argument("--reference-first", action="store_true", help="time the twin first (the order's effect)")
     args = p.parse_args()
     cfgd = next(c for name, c, _ in MODELS if name == args.only)
-    rows = [dict(bench(args.only, cfgd, 32, 512, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True),
-                 spectral="kernels")]
-    with e1._SPECTRAL_HEADS.replaced(REFERENCE):
-        rows.append(dict(bench(args.only, cfgd, 32, 512, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True),
-                         spectral="reference"))
+
+    def row(spectral):
+        return dict(bench(args.only, cfgd, 32, 512, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True),
+                    spectral=spectral)
+
+    rows = []
+    for first in ([True, False] if args.reference_first else [False, True]):
+        if first:
+            with e1._SPECTRAL_HEADS.replaced(REFERENCE):
+                rows.append(row("reference"))
+        else:
+            rows.append(row("kernels"))
+    rows.sort(key=lambda r: r["spectral"] != "kernels")  # kernels, then reference
     for r in rows:
         print(f"{r['name']:22s} {r['spectral']:10s} step {r['step_ms']:8.2f} ms (synced {r['synced_step_ms']:.2f})  "
               f"{r['tok_per_s']:,} tok/s  {r['sm_mhz']} MHz {r['power_w']} W  first losses {r['losses'][:3]}  "
