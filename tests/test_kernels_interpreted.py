@@ -2,7 +2,8 @@
 there is no GPU): every registered op's GPU kernel (E1's heads and dense per-step scans, plain and
 with the selective decay / low-rank terms, the linear scan, the fused minGRU/minLSTM gate scans,
 E16's diagonal scan, E88's checkpointed scan) against the op's float64 reference, forward, final
-state and every input gradient; and E1's ``rnnlab::elman_scan_*`` / ``elman_selective_*``, E16's
+state and every input gradient; E1 heads' spectral-norm kernels against E1's own reference; and
+E1's ``rnnlab::elman_scan_*`` / ``elman_selective_*`` / ``spectral_heads_*``, E16's
 ``rnnlab::diag_elman_*`` and the linear / minGRU / minLSTM scans' ``rnnlab::linear_scan_*`` custom
 ops under opcheck and torch.compile. fp32 inputs (E1's kernels run their IEEE path; one test runs
 their 16-bit path on fp16). The GPU suite (tests/gpu) covers bf16/fp16, the fast tanh, the

@@ -73,6 +73,7 @@ from rnnlab.options import at_least, option, positive
 # heads' spectral norm in one launch each way on a GPU (its reference: E1.recurrent_weight)
 _SPECTRAL_HEADS = LazyKernel("rnnlab.ops.elman.spectral")
 
+
 def _normalize(v: torch.Tensor) -> torch.Tensor:
     return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
 
