@@ -370,6 +370,17 @@ def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
         assert "| MFU |" not in write_report(tmp_path / root, plots=False)["md"].read_text()
 
 
+@pytest.mark.parametrize("damaged", ['{"model": ', "[1, 2]"])
+def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
+    """A run whose summary.json is cut short or holds JSON that is not an object (a hand-edited
+    file) is a row without results, not a traceback."""
+    _synthetic_run(tmp_path, "a", 1.5, 2.0, 30000.0)
+    _synthetic_run(tmp_path, "b", 1.6, 2.1, 30000.0)
+    (tmp_path / "b" / "summary.json").write_text(damaged)
+    rows = _table_rows(write_report(tmp_path, plots=False)["md"].read_text())
+    assert [r[:3] for r in rows] == [["a", "400M", "1.5000"], ["b (missing: 0 of 1 runs complete)", "-", "-"]]
+
+
 def test_report_skips_an_export_folder_beside_the_runs(tmp_path):
     """A folder of runs may also hold an ``rnnlab export`` output (a Hugging Face config.json):
     the report leaves it out instead of reading it as a run; alone it is no run folder."""
