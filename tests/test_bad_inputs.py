@@ -89,7 +89,7 @@ CASES = [
     ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
     ("data_empty", [*TRAIN, "--data", "{empty}"], "is empty"),
     ("data_compressed", [*TRAIN, "--data", "{gz}"],
-     "corpus file {gz} is gzip-compressed, and training reads raw bytes: unpack it first (`rnnlab data prepare {gz} --out FILE`"),
+     "corpus file {gz} is gzip-compressed, and rnnlab reads raw bytes: unpack it first (`rnnlab data prepare {gz} --out FILE`"),
     ("eval_data_compressed", ["eval", "--run", "{run}", "--data", "{gz}"], "is gzip-compressed"),
     ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
     ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),

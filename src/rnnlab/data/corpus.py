@@ -51,7 +51,7 @@ class ByteCorpus:
         self.data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(size,))
         head = bytes(self.data[:6])
         if kind := next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None):
-            raise ValueError(f"corpus file {self.path} is {kind}-compressed, and training reads raw bytes: "
+            raise ValueError(f"corpus file {self.path} is {kind}-compressed, and rnnlab reads raw bytes: "
                              f"unpack it first (`rnnlab data prepare {self.path} --out FILE` for text or JSON lines)")
 
     def __len__(self) -> int:
