@@ -40,7 +40,7 @@ def main() -> None:
     rows = []
     for first in ([True, False] if args.reference_first else [False, True]):
         if first:
-            with e1._SPECTRAL_HEADS.replaced(REFERENCE):
+            with e1.SPECTRAL_HEADS.replaced(REFERENCE):
                 rows.append(row("reference"))
         else:
             rows.append(row("kernels"))

@@ -31,7 +31,7 @@ def _mamba2_backend(backend: str, fused: bool) -> str:
 def report() -> dict[str, str]:
     import torch
 
-    from rnnlab.layers import gdn
+    from rnnlab.layers import e1, gdn
     from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
     from rnnlab.ops import OPS
     from rnnlab.ops.ssd import import_mamba_ssm
@@ -54,15 +54,17 @@ def report() -> dict[str, str]:
         if torch.cuda.is_available() else "needs CUDA",
     }
     for name, op in OPS.items():
-        out[f"kernel {name}"] = _kernel_status(op) if torch.cuda.is_available() else "needs CUDA"
+        out[f"kernel {name}"] = _kernel_status(op.kernel) if torch.cuda.is_available() else "needs CUDA"
+    out["kernel e1 heads spectral norm"] = (_kernel_status(e1.SPECTRAL_HEADS) if torch.cuda.is_available()
+                                            else "needs CUDA")
     return out
 
 
-def _kernel_status(op) -> str:
-    """Whether the GPU kernel module of registered op ``op`` imports."""
-    if op.kernel is None:
+def _kernel_status(kernel) -> str:
+    """Whether a GPU kernel module (a registered op's ``kernel``, None if it has none) imports."""
+    if kernel is None:
         return "none yet (the reference runs)"
-    return f"ok ({op.kernel.module})" if op.kernel_available() else f"unavailable ({op.kernel.error})"
+    return f"ok ({kernel.module})" if kernel.available() else f"unavailable ({kernel.error})"
 
 
 def register(sub) -> None:

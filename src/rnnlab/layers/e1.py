@@ -71,7 +71,7 @@ from rnnlab.ops.registry import LazyKernel
 from rnnlab.options import at_least, option, positive
 
 # heads' spectral norm in one launch each way on a GPU (its reference: E1.recurrent_weight)
-_SPECTRAL_HEADS = LazyKernel("rnnlab.ops.elman.spectral")
+SPECTRAL_HEADS = LazyKernel("rnnlab.ops.elman.spectral")
 
 
 def _normalize(v: torch.Tensor) -> torch.Tensor:
@@ -296,8 +296,8 @@ class E1(nn.Module):
         if update is None:
             update = self.training
         iters = c.power_iters if iters is None else max(1, iters)
-        if W.is_cuda and c.backend != "naive" and _SPECTRAL_HEADS.available() and _SPECTRAL_HEADS.get().takes(W):
-            W_eff, u = _SPECTRAL_HEADS.get().spectral_norm_heads(W, self.spectral_u, c.spectral_radius, iters)
+        if W.is_cuda and c.backend != "naive" and SPECTRAL_HEADS.available() and SPECTRAL_HEADS.get().takes(W):
+            W_eff, u = SPECTRAL_HEADS.get().spectral_norm_heads(W, self.spectral_u, c.spectral_radius, iters)
             if update:
                 with torch.no_grad():
                     self.spectral_u.copy_(u)
