@@ -373,12 +373,15 @@ def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
 @pytest.mark.parametrize("damaged", ['{"model": ', "[1, 2]"])
 def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
     """A run whose summary.json is cut short or holds JSON that is not an object (a hand-edited
-    file) is a row without results, not a traceback."""
+    file) is a row without results, not a traceback, also when its config.json's model is not
+    an object."""
     _synthetic_run(tmp_path, "a", 1.5, 2.0, 30000.0)
     _synthetic_run(tmp_path, "b", 1.6, 2.1, 30000.0)
     (tmp_path / "b" / "summary.json").write_text(damaged)
     rows = _table_rows(write_report(tmp_path, plots=False)["md"].read_text())
     assert [r[:3] for r in rows] == [["a", "400M", "1.5000"], ["b (missing: 0 of 1 runs complete)", "-", "-"]]
+    (tmp_path / "b" / "config.json").write_text(json.dumps({"model": 3, "steps": 10}))
+    assert _table_rows(write_report(tmp_path, plots=False)["md"].read_text()) == rows
 
 
 def test_report_skips_an_export_folder_beside_the_runs(tmp_path):

@@ -143,6 +143,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         first = (use or recs)[0]
         s, c = first["summary"], first["config"]
         model = c.get("model") or first.get("model") or {}
+        model = model if isinstance(model, dict) else {}  # a hand-edited config.json's
         row: dict[str, Any] = {
             "name": name, "model": s.get("model") or model.get("model"),
             "dim": s.get("dim") or model.get("dim"), "depth": s.get("depth") or model.get("depth"),
