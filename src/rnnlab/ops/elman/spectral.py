@@ -20,8 +20,6 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.registry import traced
-
 __all__ = ["MAX_HEAD", "takes", "spectral_norm_heads"]
 
 MAX_HEAD = 128  # channels a head: the head's W (up to 128 x 128 fp32) in one program's registers
@@ -145,7 +143,6 @@ def _grads(ctx, g, *_):
 _fwd.register_autograd(_grads, setup_context=_setup)
 
 
-@traced
 def spectral_norm_heads(w: torch.Tensor, u: torch.Tensor, radius: float, iters: int
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W_eff, u_new)``: each head of ``w: [n, hd, hd]`` scaled to spectral norm ``radius`` by
