@@ -34,17 +34,23 @@ def takes(w: torch.Tensor) -> bool:
 
 
 @triton.jit
+def _head_tile(n, HD: tl.constexpr, BLOCK: tl.constexpr):
+    """Head ``n``'s ``[BLOCK, BLOCK]`` tile of a contiguous ``[heads, HD, HD]``: row and column indices
+    ``e``, ``d``, their masks, the tile's offsets and its mask."""
+    e = tl.arange(0, BLOCK)  # rows of W
+    d = tl.arange(0, BLOCK)  # columns
+    me, md = e < HD, d < HD
+    return e, d, me, md, n * HD * HD + e[:, None] * HD + d[None, :], me[:, None] & md[None, :]
+
+
+@triton.jit
 def _power(w, u, w_eff, u_out, uv_out, x_out, radius, iters, EPS: tl.constexpr, HD: tl.constexpr,
            BLOCK: tl.constexpr):
     """Head ``program_id``: ``iters`` power iterations ``v = W^T u / |.|``, ``u = W v / |.|``, then
     ``x = u^T W v`` (``sigma = |x|``) and ``W_eff = W r / (sigma + eps)``; stores ``W_eff``, the new
     ``u`` (``u``'s dtype), ``u`` and ``v`` in fp32 for the backward, and ``x``."""
     n = tl.program_id(0)
-    e = tl.arange(0, BLOCK)  # rows of W
-    d = tl.arange(0, BLOCK)  # columns
-    me, md = e < HD, d < HD
-    offs = n * HD * HD + e[:, None] * HD + d[None, :]
-    mask = me[:, None] & md[None, :]
+    e, d, me, md, offs, mask = _head_tile(n, HD, BLOCK)
     W = tl.load(w + offs, mask=mask, other=0.0).to(tl.float32)
     uu = tl.load(u + n * HD + e, mask=me, other=0.0).to(tl.float32)
     vv = tl.zeros([BLOCK], tl.float32)
@@ -67,11 +73,7 @@ def _power_bwd(g, w, uv, x_in, dw, radius, EPS: tl.constexpr, HD: tl.constexpr, 
     """Head ``program_id``: ``dW = s G - r <G, W> / (sigma + eps)^2 sign(x) u v^T`` with ``s = r /
     (sigma + eps)``: the gradient of ``W_eff = W s`` where ``sigma = |u^T W v|`` depends on ``W``."""
     n = tl.program_id(0)
-    e = tl.arange(0, BLOCK)
-    d = tl.arange(0, BLOCK)
-    me, md = e < HD, d < HD
-    offs = n * HD * HD + e[:, None] * HD + d[None, :]
-    mask = me[:, None] & md[None, :]
+    e, d, me, md, offs, mask = _head_tile(n, HD, BLOCK)
     G = tl.load(g + offs, mask=mask, other=0.0).to(tl.float32)
     W = tl.load(w + offs, mask=mask, other=0.0).to(tl.float32)
     uu = tl.load(uv + n * 2 * HD + e, mask=me, other=0.0)
