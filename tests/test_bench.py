@@ -66,7 +66,8 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
     race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     runs = {p.name: p.cfg for p in plan_suite(load_suite("e88-recipe-400m"), tmp_path / "recipe")}
     settings = {name: (c.data.batch_size, c.optim.lr) for name, c in runs.items()}
-    search = {"e1-heads-graph-b16-lr1.5e-3": (16, 1.5e-3), "e1-heads-graph-b16-lr6e-4": (16, 6e-4),
+    search = {"e1-heads-graph-b16-lr1.5e-3": (16, 1.5e-3), "e1-heads-graph-b16-lr9.2e-4-rerun": (16, 9.2e-4),
+              "e1-heads-graph-b16-lr6e-4": (16, 6e-4),
               "e1-heads-graph-b8-lr9.2e-4": (8, 9.2e-4)}
     assert settings == {f"{m}-{s}": v for m in ("e88", "mamba2", "e1-heads", "e1-heads-graph", "e16-s4")
                         for s, v in (("b16-lr9.2e-4", (16, 9.2e-4)), ("b8-lr3e-4", (8, 3e-4)))} | search
@@ -181,6 +182,26 @@ lr = 2e-3
     with pytest.raises(ValueError, match="run b"):
         plan_suite(parse_suite({"runs": [{"name": "b", "model": "e1", "depth": 2, "dim": 32,
                                           "layer": {"bogus": 1}}]}), tmp_path)
+
+
+def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
+    # a misspelt depth: the error names the key (not "needs 'depth'") and the run, by name when it has one
+    f = tmp_path / "typo.toml"
+    f.write_text('name = "t"\n[[runs]]\nname = "deep"\nmodel = "e1"\ndim = 32\ndpth = 4\n')
+    with pytest.raises(ValueError, match=r"^suite t, run deep: unknown key\(s\) \['dpth'\]; known: \[.*'depth'"):
+        load_suite(f)
+    with pytest.raises(ValueError, match=r"^suite s, run 2: unknown key\(s\) \['dpth'\]"):  # no name: its number
+        parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32},
+                                           {"model": "e1", "dim": 32, "dpth": 4}]})
+    with pytest.raises(ValueError, match=r"^suite s, run a: unknown key\(s\) \['stepz'\]"):  # caught at load
+        parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32, "stepz": 4}]})
+    with pytest.raises(ValueError, match=r"^suite s, run a: must not set \['out'\]"):  # a known key, refused
+        parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32, "out": "x"}]})
+    with pytest.raises(ValueError, match=r"^suite s, run 2: not a table"):  # runs = [{...}, 1]
+        parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32}, 1]})
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "run deep: unknown key(s) ['dpth']" in err and "needs" not in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------ resume

@@ -45,8 +45,8 @@ from typing import Any
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
-from rnnlab.train.config import (BUDGET_KEYS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides, legacy_hint,
-                                  resume_mismatch)
+from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides,
+                                  legacy_hint, resume_mismatch)
 from rnnlab.train.rundir import RunDir, read_json, write_json
 from rnnlab.train.runtime import command_argv
 
@@ -155,7 +155,9 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
         raise ValueError(f"{where}: needs at least one [[runs]] entry")
     runs, seen = [], set()
     for i, row in enumerate(rows):
-        run = parse_run(row, f"{where}, run {i + 1}")
+        if not isinstance(row, dict):
+            raise ValueError(f"{where}, run {i + 1}: not a table (write each run as a [[runs]] entry)")
+        run = parse_run(row, f"{where}, run {row.get('name') or i + 1}")  # by name when it has one
         if run.name in seen:
             raise ValueError(f"{where}: run name {run.name!r} appears twice")
         seen.add(run.name)
@@ -166,6 +168,11 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
 
 def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     row = dict(row)
+    # unknown keys first: a misspelt key (dpth) is the usual cause of a missing one (depth)
+    unknown = sorted(k for k in row if k.replace("-", "_") not in (*ROW_KEYS, *FIELDS))
+    if unknown:
+        known = sorted(set(ROW_KEYS) | set(FIELDS) - set(RUNNER_KEYS))
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {known}")
     for key in ("model", "depth"):
         if key not in row:
             raise ValueError(f"{where}: needs {key!r}")
