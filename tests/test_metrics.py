@@ -198,6 +198,8 @@ def test_wandb_offline_run_is_resumed(tiny_train, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_CONSOLE", "off")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # nothing shared with other W&B users
+        monkeypatch.setenv(var, str(tmp_path / var.lower()))
     run = tmp_path / "run"
     run_training(tiny_train(run, steps=2, wandb="rnnlab-test"), progress=False)
     wandb.teardown()  # W&B's service writes the run's file in the background; this waits for it
@@ -206,6 +208,7 @@ def test_wandb_offline_run_is_resumed(tiny_train, tmp_path, monkeypatch):
     data = first.read_bytes()
     assert all(key in data for key in (b"train/grad_norm", b"train/loss", b"eval/bpb", b"grad_accum"))
     run_training(tiny_train(run, steps=3, wandb="rnnlab-test", resume=True), progress=False)
+    wandb.teardown()  # the resumed run's file, too
     assert (run / "wandb-id.txt").read_text().strip() == run_id
     assert len(list((run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))) == 2
 
