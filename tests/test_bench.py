@@ -207,6 +207,90 @@ def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
     assert "run deep: unknown key(s) ['dpth']" in err and "needs" not in err and len(err.strip().splitlines()) == 1
 
 
+def _tiny_suite(name: str = "s", runs: str = "ab"):
+    """A suite of tiny E1 rows, one per letter of ``runs``."""
+    return parse_suite({"name": name, "defaults": {"steps": 3, "device": "cpu"},
+                        "runs": [{"name": n, "model": "e1", "depth": 1, "dim": 16} for n in runs]})
+
+
+def _plan_doc(out):
+    return json.loads((out / "suite.json").read_text())
+
+
+def test_a_suite_plan_takes_at_most_one_budget(tmp_path):
+    with pytest.raises(ValueError, match=r"^give at most one of --steps, --minutes, --tokens$"):
+        plan_suite(_tiny_suite(), tmp_path, steps=5, minutes=1.0)
+    assert [p.cfg.budget.chosen() for p in plan_suite(_tiny_suite(), tmp_path, minutes=1.0)] == [("minutes", 1.0)] * 2
+
+
+@pytest.mark.parametrize("name", [".hidden", "a/b"])
+def test_a_run_name_must_be_a_plain_folder_name(name):
+    with pytest.raises(ValueError, match=f"^suite s, run {name}: run name {name!r} must be a plain folder name$"):
+        parse_suite({"name": "s", "runs": [{"name": name, "model": "e1", "depth": 1, "dim": 16}]})
+
+
+@pytest.mark.parametrize("key, value", [("name", "x"), ("target_params", "1M"), ("multiple", 8), ("dim", 32),
+                                        ("out", "x")])
+def test_suite_defaults_may_not_set_a_rows_own_keys(key, value):
+    with pytest.raises(ValueError, match=rf"^suite s: \[defaults\] must not set \['{key}'\]"):
+        parse_suite({"name": "s", "defaults": {key: value}, "runs": [{"model": "e1", "depth": 1, "dim": 16}]})
+
+
+def test_a_complete_run_is_redone_when_its_budget_kind_changes(tmp_path):
+    """A run complete on --steps 3 is complete for --steps 3, not for --minutes 1 (then resumed
+    from its checkpoint, or trained afresh without one)."""
+    (planned,) = plan_suite(_tiny_suite(runs="a"), tmp_path)
+    planned.dir.mkdir()
+    (planned.dir / "config.json").write_text(json.dumps(planned.cfg.to_dict()))
+    (planned.dir / "summary.json").write_text(json.dumps({"complete": True, "budget": {"steps": 3}}))
+    assert run_status(planned) == "complete"
+    (timed,) = plan_suite(_tiny_suite(runs="a"), tmp_path, minutes=1.0)
+    assert run_status(timed) == "restart"
+
+
+def test_a_suite_folder_reused_by_another_suite_starts_its_plan_afresh(tmp_path):
+    """suite.json merges the runs and commands of earlier calls of the same suite only."""
+    from rnnlab.bench.suite import write_plan
+
+    out = tmp_path / "out"
+    first = _tiny_suite("first", "ab")
+    write_plan(first, plan_suite(first, out), out, "rnnlab bench first", {})
+    for p in plan_suite(first, out):  # both runs trained
+        p.dir.mkdir()
+        (p.dir / "summary.json").write_text('{"complete": true}')
+    second = _tiny_suite("second", "c")
+    write_plan(second, plan_suite(second, out), out, "rnnlab bench second", {})
+    doc = _plan_doc(out)
+    assert [r["dir"] for r in doc["runs"]] == ["c"] and [c["command"] for c in doc["invocations"]] == [
+        "rnnlab bench second"]
+
+
+def test_suite_json_keeps_earlier_runs_that_hold_a_run_and_lists_a_repeated_command_once(tmp_path):
+    """A suite continued in one folder: ``--runs a`` then ``--runs b`` lists a (trained) and b,
+    and not an earlier entry whose folder never held a run; the same command again (a resume) is
+    listed once. A run planned again keeps the GPU it was recorded on only if it is complete
+    (skipped): one to be trained again gets the GPU of its new run."""
+    from rnnlab.bench.suite import write_plan
+
+    out, suite = tmp_path / "out", _tiny_suite("s", "abc")
+    write_plan(suite, plan_suite(suite, out, runs="a,c"), out, "bench --runs a,c", {"runs": "a,c"})
+    doc = _plan_doc(out)
+    for r in doc["runs"]:
+        r["gpu"] = "0"
+    (out / "suite.json").write_text(json.dumps(doc))
+    (out / "a").mkdir()
+    (out / "a" / "summary.json").write_text('{"complete": true}')  # a trained; c never started
+    write_plan(suite, plan_suite(suite, out, runs="b"), out, "bench --runs b", {"runs": "b"})
+    write_plan(suite, plan_suite(suite, out, runs="b"), out, "bench --runs b", {"runs": "b"})
+    doc = _plan_doc(out)
+    assert [(r["dir"], r.get("gpu")) for r in doc["runs"]] == [("a", "0"), ("b", None)]
+    assert [c["command"] for c in doc["invocations"]] == ["bench --runs a,c", "bench --runs b"]
+    doc["runs"][1]["gpu"] = "1"  # b recorded on GPU 1 but not complete: planned again, its GPU is the new run's
+    (out / "suite.json").write_text(json.dumps(doc))
+    write_plan(suite, plan_suite(suite, out, runs="a,b"), out, "bench --runs a,b", {"runs": "a,b"})
+    assert [(r["dir"], r.get("gpu")) for r in _plan_doc(out)["runs"]] == [("a", "0"), ("b", None)]
+
+
 # ------------------------------------------------------------------------------------ resume
 def _fake_trainer(calls, interrupt_at=None):
     """A stand-in for run_training that writes a plausible run folder."""
@@ -609,6 +693,24 @@ def test_a_rows_step_spread_is_its_unsteadiest_runs():
     assert unsteadiest([slow, None, fast]) is fast and unsteadiest([None]) is None
 
 
+def test_step_spread_needs_min_steps_step_times():
+    from rnnlab.bench.report import MIN_TIMED_STEPS, spread
+
+    ms = [100.0 + i for i in range(MIN_TIMED_STEPS)]
+    assert spread(ms[:-1]) is None
+    assert spread(ms) == {"median": 109.5, "p10": 101.9, "p90": 117.1}
+    assert spread([5.0, 7.0], min_steps=2) == {"median": 6.0, "p10": 5.2, "p90": 6.8}
+    assert spread([5.0], min_steps=0) is None  # one time is no spread
+
+
+@pytest.mark.parametrize("p90, flagged", [(100.0, False), (114.9, False), (115.1, True)])
+def test_unsteady_steps_are_flagged_beyond_15_percent(p90, flagged):
+    from rnnlab.bench.report import jitter_warning
+
+    rows = [{"name": "a", "gpu_name": "NVIDIA H200", "step_ms": {"median": 100.0, "p10": 100.0, "p90": p90}}]
+    assert bool(jitter_warning(rows)) == flagged
+
+
 @pytest.mark.parametrize("slow_every, gpu, flagged", [(0, "NVIDIA H200", False), (3, "NVIDIA H200", True),
                                                       (3, None, False)])
 def test_report_warns_of_unsteady_step_times(tmp_path, slow_every, gpu, flagged):
@@ -743,6 +845,31 @@ def test_report_reads_runs_of_different_batches_at_equal_training_bytes(tmp_path
         (tmp_path / name / "metrics.jsonl").write_text("".join(
             json.dumps({"step": i, "loss": 3.0, "tokens": i * 4096}) + "\n" for i in (250, 500)))
     assert equal_bytes_lines(collect(tmp_path)["records"]) == []
+
+
+def test_interpolate_reads_a_single_point_only_at_its_own_x():
+    from rnnlab.bench.report import interpolate
+
+    assert interpolate([(5.0, 2.0)], 5.0) == 2.0 and interpolate([(5.0, 2.0)], 4.0) is None
+    assert interpolate([(1.0, 3.0), (2.0, 1.0)], 1.0) == 3.0 and interpolate([(1.0, 3.0), (2.0, 1.0)], 2.0) == 1.0
+
+
+def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
+    """b8 reaches 3.07M training bytes, b16 4.10M: the marks are a quarter, half and all of the
+    3.07M both reached (not of the 4.10M b8 never read), "-" before a run's first evaluation."""
+    from rnnlab.bench.report import equal_bytes_lines
+
+    for name, per_step, steps in (("b8", 4096, (250, 500, 750)), ("b16", 8192, (250, 500))):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "loss": 3.0, "tokens": i * per_step}) + "\n" for i in steps))
+        (run / "eval.jsonl").write_text("".join(
+            json.dumps({"step": i, "val_bpb": 9.0, "val_bpb_train_point": 3.0 - i * per_step / 4096e3,
+                        "bytes": 1000}) + "\n" for i in steps))
+    table = equal_bytes_lines(collect(tmp_path)["records"])[4].splitlines()
+    assert table[0] == "| Run | 0.77M bytes | 1.54M bytes | 3.07M bytes |"
+    assert sorted(table[2:]) == ["| b16 | - | - | 2.2500 |", "| b8 | - | 2.6250 | 2.2500 |"]
 
 
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
@@ -1475,6 +1602,30 @@ def test_mean_std_is_the_sample_std_over_finite_values():
     m, s, n = mean_std([1.0, float("nan"), 3.0, None, float("inf")])
     assert (m, n) == (2.0, 2) and s == pytest.approx(2**0.5)
     assert mean_std([5.0]) == (5.0, None, 1) and mean_std([None]) == (None, None, 0)
+
+
+@pytest.mark.parametrize("n, text", [(999, "999"), (1000, "1.00K"), (9_994, "9.99K"), (10_000, "10.0K"),
+                                     (99_940, "99.9K"), (100_000, "100K"), (1_000_000, "1.00M"),
+                                     (12_345_678, "12.3M"), (1e9, "1.00B"), (400e9, "400B"), (None, "-")])
+def test_counts_keep_three_significant_digits(n, text):
+    from rnnlab.bench.report import fmt_count
+
+    assert fmt_count(n) == text
+
+
+def test_times_of_100_s_and_more_are_whole_seconds():
+    from rnnlab.bench.report import fmt_time
+
+    assert [fmt_time(v) for v in (5.04, 99.94, 100.0, 515.4)] == ["5.0 s", "99.9 s", "100 s", "515 s"]
+
+
+def test_a_runs_seed_is_its_planned_seed_else_its_configs():
+    from rnnlab.bench.report import run_seed
+
+    assert run_seed({"seed": 3, "config": {}, "summary": {}}) == 3  # planned, not run yet
+    assert run_seed({"seed": 3, "config": {"seed": 3}, "summary": {"seed": 3}}) == 3
+    assert run_seed({"seed": None, "config": {"seed": 7}, "summary": {"seed": 8}}) == 7
+    assert run_seed({"seed": None, "config": {}, "summary": {"seed": 9}}) == 9
 
 
 def _set_config(root: Path, name: str, **kw) -> None:

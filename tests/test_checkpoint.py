@@ -22,8 +22,11 @@ import torch
 
 from rnnlab.cli import main
 from rnnlab.train import checkpoint
+from rnnlab.train.config import TrainConfig
+from rnnlab.train.optim import build_optimizer
 from rnnlab.train.rundir import LOCK, RunDir, RunLock
-from rnnlab.train.trainer import Trainer, run_training
+from rnnlab.train.runtime import build_model
+from rnnlab.train.trainer import Trainer, TrainState, run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -54,6 +57,16 @@ def _one_line(capsys) -> str:
     err = "\n".join(line for line in capsys.readouterr().err.splitlines() if not LOG_LINE.match(line)).strip()
     assert err.count("\n") == 0 and "Traceback" not in err, err
     return err
+
+
+def _tiny_state(step: int) -> TrainState:
+    """A freshly initialised tiny model and its optimizer, as a trainer's state at ``step`` (to
+    save checkpoints without training)."""
+    cfg = TrainConfig.from_dict({"model": {"model": "e1", "dim": 16, "depth": 1}, "batch_size": 2, "seq_len": 8,
+                                 "steps": 10, "precision": "fp32", "device": "cpu"})
+    torch.manual_seed(0)
+    model = build_model(cfg, torch.device("cpu"))
+    return TrainState(model, *build_optimizer(model, cfg), step=step)
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +134,18 @@ def test_commit_fsyncs_every_file_before_the_rename(tiny_train, tmp_path, monkey
     assert {str((run / f).resolve()) for f in ("metrics.jsonl", "eval.jsonl")} <= synced_before  # logs first
 
 
+def test_saving_a_step_whose_directory_exists_replaces_it(tmp_path):
+    """A damaged copy of the step being saved (one never resumed from, so never renamed aside) is
+    replaced by the new checkpoint in the commit."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "step-000005").mkdir(parents=True)
+    (ckpt / "step-000005" / "state.pt").write_bytes(b"damaged")
+    saver = checkpoint.Checkpointer(ckpt)
+    saver.save(_tiny_state(5), complete=True)
+    assert saver.find() == (checkpoint.Checkpoint(ckpt / "step-000005", 5), [])
+    assert sorted(p.name for p in (ckpt / "step-000005").iterdir()) == ["manifest.json", "model.safetensors", "state.pt"]
+
+
 # ------------------------------------------------------------------------------ damage
 @pytest.mark.parametrize("name, how", [("model.safetensors", "flip"), ("state.pt", "flip"),
                                        ("manifest.json", "flip"), ("state.pt", "truncate"),
@@ -182,6 +207,63 @@ def test_config_that_disagrees_with_the_weights_is_one_line(tiny_train, tmp_path
         assert re.search(rf"weights in {run}/ckpt/step-000002/model.safetensors do not fit the model: size "
                          r"mismatch for \S+: copying a param with shape torch.Size\(\[\d+(, \d+)*\]\) from "
                          r"checkpoint, the shape in current model is torch.Size", err), err
+
+
+def test_manifest_must_list_exactly_the_two_files_with_their_sizes_and_digests(tmp_path):
+    """A manifest that leaves a file out (which would then go unchecked), adds one, or gives an
+    entry without its size or digest does not describe a checkpoint: the step is damaged."""
+    checkpoint.Checkpointer(tmp_path).save(_tiny_state(3), complete=False)
+    c = checkpoint.Checkpoint(tmp_path / "step-000003", 3)
+    c.verify()
+    good = json.loads((c.path / "manifest.json").read_text())
+    files = good["files"]
+    for bad in ({"model.safetensors": files["model.safetensors"]},
+                {**files, "extra.bin": files["state.pt"]},
+                {**files, "state.pt": {"bytes": files["state.pt"]["bytes"]}}):
+        (c.path / "manifest.json").write_text(json.dumps({**good, "files": bad}))
+        with pytest.raises(checkpoint.CheckpointError, match="does not describe a format-2 checkpoint of step 3"):
+            c.verify()
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_weights_with_any_non_finite_value_are_refused(tmp_path, value):
+    from safetensors.torch import save_file
+
+    model = _tiny_state(0).model
+    sd = checkpoint.model_state_dict(model)
+    name = next(iter(sd))
+    sd[name] = sd[name].clone()
+    sd[name].view(-1)[0] = value
+    save_file(sd, str(tmp_path / "w.safetensors"))
+    with pytest.raises(checkpoint.CheckpointError, match=f"holds non-finite values in {name} "):
+        checkpoint.load_weights(model, tmp_path / "w.safetensors")
+
+
+def test_weights_missing_a_tensor_or_with_an_extra_one_do_not_fit(tmp_path):
+    from safetensors.torch import save_file
+
+    model = _tiny_state(0).model
+    sd = checkpoint.model_state_dict(model)  # the tied head stored once, as embed.weight
+    dropped = sorted(sd)[-1]
+    save_file({k: v for k, v in sd.items() if k != dropped}, str(tmp_path / "less.safetensors"))
+    with pytest.raises(checkpoint.CheckpointError, match=rf"do not fit the model: missing \['{dropped}'\], unexpected \[\]"):
+        checkpoint.load_weights(model, tmp_path / "less.safetensors")
+    save_file({**sd, "extra.weight": torch.zeros(2)}, str(tmp_path / "more.safetensors"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing \[\], unexpected \['extra.weight'\]"):
+        checkpoint.load_weights(model, tmp_path / "more.safetensors")
+    save_file(sd, str(tmp_path / "same.safetensors"))
+    checkpoint.load_weights(model, tmp_path / "same.safetensors")  # the tied head.weight is no missing key
+
+
+def test_a_step_damaged_twice_is_renamed_aside_over_the_older_copy(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    saver = checkpoint.Checkpointer(ckpt)
+    for attempt in ("first", "second"):
+        saver.save(_tiny_state(2), complete=False)
+        (ckpt / "step-000002" / "note.txt").write_text(attempt)
+        target = saver.quarantine(checkpoint.Checkpoint(ckpt / "step-000002", 2))
+        assert target == ckpt / "damaged-step-000002" and (target / "note.txt").read_text() == attempt
+    assert sorted(p.name for p in ckpt.iterdir()) == ["damaged-step-000002"]
 
 
 def _rewrite_manifest(folder: Path, step: int) -> None:
@@ -271,6 +353,44 @@ def test_old_format_run_loads_evaluates_and_resumes(tmp_path, capsys):
     assert _digests(run / "ckpt") == {**legacy_files, **_digests(run / "ckpt")}  # the old files are untouched
     assert RunDir(run).checkpoint().path == run / "ckpt" / "step-000005"
     assert [p.parent.name for p in RunDir(run).weight_files()] == ["ckpt", "step-000005"]  # steps 3 and 5
+
+
+def test_a_step_directory_comes_before_an_old_format_checkpoint_of_the_same_step(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    checkpoint.Checkpointer(ckpt).save(_tiny_state(4), complete=False)
+    for name in ("model.safetensors", "state.pt"):  # the same step as an old run folder's files
+        shutil.copy(ckpt / "step-000004" / name, ckpt / name)
+    found = checkpoint.Checkpointer(ckpt).checkpoints()
+    assert [(c.path.name, c.step, c.legacy) for c in found] == [("step-000004", 4, False), ("ckpt", 4, True)]
+
+
+def test_pruning_never_deletes_an_old_format_checkpoint(tmp_path):
+    """With --keep-checkpoints 1 the step directories beyond the newest go; an old run folder's
+    checkpoint (its files directly in ckpt/, step 3) stays whatever its age, and so does ckpt/."""
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(LEGACY / "ckpt", ckpt)
+    saver = checkpoint.Checkpointer(ckpt, keep=1)
+    for step in (5, 6):
+        saver.save(_tiny_state(step), complete=False)
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.safetensors", "state.pt", "step-000006"]
+    assert [(c.step, c.legacy) for c in saver.checkpoints()] == [(6, False), (3, True)]
+
+
+def test_a_damaged_old_format_checkpoint_is_never_renamed_aside(tmp_path, capsys):
+    """Resuming past a damaged newer checkpoint renames a step directory aside; an old run
+    folder's checkpoint lives in ckpt/ itself, so it is reported and left where it is."""
+    run = RunDir(tmp_path / "r")
+    for step in (2, 3):
+        checkpoint.Checkpointer(run.ckpt_dir).save(_tiny_state(step), complete=False)
+    for name in ("model.safetensors", "state.pt"):  # step 3 as an old-format checkpoint ...
+        shutil.copy(run.ckpt_dir / "step-000003" / name, run.ckpt_dir / name)
+    shutil.rmtree(run.ckpt_dir / "step-000003")
+    (run.ckpt_dir / "state.pt").write_bytes(b"damaged")  # ... whose state is damaged
+    usable = run._usable_checkpoint(run.checkpointer(), resuming=True)
+    assert usable.path == run.ckpt_dir / "step-000002"
+    assert sorted(p.name for p in run.ckpt_dir.iterdir()) == ["model.safetensors", "state.pt", "step-000002"]
+    err = capsys.readouterr().err
+    assert f"checkpoint {run.ckpt_dir} is damaged" in err and "resuming from" in err and "kept as" not in err
 
 
 # ------------------------------------------------------------------------------ write errors, Ctrl-C
@@ -382,6 +502,23 @@ def test_write_atomic_syncs_the_folder_and_leaves_no_temporary(tmp_path, monkeyp
             durable.write_atomic(target, "newer")
         assert target.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
 
+
+def test_remove_tree_makes_the_folder_vanish_durably_before_deleting_it(tmp_path, monkeypatch):
+    """``durable.remove_tree`` (pruning, --overwrite): one rename to a trash name, the parent
+    folder fsync'ed (the folder is gone after a power loss), then the trash deleted."""
+    from rnnlab.train import durable
+
+    events, real_rmtree = _record_fs_calls(monkeypatch, "rename"), shutil.rmtree
+    monkeypatch.setattr(durable.shutil, "rmtree", lambda p: (events.append(("rmtree", str(p))), real_rmtree(p))[1])
+    folder = tmp_path / "step-000002"
+    folder.mkdir()
+    (folder / "state.pt").write_bytes(b"x")
+    durable.remove_tree(folder)
+    trash = str(tmp_path / f".trash-{os.getpid()}-step-000002")
+    assert events == [("rename", str(folder), trash), ("fsync", str(tmp_path.resolve()), True), ("rmtree", trash)]
+    assert os.listdir(tmp_path) == []
+
+
 # ------------------------------------------------------------------------------ the folder
 def test_lock_names_its_holder(tmp_path):
     a, b = RunLock(tmp_path / LOCK), RunLock(tmp_path / LOCK)
@@ -392,6 +529,52 @@ def test_lock_names_its_holder(tmp_path):
     a.release()
     b.acquire()  # free again once released (the kernel also frees it when the holder dies)
     b.release()
+
+
+def test_the_lock_holder_replaces_what_an_earlier_holder_recorded(tmp_path):
+    """A longer record left by an earlier holder (another host's name) is replaced whole, so the
+    next process names the current holder."""
+    (tmp_path / LOCK).write_text(json.dumps({"pid": 1, "host": "h" * 300, "started": "2026-01-01T00:00:00Z"}) + "\n")
+    a, b = RunLock(tmp_path / LOCK), RunLock(tmp_path / LOCK)
+    a.acquire()
+    try:
+        with pytest.raises(ValueError, match=rf"is in use by pid {os.getpid()} on "):
+            b.acquire()
+        assert json.loads((tmp_path / LOCK).read_text())["pid"] == os.getpid()
+    finally:
+        a.release()
+
+
+def test_status_tells_complete_failed_and_incomplete(tmp_path):
+    run = RunDir(tmp_path)
+    for summary, status in (({"complete": True}, "complete"), ({"complete": False, "error": "boom"}, "failed"),
+                            ({"complete": False}, "incomplete")):
+        run.write_summary(summary)
+        assert run.status() == status
+
+
+def _weights_copy(src: Path, dst: Path, step: int | None) -> Path:
+    """A copy of a weights file whose metadata gives ``step`` (None: no step)."""
+    from safetensors.torch import load_file, save_file
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    save_file(load_file(str(src)), str(dst), metadata={} if step is None else {"step": str(step)})
+    return dst
+
+
+def test_weight_files_lists_each_step_once_and_every_copy_of_unknown_step(tmp_path):
+    """``RunDir.weight_files``: the usable checkpoints' weights and the copies elsewhere in the
+    folder, by step; a copy of a step a checkpoint has is left out (the checkpoint's own listed),
+    copies of unknown step all listed, last; the weights of a damaged checkpoint not at all."""
+    run = RunDir(tmp_path / "r")
+    for step in (2, 4):
+        checkpoint.Checkpointer(run.ckpt_dir).save(_tiny_state(step), complete=False)
+    own2 = run.ckpt_dir / "step-000002" / "model.safetensors"
+    _weights_copy(own2, run.path / "aaa" / "model.safetensors", 2)  # sorts before ckpt/ by path
+    copy3 = _weights_copy(own2, run.path / "old3" / "model.safetensors", 3)
+    unknown = [_weights_copy(own2, run.path / d / "model.safetensors", None) for d in ("x", "y")]
+    (run.ckpt_dir / "step-000004" / "state.pt").write_bytes(b"damaged")
+    assert run.weight_files() == [own2, copy3, *unknown]
 
 
 def test_overwrite_replaces_only_the_run(tiny_train, tmp_path):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rnnlab.options import Bounds, positive
-from rnnlab.train.config import FIELDS, MODEL_KEYS, RESUMABLE, TrainConfig, apply_overrides, resume_mismatch
+from rnnlab.train.config import (FIELDS, MAX_TOKENS_PER_STEP, MODEL_KEYS, RESUMABLE, BudgetConfig, TrainConfig,
+                                 apply_overrides, resume_mismatch)
 
 # config.json as the trainer wrote it before the config became sectioned (commit b051db5)
 OLD_CONFIG_JSON = (
@@ -113,6 +114,7 @@ def test_type_and_range_messages(values, message):
 
 @pytest.mark.parametrize("values, message", [
     ({"cuda_graph": True, "device": "cpu"}, "cuda_graph needs a CUDA device, got device 'cpu' (use --no-cuda-graph)"),
+    ({"cuda_graph": True, "device": "mps"}, "cuda_graph needs a CUDA device, got device 'mps' (use --no-cuda-graph)"),
     ({"cuda_graph": True, "device": "cuda", "batch_size": 8, "grad_accum": 2},
      "cuda_graph captures one forward and backward per step: it needs grad_accum 1, got 2"),
 ])
@@ -130,6 +132,42 @@ def test_budget_one_of_and_default():
     cfg = apply_overrides(TrainConfig.from_dict({"steps": 7}), {"minutes": 2})
     assert cfg.budget.chosen() == ("minutes", 2.0)  # a budget given replaces the others
     assert apply_overrides(TrainConfig(), {"tokens": "50M"}).budget.chosen() == ("tokens", 50_000_000)
+
+
+def test_no_budget_or_two_budgets_is_one_clear_error():
+    with pytest.raises(ValueError, match=r"^give one budget \(steps, minutes or tokens\), got none$"):
+        BudgetConfig(steps=None).chosen()
+    with pytest.raises(ValueError, match=r"^give one budget \(steps, minutes or tokens\), got steps=5, minutes=2$"):
+        BudgetConfig(steps=5, minutes=2).chosen()
+
+
+def test_tokens_per_step_limit_is_inclusive():
+    """batch_size * seq_len may be exactly MAX_TOKENS_PER_STEP (2**31), not one row more."""
+    seq_len = 1 << 22
+    ok = TrainConfig.from_dict({"batch_size": MAX_TOKENS_PER_STEP // seq_len, "seq_len": seq_len})
+    assert ok.validate().tokens_per_step() == MAX_TOKENS_PER_STEP
+    with pytest.raises(ValueError, match=r"^batch_size \* seq_len must be at most 2,147,483,648 tokens per step, "
+                                         r"got 513 \* 4194304 = 2,151,677,952$"):
+        apply_overrides(ok, {"batch_size": MAX_TOKENS_PER_STEP // seq_len + 1}).validate()
+
+
+@pytest.mark.parametrize("device, ok", [("cuda:0", True), ("cuda:12", True), ("cuda:", False), ("cuda:x", False),
+                                        ("cuda:1x", False), ("cuda0", False)])
+def test_device_names(device, ok):
+    cfg = TrainConfig.from_dict({"device": device})
+    if ok:
+        assert cfg.validate().run.device == device
+    else:
+        with pytest.raises(ValueError) as e:
+            cfg.validate()
+        assert str(e.value) == f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}"
+
+
+def test_a_top_level_model_field_beats_the_model_table():
+    """``dim`` given both in the model table and at top level (one config file): the top-level
+    one counts."""
+    cfg = apply_overrides(TrainConfig(), {"model": {"model": "e1", "dim": 64, "depth": 3}, "dim": 128})
+    assert (cfg.model.model, cfg.model.dim, cfg.model.depth) == ("e1", 128, 3)
 
 
 def test_default_run_folder_names_width_and_depth():

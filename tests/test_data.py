@@ -122,6 +122,34 @@ def test_split_too_small(tmp_path):
         load_splits(p, min_len=2)
 
 
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_val_fraction_must_be_strictly_between_0_and_1(tmp_path, fraction):
+    p = tmp_path / "corpus.bin"
+    p.write_bytes(bytes(1000))
+    with pytest.raises(ValueError, match=r"val_fraction must be in \(0, 1\)"):
+        load_splits(p, val_fraction=fraction)
+
+
+def test_split_leaving_exactly_min_len_training_bytes_is_allowed(tmp_path):
+    """4 bytes, half held out: 2 bytes of training = min_len, the smallest split allowed."""
+    p = tmp_path / "corpus.bin"
+    p.write_bytes(b"abcd")
+    s = load_splits(p, val_fraction=0.5, min_len=2)
+    assert (len(s.train), len(s.val)) == (2, 2)
+    with pytest.raises(ValueError, match="too small to split"):
+        load_splits(p, val_fraction=0.5, min_len=3)
+
+
+def test_val_data_file_shorter_than_min_len_is_refused(corpus_file, tmp_path):
+    p, _ = corpus_file
+    v = tmp_path / "val.bin"
+    v.write_bytes(b"x")
+    with pytest.raises(ValueError, match=rf"corpus {v} \(split 'val', 1 bytes\) is shorter than min_len = 2 bytes"):
+        load_splits(p, val_data=v)
+    v.write_bytes(b"xy")
+    assert len(load_splits(p, val_data=v).val) == 2
+
+
 def test_bundled_sample_default():
     tr, va = default_train_path(), default_val_path()
     assert tr.is_file() and tr.stat().st_size > 1_000_000
@@ -251,6 +279,14 @@ def test_positive_args(corpus_file, kw, field):
 def test_bad_rank(corpus_file):
     with pytest.raises(ValueError, match="rank must be in"):
         BatchStream(split_of(corpus_file[0]), 2, 8, seed=0, rank=2, world_size=2)
+
+
+def test_negative_step_is_refused(corpus_file):
+    bs = BatchStream(split_of(corpus_file[0]), 2, 8, seed=0)
+    for step in (-1, -2):
+        with pytest.raises(ValueError, match=f"step must be >= 0, got {step}"):
+            bs.offsets(step)
+    assert bs.offsets(0).shape == (2,)
 
 
 # ---- eval_windows -----------------------------------------------------------------------

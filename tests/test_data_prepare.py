@@ -264,3 +264,15 @@ def test_prepared_files_get_the_umask_mode(tmp_path):
         os.umask(old)
     modes = {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir() if p.name != "a.txt"}
     assert modes == {"c.txt": 0o644, "c.txt.manifest.json": 0o644, "d.txt": 0o600, "d.txt.manifest.json": 0o600}
+
+
+def test_a_lone_surrogate_is_replaced_not_dropped(tmp_path):
+    """JSON can spell a lone surrogate (``\\ud800``), which UTF-8 cannot hold: it becomes one
+    replacement character and the rest of the document is kept around it."""
+    src = tmp_path / "s.jsonl"
+    src.write_bytes(b'{"text": "a\\ud800b"}\n{"text": "\\udfff"}\n')
+    out = tmp_path / "o.txt"
+    m = prep.prepare([src], out, progress=False)
+    first, second = out.read_bytes().split(b"\n\n")
+    assert first[:1] == b"a" and first[-1:] == b"b" and first[1:-1] in (b"?", "\ufffd".encode())
+    assert second == first[1:-1] and m["documents"] == 2

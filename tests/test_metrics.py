@@ -99,6 +99,31 @@ def test_scalar_tags():
     assert scalars("eval", rec) == {"eval/loss": 1.5, "eval/bpb": 2.1, "eval/bpb_train_point": 2.0}
 
 
+def test_scalars_leave_out_flags_text_and_missing_values():
+    """The final evaluation's record carries ``final: true`` and the extra file's name: no curves."""
+    rec = {"step": 6, "tokens": 768, "val_bpb": 2.1, "final": True, "extra_data": "/x/wiki.txt",
+           "extra_val_bpb": 2.5, "extra_bytes": 1000, "curve_bytes": 500, "val_bpb_train_point": None}
+    assert scalars("eval", rec) == {"eval/bpb": 2.1, "eval/extra_val_bpb": 2.5}
+
+
+def test_log_lines_of_a_minutes_budget_count_down_its_seconds(tiny_train, tmp_path):
+    from rnnlab.train.metrics import build_trackers
+    from rnnlab.train.rundir import RunDir
+
+    start = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "warmup_s": 0.0}
+    trackers = build_trackers(RunDir(tmp_path), tiny_train(tmp_path, steps=None, minutes=2), start, None, False)
+    try:
+        (lines,) = [t for t in trackers if isinstance(t, LogLines)]
+        assert lines.budget_s == 120.0
+        lines.stream = io.StringIO()
+        lines.log("train", {"step": 10, "tokens": 1280, "loss": 2.0, "lr": 1e-3, "grad_norm": 0.5, "tok_per_s": 100.0,
+                            "peak_mem_gib": None, "elapsed_s": 35.0, "warmup_s": 5.0})
+        assert lines.stream.getvalue().rstrip().endswith("elapsed 0:00:35  eta 0:01:30")
+    finally:
+        for tracker in trackers:
+            tracker.close()
+
+
 def test_tensorboard_gets_grad_norm_and_hparams(tiny_train, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -232,6 +257,7 @@ def test_steady_throughput_leaves_out_the_warm_up_steps():
     assert all(flags) and t.tok_per_s(300, 30.0) == 10.0  # only warm-up so far: the run's own rate
     assert t.add(100, 0.1) is False and t.add(100, 0.1) is False
     assert t.tok_per_s(500, 30.2) == pytest.approx(1000.0)
+    assert Throughput().tok_per_s(0, 0.0) is None and Throughput().tok_per_s(100, 0.0) is None  # no time, no rate
 
 
 def test_progress_bar_names_the_model_as_its_run_folder_does(tiny_train, tmp_path):

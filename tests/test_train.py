@@ -288,12 +288,63 @@ def test_resume_with_the_minutes_budget_a_run_ended_on_is_allowed(tiny_train, tm
     assert again["steps"] == first["steps"]
 
 
+def test_resume_is_refused_once_the_training_time_reaches_the_minutes_budget(tiny_train, tmp_path):
+    """The trainer starts a step while the training time is under --minutes: a run whose time by
+    the step before its checkpoint equals the budget is past it (the same rule, at equality)."""
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=3), progress=False)
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    records[1].update(elapsed_s=75.0, warmup_s=15.0)  # step 2: one minute of budget time
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(ValueError, match=r"is at step 3, and had trained 1 minutes by step 2, past this budget "
+                                         r"\(minutes 1\)"):
+        RunDir(run).prepare(tiny_train(run, steps=None, minutes=1, resume=True))
+    rundir = RunDir(run)
+    assert rundir.prepare(tiny_train(run, steps=None, minutes=1.001, resume=True)).step == 3
+    rundir.release()
+
+
 def test_a_finished_run_resumed_keeps_its_tok_per_s(tiny_train, tmp_path):
     """A complete run resumed with its own budget trains nothing and keeps the tok/s its training
     measured (not the whole run's average over a session that only evaluated)."""
     first = run_training(tiny_train(tmp_path / "r", steps=6), progress=False)
     again = run_training(tiny_train(tmp_path / "r", steps=6, resume=True), progress=False)
     assert again["steps"] == 6 and again["tok_per_s"] == first["tok_per_s"]
+
+
+def test_a_finished_run_resumed_writes_no_checkpoint_again(tiny_train, tmp_path, monkeypatch):
+    """Resumed with its own budget, a finished run trains nothing and its checkpoint of that step
+    is not written again (the run folder may be an archive)."""
+    from rnnlab.train import checkpoint
+
+    run_training(tiny_train(tmp_path / "r", steps=2), progress=False)
+    commits = []
+    monkeypatch.setattr(checkpoint.Checkpointer, "_commit", lambda self, staged, step: commits.append(step))
+    s = run_training(tiny_train(tmp_path / "r", steps=2, resume=True), progress=False)
+    assert s["complete"] and s["steps"] == 2 and commits == []
+
+
+def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
+    state = trainer.TrainState(None, None, None)
+    for i in range(5):
+        state.advance(1.0, 100, 2.0 if i < 3 else 0.5, warmup=i < 3)
+    assert (state.elapsed_s, state.warmup_s, state.warmup_tokens) == (7.0, 6.0, 300)
+    assert state.steady_tok_per_s() == 200 / 1.0
+    only_warm = trainer.TrainState(None, None, None)
+    only_warm.advance(1.0, 100, 2.0, warmup=True)
+    assert only_warm.steady_tok_per_s() is None  # no step past the warm-up (and no division by zero)
+
+
+def test_progress_from_an_older_checkpoint_fills_what_it_lacks():
+    """A checkpoint from before wall_s, warmup_s and warmup_tokens were saved: its wall time is
+    its training time, no warm-up time, warm-up tokens unknown (so no steady tok/s)."""
+    state = trainer.TrainState(None, None, None)
+    state.load_progress({"step": 5, "tokens": 640, "elapsed_s": 2.5, "losses": [3.0, 2.0], "last_eval": None})
+    assert (state.step, state.tokens, state.elapsed_s, state.wall_s, state.warmup_s, state.warmup_tokens) == \
+        (5, 640, 2.5, 2.5, 0.0, None)
+    assert list(state.losses) == [3.0, 2.0] and state.steady_tok_per_s() is None
+    state.load_progress({**state.progress(False), "wall_s": 9.0})
+    assert state.wall_s == 9.0
 
 
 def test_steady_tok_per_s_counts_every_session(tiny_train, tmp_path):
@@ -456,6 +507,36 @@ def test_schedulefree_is_evaluated_at_x_and_at_the_train_point(model, tiny_train
     assert adamw["val_loss_train_point"] is None  # one point only
     assert main(["eval", "--run", str(tmp_path / "a"), "--at", "train-point"]) == 2
     assert "holds no Schedule-Free train point" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("optimizer", ["schedulefree-adamw", "adamw"])
+def test_eval_weights_leaves_the_model_in_the_mode_it_found(tiny_train, tmp_path, optimizer):
+    from rnnlab.train.optim import build_optimizer, eval_weights
+    from rnnlab.train.runtime import build_model
+
+    cfg = tiny_train(tmp_path, optimizer=optimizer, dim=16, depth=1)
+    model = build_model(cfg, torch.device("cpu"))
+    opt, _ = build_optimizer(model, cfg)
+    for training in (False, True):
+        model.train(training)
+        with eval_weights(model, opt):
+            assert not model.training
+        assert model.training is training
+
+
+def test_a_train_point_of_other_shapes_is_refused():
+    """Schedule-Free's y from a checkpoint must match the parameters one for one in shape: a
+    tensor that would broadcast into its parameter is no match."""
+    from rnnlab.train.optim import load_train_point
+
+    params = [torch.zeros(3, 4), torch.zeros(5)]
+    with pytest.raises(ValueError, match="2 Schedule-Free train tensors that do not fit the model's 2 parameters"):
+        load_train_point(params, [torch.ones(3, 4), torch.ones(1)])
+    with pytest.raises(ValueError, match="1 Schedule-Free train tensors"):
+        load_train_point(params, [torch.ones(3, 4)])
+    assert all(not p.any() for p in params)
+    load_train_point(params, [torch.ones(3, 4), torch.full((5,), 2.0)])
+    assert params[0].eq(1).all() and params[1].eq(2).all()
 
 
 def test_extra_held_out_file_is_scored_whole_at_the_end(tiny_train, tmp_path, capsys):
@@ -917,6 +998,16 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     assert (cut["steps"], cut["val_bytes"]) == (3, s["val_bytes"])
 
 
+def test_curve_evals_on_the_eval_bytes_are_not_scored_twice_at_the_end(tiny_train, tmp_path):
+    """--curve-eval-bytes equal to --eval-bytes: the final evaluation's one score is the curve's
+    too, so it records no separate curve_* keys."""
+    run_training(tiny_train(tmp_path / "r", steps=2, eval_every=1, eval_bytes=2048, curve_eval_bytes=2048),
+                 progress=False)
+    evals = [json.loads(x) for x in (tmp_path / "r" / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e.get("final", False), e["bytes"]) for e in evals] == [(1, False, 2016), (2, True, 2016)]
+    assert not [k for k in evals[-1] if k.startswith("curve_")]
+
+
 def test_resumed_run_keeps_its_earlier_sessions_provenance(tiny_train, tmp_path, monkeypatch):
     """env.json describes the session that wrote it; a resumed run keeps each earlier session's
     start, commit and GPU, and the report names every commit the run trained under and dates it
@@ -951,6 +1042,18 @@ def test_overwrite_removes_an_archived_runs_metrics(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=3, overwrite=True), progress=False)
     assert not (tmp_path / "r" / "metrics.jsonl.xz").exists()
     assert [r["step"] for r in RunDir(tmp_path / "r").metrics()] == [1, 2, 3]
+
+
+def test_each_resume_adds_the_session_before_it_to_the_earlier_sessions(tiny_train, tmp_path):
+    run = RunDir(tmp_path)
+    cfg = tiny_train(tmp_path).resolve()
+    sessions = [{"started": f"2026-01-0{i}T00:00:00Z", "git_sha": f"{i}" * 7, "git_dirty": None, "gpu": f"gpu{i}"}
+                for i in (1, 2, 3)]
+    run.start(cfg, {**sessions[0], "argv": ["a"]}, None)
+    run.start(cfg, {**sessions[1], "argv": ["b"]}, 0)
+    run.start(cfg, {**sessions[2], "argv": ["c"]}, 0)
+    env = run.env()
+    assert env["earlier_sessions"] == sessions[:2] and env["started"] == sessions[2]["started"]
 
 
 def test_git_commit_label_is_the_inverse_of_split_dirty(monkeypatch):
