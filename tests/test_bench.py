@@ -819,6 +819,19 @@ def test_bpb_vs_bytes_puts_each_evaluation_at_the_bytes_its_step_had_read(tmp_pa
     assert tmp_path / "bpb_vs_bytes.png" in written
 
 
+def _two_batch_runs(tmp_path, b8_steps, b16_steps):
+    """Runs b8 (4096 bytes a step) and b16 (8192) evaluated at the given steps, their curves at y
+    on one line, 3 - bytes / 4.096M."""
+    for name, per_step, steps in (("b8", 4096, b8_steps), ("b16", 8192, b16_steps)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "loss": 3.0, "tokens": i * per_step}) + "\n" for i in steps))
+        (run / "eval.jsonl").write_text("".join(
+            json.dumps({"step": i, "val_bpb": 9.0, "val_bpb_train_point": 3.0 - i * per_step / 4096e3,
+                        "bytes": 1000}) + "\n" for i in steps))
+
+
 def test_report_reads_runs_of_different_batches_at_equal_training_bytes(tmp_path):
     """report.md's equal-bytes table: when the runs read different bytes per step, each run's
     held-out curve (at y) at a quarter, half and all of the bytes every run reached, linearly
@@ -827,14 +840,7 @@ def test_report_reads_runs_of_different_batches_at_equal_training_bytes(tmp_path
     from rnnlab.bench.report import equal_bytes_lines, interpolate
 
     assert interpolate([(0.0, 2.0), (10.0, 1.0)], 2.5) == 1.75 and interpolate([(1.0, 2.0), (2.0, 1.0)], 0.5) is None
-    for name, per_step, steps in (("b8", 4096, (250, 500, 750, 1000)), ("b16", 8192, (250, 500))):
-        run = tmp_path / name
-        run.mkdir()
-        (run / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": i, "loss": 3.0, "tokens": i * per_step}) + "\n" for i in steps))
-        (run / "eval.jsonl").write_text("".join(
-            json.dumps({"step": i, "val_bpb": 9.0, "val_bpb_train_point": 3.0 - i * per_step / 4096e3,
-                        "bytes": 1000}) + "\n" for i in steps))
+    _two_batch_runs(tmp_path, (250, 500, 750, 1000), (250, 500))
     lines = equal_bytes_lines(collect(tmp_path)["records"])
     assert lines[0] == "## Held-out bpb at equal training bytes" and "scores 1,000 held-out bytes" in lines[2]
     table = lines[4].splitlines()
@@ -859,14 +865,7 @@ def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
     3.07M both reached (not of the 4.10M b8 never read), "-" before a run's first evaluation."""
     from rnnlab.bench.report import equal_bytes_lines
 
-    for name, per_step, steps in (("b8", 4096, (250, 500, 750)), ("b16", 8192, (250, 500))):
-        run = tmp_path / name
-        run.mkdir()
-        (run / "metrics.jsonl").write_text("".join(
-            json.dumps({"step": i, "loss": 3.0, "tokens": i * per_step}) + "\n" for i in steps))
-        (run / "eval.jsonl").write_text("".join(
-            json.dumps({"step": i, "val_bpb": 9.0, "val_bpb_train_point": 3.0 - i * per_step / 4096e3,
-                        "bytes": 1000}) + "\n" for i in steps))
+    _two_batch_runs(tmp_path, (250, 500, 750), (250, 500))
     table = equal_bytes_lines(collect(tmp_path)["records"])[4].splitlines()
     assert table[0] == "| Run | 0.77M bytes | 1.54M bytes | 3.07M bytes |"
     assert sorted(table[2:]) == ["| b16 | - | - | 2.2500 |", "| b8 | - | 2.6250 | 2.2500 |"]
