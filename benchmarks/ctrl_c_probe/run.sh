@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# A time limit's Ctrl-C during a compiled + captured Mamba2's final evaluation, as
+# benchmarks/run_suites_gpu.sh's BENCH_TIMEOUT sends it (`timeout -s INT`: SIGINT to the run's
+# process group), to see what the process does (docs/reliability.md, "What is not guaranteed").
+# Stage `bash benchmarks/stage_gpu.sh ../shared --models mamba2 --subset benchmarks/registry_pile_subset_small.txt`
+# without --compile-cache (the final evaluation then compiles cold, as in the case seen), carry .gpu; on the device
+#   bash benchmarks/ctrl_c_probe/run.sh OUTDIR      (INT_DELAY=S: seconds after the budget's last step line, 2)
+# OUTDIR/probe.log: the run's log with watch_sigint.py's lines and the probe's; OUTDIR/summary.json if written.
+set -u
+out=$1 here=benchmarks/ctrl_c_probe
+# shellcheck source=benchmarks/gpu_env.sh
+source benchmarks/gpu_env.sh
+python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz >/dev/null
+python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz >/dev/null
+python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz >/dev/null
+log=$out/probe.log
+timeout -s INT -k 60 900 python3 "$here"/watch_sigint.py bench "$here"/suite.toml --gpus 1 --data /tmp/train.txt \
+  --val-data /tmp/val.txt --extra-val-data /tmp/wikitext2.txt --eval-bytes all --out /tmp/probe --no-progress >"$log" 2>&1 &
+limit=$!
+until grep -q "eta 0:00:00" "$log" || ! kill -0 "$limit" 2>/dev/null; do sleep 0.2; done
+sleep "${INT_DELAY:-2}"
+echo "[probe $(date -u +%T)] the time limit fires: SIGALRM to timeout, which sends SIGINT to the run's group" >>"$log"
+kill -ALRM "$limit"
+wait "$limit"
+echo "[probe $(date -u +%T)] timeout's exit status $?" >>"$log"
+ls -la /tmp/probe/m2 >>"$log" 2>&1
+cp /tmp/probe/m2/summary.json "$out"/ 2>/dev/null
+grep -v " step [0-9]*0 " "$log" | tail -40

@@ -1,0 +1,34 @@
+"""`rnnlab ARGS` with a thread that logs SIGINT's disposition whenever it changes (Python's handler,
+and the process's ignored / caught bits from /proc, which a native library's own handler would
+change), and a last line at a clean interpreter exit: a process that ends without that line died
+of a signal. SIGINT starts at Python's default, as in a foreground process (a script's `cmd &`
+would start it ignored)."""
+import atexit
+import runpy
+import signal
+import sys
+import threading
+import time
+
+
+def disposition() -> tuple[str, dict[str, bool]]:
+    status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
+    bit = 1 << (signal.SIGINT - 1)
+    return repr(signal.getsignal(signal.SIGINT)), {k: bool(int(status[k], 16) & bit) for k in ("SigIgn", "SigCgt")}
+
+
+def watch() -> None:
+    last = None
+    while True:
+        now = disposition()
+        if now != last:
+            print(f"[watch {time.strftime('%H:%M:%S')}] SIGINT: {now}", file=sys.stderr, flush=True)
+            last = now
+        time.sleep(0.1)
+
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+atexit.register(lambda: print(f"[watch {time.strftime('%H:%M:%S')}] clean interpreter exit", file=sys.stderr, flush=True))
+threading.Thread(target=watch, daemon=True).start()
+sys.argv = ["rnnlab", *sys.argv[1:]]
+runpy.run_module("rnnlab", run_name="__main__", alter_sys=True)
