@@ -268,11 +268,11 @@ def test_prepared_files_get_the_umask_mode(tmp_path):
 
 def test_a_lone_surrogate_is_replaced_not_dropped(tmp_path):
     """JSON can spell a lone surrogate (``\\ud800``), which UTF-8 cannot hold: it becomes one
-    replacement character and the rest of the document is kept around it."""
+    replacement character (U+FFFD, not "?") and the rest of the document is kept around it; a valid
+    surrogate pair is the one character it spells."""
     src = tmp_path / "s.jsonl"
-    src.write_bytes(b'{"text": "a\\ud800b"}\n{"text": "\\udfff"}\n')
+    src.write_bytes(b'{"text": "a\\ud800b"}\n{"text": "\\udfff"}\n{"text": "\\ud83d\\ude00\\ud83d"}\n')
     out = tmp_path / "o.txt"
     m = prep.prepare([src], out, progress=False)
-    first, second = out.read_bytes().split(b"\n\n")
-    assert first[:1] == b"a" and first[-1:] == b"b" and first[1:-1] in (b"?", "\ufffd".encode())
-    assert second == first[1:-1] and m["documents"] == 2
+    assert out.read_bytes().split(b"\n\n") == ["a\ufffdb".encode(), "\ufffd".encode(), "\U0001F600\ufffd".encode()]
+    assert m["documents"] == 3

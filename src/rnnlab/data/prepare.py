@@ -221,6 +221,19 @@ def _lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
         yield bytes(buf)
 
 
+# a surrogate code point left alone in a decoded JSON string (json.loads joins each valid pair into one
+# character, so any surrogate still there is lone)
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _utf8(text: str) -> bytes:
+    """``text`` as UTF-8, each lone surrogate (which UTF-8 cannot hold) as one U+FFFD."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
 def _jsonl_texts(blocks: Iterable[bytes], field: str, path: Path) -> Iterator[bytes]:
     """Each non-blank line's ``field`` as UTF-8 (lone surrogates, which UTF-8 cannot hold, as U+FFFD)."""
     for lineno, line in enumerate(_lines(blocks), start=1):
@@ -233,7 +246,7 @@ def _jsonl_texts(blocks: Iterable[bytes], field: str, path: Path) -> Iterator[by
         text = record.get(field) if isinstance(record, dict) else None
         if not isinstance(text, str):
             raise CorpusError(f"{path}: line {lineno} has no string field {field!r} (choose it with --field)")
-        yield text.encode("utf-8", errors="replace")
+        yield _utf8(text)
 
 
 class _HashingReader(io.RawIOBase):
