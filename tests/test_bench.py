@@ -63,14 +63,14 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
     the reference's train.py recipe, each at the reference's E88 run's batch and lr and at its
     Mamba2 run's; every model in its fastest mode (compiled + CUDA graph), E1 heads also in the
     race's mode (compiled); E1 heads' learning rate searched in its fastest mode; a second seed of
-    its best row and of Mamba2's own."""
+    its best row, of Mamba2's own and of E88's own."""
     race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     runs = {p.name: p.cfg for p in plan_suite(load_suite("e88-recipe-400m"), tmp_path / "recipe")}
     settings = {name: (c.data.batch_size, c.optim.lr) for name, c in runs.items()}
     search = {"e1-heads-graph-b16-lr1.5e-3": (16, 1.5e-3), "e1-heads-graph-b16-lr9.2e-4-rerun": (16, 9.2e-4),
               "e1-heads-graph-b16-lr6e-4": (16, 6e-4),
               "e1-heads-graph-b8-lr9.2e-4": (8, 9.2e-4), "e1-heads-graph-b16-lr9.2e-4-seed43": (16, 9.2e-4),
-              "mamba2-b8-lr3e-4-seed43": (8, 3e-4)}
+              "mamba2-b8-lr3e-4-seed43": (8, 3e-4), "e88-b16-lr9.2e-4-seed43": (16, 9.2e-4)}
     assert settings == {f"{m}-{s}": v for m in ("e88", "mamba2", "e1-heads", "e1-heads-graph", "e16-s4")
                         for s, v in (("b16-lr9.2e-4", (16, 9.2e-4)), ("b8-lr3e-4", (8, 3e-4)))} | search
     for name, c in runs.items():
