@@ -511,6 +511,33 @@ def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
         assert summary["complete"] is False and summary["error"].startswith("aborted by Ctrl-C at step 3")
 
 
+def test_ctrl_c_while_the_summary_is_written(tmp_path, capsys, monkeypatch):
+    """A first Ctrl-C that comes while summary.json is being written (the final evaluation and
+    checkpoint done) is not lost: the summary is written again saying the run was interrupted at
+    its end, and ``rnnlab train`` exits 130, as for a Ctrl-C in the final evaluation, so a caller
+    running several runs stops after this one."""
+    import signal
+
+    from rnnlab.train.rundir import RunDir
+
+    real, calls = RunDir.write_summary, [0]
+
+    def write_summary(self, summary):
+        calls[0] += 1
+        if calls[0] == 1:
+            signal.raise_signal(signal.SIGINT)
+        return real(self, summary)
+
+    monkeypatch.setattr(RunDir, "write_summary", write_summary)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "3", "--out", str(run)]) == 130
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is True and summary["interrupted_at_end"] is True and "error" not in summary
+    assert calls[0] == 2 and (run / "ckpt" / "step-000003").is_dir()
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "rnnlab train: Ctrl-C came at the end of the budget; the run finished first (complete)")
+
+
 def test_ctrl_c_before_training_starts_exits_130_in_one_line(tmp_path, capsys, monkeypatch):
     """A Ctrl-C while ``rnnlab train`` sets up (before the first step) exits 130 with one short
     line and no traceback, and leaves no run folder."""

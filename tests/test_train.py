@@ -135,6 +135,16 @@ def test_run_folder_contents(tiny_train, tmp_path):
     assert r["loss"] == summary["val_loss"] and r["bytes"] == (4096 - 1) // 32 * 32
 
 
+def test_one_process_run_records_no_distributed_mode(tiny_train, tmp_path):
+    """A run in one process records ``world_size`` 1 and ``distributed`` None in its summary, also
+    when ``--distributed ddp`` was asked for: it trained as a plain run (a note says so), and its
+    records must not claim a wrapper that never ran."""
+    run = tmp_path / "run"
+    s = run_training(tiny_train(run, steps=1, distributed="ddp"), progress=False)
+    for summary in (s, json.loads((run / "summary.json").read_text())):
+        assert summary["world_size"] == 1 and "distributed" in summary and summary["distributed"] is None
+
+
 def test_config_file_and_overrides(tmp_path):
     toml = tmp_path / "c.toml"
     toml.write_text('steps = 7\nlr = 1e-3\nbatch_size = 8\n[model]\nmodel = "mingru"\ndim = 48\n'
@@ -740,6 +750,22 @@ def test_adamw_lr_is_linear_warmup_then_cosine(tiny_train, tmp_path):
     # the LR of the update after s completed steps: (s+1)/3 during warmup, then cos from 1 to 0 at step 10
     expected = [1e-3 * ((s + 1) / 3 if s < 3 else 0.5 * (1 + math.cos(math.pi * (s - 3) / 7))) for s in range(10)]
     assert lrs == pytest.approx(expected, rel=1e-12)
+
+
+def test_adamw_cosine_ends_at_zero_and_stays_there(tiny_train, tmp_path):
+    """The cosine ends at 0 at the step budget and stays at 0: AdamW's real scheduler, stepped past
+    its budget, never climbs back up the cosine (progress is clamped at 1) nor goes below 0."""
+    from rnnlab.train.optim import build_optimizer
+
+    cfg = tiny_train(tmp_path, optimizer="adamw", steps=6, warmup_steps=2, lr=1e-3)
+    opt, sched = build_optimizer(torch.nn.Linear(2, 2), cfg)
+    lrs = []  # the LR after s = 1, 2, ... completed steps: the budget (6), then 6 steps beyond it
+    for _ in range(12):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs[5] == 0.0 and lrs[6:] == [0.0] * 6  # at the budget and past it
+    assert min(lrs) >= 0.0 and all(a >= b for a, b in zip(lrs[1:], lrs[2:]))  # after the peak: never up
 
 
 def test_adamw_constant_schedule_warms_up_then_stays(tiny_train, tmp_path):
