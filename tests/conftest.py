@@ -42,6 +42,30 @@ def _ctrl_c_as_in_a_terminal():
     signal.signal(signal.SIGINT, previous)
 
 
+@pytest.fixture
+def ctrl_c_on_call(monkeypatch):
+    """``ctrl_c_on_call(owner, name, call, presses=1)`` patches ``owner.name`` so that its
+    ``call``-th call first presses Ctrl-C (SIGINT to this process) ``presses`` times, then runs:
+    a Ctrl-C arriving during that training step, evaluation or write (one press = stop and save,
+    two = abort). Returns the list whose item counts the calls."""
+    import signal
+
+    def patch(owner, name: str, call: int, presses: int = 1) -> list[int]:
+        real, calls = getattr(owner, name), [0]
+
+        def pressed(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] == call:
+                for _ in range(presses):
+                    signal.raise_signal(signal.SIGINT)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, pressed)
+        return calls
+
+    return patch
+
+
 def pytest_runtest_logreport(report) -> None:
     """With ``RNNLAB_TEST_RECORD=DIR`` (benchmarks/gpu_tests.sh), each test's outcome and time go to
     DIR/test_times.tsv and each failure's traceback to DIR/failures.txt as soon as it ends, so a

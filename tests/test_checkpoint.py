@@ -417,21 +417,8 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch, 
     assert _steps(run) == list(range(1, 7)) and _losses(run) == straight
 
 
-def _ctrl_c_at(step: int):
-    """A ``Trainer.train_step`` that presses Ctrl-C once during step ``step``."""
-    real, calls = Trainer.train_step, [0]
-
-    def train_step(self, batch):
-        calls[0] += 1
-        if calls[0] == step:
-            signal.raise_signal(signal.SIGINT)
-        return real(self, batch)
-
-    return train_step
-
-
 @pytest.mark.parametrize("stage, kept", [(2, 2), (5, 3)])  # the writer's pauses: 2 = after the weights, 5 = in the commit
-def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, capsys, monkeypatch):
+def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, capsys, monkeypatch, ctrl_c_on_call):
     """Ctrl-C stops after step 3 and saves; a second Ctrl-C while that checkpoint is written
     abandons it (the one of step 2 stays), or, inside the commit, takes effect once the commit is
     done: either way the message names the checkpoint that really is on disk."""
@@ -442,7 +429,7 @@ def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, ca
         if pauses[0] == 5 + stage:  # the first checkpoint (step 2) passes its 5 pauses
             signal.raise_signal(signal.SIGINT)
 
-    monkeypatch.setattr(Trainer, "train_step", _ctrl_c_at(3))
+    ctrl_c_on_call(Trainer, "train_step", call=3)
     monkeypatch.setattr(checkpoint, "_pause", pause)
     assert main(["train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--out", str(run)]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]

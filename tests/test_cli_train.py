@@ -253,22 +253,12 @@ def test_relative_data_paths_are_resolved_against_the_launch_directory(tmp_path,
     assert json.loads(capsys.readouterr().out)["data"] == str(val.resolve())
 
 
-def test_ctrl_c_in_training_exits_130_after_saving(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_in_training_exits_130_after_saving(tmp_path, capsys, ctrl_c_on_call):
     """One Ctrl-C during ``rnnlab train`` finishes the step, saves a checkpoint and exits 130
     (not 0: the run is incomplete), saying where to resume; no traceback."""
-    import signal
-
     from rnnlab.train.trainer import Trainer
 
-    real, calls = Trainer.train_step, [0]
-
-    def train_step(self, batch):
-        calls[0] += 1
-        if calls[0] == 2:
-            signal.raise_signal(signal.SIGINT)
-        return real(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+    ctrl_c_on_call(Trainer, "train_step", call=2)
     run = tmp_path / "run"
     assert main(["train", "--model", "e1", *TINY, "--steps", "5", "--out", str(run)]) == 130
     captured = capsys.readouterr()
@@ -511,24 +501,14 @@ def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
         assert summary["complete"] is False and summary["error"].startswith("aborted by Ctrl-C at step 3")
 
 
-def test_ctrl_c_while_the_summary_is_written(tmp_path, capsys, monkeypatch):
+def test_ctrl_c_while_the_summary_is_written(tmp_path, capsys, ctrl_c_on_call):
     """A first Ctrl-C that comes while summary.json is being written (the final evaluation and
     checkpoint done) is not lost: the summary is written again saying the run was interrupted at
     its end, and ``rnnlab train`` exits 130, as for a Ctrl-C in the final evaluation, so a caller
     running several runs stops after this one."""
-    import signal
-
     from rnnlab.train.rundir import RunDir
 
-    real, calls = RunDir.write_summary, [0]
-
-    def write_summary(self, summary):
-        calls[0] += 1
-        if calls[0] == 1:
-            signal.raise_signal(signal.SIGINT)
-        return real(self, summary)
-
-    monkeypatch.setattr(RunDir, "write_summary", write_summary)
+    calls = ctrl_c_on_call(RunDir, "write_summary", call=1)
     run = tmp_path / "run"
     assert main(["train", "--model", "e1", *TINY, "--steps", "3", "--out", str(run)]) == 130
     summary = json.loads((run / "summary.json").read_text())

@@ -158,25 +158,15 @@ def test_the_last_step_is_logged_whatever_log_every(tiny_train, tmp_path, capsys
     assert [e.step for e in acc.Scalars("train/grad_norm")] == [1, 2, 4, 5]
 
 
-def test_the_step_a_ctrl_c_stops_at_is_logged(tiny_train, tmp_path, capsys, monkeypatch):
+def test_the_step_a_ctrl_c_stops_at_is_logged(tiny_train, tmp_path, capsys, ctrl_c_on_call):
     """A Ctrl-C ends the run after the step it came in: that step is the run's last, so the log
     lines and TensorBoard get it though it is no multiple of ``log_every`` (here step 3 of 10 at
     ``log_every`` 2): the log ends at the step the run stopped and saved at."""
-    import signal
-
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from rnnlab.train.trainer import Trainer, run_training
 
-    real, calls = Trainer.train_step, [0]
-
-    def train_step(self, batch):
-        calls[0] += 1
-        if calls[0] == 3:
-            signal.raise_signal(signal.SIGINT)
-        return real(self, batch)
-
-    monkeypatch.setattr(Trainer, "train_step", train_step)
+    ctrl_c_on_call(Trainer, "train_step", call=3)
     run = tmp_path / "run"
     assert run_training(tiny_train(run, steps=10, log_every=2), progress=False)["steps"] == 3
     lines = [line for line in capsys.readouterr().err.splitlines() if re.search(r" step \d+/10 ", line)]

@@ -8,7 +8,6 @@ import json
 import math
 import re
 import shutil
-import signal
 
 import pytest
 import torch
@@ -198,29 +197,14 @@ def test_resume_mismatch_ignores_budget_and_logging():
 
 
 # ----------------------------------------------------------------------------- resume
-def _interrupt(at: int, times: int = 1):
-    """A ``Trainer.train_step`` that sends SIGINT (Ctrl-C) to this process during step ``at``
-    (``times`` of them: one = stop after the step and save, two = abort)."""
-    real, calls = Trainer.train_step, [0]
-
-    def step(self, batch):
-        calls[0] += 1
-        if calls[0] == at:
-            for _ in range(times):
-                signal.raise_signal(signal.SIGINT)
-        return real(self, batch)
-
-    return step
-
-
 @pytest.mark.parametrize("optimizer", ["schedulefree-adamw", "adamw"])
-def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch):
+def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch, ctrl_c_on_call):
     # E1 is the hard case: its spectral-norm vector u is a plain attribute that evolves in training.
     kw = dict(steps=20, optimizer=optimizer, warmup_steps=3, lr=3e-3)
     straight = run_training(tiny_train(tmp_path / "a", eval_every=4, checkpoint_every=7, **kw),
                             progress=False)
 
-    monkeypatch.setattr(Trainer, "train_step", _interrupt(at=10))
+    ctrl_c_on_call(Trainer, "train_step", call=10)
     part = run_training(tiny_train(tmp_path / "b", **kw), progress=False)
     assert part["complete"] is False and part["steps"] == 10  # Ctrl-C in step 10: finish it, save
     monkeypatch.undo()
@@ -236,10 +220,10 @@ def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeypatch):
+def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeypatch, ctrl_c_on_call):
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=4), progress=False)
-    monkeypatch.setattr(Trainer, "train_step", _interrupt(at=2, times=2))
+    ctrl_c_on_call(Trainer, "train_step", call=2, presses=2)
     with pytest.raises(KeyboardInterrupt, match=r"aborted by Ctrl-C at step 5; last good checkpoint kept at "
                                                 r".*ckpt/step-000005 \(step 5\)"):
         run_training(tiny_train(run, steps=8, checkpoint_every=1, resume=True), progress=False)
