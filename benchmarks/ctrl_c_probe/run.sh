@@ -14,7 +14,7 @@ python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz >/dev/nu
 python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz >/dev/null
 python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz >/dev/null
 log=$out/probe.log
-timeout -s INT -k 60 900 python3 "$here"/watch_sigint.py bench "$here"/suite.toml --gpus 1 --data /tmp/train.txt \
+timeout --preserve-status -s INT -k 60 900 python3 "$here"/watch_sigint.py bench "$here"/suite.toml --gpus 1 --data /tmp/train.txt \
   --val-data /tmp/val.txt --extra-val-data /tmp/wikitext2.txt --eval-bytes all --out /tmp/probe --no-progress >"$log" 2>&1 &
 limit=$!
 until grep -q "eta 0:00:00" "$log" || ! kill -0 "$limit" 2>/dev/null; do sleep 0.2; done
@@ -22,7 +22,7 @@ sleep "${INT_DELAY:-2}"
 echo "[probe $(date -u +%T)] the time limit fires: SIGALRM to timeout, which sends SIGINT to the run's group" >>"$log"
 kill -ALRM "$limit"
 wait "$limit"
-echo "[probe $(date -u +%T)] timeout's exit status $?" >>"$log"
+echo "[probe $(date -u +%T)] the run's exit status $? (130: rnnlab's own after a Ctrl-C, or killed by SIGINT; 128 + N: killed by signal N)" >>"$log"
 ls -la /tmp/probe/m2 >>"$log" 2>&1
 cp /tmp/probe/m2/summary.json "$out"/ 2>/dev/null
 grep -v " step [0-9]*0 " "$log" | tail -40

@@ -1,9 +1,10 @@
 """`rnnlab ARGS` with a thread that logs SIGINT's disposition whenever it changes (Python's handler,
 and the process's ignored / caught bits from /proc, which a native library's own handler would
 change), and a last line at a clean interpreter exit: a process that ends without that line died
-of a signal. SIGINT starts at Python's default, as in a foreground process (a script's `cmd &`
-would start it ignored)."""
+of a signal (faulthandler prints every thread's stack on a fatal one). SIGINT starts at Python's
+default, as in a foreground process (a script's `cmd &` would start it ignored)."""
 import atexit
+import faulthandler
 import runpy
 import signal
 import sys
@@ -27,6 +28,7 @@ def watch() -> None:
         time.sleep(0.1)
 
 
+faulthandler.enable(all_threads=True)
 signal.signal(signal.SIGINT, signal.default_int_handler)
 atexit.register(lambda: print(f"[watch {time.strftime('%H:%M:%S')}] clean interpreter exit", file=sys.stderr, flush=True))
 threading.Thread(target=watch, daemon=True).start()
