@@ -188,3 +188,98 @@ def test_block_inputs_are_the_residual_stream_and_their_gradients():
     torch.testing.assert_close(store[0], x0)
     torch.testing.assert_close(store[1], x1)
     torch.testing.assert_close(per, torch.stack([x0.grad.norm(dim=-1).mean(0), x1.grad.norm(dim=-1).mean(0)]))
+
+
+def test_heldout_batches_are_the_first_windows_of_the_held_out_split(tiny_train, small_corpus, tmp_path):
+    """``n_batches`` full batches of ``batch_size`` windows of ``seq_len + 1`` bytes: the first
+    non-overlapping windows (stride ``seq_len``) of the held-out split, the corpus's 1% tail."""
+    cfg = tiny_train(tmp_path / "run", data=str(small_corpus))
+    tail = small_corpus.read_bytes()[-200:]  # 1% of 20,000 bytes
+    batches = gf.heldout_batches(cfg, 8, 4, 2)
+    assert [tuple(b.shape) for b in batches] == [(4, 9), (4, 9)]
+    windows = [bytes(w.tolist()) for b in batches for w in b]
+    assert windows == [tail[8 * i:8 * i + 9] for i in range(8)]
+
+
+def test_gradient_norms_and_curves_are_means_over_the_batches():
+    """Over several batches, (a) is the norm of the mean gradient (the gradient of the mean of
+    the batches' losses, taken here with autograd) and (b) the mean of each batch's own curve."""
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="e1", dim=16, depth=2)).eval()
+    b1, b2 = torch.randint(0, 256, (2, 2, 9)).unbind(0)
+    r = gf.grad_norms_and_temporal(model, [b1, b2], last=2)
+    model.zero_grad(set_to_none=True)
+    ((model(b1[:, :-1], b1[:, 1:]) + model(b2[:, :-1], b2[:, 1:])) / 2).backward()
+    want = {n: float(p.grad.norm()) for n, p in model.named_parameters()}
+    assert r["param_grad_norms"]["embed.weight"] == pytest.approx(want["embed.weight"], rel=1e-5)
+    assert r["param_grad_norms"]["blocks.1"]["mixer.W_h"] == pytest.approx(want["blocks.1.mixer.W_h"], rel=1e-5)
+    one, two = (gf.grad_norms_and_temporal(model, [b], last=2)["temporal"] for b in (b1, b2))
+    for layer in ("layer_0", "layer_1"):
+        assert r["temporal"][layer] == pytest.approx([(u + v) / 2 for u, v in zip(one[layer], two[layer])],
+                                                     rel=1e-6)
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_recurrence_stats_of_heads_are_those_of_the_block_diagonal_matrix(heads):
+    """With block-diagonal heads, W_h_eff's spectral norm and radius are those of the whole
+    block-diagonal matrix (the largest over the heads), and the record says how many heads."""
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="e1", dim=8, depth=1, layer={"heads": heads})).eval()
+    x0 = model.embed(torch.randint(0, 256, (2, 5))).detach()
+    stats = gf.recurrence_stats(model, [[x0]], iters=50)["layer_0"]
+    w = model.blocks[0].mixer.recurrent_weight(update=False).detach().double()
+    dense = torch.block_diag(*w) if w.dim() == 3 else w
+    assert stats["heads"] == heads
+    assert stats["spectral_norm"] == pytest.approx(float(torch.linalg.matrix_norm(dense, ord=2)), rel=1e-9)
+    assert stats["spectral_radius"] == pytest.approx(float(torch.linalg.eigvals(dense).abs().max()), rel=1e-6)
+
+
+def test_table_columns():
+    """The table's |g_mixer| is the norm over the layer's mixer parameters only (3-4-5 here, the
+    norm weight left out), the lag columns are the 0.1 and 0.01 horizons in that order, and the
+    E1 columns are the radius and the mean Jacobian sigma (``-`` for a layer without them)."""
+    rec = {"run": "/x/run", "step": 7,
+           "temporal": {"layer_0": [1.0], "layer_1": [1.0]},
+           "param_grad_norms": {"blocks.0": {"mixer.W_h": 3.0, "mixer.W_x": 4.0, "norm.weight": 12.0},
+                                "blocks.1": {"mixer.W_h": 1.0}},
+           "horizon": {"layer_0": {"0.1": 2, "0.01": 9, "0.001": None},
+                       "layer_1": {"0.1": None, "0.01": None, "0.001": None}},
+           "recurrence": {"layer_0": {"spectral_radius": 0.25, "spectral_norm": 0.5, "jacobian_sigma_mean": 0.125}}}
+    rows = [line.split() for line in gf.format_table({"records": [rec]}).splitlines()[1:3]]
+    assert rows == [["run@7", "0", "5", "2", "9", "0.2500", "0.1250"],
+                    ["run@7", "1", "1", "None", "None", "-", "-"]]
+
+
+def test_a_bf16_run_is_analysed_in_fp32(tiny_train, small_corpus, tmp_path):
+    """The model is analysed in fp32 whatever its training dtype: a pure-bf16 run is analysed, and
+    its gradient norms are those of its weights cast to fp32 (left in bf16, the E1 statistics
+    would fail on a dtype mismatch)."""
+    from rnnlab.train.rundir import RunDir
+
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=1, precision="bf16", data=str(small_corpus)), progress=False)
+    rec = gf.analyze([run], tmp_path / "gf", batches=1, batch_size=2, seq_len=8, history=False,
+                     plots=False)["records"][0]
+    cfg, model, _ = RunDir(run).load("cpu")
+    assert next(model.parameters()).dtype == torch.bfloat16
+    model = model.float()
+    [batch] = gf.heldout_batches(cfg, 8, 2, 1)
+    model(batch[:, :-1], batch[:, 1:]).backward()
+    assert rec["param_grad_norms"]["embed.weight"] == pytest.approx(float(model.embed.weight.grad.norm()), rel=1e-5)
+    assert rec["param_grad_norms"]["blocks.0"]["mixer.W_h"] == pytest.approx(
+        float(model.blocks[0].mixer.W_h.grad.norm()), rel=1e-5)
+
+
+def test_gradflow_json_is_strict_json_where_a_curve_has_no_reference(trained_run, tmp_path, monkeypatch):
+    """A layer whose gradient at the last position is 0 has no normalised curve (NaN): gradflow.json
+    writes it as null, not the bare ``NaN`` that strict JSON readers refuse; finite values stay."""
+    real = gf._temporal_summary
+    monkeypatch.setattr(gf, "_temporal_summary", lambda curves: real(torch.tensor([[1.0, 0.0]])))
+    gf.analyze([trained_run], tmp_path / "gf", batches=1, seq_len=24, plots=False)
+    text = (tmp_path / "gf" / "gradflow.json").read_text()
+
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    rec = json.loads(text, parse_constant=refuse)["records"][0]
+    assert rec["temporal_normalized"]["layer_0"] == [None, None] and rec["temporal"]["layer_0"] == [1.0, 0.0]

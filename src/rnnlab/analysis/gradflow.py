@@ -285,16 +285,23 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
     result = {"records": records}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gradflow.json").write_text(json.dumps(result, indent=1, default=_json_default) + "\n")
+    (out / "gradflow.json").write_text(json.dumps(_strict_json(result), indent=1, allow_nan=False, default=str) + "\n")
     if plots:
         result["plots"] = [str(p) for p in write_plots(records, out)]
     return result
 
 
-def _json_default(v):
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return str(v)
+def _strict_json(v):
+    """``v`` with every non-finite float as None: JSON has no NaN or infinity, and strict readers
+    (JavaScript's ``JSON.parse``) refuse the bare ``NaN`` that ``json.dumps`` would write (a curve
+    normalised by a zero last value is NaN)."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict_json(x) for x in v]
+    return v
 
 
 def _label(rec: dict) -> str:
