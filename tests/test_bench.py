@@ -935,6 +935,22 @@ def test_sweep_values_read_as_layer_options_are():
     assert [(p.cfg.model.layer["norm"], p.cfg.optim.grad_clip) for p in plan][2] == ("none", None)
 
 
+def test_sweep_set_items_are_read_as_typed_and_checked():
+    """``--set`` takes a key as its flag is spelled (``weight-decay`` = ``weight_decay``) and skips
+    empty items (a trailing comma); an item with no values, a key given twice or a ``layer.``
+    with no option name is refused, rather than sweeping nothing or overwriting an axis."""
+    base = {"model": "e1", "depth": 2, "dim": 64}
+    s = build_sweep(base, ["weight-decay=0,0.1", "lr=1e-3,,3e-3,"])
+    assert [r.name for r in s.runs] == ["weight_decay-0_lr-1e-3", "weight_decay-0_lr-3e-3",
+                                        "weight_decay-0.1_lr-1e-3", "weight_decay-0.1_lr-3e-3"]
+    assert s.runs[3].overrides == {"weight_decay": 0.1, "lr": 3e-3}
+    assert s.sweep["axes"] == {"weight_decay": [0, 0.1], "lr": [1e-3, 3e-3]}
+    for bad, match in ((["lr="], "lists no values"), (["lr= , "], "lists no values"),
+                       (["lr=1e-3", "lr=3e-3"], "given twice"), (["layer.=1,2"], "mixer option name")):
+        with pytest.raises(ValueError, match=match):
+            build_sweep(base, bad)
+
+
 # ------------------------------------------------------------------------------------ end to end
 def test_bench_list_and_plan(tmp_path, capsys):
     assert main(["bench", "--list"]) == 0

@@ -246,3 +246,78 @@ def test_export_in_a_fresh_process_and_load_without_importing_rnnlab(exported, t
     _, model, _ = RunDir(run).load("cpu")
     torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(torch.tensor([[116, 104, 101]])),
                                rtol=0, atol=1e-5)
+
+
+def test_a_given_cache_is_stepped_from_without_use_cache(exported):
+    """``model(ids, cache=state)`` continues from ``state`` even without ``use_cache=True``: the
+    logits of a text fed in two parts, the second from the first part's cache, are those of the
+    whole text's parallel forward."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1-heads-conv"][1])
+    ids = torch.tensor([list(PROMPT), list(b"jumps over t")])
+    whole = model(ids).logits
+    first = model(ids[:, :5], use_cache=True)
+    second = model(ids[:, 5:], cache=first.cache)
+    torch.testing.assert_close(second.logits, whole[:, 5:], rtol=0, atol=1e-5)
+
+
+def test_labels_give_the_mean_next_byte_cross_entropy(exported):
+    """``model(ids, labels=ids).loss`` (HF Trainer, perplexity scripts) is the mean over every
+    predicted byte of -log p(next byte): the labels are shifted inside, as for every HF causal LM."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
+    ids = torch.tensor([list(PROMPT), list(b"jumps over t")])
+    out = model(ids, labels=ids)
+    logp = torch.log_softmax(out.logits[:, :-1].double(), dim=-1)
+    want = -logp.gather(-1, ids[:, 1:, None]).mean()
+    assert out.loss is not None and float(out.loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
+
+
+def _tiny_run(root, name, model: dict, precision: str = "fp32"):
+    corpus = root / "corpus.txt"
+    corpus.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 200)[:8000])
+    cfg = TrainConfig.from_dict({"model": {"dim": 32, "depth": 2, **model}, "data": str(corpus), "batch_size": 4,
+                                 "seq_len": 32, "steps": 1, "precision": precision, "lr": 3e-3,
+                                 "eval_bytes": 1024, "device": "cpu", "out": str(root / name)})
+    run_training(cfg, progress=False)
+    return root / name
+
+
+def test_untied_head_and_mlp_export_and_load(tmp_path):
+    """A run with its own output head (``tie_embeddings = false``) and an MLP per block
+    (``mlp_ratio``) loads with both: its own head weights, the MLP's weights, rnnlab's logits.
+    ``RnnlabConfig()``'s defaults are ``ModelConfig()``'s (a config.json leaves out default values)."""
+    from rnnlab.hf.modeling import RnnlabConfig
+    from rnnlab.models import ModelConfig
+
+    run = _tiny_run(tmp_path, "run", {"model": "e1", "tie_embeddings": False, "mlp_ratio": 2.0})
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
+    _, ref, _ = RunDir(run).load("cpu")
+    assert model.config.to_model_config() == ModelConfig(model="e1", dim=32, depth=2, mlp_ratio=2.0,
+                                                         tie_embeddings=False)
+    assert model.model.head.weight is not model.model.embed.weight
+    torch.testing.assert_close(model.model.head.weight, ref.head.weight, rtol=0, atol=0)
+    ids = torch.tensor([list(PROMPT)])
+    torch.testing.assert_close(model(ids).logits, ref(ids), rtol=0, atol=1e-5)
+    assert RnnlabConfig().to_model_config() == ModelConfig()
+
+
+def test_a_bf16_run_exports_bf16_weights(tmp_path):
+    """The exported weights keep the run's training dtype: a pure-bf16 run ships bf16 tensors in
+    model.safetensors (half the bytes of fp32), and loads as bf16."""
+    from safetensors import safe_open
+
+    run = _tiny_run(tmp_path, "run", {"model": "e1"}, precision="bf16")
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
+    with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
+        dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
+    assert dtypes == {"BF16"}
+    assert next(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").parameters()).dtype == torch.bfloat16
+
+
+def test_python_m_rnnlab_hf_lm_eval_is_the_lm_eval_command():
+    """``python -m rnnlab.hf.lm_eval ARGS`` runs lm-eval's own command line (here its --help)
+    with rnnlab imported, rather than importing and exiting silently."""
+    pytest.importorskip("lm_eval")
+    out = subprocess.run([sys.executable, "-m", "rnnlab.hf.lm_eval", "--help"], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.startswith("usage: lm-eval") and "Language Model Evaluation Harness" in out.stdout

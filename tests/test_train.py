@@ -705,6 +705,37 @@ def test_sampling_steps_in_eval_mode_and_restores_the_mode():
         modes.clear()
 
 
+def test_sampling_steps_a_text_prompt_through_its_utf8_bytes():
+    """A ``str`` prompt is stepped through as its UTF-8 bytes, one step per byte, the same as
+    passing those bytes (``rnnlab sample`` and the Python API take either)."""
+    from rnnlab.eval.sampling import generate
+
+    class InputRecorder(_FixedLogits):
+        def step(self, idx_t, state):
+            fed.append(int(idx_t[0]))
+            return super().step(idx_t, state)
+
+    logits = torch.full((256,), -math.inf)
+    logits[ord("z")] = 0.0  # every sampled byte is "z"
+    model, fed = InputRecorder(logits), []
+    assert generate(model, "é€", 2, seed=0) == b"zz"
+    assert fed == [0xC3, 0xA9, 0xE2, 0x82, 0xAC, ord("z")]  # é = C3 A9, € = E2 82 AC, then the 1st sample
+    fed.clear()
+    assert generate(model, "é€".encode(), 2, seed=0) == b"zz" and fed == [0xC3, 0xA9, 0xE2, 0x82, 0xAC, ord("z")]
+
+
+@pytest.mark.parametrize("kw", [{"temperature": math.nan}, {"temperature": math.inf}, {"temperature": -0.5},
+                                {"top_k": -1}])
+def test_sampling_refuses_bad_arguments_from_python(kw):
+    """The Python API checks what the CLI's argument parser checks: a temperature that is not a
+    finite number >= 0 (NaN and inf would make every probability NaN or pick from a flat
+    distribution) or a negative top_k is a ValueError at the call, before any byte."""
+    from rnnlab.eval.sampling import stream
+
+    with pytest.raises(ValueError, match="temperature must be|top_k must be"):
+        stream(_FixedLogits(torch.zeros(256)), b"x", 3, **kw)
+
+
 # ----------------------------------------------------------------------------- optimizer contract
 def _grad_norms_seen_by_optimizer(cfg) -> list[float]:
     """Train ``cfg``; the total gradient norm the optimizer receives at each step."""
