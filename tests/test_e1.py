@@ -216,6 +216,44 @@ def test_one_power_iteration_written_out():
     torch.testing.assert_close(got, W * 0.9 / ((u @ W @ v).abs() + 1e-8), rtol=1e-12, atol=1e-14)
 
 
+def test_power_iters_sets_a_training_forwards_iterations():
+    """``power_iters=2``: a training forward runs two power iterations from the stored u (module
+    docstring), stores that u and scans with Wh_eff = W * r / (|u^T W v| + 1e-8) from it; the
+    perturbed W_h has distinct singular values, so the default 3 would give another u and Wh_eff."""
+    layer = make(dim=8, power_iters=2).double().train()
+    W, u = layer.W_h.detach().clone(), layer.spectral_u.clone()
+    for _ in range(2):
+        v = W.T @ u
+        v = v / (v.norm() + 1e-8)
+        u = W @ v
+        u = u / (u.norm() + 1e-8)
+    Wh = W * 0.99 / ((u @ W @ v).abs() + 1e-8)
+    x = torch.randn(2, 4, 8, dtype=torch.float64)
+    xr, z = F.linear(x, layer.in_proj.weight.detach()).chunk(2, dim=-1)
+    pre = F.linear(F.silu(xr), layer.W_x.detach(), layer.b.detach())
+    h, hs = torch.zeros(2, 8, dtype=torch.float64), []
+    for t in range(4):
+        h = torch.tanh(pre[:, t] + h @ Wh.T)
+        hs.append(h)
+    want = F.linear(torch.stack(hs, 1) * F.silu(z), layer.out_proj.weight.detach())
+    got = layer(x)
+    torch.testing.assert_close(layer.spectral_u, u, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(got.detach(), want, rtol=1e-10, atol=1e-12)
+
+
+def test_step_never_stores_u_even_in_training_mode():
+    """``step`` runs the power iterations from the current u and discards their result (module
+    docstring), in training mode too: u is left as it was (a training forward would advance it)
+    and the step's output is the eval step's."""
+    layer = make(dim=8).train()
+    u0 = layer.spectral_u.clone()
+    x_t = torch.randn(2, 8)
+    y_train, _ = layer.step(x_t, layer.init_state(2, x_t.device, x_t.dtype))
+    assert torch.equal(layer.spectral_u, u0)
+    y_eval, _ = layer.eval().step(x_t, layer.init_state(2, x_t.device, x_t.dtype))
+    assert torch.equal(y_train, y_eval)
+
+
 @pytest.mark.parametrize("heads", [1, 4])
 def test_spectral_norm_gradient_flows_through_sigma(heads):
     """The gradient of Wh_eff = r * W / sigma(W) reaches W_h through sigma too (sigma = u W v
@@ -247,6 +285,21 @@ def test_inits():
     assert torch.equal(d.b_a.detach(), torch.full((8,), 3.0))
     lr = make(randomize=False, selective="lowrank")
     assert lr.U.abs().sum() == 0  # starts as plain E1
+
+
+@pytest.mark.parametrize("init", ["xavier", "mamba2", "identity"])
+def test_every_projection_follows_the_init_rule(init, assert_xavier_uniform):
+    """``init`` draws W_in, W_out, W_x and the extra matrices (W_a, W_s, V, W_r) by one rule
+    (module docstring): xavier_uniform for "xavier" and "identity", N(0, 0.02) for "mamba2"."""
+    layers = [make(randomize=False, dim=64, init=init, selective=s, state_expansion=2) for s in ("decay", "lowrank")]
+    mats = {f"{s}:{n}": p for layer, s in zip(layers, ("decay", "lowrank")) for n, p in layer.named_parameters()
+            if p.dim() == 2 and n != "W_h" and n != "U"}
+    assert {n.split(":")[1] for n in mats} == {"in_proj.weight", "out_proj.weight", "W_x", "W_a", "W_s", "V", "W_r"}
+    for name, w in mats.items():
+        if init == "mamba2":  # >= 512 draws: the std is within ~6e-4 of 0.02; xavier's would be >= 0.07
+            assert abs(w.std().item() - 0.02) < 0.003, name
+        else:
+            assert_xavier_uniform(w, name)
 
 
 # ------------------------------------------------------------------------- validation

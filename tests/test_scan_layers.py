@@ -150,8 +150,10 @@ def test_g_activation():
 
 
 @pytest.mark.parametrize("cls,cfg_cls", LAYERS)
-@pytest.mark.parametrize("expansion", [1.0, 1.5])
+@pytest.mark.parametrize("expansion", [1.0, 1.5, 0.5])
 def test_layer_shapes_and_out_proj(cls, cfg_cls, expansion):
+    """``out_proj`` di -> dim exists exactly when expansion != 1 (module docstring), a narrower
+    inner width (0.5) included, so the output is always ``dim`` wide."""
     layer = _layer(cls, cfg_cls, expansion)
     y = layer(torch.randn(2, 7, 8))
     assert y.shape == (2, 7, 8)
