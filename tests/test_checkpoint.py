@@ -12,7 +12,6 @@ import os
 import random
 import re
 import shutil
-import signal
 import stat
 from pathlib import Path
 
@@ -422,15 +421,9 @@ def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, ca
     """Ctrl-C stops after step 3 and saves; a second Ctrl-C while that checkpoint is written
     abandons it (the one of step 2 stays), or, inside the commit, takes effect once the commit is
     done: either way the message names the checkpoint that really is on disk."""
-    run, pauses = tmp_path / "r", [0]
-
-    def pause():
-        pauses[0] += 1
-        if pauses[0] == 5 + stage:  # the first checkpoint (step 2) passes its 5 pauses
-            signal.raise_signal(signal.SIGINT)
-
+    run = tmp_path / "r"
     ctrl_c_on_call(Trainer, "train_step", call=3)
-    monkeypatch.setattr(checkpoint, "_pause", pause)
+    ctrl_c_on_call(checkpoint, "_pause", call=5 + stage)  # the first checkpoint (step 2) passes its 5 pauses
     assert main(["train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--out", str(run)]) == 130
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"rnnlab train: aborted by Ctrl-C at step 3; last good checkpoint kept at "
@@ -443,18 +436,12 @@ def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, ca
 
 
 @pytest.mark.parametrize("stage", [2, 5])  # the writer's pauses: 2 = after the weights, 5 = in the commit
-def test_first_ctrl_c_during_the_final_checkpoint_lets_it_finish(stage, tmp_path, capsys, monkeypatch):
+def test_first_ctrl_c_during_the_final_checkpoint_lets_it_finish(stage, tmp_path, capsys, ctrl_c_on_call):
     """The budget spent and the final evaluation done, a first Ctrl-C while the final checkpoint
     is written no longer abandons it: the checkpoint is committed, the run is complete (so it is
     neither retrained nor resumed), summary.json says it was interrupted at its end, exit 130."""
-    run, pauses = tmp_path / "r", [0]
-
-    def pause():
-        pauses[0] += 1
-        if pauses[0] == stage:  # the only checkpoint: the final one
-            signal.raise_signal(signal.SIGINT)
-
-    monkeypatch.setattr(checkpoint, "_pause", pause)
+    run = tmp_path / "r"
+    ctrl_c_on_call(checkpoint, "_pause", call=stage)  # the only checkpoint: the final one
     assert main(["train", *TINY, "--steps", "3", "--out", str(run)]) == 130
     err = capsys.readouterr().err
     assert "finishing the final evaluation and checkpoint first (Ctrl-C again to abort)" in err

@@ -271,24 +271,15 @@ def test_labels_give_the_mean_next_byte_cross_entropy(exported):
     assert out.loss is not None and float(out.loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
 
 
-def _tiny_run(root, name, model: dict, precision: str = "fp32"):
-    corpus = root / "corpus.txt"
-    corpus.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 200)[:8000])
-    cfg = TrainConfig.from_dict({"model": {"dim": 32, "depth": 2, **model}, "data": str(corpus), "batch_size": 4,
-                                 "seq_len": 32, "steps": 1, "precision": precision, "lr": 3e-3,
-                                 "eval_bytes": 1024, "device": "cpu", "out": str(root / name)})
-    run_training(cfg, progress=False)
-    return root / name
-
-
-def test_untied_head_and_mlp_export_and_load(tmp_path):
+def test_untied_head_and_mlp_export_and_load(tmp_path, tiny_train):
     """A run with its own output head (``tie_embeddings = false``) and an MLP per block
     (``mlp_ratio``) loads with both: its own head weights, the MLP's weights, rnnlab's logits.
     ``RnnlabConfig()``'s defaults are ``ModelConfig()``'s (a config.json leaves out default values)."""
     from rnnlab.hf.modeling import RnnlabConfig
     from rnnlab.models import ModelConfig
 
-    run = _tiny_run(tmp_path, "run", {"model": "e1", "tie_embeddings": False, "mlp_ratio": 2.0})
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=1, tie_embeddings=False, mlp_ratio=2.0), progress=False)
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     _, ref, _ = RunDir(run).load("cpu")
@@ -301,12 +292,13 @@ def test_untied_head_and_mlp_export_and_load(tmp_path):
     assert RnnlabConfig().to_model_config() == ModelConfig()
 
 
-def test_a_bf16_run_exports_bf16_weights(tmp_path):
+def test_a_bf16_run_exports_bf16_weights(tmp_path, tiny_train):
     """The exported weights keep the run's training dtype: a pure-bf16 run ships bf16 tensors in
     model.safetensors (half the bytes of fp32), and loads as bf16."""
     from safetensors import safe_open
 
-    run = _tiny_run(tmp_path, "run", {"model": "e1"}, precision="bf16")
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=1, precision="bf16"), progress=False)
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     with safe_open(str(tmp_path / "hf" / "model.safetensors"), "pt") as f:
         dtypes = {f.get_slice(k).get_dtype() for k in f.keys()}
