@@ -26,6 +26,13 @@ find src -name '*.cu' -exec touch -d '2000-01-01 00:00:00' {} +
 export TORCHINDUCTOR_CACHE_DIR=$RNNLAB_COMPILE_CACHE/inductor TRITON_CACHE_DIR=$RNNLAB_COMPILE_CACHE/triton \
   TILELANG_CACHE_DIR=$RNNLAB_COMPILE_CACHE/tilelang TORCH_EXTENSIONS_DIR=$RNNLAB_COMPILE_CACHE/torch_extensions \
   TRITON_CACHE_AUTOTUNING=1
+unpack_corpus() {
+  # the staged corpus (stage_gpu.sh) as raw byte files: /tmp/train.txt, /tmp/val.txt and WikiText-2's
+  # raw test text /tmp/wikitext2.txt; one line each on stdout with its size
+  python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz
+  python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz
+  python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz
+}
 save_compile_cache() {
   # OUTDIR/compile-cache.tar.xz, when it is within what a call brings back (at most 8 files, 16 MiB
   # each: it is left out when OUTDIR already holds 8 other files). Never fails the caller.

@@ -32,9 +32,7 @@ source benchmarks/gpu_env.sh
 # the corpus, and which shards it is (stage_gpu.sh --subset), in OUTDIR/corpus.txt and each suite's
 # folder, for the record
 {
-  python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz
-  python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz
-  python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz
+  unpack_corpus
   cat .gpu/data/SUBSET 2>/dev/null || echo "(which shards: not recorded by this staging)"
 } 2>&1 | tee "$out/corpus.txt"
 python3 -m rnnlab doctor

@@ -10,9 +10,7 @@ set -u
 out=$1 here=benchmarks/ctrl_c_probe
 # shellcheck source=benchmarks/gpu_env.sh
 source benchmarks/gpu_env.sh
-python3 benchmarks/unpack_corpus.py /tmp/train.txt .gpu/data/train/*.xz >/dev/null
-python3 benchmarks/unpack_corpus.py /tmp/val.txt .gpu/data/val/*.xz >/dev/null
-python3 benchmarks/unpack_corpus.py /tmp/wikitext2.txt .gpu/data/wikitext2_raw_test.txt.xz >/dev/null
+unpack_corpus >/dev/null
 log=$out/probe.log
 timeout --preserve-status -s INT -k 60 900 python3 "$here"/watch_sigint.py bench "$here"/suite.toml --gpus 1 --data /tmp/train.txt \
   --val-data /tmp/val.txt --extra-val-data /tmp/wikitext2.txt --eval-bytes all --out /tmp/probe --no-progress >"$log" 2>&1 &
