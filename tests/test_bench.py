@@ -1105,6 +1105,19 @@ def test_report_dates_its_runs_and_names_seeds_only_when_repeated(tmp_path):
            "a (seed 42 2 times)." in md
 
 
+def test_report_warns_of_a_row_averaging_runs_trained_differently(tmp_path):
+    """``--seeds 43 --steps 20`` into a folder whose run of that name trained 150 steps: the row's
+    mean ± std mixes two budgets, and the report says so; seeds of one protocol are not flagged."""
+    _synthetic_run(tmp_path, "a", 1.5, 2.0, 1000.0, steps=150)
+    _synthetic_run(tmp_path, "a-s7", 1.6, 2.1, 1000.0, seed=7, steps=150)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "trained differently" not in md
+    _synthetic_run(tmp_path, "a-s43", 3.6, 5.1, 1000.0, seed=43, steps=20)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert ("> **Warning: some rows average runs trained differently** (their mean ± std is not a spread over "
+            "seeds; give the runs another suite folder, or the same settings): a (steps 150/20/150).")  # a, a-s43, a-s7 in md
+
+
 def test_archived_metrics_read_as_the_plain_file(tmp_path, capsys):
     """A finished run kept in results/ with metrics.jsonl xz'd (benchmarks/suite_carry.sh) reads the
     same records; a plain metrics.jsonl beside it wins (a run that trains again writes that one)."""

@@ -160,6 +160,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "world_size": s.get("world_size") or 1,
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
             "step_ms": unsteadiest([spread(r.get("step_ms", [])) for r in use]),
+            "run_setups": [run_setup(r) for r in use],
         }
         for k in METRICS:
             m, sd, n = mean_std([r["summary"].get(k) for r in use])
@@ -320,6 +321,27 @@ def repeated_seed_warning(rows: list[dict[str, Any]]) -> list[str]:
         return []
     return ["", "> **Warning: some rows average runs of the same seed** (the spread is then not over "
             "seeds): " + ", ".join(twice) + "."]
+
+
+def run_setup(record: dict[str, Any]) -> dict[str, Any]:
+    """What must be equal for a row to average its runs: steps run, parameters, protocol."""
+    s, c = record["summary"], record["config"]
+    return {"steps": s.get("steps"), "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS}}
+
+
+def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows averaging runs trained differently (e.g. ``--seeds 43 --steps 300`` into a folder whose
+    run of that name trained 1000 steps): their mean ± std mixes two protocols, not seeds."""
+    mixed = []
+    for r in rows:
+        setups = r.get("run_setups") or []
+        diff = [k for k in (setups[0] if setups else {}) if any(not _same(setups[0][k], o[k]) for o in setups[1:])]
+        if diff:
+            mixed.append(f"{r['name']} ({', '.join(f'{k} ' + '/'.join(str(o[k]) for o in setups) for k in diff)})")
+    if not mixed:
+        return []
+    return ["", "> **Warning: some rows average runs trained differently** (their mean ± std is not a "
+            "spread over seeds; give the runs another suite folder, or the same settings): " + ", ".join(mixed) + "."]
 
 
 def _same(a, b) -> bool:
@@ -644,7 +666,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     if diffs:
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
         md += [f"> - {d}" for d in diffs]
-    md += averaging_warning(rows) + repeated_seed_warning(rows) + jitter_warning(rows)
+    md += averaging_warning(rows) + repeated_seed_warning(rows) + mixed_row_warning(rows) + jitter_warning(rows)
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
     legend = LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-", warmup_steps=WARMUP_STEPS)
     extra = extra_files(rows)
