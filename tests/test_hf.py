@@ -149,6 +149,13 @@ def test_left_padding_is_refused(exported):
     assert right.logits.shape == (2, 3, 256)
     with pytest.raises(ValueError, match="left padding"):
         model(ids, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
+    # generate on right-padded prompts of unequal length appends bytes after the pads: refused
+    # in one message that names what works (README, Hugging Face models)
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match=r"generate: batch prompts of equal length, or one at a time"):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
+    assert model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                          do_sample=False).shape == (2, 5)
 
 
 def test_exported_files_get_the_umask_mode(exported):

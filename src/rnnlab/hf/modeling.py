@@ -13,7 +13,8 @@ Two ways through the model:
   its growing key/value cache).
 
 There is no attention mask inside a byte-level RNN: masks with padding before real bytes (left
-padding) are refused; right padding is harmless for a causal model and accepted.
+padding) are refused; right padding is harmless for a causal model and accepted, but ``generate``
+on right-padded prompts of unequal length would append new bytes after the pads, which is refused.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _check_no_left_padding(attention_mask: torch.Tensor | None) -> None:
     """A 0 before a 1 in a row would feed a pad byte into the recurrent state: refuse it."""
     if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
         raise ValueError("rnnlab models cannot skip padding before real bytes (left padding): "
-                         "pad on the right, or batch prompts of equal length")
+                         "pad on the right (generate: batch prompts of equal length, or one at a time)")
 
 
 # The post-import hook of ``import rnnlab`` cannot register while this module is still being
