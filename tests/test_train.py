@@ -243,6 +243,19 @@ def test_resume_extends_budget_exactly(tiny_train, tmp_path):
     assert evals == [8, 16]
 
 
+def test_resume_extending_a_cosine_takes_the_new_budgets_lr_from_its_first_step(tiny_train, tmp_path):
+    """AdamW's cosine ends at 0 on the old budget; extended, every resumed step takes the longer
+    cosine's LR (the first one trained at lr 0 before: the old budget's last value)."""
+    from rnnlab.train.optim import WarmupCosine
+
+    kw = dict(optimizer="adamw", lr_schedule="cosine", lr=1e-3)
+    run_training(tiny_train(tmp_path / "b", steps=8, **kw), progress=False)
+    run_training(tiny_train(tmp_path / "b", steps=16, resume=True, **kw), progress=False)
+    lrs = [json.loads(x)["lr"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()]
+    new = WarmupCosine(0, 16)
+    assert lrs[8:] == pytest.approx([1e-3 * new(s) for s in range(8, 16)])
+
+
 def test_resume_past_a_smaller_budget_is_refused_and_changes_nothing(tiny_train, tmp_path):
     """A run resumed with a budget it has already passed (steps, or minutes of training time)
     trains nothing and keeps its records

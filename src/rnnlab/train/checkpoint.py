@@ -253,6 +253,12 @@ def load_checkpoint(checkpoint: Checkpoint, model: nn.Module, opt=None, sched=No
                 g["train_mode"] = True
         if sched is not None and state.get("scheduler") is not None:
             sched.load_state_dict(state["scheduler"])
+            # the LR function is this config's (a larger --steps moves the cosine's end): the next
+            # step takes its LR, not the one the old budget left in the optimizer (0 at its end);
+            # for the same budget this is the very value LambdaLR stored
+            for g, base, fn in zip(opt.param_groups, sched.base_lrs, sched.lr_lambdas):
+                g["lr"] = base * fn(sched.last_epoch)
+            sched._last_lr = [g["lr"] for g in opt.param_groups]
         set_rng_state(state["rng"])
     return state["progress"]
 
