@@ -248,6 +248,22 @@ def test_bad_input_is_one_line(name, argv, message, world, capsys):
     assert not world["new"].exists()
 
 
+def test_a_cuda_only_backend_is_refused_before_the_layer_warns(world, monkeypatch):
+    """``--layer backend=official`` on a CPU is refused before the model is built: no warning of the
+    official layer's (causal_conv1d missing) precedes the one line (pytest would hide it from capsys)."""
+    import warnings
+
+    import rnnlab.layers.mamba2 as mamba2
+
+    monkeypatch.setattr(mamba2, "_warned_no_conv", False)
+    argv = next(c[1] for c in CASES if c[0] == "backend_official_cpu")
+    fill = {k: str(v) for k, v in world.items()}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([a.format(**fill) for a in argv]) == 2
+    assert not [w for w in caught if "causal_conv1d" in str(w.message)]
+
+
 def test_a_held_out_file_of_seq_len_plus_one_bytes_is_enough(world, tmp_path):
     """The early refusal of a short held-out file (``val_data_short``) is exact: seq_len + 1 bytes
     make one evaluation window and pass the check that runs before the run folder is touched."""

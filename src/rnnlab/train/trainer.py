@@ -200,9 +200,9 @@ class Trainer:
         self.sharded = ctx.world_size > 1 and cfg.run.distributed == "fsdp2"  # all ranks evaluate/checkpoint
         # a bad corpus fails before the folder is touched
         self.val_split, self.extra_val_split, self.stream = open_data(cfg, ctx)
+        check_trainable(cfg, self.device)  # before counting builds the model (an official layer warns off CUDA)
         self.n_params = count_params(cfg.model)
         check_memory(cfg, self.n_params, self.device)
-        check_trainable(cfg, self.device)
         self.rundir = RunDir(cfg.run.out)
         resume_from = ctx.broadcast_object(self.rundir.prepare(cfg) if ctx.is_main else None)  # rank 0 locks
         try:
