@@ -1107,15 +1107,24 @@ def test_report_dates_its_runs_and_names_seeds_only_when_repeated(tmp_path):
 
 def test_report_warns_of_a_row_averaging_runs_trained_differently(tmp_path):
     """``--seeds 43 --steps 20`` into a folder whose run of that name trained 150 steps: the row's
-    mean ± std mixes two budgets, and the report says so; seeds of one protocol are not flagged."""
+    mean ± std mixes two budgets, and the report says so; seeds of one protocol are not flagged,
+    nor seeds of one --minutes budget that ran different step counts."""
+    def budget(name, **kw):
+        c = json.loads((tmp_path / name / "config.json").read_text())
+        (tmp_path / name / "config.json").write_text(json.dumps({**c, **kw}))
+
     _synthetic_run(tmp_path, "a", 1.5, 2.0, 1000.0, steps=150)
     _synthetic_run(tmp_path, "a-s7", 1.6, 2.1, 1000.0, seed=7, steps=150)
-    md = write_report(tmp_path, plots=False)["md"].read_text()
-    assert "trained differently" not in md
+    assert "trained differently" not in write_report(tmp_path, plots=False)["md"].read_text()
+    _synthetic_run(tmp_path, "m", 1.5, 2.0, 1000.0, steps=140)
+    _synthetic_run(tmp_path, "m-s7", 1.6, 2.1, 1000.0, seed=7, steps=150)
+    for name in ("m", "m-s7"):
+        budget(name, steps=None, minutes=5)
+    assert "trained differently" not in write_report(tmp_path, plots=False)["md"].read_text()
     _synthetic_run(tmp_path, "a-s43", 3.6, 5.1, 1000.0, seed=43, steps=20)
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert ("> **Warning: some rows average runs trained differently** (their mean ± std is not a spread over "
-            "seeds; give the runs another suite folder, or the same settings): a (steps 150/20/150).")  # a, a-s43, a-s7 in md
+            "seeds; give the runs another suite folder, or the same settings): a (steps 150/20/150).") in md
 
 
 def test_archived_metrics_read_as_the_plain_file(tmp_path, capsys):

@@ -324,9 +324,10 @@ def repeated_seed_warning(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def run_setup(record: dict[str, Any]) -> dict[str, Any]:
-    """What must be equal for a row to average its runs: steps run, parameters, protocol."""
+    """What must be equal for a row to average its runs: the budget (not the steps run: seeds of a
+    --minutes budget run different step counts), the parameter count and the protocol."""
     s, c = record["summary"], record["config"]
-    return {"steps": s.get("steps"), "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS}}
+    return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS}}
 
 
 def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
