@@ -37,7 +37,7 @@ def test_train_eval_sample(tmp_path, capsys):
 
     assert main(["eval", "--run", str(run), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["val_loss"] == summary["val_loss"] and r["step"] == 6
+    assert r["val_loss"] == summary["val_loss"] and r["step"] == 6 and r["weights"] == "average"
 
     data = tmp_path / "other.txt"
     data.write_bytes(b"hello world, " * 100)
@@ -195,6 +195,15 @@ def test_doctor_lists_every_kernel_in_one_column(capsys):
     assert step.startswith("fused" if torch.cuda.is_available() else "schedulefree's foreach step (the fused one needs")
     starts = {len(line) - len(line.split("  ", 1)[1].lstrip()) for line in lines}
     assert len(starts) == 1, lines  # every value starts in the same column
+
+
+def test_eval_of_an_adamw_run_names_no_averaged_weights(tmp_path, capsys):
+    """AdamW keeps one set of weights: ``eval --json`` says null, not Schedule-Free's "average"."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--optimizer", "adamw", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] is None
 
 
 def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys, small_corpus):

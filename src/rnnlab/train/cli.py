@@ -66,7 +66,8 @@ def register(sub) -> None:
     e.add_argument("--at", choices=("average", "train-point"), default="average",
                    help="which weights of a Schedule-Free run: its average x, the weights it ships (default), or "
                         "its training point y, the weights the training loss is measured at")
-    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.add_argument("--json", action="store_true", help="print one JSON object (its weights: --at's choice, "
+                   "or null for a run whose optimizer keeps one set of weights)")
     e.set_defaults(func=run_eval_cmd)
 
     s = sub.add_parser("sample", help="generate text from a run",
@@ -341,7 +342,8 @@ def run_eval_cmd(args) -> int:
         split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
-    out = {"run": str(args.run), "step": step, "weights": args.at, "data": str(split.path),
+    shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights
+    out = {"run": str(args.run), "step": step, "weights": shipped, "data": str(split.path),
            "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
     if args.json:
         print(json.dumps(out))
