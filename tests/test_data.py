@@ -84,6 +84,18 @@ def test_bytecorpus_refuses_compressed_files(tmp_path, magic, kind):
     assert len(ByteCorpus(p)) == 161
 
 
+def test_bytecorpus_refuses_json_lines(tmp_path):
+    """A ``.jsonl`` file of JSON objects is refused, pointing to `rnnlab data prepare` (its text
+    would be trained on inside its JSON, escapes and all); a ``.jsonl`` name on other bytes is read."""
+    p = tmp_path / "docs.jsonl"
+    p.write_bytes(b'{"text": "one document"}\n' * 10)
+    with pytest.raises(ValueError, match=r"^corpus file .*docs\.jsonl is JSON lines, and rnnlab reads raw bytes: "
+                                         r"extract its text first \(`rnnlab data prepare .*docs\.jsonl --out FILE`\)$"):
+        ByteCorpus(p)
+    p.write_bytes(b"plain text, named .jsonl\n" * 10)
+    assert len(ByteCorpus(p)) == 250
+
+
 # ---- splits -----------------------------------------------------------------------------
 
 def test_tail_split_is_view(corpus_file):

@@ -53,6 +53,9 @@ class ByteCorpus:
         if kind := next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None):
             raise ValueError(f"corpus file {self.path} is {kind}-compressed, and rnnlab reads raw bytes: "
                              f"unpack it first (`rnnlab data prepare {self.path} --out FILE` for text or JSON lines)")
+        if self.path.suffix == ".jsonl" and head.startswith(b"{"):  # its text would be read with the JSON around it
+            raise ValueError(f"corpus file {self.path} is JSON lines, and rnnlab reads raw bytes: extract its "
+                             f"text first (`rnnlab data prepare {self.path} --out FILE`)")
 
     def __len__(self) -> int:
         return int(self.data.shape[0])
