@@ -84,8 +84,9 @@ CASES = [
     ("mingru_scan", _scan(2, 8, 130, parts=2), 130),
     ("minlstm_scan", _scan(2, 6, 20, parts=3), 20), ("minlstm_scan", _scan(3, 9, 12, parts=3), 12),
     ("diag_elman_scan", _diag(2, 6, 20), 20), ("diag_elman_scan", _diag(3, 5, 300), 300),
-    # n, m not powers of two (padded lanes), n != m, B = 1
+    # n, m not powers of two (padded lanes), n != m, B = 1; T = 1 (one decoding step from a state)
     ("e88_scan", _e88(2, 6, 2, 4, 6), (2, 4, 6)), ("e88_scan", _e88(1, 5, 2, 5, 3), (2, 5, 3)),
+    ("e88_scan", _e88(2, 1, 1, 3, 4), (1, 3, 4)),
 ]
 _id = lambda case: f"{case[0]}-{case[2]}"  # noqa: E731
 
@@ -134,13 +135,26 @@ def test_kernel_matches_reference(case, with_h0):
 def test_fused_gates_saturated(name, parts):
     """The fused minGRU / minLSTM gates where they saturate: pre-activations up to ~±200 (an exp of
     the raw value would overflow fp32 past 88), and a minLSTM step with both gates at -100 (their
-    normalised forget gate is then 1/2 + tiny, not 0/0), against float64."""
+    normalised forget gate is then 1/2 + tiny, not 0/0), against float64; and candidates of exactly
+    0, where g(x) = x + 0.5 (slope 1) meets sigmoid (slope 1/4): the reference's slope there is 1."""
     H = 12
     g = torch.Generator().manual_seed(5)
     p = torch.randn(2, 5, parts * H, generator=g) * 60
     p[0, 2, H:] = -100.0
+    p[1, 3, :H] = 0.0
     op = OPS[name]
     check_kernel(getattr(op.kernel.get(), name), op.naive, [p])
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # exp(2x) = inf: tanh's exp form gives 1
+@pytest.mark.parametrize("name,make", [("elman_scan", _elman(2, 3, 24, heads=1)), ("elman_decay_scan", _decay(2, 3, 20)),
+                                       ("diag_elman_scan", _diag(2, 3, 20))])
+def test_tanh_saturated(name, make):
+    """The kernels' tanh (``1 - 2 / (exp(2x) + 1)``) where it saturates: pre-activations up to
+    ~±200, whose exp(2x) overflows fp32 (inf, or 0 below), against float64: +-1, not inf / inf."""
+    g = torch.Generator().manual_seed(8)
+    x, *rest = make(g)
+    check_kernel(getattr(OPS[name].kernel.get(), name), OPS[name].naive, [x * 60, *rest])
 
 
 @pytest.mark.parametrize("bk", [16, 128])
@@ -613,6 +627,7 @@ def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, 
         assert torch.equal(tma.view(bits), pointer.view(bits))
     x = torch.randn(B, T, 2 * 26)  # H = 26 fp32: the second slice starts 104 bytes in
     assert stri._tma_descriptors(stri._views(x, 2, 26), 52, (B, T, 26), 32) is None
+    assert stri._tma_descriptors([torch.empty(B, T, 26)] * 3, 26, (B, T, 26), 32) is None  # rows of 104 bytes
     assert stri._tma_descriptors([torch.empty(B, T, 28), torch.empty(B, T, 28, dtype=torch.bfloat16)], 28,
                                  (B, T, 28), 32) is None  # dtypes differ (bf16 rows of 56 bytes)
 
