@@ -164,6 +164,7 @@ CASES = [
      "batches must be a positive integer"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
+    ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
 ]
 
 

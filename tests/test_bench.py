@@ -1737,6 +1737,26 @@ def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_failed_run_makes_the_suite_exit_1(tmp_path, capsys, monkeypatch):
+    """A run that fails does not stop ``rnnlab bench``: the other runs train, the report is
+    written, and the command exits 1 naming the failed runs (a script or CI job sees it)."""
+    import rnnlab.train.trainer as trainer
+
+    calls: list = []
+    fake = _fake_trainer(calls)
+
+    def fail_second(cfg, progress=True):
+        if Path(cfg.run.out).name == "mamba2":
+            raise RuntimeError("CUDA error: out of memory")
+        return fake(cfg, progress)
+
+    monkeypatch.setattr(trainer, "run_training", fail_second)
+    out = tmp_path / "s"
+    assert main(["bench", "tiny", "--steps", "2", "--out", str(out), "--no-plots", "--no-progress"]) == 1
+    assert capsys.readouterr().err.endswith("\n1 run(s) failed: mamba2\n")
+    assert len(calls) == len(load_suite("tiny").runs) - 1 and (out / "report.md").exists()
+
+
 def test_ctrl_c_stops_the_suite_with_exit_130(tmp_path, capsys, monkeypatch):
     """A Ctrl-C that aborts a run of ``rnnlab bench`` stops the suite (later runs are not started)
     and exits 130 after writing the report of what ran; no traceback."""

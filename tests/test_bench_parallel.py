@@ -50,7 +50,7 @@ def fake_launch(monkeypatch, tmp_path):
         launched.append((pr.label, gpu, resume))
         log = out / "logs" / f"{pr.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        log.write_text("CUDA error: out of memory\n" if pr.label == "mamba2" else "ok\n")
+        log.write_text("step 1\nCUDA error: out of memory\n\n" if pr.label == "mamba2" else "ok\n")  # its last line
         return FakeProc(pr, gpu, code=1 if pr.label == "mamba2" else 0), log
 
     monkeypatch.setattr(parallel, "launch", launch)
@@ -65,7 +65,7 @@ def test_scheduler_runs_at_most_one_run_per_gpu(tmp_path, fake_launch):
     assert FakeProc.max_live == 2  # both GPUs busy, never more than one run on either
     assert sorted(label for label, _, _ in fake_launch) == sorted(r.name for r in suite.runs)
     assert {gpu for _, gpu, _ in fake_launch} == {"3", "5"}
-    assert list(res["failed"]) == ["mamba2"] and "out of memory" in res["failed"]["mamba2"]
+    assert res["failed"] == {"mamba2": "exit 1: CUDA error: out of memory"}
     assert len(res["trained"]) == len(suite.runs) - 1 and not res["stopped"]
     plan = json.loads((out / "suite.json").read_text())
     assert {r["dir"]: r["gpu"] for r in plan["runs"]} == {label: gpu for label, gpu, _ in fake_launch}
@@ -76,8 +76,8 @@ def test_scheduler_runs_at_most_one_run_per_gpu(tmp_path, fake_launch):
 
 
 def test_visible_gpus_respects_cuda_visible_devices(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,7")
-    assert parallel.visible_gpus(2) == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,,7,")  # spaces and empty entries, as a script may write it
+    assert parallel.visible_gpus(2) == ["2", "3"] and parallel.visible_gpus(3) == ["2", "3", "7"]
     with pytest.raises(ValueError, match="more GPUs than the 3 visible"):
         parallel.visible_gpus(4)
 
@@ -190,10 +190,12 @@ def test_a_process_that_exits_0_with_its_run_incomplete_is_not_counted_done(tmp_
     assert res["skipped"] == ["e1"] and res["trained"] == ["mingru"] and launched == ["e1", "mingru", "mingru"]
 
 
-def test_a_process_interrupted_at_its_end_is_trained_and_stops_the_suite(tmp_path, monkeypatch):
-    """A training process that exits 130 because a Ctrl-C came after its budget was spent, its
-    run complete (summary.json says so, with interrupted_at_end), counts as trained, is logged
-    with its outcome, and stops the suite: no further run starts."""
+@pytest.mark.parametrize("at_end", [True, False])
+def test_a_process_interrupted_is_trained_and_stops_the_suite(tmp_path, monkeypatch, at_end):
+    """A training process that exits 130 because of a Ctrl-C counts as trained, not failed, and
+    stops the suite: no further run starts. ``at_end``: the Ctrl-C came after its budget was spent,
+    its run complete (summary.json says so, with interrupted_at_end), logged with its outcome;
+    else it saved a checkpoint mid-run, which the next command resumes."""
     monkeypatch.setattr(parallel, "POLL_S", 0.0)
     FakeProc.live, FakeProc.max_live = [], 0
     launched: list[str] = []
@@ -203,7 +205,7 @@ def test_a_process_interrupted_at_its_end_is_trained_and_stops_the_suite(tmp_pat
         log = out / "logs" / f"{pr.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("ok\n")
-        return FakeProc(pr, gpu, code=130, complete=True, interrupted_at_end=True), log
+        return FakeProc(pr, gpu, code=130, complete=at_end, **({"interrupted_at_end": True} if at_end else {})), log
 
     monkeypatch.setattr(parallel, "launch", launch)
     suite = load_suite("tiny")
@@ -211,14 +213,17 @@ def test_a_process_interrupted_at_its_end_is_trained_and_stops_the_suite(tmp_pat
     logged: list[str] = []
     res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0"], log=logged.append)
     assert launched == ["e1"] and res["trained"] == ["e1"] and res["stopped"] and not res["failed"]
-    assert "e1 (GPU 0" in logged[-2] and logged[-2].endswith("loss 1.0000")
-    assert "Ctrl-C at its end; stopping the suite" in logged[-1]
+    if at_end:
+        assert "e1 (GPU 0" in logged[-2] and logged[-2].endswith("loss 1.0000")
+        assert "Ctrl-C at its end; stopping the suite" in logged[-1]
+    else:
+        assert "e1 (GPU 0" in logged[-1] and "interrupted; checkpoint kept (run the same" in logged[-1]
 
 
 def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypatch):
     """``rnnlab bench --data corpus.txt --gpus N``: each training process reads a config whose data
     path is absolute (resolved against the directory the suite was started in), whatever
-    directory it runs in."""
+    directory it runs in; it runs on its GPU, without a progress bar, in a session of its own."""
     corpus = tmp_path / "corpus.txt"
     corpus.write_bytes(b"the quick brown fox. " * 500)
     monkeypatch.chdir(tmp_path)
@@ -234,6 +239,7 @@ def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypa
     [(cmd, kw)] = started
     assert cmd[-3:] == ["--config", str(Path("out") / "logs" / "e1.json"), "--no-progress"]
     assert kw["env"]["CUDA_VISIBLE_DEVICES"] == "3" and log == Path("out") / "logs" / "e1.log"
+    assert kw["start_new_session"]  # a terminal's Ctrl-C reaches it once, through the bench, not twice
     cfg = json.loads((tmp_path / "out" / "logs" / "e1.json").read_text())
     assert cfg["data"] == cfg["val_data"] == str(corpus.resolve())
     assert (cfg["resume"], cfg["overwrite"]) == (False, False)

@@ -477,6 +477,23 @@ def test_write_atomic_syncs_the_folder_and_leaves_no_temporary(tmp_path, monkeyp
         assert target.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
 
 
+def test_new_file_mode_is_the_mode_open_gives_under_the_umask(tmp_path):
+    """``durable.new_file_mode`` (the exported weights' permissions, which a library writes owner-only):
+    the mode a file ``open`` creates gets under the process's umask, which it leaves as it was."""
+    from rnnlab.train import durable
+
+    before = os.umask(0o027)
+    try:
+        for umask in (0o027, 0o002):
+            os.umask(umask)
+            made = tmp_path / f"made-{umask:o}"
+            made.write_text("x")
+            assert durable.new_file_mode() == made.stat().st_mode & 0o777 == 0o666 & ~umask
+            assert os.umask(umask) == umask
+    finally:
+        os.umask(before)
+
+
 def test_remove_tree_makes_the_folder_vanish_durably_before_deleting_it(tmp_path, monkeypatch):
     """``durable.remove_tree`` (pruning, --overwrite): one rename to a trash name, the parent
     folder fsync'ed (the folder is gone after a power loss), then the trash deleted."""

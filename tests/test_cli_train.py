@@ -206,6 +206,37 @@ def test_eval_of_an_adamw_run_names_no_averaged_weights(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["weights"] is None
 
 
+def test_doctor_says_what_loads_and_why_not(tmp_path, monkeypatch):
+    """``rnnlab doctor``'s values: a kernel module that imports, one that does not (its error), an
+    op without a kernel; a package's version, or the first line of why it does not import (its
+    import-time warnings, which that line is about, not printed too); Mamba2's official path,
+    fused or not."""
+    import warnings
+
+    from rnnlab import doctor
+    from rnnlab.ops.registry import LazyKernel
+
+    missing = "ModuleNotFoundError: No module named 'rnnlab_no_such_module'"
+    assert doctor._kernel_status(LazyKernel("json")) == "ok (json)"
+    assert doctor._kernel_status(LazyKernel("rnnlab_no_such_module")) == f"unavailable ({missing})"
+    assert doctor._kernel_status(None) == "none yet (the reference runs)"
+    assert doctor._try("json") == f"ok {json.__version__}"
+    assert doctor._try("rnnlab_no_such_module") == f"unavailable ({missing})"
+    (tmp_path / "rnnlab_test_warns.py").write_text('import warnings\nwarnings.warn("no GPU found")\n')
+    (tmp_path / "rnnlab_test_breaks.py").write_text('raise ImportError("libcuda.so.1: cannot open\\nsee the guide")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert doctor._try("rnnlab_test_warns") == "ok" and caught == []
+        assert doctor._try("rnnlab_test_breaks") == "unavailable (ImportError: libcuda.so.1: cannot open)"
+    finally:
+        sys.modules.pop("rnnlab_test_warns", None)
+    cases = (("official", True), ("official", False), ("reference", True))
+    assert [doctor._mamba2_backend(backend, fused) for backend, fused in cases] == [
+        "official (fused path)", "official (non-fused: causal_conv1d missing)", "reference"]
+
+
 def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys, small_corpus):
     """``rnnlab eval --run`` of a run trained with ``--val-data FILE`` scores FILE (the run's
     held-out split), not the tail of ``--data``; ``eval --data OTHER`` scores OTHER instead."""
@@ -395,6 +426,31 @@ def test_output_survives_a_hung_up_terminal(tmp_path):
         with pytest.raises(BrokenPipeError):
             SurvivingHangUp(Terminal(f.fileno(), errno.EPIPE)).write("x")
     assert path.read_bytes() == b""
+
+
+def test_terminal_output_wraps_only_terminals_and_puts_them_back(monkeypatch):
+    """``terminal_output``: standard output or error that is a terminal is ``SurvivingHangUp``
+    inside the block (once, also in a nested block) and itself again after it; output to a file
+    or a pipe is left as it is, so a disk's error is not hidden."""
+    from rnnlab.signals import SurvivingHangUp, terminal_output
+
+    class Stream:
+        def __init__(self, tty):
+            self.tty = tty
+
+        def isatty(self):
+            return self.tty
+
+    terminal, log = Stream(True), Stream(False)
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", log)
+    with terminal_output() as outer:
+        assert isinstance(sys.stdout, SurvivingHangUp) and sys.stdout._stream is terminal and sys.stderr is log
+        assert outer == [sys.stdout]
+        with terminal_output() as inner:
+            assert inner == outer and sys.stdout._stream is terminal
+        assert outer == [sys.stdout]
+    assert sys.stdout is terminal and sys.stderr is log
 
 
 def test_a_hang_up_keeps_output_that_goes_to_a_file(tmp_path):

@@ -6,6 +6,10 @@ named alternative backends agree with the reference, the reference has exact gra
 
 from __future__ import annotations
 
+import importlib
+import sys
+import types
+import warnings
 from pathlib import Path
 
 import pytest
@@ -167,3 +171,67 @@ def test_backend_vocabulary(name):
         op(*args, h0, backend="triton")
     with pytest.raises(ValueError, match="backend must be one of"):
         op(*args, h0, backend="cuda")
+
+
+class _CudaInput:
+    """A stand-in for a CUDA tensor on a machine without one (``Op.implementation`` reads only
+    ``is_cuda`` and ``device``)."""
+
+    is_cuda, device = True, torch.device("cuda", 0)
+
+
+def test_backend_choice_on_cuda_inputs(monkeypatch):
+    """On CUDA inputs ``auto`` runs the kernel module's function when the module imports, and the
+    reference with one warning naming the import error when it does not (the import tried and the
+    warning given once, not at each call: a layer calls its op at every step); ``triton`` then
+    raises saying why. On CPU inputs ``auto`` is the
+    reference even where the kernel imports; a named alternative runs itself on any device."""
+    from rnnlab.ops.registry import Op
+
+    kernels = types.ModuleType("rnnlab_test_kernels")
+    kernels.scan = lambda x: x
+    monkeypatch.setitem(sys.modules, "rnnlab_test_kernels", kernels)
+
+    def naive(x):
+        return x
+
+    def heinsen(x):
+        return x
+
+    cuda, cpu = _CudaInput(), torch.zeros(1)
+    op = Op("scan", naive, "rnnlab_test_kernels", alternatives={"heinsen": heinsen})
+    assert op.implementation("auto", cuda) is kernels.scan and op.implementation("triton", cuda) is kernels.scan
+    assert op.implementation("auto", cpu) is naive and op.implementation("naive", cuda) is naive
+    assert op.implementation("heinsen", cpu) is heinsen and op.implementation("heinsen", cuda) is heinsen
+
+    missing, none = Op("scan", naive, "rnnlab_no_such_module"), Op("scan", naive)
+    error = "ModuleNotFoundError: No module named 'rnnlab_no_such_module'"
+    imports, import_module = [], importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name: imports.append(name) or import_module(name))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert [missing.implementation("auto", cuda) for _ in range(3)] == [naive] * 3
+        assert none.implementation("auto", cuda) is naive  # no kernel yet: nothing to warn about
+    assert imports == ["rnnlab_no_such_module"]  # tried once, not at every call
+    assert [str(w.message) for w in caught] == [
+        f"scan: GPU kernel unavailable ({error}); using the slow reference loop"]
+    for op, why in ((missing, f"cannot import the kernel ({error})"), (none, "it has no GPU kernel yet")):
+        with pytest.raises(RuntimeError) as err:
+            op.implementation("triton", cuda)
+        assert str(err.value) == f"scan backend='triton' is unavailable: {why}"
+
+
+def test_final_state_of_stored_states_is_in_the_compute_dtype():
+    """``registry.final_state``, the final state of a kernel that stores its states in the input
+    dtype: the last state in fp32 for bf16 states (as the references return it, and as a layer's
+    ``step`` continues from it); for T = 0 the initial state (zeros when None), in fp32 too."""
+    from rnnlab.ops.registry import final_state
+
+    h = torch.randn(2, 3, 4).to(torch.bfloat16)
+    last = final_state(h, None)
+    assert last.dtype == torch.float32 and torch.equal(last, h[:, -1].float())
+    h0 = torch.randn(2, 4).to(torch.bfloat16)
+    assert torch.equal(final_state(h[:, :1], h0), h[:, 0].float())  # one step: its state, not h0
+    empty = h[:, :0]
+    assert final_state(empty, h0).dtype == torch.float32 and torch.equal(final_state(empty, h0), h0.float())
+    assert final_state(empty, None).dtype == torch.float32 and torch.equal(final_state(empty, None), torch.zeros(2, 4))

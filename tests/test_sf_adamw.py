@@ -39,12 +39,15 @@ def _params(opt):
     return [p for g in opt.param_groups for p in g["params"]]
 
 
-def _steps(ref, ours, n, skip_grad=None):
-    """``n`` steps of both on the same random gradients (parameter ``skip_grad`` gets none)."""
+def _steps(ref, ours, n, skip_grad=None, zeros=False):
+    """``n`` steps of both on the same random gradients (parameter ``skip_grad`` gets none; with
+    ``zeros``, every other entry of each gradient is 0)."""
     g = torch.Generator().manual_seed(1)
     for _ in range(n):
         for i, (a, b) in enumerate(zip(_params(ref), _params(ours))):
             grad = None if i == skip_grad else torch.randn(a.shape, generator=g)
+            if zeros and grad is not None:
+                grad.view(-1)[::2] = 0
             a.grad = None if grad is None else grad.clone()
             b.grad = None if grad is None else grad.clone()
         ref.step()
@@ -94,6 +97,17 @@ def test_fused_step_weighs_by_the_largest_lr_after_the_lr_is_lowered(monkeypatch
 
 
 @needs_interpreter
+@pytest.mark.parametrize("weight_decay", [0.1, 0.0])
+def test_fused_step_where_gradients_are_zero(monkeypatch, weight_decay):
+    """Entries whose gradient has been 0 at every step (an embedding's rows of bytes no batch held)
+    have a zero second moment: ``eps`` makes their update 0 / eps, as in schedulefree's step, not
+    0 / 0 (NaN weights)."""
+    ref, ours = _pair(monkeypatch, weight_decay=weight_decay)
+    _steps(ref, ours, 3, zeros=True)
+    _assert_same_state(ref, ours, rtol=2e-6, atol=1e-7)
+
+
+@needs_interpreter
 def test_fused_step_skips_parameters_without_gradient_and_keeps_the_gradient(monkeypatch):
     """A parameter without a gradient is left alone (no state either); the gradients are not
     overwritten (schedulefree's step divides them in place)."""
@@ -124,6 +138,36 @@ def test_fused_step_then_eval_and_state_dict_round_trip(monkeypatch):
     ref.eval(), fresh.eval()
     for a, b in zip(_params(ref), _params(fresh)):
         torch.testing.assert_close(b, a, rtol=2e-6, atol=1e-7)
+
+
+class _Subclass(torch.Tensor):
+    """A tensor subclass, as FSDP2's DTensor shards are."""
+
+
+@pytest.mark.parametrize("case", ["fits", "bf16", "fp16", "not contiguous", "not 16-byte aligned",
+                                  "a state in another dtype", "a tensor subclass", "without gradient"])
+def test_fused_step_takes_only_tensors_its_kernel_can(monkeypatch, case):
+    """The kernel reads each tensor as 16-byte vectors of one dtype through a table of addresses:
+    it runs only where every parameter with a gradient, the gradient and the state are plain
+    tensors (not DTensor shards) of one dtype of ``DTYPES``, contiguous and 16-byte aligned, else
+    schedulefree's step runs; a parameter without gradient is left out. CPU tensors stand in for
+    CUDA ones (``is_cuda`` patched while the choice is made)."""
+    good = torch.nn.Parameter(torch.zeros(8))
+    odd = {"bf16": torch.zeros(8, dtype=torch.bfloat16), "fp16": torch.zeros(8, dtype=torch.float16),
+           "not contiguous": torch.zeros(2, 4).t(),
+           "not 16-byte aligned": torch.zeros(10)[2:]}.get(case, torch.zeros(8))  # 8 bytes in: 8-byte aligned
+    p = torch.nn.Parameter(odd)
+    opt = sf_adamw.AdamWScheduleFree([good, p], lr=1e-2)
+    good.grad = torch.ones(8)
+    p.grad = None if case == "without gradient" else torch.ones_like(p)
+    if case == "a tensor subclass":
+        p.grad = p.grad.as_subclass(_Subclass)
+    if case == "a state in another dtype":
+        opt.state[p].update(z=p.detach().clone(), exp_avg_sq=torch.zeros(8, dtype=torch.bfloat16))
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+        assert opt._fused_applies() is (case in ("fits", "bf16", "without gradient"))
+    assert not opt._fused_applies()  # real CPU tensors
 
 
 def test_cpu_parameters_run_schedulefrees_step():

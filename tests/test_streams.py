@@ -6,6 +6,7 @@ recorders."""
 from __future__ import annotations
 
 import contextlib
+import types
 import warnings
 
 import pytest
@@ -60,11 +61,12 @@ def _work(log, settings):
     return scan, side
 
 
-def test_beside_queues_the_scan_first_and_the_side_work_sized_for_the_sms_left(gpu):
+@pytest.mark.parametrize("scan_sms", [32, 66])  # 66 of 132: the scan leaves half the SMs, not fewer
+def test_beside_queues_the_scan_first_and_the_side_work_sized_for_the_sms_left(gpu, scan_sms):
     log, settings = gpu
-    assert streams.beside(*_work(log, settings), 32, GPU) == ("h", "z")
-    assert log == ["side waits for main", "scan", "on side", "side work, carveout 32, cublaslt", "off side",
-                   "main waits for side"]
+    assert streams.beside(*_work(log, settings), scan_sms, GPU) == ("h", "z")
+    assert log == ["side waits for main", "scan", "on side", f"side work, carveout {scan_sms}, cublaslt",
+                   "off side", "main waits for side"]
     assert settings == {"carveout": 8, "library": "cublas"}  # as before the call
 
 
@@ -133,3 +135,16 @@ def test_beside_runs_one_after_the_other(gpu, monkeypatch, case):
         monkeypatch.setattr(streams, "_hopper_sms", lambda index: None)
     assert streams.beside(*_work(log, settings), scan_sms, device) == ("h", "z")
     assert log == ["scan", "side work, carveout 8, cublas"]
+
+
+@pytest.mark.parametrize("major,sms", [(9, 132), (8, None), (10, None)])
+def test_only_a_hopper_gpu_runs_the_side_work_beside(monkeypatch, major, sms):
+    """The carveout was measured on Hopper (compute capability 9.x) only: an Ampere (8.x) or a
+    Blackwell (10.x) GPU runs the two one after the other (no SM count)."""
+    props = types.SimpleNamespace(major=major, minor=0, multi_processor_count=132)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
+    streams._hopper_sms.cache_clear()
+    try:
+        assert streams._hopper_sms(0) == sms
+    finally:
+        streams._hopper_sms.cache_clear()  # the next caller asks the real device

@@ -455,29 +455,38 @@ def test_checkpoint_contents(tiny_train, tmp_path):
     assert not torch.equal(weights["blocks.0.mixer.W_x"], state["train_point"][3])  # params order: embed, norm.w, norm.b, W_x
 
 
+class MeanTarget(torch.nn.Module):
+    """A stand-in model for ``rnnlab.eval.bpb.evaluate``: its "loss" is the mean of its targets; it
+    records its mode and the autocast dtype (None: none) of each forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.modes, self.autocasts = [], []
+
+    def forward(self, x, y):
+        self.modes.append(self.training)
+        self.autocasts.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return y.float().mean() + 0 * self.w
+
+
+def _val_split(tmp_path):
+    """105 held-out bytes (as ``bytes``) and their split: at seq_len 10, 10 windows, targets 1..100."""
+    from rnnlab.data import ByteCorpus, Split
+
+    data = bytes((i * 37) % 251 for i in range(105))
+    (tmp_path / "val.bin").write_bytes(data)
+    return data, Split(ByteCorpus(tmp_path / "val.bin"), 0, len(data), "val")
+
+
 def test_evaluate_is_the_mean_over_every_predicted_byte(tmp_path):
     """``rnnlab.eval.bpb.evaluate`` with a stand-in model whose "loss" is the mean of its targets:
     the result is the mean over every predicted byte (a short last batch weighs by its bytes, not
     as a whole batch), bpb is that over ln 2, and the model runs in eval mode and comes back in
     the mode it was in."""
-    from torch import nn
-
-    from rnnlab.data import ByteCorpus, Split
     from rnnlab.eval.bpb import evaluate
 
-    class MeanTarget(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.w = nn.Parameter(torch.zeros(1))
-            self.modes = []
-
-        def forward(self, x, y):
-            self.modes.append(self.training)
-            return y.float().mean() + 0 * self.w
-
-    data = bytes((i * 37) % 251 for i in range(105))  # 105 bytes, seq_len 10: 10 windows, targets 1..100
-    (tmp_path / "val.bin").write_bytes(data)
-    split = Split(ByteCorpus(tmp_path / "val.bin"), 0, len(data), "val")
+    data, split = _val_split(tmp_path)
     model = MeanTarget()
     for training in (True, False):
         model.train(training)
@@ -487,6 +496,18 @@ def test_evaluate_is_the_mean_over_every_predicted_byte(tmp_path):
         assert out["bpb"] == pytest.approx(want / math.log(2), rel=1e-6)
         assert model.modes == [False] * 3 and model.training is training
         model.modes.clear()
+
+
+@pytest.mark.parametrize("precision,autocast", [("fp32", None), ("bf16", None), ("bf16-mixed", torch.bfloat16)])
+def test_evaluate_runs_under_the_autocast_of_the_runs_precision(tmp_path, precision, autocast):
+    """The held-out forward runs as training's does: under bf16 autocast for ``bf16-mixed`` (fp32
+    weights, bf16 matrix products; not fp16, whose range overflows), under none for ``fp32`` and
+    pure ``bf16`` (whose weights are bf16 already)."""
+    from rnnlab.eval.bpb import evaluate
+
+    model = MeanTarget()
+    evaluate(model, _val_split(tmp_path)[1], seq_len=10, batch_size=4, precision=precision)
+    assert model.autocasts == [autocast] * 3 and not torch.is_autocast_enabled("cpu")
 
 
 @pytest.mark.parametrize("model", ["e1", "mamba2"])  # Mamba2: two parameter groups (A_log, dt_bias, D spared)
@@ -544,6 +565,21 @@ def test_a_train_point_of_other_shapes_is_refused():
     assert all(not p.any() for p in params)
     load_train_point(params, [torch.ones(3, 4), torch.full((5,), 2.0)])
     assert params[0].eq(1).all() and params[1].eq(2).all()
+
+
+def test_a_train_point_is_taken_in_train_mode_only():
+    """``train_point`` stores Schedule-Free's y, the parameters in train mode: in eval mode they
+    hold x, which it refuses to store as y (a resume would continue from the wrong point)."""
+    from rnnlab.train.optim import train_point
+    from rnnlab.train.sf_adamw import AdamWScheduleFree
+
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = AdamWScheduleFree([p], lr=1e-2)
+    opt.train()
+    assert torch.equal(train_point(opt)[0], p.detach())
+    opt.eval()
+    with pytest.raises(RuntimeError, match=r"^train_point\(\) needs the optimizer in train mode$"):
+        train_point(opt)
 
 
 def test_extra_held_out_file_is_scored_whole_at_the_end(tiny_train, tmp_path, capsys):
