@@ -1004,6 +1004,8 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").exists()
+    assert main(["report", str(out), "--out", str(tmp_path / "elsewhere"), "--no-plots"]) == 0  # written there
+    assert (tmp_path / "elsewhere" / "report.md").exists() and "## Plots" in (out / "report.md").read_text()
 
 
 def test_sweep_cli_end_to_end(tmp_path):
