@@ -22,7 +22,7 @@
 # one call, then stage the run's call with `stage_gpu.sh ... --compile-cache $OUT/compile-cache.tar.xz`.
 # GPU_TESTS="..." (pytest arguments) runs that selection of the GPU tests after the suites
 # (benchmarks/gpu_tests.sh).
-# BENCH_TIMEOUT=S stops a suite after S seconds with a Ctrl-C (running runs save a checkpoint).
+# BENCH_TIMEOUT=S stops a suite after S seconds with one Ctrl-C (running runs save a checkpoint).
 # Every run's env.json and the reports record the commit stage_gpu.sh staged, when the tree sent is
 # still that commit (gpu_env.sh).
 set -euo pipefail
@@ -43,8 +43,10 @@ pack() {  # written aside, then renamed: a cut never leaves a half archive under
   tar czf "$out/.$2.tmp" --exclude=ckpt --exclude=tb -C runs "$1" 2>/dev/null || true
   mv -f "$out/.$2.tmp" "$out/$2"
 }
-bench() {  # `rnnlab bench ARGS` on the staged corpus, stopped by BENCH_TIMEOUT with a Ctrl-C
-  timeout -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench "$@" --data /tmp/train.txt \
+bench() {  # `rnnlab bench ARGS` on the staged corpus, stopped by BENCH_TIMEOUT with a Ctrl-C:
+  # --foreground sends it to the bench alone, once (without it timeout sends a second to its
+  # process group, where a one-GPU suite trains: two Ctrl-Cs close together, docs/reliability.md)
+  timeout --foreground -s INT -k 60 "${BENCH_TIMEOUT:-0}" python3 -m rnnlab bench "$@" --data /tmp/train.txt \
     --val-data /tmp/val.txt --no-progress || true
 }
 for args in "$@"; do

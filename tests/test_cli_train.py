@@ -376,6 +376,55 @@ def test_sigterm_is_a_ctrl_c_for_the_rnnlab_command(tmp_path):
     assert (run / "ckpt" / f"step-{step:06d}").is_dir() and re.search(r"^complete +False$", out, re.M)
 
 
+def _kernel_handler(signum: int) -> int:
+    """The address of the handler the kernel holds for ``signum`` (0: the default action), which a
+    native library can change under Python's ``signal.getsignal``."""
+    import ctypes
+
+    class Sigaction(ctypes.Structure):  # glibc's struct sigaction
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                    ("restorer", ctypes.c_void_p)]
+
+    action = Sigaction()
+    assert ctypes.CDLL(None).sigaction(signum, None, ctypes.byref(action)) == 0
+    return action.handler or 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's sigaction")
+def test_a_native_librarys_stop_handlers_are_replaced_after_each_step(tmp_path, monkeypatch):
+    """A native library that puts its own SIGINT / SIGTERM handling in the kernel during a step or
+    an evaluation (LLVM does at Triton's first compile: one that lets a second signal close behind
+    the first kill the run unsaved, ``benchmarks/ctrl_c_probe/double_sigint.py``) has Python's
+    handlers put back after it, so what follows runs under them again."""
+    import ctypes
+    import signal
+
+    from rnnlab.signals import stops_as_ctrl_c
+    from rnnlab.train.trainer import Trainer
+
+    libc = ctypes.CDLL(None)
+    libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_void_p]
+    seen = []
+
+    def replaced_in(method):  # records the kernel's handlers, runs it, then puts the library's in
+        def wrapper(self, *args, **kwargs):
+            seen.append((method.__name__, [_kernel_handler(s) for s in (signal.SIGINT, signal.SIGTERM)]))
+            out = method(self, *args, **kwargs)
+            if method.__name__ != "checkpoint":
+                for s in (signal.SIGINT, signal.SIGTERM):
+                    libc.signal(s, 0)  # the library's own: here the default action, behind Python's back
+            return out
+        return wrapper
+
+    for name in ("train_step", "score", "checkpoint"):  # score: the evaluation's part that compiles
+        monkeypatch.setattr(Trainer, name, replaced_in(getattr(Trainer, name)))
+    with stops_as_ctrl_c():  # SIGTERM handled, as the rnnlab command's own command line has it
+        assert main(["train", "--model", "e1", *TINY, "--steps", "3", "--out", str(tmp_path / "run")]) == 0
+    python = seen[0][1]
+    assert 0 not in python and [name for name, _ in seen] == ["train_step"] * 3 + ["score", "checkpoint"]
+    assert all(handlers == python for _, handlers in seen)  # Python's at every step, and after the evaluation
+
+
 def test_sigterms_close_together_are_one_stop(monkeypatch):
     """A scheduler that signals every process of a job reaches a torchrun worker directly and again
     through torchrun: SIGTERMs within ``SAME_STOP_S`` of the first are that one stop (one Ctrl-C,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A time limit's Ctrl-C during a compiled + captured Mamba2's final evaluation, as
-# benchmarks/run_suites_gpu.sh's BENCH_TIMEOUT sends it (`timeout -s INT`: SIGINT to the run's
-# process group), to see what the process does (docs/reliability.md, "What is not guaranteed").
+# A time limit's Ctrl-C during a compiled + captured Mamba2's final evaluation with a cold compile
+# cache, sent as benchmarks/run_suites_gpu.sh's BENCH_TIMEOUT sent it before --foreground
+# (`timeout -s INT`: one SIGINT to the run, a second to its process group), to see that the run now
+# finishes as docs/reliability.md's 3b says (the silent end seen once: "A native library's signal handler").
 # Stage `bash benchmarks/stage_gpu.sh ../shared --models mamba2 --subset benchmarks/registry_pile_subset_small.txt`
 # without --compile-cache (the final evaluation then compiles cold, as in the case seen), carry .gpu; on the device
 #   bash benchmarks/ctrl_c_probe/run.sh OUTDIR      (INT_DELAY=S: seconds after the budget's last step line, 2)

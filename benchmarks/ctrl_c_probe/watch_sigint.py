@@ -1,9 +1,11 @@
 """`rnnlab ARGS` with a thread that logs SIGINT's disposition whenever it changes (Python's handler,
-and the process's ignored / caught bits from /proc, which a native library's own handler would
-change), and a last line at a clean interpreter exit: a process that ends without that line died
+the process's ignored / caught bits from /proc, and the kernel's handler address and flags, which
+a native library's own handler changes: LLVM's at Triton's first compile, until the trainer puts
+Python's back after the step), and a last line at a clean interpreter exit: a process that ends without that line died
 of a signal (faulthandler prints every thread's stack on a fatal one). SIGINT starts at Python's
 default, as in a foreground process (a script's `cmd &` would start it ignored)."""
 import atexit
+import ctypes
 import faulthandler
 import runpy
 import signal
@@ -12,10 +14,18 @@ import threading
 import time
 
 
-def disposition() -> tuple[str, dict[str, bool]]:
+class Sigaction(ctypes.Structure):  # glibc's struct sigaction
+    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16), ("flags", ctypes.c_int),
+                ("restorer", ctypes.c_void_p)]
+
+
+def disposition() -> tuple[str, dict[str, bool], str]:
     status = dict(line.split(":\t", 1) for line in open("/proc/self/status").read().splitlines() if ":\t" in line)
     bit = 1 << (signal.SIGINT - 1)
-    return repr(signal.getsignal(signal.SIGINT)), {k: bool(int(status[k], 16) & bit) for k in ("SigIgn", "SigCgt")}
+    action = Sigaction()
+    ctypes.CDLL(None).sigaction(signal.SIGINT, None, ctypes.byref(action))
+    return (repr(signal.getsignal(signal.SIGINT)), {k: bool(int(status[k], 16) & bit) for k in ("SigIgn", "SigCgt")},
+            f"kernel: handler {action.handler or 0:#x} flags {action.flags & 0xFFFFFFFF:#x}")
 
 
 def watch() -> None:

@@ -103,6 +103,29 @@ def handled(handler, always=(), unless_ignored=()):
             signal.signal(s, before)
 
 
+# The signals that stop a run: Ctrl-C, and those handled as one (stops_as_ctrl_c)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def reclaim_handlers() -> None:
+    """Put this process's Python handlers (or ignores) of the stop signals back in the kernel,
+    where a native library may have put its own since. LLVM does, inside Triton's compiler, at the
+    process's first compile without a cache: a handler that resets the signal to its default
+    action on entry and, after putting the earlier handlers back, raises it again; a second
+    signal close behind the first (``timeout`` sends one to the process and one to its process
+    group, a scheduler one to every process of a job) then meets the default action and ends the
+    run at once, silently and unsaved (on a CPU, 21 of 30 cold-compiled processes given two
+    SIGINTs back to back; none after this; docs/reliability.md). LLVM registers once a process,
+    so after this it stays out. A system call a signal: the trainer calls it after every step and
+    evaluation. Main thread only (elsewhere it does nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for s in STOP_SIGNALS:
+        handler = signal.getsignal(s)
+        if callable(handler) or handler is signal.SIG_IGN:
+            signal.signal(s, handler)
+
+
 # SIGTERMs (and SIGHUPs) this close together are one stop: a scheduler that signals every process
 # of a job reaches a torchrun worker directly and again through torchrun (and its launcher)
 SAME_STOP_S = 5.0

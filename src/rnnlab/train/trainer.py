@@ -38,6 +38,7 @@ from torch import nn
 from rnnlab.data import BatchStream, file_split, load_splits
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
+from rnnlab.signals import reclaim_handlers
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError
 from rnnlab.train.config import TrainConfig
@@ -288,6 +289,7 @@ class Trainer:
 
             while not self.budget_spent() and not stopping():
                 result = self.train_step(self.stream.batch(state.step))
+                reclaim_handlers()  # a compile in the step (Triton's LLVM) may have put its own in the kernel
                 if self.ctx.world_size > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
                     seconds, agreed = self.ctx.agree(result.seconds, stop.requested)
                     result = result._replace(seconds=seconds)
@@ -432,6 +434,7 @@ class Trainer:
                     record.update({"extra_data": str(self.extra_val_split.path)},
                                   **{f"extra_{key}": value for key, value in extra.items()})
             self.logger.eval(record)
+            reclaim_handlers()  # as after a step: evaluation may compile too
         state.last_eval = self.ctx.broadcast_object(record)
 
     def score(self, split, max_bytes: int | None = None) -> dict[str, Any]:
