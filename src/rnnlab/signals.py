@@ -114,8 +114,8 @@ def reclaim_handlers() -> None:
     action on entry and, after putting the earlier handlers back, raises it again; a second
     signal close behind the first (``timeout`` sends one to the process and one to its process
     group, a scheduler one to every process of a job) then meets the default action and ends the
-    run at once, silently and unsaved (on a CPU, 21 of 30 cold-compiled processes given two
-    SIGINTs back to back; none after this; docs/reliability.md). LLVM registers once a process,
+    run at once, silently and unsaved (on a CPU, 26 of 30 cold-compiled processes given two
+    SIGINTs back to back; none after this: results/ctrl-c-llvm-cpu). LLVM registers once a process,
     so after this it stays out. A system call a signal: the trainer calls it after every step and
     evaluation. Main thread only (elsewhere it does nothing)."""
     if threading.current_thread() is not threading.main_thread():
