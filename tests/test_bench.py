@@ -1739,20 +1739,26 @@ def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_a_failed_run_makes_the_suite_exit_1(tmp_path, capsys, monkeypatch):
-    """A run that fails does not stop ``rnnlab bench``: the other runs train, the report is
-    written, and the command exits 1 naming the failed runs (a script or CI job sees it)."""
+def _second_run_raises(monkeypatch, error: BaseException) -> list:
+    """Fake training for suite ``tiny`` whose second run (mamba2) raises ``error``; the calls made."""
     import rnnlab.train.trainer as trainer
 
     calls: list = []
     fake = _fake_trainer(calls)
 
-    def fail_second(cfg, progress=True):
+    def run_training(cfg, progress=True):
         if Path(cfg.run.out).name == "mamba2":
-            raise RuntimeError("CUDA error: out of memory")
+            raise error
         return fake(cfg, progress)
 
-    monkeypatch.setattr(trainer, "run_training", fail_second)
+    monkeypatch.setattr(trainer, "run_training", run_training)
+    return calls
+
+
+def test_a_failed_run_makes_the_suite_exit_1(tmp_path, capsys, monkeypatch):
+    """A run that fails does not stop ``rnnlab bench``: the other runs train, the report is
+    written, and the command exits 1 naming the failed runs (a script or CI job sees it)."""
+    calls = _second_run_raises(monkeypatch, RuntimeError("CUDA error: out of memory"))
     out = tmp_path / "s"
     assert main(["bench", "tiny", "--steps", "2", "--out", str(out), "--no-plots", "--no-progress"]) == 1
     assert capsys.readouterr().err.endswith("\n1 run(s) failed: mamba2\n")
@@ -1762,17 +1768,7 @@ def test_a_failed_run_makes_the_suite_exit_1(tmp_path, capsys, monkeypatch):
 def test_ctrl_c_stops_the_suite_with_exit_130(tmp_path, capsys, monkeypatch):
     """A Ctrl-C that aborts a run of ``rnnlab bench`` stops the suite (later runs are not started)
     and exits 130 after writing the report of what ran; no traceback."""
-    import rnnlab.train.trainer as trainer
-
-    calls: list = []
-    fake = _fake_trainer(calls)
-
-    def abort_second(cfg, progress=True):
-        if Path(cfg.run.out).name == "mamba2":
-            raise KeyboardInterrupt("aborted by Ctrl-C at step 1")
-        return fake(cfg, progress)
-
-    monkeypatch.setattr(trainer, "run_training", abort_second)
+    calls = _second_run_raises(monkeypatch, KeyboardInterrupt("aborted by Ctrl-C at step 1"))
     out = tmp_path / "s"
     assert main(["bench", "tiny", "--steps", "2", "--out", str(out), "--no-plots", "--no-progress"]) == 130
     err = capsys.readouterr().err
