@@ -1,5 +1,6 @@
 """The package layout stays a one-way street: no import circle between rnnlab's packages, and none
-between the modules of rnnlab.bench (imports inside functions count too)."""
+between the modules of rnnlab.bench (imports inside functions count too); and the repository's
+index of its measurements, ``results/README.md``, lists what ``results/`` holds."""
 
 from __future__ import annotations
 
@@ -72,3 +73,17 @@ def test_no_import_circle_in_bench():
 def test_cycle_finder_finds_one():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_every_results_folder_is_in_the_results_index():
+    """``results/README.md`` is the index of the measurements the docs cite: a folder (or file)
+    added to ``results/`` without a line there would be found only by a grep, and a line naming
+    what is not there misleads."""
+    import re
+
+    results = Path(__file__).resolve().parents[1] / "results"
+    there = {p.name for p in results.iterdir()} - {"README.md"}
+    listed = {name for line in (results / "README.md").read_text().splitlines() if line.startswith("| `")
+              for name in re.findall(r"`([^`]+)`", line.split(" | ")[0])}
+    assert not there - listed, f"add to results/README.md: {sorted(there - listed)}"
+    assert not listed - there, f"results/README.md lists what results/ does not hold: {sorted(listed - there)}"
