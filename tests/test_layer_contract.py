@@ -58,7 +58,26 @@ def run_steps(mixer, x):
 
 
 def test_every_registered_model_is_covered():
-    assert set(VARIANTS) == set(MODELS)
+    missing, stale = sorted(set(MODELS) - set(VARIANTS)), sorted(set(VARIANTS) - set(MODELS))
+    assert not missing, f"add {missing} to VARIANTS here: model -> the --layer options of the variants to check"
+    assert not stale, f"{stale} in VARIANTS are not registered (rnnlab/models/registry.py)"
+
+
+def test_a_broken_registry_entry_names_itself():
+    """A registry path that does not load (a typo in the module or class) is an error naming the
+    model and the path, not a bare import error from deep inside importlib."""
+    from rnnlab.models.registry import ModelSpec
+
+    for layer_path, config_path, field, why in [
+            ("rnnlab.layers.nope:X", "rnnlab.layers.e16:E16Config", "layer_path", "ModuleNotFoundError"),
+            ("rnnlab.layers.e16:E16", "rnnlab.layers.e16:E16Konfig", "config_path", "AttributeError")]:
+        spec = ModelSpec("probe", layer_path, config_path, "a broken entry")
+        path = layer_path if field == "layer_path" else config_path
+        with pytest.raises(ImportError, match=f"model 'probe': its registry entry's {field} '{path}' does not "
+                                              f"load \\({why}: "):
+            spec.layer_cls if field == "layer_path" else spec.config_cls  # noqa: B018
+    with pytest.raises(ValueError, match="model 'probe': config_path must be 'module:Class', got 'rnnlab.layers.e16'"):
+        ModelSpec("probe", "rnnlab.layers.e16:E16", "rnnlab.layers.e16", "no class")
 
 
 def test_every_layer_option_is_declared_with_help():

@@ -38,18 +38,30 @@ class ModelSpec:
     mlp_ratio: float = 0.0  # default MLP sub-block width per layer (0 = none)
     dim_multiple: int = 32  # the width solver steps dims by this
 
-    @staticmethod
-    def _resolve(path: str):
+    def __post_init__(self):
+        for field in ("layer_path", "config_path"):
+            module, _, attr = getattr(self, field).partition(":")
+            if not module or not attr:
+                raise ValueError(f"model {self.name!r}: {field} must be 'module:Class', got {getattr(self, field)!r}")
+
+    def _resolve(self, field: str):
+        """The class ``field`` (``layer_path`` or ``config_path``) names; a path that does not load
+        raises an ImportError naming this entry (the cause chained)."""
+        path = getattr(self, field)
         module, _, attr = path.partition(":")
-        return getattr(importlib.import_module(module), attr)
+        try:
+            return getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise ImportError(f"model {self.name!r}: its registry entry's {field} {path!r} does not load "
+                              f"({type(e).__name__}: {e})") from e
 
     @cached_property
     def layer_cls(self):
-        return self._resolve(self.layer_path)
+        return self._resolve("layer_path")
 
     @cached_property
     def config_cls(self):
-        return self._resolve(self.config_path)
+        return self._resolve("config_path")
 
     def layer_options(self) -> list[Spec]:
         """The mixer's ``--layer`` options: its config's ``option`` fields (``dim`` is not one)."""
