@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import re
@@ -27,14 +26,6 @@ SUMMARY_KEYS = {"model", "params", "steps", "tokens", "loss", "val_loss", "val_b
 METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "peak_mem_gib", "elapsed_s", "warmup_s"}
 
 
-def _layer_module_exists(name: str) -> bool:
-    module = MODELS[name].layer_path.partition(":")[0]
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
-
-
 def _losses(run) -> list[float]:
     return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -51,8 +42,6 @@ def _digests(folder) -> dict[str, str]:
 # ----------------------------------------------------------------------------- learning
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_each_model_learns(name, tiny_train, tmp_path):
-    if not _layer_module_exists(name):
-        pytest.skip(f"layer module for {name} not written yet")
     dim = 64 if name == "transformer" else 32
     cfg = tiny_train(tmp_path / name, model=name, dim=dim, steps=30, batch_size=8, lr=3e-3)
     s = run_training(cfg, progress=False)
