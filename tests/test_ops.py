@@ -6,6 +6,7 @@ named alternative backends agree with the reference, the reference has exact gra
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 import types
@@ -16,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import rnnlab.ops
 from rnnlab.ops import OPS
 from rnnlab.ops.dtypes import compute_dtype
 
@@ -65,6 +67,12 @@ ELSEWHERE = {"elman_scan_beside_linear": "tests/test_kernels_interpreted.py, tes
 STATE_IS_LAST_OUTPUT = set(CASES) - {"ssd_scan", "e88_scan", "gated_delta_scan"}
 
 
+def _alternatives(name) -> tuple[str, ...]:
+    """The op's named alternative backends (none for a name in CASES that is no registered op:
+    test_every_registered_op_has_a_case says so, instead of a KeyError while collecting)."""
+    return tuple(OPS[name].alternatives) if name in OPS else ()
+
+
 def _case(name, dtype=torch.float32, seed=0):
     make, h0_shape, time_args = CASES[name]
     g = torch.Generator().manual_seed(seed)
@@ -76,7 +84,22 @@ def _window(args, time_args, lo, hi):
     return [a[:, lo:hi] if i in time_args else a for i, a in enumerate(args)]
 
 
+def test_every_op_package_is_imported_by_rnnlab_ops():
+    """An op is in OPS once its package (``rnnlab/ops/<op>/``) is imported; ``rnnlab/ops/__init__.py``
+    imports every one, so OPS, which these tests and ``rnnlab doctor`` read, holds every op whatever
+    else was imported first (an op only a layer imports would go unchecked here)."""
+    ops_dir = Path(rnnlab.ops.__file__).parent
+    packages = {p.parent.name for p in ops_dir.glob("*/__init__.py")}
+    imported = {node.module.split(".")[2] for node in ast.walk(ast.parse((ops_dir / "__init__.py").read_text()))
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("rnnlab.ops.")}
+    assert not packages - imported, f"import {sorted(packages - imported)} in rnnlab/ops/__init__.py"
+
+
 def test_every_registered_op_has_a_case():
+    missing = sorted(set(OPS) - set(CASES) - set(ELSEWHERE))
+    assert not missing, f"add {missing} to CASES here: op name -> (inputs, initial-state shape, time axes)"
+    stale = sorted(set(CASES) - set(OPS))
+    assert not stale, f"{stale} in CASES are not registered ops (is their package imported in rnnlab/ops/__init__.py?)"
     assert set(OPS) == set(CASES) | set(ELSEWHERE) and not set(CASES) & set(ELSEWHERE)
     tests = Path(__file__).parent
     for name, files in ELSEWHERE.items():
@@ -119,7 +142,7 @@ def test_empty_sequence_returns_the_initial_state(name):
     assert torch.equal(zero, torch.zeros_like(h0))
 
 
-@pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in OPS[n].alternatives])
+@pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in _alternatives(n)])
 def test_alternative_backends_match_the_reference(name, backend):
     args, h0, _ = _case(name)
     for init in (h0, None):
@@ -129,7 +152,7 @@ def test_alternative_backends_match_the_reference(name, backend):
             torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in OPS[n].alternatives])
+@pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in _alternatives(n)])
 def test_alternative_backends_keep_the_contract(name, backend):
     """What the reference guarantees (the tests above), the alternatives too: 16-bit inputs give
     states in that dtype and the final state in the compute dtype; a zero-length sequence returns
