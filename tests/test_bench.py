@@ -50,6 +50,14 @@ def test_shipped_suites_load():
         load_suite("no-such-suite")
 
 
+def test_tiny_suite_trains_every_model_kind():
+    """Suite ``tiny`` (the README's demo, the CPU smoke test) has a run of every registered model kind."""
+    from rnnlab.models.registry import MODELS
+
+    missing = sorted(set(MODELS) - {r.model["model"] for r in load_suite("tiny").runs})
+    assert not missing, f"add a [[runs]] entry for {missing} to src/rnnlab/bench/suites/tiny.toml"
+
+
 def test_a_folder_named_like_a_suite_is_not_a_suite_file(tmp_path, monkeypatch):
     """``rnnlab bench tiny --out tiny`` run twice: the second time a folder ``tiny`` is in the
     working directory, and ``tiny`` still names the shipped suite."""

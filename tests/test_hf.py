@@ -38,6 +38,13 @@ KINDS = {
 PROMPT = b"the quick \xc3\xa9"
 
 
+def test_every_registered_model_kind_is_exported():
+    from rnnlab.models.registry import MODELS
+
+    missing = sorted(set(MODELS) - {name.split("-")[0] for name in KINDS})
+    assert not missing, f"add {missing} to KINDS here: name -> its tiny --layer options"
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """name -> (run dir, exported folder), each trained for 2 steps and exported via the CLI."""
