@@ -2684,3 +2684,22 @@ def test_benchmark_run_meta_names_gpu_peak_fields_and_commit(monkeypatch):
     assert (meta["device"], meta["peak_tflops"], meta["peak_assumed"], meta["steps"], meta["git_commit"]) == (
         "NVIDIA H200", 989.0, False, 8, "abc1234")
     assert bm.run_meta(500.0, None)["peak_tflops"] == 500.0 and "torch" in meta and "date" in meta
+
+
+def test_a_run_folder_of_another_config_is_a_conflict_said_by_plan_and_refused(tmp_path, capsys):
+    """A suite folder whose run trained with other settings (here another corpus) cannot be resumed
+    or skipped as that run: ``--plan`` marks it and says why, and training it is refused in one
+    line, exit 2, before anything trains."""
+    out, other = tmp_path / "s", tmp_path / "other.txt"
+    other.write_bytes(bytes(range(256)) * 64)
+    base = ["bench", "tiny", "--runs", "e1", "--steps", "1", "--eval-bytes", "4K", "--out", str(out)]
+    assert main([*base, "--no-plots", "--no-progress"]) == 0
+    capsys.readouterr()
+    why = f"{out / 'e1'} holds a run with data = null, but the suite now asks for \"{other}\""
+    assert main([*base, "--data", str(other), "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "[conflict]" in lines[1] and lines[2:] == [f"  conflict: {why}"]
+    before = (out / "e1" / "metrics.jsonl").read_bytes()
+    assert main([*base, "--data", str(other), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"rnnlab bench: error: {why} (use another --out, or delete those run folders)\n"
+    assert (out / "e1" / "metrics.jsonl").read_bytes() == before
