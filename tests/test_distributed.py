@@ -5,6 +5,7 @@ part: every launch starts three Python processes that import torch)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -462,3 +463,70 @@ def test_sigterm_to_gpus_n_saves_on_every_rank_even_where_ctrl_c_is_ignored(tmp_
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] is False and summary["world_size"] == 2
     assert RunDir(run).checkpoint().step == summary["steps"] and f"interrupted at step {summary['steps']};" in err
+
+
+def _descendants(pid: int) -> list[int]:
+    """``pid``'s children, their children, ... (Linux: /proc/PID/task/TID/children)."""
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        for task in Path(f"/proc/{p}/task").glob("*"):
+            try:
+                todo += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                continue
+        found.append(p)
+    return found[1:]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"  # a zombie has ended
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the fix uses prctl")
+def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus):
+    """``kill -9`` of ``rnnlab train --gpus 2`` (the launcher: it cannot pass a SIGKILL on) ends
+    torchrun and both workers with it, as it ends a one-process run: none of them (each in a session
+    of its own) goes on training alone, holding the run folder's lock. A SIGKILL of torchrun alone
+    ends the workers the same way, and the launcher says so in a shell's status, 128 + 9."""
+    import time
+
+    from rnnlab.train.cli import run_passing_signals
+
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "rnnlab", "train", *_flags(dict(TINY, steps=100000)), "--data", str(corpus),
+           "--out", str(run), "--no-progress", "--gpus", "2"]
+    log = tmp_path / "log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=f, stderr=f)
+    tree: list[int] = []
+    try:
+        metrics, deadline = run / "metrics.jsonl", time.monotonic() + 60
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
+            time.sleep(0.1)
+        tree = _descendants(proc.pid)
+        assert len(tree) == 3, tree  # torchrun and its two workers
+        proc.kill()
+        proc.wait()
+        lock, deadline = RunDir(run).lock, time.monotonic() + 10
+        while True:  # (a process's threads may still hold the lock a moment after its leader is a zombie)
+            left = [p for p in tree if _running(p)]
+            try:
+                lock.acquire()
+                lock.release()
+                free = True
+            except ValueError:
+                free = False
+            if free and not left:
+                break
+            assert time.monotonic() < deadline, f"still running after the launcher's kill -9: {left} (lock free: {free})"
+            time.sleep(0.1)
+    finally:
+        for p in tree:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+    assert run_passing_signals([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == 137

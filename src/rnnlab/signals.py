@@ -161,3 +161,43 @@ def stops_as_ctrl_c():
 
     with terminal_output() as terminals, handled(handle, [signal.SIGTERM], [signal.SIGHUP]):
         yield
+
+
+# ``rnnlab train --gpus N``: the pid of the process whose death ends this one (the launcher's, in
+# torchrun's environment; torchrun's, in its workers')
+PARENT_ENV = "RNNLAB_PARENT_PID"
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def ends_with_parent() -> None:
+    """End this process (SIGKILL) when the process named by ``PARENT_ENV``, its parent, dies, and
+    take the variable out of the environment (children are not its children). ``--gpus N``'s
+    launcher and torchrun each start their children in a session of their own and pass on every
+    stop they can handle; a ``kill -9`` they cannot, and without this it ended the launcher alone
+    (or torchrun alone), leaving torchrun and the workers (or the workers) training on, rank 0
+    holding the run folder's lock. A parent that died before this call ends this process at once
+    (one between them, a wrapper that did not exec, is the parent whose death counts then).
+    Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere, or without the variable, nothing."""
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent or not parent.isdigit() or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            return
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != int(parent) and not _exists(int(parent)):  # it died before prctl: no signal will come
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

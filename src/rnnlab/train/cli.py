@@ -121,11 +121,14 @@ EARLY_STOP = "rnnlab train: interrupted before torchrun started its workers"
 # how ``--gpus N`` runs torchrun: ``python -c TORCHRUN`` and torchrun's arguments. A SIGTERM or SIGHUP
 # is a Ctrl-C from the first line, before torch's import (≈ 1 s), until torchrun installs its own handlers.
 TORCHRUN = f"""\
-import signal, sys
+import os, signal, sys
 for stop in (signal.SIGTERM, signal.SIGHUP):
     if signal.getsignal(stop) is not signal.SIG_IGN:
         signal.signal(stop, signal.default_int_handler)
 try:
+    from rnnlab.signals import PARENT_ENV, ends_with_parent
+    ends_with_parent()  # a kill -9 of the launcher ends torchrun, and so its workers
+    os.environ[PARENT_ENV] = str(os.getpid())  # the workers end with torchrun
     from rnnlab.train.cli import torchrun_main
 except KeyboardInterrupt:
     try:
@@ -221,6 +224,8 @@ def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> in
         while pending:  # arrived while it was starting
             proc.send_signal(pending.pop(0))
         code = proc.wait()
+    if code < 0:  # ended by a signal (a kill -9): a shell's status for it, not 256 - N
+        code = 128 - code
     return 130 if passed and code else code
 
 
@@ -257,7 +262,10 @@ def _launch(args) -> int | None:
     torchrun = torchrun_args(n, argv)
     print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
           file=sys.stderr)
-    return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], torchrun_env(dict(os.environ)))
+    from rnnlab.signals import PARENT_ENV
+
+    env = {**torchrun_env(dict(os.environ)), PARENT_ENV: str(os.getpid())}  # torchrun ends with this process
+    return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
 
 
 def run_train(args) -> int:
@@ -268,6 +276,9 @@ def run_train(args) -> int:
     launched = _launch(args)
     if launched is not None:
         return launched
+    from rnnlab.signals import ends_with_parent
+
+    ends_with_parent()  # a worker of --gpus N's torchrun ends with it (a kill -9 of torchrun or the launcher)
     cfg = config_from_args(args)
     ctx = dist.context()
     finished = False
