@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -282,3 +283,55 @@ def test_one_ctrl_c_to_the_bench_saves_every_running_run(tmp_path):
         log = (out / "logs" / f"{r}.log").read_text()
         assert summary["complete"] is False and "error" not in summary, (r, log, output)
         assert "checkpoint saved to" in log and "aborted" not in log, (r, log)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the runs end with the bench through prctl")
+def test_a_kill_9_of_the_bench_ends_its_runs(tmp_path):
+    """``kill -9`` of ``rnnlab bench --gpus 2``, which cannot forward it, ends its two training
+    processes with it (each in a session of its own): neither trains on alone, holding its run
+    folder's lock against the suite's next command."""
+    import os
+    import subprocess
+    import time
+
+    from rnnlab.train.rundir import RunDir
+
+    suite = tmp_path / "two.toml"
+    suite.write_text('name = "two"\ndescription = "two long tiny runs"\n[defaults]\nbatch_size = 2\nseq_len = 16\n'
+                     'steps = 100000\nprecision = "fp32"\nlr = 1e-3\ncheckpoint_every = 0\n'
+                     '[[runs]]\nname = "a"\nmodel = "mingru"\ndim = 16\ndepth = 1\n'
+                     '[[runs]]\nname = "b"\nmodel = "e16"\ndim = 16\ndepth = 1\n')
+    out = tmp_path / "out"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "1"}
+    bench = subprocess.Popen([sys.executable, "-m", "rnnlab", "bench", str(suite), "--out", str(out), "--gpus", "2",
+                              "--device", "cpu", "--eval-bytes", "1024", "--no-plots", "--no-progress"],
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    runs: list[int] = []
+    try:
+        deadline = time.time() + 120
+        while not all((out / r / "metrics.jsonl").exists() and (out / r / "metrics.jsonl").stat().st_size
+                      for r in "ab"):
+            assert time.time() < deadline and bench.poll() is None, "the runs did not start"
+            time.sleep(0.2)
+        runs = [int(c) for task in Path(f"/proc/{bench.pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+        bench.kill()
+        bench.wait()
+        held, deadline = set("ab"), time.time() + 20
+        while held and time.time() < deadline:
+            for r in sorted(held):
+                lock = RunDir(out / r).lock
+                try:
+                    lock.acquire()
+                except ValueError:  # still held by its training process
+                    continue
+                lock.release()
+                held.discard(r)
+            time.sleep(0.2)
+        assert not held, f"runs {sorted(held)} still train after the bench's kill -9"
+    finally:
+        for pid in runs:  # (only where the test failed)
+            try:
+                os.kill(pid, 9)
+            except OSError:
+                pass

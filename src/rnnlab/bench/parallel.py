@@ -8,7 +8,8 @@ partial runs resumed from their checkpoints; the GPU each run used is recorded i
 ``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
 ``OUT/logs/<run>.log``. Each process runs in a session of its own, so a Ctrl-C (in a terminal, or
 a time limit's signal to the bench's process group) reaches it once, forwarded by the bench, and
-it saves its checkpoint instead of taking a second delivery as "abort".
+it saves its checkpoint instead of taking a second delivery as "abort"; a ``kill -9`` of the bench,
+which it cannot forward, ends them with it (Linux), so none trains on alone holding its folder.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab.bench.suite import RESUME_HINT, SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
+from rnnlab.signals import PARENT_ENV
 from rnnlab.train.rundir import read_json, write_json
 
 POLL_S = 0.2
@@ -67,7 +69,8 @@ def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> 
     cmd = [sys.executable, "-m", "rnnlab", "train", "--config", str(cfg_path)]
     cmd += [] if progress else ["--no-progress"]
     log_path = logs / f"{pr.label}.log"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu}
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu,
+           PARENT_ENV: str(os.getpid())}  # a kill -9 of the bench ends its runs (signals.ends_with_parent)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log_path
