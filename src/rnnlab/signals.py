@@ -163,8 +163,8 @@ def stops_as_ctrl_c():
         yield
 
 
-# ``rnnlab train --gpus N``: the pid of the process whose death ends this one (the launcher's, in
-# torchrun's environment; torchrun's, in its workers')
+# the pid of the process whose death ends this one: ``rnnlab train --gpus N``'s launcher's, in
+# torchrun's environment; torchrun's, in its workers'; ``rnnlab bench --gpus N``'s, in its runs'
 PARENT_ENV = "RNNLAB_PARENT_PID"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -172,10 +172,10 @@ _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 def ends_with_parent() -> None:
     """End this process (SIGKILL) when the process named by ``PARENT_ENV``, its parent, dies, and
     take the variable out of the environment (children are not its children). ``--gpus N``'s
-    launcher and torchrun each start their children in a session of their own and pass on every
-    stop they can handle; a ``kill -9`` they cannot, and without this it ended the launcher alone
-    (or torchrun alone), leaving torchrun and the workers (or the workers) training on, rank 0
-    holding the run folder's lock. A parent that died before this call ends this process at once
+    launcher and torchrun (and ``rnnlab bench --gpus N``) each start their children in a session
+    of their own and pass on every stop they can handle; a ``kill -9`` they cannot, and without
+    this it ended the launcher alone (or torchrun, or the bench, alone), leaving torchrun and the
+    workers (or the workers, or the runs) training on, holding the run folder's lock. A parent that died before this call ends this process at once
     (one between them, a wrapper that did not exec, is the parent whose death counts then).
     Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere, or without the variable, nothing."""
     parent = os.environ.pop(PARENT_ENV, None)
