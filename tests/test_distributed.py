@@ -530,3 +530,129 @@ def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus):
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
     assert run_passing_signals([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == 137
+
+
+def test_a_failed_collective_is_told_apart_and_in_short():
+    """``collective_failure``: gloo's RuntimeError and torch.distributed's errors (NCCL's) are a
+    failed collective, with a short cause and whether it says a peer is gone; anything else is not."""
+    gloo = RuntimeError("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                        "[127.0.0.1]:2994: Connection reset by peer. This is typically caused by a remote worker "
+                        "hanging or bugs in the application. Check the logs of the remote worker before reporting")
+    assert dist.collective_failure(gloo) == ("Read error [127.0.0.1]:2994: Connection reset by peer", True)
+    timeout = torch.distributed.DistBackendError("Watchdog caught collective operation timeout: WorkNCCL(...)\nmore")
+    assert dist.collective_failure(timeout) == ("Watchdog caught collective operation timeout: WorkNCCL(...) more",
+                                                False)
+    for other in (RuntimeError("size mismatch for embed.weight"), ValueError("gloo"), OSError("reset by peer")):
+        assert dist.collective_failure(other) is None
+
+
+def _rank_pid(tree: list[int], rank: int) -> int:
+    """The worker of ``rank`` among torchrun's processes (its environment names its LOCAL_RANK)."""
+    for p in tree:
+        with contextlib.suppress(OSError):
+            if f"LOCAL_RANK={rank}".encode() in Path(f"/proc/{p}/environ").read_bytes().split(b"\0"):
+                return p
+    raise AssertionError(f"no worker of rank {rank} among {tree}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_rank_killed_in_training_leaves_one_line_naming_the_checkpoint(tmp_path, corpus):
+    """``kill -9`` of rank 1 of ``rnnlab train --gpus 2`` while it trains: rank 0's next collective
+    fails (and torchrun sends it a SIGTERM, a Ctrl-C there). Rank 0 says so in one line naming the
+    checkpoint on disk that ``--resume`` continues from, and exits 1 at once: no traceback of its
+    own, no checkpoint claimed that is not there, nothing half-written left (torchrun's own report
+    stays, and the command exits 1)."""
+    import time
+
+    from rnnlab.train.checkpoint import Checkpointer
+
+    run = tmp_path / "r"
+    cmd = [sys.executable, "-m", "rnnlab", "train", *_flags(dict(TINY, steps=100000, checkpoint_every=3)),
+           "--data", str(corpus), "--out", str(run), "--no-progress", "--gpus", "2"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / "ckpt" / "step-000006").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        tree = _descendants(proc.pid)
+        os.kill(_rank_pid(tree, 1), signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - killed
+    finally:
+        _stop(proc)
+        for p in tree:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+    assert proc.returncode == 1, err[-5000:]
+    lines = [x for x in err.splitlines() if x.startswith("rnnlab train: rank")]
+    assert len(lines) == 1 and lines[0].startswith("rnnlab train: rank 0: another rank ended ("), err[-5000:]
+    assert "[rank0]: Traceback" not in err and "[rank0]:" not in err, err[-5000:]
+    newest = RunDir(run).checkpoint()  # verified: the checkpoint really on disk
+    summary = json.loads((run / "summary.json").read_text())
+    assert f"the last checkpoint is {newest.path} (step {newest.step}): --resume continues from it" in lines[0] \
+        or f"whose checkpoint is saved: {newest.path} (step {newest.step}); --resume" in lines[0], (lines, newest)
+    assert f"after step {summary['steps']}," in lines[0] and summary["error"] == lines[0].split("rank 0: ", 1)[1]
+    assert not [p.name for p in (run / "ckpt").iterdir() if p.name.startswith(".")]  # no staging folder left
+    assert Checkpointer(run / "ckpt").find()[1] == []  # none damaged
+    assert seconds < 15, seconds  # not torchrun's wait for a rank that ignores its SIGTERM
+
+
+SLOW_RANK = """
+import os, sys, time
+from rnnlab.cli import main
+from rnnlab.train import distributed as dist, trainer
+
+mark, rank_held, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+owner, name = (dist.DistContext, "init") if where == "init" else (trainer, "open_data")
+real = getattr(owner, name)
+
+
+def held(*args, **kwargs):  # each rank says it is here; one of them stays (until it is killed)
+    rank = dist.context().rank
+    open(f"{mark}.{rank}", "w").write(str(os.getpid()))
+    if rank == rank_held:
+        time.sleep(120)
+    return real(*args, **kwargs)
+
+
+setattr(owner, name, held)
+sys.argv = ["rnnlab", *sys.argv[4:]]
+sys.exit(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills a worker by its pid")
+@pytest.mark.parametrize("where", ["first_collective"])
+def test_a_rank_killed_while_the_other_starts_ends_it_at_once(where, tmp_path, corpus):
+    """A rank killed while the other waits for it in the first collective (``first_collective``:
+    rank 0 waits to hear the run folder's answer): the survivor's collective fails and it ends at
+    once in one line, no traceback."""
+    import time
+
+    script, run, mark = tmp_path / "slow.py", tmp_path / "r", tmp_path / "mark"
+    script.write_text(SLOW_RANK)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           str(mark), "1", "init" if where == "init" else "open_data", "train", *_flags(dict(TINY, steps=50)),
+           "--data", str(corpus), "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(Path(f"{mark}.{rank}").exists() for rank in (0, 1)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        time.sleep(1)  # rank 0 inside the wait
+        os.kill(int(Path(f"{mark}.1").read_text()), signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - killed
+    finally:
+        _stop(proc)
+    assert proc.returncode == 1 and seconds < 10, (seconds, err[-5000:])
+    assert "Unable to shutdown process" not in err and "[rank0]: Traceback" not in err, err[-5000:]
+    if where == "first_collective":  # gloo's connection was up: the collective fails, or the SIGTERM ends it
+        lines = [x for x in err.splitlines() if x.startswith("rnnlab train: rank")]
+        assert len(lines) <= 1 and all(x.startswith("rnnlab train: rank 0: another rank ended (") and x.endswith(
+            ") while the run started, before its first step: nothing to save") for x in lines), lines

@@ -44,6 +44,7 @@ collective, so every rank calls ``Checkpointer.save`` (only rank 0 writes).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -395,6 +396,17 @@ class Checkpointer:
         if self.last is None:
             return "no checkpoint was written"
         return f"last good checkpoint kept at {self.last.path} (step {self.last.step})"
+
+    def newest(self) -> Checkpoint | None:
+        """For a message after a failure: ``last``, or a newer checkpoint committed in the folder (by
+        rank 0 just before the failure, seen from a rank that waited for it). Not verified: a rename
+        made it whole."""
+        newest = self.last
+        with contextlib.suppress(OSError):
+            found = next((c for c in self.checkpoints() if c.step is not None), None)
+            if found is not None and (newest is None or newest.step is None or found.step > newest.step):
+                newest = found
+        return newest
 
     # ------------------------------------------------------------------ restoring
     def restore(self, state, checkpoint: Checkpoint) -> None:

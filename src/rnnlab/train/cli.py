@@ -14,6 +14,7 @@ flag per field, named by its key (``--batch-size``), in one help group per confi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 import signal
@@ -271,7 +272,7 @@ def _launch(args) -> int | None:
 def run_train(args) -> int:
     from rnnlab.train import distributed as dist
     from rnnlab.train.checkpoint import CheckpointWriteError
-    from rnnlab.train.trainer import NonFiniteLossError, run_training
+    from rnnlab.train.trainer import LostRank, NonFiniteLossError, run_training
 
     launched = _launch(args)
     if launched is not None:
@@ -288,6 +289,11 @@ def run_train(args) -> int:
     except (NonFiniteLossError, CheckpointWriteError) as e:
         print(f"rnnlab train: error: {e}", file=sys.stderr)
         return 1
+    except LostRank as e:  # another rank ended: one line naming the checkpoint kept, then an end at once
+        if getattr(args, "debug", False):
+            raise
+        print(f"rnnlab train: rank {ctx.rank}: {e}", file=sys.stderr)
+        end_after_a_lost_rank()
     except KeyboardInterrupt as e:  # the trainer's message names the checkpoint kept
         print(f"rnnlab train: {str(e) or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
         return 130
@@ -299,6 +305,18 @@ def run_train(args) -> int:
         print("rnnlab train: Ctrl-C came at the end of the budget; the run finished first (complete)",
               file=sys.stderr)
     return 0 if summary["complete"] and not summary.get("interrupted_at_end") else 130
+
+
+def end_after_a_lost_rank() -> None:
+    """The end of a rank whose peer is gone (after its line): exit status 1 at once, without
+    leaving the process group (its teardown can wait for the dead peer, NCCL's can hang) nor
+    meeting torchrun's SIGTERM, which follows the peer's death, in the interpreter's exit."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(1)
 
 
 def format_summary(s: dict) -> str:

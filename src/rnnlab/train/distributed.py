@@ -36,12 +36,16 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import re
+import signal
+import threading
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from rnnlab.signals import STOP_SIGNALS
 from rnnlab.train.config import DISTRIBUTED
 
 DEFAULT_TIMEOUT_MIN = 60  # barriers wait while rank 0 evaluates / checkpoints; NCCL's 10 min is short
@@ -211,6 +215,37 @@ def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
     dev = ctx.device(device)
     ctx.init(dev)
     return ctx, dev
+
+
+# what a collective's error says when the rank at the other end is gone (gloo's socket errors)
+_PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "connection refused", "end of file",
+              "remote process exited")
+
+
+def collective_failure(e: BaseException) -> tuple[str, bool] | None:
+    """``(a short cause, whether it says that another rank is gone)`` when ``e`` is a failed
+    collective between ranks, else None: a ``torch.distributed`` error (``DistError``:
+    ``DistBackendError``, ``DistNetworkError``, ``DistStoreError``; NCCL's errors and timeouts), or
+    a RuntimeError from gloo or NCCL (gloo raises a plain one: "[.../pair.cc:537] Read error
+    [127.0.0.1]:2994: Connection reset by peer. This is typically caused by ...")."""
+    text = " ".join(str(e).split())
+    if not isinstance(e, getattr(dist, "DistError", ())):  # (torch < 2.3 has none)
+        if not isinstance(e, RuntimeError) or not re.search(r"gloo|nccl|process ?group", text, re.IGNORECASE):
+            return None
+    cause = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's [file.cc:line] prefix
+    cause = cause.split(". This is typically")[0].split(" Check the logs")[0].rstrip(". ")
+    if len(cause) > 160:
+        cause = cause[:157] + "..."
+    return cause or type(e).__name__, any(p in cause.lower() for p in _PEER_GONE)
+
+
+def ignore_stops() -> None:
+    """A rank whose peers are gone ignores SIGTERM, SIGINT and SIGHUP from here on (main thread
+    only): there is nothing left to save, and torchrun's stop, which follows a peer's death
+    closely, would otherwise come as a Ctrl-C while the rank says so and ends."""
+    if threading.current_thread() is threading.main_thread():
+        for s in STOP_SIGNALS:
+            signal.signal(s, signal.SIG_IGN)
 
 
 def per_rank_batch(global_batch: int, world_size: int) -> int:

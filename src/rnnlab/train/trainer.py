@@ -70,6 +70,18 @@ class OutOfMemory(ValueError):
     """A step or an evaluation ran out of device memory; the message names the knobs to lower."""
 
 
+class LostRank(RuntimeError):
+    """Under torchrun, a collective (a step's gradients, the ranks' agreement, a checkpoint's
+    gathering or its barrier, a start-up collective) failed: another rank ended (killed, crashed)
+    or cannot be reached. Nothing more can be saved; the message names the checkpoint kept."""
+
+
+def lost_rank(failed: tuple[str, bool]) -> str:
+    """``dist.collective_failure``'s answer as the start of a message."""
+    cause, gone = failed
+    return f"another rank ended ({cause})" if gone else f"a collective with the other ranks failed ({cause})"
+
+
 @dataclass
 class TrainState:
     """Everything a checkpoint saves, and nothing else: the model, optimizer and LR schedule, and
@@ -194,6 +206,19 @@ class Trainer:
         if cfg.run.wandb:
             import_wandb()  # a missing package fails before the run folder is touched
         self.ctx = ctx = dist.context()
+        try:
+            self._start(progress)
+        except RuntimeError as e:
+            failed = dist.collective_failure(e) if ctx.enabled else None
+            if failed is None or is_out_of_memory(e):
+                raise
+            dist.ignore_stops()
+            raise LostRank(f"{lost_rank(failed)} while the run started, before its first step: "
+                           "nothing to save") from e
+
+    def _start(self, progress: bool) -> None:
+        """``__init__``'s body: the process group, the data, the run folder, the model."""
+        cfg, ctx = self.cfg, self.ctx
         self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)[1]
         if cfg.run.cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device; this run's device is {self.device} "
@@ -260,6 +285,12 @@ class Trainer:
             self.record_failure(message)
             raise KeyboardInterrupt(message) from None
         except RuntimeError as e:
+            failed = dist.collective_failure(e) if self.ctx.enabled else None
+            if failed is not None and not is_out_of_memory(e):
+                dist.ignore_stops()  # torchrun's stop, close behind: nothing is left to save
+                message = self.lost_rank_message(failed)
+                self.record_failure(message)
+                raise LostRank(message) from e
             if not is_out_of_memory(e):
                 raise
             cfg = self.cfg
@@ -509,6 +540,18 @@ class Trainer:
         if self.ctx.is_main:
             self.rundir.write_summary(summary)
         return summary
+
+    def lost_rank_message(self, failed: tuple[str, bool]) -> str:
+        """What a rank says when a collective failed in training (``LostRank``): the steps not
+        saved and the checkpoint ``--resume`` continues from."""
+        step, last = self.state.step, self.checkpointer.newest()
+        if last is None:
+            return f"{lost_rank(failed)} after step {step}, which is not saved; no checkpoint was written"
+        if last.step == step:
+            return (f"{lost_rank(failed)} after step {step}, whose checkpoint is saved: {last}; "
+                    "--resume continues from it")
+        return (f"{lost_rank(failed)} after step {step}, which is not saved; the last checkpoint is {last}: "
+                "--resume continues from it")
 
     def record_failure(self, error: str) -> None:
         """summary.json for a run that stopped with ``error``, if the disk still takes it."""
