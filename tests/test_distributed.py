@@ -546,6 +546,30 @@ def test_a_failed_collective_is_told_apart_and_in_short():
         assert dist.collective_failure(other) is None
 
 
+def test_stops_end_a_starting_rank_at_once_and_handlers_come_back():
+    """While a rank of several starts, SIGTERM, SIGINT and SIGHUP take their default action (an
+    ignored one stays ignored); after, the handlers before are back, but for one ignored since
+    (``ignore_stops``: a peer is gone). One process: nothing changes."""
+    def mine(signum, frame):
+        pass
+
+    before = {s: signal.signal(s, mine) for s in (signal.SIGTERM, signal.SIGINT)}
+    before[signal.SIGHUP] = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with dist.stops_end_at_once(dist.DistContext(rank=0, world_size=1)):
+            assert signal.getsignal(signal.SIGTERM) is mine
+        with dist.stops_end_at_once(dist.DistContext(rank=0, world_size=2)):
+            assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)] == [
+                signal.SIG_DFL, signal.SIG_DFL, signal.SIG_IGN]
+        assert [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)] == [mine, mine]
+        with dist.stops_end_at_once(dist.DistContext(rank=0, world_size=2)):
+            dist.ignore_stops()
+        assert all(signal.getsignal(s) is signal.SIG_IGN for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 def _rank_pid(tree: list[int], rank: int) -> int:
     """The worker of ``rank`` among torchrun's processes (its environment names its LOCAL_RANK)."""
     for p in tree:
@@ -625,11 +649,13 @@ sys.exit(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills a worker by its pid")
-@pytest.mark.parametrize("where", ["first_collective"])
+@pytest.mark.parametrize("where", ["init", "first_collective"])
 def test_a_rank_killed_while_the_other_starts_ends_it_at_once(where, tmp_path, corpus):
-    """A rank killed while the other waits for it in the first collective (``first_collective``:
-    rank 0 waits to hear the run folder's answer): the survivor's collective fails and it ends at
-    once in one line, no traceback."""
+    """A rank killed while the other waits for it in ``init_process_group`` (``init``) or in the
+    first collective (``first_collective``: rank 0 waits to hear the run folder's answer): the
+    survivor, stopped by torchrun, ends at once, not after torchrun's wait for a rank that does
+    not answer its SIGTERM (30 s after a worker failed): a Python handler never ran while the
+    rank waited in C++. Where the collective fails first, one line, no traceback."""
     import time
 
     script, run, mark = tmp_path / "slow.py", tmp_path / "r", tmp_path / "mark"

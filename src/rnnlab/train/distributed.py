@@ -217,6 +217,29 @@ def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
     return ctx, dev
 
 
+@contextlib.contextmanager
+def stops_end_at_once(ctx: DistContext):
+    """Inside the block, a rank of several (``ctx.enabled``) ends at once on a SIGTERM, SIGINT or
+    SIGHUP (their default action, as a ``kill -9`` would: safe, docs/reliability.md); for the
+    trainer's start-up, before the rank has trained a step of its own and so has nothing to save.
+    A Python handler (a stop handled as a Ctrl-C) runs only once the main thread is back in Python,
+    and a rank waiting in ``init_process_group`` (or a first collective) for a peer that died waits
+    in C++ for as long as the process-group timeout: torchrun, stopping it after the peer's death,
+    killed it only after its grace (30 s, whatever ``TORCH_ELASTIC_SHUTDOWN_TIMEOUT`` says: torch
+    2.13 waits that long after a worker failed). Signals this process ignores (``nohup``, ``cmd &``
+    in a script) stay ignored; one process, or another thread: nothing."""
+    if not ctx.enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_DFL) for s in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for s, before in previous.items():
+            if signal.getsignal(s) is signal.SIG_DFL:  # not ignored since (ignore_stops: a peer is gone)
+                signal.signal(s, before)
+
+
 # what a collective's error says when the rank at the other end is gone (gloo's socket errors)
 _PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "connection refused", "end of file",
               "remote process exited")

@@ -206,15 +206,18 @@ class Trainer:
         if cfg.run.wandb:
             import_wandb()  # a missing package fails before the run folder is touched
         self.ctx = ctx = dist.context()
-        try:
-            self._start(progress)
-        except RuntimeError as e:
-            failed = dist.collective_failure(e) if ctx.enabled else None
-            if failed is None or is_out_of_memory(e):
-                raise
-            dist.ignore_stops()
-            raise LostRank(f"{lost_rank(failed)} while the run started, before its first step: "
-                           "nothing to save") from e
+        # a rank of several has nothing to save before its first step: a stop ends it at once, where
+        # a Python handler would wait for a collective that waits for a dead peer (stops_end_at_once)
+        with dist.stops_end_at_once(ctx):
+            try:
+                self._start(progress)
+            except RuntimeError as e:
+                failed = dist.collective_failure(e) if ctx.enabled else None
+                if failed is None or is_out_of_memory(e):
+                    raise
+                dist.ignore_stops()
+                raise LostRank(f"{lost_rank(failed)} while the run started, before its first step: "
+                               "nothing to save") from e
 
     def _start(self, progress: bool) -> None:
         """``__init__``'s body: the process group, the data, the run folder, the model."""
