@@ -246,15 +246,11 @@ def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypa
     assert (cfg["resume"], cfg["overwrite"]) == (False, False)
 
 
-def test_one_ctrl_c_to_the_bench_saves_every_running_run(tmp_path):
-    """`rnnlab bench --gpus 2` with two real training processes (on the CPU; the device list is
-    faked): one Ctrl-C to the bench's whole process group, as a terminal sends it, reaches each
-    run once (through the bench: each runs in a session of its own), so each finishes its step,
-    saves a checkpoint and stops; none takes a second delivery as "abort"."""
+def _bench_two_long_runs(tmp_path, **popen):
+    """``rnnlab bench --gpus 2`` (on the CPU; the device list faked) of two tiny runs that would
+    train for hours, once both have logged a step: ``(the bench's process, its --out)``."""
     import os
-    import signal
     import subprocess
-    import sys
     import time
 
     suite = tmp_path / "two.toml"
@@ -266,13 +262,27 @@ def test_one_ctrl_c_to_the_bench_saves_every_running_run(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "1"}
     bench = subprocess.Popen([sys.executable, "-m", "rnnlab", "bench", str(suite), "--out", str(out), "--gpus", "2",
                               "--device", "cpu", "--eval-bytes", "1024", "--no-plots", "--no-progress"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                             env=env, **popen)
+    deadline = time.time() + 120
+    while not all((out / r / "metrics.jsonl").exists() and (out / r / "metrics.jsonl").stat().st_size for r in "ab"):
+        if time.time() > deadline or bench.poll() is not None:
+            bench.kill()
+            raise AssertionError("the runs did not start")
+        time.sleep(0.2)
+    return bench, out
+
+
+def test_one_ctrl_c_to_the_bench_saves_every_running_run(tmp_path):
+    """`rnnlab bench --gpus 2` with two real training processes (on the CPU; the device list is
+    faked): one Ctrl-C to the bench's whole process group, as a terminal sends it, reaches each
+    run once (through the bench: each runs in a session of its own), so each finishes its step,
+    saves a checkpoint and stops; none takes a second delivery as "abort"."""
+    import os
+    import signal
+    import subprocess
+
+    bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.time() + 120
-        while not all((out / r / "metrics.jsonl").exists() and (out / r / "metrics.jsonl").stat().st_size
-                      for r in "ab"):
-            assert time.time() < deadline and bench.poll() is None, "the runs did not start"
-            time.sleep(0.2)
         os.killpg(bench.pid, signal.SIGINT)  # the terminal's Ctrl-C: the bench's whole group
         output = bench.communicate(timeout=120)[0].decode()
     finally:
@@ -296,23 +306,9 @@ def test_a_kill_9_of_the_bench_ends_its_runs(tmp_path):
 
     from rnnlab.train.rundir import RunDir
 
-    suite = tmp_path / "two.toml"
-    suite.write_text('name = "two"\ndescription = "two long tiny runs"\n[defaults]\nbatch_size = 2\nseq_len = 16\n'
-                     'steps = 100000\nprecision = "fp32"\nlr = 1e-3\ncheckpoint_every = 0\n'
-                     '[[runs]]\nname = "a"\nmodel = "mingru"\ndim = 16\ndepth = 1\n'
-                     '[[runs]]\nname = "b"\nmodel = "e16"\ndim = 16\ndepth = 1\n')
-    out = tmp_path / "out"
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "0,1", "OMP_NUM_THREADS": "1"}
-    bench = subprocess.Popen([sys.executable, "-m", "rnnlab", "bench", str(suite), "--out", str(out), "--gpus", "2",
-                              "--device", "cpu", "--eval-bytes", "1024", "--no-plots", "--no-progress"],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs: list[int] = []
     try:
-        deadline = time.time() + 120
-        while not all((out / r / "metrics.jsonl").exists() and (out / r / "metrics.jsonl").stat().st_size
-                      for r in "ab"):
-            assert time.time() < deadline and bench.poll() is None, "the runs did not start"
-            time.sleep(0.2)
         runs = [int(c) for task in Path(f"/proc/{bench.pid}/task").iterdir()
                 for c in (task / "children").read_text().split()]
         bench.kill()
