@@ -58,6 +58,11 @@ def main() -> int:
     ap.add_argument("--depth", type=int, help="override every model's depth")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
+    import torch
+
+    if torch.cuda.device_count() < a.gpus and not (a.dim and a.depth):  # 400M models on a CPU: hours a step
+        ap.exit(2, f"bench_distributed.py: error: needs {a.gpus} CUDA GPUs (torch sees {torch.cuda.device_count()}); "
+                   "a CPU smoke run shrinks the models: --dim 64 --depth 2\n")
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, cfg in CONFIGS:

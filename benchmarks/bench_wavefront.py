@@ -195,6 +195,8 @@ def main() -> None:
     ap.add_argument("--chunks", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.exit(2, "bench_wavefront.py: error: needs a CUDA GPU (torch sees none)\n")
     # nothing on the legacy default stream: autograd records it for the leaves, and a captured
     # backward must not depend on it
     torch.cuda.set_stream(torch.cuda.Stream())
