@@ -542,6 +542,15 @@ def test_a_failed_collective_is_told_apart_and_in_short():
     timeout = torch.distributed.DistBackendError("Watchdog caught collective operation timeout: WorkNCCL(...)\nmore")
     assert dist.collective_failure(timeout) == ("Watchdog caught collective operation timeout: WorkNCCL(...) more",
                                                 False)
+    # a failure that names no lost peer may be this rank's own: its cause is kept whole, not cut at 160
+    nccl = ("NCCL error in: /pytorch/torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:3356, unhandled cuda error "
+            "(run with NCCL_DEBUG=INFO for details), NCCL version 2.21.5\nncclUnhandledCudaError: Call to CUDA "
+            "function failed.\nLast error:\nCuda failure 'out of memory'")
+    cause, gone = dist.collective_failure(torch.distributed.DistBackendError(nccl))
+    assert cause == " ".join(nccl.split()) and not gone
+    long_gloo = RuntimeError(f"[gloo/transport/tcp/pair.cc:537] Connection closed by peer [{'x' * 200}]")
+    cause, gone = dist.collective_failure(long_gloo)
+    assert gone and len(cause) == 160 and cause.endswith("...")
     for other in (RuntimeError("size mismatch for embed.weight"), ValueError("gloo"), OSError("reset by peer")):
         assert dist.collective_failure(other) is None
 

@@ -246,20 +246,24 @@ _PEER_GONE = ("closed by peer", "reset by peer", "broken pipe", "connection refu
 
 
 def collective_failure(e: BaseException) -> tuple[str, bool] | None:
-    """``(a short cause, whether it says that another rank is gone)`` when ``e`` is a failed
+    """``(its cause, whether it says that another rank is gone)`` when ``e`` is a failed
     collective between ranks, else None: a ``torch.distributed`` error (``DistError``:
     ``DistBackendError``, ``DistNetworkError``, ``DistStoreError``; NCCL's errors and timeouts), or
     a RuntimeError from gloo or NCCL (gloo raises a plain one: "[.../pair.cc:537] Read error
-    [127.0.0.1]:2994: Connection reset by peer. This is typically caused by ...")."""
+    [127.0.0.1]:2994: Connection reset by peer. This is typically caused by ..."). The cause is
+    shortened only where a peer is gone (its own log says why): any other failure may be this
+    rank's own (NCCL's "unhandled cuda error ... Last error: Cuda failure 'out of memory'") and its
+    line, with no traceback, is all that is left of it."""
     text = " ".join(str(e).split())
     if not isinstance(e, getattr(dist, "DistError", ())):  # (torch < 2.3 has none)
         if not isinstance(e, RuntimeError) or not re.search(r"gloo|nccl|process ?group", text, re.IGNORECASE):
             return None
     cause = re.sub(r"^\[[^\]]*\]\s*", "", text)  # gloo's [file.cc:line] prefix
     cause = cause.split(". This is typically")[0].split(" Check the logs")[0].rstrip(". ")
-    if len(cause) > 160:
+    gone = any(p in cause.lower() for p in _PEER_GONE)
+    if gone and len(cause) > 160:
         cause = cause[:157] + "..."
-    return cause or type(e).__name__, any(p in cause.lower() for p in _PEER_GONE)
+    return cause or type(e).__name__, gone
 
 
 def ignore_stops() -> None:
