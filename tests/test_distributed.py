@@ -691,3 +691,23 @@ def test_a_rank_killed_while_the_other_starts_ends_it_at_once(where, tmp_path, c
         lines = [x for x in err.splitlines() if x.startswith("rnnlab train: rank")]
         assert len(lines) <= 1 and all(x.startswith("rnnlab train: rank 0: another rank ended (") and x.endswith(
             ") while the run started, before its first step: nothing to save") for x in lines), lines
+
+
+def test_a_surviving_rank_names_the_checkpoint_rank_0_committed(tmp_path):
+    """``Checkpointer.newest``, for a rank other than 0 whose peer died: its own ``last`` is the
+    checkpoint before the one rank 0 committed just before the failure (the rank waited for it at
+    the barrier); the folder's newest committed one is named, not a staging folder nor a damaged one."""
+    from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
+    from rnnlab.train.durable import temporary_name
+
+    ckpt = tmp_path / "ckpt"
+    checkpointer = Checkpointer(ckpt)
+    assert checkpointer.newest() is None  # no folder yet
+    for step in (3, 6):
+        (ckpt / step_dir_name(step)).mkdir(parents=True)
+    temporary_name(ckpt / step_dir_name(9)).mkdir()  # being written when the peer died
+    (ckpt / f"damaged-{step_dir_name(12)}").mkdir()
+    checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
+    assert checkpointer.newest().step == 6
+    checkpointer.last = Checkpoint(ckpt / step_dir_name(6), 6)
+    assert checkpointer.newest() is checkpointer.last
