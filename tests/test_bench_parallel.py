@@ -281,7 +281,8 @@ def test_one_ctrl_c_to_the_bench_saves_every_running_run(tmp_path):
     import signal
     import subprocess
 
-    bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
     try:
         os.killpg(bench.pid, signal.SIGINT)  # the terminal's Ctrl-C: the bench's whole group
         output = bench.communicate(timeout=120)[0].decode()

@@ -490,8 +490,9 @@ def _running(pid: int) -> bool:
 def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus):
     """``kill -9`` of ``rnnlab train --gpus 2`` (the launcher: it cannot pass a SIGKILL on) ends
     torchrun and both workers with it, as it ends a one-process run: none of them (each in a session
-    of its own) goes on training alone, holding the run folder's lock. A SIGKILL of torchrun alone
-    ends the workers the same way, and the launcher says so in a shell's status, 128 + 9."""
+    of its own) goes on training alone, holding the run folder's lock (torchrun ends with the
+    launcher, the workers with torchrun). A child killed so ends the launcher in a shell's status
+    for it, 128 + 9."""
     import time
 
     from rnnlab.train.cli import run_passing_signals
@@ -523,7 +524,8 @@ def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus):
                 free = False
             if free and not left:
                 break
-            assert time.monotonic() < deadline, f"still running after the launcher's kill -9: {left} (lock free: {free})"
+            assert time.monotonic() < deadline, \
+                f"still running after the launcher's kill -9: {left} (lock free: {free})"
             time.sleep(0.1)
     finally:
         for p in tree:

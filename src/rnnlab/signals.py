@@ -1,7 +1,10 @@
 """How an ``rnnlab`` process takes the signals that stop it: a SIGTERM (``kill``, a scheduler) or a
 SIGHUP (the terminal closed) as a Ctrl-C, so that a run saves before it ends, and its output to a
-terminal, after a hang-up, sent to /dev/null instead of failing. Used by the ``rnnlab`` command (``rnnlab.cli``)
-and by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``)."""
+terminal, after a hang-up, sent to /dev/null instead of failing; and a process started by another
+of rnnlab's (torchrun and its workers under ``rnnlab train --gpus N``, a run of ``rnnlab bench --gpus
+N``) ended with it by a ``kill -9`` (``ends_with_parent``). Used by the ``rnnlab`` command
+(``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``) and
+by ``rnnlab.bench.parallel``."""
 
 from __future__ import annotations
 
@@ -175,8 +178,9 @@ def ends_with_parent() -> None:
     launcher and torchrun (and ``rnnlab bench --gpus N``) each start their children in a session
     of their own and pass on every stop they can handle; a ``kill -9`` they cannot, and without
     this it ended the launcher alone (or torchrun, or the bench, alone), leaving torchrun and the
-    workers (or the workers, or the runs) training on, holding the run folder's lock. A parent that died before this call ends this process at once
-    (one between them, a wrapper that did not exec, is the parent whose death counts then).
+    workers (or the workers, or the runs) training on, holding the run folder's lock. A parent
+    that died before this call ends this process at once (one between them, a wrapper that did
+    not exec, is the parent whose death counts then).
     Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere, or without the variable, nothing."""
     parent = os.environ.pop(PARENT_ENV, None)
     if not parent or not parent.isdigit() or not sys.platform.startswith("linux"):
