@@ -1,6 +1,7 @@
 """The package layout stays a one-way street: no import circle between rnnlab's packages, and none
 between the modules of rnnlab.bench (imports inside functions count too); and the repository's
-index of its measurements, ``results/README.md``, lists what ``results/`` holds."""
+index of its measurements, ``results/README.md``, lists what ``results/`` holds, and every test the
+docs cite exists."""
 
 from __future__ import annotations
 
@@ -87,3 +88,25 @@ def test_every_results_folder_is_in_the_results_index():
               for name in re.findall(r"`([^`]+)`", line.split(" | ")[0])}
     assert not there - listed, f"add to results/README.md: {sorted(there - listed)}"
     assert not listed - there, f"results/README.md lists what results/ does not hold: {sorted(listed - there)}"
+
+
+def test_every_test_the_docs_cite_exists():
+    """README.md, docs/ and the results READMEs cite tests as proof (docs/reliability.md's table
+    above all): ``tests/FILE.py::test_name``, and ``::test_name`` for another test of the file
+    named last. A test renamed or removed leaves the proof pointing at nothing."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    missing = []
+    docs = [repo / "README.md", *sorted((repo / "docs").glob("*.md")), *sorted((repo / "results").glob("*/README.md"))]
+    for doc in docs:
+        current = None
+        for m in re.finditer(r"(tests/[\w/]+\.py)|::(test_\w+)", doc.read_text()):
+            if m.group(1):
+                current = m.group(1)
+                if not (repo / current).exists():
+                    missing.append(f"{doc.name}: {current}")
+            elif current and (repo / current).exists() and \
+                    not re.search(rf"^\s*def {m.group(2)}\(", (repo / current).read_text(), re.M):
+                missing.append(f"{doc.name}: {current}::{m.group(2)}")
+    assert not missing, missing
