@@ -110,3 +110,20 @@ def test_every_test_the_docs_cite_exists():
                     not re.search(rf"^\s*def {m.group(2)}\(", (repo / current).read_text(), re.M):
                 missing.append(f"{doc.name}: {current}::{m.group(2)}")
     assert not missing, missing
+
+
+def test_every_source_file_the_docs_cite_exists():
+    """A path to code in README.md, docs/ or a results README (``src/rnnlab/...``, ``rnnlab/...``,
+    a package-relative ``ops/elman/heads.py``, ``benchmarks/...``, ``scripts/...``) names a file
+    that exists: a file moved or removed leaves no doc pointing at it."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    packages = "|".join(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())
+    path = re.compile(rf"`((?:src/)?rnnlab/[\w/]+|(?:{packages})/[\w/]+|(?:benchmarks|scripts)/[\w/.-]+)"
+                      r"\.(py|sh|cu|cuh|toml)`")
+    docs = [repo / "README.md", *sorted((repo / "docs").glob("*.md")), *sorted((repo / "results").glob("*/README.md"))]
+    missing = sorted({f"{doc.name}: {m.group(1)}.{m.group(2)}" for doc in docs for m in path.finditer(doc.read_text())
+                      if not any((base / f"{m.group(1)}.{m.group(2)}").exists()
+                                 for base in (repo, repo / "src", ROOT))})
+    assert not missing, missing
