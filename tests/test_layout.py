@@ -1,7 +1,7 @@
 """The package layout stays a one-way street: no import circle between rnnlab's packages, and none
 between the modules of rnnlab.bench (imports inside functions count too); and the repository's
 index of its measurements, ``results/README.md``, lists what ``results/`` holds, and every test the
-docs cite exists."""
+docs cite, and every file of code they name, exists."""
 
 from __future__ import annotations
 
