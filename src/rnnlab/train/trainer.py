@@ -212,12 +212,20 @@ class Trainer:
             try:
                 self._start(progress)
             except RuntimeError as e:
-                failed = dist.collective_failure(e) if ctx.enabled else None
-                if failed is None or is_out_of_memory(e):
+                failed = self.lost_peers(e)
+                if failed is None:
                     raise
-                dist.ignore_stops()
                 raise LostRank(f"{lost_rank(failed)} while the run started, before its first step: "
                                "nothing to save") from e
+
+    def lost_peers(self, e: RuntimeError) -> tuple[str, bool] | None:
+        """``dist.collective_failure(e)`` for a rank of several, but for an out-of-memory error (its
+        own message names the knobs); when it is one, this rank ignores stops from here on:
+        torchrun's, close behind a peer's death, would come as a Ctrl-C with nothing left to save."""
+        failed = dist.collective_failure(e) if self.ctx.enabled and not is_out_of_memory(e) else None
+        if failed is not None:
+            dist.ignore_stops()
+        return failed
 
     def _start(self, progress: bool) -> None:
         """``__init__``'s body: the process group, the data, the run folder, the model."""
@@ -288,9 +296,7 @@ class Trainer:
             self.record_failure(message)
             raise KeyboardInterrupt(message) from None
         except RuntimeError as e:
-            failed = dist.collective_failure(e) if self.ctx.enabled else None
-            if failed is not None and not is_out_of_memory(e):
-                dist.ignore_stops()  # torchrun's stop, close behind: nothing is left to save
+            if (failed := self.lost_peers(e)) is not None:
                 message = self.lost_rank_message(failed)
                 self.record_failure(message)
                 raise LostRank(message) from e
