@@ -172,6 +172,12 @@ PARENT_ENV = "RNNLAB_PARENT_PID"
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+def ended_with_this_process() -> dict[str, str]:
+    """The environment entry to give a child whose ``ends_with_parent`` should end it when this
+    process dies (a ``kill -9`` included)."""
+    return {PARENT_ENV: str(os.getpid())}
+
+
 def ends_with_parent() -> None:
     """End this process (SIGKILL) when the process named by ``PARENT_ENV``, its parent, dies, and
     take the variable out of the environment (children are not its children). ``--gpus N``'s

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab.bench.suite import RESUME_HINT, SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
-from rnnlab.signals import PARENT_ENV
+from rnnlab.signals import ended_with_this_process
 from rnnlab.train.rundir import read_json, write_json
 
 POLL_S = 0.2
@@ -70,7 +70,7 @@ def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> 
     cmd += [] if progress else ["--no-progress"]
     log_path = logs / f"{pr.label}.log"
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu,
-           PARENT_ENV: str(os.getpid())}  # a kill -9 of the bench ends its runs (signals.ends_with_parent)
+           **ended_with_this_process()}  # a kill -9 of the bench ends its runs (signals.ends_with_parent)
     with open(log_path, "a") as log:
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, log_path

@@ -127,9 +127,9 @@ for stop in (signal.SIGTERM, signal.SIGHUP):
     if signal.getsignal(stop) is not signal.SIG_IGN:
         signal.signal(stop, signal.default_int_handler)
 try:
-    from rnnlab.signals import PARENT_ENV, ends_with_parent
+    from rnnlab.signals import ended_with_this_process, ends_with_parent
     ends_with_parent()  # a kill -9 of the launcher ends torchrun, and so its workers
-    os.environ[PARENT_ENV] = str(os.getpid())  # the workers end with torchrun
+    os.environ.update(ended_with_this_process())  # the workers end with torchrun
     from rnnlab.train.cli import torchrun_main
 except KeyboardInterrupt:
     try:
@@ -263,9 +263,9 @@ def _launch(args) -> int | None:
     torchrun = torchrun_args(n, argv)
     print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
           file=sys.stderr)
-    from rnnlab.signals import PARENT_ENV
+    from rnnlab.signals import ended_with_this_process
 
-    env = {**torchrun_env(dict(os.environ)), PARENT_ENV: str(os.getpid())}  # torchrun ends with this process
+    env = {**torchrun_env(dict(os.environ)), **ended_with_this_process()}  # torchrun ends with this process
     return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
 
 
