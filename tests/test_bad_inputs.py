@@ -159,6 +159,12 @@ CASES = [
     ("sample_tokens_negative", ["sample", "--run", "{run}", "--tokens", "-5"], "argument --tokens: must be an integer >= 0"),
     ("sample_top_k_negative", ["sample", "--run", "{run}", "--top-k", "-1"], "argument --top-k: must be an integer >= 0"),
     ("sample_no_run", ["sample", "--run", "{new}"], "run dir not found"),
+    ("eval_device_unknown", ["eval", "--run", "{run}", "--device", "tpu"],
+     "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("sample_device_malformed", ["sample", "--run", "{run}", "--device", "cuda:x"],
+     "device must be auto, cpu, cuda, cuda:N or mps, got 'cuda:x'"),
+    ("gradflow_device_meta", ["analyze", "gradflow", "--run", "{run}", "--device", "meta"],  # not "damaged"
+     "device must be auto, cpu, cuda, cuda:N or mps, got 'meta'"),
     ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "dim must be a positive integer"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],
      "batches must be a positive integer"),

@@ -51,6 +51,13 @@ MAX_TOKENS_PER_STEP = 1 << 31
 MAX_STEPS = 10**12
 
 
+def check_device(name: str) -> None:
+    """Refuse a device name rnnlab does not run on (auto, cpu, cuda, cuda:N, mps), as one line:
+    ``torch.device`` takes others (meta, xla, ...) or raises a RuntimeError with a traceback."""
+    if not (name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
+
+
 def parse_eval_bytes(value: Any) -> Any:
     """``"all"`` (or 0) = the whole held-out split, stored as 0; ``"1M"`` = a cap of 1,000,000."""
     if isinstance(value, str):
@@ -247,8 +254,7 @@ class TrainConfig:
         if steps is not None and self.optim.warmup_steps > steps:
             raise ValueError(f"warmup_steps ({self.optim.warmup_steps}) must not exceed the step budget ({steps})")
         dev = self.run.device
-        if not (dev in ("auto", "cpu", "cuda", "mps") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {dev!r}")
+        check_device(dev)
         if self.run.cuda_graph and dev in ("cpu", "mps"):
             raise ValueError(f"cuda_graph needs a CUDA device, got device {dev!r} (use --no-cuda-graph)")
         if self.run.cuda_graph and self.data.grad_accum > 1:

@@ -23,10 +23,12 @@ from rnnlab.models.lm import LM
 from rnnlab.models.registry import get_spec
 from rnnlab.ops.dtypes import param_dtype
 from rnnlab.train import distributed as dist
+from rnnlab.train.config import check_device
 
 
 def pick_device(name: str) -> torch.device:
     """``auto`` = cuda if available, else cpu; an explicit device must exist."""
+    check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
