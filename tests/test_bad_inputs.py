@@ -42,6 +42,11 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "unknown_key": ("unknown.toml", "bogus = 1\n"),
     "ini": ("wrong.ini", "steps = 3\n"),
     "resume_true": ("resume_true.toml", "resume = true\n"),
+    "suite_runs": ("suite_runs.toml", 'name = "s"\nruns = 5\n'),
+    "suite_defaults": ("suite_defaults.toml", 'name = "s"\ndefaults = 3\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
+    "suite_reference": ("suite_reference.toml", 'name = "s"\nreference = 5\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
+    "suite_reference_loss": ("suite_reference_loss.toml", 'name = "s"\n[reference.runs]\ne1-d2 = { loss = "1.5" }\n'
+                                                          '[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
 }
 
 CASES = [
@@ -170,6 +175,15 @@ CASES = [
      "batches must be a positive integer"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
+    ("bench_suite_runs_not_list", ["bench", "{suite_runs}", "--out", "{new}", "--plan"],
+     "suite s: runs must be a list of [[runs]] tables, got 5"),
+    ("bench_suite_defaults_not_table", ["bench", "{suite_defaults}", "--out", "{new}", "--plan"],
+     "suite s: defaults must be a [defaults] table, got 3"),
+    ("bench_suite_reference_not_table", ["bench", "{suite_reference}", "--out", "{new}", "--plan"],  # not after training
+     "suite s: reference must be a [reference] table, got 5"),
+    ("bench_suite_reference_text", ["bench", "{suite_reference_loss}", "--out", "{new}", "--plan"],
+     "suite s: reference.runs.e1-d2 must be a table of numbers (params, loss, tok_per_s, mem_gb, time_s), "
+     "got {{'loss': '1.5'}}"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
 ]
 

@@ -146,6 +146,7 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
     if unknown:
         raise ValueError(f"{where}: unknown top-level key(s) {unknown}; known: name, description, "
                          f"defaults, runs, reference, notes")
+    check_shape(data, where)
     defaults = dict(data.get("defaults", {}))
     bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
     if bad:
@@ -164,6 +165,26 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
         runs.append(run)
     return Suite(name=str(data.get("name", default_name)), runs=runs, defaults=defaults,
                  description=str(data.get("description", "")), reference=data.get("reference"), path=path)
+
+
+def check_shape(data: dict[str, Any], where: str) -> None:
+    """The suite file's tables are tables: ``defaults = 3`` or ``runs = 5`` is refused as one line,
+    and a malformed ``[reference]`` when the suite loads, not by the report after every run trained."""
+    for key, kind, what in (("defaults", dict, "a [defaults] table"), ("runs", list, "a list of [[runs]] tables"),
+                            ("reference", dict, "a [reference] table")):
+        if key in data and not isinstance(data[key], kind):
+            raise ValueError(f"{where}: {key} must be {what}, got {data[key]!r}")
+    reference = data.get("reference") or {}
+    if not isinstance(reference.get("protocol", {}), dict):
+        raise ValueError(f"{where}: reference.protocol must be a table of config fields, got {reference['protocol']!r}")
+    runs = reference.get("runs", {})
+    if not isinstance(runs, dict):
+        raise ValueError(f"{where}: reference.runs must be a table of runs, got {runs!r}")
+    for name, numbers in runs.items():
+        if not (isinstance(numbers, dict) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                  for v in numbers.values())):
+            raise ValueError(f"{where}: reference.runs.{name} must be a table of numbers (params, loss, "
+                             f"tok_per_s, mem_gb, time_s), got {numbers!r}")
 
 
 def parse_run(row: dict[str, Any], where: str) -> RunSpec:
