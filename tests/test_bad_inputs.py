@@ -42,6 +42,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "unknown_key": ("unknown.toml", "bogus = 1\n"),
     "ini": ("wrong.ini", "steps = 3\n"),
     "resume_true": ("resume_true.toml", "resume = true\n"),
+    "data_table": ("data_table.toml", "[data]\nbatch_size = 4\nsteps = 2\n"),
     "suite_runs": ("suite_runs.toml", 'name = "s"\nruns = 5\n'),
     "suite_defaults": ("suite_defaults.toml", 'name = "s"\ndefaults = 3\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
     "suite_reference": ("suite_reference.toml", 'name = "s"\nreference = 5\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
@@ -124,6 +125,9 @@ CASES = [
     ("config_yaml_syntax", [*TRAIN, "--config", "{yaml_syntax}"], "cannot parse config file {yaml_syntax}: "),
     ("config_not_table", [*TRAIN, "--config", "{json_list}"], "must hold a table/mapping at top level"),
     ("config_unknown_key", [*TRAIN, "--config", "{unknown_key}"], "unknown config file {unknown_key} field(s) ['bogus']"),
+    ("config_data_table", [*FRESH, "--config", "{data_table}"],  # --data would drop the table's steps = 2
+     "config file {data_table}: [data] is a table, but data is one value: write the fields in it at top level "
+     "(only [model] and [layer] hold fields)"),
     ("config_suffix", [*TRAIN, "--config", "{ini}"], "must end in .toml, .yaml, .yml or .json"),
     # --- train: run folders
     ("out_is_file", [*TRAIN, "--out", "{file}"], "exists and is not a directory"),

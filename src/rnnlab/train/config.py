@@ -398,6 +398,12 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"cannot parse config file {p}: {' '.join(str(e).split())}") from None
     if not isinstance(d, dict):
         raise ValueError(f"config file {p} must hold a table/mapping at top level")
+    # a [data] section (the name of a config section, but also the flat key of the corpus path):
+    # a --data flag would replace it whole, and the fields in it with it, without a word
+    tables = sorted(k for k, v in d.items() if isinstance(v, dict) and k in FIELDS and k not in ("model", "layer"))
+    if tables:
+        raise ValueError(f"config file {p}: [{tables[0]}] is a table, but {tables[0]} is one value: write the "
+                         f"fields in it at top level (only [model] and [layer] hold fields)")
     if isinstance(d.get("model"), dict) and "name" in d["model"] and "model" not in d["model"]:
         d["model"]["model"] = d["model"].pop("name")
     return d
