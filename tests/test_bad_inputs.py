@@ -151,6 +151,8 @@ CASES = [
     # --- eval, sample and the other commands
     ("eval_no_run", ["eval", "--run", "{new}"], "run dir not found"),
     ("eval_not_a_run", ["eval", "--run", "{dir}"], "is not a run dir (no readable config.json)"),
+    ("eval_run_is_file", ["eval", "--run", "{file}"], "{file} is not a run dir (a file, not a folder)"),  # not "not found"
+    ("report_dir_is_file", ["report", "{file}"], "report dir {file} is a file, not a folder of runs"),
     ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
      "argument --batch-size: must be a positive integer, got '0'"),
     ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),

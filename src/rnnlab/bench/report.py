@@ -46,8 +46,10 @@ def collect(root: str | Path) -> dict[str, Any]:
     """Everything the report needs: the suite plan (if any) and one record per run folder (with its
     ``metrics`` and ``evals`` records, read once here for the table and the plots)."""
     root = Path(root)
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(f"report dir not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"report dir {root} is a file, not a folder of runs")
     plan = read_json(root / SUITE_FILE) or {}
     planned = {r["dir"]: r for r in plan.get("runs", [])}
     dirs = [RunDir(root / d) for d in planned] + [

@@ -287,8 +287,10 @@ class RunDir:
         """The run's TrainConfig (from config.json)."""
         from rnnlab.train.config import TrainConfig
 
-        if not self.path.is_dir():
+        if not self.path.exists():
             raise FileNotFoundError(f"run dir not found: {self.path}")
+        if not self.path.is_dir():
+            raise NotADirectoryError(f"{self.path} is not a run dir (a file, not a folder)")
         saved = self.saved_config()
         if saved is None:
             raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG})")
