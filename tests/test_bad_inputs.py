@@ -92,6 +92,9 @@ CASES = [
     ("layer_syntax", [*TRAIN, "--layer", "expansion"], "option 'expansion' must look like KEY=VALUE"),
     # --- train: data and memory
     ("data_missing", [*TRAIN, "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),
+    ("data_empty_path", [*TRAIN, "--data", ""], "data must be a path, got '' (omit --data for its default)"),
+    ("out_empty_path", [*TRAIN, "--out", ""],  # not the default folder, runs/e1-32x2
+     "out must be a path, got '' (omit --out for its default)"),
     ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
     ("data_empty", [*TRAIN, "--data", "{empty}"], "is empty"),
     ("data_compressed", [*TRAIN, "--data", "{gz}"],

@@ -261,8 +261,10 @@ class TrainConfig:
             raise ValueError(f"cuda_graph captures one forward and backward per step: it needs grad_accum 1, "
                              f"got {self.data.grad_accum}")
         for key, path in (("data", self.data.path), ("val_data", self.data.val_path),
-                          ("extra_val_data", self.data.extra_val_path)):
-            if path is not None and not Path(path).exists():
+                          ("extra_val_data", self.data.extra_val_path), ("out", self.run.out)):
+            if path == "":  # an unset shell variable: not the current folder (data), not the default run (out)
+                raise ValueError(f"{key} must be a path, got '' (omit --{key.replace('_', '-')} for its default)")
+            if path is not None and key != "out" and not Path(path).exists():
                 raise FileNotFoundError(f"{key} file not found: {path}")
         return self
 
