@@ -43,6 +43,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "ini": ("wrong.ini", "steps = 3\n"),
     "resume_true": ("resume_true.toml", "resume = true\n"),
     "data_table": ("data_table.toml", "[data]\nbatch_size = 4\nsteps = 2\n"),
+    "suite_binary": ("suite_binary.toml", "\udcff\udcfe garbage"),  # bytes 0xff 0xfe: not UTF-8
     "suite_runs": ("suite_runs.toml", 'name = "s"\nruns = 5\n'),
     "suite_defaults": ("suite_defaults.toml", 'name = "s"\ndefaults = 3\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
     "suite_reference": ("suite_reference.toml", 'name = "s"\nreference = 5\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
@@ -184,6 +185,8 @@ CASES = [
      "batches must be a positive integer"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
+    ("bench_suite_not_utf8", ["bench", "{suite_binary}", "--out", "{new}", "--plan"],
+     "cannot parse suite file {suite_binary}: 'utf-8' codec can't decode byte 0xff in position 0"),
     ("bench_suite_runs_not_list", ["bench", "{suite_runs}", "--out", "{new}", "--plan"],
      "suite s: runs must be a list of [[runs]] tables, got 5"),
     ("bench_suite_defaults_not_table", ["bench", "{suite_defaults}", "--out", "{new}", "--plan"],
@@ -231,7 +234,7 @@ def world(tmp_path_factory, one_thread_module):
     w["corpus"].write_bytes((b"the quick brown fox jumps over the lazy dog. " * 500)[:20000])
     for key, (name, text) in CONFIG_FILES.items():
         w[key] = root / name
-        w[key].write_text(text)
+        w[key].write_text(text, errors="surrogateescape")  # \udcXX: the byte XX
     w["run"] = root / "run"
     argv = ["train", *TINY, "--steps", "2", "--data", str(w["corpus"]), "--out", str(w["run"]), "--checkpoint-every", "1"]
     assert main(argv) == 0

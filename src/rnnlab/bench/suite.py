@@ -125,17 +125,17 @@ def load_suite(name_or_path: str | Path) -> Suite:
     if p.suffix == ".toml" or p.is_file():
         if not p.is_file():
             raise FileNotFoundError(f"suite file not found: {p}")
-        text, default_name, path = p.read_text(), p.stem, str(p)
+        text, default_name, path = p.read_bytes(), p.stem, str(p)
     else:
         entry = suites_dir() / f"{name_or_path}.toml"
         if not entry.is_file():
             names = ", ".join(s.name for s in list_suites())
             raise ValueError(f"unknown suite {str(name_or_path)!r}; shipped suites: {names} "
                              f"(or give a path to a .toml file)")
-        text, default_name, path = entry.read_text(), str(name_or_path), str(entry)
+        text, default_name, path = entry.read_bytes(), str(name_or_path), str(entry)
     try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+        data = tomllib.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"cannot parse suite file {path}: {e}") from None
     return parse_suite(data, default_name, path)
 
