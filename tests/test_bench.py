@@ -234,10 +234,18 @@ def test_a_suite_plan_takes_at_most_one_budget(tmp_path):
     assert [p.cfg.budget.chosen() for p in plan_suite(_tiny_suite(), tmp_path, minutes=1.0)] == [("minutes", 1.0)] * 2
 
 
-@pytest.mark.parametrize("name", [".hidden", "a/b"])
+@pytest.mark.parametrize("name", [".hidden", "a/b", "..\\x", 5])
 def test_a_run_name_must_be_a_plain_folder_name(name):
-    with pytest.raises(ValueError, match=f"^suite s, run {name}: run name {name!r} must be a plain folder name$"):
+    with pytest.raises(ValueError, match=re.escape(f"suite s, run {name}: run name {name!r} must be a plain "
+                                                   f"folder name (text)")):
         parse_suite({"name": "s", "runs": [{"name": name, "model": "e1", "depth": 1, "dim": 16}]})
+
+
+@pytest.mark.parametrize("name", ["../../etc", "a/b", 5])
+def test_a_suite_name_must_be_a_plain_folder_name(name):
+    """The suite's name is its default output folder, runs/bench/<name>: never outside runs/bench/."""
+    with pytest.raises(ValueError, match=re.escape(f"suite {name}: suite name {name!r} must be a plain folder name")):
+        parse_suite({"name": name, "runs": [{"model": "e1", "depth": 1, "dim": 16}]})
 
 
 @pytest.mark.parametrize("key, value", [("name", "x"), ("target_params", "1M"), ("multiple", 8), ("dim", 32),

@@ -163,7 +163,8 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
             raise ValueError(f"{where}: run name {run.name!r} appears twice")
         seen.add(run.name)
         runs.append(run)
-    return Suite(name=str(data.get("name", default_name)), runs=runs, defaults=defaults,
+    name = folder_name(data.get("name", default_name), "suite name", where)  # runs/bench/<name> by default
+    return Suite(name=name, runs=runs, defaults=defaults,
                  description=str(data.get("description", "")), reference=data.get("reference"), path=path)
 
 
@@ -187,6 +188,15 @@ def check_shape(data: dict[str, Any], where: str) -> None:
                              f"tok_per_s, mem_gb, time_s), got {numbers!r}")
 
 
+def folder_name(value: Any, what: str, where: str) -> str:
+    """``value`` as the name of a folder inside the suite's (or ``runs/bench/``): a name that climbs
+    out of it (``../x``), reaches below it (``a/b``) or hides (``.x``) is refused; a number must be
+    written as text, so a typo'd table (``name = 5``) is not a folder ``5``."""
+    if not isinstance(value, str) or not value or "/" in value or "\\" in value or value.startswith("."):
+        raise ValueError(f"{where}: {what} {value!r} must be a plain folder name (text)")
+    return value
+
+
 def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     row = dict(row)
     # unknown keys first: a misspelt key (dpth) is the usual cause of a missing one (depth)
@@ -199,9 +209,7 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
             raise ValueError(f"{where}: needs {key!r}")
     if "dim" not in row and "target_params" not in row:
         raise ValueError(f"{where}: needs 'dim' or 'target_params'")
-    name = str(row.pop("name", None) or f"{row['model']}-d{row['depth']}")
-    if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"{where}: run name {name!r} must be a plain folder name")
+    name = folder_name(row.pop("name", None) or f"{row['model']}-d{row['depth']}", "run name", where)
     target = row.pop("target_params", None)
     multiple = row.pop("multiple", None)
     model = {k: row.pop(k) for k in MODEL_KEYS if k in row}
