@@ -157,6 +157,11 @@ CASES = [
     ("eval_not_a_run", ["eval", "--run", "{dir}"], "is not a run dir (no readable config.json)"),
     ("eval_run_is_file", ["eval", "--run", "{file}"], "{file} is not a run dir (a file, not a folder)"),  # not "not found"
     ("report_dir_is_file", ["report", "{file}"], "report dir {file} is a file, not a folder of runs"),
+    # an output folder where a file is: the system's "File exists" named the path, not the problem
+    ("report_out_is_file", ["report", "{run}", "--out", "{file}"], "{file}: {file} is a file; a folder is wanted there"),
+    ("gradflow_out_under_a_file", ["analyze", "gradflow", "--run", "{run}", "--out", "{file}/x"],
+     "{file}/x: {file} is a file; a folder is wanted there"),
+    ("train_out_under_a_file", [*TRAIN, "--out", "{file}/run"], "{file} is a file; a folder is wanted there"),
     ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
      "argument --batch-size: must be a positive integer, got '0'"),
     ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import re
 import sys
+from pathlib import Path
 
 from rnnlab import __version__
 from rnnlab.signals import discard_output, stops_as_ctrl_c
@@ -83,7 +84,14 @@ def _add_debug_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def error_line(e: BaseException) -> str:
-    """An error as one line: an OS error as "<reason>: <file>", anything else by its message."""
+    """An error as one line: an OS error as "<reason>: <file>", anything else by its message. An
+    output folder that cannot be made because a file is in the way (``--out FILE``, ``--out FILE/x``)
+    says so: the system's "File exists" / "Not a directory" named the path, not the problem."""
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename is not None:
+        path = Path(e.filename)
+        files = [p for p in (path, *path.parents) if p.is_file()]
+        if files:
+            return f"{e.filename}: {files[0]} is a file; a folder is wanted there"
     if isinstance(e, OSError) and e.strerror and e.filename is not None:
         return f"{e.strerror}: {e.filename}"
     return " ".join(str(e).split()) or type(e).__name__
