@@ -185,6 +185,8 @@ CASES = [
      "device must be auto, cpu, cuda, cuda:N or mps, got 'cuda:x'"),
     ("gradflow_device_meta", ["analyze", "gradflow", "--run", "{run}", "--device", "meta"],  # not "damaged"
      "device must be auto, cpu, cuda, cuda:N or mps, got 'meta'"),
+    ("gradflow_last_whole_sequence", ["analyze", "gradflow", "--run", "{run}", "--last", "32"],
+     "last (32) must be below the sequence length (32)"),
     ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "dim must be a positive integer"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],
      "batches must be a positive integer"),

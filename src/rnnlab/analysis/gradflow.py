@@ -274,6 +274,9 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
             cfg, model, step = RunDir(run).load(device, weights)
             model = model.float()
             T = seq_len or cfg.data.seq_len
+            if last >= T:  # no earlier position would be left to measure: every lag None, silently
+                raise ValueError(f"last ({last}) must be below the sequence length ({T}): the curves follow the "
+                                 f"gradient of the loss at the last {last} positions back to the earlier ones")
             data = heldout_batches(cfg, T, batch_size, batches)
             r = analyze_model(model, data, last, power_iters)
             records.append({
