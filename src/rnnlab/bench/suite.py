@@ -261,6 +261,9 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     target_all = parse_count(params) if params is not None else None
     seed_list = parse_seeds(seeds)
     out = Path(out)
+    for p in (out, *out.parents):  # refused by --plan too, not first when the runs' folders are made
+        if p.is_file():
+            raise NotADirectoryError(f"{p} is a file; the suite's output folder {out} is wanted there")
     selected = suite.runs
     if runs:
         names = runs.split(",") if isinstance(runs, str) else list(runs)
