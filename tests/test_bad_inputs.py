@@ -162,7 +162,7 @@ CASES = [
     ("gradflow_out_under_a_file", ["analyze", "gradflow", "--run", "{run}", "--out", "{file}/x"],
      "{file}/x: {file} is a file; a folder is wanted there"),
     ("bench_plan_out_is_file", ["bench", "tiny", "--out", "{file}", "--plan"],
-     "{file} is a file; the suite's output folder {file} is wanted there"),
+     "{file}: {file} is a file; a folder is wanted there"),
     ("train_out_under_a_file", [*TRAIN, "--out", "{file}/run"], "{file} is a file; a folder is wanted there"),
     ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
      "argument --batch-size: must be a positive integer, got '0'"),

@@ -34,7 +34,9 @@ a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part'
 from __future__ import annotations
 
 import copy
+import errno
 import json
+import os
 import shlex
 import time
 import tomllib
@@ -261,9 +263,8 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     target_all = parse_count(params) if params is not None else None
     seed_list = parse_seeds(seeds)
     out = Path(out)
-    for p in (out, *out.parents):  # refused by --plan too, not first when the runs' folders are made
-        if p.is_file():
-            raise NotADirectoryError(f"{p} is a file; the suite's output folder {out} is wanted there")
+    if any(p.is_file() for p in (out, *out.parents)):  # refused by --plan too, not first by mkdir
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))  # cli.error_line says which
     selected = suite.runs
     if runs:
         names = runs.split(",") if isinstance(runs, str) else list(runs)
