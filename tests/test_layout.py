@@ -11,6 +11,12 @@ from pathlib import Path
 import rnnlab
 
 ROOT = Path(rnnlab.__file__).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _docs() -> list[Path]:
+    """The pages that cite tests, code and results: README.md, docs/ and the results READMEs."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "results").glob("*/README.md"))]
 
 
 def _module(path: Path) -> str:
@@ -82,7 +88,7 @@ def test_every_results_folder_is_in_the_results_index():
     what is not there misleads."""
     import re
 
-    results = Path(__file__).resolve().parents[1] / "results"
+    results = REPO / "results"
     there = {p.name for p in results.iterdir()} - {"README.md"}
     listed = {name for line in (results / "README.md").read_text().splitlines() if line.startswith("| `")
               for name in re.findall(r"`([^`]+)`", line.split(" | ")[0])}
@@ -96,18 +102,16 @@ def test_every_test_the_docs_cite_exists():
     named last. A test renamed or removed leaves the proof pointing at nothing."""
     import re
 
-    repo = Path(__file__).resolve().parents[1]
     missing = []
-    docs = [repo / "README.md", *sorted((repo / "docs").glob("*.md")), *sorted((repo / "results").glob("*/README.md"))]
-    for doc in docs:
+    for doc in _docs():
         current = None
         for m in re.finditer(r"(tests/[\w/]+\.py)|::(test_\w+)", doc.read_text()):
             if m.group(1):
                 current = m.group(1)
-                if not (repo / current).exists():
+                if not (REPO / current).exists():
                     missing.append(f"{doc.name}: {current}")
-            elif current and (repo / current).exists() and \
-                    not re.search(rf"^\s*def {m.group(2)}\(", (repo / current).read_text(), re.M):
+            elif current and (REPO / current).exists() and \
+                    not re.search(rf"^\s*def {m.group(2)}\(", (REPO / current).read_text(), re.M):
                 missing.append(f"{doc.name}: {current}::{m.group(2)}")
     assert not missing, missing
 
@@ -118,12 +122,10 @@ def test_every_source_file_the_docs_cite_exists():
     that exists: a file moved or removed leaves no doc pointing at it."""
     import re
 
-    repo = Path(__file__).resolve().parents[1]
     packages = "|".join(p.name for p in ROOT.iterdir() if (p / "__init__.py").exists())
     path = re.compile(rf"`((?:src/)?rnnlab/[\w/]+|(?:{packages})/[\w/]+|(?:benchmarks|scripts)/[\w/.-]+)"
                       r"\.(py|sh|cu|cuh|toml)`")
-    docs = [repo / "README.md", *sorted((repo / "docs").glob("*.md")), *sorted((repo / "results").glob("*/README.md"))]
-    missing = sorted({f"{doc.name}: {m.group(1)}.{m.group(2)}" for doc in docs for m in path.finditer(doc.read_text())
+    missing = sorted({f"{doc.name}: {m.group(1)}.{m.group(2)}" for doc in _docs() for m in path.finditer(doc.read_text())
                       if not any((base / f"{m.group(1)}.{m.group(2)}").exists()
-                                 for base in (repo, repo / "src", ROOT))})
+                                 for base in (REPO, REPO / "src", ROOT))})
     assert not missing, missing
