@@ -21,7 +21,8 @@ sleep "${INT_DELAY:-2}"
 echo "[probe $(date -u +%T)] the time limit fires: SIGALRM to timeout, which sends SIGINT to the run's group" >>"$log"
 kill -ALRM "$limit"
 wait "$limit"
-echo "[probe $(date -u +%T)] the run's exit status $? (130: rnnlab's own after a Ctrl-C, or killed by SIGINT; 128 + N: killed by signal N)" >>"$log"
+rc=$?  # before the line's $(date): a command substitution would set $? to date's
+echo "[probe $(date -u +%T)] the run's exit status $rc (130: rnnlab's own after a Ctrl-C, or killed by SIGINT; 128 + N: killed by signal N)" >>"$log"
 ls -la /tmp/probe/m2 >>"$log" 2>&1
 cp /tmp/probe/m2/summary.json "$out"/ 2>/dev/null
 grep -v " step [0-9]*0 " "$log" | tail -40
