@@ -119,6 +119,47 @@ def small_corpus(tmp_path):
     return p
 
 
+@pytest.fixture
+def run_lock_free():
+    """``free(run)``: whether the writer lock of run folder ``run`` can be taken now (taken and let
+    go at once; ``ValueError``: another process holds it). The kill -9 tests poll it: a process
+    killed with its parent no longer holds its run's lock."""
+    from rnnlab.train.rundir import RunDir
+
+    def free(run) -> bool:
+        lock = RunDir(run).lock
+        try:
+            lock.acquire()
+        except ValueError:
+            return False
+        lock.release()
+        return True
+
+    return free
+
+
+@pytest.fixture
+def descendants():
+    """``descendants(pid)``: ``pid``'s children, their children, ... (Linux: /proc/PID/task/TID/children);
+    a process that ends while it is read is passed over. The kill -9 tests name the processes that
+    must end with the one they kill (and end them themselves if the test fails)."""
+    from pathlib import Path
+
+    def tree(pid: int) -> list[int]:
+        found, todo = [], [pid]
+        while todo:
+            p = todo.pop()
+            for task in Path(f"/proc/{p}/task").glob("*"):
+                try:
+                    todo += [int(c) for c in (task / "children").read_text().split()]
+                except OSError:
+                    continue
+            found.append(p)
+        return found[1:]
+
+    return tree
+
+
 @contextmanager
 def _single_threaded():
     n = torch.get_num_threads()

@@ -297,7 +297,7 @@ def test_one_ctrl_c_to_the_bench_saves_every_running_run(tmp_path):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the runs end with the bench through prctl")
-def test_a_kill_9_of_the_bench_ends_its_runs(tmp_path):
+def test_a_kill_9_of_the_bench_ends_its_runs(tmp_path, descendants, run_lock_free):
     """``kill -9`` of ``rnnlab bench --gpus 2``, which cannot forward it, ends its two training
     processes with it (each in a session of its own): neither trains on alone, holding its run
     folder's lock against the suite's next command."""
@@ -305,25 +305,15 @@ def test_a_kill_9_of_the_bench_ends_its_runs(tmp_path):
     import subprocess
     import time
 
-    from rnnlab.train.rundir import RunDir
-
     bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     runs: list[int] = []
     try:
-        runs = [int(c) for task in Path(f"/proc/{bench.pid}/task").iterdir()
-                for c in (task / "children").read_text().split()]
+        runs = descendants(bench.pid)
         bench.kill()
         bench.wait()
         held, deadline = set("ab"), time.time() + 20
         while held and time.time() < deadline:
-            for r in sorted(held):
-                lock = RunDir(out / r).lock
-                try:
-                    lock.acquire()
-                except ValueError:  # still held by its training process
-                    continue
-                lock.release()
-                held.discard(r)
+            held = {r for r in held if not run_lock_free(out / r)}  # still held by its training process
             time.sleep(0.2)
         assert not held, f"runs {sorted(held)} still train after the bench's kill -9"
     finally:

@@ -465,20 +465,6 @@ def test_sigterm_to_gpus_n_saves_on_every_rank_even_where_ctrl_c_is_ignored(tmp_
     assert RunDir(run).checkpoint().step == summary["steps"] and f"interrupted at step {summary['steps']};" in err
 
 
-def _descendants(pid: int) -> list[int]:
-    """``pid``'s children, their children, ... (Linux: /proc/PID/task/TID/children)."""
-    found, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
-                todo += [int(c) for c in (task / "children").read_text().split()]
-            except OSError:
-                continue
-        found.append(p)
-    return found[1:]
-
-
 def _running(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"  # a zombie has ended
@@ -487,7 +473,7 @@ def _running(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the fix uses prctl")
-def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus):
+def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus, descendants, run_lock_free):
     """``kill -9`` of ``rnnlab train --gpus 2`` (the launcher: it cannot pass a SIGKILL on) ends
     torchrun and both workers with it, as it ends a one-process run: none of them (each in a session
     of its own) goes on training alone, holding the run folder's lock (torchrun ends with the
@@ -509,19 +495,14 @@ def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus):
         while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
             assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-5000:]
             time.sleep(0.1)
-        tree = _descendants(proc.pid)
+        tree = descendants(proc.pid)
         assert len(tree) == 3, tree  # torchrun and its two workers
         proc.kill()
         proc.wait()
-        lock, deadline = RunDir(run).lock, time.monotonic() + 10
+        deadline = time.monotonic() + 10
         while True:  # (a process's threads may still hold the lock a moment after its leader is a zombie)
             left = [p for p in tree if _running(p)]
-            try:
-                lock.acquire()
-                lock.release()
-                free = True
-            except ValueError:
-                free = False
+            free = run_lock_free(run)
             if free and not left:
                 break
             assert time.monotonic() < deadline, \
@@ -591,7 +572,7 @@ def _rank_pid(tree: list[int], rank: int) -> int:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_rank_killed_in_training_leaves_one_line_naming_the_checkpoint(tmp_path, corpus):
+def test_a_rank_killed_in_training_leaves_one_line_naming_the_checkpoint(tmp_path, corpus, descendants):
     """``kill -9`` of rank 1 of ``rnnlab train --gpus 2`` while it trains: rank 0's next collective
     fails (and torchrun sends it a SIGTERM, a Ctrl-C there). Rank 0 says so in one line naming the
     checkpoint on disk that ``--resume`` continues from, and exits 1 at once: no traceback of its
@@ -611,7 +592,7 @@ def test_a_rank_killed_in_training_leaves_one_line_naming_the_checkpoint(tmp_pat
         while not (run / "ckpt" / "step-000006").exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
-        tree = _descendants(proc.pid)
+        tree = descendants(proc.pid)
         os.kill(_rank_pid(tree, 1), signal.SIGKILL)
         killed = time.monotonic()
         out, err = proc.communicate(timeout=60)
