@@ -307,6 +307,20 @@ def test_a_cuda_only_backend_is_refused_before_the_layer_warns(world, monkeypatc
     assert not [w for w in caught if "causal_conv1d" in str(w.message)]
 
 
+def test_gradflow_refuses_last_before_loading_any_weights(world, capsys, monkeypatch):
+    """``analyze gradflow --last K`` with K >= the run's seq_len is refused from its config.json,
+    before any checkpoint loads (a large model's weights would take long, to be thrown away)."""
+    from rnnlab.train.rundir import RunDir
+
+    loads = []
+    monkeypatch.setattr(RunDir, "load", lambda self, *a, **kw: loads.append(self.path) or pytest.fail("loaded"))
+    assert main(["analyze", "gradflow", "--run", str(world["run"]), "--last", "32", "--no-plots"]) == 2
+    assert loads == []
+    assert capsys.readouterr().err == ("rnnlab analyze gradflow: error: last (32) must be below the sequence length "
+                                       "(32): the curves follow the gradient of the loss at the last 32 positions "
+                                       "back to the earlier ones\n")
+
+
 def test_a_held_out_file_of_seq_len_plus_one_bytes_is_enough(world, tmp_path):
     """The early refusal of a short held-out file (``val_data_short``) is exact: seq_len + 1 bytes
     make one evaluation window and pass the check that runs before the run folder is touched."""

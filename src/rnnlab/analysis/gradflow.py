@@ -266,17 +266,19 @@ def analyze_model(model: nn.Module, batches: list[torch.Tensor], last: int = 1, 
 def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int = 4, batch_size: int = 8,
             seq_len: int | None = None, last: int = 1, power_iters: int = 10, device: str = "cpu",
             history: bool = True, plots: bool = True) -> dict[str, Any]:
-    """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``."""
+    """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``. ``last``
+    is checked against each run's sequence length (from its config.json) before any weights load."""
+    lengths = [seq_len or RunDir(run).config().data.seq_len for run in runs]
+    for T in lengths:
+        if last >= T:  # no earlier position would be left to measure: every lag None, silently
+            raise ValueError(f"last ({last}) must be below the sequence length ({T}): the curves follow the "
+                             f"gradient of the loss at the last {last} positions back to the earlier ones")
     records = []
-    for run in runs:
+    for run, T in zip(runs, lengths):
         weights_files = RunDir(run).weight_files() if history else []
         for weights in weights_files or [None]:
             cfg, model, step = RunDir(run).load(device, weights)
             model = model.float()
-            T = seq_len or cfg.data.seq_len
-            if last >= T:  # no earlier position would be left to measure: every lag None, silently
-                raise ValueError(f"last ({last}) must be below the sequence length ({T}): the curves follow the "
-                                 f"gradient of the loss at the last {last} positions back to the earlier ones")
             data = heldout_batches(cfg, T, batch_size, batches)
             r = analyze_model(model, data, last, power_iters)
             records.append({
