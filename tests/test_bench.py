@@ -2697,20 +2697,30 @@ def test_benchmark_run_meta_names_gpu_peak_fields_and_commit(monkeypatch):
     assert bm.run_meta(500.0, None)["peak_tflops"] == 500.0 and "torch" in meta and "date" in meta
 
 
-def test_a_run_folder_of_another_config_is_a_conflict_said_by_plan_and_refused(tmp_path, capsys):
+def test_a_run_folder_of_another_config_is_a_conflict_said_by_plan_and_refused(tmp_path, capsys, monkeypatch):
     """A suite folder whose run trained with other settings (here another corpus) cannot be resumed
-    or skipped as that run: ``--plan`` marks it and says why, and training it is refused in one
-    line, exit 2, before anything trains."""
+    or skipped as that run: ``--plan`` marks it and says why (reading each folder's config.json
+    once), and training it is refused in one line, exit 2, before anything trains."""
+    from rnnlab.train.rundir import RunDir
+
     out, other = tmp_path / "s", tmp_path / "other.txt"
     other.write_bytes(bytes(range(256)) * 64)
-    base = ["bench", "tiny", "--runs", "e1", "--steps", "1", "--eval-bytes", "4K", "--out", str(out)]
-    assert main([*base, "--no-plots", "--no-progress"]) == 0
+    base = ["bench", "tiny", "--steps", "1", "--eval-bytes", "4K", "--out", str(out)]
+    assert main([*base, "--runs", "e1", "--no-plots", "--no-progress"]) == 0
     capsys.readouterr()
     why = f"{out / 'e1'} holds a run with data = null, but the suite now asks for \"{other}\""
-    assert main([*base, "--data", str(other), "--plan"]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert "[conflict]" in lines[1] and lines[2:] == [f"  conflict: {why}"]
+    read, saved_config = [], RunDir.saved_config
+    monkeypatch.setattr(RunDir, "saved_config", lambda self: read.append(self.path) or saved_config(self))
+    assert main([*base, "--runs", "e1,mingru", "--data", str(other), "--plan"]) == 0
+    assert read == [out / "e1", out / "mingru"]
+    assert capsys.readouterr().out.splitlines() == [
+        f"suite tiny: 2 run(s) under {out}",
+        "  e1                           e1          dim=64    depth=2          57,856 params  steps=1  "
+        "schedulefree-adamw lr=0.003  fp32  [conflict]",
+        "  mingru                       mingru      dim=64    depth=2          33,152 params  steps=1  "
+        "schedulefree-adamw lr=0.003  fp32  [new]",
+        f"  conflict: {why}"]
     before = (out / "e1" / "metrics.jsonl").read_bytes()
-    assert main([*base, "--data", str(other), "--no-progress"]) == 2
+    assert main([*base, "--runs", "e1", "--data", str(other), "--no-progress"]) == 2
     assert capsys.readouterr().err == f"rnnlab bench: error: {why} (use another --out, or delete those run folders)\n"
     assert (out / "e1" / "metrics.jsonl").read_bytes() == before

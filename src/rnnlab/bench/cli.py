@@ -80,7 +80,7 @@ def _execute(suite, out: Path, args) -> int:
     """Plan the suite with the options given, then print the plan (``--plan``) or train it and
     write the report."""
     from rnnlab.bench.runner import run_plan
-    from rnnlab.bench.suite import command_line, plan_suite, run_conflict, run_status
+    from rnnlab.bench.suite import command_line, plan_suite, status_and_conflict
 
     overrides = {k: v for k, v in config_flag_values(args).items() if k in SUITE_KEYS}
     opts = {"params": getattr(args, "params", None), "seeds": args.seeds, "runs": args.runs}
@@ -91,15 +91,17 @@ def _execute(suite, out: Path, args) -> int:
                   f"the nearest to {pr.target_params:,} this depth allows; another depth comes closer", file=sys.stderr)
     if args.plan:
         print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
-        for pr in plan:
+        found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
+        for pr, (status, _) in zip(plan, found):
             c = pr.cfg
             kind, value = c.budget.chosen()
             m = c.model
             print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
-                  f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{run_status(pr)}]"
+                  f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
                   + (f"  {layer_text(m.layer)}" if m.layer else ""))
-        for why in filter(None, map(run_conflict, plan)):  # what training the plan would refuse, and why
-            print(f"  conflict: {why}")
+        for _, why in found:
+            if why:  # what training the plan would refuse, and why
+                print(f"  conflict: {why}")
         return 0
     options = {**{k: v for k, v in opts.items() if v is not None}, **overrides}
     gpus = None

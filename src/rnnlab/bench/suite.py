@@ -325,8 +325,18 @@ def run_status(pr: PlannedRun) -> str:
     """``"complete"`` (skip), ``"partial"`` (resume from its checkpoint), ``"restart"`` (the folder
     holds a run stopped before its first checkpoint: nothing to resume, train it afresh), ``"new"``,
     or ``"conflict"`` (the folder holds a run of a different config)."""
-    if run_conflict(pr) is not None:
-        return "conflict"
+    return status_and_conflict(pr)[0]
+
+
+def status_and_conflict(pr: PlannedRun) -> tuple[str, str | None]:
+    """``(run_status(pr), run_conflict(pr))`` from one read of the folder's config.json (``--plan``
+    prints both)."""
+    why = run_conflict(pr)
+    return ("conflict" if why is not None else _reusable_status(pr)), why
+
+
+def _reusable_status(pr: PlannedRun) -> str:
+    """``run_status`` of a folder without a conflicting run."""
     status = pr.rundir.status()
     if status == "empty":
         return "new"
