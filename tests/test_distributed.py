@@ -562,6 +562,45 @@ def test_stops_end_a_starting_rank_at_once_and_handlers_come_back():
             signal.signal(s, h)
 
 
+STOP_PENDING_AS_STOPS_ARE_IGNORED = """
+import os, signal, sys
+from rnnlab import signals
+from rnnlab.train import distributed as dist
+
+at = int(sys.argv[1])  # which of ignore_stops' signal.signal calls a SIGTERM reaches just before
+ctrl_c = []
+signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))  # the trainer's StopOnInterrupt
+real, calls = signal.signal, [0]
+
+
+def a_stop_arrives_first(signum, handler):
+    calls[0] += 1
+    if calls[0] == at:
+        os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs here, before the change
+    return real(signum, handler)
+
+
+with signals.stops_as_ctrl_c():
+    signal.signal = a_stop_arrives_first
+    dist.ignore_stops()
+    signal.signal = real
+    print("ignored", [signal.getsignal(s) is signal.SIG_IGN for s in signals.STOP_SIGNALS], "ctrl-c", len(ctrl_c))
+"""
+
+
+@pytest.mark.parametrize("at", [1, 2, 3])
+def test_a_stop_pending_as_a_rank_ignores_stops_does_not_end_it(at, tmp_path):
+    """torchrun's SIGTERM, which follows a peer's death, can reach a rank as it starts ignoring
+    stops (``ignore_stops``): whichever call it comes before, the rank lives on to say why it ends
+    (before the SIGTERM is ignored it is a Ctrl-C to the trainer; after, nothing). SIGINT ignored
+    first, a SIGTERM then looked like one to a process whose Ctrl-C is ignored and ended it."""
+    script = tmp_path / "pending.py"
+    script.write_text(STOP_PENDING_AS_STOPS_ARE_IGNORED)
+    r = subprocess.run([sys.executable, str(script), str(at)], env=_env(), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    assert r.stdout.split() == ["ignored", "[True,", "True,", "True]", "ctrl-c", "1" if at == 1 else "0"], r.stdout
+
+
 def _rank_pid(tree: list[int], rank: int) -> int:
     """The worker of ``rank`` among torchrun's processes (its environment names its LOCAL_RANK)."""
     for p in tree:

@@ -422,6 +422,32 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
         == list(range(1, 13))
 
 
+def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(tiny_train, tmp_path, monkeypatch, capsys):
+    """A stop that arrives while the trainer records a failure that ends the run (under torchrun,
+    the SIGTERM that follows a peer's death, handled as a Ctrl-C) is a first Ctrl-C: the failure
+    is still recorded and raised, not replaced by a KeyboardInterrupt that hides it."""
+    import signal
+
+    from rnnlab.train import trainer
+
+    def diverge(self, batch):
+        raise NonFiniteLossError("non-finite loss (nan) at step 1")
+
+    record = trainer.Trainer.record_failure
+
+    def stop_arrives_first(self, error):
+        signal.raise_signal(signal.SIGINT)
+        record(self, error)
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", diverge)
+    monkeypatch.setattr(trainer.Trainer, "record_failure", stop_arrives_first)
+    with pytest.raises(BaseException) as raised:  # a KeyboardInterrupt too, to fail this test and not the session
+        run_training(tiny_train(tmp_path / "r"), progress=False)
+    assert raised.type is NonFiniteLossError, raised.value
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["error"] == "non-finite loss (nan) at step 1"
+    assert f"rnnlab train: {trainer.ENDING} (Ctrl-C again to abort)" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("precision, hint", [("fp32", "lower --lr;"), ("bf16", "lower --lr or use --precision bf16-mixed;")])
 def test_huge_lr_diverges_with_clear_error(precision, hint, tiny_train, tmp_path):
     """Pure bf16 runs are told of mixed precision too; fp32 ones only of the lr."""

@@ -269,9 +269,12 @@ def collective_failure(e: BaseException) -> tuple[str, bool] | None:
 def ignore_stops() -> None:
     """A rank whose peers are gone ignores SIGTERM, SIGINT and SIGHUP from here on (main thread
     only): there is nothing left to save, and torchrun's stop, which follows a peer's death
-    closely, would otherwise come as a Ctrl-C while the rank says so and ends."""
+    closely, would otherwise come as a Ctrl-C while the rank says so and ends. SIGINT last: a
+    SIGTERM or SIGHUP still pending runs its handler as ``signal.signal`` starts (CPython), and
+    with SIGINT ignored by then ``stops_as_ctrl_c`` would take this for a process whose Ctrl-C is
+    ignored and end it by the signal itself."""
     if threading.current_thread() is threading.main_thread():
-        for s in STOP_SIGNALS:
+        for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(s, signal.SIG_IGN)
 
 

@@ -134,6 +134,10 @@ class TrainState:
         self.last_eval = p.get("last_eval")
 
 
+# what a first Ctrl-C says while a failure that ends the run is being recorded (Trainer.train)
+ENDING = "the run is ending on a failure (its line follows): recording it first"
+
+
 class StopOnInterrupt:
     """First Ctrl-C (SIGINT): finish the current step, save a checkpoint, return cleanly; once
     the budget is spent, finish the final evaluation and checkpoint (``notice`` says which). A
@@ -286,81 +290,86 @@ class Trainer:
         checkpoint); returns the summary, also written to summary.json. A failure that stops
         the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C) is
         recorded in summary.json and raised with a message naming the checkpoint kept."""
-        try:
-            return self.loop()
-        except (NonFiniteLossError, CheckpointWriteError) as e:
-            self.record_failure(str(e))
-            raise
-        except KeyboardInterrupt:
-            message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
-            self.record_failure(message)
-            raise KeyboardInterrupt(message) from None
-        except RuntimeError as e:
-            if (failed := self.lost_peers(e)) is not None:
-                message = self.lost_rank_message(failed)
-                self.record_failure(message)
-                raise LostRank(message) from e
-            if not is_out_of_memory(e):
+        # StopOnInterrupt spans the failure handling too: a stop that arrives then (torchrun's SIGTERM,
+        # close behind a peer's death, before lost_peers ignores stops) is a first Ctrl-C, not a
+        # KeyboardInterrupt in place of the failure being recorded
+        with StopOnInterrupt() as stop:
+            try:
+                return self.loop(stop)
+            except (NonFiniteLossError, CheckpointWriteError) as e:
+                stop.notice = ENDING
+                self.record_failure(str(e))
                 raise
-            cfg = self.cfg
-            accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
-                     if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
-            message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
-                       f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
-                       f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
-            self.record_failure(message)
-            raise OutOfMemory(message) from None
-        finally:
-            self.logger.close()
-            self.rundir.release()
+            except KeyboardInterrupt:
+                message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
+                self.record_failure(message)
+                raise KeyboardInterrupt(message) from None
+            except RuntimeError as e:
+                stop.notice = ENDING
+                if (failed := self.lost_peers(e)) is not None:
+                    message = self.lost_rank_message(failed)
+                    self.record_failure(message)
+                    raise LostRank(message) from e
+                if not is_out_of_memory(e):
+                    raise
+                cfg = self.cfg
+                accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
+                         if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
+                message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
+                           f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
+                           f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
+                self.record_failure(message)
+                raise OutOfMemory(message) from None
+            finally:
+                self.logger.close()
+                self.rundir.release()
 
-    def loop(self) -> dict[str, Any]:
-        """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C."""
+    def loop(self, stop: StopOnInterrupt) -> dict[str, Any]:
+        """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C (``stop``)."""
         state, run_cfg, tokens_per_step = self.state, self.cfg.run, self.cfg.tokens_per_step()
         state.model.train()
-        with StopOnInterrupt() as stop:
-            agreed = False  # under torchrun: whether any rank had a Ctrl-C, as all agreed after the last step
+        agreed = False  # under torchrun: whether any rank had a Ctrl-C, as all agreed after the last step
 
-            def stopping() -> bool:
-                # One process: its own Ctrl-C. Under torchrun only the agreed answer: a Ctrl-C that
-                # reaches one rank after a step's agreement is acted on by all after the next step
-                # (a rank leaving on its own flag would leave the others inside a collective).
-                return stop.requested if self.ctx.world_size == 1 else agreed
+        def stopping() -> bool:
+            # One process: its own Ctrl-C. Under torchrun only the agreed answer: a Ctrl-C that
+            # reaches one rank after a step's agreement is acted on by all after the next step
+            # (a rank leaving on its own flag would leave the others inside a collective).
+            return stop.requested if self.ctx.world_size == 1 else agreed
 
-            while not self.budget_spent() and not stopping():
-                result = self.train_step(self.stream.batch(state.step))
-                reclaim_handlers()  # a compile in the step (Triton's LLVM) may have put its own in the kernel
-                if self.ctx.world_size > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
-                    seconds, agreed = self.ctx.agree(result.seconds, stop.requested)
-                    result = result._replace(seconds=seconds)
-                warmup = self.throughput.add(tokens_per_step, result.seconds)
-                state.advance(result.loss, tokens_per_step, result.seconds, warmup)
-                self.logger.step(state, result, last=self.budget_spent() or stopping())
-                if self.due(run_cfg.eval_every):
-                    self.evaluate()
-                if self.due(run_cfg.checkpoint_every):
-                    self.checkpoint(complete=False)
-            if not self.budget_spent():  # stopped by Ctrl-C
+        while not self.budget_spent() and not stopping():
+            result = self.train_step(self.stream.batch(state.step))
+            reclaim_handlers()  # a compile in the step (Triton's LLVM) may have put its own in the kernel
+            if self.ctx.world_size > 1:  # ranks agree on the time (minutes budget) and on a Ctrl-C
+                seconds, agreed = self.ctx.agree(result.seconds, stop.requested)
+                result = result._replace(seconds=seconds)
+            warmup = self.throughput.add(tokens_per_step, result.seconds)
+            state.advance(result.loss, tokens_per_step, result.seconds, warmup)
+            self.logger.step(state, result, last=self.budget_spent() or stopping())
+            if self.due(run_cfg.eval_every):
+                self.evaluate()
+            if self.due(run_cfg.checkpoint_every):
                 self.checkpoint(complete=False)
-                if self.ctx.is_main:  # the rank that wrote it (every rank under FSDP2: one line is enough)
-                    print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
-                          f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
-                          file=sys.stderr)
-                return self.finish(complete=False)
-            # the budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end
-            stop.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
-            if stop.requested:  # pressed during the step that spent the budget
-                print(f"\nrnnlab train: {stop.notice}", file=sys.stderr)
-            try:
-                if self.final_eval_due():
-                    self.evaluate(final=True)
-            finally:
-                self.checkpoint(complete=True)  # saved even if the final evaluation fails
-            interrupted = self.ctx.agree(0.0, stop.requested)[1]  # every rank gets here: one answer
-            summary = self.finish(complete=True, interrupted=interrupted)
-            if stop.requested and not interrupted:  # pressed while the summary was being written
-                summary = self.finish(complete=True, interrupted=True)
-            return summary
+        if not self.budget_spent():  # stopped by Ctrl-C
+            self.checkpoint(complete=False)
+            if self.ctx.is_main:  # the rank that wrote it (every rank under FSDP2: one line is enough)
+                print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
+                      f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
+                      file=sys.stderr)
+            return self.finish(complete=False)
+        # the budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end
+        stop.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
+        if stop.requested:  # pressed during the step that spent the budget
+            print(f"\nrnnlab train: {stop.notice}", file=sys.stderr)
+        try:
+            if self.final_eval_due():
+                self.evaluate(final=True)
+        finally:
+            self.checkpoint(complete=True)  # saved even if the final evaluation fails
+        interrupted = self.ctx.agree(0.0, stop.requested)[1]  # every rank gets here: one answer
+        summary = self.finish(complete=True, interrupted=interrupted)
+        if stop.requested and not interrupted:  # pressed while the summary was being written
+            summary = self.finish(complete=True, interrupted=True)
+        return summary
 
     def train_step(self, batch: torch.Tensor) -> StepResult:
         """One optimizer step on ``batch`` ([B, T+1]).
