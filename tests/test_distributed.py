@@ -562,12 +562,31 @@ def test_stops_end_a_starting_rank_at_once_and_handlers_come_back():
             signal.signal(s, h)
 
 
+def test_the_trainers_ctrl_c_handler_leaves_ignored_stops_ignored():
+    """``ignore_stops`` inside the trainer's Ctrl-C handler (a peer gone while training): SIGINT stays
+    ignored when the handler ends, so a Ctrl-C cannot take the place of the rank's line."""
+    from rnnlab.train.trainer import StopOnInterrupt
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with StopOnInterrupt():
+            dist.ignore_stops()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        signal.signal(signal.SIGINT, before[signal.SIGINT])
+        with StopOnInterrupt():
+            pass
+        assert signal.getsignal(signal.SIGINT) is before[signal.SIGINT]
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
+
 STOP_PENDING_AS_STOPS_ARE_IGNORED = """
 import os, signal, sys
 from rnnlab import signals
 from rnnlab.train import distributed as dist
 
-at = int(sys.argv[1])  # which of ignore_stops' signal.signal calls a SIGTERM reaches just before
+at, sig = int(sys.argv[1]), signal.Signals[sys.argv[2]]  # which of ignore_stops' signal.signal calls the stop reaches just before
 ctrl_c = []
 signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))  # the trainer's StopOnInterrupt
 real, calls = signal.signal, [0]
@@ -576,7 +595,7 @@ real, calls = signal.signal, [0]
 def a_stop_arrives_first(signum, handler):
     calls[0] += 1
     if calls[0] == at:
-        os.kill(os.getpid(), signal.SIGTERM)  # its Python handler runs here, before the change
+        os.kill(os.getpid(), sig)  # its Python handler runs here, before the change
     return real(signum, handler)
 
 
@@ -588,17 +607,21 @@ with signals.stops_as_ctrl_c():
 """
 
 
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
 @pytest.mark.parametrize("at", [1, 2, 3])
-def test_a_stop_pending_as_a_rank_ignores_stops_does_not_end_it(at, tmp_path):
-    """torchrun's SIGTERM, which follows a peer's death, can reach a rank as it starts ignoring
-    stops (``ignore_stops``): whichever call it comes before, the rank lives on to say why it ends
-    (before the SIGTERM is ignored it is a Ctrl-C to the trainer; after, nothing). SIGINT ignored
-    first, a SIGTERM then looked like one to a process whose Ctrl-C is ignored and ended it."""
+def test_a_stop_pending_as_a_rank_ignores_stops_does_not_end_it(at, sig, tmp_path):
+    """torchrun's SIGTERM, which follows a peer's death (or a SIGHUP), can reach a rank as it starts
+    ignoring stops (``ignore_stops``): whichever call it comes before, the rank lives on to say why
+    it ends (before the signal is ignored it is a Ctrl-C to the trainer; after, nothing). SIGINT
+    ignored first, such a signal then looked like one to a process whose Ctrl-C is ignored and
+    ended it."""
     script = tmp_path / "pending.py"
     script.write_text(STOP_PENDING_AS_STOPS_ARE_IGNORED)
-    r = subprocess.run([sys.executable, str(script), str(at)], env=_env(), capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, str(script), str(at), sig], env=_env(), capture_output=True, text=True,
+                       timeout=60)
     assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
-    assert r.stdout.split() == ["ignored", "[True,", "True,", "True]", "ctrl-c", "1" if at == 1 else "0"], r.stdout
+    handled = at == 1 or (sig == "SIGHUP" and at == 2)  # ignored in the order SIGTERM, SIGHUP, SIGINT
+    assert r.stdout.split() == ["ignored", "[True,", "True,", "True]", "ctrl-c", str(int(handled))], r.stdout
 
 
 def _rank_pid(tree: list[int], rank: int) -> int:

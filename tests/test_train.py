@@ -422,30 +422,63 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
         == list(range(1, 13))
 
 
-def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(tiny_train, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("before, during", [(0, 1), (1, 1), (0, 2)])
+def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(before, during, tiny_train, tmp_path, monkeypatch,
+                                                                capsys):
     """A stop that arrives while the trainer records a failure that ends the run (under torchrun,
-    the SIGTERM that follows a peer's death, handled as a Ctrl-C) is a first Ctrl-C: the failure
-    is still recorded and raised, not replaced by a KeyboardInterrupt that hides it."""
+    the SIGTERM that follows a peer's death, handled as a Ctrl-C) is a first Ctrl-C, even after
+    one in training (``before``): the failure is still recorded and raised, not replaced by a
+    KeyboardInterrupt that hides it. A second one there aborts with a message that names it."""
     import signal
 
     from rnnlab.train import trainer
 
     def diverge(self, batch):
+        for _ in range(before):
+            signal.raise_signal(signal.SIGINT)
         raise NonFiniteLossError("non-finite loss (nan) at step 1")
 
-    record = trainer.Trainer.record_failure
+    finish = trainer.Trainer.finish  # what record_failure calls to write summary.json
 
-    def stop_arrives_first(self, error):
-        signal.raise_signal(signal.SIGINT)
-        record(self, error)
+    def stops_arrive_first(self, **kw):
+        for _ in range(during):
+            signal.raise_signal(signal.SIGINT)
+        return finish(self, **kw)
 
     monkeypatch.setattr(trainer.Trainer, "train_step", diverge)
-    monkeypatch.setattr(trainer.Trainer, "record_failure", stop_arrives_first)
+    monkeypatch.setattr(trainer.Trainer, "finish", stops_arrive_first)
     with pytest.raises(BaseException) as raised:  # a KeyboardInterrupt too, to fail this test and not the session
         run_training(tiny_train(tmp_path / "r"), progress=False)
-    assert raised.type is NonFiniteLossError, raised.value
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["error"] == "non-finite loss (nan) at step 1"
     assert f"rnnlab train: {trainer.ENDING} (Ctrl-C again to abort)" in capsys.readouterr().err
+    if during == 2:
+        assert raised.type is KeyboardInterrupt and str(raised.value) == (
+            "aborted by Ctrl-C while recording how the run ended: non-finite loss (nan) at step 1")
+        return
+    assert raised.type is NonFiniteLossError, repr(raised.value)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["error"] == "non-finite loss (nan) at step 1"
+
+
+def test_a_ctrl_c_while_the_logs_close_reaches_the_caller(tiny_train, tmp_path, monkeypatch):
+    """A Ctrl-C after the run's end, while its logs close (W&B's finish can take minutes), reaches
+    the caller as a KeyboardInterrupt (``rnnlab bench`` stops the suite there), not a handler that
+    nothing reads any more; the finished run's summary stands."""
+    import signal
+
+    from rnnlab.train import metrics
+
+    close = metrics.RunLogger.close
+
+    def ctrl_c_first(self):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        finally:
+            close(self)
+
+    monkeypatch.setattr(metrics.RunLogger, "close", ctrl_c_first)
+    with pytest.raises(BaseException) as raised:
+        run_training(tiny_train(tmp_path / "r", steps=2), progress=False)
+    assert raised.type is KeyboardInterrupt, repr(raised.value)
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["complete"] is True
 
 
 @pytest.mark.parametrize("precision, hint", [("fp32", "lower --lr;"), ("bf16", "lower --lr or use --precision bf16-mixed;")])

@@ -161,8 +161,15 @@ class StopOnInterrupt:
         self.requested = True
         print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
 
+    def ending(self) -> None:
+        """The run ends on a failure: a stop from here on (torchrun's SIGTERM after a peer's death,
+        even after an earlier Ctrl-C) is a first one again, noted while the failure is recorded."""
+        self.requested = False
+        self.notice = ENDING
+
     def __exit__(self, *exc) -> None:
-        if self._prev is not None:
+        # the handler before comes back unless this one was replaced since (ignore_stops: a peer is gone)
+        if self._prev is not None and signal.getsignal(signal.SIGINT) == self._handle:
             signal.signal(signal.SIGINT, self._prev)
 
 
@@ -293,36 +300,37 @@ class Trainer:
         # StopOnInterrupt spans the failure handling too: a stop that arrives then (torchrun's SIGTERM,
         # close behind a peer's death, before lost_peers ignores stops) is a first Ctrl-C, not a
         # KeyboardInterrupt in place of the failure being recorded
-        with StopOnInterrupt() as stop:
-            try:
-                return self.loop(stop)
-            except (NonFiniteLossError, CheckpointWriteError) as e:
-                stop.notice = ENDING
-                self.record_failure(str(e))
-                raise
-            except KeyboardInterrupt:
-                message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
-                self.record_failure(message)
-                raise KeyboardInterrupt(message) from None
-            except RuntimeError as e:
-                stop.notice = ENDING
-                if (failed := self.lost_peers(e)) is not None:
-                    message = self.lost_rank_message(failed)
-                    self.record_failure(message)
-                    raise LostRank(message) from e
-                if not is_out_of_memory(e):
+        try:
+            with StopOnInterrupt() as stop:
+                try:
+                    return self.loop(stop)
+                except (NonFiniteLossError, CheckpointWriteError) as e:
+                    stop.ending()
+                    self.record_failure(str(e))
                     raise
-                cfg = self.cfg
-                accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
-                         if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
-                message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
-                           f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
-                           f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
-                self.record_failure(message)
-                raise OutOfMemory(message) from None
-            finally:
-                self.logger.close()
-                self.rundir.release()
+                except KeyboardInterrupt:
+                    message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
+                    self.record_failure(message)
+                    raise KeyboardInterrupt(message) from None
+                except RuntimeError as e:
+                    stop.ending()
+                    if (failed := self.lost_peers(e)) is not None:
+                        message = self.lost_rank_message(failed)
+                        self.record_failure(message)
+                        raise LostRank(message) from e
+                    if not is_out_of_memory(e):
+                        raise
+                    cfg = self.cfg
+                    accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
+                             if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
+                    message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
+                               f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
+                               f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
+                    self.record_failure(message)
+                    raise OutOfMemory(message) from None
+        finally:
+            self.logger.close()
+            self.rundir.release()
 
     def loop(self, stop: StopOnInterrupt) -> dict[str, Any]:
         """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C (``stop``)."""
@@ -572,9 +580,13 @@ class Trainer:
                 "--resume continues from it")
 
     def record_failure(self, error: str) -> None:
-        """summary.json for a run that stopped with ``error``, if the disk still takes it."""
-        with contextlib.suppress(OSError):
-            self.finish(complete=False, error=error)
+        """summary.json for a run that stopped with ``error``, if the disk still takes it. A Ctrl-C
+        that aborts the recording (a second one) says ``error`` too, not only that it came."""
+        try:
+            with contextlib.suppress(OSError):
+                self.finish(complete=False, error=error)
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt(f"aborted by Ctrl-C while recording how the run ended: {error}") from None
 
 
 def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
