@@ -1,7 +1,7 @@
 """The package layout stays a one-way street: no import circle between rnnlab's packages, and none
 between the modules of rnnlab.bench (imports inside functions count too); and the repository's
 index of its measurements, ``results/README.md``, lists what ``results/`` holds, and every test the
-docs cite, and every file of code they name, exists."""
+docs cite, every file of code they name and every command option they give, exists."""
 
 from __future__ import annotations
 
@@ -129,3 +129,46 @@ def test_every_source_file_the_docs_cite_exists():
                       if not any((base / f"{m.group(1)}.{m.group(2)}").exists()
                                  for base in (REPO, REPO / "src", ROOT))})
     assert not missing, missing
+
+
+def _command_options() -> dict[tuple[str, ...], set[str]]:
+    """Each command's options, from ``rnnlab``'s own parser: ``{("train",): {"--steps", ...},
+    ("analyze", "gradflow"): {...}, ...}``."""
+    import argparse
+
+    from rnnlab.cli import build_parser
+
+    def walk(parser, command=()):
+        found = {command: {o for a in parser._actions for o in a.option_strings}}
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    found.update(walk(sub, (*command, name)))
+        return found
+
+    return walk(build_parser())
+
+
+def _unknown_options(text: str, options: dict[tuple[str, ...], set[str]]) -> list[str]:
+    """``COMMAND --flag`` for each option that a command line in ``text`` (``rnnlab train ...
+    --steps 30``, up to the end of its code span, a pipe or a ``;``) gives a command that lacks it."""
+    import re
+
+    unknown = []
+    for m in re.finditer(r"\brnnlab ([a-z][a-z-]*(?: [a-z][a-z-]*)?)([^`|;&)\n]*)", text):
+        words = tuple(m.group(1).split())
+        command = words if words in options else words[:1]
+        if command in options:
+            unknown += [f"{' '.join(command)} {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2))
+                        if flag not in options[command]]
+    return unknown
+
+
+def test_every_option_the_docs_give_a_command_exists():
+    """A command line in README.md, docs/ or a results README gives only options its command
+    takes: an option renamed or removed leaves no page telling a reader to type it."""
+    options = _command_options()
+    assert _unknown_options("`rnnlab train --steps 3 --stepz 3`, `rnnlab analyze gradflow RUN --last 2 --steps 1`",
+                            options) == ["train --stepz", "analyze gradflow --steps"]
+    unknown = sorted({f"{doc.name}: {u}" for doc in _docs() for u in _unknown_options(doc.read_text(), options)})
+    assert not unknown, unknown
