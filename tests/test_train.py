@@ -461,7 +461,7 @@ def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(before, during, t
 def test_a_ctrl_c_while_the_logs_close_reaches_the_caller(tiny_train, tmp_path, monkeypatch):
     """A Ctrl-C after the run's end, while its logs close (W&B's finish can take minutes), reaches
     the caller as a KeyboardInterrupt (``rnnlab bench`` stops the suite there), not a handler that
-    nothing reads any more; the finished run's summary stands."""
+    nothing reads any more, and its message says what it cut; the finished run's summary stands."""
     import signal
 
     from rnnlab.train import metrics
@@ -477,7 +477,8 @@ def test_a_ctrl_c_while_the_logs_close_reaches_the_caller(tiny_train, tmp_path, 
     monkeypatch.setattr(metrics.RunLogger, "close", ctrl_c_first)
     with pytest.raises(BaseException) as raised:
         run_training(tiny_train(tmp_path / "r", steps=2), progress=False)
-    assert raised.type is KeyboardInterrupt, repr(raised.value)
+    assert raised.type is KeyboardInterrupt and str(raised.value) == (
+        "aborted by Ctrl-C while the run's logs closed; its summary.json says how the run ended"), repr(raised.value)
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["complete"] is True
 
 

@@ -329,8 +329,13 @@ class Trainer:
                     self.record_failure(message)
                     raise OutOfMemory(message) from None
         finally:
-            self.logger.close()
-            self.rundir.release()
+            try:
+                self.logger.close()  # W&B's finish can take minutes: a Ctrl-C there says what it cut
+            except KeyboardInterrupt:
+                raise KeyboardInterrupt("aborted by Ctrl-C while the run's logs closed; its summary.json says "
+                                        "how the run ended") from None
+            finally:
+                self.rundir.release()
 
     def loop(self, stop: StopOnInterrupt) -> dict[str, Any]:
         """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C (``stop``)."""
