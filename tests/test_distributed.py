@@ -607,8 +607,8 @@ with signals.stops_as_ctrl_c():
 """
 
 
-@pytest.mark.parametrize("sig", ["SIGTERM", "SIGHUP"])
-@pytest.mark.parametrize("at", [1, 2, 3])
+# the signal arrives before SIGTERM's (1), SIGHUP's (2) or SIGINT's (3) ignore: each case where it counts
+@pytest.mark.parametrize("at, sig", [(1, "SIGTERM"), (2, "SIGTERM"), (2, "SIGHUP"), (3, "SIGHUP")])
 def test_a_stop_pending_as_a_rank_ignores_stops_does_not_end_it(at, sig, tmp_path):
     """torchrun's SIGTERM, which follows a peer's death (or a SIGHUP), can reach a rank as it starts
     ignoring stops (``ignore_stops``): whichever call it comes before, the rank lives on to say why
