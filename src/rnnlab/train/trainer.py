@@ -297,40 +297,46 @@ class Trainer:
         checkpoint); returns the summary, also written to summary.json. A failure that stops
         the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C) is
         recorded in summary.json and raised with a message naming the checkpoint kept."""
-        # StopOnInterrupt spans the failure handling too: a stop that arrives then (torchrun's SIGTERM,
-        # close behind a peer's death, before lost_peers ignores stops) is a first Ctrl-C, not a
-        # KeyboardInterrupt in place of the failure being recorded
-        try:
-            with StopOnInterrupt() as stop:
-                try:
-                    return self.loop(stop)
-                except (NonFiniteLossError, CheckpointWriteError) as e:
-                    stop.ending()
-                    self.record_failure(str(e))
+        # StopOnInterrupt spans the failure handling too (a stop that arrives then, torchrun's SIGTERM
+        # close behind a peer's death before lost_peers ignores stops, is a first Ctrl-C, not a
+        # KeyboardInterrupt in place of the failure being recorded), and ends before the logs close
+        with self.closing(), StopOnInterrupt() as stop:
+            try:
+                return self.loop(stop)
+            except (NonFiniteLossError, CheckpointWriteError) as e:
+                stop.ending()
+                self.record_failure(str(e))
+                raise
+            except KeyboardInterrupt:
+                message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
+                self.record_failure(message)
+                raise KeyboardInterrupt(message) from None
+            except RuntimeError as e:
+                stop.ending()
+                if (failed := self.lost_peers(e)) is not None:
+                    message = self.lost_rank_message(failed)
+                    self.record_failure(message)
+                    raise LostRank(message) from e
+                if not is_out_of_memory(e):
                     raise
-                except KeyboardInterrupt:
-                    message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
-                    self.record_failure(message)
-                    raise KeyboardInterrupt(message) from None
-                except RuntimeError as e:
-                    stop.ending()
-                    if (failed := self.lost_peers(e)) is not None:
-                        message = self.lost_rank_message(failed)
-                        self.record_failure(message)
-                        raise LostRank(message) from e
-                    if not is_out_of_memory(e):
-                        raise
-                    cfg = self.cfg
-                    accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
-                             if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
-                    message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
-                               f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
-                               f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
-                    self.record_failure(message)
-                    raise OutOfMemory(message) from None
+                cfg = self.cfg
+                accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
+                         if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
+                message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
+                           f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
+                           f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
+                self.record_failure(message)
+                raise OutOfMemory(message) from None
+
+    @contextlib.contextmanager
+    def closing(self):
+        """Close the run's logs and let go of its folder as training ends, however it ends; a Ctrl-C
+        while the logs close (W&B's finish can take minutes) says what it cut."""
+        try:
+            yield
         finally:
             try:
-                self.logger.close()  # W&B's finish can take minutes: a Ctrl-C there says what it cut
+                self.logger.close()
             except KeyboardInterrupt:
                 raise KeyboardInterrupt("aborted by Ctrl-C while the run's logs closed; its summary.json says "
                                         "how the run ended") from None
