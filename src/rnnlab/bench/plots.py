@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rnnlab.train.metrics import budget_clock
+from rnnlab.train.config import budget_clock
 
 
 def pyplot():

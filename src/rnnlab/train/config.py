@@ -113,6 +113,12 @@ class BudgetConfig:
         return given[0]
 
 
+def budget_clock(elapsed_s: float | None, warmup_s: float | None) -> float | None:
+    """Training time as a ``--minutes`` budget counts it: ``elapsed_s`` without each process's
+    first steps (``warmup_s``: compilation, autotuning); None without a time."""
+    return None if elapsed_s is None else elapsed_s - (warmup_s or 0.0)
+
+
 @dataclass
 class OptimConfig:
     """The optimizer. Parameters a layer marks ``_no_weight_decay`` (Mamba2's ``A_log``, ``dt_bias``,

@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import torch
 
-from rnnlab.train.config import WARMUP_STEPS
+from rnnlab.train.config import WARMUP_STEPS, budget_clock
 from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
 
@@ -91,12 +91,6 @@ def scalars(kind: str, record: dict[str, Any]) -> dict[str, float]:
     ``train/grad_norm``, ``eval/bpb`` (``val_`` dropped), ...; missing values (None) left out."""
     return {f"{kind}/{key.removeprefix('val_')}": value for key, value in record.items()
             if key not in NOT_PLOTTED and isinstance(value, (int, float)) and not isinstance(value, bool)}
-
-
-def budget_clock(elapsed_s: float | None, warmup_s: float | None) -> float | None:
-    """Training time as a ``--minutes`` budget counts it: ``elapsed_s`` without each process's
-    first steps (``warmup_s``: compilation, autotuning); None without a time."""
-    return None if elapsed_s is None else elapsed_s - (warmup_s or 0.0)
 
 
 def flat_config(cfg) -> dict[str, bool | int | float | str]:

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rnnlab.train.config import LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS
+from rnnlab.train.config import LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, budget_clock
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
@@ -187,8 +187,6 @@ class RunDir:
     def minutes_trained(self, step: int) -> float | None:
         """Training time by ``step`` as a ``--minutes`` budget counts it (compilation left out), from
         metrics.jsonl's last record at or before it; None without one."""
-        from rnnlab.train.metrics import budget_clock  # (metrics imports this module)
-
         timed = [m for m in read_jsonl(self.file(METRICS)) if m.get("elapsed_s") is not None and m.get("step", 0) <= step]
         if not timed:
             return None

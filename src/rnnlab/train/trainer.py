@@ -41,9 +41,9 @@ from rnnlab.ops.dtypes import autocast
 from rnnlab.signals import reclaim_handlers
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError
-from rnnlab.train.config import TrainConfig
+from rnnlab.train.config import TrainConfig, budget_clock
 from rnnlab.train.cuda_graph import GraphedForwardBackward
-from rnnlab.train.metrics import RunLogger, Throughput, budget_clock, import_wandb
+from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, evaluate_run,
