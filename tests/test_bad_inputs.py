@@ -141,6 +141,8 @@ CASES = [
     ("resume_empty_folder", [*TRAIN, "--resume", "--out", "{dir}"], "holds no run to resume (an empty folder"),
     ("resume_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}"], "no usable checkpoint in {nockpt}/ckpt "
                                                                         "(none was written); nothing was changed"),
+    ("resume_slim_record", [*TRAIN, "--resume", "--out", "{slim}"], "no usable checkpoint in {slim}/ckpt "
+                                                                     "(none was written); nothing was changed"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],
@@ -210,9 +212,10 @@ CASES = [
 
 
 def _digests(root: Path) -> dict[str, str]:
-    """Every file under ``root`` (lock files aside) by path, with its sha256."""
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != LOCK}
+    """Every file under ``root`` by path, with its sha256 (a lock file's holder record aside: that
+    the file is there counts)."""
+    return {str(p.relative_to(root)): "" if p.name == LOCK else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def _damage(path: Path, at: int = 1000, n: int = 64, byte: int | None = None) -> None:
@@ -253,6 +256,10 @@ def world(tmp_path_factory, one_thread_module):
     for ckpt in (w["damaged"] / "ckpt").iterdir():
         _damage(ckpt / "model.safetensors")
     shutil.rmtree(w["nockpt"] / "ckpt")
+    w["slim"] = root / "slim"  # a run's record without checkpoint or lock file (a results folder)
+    w["slim"].mkdir()
+    for name in ("config.json", "summary.json"):
+        shutil.copy(w["run"] / name, w["slim"] / name)
     for name in ("legacy_truncated", "legacy_nan", "legacy_header"):
         w[name] = root / name
         shutil.copytree(LEGACY, w[name])

@@ -536,6 +536,45 @@ def test_the_lock_holder_replaces_what_an_earlier_holder_recorded(tmp_path):
         a.release()
 
 
+def test_a_refused_start_takes_away_the_lock_file_it_made_and_only_that(tmp_path):
+    """``release(undo=True)`` (a refused ``--resume``) removes a lock file this process made, and
+    leaves one that was there before."""
+    made = RunLock(tmp_path / LOCK)
+    made.acquire()
+    made.release(undo=True)
+    assert not (tmp_path / LOCK).exists()
+    (tmp_path / LOCK).write_text("")
+    found = RunLock(tmp_path / LOCK)
+    found.acquire()
+    found.release(undo=True)
+    assert (tmp_path / LOCK).exists()
+
+
+def test_a_lock_on_a_file_taken_away_before_the_flock_is_not_kept(tmp_path, monkeypatch):
+    """A process that opened the lock file just before a refusal took it away (``release(undo=True)``)
+    must not hold its lock on the unlinked file, which would exclude no one: it takes the new one."""
+    import rnnlab.train.rundir as rundir
+
+    real_flock, calls = rundir.fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            (tmp_path / LOCK).unlink()  # the refusing process's undo, between this one's open and flock
+        return real_flock(fd, op)
+
+    (tmp_path / LOCK).write_text("")
+    lock = RunLock(tmp_path / LOCK)
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    lock.acquire()
+    try:
+        assert len(calls) == 2 and os.fstat(lock.fd).st_ino == os.stat(tmp_path / LOCK).st_ino
+        with pytest.raises(ValueError, match="is in use by pid"):
+            RunLock(tmp_path / LOCK).acquire()  # the lock excludes the next process
+    finally:
+        lock.release()
+
+
 def test_status_tells_complete_failed_and_incomplete(tmp_path):
     run = RunDir(tmp_path)
     for summary, status in (({"complete": True}, "complete"), ({"complete": False, "error": "boom"}, "failed"),

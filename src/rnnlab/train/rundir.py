@@ -115,25 +115,56 @@ class RunLock:
     def __init__(self, path: Path):
         self.path = path
         self.fd: int | None = None
+        self.created = False  # whether acquire made the file (a refusal then takes it away again)
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # less the umask
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self._holder(fd)
-            os.close(fd)
-            raise ValueError(f"run dir {self.path.parent} is in use by {holder}: one process at a time "
-                             f"trains into a run folder") from None
-        except OSError as e:
-            os.close(fd)
-            raise ValueError(f"cannot lock run dir {self.path.parent} ({e.strerror}); a run folder needs "
-                             f"a file system with flock") from None
+        while True:
+            fd = self._open()
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = self._holder(fd)
+                os.close(fd)
+                raise ValueError(f"run dir {self.path.parent} is in use by {holder}: one process at a time "
+                                 f"trains into a run folder") from None
+            except OSError as e:
+                os.close(fd)
+                raise ValueError(f"cannot lock run dir {self.path.parent} ({e.strerror}); a run folder needs "
+                                 f"a file system with flock") from None
+            if self._linked(fd):
+                break
+            os.close(fd)  # a refusal took the file away between our open and our lock: take the new one
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         self.fd = fd
+
+    def _open(self) -> int:
+        """The lock file, opened (made if missing; ``created`` says which)."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)  # less the umask
+                self.created = True
+                return fd
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+                self.created = False
+                return fd
+            except FileNotFoundError:  # taken away in between: make it
+                continue
+
+    def _linked(self, fd: int) -> bool:
+        """Whether ``fd`` is still the file at the lock's path (a lock on a file unlinked since
+        would exclude no one)."""
+        try:
+            there = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        mine = os.fstat(fd)
+        return (there.st_dev, there.st_ino) == (mine.st_dev, mine.st_ino)
 
     @staticmethod
     def _holder(fd: int) -> str:
@@ -143,8 +174,12 @@ class RunLock:
         except (OSError, ValueError, KeyError, TypeError):
             return "another process (which has not recorded itself yet)"
 
-    def release(self) -> None:
+    def release(self, *, undo: bool = False) -> None:
+        """Drop the lock; ``undo``: a refusal, so a lock file this process made goes too (a refused
+        ``--resume`` leaves the folder as it found it)."""
         if self.fd is not None:
+            if undo and self.created:
+                self.path.unlink(missing_ok=True)  # while still held: no other process has it
             os.close(self.fd)  # closing the file drops the lock
             self.fd = None
 
@@ -343,7 +378,7 @@ class RunDir:
                     clear_temporaries(folder)
             return start
         except BaseException:
-            self.release()
+            self.lock.release(undo=True)
             raise
 
     def _resume_point(self, cfg):
