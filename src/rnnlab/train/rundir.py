@@ -41,7 +41,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rnnlab.train.config import LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, budget_clock
+from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, legacy_hint,
+                                 resume_mismatch)
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
@@ -318,8 +319,6 @@ class RunDir:
     # ------------------------------------------------------------------ loading
     def config(self):
         """The run's TrainConfig (from config.json)."""
-        from rnnlab.train.config import TrainConfig
-
         if not self.path.exists():
             raise FileNotFoundError(f"run dir not found: {self.path}")
         if not self.path.is_dir():
@@ -384,8 +383,6 @@ class RunDir:
     def _resume_point(self, cfg):
         """The newest usable checkpoint of a run made with ``cfg``'s config, else an error that
         changes nothing; damaged newer checkpoints are renamed aside, loudly."""
-        from rnnlab.train.config import legacy_hint, resume_mismatch
-
         saved = self.saved_config()
         if saved is None:
             raise ValueError(f"--resume: {self.path} has no readable {CONFIG}, so its run cannot be checked "
