@@ -24,7 +24,7 @@ from pathlib import Path
 
 from rnnlab.models.config import layer_text
 from rnnlab.options import at_least, checked, positive
-from rnnlab.signals import discard_output, handled, terminal_output
+from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
 from rnnlab.train.rundir import RunDir
@@ -263,8 +263,6 @@ def _launch(args) -> int | None:
     torchrun = torchrun_args(n, argv)
     print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
           file=sys.stderr)
-    from rnnlab.signals import ended_with_this_process
-
     env = {**torchrun_env(dict(os.environ)), **ended_with_this_process()}  # torchrun ends with this process
     return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
 
@@ -277,8 +275,6 @@ def run_train(args) -> int:
     launched = _launch(args)
     if launched is not None:
         return launched
-    from rnnlab.signals import ends_with_parent
-
     ends_with_parent()  # a worker of --gpus N's torchrun ends with it (a kill -9 of torchrun or the launcher)
     cfg = config_from_args(args)
     ctx = dist.context()
