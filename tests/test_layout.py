@@ -103,8 +103,8 @@ def test_every_results_folder_is_in_the_results_index():
 
 
 def test_every_test_the_docs_cite_exists():
-    """README.md, docs/ and the results READMEs cite tests as proof (docs/reliability.md's table
-    above all): ``tests/FILE.py::test_name``, and ``::test_name`` for another test of the file
+    """README.md, docs/ and the results READMEs cite tests as proof (docs/reliability.md's
+    guarantees above all): ``tests/FILE.py::test_name``, and ``::test_name`` for another test of the file
     named last. A test renamed or removed leaves the proof pointing at nothing."""
     import re
 
