@@ -182,6 +182,22 @@ def test_eval_bytes_default_is_the_whole_split():
     assert apply_overrides(TrainConfig.from_dict({"eval_bytes": 5}), {"eval_bytes": "all"}).run.eval_bytes == 0
 
 
+def test_a_grad_clip_of_0_is_no_clipping(tmp_path):
+    """A suite's or config file's ``grad_clip = 0`` (TOML has no null) and ``--grad-clip 0`` switch
+    off clipping that defaults set: stored as None, as if never given; a negative clip is refused."""
+    from rnnlab.train.config import load_config
+
+    toml = tmp_path / "c.toml"
+    toml.write_text("grad_clip = 0\n")
+    assert load_config(toml).validate().optim.grad_clip is None
+    clipped = TrainConfig.from_dict({"grad_clip": 1.0})
+    assert apply_overrides(clipped, {"grad_clip": "0"}).validate().optim.grad_clip is None
+    assert apply_overrides(clipped, {"grad_clip": 0}).validate().optim.grad_clip is None
+    assert apply_overrides(TrainConfig(), {"grad_clip": "0.5"}).validate().optim.grad_clip == 0.5
+    with pytest.raises(ValueError, match="grad_clip must be a positive finite number, got -1"):
+        apply_overrides(TrainConfig(), {"grad_clip": -1}).validate()
+
+
 def test_derived_key_lists():
     assert RESUMABLE == {"steps", "minutes", "tokens", "extra_val_data", "grad_accum", "eval_every", "eval_bytes",
                          "curve_eval_bytes", "eval_batch_size", "log_every", "wandb", "checkpoint_every",

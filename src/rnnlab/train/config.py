@@ -70,6 +70,14 @@ def parse_eval_bytes(value: Any) -> Any:
     return value
 
 
+def parse_grad_clip(value: Any) -> Any:
+    """0 = no clipping, stored as None: how a suite or config file, which cannot write null,
+    switches off clipping that its defaults set."""
+    if isinstance(value, str):
+        value = float(value)  # not a number: the caller's error names the field
+    return None if not isinstance(value, bool) and value == 0 else value
+
+
 @dataclass
 class DataConfig:
     """The corpus and the shape of a batch."""
@@ -139,8 +147,8 @@ class OptimConfig:
     lr_schedule: str = option("cosine", choices=LR_SCHEDULES,
                               help="AdamW's LR after the warmup: cosine decay to 0 over the step budget, or "
                                    "constant (Schedule-Free needs no schedule and ignores this)")
-    grad_clip: float | None = option(None, help="clip the gradient norm to this (default: no clipping)",
-                                     bounds=positive())
+    grad_clip: float | None = option(None, help="clip the gradient norm to this (default, or 0: no clipping)",
+                                     parse=parse_grad_clip, bounds=positive())
 
 
 @dataclass
