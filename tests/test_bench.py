@@ -992,6 +992,22 @@ def test_bench_list_and_plan(tmp_path, capsys):
     assert "mamba2" not in captured.out
 
 
+def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
+    """Settings outside the plan's columns (batch, seed, the optimizer's betas and clipping) are
+    shown on each line where the suite's runs do not all agree on them, and only then."""
+    f = tmp_path / "s.toml"
+    f.write_text('name = "s"\n[defaults]\nbatch_size = 16\ngrad_clip = 1.0\n'
+                 '[[runs]]\nname = "a"\nmodel = "e1"\ndim = 32\ndepth = 1\n'
+                 '[[runs]]\nname = "b"\nmodel = "e1"\ndim = 32\ndepth = 1\nbatch_size = 8\ngrad_clip = 0\n'
+                 'betas = [0.9, 0.95]\n')
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 0
+    a, b = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
+    assert a.endswith("[new]  batch_size=16 betas=0.9,0.999 grad_clip=1.0"), a
+    assert b.endswith("[new]  batch_size=8 betas=0.9,0.95 grad_clip=off"), b
+    assert main(["bench", str(f), "--plan", "--runs", "a", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].endswith("[new]")  # one run: nothing differs
+
+
 def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "tiny"
     rc = main(["bench", "tiny", "--out", str(out), "--steps", "8", "--device", "cpu", "--no-progress",

@@ -92,13 +92,14 @@ def _execute(suite, out: Path, args) -> int:
     if args.plan:
         print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
         found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
+        varying = varying_settings(plan)
         for pr, (status, _) in zip(plan, found):
             c = pr.cfg
             kind, value = c.budget.chosen()
             m = c.model
             print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
                   f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
-                  + (f"  {layer_text(m.layer)}" if m.layer else ""))
+                  + "".join(f"  {text}" for text in (layer_text(m.layer), varying[pr.label]) if text))
         for _, why in found:
             if why:  # what training the plan would refuse, and why
                 print(f"  conflict: {why}")
@@ -118,6 +119,26 @@ def _execute(suite, out: Path, args) -> int:
         print(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])}", file=sys.stderr)
         return 1
     return 130 if result["stopped"] else 0
+
+
+# what a plan line shows in its columns, or what is no setting of the run
+_PLAN_COLUMNS = {"model", "steps", "minutes", "tokens", "optimizer", "lr", "precision", "out", "resume", "overwrite"}
+
+
+def varying_settings(plan) -> dict[str, str]:
+    """By run label, the settings that differ between the plan's runs and are not in a plan line's
+    columns, as ``batch_size=8 seed=43 grad_clip=off`` ("" where all runs agree): a suite's
+    rows that differ in batch, seed or optimizer settings say so before anything trains."""
+    configs = {pr.label: {k: v for k, v in pr.cfg.to_dict().items() if k not in _PLAN_COLUMNS} for pr in plan}
+    keys = [k for k in next(iter(configs.values()), {})
+            if len({repr(c.get(k)) for c in configs.values()}) > 1]
+
+    def text(key: str, value) -> str:
+        if key == "grad_clip" and value is None:
+            return "grad_clip=off"
+        return f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}"
+
+    return {label: " ".join(text(k, c[k]) for k in keys) for label, c in configs.items()}
 
 
 def run_bench(args) -> int:
