@@ -73,7 +73,7 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
     Mamba2 run's; every model in its fastest mode (compiled + CUDA graph), E1 heads also in the
     race's mode (compiled); E1 heads' learning rate searched in its fastest mode; a second and a
     third seed of its best row, of Mamba2's own and of E88's own; that row again with Mamba2-style
-    init."""
+    init; E88's and E1 heads' best rows under the race's optimizer settings (-raceopt)."""
     race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     runs = {p.name: p.cfg for p in plan_suite(load_suite("e88-recipe-400m"), tmp_path / "recipe")}
     settings = {name: (c.data.batch_size, c.optim.lr) for name, c in runs.items()}
@@ -82,14 +82,18 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
               "e1-heads-graph-b8-lr9.2e-4": (8, 9.2e-4), "e1-heads-graph-b16-lr9.2e-4-seed43": (16, 9.2e-4),
               "mamba2-b8-lr3e-4-seed43": (8, 3e-4), "e88-b16-lr9.2e-4-seed43": (16, 9.2e-4),
               "e1-heads-graph-b16-lr9.2e-4-mamba2init": (16, 9.2e-4), "e1-heads-graph-b16-lr9.2e-4-seed44": (16, 9.2e-4),
-              "mamba2-b8-lr3e-4-seed44": (8, 3e-4), "e88-b16-lr9.2e-4-seed44": (16, 9.2e-4)}
+              "mamba2-b8-lr3e-4-seed44": (8, 3e-4), "e88-b16-lr9.2e-4-seed44": (16, 9.2e-4),
+              "e88-b16-lr9.2e-4-raceopt": (16, 9.2e-4), "e1-heads-graph-b16-lr9.2e-4-raceopt": (16, 9.2e-4)}
     assert settings == {f"{m}-{s}": v for m in ("e88", "mamba2", "e1-heads", "e1-heads-graph", "e16-s4")
                         for s, v in (("b16-lr9.2e-4", (16, 9.2e-4)), ("b8-lr3e-4", (8, 3e-4)))} | search
     for name, c in runs.items():
         o = c.optim
-        assert (o.optimizer, tuple(o.betas), o.grad_clip, o.weight_decay, o.decay_marked, o.warmup_steps) == \
-            ("schedulefree-adamw", (0.9, 0.95), 1.0, 0.01, True, 0), name
         model = race[name.rsplit("-b", 1)[0].replace("-graph", "")]
+        recipe = model.optim if name.endswith("-raceopt") else \
+            dataclasses.replace(model.optim, betas=(0.9, 0.95), grad_clip=1.0, weight_decay=0.01, decay_marked=True)
+        assert (o.optimizer, tuple(o.betas), o.grad_clip, o.weight_decay, o.decay_marked, o.warmup_steps) == \
+            (recipe.optimizer, tuple(recipe.betas), recipe.grad_clip, recipe.weight_decay, recipe.decay_marked,
+             recipe.warmup_steps), name
         assert (c.data.seq_len, c.budget.minutes, c.run.precision) == (512, 5, "bf16"), name
         assert c.run.seed == {"-seed43": 43, "-seed44": 44}.get(name[-7:], 42), name
         init = {"init": "mamba2"} if name.endswith("-mamba2init") else {}  # the race's model, Mamba2's init
@@ -1739,6 +1743,20 @@ def test_report_flags_rows_that_differ_in_weight_decay(tmp_path):
     assert "> - weight_decay: a 0.1; b 0.0" in md
     assert [r[0] for r in _table_rows(md, "| Model | Params (reference / ours)")] == ["a"]
     assert "- b: weight_decay 0.0 (reference 0.1)" in md
+
+
+def test_report_flags_rows_that_differ_in_betas_or_clipping(tmp_path):
+    """Adam's betas and gradient clipping are part of a row's protocol: rows that differ in them
+    are flagged, and the protocol line says each row's."""
+    for name in "abc":
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+        _set_config(tmp_path, name, betas=[0.9, 0.95], grad_clip=1.0)
+    _set_config(tmp_path, "b", betas=[0.9, 0.999])
+    _set_config(tmp_path, "c", grad_clip=None)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - betas: a, c [0.9, 0.95]; b [0.9, 0.999]" in md
+    assert "> - grad_clip: a, b 1.0; c None" in md
+    assert "betas 0.9/0.999 wd" in md and "betas 0.9/0.95 wd 0.1, no clipping" in md
 
 
 def test_report_settings_are_the_same_within_float_tolerance(tmp_path):

@@ -35,7 +35,7 @@ JITTER_TOL = 1.15  # a row whose steady steps' 90th-percentile time exceeds its 
 MIN_TIMED_STEPS = 20  # fewer steady steps than this give no step-time spread
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
 # what must be equal across rows for a like-for-like comparison (config.json keys)
-PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay")
+PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay", "betas", "grad_clip")
 PARAMS_TOL = 0.05  # rows (and reference rows) within 5% of each other's parameter count compare
 _SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 _SHA = re.compile(r"[0-9a-f]{7,64}")
@@ -410,7 +410,8 @@ PARAMS_LINE = "parameter counts: "  # protocol_differences' line for counts more
 
 def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
-    length, precision, optimizer, lr, weight decay, held-out bytes, and whether weight decay reached
+    length, precision, optimizer, lr, weight decay, Adam's betas, gradient clipping, held-out
+    bytes, and whether weight decay reached
     the decay rates A_log, dt_bias, D among the rows whose models have them)
     and one when parameter counts are more than 10% apart (not all within 5% of one middle value):
     such rows do not compare like for like."""
@@ -560,8 +561,9 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
         c = r["config"]
         budget = next((f"{k} {c[k]:g}" for k in BUDGET_KEYS if c.get(k) is not None), "-")
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
+        betas = f" betas {'/'.join(f'{b:g}' for b in c['betas'])}" if c.get("betas") else ""
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
-                f"lr {c.get('lr'):g} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
+                f"lr {c.get('lr'):g}{betas} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
 
     texts = []
     for r in records:
