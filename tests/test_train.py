@@ -165,7 +165,7 @@ def test_config_file_and_overrides(tmp_path):
     (dict(steps=None, minutes=1.0, optimizer="adamw"), "adamw decays its LR"),
     (dict(steps=5, warmup_steps=10), "warmup_steps"),
     (dict(betas=(0.9, 1.5)), "betas must be"),
-    (dict(grad_clip=0.0), "grad_clip must be"),
+    (dict(grad_clip=-1.0), "grad_clip must be"),
     (dict(device="tpu"), "device must be"),
     (dict(data="/nonexistent/corpus.txt"), "data file not found"),
 ])
