@@ -76,8 +76,8 @@ class LostRank(RuntimeError):
     or cannot be reached. Nothing more can be saved; the message names the checkpoint kept."""
 
 
-def lost_rank(failed: tuple[str, bool]) -> str:
-    """``dist.collective_failure``'s answer as the start of a message."""
+def collective_failure_phrase(failed: tuple[str, bool]) -> str:
+    """``dist.collective_failure``'s answer as the start of a message (what ``LostRank`` says)."""
     cause, gone = failed
     return f"another rank ended ({cause})" if gone else f"a collective with the other ranks failed ({cause})"
 
@@ -226,7 +226,7 @@ class Trainer:
                 failed = self.lost_peers(e)
                 if failed is None:
                     raise
-                raise LostRank(f"{lost_rank(failed)} while the run started, before its first step: "
+                raise LostRank(f"{collective_failure_phrase(failed)} while the run started, before its first step: "
                                "nothing to save") from e
 
     def lost_peers(self, e: RuntimeError) -> tuple[str, bool] | None:
@@ -581,13 +581,12 @@ class Trainer:
     def lost_rank_message(self, failed: tuple[str, bool]) -> str:
         """What a rank says when a collective failed in training (``LostRank``): the steps not
         saved and the checkpoint ``--resume`` continues from."""
-        step, last = self.state.step, self.checkpointer.newest()
+        step, last, what = self.state.step, self.checkpointer.newest(), collective_failure_phrase(failed)
         if last is None:
-            return f"{lost_rank(failed)} after step {step}, which is not saved; no checkpoint was written"
+            return f"{what} after step {step}, which is not saved; no checkpoint was written"
         if last.step == step:
-            return (f"{lost_rank(failed)} after step {step}, whose checkpoint is saved: {last}; "
-                    "--resume continues from it")
-        return (f"{lost_rank(failed)} after step {step}, which is not saved; the last checkpoint is {last}: "
+            return f"{what} after step {step}, whose checkpoint is saved: {last}; --resume continues from it"
+        return (f"{what} after step {step}, which is not saved; the last checkpoint is {last}: "
                 "--resume continues from it")
 
     def record_failure(self, error: str) -> None:
