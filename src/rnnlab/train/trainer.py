@@ -223,16 +223,17 @@ class Trainer:
             try:
                 self._start(progress)
             except RuntimeError as e:
-                failed = self.lost_peers(e)
+                failed = self.lost_peers_ignoring_stops(e)
                 if failed is None:
                     raise
                 raise LostRank(f"{collective_failure_phrase(failed)} while the run started, before its first step: "
                                "nothing to save") from e
 
-    def lost_peers(self, e: RuntimeError) -> tuple[str, bool] | None:
-        """``dist.collective_failure(e)`` for a rank of several, but for an out-of-memory error (its
-        own message names the knobs); when it is one, this rank ignores stops from here on:
-        torchrun's, close behind a peer's death, would come as a Ctrl-C with nothing left to save."""
+    def lost_peers_ignoring_stops(self, e: RuntimeError) -> tuple[str, bool] | None:
+        """``dist.collective_failure(e)`` for a rank of several, except for an out-of-memory error
+        (its own message names the knobs). When ``e`` is a failed collective, this also makes the
+        rank ignore stops from here on (``dist.ignore_stops``): torchrun's, close behind a peer's
+        death, would come as a Ctrl-C with nothing left to save."""
         failed = dist.collective_failure(e) if self.ctx.enabled and not is_out_of_memory(e) else None
         if failed is not None:
             dist.ignore_stops()
@@ -298,8 +299,9 @@ class Trainer:
         the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C) is
         recorded in summary.json and raised with a message naming the checkpoint kept."""
         # StopOnInterrupt spans the failure handling too (a stop that arrives then, torchrun's SIGTERM
-        # close behind a peer's death before lost_peers ignores stops, is a first Ctrl-C, not a
-        # KeyboardInterrupt in place of the failure being recorded), and ends before the logs close
+        # close behind a peer's death before lost_peers_ignoring_stops ignores stops, is a first
+        # Ctrl-C, not a KeyboardInterrupt in place of the failure being recorded), and ends before
+        # the logs close
         with self.closing(), StopOnInterrupt() as stop:
             try:
                 return self.loop(stop)
@@ -313,7 +315,7 @@ class Trainer:
                 raise KeyboardInterrupt(message) from None
             except RuntimeError as e:
                 stop.ending()
-                if (failed := self.lost_peers(e)) is not None:
+                if (failed := self.lost_peers_ignoring_stops(e)) is not None:
                     message = self.lost_rank_message(failed)
                     self.record_failure(message)
                     raise LostRank(message) from e
