@@ -346,7 +346,8 @@ class Trainer:
                 self.rundir.release()
 
     def loop(self, stop: StopOnInterrupt) -> dict[str, Any]:
-        """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C (``stop``)."""
+        """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C (``stop``),
+        then the run's end (``end_interrupted`` or ``end_budget_spent``); returns the summary."""
         state, run_cfg, tokens_per_step = self.state, self.cfg.run, self.cfg.tokens_per_step()
         state.model.train()
         agreed = False  # under torchrun: whether any rank had a Ctrl-C, as all agreed after the last step
@@ -371,13 +372,24 @@ class Trainer:
             if self.due(run_cfg.checkpoint_every):
                 self.checkpoint(complete=False)
         if not self.budget_spent():  # stopped by Ctrl-C
-            self.checkpoint(complete=False)
-            if self.ctx.is_main:  # the rank that wrote it (every rank under FSDP2: one line is enough)
-                print(f"\nrnnlab train: interrupted at step {state.step}; checkpoint saved to "
-                      f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
-                      file=sys.stderr)
-            return self.finish(complete=False)
-        # the budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end
+            return self.end_interrupted()
+        return self.end_budget_spent(stop)
+
+    def end_interrupted(self) -> dict[str, Any]:
+        """The end of a run stopped by Ctrl-C before its budget: its checkpoint, a line saying where
+        it is, and the summary (not complete)."""
+        self.checkpoint(complete=False)
+        if self.ctx.is_main:  # the rank that wrote it (every rank under FSDP2: one line is enough)
+            print(f"\nrnnlab train: interrupted at step {self.state.step}; checkpoint saved to "
+                  f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
+                  file=sys.stderr)
+        return self.finish(complete=False)
+
+    def end_budget_spent(self, stop: StopOnInterrupt) -> dict[str, Any]:
+        """The end of a run whose budget is spent: the final evaluation (when ``final_eval_due``)
+        and the final checkpoint, which a first Ctrl-C from here on lets finish (docs/reliability.md,
+        guarantee 3b), then the summary, ``interrupted_at_end`` when a Ctrl-C came (the ranks agree)."""
+        # a first Ctrl-C from here on lets the run finish, not lose its end
         stop.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
         if stop.requested:  # pressed during the step that spent the budget
             print(f"\nrnnlab train: {stop.notice}", file=sys.stderr)
