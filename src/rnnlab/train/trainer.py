@@ -479,13 +479,18 @@ class Trainer:
         """Whether a cadence of ``every`` steps (0 = never) falls on this step, before the last."""
         return bool(every) and self.state.step % every == 0 and not self.budget_spent()
 
+    def final_eval_done(self) -> bool:
+        """Whether the last evaluation is this step's final one (not a curve evaluation, which
+        scored fewer bytes)."""
+        last = self.state.last_eval
+        return last is not None and last["step"] == self.state.step and bool(last.get("final"))
+
     def final_eval_due(self) -> bool:
-        """No final evaluation at this step yet (a curve evaluation scored fewer bytes), or it lacks
-        the extra held-out file this session names (a finished run resumed with a new
-        ``--extra-val-data``)."""
-        last, extra = self.state.last_eval, self.extra_val_split
-        return (last is None or last["step"] != self.state.step or not last.get("final")
-                or (extra is not None and last.get("extra_data") != str(extra.path)))
+        """No final evaluation at this step yet, or it lacks the extra held-out file this session
+        names (a finished run resumed with a new ``--extra-val-data``)."""
+        extra = self.extra_val_split
+        return not self.final_eval_done() or (
+            extra is not None and self.state.last_eval.get("extra_data") != str(extra.path))
 
     def evaluate(self, final: bool = False) -> None:
         """Held-out loss at the weights one ships (Schedule-Free's average x); for Schedule-Free
@@ -501,7 +506,7 @@ class Trainer:
         state, run_cfg = self.state, self.cfg.run
         record = state.last_eval
         if self.ctx.is_main or self.sharded:
-            if final and record is not None and record["step"] == state.step and record.get("final"):
+            if final and self.final_eval_done():  # kept; only the extra file is scored (below)
                 record = {k: v for k, v in record.items() if not k.startswith("extra_")}
             else:
                 curve = run_cfg.curve_eval_bytes
