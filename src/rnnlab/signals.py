@@ -119,8 +119,8 @@ def reclaim_handlers() -> None:
     group, a scheduler one to every process of a job) then meets the default action and ends the
     run at once, silently and unsaved (on a CPU, 26 of 30 cold-compiled processes given two
     SIGINTs back to back; none after this: results/ctrl-c-llvm-cpu). LLVM registers once a process,
-    so after this it stays out. A system call a signal: the trainer calls it after every step and
-    evaluation. Main thread only (elsewhere it does nothing)."""
+    so after this it stays out. It costs one system call per signal, so the trainer calls it after
+    every step and evaluation. Main thread only (elsewhere it does nothing)."""
     if threading.current_thread() is not threading.main_thread():
         return
     for s in STOP_SIGNALS:

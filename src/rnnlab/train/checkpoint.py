@@ -435,7 +435,8 @@ class Checkpointer:
         self.last = Checkpoint(self.directory / step_dir_name(state.step), state.step)
 
     def _stage(self, state, complete: bool) -> Path | None:
-        """Write the checkpoint into a temporary directory (rank 0; None elsewhere)."""
+        """Write the checkpoint into a temporary directory and return it (rank 0). Under FSDP2
+        the other ranks call it too, to take part in gathering the state, and get None."""
         main, step = context().is_main, state.step
         tmp = temporary_name(self.directory / step_dir_name(step))
         try:
@@ -477,6 +478,8 @@ class Checkpointer:
             os.rename(staged, final)
             _pause()
             fsync_dir(self.directory)
+            # here, not only in save(): a second Ctrl-C held back by this block is raised as it
+            # ends, skipping save()'s own update, and its message (kept()) must name this checkpoint
             self.last = Checkpoint(final, step)
 
     def _prune(self) -> None:

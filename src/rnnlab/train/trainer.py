@@ -296,8 +296,9 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Train until the budget is spent (then evaluate and checkpoint) or Ctrl-C (then
         checkpoint); returns the summary, also written to summary.json. A failure that stops
-        the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C) is
-        recorded in summary.json and raised with a message naming the checkpoint kept."""
+        the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C, under
+        torchrun another rank's end: ``LostRank``) is recorded in summary.json and raised with a
+        message naming the checkpoint kept."""
         # StopOnInterrupt spans the failure handling too (a stop that arrives then, torchrun's SIGTERM
         # close behind a peer's death before lost_peers_ignoring_stops ignores stops, is a first
         # Ctrl-C, not a KeyboardInterrupt in place of the failure being recorded), and ends before
