@@ -21,6 +21,7 @@ import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import NoReturn
 
 from rnnlab.models.config import layer_text
 from rnnlab.options import at_least, checked, positive
@@ -303,7 +304,7 @@ def run_train(args) -> int:
     return 0 if summary["complete"] and not summary.get("interrupted_at_end") else 130
 
 
-def end_after_a_lost_rank() -> None:
+def end_after_a_lost_rank() -> NoReturn:
     """The end of a rank whose peer is gone (after its line): exit status 1 at once, without
     leaving the process group (its teardown can wait for the dead peer, NCCL's can hang) nor
     meeting torchrun's SIGTERM, which follows the peer's death, in the interpreter's exit."""
