@@ -72,7 +72,7 @@ from rnnlab.train.durable import (fsync_dir, fsync_file, interrupts_deferred, re
                                   write_synced)
 from rnnlab.train.optim import eval_weights, in_order, is_schedulefree, load_train_point, train_point
 
-FORMAT = 1  # the content of state.pt
+STATE_FORMAT = 1  # the content of state.pt
 MANIFEST_FORMAT = 2  # a step directory with a manifest (1: the two files directly in ckpt/)
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
@@ -172,8 +172,9 @@ def read_state(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is missing") from None
     except Exception as e:  # a truncated or corrupt file fails in many ways: EOFError, RuntimeError, ...
         raise CheckpointError(f"{path} is damaged ({_reason(e)})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("progress"), dict):
-        raise CheckpointError(f"{path} is not a format-{FORMAT} rnnlab training state")
+    if (not isinstance(state, dict) or state.get("format") != STATE_FORMAT
+            or not isinstance(state.get("progress"), dict)):
+        raise CheckpointError(f"{path} is not a format-{STATE_FORMAT} rnnlab training state")
     return state
 
 
@@ -313,7 +314,7 @@ def _to_tuples(x):
 def training_state(model: nn.Module, opt, sched, progress: dict[str, Any]) -> dict[str, Any]:
     """``state.pt``'s content (taken with the optimizer in train mode; a collective under FSDP2)."""
     state = {
-        "format": FORMAT,
+        "format": STATE_FORMAT,
         "progress": progress,
         "optimizer": full_optimizer_state_dict(model, opt),
         "scheduler": sched.state_dict() if sched is not None else None,
