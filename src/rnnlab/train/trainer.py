@@ -140,8 +140,9 @@ ENDING = "the run is ending on a failure (its line follows): recording it first"
 
 class StopOnInterrupt:
     """First Ctrl-C (SIGINT): finish the current step, save a checkpoint, return cleanly; once
-    the budget is spent, finish the final evaluation and checkpoint (``notice`` says which). A
-    second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept)."""
+    the budget is spent (``finishing``), finish the final evaluation and checkpoint; while a
+    failure is recorded (``ending``), record it. ``notice`` is the line a first Ctrl-C prints
+    for each. A second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept)."""
 
     def __init__(self):
         self.requested = False
@@ -160,6 +161,13 @@ class StopOnInterrupt:
             raise KeyboardInterrupt
         self.requested = True
         print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
+
+    def finishing(self) -> None:
+        """The budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end;
+        one pressed during the step that spent the budget is told so now."""
+        self.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
+        if self.requested:
+            print(f"\nrnnlab train: {self.notice}", file=sys.stderr)
 
     def ending(self) -> None:
         """The run ends on a failure: a stop from here on (torchrun's SIGTERM after a peer's death,
@@ -390,10 +398,7 @@ class Trainer:
         """The end of a run whose budget is spent: the final evaluation (when ``final_eval_due``)
         and the final checkpoint, which a first Ctrl-C from here on lets finish (docs/reliability.md,
         guarantee 3b), then the summary, ``interrupted_at_end`` when a Ctrl-C came (the ranks agree)."""
-        # a first Ctrl-C from here on lets the run finish, not lose its end
-        stop.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
-        if stop.requested:  # pressed during the step that spent the budget
-            print(f"\nrnnlab train: {stop.notice}", file=sys.stderr)
+        stop.finishing()
         try:
             if self.final_eval_due():
                 self.evaluate(final=True)
