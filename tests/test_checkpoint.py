@@ -416,6 +416,23 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch, 
     assert _steps(run) == list(range(1, 7)) and _losses(run) == straight
 
 
+def test_an_old_checkpoint_that_cannot_be_deleted_is_said_and_training_goes_on(tmp_path, capsys, monkeypatch):
+    """Pruning runs after the new checkpoint is committed: an old one that cannot be deleted is a
+    warning, not a failure (the run completes, every checkpoint it could not delete stays)."""
+    run = tmp_path / "r"
+
+    def refuse(path):
+        raise OSError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(checkpoint, "remove_tree", refuse)
+    assert main(["train", *TINY, "--steps", "6", "--checkpoint-every", "2", "--keep-checkpoints", "1",
+                 "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert f"rnnlab: warning: could not delete the old checkpoint {run}/ckpt/step-000002 (Permission denied)" in err
+    assert sorted(p.name for p in (run / "ckpt").iterdir()) == ["step-000002", "step-000004", "step-000006"]
+    assert json.loads((run / "summary.json").read_text())["complete"] is True
+
+
 @pytest.mark.parametrize("stage, kept", [(2, 2), (5, 3)])  # the writer's pauses: 2 = after the weights, 5 = in the commit
 def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, capsys, monkeypatch, ctrl_c_on_call):
     """Ctrl-C stops after step 3 and saves; a second Ctrl-C while that checkpoint is written

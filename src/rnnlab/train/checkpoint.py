@@ -51,6 +51,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -485,7 +486,13 @@ class Checkpointer:
 
     def _prune(self) -> None:
         """Delete step directories beyond the newest ``keep``, except multiples of ``keep_every``
-        (an old-format checkpoint is never deleted)."""
+        (an old-format checkpoint is never deleted). One that cannot be deleted is said and left:
+        the new checkpoint is committed, so the run goes on."""
         for c in [c for c in self.checkpoints() if not c.legacy][self.keep:]:
             if not (self.keep_every and c.step % self.keep_every == 0):
-                remove_tree(c.path)
+                try:
+                    remove_tree(c.path)
+                except OSError as e:
+                    print(f"rnnlab: warning: could not delete the old checkpoint {c.path} ({e.strerror or e}); it "
+                          f"stays on disk (or as a .trash-* folder, removed at the next start) and training goes on",
+                          file=sys.stderr, flush=True)
