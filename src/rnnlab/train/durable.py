@@ -102,8 +102,11 @@ def clear_temporaries(folder: Path) -> None:
 @contextmanager
 def interrupts_deferred():
     """Hold back Ctrl-C (SIGINT) for the duration of the block; one that arrived meanwhile is
-    handled as the block ends, by the handler installed before it. Only the main thread can
-    install handlers; elsewhere the block runs unprotected."""
+    handled as the block ends, by the handler installed before it. Several held back count as
+    one: the block lasts milliseconds (a commit's renames), and two SIGINTs inside it are a pair
+    sent together (a time limit's ``timeout -s INT`` reaches the process and its group), which is
+    one stop, not a first Ctrl-C and an abort. Only the main thread can install handlers;
+    elsewhere the block runs unprotected."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
