@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shlex
 import signal
 import sys
@@ -246,8 +247,6 @@ def _check_before_launch(args) -> None:
 
 def _launch(args) -> int | None:
     """Re-launch through torchrun for ``--gpus N`` (N > 1) unless already under torchrun."""
-    import os
-
     n = args.gpus
     if n is None or n == 1 or "WORLD_SIZE" in os.environ:
         return None
@@ -308,8 +307,6 @@ def end_after_a_lost_rank() -> NoReturn:
     """The end of a rank whose peer is gone (after its line): exit status 1 at once, without
     leaving the process group (its teardown can wait for the dead peer, NCCL's can hang) nor
     meeting torchrun's SIGTERM, which follows the peer's death, in the interpreter's exit."""
-    import os
-
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):
             stream.flush()

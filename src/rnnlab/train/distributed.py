@@ -92,6 +92,7 @@ class DistContext:
 
     @property
     def initialized(self) -> bool:
+        """True once the process group is up (the collectives run only then)."""
         return self.enabled and dist.is_available() and dist.is_initialized()
 
     @property
