@@ -147,18 +147,19 @@ def stops_as_ctrl_c():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    last = [None]  # when the last stop signal that counted was handled (time.monotonic)
+    last: float | None = None  # when the last stop signal that counted was handled (time.monotonic)
 
     def handle(signum, frame):
+        nonlocal last
         if not callable(signal.getsignal(signal.SIGINT)):  # Ctrl-C ignored (`cmd &` in a script): end as before
             signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
         if signum == signal.SIGHUP:
             discard_output(*terminals)
         now = time.monotonic()
-        if last[0] is not None and now - last[0] < SAME_STOP_S:
+        if last is not None and now - last < SAME_STOP_S:
             return
-        last[0] = now
+        last = now
         print(f"\nrnnlab: {signal.Signals(signum).name} received: handled as a Ctrl-C", file=sys.stderr)
         signal.raise_signal(signal.SIGINT)
 
