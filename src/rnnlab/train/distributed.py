@@ -210,12 +210,13 @@ def context() -> DistContext:
     return _CTX
 
 
-def init_distributed(device: str = "auto") -> tuple[DistContext, torch.device]:
-    """Read torchrun's environment, pick this rank's device and start the process group."""
+def init_distributed(device: str = "auto") -> torch.device:
+    """Read torchrun's environment, pick this rank's device and start the process group; returns
+    the device."""
     ctx = context()
     dev = ctx.device(device)
     ctx.init(dev)
-    return ctx, dev
+    return dev
 
 
 @contextlib.contextmanager

@@ -250,7 +250,7 @@ class Trainer:
     def _start(self, progress: bool) -> None:
         """``__init__``'s body: the process group, the data, the run folder, the model."""
         cfg, ctx = self.cfg, self.ctx
-        self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)[1]
+        self.device = pick_device(cfg.run.device) if ctx.world_size == 1 else dist.init_distributed(cfg.run.device)
         if cfg.run.cuda_graph and self.device.type != "cuda":
             raise ValueError(f"cuda_graph needs a CUDA device; this run's device is {self.device} "
                              "(use --no-cuda-graph)")
