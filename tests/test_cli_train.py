@@ -321,6 +321,24 @@ def test_gpus_refuses_a_taken_run_folder_before_launching(tmp_path, capsys, monk
     assert err.startswith(f"rnnlab train: error: run dir {run} already holds a complete run") and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("extra, message", [
+    ([], "batch_size (the global batch) must be divisible by the number of processes: 4 is not divisible by 3"),
+    (["--batch-size", "6", "--grad-accum", "3"],  # 6 rows divide by 3, but each process's 2 rows do not
+     "grad_accum (3) must divide the batch of each process (batch_size 6 / 3 processes = 2)"),
+])
+def test_gpus_refuses_a_batch_that_does_not_split_before_launching(extra, message, tmp_path, capsys, monkeypatch):
+    """``--gpus 3`` with a global batch of 4 (or a --grad-accum that does not divide each process's
+    share) is one error line and exit 2 before torchrun starts, not each rank's line amid
+    torchrun's traceback and exit 1."""
+    argv = ["train", "--model", "mingru", *TINY, *extra, "--steps", "1", "--gpus", "3", "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"rnnlab train: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_pure_bf16_on_a_cpu_gets_a_note(precision, tmp_path, capsys):
     """Pure bf16 (the default) on a CPU trains several times slower than fp32: one note says so

@@ -234,11 +234,13 @@ def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> in
 
 def _check_before_launch(args) -> None:
     """Refuse here, in one line, what every rank would refuse after torchrun started them (each
-    printing it amid torchrun's report of failed workers): the config, the corpus, the run folder
-    (taken and let go at once, as rank 0 then takes it)."""
+    printing it amid torchrun's report of failed workers): the config and its split over the N
+    processes (the global batch, --grad-accum), the corpus, the run folder (taken and let go at
+    once, as rank 0 then takes it)."""
     from rnnlab.data import load_splits
+    from rnnlab.train.trainer import resolve_config
 
-    cfg = config_from_args(args).resolve()
+    cfg = resolve_config(config_from_args(args), world=args.gpus)
     load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
     rundir = RunDir(cfg.run.out)
     rundir.prepare(cfg)

@@ -181,11 +181,12 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self._prev)
 
 
-def resolve_config(cfg: TrainConfig) -> TrainConfig:
+def resolve_config(cfg: TrainConfig, world: int | None = None) -> TrainConfig:
     """``cfg.resolve()`` plus what depends on the process layout: the global batch must split
-    evenly over the ranks, and ddp is the default wrapper."""
+    evenly over the ranks, and ddp is the default wrapper. ``world``: the number of processes
+    (default: this process's torchrun world; ``--gpus N`` checks its N before launching)."""
     cfg = cfg.resolve()
-    world = dist.context().world_size
+    world = dist.context().world_size if world is None else world
     if world > 1:
         per_rank = dist.per_rank_batch(cfg.data.batch_size, world)
         if per_rank % cfg.data.grad_accum:
