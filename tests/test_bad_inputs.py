@@ -139,6 +139,8 @@ CASES = [
                                                    "--overwrite to delete it"),
     ("resume_no_folder", [*TRAIN, "--resume"], "holds no run to resume (no such folder; check --out)"),
     ("resume_empty_folder", [*TRAIN, "--resume", "--out", "{dir}"], "holds no run to resume (an empty folder"),
+    ("resume_folder_of_other_files", [*TRAIN, "--resume", "--out", "{root}"],  # it holds the corpus, not "empty"
+     "holds no run to resume (a folder without config.json, metrics.jsonl, summary.json or ckpt/; check --out)"),
     ("resume_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}"], "no usable checkpoint in {nockpt}/ckpt "
                                                                         "(none was written); nothing was changed"),
     ("resume_slim_record", [*TRAIN, "--resume", "--out", "{slim}"], "no usable checkpoint in {slim}/ckpt "

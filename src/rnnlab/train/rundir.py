@@ -364,8 +364,13 @@ class RunDir:
         if cfg.run.resume and cfg.run.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them")
         if cfg.run.resume and not self.holds_run():
-            raise ValueError(f"--resume: {self.path} holds no run to resume "
-                             f"({'an empty folder' if self.path.is_dir() else 'no such folder'}; check --out)")
+            if not self.path.is_dir():
+                what = "no such folder"
+            elif any(p.name != LOCK for p in self.path.iterdir()):
+                what = f"a folder without {CONFIG}, {METRICS}, {SUMMARY} or {CKPT}/"
+            else:
+                what = "an empty folder"
+            raise ValueError(f"--resume: {self.path} holds no run to resume ({what}; check --out)")
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
