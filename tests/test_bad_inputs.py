@@ -196,6 +196,9 @@ CASES = [
     ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "dim must be a positive integer"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],
      "batches must be a positive integer"),
+    # no subcommand: argparse named its internal field (data_command, analysis), not what to type
+    ("data_no_command", ["data"], "the following arguments are required: COMMAND (see rnnlab data --help)"),
+    ("analyze_no_command", ["analyze"], "the following arguments are required: COMMAND (see rnnlab analyze --help)"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
     ("bench_suite_not_utf8", ["bench", "{suite_binary}", "--out", "{new}", "--plan"],

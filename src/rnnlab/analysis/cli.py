@@ -11,7 +11,7 @@ from pathlib import Path
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="gradient-flow analysis of a run",
                        description="Analyses of trained runs.")
-    asub = p.add_subparsers(dest="analysis", required=True)
+    asub = p.add_subparsers(dest="analysis", required=True, metavar="COMMAND")
     g = asub.add_parser("gradflow", help="gradient norms, temporal gradient flow, E1 recurrence Jacobians",
                         description="Per-layer gradient norms, ||dL/dx_t|| of each block's input over "
                                     "time for the loss at the last position(s), and for E1-type layers "

@@ -13,7 +13,7 @@ import sys
 def register(sub) -> None:
     p = sub.add_parser("data", help="prepare corpora for training",
                        description="Corpus tools; `rnnlab data prepare --help` for the one there is.")
-    data_sub = p.add_subparsers(dest="data_command", required=True)
+    data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     q = data_sub.add_parser(
         "prepare", help="stream .txt / .jsonl files and folders (optionally .xz/.gz/.zst) into one raw byte file",
         description="Stream text and JSON-lines files and folders (optionally .xz/.gz/.zst compressed) into "
