@@ -177,7 +177,10 @@ def test_exported_files_get_the_umask_mode(exported):
 
 def test_export_user_errors(exported, tmp_path, capsys):
     run, hf = exported["e1"]
-    for argv, msg in ((["--run", str(run), "--out", str(hf)], "not an empty directory"),
+    (tmp_path / "a-file").write_text("x")
+    for argv, msg in ((["--run", str(run), "--out", str(hf)], f"--out {hf} already holds files: choose another --out"),
+                      (["--run", str(run), "--out", str(tmp_path / "a-file")],
+                       f"--out {tmp_path / 'a-file'} is a file, and export writes a folder: choose another --out"),
                       (["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "run dir not found")):
         assert main(["export", *argv]) == 2
         err = capsys.readouterr().err.strip()

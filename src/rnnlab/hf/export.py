@@ -34,8 +34,11 @@ SHIM_CODE = ('"""rnnlab model classes, from the installed rnnlab package (pip in
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write the run's model and the byte tokenizer to ``out_dir`` (which must not hold files)."""
     out = Path(out_dir)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ValueError(f"--out {out} already exists and is not an empty directory")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, and export writes a folder: choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"--out {out} already holds files: choose another --out (a new or empty folder), "
+                         f"or remove {out} first")
     cfg, lm, _ = RunDir(run_dir).load("cpu")  # the shipped weights of its newest usable checkpoint
     layer = {k: v for k, v in (cfg.model.layer or {}).items() if k != "backend"}
     hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.data.seq_len)
