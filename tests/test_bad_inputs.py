@@ -171,6 +171,9 @@ CASES = [
     ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
      "argument --batch-size: must be a positive integer, got '0'"),
     ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+    ("eval_run_data_gone", ["eval", "--run", "{moved}"],  # its corpus moved since training
+     "corpus file not found: {root}/gone.txt (the run's held-out data, as its config.json names it): put it back "
+     "there, or score another file with --data FILE"),
     ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),
     ("eval_data_short", ["eval", "--run", "{run}", "--data", "{file}"],
      "is shorter than one evaluation window, seq_len+1 = 33 bytes; use a larger file"),
@@ -265,6 +268,10 @@ def world(tmp_path_factory, one_thread_module):
     w["slim"].mkdir()
     for name in ("config.json", "summary.json"):
         shutil.copy(w["run"] / name, w["slim"] / name)
+    w["moved"] = root / "moved"
+    shutil.copytree(w["run"], w["moved"])
+    saved = json.loads((w["moved"] / "config.json").read_text())
+    (w["moved"] / "config.json").write_text(json.dumps({**saved, "data": str(root / "gone.txt")}))
     for name in ("legacy_truncated", "legacy_nan", "legacy_header"):
         w[name] = root / name
         shutil.copytree(LEGACY, w[name])

@@ -364,7 +364,11 @@ def run_eval_cmd(args) -> int:
     if args.data:
         split = file_split(args.data)
     else:
-        split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
+        try:
+            split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
+        except FileNotFoundError as e:  # moved or deleted since training: say whose file it is
+            raise FileNotFoundError(f"{e} (the run's held-out data, as its config.json names it): put it back "
+                                    f"there, or score another file with --data FILE") from e
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights
