@@ -203,6 +203,9 @@ CASES = [
     ("data_no_command", ["data"], "the following arguments are required: COMMAND (see rnnlab data --help)"),
     ("analyze_no_command", ["analyze"], "the following arguments are required: COMMAND (see rnnlab analyze --help)"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
+    # an empty argument (an unset shell variable) is Path(""), the current folder: not read, nor written over
+    ("prepare_empty_source", ["data", "prepare", "", "--out", "{new}"], "a source must be a path, got ''"),
+    ("prepare_empty_out", ["data", "prepare", "{corpus}", "--out", ""], "--out must be a file name, got ''"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
     ("bench_suite_not_utf8", ["bench", "{suite_binary}", "--out", "{new}", "--plan"],
      "cannot parse suite file {suite_binary}: 'utf-8' codec can't decode byte 0xff in position 0"),
