@@ -114,6 +114,7 @@ CASES = [
     ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge}", "--seq-len", "4000000",
                              "--batch-size", "512"], "of activations (plus"),
     # --- train: config files
+    ("config_empty_path", [*TRAIN, "--config", ""], "config must be a path, got '' (omit --config for none)"),
     ("config_missing", [*TRAIN, "--config", "/nonexistent.toml"], "config file not found: /nonexistent.toml"),
     ("config_betas", [*TRAIN, "--config", "{betas5}"], "betas must be two numbers in [0, 1), got 5"),
     ("config_mlp_ratio", [*TRAIN, "--config", "{mlp_two}"], "mlp_ratio must be a finite number >= 0, got 'two'"),
@@ -174,6 +175,8 @@ CASES = [
     ("eval_run_data_gone", ["eval", "--run", "{moved}"],  # its corpus moved since training
      "corpus file not found: {root}/gone.txt (the run's held-out data, as its config.json names it): put it back "
      "there, or score another file with --data FILE"),
+    ("eval_data_empty_path", ["eval", "--run", "{run}", "--data", ""],  # not the run's own split, silently
+     "--data must be a path, got '' (omit --data for the run's held-out split)"),
     ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),
     ("eval_data_short", ["eval", "--run", "{run}", "--data", "{file}"],
      "is shorter than one evaluation window, seq_len+1 = 33 bytes; use a larger file"),

@@ -93,7 +93,7 @@ def config_from_args(args) -> TrainConfig:
     flags; ``--layer`` options are added to the file's."""
     flags = config_flag_values(args)
     layer = flags.pop("layer", {})
-    if args.config:
+    if args.config is not None:  # "" (an unset shell variable) is refused there, not taken for no file
         cfg = load_config(args.config)
     else:
         saved = None
@@ -360,6 +360,8 @@ def run_eval_cmd(args) -> int:
     from rnnlab.data import file_split, load_splits
     from rnnlab.train.runtime import evaluate_run
 
+    if args.data == "":  # an unset shell variable: not the run's own held-out split, silently
+        raise ValueError("--data must be a path, got '' (omit --data for the run's held-out split)")
     cfg, model, step = RunDir(args.run).load(args.device, train_point=args.at == "train-point")
     if args.data:
         split = file_split(args.data)
