@@ -114,7 +114,7 @@ CASES = [
     ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge}", "--seq-len", "4000000",
                              "--batch-size", "512"], "of activations (plus"),
     # --- train: config files
-    ("config_empty_path", [*TRAIN, "--config", ""], "config must be a path, got '' (omit --config for none)"),
+    ("config_empty_path", [*TRAIN, "--config", ""], "argument --config: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("config_missing", [*TRAIN, "--config", "/nonexistent.toml"], "config file not found: /nonexistent.toml"),
     ("config_betas", [*TRAIN, "--config", "{betas5}"], "betas must be two numbers in [0, 1), got 5"),
     ("config_mlp_ratio", [*TRAIN, "--config", "{mlp_two}"], "mlp_ratio must be a finite number >= 0, got 'two'"),
@@ -176,7 +176,13 @@ CASES = [
      "corpus file not found: {root}/gone.txt (the run's held-out data, as its config.json names it): put it back "
      "there, or score another file with --data FILE"),
     ("eval_data_empty_path", ["eval", "--run", "{run}", "--data", ""],  # not the run's own split, silently
-     "--data must be a path, got '' (omit --data for the run's held-out split)"),
+     "argument --data: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("eval_run_empty_path", ["eval", "--run", ""], "argument --run: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("export_out_empty_path", ["export", "--run", "{run}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("bench_out_empty_path", ["bench", "tiny", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),  # not the default folder
+    ("sweep_out_empty_path", ["sweep", "--model", "e1", "--set", "lr=1e-3", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("report_empty_path", ["report", ""], "argument dir: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("gradflow_out_empty_path", ["analyze", "gradflow", "--run", "{run}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),
     ("eval_data_short", ["eval", "--run", "{run}", "--data", "{file}"],
      "is shorter than one evaluation window, seq_len+1 = 33 bytes; use a larger file"),
@@ -207,8 +213,8 @@ CASES = [
     ("analyze_no_command", ["analyze"], "the following arguments are required: COMMAND (see rnnlab analyze --help)"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
     # an empty argument (an unset shell variable) is Path(""), the current folder: not read, nor written over
-    ("prepare_empty_source", ["data", "prepare", "", "--out", "{new}"], "a source must be a path, got ''"),
-    ("prepare_empty_out", ["data", "prepare", "{corpus}", "--out", ""], "--out must be a file name, got ''"),
+    ("prepare_empty_source", ["data", "prepare", "", "--out", "{new}"], "argument SRC: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("prepare_empty_out", ["data", "prepare", "{corpus}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
     ("bench_suite_not_utf8", ["bench", "{suite_binary}", "--out", "{new}", "--plan"],
      "cannot parse suite file {suite_binary}: 'utf-8' codec can't decode byte 0xff in position 0"),

@@ -285,6 +285,15 @@ def checked(tp: type, bounds: Bounds | None = None) -> Callable[[str], Any]:
     return parse
 
 
+def path_arg(text: str) -> str:
+    """An argparse ``type=`` for a path argument that is no config field (``--run``, ``--out``,
+    ``--config``): an empty one, as an unset shell variable gives, is refused rather than taken as
+    ``Path("")``, the current folder (read whole, written into, or silently meaning "none")."""
+    if text == "":
+        raise argparse.ArgumentTypeError("must be a path, got '' (an empty argument: an unset shell variable?)")
+    return text
+
+
 def add_flags(group, cls: type, keys: Container[str] | None = None, show_defaults: bool = True) -> None:
     """One flag per ``option`` field of ``cls`` (those in ``keys`` when given; not ``flag=False``)
     on the argparse ``group``; every flag defaults to None (= not given). ``show_defaults=False``:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rnnlab.options import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="gradient-flow analysis of a run",
@@ -18,9 +20,9 @@ def register(sub) -> None:
                                     "the spectral radius of W_h_eff and the mean top singular value of "
                                     "the recurrence Jacobian. Several checkpoints or runs give the "
                                     "values over training steps. Writes gradflow.json and PNG plots.")
-    g.add_argument("--run", action="append", required=True, metavar="DIR",
+    g.add_argument("--run", action="append", required=True, type=path_arg, metavar="DIR",
                    help="a run dir (repeatable: several runs are compared)")
-    g.add_argument("--out", metavar="DIR", help="output dir (default: <first run>/gradflow)")
+    g.add_argument("--out", type=path_arg, metavar="DIR", help="output dir (default: <first run>/gradflow)")
     g.add_argument("--batches", type=int, default=4, help="held-out batches (default 4)")
     g.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
     g.add_argument("--seq-len", type=int, help="window length (default: the run's seq_len)")

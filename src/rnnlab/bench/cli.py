@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from rnnlab.models.config import layer_text
+from rnnlab.options import path_arg
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
 
 
@@ -45,7 +46,7 @@ def register(sub) -> None:
                                    "else rnnlab train's default).")
     p.add_argument("suite", nargs="?", help="suite name (see --list) or path to a suite .toml")
     p.add_argument("--list", action="store_true", help="list the shipped suites")
-    p.add_argument("--out", help="output dir (default runs/bench/<suite>)")
+    p.add_argument("--out", type=path_arg, help="output dir (default runs/bench/<suite>)")
     p.add_argument("--params", metavar="N", help="re-solve every run's width at its depth for N parameters "
                                                  "(e.g. 50M)")
     add_config_flags(p, keys=SUITE_KEYS, show_defaults=False)
@@ -61,7 +62,7 @@ def register(sub) -> None:
     s.add_argument("--set", action="append", dest="sets", metavar="KEY=V1,V2,..", required=True,
                    help="a swept axis: a config field (lr=1e-4,3e-4), a model field (depth=6,12) "
                         "or a mixer option (layer.heads=1,4,8); repeatable (Cartesian product)")
-    s.add_argument("--out", required=True, help="output dir")
+    s.add_argument("--out", required=True, type=path_arg, help="output dir")
     s.add_argument("--target-params", metavar="N", help="solve each point's width at its depth for N parameters")
     add_config_flags(s, keys=[k for k in FIELDS if k not in RUNNER_KEYS], show_defaults=False)
     _common_flags(s)
@@ -70,8 +71,8 @@ def register(sub) -> None:
     r = sub.add_parser("report", help="(re)write report.md, report.json and plots from run folders",
                        description="Collect the run folders under DIR (each with its summary.json) into "
                                    "one comparison: a results table, report.md, report.json and plots.")
-    r.add_argument("dir", help="a suite/sweep output dir, or any dir of run folders")
-    r.add_argument("--out", help="write the report here (default: DIR)")
+    r.add_argument("dir", type=path_arg, help="a suite/sweep output dir, or any dir of run folders")
+    r.add_argument("--out", type=path_arg, help="write the report here (default: DIR)")
     r.add_argument("--no-plots", action="store_true", help="report without PNG plots")
     r.set_defaults(func=run_report)
 

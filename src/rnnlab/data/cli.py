@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import sys
 
+from rnnlab.options import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("data", help="prepare corpora for training",
@@ -20,8 +22,8 @@ def register(sub) -> None:
                     "one raw byte file plus FILE.manifest.json (sources, byte counts, sha256). A text file is "
                     "one document, a JSON line is one document (its --field); documents are joined by "
                     "--separator.")
-    q.add_argument("sources", nargs="+", metavar="SRC", help="files and folders, in order")
-    q.add_argument("--out", required=True, metavar="FILE", help="the corpus to write (must not exist)")
+    q.add_argument("sources", nargs="+", type=path_arg, metavar="SRC", help="files and folders, in order")
+    q.add_argument("--out", required=True, type=path_arg, metavar="FILE", help="the corpus to write (must not exist)")
     q.add_argument("--field", default="text", help="the JSON-lines field holding the text (default: text)")
     q.add_argument("--separator", default=r"\n\n",
                    help=r"written between documents; escapes \n \r \t \0 \xNN and \\ (a backslash), no others "

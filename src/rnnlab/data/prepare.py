@@ -72,8 +72,6 @@ class Source:
 def find_sources(paths: Sequence[str | os.PathLike]) -> list[Source]:
     """Files as given, folders expanded to their ``FOLDER_FORMATS`` files in sorted order."""
     files: list[Path] = []
-    if any(os.fspath(p) == "" for p in paths):  # Path("") is ".": an unset shell variable would read the current folder
-        raise ValueError("a source must be a path, got '' (an empty argument)")
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and _in_folder_format(f, p))
@@ -126,8 +124,6 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
             separator: bytes = b"\n\n", progress: bool = True) -> dict:
     """Write the documents of ``paths`` to ``out`` and ``out.manifest.json``; returns the manifest.
     ``progress``: a bar on stderr when it is a terminal."""
-    if os.fspath(out) == "":  # Path("") is ".", the current folder
-        raise ValueError("--out must be a file name, got ''")
     out = Path(out)
     sources = find_sources(paths)
     if out.exists():

@@ -5,14 +5,16 @@
 
 from __future__ import annotations
 
+from rnnlab.options import path_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="write a run as a Hugging Face model folder",
                        description="Write a run's model and the byte tokenizer as a Hugging Face "
                                    "save_pretrained folder; after `import rnnlab`, "
                                    "AutoModelForCausalLM.from_pretrained(DIR) loads it.")
-    p.add_argument("--run", required=True, metavar="DIR", help="a training run folder")
-    p.add_argument("--out", required=True, metavar="DIR", help="the folder to write (new or empty)")
+    p.add_argument("--run", required=True, type=path_arg, metavar="DIR", help="a training run folder")
+    p.add_argument("--out", required=True, type=path_arg, metavar="DIR", help="the folder to write (new or empty)")
     p.set_defaults(func=run_export)
 
 

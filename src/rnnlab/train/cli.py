@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from rnnlab.models.config import layer_text
-from rnnlab.options import at_least, checked, positive
+from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
@@ -45,7 +45,7 @@ def register(sub) -> None:
                                    "bf16 weights, Schedule-Free AdamW 3e-4, wd 0.1, batch 16x512, seed 42) but "
                                    "for the budget (1000 steps, not 1500) and A_log, dt_bias and Mamba2's D, "
                                    "which get no weight decay unless --decay-marked.")
-    p.add_argument("--config", metavar="FILE", help="TOML, YAML or JSON config file (flags override it)")
+    p.add_argument("--config", type=path_arg, metavar="FILE", help="TOML, YAML or JSON config file (flags override it)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: one plain line every --log-every steps instead (the default when "
                         "stderr is not a terminal)")
@@ -59,8 +59,8 @@ def register(sub) -> None:
     e = sub.add_parser("eval", help="held-out loss and bits per byte of a run",
                        description="Score a run's newest checkpoint: held-out loss (nats/byte) and bits per byte on "
                                    "its held-out split, or on any raw file (--data).")
-    e.add_argument("--run", required=True, metavar="DIR", help="a training run folder")
-    e.add_argument("--data", help="a raw file to evaluate whole (up to --eval-bytes) instead of the "
+    e.add_argument("--run", required=True, type=path_arg, metavar="DIR", help="a training run folder")
+    e.add_argument("--data", type=path_arg, help="a raw file to evaluate whole (up to --eval-bytes) instead of the "
                                   "run's held-out split")
     e.add_argument("--eval-bytes", help="cap on bytes, e.g. 1M, or all (default: the run's eval_bytes)")
     e.add_argument("--batch-size", type=checked(int, positive()),
@@ -76,7 +76,7 @@ def register(sub) -> None:
     s = sub.add_parser("sample", help="generate text from a run",
                        description="Generate bytes from a run's newest checkpoint after a prompt, printed as they "
                                    "come (Ctrl-C keeps what was printed).")
-    s.add_argument("--run", required=True, metavar="DIR", help="a training run folder")
+    s.add_argument("--run", required=True, type=path_arg, metavar="DIR", help="a training run folder")
     s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
     s.add_argument("--tokens", type=checked(int, at_least(0)), default=200, help="bytes to generate (default 200)")
     s.add_argument("--temperature", type=checked(float, at_least(0)), default=0.8,
@@ -93,7 +93,7 @@ def config_from_args(args) -> TrainConfig:
     flags; ``--layer`` options are added to the file's."""
     flags = config_flag_values(args)
     layer = flags.pop("layer", {})
-    if args.config is not None:  # "" (an unset shell variable) is refused there, not taken for no file
+    if args.config is not None:
         cfg = load_config(args.config)
     else:
         saved = None
@@ -360,8 +360,6 @@ def run_eval_cmd(args) -> int:
     from rnnlab.data import file_split, load_splits
     from rnnlab.train.runtime import evaluate_run
 
-    if args.data == "":  # an unset shell variable: not the run's own held-out split, silently
-        raise ValueError("--data must be a path, got '' (omit --data for the run's held-out split)")
     cfg, model, step = RunDir(args.run).load(args.device, train_point=args.at == "train-point")
     if args.data:
         split = file_split(args.data)

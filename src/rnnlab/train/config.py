@@ -388,8 +388,6 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str = "ove
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     """A TOML (``.toml``), YAML (``.yaml``/``.yml``) or JSON file as a dict."""
-    if os.fspath(path) == "":  # Path("") is the current folder
-        raise ValueError("config must be a path, got '' (omit --config for none)")
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"config file not found: {p}")
