@@ -80,7 +80,8 @@ CASES = [
     ("eval_every_negative", [*TRAIN, "--eval-every", "-1"], "eval_every must be an integer >= 0"),
     ("checkpoint_every_negative", [*TRAIN, "--checkpoint-every", "-2"], "checkpoint_every must be an integer >= 0"),
     ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "keep_checkpoints must be a positive integer"),
-    ("eval_bytes_text", [*TRAIN, "--eval-bytes", "lots"], "eval_bytes must be an integer >= 0"),
+    ("eval_bytes_text", [*TRAIN, "--eval-bytes", "lots"],  # as eval says it (its parse's words, not the type's)
+     "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("gpus_zero", [*TRAIN, "--gpus", "0"], "--gpus must be a positive integer, got 0"),
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),

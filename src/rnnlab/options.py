@@ -265,7 +265,9 @@ def from_text(spec: Spec, text: Any) -> Any:
             value = base(text)
             return value if base is int or math.isfinite(value) else text  # the check names nan/inf
         return text
-    except ValueError:
+    except ValueError as e:
+        if str(e).startswith(f"{spec.key} must be "):  # a parse function's own words for the field
+            raise
         raise ValueError(f"{spec.key} must be {describe(spec.type, spec.choices, spec.meta.bounds)}, "
                          f"got {text!r}") from None
 
