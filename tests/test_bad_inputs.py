@@ -137,6 +137,9 @@ CASES = [
     ("config_suffix", [*TRAIN, "--config", "{ini}"], "must end in .toml, .yaml, .yml or .json"),
     # --- train: run folders
     ("out_is_file", [*TRAIN, "--out", "{file}"], "exists and is not a directory"),
+    ("fresh_over_checkpointless_run", [*TRAIN, "--out", "{nockpt}"],  # not --resume: it would have nothing to go on from
+     "already holds a complete run that saved no checkpoint; pass --overwrite to start it over, or choose another "
+     "--out"),
     ("fresh_over_run", [*TRAIN, "--out", "{run}"], "already holds a complete run; pass --resume to continue it, "
                                                    "--overwrite to delete it"),
     ("resume_no_folder", [*TRAIN, "--resume"], "holds no run to resume (no such folder; check --out)"),

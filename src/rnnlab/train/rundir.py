@@ -427,6 +427,10 @@ class RunDir:
             return
         if not cfg.run.overwrite:
             status = self.status()
+            if not self.checkpointer().checkpoints():  # --resume would have nothing to go on from
+                raise ValueError(f"run dir {self.path} already holds {'an' if status == 'incomplete' else 'a'} "
+                                 f"{status} run that saved no checkpoint; pass --overwrite to start it over, or "
+                                 f"choose another --out")
             raise ValueError(f"run dir {self.path} already holds {'an' if status == 'incomplete' else 'a'} {status} "
                              f"run; pass --resume to continue it, --overwrite to delete it and start over, or "
                              f"choose another --out")
