@@ -164,6 +164,8 @@ CASES = [
     # --- eval, sample and the other commands
     ("eval_no_run", ["eval", "--run", "{new}"], "run dir not found"),
     ("eval_not_a_run", ["eval", "--run", "{dir}"], "is not a run dir (no readable config.json)"),
+    ("eval_suite_folder", ["eval", "--run", "{root}"],  # a folder of runs: say which, and how to name one
+     "{root} is not a run dir (no readable config.json); it holds runs: damaged, "),
     ("eval_run_is_file", ["eval", "--run", "{file}"], "{file} is not a run dir (a file, not a folder)"),  # not "not found"
     ("report_dir_is_file", ["report", "{file}"], "report dir {file} is a file, not a folder of runs"),
     # an output folder where a file is: the system's "File exists" named the path, not the problem
@@ -210,6 +212,8 @@ CASES = [
     ("gradflow_last_whole_sequence", ["analyze", "gradflow", "--run", "{run}", "--last", "32"],
      "last (32) must be below the sequence length (32)"),
     ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "dim must be a positive integer"),
+    ("params_head_dim", ["params", "--model", "transformer", "--dim", "96"],  # what would fit
+     "head_dim must divide dim (96), got 64: --layer head_dim=48 fits, or another even divisor of 96"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],
      "batches must be a positive integer"),
     # no subcommand: argparse named its internal field (data_command, analysis), not what to type

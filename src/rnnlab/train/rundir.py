@@ -325,7 +325,10 @@ class RunDir:
             raise NotADirectoryError(f"{self.path} is not a run dir (a file, not a folder)")
         saved = self.saved_config()
         if saved is None:
-            raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG})")
+            runs = sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+            inside = f"; it holds runs: {', '.join(runs[:8])}{', ...' if len(runs) > 8 else ''} " \
+                     f"(--run {self.path / runs[0]})" if runs else ""
+            raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG}){inside}")
         return TrainConfig.from_dict(saved)
 
     def load(self, device: str = "auto", weights: str | os.PathLike | None = None, train_point: bool = False):
