@@ -157,11 +157,12 @@ def _command_options() -> dict[tuple[str, ...], set[str]]:
 
 def _unknown_options(text: str, options: dict[tuple[str, ...], set[str]]) -> list[str]:
     """``COMMAND --flag`` for each option that a command line in ``text`` (``rnnlab train ...
-    --steps 30``, up to the end of its code span, a pipe or a ``;``) gives a command that lacks it."""
+    --steps 30``, up to the end of its code span, a pipe, a ``;`` or a shell comment) gives a command
+    that lacks it."""
     import re
 
     unknown = []
-    for m in re.finditer(r"\brnnlab ([a-z][a-z-]*(?: [a-z][a-z-]*)?)([^`|;&)\n]*)", text):
+    for m in re.finditer(r"\brnnlab ([a-z][a-z-]*(?: [a-z][a-z-]*)?)([^`|;&)#\n]*)", text):
         words = tuple(m.group(1).split())
         command = words if words in options else words[:1]
         if command in options:
@@ -174,7 +175,7 @@ def test_every_option_the_docs_give_a_command_exists():
     """A command line in README.md, docs/ or a results README gives only options its command
     takes: an option renamed or removed leaves no page telling a reader to type it."""
     options = _command_options()
-    assert _unknown_options("`rnnlab train --steps 3 --stepz 3`, `rnnlab analyze gradflow RUN --last 2 --steps 1`",
-                            options) == ["train --stepz", "analyze gradflow --steps"]
+    assert _unknown_options("`rnnlab train --steps 3 --stepz 3`, `rnnlab analyze gradflow RUN --last 2 --steps 1`\n"
+                            "rnnlab layers   # its --layer options", options) == ["train --stepz", "analyze gradflow --steps"]
     unknown = sorted({f"{doc.name}: {u}" for doc in _docs() for u in _unknown_options(doc.read_text(), options)})
     assert not unknown, unknown
