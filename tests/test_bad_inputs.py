@@ -150,6 +150,9 @@ CASES = [
                                                                         "(none was written); nothing was changed"),
     ("resume_slim_record", [*TRAIN, "--resume", "--out", "{slim}"], "no usable checkpoint in {slim}/ckpt "
                                                                      "(none was written); nothing was changed"),
+    ("resume_corpus_moved", ["train", "--resume", "--out", "{moved}"],  # the path it needs, and why that one
+     "data file not found: {root}/gone.txt (the run's data, as its config.json names it: a resumed run reads the "
+     "same path, so put the file back there)"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],

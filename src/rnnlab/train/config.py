@@ -279,7 +279,9 @@ class TrainConfig:
             if path == "":  # an unset shell variable: not the current folder (data), not the default run (out)
                 raise ValueError(f"{key} must be a path, got '' (omit --{key.replace('_', '-')} for its default)")
             if path is not None and key != "out" and not Path(path).exists():
-                raise FileNotFoundError(f"{key} file not found: {path}")
+                moved = (f" (the run's {key}, as its config.json names it: a resumed run reads the same path, so "
+                         f"put the file back there)" if self.run.resume and key != "extra_val_data" else "")
+                raise FileNotFoundError(f"{key} file not found: {path}{moved}")
         return self
 
     # ---- sections and flat keys ---------------------------------------------------------
