@@ -197,6 +197,21 @@ def test_doctor_lists_every_kernel_in_one_column(capsys):
     assert len(starts) == 1, lines  # every value starts in the same column
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU
+def test_doctor_says_an_op_without_a_kernel_has_none_on_any_machine(monkeypatch):
+    """A new cell's op registered with no kernel module (docs/architecture.md, Adding a cell) reads
+    "none yet (the reference runs)" in ``rnnlab doctor``, with or without CUDA: not "needs CUDA",
+    which would say a GPU runs a kernel that does not exist."""
+    from rnnlab import doctor
+    from rnnlab.ops.registry import OPS, Op
+
+    monkeypatch.setitem(OPS, "probe_scan", Op("probe_scan", lambda x, h0=None: (x, h0), None))
+    report = doctor.report()
+    assert report["kernel probe_scan"] == "none yet (the reference runs)"
+    if not torch.cuda.is_available():
+        assert report["kernel diag_elman_scan"] == "needs CUDA"
+
+
 def test_eval_of_an_adamw_run_names_no_averaged_weights(tmp_path, capsys):
     """AdamW keeps one set of weights: ``eval --json`` says null, not Schedule-Free's "average"."""
     run = tmp_path / "run"

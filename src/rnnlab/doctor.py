@@ -54,7 +54,9 @@ def report() -> dict[str, str]:
         if torch.cuda.is_available() else "needs CUDA",
     }
     for name, op in OPS.items():
-        out[f"kernel {name}"] = _kernel_status(op.kernel) if torch.cuda.is_available() else "needs CUDA"
+        # an op without a kernel says so on any machine, not "needs CUDA" as if CUDA would run one
+        out[f"kernel {name}"] = (_kernel_status(op.kernel) if torch.cuda.is_available() or op.kernel is None
+                                 else "needs CUDA")
     out["kernel e1 heads spectral norm"] = (_kernel_status(e1.SPECTRAL_HEADS) if torch.cuda.is_available()
                                             else "needs CUDA")
     return out
