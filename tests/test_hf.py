@@ -38,16 +38,34 @@ KINDS = {
 PROMPT = b"the quick \xc3\xa9"
 
 
+def _model_of(kind: str, models) -> str:
+    """The registered model a ``KINDS`` key names: the key itself, or the longest model name it
+    starts with before ``-<variant>`` (``e1-heads-conv`` is ``e1``; a model named with a ``-``
+    is its own key)."""
+    return max((m for m in models if kind == m or kind.startswith(m + "-")), key=len, default=kind)
+
+
 def test_every_registered_model_kind_is_exported():
     from rnnlab.models.registry import MODELS
 
-    missing = sorted(set(MODELS) - {name.split("-")[0] for name in KINDS})
+    missing = sorted(set(MODELS) - {_model_of(name, MODELS) for name in KINDS})
     assert not missing, f"add {missing} to KINDS here: name -> its tiny --layer options"
+
+
+def test_a_kinds_key_names_its_model_even_when_the_model_name_holds_a_dash():
+    """A new model registered as ``elman-relu`` and added to KINDS under that name counts as
+    covered (taking the key's text before its first ``-`` read ``elman`` and asked again to add
+    ``elman-relu``)."""
+    models = ["e1", "e16", "elman-relu"]
+    assert [_model_of(k, models) for k in ("e1", "e1-heads-conv", "e16", "elman-relu", "elman-relu-wide")] == \
+        ["e1", "e1", "e16", "elman-relu", "elman-relu"]
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """name -> (run dir, exported folder), each trained for 2 steps and exported via the CLI."""
+    from rnnlab.models.registry import MODELS
+
     root = tmp_path_factory.mktemp("hf")
     corpus = root / "corpus.txt"
     corpus.write_bytes((b"the quick brown fox jumps over the lazy dog. " * 200)[:8000])
@@ -55,7 +73,7 @@ def exported(tmp_path_factory):
     out = {}
     for name, layer in KINDS.items():
         run, hf = root / f"run-{name}", root / f"hf-{name}"
-        cfg = TrainConfig.from_dict({"model": {"model": name.split("-")[0], "dim": 32, "depth": 2, "layer": layer},
+        cfg = TrainConfig.from_dict({"model": {"model": _model_of(name, MODELS), "dim": 32, "depth": 2, "layer": layer},
                                      "data": str(corpus), "batch_size": 4, "seq_len": 32, "steps": 2,
                                      "precision": "fp32", "lr": 3e-3, "eval_bytes": 1024, "device": "cpu",
                                      "out": str(run)})
