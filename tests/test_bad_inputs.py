@@ -153,6 +153,8 @@ CASES = [
     ("resume_corpus_moved", ["train", "--resume", "--out", "{moved}"],  # the path it needs, and why that one
      "data file not found: {root}/gone.txt (the run's data, as its config.json names it: a resumed run reads the "
      "same path, so put the file back there)"),
+    ("grad_clip_text", [*TRAIN, "--grad-clip", "off"], "grad_clip must be a positive number, or 0 for no clipping, "
+                                                       "got 'off'"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],
@@ -331,6 +333,14 @@ def test_bad_input_is_one_line(name, argv, message, world, capsys, monkeypatch):
     assert message.format(**fill) in err, err
     assert _digests(world["root"]) == before  # nothing written, deleted or changed
     assert not world["new"].exists()
+
+
+def test_a_missing_path_typed_with_resume_is_not_called_the_runs(world, capsys):
+    """The moved-corpus hint (``resume_corpus_moved``) is for a path config.json names; a path typed
+    with ``--resume`` that does not exist is only said to be missing."""
+    typo = world["root"] / "typo.txt"
+    assert main(["train", "--resume", "--out", str(world["run"]), "--data", str(typo)]) == 2
+    assert capsys.readouterr().err.strip() == f"rnnlab train: error: data file not found: {typo}"
 
 
 def test_a_cuda_only_backend_is_refused_before_the_layer_warns(world, monkeypatch):

@@ -196,6 +196,15 @@ def test_a_grad_clip_of_0_is_no_clipping(tmp_path):
     assert apply_overrides(TrainConfig(), {"grad_clip": "0.5"}).validate().optim.grad_clip == 0.5
     with pytest.raises(ValueError, match="grad_clip must be a positive finite number, got -1"):
         apply_overrides(TrainConfig(), {"grad_clip": -1}).validate()
+    # the flag over a config file that clips: the flag's 0 is given, not "not given"
+    from rnnlab.cli import build_parser
+    from rnnlab.train.cli import config_from_args
+
+    toml.write_text("grad_clip = 1.0\n")
+    args = build_parser().parse_args(["train", "--config", str(toml), "--grad-clip", "0"])
+    assert config_from_args(args).optim.grad_clip is None
+    args = build_parser().parse_args(["train", "--config", str(toml)])
+    assert config_from_args(args).optim.grad_clip == 1.0
 
 
 def test_derived_key_lists():

@@ -331,5 +331,8 @@ def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     for s in specs(cls):
         text = getattr(args, s.key, None)
         if text is not None:
-            out[s.key] = text if isinstance(text, bool) else from_text(s, text)
+            value = text if isinstance(text, bool) else from_text(s, text)
+            # a flag that parses to None ("--grad-clip 0": no clipping) keeps its text, parsed again
+            # where it is applied: a None there would read as "not given" and leave a file's value
+            out[s.key] = text if value is None else value
     return out

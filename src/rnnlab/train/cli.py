@@ -100,6 +100,11 @@ def config_from_args(args) -> TrainConfig:
         if args.resume:
             saved = RunDir(args.out or apply_overrides(TrainConfig(), dict(flags)).out_dir()).saved_config()
         cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
+        for key in ("data", "val_data"):  # a corpus moved since: the run needs it where it was
+            path = (saved or {}).get(key)
+            if key not in flags and path and not Path(path).exists():
+                raise FileNotFoundError(f"{key} file not found: {path} (the run's {key}, as its config.json names it: "
+                                        f"a resumed run reads the same path, so put the file back there)")
     apply_overrides(cfg, flags, source="flag")
     if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
         cfg.model.layer = {**cfg.model.layer, **layer}

@@ -74,7 +74,10 @@ def parse_grad_clip(value: Any) -> Any:
     """0 = no clipping, stored as None: how a suite or config file, which cannot write null,
     switches off clipping that its defaults set."""
     if isinstance(value, str):
-        value = float(value)  # not a number: the caller's error names the field
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"grad_clip must be a positive number, or 0 for no clipping, got {value!r}") from None
     return None if not isinstance(value, bool) and value == 0 else value
 
 
@@ -279,9 +282,7 @@ class TrainConfig:
             if path == "":  # an unset shell variable: not the current folder (data), not the default run (out)
                 raise ValueError(f"{key} must be a path, got '' (omit --{key.replace('_', '-')} for its default)")
             if path is not None and key != "out" and not Path(path).exists():
-                moved = (f" (the run's {key}, as its config.json names it: a resumed run reads the same path, so "
-                         f"put the file back there)" if self.run.resume and key != "extra_val_data" else "")
-                raise FileNotFoundError(f"{key} file not found: {path}{moved}")
+                raise FileNotFoundError(f"{key} file not found: {path}")
         return self
 
     # ---- sections and flat keys ---------------------------------------------------------
