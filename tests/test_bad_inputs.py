@@ -192,7 +192,7 @@ CASES = [
     ("export_out_empty_path", ["export", "--run", "{run}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("bench_out_empty_path", ["bench", "tiny", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),  # not the default folder
     ("sweep_out_empty_path", ["sweep", "--model", "e1", "--set", "lr=1e-3", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
-    ("report_empty_path", ["report", ""], "argument dir: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("report_empty_path", ["report", ""], "argument DIR: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("gradflow_out_empty_path", ["analyze", "gradflow", "--run", "{run}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),
     ("eval_data_short", ["eval", "--run", "{run}", "--data", "{file}"],

@@ -1004,11 +1004,11 @@ def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
     f.write_text('name = "s"\n[defaults]\nbatch_size = 16\ngrad_clip = 1.0\n'
                  '[[runs]]\nname = "a"\nmodel = "e1"\ndim = 32\ndepth = 1\n'
                  '[[runs]]\nname = "b"\nmodel = "e1"\ndim = 32\ndepth = 1\nbatch_size = 8\ngrad_clip = 0\n'
-                 'betas = [0.9, 0.95]\n')
+                 'betas = [0.9, 0.95]\nmlp_ratio = 2.0\n')
     assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 0
     a, b = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
-    assert a.endswith("[new]  batch_size=16 betas=0.9,0.999 grad_clip=1.0"), a
-    assert b.endswith("[new]  batch_size=8 betas=0.9,0.95 grad_clip=off"), b
+    assert a.endswith("[new]  batch_size=16 betas=0.9,0.999 grad_clip=1.0 mlp_ratio=None"), a
+    assert b.endswith("[new]  batch_size=8 betas=0.9,0.95 grad_clip=off mlp_ratio=2.0"), b
     assert main(["bench", str(f), "--plan", "--runs", "a", "--out", str(tmp_path / "o")]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith("[new]")  # one run: nothing differs
 
@@ -1744,6 +1744,20 @@ def test_report_flags_rows_that_differ_in_weight_decay(tmp_path):
     assert "> - weight_decay: a 0.1; b 0.0" in md
     assert [r[0] for r in _table_rows(md, "| Model | Params (reference / ours)")] == ["a"]
     assert "- b: weight_decay 0.0 (reference 0.1)" in md
+
+
+def test_a_suites_grad_clip_0_is_a_rows_no_clipping_beside_its_reference(tmp_path):
+    """A suite whose defaults say ``grad_clip = 0`` (no clipping) and a row whose config.json says
+    None (how 0 is stored) ran one protocol: the row stands beside its reference numbers."""
+    _synthetic_run(tmp_path, "a", 1.6, 2.3, 16000.0)
+    _set_config(tmp_path, "a", grad_clip=None)
+    ref = {"params": 400_000_000, "loss": 1.6}
+    (tmp_path / "suite.json").write_text(json.dumps({
+        "suite": "s", "defaults": {"grad_clip": 0},
+        "runs": [{"name": "a", "seed": None, "dir": "a", "point": None}],
+        "reference": {"source": "ref", "runs": {"a": ref}}}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert [r[0] for r in _table_rows(md, "| Model | Params (reference / ours)")] == ["a"]
 
 
 def test_report_flags_rows_that_differ_in_betas_or_clipping(tmp_path):

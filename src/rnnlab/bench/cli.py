@@ -71,7 +71,7 @@ def register(sub) -> None:
     r = sub.add_parser("report", help="(re)write report.md, report.json and plots from run folders",
                        description="Collect the run folders under DIR (each with its summary.json) into "
                                    "one comparison: a results table, report.md, report.json and plots.")
-    r.add_argument("dir", type=path_arg, help="a suite/sweep output dir, or any dir of run folders")
+    r.add_argument("dir", type=path_arg, metavar="DIR", help="a suite/sweep output dir, or any dir of run folders")
     r.add_argument("--out", type=path_arg, help="write the report here (default: DIR)")
     r.add_argument("--no-plots", action="store_true", help="report without PNG plots")
     r.set_defaults(func=run_report)
@@ -122,15 +122,18 @@ def _execute(suite, out: Path, args) -> int:
     return 130 if result["stopped"] else 0
 
 
-# what a plan line shows in its columns, or what is no setting of the run
-_PLAN_COLUMNS = {"model", "steps", "minutes", "tokens", "optimizer", "lr", "precision", "out", "resume", "overwrite"}
+# what a plan line shows in its columns (the model's kind, width, depth and layer options among them),
+# or what is no setting of the run
+_PLAN_COLUMNS = {"model", "dim", "depth", "layer", "steps", "minutes", "tokens", "optimizer", "lr", "precision", "out",
+                 "resume", "overwrite"}
 
 
 def varying_settings(plan) -> dict[str, str]:
     """By run label, the settings that differ between the plan's runs and are not in a plan line's
     columns, as ``batch_size=8 seed=43 grad_clip=off`` ("" where all runs agree): a suite's
     rows that differ in batch, seed or optimizer settings say so before anything trains."""
-    configs = {pr.label: {k: v for k, v in pr.cfg.to_dict().items() if k not in _PLAN_COLUMNS} for pr in plan}
+    configs = {pr.label: {k: v for k, v in {**pr.cfg.to_dict(), **pr.cfg.to_dict()["model"]}.items()
+                          if k not in _PLAN_COLUMNS} for pr in plan}
     keys = [k for k in next(iter(configs.values()), {})
             if len({repr(c.get(k)) for c in configs.values()}) > 1]
 

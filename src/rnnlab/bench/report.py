@@ -24,7 +24,7 @@ from rnnlab.bench import plots as P
 from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import SUITE_FILE, invocations, suite_ref
 from rnnlab.models.config import layer_text
-from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig
+from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig, parse_grad_clip
 from rnnlab.train.rundir import RunDir, read_json
 from rnnlab.train.runtime import git_state, split_dirty
 
@@ -361,6 +361,8 @@ def reference_mismatch(row: dict[str, Any], ref: dict[str, Any], protocol: dict[
     if row["status"] != "complete":
         why.append(f"run {row['status']}")
     for k, want in protocol.items():
+        if k == "grad_clip":  # a suite's 0 is config.json's None: no clipping
+            want = parse_grad_clip(want)
         got = row["protocol"].get(k)
         if k in row["protocol"] and not _same(got, want):
             why.append(f"{k} {got} (reference {want})")
