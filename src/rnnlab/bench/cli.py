@@ -81,29 +81,14 @@ def _execute(suite, out: Path, args) -> int:
     """Plan the suite with the options given, then print the plan (``--plan``) or train it and
     write the report."""
     from rnnlab.bench.runner import run_plan
-    from rnnlab.bench.suite import command_line, plan_suite, status_and_conflict
+    from rnnlab.bench.suite import command_line, plan_suite
 
     overrides = {k: v for k, v in config_flag_values(args).items() if k in SUITE_KEYS}
     opts = {"params": getattr(args, "params", None), "seeds": args.seeds, "runs": args.runs}
     plan = plan_suite(suite, out, **opts, **overrides)
-    for pr in plan:  # as `rnnlab params --target` says it: a width solved for a count it cannot reach
-        if pr.target_params and abs(pr.params - pr.target_params) > 0.1 * pr.target_params:
-            print(f"rnnlab bench: note: {pr.label} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
-                  f"the nearest to {pr.target_params:,} this depth allows; another depth comes closer", file=sys.stderr)
+    _note_unreachable_targets(plan)
     if args.plan:
-        print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
-        found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
-        varying = varying_settings(plan)
-        for pr, (status, _) in zip(plan, found):
-            c = pr.cfg
-            kind, value = c.budget.chosen()
-            m = c.model
-            print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
-                  f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
-                  + "".join(f"  {text}" for text in (layer_text(m.layer), varying[pr.label]) if text))
-        for _, why in found:
-            if why:  # what training the plan would refuse, and why
-                print(f"  conflict: {why}")
+        _print_plan(suite, plan, out)
         return 0
     options = {**{k: v for k, v in opts.items() if v is not None}, **overrides}
     gpus = None
@@ -120,6 +105,36 @@ def _execute(suite, out: Path, args) -> int:
         print(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])}", file=sys.stderr)
         return 1
     return 130 if result["stopped"] else 0
+
+
+def _note_unreachable_targets(plan) -> None:
+    """On stderr, each run whose width solved for ``target_params`` lands more than 10% away from
+    it (as ``rnnlab params --target`` says it: no width at that depth comes closer)."""
+    for pr in plan:
+        if pr.target_params and abs(pr.params - pr.target_params) > 0.1 * pr.target_params:
+            print(f"rnnlab bench: note: {pr.label} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
+                  f"the nearest to {pr.target_params:,} this depth allows; another depth comes closer", file=sys.stderr)
+
+
+def _print_plan(suite, plan, out: Path) -> None:
+    """``--plan``: one line per planned run (model, width, depth, params, budget, optimizer, its
+    folder's status, layer options and the settings that differ between runs), then each conflict
+    that training would refuse."""
+    from rnnlab.bench.suite import status_and_conflict
+
+    print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
+    found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
+    varying = varying_settings(plan)
+    for pr, (status, _) in zip(plan, found):
+        c = pr.cfg
+        kind, value = c.budget.chosen()
+        m = c.model
+        print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
+              f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
+              + "".join(f"  {text}" for text in (layer_text(m.layer), varying[pr.label]) if text))
+    for _, why in found:
+        if why:  # what training the plan would refuse, and why
+            print(f"  conflict: {why}")
 
 
 # what a plan line shows in its columns (the model's kind, width, depth and layer options among them),
