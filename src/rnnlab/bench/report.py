@@ -407,16 +407,12 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
     return (md_table(header, body) if body else ""), out, left_out
 
 
-PARAMS_LINE = "parameter counts: "  # protocol_differences' line for counts more than 10% apart
-
-
 def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
     length, precision, optimizer, lr, weight decay, Adam's betas, gradient clipping, held-out
     bytes, and whether weight decay reached
-    the decay rates A_log, dt_bias, D among the rows whose models have them)
-    and one when parameter counts are more than 10% apart (not all within 5% of one middle value):
-    such rows do not compare like for like."""
+    the decay rates A_log, dt_bias, D among the rows whose models have them):
+    such rows do not compare like for like. Parameter counts: ``differing_param_counts``."""
     lines = []
     keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
@@ -433,10 +429,17 @@ def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
                 group[1].append(name)
         if len(groups) > 1:
             lines.append(f"{key}: " + "; ".join(f"{', '.join(n)} {v}" for v, n in groups))
+    return lines
+
+
+def differing_param_counts(rows: list[dict[str, Any]]) -> str | None:
+    """Every row's parameter count (``"e1 57.9K; mingru 33.2K"``) when the counts are more than 10%
+    apart (not all within 5% of one middle value), else None. ``header_lines`` decides whether
+    that is by design (a note) or a protocol difference (a warning)."""
     params = sorted(r["params"] for r in rows if r["params"])
     if params and params[-1] > params[0] * (1 + 2 * PARAMS_TOL):
-        lines.append(PARAMS_LINE + "; ".join(f"{r['name']} {fmt_count(r['params'])}" for r in rows))
-    return lines
+        return "; ".join(f"{r['name']} {fmt_count(r['params'])}" for r in rows)
+    return None
 
 
 def sweep_table(rows: list[dict[str, Any]], axes: list[str]) -> str:
@@ -665,11 +668,13 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
         md.append(f"- **Seeds:** {', '.join(map(str, header['seeds']))} (mean ± sample std over seeds)")
     md += load_lines(header["machine_load"])
     diffs = protocol_differences(rows)
-    sizes = next((d for d in diffs if d.startswith(PARAMS_LINE)), None)
+    sizes = differing_param_counts(rows)
     if sizes and plan.get("runs") and not any(r.get("target_params") for r in plan["runs"]):
-        diffs.remove(sizes)  # a suite that sets each model's width, not a parameter budget: by design
+        # a suite that sets each model's width, not a parameter budget: by design
         md += ["", "> Note: the parameter counts differ by design (the suite sets each model's width and depth, "
-                   f"not a parameter budget): {sizes.removeprefix(PARAMS_LINE)}"]
+                   f"not a parameter budget): {sizes}"]
+    elif sizes:
+        diffs.append(f"parameter counts: {sizes}")
     if diffs:
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
         md += [f"> - {d}" for d in diffs]
