@@ -227,10 +227,16 @@ def _draw_bpb(ax, curves, colors, which: str, scale: float) -> bool:
 def held_out_label(curves) -> str:
     """The held-out axis label, naming how many bytes each point scored (the same for all: a
     curve drawn on a prefix of the split, ``--curve-eval-bytes``, says so)."""
-    scored = set().union(*(c["bytes"] for c in curves.values())) - {None}
+    scored = scored_bytes(curves)
     if len(scored) == 1:
         return f"held-out bits per byte ({next(iter(scored)):,} bytes)"
     return "held-out bits per byte" + (" (bytes scored vary)" if scored else "")
+
+
+def scored_bytes(curves) -> set[int]:
+    """The held-out byte counts that the points of :func:`run_curves`' curves scored (one when
+    every evaluation scored the same bytes)."""
+    return set().union(*(c["bytes"] for c in curves.values())) - {None}
 
 
 def loss_vs_time_figure(curves, colors):

@@ -738,7 +738,7 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
         return []
     common = min(pts[-1][0] for _, pts in curves.values())
     marks = [common / 4, common / 2, common]
-    scored = set().union(*(c["bytes"] for c in all_curves.values())) - {None}
+    scored = P.scored_bytes(all_curves)
     body = []
     for d, (name, pts) in curves.items():
         vals = [interpolate(pts, m) for m in marks]
