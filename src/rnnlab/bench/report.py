@@ -773,7 +773,8 @@ def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> l
 
 def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and the plots for the runs under ``root`` (into
-    ``out``, default ``root``). Returns the paths written."""
+    ``out``, default ``root``). Returns the paths written (``md``, ``json``, ``plots``) and
+    ``table``: the results table's markdown, which ``rnnlab bench`` and ``rnnlab report`` print."""
     data = collect(root)
     root = data["root"]
     out = Path(out) if out is not None else root
@@ -785,7 +786,8 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     curves = P.run_curves(records)  # the plots' and the equal-bytes table's
     plot_files = P.make_plots(out, records, rows, list(sweep), curves) if plots else []
 
-    md = header_lines(header, plan, rows) + ["## Results", "", main_table(rows, header["device"]), ""]
+    table = main_table(rows, header["device"])
+    md = header_lines(header, plan, rows) + ["## Results", "", table, ""]
     ref_md, ref_out = reference_lines(rows, plan)
     md += ref_md
     if sweep:
@@ -802,4 +804,4 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
            "runs": [{k: r[k] for k in ("name", "seed", "dir", "status", "point", "summary")} for r in records]}
     json_path = out / "report.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    return {"md": md_path, "json": json_path, "plots": plot_files, "table": main_table(rows, header["device"])}
+    return {"md": md_path, "json": json_path, "plots": plot_files, "table": table}
