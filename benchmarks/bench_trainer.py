@@ -40,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_models as bm  # noqa: E402
 
-from rnnlab.bench.report import spread  # noqa: E402
+from rnnlab.bench.collect import spread  # noqa: E402
 from rnnlab.data.corpus import default_train_path, default_val_path  # noqa: E402
 from rnnlab.train import metrics  # noqa: E402
 from rnnlab.train.config import TrainConfig  # noqa: E402

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.bench.report import aggregate, collect, describe_git, write_report
+from rnnlab.bench.collect import aggregate, collect
+from rnnlab.bench.report import describe_git, write_report
 from rnnlab.bench.runner import run_plan
 from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_status, suites_dir
 from rnnlab.bench.sweep import build_sweep
@@ -695,7 +696,7 @@ def test_step_times_leave_out_warm_up_steps_evaluations_and_gaps():
     """A run's steady step times come from consecutive steps' elapsed_s, without the process's
     warm-up steps (their time is added to warmup_s: the first steps, and those after a resume),
     evaluation records, or a step missing between two records."""
-    from rnnlab.bench.report import step_times_ms
+    from rnnlab.bench.collect import step_times_ms
 
     def rec(step, elapsed, warmup):
         return {"step": step, "loss": 1.0, "elapsed_s": elapsed, "warmup_s": warmup}
@@ -713,14 +714,14 @@ def test_step_times_leave_out_warm_up_steps_evaluations_and_gaps():
 def test_a_rows_step_spread_is_its_unsteadiest_runs():
     """Seeds that are each steady at different speeds (other GPUs) do not make a row unsteady: the
     row takes its widest run's spread, not the pooled steps'."""
-    from rnnlab.bench.report import unsteadiest
+    from rnnlab.bench.collect import unsteadiest
 
     fast, slow = {"median": 100.0, "p10": 99.0, "p90": 101.0}, {"median": 200.0, "p10": 199.0, "p90": 202.0}
     assert unsteadiest([slow, None, fast]) is fast and unsteadiest([None]) is None
 
 
 def test_step_spread_needs_min_steps_step_times():
-    from rnnlab.bench.report import MIN_TIMED_STEPS, spread
+    from rnnlab.bench.collect import MIN_TIMED_STEPS, spread
 
     ms = [100.0 + i for i in range(MIN_TIMED_STEPS)]
     assert spread(ms[:-1]) is None
@@ -1678,7 +1679,7 @@ def test_merge_suite_json_orders_runs_as_the_suite_defines_them():
 def test_mean_std_is_the_sample_std_over_finite_values():
     """A diverged seed (nan, inf) or a missing value (None) is left out of a row's mean ± std,
     which uses the sample standard deviation (n - 1), and counts only what it used."""
-    from rnnlab.bench.report import mean_std
+    from rnnlab.bench.collect import mean_std
 
     m, s, n = mean_std([1.0, float("nan"), 3.0, None, float("inf")])
     assert (m, n) == (2.0, 2) and s == pytest.approx(2**0.5)
@@ -1701,7 +1702,7 @@ def test_times_of_100_s_and_more_are_whole_seconds():
 
 
 def test_a_runs_seed_is_its_planned_seed_else_its_configs():
-    from rnnlab.bench.report import run_seed
+    from rnnlab.bench.collect import run_seed
 
     assert run_seed({"seed": 3, "config": {}, "summary": {}}) == 3  # planned, not run yet
     assert run_seed({"seed": 3, "config": {"seed": 3}, "summary": {"seed": 3}}) == 3

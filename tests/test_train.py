@@ -1109,8 +1109,8 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     learning curve), the final one ``eval_bytes`` (here the whole split) and the curve's bytes too
     (``curve_*``), each equal to ``rnnlab eval`` of the finished run with that many bytes; the
     report's curve ends on the curve's bytes."""
+    from rnnlab.bench.collect import collect
     from rnnlab.bench.plots import held_out_label, run_curves
-    from rnnlab.bench.report import collect
     from rnnlab.cli import main
     from rnnlab.train.metrics import eval_line, scalars
 
@@ -1151,7 +1151,8 @@ def test_resumed_run_keeps_its_earlier_sessions_provenance(tiny_train, tmp_path,
     """env.json describes the session that wrote it; a resumed run keeps each earlier session's
     start, commit and GPU, and the report names every commit the run trained under and dates it
     from its first start."""
-    from rnnlab.bench.report import collect, describe_dates, describe_git
+    from rnnlab.bench.collect import collect
+    from rnnlab.bench.report import describe_dates, describe_git
 
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "aaaaaaa")
     run_training(tiny_train(tmp_path / "r", steps=3, checkpoint_every=3), progress=False)

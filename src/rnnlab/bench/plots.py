@@ -76,7 +76,7 @@ TIME_LABEL = "training time, compilation excluded"
 
 
 def run_curves(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per run folder (``report.collect``'s records): its row ``name``, its training records
+    """Per run folder (``collect.collect``'s records): its row ``name``, its training records
     (``metrics.jsonl``, each with ``clock_s``: its training time without the first steps of each
     process, compilation and autotuning, as the ``--minutes`` budget counts it, so runs start
     together) and its held-out

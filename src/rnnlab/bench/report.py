@@ -1,10 +1,9 @@
 """Suite / sweep reports from run folders: ``report.md``, ``report.json`` and PNG plots.
 
-Input: a directory of run folders (``RunDir``: ``summary.json``, ``config.json``, ``env.json``,
-``metrics.jsonl``, ...), plus ``suite.json`` when the directory was made by ``rnnlab bench`` or
-``rnnlab sweep`` (run names, seeds, sweep axes, the suite's reference numbers). Without
-``suite.json`` any directory of runs works: folders named ``NAME-sSEED`` are grouped as seeds of
-``NAME``.
+The run folders are read and averaged by ``rnnlab.bench.collect`` (records per run folder, rows
+per suite row); this module turns them into the report: the header (suite, protocol, device,
+corpus, commit, commands, warnings), the results table, reference vs ours, the sweep table, held-out
+bpb at equal training bytes, configs, and report.json beside it.
 
 The main table has the reference study's columns (Model, Params, Loss, held-out bpb, Tok/s, Memory,
 Time), each a mean ± sample std over seeds when a run was repeated.
@@ -15,168 +14,22 @@ from __future__ import annotations
 import json
 import math
 import re
-import statistics
 import time
 from pathlib import Path
 from typing import Any
 
 from rnnlab.bench import plots as P
-from rnnlab.bench.mfu import mfu, peak_tflops
-from rnnlab.bench.suite import SUITE_FILE, invocations, suite_ref
+from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_rates, run_seed
+from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.models.config import layer_text
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig, parse_grad_clip
-from rnnlab.train.rundir import RunDir, read_json
 from rnnlab.train.runtime import git_state, split_dirty
 
-METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
-           "time_s", "warmup_s")
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
 JITTER_TOL = 1.15  # a row whose steady steps' 90th-percentile time exceeds its 10th by more than this is flagged
-MIN_TIMED_STEPS = 20  # fewer steady steps than this give no step-time spread
 COLUMNS = ("Model", "Params", "Loss", "held-out bpb", "Tok/s (steady)", "Tok/s (wall)", "Memory", "Time")
-# what must be equal across rows for a like-for-like comparison (config.json keys)
-PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay", "betas", "grad_clip")
 PARAMS_TOL = 0.05  # rows (and reference rows) within 5% of each other's parameter count compare
-_SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 _SHA = re.compile(r"[0-9a-f]{7,64}")
-
-
-# ------------------------------------------------------------------------------------ collect
-def collect(root: str | Path) -> dict[str, Any]:
-    """Everything the report needs: the suite plan (if any) and one record per run folder (with its
-    ``metrics`` and ``evals`` records, read once here for the table and the plots)."""
-    root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"report dir not found: {root}")
-    if not root.is_dir():
-        raise NotADirectoryError(f"report dir {root} is a file, not a folder of runs")
-    plan = read_json(root / SUITE_FILE) or {}
-    planned = {r["dir"]: r for r in plan.get("runs", [])}
-    dirs = [RunDir(root / d) for d in planned] + [
-        RunDir(p) for p in sorted(root.iterdir()) if p.name not in planned and _is_run(p)]
-    if not dirs and _is_run(root):  # a single run folder
-        dirs = [RunDir(root)]
-    records = []
-    for run in dirs:
-        name = run.path.name
-        entry = planned.get(name)
-        if entry is None:
-            m = _SEED_DIR.match(name)
-            entry = {"name": m["name"] if m else name, "seed": int(m["seed"]) if m else None,
-                     "dir": name, "point": None}
-        status = run.status()
-        metrics, evals = run.metrics(), run.evals()
-        records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": name, "path": str(run.path),
-                        "metrics": metrics, "evals": evals, "step_ms": step_times_ms(metrics),
-                        "gpu": entry.get("gpu"), "val_bytes": evals[-1].get("bytes") if evals else None,
-                        "point": entry.get("point"), "status": "missing" if status == "empty" else status,
-                        "summary": run.summary() or {}, "config": run.saved_config() or {},
-                        "env": run.env() or {}, "planned_params": entry.get("params"), "model": entry.get("model")})
-    if not records:
-        raise FileNotFoundError(f"no run folders in {root}")
-    return {"root": root, "plan": plan, "records": records}
-
-
-def step_times_ms(metrics: list[dict[str, Any]]) -> list[float]:
-    """Each steady training step's time in ms from a run's ``metrics.jsonl`` records: the
-    difference of ``elapsed_s`` between consecutive steps with no warm-up step between them (each
-    process's first ``WARMUP_STEPS`` steps add to ``warmup_s``; a resumed run's first steps are
-    such; in records from before ``warmup_s`` existed only the run's first steps are known to be),
-    records without a loss or a time left out."""
-    steps = [m for m in metrics if m.get("loss") is not None and m.get("elapsed_s") is not None]
-    return [(b["elapsed_s"] - a["elapsed_s"]) * 1e3 for a, b in zip(steps, steps[1:])
-            if b["step"] == a["step"] + 1 and b.get("warmup_s") == a.get("warmup_s")
-            and (b.get("warmup_s") is not None or b["step"] > WARMUP_STEPS)]
-
-
-def spread(ms: list[float], min_steps: int = MIN_TIMED_STEPS) -> dict[str, float] | None:
-    """Median, 10th and 90th percentile of step times (None below ``min_steps`` steps)."""
-    if len(ms) < max(min_steps, 2):
-        return None
-    q = statistics.quantiles(ms, n=10, method="inclusive")
-    return {"median": round(statistics.median(ms), 2), "p10": round(q[0], 2), "p90": round(q[-1], 2)}
-
-
-def unsteadiest(spreads: list[dict[str, float] | None]) -> dict[str, float] | None:
-    """Of a row's runs' step-time spreads, the widest (90th over 10th percentile): seeds that are
-    each steady but ran at different speeds (other GPUs) are not unsteady."""
-    known = [s for s in spreads if s is not None]
-    return max(known, key=lambda s: s["p90"] / s["p10"]) if known else None
-
-
-# ------------------------------------------------------------------------------------ aggregate
-def run_decay_rates(record: dict[str, Any]) -> str | None:
-    """``summary.json``'s ``decay_rates`` (``rnnlab.train.optim.decay_rates``: "spared",
-    "decayed", or None for a model whose layers mark none); runs from before it decayed every
-    parameter (``decay_marked`` is then true in their config)."""
-    if "decay_rates" in record["summary"]:
-        return record["summary"]["decay_rates"]
-    return "decayed" if record["config"].get("decay_marked") else None
-
-
-def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:
-    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    if not vals:
-        return None, None, 0
-    m = sum(vals) / len(vals)
-    if len(vals) < 2:
-        return m, None, len(vals)
-    var = sum((v - m) ** 2 for v in vals) / (len(vals) - 1)
-    return m, math.sqrt(var), len(vals)
-
-
-def _is_run(path: Path) -> bool:
-    """A run folder, not another folder with a config.json beside the runs (an ``rnnlab export``
-    output: a Hugging Face config, which names its ``model_type``)."""
-    run = RunDir(path)
-    return run.holds_run() and "model_type" not in (run.saved_config() or {})
-
-
-def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per run name (suite row), in plan order: mean/std of each metric over its seeds
-    (completed runs only; partial runs count when no run of the group is complete)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        groups.setdefault(r["name"], []).append(r)
-    rows = []
-    for name, recs in groups.items():
-        done = [r for r in recs if r["status"] == "complete"]
-        use = done or [r for r in recs if r["summary"]]
-        first = (use or recs)[0]
-        s, c = first["summary"], first["config"]
-        model = c.get("model") or first.get("model") or {}
-        model = model if isinstance(model, dict) else {}  # a hand-edited config.json's
-        row: dict[str, Any] = {
-            "name": name, "model": s.get("model") or model.get("model"),
-            "dim": s.get("dim") or model.get("dim"), "depth": s.get("depth") or model.get("depth"),
-            "layer": s.get("layer") if s.get("layer") is not None else model.get("layer"),
-            "params": s.get("params") or first.get("planned_params"),
-            "seeds": [run_seed(r) for r in use],
-            "n_runs": len(recs), "n_complete": len(done), "n_used": len(use), "point": first.get("point"),
-            "status": "complete" if len(done) == len(recs) else
-                      ("partial" if use else ("failed" if any(r["status"] == "failed" for r in recs) else "missing")),
-            "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
-            "protocol": {**{k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS}, "decay rates": run_decay_rates(first)},
-            "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
-            "gpu_name": first["env"].get("gpu"),
-            "world_size": s.get("world_size") or 1,
-            "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
-            "step_ms": unsteadiest([spread(r.get("step_ms", [])) for r in use]),
-            "run_setups": [run_setup(r) for r in use],
-        }
-        for k in METRICS:
-            m, sd, n = mean_std([r["summary"].get(k) for r in use])
-            row[k] = m
-            row[k + "_std"] = sd
-            row[k + "_n"] = n
-        for k in ("val_bpb", "val_bpb_train_point"):  # --extra-val-data, scored whole at the end
-            row[f"extra_{k}"], row[f"extra_{k}_std"], row[f"extra_{k}_n"] = mean_std(
-                [(r["summary"].get("extra_val") or {}).get(k) for r in use])
-        row["extra_data"] = next((Path(r["summary"]["extra_val"]["data"]).name for r in use
-                                  if r["summary"].get("extra_val")), None)
-        row["mfu"] = row_mfu(row)
-        rows.append(row)
-    return rows
 
 
 # ------------------------------------------------------------------------------------ format
@@ -220,16 +73,6 @@ def md_table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in body]
     return "\n".join(lines)
-
-
-def row_mfu(row: dict[str, Any]) -> float | None:
-    """The row's model-FLOPs utilisation per GPU at its steady tok/s (all its processes' tokens,
-    over ``world_size`` GPUs; ``rnnlab.bench.mfu``), or None (no GPU of known peak, or no
-    throughput)."""
-    peak = peak_tflops(row.get("gpu_name"))
-    if peak is None or not row["params"] or row["tok_per_s"] is None:
-        return None
-    return mfu(row["params"], row["tok_per_s"], peak, gpus=row["world_size"])
 
 
 def extra_files(rows: list[dict[str, Any]]) -> list[str]:
@@ -323,13 +166,6 @@ def repeated_seed_warning(rows: list[dict[str, Any]]) -> list[str]:
         return []
     return ["", "> **Warning: some rows average runs of the same seed** (the spread is then not over "
             "seeds): " + ", ".join(twice) + "."]
-
-
-def run_setup(record: dict[str, Any]) -> dict[str, Any]:
-    """What must be equal for a row to average its runs: the budget (not the steps run: seeds of a
-    --minutes budget run different step counts), the parameter count and the protocol."""
-    s, c = record["summary"], record["config"]
-    return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS}}
 
 
 def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
@@ -612,11 +448,6 @@ def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
             if k in OVERRIDE_KEYS and (k not in shipped or shipped[k] != v) and v not in found.get(k, []):
                 found.setdefault(k, []).append(v)
     return {k: v[0] if len(v) == 1 else v for k, v in found.items()}
-
-
-def run_seed(record: dict[str, Any]) -> int | None:
-    """The seed a run trained with: its ``--seeds`` value, else its config's."""
-    return record["seed"] if record["seed"] is not None else record["config"].get("seed", record["summary"].get("seed"))
 
 
 def describe_dates(records: list[dict[str, Any]]) -> str:
