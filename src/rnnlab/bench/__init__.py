@@ -10,5 +10,6 @@ cli -> report -> collect, plots, sweep -> suite; every run folder is read throug
     report.py      report.md (reference columns, mean ± std over seeds, reference vs ours), report.json
     plots.py       loss vs step and training time, held-out bpb vs training time, tok/s bars, loss vs
                    depth, metric vs swept value
+    mfu.py         model-FLOPs utilisation: 6 * params * tok/s over the GPUs' dense bf16 peak
     cli.py         ``rnnlab bench``, ``rnnlab sweep``, ``rnnlab report``
 """
