@@ -128,6 +128,43 @@ def test_init_ranges():
     assert (layer.D == 1).all() and (layer.norm.weight == 1).all()
 
 
+def test_forward_is_the_formula_written_out():
+    """The reference layer's forward written out in float64 from its own weights, without mamba_ssm
+    (the comparisons with mamba_ssm below skip where it does not import): in_proj split into
+    [z | x B C | dt], the causal depthwise conv with its bias then silu, dt = softplus(dt + dt_bias),
+    A = -exp(A_log), the state loop per head (head h reads group h // (H/G)), the D skip, and the
+    gated RMSNorm over each group of di/G channels of y * silu(z) (eps 1e-5), then out_proj. Every
+    parameter is perturbed off its init (D = 1 and norm weight = 1 would hide a dropped term);
+    ngroups = 2 so a norm over all di channels differs from the per-group one."""
+    torch.manual_seed(0)
+    layer = Mamba2(_tiny(dim=8, d_state=3, d_conv=3, headdim=4, ngroups=2, chunk_size=4)).double()
+    di, G, N, H, P, T = 16, 2, 3, 4, 4, 6  # T = 6: one full chunk of 4 and a partial one
+    x = torch.randn(2, T, 8, dtype=torch.float64)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        proj = x @ layer.in_proj.weight.T
+        z, xBC, dt = proj[..., :di], proj[..., di:2 * di + 2 * G * N], proj[..., 2 * di + 2 * G * N:]
+        w = layer.conv1d.weight[:, 0]  # [C, 3]: tap j multiplies the input at t - 2 + j
+        padded = F.pad(xBC, (0, 0, 2, 0))
+        xBC = F.silu(sum(padded[:, j:j + T] * w[:, j] for j in range(3)) + layer.conv1d.bias)
+        xs, Bm, Cm = xBC[..., :di], xBC[..., di:di + G * N], xBC[..., di + G * N:]
+        dt = torch.log1p(torch.exp(dt + layer.dt_bias))
+        A = -torch.exp(layer.A_log)
+        y = torch.zeros(2, T, di, dtype=torch.float64)
+        for b in range(2):
+            for h in range(H):
+                g, S = h // (H // G), torch.zeros(P, N, dtype=torch.float64)
+                for t in range(T):
+                    xh = xs[b, t, h * P:(h + 1) * P]
+                    S = torch.exp(dt[b, t, h] * A[h]) * S + dt[b, t, h] * torch.outer(xh, Bm[b, t, g * N:(g + 1) * N])
+                    y[b, t, h * P:(h + 1) * P] = S @ Cm[b, t, g * N:(g + 1) * N] + layer.D[h] * xh
+        groups = (y * F.silu(z)).unflatten(-1, (G, di // G))
+        normed = (groups / torch.sqrt(groups.square().mean(-1, keepdim=True) + 1e-5)).flatten(-2) * layer.norm.weight
+        want = normed @ layer.out_proj.weight.T
+        torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)  # the gated norm computes in fp32
+
+
 # ----------------------------------------------------------------------------- vs mamba_ssm
 def _official(cfg: Mamba2Config):
     from mamba_ssm.modules.mamba2 import Mamba2 as Official
