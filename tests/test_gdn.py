@@ -99,6 +99,36 @@ def test_layer_follows_fla_formulas():
         torch.testing.assert_close(layer(x), layer.o_proj(o.flatten(-2)), rtol=1e-4, atol=1e-5)
 
 
+def test_layer_is_the_module_docstring_written_out():
+    """The reference layer against its module docstring's formulas, written out in float64 without
+    fla (the fla comparison above skips where fla does not import): causal depthwise convs then
+    silu, q and k over sqrt(|.|^2 + 1e-6) with q also times K^-1/2, g = -exp(A_log) softplus(a + dt_bias),
+    beta = sigmoid(x W_b^T), the recurrence by ``definition`` from zeros, then RMSNorm per head (eps
+    1e-5) times its weight and silu(x W_g^T), and o_proj. Every parameter is perturbed off its init."""
+    layer = _reference(heads=2, expand_v=1.5).double()  # dim 16, K = 4, V = 6, conv 4
+    H, K, V, T = 2, 4, 6, 5
+    x = torch.randn(2, T, 16, dtype=torch.float64)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(torch.randn_like(p) * 0.2)
+
+        def conv_silu(proj, conv):  # tap j multiplies the input at t - 3 + j
+            u, w = F.pad(proj(x), (0, 0, 3, 0)), conv.weight[:, 0]
+            return F.silu(sum(u[:, j:j + T] * w[:, j] for j in range(4)))
+
+        q, k, v = (conv_silu(proj, conv) for proj, conv in ((layer.q_proj, layer.q_conv1d),
+                                                           (layer.k_proj, layer.k_conv1d),
+                                                           (layer.v_proj, layer.v_conv1d)))
+        q, k = (t.unflatten(-1, (H, K)) / torch.sqrt(t.unflatten(-1, (H, K)).square().sum(-1, keepdim=True) + 1e-6)
+                for t in (q, k))
+        g = -torch.exp(layer.A_log) * torch.log1p(torch.exp(x @ layer.a_proj.weight.T + layer.dt_bias))
+        beta = 1 / (1 + torch.exp(-(x @ layer.b_proj.weight.T)))
+        o = definition(q * K ** -0.5, k, v.unflatten(-1, (H, V)), g, beta, torch.zeros(2, H, K, V, dtype=torch.float64))
+        o = o / torch.sqrt(o.square().mean(-1, keepdim=True) + 1e-5) * layer.o_norm.weight
+        o = o * F.silu((x @ layer.g_proj.weight.T).unflatten(-1, (H, V)))
+        torch.testing.assert_close(layer(x), o.flatten(-2) @ layer.o_proj.weight.T, rtol=1e-10, atol=1e-10)
+
+
 def test_reference_has_fla_state_dict_and_init():
     """fla's layer (built on CPU, where its forward cannot run) and the reference: the same names,
     shapes, order and, from the same seed, the same initial values."""
