@@ -474,6 +474,15 @@ def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, d
         for i in range(1, 11)))
 
 
+def test_a_missing_memory_figure_reads_by_the_rows_own_device(tmp_path):
+    """In a report of CPU and GPU runs, a CPU row's memory is "n/a (CPU)" (a CPU run measures
+    none) and a GPU row without a figure is "-" (missing), whatever the other rows ran on."""
+    _synthetic_run(tmp_path, "cpu-run", 1.6, 2.3, 16000.0, mem=None, gpu=None)
+    _synthetic_run(tmp_path, "gpu-run", 1.6, 2.3, 16000.0, mem=None)
+    rows = {r[0]: r for r in _table_rows(write_report(tmp_path, plots=False)["md"].read_text())}
+    assert "n/a (CPU)" in rows["cpu-run"] and "n/a (CPU)" not in rows["gpu-run"] and "-" in rows["gpu-run"]
+
+
 def test_report_of_runs_without_a_suite_names_each_runs_command(tmp_path):
     """``rnnlab report`` on a folder of runs trained one by one (no suite.json) lists each run's
     own command once, not the first run's for all."""

@@ -128,7 +128,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
             "protocol": {**{k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS}, "decay rates": run_decay_rates(first)},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
-            "gpu_name": first["env"].get("gpu"),
+            "gpu_name": first["env"].get("gpu"), "device": s.get("device") or first["env"].get("device"),
             "world_size": s.get("world_size") or 1,
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
             "step_ms": unsteadiest([spread(r.get("step_ms", [])) for r in use]),

@@ -58,9 +58,9 @@ def fmt_time(v: float) -> str:
     return f"{v:.0f} s" if v >= 100 else f"{v:.1f} s"
 
 
-def fmt_mem(row: dict[str, Any], device: str) -> str:
-    if row["peak_mem_gib"] is None:
-        return "n/a (CPU)" if "cpu" in device.lower() else "-"
+def fmt_mem(row: dict[str, Any]) -> str:
+    if row["peak_mem_gib"] is None:  # a CPU run measures none; a GPU run without one is missing it
+        return "n/a (CPU)" if row["device"] == "cpu" else "-"
     return _pm(row["peak_mem_gib"], row["peak_mem_gib_std"], lambda v: f"{v:.1f}") + " GiB"
 
 
@@ -88,7 +88,7 @@ def metric_cell(row: dict[str, Any], key: str, fmt) -> str:
     return text + (f" ({n} of {row['n_used']} runs)" if 0 < n < row["n_used"] else "")
 
 
-def main_table(rows: list[dict[str, Any]], device: str) -> str:
+def main_table(rows: list[dict[str, Any]]) -> str:
     """The results table; a "held-out bpb (train point)" column is added when a row used
     Schedule-Free (its held-out bpb at the training point y, beside the one at the average x), and
     an "MFU" column beside the steady tok/s when a row ran on a GPU of known peak."""
@@ -110,7 +110,7 @@ def main_table(rows: list[dict[str, Any]], device: str) -> str:
             metric_cell(r, "val_bpb", fmt_loss), *y,
             metric_cell(r, "tok_per_s", fmt_count), *m,
             metric_cell(r, "tok_per_wall_s", fmt_count),
-            fmt_mem(r, device),
+            fmt_mem(r),
             metric_cell(r, "time_s", fmt_time),
         ])
     header = list(COLUMNS)
@@ -617,7 +617,7 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     curves = P.run_curves(records)  # the plots' and the equal-bytes table's
     plot_files = P.make_plots(out, records, rows, list(sweep), curves) if plots else []
 
-    table = main_table(rows, header["device"])
+    table = main_table(rows)
     md = header_lines(header, plan, rows) + ["## Results", "", table, ""]
     ref_md, ref_out = reference_lines(rows, plan)
     md += ref_md
