@@ -4,6 +4,7 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
 
     name = "tiny"
     description = "one line"
+    notes = "..."                 # optional free text for readers of the file; rnnlab ignores it
     [defaults]                    # config fields (flat keys) shared by every run
     batch_size = 8
     steps = 40
@@ -17,6 +18,8 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     lr = 1e-3                     # any other config key overrides that field for this run
     [reference]                   # optional: published numbers, printed beside ours in report.md
     source = "..."
+    protocol = { optimizer = "adamw", lr = 1e-4 }  # optional: the config fields the reference ran
+                                  # under, when not [defaults]; a row whose own differ is left out
     [reference.runs]
     e1 = { params = 123, loss = 1.5, tok_per_s = 2e4, mem_gb = 8.1, time_s = 515 }
 
