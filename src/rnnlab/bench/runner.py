@@ -23,7 +23,9 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
 
     ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries, see ``rnnlab.bench.parallel``): run up to that many
     runs at once, one process per GPU; None trains the runs one after another in this process.
-    Returns ``{"trained": [...], "skipped": [...], "failed": {label: error}, "stopped": bool}``.
+    Returns ``{"trained": [...], "skipped": [...], "failed": {label: error}, "stopped": bool}``:
+    "trained" lists every run that trained this time, one a first Ctrl-C stopped included ("stopped"
+    then says the suite stopped there), "skipped" the runs already complete.
     A run that fails (divergence, OOM, bad config) is recorded and the suite goes on; an
     interrupted run (Ctrl-C) stops the suite after its checkpoint is saved.
     """
