@@ -81,7 +81,11 @@ def _block_inputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
 
 def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last: int = 1
                             ) -> dict[str, Any]:
-    """(a) per-parameter gradient norms of the mean loss and (b) ``||dL_last/dx_t^(l)||`` curves."""
+    """(a) per-parameter gradient norms of the mean loss and (b) ``||dL_last/dx_t^(l)||`` curves.
+
+    Also returns, under ``"_inputs"``, every block's input for each batch (``[batch][layer]``,
+    detached) for (c), ``recurrence_stats``, to reuse without another forward; ``analyze_model``
+    pops it before the record is written."""
     device = next(model.parameters()).device
     params = dict(model.named_parameters())
     grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -212,7 +216,7 @@ def jacobian_sigma(d: torch.Tensor, w: torch.Tensor, iters: int = 10, gate: torc
 @torch.no_grad()
 def e1_states(mixer: nn.Module, x_norm: torch.Tensor):
     """``(recurrence, h)``: an E1 mixer's ``Recurrence`` on its (normalised) input and its hidden
-    states ``h [B, T, K]`` (the reference scan; the model is fp32, see :func:`load_model`)."""
+    states ``h [B, T, K]`` (the reference scan; the model is fp32: ``analyze`` casts it)."""
     xr, _z = mixer.inputs(x_norm)
     rec = mixer.recurrence(xr, update=False)
     h, _ = rec.scan(None, backend="naive")
