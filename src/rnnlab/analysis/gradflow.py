@@ -106,15 +106,21 @@ def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last:
         inputs.append([s.detach() for s in store])
     model.zero_grad(set_to_none=True)
     n = len(batches)
-    pg: dict[str, Any] = {}
-    for name, g in grad_sum.items():
-        v = float((g / n).float().norm())
+    norms = {name: float((g / n).float().norm()) for name, g in grad_sum.items()}
+    return {"param_grad_norms": _group_by_block(norms), **_temporal_summary((curves / n).cpu()), "_inputs": inputs}
+
+
+def _group_by_block(values: dict[str, float]) -> dict[str, Any]:
+    """``{"blocks.1.mixer.W_h": v, "embed.weight": w}`` -> ``{"blocks.1": {"mixer.W_h": v},
+    "embed.weight": w}``: a block's parameters under the block, the others as they are."""
+    out: dict[str, Any] = {}
+    for name, v in values.items():
         parts = name.split(".")
         if parts[0] == "blocks" and len(parts) > 2:
-            pg.setdefault(f"blocks.{parts[1]}", {})[".".join(parts[2:])] = v
+            out.setdefault(f"blocks.{parts[1]}", {})[".".join(parts[2:])] = v
         else:
-            pg[name] = v
-    return {"param_grad_norms": pg, **_temporal_summary((curves / n).cpu()), "_inputs": inputs}
+            out[name] = v
+    return out
 
 
 def _last_loss_input_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, last: int
