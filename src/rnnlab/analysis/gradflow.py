@@ -53,15 +53,12 @@ def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[
     from rnnlab.data import eval_windows, load_splits
 
     split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
-    if len(split) < seq_len + 1:
+    if len(split) < seq_len + 1:  # eval_windows refuses it too, but advises a larger file: the run's is fixed
         raise ValueError(f"held-out split has {len(split)} bytes, fewer than seq_len+1 = {seq_len + 1}; "
                          f"use a smaller --seq-len")
-    out = []
-    for b in eval_windows(split, seq_len, batch_size, (seq_len * batch_size * n_batches) + 1):
-        out.append(b)
-        if len(out) == n_batches:
-            break
-    return out
+    # n_batches * batch_size windows of seq_len targets span this many bytes (each window's first
+    # byte is the previous one's last), so eval_windows yields at most n_batches batches
+    return list(eval_windows(split, seq_len, batch_size, seq_len * batch_size * n_batches + 1))
 
 
 # ------------------------------------------------------------------------- (a) + (b)
