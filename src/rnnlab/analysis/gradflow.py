@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.bench.plots import pyplot, save
+from rnnlab.data import eval_windows, load_splits
 from rnnlab.train.rundir import RunDir
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)
@@ -50,8 +51,6 @@ THRESHOLDS = (1e-1, 1e-2, 1e-3)
 # ------------------------------------------------------------------------- data
 def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[torch.Tensor]:
     """The first ``n_batches`` batches of deterministic held-out windows ``[b, seq_len + 1]``."""
-    from rnnlab.data import eval_windows, load_splits
-
     split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
     if len(split) < seq_len + 1:  # eval_windows refuses it too, but advises a larger file: the run's is fixed
         raise ValueError(f"held-out split has {len(split)} bytes, fewer than seq_len+1 = {seq_len + 1}; "

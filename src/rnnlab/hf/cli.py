@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from rnnlab.hf import transformers_problem
 from rnnlab.options import path_arg
 
 
@@ -19,8 +20,6 @@ def register(sub) -> None:
 
 
 def run_export(args) -> int:
-    from rnnlab.hf import transformers_problem
-
     problem = transformers_problem()
     if problem is not None:
         raise ValueError(problem)

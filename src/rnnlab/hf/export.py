@@ -18,6 +18,8 @@ import dataclasses
 import os
 from pathlib import Path
 
+from transformers.utils import logging as hf_logging
+
 from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM
 from rnnlab.hf.tokenizer import byte_tokenizer
 from rnnlab.train.durable import new_file_mode
@@ -56,8 +58,6 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 def _save_quietly(model, out: Path) -> None:
     """``model.save_pretrained(out)`` without transformers' "Writing model shards" progress bar on
     stderr (``rnnlab export`` prints its own outcome); transformers' bar setting is restored after."""
-    from transformers.utils import logging as hf_logging
-
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:

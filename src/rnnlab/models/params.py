@@ -13,6 +13,7 @@ import re
 import torch
 
 from rnnlab.models.config import ModelConfig
+from rnnlab.models.lm import LM
 from rnnlab.models.registry import get_spec
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
@@ -33,8 +34,6 @@ def parse_count(text: str | int) -> int:
 
 def count_params(cfg: ModelConfig) -> int:
     """Number of distinct parameters of the LM described by ``cfg``."""
-    from rnnlab.models.lm import LM
-
     with torch.device("meta"):
         model = LM(cfg)
     return sum(p.numel() for p in model.parameters())
