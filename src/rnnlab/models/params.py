@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from rnnlab.models.config import ModelConfig
+from rnnlab.models.config import MAX_DIM, ModelConfig
 from rnnlab.models.lm import LM
 from rnnlab.models.registry import get_spec
 
@@ -55,8 +55,8 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
     lo, hi = 1, 1
     while at(hi) < target:
         lo, hi = hi, hi * 2
-        if hi * step > 65536:
-            raise ValueError(f"no width up to 65536 reaches {target:,} parameters at depth {cfg.depth}")
+        if hi * step > MAX_DIM:  # the widest dim ModelConfig accepts
+            raise ValueError(f"no width up to {MAX_DIM} reaches {target:,} parameters at depth {cfg.depth}")
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if at(mid) < target:
