@@ -206,8 +206,12 @@ def _mix64(x: np.ndarray) -> np.ndarray:
 def sample_offsets(seed: int, step: int, index: np.ndarray, n_choices: int) -> np.ndarray:
     """Offsets in ``[0, n_choices)`` for global sample indices ``index`` at ``step``.
 
-    A pure function of (seed, step, index): hash = mix(mix(mix(seed) ^ step) ^ index), then
-    ``hash % n_choices`` (modulo bias < n_choices / 2**64, negligible).
+    A pure function of (seed, step, index), in uint64 arithmetic (mod 2**64) with ``mix`` the
+    SplitMix64 finalizer (``_mix64``) and ``G = 0x9E3779B97F4A7C15``::
+
+        hash = mix(mix(mix(seed + G) ^ (step * G)) ^ ((index + 1) * G))
+
+    then ``hash % n_choices`` (modulo bias < n_choices / 2**64, negligible).
     """
     idx = np.asarray(index, dtype=np.uint64)
     with np.errstate(over="ignore"):
