@@ -163,8 +163,10 @@ def _write_source(source: Source, corpus: "_Corpus", field: str, bar: tqdm) -> d
     with open(source.path, "rb") as f:
         raw = _HashingReader(f, bar)
         blocks = _decompressed_blocks(raw, source.compression)
+        # each document as write_document's pieces: a JSON line's text is one piece; a text file is
+        # one document whose pieces are its blocks, so it is never held whole
         documents = ((text,) for text in _jsonl_texts(blocks, field, source.path)) if source.jsonl else [blocks]
-        try:
+        try:  # the generators decompress lazily: a damaged stream raises here, as documents are written
             for doc in documents:
                 n = corpus.write_document(doc)
                 docs, bytes_out = docs + (n > 0), bytes_out + n
