@@ -61,8 +61,7 @@ class Source:
     @classmethod
     def from_path(cls, path: Path) -> "Source":
         compression = path.suffix if path.suffix in COMPRESSIONS else None
-        inner = path.name[: -len(compression)] if compression else path.name
-        return cls(path, compression, inner.endswith(".jsonl"))
+        return cls(path, compression, _uncompressed_name(path).endswith(".jsonl"))
 
     @property
     def format(self) -> str:
@@ -93,8 +92,12 @@ def find_sources(paths: Sequence[str | os.PathLike]) -> list[Source]:
 def _in_folder_format(f: Path, folder: Path) -> bool:
     if any(part.startswith(".") for part in f.relative_to(folder).parts):
         return False
-    name = f.name[: -len(f.suffix)] if f.suffix in COMPRESSIONS else f.name
-    return name.endswith(FOLDER_FORMATS)
+    return _uncompressed_name(f).endswith(FOLDER_FORMATS)
+
+
+def _uncompressed_name(path: Path) -> str:
+    """``path``'s name without its compression suffix, which names the format: ``00.jsonl.zst`` -> ``00.jsonl``."""
+    return path.name[: -len(path.suffix)] if path.suffix in COMPRESSIONS else path.name
 
 
 SEPARATOR_ESCAPES = {"n": b"\n", "r": b"\r", "t": b"\t", "0": b"\0", "\\": b"\\"}  # and \xNN: one byte
