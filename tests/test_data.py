@@ -332,3 +332,17 @@ def test_eval_windows_max_bytes_and_errors(corpus_file):
         list(eval_windows(s.val, 5000, 4))
     with pytest.raises(ValueError, match=r"3000 bytes used\) .* use a larger file \(or more of it: --eval-bytes\)$"):
         list(eval_windows(s.val, 4000, 4, max_bytes=3000))
+
+
+@pytest.mark.parametrize("limit, kept", [(14, b"one doc\n\nsix\n\n"), (13, b"one doc\n\n"), (40, None)])
+def test_the_sample_cut_keeps_whole_documents_up_to_the_limit(tmp_path, limit, kept):
+    """``make_sample.cut_prefix``: the longest prefix of whole documents of at most ``limit`` bytes,
+    a boundary that ends exactly at the limit included (14 here); the whole shard when it fits."""
+    import lzma
+
+    from rnnlab.data.make_sample import cut_prefix
+
+    text = b"one doc\n\nsix\n\nthe rest of it"
+    shard = tmp_path / "s.txt.xz"
+    shard.write_bytes(lzma.compress(text))
+    assert cut_prefix(shard, limit) == (kept if kept is not None else text)

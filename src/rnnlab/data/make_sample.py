@@ -32,10 +32,10 @@ def cut_prefix(path: str | Path, per_shard: int, chunk: int = 1 << 16) -> bytes:
     """Longest prefix of whole documents of the xz file ``path`` with at most ``per_shard`` bytes."""
     buf = bytearray()
     with lzma.open(path, "rb") as f:
-        buf += f.read(per_shard + 1)  # one byte more, to see whether the limit falls on a boundary
+        buf += f.read(per_shard + 1)  # one byte more, to see whether the whole shard fits
         if len(buf) <= per_shard:  # whole shard fits
             return bytes(buf)
-        cut = buf.rfind(SEP, 0, per_shard - 1)  # the boundary must end at or before per_shard
+        cut = buf.rfind(SEP, 0, per_shard)  # the boundary must end at or before per_shard
         if cut >= 0:
             return bytes(buf[: cut + 2])
         while True:  # first document is longer than per_shard: keep it whole
