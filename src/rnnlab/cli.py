@@ -37,13 +37,9 @@ COMMAND_MODULES = (
 )
 
 
-class UserError(Exception):
-    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
-
-
 # What a command raises for bad input or an unusable file or folder: one line, exit status 2.
 # ``--debug`` shows the traceback instead; anything else is a bug and keeps its traceback.
-USER_ERRORS = (UserError, ValueError, OSError)
+USER_ERRORS = (ValueError, OSError)
 
 DESCRIPTION = """\
 rnnlab trains byte-level language models built from recurrent layers (E1 gated Elman, E16, E88,
