@@ -147,8 +147,11 @@ def varying_settings(plan) -> dict[str, str]:
     """By run label, the settings that differ between the plan's runs and are not in a plan line's
     columns, as ``batch_size=8 seed=43 grad_clip=off`` ("" where all runs agree): a suite's
     rows that differ in batch, seed or optimizer settings say so before anything trains."""
-    configs = {pr.label: {k: v for k, v in {**pr.cfg.to_dict(), **pr.cfg.to_dict()["model"]}.items()
-                          if k not in _PLAN_COLUMNS} for pr in plan}
+    def flat(cfg) -> dict:  # the run's fields and its model's side by side
+        d = cfg.to_dict()
+        return {k: v for k, v in {**d, **d["model"]}.items() if k not in _PLAN_COLUMNS}
+
+    configs = {pr.label: flat(pr.cfg) for pr in plan}
     keys = [k for k in next(iter(configs.values()), {})
             if len({repr(c.get(k)) for c in configs.values()}) > 1]
 
