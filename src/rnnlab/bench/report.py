@@ -246,9 +246,9 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
 def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
     length, precision, optimizer, lr, weight decay, Adam's betas, gradient clipping, held-out
-    bytes, and whether weight decay reached
-    the decay rates A_log, dt_bias, D among the rows whose models have them):
-    such rows do not compare like for like. Parameter counts: ``differing_param_counts``."""
+    bytes, and whether weight decay reached the decay rates A_log, dt_bias, D among the rows whose
+    models have them): such rows do not compare like for like. Parameter counts:
+    ``differing_param_counts``."""
     lines = []
     keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
