@@ -15,9 +15,10 @@ import torch
 from torch import nn
 
 
-def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float = 1.0,
+def generate(model: nn.Module, prompt: bytes | str, n_tokens: int, temperature: float = 1.0,
              top_k: int | None = None, seed: int = 0) -> bytes:
-    """``n_tokens`` new bytes continuing ``prompt`` (the prompt itself is not returned).
+    """``n_tokens`` new bytes continuing ``prompt`` (a ``str`` is taken as its UTF-8 bytes; the
+    prompt itself is not returned).
 
     ``temperature=0`` is greedy; ``top_k`` keeps the k most likely bytes (None/0 = all).
     Deterministic for a fixed ``seed`` on a given device.
@@ -25,7 +26,7 @@ def generate(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float 
     return b"".join(stream(model, prompt, n_tokens, temperature, top_k, seed))
 
 
-def stream(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float = 1.0,
+def stream(model: nn.Module, prompt: bytes | str, n_tokens: int, temperature: float = 1.0,
            top_k: int | None = None, seed: int = 0) -> Iterator[bytes]:
     """``generate``'s bytes one at a time, each as soon as it is sampled (``rnnlab sample`` prints
     them so); the arguments are checked here, before the first byte is asked for. The model is in
