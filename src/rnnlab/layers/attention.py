@@ -38,8 +38,8 @@ class AttentionConfig:
     def validate(self) -> None:
         check_options(self)
         if self.dim % self.head_dim:
-            fits = [h for h in range(2, self.dim + 1, 2) if self.dim % h == 0 and h <= self.head_dim]
-            hint = (f": --layer head_dim={fits[-1]} fits, or another even divisor of {self.dim}" if fits else
+            fits = max((h for h in range(2, min(self.dim, self.head_dim) + 1, 2) if self.dim % h == 0), default=None)
+            hint = (f": --layer head_dim={fits} fits, or another even divisor of {self.dim}" if fits else
                     f": heads need an even divisor of dim, and {self.dim} has none below {self.head_dim}")
             raise ValueError(f"head_dim must divide dim ({self.dim}), got {self.head_dim}{hint}")
         if self.head_dim % 2:

@@ -430,12 +430,11 @@ class RunDir:
             return
         if not cfg.run.overwrite:
             status = self.status()
+            held = f"run dir {self.path} already holds {'an' if status == 'incomplete' else 'a'} {status} run"
             if not self.checkpointer().checkpoints():  # --resume would have nothing to go on from
-                raise ValueError(f"run dir {self.path} already holds {'an' if status == 'incomplete' else 'a'} "
-                                 f"{status} run that saved no checkpoint; pass --overwrite to start it over, or "
+                raise ValueError(f"{held} that saved no checkpoint; pass --overwrite to start it over, or "
                                  f"choose another --out")
-            raise ValueError(f"run dir {self.path} already holds {'an' if status == 'incomplete' else 'a'} {status} "
-                             f"run; pass --resume to continue it, --overwrite to delete it and start over, or "
+            raise ValueError(f"{held}; pass --resume to continue it, --overwrite to delete it and start over, or "
                              f"choose another --out")
         for name in RUN_FILES:
             path = self.file(name)
