@@ -151,8 +151,8 @@ CASES = [
     ("resume_slim_record", [*TRAIN, "--resume", "--out", "{slim}"], "no usable checkpoint in {slim}/ckpt "
                                                                      "(none was written); nothing was changed"),
     ("resume_corpus_moved", ["train", "--resume", "--out", "{moved}"],  # the path it needs, and why that one
-     "data file not found: {root}/gone.txt (the run's data, as its config.json names it: a resumed run reads the "
-     "same path, so put the file back there)"),
+     "data file not found: {root}/gone.txt (the run's data, as its config.json names it): a resumed run reads the "
+     "same path, so put the file back there"),
     ("grad_clip_text", [*TRAIN, "--grad-clip", "off"], "grad_clip must be a positive number, or 0 for no clipping, "
                                                        "got 'off'"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
@@ -184,8 +184,8 @@ CASES = [
      "argument --batch-size: must be a positive integer, got '0'"),
     ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("eval_run_data_gone", ["eval", "--run", "{moved}"],  # its corpus moved since training
-     "corpus file not found: {root}/gone.txt (the run's held-out data, as its config.json names it): put it back "
-     "there, or score another file with --data FILE"),
+     "data file not found: {root}/gone.txt (the run's data, as its config.json names it): put it back there, or "
+     "score another file with --data FILE"),
     ("eval_data_empty_path", ["eval", "--run", "{run}", "--data", ""],  # not the run's own split, silently
      "argument --data: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("eval_run_empty_path", ["eval", "--run", ""], "argument --run: must be a path, got '' (an empty argument: an unset shell variable?)"),

@@ -98,13 +98,12 @@ def config_from_args(args) -> TrainConfig:
     else:
         saved = None
         if args.resume:
-            saved = RunDir(args.out or apply_overrides(TrainConfig(), dict(flags)).out_dir()).saved_config()
+            run = RunDir(args.out or apply_overrides(TrainConfig(), dict(flags)).out_dir())
+            saved = run.saved_config()
+            missing = run.missing_corpus(given=tuple(flags))
+            if missing:
+                raise FileNotFoundError(f"{missing}: a resumed run reads the same path, so put the file back there")
         cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
-        for key in ("data", "val_data"):  # a corpus moved since: the run needs it where it was
-            path = (saved or {}).get(key)
-            if key not in flags and path and not Path(path).exists():
-                raise FileNotFoundError(f"{key} file not found: {path} (the run's {key}, as its config.json names it: "
-                                        f"a resumed run reads the same path, so put the file back there)")
     apply_overrides(cfg, flags, source="flag")
     if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
         cfg.model.layer = {**cfg.model.layer, **layer}
@@ -365,15 +364,13 @@ def run_eval_cmd(args) -> int:
     from rnnlab.data import file_split, load_splits
     from rnnlab.train.runtime import evaluate_run
 
-    cfg, model, step = RunDir(args.run).load(args.device, train_point=args.at == "train-point")
-    if args.data:
-        split = file_split(args.data)
-    else:
-        try:
-            split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
-        except FileNotFoundError as e:  # moved or deleted since training: say whose file it is
-            raise FileNotFoundError(f"{e} (the run's held-out data, as its config.json names it): put it back "
-                                    f"there, or score another file with --data FILE") from e
+    run = RunDir(args.run)
+    missing = None if args.data else run.missing_corpus()
+    if missing:  # moved or deleted since training
+        raise FileNotFoundError(f"{missing}: put it back there, or score another file with --data FILE")
+    cfg, model, step = run.load(args.device, train_point=args.at == "train-point")
+    split = file_split(args.data) if args.data else load_splits(cfg.data.path, cfg.data.val_path,
+                                                                cfg.data.val_fraction).val
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights

@@ -220,6 +220,17 @@ class RunDir:
             saved["model"] = {k: v for k, v in saved["model"].items() if k not in RETIRED_MODEL_FIELDS}
         return {**LEGACY_DEFAULTS, **saved}
 
+    def missing_corpus(self, given: tuple[str, ...] = ()) -> str | None:
+        """The first corpus file config.json names (``data``, then ``val_data``; keys in ``given``
+        skipped) that is gone, as one phrase saying whose path it is; None if all are there.
+        Callers add the remedy: a resumed run needs the same path, ``eval`` can take another."""
+        saved = self.saved_config() or {}
+        for key in ("data", "val_data"):
+            path = saved.get(key)
+            if key not in given and path and not Path(path).exists():
+                return f"{key} file not found: {path} (the run's {key}, as its config.json names it)"
+        return None
+
     def minutes_trained(self, step: int) -> float | None:
         """Training time by ``step`` as a ``--minutes`` budget counts it (compilation left out), from
         metrics.jsonl's last record at or before it; None without one."""
