@@ -220,7 +220,9 @@ CASES = [
     ("params_head_dim", ["params", "--model", "transformer", "--dim", "96"],  # what would fit
      "head_dim must divide dim (96), got 64: --layer head_dim=48 fits, or another even divisor of 96"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],
-     "batches must be a positive integer"),
+     "argument --batches: must be a positive integer, got '0'"),
+    ("gradflow_seq_len_zero", ["analyze", "gradflow", "--run", "{run}", "--seq-len", "0"],
+     "argument --seq-len: must be a positive integer, got '0'"),
     # no subcommand: argparse named its internal field (data_command, analysis), not what to type
     ("data_no_command", ["data"], "the following arguments are required: COMMAND (see rnnlab data --help)"),
     ("analyze_no_command", ["analyze"], "the following arguments are required: COMMAND (see rnnlab analyze --help)"),

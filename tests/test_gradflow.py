@@ -84,10 +84,9 @@ def test_default_out_and_current_ckpt_only(trained_run, capsys):
     assert len(res["records"][0]["temporal"]["layer_1"]) == 32  # the run's seq_len
 
 
-def test_bad_arguments(trained_run, capsys):
-    assert main(["analyze", "gradflow", "--run", str(trained_run), "--batches", "0"]) == 2
-    assert "batches must be a positive integer" in capsys.readouterr().err
+def test_a_missing_run_is_refused(trained_run, capsys):  # bad numbers: test_bad_inputs' gradflow_* cases
     assert main(["analyze", "gradflow", "--run", str(trained_run / "nope")]) == 2
+    assert "run dir not found" in capsys.readouterr().err
 
 
 def test_jacobian_sigma_equals_linalg():

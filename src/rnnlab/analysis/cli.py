@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rnnlab.options import path_arg
+from rnnlab.options import checked, path_arg, positive
 
 
 def register(sub) -> None:
@@ -23,11 +23,11 @@ def register(sub) -> None:
     g.add_argument("--run", action="append", required=True, type=path_arg, metavar="DIR",
                    help="a run dir (repeatable: several runs are compared)")
     g.add_argument("--out", type=path_arg, metavar="DIR", help="output dir (default: <first run>/gradflow)")
-    g.add_argument("--batches", type=int, default=4, help="held-out batches (default 4)")
-    g.add_argument("--batch-size", type=int, default=8, help="sequences per batch (default 8)")
-    g.add_argument("--seq-len", type=int, help="window length (default: the run's seq_len)")
-    g.add_argument("--last", type=int, default=1, metavar="K", help="loss at the last K positions (default 1)")
-    g.add_argument("--power-iters", type=int, default=10, help="power iterations for sigma_max(J_t) (default 10)")
+    g.add_argument("--batches", type=checked(int, positive()), default=4, help="held-out batches (default 4)")
+    g.add_argument("--batch-size", type=checked(int, positive()), default=8, help="sequences per batch (default 8)")
+    g.add_argument("--seq-len", type=checked(int, positive()), help="window length (default: the run's seq_len)")
+    g.add_argument("--last", type=checked(int, positive()), default=1, metavar="K", help="loss at the last K positions (default 1)")
+    g.add_argument("--power-iters", type=checked(int, positive()), default=10, help="power iterations for sigma_max(J_t) (default 10)")
     g.add_argument("--no-history", action="store_true", help="only the run's newest usable checkpoint")
     g.add_argument("--no-plots", action="store_true", help="write gradflow.json only")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -38,12 +38,6 @@ def register(sub) -> None:
 def run_gradflow(args) -> int:
     from rnnlab.analysis.gradflow import analyze, format_table
 
-    for name in ("batches", "batch_size", "last", "power_iters"):
-        v = getattr(args, name)
-        if v < 1:
-            raise ValueError(f"{name.replace('_', '-')} must be a positive integer, got {v}")
-    if args.seq_len is not None and args.seq_len < 1:
-        raise ValueError(f"seq-len must be a positive integer, got {args.seq_len}")
     out = Path(args.out) if args.out else Path(args.run[0]) / "gradflow"
     result = analyze(args.run, out, batches=args.batches, batch_size=args.batch_size, seq_len=args.seq_len,
                      last=args.last, power_iters=args.power_iters, device=args.device,
