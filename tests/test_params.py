@@ -1,5 +1,6 @@
 """Parameter counts reproduce the seed's logged configs exactly (spec §1.7), and the solver works."""
 
+import dataclasses
 import json
 import re
 
@@ -124,3 +125,13 @@ def test_multiple_must_be_positive_and_its_default_is_shown(capsys):
         main(["params", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "width step for --target (default: the model's, 64 for transformer, 32 for the others)" in help_text
+
+
+def test_solve_dim_reaches_the_widest_multiple_below_max_dim():
+    """The doubling search stops at MAX_DIM's last multiple, not at the first power of two past it:
+    with a step of 3000, 60000 (k = 20) is found although k = 32 would be past 65536."""
+    cfg = ModelConfig("e1", 64, 1)
+    target = count_params(dataclasses.replace(cfg, dim=60_000))
+    assert solve_dim(cfg, target, multiple=3000) == (60_000, target)
+    with pytest.raises(ValueError, match="no width up to 65536 reaches"):
+        solve_dim(cfg, count_params(dataclasses.replace(cfg, dim=65_536)) + 1, multiple=3000)

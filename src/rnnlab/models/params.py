@@ -52,11 +52,12 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
     def at(k: int) -> int:
         return count_params(dataclasses.replace(cfg, dim=k * step))
 
+    top = MAX_DIM // step  # the widest multiple ModelConfig accepts
     lo, hi = 1, 1
     while at(hi) < target:
-        lo, hi = hi, hi * 2
-        if hi * step > MAX_DIM:  # the widest dim ModelConfig accepts
+        if hi >= top:
             raise ValueError(f"no width up to {MAX_DIM} reaches {target:,} parameters at depth {cfg.depth}")
+        lo, hi = hi, min(hi * 2, top)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if at(mid) < target:
