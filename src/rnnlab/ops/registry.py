@@ -113,6 +113,8 @@ def _run_opaque(fn: Callable, *args):
 
 @opaque
 def _warn_unavailable(op: str, kernel: LazyKernel) -> None:
+    """Warn, once per kernel module, that ``auto`` runs ``op``'s reference on CUDA tensors because
+    its kernel does not import (outside the graph under torch.compile)."""
     if not kernel.warned:
         warnings.warn(f"{op}: GPU kernel unavailable ({kernel.error}); using the slow reference loop")
         kernel.warned = True
@@ -143,18 +145,20 @@ class Op:
             raise ValueError(f"backend must be one of {self.backends}, got {backend!r}")
         if backend in self.alternatives:
             return self.alternatives[backend]
+        if backend == "triton" and not x.is_cuda:
+            raise RuntimeError(f"{self.name} backend='triton' needs CUDA tensors, got device "
+                               f"{x.device}; use 'naive' or 'auto'")
+        if backend == "naive" or not x.is_cuda:  # "auto" off CUDA: the kernel is not even imported
+            return self.naive
+        if self.kernel_available():  # "triton" or "auto" on CUDA
+            return getattr(self.kernel.get(), self.name)
         if backend == "triton":
-            if not x.is_cuda:
-                raise RuntimeError(f"{self.name} backend='triton' needs CUDA tensors, got device "
-                                   f"{x.device}; use 'naive' or 'auto'")
-            if not self.kernel_available():
-                why = "it has no GPU kernel yet" if self.kernel is None else \
-                    f"cannot import the kernel ({self.kernel.error})"
-                raise RuntimeError(f"{self.name} backend='triton' is unavailable: {why}")
-        use_kernel = backend == "triton" or (backend == "auto" and x.is_cuda and self.kernel_available())
-        if backend == "auto" and x.is_cuda and self.kernel is not None and not use_kernel:
+            why = "it has no GPU kernel yet" if self.kernel is None else \
+                f"cannot import the kernel ({self.kernel.error})"
+            raise RuntimeError(f"{self.name} backend='triton' is unavailable: {why}")
+        if self.kernel is not None:  # "auto" on CUDA without the kernel it has
             _warn_unavailable(self.name, self.kernel)
-        return getattr(self.kernel.get(), self.name) if use_kernel else self.naive
+        return self.naive
 
     def __call__(self, *args, backend: str = "auto"):
         fn = self.implementation(backend, args[0])
