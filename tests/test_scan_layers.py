@@ -1,4 +1,4 @@
-"""linear_scan (naive loop, log-space and doubling parallel forms, argument checks) and the
+"""linear_scan (naive loop, log-space parallel form, argument checks) and the
 minGRU/minLSTM layers against their formulas. The op and layer contracts: tests/test_ops.py,
 tests/test_layer_contract.py."""
 
@@ -13,7 +13,7 @@ from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params
 from rnnlab.ops.scan import linear_scan
 from rnnlab.ops.scan import naive as scan_naive
-from rnnlab.ops.scan.naive import g, linear_scan_parallel
+from rnnlab.ops.scan.naive import g, heinsen_scan
 
 
 def _inputs(B=2, T=5, H=3, dtype=torch.float64, seed=0, positive_b=False):
@@ -46,13 +46,12 @@ def test_naive_matches_definition():
     torch.testing.assert_close(scan_naive.linear_scan(a, b)[0], _explicit(a, b, torch.zeros_like(h0)))
 
 
-@pytest.mark.parametrize("method", ["log", "doubling"])
 @pytest.mark.parametrize("with_h0", [False, True])
-def test_parallel_matches_sequential(method, with_h0):
+def test_parallel_matches_sequential(with_h0):
     a, b, h0 = _inputs(B=3, T=37, H=4, dtype=torch.float32, seed=1)
     h0 = h0 if with_h0 else None
     ref, ref_last = scan_naive.linear_scan(a, b, h0)
-    h, h_last = linear_scan_parallel(a, b, h0, method=method)
+    h, h_last = heinsen_scan(a, b, h0)
     torch.testing.assert_close(h, ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(h_last, ref_last, rtol=1e-4, atol=1e-5)
 
@@ -62,7 +61,7 @@ def test_parallel_log_long_decay_and_positive_b():
     a, b, _ = _inputs(B=2, T=300, H=4, dtype=torch.float32, seed=2, positive_b=True)
     a = a * 0.1
     torch.testing.assert_close(
-        linear_scan_parallel(a, b, method="log")[0], scan_naive.linear_scan(a, b)[0], rtol=1e-4, atol=1e-5
+        heinsen_scan(a, b)[0], scan_naive.linear_scan(a, b)[0], rtol=1e-4, atol=1e-5
     )
 
 
@@ -72,7 +71,7 @@ def test_parallel_log_near_zero_gates():
     a, b, h0 = _inputs(B=2, T=12, H=4, dtype=torch.float64, seed=4)
     a = a.clone()
     a[:, 3::4] = 1e-7
-    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method="log")[0], scan_naive.linear_scan(a, b, h0)[0],
+    torch.testing.assert_close(heinsen_scan(a, b, h0)[0], scan_naive.linear_scan(a, b, h0)[0],
                                rtol=1e-7, atol=1e-9)
 
 
@@ -82,22 +81,16 @@ def test_parallel_log_zero_inputs_add_exactly_nothing():
     -100 (exp ~ 4e-44) would show."""
     a = torch.full((2, 40, 3), 0.05, dtype=torch.float64)
     h0 = torch.tensor([[1.0, -2.0, 0.5], [-0.3, 3.0, -1.0]], dtype=torch.float64)
-    h, h_last = linear_scan_parallel(a, torch.zeros_like(a), h0, method="log")
+    h, h_last = heinsen_scan(a, torch.zeros_like(a), h0)
     want = h0[:, None] * torch.cumprod(a, dim=1)
     torch.testing.assert_close(h, want, rtol=1e-10, atol=0)
     torch.testing.assert_close(h_last, want[:, -1], rtol=1e-10, atol=0)
 
 
-def test_doubling_handles_negative_a():
-    a, b, h0 = _inputs(T=9, seed=3)
-    a = -a
-    torch.testing.assert_close(linear_scan_parallel(a, b, h0, method="doubling")[0], _explicit(a, b, h0))
-
-
 def test_parallel_gradients_match_sequential():
     a, b, h0 = _inputs(T=6, seed=4)
     grads = []
-    for fn in (scan_naive.linear_scan, lambda *x: linear_scan_parallel(*x, method="log")):
+    for fn in (scan_naive.linear_scan, heinsen_scan):
         xs = [t.clone().requires_grad_() for t in (a, b, h0)]
         fn(*xs)[0].pow(2).sum().backward()
         grads.append([x.grad for x in xs])
@@ -107,7 +100,7 @@ def test_parallel_gradients_match_sequential():
 
 def test_gradcheck_parallel_linear_scan():
     a, b, h0 = (t.requires_grad_() for t in _inputs())
-    assert torch.autograd.gradcheck(lambda a, b, h0: linear_scan_parallel(a, b, h0), (a, b, h0))
+    assert torch.autograd.gradcheck(heinsen_scan, (a, b, h0))
 
 
 def test_naive_upcasts_and_returns_input_dtype():

@@ -6,17 +6,14 @@ states ``[B, T, H]`` in the input dtype and the final state ``[B, H]`` in the co
 arithmetic runs in fp32 (fp64 stays fp64).
 
 - ``linear_scan``: the readable sequential loop over time (the reference).
-- ``linear_scan_parallel``: the same recurrence without a loop over time.
-  ``method="log"`` is the log-space (Heinsen) scan of Feng et al. 2024 / the reference study's
-  minGRU/minLSTM training path: with ``a* = cumsum(log a)``,
-  ``h_t = exp(a*_t) * (h0 + sum_{s<=t} b_s exp(-a*_s))``, evaluated as
+- ``heinsen_scan``: the same recurrence without a loop over time (backend ``"heinsen"``): the
+  log-space scan of Feng et al. 2024 / the reference study's minGRU/minLSTM training path: with
+  ``a* = cumsum(log a)``, ``h_t = exp(a*_t) * (h0 + sum_{s<=t} b_s exp(-a*_s))``, evaluated as
   ``exp(a*_t + logcumsumexp(log b_s - a*_s))``; signed ``b`` is handled by scanning its positive
   and negative parts separately. Needs ``a > 0`` (values are clamped to the smallest normal).
-  ``method="doubling"`` is the Hillis-Steele associative scan over pairs
-  ``(a1, b1) . (a2, b2) = (a1 a2, a2 b1 + b2)`` in ``ceil(log2 T)`` steps; any ``a``.
 - ``mingru_scan`` / ``minlstm_scan``: the recurrence of minGRU / minLSTM from the raw input
   projection ``p`` (gates by ``mingru_gates`` / ``minlstm_gates``, then ``linear_scan``), with
-  ``heinsen_*`` twins that run ``linear_scan_parallel`` instead (the reference study's training path).
+  ``heinsen_*`` twins that run ``heinsen_scan`` instead (the reference study's training path).
 """
 
 from __future__ import annotations
@@ -71,43 +68,18 @@ def _log_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torc
     return h[:, 1:] if h0 is not None else h
 
 
-def _doubling_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
-    if h0 is not None:  # fold h0 into the first step: h_0' = a_0 h0 + b_0
-        b = torch.cat([(a[:, 0] * h0 + b[:, 0]).unsqueeze(1), b[:, 1:]], dim=1)
-    T = b.shape[1]
-    shift = 1
-    while shift < T:
-        # combine element t with element t - shift: (A, B)_t <- (A_t A_{t-s}, A_t B_{t-s} + B_t)
-        b = torch.cat([b[:, :shift], a[:, shift:] * b[:, :-shift] + b[:, shift:]], dim=1)
-        a = torch.cat([a[:, :shift], a[:, shift:] * a[:, :-shift]], dim=1)
-        shift *= 2
-    return b
-
-
-def linear_scan_parallel(
-    a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None, method: str = "log"
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Parallel-form ``h_t = a_t * h_{t-1} + b_t`` (no loop over time), ``(h, h_T)``; see the
-    module docstring."""
+def heinsen_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``linear_scan`` by the log-space parallel scan (no loop over time; needs ``a > 0``): backend
+    "heinsen"; see the module docstring."""
     dtype = b.dtype
     ct = compute_dtype(dtype)
     a, b = a.to(ct), b.to(ct)
     h0 = None if h0 is None else h0.to(ct)
     if b.shape[1] == 0:
         return b.to(dtype), b.new_zeros(b.shape[0], b.shape[2]) if h0 is None else h0
-    if method == "log":
-        h = _log_scan(a, b, h0)
-    elif method == "doubling":
-        h = _doubling_scan(a, b, h0)
-    else:
-        raise ValueError(f"method must be 'log' or 'doubling', got {method!r}")
+    h = _log_scan(a, b, h0)
     return h.to(dtype), h[:, -1]
-
-
-def heinsen_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``linear_scan`` by the log-space parallel scan (needs ``a > 0``): backend "heinsen"."""
-    return linear_scan_parallel(a, b, h0, method="log")
 
 
 # ------------------------------------------------------------------ minGRU / minLSTM gates
