@@ -88,6 +88,19 @@ def test_every_layer_option_is_declared_with_help():
         assert not missing, f"{spec.config_path}: declare {missing} with rnnlab.options.option(default, help=...)"
 
 
+def test_a_backend_option_names_every_backend_of_its_op():
+    """``op_backend_option`` declares a layer's ``backend`` from its op's words, each said in the
+    help; an alternative backend it is not told about is refused where the config is declared."""
+    from rnnlab.layers.base import op_backend_option
+    from rnnlab.ops.scan import BACKENDS
+
+    opt = next(o for o in get_spec("mingru").layer_options() if o.key == "backend")
+    assert opt.choices == BACKENDS
+    assert all(f"{word} (" in opt.meta.help for word in BACKENDS)
+    with pytest.raises(ValueError, match=r"describe the op's alternative backends \['heinsen'\]"):
+        op_backend_option(BACKENDS)
+
+
 def _bad_values(opt) -> list:
     """Values the declaration of a ``--layer`` option refuses: text for a number, an unknown
     choice, and a number just outside its bounds."""

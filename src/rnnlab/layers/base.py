@@ -21,7 +21,9 @@ the option it names (``ModelConfig`` prefixes it with "<model> layer option").
 tests/test_layer_contract.py fails for a field declared without help.
 
 Shared here: the config check, the inner width of the layers with an ``expansion`` option
-(:class:`InnerWidth`), and for a layer with an official implementation (Mamba2, Gated
+(:class:`InnerWidth`), the ``backend`` option of every recurrent layer (:func:`op_backend_option`:
+which implementation of its op runs; :func:`official_backend_option`: the official library's
+module or the reference), and for a layer with an official implementation (Mamba2, Gated
 DeltaNet) the choice between it and the reference (:func:`resolve_official`,
 :class:`OfficialOrReference`) and the adoption of the library's module (:func:`adopt`).
 """
@@ -34,13 +36,35 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from rnnlab.options import check, check_value, positive
+from rnnlab.options import check, check_value, option, positive
 
 State = tuple[Any, ...]
 OFFICIAL_BACKENDS = ("auto", "official", "reference")  # of a layer with an official implementation
 # the backends that run only on CUDA tensors: an op's GPU kernel (rnnlab.ops.registry's "triton")
 # and a layer's official implementation (resolve_official)
 CUDA_ONLY_BACKENDS = ("triton", "official")
+
+
+def op_backend_option(backends: tuple[str, ...], **alternatives: str) -> Any:
+    """The ``backend`` option of a layer whose recurrence is an op (E1, E16, E88, minGRU, minLSTM):
+    the op's ``backends`` (``Op.backends``), passed as they are to the op, whose
+    :meth:`~rnnlab.ops.registry.Op.implementation` picks what runs; ``alternatives`` says what each
+    named alternative of the op is (name = description), for ``--help`` and ``rnnlab layers``."""
+    said = {"auto": "auto (the GPU kernel on CUDA, else the PyTorch reference)", "naive": "naive (the reference)",
+            "triton": "triton (the GPU kernel, CUDA only)", **{k: f"{k} ({v})" for k, v in alternatives.items()}}
+    if missing := [b for b in backends if b not in said]:
+        raise ValueError(f"op_backend_option: describe the op's alternative backends {missing}")
+    words = [said[b] for b in backends]
+    return option("auto", choices=backends, help="the scan: " + ", ".join(words[:-1]) + " or " + words[-1])
+
+
+def official_backend_option(library: str) -> Any:
+    """The ``backend`` option of a layer with an official implementation (Mamba2, Gated DeltaNet):
+    :data:`OFFICIAL_BACKENDS`, which :func:`resolve_official` turns into the whole layer's
+    implementation at construction; ``library`` names what "official" runs."""
+    return option("auto", choices=OFFICIAL_BACKENDS,
+                  help=f"official ({library}, CUDA only), reference (PyTorch, any device, same weights) or auto "
+                       "(official where it runs)")
 
 
 def check_options(cfg: Any) -> None:

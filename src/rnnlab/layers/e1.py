@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import InnerWidth, State, check_options
+from rnnlab.layers.base import InnerWidth, State, check_options, op_backend_option
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan, elman_scan_beside_linear
 from rnnlab.ops.registry import LazyKernel
@@ -195,9 +195,7 @@ class E1Config(InnerWidth):
                                     bounds=positive())
     power_iters: int = option(3, help="power iterations per training forward estimating W_h's spectral norm",
                               bounds=positive())
-    backend: str = option("auto", choices=BACKENDS,
-                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive "
-                               "(the reference) or triton")
+    backend: str = op_backend_option(BACKENDS)
 
     @property
     def d_state(self) -> int:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import InnerWidth, State, check_options
+from rnnlab.layers.base import InnerWidth, State, check_options, op_backend_option
 from rnnlab.ops.diag import BACKENDS, diag_elman_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.options import option, positive
@@ -35,8 +35,7 @@ class E16Config(InnerWidth):
     expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive())
     state_expansion: int = option(2, help="state width ds = di * state_expansion (\"E16 s4\" means 4)",
                                   bounds=positive())
-    backend: str = option("auto", choices=BACKENDS,
-                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
+    backend: str = op_backend_option(BACKENDS)
 
     @property
     def d_state(self) -> int:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_options
+from rnnlab.layers.base import State, check_options, op_backend_option
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.e88 import BACKENDS, e88_scan
@@ -46,8 +46,7 @@ class E88Config:
                               bounds=positive())
     heads: int | None = option(None, help="number of heads (default: balanced, max(1, dim // n_state))",
                                bounds=positive())
-    backend: str = option("auto", choices=BACKENDS,
-                          help="the scan: auto (GPU kernel on CUDA, else the PyTorch reference), naive or triton")
+    backend: str = op_backend_option(BACKENDS)
 
     @property
     def n_heads(self) -> int:

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_options,
+from rnnlab.layers.base import (OfficialOrReference, State, adopt, check_options, official_backend_option,
                                 resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.delta import fla_backward_refusal, gated_delta_scan
@@ -62,9 +62,7 @@ class GatedDeltaNetConfig:
                                bounds=positive())
     expand_v: float = option(2.0, help="value size per head V = head_dim * expand_v", bounds=positive())
     conv_size: int = option(4, help="kernel size of the causal depthwise convs on q, k, v", bounds=positive())
-    backend: str = option("auto", choices=OFFICIAL_BACKENDS,
-                          help="official (fla's layer and kernels, CUDA only), reference (PyTorch, any device, "
-                               "same weights) or auto (official where it runs)")
+    backend: str = official_backend_option("fla's layer and kernels")
 
     @property
     def n_heads(self) -> int:

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (OFFICIAL_BACKENDS, OfficialOrReference, State, adopt, check_options,
+from rnnlab.layers.base import (OfficialOrReference, State, adopt, check_options, official_backend_option,
                                 resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
@@ -65,9 +65,7 @@ class Mamba2Config:
     ngroups: int = option(1, help="groups of heads sharing B and C (must divide the number of heads)",
                          bounds=positive())
     chunk_size: int = option(256, help="chunk length of the SSD scan", bounds=positive())
-    backend: str = option("auto", choices=OFFICIAL_BACKENDS,
-                          help="official (mamba_ssm's module and kernels, CUDA only), reference (PyTorch, any "
-                               "device, same weights) or auto (official where it runs)")
+    backend: str = official_backend_option("mamba_ssm's module and kernels")
 
     @property
     def d_inner(self) -> int:
