@@ -137,3 +137,9 @@ class OfficialOrReference(nn.Module):
         else:
             self._build_reference(cfg)
         self.cfg = cfg
+
+    def _check_official_input(self, x: torch.Tensor) -> None:
+        """Refuse ``x`` off CUDA in one line: the official implementation's kernels run only there."""
+        if not x.is_cuda:
+            raise RuntimeError(f"{type(self).__name__} backend='official' runs only on CUDA tensors; "
+                               "use backend='reference' on CPU")

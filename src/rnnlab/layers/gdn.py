@@ -166,9 +166,7 @@ class GatedDeltaNet(OfficialOrReference):
     # ---------------------------------------------------------------- contract
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "official":
-            if not x.is_cuda:
-                raise RuntimeError("GatedDeltaNet backend='official' runs only on CUDA tensors; "
-                                   "use backend='reference' on CPU")
+            self._check_official_input(x)
             return self._official.forward(self, x)[0]
         q, k, v = (self._conv(conv, proj(x)) for conv, proj in
                    ((self.q_conv1d, self.q_proj), (self.k_conv1d, self.k_proj), (self.v_conv1d, self.v_proj)))

@@ -170,12 +170,6 @@ class Mamba2(OfficialOrReference):
         self.out_proj = nn.Linear(di, cfg.dim, bias=False)
 
     # ---------------------------------------------------------------- helpers
-    def _check_cuda(self, x: torch.Tensor) -> None:
-        if not x.is_cuda:
-            raise RuntimeError(
-                "Mamba2 backend='official' runs only on CUDA tensors; use backend='reference' on CPU"
-            )
-
     def _split(self, zxbcdt: torch.Tensor):
         di, GN = self.d_inner, self.ngroups * self.d_state
         return torch.split(zxbcdt, [di, di + 2 * GN, self.nheads], dim=-1)
@@ -194,7 +188,7 @@ class Mamba2(OfficialOrReference):
     # ---------------------------------------------------------------- contract
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "official":
-            self._check_cuda(x)
+            self._check_official_input(x)
             return self._official.forward(self, x)
         T = x.shape[1]
         z, xBC, dt = self._split(self.in_proj(x))
@@ -215,7 +209,7 @@ class Mamba2(OfficialOrReference):
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         conv, ssm = state
         if self.backend == "official":
-            self._check_cuda(x_t)
+            self._check_official_input(x_t)
             conv, ssm = conv.clone(), ssm.clone()  # official step updates in place
             y, conv, ssm = self._official.step(self, x_t.unsqueeze(1), conv, ssm)
             return y.squeeze(1), (conv, ssm)
