@@ -1,5 +1,5 @@
-"""The recurrences of every layer, one op each: a pure-PyTorch reference (``<op>/naive.py``) beside
-its GPU kernel (``<op>/triton.py``), run through one registry and backend vocabulary
+"""The recurrences of every layer, one op each: a pure-PyTorch reference (``<pkg>/naive.py``) beside
+its GPU kernel (``<pkg>/triton.py``), run through one registry and backend vocabulary
 (``rnnlab.ops.registry``). Every op returns ``(all states or outputs, final state)``, so a
 layer's ``step`` is its op run on one token."""
 

@@ -4,8 +4,8 @@
 
 * ``"naive"``: the op's reference, a readable pure-PyTorch loop over time (any device). It defines
   the op; every other implementation is tested against it.
-* ``"triton"``: the op's GPU kernel module (``rnnlab.ops.<op>.triton``, or the module the op
-  names, e.g. ``rnnlab.ops.elman.selective``: Triton, or CUDA C++ where that module says so),
+* ``"triton"``: the op's GPU kernel module (the one its :class:`Op` names: ``rnnlab.ops.<pkg>.triton``,
+  or e.g. ``rnnlab.ops.elman.selective``; Triton, or CUDA C++ where that module says so),
   imported on first use; CUDA tensors only.
 * ``"auto"``: ``"triton"`` for CUDA tensors when the kernel imports (a one-time warning when it
   does not), else ``"naive"``.

@@ -1,7 +1,8 @@
 """The Elman scans of E1, three ops (math in ``naive.py``):
 
 * ``elman_scan``: ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``; implementations ``naive.py`` (the
-  reference loop) and ``triton.py`` (the GPU kernels: heads, dense per-step, persistent dense);
+  reference loop) and ``triton.py`` (the GPU kernels: heads, dense per-step, persistent dense or
+  wgmma; its docstring says which runs when);
 * ``elman_scan_beside_linear``: ``elman_scan`` from zeros and a projection ``x @ wl.T`` that does
   not wait on it (E1 heads' gate), which the GPU kernels run on a second stream beside a heads
   scan (``rnnlab.ops.streams``); it returns ``(h, h_T, x @ wl.T)``;

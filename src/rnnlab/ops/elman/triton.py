@@ -1,8 +1,10 @@
 """GPU Elman scan ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)`` (E1), forward and backward: the ``triton``
-backend of ``elman_scan``. Three kernels, chosen by ``w_h`` and the dtype:
+backend of ``elman_scan``. Three kinds of kernel, chosen by ``w_h``, the dtype, the shape and the GPU:
 
 * **heads** ``w_h: [nh, hd, hd]`` (block-diagonal): ``heads.py``, one Triton program per (head,
-  batch tile) with W_head on chip for all T, dW accumulated in the backward loop.
+  batch tile) with W_head on chip for all T, dW accumulated in the backward loop; 16-bit heads of
+  64 or 128 channels on sm_80+ (``ElmanKernelOptions.heads_gluon``, on by default) run
+  ``heads_gluon.py``'s Gluon kernels instead (``heads.py`` chooses).
 * **dense persistent** ``w_h: [H, H]``, bf16/fp16, when the shape fits: ``persistent.py`` (CUDA
   C++), one cooperative launch per direction with W resident in shared memory; for plain bf16
   scans of B <= 32, H <= 1792 on Hopper (``ElmanKernelOptions.dense_wgmma``, on by default)
