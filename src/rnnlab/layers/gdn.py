@@ -90,9 +90,10 @@ def _l2_normalize(t: torch.Tensor) -> torch.Tensor:
     return u * torch.rsqrt(u.square().sum(-1, keepdim=True) + 1e-6)
 
 
-class GatedRMSNorm(nn.Module):
+class RMSNormThenGate(nn.Module):
     """fla's ``FusedRMSNormGated`` (swish) in PyTorch: ``o / rms(o) * weight * silu(gate)`` over the
-    last dimension (``size``), in the compute dtype; returns ``o``'s dtype."""
+    last dimension (``size``), the norm before the gate (Mamba2's is the other way round), in the
+    compute dtype; returns ``o``'s dtype."""
 
     def __init__(self, size: int, eps: float = 1e-5):
         super().__init__()
@@ -141,7 +142,7 @@ class GatedDeltaNet(OfficialOrReference):
             nn.Conv1d(c, c, cfg.conv_size, groups=c, padding=cfg.conv_size - 1, bias=False)
             for c in (H * K, H * K, H * V))
         self.g_proj = nn.Linear(D, H * V, bias=False)
-        self.o_norm = GatedRMSNorm(V)
+        self.o_norm = RMSNormThenGate(V)
         self.o_proj = nn.Linear(H * V, D, bias=False)
 
     # ---------------------------------------------------------------- the reference

@@ -104,15 +104,15 @@ def resolve_backend(backend: str) -> str:
 _warned_no_conv = False
 
 
-class GatedRMSNorm(nn.Module):
-    """``rmsnorm(x * silu(z)) * weight`` per group of ``group_size`` channels (mamba_ssm's
-    ``RMSNormGated`` with norm_before_gate=False); fp32 math, returns ``x``'s dtype."""
+class GateThenRMSNorm(nn.Module):
+    """``rmsnorm(x * silu(z)) * weight`` per group of ``group_size`` channels: the gate before the
+    norm (mamba_ssm's ``RMSNormGated`` with norm_before_gate=False; Gated DeltaNet's norm is the
+    other way round); fp32 math, returns ``x``'s dtype."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None):
         super().__init__()
         self.eps = eps
         self.group_size = group_size or hidden_size
-        self.norm_before_gate = False
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -166,7 +166,7 @@ class Mamba2(OfficialOrReference):
         self.dt_bias = dt_bias_init(H)
         self.A_log = a_log_init(H, 1, 16)
         self.D = no_weight_decay(nn.Parameter(torch.ones(H)))
-        self.norm = GatedRMSNorm(di, eps=1e-5, group_size=di // G)
+        self.norm = GateThenRMSNorm(di, eps=1e-5, group_size=di // G)
         self.out_proj = nn.Linear(di, cfg.dim, bias=False)
 
     # ---------------------------------------------------------------- helpers
