@@ -65,7 +65,7 @@ import triton
 import triton.language as tl
 
 from rnnlab.ops.elman.persistent import SHAPES
-from rnnlab.ops.elman.tanh import tanh
+from rnnlab.ops.tanh import tanh
 
 
 def timeit(fn, reps: int, warmup: int = 2, back_to_back: int = 1) -> float:

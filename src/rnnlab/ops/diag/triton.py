@@ -20,18 +20,12 @@ import triton
 import triton.language as tl
 
 from rnnlab.ops.registry import check_time_offsets, final_state, traced
+from rnnlab.ops.tanh import tanh
 
 __all__ = ["diag_elman_scan"]
 
 BLOCK = 256
 NUM_WARPS = 4
-
-
-@triton.jit
-def _tanh(x):
-    # exp form, exact to fp32 rounding in absolute terms; saturates cleanly at +-1
-    e = tl.exp(2.0 * x)
-    return 1.0 - 2.0 / (e + 1.0)
 
 
 @triton.jit
@@ -56,13 +50,13 @@ def _diag_fwd(u_ptr, a_ptr, h0_ptr, h_ptr, T, S, HAS_H0: tl.constexpr, BLOCK: tl
         u1 = tl.load(u_ptr + p + S, mask=m1, other=0.0).to(tl.float32)
         u2 = tl.load(u_ptr + p + 2 * S, mask=m2, other=0.0).to(tl.float32)
         u3 = tl.load(u_ptr + p + 3 * S, mask=m3, other=0.0).to(tl.float32)
-        h = _tanh(a * h + u0)
+        h = tanh(a * h + u0)
         tl.store(h_ptr + p, h.to(h_ptr.dtype.element_ty), mask=mask)
-        h = _tanh(a * h + u1)
+        h = tanh(a * h + u1)
         tl.store(h_ptr + p + S, h.to(h_ptr.dtype.element_ty), mask=m1)
-        h = _tanh(a * h + u2)
+        h = tanh(a * h + u2)
         tl.store(h_ptr + p + 2 * S, h.to(h_ptr.dtype.element_ty), mask=m2)
-        h = _tanh(a * h + u3)
+        h = tanh(a * h + u3)
         tl.store(h_ptr + p + 3 * S, h.to(h_ptr.dtype.element_ty), mask=m3)
 
 

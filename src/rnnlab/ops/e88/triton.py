@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from rnnlab.ops.elman.tanh import fast_tanh_applies, tanh
+from rnnlab.ops.tanh import fast_tanh_applies, tanh
 
 __all__ = ["e88_scan", "E88KernelOptions"]
 

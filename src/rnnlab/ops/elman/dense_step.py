@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from rnnlab.ops.elman.options import ElmanKernelOptions
-from rnnlab.ops.elman.tanh import tanh
+from rnnlab.ops.tanh import tanh
 
 
 @triton.jit

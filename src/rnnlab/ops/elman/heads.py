@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from rnnlab.ops.elman.options import HEADS_DW_BLOCK, ElmanKernelOptions
-from rnnlab.ops.elman.tanh import tanh
+from rnnlab.ops.tanh import tanh
 from rnnlab.ops.registry import check_time_offsets
 
 

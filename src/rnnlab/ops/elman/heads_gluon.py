@@ -35,7 +35,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
-from rnnlab.ops.elman.tanh import fast_tanh_applies
+from rnnlab.ops.tanh import fast_tanh_applies
 
 BT = gl.constexpr(16)  # batch rows a program: the MMA's M
 WARPS = gl.constexpr(8)  # they split a head's columns, 8 at the least each: heads of 64 or more

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rnnlab.ops.elman.tanh import fast_tanh_applies
+from rnnlab.ops.tanh import fast_tanh_applies
 
 
 HEADS_DW_BLOCK = 32  # heads.weight_gradient's rows a step: heads_dw_rows is a multiple of it

@@ -1,5 +1,6 @@
-"""The tanh inside the Elman and E88 Triton kernels: the exact exp form, or (``FAST``, 16-bit
-inputs on a GPU only, :func:`fast_tanh_applies`) the sm_75+ MUFU approximation."""
+"""The tanh inside the Triton kernels of E1, E16 and E88: the exact exp form, or (``FAST``, 16-bit
+inputs on a GPU only, :func:`fast_tanh_applies`; E1's and E88's kernels) the sm_75+ MUFU
+approximation."""
 
 import os
 
@@ -19,6 +20,6 @@ def tanh(x, FAST: tl.constexpr = False):
     if FAST:  # sm_75+ MUFU tanh, ~1e-3 relative error: only for 16-bit inputs
         return tl.inline_asm_elementwise("tanh.approx.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
                                          is_pure=True, pack=1)
-    else:
+    else:  # exact to fp32 rounding in absolute terms; saturates cleanly at +-1
         e = tl.exp(2.0 * x)
         return 1.0 - 2.0 / (e + 1.0)
