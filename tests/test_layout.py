@@ -180,3 +180,34 @@ def test_every_option_the_docs_give_a_command_exists():
         ["train --stepz", "analyze gradflow --steps", "train --stepz"]
     unknown = sorted({f"{doc.name}: {u}" for doc in _docs() for u in _unknown_options(doc.read_text(), options)})
     assert not unknown, unknown
+
+
+def _benchmark_flags(text: str, scripts: dict[str, set[str]]) -> list[str]:
+    """``SCRIPT --flag`` for each option that a command line in ``text`` (``benchmarks/X.py ...``,
+    up to the end of its code span, a pipe, a ``;``, a ``$(`` or a shell comment) gives a script
+    that does not declare it."""
+    import re
+
+    unknown = []
+    for m in re.finditer(r"\bbenchmarks/([\w-]+\.py)((?:(?!\s#|\$\()[^`|;&)\n])*)", text):
+        if m.group(1) in scripts:
+            unknown += [f"{m.group(1)} {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2))
+                        if flag not in scripts[m.group(1)]]
+    return unknown
+
+
+def test_every_option_the_docs_give_a_benchmark_script_exists():
+    """A ``benchmarks/*.py`` command line in README.md or docs/ gives only options the script
+    declares (read from its ``add_argument`` calls, not by importing it: they need a GPU's
+    packages). The results READMEs are left out: each records a run at the commit it names."""
+    import re
+
+    scripts = {f.name: {"--help", *re.findall(r"""add_argument\(\s*(?:"-\w",\s*)?["'](--[a-z][a-z0-9-]*)["']""",
+                                                f.read_text())}
+               for f in (REPO / "benchmarks").glob("*.py")}
+    assert _benchmark_flags("`benchmarks/bench_models.py --only E1 --onyl E1 --commit $(git rev-parse --short HEAD)`\n"
+                            "benchmarks/bench_kernels.py --sections heads  # --not-a-flag", scripts) == \
+        ["bench_models.py --onyl"]
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    unknown = sorted({f"{doc.name}: {u}" for doc in pages for u in _benchmark_flags(doc.read_text(), scripts)})
+    assert not unknown, unknown
