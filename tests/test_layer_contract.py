@@ -164,9 +164,7 @@ def test_causal(case):
     assert not torch.allclose(y2[:, 5:], y[:, 5:])
 
 
-# Mamba2's gated RMSNorm computes in fp32 like mamba_ssm's (float64 inputs included), too coarse
-# for gradcheck's finite differences; its SSD op is gradchecked in test_ops / test_mamba2.
-@pytest.mark.parametrize("case", [c for c in CASES if c[0] != "mamba2"], ids=_id)
+@pytest.mark.parametrize("case", CASES, ids=_id)
 def test_gradcheck(case):
     mixer = make_layer(*case, dtype=torch.float64, dim=4)
     x = torch.randn(2, 4, 4, dtype=torch.float64, requires_grad=True)

@@ -107,7 +107,7 @@ _warned_no_conv = False
 class GateThenRMSNorm(nn.Module):
     """``rmsnorm(x * silu(z)) * weight`` per group of ``group_size`` channels: the gate before the
     norm (mamba_ssm's ``RMSNormGated`` with norm_before_gate=False; Gated DeltaNet's norm is the
-    other way round); fp32 math, returns ``x``'s dtype."""
+    other way round); in the compute dtype (fp32, fp64 for fp64), returns ``x``'s dtype."""
 
     def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None):
         super().__init__()
@@ -116,11 +116,11 @@ class GateThenRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float() * F.silu(z.float())
+        dtype, ct = x.dtype, compute_dtype(x.dtype)
+        x = x.to(ct) * F.silu(z.to(ct))
         g = x.unflatten(-1, (-1, self.group_size))
         g = g * torch.rsqrt(g.square().mean(-1, keepdim=True) + self.eps)
-        return (g.flatten(-2) * self.weight.float()).to(dtype)
+        return (g.flatten(-2) * self.weight.to(ct)).to(dtype)
 
 
 class Mamba2(OfficialOrReference):
