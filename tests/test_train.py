@@ -1115,14 +1115,20 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     """``curve_eval_bytes``: evaluations during training score that many held-out bytes (a cheap
     learning curve), the final one ``eval_bytes`` (here the whole split) and the curve's bytes too
     (``curve_*``), each equal to ``rnnlab eval`` of the finished run with that many bytes; the
-    report's curve ends on the curve's bytes."""
+    report's curve ends on the curve's bytes. The held-out file is the bundled one's first 6,000
+    bytes: the whole split is six times the curve's share, where the bundled 363 KB made each
+    whole-split score (every final evaluation's, at x and at y, and ``rnnlab eval``'s) the
+    test's cost."""
     from rnnlab.bench.collect import collect
     from rnnlab.bench.plots import held_out_label, run_curves
     from rnnlab.cli import main
+    from rnnlab.data.corpus import default_val_path
     from rnnlab.train.metrics import eval_line, scalars
 
+    val = tmp_path / "held_out.txt"
+    val.write_bytes(default_val_path().read_bytes()[:6000])
     cfg = tiny_train(tmp_path / "r", steps=6, eval_every=3, eval_bytes="all", curve_eval_bytes="1K",
-                     checkpoint_every=3)
+                     checkpoint_every=3, val_data=str(val))
     s = run_training(cfg, progress=False)
     evals = [json.loads(line) for line in (tmp_path / "r" / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["bytes"], e.get("curve_bytes")) for e in evals] == [(3, 992, None), (6, s["val_bytes"], 992)]
@@ -1140,7 +1146,7 @@ def test_curve_evals_score_their_bytes_and_the_final_eval_both(tiny_train, tmp_p
     # resumed from step 3 with the budget cut to 3 steps: step 3's curve evaluation is no final one
     shutil.rmtree(tmp_path / "r" / "ckpt" / "step-000006")
     cut = run_training(tiny_train(tmp_path / "r", steps=3, eval_every=3, eval_bytes="all", curve_eval_bytes="1K",
-                                  checkpoint_every=3, resume=True), progress=False)
+                                  checkpoint_every=3, val_data=str(val), resume=True), progress=False)
     assert (cut["steps"], cut["val_bytes"]) == (3, s["val_bytes"])
 
 
