@@ -223,6 +223,8 @@ CASES = [
      "argument --batches: must be a positive integer, got '0'"),
     ("gradflow_seq_len_zero", ["analyze", "gradflow", "--run", "{run}", "--seq-len", "0"],
      "argument --seq-len: must be a positive integer, got '0'"),
+    ("gradflow_run_data_gone", ["analyze", "gradflow", "--run", "{moved}"],  # its held-out bytes are the run's
+     "data file not found: {root}/gone.txt (the run's data, as its config.json names it): put it back there"),
     # no subcommand: argparse named its internal field (data_command, analysis), not what to type
     ("data_no_command", ["data"], "the following arguments are required: COMMAND (see rnnlab data --help)"),
     ("analyze_no_command", ["analyze"], "the following arguments are required: COMMAND (see rnnlab analyze --help)"),

@@ -273,8 +273,12 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
             seq_len: int | None = None, last: int = 1, power_iters: int = 10, device: str = "cpu",
             history: bool = True, plots: bool = True) -> dict[str, Any]:
     """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``. ``last``
-    is checked against each run's sequence length (from its config.json) before any weights load."""
+    is checked against each run's sequence length, and each run's corpus files are looked for (both
+    from its config.json), before any weights load."""
     lengths = [seq_len or RunDir(run).config().data.seq_len for run in runs]
+    for run in runs:  # its held-out bytes come from the run's own corpus: moved or deleted since training
+        if missing := RunDir(run).missing_corpus():
+            raise FileNotFoundError(f"{missing}: put it back there")
     for T in lengths:
         if last >= T:  # no earlier position would be left to measure: every lag None, silently
             raise ValueError(f"last ({last}) must be below the sequence length ({T}): the curves follow the "
