@@ -113,8 +113,9 @@ def _run_opaque(fn: Callable, *args):
 
 @opaque
 def _warn_unavailable(op: str, kernel: LazyKernel) -> None:
-    """Warn, once per kernel module, that ``auto`` runs ``op``'s reference on CUDA tensors because
-    its kernel does not import (outside the graph under torch.compile)."""
+    """Warn, once per op (each :class:`Op` has its own :class:`LazyKernel`, also where ops share a
+    module), that ``auto`` runs ``op``'s reference on CUDA tensors because its kernel does not
+    import (outside the graph under torch.compile)."""
     if not kernel.warned:
         warnings.warn(f"{op}: GPU kernel unavailable ({kernel.error}); using the slow reference loop")
         kernel.warned = True
