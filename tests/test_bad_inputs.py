@@ -153,6 +153,9 @@ CASES = [
     ("resume_corpus_moved", ["train", "--resume", "--out", "{moved}"],  # the path it needs, and why that one
      "data file not found: {root}/gone.txt (the run's data, as its config.json names it): a resumed run reads the "
      "same path, so put the file back there"),
+    ("resume_extra_val_moved", ["train", "--resume", "--out", "{moved_extra}"],
+     "extra_val_data file not found: {root}/gone.txt (the run's extra_val_data, as its config.json names it): a "
+     "resumed run reads the same path, so put the file back there"),
     ("grad_clip_text", [*TRAIN, "--grad-clip", "off"], "grad_clip must be a positive number, or 0 for no clipping, "
                                                        "got 'off'"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
@@ -301,6 +304,9 @@ def world(tmp_path_factory, one_thread_module):
     shutil.copytree(w["run"], w["moved"])
     saved = json.loads((w["moved"] / "config.json").read_text())
     (w["moved"] / "config.json").write_text(json.dumps({**saved, "data": str(root / "gone.txt")}))
+    w["moved_extra"] = root / "moved_extra"  # its extra held-out text (--extra-val-data) moved
+    shutil.copytree(w["run"], w["moved_extra"])
+    (w["moved_extra"] / "config.json").write_text(json.dumps({**saved, "extra_val_data": str(root / "gone.txt")}))
     for name in ("legacy_truncated", "legacy_nan", "legacy_header"):
         w[name] = root / name
         shutil.copytree(LEGACY, w[name])
@@ -343,8 +349,21 @@ def test_a_missing_path_typed_with_resume_is_not_called_the_runs(world, capsys):
     """The moved-corpus hint (``resume_corpus_moved``) is for a path config.json names; a path typed
     with ``--resume`` that does not exist is only said to be missing."""
     typo = world["root"] / "typo.txt"
-    assert main(["train", "--resume", "--out", str(world["run"]), "--data", str(typo)]) == 2
-    assert capsys.readouterr().err.strip() == f"rnnlab train: error: data file not found: {typo}"
+    for run in ("run", "moved"):  # "moved": its config.json names a file that is gone too
+        assert main(["train", "--resume", "--out", str(world[run]), "--data", str(typo)]) == 2
+        assert capsys.readouterr().err.strip() == f"rnnlab train: error: data file not found: {typo}"
+
+
+def test_eval_reads_only_the_held_out_file(world, tmp_path, capsys):
+    """A run with a held-out file of its own (``val_data``) is scored on it although its training
+    file has moved: eval neither needs nor looks for the training file then."""
+    run = tmp_path / "own-val"
+    shutil.copytree(world["run"], run)
+    saved = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**saved, "data": str(world["root"] / "gone.txt"),
+                                                 "val_data": str(world["corpus"])}))
+    assert main(["eval", "--run", str(run), "--json", "--eval-bytes", "256"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"] == str(world["corpus"])
 
 
 def test_a_cuda_only_backend_is_refused_before_the_layer_warns(world, monkeypatch):

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rnnlab.bench.plots import pyplot, save
-from rnnlab.data import eval_windows, load_splits
+from rnnlab.data import eval_windows, heldout_split
 from rnnlab.train.rundir import RunDir
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)
@@ -51,7 +51,7 @@ THRESHOLDS = (1e-1, 1e-2, 1e-3)
 # ------------------------------------------------------------------------- data
 def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[torch.Tensor]:
     """The first ``n_batches`` batches of deterministic held-out windows ``[b, seq_len + 1]``."""
-    split = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction).val
+    split = heldout_split(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
     if len(split) < seq_len + 1:  # eval_windows refuses it too, but advises a larger file: the run's is fixed
         raise ValueError(f"held-out split has {len(split)} bytes, fewer than seq_len+1 = {seq_len + 1}; "
                          f"use a smaller --seq-len")
@@ -273,11 +273,11 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
             seq_len: int | None = None, last: int = 1, power_iters: int = 10, device: str = "cpu",
             history: bool = True, plots: bool = True) -> dict[str, Any]:
     """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``. ``last``
-    is checked against each run's sequence length, and each run's corpus files are looked for (both
+    is checked against each run's sequence length, and each run's held-out file is looked for (both
     from its config.json), before any weights load."""
     lengths = [seq_len or RunDir(run).config().data.seq_len for run in runs]
-    for run in runs:  # its held-out bytes come from the run's own corpus: moved or deleted since training
-        if missing := RunDir(run).missing_corpus():
+    for rd in map(RunDir, runs):  # its held-out bytes come from the run's own corpus: moved or deleted since?
+        if missing := rd.missing_corpus([rd.heldout_key()]):
             raise FileNotFoundError(f"{missing}: put it back there")
     for T in lengths:
         if last >= T:  # no earlier position would be left to measure: every lag None, silently

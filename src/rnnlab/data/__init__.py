@@ -10,6 +10,7 @@ from .corpus import (
     eval_num_windows,
     eval_windows,
     file_split,
+    heldout_split,
     load_splits,
     sample_offsets,
 )
@@ -24,6 +25,7 @@ __all__ = [
     "eval_num_windows",
     "eval_windows",
     "file_split",
+    "heldout_split",
     "load_splits",
     "sample_offsets",
 ]

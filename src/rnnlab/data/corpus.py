@@ -170,6 +170,15 @@ def load_splits(
     return Splits(train, val)
 
 
+def heldout_split(data: str | os.PathLike | None = None, val_data: str | os.PathLike | None = None,
+                  val_fraction: float = 0.01) -> Split:
+    """:func:`load_splits`' held-out split alone: a ``val_data`` file is read without opening
+    ``data``, so a run whose training file has moved can still be scored (``eval``, ``gradflow``)."""
+    if val_data is not None:
+        return file_split(val_data, "val")
+    return load_splits(data, None, val_fraction).val
+
+
 def file_split(path: str | os.PathLike, name: str = "eval") -> Split:
     """All of the raw file ``path`` as one split: a held-out text of its own (e.g. WikiText-2)."""
     corpus = ByteCorpus(path)

@@ -29,7 +29,7 @@ from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
-from rnnlab.train.rundir import RunDir
+from rnnlab.train.rundir import CORPUS_KEYS, RunDir
 
 
 def aligned(rows: Iterable[tuple[str, str]]) -> str:
@@ -100,7 +100,7 @@ def config_from_args(args) -> TrainConfig:
         if args.resume:
             run = RunDir(args.out or apply_overrides(TrainConfig(), dict(flags)).out_dir())
             saved = run.saved_config()
-            missing = run.missing_corpus(given=tuple(flags))
+            missing = run.missing_corpus(k for k in CORPUS_KEYS if k not in flags)  # a flag names its own file
             if missing:
                 raise FileNotFoundError(f"{missing}: a resumed run reads the same path, so put the file back there")
         cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
@@ -361,16 +361,16 @@ def score_rows(label: str, scores: dict, fmt, unit: str, y_note: str = "") -> li
 
 
 def run_eval_cmd(args) -> int:
-    from rnnlab.data import file_split, load_splits
+    from rnnlab.data import file_split, heldout_split
     from rnnlab.train.runtime import evaluate_run
 
     run = RunDir(args.run)
-    missing = None if args.data else run.missing_corpus()
+    missing = None if args.data else run.missing_corpus([run.heldout_key()])
     if missing:  # moved or deleted since training
         raise FileNotFoundError(f"{missing}: put it back there, or score another file with --data FILE")
     cfg, model, step = run.load(args.device, train_point=args.at == "train-point")
-    split = file_split(args.data) if args.data else load_splits(cfg.data.path, cfg.data.val_path,
-                                                                cfg.data.val_fraction).val
+    split = file_split(args.data) if args.data else heldout_split(cfg.data.path, cfg.data.val_path,
+                                                                  cfg.data.val_fraction)
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights

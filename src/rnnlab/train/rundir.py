@@ -39,7 +39,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, legacy_hint,
                                  resume_mismatch)
@@ -58,6 +58,7 @@ LOCK = ".lock"
 WANDB = "wandb"  # Weights & Biases keeps its files here (--wandb)
 WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its W&B run
 SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu")  # what env.json keeps of a resumed run's earlier sessions
+CORPUS_KEYS = ("data", "val_data", "extra_val_data")  # config.json's corpus files, each a path or None
 RUN_FILES = (CONFIG, ENV, METRICS, METRICS_XZ, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
 
 
@@ -220,16 +221,21 @@ class RunDir:
             saved["model"] = {k: v for k, v in saved["model"].items() if k not in RETIRED_MODEL_FIELDS}
         return {**LEGACY_DEFAULTS, **saved}
 
-    def missing_corpus(self, given: tuple[str, ...] = ()) -> str | None:
-        """The first corpus file config.json names (``data``, then ``val_data``; keys in ``given``
-        skipped) that is gone, as one phrase saying whose path it is; None if all are there.
-        Callers add the remedy: a resumed run needs the same path, ``eval`` can take another."""
+    def missing_corpus(self, keys: Iterable[str] = CORPUS_KEYS) -> str | None:
+        """The first corpus file that config.json names under ``keys`` and that is gone, as one
+        phrase saying whose path it is; None if all are there. Callers add the remedy: a resumed
+        run needs the same paths, ``eval`` can score another file."""
         saved = self.saved_config() or {}
-        for key in ("data", "val_data"):
+        for key in keys:
             path = saved.get(key)
-            if key not in given and path and not Path(path).exists():
+            if path and not Path(path).exists():
                 return f"{key} file not found: {path} (the run's {key}, as its config.json names it)"
         return None
+
+    def heldout_key(self) -> str:
+        """The config.json field the run's held-out split is read from: ``val_data`` where it has
+        one, else ``data`` (its tail)."""
+        return "val_data" if (self.saved_config() or {}).get("val_data") else "data"
 
     def minutes_trained(self, step: int) -> float | None:
         """Training time by ``step`` as a ``--minutes`` budget counts it (compilation left out), from
