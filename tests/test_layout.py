@@ -137,38 +137,51 @@ def test_every_source_file_the_docs_cite_exists():
     assert not missing, missing
 
 
-def _command_options() -> dict[tuple[str, ...], set[str]]:
-    """Each command's options, from ``rnnlab``'s own parser: ``{("train",): {"--steps", ...},
-    ("analyze", "gradflow"): {...}, ...}``."""
+def _command_options() -> dict[str, set[str]]:
+    """Each command's options, from ``rnnlab``'s own parser: ``{"train": {"--steps", ...},
+    "analyze gradflow": {...}, ...}``."""
     import argparse
 
     from rnnlab.cli import build_parser
 
-    def walk(parser, command=()):
+    def walk(parser, command=""):
         found = {command: {o for a in parser._actions for o in a.option_strings}}
         for a in parser._actions:
             if isinstance(a, argparse._SubParsersAction):
                 for name, sub in a.choices.items():
-                    found.update(walk(sub, (*command, name)))
+                    found.update(walk(sub, f"{command} {name}".strip()))
         return found
 
     return walk(build_parser())
 
 
-def _unknown_options(text: str, options: dict[tuple[str, ...], set[str]]) -> list[str]:
-    """``COMMAND --flag`` for each option that a command line in ``text`` (``rnnlab train ...
-    --steps 30``, up to the end of its code span, a pipe, a ``;`` or a shell comment) gives a command
-    that lacks it."""
+def _script_options() -> dict[str, set[str]]:
+    """Each ``benchmarks/*.py``'s options, read from its ``add_argument`` calls (importing the
+    scripts would need a GPU's packages): ``{"bench_models.py": {"--only", ...}, ...}``."""
+    import re
+
+    declared = re.compile(r"""add_argument\(\s*(?:"-\w",\s*)?["'](--[a-z][a-z0-9-]*)["']""")
+    return {f.name: {"--help", *declared.findall(f.read_text())} for f in (REPO / "benchmarks").glob("*.py")}
+
+
+def _unknown_options(text: str, program: str, options: dict[str, set[str]]) -> list[str]:
+    """``COMMAND --flag`` for each option that a command line in ``text`` gives a command that
+    lacks it. ``program`` is a regex whose group 1 is the command (``rnnlab (train)``; of ``rnnlab
+    analyze gradflow`` the longest words ``options`` knows); its line runs to the end of its code
+    span, a pipe, a ``;``, a ``$(`` or a shell comment."""
     import re
 
     unknown = []
-    for m in re.finditer(r"\brnnlab ([a-z][a-z-]*(?: [a-z][a-z-]*)?)((?:(?!\s#)[^`|;&)\n])*)", text):
-        words = tuple(m.group(1).split())
-        command = words if words in options else words[:1]
+    for m in re.finditer(program + r"((?:(?!\s#|\$\()[^`|;&)\n])*)", text):
+        command = m.group(1) if m.group(1) in options else m.group(1).split()[0]
         if command in options:
-            unknown += [f"{' '.join(command)} {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2))
+            unknown += [f"{command} {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2))
                         if flag not in options[command]]
     return unknown
+
+
+RNNLAB = r"\brnnlab ([a-z][a-z-]*(?: [a-z][a-z-]*)?)"
+SCRIPT = r"\bbenchmarks/([\w-]+\.py)"
 
 
 def test_every_option_the_docs_give_a_command_exists():
@@ -176,38 +189,20 @@ def test_every_option_the_docs_give_a_command_exists():
     takes: an option renamed or removed leaves no page telling a reader to type it."""
     options = _command_options()
     assert _unknown_options("`rnnlab train --steps 3 --stepz 3`, `rnnlab analyze gradflow RUN --last 2 --steps 1`\n"
-                            "rnnlab layers   # its --layer options\n`rnnlab train --steps#3 --stepz`", options) == \
-        ["train --stepz", "analyze gradflow --steps", "train --stepz"]
-    unknown = sorted({f"{doc.name}: {u}" for doc in _docs() for u in _unknown_options(doc.read_text(), options)})
+                            "rnnlab layers   # its --layer options\n`rnnlab train --steps#3 --stepz`", RNNLAB,
+                            options) == ["train --stepz", "analyze gradflow --steps", "train --stepz"]
+    unknown = sorted({f"{doc.name}: {u}" for doc in _docs() for u in _unknown_options(doc.read_text(), RNNLAB, options)})
     assert not unknown, unknown
 
 
-def _benchmark_flags(text: str, scripts: dict[str, set[str]]) -> list[str]:
-    """``SCRIPT --flag`` for each option that a command line in ``text`` (``benchmarks/X.py ...``,
-    up to the end of its code span, a pipe, a ``;``, a ``$(`` or a shell comment) gives a script
-    that does not declare it."""
-    import re
-
-    unknown = []
-    for m in re.finditer(r"\bbenchmarks/([\w-]+\.py)((?:(?!\s#|\$\()[^`|;&)\n])*)", text):
-        if m.group(1) in scripts:
-            unknown += [f"{m.group(1)} {flag}" for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", m.group(2))
-                        if flag not in scripts[m.group(1)]]
-    return unknown
-
-
 def test_every_option_the_docs_give_a_benchmark_script_exists():
-    """A ``benchmarks/*.py`` command line in README.md or docs/ gives only options the script
-    declares (read from its ``add_argument`` calls, not by importing it: they need a GPU's
-    packages). The results READMEs are left out: each records a run at the commit it names."""
-    import re
-
-    scripts = {f.name: {"--help", *re.findall(r"""add_argument\(\s*(?:"-\w",\s*)?["'](--[a-z][a-z0-9-]*)["']""",
-                                                f.read_text())}
-               for f in (REPO / "benchmarks").glob("*.py")}
-    assert _benchmark_flags("`benchmarks/bench_models.py --only E1 --onyl E1 --commit $(git rev-parse --short HEAD)`\n"
-                            "benchmarks/bench_kernels.py --sections heads  # --not-a-flag", scripts) == \
+    """The same for ``benchmarks/*.py`` command lines in README.md and docs/. The results READMEs
+    are left out here: their benchmark command lines record the script of the commit each names
+    (``bench_models.py --all`` of eab7a25), while ``rnnlab``'s flags have held since."""
+    options = _script_options()
+    assert _unknown_options("`benchmarks/bench_models.py --only E1 --onyl E1 --commit $(git rev-parse --short HEAD)`\n"
+                            "benchmarks/bench_kernels.py --sections heads  # --not-a-flag", SCRIPT, options) == \
         ["bench_models.py --onyl"]
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    unknown = sorted({f"{doc.name}: {u}" for doc in pages for u in _benchmark_flags(doc.read_text(), scripts)})
+    unknown = sorted({f"{doc.name}: {u}" for doc in pages for u in _unknown_options(doc.read_text(), SCRIPT, options)})
     assert not unknown, unknown
