@@ -118,7 +118,7 @@ def test_multiple_must_be_positive_and_its_default_is_shown(capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith(f"rnnlab params: error: argument --multiple: must be a positive integer, got '{bad}'")
         assert "\n" not in err
-    with pytest.raises(ValueError, match="multiple must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"multiple must be a positive integer \(at most 65,536, the widest dim\), got 0"):
         solve_dim(ModelConfig("e1", 64, 2), 1_000_000, multiple=0)
     assert solve_dim(ModelConfig("e1", 64, 2), 1_000_000, multiple=48)[0] % 48 == 0
     with pytest.raises(SystemExit):
@@ -135,3 +135,6 @@ def test_solve_dim_reaches_the_widest_multiple_below_max_dim():
     assert solve_dim(cfg, target, multiple=3000) == (60_000, target)
     with pytest.raises(ValueError, match="no width up to 65536 reaches"):
         solve_dim(cfg, count_params(dataclasses.replace(cfg, dim=65_536)) + 1, multiple=3000)
+    with pytest.raises(ValueError, match=r"multiple must be a positive integer \(at most 65,536, the widest dim\), "
+                                         "got 70000"):  # not "dim must be ...": the flag typed is --multiple
+        solve_dim(cfg, 1_000_000, multiple=70_000)

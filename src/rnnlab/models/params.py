@@ -46,8 +46,8 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
     The count grows monotonically with width, so a bisection over multiples finds the bracket.
     """
     step = get_spec(cfg.model).dim_multiple if multiple is None else multiple  # 0 is an error, not "default"
-    if isinstance(step, bool) or not isinstance(step, int) or step <= 0:
-        raise ValueError(f"multiple must be a positive integer, got {step!r}")
+    if isinstance(step, bool) or not isinstance(step, int) or not 0 < step <= MAX_DIM:
+        raise ValueError(f"multiple must be a positive integer (at most {MAX_DIM:,}, the widest dim), got {step!r}")
 
     def at(k: int) -> int:
         return count_params(dataclasses.replace(cfg, dim=k * step))
