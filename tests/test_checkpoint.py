@@ -600,6 +600,21 @@ def test_status_tells_complete_failed_and_incomplete(tmp_path):
         assert run.status() == status
 
 
+def test_a_folder_holding_only_checkpoints_holds_a_run(tiny_train, tmp_path):
+    """ckpt/ alone (config.json and the logs deleted) is a run: a fresh run there is refused, not
+    trained beside another run's checkpoints that a later --resume would continue from, and
+    --overwrite deletes them."""
+    run = RunDir(tmp_path / "r")
+    checkpoint.Checkpointer(run.ckpt_dir).save(_tiny_state(5), complete=False)
+    assert run.holds_run() and run.status() == "incomplete"
+    with pytest.raises(ValueError, match="already holds an incomplete run; pass --resume"):
+        run.prepare(tiny_train(run.path, steps=2))
+    assert run.checkpoint().step == 5
+    assert run.prepare(tiny_train(run.path, steps=2, overwrite=True)) is None
+    run.release()
+    assert not run.ckpt_dir.exists()
+
+
 def _weights_copy(src: Path, dst: Path, step: int | None) -> Path:
     """A copy of a weights file whose metadata gives ``step`` (None: no step)."""
     from safetensors.torch import load_file, save_file
