@@ -433,6 +433,20 @@ def test_an_old_checkpoint_that_cannot_be_deleted_is_said_and_training_goes_on(t
     assert json.loads((run / "summary.json").read_text())["complete"] is True
 
 
+def test_a_rank_that_writes_no_checkpoint_deletes_none(tmp_path, monkeypatch):
+    """Under FSDP2 every rank takes part in a save (the gathers), but only rank 0 writes and
+    prunes: another rank deleting old checkpoints too would race rank 0 over the same folders."""
+    import types
+
+    for step in (2, 4):
+        checkpoint.Checkpointer(tmp_path).save(_tiny_state(step), complete=False)
+    monkeypatch.setattr(checkpoint, "context", lambda: types.SimpleNamespace(is_main=False, barrier=lambda: None))
+    monkeypatch.setattr(checkpoint, "is_fsdp", lambda model: True)
+    rank_1 = checkpoint.Checkpointer(tmp_path, keep=1)
+    rank_1.save(_tiny_state(6), complete=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000002", "step-000004"] and rank_1.saved_step == 6
+
+
 @pytest.mark.parametrize("stage, kept", [(2, 2), (5, 3)])  # the writer's pauses: 2 = after the weights, 5 = in the commit
 def test_second_ctrl_c_during_the_interrupt_checkpoint(stage, kept, tmp_path, capsys, monkeypatch, ctrl_c_on_call):
     """Ctrl-C stops after step 3 and saves; a second Ctrl-C while that checkpoint is written
