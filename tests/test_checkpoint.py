@@ -363,6 +363,18 @@ def test_a_step_directory_comes_before_an_old_format_checkpoint_of_the_same_step
     assert [(c.path.name, c.step, c.legacy) for c in found] == [("step-000004", 4, False), ("ckpt", 4, True)]
 
 
+def test_a_folder_named_like_a_step_but_no_number_is_no_checkpoint(tmp_path):
+    """A copy beside the checkpoints (``step-000006.bak``, ``step-latest``) is not read as one, and
+    neither stops the listing nor is pruned."""
+    checkpoint.Checkpointer(tmp_path).save(_tiny_state(4), complete=False)
+    for name in ("step-000006.bak", "step-latest"):
+        (tmp_path / name).mkdir()
+    saver = checkpoint.Checkpointer(tmp_path, keep=1)
+    assert [c.step for c in saver.checkpoints()] == [4] and saver.find()[0].step == 4
+    saver.save(_tiny_state(5), complete=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000005", "step-000006.bak", "step-latest"]
+
+
 def test_pruning_never_deletes_an_old_format_checkpoint(tmp_path):
     """With --keep-checkpoints 1 the step directories beyond the newest go; an old run folder's
     checkpoint (its files directly in ckpt/, step 3) stays whatever its age, and so does ckpt/."""
