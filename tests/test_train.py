@@ -316,15 +316,18 @@ def test_a_finished_run_resumed_keeps_its_tok_per_s(tiny_train, tmp_path):
 
 
 def test_a_finished_run_resumed_writes_no_checkpoint_again(tiny_train, tmp_path, monkeypatch):
-    """Resumed with its own budget, a finished run trains nothing and its checkpoint of that step
-    is not written again (the run folder may be an archive)."""
+    """Resumed with its own budget, a finished run trains nothing, its checkpoint of that step is
+    not written again (the run folder may be an archive), and its final evaluation, restored with
+    the checkpoint, is not run again: eval.jsonl keeps one record of that step."""
     from rnnlab.train import checkpoint
 
-    run_training(tiny_train(tmp_path / "r", steps=2), progress=False)
+    first = run_training(tiny_train(tmp_path / "r", steps=2), progress=False)
+    evals = (tmp_path / "r" / "eval.jsonl").read_text()
     commits = []
     monkeypatch.setattr(checkpoint.Checkpointer, "_commit", lambda self, staged, step: commits.append(step))
     s = run_training(tiny_train(tmp_path / "r", steps=2, resume=True), progress=False)
     assert s["complete"] and s["steps"] == 2 and commits == []
+    assert (tmp_path / "r" / "eval.jsonl").read_text() == evals and s["val_bpb"] == first["val_bpb"]
 
 
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
