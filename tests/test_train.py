@@ -366,14 +366,27 @@ def test_steady_tok_per_s_counts_every_session(tiny_train, tmp_path):
         assert s["tok_per_s"] == pytest.approx(steady)
 
 
-def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path):
+def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path, monkeypatch):
     """``tok_per_wall_s`` is tokens over the run's whole wall clock (set-up, evaluation and
-    checkpoints included, so at most the training rate), summed over the sessions of a resumed run."""
+    checkpoints included, so at most the training rate), summed over the sessions of a resumed run:
+    the first session's set-up takes 1000 s here (its clock jumps after the session starts), and
+    the resumed run's wall time goes on from it."""
+    import time
+    import types
+
+    reads = []
+
+    def clock() -> float:
+        reads.append(None)
+        return time.perf_counter() + (1000.0 if len(reads) > 1 else 0.0)
+
+    monkeypatch.setattr(trainer, "time", types.SimpleNamespace(perf_counter=clock))
     first = run_training(tiny_train(tmp_path / "r", steps=4), progress=False)
+    monkeypatch.setattr(trainer, "time", time)
     resumed = run_training(tiny_train(tmp_path / "r", steps=8, resume=True), progress=False)
     for s in (first, resumed):
         assert s["tok_per_wall_s"] == pytest.approx(s["tokens"] / s["wall_s"]) and s["wall_s"] >= s["time_s"]
-    assert resumed["wall_s"] > first["wall_s"]
+    assert 1000 < first["wall_s"] < resumed["wall_s"] < first["wall_s"] + 100 and first["time_s"] < 100
 
 
 def test_the_run_seed_draws_the_initial_weights(tiny_train, tmp_path):
