@@ -445,6 +445,28 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
         == list(range(1, 13))
 
 
+def test_non_finite_weights_are_never_checkpointed(tiny_train, tmp_path, monkeypatch):
+    """Weights an optimizer step made non-finite while the step's loss was finite are caught at the
+    next checkpoint: the run stops there, and the last good checkpoint is neither replaced nor
+    pruned in favour of them."""
+    run = tmp_path / "r"
+    train_step = trainer.Trainer.train_step
+
+    def poison_step_4(self, batch):
+        result = train_step(self, batch)
+        if self.state.step == 3:  # the step being taken is step 4
+            with torch.no_grad():
+                next(self.state.model.parameters()).fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", poison_step_4)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite weights at step 4; lower --lr; last good checkpoint "
+                                                 r"kept at .*ckpt/step-000002 \(step 2\)"):
+        run_training(tiny_train(run, steps=6, checkpoint_every=2, keep_checkpoints=1), progress=False)
+    assert [p.name for p in (run / "ckpt").iterdir()] == ["step-000002"]
+    assert json.loads((run / "summary.json").read_text())["steps"] == 4
+
+
 @pytest.mark.parametrize("before, during", [(0, 1), (1, 1), (0, 2)])
 def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(before, during, tiny_train, tmp_path, monkeypatch,
                                                                 capsys):
