@@ -625,6 +625,19 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
             "parameter budget): e1-d26") in md
 
 
+def test_a_reference_row_must_be_complete_and_within_5_percent_of_the_references_params():
+    """``reference_mismatch``: a row compares while complete and its own parameter count is within
+    5% of the reference's, either way (4.9% fewer compares, 5.1% fewer does not)."""
+    from rnnlab.bench.report import reference_mismatch
+
+    ref = {"params": 1_000_000, "loss": 1.5}
+    row = {"status": "complete", "protocol": {"steps": 10}, "params": 951_000}
+    assert reference_mismatch(row, ref, {"steps": 10}) is None
+    assert reference_mismatch({**row, "params": 1_049_000}, ref, {"steps": 10}) is None
+    assert reference_mismatch({**row, "params": 949_000}, ref, {"steps": 10}) == "949K params (reference 1.00M)"
+    assert reference_mismatch({**row, "status": "partial"}, ref, {"steps": 10}) == "run partial"
+
+
 def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     _synthetic_run(tmp_path, "good", 1.6, 2.30, 16000.0)
     _synthetic_run(tmp_path, "bad", 1.6, 3.10, 16000.0)
