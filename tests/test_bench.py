@@ -697,6 +697,18 @@ def test_report_row_averages_its_complete_seeds_only(tmp_path):
     assert "| e1 (partial: 2 of 3 runs complete) |" in md and "- `e1-s3`: incomplete, 10 steps done" in md
 
 
+def test_a_rows_steps_and_settings_are_its_complete_runs_even_when_an_unfinished_one_comes_first(tmp_path):
+    """The row's steps, tokens and protocol come from a run it averages: seed 1 stopped at step 4
+    is listed first but is not the row's."""
+    _synthetic_run(tmp_path, "e1-s1", 3.0, 4.0, 16000.0, seed=1, steps=4)
+    summary = tmp_path / "e1-s1" / "summary.json"
+    summary.write_text(json.dumps({**json.loads(summary.read_text()), "complete": False}))
+    for seed in (2, 3):
+        _synthetic_run(tmp_path, f"e1-s{seed}", 1.6, 2.3, 16000.0, seed=seed)
+    [row] = aggregate(collect(tmp_path)["records"])
+    assert (row["steps"], row["tokens"], row["protocol"]["steps"], row["seeds"]) == (10, 5120, 10, [2, 3])
+
+
 @pytest.mark.parametrize("ratio,flagged", [(1.08, False), (1.12, True)])
 def test_report_warns_when_parameter_counts_spread_beyond_the_tolerance(tmp_path, ratio, flagged):
     """Rows compare while every parameter count is within 5% of a common middle: the largest at
