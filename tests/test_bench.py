@@ -719,6 +719,29 @@ def test_report_warns_when_parameter_counts_spread_beyond_the_tolerance(tmp_path
     assert ("> - parameter counts: large" in md) == flagged and ("Warning" in md) == flagged
 
 
+def test_differing_param_counts_under_a_parameter_budget_are_a_warning(tmp_path):
+    """A suite whose rows set ``target_params`` means them to have one size: counts more than 10%
+    apart are a protocol warning there, not the by-design note of a suite that sets widths."""
+    _synthetic_run(tmp_path, "small", 1.6, 2.3, 16000.0)
+    _synthetic_run(tmp_path, "large", 1.6, 2.3, 16000.0, params=int(400_000_000 * 1.12))
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "runs": [
+        {"name": n, "seed": None, "dir": n, "point": None, "target_params": 400_000_000} for n in ("small", "large")]}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - parameter counts: small 400M; large 448M" in md and "differ by design" not in md
+
+
+def test_held_out_bytes_are_the_final_evaluations_not_the_curves(tmp_path):
+    """A run's held-out bytes (the legend, the protocol warnings) are its last evaluation's, the
+    final one that the table's bpb comes from, not those of its curve evaluations before it."""
+    for name, curve in (("a", True), ("b", False)):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+        records = ([{"step": 5, "val_bpb": 2.6, "bytes": 992}] if curve else []) + [
+            {"step": 10, "val_bpb": 2.3, "bytes": 6000, "final": True}]
+        (tmp_path / name / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "(bytes scored: 6,000)" in md and "held-out bytes scored" not in md
+
+
 def test_report_without_differences_has_no_warning(tmp_path):
     for seed in (1, 2):
         _synthetic_run(tmp_path, f"e1-s{seed}", 1.6, 2.3, 16000.0, seed=seed)
