@@ -276,8 +276,8 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
     is checked against each run's sequence length, and each run's held-out file is looked for (both
     from its config.json), before any weights load."""
     lengths = [seq_len or RunDir(run).config().data.seq_len for run in runs]
-    for rd in map(RunDir, runs):  # its held-out bytes come from the run's own corpus: moved or deleted since?
-        if missing := rd.missing_corpus([rd.heldout_key()]):
+    for run in runs:  # its held-out bytes come from the run's own corpus: moved or deleted since?
+        if missing := RunDir(run).missing_corpus(heldout=True):
             raise FileNotFoundError(f"{missing}: put it back there")
     for T in lengths:
         if last >= T:  # no earlier position would be left to measure: every lag None, silently

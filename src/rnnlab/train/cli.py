@@ -365,7 +365,7 @@ def run_eval_cmd(args) -> int:
     from rnnlab.train.runtime import evaluate_run
 
     run = RunDir(args.run)
-    missing = None if args.data else run.missing_corpus([run.heldout_key()])
+    missing = None if args.data else run.missing_corpus(heldout=True)
     if missing:  # moved or deleted since training
         raise FileNotFoundError(f"{missing}: put it back there, or score another file with --data FILE")
     cfg, model, step = run.load(args.device, train_point=args.at == "train-point")

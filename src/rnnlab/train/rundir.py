@@ -221,21 +221,20 @@ class RunDir:
             saved["model"] = {k: v for k, v in saved["model"].items() if k not in RETIRED_MODEL_FIELDS}
         return {**LEGACY_DEFAULTS, **saved}
 
-    def missing_corpus(self, keys: Iterable[str] = CORPUS_KEYS) -> str | None:
+    def missing_corpus(self, keys: Iterable[str] = CORPUS_KEYS, heldout: bool = False) -> str | None:
         """The first corpus file that config.json names under ``keys`` and that is gone, as one
-        phrase saying whose path it is; None if all are there. Callers add the remedy: a resumed
-        run needs the same paths, ``eval`` can score another file."""
+        phrase saying whose path it is; None if all are there. ``heldout``: only the file the
+        run's held-out split is read from instead (``val_data`` where it has one, else ``data``,
+        its tail). Callers add the remedy: a resumed run needs the same paths, ``eval`` can score
+        another file."""
         saved = self.saved_config() or {}
+        if heldout:
+            keys = ("val_data",) if saved.get("val_data") else ("data",)
         for key in keys:
             path = saved.get(key)
             if path and not Path(path).exists():
                 return f"{key} file not found: {path} (the run's {key}, as its config.json names it)"
         return None
-
-    def heldout_key(self) -> str:
-        """The config.json field the run's held-out split is read from: ``val_data`` where it has
-        one, else ``data`` (its tail)."""
-        return "val_data" if (self.saved_config() or {}).get("val_data") else "data"
 
     def minutes_trained(self, step: int) -> float | None:
         """Training time by ``step`` as a ``--minutes`` budget counts it (compilation left out), from
