@@ -373,7 +373,7 @@ def test_a_cuda_only_backend_is_refused_before_the_layer_warns(world, monkeypatc
 
     import rnnlab.layers.mamba2 as mamba2
 
-    monkeypatch.setattr(mamba2, "_warned_no_conv", False)
+    monkeypatch.setattr(mamba2.CAUSAL_CONV1D, "warned", False)
     argv = next(c[1] for c in CASES if c[0] == "backend_official_cpu")
     fill = {k: str(v) for k, v in world.items()}
     with warnings.catch_warnings(record=True) as caught:

@@ -193,7 +193,7 @@ def test_state_dict_and_init_match_official(ngroups):
 def test_official_backend_adopts_module_on_cpu(monkeypatch):
     import rnnlab.layers.mamba2 as m
 
-    monkeypatch.setattr(m, "_warned_no_conv", False)
+    monkeypatch.setattr(m.CAUSAL_CONV1D, "warned", False)
     cfg = _tiny(backend="official")
     if m.causal_conv1d_available():
         layer = Mamba2(cfg)

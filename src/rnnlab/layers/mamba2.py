@@ -49,6 +49,7 @@ from rnnlab.layers.base import (OfficialOrReference, State, adopt, check_options
                                 resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.ops.registry import LazyKernel
 from rnnlab.ops.ssd import import_mamba_ssm, mamba_ssm_error, ssd_scan
 from rnnlab.options import option, positive
 
@@ -87,21 +88,18 @@ class Mamba2Config:
             )
 
 
+CAUSAL_CONV1D = LazyKernel("causal_conv1d")  # the fused conv the official layer's fast path needs
+
+
 def causal_conv1d_available() -> bool:
-    try:
-        import causal_conv1d  # noqa: F401
-    except Exception:  # noqa: BLE001
-        return False
-    return True
+    """Whether ``causal_conv1d`` imports (then the official layer runs its memory-efficient path)."""
+    return CAUSAL_CONV1D.available()
 
 
 def resolve_backend(backend: str) -> str:
     """``"official"`` or ``"reference"``; an explicit ``"official"`` without mamba_ssm raises."""
     return resolve_official(backend, "Mamba2", lambda: None if import_mamba_ssm() is not None
                             else f"mamba_ssm: {mamba_ssm_error()}")
-
-
-_warned_no_conv = False
 
 
 class GateThenRMSNorm(nn.Module):
@@ -132,15 +130,14 @@ class Mamba2(OfficialOrReference):
 
     # ---------------------------------------------------------------- construction
     def _adopt_official(self, cfg: Mamba2Config) -> None:
-        global _warned_no_conv
         from mamba_ssm.modules.mamba2 import Mamba2 as Official
 
         fused = causal_conv1d_available()
-        if not fused and not _warned_no_conv:
-            _warned_no_conv = True
+        if not fused and not CAUSAL_CONV1D.warned:
+            CAUSAL_CONV1D.warned = True
             warnings.warn(
-                "causal_conv1d is not installed: official Mamba2 runs with use_mem_eff_path=False "
-                "(nn.Conv1d + Triton SSD + Triton gated RMSNorm; same math, more memory)",
+                f"causal_conv1d does not import ({CAUSAL_CONV1D.error}): official Mamba2 runs with "
+                "use_mem_eff_path=False (nn.Conv1d + Triton SSD + Triton gated RMSNorm; same math, more memory)",
                 stacklevel=3,
             )
         inner = Official(
