@@ -274,6 +274,22 @@ def test_a_complete_run_is_redone_when_its_budget_kind_changes(tmp_path):
     assert run_status(timed) == "restart"
 
 
+def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path, capsys):
+    """``bench tiny`` then ``bench tiny --steps 50`` into one folder: the 150-step runs cannot be
+    resumed to 50 steps (``--resume`` refuses a budget a run has passed), so --plan says conflict,
+    not partial, and the bench refuses before training anything; a larger budget extends them."""
+    (planned,) = plan_suite(_tiny_suite(runs="a"), tmp_path)
+    planned.dir.mkdir()
+    (planned.dir / "config.json").write_text(json.dumps(planned.cfg.to_dict()))
+    (planned.dir / "summary.json").write_text(json.dumps({"complete": True, "steps": 3, "budget": {"steps": 3}}))
+    (shorter,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=2)
+    assert run_status(shorter) == "conflict"
+    with pytest.raises(ValueError, match=r"holds a run complete at step 3, past this budget \(steps 2\)"):
+        run_plan(_tiny_suite(runs="a"), [shorter], tmp_path, progress=False)
+    (longer,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=4)
+    assert run_status(longer) == "restart"  # no checkpoint here to extend from
+
+
 def test_a_suite_folder_reused_by_another_suite_starts_its_plan_afresh(tmp_path):
     """suite.json merges the runs and commands of earlier calls of the same suite only."""
     from rnnlab.bench.suite import write_plan
