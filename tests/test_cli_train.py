@@ -693,3 +693,21 @@ def test_ctrl_c_in_any_other_command_exits_130_in_one_line(capsys, monkeypatch):
     monkeypatch.setattr(models_cli, "count_params", interrupted)
     assert main(["params", "--model", "e1", "--dim", "64", "--depth", "2"]) == 130
     assert capsys.readouterr().err.strip() == "rnnlab params: interrupted (Ctrl-C)"
+
+
+def test_bench_and_sweep_help_of_their_own_flags_names_only_flags_they_take():
+    """The flags bench and sweep add beside the config's (--seeds, --no-progress, ...) are described
+    with flags the command takes: bench has no --log-every (a suite file sets log_every), so its
+    --no-progress help must not send a reader to one (sweep's own --log-every is named as sweep's)."""
+    import argparse
+
+    from rnnlab.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("bench", "sweep"):
+        parser = commands[command]
+        flags = {o for a in parser._actions for o in a.option_strings}
+        runs = next(g for g in parser._action_groups if g.title == "runs")
+        for action in runs._group_actions:
+            named = set(re.findall(r"(?<!sweep's )(--[a-z][a-z0-9-]*)", action.help or ""))
+            assert named <= flags, (command, action.option_strings, named - flags)

@@ -32,8 +32,8 @@ def _common_flags(p) -> None:
                                                          "run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
     b.add_argument("--no-progress", action="store_true",
-                   help="no per-run progress bar: plain log lines (one every --log-every steps) "
-                        "instead")
+                   help="no per-run progress bar: plain log lines instead, one every log_every steps "
+                        "(10 unless the suite file, or sweep's --log-every, sets it)")
     b.add_argument("--no-plots", action="store_true", help="report without PNG plots")
 
 
