@@ -140,8 +140,9 @@ CASES = [
     ("fresh_over_checkpointless_run", [*TRAIN, "--out", "{nockpt}"],  # not --resume: it would have nothing to go on from
      "already holds a complete run that saved no checkpoint; pass --overwrite to start it over, or choose another "
      "--out"),
-    ("fresh_over_run", [*TRAIN, "--out", "{run}"], "already holds a complete run; pass --resume to continue it, "
-                                                   "--overwrite to delete it"),
+    ("fresh_over_run", [*TRAIN, "--out", "{run}"], "already holds a complete run; pass --resume with a larger "
+                                                   "--steps, --minutes or --tokens to extend it, --overwrite to "
+                                                   "delete it"),
     ("resume_no_folder", [*TRAIN, "--resume"], "holds no run to resume (no such folder; check --out)"),
     ("resume_empty_folder", [*TRAIN, "--resume", "--out", "{dir}"], "holds no run to resume (an empty folder"),
     ("resume_folder_of_other_files", [*TRAIN, "--resume", "--out", "{root}"],  # it holds the corpus, not "empty"

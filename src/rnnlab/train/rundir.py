@@ -450,8 +450,10 @@ class RunDir:
             if not self.checkpointer().checkpoints():  # --resume would have nothing to go on from
                 raise ValueError(f"{held} that saved no checkpoint; pass --overwrite to start it over, or "
                                  f"choose another --out")
-            raise ValueError(f"{held}; pass --resume to continue it, --overwrite to delete it and start over, or "
-                             f"choose another --out")
+            # a complete run has nothing left to continue: --resume extends it only with a larger budget
+            resume = ("pass --resume with a larger --steps, --minutes or --tokens to extend it" if status == "complete"
+                      else "pass --resume to continue it")
+            raise ValueError(f"{held}; {resume}, --overwrite to delete it and start over, or choose another --out")
         for name in RUN_FILES:
             path = self.file(name)
             if path.is_dir():
