@@ -82,6 +82,11 @@ CASES = [
     ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "keep_checkpoints must be a positive integer"),
     ("eval_bytes_text", [*TRAIN, "--eval-bytes", "lots"],  # as eval says it (its parse's words, not the type's)
      "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+    # a cap below one window failed only at the first evaluation, after the whole training budget
+    ("eval_bytes_below_a_window", [*TRAIN, "--seq-len", "16", "--eval-bytes", "10"],
+     "eval_bytes must be all (0) or at least one evaluation window, seq_len+1 = 17 bytes, got 10"),
+    ("curve_eval_bytes_below_a_window", [*TRAIN, "--seq-len", "16", "--eval-every", "1", "--curve-eval-bytes", "16"],
+     "curve_eval_bytes must be all (0) or at least one evaluation window, seq_len+1 = 17 bytes, got 16"),
     ("gpus_zero", [*TRAIN, "--gpus", "0"], "--gpus must be a positive integer, got 0"),
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
