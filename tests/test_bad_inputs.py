@@ -108,7 +108,7 @@ CASES = [
      "corpus file {gz} is gzip-compressed, and rnnlab reads raw bytes: unpack it first (`rnnlab data prepare {gz} --out FILE`"),
     ("eval_data_compressed", ["eval", "--run", "{run}", "--data", "{gz}"], "is gzip-compressed"),
     ("data_unreadable", [*TRAIN, "--data", "{unreadable}"], "Permission denied: "),
-    ("corpus_short", [*TRAIN, "--seq-len", "30000"], "shorter than seq_len+1 = 30001 bytes"),
+    ("corpus_short", [*TRAIN, "--seq-len", "30000", "--eval-bytes", "all"], "shorter than seq_len+1 = 30001 bytes"),
     ("heldout_short", [*TRAIN, "--seq-len", "4000"],  # held out of --data: its share is what grows
      "; use a smaller --seq-len or a larger --val-fraction or --val-data FILE"),
     ("val_data_short", [*TRAIN, "--val-data", "{val32}"],  # one byte short of a window: refused before training
@@ -118,7 +118,7 @@ CASES = [
      "held-out split of {file} has 1 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--extra-val-data"),
     ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge}", "--seq-len", "4000000",
-                             "--batch-size", "512"], "of activations (plus"),
+                             "--batch-size", "512", "--eval-bytes", "all"], "of activations (plus"),
     # --- train: config files
     ("config_empty_path", [*TRAIN, "--config", ""], "argument --config: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("config_missing", [*TRAIN, "--config", "/nonexistent.toml"], "config file not found: /nonexistent.toml"),

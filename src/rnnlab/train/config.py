@@ -270,6 +270,14 @@ class TrainConfig:
                              "--steps or --tokens (or --lr-schedule constant, or schedulefree-adamw)")
         if steps is not None and self.optim.warmup_steps > steps:
             raise ValueError(f"warmup_steps ({self.optim.warmup_steps}) must not exceed the step budget ({steps})")
+        window = self.data.seq_len + 1  # an evaluation scores whole windows: a smaller cap fails only then
+        caps = [("eval_bytes", self.run.eval_bytes)]
+        if self.run.eval_every:  # curve_eval_bytes is read only by the evaluations during training
+            caps.append(("curve_eval_bytes", self.run.curve_eval_bytes))
+        for key, cap in caps:
+            if cap and cap < window:
+                raise ValueError(f"{key} must be all (0) or at least one evaluation window, seq_len+1 = {window:,} "
+                                 f"bytes, got {cap:,}")
         dev = self.run.device
         check_device(dev)
         if self.run.cuda_graph and dev in ("cpu", "mps"):

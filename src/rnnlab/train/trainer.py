@@ -214,19 +214,6 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
     return splits.val, extra, stream
 
 
-def check_eval_caps(cfg: TrainConfig) -> None:
-    """Refuse an ``eval_bytes`` (or, with ``eval_every``, a ``curve_eval_bytes``) below one evaluation
-    window, seq_len+1 bytes: it would fail only at the first evaluation, after the training."""
-    window = cfg.data.seq_len + 1
-    caps = [("eval_bytes", cfg.run.eval_bytes)]
-    if cfg.run.eval_every:  # curve_eval_bytes is read only by the evaluations during training
-        caps.append(("curve_eval_bytes", cfg.run.curve_eval_bytes))
-    for key, cap in caps:
-        if cap and cap < window:
-            raise ValueError(f"{key} must be all (0) or at least one evaluation window, seq_len+1 = {window:,} "
-                             f"bytes, got {cap:,}")
-
-
 class Trainer:
     """One training run: built from a config (checking the data and memory, taking the run folder,
     restoring the checkpoint when resuming), then ``train()``, which lets go of the folder.
@@ -274,7 +261,6 @@ class Trainer:
         check_trainable(cfg, self.device)  # before counting builds the model (an official layer warns off CUDA)
         self.n_params = count_params(cfg.model)
         check_memory(cfg, self.n_params, self.device)
-        check_eval_caps(cfg)
         self.rundir = RunDir(cfg.run.out)
         resume_from = ctx.broadcast_object(self.rundir.prepare(cfg) if ctx.is_main else None)  # rank 0 locks
         try:
