@@ -366,6 +366,25 @@ def test_pure_bf16_on_a_cpu_gets_a_note(precision, tmp_path, capsys):
     assert (note in capsys.readouterr().err) == (precision == "bf16")
 
 
+@pytest.mark.parametrize("device", ["auto", "cpu"])
+def test_a_large_model_that_auto_puts_on_the_cpu_gets_a_note(device, tmp_path, capsys, monkeypatch):
+    """With no GPU, --device auto trains on the CPU: a model of at least CPU_NOTE_PARAMS parameters
+    (lowered here to the tiny model's size) gets a note saying so; an explicit --device cpu none."""
+    from rnnlab.train import trainer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = ["train", "--model", "mingru", *TINY, "--steps", "1", "--out", str(tmp_path / "r")]
+    assert main(["params", "--model", "mingru", "--dim", "32", "--depth", "2", "--json"]) == 0
+    n = json.loads(capsys.readouterr().out)["params"]
+    monkeypatch.setattr(trainer, "CPU_NOTE_PARAMS", n)
+    assert main([*argv, "--device", device]) == 0
+    note = f"rnnlab train: note: no GPU found, so these {n:,} parameters train on the CPU (--device auto)"
+    assert (note in capsys.readouterr().err) == (device == "auto")
+    monkeypatch.setattr(trainer, "CPU_NOTE_PARAMS", n + 1)  # one parameter short of the note
+    assert main([*argv[:-1], str(tmp_path / "r2")]) == 0
+    assert "no GPU found" not in capsys.readouterr().err
+
+
 def test_distributed_in_one_process_gets_a_note(tmp_path, capsys):
     """--distributed without --gpus N or torchrun trains one process: a note says so."""
     assert main(["train", "--model", "mingru", *TINY, "--steps", "1", "--distributed", "ddp",

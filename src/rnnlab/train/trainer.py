@@ -50,6 +50,9 @@ from rnnlab.train.runtime import (build_model, check_memory, check_trainable, en
                                   is_out_of_memory, peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
 
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
+# a model this large that --device auto put on the CPU (no GPU found) gets a note: a 400M suite
+# started on a laptop would otherwise just train, days long, without a word
+CPU_NOTE_PARAMS = 50_000_000
 
 
 class StepResult(NamedTuple):
@@ -290,6 +293,10 @@ class Trainer:
         if cfg.run.distributed and ctx.world_size == 1:
             print(f"rnnlab train: note: --distributed {cfg.run.distributed} spreads a run over the processes "
                   f"of --gpus N (or torchrun); this is one process, trained as without it", file=sys.stderr, flush=True)
+        if ctx.is_main and self.device.type == "cpu" and cfg.run.device == "auto" and self.n_params >= CPU_NOTE_PARAMS:
+            print(f"rnnlab train: note: no GPU found, so these {self.n_params:,} parameters train on the CPU "
+                  "(--device auto): a step at this size takes seconds to minutes, not milliseconds",
+                  file=sys.stderr, flush=True)
         if ctx.is_main and self.device.type == "cpu" and cfg.run.precision == "bf16":
             print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
                   "no bf16 matrix units); --precision fp32 for experiments on a CPU", file=sys.stderr, flush=True)
