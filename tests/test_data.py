@@ -12,7 +12,9 @@ from rnnlab.data import (
     default_val_path,
     eval_num_windows,
     eval_windows,
+    heldout_split,
     load_splits,
+    sample_offsets,
 )
 
 
@@ -152,6 +154,29 @@ def test_split_leaving_exactly_min_len_training_bytes_is_allowed(tmp_path):
         load_splits(p, val_fraction=0.5, min_len=3)
 
 
+def test_min_len_below_1_is_refused(tmp_path):
+    """``min_len`` 0 would allow an empty held-out or training split: refused by name."""
+    p = tmp_path / "corpus.bin"
+    p.write_bytes(bytes(1000))
+    with pytest.raises(ValueError, match=r"^min_len must be >= 1, got 0$"):
+        load_splits(p, min_len=0)
+    assert len(load_splits(p, min_len=1).val) == 10
+
+
+def test_heldout_split_is_load_splits_tail_at_the_runs_val_fraction(corpus_file, tmp_path):
+    """``heldout_split`` (what eval and gradflow score) is the same tail ``load_splits`` holds out,
+    at the given ``val_fraction`` (0.2 of 50,000 bytes: the last 10,000), and a ``val_data`` file
+    is read without opening ``data``."""
+    p, data = corpus_file
+    val = heldout_split(p, val_fraction=0.2)
+    assert (val.offset, len(val), val.name) == (40_000, 10_000, "val")
+    np.testing.assert_array_equal(val[:], data[-10_000:])
+    v = tmp_path / "val.bin"
+    v.write_bytes(b"held out")
+    moved = heldout_split(tmp_path / "moved.bin", v)
+    assert (moved.path, len(moved), moved.name) == (v, 8, "val")
+
+
 def test_val_data_file_shorter_than_min_len_is_refused(corpus_file, tmp_path):
     p, _ = corpus_file
     v = tmp_path / "val.bin"
@@ -221,6 +246,28 @@ def test_rank_sharding_equals_single_process(corpus_file):
     assert torch.equal(torch.cat([q.batch(3) for q in quads]), one.batch(3))
 
 
+def _splitmix_offset(seed, step, index, n):
+    """The documented hash, in Python integers: mix(mix(mix(seed + G) ^ (step * G)) ^ ((index + 1) * G)) % n."""
+    m64, g = (1 << 64) - 1, 0x9E3779B97F4A7C15
+
+    def mix(x):
+        x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9 & m64
+        x = (x ^ (x >> 27)) * 0x94D049BB133111EB & m64
+        return x ^ (x >> 31)
+
+    return mix(mix(mix((seed + g) & m64) ^ (step * g & m64)) ^ ((index + 1) * g & m64)) % n
+
+
+def test_sample_offsets_are_the_documented_splitmix_hash():
+    """The stream is a pinned function of (seed, step, global index): the docstring's formula,
+    index + 1 included, computed here in plain integers (a changed hash silently changes every
+    run's training data)."""
+    for seed, step in ((0, 0), (42, 7), (2**63 - 1, 123_456)):
+        idx = np.arange(6, dtype=np.uint64)
+        expect = [_splitmix_offset(seed, step, i, 1_000_003) for i in range(6)]
+        assert sample_offsets(seed, step, idx, 1_000_003).tolist() == expect
+
+
 def test_windows_are_file_slices(corpus_file):
     p, data = corpus_file
     sp = split_of(p)
@@ -288,6 +335,14 @@ def test_positive_args(corpus_file, kw, field):
         BatchStream(split_of(corpus_file[0]), **args)
 
 
+@pytest.mark.parametrize("field", ["batch_size", "seq_len", "world_size"])
+def test_a_bool_is_no_positive_integer(corpus_file, field):
+    """``True`` is an int to Python but no batch size, length or world size: refused by name."""
+    args = dict(batch_size=2, seq_len=8, seed=0) | {field: True}
+    with pytest.raises(ValueError, match=rf"^{field} must be a positive integer, got True$"):
+        BatchStream(split_of(corpus_file[0]), **args)
+
+
 def test_bad_rank(corpus_file):
     with pytest.raises(ValueError, match="rank must be in"):
         BatchStream(split_of(corpus_file[0]), 2, 8, seed=0, rank=2, world_size=2)
@@ -323,6 +378,33 @@ def test_eval_windows_coverage(corpus_file):
     assert all(torch.equal(a, b) for a, b in zip(wins, eval_windows(s.val, T, batch_size=7)))
 
 
+@pytest.mark.parametrize("n_bytes,windows", [(0, 0), (1, 0), (8, 0), (9, 1), (16, 1), (17, 2)])
+def test_eval_num_windows_counts_whole_windows_of_seq_len_targets(n_bytes, windows):
+    """``(L - 1) // seq_len`` windows (seq_len 8 here): a window needs seq_len + 1 bytes, the
+    next one shares its first byte; never negative, even for no bytes."""
+    assert eval_num_windows(n_bytes, 8) == windows
+
+
+def test_eval_windows_stop_at_the_last_whole_window(tmp_path):
+    """16 bytes with seq_len 8: one window (bytes 0..8); the 7 bytes after it make no window, and
+    none reads past the split."""
+    p = tmp_path / "c.bin"
+    p.write_bytes(bytes(range(16)) + b"\xff" * 4)
+    s = Split(ByteCorpus(p), 0, 16, "val")
+    wins = torch.cat(list(eval_windows(s, 8, 4)))
+    assert wins.tolist() == [list(range(9))]
+
+
+def test_eval_windows_max_bytes_beyond_the_split_is_the_whole_split(corpus_file):
+    """A ``max_bytes`` cap larger than the split scores the split, never bytes past its end (the
+    train split's windows must not run into the held-out tail)."""
+    p, _ = corpus_file
+    s = load_splits(p, val_fraction=0.1)
+    whole = torch.cat(list(eval_windows(s.train, 64, 8)))
+    capped = torch.cat(list(eval_windows(s.train, 64, 8, max_bytes=10 * len(s.train))))
+    assert torch.equal(capped, whole) and len(whole) == eval_num_windows(45_000, 64) == 703
+
+
 def test_eval_windows_max_bytes_and_errors(corpus_file):
     s = load_splits(corpus_file[0], val_fraction=0.1)
     wins = torch.cat(list(eval_windows(s.val, 10, 4, max_bytes=101)))
@@ -334,10 +416,13 @@ def test_eval_windows_max_bytes_and_errors(corpus_file):
         list(eval_windows(s.val, 4000, 4, max_bytes=3000))
 
 
-@pytest.mark.parametrize("limit, kept", [(14, b"one doc\n\nsix\n\n"), (13, b"one doc\n\n"), (40, None)])
+@pytest.mark.parametrize("limit, kept", [(14, b"one doc\n\nsix\n\n"), (13, b"one doc\n\n"), (40, None),
+                                         (28, None), (5, b"one doc\n\n")])
 def test_the_sample_cut_keeps_whole_documents_up_to_the_limit(tmp_path, limit, kept):
     """``make_sample.cut_prefix``: the longest prefix of whole documents of at most ``limit`` bytes,
-    a boundary that ends exactly at the limit included (14 here); the whole shard when it fits."""
+    a boundary that ends exactly at the limit included (14 here); the whole shard when it fits,
+    also when it is exactly the limit (28 bytes); a first document longer than the limit (5) whole,
+    with its blank line."""
     import lzma
 
     from rnnlab.data.make_sample import cut_prefix
@@ -346,3 +431,24 @@ def test_the_sample_cut_keeps_whole_documents_up_to_the_limit(tmp_path, limit, k
     shard = tmp_path / "s.txt.xz"
     shard.write_bytes(lzma.compress(text))
     assert cut_prefix(shard, limit) == (kept if kept is not None else text)
+
+
+def test_make_sample_joins_the_shards_cut_in_sorted_name_order(tmp_path, monkeypatch):
+    """``make_sample``: each split is its shards' cut prefixes in sorted file-name order, whatever
+    order the file system lists them in (listed here in reverse)."""
+    import lzma
+    import pathlib
+
+    from rnnlab.data.make_sample import make_sample
+
+    for split in ("train", "val"):
+        (tmp_path / split).mkdir()
+        for name, text in (("a", b"a1\n\na2\n\n"), ("b", b"b1\n\nb2\n\n")):
+            (tmp_path / split / f"{name}.{split}.txt.xz").write_bytes(lzma.compress(text))
+    glob = pathlib.Path.glob
+    monkeypatch.setattr(pathlib.Path, "glob", lambda self, pattern: reversed(sorted(glob(self, pattern))))
+    info = make_sample(tmp_path, tmp_path / "out", train_per_shard=4, val_per_shard=100)
+    assert (tmp_path / "out" / "registry_pile_train.txt").read_bytes() == b"a1\n\nb1\n\n"
+    assert (tmp_path / "out" / "registry_pile_val.txt").read_bytes() == b"a1\n\na2\n\nb1\n\nb2\n\n"
+    assert info["train"]["shards"] == [("a.train.txt.xz", 4), ("b.train.txt.xz", 4)]
+    assert info["val"]["md5"] == hashlib.md5(b"a1\n\na2\n\nb1\n\nb2\n\n").hexdigest()
