@@ -72,6 +72,34 @@ def test_every_format_from_files_and_folders(tmp_path, capsys):
     assert _leftovers(out.parent) == []
 
 
+def test_a_folder_named_like_a_shard_is_walked_not_read(tmp_path):
+    """A folder's subfolder called ``more.txt`` is a folder: its files are sources, it is not one."""
+    shards = tmp_path / "shards"
+    (shards / "more.txt").mkdir(parents=True)
+    (shards / "more.txt" / "inner.txt").write_bytes(b"inner")
+    (shards / "a.txt").write_bytes(b"a")
+    assert [s.path.name for s in prep.find_sources([shards])] == ["a.txt", "inner.txt"]
+
+
+def test_a_hidden_folder_in_a_source_folder_is_skipped(tmp_path):
+    """Hidden entries are skipped at any depth: a ``.cache/`` folder's shards are not sources."""
+    shards = tmp_path / "shards"
+    (shards / ".cache").mkdir(parents=True)
+    (shards / ".cache" / "old.txt").write_bytes(b"stale")
+    (shards / "a.txt").write_bytes(b"a")
+    assert [s.path.name for s in prep.find_sources([shards])] == ["a.txt"]
+
+
+def test_one_file_named_two_ways_is_given_twice(tmp_path):
+    """A source is the file, not its spelling: ``a.txt`` and ``sub/../a.txt`` are refused as one
+    file given twice (its documents would be written twice)."""
+    (tmp_path / "sub").mkdir()
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"^source .*a\.txt is given twice$"):
+        prep.find_sources([src, tmp_path / "sub" / ".." / "a.txt"])
+
+
 def test_pile_shard_feeds_training(tmp_path, capsys):
     shard = tmp_path / "00.jsonl.zst"
     shard.write_bytes(zstd(_jsonl(*(f"document {i}: the quick brown fox. " * 3 for i in range(60)))))
@@ -93,11 +121,24 @@ def test_field_and_separator(tmp_path):
     assert prep.parse_separator("\u00a7") == "\u00a7".encode()  # typed characters are their UTF-8 bytes
     assert prep.parse_separator(r"\0|\x7f\\q") == b"\0|\x7f\\q"  # \\ is one backslash
     assert prep.parse_separator(r"\r\n\r\n") == b"\r\n\r\n"  # CRLF documents
-    for bad, shown in ((r"\u2028", r"\u"), (r"a\qb", r"\q"), (r"\012", r"\012"), (r"\xZ1", r"\x"), ("x\\", "\\")):
+    for bad, shown in ((r"\u2028", r"\u"), (r"a\qb", r"\q"), (r"\012", r"\012"), (r"\xZ1", r"\x"), ("x\\", "\\"),
+                       ("x\\\n", r"'\\\n'")):  # a backslash and a newline: shown escaped, the message one line
         with pytest.raises(ValueError, match="separator") as e:  # never written literally
             prep.parse_separator(bad)
         assert str(e.value) == (f"separator: unknown escape {shown}; the escapes are \\n \\r \\t \\0 \\xNN "
                                 "and \\\\ (a backslash)")
+
+
+def test_the_manifest_records_a_non_utf8_separator_byte_for_byte(tmp_path):
+    """The manifest's ``separator`` is the separator's bytes as latin-1 text (one character per
+    byte), so a byte like ``\\xff`` that is no UTF-8 reads back exactly."""
+    (tmp_path / "a.txt").write_bytes(b"a")
+    (tmp_path / "b.txt").write_bytes(b"b")
+    out = tmp_path / "o.txt"
+    m = prep.prepare([tmp_path / "a.txt", tmp_path / "b.txt"], out, separator=prep.parse_separator(r"\xff\n"),
+                     progress=False)
+    assert out.read_bytes() == b"a\xff\nb" and m["separator"] == "\u00ff\n"
+    assert json.loads(prep.manifest_path(out).read_text())["separator"].encode("latin-1") == b"\xff\n"
 
 
 def test_unknown_separator_escape_is_one_line(tmp_path, capsys):
