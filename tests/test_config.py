@@ -273,3 +273,153 @@ def test_whole_numbers_for_float_fields_become_floats(tmp_path):
     swept = apply_overrides(TrainConfig(), {"lr": 2, "steps": 3})  # rnnlab sweep --set lr=2 (JSON: an int)
     assert type(swept.optim.lr) is float and type(swept.budget.steps) is int
     assert apply_overrides(TrainConfig(), {"lr": True}).optim.lr is True  # left for validate() to refuse
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"betas": [0.9]}, "betas must be two numbers in [0, 1), got (0.9,)"),
+    ({"betas": [0.9, 0.999, 0.5]}, "betas must be two numbers in [0, 1), got (0.9, 0.999, 0.5)"),
+    ({"grad_clip": False}, "grad_clip must be a positive finite number, got False"),
+])
+def test_a_tuple_field_checks_its_length_and_a_bool_is_no_clip(values, message):
+    """``betas`` holds exactly two numbers (a wrong count is not cut to fit); a bool for
+    ``grad_clip`` is refused, not read as 0 (no clipping)."""
+    with pytest.raises(ValueError) as e:
+        apply_overrides(TrainConfig(), values).validate()
+    assert str(e.value) == message
+
+
+def test_none_is_refused_where_a_field_is_not_optional():
+    """``None`` passes only for ``X | None`` fields: a section built with ``lr=None`` is refused."""
+    from rnnlab.options import check, check_value
+    from rnnlab.train.config import OptimConfig
+
+    check_value("grad_clip", float | None, None)
+    with pytest.raises(ValueError, match=r"^lr must be a positive finite number, got None$"):
+        check(OptimConfig(lr=None))
+
+
+def test_command_line_values_are_json_then_text():
+    """``--layer`` / ``--set`` values: true/false in any case are bools, JSON where it parses, else
+    the text; an item is split at its first ``=``, and needs a key."""
+    from rnnlab.options import parse_key_values, parse_value
+
+    assert [parse_value(t) for t in ("True", " FALSE ", "null", "2.5", "[1, 2]", "none")] == \
+        [True, False, None, 2.5, [1, 2], "none"]
+    assert parse_key_values(["name=a=b", "heads=4"]) == {"name": "a=b", "heads": 4}
+    for bad in ("=5", "heads"):
+        with pytest.raises(ValueError, match=rf"^option '{bad}' must look like KEY=VALUE$"):
+            parse_key_values([bad])
+
+
+@pytest.mark.parametrize("text", ["all", " All ", "0", "ALL"])
+def test_eval_bytes_all_or_0_is_the_whole_split(text):
+    """``--eval-bytes all`` or ``0`` (any case, surrounding blanks) is stored as 0: the whole split."""
+    from rnnlab.train.config import parse_eval_bytes
+
+    assert parse_eval_bytes(text) == 0 and parse_eval_bytes("1M") == 1_000_000
+
+
+def test_help_names_a_plain_default_unless_the_help_does():
+    """A flag's help ends with its default when that is a plain number or word, unless the help
+    already speaks of the default (``eval_bytes``: "default: all = 0")."""
+    from rnnlab.options import _help
+
+    assert _help(FIELDS["lr"][1]) == "peak learning rate (default: 0.0003)"
+    assert _help(FIELDS["eval_bytes"][1]).endswith("the whole held-out split)")
+
+
+def test_resolve_makes_every_data_path_absolute(tmp_path, monkeypatch):
+    """``resolve`` records each corpus path absolute, the extra held-out file too, so the run folder
+    can be evaluated from another working directory."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("train.txt", "val.txt", "wiki.txt"):
+        (tmp_path / name).write_bytes(b"x" * 100)
+    cfg = TrainConfig.from_dict({"data": "train.txt", "val_data": "val.txt", "extra_val_data": "wiki.txt",
+                                 "out": "run"}).resolve()
+    d = cfg.data
+    assert (d.path, d.val_path, d.extra_val_path) == tuple(str(tmp_path / n) for n in ("train.txt", "val.txt",
+                                                                                       "wiki.txt"))
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"batch_size": 6, "grad_accum": 4},
+     "grad_accum (4) must divide batch_size (6): every micro-batch has batch_size / grad_accum rows"),
+    ({"steps": 10, "warmup_steps": 11}, "warmup_steps (11) must not exceed the step budget (10)"),
+    ({"optimizer": "adamw", "minutes": 1.0}, "optimizer adamw decays its LR on a cosine over the step budget: give "
+                                             "--steps or --tokens (or --lr-schedule constant, or schedulefree-adamw)"),
+])
+def test_rules_between_fields(values, message):
+    """The checks across fields, each at its edge: a grad_accum that does not divide the batch (though
+    smaller than it), a warmup one step longer than the budget, a cosine AdamW without a step count."""
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict(values).validate()
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("values", [
+    {"batch_size": 6, "grad_accum": 3}, {"steps": 10, "warmup_steps": 10},
+    {"optimizer": "adamw", "lr_schedule": "constant", "minutes": 1.0},
+])
+def test_rules_between_fields_allow_their_edges(values):
+    """What those checks allow: a grad_accum that divides the batch, a warmup as long as the budget,
+    a constant-LR AdamW under a minutes budget."""
+    TrainConfig.from_dict(values).validate()
+
+
+def test_config_file_forms(tmp_path):
+    """What a config file may say: a suffix in any case, an empty YAML file (no fields), a top-level
+    ``[layer]`` table, ``[model] name = ...`` for the model kind, model fields with dashes."""
+    from rnnlab.train.config import load_config, read_config_file
+
+    upper = tmp_path / "C.TOML"
+    upper.write_text('lr = 0.01\n[model]\nname = "e1"\nmlp-ratio = 2.0\n[layer]\nheads = 2\n')
+    cfg = load_config(upper)
+    assert (cfg.optim.lr, cfg.model.model, cfg.model.mlp_ratio, cfg.model.layer) == (0.01, "e1", 2.0, {"heads": 2})
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set\n")
+    assert read_config_file(empty) == {}
+
+
+def test_legacy_hint_names_the_value_as_json():
+    """The hint for a resume refused on ``decay_marked`` gives the value as a config file writes it."""
+    from rnnlab.train.config import legacy_hint
+
+    assert legacy_hint("decay_marked") == (" (runs saved before rnnlab had decay_marked count as decay_marked = "
+                                           "true: set it to continue them)")
+    assert legacy_hint("lr") == ""
+
+
+def test_budget_clock_leaves_out_the_warmup():
+    """A --minutes budget counts training time without each process's warmup steps."""
+    from rnnlab.train.config import budget_clock
+
+    assert (budget_clock(10.0, 2.5), budget_clock(10.0, None), budget_clock(None, 1.0)) == (7.5, 10.0, None)
+
+
+def test_seed_is_at_most_int64():
+    """The seed must fit a signed 64-bit integer (torch's generators take no more)."""
+    TrainConfig.from_dict({"seed": 2**63 - 1}).validate()
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict({"seed": 2**63}).validate()
+    assert str(e.value) == "seed must be an integer >= 0 (at most 9,223,372,036,854,775,807), got 9223372036854775808"
+
+
+def test_flags_override_the_config_file(tmp_path):
+    """``load_config``: defaults, then the file, then the flags (which win where both set a field)."""
+    from rnnlab.train.config import load_config
+
+    toml = tmp_path / "c.toml"
+    toml.write_text("lr = 0.01\nweight_decay = 0.2\n")
+    cfg = load_config(toml, {"lr": 0.02, "eps": None})
+    assert (cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.eps) == (0.02, 0.2, 1e-8)
+
+
+def test_a_model_table_naming_its_kind_twice_is_refused(tmp_path):
+    """``[model] name = ...`` stands for ``model = ...``; a table with both keeps ``name`` as the
+    unknown field it then is, rather than letting one silently replace the other."""
+    from rnnlab.train.config import load_config
+
+    toml = tmp_path / "c.toml"
+    toml.write_text('[model]\nmodel = "e1"\nname = "mingru"\n')
+    with pytest.raises(ValueError, match=r"^unknown config file .* model field\(s\) \['name'\]"):
+        load_config(toml)
