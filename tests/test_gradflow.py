@@ -200,6 +200,29 @@ def test_heldout_batches_are_the_first_windows_of_the_held_out_split(tiny_train,
     assert windows == [tail[8 * i:8 * i + 9] for i in range(8)]
 
 
+def test_heldout_batches_come_from_the_runs_own_val_fraction(tiny_train, small_corpus, tmp_path):
+    """The held-out windows are read from the tail the run held out, at its ``val_fraction`` (5% of
+    20,000 bytes here: the last 1,000), not the default 1%."""
+    cfg = tiny_train(tmp_path / "run", data=str(small_corpus), val_fraction=0.05)
+    tail = small_corpus.read_bytes()[-1000:]
+    [batch] = gf.heldout_batches(cfg, 8, 4, 1)
+    assert [bytes(w.tolist()) for w in batch] == [tail[8 * i:8 * i + 9] for i in range(4)]
+
+
+def test_a_held_out_file_of_seq_len_bytes_is_too_short(tiny_train, small_corpus, tmp_path):
+    """A window needs ``seq_len + 1`` bytes: a held-out file of exactly ``seq_len`` is refused with
+    the advice that fits an analysis (a smaller --seq-len; the run's file is fixed), one more byte
+    gives one window."""
+    val = tmp_path / "val.txt"
+    val.write_bytes(b"12345678")
+    cfg = tiny_train(tmp_path / "run", data=str(small_corpus), val_data=str(val))
+    with pytest.raises(ValueError) as e:
+        gf.heldout_batches(cfg, 8, 4, 1)
+    assert str(e.value) == "held-out split has 8 bytes, fewer than seq_len+1 = 9; use a smaller --seq-len"
+    val.write_bytes(b"123456789")
+    assert [b.tolist() for b in gf.heldout_batches(cfg, 8, 4, 1)] == [[list(b"123456789")]]
+
+
 def test_gradient_norms_and_curves_are_means_over_the_batches():
     """Over several batches, (a) is the norm of the mean gradient (the gradient of the mean of
     the batches' losses, taken here with autograd) and (b) the mean of each batch's own curve."""
@@ -252,13 +275,15 @@ def test_table_columns():
 def test_a_bf16_run_is_analysed_in_fp32(tiny_train, small_corpus, tmp_path):
     """The model is analysed in fp32 whatever its training dtype: a pure-bf16 run is analysed, and
     its gradient norms are those of its weights cast to fp32 (left in bf16, the E1 statistics
-    would fail on a dtype mismatch)."""
+    would fail on a dtype mismatch). The record states the settings it was measured with."""
     from rnnlab.train.rundir import RunDir
 
     run = tmp_path / "run"
     run_training(tiny_train(run, steps=1, precision="bf16", data=str(small_corpus)), progress=False)
     rec = gf.analyze([run], tmp_path / "gf", batches=1, batch_size=2, seq_len=8, history=False,
-                     plots=False)["records"][0]
+                     plots=False, last=2, power_iters=3)["records"][0]
+    assert {k: rec[k] for k in ("seq_len", "batches", "batch_size", "last", "power_iters")} == \
+        {"seq_len": 8, "batches": 1, "batch_size": 2, "last": 2, "power_iters": 3}
     cfg, model, _ = RunDir(run).load("cpu")
     assert next(model.parameters()).dtype == torch.bfloat16
     model = model.float()
@@ -282,3 +307,28 @@ def test_gradflow_json_is_strict_json_where_a_curve_has_no_reference(trained_run
 
     rec = json.loads(text, parse_constant=refuse)["records"][0]
     assert rec["temporal_normalized"]["layer_0"] == [None, None] and rec["temporal"]["layer_0"] == [1.0, 0.0]
+
+
+def test_power_iters_reach_the_jacobian_estimate():
+    """``analyze_model``'s ``power_iters`` is the number of power iterations behind sigma_max(J_t):
+    the record is ``recurrence_stats`` at that count (1 here), not at the default 10."""
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="e1", dim=8, depth=1)).eval()
+    batch = torch.randint(0, 256, (2, 7))
+    r = gf.analyze_model(model, [batch], power_iters=1)
+    x0 = model.embed(batch[:, :-1]).detach()
+    one, ten = (gf.recurrence_stats(model, [[x0]], iters=n)["layer_0"]["jacobian_sigma_t"] for n in (1, 10))
+    assert r["recurrence"]["layer_0"]["jacobian_sigma_t"] == pytest.approx(one, rel=1e-12)
+    assert one != pytest.approx(ten, rel=1e-6)
+
+
+def test_strict_json_turns_every_non_finite_float_to_null():
+    """NaN and both infinities become None (JSON has none of them), at any depth; the rest stays."""
+    inf = float("inf")
+    assert gf._strict_json({"a": [inf, -inf, float("nan"), 1.5], "b": {"c": (2.0, inf)}, "d": "x"}) == \
+        {"a": [None, None, None, 1.5], "b": {"c": [2.0, None]}, "d": "x"}
+
+
+def test_a_record_at_step_0_is_labelled_with_its_step():
+    """Records are labelled run@step, step 0 included (only a record without a step is the bare name)."""
+    assert [gf._label({"run": "/x/run", "step": s}) for s in (0, 5, None)] == ["run@0", "run@5", "run"]
