@@ -207,6 +207,16 @@ def test_export_user_errors(exported, tmp_path, capsys):
     assert saved["architectures"] == ["RnnlabForCausalLM"] and saved["eos_token_id"] is None
 
 
+def test_export_into_an_existing_empty_folder(exported, tmp_path):
+    """An empty folder (made ahead, e.g. a mount point) is a fine ``--out``: only one that holds
+    files is refused."""
+    run, _ = exported["e1"]
+    out = tmp_path / "empty"
+    out.mkdir()
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
 @pytest.mark.parametrize("bars_on", [True, False])
 def test_export_prints_no_progress_bar_and_keeps_the_setting(exported, tmp_path, capsys, bars_on):
     """transformers' "Writing model shards" bar stays off stderr; its global progress-bar setting
