@@ -131,6 +131,33 @@ def test_context_from_env_and_batch_split():
     assert dist.per_rank_batch(32, 4) == 8
     with pytest.raises(ValueError, match="divisible by the number of processes"):
         dist.per_rank_batch(10, 4)
+    with pytest.raises(ValueError, match=r"^world_size must be >= 1, got 0$"):  # not a ZeroDivisionError
+        dist.per_rank_batch(8, 0)
+
+
+def test_context_from_env_defaults_and_bounds():
+    """torchrun's variables: LOCAL_RANK defaults to RANK, an empty variable counts as unset, rank 0
+    alone is the main process (not every node's local rank 0), and each bound is named."""
+    ctx = dist.DistContext.from_env({"RANK": "3", "WORLD_SIZE": "4"})
+    assert (ctx.rank, ctx.local_rank) == (3, 3)
+    assert dist.DistContext.from_env({"RANK": "", "WORLD_SIZE": "", "LOCAL_RANK": ""}) == dist.DistContext()
+    second_node = dist.DistContext.from_env({"RANK": "4", "WORLD_SIZE": "8", "LOCAL_RANK": "0"})
+    assert (second_node.is_main, dist.DistContext().is_main) == (False, True)
+    for env, message in (({"WORLD_SIZE": "0"}, "WORLD_SIZE must be >= 1, got 0"),
+                         ({"WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "LOCAL_RANK must be >= 0, got -1")):
+        with pytest.raises(ValueError, match=rf"^{message}$"):
+            dist.DistContext.from_env(env)
+
+
+def test_a_local_rank_without_its_gpu_is_refused(monkeypatch):
+    """Each rank owns GPU LOCAL_RANK: on a host of 2 GPUs local ranks 0 and 1 get theirs, 2 is told
+    in one line how many processes fit."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert dist.DistContext(rank=1, world_size=2, local_rank=1).device("cuda") == torch.device("cuda", 1)
+    with pytest.raises(ValueError) as e:
+        dist.DistContext(rank=2, world_size=3, local_rank=2).device("auto")
+    assert str(e.value) == "LOCAL_RANK 2 has no GPU: this host has 2 (start at most 2 processes per node)"
 
 
 def test_gpus_flag_relaunches_through_torchrun():
