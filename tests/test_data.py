@@ -12,6 +12,7 @@ from rnnlab.data import (
     default_val_path,
     eval_num_windows,
     eval_windows,
+    file_split,
     heldout_split,
     load_splits,
     sample_offsets,
@@ -166,7 +167,7 @@ def test_min_len_below_1_is_refused(tmp_path):
 def test_heldout_split_is_load_splits_tail_at_the_runs_val_fraction(corpus_file, tmp_path):
     """``heldout_split`` (what eval and gradflow score) is the same tail ``load_splits`` holds out,
     at the given ``val_fraction`` (0.2 of 50,000 bytes: the last 10,000), and a ``val_data`` file
-    is read without opening ``data``."""
+    is read without opening ``data``, named "val" (``file_split`` alone names a file "eval")."""
     p, data = corpus_file
     val = heldout_split(p, val_fraction=0.2)
     assert (val.offset, len(val), val.name) == (40_000, 10_000, "val")
@@ -175,6 +176,7 @@ def test_heldout_split_is_load_splits_tail_at_the_runs_val_fraction(corpus_file,
     v.write_bytes(b"held out")
     moved = heldout_split(tmp_path / "moved.bin", v)
     assert (moved.path, len(moved), moved.name) == (v, 8, "val")
+    assert (file_split(v).name, len(file_split(v))) == ("eval", 8)  # another held-out text: named eval
 
 
 def test_val_data_file_shorter_than_min_len_is_refused(corpus_file, tmp_path):
