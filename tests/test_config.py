@@ -320,12 +320,14 @@ def test_eval_bytes_all_or_0_is_the_whole_split(text):
 
 
 def test_help_names_a_plain_default_unless_the_help_does():
-    """A flag's help ends with its default when that is a plain number or word, unless the help
-    already speaks of the default (``eval_bytes``: "default: all = 0")."""
+    """A flag's help ends with its default when that is a plain number or word (not a bool), unless
+    the help already speaks of the default (``eval_bytes``: "default: all = 0")."""
     from rnnlab.options import _help
 
     assert _help(FIELDS["lr"][1]) == "peak learning rate (default: 0.0003)"
     assert _help(FIELDS["eval_bytes"][1]).endswith("the whole held-out split)")
+    resume = FIELDS["resume"][1]
+    assert _help(resume) == resume.meta.help  # a bool's default is no word to show (--resume / --no-resume)
 
 
 def test_resolve_makes_every_data_path_absolute(tmp_path, monkeypatch):
