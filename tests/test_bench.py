@@ -1051,6 +1051,29 @@ def test_sweep_set_items_are_read_as_typed_and_checked():
             build_sweep(base, bad)
 
 
+def test_sweep_point_names_keep_what_tells_values_apart():
+    """A point's folder name keeps ``+`` (``1e+4`` and ``1e4`` are two folders) and a one-letter
+    mixer option's name (``layer.k``)."""
+    s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["lr=1e-4,1e+4,1e4", "layer.k=1"])
+    assert [r.name for r in s.runs] == ["lr-1e-4_k-1", "lr-1e+4_k-1", "lr-1e4_k-1"]
+    assert [r.model["layer"] for r in s.runs] == [{"k": 1}] * 3
+
+
+
+def test_a_swept_dim_needs_no_base_dim():
+    """``--set dim=...`` gives every point its width: no ``--dim`` (or ``--target-params``) is needed."""
+    s = build_sweep({"model": "e1", "depth": 2}, ["dim=32,64"])
+    assert [(r.name, r.model["dim"]) for r in s.runs] == [("dim-32", 32), ("dim-64", 64)]
+
+
+
+def test_a_sweep_is_named_as_given_or_after_its_model():
+    """``--name`` names the sweep's suite; without it the suite is ``sweep-<model>``."""
+    base = {"model": "mingru", "depth": 2, "dim": 32}
+    assert (build_sweep(base, ["lr=1e-3"], name="mine").name, build_sweep(base, ["lr=1e-3"]).name) == \
+        ("mine", "sweep-mingru")
+
+
 # ------------------------------------------------------------------------------------ end to end
 def test_bench_list_and_plan(tmp_path, capsys):
     assert main(["bench", "--list"]) == 0
