@@ -62,14 +62,12 @@ def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[
 
 # ------------------------------------------------------------------------- (a) + (b)
 def _block_inputs(model: nn.Module) -> tuple[list[torch.Tensor], list]:
-    """Forward pre-hooks that keep (and retain the grad of) every block's input."""
+    """Forward pre-hooks that keep every block's input (``torch.autograd.grad`` then takes the
+    loss's gradient with respect to each)."""
     store: list[torch.Tensor] = []
 
     def hook(_mod, args):
-        x = args[0]
-        if x.requires_grad:
-            x.retain_grad()
-        store.append(x)
+        store.append(args[0])
 
     handles = [b.register_forward_pre_hook(hook) for b in model.blocks]
     return store, handles
