@@ -1013,7 +1013,8 @@ def test_sweep_expands_points(tmp_path):
     assert all(p.cfg.model.layer == {"expansion": 2.0} for p in plan)
 
     base = {"model": "e1", "depth": 2, "dim": 64}
-    for bad, match in ((["out=a,b"], "cannot sweep"), (["steps=1,2"], "cannot sweep"), (["layer=1,2"], "layer.NAME"),
+    shared = r"cannot sweep 'steps': every point of a sweep shares it, so that the points compare \(set it once with --steps\)"
+    for bad, match in ((["out=a,b"], "cannot sweep"), (["steps=1,2"], shared), (["layer=1,2"], "layer.NAME"),
                        (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"), (["lr=1,1"], "repeats")):
         with pytest.raises(ValueError, match=match):
             build_sweep(base, bad)

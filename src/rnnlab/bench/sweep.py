@@ -49,9 +49,11 @@ def _check_key(key: str) -> None:
         if not key[6:]:
             raise ValueError("--set layer.NAME needs a mixer option name, e.g. layer.heads=1,4")
         return
-    if key in FORBIDDEN:
-        raise ValueError(f"--set cannot sweep {key!r} (use the --{key.replace('_', '-')} flag, or "
-                         f"layer.NAME for mixer options)")
+    if key == "layer":
+        raise ValueError("--set cannot sweep 'layer' whole: sweep one mixer option, layer.NAME (e.g. layer.heads=1,4)")
+    if key in FORBIDDEN:  # the corpus, the budget, the scoring, where and how the runs are kept
+        raise ValueError(f"--set cannot sweep {key!r}: every point of a sweep shares it, so that the points "
+                         f"compare (set it once with --{key.replace('_', '-')})")
     if key not in FIELDS:
         raise ValueError(f"--set: unknown key {key!r}; use a config field "
                          f"({', '.join(sorted(set(FIELDS) - set(FORBIDDEN)))}) or layer.NAME")

@@ -15,7 +15,10 @@ from rnnlab.options import add_flags, checked, flag_values, positive
 
 
 def register(sub) -> None:
-    p = sub.add_parser("params", help="count parameters or solve a width for a target count")
+    p = sub.add_parser("params", help="count parameters or solve a width for a target count",
+                       description="Count a model's parameters (--model, --dim, --depth, --layer), or solve the "
+                                   "width that comes nearest a target count (--target 400M), as suites with "
+                                   "target_params do. Nothing is trained.")
     add_flags(p.add_argument_group("model"), ModelConfig)
     p.add_argument("--target", help="solve the width for this many parameters (e.g. 400M) instead of --dim")
     p.add_argument("--multiple", type=checked(int, positive()), default=None, metavar="N",
