@@ -333,7 +333,7 @@ def _past_budget(pr: PlannedRun) -> str | None:
     if not summary.get("complete") or not isinstance(done, int) or budget is None or done <= budget:
         return None
     kind, value = pr.cfg.budget.chosen()
-    return (f"{pr.dir} holds a run complete at step {done:,}, past this budget ({kind} {value:g}): a suite "
+    return (f"{pr.dir} holds a run complete at step {done:,}, past this budget ({kind} {value:,}): a suite "
             f"extends a run, it does not shorten one")
 
 
