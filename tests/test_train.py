@@ -330,6 +330,24 @@ def test_a_finished_run_resumed_writes_no_checkpoint_again(tiny_train, tmp_path,
     assert (tmp_path / "r" / "eval.jsonl").read_text() == evals and s["val_bpb"] == first["val_bpb"]
 
 
+def test_a_finished_run_resumed_with_new_eval_bytes_and_no_larger_budget_is_refused(tiny_train, tmp_path):
+    """A complete run's final evaluation is not redone by a resume with its own budget, so a new
+    --eval-bytes would only rewrite config.json (then at odds with summary.json): refused in one
+    line naming `rnnlab eval`, nothing changed; with a larger budget the run extends and its new final
+    evaluation scores the new cap."""
+    run = tmp_path / "r"
+    first = run_training(tiny_train(run, steps=2), progress=False)
+    config = (run / "config.json").read_text()
+    with pytest.raises(ValueError, match=rf"complete at this budget and its final evaluation is done, so --eval-bytes "
+                                         rf"2048 would score nothing and only rewrite config.json: `rnnlab eval --run "
+                                         rf"{run} --eval-bytes 2048` scores it again"):
+        RunDir(run).prepare(tiny_train(run, steps=2, resume=True, eval_bytes=2048))
+    assert (run / "config.json").read_text() == config
+    assert run_training(tiny_train(run, steps=2, resume=True), progress=False)["val_bpb"] == first["val_bpb"]
+    again = run_training(tiny_train(run, steps=3, resume=True, eval_bytes=2048), progress=False)
+    assert again["steps"] == 3 and again["val_bytes"] < first["val_bytes"]
+
+
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
     state = trainer.TrainState(None, None, None)
     for i in range(5):

@@ -420,6 +420,15 @@ class RunDir:
                              f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
         budget = cfg.max_steps()
         kind, value = cfg.budget.chosen()
+        summary = self.summary() or {}
+        new_cap = cfg.run.eval_bytes
+        if (summary.get("complete") and summary.get("val_bpb") is not None and summary.get("steps") == budget
+                and saved.get("eval_bytes") != new_cap):  # the final evaluation is done and not redone
+            text = "all" if not new_cap else str(new_cap)
+            raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final evaluation "
+                             f"is done, so --eval-bytes {text} would score nothing and only rewrite {CONFIG}: "
+                             f"`rnnlab eval --run {self.path} --eval-bytes {text}` scores it again (a larger --{kind} "
+                             f"extends the run, its final evaluation then scoring {text})")
 
         def within_budget(checkpoint) -> None:
             if checkpoint.step is None:
