@@ -19,7 +19,7 @@ import torch
 from rnnlab.bench.collect import aggregate, collect
 from rnnlab.bench.report import describe_git, write_report
 from rnnlab.bench.runner import run_plan
-from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_status, suites_dir
+from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_conflict, run_status, suites_dir
 from rnnlab.bench.sweep import build_sweep
 from rnnlab.cli import main
 from rnnlab.models.params import count_params
@@ -288,6 +288,15 @@ def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path
         run_plan(_tiny_suite(runs="a"), [shorter], tmp_path, progress=False)
     (longer,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=4)
     assert run_status(longer) == "restart"  # no checkpoint here to extend from
+    # under a minutes budget, the trainer's rule (RunDir.past_budget, as --resume applies it): step 3
+    # started after a minute of training by step 2, so a 1-minute budget is passed, a longer one not
+    (planned.dir / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "elapsed_s": 30.0 * i, "warmup_s": 0.0})
+                                                       + "\n" for i in (1, 2, 3)))
+    (minute,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=None, minutes=1)
+    assert run_conflict(minute) == (f"{minute.dir} holds a run complete at step 3, and had trained 1 minutes by step 2, "
+                                    f"past this budget (minutes 1): a suite extends a run, it does not shorten one")
+    (more,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=None, minutes=1.5)
+    assert run_conflict(more) is None
 
 
 def test_a_suite_folder_reused_by_another_suite_starts_its_plan_afresh(tmp_path):

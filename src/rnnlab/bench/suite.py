@@ -325,23 +325,22 @@ def run_conflict(pr: PlannedRun) -> str | None:
 
 
 def _past_budget(pr: PlannedRun) -> str | None:
-    """Why a complete run cannot serve a smaller step or token budget (``bench tiny``, then
-    ``bench tiny --steps 50`` into the same folder): resuming it would be refused, as
-    ``rnnlab train --resume`` refuses a budget a run has passed; None otherwise."""
+    """Why a complete run cannot serve a smaller budget (``bench tiny``, then ``bench tiny --steps
+    50`` into the same folder): resuming it would be refused, by ``RunDir.past_budget``'s rule as
+    ``rnnlab train --resume`` refuses it; None otherwise."""
     summary = pr.rundir.summary() or {}
-    done, budget = summary.get("steps"), pr.cfg.max_steps()
-    if not summary.get("complete") or not isinstance(done, int) or budget is None or done <= budget:
+    done = summary.get("steps")
+    past = pr.rundir.past_budget(done, pr.cfg) if summary.get("complete") and isinstance(done, int) else None
+    if past is None:
         return None
-    kind, value = pr.cfg.budget.chosen()
-    return (f"{pr.dir} holds a run complete at step {done:,}, past this budget ({kind} {value:,}): a suite "
-            f"extends a run, it does not shorten one")
+    return f"{pr.dir} holds a run complete at step {done:,}{past}: a suite extends a run, it does not shorten one"
 
 
 def run_status(pr: PlannedRun) -> str:
     """``"complete"`` (skip), ``"partial"`` (resume from its checkpoint), ``"restart"`` (the folder
     holds a run stopped before its first checkpoint: nothing to resume, train it afresh), ``"new"``,
     or ``"conflict"`` (the folder holds a run of a different config, or one complete past this
-    step or token budget)."""
+    budget)."""
     return status_and_conflict(pr)[0]
 
 

@@ -245,6 +245,24 @@ class RunDir:
         last = max(timed, key=lambda m: m["step"])
         return budget_clock(last["elapsed_s"], last.get("warmup_s")) / 60
 
+    def past_budget(self, step: int | None, cfg) -> str | None:
+        """How this run at ``step`` has passed ``cfg``'s budget, so that resuming it would train
+        nothing (the words after "at step N"), or None: a step count past the budget's, or for
+        ``--minutes`` the trainer's rule (a step starts while the time is under the budget)."""
+        if step is None:
+            return None
+        budget = cfg.max_steps()
+        kind, value = cfg.budget.chosen()
+        if budget is not None and step > budget:
+            at = "" if kind == "steps" else f", step {budget:,}"
+            return f", past this budget ({kind} {value:,}{at})"
+        if kind != "minutes":
+            return None
+        trained = self.minutes_trained(step - 1)
+        if trained is None or trained < value:
+            return None
+        return f", and had trained {trained:.4g} minutes by step {step - 1:,}, past this budget (minutes {value:g})"
+
     def env(self) -> dict[str, Any] | None:
         return read_json(self.file(ENV))
 
@@ -419,7 +437,7 @@ class RunDir:
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
         budget = cfg.max_steps()
-        kind, value = cfg.budget.chosen()
+        kind, _ = cfg.budget.chosen()
         summary = self.summary() or {}
         new_cap = cfg.run.eval_bytes
         if (summary.get("complete") and summary.get("val_bpb") is not None and summary.get("steps") == budget
@@ -431,21 +449,10 @@ class RunDir:
                              f"extends the run, its final evaluation then scoring {text})")
 
         def within_budget(checkpoint) -> None:
-            if checkpoint.step is None:
-                return
-            if budget is not None and checkpoint.step > budget:
-                at = "" if kind == "steps" else f", step {budget:,}"
-                past = f"is at step {checkpoint.step:,}, past this budget ({kind} {value:,}{at})"
-            elif kind == "minutes":  # the trainer's rule: a step starts while the time is under the budget
-                trained = self.minutes_trained(checkpoint.step - 1)
-                if trained is None or trained < value:
-                    return
-                past = (f"is at step {checkpoint.step:,}, and had trained {trained:.4g} minutes by step "
-                        f"{checkpoint.step - 1:,}, past this budget (minutes {value:g})")
-            else:
-                return
-            raise ValueError(f"--resume: the run in {self.path} {past}: nothing to train, nothing changed "
-                             f"(a larger --{kind} extends a run)")
+            past = self.past_budget(checkpoint.step, cfg)
+            if past is not None:
+                raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}{past}: nothing to "
+                                 f"train, nothing changed (a larger --{kind} extends a run)")
 
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
 
