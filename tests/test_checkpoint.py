@@ -687,3 +687,21 @@ def test_resume_clears_what_killed_writers_left(tiny_train, tmp_path):
     leftovers[2].write_text("{")
     run_training(tiny_train(run, steps=3, resume=True), progress=False)
     assert not any(p.exists() for p in leftovers)
+
+
+def test_the_checkpointer_says_while_it_writes(tmp_path, monkeypatch):
+    """``Checkpointer.writing`` is set from the staging of a checkpoint to its commit, and clear
+    before and after, a failed write included: ``LostPeerWatch`` lets a write that a dead peer
+    does not hold up finish before it ends the rank."""
+    saver = checkpoint.Checkpointer(tmp_path)
+    seen = []
+    for name in ("_stage", "_commit"):
+        real = getattr(saver, name)
+        monkeypatch.setattr(saver, name, lambda *a, real=real: (seen.append(saver.writing.is_set()), real(*a))[1])
+    assert not saver.writing.is_set()
+    saver.save(_tiny_state(3), complete=False)
+    assert seen == [True, True] and not saver.writing.is_set()
+    monkeypatch.setattr(saver, "_commit", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
+    with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device"):
+        saver.save(_tiny_state(6), complete=False)
+    assert not saver.writing.is_set()

@@ -705,6 +705,69 @@ def test_a_rank_killed_in_training_leaves_one_line_naming_the_checkpoint(tmp_pat
     assert seconds < 15, seconds  # not torchrun's wait for a rank that ignores its SIGTERM
 
 
+RANK_0_WAITS_FOR_GOOD = """
+import os, sys
+from pathlib import Path
+from rnnlab.cli import main
+from rnnlab.train import distributed as dist, trainer
+
+mark, real = sys.argv[1], trainer.Trainer.train_step
+
+
+def waits(self, batch):  # rank 0's step 4 waits for good, as in a collective that misses its peer's death
+    if dist.context().rank == 0 and self.state.step == 3:
+        Path(mark).write_text(str(os.getpid()))
+        os.read(os.pipe()[0], 1)  # a Python handler runs (a Ctrl-C only notes the stop) and the wait goes on
+    return real(self, batch)
+
+
+trainer.Trainer.train_step = waits
+sys.argv = ["rnnlab", *sys.argv[2:]]
+sys.exit(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_rank_waiting_for_a_killed_peer_that_it_never_hears_of_ends_with_its_line(tmp_path, corpus,
+                                                                                     descendants):
+    """Rank 1 killed while rank 0 waits in a call that never returns, as in a collective that
+    does not notice its peer is gone (gloo's all-reduce at times, NCCL's always): torchrun's SIGTERM
+    is a Ctrl-C that rank 0 only notes. Its ``LostPeerWatch`` sees rank 1's process end and ends
+    rank 0 a few seconds later with the line a failed collective gives, naming the checkpoint of
+    step 3, and summary.json saying the same; not torchrun's kill 20-30 s later, without a word."""
+    import time
+
+    script, run, mark = tmp_path / "waits.py", tmp_path / "r", tmp_path / "mark"
+    script.write_text(RANK_0_WAITS_FOR_GOOD)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           str(mark), "train", *_flags(dict(TINY, steps=100, checkpoint_every=3)), "--data", str(corpus),
+           "--out", str(run), "--no-progress"]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tree: list[int] = []
+    try:
+        deadline = time.monotonic() + 60
+        while not mark.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        tree = descendants(proc.pid)
+        os.kill(_rank_pid(tree, 1), signal.SIGKILL)
+        killed = time.monotonic()
+        out, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - killed
+    finally:
+        _stop(proc)
+        for p in tree:
+            with contextlib.suppress(OSError):
+                os.kill(p, signal.SIGKILL)
+    assert proc.returncode == 1 and seconds < 15, (seconds, err[-5000:])
+    assert "Unable to shutdown process" not in err and "[rank0]:" not in err, err[-5000:]
+    lines = [x for x in err.splitlines() if x.startswith("rnnlab train: rank")]
+    expected = (f"another rank ended (rank 1's process has ended; this rank was still waiting for it) after step 3, "
+                f"whose checkpoint is saved: {run / 'ckpt' / 'step-000003'} (step 3); --resume continues from it")
+    assert lines == [f"rnnlab train: rank 0: {expected}"], err[-5000:]
+    assert json.loads((run / "summary.json").read_text())["error"] == expected
+
+
 SLOW_RANK = """
 import os, sys, time
 from rnnlab.cli import main

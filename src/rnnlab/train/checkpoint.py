@@ -52,6 +52,7 @@ import os
 import random
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -351,6 +352,7 @@ class Checkpointer:
         self.directory = Path(directory)
         self.keep, self.keep_every = keep, keep_every
         self.last: Checkpoint | None = None  # the newest checkpoint this process restored or saved
+        self.writing = threading.Event()  # set while this process writes one (LostPeerWatch lets it finish)
 
     @property
     def saved_step(self) -> int | None:
@@ -421,6 +423,7 @@ class Checkpointer:
         must call, the gathers are collectives); all ranks wait for it."""
         ctx = context()
         if ctx.is_main or is_fsdp(state.model):
+            self.writing.set()
             try:
                 staged = self._stage(state, complete)
                 if staged is not None:
@@ -429,6 +432,8 @@ class Checkpointer:
                 what = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
                 raise CheckpointWriteError(f"could not write the checkpoint of step {state.step} to "
                                            f"{self.directory}: {e.strerror or e}{what}; {self.kept()}") from e
+            finally:
+                self.writing.clear()
             if staged is not None:
                 self._prune()
         ctx.barrier()

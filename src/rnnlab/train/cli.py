@@ -14,7 +14,6 @@ flag per field, named by its key (``--batch-size``), in one help group per confi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
@@ -22,7 +21,6 @@ import signal
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import NoReturn
 
 from rnnlab.models.config import layer_text
 from rnnlab.options import at_least, checked, path_arg, positive
@@ -276,6 +274,7 @@ def _launch(args) -> int | None:
 def run_train(args) -> int:
     from rnnlab.train import distributed as dist
     from rnnlab.train.checkpoint import CheckpointWriteError
+    from rnnlab.train.peers import end_lost_rank
     from rnnlab.train.trainer import LostRank, NonFiniteLossError, run_training
 
     launched = _launch(args)
@@ -294,8 +293,7 @@ def run_train(args) -> int:
     except LostRank as e:  # another rank ended: one line naming the checkpoint kept, then an end at once
         if getattr(args, "debug", False):
             raise
-        print(f"rnnlab train: rank {ctx.rank}: {e}", file=sys.stderr)
-        end_after_a_lost_rank()
+        end_lost_rank(ctx.rank, str(e))
     except KeyboardInterrupt as e:  # the trainer's message names the checkpoint kept
         print(f"rnnlab train: {str(e) or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
         return 130
@@ -307,16 +305,6 @@ def run_train(args) -> int:
         print("rnnlab train: Ctrl-C came at the end of the budget; the run finished first (complete)",
               file=sys.stderr)
     return 0 if summary["complete"] and not summary.get("interrupted_at_end") else 130
-
-
-def end_after_a_lost_rank() -> NoReturn:
-    """The end of a rank whose peer is gone (after its line): exit status 1 at once, without
-    leaving the process group (its teardown can wait for the dead peer, NCCL's can hang) nor
-    meeting torchrun's SIGTERM, which follows the peer's death, in the interpreter's exit."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(1)
 
 
 def format_summary(s: dict) -> str:

@@ -39,7 +39,7 @@ import os
 import re
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
@@ -47,6 +47,7 @@ from torch import nn
 
 from rnnlab.signals import STOP_SIGNALS
 from rnnlab.train.config import DISTRIBUTED
+from rnnlab.train.peers import local_peers, process_identity
 
 DEFAULT_TIMEOUT_MIN = 60  # barriers wait while rank 0 evaluates / checkpoints; NCCL's 10 min is short
 
@@ -63,12 +64,15 @@ def _env_int(env, name: str, default: int) -> int:
 
 @dataclass
 class DistContext:
-    """Where this process sits in a torchrun job. ``backend`` is None until ``init``."""
+    """Where this process sits in a torchrun job. ``backend`` is None until ``init``;
+    ``local_peers``: the other ranks' processes on this machine (``peers.local_peers``), known
+    once ``init`` has started the process group."""
 
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
     backend: str | None = None
+    local_peers: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env=None) -> "DistContext":
@@ -139,6 +143,9 @@ class DistContext:
         else:
             self.backend = "gloo"
             dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=timeout)
+        identities: list = [None] * self.world_size
+        dist.all_gather_object(identities, process_identity())
+        self.local_peers = local_peers(identities, self.rank)
         return self
 
     def close(self, sync: bool = True) -> None:

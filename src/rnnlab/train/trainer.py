@@ -30,7 +30,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, NoReturn
 
 import torch
 from torch import nn
@@ -45,6 +45,7 @@ from rnnlab.train.config import TrainConfig, budget_clock
 from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
+from rnnlab.train.peers import LostPeerWatch, end_lost_rank
 from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, evaluate_run,
                                   is_out_of_memory, peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
@@ -314,14 +315,16 @@ class Trainer:
         checkpoint); returns the summary, also written to summary.json. A failure that stops
         the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C, under
         torchrun another rank's end: ``LostRank``) is recorded in summary.json and raised with a
-        message naming the checkpoint kept."""
+        message naming the checkpoint kept. Under torchrun, ``LostPeerWatch`` ends the rank with
+        ``LostRank``'s line when a peer on this machine died and a collective never says so."""
         # StopOnInterrupt spans the failure handling too (a stop that arrives then, torchrun's SIGTERM
         # close behind a peer's death before lost_peers_ignoring_stops ignores stops, is a first
         # Ctrl-C, not a KeyboardInterrupt in place of the failure being recorded), and ends before
         # the logs close
         with self.closing(), StopOnInterrupt() as stop:
             try:
-                return self.loop(stop)
+                with LostPeerWatch(self.ctx.local_peers, self.end_on_lost_peer, busy=self.checkpointer.writing.is_set):
+                    return self.loop(stop)
             except (NonFiniteLossError, CheckpointWriteError) as e:
                 stop.ending()
                 self.record_failure(str(e))
@@ -621,6 +624,17 @@ class Trainer:
             return f"{what} after step {step}, whose checkpoint is saved: {last}; --resume continues from it"
         return (f"{what} after step {step}, which is not saved; the last checkpoint is {last}: "
                 "--resume continues from it")
+
+    def end_on_lost_peer(self, peer: int) -> NoReturn:
+        """``LostPeerWatch``'s end of this rank, from its thread, when the process of rank ``peer``
+        on this machine has ended and this rank still waits (in a collective that did not notice):
+        what a failed collective's ``LostRank`` records and says, then exit status 1."""
+        message = self.lost_rank_message((f"rank {peer}'s process has ended; this rank was still waiting for it",
+                                          True))
+        self.record_failure(message)
+        with contextlib.suppress(OSError, ValueError):
+            self.logger.sync()
+        end_lost_rank(self.ctx.rank, message)
 
     def record_failure(self, error: str) -> None:
         """summary.json for a run that stopped with ``error``, if the disk still takes it. A Ctrl-C

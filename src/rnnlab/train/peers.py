@@ -1,0 +1,114 @@
+"""A rank whose peer on the same machine died while it waits for that peer in a collective.
+
+A collective does not always notice that the other end is gone: gloo at times waits on (rank 0 of
+a 2-rank CPU run, inside DDP's gradient all-reduce after rank 1's ``kill -9``: 1 run in 31 under
+the test suite's load), and NCCL waits until the process group's timeout. The rank then sits in
+C++, where no Python signal handler runs: torchrun's SIGTERM, which follows the peer's death, is
+never acted on, and torchrun kills the rank 30 s later without a word. ``LostPeerWatch`` is a
+thread that looks at the other ranks' processes on this machine while the rank trains; once one
+has ended and this rank is still here ``GRACE_S`` later, it ends the rank with the line a failed
+collective would have given (``end_lost_rank``), unless a checkpoint is being written, which it
+lets finish first. Ranks on other machines cannot be seen from here; Linux only (``/proc``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from pathlib import Path
+from typing import Callable, NoReturn
+
+# how often the watch looks at the peers, and how long a peer's death gives this rank to end on
+# its own (its collective's error then names the cause) before the watch ends it
+POLL_S = 0.5
+GRACE_S = 3.0
+
+
+def _stat(pid: int | str) -> tuple[str, int] | None:
+    """``(state, start time)`` of a process from ``/proc/PID/stat``; None when there is none."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold anything
+    return fields[0], int(fields[19])  # fields 3 (state) and 22 (start time, clock ticks since boot)
+
+
+def process_identity() -> tuple[str, int, int] | None:
+    """This process as its peers will look for it: ``(machine, pid, start time)``, where the
+    machine is the boot and the pid namespace (pids compare only within one), and the start time
+    tells a pid reused since from this process. None off Linux."""
+    try:
+        machine = Path("/proc/sys/kernel/random/boot_id").read_text().strip() + os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    stat = _stat("self")
+    return None if stat is None else (machine, os.getpid(), stat[1])
+
+
+def local_peers(identities: list, rank: int) -> dict[int, tuple[int, int]]:
+    """``{rank: (pid, start time)}`` of the other ranks on this machine, from every rank's
+    ``process_identity`` (in rank order)."""
+    mine = identities[rank]
+    if mine is None:
+        return {}
+    return {r: (ident[1], ident[2]) for r, ident in enumerate(identities)
+            if r != rank and ident is not None and ident[0] == mine[0]}
+
+
+def ended(pid: int, start: int) -> bool:
+    """Whether the process ``(pid, start time)`` has ended: gone, a zombie, or its pid reused."""
+    stat = _stat(pid)
+    return stat is None or stat[0] in "ZX" or stat[1] != start
+
+
+class LostPeerWatch:
+    """Inside the block, a thread ends this rank through ``end(peer)`` (which does not return)
+    once the peer rank ``peer`` of ``peers`` (``local_peers``) has ended and this rank has not,
+    ``GRACE_S`` later, ended on its own; while ``busy()`` (a checkpoint being written, which the
+    dead peer does not hold up) it waits. Leaving the block stops the watch first: a failure that
+    ends the block is recorded by the rank itself, and a watch already ending the rank keeps it
+    (the block's exit then waits for the end). No peers: nothing is watched."""
+
+    def __init__(self, peers: dict[int, tuple[int, int]], end: Callable[[int], None],
+                 busy: Callable[[], bool] = lambda: False):
+        self.peers, self.end, self.busy = peers, end, busy
+        self._stopped = threading.Event()
+        self._ending = threading.Lock()  # taken once, by whichever ends the watch: the block or the thread
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "LostPeerWatch":
+        if self.peers:
+            self._thread = threading.Thread(target=self._watch, name="rnnlab-lost-peer-watch", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._ending.acquire()
+        self._stopped.set()
+
+    def _watch(self) -> None:
+        while not self._stopped.wait(POLL_S):
+            gone = next((rank for rank, (pid, start) in self.peers.items() if ended(pid, start)), None)
+            if gone is None:
+                continue
+            if self._stopped.wait(GRACE_S):
+                return
+            while self.busy():
+                if self._stopped.wait(POLL_S):
+                    return
+            if self._ending.acquire(blocking=False):
+                self.end(gone)
+            return
+
+
+def end_lost_rank(rank: int, message: str) -> NoReturn:
+    """The end of a rank whose peer is gone: its one line, then exit status 1 at once, without
+    leaving the process group (its teardown can wait for the dead peer, NCCL's can hang) nor
+    meeting torchrun's SIGTERM, which follows the peer's death, in the interpreter's exit."""
+    print(f"rnnlab train: rank {rank}: {message}", file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(1)

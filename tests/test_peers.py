@@ -1,0 +1,131 @@
+"""``rnnlab.train.peers``: how a rank tells that a peer's process on its machine has ended, and the
+watch that ends a rank left waiting for such a peer (its end-to-end test, a rank stuck in a wait
+that never notices, is in test_distributed.py)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from rnnlab.train import peers
+from rnnlab.train.peers import LostPeerWatch, ended, local_peers, process_identity
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """The watch looks every 20 ms and gives a dead peer's rank 0.2 s."""
+    monkeypatch.setattr(peers, "POLL_S", 0.02)
+    monkeypatch.setattr(peers, "GRACE_S", 0.2)
+
+
+@pytest.fixture
+def peer():
+    """A process standing for a peer rank: ``(Popen, (pid, start time))``; killed at the end."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        yield proc, (proc.pid, peers._stat(proc.pid)[1])
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_this_process_is_identified_by_its_machine_pid_and_start_time():
+    machine, pid, start = process_identity()
+    assert pid == os.getpid() and start == peers._stat(os.getpid())[1] > 0
+    assert machine.startswith(open("/proc/sys/kernel/random/boot_id").read().strip())
+    assert machine.endswith(os.readlink("/proc/self/ns/pid"))  # pids compare within one namespace only
+
+
+def test_a_process_has_ended_once_it_is_a_zombie_or_gone_or_its_pid_is_reused(peer):
+    proc, (pid, start) = peer
+    assert not ended(pid, start)
+    assert ended(pid, start + 1)  # another process that got the pid since
+    proc.kill()
+    deadline = time.monotonic() + 10
+    while peers._stat(pid)[0] != "Z":  # killed, not reaped yet: its parent has not waited for it
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert ended(pid, start)
+    proc.wait()
+    assert peers._stat(pid) is None and ended(pid, start)
+
+
+def test_the_local_peers_are_the_other_ranks_on_this_machine():
+    here, there = "boot-a pid:[1]", "boot-b pid:[1]"
+    identities = [(here, 10, 100), (there, 11, 101), None, (here, 13, 103), (here, 14, 104)]
+    assert local_peers(identities, 0) == {3: (13, 103), 4: (14, 104)}
+    assert local_peers(identities, 3) == {0: (10, 100), 4: (14, 104)}
+    assert local_peers(identities, 1) == {}  # alone on its machine
+    assert local_peers(identities, 2) == {}  # a rank that cannot tell (not Linux) watches none
+
+
+def _ends(watch_peers, busy=lambda: False):
+    """A watch whose ``end`` records the rank it names and whether its thread called it. The real
+    ``end`` ends the process; this one lets the block's exit, which waits for that, go on."""
+    calls: list[tuple[int, bool]] = []
+
+    def end(rank):
+        calls.append((rank, threading.current_thread() is watch._thread))
+        watch._ending.release()
+
+    watch = LostPeerWatch(watch_peers, end, busy)
+    return watch, calls
+
+
+def _wait_for(calls, seconds=5.0):
+    deadline = time.monotonic() + seconds
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_peer_that_ended_ends_this_rank_after_the_grace(fast, peer):
+    proc, ident = peer
+    watch, calls = _ends({1: (os.getpid(), peers._stat(os.getpid())[1]), 3: ident})
+    with watch:
+        time.sleep(0.1)
+        assert calls == []  # every peer runs
+        proc.kill()
+        killed = time.monotonic()
+        _wait_for(calls)
+        assert calls == [(3, True)] and time.monotonic() - killed >= peers.GRACE_S
+        time.sleep(0.1)
+        assert calls == [(3, True)]  # once
+
+
+def test_a_checkpoint_being_written_is_let_finish_first(fast, peer):
+    proc, ident = peer
+    writing = threading.Event()
+    writing.set()
+    watch, calls = _ends({1: ident}, busy=writing.is_set)
+    with watch:
+        proc.kill()
+        time.sleep(peers.GRACE_S + 0.3)
+        assert calls == []
+        writing.clear()
+        _wait_for(calls)
+        assert calls == [(1, True)]
+
+
+def test_leaving_the_block_stops_the_watch(fast, peer):
+    """A rank that ends on its own (the block's exit: a failure it records, or the run's end)
+    is not ended again by the watch, even when its peer ends within the grace."""
+    proc, ident = peer
+    watch, calls = _ends({1: ident})
+    with watch:
+        proc.kill()
+        time.sleep(peers.GRACE_S / 4)
+    time.sleep(peers.GRACE_S + 0.3)
+    assert calls == [] and not watch._thread.is_alive()
+
+
+def test_no_peers_on_this_machine_start_no_thread():
+    watch, calls = _ends({})
+    with watch:
+        assert watch._thread is None
