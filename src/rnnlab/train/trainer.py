@@ -631,10 +631,11 @@ class Trainer:
         what a failed collective's ``LostRank`` records and says, then exit status 1."""
         message = self.lost_rank_message((f"rank {peer}'s process has ended; this rank was still waiting for it",
                                           True))
-        self.record_failure(message)
-        with contextlib.suppress(OSError, ValueError):
-            self.logger.sync()
-        end_lost_rank(self.ctx.rank, message)
+        try:
+            self.record_failure(message)
+            self.logger.sync()  # the lines logged since the last checkpoint, as the logs' close would
+        finally:  # the line and the end come whatever the recording met
+            end_lost_rank(self.ctx.rank, message)
 
     def record_failure(self, error: str) -> None:
         """summary.json for a run that stopped with ``error``, if the disk still takes it. A Ctrl-C
