@@ -299,6 +299,25 @@ def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path
     assert run_conflict(more) is None
 
 
+def test_a_stopped_run_saved_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path):
+    """A run stopped (Ctrl-C, a kill) with its newest checkpoint at step 3: a suite of --steps 2
+    cannot resume it (``--resume`` would refuse), so --plan says conflict, naming the step; at
+    --steps 3 or more it is partial. The newest checkpoint counts, not an older one nor a summary's
+    step (a failure records the step it reached, past its checkpoint)."""
+    (planned,) = plan_suite(_tiny_suite(runs="a"), tmp_path)
+    planned.dir.mkdir()
+    (planned.dir / "config.json").write_text(json.dumps(planned.cfg.to_dict()))
+    (planned.dir / "summary.json").write_text(json.dumps({"complete": False, "steps": 5, "budget": {"steps": 9}}))
+    for step in (1, 3):
+        (planned.dir / "ckpt" / f"step-{step:06d}").mkdir(parents=True)
+    (shorter,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=2)
+    assert run_conflict(shorter) == (f"{shorter.dir} holds a run saved at step 3, past this budget (steps 2): "
+                                     "a suite extends a run, it does not shorten one")
+    for steps in (3, 4):
+        (fits,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=steps)
+        assert run_status(fits) == "partial"
+
+
 def test_a_suite_folder_reused_by_another_suite_starts_its_plan_afresh(tmp_path):
     """suite.json merges the runs and commands of earlier calls of the same suite only."""
     from rnnlab.bench.suite import write_plan

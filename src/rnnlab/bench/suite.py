@@ -325,22 +325,29 @@ def run_conflict(pr: PlannedRun) -> str | None:
 
 
 def _past_budget(pr: PlannedRun) -> str | None:
-    """Why a complete run cannot serve a smaller budget (``bench tiny``, then ``bench tiny --steps
-    50`` into the same folder): resuming it would be refused, by ``RunDir.past_budget``'s rule as
-    ``rnnlab train --resume`` refuses it; None otherwise."""
+    """Why a run cannot serve a smaller budget (``bench tiny``, then ``bench tiny --steps 50`` into
+    the same folder): complete past it, or stopped with its newest checkpoint past it (the one
+    ``--resume`` continues from, unless it is damaged); resuming it would be refused, by
+    ``RunDir.past_budget``'s rule as ``rnnlab train --resume`` refuses it. None otherwise."""
     summary = pr.rundir.summary() or {}
-    done = summary.get("steps")
-    past = pr.rundir.past_budget(done, pr.cfg) if summary.get("complete") and isinstance(done, int) else None
+    if summary.get("complete") and isinstance(summary.get("steps"), int):
+        step, held = summary["steps"], "complete"
+    else:
+        newest = next((c for c in pr.rundir.checkpointer().checkpoints() if c.step is not None), None)
+        if newest is None:
+            return None
+        step, held = newest.step, "saved"
+    past = pr.rundir.past_budget(step, pr.cfg)
     if past is None:
         return None
-    return f"{pr.dir} holds a run complete at step {done:,}{past}: a suite extends a run, it does not shorten one"
+    return f"{pr.dir} holds a run {held} at step {step:,}{past}: a suite extends a run, it does not shorten one"
 
 
 def run_status(pr: PlannedRun) -> str:
     """``"complete"`` (skip), ``"partial"`` (resume from its checkpoint), ``"restart"`` (the folder
     holds a run stopped before its first checkpoint: nothing to resume, train it afresh), ``"new"``,
-    or ``"conflict"`` (the folder holds a run of a different config, or one complete past this
-    budget)."""
+    or ``"conflict"`` (the folder holds a run of a different config, or one complete or saved past
+    this budget)."""
     return status_and_conflict(pr)[0]
 
 
