@@ -690,17 +690,23 @@ def test_resume_clears_what_killed_writers_left(tiny_train, tmp_path):
 
 
 def test_the_checkpointer_says_while_it_writes(tmp_path, monkeypatch):
-    """``Checkpointer.writing`` is set from the staging of a checkpoint to its commit, and clear
+    """``Checkpointer.writing`` is set from the first file written to the commit, once the state
+    is gathered (under FSDP2 the gathers are collectives, which a dead peer holds up), and clear
     before and after, a failed write included: ``LostPeerWatch`` lets a write that a dead peer
     does not hold up finish before it ends the rank."""
+    import safetensors.torch
+
     saver = checkpoint.Checkpointer(tmp_path)
     seen = []
-    for name in ("_stage", "_commit"):
-        real = getattr(saver, name)
-        monkeypatch.setattr(saver, name, lambda *a, real=real: (seen.append(saver.writing.is_set()), real(*a))[1])
-    assert not saver.writing.is_set()
+
+    def noting(name, real):
+        return lambda *a, **k: (seen.append((name, saver.writing.is_set())), real(*a, **k))[1]
+
+    monkeypatch.setattr(checkpoint, "model_state_dict", noting("gather", checkpoint.model_state_dict))
+    monkeypatch.setattr(safetensors.torch, "save_file", noting("weights", safetensors.torch.save_file))
+    monkeypatch.setattr(saver, "_commit", noting("commit", saver._commit))
     saver.save(_tiny_state(3), complete=False)
-    assert seen == [True, True] and not saver.writing.is_set()
+    assert seen == [("gather", False), ("weights", True), ("commit", True)] and not saver.writing.is_set()
     monkeypatch.setattr(saver, "_commit", lambda *a: (_ for _ in ()).throw(OSError(28, "No space left on device")))
     with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device"):
         saver.save(_tiny_state(6), complete=False)

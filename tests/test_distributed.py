@@ -705,43 +705,58 @@ def test_a_rank_killed_in_training_leaves_one_line_naming_the_checkpoint(tmp_pat
     assert seconds < 15, seconds  # not torchrun's wait for a rank that ignores its SIGTERM
 
 
-RANK_0_WAITS_FOR_GOOD = """
-import os, sys
+A_RANK_WAITS = """
+import os, sys, time
 from pathlib import Path
 from rnnlab.cli import main
 from rnnlab.train import distributed as dist, trainer
+from rnnlab.train.checkpoint import Checkpointer
 
-mark, real = sys.argv[1], trainer.Trainer.train_step
+mark, waiting, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+step, commit = trainer.Trainer.train_step, Checkpointer._commit
 
 
-def waits(self, batch):  # rank 0's step 4 waits for good, as in a collective that misses its peer's death
-    if dist.context().rank == 0 and self.state.step == 3:
+def waits_for_good(self, batch):  # step 4 waits for good, as in a collective that misses its peer's death
+    if dist.context().rank == waiting and self.state.step == 3:
         Path(mark).write_text(str(os.getpid()))
         os.read(os.pipe()[0], 1)  # a Python handler runs (a Ctrl-C only notes the stop) and the wait goes on
-    return real(self, batch)
+    return step(self, batch)
 
 
-trainer.Trainer.train_step = waits
-sys.argv = ["rnnlab", *sys.argv[2:]]
+def slow_commit(self, staged, at):  # the checkpoint of step 3 takes 6 s to write (rank 0 writes)
+    if at == 3:
+        Path(mark).write_text(str(os.getpid()))
+        time.sleep(6)
+    return commit(self, staged, at)
+
+
+if where == "step":
+    trainer.Trainer.train_step = waits_for_good
+else:
+    Checkpointer._commit = slow_commit
+sys.argv = ["rnnlab", *sys.argv[4:]]
 sys.exit(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_a_rank_waiting_for_a_killed_peer_that_it_never_hears_of_ends_with_its_line(tmp_path, corpus,
+@pytest.mark.parametrize("waiting, where", [(0, "step"), (1, "step"), (0, "checkpoint")])
+def test_a_rank_waiting_for_a_killed_peer_that_it_never_hears_of_ends_with_its_line(waiting, where, tmp_path, corpus,
                                                                                      descendants):
-    """Rank 1 killed while rank 0 waits in a call that never returns, as in a collective that
-    does not notice its peer is gone (gloo's all-reduce at times, NCCL's always): torchrun's SIGTERM
-    is a Ctrl-C that rank 0 only notes. Its ``LostPeerWatch`` sees rank 1's process end and ends
-    rank 0 a few seconds later with the line a failed collective gives, naming the checkpoint of
-    step 3, and summary.json saying the same; not torchrun's kill 20-30 s later, without a word."""
+    """The other rank killed while rank ``waiting`` waits in a call that never returns (``step``),
+    as in a collective that does not notice its peer is gone (gloo's all-reduce at times, NCCL's
+    always): torchrun's SIGTERM is a Ctrl-C that the rank only notes. Its ``LostPeerWatch`` sees the
+    peer's process end and ends the rank a few seconds later with the line a failed collective
+    gives, naming the checkpoint of step 3 (rank 0 records it in summary.json too); not torchrun's
+    kill 20-30 s later, without a word. Killed while rank 0 writes that checkpoint (``checkpoint``),
+    the write is finished first and the line names it, whichever ends the rank."""
     import time
 
     script, run, mark = tmp_path / "waits.py", tmp_path / "r", tmp_path / "mark"
-    script.write_text(RANK_0_WAITS_FOR_GOOD)
+    script.write_text(A_RANK_WAITS)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
-           str(mark), "train", *_flags(dict(TINY, steps=100, checkpoint_every=3)), "--data", str(corpus),
-           "--out", str(run), "--no-progress"]
+           str(mark), str(waiting), where, "train", *_flags(dict(TINY, steps=100, checkpoint_every=3)),
+           "--data", str(corpus), "--out", str(run), "--no-progress"]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     tree: list[int] = []
     try:
@@ -750,7 +765,7 @@ def test_a_rank_waiting_for_a_killed_peer_that_it_never_hears_of_ends_with_its_l
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.05)
         tree = descendants(proc.pid)
-        os.kill(_rank_pid(tree, 1), signal.SIGKILL)
+        os.kill(_rank_pid(tree, 1 - waiting), signal.SIGKILL)
         killed = time.monotonic()
         out, err = proc.communicate(timeout=60)
         seconds = time.monotonic() - killed
@@ -759,13 +774,21 @@ def test_a_rank_waiting_for_a_killed_peer_that_it_never_hears_of_ends_with_its_l
         for p in tree:
             with contextlib.suppress(OSError):
                 os.kill(p, signal.SIGKILL)
-    assert proc.returncode == 1 and seconds < 15, (seconds, err[-5000:])
-    assert "Unable to shutdown process" not in err and "[rank0]:" not in err, err[-5000:]
+    assert proc.returncode == 1 and seconds < (20 if where == "checkpoint" else 15), (seconds, err[-5000:])
+    assert "Unable to shutdown process" not in err and f"[rank{waiting}]:" not in err, err[-5000:]
     lines = [x for x in err.splitlines() if x.startswith("rnnlab train: rank")]
-    expected = (f"another rank ended (rank 1's process has ended; this rank was still waiting for it) after step 3, "
-                f"whose checkpoint is saved: {run / 'ckpt' / 'step-000003'} (step 3); --resume continues from it")
-    assert lines == [f"rnnlab train: rank 0: {expected}"], err[-5000:]
-    assert json.loads((run / "summary.json").read_text())["error"] == expected
+    saved = (f" after step 3, whose checkpoint is saved: {run / 'ckpt' / 'step-000003'} (step 3); "
+             "--resume continues from it")
+    watch = f"another rank ended (rank {1 - waiting}'s process has ended; this rank was still waiting for it)"
+    assert len(lines) == 1, err[-5000:]
+    said = lines[0].removeprefix(f"rnnlab train: rank {waiting}: ")
+    if where == "step":
+        assert said == watch + saved, err[-5000:]
+    else:  # the barrier after the write may fail first (gloo) or wait (then the watch)
+        assert said.startswith("another rank ended (") and said.endswith(saved), err[-5000:]
+    RunDir(run).checkpointer().checkpoints()[0].verify()  # step 3's, whole
+    if waiting == 0:
+        assert json.loads((run / "summary.json").read_text())["error"] == said
 
 
 SLOW_RANK = """

@@ -293,3 +293,24 @@ def test_progress_bar_names_the_model_as_its_run_folder_does(tiny_train, tmp_pat
         assert bar.bar.desc == "e1 32x2"
     finally:
         bar.bar.close()
+
+
+def test_closing_the_bar_keeps_the_other_trackers(tiny_train, tmp_path):
+    """``RunLogger.close_bar`` (before a line from another thread, ``LostPeerWatch``'s end of a
+    rank) closes the progress bar and takes it out; the logs stay open."""
+    import torch
+
+    from rnnlab.train.metrics import JsonlFiles, ProgressBar, RunLogger
+    from rnnlab.train.rundir import RunDir
+
+    cfg = tiny_train(tmp_path, dim=32, depth=2)
+    (tmp_path / "r").mkdir()
+    logger = RunLogger(RunDir(tmp_path / "r"), cfg, torch.device("cpu"),
+                       {"step": 0, "tokens": 0, "elapsed_s": 0.0, "warmup_s": 0.0}, 10, progress=False)
+    bar = ProgressBar(cfg, 0, 10)
+    logger.trackers.append(bar)
+    kept = [t for t in logger.trackers if t is not bar]
+    assert any(isinstance(t, JsonlFiles) for t in kept)
+    logger.close_bar()
+    assert logger.trackers == kept and bar.bar.disable is True  # tqdm's close disables the bar
+    logger.close()

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from rnnlab.train import peers
-from rnnlab.train.peers import LostPeerWatch, ended, local_peers, process_identity
+from rnnlab.train.peers import LostPeerWatch, ended, local_peers, process_identity, watchable
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -36,11 +36,35 @@ def peer():
         proc.wait()
 
 
-def test_this_process_is_identified_by_its_machine_pid_and_start_time():
+def test_this_process_is_identified_by_its_machine_pid_and_start_time(monkeypatch):
     machine, pid, start = process_identity()
     assert pid == os.getpid() and start == peers._stat(os.getpid())[1] > 0
     assert machine.startswith(open("/proc/sys/kernel/random/boot_id").read().strip())
     assert machine.endswith(os.readlink("/proc/self/ns/pid"))  # pids compare within one namespace only
+    # a /proc mounted for another pid namespace (``unshare -pf`` without its own /proc) shows this
+    # process under another pid: nothing there can be watched by the pids the ranks know
+    real = os.readlink
+    monkeypatch.setattr(peers.os, "readlink", lambda p: "4242" if p == "/proc/self" else real(p))
+    assert process_identity() is None
+
+
+def test_a_processs_stat_is_its_state_and_start_time_whatever_its_name(peer):
+    """The start time is field 22 of /proc/PID/stat (clock ticks after boot: this peer started
+    within seconds of now), counted after the name's last ")", which a name may hold too."""
+    proc, (pid, start) = peer
+    boot = next(int(line.split()[1]) for line in open("/proc/stat") if line.startswith("btime "))
+    assert abs(boot + start / os.sysconf("SC_CLK_TCK") - time.time()) < 30
+    renamed = subprocess.Popen([sys.executable, "-c", "import ctypes, time; "
+                                "ctypes.CDLL(None).prctl(15, b'x) Z 1 2 3', 0, 0, 0); print(1, flush=True); time.sleep(60)"],
+                               stdout=subprocess.PIPE, text=True)  # PR_SET_NAME
+    try:
+        renamed.stdout.readline()
+        assert open(f"/proc/{renamed.pid}/comm").read().strip() == "x) Z 1 2 3"
+        state, started = peers._stat(renamed.pid)
+        assert state in "SR" and started >= start
+    finally:
+        renamed.kill()
+        renamed.wait()
 
 
 def test_a_process_has_ended_once_it_is_a_zombie_or_gone_or_its_pid_is_reused(peer):
@@ -57,6 +81,16 @@ def test_a_process_has_ended_once_it_is_a_zombie_or_gone_or_its_pid_is_reused(pe
     assert peers._stat(pid) is None and ended(pid, start)
 
 
+def test_peers_are_watched_only_when_all_of_them_read_as_running(peer):
+    """Read just after they answered, every peer runs: one that reads as ended then means this
+    machine's /proc does not show them as they see themselves, and none is watched."""
+    _, ident = peer
+    me = (os.getpid(), peers._stat(os.getpid())[1])
+    assert watchable({1: me, 2: ident}) == {1: me, 2: ident}
+    assert watchable({1: me, 2: (ident[0], ident[1] + 1)}) == {}
+    assert watchable({}) == {}
+
+
 def test_the_local_peers_are_the_other_ranks_on_this_machine():
     here, there = "boot-a pid:[1]", "boot-b pid:[1]"
     identities = [(here, 10, 100), (there, 11, 101), None, (here, 13, 103), (here, 14, 104)]
@@ -66,14 +100,15 @@ def test_the_local_peers_are_the_other_ranks_on_this_machine():
     assert local_peers(identities, 2) == {}  # a rank that cannot tell (not Linux) watches none
 
 
-def _ends(watch_peers, busy=lambda: False):
-    """A watch whose ``end`` records the rank it names and whether its thread called it. The real
-    ``end`` ends the process; this one lets the block's exit, which waits for that, go on."""
+def _ends(watch_peers, busy=lambda: False, hold: threading.Event | None = None):
+    """A watch whose ``end`` records the rank it names and whether its thread called it, then
+    returns (once ``hold`` is set, if given), where the real one ends the process."""
     calls: list[tuple[int, bool]] = []
 
     def end(rank):
         calls.append((rank, threading.current_thread() is watch._thread))
-        watch._ending.release()
+        if hold is not None:
+            hold.wait(10)
 
     watch = LostPeerWatch(watch_peers, end, busy)
     return watch, calls
@@ -129,3 +164,40 @@ def test_no_peers_on_this_machine_start_no_thread():
     watch, calls = _ends({})
     with watch:
         assert watch._thread is None
+
+
+def test_once_the_thread_ends_the_rank_leaving_the_block_waits_for_that_end(fast, peer):
+    """The thread began to end the rank (its ``end`` has not returned: the process is going): the
+    block's exit, a failure of the rank's own that it would record, waits instead of going on."""
+    proc, ident = peer
+    hold = threading.Event()
+    watch, calls = _ends({1: ident}, hold=hold)
+    watch.__enter__()
+    proc.kill()
+    _wait_for(calls)
+    exiting = threading.Thread(target=watch.__exit__, args=(None, None, None), daemon=True)
+    exiting.start()
+    exiting.join(0.3)
+    assert calls == [(1, True)] and exiting.is_alive()
+    hold.set()  # the end is over (in a rank: the process is gone)
+    exiting.join(5)
+    assert not exiting.is_alive()
+
+
+def test_once_the_block_is_left_the_thread_does_not_end_the_rank(fast, peer):
+    """The block's exit and the thread's decision at the same moment: the thread finds the block
+    has claimed the end (here the exit runs inside the thread's last look at ``busy``)."""
+    proc, ident = peer
+    left = []
+
+    def busy():
+        if not left:
+            left.append(True)
+            watch.__exit__(None, None, None)
+        return False
+
+    watch, calls = _ends({1: ident}, busy=busy)
+    watch.__enter__()
+    proc.kill()
+    watch._thread.join(5)
+    assert left and calls == [] and not watch._thread.is_alive()

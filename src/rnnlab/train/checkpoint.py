@@ -352,7 +352,8 @@ class Checkpointer:
         self.directory = Path(directory)
         self.keep, self.keep_every = keep, keep_every
         self.last: Checkpoint | None = None  # the newest checkpoint this process restored or saved
-        self.writing = threading.Event()  # set while this process writes one (LostPeerWatch lets it finish)
+        # set while rank 0 writes one, its state gathered (LostPeerWatch lets the write finish)
+        self.writing = threading.Event()
 
     @property
     def saved_step(self) -> int | None:
@@ -423,7 +424,6 @@ class Checkpointer:
         must call, the gathers are collectives); all ranks wait for it."""
         ctx = context()
         if ctx.is_main or is_fsdp(state.model):
-            self.writing.set()
             try:
                 staged = self._stage(state, complete)
                 if staged is not None:
@@ -448,15 +448,15 @@ class Checkpointer:
         tmp = temporary_name(self.directory / step_dir_name(step))
         try:
             contents = training_state(state.model, state.optimizer, state.scheduler, state.progress(complete))
-            if main:
-                shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process with this pid
-                tmp.mkdir(parents=True)
-                _pause()
             with eval_weights(state.model, state.optimizer):  # the shipped weights: Schedule-Free's x
-                weights = model_state_dict(state.model)
+                weights = model_state_dict(state.model)  # under FSDP2 the last gather
                 if main:
                     from safetensors.torch import save_file
 
+                    self.writing.set()  # from here rank 0 writes, waiting for no other rank (LostPeerWatch)
+                    shutil.rmtree(tmp, ignore_errors=True)  # left by an earlier process with this pid
+                    tmp.mkdir(parents=True)
+                    _pause()
                     meta = {"format": "rnnlab", "tied": "1" if _tied(state.model) else "0", "step": str(step)}
                     save_file(weights, str(tmp / MODEL_FILE), metadata=meta)
             if not main:

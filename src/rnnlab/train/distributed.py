@@ -47,7 +47,7 @@ from torch import nn
 
 from rnnlab.signals import STOP_SIGNALS
 from rnnlab.train.config import DISTRIBUTED
-from rnnlab.train.peers import local_peers, process_identity
+from rnnlab.train.peers import local_peers, process_identity, watchable
 
 DEFAULT_TIMEOUT_MIN = 60  # barriers wait while rank 0 evaluates / checkpoints; NCCL's 10 min is short
 
@@ -145,7 +145,7 @@ class DistContext:
             dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=timeout)
         identities: list = [None] * self.world_size
         dist.all_gather_object(identities, process_identity())
-        self.local_peers = local_peers(identities, self.rank)
+        self.local_peers = watchable(local_peers(identities, self.rank))
         return self
 
     def close(self, sync: bool = True) -> None:

@@ -337,6 +337,13 @@ class RunLogger:
         for tracker in trackers:
             tracker.close()
 
+    def close_bar(self) -> None:
+        """Close the progress bar, if any, and keep the other trackers: a line printed next starts
+        a line of its own (the end of a rank from ``LostPeerWatch``'s thread, the logs still open)."""
+        for bar in [t for t in self.trackers if isinstance(t, ProgressBar)]:
+            self.trackers.remove(bar)
+            bar.close()
+
 
 def build_trackers(run: RunDir, cfg, start: dict[str, Any], total: int | None, progress: bool) -> list[Tracker]:
     """W&B when asked, the JSONL files, TensorBoard (skipped with a note when it cannot start),

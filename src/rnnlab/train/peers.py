@@ -7,8 +7,9 @@ C++, where no Python signal handler runs: torchrun's SIGTERM, which follows the 
 never acted on, and torchrun kills the rank 30 s later without a word. ``LostPeerWatch`` is a
 thread that looks at the other ranks' processes on this machine while the rank trains; once one
 has ended and this rank is still here ``GRACE_S`` later, it ends the rank with the line a failed
-collective would have given (``end_lost_rank``), unless a checkpoint is being written, which it
-lets finish first. Ranks on other machines cannot be seen from here; Linux only (``/proc``)."""
+collective would have given (``end_lost_rank``); rank 0 writing a checkpoint (its state gathered)
+finishes the write first. Ranks on other machines cannot be seen from here; Linux only, with a
+``/proc`` of the ranks' own pid namespace (``process_identity``)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,8 @@ def process_identity() -> tuple[str, int, int] | None:
     tells a pid reused since from this process. None off Linux."""
     try:
         machine = Path("/proc/sys/kernel/random/boot_id").read_text().strip() + os.readlink("/proc/self/ns/pid")
+        if os.readlink("/proc/self") != str(os.getpid()):  # a /proc of another pid namespace: pids not found there
+            return None
     except OSError:
         return None
     stat = _stat("self")
@@ -57,6 +60,12 @@ def local_peers(identities: list, rank: int) -> dict[int, tuple[int, int]]:
             if r != rank and ident is not None and ident[0] == mine[0]}
 
 
+def watchable(peers: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
+    """``peers`` when every one of them runs, read just after they answered; else none (this
+    machine's ``/proc`` does not show them as they see themselves: nothing to watch by)."""
+    return {} if any(ended(pid, start) for pid, start in peers.values()) else peers
+
+
 def ended(pid: int, start: int) -> bool:
     """Whether the process ``(pid, start time)`` has ended: gone, a zombie, or its pid reused."""
     stat = _stat(pid)
@@ -64,18 +73,20 @@ def ended(pid: int, start: int) -> bool:
 
 
 class LostPeerWatch:
-    """Inside the block, a thread ends this rank through ``end(peer)`` (which does not return)
-    once the peer rank ``peer`` of ``peers`` (``local_peers``) has ended and this rank has not,
-    ``GRACE_S`` later, ended on its own; while ``busy()`` (a checkpoint being written, which the
-    dead peer does not hold up) it waits. Leaving the block stops the watch first: a failure that
-    ends the block is recorded by the rank itself, and a watch already ending the rank keeps it
-    (the block's exit then waits for the end). No peers: nothing is watched."""
+    """Inside the block, a thread ends this rank through ``end(peer)`` (which does not return: it
+    ends the process) once the peer rank ``peer`` of ``peers`` (``local_peers``) has ended and this
+    rank has not, ``GRACE_S`` later, ended on its own; while ``busy()`` (a checkpoint being
+    written, which the dead peer does not hold up) it waits. One of the two ends the rank: leaving
+    the block stops the watch, unless the thread has begun to end the rank; then the exit waits
+    for that end (a failure that ends the block is recorded by the rank itself otherwise). No
+    peers: nothing is watched."""
 
     def __init__(self, peers: dict[int, tuple[int, int]], end: Callable[[int], None],
                  busy: Callable[[], bool] = lambda: False):
         self.peers, self.end, self.busy = peers, end, busy
         self._stopped = threading.Event()
-        self._ending = threading.Lock()  # taken once, by whichever ends the watch: the block or the thread
+        self._ending = threading.Lock()  # taken once, never blocking: by the block's exit or by the thread
+        self._ended = threading.Event()  # the thread's end is over (only where ``end`` returns: tests)
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> "LostPeerWatch":
@@ -85,8 +96,14 @@ class LostPeerWatch:
         return self
 
     def __exit__(self, *exc) -> None:
-        self._ending.acquire()
         self._stopped.set()
+        if self._ending.acquire(blocking=False):
+            return
+        while not self._ended.is_set():  # the thread is ending the rank; a Ctrl-C meanwhile changes nothing
+            try:
+                self._ended.wait()
+            except KeyboardInterrupt:
+                continue
 
     def _watch(self) -> None:
         while not self._stopped.wait(POLL_S):
@@ -99,16 +116,27 @@ class LostPeerWatch:
                 if self._stopped.wait(POLL_S):
                     return
             if self._ending.acquire(blocking=False):
-                self.end(gone)
+                try:
+                    self.end(gone)
+                finally:
+                    self._ended.set()
             return
 
 
-def end_lost_rank(rank: int, message: str) -> NoReturn:
-    """The end of a rank whose peer is gone: its one line, then exit status 1 at once, without
-    leaving the process group (its teardown can wait for the dead peer, NCCL's can hang) nor
-    meeting torchrun's SIGTERM, which follows the peer's death, in the interpreter's exit."""
-    print(f"rnnlab train: rank {rank}: {message}", file=sys.stderr)
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(OSError, ValueError):
-            stream.flush()
-    os._exit(1)
+def end_lost_rank(rank: int, message: str, then: Callable[[], None] | None = None) -> NoReturn:
+    """The end of a rank whose peer is gone: its one line, then ``then()`` if given (what the watch
+    records after the line, so that a disk that hangs cannot keep the line back), then exit status
+    1 at once, whatever came before failed: without leaving the process group (its teardown can
+    wait for the dead peer, NCCL's can hang) nor meeting torchrun's SIGTERM, which follows the
+    peer's death, in the interpreter's exit."""
+    try:
+        try:
+            print(f"rnnlab train: rank {rank}: {message}", file=sys.stderr)
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+        finally:
+            if then is not None:
+                then()
+    finally:
+        os._exit(1)

@@ -631,11 +631,14 @@ class Trainer:
         what a failed collective's ``LostRank`` records and says, then exit status 1."""
         message = self.lost_rank_message((f"rank {peer}'s process has ended; this rank was still waiting for it",
                                           True))
-        try:
+        with contextlib.suppress(Exception):  # nothing the bar meets may keep the line back
+            self.logger.close_bar()
+
+        def record() -> None:
             self.record_failure(message)
             self.logger.sync()  # the lines logged since the last checkpoint, as the logs' close would
-        finally:  # the line and the end come whatever the recording met
-            end_lost_rank(self.ctx.rank, message)
+
+        end_lost_rank(self.ctx.rank, message, then=record)
 
     def record_failure(self, error: str) -> None:
         """summary.json for a run that stopped with ``error``, if the disk still takes it. A Ctrl-C
