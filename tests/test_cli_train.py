@@ -214,6 +214,20 @@ def test_doctor_says_an_op_without_a_kernel_has_none_on_any_machine(monkeypatch)
         assert report["kernel diag_elman_scan"] == "needs CUDA"
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU
+def test_doctor_says_whether_a_rank_left_waiting_for_a_dead_peer_is_watched(monkeypatch):
+    """On Linux with this pid namespace's /proc, ``rnnlab doctor`` says the lost-peer watch is on;
+    where the ranks cannot be told by their pids (another namespace's /proc, not Linux), off and why."""
+    from rnnlab import doctor
+    from rnnlab.train import peers
+
+    key = "lost-peer watch (--gpus N)"
+    if sys.platform.startswith("linux"):
+        assert doctor.report()[key] == "on"
+    monkeypatch.setattr(peers, "process_identity", lambda: None)
+    assert doctor.report()[key].startswith("off: no /proc of this pid namespace")
+
+
 def test_eval_of_an_adamw_run_names_no_averaged_weights(tmp_path, capsys):
     """AdamW keeps one set of weights: ``eval --json`` says null, not Schedule-Free's "average"."""
     run = tmp_path / "run"

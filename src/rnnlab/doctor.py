@@ -35,7 +35,7 @@ def report() -> dict[str, str]:
     from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
     from rnnlab.ops import OPS
     from rnnlab.ops.ssd import import_mamba_ssm
-    from rnnlab.train import sf_adamw
+    from rnnlab.train import peers, sf_adamw
 
     out = {
         "python": platform.python_version(),
@@ -59,6 +59,10 @@ def report() -> dict[str, str]:
                                  else "needs CUDA")
     out["kernel e1 heads spectral norm"] = (_kernel_status(e1.SPECTRAL_HEADS) if torch.cuda.is_available()
                                             else "needs CUDA")
+    out["lost-peer watch (--gpus N)"] = (
+        "on" if peers.process_identity() is not None else
+        "off: no /proc of this pid namespace (a rank left waiting for a dead peer ends by torchrun's kill, "
+        "without its line)")
     return out
 
 
