@@ -142,6 +142,27 @@ def test_empty_sequence_returns_the_initial_state(name):
     assert torch.equal(zero, torch.zeros_like(h0))
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_16bit_inputs_meet_fp32_weights_and_state_at_compute_precision(name):
+    """As under autocast: bf16 per-time inputs, fp32 weights and initial state (values bf16 cannot
+    hold). The reference equals itself on the inputs upcast to fp32, neither the weights nor the
+    state ever rounded to bf16, at every length: T = 0 returns the state exactly (in the compute
+    dtype), and its empty outputs have the full run's shape ([B, 0, ...] with the output's
+    trailing sizes, not the state's)."""
+    args, h0, time_args = _case(name)
+    low = [a.bfloat16() if i in time_args else a for i, a in enumerate(args)]
+    up = [a.bfloat16().float() if i in time_args else a for i, a in enumerate(args)]
+    h, h_last = OPS[name].naive(*low, h0)
+    want, want_last = OPS[name].naive(*up, h0)
+    assert h_last.dtype == torch.float32 and torch.equal(h_last, want_last)
+    assert h.dtype == torch.bfloat16 and torch.equal(h, want.bfloat16())
+    empty, empty_last = OPS[name].naive(*_window(low, time_args, 0, 0), h0)
+    assert empty.dtype == torch.bfloat16 and empty.shape == (B, 0, *h.shape[2:])
+    assert empty_last.dtype == torch.float32 and torch.equal(empty_last, h0)
+    _, last = OPS[name].naive(*_window(low, time_args, 0, 0), h0.bfloat16())  # a bf16 state comes back upcast
+    assert last.dtype == torch.float32 and torch.equal(last, h0.bfloat16().float())
+
+
 @pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in _alternatives(n)])
 def test_alternative_backends_match_the_reference(name, backend):
     args, h0, _ = _case(name)
