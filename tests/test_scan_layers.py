@@ -98,6 +98,26 @@ def test_parallel_gradients_match_sequential():
         torch.testing.assert_close(g1, g2)
 
 
+
+def test_parallel_gradients_beside_zero_inputs_are_finite_and_the_sequential_ones():
+    """Inputs b exactly 0 (a padded or masked input): the log scan maps their log to a finite floor,
+    so its gradients stay finite (log 0 in the graph would make them NaN) and those of a, h0 and
+    every nonzero b are the loop's. (Those of the zero b themselves are not: the floor is a
+    constant, so they are 0 where the loop's are not.)"""
+    a, b, h0 = _inputs(T=6, seed=5)
+    b = b.clone()
+    b[:, 1::2] = 0.0
+    grads = []
+    for fn in (scan_naive.linear_scan, heinsen_scan):
+        xs = [t.clone().requires_grad_() for t in (a, b, h0)]
+        fn(*xs)[0].pow(2).sum().backward()
+        grads.append([x.grad for x in xs])
+    (da, db, dh0), (pa, pb, ph0) = grads
+    assert all(torch.isfinite(g).all() for g in (pa, pb, ph0))
+    torch.testing.assert_close(pa, da)
+    torch.testing.assert_close(ph0, dh0)
+    torch.testing.assert_close(pb[b != 0], db[b != 0])
+
 def test_gradcheck_parallel_linear_scan():
     a, b, h0 = (t.requires_grad_() for t in _inputs())
     assert torch.autograd.gradcheck(heinsen_scan, (a, b, h0))
