@@ -54,6 +54,9 @@ def test_backends_and_dtype():
         ssd_scan(x, dt, A, B, C, 8, backend="triton")
     with pytest.raises(ValueError, match="backend"):
         ssd_scan(x, dt, A, B, C, 8, backend="nope")
+    for backend in ("naive", "chunked"):  # 4 heads cannot share 3 groups of B and C evenly
+        with pytest.raises(ValueError, match=r"nheads \(4\) must be a multiple of ngroups \(3\)"):
+            ssd_scan(x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1), 8, backend=backend)
 
 
 @needs_mamba
