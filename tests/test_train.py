@@ -830,6 +830,7 @@ class _FixedLogits(torch.nn.Module):
 @pytest.mark.parametrize("temperature,top_k,want", [
     (2.0, None, [1, 3 ** 0.5, math.exp(-0.25)]),  # p ~ exp(logit / temperature)
     (1.0, 2, [1, 3, 0]),  # only the 2 most likely bytes, in proportion
+    (0.5, None, [1, 9, math.exp(-1)]),  # a low temperature sharpens, and still samples
 ])
 def test_sampling_draws_from_the_softmax_of_logits_over_temperature_within_top_k(temperature, top_k, want):
     from rnnlab.eval.sampling import generate
@@ -842,6 +843,24 @@ def test_sampling_draws_from_the_softmax_of_logits_over_temperature_within_top_k
     assert sum(counts) == n  # no byte outside the three finite logits
     assert [c / n for c in counts] == pytest.approx([w / sum(want) for w in want], abs=0.03)  # 4 sigma
 
+
+
+def test_sampling_carries_the_state_from_each_step_to_the_next():
+    """Each step starts from the state the previous one returned, the prompt's and the sampled
+    bytes' alike: a stand-in whose state counts its steps and whose logits pick byte 'a' + count."""
+    from rnnlab.eval.sampling import generate
+
+    class Counter(_FixedLogits):
+        def init_state(self, batch):
+            return 0
+
+        def step(self, idx_t, state):
+            logits = torch.full((idx_t.shape[0], 256), -math.inf)
+            logits[:, ord("a") + state + 1] = 0.0
+            return logits, state + 1
+
+    assert generate(Counter(torch.zeros(256)), b"xy", 4, temperature=0) == b"cdef"
+    assert generate(Counter(torch.zeros(256)), b"xyz", 3, seed=0) == b"def"
 
 def test_sampling_steps_in_eval_mode_and_restores_the_mode():
     """The model steps in eval mode; afterwards (the stream exhausted, or closed early) it is back
