@@ -507,6 +507,8 @@ def test_write_atomic_syncs_the_folder_and_leaves_no_temporary(tmp_path, monkeyp
     durable.write_atomic(target, "new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
     (i,) = [i for i, e in enumerate(events) if e[0] == "replace"]
+    # under a name of this process's own (two writers never share one) that clear_temporaries knows
+    assert events[i][1:] == (str(tmp_path / f".tmp-{os.getpid()}-summary.json"), str(target))
     assert ("fsync", str(Path(events[i][1]).resolve()), False) in events[:i]  # the data before the rename
     assert events[i + 1:] == [("fsync", str(tmp_path.resolve()), True)]  # the folder after it
 
@@ -552,6 +554,27 @@ def test_remove_tree_makes_the_folder_vanish_durably_before_deleting_it(tmp_path
     assert events == [("rename", str(folder), trash), ("fsync", str(tmp_path.resolve()), True), ("rmtree", trash)]
     assert os.listdir(tmp_path) == []
 
+
+
+def test_clear_temporaries_removes_only_temporaries_and_never_follows_a_link(tmp_path):
+    """``durable.clear_temporaries``: ``.tmp-*`` and ``.trash-*`` files and folders go, whatever
+    process's they were; a temporary name that is a link to a folder goes as a link (the folder it
+    points to, elsewhere, is kept); everything else stays."""
+    from rnnlab.train import durable
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "kept").mkdir(parents=True)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".tmp-123-summary.json").write_text("x")
+    (folder / ".trash-123-step-000002").mkdir()
+    (folder / ".trash-123-step-000002" / "state.pt").write_bytes(b"x")
+    (folder / ".tmp-123-link").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "summary.json").write_text("x")
+    (folder / "tmp-not-ours").mkdir()
+    durable.clear_temporaries(folder)
+    assert sorted(os.listdir(folder)) == ["summary.json", "tmp-not-ours"]
+    assert (elsewhere / "kept").is_dir()
 
 # ------------------------------------------------------------------------------ the folder
 def test_lock_names_its_holder(tmp_path):
