@@ -274,6 +274,24 @@ def test_persistent_launches_build_from_the_plans_source(monkeypatch, tmp_path):
         assert built == [(False, source)] * 3
 
 
+
+def test_fast_tanh_applies_to_16bit_inputs_on_a_gpu_outside_the_interpreter(monkeypatch):
+    """The MUFU tanh (~1e-3 relative error) only where it cannot show: bf16 / fp16 inputs on a real
+    GPU; never fp32 inputs (their tests hold the kernels to ~1e-6), CPU tensors, or Triton's
+    interpreter."""
+    from types import SimpleNamespace
+
+    from rnnlab.ops.tanh import fast_tanh_applies
+
+    def x(dtype, cuda=True):  # fast_tanh_applies reads only these two
+        return SimpleNamespace(dtype=dtype, is_cuda=cuda)
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert [fast_tanh_applies(x(d)) for d in (torch.bfloat16, torch.float16, torch.float32)] == [True, True, False]
+    assert not fast_tanh_applies(x(torch.bfloat16, cuda=False))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert not fast_tanh_applies(x(torch.bfloat16))
+
 def test_kernel_options_round_trip_through_the_custom_op_argument():
     """The options travel through the custom ops as ints and come back equal (bools as bools)."""
     from rnnlab.ops.elman.options import ElmanKernelOptions
