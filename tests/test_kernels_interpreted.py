@@ -645,6 +645,36 @@ def _e1_heads_reference(w, u, radius, iters):
     return layer.recurrent_weight(update=True), layer.spectral_u
 
 
+
+@pytest.mark.parametrize("name", ["elman_decay_scan", "elman_lowrank_scan"])
+def test_selective_kernels_of_an_empty_sequence_return_the_initial_state(name):
+    """T = 0: no states, and the final state is the initial one, exactly, in fp32 (zeros without
+    one), as the reference's (tests/test_ops.py)."""
+    make = _decay(2, 0, 32) if name == "elman_decay_scan" else _lowrank(2, 0, 32, 3)
+    inputs = make(torch.Generator().manual_seed(0))
+    h0 = torch.randn(2, 32)
+    kernel = getattr(OPS[name].kernel.get(), name)
+    h, h_last = kernel(*inputs, h0)
+    assert h.shape == (2, 0, 32) and h_last.dtype == torch.float32 and torch.equal(h_last, h0)
+    assert torch.equal(kernel(*inputs, None)[1], torch.zeros(2, 32))
+
+
+def test_spectral_kernels_take_square_float_cuda_heads_up_to_max_head():
+    """``spectral.takes``: the kernels run a CUDA ``[n, hd, hd]`` of bf16 / fp16 / fp32 with ``hd``
+    up to :data:`MAX_HEAD` (128) inclusive, nothing else (E1's PyTorch reference runs the rest)."""
+    from types import SimpleNamespace
+
+    from rnnlab.ops.elman import spectral
+
+    def w(*shape, dtype=torch.float32, cuda=True):  # takes reads only these
+        return SimpleNamespace(shape=shape, dim=lambda: len(shape), dtype=dtype, is_cuda=cuda)
+
+    assert spectral.MAX_HEAD == 128
+    assert all(spectral.takes(w(2, hd, hd, dtype=dt)) for hd in (1, 24, 128)
+               for dt in (torch.bfloat16, torch.float16, torch.float32))
+    assert not any(spectral.takes(x) for x in (w(2, 129, 129), w(2, 16, 8), w(16, 16), w(2, 16, 16, cuda=False),
+                                               w(2, 16, 16, dtype=torch.float64)))
+
 @pytest.mark.parametrize("n, hd, iters", [(3, 24, 3), (2, 128, 1), (4, 40, 5)])
 def test_spectral_norm_heads(n, hd, iters):
     """E1 heads' spectral norm kernels (one program a head; hd 24 and 40 padded to 32 and 64 lanes)
