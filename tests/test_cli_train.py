@@ -515,6 +515,26 @@ def test_sigterms_close_together_are_one_stop(monkeypatch):
         signal.signal(signal.SIGINT, previous)
 
 
+
+def test_an_ignored_hang_up_stays_ignored():
+    """Under ``nohup`` (SIGHUP ignored) ``stops_as_ctrl_c`` leaves SIGHUP ignored and takes SIGTERM
+    alone; otherwise it takes both. The handlers before are back after the block."""
+    import signal
+
+    from rnnlab import signals
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        for hup in (signal.SIG_IGN, signal.SIG_DFL):
+            signal.signal(signal.SIGHUP, hup)
+            with signals.stops_as_ctrl_c():
+                term, got = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGHUP)
+                assert callable(term) and (got is signal.SIG_IGN if hup is signal.SIG_IGN else got is term)
+            assert signal.getsignal(signal.SIGHUP) is hup and signal.getsignal(signal.SIGTERM) is before[signal.SIGTERM]
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)
+
 def test_output_survives_a_hung_up_terminal(tmp_path):
     """``SurvivingHangUp``: a write or flush that fails because the terminal hung up (EIO) points
     the stream's file descriptor at /dev/null and carries on; any other error is raised."""
