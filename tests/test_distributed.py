@@ -13,6 +13,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -541,6 +542,49 @@ def test_kill_9_of_gpus_n_leaves_no_process_training(tmp_path, corpus, descendan
                 os.kill(p, signal.SIGKILL)
     assert run_passing_signals([sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"]) == 137
 
+
+
+ASKS_TO_END_WITH_ITS_PARENT = """
+import os, sys, time
+from rnnlab import signals
+if len(sys.argv) > 1:  # wait until the process that started this one, pid argv[1], has ended
+    while os.getppid() == int(sys.argv[1]):
+        time.sleep(0.01)
+signals.ends_with_parent()
+print("alive", signals.PARENT_ENV in os.environ, flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl")
+def test_ends_with_parent_ends_a_process_whose_parent_is_gone_and_only_then(tmp_path, monkeypatch):
+    """``ends_with_parent``: a process whose parent (the pid ``ended_with_this_process`` gave it)
+    ended before the call ends at once, by SIGKILL (no signal would come later); one whose named
+    process lives goes on, though it is not its parent (a wrapper between them), and takes the
+    variable out of its environment either way. A process of another user's, which ``kill(pid, 0)``
+    may not signal (EPERM), counts as alive."""
+    from rnnlab import signals
+
+    script, out = tmp_path / "child.py", tmp_path / "out"
+    script.write_text(ASKS_TO_END_WITH_ITS_PARENT)
+    launcher = ("import os, subprocess, sys; from rnnlab import signals; "
+                f"p = subprocess.Popen([sys.executable, {str(script)!r}, str(os.getpid())], stdout=open({str(out)!r}, 'w'), "
+                "env=dict(os.environ, **signals.ended_with_this_process())); print(p.pid)")
+    child = int(subprocess.run([sys.executable, "-c", launcher], env=_env(), capture_output=True, text=True,
+                               check=True, timeout=60).stdout)
+    deadline = time.monotonic() + 30
+    while _running(child):
+        assert time.monotonic() < deadline, "a process whose parent died before it asked lives on"
+        time.sleep(0.02)
+    assert out.read_text() == ""  # killed before it could say it lives
+    r = subprocess.run([sys.executable, str(script)], env=dict(_env(), **{signals.PARENT_ENV: "1"}),
+                       capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (0, "alive False\n"), r.stderr
+
+    def kill(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(signals.os, "kill", kill)
+    assert signals._exists(os.getpid())
 
 def test_a_failed_collective_is_told_apart_and_in_short():
     """``collective_failure``: gloo's RuntimeError and torch.distributed's errors (NCCL's) are a

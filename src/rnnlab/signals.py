@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 
 def discard_output(*streams) -> None:
@@ -205,10 +206,14 @@ def ends_with_parent() -> None:
 
 
 def _exists(pid: int) -> bool:
+    """Whether process ``pid`` lives: not when gone, nor when a zombie (ended, its own parent yet to
+    reap it: a ``kill -9``'ed launcher whose caller waits on pipes this process holds)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
     return True
