@@ -10,7 +10,10 @@ arithmetic runs in fp32 (fp64 stays fp64).
   log-space scan of Feng et al. 2024 / the reference study's minGRU/minLSTM training path: with
   ``a* = cumsum(log a)``, ``h_t = exp(a*_t) * (h0 + sum_{s<=t} b_s exp(-a*_s))``, evaluated as
   ``exp(a*_t + logcumsumexp(log b_s - a*_s))``; signed ``b`` is handled by scanning its positive
-  and negative parts separately. Needs ``a > 0`` (values are clamped to the smallest normal).
+  and negative parts separately. Needs ``a > 0`` (values are clamped to the smallest normal). An
+  entry of ``b`` that is exactly 0 gets a zero gradient, where the loop's is not (its log is a
+  constant floor): minGRU's and minLSTM's gates never give one, but zero padding or a mask
+  handed to ``linear_scan(backend="heinsen")`` would (use the loop or the kernel there).
 - ``mingru_scan`` / ``minlstm_scan``: the recurrence of minGRU / minLSTM from the raw input
   projection ``p`` (gates by ``mingru_gates`` / ``minlstm_gates``, then ``linear_scan``), with
   ``heinsen_*`` twins that run ``heinsen_scan`` instead (the reference study's training path).
