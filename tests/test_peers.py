@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from rnnlab.signals import proc_stat
 from rnnlab.train import peers
 from rnnlab.train.peers import LostPeerWatch, ended, local_peers, process_identity, watchable
 
@@ -30,7 +31,7 @@ def peer():
     """A process standing for a peer rank: ``(Popen, (pid, start time))``; killed at the end."""
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        yield proc, (proc.pid, peers._stat(proc.pid)[1])
+        yield proc, (proc.pid, proc_stat(proc.pid)[1])
     finally:
         proc.kill()
         proc.wait()
@@ -38,7 +39,7 @@ def peer():
 
 def test_this_process_is_identified_by_its_machine_pid_and_start_time(monkeypatch):
     machine, pid, start = process_identity()
-    assert pid == os.getpid() and start == peers._stat(os.getpid())[1] > 0
+    assert pid == os.getpid() and start == proc_stat(os.getpid())[1] > 0
     assert machine.startswith(open("/proc/sys/kernel/random/boot_id").read().strip())
     assert machine.endswith(os.readlink("/proc/self/ns/pid"))  # pids compare within one namespace only
     # a /proc mounted for another pid namespace (``unshare -pf`` without its own /proc) shows this
@@ -60,7 +61,7 @@ def test_a_processs_stat_is_its_state_and_start_time_whatever_its_name(peer):
     try:
         renamed.stdout.readline()
         assert open(f"/proc/{renamed.pid}/comm").read().strip() == "x) Z 1 2 3"
-        state, started = peers._stat(renamed.pid)
+        state, started = proc_stat(renamed.pid)
         assert state in "SR" and started >= start
     finally:
         renamed.kill()
@@ -73,19 +74,19 @@ def test_a_process_has_ended_once_it_is_a_zombie_or_gone_or_its_pid_is_reused(pe
     assert ended(pid, start + 1)  # another process that got the pid since
     proc.kill()
     deadline = time.monotonic() + 10
-    while peers._stat(pid)[0] != "Z":  # killed, not reaped yet: its parent has not waited for it
+    while proc_stat(pid)[0] != "Z":  # killed, not reaped yet: its parent has not waited for it
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert ended(pid, start)
     proc.wait()
-    assert peers._stat(pid) is None and ended(pid, start)
+    assert proc_stat(pid) is None and ended(pid, start)
 
 
 def test_peers_are_watched_only_when_all_of_them_read_as_running(peer):
     """Read just after they answered, every peer runs: one that reads as ended then means this
     machine's /proc does not show them as they see themselves, and none is watched."""
     _, ident = peer
-    me = (os.getpid(), peers._stat(os.getpid())[1])
+    me = (os.getpid(), proc_stat(os.getpid())[1])
     assert watchable({1: me, 2: ident}) == {1: me, 2: ident}
     assert watchable({1: me, 2: (ident[0], ident[1] + 1)}) == {}
     assert watchable({}) == {}
@@ -122,7 +123,7 @@ def _wait_for(calls, seconds=5.0):
 
 def test_a_peer_that_ended_ends_this_rank_after_the_grace(fast, peer):
     proc, ident = peer
-    watch, calls = _ends({1: (os.getpid(), peers._stat(os.getpid())[1]), 3: ident})
+    watch, calls = _ends({1: (os.getpid(), proc_stat(os.getpid())[1]), 3: ident})
     with watch:
         time.sleep(0.1)
         assert calls == []  # every peer runs

@@ -214,6 +214,16 @@ def _exists(pid: int) -> bool:
         return False
     except PermissionError:
         pass
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1] != "Z"
-    return True
+    stat = proc_stat(pid)
+    return stat is None or stat[0] != "Z"  # without /proc, kill's answer
+
+
+def proc_stat(pid: int | str) -> tuple[str, int] | None:
+    """``(state, start time)`` of a process from ``/proc/PID/stat`` (Linux): its state letter ("Z"
+    for a zombie) and start time in clock ticks after boot; None when there is none to read."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold anything
+    return fields[0], int(fields[19])  # fields 3 (state) and 22 (start time)

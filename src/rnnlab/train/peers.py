@@ -20,20 +20,12 @@ import threading
 from pathlib import Path
 from typing import Callable, NoReturn
 
+from rnnlab.signals import proc_stat
+
 # how often the watch looks at the peers, and how long a peer's death gives this rank to end on
 # its own (its collective's error then names the cause) before the watch ends it
 POLL_S = 0.5
 GRACE_S = 3.0
-
-
-def _stat(pid: int | str) -> tuple[str, int] | None:
-    """``(state, start time)`` of a process from ``/proc/PID/stat``; None when there is none."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text.rsplit(")", 1)[1].split()  # after the command name, which may hold anything
-    return fields[0], int(fields[19])  # fields 3 (state) and 22 (start time, clock ticks since boot)
 
 
 def process_identity() -> tuple[str, int, int] | None:
@@ -46,7 +38,7 @@ def process_identity() -> tuple[str, int, int] | None:
             return None
     except OSError:
         return None
-    stat = _stat("self")
+    stat = proc_stat("self")
     return None if stat is None else (machine, os.getpid(), stat[1])
 
 
@@ -68,7 +60,7 @@ def watchable(peers: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
 
 def ended(pid: int, start: int) -> bool:
     """Whether the process ``(pid, start time)`` has ended: gone, a zombie, or its pid reused."""
-    stat = _stat(pid)
+    stat = proc_stat(pid)
     return stat is None or stat[0] in "ZX" or stat[1] != start
 
 
