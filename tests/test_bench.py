@@ -1088,12 +1088,10 @@ def test_sweep_point_names_keep_what_tells_values_apart():
     assert [r.model["layer"] for r in s.runs] == [{"k": 1}] * 3
 
 
-
 def test_a_swept_dim_needs_no_base_dim():
     """``--set dim=...`` gives every point its width: no ``--dim`` (or ``--target-params``) is needed."""
     s = build_sweep({"model": "e1", "depth": 2}, ["dim=32,64"])
     assert [(r.name, r.model["dim"]) for r in s.runs] == [("dim-32", 32), ("dim-64", 64)]
-
 
 
 def test_a_sweep_is_named_as_given_or_after_its_model():

@@ -555,7 +555,6 @@ def test_remove_tree_makes_the_folder_vanish_durably_before_deleting_it(tmp_path
     assert os.listdir(tmp_path) == []
 
 
-
 def test_clear_temporaries_removes_only_temporaries_and_never_follows_a_link(tmp_path):
     """``durable.clear_temporaries``: ``.tmp-*`` and ``.trash-*`` files and folders go, whatever
     process's they were; a temporary name that is a link to a folder goes as a link (the folder it
@@ -575,6 +574,7 @@ def test_clear_temporaries_removes_only_temporaries_and_never_follows_a_link(tmp
     durable.clear_temporaries(folder)
     assert sorted(os.listdir(folder)) == ["summary.json", "tmp-not-ours"]
     assert (elsewhere / "kept").is_dir()
+
 
 # ------------------------------------------------------------------------------ the folder
 def test_lock_names_its_holder(tmp_path):

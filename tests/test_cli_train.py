@@ -515,7 +515,6 @@ def test_sigterms_close_together_are_one_stop(monkeypatch):
         signal.signal(signal.SIGINT, previous)
 
 
-
 def test_an_ignored_hang_up_stays_ignored():
     """Under ``nohup`` (SIGHUP ignored) ``stops_as_ctrl_c`` leaves SIGHUP ignored and takes SIGTERM
     alone; otherwise it takes both. The handlers before are back after the block."""

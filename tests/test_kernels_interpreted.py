@@ -645,7 +645,6 @@ def _e1_heads_reference(w, u, radius, iters):
     return layer.recurrent_weight(update=True), layer.spectral_u
 
 
-
 @pytest.mark.parametrize("name", ["elman_decay_scan", "elman_lowrank_scan"])
 def test_selective_kernels_of_an_empty_sequence_return_the_initial_state(name):
     """T = 0: no states, and the final state is the initial one, exactly, in fp32 (zeros without

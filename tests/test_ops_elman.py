@@ -274,7 +274,6 @@ def test_persistent_launches_build_from_the_plans_source(monkeypatch, tmp_path):
         assert built == [(False, source)] * 3
 
 
-
 def test_fast_tanh_applies_to_16bit_inputs_on_a_gpu_outside_the_interpreter(monkeypatch):
     """The MUFU tanh (~1e-3 relative error) only where it cannot show: bf16 / fp16 inputs on a real
     GPU; never fp32 inputs (their tests hold the kernels to ~1e-6), fp64 ones (computed in fp32 and

@@ -98,7 +98,6 @@ def test_parallel_gradients_match_sequential():
         torch.testing.assert_close(g1, g2)
 
 
-
 def test_parallel_gradients_beside_zero_inputs_are_finite_and_the_sequential_ones():
     """Inputs b exactly 0 (a padded or masked input): the log scan maps their log to a finite floor,
     so its gradients stay finite (log 0 in the graph would make them NaN) and those of a, h0 and

@@ -844,7 +844,6 @@ def test_sampling_draws_from_the_softmax_of_logits_over_temperature_within_top_k
     assert [c / n for c in counts] == pytest.approx([w / sum(want) for w in want], abs=0.03)  # 4 sigma
 
 
-
 def test_sampling_carries_the_state_from_each_step_to_the_next():
     """Each step starts from the state the previous one returned, the prompt's and the sampled
     bytes' alike: a stand-in whose state counts its steps and whose logits pick byte 'a' + count."""
@@ -861,6 +860,7 @@ def test_sampling_carries_the_state_from_each_step_to_the_next():
 
     assert generate(Counter(torch.zeros(256)), b"xy", 4, temperature=0) == b"cdef"
     assert generate(Counter(torch.zeros(256)), b"xyz", 3, seed=0) == b"def"
+
 
 def test_sampling_steps_in_eval_mode_and_restores_the_mode():
     """The model steps in eval mode; afterwards (the stream exhausted, or closed early) it is back
