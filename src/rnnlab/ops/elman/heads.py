@@ -29,31 +29,51 @@ from rnnlab.ops.registry import check_time_offsets
 
 
 @triton.jit
+def _batch_tile(B, T, H, HD, BT: tl.constexpr, HDP: tl.constexpr):
+    """This program's head and batch tile of ``[B, T, H]``: the head, its lanes ``rk`` and their
+    mask, the tile's mask, its offsets at t = 0 (add ``t * H`` for step t) and ``h0``'s offsets."""
+    head = tl.program_id(0)
+    rb = tl.program_id(1) * BT + tl.arange(0, BT)
+    rk = tl.arange(0, HDP)
+    mk = rk < HD
+    cols = head * HD + rk
+    mask = (rb < B)[:, None] & mk[None, :]
+    return head, rk, mk, mask, rb[:, None].to(tl.int64) * T * H + cols[None, :], rb[:, None] * H + cols[None, :]
+
+
+@triton.jit
+def _head_weight(w_ptr, head, rk, mk, HD, TRANSPOSED: tl.constexpr):
+    """Head ``head``'s ``W[n, k]`` as an ``[HDP, HDP]`` tile, or its transpose ``wt[k, n]``."""
+    if TRANSPOSED:
+        offs = rk[None, :] * HD + rk[:, None]
+    else:
+        offs = rk[:, None] * HD + rk[None, :]
+    return tl.load(w_ptr + head * HD * HD + offs, mask=mk[:, None] & mk[None, :], other=0.0)
+
+
+@triton.jit
+def _mma(a, b, IEEE: tl.constexpr):
+    """``a @ b`` accumulated in fp32: exact fp32 products for fp32 scans (IEEE), else with ``a``
+    rounded to ``b``'s 16-bit dtype (the tensor cores' inputs)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a.to(b.dtype), b)
+
+
+@triton.jit
 def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, a_ptr, B, T, H, HD,
                HAS_H0: tl.constexpr, DECAY: tl.constexpr, BT: tl.constexpr, HDP: tl.constexpr,
                IEEE: tl.constexpr, STAGES: tl.constexpr, FAST: tl.constexpr):
-    head = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    rb = pid_b * BT + tl.arange(0, BT)
-    rk = tl.arange(0, HDP)
-    mb = rb < B
-    mk = rk < HD
-    # wt[k, n] = W[head, n, k]
-    wt = tl.load(w_ptr + head * HD * HD + rk[None, :] * HD + rk[:, None],
-                 mask=mk[:, None] & mk[None, :], other=0.0)
-    cols = head * HD + rk
-    m2 = mb[:, None] & mk[None, :]
-    offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
+    head, rk, mk, m2, offs, offs0 = _batch_tile(B, T, H, HD, BT, HDP)
+    wt = _head_weight(w_ptr, head, rk, mk, HD, TRANSPOSED=True)  # for h_{t-1} @ W^T
     if HAS_H0:
-        h = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        h = tl.load(h0_ptr + offs0, mask=m2, other=0.0).to(tl.float32)
     else:
         h = tl.zeros([BT, HDP], dtype=tl.float32)
     for t in tl.range(0, T, num_stages=STAGES):
         x = tl.load(wx_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32)
-        if IEEE:
-            r = tl.dot(h, wt, input_precision="ieee")
-        else:
-            r = tl.dot(h.to(wt.dtype), wt)
+        r = _mma(h, wt, IEEE)
         if DECAY:
             r = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * r
         h = tanh(x + r, FAST)
@@ -64,22 +84,12 @@ def _heads_fwd(wx_ptr, w_ptr, h0_ptr, h_ptr, a_ptr, B, T, H, HD,
 def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, a_ptr, da_ptr, B, T, H, HD,
                HAS_H0: tl.constexpr, DW: tl.constexpr, DECAY: tl.constexpr, BT: tl.constexpr,
                HDP: tl.constexpr, IEEE: tl.constexpr, STAGES: tl.constexpr):
-    head = tl.program_id(0)
-    pid_b = tl.program_id(1)
-    rb = pid_b * BT + tl.arange(0, BT)
-    rk = tl.arange(0, HDP)
-    mb = rb < B
-    mk = rk < HD
-    mw = mk[:, None] & mk[None, :]
-    # w[n, k] = W[head, n, k]
-    w = tl.load(w_ptr + head * HD * HD + rk[:, None] * HD + rk[None, :], mask=mw, other=0.0)
-    if DECAY:  # wt[k, n] = W[head, n, k], for r_t = h_{t-1} @ W^T
-        wt = tl.load(w_ptr + head * HD * HD + rk[None, :] * HD + rk[:, None], mask=mw, other=0.0)
-    cols = head * HD + rk
-    m2 = mb[:, None] & mk[None, :]
-    offs = rb[:, None].to(tl.int64) * T * H + cols[None, :]
+    head, rk, mk, m2, offs, offs0 = _batch_tile(B, T, H, HD, BT, HDP)
+    w = _head_weight(w_ptr, head, rk, mk, HD, TRANSPOSED=False)
+    if DECAY:  # for r_t = h_{t-1} @ W^T
+        wt = _head_weight(w_ptr, head, rk, mk, HD, TRANSPOSED=True)
     if HAS_H0:
-        hfirst = tl.load(h0_ptr + rb[:, None] * H + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        hfirst = tl.load(h0_ptr + offs0, mask=m2, other=0.0).to(tl.float32)
     hh = tl.load(h_ptr + offs + (T - 1) * H, mask=m2, other=0.0).to(tl.float32)  # h_t
     carry = tl.zeros([BT, HDP], dtype=tl.float32)  # q_{t+1} @ W
     dw = tl.zeros([HDP, HDP], dtype=tl.float32)  # sum_t q_t^T h_{t-1}, this batch tile
@@ -94,25 +104,22 @@ def _heads_bwd(w_ptr, h_ptr, h0_ptr, g_ptr, dpre_ptr, dh0_ptr, dw_ptr, a_ptr, da
         q = dpre
         if DECAY:
             q = tl.load(a_ptr + offs + t * H, mask=m2, other=0.0).to(tl.float32) * dpre
-            if IEEE:
-                r = tl.dot(hp, wt, input_precision="ieee")
-            else:
-                r = tl.dot(hp.to(wt.dtype), wt)
+            r = _mma(hp, wt, IEEE)
             tl.store(da_ptr + offs + t * H, (dpre * r).to(da_ptr.dtype.element_ty), mask=m2)
         if IEEE:
             carry = tl.dot(q, w, input_precision="ieee")
             if DW:
                 dw += tl.dot(tl.trans(q), hp, input_precision="ieee")
-        else:
+        else:  # q rounded once for both MMAs
             dq = q.to(w.dtype)
             carry = tl.dot(dq, w)
             if DW:
                 dw += tl.dot(tl.trans(dq), hp.to(w.dtype))
         hh = hp
-    tl.store(dh0_ptr + rb[:, None] * H + cols[None, :], carry, mask=m2)
+    tl.store(dh0_ptr + offs0, carry, mask=m2)
     if DW:
-        tile = (pid_b * (H // HD) + head).to(tl.int64)
-        tl.store(dw_ptr + tile * HD * HD + rk[:, None] * HD + rk[None, :], dw, mask=mw)
+        tile = (tl.program_id(1) * (H // HD) + head).to(tl.int64)
+        tl.store(dw_ptr + tile * HD * HD + rk[:, None] * HD + rk[None, :], dw, mask=mk[:, None] & mk[None, :])
 
 
 @triton.jit
