@@ -58,12 +58,10 @@ if [ -n "$models" ]; then  # keep what the model kinds need
   case $models in *,gdn,*) ;; *) rm -f .gpu/wheels/{fla_core,flash_linear_attention}*.whl ;; esac
 fi
 if [ "$mode" = tests ]; then
-  # its needs (huggingface-hub >= 1.31, tokenizers 0.23) are in the GPU image; zstandard (`.zst`
-  # shards, tests/test_data_prepare.py) is a core dependency the image lacks (5.5 MB: the suites,
-  # which unpack xz shards, go without it to keep their corpus within a call)
+  # its needs (huggingface-hub >= 1.31, tokenizers 0.23) are in the GPU image. zstandard, a core
+  # dependency the image lacks, stays behind: only `rnnlab data prepare` imports it, and no GPU test
+  # runs that (with it, 5.5 MB, the tree and this set no longer fit a call)
   python3 -m pip download -q --no-deps -d .gpu/wheels transformers==5.24.0
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_17_x86_64 -d .gpu/wheels zstandard==0.25.0
 elif [ "$mode" = tilelang ]; then
   # Gated DeltaNet on Hopper: with Triton in [3.4, 3.7.1) (torch 2.11 pins 3.6) fla refuses its own
   # gated backward (fla #640) and runs its TileLang kernel instead when tilelang is installed. As
