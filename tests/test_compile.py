@@ -78,6 +78,25 @@ def test_compiled_lm_matches_eager(name):
         assert len(graphs) == 1
 
 
+@pytest.mark.parametrize("shape", [(6, 6), (2, 4, 4)])
+def test_spectral_norm_reference_is_traced_not_opaque(shape):
+    """E1's spectral norm (the op ``spectral_norm``) is no loop over time: its reference compiles
+    into the caller's graph (``fullgraph=True`` refuses an opaque call), dense and heads, with the
+    eager result, the weight's gradient included."""
+    from rnnlab.ops.elman import spectral_norm
+
+    torch._dynamo.reset()
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(*shape, generator=g).requires_grad_()
+    u = torch.randn(*shape[:-1], generator=g)
+    fn = torch.compile(lambda w, u: spectral_norm(w, u, 0.9, 2), backend="aot_eager", fullgraph=True)
+    (got, got_u), (want, want_u) = fn(w, u), spectral_norm(w, u, 0.9, 2)
+    torch.testing.assert_close(got, want, **TOL)
+    torch.testing.assert_close(got_u, want_u, **TOL)
+    G = torch.randn(shape, generator=g)
+    torch.testing.assert_close(torch.autograd.grad(got, w, G)[0], torch.autograd.grad(want, w, G)[0], **TOL)
+
+
 def _persistent(hint, numel: int, cooperative: bool = False) -> bool:
     """What ``RowChoices`` decides for a reduction of ``numel`` elements with ``hint``, in the
     compile under way (Inductor's config as that compile patched it)."""

@@ -112,7 +112,8 @@ def check_kernel(kernel, reference, inputs, h0=None, seed=0):
 
 def test_every_kernel_op_has_a_case():
     external = {"ssd_scan", "gated_delta_scan"}  # mamba_ssm's and fla's kernels: tests/gpu only
-    own_test = {"elman_scan_beside_linear"}  # three outputs: test_elman_scan_beside_linear
+    own_test = {"elman_scan_beside_linear",  # three outputs: test_elman_scan_beside_linear
+                "spectral_norm"}  # not a scan: test_spectral_norm_heads
     with_kernel = {name for name, op in OPS.items() if op.kernel is not None} - external - own_test
     assert {case[0] for case in CASES} == with_kernel
 
@@ -632,19 +633,6 @@ def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, 
                                  (B, T, 28), 32) is None  # dtypes differ (bf16 rows of 56 bytes)
 
 
-def _e1_heads_reference(w, u, radius, iters):
-    """E1's own spectral norm (``E1.recurrent_weight``, its reference path on the CPU) in float64
-    for ``w: [n, hd, hd]`` from ``u``: ``(W_eff, the stored u)``, differentiable in ``w``."""
-    from rnnlab.layers.e1 import E1, E1Config
-
-    n, hd, _ = w.shape
-    layer = E1(E1Config(dim=n * hd, heads=n, spectral_radius=radius, power_iters=iters)).double()
-    del layer.W_h
-    layer.W_h = w  # a leaf of the caller's, so its gradient reaches the caller
-    layer.spectral_u.copy_(u)
-    return layer.recurrent_weight(update=True), layer.spectral_u
-
-
 @pytest.mark.parametrize("name", ["elman_decay_scan", "elman_lowrank_scan"])
 def test_selective_kernels_of_an_empty_sequence_return_the_initial_state(name):
     """T = 0: no states, and the final state is the initial one, exactly, in fp32 (zeros without
@@ -677,16 +665,16 @@ def test_spectral_kernels_take_square_float_cuda_heads_up_to_max_head():
 @pytest.mark.parametrize("n, hd, iters", [(3, 24, 3), (2, 128, 1), (4, 40, 5)])
 def test_spectral_norm_heads(n, hd, iters):
     """E1 heads' spectral norm kernels (one program a head; hd 24 and 40 padded to 32 and 64 lanes)
-    against E1's reference in float64: the scaled weight, the stored power-iteration vector and
+    against the op's reference in float64: the scaled weight, the stored power-iteration vector and
     the weight's gradient through the scaled weight."""
-    from rnnlab.ops.elman import spectral
+    from rnnlab.ops.elman import naive, spectral
 
     g = torch.Generator().manual_seed(n * hd + iters)
     w = (torch.randn(n, hd, hd, generator=g) / hd**0.5).requires_grad_()
     u = F.normalize(torch.randn(n, hd, generator=g), dim=-1)
     ref_w = w.detach().double().requires_grad_()
     got, got_u = spectral.spectral_norm_heads(w, u, 0.9, iters)
-    want, want_u = _e1_heads_reference(ref_w, u.double(), 0.9, iters)
+    want, want_u = naive.spectral_norm(ref_w, u.double(), 0.9, iters)
     torch.testing.assert_close(got, want.float(), **TOL)
     torch.testing.assert_close(got_u, want_u.float(), **TOL)
     grad = torch.randn(n, hd, hd, generator=g)

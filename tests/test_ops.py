@@ -61,8 +61,9 @@ CASES = {
     "gated_delta_scan": (lambda g, dt: _matrix_state(g, dt, gated=True), (B, 2, 3, 2), (0, 1, 2, 3, 4)),
 }
 # ops outside this contract, tested where named: E1 heads' scan with its gate projection beside it
-# starts from zeros and returns (h, h_T, x @ wl.T)
-ELSEWHERE = {"elman_scan_beside_linear": "tests/test_kernels_interpreted.py, tests/test_e1.py"}
+# starts from zeros and returns (h, h_T, x @ wl.T); E1's spectral norm is no scan: (W_eff, u_new)
+ELSEWHERE = {"elman_scan_beside_linear": "tests/test_kernels_interpreted.py, tests/test_e1.py",
+             "spectral_norm": "tests/test_kernels_interpreted.py, tests/test_ops.py, tests/test_e1.py"}
 # the matrix-state ops' outputs are readouts (y = S C, y = S^T q), not the state
 STATE_IS_LAST_OUTPUT = set(CASES) - {"ssd_scan", "e88_scan", "gated_delta_scan"}
 
@@ -279,3 +280,22 @@ def test_final_state_of_stored_states_is_in_the_compute_dtype():
     empty = h[:, :0]
     assert final_state(empty, h0).dtype == torch.float32 and torch.equal(final_state(empty, h0), h0.float())
     assert final_state(empty, None).dtype == torch.float32 and torch.equal(final_state(empty, None), torch.zeros(2, 4))
+
+
+def test_spectral_norm_refuses_bad_shapes_in_one_line():
+    """``rnnlab.ops.elman.spectral_norm``: a weight that is not ``[H, H]`` / ``[nh, hd, hd]``, a
+    vector ``u`` of another shape and fewer than one iteration are each refused, naming what it
+    wanted; a good call runs the reference on the CPU."""
+    from rnnlab.ops.elman import naive, spectral_norm
+
+    w, u = torch.randn(2, 4, 4), F.normalize(torch.randn(2, 4), dim=-1)
+    for args, msg in [((torch.randn(2, 4, 3), u, 0.9, 1), r"w_h must be \[H, H\] or \[nh, hd, hd\], got shape \(2, 4, 3\)"),
+                      ((torch.randn(4), u, 0.9, 1), r"w_h must be"),
+                      ((w, torch.randn(4), 0.9, 1), r"u must be \[2, 4\] \(w_h's shape less its last dimension\), got \[4\]"),
+                      ((w, u, 0.9, 0), r"iters must be at least 1, got 0")]:
+        with pytest.raises(ValueError, match=msg):
+            spectral_norm(*args)
+    got, got_u = spectral_norm(w, u, 0.9, 2)
+    want, want_u = naive.spectral_norm(w, u, 0.9, 2)
+    assert torch.equal(got, want) and torch.equal(got_u, want_u)
+

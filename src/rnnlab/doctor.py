@@ -31,7 +31,7 @@ def _mamba2_backend(backend: str, fused: bool) -> str:
 def report() -> dict[str, str]:
     import torch
 
-    from rnnlab.layers import e1, gdn
+    from rnnlab.layers import gdn
     from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
     from rnnlab.ops import OPS
     from rnnlab.ops.ssd import import_mamba_ssm
@@ -57,8 +57,6 @@ def report() -> dict[str, str]:
         # an op without a kernel says so on any machine, not "needs CUDA" as if CUDA would run one
         out[f"kernel {name}"] = (_kernel_status(op.kernel) if torch.cuda.is_available() or op.kernel is None
                                  else "needs CUDA")
-    out["kernel e1 heads spectral norm"] = (_kernel_status(e1.SPECTRAL_HEADS) if torch.cuda.is_available()
-                                            else "needs CUDA")
     out["lost-peer watch (--gpus N)"] = (
         "on" if peers.process_identity() is not None else
         "off: no /proc of this pid namespace (a rank left waiting for a dead peer ends by torchrun's kill, "

@@ -66,17 +66,10 @@ from torch import nn
 
 from rnnlab.layers.base import InnerWidth, State, check_options, op_backend_option
 from rnnlab.ops.dtypes import compute_dtype
-from rnnlab.ops.elman import BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan, elman_scan_beside_linear
-from rnnlab.ops.registry import LazyKernel
+from rnnlab.ops.elman import (BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan, elman_scan_beside_linear,
+                              spectral_norm)
+from rnnlab.ops.elman.naive import unit
 from rnnlab.options import at_least, option, positive
-
-# heads' spectral norm in one launch each way on a GPU (its reference: E1.recurrent_weight)
-SPECTRAL_HEADS = LazyKernel("rnnlab.ops.elman.spectral")
-
-
-def _normalize(v: torch.Tensor) -> torch.Tensor:
-    return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
-
 
 # ------------------------------------------------------------------ init rules (``init``)
 def _normal_002(w: torch.Tensor) -> None:
@@ -264,7 +257,7 @@ class E1(nn.Module):
         self._gate_beside_scan = n > 1 and cfg.conv == 0 and cfg.selective == "none"
         self.reset_parameters()
         if cfg.norm == "spectral":  # the power-iteration vector u, saved with checkpoints
-            self.register_buffer("spectral_u", _normalize(torch.randn(self.W_h.shape[:-1], device=self.W_h.device)))
+            self.register_buffer("spectral_u", unit(torch.randn(self.W_h.shape[:-1], device=self.W_h.device)))
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -284,38 +277,20 @@ class E1(nn.Module):
         """Wh_eff: W_h spectrally normalised (per head), or W_h itself for norm "none"/"rms".
 
         ``update`` (default: ``self.training``) stores the new power-iteration vector ``u``;
-        ``iters`` overrides ``power_iters``. Heads on a GPU (unless ``backend`` is "naive") run
-        ``rnnlab.ops.elman.spectral``'s kernels: this reference's maths in fp32, one launch each
-        way instead of ~20 small ones."""
+        ``iters`` overrides ``power_iters``. The op ``rnnlab.ops.elman.spectral_norm`` (with the
+        layer's ``backend``) computes it: on a GPU heads run its kernels, one launch each way
+        instead of ~20 small ones."""
         c = self.cfg
-        W = self.W_h
         if c.norm != "spectral":
-            return W
+            return self.W_h
         if update is None:
             update = self.training
         iters = c.power_iters if iters is None else max(1, iters)
-        if W.is_cuda and c.backend != "naive" and SPECTRAL_HEADS.available() and SPECTRAL_HEADS.get().takes(W):
-            W_eff, u = SPECTRAL_HEADS.get().spectral_norm_heads(W, self.spectral_u, c.spectral_radius, iters)
-            if update:
-                with torch.no_grad():
-                    self.spectral_u.copy_(u)
-            return W_eff
-        u = self.spectral_u.to(W.dtype)
-        with torch.no_grad():
-            for _ in range(iters):
-                if W.dim() == 2:
-                    v = _normalize(W.t() @ u)
-                    u = _normalize(W @ v)
-                else:
-                    v = _normalize(torch.einsum("ned,ne->nd", W, u))
-                    u = _normalize(torch.einsum("ned,nd->ne", W, v))
+        W_eff, u = spectral_norm(self.W_h, self.spectral_u, c.spectral_radius, iters, backend=c.backend)
         if update:
-            self.spectral_u.copy_(u)
-        if W.dim() == 2:
-            sigma = (u @ W @ v).abs()
-        else:
-            sigma = torch.einsum("ne,ned,nd->n", u, W, v).abs()[:, None, None]
-        return W * c.spectral_radius / (sigma + 1e-8)
+            with torch.no_grad():
+                self.spectral_u.copy_(u)
+        return W_eff
 
     @torch.no_grad()
     def converge_spectral(self, iters: int = 100) -> None:

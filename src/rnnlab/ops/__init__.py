@@ -1,7 +1,8 @@
 """The recurrences of every layer, one op each: a pure-PyTorch reference (``<pkg>/naive.py``) beside
 its GPU kernel (``<pkg>/triton.py``), run through one registry and backend vocabulary
-(``rnnlab.ops.registry``). Every op returns ``(all states or outputs, final state)``, so a
-layer's ``step`` is its op run on one token."""
+(``rnnlab.ops.registry``). Every scan returns ``(all states or outputs, final state)``, so a
+layer's ``step`` is its op run on one token; E1's spectral norm of its recurrent weight is an op
+too (its kernel chosen the same way) and returns ``(scaled weight, power-iteration vector)``."""
 
 from rnnlab.ops.delta import gated_delta_scan
 from rnnlab.ops.diag import diag_elman_scan

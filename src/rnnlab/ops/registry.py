@@ -127,7 +127,7 @@ class Op:
     ``alternatives``. ``op(*args, backend=...)`` runs the chosen implementation on ``args``; the
     first argument's device decides ``auto``. Every implementation returns
     ``(outputs, final_state)`` (see :func:`final_state`), ``elman_scan_beside_linear`` its
-    projection after them."""
+    projection after them; ``spectral_norm`` (no scan) ``(scaled weight, its vector u)``."""
 
     def __init__(self, name: str, naive: Callable, kernel_module: str | None = None,
                  alternatives: dict[str, Callable] | None = None):

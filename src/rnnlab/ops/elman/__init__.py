@@ -8,10 +8,13 @@
   scan (``rnnlab.ops.streams``); it returns ``(h, h_T, x @ wl.T)``;
 * ``elman_decay_scan`` (``selective="decay"``) and ``elman_lowrank_scan``
   (``selective="lowrank"``): ``naive.py`` and ``selective.py`` (the same GPU kernels with the
-  selective terms inside: the decay in the heads or dense kernels, low-rank in the per-step one).
+  selective terms inside: the decay in the heads or dense kernels, low-rank in the per-step one);
+* ``spectral_norm``: ``w_h`` rescaled to a given spectral norm (E1's ``norm="spectral"``),
+  ``naive.py`` and ``spectral.py`` (heads of up to 128 channels in one launch each way; the
+  reference runs dense ``w_h``).
 
 ``w_h`` is dense ``[H, H]`` or block-diagonal heads ``[nh, hd, hd]`` (H = nh*hd; each head only
-sees its own slice of h). Backends as in ``rnnlab.ops.registry``; every op returns ``(h, h_T)``.
+sees its own slice of h). Backends as in ``rnnlab.ops.registry``; every scan returns ``(h, h_T)``.
 """
 
 from __future__ import annotations
@@ -21,13 +24,15 @@ import torch
 from rnnlab.ops.elman import naive
 from rnnlab.ops.registry import Op, register
 
-__all__ = ["elman_scan", "elman_scan_beside_linear", "elman_decay_scan", "elman_lowrank_scan", "BACKENDS"]
+__all__ = ["elman_scan", "elman_scan_beside_linear", "elman_decay_scan", "elman_lowrank_scan", "spectral_norm",
+           "BACKENDS"]
 
 ELMAN_SCAN = register(Op("elman_scan", naive.elman_scan, "rnnlab.ops.elman.triton"))
 ELMAN_SCAN_BESIDE_LINEAR = register(Op("elman_scan_beside_linear", naive.elman_scan_beside_linear,
                                         "rnnlab.ops.elman.triton"))
 ELMAN_DECAY_SCAN = register(Op("elman_decay_scan", naive.elman_decay_scan, "rnnlab.ops.elman.selective"))
 ELMAN_LOWRANK_SCAN = register(Op("elman_lowrank_scan", naive.elman_lowrank_scan, "rnnlab.ops.elman.selective"))
+SPECTRAL_NORM = register(Op("spectral_norm", naive.spectral_norm, "rnnlab.ops.elman.spectral"))
 BACKENDS = ELMAN_SCAN.backends
 
 
@@ -95,3 +100,19 @@ def elman_lowrank_scan(wx: torch.Tensor, w_h: torch.Tensor, U: torch.Tensor, V: 
         raise ValueError(f"U, V must be [H, r] and s [B, T, r] (H = {H}), got {tuple(U.shape)}, "
                          f"{tuple(V.shape)}, {tuple(s.shape)}")
     return ELMAN_LOWRANK_SCAN(wx, w_h, U, V, s, h0, backend=backend)
+
+
+def spectral_norm(w_h: torch.Tensor, u: torch.Tensor, radius: float, iters: int, backend: str = "auto"
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_eff, u_new)``: ``w_h`` (``[H, H]`` or heads ``[nh, hd, hd]``, each head on its own)
+    rescaled to spectral norm ``radius``, estimated by ``iters`` (>= 1) power iterations from ``u``
+    (``w_h``'s shape less its last dimension); differentiable in ``w_h``. ``u_new`` is the vector
+    the iterations end at, for the caller to store (``naive.spectral_norm`` has the maths)."""
+    if w_h.dim() not in (2, 3) or w_h.shape[-1] != w_h.shape[-2]:
+        raise ValueError(f"w_h must be [H, H] or [nh, hd, hd], got shape {tuple(w_h.shape)}")
+    if u.shape != w_h.shape[:-1]:
+        raise ValueError(f"u must be {list(w_h.shape[:-1])} (w_h's shape less its last dimension), got "
+                         f"{list(u.shape)}")
+    if iters < 1:
+        raise ValueError(f"iters must be at least 1, got {iters}")
+    return SPECTRAL_NORM(w_h, u, radius, iters, backend=backend)

@@ -1,10 +1,11 @@
 """Reference Elman scans in plain PyTorch (CPU or GPU; autograd through the loop is the reference
-backward): E1's plain recurrence and its two selective variants.
+backward): E1's plain recurrence and its two selective variants, and E1's spectral norm of ``w_h``.
 
     elman_scan          h_t = tanh(wx_t + h_{t-1} @ w_h.T)
     elman_decay_scan    h_t = tanh(wx_t + a_t * (h_{t-1} @ w_h.T))                      a: [B, T, H]
     elman_lowrank_scan  h_t = tanh(wx_t + h_{t-1} @ w_h.T + ((h_{t-1} @ V) * s_t) @ U.T)
                                                           U, V: [H, r], s: [B, T, r]
+    spectral_norm       w_h * radius / sigma(w_h)         (sigma per head, by power iteration)
 
 ``w_h`` is dense ``[H, H]`` or block-diagonal heads ``[nh, hd, hd]`` (H = nh*hd; head n of
 ``h @ w_h.T`` is ``h[n] @ w_h[n].T``); the low-rank term spans the whole state. ``wx`` already
@@ -19,6 +20,7 @@ from typing import Callable
 import torch
 
 from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.ops.registry import traced
 
 
 def recur(h: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
@@ -76,3 +78,33 @@ def elman_lowrank_scan(wx: torch.Tensor, w_h: torch.Tensor, U: torch.Tensor, V: 
     dt = compute_dtype(wx.dtype)
     w, U, V, s = w_h.to(dt), U.to(dt), V.to(dt), s.to(dt)
     return _loop(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w) + ((h @ V) * s[:, t]) @ U.t()))
+
+
+def unit(v: torch.Tensor) -> torch.Tensor:
+    """``v`` scaled to unit length along its last dimension (``+ 1e-8``: a zero vector stays zero)."""
+    return v / (v.norm(dim=-1, keepdim=True) + 1e-8)
+
+
+@traced  # a few small products, no loop over time: torch.compile traces it, as it did inside E1
+def spectral_norm(w_h: torch.Tensor, u: torch.Tensor, radius: float, iters: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(W_eff, u_new)``: ``w_h`` (dense ``[H, H]``, or heads ``[nh, hd, hd]``, each on its own)
+    rescaled to spectral norm ``radius`` (E1's ``norm="spectral"``). ``iters`` power iterations
+    from ``u`` (``[H]`` or ``[nh, hd]``) estimate the top singular vectors ``u``, ``v`` without
+    gradient; ``sigma = |u^T W v|`` with gradient, and ``W_eff = W * radius / (sigma + 1e-8)``: W is
+    always rescaled, never clamped. ``u_new`` (``w_h``'s dtype) is the caller's to store."""
+    W = w_h
+    with torch.no_grad():
+        u = u.to(W.dtype)
+        for _ in range(iters):
+            if W.dim() == 2:
+                v = unit(W.t() @ u)
+                u = unit(W @ v)
+            else:
+                v = unit(torch.einsum("ned,ne->nd", W, u))
+                u = unit(torch.einsum("ned,nd->ne", W, v))
+    if W.dim() == 2:
+        sigma = (u @ W @ v).abs()
+    else:
+        sigma = torch.einsum("ne,ned,nd->n", u, W, v).abs()[:, None, None]
+    return W * radius / (sigma + 1e-8), u

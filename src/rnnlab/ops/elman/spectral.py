@@ -1,8 +1,8 @@
-"""E1 heads' spectral norm in one GPU launch each way (Triton).
+"""E1 heads' spectral norm in one GPU launch each way (Triton): the ``triton`` backend of
+``spectral_norm`` (its reference, ``naive.spectral_norm``, runs what these kernels do not take).
 
 E1 divides each head of its block-diagonal recurrent weight ``W: [n, hd, hd]`` by the head's largest
-singular value ``sigma``, estimated by a few power iterations from a stored vector ``u`` (the
-reference: ``E1.recurrent_weight``). In PyTorch every half-iteration is a batched matrix-vector
+singular value ``sigma``, estimated by a few power iterations from a stored vector ``u``. In PyTorch every half-iteration is a batched matrix-vector
 product, a norm and a division, so a layer's spectral norm is ~20 small kernels a training step
 with its backward: ~600 launches in E1 heads d31's step, with the GPU idle between them
 (``results/bound-h200`` call 15). Here one program a head holds the head's ``W`` in registers and
@@ -20,7 +20,10 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["MAX_HEAD", "takes", "spectral_norm_heads"]
+from rnnlab.ops.elman import naive
+from rnnlab.ops.registry import traced
+
+__all__ = ["MAX_HEAD", "takes", "spectral_norm", "spectral_norm_heads"]
 
 MAX_HEAD = 128  # channels a head: the head's W (up to 128 x 128 fp32) in one program's registers
 EPS = 1e-8  # the reference's, in each normalisation and in r / (sigma + eps)
@@ -148,7 +151,16 @@ _fwd.register_autograd(_grads, setup_context=_setup)
 def spectral_norm_heads(w: torch.Tensor, u: torch.Tensor, radius: float, iters: int
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(W_eff, u_new)``: each head of ``w: [n, hd, hd]`` scaled to spectral norm ``radius`` by
-    ``iters`` power iterations from ``u: [n, hd]`` (as ``E1.recurrent_weight``), differentiable in
+    ``iters`` power iterations from ``u: [n, hd]`` (as ``naive.spectral_norm``), differentiable in
     ``w``; ``u_new`` in ``u``'s dtype (the caller stores it)."""
     w_eff, u_new, _, _ = _fwd(w, u, radius, iters)
     return w_eff, u_new
+
+
+@traced  # custom ops and, for the rest, the reference's few products: one graph under torch.compile
+def spectral_norm(w: torch.Tensor, u: torch.Tensor, radius: float, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The op's GPU entry point: the kernels for what they :func:`take <takes>`, else the reference
+    (dense ``[H, H]``, heads over :data:`MAX_HEAD`, fp64)."""
+    if takes(w):
+        return spectral_norm_heads(w, u, radius, iters)
+    return naive.spectral_norm(w, u, radius, iters)
