@@ -132,11 +132,11 @@ def rnnlab_case(nh: int, hd: int, B: int, T: int, which: str = "plain", persiste
     if nh == 1 and persistent:  # the persistent kernel's rows (plain, decay, low-rank): say if it fell back
         kernel(*case.inputs, None, options=opts)  # builds it (or records why it cannot)
         from rnnlab.ops.elman import wgmma
-        from rnnlab.ops.elman.triton import _PERSISTENT_ERROR, _WGMMA_ERROR
+        from rnnlab.ops.elman.triton import PERSISTENT_BUILDS, WGMMA_BUILD
 
-        why = _PERSISTENT_ERROR.get(which == "lowrank")
+        why = PERSISTENT_BUILDS[which == "lowrank"].error
         case.note = f"persistent kernel unavailable, per-step kernel ran ({why})"[:200] if why else "persistent kernel"
-        if which == "plain" and not _WGMMA_ERROR and wgmma.supported(case.inputs[0]):
+        if which == "plain" and WGMMA_BUILD.error is None and wgmma.supported(case.inputs[0]):
             case.note = "wgmma kernel"
     return case
 

@@ -144,7 +144,7 @@ def test_wgmma_build_failure_warns_once_and_leaves_the_persistent_kernel(monkeyp
         raise RuntimeError("Error building extension 'rnnlab_elman_wgmma'")
 
     monkeypatch.setattr(wgmma, "supported", broken)
-    monkeypatch.setattr(et, "_WGMMA_ERROR", [])
+    monkeypatch.setattr(et.WGMMA_BUILD, "error", None)
     x, opts = types.SimpleNamespace(is_cuda=True), ElmanKernelOptions()
     for off in (ElmanKernelOptions(dense_wgmma=False), ElmanKernelOptions(persistent=False)):
         assert et._wgmma(x, off, None, None) is None and not attempts  # switched off
@@ -152,7 +152,37 @@ def test_wgmma_build_failure_warns_once_and_leaves_the_persistent_kernel(monkeyp
     with pytest.warns(UserWarning, match="wgmma Elman kernel unavailable, using the persistent kernel"):
         assert et._wgmma(x, opts, None, None) is None
     assert et._wgmma(x, opts, None, None) is None and len(attempts) == 1
-    assert et._WGMMA_ERROR == ["RuntimeError: Error building extension 'rnnlab_elman_wgmma'"]
+    assert et.WGMMA_BUILD.error == "RuntimeError: Error building extension 'rnnlab_elman_wgmma'"
+
+
+def test_persistent_build_failure_warns_once_per_build_and_leaves_the_per_step_kernel(monkeypatch):
+    """A failed build of the persistent kernel is one warning; later plain scans skip it without
+    retrying (the per-step kernel runs), while the low-rank build, its own, is still tried once."""
+    import types
+
+    from rnnlab.ops.elman import persistent
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    attempts = []
+
+    def broken(x, shapes, rank):
+        attempts.append(rank)
+        raise RuntimeError("Error building extension 'rnnlab_elman_persistent'")
+
+    monkeypatch.setattr(persistent, "make_plan", broken)
+    for build in et.PERSISTENT_BUILDS.values():
+        monkeypatch.setattr(build, "error", None)
+    x, opts = types.SimpleNamespace(is_cuda=True), ElmanKernelOptions()
+    assert et._persistent_plan(x, ElmanKernelOptions(persistent=False)) is None and not attempts  # off
+    with pytest.warns(UserWarning, match="persistent Elman kernel unavailable, using the per-step Triton kernel"):
+        assert et._persistent_plan(x, opts) is None
+    assert et._persistent_plan(x, opts) is None
+    assert attempts == [0]  # the plain build failed once, never retried
+    with pytest.warns(UserWarning, match="persistent Elman kernel unavailable"):
+        assert et._persistent_plan(x, opts, rank=2) is None
+    assert et._persistent_plan(x, opts, rank=2) is None and attempts == [0, 2]
+    assert et.PERSISTENT_BUILDS[True].error == "RuntimeError: Error building extension 'rnnlab_elman_persistent'"
 
 
 @pytest.mark.parametrize("with_h0", [False, True])

@@ -87,6 +87,28 @@ class LazyKernel:
     available = torch.compiler.assume_constant_result(available)
 
 
+class FallibleBuild:
+    """A kernel compiled on first use that may fail to build (no nvcc or ninja, a compile error):
+    :meth:`attempt` runs what needs it; the first failure is kept in ``error`` with one warning
+    (``name`` unavailable, using ``instead``), and every later attempt returns None at once,
+    without building again, so the caller runs its other kernel."""
+
+    def __init__(self, name: str, instead: str):
+        self.name, self.instead = name, instead
+        self.error: str | None = None
+
+    def attempt(self, fn: Callable, *args):
+        """``fn(*args)``, or None once a build has failed (this one or an earlier one)."""
+        if self.error is not None:
+            return None
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - any build failure: the caller's other kernel runs
+            self.error = f"{type(e).__name__}: {e}"
+            warnings.warn(f"{self.name} unavailable, using {self.instead} ({e})")
+            return None
+
+
 def opaque(fn: Callable) -> Callable:
     """``fn`` as one opaque call under ``torch.compile``: Dynamo neither traces nor compiles it
     (or anything it calls) and breaks the graph around it; outside compilation it is ``fn``.

@@ -29,42 +29,38 @@ mode for fp32 inputs and 16-bit operands (fp32 accumulation) for 16-bit inputs.
 from __future__ import annotations
 
 import functools
-import warnings
 
 import torch
 
 from rnnlab.ops.elman import dense_step, heads
 from rnnlab.ops.elman.options import DEFAULT, ElmanKernelOptions
-from rnnlab.ops.registry import final_state, traced
+from rnnlab.ops.registry import FallibleBuild, final_state, traced
 from rnnlab.ops.streams import beside
 
 __all__ = ["elman_scan", "elman_scan_beside_linear", "ElmanKernelOptions"]
 
-# why a build of the persistent kernel failed (keyed by "lowrank": its own build); never retried
-_PERSISTENT_ERROR: dict[bool, str] = {}
-# why the wgmma kernel's build failed (one entry at most); never retried
-_WGMMA_ERROR: list[str] = []
+# the persistent kernel's two builds (keyed by "with a low-rank term") and the wgmma kernel's: a
+# failed build is one warning and never retried
+PERSISTENT_BUILDS = {lowrank: FallibleBuild("persistent Elman kernel", "the per-step Triton kernel")
+                     for lowrank in (False, True)}
+WGMMA_BUILD = FallibleBuild("wgmma Elman kernel", "the persistent kernel")
 
 
 def _persistent_plan(x: torch.Tensor, opts: ElmanKernelOptions, rank: int = 0):
     """``(persistent module, launch plan)`` when the persistent kernel should run the dense scan of
     ``x`` (with a low-rank term of ``rank`` > 0), else None (switched off, the shape or rank does
     not fit, or its build failed: then a one-time warning, and the other build still runs)."""
-    lowrank = rank > 0
-    if not opts.persistent or not x.is_cuda or lowrank in _PERSISTENT_ERROR:
+    if not opts.persistent or not x.is_cuda or (rank > 0 and not opts.persistent_lowrank):
         return None
-    if lowrank and not opts.persistent_lowrank:
-        return None
-    try:
+
+    def plan():
         from rnnlab.ops.elman import persistent
 
         shapes = None if opts.persistent_shape < 0 else (persistent.SHAPES[opts.persistent_shape],)
-        plan = persistent.make_plan(x, shapes, rank)
-    except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the Triton path
-        _PERSISTENT_ERROR[lowrank] = f"{type(e).__name__}: {e}"
-        warnings.warn(f"persistent Elman kernel unavailable, using the per-step Triton kernel ({e})")
-        return None
-    return None if plan is None else (persistent, plan)
+        found = persistent.make_plan(x, shapes, rank)
+        return None if found is None else (persistent, found)
+
+    return PERSISTENT_BUILDS[rank > 0].attempt(plan)
 
 
 def _wgmma(x: torch.Tensor, opts: ElmanKernelOptions, *selective):
@@ -72,17 +68,15 @@ def _wgmma(x: torch.Tensor, opts: ElmanKernelOptions, *selective):
     decay and low-rank operands, all None), else None (switched off, with ``dense_wgmma`` or with
     the persistent kernels, a selective term, a shape or GPU it declines, or its build failed: then
     a one-time warning, and persistent.cu runs)."""
-    if not (opts.persistent and opts.dense_wgmma) or not x.is_cuda or _WGMMA_ERROR or \
-            any(t is not None for t in selective):
+    if not (opts.persistent and opts.dense_wgmma) or not x.is_cuda or any(t is not None for t in selective):
         return None
-    try:
+
+    def supported():
         from rnnlab.ops.elman import wgmma
 
         return wgmma if wgmma.supported(x) else None
-    except Exception as e:  # noqa: BLE001 - no nvcc / ninja / build error: keep the persistent kernel
-        _WGMMA_ERROR.append(f"{type(e).__name__}: {e}")
-        warnings.warn(f"wgmma Elman kernel unavailable, using the persistent kernel ({e})")
-        return None
+
+    return WGMMA_BUILD.attempt(supported)
 
 
 def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
