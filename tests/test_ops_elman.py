@@ -332,6 +332,87 @@ def test_kernel_options_round_trip_through_the_custom_op_argument():
     assert ElmanKernelOptions.from_ints(ElmanKernelOptions().to_ints()) == ElmanKernelOptions()
 
 
+def _fake_torch_load(monkeypatch, calls):
+    """torch's extension loader, as far as rnnlab.ops.extensions sees it: the build folder, and a
+    ``load`` that would wait forever while the folder's ``lock`` exists (it fails instead)."""
+    from torch.utils import cpp_extension
+
+    def load(name, **kwargs):
+        build = Path(cpp_extension._get_build_directory(name, verbose=False))
+        assert not (build / "lock").exists(), "torch would wait for this lock forever"
+        calls.append(name)
+        return "ext"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    return lambda name: Path(cpp_extension._get_build_directory(name, verbose=False))
+
+
+def test_extension_load_clears_a_dead_builds_lock_with_one_warning(monkeypatch, tmp_path):
+    """A build killed half-way leaves torch's ``lock`` in the build folder, on which every later load
+    would wait forever: rnnlab.ops.extensions.load removes it, says so in one warning, and builds;
+    without one it warns of nothing."""
+    import warnings
+
+    from rnnlab.ops import extensions
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    calls = []
+    folder = _fake_torch_load(monkeypatch, calls)
+    (folder("rnnlab_probe") / "lock").touch()  # what a killed build leaves
+    with pytest.warns(UserWarning, match=r"^rnnlab_probe: removing .*/rnnlab_probe/lock, left by a build of this "
+                                         r"kernel that was stopped before it finished"):
+        assert extensions.load("rnnlab_probe", sources=["x.cu"]) == "ext"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert extensions.load("rnnlab_probe", sources=["x.cu"]) == "ext"
+    assert calls == ["rnnlab_probe"] * 2 and not (folder("rnnlab_probe") / "lock").exists()
+
+
+def test_extension_load_waits_for_a_live_build_and_leaves_its_lock(monkeypatch, tmp_path):
+    """While another process builds the extension (it holds rnnlab's OS lock, torch's ``lock`` in the
+    build folder), a load waits for it instead of taking its ``lock`` for a dead build's; it loads
+    once that build has ended, with no warning."""
+    import subprocess
+    import sys
+    import threading
+    import time
+    import warnings
+
+    from rnnlab.ops import extensions
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    calls = []
+    build = _fake_torch_load(monkeypatch, calls)("rnnlab_probe")
+    with subprocess.Popen([sys.executable, "-c", f"""
+import fcntl, os, sys
+held = open({str(build.parent / "rnnlab_probe.rnnlab-lock")!r}, "a")
+fcntl.flock(held, fcntl.LOCK_EX)
+open({str(build / "lock")!r}, "w").close()
+print("building", flush=True)
+sys.stdin.readline()  # build until told to stop
+os.remove({str(build / "lock")!r})
+"""], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as builder:
+        try:
+            assert builder.stdout.readline() == "building\n"
+            caught = []
+
+            def second():
+                with warnings.catch_warnings(record=True) as w:
+                    warnings.simplefilter("always")
+                    caught.append((extensions.load("rnnlab_probe", sources=["x.cu"]), w))
+
+            waiter = threading.Thread(target=second)
+            waiter.start()
+            time.sleep(0.5)
+            assert not calls and (build / "lock").exists()  # still waiting; the live build's lock kept
+            builder.stdin.write("done\n")
+            builder.stdin.flush()
+            waiter.join(10)
+            assert caught and caught[0][0] == "ext" and not caught[0][1] and calls == ["rnnlab_probe"]
+        finally:
+            builder.kill()
+
+
 def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, tmp_path):
     """The persistent kernel's extension name changes with its source, its flags and the torch
     version (and stays put otherwise), so a build folder kept between machines
@@ -352,6 +433,7 @@ def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, t
     assert name(b"kernel A", ["-O3"]) != base
     monkeypatch.undo()
     monkeypatch.setattr(persistent, "arch_flags", lambda: [])  # torch's target (on Hopper: sm_90a's flag too)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "extensions"))  # rnnlab.ops.extensions' lock files
     calls = []
     monkeypatch.setattr(torch.utils.cpp_extension, "load", lambda **kw: calls.append(kw) or "ext")
     persistent._ext.cache_clear()

@@ -3,7 +3,8 @@ direction instead of one kernel per time step.
 
 Triton cannot express a cooperative launch (which guarantees that all blocks are resident, so they
 may wait for each other), so this one kernel is CUDA C++ built on first use by
-``torch.utils.cpp_extension.load`` (needs nvcc and ninja; about a minute, then cached). Each block
+``torch.utils.cpp_extension.load`` (needs nvcc and ninja; about a minute, then cached; through
+``rnnlab.ops.extensions.load``, so that a build stopped half-way cannot hang later runs). Each block
 keeps its rows of ``W`` (forward) or ``W^T`` (backward) in shared memory for all T steps; per step
 it waits only for the blocks that produced the state columns it reads (per-block step flags);
 see the .cu file. Built for sm_90a (on Hopper by default, :func:`arch_flags`), a launch that covers the batch in
@@ -103,10 +104,10 @@ def build_flags(lowrank: bool = False) -> list[str]:
 def _ext(lowrank: bool = False, source: Path = SOURCE):
     """The extension built from ``source`` (plain and decay; or, ``lowrank``, the low-rank term's
     build), named by :func:`_ext_name`."""
-    from torch.utils.cpp_extension import load
+    from rnnlab.ops.extensions import load
 
     flags = build_flags(lowrank)
-    return load(name=_ext_name(source.read_bytes(), flags), sources=[str(source)], extra_cuda_cflags=flags,
+    return load(_ext_name(source.read_bytes(), flags), sources=[str(source)], extra_cuda_cflags=flags,
                 verbose=False)
 
 

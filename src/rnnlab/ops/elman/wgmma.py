@@ -10,7 +10,7 @@ scans run on ``persistent.cu``. Chosen by ``ElmanKernelOptions.dense_wgmma``; it
 with the persistent kernel's up to fp32 summation order (tested against the float64 reference).
 
 CUDA C++ because Triton expresses none of a cooperative launch (CTAs that wait for each other),
-distributed shared memory or ``st.async``. Built on first use by ``torch.utils.cpp_extension.load``
+distributed shared memory or ``st.async``. Built on first use by ``rnnlab.ops.extensions.load``
 (nvcc and ninja, a minute or two, then cached under a name that hashes the source, its header
 ``sm90.cuh``, flags and versions).
 """
@@ -38,10 +38,10 @@ def _ext(source: Path = SOURCE):
     """The extension built from ``source`` (the package's, or a benchmark's copy: built under a
     name of its own), always for sm_90a (it has no other target), in the C++ standard torch picks
     for its extensions."""
-    from torch.utils.cpp_extension import load
+    from rnnlab.ops.extensions import load
 
     flags = ["-O3", *persistent.HOPPER_ARCH]
-    return load(name=persistent._ext_name(source.read_bytes() + HEADER.read_bytes(), flags, "wgmma"),
+    return load(persistent._ext_name(source.read_bytes() + HEADER.read_bytes(), flags, "wgmma"),
                 sources=[str(source)], extra_cuda_cflags=flags, extra_include_paths=[str(HEADER.parent)],
                 verbose=False)
 

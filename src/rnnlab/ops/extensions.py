@@ -1,0 +1,38 @@
+"""CUDA C++ kernels built on first use by torch's extension loader, so that a build stopped half-way
+cannot hang every later run.
+
+``torch.utils.cpp_extension.load`` marks a build in progress with a file ``lock`` in the build
+folder (created exclusively, removed when the build ends) and makes any other process loading the
+same extension wait while that file exists, with no time limit. A build killed before it removes
+the file (Ctrl-C or a time limit during the minute a first build takes, ``kill -9``) leaves it
+behind, and every later run that needs the kernel on that machine waits forever without a word.
+
+:func:`load` first takes an OS lock (``fcntl.flock``, which the kernel releases when its holder
+dies) on a file beside the build folder. While it holds that lock no other rnnlab process is
+building or loading the extension, so a ``lock`` found in the build folder then was left by a
+build that died: it is removed with a one-line warning, and ninja finishes the build.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import warnings
+from pathlib import Path
+
+__all__ = ["load"]
+
+
+def load(name: str, **kwargs):
+    """``torch.utils.cpp_extension.load(name=name, **kwargs)``, one process at a time per extension
+    name on this machine, after clearing a dead build's ``lock`` (module docstring)."""
+    from torch.utils import cpp_extension
+
+    build = Path(cpp_extension._get_build_directory(name, verbose=False))
+    with open(build.parent / f"{build.name}.rnnlab-lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        left = build / "lock"
+        if left.exists():
+            warnings.warn(f"{name}: removing {left}, left by a build of this kernel that was stopped before "
+                          f"it finished (otherwise this run would wait for it forever); building it again")
+            left.unlink(missing_ok=True)
+        return cpp_extension.load(name=name, **kwargs)
