@@ -347,10 +347,11 @@ def _fake_torch_load(monkeypatch, calls):
     return lambda name: Path(cpp_extension._get_build_directory(name, verbose=False))
 
 
-def test_extension_load_clears_a_dead_builds_lock_with_one_warning(monkeypatch, tmp_path):
+def test_extension_load_clears_a_dead_builds_lock_with_one_warning(monkeypatch, tmp_path, capsys):
     """A build killed half-way leaves torch's ``lock`` in the build folder, on which every later load
     would wait forever: rnnlab.ops.extensions.load removes it, says so in one warning, and builds;
-    without one it warns of nothing."""
+    without one it warns of nothing. A load that has to build (no library file yet) says so in one
+    line; one that finds the library says nothing."""
     import warnings
 
     from rnnlab.ops import extensions
@@ -362,9 +363,13 @@ def test_extension_load_clears_a_dead_builds_lock_with_one_warning(monkeypatch, 
     with pytest.warns(UserWarning, match=r"^rnnlab_probe: removing .*/rnnlab_probe/lock, left by a build of this "
                                          r"kernel that was stopped before it finished"):
         assert extensions.load("rnnlab_probe", sources=["x.cu"]) == "ext"
+    assert capsys.readouterr().err == (f"rnnlab: building the CUDA kernel rnnlab_probe (its first use here: about a "
+                                       f"minute, then kept in {tmp_path})\n")
+    (folder("rnnlab_probe") / "rnnlab_probe.so").touch()  # built
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert extensions.load("rnnlab_probe", sources=["x.cu"]) == "ext"
+    assert capsys.readouterr().err == ""
     assert calls == ["rnnlab_probe"] * 2 and not (folder("rnnlab_probe") / "lock").exists()
 
 

@@ -10,12 +10,14 @@ behind, and every later run that needs the kernel on that machine waits forever 
 :func:`load` first takes an OS lock (``fcntl.flock``, which the kernel releases when its holder
 dies) on a file beside the build folder. While it holds that lock no other rnnlab process is
 building or loading the extension, so a ``lock`` found in the build folder then was left by a
-build that died: it is removed with a one-line warning, and ninja finishes the build.
+build that died: it is removed with a one-line warning, and ninja finishes the build. A load that
+has to build says so first, in one line: the run seems to stand still for that minute otherwise.
 """
 
 from __future__ import annotations
 
 import fcntl
+import sys
 import warnings
 from pathlib import Path
 
@@ -35,4 +37,7 @@ def load(name: str, **kwargs):
             warnings.warn(f"{name}: removing {left}, left by a build of this kernel that was stopped before "
                           f"it finished (otherwise this run would wait for it forever); building it again")
             left.unlink(missing_ok=True)
+        if not (build / f"{name}.so").exists():  # torch's library file: none yet, so ninja builds it
+            print(f"rnnlab: building the CUDA kernel {name} (its first use here: about a minute, then kept "
+                  f"in {build.parent})", file=sys.stderr, flush=True)
         return cpp_extension.load(name=name, **kwargs)
