@@ -384,6 +384,18 @@ def test_steady_tok_per_s_counts_every_session(tiny_train, tmp_path):
         assert s["tok_per_s"] == pytest.approx(steady)
 
 
+def test_a_run_of_only_warm_up_steps_has_no_steady_tok_per_s(tiny_train, tmp_path):
+    """A run no longer than the warm-up (``WARMUP_STEPS``: compilation) has no steady rate to
+    report: its summary's ``tok_per_s`` is None (the report shows "-"), not the whole run's rate
+    under the steady rate's name; ``tok_per_wall_s`` still gives its rate. One step more has one."""
+    from rnnlab.train.config import WARMUP_STEPS
+
+    short = run_training(tiny_train(tmp_path / "short", steps=WARMUP_STEPS), progress=False)
+    assert short["tok_per_s"] is None and short["tok_per_wall_s"] > 0
+    longer = run_training(tiny_train(tmp_path / "longer", steps=WARMUP_STEPS + 1), progress=False)
+    assert longer["tok_per_s"] > 0
+
+
 def test_wall_clock_rate_counts_every_session(tiny_train, tmp_path, monkeypatch):
     """``tok_per_wall_s`` is tokens over the run's whole wall clock (set-up, evaluation and
     checkpoints included, so at most the training rate), summed over the sessions of a resumed run:

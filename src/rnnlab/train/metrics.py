@@ -41,7 +41,7 @@ class Throughput:
     """Tokens per second of this process after its first ``WARMUP_STEPS`` steps (kernel
     compilation, autotuning, allocator growth), as the reference study left out its warm-up steps.
     (The summary's tok/s is the whole run's, over every session: ``TrainState.steady_tok_per_s``;
-    this process's is its fallback for a run resumed from a checkpoint without ``warmup_tokens``.)"""
+    this process's stands in for it in a run resumed from a checkpoint without ``warmup_tokens``.)"""
 
     def __init__(self):
         self.steps, self.tokens, self.seconds = 0, 0, 0.0
@@ -55,11 +55,9 @@ class Throughput:
         self.seconds += seconds
         return False
 
-    def tok_per_s(self, tokens: int, seconds: float) -> float | None:
-        """Steady-state tok/s; ``tokens / seconds`` (the whole run) before the warm-up is over."""
-        if self.seconds > 0:
-            return self.tokens / self.seconds
-        return tokens / seconds if seconds > 0 else None
+    def tok_per_s(self) -> float | None:
+        """Steady-state tok/s; None until a step past the warm-up (nothing steady to measure)."""
+        return self.tokens / self.seconds if self.seconds > 0 else None
 
 
 # ------------------------------------------------------------------------------ the interface

@@ -592,7 +592,9 @@ class Trainer:
             # --extra-val-data scored whole at the end: {data, val_loss, val_bpb, bytes, *_train_point}
             "extra_val": {key.removeprefix("extra_"): value for key, value in last.items()
                           if key.startswith("extra_")} or None,
-            "tok_per_s": state.steady_tok_per_s() or self.throughput.tok_per_s(state.tokens, state.elapsed_s),
+            # None for a run of only warm-up steps (compilation): tok_per_wall_s is its rate
+            "tok_per_s": (state.steady_tok_per_s() if state.warmup_tokens is not None
+                          else self.throughput.tok_per_s()),
             "peak_mem_gib": peak_mem_gib(self.device), "time_s": state.elapsed_s, "complete": complete,
             "warmup_s": state.warmup_s,  # of time_s: the first steps of each process (compilation)
             # tokens over the whole wall clock of the run (start-up, compilation, evaluation and
