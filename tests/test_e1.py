@@ -216,6 +216,18 @@ def test_one_power_iteration_written_out():
     torch.testing.assert_close(got, W * 0.9 / ((u @ W @ v).abs() + 1e-8), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("heads", [1, 2])
+def test_a_triton_backend_layer_steps_and_weighs_on_the_cpu(heads):
+    """A layer configured with ``backend="triton"`` (trained on a GPU) still decodes on the CPU:
+    ``step`` runs the reference scan, and its spectral norm the reference too (the op's
+    ``triton`` backend would refuse CPU tensors), equal to the ``naive`` layer's."""
+    layer, ref = make(dim=8, heads=heads, backend="triton"), make(dim=8, heads=heads, backend="naive")
+    assert torch.equal(layer.recurrent_weight(update=False), ref.recurrent_weight(update=False))
+    x, state = torch.randn(2, 8), layer.init_state(2, torch.device("cpu"), torch.float32)
+    (y, _), (want, _) = layer.step(x, state), ref.step(x, state)
+    assert torch.equal(y, want)
+
+
 def test_power_iters_sets_a_training_forwards_iterations():
     """``power_iters=2``: a training forward runs two power iterations from the stored u (module
     docstring), stores that u and scans with Wh_eff = W * r / (|u^T W v| + 1e-8) from it; the

@@ -278,15 +278,17 @@ class E1(nn.Module):
 
         ``update`` (default: ``self.training``) stores the new power-iteration vector ``u``;
         ``iters`` overrides ``power_iters``. The op ``rnnlab.ops.elman.spectral_norm`` (with the
-        layer's ``backend``) computes it: on a GPU heads run its kernels, one launch each way
-        instead of ~20 small ones."""
+        layer's ``backend`` on a GPU, where heads run its kernels, one launch each way instead of
+        ~20 small ones; its reference elsewhere, so ``step`` and analyses on the CPU run a layer
+        configured with ``backend="triton"``, as they did before the op) computes it."""
         c = self.cfg
         if c.norm != "spectral":
             return self.W_h
         if update is None:
             update = self.training
         iters = c.power_iters if iters is None else max(1, iters)
-        W_eff, u = spectral_norm(self.W_h, self.spectral_u, c.spectral_radius, iters, backend=c.backend)
+        backend = c.backend if self.W_h.is_cuda else "naive"  # "triton" would refuse CPU tensors
+        W_eff, u = spectral_norm(self.W_h, self.spectral_u, c.spectral_radius, iters, backend=backend)
         if update:
             with torch.no_grad():
                 self.spectral_u.copy_(u)
