@@ -298,4 +298,7 @@ def test_spectral_norm_refuses_bad_shapes_in_one_line():
     got, got_u = spectral_norm(w, u, 0.9, 2)
     want, want_u = naive.spectral_norm(w, u, 0.9, 2)
     assert torch.equal(got, want) and torch.equal(got_u, want_u)
+    # u_new comes back in u's dtype (the kernels' contract), whatever w_h's
+    for w_dt, u_dt in [(torch.float64, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)]:
+        assert spectral_norm(w.to(w_dt), u.to(u_dt), 0.9, 2)[1].dtype == u_dt
 

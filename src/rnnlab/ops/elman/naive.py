@@ -92,8 +92,9 @@ def spectral_norm(w_h: torch.Tensor, u: torch.Tensor, radius: float, iters: int
     rescaled to spectral norm ``radius`` (E1's ``norm="spectral"``). ``iters`` power iterations
     from ``u`` (``[H]`` or ``[nh, hd]``) estimate the top singular vectors ``u``, ``v`` without
     gradient; ``sigma = |u^T W v|`` with gradient, and ``W_eff = W * radius / (sigma + 1e-8)``: W is
-    always rescaled, never clamped. ``u_new`` (``w_h``'s dtype) is the caller's to store."""
-    W = w_h
+    always rescaled, never clamped. ``u_new`` (``u``'s dtype, as the kernels return it; the
+    iterations run in ``w_h``'s) is the caller's to store."""
+    W, u_dtype = w_h, u.dtype
     with torch.no_grad():
         u = u.to(W.dtype)
         for _ in range(iters):
@@ -107,4 +108,4 @@ def spectral_norm(w_h: torch.Tensor, u: torch.Tensor, radius: float, iters: int
         sigma = (u @ W @ v).abs()
     else:
         sigma = torch.einsum("ne,ned,nd->n", u, W, v).abs()[:, None, None]
-    return W * radius / (sigma + 1e-8), u
+    return W * radius / (sigma + 1e-8), u.to(u_dtype)
