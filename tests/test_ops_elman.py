@@ -373,10 +373,10 @@ def test_extension_load_clears_a_dead_builds_lock_with_one_warning(monkeypatch, 
     assert calls == ["rnnlab_probe"] * 2 and not (folder("rnnlab_probe") / "lock").exists()
 
 
-def test_extension_load_waits_for_a_live_build_and_leaves_its_lock(monkeypatch, tmp_path):
+def test_extension_load_waits_for_a_live_build_and_leaves_its_lock(monkeypatch, tmp_path, capsys):
     """While another process builds the extension (it holds rnnlab's OS lock, torch's ``lock`` in the
-    build folder), a load waits for it instead of taking its ``lock`` for a dead build's; it loads
-    once that build has ended, with no warning."""
+    build folder), a load waits for it instead of taking its ``lock`` for a dead build's, saying so
+    in one line; it loads once that build has ended, with no warning."""
     import subprocess
     import sys
     import threading
@@ -410,12 +410,58 @@ os.remove({str(build / "lock")!r})
             waiter.start()
             time.sleep(0.5)
             assert not calls and (build / "lock").exists()  # still waiting; the live build's lock kept
+            assert capsys.readouterr().err == (f"rnnlab: waiting for another process building the CUDA kernel "
+                                               f"rnnlab_probe (in {tmp_path})\n")
             builder.stdin.write("done\n")
             builder.stdin.flush()
             waiter.join(10)
             assert caught and caught[0][0] == "ext" and not caught[0][1] and calls == ["rnnlab_probe"]
         finally:
             builder.kill()
+
+
+def test_extension_load_without_file_locks_loads_as_torch_does(monkeypatch, tmp_path):
+    """A build folder on a file system that takes no ``flock`` (ENOLCK, EOPNOTSUPP, ENOSYS: some
+    NFS or Lustre mounts) loads the extension as torch's own loader would, with one warning, instead
+    of failing (which would switch the kernel off for the run); another OSError still raises."""
+    import errno
+    import fcntl
+
+    from rnnlab.ops import extensions
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    calls = []
+    _fake_torch_load(monkeypatch, calls)
+    code = [errno.ENOLCK]
+
+    def no_flock(fd, op):
+        raise OSError(code[0], "no locks")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    for code[0] in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+        with pytest.warns(UserWarning, match=r"^rnnlab_probe: .* takes no file lock"):
+            assert extensions.load("rnnlab_probe", sources=["x.cu"]) == "ext"
+    code[0] = errno.EACCES
+    with pytest.raises(OSError, match="no locks"):
+        extensions.load("rnnlab_probe", sources=["x.cu"])
+    assert calls == ["rnnlab_probe"] * 3
+
+
+def test_extension_load_takes_the_callers_build_directory(monkeypatch, tmp_path):
+    """``build_directory=`` (torch's own argument) is where the lock is cleared and the library
+    looked for, not torch's default folder for the name."""
+    from torch.utils import cpp_extension
+
+    from rnnlab.ops import extensions
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "default"))
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "lock").touch()
+    monkeypatch.setattr(cpp_extension, "load", lambda name, **kw: "ext" if not (own / "lock").exists() else "hang")
+    with pytest.warns(UserWarning, match=r"removing .*/own/lock"):
+        assert extensions.load("rnnlab_probe", sources=["x.cu"], build_directory=str(own)) == "ext"
+    assert (tmp_path / "own.rnnlab-lock").exists() and not (tmp_path / "default").exists()
 
 
 def test_persistent_extension_is_named_by_its_source_and_versions(monkeypatch, tmp_path):

@@ -11,11 +11,15 @@ behind, and every later run that needs the kernel on that machine waits forever 
 dies) on a file beside the build folder. While it holds that lock no other rnnlab process is
 building or loading the extension, so a ``lock`` found in the build folder then was left by a
 build that died: it is removed with a one-line warning, and ninja finishes the build. A load that
-has to build says so first, in one line: the run seems to stand still for that minute otherwise.
+has to build, or waits for another process's build, says so first, in one line: the run seems to
+stand still for that minute otherwise. Where the build folder's file system takes no ``flock``
+(some NFS or Lustre mounts), the load goes on as torch's own would, with a warning, instead of
+failing (which would switch the kernel off for the run).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import sys
 import warnings
@@ -29,9 +33,20 @@ def load(name: str, **kwargs):
     name on this machine, after clearing a dead build's ``lock`` (module docstring)."""
     from torch.utils import cpp_extension
 
-    build = Path(cpp_extension._get_build_directory(name, verbose=False))
+    build = Path(kwargs.get("build_directory") or cpp_extension._get_build_directory(name, verbose=False))
     with open(build.parent / f"{build.name}.rnnlab-lock", "a") as held:
-        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or when this process dies
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes or this process dies
+        except BlockingIOError:
+            print(f"rnnlab: waiting for another process building the CUDA kernel {name} (in {build.parent})",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(held, fcntl.LOCK_EX)
+        except OSError as e:
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            warnings.warn(f"{name}: {build.parent} takes no file lock ({e}); loading without one, as torch "
+                          f"does (a build stopped half-way there can hang later loads)")
+            return cpp_extension.load(name=name, **kwargs)
         left = build / "lock"
         if left.exists():
             warnings.warn(f"{name}: removing {left}, left by a build of this kernel that was stopped before "
