@@ -410,8 +410,8 @@ os.remove({str(build / "lock")!r})
             waiter.start()
             time.sleep(0.5)
             assert not calls and (build / "lock").exists()  # still waiting; the live build's lock kept
-            assert capsys.readouterr().err == (f"rnnlab: waiting for another process building the CUDA kernel "
-                                               f"rnnlab_probe (in {tmp_path})\n")
+            assert capsys.readouterr().err == ("rnnlab: waiting for another process building or loading the CUDA "
+                                               f"kernel rnnlab_probe (in {tmp_path})\n")
             builder.stdin.write("done\n")
             builder.stdin.flush()
             waiter.join(10)

@@ -4,8 +4,8 @@ cannot hang every later run.
 ``torch.utils.cpp_extension.load`` marks a build in progress with a file ``lock`` in the build
 folder (created exclusively, removed when the build ends) and makes any other process loading the
 same extension wait while that file exists, with no time limit. A build killed before it removes
-the file (Ctrl-C or a time limit during the minute a first build takes, ``kill -9``) leaves it
-behind, and every later run that needs the kernel on that machine waits forever without a word.
+the file (``kill -9``, or a SIGTERM with Python's default handler, as a time limit sends, during
+the minute a first build takes; a Ctrl-C lets torch remove it) leaves it behind, and every later run that needs the kernel on that machine waits forever without a word.
 
 :func:`load` first takes an OS lock (``fcntl.flock``, which the kernel releases when its holder
 dies) on a file beside the build folder. While it holds that lock no other rnnlab process is
@@ -38,8 +38,8 @@ def load(name: str, **kwargs):
         try:
             fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes or this process dies
         except BlockingIOError:
-            print(f"rnnlab: waiting for another process building the CUDA kernel {name} (in {build.parent})",
-                  file=sys.stderr, flush=True)
+            print(f"rnnlab: waiting for another process building or loading the CUDA kernel {name} "
+                  f"(in {build.parent})", file=sys.stderr, flush=True)
             fcntl.flock(held, fcntl.LOCK_EX)
         except OSError as e:
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
