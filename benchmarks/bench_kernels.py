@@ -780,15 +780,14 @@ def dense_wgmma_probe(add, B, T, reps, dt):
     bounded by measurements: this probe's time plus the package's handshake."""
     import hashlib
 
-    from torch.utils.cpp_extension import load
-
     from rnnlab.ops.elman import persistent
+    from rnnlab.ops.extensions import load
 
     dense_floor(add, B, T, reps, dt, variants=(("stage", "mma"), ("wait", "stage", "mma")), without_clusters=False)
     from rnnlab.ops.elman import wgmma
 
     source = WGMMA_PROBE.read_bytes() + wgmma.HEADER.read_bytes()  # the probe includes the kernel's PTX wrappers
-    ext = load(name=f"rnnlab_dense_wgmma_probe_{hashlib.sha1(source).hexdigest()[:12]}", sources=[str(WGMMA_PROBE)],
+    ext = load(f"rnnlab_dense_wgmma_probe_{hashlib.sha1(source).hexdigest()[:12]}", sources=[str(WGMMA_PROBE)],
                extra_cuda_cflags=persistent.EXT_FLAGS + persistent.HOPPER_ARCH,
                extra_include_paths=[str(wgmma.HEADER.parent)], verbose=False)
     hp, nb, steps = 1792, 32, 2 * T
