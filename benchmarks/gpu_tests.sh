@@ -5,6 +5,9 @@
 # traceback in OUTDIR/failures.txt as soon as it ends (tests/conftest.py), a per-test time limit (a
 # hung or endlessly autotuning test fails with its traceback instead of eating the call).
 # Usage: bash benchmarks/gpu_tests.sh OUTDIR [pytest args, e.g. -k "persistent"]
+# OUTDIR gets up to 7 files (these, commit.txt, date.txt, device.txt, the compile cache) and a call
+# brings back 8 files: when the call writes other files too, tar OUTDIR (a gpu_tests.txt left out
+# is the record lost).
 # GPU_TEST_WORKERS (default 4; the float64 CPU references dominate, so workers share a GPU well; on a
 # machine with several GPUs the workers spread over them, tests/conftest.py),
 # GPU_TEST_TIMEOUT (seconds per test, default 240). The whole `pytest -m gpu` (~720 tests) ran in one
