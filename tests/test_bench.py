@@ -75,7 +75,7 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
     race's mode (compiled); E1 heads' learning rate searched in its fastest mode; a second and a
     third seed of its best row, of Mamba2's own and of E88's own (the third at the mean of the first
     two's steps, so that any card trains the same tokens); that row again with Mamba2-style init;
-    E88's and E1 heads' best rows under the race's optimizer settings (-raceopt)."""
+    E88's and E1 heads' best rows under the race's optimizer settings (-raceopt, at those rows' steps)."""
     race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     runs = {p.name: p.cfg for p in plan_suite(load_suite("e88-recipe-400m"), tmp_path / "recipe")}
     settings = {name: (c.data.batch_size, c.optim.lr) for name, c in runs.items()}
@@ -96,9 +96,10 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
         assert (o.optimizer, tuple(o.betas), o.grad_clip, o.weight_decay, o.decay_marked, o.warmup_steps) == \
             (recipe.optimizer, tuple(recipe.betas), recipe.grad_clip, recipe.weight_decay, recipe.decay_marked,
              recipe.warmup_steps), name
-        third_seed = {"e1-heads-graph-b16-lr9.2e-4-seed44": (5701 + 5889) // 2, "mamba2-b8-lr3e-4-seed44": 6795,
-                      "e88-b16-lr9.2e-4-seed44": (2640 + 2576) // 2}
-        budget = (None, third_seed[name]) if name in third_seed else (5, None)
+        steps = {"e1-heads-graph-b16-lr9.2e-4-seed44": (5701 + 5889) // 2, "mamba2-b8-lr3e-4-seed44": 6795,
+                 "e88-b16-lr9.2e-4-seed44": (2640 + 2576) // 2,  # seeds 42 and 43's mean
+                 "e88-b16-lr9.2e-4-raceopt": 2640, "e1-heads-graph-b16-lr9.2e-4-raceopt": 5701}  # their recipe rows'
+        budget = (None, steps[name]) if name in steps else (5, None)
         assert (c.data.seq_len, (c.budget.minutes, c.budget.steps), c.run.precision) == (512, budget, "bf16"), name
         assert c.run.seed == {"-seed43": 43, "-seed44": 44}.get(name[-7:], 42), name
         init = {"init": "mamba2"} if name.endswith("-mamba2init") else {}  # the race's model, Mamba2's init
