@@ -277,10 +277,10 @@ class E1(nn.Module):
         """Wh_eff: W_h spectrally normalised (per head), or W_h itself for norm "none"/"rms".
 
         ``update`` (default: ``self.training``) stores the new power-iteration vector ``u``;
-        ``iters`` overrides ``power_iters``. The op ``rnnlab.ops.elman.spectral_norm`` (with the
-        layer's ``backend`` on a GPU, where heads run its kernels, one launch each way instead of
-        ~20 small ones; its reference elsewhere, so ``step`` and analyses on the CPU run a layer
-        configured with ``backend="triton"``, as they did before the op) computes it."""
+        ``iters`` overrides ``power_iters``. Computed by the op ``rnnlab.ops.elman.spectral_norm``:
+        on a GPU with the layer's ``backend`` (heads run its kernels, one launch each way instead
+        of ~20 small ones), elsewhere by its reference (a layer configured with ``backend="triton"``
+        still steps on the CPU)."""
         c = self.cfg
         if c.norm != "spectral":
             return self.W_h

@@ -5,7 +5,8 @@ cannot hang every later run.
 folder (created exclusively, removed when the build ends) and makes any other process loading the
 same extension wait while that file exists, with no time limit. A build killed before it removes
 the file (``kill -9``, or a SIGTERM with Python's default handler, as a time limit sends, during
-the minute a first build takes; a Ctrl-C lets torch remove it) leaves it behind, and every later run that needs the kernel on that machine waits forever without a word.
+the minute a first build takes; a Ctrl-C lets torch remove it) leaves it behind, and every later
+run that needs the kernel on that machine waits forever without a word.
 
 :func:`load` first takes an OS lock (``fcntl.flock``, which the kernel releases when its holder
 dies) on a file beside the build folder. While it holds that lock no other rnnlab process is
