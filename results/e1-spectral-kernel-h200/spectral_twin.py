@@ -1,7 +1,7 @@
 """E1 heads d31's training step with its spectral norm on rnnlab.ops.elman.spectral's kernels (the
-package) beside a twin whose layers take the PyTorch reference (``E1.recurrent_weight``'s loop),
+package) beside a twin whose layers take the PyTorch reference (``naive.spectral_norm``),
 compiled + CUDA graph, same weights and batches, one process: ``bench_models.bench`` twice, the
-twin inside ``LazyKernel.replaced`` with a stand-in that takes no weight. Run on the device after
+twin inside ``LazyKernel.replaced`` with a stand-in kernel module that runs the op's reference. Run on the device after
 ``source benchmarks/gpu_env.sh``:
 
     python3 results/e1-spectral-kernel-h200/spectral_twin.py --json OUT/twin.json
@@ -18,9 +18,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from bench_models import DEFAULT, MIN_COMPILE_WARMUP, MODELS, bench, run_meta  # noqa: E402
 
-from rnnlab.layers import e1  # noqa: E402
+from rnnlab.ops import OPS  # noqa: E402
+from rnnlab.ops.elman import naive  # noqa: E402
 
-REFERENCE = types.SimpleNamespace(takes=lambda w: False)  # every layer takes E1's PyTorch loop
+REFERENCE = types.SimpleNamespace(spectral_norm=naive.spectral_norm)  # every layer takes the PyTorch reference
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
     rows = []
     for first in ([True, False] if args.reference_first else [False, True]):
         if first:
-            with e1.SPECTRAL_HEADS.replaced(REFERENCE):
+            with OPS["spectral_norm"].kernel.replaced(REFERENCE):
                 rows.append(row("reference"))
         else:
             rows.append(row("kernels"))
