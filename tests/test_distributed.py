@@ -586,6 +586,21 @@ def test_ends_with_parent_ends_a_process_whose_parent_is_gone_and_only_then(tmp_
     monkeypatch.setattr(signals.os, "kill", kill)
     assert signals._exists(os.getpid())
 
+
+def test_a_process_in_an_ended_state_does_not_exist(monkeypatch):
+    """``_exists``: a process that ``kill(pid, 0)`` still finds is gone when ``/proc`` shows it a zombie
+    (Z) or dead (X), the letters ``peers.ended`` reads too; alive when running or sleeping, and when
+    ``/proc`` shows nothing (kill's answer stands; ``peers.ended`` counts that process gone)."""
+    from rnnlab import signals
+    from rnnlab.train import peers
+
+    for state, alive in (("Z", False), ("X", False), ("R", True), ("S", True), (None, True)):
+        stat = None if state is None else (state, 7)
+        monkeypatch.setattr(signals, "proc_stat", lambda pid, stat=stat: stat)
+        monkeypatch.setattr(peers, "proc_stat", lambda pid, stat=stat: stat)
+        assert signals._exists(os.getpid()) is alive, state
+        assert peers.ended(os.getpid(), 7) is (state is None or not alive), state
+
 def test_a_failed_collective_is_told_apart_and_in_short():
     """``collective_failure``: gloo's RuntimeError and torch.distributed's errors (NCCL's) are a
     failed collective, with a short cause and whether it says a peer is gone; anything else is not."""

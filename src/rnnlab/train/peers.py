@@ -20,7 +20,7 @@ import threading
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from rnnlab.signals import proc_stat
+from rnnlab.signals import ENDED_STATES, proc_stat
 
 # how often the watch looks at the peers, and how long a peer's death gives this rank to end on
 # its own (its collective's error then names the cause) before the watch ends it
@@ -61,7 +61,7 @@ def watchable(peers: dict[int, tuple[int, int]]) -> dict[int, tuple[int, int]]:
 def ended(pid: int, start: int) -> bool:
     """Whether the process ``(pid, start time)`` has ended: gone, a zombie, or its pid reused."""
     stat = proc_stat(pid)
-    return stat is None or stat[0] in "ZX" or stat[1] != start
+    return stat is None or stat[0] in ENDED_STATES or stat[1] != start
 
 
 class LostPeerWatch:
