@@ -202,3 +202,56 @@ def test_once_the_block_is_left_the_thread_does_not_end_the_rank(fast, peer):
     proc.kill()
     watch._thread.join(5)
     assert left and calls == [] and not watch._thread.is_alive()
+
+
+@pytest.fixture
+def closing(monkeypatch):
+    """A 2-rank context whose process group reads as up, its teardown and ``end_lost_rank``
+    recorded: ``(ctx, ends, destroyed)``."""
+    from rnnlab.train import distributed
+
+    ends, destroyed = [], []
+    monkeypatch.setattr(distributed.DistContext, "initialized", property(lambda self: not destroyed))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: destroyed.append(True))
+    monkeypatch.setattr(distributed, "end_lost_rank", lambda rank, message: ends.append((rank, message)))
+    return distributed.DistContext(rank=1, world_size=2, backend="gloo"), ends, destroyed
+
+
+def test_a_peer_gone_at_the_closing_barrier_ends_the_rank_in_one_line(closing, monkeypatch):
+    """``DistContext.close``: a closing barrier that fails because a peer is gone (gloo's error)
+    ends the rank through ``end_lost_rank`` with one line saying training had ended, not with
+    gloo's traceback; any other error is raised, after the teardown."""
+    ctx, ends, destroyed = closing
+    gloo = RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:537] Read error "
+                        "[127.0.0.1]:2994: Connection reset by peer. This is typically caused by ...")
+    monkeypatch.setattr(ctx, "barrier", lambda: (_ for _ in ()).throw(gloo))
+    ctx.close()
+    assert ends == [(1, "another rank ended at the closing barrier, after this rank's training ended "
+                        "(Read error [127.0.0.1]:2994: Connection reset by peer)")]
+    monkeypatch.setattr(ctx, "barrier", lambda: (_ for _ in ()).throw(RuntimeError("CUDA error: an illegal memory access")))
+    destroyed.clear()
+    with pytest.raises(RuntimeError, match="illegal memory access"):
+        ctx.close()
+    assert destroyed == [True] and len(ends) == 1
+
+
+def test_a_peer_that_ends_while_the_closing_barrier_waits_ends_the_rank(fast, peer, closing, monkeypatch):
+    """A closing barrier that never notices its peer is gone (NCCL's waits until the timeout) is
+    watched: the peer's process ending ends this rank after the grace, with its line; a barrier
+    that every rank reaches closes without a word."""
+    ctx, ends, destroyed = closing
+    proc, ident = peer
+    ctx.local_peers = {0: ident}
+    monkeypatch.setattr(ctx, "barrier", lambda: None)
+    ctx.close()
+    assert ends == [] and destroyed == [True]
+    destroyed.clear()
+
+    def waits():  # until the watch has ended the rank (end_lost_rank returns here)
+        proc.kill()
+        _wait_for(ends)
+
+    monkeypatch.setattr(ctx, "barrier", waits)
+    ctx.close()
+    assert ends == [(1, "another rank ended at the closing barrier, after this rank's training ended "
+                        "(rank 0's process has ended)")] and destroyed == [True]

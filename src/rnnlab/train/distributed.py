@@ -40,6 +40,7 @@ import re
 import signal
 import threading
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -47,7 +48,7 @@ from torch import nn
 
 from rnnlab.signals import STOP_SIGNALS
 from rnnlab.train.config import DISTRIBUTED
-from rnnlab.train.peers import local_peers, process_identity, watchable
+from rnnlab.train.peers import LostPeerWatch, end_lost_rank, local_peers, process_identity, watchable
 
 DEFAULT_TIMEOUT_MIN = 60  # barriers wait while rank 0 evaluates / checkpoints; NCCL's 10 min is short
 
@@ -151,14 +152,25 @@ class DistContext:
     def close(self, sync: bool = True) -> None:
         """Leave the process group. ``sync`` (after a normal finish): a barrier first, so no rank
         tears down while another is still inside a collective (gloo can abort at exit otherwise);
-        pass False on an error path, where the other ranks may never arrive."""
-        if self.initialized:
+        pass False on an error path, where the other ranks may never arrive. A peer that ended
+        before the barrier (its collective fails, or a peer on this machine is seen gone while the
+        barrier waits: ``LostPeerWatch``) ends this rank with one line saying that its training had
+        ended (``end_lost_rank``: exit status 1, no teardown that could wait for the peer)."""
+        if self.initialized and sync:
             try:
-                if sync:
+                with LostPeerWatch(self.local_peers, lambda peer: self._end_at_close(f"rank {peer}'s process has ended")):
                     self.barrier()
-            finally:
-                dist.destroy_process_group()
+            except RuntimeError as e:
+                if (failure := collective_failure(e)) is None:
+                    dist.destroy_process_group()
+                    raise
+                self._end_at_close(failure[0])
+        if self.initialized:
+            dist.destroy_process_group()
         self.backend = None
+
+    def _end_at_close(self, cause: str) -> NoReturn:
+        end_lost_rank(self.rank, f"another rank ended at the closing barrier, after this rank's training ended ({cause})")
 
     # ---------------------------------------------------------------- collectives
     def barrier(self) -> None:
