@@ -601,6 +601,7 @@ def test_a_process_in_an_ended_state_does_not_exist(monkeypatch):
         assert signals._exists(os.getpid()) is alive, state
         assert peers.ended(os.getpid(), 7) is (state is None or not alive), state
 
+
 def test_a_failed_collective_is_told_apart_and_in_short():
     """``collective_failure``: gloo's RuntimeError and torch.distributed's errors (NCCL's) are a
     failed collective, with a short cause and whether it says a peer is gone; anything else is not."""

@@ -205,6 +205,10 @@ def ends_with_parent() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+# /proc/PID/stat's state letters of a process that has ended: a zombie (Z) or dead (X)
+ENDED_STATES = "ZX"
+
+
 def _exists(pid: int) -> bool:
     """Whether process ``pid`` lives: not when gone, nor when in an ``ENDED_STATES`` (a zombie: ended,
     its own parent yet to reap it, as a ``kill -9``'ed launcher whose caller waits on pipes this
@@ -217,10 +221,6 @@ def _exists(pid: int) -> bool:
         pass
     stat = proc_stat(pid)
     return stat is None or stat[0] not in ENDED_STATES  # without /proc, kill's answer
-
-
-# /proc/PID/stat's state letters of a process that has ended: a zombie (Z) or dead (X)
-ENDED_STATES = "ZX"
 
 
 def proc_stat(pid: int | str) -> tuple[str, int] | None:
