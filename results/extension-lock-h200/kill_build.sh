@@ -7,7 +7,7 @@ set -u
 out=$1; mkdir -p "$out"
 source benchmarks/gpu_env.sh >/dev/null 2>&1
 export TORCH_EXTENSIONS_DIR=$(mktemp -d)  # no build yet
-{ git rev-parse --short=12 HEAD 2>/dev/null || echo "${RNNLAB_GIT_COMMIT:-unknown}"; date -u; nvidia-smi -L; } > "$out/env.txt" 2>&1
+{ echo "${RNNLAB_GIT_COMMIT:-unknown}"; date -u; nvidia-smi -L; } > "$out/env.txt" 2>&1
 LOAD='import sys, time; from rnnlab.ops.elman import persistent as p
 if sys.argv[1] == "torch":  # torch loader, the same name, sources and flags
     from torch.utils import cpp_extension
