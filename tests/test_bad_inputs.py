@@ -457,3 +457,29 @@ def test_out_of_memory_in_eval_names_the_knob(world, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err == ("rnnlab eval: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): lower "
                    "--batch-size (and --seq-len where the command has it)")
+
+
+def test_a_warning_of_rnnlab_is_one_line_and_others_are_as_python_shows_them(capsys):
+    """Under the command line (``warnings_of_rnnlab_in_one_line``), a UserWarning raised in rnnlab's
+    code (``rnnlab.ops.extensions``' cleared build lock, a kernel that falls back) is one line on
+    stderr; another package's keeps Python's form (file, line, category); leaving the block puts
+    Python's display back."""
+    import warnings
+
+    import rnnlab.ops.registry
+    from rnnlab.cli import warnings_of_rnnlab_in_one_line
+
+    ours, theirs = rnnlab.ops.registry.__file__, torch.__file__
+    passed_on = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = python_shows = lambda message, category, filename, lineno, *rest: passed_on.append(
+            (str(message), category, filename, lineno))
+        with warnings_of_rnnlab_in_one_line():
+            warnings.warn_explicit("e1_scan: GPU kernel unavailable; using the slow reference loop", UserWarning,
+                                   ours, 142)
+            warnings.warn_explicit("a warning of torch's", UserWarning, theirs, 7)
+            warnings.warn_explicit("an old way", DeprecationWarning, ours, 9)
+        assert warnings.showwarning is python_shows
+    assert capsys.readouterr().err == "rnnlab: warning: e1_scan: GPU kernel unavailable; using the slow reference loop\n"
+    assert passed_on == [("a warning of torch's", UserWarning, theirs, 7), ("an old way", DeprecationWarning, ours, 9)]

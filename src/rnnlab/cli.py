@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 from rnnlab import __version__
@@ -114,8 +116,29 @@ def attach_negative_numbers(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     """The command line (``argv`` None: the process's own, and a SIGTERM or SIGHUP handled as a
     Ctrl-C)."""
-    with stops_as_ctrl_c() if argv is None else contextlib.nullcontext():
+    with stops_as_ctrl_c() if argv is None else contextlib.nullcontext(), warnings_of_rnnlab_in_one_line():
         return _main(sys.argv[1:] if argv is None else list(argv))
+
+
+@contextlib.contextmanager
+def warnings_of_rnnlab_in_one_line():
+    """Inside the block, a UserWarning raised in rnnlab's own code shows as one line, ``rnnlab:
+    warning: ...`` (Python's default adds the file, the line number, the category and the line of
+    source that raised it); other warnings show as Python shows them."""
+    shown = warnings.showwarning
+    package = str(Path(__file__).resolve().parent) + os.sep
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if category is UserWarning and str(filename).startswith(package):
+            print(f"rnnlab: warning: {message}", file=file or sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 def _main(argv: list[str]) -> int:
