@@ -230,6 +230,14 @@ def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
     assert "run deep: unknown key(s) ['dpth']" in err and "needs" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_suite_row_target_params_is_checked_where_it_is_written():
+    """``target_params = 0`` (or ``-5``, ``true``) in a suite row is refused naming the suite and
+    row, not planned as the narrowest width."""
+    for bad, message in ((0, "must be positive"), (-5, "must be positive"), (True, "cannot read")):
+        with pytest.raises(ValueError, match=rf"^suite s, run a: target_params: .*{message}"):
+            parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "target_params": bad}]})
+
+
 def _tiny_suite(name: str = "s", runs: str = "ab"):
     """A suite of tiny E1 rows, one per letter of ``runs``."""
     return parse_suite({"name": name, "defaults": {"steps": 3, "device": "cpu"},

@@ -71,6 +71,16 @@ def test_parse_count(text, value):
     assert parse_count(text) == value
 
 
+@pytest.mark.parametrize("given,message", [(0, "must be positive, got '0'"), (-5, "must be positive, got '-5'"),
+                                           (True, "cannot read a parameter count from True")])
+def test_parse_count_checks_a_number_as_it_checks_text(given, message):
+    """A suite file's ``target_params = 0`` (or ``-5``, ``true``) is refused, as ``"0"`` is, not
+    solved to the narrowest width; a number that is a count (``4e8``) still reads."""
+    with pytest.raises(ValueError, match=message):
+        parse_count(given)
+    assert (parse_count(400_000_000), parse_count(4e8)) == (400_000_000, 400_000_000)
+
+
 @pytest.mark.parametrize(
     "argv,message",
     [

@@ -221,8 +221,11 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     bad = sorted(set(row) & set(RUNNER_KEYS))
     if bad:
         raise ValueError(f"{where}: must not set {bad}")
-    return RunSpec(name=name, model=model, target_params=parse_count(target) if target is not None else None,
-                   multiple=multiple, overrides=row)
+    try:
+        target = parse_count(target) if target is not None else None
+    except ValueError as e:
+        raise ValueError(f"{where}: target_params: {e}") from None
+    return RunSpec(name=name, model=model, target_params=target, multiple=multiple, overrides=row)
 
 
 # ------------------------------------------------------------------------------------------ plan
