@@ -649,6 +649,16 @@ def test_report_mean_std_over_seeds(tmp_path):
         assert p.stat().st_size > 1000
 
 
+def test_departures_compare_with_the_suite_as_the_config_reads_it():
+    """A time-matched suite run with ``--steps 1000`` (the config's default steps) departs from it;
+    ``--curve-eval-bytes 256K`` on a suite that writes ``"256K"`` does not."""
+    from rnnlab.bench.report import protocol_overrides
+
+    plan = {"defaults": load_suite("race-400m").defaults}
+    for options, departs in (({"steps": 1000}, {"steps": 1000}), ({"curve_eval_bytes": 256_000, "minutes": 5.0}, {})):
+        assert protocol_overrides({**plan, "invocations": [{"options": options}]}) == departs
+
+
 def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     _synthetic_run(tmp_path, "e1-d26", 1.60, 2.3, 16000.0, depth=26)
     _synthetic_run(tmp_path, "e1-d6", 1.70, 2.4, 25000.0, depth=6, params=258_000)

@@ -22,7 +22,7 @@ from rnnlab.bench import plots as P
 from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_rates, run_seed
 from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.models.config import layer_text
-from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS, TrainConfig, parse_grad_clip
+from rnnlab.train.config import BUDGET_KEYS, FIELDS, WARMUP_STEPS, TrainConfig, apply_overrides, parse_grad_clip
 from rnnlab.train.runtime import git_state, split_dirty
 
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
@@ -440,8 +440,11 @@ def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
     """The command-line options that changed the suite's protocol, over every command that ran in
     the folder: those of ``OVERRIDE_KEYS`` given with a value other than the suite's own, or where
     the suite sets none, the config's default (``--eval-bytes all`` on a suite that scores all is
-    none); a key given different values by different commands maps to the list of them."""
-    shipped = {**TrainConfig().to_dict(), **(plan.get("defaults") or {})}
+    none); a key given different values by different commands maps to the list of them. The suite's
+    values are read as the config reads them (its ``"256K"`` is the flag's 256000), and its budget
+    replaces the default's (a suite of ``minutes`` has no steps, so ``--steps 1000`` departs)."""
+    defaults = {k: v for k, v in (plan.get("defaults") or {}).items() if k in FIELDS}
+    shipped = apply_overrides(TrainConfig(), defaults, source="suite").to_dict()
     found: dict[str, list[Any]] = {}
     for call in invocations(plan):
         for k, v in (call.get("options") or {}).items():
