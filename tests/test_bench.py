@@ -1111,6 +1111,15 @@ def test_sweep_point_names_keep_what_tells_values_apart():
     assert [r.model["layer"] for r in s.runs] == [{"k": 1}] * 3
 
 
+def test_a_sweep_takes_list_values():
+    """``--set betas=[0.9,0.99],[0.9,0.95]`` is two points: a comma inside brackets belongs to the
+    list (it was split there, and refused as "repeats a value"); each folder keeps the items apart."""
+    s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["betas=[0.9,0.99],[0.9,0.95]", "lr=1e-3,2e-3"])
+    assert [r.name for r in s.runs][::2] == ["betas-0.9-0.99_lr-1e-3", "betas-0.9-0.95_lr-1e-3"]
+    assert s.sweep["axes"]["betas"] == [[0.9, 0.99], [0.9, 0.95]]
+    assert plan_suite(s, "unused")[2].cfg.optim.betas == (0.9, 0.95)
+
+
 def test_a_swept_dim_needs_no_base_dim():
     """``--set dim=...`` gives every point its width: no ``--dim`` (or ``--target-params``) is needed."""
     s = build_sweep({"model": "e1", "depth": 2}, ["dim=32,64"])

@@ -31,12 +31,13 @@ FORBIDDEN = SUITE_KEYS + RUNNER_KEYS + ("layer",)
 
 def parse_set(item: str) -> tuple[str, list[str], list]:
     """``"lr=1e-4,3e-4"`` -> ``("lr", ["1e-4", "3e-4"], [0.0001, 0.0003])`` (values as ``--layer``
-    reads them, ``rnnlab.options.parse_value``: ``null`` is None, ``none`` a string)."""
+    reads them, ``rnnlab.options.parse_value``: ``null`` is None, ``none`` a string). A comma inside
+    brackets belongs to a list value: ``betas=[0.9,0.99],[0.9,0.95]`` is two values."""
     key, sep, values = item.partition("=")
     key = key.strip().replace("-", "_") if not key.startswith("layer.") else key.strip()
     if not sep or not key:
         raise ValueError(f"--set {item!r} must look like KEY=V1,V2,... (e.g. lr=1e-4,3e-4)")
-    raw = [v.strip() for v in values.split(",") if v.strip()]
+    raw = [v.strip() for v in re.split(r",(?![^\[]*\])", values) if v.strip()]
     if not raw:
         raise ValueError(f"--set {item!r} lists no values")
     if len(set(raw)) != len(raw):
@@ -60,8 +61,9 @@ def _check_key(key: str) -> None:
 
 
 def _slug(key: str, raw: str) -> str:
+    """``lr-1e-3``; a list value's items apart (``betas-0.9-0.99``)."""
     short = key[6:] if key.startswith("layer.") else key
-    return re.sub(r"[^A-Za-z0-9._+-]", "", f"{short}-{raw}")
+    return re.sub(r"[^A-Za-z0-9._+-]", "", f"{short}-{raw.replace(',', '-')}")
 
 
 def parse_axes(sets: list[str]) -> list[tuple[str, list[str], list]]:
