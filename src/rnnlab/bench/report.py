@@ -243,12 +243,12 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
     return (md_table(header, body) if body else ""), out, left_out
 
 
-def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
+def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
     length, precision, optimizer, lr, weight decay, Adam's betas, gradient clipping, held-out
     bytes, and whether weight decay reached the decay rates A_log, dt_bias, D among the rows whose
-    models have them): such rows do not compare like for like. Parameter counts:
-    ``differing_param_counts``."""
+    models have them): such rows do not compare like for like. A sweep's axes (``swept``) differ
+    by design and are left out. Parameter counts: ``differing_param_counts``."""
     lines = []
     keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
@@ -256,6 +256,8 @@ def protocol_differences(rows: list[dict[str, Any]]) -> list[str]:
              # weight decay on A_log, dt_bias, D, among the rows whose models have them
              "decay rates": {r["name"]: r["protocol"]["decay rates"] for r in rows if r["protocol"]["decay rates"]}}
     for key, values in keyed.items():
+        if key in swept:
+            continue
         groups: list[tuple[Any, list[str]]] = []  # values equal as _same says (floats to rounding)
         for name, v in values.items():
             group = next((g for g in groups if _same(g[0], v)), None)
@@ -501,7 +503,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     if header["seeds"]:
         md.append(f"- **Seeds:** {', '.join(map(str, header['seeds']))} (mean ± sample std over seeds)")
     md += load_lines(header["machine_load"])
-    diffs = protocol_differences(rows)
+    diffs = protocol_differences(rows, swept=(plan.get("sweep") or {}).get("axes") or {})
     sizes = differing_param_counts(rows)
     if sizes and plan.get("runs") and not any(r.get("target_params") for r in plan["runs"]):
         # a suite that sets each model's width, not a parameter budget: by design
