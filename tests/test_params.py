@@ -137,6 +137,13 @@ def test_multiple_must_be_positive_and_its_default_is_shown(capsys):
     assert "width step for --target (default: the model's, 64 for transformer, 32 for the others)" in help_text
 
 
+def test_multiple_without_target_is_refused(capsys):
+    """``--multiple`` steps the solved width only: with ``--dim`` it was ignored without a word."""
+    assert main(["params", "--model", "e1", "--dim", "64", "--depth", "2", "--multiple", "7"]) == 2
+    assert capsys.readouterr().err == ("rnnlab params: error: --multiple is the width step for --target; "
+                                       "give --target with it\n")
+
+
 def test_solve_dim_reaches_the_widest_multiple_below_max_dim():
     """The doubling search stops at MAX_DIM's last multiple, not at the first power of two past it:
     with a step of 3000, 60000 (k = 20) is found although k = 32 would be past 65536."""

@@ -45,6 +45,8 @@ def run(args) -> int:
     values = flag_values(args, ModelConfig)
     if args.target is not None and "dim" in values:
         raise ValueError("give --dim or --target, not both")
+    if args.multiple is not None and args.target is None:  # it steps the solved width only
+        raise ValueError("--multiple is the width step for --target; give --target with it")
     cfg = ModelConfig(**values)  # the model section's keys are its field names
     cfg.validate()
     target = parse_count(args.target) if args.target is not None else None
