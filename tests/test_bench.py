@@ -1165,6 +1165,13 @@ def test_bench_list_and_plan(tmp_path, capsys):
     assert "mamba2" not in captured.out
 
 
+def test_a_sweeps_note_is_under_the_sweeps_name(tmp_path, capsys):
+    """A point whose solved width lands far from ``--target-params`` is noted as ``rnnlab sweep``'s, not bench's."""
+    assert main(["sweep", "--model", "e1", "--depth", "2", "--target-params", "1K", "--set", "lr=1e-3",
+                 "--out", str(tmp_path), "--plan"]) == 0
+    assert capsys.readouterr().err.startswith("rnnlab sweep: note: lr-1e-3 comes to 18,688 parameters")
+
+
 def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
     """Settings outside the plan's columns (batch, seed, the optimizer's betas and clipping) are
     shown on each line where the suite's runs do not all agree on them, and only then."""

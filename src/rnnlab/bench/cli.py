@@ -86,7 +86,7 @@ def _execute(suite, out: Path, args) -> int:
     overrides = {k: v for k, v in config_flag_values(args).items() if k in SUITE_KEYS}
     opts = {"params": getattr(args, "params", None), "seeds": args.seeds, "runs": args.runs}
     plan = plan_suite(suite, out, **opts, **overrides)
-    _note_unreachable_targets(plan)
+    _note_unreachable_targets(plan, "sweep" if suite.sweep else "bench")
     if args.plan:
         _print_plan(suite, plan, out)
         return 0
@@ -107,12 +107,13 @@ def _execute(suite, out: Path, args) -> int:
     return 130 if result["stopped"] else 0
 
 
-def _note_unreachable_targets(plan) -> None:
-    """On stderr, each run whose width solved for ``target_params`` lands more than 10% away from
-    it (as ``rnnlab params --target`` says it: no width at that depth comes closer)."""
+def _note_unreachable_targets(plan, command: str) -> None:
+    """On stderr, under ``rnnlab <command>``'s name, each run whose width solved for
+    ``target_params`` lands more than 10% away from it (as ``rnnlab params --target`` says it: no
+    width at that depth comes closer)."""
     for pr in plan:
         if pr.target_params and abs(pr.params - pr.target_params) > 0.1 * pr.target_params:
-            print(f"rnnlab bench: note: {pr.label} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
+            print(f"rnnlab {command}: note: {pr.label} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
                   f"the nearest to {pr.target_params:,} this depth allows; another depth comes closer", file=sys.stderr)
 
 
