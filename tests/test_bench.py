@@ -230,6 +230,15 @@ def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
     assert "run deep: unknown key(s) ['dpth']" in err and "needs" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_dim_beside_target_params_is_refused():
+    """A suite row or a sweep given both a width and a parameter target: the solved width would
+    replace the dim given without a word."""
+    with pytest.raises(ValueError, match=r"^suite s, run a: needs 'dim' or 'target_params', not both$"):
+        parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32, "target_params": "1M"}]})
+    with pytest.raises(ValueError, match=r"^give --dim or --target-params, not both"):
+        build_sweep({"model": "e1", "depth": 2, "dim": 32}, ["lr=1e-3"], target_params="1M")
+
+
 def test_a_suite_row_target_params_is_checked_where_it_is_written():
     """``target_params = 0`` (or ``-5``, ``true``) in a suite row is refused naming the suite and
     row, not planned as the narrowest width."""

@@ -212,8 +212,8 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     for key in ("model", "depth"):
         if key not in row:
             raise ValueError(f"{where}: needs {key!r}")
-    if "dim" not in row and "target_params" not in row:
-        raise ValueError(f"{where}: needs 'dim' or 'target_params'")
+    if ("dim" in row) == ("target_params" in row):  # both: the solved width would replace dim unsaid
+        raise ValueError(f"{where}: needs 'dim' or 'target_params'" + (", not both" if "dim" in row else ""))
     name = folder_name(row.pop("name", None) or f"{row['model']}-d{row['depth']}", "run name", where)
     target = row.pop("target_params", None)
     multiple = row.pop("multiple", None)

@@ -90,6 +90,8 @@ def build_sweep(model: dict, sets: list[str], *, target_params: str | int | None
     target = parse_count(target_params) if target_params is not None else None
     if target is not None and "dim" in keys:
         raise ValueError("--set dim conflicts with --target-params (the width is solved per point)")
+    if target is not None and "dim" in model:
+        raise ValueError("give --dim or --target-params, not both (the width is solved per point)")
     if "depth" not in model and "depth" not in keys:
         raise ValueError("give --depth (or --set depth=...)")
     if target is None and "dim" not in model and "dim" not in keys:
