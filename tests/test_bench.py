@@ -1170,7 +1170,7 @@ def test_bench_list_and_plan(tmp_path, capsys):
     assert main(["bench", "tiny", "--plan", "--out", str(tmp_path), "--params", "20K", "--runs", "e1,mingru"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ("rnnlab bench: note: mingru comes to 12,480 parameters at depth 2, the nearest to 20,000 "
-                            "this depth allows; another depth comes closer\n")  # e1's 18,688 is within 10%
+                            "this depth allows; another depth may come closer\n")  # e1's 18,688 is within 10%
     assert "mamba2" not in captured.out
 
 
@@ -1871,7 +1871,8 @@ def test_mean_std_is_the_sample_std_over_finite_values():
 
 @pytest.mark.parametrize("n, text", [(999, "999"), (1000, "1.00K"), (9_994, "9.99K"), (10_000, "10.0K"),
                                      (99_940, "99.9K"), (100_000, "100K"), (1_000_000, "1.00M"),
-                                     (12_345_678, "12.3M"), (1e9, "1.00B"), (400e9, "400B"), (None, "-")])
+                                     (12_345_678, "12.3M"), (1e9, "1.00B"), (400e9, "400B"), (None, "-"),
+                                     (999_950, "1.00M"), (99_960, "100K"), (9_996, "10.0K")])
 def test_counts_keep_three_significant_digits(n, text):
     from rnnlab.bench.report import fmt_count
 

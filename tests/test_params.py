@@ -54,7 +54,7 @@ def test_params_cli_says_when_the_target_is_out_of_reach(capsys):
     assert main(["params", "--model", "e1", "--target", "10", "--depth", "2"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("e1 dim=32 depth=2: ") and out.endswith(
-        "(target 10): the nearest this depth allows; another --depth comes closer")
+        "(target 10): the nearest this depth allows; another --depth may come closer")
     assert main(["params", "--model", "e1", "--target", "400M", "--depth", "20"]) == 0
     assert capsys.readouterr().out.strip().endswith("(target 400,000,000)")
 

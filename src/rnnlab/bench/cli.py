@@ -114,7 +114,7 @@ def _note_unreachable_targets(plan, command: str) -> None:
     for pr in plan:
         if pr.target_params and abs(pr.params - pr.target_params) > 0.1 * pr.target_params:
             print(f"rnnlab {command}: note: {pr.label} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
-                  f"the nearest to {pr.target_params:,} this depth allows; another depth comes closer", file=sys.stderr)
+                  f"the nearest to {pr.target_params:,} this depth allows; another depth may come closer", file=sys.stderr)
 
 
 def _print_plan(suite, plan, out: Path) -> None:

@@ -34,9 +34,10 @@ _SHA = re.compile(r"[0-9a-f]{7,64}")
 
 # ------------------------------------------------------------------------------------ format
 def fmt_count(n: float | None) -> str:
+    """``n`` to three significant digits with a K, M or B suffix (``12.3M``)."""
     if n is None:
         return "-"
-    n = float(n)
+    n = float(f"{float(n):.3g}")  # rounded first, so 999,950 is 1.00M, not 1000K
     for div, suf in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
         if abs(n) >= div:
             v = n / div

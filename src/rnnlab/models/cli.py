@@ -64,7 +64,7 @@ def run(args) -> int:
     else:
         extra = f" (target {target:,})" if target is not None else ""
         if target is not None and abs(params - target) > 0.1 * target:
-            extra += ": the nearest this depth allows; another --depth comes closer"
+            extra += ": the nearest this depth allows; another --depth may come closer"
         print(f"{cfg.model} dim={cfg.dim} depth={cfg.depth}: {params:,} parameters{extra}")
     return 0
 
