@@ -1066,6 +1066,25 @@ def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     assert P._depth_series(rows[2:]) == {}
 
 
+def test_sweep_plot_draws_schedule_free_runs_at_their_training_point():
+    """sweep_figure: the held-out panel takes a Schedule-Free run's bpb at y (``val_bpb_train_point``),
+    as the other plots do, and says so; a run with one point (AdamW) at its weights; points in
+    the axis's order, the loss panel the training loss."""
+    from rnnlab.bench import plots as P
+
+    def row(lr, loss, x, y):
+        return {"point": {"lr": lr}, "loss": loss, "loss_std": None, "val_bpb": x, "val_bpb_std": None,
+                "val_bpb_train_point": y, "val_bpb_train_point_std": None}
+
+    fig = P.sweep_figure([row(3e-4, 1.1, 9.0, 1.6), row(1e-4, 1.2, 8.0, 1.7), row(1e-3, 1.0, 1.5, None)], ["lr"])
+    loss_ax, bpb_ax = fig.axes
+    (loss_line, _, _), = loss_ax.containers
+    (bpb_line, _, _), = bpb_ax.containers
+    assert list(loss_line.get_ydata()) == [1.2, 1.1, 1.0]
+    assert (list(bpb_line.get_xdata()), list(bpb_line.get_ydata())) == ([1e-4, 3e-4, 1e-3], [1.7, 1.6, 1.5])
+    assert bpb_ax.get_ylabel() == "held-out bits per byte (Schedule-Free at y)"
+
+
 # ------------------------------------------------------------------------------------ sweep
 def test_sweep_expands_points(tmp_path):
     s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["lr=1e-4,3e-4,1e-3", "layer.heads=1,4"])

@@ -316,7 +316,9 @@ def _numeric(v) -> float | None:
 
 
 def sweep_figure(rows, axes: list[str]):
-    """Loss and held-out bpb vs the first axis; one line per combination of the other axes."""
+    """Loss and held-out bpb vs the first axis; one line per combination of the other axes. A
+    Schedule-Free run's held-out bpb is its training point y's, as the report's other plots draw it
+    (its average x is mostly lost to rounding in pure bf16); other runs' at their weights."""
     plt = pyplot()
     x_axis, rest = axes[0], axes[1:]
     lines: dict[str, list] = {}
@@ -327,16 +329,24 @@ def sweep_figure(rows, axes: list[str]):
     xs_all = [(r.get("point") or {}).get(x_axis) for r in rows]
     numeric = all(_numeric(x) is not None for x in xs_all)
     cats = list(dict.fromkeys(str(x) for x in xs_all))
+    at_y = any(r.get("val_bpb_train_point") is not None for r in rows)
+
+    def value(r, metric):  # (value, std)
+        if metric == "val_bpb" and r.get("val_bpb_train_point") is not None:
+            metric = "val_bpb_train_point"
+        return r.get(metric), r.get(metric + "_std")
+
     fig, axs = plt.subplots(1, 2, figsize=(11, 4.5))
     for metric, ax, label in (("loss", axs[0], "training loss (last-100 mean)"),
-                              ("val_bpb", axs[1], "held-out bits per byte")):
+                              ("val_bpb", axs[1], "held-out bits per byte" + (" (Schedule-Free at y)" if at_y else ""))):
         for i, (key, rs) in enumerate(lines.items()):
             pts = []
             for r in rs:
                 x = (r.get("point") or {}).get(x_axis)
-                if r[metric] is None:
+                v, sd = value(r, metric)
+                if v is None:
                     continue
-                pts.append((float(x) if numeric else cats.index(str(x)), r[metric], r[metric + "_std"] or 0))
+                pts.append((float(x) if numeric else cats.index(str(x)), v, sd or 0))
             if not pts:
                 continue
             pts.sort()
