@@ -28,8 +28,8 @@ def _common_flags(p) -> None:
     b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite (bench: its rows' names; "
                                                       "sweep: its points' names, as --plan prints them)")
     b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU, "
-                                                         "each logging to OUT/logs/<run>.log (default: one "
-                                                         "run at a time in this process)")
+                                                         "each logging to OUT/logs/<run>.log (default, and "
+                                                         "--gpus 1: one run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")
     b.add_argument("--no-progress", action="store_true",
                    help="no per-run progress bar: plain log lines instead, one every log_every steps "
