@@ -1167,7 +1167,8 @@ def test_a_swept_dim_needs_no_base_dim():
 
 
 def test_a_sweep_is_named_as_given_or_after_its_model():
-    """``--name`` names the sweep's suite; without it the suite is ``sweep-<model>``."""
+    """``build_sweep(name=...)`` names the sweep's suite (``rnnlab sweep`` passes ``sweep-<its --out
+    folder's name>``); without it the suite is ``sweep-<model>``."""
     base = {"model": "mingru", "depth": 2, "dim": 32}
     assert (build_sweep(base, ["lr=1e-3"], name="mine").name, build_sweep(base, ["lr=1e-3"]).name) == \
         ("mine", "sweep-mingru")

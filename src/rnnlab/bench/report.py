@@ -436,7 +436,8 @@ LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb
           "tokens per second of training-step time, the first {warmup_steps} steps of each process (compilation, "
           "autotuning) left out; Tok/s (wall) = tokens / the run's whole wall-clock time (start-up, "
           "compilation, evaluation and checkpoints included); MFU (GPU runs) = 6 x parameters x steady tok/s "
-          "over the dense bf16 peak of the GPUs the run used; Memory = peak CUDA memory allocated.")
+          "over the dense bf16 peak of the GPUs the run used; Memory = peak CUDA memory allocated; Time = training-"
+          "step time, the first steps' compilation included, evaluations and checkpoints not.")
 
 
 def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
