@@ -1106,7 +1106,8 @@ def test_sweep_expands_points(tmp_path):
     base = {"model": "e1", "depth": 2, "dim": 64}
     shared = r"cannot sweep 'steps': every point of a sweep shares it, so that the points compare \(set it once with --steps\)"
     for bad, match in ((["out=a,b"], "cannot sweep"), (["steps=1,2"], shared), (["layer=1,2"], "layer.NAME"),
-                       (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"), (["lr=1,1"], "repeats")):
+                       (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"), (["lr=1,1"], "repeats"),
+                       (["lr=0.001,3e-4,1e-3"], r"repeats a value \(0.001 and 1e-3\)")):
         with pytest.raises(ValueError, match=match):
             build_sweep(base, bad)
     with pytest.raises(ValueError, match="conflicts"):

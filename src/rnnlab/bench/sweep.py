@@ -40,9 +40,12 @@ def parse_set(item: str) -> tuple[str, list[str], list]:
     raw = [v.strip() for v in re.split(r",(?![^\[]*\])", values) if v.strip()]
     if not raw:
         raise ValueError(f"--set {item!r} lists no values")
-    if len(set(raw)) != len(raw):
-        raise ValueError(f"--set {item!r} repeats a value")
-    return key, raw, [parse_value(v) for v in raw]
+    parsed = [parse_value(v) for v in raw]
+    same = next(((a, b) for i, a in enumerate(raw) for j, b in enumerate(raw[:i]) if parsed[i] == parsed[j]), None)
+    if same:  # 1e-3 and 0.001 too: two folders training the same point
+        raise ValueError(f"--set {item!r} repeats a value ({same[1]} and {same[0]})" if same[0] != same[1]
+                         else f"--set {item!r} repeats a value ({same[0]})")
+    return key, raw, parsed
 
 
 def _check_key(key: str) -> None:
