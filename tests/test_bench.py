@@ -1145,10 +1145,10 @@ def test_sweep_set_items_are_read_as_typed_and_checked():
 
 
 def test_sweep_point_names_keep_what_tells_values_apart():
-    """A point's folder name keeps ``+`` (``1e+4`` and ``1e4`` are two folders) and a one-letter
+    """A point's folder name keeps ``+`` and ``-`` (``1e+5``, ``1e-4``, as written) and a one-letter
     mixer option's name (``layer.k``)."""
-    s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["lr=1e-4,1e+4,1e4", "layer.k=1"])
-    assert [r.name for r in s.runs] == ["lr-1e-4_k-1", "lr-1e+4_k-1", "lr-1e4_k-1"]
+    s = build_sweep({"model": "e1", "depth": 2, "dim": 64}, ["lr=1e-4,1e+5,1e4", "layer.k=1"])
+    assert [r.name for r in s.runs] == ["lr-1e-4_k-1", "lr-1e+5_k-1", "lr-1e4_k-1"]
     assert [r.model["layer"] for r in s.runs] == [{"k": 1}] * 3
 
 
