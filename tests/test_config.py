@@ -443,3 +443,15 @@ def test_the_betas_flag_takes_exactly_two_numbers():
     for values in (["0.9"], ["0.9", "0.99", "0.5"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["train", "--betas", *values, "--steps", "1"])
+
+
+def test_a_yaml_file_reads_exponent_numbers_as_numbers(tmp_path):
+    """``lr: 3e-4`` in YAML is the number TOML's ``lr = 3e-4`` is (PyYAML alone reads it as a string,
+    which the check of ``lr`` then refused); a quoted one stays a string."""
+    from rnnlab.train.config import load_config, read_config_file
+
+    path = tmp_path / "run.yaml"
+    path.write_text('lr: 3e-4\neps: 1E-8\nweight_decay: 1.5e-2\nwandb: "1e3"\n')
+    assert read_config_file(path) == {"lr": 3e-4, "eps": 1e-8, "weight_decay": 0.015, "wandb": "1e3"}
+    cfg = load_config(path).validate()
+    assert (cfg.optim.lr, cfg.optim.eps) == (3e-4, 1e-8)

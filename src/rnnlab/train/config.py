@@ -416,9 +416,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         elif suffix == ".json":
             d = json.loads(text)
         else:
-            import yaml
-
-            d = yaml.safe_load(text) or {}
+            d = _yaml_load(text) or {}
     except OSError:
         raise
     except Exception as e:  # TOMLDecodeError, JSONDecodeError, yaml.YAMLError, UnicodeDecodeError
@@ -434,6 +432,22 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if isinstance(d.get("model"), dict) and "name" in d["model"] and "model" not in d["model"]:
         d["model"]["model"] = d["model"].pop("name")
     return d
+
+
+def _yaml_load(text: str) -> Any:
+    """``yaml.safe_load``, but a number in exponent form without a dot (``lr: 3e-4``, ``eps: 1e-8``)
+    is a float, as in YAML 1.2 and TOML: PyYAML follows YAML 1.1, which reads it as a string, and
+    the field's check then refused what the file wrote as a number."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+    Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789"))
+    return yaml.load(text, Loader=Loader)
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
