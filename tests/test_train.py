@@ -1134,6 +1134,25 @@ def test_memory_check_counts_one_micro_batch_of_activations(tiny_train, tmp_path
     runtime.check_memory(apply_overrides(cfg, {"grad_accum": 64}), 20_000, torch.device("cpu"))  # ~0.1 GiB
 
 
+def test_memory_check_counts_each_gpus_share_under_torchrun(tiny_train, tmp_path, monkeypatch):
+    """Under torchrun a GPU holds its process's share of the global batch (and under FSDP2 of the
+    state): 8 processes of a batch whose whole activations exceed one GPU fit; a CPU run's
+    processes share one memory, which holds the whole batch."""
+    from rnnlab.train import runtime
+
+    monkeypatch.setattr(runtime, "device_memory", lambda device: 2**30)  # 1 GiB per device
+    cfg = tiny_train(tmp_path / "r", batch_size=64, seq_len=32768)  # ~5 GiB of activations in all
+    runtime.check_memory(cfg, 20_000, torch.device("cuda", 0), world=8)  # ~0.6 GiB on each GPU
+    with pytest.raises(ValueError, match=r"batch_size 64 / 2 processes x seq_len 32768 keeps at least ~2\.\d GiB"):
+        runtime.check_memory(cfg, 20_000, torch.device("cuda", 0), world=2)
+    with pytest.raises(ValueError, match=r"batch_size 64 x seq_len 32768 keeps at least ~5\.\d GiB"):
+        runtime.check_memory(cfg, 20_000, torch.device("cpu"), world=8)
+    big = apply_overrides(cfg, {"batch_size": 8, "seq_len": 32})
+    with pytest.raises(ValueError, match="optimizer state need ~1.5 GiB"):
+        runtime.check_memory(big, 100_000_000, torch.device("cuda", 0), world=4)  # DDP: every GPU holds it all
+    runtime.check_memory(apply_overrides(big, {"distributed": "fsdp2"}), 100_000_000, torch.device("cuda", 0), world=4)
+
+
 def test_minutes_budget_leaves_out_the_warm_up_steps(tiny_train, tmp_path, monkeypatch):
     """An equal-time race must not charge compilation to a model: each process's first 3 steps
     (compilation, autotuning) are outside a --minutes budget, and the summary states them."""

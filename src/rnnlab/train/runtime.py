@@ -71,19 +71,24 @@ def peak_mem_gib(device: torch.device) -> float | None:
     return None
 
 
-def check_memory(cfg, params: int, device: torch.device) -> None:
+def check_memory(cfg, params: int, device: torch.device, world: int = 1) -> None:
     """Refuse a run that cannot fit the device at all: weights + grads + optimizer state, plus a
     lower bound on the activations a step keeps for its backward (each block's input and its
     normalised copy, and the fp32 logits with their gradient, for one micro-batch of
     ``--grad-accum``), so the check never refuses a run that would fit; an out-of-memory error at
-    the first step is reported by the trainer."""
+    the first step is reported by the trainer. Under torchrun (``world`` processes) a GPU holds
+    one process's share of the global batch, and under FSDP2 its share of the state; the
+    processes of a CPU run share one memory, which holds the whole batch."""
     have = device_memory(device)
     if have is None:
         return
+    shares = world if device.type == "cuda" else 1
     bytes_per = 2 if cfg.run.precision == "bf16" else 4
     states = params * bytes_per * 4  # weights, grads, two optimizer moments (z/exp_avg, exp_avg_sq)
+    if cfg.run.distributed == "fsdp2":
+        states //= shares
     act_bytes = 4 if cfg.run.precision == "fp32" else 2  # bf16-mixed: bf16 copies under autocast
-    tokens = cfg.data.batch_size // cfg.data.grad_accum * cfg.data.seq_len
+    tokens = cfg.data.batch_size // shares // cfg.data.grad_accum * cfg.data.seq_len
     activations = tokens * (2 * cfg.model.depth * cfg.model.dim * act_bytes + 2 * cfg.model.vocab_size * 4)
     if states + activations <= have:
         return
@@ -95,6 +100,7 @@ def check_memory(cfg, params: int, device: torch.device) -> None:
             f"precision {cfg.run.precision}, more than the {have / gib:,.1f} GiB of {device}")
     raise ValueError(
         f"a step of batch_size {cfg.data.batch_size}"
+        + (f" / {shares} processes" if shares > 1 else "")
         + (f" / grad_accum {cfg.data.grad_accum}" if cfg.data.grad_accum > 1 else "")
         + f" x seq_len {cfg.data.seq_len} keeps at least "
         f"~{activations / gib:,.1f} GiB of activations (plus {states / gib:,.1f} GiB of weights and optimizer "

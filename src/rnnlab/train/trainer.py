@@ -264,7 +264,7 @@ class Trainer:
         self.val_split, self.extra_val_split, self.stream = open_data(cfg, ctx)
         check_trainable(cfg, self.device)  # before counting builds the model (an official layer warns off CUDA)
         self.n_params = count_params(cfg.model)
-        check_memory(cfg, self.n_params, self.device)
+        check_memory(cfg, self.n_params, self.device, ctx.world_size)
         self.rundir = RunDir(cfg.run.out)
         resume_from = ctx.broadcast_object(self.rundir.prepare(cfg) if ctx.is_main else None)  # rank 0 locks
         try:
