@@ -269,6 +269,30 @@ def test_wandb_missing_is_a_one_line_error_before_the_run_folder(tmp_path, capsy
     assert not run.exists()
 
 
+def test_a_wandb_run_that_cannot_start_leaves_the_run_folder_unused(tmp_path, capsys, monkeypatch):
+    """W&B failing to start (not logged in, no network) is one line, and the fresh run's folder keeps
+    none of what its start wrote (config.json, env.json, wandb-id.txt): the same command runs again
+    and says the same, not "already holds an incomplete run ... pass --overwrite"; without --wandb
+    it trains."""
+    class Error(Exception):
+        pass
+
+    def init(**kwargs):
+        raise Error("api_key not configured (no-tty)")
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, errors=types.SimpleNamespace(Error=Error)))
+    run = tmp_path / "run"
+    argv = ["train", *TINY, "--steps", "2", "--out", str(run)]
+    for _ in range(2):
+        assert main([*argv, "--wandb", "p"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["rnnlab train: error: W&B could not start a run: api_key not configured (no-tty) "
+                       "(WANDB_MODE=offline logs locally)"]
+        assert {p.name for p in run.iterdir()} <= {".lock"}
+    assert main(argv) == 0
+    assert json.loads((run / "summary.json").read_text())["complete"]
+
+
 def test_steady_throughput_leaves_out_the_warm_up_steps():
     """tok/s counts only the steps after the first WARMUP_STEPS (compilation, autotuning): three
     slow first steps do not lower it; before they are over there is no steady rate (None)."""

@@ -470,12 +470,24 @@ class RunDir:
             resume = ("pass --resume with a larger --steps, --minutes or --tokens to extend it" if status == "complete"
                       else "pass --resume to continue it")
             raise ValueError(f"{held}; {resume}, --overwrite to delete it and start over, or choose another --out")
+        self._remove_run_files()
+
+    def _remove_run_files(self) -> None:
         for name in RUN_FILES:
             path = self.file(name)
             if path.is_dir():
                 remove_tree(path)
             else:
                 path.unlink(missing_ok=True)
+
+    def abandon_fresh(self) -> None:
+        """A fresh run that failed before its first step (a W&B run that could not start, the
+        model out of memory): remove what its start wrote, so the same command runs again without
+        ``--overwrite``, and let go of the folder."""
+        try:
+            self._remove_run_files()
+        finally:
+            self.release()
 
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None) -> None:
         """Record the config and this session's environment; a resumed run cuts its logs back to

@@ -270,7 +270,10 @@ class Trainer:
         try:
             self._build(progress, resume_from)
         except BaseException as e:
-            self.rundir.release()
+            if resume_from is None and ctx.is_main:  # nothing trained: leave no half-started run behind
+                self.rundir.abandon_fresh()
+            else:
+                self.rundir.release()
             if is_out_of_memory(e):
                 raise OutOfMemory(f"out of memory building the model on {self.device}: lower --dim or --depth, "
                                   f"or use --precision bf16 or several GPUs (--gpus N --distributed fsdp2)") from None
