@@ -455,3 +455,12 @@ def test_a_yaml_file_reads_exponent_numbers_as_numbers(tmp_path):
     assert read_config_file(path) == {"lr": 3e-4, "eps": 1e-8, "weight_decay": 0.015, "wandb": "1e3"}
     cfg = load_config(path).validate()
     assert (cfg.optim.lr, cfg.optim.eps) == (3e-4, 1e-8)
+
+
+def test_a_token_budget_reads_counts_and_leaves_numbers_to_the_check():
+    """``--tokens 50M`` and ``--tokens 1e9`` are counts; a file's number goes to the field's check
+    (``tokens = true`` is refused as not an integer, not by the text parser's words)."""
+    assert [apply_overrides(TrainConfig(), {"tokens": t}).budget.tokens for t in ("50M", "1e9", 123)] == \
+        [50_000_000, 1_000_000_000, 123]
+    with pytest.raises(ValueError, match=r"^tokens must be a positive integer .*, got True$"):
+        apply_overrides(TrainConfig(), {"tokens": True}).validate()

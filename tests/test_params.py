@@ -65,14 +65,15 @@ def test_solver_matches_seed_search_rule():
 
 
 @pytest.mark.parametrize("text,value", [("400M", 400_000_000), ("1.5B", 1_500_000_000), ("50m", 50_000_000), ("123", 123),
-                                        ("2k", 2_000), ("1G", 1_000_000_000),
+                                        ("2k", 2_000), ("1G", 1_000_000_000), ("1e9", 1_000_000_000),
+                                        ("2.5E8", 250_000_000), ("4e+2K", 400_000),
                                         ("1.005K", 1_005)])  # 1.005 * 1000 = 1004.99999...: rounded, not cut
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
 
 @pytest.mark.parametrize("given,message", [(0, "must be positive, got '0'"), (-5, "must be positive, got '-5'"),
-                                           (True, "cannot read a parameter count from True")])
+                                           (True, "cannot read a count from True")])
 def test_parse_count_checks_a_number_as_it_checks_text(given, message):
     """A suite file's ``target_params = 0`` (or ``-5``, ``true``) is refused, as ``"0"`` is, not
     solved to the narrowest width; a number that is a count (``4e8``) still reads."""
@@ -88,7 +89,7 @@ def test_parse_count_checks_a_number_as_it_checks_text(given, message):
          f"model must be one of {', '.join(MODELS)}, got 'nope'"),  # every registered kind, in order
         (["--model", "e1", "--dim", "0", "--depth", "2"], "dim must be a positive integer (at most 65,536), got 0"),
         (["--model", "e1", "--dim", "64", "--depth", "-3"], "depth must be a positive integer (at most 1,024), got -3"),
-        (["--model", "e1", "--target", "lots", "--depth", "2"], "cannot read a parameter count from 'lots'"),
+        (["--model", "e1", "--target", "lots", "--depth", "2"], "cannot read a count from 'lots'"),
         (["--model", "e1", "--target", "-5M", "--depth", "2"], "parameter count must be positive, got '-5M'"),
         (["--model", "e1", "--dim", "64", "--depth", "2", "--layer", "bogus=1"], "unknown e1 layer option"),
     ],

@@ -20,13 +20,14 @@ _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9}
 
 
 def parse_count(text: str | int | float) -> int:
-    """``"400M"`` -> 400_000_000; ``"1.5B"``, ``"50m"``, ``"123456"`` likewise. A number from a
-    suite file (``target_params = 400000000``) is checked as text is: positive, and no bool."""
+    """``"400M"`` -> 400_000_000; ``"1.5B"``, ``"50m"``, ``"123456"``, ``"1e9"`` likewise. A number
+    from a suite file (``target_params = 400000000``) is checked as text is: positive, and no bool."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         text = str(text)
-    m = re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+)\s*([kKmMbBgG]?)\s*", text) if isinstance(text, str) else None
+    m = (re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMbBgG]?)\s*", text)
+         if isinstance(text, str) else None)
     if not m:
-        raise ValueError(f"cannot read a parameter count from {text!r} (try 400M, 1.5B, 50000000)")
+        raise ValueError(f"cannot read a count from {text!r} (try 400M, 1.5B, 1e9, 50000000)")
     value = int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
     if value <= 0:
         raise ValueError(f"parameter count must be positive, got {text!r}")

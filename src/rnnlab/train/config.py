@@ -70,6 +70,17 @@ def parse_eval_bytes(value: Any) -> Any:
     return value
 
 
+def parse_tokens(value: Any) -> Any:
+    """A token budget written as text, ``"50M"`` or ``"1e9"``, as its count; a number is left for
+    the field's check (an int, positive)."""
+    if isinstance(value, str):
+        try:
+            return parse_count(value)
+        except ValueError:
+            raise ValueError(f"tokens must be a token count (e.g. 50M, 1e9), got {value!r}") from None
+    return value
+
+
 def parse_grad_clip(value: Any) -> Any:
     """0 = no clipping, stored as None: how a suite or config file, which cannot write null,
     switches off clipping that its defaults set."""
@@ -112,7 +123,7 @@ class BudgetConfig:
     minutes: float | None = option(None, help="training minutes (not counted: evaluation, checkpoints and each "
                                               f"process's first {WARMUP_STEPS} steps, i.e. compilation and autotuning)",
                                    bounds=positive(), resumable=True, scope="suite")
-    tokens: int | None = option(None, help="training tokens, e.g. 50M", parse=parse_count,
+    tokens: int | None = option(None, help="training tokens, e.g. 50M", parse=parse_tokens,
                                 bounds=positive(MAX_STEPS * MAX_TOKENS_PER_STEP), resumable=True, scope="suite")
 
     def chosen(self) -> tuple[str, float]:
