@@ -483,9 +483,12 @@ class RunDir:
     def abandon_fresh(self) -> None:
         """A fresh run that failed before its first step (a W&B run that could not start, the
         model out of memory): remove what its start wrote, so the same command runs again without
-        ``--overwrite``, and let go of the folder."""
+        ``--overwrite``, and let go of the folder. A file that will not go is left: the failure
+        being raised says more than an error removing it would."""
         try:
             self._remove_run_files()
+        except OSError:
+            pass
         finally:
             self.release()
 
