@@ -622,6 +622,28 @@ def test_evaluate_is_the_mean_over_every_predicted_byte(tmp_path):
         model.modes.clear()
 
 
+def test_evaluate_scores_each_byte_given_the_bytes_before_it(tmp_path):
+    """``evaluate`` hands the model each window's bytes but its last as the input and the same
+    bytes shifted by one as the targets: target t is the byte after input t. The stand-in above
+    ignores its input, so this checks the input itself: a model shown the targets (or the
+    window unshifted) would score bytes it had already seen."""
+    from rnnlab.eval.bpb import evaluate
+
+    class Recorder(MeanTarget):
+        def forward(self, x, y):
+            self.seen.append((x.clone(), y.clone()))
+            return super().forward(x, y)
+
+    data, split = _val_split(tmp_path)
+    model = Recorder()
+    model.seen = []
+    evaluate(model, split, seq_len=10, batch_size=4)
+    x = torch.cat([x for x, _ in model.seen]).tolist()
+    y = torch.cat([y for _, y in model.seen]).tolist()
+    assert x == [list(data[i:i + 10]) for i in range(0, 100, 10)]  # 11-byte windows, every 10 bytes
+    assert y == [list(data[i + 1:i + 11]) for i in range(0, 100, 10)]
+
+
 @pytest.mark.parametrize("precision,autocast", [("fp32", None), ("bf16", None), ("bf16-mixed", torch.bfloat16)])
 def test_evaluate_runs_under_the_autocast_of_the_runs_precision(tmp_path, precision, autocast):
     """The held-out forward runs as training's does: under bf16 autocast for ``bf16-mixed`` (fp32
@@ -1033,6 +1055,28 @@ def test_grad_accum_equals_the_whole_batch(tiny_train, tmp_path):
     assert max(r["grad_norm"] for r in one) > 0.5  # clipping was active
     w1, w2 = (load_file(run / "ckpt" / "step-000006" / "model.safetensors") for run in runs.values())
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) <= 1e-6
+
+
+def test_a_training_step_predicts_each_byte_from_the_bytes_before_it(tiny_train, tmp_path, monkeypatch):
+    """Each training forward gets its windows but their last byte as the input and the same bytes
+    shifted by one as the targets (target t = the byte after input t), each micro-batch of
+    --grad-accum too. A step that fed the targets as the input would train the model to copy
+    it: its loss would fall as fast as a real run's, so no learning test notices."""
+    from rnnlab.models.lm import LM
+
+    seen, real = [], LM.forward
+
+    def recording(self, idx, targets=None):
+        if self.training:
+            seen.append((idx.clone(), targets.clone()))
+        return real(self, idx, targets)
+
+    monkeypatch.setattr(LM, "forward", recording)
+    run_training(tiny_train(tmp_path / "r", steps=2, grad_accum=2, eval_bytes=256), progress=False)
+    assert len(seen) == 4  # 2 steps x 2 micro-batches
+    for idx, targets in seen:
+        assert idx.shape == targets.shape == (2, 32)
+        assert torch.equal(idx[:, 1:], targets[:, :-1]) and not torch.equal(idx, targets)
 
 
 def test_grad_accum_counts_each_token_once(tiny_train, tmp_path):
