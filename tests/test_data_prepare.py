@@ -184,6 +184,20 @@ def test_corrupt_shard_is_named(tmp_path, capsys, suffix, damage):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("suffix, kind", [(".gz", "gzip"), (".xz", "xz"), (".zst", "Zstandard")])
+def test_a_compressed_file_not_named_so_is_refused_not_copied(tmp_path, capsys, suffix, kind):
+    """``00.jsonl.gzip`` (or a ``.txt`` that is compressed) would be copied as text, its compressed
+    bytes into the corpus: refused before anything is written, naming the suffix that unpacks it."""
+    text = tmp_path / "a.txt"
+    text.write_bytes(b"fine")
+    odd = tmp_path / "00.jsonl.gzip"
+    odd.write_bytes(COMPRESS[suffix](_jsonl("doc")))
+    out = tmp_path / "out.txt"
+    err = _err(capsys, ["data", "prepare", str(text), str(odd), "--out", str(out), "--no-progress"])
+    assert f"{odd} is {kind}-compressed, but its name does not end in {suffix}" in err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("content, msg", [
     (b'{"text": "ok"}\n{"text": tru\n', "line 2 is not valid JSON"),
     (b'{"text": "ok"}\n\n{"body": "x"}\n', "line 3 has no string field 'text'"),

@@ -7,7 +7,8 @@ file's name says its format:
     NAME.jsonl                    JSON lines: each line an object whose FIELD (default "text") is one document
     ... + .xz / .gz / .zst        compressed with lzma, gzip or Zstandard (the Pile ships 00.jsonl.zst)
 
-A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. Documents are
+A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. A gzip, xz or
+Zstandard file not named with its suffix is refused (its compressed bytes are no text). Documents are
 written in order with SEPARATOR between them (default a blank line, ``\\n\\n``, as between the
 documents of registry-pile's shards); empty documents are skipped, and sources holding no text at
 all are refused (an empty corpus would only fail later, in training).
@@ -39,6 +40,8 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
+from rnnlab.data.corpus import COMPRESSED_MAGIC
+
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
 READ_SIZE = 1 << 16
@@ -46,6 +49,8 @@ COMPRESSIONS = (".xz", ".gz", ".zst")
 FOLDER_FORMATS = (".txt", ".jsonl")  # what a folder contributes (before any compression suffix)
 # What a damaged compressed stream raises (gzip's BadGzipFile is an OSError: caught by name).
 CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
+# the suffix that unpacks each compressed format COMPRESSED_MAGIC recognises
+SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst"}
 
 
 class CorpusError(ValueError):
@@ -129,6 +134,8 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
     ``progress``: a bar on stderr when it is a terminal."""
     out = Path(out)
     sources = find_sources(paths)
+    for source in sources:
+        _refuse_unnamed_compression(source)
     if out.exists():
         raise ValueError(f"--out {out} already exists; remove it or choose another name")
     made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # the deepest first
@@ -153,6 +160,20 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
     with _AtomicFile(manifest_path(out)) as m:
         m.write((json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
+
+
+def _refuse_unnamed_compression(source: Source) -> None:
+    """A compressed file whose name lacks its suffix would be copied as text, its compressed bytes
+    into the corpus (and `rnnlab train` would send the user back here): refuse it, naming the suffix."""
+    if source.compression is not None:
+        return
+    with open(source.path, "rb") as f:
+        head = f.read(6)
+    kind = next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+    if kind is not None:
+        raise CorpusError(f"{source.path} is {kind}-compressed, but its name does not end in {SUFFIX_OF[kind]}, "
+                          f"which is what makes prepare unpack it: rename it (its compressed bytes would be "
+                          f"written as text)")
 
 
 def manifest_path(out: str | os.PathLike) -> Path:
