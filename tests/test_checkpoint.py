@@ -688,6 +688,20 @@ def test_weight_files_lists_each_step_once_and_every_copy_of_unknown_step(tmp_pa
     assert run.weight_files() == [own2, copy3, *unknown]
 
 
+def test_weight_files_leave_out_a_hugging_face_export_in_the_run_folder(tmp_path):
+    """``rnnlab export --out RUN/hf`` writes a ``model.safetensors`` (format "pt", keys ``model.*``)
+    that is no copy of the run's weights: listed, it made ``analyze gradflow`` fail on loading it."""
+    from safetensors.torch import load_file, save_file
+
+    run = RunDir(tmp_path / "r")
+    checkpoint.Checkpointer(run.ckpt_dir).save(_tiny_state(2), complete=False)
+    own2 = run.ckpt_dir / "step-000002" / "model.safetensors"
+    (run.path / "hf").mkdir()
+    save_file({f"model.{k}": v for k, v in load_file(str(own2)).items()}, str(run.path / "hf" / "model.safetensors"),
+              metadata={"format": "pt"})  # as transformers' save_pretrained writes it
+    assert run.weight_files() == [own2]
+
+
 def test_overwrite_replaces_only_the_run(tiny_train, tmp_path):
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=3, checkpoint_every=1), progress=False)

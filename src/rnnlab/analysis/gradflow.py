@@ -24,7 +24,7 @@ eval mode:
     tells whether the recurrence itself or the tanh saturation limits the memory.
 
 Several checkpoints of a run (every usable checkpoint in ``ckpt/`` and any other
-``*/model.safetensors`` under the run dir, ordered by their step: ``RunDir.weight_files``) or
+rnnlab ``*/model.safetensors`` under the run dir, ordered by their step: ``RunDir.weight_files``) or
 several runs give one record each, and the plots show the quantities over training steps.
 Output: ``gradflow.json`` and PNG plots in ``--out``.
 """

@@ -323,15 +323,16 @@ class RunDir:
     def weight_files(self) -> list[Path]:
         """The weights of every usable checkpoint and every other ``model.safetensors`` in the
         folder outside ckpt/ (copies of older ones), ordered by the step in their metadata
-        (unknown last); a step seen twice is listed once, the checkpoint's own file first."""
+        (unknown last); a step seen twice is listed once, the checkpoint's own file first. A file
+        whose metadata names another format than rnnlab's is left out: a Hugging Face export
+        (``rnnlab export --out RUN/hf``, format "pt", keys ``model.*``) is no weights of the run's LM."""
         from rnnlab.train.checkpoint import MODEL_FILE, CheckpointError, read_weights_metadata
 
-        def step(p: Path) -> int | None:
+        def metadata(p: Path) -> dict[str, str]:
             try:
-                s = read_weights_metadata(p).get("step")
-                return int(s) if s is not None else None
+                return read_weights_metadata(p)
             except CheckpointError:  # an unreadable copy sorts last rather than failing the listing
-                return None
+                return {}
 
         own = []
         for c in self.checkpointer().checkpoints():
@@ -341,8 +342,13 @@ class RunDir:
             except CheckpointError:
                 continue
         ckpt = self.ckpt_dir.resolve()
-        copies = [(step(p), True, str(p), p) for p in self.path.rglob(MODEL_FILE)
-                  if p.is_file() and ckpt not in p.resolve().parents]
+        copies = []
+        for p in self.path.rglob(MODEL_FILE):
+            if p.is_file() and ckpt not in p.resolve().parents:
+                meta = metadata(p)
+                if meta.get("format", "rnnlab") == "rnnlab":
+                    step = int(meta["step"]) if meta.get("step") is not None else None
+                    copies.append((step, True, str(p), p))
         out, seen = [], set()
         for s, _, _, p in sorted(own + copies, key=lambda r: (r[0] is None, r[0] or 0, r[1], r[2])):
             if s is None or s not in seen:
