@@ -372,6 +372,16 @@ def test_eval_reads_only_the_held_out_file(world, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["data"] == str(world["corpus"])
 
 
+def test_eval_names_a_held_out_tail_as_such(world, capsys):
+    """A run's held-out split that is the tail of its training file is named so: "on FILE" alone is
+    what ``--data FILE`` scores, the whole file."""
+    assert main(["eval", "--run", str(world["run"])]) == 0
+    line = capsys.readouterr().out
+    assert f" on the held-out split of {world['corpus'].resolve()} (its last 1%): val_loss " in line, line
+    assert main(["eval", "--run", str(world["run"]), "--data", str(world["corpus"]), "--eval-bytes", "256"]) == 0
+    assert f" on {world['corpus']}: val_loss " in capsys.readouterr().out
+
+
 def test_a_cuda_only_backend_is_refused_before_the_layer_warns(world, monkeypatch):
     """``--layer backend=official`` on a CPU is refused before the model is built: no warning of the
     official layer's (causal_conv1d missing) precedes the one line (pytest would hide it from capsys)."""

@@ -368,7 +368,10 @@ def run_eval_cmd(args) -> int:
         print(json.dumps(out))
     else:
         at = " at the train point" if args.at == "train-point" else ""
-        print(f"{args.run} (step {out['step']}{at}) on {out['data']}: val_loss {r['loss']:.4f}  "
+        # a held-out tail of the training file is named as such: "on FILE" is what --data FILE scores
+        on = (out["data"] if len(split) == len(split.corpus)
+              else f"the held-out split of {out['data']} (its last {100 * cfg.data.val_fraction:g}%)")
+        print(f"{args.run} (step {out['step']}{at}) on {on}: val_loss {r['loss']:.4f}  "
               f"val_bpb {r['bpb']:.4f}  ({r['bytes']:,} bytes)")
     return 0
 
