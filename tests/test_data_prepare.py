@@ -8,6 +8,7 @@ import hashlib
 import json
 import lzma
 import random
+import signal
 import tracemalloc
 
 import pytest
@@ -238,6 +239,37 @@ def test_interrupted_prepare_leaves_no_file(tmp_path, capsys, monkeypatch):
     assert main(["data", "prepare", *map(str, srcs), "--out", str(out), "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert not out.exists() and not prep.manifest_path(out).exists() and _leftovers(tmp_path) == []
+
+
+def test_a_sigterm_where_ctrl_c_is_ignored_leaves_no_file(tmp_path, capsys, monkeypatch):
+    """``rnnlab data prepare ... &`` in a script ignores Ctrl-C, and a SIGTERM there (``kill``, a
+    scheduler's stop) ended the process at once, leaving the temporary corpus beside --out: during
+    the prepare it is an interrupt, and the handlers before are back after it."""
+    srcs = []
+    for i in range(3):
+        srcs.append(tmp_path / f"{i}.txt")
+        srcs[-1].write_bytes(b"document %d" % i)
+    calls, ended = [], []
+
+    def sigterm_on_third_write(self, data):
+        calls.append(data)
+        if len(calls) == 3:
+            signal.raise_signal(signal.SIGTERM)
+
+    def end(signum, frame):  # stands in for the process's end (the default action) here
+        ended.append(signum)
+
+    monkeypatch.setattr(prep._Corpus, "_write", sigterm_on_third_write)
+    before = signal.signal(signal.SIGTERM, end)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts Python's handler back
+    try:
+        out = tmp_path / "out.txt"
+        assert main(["data", "prepare", *map(str, srcs), "--out", str(out), "--no-progress"]) == 130
+        assert signal.getsignal(signal.SIGTERM) is end and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert ended == [] and "interrupted" in capsys.readouterr().err
+    assert not out.exists() and _leftovers(tmp_path) == []
 
 
 def test_lines_span_blocks():
