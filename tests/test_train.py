@@ -878,6 +878,16 @@ def test_sampling_draws_from_the_softmax_of_logits_over_temperature_within_top_k
     assert [c / n for c in counts] == pytest.approx([w / sum(want) for w in want], abs=0.03)  # 4 sigma
 
 
+def test_a_temperature_so_small_that_logits_overflow_samples_the_most_likely_byte():
+    """``--temperature 1e-40``: logits over it overflow to inf (softmax: nan, multinomial fails);
+    scaled from the largest logit down they give the most likely byte every time, as greedy."""
+    from rnnlab.eval.sampling import generate
+
+    logits = torch.full((256,), -math.inf)
+    logits[list(b"abc")] = torch.tensor([0.0, math.log(3), -0.5])
+    assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-40, seed=0) == b"b" * 20
+
+
 def test_sampling_carries_the_state_from_each_step_to_the_next():
     """Each step starts from the state the previous one returned, the prompt's and the sampled
     bytes' alike: a stand-in whose state counts its steps and whose logits pick byte 'a' + count."""

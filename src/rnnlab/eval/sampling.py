@@ -70,7 +70,10 @@ def _stream(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float, 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:
     if temperature == 0:
         return int(logits.argmax())
-    logits = logits / temperature
+    scaled = logits / temperature
+    if torch.isposinf(scaled).any():  # a temperature so small that a logit overflows: from the max down
+        scaled = (logits - logits.max()) / temperature
+    logits = scaled
     if top_k:
         k = min(int(top_k), logits.numel())
         kth = torch.topk(logits, k).values[-1]
