@@ -50,6 +50,11 @@ def test_train_eval_sample(tmp_path, capsys):
     a = capsys.readouterr().out
     assert main(argv) == 0
     assert a == capsys.readouterr().out and a.startswith("The ")
+    # a prompt of bytes that are no UTF-8, as a shell passes them (Python's surrogate escapes): the
+    # bytes themselves, not "'utf-8' codec can't encode ... surrogates not allowed"
+    raw = os.fsdecode(b"\xff\xfeab")
+    assert main(["sample", "--run", str(run), "--prompt", raw, "--tokens", "3", "--device", "cpu"]) == 0
+    assert capsys.readouterr().out.startswith("\ufffd\ufffdab")
 
 
 def test_config_file_with_flag_overrides(tmp_path, capsys):

@@ -384,7 +384,7 @@ def run_sample(args) -> int:
     from rnnlab.eval.sampling import stream
 
     _, model, _ = RunDir(args.run).load(args.device)
-    prompt = args.prompt.encode("utf-8")
+    prompt = os.fsencode(args.prompt)  # the bytes the shell passed, UTF-8 or not
     new_bytes = stream(model, prompt, args.tokens, args.temperature, args.top_k, args.seed)  # checks first
     # incremental: a character split over bytes prints once whole, an invalid byte as U+FFFD
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
