@@ -670,6 +670,25 @@ def test_report_mean_std_over_seeds(tmp_path):
         assert p.stat().st_size > 1000
 
 
+def test_each_main_table_column_holds_the_metric_its_header_names(tmp_path):
+    """Read by header, not position: MFU sits right after the steady tok/s it is computed from,
+    Time is the training time (not the warm-up within it), and a row of 2 complete seeds and an
+    unfinished one shows plain mean ± std (the unfinished run is not one the mean left out)."""
+    from rnnlab.bench.report import main_table
+
+    for seed, loss, bpb, tok, time_s in ((1, 1.4, 2.0, 20000.0, 100.0), (2, 1.6, 2.2, 22000.0, 120.0)):
+        _synthetic_run(tmp_path, f"a-s{seed}", loss, bpb, tok, seed=seed)
+        _set_summary(tmp_path, f"a-s{seed}", time_s=time_s)
+    _synthetic_run(tmp_path, "a-s3", 3.0, 4.0, 1000.0, seed=3)
+    _set_summary(tmp_path, "a-s3", complete=False)
+    header, _, cells = main_table(aggregate(collect(tmp_path)["records"])).splitlines()
+    row = dict(zip((h.strip() for h in header.strip("|").split("|")), (c.strip() for c in cells.strip("|").split("|"))))
+    sd = 0.1 * 2**0.5  # sample std of two values 0.2 apart
+    assert row == {"Model": "a (partial: 2 of 3 runs complete)", "Params": "400M", "Loss": f"1.5000 ± {sd:.4f}",
+                   "held-out bpb": f"2.1000 ± {sd:.4f}", "Tok/s (steady)": "21.0K ± 1.41K",
+                   "MFU": f"{100 * 6 * 400e6 * 21000 / 989e12:.1f}%", "Tok/s (wall)": "10.5K ± 707",
+                   "Memory": "2.0 ± 0.0 GiB", "Time": "110 s ± 14.1 s"}
+
 def test_departures_compare_with_the_suite_as_the_config_reads_it():
     """A time-matched suite run with ``--steps 1000`` (the config's default steps) departs from it;
     ``--curve-eval-bytes 256K`` on a suite that writes ``"256K"`` does not."""
@@ -746,6 +765,15 @@ def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     warning = md[md.index("averaged weights"):md.index("## Results")]
     assert "bad (+0.70 bpb)" in warning and "rounding" not in warning  # no bf16 to blame
 
+
+@pytest.mark.parametrize("x_minus_y, flagged", [(0.04, False), (0.06, True), (-0.5, False)])
+def test_schedulefree_average_is_flagged_beyond_0_05_bpb_worse_than_its_train_point(x_minus_y, flagged):
+    """The x-vs-y warning threshold is X_VS_Y_TOL = 0.05 bpb, one way: an average x a little
+    worse (rounding noise between two evaluations) or better than y is no warning."""
+    from rnnlab.bench.report import averaging_warning
+
+    rows = [{"name": "r", "val_bpb": 2.0 + x_minus_y, "val_bpb_train_point": 2.0, "protocol": {"precision": "fp32"}}]
+    assert bool(averaging_warning(rows)) == flagged
 
 def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
     """Rows scored on an --extra-val-data file get its bpb at x and y, named after the file, in
@@ -875,11 +903,14 @@ def test_step_spread_needs_min_steps_step_times():
     assert spread([5.0], min_steps=0) is None  # one time is no spread
 
 
-@pytest.mark.parametrize("p90, flagged", [(100.0, False), (114.9, False), (115.1, True)])
-def test_unsteady_steps_are_flagged_beyond_15_percent(p90, flagged):
+@pytest.mark.parametrize("p10, p90, flagged", [(100.0, 100.0, False), (100.0, 114.9, False), (100.0, 115.1, True),
+                                                (90.0, 110.0, True)])
+def test_unsteady_steps_are_flagged_beyond_15_percent(p10, p90, flagged):
+    """The 90th over the 10th percentile step time, not over the median (110 / 90 is flagged
+    though 110 is within 15% of the median 100)."""
     from rnnlab.bench.report import jitter_warning
 
-    rows = [{"name": "a", "gpu_name": "NVIDIA H200", "step_ms": {"median": 100.0, "p10": 100.0, "p90": p90}}]
+    rows = [{"name": "a", "gpu_name": "NVIDIA H200", "step_ms": {"median": 100.0, "p10": p10, "p90": p90}}]
     assert bool(jitter_warning(rows)) == flagged
 
 
@@ -1887,6 +1918,7 @@ def test_mean_std_is_the_sample_std_over_finite_values():
 
     m, s, n = mean_std([1.0, float("nan"), 3.0, None, float("inf")])
     assert (m, n) == (2.0, 2) and s == pytest.approx(2**0.5)
+    assert mean_std([1.0, 2.0, 6.0]) == pytest.approx((3.0, 7**0.5, 3))  # the mean (the median is 2)
     assert mean_std([5.0]) == (5.0, None, 1) and mean_std([None]) == (None, None, 0)
 
 
