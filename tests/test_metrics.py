@@ -44,6 +44,10 @@ def test_batch_job_gets_one_line_per_logged_step_and_eval(no_progress, tmp_path,
     evals = [line for line in err if " eval step " in line]
     assert [int(re.search(r"eval step (\d+):", e)[1]) for e in evals] == [3, 6]
     assert all(f"val_bpb {r['val_bpb']:.4f}" in e for e, r in zip(evals, _records(run / "eval.jsonl")))
+    # each step's tok/s is that step's tokens over its own time (the record's elapsed_s grew by it)
+    recs = [metrics[s] for s in sorted(metrics)]
+    for a, b in zip(recs, recs[1:]):
+        assert b["tok_per_s"] == pytest.approx((b["tokens"] - a["tokens"]) / (b["elapsed_s"] - a["elapsed_s"]), rel=1e-6)
 
 
 def test_log_line_pace_and_eta():
@@ -73,6 +77,8 @@ def test_log_line_pace_and_eta():
                                                     "tok/s 33  elapsed 0:02:30  eta 0:07:30")
     timed.log("train", {**base, "step": 9, "tokens": 9_000, "elapsed_s": 190.0, "warmup_s": 30.0})
     assert out.getvalue().splitlines()[-1].endswith("elapsed 0:03:10  eta 0:07:20")  # 600 - (190 - 30): warm-up left out
+    timed.log("train", {**base, "step": 30, "tokens": 30_000, "elapsed_s": 640.4, "warmup_s": 30.0})
+    assert out.getvalue().splitlines()[-1].endswith("elapsed 0:10:40  eta 0:00:00")  # the last step ran past the budget
 
 
 def test_resumed_run_logs_this_processs_pace(tiny_train, tmp_path, capsys):
@@ -97,6 +103,21 @@ def test_scalar_tags():
     rec = {"step": 3, "tokens": 96, "val_loss": 1.5, "val_bpb": 2.1, "bytes": 4064, "elapsed_s": 1.0,
            "val_bpb_train_point": 2.0, "peak_mem_gib": None}
     assert scalars("eval", rec) == {"eval/loss": 1.5, "eval/bpb": 2.1, "eval/bpb_train_point": 2.0}
+
+
+def test_a_steps_curves_are_its_loss_lr_grad_norm_rate_and_memory():
+    """A training record's step, tokens, elapsed_s and warmup_s are its x axes and bookkeeping,
+    no curve of their own (TensorBoard, W&B)."""
+    rec = {"step": 5, "tokens": 640, "loss": 2.5, "lr": 3e-4, "grad_norm": 0.8, "tok_per_s": 1000.0,
+           "peak_mem_gib": 1.5, "elapsed_s": 2.0, "warmup_s": 1.0}
+    assert scalars("train", rec) == {"train/loss": 2.5, "train/lr": 3e-4, "train/grad_norm": 0.8,
+                                     "train/tok_per_s": 1000.0, "train/peak_mem_gib": 1.5}
+
+
+def test_durations_are_rounded_to_the_second():
+    from rnnlab.train.metrics import duration
+
+    assert (duration(89.6), duration(89.4), duration(3600)) == ("0:01:30", "0:01:29", "1:00:00")
 
 
 def test_scalars_leave_out_flags_text_and_missing_values():
