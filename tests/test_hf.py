@@ -305,6 +305,20 @@ def test_a_given_cache_is_stepped_from_without_use_cache(exported):
     torch.testing.assert_close(second.logits, whole[:, 5:], rtol=0, atol=1e-5)
 
 
+def test_scoring_without_a_cache_runs_the_parallel_forward(exported, monkeypatch):
+    """``model(ids)`` (lm-eval's loglikelihood, perplexity) is the layers' parallel forward, the one
+    training used, not a byte-at-a-time loop of ``LM.step`` (equal logits, T Python steps), and it
+    returns no cache."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("LM.step was called")
+
+    monkeypatch.setattr(model.model, "step", no_step)
+    out = model(torch.tensor([list(PROMPT)]))
+    assert out.logits.shape == (1, len(PROMPT), 256) and out.cache is None
+
+
 def test_labels_give_the_mean_next_byte_cross_entropy(exported):
     """``model(ids, labels=ids).loss`` (HF Trainer, perplexity scripts) is the mean over every
     predicted byte of -log p(next byte): the labels are shifted inside, as for every HF causal LM."""
