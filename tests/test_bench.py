@@ -660,6 +660,9 @@ def test_report_mean_std_over_seeds(tmp_path):
     for r in rows.values():
         assert all(c and c != "-" for c in r), r
     assert "NVIDIA H100 80GB HBM3" in md and "0123456789ab" in md and "/data/pile.txt" in md
+    from rnnlab.train.config import WARMUP_STEPS
+
+    assert f"Tok/s (steady) = training tokens per second of training-step time, the first {WARMUP_STEPS} steps" in md
     doc = json.loads(paths["json"].read_text())
     m = next(r for r in doc["rows"] if r["name"] == "mamba2")
     assert m["loss_n"] == 3 and abs(m["loss_std"] - 0.1) < 1e-9 and m["seeds"] == [1, 2, 3]
@@ -2009,7 +2012,7 @@ def test_report_flags_rows_that_differ_in_betas_or_clipping(tmp_path):
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "> - betas: a, c [0.9, 0.95]; b [0.9, 0.999]" in md
     assert "> - grad_clip: a, b 1.0; c None" in md
-    assert "betas 0.9/0.999 wd" in md and "betas 0.9/0.95 wd 0.1, no clipping" in md
+    assert "betas 0.9/0.999 wd 0.1, clip 1, bf16" in md and "betas 0.9/0.95 wd 0.1, no clipping" in md
 
 
 def test_report_settings_are_the_same_within_float_tolerance(tmp_path):
