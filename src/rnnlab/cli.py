@@ -129,7 +129,7 @@ def warnings_of_rnnlab_in_one_line():
     package = str(Path(__file__).resolve().parent) + os.sep
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if category is UserWarning and str(filename).startswith(package):
+        if category is UserWarning and str(Path(filename).resolve()).startswith(package):
             print(f"rnnlab: warning: {message}", file=file or sys.stderr, flush=True)
         else:
             shown(message, category, filename, lineno, file, line)

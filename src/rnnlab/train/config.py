@@ -58,27 +58,28 @@ def check_device(name: str) -> None:
         raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
+def _count_text(value: Any, must_be: str) -> Any:
+    """A count written as text (``"1M"``, ``"1e9"``) as its int, or the error ``must_be, got
+    ...``; a number is left for the field's check."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return parse_count(value)
+    except ValueError:
+        raise ValueError(f"{must_be}, got {value!r}") from None
+
+
 def parse_eval_bytes(value: Any) -> Any:
     """``"all"`` (or 0) = the whole held-out split, stored as 0; ``"1M"`` = a cap of 1,000,000."""
-    if isinstance(value, str):
-        if value.strip().lower() in ("all", "0"):
-            return 0
-        try:
-            return parse_count(value)
-        except ValueError:
-            raise ValueError(f"eval_bytes must be a byte count (e.g. 1M, 500000) or all, got {value!r}") from None
-    return value
+    if isinstance(value, str) and value.strip().lower() in ("all", "0"):
+        return 0
+    return _count_text(value, "eval_bytes must be a byte count (e.g. 1M, 500000) or all")
 
 
 def parse_tokens(value: Any) -> Any:
     """A token budget written as text, ``"50M"`` or ``"1e9"``, as its count; a number is left for
     the field's check (an int, positive)."""
-    if isinstance(value, str):
-        try:
-            return parse_count(value)
-        except ValueError:
-            raise ValueError(f"tokens must be a token count (e.g. 50M, 1e9), got {value!r}") from None
-    return value
+    return _count_text(value, "tokens must be a token count (e.g. 50M, 1e9)")
 
 
 def parse_grad_clip(value: Any) -> Any:
