@@ -32,6 +32,11 @@ def default_val_path() -> Path:
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "Zstandard"}
 
 
+def compression_of(head: bytes) -> str | None:
+    """The compressed format (a name of ``COMPRESSED_MAGIC``) a file's first 6 bytes announce, or None."""
+    return next((kind for magic, kind in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+
+
 class ByteCorpus:
     """Any raw file as a read-only ``np.memmap`` of uint8 (one token per byte).
 
@@ -50,7 +55,7 @@ class ByteCorpus:
             raise ValueError(f"corpus file {self.path} is empty")
         self.data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(size,))
         head = bytes(self.data[:6])
-        if kind := next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None):
+        if kind := compression_of(head):
             raise ValueError(f"corpus file {self.path} is {kind}-compressed, and rnnlab reads raw bytes: "
                              f"unpack it first (`rnnlab data prepare {self.path} --out FILE` for text or JSON lines)")
         if self.path.suffix == ".jsonl" and head.startswith(b"{"):  # its text would be read with the JSON around it

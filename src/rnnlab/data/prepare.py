@@ -40,7 +40,7 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
-from rnnlab.data.corpus import COMPRESSED_MAGIC
+from rnnlab.data.corpus import compression_of
 
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
@@ -49,7 +49,7 @@ COMPRESSIONS = (".xz", ".gz", ".zst")
 FOLDER_FORMATS = (".txt", ".jsonl")  # what a folder contributes (before any compression suffix)
 # What a damaged compressed stream raises (gzip's BadGzipFile is an OSError: caught by name).
 CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
-# the suffix that unpacks each compressed format COMPRESSED_MAGIC recognises
+# the suffix that unpacks each compressed format corpus.compression_of recognises
 SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst"}
 
 
@@ -168,8 +168,7 @@ def _refuse_unnamed_compression(source: Source) -> None:
     if source.compression is not None:
         return
     with open(source.path, "rb") as f:
-        head = f.read(6)
-    kind = next((k for magic, k in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
+        kind = compression_of(f.read(6))
     if kind is not None:
         raise CorpusError(f"{source.path} is {kind}-compressed, but its name does not end in {SUFFIX_OF[kind]}, "
                           f"which is what makes prepare unpack it: rename it (its compressed bytes would be "
