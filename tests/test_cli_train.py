@@ -520,6 +520,28 @@ def test_sigterms_close_together_are_one_stop(monkeypatch):
         signal.signal(signal.SIGINT, previous)
 
 
+def test_a_sigterm_where_ctrl_c_is_ignored_is_a_keyboard_interrupt(monkeypatch):
+    """Where Ctrl-C is ignored (``cmd &`` in a script) a SIGTERM is the KeyboardInterrupt a Ctrl-C
+    would raise, once for stops close together, again for a later one; SIGINT stays ignored.
+    Ending the process by the signal instead took a bench's runs with it unsaved."""
+    import signal
+
+    from rnnlab import signals
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts Python's handler back
+    try:
+        with signals.stops_as_ctrl_c():
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGTERM)  # the same stop, delivered twice
+            monkeypatch.setattr(signals, "SAME_STOP_S", 0.0)
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signal.SIGTERM)
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_an_ignored_hang_up_stays_ignored():
     """Under ``nohup`` (SIGHUP ignored) ``stops_as_ctrl_c`` leaves SIGHUP ignored and takes SIGTERM
     alone; otherwise it takes both. The handlers before are back after the block."""

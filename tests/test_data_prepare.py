@@ -19,6 +19,7 @@ zstandard = pytest.importorskip("zstandard")
 
 from rnnlab.cli import main  # noqa: E402
 from rnnlab.data import prepare as prep  # noqa: E402
+from rnnlab.signals import stops_as_ctrl_c  # noqa: E402
 
 zstd = zstandard.ZstdCompressor(write_checksum=True).compress  # as the zstd command writes frames
 COMPRESS = {".xz": lzma.compress, ".gz": gzip.compress, ".zst": zstd}
@@ -243,8 +244,8 @@ def test_interrupted_prepare_leaves_no_file(tmp_path, capsys, monkeypatch):
 
 def test_a_sigterm_where_ctrl_c_is_ignored_leaves_no_file(tmp_path, capsys, monkeypatch):
     """``rnnlab data prepare ... &`` in a script ignores Ctrl-C, and a SIGTERM there (``kill``, a
-    scheduler's stop) ended the process at once, leaving the temporary corpus beside --out: during
-    the prepare it is an interrupt, and the handlers before are back after it."""
+    scheduler's stop) ended the process at once, leaving the temporary corpus beside --out: under
+    the command line's handling of stops (``stops_as_ctrl_c``) it is an interrupt."""
     srcs = []
     for i in range(3):
         srcs.append(tmp_path / f"{i}.txt")
@@ -264,7 +265,8 @@ def test_a_sigterm_where_ctrl_c_is_ignored_leaves_no_file(tmp_path, capsys, monk
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts Python's handler back
     try:
         out = tmp_path / "out.txt"
-        assert main(["data", "prepare", *map(str, srcs), "--out", str(out), "--no-progress"]) == 130
+        with stops_as_ctrl_c():  # as main() without arguments, the `rnnlab` command, has it
+            assert main(["data", "prepare", *map(str, srcs), "--out", str(out), "--no-progress"]) == 130
         assert signal.getsignal(signal.SIGTERM) is end and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGTERM, before)

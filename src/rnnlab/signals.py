@@ -143,8 +143,12 @@ def stops_as_ctrl_c():
     runs have saved theirs, and a second one aborts as a second Ctrl-C does (a SIGINT sent to the
     process reaches whichever Ctrl-C handler is in place), unless its handler runs within
     ``SAME_STOP_S`` seconds of the first's (then it is the same stop, delivered twice, and
-    ignored). A SIGHUP that is ignored (``nohup``) stays ignored. Output to a terminal survives its
-    hang-up (``terminal_output``). Main thread only."""
+    ignored). Where Ctrl-C itself is ignored (``cmd &`` in a script) each such stop is the
+    KeyboardInterrupt that Python's Ctrl-C handler would raise: ended at once by the signal, a
+    ``rnnlab bench`` took its runs with it unsaved (they end with it, ``ends_with_parent``) and
+    ``rnnlab data prepare`` left its temporary corpus behind. A SIGHUP that is ignored (``nohup``)
+    stays ignored. Output to a terminal survives its hang-up (``terminal_output``). Main thread
+    only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -152,9 +156,6 @@ def stops_as_ctrl_c():
 
     def handle(signum, frame):
         nonlocal last
-        if not callable(signal.getsignal(signal.SIGINT)):  # Ctrl-C ignored (`cmd &` in a script): end as before
-            signal.signal(signum, signal.SIG_DFL)
-            signal.raise_signal(signum)
         if signum == signal.SIGHUP:
             discard_output(*terminals)
         now = time.monotonic()
@@ -162,6 +163,8 @@ def stops_as_ctrl_c():
             return
         last = now
         print(f"\nrnnlab: {signal.Signals(signum).name} received: handled as a Ctrl-C", file=sys.stderr)
+        if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # `cmd &` in a script: Python's own Ctrl-C
+            raise KeyboardInterrupt
         signal.raise_signal(signal.SIGINT)
 
     with terminal_output() as terminals, handled(handle, [signal.SIGTERM], [signal.SIGHUP]):

@@ -7,12 +7,9 @@ file for ``rnnlab train --data`` (``rnnlab.data.prepare``).
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import sys
 
 from rnnlab.options import path_arg
-from rnnlab.signals import handled
 
 
 def register(sub) -> None:
@@ -39,31 +36,14 @@ def run_prepare(args) -> int:
     from rnnlab.data.prepare import parse_separator, prepare
 
     try:
-        with _stops_interrupt():
-            m = prepare(args.sources, args.out, field=args.field, separator=parse_separator(args.separator),
-                        progress=not args.no_progress)
+        m = prepare(args.sources, args.out, field=args.field, separator=parse_separator(args.separator),
+                    progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"rnnlab data prepare: interrupted; no partial file is left under {args.out}", file=sys.stderr)
         return 130
     print(f"wrote {args.out}: {_count(m['bytes'], 'byte')}, {_count(m['documents'], 'document')} from "
           f"{_count(len(m['sources']), 'source file')}; manifest {args.out}.manifest.json")
     return 0
-
-
-@contextlib.contextmanager
-def _stops_interrupt():
-    """Where Ctrl-C is ignored (``cmd &`` in a script), a SIGTERM or SIGHUP would end the process at
-    once (``rnnlab.signals.stops_as_ctrl_c``), leaving the temporary corpus, as large as the
-    corpus, beside ``--out``: inside the block each interrupts instead, so that it is deleted."""
-    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
-        yield
-        return
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    with handled(interrupt, [signal.SIGTERM], [signal.SIGHUP]):
-        yield
 
 
 def _count(n: int, noun: str) -> str:

@@ -293,7 +293,7 @@ def ignore_stops() -> None:
     closely, would otherwise come as a Ctrl-C while the rank says so and ends. SIGINT last: a
     SIGTERM or SIGHUP still pending runs its handler as ``signal.signal`` starts (CPython), and
     with SIGINT ignored by then ``stops_as_ctrl_c`` would take this for a process whose Ctrl-C is
-    ignored and end it by the signal itself."""
+    ignored and raise a KeyboardInterrupt in the rank's ending."""
     if threading.current_thread() is threading.main_thread():
         for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(s, signal.SIG_IGN)
