@@ -59,6 +59,23 @@ def test_backends_and_dtype():
             ssd_scan(x, dt, A, B[:, :, :1].expand(-1, -1, 3, -1), C[:, :, :1].expand(-1, -1, 3, -1), 8, backend=backend)
 
 
+def test_argument_shapes_are_checked():
+    """ssd_scan refuses A, B, C and the initial state of shapes other than x's, in one line each, on
+    both backends (the reference broadcast a batch-1 B or initial state silently)."""
+    x, dt, A, B, C = _ssd_inputs(T=5)
+    s0 = torch.zeros(2, 4, 3, 5)
+    for args, msg in [((x, dt, A[:2], B, C), r"A must be \[H\] = \(4,\), got \(2,\)"),
+                      ((x, dt, A, B[:1], C), r"B and C must be \[B,T,G,N\] of one shape with B,T = \(2, 5\)"),
+                      ((x, dt, A, B, C[..., :2]), r"B and C must be"),
+                      ((x, dt, A, B[:, :4], C[:, :4]), r"B and C must be")]:
+        for backend in ("naive", "chunked"):
+            with pytest.raises(ValueError, match=msg):
+                ssd_scan(*args, 4, s0, backend=backend)
+    for backend in ("naive", "chunked"):
+        with pytest.raises(ValueError, match=r"initial_state must be \[B,H,P,N\] = \(2, 4, 3, 5\), got \(1, 4, 3, 5\)"):
+            ssd_scan(x, dt, A, B, C, 4, s0[:1], backend=backend)
+
+
 @needs_mamba
 def test_matches_ssd_minimal_discrete():
     from mamba_ssm.modules.ssd_minimal import ssd_minimal_discrete

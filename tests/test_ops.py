@@ -144,6 +144,19 @@ def test_empty_sequence_returns_the_initial_state(name):
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
+def test_an_initial_state_of_another_shape_is_refused(name):
+    """The public function of every op refuses an initial state of another batch or width in one
+    ValueError, on every backend alike (ssd_scan's reference once broadcast a batch-1 state over
+    the batch, where its chunked form raised a RuntimeError from deep inside)."""
+    args, h0, _ = _case(name)
+    public = getattr(rnnlab.ops, name)
+    for bad in (h0[:1], h0[..., :-1]):
+        for backend in set(OPS[name].backends) - {"triton"}:
+            with pytest.raises(ValueError, match="must be"):
+                public(*args, bad, backend=backend)
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_16bit_inputs_meet_fp32_weights_and_state_at_compute_precision(name):
     """As under autocast: bf16 per-time inputs, fp32 weights and initial state (values bf16 cannot
     hold). The reference equals itself on the inputs upcast to fp32, neither the weights nor the

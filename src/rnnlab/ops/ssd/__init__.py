@@ -39,6 +39,23 @@ def mamba_ssm_error() -> str | None:
     return SSD_SCAN.kernel.error
 
 
+def _check(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+           initial_state: torch.Tensor | None) -> None:
+    """Each argument's shape against ``x``'s (that the groups of ``B``/``C`` divide the heads is
+    checked where they are spread over them, ``naive._heads``)."""
+    if x.dim() != 4 or dt.shape != x.shape[:3]:
+        raise ValueError(f"x must be [B,T,H,P] and dt [B,T,H], got {tuple(x.shape)} and {tuple(dt.shape)}")
+    b, T, h, p = x.shape
+    if A.shape != (h,):
+        raise ValueError(f"A must be [H] = {(h,)}, got {tuple(A.shape)}")
+    if B.dim() != 4 or B.shape[:2] != (b, T) or C.shape != B.shape:
+        raise ValueError(f"B and C must be [B,T,G,N] of one shape with B,T = {(b, T)}, got {tuple(B.shape)} "
+                         f"and {tuple(C.shape)}")
+    state = (b, h, p, B.shape[3])
+    if initial_state is not None and initial_state.shape != state:
+        raise ValueError(f"initial_state must be [B,H,P,N] = {state}, got {tuple(initial_state.shape)}")
+
+
 def ssd_scan(
     x: torch.Tensor,
     dt: torch.Tensor,
@@ -51,6 +68,5 @@ def ssd_scan(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [B,T,H,P], final_state [B,H,P,N])`` of the SSD recurrence from ``initial_state``
     (zeros when None); ``y`` in ``x``'s dtype."""
-    if x.dim() != 4 or dt.shape != x.shape[:3]:
-        raise ValueError(f"x must be [B,T,H,P] and dt [B,T,H], got {tuple(x.shape)} and {tuple(dt.shape)}")
+    _check(x, dt, A, B, C, initial_state)
     return SSD_SCAN(x, dt, A, B, C, chunk_size, initial_state, backend=backend)
