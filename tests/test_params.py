@@ -73,7 +73,9 @@ def test_parse_count(text, value):
 
 
 @pytest.mark.parametrize("given,message", [(0, "must be positive, got '0'"), (-5, "must be positive, got '-5'"),
-                                           (True, "cannot read a count from True")])
+                                           (True, "cannot read a count from True"),
+                                           ("1e400", "cannot read a count from '1e400'"),  # inf: no OverflowError
+                                           (1e400, "cannot read a count from 'inf'")])
 def test_parse_count_checks_a_number_as_it_checks_text(given, message):
     """A suite file's ``target_params = 0`` (or ``-5``, ``true``) is refused, as ``"0"`` is, not
     solved to the narrowest width; a number that is a count (``4e8``) still reads."""

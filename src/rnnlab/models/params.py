@@ -8,6 +8,7 @@ study's configs these reproduce its logged counts exactly (``tests/test_params.p
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 
 import torch
@@ -26,9 +27,10 @@ def parse_count(text: str | int | float) -> int:
         text = str(text)
     m = (re.fullmatch(r"\s*(-?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([kKmMbBgG]?)\s*", text)
          if isinstance(text, str) else None)
-    if not m:
+    number = float(m.group(1)) * _SUFFIX[m.group(2).upper()] if m else None
+    if number is None or not math.isfinite(number):  # "1e400" reads as inf
         raise ValueError(f"cannot read a count from {text!r} (try 400M, 1.5B, 1e9, 50000000)")
-    value = int(round(float(m.group(1)) * _SUFFIX[m.group(2).upper()]))
+    value = int(round(number))
     if value <= 0:
         raise ValueError(f"parameter count must be positive, got {text!r}")
     return value
