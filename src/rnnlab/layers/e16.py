@@ -9,8 +9,8 @@
 
 Init: in_proj, out_proj, B, C xavier_uniform; log_A = 0 (A = 0.5). Per layer this is
 ``3*D*di + 2*s*di^2 + s*di`` parameters. The scan is the op ``diag_elman_scan``
-(fp32 internally, returns the input dtype); ``step`` runs the same op on one token and keeps the
-state in fp32.
+(fp32 internally, fp64 for fp64; returns the input dtype); ``step`` runs the same op on one token
+and keeps the state in that compute dtype.
 """
 
 from __future__ import annotations

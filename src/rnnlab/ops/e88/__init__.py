@@ -1,7 +1,7 @@
 """E88's recurrence (the reference study's nonlinear matrix-state cell), see ``naive.py`` for the math.
 
 ``e88_scan(q, k, v, decay, S0=None, backend="auto") -> (y, S_T)`` with ``q, k [B, T, H, n]``,
-``v [B, T, H, m]``, ``decay [B, T, H]`` (in (0, 1), any float dtype; the layer passes fp32),
+``v [B, T, H, m]``, ``decay [B, T, H]`` (in (0, 1), any float dtype; the layer passes the compute dtype),
 ``S0 [B, H, n, m]`` or None (zeros); ``y [B, T, H, m]`` in ``q``'s dtype, ``S_T`` in the compute
 dtype. Implementations: ``naive.py`` (the reference loop) and ``triton.py`` (the GPU kernel:
 one program per (batch row, head) holding its state on chip, the backward recomputing states
