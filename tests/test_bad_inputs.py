@@ -95,7 +95,7 @@ CASES = [
      "the PyTorch reference there)"),
     ("backend_official_cpu", [*TRAIN, "--model", "mamba2", "--dim", "64", "--layer", "backend=official"],
      "mamba2 layer option backend=official runs only on CUDA; this run's device is cpu"),
-    ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be a positive integer, got 'two'"),
+    ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be a positive integer (at most 65,536), got 'two'"),
     ("layer_syntax", [*TRAIN, "--layer", "expansion"], "option 'expansion' must look like KEY=VALUE"),
     # --- train: data and memory
     ("data_missing", [*TRAIN, "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),

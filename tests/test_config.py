@@ -102,7 +102,7 @@ def test_every_field_is_type_checked(key):
     ({"mlp_ratio": "two"}, "mlp_ratio must be a finite number >= 0, got 'two'"),
     ({"mlp_ratio": 0.001}, "mlp_ratio 0.001 gives an MLP of no units at dim 256 (0 means no MLP)"),
     ({"layer": 5}, "layer must be a table of options, got 5"),
-    ({"layer": {"heads": "two"}}, "e1 layer option heads must be a positive integer, got 'two'"),
+    ({"layer": {"heads": "two"}}, "e1 layer option heads must be a positive integer (at most 65,536), got 'two'"),
     ({"vocab_size": 300}, "vocab_size must be one of 256, got 300"),
     ({"distributed": "zero3"}, "distributed must be one of ddp, fsdp2, got 'zero3'"),
 ])

@@ -112,11 +112,11 @@ def test_config_validation():
     E16Config(dim=8).validate()
     for kw, msg in [(dict(dim=-1), "dim must be a positive integer, got -1"),
                     (dict(dim=8.0), "dim must be a positive integer, got 8.0"),
-                    (dict(expansion=0), "expansion must be a positive finite number, got 0"),
+                    (dict(expansion=0), "expansion must be a positive finite number (at most 64), got 0"),
                     (dict(expansion=0.1), "expansion must give at least one inner unit (int(dim*expansion) >= 1), "
                                           "got 0.1 (dim 8)"),
-                    (dict(state_expansion=0), "state_expansion must be a positive integer, got 0"),
-                    (dict(state_expansion=1.5), "state_expansion must be a positive integer, got 1.5"),
+                    (dict(state_expansion=0), "state_expansion must be a positive integer (at most 64), got 0"),
+                    (dict(state_expansion=1.5), "state_expansion must be a positive integer (at most 64), got 1.5"),
                     (dict(backend="heinsen"), "backend must be one of auto, naive, triton, got 'heinsen'")]:
         with pytest.raises(ValueError) as e:
             E16Config(**{"dim": 8, **kw}).validate()

@@ -115,11 +115,11 @@ def test_head_sizes():
 
 
 @pytest.mark.parametrize("kw, msg", [
-    (dict(n_state=0), "n_state must be a positive integer, got 0"),
-    (dict(heads=0), "heads must be a positive integer, got 0"),
-    (dict(heads=2.5), "heads must be a positive integer, got 2.5"),
+    (dict(n_state=0), "n_state must be a positive integer (at most 65,536), got 0"),
+    (dict(heads=0), "heads must be a positive integer (at most 65,536), got 0"),
+    (dict(heads=2.5), "heads must be a positive integer (at most 65,536), got 2.5"),
     (dict(expansion=0.01), "expansion must give int(n_state*expansion) >= 1, got 0.01"),
-    (dict(expansion=float("inf")), "expansion must be a positive finite number, got inf"),
+    (dict(expansion=float("inf")), "expansion must be a positive finite number (at most 64), got inf"),
     (dict(backend="cuda"), "backend must be one of auto, naive, triton, got 'cuda'"),
 ])
 def test_config_errors(kw, msg):

@@ -103,12 +103,13 @@ def test_a_backend_option_names_every_backend_of_its_op():
 
 def _bad_values(opt) -> list:
     """Values the declaration of a ``--layer`` option refuses: text for a number, an unknown
-    choice, and a number just outside its bounds."""
+    choice, and a number just outside its bounds (either end)."""
     if opt.choices:
         return ["bogus"]
     base = opt.type if opt.type in (int, float) else typing.get_args(opt.type)[0]  # int | None -> int
     b = opt.meta.bounds
-    return ["two", base(b.lo if b.lo_open else b.lo - 1)]
+    past_top = [] if b.hi is None else [base(b.hi * 2 if base is float else b.hi + 1)]
+    return ["two", base(b.lo if b.lo_open else b.lo - 1), *past_top]
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
@@ -124,6 +125,35 @@ def test_bad_layer_option_is_one_clear_error(model):
                 ModelConfig(model=model, dim=64, layer={opt.key: bad}).validate()
             what = options.describe(opt.type, opt.choices, opt.meta.bounds)
             assert str(e.value) == f"{model} layer option {opt.key} must be {what}, got {bad!r}"
+
+
+# the numeric --layer options that size nothing (a scale, a rate), so need no top
+SCALES = {"init_scale", "spectral_radius", "rope_base"}
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_the_largest_sizes_build_or_are_refused_in_one_line(model):
+    """Every size and factor a ``--layer`` option takes has a top (``MAX_SIZE``, ``MAX_FACTOR``):
+    at it the model is counted (a model far past any GPU's, on the meta device) or refused by a
+    rule between options, never a torch traceback (``expansion=1e300`` overflowed a weight's size)."""
+    from rnnlab.layers.base import MAX_FACTOR, MAX_SIZE
+    from rnnlab.models.params import count_params
+
+    numeric = [o for o in get_spec(model).layer_options() if o.meta.bounds is not None]
+    tops = {o.key: o.meta.bounds.hi for o in numeric}
+    assert set(tops.values()) <= {None, MAX_SIZE, MAX_FACTOR}
+    unbounded = {o.key for o in numeric if o.meta.bounds.hi is None}
+    assert unbounded <= SCALES, f"{model}: give {sorted(unbounded - SCALES)} a top (MAX_SIZE or MAX_FACTOR)"
+    for key, top in tops.items():
+        if top is None:
+            continue
+        cfg = ModelConfig(model=model, dim=64, depth=1, layer={key: top})
+        try:
+            cfg.validate()
+        except ValueError as e:
+            assert str(e).startswith(f"{model} layer option "), e
+            continue
+        assert count_params(cfg) > 0
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)

@@ -99,11 +99,11 @@ def test_gradcheck_ssd_chunked():
 @pytest.mark.parametrize("kw,msg", [
     (dict(headdim=24), "headdim must divide d_inner = expand*dim = 64, got 24"),
     (dict(ngroups=3), "ngroups must divide the number of heads (4), got 3"),
-    (dict(d_state=0), "d_state must be a positive integer, got 0"),
-    (dict(d_conv=1.5), "d_conv must be a positive integer, got 1.5"),
-    (dict(expand=0), "expand must be a positive integer, got 0"),
+    (dict(d_state=0), "d_state must be a positive integer (at most 65,536), got 0"),
+    (dict(d_conv=1.5), "d_conv must be a positive integer (at most 65,536), got 1.5"),
+    (dict(expand=0), "expand must be a positive integer (at most 64), got 0"),
     (dict(backend="cuda"), "backend must be one of auto, official, reference, got 'cuda'"),
-    (dict(chunk_size=-1), "chunk_size must be a positive integer, got -1"),
+    (dict(chunk_size=-1), "chunk_size must be a positive integer (at most 65,536), got -1"),
 ])
 def test_validate_messages(kw, msg):
     with pytest.raises(ValueError) as e:

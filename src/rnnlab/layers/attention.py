@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_options
+from rnnlab.layers.base import MAX_SIZE, State, check_options
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.options import option, positive
 
@@ -28,7 +28,7 @@ class AttentionConfig:
 
     dim: int
     head_dim: int = option(64, help="width of each attention head (must divide dim, and be even for RoPE)",
-                           bounds=positive())
+                           bounds=positive(MAX_SIZE))
     rope_base: float = option(10000.0, help="RoPE base frequency", bounds=positive())
 
     @property

@@ -43,6 +43,11 @@ OFFICIAL_BACKENDS = ("auto", "official", "reference")  # of a layer with an offi
 # the backends that run only on CUDA tensors: an op's GPU kernel (rnnlab.ops.registry's "triton")
 # and a layer's official implementation (resolve_official)
 CUDA_ONLY_BACKENDS = ("triton", "official")
+# The largest size (a width, a head count, a rank, a state, a kernel, a chunk) and factor (an
+# expansion) a --layer option takes: far past any model a GPU holds, and small enough that no
+# weight's element count overflows at any dim up to MAX_DIM (expansion=1e300 was a torch traceback)
+MAX_SIZE = 65536
+MAX_FACTOR = 64
 
 
 def op_backend_option(backends: tuple[str, ...], **alternatives: str) -> Any:

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import InnerWidth, State, check_options, op_backend_option
+from rnnlab.layers.base import MAX_FACTOR, MAX_SIZE, InnerWidth, State, check_options, op_backend_option
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import (BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan, elman_scan_beside_linear,
                               spectral_norm)
@@ -166,17 +166,17 @@ class E1Config(InnerWidth):
     """E1 options; every default reproduces the reference E1 (see the module docstring)."""
 
     dim: int
-    expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive())
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive(MAX_FACTOR))
     conv: int = option(0, help="kernel size of a causal depthwise conv before the silu (0 = no conv)",
-                       bounds=at_least(0))
+                       bounds=at_least(0, MAX_SIZE))
     heads: int = option(1, help="block-diagonal W_h with this many heads (must divide the state width)",
-                        bounds=positive())
+                        bounds=positive(MAX_SIZE))
     selective: str = option("none", choices=SELECTIVE,
                             help="input-dependent recurrence: none, decay (a sigmoid gate a_t scales W_h h) "
                                  "or lowrank (W_h + U diag(s_t) V^T)")
-    selective_rank: int = option(8, help="rank r of the lowrank selective term", bounds=positive())
+    selective_rank: int = option(8, help="rank r of the lowrank selective term", bounds=positive(MAX_SIZE))
     state_expansion: int = option(1, help="state width K = di * state_expansion, read out by W_r: [di, K]",
-                                  bounds=positive())
+                                  bounds=positive(MAX_FACTOR))
     init: str = option("xavier", choices=INITS,
                        help="initialisation: xavier (the reference's), mamba2 (N(0, 0.02), W_h orthogonal "
                             "x 0.999) or identity (W_h = init_scale * I)")
@@ -187,7 +187,7 @@ class E1Config(InnerWidth):
     spectral_radius: float = option(0.99, help="the spectral norm W_h is rescaled to (norm=spectral)",
                                     bounds=positive())
     power_iters: int = option(3, help="power iterations per training forward estimating W_h's spectral norm",
-                              bounds=positive())
+                              bounds=positive(MAX_SIZE))
     backend: str = op_backend_option(BACKENDS)
 
     @property

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import InnerWidth, State, check_options, op_backend_option
+from rnnlab.layers.base import MAX_FACTOR, InnerWidth, State, check_options, op_backend_option
 from rnnlab.ops.diag import BACKENDS, diag_elman_scan
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.options import option, positive
@@ -32,9 +32,9 @@ class E16Config(InnerWidth):
     """E16 options (the reference's Table B E16 used expansion 2)."""
 
     dim: int = 256
-    expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive())
+    expansion: float = option(1.0, help="inner width di = int(dim * expansion)", bounds=positive(MAX_FACTOR))
     state_expansion: int = option(2, help="state width ds = di * state_expansion (\"E16 s4\" means 4)",
-                                  bounds=positive())
+                                  bounds=positive(MAX_FACTOR))
     backend: str = op_backend_option(BACKENDS)
 
     @property

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import State, check_options, op_backend_option
+from rnnlab.layers.base import MAX_FACTOR, MAX_SIZE, State, check_options, op_backend_option
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.e88 import BACKENDS, e88_scan
@@ -41,11 +41,11 @@ class E88Config:
     """E88 options (the reference's: n 32, expansion 1, balanced heads)."""
 
     dim: int = 256
-    n_state: int = option(32, help="key/query size n per head: the rows of each head's state", bounds=positive())
+    n_state: int = option(32, help="key/query size n per head: the rows of each head's state", bounds=positive(MAX_SIZE))
     expansion: float = option(1.0, help="value size per head m = int(n_state * expansion): the state's columns",
-                              bounds=positive())
+                              bounds=positive(MAX_FACTOR))
     heads: int | None = option(None, help="number of heads (default: balanced, max(1, dim // n_state))",
-                               bounds=positive())
+                               bounds=positive(MAX_SIZE))
     backend: str = op_backend_option(BACKENDS)
 
     @property

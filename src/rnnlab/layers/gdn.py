@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (OfficialOrReference, State, adopt, check_options, official_backend_option,
-                                resolve_official)
+from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, check_options,
+                               official_backend_option, resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.delta import fla_backward_refusal, gated_delta_scan
 from rnnlab.ops.dtypes import compute_dtype
@@ -57,11 +57,11 @@ class GatedDeltaNetConfig:
     """Gated DeltaNet options (fla's layer as the reference study built it: head_dim 128, expand_v 2)."""
 
     dim: int = 256
-    head_dim: int = option(128, help="key/query size K per head", bounds=positive())
+    head_dim: int = option(128, help="key/query size K per head", bounds=positive(MAX_SIZE))
     heads: int | None = option(None, help="number of heads (default: max(1, dim // head_dim), key width ~ dim)",
-                               bounds=positive())
-    expand_v: float = option(2.0, help="value size per head V = head_dim * expand_v", bounds=positive())
-    conv_size: int = option(4, help="kernel size of the causal depthwise convs on q, k, v", bounds=positive())
+                               bounds=positive(MAX_SIZE))
+    expand_v: float = option(2.0, help="value size per head V = head_dim * expand_v", bounds=positive(MAX_FACTOR))
+    conv_size: int = option(4, help="kernel size of the causal depthwise convs on q, k, v", bounds=positive(MAX_SIZE))
     backend: str = official_backend_option("fla's layer and kernels")
 
     @property

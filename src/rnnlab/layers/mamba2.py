@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (OfficialOrReference, State, adopt, check_options, official_backend_option,
-                                resolve_official)
+from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, check_options,
+                               official_backend_option, resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.registry import LazyKernel
@@ -59,13 +59,13 @@ class Mamba2Config:
     """Mamba2 options (mamba_ssm's, with the reference's d_state 64)."""
 
     dim: int
-    d_state: int = option(64, help="SSM state size N per head", bounds=positive())
-    d_conv: int = option(4, help="kernel size of the causal depthwise conv", bounds=positive())
-    expand: int = option(2, help="inner width di = expand * dim", bounds=positive())
-    headdim: int = option(64, help="width of each SSM head (must divide di)", bounds=positive())
+    d_state: int = option(64, help="SSM state size N per head", bounds=positive(MAX_SIZE))
+    d_conv: int = option(4, help="kernel size of the causal depthwise conv", bounds=positive(MAX_SIZE))
+    expand: int = option(2, help="inner width di = expand * dim", bounds=positive(MAX_FACTOR))
+    headdim: int = option(64, help="width of each SSM head (must divide di)", bounds=positive(MAX_SIZE))
     ngroups: int = option(1, help="groups of heads sharing B and C (must divide the number of heads)",
-                         bounds=positive())
-    chunk_size: int = option(256, help="chunk length of the SSD scan", bounds=positive())
+                         bounds=positive(MAX_SIZE))
+    chunk_size: int = option(256, help="chunk length of the SSD scan", bounds=positive(MAX_SIZE))
     backend: str = official_backend_option("mamba_ssm's module and kernels")
 
     @property

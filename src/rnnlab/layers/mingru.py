@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from rnnlab.layers.base import InnerWidth, State, check_options, op_backend_option
+from rnnlab.layers.base import MAX_FACTOR, InnerWidth, State, check_options, op_backend_option
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.scan import BACKENDS, mingru_scan
 from rnnlab.options import option, positive
@@ -31,7 +31,7 @@ class MinRNNConfig(InnerWidth):
 
     dim: int = 256
     expansion: float = option(1.0, help="inner width di = int(dim * expansion); an output projection "
-                                        "di -> dim is added when it is not 1", bounds=positive())
+                                        "di -> dim is added when it is not 1", bounds=positive(MAX_FACTOR))
     backend: str = op_backend_option(BACKENDS, heinsen="the log-space parallel scan the reference trained with")
 
     def validate(self) -> None:
