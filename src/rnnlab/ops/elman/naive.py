@@ -15,11 +15,9 @@ works); the states come back in the input dtype, the final state in the compute 
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 
-from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.ops.dtypes import compute_dtype, loop_over_time
 from rnnlab.ops.registry import traced
 
 
@@ -35,26 +33,11 @@ def recur(h: torch.Tensor, w_h: torch.Tensor) -> torch.Tensor:
     return torch.bmm(hh, w_h.transpose(1, 2)).transpose(0, 1).reshape(h.shape[0], nh * hd)
 
 
-def _loop(wx: torch.Tensor, h0: torch.Tensor | None, cell: Callable) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(h, h_T)`` of ``h_t = cell(t, wx_t, h_{t-1})`` over ``wx: [B, T, H]`` in the compute dtype
-    (``wx_t`` already cast), from ``h0`` (zeros when None)."""
-    B, T, H = wx.shape
-    wx32 = wx.to(compute_dtype(wx.dtype))
-    h = wx32.new_zeros(B, H) if h0 is None else h0.to(wx32.dtype)
-    out = []
-    for t in range(T):
-        h = cell(t, wx32[:, t], h)
-        out.append(h)
-    if not out:
-        return wx.new_zeros(B, 0, H), h
-    return torch.stack(out, dim=1).to(wx.dtype), h
-
-
 def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = None
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h [B, T, H], h_T [B, H])`` of ``h_t = tanh(wx_t + h_{t-1} @ w_h.T)``."""
     w = w_h.to(compute_dtype(wx.dtype))
-    return _loop(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w)))
+    return loop_over_time(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w)))
 
 
 def elman_scan_beside_linear(wx: torch.Tensor, w_h: torch.Tensor, x: torch.Tensor, wl: torch.Tensor
@@ -68,7 +51,7 @@ def elman_decay_scan(wx: torch.Tensor, w_h: torch.Tensor, a: torch.Tensor, h0: t
     """``(h, h_T)`` of ``h_t = tanh(wx_t + a_t * (h_{t-1} @ w_h.T))`` (E1 ``selective="decay"``)."""
     dt = compute_dtype(wx.dtype)
     w, a = w_h.to(dt), a.to(dt)
-    return _loop(wx, h0, lambda t, x, h: torch.tanh(x + a[:, t] * recur(h, w)))
+    return loop_over_time(wx, h0, lambda t, x, h: torch.tanh(x + a[:, t] * recur(h, w)))
 
 
 def elman_lowrank_scan(wx: torch.Tensor, w_h: torch.Tensor, U: torch.Tensor, V: torch.Tensor, s: torch.Tensor,
@@ -77,7 +60,7 @@ def elman_lowrank_scan(wx: torch.Tensor, w_h: torch.Tensor, U: torch.Tensor, V: 
     ``selective="lowrank"``: the recurrent matrix plus an input-dependent rank-r term)."""
     dt = compute_dtype(wx.dtype)
     w, U, V, s = w_h.to(dt), U.to(dt), V.to(dt), s.to(dt)
-    return _loop(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w) + ((h @ V) * s[:, t]) @ U.t()))
+    return loop_over_time(wx, h0, lambda t, x, h: torch.tanh(x + recur(h, w) + ((h @ V) * s[:, t]) @ U.t()))
 
 
 def unit(v: torch.Tensor) -> torch.Tensor:

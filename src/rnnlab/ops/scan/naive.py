@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.ops.dtypes import compute_dtype, loop_over_time
 
 Scan = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
@@ -34,17 +34,8 @@ Scan = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequential ``h_t = a_t * h_{t-1} + b_t`` (fp32 loop): ``(h [B, T, H], h_T [B, H])``."""
-    dtype = b.dtype
-    ct = compute_dtype(dtype)
-    a, b = a.to(ct), b.to(ct)
-    h = b.new_zeros(b.shape[0], b.shape[2]) if h0 is None else h0.to(ct)
-    out = []
-    for t in range(b.shape[1]):
-        h = a[:, t] * h + b[:, t]
-        out.append(h)
-    if not out:
-        return b.to(dtype), h
-    return torch.stack(out, dim=1).to(dtype), h
+    a = a.to(compute_dtype(b.dtype))
+    return loop_over_time(b, h0, lambda t, b_t, h: a[:, t] * h + b_t)
 
 
 def _signed_log(x: torch.Tensor, floor: float) -> tuple[torch.Tensor, torch.Tensor]:
