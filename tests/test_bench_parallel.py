@@ -272,20 +272,29 @@ def _bench_two_long_runs(tmp_path, **popen):
     return bench, out
 
 
-def test_one_ctrl_c_to_the_bench_saves_every_running_run(tmp_path):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm-where-ctrl-c-is-ignored"])
+def test_one_stop_to_the_bench_saves_every_running_run(tmp_path, stop):
     """`rnnlab bench --gpus 2` with two real training processes (on the CPU; the device list is
     faked): one Ctrl-C to the bench's whole process group, as a terminal sends it, reaches each
     run once (through the bench: each runs in a session of its own), so each finishes its step,
-    saves a checkpoint and stops; none takes a second delivery as "abort"."""
+    saves a checkpoint and stops; none takes a second delivery as "abort". So does a SIGTERM to a
+    bench started where Ctrl-C is ignored (`rnnlab bench ... &` in a script), which ended the bench
+    at once, and its runs with it, unsaved."""
     import os
     import signal
     import subprocess
 
+    ignored = stop != "ctrl-c"
     bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      start_new_session=True)
+                                      start_new_session=True,
+                                      preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None)
     try:
-        os.killpg(bench.pid, signal.SIGINT)  # the terminal's Ctrl-C: the bench's whole group
+        if ignored:
+            bench.send_signal(signal.SIGTERM)  # `kill`, a scheduler's stop: the bench alone
+        else:
+            os.killpg(bench.pid, signal.SIGINT)  # the terminal's Ctrl-C: the bench's whole group
         output = bench.communicate(timeout=120)[0].decode()
+        assert bench.returncode == 130, output
     finally:
         if bench.poll() is None:
             os.killpg(bench.pid, signal.SIGKILL)
