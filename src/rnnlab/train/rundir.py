@@ -445,15 +445,14 @@ class RunDir:
         budget = cfg.max_steps()
         kind, _ = cfg.budget.chosen()
         summary = self.summary() or {}
-        finished = summary.get("complete") and summary.get("val_bpb") is not None and summary.get("steps") == budget
+        if summary.get("complete") and summary.get("val_bpb") is not None and summary.get("steps") == budget:
+            self._refuse_changing_a_finished_run(saved, cfg, kind)
 
         def within_budget(checkpoint) -> None:
             past = self.past_budget(checkpoint.step, cfg)
             if past is not None:
                 raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}{past}: nothing to "
                                  f"train, nothing changed (a larger --{kind} extends a run)")
-            if finished:
-                self._refuse_changing_a_finished_run(saved, cfg, kind)
 
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
 
