@@ -348,24 +348,6 @@ def test_a_finished_run_resumed_with_new_eval_bytes_and_no_larger_budget_is_refu
     assert again["steps"] == 3 and again["val_bytes"] < first["val_bytes"]
 
 
-def test_a_finished_run_resumed_with_another_setting_and_no_larger_budget_is_refused(tiny_train, tmp_path):
-    """A complete run, resumed at its budget with --eval-every changed, would train and score
-    nothing and only rewrite config.json, which would then misstate its evaluations: refused,
-    naming the setting; the same settings resume (nothing to do); a larger budget takes it."""
-    run = tmp_path / "r"
-    run_training(tiny_train(run, steps=2), progress=False)
-    config = (run / "config.json").read_text()
-    with pytest.raises(ValueError, match=r"complete at this budget and its final evaluation is done, so eval_every 1 "
-                                         r"\(it ran with 0\) would change nothing but config.json: leave it as it was "
-                                         r"\(a larger --steps extends the run\)"):
-        RunDir(run).prepare(tiny_train(run, steps=2, resume=True, eval_every=1))
-    assert (run / "config.json").read_text() == config
-    same = RunDir(run)
-    same.prepare(tiny_train(run, steps=2, resume=True))
-    same.release()
-    assert run_training(tiny_train(run, steps=3, resume=True, eval_every=1), progress=False)["steps"] == 3
-
-
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
     state = trainer.TrainState(None, None, None)
     for i in range(5):

@@ -491,16 +491,6 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, 
     return None
 
 
-def changed_settings(saved: dict[str, Any], cfg: TrainConfig) -> list[tuple[str, Any, Any]]:
-    """The fields a run may change on resuming (``RESUMABLE``: evaluation, checkpoints, logging,
-    how it runs) that ``cfg`` sets otherwise than ``saved``, as (key, saved value, new value) by
-    key; the budget and how this session was started (``out``, ``resume``, ``overwrite``) aside."""
-    new, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    pairs = ((k, saved.get(k, defaults.get(k)), new.get(k))
-             for k in sorted(RESUMABLE - {*BUDGET_KEYS, "out", "resume", "overwrite"}))
-    return [(k, old, value) for k, old, value in pairs if _norm(old) != _norm(value)]
-
-
 def _norm(v):
     if isinstance(v, (tuple, list)):
         return [_norm(x) for x in v]

@@ -41,8 +41,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, changed_settings,
-                                 legacy_hint, resume_mismatch)
+from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, legacy_hint,
+                                 resume_mismatch)
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
@@ -445,8 +445,14 @@ class RunDir:
         budget = cfg.max_steps()
         kind, _ = cfg.budget.chosen()
         summary = self.summary() or {}
-        if summary.get("complete") and summary.get("val_bpb") is not None and summary.get("steps") == budget:
-            self._refuse_changing_a_finished_run(saved, cfg, kind)
+        new_cap = cfg.run.eval_bytes
+        if (summary.get("complete") and summary.get("val_bpb") is not None and summary.get("steps") == budget
+                and saved.get("eval_bytes") != new_cap):  # the final evaluation is done and not redone
+            text = "all" if not new_cap else str(new_cap)
+            raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final evaluation "
+                             f"is done, so --eval-bytes {text} would score nothing and only rewrite {CONFIG}: "
+                             f"`rnnlab eval --run {self.path} --eval-bytes {text}` scores it again (a larger --{kind} "
+                             f"extends the run, its final evaluation then scoring {text})")
 
         def within_budget(checkpoint) -> None:
             past = self.past_budget(checkpoint.step, cfg)
@@ -455,25 +461,6 @@ class RunDir:
                                  f"train, nothing changed (a larger --{kind} extends a run)")
 
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
-
-    def _refuse_changing_a_finished_run(self, saved: dict[str, Any], cfg, kind: str) -> None:
-        """A run complete at ``cfg``'s budget, its final evaluation done, trains and scores nothing
-        more when resumed: a setting changed for it (``--eval-every``, ``--eval-bytes``, ...)
-        would only rewrite its config.json, which would then misstate how the run was made. A new
-        ``--extra-val-data`` is the exception: the resumed run scores that file."""
-        changed = [c for c in changed_settings(saved, cfg) if c[0] != "extra_val_data"]
-        if not changed:
-            return
-        if any(key == "eval_bytes" for key, _, _ in changed):
-            text = "all" if not cfg.run.eval_bytes else str(cfg.run.eval_bytes)
-            raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final evaluation "
-                             f"is done, so --eval-bytes {text} would score nothing and only rewrite {CONFIG}: "
-                             f"`rnnlab eval --run {self.path} --eval-bytes {text}` scores it again (a larger --{kind} "
-                             f"extends the run, its final evaluation then scoring {text})")
-        key, old, new = changed[0]
-        raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final evaluation is "
-                         f"done, so {key} {json.dumps(new)} (it ran with {json.dumps(old)}) would "
-                         f"change nothing but {CONFIG}: leave it as it was (a larger --{kind} extends the run)")
 
     def _clear(self, cfg) -> None:
         """A fresh run: refuse a folder holding a run, or delete that run's files (``overwrite``)."""
