@@ -241,9 +241,27 @@ def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypa
     assert cmd[-3:] == ["--config", str(Path("out") / "logs" / "e1.json"), "--no-progress"]
     assert kw["env"]["CUDA_VISIBLE_DEVICES"] == "3" and log == Path("out") / "logs" / "e1.log"
     assert kw["start_new_session"]  # a terminal's Ctrl-C reaches it once, through the bench, not twice
+    assert kw["preexec_fn"] is parallel.hears_ctrl_c
     cfg = json.loads((tmp_path / "out" / "logs" / "e1.json").read_text())
     assert cfg["data"] == cfg["val_data"] == str(corpus.resolve())
     assert (cfg["resume"], cfg["overwrite"]) == (False, False)
+
+
+def test_a_run_hears_the_benchs_ctrl_c_where_the_bench_ignores_it():
+    """A bench started where Ctrl-C is ignored (``cmd &`` in a script) starts its runs with Python's
+    Ctrl-C handler, not the ignore it would pass on (which lost the Ctrl-C it forwards on a stop
+    while a run was still starting: the run then trained its whole budget)."""
+    import signal
+    import subprocess
+
+    probe = "import signal; print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)"
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        runs = [subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, preexec_fn=pre)
+                for pre in (None, parallel.hears_ctrl_c)]
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert [r.stdout.strip() for r in runs] == ["False", "True"]
 
 
 def _bench_two_long_runs(tmp_path, **popen):
@@ -272,29 +290,32 @@ def _bench_two_long_runs(tmp_path, **popen):
     return bench, out
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm-where-ctrl-c-is-ignored"])
-def test_one_stop_to_the_bench_saves_every_running_run(tmp_path, stop):
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm-where-ctrl-c-is-ignored", "sigterm-to-every-process"])
+def test_one_stop_to_the_bench_saves_every_running_run(tmp_path, descendants, stop):
     """`rnnlab bench --gpus 2` with two real training processes (on the CPU; the device list is
     faked): one Ctrl-C to the bench's whole process group, as a terminal sends it, reaches each
     run once (through the bench: each runs in a session of its own), so each finishes its step,
     saves a checkpoint and stops; none takes a second delivery as "abort". So does a SIGTERM to a
     bench started where Ctrl-C is ignored (`rnnlab bench ... &` in a script), which ended the bench
-    at once, and its runs with it, unsaved."""
+    at once, and its runs with it, unsaved; and a scheduler's SIGTERM to every process of the job
+    (Slurm's scancel), which reaches each run directly and through the bench: one stop, where the
+    bench's passing it on as a SIGINT was a second Ctrl-C that aborted the run."""
     import os
     import signal
     import subprocess
 
-    ignored = stop != "ctrl-c"
+    ignored = stop == "sigterm-where-ctrl-c-is-ignored"
     bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       start_new_session=True,
                                       preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None)
     try:
-        if ignored:
-            bench.send_signal(signal.SIGTERM)  # `kill`, a scheduler's stop: the bench alone
-        else:
+        if stop == "ctrl-c":
             os.killpg(bench.pid, signal.SIGINT)  # the terminal's Ctrl-C: the bench's whole group
+        else:  # `kill`, a scheduler's stop: the bench alone, or every process of the job
+            for pid in (descendants(bench.pid) if stop == "sigterm-to-every-process" else []) + [bench.pid]:
+                os.kill(pid, signal.SIGTERM)
         output = bench.communicate(timeout=120)[0].decode()
-        assert bench.returncode == 130, output
+        assert bench.returncode == 130 and "FAILED" not in output, output
     finally:
         if bench.poll() is None:
             os.killpg(bench.pid, signal.SIGKILL)

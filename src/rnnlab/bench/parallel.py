@@ -7,8 +7,8 @@ as its run ends. As in the one-process path (``runner.run_sequential``), complet
 partial runs resumed from their checkpoints; the GPU each run used is recorded in
 ``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
 ``OUT/logs/<run>.log``. Each process runs in a session of its own, so a Ctrl-C (in a terminal, or
-a time limit's signal to the bench's process group) reaches it once, forwarded by the bench, and
-it saves its checkpoint instead of taking a second delivery as "abort"; a ``kill -9`` of the bench,
+a time limit's signal to the bench's process group) reaches it once, passed on by the bench (as a
+SIGTERM, see ``STOP``), and it saves its checkpoint instead of taking a second delivery as "abort"; a ``kill -9`` of the bench,
 which it cannot forward, ends them with it (Linux), so none trains on alone holding its folder.
 """
 
@@ -72,8 +72,17 @@ def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> 
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": gpu,
            **ended_with_this_process()}  # a kill -9 of the bench ends its runs (signals.ends_with_parent)
     with open(log_path, "a") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=hears_ctrl_c)
     return proc, log_path
+
+
+def hears_ctrl_c() -> None:
+    """In a run's process before it starts: Ctrl-C (SIGINT) at its default, so that Python gives
+    the run its Ctrl-C handler. A bench started where Ctrl-C is ignored (``cmd &`` in a script)
+    would pass the ignore on, and the Ctrl-C it forwards on a stop would be lost on a run still
+    starting (before the trainer takes SIGINT), which then trained its whole budget."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def record_gpu(out: Path, label: str, gpu: str) -> None:
@@ -106,6 +115,8 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
         result["trained"].append(job.run.label)
         result["stopped"] = True
         log(f"{tag}: interrupted; checkpoint kept ({RESUME_HINT})")
+    elif code == -STOP and result["stopped"]:  # the bench's stop reached it before rnnlab handled stops
+        log(f"{tag}: stopped as it started, before it trained; nothing to save ({RESUME_HINT})")
     else:
         result["failed"][job.run.label] = f"exit {code}: {last_line(job.log_path)}"
         log(f"{tag}: FAILED (exit {code}): {last_line(job.log_path)}; log {job.log_path}")
@@ -153,21 +164,29 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
     except KeyboardInterrupt:
         result["stopped"] = True
         log("interrupted: waiting for the running runs to save their checkpoints (Ctrl-C again to abort them)")
-        interrupt(running.values())
+        signal_each(running.values(), STOP)
         while True:
             try:
                 for job in running.values():
                     job.proc.wait()
                 break
             except KeyboardInterrupt:  # a second Ctrl-C: passed on, the runs abort keeping their last checkpoint
-                interrupt(running.values())
+                signal_each(running.values(), ABORT)
         for job in running.values():
             finish(job, result, log, len(plan))
     return result
 
 
-def interrupt(jobs) -> None:
-    """Ctrl-C for each training process still running (each has a session of its own)."""
+# What the bench passes on to its runs. A first stop is a SIGTERM, which a run takes as its first
+# Ctrl-C (rnnlab.signals.stops_as_ctrl_c): a scheduler that signals every process of a job (Slurm's
+# scancel, a cgroup's stop) reaches each run with a SIGTERM of its own too, and two SIGTERMs close
+# together are one stop, where the SIGINT passed on before was a second Ctrl-C that aborted the run.
+# A second stop is a SIGINT: a second Ctrl-C, whatever the first was, aborts the run.
+STOP, ABORT = signal.SIGTERM, signal.SIGINT
+
+
+def signal_each(jobs, signum: int) -> None:
+    """Send ``signum`` to each training process still running (each has a session of its own)."""
     for job in jobs:
         if job.proc.poll() is None:
-            job.proc.send_signal(signal.SIGINT)
+            job.proc.send_signal(signum)
