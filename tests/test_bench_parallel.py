@@ -221,6 +221,26 @@ def test_a_process_interrupted_is_trained_and_stops_the_suite(tmp_path, monkeypa
         assert "e1 (GPU 0" in logged[-1] and "interrupted; checkpoint kept (run the same" in logged[-1]
 
 
+def test_a_run_the_benchs_stop_ends_as_it_starts_is_stopped_not_failed(tmp_path):
+    """The bench's stop (a SIGTERM, ``parallel.STOP``) can reach a run before rnnlab handles stops
+    (Python still starting), which then ends by it with nothing written: logged as stopped, not
+    FAILED; the same exit when the bench did not stop is a failure."""
+    import signal
+    from types import SimpleNamespace
+
+    run = SimpleNamespace(label="e1", rundir=SimpleNamespace(summary=lambda: None))
+    for stopped in (True, False):
+        log_path = tmp_path / "e1.log"
+        log_path.write_text("")
+        job = parallel.Job(1, run, "0", SimpleNamespace(returncode=-signal.SIGTERM), log_path, 0.0)
+        result, logged = {"trained": [], "failed": {}, "stopped": stopped}, []
+        parallel.finish(job, result, logged.append, 1)
+        if stopped:
+            assert not result["failed"] and not result["trained"] and "stopped as it started" in logged[0]
+        else:
+            assert result["failed"] == {"e1": "exit -15: (no output)"} and "FAILED" in logged[0]
+
+
 def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypatch):
     """``rnnlab bench --data corpus.txt --gpus N``: each training process reads a config whose data
     path is absolute (resolved against the directory the suite was started in), whatever
