@@ -700,8 +700,8 @@ def test_a_stop_pending_as_a_rank_ignores_stops_does_not_end_it(at, sig, tmp_pat
     """torchrun's SIGTERM, which follows a peer's death (or a SIGHUP), can reach a rank as it starts
     ignoring stops (``ignore_stops``): whichever call it comes before, the rank lives on to say why
     it ends (before the signal is ignored it is a Ctrl-C to the trainer; after, nothing). SIGINT
-    ignored first, such a signal then looked like one to a process whose Ctrl-C is ignored and
-    ended it."""
+    ignored first, such a signal then looked like one to a process whose Ctrl-C is ignored, which
+    ended it by the signal (today it would raise a KeyboardInterrupt in the rank's ending)."""
     script = tmp_path / "pending.py"
     script.write_text(STOP_PENDING_AS_STOPS_ARE_IGNORED)
     r = subprocess.run([sys.executable, str(script), str(at), sig], env=_env(), capture_output=True, text=True,
