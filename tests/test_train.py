@@ -348,6 +348,24 @@ def test_a_finished_run_resumed_with_new_eval_bytes_and_no_larger_budget_is_refu
     assert again["steps"] == 3 and again["val_bytes"] < first["val_bytes"]
 
 
+def test_new_eval_bytes_for_a_finished_run_are_refused_only_where_nothing_would_train(tiny_train, tmp_path, capsys):
+    """The refusal above reads the checkpoint resuming would start from, not summary.json alone: a
+    run whose last checkpoint is damaged trains its last steps again, and its final evaluation
+    scores the new cap (accepted); a run that ended on its --minutes budget trains nothing more
+    (refused, as for a --steps budget)."""
+    run = tmp_path / "damaged"
+    run_training(tiny_train(run, steps=2, checkpoint_every=1), progress=False)
+    weights = run / "ckpt" / "step-000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-64])
+    again = run_training(tiny_train(run, steps=2, checkpoint_every=1, resume=True, eval_bytes=2048), progress=False)
+    assert "resuming at step 1" in capsys.readouterr().err.replace(f" {run} ", " ")
+    assert again["steps"] == 2 and again["val_bytes"] <= 2048
+    timed = tmp_path / "timed"
+    run_training(tiny_train(timed, steps=None, minutes=0.002), progress=False)
+    with pytest.raises(ValueError, match="complete at this budget and its final evaluation is done"):
+        RunDir(timed).prepare(tiny_train(timed, steps=None, minutes=0.002, resume=True, eval_bytes=2048))
+
+
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
     state = trainer.TrainState(None, None, None)
     for i in range(5):

@@ -263,6 +263,16 @@ class RunDir:
             return None
         return f", and had trained {trained:.4g} minutes by step {step - 1:,}, past this budget (minutes {value:g})"
 
+    def trains_no_more(self, step: int, cfg) -> bool:
+        """Whether this run, resumed at ``step`` under ``cfg``'s budget, would take no step: ``step``
+        at the budget's steps, or for ``--minutes`` the budget spent by then (``past_budget``'s rule
+        for the next step)."""
+        budget = cfg.max_steps()
+        if budget is not None:
+            return step >= budget
+        trained = self.minutes_trained(step)
+        return trained is not None and trained >= cfg.budget.chosen()[1]
+
     def env(self) -> dict[str, Any] | None:
         return read_json(self.file(ENV))
 
@@ -442,23 +452,22 @@ class RunDir:
                                         "setting as it was, or start a new run with another --out)")
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
-        budget = cfg.max_steps()
         kind, _ = cfg.budget.chosen()
         summary = self.summary() or {}
         new_cap = cfg.run.eval_bytes
-        if (summary.get("complete") and summary.get("val_bpb") is not None and summary.get("steps") == budget
-                and saved.get("eval_bytes") != new_cap):  # the final evaluation is done and not redone
-            text = "all" if not new_cap else str(new_cap)
-            raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final evaluation "
-                             f"is done, so --eval-bytes {text} would score nothing and only rewrite {CONFIG}: "
-                             f"`rnnlab eval --run {self.path} --eval-bytes {text}` scores it again (a larger --{kind} "
-                             f"extends the run, its final evaluation then scoring {text})")
 
         def within_budget(checkpoint) -> None:
             past = self.past_budget(checkpoint.step, cfg)
             if past is not None:
                 raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}{past}: nothing to "
                                  f"train, nothing changed (a larger --{kind} extends a run)")
+            if (saved.get("eval_bytes") != new_cap and summary.get("complete") and summary.get("val_bpb") is not None
+                    and summary.get("steps") == checkpoint.step and self.trains_no_more(checkpoint.step, cfg)):
+                text = "all" if not new_cap else str(new_cap)  # the final evaluation is done and not redone
+                raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final "
+                                 f"evaluation is done, so --eval-bytes {text} would score nothing and only rewrite "
+                                 f"{CONFIG}: `rnnlab eval --run {self.path} --eval-bytes {text}` scores it again (a "
+                                 f"larger --{kind} extends the run, its final evaluation then scoring {text})")
 
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
 
