@@ -134,9 +134,11 @@ SCALES = {"init_scale", "spectral_radius", "rope_base"}
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_the_largest_sizes_build_or_are_refused_in_one_line(model):
     """Every size and factor a ``--layer`` option takes has a top (``MAX_SIZE``, ``MAX_FACTOR``):
-    at it the model is counted (a model far past any GPU's, on the meta device) or refused by a
-    rule between options, never a torch traceback (``expansion=1e300`` overflowed a weight's size)."""
+    at it (a factor at the widest dim) the model is counted (far past any GPU's, on the meta
+    device) or refused by a rule between options, never a torch traceback (``expansion=1e300``
+    overflowed a weight's size)."""
     from rnnlab.layers.base import MAX_FACTOR, MAX_SIZE
+    from rnnlab.models.config import MAX_DIM
     from rnnlab.models.params import count_params
 
     numeric = [o for o in get_spec(model).layer_options() if o.meta.bounds is not None]
@@ -147,7 +149,7 @@ def test_the_largest_sizes_build_or_are_refused_in_one_line(model):
     for key, top in tops.items():
         if top is None:
             continue
-        cfg = ModelConfig(model=model, dim=64, depth=1, layer={key: top})
+        cfg = ModelConfig(model=model, dim=MAX_DIM if top == MAX_FACTOR else 64, depth=1, layer={key: top})
         try:
             cfg.validate()
         except ValueError as e:
