@@ -78,7 +78,7 @@ from bench_models import (DEFAULT, MFU_TARGETS, MIN_COMPILE_WARMUP, MODELS, PROF
                           X_MAMBA2_TARGETS, back_to_back, bench, build, cuda_kernels, idle_time, kernel_breakdown,
                           kernel_spans, nvidia_smi, print_profiles, run_meta, write_json)
 
-from rnnlab.bench.mfu import mfu  # noqa: E402
+from rnnlab.bench.mfu import mfu, peak_note  # noqa: E402
 from rnnlab.ops.elman.options import DEFAULT as E1_OPTIONS  # noqa: E402 - the options E1's layers run
 
 # issue #19's MFU targets' rows: the ≥ 60% ones, dense E1's ≥ 30% (and ≥ 1.0x Mamba2), E1 heads' ≥ 55%
@@ -658,6 +658,7 @@ def main(argv=None):
             if args.json:
                 write_json(args.json, dict(meta=meta, rows=rows))
     print_table(rows)
+    print(peak_note(meta))
     print_profiles([dict(r, mode=r["row"]) for r in rows if "profile" in r])
 
 

@@ -106,7 +106,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.bench.mfu import benchmark_peak, mfu
+from rnnlab.bench.mfu import benchmark_peak, mfu, peak_note
 from rnnlab.ops.elman import ELMAN_SCAN, ELMAN_SCAN_BESIDE_LINEAR
 from rnnlab.ops.elman.options import ElmanKernelOptions
 from rnnlab.ops.registry import traced
@@ -668,6 +668,8 @@ def print_table(meta: dict, rows: list[dict]) -> None:
           "(tok/s, MFU); synced = each step from an idle GPU to a synchronised end; MHz, W = the median SM clock and "
           "board power while the queued steps ran (nvidia-smi; -: no sample); host ms = the CPU's "
           "time to queue one step behind a busy GPU (near step ms: bound by the host; blocked: it waited for the GPU)")
+    if "peak_tflops" in meta:
+        print(peak_note(meta))
 
 
 def compare_twins(rows: list[dict], suffix: str, key: str, what: str) -> None:

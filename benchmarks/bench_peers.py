@@ -23,7 +23,7 @@ Two sections, every row from the same seeded inputs:
   widths of suite race-400m.
 
 MFU = 6 * weights * B * T / (forward+backward time) / the GPU's dense bf16 peak (989 TFLOP/s on
-H100/H200, ``--peak-tflops``): for a recurrence the weights are ``W_h`` (+ ``U, V``), whose
+H100/H200 SXM, ``rnnlab.bench.mfu``; ``--peak-tflops``): for a recurrence the weights are ``W_h`` (+ ``U, V``), whose
 products are exactly 6 FLOPs per weight and token; for a mixer all its parameters. ``rel`` is a
 row's speed relative to the row it names (``vs`` in the json): the selective scans and the peers
 against rnnlab's plain kernel of the shape, the mixers against E1's mixer of the width.
@@ -56,7 +56,7 @@ from typing import Callable
 
 import torch
 
-from rnnlab.bench.mfu import benchmark_peak, mfu
+from rnnlab.bench.mfu import benchmark_peak, mfu, peak_note
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -365,6 +365,8 @@ def print_table(meta: dict, rows_out: list[dict]) -> None:
     print("total = forward+backward; us/step = total / T; MFU = 6 * weights * B * T / total / peak; rel = speed "
           "against the row named in the json's 'vs' (rnnlab's plain kernel or E1's mixer); check = max |h - h_rnnlab| "
           "on the same inputs")
+    if "peak_tflops" in meta:
+        print(peak_note(meta))
 
 
 def main(argv=None) -> None:

@@ -594,6 +594,19 @@ def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
         assert "| MFU |" not in write_report(tmp_path / root, plots=False)["md"].read_text()
 
 
+def test_mfu_peak_by_board_not_chip_alone():
+    """The PCIe and NVL boards of H100 / H200 have their own (lower) dense bf16 peaks, not the SXM
+    board's 989; an RTX A1000 is no A100 and a MIG slice has no whole GPU's peak; an unknown GPU's
+    assumed peak is said in the benchmarks' printed note."""
+    from rnnlab.bench.mfu import peak_note, peak_tflops
+
+    names = ("NVIDIA H100 80GB HBM3", "NVIDIA H100 PCIe", "NVIDIA H100 NVL", "NVIDIA H200 NVL", "NVIDIA GH200 480GB",
+             "NVIDIA H20", "NVIDIA RTX A1000 6GB Laptop GPU", "NVIDIA A100-PCIE-40GB", "NVIDIA H100 80GB HBM3 MIG 3g.40gb")
+    assert [peak_tflops(n) for n in names] == [989.0, 756.0, 835.0, 835.0, 989.0, None, None, 312.0, None]
+    assert "ASSUMED" in peak_note(dict(device="NVIDIA L4", peak_tflops=989.0, peak_assumed=True))
+    assert "ASSUMED" not in peak_note(dict(device="NVIDIA H200", peak_tflops=989.0, peak_assumed=False))
+
+
 @pytest.mark.parametrize("damaged", ['{"model": ', "[1, 2]"])
 def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
     """A run whose summary.json is cut short or holds JSON that is not an object (a hand-edited
