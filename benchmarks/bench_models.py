@@ -94,6 +94,7 @@ import datetime
 import gc
 import itertools
 import json
+import math
 import statistics
 import subprocess
 import sys
@@ -575,8 +576,11 @@ def kernels(model: str, module):
 
 
 def max_dloss(losses: list[float], ref: list[float]) -> float:
-    """The largest difference between two runs' losses at the same step (nats, 5 decimals)."""
-    return round(max(abs(a - b) for a, b in zip(losses, ref)), 5)
+    """The largest difference between two runs' losses at the same step (nats, 5 decimals); inf
+    where either run's loss at a step is not finite (``max`` would pass over a nan after the first
+    step: a mode that diverges must not read as training alike)."""
+    diffs = [abs(a - b) for a, b in zip(losses, ref)]
+    return math.inf if any(math.isnan(d) or math.isinf(d) for d in diffs) else round(max(diffs), 5)
 
 
 def annotate(rows: list[dict], peak: float) -> None:
@@ -591,15 +595,18 @@ def annotate(rows: list[dict], peak: float) -> None:
         tol = LOSS_TOL
         if "twin_losses" in group[0]:
             group[0]["max_dloss_twin"] = twin = max_dloss(group[0]["twin_losses"], ref)
-            tol = max(tol, TWIN_FACTOR * twin)
+            if math.isfinite(twin):  # a twin that diverged is no yardstick of rounding
+                tol = max(tol, TWIN_FACTOR * twin)
         for r in group:
             r["mfu"] = round(mfu(r["params"], r["tok_per_s"], peak), 4)
             r["max_dloss_vs_first_mode"] = max_dloss(r["losses"], ref)
             r["loss_tol"] = round(tol, 5)
             r["correct"] = r["max_dloss_vs_first_mode"] <= tol
             r["fastest"] = False
-        best = max((r for r in group if r["correct"]), key=lambda r: r["tok_per_s"])
-        best["fastest"] = True
+        # none where the first mode's losses are not finite (every dloss is then nan): no fastest mode
+        best = max((r for r in group if r["correct"]), key=lambda r: r["tok_per_s"], default=None)
+        if best is not None:
+            best["fastest"] = True
     for r in rows:
         if "error" in r:
             continue

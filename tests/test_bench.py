@@ -1729,6 +1729,27 @@ def test_bench_models_prints_idle_gaps_by_kernels(capsys):
     assert out[3] == "    0.002 ms (1 a step): triton_per_x -> _scan_bwd"
 
 
+def test_bench_models_a_mode_whose_losses_are_not_finite_is_not_correct(capsys):
+    """A loss that is nan after the first step makes a mode incorrect (max() passed over it: the
+    mode read as training alike, and could be the fastest); a rounding twin that diverged widens no
+    tolerance; a model whose first mode diverged has no correct mode, and the run still annotates
+    (the empty max raised before)."""
+    bm = _benchmark_script("bench_models")
+    nan = float("nan")
+
+    def row(name, mode, loss, tok_per_s=1000, **extra):
+        return dict(name=name, mode=mode, params=10, B=32, tok_per_s=tok_per_s, losses=[5.0, loss], step_ms=1.0,
+                    synced_step_ms=1.0, host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0, **extra)
+
+    assert bm.max_dloss([5.0, nan, 4.0], [5.0, 4.5, 4.0]) == bm.max_dloss([5.0, 4.0], [5.0, float("inf")]) == float("inf")
+    later = [row("A", "eager", 4.9, twin_losses=[5.0, nan]), row("A", "default", nan, tok_per_s=2000)]
+    first = [row("B", "eager", nan), row("B", "default", 5.0)]
+    bm.annotate(later + first, peak=989.0)
+    assert later[1]["loss_tol"] == bm.LOSS_TOL
+    assert [(r["correct"], r["fastest"]) for r in later + first] == [(True, True), (False, False), (False, False),
+                                                                     (False, False)]
+
+
 def test_bench_models_table_ratio_to_mamba2_only_where_mamba2_ran(capsys):
     """The x Mamba2 column: each row's tok/s over Mamba2's fastest correct mode of the same run;
     "-" (not nan) in a run without a Mamba2 row."""
