@@ -54,6 +54,7 @@ import datetime
 import importlib.util
 import itertools
 import json
+import math
 import os
 import platform
 import statistics
@@ -180,6 +181,14 @@ HEADS_VARIANTS = (  # (row, kernel options, tanh, dW): E1 heads' kernel sets, th
 )
 
 
+def worst_relative_difference(got, want) -> float:
+    """The largest ``|a - b| / |b|`` (Frobenius norms) of the tensors of ``got`` against those of
+    ``want``, pairwise; nan where any is not finite (``max`` would pass over a nan after the first
+    pair, and a row whose gradients are nan would read "bit for bit")."""
+    diffs = [((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, want)]
+    return math.nan if not all(math.isfinite(d) for d in diffs) else max(diffs)
+
+
 def heads_kernels(add, B, T, reps, dt, el, bw, fl):
     """E1 heads' scan kernels alone at the 14 × 128 and 28 × 64 layers: forward (h) and backward
     (dpre, dW, dh0) of each of :data:`HEADS_VARIANTS`, called directly (not through autograd,
@@ -203,8 +212,7 @@ def heads_kernels(add, B, T, reps, dt, el, bw, fl):
         for i, (name, options, tanh_kind, need_dw) in enumerate(HEADS_VARIANTS):
             opts = ElmanKernelOptions(**options)
             got = (heads.forward(wx, w, None, opts), *heads.backward(g, w, h, None, need_dw, opts)[:2])
-            worst = max(((a.float() - b.float()).norm() / b.float().norm()).item()
-                        for a, b in zip(got[:3 if need_dw else 2], want))
+            worst = worst_relative_difference(got[:3 if need_dw else 2], want)
             notes[i] = f"{tanh_kind}, " + ("bit for bit" if worst == 0 else f"outputs within {worst:.1e}")
             rows.append((i, lambda o=opts: heads.forward(wx, w, None, o),
                          lambda o=opts, d=need_dw: heads.backward(g, w, h, None, d, o)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import csv
 import json
+import math
 import os
 import re
 import shutil
@@ -1727,6 +1728,16 @@ def test_bench_models_prints_idle_gaps_by_kernels(capsys):
                       "matmul -> Inductor's fused kernels 1.20 (1), Inductor's fused kernels -> mixer 0.00 (1)")
     assert out[2] == "    1.200 ms (1 a step): nvjet_a -> triton_per_x"
     assert out[3] == "    0.002 ms (1 a step): triton_per_x -> _scan_bwd"
+
+
+def test_bench_kernels_heads_note_is_no_bit_for_bit_over_a_nan():
+    """bench_kernels.py's heads rows: a variant whose states agree bit for bit but whose gradient is
+    nan reads "outputs within nan", not "bit for bit" (max() passed over the nan)."""
+    bk = _benchmark_script("bench_kernels")
+    h, d = torch.ones(2, 3), torch.full((2, 3), 2.0)
+    assert bk.worst_relative_difference([h, d], [h, d]) == 0.0
+    assert bk.worst_relative_difference([h, d * 1.5], [h, d]) == pytest.approx(0.5)
+    assert math.isnan(bk.worst_relative_difference([h, d.clone().fill_(float("nan"))], [h, d]))
 
 
 def test_bench_models_a_mode_whose_losses_are_not_finite_is_not_correct(capsys):
