@@ -1,7 +1,8 @@
 """Model-FLOPs utilisation (MFU): the share of a GPU's dense bf16 peak that a training throughput
 uses, counting 6 FLOPs per parameter and token (2 forward, 4 backward). Every parameter counts
 once (a head tied to the embedding is one matrix, whose product with the final states is the
-head's FLOPs; norms, biases and a scan's decay rates count too, a small excess): those are the
+head's FLOPs; norms, biases, a scan's decay rates and an untied embedding, whose lookup multiplies
+nothing, count too: an excess of about 256 x dim, 0.1% at 400M): those are the
 FLOPs of the matrix products with weights, which every model kind spends whatever its recurrence
 is, so MFU compares kernels across kinds. A recurrence's FLOPs beyond its weights' (Mamba2's
 chunked scan, E88's state updates) are not counted; E1's recurrent weight W_h is a weight, so its
