@@ -608,6 +608,21 @@ def test_mfu_peak_by_board_not_chip_alone():
     assert "ASSUMED" not in peak_note(dict(device="NVIDIA H200", peak_tflops=989.0, peak_assumed=False))
 
 
+def test_report_mfu_only_for_a_row_trained_at_one_peak(tmp_path):
+    """A row whose seeds, or a run's resumed sessions, trained on GPUs of different peaks (an H100
+    PCIe and an SXM board) has no MFU: its tok/s mixes their rates; GPUs of one peak keep it."""
+    _synthetic_run(tmp_path, "mixed-s1", 1.5, 2.0, 30000.0, seed=1)
+    _synthetic_run(tmp_path, "mixed-s2", 1.5, 2.0, 30000.0, seed=2, gpu="NVIDIA H100 PCIe")
+    _synthetic_run(tmp_path, "same-s1", 1.5, 2.0, 30000.0, seed=1)
+    _synthetic_run(tmp_path, "same-s2", 1.5, 2.0, 30000.0, seed=2, gpu="NVIDIA H200")
+    _synthetic_run(tmp_path, "resumed", 1.5, 2.0, 30000.0)
+    env = tmp_path / "resumed" / "env.json"
+    env.write_text(json.dumps({**json.loads(env.read_text()), "earlier_sessions": [{"gpu": "NVIDIA H100 NVL"}]}))
+    rows = {r["name"]: r for r in aggregate(collect(tmp_path)["records"])}
+    assert (rows["mixed"]["mfu"], rows["resumed"]["mfu"]) == (None, None)
+    assert rows["same"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
+
+
 @pytest.mark.parametrize("damaged", ['{"model": ', "[1, 2]"])
 def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
     """A run whose summary.json is cut short or holds JSON that is not an object (a hand-edited

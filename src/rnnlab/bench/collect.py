@@ -144,7 +144,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 [(r["summary"].get("extra_val") or {}).get(k) for r in use])
         row["extra_data"] = next((Path(r["summary"]["extra_val"]["data"]).name for r in use
                                   if r["summary"].get("extra_val")), None)
-        row["mfu"] = row_mfu(row)
+        # one peak for all the row's training (a seed or a resumed session on a GPU of another peak,
+        # or on none, mixes rates that no one peak divides): else no MFU
+        peaks = {peak_tflops(session.get("gpu")) for r in use
+                 for session in [*r["env"].get("earlier_sessions", []), r["env"]]}
+        row["mfu"] = row_mfu(row) if len(peaks) == 1 else None
         rows.append(row)
     return rows
 
@@ -184,7 +188,8 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None, in
 def row_mfu(row: dict[str, Any]) -> float | None:
     """The row's model-FLOPs utilisation per GPU at its steady tok/s (all its processes' tokens,
     over ``world_size`` GPUs; ``rnnlab.bench.mfu``), or None (no GPU of known peak, or no
-    throughput)."""
+    throughput). ``aggregate`` gives none either to a row whose runs trained on GPUs of different
+    peaks."""
     peak = peak_tflops(row.get("gpu_name"))
     if peak is None or not row["params"] or row["tok_per_s"] is None:
         return None
