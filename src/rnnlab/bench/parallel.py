@@ -8,8 +8,9 @@ partial runs resumed from their checkpoints; the GPU each run used is recorded i
 ``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
 ``OUT/logs/<run>.log``. Each process runs in a session of its own, so a Ctrl-C (in a terminal, or
 a time limit's signal to the bench's process group) reaches it once, passed on by the bench (as a
-SIGTERM, see ``STOP``), and it saves its checkpoint instead of taking a second delivery as "abort"; a ``kill -9`` of the bench,
-which it cannot forward, ends them with it (Linux), so none trains on alone holding its folder.
+SIGTERM, see ``STOP``), and it saves its checkpoint instead of taking a second delivery as
+"abort"; a ``kill -9`` of the bench, which it cannot pass on, ends them with it (Linux), so none
+trains on alone holding its folder.
 """
 
 from __future__ import annotations
