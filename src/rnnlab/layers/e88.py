@@ -41,7 +41,8 @@ class E88Config:
     """E88 options (the reference's: n 32, expansion 1, balanced heads)."""
 
     dim: int = 256
-    n_state: int = option(32, help="key/query size n per head: the rows of each head's state", bounds=positive(MAX_SIZE))
+    n_state: int = option(32, help="key/query size n per head: the rows of each head's state",
+                          bounds=positive(MAX_SIZE))
     expansion: float = option(1.0, help="value size per head m = int(n_state * expansion): the state's columns",
                               bounds=positive(MAX_FACTOR))
     heads: int | None = option(None, help="number of heads (default: balanced, max(1, dim // n_state))",
