@@ -16,7 +16,7 @@ from rnnlab.train import sf_adamw
 SHAPES = [(37,), (sf_adamw.BLOCK + 5,), (5, 7), (1,), (0,), (3 * sf_adamw.BLOCK,)]
 
 
-def _pair(monkeypatch=None, weight_decay=0.1, warmup_steps=3, groups=1):
+def _pair(monkeypatch=None, weight_decay=0.1, warmup_steps=3, groups=1, **kw):
     """schedulefree's optimizer and ours over equal parameters (``groups`` param groups, the
     second without weight decay), both in train mode; ours forced onto the kernel when
     ``monkeypatch`` is given (CPU tensors: Triton's interpreter)."""
@@ -27,7 +27,7 @@ def _pair(monkeypatch=None, weight_decay=0.1, warmup_steps=3, groups=1):
         params = [torch.nn.Parameter(t.clone()) for t in init]
         pg = [{"params": params}] if groups == 1 else [{"params": params[:2]},
                                                        {"params": params[2:], "weight_decay": 0.0}]
-        opt = cls(pg, lr=1e-2, weight_decay=weight_decay, warmup_steps=warmup_steps)
+        opt = cls(pg, lr=1e-2, weight_decay=weight_decay, warmup_steps=warmup_steps, **kw)
         opt.train()
         opts.append(opt)
     if monkeypatch is not None:
@@ -94,6 +94,52 @@ def test_fused_step_weighs_by_the_largest_lr_after_the_lr_is_lowered(monkeypatch
     _steps(ref, ours, 3)
     assert ours.param_groups[0]["lr_max"] == 1e-2 and ours.param_groups[0]["scheduled_lr"] == 2.5e-3
     _assert_same_state(ref, ours, rtol=2e-6, atol=1e-7)
+
+
+@needs_interpreter
+def test_fused_step_weighs_step_k_by_k_plus_1_to_the_power_r(monkeypatch):
+    """With ``r`` other than 0 (the default, where every weight is 1) the average's weights grow
+    as ``(k + 1) ** r``, as in schedulefree's step."""
+    ref, ours = _pair(monkeypatch, r=1.0)
+    _steps(ref, ours, 4)
+    _assert_same_state(ref, ours, rtol=2e-6, atol=1e-7)
+
+
+@needs_interpreter
+def test_fused_step_moves_y_towards_z_without_cancellation_for_a_small_weight(monkeypatch):
+    """A small weight ``ckp1`` takes torch's lerp formula ``y + ckp1 * (z - y)``: its result,
+    much smaller than z, keeps its relative precision (``z - (z - y) * (1 - ckp1)`` would lose
+    it to cancellation). A zero gradient and no decay make the step the lerp alone."""
+    torch.manual_seed(0)
+    y0 = 1e-7 * torch.randn(37)
+    p = torch.nn.Parameter(y0.clone())
+    opt = sf_adamw.AdamWScheduleFree([p], lr=1e-2, weight_decay=0.0, warmup_steps=0)
+    opt.train()  # before the state is set: with a z, train() would move y
+    monkeypatch.setattr(opt, "_fused_applies", lambda: True)
+    z0 = torch.ones(37)
+    opt.state[p].update(z=z0.clone(), exp_avg_sq=torch.zeros(37))
+    opt.param_groups[0]["weight_sum"] = (1e6 - 1) * 1e-4  # this step's weight: lr ** 2 = 1e-4
+    p.grad = torch.zeros(37)
+    opt.step()
+    ckp1 = 1e-4 / (1e6 * 1e-4)
+    want = (y0.double() + ckp1 * (z0.double() - y0.double())).float()
+    torch.testing.assert_close(p.detach(), want, rtol=1e-5, atol=0)
+    assert torch.equal(opt.state[p]["z"], z0)
+
+
+@needs_interpreter
+def test_fused_step_writes_only_the_parameters_own_elements(monkeypatch):
+    """A tensor's partial last block is masked at its end: a parameter that is the head of a
+    larger buffer leaves the bytes after it as they were."""
+    buf = torch.full((64,), 7.0)
+    p = torch.nn.Parameter(buf[:37])
+    opt = sf_adamw.AdamWScheduleFree([p], lr=1e-2, warmup_steps=0)
+    opt.train()
+    monkeypatch.setattr(opt, "_fused_applies", lambda: True)
+    p.grad = torch.ones(37)
+    opt.step()
+    assert not torch.equal(buf[:37], torch.full((37,), 7.0))  # the step moved the parameter
+    assert torch.equal(buf[37:], torch.full((27,), 7.0))
 
 
 @needs_interpreter
