@@ -726,6 +726,8 @@ def test_a_train_point_of_other_shapes_is_refused():
         load_train_point(params, [torch.ones(3, 4), torch.ones(1)])
     with pytest.raises(ValueError, match="1 Schedule-Free train tensors"):
         load_train_point(params, [torch.ones(3, 4)])
+    with pytest.raises(ValueError, match="2 Schedule-Free train tensors"):  # as many elements, transposed
+        load_train_point(params, [torch.ones(4, 3), torch.ones(5)])
     assert all(not p.any() for p in params)
     load_train_point(params, [torch.ones(3, 4), torch.full((5,), 2.0)])
     assert params[0].eq(1).all() and params[1].eq(2).all()
