@@ -114,6 +114,38 @@ def test_a_steps_curves_are_its_loss_lr_grad_norm_rate_and_memory():
                                      "train/tok_per_s": 1000.0, "train/peak_mem_gib": 1.5}
 
 
+def test_flat_config_joins_nested_keys_with_dots_and_writes_other_values_as_text():
+    from rnnlab.train.metrics import flat_config
+
+    cfg = types.SimpleNamespace(to_dict=lambda: {"model": {"dim": 8, "layer": {"heads": 2, "gate": None}},
+                                                 "optim": {"betas": [0.9, 0.95], "lr": 1e-3}, "seed": 0})
+    assert flat_config(cfg) == {"model.dim": 8, "model.layer.heads": 2, "optim.betas": "[0.9, 0.95]",
+                                "optim.lr": 1e-3, "seed": 0}
+
+
+def test_only_a_run_resumed_from_a_checkpoint_continues_its_wandb_run(tmp_path, monkeypatch):
+    """A fresh start (step 0) in a folder that holds an earlier start's ``wandb-id.txt`` begins a new
+    W&B run; a run resumed at step 5 continues the one the file names."""
+    from rnnlab.train import metrics
+
+    ids = []
+    def init(**kwargs):
+        ids.append(kwargs["id"])
+        return types.SimpleNamespace(finish=lambda: None)
+
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, errors=types.SimpleNamespace(Error=OSError)))
+    monkeypatch.setattr(metrics, "TensorBoard", None)  # not wanted here: its start fails, with a note
+    run = types.SimpleNamespace(file=lambda name: tmp_path / name, path=tmp_path)
+    cfg = types.SimpleNamespace(run=types.SimpleNamespace(wandb="p"), to_dict=dict,
+                                budget=types.SimpleNamespace(chosen=lambda: ("steps", 10)))
+    (tmp_path / metrics.WANDB_ID).write_text("0123456789ab\n")
+    for step in (5, 0):
+        start = {"step": step, "tokens": 0, "elapsed_s": 0.0, "warmup_s": 0.0}
+        for t in metrics.build_trackers(run, cfg, start, 10, progress=False):
+            t.close()
+    assert ids[0] == "0123456789ab" and ids[1] != ids[0]
+
+
 def test_durations_are_rounded_to_the_second():
     from rnnlab.train.metrics import duration
 
