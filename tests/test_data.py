@@ -122,6 +122,19 @@ def test_tail_split_size_rounds_up_to_at_least_min_len(tmp_path, n, fraction, n_
     assert (len(s.train), len(s.val)) == (n - n_val, n_val)
 
 
+def test_a_split_may_be_empty_but_never_reaches_outside_its_corpus(corpus_file):
+    """``[offset, offset + length)`` inside the corpus: an empty split at either end is a view of
+    nothing; a negative length, or one byte past the end, is refused."""
+    p, _ = corpus_file
+    c = ByteCorpus(p)
+    for offset in (0, len(c)):
+        s = Split(c, offset, 0, "val")
+        assert len(s) == 0 and s.array.size == 0
+    for offset, length in ((0, -1), (len(c) - 9, 10), (-1, 1)):
+        with pytest.raises(ValueError, match="outside corpus"):
+            Split(c, offset, length, "val")
+
+
 def test_val_data_file(corpus_file, tmp_path):
     p, data = corpus_file
     v = tmp_path / "val.bin"
