@@ -908,6 +908,23 @@ def test_a_temperature_so_small_that_logits_overflow_samples_the_most_likely_byt
     assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-40, seed=0) == b"b" * 20
 
 
+def test_a_temperature_so_small_that_every_finite_logit_overflows_samples_the_most_likely_byte():
+    """As above with no logit at -inf: over 1e-40 the largest overflows to +inf and the others
+    stay finite (no -inf to give the overflow away); still the most likely byte every time."""
+    from rnnlab.eval.sampling import generate
+
+    logits = torch.zeros(256)
+    logits[ord("b")] = 1.0
+    assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-40, seed=0) == b"b" * 20
+
+
+def test_a_top_k_above_the_256_bytes_keeps_them_all():
+    from rnnlab.eval.sampling import generate
+
+    model = _FixedLogits(torch.linspace(-2.0, 2.0, 256))
+    assert generate(model, b"x", 30, top_k=1000, seed=3) == generate(model, b"x", 30, top_k=None, seed=3)
+
+
 def test_sampling_carries_the_state_from_each_step_to_the_next():
     """Each step starts from the state the previous one returned, the prompt's and the sampled
     bytes' alike: a stand-in whose state counts its steps and whose logits pick byte 'a' + count."""
