@@ -748,3 +748,78 @@ def test_the_checkpointer_says_while_it_writes(tmp_path, monkeypatch):
     with pytest.raises(checkpoint.CheckpointWriteError, match="No space left on device"):
         saver.save(_tiny_state(6), complete=False)
     assert not saver.writing.is_set()
+
+
+# ------------------------------------------------------------------------------ names, formats, RNG
+def test_step_directory_names_round_trip_past_six_digits():
+    assert checkpoint.step_dir_name(600) == "step-000600"
+    for step in (0, 7, 600, 999_999, 1_234_567):
+        assert checkpoint.parse_step_dir(checkpoint.step_dir_name(step)) == step
+    assert [checkpoint.parse_step_dir(n) for n in ("step-", "step-12a", "stop-000600", "damaged-step-000600")] == \
+           [None, None, None, None]
+
+
+def test_a_reason_is_the_first_line_of_the_message_cut_at_200_characters():
+    assert checkpoint._reason(EOFError("x" * 300 + "\nsecond line")) == "EOFError: " + "x" * 200
+    assert checkpoint._reason(EOFError()) == "EOFError"
+
+
+def test_a_file_larger_than_its_manifest_says_is_damaged_by_its_size(tmp_path):
+    checkpoint.Checkpointer(tmp_path).save(_tiny_state(3), complete=False)
+    c = checkpoint.Checkpoint(tmp_path / "step-000003", 3)
+    size = (c.path / "state.pt").stat().st_size
+    with open(c.path / "state.pt", "ab") as f:
+        f.write(b"xyz")
+    with pytest.raises(checkpoint.CheckpointError, match=f"has {size + 3:,} bytes, its manifest says {size:,}"):
+        c.verify()
+
+
+def test_a_state_file_of_another_format_is_refused(tmp_path):
+    torch.save({"format": checkpoint.STATE_FORMAT + 1, "progress": {"step": 1}}, tmp_path / "state.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="is not a format-1 rnnlab training state"):
+        checkpoint.read_state(tmp_path / "state.pt")
+
+
+def test_a_step_directory_holding_another_steps_files_is_refused(tmp_path):
+    """Loading checks the directory's step against the state's, not only the files' steps
+    against each other (a step directory copied under another name)."""
+    checkpoint.Checkpointer(tmp_path).save(_tiny_state(3), complete=False)
+    os.rename(tmp_path / "step-000003", tmp_path / "step-000004")
+    with pytest.raises(checkpoint.CheckpointError, match="inconsistent"):
+        checkpoint.load_checkpoint(checkpoint.Checkpoint(tmp_path / "step-000004", 4), _tiny_state(0).model)
+
+
+def test_rng_state_round_trips_numpys_cached_gaussian():
+    """numpy's legacy generator keeps the second of each pair of normal draws (``has_gauss``,
+    ``cached_gaussian``): after one draw the restored state gives the same next draws."""
+    np.random.seed(0)
+    np.random.standard_normal()  # leaves the pair's second value cached
+    state = checkpoint.rng_state()
+    want = (np.random.standard_normal(3).tolist(), torch.rand(2).tolist(), random.random())
+    checkpoint.set_rng_state(state)
+    assert (np.random.standard_normal(3).tolist(), torch.rand(2).tolist(), random.random()) == want
+
+
+def test_an_old_format_checkpoint_of_unreadable_step_comes_last(tmp_path):
+    (tmp_path / "step-000002").mkdir()
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    found = checkpoint.Checkpointer(tmp_path).checkpoints()
+    assert [(c.path.name, c.step, c.legacy) for c in found] == [("step-000002", 2, False), (tmp_path.name, None, True)]
+
+
+def test_newest_is_a_newer_step_committed_after_the_last_one_this_process_knew(tmp_path):
+    saver = checkpoint.Checkpointer(tmp_path)
+    saver.last = checkpoint.Checkpoint(tmp_path / "step-000002", 2)
+    for name in ("step-000002", "step-000004"):
+        (tmp_path / name).mkdir()
+    assert saver.newest() == checkpoint.Checkpoint(tmp_path / "step-000004", 4)
+    saver.last = checkpoint.Checkpoint(tmp_path / "step-000006", 6)
+    assert saver.newest() == saver.last
+
+
+def test_the_weights_metadata_says_the_format_the_tying_and_the_step(tmp_path):
+    state = _tiny_state(3)
+    tied = state.model.head.weight is state.model.embed.weight
+    checkpoint.Checkpointer(tmp_path).save(state, complete=False)
+    meta = checkpoint.read_weights_metadata(tmp_path / "step-000003" / "model.safetensors")
+    assert meta == {"format": "rnnlab", "tied": "1" if tied else "0", "step": "3"}
