@@ -919,3 +919,54 @@ def test_a_surviving_rank_names_the_checkpoint_rank_0_committed(tmp_path):
     assert checkpointer.newest().step == 6
     checkpointer.last = Checkpoint(ckpt / step_dir_name(6), 6)
     assert checkpointer.newest() is checkpointer.last
+
+
+EVALUATION_FAILS = """
+import sys, torch
+from rnnlab.cli import main
+from rnnlab.train import trainer
+
+how, score = sys.argv[1], trainer.Trainer.score
+
+
+def failing(self, split, max_bytes=None):  # rank 0's final evaluation (it evaluates alone under DDP) fails
+    if max_bytes is None:
+        if how == "ctrl_c":
+            raise KeyboardInterrupt  # a second Ctrl-C
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    return score(self, split, max_bytes)
+
+
+trainer.Trainer.score = failing
+sys.argv = ["rnnlab", *sys.argv[2:]]
+sys.exit(main())
+"""
+
+
+@pytest.mark.parametrize("how", ["oom", "ctrl_c"])
+def test_a_final_evaluation_failing_on_rank_0_ends_every_rank_with_the_final_checkpoint(how, tmp_path, corpus):
+    """DDP: rank 0 evaluates alone while the others wait for its record. Its final evaluation
+    failing (out of memory, or a second Ctrl-C: guarantee 3b) still writes the final checkpoint on
+    every rank, then each ends: rank 0 with its own line, rank 1 with one naming rank 0's failure
+    and the checkpoint; not rank 0 in the checkpoint's collective and rank 1 in the evaluation's
+    broadcast, both waiting until the process group's timeout (here 1 min)."""
+    script, run = tmp_path / "evalfail.py", tmp_path / "r"
+    script.write_text(EVALUATION_FAILS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), how,
+           "train", *_flags(dict(TINY, steps=4)), "--data", str(corpus), "--out", str(run), "--no-progress"]
+    os.environ["RNNLAB_DIST_TIMEOUT_MIN"] = "1"
+    try:
+        r = _run(cmd, timeout=45)
+    finally:
+        del os.environ["RNNLAB_DIST_TIMEOUT_MIN"]
+    assert "Timed out" not in r.stderr and "[rank1]: Traceback" not in r.stderr, r.stderr[-5000:]
+    assert RunDir(run).checkpoint().step == 4, r.stderr[-5000:]  # the final checkpoint, on both ranks
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and summary["steps"] == 4, summary
+    if how == "oom":
+        assert summary["error"].startswith("out of memory at step "), summary
+        assert ("rnnlab train: rank 1: another rank ended (rank 0's evaluation failed: CUDA out of memory. Tried "
+                "to allocate 2.00 GiB) after step 4, whose checkpoint is saved: ") in r.stderr, r.stderr[-5000:]
+    else:
+        assert summary["error"].startswith("aborted by Ctrl-C at step 4; last good checkpoint kept at"), summary
+        assert r.stderr.count("aborted by Ctrl-C at step 4") == 2, r.stderr[-5000:]

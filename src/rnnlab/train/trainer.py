@@ -80,6 +80,19 @@ class LostRank(RuntimeError):
     or cannot be reached. Nothing more can be saved; the message names the checkpoint kept."""
 
 
+class EvaluationFailed(NamedTuple):
+    """What rank 0 sends the ranks waiting for its evaluation (DDP) in place of the record when the
+    evaluation failed there (``interrupted``: by a Ctrl-C), so that they go on with it (the final
+    checkpoint, written even so, is a collective) instead of waiting for an answer that never comes."""
+
+    interrupted: bool
+    cause: str
+
+
+class PeerEvaluationFailed(RuntimeError):
+    """Raised on the ranks other than 0 (DDP) when rank 0's evaluation failed (``EvaluationFailed``)."""
+
+
 def collective_failure_phrase(failed: tuple[str, bool]) -> str:
     """``dist.collective_failure``'s answer as the start of a message (what ``LostRank`` says)."""
     cause, gone = failed
@@ -336,6 +349,9 @@ class Trainer:
                 message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
                 self.record_failure(message)
                 raise KeyboardInterrupt(message) from None
+            except PeerEvaluationFailed as e:  # rank 0 ends on its own failure, which it records
+                stop.ending()
+                raise LostRank(self.lost_rank_message((str(e), True))) from e
             except RuntimeError as e:
                 stop.ending()
                 if (failed := self.lost_peers_ignoring_stops(e)) is not None:
@@ -526,23 +542,40 @@ class Trainer:
         state, run_cfg = self.state, self.cfg.run
         record = state.last_eval
         if self.ctx.is_main or self.sharded:
-            if final and self.final_eval_done():  # kept; only the extra file is scored (below)
-                record = {k: v for k, v in record.items() if not k.startswith("extra_")}
-            else:
-                curve = run_cfg.curve_eval_bytes
-                record = {"step": state.step, "tokens": state.tokens,
-                          **self.score(self.val_split, max_bytes=None if final else curve)}
-                if final and run_cfg.eval_every and curve is not None and curve != run_cfg.eval_bytes:
-                    record.update({f"curve_{k}": v for k, v in self.score(self.val_split, max_bytes=curve).items()})
-            if final:
-                record["final"] = True
-                if self.extra_val_split is not None:
-                    extra = self.score(self.extra_val_split, max_bytes=0)
-                    record.update({"extra_data": str(self.extra_val_split.path)},
-                                  **{f"extra_{key}": value for key, value in extra.items()})
-            self.logger.eval(record)
-            reclaim_handlers()  # as after a step: evaluation may compile too
-        state.last_eval = self.ctx.broadcast_object(record)
+            try:
+                if final and self.final_eval_done():  # kept; only the extra file is scored (below)
+                    record = {k: v for k, v in record.items() if not k.startswith("extra_")}
+                else:
+                    curve = run_cfg.curve_eval_bytes
+                    record = {"step": state.step, "tokens": state.tokens,
+                              **self.score(self.val_split, max_bytes=None if final else curve)}
+                    if final and run_cfg.eval_every and curve is not None and curve != run_cfg.eval_bytes:
+                        record.update({f"curve_{k}": v
+                                       for k, v in self.score(self.val_split, max_bytes=curve).items()})
+                if final:
+                    record["final"] = True
+                    if self.extra_val_split is not None:
+                        extra = self.score(self.extra_val_split, max_bytes=0)
+                        record.update({"extra_data": str(self.extra_val_split.path)},
+                                      **{f"extra_{key}": value for key, value in extra.items()})
+                self.logger.eval(record)
+                reclaim_handlers()  # as after a step: evaluation may compile too
+            except BaseException as e:
+                # DDP: the other ranks wait for this record; they hear of the failure and go on with
+                # rank 0 (the final checkpoint, still written, is a collective) instead of waiting
+                # in the broadcast while rank 0 waits in the checkpoint's, until the timeout
+                if self.ctx.initialized and not self.sharded:
+                    cause = " ".join(str(e).split())[:200] or type(e).__name__
+                    failed = EvaluationFailed(isinstance(e, KeyboardInterrupt), cause)
+                    with contextlib.suppress(RuntimeError):  # the others gone: the failure stays this one
+                        self.ctx.broadcast_object(failed)
+                raise
+        record = self.ctx.broadcast_object(record)
+        if isinstance(record, EvaluationFailed):  # rank 0's evaluation failed (a rank other than 0)
+            if record.interrupted:
+                raise KeyboardInterrupt
+            raise PeerEvaluationFailed(f"rank 0's evaluation failed: {record.cause}")
+        state.last_eval = record
 
     def score(self, split, max_bytes: int | None = None) -> dict[str, Any]:
         """``val_loss``, ``val_bpb`` and ``bytes`` of ``split`` at x, and for Schedule-Free the
