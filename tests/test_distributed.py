@@ -924,13 +924,13 @@ def test_a_surviving_rank_names_the_checkpoint_rank_0_committed(tmp_path):
 EVALUATION_FAILS = """
 import sys, torch
 from rnnlab.cli import main
-from rnnlab.train import trainer
+from rnnlab.train import distributed as dist, trainer
 
 how, score = sys.argv[1], trainer.Trainer.score
 
 
-def failing(self, split, max_bytes=None):  # rank 0's final evaluation (it evaluates alone under DDP) fails
-    if max_bytes is None:
+def failing(self, split, max_bytes=None):  # the final evaluation fails on rank 0 (DDP) or 1 (FSDP2)
+    if max_bytes is None and dist.context().rank == (1 if self.sharded else 0):
         if how == "ctrl_c":
             raise KeyboardInterrupt  # a second Ctrl-C
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -970,3 +970,24 @@ def test_a_final_evaluation_failing_on_rank_0_ends_every_rank_with_the_final_che
     else:
         assert summary["error"].startswith("aborted by Ctrl-C at step 4; last good checkpoint kept at"), summary
         assert r.stderr.count("aborted by Ctrl-C at step 4") == 2, r.stderr[-5000:]
+
+
+def test_a_final_evaluation_failing_on_one_fsdp2_rank_ends_every_rank_at_once(tmp_path, corpus):
+    """FSDP2: every rank evaluates, its collectives in the forward. Rank 1's final evaluation running
+    out of memory ends it with its own line, without the final checkpoint, whose collectives would
+    meet rank 0's inside the evaluation (both waiting until the process group's timeout, the out of
+    memory lost behind "Timed out"); rank 0 hears of rank 1's end and names the checkpoint kept."""
+    script, run = tmp_path / "evalfail.py", tmp_path / "r"
+    script.write_text(EVALUATION_FAILS)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), "oom",
+           "train", *_flags(dict(TINY, steps=4)), "--distributed", "fsdp2", "--data", str(corpus), "--out", str(run),
+           "--no-progress"]
+    os.environ["RNNLAB_DIST_TIMEOUT_MIN"] = "1"
+    try:
+        r = _run(cmd, timeout=45)
+    finally:
+        del os.environ["RNNLAB_DIST_TIMEOUT_MIN"]
+    assert "Timed out" not in r.stderr and r.returncode == 1, r.stderr[-5000:]
+    assert "rnnlab train: rank 0: another rank ended (" in r.stderr, r.stderr[-5000:]
+    assert "out of memory at step" in r.stderr, r.stderr[-5000:]  # rank 1's own line
+    assert json.loads((run / "summary.json").read_text())["error"].startswith("another rank ended (")

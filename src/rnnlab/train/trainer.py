@@ -432,8 +432,14 @@ class Trainer:
         try:
             if self.final_eval_due():
                 self.evaluate(final=True)
-        finally:
-            self.checkpoint(complete=True)  # saved even if the final evaluation fails
+        except BaseException:
+            # saved even if the final evaluation fails; not under FSDP2, where every rank evaluates
+            # and the others may wait in one of its collectives, which the checkpoint's would meet
+            # (a hang until the process group's timeout): this rank ends, and they hear of it
+            if not self.sharded:
+                self.checkpoint(complete=True)
+            raise
+        self.checkpoint(complete=True)
         interrupted = self.ctx.agree(0.0, stop.requested)[1]  # every rank gets here: one answer
         summary = self.finish(complete=True, interrupted=interrupted)
         if stop.requested and not interrupted:  # pressed while the summary was being written
