@@ -944,7 +944,8 @@ sys.exit(main())
 
 
 @pytest.mark.parametrize("how", ["oom", "ctrl_c"])
-def test_a_final_evaluation_failing_on_rank_0_ends_every_rank_with_the_final_checkpoint(how, tmp_path, corpus):
+def test_a_final_evaluation_failing_on_rank_0_ends_every_rank_with_the_final_checkpoint(how, tmp_path, corpus,
+                                                                                     monkeypatch):
     """DDP: rank 0 evaluates alone while the others wait for its record. Its final evaluation
     failing (out of memory, or a second Ctrl-C: guarantee 3b) still writes the final checkpoint on
     every rank, then each ends: rank 0 with its own line, rank 1 with one naming rank 0's failure
@@ -954,11 +955,8 @@ def test_a_final_evaluation_failing_on_rank_0_ends_every_rank_with_the_final_che
     script.write_text(EVALUATION_FAILS)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), how,
            "train", *_flags(dict(TINY, steps=4)), "--data", str(corpus), "--out", str(run), "--no-progress"]
-    os.environ["RNNLAB_DIST_TIMEOUT_MIN"] = "1"
-    try:
-        r = _run(cmd, timeout=45)
-    finally:
-        del os.environ["RNNLAB_DIST_TIMEOUT_MIN"]
+    monkeypatch.setenv("RNNLAB_DIST_TIMEOUT_MIN", "1")  # a hang fails in 1 min, not 60
+    r = _run(cmd, timeout=45)
     assert "Timed out" not in r.stderr and "[rank1]: Traceback" not in r.stderr, r.stderr[-5000:]
     assert RunDir(run).checkpoint().step == 4, r.stderr[-5000:]  # the final checkpoint, on both ranks
     summary = json.loads((run / "summary.json").read_text())
@@ -972,7 +970,7 @@ def test_a_final_evaluation_failing_on_rank_0_ends_every_rank_with_the_final_che
         assert r.stderr.count("aborted by Ctrl-C at step 4") == 2, r.stderr[-5000:]
 
 
-def test_a_final_evaluation_failing_on_one_fsdp2_rank_ends_every_rank_at_once(tmp_path, corpus):
+def test_a_final_evaluation_failing_on_one_fsdp2_rank_ends_every_rank_at_once(tmp_path, corpus, monkeypatch):
     """FSDP2: every rank evaluates, its collectives in the forward. Rank 1's final evaluation running
     out of memory ends it with its own line, without the final checkpoint, whose collectives would
     meet rank 0's inside the evaluation (both waiting until the process group's timeout, the out of
@@ -982,11 +980,8 @@ def test_a_final_evaluation_failing_on_one_fsdp2_rank_ends_every_rank_at_once(tm
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), "oom",
            "train", *_flags(dict(TINY, steps=4)), "--distributed", "fsdp2", "--data", str(corpus), "--out", str(run),
            "--no-progress"]
-    os.environ["RNNLAB_DIST_TIMEOUT_MIN"] = "1"
-    try:
-        r = _run(cmd, timeout=45)
-    finally:
-        del os.environ["RNNLAB_DIST_TIMEOUT_MIN"]
+    monkeypatch.setenv("RNNLAB_DIST_TIMEOUT_MIN", "1")  # a hang fails in 1 min, not 60
+    r = _run(cmd, timeout=45)
     assert "Timed out" not in r.stderr and r.returncode == 1, r.stderr[-5000:]
     assert "rnnlab train: rank 0: another rank ended (" in r.stderr, r.stderr[-5000:]
     assert "out of memory at step" in r.stderr, r.stderr[-5000:]  # rank 1's own line
