@@ -452,8 +452,27 @@ def test_out_of_memory_names_the_knobs(world, capsys, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("rnnlab train: error: out of memory at step 1 on cpu: lower "
                                                    "--batch-size (4) or --seq-len (32) or raise --grad-accum (1)"), err
-    assert "no checkpoint was written" in err
+    assert "no checkpoint was written" in err and "--eval-batch-size" not in err
     assert "out of memory" in json.loads((out / "summary.json").read_text())["error"]
+
+
+def test_out_of_memory_in_a_training_evaluation_names_its_knob(world, capsys, monkeypatch):
+    """An out-of-memory error in an evaluation during training names --eval-batch-size and the
+    step it evaluated, not the next step's --batch-size and --seq-len (which it said before,
+    leaving the reader to guess which applied)."""
+    from rnnlab.train.trainer import Trainer
+
+    def oom(self, split, max_bytes=None):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Trainer, "score", oom)
+    out = world["root"] / "oom-eval"
+    assert main(["train", *TINY, "--steps", "2", "--eval-every", "1", "--data", str(world["corpus"]),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("rnnlab train: error: out of memory in the evaluation at step 1 on cpu: lower "
+                          "--eval-batch-size (512); "), err
+    assert "--seq-len" not in err
 
 
 def test_out_of_memory_in_eval_names_the_knob(world, capsys, monkeypatch):

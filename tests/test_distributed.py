@@ -962,7 +962,7 @@ def test_a_final_evaluation_failing_on_rank_0_ends_every_rank_with_the_final_che
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] is False and summary["steps"] == 4, summary
     if how == "oom":
-        assert summary["error"].startswith("out of memory at step "), summary
+        assert summary["error"].startswith("out of memory in the evaluation at step 4 "), summary
         assert ("rnnlab train: rank 1: another rank ended (rank 0's evaluation failed: CUDA out of memory. Tried "
                 "to allocate 2.00 GiB) after step 4, whose checkpoint is saved: ") in r.stderr, r.stderr[-5000:]
     else:
@@ -984,5 +984,5 @@ def test_a_final_evaluation_failing_on_one_fsdp2_rank_ends_every_rank_at_once(tm
     r = _run(cmd, timeout=45)
     assert "Timed out" not in r.stderr and r.returncode == 1, r.stderr[-5000:]
     assert "rnnlab train: rank 0: another rank ended (" in r.stderr, r.stderr[-5000:]
-    assert "out of memory at step" in r.stderr, r.stderr[-5000:]  # rank 1's own line
+    assert "out of memory in the evaluation at step 4" in r.stderr, r.stderr[-5000:]  # rank 1's own line
     assert json.loads((run / "summary.json").read_text())["error"].startswith("another rank ended (")

@@ -44,11 +44,17 @@ def pick_device(name: str) -> torch.device:
 EVAL_TOKENS = 16384  # default eval batch: at least this many tokens (evaluation keeps no activations)
 
 
+def eval_batch(cfg) -> int:
+    """The windows per evaluation batch of a run (its TrainConfig): ``--eval-batch-size``, else
+    ``--batch-size`` or enough windows for :data:`EVAL_TOKENS` tokens, whichever is more."""
+    return cfg.run.eval_batch_size or max(cfg.data.batch_size, EVAL_TOKENS // cfg.data.seq_len)
+
+
 def evaluate_run(model: nn.Module, split, cfg, *, batch_size: int | None = None,
                  max_bytes: int | None = None) -> dict[str, float]:
     """Held-out ``evaluate`` with a run's settings (its TrainConfig): window length, eval batch,
     byte cap and precision. ``batch_size`` / ``max_bytes`` replace the run's; a cap of 0 = all."""
-    batch = batch_size or cfg.run.eval_batch_size or max(cfg.data.batch_size, EVAL_TOKENS // cfg.data.seq_len)
+    batch = batch_size or eval_batch(cfg)
     cap = cfg.run.eval_bytes if max_bytes is None else max_bytes
     return evaluate(model, split, cfg.data.seq_len, batch, cap or None, precision=cfg.run.precision)
 

@@ -47,7 +47,7 @@ from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank
 from rnnlab.train.rundir import RunDir
-from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, evaluate_run,
+from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, eval_batch, evaluate_run,
                                   is_out_of_memory, peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
 
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
@@ -324,6 +324,7 @@ class Trainer:
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
                                 cfg.max_steps(), progress, enabled=ctx.is_main)
         self.throughput = Throughput()
+        self.evaluating = False  # while an evaluation runs: an out-of-memory error then names its knob
 
     # ------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, Any]:
@@ -361,11 +362,16 @@ class Trainer:
                 if not is_out_of_memory(e):
                     raise
                 cfg = self.cfg
-                accum = (" or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
-                         if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})")
-                message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
-                           f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}, or lower "
-                           f"--eval-batch-size when it happens in an evaluation; {self.checkpointer.kept()}")
+                graph = " or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
+                if self.evaluating:
+                    message = (f"out of memory in the evaluation at step {self.state.step} on {self.device}: "
+                               f"lower --eval-batch-size ({eval_batch(cfg)})"
+                               f"{graph if cfg.run.cuda_graph else ''}; {self.checkpointer.kept()}")
+                else:
+                    accum = graph if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})"
+                    message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
+                               f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}; "
+                               f"{self.checkpointer.kept()}")
                 self.record_failure(message)
                 raise OutOfMemory(message) from None
 
@@ -547,6 +553,7 @@ class Trainer:
         its result."""
         state, run_cfg = self.state, self.cfg.run
         record = state.last_eval
+        self.evaluating = True  # left set by a failure, which train() reads
         if self.ctx.is_main or self.sharded:
             try:
                 if final and self.final_eval_done():  # kept; only the extra file is scored (below)
@@ -582,6 +589,7 @@ class Trainer:
                 raise KeyboardInterrupt
             raise PeerEvaluationFailed(f"rank 0's evaluation failed: {record.cause}")
         state.last_eval = record
+        self.evaluating = False
 
     def score(self, split, max_bytes: int | None = None) -> dict[str, Any]:
         """``val_loss``, ``val_bpb`` and ``bytes`` of ``split`` at x, and for Schedule-Free the
