@@ -310,29 +310,29 @@ def _bench_two_long_runs(tmp_path, **popen):
     return bench, out
 
 
-@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm-where-ctrl-c-is-ignored", "sigterm-to-every-process"])
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm-to-every-process"])
 def test_one_stop_to_the_bench_saves_every_running_run(tmp_path, descendants, stop):
     """`rnnlab bench --gpus 2` with two real training processes (on the CPU; the device list is
     faked): one Ctrl-C to the bench's whole process group, as a terminal sends it, reaches each
     run once (through the bench: each runs in a session of its own), so each finishes its step,
-    saves a checkpoint and stops; none takes a second delivery as "abort". So does a SIGTERM to a
-    bench started where Ctrl-C is ignored (`rnnlab bench ... &` in a script), which ended the bench
-    at once, and its runs with it, unsaved; and a scheduler's SIGTERM to every process of the job
-    (Slurm's scancel), which reaches each run directly and through the bench: one stop, where the
-    bench's passing it on as a SIGINT was a second Ctrl-C that aborted the run."""
+    saves a checkpoint and stops; none takes a second delivery as "abort". So does a scheduler's
+    SIGTERM to every process of the job (Slurm's scancel), which reaches each run directly and
+    through the bench: one stop, where the bench's passing it on as a SIGINT was a second Ctrl-C
+    that aborted the run. (A SIGTERM to a bench started where Ctrl-C is ignored, `cmd &` in a
+    script, is the same first stop: test_cli_train's
+    test_a_sigterm_where_ctrl_c_is_ignored_is_a_keyboard_interrupt and
+    test_a_run_hears_the_benchs_ctrl_c_where_the_bench_ignores_it below.)"""
     import os
     import signal
     import subprocess
 
-    ignored = stop == "sigterm-where-ctrl-c-is-ignored"
     bench, out = _bench_two_long_runs(tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                      start_new_session=True,
-                                      preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignored else None)
+                                      start_new_session=True)
     try:
         if stop == "ctrl-c":
             os.killpg(bench.pid, signal.SIGINT)  # the terminal's Ctrl-C: the bench's whole group
-        else:  # `kill`, a scheduler's stop: the bench alone, or every process of the job
-            for pid in (descendants(bench.pid) if stop == "sigterm-to-every-process" else []) + [bench.pid]:
+        else:  # a scheduler's stop: every process of the job
+            for pid in descendants(bench.pid) + [bench.pid]:
                 os.kill(pid, signal.SIGTERM)
         output = bench.communicate(timeout=120)[0].decode()
         assert bench.returncode == 130 and "FAILED" not in output, output
