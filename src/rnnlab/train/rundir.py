@@ -263,16 +263,6 @@ class RunDir:
             return None
         return f", and had trained {trained:.4g} minutes by step {step - 1:,}, past this budget (minutes {value:g})"
 
-    def trains_no_more(self, step: int, cfg) -> bool:
-        """Whether this run, resumed at ``step`` under ``cfg``'s budget, would take no step: ``step``
-        at the budget's steps, or for ``--minutes`` the budget spent by then (``past_budget``'s rule
-        for the next step)."""
-        budget = cfg.max_steps()
-        if budget is not None:
-            return step >= budget
-        trained = self.minutes_trained(step)
-        return trained is not None and trained >= cfg.budget.chosen()[1]
-
     def env(self) -> dict[str, Any] | None:
         return read_json(self.file(ENV))
 
@@ -462,7 +452,8 @@ class RunDir:
                 raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}{past}: nothing to "
                                  f"train, nothing changed (a larger --{kind} extends a run)")
             if (saved.get("eval_bytes") != new_cap and summary.get("complete") and summary.get("val_bpb") is not None
-                    and summary.get("steps") == checkpoint.step and self.trains_no_more(checkpoint.step, cfg)):
+                    and summary.get("steps") == checkpoint.step
+                    and self.past_budget(checkpoint.step + 1, cfg) is not None):  # no step would train
                 text = "all" if not new_cap else str(new_cap)  # the final evaluation is done and not redone
                 raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final "
                                  f"evaluation is done, so --eval-bytes {text} would score nothing and only rewrite "
