@@ -551,28 +551,11 @@ class Trainer:
         (a finished run resumed with a new extra file) only that file is scored and added.
         Training is not perturbed. Rank 0 evaluates (every rank under FSDP2); the others receive
         its result."""
-        state, run_cfg = self.state, self.cfg.run
-        record = state.last_eval
+        record = self.state.last_eval
         self.evaluating = True  # left set by a failure, which train() reads
         if self.ctx.is_main or self.sharded:
             try:
-                if final and self.final_eval_done():  # kept; only the extra file is scored (below)
-                    record = {k: v for k, v in record.items() if not k.startswith("extra_")}
-                else:
-                    curve = run_cfg.curve_eval_bytes
-                    record = {"step": state.step, "tokens": state.tokens,
-                              **self.score(self.val_split, max_bytes=None if final else curve)}
-                    if final and run_cfg.eval_every and curve is not None and curve != run_cfg.eval_bytes:
-                        record.update({f"curve_{k}": v
-                                       for k, v in self.score(self.val_split, max_bytes=curve).items()})
-                if final:
-                    record["final"] = True
-                    if self.extra_val_split is not None:
-                        extra = self.score(self.extra_val_split, max_bytes=0)
-                        record.update({"extra_data": str(self.extra_val_split.path)},
-                                      **{f"extra_{key}": value for key, value in extra.items()})
-                self.logger.eval(record)
-                reclaim_handlers()  # as after a step: evaluation may compile too
+                record = self.scored_record(final)
             except BaseException as e:
                 # DDP: the other ranks wait for this record; they hear of the failure and go on with
                 # rank 0 (the final checkpoint, still written, is a collective) instead of waiting
@@ -588,8 +571,29 @@ class Trainer:
             if record.interrupted:
                 raise KeyboardInterrupt
             raise PeerEvaluationFailed(f"rank 0's evaluation failed: {record.cause}")
-        state.last_eval = record
+        self.state.last_eval = record
         self.evaluating = False
+
+    def scored_record(self, final: bool) -> dict[str, Any]:
+        """This rank's evaluation record (``evaluate`` says what it scores), logged."""
+        state, run_cfg = self.state, self.cfg.run
+        if final and self.final_eval_done():  # kept; only the extra file is scored (below)
+            record = {k: v for k, v in state.last_eval.items() if not k.startswith("extra_")}
+        else:
+            curve = run_cfg.curve_eval_bytes
+            record = {"step": state.step, "tokens": state.tokens,
+                      **self.score(self.val_split, max_bytes=None if final else curve)}
+            if final and run_cfg.eval_every and curve is not None and curve != run_cfg.eval_bytes:
+                record.update({f"curve_{k}": v for k, v in self.score(self.val_split, max_bytes=curve).items()})
+        if final:
+            record["final"] = True
+            if self.extra_val_split is not None:
+                extra = self.score(self.extra_val_split, max_bytes=0)
+                record.update({"extra_data": str(self.extra_val_split.path)},
+                              **{f"extra_{key}": value for key, value in extra.items()})
+        self.logger.eval(record)
+        reclaim_handlers()  # as after a step: evaluation may compile too
+        return record
 
     def score(self, split, max_bytes: int | None = None) -> dict[str, Any]:
         """``val_loss``, ``val_bpb`` and ``bytes`` of ``split`` at x, and for Schedule-Free the
