@@ -45,12 +45,13 @@ from rnnlab.data.corpus import compression_of
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
 READ_SIZE = 1 << 16
-COMPRESSIONS = (".xz", ".gz", ".zst")
 FOLDER_FORMATS = (".txt", ".jsonl")  # what a folder contributes (before any compression suffix)
 # What a damaged compressed stream raises (gzip's BadGzipFile is an OSError: caught by name).
 CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
-# the suffix that unpacks each compressed format corpus.compression_of recognises
+# the suffix that unpacks each compressed format corpus.compression_of recognises; a file named
+# with one of them is read through its decompressor
 SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst"}
+COMPRESSIONS = tuple(SUFFIX_OF.values())
 
 
 class CorpusError(ValueError):
