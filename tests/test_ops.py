@@ -315,3 +315,24 @@ def test_spectral_norm_refuses_bad_shapes_in_one_line():
     for w_dt, u_dt in [(torch.float64, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16)]:
         assert spectral_norm(w.to(w_dt), u.to(u_dt), 0.9, 2)[1].dtype == u_dt
 
+
+@pytest.mark.parametrize("shape", [(48, 48), (3, 16, 16)])
+def test_spectral_norm_of_a_bf16_weight_runs_in_fp32(shape):
+    """The reference's power iterations, sigma and rescaling run in fp32 for a bf16 weight, as the
+    Triton kernels do (dense E1 under pure bf16 runs the reference): the result is the fp32
+    computation's rounded to bf16, and the weight's gradient is the fp32 one's rounded."""
+    from rnnlab.ops.elman import naive
+
+    g = torch.Generator().manual_seed(11)
+    w = (torch.randn(*shape, generator=g) / shape[-1] ** 0.5).to(torch.bfloat16).requires_grad_()
+    u = F.normalize(torch.randn(shape[:-1], generator=g), dim=-1)
+    w32 = w.detach().float().requires_grad_()
+    got, got_u = naive.spectral_norm(w, u, 0.9, 3)
+    want, want_u = naive.spectral_norm(w32, u, 0.9, 3)
+    assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
+    assert torch.equal(got_u, want_u)
+    grad = torch.randn(shape, generator=g)
+    got_g, = torch.autograd.grad(got, w, grad.to(torch.bfloat16))
+    want_g, = torch.autograd.grad(want, w32, grad.to(torch.bfloat16).float())
+    assert torch.equal(got_g, want_g.to(torch.bfloat16))
+

@@ -75,20 +75,21 @@ def spectral_norm(w_h: torch.Tensor, u: torch.Tensor, radius: float, iters: int
     rescaled to spectral norm ``radius`` (E1's ``norm="spectral"``). ``iters`` power iterations
     from ``u`` (``[H]`` or ``[nh, hd]``) estimate the top singular vectors ``u``, ``v`` without
     gradient; ``sigma = |u^T W v|`` with gradient, and ``W_eff = W * radius / (sigma + 1e-8)``: W is
-    always rescaled, never clamped. ``u_new`` (``u``'s dtype, as the kernels return it; the
-    iterations run in ``w_h``'s) is the caller's to store."""
-    W, u_dtype = w_h, u.dtype
+    always rescaled, never clamped. The arithmetic is at least fp32, as the kernels' (bf16 would
+    round sigma, and so the radius, to 1 part in 256); ``W_eff`` comes back in ``w_h``'s dtype and ``u_new`` in
+    ``u``'s, as the kernels return them; the caller stores ``u_new``."""
+    W = w_h.to(torch.promote_types(w_h.dtype, torch.float32))
     with torch.no_grad():
-        u = u.to(W.dtype)
+        u_new = u.to(W.dtype)
         for _ in range(iters):
             if W.dim() == 2:
-                v = unit(W.t() @ u)
-                u = unit(W @ v)
+                v = unit(W.t() @ u_new)
+                u_new = unit(W @ v)
             else:
-                v = unit(torch.einsum("ned,ne->nd", W, u))
-                u = unit(torch.einsum("ned,nd->ne", W, v))
+                v = unit(torch.einsum("ned,ne->nd", W, u_new))
+                u_new = unit(torch.einsum("ned,nd->ne", W, v))
     if W.dim() == 2:
-        sigma = (u @ W @ v).abs()
+        sigma = (u_new @ W @ v).abs()
     else:
-        sigma = torch.einsum("ne,ned,nd->n", u, W, v).abs()[:, None, None]
-    return W * radius / (sigma + 1e-8), u.to(u_dtype)
+        sigma = torch.einsum("ne,ned,nd->n", u_new, W, v).abs()[:, None, None]
+    return (W * radius / (sigma + 1e-8)).to(w_h.dtype), u_new.to(u.dtype)

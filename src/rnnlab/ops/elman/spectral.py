@@ -8,7 +8,7 @@ with its backward: ~600 launches in E1 heads d31's step, with the GPU idle betwe
 (``results/bound-h200`` call 15). Here one program a head holds the head's ``W`` in registers and
 runs every iteration, ``sigma`` and the rescaling ``W_eff = r W / (sigma + 1e-8)``; the backward
 (``W``'s gradient through ``W_eff``, with ``u`` and ``v`` constants as in the reference) is one
-launch too. The arithmetic is fp32 (the reference's is in ``W``'s dtype); outputs are rounded to
+launch too. The arithmetic is fp32, as the reference's; outputs are rounded to
 ``W``'s and ``u``'s dtypes. Heads of up to :data:`MAX_HEAD` channels.
 """
 
