@@ -186,12 +186,15 @@ def test_init_state(case):
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
 def test_causal(case):
+    """Output t depends on inputs up to t only; a zero-length input gives a zero-length output (the
+    causal convolutions included: torch's convolution refuses an empty input)."""
     mixer = make_layer(*case)
     x = torch.randn(2, 9, DIM)
     x2 = x.clone()
     x2[:, 5:] += torch.randn(2, 4, DIM)
     with torch.no_grad():
         y, y2 = mixer(x), mixer(x2)
+        assert mixer(x[:, :0]).shape == (2, 0, DIM)
     torch.testing.assert_close(y2[:, :5], y[:, :5], rtol=0, atol=1e-6)
     assert not torch.allclose(y2[:, 5:], y[:, 5:])
 

@@ -23,7 +23,8 @@ tests/test_layer_contract.py fails for a field declared without help.
 Shared here: the config check, the inner width of the layers with an ``expansion`` option
 (:class:`InnerWidth`), the ``backend`` option of every recurrent layer (:func:`op_backend_option`:
 which implementation of its op runs; :func:`official_backend_option`: the official library's
-module or the reference), and for a layer with an official implementation (Mamba2, Gated
+module or the reference), the causal depthwise convolution of E1, Mamba2 and Gated DeltaNet
+(:func:`causal_conv`, and one token of it: :func:`causal_conv_step`), and for a layer with an official implementation (Mamba2, Gated
 DeltaNet) the choice between it and the reference (:func:`resolve_official`,
 :class:`OfficialOrReference`) and the adoption of the library's module (:func:`adopt`).
 """
@@ -70,6 +71,23 @@ def official_backend_option(library: str) -> Any:
     return option("auto", choices=OFFICIAL_BACKENDS,
                   help=f"official ({library}, CUDA only), reference (PyTorch, any device, same weights) or auto "
                        "(official where it runs)")
+
+
+def causal_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` (depthwise, padded by its kernel size - 1) over the time axis of ``x: [B, T, C]``,
+    causally: output ``t`` sees inputs up to ``t``. A zero-length ``x`` gives a zero-length output
+    (torch's convolution refuses an empty input)."""
+    T = x.shape[1]
+    if T == 0:
+        return x
+    return conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
+
+
+def causal_conv_step(conv: nn.Conv1d, window: torch.Tensor) -> torch.Tensor:
+    """:func:`causal_conv`'s output at the newest input of ``window: [B, C, kernel]`` (the last
+    ``kernel`` inputs, oldest first): what ``step`` computes from its carried window."""
+    y = (window * conv.weight[:, 0]).sum(-1)
+    return y if conv.bias is None else y + conv.bias
 
 
 def check_options(cfg: Any) -> None:

@@ -64,7 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import MAX_FACTOR, MAX_SIZE, InnerWidth, State, check_options, op_backend_option
+from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, InnerWidth, State, causal_conv, causal_conv_step, check_options,
+                                op_backend_option)
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.elman import (BACKENDS, elman_decay_scan, elman_lowrank_scan, elman_scan, elman_scan_beside_linear,
                               spectral_norm)
@@ -303,8 +304,7 @@ class E1(nn.Module):
         """in_proj, split, optional causal conv, silu: ``[B, T, D] -> (x, z)``, each ``[B, T, di]``."""
         xr, z = self.in_proj(x).chunk(2, dim=-1)
         if self.conv1d is not None:
-            T = xr.shape[1]
-            xr = self.conv1d(xr.transpose(1, 2))[..., :T].transpose(1, 2)
+            xr = causal_conv(self.conv1d, xr)
         return F.silu(xr), z
 
     def recurrence(self, xr: torch.Tensor, update: bool | None = None) -> Recurrence:
@@ -355,7 +355,7 @@ class E1(nn.Module):
         conv_state: tuple = ()
         if self.conv1d is not None:
             window = torch.cat([state[1], xr.unsqueeze(-1)], dim=-1)  # [B, di, conv]
-            xr = (window * self.conv1d.weight[:, 0]).sum(-1) + self.conv1d.bias
+            xr = causal_conv_step(self.conv1d, window)
             conv_state = (window[..., 1:],)
         rec = self.recurrence(F.silu(xr).unsqueeze(1), update=False)
         h_t, h = rec.scan(state[0], "naive")

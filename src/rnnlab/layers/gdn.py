@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, check_options,
-                               official_backend_option, resolve_official)
+from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, causal_conv,
+                               causal_conv_step, check_options, official_backend_option, resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.delta import fla_backward_refusal, gated_delta_scan
 from rnnlab.ops.dtypes import compute_dtype
@@ -162,7 +162,7 @@ class GatedDeltaNet(OfficialOrReference):
 
     def _conv(self, conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
         """``silu`` of the causal depthwise convolution of ``x [B, T, C]``."""
-        return F.silu(conv(x.transpose(1, 2))[..., :x.shape[1]].transpose(1, 2))
+        return F.silu(causal_conv(conv, x))
 
     # ---------------------------------------------------------------- contract
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,7 +186,7 @@ class GatedDeltaNet(OfficialOrReference):
         convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
         windows = [torch.cat([w[..., 1:], proj(x_t).unsqueeze(-1).to(w.dtype)], dim=-1)
                    for w, proj in zip(windows, (self.q_proj, self.k_proj, self.v_proj))]
-        q, k, v = (F.silu((w * conv.weight.squeeze(1)).sum(-1)).to(x_t.dtype) for w, conv in zip(windows, convs))
+        q, k, v = (F.silu(causal_conv_step(conv, w)).to(x_t.dtype) for w, conv in zip(windows, convs))
         q, k, v, g, beta = (t.unsqueeze(1) for t in self._scan_inputs(x_t, q, k, v))
         o, S = gated_delta_scan(q, k, v, g, beta, S, backend="naive")
         return self._out(o[:, 0], x_t), (S, *windows)

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, check_options,
-                               official_backend_option, resolve_official)
+from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, causal_conv,
+                               causal_conv_step, check_options, official_backend_option, resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.registry import LazyKernel
@@ -187,9 +187,8 @@ class Mamba2(OfficialOrReference):
         if self.backend == "official":
             self._check_official_input(x)
             return self._official.forward(self, x)
-        T = x.shape[1]
         z, xBC, dt = self._split(self.in_proj(x))
-        xBC = self.act(self.conv1d(xBC.transpose(1, 2))[..., :T].transpose(1, 2))
+        xBC = self.act(causal_conv(self.conv1d, xBC))
         xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
         y, _ = ssd_scan(xs, dt, A, B, C, self.chunk_size, None, backend="chunked")
         y = y + xs * self.D.to(y.dtype)[:, None]
@@ -212,7 +211,7 @@ class Mamba2(OfficialOrReference):
             return y.squeeze(1), (conv, ssm)
         z, xBC, dt = self._split(self.in_proj(x_t))
         conv = torch.cat([conv[..., 1:], xBC.unsqueeze(-1).to(conv.dtype)], dim=-1)
-        xBC = (conv * self.conv1d.weight.squeeze(1)).sum(-1) + self.conv1d.bias
+        xBC = causal_conv_step(self.conv1d, conv)
         xBC = self.act(xBC).to(x_t.dtype)
         xs, dt, A, B, C = self._ssm_inputs(xBC, dt)
         # the op's sequential reference on a length-1 sequence from the carried state
