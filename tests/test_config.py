@@ -105,6 +105,13 @@ def test_every_field_is_type_checked(key):
     ({"layer": {"heads": "two"}}, "e1 layer option heads must be a positive integer (at most 65,536), got 'two'"),
     ({"vocab_size": 300}, "vocab_size must be one of 256, got 300"),
     ({"distributed": "zero3"}, "distributed must be one of ddp, fsdp2, got 'zero3'"),
+    # each bound at its edge: a zero epsilon or log cadence, one byte over the held-out caps' limit
+    ({"eps": 0.0}, "eps must be a positive finite number, got 0.0"),
+    ({"log_every": 0}, "log_every must be a positive integer (at most 1,000,000,000,000), got 0"),
+    ({"eval_bytes": 2**50 + 1},
+     "eval_bytes must be an integer >= 0 (at most 1,125,899,906,842,624), got 1125899906842625"),
+    ({"curve_eval_bytes": 2**50 + 1},
+     "curve_eval_bytes must be an integer >= 0 (at most 1,125,899,906,842,624), got 1125899906842625"),
 ])
 def test_type_and_range_messages(values, message):
     with pytest.raises(ValueError) as e:
@@ -361,16 +368,20 @@ def test_rules_between_fields(values, message):
 @pytest.mark.parametrize("values", [
     {"batch_size": 6, "grad_accum": 3}, {"steps": 10, "warmup_steps": 10},
     {"optimizer": "adamw", "lr_schedule": "constant", "minutes": 1.0},
+    {"seq_len": 16, "eval_bytes": 17}, {"seq_len": 16, "eval_every": 1, "curve_eval_bytes": 17},
+    {"seq_len": 16, "curve_eval_bytes": 16},
 ])
 def test_rules_between_fields_allow_their_edges(values):
     """What those checks allow: a grad_accum that divides the batch, a warmup as long as the budget,
-    a constant-LR AdamW under a minutes budget."""
+    a constant-LR AdamW under a minutes budget, held-out caps of exactly one window (seq_len+1
+    bytes), and a curve cap below a window where no evaluation during training reads it."""
     TrainConfig.from_dict(values).validate()
 
 
 def test_config_file_forms(tmp_path):
-    """What a config file may say: a suffix in any case, an empty YAML file (no fields), a top-level
-    ``[layer]`` table, ``[model] name = ...`` for the model kind, model fields with dashes."""
+    """What a config file may say: a suffix in any case, ``.yml`` as ``.yaml``, an empty YAML file (no
+    fields), a top-level ``[layer]`` table, ``[model] name = ...`` for the model kind, model fields
+    with dashes."""
     from rnnlab.train.config import load_config, read_config_file
 
     upper = tmp_path / "C.TOML"
@@ -380,6 +391,9 @@ def test_config_file_forms(tmp_path):
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing set\n")
     assert read_config_file(empty) == {}
+    short = tmp_path / "c.yml"  # YAML's other suffix
+    short.write_text("lr: 0.02\n")
+    assert load_config(short).optim.lr == 0.02
 
 
 def test_legacy_hint_names_the_value_as_json():
