@@ -649,6 +649,21 @@ def test_status_tells_complete_failed_and_incomplete(tmp_path):
         assert run.status() == status
 
 
+def test_each_run_file_alone_holds_a_run(tmp_path):
+    """config.json, summary.json, metrics.jsonl (a run killed before its first checkpoint, its
+    config.json lost) or ckpt/, any one alone, make a folder hold a run that a fresh run must not
+    train over; a lock or a TensorBoard folder alone do not."""
+    for name in ("config.json", "summary.json", "metrics.jsonl", "ckpt"):
+        run = RunDir(tmp_path / name)
+        run.path.mkdir()
+        (run.path / name).mkdir() if name == "ckpt" else (run.path / name).write_text("{}\n")
+        assert run.holds_run() and run.status() == "incomplete", name
+    other = RunDir(tmp_path / "other")
+    (other.path / "tb").mkdir(parents=True)
+    (other.path / LOCK).write_text("")
+    assert not other.holds_run() and other.status() == "empty"
+
+
 def test_a_folder_holding_only_checkpoints_holds_a_run(tiny_train, tmp_path):
     """ckpt/ alone (config.json and the logs deleted) is a run: a fresh run there is refused, not
     trained beside another run's checkpoints that a later --resume would continue from, and
