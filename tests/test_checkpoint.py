@@ -728,6 +728,35 @@ def test_overwrite_replaces_only_the_run(tiny_train, tmp_path):
     assert json.loads((run / "config.json").read_text())["overwrite"] is False  # reusing it deletes nothing
 
 
+def test_overwrite_deletes_every_file_a_run_writes(tiny_train, tmp_path):
+    """--overwrite deletes each file and folder of the run (archived logs, TensorBoard's and W&B's
+    folders and wandb-id.txt among them: a file left behind would join the new run, wandb-id.txt
+    continuing the old W&B run) and nothing else."""
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    for name in ("config.json", "env.json", "metrics.jsonl", "metrics.jsonl.xz", "eval.jsonl", "summary.json",
+                 "wandb-id.txt", "notes.txt"):
+        (run.path / name).write_text("{}\n")
+    for name in ("ckpt", "tb", "wandb"):
+        (run.path / name / "inside").mkdir(parents=True)
+    assert run.prepare(tiny_train(run.path, steps=2, overwrite=True)) is None
+    run.release()
+    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "notes.txt"]
+
+
+def test_a_folder_of_runs_names_up_to_eight_of_them(tmp_path):
+    """Loading a folder that holds runs instead of being one names them, eight at most, then "...",
+    and how to name the first."""
+    for i in range(9):
+        (tmp_path / f"r{i}").mkdir()
+        (tmp_path / f"r{i}" / "config.json").write_text("{}")
+        names = ", ".join(f"r{j}" for j in range(min(i + 1, 8))) + (", ..." if i == 8 else "")
+        with pytest.raises(FileNotFoundError) as e:
+            RunDir(tmp_path).config()
+        assert str(e.value) == (f"{tmp_path} is not a run dir (no readable config.json); it holds runs: {names} "
+                                f"(--run {tmp_path / 'r0'})")
+
+
 def test_resume_clears_what_killed_writers_left(tiny_train, tmp_path):
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=2), progress=False)
