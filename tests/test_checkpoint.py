@@ -588,6 +588,23 @@ def test_lock_names_its_holder(tmp_path):
     b.release()
 
 
+def test_a_lock_holder_yet_to_record_itself_is_another_process(tmp_path):
+    """A holder that has locked the file but not yet written its pid (the file still empty) is
+    named as such, not a JSON error's traceback."""
+    import fcntl
+
+    (tmp_path / LOCK).write_text("")
+    fd = os.open(tmp_path / LOCK, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError) as e:
+            RunLock(tmp_path / LOCK).acquire()
+        assert str(e.value) == (f"run dir {tmp_path} is in use by another process (which has not recorded itself "
+                                f"yet): one process at a time trains into a run folder")
+    finally:
+        os.close(fd)
+
+
 def test_the_lock_holder_replaces_what_an_earlier_holder_recorded(tmp_path):
     """A longer record left by an earlier holder (another host's name) is replaced whole, so the
     next process names the current holder."""
@@ -647,6 +664,29 @@ def test_status_tells_complete_failed_and_incomplete(tmp_path):
                             ({"complete": False}, "incomplete")):
         run.write_summary(summary)
         assert run.status() == status
+    (tmp_path / "summary.json").write_text('["complete"]')  # JSON, but not the object a summary is
+    assert run.summary() is None and run.status() == "incomplete"
+
+
+def test_a_resumed_archived_run_gets_its_logs_back_as_plain_files(tiny_train, tmp_path):
+    """Resuming a run whose logs were archived (``.xz``, results/) writes them back plain, cut back
+    to the checkpoint's step, and deletes the archives, so that one copy of each record remains; a
+    plain file, where there is one, is what is read, not an archive beside it."""
+    import lzma
+
+    from rnnlab.train.rundir import read_jsonl
+
+    def lines(steps):
+        return "".join(json.dumps({"step": s}) + "\n" for s in steps)
+
+    run = RunDir(tmp_path)
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        (tmp_path / f"{name}.xz").write_bytes(lzma.compress(lines([1, 2, 3]).encode()))
+    run.start(tiny_train(tmp_path), {}, resumed_step=2)
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        assert not (tmp_path / f"{name}.xz").exists() and (tmp_path / name).read_text() == lines([1, 2])
+    (tmp_path / "metrics.jsonl.xz").write_bytes(lzma.compress(lines([7]).encode()))
+    assert [r["step"] for r in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2]
 
 
 def test_each_run_file_alone_holds_a_run(tmp_path):
