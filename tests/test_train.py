@@ -1244,6 +1244,25 @@ def test_memory_check_counts_each_gpus_share_under_torchrun(tiny_train, tmp_path
     runtime.check_memory(apply_overrides(big, {"distributed": "fsdp2"}), 100_000_000, torch.device("cuda", 0), world=4)
 
 
+def test_memory_check_refuses_only_what_cannot_fit(tiny_train, tmp_path, monkeypatch):
+    """The check at its edges, with its sums spelled out: fp32 weights, grads and two moments take
+    params x 4 x 4 bytes; the activations of a step, 4 x 32 tokens x (2 x depth 2 x dim 32 x 4 +
+    2 x 256 x 4) bytes. Exactly that much memory fits; a byte less is refused, for the activations
+    while the state alone fits (exactly too), else for the state."""
+    from rnnlab.train import runtime
+
+    cfg = tiny_train(tmp_path / "r")  # batch 4 x seq_len 32, dim 32, depth 2, fp32
+    states, activations = 1000 * 4 * 4, 4 * 32 * (2 * 2 * 32 * 4 + 2 * 256 * 4)
+    for have, refused in ((states + activations, None), (states + activations - 1, "of activations"),
+                          (states, "of activations"), (states - 1, "optimizer state need")):
+        monkeypatch.setattr(runtime, "device_memory", lambda device: have)
+        if refused is None:
+            runtime.check_memory(cfg, 1000, torch.device("cpu"))
+        else:
+            with pytest.raises(ValueError, match=refused):
+                runtime.check_memory(cfg, 1000, torch.device("cpu"))
+
+
 def test_minutes_budget_leaves_out_the_warm_up_steps(tiny_train, tmp_path, monkeypatch):
     """An equal-time race must not charge compilation to a model: each process's first 3 steps
     (compilation, autotuning) are outside a --minutes budget, and the summary states them."""
@@ -1404,6 +1423,32 @@ def test_each_resume_adds_the_session_before_it_to_the_earlier_sessions(tiny_tra
     run.start(cfg, {**sessions[2], "argv": ["c"]}, 0)
     env = run.env()
     assert env["earlier_sessions"] == sessions[:2] and env["started"] == sessions[2]["started"]
+
+
+def test_git_state_asks_git_for_the_commit_and_whether_tracked_files_changed(monkeypatch):
+    """Without ``RNNLAB_GIT_COMMIT``: the commit ``git rev-parse HEAD`` prints, dirty when ``git status
+    --porcelain`` lists a change; a rev-parse that fails (a repository without commits prints "HEAD"
+    and fails) is no commit."""
+    import subprocess
+
+    from rnnlab.train import runtime
+
+    monkeypatch.delenv("RNNLAB_GIT_COMMIT", raising=False)
+    for head, status, state in (((0, "abc123\n"), " M src/x.py\n", ("abc123", True)),
+                                ((0, "abc123\n"), "", ("abc123", False)), ((128, "HEAD\n"), "", (None, None))):
+        answers = {"rev-parse": head, "status": (0, status)}
+        monkeypatch.setattr(runtime.subprocess, "run",
+                            lambda cmd, **kw: subprocess.CompletedProcess(cmd, *answers[cmd[1]], ""))
+        assert runtime.git_state() == state
+
+
+def test_a_cuda_only_backend_is_only_refused_off_cuda():
+    """``backend=official`` (or triton) counts as CUDA-only on a CPU, never on a CUDA device."""
+    from rnnlab.train.runtime import cuda_only_backend
+
+    cfg = TrainConfig.from_dict({"model": {"model": "mamba2", "layer": {"backend": "official"}}})
+    assert cuda_only_backend(cfg, torch.device("cpu")) == "official"
+    assert cuda_only_backend(cfg, torch.device("cuda", 0)) is None
 
 
 def test_git_commit_label_is_the_inverse_of_split_dirty(monkeypatch):
