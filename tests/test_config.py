@@ -93,6 +93,7 @@ def test_every_field_is_type_checked(key):
 
 @pytest.mark.parametrize("values, message", [
     ({"compile": "no"}, "compile must be true or false, got 'no'"),
+    ({"compile": 1}, "compile must be true or false, got 1"),  # an int is no bool, though a bool is an int
     ({"tie_embeddings": "no"}, "tie_embeddings must be true or false, got 'no'"),
     ({"batch_size": "256"}, "batch_size must be a positive integer (at most 65,536), got '256'"),
     ({"steps": 2.0}, "steps must be a positive integer (at most 1,000,000,000,000), got 2.0"),

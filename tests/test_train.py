@@ -1428,12 +1428,13 @@ def test_each_resume_adds_the_session_before_it_to_the_earlier_sessions(tiny_tra
 def test_git_state_asks_git_for_the_commit_and_whether_tracked_files_changed(monkeypatch):
     """Without ``RNNLAB_GIT_COMMIT``: the commit ``git rev-parse HEAD`` prints, dirty when ``git status
     --porcelain`` lists a change (the benchmarks' label then ends in ``-dirty``, a clean one's not); a
-    rev-parse that fails (a repository without commits prints "HEAD" and fails) is no commit."""
+    rev-parse that fails (a repository without commits prints "HEAD" and fails) is no commit. An
+    empty ``RNNLAB_GIT_COMMIT`` names nothing."""
     import subprocess
 
     from rnnlab.train import runtime
 
-    monkeypatch.delenv("RNNLAB_GIT_COMMIT", raising=False)
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "")
     for head, status, state, label in (((0, "abc123\n"), " M src/x.py\n", ("abc123", True), "abc123-dirty"),
                                        ((0, "abc123\n"), "", ("abc123", False), "abc123"),
                                        ((128, "HEAD\n"), "", (None, None), None)):
