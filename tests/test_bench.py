@@ -672,6 +672,20 @@ def test_report_commit_is_the_runs_else_this_code(monkeypatch):
     assert describe_git(runs[:1]) == "- (not a git checkout)"
 
 
+def test_report_corpus_names_each_runs_training_and_held_out_data():
+    """The header's corpus: a held-out file beside the training file, else the share of the
+    training file held out at its end (the config's default 1% where config.json has none), else
+    the bundled sample; each text once, in the runs' order; a run without config.json adds none."""
+    from rnnlab.bench.report import describe_corpus
+
+    configs = ({"data": "/d/a.txt", "val_data": "/d/v.txt"}, {"data": "/d/a.txt", "val_fraction": 0.05},
+               {"data": "/d/b.txt"}, {}, {"data": None, "val_data": "/d/v.txt"}, {"data": "/d/a.txt", "val_data": "/d/v.txt"})
+    assert describe_corpus([{"config": c} for c in configs]) == (
+        "train /d/a.txt; held-out /d/v.txt; /d/a.txt (held-out: last 0.05 of the file); "
+        "/d/b.txt (held-out: last 0.01 of the file); bundled sample (rnnlab/data/sample); held-out /d/v.txt")
+    assert describe_corpus([{"config": {}}]) == "-"
+
+
 def test_report_mean_std_over_seeds(tmp_path):
     for seed, loss in zip((1, 2, 3), (1.4, 1.5, 1.6)):
         _synthetic_run(tmp_path, f"mamba2-s{seed}", loss, 2.0 + seed / 100, 20000.0 + 1000 * seed, model="mamba2",
@@ -754,8 +768,11 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     md = write_report(tmp_path, plots=False)["md"].read_text()
     rows = _table_rows(md, "| Model | Params (reference / ours)")
     assert [r[0] for r in rows] == ["e1-d26", "e1-d24"]  # run as the reference was, params within 5%
-    assert rows[0][2] == "1.5875 / 1.6000" and rows[0][3] == "+0.0125"
-    assert rows[0][5] == "9.7 / 2.1"  # ours: 2.0 GiB = 2.15 GB
+    # each column in its own unit: ours 2.0 GiB = 2.15 GB, times in seconds
+    assert rows[0] == ["e1-d26", "403M / 400M", "1.5875 / 1.6000", "+0.0125", "15.8K / 16.0K", "9.7 / 2.1",
+                       "778 s / 100 s"]
+    [ours, _] = json.loads((tmp_path / "report.json").read_text())["reference"]  # report.json: the same numbers
+    assert ours["ours"]["mem_gb"] == pytest.approx(2.0 * 2**30 / 1e9) and ours["loss_delta"] == pytest.approx(0.0125)
     assert "- e1-d6: 258K params (reference 403M)" in md and "- e1-d20: 432M params (reference 403M)" in md
     assert "- mamba2-d22: steps 20 (reference 10)" in md
     assert "**Departs from the suite as shipped:** steps = 20\n" in md
@@ -803,7 +820,7 @@ def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     assert "bad (+0.70 bpb)" in warning and "rounding" not in warning  # no bf16 to blame
 
 
-@pytest.mark.parametrize("x_minus_y, flagged", [(0.04, False), (0.06, True), (-0.5, False)])
+@pytest.mark.parametrize("x_minus_y, flagged", [(0.04, False), (0.055, True), (-0.5, False)])
 def test_schedulefree_average_is_flagged_beyond_0_05_bpb_worse_than_its_train_point(x_minus_y, flagged):
     """The x-vs-y warning threshold is X_VS_Y_TOL = 0.05 bpb, one way: an average x a little
     worse (rounding noise between two evaluations) or better than y is no warning."""
@@ -834,6 +851,11 @@ def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
                     "d": ["2.3000 ± 0.0000", "2.2000 ± 0.0000", "3.1000 ± 0.1414 (2 of 3 runs)",
                           "2.0000 ± 0.0000 (2 of 3 runs)"]}
     assert "wikitext2.txt bpb = that file (--extra-val-data)" in md
+    _set_summary(tmp_path, "c", extra_val={"data": "/d/lambada.txt", "val_bpb": 2.0, "val_bpb_train_point": 1.9})
+    md = write_report(tmp_path, plots=False)["md"].read_text()  # two files: the columns name neither, the legend both
+    header = next(line for line in md.splitlines() if line.startswith("| Model | Params | Loss"))
+    assert header.split(" | ")[5:7] == ["extra held-out file bpb", "extra held-out file bpb (train point)"]
+    assert "lambada.txt / wikitext2.txt bpb = that file (--extra-val-data)" in md
 
 
 def test_report_row_averages_its_complete_seeds_only(tmp_path):
@@ -883,9 +905,36 @@ def test_differing_param_counts_under_a_parameter_budget_are_a_warning(tmp_path)
     assert "> - parameter counts: small 400M; large 448M" in md and "differ by design" not in md
 
 
+def test_parameter_counts_exactly_10_percent_apart_still_compare():
+    """``differing_param_counts``: a largest count at most 1 + 2 * 5% times the smallest compares
+    (1.00M beside 1.10M, exactly 10% apart); one parameter more lists every row's count."""
+    from rnnlab.bench.report import differing_param_counts
+
+    rows = [{"name": "a", "params": 1_000_000}, {"name": "b", "params": 1_100_000}, {"name": "c", "params": None}]
+    assert differing_param_counts(rows) is None
+    rows[1]["params"] += 1
+    assert differing_param_counts(rows) == "a 1.00M; b 1.10M; c -"
+
+
+def test_sweep_table_cells_are_each_metrics_mean_and_std():
+    """The sweep table: a row's point on each axis ("-" off it), then params, loss, held-out bpb
+    and tok/s, each its own mean ± std."""
+    from rnnlab.bench.report import sweep_table
+
+    rows = [{"point": {"lr": 0.001}, "params": 57_900, "loss": 1.5, "loss_std": 0.1, "val_bpb": 2.0,
+             "val_bpb_std": 0.02, "tok_per_s": 20000.0, "tok_per_s_std": 1000.0},
+            {"point": None, "params": None, "loss": None, "loss_std": None, "val_bpb": 2.25, "val_bpb_std": None,
+             "tok_per_s": 999.0, "tok_per_s_std": None}]
+    assert sweep_table(rows, ["lr"]).splitlines() == [
+        "| lr | Params | Loss | held-out bpb | Tok/s |", "|---|---|---|---|---|",
+        "| 0.001 | 57.9K | 1.5000 ± 0.1000 | 2.0000 ± 0.0200 | 20.0K ± 1.00K |", "| - | - | - | 2.2500 | 999 |"]
+
+
 def test_held_out_bytes_are_the_final_evaluations_not_the_curves(tmp_path):
     """A run's held-out bytes (the legend, the protocol warnings) are its last evaluation's, the
-    final one that the table's bpb comes from, not those of its curve evaluations before it."""
+    final one that the table's bpb comes from, not those of its curve evaluations before it; a run
+    without evaluations (c) scored none, which is no difference in the bytes scored."""
+    _synthetic_run(tmp_path, "c", 1.6, 2.3, 16000.0)
     for name, curve in (("a", True), ("b", False)):
         _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
         records = ([{"step": 5, "val_bpb": 2.6, "bytes": 992}] if curve else []) + [
@@ -941,14 +990,17 @@ def test_step_spread_needs_min_steps_step_times():
 
 
 @pytest.mark.parametrize("p10, p90, flagged", [(100.0, 100.0, False), (100.0, 114.9, False), (100.0, 115.1, True),
-                                                (90.0, 110.0, True)])
+                                                (90.0, 110.0, True), (20.0, 23.0, False)])
 def test_unsteady_steps_are_flagged_beyond_15_percent(p10, p90, flagged):
     """The 90th over the 10th percentile step time, not over the median (110 / 90 is flagged
-    though 110 is within 15% of the median 100)."""
+    though 110 is within 15% of the median 100); exactly 15% (23 / 20) is not beyond it. The
+    warning names the row's 10th-90th percentile times and its median."""
     from rnnlab.bench.report import jitter_warning
 
     rows = [{"name": "a", "gpu_name": "NVIDIA H200", "step_ms": {"median": 100.0, "p10": p10, "p90": p90}}]
     assert bool(jitter_warning(rows)) == flagged
+    if flagged:
+        assert f"a {p10:.0f}–{p90:.0f} ms (median 100)" in jitter_warning(rows)[1]
 
 
 @pytest.mark.parametrize("slow_every, gpu, flagged", [(0, "NVIDIA H200", False), (3, "NVIDIA H200", True),
@@ -976,7 +1028,9 @@ def test_report_warns_of_unsteady_step_times(tmp_path, slow_every, gpu, flagged)
 
 
 def test_report_warns_when_a_cpu_run_started_on_a_busy_machine(tmp_path):
-    for name, load in (("quiet-run", 0.4), ("busy-run", 3.2)):
+    """A CPU run is busy when its start's 1-minute load average is above its core count: a load
+    of 2.0 on 2 cores (every core taken, none contended) is not."""
+    for name, load in (("quiet-run", 0.4), ("busy-run", 3.2), ("full-run", 2.0)):
         _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
         (tmp_path / name / "env.json").write_text(json.dumps({"device": "cpu", "load_avg": [load, 1.0, 1.0],
                                                              "cpu_count": 2}))
@@ -985,6 +1039,7 @@ def test_report_warns_when_a_cpu_run_started_on_a_busy_machine(tmp_path):
     assert "- **Machine load at start (CPU runs):** 1-minute load average 0.4–3.2 on 2 cores" in md
     warning = md[md.index("> **Warning: the machine was busy"):md.index("## Results")]
     assert "when 1 CPU run(s) started" in warning and "busy-run 3.2" in warning and "quiet-run" not in warning
+    assert "full-run" not in warning
     assert json.loads(paths["json"].read_text())["machine_load"]["busy"] == ["busy-run"]
 
 
@@ -1097,6 +1152,7 @@ def test_interpolate_reads_a_single_point_only_at_its_own_x():
     from rnnlab.bench.report import interpolate
 
     assert interpolate([(5.0, 2.0)], 5.0) == 2.0 and interpolate([(5.0, 2.0)], 4.0) is None
+    assert interpolate([(5.0, 2.0)], 6.0) is None
     assert interpolate([(1.0, 3.0), (2.0, 1.0)], 1.0) == 3.0 and interpolate([(1.0, 3.0), (2.0, 1.0)], 2.0) == 1.0
 
 
@@ -1109,6 +1165,14 @@ def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
     table = equal_bytes_lines(collect(tmp_path)["records"])[4].splitlines()
     assert table[0] == "| Run | 0.77M bytes | 1.54M bytes | 3.07M bytes |"
     assert sorted(table[2:]) == ["| b16 | - | - | 2.2500 |", "| b8 | - | 2.6250 | 2.2500 |"]
+    # b16 evaluated once: no curve to read between evaluations, and b8's alone compares with nothing
+    (tmp_path / "one-eval").mkdir()
+    _two_batch_runs(tmp_path / "one-eval", (250, 500, 750), (250,))
+    assert equal_bytes_lines(collect(tmp_path / "one-eval")["records"]) == []
+    # the runs' evaluations scored different held-out bytes: the text names no one count
+    ev = tmp_path / "b16" / "eval.jsonl"
+    ev.write_text(ev.read_text().replace('"bytes": 1000', '"bytes": 2000'))
+    assert equal_bytes_lines(collect(tmp_path)["records"])[2].endswith("linearly between its evaluations.")
 
 
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
@@ -1378,7 +1442,8 @@ def test_report_compares_decay_rates_only_where_a_model_has_them(tmp_path):
     _synthetic_run(tmp_path, "e1-old", 1.6, 2.3, 16000.0)  # no decay_rates: from before the field
     _synthetic_run(tmp_path, "e1-new", 1.6, 2.3, 16000.0)
     _set_summary(tmp_path, "e1-new", decay_rates=None)
-    assert "decay rates:" not in write_report(tmp_path, plots=False)["md"].read_text()
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "decay rates:" not in md and "weight decay not on A_log" not in md  # no run spared them
     _synthetic_run(tmp_path, "mamba2-new", 1.5, 2.2, 24000.0, model="mamba2")
     _set_summary(tmp_path, "mamba2-new", decay_rates="spared")
     md = write_report(tmp_path, plots=False)["md"].read_text()
