@@ -615,7 +615,8 @@ def test_mfu_peak_by_board_not_chip_alone():
 
 def test_report_mfu_only_for_a_row_trained_at_one_peak(tmp_path):
     """A row whose seeds, or a run's resumed sessions, trained on GPUs of different peaks (an H100
-    PCIe and an SXM board) has no MFU: its tok/s mixes their rates; GPUs of one peak keep it."""
+    PCIe and an SXM board) has no MFU: its tok/s mixes their rates; GPUs of one peak keep it. A run
+    without a steady tok/s has none either; one whose summary has no world_size ran on one GPU."""
     _synthetic_run(tmp_path, "mixed-s1", 1.5, 2.0, 30000.0, seed=1)
     _synthetic_run(tmp_path, "mixed-s2", 1.5, 2.0, 30000.0, seed=2, gpu="NVIDIA H100 PCIe")
     _synthetic_run(tmp_path, "same-s1", 1.5, 2.0, 30000.0, seed=1)
@@ -623,9 +624,15 @@ def test_report_mfu_only_for_a_row_trained_at_one_peak(tmp_path):
     _synthetic_run(tmp_path, "resumed", 1.5, 2.0, 30000.0)
     env = tmp_path / "resumed" / "env.json"
     env.write_text(json.dumps({**json.loads(env.read_text()), "earlier_sessions": [{"gpu": "NVIDIA H100 NVL"}]}))
+    _synthetic_run(tmp_path, "warm-up-only", 1.5, 2.0, 30000.0)  # only warm-up steps: no steady tok/s
+    _set_summary(tmp_path, "warm-up-only", tok_per_s=None)
+    _synthetic_run(tmp_path, "old", 1.5, 2.0, 30000.0)  # a summary from before world_size: one GPU
+    summary = tmp_path / "old" / "summary.json"
+    summary.write_text(json.dumps({k: v for k, v in json.loads(summary.read_text()).items() if k != "world_size"}))
     rows = {r["name"]: r for r in aggregate(collect(tmp_path)["records"])}
-    assert (rows["mixed"]["mfu"], rows["resumed"]["mfu"]) == (None, None)
+    assert (rows["mixed"]["mfu"], rows["resumed"]["mfu"], rows["warm-up-only"]["mfu"]) == (None, None, None)
     assert rows["same"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
+    assert rows["old"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
 
 
 @pytest.mark.parametrize("damaged", ['{"model": ', "[1, 2]"])
@@ -640,6 +647,29 @@ def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
     assert [r[:3] for r in rows] == [["a", "400M", "1.5000"], ["b (missing: 0 of 1 runs complete)", "-", "-"]]
     (tmp_path / "b" / "config.json").write_text(json.dumps({"model": 3, "steps": 10}))
     assert _table_rows(write_report(tmp_path, plots=False)["md"].read_text()) == rows
+
+
+def test_a_run_folder_alone_is_a_report_of_that_run(tmp_path):
+    """``rnnlab report RUN`` on one run's own folder (no run folders inside it) reads that run, its
+    name and seed from the folder's name as in a folder of runs."""
+    _synthetic_run(tmp_path, "e1-s7", 1.5, 2.0, 30000.0, seed=7)
+    [record] = collect(tmp_path / "e1-s7")["records"]
+    assert (record["name"], record["seed"], record["dir"], record["status"]) == ("e1", 7, "e1-s7", "complete")
+
+
+def test_a_rows_layer_options_are_its_summarys_else_its_configs(tmp_path):
+    """A row's mixer options (the Configs table) are summary.json's, else (a summary from before
+    it recorded them) config.json's model's."""
+    _synthetic_run(tmp_path, "a", 1.5, 2.0, 30000.0)
+    _set_summary(tmp_path, "a", layer={"expansion": 2.0})
+    _synthetic_run(tmp_path, "b", 1.5, 2.0, 30000.0)
+    summary = tmp_path / "b" / "summary.json"
+    summary.write_text(json.dumps({k: v for k, v in json.loads(summary.read_text()).items() if k != "layer"}))
+    config = tmp_path / "b" / "config.json"
+    cfg = json.loads(config.read_text())
+    config.write_text(json.dumps({**cfg, "model": {**cfg["model"], "layer": {"heads": 4}}}))
+    rows = {r["name"]: r["layer"] for r in aggregate(collect(tmp_path)["records"])}
+    assert rows == {"a": {"expansion": 2.0}, "b": {"heads": 4}}
 
 
 def test_report_skips_an_export_folder_beside_the_runs(tmp_path):
@@ -874,14 +904,22 @@ def test_report_row_averages_its_complete_seeds_only(tmp_path):
 
 def test_a_rows_steps_and_settings_are_its_complete_runs_even_when_an_unfinished_one_comes_first(tmp_path):
     """The row's steps, tokens and protocol come from a run it averages: seed 1 stopped at step 4
-    is listed first but is not the row's."""
+    is listed first but is not the row's; nor are its held-out bytes, step times, setup (no mixed
+    row) or extra held-out file."""
+    from rnnlab.bench.report import mixed_row_warning
+
     _synthetic_run(tmp_path, "e1-s1", 3.0, 4.0, 16000.0, seed=1, steps=4)
-    summary = tmp_path / "e1-s1" / "summary.json"
-    summary.write_text(json.dumps({**json.loads(summary.read_text()), "complete": False}))
+    _set_summary(tmp_path, "e1-s1", complete=False, extra_val={"data": "/d/w.txt", "val_bpb": 9.0})
+    (tmp_path / "e1-s1" / "eval.jsonl").write_text(json.dumps({"step": 4, "val_bpb": 4.0, "bytes": 500}) + "\n")
+    (tmp_path / "e1-s1" / "metrics.jsonl").write_text("".join(  # steps enough for a spread of step times
+        json.dumps({"step": i, "loss": 2.0, "elapsed_s": 0.1 * i, "warmup_s": 0.0}) + "\n" for i in range(1, 41)))
     for seed in (2, 3):
         _synthetic_run(tmp_path, f"e1-s{seed}", 1.6, 2.3, 16000.0, seed=seed)
+        (tmp_path / f"e1-s{seed}" / "eval.jsonl").write_text(json.dumps({"step": 10, "val_bpb": 2.3, "bytes": 6000}) + "\n")
     [row] = aggregate(collect(tmp_path)["records"])
     assert (row["steps"], row["tokens"], row["protocol"]["steps"], row["seeds"]) == (10, 5120, 10, [2, 3])
+    assert (row["val_bytes"], row["step_ms"], row["extra_val_bpb"], row["extra_data"]) == (6000, None, None, None)
+    assert [s["steps"] for s in row["run_setups"]] == [10, 10] and mixed_row_warning([row]) == []
 
 
 @pytest.mark.parametrize("ratio,flagged", [(1.08, False), (1.12, True)])
@@ -986,6 +1024,7 @@ def test_step_spread_needs_min_steps_step_times():
     assert spread(ms[:-1]) is None
     assert spread(ms) == {"median": 109.5, "p10": 101.9, "p90": 117.1}
     assert spread([5.0, 7.0], min_steps=2) == {"median": 6.0, "p10": 5.2, "p90": 6.8}
+    assert spread([5.0, 7.34], min_steps=2) == {"median": 6.17, "p10": 5.23, "p90": 7.11}  # to 0.01 ms
     assert spread([5.0], min_steps=0) is None  # one time is no spread
 
 
@@ -1489,8 +1528,9 @@ def test_report_dates_its_runs_and_names_seeds_only_when_repeated(tmp_path):
 
 def test_report_warns_of_a_row_averaging_runs_trained_differently(tmp_path):
     """``--seeds 43 --steps 20`` into a folder whose run of that name trained 150 steps: the row's
-    mean ± std mixes two budgets, and the report says so; seeds of one protocol are not flagged,
-    nor seeds of one --minutes budget that ran different step counts."""
+    mean ± std mixes two budgets, and the report says so, as it does seeds of different parameter
+    counts; seeds of one protocol are not flagged, nor seeds of one --minutes budget that ran
+    different step counts."""
     def budget(name, **kw):
         c = json.loads((tmp_path / name / "config.json").read_text())
         (tmp_path / name / "config.json").write_text(json.dumps({**c, **kw}))
@@ -1507,6 +1547,9 @@ def test_report_warns_of_a_row_averaging_runs_trained_differently(tmp_path):
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert ("> **Warning: some rows average runs trained differently** (their mean ± std is not a spread over "
             "seeds; give the runs another suite folder, or the same settings): a (steps 150/20/150).") in md
+    _synthetic_run(tmp_path, "p", 1.5, 2.0, 1000.0, steps=150)  # seeds of another size (summary.json's params)
+    _synthetic_run(tmp_path, "p-s7", 1.6, 2.1, 1000.0, seed=7, steps=150, params=200_000_000)
+    assert "a (steps 150/20/150), p (params 400000000/200000000)." in write_report(tmp_path, plots=False)["md"].read_text()
 
 
 def test_archived_metrics_read_as_the_plain_file(tmp_path, capsys):
