@@ -889,7 +889,10 @@ def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
 
 
 def test_report_row_averages_its_complete_seeds_only(tmp_path):
-    """A row with some seeds complete averages those; its unfinished seeds are only counted."""
+    """A row with some seeds complete averages those; its unfinished seeds are only counted. A row
+    with none complete averages its unfinished runs and says that none of them is complete, and
+    that it failed when one of them did (a failed run's summary.json holds its numbers and error),
+    though another was only stopped."""
     for seed, loss in ((1, 1.5), (2, 1.7)):
         _synthetic_run(tmp_path, f"e1-s{seed}", loss, 2.3, 16000.0, seed=seed)
     _synthetic_run(tmp_path, "e1-s3", 3.0, 4.0, 16000.0, seed=3)
@@ -900,6 +903,15 @@ def test_report_row_averages_its_complete_seeds_only(tmp_path):
     assert row["loss"] == pytest.approx(1.6) and row["val_bpb"] == pytest.approx(2.3)
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "| e1 (partial: 2 of 3 runs complete) |" in md and "- `e1-s3`: incomplete, 10 steps done" in md
+    _synthetic_run(tmp_path, "m", 2.5, 3.0, 16000.0)
+    _set_summary(tmp_path, "m", complete=False)
+    for seed in (1, 2):  # seed 1 failed (diverged), still writing its numbers; seed 2 was stopped
+        _synthetic_run(tmp_path, f"f-s{seed}", 4.5, 5.0, 16000.0, seed=seed)
+        _set_summary(tmp_path, f"f-s{seed}", complete=False, **({"error": "RuntimeError: loss is nan"} if seed == 1 else {}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "| m (partial: 0 of 1 runs complete) | 400M | 2.5000 | 3.0000 |" in md
+    assert "| f (failed: 0 of 2 runs complete) | 400M | 4.5000 ± 0.0000 | 5.0000 ± 0.0000 |" in md
+    assert "- `f-s1`: failed (RuntimeError: loss is nan), 10 steps done" in md
 
 
 def test_a_rows_steps_and_settings_are_its_complete_runs_even_when_an_unfinished_one_comes_first(tmp_path):
