@@ -69,6 +69,16 @@ def test_a_folder_named_like_a_suite_is_not_a_suite_file(tmp_path, monkeypatch):
     assert load_suite("tiny").path == str(suites_dir() / "tiny.toml")
 
 
+def test_a_suite_file_is_a_toml_name_or_an_existing_file(tmp_path):
+    """``load_suite``: a path ending in .toml is a suite file (a missing one is said so, not looked
+    up among the shipped suites); an existing file of any name is one too."""
+    with pytest.raises(FileNotFoundError, match="suite file not found"):
+        load_suite(tmp_path / "missing.toml")
+    f = tmp_path / "mine.txt"
+    f.write_text('name = "mine"\n[[runs]]\nmodel = "e1"\ndim = 16\ndepth = 1\n')
+    assert (load_suite(f).name, load_suite(str(f)).path) == ("mine", str(f))
+
+
 def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tmp_path):
     """e88-recipe-400m: the race's E88, Mamba2, E1 heads and E16 (same widths and minutes) under
     the reference's train.py recipe, each at the reference's E88 run's batch and lr and at its
@@ -211,6 +221,10 @@ lr = 2e-3
         parse_suite({"runz": []})
     with pytest.raises(ValueError, match="twice"):
         parse_suite({"runs": [{"name": "x", "model": "e1", "depth": 2, "dim": 32}] * 2})
+    assert parse_suite({"runs": [{"model": "e1", "depth": 2, "dim": 32}]}).runs[0].name == "e1-d2"  # unnamed
+    with pytest.raises(ValueError, match=r"reference\.runs\.x must be a table of numbers .*got \{'loss': True\}"):
+        parse_suite({"runs": [{"name": "x", "model": "e1", "depth": 2, "dim": 32}],  # TOML's true is no number
+                     "reference": {"runs": {"x": {"loss": True}}}})
     with pytest.raises(ValueError, match="run b"):
         plan_suite(parse_suite({"runs": [{"name": "b", "model": "e1", "depth": 2, "dim": 32,
                                           "layer": {"bogus": 1}}]}), tmp_path)
@@ -263,6 +277,20 @@ def _plan_doc(out):
     return json.loads((out / "suite.json").read_text())
 
 
+def test_a_suite_run_the_config_refuses_is_named_and_a_cosine_under_minutes_says_why(tmp_path):
+    """A planned run the config refuses names the suite and run; AdamW's cosine schedule under
+    ``--minutes`` adds that time-matched runs need schedulefree-adamw, another refusal does not."""
+    suite = parse_suite({"name": "s", "defaults": {"optimizer": "adamw"},
+                         "runs": [{"name": "a", "model": "e1", "depth": 1, "dim": 16}]})
+    with pytest.raises(ValueError) as e:
+        plan_suite(suite, tmp_path, minutes=1.0)
+    assert str(e.value).startswith("suite s, run a: optimizer adamw decays its LR on a cosine") and str(e.value).endswith(
+        " (suite s uses AdamW with a cosine schedule; time-matched --minutes needs schedulefree-adamw)")
+    with pytest.raises(ValueError) as e:
+        plan_suite(suite, tmp_path, steps=10, warmup_steps=11)
+    assert str(e.value) == "suite s, run a: warmup_steps (11) must not exceed the step budget (10)"
+
+
 def test_a_suite_plan_takes_at_most_one_budget(tmp_path):
     with pytest.raises(ValueError, match=r"^give at most one of --steps, --minutes, --tokens$"):
         plan_suite(_tiny_suite(), tmp_path, steps=5, minutes=1.0)
@@ -276,9 +304,10 @@ def test_a_run_name_must_be_a_plain_folder_name(name):
         parse_suite({"name": "s", "runs": [{"name": name, "model": "e1", "depth": 1, "dim": 16}]})
 
 
-@pytest.mark.parametrize("name", ["../../etc", "a/b", 5])
+@pytest.mark.parametrize("name", ["../../etc", "a/b", 5, ""])
 def test_a_suite_name_must_be_a_plain_folder_name(name):
-    """The suite's name is its default output folder, runs/bench/<name>: never outside runs/bench/."""
+    """The suite's name is its default output folder, runs/bench/<name>: never outside runs/bench/,
+    nor runs/bench/ itself."""
     with pytest.raises(ValueError, match=re.escape(f"suite {name}: suite name {name!r} must be a plain folder name")):
         parse_suite({"name": name, "runs": [{"model": "e1", "depth": 1, "dim": 16}]})
 
@@ -367,7 +396,8 @@ def test_suite_json_keeps_earlier_runs_that_hold_a_run_and_lists_a_repeated_comm
     """A suite continued in one folder: ``--runs a`` then ``--runs b`` lists a (trained) and b,
     and not an earlier entry whose folder never held a run; the same command again (a resume) is
     listed once. A run planned again keeps the GPU it was recorded on only if it is complete
-    (skipped): one to be trained again gets the GPU of its new run."""
+    (skipped): one to be trained again gets the GPU of its new run. A run of a row the suite no
+    longer has comes after the suite's rows."""
     from rnnlab.bench.suite import write_plan
 
     out, suite = tmp_path / "out", _tiny_suite("s", "abc")
@@ -387,6 +417,9 @@ def test_suite_json_keeps_earlier_runs_that_hold_a_run_and_lists_a_repeated_comm
     (out / "suite.json").write_text(json.dumps(doc))
     write_plan(suite, plan_suite(suite, out, runs="a,b"), out, "bench --runs a,b", {"runs": "a,b"})
     assert [(r["dir"], r.get("gpu")) for r in _plan_doc(out)["runs"]] == [("a", "0"), ("b", None)]
+    edited = _tiny_suite("s", "bc")  # the suite file lost row a: its run stays listed, after the suite's rows
+    write_plan(edited, plan_suite(edited, out, runs="c"), out, "bench --runs c", {"runs": "c"})
+    assert [r["dir"] for r in _plan_doc(out)["runs"]] == ["c", "a"]
 
 
 # ------------------------------------------------------------------------------------ resume
@@ -2225,10 +2258,13 @@ def test_report_settings_are_the_same_within_float_tolerance(tmp_path):
 
 def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):
     """``--seeds 1,1`` would train one folder twice and count it as two seeds: refused in one
-    line (exit 2), as are negative seeds; nothing is written."""
+    line (exit 2), as are negative seeds (0 is a seed); nothing is written."""
+    from rnnlab.bench.suite import parse_seeds
+
     for seeds in ("1,1", "3,2,3", "-1"):
         with pytest.raises(ValueError, match="distinct non-negative"):
             plan_suite(load_suite("tiny"), tmp_path, seeds=seeds)
+    assert parse_seeds("0, 1") == [0, 1]
     assert main(["bench", "tiny", "--plan", "--seeds", "2,1,2", "--out", str(tmp_path / "o")]) == 2
     assert capsys.readouterr().err.strip() == ("rnnlab bench: error: --seeds must list distinct non-negative "
                                                "integers, got '2,1,2'")
