@@ -105,6 +105,7 @@ def test_jacobian_sigma_equals_linalg():
     torch.testing.assert_close(gf.jacobian_sigma(d, W, iters=500), plain, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(gf.jacobian_sigma(d, W, iters=500, gate=a), gated, rtol=1e-6, atol=1e-9)
     torch.testing.assert_close(gf.jacobian_sigma(d, W, iters=500, lowrank=(U, V, s)), low, rtol=1e-6, atol=1e-9)
+    assert torch.equal(gf.jacobian_sigma(d, W, iters=0), gf.jacobian_sigma(d, W, iters=1))  # at least one iteration
     assert gf.spectral_radius(W) == pytest.approx(float(torch.linalg.eigvals(W).abs().max()))
 
 
@@ -299,7 +300,9 @@ def test_gradflow_json_is_strict_json_where_a_curve_has_no_reference(trained_run
     writes it as null, not the bare ``NaN`` that strict JSON readers refuse; finite values stay."""
     real = gf._temporal_summary
     monkeypatch.setattr(gf, "_temporal_summary", lambda curves: real(torch.tensor([[1.0, 0.0]])))
-    gf.analyze([trained_run], tmp_path / "gf", batches=1, seq_len=24, plots=False)
+    res = gf.analyze([trained_run], tmp_path / "gf", batches=3, seq_len=24, plots=False)
+    # the run's 200 held-out bytes hold 8 windows of 24: one batch of 8, the batches measured, not those asked
+    assert [r["batches"] for r in res["records"]] == [1, 1, 1]
     text = (tmp_path / "gf" / "gradflow.json").read_text()
 
     def refuse(constant):
@@ -327,6 +330,26 @@ def test_strict_json_turns_every_non_finite_float_to_null():
     inf = float("inf")
     assert gf._strict_json({"a": [inf, -inf, float("nan"), 1.5], "b": {"c": (2.0, inf)}, "d": "x"}) == \
         {"a": [None, None, None, 1.5], "b": {"c": [2.0, None]}, "d": "x"}
+
+
+def test_plots_show_the_latest_records(monkeypatch, tmp_path):
+    """``write_plots``: the temporal panels are the last four records (the newest checkpoints),
+    the gradient-norm bars the last record's, the recurrence plot every record with E1 statistics."""
+    seen = {}
+
+    def plot(kind):
+        def draw(_plt, recs, path):
+            seen[kind] = recs
+            return path
+        return draw
+
+    monkeypatch.setattr(gf, "pyplot", lambda: None)
+    for kind in ("temporal", "grad_norms", "recurrence"):
+        monkeypatch.setattr(gf, f"_plot_{kind}", plot(kind))
+    records = [{"step": i, "recurrence": {"layer_0": {}} if i % 2 else {}} for i in range(6)]
+    assert [p.name for p in gf.write_plots(records, tmp_path)] == ["temporal_flow.png", "grad_norms.png",
+                                                                   "recurrence.png"]
+    assert seen == {"temporal": records[2:], "grad_norms": records[5], "recurrence": records[1::2]}
 
 
 def test_a_record_at_step_0_is_labelled_with_its_step():
