@@ -360,6 +360,19 @@ def test_cuda_graph_is_refused_under_torchrun(monkeypatch):
         resolve_config(cfg)
 
 
+def test_under_torchrun_the_model_is_wrapped_in_ddp_unless_fsdp2_is_asked_for(tiny_train, tmp_path, monkeypatch):
+    """``runtime.wrap_model`` under several processes wraps the model for DDP where ``--distributed``
+    is not given (its documented default) and for FSDP2 where asked; one process is not wrapped."""
+    from rnnlab.train import runtime
+
+    modes, model = [], torch.nn.Linear(1, 1)
+    monkeypatch.setattr(dist, "wrap_model", lambda m, mode: modes.append(mode) or m)
+    for world, distributed in ((2, None), (2, "ddp"), (2, "fsdp2"), (1, "fsdp2")):
+        monkeypatch.setattr(dist, "context", lambda: dist.DistContext(world_size=world))
+        assert runtime.wrap_model(model, tiny_train(tmp_path, distributed=distributed)) is model
+    assert modes == ["ddp", "ddp", "fsdp2"]
+
+
 # ------------------------------------------------------------------------- 2 processes (gloo)
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
 def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, ref_sf):
