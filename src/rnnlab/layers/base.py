@@ -24,9 +24,10 @@ Shared here: the config check, the inner width of the layers with an ``expansion
 (:class:`InnerWidth`), the ``backend`` option of every recurrent layer (:func:`op_backend_option`:
 which implementation of its op runs; :func:`official_backend_option`: the official library's
 module or the reference), the causal depthwise convolution of E1, Mamba2 and Gated DeltaNet
-(:func:`causal_conv`, and one token of it: :func:`causal_conv_step`), and for a layer with an official implementation (Mamba2, Gated
-DeltaNet) the choice between it and the reference (:func:`resolve_official`,
-:class:`OfficialOrReference`) and the adoption of the library's module (:func:`adopt`).
+(:func:`causal_conv`, and one token of it: :func:`causal_conv_step`), and for a layer with an
+official implementation (Mamba2, Gated DeltaNet) the choice between it and the reference
+(:func:`resolve_official`, :class:`OfficialOrReference`) and the adoption of the library's module
+(:func:`adopt`).
 """
 
 from __future__ import annotations

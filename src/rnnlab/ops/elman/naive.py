@@ -76,8 +76,8 @@ def spectral_norm(w_h: torch.Tensor, u: torch.Tensor, radius: float, iters: int
     from ``u`` (``[H]`` or ``[nh, hd]``) estimate the top singular vectors ``u``, ``v`` without
     gradient; ``sigma = |u^T W v|`` with gradient, and ``W_eff = W * radius / (sigma + 1e-8)``: W is
     always rescaled, never clamped. The arithmetic is at least fp32, as the kernels' (bf16 would
-    round sigma, and so the radius, to 1 part in 256); ``W_eff`` comes back in ``w_h``'s dtype and ``u_new`` in
-    ``u``'s, as the kernels return them; the caller stores ``u_new``."""
+    round sigma, and so the radius, to 1 part in 256); ``W_eff`` comes back in ``w_h``'s dtype and
+    ``u_new`` in ``u``'s, as the kernels return them; the caller stores ``u_new``."""
     W = w_h.to(torch.promote_types(w_h.dtype, torch.float32))
     with torch.no_grad():
         u_new = u.to(W.dtype)
