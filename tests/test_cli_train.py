@@ -594,7 +594,8 @@ def test_output_survives_a_hung_up_terminal(tmp_path):
 def test_terminal_output_wraps_only_terminals_and_puts_them_back(monkeypatch):
     """``terminal_output``: standard output or error that is a terminal is ``SurvivingHangUp``
     inside the block (once, also in a nested block) and itself again after it; output to a file
-    or a pipe is left as it is, so a disk's error is not hidden."""
+    or a pipe is left as it is, so a disk's error is not hidden; a stream that someone else put in
+    place during the block (a redirection) is left in place."""
     from rnnlab.signals import SurvivingHangUp, terminal_output
 
     class Stream:
@@ -614,6 +615,68 @@ def test_terminal_output_wraps_only_terminals_and_puts_them_back(monkeypatch):
             assert inner == outer and sys.stdout._stream is terminal
         assert outer == [sys.stdout]
     assert sys.stdout is terminal and sys.stderr is log
+    with terminal_output():
+        sys.stdout = redirected = Stream(False)
+    assert sys.stdout is redirected and sys.stderr is log
+
+
+def test_a_hang_up_discards_terminal_output_and_a_sigterm_does_not(tmp_path, monkeypatch):
+    """Under ``stops_as_ctrl_c`` a SIGHUP (the terminal closed) points the terminal's file
+    descriptor at /dev/null; a SIGTERM leaves it writing, so that the run's last lines (saved at
+    step N, where to resume) still reach a terminal that is open."""
+    import io
+    import signal
+
+    from rnnlab import signals
+
+    class Terminal:
+        def __init__(self, fd):
+            self.fd = fd
+
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return self.fd
+
+    path, ctrl_c = tmp_path / "terminal", []
+    previous = {signal.SIGINT: signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum)),
+                signal.SIGHUP: signal.signal(signal.SIGHUP, signal.SIG_DFL)}  # taken only where not ignored
+    try:
+        with open(path, "wb") as f:
+            monkeypatch.setattr(sys, "stdout", Terminal(f.fileno()))
+            monkeypatch.setattr(sys, "stderr", io.StringIO())
+            with signals.stops_as_ctrl_c():
+                signal.raise_signal(signal.SIGTERM)
+                os.write(f.fileno(), b"still shown ")
+                signal.raise_signal(signal.SIGHUP)  # the same stop (within SAME_STOP_S), its output discarded
+                os.write(f.fileno(), b"lost")
+        assert path.read_bytes() == b"still shown " and ctrl_c == [signal.SIGINT]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's sigaction")
+def test_an_ignored_stop_signal_is_put_back_in_the_kernel(monkeypatch):
+    """``reclaim_handlers`` puts an ignored stop signal (SIGHUP under ``nohup``) back in the kernel
+    as ignored, where a native library had put its own action: else a hang-up would end a run that
+    was started to survive one."""
+    import ctypes
+    import signal
+
+    from rnnlab.signals import reclaim_handlers
+
+    libc = ctypes.CDLL(None)
+    libc.signal.restype, libc.signal.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_void_p]
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        libc.signal(signal.SIGHUP, 0)  # the default action, behind Python's back
+        assert _kernel_handler(signal.SIGHUP) == 0
+        reclaim_handlers()
+        assert _kernel_handler(signal.SIGHUP) == 1  # SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def test_a_hang_up_keeps_output_that_goes_to_a_file(tmp_path):

@@ -573,8 +573,9 @@ def test_ends_with_parent_ends_a_process_whose_parent_is_gone_and_only_then(tmp_
     """``ends_with_parent``: a process whose parent (the pid ``ended_with_this_process`` gave it)
     ended before the call ends at once, by SIGKILL (no signal would come later); one whose named
     process lives goes on, though it is not its parent (a wrapper between them), and takes the
-    variable out of its environment either way. A process of another user's, which ``kill(pid, 0)``
-    may not signal (EPERM), counts as alive."""
+    variable out of its environment either way (also where it names no pid, and nothing else is
+    done then). A process of another user's, which ``kill(pid, 0)`` may not signal (EPERM), counts
+    as alive."""
     from rnnlab import signals
 
     script, out = tmp_path / "child.py", tmp_path / "out"
@@ -592,6 +593,9 @@ def test_ends_with_parent_ends_a_process_whose_parent_is_gone_and_only_then(tmp_
     r = subprocess.run([sys.executable, str(script)], env=dict(_env(), **{signals.PARENT_ENV: "1"}),
                        capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout) == (0, "alive False\n"), r.stderr
+    monkeypatch.setenv(signals.PARENT_ENV, "12x")  # no pid: not read as one (a ValueError)
+    signals.ends_with_parent()
+    assert signals.PARENT_ENV not in os.environ
 
     def kill(pid, sig):
         raise PermissionError(1, "Operation not permitted")
