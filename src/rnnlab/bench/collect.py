@@ -123,11 +123,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "params": s.get("params") or first.get("planned_params"),
             "seeds": [run_seed(r) for r in use],
             "n_runs": len(recs), "n_complete": len(done), "n_used": len(use), "point": first.get("point"),
-            # none complete: "failed" when one of them failed (asked before ``use``: a failed run
-            # wrote summary.json, its numbers and error, so it is among them), else "partial"
-            # while some ran, else "missing"
-            "status": "complete" if len(done) == len(recs) else "partial" if done else
-                      "failed" if any(r["status"] == "failed" for r in recs) else "partial" if use else "missing",
+            # none complete and one failed: "failed", asked before ``use`` (a failed run wrote
+            # summary.json, its numbers and error, so it is among them)
+            "status": ("complete" if len(done) == len(recs) else
+                       "failed" if not done and any(r["status"] == "failed" for r in recs) else
+                       "partial" if use else "missing"),
             "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
             "protocol": {**{k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS}, "decay rates": run_decay_rates(first)},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
