@@ -967,6 +967,15 @@ def test_a_rows_steps_and_settings_are_its_complete_runs_even_when_an_unfinished
     assert [s["steps"] for s in row["run_setups"]] == [10, 10] and mixed_row_warning([row]) == []
 
 
+def test_a_minutes_rows_steps_and_tokens_are_the_mean_of_its_seeds(tmp_path):
+    """Seeds of a --minutes budget stop at different steps: the row shows their mean (rounded),
+    not the first seed's count."""
+    for seed, steps in ((1, 10), (2, 13), (3, 15)):
+        _synthetic_run(tmp_path, f"e1-s{seed}", 1.6, 2.3, 16000.0, seed=seed, steps=steps)
+    [row] = aggregate(collect(tmp_path)["records"])
+    assert (row["steps"], row["tokens"]) == (13, round(38 / 3 * 512))
+
+
 @pytest.mark.parametrize("ratio,flagged", [(1.08, False), (1.12, True)])
 def test_report_warns_when_parameter_counts_spread_beyond_the_tolerance(tmp_path, ratio, flagged):
     """Rows compare while every parameter count is within 5% of a common middle: the largest at

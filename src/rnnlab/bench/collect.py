@@ -128,7 +128,10 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "status": ("complete" if len(done) == len(recs) else
                        "failed" if not done and any(r["status"] == "failed" for r in recs) else
                        "partial" if use else "missing"),
-            "steps": s.get("steps"), "tokens": s.get("tokens"), "dirs": [r["dir"] for r in recs],
+            # a --minutes budget's seeds run different step counts: the row shows their mean
+            "steps": mean_count([r["summary"].get("steps") for r in use]) if use else s.get("steps"),
+            "tokens": mean_count([r["summary"].get("tokens") for r in use]) if use else s.get("tokens"),
+            "dirs": [r["dir"] for r in recs],
             "protocol": {**{k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS}, "decay rates": run_decay_rates(first)},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
             "gpu_name": first["env"].get("gpu"), "device": s.get("device") or first["env"].get("device"),
@@ -175,6 +178,12 @@ def run_setup(record: dict[str, Any]) -> dict[str, Any]:
     --minutes budget run different step counts), the parameter count and the protocol."""
     s, c = record["summary"], record["config"]
     return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS}}
+
+
+def mean_count(values: list[int | None]) -> int | None:
+    """The mean of counts (steps, tokens), rounded to a count; None when none is known."""
+    m, _, _ = mean_std(values)
+    return None if m is None else round(m)
 
 
 def mean_std(values: list[float | None]) -> tuple[float | None, float | None, int]:

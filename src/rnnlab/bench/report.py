@@ -596,8 +596,9 @@ def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> l
           f"{r['steps']:,}" if r["steps"] is not None else "-",
           f"{r['tokens']:,}" if r["tokens"] is not None else "-", metric_cell(r, "warmup_s", fmt_time),
           ", ".join(r["dirs"]), ", ".join(map(str, r["gpus"])) or "-"] for r in rows]),
-        "", "Warm-up = the training time of each process's first steps (compilation, autotuning): part of "
-            "Time, outside a --minutes budget.", ""]
+        "", "Steps and Tokens = the mean over the row's runs (seeds of a --minutes budget run different "
+            "counts). Warm-up = the training time of each process's first steps (compilation, autotuning): "
+            "part of Time, outside a --minutes budget.", ""]
     problems = [r for r in records if r["status"] != "complete"]
     if problems:
         md += ["## Not complete", ""]
