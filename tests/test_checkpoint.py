@@ -659,9 +659,13 @@ def test_a_lock_on_a_file_taken_away_before_the_flock_is_not_kept(tmp_path, monk
 
 
 def test_status_tells_complete_failed_and_incomplete(tmp_path):
+    """A Ctrl-C's abort records where it stopped as the error, but the run is stopped, not failed
+    (the flag, or, in summaries from before it, the error's words)."""
     run = RunDir(tmp_path)
     for summary, status in (({"complete": True}, "complete"), ({"complete": False, "error": "boom"}, "failed"),
-                            ({"complete": False}, "incomplete")):
+                            ({"complete": False}, "incomplete"),
+                            ({"complete": False, "error": "at step 3", "aborted": True}, "incomplete"),
+                            ({"complete": False, "error": "aborted by Ctrl-C at step 3; no checkpoint"}, "incomplete")):
         run.write_summary(summary)
         assert run.status() == status
     (tmp_path / "summary.json").write_text('["complete"]')  # JSON, but not the object a summary is

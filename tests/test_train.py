@@ -224,7 +224,9 @@ def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeyp
                                                 r".*ckpt/step-000005 \(step 5\)"):
         run_training(tiny_train(run, steps=8, checkpoint_every=1, resume=True), progress=False)
     assert RunDir(run).checkpoint().step == 5  # step 5 was checkpointed, step 6 aborted
-    assert "aborted by Ctrl-C at step 5" in json.loads((run / "summary.json").read_text())["error"]
+    summary = json.loads((run / "summary.json").read_text())
+    assert "aborted by Ctrl-C at step 5" in summary["error"] and summary["aborted"] is True
+    assert RunDir(run).status() == "incomplete"  # stopped, not failed
     monkeypatch.undo()
     s = run_training(tiny_train(run, steps=8, resume=True), progress=False)
     assert s["complete"] and s["steps"] == 8
@@ -486,6 +488,7 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
     assert _digests(run / "ckpt") == before
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] is False and "non-finite" in summary["error"] and summary["steps"] == 7
+    assert "aborted" not in summary and RunDir(run).status() == "failed"
     # resuming after the failure drops the steps logged past the checkpoint
     monkeypatch.undo()
     s = run_training(tiny_train(run, steps=12, resume=True), progress=False)

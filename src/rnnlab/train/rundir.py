@@ -273,12 +273,14 @@ class RunDir:
         return read_jsonl(self.file(EVALS))
 
     def status(self) -> str:
-        """``"empty"`` (no run), ``"complete"``, ``"failed"`` (summary.json records an error) or
-        ``"incomplete"`` (started, interrupted, or still running)."""
+        """``"empty"`` (no run), ``"complete"``, ``"failed"`` (summary.json records an error other
+        than a Ctrl-C's abort) or ``"incomplete"`` (started, stopped, or still running)."""
         if not self.holds_run():
             return "empty"
         s = self.summary() or {}
-        return "complete" if s.get("complete") else "failed" if s.get("error") else "incomplete"
+        # summaries from before the "aborted" flag (2026-12-06) say so only in their error
+        aborted = s.get("aborted") or str(s.get("error", "")).startswith("aborted by Ctrl-C")
+        return "complete" if s.get("complete") else "failed" if s.get("error") and not aborted else "incomplete"
 
     def checkpointer(self, cfg=None):
         """The ``Checkpointer`` of ckpt/, keeping what ``cfg`` asks (``keep_checkpoints``,

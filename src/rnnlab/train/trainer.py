@@ -348,7 +348,7 @@ class Trainer:
                 raise
             except KeyboardInterrupt:
                 message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
-                self.record_failure(message)
+                self.record_failure(message, aborted=True)
                 raise KeyboardInterrupt(message) from None
             except PeerEvaluationFailed as e:  # rank 0 ends on its own failure, which it records
                 stop.ending()
@@ -629,10 +629,12 @@ class Trainer:
         """Bring ``state.wall_s`` up to now (before it is saved or reported)."""
         self.state.wall_s = self.wall_before + time.perf_counter() - self.started
 
-    def finish(self, complete: bool, error: str | None = None, interrupted: bool = False) -> dict[str, Any]:
+    def finish(self, complete: bool, error: str | None = None, interrupted: bool = False,
+               aborted: bool = False) -> dict[str, Any]:
         """The run's summary (written to summary.json by rank 0); ``interrupted``: a Ctrl-C came
         after the budget was spent and the run finished anyway (``interrupted_at_end``: callers
-        that run several stop after this one)."""
+        that run several stop after this one); ``aborted``: a Ctrl-C stopped it, ``error`` saying
+        where (a stop, not a failure: ``RunDir.status`` calls the run incomplete)."""
         cfg, state, m = self.cfg, self.state, self.cfg.model
         kind, budget = cfg.budget.chosen()
         self.clock()
@@ -666,6 +668,8 @@ class Trainer:
             summary["error"] = error
         if interrupted:
             summary["interrupted_at_end"] = True
+        if aborted:
+            summary["aborted"] = True
         if self.ctx.is_main:
             self.rundir.write_summary(summary)
         return summary
@@ -696,12 +700,13 @@ class Trainer:
 
         end_lost_rank(self.ctx.rank, message, then=record)
 
-    def record_failure(self, error: str) -> None:
-        """summary.json for a run that stopped with ``error``, if the disk still takes it. A Ctrl-C
-        that aborts the recording (a second one) says ``error`` too, not only that it came."""
+    def record_failure(self, error: str, aborted: bool = False) -> None:
+        """summary.json for a run that stopped with ``error`` (``aborted``: by Ctrl-C), if the disk
+        still takes it. A Ctrl-C that aborts the recording (a second one) says ``error`` too, not
+        only that it came."""
         try:
             with contextlib.suppress(OSError):
-                self.finish(complete=False, error=error)
+                self.finish(complete=False, error=error, aborted=aborted)
         except KeyboardInterrupt:
             raise KeyboardInterrupt(f"aborted by Ctrl-C while recording how the run ended: {error}") from None
 
