@@ -16,13 +16,15 @@ from rnnlab.cli import main
 
 
 class FakeProc:
-    """A training process that finishes after ``polls`` polls, writing a complete summary."""
+    """A training process that finishes after ``polls`` polls, writing a complete summary (and a
+    checkpoint, with ``checkpoint``)."""
 
     live: list["FakeProc"] = []
     max_live = 0
 
-    def __init__(self, pr, gpu, code=0, polls=3, complete=None, **summary):
+    def __init__(self, pr, gpu, code=0, polls=3, complete=None, checkpoint=False, **summary):
         self.pr, self.gpu, self.code, self.polls, self.returncode = pr, gpu, code, polls, None
+        self.checkpoint = checkpoint
         self.complete = code == 0 if complete is None else complete  # what its summary.json says
         self.summary = summary  # more summary.json keys
         FakeProc.live.append(self)
@@ -39,6 +41,8 @@ class FakeProc:
             (d / "summary.json").write_text(json.dumps({"complete": self.complete, "loss": 1.0, "steps": 2,
                                                         "budget": {"steps": 2}, "model": self.pr.cfg.model.model,
                                                         **self.summary}))
+            if self.checkpoint:
+                (d / "ckpt" / "step-000001").mkdir(parents=True)
         return self.returncode
 
 
@@ -206,7 +210,8 @@ def test_a_process_interrupted_is_trained_and_stops_the_suite(tmp_path, monkeypa
         log = out / "logs" / f"{pr.label}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text("ok\n")
-        return FakeProc(pr, gpu, code=130, complete=at_end, **({"interrupted_at_end": True} if at_end else {})), log
+        return FakeProc(pr, gpu, code=130, complete=at_end, checkpoint=not at_end,
+                        **({"interrupted_at_end": True} if at_end else {})), log
 
     monkeypatch.setattr(parallel, "launch", launch)
     suite = load_suite("tiny")
@@ -239,6 +244,28 @@ def test_a_run_the_benchs_stop_ends_as_it_starts_is_stopped_not_failed(tmp_path)
             assert not result["failed"] and not result["trained"] and "stopped as it started" in logged[0]
         else:
             assert result["failed"] == {"e1": "exit -15: (no output)"} and "FAILED" in logged[0]
+
+
+def test_an_interrupted_run_that_saved_no_checkpoint_is_not_said_to_keep_one(tmp_path):
+    """A run that ends in 130 without a checkpoint in its folder (the bench's stop reached it while
+    it set up, or a second stop abandoned its only checkpoint) is logged as stopped, saying that no
+    checkpoint was saved, not "checkpoint kept"; one with a checkpoint keeps that line."""
+    from rnnlab.bench.suite import RESUME_HINT
+    from rnnlab.train.rundir import RunDir
+
+    run_dir = tmp_path / "e1"
+    run = type("Run", (), {"label": "e1", "rundir": RunDir(run_dir)})()
+    log_path = tmp_path / "e1.log"
+    log_path.write_text("rnnlab train: aborted by Ctrl-C before training started\n")
+    for saved in (False, True):
+        if saved:
+            (run_dir / "ckpt" / "step-000002").mkdir(parents=True)
+        job = parallel.Job(1, run, "0", type("P", (), {"returncode": 130})(), log_path, 0.0)
+        result, logged = {"trained": [], "failed": {}, "stopped": True}, []
+        parallel.finish(job, result, logged.append, 1)
+        assert result["stopped"] and not result["failed"] and len(logged) == 1
+        kept = "checkpoint kept" if saved else "no checkpoint was saved"
+        assert logged[0].endswith(f": interrupted; {kept} ({RESUME_HINT})"), logged[0]
 
 
 def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypatch):

@@ -115,7 +115,9 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
     elif code == 130:
         result["trained"].append(job.run.label)
         result["stopped"] = True
-        log(f"{tag}: interrupted; checkpoint kept ({RESUME_HINT})")
+        # none where the stop came as it set up, or a second one abandoned its only checkpoint
+        kept = "checkpoint kept" if job.run.rundir.has_checkpoint() else "no checkpoint was saved"
+        log(f"{tag}: interrupted; {kept} ({RESUME_HINT})")
     elif code == -STOP and result["stopped"]:  # the bench's stop reached it before rnnlab handled stops
         log(f"{tag}: stopped as it started, before it trained; nothing to save ({RESUME_HINT})")
     else:
