@@ -216,6 +216,29 @@ def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch, ctrl_
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+@pytest.mark.parametrize("error", [RuntimeError("CUDA error: an illegal memory access"),
+                                   OSError(28, "No space left on device"), ValueError("bad batch")])
+def test_an_unexpected_error_in_training_is_recorded_and_raised_as_it_came(tiny_train, tmp_path, monkeypatch, error):
+    """An error the trainer has no message of its own for (a kernel's, a log write's) still ends
+    the run with summary.json saying so (status "failed"), and propagates unchanged."""
+    real, calls = Trainer.train_step, [0]
+
+    def step(self, batch):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise error
+        return real(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    run = tmp_path / "r"
+    with pytest.raises(type(error)) as raised:
+        run_training(tiny_train(run, steps=8), progress=False)
+    assert raised.value is error
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["complete"], summary["steps"], summary["error"]) == (False, 2, f"{type(error).__name__}: {error}")
+    assert RunDir(run).status() == "failed"
+
+
 def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeypatch, ctrl_c_on_call):
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=4), progress=False)

@@ -332,7 +332,8 @@ class Trainer:
         checkpoint); returns the summary, also written to summary.json. A failure that stops
         the run (divergence, a checkpoint write error, out of memory, a second Ctrl-C, under
         torchrun another rank's end: ``LostRank``) is recorded in summary.json and raised with a
-        message naming the checkpoint kept. Under torchrun, ``LostPeerWatch`` ends the rank with
+        message naming the checkpoint kept; any other error is recorded as ``TypeName: message``
+        and raised as it came. Under torchrun, ``LostPeerWatch`` ends the rank with
         ``LostRank``'s line when a peer on this machine died and a collective never says so."""
         # StopOnInterrupt spans the failure handling too (a stop that arrives then, torchrun's SIGTERM
         # close behind a peer's death before lost_peers_ignoring_stops ignores stops, is a first
@@ -360,6 +361,7 @@ class Trainer:
                     self.record_failure(message)
                     raise LostRank(message) from e
                 if not is_out_of_memory(e):
+                    self.record_crash(e)
                     raise
                 cfg = self.cfg
                 graph = " or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
@@ -374,6 +376,10 @@ class Trainer:
                                f"{self.checkpointer.kept()}")
                 self.record_failure(message)
                 raise OutOfMemory(message) from None
+            except Exception as e:  # anything else (a kernel's error, a log's write): recorded, raised as it came
+                stop.ending()
+                self.record_crash(e)
+                raise
 
     @contextlib.contextmanager
     def closing(self):
@@ -699,6 +705,12 @@ class Trainer:
             self.logger.sync()  # the lines logged since the last checkpoint, as the logs' close would
 
         end_lost_rank(self.ctx.rank, message, then=record)
+
+    def record_crash(self, e: Exception) -> None:
+        """``record_failure`` for an error the trainer has no message of its own for (``TypeName:
+        message``); a second error while recording it is dropped, so that ``e`` is what propagates."""
+        with contextlib.suppress(Exception):
+            self.record_failure(f"{type(e).__name__}: {e}")
 
     def record_failure(self, error: str, aborted: bool = False) -> None:
         """summary.json for a run that stopped with ``error`` (``aborted``: by Ctrl-C), if the disk
