@@ -355,6 +355,35 @@ def test_a_finished_run_resumed_writes_no_checkpoint_again(tiny_train, tmp_path,
     assert (tmp_path / "r" / "eval.jsonl").read_text() == evals and s["val_bpb"] == first["val_bpb"]
 
 
+def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_logged_once_however_often_the_run_is_resumed(
+        tiny_train, tmp_path, monkeypatch):
+    """A second Ctrl-C in the final evaluation leaves a checkpoint of the last step without it
+    (guarantee 3b); ``--resume`` evaluates it, but cannot write that step's checkpoint again, so
+    every later resume evaluates it once more: its record is dropped from eval.jsonl each time
+    and written again, one final record of the step, not one per session."""
+    import signal
+
+    real, run = Trainer.evaluate, tmp_path / "r"
+
+    def evaluate(self, final=False):
+        if final:
+            for _ in range(2):
+                signal.raise_signal(signal.SIGINT)
+        return real(self, final=final)
+
+    monkeypatch.setattr(Trainer, "evaluate", evaluate)
+    with pytest.raises(KeyboardInterrupt, match="aborted by Ctrl-C at step 3"):
+        run_training(tiny_train(run, steps=3, eval_every=2), progress=False)
+    monkeypatch.undo()
+    finals = []
+    for _ in range(2):
+        s = run_training(tiny_train(run, steps=3, eval_every=2, resume=True), progress=False)
+        records = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+        finals.append([r for r in records if r.get("final")])
+        assert [r["step"] for r in records] == [2, 3] and s["complete"]
+    assert len(finals[0]) == 1 and finals[1] == finals[0]
+
+
 def test_a_finished_run_resumed_with_new_eval_bytes_and_no_larger_budget_is_refused(tiny_train, tmp_path):
     """A complete run's final evaluation is not redone by a resume with its own budget, so a new
     --eval-bytes would only rewrite config.json (then at odds with summary.json): refused in one

@@ -500,14 +500,16 @@ class RunDir:
         finally:
             self.release()
 
-    def start(self, cfg, env: dict[str, Any], resumed_step: int | None) -> None:
+    def start(self, cfg, env: dict[str, Any], resumed_step: int | None, final_eval_redone: bool = False) -> None:
         """Record the config and this session's environment; a resumed run cuts its logs back to
-        ``resumed_step`` (the lines of steps after its checkpoint are written again) and keeps its
-        earlier sessions' start, commit and GPU in env.json's ``earlier_sessions``."""
+        ``resumed_step`` (the lines of steps after its checkpoint are written again; with
+        ``final_eval_redone``, also that step's final evaluation, which its checkpoint lacks and
+        this session runs again) and keeps its earlier sessions' start, commit and GPU in
+        env.json's ``earlier_sessions``."""
         if resumed_step is not None:
             for name in (METRICS, EVALS):
                 self._unarchive(self.file(name))
-                self._truncate(self.file(name), resumed_step)
+                self._truncate(self.file(name), resumed_step, drop_final=final_eval_redone)
             before = self.env() or {}
             if before.get("started"):
                 env = {**env, "earlier_sessions": before.get("earlier_sessions", []) + [
@@ -533,14 +535,17 @@ class RunDir:
             packed.unlink()
 
     @staticmethod
-    def _truncate(path: Path, max_step: int) -> None:
-        """Drop records past ``max_step`` and any line a crash cut short."""
+    def _truncate(path: Path, max_step: int, drop_final: bool = False) -> None:
+        """Drop records past ``max_step`` and any line a crash cut short (``drop_final``: and a
+        final evaluation's record of ``max_step``)."""
         if not path.exists():
             return
         keep = []
         for line in path.read_text().splitlines():
             try:
-                if json.loads(line).get("step", 0) <= max_step:
+                record = json.loads(line)
+                step = record.get("step", 0)
+                if step < max_step or step == max_step and not (drop_final and record.get("final")):
                     keep.append(line)
             except (json.JSONDecodeError, AttributeError):
                 continue
