@@ -384,6 +384,20 @@ def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_logged_once_however_often_
     assert len(finals[0]) == 1 and finals[1] == finals[0]
 
 
+def test_a_complete_run_resumed_to_train_on_is_incomplete_until_it_ends_again(tiny_train, tmp_path):
+    """Resumed with a larger budget, a finished run's summary.json stops saying complete as the
+    session starts (a session then killed leaves it incomplete under config.json's new budget, not
+    complete at the old one); resumed at its own budget, it stays complete."""
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    for steps, status in ((2, "complete"), (4, "incomplete")):
+        trainer = Trainer(tiny_train(run, steps=steps, resume=True), progress=False)  # set up, not trained
+        trainer.rundir.release()
+        assert RunDir(run).status() == status and RunDir(run).summary()["steps"] == 2
+    assert run_training(tiny_train(run, steps=4, resume=True), progress=False)["complete"]
+    assert RunDir(run).status() == "complete"
+
+
 def test_a_finished_run_resumed_with_new_eval_bytes_and_no_larger_budget_is_refused(tiny_train, tmp_path):
     """A complete run's final evaluation is not redone by a resume with its own budget, so a new
     --eval-bytes would only rewrite config.json (then at odds with summary.json): refused in one

@@ -500,16 +500,22 @@ class RunDir:
         finally:
             self.release()
 
-    def start(self, cfg, env: dict[str, Any], resumed_step: int | None, final_eval_redone: bool = False) -> None:
+    def start(self, cfg, env: dict[str, Any], resumed_step: int | None, trains_on: bool = False,
+              final_eval_redone: bool = False) -> None:
         """Record the config and this session's environment; a resumed run cuts its logs back to
         ``resumed_step`` (the lines of steps after its checkpoint are written again; with
         ``final_eval_redone``, also that step's final evaluation, which its checkpoint lacks and
         this session runs again) and keeps its earlier sessions' start, commit and GPU in
-        env.json's ``earlier_sessions``."""
+        env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
+        larger budget) has its summary.json say incomplete until it ends again, so that a session
+        that dies does not leave it complete at the old budget under config.json's new one."""
         if resumed_step is not None:
             for name in (METRICS, EVALS):
                 self._unarchive(self.file(name))
                 self._truncate(self.file(name), resumed_step, drop_final=final_eval_redone)
+            summary = self.summary()
+            if trains_on and summary and summary.get("complete"):
+                self.write_summary({**summary, "complete": False})
             before = self.env() or {}
             if before.get("started"):
                 env = {**env, "earlier_sessions": before.get("earlier_sessions", []) + [

@@ -318,11 +318,11 @@ class Trainer:
             print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
                   "no bf16 matrix units); --precision fp32 for experiments on a CPU", file=sys.stderr, flush=True)
         if ctx.is_main:
-            resumed = resume_from is not None
-            # a checkpoint of the budget's end without its final evaluation (a second Ctrl-C stopped
-            # it, or it was logged after the checkpoint): evaluated again below, logged once
-            self.rundir.start(cfg, env_info(self.device), self.state.step if resumed else None,
-                              final_eval_redone=resumed and self.budget_spent() and not self.final_eval_done())
+            resumed, spent = resume_from is not None, self.budget_spent()
+            # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
+            # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again below
+            self.rundir.start(cfg, env_info(self.device), self.state.step if resumed else None, trains_on=not spent,
+                              final_eval_redone=resumed and spent and not self.final_eval_done())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
