@@ -100,7 +100,8 @@ class DataConfig:
     path: str | None = option(None, key="data", help="raw training file (default: the bundled sample)",
                               scope="suite")
     val_path: str | None = option(None, key="val_data", scope="suite",
-                                  help="raw held-out file (default: the last val_fraction of --data)")
+                                  help="raw held-out file (default: the last val_fraction of --data; without "
+                                       "--data, the bundled sample's held-out file)")
     extra_val_path: str | None = option(None, key="extra_val_data", scope="suite", resumable=True,
                                         help="another held-out file (e.g. WikiText-2's raw test text), scored "
                                              "whole once at the end of training at the same weights as the "
