@@ -398,6 +398,27 @@ def test_a_complete_run_resumed_to_train_on_is_incomplete_until_it_ends_again(ti
     assert RunDir(run).status() == "complete"
 
 
+def test_a_run_resumed_on_data_of_other_sizes_is_refused_and_nothing_changes(tiny_train, tmp_path):
+    """The corpus file replaced under the same path (same config) would give the resumed run other
+    batches: refused in one line naming both sizes, the folder untouched; the same file resumes."""
+    from rnnlab.data import load_splits
+
+    data, run = tmp_path / "corpus.txt", tmp_path / "r"
+    data.write_bytes(bytes(range(256)) * 40)
+    run_training(tiny_train(run, steps=2, data=str(data)), progress=False)
+    splits = load_splits(str(data), None, 0.01)
+    assert json.loads((run / "env.json").read_text())["corpus"] == {"train_bytes": len(splits.train),
+                                                                     "heldout_bytes": len(splits.val)}
+    data.write_bytes(bytes(range(256)) * 41)
+    files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=rf"--resume: the training split is now 10,391 bytes, but the run in "
+                                         rf"{re.escape(str(run))} trained with 10,137: the data changed since"):
+        run_training(tiny_train(run, steps=4, data=str(data), resume=True), progress=False)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == files
+    data.write_bytes(bytes(range(256)) * 40)
+    assert run_training(tiny_train(run, steps=4, data=str(data), resume=True), progress=False)["complete"]
+
+
 def test_a_finished_run_resumed_with_new_eval_bytes_and_no_larger_budget_is_refused(tiny_train, tmp_path):
     """A complete run's final evaluation is not redone by a resume with its own budget, so a new
     --eval-bytes would only rewrite config.json (then at odds with summary.json): refused in one

@@ -27,7 +27,7 @@ from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
-from rnnlab.train.rundir import CORPUS_KEYS, RunDir
+from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_sizes
 
 
 def aligned(rows: Iterable[tuple[str, str]]) -> str:
@@ -243,9 +243,9 @@ def _check_before_launch(args) -> None:
     from rnnlab.train.trainer import resolve_config
 
     cfg = resolve_config(config_from_args(args), world=args.gpus)
-    load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
+    splits = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
     rundir = RunDir(cfg.run.out)
-    rundir.prepare(cfg)
+    rundir.prepare(cfg, corpus_sizes(splits.train, splits.val))
     rundir.release()
 
 

@@ -186,6 +186,12 @@ class RunLock:
             self.fd = None
 
 
+def corpus_sizes(train, heldout) -> dict[str, int]:
+    """What env.json records of a run's data (``"corpus"``), the training and held-out splits'
+    lengths in bytes: a resumed run must open data of the same sizes (``RunDir.prepare``)."""
+    return {"train_bytes": len(train), "heldout_bytes": len(heldout)}
+
+
 class RunDir:
     """The run folder at ``path`` (which need not exist yet)."""
 
@@ -401,9 +407,11 @@ class RunDir:
         return cfg, model, step
 
     # ------------------------------------------------------------------ training
-    def prepare(self, cfg):
+    def prepare(self, cfg, corpus: dict[str, int] | None = None):
         """Take the folder for training ``cfg`` into it (module docstring: the rules); returns
-        the checkpoint to resume from (None for a fresh run). Holds the lock until ``release``."""
+        the checkpoint to resume from (None for a fresh run). Holds the lock until ``release``.
+        ``corpus``: ``corpus_sizes`` of the data this session opened, which a resumed run's must
+        equal (env.json's, when it has them)."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path} exists and is not a directory")
         if cfg.run.resume and cfg.run.overwrite:
@@ -419,7 +427,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
-            start = self._resume_point(cfg) if cfg.run.resume else None
+            start = self._resume_point(cfg, corpus) if cfg.run.resume else None
             if not cfg.run.resume:
                 self._clear(cfg)
             for folder in (self.path, self.ckpt_dir):
@@ -430,9 +438,10 @@ class RunDir:
             self.lock.release(undo=True)
             raise
 
-    def _resume_point(self, cfg):
-        """The newest usable checkpoint of a run made with ``cfg``'s config, else an error that
-        changes nothing; damaged newer checkpoints are renamed aside, loudly."""
+    def _resume_point(self, cfg, corpus: dict[str, int] | None):
+        """The newest usable checkpoint of a run made with ``cfg``'s config and, when ``corpus``
+        and env.json say, on a corpus of the same sizes, else an error that changes nothing;
+        damaged newer checkpoints are renamed aside, loudly."""
         saved = self.saved_config()
         if saved is None:
             raise ValueError(f"--resume: {self.path} has no readable {CONFIG}, so its run cannot be checked "
@@ -444,6 +453,13 @@ class RunDir:
                                         "setting as it was, or start a new run with another --out)")
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
+        before = (self.env() or {}).get("corpus")
+        if corpus is not None and isinstance(before, dict):
+            for key, what in (("train_bytes", "training split"), ("heldout_bytes", "held-out split")):
+                if before.get(key) is not None and before[key] != corpus[key]:
+                    raise ValueError(f"--resume: the {what} is now {corpus[key]:,} bytes, but the run in {self.path} "
+                                     f"trained with {before[key]:,}: the data changed since, so the run would not go on "
+                                     f"with the same bytes (restore the files, or start a new run with another --out)")
         kind, _ = cfg.budget.chosen()
         summary = self.summary() or {}
         new_cap = cfg.run.eval_bytes

@@ -46,7 +46,7 @@ from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank
-from rnnlab.train.rundir import RunDir
+from rnnlab.train.rundir import RunDir, corpus_sizes
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, eval_batch, evaluate_run,
                                   is_out_of_memory, peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
 
@@ -279,7 +279,8 @@ class Trainer:
         self.n_params = count_params(cfg.model)
         check_memory(cfg, self.n_params, self.device, ctx.world_size)
         self.rundir = RunDir(cfg.run.out)
-        resume_from = ctx.broadcast_object(self.rundir.prepare(cfg) if ctx.is_main else None)  # rank 0 locks
+        self.corpus = corpus_sizes(self.stream.split, self.val_split)
+        resume_from = ctx.broadcast_object(self.rundir.prepare(cfg, self.corpus) if ctx.is_main else None)  # rank 0 locks
         try:
             self._build(progress, resume_from)
         except BaseException as e:
@@ -321,7 +322,8 @@ class Trainer:
             resumed, spent = resume_from is not None, self.budget_spent()
             # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
             # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again below
-            self.rundir.start(cfg, env_info(self.device), self.state.step if resumed else None, trains_on=not spent,
+            self.rundir.start(cfg, {**env_info(self.device), "corpus": self.corpus}, self.state.step if resumed else None,
+                              trains_on=not spent,
                               final_eval_redone=resumed and spent and not self.final_eval_done())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
