@@ -158,3 +158,38 @@ def test_solve_dim_reaches_the_widest_multiple_below_max_dim():
     with pytest.raises(ValueError, match=r"multiple must be a positive integer \(at most 65,536, the widest dim\), "
                                          "got 70000"):  # not "dim must be ...": the flag typed is --multiple
         solve_dim(cfg, 1_000_000, multiple=70_000)
+
+
+@pytest.mark.parametrize("model,layer,grid", [("e1", {"heads": 14}, 224),  # the state 32k divides by 14: k % 7 == 0
+                                              ("mamba2", {"headdim": 128}, 64)])  # headdim divides 2 * dim
+def test_solver_steps_over_widths_the_layer_refuses(model, layer, grid, capsys, tmp_path):
+    """A layer option that some widths refuse (race-400m's E1 heads=14) is solved to the nearest
+    width that the layer takes, as ``rnnlab params --target``, ``rnnlab bench --params`` and
+    ``rnnlab sweep --target-params`` ask: the solver failed at the first width it tried (dim 32)."""
+    cfg = ModelConfig(model, 64, 2, layer=layer)
+    dim, params = solve_dim(cfg, 2_000_000)
+    assert dim % grid == 0 and params == count_params(dataclasses.replace(cfg, dim=dim))
+    for d in (dim - grid, dim + grid):  # the neighbours the layer takes are no closer
+        assert abs(count_params(dataclasses.replace(cfg, dim=d)) - 2e6) >= abs(params - 2e6)
+    argv = ["params", "--model", model, "--target", "2M", "--depth", "2", "--json"]
+    assert main([*argv, *[a for k, v in layer.items() for a in ("--layer", f"{k}={v}")]]) == 0
+    assert json.loads(capsys.readouterr().out)["dim"] == dim
+    from rnnlab.bench.suite import parse_suite, plan_suite
+    suite = parse_suite({"runs": [{"name": "r", "model": model, "depth": 2, "dim": 256, "layer": layer}]})
+    assert plan_suite(suite, tmp_path, params="2M")[0].cfg.model.dim == dim
+
+
+def test_solver_reports_an_option_no_width_takes():
+    """An option that no width takes is still refused with the layer's own message."""
+    with pytest.raises(ValueError, match="e1 layer option heads must divide the state width"):
+        solve_dim(ModelConfig("e1", 64, 2, layer={"heads": 65536, "expansion": 0.5}), 1_000_000)
+
+
+def test_solver_says_when_no_width_the_layer_takes_reaches_the_target():
+    """With heads=14 the widest multiple of 32 (65536) is refused: a target past the widest width
+    taken (65408) is out of reach, as it is for a layer that takes every width."""
+    cfg = ModelConfig("e1", 64, 1, layer={"heads": 14})
+    widest = count_params(dataclasses.replace(cfg, dim=65_408))
+    assert solve_dim(cfg, widest) == (65_408, widest)
+    with pytest.raises(ValueError, match="no width up to 65536 reaches"):
+        solve_dim(cfg, widest + 1)

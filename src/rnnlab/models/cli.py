@@ -48,7 +48,8 @@ def run(args) -> int:
     if args.multiple is not None and args.target is None:  # it steps the solved width only
         raise ValueError("--multiple is the width step for --target; give --target with it")
     cfg = ModelConfig(**values)  # the model section's keys are its field names
-    cfg.validate()
+    if args.target is None:  # else solve_dim checks each width it tries (not the default dim, 256)
+        cfg.validate()
     target = parse_count(args.target) if args.target is not None else None
     if target is not None:
         cfg.dim, params = solve_dim(cfg, target, args.multiple)

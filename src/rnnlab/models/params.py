@@ -45,7 +45,9 @@ def count_params(cfg: ModelConfig) -> int:
 
 def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tuple[int, int]:
     """The width (a multiple of ``multiple``, default the model's ``dim_multiple``) whose parameter
-    count at ``cfg.depth`` is closest to ``target``; returns ``(dim, params)``.
+    count at ``cfg.depth`` is closest to ``target``; returns ``(dim, params)``. Widths the layer
+    refuses (E1 ``heads=14`` takes only states that 14 divides) are stepped over; an option that
+    no width takes raises the layer's error at the narrowest.
 
     The count grows monotonically with width, so a bisection over multiples finds the bracket.
     """
@@ -57,16 +59,44 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
         return count_params(dataclasses.replace(cfg, dim=k * step))
 
     top = MAX_DIM // step  # the widest multiple ModelConfig accepts
+    takes: dict[int, bool] = {}
+
+    def fits(k: int) -> bool:
+        if k not in takes:
+            try:
+                dataclasses.replace(cfg, dim=k * step).validate()
+                takes[k] = True
+            except ValueError:
+                takes[k] = False
+        return takes[k]
+
+    def taken(k: int, way: int) -> int | None:
+        """The first multiple from ``k`` on (``way`` +1 up, -1 down) that the layer takes."""
+        while 1 <= k <= top and not fits(k):
+            k += way
+        return k if 1 <= k <= top else None
+
+    def reaches(k: int) -> bool:  # monotone in k: the first width taken from k on has target or more
+        t = taken(k, 1)
+        return t is None or at(t) >= target
+
+    unreachable = f"no width up to {MAX_DIM} reaches {target:,} parameters at depth {cfg.depth}"
     lo, hi = 1, 1
-    while at(hi) < target:
+    while not reaches(hi):
         if hi >= top:
-            raise ValueError(f"no width up to {MAX_DIM} reaches {target:,} parameters at depth {cfg.depth}")
+            raise ValueError(unreachable)
         lo, hi = hi, min(hi * 2, top)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if at(mid) < target:
-            lo = mid
-        else:
+        if reaches(mid):
             hi = mid
-    best = min((lo, hi), key=lambda k: abs(at(k) - target))
+        else:
+            lo = mid
+    below, above = taken(hi - 1, -1), taken(hi, 1)
+    if below is None and above is None:
+        dataclasses.replace(cfg, dim=step).validate()  # the layer's own error, at the narrowest width
+    if above is None:  # every width the layer takes has fewer than target
+        raise ValueError(unreachable)
+    found = [k for k in (below, above) if k is not None]
+    best = min(found, key=lambda k: abs(at(k) - target))
     return best * step, at(best)
