@@ -123,7 +123,7 @@ CASES = [
     ("config_empty_path", [*TRAIN, "--config", ""], "argument --config: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("config_missing", [*TRAIN, "--config", "/nonexistent.toml"], "config file not found: /nonexistent.toml"),
     ("config_betas", [*TRAIN, "--config", "{betas5}"], "betas must be two numbers in [0, 1), got 5"),
-    ("config_mlp_ratio", [*TRAIN, "--config", "{mlp_two}"], "mlp_ratio must be a finite number >= 0, got 'two'"),
+    ("config_mlp_ratio", [*TRAIN, "--config", "{mlp_two}"], "mlp_ratio must be a finite number >= 0 (at most 64), got 'two'"),
     ("config_layer", [*TRAIN, "--config", "{layer5}", "--layer", "expansion=2"],
      "layer must be a table of options, got 5"),
     ("config_out", ["train", *TINY, "--data", "{corpus}", "--config", "{out5}"], "out must be a string, got 5"),

@@ -193,3 +193,12 @@ def test_solver_says_when_no_width_the_layer_takes_reaches_the_target():
     assert solve_dim(cfg, widest) == (65_408, widest)
     with pytest.raises(ValueError, match="no width up to 65536 reaches"):
         solve_dim(cfg, widest + 1)
+
+
+def test_mlp_ratio_has_a_top(capsys):
+    """``--mlp-ratio`` is a factor like a layer's expansion, topped at MAX_FACTOR: 1e300 was a torch
+    traceback from building the MLP, not a one-line error."""
+    from rnnlab.layers.base import MAX_FACTOR
+    assert main(["params", "--model", "e1", "--dim", "64", "--depth", "2", "--mlp-ratio", "1e300"]) == 2
+    assert "mlp_ratio must be" in capsys.readouterr().err
+    assert count_params(ModelConfig("e1", 64, 1, mlp_ratio=MAX_FACTOR)) > 0

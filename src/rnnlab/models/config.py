@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from rnnlab.layers.base import MAX_FACTOR
 from rnnlab.models.registry import MODELS, get_spec
 from rnnlab.options import at_least, check, option, positive
 
@@ -35,7 +36,7 @@ class ModelConfig:
     vocab_size: int = option(256, help="bytes: always 256", choices=(256,), flag=False)
     mlp_ratio: float | None = option(None, help="MLP width per block as a multiple of dim (default: the "
                                                 "model's: 0 = no MLP for recurrent models, 4 for the Transformer)",
-                                     bounds=at_least(0))
+                                     bounds=at_least(0, MAX_FACTOR))
     tie_embeddings: bool = option(True, help="share the input embedding with the output head (default: on)")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
