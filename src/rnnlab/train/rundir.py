@@ -457,9 +457,10 @@ class RunDir:
         if corpus is not None and isinstance(before, dict):
             for key, what in (("train_bytes", "training split"), ("heldout_bytes", "held-out split")):
                 if before.get(key) is not None and before[key] != corpus[key]:
-                    raise ValueError(f"--resume: the {what} is now {corpus[key]:,} bytes, but the run in {self.path} "
-                                     f"trained with {before[key]:,}: the data changed since, so the run would not go on "
-                                     f"with the same bytes (restore the files, or start a new run with another --out)")
+                    raise ValueError(f"--resume: the {what} is now {corpus[key]:,} bytes, but the run in "
+                                     f"{self.path} trained with {before[key]:,}: the data changed since, so the run "
+                                     f"would not go on with the same bytes (restore the files, or start a new run "
+                                     f"with another --out)")
         kind, _ = cfg.budget.chosen()
         summary = self.summary() or {}
         new_cap = cfg.run.eval_bytes

@@ -280,7 +280,8 @@ class Trainer:
         check_memory(cfg, self.n_params, self.device, ctx.world_size)
         self.rundir = RunDir(cfg.run.out)
         self.corpus = corpus_sizes(self.stream.split, self.val_split)
-        resume_from = ctx.broadcast_object(self.rundir.prepare(cfg, self.corpus) if ctx.is_main else None)  # rank 0 locks
+        # rank 0 locks the folder
+        resume_from = ctx.broadcast_object(self.rundir.prepare(cfg, self.corpus) if ctx.is_main else None)
         try:
             self._build(progress, resume_from)
         except BaseException as e:
@@ -322,8 +323,8 @@ class Trainer:
             resumed, spent = resume_from is not None, self.budget_spent()
             # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
             # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again below
-            self.rundir.start(cfg, {**env_info(self.device), "corpus": self.corpus}, self.state.step if resumed else None,
-                              trains_on=not spent,
+            env = {**env_info(self.device), "corpus": self.corpus}
+            self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
                               final_eval_redone=resumed and spent and not self.final_eval_done())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
