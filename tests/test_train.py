@@ -1008,6 +1008,16 @@ def test_a_temperature_so_small_that_every_finite_logit_overflows_samples_the_mo
     assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-40, seed=0) == b"b" * 20
 
 
+def test_a_temperature_so_small_that_every_logit_underflows_to_minus_inf_samples_the_most_likely_byte():
+    """Every logit negative (the largest too): over 1e-40 all of them go to -inf, none to +inf
+    (softmax: nan, multinomial fails); from the largest logit down, the most likely byte as greedy."""
+    from rnnlab.eval.sampling import generate
+
+    logits = torch.full((256,), -2.0)
+    logits[ord("b")] = -1.0
+    assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-40, seed=0) == b"b" * 20
+
+
 def test_a_top_k_above_the_256_bytes_keeps_them_all():
     from rnnlab.eval.sampling import generate
 

@@ -71,7 +71,9 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torc
     if temperature == 0:
         return int(logits.argmax())
     scaled = logits / temperature
-    if torch.isposinf(scaled).any():  # a temperature so small that a logit overflows: from the max down
+    # a temperature so small that the largest logit overflows (to +inf, or to -inf when it is
+    # negative): from the max down
+    if not torch.isfinite(scaled.max()):
         scaled = (logits - logits.max()) / temperature
     logits = scaled
     if top_k:
