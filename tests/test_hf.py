@@ -183,6 +183,18 @@ def test_left_padding_is_refused(exported):
                           do_sample=False).shape == (2, 5)
 
 
+def test_generate_takes_a_nul_byte_in_the_prompt_as_a_byte(exported):
+    """Without an ``attention_mask`` every prompt byte is text, NUL too (the BOS byte lm-eval
+    conditions on, or a NUL in the data): generate gives ``rnnlab sample``'s greedy bytes instead of
+    taking byte 0 (the pad id) for padding and refusing the prompt as left-padded."""
+    run, hf = exported["e1"]
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    _, ref, _ = RunDir(run).load("cpu")
+    for prompt in (b"\x00The ", b"a\x00b", b"ab\x00"):
+        out = model.generate(torch.tensor([list(prompt)]), max_new_tokens=8, do_sample=False)
+        assert bytes(out[0, len(prompt):].tolist()) == generate(ref, prompt, 8, temperature=0)
+
+
 def test_exported_files_get_the_umask_mode(exported):
     """Every file of an exported folder has the mode a new file gets under the umask (the weights'
     writer makes them owner-only): colleagues can load what the umask lets them read."""

@@ -96,6 +96,13 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         # generate must not create a key/value DynamicCache: forward builds a RecurrentState.
         return False
 
+    def _prepare_attention_mask_for_generation(self, inputs_tensor: torch.Tensor, generation_config,
+                                               model_kwargs: dict) -> torch.LongTensor:
+        # generate without an attention_mask: every byte is text. The pad id is byte 0, a byte a
+        # prompt may hold (the BOS lm-eval conditions on), so transformers' default of taking it
+        # for padding would refuse such a prompt as left-padded.
+        return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
+
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.embed
 
