@@ -319,6 +319,26 @@ def test_suite_defaults_may_not_set_a_rows_own_keys(key, value):
         parse_suite({"name": "s", "defaults": {key: value}, "runs": [{"model": "e1", "depth": 1, "dim": 16}]})
 
 
+@pytest.mark.parametrize("key", ["mlp-ratio", "target-params"])
+def test_a_suite_row_or_defaults_key_written_with_a_dash_is_the_same_key(key, tmp_path):
+    """``mlp-ratio = 4`` in a row is ``mlp_ratio = 4`` (a config file's keys take either): the row's
+    model has it, so its parameter count and a solved width count it; in [defaults] it is refused
+    as a model field, as ``mlp_ratio`` is."""
+    if key == "mlp-ratio":
+        (dashed,) = plan_suite(parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2,
+                                                                  "target_params": "200K", key: 4}]}), tmp_path)
+        (plain,) = plan_suite(parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2,
+                                                                 "target_params": "200K", "mlp_ratio": 4}]}), tmp_path)
+        assert dashed.params == count_params(dashed.cfg.model)
+        assert (dashed.cfg.model.dim, dashed.params) == (plain.cfg.model.dim, plain.params)
+    else:
+        (dashed,) = plan_suite(parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2,
+                                                                  key: "200K"}]}), tmp_path)
+        assert dashed.target_params == 200_000
+    with pytest.raises(ValueError, match=r"^suite s: \[defaults\] must not set"):
+        parse_suite({"name": "s", "defaults": {key: 4}, "runs": [{"model": "e1", "depth": 1, "dim": 16}]})
+
+
 def test_a_complete_run_is_redone_when_its_budget_kind_changes(tmp_path):
     """A run complete on --steps 3 is complete for --steps 3, not for --minutes 1 (then resumed
     from its checkpoint, or trained afresh without one)."""

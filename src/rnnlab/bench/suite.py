@@ -152,7 +152,7 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
         raise ValueError(f"{where}: unknown top-level key(s) {unknown}; known: name, description, "
                          f"defaults, runs, reference, notes")
     check_shape(data, where)
-    defaults = dict(data.get("defaults", {}))
+    defaults = {k.replace("-", "_"): v for k, v in data.get("defaults", {}).items()}  # mlp-ratio is mlp_ratio
     bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
     if bad:
         raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
@@ -209,6 +209,7 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     if unknown:
         known = sorted(set(ROW_KEYS) | set(FIELDS) - set(RUNNER_KEYS))
         raise ValueError(f"{where}: unknown key(s) {unknown}; known: {known}")
+    row = {k.replace("-", "_"): v for k, v in row.items()}  # mlp-ratio is the model's mlp_ratio
     for key in ("model", "depth"):
         if key not in row:
             raise ValueError(f"{where}: needs {key!r}")
