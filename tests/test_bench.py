@@ -1523,6 +1523,14 @@ def test_runs_subset(tmp_path):
         plan_suite(suite, tmp_path, runs="e1,nope")
 
 
+def test_an_empty_runs_option_selects_no_run_it_is_refused(tmp_path, capsys):
+    """``--runs ""`` (a script's ``--runs "$RUNS"`` with RUNS unset) names no run: refused in one
+    line, not read as no --runs, which trains the whole suite."""
+    assert main(["bench", "tiny", "--runs", "", "--plan", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "has no run(s) ['']" in err and len(err.strip().splitlines()) == 1
+
+
 def test_bench_and_sweep_flags_come_from_the_config():
     """bench replaces the suite-wide fields (corpus, budget, device, held-out bytes, W&B project) for every
     run; sweep takes every field but the run folder's; both lists derive from the declarations."""

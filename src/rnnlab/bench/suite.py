@@ -273,7 +273,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     if any(p.is_file() for p in (out, *out.parents)):  # refused by --plan too, not first by mkdir
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))  # cli.error_line says which
     selected = suite.runs
-    if runs:
+    if runs is not None:  # --runs "" names no run: refused below, not taken as every run
         names = runs.split(",") if isinstance(runs, str) else list(runs)
         unknown = sorted(set(names) - {r.name for r in suite.runs})
         if unknown:
