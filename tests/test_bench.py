@@ -507,6 +507,16 @@ def test_one_process_suite_records_the_gpu_of_each_cuda_run(tmp_path, monkeypatc
     assert [(r["dir"], r.get("gpu")) for r in runs] == [("a", None), ("b", "3")]
 
 
+def test_one_process_suite_records_the_gpu_a_device_index_names(tmp_path, monkeypatch):
+    """``rnnlab bench --device cuda:1`` trains on the second visible GPU: suite.json names that one
+    (the run's summary says ``cuda:1``), not none."""
+    suite, out, _ = _suite_of_fakes(tmp_path, monkeypatch, "ab", {"device": "cuda:1"})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=lambda m: None)
+    runs = json.loads((out / "suite.json").read_text())["runs"]
+    assert [(r["dir"], r.get("gpu")) for r in runs] == [("a", None), ("b", "5")]
+
+
 def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     import rnnlab.train.trainer as trainer
 

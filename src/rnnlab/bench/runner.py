@@ -65,8 +65,9 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             log(f"{tag}: FAILED: {type(e).__name__}: {e}")
             continue
         result["trained"].append(pr.label)
-        if summary.get("device") == "cuda":  # as rnnlab.bench.parallel does: the report names each run's GPU
-            record_gpu(pr.dir.parent, pr.label, visible_gpus(1)[0])
+        kind, _, index = str(summary.get("device")).partition(":")
+        if kind == "cuda":  # as rnnlab.bench.parallel does: the report names each run's GPU (cuda:1: the second)
+            record_gpu(pr.dir.parent, pr.label, visible_gpus(int(index or 0) + 1)[int(index or 0)])
         complete = summary.get("complete", False)
         if complete:
             log(outcome_line(tag, summary))
