@@ -1416,6 +1416,18 @@ def test_a_sweep_takes_list_values():
     assert plan_suite(s, "unused")[2].cfg.optim.betas == (0.9, 0.95)
 
 
+def test_a_swept_seed_beside_seeds_is_refused(tmp_path, capsys):
+    """``--set seed=1,2 --seeds 3``: --seeds sets every point's seed, so the swept seeds were
+    replaced and both points trained seed 3, in two folders; refused in one line."""
+    out = tmp_path / "o"
+    assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--set", "seed=1,2", "--seeds", "3",
+                 "--out", str(out), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "seed" in err and "--seeds" in err and len(err.strip().splitlines()) == 1
+    assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,2e-3", "--seeds", "3",
+                 "--out", str(out), "--plan"]) == 0
+
+
 def test_a_swept_dim_needs_no_base_dim():
     """``--set dim=...`` gives every point its width: no ``--dim`` (or ``--target-params``) is needed."""
     s = build_sweep({"model": "e1", "depth": 2}, ["dim=32,64"])

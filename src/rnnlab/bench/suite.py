@@ -269,6 +269,9 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
         raise ValueError("give at most one of --steps, --minutes, --tokens")
     target_all = parse_count(params) if params is not None else None
     seed_list = parse_seeds(seeds)
+    if seed_list and suite.sweep and "seed" in suite.sweep.get("axes", {}):  # every point would train each --seeds seed
+        raise ValueError("--seeds sets every point's seed, which would replace the swept seeds: "
+                         "give --set seed=... or --seeds, not both")
     out = Path(out)
     if any(p.is_file() for p in (out, *out.parents)):  # refused by --plan too, not first by mkdir
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))  # cli.error_line says which
