@@ -26,7 +26,7 @@ def _common_flags(p) -> None:
     b = p.add_argument_group("runs")
     b.add_argument("--seeds", metavar="S1,S2,..", help="repeat every run once per seed (folders NAME-sSEED)")
     b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite (bench: its rows' names; "
-                                                      "sweep: its points' names, as --plan prints them)")
+                                                      "sweep: its points' names; without their -sSEED)")
     b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU, "
                                                          "each logging to OUT/logs/<run>.log (default, and "
                                                          "--gpus 1: one run at a time in this process)")
