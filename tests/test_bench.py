@@ -304,6 +304,12 @@ def test_a_run_name_must_be_a_plain_folder_name(name):
         parse_suite({"name": "s", "runs": [{"name": name, "model": "e1", "depth": 1, "dim": 16}]})
 
 
+def test_a_run_may_not_be_named_logs():
+    """OUT/logs/ holds each --gpus N run's log and config: a run folder there would mix with them."""
+    with pytest.raises(ValueError, match=r"^suite s, run logs: run name 'logs' is the suite folder's logs/"):
+        parse_suite({"name": "s", "runs": [{"name": "logs", "model": "e1", "depth": 1, "dim": 16}]})
+
+
 @pytest.mark.parametrize("name", ["../../etc", "a/b", 5, ""])
 def test_a_suite_name_must_be_a_plain_folder_name(name):
     """The suite's name is its default output folder, runs/bench/<name>: never outside runs/bench/,

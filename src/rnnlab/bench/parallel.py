@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.suite import RESUME_HINT, SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
+from rnnlab.bench.suite import LOGS, RESUME_HINT, SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
 from rnnlab.signals import ended_with_this_process
 from rnnlab.train.rundir import read_json, write_json
 
@@ -62,7 +62,7 @@ class Job:
 def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> tuple[subprocess.Popen, Path]:
     """Start ``rnnlab train`` for ``pr`` (its folder's ``run_status``) on ``gpu``; its config goes
     to ``OUT/logs/<run>.json``."""
-    logs = out / "logs"
+    logs = out / LOGS
     logs.mkdir(parents=True, exist_ok=True)
     cfg = train_config(pr, status)
     cfg_path = logs / f"{pr.label}.json"

@@ -193,6 +193,9 @@ def check_shape(data: dict[str, Any], where: str) -> None:
                              f"tok_per_s, mem_gb, time_s), got {numbers!r}")
 
 
+LOGS = "logs"  # OUT/logs/: each --gpus N run's log and config, beside the run folders
+
+
 def folder_name(value: Any, what: str, where: str) -> str:
     """``value`` as the name of a folder inside the suite's (or ``runs/bench/``): a name that climbs
     out of it (``../x``), reaches below it (``a/b``) or hides (``.x``) is refused; a number must be
@@ -216,6 +219,9 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     if ("dim" in row) == ("target_params" in row):  # both: the solved width would replace dim unsaid
         raise ValueError(f"{where}: needs 'dim' or 'target_params'" + (", not both" if "dim" in row else ""))
     name = folder_name(row.pop("name", None) or f"{row['model']}-d{row['depth']}", "run name", where)
+    if name == LOGS:
+        raise ValueError(f"{where}: run name {LOGS!r} is the suite folder's logs/ (--gpus N writes there): "
+                         "name the run otherwise")
     target = row.pop("target_params", None)
     multiple = row.pop("multiple", None)
     model = {k: row.pop(k) for k in MODEL_KEYS if k in row}
