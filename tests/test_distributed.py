@@ -405,6 +405,20 @@ def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, 
     assert s["val_loss"] == pytest.approx(ref_sum["val_loss"], rel=1e-5)
 
 
+def test_fsdp2_evaluations_in_training_change_nothing(tmp_path, corpus):
+    """Schedule-Free under FSDP2 with an evaluation every 2 steps: the evaluations at x and at the
+    train point y, and the steps after them, are the one-process run's to rounding. (The root's
+    weights, left gathered by the evaluation's forward at x, were used for y and for the next
+    training step.)"""
+    kw = dict(steps=4, eval_every=2)
+    _one(tmp_path / "one", corpus, **kw)
+    _torchrun([*_flags(dict(TINY, **kw)), "--data", str(corpus), "--out", str(tmp_path / "two"),
+               "--distributed", "fsdp2"])
+    evals = [[(e["val_loss"], e["val_loss_train_point"]) for e in RunDir(tmp_path / r).evals()] for r in ("one", "two")]
+    assert len(evals[0]) == 2 and evals[1] == [pytest.approx(e, rel=1e-6) for e in evals[0]]
+    assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-6)
+
+
 FSDP2_GROUPS = """
 import json, sys, torch
 from rnnlab.train import distributed as dist

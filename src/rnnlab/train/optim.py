@@ -121,6 +121,11 @@ def eval_weights(model: nn.Module, opt):
                     for p, y in zip(g["params"], saved):
                         p.copy_(y)
                     g["train_mode"] = True
+            # FSDP2 leaves the root's weights gathered after a forward without backward: gathered at
+            # x, they would be what the next forward (y's evaluation, a training step) computes with
+            from rnnlab.train.distributed import reshard
+
+            reshard(model)
         model.train(was_training)
 
 
