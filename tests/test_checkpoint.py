@@ -224,6 +224,19 @@ def test_manifest_must_list_exactly_the_two_files_with_their_sizes_and_digests(t
             c.verify()
 
 
+def test_a_manifest_of_other_json_is_damage_not_a_crash(tmp_path):
+    """A manifest that parses but is no object (``null``, a list) or gives a size that is no number
+    is reported as damage, so the previous checkpoint is used, not an AttributeError or ValueError."""
+    checkpoint.Checkpointer(tmp_path).save(_tiny_state(3), complete=False)
+    c = checkpoint.Checkpoint(tmp_path / "step-000003", 3)
+    good = json.loads((c.path / "manifest.json").read_text())
+    entry = {**good["files"]["state.pt"], "bytes": "12"}
+    for bad in (None, [], 3, {**good, "files": {**good["files"], "state.pt": entry}}):
+        (c.path / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(checkpoint.CheckpointError, match="does not describe a format-2 checkpoint of step 3"):
+            c.verify()
+
+
 @pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
 def test_weights_with_any_non_finite_value_are_refused(tmp_path, value):
     from safetensors.torch import save_file

@@ -158,9 +158,10 @@ class Checkpoint:
         except (OSError, ValueError) as e:
             raise CheckpointError(f"{path} is unreadable ({_reason(e)})") from None
         files = m.get("files") if isinstance(m, dict) else None
-        if (m.get("format") != MANIFEST_FORMAT or m.get("step") != self.step or not isinstance(files, dict)
+        if (not isinstance(files, dict) or m.get("format") != MANIFEST_FORMAT or m.get("step") != self.step
                 or set(files) != {MODEL_FILE, STATE_FILE}
-                or not all(isinstance(e, dict) and {"bytes", "sha256"} <= set(e) for e in files.values())):
+                or not all(isinstance(e, dict) and {"bytes", "sha256"} <= set(e) and isinstance(e["bytes"], int)
+                           for e in files.values())):
             raise CheckpointError(f"{path} does not describe a format-{MANIFEST_FORMAT} checkpoint of step {self.step}")
         return m
 
