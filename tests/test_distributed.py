@@ -419,6 +419,17 @@ def test_fsdp2_evaluations_in_training_change_nothing(tmp_path, corpus):
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-6)
 
 
+def test_a_checkpoint_of_two_optimizer_groups_moves_from_one_process_to_fsdp2(tmp_path, corpus):
+    """Mamba2's decay rates form a second optimizer group, so the optimizer's order of the
+    parameters (``opt.state_dict()``'s indices) is not the model's: one process trains to step 2,
+    FSDP2 on two resumes to step 4 with every loss the uninterrupted run's to rounding."""
+    kw = dict(model="mamba2", steps=4)
+    _one(tmp_path / "ref", corpus, **kw)
+    _one(tmp_path / "r", corpus, **{**kw, "steps": 2})
+    _torchrun([*_flags(dict(TINY, **kw)), "--data", str(corpus), "--out", str(tmp_path / "r"), "--resume",
+               "--distributed", "fsdp2"])
+    assert _losses(tmp_path / "r") == pytest.approx(_losses(tmp_path / "ref"), rel=1e-5)
+
 FSDP2_GROUPS = """
 import json, sys, torch
 from rnnlab.train import distributed as dist

@@ -432,14 +432,16 @@ def load_full_state_dict(model: nn.Module, state_dict: dict[str, torch.Tensor],
     return list(r.missing_keys), list(r.unexpected_keys)
 
 
-def _param_names(model: nn.Module) -> list[str]:
-    """Parameter names in ``model.parameters()`` order (the order optimizers are built in)."""
-    return [n for n, _ in getattr(model, "_orig_mod", model).named_parameters()]
+def _param_names(model: nn.Module, opt) -> list[str]:
+    """Parameter names in the optimizer's order, the indices of ``opt.state_dict()`` (not the
+    model's order where a second group takes the parameters spared from weight decay)."""
+    names = {id(p): n for n, p in getattr(model, "_orig_mod", model).named_parameters()}
+    return [names[id(p)] for g in opt.param_groups for p in g["params"]]
 
 
-def _fqn_to_index(osd: dict, model: nn.Module) -> dict:
+def _fqn_to_index(osd: dict, model: nn.Module, opt) -> dict:
     """``get_optimizer_state_dict``'s name-keyed form -> ``torch.optim``'s index-keyed form."""
-    index = {n: i for i, n in enumerate(_param_names(model))}
+    index = {n: i for i, n in enumerate(_param_names(model, opt))}
     groups = []
     for g in osd["param_groups"]:
         g = dict(g)
@@ -448,8 +450,8 @@ def _fqn_to_index(osd: dict, model: nn.Module) -> dict:
     return {"state": {index[n]: s for n, s in osd["state"].items()}, "param_groups": groups}
 
 
-def _index_to_fqn(osd: dict, model: nn.Module) -> dict:
-    names = _param_names(model)
+def _index_to_fqn(osd: dict, model: nn.Module, opt) -> dict:
+    names = _param_names(model, opt)
     groups = []
     for g in osd["param_groups"]:
         g = dict(g)
@@ -472,7 +474,7 @@ def full_optimizer_state_dict(model: nn.Module, opt) -> dict:
                                    options=_options(full_state_dict=True, cpu_offload=True))
     if not osd or not osd.get("param_groups"):
         return {}
-    return _fqn_to_index(osd, model)
+    return _fqn_to_index(osd, model, opt)
 
 
 def load_full_optimizer_state_dict(model: nn.Module, opt, osd: dict) -> None:
@@ -487,7 +489,7 @@ def load_full_optimizer_state_dict(model: nn.Module, opt, osd: dict) -> None:
     # opt.state is empty; Schedule-Free's train()/eval() leave empty per-parameter entries behind.
     for p in [p for p, st in opt.state.items() if not st]:
         del opt.state[p]
-    set_optimizer_state_dict(getattr(model, "_orig_mod", model), opt, _index_to_fqn(osd, model),
+    set_optimizer_state_dict(getattr(model, "_orig_mod", model), opt, _index_to_fqn(osd, model, opt),
                              options=_options(full_state_dict=True))
 
 
