@@ -479,3 +479,15 @@ def test_a_token_budget_reads_counts_and_leaves_numbers_to_the_check():
         [50_000_000, 1_000_000_000, 123]
     with pytest.raises(ValueError, match=r"^tokens must be a positive integer .*, got True$"):
         apply_overrides(TrainConfig(), {"tokens": True}).validate()
+
+
+@pytest.mark.parametrize("text, key", [("1: 2\n", "1"), ("true: 2\n", "True"), ("model:\n  null: e1\n", "None")])
+def test_a_yaml_key_that_is_not_text_is_one_clear_error(tmp_path, text, key):
+    """YAML reads an unquoted key ``1``, ``true`` or ``null`` as a number, bool or None: the file is
+    refused in one line naming the key (it was an AttributeError traceback, exit status 1)."""
+    from rnnlab.train.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"^config file .*c\.yaml: key {key} is not a field name"):
+        load_config(path)

@@ -436,6 +436,10 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"cannot parse config file {p}: {' '.join(str(e).split())}") from None
     if not isinstance(d, dict):
         raise ValueError(f"config file {p} must hold a table/mapping at top level")
+    for table in (d, d["model"] if isinstance(d.get("model"), dict) else {}):
+        bad = [k for k in table if not isinstance(k, str)]  # YAML's unquoted 1, true, null
+        if bad:
+            raise ValueError(f"config file {p}: key {bad[0]!r} is not a field name (quote it if it is one)")
     # a [data] section (the name of a config section, but also the flat key of the corpus path):
     # a --data flag would replace it whole, and the fields in it with it, without a word
     tables = sorted(k for k, v in d.items() if isinstance(v, dict) and k in FIELDS and k not in ("model", "layer"))
