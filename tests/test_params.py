@@ -202,3 +202,11 @@ def test_mlp_ratio_has_a_top(capsys):
     assert main(["params", "--model", "e1", "--dim", "64", "--depth", "2", "--mlp-ratio", "1e300"]) == 2
     assert "mlp_ratio must be" in capsys.readouterr().err
     assert count_params(ModelConfig("e1", 64, 1, mlp_ratio=MAX_FACTOR)) > 0
+
+
+def test_layers_with_an_empty_model_name_is_refused(capsys):
+    """``rnnlab layers ""`` (an unset shell variable) names no model kind: refused as one, not read as
+    no argument, which listed every model."""
+    assert main(["layers", ""]) == 2
+    err = capsys.readouterr()
+    assert err.err.startswith("rnnlab layers: error: unknown model ''") and err.out == ""

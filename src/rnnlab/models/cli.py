@@ -71,7 +71,7 @@ def run(args) -> int:
 
 
 def run_layers(args) -> int:
-    names = [get_spec(args.model).name] if args.model else list(MODELS)
+    names = [get_spec(args.model).name] if args.model is not None else list(MODELS)
     for i, name in enumerate(names):
         spec = get_spec(name)
         print(("\n" if i else "") + f"{name}: {spec.description}")
