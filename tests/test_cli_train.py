@@ -853,3 +853,29 @@ def test_bench_and_sweep_help_of_their_own_flags_names_only_flags_they_take():
         for action in runs._group_actions:
             named = set(re.findall(r"(?<!sweep's )(--[a-z][a-z0-9-]*)", action.help or ""))
             assert named <= flags, (command, action.option_strings, named - flags)
+
+
+def test_gpus_n_on_cpu_counts_a_config_file_device(tmp_path, capsys, monkeypatch):
+    """``device = "cpu"`` in a ``--config`` file is ``--device cpu``: ``--gpus 2`` starts 2 CPU
+    processes on a machine with one GPU, where it was refused as asking for more GPUs than visible
+    (only the flag was looked at)."""
+    config = tmp_path / "c.toml"
+    config.write_text('device = "cpu"\n')
+    tiny = [a for a in TINY if a not in ("--device", "cpu")]
+    argv = ["train", "--config", str(config), "--model", "mingru", *tiny, "--steps", "1", "--gpus", "2",
+            "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    started = []
+
+    class Torchrun:
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", Torchrun)
+    assert main(argv) == 0, capsys.readouterr().err
+    assert "--nproc-per-node=2" in started[0]

@@ -258,7 +258,8 @@ def _launch(args) -> int | None:
         raise ValueError(f"--gpus must be a positive integer, got {n}")
     import torch
 
-    if (args.device or "auto") != "cpu" and torch.cuda.is_available() and n > torch.cuda.device_count():
+    device = config_from_args(args).run.device  # a --config file's (or a resumed run's) device too
+    if device != "cpu" and torch.cuda.is_available() and n > torch.cuda.device_count():
         raise ValueError(f"--gpus {n} asks for more GPUs than the {torch.cuda.device_count()} visible")
     argv = sys.argv[1:]
     if "train" not in argv:
