@@ -491,3 +491,15 @@ def test_a_yaml_key_that_is_not_text_is_one_clear_error(tmp_path, text, key):
     path.write_text(text)
     with pytest.raises(ValueError, match=rf"^config file .*c\.yaml: key {key} is not a field name"):
         load_config(path)
+
+
+def test_a_token_budget_takes_at_most_the_largest_step_budget():
+    """A token budget over small steps may not ask for more steps than ``--steps`` may (10^12): such a
+    config is refused, where 2e21 tokens at 32 tokens a step started training and then failed in a
+    traceback (its log line's ETA overflowed). Exactly 10^12 steps' worth is allowed."""
+    shape = {"batch_size": 2, "seq_len": 16}
+    TrainConfig.from_dict({**shape, "tokens": 32 * 10**12}).validate()
+    with pytest.raises(ValueError) as e:
+        TrainConfig.from_dict({**shape, "tokens": 32 * 10**12 + 1}).validate()
+    assert str(e.value) == ("tokens (32,000,000,000,001) at batch_size * seq_len = 32 tokens per step take "
+                            "1,000,000,000,001 steps, more than the 1,000,000,000,000 a step budget may be")

@@ -278,6 +278,9 @@ class TrainConfig:
             raise ValueError(f"grad_accum ({self.data.grad_accum}) must divide batch_size ({self.data.batch_size}): "
                              f"every micro-batch has batch_size / grad_accum rows")
         steps = self.max_steps()
+        if steps is not None and steps > MAX_STEPS:  # a token budget over small steps
+            raise ValueError(f"tokens ({self.budget.tokens:,}) at batch_size * seq_len = {self.tokens_per_step():,} "
+                             f"tokens per step take {steps:,} steps, more than the {MAX_STEPS:,} a step budget may be")
         if self.optim.optimizer == "adamw" and self.optim.lr_schedule == "cosine" and steps is None:
             raise ValueError("optimizer adamw decays its LR on a cosine over the step budget: give "
                              "--steps or --tokens (or --lr-schedule constant, or schedulefree-adamw)")
