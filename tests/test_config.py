@@ -96,7 +96,7 @@ def test_every_field_is_type_checked(key):
     ({"compile": 1}, "compile must be true or false, got 1"),  # an int is no bool, though a bool is an int
     ({"tie_embeddings": "no"}, "tie_embeddings must be true or false, got 'no'"),
     ({"batch_size": "256"}, "batch_size must be a positive integer (at most 65,536), got '256'"),
-    ({"steps": 2.0}, "steps must be a positive integer (at most 1,000,000,000,000), got 2.0"),
+    ({"steps": 2.5}, "steps must be a positive integer (at most 1,000,000,000,000), got 2.5"),
     ({"lr": float("inf")}, "lr must be a positive finite number, got inf"),
     ({"val_fraction": 1.0}, "val_fraction must be a number in (0, 1), got 1.0"),
     ({"betas": 5}, "betas must be two numbers in [0, 1), got 5"),
@@ -118,6 +118,15 @@ def test_type_and_range_messages(values, message):
     with pytest.raises(ValueError) as e:
         apply_overrides(TrainConfig(), values).validate()
     assert str(e.value) == message
+
+
+def test_a_whole_float_for_a_count_is_that_count():
+    """A config file writes 1e9 as a float (TOML has no other way): a whole one is the count, as
+    the flag's "1e9" is; a fraction is refused (above)."""
+    cfg = apply_overrides(TrainConfig(), {"tokens": 1e9, "eval_bytes": 1e6, "batch_size": 8.0})
+    cfg.validate()
+    assert (cfg.budget.tokens, cfg.run.eval_bytes, cfg.data.batch_size) == (10**9, 10**6, 8)
+    assert all(type(v) is int for v in (cfg.budget.tokens, cfg.run.eval_bytes, cfg.data.batch_size))
 
 
 @pytest.mark.parametrize("values, message", [

@@ -212,7 +212,8 @@ def check(section: Any) -> None:
 
 def normalize(spec: Spec, v: Any) -> Any:
     """A raw value (from a file or a flag) as the field stores it: the field's ``parse`` applied;
-    a list for a tuple field becomes a tuple; an int for a float field becomes a float."""
+    a list for a tuple field becomes a tuple; an int for a float field becomes a float, and a
+    whole float for an int field an int (a config file's ``tokens = 1e9``)."""
     if spec.meta.parse is not None:
         v = spec.meta.parse(v)
     base, _ = _unwrap(spec.type)
@@ -220,6 +221,8 @@ def normalize(spec: Spec, v: Any) -> Any:
         return tuple(v)
     if base is float and _is_int(v):
         return float(v)
+    if base is int and isinstance(v, float) and v.is_integer():
+        return int(v)
     return v
 
 
