@@ -216,6 +216,8 @@ CASES = [
      "argument --temperature: must be a finite number >= 0, got '-1'"),
     ("sample_tokens_negative", ["sample", "--run", "{run}", "--tokens", "-5"], "argument --tokens: must be an integer >= 0"),
     ("sample_top_k_negative", ["sample", "--run", "{run}", "--top-k", "-1"], "argument --top-k: must be an integer >= 0"),
+    ("sample_seed_too_large", ["sample", "--run", "{run}", "--seed", "99999999999999999999999"],
+     "argument --seed: must be an integer >= 0 (at most 9,223,372,036,854,775,807)"),
     ("sample_no_run", ["sample", "--run", "{new}"], "run dir not found"),
     ("eval_device_unknown", ["eval", "--run", "{run}", "--device", "tpu"],
      "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),

@@ -81,7 +81,8 @@ def register(sub) -> None:
                    help="default 0.8; 0 = greedy: always the most likely byte (--top-k is then ignored)")
     s.add_argument("--top-k", type=checked(int, at_least(0)), default=50, help="sample among the k most likely "
                                                                               "bytes (0 = all; default 50)")
-    s.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    s.add_argument("--seed", type=checked(int, at_least(0, 2**63 - 1)), default=0,
+                   help="sampling seed (default 0)")
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     s.set_defaults(func=run_sample)
 
