@@ -1304,6 +1304,16 @@ def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
     assert equal_bytes_lines(collect(tmp_path)["records"])[2].endswith("linearly between its evaluations.")
 
 
+def test_equal_bytes_marks_of_a_small_run_name_their_bytes(tmp_path):
+    """Marks under 0.1M bytes (a small CPU run's) are named to three digits, not rounded to
+    hundredths of a million: 4,096 and 8,192 bytes were both "0.01M" (or "0.00M")."""
+    from rnnlab.bench.report import equal_bytes_lines
+
+    _two_batch_runs(tmp_path, (1, 2, 3, 4), (1, 2))
+    table = equal_bytes_lines(collect(tmp_path)["records"])[4].splitlines()
+    assert table[0] == "| Run | 4.10K bytes | 8.19K bytes | 16.4K bytes |"
+
+
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     """loss_vs_depth: Mamba2 at two depths is a line; two E1 runs that differ in layer options too
     (the race's 2.5x-expansion E1 and its 14-head E1) are not; one model at two depths under two
