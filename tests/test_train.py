@@ -1567,3 +1567,28 @@ def test_git_commit_label_is_the_inverse_of_split_dirty(monkeypatch):
         assert git_commit_label() == named
         sha, dirty = split_dirty(named)
         assert sha == "0123456789ab" and dirty is (True if named.endswith("-dirty") else None)
+
+
+@pytest.mark.parametrize("model,layer", [("mamba2", {"headdim": 8, "d_state": 8}), ("gdn", {"head_dim": 8})])
+@pytest.mark.parametrize("backend", [None, "auto"])
+def test_an_official_layer_on_auto_builds_its_reference_off_cuda_on_a_gpu_machine(tiny_train, tmp_path, monkeypatch,
+                                                                                  model, layer, backend):
+    """``rnnlab train/eval/sample --device cpu`` on a machine with a GPU: a Mamba2 or Gated DeltaNet
+    layer with backend auto (the default, and what a run trained with backend=official loads with
+    off CUDA, ``RunDir.load``) builds its PyTorch reference for the CPU model, as check_trainable's
+    message and ``RunDir.load`` say ("auto, which runs the PyTorch reference there"); the official
+    layer it built before refused every CPU forward."""
+    import warnings
+
+    from rnnlab.train.runtime import build_model
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    opts = {**layer, **({} if backend is None else {"backend": backend})}
+    cfg = tiny_train(tmp_path, model=model, dim=16, depth=1)
+    cfg.model.layer = opts
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lm = build_model(cfg, torch.device("cpu"))
+    assert {m.backend for m in lm.modules() if hasattr(m, "_build_reference")} == {"reference"}
+    assert lm(torch.randint(0, 256, (1, 5))).shape[:2] == (1, 5)
+    assert cfg.model.layer == opts  # the run's config is left as it was
