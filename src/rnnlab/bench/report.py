@@ -586,7 +586,8 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
             "steps, not at equal data: here each run's learning curve (the held-out points of the plots, "
             "at y for Schedule-Free) read at the same training bytes, linearly between its evaluations"
             + (f" (each point scores {next(iter(scored)):,} held-out bytes)." if len(scored) == 1 else "."), "",
-            md_table(["Run", *(f"{m / 1e6:.2f}M bytes" if m >= 1e5 else f"{fmt_count(m)} bytes" for m in marks)], body), ""]
+            md_table(["Run", *(f"{m / 1e6:.2f}M bytes" if m >= 1e5 else f"{fmt_count(m)} bytes" for m in marks)],
+                     body), ""]
 
 
 def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[str]:

@@ -158,8 +158,9 @@ def build_model(cfg, device: torch.device) -> LM:
     its reference: its "auto" looks only at whether a GPU is visible, and the official layer's
     forward refuses CPU tensors."""
     model_cfg = cfg.model
-    if device.type != "cuda" and model_cfg.layer.get("backend", "auto") == "auto" and any(
-            s.name == "backend" and s.choices == OFFICIAL_BACKENDS for s in specs(get_spec(model_cfg.model).config_cls)):
+    has_official = any(s.name == "backend" and s.choices == OFFICIAL_BACKENDS
+                       for s in specs(get_spec(model_cfg.model).config_cls))
+    if device.type != "cuda" and has_official and model_cfg.layer.get("backend", "auto") == "auto":
         model_cfg = dataclasses.replace(model_cfg, layer={**model_cfg.layer, "backend": "reference"})
     return LM(model_cfg).to(device=device, dtype=param_dtype(cfg.run.precision))
 
