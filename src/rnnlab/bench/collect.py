@@ -129,8 +129,8 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                        "failed" if not done and any(r["status"] == "failed" for r in recs) else
                        "partial" if use else "missing"),
             # a --minutes budget's seeds run different step counts: the row shows their mean
-            "steps": mean_count([r["summary"].get("steps") for r in use]) if use else s.get("steps"),
-            "tokens": mean_count([r["summary"].get("tokens") for r in use]) if use else s.get("tokens"),
+            "steps": mean_count([r["summary"].get("steps") for r in use]),
+            "tokens": mean_count([r["summary"].get("tokens") for r in use]),
             "dirs": [r["dir"] for r in recs],
             "protocol": {**{k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS}, "decay rates": run_decay_rates(first)},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],

@@ -67,7 +67,8 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
         result["trained"].append(pr.label)
         kind, _, index = str(summary.get("device")).partition(":")
         if kind == "cuda":  # as rnnlab.bench.parallel does: the report names each run's GPU (cuda:1: the second)
-            record_gpu(pr.dir.parent, pr.label, visible_gpus(int(index or 0) + 1)[int(index or 0)])
+            i = int(index or 0)
+            record_gpu(pr.dir.parent, pr.label, visible_gpus(i + 1)[i])
         complete = summary.get("complete", False)
         if complete:
             log(outcome_line(tag, summary))

@@ -235,15 +235,15 @@ def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> in
     return 130 if passed and code else code
 
 
-def _check_before_launch(args) -> None:
+def _check_before_launch(cfg: TrainConfig, n: int) -> None:
     """Refuse here, in one line, what every rank would refuse after torchrun started them (each
-    printing it amid torchrun's report of failed workers): the config and its split over the N
-    processes (the global batch, --grad-accum), the corpus, the run folder (taken and let go at
-    once, as rank 0 then takes it)."""
+    printing it amid torchrun's report of failed workers): the config and its split over the
+    ``n`` processes (the global batch, --grad-accum), the corpus, the run folder (taken and let go
+    at once, as rank 0 then takes it)."""
     from rnnlab.data import load_splits
     from rnnlab.train.trainer import resolve_config
 
-    cfg = resolve_config(config_from_args(args), world=args.gpus)
+    cfg = resolve_config(cfg, world=n)
     splits = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
     rundir = RunDir(cfg.run.out)
     rundir.prepare(cfg, corpus_sizes(splits.train, splits.val))
@@ -259,13 +259,13 @@ def _launch(args) -> int | None:
         raise ValueError(f"--gpus must be a positive integer, got {n}")
     import torch
 
-    device = config_from_args(args).run.device  # a --config file's (or a resumed run's) device too
-    if device != "cpu" and torch.cuda.is_available() and n > torch.cuda.device_count():
+    cfg = config_from_args(args)  # a --config file's (or a resumed run's) device counts too
+    if cfg.run.device != "cpu" and torch.cuda.is_available() and n > torch.cuda.device_count():
         raise ValueError(f"--gpus {n} asks for more GPUs than the {torch.cuda.device_count()} visible")
     argv = sys.argv[1:]
     if "train" not in argv:
         raise ValueError("--gpus re-launches the command line; call it as `rnnlab train ... --gpus N`")
-    _check_before_launch(args)
+    _check_before_launch(cfg, n)
     torchrun = torchrun_args(n, argv)
     print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
           file=sys.stderr)
