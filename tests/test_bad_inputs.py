@@ -201,6 +201,16 @@ CASES = [
     ("export_out_empty_path", ["export", "--run", "{run}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("bench_out_empty_path", ["bench", "tiny", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),  # not the default folder
     ("sweep_out_empty_path", ["sweep", "--model", "e1", "--set", "lr=1e-3", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    # a swept key also set by its flag: one of the two was dropped without a word
+    ("sweep_flag_and_axis", ["sweep", *TINY, "--set", "lr=1e-4,1e-3", "--out", "{new}", "--steps", "1"],
+     "--lr sets lr for every point, and --set lr=... sweeps it: give one of them, not both"),
+    ("sweep_layer_option_and_axis", ["sweep", *TINY, "--layer", "heads=2", "--set", "layer.heads=1,4", "--out", "{new}"],
+     "--layer heads=... sets layer.heads for every point, and --set layer.heads=... sweeps it: give one of them, "
+     "not both"),
+    ("sweep_axis_twice", ["sweep", *TINY[:6], "--set", "layer.heads=1", "--set", "layer.heads=4", "--out", "{new}"],
+     "--set layer.heads given twice: list all its values in one --set layer.heads=V1,V2,..."),
+    ("sweep_axis_unknown", ["sweep", *TINY[:6], "--set", "lrate=1e-4,1e-3", "--out", "{new}"],
+     "--set: unknown key 'lrate'; use a config field (batch_size, betas,"),
     ("report_empty_path", ["report", ""], "argument DIR: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("gradflow_out_empty_path", ["analyze", "gradflow", "--run", "{run}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("eval_data_missing", ["eval", "--run", "{run}", "--data", "/nonexistent.txt"], "not found: /nonexistent.txt"),

@@ -1367,7 +1367,7 @@ def test_sweep_expands_points(tmp_path):
     assert r.model == {"model": "e1", "depth": 2, "dim": 64, "layer": {"heads": 4}}
     assert s.sweep["axes"] == {"lr": [1e-4, 3e-4, 1e-3], "layer.heads": [1, 4]}
 
-    d = build_sweep({"model": "e1", "depth": 2, "layer": {"expansion": 2.0}}, ["depth=2,4"], target_params="500K")
+    d = build_sweep({"model": "e1", "layer": {"expansion": 2.0}}, ["depth=2,4"], target_params="500K")
     plan = plan_suite(d, tmp_path)
     assert [p.cfg.model.depth for p in plan] == [2, 4]
     assert plan[0].cfg.model.dim > plan[1].cfg.model.dim  # width re-solved per depth
@@ -1442,6 +1442,42 @@ def test_a_swept_seed_beside_seeds_is_refused(tmp_path, capsys):
     assert "seed" in err and "--seeds" in err and len(err.strip().splitlines()) == 1
     assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,2e-3", "--seeds", "3",
                  "--out", str(out), "--plan"]) == 0
+
+
+def test_a_swept_key_set_by_its_flag_too_is_refused():
+    """``--lr 5e-2 --set lr=1e-3,2e-3``: the axis replaced the flag's value at every point without a
+    word (and ``--depth 3 --set depth=1,2``, ``--layer heads=4 --set layer.heads=1,2`` likewise);
+    refused in one line naming both. A layer option the axis does not name stays beside it."""
+    base = {"model": "e1", "depth": 2, "dim": 32}
+    for model, defaults, axis, message in (
+            (base, {"lr": 5e-2}, "lr=1e-3,2e-3", "--lr sets lr for every point, and --set lr=... sweeps it"),
+            (base, {"weight_decay": 0.1}, "weight-decay=0,0.2",
+             "--weight-decay sets weight_decay for every point, and --set weight_decay=... sweeps it"),
+            (base, {"compile": False}, "compile=true,false",
+             "--no-compile sets compile for every point, and --set compile=... sweeps it"),
+            (base, {}, "depth=1,2", "--depth sets depth for every point, and --set depth=... sweeps it"),
+            (base, {}, "model=e1,mingru", "--model sets model for every point, and --set model=... sweeps it"),
+            ({**base, "layer": {"heads": 4}}, {}, "layer.heads=1,2",
+             "--layer heads=... sets layer.heads for every point, and --set layer.heads=... sweeps it")):
+        with pytest.raises(ValueError) as e:
+            build_sweep(model, [axis], defaults=defaults)
+        assert str(e.value) == message + ": give one of them, not both"
+    s = build_sweep({**base, "layer": {"expansion": 2.0}}, ["layer.heads=1,2", "batch_size=4,8"], defaults={"lr": 1e-3})
+    assert [(r.model["layer"], r.overrides) for r in s.runs][-1] == ({"expansion": 2.0, "heads": 2}, {"batch_size": 8})
+
+
+def test_sweep_cli_refuses_a_flag_beside_its_axis(tmp_path, capsys):
+    """Through ``rnnlab sweep``: one line, exit 2, nothing planned or written."""
+    out = tmp_path / "o"
+    assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--lr", "5e-2", "--set", "lr=1e-3,2e-3",
+                 "--out", str(out), "--plan"]) == 2
+    assert capsys.readouterr().err == ("rnnlab sweep: error: --lr sets lr for every point, and --set lr=... sweeps "
+                                       "it: give one of them, not both\n")
+    assert main(["sweep", "--model", "e1", "--dim", "32", "--set", "depth=1,2", "--set", "depth=3",
+                 "--out", str(out)]) == 2
+    assert capsys.readouterr().err == ("rnnlab sweep: error: --set depth given twice: list all its values in one "
+                                       "--set depth=V1,V2,...\n")
+    assert not out.exists()
 
 
 def test_a_swept_dim_needs_no_base_dim():

@@ -7,7 +7,7 @@
     rnnlab bench e1-ablations --minutes 10                    # time-matched instead of step-matched
     rnnlab bench seed-400m-sf --plan                          # show dims/params/status, train nothing
     rnnlab sweep --model e1 --dim 512 --depth 6 --set lr=1e-4,3e-4,1e-3 --steps 500 --out runs/lr
-    rnnlab sweep --model e1 --depth 6 --target-params 50M --set depth=6,12 --set layer.heads=1,8 --out runs/dh
+    rnnlab sweep --model e1 --target-params 50M --set depth=6,12 --set layer.heads=1,8 --out runs/dh
     rnnlab report runs/bench/tiny                             # regenerate report.md / plots
 """
 
@@ -58,7 +58,8 @@ def register(sub) -> None:
                                    "metric vs swept value. The config flags below set the base of every "
                                    "point (not given: rnnlab train's defaults, which rnnlab train --help "
                                    "lists), except the model's size: give --depth and --dim (or "
-                                   "--target-params), or sweep them.")
+                                   "--target-params), or sweep them. A swept key is set by its axis "
+                                   "alone: its flag beside it (--lr with --set lr=...) is refused.")
     s.add_argument("--set", action="append", dest="sets", metavar="KEY=V1,V2,..", required=True,
                    help="a swept axis: a config field (lr=1e-4,3e-4), a model field (depth=6,12) "
                         "or a mixer option (layer.heads=1,4,8); repeatable (Cartesian product)")

@@ -5,6 +5,8 @@ Keys: any config field a run may set on its own (``lr``, ``weight_decay``, ``bat
 or a mixer option as ``layer.NAME`` (``layer.heads=1,4,8``). The fields one sweep shares (the
 corpus, the budget, the device, held-out bytes: ``SUITE_KEYS``) and those of the run folder
 (``RUNNER_KEYS``) are set by flag, not swept; both lists come from the config's declarations.
+A swept key is not also set by its flag (``--lr`` beside ``--set lr=...``), nor swept twice: both
+are refused, as one of the two values would be dropped.
 With ``--target-params`` every point's width is solved at its depth for that many parameters (so
 ``--set depth=6,12`` trades width for depth at a fixed budget).
 
@@ -22,7 +24,7 @@ import re
 from rnnlab.bench.suite import RunSpec, Suite
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
-from rnnlab.options import parse_value
+from rnnlab.options import flag_name, parse_value
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS
 
 MODEL_AXES = tuple(k for k in MODEL_KEYS if k != "layer")  # mixer options are swept as layer.NAME
@@ -63,6 +65,20 @@ def _check_key(key: str) -> None:
                          f"({', '.join(sorted(set(FIELDS) - set(FORBIDDEN)))}) or layer.NAME")
 
 
+def _check_unset(key: str, model: dict, defaults: dict) -> None:
+    """An axis is every point's value of its key: the base (the config flags) must not set it too,
+    or one of the two would be dropped without a word (the axis replaced ``--lr``'s value)."""
+    if key.startswith("layer."):
+        given, flag = key[6:] in (model.get("layer") or {}), f"--layer {key[6:]}=..."
+    else:
+        value = (model if key in MODEL_AXES else defaults).get(key)
+        given = value is not None
+        flag = flag_name(key if value is not False else f"no_{key}")  # a bool flag as typed: --no-compile
+    if given:
+        raise ValueError(f"{flag} sets {key} for every point, and --set {key}=... sweeps it: "
+                         f"give one of them, not both")
+
+
 def _slug(key: str, raw: str) -> str:
     """``lr-1e-3``; a list value's items apart (``betas-0.9-0.99``)."""
     short = key[6:] if key.startswith("layer.") else key
@@ -78,7 +94,7 @@ def parse_axes(sets: list[str]) -> list[tuple[str, list[str], list]]:
         key, raw, vals = parse_set(item)
         _check_key(key)
         if any(key == a[0] for a in axes):
-            raise ValueError(f"--set {key} given twice")
+            raise ValueError(f"--set {key} given twice: list all its values in one --set {key}=V1,V2,...")
         axes.append((key, raw, vals))
     return axes
 
@@ -90,6 +106,8 @@ def build_sweep(model: dict, sets: list[str], *, target_params: str | int | None
     ``defaults`` sets other config fields for every point."""
     axes = parse_axes(sets)
     keys = [a[0] for a in axes]
+    for key in keys:
+        _check_unset(key, model, defaults or {})
     target = parse_count(target_params) if target_params is not None else None
     if target is not None and "dim" in keys:
         raise ValueError("--set dim conflicts with --target-params (the width is solved per point)")
