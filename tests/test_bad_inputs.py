@@ -204,7 +204,8 @@ CASES = [
     # a swept key also set by its flag: one of the two was dropped without a word
     ("sweep_flag_and_axis", ["sweep", *TINY, "--set", "lr=1e-4,1e-3", "--out", "{new}", "--steps", "1"],
      "--lr sets lr for every point, and --set lr=... sweeps it: give one of them, not both"),
-    ("sweep_layer_option_and_axis", ["sweep", *TINY, "--layer", "heads=2", "--set", "layer.heads=1,4", "--out", "{new}"],
+    ("sweep_layer_option_and_axis",
+     ["sweep", *TINY, "--layer", "heads=2", "--set", "layer.heads=1,4", "--out", "{new}"],
      "--layer heads=... sets layer.heads for every point, and --set layer.heads=... sweeps it: give one of them, "
      "not both"),
     ("sweep_axis_twice", ["sweep", *TINY[:6], "--set", "layer.heads=1", "--set", "layer.heads=4", "--out", "{new}"],
