@@ -1434,7 +1434,8 @@ def test_a_sweep_takes_list_values():
 
 def test_a_swept_seed_beside_seeds_is_refused(tmp_path, capsys):
     """``--set seed=1,2 --seeds 3``: --seeds sets every point's seed, so the swept seeds were
-    replaced and both points trained seed 3, in two folders; refused in one line."""
+    replaced and both points trained seed 3, in two folders; refused in one line. So is ``--seed 5
+    --seeds 1,2``, whose --seed was dropped."""
     out = tmp_path / "o"
     assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--set", "seed=1,2", "--seeds", "3",
                  "--out", str(out), "--plan"]) == 2
@@ -1442,6 +1443,15 @@ def test_a_swept_seed_beside_seeds_is_refused(tmp_path, capsys):
     assert "seed" in err and "--seeds" in err and len(err.strip().splitlines()) == 1
     assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,2e-3", "--seeds", "3",
                  "--out", str(out), "--plan"]) == 0
+    capsys.readouterr()
+    # --seed beside --seeds: every point trained the --seeds seeds, --seed's was dropped without a word
+    assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,2e-3", "--seed", "5",
+                 "--seeds", "1,2", "--out", str(out), "--plan"]) == 2
+    assert capsys.readouterr().err == ("rnnlab sweep: error: --seeds sets every point's seed, which would replace "
+                                       "--seed's: give --seed or --seeds, not both\n")
+    assert main(["sweep", "--model", "e1", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,2e-3", "--seed", "5",
+                 "--out", str(out), "--plan"]) == 0
+    assert "seed=" not in capsys.readouterr().out  # every point at seed 5: no setting differs
 
 
 def test_a_swept_key_set_by_its_flag_too_is_refused():

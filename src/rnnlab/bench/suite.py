@@ -278,6 +278,9 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     if seed_list and suite.sweep and "seed" in suite.sweep.get("axes", {}):  # every point would train each --seeds seed
         raise ValueError("--seeds sets every point's seed, which would replace the swept seeds: "
                          "give --set seed=... or --seeds, not both")
+    if seed_list and suite.sweep and suite.defaults.get("seed") is not None:  # a sweep's defaults are its flags
+        raise ValueError("--seeds sets every point's seed, which would replace --seed's: give --seed or --seeds, "
+                         "not both")
     out = Path(out)
     if any(p.is_file() for p in (out, *out.parents)):  # refused by --plan too, not first by mkdir
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))  # cli.error_line says which
