@@ -1584,6 +1584,27 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "elsewhere" / "report.md").exists() and "## Plots" in (out / "report.md").read_text()
 
 
+def test_an_extended_sweeps_axes_list_every_point_it_keeps(tmp_path):
+    """``--set lr=1e-3,1e-2``, then ``--set lr=1e-2,3e-2`` into the same folder: suite.json keeps the
+    lr-1e-3 run, so its axes (the report's "Axes:" line) list 0.001 too, not only the last command's
+    values; a point left out by ``--runs`` is not listed."""
+    from rnnlab.bench.suite import write_plan
+
+    out, base = tmp_path / "o", {"model": "mingru", "depth": 1, "dim": 16}
+    first = build_sweep(base, ["lr=1e-3,1e-2"], name="sweep-o")
+    write_plan(first, plan_suite(first, out, runs="lr-1e-3"), out, "sweep a", {})
+    assert _plan_doc(out)["sweep"] == {"axes": {"lr": [1e-3]}}
+    write_plan(first, plan_suite(first, out), out, "sweep b", {})
+    for p in plan_suite(first, out):  # both points trained
+        p.dir.mkdir()
+        (p.dir / "summary.json").write_text('{"complete": true}')
+    second = build_sweep(base, ["lr=1e-2,3e-2", "batch_size=4"], name="sweep-o")
+    write_plan(second, plan_suite(second, out), out, "sweep c", {})
+    doc = _plan_doc(out)
+    assert [r["dir"] for r in doc["runs"]] == ["lr-1e-2_batch_size-4", "lr-3e-2_batch_size-4", "lr-1e-3", "lr-1e-2"]
+    assert doc["sweep"] == {"axes": {"lr": [1e-2, 3e-2, 1e-3], "batch_size": [4]}}
+
+
 def test_sweep_cli_end_to_end(tmp_path):
     out = tmp_path / "lr"
     rc = main(["sweep", "--model", "mingru", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,1e-2",

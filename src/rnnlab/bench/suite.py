@@ -422,7 +422,8 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
     """Write ``OUT/suite.json``: the suite, its reference, the planned runs and the command. A suite
     continued in the same folder by later commands (``--runs a,b``, then ``--runs c,d``, or more
     ``--seeds``) keeps the earlier commands and runs, with the GPU each complete run used, so the
-    report covers every run folder; runs stay in the suite's order."""
+    report covers every run folder; runs stay in the suite's order. A sweep's axes are those of the
+    points listed (a sweep extended by ``--set lr=...`` with new values lists the earlier ones too)."""
     out.mkdir(parents=True, exist_ok=True)
     runs = [{"name": p.name, "seed": p.seed, "dir": p.dir.name, "params": p.params,
              "target_params": p.target_params, "point": p.point,
@@ -444,11 +445,19 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
         calls = earlier + calls
     order = {spec.name: i for i, spec in enumerate(suite.runs)}
     runs.sort(key=lambda r: (order.get(r["name"], len(order)), -1 if r["seed"] is None else r["seed"]))
+    sweep = suite.sweep
+    if sweep:  # the axes of the points listed: an extended sweep's earlier points too, only those run with --runs
+        axes: dict[str, list] = {k: [] for k in sweep.get("axes", {})}
+        for r in runs:
+            for k, v in (r.get("point") or {}).items():
+                if v not in axes.setdefault(k, []):
+                    axes[k].append(v)
+        sweep = {**sweep, "axes": axes}
     write_json(out / SUITE_FILE, {
         "suite": suite.name, "description": suite.description,
         "path": suite_ref(suite.path) if suite.path else suite.path,
         "invocations": calls,
-        "reference": suite.reference, "sweep": suite.sweep,
+        "reference": suite.reference, "sweep": sweep,
         "defaults": suite.defaults,  # the suite's protocol as shipped (what its reference ran)
         "runs": runs,
     })
