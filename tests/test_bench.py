@@ -1376,6 +1376,11 @@ def test_sweep_expands_points(tmp_path):
 
     base = {"model": "e1", "depth": 2, "dim": 64}
     shared = r"cannot sweep 'steps': every point of a sweep shares it, so that the points compare \(set it once with --steps\)"
+    for key in ("resume", "overwrite"):  # no flag of sweep's to "set it once with": the runner sets them
+        with pytest.raises(ValueError) as e:
+            build_sweep(base, [f"{key}=true,false"])
+        assert str(e.value) == (f"--set cannot sweep {key!r}: rnnlab sweep sets it per point (a partial point "
+                                "resumes, a complete one is skipped; to train a point afresh, delete its folder)")
     for bad, match in ((["out=a,b"], "cannot sweep"), (["steps=1,2"], shared), (["layer=1,2"], "layer.NAME"),
                        (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"), (["lr=1,1"], "repeats"),
                        (["lr=0.001,3e-4,1e-3"], r"repeats a value \(0.001 and 1e-3\)")):

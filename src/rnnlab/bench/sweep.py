@@ -57,6 +57,9 @@ def _check_key(key: str) -> None:
         return
     if key == "layer":
         raise ValueError("--set cannot sweep 'layer' whole: sweep one mixer option, layer.NAME (e.g. layer.heads=1,4)")
+    if key in ("resume", "overwrite"):  # no flag of rnnlab sweep: its runner sets them per point
+        raise ValueError(f"--set cannot sweep {key!r}: rnnlab sweep sets it per point (a partial point resumes, "
+                         f"a complete one is skipped; to train a point afresh, delete its folder)")
     if key in FORBIDDEN:  # the corpus, the budget, the scoring, where and how the runs are kept
         raise ValueError(f"--set cannot sweep {key!r}: every point of a sweep shares it, so that the points "
                          f"compare (set it once with --{key.replace('_', '-')})")
