@@ -103,6 +103,28 @@ def tiny_train():
 
 
 @pytest.fixture
+def official_would_run(monkeypatch):
+    """Make this CPU machine look like one where a Mamba2 or Gated DeltaNet layer on backend auto
+    or official picks the official implementation: CUDA visible, mamba_ssm and fla's layer
+    importable (as far as the choice goes). The official layers themselves are not stubbed (mamba_ssm
+    does not import without its CUDA extension; fla's layer builds, and its forward refuses CPU
+    tensors), so a test that builds one unasked fails. The returned function sets whether
+    causal_conv1d imports (Mamba2's fused path; True unless set)."""
+    import rnnlab.layers.gdn as gdn
+    import rnnlab.layers.mamba2 as mamba2
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(mamba2, "import_mamba_ssm", lambda: object())
+    monkeypatch.setattr(gdn.FLA_LAYER, "available", lambda: True)
+    monkeypatch.setattr(mamba2, "causal_conv1d_available", lambda: True)
+
+    def fused(available: bool) -> None:
+        monkeypatch.setattr(mamba2, "causal_conv1d_available", lambda: available)
+
+    return fused
+
+
+@pytest.fixture
 def assert_xavier_uniform():
     """``check(w, what, near)``: ``w`` was drawn by xavier_uniform, i.e. lies within its bound
     sqrt(6 / (fan_in + fan_out)) and, over the hundreds of draws of a layer's matrix, its largest

@@ -107,6 +107,51 @@ def test_loaded_model_matches_rnnlab(exported, name):
     assert bytes(out[0, len(PROMPT):].tolist()) == generate(ref, PROMPT, 24, temperature=0)
 
 
+@pytest.mark.parametrize("name", ["mamba2", "gdn"])
+def test_an_official_layer_loads_as_its_reference_onto_the_cpu_of_a_gpu_machine(exported, official_would_run, name):
+    """``from_pretrained(folder)`` (onto the CPU) where backend auto would pick the official layer
+    (a GPU and its library): a Mamba2 or Gated DeltaNet layer is built as ``rnnlab eval --device
+    cpu`` builds it, the PyTorch reference, and runs on CPU tensors; it built the official layer
+    before, whose forward refuses them. The exported config keeps auto."""
+    run, hf = exported[name]
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    assert {m.backend for m in model.modules() if hasattr(m, "_build_reference")} == {"reference"}
+    assert "backend" not in model.config.layer
+    _, ref, _ = RunDir(run).load("cpu")
+    ids = torch.tensor([list(PROMPT)])
+    torch.testing.assert_close(model(ids).logits, ref(ids), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["mamba2", "gdn"])
+def test_from_pretrained_builds_the_layers_for_the_device_map(exported, official_would_run, monkeypatch, name):
+    """The device ``from_pretrained`` loads onto (``load_device`` of its device_map) is the one the
+    layers are built for: a GPU gets the official layer (its adoption stubbed here: no library)."""
+    import rnnlab.hf.modeling as modeling
+    from rnnlab.layers.gdn import GatedDeltaNet
+    from rnnlab.layers.mamba2 import Mamba2
+
+    for layer in (Mamba2, GatedDeltaNet):
+        monkeypatch.setattr(layer, "_adopt_official", layer._build_reference)
+    seen = []
+    monkeypatch.setattr(modeling, "load_device", lambda device_map: seen.append(device_map) or torch.device("cuda"))
+    model = AutoModelForCausalLM.from_pretrained(exported[name][1])  # the weights still load onto the CPU
+    assert seen == [None]
+    assert {m.backend for m in model.modules() if hasattr(m, "_build_reference")} == {"official"}
+
+
+@pytest.mark.parametrize("device_map,cuda,want", [
+    (None, True, "cpu"), ("cpu", True, "cpu"), ("cuda", True, "cuda"), ("cuda:1", True, "cuda"), (0, True, "cuda"),
+    (torch.device("cuda", 0), True, "cuda"), ({"": 0}, True, "cuda"), ({"": "cuda:0"}, True, "cuda"),
+    ({"model.embed": 0, "model.blocks": "cpu"}, True, "cpu"), ({"": "disk"}, True, "cpu"), ({}, True, "cpu"),
+    ("auto", True, "cuda"), ("balanced", True, "cuda"), ("auto", False, "cpu"), ("mps", True, "cpu")])
+def test_load_device(monkeypatch, device_map, cuda, want):
+    """CUDA only when every placement is a GPU; no device_map is the default device (the CPU)."""
+    from rnnlab.hf.modeling import load_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert load_device(device_map).type == want
+
+
 def test_greedy_generate_equals_rnnlab_sample(exported, capsys):
     run, hf = exported["e1"]
     assert main(["sample", "--run", str(run), "--prompt", "The ", "--tokens", "40", "--temperature", "0",

@@ -1571,8 +1571,9 @@ def test_git_commit_label_is_the_inverse_of_split_dirty(monkeypatch):
 
 @pytest.mark.parametrize("model,layer", [("mamba2", {"headdim": 8, "d_state": 8}), ("gdn", {"head_dim": 8})])
 @pytest.mark.parametrize("backend", [None, "auto"])
-def test_an_official_layer_on_auto_builds_its_reference_off_cuda_on_a_gpu_machine(tiny_train, tmp_path, monkeypatch,
-                                                                                  model, layer, backend):
+def test_an_official_layer_on_auto_builds_its_reference_off_cuda_on_a_gpu_machine(tiny_train, tmp_path,
+                                                                                  official_would_run, model, layer,
+                                                                                  backend):
     """``rnnlab train/eval/sample --device cpu`` on a machine with a GPU: a Mamba2 or Gated DeltaNet
     layer with backend auto (the default, and what a run trained with backend=official loads with
     off CUDA, ``RunDir.load``) builds its PyTorch reference for the CPU model, as check_trainable's
@@ -1582,7 +1583,6 @@ def test_an_official_layer_on_auto_builds_its_reference_off_cuda_on_a_gpu_machin
 
     from rnnlab.train.runtime import build_model
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     opts = {**layer, **({} if backend is None else {"backend": backend})}
     cfg = tiny_train(tmp_path, model=model, dim=16, depth=1)
     cfg.model.layer = opts

@@ -8,8 +8,10 @@ and the byte tokenizer (``tokenizer.json``, ``tokenizer_config.json``). After ``
 imports the installed rnnlab), which is how the plain ``lm_eval --model hf`` command loads it.
 
 Kernel choices (a layer's ``backend`` option) are not exported: where the folder is loaded each
-layer takes the fast path available there (checkpoints move freely between backends), so a
-Mamba2 trained with the official CUDA kernels loads on CPU with the SSD reference.
+layer takes the fast path available for the device it is loaded onto (checkpoints move freely
+between backends), so a Mamba2 trained with the official CUDA kernels loads with the SSD
+reference onto the CPU (``from_pretrained``'s default) and with the official kernels for
+``device_map="cuda"`` (``rnnlab.hf.modeling``).
 """
 
 from __future__ import annotations

@@ -15,10 +15,19 @@ Two ways through the model:
 There is no attention mask inside a byte-level RNN: masks with padding before real bytes (left
 padding) are refused; right padding is harmless for a causal model and accepted, but ``generate``
 on right-padded prompts of unequal length would append new bytes after the pads, which is refused.
+
+A Mamba2 or Gated DeltaNet layer (backend auto: ``rnnlab export`` leaves the kernel choice to
+where the folder is loaded) is built for the device the model is loaded onto, as ``rnnlab
+train/eval/sample`` build it (``ModelConfig.on_device``): ``from_pretrained(folder)`` loads onto
+the CPU and builds the PyTorch reference, which runs on any device (moved to a GPU afterwards too);
+``from_pretrained(folder, device_map="cuda")`` (lm-eval's HF backend passes its ``--device``
+so) builds the official CUDA implementation where its library imports, whose forward refuses CPU
+tensors. ``RnnlabForCausalLM(config)`` builds for the default device (``torch.device`` context).
 """
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -28,6 +37,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from rnnlab.hf import register_auto_classes
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.lm import LM
+
+# The device a running ``RnnlabForCausalLM.from_pretrained`` loads onto (its model is built inside
+# transformers' meta-device context, which says nothing of where the weights will go).
+_LOADING_ONTO: ContextVar[torch.device | None] = ContextVar("rnnlab_hf_loading_onto", default=None)
+# device_map words for which accelerate spreads the model over the GPUs there are
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 # The byte every special-token slot names: NUL, which text never contains (see rnnlab.hf.tokenizer).
 SPECIAL_BYTE = 0
@@ -84,8 +99,19 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
 
     def __init__(self, config: RnnlabConfig):
         super().__init__(config)
-        self.model = LM(config.to_model_config())
+        device = _LOADING_ONTO.get() or torch.empty(0).device  # else the default device / its context
+        self.model = LM(config.to_model_config().on_device(device))
         self.post_init()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs) -> "RnnlabForCausalLM":
+        """transformers' ``from_pretrained``, building each layer for the device ``device_map``
+        loads it onto (see the module docstring; :func:`load_device`)."""
+        token = _LOADING_ONTO.set(load_device(kwargs.get("device_map")))
+        try:
+            return super().from_pretrained(*args, **kwargs)
+        finally:
+            _LOADING_ONTO.reset(token)
 
     def _init_weights(self, module: torch.nn.Module) -> None:
         """Nothing: rnnlab's layers initialise themselves when built, and an exported model's
@@ -131,6 +157,21 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
             step_logits, cache.layers = self.model.step(input_ids[:, t], cache.layers)
             logits.append(step_logits)
         return torch.stack(logits, dim=1)
+
+
+def load_device(device_map: Any) -> torch.device:
+    """The device ``from_pretrained(..., device_map=device_map)`` loads the model onto, as far as
+    building its layers goes: CUDA only when every placement is a GPU (an index, ``"cuda[:n]"``, a
+    CUDA ``torch.device``, or a spreading strategy such as ``"auto"`` where CUDA is available);
+    with no ``device_map``, the ``torch.device`` context or default device, as transformers does;
+    the CPU otherwise (a map that puts any module on the CPU or disk)."""
+    if device_map is None:
+        return torch.empty(0).device
+    if isinstance(device_map, str) and device_map in DEVICE_MAP_STRATEGIES:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    places = device_map.values() if isinstance(device_map, dict) else [device_map]
+    on_gpu = all((isinstance(p, int) and not isinstance(p, bool)) or str(p).startswith("cuda") for p in places)
+    return torch.device("cuda" if on_gpu and places else "cpu")
 
 
 def _check_no_left_padding(attention_mask: torch.Tensor | None) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from rnnlab.layers.base import MAX_FACTOR
+from rnnlab.layers.base import MAX_FACTOR, OFFICIAL_BACKENDS
 from rnnlab.models.registry import MODELS, get_spec
 from rnnlab.options import at_least, check, option, positive
 
@@ -71,6 +71,20 @@ class ModelConfig:
         except ValueError as e:
             raise ValueError(f"{self.model} layer option {e}") from None
         return cfg
+
+    def on_device(self, device) -> "ModelConfig":
+        """The config that builds this model for ``device`` (a ``torch.device``, or None for the CPU):
+        off CUDA, a layer with an official implementation (Mamba2, Gated DeltaNet) on backend auto
+        (the default) takes its PyTorch reference, whose weights are the same; ``self`` otherwise.
+        The layer's own "auto" looks only at whether a GPU is visible, and the official layer's
+        forward refuses CPU tensors. Every place that builds a model for a device resolves it here
+        (``rnnlab.train.runtime.build_model``, the trainer's parameter count, ``rnnlab.hf``)."""
+        if getattr(device, "type", "cpu") == "cuda" or self.layer.get("backend", "auto") != "auto":
+            return self
+        options = get_spec(self.model).layer_options()
+        if not any(s.name == "backend" and s.choices == OFFICIAL_BACKENDS for s in options):
+            return self
+        return dataclasses.replace(self, layer={**self.layer, "backend": "reference"})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -4,7 +4,6 @@ the run's settings, and the record of the environment."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import platform
 import random
@@ -19,11 +18,10 @@ import torch
 from torch import nn
 
 from rnnlab.eval.bpb import evaluate
-from rnnlab.layers.base import CUDA_ONLY_BACKENDS, OFFICIAL_BACKENDS
+from rnnlab.layers.base import CUDA_ONLY_BACKENDS
 from rnnlab.models.lm import LM
 from rnnlab.models.registry import get_spec
 from rnnlab.ops.dtypes import param_dtype
-from rnnlab.options import specs
 from rnnlab.train import distributed as dist
 from rnnlab.train.config import check_device
 
@@ -155,14 +153,8 @@ def is_out_of_memory(e: BaseException) -> bool:
 def build_model(cfg, device: torch.device) -> LM:
     """The LM of ``cfg.model`` on ``device`` in the weights' dtype of ``cfg.run.precision``. Off
     CUDA, a layer with an official implementation (Mamba2, Gated DeltaNet) on backend auto builds
-    its reference: its "auto" looks only at whether a GPU is visible, and the official layer's
-    forward refuses CPU tensors."""
-    model_cfg = cfg.model
-    has_official = any(s.name == "backend" and s.choices == OFFICIAL_BACKENDS
-                       for s in specs(get_spec(model_cfg.model).config_cls))
-    if device.type != "cuda" and has_official and model_cfg.layer.get("backend", "auto") == "auto":
-        model_cfg = dataclasses.replace(model_cfg, layer={**model_cfg.layer, "backend": "reference"})
-    return LM(model_cfg).to(device=device, dtype=param_dtype(cfg.run.precision))
+    its reference (``ModelConfig.on_device``); ``cfg`` is left as it is."""
+    return LM(cfg.model.on_device(device)).to(device=device, dtype=param_dtype(cfg.run.precision))
 
 
 def wrap_model(model: nn.Module, cfg) -> nn.Module:
