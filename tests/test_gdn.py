@@ -159,6 +159,23 @@ def test_backend_choice(monkeypatch):
         gdn.resolve_backend("official")
 
 
+@pytest.mark.parametrize("backend", ["official", "auto"])
+def test_a_head_dim_over_fla_s_limit_is_one_line_at_build(official_would_run, backend):
+    """Where fla's layer would be built (backend official, or auto with CUDA and fla), a head_dim
+    over 256 (fla-core 0.6's chunk_delta_h asserts it, at the first forward on the GPU) raises one
+    line when the layer is built; the reference takes it on the CPU; 256 itself chooses official."""
+    chosen = "backend=official" if backend == "official" else "backend=auto (the official implementation on CUDA)"
+    with pytest.raises(ValueError) as e:
+        GatedDeltaNet(GatedDeltaNetConfig(dim=16, head_dim=257, backend=backend))
+    assert str(e.value) == (
+        f"GatedDeltaNet {chosen}: fla's chunked kernel takes head_dim at most 256, got 257: use head_dim <= 256 "
+        "(more heads for the same width), or --layer backend=reference on a CPU device (on CUDA the reference's "
+        "scan is that same kernel)")
+    assert gdn.resolve_backend(backend, GatedDeltaNetConfig(dim=16, head_dim=256, backend=backend)) == "official"
+    layer = GatedDeltaNet(GatedDeltaNetConfig(dim=16, head_dim=257, expand_v=1.0, heads=1, backend="reference"))
+    assert layer(torch.randn(1, 3, 16)).shape == (1, 3, 16)
+
+
 def test_fla_backward_refusal_follows_fla_flags(monkeypatch):
     """fla 0.6 refuses the gated backward on Hopper with Triton in [3.4, 3.7.1) unless its TileLang
     kernel is usable and enabled (tests/gpu checks that fla raises exactly when this says so)."""

@@ -255,6 +255,62 @@ def test_forward_matches_mamba_ssm_reference_ops():
         torch.testing.assert_close(layer(x), expect, atol=1e-5, rtol=1e-5)
 
 
+# ----------------------------------------------------------------------------- the official kernels' limits
+LIMITS = [  # (options, causal_conv1d imports, the limit named)
+    (dict(d_conv=5), True, "causal_conv1d's CUDA kernel takes d_conv 2 to 4, got 5"),
+    (dict(d_conv=1), True, "causal_conv1d's CUDA kernel takes d_conv 2 to 4, got 1"),
+    (dict(d_conv=1), False, "mamba_ssm's Mamba2 takes d_conv of at least 2 (it trims d_conv - 1 conv steps), got 1"),
+    (dict(dim=12, expand=1, headdim=4, d_state=3), True,
+     "causal_conv1d's fused path takes conv channels expand*dim + 2*ngroups*d_state in multiples of 8, "
+     "got 12 + 2*1*3 = 18"),
+]
+
+
+@pytest.mark.parametrize("backend", ["official", "auto"])
+@pytest.mark.parametrize("opts,fused,limit", LIMITS)
+def test_options_the_official_kernels_refuse_are_one_line_at_build(official_would_run, backend, opts, fused, limit):
+    """Where the official layer would be built (backend official, or auto with CUDA and mamba_ssm),
+    options its kernels refuse (mamba_ssm 2.3.2, causal_conv1d 1.7.0: read from their source) raise
+    one line naming the limit and backend=reference when the layer is built, not deep inside the
+    kernel at the first forward on the GPU; the reference takes them, on any device."""
+    official_would_run(fused)
+    chosen = "backend=official" if backend == "official" else "backend=auto (the official implementation on CUDA)"
+    with pytest.raises(ValueError) as e:
+        Mamba2(_tiny(backend=backend, **opts))
+    assert str(e.value) == f"Mamba2 {chosen}: {limit}; use --layer backend=reference (the PyTorch reference: " \
+                           "any device, same weights; a trained run's eval or sample: --device cpu)"
+    layer = Mamba2(_tiny(backend="reference", **opts))
+    assert layer(torch.randn(1, 5, layer.d_model)).shape == (1, 5, layer.d_model)
+
+
+@pytest.mark.parametrize("opts,fused", [(dict(d_conv=5), False), (dict(d_conv=2), True), (dict(d_conv=4), True),
+                                        (dict(dim=12, expand=1, headdim=4, d_state=3), False),
+                                        (dict(dim=12, expand=1, headdim=4, d_state=2), True),
+                                        (dict(d_state=256, headdim=128, dim=64), True)])
+def test_options_the_official_kernels_take_choose_official(official_would_run, opts, fused):
+    """Within the limits (a wide conv or odd channels without causal_conv1d, whose unfused path is
+    nn.Conv1d; any d_state and headdim: the SSD kernels loop over their blocks) official is chosen."""
+    import rnnlab.layers.mamba2 as m
+
+    official_would_run(fused)
+    cfg = _tiny(**opts)
+    assert m.official_limit(cfg) is None
+    assert m.resolve_backend("auto", cfg) == m.resolve_backend("official", cfg) == "official"
+
+
+def test_the_limits_apply_only_where_official_is_chosen(monkeypatch):
+    """Without CUDA, auto is the reference and takes every option; an explicit official without
+    mamba_ssm says that first."""
+    import rnnlab.layers.mamba2 as m
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(m, "causal_conv1d_available", lambda: True)
+    assert Mamba2(_tiny(backend="auto", d_conv=5)).backend == "reference"
+    monkeypatch.setattr(m, "import_mamba_ssm", lambda: None)
+    with pytest.raises(RuntimeError, match="backend='official' needs mamba_ssm"):
+        Mamba2(_tiny(backend="official", d_conv=5))
+
+
 # ----------------------------------------------------------------------------- GPU (pytest -m gpu)
 def gpu_official(fn):
     """GPU test of the official backend: needs CUDA and mamba_ssm."""

@@ -1592,3 +1592,16 @@ def test_an_official_layer_on_auto_builds_its_reference_off_cuda_on_a_gpu_machin
     assert {m.backend for m in lm.modules() if hasattr(m, "_build_reference")} == {"reference"}
     assert lm(torch.randint(0, 256, (1, 5))).shape[:2] == (1, 5)
     assert cfg.model.layer == opts  # the run's config is left as it was
+
+
+@pytest.mark.parametrize("model,layer", [("mamba2", {"headdim": 8, "d_state": 8, "d_conv": 5}),
+                                         ("gdn", {"head_dim": 264, "heads": 1, "expand_v": 1.0})])
+def test_a_cpu_run_on_a_gpu_machine_takes_options_only_the_official_kernels_refuse(tiny_train, tmp_path,
+                                                                                   official_would_run, model, layer):
+    """``--device cpu`` on a machine where backend auto would pick the official layer: options its
+    kernels refuse (Mamba2 d_conv 5, Gated DeltaNet head_dim over 256) train with the reference,
+    the parameter count before the run folder included (it counts the layers build_model builds)."""
+    cfg = tiny_train(tmp_path / "run", model=model, dim=16, depth=1, steps=2)
+    cfg.model.layer = layer
+    run_training(cfg, progress=False)
+    assert (tmp_path / "run" / "summary.json").exists()

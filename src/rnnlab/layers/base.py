@@ -132,11 +132,15 @@ def adopt(layer: nn.Module, inner: nn.Module, methods: tuple[str, ...] = ()) -> 
         setattr(layer, name, types.MethodType(getattr(type(inner), name), layer))
 
 
-def resolve_official(backend: str, layer: str, official_error: Callable[[], str | None]) -> str:
+def resolve_official(backend: str, layer: str, official_error: Callable[[], str | None],
+                     official_limit: Callable[[], str | None] = lambda: None) -> str:
     """``"official"`` or ``"reference"`` for ``backend`` of a layer with an official
     implementation; ``official_error()`` imports its library (on first call) and says why it
     cannot, or None. ``"auto"`` is official on CUDA when the library imports (never imported
-    without CUDA); an explicit ``"official"`` that cannot load raises."""
+    without CUDA); an explicit ``"official"`` that cannot load raises. Where official is chosen,
+    ``official_limit()`` says which of the layer's options its kernels do not take (the limit and
+    the way out), or None: then this raises ``ValueError`` in one line, at construction, rather
+    than the kernel at the first forward on the GPU (the reference takes every option)."""
     if backend not in OFFICIAL_BACKENDS:
         raise ValueError(f"backend must be one of {OFFICIAL_BACKENDS}, got {backend!r}")
     if backend == "reference" or (backend == "auto" and not torch.cuda.is_available()):
@@ -144,7 +148,13 @@ def resolve_official(backend: str, layer: str, official_error: Callable[[], str 
     error = official_error()
     if error is not None and backend == "official":
         raise RuntimeError(f"{layer} backend='official' needs {error}")
-    return "official" if error is None else "reference"
+    if error is not None:
+        return "reference"
+    limit = official_limit()
+    if limit is not None:
+        chosen = "backend=official" if backend == "official" else "backend=auto (the official implementation on CUDA)"
+        raise ValueError(f"{layer} {chosen}: {limit}")
+    return "official"
 
 
 class OfficialOrReference(nn.Module):

@@ -15,9 +15,12 @@ kernels), with ``H`` heads, key size ``K = head_dim`` and value size ``V = K * e
 Backends (``GatedDeltaNetConfig.backend``), as Mamba2's:
 
 - ``"official"``: ``fla.layers.GatedDeltaNet`` (package flash-linear-attention: fused Triton
-  convolution, gate, L2 norm and chunked delta rule, gated RMSNorm). Its forward needs CUDA.
+  convolution, gate, L2 norm and chunked delta rule, gated RMSNorm). Its forward needs CUDA. fla's
+  chunked kernel takes head_dim <= 256: a larger one raises one line when the layer is built
+  (:func:`official_limit`), for "auto" too where it would pick official.
 - ``"reference"``: this module in PyTorch; the recurrence is the op ``rnnlab.ops.gated_delta_scan``
-  with backend "auto" (its reference loop on CPU, fla's chunk kernel on CUDA).
+  with backend "auto" (its reference loop on CPU, fla's chunk kernel on CUDA, so head_dim <= 256
+  there too).
 - ``"auto"``: official when fla's layer imports and CUDA is available, else reference.
 
 Both register the same parameters under fla's names, drawn in fla's order (same seed, same
@@ -78,10 +81,28 @@ class GatedDeltaNetConfig:
             raise ValueError(f"expand_v must make head_dim*expand_v a positive integer, got {self.expand_v!r}")
 
 
-def resolve_backend(backend: str) -> str:
-    """``"official"`` or ``"reference"``; an explicit ``"official"`` without fla's layer raises."""
+# the largest head_dim (key size K) fla's chunked gated delta rule takes: fla-core 0.6's
+# fla/ops/common/chunk_delta_h.py asserts "current kernel does not support head dimension larger than 256"
+FLA_MAX_HEAD_DIM = 256
+
+
+def official_limit(cfg: GatedDeltaNetConfig) -> str | None:
+    """Which of ``cfg``'s options fla's layer does not run on the GPU, with the way out, or None:
+    a ``head_dim`` above :data:`FLA_MAX_HEAD_DIM`. Its short convolutions (fla's Triton kernel)
+    take any ``conv_size``."""
+    if cfg.head_dim <= FLA_MAX_HEAD_DIM:
+        return None
+    return (f"fla's chunked kernel takes head_dim at most {FLA_MAX_HEAD_DIM}, got {cfg.head_dim}: use head_dim "
+            f"<= {FLA_MAX_HEAD_DIM} (more heads for the same width), or --layer backend=reference on a CPU device "
+            "(on CUDA the reference's scan is that same kernel)")
+
+
+def resolve_backend(backend: str, cfg: GatedDeltaNetConfig | None = None) -> str:
+    """``"official"`` or ``"reference"``; an explicit ``"official"`` without fla's layer raises, and
+    so does official chosen for options ``cfg`` its kernels do not take (:func:`official_limit`)."""
     return resolve_official(backend, "GatedDeltaNet", lambda: None if FLA_LAYER.available() else
-                            f"fla's layer (pip install flash-linear-attention): {FLA_LAYER.error}")
+                            f"fla's layer (pip install flash-linear-attention): {FLA_LAYER.error}",
+                            lambda: None if cfg is None else official_limit(cfg))
 
 
 def _l2_normalize(t: torch.Tensor) -> torch.Tensor:
@@ -112,7 +133,7 @@ class GatedDeltaNet(OfficialOrReference):
 
     def __init__(self, cfg: GatedDeltaNetConfig):
         cfg.validate()
-        super().__init__(cfg, resolve_backend(cfg.backend))
+        super().__init__(cfg, resolve_backend(cfg.backend, cfg))
 
     @staticmethod
     def training_blocker(device: torch.device) -> str | None:

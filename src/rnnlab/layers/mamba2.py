@@ -6,7 +6,10 @@ linear biases).
 Backends (``Mamba2Config.backend``):
 
 - ``"official"``: ``mamba_ssm.modules.mamba2.Mamba2`` (Triton SSD, causal_conv1d when installed).
-  Needs mamba_ssm; its forward/step need CUDA tensors.
+  Needs mamba_ssm; its forward/step need CUDA tensors. Its kernels take d_conv 2 to 4 (at least 2
+  without causal_conv1d) and, with causal_conv1d, conv channels ``expand*dim + 2*ngroups*d_state``
+  in multiples of 8: other values raise one line when the layer is built (:func:`official_limit`),
+  for "auto" too where it would pick official; the reference takes them.
 - ``"reference"``: pure PyTorch (this module with the op ``rnnlab.ops.ssd_scan``: its
   "chunked" form in ``forward``, its sequential reference in ``step``), runs anywhere.
 - ``"auto"``: official when mamba_ssm imports and CUDA is available, else reference.
@@ -96,10 +99,34 @@ def causal_conv1d_available() -> bool:
     return CAUSAL_CONV1D.available()
 
 
-def resolve_backend(backend: str) -> str:
-    """``"official"`` or ``"reference"``; an explicit ``"official"`` without mamba_ssm raises."""
+def official_limit(cfg: Mamba2Config) -> str | None:
+    """Which of ``cfg``'s options mamba_ssm's Mamba2 (2.3) does not run on the GPU, with the way
+    out, or None. Its unfused path trims ``d_conv - 1`` steps off nn.Conv1d's output (none left at
+    d_conv 1); with causal_conv1d (1.7) installed it runs the fused path, whose CUDA conv takes
+    widths 2 to 4 only ("causal_conv1d only supports width between 2 and 4") and, in
+    ``mamba_split_conv1d_scan_combined``, conv channels ``expand*dim + 2*ngroups*d_state`` in
+    multiples of 8. The SSD kernels loop over blocks of headdim and d_state: no limit there."""
+    fused = causal_conv1d_available()
+    channels = cfg.d_inner + 2 * cfg.ngroups * cfg.d_state
+    if fused and not 2 <= cfg.d_conv <= 4:
+        limit = f"causal_conv1d's CUDA kernel takes d_conv 2 to 4, got {cfg.d_conv}"
+    elif cfg.d_conv < 2:
+        limit = f"mamba_ssm's Mamba2 takes d_conv of at least 2 (it trims d_conv - 1 conv steps), got {cfg.d_conv}"
+    elif fused and channels % 8:
+        limit = (f"causal_conv1d's fused path takes conv channels expand*dim + 2*ngroups*d_state in multiples of 8, "
+                 f"got {cfg.d_inner} + 2*{cfg.ngroups}*{cfg.d_state} = {channels}")
+    else:
+        return None
+    return (f"{limit}; use --layer backend=reference (the PyTorch reference: any device, same weights; "
+            "a trained run's eval or sample: --device cpu)")
+
+
+def resolve_backend(backend: str, cfg: Mamba2Config | None = None) -> str:
+    """``"official"`` or ``"reference"``; an explicit ``"official"`` without mamba_ssm raises, and
+    so does official chosen for options ``cfg`` its kernels do not take (:func:`official_limit`)."""
     return resolve_official(backend, "Mamba2", lambda: None if import_mamba_ssm() is not None
-                            else f"mamba_ssm: {mamba_ssm_error()}")
+                            else f"mamba_ssm: {mamba_ssm_error()}",
+                            lambda: None if cfg is None else official_limit(cfg))
 
 
 class GateThenRMSNorm(nn.Module):
@@ -126,7 +153,7 @@ class Mamba2(OfficialOrReference):
 
     def __init__(self, cfg: Mamba2Config):
         cfg.validate()
-        super().__init__(cfg, resolve_backend(cfg.backend))
+        super().__init__(cfg, resolve_backend(cfg.backend, cfg))
 
     # ---------------------------------------------------------------- construction
     def _adopt_official(self, cfg: Mamba2Config) -> None:

@@ -276,7 +276,7 @@ class Trainer:
         # a bad corpus fails before the folder is touched
         self.val_split, self.extra_val_split, self.stream = open_data(cfg, ctx)
         check_trainable(cfg, self.device)  # before counting builds the model (an official layer warns off CUDA)
-        self.n_params = count_params(cfg.model)
+        self.n_params = count_params(cfg.model.on_device(self.device))  # the layers build_model builds
         check_memory(cfg, self.n_params, self.device, ctx.world_size)
         self.rundir = RunDir(cfg.run.out)
         self.corpus = corpus_sizes(self.stream.split, self.val_split)
