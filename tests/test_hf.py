@@ -134,9 +134,24 @@ def test_from_pretrained_builds_the_layers_for_the_device_map(exported, official
         monkeypatch.setattr(layer, "_adopt_official", layer._build_reference)
     seen = []
     monkeypatch.setattr(modeling, "load_device", lambda device_map: seen.append(device_map) or torch.device("cuda"))
-    model = AutoModelForCausalLM.from_pretrained(exported[name][1])  # the weights still load onto the CPU
+    run, hf = exported[name]
+    model = AutoModelForCausalLM.from_pretrained(hf)  # the weights still load onto the CPU
     assert seen == [None]
     assert {m.backend for m in model.modules() if hasattr(m, "_build_reference")} == {"official"}
+
+    # a move to another kind of device rebuilds the layers for it, with the same weights; a cast does not
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.cpu() is model
+    assert {m.backend for m in model.modules() if hasattr(m, "_build_reference")} == {"reference"}
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, weights[k], rtol=0, atol=0, msg=k)
+    assert model.model.head.weight is model.model.embed.weight and not model.training
+    lm = model.model
+    model.to(torch.float64).to("cpu")
+    assert model.model is lm and lm.embed.weight.dtype == torch.float64
+    _, ref, _ = RunDir(run).load("cpu")
+    ids = torch.tensor([list(PROMPT)])
+    torch.testing.assert_close(model(ids).logits, ref.double()(ids), rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("device_map,cuda,want", [

@@ -11,7 +11,7 @@ Kernel choices (a layer's ``backend`` option) are not exported: where the folder
 layer takes the fast path available for the device it is loaded onto (checkpoints move freely
 between backends), so a Mamba2 trained with the official CUDA kernels loads with the SSD
 reference onto the CPU (``from_pretrained``'s default) and with the official kernels for
-``device_map="cuda"`` (``rnnlab.hf.modeling``).
+``device_map="cuda"`` or once moved there (``rnnlab.hf.modeling``).
 """
 
 from __future__ import annotations

@@ -19,10 +19,12 @@ on right-padded prompts of unequal length would append new bytes after the pads,
 A Mamba2 or Gated DeltaNet layer (backend auto: ``rnnlab export`` leaves the kernel choice to
 where the folder is loaded) is built for the device the model is loaded onto, as ``rnnlab
 train/eval/sample`` build it (``ModelConfig.on_device``): ``from_pretrained(folder)`` loads onto
-the CPU and builds the PyTorch reference, which runs on any device (moved to a GPU afterwards too);
-``from_pretrained(folder, device_map="cuda")`` (lm-eval's HF backend passes its ``--device``
-so) builds the official CUDA implementation where its library imports, whose forward refuses CPU
-tensors. ``RnnlabForCausalLM(config)`` builds for the default device (``torch.device`` context).
+the CPU and builds the PyTorch reference; ``from_pretrained(folder, device_map="cuda")`` (lm-eval's
+HF backend passes its ``--device`` so) builds the official CUDA implementation where its library
+imports, whose forward refuses CPU tensors; ``RnnlabForCausalLM(config)`` builds for the default
+device (``torch.device`` context). A move to another kind of device (``.to("cuda")``, ``.cpu()``)
+rebuilds such layers for it, with the same weights (move before building an optimizer, as torch
+advises: the parameters are new objects).
 """
 
 from __future__ import annotations
@@ -100,8 +102,33 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: RnnlabConfig):
         super().__init__(config)
         device = _LOADING_ONTO.get() or torch.empty(0).device  # else the default device / its context
-        self.model = LM(config.to_model_config().on_device(device))
+        model_cfg = config.to_model_config().on_device(device)
+        self.model = LM(model_cfg)
+        self._built_layer = model_cfg.layer  # the layer options the model was built with, backend resolved
         self.post_init()
+
+    def _apply(self, fn, recurse: bool = True):
+        """``to``, ``cuda``, ``cpu`` (and dtype casts) as torch's, then :meth:`_build_for_device`."""
+        super()._apply(fn, recurse)
+        self._build_for_device()
+        return self
+
+    def _build_for_device(self) -> None:
+        """Rebuild the model, with the same weights, where the device it now sits on takes another
+        implementation of its layers (``ModelConfig.on_device``): loaded onto the CPU then moved with
+        ``.to("cuda")``, a Mamba2 or Gated DeltaNet layer becomes the official one (where its
+        library imports), and the other way round. Not while ``from_pretrained`` loads (it has
+        built the model for where the weights go), nor on the meta device."""
+        param = next(self.model.parameters(), None)
+        if param is None or param.device.type == "meta" or _LOADING_ONTO.get() is not None:
+            return
+        model_cfg = self.config.to_model_config().on_device(param.device)
+        if model_cfg.layer == self._built_layer:
+            return
+        model = LM(model_cfg).to(device=param.device, dtype=param.dtype)
+        model.load_state_dict(self.model.state_dict())  # both implementations hold the same state_dict
+        self.model = model.train(self.model.training)
+        self._built_layer = model_cfg.layer
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs) -> "RnnlabForCausalLM":
