@@ -423,29 +423,38 @@ def test_a_run_resumed_on_data_of_other_sizes_is_refused_and_nothing_changes(tin
     assert run_training(tiny_train(run, steps=4, data=str(data), resume=True), progress=False)["complete"]
 
 
-def test_a_finished_run_resumed_with_new_eval_bytes_and_no_larger_budget_is_refused(tiny_train, tmp_path):
-    """A complete run's final evaluation is not redone by a resume with its own budget, so a new
-    --eval-bytes would only rewrite config.json (then at odds with summary.json): refused in one
-    line naming `rnnlab eval`, nothing changed; with a larger budget the run extends and its new final
-    evaluation scores the new cap."""
+def test_a_finished_run_resumed_with_new_eval_bytes_rescores_its_final_evaluation(tiny_train, tmp_path, capsys):
+    """A complete run resumed at its own budget with a new --eval-bytes trains no step: its final
+    evaluation is scored again from the checkpoint on the new cap, replacing the old record in
+    eval.jsonl and summary.json (the training's loss, speed and device kept), with a line saying so;
+    the same cap again scores nothing; a larger budget extends the run, its new final evaluation
+    scoring the new cap. ``rnnlab eval --eval-bytes`` of the run gives the same number."""
+    from rnnlab.cli import main
+
     run = tmp_path / "r"
     first = run_training(tiny_train(run, steps=2), progress=False)
-    config = (run / "config.json").read_text()
-    with pytest.raises(ValueError, match=rf"complete at this budget and its final evaluation is done, so --eval-bytes "
-                                         rf"2048 would score nothing and only rewrite config.json: `rnnlab eval --run "
-                                         rf"{run} --eval-bytes 2048` scores it again"):
-        RunDir(run).prepare(tiny_train(run, steps=2, resume=True, eval_bytes=2048))
-    assert (run / "config.json").read_text() == config
-    assert run_training(tiny_train(run, steps=2, resume=True), progress=False)["val_bpb"] == first["val_bpb"]
-    again = run_training(tiny_train(run, steps=3, resume=True, eval_bytes=2048), progress=False)
-    assert again["steps"] == 3 and again["val_bytes"] < first["val_bytes"]
+    capsys.readouterr()
+    again = run_training(tiny_train(run, steps=2, resume=True, eval_bytes=2048), progress=False)
+    assert f"{run} is complete at step 2; scoring its final evaluation again from its checkpoint, no training step " \
+           f"(held-out split scored on 4,064 bytes, --eval-bytes 2,048 scores 2,016)" in capsys.readouterr().err
+    assert (again["steps"], again["val_bytes"], again["loss"]) == (2, 2016, first["loss"])
+    assert again["val_bpb"] != first["val_bpb"]
+    assert {k: again[k] for k in trainer.SESSION_MEASURED} == {k: first[k] for k in trainer.SESSION_MEASURED}
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["bytes"], e["val_bpb"]) for e in evals] == [(2, 2016, again["val_bpb"])]
+    assert main(["eval", "--run", str(run), "--eval-bytes", "2048", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(again["val_bpb"], rel=1e-6)
+    same = run_training(tiny_train(run, steps=2, resume=True, eval_bytes=2048), progress=False)
+    assert "scoring its final evaluation again" not in capsys.readouterr().err and same["val_bpb"] == again["val_bpb"]
+    longer = run_training(tiny_train(run, steps=3, resume=True, eval_bytes=1024), progress=False)
+    assert longer["steps"] == 3 and longer["val_bytes"] == 992
 
 
-def test_new_eval_bytes_for_a_finished_run_are_refused_only_where_nothing_would_train(tiny_train, tmp_path, capsys):
-    """The refusal above reads the checkpoint resuming would start from, not summary.json alone: a
-    run whose last checkpoint is damaged trains its last steps again, and its final evaluation
-    scores the new cap (accepted); a run that ended on its --minutes budget trains nothing more
-    (refused, as for a --steps budget)."""
+def test_new_eval_bytes_for_a_finished_run_train_only_where_a_step_is_left(tiny_train, tmp_path, capsys):
+    """What a resume with a new --eval-bytes does reads the checkpoint it starts from, not
+    summary.json alone: a run whose last checkpoint is damaged trains its last steps again, and its
+    final evaluation scores the new cap; a run that ended on its --minutes budget trains nothing
+    more and re-scores, as for a --steps budget."""
     run = tmp_path / "damaged"
     run_training(tiny_train(run, steps=2, checkpoint_every=1), progress=False)
     weights = run / "ckpt" / "step-000002" / "model.safetensors"
@@ -454,9 +463,11 @@ def test_new_eval_bytes_for_a_finished_run_are_refused_only_where_nothing_would_
     assert "resuming at step 1" in capsys.readouterr().err.replace(f" {run} ", " ")
     assert again["steps"] == 2 and again["val_bytes"] <= 2048
     timed = tmp_path / "timed"
-    run_training(tiny_train(timed, steps=None, minutes=0.002), progress=False)
-    with pytest.raises(ValueError, match="complete at this budget and its final evaluation is done"):
-        RunDir(timed).prepare(tiny_train(timed, steps=None, minutes=0.002, resume=True, eval_bytes=2048))
+    first = run_training(tiny_train(timed, steps=None, minutes=0.002), progress=False)
+    capsys.readouterr()
+    rescored = run_training(tiny_train(timed, steps=None, minutes=0.002, resume=True, eval_bytes=2048), progress=False)
+    assert "scoring its final evaluation again" in capsys.readouterr().err
+    assert (rescored["steps"], rescored["val_bytes"]) == (first["steps"], 2016)
 
 
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
@@ -884,6 +895,9 @@ def test_finished_run_resumed_with_an_extra_held_out_file_scores_it(tiny_train, 
     assert first["extra_val"] is None
     again = run_training(tiny_train(tmp_path / "r", steps=4, resume=True, extra_val_data=str(extra)), progress=False)
     assert (again["steps"], again["val_bpb"], again["loss"]) == (4, first["val_bpb"], first["loss"])
+    finals = [json.loads(line) for line in (tmp_path / "r" / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["val_bpb"], e["extra_val_bpb"]) for e in finals] == [  # one record: the old one replaced
+        (4, first["val_bpb"], again["extra_val"]["val_bpb"])]
     assert main(["eval", "--run", str(tmp_path / "r"), "--data", str(extra), "--eval-bytes", "all", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(again["extra_val"]["val_bpb"], rel=1e-6)
 

@@ -462,22 +462,12 @@ class RunDir:
                                      f"would not go on with the same bytes (restore the files, or start a new run "
                                      f"with another --out)")
         kind, _ = cfg.budget.chosen()
-        summary = self.summary() or {}
-        new_cap = cfg.run.eval_bytes
 
         def within_budget(checkpoint) -> None:
             past = self.past_budget(checkpoint.step, cfg)
             if past is not None:
                 raise ValueError(f"--resume: the run in {self.path} is at step {checkpoint.step:,}{past}: nothing to "
                                  f"train, nothing changed (a larger --{kind} extends a run)")
-            if (saved.get("eval_bytes") != new_cap and summary.get("complete") and summary.get("val_bpb") is not None
-                    and summary.get("steps") == checkpoint.step
-                    and self.past_budget(checkpoint.step + 1, cfg) is not None):  # no step would train
-                text = "all" if not new_cap else str(new_cap)  # the final evaluation is done and not redone
-                raise ValueError(f"--resume: the run in {self.path} is complete at this budget and its final "
-                                 f"evaluation is done, so --eval-bytes {text} would score nothing and only rewrite "
-                                 f"{CONFIG}: `rnnlab eval --run {self.path} --eval-bytes {text}` scores it again (a "
-                                 f"larger --{kind} extends the run, its final evaluation then scoring {text})")
 
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
 

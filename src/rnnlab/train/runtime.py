@@ -59,6 +59,40 @@ def evaluate_run(model: nn.Module, split, cfg, *, batch_size: int | None = None,
     return evaluate(model, split, cfg.data.seq_len, batch, cap or None, precision=cfg.run.precision)
 
 
+def heldout_bytes_scored(split_bytes: int, cfg) -> int:
+    """The bytes ``evaluate_run`` scores of a held-out split of ``split_bytes`` bytes under the
+    run's ``eval_bytes`` cap (0 = all) and window length: every whole window of the capped split."""
+    from rnnlab.data import eval_num_windows
+
+    cap = cfg.run.eval_bytes
+    usable = min(split_bytes, cap) if cap else split_bytes
+    return eval_num_windows(usable, cfg.data.seq_len) * cfg.data.seq_len
+
+
+def final_scores_lacking(scored_bytes: int | None, extra_data: str | None, cfg,
+                         split_bytes: int | None) -> list[tuple[str, str]]:
+    """What a run's final evaluation (the held-out bytes it scored and the ``--extra-val-data``
+    file it scored, or None) lacks of what ``cfg`` asks for, as ``(kind, text)`` pairs: kind
+    ``"extra"``, a new extra held-out file it did not score; ``"held-out"``, a held-out split
+    scored on other bytes than ``cfg``'s ``eval_bytes`` scores (``split_bytes``: the split's size,
+    None when unknown: not checked). Empty when it covers them. An extra file scored earlier and
+    not asked for now lacks nothing (it stays). The trainer re-scores what is listed
+    (``Trainer.final_eval_due``); ``rnnlab bench`` reads it to re-score complete runs."""
+    lacking = []
+    want = cfg.data.extra_val_path
+    if want is not None and extra_data != str(Path(want)):
+        name, old = Path(want).name, Path(extra_data).name if extra_data else None
+        lacking.append(("extra", f"no score on {name}" if old is None else
+                        f"scored {extra_data}, not {want}" if old == name else f"scored {old}, not {name}"))
+    if split_bytes is not None and scored_bytes is not None:
+        need = heldout_bytes_scored(split_bytes, cfg)
+        if scored_bytes != need:
+            cap = f"{cfg.run.eval_bytes:,}" if cfg.run.eval_bytes else "all"
+            lacking.append(("held-out", f"held-out split scored on {scored_bytes:,} bytes, --eval-bytes {cap} "
+                                        f"scores {need:,}"))
+    return lacking
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

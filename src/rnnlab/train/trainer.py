@@ -48,8 +48,11 @@ from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_we
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank
 from rnnlab.train.rundir import RunDir, corpus_sizes
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, eval_batch, evaluate_run,
-                                  is_out_of_memory, peak_mem_gib, pick_device, seed_everything, sync, wrap_model)
+                                  final_scores_lacking, is_out_of_memory, peak_mem_gib, pick_device, seed_everything,
+                                  sync, wrap_model)
 
+# what a summary measures of the sessions that trained, kept by a session that trains no step
+SESSION_MEASURED = ("tok_per_s", "peak_mem_gib", "device", "world_size", "distributed")
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
 # a model this large that --device auto put on the CPU (no GPU found) gets a note: a 400M suite
 # started on a laptop would otherwise just train, days long, without a word
@@ -308,6 +311,14 @@ class Trainer:
             if ctx.is_main:
                 print(f"rnnlab train: resuming {self.rundir.path} at step {self.state.step:,} "
                       f"({resume_from.path.name})", file=sys.stderr, flush=True)
+        if resume_from is not None and self.final_eval_done():
+            # a final evaluation re-scored by a later session (new --extra-val-data or --eval-bytes)
+            # replaced this step's record in eval.jsonl; the checkpoint keeps the first one
+            logged = (self.rundir.evals() or [None])[-1] if ctx.is_main else None
+            logged = ctx.broadcast_object(logged if logged and logged.get("step") == self.state.step
+                                          and logged.get("final") else None)
+            if logged is not None:
+                self.state.last_eval = logged
         self.wall_before = self.state.wall_s  # the earlier sessions' wall time
         if cfg.run.distributed and ctx.world_size == 1:
             print(f"rnnlab train: note: --distributed {cfg.run.distributed} spreads a run over the processes "
@@ -319,13 +330,23 @@ class Trainer:
         if ctx.is_main and self.device.type == "cpu" and cfg.run.precision == "bf16":
             print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
                   "no bf16 matrix units); --precision fp32 for experiments on a CPU", file=sys.stderr, flush=True)
+        resumed, spent = resume_from is not None, self.budget_spent()
+        # a session that takes no step (a finished run resumed to re-score its final evaluation)
+        # keeps what its summary says of the training sessions (speed, memory, device)
+        self.trained_before = (self.rundir.summary() or {}) if resumed and spent and ctx.is_main else None
         if ctx.is_main:
-            resumed, spent = resume_from is not None, self.budget_spent()
             # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
-            # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again below
+            # second Ctrl-C stopped it, or it was logged after the checkpoint), or with one that
+            # lacks what this session asks for (a new --extra-val-data or --eval-bytes), evaluated
+            # again below; its old record leaves eval.jsonl, the new one replaces it
             env = {**env_info(self.device), "corpus": self.corpus}
+            redone = resumed and spent and self.final_eval_due()
+            if redone and self.final_eval_done():
+                print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,}; scoring its final "
+                      f"evaluation again from its checkpoint, no training step ("
+                      + "; ".join(text for _, text in self.final_eval_lacks()) + ")", file=sys.stderr, flush=True)
             self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
-                              final_eval_redone=resumed and spent and not self.final_eval_done())
+                              final_eval_redone=redone)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
@@ -547,11 +568,14 @@ class Trainer:
         return last is not None and last["step"] == self.state.step and bool(last.get("final"))
 
     def final_eval_due(self) -> bool:
-        """No final evaluation at this step yet, or it lacks the extra held-out file this session
-        names (a finished run resumed with a new ``--extra-val-data``)."""
-        extra = self.extra_val_split
-        return not self.final_eval_done() or (
-            extra is not None and self.state.last_eval.get("extra_data") != str(extra.path))
+        """No final evaluation at this step yet, or it lacks what this session asks for (a finished
+        run resumed with a new ``--extra-val-data`` or ``--eval-bytes``: ``final_eval_lacks``)."""
+        return not self.final_eval_done() or bool(self.final_eval_lacks())
+
+    def final_eval_lacks(self) -> list[tuple[str, str]]:
+        """``final_scores_lacking`` of this step's final evaluation under this session's config."""
+        last = self.state.last_eval or {}
+        return final_scores_lacking(last.get("bytes"), last.get("extra_data"), self.cfg, len(self.val_split))
 
     def evaluate(self, final: bool = False) -> None:
         """Held-out loss at the weights one ships (Schedule-Free's average x); for Schedule-Free
@@ -590,8 +614,11 @@ class Trainer:
     def scored_record(self, final: bool) -> dict[str, Any]:
         """This rank's evaluation record (``evaluate`` says what it scores), logged."""
         state, run_cfg = self.state, self.cfg.run
-        if final and self.final_eval_done():  # kept; only the extra file is scored (below)
-            record = {k: v for k, v in state.last_eval.items() if not k.startswith("extra_")}
+        # a finished run's final evaluation, resumed: what it lacks is scored again, the rest kept
+        kept = state.last_eval if final and self.final_eval_done() else None
+        lacking = {kind for kind, _ in self.final_eval_lacks()} if kept is not None else set()
+        if kept is not None and "held-out" not in lacking:
+            record = {k: v for k, v in kept.items() if not k.startswith("extra_")}
         else:
             curve = run_cfg.curve_eval_bytes
             record = {"step": state.step, "tokens": state.tokens,
@@ -600,7 +627,9 @@ class Trainer:
                 record.update({f"curve_{k}": v for k, v in self.score(self.val_split, max_bytes=curve).items()})
         if final:
             record["final"] = True
-            if self.extra_val_split is not None:
+            if kept is not None and "extra" not in lacking:  # scored already (or not asked for now): kept
+                record.update({k: v for k, v in kept.items() if k.startswith("extra_")})
+            elif self.extra_val_split is not None:
                 extra = self.score(self.extra_val_split, max_bytes=0)
                 record.update({"extra_data": str(self.extra_val_split.path)},
                               **{f"extra_{key}": value for key, value in extra.items()})
@@ -677,6 +706,8 @@ class Trainer:
             "run_dir": str(self.rundir.path), "world_size": self.ctx.world_size,
             "distributed": cfg.run.distributed if self.ctx.world_size > 1 else None,
         }
+        if self.trained_before:  # a session of no step: its device and rates say nothing of the training
+            summary.update({k: self.trained_before[k] for k in SESSION_MEASURED if k in self.trained_before})
         if error is not None:
             summary["error"] = error
         if interrupted:
