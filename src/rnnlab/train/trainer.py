@@ -52,7 +52,7 @@ from rnnlab.train.runtime import (build_model, check_memory, check_trainable, en
                                   sync, wrap_model)
 
 # what a summary measures of the sessions that trained, kept by a session that trains no step
-SESSION_MEASURED = ("tok_per_s", "peak_mem_gib", "device", "world_size", "distributed")
+SESSION_MEASURED = ("tok_per_s", "peak_mem_gib", "device", "world_size", "distributed", "wall_s", "tok_per_wall_s")
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
 # a model this large that --device auto put on the CPU (no GPU found) gets a note: a 400M suite
 # started on a laptop would otherwise just train, days long, without a word
