@@ -357,6 +357,95 @@ def test_a_complete_run_is_redone_when_its_budget_kind_changes(tmp_path):
     assert run_status(timed) == "restart"
 
 
+def _scored_suite(tmp_path):
+    """A one-run suite file of a tiny E1 (3 steps, fp32, 32-byte windows, 4K held-out bytes) and an
+    extra held-out text beside it."""
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(bytes(range(32, 122)) * 30)  # 2,700 bytes
+    path = tmp_path / "s.toml"
+    path.write_text('name = "s"\n[defaults]\nsteps = 3\ndevice = "cpu"\nprecision = "fp32"\nbatch_size = 2\n'
+                    'seq_len = 32\neval_bytes = "4K"\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 16\ndepth = 1\n')
+    return load_suite(path), extra
+
+
+def test_a_complete_run_asked_for_a_new_extra_file_or_eval_bytes_is_rescored_from_its_checkpoint(tmp_path, capsys):
+    """``rnnlab bench`` again over complete runs with a new --extra-val-data or --eval-bytes: each
+    run is resumed from its checkpoint, trains no step, and its final evaluation is scored again
+    for what it lacked (summary.json, eval.jsonl and the log line say the new numbers; the held-out
+    split's kept where it was covered); --plan says so first; the same command again skips it."""
+    suite, extra = _scored_suite(tmp_path)
+    out = tmp_path / "out"
+    run_plan(suite, plan_suite(suite, out), out, progress=False, log=lambda m: None)
+    run = out / "a"
+    first = json.loads((run / "summary.json").read_text())
+    steps = (run / "metrics.jsonl").read_text()
+    assert (first["val_bytes"], first["extra_val"]) == (3968, None)
+
+    assert main(["bench", str(tmp_path / "s.toml"), "--out", str(out), "--plan", "--extra-val-data", str(extra)]) == 0
+    assert ("rescore: a is complete; its final evaluation will be scored again from its checkpoint, no training "
+            "step (no score on extra.txt)") in capsys.readouterr().out
+    (planned,) = plan_suite(suite, out, extra_val_data=str(extra))
+    said: list[str] = []
+    result = run_plan(suite, [planned], out, progress=False, log=said.append)
+    assert (result["rescored"], result["trained"], result["skipped"]) == (["a"], [], [])
+    s = json.loads((run / "summary.json").read_text())
+    assert (s["steps"], s["loss"], s["val_bpb"], s["val_bytes"]) == (3, first["loss"], first["val_bpb"], 3968)
+    assert s["extra_val"]["data"] == str(extra.resolve()) and s["extra_val"]["bytes"] == 2688
+    assert said[0] == ("[1/1] a: complete; scoring its final evaluation again from its checkpoint, no training step "
+                       "(no score on extra.txt)")
+    assert said[-1] == f"[1/1] a: loss {s['loss']:.4f}, val bpb {s['val_bpb']:.4f}, extra.txt bpb " \
+                       f"{s['extra_val']['val_bpb']:.4f}"
+    assert (run / "metrics.jsonl").read_text() == steps  # no step trained
+    assert main(["eval", "--run", str(run), "--data", str(extra), "--eval-bytes", "all", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(s["extra_val"]["val_bpb"], rel=1e-6)
+    assert run_status(planned) == "complete"
+
+    (capped,) = plan_suite(suite, out, extra_val_data=str(extra), eval_bytes="2K")
+    assert run_status(capped) == "rescore"
+    said.clear()
+    run_plan(suite, [capped], out, progress=False, log=said.append)
+    assert "(held-out split scored on 3,968 bytes, --eval-bytes 2,000 scores 1,984)" in said[0]
+    again = json.loads((run / "summary.json").read_text())
+    assert (again["val_bytes"], again["extra_val"], again["loss"]) == (1984, s["extra_val"], first["loss"])
+    evals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["bytes"], e["val_bpb"], e["extra_val_bpb"]) for e in evals] == [
+        (3, 1984, again["val_bpb"], s["extra_val"]["val_bpb"])]
+    assert run_status(capped) == "complete" and run_status(planned) == "rescore"  # 4K asked again: 3,968 bytes
+
+
+def test_a_complete_run_without_a_checkpoint_lacking_new_scores_is_named_not_silently_kept(tmp_path, capsys):
+    """The same over a slim copy of the runs (no checkpoints, as results/ keeps them): nothing can
+    score them again, so they are skipped with a line each and one line naming them all and what
+    they lack, their records untouched; --plan marks them stale; a run trained beside them with the
+    extra file makes the report warn that the rows were scored on different files."""
+    suite, extra = _scored_suite(tmp_path)
+    out = tmp_path / "out"
+    run_plan(suite, plan_suite(suite, out), out, progress=False, log=lambda m: None)
+    shutil.rmtree(out / "a" / "ckpt")
+    before = (out / "a" / "summary.json").read_text()
+    assert main(["bench", str(tmp_path / "s.toml"), "--out", str(out), "--plan", "--extra-val-data", str(extra),
+                 "--eval-bytes", "2K"]) == 0
+    assert ("stale: a is complete, but its final evaluation lacks what this command asks (no score on extra.txt; "
+            "held-out split scored on 3,968 bytes, --eval-bytes 2,000 scores 1,984) and it has no checkpoint to "
+            "score it again from: skipped") in capsys.readouterr().out
+    (planned,) = plan_suite(suite, out, extra_val_data=str(extra))
+    said: list[str] = []
+    result = run_plan(suite, [planned], out, progress=False, log=said.append)
+    assert (result["skipped"], result["stale"], result["rescored"]) == (["a"], {"a": ["no score on extra.txt"]}, [])
+    assert said == ["[1/1] a: complete, skipped; its final evaluation lacks what this command asks (no score on "
+                    "extra.txt) and the run has no checkpoint to score it again from",
+                    "rnnlab bench: 1 complete run(s) keep final scores that do not cover this command, having no "
+                    "checkpoint to score them again from: a (no score on extra.txt); the report marks the difference "
+                    "(re-score them where their checkpoints are, or delete their folders to train them again)"]
+    assert (out / "a" / "summary.json").read_text() == before
+    b = dataclasses.replace(suite.runs[0], name="b")
+    both = dataclasses.replace(suite, runs=[suite.runs[0], b])
+    run_plan(both, plan_suite(both, out, extra_val_data=str(extra)), out, progress=False, log=lambda m: None)
+    md = write_report(out, plots=False)["md"].read_text()
+    assert "> - extra held-out file scored: a none; b extra.txt" in md
+    assert {r[0]: r[5] for r in _table_rows(md)}["a"] == "-"
+
+
 def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path, capsys):
     """``bench tiny`` then ``bench tiny --steps 50`` into one folder: the 150-step runs cannot be
     resumed to 50 steps (``--resume`` refuses a budget a run has passed), so --plan says conflict,
@@ -950,6 +1039,7 @@ def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
                     "d": ["2.3000 ± 0.0000", "2.2000 ± 0.0000", "3.1000 ± 0.1414 (2 of 3 runs)",
                           "2.0000 ± 0.0000 (2 of 3 runs)"]}
     assert "wikitext2.txt bpb = that file (--extra-val-data)" in md
+    assert "> - extra held-out file scored: a, b, d wikitext2.txt; c none" in md  # a row's "-" explained
     _set_summary(tmp_path, "c", extra_val={"data": "/d/lambada.txt", "val_bpb": 2.0, "val_bpb_train_point": 1.9})
     md = write_report(tmp_path, plots=False)["md"].read_text()  # two files: the columns name neither, the legend both
     header = next(line for line in md.splitlines() if line.startswith("| Model | Params | Loss"))

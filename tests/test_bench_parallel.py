@@ -109,6 +109,31 @@ def test_bench_gpus_end_to_end(tmp_path, monkeypatch, capsys):
     assert "| GPU |" in md and f"| {gpus['a']} |" in md
 
 
+def test_complete_runs_lacking_a_new_extra_file_are_rescored_on_a_gpu_keeping_the_one_they_trained_on(
+        tmp_path, fake_launch):
+    """``--gpus N`` with a new --extra-val-data over complete runs: one with a checkpoint is launched
+    as a resume ("rescore": its process trains no step, scores the file) and keeps in suite.json the
+    GPU it trained on; one without is skipped and named as lacking the file."""
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["3"], log=lambda m: None)
+    (out / "e1" / "ckpt" / "step-000002").mkdir(parents=True)
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(b"x" * 1000)
+    fake_launch.clear()
+    said: list[str] = []
+    res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru", extra_val_data=str(extra)), out,
+                   gpus=["5"], log=said.append)
+    assert fake_launch == [("e1", "5", "rescore")]
+    assert (res["rescored"], res["trained"], res["skipped"]) == (["e1"], [], ["mingru"])
+    assert res["stale"] == {"mingru": ["no score on extra.txt"]}
+    assert any(m.startswith("[1/2] e1: complete; scoring its final evaluation again from its checkpoint, no training "
+                            "step (no score on extra.txt) on GPU 5") for m in said), said
+    assert said[-1].startswith("rnnlab bench: 1 complete run(s) keep final scores that do not cover this command")
+    doc = json.loads((out / "suite.json").read_text())
+    assert {r["dir"]: r.get("gpu") for r in doc["runs"]} == {"e1": "3", "mingru": "3"}
+
+
 def test_a_suite_continued_by_later_commands_keeps_every_run_and_command(tmp_path, fake_launch):
     """``--runs a,b``, then ``--runs c``, then more ``--seeds`` into one folder (a suite split over
     GPU jobs): suite.json keeps every run, in the suite's order, with the GPU each used, and every

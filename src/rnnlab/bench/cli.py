@@ -41,7 +41,10 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its report",
                        description="Run every run of a suite (a shipped name or a .toml path) as a normal "
                                    "training run under --out, skipping complete runs and resuming partial "
-                                   "ones, then write report.md, report.json and plots. The config flags "
+                                   "ones (a complete run whose final evaluation lacks a new --extra-val-data "
+                                   "file or --eval-bytes is scored again from its checkpoint, no training "
+                                   "step; --plan says which), then write report.md, report.json and plots. "
+                                   "The config flags "
                                    "below replace the suite's value for every run (not given: the suite's, "
                                    "else rnnlab train's default).")
     p.add_argument("suite", nargs="?", help="suite name (see --list) or path to a suite .toml")
@@ -122,7 +125,7 @@ def _print_plan(suite, plan, out: Path) -> None:
     """``--plan``: one line per planned run (model, width, depth, params, budget, optimizer, its
     folder's status, layer options and the settings that differ between runs), then each conflict
     that training would refuse."""
-    from rnnlab.bench.suite import status_and_conflict
+    from rnnlab.bench.suite import scores_lacking, status_and_conflict
 
     print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
     found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
@@ -134,9 +137,15 @@ def _print_plan(suite, plan, out: Path) -> None:
         print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
               f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
               + "".join(f"  {text}" for text in (layer_text(m.layer), varying[pr.label]) if text))
-    for _, why in found:
+    for pr, (status, why) in zip(plan, found):
         if why:  # what training the plan would refuse, and why
             print(f"  conflict: {why}")
+        elif status == "rescore":  # complete, scored again from its checkpoint
+            print(f"  rescore: {pr.label} is complete; its final evaluation will be scored again from its "
+                  f"checkpoint, no training step ({'; '.join(scores_lacking(pr))})")
+        elif status == "stale":
+            print(f"  stale: {pr.label} is complete, but its final evaluation lacks what this command asks "
+                  f"({'; '.join(scores_lacking(pr))}) and it has no checkpoint to score it again from: skipped")
 
 
 # what a plan line shows in its columns (the model's kind, width, depth and layer options among them),

@@ -3,8 +3,9 @@
 Each run is an ordinary ``rnnlab train --config ...`` process whose ``CUDA_VISIBLE_DEVICES`` names
 one GPU, so every kernel, allocator and compile cache stays on that device and a crash takes
 down one run only. At most one run per GPU at a time; a GPU takes the next pending run as soon
-as its run ends. As in the one-process path (``runner.run_sequential``), complete runs are skipped and
-partial runs resumed from their checkpoints; the GPU each run used is recorded in
+as its run ends. As in the one-process path (``runner.run_sequential``), complete runs are skipped,
+partial runs resumed from their checkpoints, and complete runs whose final evaluation lacks what
+the command asks for re-scored from theirs; the GPU each run trained on is recorded in
 ``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
 ``OUT/logs/<run>.log``. Each process runs in a session of its own, so a Ctrl-C (in a terminal, or
 a time limit's signal to the bench's process group) reaches it once, passed on by the bench (as a
@@ -57,6 +58,7 @@ class Job:
     proc: subprocess.Popen
     log_path: Path
     started: float
+    status: str = "new"  # its folder's run_status when launched ("rescore": re-scored, no step trained)
 
 
 def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> tuple[subprocess.Popen, Path]:
@@ -107,7 +109,7 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
     code = job.proc.returncode
     summary = job.run.rundir.summary() or {}
     if code in (0, 130) and summary.get("complete"):
-        result["trained"].append(job.run.label)
+        result["rescored" if job.status == "rescore" else "trained"].append(job.run.label)
         log(outcome_line(tag, summary))
         if summary.get("interrupted_at_end"):  # a Ctrl-C at its end, after which it finished
             result["stopped"] = True
@@ -127,14 +129,17 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
 
 def next_run(pending: list[tuple[int, PlannedRun]], result: dict[str, Any], log: Callable[[str], None],
              total: int) -> tuple[int, PlannedRun, str] | None:
-    """The next pending run that still needs training (complete ones are skipped and logged)."""
+    """The next pending run that still needs training or re-scoring (complete ones are skipped and
+    logged, as ``runner.skip_line`` says)."""
+    from rnnlab.bench.runner import skip_line
+
     while pending:
         i, pr = pending.pop(0)
         status = run_status(pr)
-        if status != "complete":
+        skipped = skip_line(f"[{i}/{total}] {pr.label}", pr, status, result)
+        if skipped is None:
             return i, pr, status
-        log(f"[{i}/{total}] {pr.label}: complete, skipped")
-        result["skipped"].append(pr.label)
+        log(skipped)
     return None
 
 
@@ -142,7 +147,9 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                  log: Callable[[str], None]) -> dict[str, Any]:
     """Train every planned run that is not complete, up to ``len(gpus)`` at once. A Ctrl-C stops
     launching, lets the running processes save their checkpoints, and marks the suite stopped."""
-    result: dict[str, Any] = {"trained": [], "skipped": [], "failed": {}, "stopped": False}
+    from rnnlab.bench.runner import new_result, rescore_line
+
+    result = new_result()
     pending = list(enumerate(plan, 1))
     running: dict[str, Job] = {}
     try:
@@ -153,7 +160,10 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                     break
                 i, pr, status = nxt
                 proc, log_path = launch(pr, gpu, out, status, progress)
-                running[gpu] = Job(i, pr, gpu, proc, log_path, time.time())
+                running[gpu] = Job(i, pr, gpu, proc, log_path, time.time(), status)
+                if status == "rescore":  # the run keeps the GPU it trained on
+                    log(f"{rescore_line(f'[{i}/{len(plan)}] {pr.label}', pr)} on GPU {gpu} (log {log_path})")
+                    continue
                 record_gpu(out, pr.label, gpu)
                 log(f"[{i}/{len(plan)}] {pr.label}: {'resuming' if status == 'partial' else 'training'} "
                     f"on GPU {gpu} ({pr.params:,} params; log {log_path})")

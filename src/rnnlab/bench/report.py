@@ -247,12 +247,17 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
 def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[str]:
     """One line per setting that is not the same for every row (steps run, batch, sequence
     length, precision, optimizer, lr, weight decay, Adam's betas, gradient clipping, held-out
-    bytes, and whether weight decay reached the decay rates A_log, dt_bias, D among the rows whose
-    models have them): such rows do not compare like for like. A sweep's axes (``swept``) differ
+    bytes, the extra held-out file scored (``--extra-val-data``), and whether weight decay reached
+    the decay rates A_log, dt_bias, D among the rows whose models have them): such rows do not
+    compare like for like. A sweep's axes (``swept``) differ
     by design and are left out. Parameter counts: ``differing_param_counts``."""
     lines = []
     keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
+             # --extra-val-data, where any row has one: a row without it shows "-" (a run kept from before
+             # the file was asked for, with no checkpoint to score it from)
+             **({"extra held-out file scored": {r["name"]: r["extra_data"] or "none" for r in rows}}
+                if any(r["extra_data"] for r in rows) else {}),
              **{k: {r["name"]: r["protocol"].get(k) for r in rows} for k in PROTOCOL_KEYS},
              # weight decay on A_log, dt_bias, D, among the rows whose models have them
              "decay rates": {r["name"]: r["protocol"]["decay rates"] for r in rows if r["protocol"]["decay rates"]}}

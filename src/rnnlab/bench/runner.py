@@ -1,8 +1,10 @@
 """Training a suite's plan (``rnnlab bench``, ``rnnlab sweep``): every planned run that is not
 complete, one after another in this process (``run_sequential``) or up to one per GPU at once
-(``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed; either way
-suite.json names the GPU each CUDA run used. The caller writes the report afterwards
-(``rnnlab.bench.report``)."""
+(``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed, and complete runs
+whose final evaluation lacks what the command asks for (``suite.scores_lacking``) re-scored from
+their checkpoints (a resume that trains no step), or, without one, skipped and listed in one line
+(``stale_line``); either way suite.json names the GPU each CUDA run trained on. The caller writes
+the report afterwards (``rnnlab.bench.report``)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any, Callable
 
 from rnnlab.bench.parallel import record_gpu, run_parallel, visible_gpus
 from rnnlab.bench.suite import (RESUME_HINT, PlannedRun, Suite, outcome_line, run_conflict, run_status,
-                                train_config, write_plan)
+                                scores_lacking, train_config, write_plan)
 from rnnlab.models.config import layer_text
 
 
@@ -23,9 +25,11 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
 
     ``gpus`` (``CUDA_VISIBLE_DEVICES`` entries, see ``rnnlab.bench.parallel``): run up to that many
     runs at once, one process per GPU; None trains the runs one after another in this process.
-    Returns ``{"trained": [...], "skipped": [...], "failed": {label: error}, "stopped": bool}``:
-    "trained" lists every run that trained this time, one a first Ctrl-C stopped included ("stopped"
-    then says the suite stopped there), "skipped" the runs already complete.
+    Returns ``{"trained": [...], "rescored": [...], "skipped": [...], "stale": {label: [lacking]},
+    "failed": {label: error}, "stopped": bool}``: "trained" lists every run that trained this time,
+    one a first Ctrl-C stopped included ("stopped" then says the suite stopped there), "rescored"
+    the complete runs whose final evaluation was scored again, "skipped" the runs already complete
+    (with "stale" those among them whose scores lack what was asked, having no checkpoint).
     A run that fails (divergence, OOM, bad config) is recorded and the suite goes on; an
     interrupted run (Ctrl-C) stops the suite after its checkpoint is saved.
     """
@@ -36,24 +40,66 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
         raise ValueError("; ".join(conflicts) + " (use another --out, or delete those run folders)")
     write_plan(suite, plan, out, command, options or {})
     if gpus:
-        return run_parallel(plan, out, gpus, progress=progress, log=log)
-    return run_sequential(plan, progress, log)
+        result = run_parallel(plan, out, gpus, progress=progress, log=log)
+    else:
+        result = run_sequential(plan, progress, log)
+    if line := stale_line(result["stale"]):
+        log(line)
+    return result
+
+
+def new_result() -> dict[str, Any]:
+    """``run_plan``'s result before any run."""
+    return {"trained": [], "rescored": [], "skipped": [], "stale": {}, "failed": {}, "stopped": False}
+
+
+def skip_line(tag: str, pr: PlannedRun, status: str, result: dict[str, Any]) -> str | None:
+    """For a run that is not trained (``status`` complete or stale): record it in ``result`` and
+    return its log line; None for a run to train or re-score."""
+    if status not in ("complete", "stale"):
+        return None
+    result["skipped"].append(pr.label)
+    if status == "complete":
+        return f"{tag}: complete, skipped"
+    result["stale"][pr.label] = lacking = scores_lacking(pr)
+    return f"{tag}: complete, skipped; its final evaluation lacks what this command asks ({'; '.join(lacking)}) " \
+           "and the run has no checkpoint to score it again from"
+
+
+def rescore_line(tag: str, pr: PlannedRun) -> str:
+    """The log line of a complete run about to be re-scored from its checkpoint."""
+    return (f"{tag}: complete; scoring its final evaluation again from its checkpoint, no training step "
+            f"({'; '.join(scores_lacking(pr))})")
+
+
+def stale_line(stale: dict[str, list[str]]) -> str | None:
+    """One line naming the complete runs whose scores lack what the command asked for and that
+    have no checkpoint to re-score from (``result["stale"]``); None when there are none."""
+    if not stale:
+        return None
+    runs = ", ".join(f"{label} ({'; '.join(lacking)})" for label, lacking in stale.items())
+    return (f"rnnlab bench: {len(stale)} complete run(s) keep final scores that do not cover this command, "
+            f"having no checkpoint to score them again from: {runs}; the report marks the difference (re-score "
+            "them where their checkpoints are, or delete their folders to train them again)")
 
 
 def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
     """Train the planned runs one after another in this process (see ``run_plan``)."""
-    result: dict[str, Any] = {"trained": [], "skipped": [], "failed": {}, "stopped": False}
+    result = new_result()
     for i, pr in enumerate(plan, 1):
         status = run_status(pr)
         tag = f"[{i}/{len(plan)}] {pr.label}"
-        if status == "complete":
-            log(f"{tag}: complete, skipped")
-            result["skipped"].append(pr.label)
+        skipped = skip_line(tag, pr, status, result)
+        if skipped:
+            log(skipped)
             continue
         cfg = train_config(pr, status)
         m = cfg.model
-        log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
-            + (f" {layer_text(m.layer)}" if m.layer else "") + f" ({pr.params:,} params)")
+        if status == "rescore":
+            log(rescore_line(tag, pr))
+        else:
+            log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
+                + (f" {layer_text(m.layer)}" if m.layer else "") + f" ({pr.params:,} params)")
         try:
             summary = _train(cfg, progress)
         except KeyboardInterrupt:
@@ -64,9 +110,10 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             result["failed"][pr.label] = f"{type(e).__name__}: {e}"
             log(f"{tag}: FAILED: {type(e).__name__}: {e}")
             continue
-        result["trained"].append(pr.label)
+        result["rescored" if status == "rescore" else "trained"].append(pr.label)
         kind, _, index = str(summary.get("device")).partition(":")
-        if kind == "cuda":  # as rnnlab.bench.parallel does: the report names each run's GPU (cuda:1: the second)
+        if kind == "cuda" and status != "rescore":  # as rnnlab.bench.parallel does: the report names each run's
+            # GPU (cuda:1: the second); a re-scored run keeps the one it trained on
             i = int(index or 0)
             record_gpu(pr.dir.parent, pr.label, visible_gpus(i + 1)[i])
         complete = summary.get("complete", False)

@@ -28,7 +28,10 @@ Model fields (``MODEL_KEYS``) belong in ``[[runs]]``; the fields the runner sets
 declarations.
 
 Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``). A run
-that is complete (``RunDir.status``, with the same budget) is skipped; a partial run is resumed
+that is complete (``RunDir.status``, with the same budget) is skipped, unless its final evaluation
+lacks what the command asks for (a new ``--extra-val-data`` file, another ``--eval-bytes``): then it
+is resumed from its checkpoint, which trains no step and scores it again, or, without a checkpoint,
+skipped and named as lacking it (``scores_lacking``); a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
 first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``;
 a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part's runs and commands.
@@ -53,7 +56,8 @@ from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides,
                                   legacy_hint, resume_mismatch)
 from rnnlab.train.rundir import RunDir, read_json, write_json
-from rnnlab.train.runtime import command_argv
+from rnnlab.data import heldout_split
+from rnnlab.train.runtime import command_argv, final_scores_lacking
 
 SUITE_FILE = "suite.json"
 # what an interrupted suite says (its interrupted run says how to continue that run alone)
@@ -360,10 +364,12 @@ def _past_budget(pr: PlannedRun) -> str | None:
 
 
 def run_status(pr: PlannedRun) -> str:
-    """``"complete"`` (skip), ``"partial"`` (resume from its checkpoint), ``"restart"`` (the folder
-    holds a run stopped before its first checkpoint: nothing to resume, train it afresh), ``"new"``,
-    or ``"conflict"`` (the folder holds a run of a different config, or one complete or saved past
-    this budget)."""
+    """``"complete"`` (skip), ``"rescore"`` (complete, but its final evaluation lacks what the plan
+    asks for, ``scores_lacking``: resumed from its checkpoint, which trains no step and scores it
+    again), ``"stale"`` (the same, without a checkpoint to re-score from: skipped, and said),
+    ``"partial"`` (resume from its checkpoint), ``"restart"`` (the folder holds a run stopped before
+    its first checkpoint: nothing to resume, train it afresh), ``"new"``, or ``"conflict"`` (the
+    folder holds a run of a different config, or one complete or saved past this budget)."""
     return status_and_conflict(pr)[0]
 
 
@@ -382,24 +388,45 @@ def _reusable_status(pr: PlannedRun) -> str:
     if status == "complete":
         saved = (pr.rundir.summary() or {}).get("budget")
         if saved is None or _same_budget(saved, _budget(pr.cfg)):
-            return "complete"
+            if not scores_lacking(pr):
+                return "complete"
+            return "rescore" if pr.rundir.has_checkpoint() else "stale"
     # an incomplete run, or a complete one whose budget changed (resume extends or re-finishes it)
     return "partial" if pr.rundir.has_checkpoint() else "restart"
 
 
+def scores_lacking(pr: PlannedRun) -> list[str]:
+    """What the final evaluation of the run in ``pr``'s folder (its summary.json) lacks of what the
+    planned run asks for (``final_scores_lacking``: an ``--extra-val-data`` file it did not score,
+    held-out bytes other than ``--eval-bytes`` scores), each as a phrase; [] when it covers them.
+    The held-out split's size is env.json's (the data a resume must find again), else the split's."""
+    summary = pr.rundir.summary() or {}
+    split_bytes = ((pr.rundir.env() or {}).get("corpus") or {}).get("heldout_bytes")
+    if split_bytes is None and summary.get("val_bytes") is not None:
+        try:
+            d = pr.cfg.data
+            split_bytes = len(heldout_split(d.path, d.val_path, d.val_fraction))
+        except (OSError, ValueError):  # the data is not on this machine (a --plan elsewhere): not checked
+            split_bytes = None
+    extra = (summary.get("extra_val") or {}).get("data")
+    return [text for _, text in final_scores_lacking(summary.get("val_bytes"), extra, pr.cfg, split_bytes)]
+
+
 def outcome_line(tag: str, summary: dict[str, Any]) -> str:
-    """The log line of a run that trained to the end: ``[i/n] label: loss L, val bpb B``."""
-    loss, bpb = summary.get("loss"), summary.get("val_bpb")
+    """The log line of a run that trained (or was re-scored) to the end: ``[i/n] label: loss L, val bpb
+    B`` (and ``, FILE bpb E`` for its ``--extra-val-data`` file)."""
+    loss, bpb, extra = summary.get("loss"), summary.get("val_bpb"), summary.get("extra_val") or {}
     if loss is None:
         return f"{tag}: done"
-    return f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
+    return (f"{tag}: loss {loss:.4f}" + (f", val bpb {bpb:.4f}" if bpb is not None else "")
+            + (f", {Path(extra['data']).name} bpb {extra['val_bpb']:.4f}" if extra.get("val_bpb") is not None else ""))
 
 
 def train_config(pr: PlannedRun, status: str):
     """The planned run's config for its folder's ``status``: ``resume`` a partial run,
     ``overwrite`` one to restart."""
     cfg = copy.deepcopy(pr.cfg)
-    cfg.run.resume = status == "partial"
+    cfg.run.resume = status in ("partial", "rescore")
     cfg.run.overwrite = status == "restart"
     return cfg
 
@@ -434,8 +461,8 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
     if old.get("suite") == suite.name:
         prior = {r["dir"]: r for r in old.get("runs", [])}
         planned = {p.dir.name for p in plan}
-        for r, p in zip(runs, plan):  # a skipped run keeps the GPU it trained on
-            if "gpu" in prior.get(r["dir"], {}) and run_status(p) == "complete":
+        for r, p in zip(runs, plan):  # a skipped or re-scored run keeps the GPU it trained on
+            if "gpu" in prior.get(r["dir"], {}) and run_status(p) in ("complete", "rescore", "stale"):
                 r["gpu"] = prior[r["dir"]]["gpu"]
         runs += [r for d, r in prior.items() if d not in planned and RunDir(out / d).holds_run()]
         earlier = invocations(old)
