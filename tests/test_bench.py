@@ -20,7 +20,8 @@ import torch
 from rnnlab.bench.collect import aggregate, collect
 from rnnlab.bench.report import describe_git, write_report
 from rnnlab.bench.runner import run_plan
-from rnnlab.bench.suite import list_suites, load_suite, parse_suite, plan_suite, run_conflict, run_status, suites_dir
+from rnnlab.bench.suite import (list_suites, load_suite, parse_suite, plan_suite, run_conflict, run_status,
+                                scores_lacking, suites_dir)
 from rnnlab.bench.sweep import build_sweep
 from rnnlab.cli import main
 from rnnlab.models.params import count_params
@@ -399,6 +400,15 @@ def test_a_complete_run_asked_for_a_new_extra_file_or_eval_bytes_is_rescored_fro
     assert main(["eval", "--run", str(run), "--data", str(extra), "--eval-bytes", "all", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["val_bpb"] == pytest.approx(s["extra_val"]["val_bpb"], rel=1e-6)
     assert run_status(planned) == "complete"
+    # the file at another path (a run folder moved to another machine): the same name and size is the same
+    # file; another text of that name is not
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "extra.txt"
+    moved.write_bytes(extra.read_bytes())
+    assert run_status(plan_suite(suite, out, extra_val_data=str(moved))[0]) == "complete"
+    moved.write_bytes(extra.read_bytes() * 2)
+    (other,) = plan_suite(suite, out, extra_val_data=str(moved))
+    assert (run_status(other), scores_lacking(other)) == ("rescore", [f"scored {extra.resolve()}, not {moved}"])
 
     (capped,) = plan_suite(suite, out, extra_val_data=str(extra), eval_bytes="2K")
     assert run_status(capped) == "rescore"

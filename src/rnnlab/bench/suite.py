@@ -408,8 +408,9 @@ def scores_lacking(pr: PlannedRun) -> list[str]:
             split_bytes = len(heldout_split(d.path, d.val_path, d.val_fraction))
         except (OSError, ValueError):  # the data is not on this machine (a --plan elsewhere): not checked
             split_bytes = None
-    extra = (summary.get("extra_val") or {}).get("data")
-    return [text for _, text in final_scores_lacking(summary.get("val_bytes"), extra, pr.cfg, split_bytes)]
+    extra = summary.get("extra_val") or {}
+    return [text for _, text in final_scores_lacking(summary.get("val_bytes"), extra.get("data"), pr.cfg, split_bytes,
+                                                     extra.get("bytes"))]
 
 
 def outcome_line(tag: str, summary: dict[str, Any]) -> str:

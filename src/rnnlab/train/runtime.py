@@ -69,18 +69,32 @@ def heldout_bytes_scored(split_bytes: int, cfg) -> int:
     return eval_num_windows(usable, cfg.data.seq_len) * cfg.data.seq_len
 
 
-def final_scores_lacking(scored_bytes: int | None, extra_data: str | None, cfg,
-                         split_bytes: int | None) -> list[tuple[str, str]]:
-    """What a run's final evaluation (the held-out bytes it scored and the ``--extra-val-data``
-    file it scored, or None) lacks of what ``cfg`` asks for, as ``(kind, text)`` pairs: kind
-    ``"extra"``, a new extra held-out file it did not score; ``"held-out"``, a held-out split
-    scored on other bytes than ``cfg``'s ``eval_bytes`` scores (``split_bytes``: the split's size,
-    None when unknown: not checked). Empty when it covers them. An extra file scored earlier and
-    not asked for now lacks nothing (it stays). The trainer re-scores what is listed
-    (``Trainer.final_eval_due``); ``rnnlab bench`` reads it to re-score complete runs."""
+def final_scores_lacking(scored_bytes: int | None, extra_data: str | None, cfg, split_bytes: int | None,
+                         extra_bytes: int | None = None) -> list[tuple[str, str]]:
+    """What a run's final evaluation (the held-out bytes it scored, and the ``--extra-val-data``
+    file it scored, or None, with the bytes it scored there) lacks of what ``cfg`` asks for, as
+    ``(kind, text)`` pairs: kind ``"extra"``, an extra held-out file it did not score (the same
+    file is the same path, or, for a run folder moved since, the same name scored on the bytes
+    this one has); ``"held-out"``, a held-out split scored on other bytes than ``cfg``'s
+    ``eval_bytes`` scores (``split_bytes``: the split's size, None when unknown: not checked).
+    Empty when it covers them. An extra file scored earlier and not asked for now lacks nothing
+    (it stays). The trainer re-scores what is listed (``Trainer.final_eval_due``); ``rnnlab
+    bench`` reads it to re-score complete runs."""
+    from rnnlab.data import eval_num_windows
+
     lacking = []
     want = cfg.data.extra_val_path
-    if want is not None and extra_data != str(Path(want)):
+
+    def moved_copy() -> bool:  # the same name, scored whole on as many bytes as this file gives
+        if extra_data is None or Path(extra_data).name != Path(want).name:
+            return False
+        try:
+            size = os.path.getsize(want)
+        except OSError:
+            return False
+        return extra_bytes == eval_num_windows(size, cfg.data.seq_len) * cfg.data.seq_len
+
+    if want is not None and extra_data != str(Path(want)) and not moved_copy():
         name, old = Path(want).name, Path(extra_data).name if extra_data else None
         lacking.append(("extra", f"no score on {name}" if old is None else
                         f"scored {extra_data}, not {want}" if old == name else f"scored {old}, not {name}"))

@@ -575,7 +575,8 @@ class Trainer:
     def final_eval_lacks(self) -> list[tuple[str, str]]:
         """``final_scores_lacking`` of this step's final evaluation under this session's config."""
         last = self.state.last_eval or {}
-        return final_scores_lacking(last.get("bytes"), last.get("extra_data"), self.cfg, len(self.val_split))
+        return final_scores_lacking(last.get("bytes"), last.get("extra_data"), self.cfg, len(self.val_split),
+                                    last.get("extra_bytes"))
 
     def evaluate(self, final: bool = False) -> None:
         """Held-out loss at the weights one ships (Schedule-Free's average x); for Schedule-Free
