@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.suite import LOGS, RESUME_HINT, SUITE_FILE, PlannedRun, outcome_line, run_status, train_config
+from rnnlab.bench.suite import (LOGS, RESUME_HINT, SUITE_FILE, PlannedRun, new_result, outcome_line, rescore_line,
+                                run_status, skip_line, train_config)
 from rnnlab.signals import ended_with_this_process
 from rnnlab.train.rundir import read_json, write_json
 
@@ -130,9 +131,7 @@ def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: 
 def next_run(pending: list[tuple[int, PlannedRun]], result: dict[str, Any], log: Callable[[str], None],
              total: int) -> tuple[int, PlannedRun, str] | None:
     """The next pending run that still needs training or re-scoring (complete ones are skipped and
-    logged, as ``runner.skip_line`` says)."""
-    from rnnlab.bench.runner import skip_line
-
+    logged, as ``suite.skip_line`` says)."""
     while pending:
         i, pr = pending.pop(0)
         status = run_status(pr)
@@ -147,8 +146,6 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                  log: Callable[[str], None]) -> dict[str, Any]:
     """Train every planned run that is not complete, up to ``len(gpus)`` at once. A Ctrl-C stops
     launching, lets the running processes save their checkpoints, and marks the suite stopped."""
-    from rnnlab.bench.runner import new_result, rescore_line
-
     result = new_result()
     pending = list(enumerate(plan, 1))
     running: dict[str, Job] = {}

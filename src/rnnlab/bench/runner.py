@@ -3,7 +3,7 @@ complete, one after another in this process (``run_sequential``) or up to one pe
 (``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed, and complete runs
 whose final evaluation lacks what the command asks for (``suite.scores_lacking``) re-scored from
 their checkpoints (a resume that trains no step), or, without one, skipped and listed in one line
-(``stale_line``); either way suite.json names the GPU each CUDA run trained on. The caller writes
+(``suite.stale_line``); either way suite.json names the GPU each CUDA run trained on. The caller writes
 the report afterwards (``rnnlab.bench.report``)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab.bench.parallel import record_gpu, run_parallel, visible_gpus
-from rnnlab.bench.suite import (RESUME_HINT, PlannedRun, Suite, outcome_line, run_conflict, run_status,
-                                scores_lacking, train_config, write_plan)
+from rnnlab.bench.suite import (RESUME_HINT, PlannedRun, Suite, new_result, outcome_line, rescore_line, run_conflict,
+                                run_status, skip_line, stale_line, train_config, write_plan)
 from rnnlab.models.config import layer_text
 
 
@@ -46,41 +46,6 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
     if line := stale_line(result["stale"]):
         log(line)
     return result
-
-
-def new_result() -> dict[str, Any]:
-    """``run_plan``'s result before any run."""
-    return {"trained": [], "rescored": [], "skipped": [], "stale": {}, "failed": {}, "stopped": False}
-
-
-def skip_line(tag: str, pr: PlannedRun, status: str, result: dict[str, Any]) -> str | None:
-    """For a run that is not trained (``status`` complete or stale): record it in ``result`` and
-    return its log line; None for a run to train or re-score."""
-    if status not in ("complete", "stale"):
-        return None
-    result["skipped"].append(pr.label)
-    if status == "complete":
-        return f"{tag}: complete, skipped"
-    result["stale"][pr.label] = lacking = scores_lacking(pr)
-    return f"{tag}: complete, skipped; its final evaluation lacks what this command asks ({'; '.join(lacking)}) " \
-           "and the run has no checkpoint to score it again from"
-
-
-def rescore_line(tag: str, pr: PlannedRun) -> str:
-    """The log line of a complete run about to be re-scored from its checkpoint."""
-    return (f"{tag}: complete; scoring its final evaluation again from its checkpoint, no training step "
-            f"({'; '.join(scores_lacking(pr))})")
-
-
-def stale_line(stale: dict[str, list[str]]) -> str | None:
-    """One line naming the complete runs whose scores lack what the command asked for and that
-    have no checkpoint to re-score from (``result["stale"]``); None when there are none."""
-    if not stale:
-        return None
-    runs = ", ".join(f"{label} ({'; '.join(lacking)})" for label, lacking in stale.items())
-    return (f"rnnlab bench: {len(stale)} complete run(s) keep final scores that do not cover this command, "
-            f"having no checkpoint to score them again from: {runs}; the report marks the difference (re-score "
-            "them where their checkpoints are, or delete their folders to train them again)")
 
 
 def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], None]) -> dict[str, Any]:

@@ -423,6 +423,41 @@ def outcome_line(tag: str, summary: dict[str, Any]) -> str:
             + (f", {Path(extra['data']).name} bpb {extra['val_bpb']:.4f}" if extra.get("val_bpb") is not None else ""))
 
 
+def new_result() -> dict[str, Any]:
+    """``run_plan``'s result before any run."""
+    return {"trained": [], "rescored": [], "skipped": [], "stale": {}, "failed": {}, "stopped": False}
+
+
+def skip_line(tag: str, pr: PlannedRun, status: str, result: dict[str, Any]) -> str | None:
+    """For a run that is not trained (``status`` complete or stale): record it in ``result`` and
+    return its log line; None for a run to train or re-score."""
+    if status not in ("complete", "stale"):
+        return None
+    result["skipped"].append(pr.label)
+    if status == "complete":
+        return f"{tag}: complete, skipped"
+    result["stale"][pr.label] = lacking = scores_lacking(pr)
+    return f"{tag}: complete, skipped; its final evaluation lacks what this command asks ({'; '.join(lacking)}) " \
+           "and the run has no checkpoint to score it again from"
+
+
+def rescore_line(tag: str, pr: PlannedRun) -> str:
+    """The log line of a complete run about to be re-scored from its checkpoint."""
+    return (f"{tag}: complete; scoring its final evaluation again from its checkpoint, no training step "
+            f"({'; '.join(scores_lacking(pr))})")
+
+
+def stale_line(stale: dict[str, list[str]]) -> str | None:
+    """One line naming the complete runs whose scores lack what the command asked for and that
+    have no checkpoint to re-score from (``result["stale"]``); None when there are none."""
+    if not stale:
+        return None
+    runs = ", ".join(f"{label} ({'; '.join(lacking)})" for label, lacking in stale.items())
+    return (f"rnnlab bench: {len(stale)} complete run(s) keep final scores that do not cover this command, "
+            f"having no checkpoint to score them again from: {runs}; the report marks the difference (re-score "
+            "them where their checkpoints are, or delete their folders to train them again)")
+
+
 def train_config(pr: PlannedRun, status: str):
     """The planned run's config for its folder's ``status``: ``resume`` a partial run,
     ``overwrite`` one to restart."""
