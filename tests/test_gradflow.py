@@ -184,7 +184,8 @@ def test_block_inputs_are_the_residual_stream_and_their_gradients():
     x1.retain_grad()
     x2 = x1 + model.blocks[1].mixer(model.blocks[1].norm(x1))
     logits = model.head(model.norm_f(x2))
-    F.cross_entropy(logits[:, -2:].reshape(-1, 256), y[:, -2:].reshape(-1)).backward()
+    # each window's own loss at its last 2 positions: the sum of the two windows' means
+    (2 * F.cross_entropy(logits[:, -2:].reshape(-1, 256), y[:, -2:].reshape(-1))).backward()
     torch.testing.assert_close(store[0], x0)
     torch.testing.assert_close(store[1], x1)
     torch.testing.assert_close(per, torch.stack([x0.grad.norm(dim=-1).mean(0), x1.grad.norm(dim=-1).mean(0)]))
@@ -355,3 +356,31 @@ def test_plots_show_the_latest_records(monkeypatch, tmp_path):
 def test_a_record_at_step_0_is_labelled_with_its_step():
     """Records are labelled run@step, step 0 included (only a record without a step is the bare name)."""
     assert [gf._label({"run": "/x/run", "step": s}) for s in (0, 5, None)] == ["run@0", "run@5", "run"]
+
+
+def test_a_short_last_batch_weighs_each_window_once():
+    """A held-out split whose windows do not fill the last batch (``eval_windows`` yields it short):
+    (a) is the gradient of the mean loss over every window, and (b) the mean over the windows of
+    each window's own ``||dl/dx_t||`` (l: its mean loss at its last positions), whatever batch a
+    window came in; both are taken here window by window with autograd."""
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="e1", dim=16, depth=2)).eval()
+    windows = torch.randint(0, 256, (3, 9))
+    r = gf.grad_norms_and_temporal(model, [windows[:2], windows[2:]], last=2)
+    model.zero_grad(set_to_none=True)
+    model(windows[:, :-1], windows[:, 1:]).backward()
+    assert r["param_grad_norms"]["blocks.1"]["mixer.W_h"] == pytest.approx(
+        float(model.blocks[1].mixer.W_h.grad.norm()), rel=1e-5)
+    assert r["param_grad_norms"]["embed.weight"] == pytest.approx(float(model.embed.weight.grad.norm()), rel=1e-5)
+    curves = []
+    for w in windows:
+        x, y = w[None, :-1], w[None, 1:]
+        x0 = model.embed(x).detach().requires_grad_()
+        x1 = x0 + model.blocks[0].mixer(model.blocks[0].norm(x0))
+        x1.retain_grad()
+        x2 = x1 + model.blocks[1].mixer(model.blocks[1].norm(x1))
+        F.cross_entropy(model.head(model.norm_f(x2))[0, -2:], y[0, -2:]).backward()
+        curves.append(torch.stack([x0.grad[0].norm(dim=-1), x1.grad[0].norm(dim=-1)]))
+    want = torch.stack(curves).mean(0)
+    for i, layer in enumerate(("layer_0", "layer_1")):
+        assert r["temporal"][layer] == pytest.approx(want[i].tolist(), rel=1e-5)

@@ -7,9 +7,9 @@ eval mode:
 (a) ``param_grad_norms``: the norm of the gradient of the mean training loss (all positions) for
     every parameter, grouped per block (``blocks.i`` -> ``{"mixer.W_h": ..., "norm.weight": ...}``)
     plus the non-block parameters (``embed.weight``, ``norm_f.*``).
-(b) ``temporal``: for the loss at the last ``last`` positions only, ``||dL/dx_t^(l)||`` of each
-    block's input (the residual stream entering block l) over time steps t, averaged over the
-    batch: a curve of length ``seq_len`` per layer. Residual and MLP paths act per position, so
+(b) ``temporal``: for each held-out window's own loss at its last ``last`` positions only (their
+    mean, ``l``), ``||dl/dx_t^(l)||`` of each block's input (the residual stream entering block l)
+    over time steps t, averaged over the windows: a curve of length ``seq_len`` per layer. Residual and MLP paths act per position, so
     the gradient reaches t < T - last only through the mixers: how fast the curve falls with the
     lag ``T - 1 - t`` is the layer's memory of the past. ``horizon`` gives the first lag where the
     curve, normalised by its value at t = T-1, drops below 1e-1 / 1e-2 / 1e-3 (None = never).
@@ -85,21 +85,23 @@ def grad_norms_and_temporal(model: nn.Module, batches: list[torch.Tensor], last:
     grad_sum = {n: torch.zeros_like(p) for n, p in params.items()}
     curves = None
     inputs: list[list[torch.Tensor]] = []
+    n = 0  # windows: a short last batch (eval_windows') weighs each of its windows as much as the others'
     for batch in batches:
         batch = batch.to(device)
         x, y = batch[:, :-1], batch[:, 1:]
+        b = x.shape[0]
         # (a) full loss, parameter gradients
         model.zero_grad(set_to_none=True)
         model(x, y).backward()
-        for n, p in params.items():
+        for name, p in params.items():
             if p.grad is not None:
-                grad_sum[n] += p.grad
+                grad_sum[name] += p.grad * b
         # (b) loss at the last positions, gradients w.r.t. the block inputs
         per, store = _last_loss_input_grads(model, x, y, last)
-        curves = per if curves is None else curves + per
+        curves = per * b if curves is None else curves + per * b
         inputs.append([s.detach() for s in store])
+        n += b
     model.zero_grad(set_to_none=True)
-    n = len(batches)
     norms = {name: float((g / n).float().norm()) for name, g in grad_sum.items()}
     return {"param_grad_norms": _group_by_block(norms), **_temporal_summary((curves / n).cpu()), "_inputs": inputs}
 
@@ -119,8 +121,9 @@ def _group_by_block(values: dict[str, float]) -> dict[str, Any]:
 
 def _last_loss_input_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, last: int
                            ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """``(||dL/dx_t^(l)|| averaged over the batch: [depth, T], the block inputs)`` for the loss
-    at the last ``last`` positions."""
+    """``(||dl/dx_t^(l)|| averaged over the batch: [depth, T], the block inputs)``, ``l`` each
+    window's own mean loss at its last ``last`` positions (so a window's gradient does not depend on
+    how many windows share its batch)."""
     T = x.shape[1]
     k = min(max(1, last), T)
     model.zero_grad(set_to_none=True)
@@ -130,7 +133,9 @@ def _last_loss_input_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor, l
     finally:
         for h in handles:
             h.remove()
-    loss_last = F.cross_entropy(logits[:, T - k:].float().reshape(-1, logits.size(-1)), y[:, T - k:].reshape(-1))
+    # the batch's mean times its size: the sum of the windows' own means (windows do not interact)
+    loss_last = F.cross_entropy(logits[:, T - k:].float().reshape(-1, logits.size(-1)),
+                                y[:, T - k:].reshape(-1)) * x.shape[0]
     grads = torch.autograd.grad(loss_last, store, allow_unused=True)
     per = torch.stack([
         (g if g is not None else torch.zeros_like(s)).float().norm(dim=-1).mean(0)
