@@ -1310,6 +1310,8 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
             {"name": "mamba2", "tok_per_s": 1.26e6, "tok_per_s_std": 1e4}]
     bars = P.tok_bar_figure(rows, P.colors_for(["e1", "mamba2"])).axes[0]
     assert [t.get_text() for t in bars.texts] == ["40.2k", "1.3M"]
+    # the report's table has a steady and a wall-clock tok/s: the bars say which they are
+    assert bars.get_ylabel() == "training tokens / s (steady)"
 
 
 def test_bpb_vs_bytes_puts_each_evaluation_at_the_bytes_its_step_had_read(tmp_path):

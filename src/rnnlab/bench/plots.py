@@ -4,7 +4,7 @@
     bpb_vs_bytes.png   held-out bits per byte vs training bytes read (per token: runs of different
                        batch sizes side by side)
     loss_vs_time.png   training loss (smoothed) vs training time
-    tok_per_s.png      throughput bar chart (mean ± std over seeds), each bar labelled with its value
+    tok_per_s.png      steady throughput bar chart (mean ± std over seeds), each bar labelled with its value
     loss_vs_depth.png  final loss vs depth, one line per model whose runs differ in depth alone
     sweep_<axis>.png   loss and held-out bpb vs the first swept value (sweeps)
 
@@ -250,7 +250,8 @@ def loss_vs_time_figure(curves, colors):
 
 
 def tok_bar_figure(rows, colors):
-    """Training tokens/s per row (mean ± std over seeds), each bar labelled with its value."""
+    """Steady training tokens/s per row (the report's Tok/s (steady): the warm-up steps left out;
+    mean ± std over seeds), each bar labelled with its value."""
     from matplotlib.ticker import EngFormatter
 
     plt = pyplot()
@@ -266,8 +267,8 @@ def tok_bar_figure(rows, colors):
     ax.margins(y=0.12)  # room for the labels
     ax.set_xticks(list(xs))
     ax.set_xticklabels([r["name"] for r in rows], rotation=30, ha="right", fontsize=8)
-    ax.set_ylabel("training tokens / s")
-    ax.set_title("throughput")
+    ax.set_ylabel("training tokens / s (steady)")  # the table's Tok/s (steady), not its Tok/s (wall)
+    ax.set_title("throughput, warm-up steps left out")
     ax.grid(axis="y", alpha=0.3)
     return fig
 
