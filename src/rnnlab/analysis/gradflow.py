@@ -9,10 +9,11 @@ eval mode:
     plus the non-block parameters (``embed.weight``, ``norm_f.*``).
 (b) ``temporal``: for each held-out window's own loss at its last ``last`` positions only (their
     mean, ``l``), ``||dl/dx_t^(l)||`` of each block's input (the residual stream entering block l)
-    over time steps t, averaged over the windows: a curve of length ``seq_len`` per layer. Residual and MLP paths act per position, so
-    the gradient reaches t < T - last only through the mixers: how fast the curve falls with the
-    lag ``T - 1 - t`` is the layer's memory of the past. ``horizon`` gives the first lag where the
-    curve, normalised by its value at t = T-1, drops below 1e-1 / 1e-2 / 1e-3 (None = never).
+    over time steps t, averaged over the windows: a curve of length ``seq_len`` per layer. Residual
+    and MLP paths act per position, so the gradient reaches t < T - last only through the mixers:
+    how fast the curve falls with the lag ``T - 1 - t`` is the layer's memory of the past.
+    ``horizon`` gives the first lag where the curve, normalised by its value at t = T-1, drops below
+    1e-1 / 1e-2 / 1e-3 (None = never).
     Works for every mixer.
 (c) ``recurrence`` (E1-type layers, i.e. mixers with E1's public ``inputs`` / ``recurrence``): the
     spectral radius (max |eigenvalue|) and spectral norm of ``W_h_eff``, and the largest singular
