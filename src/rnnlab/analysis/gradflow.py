@@ -346,7 +346,7 @@ def _plot_temporal(plt, shown: list[dict], path: Path) -> Path:
             lag = list(range(len(curve)))
             vals = [max(v, 1e-12) if v == v else float("nan") for v in curve[::-1]]
             ax.semilogy(lag, vals, label=name)
-        ax.set_xlabel("lag T-1-t")
+        ax.set_xlabel("lag T-1-t (bytes back from the last position)")
         ax.set_ylabel("||dL/dx_t|| / ||dL/dx_{T-1}||")
         ax.set_title(_label(rec), fontsize=9)
         ax.legend(fontsize=7)
