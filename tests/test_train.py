@@ -470,6 +470,36 @@ def test_new_eval_bytes_for_a_finished_run_train_only_where_a_step_is_left(tiny_
     assert (rescored["steps"], rescored["val_bytes"]) == (first["steps"], 2016)
 
 
+def test_a_rescore_stopped_midway_keeps_the_final_record_it_would_replace(tiny_train, tmp_path, monkeypatch):
+    """A second Ctrl-C (or a kill) while a complete run's final evaluation is scored again for a new
+    --extra-val-data: eval.jsonl keeps the final record it had (it was dropped as the session began,
+    and a later, longer resume then had no final record of that step); a re-score that ends leaves one."""
+    run, extra = tmp_path / "r", tmp_path / "extra.txt"
+    extra.write_bytes(bytes(range(32, 127)) * 20)
+    first = run_training(tiny_train(run, steps=2), progress=False)
+    before = (run / "eval.jsonl").read_text()
+    evaluate_run = trainer.evaluate_run
+
+    def stopped_on_the_extra_file(model, split, cfg, **kwargs):
+        if split.path == extra:
+            raise KeyboardInterrupt
+        return evaluate_run(model, split, cfg, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate_run", stopped_on_the_extra_file)
+    with pytest.raises(KeyboardInterrupt, match="aborted by Ctrl-C at step 2"):
+        run_training(tiny_train(run, steps=2, resume=True, extra_val_data=str(extra)), progress=False)
+    assert (run / "eval.jsonl").read_text() == before
+    monkeypatch.setattr(trainer, "evaluate_run", evaluate_run)
+    again = run_training(tiny_train(run, steps=2, resume=True, extra_val_data=str(extra)), progress=False)
+    finals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["val_bpb"], e.get("extra_val_bpb")) for e in finals] == [
+        (2, first["val_bpb"], again["extra_val"]["val_bpb"])]
+    longer = run_training(tiny_train(run, steps=3, resume=True, extra_val_data=str(extra)), progress=False)
+    finals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
+    assert [(e["step"], e["final"]) for e in finals] == [(2, True), (3, True)]
+    assert finals[-1]["val_bpb"] == longer["val_bpb"]
+
+
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
     state = trainer.TrainState(None, None, None)
     for i in range(5):

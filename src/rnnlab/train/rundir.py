@@ -547,19 +547,28 @@ class RunDir:
             write_atomic(path, "".join(json.dumps(r) + "\n" for r in read_jsonl(path)))
             packed.unlink()
 
+    def keep_last_final_eval(self, step: int) -> None:
+        """eval.jsonl with one final evaluation's record of ``step``, its last: a complete run's
+        re-scored final evaluation (``Trainer.scored_record``) is appended beside the record it
+        replaces, which leaves only once the new one is on the disk (a re-score stopped or killed
+        midway keeps the old one). Call with the logs closed (their handle appends to the file)."""
+        self._truncate(self.file(EVALS), step)
+
     @staticmethod
     def _truncate(path: Path, max_step: int, drop_final: bool = False) -> None:
         """Drop records past ``max_step`` and any line a crash cut short (``drop_final``: and a
-        final evaluation's record of ``max_step``)."""
+        final evaluation's record of ``max_step``; without it, all but the last such record:
+        ``keep_last_final_eval``)."""
         if not path.exists():
             return
-        keep = []
+        records = []
         for line in path.read_text().splitlines():
             try:
                 record = json.loads(line)
-                step = record.get("step", 0)
-                if step < max_step or step == max_step and not (drop_final and record.get("final")):
-                    keep.append(line)
+                records.append((line, record.get("step", 0), bool(record.get("final"))))
             except (json.JSONDecodeError, AttributeError):
                 continue
+        finals = [i for i, (_, step, final) in enumerate(records) if step == max_step and final]
+        drop = set(finals if drop_final else finals[:-1])
+        keep = [line for i, (line, step, _) in enumerate(records) if step <= max_step and i not in drop]
         write_atomic(path, "".join(k + "\n" for k in keep))

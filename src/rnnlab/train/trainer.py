@@ -336,9 +336,10 @@ class Trainer:
         self.trained_before = (self.rundir.summary() or {}) if resumed and spent and ctx.is_main else None
         if ctx.is_main:
             # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
-            # second Ctrl-C stopped it, or it was logged after the checkpoint), or with one that
-            # lacks what this session asks for (a new --extra-val-data or --eval-bytes), evaluated
-            # again below; its old record leaves eval.jsonl, the new one replaces it
+            # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again
+            # below, its record dropped from eval.jsonl now; one with a final evaluation that lacks
+            # what this session asks for (a new --extra-val-data or --eval-bytes) is scored again
+            # below, its old record kept until the new one is logged (closing: keep_last_final_eval)
             env = {**env_info(self.device), "corpus": self.corpus}
             redone = resumed and spent and self.final_eval_due()
             if redone and self.final_eval_done():
@@ -346,7 +347,7 @@ class Trainer:
                       f"evaluation again from its checkpoint, no training step ("
                       + "; ".join(text for _, text in self.final_eval_lacks()) + ")", file=sys.stderr, flush=True)
             self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
-                              final_eval_redone=redone)
+                              final_eval_redone=redone and not self.final_eval_done())
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
@@ -418,6 +419,9 @@ class Trainer:
         finally:
             try:
                 self.logger.close()
+                # a session of no step (rank 0): a re-scored final evaluation's record replaces the one before
+                if self.trained_before is not None and self.final_eval_done():
+                    self.rundir.keep_last_final_eval(self.state.step)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt("aborted by Ctrl-C while the run's logs closed; its summary.json says "
                                         "how the run ended") from None
