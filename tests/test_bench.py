@@ -456,6 +456,26 @@ def test_a_complete_run_without_a_checkpoint_lacking_new_scores_is_named_not_sil
     assert {r[0]: r[5] for r in _table_rows(md)}["a"] == "-"
 
 
+@pytest.mark.parametrize("where", ["flag", "defaults", "run"])
+def test_a_cpu_suite_on_a_gpu_machine_plans_options_only_the_official_kernels_refuse(tmp_path, official_would_run,
+                                                                                     where):
+    """``rnnlab bench --device cpu`` (or a suite's device cpu) on a machine where backend auto would
+    pick the official Mamba2: its width solving and parameter count build the reference the
+    trainer builds there, so Mamba2 d_conv 5 plans as ``rnnlab train --device cpu`` takes it (it
+    was refused with the official kernel's limit); on the GPU (device auto) it is refused."""
+    layer = {"d_state": 8, "headdim": 16, "d_conv": 5}
+    runs = [{"name": "fixed", "model": "mamba2", "dim": 32, "depth": 1, "layer": layer},
+            {"name": "solved", "model": "mamba2", "target_params": "20K", "depth": 1, "layer": layer}]
+    cpu = {"device": "cpu"}
+    suite = parse_suite({"name": "m", "defaults": {"steps": 2, **(cpu if where == "defaults" else {})},
+                         "runs": [{**r, **(cpu if where == "run" else {})} for r in runs]})
+    plan = plan_suite(suite, tmp_path / "cpu", **(cpu if where == "flag" else {}))
+    assert [(p.cfg.model.dim, p.cfg.run.device, p.cfg.model.layer) for p in plan] == [(32, "cpu", layer)] * 2
+    gpu = parse_suite({"name": "m", "defaults": {"steps": 2}, "runs": runs})
+    with pytest.raises(ValueError, match="causal_conv1d's CUDA kernel takes d_conv 2 to 4, got 5"):
+        plan_suite(gpu, tmp_path / "gpu")
+
+
 def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path, capsys):
     """``bench tiny`` then ``bench tiny --steps 50`` into one folder: the 150-step runs cannot be
     resumed to 50 steps (``--resume`` refuses a budget a run has passed), so --plan says conflict,

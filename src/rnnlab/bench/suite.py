@@ -51,6 +51,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides,
@@ -243,12 +245,17 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
 _SOLVE_CACHE: dict[str, tuple[int, int]] = {}
 
 
-def resolve_dim(run: RunSpec, target: int | None) -> tuple[int, int]:
-    """``(dim, params)`` for a run: its explicit dim, or the width solved for ``target``."""
-    if target is None:
-        cfg = run.model_config()
-        return cfg.dim, count_params(cfg)
+def resolve_dim(run: RunSpec, target: int | None, device: str | None = None) -> tuple[int, int]:
+    """``(dim, params)`` for a run: its explicit dim, or the width solved for ``target``. Counted
+    with the layers the trainer builds on ``device`` (the run's ``--device``; None: auto,
+    ``ModelConfig.on_device``): a ``--device cpu`` run on a GPU machine takes options only the
+    official Mamba2 / Gated DeltaNet kernels refuse, as ``rnnlab train`` does."""
     cfg = run.model_config()
+    name = device or "auto"
+    if name == "auto" and not torch.cuda.is_available() or not name.startswith(("auto", "cuda")):
+        cfg = cfg.on_device(torch.device("cpu"))  # same parameters; device names are checked later
+    if target is None:
+        return cfg.dim, count_params(cfg)
     key = json.dumps([cfg.to_dict(), target, run.multiple], sort_keys=True, default=str)
     if key not in _SOLVE_CACHE:
         _SOLVE_CACHE[key] = solve_dim(cfg, target, run.multiple)
@@ -299,7 +306,9 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     for run in selected:
         target = target_all if target_all is not None else run.target_params
         try:
-            dim, n_params = resolve_dim(run, target)
+            device = next((d for d in (overrides.get("device"), run.overrides.get("device"),
+                                       suite.defaults.get("device")) if d is not None), None)
+            dim, n_params = resolve_dim(run, target, device)
             cfg = TrainConfig(model=run.model_config(dim))
             apply_overrides(cfg, suite.defaults, source=f"suite {suite.name} [defaults]")
             apply_overrides(cfg, run.overrides, source=f"suite {suite.name} run {run.name}")
