@@ -15,7 +15,7 @@ from rnnlab.data import load_splits
 from rnnlab.models.registry import MODELS
 from rnnlab.train import trainer
 from rnnlab.train.config import TrainConfig, apply_overrides, load_config, resume_mismatch
-from rnnlab.train.rundir import LOCK, RunDir
+from rnnlab.train.rundir import LOCK, SESSION_KEYS, RunDir
 from rnnlab.train.trainer import NonFiniteLossError, Trainer, run_training
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -498,6 +498,32 @@ def test_a_rescore_stopped_midway_keeps_the_final_record_it_would_replace(tiny_t
     finals = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["final"]) for e in finals] == [(2, True), (3, True)]
     assert finals[-1]["val_bpb"] == longer["val_bpb"]
+
+
+def test_a_rescore_keeps_the_trainings_environment_in_env_json(tiny_train, tmp_path, monkeypatch):
+    """A session that only scores a finished run again (a new --extra-val-data) keeps env.json's
+    environment of the training (its load, device, commit), which the report reads beside the
+    training's tok/s kept in summary.json: a busy machine at the re-score marked the training's
+    speed as measured busy (a GPU run re-scored elsewhere lost its GPU and MFU). The scoring
+    session is listed in ``scoring_sessions``, and kept when the run trains on."""
+    from rnnlab.bench.report import cpu_runs_start_load
+    from rnnlab.train import runtime
+
+    run, extra = tmp_path / "r", tmp_path / "extra.txt"
+    extra.write_bytes(bytes(range(32, 127)) * 20)
+    monkeypatch.setattr(runtime, "machine_load", lambda: {"load_avg": [0.5, 0.5, 0.5], "cpu_count": 4})
+    run_training(tiny_train(run, steps=2), progress=False)
+    trained = json.loads((run / "env.json").read_text())
+    monkeypatch.setattr(runtime, "machine_load", lambda: {"load_avg": [99.0, 99.0, 99.0], "cpu_count": 4})
+    run_training(tiny_train(run, steps=2, resume=True, extra_val_data=str(extra)), progress=False)
+    env = json.loads((run / "env.json").read_text())
+    assert {k: v for k, v in env.items() if k != "scoring_sessions"} == trained
+    assert [sorted(s) for s in env["scoring_sessions"]] == [sorted(SESSION_KEYS)]
+    assert cpu_runs_start_load([{"dir": "r", "env": env}])["busy"] == []
+    run_training(tiny_train(run, steps=3, resume=True, extra_val_data=str(extra)), progress=False)
+    env = json.loads((run / "env.json").read_text())
+    assert env["load_avg"] == [99.0, 99.0, 99.0] and len(env["earlier_sessions"]) == 1
+    assert len(env["scoring_sessions"]) == 1
 
 
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():

@@ -508,14 +508,17 @@ class RunDir:
             self.release()
 
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None, trains_on: bool = False,
-              final_eval_redone: bool = False) -> None:
+              final_eval_redone: bool = False, scores_only: bool = False) -> None:
         """Record the config and this session's environment; a resumed run cuts its logs back to
         ``resumed_step`` (the lines of steps after its checkpoint are written again; with
         ``final_eval_redone``, also that step's final evaluation, which its checkpoint lacks and
         this session runs again) and keeps its earlier sessions' start, commit and GPU in
         env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
         larger budget) has its summary.json say incomplete until it ends again, so that a session
-        that dies does not leave it complete at the old budget under config.json's new one."""
+        that dies does not leave it complete at the old budget under config.json's new one. A session
+        that trains no step (``scores_only``: a finished run's final evaluation scored again) keeps
+        env.json's training environment (device, GPU, load, commit: what the report reads beside the
+        training's tok/s) and adds its own start, commit and GPU to ``scoring_sessions``."""
         if resumed_step is not None:
             for name in (METRICS, EVALS):
                 self._unarchive(self.file(name))
@@ -524,9 +527,13 @@ class RunDir:
             if trains_on and summary and summary.get("complete"):
                 self.write_summary({**summary, "complete": False})
             before = self.env() or {}
-            if before.get("started"):
+            if scores_only and before.get("started"):
+                env = {**before, "scoring_sessions": before.get("scoring_sessions", []) + [
+                    {k: env.get(k) for k in SESSION_KEYS}]}
+            elif before.get("started"):
                 env = {**env, "earlier_sessions": before.get("earlier_sessions", []) + [
-                    {k: before.get(k) for k in SESSION_KEYS}]}
+                    {k: before.get(k) for k in SESSION_KEYS}],
+                       **{k: before[k] for k in ("scoring_sessions",) if k in before}}
         # how this session was started is no part of the run: a config.json reused as --config
         # must not resume or delete anything
         write_json(self.file(CONFIG), {**cfg.to_dict(), "resume": False, "overwrite": False})

@@ -347,7 +347,7 @@ class Trainer:
                       f"evaluation again from its checkpoint, no training step ("
                       + "; ".join(text for _, text in self.final_eval_lacks()) + ")", file=sys.stderr, flush=True)
             self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
-                              final_eval_redone=redone and not self.final_eval_done())
+                              final_eval_redone=redone and not self.final_eval_done(), scores_only=resumed and spent)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
