@@ -154,6 +154,24 @@ def test_from_pretrained_builds_the_layers_for_the_device_map(exported, official
     torch.testing.assert_close(model(ids).logits, ref.double()(ids), rtol=0, atol=1e-5)
 
 
+def test_a_move_that_rebuilds_the_layers_keeps_frozen_parameters_frozen(exported, official_would_run, monkeypatch):
+    """Parameters frozen before a move to another kind of device (fine-tuning a part of the model)
+    stay frozen in the layers rebuilt for it; the others stay trainable. They all became trainable."""
+    import rnnlab.hf.modeling as modeling
+    from rnnlab.layers.mamba2 import Mamba2
+
+    monkeypatch.setattr(Mamba2, "_adopt_official", Mamba2._build_reference)
+    monkeypatch.setattr(modeling, "load_device", lambda device_map: torch.device("cuda"))
+    model = AutoModelForCausalLM.from_pretrained(exported["mamba2"][1])
+    frozen = {"embed.weight", "blocks.0.mixer.A_log"}
+    for name, p in model.model.named_parameters():
+        p.requires_grad_(name not in frozen)
+    lm = model.model
+    model.cpu()
+    assert model.model is not lm  # rebuilt: official to reference
+    assert {name for name, p in model.model.named_parameters() if not p.requires_grad} == frozen
+
+
 @pytest.mark.parametrize("device_map,cuda,want", [
     (None, True, "cpu"), ("cpu", True, "cpu"), ("cuda", True, "cuda"), ("cuda:1", True, "cuda"), (0, True, "cuda"),
     (torch.device("cuda", 0), True, "cuda"), ({"": 0}, True, "cuda"), ({"": "cuda:0"}, True, "cuda"),

@@ -127,6 +127,9 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
             return
         model = LM(model_cfg).to(device=param.device, dtype=param.dtype)
         model.load_state_dict(self.model.state_dict())  # both implementations hold the same state_dict
+        frozen = {name for name, p in self.model.named_parameters() if not p.requires_grad}
+        for name, p in model.named_parameters():  # parameters frozen before the move stay frozen
+            p.requires_grad_(name not in frozen)
         self.model = model.train(self.model.training)
         self._built_layer = model_cfg.layer
 
