@@ -1503,6 +1503,10 @@ def test_sweep_expands_points(tmp_path):
             build_sweep(base, [f"{key}=true,false"])
         assert str(e.value) == (f"--set cannot sweep {key!r}: rnnlab sweep sets it per point (a partial point "
                                 "resumes, a complete one is skipped; to train a point afresh, delete its folder)")
+    with pytest.raises(ValueError) as e:  # a point is one process, even under --gpus N: --distributed does nothing
+        build_sweep(base, ["distributed=ddp,fsdp2"])
+    assert str(e.value) == ("--set cannot sweep 'distributed': each point of a sweep trains in one process (--gpus N "
+                            "runs N points at once, one GPU each), where --distributed does nothing")
     for bad, match in ((["out=a,b"], "cannot sweep"), (["steps=1,2"], shared), (["layer=1,2"], "layer.NAME"),
                        (["nope=1,2"], "unknown key"), (["lr"], "KEY=V1"), (["lr=1,1"], "repeats"),
                        (["lr=0.001,3e-4,1e-3"], r"repeats a value \(0.001 and 1e-3\)")):

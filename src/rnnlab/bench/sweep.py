@@ -6,7 +6,8 @@ or a mixer option as ``layer.NAME`` (``layer.heads=1,4,8``). The fields one swee
 corpus, the budget, the device, held-out bytes: ``SUITE_KEYS``) and those of the run folder
 (``RUNNER_KEYS``) are set by flag, not swept; both lists come from the config's declarations.
 A swept key is not also set by its flag (``--lr`` beside ``--set lr=...``), nor swept twice: both
-are refused, as one of the two values would be dropped.
+are refused, as one of the two values would be dropped. ``distributed`` is refused too: every point
+trains in one process (``--gpus N`` runs N points at once, one GPU each), where it does nothing.
 With ``--target-params`` every point's width is solved at its depth for that many parameters (so
 ``--set depth=6,12`` trades width for depth at a fixed budget).
 
@@ -29,6 +30,8 @@ from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS
 
 MODEL_AXES = tuple(k for k in MODEL_KEYS if k != "layer")  # mixer options are swept as layer.NAME
 FORBIDDEN = SUITE_KEYS + RUNNER_KEYS + ("layer",)
+# a point is one process (in this one, or one rnnlab train per GPU under --gpus N), where --distributed does nothing
+ONE_PROCESS = ("distributed",)
 
 
 def parse_set(item: str) -> tuple[str, list[str], list]:
@@ -60,12 +63,15 @@ def _check_key(key: str) -> None:
     if key in ("resume", "overwrite"):  # no flag of rnnlab sweep: its runner sets them per point
         raise ValueError(f"--set cannot sweep {key!r}: rnnlab sweep sets it per point (a partial point resumes, "
                          f"a complete one is skipped; to train a point afresh, delete its folder)")
+    if key in ONE_PROCESS:
+        raise ValueError(f"--set cannot sweep {key!r}: each point of a sweep trains in one process (--gpus N runs "
+                         f"N points at once, one GPU each), where --{key} does nothing")
     if key in FORBIDDEN:  # the corpus, the budget, the scoring, where and how the runs are kept
         raise ValueError(f"--set cannot sweep {key!r}: every point of a sweep shares it, so that the points "
                          f"compare (set it once with --{key.replace('_', '-')})")
     if key not in FIELDS:
         raise ValueError(f"--set: unknown key {key!r}; use a config field "
-                         f"({', '.join(sorted(set(FIELDS) - set(FORBIDDEN)))}) or layer.NAME")
+                         f"({', '.join(sorted(set(FIELDS) - set(FORBIDDEN) - set(ONE_PROCESS)))}) or layer.NAME")
 
 
 def _check_unset(key: str, model: dict, defaults: dict) -> None:
