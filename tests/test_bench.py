@@ -448,11 +448,21 @@ def test_a_complete_run_without_a_checkpoint_lacking_new_scores_is_named_not_sil
                     "checkpoint to score them again from: a (no score on extra.txt); the report marks the difference "
                     "(re-score them where their checkpoints are, or delete their folders to train them again)"]
     assert (out / "a" / "summary.json").read_text() == before
+    # the command's report: no row scored on the file, so no column for it; it says which runs lack it
+    assert main(["bench", str(tmp_path / "s.toml"), "--out", str(out), "--extra-val-data", str(extra),
+                 "--no-progress"]) == 0
+    md = (out / "report.md").read_text()
+    lacking = ("> **Warning: the latest command asked for --extra-val-data extra.txt, which these complete runs were "
+               "not scored on** (kept from before, with no checkpoint to score it from): {}.")
+    assert lacking.format("a") in md and "extra.txt bpb" not in md and "extra held-out file scored" not in md
     b = dataclasses.replace(suite.runs[0], name="b")
     both = dataclasses.replace(suite, runs=[suite.runs[0], b])
-    run_plan(both, plan_suite(both, out, extra_val_data=str(extra)), out, progress=False, log=lambda m: None)
+    run_plan(both, plan_suite(both, out, extra_val_data=str(extra)), out, progress=False, log=lambda m: None,
+             options={"extra_val_data": str(extra)})
     md = write_report(out, plots=False)["md"].read_text()
-    assert "> - extra held-out file scored: a none; b extra.txt" in md
+    assert "> - extra held-out file scored: a none; b extra.txt" in md and lacking.format("a") in md
+    run_plan(both, plan_suite(both, out), out, progress=False, log=lambda m: None)  # a command asking for none
+    assert "Warning: the latest command asked for" not in write_report(out, plots=False)["md"].read_text()
     assert {r[0]: r[5] for r in _table_rows(md)}["a"] == "-"
 
 

@@ -169,6 +169,33 @@ def repeated_seed_warning(rows: list[dict[str, Any]]) -> list[str]:
             "seeds): " + ", ".join(twice) + "."]
 
 
+def extra_file_lacking(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The ``--extra-val-data`` file the latest command that wrote the folder asked for (its options in
+    ``suite.json``, else the suite's defaults) and the complete runs whose final scores lack it (kept
+    from before it was asked for, with no checkpoint to score it from: ``stale_line``), by folder:
+    ``{"file": name, "runs": [dir, ...]}``; None when none lacks it or no file was asked for. Files
+    are told apart by name, as the rows name them."""
+    calls = invocations(plan)
+    asked = ((calls[-1].get("options") or {}) if calls else {}).get("extra_val_data") \
+        or (plan.get("defaults") or {}).get("extra_val_data")
+    if not asked:
+        return None
+    name = Path(str(asked)).name
+    lacking = [r["dir"] for r in records if r["status"] == "complete"
+               and Path(str((r["summary"].get("extra_val") or {}).get("data") or "")).name != name]
+    return {"file": name, "runs": lacking} if lacking else None
+
+
+def extra_file_warning(lacking: dict[str, Any] | None) -> list[str]:
+    """One line naming the complete runs not scored on the file the latest command asked for
+    (``extra_file_lacking``): the table has no column (or a partial one) for it."""
+    if not lacking:
+        return []
+    return ["", f"> **Warning: the latest command asked for --extra-val-data {lacking['file']}, which these complete "
+                f"runs were not scored on** (kept from before, with no checkpoint to score it from): "
+                f"{', '.join(lacking['runs'])}."]
+
+
 def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
     """Rows averaging runs trained differently (e.g. ``--seeds 43 --steps 300`` into a folder whose
     run of that name trained 1000 steps): their mean ± std mixes two protocols, not seeds."""
@@ -490,6 +517,7 @@ def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]
         "protocol": describe_protocol(records),
         "machine_load": cpu_runs_start_load(records),
         "overrides": protocol_overrides(plan),
+        "extra_file_lacking": extra_file_lacking(plan, records),
         "seeds": sorted({run_seed(r) for r in records if run_seed(r) is not None}) if repeated else [],
     }
 
@@ -522,6 +550,7 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
         md += ["", "> **Warning: the rows below were not run under one protocol**; compare them with care:"]
         md += [f"> - {d}" for d in diffs]
     md += averaging_warning(rows) + repeated_seed_warning(rows) + mixed_row_warning(rows) + jitter_warning(rows)
+    md += extra_file_warning(header.get("extra_file_lacking"))
     bytes_scored = sorted({r["val_bytes"] for r in rows if r["val_bytes"]})
     legend = LEGEND.format(val_bytes=", ".join(f"{b:,}" for b in bytes_scored) or "-", warmup_steps=WARMUP_STEPS)
     extra = extra_files(rows)
