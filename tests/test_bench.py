@@ -1690,7 +1690,7 @@ def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
 
 def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
     out = tmp_path / "tiny"
-    rc = main(["bench", "tiny", "--out", str(out), "--steps", "8", "--device", "cpu", "--no-progress",
+    rc = main(["bench", "tiny", "--out", str(out), "--steps", "4", "--device", "cpu", "--no-progress",
                "--eval-bytes", "4096"])
     assert rc == 0
     md = (out / "report.md").read_text()
@@ -1708,15 +1708,15 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
     assert "(`rnnlab/bench/suites/tiny.toml`)" in md
     data = collect(out)
     assert all(r["status"] == "complete" for r in data["records"])
-    assert all(r["steps"] == 8 for r in aggregate(data["records"]))
+    assert all(r["steps"] == 4 for r in aggregate(data["records"]))
 
     # a second invocation trains nothing; `rnnlab report` rewrites the report
     import rnnlab.train.trainer as trainer
 
     calls: list = []
     monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))
-    assert main(["bench", "tiny", "--out", str(out), "--steps", "8", "--device", "cpu", "--no-progress",
-                 "--eval-bytes", "4096"]) == 0
+    assert main(["bench", "tiny", "--out", str(out), "--steps", "4", "--device", "cpu", "--no-progress",
+                 "--eval-bytes", "4096", "--no-plots"]) == 0  # (the plots are `rnnlab report`'s below)
     assert calls == []
     (out / "report.md").unlink()
     assert main(["report", str(out)]) == 0
