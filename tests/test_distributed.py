@@ -711,46 +711,80 @@ def test_the_trainers_ctrl_c_handler_leaves_ignored_stops_ignored():
 
 
 STOP_PENDING_AS_STOPS_ARE_IGNORED = """
-import os, signal, sys
+import json, os, signal, sys, traceback
 from rnnlab import signals
 from rnnlab.train import distributed as dist
 
-at, sig = int(sys.argv[1]), signal.Signals[sys.argv[2]]  # which of ignore_stops' signal.signal calls the stop reaches just before
-ctrl_c = []
-signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))  # the trainer's StopOnInterrupt
-real, calls = signal.signal, [0]
+
+def case(at, sig):  # which of ignore_stops' signal.signal calls the stop reaches just before
+    ctrl_c = []
+    signal.signal(signal.SIGINT, lambda signum, frame: ctrl_c.append(signum))  # the trainer's StopOnInterrupt
+    real, calls = signal.signal, [0]
+
+    def a_stop_arrives_first(signum, handler):
+        calls[0] += 1
+        if calls[0] == at:
+            os.kill(os.getpid(), sig)  # its Python handler runs here, before the change
+        return real(signum, handler)
+
+    with signals.stops_as_ctrl_c():
+        signal.signal = a_stop_arrives_first
+        dist.ignore_stops()
+        signal.signal = real
+        print("ignored", [signal.getsignal(s) is signal.SIG_IGN for s in signals.STOP_SIGNALS], "ctrl-c", len(ctrl_c))
 
 
-def a_stop_arrives_first(signum, handler):
-    calls[0] += 1
-    if calls[0] == at:
-        os.kill(os.getpid(), sig)  # its Python handler runs here, before the change
-    return real(signum, handler)
-
-
-with signals.stops_as_ctrl_c():
-    signal.signal = a_stop_arrives_first
-    dist.ignore_stops()
-    signal.signal = real
-    print("ignored", [signal.getsignal(s) is signal.SIG_IGN for s in signals.STOP_SIGNALS], "ctrl-c", len(ctrl_c))
+results = {}
+for arg in sys.argv[1:]:  # each case AT:SIGNAL in a process of its own, forked from this one (one import of torch)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 1)
+        code = 0
+        try:
+            at, name = arg.split(":")
+            case(int(at), signal.Signals[name])
+            sys.stdout.flush()
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        os._exit(code)
+    os.close(w)
+    with os.fdopen(r) as f:
+        out = f.read()
+    results[arg] = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out]  # -N: ended by signal N
+print(json.dumps(results))
 """
 
-
 # the signal arrives before SIGTERM's (1), SIGHUP's (2) or SIGINT's (3) ignore: each case where it counts
-@pytest.mark.parametrize("at, sig", [(1, "SIGTERM"), (2, "SIGTERM"), (2, "SIGHUP"), (3, "SIGHUP")])
-def test_a_stop_pending_as_a_rank_ignores_stops_does_not_end_it(at, sig, tmp_path):
+STOP_PENDING_CASES = [(1, "SIGTERM"), (2, "SIGTERM"), (2, "SIGHUP"), (3, "SIGHUP")]
+
+
+@pytest.fixture(scope="module")
+def stops_pending(tmp_path_factory):
+    """``{"AT:SIGNAL": [exit status, stdout]}`` of STOP_PENDING_AS_STOPS_ARE_IGNORED's cases, each in
+    a process of its own forked from one that imported rnnlab (and torch) once."""
+    script = tmp_path_factory.mktemp("pending") / "pending.py"
+    script.write_text(STOP_PENDING_AS_STOPS_ARE_IGNORED)
+    r = subprocess.run([sys.executable, str(script), *(f"{at}:{sig}" for at, sig in STOP_PENDING_CASES)], env=_env(),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    return json.loads(r.stdout.strip().splitlines()[-1]), r.stderr
+
+
+@pytest.mark.parametrize("at, sig", STOP_PENDING_CASES)
+def test_a_stop_pending_as_a_rank_ignores_stops_does_not_end_it(at, sig, stops_pending):
     """torchrun's SIGTERM, which follows a peer's death (or a SIGHUP), can reach a rank as it starts
     ignoring stops (``ignore_stops``): whichever call it comes before, the rank lives on to say why
     it ends (before the signal is ignored it is a Ctrl-C to the trainer; after, nothing). SIGINT
     ignored first, such a signal then looked like one to a process whose Ctrl-C is ignored, which
     ended it by the signal (today it would raise a KeyboardInterrupt in the rank's ending)."""
-    script = tmp_path / "pending.py"
-    script.write_text(STOP_PENDING_AS_STOPS_ARE_IGNORED)
-    r = subprocess.run([sys.executable, str(script), str(at), sig], env=_env(), capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0, (r.returncode, r.stderr[-2000:])
+    results, stderr = stops_pending
+    code, stdout = results[f"{at}:{sig}"]
+    assert code == 0, (code, stderr[-2000:])
     handled = at == 1 or (sig == "SIGHUP" and at == 2)  # ignored in the order SIGTERM, SIGHUP, SIGINT
-    assert r.stdout.split() == ["ignored", "[True,", "True,", "True]", "ctrl-c", str(int(handled))], r.stdout
+    assert stdout.split() == ["ignored", "[True,", "True,", "True]", "ctrl-c", str(int(handled))], stdout
 
 
 def _rank_pid(tree: list[int], rank: int) -> int:
