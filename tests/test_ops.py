@@ -336,3 +336,20 @@ def test_spectral_norm_of_a_bf16_weight_runs_in_fp32(shape):
     want_g, = torch.autograd.grad(want, w32, grad.to(torch.bfloat16).float())
     assert torch.equal(got_g, want_g.to(torch.bfloat16))
 
+
+
+def test_assume_constant_marks_a_function_as_torch_compiler_does():
+    """``registry.assume_constant`` stands in for ``torch.compiler.assume_constant_result`` (which
+    imports torch._dynamo at every command's start): the mark it leaves must be torch's own."""
+    from rnnlab.ops.registry import LazyKernel, assume_constant
+
+    def ours():
+        return True
+
+    def torchs():
+        return True
+
+    assert assume_constant(ours) is ours
+    assert torch.compiler.assume_constant_result(torchs) is torchs
+    assert torchs.__dict__ and ours.__dict__ == torchs.__dict__
+    assert LazyKernel.available.__dict__ == torchs.__dict__

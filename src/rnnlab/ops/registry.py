@@ -49,6 +49,15 @@ from rnnlab.ops.dtypes import compute_dtype
 BACKENDS = ("auto", "naive", "triton")
 
 
+def assume_constant(fn: Callable) -> Callable:
+    """``torch.compiler.assume_constant_result(fn)``: under ``torch.compile`` a call of ``fn`` is
+    run once at trace time and its answer kept as a constant. That function imports
+    ``torch._dynamo`` (about two seconds at every ``rnnlab`` command's start) only to mark ``fn``;
+    this marks it the same way (``tests/test_ops.py`` checks the mark is torch's)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
 class LazyKernel:
     """The GPU kernel module ``module``, imported once on first use; ``get()`` returns None when
     it cannot be imported (no Triton, no GPU toolchain), keeping the error for messages."""
@@ -84,7 +93,7 @@ class LazyKernel:
             self._mod, self.error = saved
 
     # Under torch.compile the import runs once at trace time and its answer is a constant.
-    available = torch.compiler.assume_constant_result(available)
+    available = assume_constant(available)
 
 
 class FallibleBuild:
