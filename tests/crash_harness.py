@@ -32,6 +32,7 @@ from pathlib import Path
 import safetensors.torch  # noqa: F401  (what a run imports on first use: once here, not in every child)
 import schedulefree  # noqa: F401
 import torch
+import torch._dynamo  # noqa: F401  (a training run imports it; rnnlab's import no longer does)
 import torch.utils.tensorboard  # noqa: F401
 
 from rnnlab.cli import main
@@ -136,5 +137,5 @@ def run(spec: dict) -> dict:
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    get_spec("e1").layer_cls  # imports the layer and its ops (and torch._dynamo with them)
+    get_spec("e1").layer_cls  # imports the layer and its ops
     print(json.dumps(run(json.loads(sys.argv[1]))))
