@@ -252,7 +252,8 @@ def resolve_dim(run: RunSpec, target: int | None, device: str | None = None) -> 
     official Mamba2 / Gated DeltaNet kernels refuse, as ``rnnlab train`` does."""
     cfg = run.model_config()
     name = device or "auto"
-    if name == "auto" and not torch.cuda.is_available() or not name.startswith(("auto", "cuda")):
+    on_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
+    if not on_cuda:
         cfg = cfg.on_device(torch.device("cpu"))  # same parameters; device names are checked later
     if target is None:
         return cfg.dim, count_params(cfg)

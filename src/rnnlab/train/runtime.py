@@ -59,12 +59,13 @@ def evaluate_run(model: nn.Module, split, cfg, *, batch_size: int | None = None,
     return evaluate(model, split, cfg.data.seq_len, batch, cap or None, precision=cfg.run.precision)
 
 
-def heldout_bytes_scored(split_bytes: int, cfg) -> int:
-    """The bytes ``evaluate_run`` scores of a held-out split of ``split_bytes`` bytes under the
-    run's ``eval_bytes`` cap (0 = all) and window length: every whole window of the capped split."""
+def heldout_bytes_scored(split_bytes: int, cfg, cap: int | None = None) -> int:
+    """The bytes ``evaluate_run`` scores of a held-out split of ``split_bytes`` bytes under ``cap``
+    (default the run's ``eval_bytes``; 0 = all) and the run's window length: every whole window of
+    the capped split."""
     from rnnlab.data import eval_num_windows
 
-    cap = cfg.run.eval_bytes
+    cap = cfg.run.eval_bytes if cap is None else cap
     usable = min(split_bytes, cap) if cap else split_bytes
     return eval_num_windows(usable, cfg.data.seq_len) * cfg.data.seq_len
 
@@ -80,8 +81,6 @@ def final_scores_lacking(scored_bytes: int | None, extra_data: str | None, cfg, 
     Empty when it covers them. An extra file scored earlier and not asked for now lacks nothing
     (it stays). The trainer re-scores what is listed (``Trainer.final_eval_due``); ``rnnlab
     bench`` reads it to re-score complete runs."""
-    from rnnlab.data import eval_num_windows
-
     lacking = []
     want = cfg.data.extra_val_path
 
@@ -92,7 +91,7 @@ def final_scores_lacking(scored_bytes: int | None, extra_data: str | None, cfg, 
             size = os.path.getsize(want)
         except OSError:
             return False
-        return extra_bytes == eval_num_windows(size, cfg.data.seq_len) * cfg.data.seq_len
+        return extra_bytes == heldout_bytes_scored(size, cfg, cap=0)
 
     if want is not None and extra_data != str(Path(want)) and not moved_copy():
         name, old = Path(want).name, Path(extra_data).name if extra_data else None
