@@ -2,6 +2,8 @@
 counts, init and spectral-norm behaviour, config validation. Shapes, causality, step == forward and
 gradcheck of E1's variants: tests/test_layer_contract.py."""
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,6 +107,25 @@ def test_conv_rms_norm_and_state_expansion_match_their_formulas():
     normed = h / torch.sqrt(h.square().mean(-1, keepdim=True) + 1e-5) * layer.h_norm.weight
     want = F.linear((normed @ layer.W_r.T) * F.silu(z), layer.out_proj.weight)
     torch.testing.assert_close(layer(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_rms_norm_under_bf16_mixed_runs_fused_with_the_same_values():
+    """A bf16 state with fp32 norm weights (bf16-mixed): torch's rms_norm warns and falls back to its
+    unfused path when the dtypes differ; the readout normalises in the weight's dtype instead, and
+    returns the state's dtype with the values the unfused path gives (bit for bit)."""
+    layer = make(norm="rms", heads=2, state_expansion=2)
+    h = torch.randn(2, 5, layer.h_norm.weight.numel()).bfloat16()
+    z = torch.randn(2, 5, layer.cfg.d_inner)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = layer.readout(h, z)
+    hf = h.float()
+    unfused = (hf * torch.rsqrt(hf.square().mean(-1, keepdim=True) + 1e-5) * layer.h_norm.weight).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = layer.out_proj(F.linear(unfused, layer.W_r) * F.silu(z))
+    assert got.dtype == want.dtype
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("kw", [dict(heads=2), dict(heads=2, norm="none"), dict(heads=4, state_expansion=2, norm="rms")])

@@ -315,8 +315,8 @@ class E1(nn.Module):
 
     def readout(self, h: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``out_proj((RMSNorm(h) W_r^T) * silu(z))`` (norm and W_r when switched on)."""
-        if self.h_norm is not None:
-            h = self.h_norm(h)
+        if self.h_norm is not None:  # in its weight's dtype: torch's fused kernel (bf16-mixed: fp32), the same values
+            h = self.h_norm(h.to(self.h_norm.weight.dtype)).to(h.dtype)
         if self.W_r is not None:
             h = F.linear(h, self.W_r)
         return self.out_proj(h * F.silu(z))
