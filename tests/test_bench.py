@@ -1436,6 +1436,30 @@ def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
     assert equal_bytes_lines(collect(tmp_path)["records"])[2].endswith("linearly between its evaluations.")
 
 
+def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path):
+    """``rnnlab report --at-bytes``: every run's curve read at those bytes, "-" where it does not
+    reach them (before its first evaluation, past its last), also when the runs read the same
+    bytes per step (no table by default then); the text says the marks were asked for."""
+    from rnnlab.bench.report import equal_bytes_lines
+    from rnnlab.cli import main
+
+    _two_batch_runs(tmp_path, (250, 500, 750), (250, 500))  # b8 to 3.07M bytes, b16 2.05M to 4.10M
+    lines = equal_bytes_lines(collect(tmp_path)["records"], marks=[1_024_000, 3_072_000, 4_096_000, 5_000_000])
+    assert "those asked for (`--at-bytes`" in lines[2]
+    table = lines[4].splitlines()
+    assert table[0] == "| Run | 1.02M bytes | 3.07M bytes | 4.10M bytes | 5.00M bytes |"
+    assert sorted(table[2:]) == ["| b16 | - | 2.2500 | 2.0000 | - |", "| b8 | 2.7500 | 2.2500 | - | - |"]
+    assert main(["report", str(tmp_path), "--no-plots", "--at-bytes", "3072K,1.024M,3.072M"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "| Run | 1.02M bytes | 3.07M bytes |\n" in md and "| b8 | 2.7500 | 2.2500 |" in md
+    for name in ("b8", "b16"):  # the same bytes per step: a table only when asked for
+        (tmp_path / name / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i, "loss": 3.0, "tokens": i * 4096}) + "\n" for i in (250, 500)))
+    records = collect(tmp_path)["records"]
+    assert equal_bytes_lines(records) == []
+    assert equal_bytes_lines(records, marks=[1_024_000])[2].startswith("Here each run's learning curve")
+
+
 def test_equal_bytes_marks_of_a_small_run_name_their_bytes(tmp_path):
     """Marks under 0.1M bytes (a small CPU run's) are named to three digits, not rounded to
     hundredths of a million: 4,096 and 8,192 bytes were both "0.01M" (or "0.00M")."""

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -78,7 +79,23 @@ def register(sub) -> None:
     r.add_argument("dir", type=path_arg, metavar="DIR", help="a suite/sweep output dir, or any dir of run folders")
     r.add_argument("--out", type=path_arg, help="write the report here (default: DIR)")
     r.add_argument("--no-plots", action="store_true", help="report without PNG plots")
+    r.add_argument("--at-bytes", type=byte_marks, metavar="B1,B2,..",
+                   help="read every run's held-out curve at these training bytes (e.g. 20M,45M,83M; K, M, B: "
+                        "10^3, 10^6, 10^9) in the equal-bytes table, whatever the runs' bytes per step "
+                        "(default: a quarter, half and all of the bytes every run reached, when the runs' "
+                        "bytes per step differ)")
     r.set_defaults(func=run_report)
+
+
+def byte_marks(text: str) -> list[int]:
+    """``--at-bytes``: ``"20M,45M"`` -> ``[20_000_000, 45_000_000]`` (sorted, each once)."""
+    from rnnlab.models.params import parse_count
+
+    try:
+        return sorted({parse_count(t) for t in text.split(",")})
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be training byte counts separated by commas, e.g. 20M,45M, "
+                                         f"got {text!r}") from None
 
 
 def _execute(suite, out: Path, args) -> int:
@@ -202,15 +219,16 @@ def run_sweep(args) -> int:
 
 
 def run_report(args) -> int:
-    write_and_show_report(args.dir, args.out, plots=not args.no_plots)
+    write_and_show_report(args.dir, args.out, plots=not args.no_plots, at_bytes=args.at_bytes)
     return 0
 
 
-def write_and_show_report(runs: str | Path, out: str | Path | None, plots: bool) -> None:
-    """Write the report of the run folders in ``runs`` (into ``out``, default ``runs``) and print
-    its results table."""
+def write_and_show_report(runs: str | Path, out: str | Path | None, plots: bool,
+                          at_bytes: list[int] | None = None) -> None:
+    """Write the report of the run folders in ``runs`` (into ``out``, default ``runs``; the
+    equal-bytes table at ``at_bytes`` when given) and print its results table."""
     from rnnlab.bench.report import write_report
 
-    paths = write_report(runs, out, plots=plots)
+    paths = write_report(runs, out, plots=plots, at_bytes=at_bytes)
     print(paths["table"])
     print(f"\nreport: {paths['md']}" + (f" (+ {len(paths['plots'])} plots)" if paths["plots"] else ""))

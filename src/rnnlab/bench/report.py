@@ -592,12 +592,15 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return points[0][1] if len(points) == 1 and points[0][0] == x else None
 
 
-def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[str, Any]] | None = None) -> list[str]:
+def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[str, Any]] | None = None,
+                      marks: list[int] | None = None) -> list[str]:
     """When the runs read different bytes per step (their batches differ), each run's held-out
     learning curve (at y for Schedule-Free, as the plots draw it) read at the same training bytes:
     the per-token comparison, which the end-of-run table (equal time or equal steps) is not.
     Marks: a quarter, half and all of the bytes every run reached; values interpolated linearly
-    between a run's evaluations. ``all_curves``: ``plots.run_curves(records)`` when the caller has them."""
+    between a run's evaluations, "-" outside its curve. ``marks`` (``rnnlab report --at-bytes``):
+    read there instead, whatever the runs' bytes per step (a long run against a short one's
+    whole curve). ``all_curves``: ``plots.run_curves(records)`` when the caller has them."""
     per_step = set()
     for r in records:
         last = next((x for x in reversed(r["metrics"]) if x.get("tokens") and x.get("step")), None)
@@ -606,19 +609,24 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
     all_curves = P.run_curves(records) if all_curves is None else all_curves
     curves = {d: (c["name"], sorted(c["bpb_y_bytes"] or c["bpb_bytes"])) for d, c in all_curves.items()}
     curves = {d: v for d, v in curves.items() if len(v[1]) >= 2}
-    if len(per_step) < 2 or len(curves) < 2:
+    asked = marks is not None
+    if not curves or (not asked and (len(per_step) < 2 or len(curves) < 2)):
         return []
-    common = min(pts[-1][0] for _, pts in curves.values())
-    marks = [common / 4, common / 2, common]
+    if not asked:
+        common = min(pts[-1][0] for _, pts in curves.values())
+        marks = [common / 4, common / 2, common]
     scored = P.scored_bytes(all_curves)
     body = []
     for d, (name, pts) in curves.items():
         vals = [interpolate(pts, m) for m in marks]
         body.append([name if d == name else f"{name} ({d})", *("-" if v is None else f"{v:.4f}" for v in vals)])
+    lead = ("The runs read different bytes per step, so the table above compares them at equal time or "
+            "steps, not at equal data: here " if len(per_step) > 1 else "Here ")
     return ["## Held-out bpb at equal training bytes", "",
-            "The runs read different bytes per step, so the table above compares them at equal time or "
-            "steps, not at equal data: here each run's learning curve (the held-out points of the plots, "
-            "at y for Schedule-Free) read at the same training bytes, linearly between its evaluations"
+            lead + "each run's learning curve (the held-out points of the plots, at y for Schedule-Free) "
+            "read at the same training bytes" + (", those asked for (`--at-bytes`; - where a run's curve does "
+                                                 "not reach them)" if asked else "")
+            + ", linearly between its evaluations"
             + (f" (each point scores {next(iter(scored)):,} held-out bytes)." if len(scored) == 1 else "."), "",
             md_table(["Run", *(f"{m / 1e6:.2f}M bytes" if m >= 1e5 else f"{fmt_count(m)} bytes" for m in marks)],
                      body), ""]
@@ -645,10 +653,12 @@ def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> l
     return md
 
 
-def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True) -> dict[str, Path]:
+def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True,
+                 at_bytes: list[int] | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and the plots for the runs under ``root`` (into
-    ``out``, default ``root``). Returns the paths written (``md``, ``json``, ``plots``) and
-    ``table``: the results table's markdown, which ``rnnlab bench`` and ``rnnlab report`` print."""
+    ``out``, default ``root``); ``at_bytes``: the equal-bytes table's marks (:func:`equal_bytes_lines`).
+    Returns the paths written (``md``, ``json``, ``plots``) and ``table``: the results table's
+    markdown, which ``rnnlab bench`` and ``rnnlab report`` print."""
     data = collect(root)
     root = data["root"]
     out = Path(out) if out is not None else root
@@ -667,7 +677,7 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     if sweep:
         md += ["## Sweep", "", f"Axes: {', '.join(f'{a} = {sweep[a]}' for a in sweep)}", "",
                sweep_table(rows, list(sweep)), ""]
-    md += equal_bytes_lines(records, curves) + config_lines(rows, records)
+    md += equal_bytes_lines(records, curves, at_bytes) + config_lines(rows, records)
     if plot_files:
         md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
 
