@@ -186,6 +186,21 @@ def test_corrupt_shard_is_named(tmp_path, capsys, suffix, damage):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])
+def test_an_empty_compressed_shard_is_refused_not_read_as_no_text(tmp_path, capsys, suffix):
+    """A 0-byte shard (a failed download) holds no stream: gzip and zstandard would read it as an empty
+    document and the corpus would lack the shard unnoticed. A stream of no text is still fine."""
+    (tmp_path / f"a.txt{suffix}").write_bytes(COMPRESS[suffix](b""))
+    (tmp_path / f"b.jsonl{suffix}").write_bytes(b"")
+    (tmp_path / "c.txt").write_bytes(b"fine")
+    out = tmp_path / "o" / "out.txt"
+    err = _err(capsys, ["data", "prepare", str(tmp_path), "--out", str(out), "--no-progress"])
+    assert f"{tmp_path / f'b.jsonl{suffix}'}: corrupt or truncated jsonl{suffix} file (it is empty" in err
+    assert not out.parent.exists() and _leftovers(tmp_path) == []
+    (tmp_path / f"b.jsonl{suffix}").unlink()
+    assert prep.prepare([tmp_path], out, progress=False)["documents"] == 1
+
+
 @pytest.mark.parametrize("suffix, kind", [(".gz", "gzip"), (".xz", "xz"), (".zst", "Zstandard")])
 def test_a_compressed_file_not_named_so_is_refused_not_copied(tmp_path, capsys, suffix, kind):
     """``00.jsonl.gzip`` (or a ``.txt`` that is compressed) would be copied as text, its compressed

@@ -137,6 +137,7 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
     sources = find_sources(paths)
     for source in sources:
         _refuse_unnamed_compression(source)
+        _refuse_empty_compressed(source)
     if out.exists():
         raise ValueError(f"--out {out} already exists; remove it or choose another name")
     made = [d for d in (out.parent, *out.parent.parents) if not d.exists()]  # the deepest first
@@ -174,6 +175,14 @@ def _refuse_unnamed_compression(source: Source) -> None:
         raise CorpusError(f"{source.path} is {kind}-compressed, but its name does not end in {SUFFIX_OF[kind]}, "
                           f"which is what makes prepare unpack it: rename it (its compressed bytes would be "
                           f"written as text)")
+
+
+def _refuse_empty_compressed(source: Source) -> None:
+    """An empty ``.gz`` or ``.zst`` file (a download that failed) holds no compressed stream, yet gzip and
+    zstandard read it as no text, as if it were an empty shard: refuse it, as lzma does an empty ``.xz``."""
+    if source.compression is not None and source.path.stat().st_size == 0:
+        raise CorpusError(f"{source.path}: corrupt or truncated {source.format} file (it is empty, no "
+                          f"{source.compression} stream)")
 
 
 def manifest_path(out: str | os.PathLike) -> Path:
