@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import os
 import random
 import signal
 import tracemalloc
@@ -141,6 +142,17 @@ def test_the_manifest_records_a_non_utf8_separator_byte_for_byte(tmp_path):
                      progress=False)
     assert out.read_bytes() == b"a\xff\nb" and m["separator"] == "\u00ff\n"
     assert json.loads(prep.manifest_path(out).read_text())["separator"].encode("latin-1") == b"\xff\n"
+
+
+def test_a_separator_of_bytes_no_utf8_is_written_as_the_shell_passed_them(tmp_path, capsys):
+    """``--separator $'\\xfe'``: Python decodes the argument's non-UTF-8 byte as a lone surrogate,
+    which UTF-8 cannot encode; the separator is the bytes passed, not an encoding error."""
+    for name in ("a.txt", "b.txt"):
+        (tmp_path / name).write_bytes(name[:1].encode())
+    out = tmp_path / "o.txt"
+    assert main(["data", "prepare", str(tmp_path / "a.txt"), str(tmp_path / "b.txt"), "--out", str(out),
+                 "--separator", os.fsdecode(b"\xfe\xc3\xa9\\t"), "--no-progress"]) == 0
+    assert out.read_bytes() == b"a\xfe\xc3\xa9\tb"
 
 
 def test_unknown_separator_escape_is_one_line(tmp_path, capsys):

@@ -113,11 +113,12 @@ _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|0(?![0-7])|[nrt\\])?")  # no group: an
 def parse_separator(text: str) -> bytes:
     r"""The separator as typed on a command line, with backslash escapes ``\n``, ``\r``, ``\t``,
     ``\0``, ``\xNN`` (one byte) and ``\\`` (a backslash); other characters stand for their UTF-8
-    bytes. Any other escape (``\q``, ``\u2028``, octal ``\012``) is refused rather than written
-    literally."""
+    bytes, and bytes the shell passed that are no UTF-8 (``$'\xff'``, decoded by Python with
+    surrogateescape) for themselves. Any other escape (``\q``, ``\u2028``, octal ``\012``) is refused
+    rather than written literally."""
     out, pos = bytearray(), 0
     for m in _ESCAPE.finditer(text):
-        out += text[pos:m.start()].encode("utf-8")
+        out += text[pos:m.start()].encode("utf-8", "surrogateescape")
         esc = m.group(1)
         if esc is None:
             bad = re.match(r"\\(?:[0-7]+|.)?", text[m.start():], re.S).group()  # \q, \012, a final \
@@ -126,7 +127,7 @@ def parse_separator(text: str) -> bytes:
                              f"and \\\\ (a backslash)")
         out += bytes([int(esc[1:], 16)]) if esc.startswith("x") else SEPARATOR_ESCAPES[esc]
         pos = m.end()
-    return bytes(out + text[pos:].encode("utf-8"))
+    return bytes(out + text[pos:].encode("utf-8", "surrogateescape"))
 
 
 def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: str = "text",
