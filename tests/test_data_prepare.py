@@ -213,6 +213,18 @@ def test_an_empty_compressed_shard_is_refused_not_read_as_no_text(tmp_path, caps
     assert prep.prepare([tmp_path], out, progress=False)["documents"] == 1
 
 
+def test_a_zst_shard_with_a_long_window_is_read_not_called_corrupt(tmp_path):
+    """A frame whose window is over the decoder's default 128 MiB (``zstd --long``; 256 MiB here, the
+    limit being 2 GiB) is valid: it is unpacked, not reported as a corrupt or truncated file."""
+    params = zstandard.ZstdCompressionParameters.from_level(3, window_log=28, enable_ldm=True)
+    co = zstandard.ZstdCompressor(compression_params=params).compressobj()
+    src = tmp_path / "long.jsonl.zst"
+    src.write_bytes(co.compress(_jsonl("one", "two")) + co.flush())
+    assert zstandard.get_frame_parameters(src.read_bytes()).window_size == 1 << 28
+    prep.prepare([src], tmp_path / "o.txt", progress=False)
+    assert (tmp_path / "o.txt").read_bytes() == b"one\n\ntwo"
+
+
 @pytest.mark.parametrize("suffix, kind", [(".gz", "gzip"), (".xz", "xz"), (".zst", "Zstandard")])
 def test_a_compressed_file_not_named_so_is_refused_not_copied(tmp_path, capsys, suffix, kind):
     """``00.jsonl.gzip`` (or a ``.txt`` that is compressed) would be copied as text, its compressed

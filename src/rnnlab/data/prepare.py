@@ -52,6 +52,9 @@ CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.Zst
 # with one of them is read through its decompressor
 SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst"}
 COMPRESSIONS = tuple(SUFFIX_OF.values())
+# The largest window Zstandard allows (2 GiB): a frame written with `zstd --long=31` needs it, and the
+# decoder's default limit (128 MiB, as the zstd command's without --long=31) refuses such valid shards
+ZSTD_MAX_WINDOW = 1 << 31
 
 
 class CorpusError(ValueError):
@@ -229,7 +232,7 @@ def _decompressed_blocks(raw: io.RawIOBase, compression: str | None) -> Iterator
 def _zstd_blocks(raw: io.RawIOBase) -> Iterator[bytes]:
     """Zstandard frames one after another. zstandard's own stream reader ends quietly inside a
     truncated frame; here a stream that stops mid-frame raises EOFError."""
-    dctx = zstandard.ZstdDecompressor()
+    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
     frame, in_frame = dctx.decompressobj(), False
     while data := raw.read(READ_SIZE):
         while data:
