@@ -117,7 +117,7 @@ CASES = [
     ("extra_val_short", [*TRAIN, "--extra-val-data", "{file}"],
      "held-out split of {file} has 1 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--extra-val-data"),
-    ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge}", "--seq-len", "4000000",
+    ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge_val}", "--seq-len", "4000000",
                              "--batch-size", "512", "--eval-bytes", "all"], "of activations (plus"),
     # --- train: config files
     ("config_empty_path", [*TRAIN, "--config", ""], "argument --config: must be a path, got '' (an empty argument: an unset shell variable?)"),
@@ -296,6 +296,7 @@ def world(tmp_path_factory, one_thread_module):
     root = tmp_path_factory.mktemp("world")
     w = {"root": root, "new": root / "new-run", "dir": root / "a-dir", "file": root / "a-file",
          "empty": root / "empty.txt", "unreadable": root / "unreadable.txt", "huge": root / "huge.bin",
+         "huge_val": root / "huge-val.bin",
          "corpus": root / "corpus.txt", "val32": root / "val32.txt", "gz": root / "shard.jsonl.gz", "pid": os.getpid()}
     w["dir"].mkdir()
     w["file"].write_text("x")
@@ -304,8 +305,9 @@ def world(tmp_path_factory, one_thread_module):
     w["gz"].write_bytes(gzip.compress(b'{"text": "the quick brown fox"}\n' * 2000))
     w["unreadable"].write_bytes(b"text " * 4000)
     w["unreadable"].chmod(0)
-    with open(w["huge"], "wb") as f:  # sparse: enough bytes for a 4M-byte window, no disk used
-        f.truncate(5_000_000)
+    for key in ("huge", "huge_val"):  # sparse: enough bytes for a 4M-byte window, no disk used
+        with open(w[key], "wb") as f:
+            f.truncate(5_000_000)
     w["corpus"].write_bytes((b"the quick brown fox jumps over the lazy dog. " * 500)[:20000])
     for key, (name, text) in CONFIG_FILES.items():
         w[key] = root / name

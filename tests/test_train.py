@@ -940,6 +940,24 @@ def test_extra_held_out_file_is_scored_whole_at_the_end(tiny_train, tmp_path, ca
         tiny_train(tmp_path / "m", extra_val_data=str(tmp_path / "missing.txt")).validate()
 
 
+def test_a_held_out_file_that_is_the_training_file_is_warned_about(tiny_train, tmp_path, capsys):
+    """--val-data or --extra-val-data naming the training file (here one through a link) trains on
+    every byte it scores: one warning line each; a held-out file of its own, or the tail of --data, none."""
+    data, other = tmp_path / "data.txt", tmp_path / "other.txt"
+    data.write_bytes(b"the quick brown fox jumps over the lazy dog. " * 100)
+    other.write_bytes(b"pack my box with five dozen liquor jugs. " * 20)
+    link = tmp_path / "same.txt"
+    link.symlink_to(data)
+    run_training(tiny_train(tmp_path / "a", steps=1, data=str(data), val_data=str(link), extra_val_data=str(data)),
+                 progress=False)
+    warned = [line for line in capsys.readouterr().err.splitlines() if "is the training file itself" in line]
+    assert warned == [f"rnnlab: warning: {flag} {data.resolve()} is the training file itself: its held-out scores "
+                      "are of bytes the model trains on, not held out" for flag in ("--val-data", "--extra-val-data")]
+    run_training(tiny_train(tmp_path / "b", steps=1, data=str(data), extra_val_data=str(other)), progress=False)
+    run_training(tiny_train(tmp_path / "c", steps=1, data=str(data), val_data=str(other)), progress=False)
+    assert "is the training file itself" not in capsys.readouterr().err
+
+
 def test_finished_run_resumed_with_an_extra_held_out_file_scores_it(tiny_train, tmp_path, capsys):
     """A complete run resumed with a new --extra-val-data (same budget) scores that file and adds it
     to the final record, keeping the held-out split's scores; no training step is taken."""

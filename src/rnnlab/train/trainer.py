@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import sys
 import time
@@ -46,7 +47,7 @@ from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank
-from rnnlab.train.rundir import RunDir, corpus_sizes
+from rnnlab.train.rundir import RunDir, corpus_sizes, warn
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, eval_batch, evaluate_run,
                                   final_scores_lacking, is_out_of_memory, peak_mem_gib, pick_device, seed_everything,
                                   sync, wrap_model)
@@ -231,6 +232,10 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
         if split is not None and len(split) < cfg.data.seq_len + 1:
             raise ValueError(f"held-out split of {split.path} has {len(split)} bytes, fewer than "
                              f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or {fix}")
+    for flag, path in (("--val-data", cfg.data.val_path), ("--extra-val-data", cfg.data.extra_val_path)):
+        if path and ctx.rank == 0 and os.path.samefile(path, splits.train.path):
+            warn(f"{flag} {path} is the training file itself: its held-out scores are of bytes the model "
+                 "trains on, not held out")
     return splits.val, extra, stream
 
 
