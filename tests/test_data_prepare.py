@@ -356,13 +356,32 @@ def test_blank_json_lines_are_skipped_and_documents_kept_byte_for_byte(tmp_path)
     assert [(s["documents"], s["bytes"]) for s in m["sources"]] == [(3, 14), (1, 11)]
 
 
+@pytest.mark.parametrize("suffix", [".xz", ".zst"])
+def test_streams_one_after_another_are_read_to_the_end_of_the_file(tmp_path, capsys, suffix):
+    """A shard of several xz streams (NUL stream padding between them) or Zstandard frames is read
+    whole; bytes after a stream that start no other (appended junk, a damaged later stream's
+    header), which Python's lzma reader drops without a word, stop the run in one line."""
+    one, two = COMPRESS[suffix](b"first stream. "), COMPRESS[suffix](b"second stream.")
+    good = tmp_path / f"good.txt{suffix}"
+    good.write_bytes(one + (b"\0" * 8 if suffix == ".xz" else b"") + two)
+    out = tmp_path / "out.txt"
+    assert main(["data", "prepare", str(good), "--out", str(out), "--no-progress"]) == 0
+    assert out.read_bytes() == b"first stream. second stream."
+    capsys.readouterr()
+    for i, tail in enumerate((b"junk after the stream", b"\xff" * 8 + two[8:])):
+        bad = tmp_path / f"bad{i}.txt{suffix}"
+        bad.write_bytes(one + tail)
+        err = _err(capsys, ["data", "prepare", str(bad), "--out", str(tmp_path / f"o{i}.txt"), "--no-progress"])
+        assert f"{bad}: corrupt or truncated text{suffix} file (" in err and not (tmp_path / f"o{i}.txt").exists()
+
+
 def test_recorded_sha256s_cover_every_byte(tmp_path):
     """The manifest's corpus sha256 equals hashlib.sha256 of the output file, over documents and
     separators spanning many read blocks; each source's sha256 and size cover the whole file as
-    stored, even the bytes after an xz stream, where Python's lzma stops reading."""
+    stored, the stream padding after an xz stream too."""
     docs = [bytes([97 + i]) * (prep.READ_SIZE + 1000 * i) for i in range(3)]
     shard = tmp_path / "a.txt.xz"
-    shard.write_bytes(lzma.compress(docs[0]) + b"\n" * (4 * prep.READ_SIZE))  # not xz: ignored, unread
+    shard.write_bytes(lzma.compress(docs[0]) + b"\0" * (4 * prep.READ_SIZE))  # xz's stream padding: no text
     lines = tmp_path / "b.jsonl"
     lines.write_bytes(_jsonl(*(d.decode() for d in docs[1:])))
     out = tmp_path / "o.txt"

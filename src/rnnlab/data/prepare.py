@@ -33,8 +33,9 @@ import lzma
 import os
 import re
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import zstandard
@@ -217,33 +218,34 @@ def _write_source(source: Source, corpus: "_Corpus", field: str, bar: tqdm) -> d
 
 def _decompressed_blocks(raw: io.RawIOBase, compression: str | None) -> Iterator[bytes]:
     if compression == ".zst":
-        yield from _zstd_blocks(raw)
-        return
-    if compression == ".xz":
-        stream = lzma.LZMAFile(raw)
-    elif compression == ".gz":
-        stream = gzip.GzipFile(fileobj=raw)
+        dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
+        yield from _stream_blocks(raw, dctx.decompressobj, "Zstandard frame")
+    elif compression == ".xz":
+        yield from _stream_blocks(raw, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), "xz stream", padding=b"\0")
     else:
-        stream = raw
-    while block := stream.read(READ_SIZE):
-        yield block
+        stream = gzip.GzipFile(fileobj=raw) if compression == ".gz" else raw
+        while block := stream.read(READ_SIZE):
+            yield block
 
 
-def _zstd_blocks(raw: io.RawIOBase) -> Iterator[bytes]:
-    """Zstandard frames one after another. zstandard's own stream reader ends quietly inside a
-    truncated frame; here a stream that stops mid-frame raises EOFError."""
-    dctx = zstandard.ZstdDecompressor(max_window_size=ZSTD_MAX_WINDOW)
-    frame, in_frame = dctx.decompressobj(), False
+def _stream_blocks(raw: io.RawIOBase, new_decoder: Callable[[], Any], name: str,
+                   padding: bytes = b"") -> Iterator[bytes]:
+    """The streams of a file (Zstandard frames, xz streams) one after another, to its end.
+    zstandard's and lzma's own readers end quietly inside a truncated stream (zstandard) or at
+    bytes after a stream that start no other (lzma: a damaged second stream, appended junk); here
+    the first raises EOFError and the second the decoder's error. ``padding``: bytes allowed
+    between streams (xz's stream padding, NUL bytes)."""
+    decoder, inside = new_decoder(), False
     while data := raw.read(READ_SIZE):
-        while data:
-            block, in_frame = frame.decompress(data), True
+        while data := (data if inside else data.lstrip(padding)):
+            block, inside = decoder.decompress(data), True
             if block:
                 yield block
-            if not frame.eof:
+            if not decoder.eof:
                 break
-            data, frame, in_frame = frame.unused_data, dctx.decompressobj(), False
-    if in_frame:
-        raise EOFError("the data ends inside a Zstandard frame")
+            data, decoder, inside = decoder.unused_data, new_decoder(), False
+    if inside:
+        raise EOFError(f"the data ends inside a {name}")
 
 
 def _lines(blocks: Iterable[bytes]) -> Iterator[bytes]:
