@@ -169,7 +169,8 @@ def test_a_head_dim_over_fla_s_limit_is_one_line_at_build(official_would_run, ba
         GatedDeltaNet(GatedDeltaNetConfig(dim=16, head_dim=257, backend=backend))
     assert str(e.value) == (
         f"GatedDeltaNet {chosen}: fla's chunked kernel takes head_dim at most 256, got 257: use head_dim <= 256 "
-        "(more heads for the same width), or --layer backend=reference on a CPU device (on CUDA the reference's "
+        "(more heads for the same width), or backend=reference (--layer backend=reference; in a Hugging Face export, "
+        "the config's layer dict) on a CPU device (on CUDA the reference's "
         "scan is that same kernel)")
     assert gdn.resolve_backend(backend, GatedDeltaNetConfig(dim=16, head_dim=256, backend=backend)) == "official"
     layer = GatedDeltaNet(GatedDeltaNetConfig(dim=16, head_dim=257, expand_v=1.0, heads=1, backend="reference"))

@@ -277,8 +277,9 @@ def test_options_the_official_kernels_refuse_are_one_line_at_build(official_woul
     chosen = "backend=official" if backend == "official" else "backend=auto (the official implementation on CUDA)"
     with pytest.raises(ValueError) as e:
         Mamba2(_tiny(backend=backend, **opts))
-    assert str(e.value) == f"Mamba2 {chosen}: {limit}; use --layer backend=reference (the PyTorch reference: " \
-                           "any device, same weights; a trained run's eval or sample: --device cpu)"
+    assert str(e.value) == f"Mamba2 {chosen}: {limit}; use backend=reference (--layer backend=reference; in a " \
+                           "Hugging Face export, the config's layer dict) (the PyTorch reference: any device, same " \
+                           "weights; a trained run's eval or sample: --device cpu)"
     layer = Mamba2(_tiny(backend="reference", **opts))
     assert layer(torch.randn(1, 5, layer.d_model)).shape == (1, 5, layer.d_model)
 

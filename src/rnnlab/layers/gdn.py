@@ -93,8 +93,9 @@ def official_limit(cfg: GatedDeltaNetConfig) -> str | None:
     if cfg.head_dim <= FLA_MAX_HEAD_DIM:
         return None
     return (f"fla's chunked kernel takes head_dim at most {FLA_MAX_HEAD_DIM}, got {cfg.head_dim}: use head_dim "
-            f"<= {FLA_MAX_HEAD_DIM} (more heads for the same width), or --layer backend=reference on a CPU device "
-            "(on CUDA the reference's scan is that same kernel)")
+            f"<= {FLA_MAX_HEAD_DIM} (more heads for the same width), or backend=reference (--layer "
+            "backend=reference; in a Hugging Face export, the config's layer dict) on a CPU device (on CUDA the "
+            "reference's scan is that same kernel)")
 
 
 def resolve_backend(backend: str, cfg: GatedDeltaNetConfig | None = None) -> str:

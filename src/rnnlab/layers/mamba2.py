@@ -117,8 +117,9 @@ def official_limit(cfg: Mamba2Config) -> str | None:
                  f"got {cfg.d_inner} + 2*{cfg.ngroups}*{cfg.d_state} = {channels}")
     else:
         return None
-    return (f"{limit}; use --layer backend=reference (the PyTorch reference: any device, same weights; "
-            "a trained run's eval or sample: --device cpu)")
+    return (f"{limit}; use backend=reference (--layer backend=reference; in a Hugging Face export, the config's "
+            "layer dict) (the PyTorch reference: any device, same weights; a trained run's eval or sample: "
+            "--device cpu)")
 
 
 def resolve_backend(backend: str, cfg: Mamba2Config | None = None) -> str:
