@@ -307,6 +307,23 @@ def test_a_run_trained_with_a_cuda_only_backend_evaluates_on_cpu(tmp_path, capsy
     assert r["val_loss"] == json.loads((run / "summary.json").read_text())["val_loss"]
 
 
+@pytest.mark.parametrize("command", ["eval", "sample"])
+def test_a_gpu_index_past_the_visible_ones_is_one_line(command, tmp_path, capsys, monkeypatch):
+    """``--device cuda:1`` on a machine showing one GPU: one line naming the GPUs there are, not
+    torch's "invalid device ordinal" traceback at the model's first move there."""
+    from rnnlab.train.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = TrainConfig.from_dict({"model": "e1", "dim": 32, "depth": 2}).to_dict()
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    err = _err(capsys, [command, "--run", str(run), "--device", "cuda:1"])
+    assert err == (f"rnnlab {command}: error: device 'cuda:1' requested but this machine shows 1 GPU(s): "
+                   "cuda:0 to cuda:0")
+
+
 def test_relative_data_paths_are_resolved_against_the_launch_directory(tmp_path, capsys, monkeypatch, small_corpus):
     """A relative ``--data`` / ``--val-data`` names a file of the working directory at launch;
     config.json records its absolute path, so the run resumes and evaluates from any directory."""

@@ -27,7 +27,7 @@ from rnnlab.train.config import check_device
 
 
 def pick_device(name: str) -> torch.device:
-    """``auto`` = cuda if available, else cpu; an explicit device must exist."""
+    """``auto`` = cuda if available, else cpu; an explicit device must exist (``cuda:N``: a visible GPU)."""
     check_device(name)
     if name == "auto":
         if torch.cuda.is_available():
@@ -36,6 +36,10 @@ def pick_device(name: str) -> torch.device:
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {name!r} requested but CUDA is not available (use --device cpu)")
+    # a GPU index past the visible ones would fail at first use ("invalid device ordinal", a traceback)
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested but this machine shows {torch.cuda.device_count()} "
+                         f"GPU(s): cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     if dev.type == "mps" and not torch.backends.mps.is_available():
         raise ValueError(f"device {name!r} requested but MPS is not available (use --device cpu)")
     return dev
