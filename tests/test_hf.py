@@ -289,7 +289,10 @@ def test_export_user_errors(exported, tmp_path, capsys):
     for argv, msg in ((["--run", str(run), "--out", str(hf)], f"--out {hf} already holds files: choose another --out"),
                       (["--run", str(run), "--out", str(tmp_path / "a-file")],
                        f"--out {tmp_path / 'a-file'} is a file, and export writes a folder: choose another --out"),
-                      (["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "run dir not found")):
+                      (["--run", str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "run dir not found"),
+                      # an export given as --run: said so, not its transformers keys as unknown config fields
+                      (["--run", str(hf), "--out", str(tmp_path / "x")],
+                       f"{hf} is a Hugging Face model folder (rnnlab export), not a run dir: give the run folder")):
         assert main(["export", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("rnnlab export: error:") and msg in err and "\n" not in err

@@ -377,6 +377,9 @@ class RunDir:
             inside = f"; it holds runs: {', '.join(runs[:8])}{', ...' if len(runs) > 8 else ''} " \
                      f"(--run {self.path / runs[0]})" if runs else ""
             raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG}){inside}")
+        if "model_type" in saved:  # transformers' config.json: its keys would be listed as unknown fields
+            raise ValueError(f"{self.path} is a Hugging Face model folder (rnnlab export), not a run dir: give the "
+                             f"run folder it was exported from, or load it with transformers")
         return TrainConfig.from_dict(saved)
 
     def load(self, device: str = "auto", weights: str | os.PathLike | None = None, train_point: bool = False):
