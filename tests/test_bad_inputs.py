@@ -507,6 +507,20 @@ def test_out_of_memory_in_eval_names_the_knob(world, capsys, monkeypatch):
                    "--batch-size (and --seq-len where the command has it)")
 
 
+def test_out_of_memory_in_sample_names_its_own_knobs(world, capsys, monkeypatch):
+    """sample has no --batch-size or --seq-len: its out-of-memory line names what it has."""
+    from rnnlab.eval import sampling
+
+    def oom(*args, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(sampling, "stream", oom)
+    assert main(["sample", "--run", str(world["run"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("rnnlab sample: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): fewer "
+                   "--tokens (a Transformer's key/value cache grows with each byte), or --device cpu")
+
+
 def test_a_warning_of_rnnlab_is_one_line_and_others_are_as_python_shows_them(capsys):
     """Under the command line (``warnings_of_rnnlab_in_one_line``), a UserWarning raised in rnnlab's
     code (``rnnlab.ops.extensions``' cleared build lock, a kernel that falls back) is one line on

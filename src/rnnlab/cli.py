@@ -165,8 +165,8 @@ def _main(argv: list[str]) -> int:
 
         if args.debug or not is_out_of_memory(e):
             raise
-        print(f"rnnlab {args.command}: error: out of memory ({error_line(e)[:120]}): lower --batch-size "
-              f"(and --seq-len where the command has it)", file=sys.stderr)
+        hint = getattr(args, "oom_hint", "lower --batch-size (and --seq-len where the command has it)")
+        print(f"rnnlab {args.command}: error: out of memory ({error_line(e)[:120]}): {hint}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # train and bench save and say what they kept; the rest have nothing to keep
         if args.debug:

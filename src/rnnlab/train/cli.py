@@ -84,7 +84,9 @@ def register(sub) -> None:
     s.add_argument("--seed", type=checked(int, at_least(0, 2**63 - 1)), default=0,
                    help="sampling seed (default 0)")
     s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
-    s.set_defaults(func=run_sample)
+    # sample has no --batch-size or --seq-len for the usual out-of-memory line to name
+    s.set_defaults(func=run_sample, oom_hint="fewer --tokens (a Transformer's key/value cache grows with each "
+                                             "byte), or --device cpu")
 
 
 def config_from_args(args) -> TrainConfig:
