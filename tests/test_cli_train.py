@@ -292,6 +292,25 @@ def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys
     assert (r["data"], r["bytes"]) == (str(small_corpus), (20000 - 1) // 32 * 32)
 
 
+def test_eval_warns_when_the_held_out_data_changed_since_training(tmp_path, capsys, small_corpus):
+    """A data file grown (or shortened, replaced) since training moves its held-out tail: ``eval``
+    scores other bytes than the run's and says so in a warning (it said nothing); ``--data`` does
+    not warn (it names its file)."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--data", str(small_corpus), "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run)]) == 0
+    assert capsys.readouterr().err == ""
+    with open(small_corpus, "ab") as f:  # 50 bytes more: the held-out tail moves along
+        f.write(b"x" * 50)
+    assert main(["eval", "--run", str(run)]) == 0
+    assert capsys.readouterr().err == (f"rnnlab: warning: the training split is now 19,849 bytes, but the run in {run} "
+                                       f"trained with 19,800: the data changed since, so this scores other held-out "
+                                       f"bytes than the run's, perhaps some it trained on\n")
+    assert main(["eval", "--run", str(run), "--data", str(small_corpus)]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_a_run_trained_with_a_cuda_only_backend_evaluates_on_cpu(tmp_path, capsys, small_corpus):
     """A run whose config names a CUDA-only layer backend (trained on a GPU with backend=triton)
     loads on the CPU with backend auto: ``eval`` gives the run's own held-out loss there."""

@@ -27,7 +27,7 @@ from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
                                  parse_eval_bytes)
-from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_sizes
+from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_sizes, warn
 
 
 def aligned(rows: Iterable[tuple[str, str]]) -> str:
@@ -363,6 +363,8 @@ def run_eval_cmd(args) -> int:
     cfg, model, step = run.load(args.device, train_point=args.at == "train-point")
     split = file_split(args.data) if args.data else heldout_split(cfg.data.path, cfg.data.val_path,
                                                                   cfg.data.val_fraction)
+    if not args.data:
+        warn_if_data_changed(run, cfg, split)
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights
@@ -378,6 +380,24 @@ def run_eval_cmd(args) -> int:
         print(f"{args.run} (step {out['step']}{at}) on {on}: val_loss {r['loss']:.4f}  "
               f"val_bpb {r['bpb']:.4f}  ({r['bytes']:,} bytes)")
     return 0
+
+
+def warn_if_data_changed(run: RunDir, cfg, split) -> None:
+    """A warning when the run's held-out split is not the one it trained with (env.json's corpus
+    sizes): a data file replaced or grown since moves its held-out tail, and the score would be of
+    other bytes, perhaps some the run trained on (``--resume`` refuses such data)."""
+    trained = (run.env() or {}).get("corpus")
+    if not isinstance(trained, dict):
+        return
+    now = {"heldout_bytes": len(split)}
+    if cfg.data.path is not None and cfg.data.val_path is None:  # the tail of the training file, after its train split
+        now["train_bytes"] = split.offset
+    for key, what in (("train_bytes", "training split"), ("heldout_bytes", "held-out split")):
+        if key in now and trained.get(key) is not None and trained[key] != now[key]:
+            warn(f"the {what} is now {now[key]:,} bytes, but the run in {run.path} trained with {trained[key]:,}: "
+                 f"the data changed since, so this scores other held-out bytes than the run's, perhaps some it "
+                 f"trained on")
+            return
 
 
 def run_sample(args) -> int:
