@@ -1,4 +1,5 @@
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -71,6 +72,14 @@ def test_bytecorpus_empty(tmp_path):
     p = tmp_path / "empty.txt"
     p.write_bytes(b"")
     with pytest.raises(ValueError, match=f"corpus file {p} is empty"):
+        ByteCorpus(p)
+
+
+def test_bytecorpus_pipe(tmp_path):
+    """A pipe (``--data <(zcat ...)``) was called empty (its size is 0); it is named for what it is."""
+    p = tmp_path / "pipe"
+    os.mkfifo(p)
+    with pytest.raises(ValueError, match=f"^corpus file {p} is not a regular file \\(a pipe or a device\\?\\)"):
         ByteCorpus(p)
 
 

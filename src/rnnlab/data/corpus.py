@@ -50,6 +50,9 @@ class ByteCorpus:
             raise FileNotFoundError(f"corpus file not found: {self.path}")
         if self.path.is_dir():
             raise IsADirectoryError(f"corpus file {self.path} is a directory, expected a raw byte file")
+        if not self.path.is_file():  # a pipe (--data <(zcat ...), /dev/stdin) stats as 0 bytes: not "empty"
+            raise ValueError(f"corpus file {self.path} is not a regular file (a pipe or a device?): rnnlab "
+                             f"memory-maps its data; write the bytes to a file first")
         size = self.path.stat().st_size
         if size == 0:
             raise ValueError(f"corpus file {self.path} is empty")
