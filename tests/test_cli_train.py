@@ -343,6 +343,29 @@ def test_a_gpu_index_past_the_visible_ones_is_one_line(command, tmp_path, capsys
                    "cuda:0 to cuda:0")
 
 
+def test_a_run_trained_with_a_cuda_only_backend_loads_with_auto_on_a_gpu_too(tmp_path, monkeypatch, tiny_train):
+    """On a GPU the run's backend=triton (or official) may not run either (a machine without the
+    kernel or library: a RuntimeError traceback at the first forward): eval and sample build the
+    model with auto, which runs that backend where it can (CUDA stubbed; the model built on the CPU)."""
+    from rnnlab.train import runtime
+    from rnnlab.train.rundir import RunDir
+    from rnnlab.train.trainer import run_training
+
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=1, layer={"backend": "naive"}), progress=False)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["layer"]["backend"] = "triton"
+    (run / "config.json").write_text(json.dumps(config))
+    built = []
+    build_model = runtime.build_model
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(runtime, "build_model", lambda cfg, dev: built.append(dict(cfg.model.layer)) or
+                        build_model(cfg, torch.device("cpu")))
+    RunDir(run).load("cuda")
+    assert built == [{"backend": "auto"}]
+
+
 def test_relative_data_paths_are_resolved_against_the_launch_directory(tmp_path, capsys, monkeypatch, small_corpus):
     """A relative ``--data`` / ``--val-data`` names a file of the working directory at launch;
     config.json records its absolute path, so the run resumes and evaluates from any directory."""

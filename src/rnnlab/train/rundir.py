@@ -387,15 +387,18 @@ class RunDir:
         (Schedule-Free's x) of its newest usable checkpoint, or with Schedule-Free's training
         point y there (``train_point``), or with ``weights`` (another ``model.safetensors`` of the
         run, e.g. from ``weight_files``), at the run's precision on ``device``. A run trained with a
-        CUDA-only layer backend loads with ``auto`` on another device (the same weights and
-        function, its PyTorch reference there)."""
+        CUDA-only layer backend (triton, official) loads with ``auto``: that backend where it runs,
+        else its PyTorch reference (the same weights and function), so another device, or a GPU
+        without the backend's library or kernel, still scores and samples it (the backend named
+        would raise there)."""
+        from rnnlab.layers.base import CUDA_ONLY_BACKENDS
         from rnnlab.train.checkpoint import load_checkpoint, load_train_point_weights, load_weights
         from rnnlab.train.optim import in_order, param_groups
-        from rnnlab.train.runtime import build_model, cuda_only_backend, pick_device
+        from rnnlab.train.runtime import build_model, pick_device
 
         cfg = self.config()
         dev = pick_device(device)
-        if cuda_only_backend(cfg, dev):
+        if cfg.model.layer.get("backend") in CUDA_ONLY_BACKENDS:
             cfg.model.layer = {**cfg.model.layer, "backend": "auto"}
         model = build_model(cfg, dev)
         if weights is None:
