@@ -3,6 +3,8 @@ tests/test_bad_inputs.py."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -55,6 +57,14 @@ def test_train_eval_sample(tmp_path, capsys):
     raw = os.fsdecode(b"\xff\xfeab")
     assert main(["sample", "--run", str(run), "--prompt", raw, "--tokens", "3", "--device", "cpu"]) == 0
     assert capsys.readouterr().out.startswith("\ufffd\ufffdab")
+    # a stdout that cannot encode U+FFFD or any byte above ASCII (PYTHONIOENCODING=ascii, a C
+    # locale): each such character prints as ?, not "'ascii' codec can't encode ..." ending the sample
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    with contextlib.redirect_stdout(ascii_out):
+        prompt = os.fsdecode("é".encode() + b"\xffab")  # é, then a byte that is no UTF-8
+        assert main(["sample", "--run", str(run), "--prompt", prompt, "--tokens", "3", "--device", "cpu"]) == 0
+    ascii_out.flush()
+    assert ascii_out.buffer.getvalue().startswith(b"??ab")
 
 
 def test_config_file_with_flag_overrides(tmp_path, capsys):

@@ -413,8 +413,11 @@ def run_sample(args) -> int:
     # incremental: a character split over bytes prints once whole, an invalid byte as U+FFFD
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def write(data: bytes, final: bool = False) -> None:
-        sys.stdout.write(decoder.decode(data, final) + ("\n" if final else ""))
+    encoding = sys.stdout.encoding or "utf-8"
+
+    def write(data: bytes, final: bool = False) -> None:  # what stdout cannot encode (an ascii locale) prints as ?
+        text = decoder.decode(data, final) + ("\n" if final else "")
+        sys.stdout.write(text.encode(encoding, "replace").decode(encoding))
         sys.stdout.flush()
 
     write(prompt)
