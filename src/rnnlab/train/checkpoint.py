@@ -170,7 +170,7 @@ class Checkpoint:
 def read_state(path: Path) -> dict[str, Any]:
     """``state.pt`` as saved (pickle-free), or ``CheckpointError`` naming what is wrong."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except Exception as e:  # a truncated or corrupt file fails in many ways: EOFError, RuntimeError, ...
