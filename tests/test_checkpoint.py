@@ -146,6 +146,31 @@ def test_saving_a_step_whose_directory_exists_replaces_it(tmp_path):
 
 
 # ------------------------------------------------------------------------------ damage
+def test_a_checkpoint_deleted_while_it_is_read_gives_way_to_the_newest(tiny_train, tmp_path, monkeypatch):
+    """eval / sample / export of a run still training: the checkpoint found may be deleted (the
+    run keeps its newest keep_checkpoints) before its files are read; the load then takes the
+    newest checkpoint there is, not "... is missing". A damaged one still raises."""
+    from rnnlab.train import checkpoint as ck
+
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=4, checkpoint_every=2), progress=False)
+    original, calls = ck.load_checkpoint, []
+
+    def pruned_first(checkpoint, model, *a, **kw):  # the newest is deleted between find and read
+        calls.append(checkpoint.step)
+        if len(calls) == 1:
+            shutil.rmtree(checkpoint.path)
+        return original(checkpoint, model, *a, **kw)
+
+    monkeypatch.setattr(ck, "load_checkpoint", pruned_first)
+    assert RunDir(run).load("cpu")[2] == 2 and calls == [4, 2]
+    monkeypatch.setattr(ck, "load_checkpoint", original)
+    (run / "ckpt" / "step-000002" / "model.safetensors").write_bytes(b"damaged")
+    monkeypatch.setattr(ck.Checkpoint, "verify", lambda self: None)  # damaged past the checksums: read, and raise
+    with pytest.raises(ck.CheckpointError, match="model.safetensors is damaged"):
+        RunDir(run).load("cpu")
+
+
 @pytest.mark.parametrize("name, how", [("model.safetensors", "flip"), ("state.pt", "flip"),
                                        ("manifest.json", "flip"), ("state.pt", "truncate"),
                                        ("model.safetensors", "delete")])

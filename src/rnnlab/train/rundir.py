@@ -390,9 +390,10 @@ class RunDir:
         CUDA-only layer backend (triton, official) loads with ``auto``: that backend where it runs,
         else its PyTorch reference (the same weights and function), so another device, or a GPU
         without the backend's library or kernel, still scores and samples it (the backend named
-        would raise there)."""
+        would raise there). A checkpoint that a run still training deletes while it is read gives
+        way to the newest one then."""
         from rnnlab.layers.base import CUDA_ONLY_BACKENDS
-        from rnnlab.train.checkpoint import load_checkpoint, load_train_point_weights, load_weights
+        from rnnlab.train.checkpoint import CheckpointError, load_checkpoint, load_train_point_weights, load_weights
         from rnnlab.train.optim import in_order, param_groups
         from rnnlab.train.runtime import build_model, pick_device
 
@@ -402,10 +403,16 @@ class RunDir:
             cfg.model.layer = {**cfg.model.layer, "backend": "auto"}
         model = build_model(cfg, dev)
         if weights is None:
-            checkpoint = self.checkpoint()
-            step = load_checkpoint(checkpoint, model)["step"]
-            if train_point:
-                load_train_point_weights(checkpoint, model, in_order(param_groups(model, cfg)))
+            for attempt in range(3):  # a run still training deletes old checkpoints (keep_checkpoints) as it goes
+                checkpoint = self.checkpoint()
+                try:
+                    step = load_checkpoint(checkpoint, model)["step"]
+                    if train_point:
+                        load_train_point_weights(checkpoint, model, in_order(param_groups(model, cfg)))
+                    break
+                except CheckpointError:
+                    if checkpoint.path.exists() or attempt == 2:  # damaged, not deleted while being read
+                        raise
         else:
             meta = load_weights(model, weights)
             step = int(meta["step"]) if meta.get("step") is not None else None
