@@ -75,6 +75,22 @@ def test_parallel_log_near_zero_gates():
                                rtol=1e-7, atol=1e-9)
 
 
+
+def test_parallel_log_zero_gates_reset_the_state():
+    """Gates a_t exactly 0 (minGRU's ``1 - sigmoid(k)`` underflows to 0 in fp32 for k above ~89): the
+    state restarts at b_t, as in the loop. log 0 = -inf would make the log scan NaN, so it clamps a
+    at the smallest normal float; this checks that clamp."""
+    a, b, h0 = _inputs(B=2, T=12, H=4, dtype=torch.float64, seed=6)
+    a = a.clone()
+    a[:, 2::5] = 0.0
+    torch.testing.assert_close(heinsen_scan(a, b, h0)[0], scan_naive.linear_scan(a, b, h0)[0],
+                               rtol=1e-7, atol=1e-9)
+    p = torch.randn(2, 6, 8, generator=torch.Generator().manual_seed(7))
+    p[:, 3, 4:] = 100.0  # the gate logits k of step 3: a = 0 exactly in fp32
+    assert (torch.sigmoid(-p[:, 3, 4:]) == 0).all()
+    torch.testing.assert_close(scan_naive.heinsen_mingru_scan(p)[0], scan_naive.mingru_scan(p)[0],
+                               rtol=1e-5, atol=1e-6)
+
 def test_parallel_log_zero_inputs_add_exactly_nothing():
     """With b = 0 the state is h0's pure decay ``h0 * prod a``: the zero (and missing-sign) parts of
     b must contribute exactly 0, not exp(floor). Checked down to ~1e-50, where a floor of e.g.
