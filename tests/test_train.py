@@ -423,6 +423,21 @@ def test_a_run_resumed_on_data_of_other_sizes_is_refused_and_nothing_changes(tin
     assert run_training(tiny_train(run, steps=4, data=str(data), resume=True), progress=False)["complete"]
 
 
+
+def test_heldout_bytes_scored_is_whole_windows_of_the_split_under_the_cap(tiny_train, tmp_path):
+    """The bytes ``evaluate_run`` scores: whole ``seq_len`` windows of the first ``min(split, cap)``
+    bytes (cap 0 = all). A cap above the split's size scores the whole split, so a run whose
+    ``--eval-bytes`` exceeds its held-out split is not found lacking (and rescored) on every resume."""
+    from rnnlab.train.runtime import final_scores_lacking, heldout_bytes_scored
+
+    cfg = tiny_train(tmp_path / "r")  # seq_len 32, eval_bytes 4096
+    assert heldout_bytes_scored(10_000, cfg) == (4095 // 32) * 32 == 4064
+    assert heldout_bytes_scored(1000, cfg) == (999 // 32) * 32 == 992  # the split, not the cap
+    assert heldout_bytes_scored(1000, cfg, cap=0) == heldout_bytes_scored(1000, cfg, cap=10**9) == 992
+    assert heldout_bytes_scored(1000, cfg, cap=100) == 96
+    assert final_scores_lacking(992, None, cfg, 1000) == []
+    assert [what for what, _ in final_scores_lacking(4064, None, cfg, 1000)] == ["held-out"]
+
 def test_a_finished_run_resumed_with_new_eval_bytes_rescores_its_final_evaluation(tiny_train, tmp_path, capsys):
     """A complete run resumed at its own budget with a new --eval-bytes trains no step: its final
     evaluation is scored again from the checkpoint on the new cap, replacing the old record in
