@@ -438,6 +438,17 @@ def test_heldout_bytes_scored_is_whole_windows_of_the_split_under_the_cap(tiny_t
     assert final_scores_lacking(992, None, cfg, 1000) == []
     assert [what for what, _ in final_scores_lacking(4064, None, cfg, 1000)] == ["held-out"]
 
+
+def test_eval_batch_is_the_larger_of_the_batch_and_the_eval_token_budget(tiny_train, tmp_path):
+    """Windows per evaluation batch: ``--eval-batch-size`` when given, else the larger of
+    ``--batch-size`` and ``EVAL_TOKENS // seq_len`` (evaluation keeps no activations, so it takes
+    bigger batches than training; the mean it computes does not depend on the batching)."""
+    from rnnlab.train.runtime import EVAL_TOKENS, eval_batch
+
+    assert eval_batch(tiny_train(tmp_path / "r")) == EVAL_TOKENS // 32 == 512  # batch 4, seq_len 32
+    assert eval_batch(tiny_train(tmp_path / "r", batch_size=1024)) == 1024
+    assert eval_batch(tiny_train(tmp_path / "r", eval_batch_size=3)) == 3
+
 def test_a_finished_run_resumed_with_new_eval_bytes_rescores_its_final_evaluation(tiny_train, tmp_path, capsys):
     """A complete run resumed at its own budget with a new --eval-bytes trains no step: its final
     evaluation is scored again from the checkpoint on the new cap, replacing the old record in
