@@ -1905,6 +1905,22 @@ def test_report_warns_of_a_row_averaging_runs_trained_differently(tmp_path):
     assert "a (steps 150/20/150), p (params 400000000/200000000)." in write_report(tmp_path, plots=False)["md"].read_text()
 
 
+def test_report_warns_of_a_row_whose_seeds_trained_on_another_corpus_or_scored_other_bytes(tmp_path):
+    """``--seeds 3 --data other.txt`` (or ``--eval-bytes 4K``) into a folder whose seeds 1 and 2
+    trained on the suite's corpus: the row's held-out bpb averages two measures, and says so."""
+    from rnnlab.bench.report import mixed_row_warning
+
+    for seed in (1, 2, 3):
+        _synthetic_run(tmp_path, f"a-s{seed}", 1.6, 2.1, 1000.0, seed=seed)
+        _synthetic_run(tmp_path, f"b-s{seed}", 1.6, 2.1, 1000.0, seed=seed)
+        for row in "ab":
+            scored = 4000 if row == "b" and seed == 3 else 2000
+            (tmp_path / f"{row}-s{seed}" / "eval.jsonl").write_text(json.dumps({"step": 10, "bytes": scored}) + "\n")
+    assert mixed_row_warning(aggregate(collect(tmp_path)["records"]))[1].endswith("b (held-out bytes 2000/2000/4000).")
+    _set_config(tmp_path, "a-s3", data="/data/other.txt")
+    assert "a (data /data/pile.txt/" in mixed_row_warning(aggregate(collect(tmp_path)["records"]))[1]
+
+
 def test_archived_metrics_read_as_the_plain_file(tmp_path, capsys):
     """A finished run kept in results/ with metrics.jsonl xz'd (benchmarks/suite_carry.sh) reads the
     same records; a plain metrics.jsonl beside it wins (a run that trains again writes that one)."""

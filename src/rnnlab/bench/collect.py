@@ -30,6 +30,7 @@ METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "t
 MIN_TIMED_STEPS = 20  # fewer steady steps than this give no step-time spread
 # what must be equal across rows for a like-for-like comparison (config.json keys)
 PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay", "betas", "grad_clip")
+CORPUS_KEYS = ("data", "val_data", "val_fraction")  # config.json keys: what the runs trained and were scored on
 _SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 
 
@@ -175,9 +176,11 @@ def run_decay_rates(record: dict[str, Any]) -> str | None:
 
 def run_setup(record: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for a row to average its runs: the budget (not the steps run: seeds of a
-    --minutes budget run different step counts), the parameter count and the protocol."""
+    --minutes budget run different step counts), the parameter count, the protocol, the corpus and
+    the held-out bytes scored (a seed added with another --data or --eval-bytes is another measure)."""
     s, c = record["summary"], record["config"]
-    return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS}}
+    return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS},
+            **{k: c.get(k) for k in CORPUS_KEYS}, "held-out bytes": record.get("val_bytes")}
 
 
 def mean_count(values: list[int | None]) -> int | None:
