@@ -49,6 +49,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "suite_reference": ("suite_reference.toml", 'name = "s"\nreference = 5\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
     "suite_reference_loss": ("suite_reference_loss.toml", 'name = "s"\n[reference.runs]\ne1-d2 = { loss = "1.5" }\n'
                                                           '[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
+    "suite_layer": ("suite_layer.toml", 'name = "s"\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\nlayer = 3\n'),
 }
 
 CASES = [
@@ -270,6 +271,8 @@ CASES = [
     ("bench_suite_reference_text", ["bench", "{suite_reference_loss}", "--out", "{new}", "--plan"],
      "suite s: reference.runs.e1-d2 must be a table of numbers (params, loss, tok_per_s, mem_gb, time_s), "
      "got {{'loss': '1.5'}}"),
+    ("bench_suite_layer_not_table", ["bench", "{suite_layer}", "--out", "{new}", "--plan"],
+     "suite s, run e1-d2: layer must be a table of options, got 3"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
 ]
 

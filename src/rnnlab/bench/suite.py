@@ -55,6 +55,7 @@ import torch
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
+from rnnlab.options import check
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides,
                                   legacy_hint, resume_mismatch)
 from rnnlab.train.rundir import RunDir, read_json, write_json
@@ -249,8 +250,10 @@ def resolve_dim(run: RunSpec, target: int | None, device: str | None = None) -> 
     """``(dim, params)`` for a run: its explicit dim, or the width solved for ``target``. Counted
     with the layers the trainer builds on ``device`` (the run's ``--device``; None: auto,
     ``ModelConfig.on_device``): a ``--device cpu`` run on a GPU machine takes options only the
-    official Mamba2 / Gated DeltaNet kernels refuse, as ``rnnlab train`` does."""
+    official Mamba2 / Gated DeltaNet kernels refuse, as ``rnnlab train`` does. The row's fields are
+    checked first: a suite's ``layer = 3`` is one line, not a traceback from reading its options."""
     cfg = run.model_config()
+    check(cfg)
     name = device or "auto"
     on_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
     if not on_cuda:
