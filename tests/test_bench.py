@@ -454,7 +454,7 @@ def test_a_complete_run_without_a_checkpoint_lacking_new_scores_is_named_not_sil
                  "--no-progress"]) == 0
     md = (out / "report.md").read_text()
     lacking = ("> **Warning: the latest command asked for --extra-val-data extra.txt, which these complete runs were "
-               "not scored on** (kept from before, with no checkpoint to score it from): {}.")
+               "not scored on**: {} (kept from before, with no checkpoint to score it from).")
     assert lacking.format("a") in md and "extra.txt bpb" not in md and "extra held-out file scored" not in md
     b = dataclasses.replace(suite.runs[0], name="b")
     both = dataclasses.replace(suite, runs=[suite.runs[0], b])
@@ -462,6 +462,13 @@ def test_a_complete_run_without_a_checkpoint_lacking_new_scores_is_named_not_sil
              options={"extra_val_data": str(extra)})
     md = write_report(out, plots=False)["md"].read_text()
     assert "> - extra held-out file scored: a none; b extra.txt" in md and lacking.format("a") in md
+    c = dataclasses.replace(suite.runs[0], name="c")  # not among the runs of the command that asked: no "no checkpoint"
+    three = dataclasses.replace(suite, runs=[*both.runs, c])
+    run_plan(three, plan_suite(three, out, runs="c"), out, progress=False, log=lambda m: None)
+    run_plan(three, plan_suite(three, out, runs="b", extra_val_data=str(extra)), out, progress=False,
+             log=lambda m: None, options={"runs": "b", "extra_val_data": str(extra)})
+    assert (lacking[:-1].format("a") + "; c (not among its runs; a command that runs them with the file scores them "
+            "again from their checkpoints).") in write_report(out, plots=False)["md"].read_text()
     run_plan(both, plan_suite(both, out), out, progress=False, log=lambda m: None)  # a command asking for none
     assert "Warning: the latest command asked for" not in write_report(out, plots=False)["md"].read_text()
     assert {r[0]: r[5] for r in _table_rows(md)}["a"] == "-"

@@ -23,6 +23,7 @@ from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_ra
 from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.models.config import layer_text
 from rnnlab.train.config import BUDGET_KEYS, FIELDS, WARMUP_STEPS, TrainConfig, apply_overrides, parse_grad_clip
+from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import git_state, split_dirty
 
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
@@ -171,9 +172,10 @@ def repeated_seed_warning(rows: list[dict[str, Any]]) -> list[str]:
 
 def extra_file_lacking(plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any] | None:
     """The ``--extra-val-data`` file the latest command that wrote the folder asked for (its options in
-    ``suite.json``, else the suite's defaults) and the complete runs whose final scores lack it (kept
-    from before it was asked for, with no checkpoint to score it from: ``stale_line``), by folder:
-    ``{"file": name, "runs": [dir, ...]}``; None when none lacks it or no file was asked for. Files
+    ``suite.json``, else the suite's defaults) and the complete runs whose final scores lack it, by
+    folder: ``{"file": name, "runs": [dir, ...], "no_checkpoint": [dir, ...]}``, the latter those kept
+    from before with no checkpoint to score it from (``stale_line``); the others were not among that
+    command's runs (``--runs``, ``--seeds``). None when none lacks it or no file was asked for. Files
     are told apart by name, as the rows name them."""
     calls = invocations(plan)
     asked = ((calls[-1].get("options") or {}) if calls else {}).get("extra_val_data") \
@@ -183,7 +185,11 @@ def extra_file_lacking(plan: dict[str, Any], records: list[dict[str, Any]]) -> d
     name = Path(str(asked)).name
     lacking = [r["dir"] for r in records if r["status"] == "complete"
                and Path(str((r["summary"].get("extra_val") or {}).get("data") or "")).name != name]
-    return {"file": name, "runs": lacking} if lacking else None
+    if not lacking:
+        return None
+    paths = {r["dir"]: r["path"] for r in records}
+    kept = [d for d in lacking if not RunDir(paths[d]).has_checkpoint()]
+    return {"file": name, "runs": lacking, "no_checkpoint": kept}
 
 
 def extra_file_warning(lacking: dict[str, Any] | None) -> list[str]:
@@ -191,9 +197,13 @@ def extra_file_warning(lacking: dict[str, Any] | None) -> list[str]:
     (``extra_file_lacking``): the table has no column (or a partial one) for it."""
     if not lacking:
         return []
+    kept = lacking.get("no_checkpoint", lacking["runs"])
+    others = [d for d in lacking["runs"] if d not in kept]
+    why = ([f"{', '.join(kept)} (kept from before, with no checkpoint to score it from)"] if kept else []) + (
+        [f"{', '.join(others)} (not among its runs; a command that runs them with the file scores them again from "
+         "their checkpoints)"] if others else [])
     return ["", f"> **Warning: the latest command asked for --extra-val-data {lacking['file']}, which these complete "
-                f"runs were not scored on** (kept from before, with no checkpoint to score it from): "
-                f"{', '.join(lacking['runs'])}."]
+                f"runs were not scored on**: {'; '.join(why)}."]
 
 
 def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
