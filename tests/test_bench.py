@@ -1035,6 +1035,19 @@ def test_a_reference_row_must_be_complete_and_within_5_percent_of_the_references
     assert reference_mismatch({**row, "status": "partial"}, ref, {"steps": 10}) == "run partial"
 
 
+def test_a_reference_protocol_is_read_as_the_config_reads_it():
+    """A suite's ``tokens = "50M"`` (or ``betas = [0.9, 0.95]``, ``grad_clip = 0``) is the run's
+    50000000 (config.json's list, None): the row is not left out as differing from its reference."""
+    from rnnlab.bench.report import reference_mismatch
+
+    row = {"status": "complete", "params": 1_000_000,
+           "protocol": {"steps": None, "tokens": 50_000_000, "betas": [0.9, 0.95], "grad_clip": None}}
+    ref = {"params": 1_000_000}
+    assert reference_mismatch(row, ref, {"tokens": "50M", "betas": [0.9, 0.95], "grad_clip": 0}) is None
+    assert reference_mismatch(row, ref, {"tokens": "40M", "betas": [0.9, 0.99]}) == \
+        "tokens 50000000 (reference 40000000); betas [0.9, 0.95] (reference [0.9, 0.99])"
+
+
 def test_report_flags_schedulefree_average_worse_than_train_point(tmp_path):
     _synthetic_run(tmp_path, "good", 1.6, 2.30, 16000.0)
     _synthetic_run(tmp_path, "bad", 1.6, 3.10, 16000.0)

@@ -22,7 +22,8 @@ from rnnlab.bench import plots as P
 from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_rates, run_seed
 from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.models.config import layer_text
-from rnnlab.train.config import BUDGET_KEYS, FIELDS, WARMUP_STEPS, TrainConfig, apply_overrides, parse_grad_clip
+from rnnlab.options import normalize
+from rnnlab.train.config import BUDGET_KEYS, FIELDS, WARMUP_STEPS, TrainConfig, apply_overrides
 from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import git_state, split_dirty
 
@@ -235,8 +236,12 @@ def reference_mismatch(row: dict[str, Any], ref: dict[str, Any], protocol: dict[
     if row["status"] != "complete":
         why.append(f"run {row['status']}")
     for k, want in protocol.items():
-        if k == "grad_clip":  # a suite's 0 is config.json's None: no clipping
-            want = parse_grad_clip(want)
+        if k in FIELDS:  # read as the config reads it: a suite's tokens "50M" is 50000000, its grad_clip 0 None
+            try:
+                want = normalize(FIELDS[k][1], want)
+                want = list(want) if isinstance(want, tuple) else want  # betas: config.json's list
+            except ValueError:
+                pass
         got = row["protocol"].get(k)
         if k in row["protocol"] and not _same(got, want):
             why.append(f"{k} {got} (reference {want})")
