@@ -1810,6 +1810,7 @@ def test_runs_subset(tmp_path):
     suite = load_suite("tiny")
     plan = plan_suite(suite, tmp_path, runs="mamba2,e1")
     assert [p.name for p in plan] == ["e1", "mamba2"]  # suite order kept
+    assert [p.name for p in plan_suite(suite, tmp_path, runs="mamba2, e1")] == ["e1", "mamba2"]  # as --seeds: spaces
     with pytest.raises(ValueError, match=r"has no run\(s\) \['nope'\]"):
         plan_suite(suite, tmp_path, runs="e1,nope")
 

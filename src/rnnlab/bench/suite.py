@@ -301,7 +301,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))  # cli.error_line says which
     selected = suite.runs
     if runs is not None:  # --runs "" names no run: refused below, not taken as every run
-        names = runs.split(",") if isinstance(runs, str) else list(runs)
+        names = [n.strip() for n in runs.split(",")] if isinstance(runs, str) else list(runs)  # "e1, mingru" too
         unknown = sorted(set(names) - {r.name for r in suite.runs})
         if unknown:
             raise ValueError(f"suite {suite.name} has no run(s) {unknown}; its runs: {[r.name for r in suite.runs]}")
