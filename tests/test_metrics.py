@@ -229,6 +229,23 @@ def test_the_step_a_ctrl_c_stops_at_is_logged(tiny_train, tmp_path, capsys, ctrl
     assert [e.step for e in acc.Scalars("train/grad_norm")] == [1, 2, 3]
 
 
+def test_the_step_a_ctrl_c_in_its_evaluation_stops_at_is_logged(tiny_train, tmp_path, capsys, ctrl_c_on_call):
+    """A Ctrl-C that comes during the evaluation after a step (here step 3 of 10 at ``log_every``
+    2, ``eval_every`` 3) also makes that step the run's last: the log lines and TensorBoard get it."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from rnnlab.train.trainer import Trainer, run_training
+
+    ctrl_c_on_call(Trainer, "evaluate", call=1)
+    run = tmp_path / "run"
+    assert run_training(tiny_train(run, steps=10, log_every=2, eval_every=3), progress=False)["steps"] == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if re.search(r" step \d+/10 ", line)]
+    assert [int(re.search(r"step (\d+)/10", line).group(1)) for line in lines] == [1, 2, 3]
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/grad_norm")] == [1, 2, 3]
+
+
 class _RecordingWriter:
     """A stand-in for TensorBoard's ``SummaryWriter`` that keeps what it was given."""
 

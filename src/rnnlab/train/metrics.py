@@ -300,6 +300,7 @@ class RunLogger:
         self.tokens_per_step = cfg.tokens_per_step()
         self.device = device
         self.trackers: list[Tracker] = build_trackers(run, cfg, start, total, progress) if enabled else []
+        self.unlogged: dict[str, Any] | None = None  # the last step's record, when only every-step trackers got it
 
     def step(self, state, result, last: bool = False) -> None:
         """Record the step ``state`` just finished (``result``: its loss, LR, gradient norm, time);
@@ -316,8 +317,20 @@ class RunLogger:
         for tracker in self.trackers:
             if tracker.every_step or logged:
                 tracker.log("train", record)
+        self.unlogged = None if logged else record
         if logged:
             for tracker in self.trackers:
+                tracker.flush()
+
+    def stopped(self) -> None:
+        """A stop (Ctrl-C) ended the run after the last step: log that step everywhere if ``step``
+        did not (the stop came during its evaluation or checkpoint, after it was recorded)."""
+        record, self.unlogged = self.unlogged, None
+        if record is None:
+            return
+        for tracker in self.trackers:
+            if not tracker.every_step:
+                tracker.log("train", record)
                 tracker.flush()
 
     def eval(self, record: dict[str, Any]) -> None:

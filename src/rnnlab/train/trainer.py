@@ -466,6 +466,7 @@ class Trainer:
     def end_interrupted(self) -> dict[str, Any]:
         """The end of a run stopped by Ctrl-C before its budget: its checkpoint, a line saying where
         it is, and the summary (not complete)."""
+        self.logger.stopped()
         self.checkpoint(complete=False)
         if self.ctx.is_main:  # the rank that wrote it (every rank under FSDP2: one line is enough)
             print(f"\nrnnlab train: interrupted at step {self.state.step}; checkpoint saved to "
