@@ -552,6 +552,18 @@ def test_a_rescore_keeps_the_trainings_environment_in_env_json(tiny_train, tmp_p
     assert len(env["scoring_sessions"]) == 1
 
 
+def test_a_step_is_timed_on_an_mps_device_as_on_cuda(monkeypatch):
+    """MPS queues its work as CUDA does: the step's timer (tok/s, a --minutes budget) waits for it
+    at both ends, or the optimizer's work of a step would be counted in the next one's time."""
+    from rnnlab.train import runtime
+
+    waited = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: waited.append("mps"))
+    runtime.sync(torch.device("mps"))
+    runtime.sync(torch.device("cpu"))
+    assert waited == ["mps"]
+
+
 def test_steady_tok_per_s_leaves_out_the_warm_up_tokens_and_time():
     state = trainer.TrainState(None, None, None)
     for i in range(5):

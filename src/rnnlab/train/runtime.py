@@ -117,9 +117,11 @@ def seed_everything(seed: int) -> None:
 
 
 def sync(device: torch.device) -> None:
-    """Wait for the device (so a timer measures finished work)."""
+    """Wait for the device (so a timer measures finished work); CUDA and MPS queue their work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 def peak_mem_gib(device: torch.device) -> float | None:
