@@ -210,7 +210,7 @@ def _write_source(source: Source, corpus: "_Corpus", field: str, bar: tqdm) -> d
                 docs, bytes_out = docs + (n > 0), bytes_out + n
         except CORRUPT as e:
             raise CorpusError(f"{source.path}: corrupt or truncated {source.format} file ({e})") from None
-        while raw.read(READ_SIZE):  # the sha256 covers the whole file, even bytes a decoder skipped
+        while raw.read(READ_SIZE):  # the sha256 covers the whole file, whatever a decoder left unread
             pass
     return {"path": str(source.path), "format": source.format, "size": raw.size,
             "sha256": raw.sha256.hexdigest(), "documents": docs, "bytes": bytes_out}
