@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -497,31 +498,20 @@ def test_out_of_memory_in_a_training_evaluation_names_its_knob(world, capsys, mo
     assert "--seq-len" not in err
 
 
-def test_out_of_memory_in_eval_names_the_knob(world, capsys, monkeypatch):
-    from rnnlab.train import runtime
-
+@pytest.mark.parametrize("command, module, name, hint", [
+    ("eval", "rnnlab.train.runtime", "evaluate_run", "lower --batch-size (and --seq-len where the command has it)"),
+    # sample has no --batch-size or --seq-len: its line names what it has
+    ("sample", "rnnlab.eval.sampling", "stream",
+     "fewer --tokens (a Transformer's key/value cache grows with each byte), or --device cpu"),
+])
+def test_out_of_memory_names_the_commands_knob(world, capsys, monkeypatch, command, module, name, hint):
     def oom(*args, **kw):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(runtime, "evaluate_run", oom)
-    assert main(["eval", "--run", str(world["run"])]) == 2
+    monkeypatch.setattr(importlib.import_module(module), name, oom)
+    assert main([command, "--run", str(world["run"])]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == ("rnnlab eval: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): lower "
-                   "--batch-size (and --seq-len where the command has it)")
-
-
-def test_out_of_memory_in_sample_names_its_own_knobs(world, capsys, monkeypatch):
-    """sample has no --batch-size or --seq-len: its out-of-memory line names what it has."""
-    from rnnlab.eval import sampling
-
-    def oom(*args, **kw):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(sampling, "stream", oom)
-    assert main(["sample", "--run", str(world["run"])]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == ("rnnlab sample: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): fewer "
-                   "--tokens (a Transformer's key/value cache grows with each byte), or --device cpu")
+    assert err == f"rnnlab {command}: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): {hint}"
 
 
 def test_a_warning_of_rnnlab_is_one_line_and_others_are_as_python_shows_them(capsys):
