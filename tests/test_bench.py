@@ -1791,7 +1791,22 @@ def test_an_extended_sweeps_axes_list_every_point_it_keeps(tmp_path):
     assert doc["sweep"] == {"axes": {"lr": [1e-2, 3e-2, 1e-3], "batch_size": [4]}}
 
 
-def test_sweep_cli_end_to_end(tmp_path):
+def test_a_rerun_sweep_finds_its_points_whatever_the_order_or_spelling_of_its_axes(tmp_path):
+    """``--set lr=1e-3,1e-2 --set batch_size=4``, then ``--set batch_size=4 --set lr=0.001,0.03``
+    into the same folder: the point swept before keeps its folder (its complete run is skipped, not
+    trained again under ``batch_size-4_lr-0.001``); a new point gets a name of its own."""
+    from rnnlab.bench.suite import write_plan
+    from rnnlab.bench.sweep import keep_earlier_names
+
+    out, base = tmp_path / "o", {"model": "mingru", "depth": 1, "dim": 16}
+    first = build_sweep(base, ["lr=1e-3,1e-2", "batch_size=4"], name="sweep-o")
+    write_plan(first, plan_suite(first, out), out, "sweep a", {})
+    again = keep_earlier_names(build_sweep(base, ["batch_size=4", "lr=0.001,0.03"], name="sweep-o"), out)
+    assert [r.name for r in again.runs] == ["lr-1e-3_batch_size-4", "batch_size-4_lr-0.03"]
+    assert keep_earlier_names(first, tmp_path / "none").runs == first.runs  # no earlier sweep: names as built
+
+
+def test_sweep_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "lr"
     rc = main(["sweep", "--model", "mingru", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,1e-2",
                "--steps", "4", "--batch-size", "4", "--seq-len", "32", "--precision", "fp32",
@@ -1804,6 +1819,12 @@ def test_sweep_cli_end_to_end(tmp_path):
     assert [r[0] for r in rows] == ["0.001", "0.01"] and all(re.fullmatch(r"\d\.\d{4}", r[2]) for r in rows)
     cfg = json.loads((out / "lr-1e-2" / "config.json").read_text())
     assert cfg["lr"] == 1e-2 and cfg["batch_size"] == 4 and cfg["model"]["model"] == "mingru"
+    # the same points spelt otherwise: found complete in their folders, nothing to train
+    assert main(["sweep", "--model", "mingru", "--dim", "32", "--depth", "1", "--set", "lr=0.01,0.001",
+                 "--steps", "4", "--batch-size", "4", "--seq-len", "32", "--precision", "fp32",
+                 "--device", "cpu", "--eval-bytes", "2048", "--plan", "--out", str(out)]) == 0
+    plan = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  lr-")]
+    assert sorted((p[0], p[-1]) for p in plan) == [("lr-1e-2", "[complete]"), ("lr-1e-3", "[complete]")]
 
 
 def test_runs_subset(tmp_path):

@@ -208,14 +208,14 @@ def run_bench(args) -> int:
 def run_sweep(args) -> int:
     """The base of every point from the config flags: model fields, then the fields a run may set
     (the suite's defaults); the suite-wide fields (budget, data, device) go to ``_execute``."""
-    from rnnlab.bench.sweep import build_sweep
+    from rnnlab.bench.sweep import build_sweep, keep_earlier_names
 
     given = config_flag_values(args)
     model = {k: v for k, v in given.items() if k in MODEL_KEYS}
     defaults = {k: v for k, v in given.items() if k not in MODEL_KEYS and k not in SUITE_KEYS}
     suite = build_sweep(model, args.sets, target_params=args.target_params, defaults=defaults,
                         name=f"sweep-{Path(args.out).name}")
-    return _execute(suite, Path(args.out), args)
+    return _execute(keep_earlier_names(suite, Path(args.out)), Path(args.out), args)
 
 
 def run_report(args) -> int:

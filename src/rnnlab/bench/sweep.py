@@ -13,20 +13,24 @@ With ``--target-params`` every point's width is solved at its depth for that man
 
 Each point is a normal run in ``OUT/<key>-<value>_...``; the sweep is run and reported by the
 suite machinery (``rnnlab.bench.suite``, ``rnnlab.bench.runner``), so an interrupted sweep
-resumes the same way.
+resumes the same way. A point an earlier sweep into OUT already named keeps that folder
+(:func:`keep_earlier_names`), whatever the order of the axes or the spelling of its values.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
+from pathlib import Path
 
-from rnnlab.bench.suite import RunSpec, Suite
+from rnnlab.bench.suite import SUITE_FILE, RunSpec, Suite
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
 from rnnlab.options import flag_name, parse_value
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS
+from rnnlab.train.rundir import read_json
 
 MODEL_AXES = tuple(k for k in MODEL_KEYS if k != "layer")  # mixer options are swept as layer.NAME
 FORBIDDEN = SUITE_KEYS + RUNNER_KEYS + ("layer",)
@@ -145,3 +149,19 @@ def build_sweep(model: dict, sets: list[str], *, target_params: str | int | None
     return Suite(name=name or f"sweep-{kind}", runs=runs, defaults=dict(defaults or {}),
                  description=f"{kind} sweep over " + ", ".join(f"{k} in {r}" for k, r, _ in axes),
                  sweep={"axes": {k: v for k, _, v in axes}})
+
+
+def keep_earlier_names(suite: Suite, out: Path) -> Suite:
+    """Each point named as an earlier sweep into ``out`` named the same point (``suite.json``'s
+    runs and their values): a rerun with its ``--set`` axes in another order, or a value spelt
+    otherwise (``lr=0.001`` for ``1e-3``), finds that point's folder (complete: skipped; stopped:
+    resumed) instead of training the point again in a new one."""
+    def key(point) -> str:
+        return json.dumps(point, sort_keys=True, default=str)
+
+    earlier = read_json(Path(out) / SUITE_FILE) or {}
+    names = {key(r["point"]): r["name"] for r in earlier.get("runs") or []
+             if isinstance(r, dict) and r.get("point") and r.get("name")}
+    for run in suite.runs:
+        run.name = names.get(key(run.point), run.name)
+    return suite
