@@ -385,19 +385,14 @@ def run_eval_cmd(args) -> int:
 def warn_if_data_changed(run: RunDir, cfg, split) -> None:
     """A warning when the run's held-out split is not the one it trained with (env.json's corpus
     sizes): a data file replaced or grown since moves its held-out tail, and the score would be of
-    other bytes, perhaps some the run trained on (``--resume`` refuses such data)."""
-    trained = (run.env() or {}).get("corpus")
-    if not isinstance(trained, dict):
-        return
+    other bytes, perhaps some the run trained on (``--resume`` refuses such data: ``RunDir.corpus_changed``)."""
     now = {"heldout_bytes": len(split)}
     if cfg.data.path is not None and cfg.data.val_path is None:  # the tail of the training file, after its train split
         now["train_bytes"] = split.offset
-    for key, what in (("train_bytes", "training split"), ("heldout_bytes", "held-out split")):
-        if key in now and trained.get(key) is not None and trained[key] != now[key]:
-            warn(f"the {what} is now {now[key]:,} bytes, but the run in {run.path} trained with {trained[key]:,}: "
-                 f"the data changed since, so this scores other held-out bytes than the run's, perhaps some it "
-                 f"trained on")
-            return
+    changed = run.corpus_changed(now)
+    if changed is not None:
+        warn(f"{changed}: the data changed since, so this scores other held-out bytes than the run's, perhaps some "
+             f"it trained on")
 
 
 def run_sample(args) -> int:

@@ -451,6 +451,19 @@ class RunDir:
             self.lock.release(undo=True)
             raise
 
+    def corpus_changed(self, corpus: dict[str, int]) -> str | None:
+        """How ``corpus`` (``corpus_sizes``' keys, those known) differs from the sizes env.json
+        recorded when the run trained: "the held-out split is now N bytes, but the run in DIR
+        trained with M", or None (the same, or nothing recorded)."""
+        before = (self.env() or {}).get("corpus")
+        if not isinstance(before, dict):
+            return None
+        for key, what in (("train_bytes", "training split"), ("heldout_bytes", "held-out split")):
+            if key in corpus and before.get(key) is not None and before[key] != corpus[key]:
+                return (f"the {what} is now {corpus[key]:,} bytes, but the run in {self.path} trained with "
+                        f"{before[key]:,}")
+        return None
+
     def _resume_point(self, cfg, corpus: dict[str, int] | None):
         """The newest usable checkpoint of a run made with ``cfg``'s config and, when ``corpus``
         and env.json say, on a corpus of the same sizes, else an error that changes nothing;
@@ -466,14 +479,10 @@ class RunDir:
                                         "setting as it was, or start a new run with another --out)")
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
                              f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
-        before = (self.env() or {}).get("corpus")
-        if corpus is not None and isinstance(before, dict):
-            for key, what in (("train_bytes", "training split"), ("heldout_bytes", "held-out split")):
-                if before.get(key) is not None and before[key] != corpus[key]:
-                    raise ValueError(f"--resume: the {what} is now {corpus[key]:,} bytes, but the run in "
-                                     f"{self.path} trained with {before[key]:,}: the data changed since, so the run "
-                                     f"would not go on with the same bytes (restore the files, or start a new run "
-                                     f"with another --out)")
+        changed = self.corpus_changed(corpus) if corpus is not None else None
+        if changed is not None:
+            raise ValueError(f"--resume: {changed}: the data changed since, so the run would not go on with the "
+                             f"same bytes (restore the files, or start a new run with another --out)")
         kind, _ = cfg.budget.chosen()
 
         def within_budget(checkpoint) -> None:
