@@ -45,6 +45,8 @@ OFFICIAL_BACKENDS = ("auto", "official", "reference")  # of a layer with an offi
 # the backends that run only on CUDA tensors: an op's GPU kernel (rnnlab.ops.registry's "triton")
 # and a layer's official implementation (resolve_official)
 CUDA_ONLY_BACKENDS = ("triton", "official")
+# how to choose the PyTorch reference, in an official kernel's limit message (``resolve_official``)
+REFERENCE_WAY_OUT = "backend=reference (--layer backend=reference; in a Hugging Face export, the config's layer dict)"
 # The largest size (a width, a head count, a rank, a state, a kernel, a chunk) and factor (an
 # expansion) a --layer option takes: far past any model a GPU holds, and small enough that no
 # weight's element count overflows at any dim up to MAX_DIM (expansion=1e300 was a torch traceback)

@@ -44,8 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, causal_conv,
-                               causal_conv_step, check_options, official_backend_option, resolve_official)
+from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, REFERENCE_WAY_OUT, OfficialOrReference, State, adopt,
+                               causal_conv, causal_conv_step, check_options, official_backend_option, resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, log_decay
 from rnnlab.ops.delta import fla_backward_refusal, gated_delta_scan
 from rnnlab.ops.dtypes import compute_dtype
@@ -93,9 +93,8 @@ def official_limit(cfg: GatedDeltaNetConfig) -> str | None:
     if cfg.head_dim <= FLA_MAX_HEAD_DIM:
         return None
     return (f"fla's chunked kernel takes head_dim at most {FLA_MAX_HEAD_DIM}, got {cfg.head_dim}: use head_dim "
-            f"<= {FLA_MAX_HEAD_DIM} (more heads for the same width), or backend=reference (--layer "
-            "backend=reference; in a Hugging Face export, the config's layer dict) on a CPU device (on CUDA the "
-            "reference's scan is that same kernel)")
+            f"<= {FLA_MAX_HEAD_DIM} (more heads for the same width), or {REFERENCE_WAY_OUT} on a CPU device (on "
+            "CUDA the reference's scan is that same kernel)")
 
 
 def resolve_backend(backend: str, cfg: GatedDeltaNetConfig | None = None) -> str:

@@ -48,8 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, OfficialOrReference, State, adopt, causal_conv,
-                               causal_conv_step, check_options, official_backend_option, resolve_official)
+from rnnlab.layers.base import (MAX_FACTOR, MAX_SIZE, REFERENCE_WAY_OUT, OfficialOrReference, State, adopt,
+                               causal_conv, causal_conv_step, check_options, official_backend_option, resolve_official)
 from rnnlab.layers.decay import a_log_init, dt_bias_init, no_weight_decay
 from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.registry import LazyKernel
@@ -117,9 +117,8 @@ def official_limit(cfg: Mamba2Config) -> str | None:
                  f"got {cfg.d_inner} + 2*{cfg.ngroups}*{cfg.d_state} = {channels}")
     else:
         return None
-    return (f"{limit}; use backend=reference (--layer backend=reference; in a Hugging Face export, the config's "
-            "layer dict) (the PyTorch reference: any device, same weights; a trained run's eval or sample: "
-            "--device cpu)")
+    return (f"{limit}; use {REFERENCE_WAY_OUT} (the PyTorch reference: any device, same weights; a trained run's "
+            "eval or sample: --device cpu)")
 
 
 def resolve_backend(backend: str, cfg: Mamba2Config | None = None) -> str:
