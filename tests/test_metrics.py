@@ -131,7 +131,7 @@ def test_only_a_run_resumed_from_a_checkpoint_continues_its_wandb_run(tmp_path, 
     ids = []
     def init(**kwargs):
         ids.append(kwargs["id"])
-        return types.SimpleNamespace(finish=lambda: None)
+        return types.SimpleNamespace(finish=lambda: None, define_metric=lambda *a, **k: None)
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, errors=types.SimpleNamespace(Error=OSError)))
     monkeypatch.setattr(metrics, "TensorBoard", None)  # not wanted here: its start fails, with a note
@@ -144,6 +144,33 @@ def test_only_a_run_resumed_from_a_checkpoint_continues_its_wandb_run(tmp_path, 
         for t in metrics.build_trackers(run, cfg, start, 10, progress=False):
             t.close()
     assert ids[0] == "0123456789ab" and ids[1] != ids[0]
+
+
+def test_wandb_curves_are_plotted_against_the_training_step_not_wandbs_own(tmp_path, monkeypatch):
+    """W&B drops a record logged at a step below its last one, which a resumed run's records from its
+    checkpoint on are: the tracker logs the training step as a key of its own, the curves' x axis,
+    and leaves W&B's step to count records."""
+    from rnnlab.train import metrics
+
+    calls = []
+    fake_run = types.SimpleNamespace(define_metric=lambda *a, **k: calls.append(("define", a, k)),
+                                     log=lambda *a, **k: calls.append(("log", a, k)), finish=lambda: None)
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **k: fake_run,
+                                                                   errors=types.SimpleNamespace(Error=OSError)))
+    run = types.SimpleNamespace(file=lambda name: tmp_path / name, path=tmp_path)
+    cfg = types.SimpleNamespace(run=types.SimpleNamespace(wandb="p"), to_dict=dict)
+    tracker = metrics.Wandb(run, cfg, resumed=True)
+    tracker.log("train", {"step": 7, "tokens": 896, "loss": 2.5})
+    tracker.log("train", {"step": 5, "tokens": 640, "loss": 2.7})  # the resumed session, from step 4's checkpoint
+    tracker.log("eval", {"step": 5, "tokens": 640, "val_bpb": 3.1})
+    key = metrics.Wandb.STEP_KEY
+    assert [c for c in calls if c[0] == "define"] == [
+        ("define", (key,), {}), ("define", ("train/*",), {"step_metric": key}),
+        ("define", ("eval/*",), {"step_metric": key})]
+    assert [c for c in calls if c[0] == "log"] == [
+        ("log", ({"train/loss": 2.5, key: 7},), {}),
+        ("log", ({"train/loss": 2.7, key: 5},), {}),
+        ("log", ({"eval/bpb": 3.1, key: 5},), {})]
 
 
 def test_durations_are_rounded_to_the_second():
@@ -319,7 +346,7 @@ def test_wandb_offline_run_is_resumed(tiny_train, tmp_path, monkeypatch):
     run_id = (run / "wandb-id.txt").read_text().strip()
     (first,) = (run / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     data = first.read_bytes()
-    assert all(key in data for key in (b"train/grad_norm", b"train/loss", b"eval/bpb", b"grad_accum"))
+    assert all(key in data for key in (b"train/grad_norm", b"train/loss", b"eval/bpb", b"grad_accum", b"trainer/step"))
     # aside: W&B names a run's folder by its start to the second, so a resume within that second
     # would write into the same folder
     first.parent.rename(tmp_path / "first-session")

@@ -163,7 +163,13 @@ class Wandb(Tracker):
     """A Weights & Biases run in project ``cfg.run.wandb``, named after the run folder, with the
     config; W&B keeps its files in the run folder (``wandb/``; ``WANDB_MODE=offline`` logs there
     only). A resumed run continues the same W&B run (its id is kept in ``WANDB_ID``); steps a
-    crashed session logged after its last checkpoint stay in W&B's history."""
+    crashed session logged after its last checkpoint stay in W&B's history.
+
+    The curves' x axis is the training step, logged as ``STEP_KEY``, not W&B's own step: W&B drops
+    records logged at a step below its last one, which is what a resumed run does from its
+    checkpoint on (and a re-score's final evaluation, at the run's last step)."""
+
+    STEP_KEY = "trainer/step"
 
     def __init__(self, run: RunDir, cfg, resumed: bool):
         wandb = import_wandb()
@@ -175,9 +181,12 @@ class Wandb(Tracker):
                                   dir=str(run.path), config=cfg.to_dict())
         except wandb.errors.Error as e:  # not logged in, no network, ...
             raise ValueError(f"W&B could not start a run: {e} (WANDB_MODE=offline logs locally)") from None
+        self.run.define_metric(self.STEP_KEY)
+        for kind in ("train", "eval"):
+            self.run.define_metric(f"{kind}/*", step_metric=self.STEP_KEY)
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
-        self.run.log(scalars(kind, record), step=record["step"])
+        self.run.log({**scalars(kind, record), self.STEP_KEY: record["step"]})
 
     def close(self) -> None:
         self.run.finish()
