@@ -476,6 +476,24 @@ def test_a_finished_run_resumed_with_new_eval_bytes_rescores_its_final_evaluatio
     assert longer["steps"] == 3 and longer["val_bytes"] == 992
 
 
+def test_a_session_of_no_step_takes_its_rates_from_the_checkpoint_when_the_summary_is_older(tiny_train, tmp_path):
+    """A run killed after its budget's last checkpoint and before its summary keeps the summary of
+    an earlier session (here: of step 5). Resumed, it trains no step; its summary's rates and wall
+    time are the checkpoint's, of all 8 steps, not the older summary's, while the device and memory
+    of the training sessions are kept."""
+    run = tmp_path / "r"
+    done = run_training(tiny_train(run, steps=8), progress=False)
+    older = {**done, "steps": 5, "tokens": 640, "complete": False, "tok_per_s": 123.0, "wall_s": 1.0,
+             "tok_per_wall_s": 640.0, "peak_mem_gib": 7.5}
+    (run / "summary.json").write_text(json.dumps(older))
+    again = run_training(tiny_train(run, steps=8, resume=True), progress=False)
+    assert again["complete"] and (again["steps"], again["loss"]) == (8, done["loss"])
+    assert again["tok_per_s"] == pytest.approx(done["tok_per_s"])
+    assert done["wall_s"] - 1.0 < again["wall_s"] <= done["wall_s"]  # the checkpoint's, written before the summary
+    assert again["tok_per_wall_s"] == pytest.approx(done["tokens"] / again["wall_s"])
+    assert (again["peak_mem_gib"], again["device"]) == (7.5, done["device"])
+
+
 def test_new_eval_bytes_for_a_finished_run_train_only_where_a_step_is_left(tiny_train, tmp_path, capsys):
     """What a resume with a new --eval-bytes does reads the checkpoint it starts from, not
     summary.json alone: a run whose last checkpoint is damaged trains its last steps again, and its

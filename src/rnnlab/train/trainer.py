@@ -718,7 +718,13 @@ class Trainer:
             "distributed": cfg.run.distributed if self.ctx.world_size > 1 else None,
         }
         if self.trained_before:  # a session of no step: its device and rates say nothing of the training
-            summary.update({k: self.trained_before[k] for k in SESSION_MEASURED if k in self.trained_before})
+            kept = SESSION_MEASURED
+            if self.trained_before.get("steps") != state.step:
+                # a summary of an earlier step (killed after the budget's last checkpoint, before its
+                # summary): its rates are of fewer steps; the checkpoint's (above, and its wall time) are not
+                kept = tuple(k for k in SESSION_MEASURED if k not in ("tok_per_s", "wall_s", "tok_per_wall_s"))
+                summary.update({"wall_s": self.wall_before, "tok_per_wall_s": state.tokens / self.wall_before})
+            summary.update({k: self.trained_before[k] for k in kept if k in self.trained_before})
         if error is not None:
             summary["error"] = error
         if interrupted:
