@@ -293,6 +293,41 @@ def test_an_interrupted_run_that_saved_no_checkpoint_is_not_said_to_keep_one(tmp
         assert logged[0].endswith(f": interrupted; {kept} ({RESUME_HINT})"), logged[0]
 
 
+@pytest.mark.parametrize("change", ["extend", "rescore"])
+def test_a_complete_run_stopped_before_its_process_rewrote_its_summary_is_interrupted_not_done(
+        tmp_path, fake_launch, monkeypatch, change):
+    """A complete run extended (a larger budget) or re-scored (a new --extra-val-data) whose process
+    exits 130 before it rewrote summary.json (a Ctrl-C as it set up) still has its old complete
+    summary.json: it is logged as interrupted, keeping its checkpoint, and stops the suite, not
+    logged as done at its old outcome."""
+    from types import SimpleNamespace
+
+    from rnnlab.bench.suite import RESUME_HINT
+
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    run_plan(suite, plan_suite(suite, out, steps=2, runs="e1"), out, gpus=["3"], log=lambda m: None)
+    (out / "e1" / "ckpt" / "step-000002").mkdir(parents=True)
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(b"x" * 1000)
+    statuses: list[str] = []
+
+    def launch(pr, gpu, out, status, progress):
+        statuses.append(status)
+        log = out / "logs" / f"{pr.label}.log"
+        log.write_text("rnnlab train: aborted by Ctrl-C before training started\n")
+        return SimpleNamespace(returncode=130, poll=lambda: 130), log
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    opts = {"steps": 3} if change == "extend" else {"steps": 2, "extra_val_data": str(extra)}
+    logged: list[str] = []
+    res = run_plan(suite, plan_suite(suite, out, runs="e1", **opts), out, gpus=["5"], log=logged.append)
+    assert statuses == ["partial" if change == "extend" else "rescore"]
+    assert res["stopped"] and not res["failed"] and not any("loss 1.0000" in line for line in logged), logged
+    assert (res["trained"], res["rescored"]) == ((["e1"], []) if change == "extend" else ([], ["e1"]))
+    assert "e1 (GPU 5" in logged[-1] and logged[-1].endswith(f": interrupted; checkpoint kept ({RESUME_HINT})")
+
+
 def test_bench_processes_get_the_data_path_resolved_at_launch(tmp_path, monkeypatch):
     """``rnnlab bench --data corpus.txt --gpus N``: each training process reads a config whose data
     path is absolute (resolved against the directory the suite was started in), whatever

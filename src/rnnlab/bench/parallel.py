@@ -60,6 +60,7 @@ class Job:
     log_path: Path
     started: float
     status: str = "new"  # its folder's run_status when launched ("rescore": re-scored, no step trained)
+    before: dict[str, Any] | None = None  # its folder's summary.json when launched (None: none)
 
 
 def launch(pr: PlannedRun, gpu: str, out: Path, status: str, progress: bool) -> tuple[subprocess.Popen, Path]:
@@ -105,18 +106,23 @@ def last_line(path: Path) -> str:
 
 
 def finish(job: Job, result: dict[str, Any], log: Callable[[str], None], total: int) -> None:
-    """Record a finished process in ``result`` (trained / failed / stopped) and log one line."""
+    """Record a finished process in ``result`` (trained / failed / stopped) and log one line. A run
+    stopped (exit 130) finished only if this process wrote its complete summary.json, as the
+    one-process path (``runner.run_sequential``) takes the summary its training returns: a complete
+    run extended or re-scored keeps its old complete summary.json until its process rewrites it, so
+    one stopped before then is interrupted, not done at its old outcome."""
     tag = f"[{job.index}/{total}] {job.run.label} (GPU {job.gpu}, {time.time() - job.started:.0f} s)"
     code = job.proc.returncode
-    summary = job.run.rundir.summary() or {}
-    if code in (0, 130) and summary.get("complete"):
+    written = job.run.rundir.summary()
+    summary = written or {}
+    if summary.get("complete") and (code == 0 or code == 130 and written != job.before):
         result["rescored" if job.status == "rescore" else "trained"].append(job.run.label)
         log(outcome_line(tag, summary))
         if summary.get("interrupted_at_end"):  # a Ctrl-C at its end, after which it finished
             result["stopped"] = True
             log(f"{tag}: Ctrl-C at its end; stopping the suite ({RESUME_HINT})")
     elif code == 130:
-        result["trained"].append(job.run.label)
+        result["rescored" if job.status == "rescore" else "trained"].append(job.run.label)
         result["stopped"] = True
         # none where the stop came as it set up, or a second one abandoned its only checkpoint
         kept = "checkpoint kept" if job.run.rundir.has_checkpoint() else "no checkpoint was saved"
@@ -156,8 +162,9 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                 if nxt is None:
                     break
                 i, pr, status = nxt
+                before = pr.rundir.summary()
                 proc, log_path = launch(pr, gpu, out, status, progress)
-                running[gpu] = Job(i, pr, gpu, proc, log_path, time.time(), status)
+                running[gpu] = Job(i, pr, gpu, proc, log_path, time.time(), status, before)
                 if status == "rescore":  # the run keeps the GPU it trained on
                     log(f"{rescore_line(f'[{i}/{len(plan)}] {pr.label}', pr)} on GPU {gpu} (log {log_path})")
                     continue
