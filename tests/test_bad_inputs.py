@@ -262,18 +262,18 @@ CASES = [
     ("prepare_empty_out", ["data", "prepare", "{corpus}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
     ("bench_suite_not_utf8", ["bench", "{suite_binary}", "--out", "{new}", "--plan"],
-     "cannot parse suite file {suite_binary}: 'utf-8' codec can't decode byte 0xff in position 0"),
+     "cannot parse suite file suite_binary.toml: 'utf-8' codec can't decode byte 0xff in position 0"),
     ("bench_suite_runs_not_list", ["bench", "{suite_runs}", "--out", "{new}", "--plan"],
-     "suite s: runs must be a list of [[runs]] tables, got 5"),
+     "suite s (suite_runs.toml): runs must be a list of [[runs]] tables, got 5"),
     ("bench_suite_defaults_not_table", ["bench", "{suite_defaults}", "--out", "{new}", "--plan"],
-     "suite s: defaults must be a [defaults] table, got 3"),
+     "suite s (suite_defaults.toml): defaults must be a [defaults] table, got 3"),
     ("bench_suite_reference_not_table", ["bench", "{suite_reference}", "--out", "{new}", "--plan"],  # not after training
-     "suite s: reference must be a [reference] table, got 5"),
+     "suite s (suite_reference.toml): reference must be a [reference] table, got 5"),
     ("bench_suite_reference_text", ["bench", "{suite_reference_loss}", "--out", "{new}", "--plan"],
-     "suite s: reference.runs.e1-d2 must be a table of numbers (params, loss, tok_per_s, mem_gb, time_s), "
-     "got {{'loss': '1.5'}}"),
+     "suite s (suite_reference_loss.toml): reference.runs.e1-d2 must be a table of numbers (params, loss, tok_per_s, "
+     "mem_gb, time_s), got {{'loss': '1.5'}}"),
     ("bench_suite_layer_not_table", ["bench", "{suite_layer}", "--out", "{new}", "--plan"],
-     "suite s, run e1-d2: layer must be a table of options, got 3"),
+     "suite s (suite_layer.toml), run e1-d2: layer must be a table of options, got 3"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
 ]
 

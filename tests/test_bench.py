@@ -236,7 +236,8 @@ def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
     # a misspelt depth: the error names the key (not "needs 'depth'") and the run, by name when it has one
     f = tmp_path / "typo.toml"
     f.write_text('name = "t"\n[[runs]]\nname = "deep"\nmodel = "e1"\ndim = 32\ndpth = 4\n')
-    with pytest.raises(ValueError, match=r"^suite t, run deep: unknown key\(s\) \['dpth'\]; known: \[.*'depth'"):
+    with pytest.raises(ValueError, match=r"^suite t \(.*typo\.toml\), run deep: unknown key\(s\) \['dpth'\]; known: "
+                                         r"\[.*'depth'"):
         load_suite(f)
     with pytest.raises(ValueError, match=r"^suite s, run 2: unknown key\(s\) \['dpth'\]"):  # no name: its number
         parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32},
@@ -250,6 +251,24 @@ def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
     assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "run deep: unknown key(s) ['dpth']" in err and "needs" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_suite_files_errors_name_its_path(tmp_path, monkeypatch, capsys):
+    """An error from a suite file's content names the file to fix, a shipped suite's too: relative
+    to the current directory when under it, else as given; still one line."""
+    bad = tmp_path / "sub" / "bad.toml"
+    bad.parent.mkdir()
+    bad.write_text('name = "s"\n[defaults]\ndim = 32\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", str(bad), "--plan", "--out", "o"]) == 2
+    assert capsys.readouterr().err == ("rnnlab bench: error: suite s (sub/bad.toml): [defaults] must not set ['dim'] "
+                                       "(put model fields in [[runs]])\n")
+    shipped = Path(str(suites_dir() / "tiny.toml"))
+    for cwd, shown in ((shipped.parent.parent, "suites/tiny.toml"), (tmp_path, str(shipped))):
+        monkeypatch.chdir(cwd)
+        with pytest.raises(ValueError, match=rf"^suite tiny \({re.escape(shown)}\), run [\w-]+: warmup_steps \(2\) "
+                                             r"must not exceed the step budget \(1\)$"):
+            plan_suite(load_suite("tiny"), tmp_path / "out", steps=1, warmup_steps=2)
 
 
 def test_dim_beside_target_params_is_refused():

@@ -95,6 +95,11 @@ class Suite:
     path: str | None = None
     sweep: dict[str, Any] | None = None  # set by rnnlab sweep: {"axes": {key: [values]}}
 
+    @property
+    def where(self) -> str:
+        """How an error names the suite (``suite_where``)."""
+        return suite_where(self.name, self.path)
+
 
 @dataclass
 class PlannedRun:
@@ -130,6 +135,20 @@ def list_suites() -> list[Suite]:
     return out
 
 
+def shown_path(path: str | Path) -> str:
+    """``path`` relative to the current directory when under it, else as given: short in a one-line error."""
+    try:
+        return str(Path(os.path.abspath(path)).relative_to(os.getcwd()))
+    except (ValueError, OSError):  # outside it, or the current directory is gone
+        return str(path)
+
+
+def suite_where(name: Any, path: str | None) -> str:
+    """How an error from a suite's content names it: ``suite NAME (PATH)``, its file's path
+    (``shown_path``, a shipped suite's too) saying which file to fix; a sweep has no file."""
+    return f"suite {name}" + (f" ({shown_path(path)})" if path else "")
+
+
 def load_suite(name_or_path: str | Path) -> Suite:
     """A shipped suite by name (``tiny``), or a suite file by path (a ``.toml`` name or an existing
     file: a folder named like a suite, such as a run's ``--out tiny``, is not one)."""
@@ -148,12 +167,12 @@ def load_suite(name_or_path: str | Path) -> Suite:
     try:
         data = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"cannot parse suite file {path}: {e}") from None
+        raise ValueError(f"cannot parse suite file {shown_path(path)}: {e}") from None
     return parse_suite(data, default_name, path)
 
 
 def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | None = None) -> Suite:
-    where = f"suite {data.get('name', default_name)}"
+    where = suite_where(data.get("name", default_name), path)
     unknown = sorted(set(data) - {"name", "description", "defaults", "runs", "reference", "notes"})
     if unknown:
         raise ValueError(f"{where}: unknown top-level key(s) {unknown}; known: name, description, "
@@ -318,7 +337,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
             apply_overrides(cfg, run.overrides, source=f"suite {suite.name} run {run.name}")
             apply_overrides(cfg, overrides, source="flag")
         except ValueError as e:
-            raise ValueError(f"suite {suite.name}, run {run.name}: {e}") from None
+            raise ValueError(f"{suite.where}, run {run.name}: {e}") from None
         for seed in (seed_list or [None]):
             c = copy.deepcopy(cfg)
             if seed is not None:
@@ -332,7 +351,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
                 if c.optim.optimizer == "adamw" and c.budget.minutes is not None:
                     hint = (f" (suite {suite.name} uses AdamW with a cosine schedule; time-matched "
                             f"--minutes needs schedulefree-adamw)")
-                raise type(e)(f"suite {suite.name}, run {d.name}: {e}{hint}") from None
+                raise type(e)(f"{suite.where}, run {d.name}: {e}{hint}") from None
             plan.append(PlannedRun(name=run.name, seed=seed, dir=d, cfg=c, params=n_params,
                                    target_params=target, point=run.point))
     return plan
