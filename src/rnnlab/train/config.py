@@ -163,7 +163,8 @@ class OptimConfig:
     lr_schedule: str = option("cosine", choices=LR_SCHEDULES,
                               help="AdamW's LR after the warmup: cosine decay to 0 over the step budget, or "
                                    "constant (Schedule-Free needs no schedule and ignores this)")
-    grad_clip: float | None = option(None, help="clip the gradient norm to this (default, or 0: no clipping)",
+    grad_clip: float | None = option(None, help="clip the gradient norm to this (default: no clipping; 0 is the "
+                                                "same)",
                                      parse=parse_grad_clip, bounds=positive())
 
 
@@ -189,7 +190,7 @@ class RunConfig:
                                                      "(default: --eval-bytes)", parse=parse_eval_bytes,
                                           bounds=at_least(0, 1 << 50), resumable=True, scope="suite")
     eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size, or more "
-                                                    "windows to make 16K tokens per eval batch)",
+                                                    "windows to make 16,384 tokens per eval batch)",
                                          bounds=positive(MAX_BATCH), resumable=True)
     log_every: int = option(10, help="steps between log lines and TensorBoard/W&B points (metrics.jsonl gets "
                                      "every step)", bounds=positive(MAX_STEPS), resumable=True)
