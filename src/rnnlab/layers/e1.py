@@ -17,11 +17,23 @@ initialised randn-normalised. It is updated only by ``forward`` in training mode
 in ``step`` the iterations start from the current ``u`` and their result is discarded, so
 ``step`` and an eval ``forward`` use the same Wh_eff.
 
+Against the reference (ekg/elman ``mamba_gated_elman.py``, ``MambaGatedElman`` as its ``LadderLM`` builds
+it: ``r_h_mode="spectral_norm"``, ``r_h_init_gain=0.1``): the same forward, gradient and parameter count
+(checked at float64 with the same weights and ``u``). Where the spectral norm differs: the reference
+runs its 3 iterations on every forward, eval included, so its eval Wh_eff moves with each call; it
+computes them and sigma in W_h's dtype (bf16 in its pure-bf16 runs; here at least fp32, Wh_eff rounded
+to W_h's dtype); and it draws ``u`` at the first forward, not at construction. Weights follow the
+reference's init rules, not its order of random draws: the same seed gives other weights.
+
 Variants, all in this one layer; K = di * state_expansion is the state width:
 
 * ``heads=n``: block-diagonal ``W_h: [n, K/n, K/n]``; head i evolves with its own block,
   ``h_t[i] = tanh((x_t W_x^T + b)[i] + h_{t-1}[i] W_h[i]^T)``. W_x stays dense, out_proj mixes
-  heads. Spectral norm is taken per head (u: [n, K/n]).
+  heads. Spectral norm is taken per head (u: [n, K/n]). This is rnnlab's own variant, not the
+  reference's later E1H (``e1_multihead.py``, February 2026, after the January reports), which has
+  per-head ``W_x: [n, N, N]`` (no dense W_x; N = its ``n_state``, di = n*N whatever the expansion),
+  ``b: [n, N]``, ``h_{t-1}[i] W_h[i]`` (no transpose), no spectral norm, and by default W_h
+  orthogonal x 0.9 and W_x xavier, per head.
 * ``selective="decay"``: ``h_t = tanh(x_t W_x^T + b + a_t * (h_{t-1} Wh_eff^T))`` with
   ``a_t = sigmoid(x_t W_a^T + b_a)``, ``W_a: [K, di]``, ``b_a: [K]`` init +3 (a ~ 0.95).
 * ``selective="lowrank"``: input-dependent recurrence ``W_h,t = Wh_eff + U diag(s_t) V^T`` with

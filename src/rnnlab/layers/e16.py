@@ -11,6 +11,11 @@ Init: in_proj, out_proj, B, C xavier_uniform; log_A = 0 (A = 0.5). Per layer thi
 ``3*D*di + 2*s*di^2 + s*di`` parameters. The scan is the op ``diag_elman_scan``
 (fp32 internally, fp64 for fp64; returns the input dtype); ``step`` runs the same op on one token
 and keeps the state in that compute dtype.
+
+Against the reference (``DiagonalStateElman``, ``selective=False``, no conv, as its ``LadderLM`` builds
+it): the same forward and parameter count (checked at float64 with the same weights); weights follow
+its init rules but not its order of random draws. Its ``selective`` (input-dependent A), ``use_conv``
+and ``mamba2_init`` options are not here.
 """
 
 from __future__ import annotations

@@ -19,6 +19,15 @@ Init: ``qkv_proj`` (one matrix, as the reference), ``a_proj``, ``g_proj`` and ``
 xavier_uniform; ``A_log = log U(0, 16)`` and ``dt_bias`` as in Mamba2 (``rnnlab.layers.decay``).
 Per layer ``D (2Hn + 3Hm + H) + 2H`` parameters. ``step`` runs the op's reference on one token
 and keeps the state ``[B, H, n, m]`` in the compute dtype.
+
+Against the reference (ekg/elman ``e88_fla_hybrid.py``, ``E88FLAHybrid(use_conv=False, use_gate=True,
+gate_activation="silu", use_output_norm=False)``, its PyTorch path): the same forward and parameter
+count (checked at float64 with the same weights). Where it differs: the reference rounds the decay
+to the activations' dtype before the scan (bf16 in its pure-bf16 runs; here it stays fp32) and its
+``A_log`` path is fp32 even for fp64 inputs; it takes only ``n_state`` a multiple of 4 and needs
+``heads`` given; weights follow its init rules but not its order of random draws. Its 480M runs
+wrapped E88 in its later ``LadderLM``, with RMSNorm blocks and an fp32 residual, where rnnlab's LM
+uses LayerNorm (``rnnlab.models.lm``).
 """
 
 from __future__ import annotations

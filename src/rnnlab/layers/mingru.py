@@ -9,6 +9,14 @@
 The gates and the recurrence are the op ``rnnlab.ops.mingru_scan`` over the raw projection (fp32
 math, fp64 stays fp64; on CUDA one fused kernel computes the gates inside the scan). No output
 gate; xavier_uniform projections.
+
+Against the reference (ekg/elman ``min_rnn_baseline.py``, ``minGRU`` / ``minLSTM``): the same
+forward and parameter count (checked at float64 with the same weights, to the ~1e-7 of its fp32
+scan). Where it differs: it trains with the log-space (Heinsen) scan (here the backend
+``heinsen``; the default runs the loop or its kernel, the same recurrence), takes the logs of its
+gates in the projection's dtype (bf16 in its pure-bf16 runs; here the gates are fp32) and scans in
+fp32 whatever the input (fp64 included); its one-token path, unused in training, adds 1e-6 to
+minLSTM's gate sum. Its LMs (``MinGRULM``, ``MinLSTMLM``) use LayerNorm blocks, as rnnlab's does.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@
     y = h W_out^T                 out_proj.weight: [D, di], only when expansion != 1 (else y = h)
 
 The gates and the recurrence are the op ``rnnlab.ops.minlstm_scan`` over the raw projection (fp32
-math, fp64 stays fp64). No output gate; xavier_uniform projections.
+math, fp64 stays fp64). No output gate; xavier_uniform projections. Against the reference: as
+minGRU (``rnnlab.layers.mingru``).
 """
 
 from __future__ import annotations
