@@ -24,8 +24,8 @@ Against the reference (ekg/elman ``e88_fla_hybrid.py``, ``E88FLAHybrid(use_conv=
 gate_activation="silu", use_output_norm=False)``, its PyTorch path): the same forward and parameter
 count (checked at float64 with the same weights). Where it differs: the reference rounds the decay
 to the activations' dtype before the scan (bf16 in its pure-bf16 runs; here it stays fp32) and its
-``A_log`` path is fp32 even for fp64 inputs; it takes only ``n_state`` a multiple of 4 and needs
-``heads`` given; weights follow its init rules but not its order of random draws. Its 480M runs
+``A_log`` path is fp32 even for fp64 inputs; it takes only ``n_state`` a multiple of 4 and its own
+default is 8 heads, not balanced ones; weights follow its init rules but not its order of random draws. Its 480M runs
 wrapped E88 in its later ``LadderLM``, with RMSNorm blocks and an fp32 residual, where rnnlab's LM
 uses LayerNorm (``rnnlab.models.lm``).
 """
