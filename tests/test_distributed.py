@@ -150,6 +150,30 @@ def test_context_from_env_defaults_and_bounds():
             dist.DistContext.from_env(env)
 
 
+@pytest.mark.parametrize("value", ["inf", "1e20", "nan", "abc", "0", "-5"])
+def test_a_bad_process_group_timeout_is_one_line_naming_its_variable(value, tmp_path, corpus, monkeypatch, capsys):
+    """``RNNLAB_DIST_TIMEOUT_MIN`` (docs/distributed.md) must be a positive number of minutes: a bad
+    value is a ValueError naming the variable on each rank, before the process group starts (``inf`` or
+    ``1e20`` was an OverflowError's traceback, ``0`` or ``-5`` was taken as a timeout of no time,
+    ``abc`` "could not convert string to float"), and ``--gpus N`` says so in one line before launching."""
+    from rnnlab.cli import main
+
+    monkeypatch.setenv("RNNLAB_DIST_TIMEOUT_MIN", value)
+    message = rf"^environment variable RNNLAB_DIST_TIMEOUT_MIN must be a positive number of minutes .*got '{value}'$"
+    with pytest.raises(ValueError, match=message):
+        dist.DistContext(rank=0, world_size=2).init(torch.device("cpu"))
+    assert not torch.distributed.is_initialized()
+    launched = []
+    monkeypatch.setattr("rnnlab.train.cli.run_passing_signals", lambda *a, **k: launched.append(a) or 0)
+    argv = ["train", *_flags(dict(TINY, steps=2)), "--data", str(corpus), "--out", str(tmp_path / "r"), "--gpus", "2"]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])  # what --gpus re-launches
+    assert main(argv) == 2 and not launched
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("rnnlab train: error: environment variable RNNLAB_DIST_TIMEOUT_MIN ") and "\n" not in err, err
+    monkeypatch.setenv("RNNLAB_DIST_TIMEOUT_MIN", "")  # empty: unset, the default
+    assert dist.timeout_minutes() == dist.DEFAULT_TIMEOUT_MIN
+
+
 def test_a_local_rank_without_its_gpu_is_refused(monkeypatch):
     """Each rank owns GPU LOCAL_RANK: on a host of 2 GPUs local ranks 0 and 1 get theirs, 2 is told
     in one line how many processes fit."""

@@ -239,12 +239,14 @@ def run_passing_signals(cmd: list[str], env: dict[str, str] | None = None) -> in
 
 def _check_before_launch(cfg: TrainConfig, n: int) -> None:
     """Refuse here, in one line, what every rank would refuse after torchrun started them (each
-    printing it amid torchrun's report of failed workers): the config and its split over the
-    ``n`` processes (the global batch, --grad-accum), the corpus, the run folder (taken and let go
+    printing it amid torchrun's report of failed workers): the process group's timeout, the config and
+    its split over the ``n`` processes (the global batch, --grad-accum), the corpus, the run folder (taken and let go
     at once, as rank 0 then takes it)."""
     from rnnlab.data import load_splits
+    from rnnlab.train.distributed import timeout_minutes
     from rnnlab.train.trainer import resolve_config
 
+    timeout_minutes()  # RNNLAB_DIST_TIMEOUT_MIN, which every rank reads
     cfg = resolve_config(cfg, world=n)
     splits = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
     rundir = RunDir(cfg.run.out)

@@ -51,6 +51,7 @@ from rnnlab.train.config import DISTRIBUTED
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank, local_peers, process_identity, watchable
 
 DEFAULT_TIMEOUT_MIN = 60  # barriers wait while rank 0 evaluates / checkpoints; NCCL's 10 min is short
+TIMEOUT_ENV = "RNNLAB_DIST_TIMEOUT_MIN"  # another process-group timeout, in minutes
 
 
 def _env_int(env, name: str, default: int) -> int:
@@ -61,6 +62,25 @@ def _env_int(env, name: str, default: int) -> int:
         return int(v)
     except ValueError:
         raise ValueError(f"environment variable {name} must be an integer, got {v!r}") from None
+
+
+def timeout_minutes(env=None) -> float:
+    """The process-group timeout in minutes: ``RNNLAB_DIST_TIMEOUT_MIN`` (unset or empty: 60), a
+    positive number that a ``timedelta`` holds, else a ValueError naming the variable (``inf`` was
+    an OverflowError's traceback, ``0`` or a negative number a timeout of no time)."""
+    env = os.environ if env is None else env
+    v = env.get(TIMEOUT_ENV)
+    if v is None or v.strip() == "":
+        return DEFAULT_TIMEOUT_MIN
+    try:
+        minutes = float(v)
+        if minutes > 0:
+            datetime.timedelta(minutes=minutes)
+            return minutes
+    except (ValueError, OverflowError):  # not a number, nan, inf, beyond a timedelta
+        pass
+    raise ValueError(f"environment variable {TIMEOUT_ENV} must be a positive number of minutes (the process "
+                     f"group's timeout; default {DEFAULT_TIMEOUT_MIN}), got {v!r}")
 
 
 @dataclass
@@ -134,8 +154,8 @@ class DistContext:
         if dist.is_initialized():
             self.backend = dist.get_backend()
             return self
+        timeout = datetime.timedelta(minutes=timeout_minutes())
         os.environ.setdefault("NCCL_NVLS_ENABLE", "0")  # never NVLink multicast (NVLS)
-        timeout = datetime.timedelta(minutes=float(os.environ.get("RNNLAB_DIST_TIMEOUT_MIN", DEFAULT_TIMEOUT_MIN)))
         if device.type == "cuda":
             torch.cuda.set_device(device)
             self.backend = "nccl"
