@@ -70,7 +70,7 @@ def wait(pid: int) -> int:
 
 
 def staging(ckpt: Path, pid: int) -> list[str]:
-    """The staging folders of child ``pid``'s checkpoint writes (``.tmp-<pid>-step-...``)."""
+    """The staging folders of child ``pid``'s checkpoint writes (``.tmp-<pid>-<thread>-step-...``)."""
     try:
         return [p.name for p in ckpt.iterdir() if p.name.startswith(f".tmp-{pid}-")]
     except FileNotFoundError:

@@ -13,6 +13,7 @@ import random
 import re
 import shutil
 import stat
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,39 @@ def test_commit_fsyncs_every_file_before_the_rename(tiny_train, tmp_path, monkey
     assert {f"{staged}/{f}" for f in ("model.safetensors", "state.pt", "manifest.json")} | {staged} <= synced_before
     assert ("fsync", str((run / "ckpt").resolve()), True) in events[commit:]
     assert {str((run / f).resolve()) for f in ("metrics.jsonl", "eval.jsonl")} <= synced_before  # logs first
+
+
+def test_two_threads_replacing_one_file_at_once_both_succeed(tmp_path, monkeypatch):
+    """write_atomic from two threads of one process (a rank's lost-peer watch and its main thread
+    both write summary.json): each writes its own temporary file, so the second's write and rename
+    cannot take the first's from under it; the file ends with the last rename's content."""
+    from rnnlab.train import durable
+
+    real, first_written, second_done = durable.write_synced, threading.Event(), threading.Event()
+
+    def write_synced(path, data):
+        real(path, data)
+        if data == "first":  # the first writer pauses between its write and its rename
+            first_written.set()
+            second_done.wait(10)
+
+    monkeypatch.setattr(durable, "write_synced", write_synced)
+    target, errors = tmp_path / "summary.json", []
+
+    def first_writer():
+        try:
+            durable.write_atomic(target, "first")
+        except Exception as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+
+    first = threading.Thread(target=first_writer)
+    first.start()
+    assert first_written.wait(10)
+    durable.write_atomic(target, "second")
+    second_done.set()
+    first.join(10)
+    assert errors == [] and target.read_text() == "first"
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
 
 
 def test_saving_a_step_whose_directory_exists_replaces_it(tmp_path):
@@ -545,8 +579,9 @@ def test_write_atomic_syncs_the_folder_and_leaves_no_temporary(tmp_path, monkeyp
     durable.write_atomic(target, "new")
     assert target.read_text() == "new" and os.listdir(tmp_path) == ["summary.json"]
     (i,) = [i for i, e in enumerate(events) if e[0] == "replace"]
-    # under a name of this process's own (two writers never share one) that clear_temporaries knows
-    assert events[i][1:] == (str(tmp_path / f".tmp-{os.getpid()}-summary.json"), str(target))
+    # under a name of this process's and thread's own (two writers never share one) that clear_temporaries knows
+    tmp = f".tmp-{os.getpid()}-{threading.get_native_id()}-summary.json"
+    assert events[i][1:] == (str(tmp_path / tmp), str(target))
     assert ("fsync", str(Path(events[i][1]).resolve()), False) in events[:i]  # the data before the rename
     assert events[i + 1:] == [("fsync", str(tmp_path.resolve()), True)]  # the folder after it
 

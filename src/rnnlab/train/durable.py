@@ -30,8 +30,9 @@ TRASH_PREFIX = ".trash-"
 
 
 def temporary_name(path: Path) -> Path:
-    """A sibling of ``path`` that no other process uses and ``clear_temporaries`` recognises."""
-    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    """A sibling of ``path`` that no other process or thread uses (a rank's lost-peer watch writes
+    summary.json beside its main thread) and ``clear_temporaries`` recognises."""
+    return path.with_name(f"{TMP_PREFIX}{os.getpid()}-{threading.get_native_id()}-{path.name}")
 
 
 def fsync_file(path: Path) -> None:
