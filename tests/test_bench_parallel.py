@@ -30,6 +30,13 @@ class FakeProc:
         FakeProc.live.append(self)
         FakeProc.max_live = max(FakeProc.max_live, len(FakeProc.live))
 
+    def send_signal(self, signum):  # a stop: the run saves a checkpoint and exits 130
+        self.signals = [*getattr(self, "signals", []), signum]
+        self.code, self.complete, self.checkpoint, self.polls = 130, False, True, 0
+
+    def wait(self):
+        return self.poll()
+
     def poll(self):
         self.polls -= 1
         if self.polls <= 0 and self.returncode is None:
@@ -78,6 +85,33 @@ def test_scheduler_runs_at_most_one_run_per_gpu(tmp_path, fake_launch):
     fake_launch.clear()  # again: complete runs are skipped, the failed one is retried
     res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["3", "5"], log=lambda m: None)
     assert [label for label, _, _ in fake_launch] == ["mamba2"] and len(res["skipped"]) == len(suite.runs) - 1
+
+
+def test_a_ctrl_c_as_a_run_starts_stops_that_run_too(tmp_path, fake_launch, monkeypatch):
+    """A Ctrl-C that lands while a run's process starts (after it exists, before the bench holds it)
+    waits until the bench holds it: that run gets the stop too, saves its checkpoint and is recorded,
+    not left training unseen until the bench's exit kills it."""
+    import signal
+
+    started = []
+
+    def launch(pr, gpu, out, status, progress):
+        started.append(FakeProc(pr, gpu, polls=10**6))
+        signal.raise_signal(signal.SIGINT)  # the Ctrl-C, the process started
+        return started[-1], out / "log"
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        suite = load_suite("tiny")
+        out = tmp_path / "s"
+        lines = []
+        res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["0"], log=lines.append)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(started) == 1 and started[0].signals == [parallel.STOP]
+    assert res["stopped"] and res["trained"] == [suite.runs[0].name]
+    assert lines[-1].endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})"), lines
 
 
 def test_visible_gpus_respects_cuda_visible_devices(monkeypatch):

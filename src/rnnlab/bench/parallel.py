@@ -29,6 +29,7 @@ from typing import Any, Callable
 from rnnlab.bench.suite import (LOGS, RESUME_HINT, SUITE_FILE, PlannedRun, new_result, outcome_line, rescore_line,
                                 run_status, skip_line, train_config)
 from rnnlab.signals import ended_with_this_process
+from rnnlab.train.durable import interrupts_deferred
 from rnnlab.train.rundir import read_json, write_json
 
 POLL_S = 0.2
@@ -163,8 +164,9 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                     break
                 i, pr, status = nxt
                 before = pr.rundir.summary()
-                proc, log_path = launch(pr, gpu, out, status, progress)
-                running[gpu] = Job(i, pr, gpu, proc, log_path, time.time(), status, before)
+                with interrupts_deferred():  # a Ctrl-C as it starts waits until it is known, then stops it
+                    proc, log_path = launch(pr, gpu, out, status, progress)
+                    running[gpu] = Job(i, pr, gpu, proc, log_path, time.time(), status, before)
                 if status == "rescore":  # the run keeps the GPU it trained on
                     log(f"{rescore_line(f'[{i}/{len(plan)}] {pr.label}', pr)} on GPU {gpu} (log {log_path})")
                     continue
@@ -176,8 +178,9 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
             time.sleep(POLL_S)
             for gpu, job in list(running.items()):
                 if job.proc.poll() is not None:
-                    del running[gpu]
-                    finish(job, result, log, len(plan))
+                    with interrupts_deferred():  # an ended run is recorded, whenever a Ctrl-C comes
+                        del running[gpu]
+                        finish(job, result, log, len(plan))
     except KeyboardInterrupt:
         result["stopped"] = True
         log("interrupted: waiting for the running runs to save their checkpoints (Ctrl-C again to abort them)")
