@@ -103,6 +103,22 @@ def test_nan_exits_nonzero(tmp_path, capsys):
     assert "non-finite loss" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_non_finite_loss_under_several_processes_is_said_once(rank, tmp_path, capsys, monkeypatch):
+    """Every rank finds the same non-finite loss (it is all-reduced) and exits 1; rank 0 alone prints
+    the line, not one copy per process."""
+    from rnnlab.train import distributed, trainer
+
+    def diverges(cfg, progress):
+        raise trainer.NonFiniteLossError("non-finite loss (nan) at step 3; lower --lr; no checkpoint was written")
+
+    monkeypatch.setattr(distributed, "context", lambda: distributed.DistContext(rank=rank, world_size=2))
+    monkeypatch.setattr(trainer, "run_training", diverges)
+    assert main(["train", *TINY, "--steps", "3", "--out", str(tmp_path / "r")]) == 1
+    said = "rnnlab train: error: non-finite loss (nan) at step 3; lower --lr; no checkpoint was written\n"
+    assert capsys.readouterr().err == (said if rank == 0 else "")
+
+
 def test_every_config_field_has_a_flag():
     """The train flags are generated from the config: a new field cannot be left without one."""
     from rnnlab.cli import build_parser

@@ -294,7 +294,9 @@ def run_train(args) -> int:
         summary = run_training(cfg, progress=not args.no_progress)
         finished = True
     except (NonFiniteLossError, CheckpointWriteError) as e:
-        print(f"rnnlab train: error: {e}", file=sys.stderr)
+        # the ranks agree on a non-finite loss or weights (all-reduced): rank 0 alone says it
+        if ctx.is_main or not isinstance(e, NonFiniteLossError):
+            print(f"rnnlab train: error: {e}", file=sys.stderr)
         return 1
     except LostRank as e:  # another rank ended: one line naming the checkpoint kept, then an end at once
         if getattr(args, "debug", False):
