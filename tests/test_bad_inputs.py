@@ -75,6 +75,10 @@ CASES = [
     ("warmup_exceeds", [*TRAIN, "--warmup-steps", "50"], "warmup_steps (50) must not exceed the step budget (2)"),
     ("adamw_minutes", [*FRESH, "--optimizer", "adamw", "--minutes", "1"], "adamw decays its LR on a cosine"),
     ("device_unknown", [*TRAIN, "--device", "tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("device_index_not_ascii", [*TRAIN, "--device", "cuda:\u0663"],  # an Arabic-Indic 3: str.isdigit says yes
+     "device must be auto, cpu, cuda, cuda:N or mps, got 'cuda:\u0663'"),
+    ("device_index_superscript", [*TRAIN, "--device", "cuda:\u00b2"],
+     "device must be auto, cpu, cuda, cuda:N or mps, got 'cuda:\u00b2'"),
     ("device_cuda_missing", [*TRAIN, "--device", "cuda"], "requested but CUDA is not available (use --device cpu)"),
     ("cuda_graph_on_cpu", [*TRAIN, "--cuda-graph"], "cuda_graph needs a CUDA device, got device 'cpu' (use --no-cuda-graph)"),
     ("cuda_graph_auto_cpu", [*TRAIN, "--cuda-graph", "--device", "auto"],
@@ -238,6 +242,8 @@ CASES = [
     ("sample_no_run", ["sample", "--run", "{new}"], "run dir not found"),
     ("eval_device_unknown", ["eval", "--run", "{run}", "--device", "tpu"],
      "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
+    ("eval_device_index_not_ascii", ["eval", "--run", "{run}", "--device", "cuda:\u0663"],
+     "device must be auto, cpu, cuda, cuda:N or mps, got 'cuda:\u0663'"),
     ("sample_device_malformed", ["sample", "--run", "{run}", "--device", "cuda:x"],
      "device must be auto, cpu, cuda, cuda:N or mps, got 'cuda:x'"),
     ("gradflow_device_meta", ["analyze", "gradflow", "--run", "{run}", "--device", "meta"],  # not "damaged"

@@ -169,7 +169,8 @@ def test_tokens_per_step_limit_is_inclusive():
 
 
 @pytest.mark.parametrize("device, ok", [("cuda:0", True), ("cuda:12", True), ("cuda:", False), ("cuda:x", False),
-                                        ("cuda:1x", False), ("cuda0", False), ("cuda01", False)])
+                                        ("cuda:1x", False), ("cuda0", False), ("cuda01", False),
+                                        ("cuda:\u0663", False), ("cuda:\u00b2", False)])
 def test_device_names(device, ok):
     cfg = TrainConfig.from_dict({"device": device})
     if ok:

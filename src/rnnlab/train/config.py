@@ -53,8 +53,11 @@ MAX_STEPS = 10**12
 
 def check_device(name: str) -> None:
     """Refuse a device name rnnlab does not run on (auto, cpu, cuda, cuda:N, mps), as one line:
-    ``torch.device`` takes others (meta, xla, ...) or raises a RuntimeError with a traceback."""
-    if not (name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and name[5:].isdigit())):
+    ``torch.device`` takes others (meta, xla, ...) or raises a RuntimeError with a traceback. The
+    index is ASCII digits: ``str.isdigit`` also says yes to "٣" and "²", which torch refuses."""
+    index = name[5:]
+    if not (name in ("auto", "cpu", "cuda", "mps") or (name.startswith("cuda:") and index.isascii()
+                                                       and index.isdigit())):
         raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {name!r}")
 
 
