@@ -1166,6 +1166,16 @@ def test_a_temperature_so_small_that_every_logit_underflows_to_minus_inf_samples
     assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-40, seed=0) == b"b" * 20
 
 
+def test_a_temperature_that_is_0_in_float32_is_greedy():
+    """``--temperature 1e-300``: a number >= 0, so accepted, but 0 in the logits' float32, over which
+    every logit is inf or nan (multinomial failed, a traceback); greedy, as 0 is."""
+    from rnnlab.eval.sampling import generate
+
+    logits = torch.full((256,), -2.0)
+    logits[ord("b")] = 1.0
+    assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-300, seed=0) == b"b" * 20
+
+
 def test_a_top_k_above_the_256_bytes_keeps_them_all():
     from rnnlab.eval.sampling import generate
 

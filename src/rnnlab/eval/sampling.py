@@ -68,7 +68,8 @@ def _stream(model: nn.Module, prompt: bytes, n_tokens: int, temperature: float, 
 
 
 def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torch.Generator) -> int:
-    if temperature == 0:
+    # 0, or a temperature that is 0 in the logits' precision (1e-300 in float32): greedy
+    if temperature == 0 or torch.tensor(temperature, dtype=logits.dtype) == 0:
         return int(logits.argmax())
     scaled = logits / temperature
     # a temperature so small that the largest logit overflows (to +inf, or to -inf when it is
