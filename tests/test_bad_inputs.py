@@ -36,6 +36,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "compile_no": ("compile_no.toml", 'compile = "no"\n'),
     "tie_no": ("tie_no.yaml", "model:\n  tie_embeddings: 'no'\n"),
     "batch_text": ("batch_text.toml", 'batch_size = "256"\n'),
+    "curve_text": ("curve_text.toml", 'curve_eval_bytes = "lots"\n'),
     "vocab_text": ("vocab_text.toml", '[model]\nvocab_size = "256"\n'),
     "toml_syntax": ("syntax.toml", "steps = = 3\n"),
     "yaml_syntax": ("syntax.yaml", "steps: [3\n"),
@@ -137,6 +138,10 @@ CASES = [
     ("config_tie", [*TRAIN, "--config", "{tie_no}"], "tie_embeddings must be true or false, got 'no'"),
     ("config_batch_text", ["train", "--config", "{batch_text}", "--data", "{corpus}", "--out", "{new}"],
      "batch_size must be a positive integer (at most 65,536), got '256'"),
+    ("config_curve_eval_bytes_text", [*TRAIN, "--config", "{curve_text}"],  # its own name, not eval_bytes
+     "curve_eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+    ("curve_eval_bytes_text", [*TRAIN, "--curve-eval-bytes", "lots"],
+     "curve_eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("config_vocab_text", [*TRAIN, "--config", "{vocab_text}"], "vocab_size must be one of 256, got '256'"),
     ("config_toml_syntax", [*TRAIN, "--config", "{toml_syntax}"], "cannot parse config file {toml_syntax}: "),
     ("config_yaml_syntax", [*TRAIN, "--config", "{yaml_syntax}"], "cannot parse config file {yaml_syntax}: "),

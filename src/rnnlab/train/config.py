@@ -72,11 +72,17 @@ def _count_text(value: Any, must_be: str) -> Any:
         raise ValueError(f"{must_be}, got {value!r}") from None
 
 
-def parse_eval_bytes(value: Any) -> Any:
-    """``"all"`` (or 0) = the whole held-out split, stored as 0; ``"1M"`` = a cap of 1,000,000."""
+def parse_eval_bytes(value: Any, key: str = "eval_bytes") -> Any:
+    """``"all"`` (or 0) = the whole held-out split, stored as 0; ``"1M"`` = a cap of 1,000,000.
+    ``key``: the field named in the error."""
     if isinstance(value, str) and value.strip().lower() in ("all", "0"):
         return 0
-    return _count_text(value, "eval_bytes must be a byte count (e.g. 1M, 500000) or all")
+    return _count_text(value, f"{key} must be a byte count (e.g. 1M, 500000) or all")
+
+
+def parse_curve_eval_bytes(value: Any) -> Any:
+    """:func:`parse_eval_bytes` for ``curve_eval_bytes``, whose errors name it."""
+    return parse_eval_bytes(value, "curve_eval_bytes")
 
 
 def parse_tokens(value: Any) -> Any:
@@ -190,7 +196,7 @@ class RunConfig:
                                                      "eval at the end scores --eval-bytes and these bytes too "
                                                      "(eval.jsonl's curve_val_bpb), so the curve ends on the "
                                                      "same bytes "
-                                                     "(default: --eval-bytes)", parse=parse_eval_bytes,
+                                                     "(default: --eval-bytes)", parse=parse_curve_eval_bytes,
                                           bounds=at_least(0, 1 << 50), resumable=True, scope="suite")
     eval_batch_size: int | None = option(None, help="windows per eval batch (default: --batch-size, or more "
                                                     "windows to make 16,384 tokens per eval batch)",
