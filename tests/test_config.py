@@ -482,6 +482,16 @@ def test_a_yaml_file_reads_exponent_numbers_as_numbers(tmp_path):
     assert (cfg.optim.lr, cfg.optim.eps) == (3e-4, 1e-8)
 
 
+def test_a_yaml_merge_key_may_be_overridden(tmp_path):
+    """A key given twice is refused (``config_*_key_twice`` in test_bad_inputs), but a key a YAML
+    merge (``<<: *base``) brings in may be set again beside it: that is what a merge is for."""
+    from rnnlab.train.config import read_config_file
+
+    path = tmp_path / "c.yaml"
+    path.write_text("base: &base {dim: 32, depth: 2}\nmodel:\n  <<: *base\n  dim: 48\n")
+    assert read_config_file(path)["model"] == {"dim": 48, "depth": 2}
+
+
 def test_a_token_budget_reads_counts_and_leaves_numbers_to_the_check():
     """``--tokens 50M`` and ``--tokens 1e9`` are counts; a file's number goes to the field's check
     (``tokens = true`` is refused as not an integer, not by the text parser's words)."""

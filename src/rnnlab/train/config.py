@@ -440,7 +440,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
 
             d = tomllib.loads(text)
         elif suffix == ".json":
-            d = json.loads(text)
+            d = json.loads(text, object_pairs_hook=_pairs_once)
         else:
             d = _yaml_load(text) or {}
     except OSError:
@@ -464,16 +464,39 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     return d
 
 
+def _pairs_once(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (``json`` keeps the last without a word;
+    TOML refuses it too)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
 def _yaml_load(text: str) -> Any:
     """``yaml.safe_load``, but a number in exponent form without a dot (``lr: 3e-4``, ``eps: 1e-8``)
     is a float, as in YAML 1.2 and TOML: PyYAML follows YAML 1.1, which reads it as a string, and
-    the field's check then refused what the file wrote as a number."""
+    the field's check then refused what the file wrote as a number. A key given twice in one mapping
+    is refused (PyYAML keeps the last without a word), but not one a merge (``<<: *base``) brought in."""
     import re
 
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                if isinstance(key, (str, int, float, bool, type(None))):  # others: the base class says
+                    if key in seen:
+                        raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice",
+                                                                key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep)
 
     exponent = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", exponent, list("-+0123456789"))
