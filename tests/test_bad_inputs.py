@@ -69,6 +69,8 @@ CASES = [
     ("lr_negative_exponent", [*TRAIN, "--lr", "-1e-3"], "lr must be a positive finite number, got -0.001"),
     ("lr_nan", [*TRAIN, "--lr", "nan"], "lr must be a positive finite number, got 'nan'"),
     ("lr_inf", [*TRAIN, "--lr", "inf"], "lr must be a positive finite number, got 'inf'"),
+    ("lr_minus_inf", [*TRAIN, "--lr", "-inf"], "lr must be a positive finite number, got '-inf'"),  # not "expected one"
+    ("minutes_minus_nan", [*TRAIN, "--minutes", "-NaN"], "minutes must be a positive finite number, got '-NaN'"),
     ("tokens_text", [*TRAIN, "--tokens", "lots"], "tokens must be a token count (e.g. 50M, 1e9), got 'lots'"),
     ("two_budgets", [*TRAIN, "--minutes", "1"], "give one budget (steps, minutes or tokens)"),
     ("betas_range", [*TRAIN, "--betas", "0.9", "1"], "betas must be two numbers in [0, 1), got (0.9, 1.0)"),

@@ -95,13 +95,13 @@ def error_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-# a negative number in exponent form or with a count's suffix, which argparse takes for a flag (it
-# knows -1 and -0.5)
-NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+|[kKmMbBgG])")
+# a negative number in exponent form or with a count's suffix, or -inf / -nan, which argparse takes
+# for a flag (it knows -1 and -0.5)
+NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+|[kKmMbBgG])|-(?i:inf|infinity|nan)")
 
 
 def attach_negative_numbers(argv: list[str]) -> list[str]:
-    """``--lr -1e-3`` as ``--lr=-1e-3`` (and ``--tokens -5M`` as ``--tokens=-5M``), so the value
+    """``--lr -1e-3`` as ``--lr=-1e-3`` (and ``--tokens -5M``, ``--lr -inf`` likewise), so the value
     reaches the flag's own check ("lr must be a positive finite number") instead of argparse's
     "expected one argument"."""
     out: list[str] = []
