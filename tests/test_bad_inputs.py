@@ -277,6 +277,8 @@ CASES = [
     ("analyze_no_command", ["analyze"], "the following arguments are required: COMMAND (see rnnlab analyze --help)"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
     # an empty argument (an unset shell variable) is Path(""), the current folder: not read, nor written over
+    ("prepare_device_source", ["data", "prepare", "/dev/null", "--out", "{new}"],  # it exists: not "not found"
+     "source /dev/null is not a regular file or a folder (a pipe or a device?): write its bytes to a file first"),
     ("prepare_empty_source", ["data", "prepare", "", "--out", "{new}"], "argument SRC: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("prepare_empty_out", ["data", "prepare", "{corpus}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),

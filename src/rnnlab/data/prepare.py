@@ -89,6 +89,9 @@ def find_sources(paths: Sequence[str | os.PathLike]) -> list[Source]:
             files += found
         elif p.is_file():
             files.append(p)
+        elif p.exists():  # a pipe (<(zcat ...)) or a device: not "not found"
+            raise ValueError(f"source {p} is not a regular file or a folder (a pipe or a device?): write its bytes "
+                             f"to a file first")
         else:
             raise FileNotFoundError(f"source not found: {p}")
     seen = set()
