@@ -99,6 +99,7 @@ CASES = [
     ("curve_eval_bytes_below_a_window", [*TRAIN, "--seq-len", "16", "--eval-every", "1", "--curve-eval-bytes", "16"],
      "curve_eval_bytes must be all (0) or at least one evaluation window, seq_len+1 = 17 bytes, got 16"),
     ("gpus_zero", [*TRAIN, "--gpus", "0"], "--gpus must be a positive integer, got 0"),
+    ("gpus_exponent", [*TRAIN, "--gpus", "1e3"], "argument --gpus: must be an integer, got '1e3'"),  # not "invalid int"
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
     ("backend_triton_cpu", [*TRAIN, "--layer", "backend=triton"],
@@ -295,6 +296,7 @@ CASES = [
      "mem_gb, time_s), got {{'loss': '1.5'}}"),
     ("bench_suite_layer_not_table", ["bench", "{suite_layer}", "--out", "{new}", "--plan"],
      "suite s (suite_layer.toml), run e1-d2: layer must be a table of options, got 3"),
+    ("bench_gpus_text", ["bench", "tiny", "--out", "{new}", "--gpus", "two"], "argument --gpus: must be an integer, got 'two'"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
 ]
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from rnnlab.models.config import layer_text
-from rnnlab.options import path_arg
+from rnnlab.options import checked, path_arg
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
 
 
@@ -28,7 +28,7 @@ def _common_flags(p) -> None:
     b.add_argument("--seeds", metavar="S1,S2,..", help="repeat every run once per seed (folders NAME-sSEED)")
     b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite (bench: its rows' names; "
                                                       "sweep: its points' names; without their -sSEED)")
-    b.add_argument("--gpus", type=int, metavar="N", help="run up to N runs at once, one process per GPU, "
+    b.add_argument("--gpus", type=checked(int), metavar="N", help="run up to N runs at once, one process per GPU, "
                                                          "each logging to OUT/logs/<run>.log (default, and "
                                                          "--gpus 1: one run at a time in this process)")
     b.add_argument("--plan", action="store_true", help="print the runs (width, params, status); train nothing")

@@ -47,7 +47,7 @@ def register(sub) -> None:
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: one plain line every --log-every steps instead (the default when "
                         "stderr is not a terminal)")
-    p.add_argument("--gpus", type=int, metavar="N",
+    p.add_argument("--gpus", type=checked(int), metavar="N",
                    help="train on N processes (one GPU each; with --device cpu or no GPU, N CPU processes "
                         "talking through gloo, PyTorch's CPU backend): re-launches this command "
                         "through torchrun (docs/distributed.md)")
