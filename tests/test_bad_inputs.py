@@ -296,7 +296,8 @@ CASES = [
      "mem_gb, time_s), got {{'loss': '1.5'}}"),
     ("bench_suite_layer_not_table", ["bench", "{suite_layer}", "--out", "{new}", "--plan"],
      "suite s (suite_layer.toml), run e1-d2: layer must be a table of options, got 3"),
-    ("bench_gpus_text", ["bench", "tiny", "--out", "{new}", "--gpus", "two"], "argument --gpus: must be an integer, got 'two'"),
+    ("bench_gpus_text", ["bench", "tiny", "--out", "{new}", "--gpus", "two"],
+     "argument --gpus: must be an integer, got 'two'"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
 ]
 
