@@ -339,7 +339,8 @@ def write_plots(records: list[dict], out: Path) -> list[Path]:
 
 
 def _plot_temporal(plt, shown: list[dict], path: Path) -> Path:
-    """One panel per record (latest per run first), one line per layer, vs lag."""
+    """One panel per record (the records given, in their order: the last 4 of the history), one line per
+    layer, vs lag."""
     fig, axes = plt.subplots(1, len(shown), figsize=(5 * len(shown), 3.8), squeeze=False)
     for ax, rec in zip(axes[0], shown):
         for name, curve in rec["temporal_normalized"].items():
