@@ -109,6 +109,8 @@ CASES = [
      "mamba2 layer option backend=official runs only on CUDA; this run's device is cpu"),
     ("layer_value", [*TRAIN, "--layer", "heads=two"], "e1 layer option heads must be a positive integer (at most 65,536), got 'two'"),
     ("layer_syntax", [*TRAIN, "--layer", "expansion"], "option 'expansion' must look like KEY=VALUE"),
+    ("layer_twice", [*TRAIN, "--layer", "heads=2", "--layer", "heads=4"],  # a config file refuses it too
+     "option 'heads' is given twice ('heads=2' and 'heads=4')"),
     # --- train: data and memory
     ("data_missing", [*TRAIN, "--data", "/nonexistent/x.txt"], "data file not found: /nonexistent/x.txt"),
     ("data_empty_path", [*TRAIN, "--data", ""], "data must be a path, got '' (omit --data for its default)"),

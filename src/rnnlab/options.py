@@ -244,13 +244,15 @@ def parse_value(text: str) -> Any:
 
 def parse_key_values(items: list[str] | None) -> dict[str, Any]:
     """``["expansion=2.5", "spectral_norm=false"]`` -> ``{"expansion": 2.5, "spectral_norm": False}``
-    (each value by :func:`parse_value`)."""
-    out = {}
+    (each value by :func:`parse_value`); a key given twice is refused, as in a config file."""
+    out, given = {}, {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ValueError(f"option {item!r} must look like KEY=VALUE")
-        out[key] = parse_value(value)
+        if key in out:
+            raise ValueError(f"option {key!r} is given twice ({given[key]!r} and {item!r})")
+        out[key], given[key] = parse_value(value), item
     return out
 
 
