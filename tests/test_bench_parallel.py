@@ -143,17 +143,24 @@ def test_bench_gpus_end_to_end(tmp_path, monkeypatch, capsys):
     assert "| GPU |" in md and f"| {gpus['a']} |" in md
 
 
+def _completed_on_gpu_3(tmp_path, runs: str):
+    """The tiny suite's ``runs`` trained complete (2 steps, fake processes on GPU 3) into
+    ``tmp_path/s``, e1 with a checkpoint, and a new --extra-val-data file: ``(suite, out, extra)``."""
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    run_plan(suite, plan_suite(suite, out, steps=2, runs=runs), out, gpus=["3"], log=lambda m: None)
+    (out / "e1" / "ckpt" / "step-000002").mkdir(parents=True)
+    extra = tmp_path / "extra.txt"
+    extra.write_bytes(b"x" * 1000)
+    return suite, out, extra
+
+
 def test_complete_runs_lacking_a_new_extra_file_are_rescored_on_a_gpu_keeping_the_one_they_trained_on(
         tmp_path, fake_launch):
     """``--gpus N`` with a new --extra-val-data over complete runs: one with a checkpoint is launched
     as a resume ("rescore": its process trains no step, scores the file) and keeps in suite.json the
     GPU it trained on; one without is skipped and named as lacking the file."""
-    suite = load_suite("tiny")
-    out = tmp_path / "s"
-    run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["3"], log=lambda m: None)
-    (out / "e1" / "ckpt" / "step-000002").mkdir(parents=True)
-    extra = tmp_path / "extra.txt"
-    extra.write_bytes(b"x" * 1000)
+    suite, out, extra = _completed_on_gpu_3(tmp_path, "e1,mingru")
     fake_launch.clear()
     said: list[str] = []
     res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru", extra_val_data=str(extra)), out,
@@ -338,12 +345,7 @@ def test_a_complete_run_stopped_before_its_process_rewrote_its_summary_is_interr
 
     from rnnlab.bench.suite import RESUME_HINT
 
-    suite = load_suite("tiny")
-    out = tmp_path / "s"
-    run_plan(suite, plan_suite(suite, out, steps=2, runs="e1"), out, gpus=["3"], log=lambda m: None)
-    (out / "e1" / "ckpt" / "step-000002").mkdir(parents=True)
-    extra = tmp_path / "extra.txt"
-    extra.write_bytes(b"x" * 1000)
+    suite, out, extra = _completed_on_gpu_3(tmp_path, "e1")
     statuses: list[str] = []
 
     def launch(pr, gpu, out, status, progress):
