@@ -53,7 +53,9 @@ from rnnlab.train.runtime import (build_model, check_memory, check_trainable, en
                                   sync, wrap_model)
 
 # what a summary measures of the sessions that trained, kept by a session that trains no step
-SESSION_MEASURED = ("tok_per_s", "peak_mem_gib", "device", "world_size", "distributed", "wall_s", "tok_per_wall_s")
+SESSION_RATES = ("tok_per_s", "wall_s", "tok_per_wall_s")  # of the steps: a checkpoint's progress gives them too
+SESSION_DEVICE = ("peak_mem_gib", "device", "world_size", "distributed")  # of the processes that trained
+SESSION_MEASURED = SESSION_RATES + SESSION_DEVICE
 LOSS_WINDOW = 100  # summary loss = mean of the last 100 train losses (the reference's)
 # a model this large that --device auto put on the CPU (no GPU found) gets a note: a 400M suite
 # started on a laptop would otherwise just train, days long, without a word
@@ -722,7 +724,7 @@ class Trainer:
             if self.trained_before.get("steps") != state.step:
                 # a summary of an earlier step (killed after the budget's last checkpoint, before its
                 # summary): its rates are of fewer steps; the checkpoint's (above, and its wall time) are not
-                kept = tuple(k for k in SESSION_MEASURED if k not in ("tok_per_s", "wall_s", "tok_per_wall_s"))
+                kept = SESSION_DEVICE
                 summary.update({"wall_s": self.wall_before, "tok_per_wall_s": state.tokens / self.wall_before})
             summary.update({k: self.trained_before[k] for k in kept if k in self.trained_before})
         if error is not None:
