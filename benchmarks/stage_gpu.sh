@@ -57,7 +57,7 @@ if [ -n "$models" ]; then  # keep what the model kinds need
   case $models in *,mamba2,*) ;; *) rm -f .gpu/wheels/{causal_conv1d,mamba_ssm}*.whl ;; esac
   case $models in *,gdn,*) ;; *) rm -f .gpu/wheels/{fla_core,flash_linear_attention}*.whl ;; esac
 fi
-# causal_conv1d's library carries 10 MB of debug sections: stripped, the same code (benchmarks/strip_wheel.py)
+# causal_conv1d's library carries 10 MB of debug sections: stripped, the same code (strip_wheel.py)
 for w in .gpu/wheels/causal_conv1d*.whl; do
   [ ! -f "$w" ] || { chmod u+w "$w"; python3 benchmarks/strip_wheel.py "$w"; }
 done
@@ -117,9 +117,12 @@ fi
 # what a call carries: the tracked and untracked-not-ignored files, plus .gpu (and any other carry).
 # Counted in bytes and in the disk they take (whole blocks): the device refused a set of 62.9 MiB of
 # bytes (66.8 MiB on disk) and took one of 60.1 (63.9 on disk); which count it uses is not known.
-carried() { git ls-files -z --cached --others --exclude-standard | du -c "$@" --files0-from=- 2>/dev/null | tail -1 | cut -f1; }
-bytes=$(( $(carried -b) + $(du -sb .gpu | cut -f1) ))
-disk=$(( $(carried --block-size=1) + $(du -s --block-size=1 .gpu | cut -f1) ))
-echo ".gpu: $(du -sb .gpu | awk '{print int($1 / 1048576)}') MiB; with the tree: $(( bytes / 1048576 )) MiB of a call's 64 ($(( disk / 1048576 )) MiB on disk)"
+carried() {  # du's total of the tree and .gpu; $1: -b for bytes, --block-size=1 for disk
+  echo $(( $(git ls-files -z --cached --others --exclude-standard | du -c "$1" --files0-from=- 2>/dev/null |
+             tail -1 | cut -f1) + $(du -s "$1" .gpu | cut -f1) ))
+}
+bytes=$(carried -b) disk=$(carried --block-size=1)
+echo ".gpu: $(( $(du -sb .gpu | cut -f1) / 1048576 )) MiB; with the tree: $(( bytes / 1048576 )) MiB of a call's 64" \
+     "($(( disk / 1048576 )) MiB on disk)"
 [ "$bytes" -le $(( 64 * 1048576 )) ] || { echo "stage_gpu.sh: over a call's 64 MiB" >&2; exit 1; }
 [ "$disk" -le $(( 64 * 1048576 )) ] || echo "stage_gpu.sh: over 64 MiB on disk: the call may be refused" >&2

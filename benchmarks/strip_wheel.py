@@ -42,7 +42,8 @@ def strip_wheel(path: str) -> None:
         for info in infos:
             wheel.writestr(info, members[info.filename], compress_type=zipfile.ZIP_DEFLATED, compresslevel=9)
     os.replace(path + ".tmp", path)
-    print(f"{os.path.basename(path)}: {before / 1e6:.1f} -> {os.path.getsize(path) / 1e6:.1f} MB, debug sections stripped")
+    after = os.path.getsize(path)
+    print(f"{os.path.basename(path)}: {before / 1e6:.1f} -> {after / 1e6:.1f} MB, debug sections stripped")
 
 
 if __name__ == "__main__":
