@@ -460,6 +460,27 @@ def test_gpus_refuses_a_batch_that_does_not_split_before_launching(extra, messag
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("flag, size, message", [
+    ("--data", 2000, "held-out split of {f} has 20 bytes, fewer than seq_len+1 = 33"),
+    ("--extra-val-data", 10, "held-out split of {f} has 10 bytes, fewer than seq_len+1 = 33"),
+])
+def test_gpus_refuses_a_corpus_too_short_for_seq_len_before_launching(flag, size, message, tmp_path, capsys,
+                                                                         monkeypatch):
+    """``--gpus 2`` with a held-out split (or --extra-val-data file) shorter than one window is one
+    error line and exit 2 before torchrun starts, as one process refuses it, not each rank's line
+    amid torchrun's report of failed workers."""
+    f = tmp_path / "short.txt"
+    f.write_bytes(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
+    argv = ["train", "--model", "mingru", *TINY, "--steps", "1", "--gpus", "2", flag, str(f),
+            "--out", str(tmp_path / "run")]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])
+    monkeypatch.setattr(subprocess, "Popen", lambda *a, **k: pytest.fail("torchrun was started"))
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rnnlab train: error: {message.format(f=f)}") and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp32"])
 def test_pure_bf16_on_a_cpu_gets_a_note(precision, tmp_path, capsys):
     """Pure bf16 (the default) on a CPU trains several times slower than fp32: one note says so

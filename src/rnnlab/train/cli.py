@@ -242,15 +242,16 @@ def _check_before_launch(cfg: TrainConfig, n: int) -> None:
     printing it amid torchrun's report of failed workers): the process group's timeout, the config and
     its split over the ``n`` processes (the global batch, --grad-accum), the corpus, the run folder (taken and let go
     at once, as rank 0 then takes it)."""
-    from rnnlab.data import load_splits
-    from rnnlab.train.distributed import timeout_minutes
-    from rnnlab.train.trainer import resolve_config
+    from rnnlab.train.distributed import DistContext, timeout_minutes
+    from rnnlab.train.trainer import open_data, resolve_config
 
     timeout_minutes()  # RNNLAB_DIST_TIMEOUT_MIN, which every rank reads
     cfg = resolve_config(cfg, world=n)
-    splits = load_splits(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
+    # the corpus as each rank opens it: its files, and every split (held-out, --extra-val-data) long
+    # enough for --seq-len; as the last rank, whose check warns of nothing (rank 0 warns once launched)
+    heldout, _, stream = open_data(cfg, DistContext(rank=n - 1, world_size=n))
     rundir = RunDir(cfg.run.out)
-    rundir.prepare(cfg, corpus_sizes(splits.train, splits.val))
+    rundir.prepare(cfg, corpus_sizes(stream.split, heldout))
     rundir.release()
 
 
