@@ -1823,6 +1823,9 @@ def test_a_rerun_sweep_finds_its_points_whatever_the_order_or_spelling_of_its_ax
     again = keep_earlier_names(build_sweep(base, ["batch_size=4", "lr=0.001,0.03"], name="sweep-o"), out)
     assert [r.name for r in again.runs] == ["lr-1e-3_batch_size-4", "batch_size-4_lr-0.03"]
     assert keep_earlier_names(first, tmp_path / "none").runs == first.runs  # no earlier sweep: names as built
+    # a whole number spelt as an int or a float is one value (parse_set refuses 1 beside 1.0 as a repeat)
+    more = keep_earlier_names(build_sweep(base, ["batch_size=4.0", "lr=0.001"], name="sweep-o"), out)
+    assert [r.name for r in more.runs] == ["lr-1e-3_batch_size-4"]
 
 
 def test_sweep_cli_end_to_end(tmp_path, capsys):

@@ -154,10 +154,15 @@ def build_sweep(model: dict, sets: list[str], *, target_params: str | int | None
 def keep_earlier_names(suite: Suite, out: Path) -> Suite:
     """Each point named as an earlier sweep into ``out`` named the same point (``suite.json``'s
     runs and their values): a rerun with its ``--set`` axes in another order, or a value spelt
-    otherwise (``lr=0.001`` for ``1e-3``), finds that point's folder (complete: skipped; stopped:
-    resumed) instead of training the point again in a new one."""
+    otherwise (``lr=0.001`` for ``1e-3``, ``grad_clip=1`` for ``1.0``), finds that point's folder
+    (complete: skipped; stopped: resumed) instead of training the point again in a new one."""
+    def same(v):  # 1 and 1.0 are one value, as parse_set's check of repeats reads them (grad_clip=1, then 1.0)
+        if isinstance(v, list):
+            return [same(x) for x in v]
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     def key(point) -> str:
-        return json.dumps(point, sort_keys=True, default=str)
+        return json.dumps({k: same(v) for k, v in point.items()}, sort_keys=True, default=str)
 
     earlier = read_json(Path(out) / SUITE_FILE) or {}
     names = {key(r["point"]): r["name"] for r in earlier.get("runs") or []
