@@ -1428,6 +1428,18 @@ def _two_batch_runs(tmp_path, b8_steps, b16_steps):
                         "bytes": 1000}) + "\n" for i in steps))
 
 
+def test_report_skips_run_records_that_are_no_json_object(tmp_path):
+    """A metrics.jsonl or eval.jsonl line of valid JSON that is no object (``5``, a hand edit or a
+    damaged file) is skipped as an unreadable line is, not a traceback of the report."""
+    _two_batch_runs(tmp_path, (1, 2, 3, 4), (1, 2))
+    for name in ("metrics.jsonl", "eval.jsonl"):
+        with open(tmp_path / "b8" / name, "a") as f:
+            f.write('5\n"x"\nnull\n[1]\n')
+    records = collect(tmp_path)["records"]
+    assert [len(r["metrics"]) for r in records] == [2, 4] and [len(r["evals"]) for r in records] == [2, 4]
+    assert "## Held-out bpb at equal training bytes" in write_report(tmp_path, plots=False)["md"].read_text()
+
+
 def test_report_reads_runs_of_different_batches_at_equal_training_bytes(tmp_path):
     """report.md's equal-bytes table: when the runs read different bytes per step, each run's
     held-out curve (at y) at a quarter, half and all of the bytes every run reached, linearly

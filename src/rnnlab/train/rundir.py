@@ -89,7 +89,8 @@ def archived_path(path: Path) -> Path:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The records of a JSON-lines file, or of ``PATH.xz`` when only that exists (a finished run
-    archived in results/, benchmarks/suite_carry.sh); unreadable lines skipped; [] when missing."""
+    archived in results/, benchmarks/suite_carry.sh); unreadable lines, and lines holding no JSON
+    object (every record is one), skipped; [] when missing."""
     path, packed = Path(path), archived_path(path)
     try:
         archived = packed.exists() and not path.exists()
@@ -102,9 +103,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     out = []
     for line in lines:
         try:
-            out.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            out.append(record)
     return out
 
 
