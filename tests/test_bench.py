@@ -1543,6 +1543,14 @@ def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     assert (list(line.get_xdata()), list(line.get_ydata())) == ([22, 32], [1.2, 1.3])
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["mamba2 d_state=64 train loss"]
     assert P._depth_series(rows[2:]) == {}
+    # a sweep over depth and dim (widths set, not solved): one line per width, not a zigzag through all four
+    grid = [dict(row("e1", d, 1.0 + d / 100 + w / 1000), dim=w) for d in (2, 4) for w in (32, 64)]
+    assert {k: [(r["depth"], r["dim"]) for r in rs] for k, rs in P._depth_series(grid).items()} == {
+        "e1 dim=32": [(2, 32), (4, 32)], "e1 dim=64": [(2, 64), (4, 64)]}
+    assert P.loss_vs_depth_figure(P._depth_series(grid)).axes[0].get_xlabel() == "depth (width held)"
+    solved = [dict(row("e1", d, 1.0), dim=w) for d, w in ((2, 64), (4, 48))]
+    assert P.loss_vs_depth_figure(P._depth_series(solved)).axes[0].get_xlabel() == (
+        "depth (width solved for the parameter budget)")
 
 
 def test_sweep_plot_draws_schedule_free_runs_at_their_training_point():

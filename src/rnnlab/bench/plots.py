@@ -277,14 +277,22 @@ def _depth_series(rows) -> dict[str, list[dict]]:
     """Rows that differ in depth (and the width solved for it) alone, as one series each: the same
     model kind, layer options and protocol (budget, optimizer, batch, ...) at two or more depths.
     An E1 of 2.5x expansion at 19 layers and an E1 of 14 heads at 31 are two models, not a depth
-    curve; a model at two depths and two learning rates is two curves."""
+    curve; a model at two depths and two learning rates is two curves, and so is one at two depths
+    and two widths set for them (a sweep over depth and dim)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         if r["loss"] is not None and r.get("depth") is not None:
             options = " ".join(f"{k}={v}" for k, v in sorted((r.get("layer") or {}).items()))
             protocol = json.dumps(r.get("protocol") or {}, sort_keys=True, default=str)
             groups.setdefault((f"{r['model']} {options}".strip(), protocol), []).append(r)
-    curves = [(label, rs) for (label, _), rs in groups.items() if len({r["depth"] for r in rs}) > 1]
+    curves = []
+    for (label, _), rs in groups.items():
+        if len({r["depth"] for r in rs}) < len(rs):  # two rows at one depth: widths set apart (--set dim=.. depth=..)
+            dims = dict.fromkeys(r.get("dim") for r in rs)
+            parts = {f"{label} dim={d}".strip(): [r for r in rs if r.get("dim") == d] for d in dims}
+        else:
+            parts = {label: rs}
+        curves += [(lab, p) for lab, p in parts.items() if len({r["depth"] for r in p}) > 1]
     seen: dict[str, int] = {}
     series: dict[str, list[dict]] = {}
     for label, rs in curves:  # one model under two protocols: "e1", "e1 (2)"
@@ -299,7 +307,8 @@ def loss_vs_depth_figure(series: dict[str, list[dict]]):
     for i, (label, rs) in enumerate(series.items()):
         d, loss, sd = zip(*sorted((r["depth"], r["loss"], r["loss_std"] or 0) for r in rs))
         ax.errorbar(d, loss, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"{label} train loss")
-    ax.set_xlabel("depth (width solved for the parameter budget)")
+    one_width = all(len({r.get("dim") for r in rs}) == 1 for rs in series.values())  # a sweep at a set --dim
+    ax.set_xlabel("depth" + (" (width held)" if one_width else " (width solved for the parameter budget)"))
     integer_ticks(ax.xaxis)
     ax.set_ylabel("loss (nats/byte, last-100 mean)")
     ax.set_title("loss vs depth")
