@@ -301,6 +301,8 @@ CASES = [
     ("bench_gpus_text", ["bench", "tiny", "--out", "{new}", "--gpus", "two"],
      "argument --gpus: must be an integer, got 'two'"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
+    ("bench_plan_gpus_negative", ["bench", "tiny", "--out", "{new}", "--gpus", "-1", "--plan"],
+     "--gpus must be a positive integer, got -1"),
 ]
 
 

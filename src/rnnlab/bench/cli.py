@@ -104,6 +104,8 @@ def _execute(suite, out: Path, args) -> int:
     from rnnlab.bench.runner import run_plan
     from rnnlab.bench.suite import command_line, plan_suite
 
+    if args.gpus is not None and args.gpus < 1:  # before --plan, which would show a plan the command refuses
+        raise ValueError(f"--gpus must be a positive integer, got {args.gpus}")
     overrides = {k: v for k, v in config_flag_values(args).items() if k in SUITE_KEYS}
     opts = {"params": getattr(args, "params", None), "seeds": args.seeds, "runs": args.runs}
     plan = plan_suite(suite, out, **opts, **overrides)
@@ -114,8 +116,6 @@ def _execute(suite, out: Path, args) -> int:
     options = {**{k: v for k, v in opts.items() if v is not None}, **overrides}
     gpus = None
     if args.gpus is not None:
-        if args.gpus < 1:
-            raise ValueError(f"--gpus must be a positive integer, got {args.gpus}")
         from rnnlab.bench.parallel import visible_gpus
 
         gpus = visible_gpus(args.gpus) if args.gpus > 1 else None
