@@ -860,6 +860,20 @@ def test_report_mfu_only_for_a_row_trained_at_one_peak(tmp_path):
     assert rows["old"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
 
 
+def test_a_run_started_without_a_summary_yet_is_partial_not_missing(tmp_path):
+    """A run still training (or killed before it wrote summary.json: its config.json and metrics
+    are there) is a partial row, as "Not complete" lists it; "missing" is a planned run never started."""
+    _synthetic_run(tmp_path, "a", 1.5, 2.0, 30000.0)
+    _synthetic_run(tmp_path, "b", 1.6, 2.1, 30000.0)
+    (tmp_path / "b" / "summary.json").unlink()
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "runs": [
+        {"name": n, "seed": None, "dir": n, "point": None} for n in ("a", "b", "c")]}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert [r[0] for r in _table_rows(md)] == ["a", "b (partial: 0 of 1 runs complete)",
+                                                "c (missing: 0 of 1 runs complete)"]
+    assert "- `b`: incomplete" in md and "- `c`: missing" in md
+
+
 @pytest.mark.parametrize("damaged", ['{"model": ', "[1, 2]"])
 def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
     """A run whose summary.json is cut short or holds JSON that is not an object (a hand-edited
@@ -869,7 +883,7 @@ def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
     _synthetic_run(tmp_path, "b", 1.6, 2.1, 30000.0)
     (tmp_path / "b" / "summary.json").write_text(damaged)
     rows = _table_rows(write_report(tmp_path, plots=False)["md"].read_text())
-    assert [r[:3] for r in rows] == [["a", "400M", "1.5000"], ["b (missing: 0 of 1 runs complete)", "-", "-"]]
+    assert [r[:3] for r in rows] == [["a", "400M", "1.5000"], ["b (partial: 0 of 1 runs complete)", "-", "-"]]
     (tmp_path / "b" / "config.json").write_text(json.dumps({"model": 3, "steps": 10}))
     assert _table_rows(write_report(tmp_path, plots=False)["md"].read_text()) == rows
 

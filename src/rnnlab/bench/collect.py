@@ -125,10 +125,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "seeds": [run_seed(r) for r in use],
             "n_runs": len(recs), "n_complete": len(done), "n_used": len(use), "point": first.get("point"),
             # none complete and one failed: "failed", asked before ``use`` (a failed run wrote
-            # summary.json, its numbers and error, so it is among them)
+            # summary.json, its numbers and error, so it is among them); "missing" when no run was
+            # started (a run still training, or killed before its summary, is there: "partial")
             "status": ("complete" if len(done) == len(recs) else
                        "failed" if not done and any(r["status"] == "failed" for r in recs) else
-                       "partial" if use else "missing"),
+                       "missing" if all(r["status"] == "missing" for r in recs) else "partial"),
             # a --minutes budget's seeds run different step counts: the row shows their mean
             "steps": mean_count([r["summary"].get("steps") for r in use]),
             "tokens": mean_count([r["summary"].get("tokens") for r in use]),
