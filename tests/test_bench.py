@@ -860,6 +860,21 @@ def test_report_mfu_only_for_a_row_trained_at_one_peak(tmp_path):
     assert rows["old"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
 
 
+def test_a_folder_named_like_a_seed_is_a_seed_only_when_its_config_says_so(tmp_path):
+    """Without suite.json, ``e1-s1`` and ``e1-s2`` (config seeds 1 and 2) are seeds of one row
+    ``e1``; ``e16-s4`` trained with seed 42 (race-400m's E16 of state expansion 4) is the row
+    ``e16-s4``, seed 42, not seed 4 of a row ``e16``."""
+    from rnnlab.bench.collect import run_seed
+
+    for name, seed in (("e1-s1", 1), ("e1-s2", 2), ("e16-s4", 42)):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0, seed=seed)
+        config = tmp_path / name / "config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "seed": seed}))
+    data = collect(tmp_path)
+    assert [(r["name"], run_seed(r)) for r in data["records"]] == [("e1", 1), ("e1", 2), ("e16-s4", 42)]
+    assert [(r["name"], r["seeds"]) for r in aggregate(data["records"])] == [("e1", [1, 2]), ("e16-s4", [42])]
+
+
 def test_a_run_started_without_a_summary_yet_is_partial_not_missing(tmp_path):
     """A run still training (or killed before it wrote summary.json: its config.json and metrics
     are there) is a partial row, as "Not complete" lists it; "missing" is a planned run never started."""

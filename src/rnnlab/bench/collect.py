@@ -4,7 +4,7 @@ Input: a directory of run folders (``RunDir``: ``summary.json``, ``config.json``
 ``metrics.jsonl``, ...), plus ``suite.json`` when the directory was made by ``rnnlab bench`` or
 ``rnnlab sweep`` (run names, seeds, sweep axes, the suite's reference numbers). Without
 ``suite.json`` any directory of runs works: folders named ``NAME-sSEED`` are grouped as seeds of
-``NAME``.
+``NAME`` (when their config.json's seed is SEED: ``e16-s4`` trained with seed 42 is a name).
 
 ``collect`` gives one record per run folder (its files read once, for the tables and the plots);
 ``aggregate`` gives one row per suite row: each metric's mean, sample std and count over the
@@ -54,6 +54,8 @@ def collect(root: str | Path) -> dict[str, Any]:
         entry = planned.get(name)
         if entry is None:
             m = _SEED_DIR.match(name)
+            if m and (run.saved_config() or {}).get("seed") not in (None, int(m["seed"])):
+                m = None  # a name that ends like a seed (race-400m's e16-s4, trained with seed 42)
             entry = {"name": m["name"] if m else name, "seed": int(m["seed"]) if m else None,
                      "dir": name, "point": None}
         status = run.status()
