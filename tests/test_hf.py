@@ -458,6 +458,23 @@ def test_a_bf16_run_exports_bf16_weights(tmp_path, tiny_train):
     assert next(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").parameters()).dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("missing", ["lm_eval", "transformers"])
+def test_python_m_rnnlab_hf_lm_eval_says_what_is_missing(missing, monkeypatch, capsys):
+    """Without lm-eval, or with a transformers rnnlab does not register with (lm-eval would then
+    fail later with "model type rnnlab not recognized"), the command is one line, exit 2."""
+    from rnnlab.hf import lm_eval as entry
+
+    if missing == "lm_eval":
+        monkeypatch.setitem(sys.modules, "lm_eval.__main__", None)  # its import fails as if not installed
+    else:
+        monkeypatch.setattr(entry, "transformers_problem", lambda: "transformers 9.0 is installed; rnnlab.hf needs")
+    with pytest.raises(SystemExit) as stop:
+        entry.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("python -m rnnlab.hf.lm_eval: ")
+    assert ("lm-eval is not installed" if missing == "lm_eval" else "transformers 9.0") in err
+
+
 def test_python_m_rnnlab_hf_lm_eval_is_the_lm_eval_command():
     """``python -m rnnlab.hf.lm_eval ARGS`` runs lm-eval's own command line (here its --help)
     with rnnlab imported, rather than importing and exiting silently."""
