@@ -2693,6 +2693,23 @@ def test_report_settings_are_the_same_within_float_tolerance(tmp_path):
     assert re.search(r"> - lr: rounded, exact 9\.99\d*e-05; other 0\.00010001$", md, re.M), md
 
 
+def test_seeds_beside_a_run_that_sets_its_own_seed_is_refused(tmp_path, capsys):
+    """``rnnlab bench e88-recipe-400m --seeds 45`` trained its ``-seed43`` rows at seed 45 (folder
+    ``NAME-seed43-s45``), the suite file's seed dropped without a word; refused in one line naming
+    those runs. ``--runs`` without them, or no ``--seeds``, plans as before."""
+    suite = load_suite("e88-recipe-400m")
+    with pytest.raises(ValueError, match=r"--seeds would replace the seed these runs set: .*"
+                                         r"e1-heads-graph-b16-lr9\.2e-4-seed43 \(seed = 43\)"):
+        plan_suite(suite, tmp_path, seeds="45", device="cpu")
+    assert [p.cfg.run.seed for p in plan_suite(suite, tmp_path, seeds="45,46", runs="e88-b16-lr9.2e-4",
+                                                device="cpu", cuda_graph=False)] == [45, 46]
+    assert main(["bench", "e88-recipe-400m", "--plan", "--seeds", "45",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "mamba2-b8-lr3e-4-3x-seed43 (seed = 43)" in err
+    assert not (tmp_path / "o").exists()
+
+
 def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):
     """``--seeds 1,1`` would train one folder twice and count it as two seeds: refused in one
     line (exit 2), as are negative seeds (0 is a seed); nothing is written."""

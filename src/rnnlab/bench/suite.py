@@ -325,6 +325,10 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
         if unknown:
             raise ValueError(f"suite {suite.name} has no run(s) {unknown}; its runs: {[r.name for r in suite.runs]}")
         selected = [r for r in suite.runs if r.name in names]
+    own_seed = [f"{r.name} (seed = {r.overrides['seed']})" for r in selected if r.overrides.get("seed") is not None]
+    if seed_list and own_seed:  # e.g. e88-recipe-400m's NAME-seed43 rows would train each --seeds seed instead
+        raise ValueError(f"{suite.where}: --seeds would replace the seed these runs set: {', '.join(own_seed)}; "
+                         "leave them out with --runs, or give no --seeds")
     plan = []
     for run in selected:
         target = target_all if target_all is not None else run.target_params
