@@ -168,7 +168,7 @@ def load_splits(
             raise ValueError(
                 f"corpus {corpus.path} ({n} bytes) is too small to split: held-out tail of "
                 f"{n_val} bytes (val_fraction={val_fraction}, min_len={min_len}) leaves "
-                f"{n - n_val} bytes for training; use a larger file or pass val_data"
+                f"{n - n_val} bytes for training; use a larger file or give a held-out file (--val-data)"
             )
         train = Split(corpus, 0, n - n_val, "train")
         val = Split(corpus, n - n_val, n_val, "val")
