@@ -1278,6 +1278,25 @@ def test_grad_clip_bounds_the_gradient_the_optimizer_sees(tiny_train, tmp_path):
     assert len(clipped) == 4 and max(clipped) <= 0.2 * (1 + 1e-5)
 
 
+def test_grad_norm_is_the_l2_norm_clipping_rescales_to(tiny_train, tmp_path, monkeypatch):
+    """The logged grad_norm is the L2 norm of the gradients before clipping, and clipping scales
+    them to L2 norm min(norm, clip): a norm of another order (L1, inf) would log another number and
+    clip to less than the clip without breaking the bound above."""
+    pre, real_clip = [], torch.nn.utils.clip_grads_with_norm_
+
+    def clip(params, max_norm, total_norm, *a, **kw):
+        params = list(params)
+        pre.append(math.sqrt(sum(float(p.grad.double().square().sum()) for p in params if p.grad is not None)))
+        return real_clip(params, max_norm, total_norm, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", clip)
+    seen = _grad_norms_seen_by_optimizer(tiny_train(tmp_path / "r", steps=3, grad_clip=0.2, depth=1, eval_bytes=256))
+    logged = [json.loads(x)["grad_norm"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert len(pre) == 3 and max(pre) > 0.2  # some step is clipped
+    assert logged == pytest.approx(pre, rel=1e-5)
+    assert seen == pytest.approx([min(n, 0.2) for n in pre], rel=1e-5)
+
+
 def test_adamw_lr_is_linear_warmup_then_cosine(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=10, optimizer="adamw", warmup_steps=3, lr=1e-3), progress=False)
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
