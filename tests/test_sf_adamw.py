@@ -128,6 +128,26 @@ def test_fused_step_moves_y_towards_z_without_cancellation_for_a_small_weight(mo
 
 
 @needs_interpreter
+def test_fused_step_at_weight_one_half_takes_torchs_upper_lerp_formula(monkeypatch):
+    """``ckp1 = 0.5`` exactly (a run's second step without warm-up) is in torch's upper half,
+    ``z - (z - y) * (1 - ckp1)``: bit for bit ``y.lerp_(z, 0.5)`` as schedulefree's step computes
+    it, where ``y + ckp1 * (z - y)`` differs by an ulp on some elements."""
+    torch.manual_seed(0)
+    y0 = torch.randn(37) * 10.0 ** torch.randint(-8, 2, (37,)).float()
+    z0 = torch.randn(37)
+    p = torch.nn.Parameter(y0.clone())
+    opt = sf_adamw.AdamWScheduleFree([p], lr=1e-2, weight_decay=0.0, warmup_steps=0)
+    opt.train()
+    monkeypatch.setattr(opt, "_fused_applies", lambda: True)
+    opt.state[p].update(z=z0.clone(), exp_avg_sq=torch.zeros(37))
+    opt.param_groups[0]["weight_sum"] = 1e-4  # this step's weight lr ** 2 = 1e-4: ckp1 = 0.5
+    p.grad = torch.zeros(37)
+    opt.step()
+    assert not torch.equal(y0 + 0.5 * (z0 - y0), y0.clone().lerp_(z0, 0.5))  # the two formulas differ here
+    assert torch.equal(p.detach(), y0.clone().lerp_(z0, 0.5))
+
+
+@needs_interpreter
 def test_fused_step_writes_only_the_parameters_own_elements(monkeypatch):
     """A tensor's partial last block is masked at its end: a parameter that is the head of a
     larger buffer leaves the bytes after it as they were."""
