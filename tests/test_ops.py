@@ -177,6 +177,24 @@ def test_16bit_inputs_meet_fp32_weights_and_state_at_compute_precision(name):
     assert last.dtype == torch.float32 and torch.equal(last, h0.bfloat16().float())
 
 
+# per-time inputs the layers hand over in the compute dtype beside 16-bit activations (E88's decay,
+# Gated DeltaNet's log decay and beta, Mamba2's dt): their positions in the op's inputs
+GATES_IN_FP32 = {"e88_scan": (3,), "gated_delta_scan": (3, 4), "ssd_scan": (1,)}
+
+
+@pytest.mark.parametrize("name", sorted(GATES_IN_FP32))
+def test_fp32_gates_beside_16bit_activations_are_not_rounded(name):
+    """bf16 activations with fp32 gates (as the layers pass them under autocast): the reference
+    equals itself on the activations upcast, the gates as given, never rounded to bf16 (E88's
+    docstring: the decay "stays fp32", where the reference study's rounds it)."""
+    args, h0, time_args = _case(name)
+    acts = set(time_args) - set(GATES_IN_FP32[name])
+    low = [a.bfloat16() if i in acts else a for i, a in enumerate(args)]
+    up = [a.bfloat16().float() if i in acts else a for i, a in enumerate(args)]
+    for run in (OPS[name].naive, *(OPS[name].alternatives[b] for b in _alternatives(name))):
+        assert torch.equal(run(*low, h0)[1], run(*up, h0)[1]), run
+
+
 @pytest.mark.parametrize("name,backend", [(n, b) for n in sorted(CASES) for b in _alternatives(n)])
 def test_alternative_backends_match_the_reference(name, backend):
     args, h0, _ = _case(name)
