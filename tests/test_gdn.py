@@ -129,6 +129,20 @@ def test_layer_is_the_module_docstring_written_out():
         torch.testing.assert_close(layer(x), o.flatten(-2) @ layer.o_proj.weight.T, rtol=1e-10, atol=1e-10)
 
 
+def test_bf16_layer_computes_its_gates_in_fp32():
+    """In a bf16 layer the log decay g and beta reach the op in fp32, computed from the bf16
+    projections upcast (the docstring's compute dtype), not evaluated or rounded in bf16."""
+    layer = _reference(heads=2).bfloat16()
+    x = torch.randn(2, 5, 16).bfloat16()
+    qkv = [torch.randn(2, 5, 8).bfloat16(), torch.randn(2, 5, 8).bfloat16(), torch.randn(2, 5, 16).bfloat16()]
+    with torch.no_grad():
+        *_, g, beta = layer._scan_inputs(x, *qkv)
+        a, b = layer.a_proj(x).float(), layer.b_proj(x).float()
+    assert g.dtype == beta.dtype == torch.float32
+    assert torch.equal(beta, torch.sigmoid(b))
+    assert torch.equal(g, -torch.exp(layer.A_log.float()) * F.softplus(a + layer.dt_bias.float()))
+
+
 def test_reference_has_fla_state_dict_and_init():
     """fla's layer (built on CPU, where its forward cannot run) and the reference: the same names,
     shapes, order and, from the same seed, the same initial values."""
