@@ -89,3 +89,11 @@ def test_validate_messages(kw, msg):
     with pytest.raises(ValueError) as e:
         AttentionConfig(**kw).validate()
     assert str(e.value) == msg
+
+
+def test_rope_of_bf16_is_computed_in_fp32():
+    """RoPE's arithmetic runs in fp32 for bf16 inputs, rounded once at the end: rope of the input
+    upcast, then rounded (bf16 products and sums would round every term)."""
+    x = torch.randn(2, 3, 9, 16).bfloat16()
+    pos = torch.arange(100, 109)
+    assert torch.equal(rope(x, pos, 10000.0), rope(x.float(), pos, 10000.0).bfloat16())
