@@ -142,3 +142,12 @@ def test_params_cli_solves_a_width(capsys):
     assert main(["params", "--model", "e88", "--target", "400M", "--depth", "31", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dim"] % 32 == 0 and abs(out["params"] - 4e8) < 0.01 * 4e8
+
+
+def test_unit_rows_of_bf16_are_computed_in_fp32():
+    """q and k are normalised in fp32 and rounded once: ``_unit`` of a bf16 tensor is that of its
+    upcast, rounded to bf16 (a norm summed in bf16 would be off by up to ~1%)."""
+    from rnnlab.layers.e88 import _unit
+
+    t = torch.randn(4, 6, 3, 32).bfloat16() * 3
+    assert torch.equal(_unit(t), _unit(t.float()).bfloat16())

@@ -269,3 +269,14 @@ def test_params_cli_solves_a_width(capsys):
     assert main(["params", "--model", "gdn", "--target", "400M", "--depth", "17", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["dim"] % 32 == 0 and abs(out["params"] - 4e8) < 0.01 * 4e8
+
+
+def test_bf16_l2_norm_and_gated_rms_norm_are_computed_in_fp32():
+    """q/k's L2 normalisation and the output's RMSNorm-then-gate run in fp32 for bf16 inputs: their
+    results are those of the upcast inputs (the norm returns fp32; the gated norm rounds once)."""
+    t, o, gate = (torch.randn(3, 5, 2, 16).bfloat16() * 3 for _ in range(3))
+    assert torch.equal(gdn._l2_normalize(t), gdn._l2_normalize(t.float()))
+    norm = gdn.RMSNormThenGate(16)
+    with torch.no_grad():
+        norm.weight.normal_()
+        assert torch.equal(norm(o, gate), norm(o.float(), gate.float()).bfloat16())

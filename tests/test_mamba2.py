@@ -363,3 +363,22 @@ def test_gpu_official_step_matches_forward():
     torch.testing.assert_close(torch.stack(outs_ref, 1), y, atol=2e-3, rtol=2e-3)
     torch.testing.assert_close(s_off[1], s_ref[1], atol=1e-3, rtol=1e-3)
 
+
+
+def test_bf16_gated_norm_and_dt_are_computed_in_fp32():
+    """The gate-then-RMSNorm and dt = softplus(dt + dt_bias) run in fp32 for bf16 inputs: the norm's
+    result is that of the upcast inputs rounded once, and dt reaches the scan in fp32 unrounded."""
+    from rnnlab.layers.mamba2 import GateThenRMSNorm
+
+    x, z = (torch.randn(2, 5, 32).bfloat16() * 3 for _ in range(2))
+    norm = GateThenRMSNorm(32, group_size=16)
+    with torch.no_grad():
+        norm.weight.normal_()
+        assert torch.equal(norm(x, z), norm(x.float(), z.float()).bfloat16())
+    torch.manual_seed(0)
+    layer = Mamba2(Mamba2Config(dim=16, d_state=4, headdim=8, backend="reference")).bfloat16()
+    xBC = torch.randn(2, 5, 32 + 2 * 4).bfloat16()
+    dt = torch.randn(2, 5, 4).bfloat16() * 3
+    _, got, A, _, _ = layer._ssm_inputs(xBC, dt)
+    assert got.dtype == A.dtype == torch.float32
+    assert torch.equal(got, F.softplus(dt.float() + layer.dt_bias.float()))
