@@ -84,16 +84,32 @@ def test_bytecorpus_pipe(tmp_path):
 
 
 @pytest.mark.parametrize("magic,kind", [(b"\x1f\x8b\x08\x00", "gzip"), (b"\xfd7zXZ\x00\x00", "xz"),
-                                        (b"\x28\xb5\x2f\xfd\x00", "Zstandard")])
+                                        (b"\x28\xb5\x2f\xfd\x00", "Zstandard"), (b"BZh91AY&SY\x00", "bzip2"),
+                                        (b"BZh1\x17rE8P\x90", "bzip2")])
 def test_bytecorpus_refuses_compressed_files(tmp_path, magic, kind):
     """A compressed shard given as a corpus is refused (it would train on its compressed bytes),
-    pointing to `rnnlab data prepare`; raw text that merely starts with one of those bytes is not."""
+    pointing to `rnnlab data prepare`; raw text that merely starts with one of those bytes is not
+    (nor text that starts "BZh9" as bzip2 does)."""
     p = tmp_path / "shard.jsonl.x"
     p.write_bytes(magic + b"rest of the file" * 10)
     with pytest.raises(ValueError, match=f"is {kind}-compressed.*rnnlab data prepare"):
         ByteCorpus(p)
     p.write_bytes(magic[:1] + b"rest of the file" * 10)
     assert len(ByteCorpus(p)) == 161
+    p.write_bytes(magic[:4] + b"rest of the file" * 10)
+    if kind == "bzip2":
+        assert len(ByteCorpus(p)) == 164
+
+
+def test_bytecorpus_refuses_a_zip_archive(tmp_path):
+    """A zip archive given as a corpus is refused (it would train on its compressed bytes)."""
+    import zipfile
+
+    p = tmp_path / "shards.zip"
+    with zipfile.ZipFile(p, "w") as z:
+        z.writestr("a.txt", "text")
+    with pytest.raises(ValueError, match="is a zip archive, and rnnlab reads raw bytes: extract its files"):
+        ByteCorpus(p)
 
 
 def test_bytecorpus_refuses_json_lines(tmp_path):

@@ -1,8 +1,9 @@
-"""``rnnlab data prepare``: text / JSON lines, plain / xz / gzip / zstd, files and folders -> one
+"""``rnnlab data prepare``: text / JSON lines, plain / xz / gzip / zstd / bzip2, files and folders -> one
 raw byte file + manifest; corrupt shards, atomic output, streaming."""
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import hashlib
 import json
@@ -23,7 +24,7 @@ from rnnlab.data import prepare as prep  # noqa: E402
 from rnnlab.signals import stops_as_ctrl_c  # noqa: E402
 
 zstd = zstandard.ZstdCompressor(write_checksum=True).compress  # as the zstd command writes frames
-COMPRESS = {".xz": lzma.compress, ".gz": gzip.compress, ".zst": zstd}
+COMPRESS = {".xz": lzma.compress, ".gz": gzip.compress, ".zst": zstd, ".bz2": bz2.compress}
 
 
 def _jsonl(*texts: str, field: str = "text") -> bytes:
@@ -48,6 +49,7 @@ def test_every_format_from_files_and_folders(tmp_path, capsys):
     (shards / "b.txt.xz").write_bytes(lzma.compress(b"xz text"))
     (shards / "sub" / "c.txt.gz").write_bytes(gzip.compress(b"gz text"))
     (shards / "sub" / "d.txt.zst").write_bytes(zstd(b"zst frame 1, ") + zstd(b"frame 2"))  # two frames
+    (shards / "sub" / "f.txt.bz2").write_bytes(bz2.compress(b"bz2 stream 1, ") + bz2.compress(b"stream 2"))  # pbzip2
     (shards / "e.jsonl").write_bytes(_jsonl("doc one", "") + b"\n" + _jsonl("doc \u00e9"))  # blank line, empty doc
     (shards / "README.md").write_bytes(b"not a shard")  # a folder contributes *.txt / *.jsonl only
     (shards / ".hidden.txt").write_bytes(b"skipped")
@@ -57,16 +59,16 @@ def test_every_format_from_files_and_folders(tmp_path, capsys):
     odd.write_bytes(lzma.compress(b"odd"))
     out = tmp_path / "corpus" / "all.txt"
     assert main(["data", "prepare", str(pile), str(shards), str(odd), "--out", str(out), "--no-progress"]) == 0
-    assert "documents from 7 source files;" in capsys.readouterr().out  # README and .hidden skipped
+    assert "documents from 8 source files;" in capsys.readouterr().out  # README and .hidden skipped
 
     docs = [b"pile a", b"pile b", b"plain text\n", b"xz text", b"doc one", "doc \u00e9".encode(),
-            b"gz text", b"zst frame 1, frame 2", b"odd"]
+            b"gz text", b"zst frame 1, frame 2", b"bz2 stream 1, stream 2", b"odd"]
     assert out.read_bytes() == b"\n\n".join(docs)
     m = json.loads(prep.manifest_path(out).read_text())
     assert m["bytes"] == out.stat().st_size and m["documents"] == len(docs)
     assert m["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
     names = [p.split("/")[-1] for p in (s["path"] for s in m["sources"])]
-    assert names == ["00.jsonl.zst", "a.txt", "b.txt.xz", "e.jsonl", "c.txt.gz", "d.txt.zst", "notes.xz"]
+    assert names == ["00.jsonl.zst", "a.txt", "b.txt.xz", "e.jsonl", "c.txt.gz", "d.txt.zst", "f.txt.bz2", "notes.xz"]
     for s in m["sources"]:
         raw = open(s["path"], "rb").read()
         assert s["sha256"] == hashlib.sha256(raw).hexdigest() and s["size"] == len(raw)
@@ -183,7 +185,7 @@ def test_summary_line_counts_in_the_singular(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'o.txt'}: 1 byte, 1 document from 1 source file;")
 
 
-@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])
+@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst", ".bz2"])
 @pytest.mark.parametrize("damage", ["truncated", "garbled"])
 def test_corrupt_shard_is_named(tmp_path, capsys, suffix, damage):
     good = tmp_path / f"good.txt{suffix}"
@@ -198,7 +200,7 @@ def test_corrupt_shard_is_named(tmp_path, capsys, suffix, damage):
     assert not out.exists() and _leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst"])
+@pytest.mark.parametrize("suffix", [".xz", ".gz", ".zst", ".bz2"])
 def test_an_empty_compressed_shard_is_refused_not_read_as_no_text(tmp_path, capsys, suffix):
     """A 0-byte shard (a failed download) holds no stream: gzip and zstandard would read it as an empty
     document and the corpus would lack the shard unnoticed. A stream of no text is still fine."""
@@ -225,7 +227,7 @@ def test_a_zst_shard_with_a_long_window_is_read_not_called_corrupt(tmp_path):
     assert (tmp_path / "o.txt").read_bytes() == b"one\n\ntwo"
 
 
-@pytest.mark.parametrize("suffix, kind", [(".gz", "gzip"), (".xz", "xz"), (".zst", "Zstandard")])
+@pytest.mark.parametrize("suffix, kind", [(".gz", "gzip"), (".xz", "xz"), (".zst", "Zstandard"), (".bz2", "bzip2")])
 def test_a_compressed_file_not_named_so_is_refused_not_copied(tmp_path, capsys, suffix, kind):
     """``00.jsonl.gzip`` (or a ``.txt`` that is compressed) would be copied as text, its compressed
     bytes into the corpus: refused before anything is written, naming the suffix that unpacks it."""
@@ -356,7 +358,7 @@ def test_blank_json_lines_are_skipped_and_documents_kept_byte_for_byte(tmp_path)
     assert [(s["documents"], s["bytes"]) for s in m["sources"]] == [(3, 14), (1, 11)]
 
 
-@pytest.mark.parametrize("suffix", [".xz", ".zst"])
+@pytest.mark.parametrize("suffix", [".xz", ".zst", ".bz2"])
 def test_streams_one_after_another_are_read_to_the_end_of_the_file(tmp_path, capsys, suffix):
     """A shard of several xz streams (NUL stream padding between them) or Zstandard frames is read
     whole; bytes after a stream that start no other (appended junk, a damaged later stream's
@@ -373,6 +375,19 @@ def test_streams_one_after_another_are_read_to_the_end_of_the_file(tmp_path, cap
         bad.write_bytes(one + tail)
         err = _err(capsys, ["data", "prepare", str(bad), "--out", str(tmp_path / f"o{i}.txt"), "--no-progress"])
         assert f"{bad}: corrupt or truncated text{suffix} file (" in err and not (tmp_path / f"o{i}.txt").exists()
+
+
+def test_a_zip_archive_is_refused_not_copied(tmp_path, capsys):
+    """A zip archive (of any name) would be copied as text, its compressed bytes into the corpus:
+    refused in one line, saying to extract its files."""
+    import zipfile
+
+    archive = tmp_path / "shards.txt"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("a.txt", "some text " * 20)
+    err = _err(capsys, ["data", "prepare", str(archive), "--out", str(tmp_path / "o.txt"), "--no-progress"])
+    assert err.endswith(f"{archive} is a zip archive, which prepare does not open: extract its files and give "
+                        "them instead") and not (tmp_path / "o.txt").exists()
 
 
 def test_recorded_sha256s_cover_every_byte(tmp_path):

@@ -1,4 +1,4 @@
-"""``rnnlab data prepare``: real corpora (text, JSON lines; xz, gzip, Zstandard) -> one raw byte
+"""``rnnlab data prepare``: real corpora (text, JSON lines; xz, gzip, Zstandard, bzip2) -> one raw byte
 file for ``rnnlab train --data`` (``rnnlab.data.prepare``).
 
     rnnlab data prepare pile/train/00.jsonl.zst pile/train/01.jsonl.zst --out pile.txt
@@ -17,8 +17,8 @@ def register(sub) -> None:
                        description="Corpus tools; `rnnlab data prepare --help` for the one there is.")
     data_sub = p.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
     q = data_sub.add_parser(
-        "prepare", help="stream .txt / .jsonl files and folders (optionally .xz/.gz/.zst) into one raw byte file",
-        description="Stream text and JSON-lines files and folders (optionally .xz/.gz/.zst compressed) into "
+        "prepare", help="stream .txt / .jsonl files and folders (optionally .xz/.gz/.zst/.bz2) into one raw byte file",
+        description="Stream text and JSON-lines files and folders (optionally .xz/.gz/.zst/.bz2 compressed) into "
                     "one raw byte file plus FILE.manifest.json (sources, byte counts, sha256). A text file is "
                     "one document, a JSON line is one document (its --field); documents are joined by "
                     "--separator.")

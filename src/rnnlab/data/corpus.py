@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -30,10 +31,18 @@ def default_val_path() -> Path:
 
 # The first bytes of the compressed files `rnnlab data prepare` unpacks, which a corpus must not be
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "Zstandard"}
+MAGIC_BYTES = 10  # what compression_of reads: bzip2's magic and first block's (or end's) is the longest
+# bzip2: "BZh", the block size 1-9, then a block's magic (pi) or, for an empty stream, the end's (sqrt(pi))
+_BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)")
+# a zip archive (a local file header, or an empty archive's end record): prepare does not open archives
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 def compression_of(head: bytes) -> str | None:
-    """The compressed format (a name of ``COMPRESSED_MAGIC``) a file's first 6 bytes announce, or None."""
+    """The compressed format (a name of ``COMPRESSED_MAGIC``, or "bzip2") a file's first ``MAGIC_BYTES``
+    bytes announce, or None."""
+    if _BZIP2.match(head):
+        return "bzip2"
     return next((kind for magic, kind in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
 
 
@@ -57,10 +66,13 @@ class ByteCorpus:
         if size == 0:
             raise ValueError(f"corpus file {self.path} is empty")
         self.data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(size,))
-        head = bytes(self.data[:6])
+        head = bytes(self.data[:MAGIC_BYTES])
         if kind := compression_of(head):
             raise ValueError(f"corpus file {self.path} is {kind}-compressed, and rnnlab reads raw bytes: "
                              f"unpack it first (`rnnlab data prepare {self.path} --out FILE` for text or JSON lines)")
+        if head.startswith(ZIP_MAGIC):
+            raise ValueError(f"corpus file {self.path} is a zip archive, and rnnlab reads raw bytes: extract its "
+                             f"files first, then `rnnlab data prepare FILES --out FILE` joins them")
         if self.path.suffix == ".jsonl" and head.startswith(b"{"):  # its text would be read with the JSON around it
             raise ValueError(f"corpus file {self.path} is JSON lines, and rnnlab reads raw bytes: extract its "
                              f"text first (`rnnlab data prepare {self.path} --out FILE`)")

@@ -5,10 +5,12 @@ file's name says its format:
 
     NAME.txt, or any other name   plain text: the whole file is one document
     NAME.jsonl                    JSON lines: each line an object whose FIELD (default "text") is one document
-    ... + .xz / .gz / .zst        compressed with lzma, gzip or Zstandard (the Pile ships 00.jsonl.zst)
+    ... + .xz / .gz / .zst / .bz2 compressed with lzma, gzip, Zstandard or bzip2 (the Pile ships 00.jsonl.zst,
+                                  Wikipedia its dumps as .bz2)
 
-A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. A gzip, xz or
-Zstandard file not named with its suffix is refused (its compressed bytes are no text). Documents are
+A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. A gzip, xz,
+Zstandard or bzip2 file not named with its suffix is refused (its compressed bytes are no text), as
+is a zip archive (extract its files first). Documents are
 written in order with SEPARATOR between them (default a blank line, ``\\n\\n``, as between the
 documents of registry-pile's shards); empty documents are skipped, and sources holding no text at
 all are refused (an empty corpus would only fail later, in training).
@@ -24,6 +26,7 @@ naming the file (and line).
 
 from __future__ import annotations
 
+import bz2
 import contextlib
 import gzip
 import hashlib
@@ -41,17 +44,23 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
-from rnnlab.data.corpus import compression_of
+from rnnlab.data.corpus import MAGIC_BYTES, ZIP_MAGIC, compression_of
 
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
 READ_SIZE = 1 << 16
 FOLDER_FORMATS = (".txt", ".jsonl")  # what a folder contributes (before any compression suffix)
+
+
+class Bzip2Error(ValueError):
+    """Damaged bzip2 data (bz2 raises a plain OSError for it)."""
+
+
 # What a damaged compressed stream raises (gzip's BadGzipFile is an OSError: caught by name).
-CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError)
+CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, Bzip2Error)
 # the suffix that unpacks each compressed format corpus.compression_of recognises; a file named
 # with one of them is read through its decompressor
-SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst"}
+SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst", "bzip2": ".bz2"}
 COMPRESSIONS = tuple(SUFFIX_OF.values())
 # The largest window Zstandard allows (2 GiB): a frame written with `zstd --long=31` needs it, and the
 # decoder's default limit (128 MiB, as the zstd command's without --long=31) refuses such valid shards
@@ -85,7 +94,7 @@ def find_sources(paths: Sequence[str | os.PathLike]) -> list[Source]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and _in_folder_format(f, p))
             if not found:
-                raise FileNotFoundError(f"{p} holds no *.txt or *.jsonl files (optionally .xz/.gz/.zst)")
+                raise FileNotFoundError(f"{p} holds no *.txt or *.jsonl files (optionally .xz/.gz/.zst/.bz2)")
             files += found
         elif p.is_file():
             files.append(p)
@@ -178,7 +187,11 @@ def _refuse_unnamed_compression(source: Source) -> None:
     if source.compression is not None:
         return
     with open(source.path, "rb") as f:
-        kind = compression_of(f.read(6))
+        head = f.read(MAGIC_BYTES)
+    if head.startswith(ZIP_MAGIC):
+        raise CorpusError(f"{source.path} is a zip archive, which prepare does not open: extract its files and "
+                          f"give them instead")
+    kind = compression_of(head)
     if kind is not None:
         raise CorpusError(f"{source.path} is {kind}-compressed, but its name does not end in {SUFFIX_OF[kind]}, "
                           f"which is what makes prepare unpack it: rename it (its compressed bytes would be "
@@ -225,10 +238,29 @@ def _decompressed_blocks(raw: io.RawIOBase, compression: str | None) -> Iterator
         yield from _stream_blocks(raw, dctx.decompressobj, "Zstandard frame")
     elif compression == ".xz":
         yield from _stream_blocks(raw, lambda: lzma.LZMADecompressor(lzma.FORMAT_XZ), "xz stream", padding=b"\0")
+    elif compression == ".bz2":  # pbzip2 and lbzip2 write several streams, as `zstd -T` writes frames
+        yield from _stream_blocks(raw, _Bzip2Decoder, "bzip2 stream")
     else:
         stream = gzip.GzipFile(fileobj=raw) if compression == ".gz" else raw
         while block := stream.read(READ_SIZE):
             yield block
+
+
+class _Bzip2Decoder:
+    """bz2's decoder (a type that cannot be subclassed), raising its error for damaged data (a plain
+    OSError, "Invalid data stream") as a ``Bzip2Error``, one of CORRUPT: a disk's OSError is no damaged file."""
+
+    def __init__(self) -> None:
+        self._decoder = bz2.BZ2Decompressor()
+
+    eof = property(lambda self: self._decoder.eof)
+    unused_data = property(lambda self: self._decoder.unused_data)
+
+    def decompress(self, data: bytes) -> bytes:
+        try:
+            return self._decoder.decompress(data)
+        except OSError as e:
+            raise Bzip2Error(str(e)) from None
 
 
 def _stream_blocks(raw: io.RawIOBase, new_decoder: Callable[[], Any], name: str,
