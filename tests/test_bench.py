@@ -771,6 +771,21 @@ def _synthetic_run(root: Path, name: str, loss: float, bpb: float, tok: float, d
         for i in range(1, 11)))
 
 
+def test_rows_trained_for_the_same_minutes_are_one_protocol_whatever_their_steps(tmp_path):
+    """The equal-time race: rows of one --minutes budget run different steps by design, and its
+    report warned on every call that they were "not run under one protocol" (steps run). The
+    steps run are compared among step-budget rows only; the budget itself among all."""
+    for name, steps in (("fast", 900), ("slow", 300)):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0, steps=steps)
+        _set_config(tmp_path, name, steps=None, minutes=5.0)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "not run under one protocol" not in md
+    _synthetic_run(tmp_path, "stepped", 1.6, 2.3, 16000.0, steps=600)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    warning = md[md.index("> **Warning: the rows below were not run under one protocol"):md.index("## Results")]
+    assert "> - budget: fast, slow minutes 5.0; stepped steps 600\n" in warning and "steps run" not in warning
+
+
 def test_a_sweep_report_does_not_warn_that_its_axes_differ(tmp_path):
     """A sweep over lr is not "not run under one protocol" for its lr; a setting it did not sweep
     that differs (weight decay here) still is."""

@@ -287,14 +287,18 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
 
 
 def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[str]:
-    """One line per setting that is not the same for every row (steps run, batch, sequence
-    length, precision, optimizer, lr, weight decay, Adam's betas, gradient clipping, held-out
-    bytes, the extra held-out file scored (``--extra-val-data``), and whether weight decay reached
-    the decay rates A_log, dt_bias, D among the rows whose models have them): such rows do not
-    compare like for like. A sweep's axes (``swept``) differ
-    by design and are left out. Parameter counts: ``differing_param_counts``."""
+    """One line per setting that is not the same for every row (the budget, the steps run among
+    rows not trained for a time, batch, sequence length, precision, optimizer, lr, weight decay,
+    Adam's betas, gradient clipping, held-out bytes, the extra held-out file scored
+    (``--extra-val-data``), and whether weight decay reached the decay rates A_log, dt_bias, D
+    among the rows whose models have them): such rows do not compare like for like. A sweep's
+    axes (``swept``) differ by design and are left out. Parameter counts: ``differing_param_counts``.
+    Rows trained for the same minutes run different steps by design (the time-matched race): the
+    budget says they match."""
     lines = []
-    keyed = {"steps run": {r["name"]: r["steps"] for r in rows},
+    keyed = {"budget": {r["name"]: " ".join(f"{k} {r['protocol'][k]}" for k in BUDGET_KEYS
+                                            if r["protocol"].get(k) is not None) or None for r in rows},
+             "steps run": {r["name"]: r["steps"] for r in rows if r["protocol"].get("minutes") is None},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
              # --extra-val-data, where any row has one: a row without it shows "-" (a run kept from before
              # the file was asked for, with no checkpoint to score it from)
