@@ -788,14 +788,17 @@ def test_rows_trained_for_the_same_minutes_are_one_protocol_whatever_their_steps
 
 def test_a_sweep_report_does_not_warn_that_its_axes_differ(tmp_path):
     """A sweep over lr is not "not run under one protocol" for its lr; a setting it did not sweep
-    that differs (weight decay here) still is."""
+    that differs (weight decay here) still is. Its command's options are said beside `rnnlab
+    train`'s defaults, not as departures from a "suite as shipped" (a sweep has none)."""
     for name, lr, wd in (("lr-1e-4", 1e-4, 0.1), ("lr-1e-3", 1e-3, 0.0)):
         _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
         _set_config(tmp_path, name, lr=lr, weight_decay=wd)
     (tmp_path / "suite.json").write_text(json.dumps({"suite": "sweep-lr", "sweep": {"axes": {"lr": [1e-4, 1e-3]}}, "runs": [
-        {"name": n, "seed": None, "dir": n, "point": {"lr": lr}} for n, lr in (("lr-1e-4", 1e-4), ("lr-1e-3", 1e-3))]}))
+        {"name": n, "seed": None, "dir": n, "point": {"lr": lr}} for n, lr in (("lr-1e-4", 1e-4), ("lr-1e-3", 1e-3))],
+        "options": {"steps": 30}}))
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "not run under one protocol" in md and "> - weight_decay:" in md and "> - lr:" not in md
+    assert "- **Options beside `rnnlab train`'s defaults:** steps = 30\n" in md and "as shipped" not in md
 
 
 def test_a_missing_memory_figure_reads_by_the_rows_own_device(tmp_path):

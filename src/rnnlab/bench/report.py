@@ -549,7 +549,8 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
     md += [f"- **Suite:** {header['suite']}{shipped}" + (f": {header['description']}" if header["description"] else ""),
            f"- **Protocol as run:** {header['protocol']}"]
     if header["overrides"]:
-        md.append("- **Departs from the suite as shipped:** "
+        md.append(("- **Options beside `rnnlab train`'s defaults:** " if plan.get("sweep") else  # a sweep ships none
+                   "- **Departs from the suite as shipped:** ")
                   + ", ".join(f"{k} = {v}" for k, v in header["overrides"].items()))
     md += [f"- **Date:** {header['date']}", f"- **Device:** {header['device']}",
            f"- **Corpus:** {header['corpus']}", f"- **Git commit:** {header['git_commit']}",
