@@ -481,6 +481,26 @@ def test_a_held_out_file_of_seq_len_plus_one_bytes_is_enough(world, tmp_path):
         open_data(cfg, dist.context())
 
 
+def test_a_val_fraction_that_splits_nothing_is_said(world, tmp_path, capsys):
+    """``--val-fraction`` splits a --data file given without --val-data; beside --val-data, or with
+    the bundled sample (its own held-out file), it changed nothing without a word: one warning line
+    naming why. Where it splits --data, or left at its default, nothing is said."""
+    from rnnlab.train import distributed as dist
+    from rnnlab.train.config import TrainConfig
+    from rnnlab.train.trainer import open_data
+
+    base = {"model": {"model": "e1", "dim": 32, "depth": 2}, "seq_len": 32, "batch_size": 4}
+    for extra, why in (({"data": str(world["corpus"]), "val_data": str(world["val32"]), "seq_len": 16},
+                        "--val-data gives the held-out split"),
+                       ({}, "the bundled sample has its own held-out file")):
+        open_data(TrainConfig.from_dict({**base, "val_fraction": 0.2, **extra}), dist.context())
+        assert capsys.readouterr().err == (f"rnnlab: warning: --val-fraction 0.2 has no effect: {why} (it splits "
+                                           "a --data file given without --val-data)\n")
+    for cfg in ({**base, "val_fraction": 0.2, "data": str(world["corpus"])}, base):
+        open_data(TrainConfig.from_dict(cfg), dist.context())
+        assert capsys.readouterr().err == ""
+
+
 def test_cases_cover_the_issue():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
 

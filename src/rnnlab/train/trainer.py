@@ -42,7 +42,7 @@ from rnnlab.ops.dtypes import autocast
 from rnnlab.signals import reclaim_handlers
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError
-from rnnlab.train.config import TrainConfig, budget_clock
+from rnnlab.train.config import DataConfig, TrainConfig, budget_clock
 from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
@@ -234,6 +234,11 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
         if split is not None and len(split) < cfg.data.seq_len + 1:
             raise ValueError(f"held-out split of {split.path} has {len(split)} bytes, fewer than "
                              f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or {fix}")
+    unsplit = ("--val-data gives the held-out split" if cfg.data.val_path else
+               "the bundled sample has its own held-out file" if cfg.data.path is None else None)
+    if unsplit and cfg.data.val_fraction != DataConfig().val_fraction and ctx.rank == 0:
+        warn(f"--val-fraction {cfg.data.val_fraction:g} has no effect: {unsplit} (it splits a --data file "
+             "given without --val-data)")
     for flag, path in (("--val-data", cfg.data.val_path), ("--extra-val-data", cfg.data.extra_val_path)):
         if path and ctx.rank == 0 and os.path.samefile(path, splits.train.path):
             warn(f"{flag} {path} is the training file itself: its held-out scores are of bytes the model "
