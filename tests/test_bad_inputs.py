@@ -39,6 +39,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "curve_text": ("curve_text.toml", 'curve_eval_bytes = "lots"\n'),
     "twice_json": ("twice.json", '{"steps": 2, "steps": 3}\n'),
     "twice_yaml": ("twice.yaml", "model:\n  dim: 32\n  dim: 48\n"),
+    "two_spellings": ("two_spellings.toml", "batch_size = 4\nbatch-size = 8\n"),
     "vocab_text": ("vocab_text.toml", '[model]\nvocab_size = "256"\n'),
     "toml_syntax": ("syntax.toml", "steps = = 3\n"),
     "yaml_syntax": ("syntax.yaml", "steps: [3\n"),
@@ -153,6 +154,8 @@ CASES = [
      "cannot parse config file {twice_json}: key 'steps' is given twice"),
     ("config_yaml_key_twice", [*FRESH, "--config", "{twice_yaml}"],
      "cannot parse config file {twice_yaml}: key 'dim' is given twice"),
+    ("config_key_spelled_twice", [*FRESH, "--config", "{two_spellings}"],  # not the later one, silently
+     "config file {two_spellings}: keys 'batch_size' and 'batch-size' are one field, given twice: keep one"),
     ("config_vocab_text", [*TRAIN, "--config", "{vocab_text}"], "vocab_size must be one of 256, got '256'"),
     ("config_toml_syntax", [*TRAIN, "--config", "{toml_syntax}"], "cannot parse config file {toml_syntax}: "),
     ("config_yaml_syntax", [*TRAIN, "--config", "{yaml_syntax}"], "cannot parse config file {yaml_syntax}: "),

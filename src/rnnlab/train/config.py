@@ -453,6 +453,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         bad = [k for k in table if not isinstance(k, str)]  # YAML's unquoted 1, true, null
         if bad:
             raise ValueError(f"config file {p}: key {bad[0]!r} is not a field name (quote it if it is one)")
+        # batch_size and batch-size name one field: the later would win without a word
+        spellings: dict[str, str] = {}
+        for k in table:
+            if (first := spellings.setdefault(k.replace("-", "_"), k)) != k:
+                raise ValueError(f"config file {p}: keys {first!r} and {k!r} are one field, given twice: keep one")
     # a [data] section (the name of a config section, but also the flat key of the corpus path):
     # a --data flag would replace it whole, and the fields in it with it, without a word
     tables = sorted(k for k, v in d.items() if isinstance(v, dict) and k in FIELDS and k not in ("model", "layer"))
