@@ -710,6 +710,28 @@ def test_non_finite_loss_keeps_last_good_checkpoint(tiny_train, tmp_path, monkey
         == list(range(1, 13))
 
 
+def test_a_non_finite_gradient_of_a_finite_loss_stops_the_run_before_its_update(tiny_train, tmp_path, monkeypatch):
+    """A gradient that overflows while the loss stays finite: its update would make the weights
+    non-finite, and the run stopped only later, at the next step's loss or checkpoint, naming that
+    step. It stops at the step itself, the weights untouched."""
+    run = tmp_path / "r"
+    forward_backward = trainer.Trainer.forward_backward
+
+    def overflow_at_step_3(self, batch):
+        loss = forward_backward(self, batch)
+        if self.state.step == 2:  # the step being taken is step 3
+            next(self.state.model.parameters()).grad.view(-1)[0] = float("inf")
+        return loss
+
+    monkeypatch.setattr(trainer.Trainer, "forward_backward", overflow_at_step_3)
+    with pytest.raises(NonFiniteLossError, match=r"^non-finite gradient \(norm inf\) of a finite loss \(\d\.\d{4}\) "
+                                                 r"at step 3; lower --lr; .*ckpt/step-000002 \(step 2\)"):
+        run_training(tiny_train(run, steps=6, checkpoint_every=2), progress=False)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 2
+    _, model, _ = RunDir(run).load("cpu")  # the last checkpoint's weights, finite
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_non_finite_weights_are_never_checkpointed(tiny_train, tmp_path, monkeypatch):
     """Weights an optimizer step made non-finite while the step's loss was finite are caught at the
     next checkpoint: the run stops there, and the last good checkpoint is neither replaced nor
