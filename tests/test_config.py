@@ -74,6 +74,20 @@ def test_resume_compares_the_model_section_field_by_field():
     assert resume_mismatch(saved, untied) == ("model.tie_embeddings", True, False)
 
 
+def test_a_resume_may_change_the_layers_backend_and_nothing_else_of_the_layer():
+    """A run trained with a CUDA-only backend (``--layer backend=triton``) could not resume on a CPU
+    or another machine: its backend refused the device, and ``--layer backend=auto`` was refused as a
+    new model. A backend computes the same layer, so it may change; any other layer option may not."""
+    def cfg(**layer):
+        return TrainConfig.from_dict({"model": {"model": "e1", "dim": 32, "depth": 2, "layer": layer}})
+
+    saved = cfg(backend="triton", heads=2).to_dict()
+    assert resume_mismatch(saved, cfg(backend="auto", heads=2)) is None
+    assert resume_mismatch(saved, cfg(heads=2)) is None
+    assert resume_mismatch(saved, cfg(backend="auto", heads=4)) == (
+        "model.layer", {"backend": "triton", "heads": 2}, {"backend": "auto", "heads": 4})
+
+
 def _wrong_value(spec):
     """A value of the wrong type for the field (a string where a number or bool is expected...)."""
     base = typing.get_args(spec.type)[0] if type(None) in typing.get_args(spec.type) else spec.type

@@ -521,7 +521,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
 def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, Any] | None:
     """First field (dotted name, saved value, new value) that differs and matters for resuming.
     A field the saved config lacks (one added to rnnlab since) counts as its default; pass
-    ``RunDir.saved_config()``, which first fills what old files meant (:data:`LEGACY_DEFAULTS`)."""
+    ``RunDir.saved_config()``, which first fills what old files meant (:data:`LEGACY_DEFAULTS`).
+    The layer's ``backend`` does not matter: each computes the same layer (checked against the
+    reference), so a run of a CUDA-only backend resumes elsewhere with ``backend=auto``."""
     new, defaults = cfg.to_dict(), TrainConfig().to_dict()
     for key in sorted(set(saved) | set(new)):
         if key in RESUMABLE:
@@ -529,9 +531,11 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, 
         a, b = saved.get(key, defaults.get(key)), new.get(key)
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
             for mk in sorted(set(a) | set(b)):
-                old = a.get(mk, defaults["model"].get(mk))
-                if _norm(old) != _norm(b.get(mk)):
-                    return f"model.{mk}", old, b.get(mk)
+                old, now = a.get(mk, defaults["model"].get(mk)), b.get(mk)
+                if mk == "layer" and isinstance(old, dict) and isinstance(now, dict):
+                    old, now = ({k: v for k, v in d.items() if k != "backend"} for d in (old, now))
+                if _norm(old) != _norm(now):
+                    return f"model.{mk}", a.get(mk, defaults["model"].get(mk)), b.get(mk)
         elif _norm(a) != _norm(b):
             return key, a, b
     return None
