@@ -1559,6 +1559,19 @@ def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path):
     assert equal_bytes_lines(records, marks=[1_024_000])[2].startswith("Here each run's learning curve")
 
 
+def test_equal_bytes_table_asked_for_without_curves_says_why_it_is_empty(tmp_path):
+    """``rnnlab report --at-bytes`` over runs evaluated once each (no --eval-every): no curve to
+    read, and report.md says so rather than leaving out the section asked for without a word."""
+    from rnnlab.cli import main
+
+    _two_batch_runs(tmp_path, (250,), (250,))
+    assert main(["report", str(tmp_path), "--no-plots", "--at-bytes", "1M"]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "No run has a held-out learning curve to read at the bytes asked for (`--at-bytes`)" in md
+    assert main(["report", str(tmp_path), "--no-plots"]) == 0  # not asked: no section
+    assert "Held-out bpb at equal training bytes" not in (tmp_path / "report.md").read_text()
+
+
 def test_equal_bytes_marks_of_a_small_run_name_their_bytes(tmp_path):
     """Marks under 0.1M bytes (a small CPU run's) are named to three digits, not rounded to
     hundredths of a million: 4,096 and 8,192 bytes were both "0.01M" (or "0.00M")."""

@@ -630,6 +630,10 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
     curves = {d: (c["name"], sorted(c["bpb_y_bytes"] or c["bpb_bytes"])) for d, c in all_curves.items()}
     curves = {d: v for d, v in curves.items() if len(v[1]) >= 2}
     asked = marks is not None
+    if asked and not curves:  # --at-bytes asked for a table that no run's curve can fill: say so
+        return ["## Held-out bpb at equal training bytes", "",
+                "No run has a held-out learning curve to read at the bytes asked for (`--at-bytes`): that "
+                "needs two evaluations or more (train with `--eval-every N`).", ""]
     if not curves or (not asked and (len(per_step) < 2 or len(curves) < 2)):
         return []
     if not asked:
