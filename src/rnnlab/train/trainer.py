@@ -341,7 +341,8 @@ class Trainer:
                   file=sys.stderr, flush=True)
         if ctx.is_main and self.device.type == "cpu" and cfg.run.precision == "bf16":
             print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
-                  "no bf16 matrix units); --precision fp32 for experiments on a CPU", file=sys.stderr, flush=True)
+                  "no bf16 matrix units); --precision fp32 (in a suite file: precision = \"fp32\") for experiments "
+                  "on a CPU", file=sys.stderr, flush=True)
         resumed, spent = resume_from is not None, self.budget_spent()
         # a session that takes no step (a finished run resumed to re-score its final evaluation)
         # keeps what its summary says of the training sessions (speed, memory, device)
