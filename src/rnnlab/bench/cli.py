@@ -80,8 +80,9 @@ def register(sub) -> None:
     r.add_argument("--out", type=path_arg, help="write the report here (default: DIR)")
     r.add_argument("--no-plots", action="store_true", help="report without PNG plots")
     r.add_argument("--at-bytes", type=byte_marks, metavar="B1,B2,..",
-                   help="read every run's held-out curve at these training bytes (e.g. 20M,45M,83M; K, M, B: "
-                        "10^3, 10^6, 10^9) in the equal-bytes table, whatever the runs' bytes per step "
+                   help="read every run's held-out curve (its evaluations during training: --eval-every) at "
+                        "these training bytes (e.g. 20M,45M,83M; K, M, B: 10^3, 10^6, 10^9) in the "
+                        "equal-bytes table, whatever the runs' bytes per step "
                         "(default: a quarter, half and all of the bytes every run reached, when the runs' "
                         "bytes per step differ)")
     r.set_defaults(func=run_report)
