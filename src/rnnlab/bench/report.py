@@ -480,10 +480,10 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------ write
 # the options that change the protocol
 OVERRIDE_KEYS = ("params", "steps", "minutes", "tokens", "eval_bytes", "curve_eval_bytes")
-LEGEND = ("Loss = mean of the last 100 training losses (nats/byte); held-out bpb = bits per byte on the "
-          "held-out split at the end of training (bytes scored: {val_bytes}), at the weights a checkpoint ships "
-          "(Schedule-Free keeps two: x, the average it ships; \"train point\": y, where gradients and the "
-          "training loss are taken); Tok/s (steady) = training "
+LEGEND = ("Loss = mean of the last 100 training losses (all of them in a shorter run; nats/byte); held-out bpb = "
+          "bits per byte on the held-out split at the end of training (bytes scored: {val_bytes}), at the weights "
+          "a checkpoint ships (Schedule-Free keeps two: x, the average it ships; \"train point\": y, where gradients "
+          "and the training loss are taken); Tok/s (steady) = training "
           "tokens per second of training-step time, the first {warmup_steps} steps of each process (compilation, "
           "autotuning) left out; Tok/s (wall) = tokens / the run's whole wall-clock time (start-up, "
           "compilation, evaluation and checkpoints included); MFU (GPU runs) = 6 x parameters x steady tok/s "
