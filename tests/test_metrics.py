@@ -384,7 +384,7 @@ def test_a_wandb_run_that_cannot_start_leaves_the_run_folder_unused(tmp_path, ca
         assert main([*argv, "--wandb", "p"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == ["rnnlab train: error: W&B could not start a run: api_key not configured (no-tty) "
-                       "(WANDB_MODE=offline logs locally)"]
+                       "(WANDB_MODE=offline logs locally; --wandb '' trains without W&B, a resumed run too)"]
         assert {p.name for p in run.iterdir()} <= {".lock"}
     assert main(argv) == 0
     assert json.loads((run / "summary.json").read_text())["complete"]

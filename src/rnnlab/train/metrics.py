@@ -180,7 +180,8 @@ class Wandb(Tracker):
             self.run = wandb.init(project=cfg.run.wandb, name=run.path.name, id=run_id, resume="allow",
                                   dir=str(run.path), config=cfg.to_dict())
         except wandb.errors.Error as e:  # not logged in, no network, ...
-            raise ValueError(f"W&B could not start a run: {e} (WANDB_MODE=offline logs locally)") from None
+            raise ValueError(f"W&B could not start a run: {e} (WANDB_MODE=offline logs locally; "
+                             "--wandb '' trains without W&B, a resumed run too)") from None
         self.run.define_metric(self.STEP_KEY)
         for kind in ("train", "eval"):
             self.run.define_metric(f"{kind}/*", step_metric=self.STEP_KEY)
