@@ -74,6 +74,29 @@ def test_resume_compares_the_model_section_field_by_field():
     assert resume_mismatch(saved, untied) == ("model.tie_embeddings", True, False)
 
 
+def test_a_resume_with_a_config_file_keeps_what_the_file_leaves_out(tmp_path, capsys):
+    """``--resume --config F`` started from F alone: a run made with ``--config F --steps 4`` and
+    resumed with ``--config F`` took the default budget (1,000 steps) and went on to it without a
+    word. The run's config.json is now the base, F over it, flags over both."""
+    from rnnlab.cli import build_parser, main
+    from rnnlab.train.cli import config_from_args
+
+    toml, run = tmp_path / "run.toml", tmp_path / "r"
+    toml.write_text('model = "e1"\ndim = 32\ndepth = 2\nseq_len = 32\nbatch_size = 4\nprecision = "fp32"\n'
+                    'eval_bytes = 4096\n')
+    assert main(["train", "--config", str(toml), "--steps", "4", "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+
+    def resumed(*flags):
+        return config_from_args(build_parser().parse_args(["train", "--resume", "--config", str(toml),
+                                                           "--out", str(run), *flags])).to_dict()
+
+    assert resumed()["steps"] == 4  # the run's budget, not the default's
+    assert resumed("--steps", "6")["steps"] == 6
+    toml.write_text(toml.read_text() + "eval_every = 3\n")  # the file over the run's config.json
+    assert resumed()["eval_every"] == 3 and resumed("--eval-every", "2")["eval_every"] == 2
+
+
 def test_a_resume_may_change_the_layers_backend_and_nothing_else_of_the_layer():
     """A run trained with a CUDA-only backend (``--layer backend=triton``) could not resume on a CPU
     or another machine: its backend refused the device, and ``--layer backend=auto`` was refused as a

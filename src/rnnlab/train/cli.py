@@ -25,8 +25,8 @@ from pathlib import Path
 from rnnlab.models.config import layer_text
 from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
-from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values, load_config,
-                                 parse_eval_bytes)
+from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values,
+                                 parse_eval_bytes, read_config_file)
 from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_sizes, warn
 
 
@@ -90,21 +90,24 @@ def register(sub) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    """Defaults < ``--config`` file (or, with ``--resume`` and no file, the run's config.json) <
-    flags; ``--layer`` options are added to the file's."""
+    """Defaults < with ``--resume`` the run's config.json < ``--config`` file < flags; ``--layer``
+    options are added to the file's. A resumed run keeps what the file leaves out (its budget, say),
+    as it keeps what no flag names."""
     flags = config_flag_values(args)
     layer = flags.pop("layer", {})
-    if args.config is not None:
-        cfg = load_config(args.config)
-    else:
-        saved = None
-        if args.resume:
-            run = RunDir(args.out or apply_overrides(TrainConfig(), dict(flags)).out_dir())
-            saved = run.saved_config()
-            missing = run.missing_corpus(k for k in CORPUS_KEYS if k not in flags)  # a flag names its own file
-            if missing:
-                raise FileNotFoundError(f"{missing}: a resumed run reads the same path, so put the file back there")
-        cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
+    from_file = read_config_file(args.config) if args.config is not None else {}
+    file_source = f"config file {args.config}"
+    saved = None
+    if args.resume:
+        named = apply_overrides(apply_overrides(TrainConfig(), from_file, source=file_source), dict(flags))
+        run = RunDir(args.out or named.out_dir())
+        saved = run.saved_config()
+        # a flag or the file names its own file
+        missing = run.missing_corpus(k for k in CORPUS_KEYS if k not in flags and k not in from_file)
+        if missing:
+            raise FileNotFoundError(f"{missing}: a resumed run reads the same path, so put the file back there")
+    cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
+    apply_overrides(cfg, from_file, source=file_source)
     apply_overrides(cfg, flags, source="flag")
     if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
         cfg.model.layer = {**cfg.model.layer, **layer}
