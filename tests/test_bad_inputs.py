@@ -528,6 +528,11 @@ def test_out_of_memory_names_the_knobs(world, capsys, monkeypatch):
                                                    "--batch-size (4) or --seq-len (32) or raise --grad-accum (1)"), err
     assert "no checkpoint was written" in err and "--eval-batch-size" not in err
     assert "out of memory" in json.loads((out / "summary.json").read_text())["error"]
+    # a batch already split into micro-batches of one row: raising --grad-accum is no way out, not named
+    assert main(["train", *TINY, "--steps", "2", "--grad-accum", "4", "--data", str(world["corpus"]),
+                 "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "lower --batch-size (4) or --seq-len (32); " in err and "--grad-accum" not in err, err
 
 
 def test_out_of_memory_in_a_training_evaluation_names_its_knob(world, capsys, monkeypatch):

@@ -1519,9 +1519,14 @@ def test_memory_check_counts_one_micro_batch_of_activations(tiny_train, tmp_path
 
     monkeypatch.setattr(runtime, "device_memory", lambda device: 2**30)  # a 1 GiB device
     cfg = tiny_train(tmp_path / "r", batch_size=64, seq_len=32768)  # ~5 GiB of activations at once
-    with pytest.raises(ValueError, match=r"batch_size 64 x seq_len 32768 keeps at least ~5\.\d GiB"):
+    with pytest.raises(ValueError, match=r"batch_size 64 x seq_len 32768 keeps at least ~5\.\d GiB.*"
+                                         r"lower --batch-size or --seq-len, or raise --grad-accum$"):
         runtime.check_memory(cfg, 20_000, torch.device("cpu"))
     runtime.check_memory(apply_overrides(cfg, {"grad_accum": 64}), 20_000, torch.device("cpu"))  # ~0.1 GiB
+    # micro-batches of one row already: raising --grad-accum is no way out, not named
+    one_row = apply_overrides(cfg, {"grad_accum": 64, "seq_len": 32768 * 64})
+    with pytest.raises(ValueError, match=r"grad_accum 64 x seq_len 2097152 .*lower --batch-size or --seq-len$"):
+        runtime.check_memory(one_row, 20_000, torch.device("cpu"))
 
 
 def test_memory_check_counts_each_gpus_share_under_torchrun(tiny_train, tmp_path, monkeypatch):

@@ -163,8 +163,9 @@ def check_memory(cfg, params: int, device: torch.device, world: int = 1) -> None
         + (f" / grad_accum {cfg.data.grad_accum}" if cfg.data.grad_accum > 1 else "")
         + f" x seq_len {cfg.data.seq_len} keeps at least "
         f"~{activations / gib:,.1f} GiB of activations (plus {states / gib:,.1f} GiB of weights and optimizer "
-        f"state), more than the {have / gib:,.1f} GiB of {device}: lower --batch-size or --seq-len, or "
-        f"raise --grad-accum")
+        f"state), more than the {have / gib:,.1f} GiB of {device}: lower --batch-size or --seq-len"
+        # more micro-batches only while a process's batch has rows to split them from
+        + (", or raise --grad-accum" if cfg.data.batch_size // shares > cfg.data.grad_accum else ""))
 
 
 def cuda_only_backend(cfg, device: torch.device) -> str | None:

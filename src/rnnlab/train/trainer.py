@@ -412,7 +412,10 @@ class Trainer:
                                f"lower --eval-batch-size ({eval_batch(cfg)})"
                                f"{graph if cfg.run.cuda_graph else ''}; {self.checkpointer.kept()}")
                 else:
-                    accum = graph if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})"
+                    # more micro-batches only while a process's batch has rows to split them from
+                    splits = dist.per_rank_batch(cfg.data.batch_size, self.ctx.world_size) > cfg.data.grad_accum
+                    accum = (graph if cfg.run.cuda_graph else
+                             f" or raise --grad-accum ({cfg.data.grad_accum})" if splits else "")
                     message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
                                f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}; "
                                f"{self.checkpointer.kept()}")
