@@ -164,8 +164,13 @@ def check_memory(cfg, params: int, device: torch.device, world: int = 1) -> None
         + f" x seq_len {cfg.data.seq_len} keeps at least "
         f"~{activations / gib:,.1f} GiB of activations (plus {states / gib:,.1f} GiB of weights and optimizer "
         f"state), more than the {have / gib:,.1f} GiB of {device}: lower --batch-size or --seq-len"
-        # more micro-batches only while a process's batch has rows to split them from
-        + (", or raise --grad-accum" if cfg.data.batch_size // shares > cfg.data.grad_accum else ""))
+        + (", or raise --grad-accum" if grad_accum_can_rise(cfg, world) else ""))
+
+
+def grad_accum_can_rise(cfg, world: int) -> bool:
+    """Whether a larger ``--grad-accum`` is possible (so an out-of-memory line may name it): each of
+    the ``world`` processes' batches has more rows than its micro-batches."""
+    return dist.per_rank_batch(cfg.data.batch_size, world) > cfg.data.grad_accum
 
 
 def cuda_only_backend(cfg, device: torch.device) -> str | None:

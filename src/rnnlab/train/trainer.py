@@ -49,8 +49,8 @@ from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_we
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank
 from rnnlab.train.rundir import RunDir, corpus_sizes, warn
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, eval_batch, evaluate_run,
-                                  final_scores_lacking, is_out_of_memory, peak_mem_gib, pick_device, seed_everything,
-                                  sync, wrap_model)
+                                  final_scores_lacking, grad_accum_can_rise, is_out_of_memory, peak_mem_gib,
+                                  pick_device, seed_everything, sync, wrap_model)
 
 # what a summary measures of the sessions that trained, kept by a session that trains no step
 SESSION_RATES = ("tok_per_s", "wall_s", "tok_per_wall_s")  # of the steps: a checkpoint's progress gives them too
@@ -412,10 +412,8 @@ class Trainer:
                                f"lower --eval-batch-size ({eval_batch(cfg)})"
                                f"{graph if cfg.run.cuda_graph else ''}; {self.checkpointer.kept()}")
                 else:
-                    # more micro-batches only while a process's batch has rows to split them from
-                    splits = dist.per_rank_batch(cfg.data.batch_size, self.ctx.world_size) > cfg.data.grad_accum
-                    accum = (graph if cfg.run.cuda_graph else
-                             f" or raise --grad-accum ({cfg.data.grad_accum})" if splits else "")
+                    accum = (graph if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})"
+                             if grad_accum_can_rise(cfg, self.ctx.world_size) else "")
                     message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
                                f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}; "
                                f"{self.checkpointer.kept()}")
