@@ -783,7 +783,7 @@ def test_rows_trained_for_the_same_minutes_are_one_protocol_whatever_their_steps
     _synthetic_run(tmp_path, "stepped", 1.6, 2.3, 16000.0, steps=600)
     md = write_report(tmp_path, plots=False)["md"].read_text()
     warning = md[md.index("> **Warning: the rows below were not run under one protocol"):md.index("## Results")]
-    assert "> - budget: fast, slow minutes 5.0; stepped steps 600\n" in warning and "steps run" not in warning
+    assert "> - budget: fast, slow minutes 5; stepped steps 600\n" in warning and "steps run" not in warning
 
 
 def test_a_sweep_report_does_not_warn_that_its_axes_differ(tmp_path):

@@ -296,8 +296,7 @@ def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[st
     Rows trained for the same minutes run different steps by design (the time-matched race): the
     budget says they match."""
     lines = []
-    keyed = {"budget": {r["name"]: " ".join(f"{k} {r['protocol'][k]}" for k in BUDGET_KEYS
-                                            if r["protocol"].get(k) is not None) or None for r in rows},
+    keyed = {"budget": {r["name"]: budget_text(r["protocol"]) for r in rows},
              "steps run": {r["name"]: r["steps"] for r in rows if r["protocol"].get("minutes") is None},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
              # --extra-val-data, where any row has one: a row without it shows "-" (a run kept from before
@@ -451,10 +450,16 @@ def load_lines(load: dict[str, Any] | None) -> list[str]:
     return md
 
 
+def budget_text(config: dict[str, Any]) -> str | None:
+    """A run's budget as ``"minutes 5"`` or ``"steps 1000"`` (its config's, or a row's protocol's),
+    None when it has none."""
+    return next((f"{k} {config[k]:g}" for k in BUDGET_KEYS if config.get(k) is not None), None)
+
+
 def describe_protocol(records: list[dict[str, Any]]) -> str:
     def one(r):
         c = r["config"]
-        budget = next((f"{k} {c[k]:g}" for k in BUDGET_KEYS if c.get(k) is not None), "-")
+        budget = budget_text(c) or "-"
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
         betas = f" betas {'/'.join(f'{b:g}' for b in c['betas'])}" if c.get("betas") else ""
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
