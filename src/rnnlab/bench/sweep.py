@@ -29,7 +29,7 @@ from rnnlab.bench.suite import SUITE_FILE, RunSpec, Suite
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
 from rnnlab.options import flag_name, parse_value
-from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS
+from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, comparable
 from rnnlab.train.rundir import read_json
 
 MODEL_AXES = tuple(k for k in MODEL_KEYS if k != "layer")  # mixer options are swept as layer.NAME
@@ -156,13 +156,8 @@ def keep_earlier_names(suite: Suite, out: Path) -> Suite:
     runs and their values): a rerun with its ``--set`` axes in another order, or a value spelt
     otherwise (``lr=0.001`` for ``1e-3``, ``grad_clip=1`` for ``1.0``), finds that point's folder
     (complete: skipped; stopped: resumed) instead of training the point again in a new one."""
-    def same(v):  # 1 and 1.0 are one value, as parse_set's check of repeats reads them (grad_clip=1, then 1.0)
-        if isinstance(v, list):
-            return [same(x) for x in v]
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
-
-    def key(point) -> str:
-        return json.dumps({k: same(v) for k, v in point.items()}, sort_keys=True, default=str)
+    def key(point) -> str:  # 1 and 1.0 one value, as parse_set's check of repeats reads them
+        return json.dumps(comparable(point), sort_keys=True, default=str)
 
     earlier = read_json(Path(out) / SUITE_FILE) or {}
     names = {key(r["point"]): r["name"] for r in earlier.get("runs") or []

@@ -534,18 +534,20 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, 
                 old, now = a.get(mk, defaults["model"].get(mk)), b.get(mk)
                 if mk == "layer" and isinstance(old, dict) and isinstance(now, dict):
                     old, now = ({k: v for k, v in d.items() if k != "backend"} for d in (old, now))
-                if _norm(old) != _norm(now):
+                if comparable(old) != comparable(now):
                     return f"model.{mk}", a.get(mk, defaults["model"].get(mk)), b.get(mk)
-        elif _norm(a) != _norm(b):
+        elif comparable(a) != comparable(b):
             return key, a, b
     return None
 
 
-def _norm(v):
+def comparable(v):
+    """A config value as two are compared: tuples and lists as lists, dicts value by value, an int
+    as a float (``1`` and ``1.0`` are one value)."""
     if isinstance(v, (tuple, list)):
-        return [_norm(x) for x in v]
+        return [comparable(x) for x in v]
     if isinstance(v, dict):
-        return {k: _norm(x) for k, x in v.items()}
+        return {k: comparable(x) for k, x in v.items()}
     if isinstance(v, int) and not isinstance(v, bool):
         return float(v)
     return v
