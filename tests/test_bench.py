@@ -88,7 +88,7 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
     third seed of its best row, of Mamba2's own and of E88's own (the third at the mean of the first
     two's steps, so that any card trains the same tokens); that row again with Mamba2-style init;
     E88's and E1 heads' best rows under the race's optimizer settings (-raceopt, at those rows' steps);
-    E1 heads' and Mamba2's best rows at three times the steps (-3x), at seeds 42 and 43, saving a
+    E1 heads' and Mamba2's best rows at three times the steps (-3x), at seeds 42, 43 and 44, saving a
     checkpoint every 2,000 steps (their calls are chained on one machine)."""
     race = {p.name: p.cfg for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     runs = {p.name: p.cfg for p in plan_suite(load_suite("e88-recipe-400m"), tmp_path / "recipe")}
@@ -101,7 +101,8 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
               "mamba2-b8-lr3e-4-seed44": (8, 3e-4), "e88-b16-lr9.2e-4-seed44": (16, 9.2e-4),
               "e88-b16-lr9.2e-4-raceopt": (16, 9.2e-4), "e1-heads-graph-b16-lr9.2e-4-raceopt": (16, 9.2e-4),
               "e1-heads-graph-b16-lr9.2e-4-3x": (16, 9.2e-4), "mamba2-b8-lr3e-4-3x": (8, 3e-4),
-              "e1-heads-graph-b16-lr9.2e-4-3x-seed43": (16, 9.2e-4), "mamba2-b8-lr3e-4-3x-seed43": (8, 3e-4)}
+              "e1-heads-graph-b16-lr9.2e-4-3x-seed43": (16, 9.2e-4), "mamba2-b8-lr3e-4-3x-seed43": (8, 3e-4),
+              "e1-heads-graph-b16-lr9.2e-4-3x-seed44": (16, 9.2e-4), "mamba2-b8-lr3e-4-3x-seed44": (8, 3e-4)}
     assert settings == {f"{m}-{s}": v for m in ("e88", "mamba2", "e1-heads", "e1-heads-graph", "e16-s4")
                         for s, v in (("b16-lr9.2e-4", (16, 9.2e-4)), ("b8-lr3e-4", (8, 3e-4)))} | search
     for name, c in runs.items():
@@ -116,7 +117,8 @@ def test_e88_recipe_suite_is_the_reference_train_py_recipe_on_the_race_models(tm
                  "e88-b16-lr9.2e-4-seed44": (2640 + 2576) // 2,  # seeds 42 and 43's mean
                  "e88-b16-lr9.2e-4-raceopt": 2640, "e1-heads-graph-b16-lr9.2e-4-raceopt": 5701,  # their recipe rows'
                  "e1-heads-graph-b16-lr9.2e-4-3x": 3 * 5795, "mamba2-b8-lr3e-4-3x": 3 * 6795}  # 3x the seed-44 rows'
-        budget = (None, steps[name.removesuffix("-seed43")]) if name.removesuffix("-seed43") in steps else (5, None)
+        base = name.removesuffix("-seed43").removesuffix("-seed44") if "-3x" in name else name.removesuffix("-seed43")
+        budget = (None, steps[base]) if base in steps else (5, None)
         assert c.run.checkpoint_every == (2000 if "-3x" in name else 0), name
         assert (c.data.seq_len, (c.budget.minutes, c.budget.steps), c.run.precision) == (512, budget, "bf16"), name
         assert c.run.seed == {"-seed43": 43, "-seed44": 44}.get(name[-7:], 42), name
