@@ -1021,6 +1021,98 @@ def test_a_surviving_rank_names_the_checkpoint_rank_0_committed(tmp_path):
     assert checkpointer.newest() is checkpointer.last
 
 
+def test_a_rank_stopped_inside_a_save_names_the_checkpoint_rank_0_was_writing_once_it_is_there(tmp_path,
+                                                                                              monkeypatch):
+    """``Checkpointer.kept`` on a rank other than 0 that a second Ctrl-C ended inside a save (at the
+    barrier after rank 0's write, ``awaited``): the checkpoint rank 0 was writing once its folder is
+    there (committed), else the last one and that rank 0 may still commit the other; after a save
+    that returned, its own ``last``."""
+    from types import SimpleNamespace
+
+    from rnnlab.train import checkpoint
+    from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
+
+    def barrier():
+        raise KeyboardInterrupt  # the second Ctrl-C, handled as the barrier returns
+
+    monkeypatch.setattr(checkpoint, "context", lambda: SimpleNamespace(is_main=False, barrier=barrier))
+    ckpt = tmp_path / "ckpt"
+    checkpointer = Checkpointer(ckpt)
+    state = SimpleNamespace(step=6, model=torch.nn.Linear(1, 1))  # a rank other than 0 writes nothing (DDP)
+    checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
+    with pytest.raises(KeyboardInterrupt):
+        checkpointer.save(state, complete=False)
+    assert checkpointer.kept() == (f"last good checkpoint kept at {ckpt / step_dir_name(3)} (step 3), unless rank 0 "
+                                   f"commits the checkpoint of step 6 that it was writing, {ckpt / step_dir_name(6)}: "
+                                   "rank 0's line says which")
+    (ckpt / step_dir_name(6)).mkdir(parents=True)  # rank 0's rename
+    assert checkpointer.kept() == f"last good checkpoint kept at {ckpt / step_dir_name(6)} (step 6)"
+    monkeypatch.setattr(checkpoint, "context", lambda: SimpleNamespace(is_main=False, barrier=lambda: None))
+    checkpointer.save(SimpleNamespace(step=8, model=state.model), complete=False)  # returned: step 8's is committed
+    assert checkpointer.awaited is None
+    assert checkpointer.kept() == f"last good checkpoint kept at {ckpt / step_dir_name(8)} (step 8)"
+
+
+SECOND_CTRL_C_IN_THE_WRITE = """
+import os, signal, sys, threading, time
+from pathlib import Path
+from rnnlab.cli import main
+from rnnlab.train import checkpoint, distributed as dist
+
+mark, fsync_dir = Path(sys.argv[1]), checkpoint.fsync_dir
+agree, barrier = dist.DistContext.agree, dist.DistContext.barrier
+calls = [0]
+
+
+def first(self, dt, stop):  # the first Ctrl-C reaches both ranks in step 2: they stop after step 3 and save it
+    calls[0] += 1
+    if calls[0] == 2:
+        signal.raise_signal(signal.SIGINT)
+    return agree(self, dt, stop)
+
+
+def second(self):  # rank 1's second Ctrl-C comes while it waits at the barrier for rank 0's write of step 3
+    if self.rank == 1 and calls[0] == 3 and not mark.exists():
+        threading.Thread(target=lambda: (time.sleep(0.2), os.kill(os.getpid(), signal.SIGINT),
+                                         mark.write_text("sent"))).start()
+    return barrier(self)
+
+
+def in_the_commit(path):  # rank 0's comes inside its commit (held back until the commit is done), after rank 1's
+    if calls[0] == 3 and path.name == "ckpt" and not Path(f"{mark}.0").exists():
+        Path(f"{mark}.0").write_text("")
+        while not mark.exists():
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+    return fsync_dir(path)
+
+
+dist.DistContext.agree, dist.DistContext.barrier, checkpoint.fsync_dir = first, second, in_the_commit
+sys.argv = ["rnnlab", *sys.argv[2:]]
+sys.exit(main())
+"""
+
+
+def test_a_second_ctrl_c_while_rank_0_writes_the_checkpoint_names_it_on_every_rank(tmp_path, corpus):
+    """FSDP2, two processes: a second Ctrl-C reaching every rank during the interrupt checkpoint's
+    write, rank 1's while it waits for rank 0 at the barrier after its part of the gathering, rank
+    0's inside the commit (which finishes first, guarantee 3). Both lines name the checkpoint of step 3,
+    the one on disk: rank 1's handler runs only once the barrier fails (rank 0 ended), after rank 0
+    committed it, and its line used to name its own last one, step 2's (``Checkpointer.kept``,
+    ``awaited``)."""
+    script, run, mark = tmp_path / "second.py", tmp_path / "r", tmp_path / "mark"
+    script.write_text(SECOND_CTRL_C_IN_THE_WRITE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           str(mark), "train", *_flags(dict(TINY, steps=50, checkpoint_every=2)), "--distributed", "fsdp2",
+           "--data", str(corpus), "--out", str(run), "--no-progress"]
+    r = _run(cmd)
+    assert RunDir(run).checkpoint().step == 3, r.stderr[-5000:]
+    lines = [x for x in r.stderr.splitlines() if x.startswith("rnnlab train: aborted")]
+    said = (f"rnnlab train: aborted by Ctrl-C at step 3; last good checkpoint kept at {run / 'ckpt' / 'step-000003'} "
+            "(step 3)")
+    assert lines == [said, said], r.stderr[-5000:]
+
+
 EVALUATION_FAILS = """
 import sys, torch
 from rnnlab.cli import main

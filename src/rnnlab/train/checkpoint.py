@@ -353,6 +353,9 @@ class Checkpointer:
         self.directory = Path(directory)
         self.keep, self.keep_every = keep, keep_every
         self.last: Checkpoint | None = None  # the newest checkpoint this process restored or saved
+        # a rank other than 0, from the start of a save until it returns: the checkpoint rank 0 is writing
+        # (set still after a second Ctrl-C that ended the save on this rank: kept() says what that means)
+        self.awaited: Checkpoint | None = None
         # set while rank 0 writes one, its state gathered (LostPeerWatch lets the write finish)
         self.writing = threading.Event()
 
@@ -398,10 +401,21 @@ class Checkpointer:
         return target
 
     def kept(self) -> str:
-        """Which checkpoint survives a failure now, for messages."""
-        if self.last is None:
-            return "no checkpoint was written"
-        return f"last good checkpoint kept at {self.last.path} (step {self.last.step})"
+        """Which checkpoint survives a failure now, for messages. A rank other than 0 that a failure
+        (a second Ctrl-C) ended inside a save, while rank 0 wrote the checkpoint (``awaited``), does not
+        know whether rank 0 commits it: the checkpoint is named once its folder is there (one rename
+        made it whole), else the last one, with rank 0's write beside it. That rank's second Ctrl-C
+        is handled only once the barrier after the write returns or fails (its wait is in C++),
+        often after rank 0 committed; ``last`` alone named the checkpoint before."""
+        awaited = self.awaited
+        if awaited is not None and awaited.path.is_dir():
+            return f"last good checkpoint kept at {awaited.path} (step {awaited.step})"
+        kept = ("no checkpoint was written" if self.last is None
+                else f"last good checkpoint kept at {self.last.path} (step {self.last.step})")
+        if awaited is None:
+            return kept
+        return (f"{kept}, unless rank 0 commits the checkpoint of step {awaited.step} that it was writing, "
+                f"{awaited.path}: rank 0's line says which")
 
     def newest(self) -> Checkpoint | None:
         """For a message after a failure: ``last``, or a newer checkpoint committed in the folder (by
@@ -424,6 +438,9 @@ class Checkpointer:
         """Write ``state`` as the checkpoint of its step (rank 0 writes; under FSDP2 every rank
         must call, the gathers are collectives); all ranks wait for it."""
         ctx = context()
+        final = Checkpoint(self.directory / step_dir_name(state.step), state.step)
+        if not ctx.is_main:
+            self.awaited = final
         if ctx.is_main or is_fsdp(state.model):
             try:
                 staged = self._stage(state, complete)
@@ -440,7 +457,7 @@ class Checkpointer:
         ctx.barrier()
         # every rank, not only the one that wrote it: the trainer skips a second save of a saved
         # step (a Ctrl-C on a checkpoint step), and a rank that did not would wait in it alone
-        self.last = Checkpoint(self.directory / step_dir_name(state.step), state.step)
+        self.last, self.awaited = final, None
 
     def _stage(self, state, complete: bool) -> Path | None:
         """Write the checkpoint into a temporary directory and return it (rank 0). Under FSDP2
