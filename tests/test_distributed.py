@@ -1081,7 +1081,8 @@ def second(self):  # rank 1's second Ctrl-C comes while it waits at the barrier 
 def in_the_commit(path):  # rank 0's comes inside its commit (held back until the commit is done), after rank 1's
     if calls[0] == 3 and path.name == "ckpt" and not Path(f"{mark}.0").exists():
         Path(f"{mark}.0").write_text("")
-        while not mark.exists():
+        deadline = time.monotonic() + 30
+        while not mark.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
         os.kill(os.getpid(), signal.SIGINT)
     return fsync_dir(path)
