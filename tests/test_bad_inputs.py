@@ -554,6 +554,25 @@ def test_out_of_memory_in_a_training_evaluation_names_its_knob(world, capsys, mo
     assert "--seq-len" not in err
 
 
+def test_out_of_memory_while_saving_a_checkpoint_says_so(world, capsys, monkeypatch):
+    """An out-of-memory error while a checkpoint is gathered and written (FSDP2 gathers the state
+    on every rank; one process copies it to the CPU) is named as the save's, not as the next step's
+    with --batch-size and --seq-len, which it said before."""
+    from rnnlab.train.checkpoint import Checkpointer
+
+    def oom(self, state, complete):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(Checkpointer, "save", oom)
+    out = world["root"] / "oom-save"
+    assert main(["train", *TINY, "--steps", "3", "--checkpoint-every", "2", "--data", str(world["corpus"]),
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == ("rnnlab train: error: out of memory while saving the checkpoint of step 2 on cpu; "
+                   "no checkpoint was written")
+    assert json.loads((out / "summary.json").read_text())["error"].startswith("out of memory while saving"), err
+
+
 @pytest.mark.parametrize("command, module, name, hint", [
     ("eval", "rnnlab.train.runtime", "evaluate_run", "lower --batch-size (and --seq-len where the command has it)"),
     # sample has no --batch-size or --seq-len: its line names what it has

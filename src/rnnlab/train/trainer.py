@@ -367,6 +367,7 @@ class Trainer:
                                 cfg.max_steps(), progress, enabled=ctx.is_main)
         self.throughput = Throughput()
         self.evaluating = False  # while an evaluation runs: an out-of-memory error then names its knob
+        self.saving = False  # while a checkpoint is gathered and written: an out-of-memory error then says so
 
     # ------------------------------------------------------------------------- the loop
     def train(self) -> dict[str, Any]:
@@ -407,7 +408,10 @@ class Trainer:
                     raise
                 cfg = self.cfg
                 graph = " or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
-                if self.evaluating:
+                if self.saving:  # the state gathered (FSDP2) or copied to the CPU: no step's knob helps
+                    message = (f"out of memory while saving the checkpoint of step {self.state.step} on "
+                               f"{self.device}; {self.checkpointer.kept()}")
+                elif self.evaluating:
                     message = (f"out of memory in the evaluation at step {self.state.step} on {self.device}: "
                                f"lower --eval-batch-size ({eval_batch(cfg)})"
                                f"{graph if cfg.run.cuda_graph else ''}; {self.checkpointer.kept()}")
@@ -688,7 +692,9 @@ class Trainer:
                                      f"{self.checkpointer.kept()}")
         self.clock()
         self.logger.sync()
+        self.saving = True  # left set by a failure, which train() reads
         self.checkpointer.save(self.state, complete)
+        self.saving = False
 
     def clock(self) -> None:
         """Bring ``state.wall_s`` up to now (before it is saved or reported)."""
