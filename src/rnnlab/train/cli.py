@@ -293,6 +293,8 @@ def run_train(args) -> int:
     ends_with_parent()  # a worker of --gpus N's torchrun ends with it (a kill -9 of torchrun or the launcher)
     cfg = config_from_args(args)
     ctx = dist.context()
+    # where every rank prints its own line (a second Ctrl-C, a write error), each says which rank it is
+    rank = f"rank {ctx.rank}: " if ctx.world_size > 1 else ""
     finished = False
     try:
         summary = run_training(cfg, progress=not args.no_progress)
@@ -300,14 +302,14 @@ def run_train(args) -> int:
     except (NonFiniteLossError, CheckpointWriteError) as e:
         # the ranks agree on a non-finite loss or weights (all-reduced): rank 0 alone says it
         if ctx.is_main or not isinstance(e, NonFiniteLossError):
-            print(f"rnnlab train: error: {e}", file=sys.stderr)
+            print(f"rnnlab train: {rank if isinstance(e, CheckpointWriteError) else ''}error: {e}", file=sys.stderr)
         return 1
     except LostRank as e:  # another rank ended: one line naming the checkpoint kept, then an end at once
         if getattr(args, "debug", False):
             raise
         end_lost_rank(ctx.rank, str(e))
     except KeyboardInterrupt as e:  # the trainer's message names the checkpoint kept
-        print(f"rnnlab train: {str(e) or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
+        print(f"rnnlab train: {rank}{str(e) or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
         return 130
     finally:
         ctx.close(sync=finished)
