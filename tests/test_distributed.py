@@ -1053,6 +1053,34 @@ def test_a_rank_stopped_inside_a_save_names_the_checkpoint_rank_0_was_writing_on
     assert checkpointer.kept() == f"last good checkpoint kept at {ckpt / step_dir_name(8)} (step 8)"
 
 
+def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(tmp_path):
+    """``Trainer.lost_rank_message`` on a rank other than 0 whose collective failed inside a save (a
+    third rank lost while rank 0 wrote the checkpoint of this step: rank 0's write waits for no
+    other rank, so it may still commit it): the step is "not saved unless rank 0 commits" it, not
+    plainly "not saved"; once the folder is there, saved."""
+    from types import SimpleNamespace
+
+    from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
+    from rnnlab.train.trainer import Trainer
+
+    ckpt = tmp_path / "ckpt"
+    checkpointer = Checkpointer(ckpt)
+    (ckpt / step_dir_name(3)).mkdir(parents=True)
+    checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
+    checkpointer.awaited = Checkpoint(ckpt / step_dir_name(6), 6)  # save() of step 6 under way on this rank
+    trainer = SimpleNamespace(state=SimpleNamespace(step=6), checkpointer=checkpointer)
+    said = Trainer.lost_rank_message(trainer, ("rank 2's process has ended", True))
+    assert said == (f"another rank ended (rank 2's process has ended) after step 6, which is not saved unless rank 0 "
+                    f"commits the checkpoint it was writing ({ckpt / step_dir_name(6)}: rank 0's line says which); "
+                    f"the last checkpoint is {checkpointer.last}: --resume continues from it")
+    (ckpt / step_dir_name(6)).mkdir()  # rank 0's rename
+    assert "whose checkpoint is saved" in Trainer.lost_rank_message(trainer, ("rank 2's process has ended", True))
+    checkpointer.awaited = None  # no save under way: the steps since the last checkpoint are lost, as said before
+    trainer.state.step = 7
+    assert "after step 7, which is not saved; the last checkpoint is" in Trainer.lost_rank_message(
+        trainer, ("rank 2's process has ended", True))
+
+
 SECOND_CTRL_C_IN_THE_WRITE = """
 import os, signal, sys, threading, time
 from pathlib import Path

@@ -755,13 +755,18 @@ class Trainer:
 
     def lost_rank_message(self, failed: tuple[str, bool]) -> str:
         """What a rank says when a collective failed in training (``LostRank``): the steps not
-        saved and the checkpoint ``--resume`` continues from."""
+        saved and the checkpoint ``--resume`` continues from. A rank other than 0 that failed
+        inside a save (a third rank lost while rank 0 wrote: ``Checkpointer.awaited``) cannot know
+        whether rank 0, whose write waits for no other rank, still commits it, and says so."""
         step, last, what = self.state.step, self.checkpointer.newest(), collective_failure_phrase(failed)
-        if last is None:
-            return f"{what} after step {step}, which is not saved; no checkpoint was written"
-        if last.step == step:
+        if last is not None and last.step == step:
             return f"{what} after step {step}, whose checkpoint is saved: {last}; --resume continues from it"
-        return (f"{what} after step {step}, which is not saved; the last checkpoint is {last}: "
+        awaited = self.checkpointer.awaited
+        unless = (f" unless rank 0 commits the checkpoint it was writing ({awaited.path}: rank 0's line says which)"
+                  if awaited is not None and awaited.step == step else "")
+        if last is None:
+            return f"{what} after step {step}, which is not saved{unless}; no checkpoint was written"
+        return (f"{what} after step {step}, which is not saved{unless}; the last checkpoint is {last}: "
                 "--resume continues from it")
 
     def end_on_lost_peer(self, peer: int) -> NoReturn:
