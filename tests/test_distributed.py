@@ -1057,7 +1057,7 @@ def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(t
     """``Trainer.lost_rank_message`` on a rank other than 0 whose collective failed inside a save (a
     third rank lost while rank 0 wrote the checkpoint of this step: rank 0's write waits for no
     other rank, so it may still commit it): the step is "not saved unless rank 0 commits" it, not
-    plainly "not saved"; once the folder is there, saved."""
+    plainly "not saved"; once the folder is there, saved. Of two ranks, plainly not saved."""
     from types import SimpleNamespace
 
     from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
@@ -1068,7 +1068,12 @@ def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(t
     (ckpt / step_dir_name(3)).mkdir(parents=True)
     checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
     checkpointer.awaited = Checkpoint(ckpt / step_dir_name(6), 6)  # save() of step 6 under way on this rank
-    trainer = SimpleNamespace(state=SimpleNamespace(step=6), checkpointer=checkpointer)
+    trainer = SimpleNamespace(state=SimpleNamespace(step=6), checkpointer=checkpointer,
+                              ctx=SimpleNamespace(world_size=2))
+    # of two ranks the one lost is rank 0 itself: its checkpoint will not come
+    assert "after step 6, which is not saved; the last checkpoint is" in Trainer.lost_rank_message(
+        trainer, ("rank 0's process has ended", True))
+    trainer.ctx.world_size = 3
     said = Trainer.lost_rank_message(trainer, ("rank 2's process has ended", True))
     assert said == (f"another rank ended (rank 2's process has ended) after step 6, which is not saved unless rank 0 "
                     f"commits the checkpoint it was writing ({ckpt / step_dir_name(6)}: rank 0's line says which); "

@@ -757,13 +757,14 @@ class Trainer:
         """What a rank says when a collective failed in training (``LostRank``): the steps not
         saved and the checkpoint ``--resume`` continues from. A rank other than 0 that failed
         inside a save (a third rank lost while rank 0 wrote: ``Checkpointer.awaited``) cannot know
-        whether rank 0, whose write waits for no other rank, still commits it, and says so."""
+        whether rank 0, whose write waits for no other rank, still commits it, and says so; of two
+        ranks, the one lost is rank 0 itself."""
         step, last, what = self.state.step, self.checkpointer.newest(), collective_failure_phrase(failed)
         if last is not None and last.step == step:
             return f"{what} after step {step}, whose checkpoint is saved: {last}; --resume continues from it"
         awaited = self.checkpointer.awaited
         unless = (f" unless rank 0 commits the checkpoint it was writing ({awaited.path}: rank 0's line says which)"
-                  if awaited is not None and awaited.step == step else "")
+                  if awaited is not None and awaited.step == step and self.ctx.world_size > 2 else "")
         if last is None:
             return f"{what} after step {step}, which is not saved{unless}; no checkpoint was written"
         return (f"{what} after step {step}, which is not saved{unless}; the last checkpoint is {last}: "
