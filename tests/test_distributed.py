@@ -1053,6 +1053,31 @@ def test_a_rank_stopped_inside_a_save_names_the_checkpoint_rank_0_was_writing_on
     assert checkpointer.kept() == f"last good checkpoint kept at {ckpt / step_dir_name(8)} (step 8)"
 
 
+@pytest.mark.parametrize("error, said", [
+    ("write", "rnnlab train: rank 1: error: could not write the checkpoint of step 4: disk full"),
+    ("ctrl_c", "rnnlab train: rank 1: aborted by Ctrl-C at step 4; no checkpoint was written"),
+])
+def test_each_ranks_own_line_says_which_rank_it_is(error, said, tmp_path, corpus, capsys, monkeypatch):
+    """Where every rank of several prints its own line (a checkpoint write error, a second Ctrl-C),
+    the line begins with the rank, as a lost rank's does: the ranks' lines can differ (``kept``'s
+    hedge on a rank other than 0) and torchrun interleaves them; one process's line has no rank."""
+    from rnnlab.cli import main
+    from rnnlab.train import trainer
+    from rnnlab.train.checkpoint import CheckpointWriteError
+
+    def fails(cfg, progress=True):
+        if error == "write":
+            raise CheckpointWriteError("could not write the checkpoint of step 4: disk full")
+        raise KeyboardInterrupt("aborted by Ctrl-C at step 4; no checkpoint was written")
+
+    monkeypatch.setattr(trainer, "run_training", fails)
+    argv = ["train", *_flags(dict(TINY, steps=4)), "--data", str(corpus), "--out", str(tmp_path / "r"), "--no-progress"]
+    for world, rank, prefix in ((2, 1, "rnnlab train: rank 1: "), (1, 0, "rnnlab train: ")):
+        monkeypatch.setattr(dist, "context", lambda: dist.DistContext(rank=rank, world_size=world, local_rank=rank))
+        assert main(argv) == (1 if error == "write" else 130)
+        assert capsys.readouterr().err == prefix + said.removeprefix("rnnlab train: rank 1: ") + "\n"
+
+
 def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(tmp_path):
     """``Trainer.lost_rank_message`` on a rank other than 0 whose collective failed inside a save (a
     third rank lost while rank 0 wrote the checkpoint of this step: rank 0's write waits for no
