@@ -277,11 +277,9 @@ def resolve_dim(run: RunSpec, target: int | None, device: str | None = None) -> 
     on_cuda = name.startswith("cuda") or (name == "auto" and torch.cuda.is_available())
     if not on_cuda:
         cfg = cfg.on_device(torch.device("cpu"))  # same parameters; device names are checked later
-    if target is None:
-        return cfg.dim, count_params(cfg)
     key = json.dumps([cfg.to_dict(), target, run.multiple], sort_keys=True, default=str)
-    if key not in _SOLVE_CACHE:
-        _SOLVE_CACHE[key] = solve_dim(cfg, target, run.multiple)
+    if key not in _SOLVE_CACHE:  # a suite's rows often share one model (seeds, learning rates): counted once
+        _SOLVE_CACHE[key] = (cfg.dim, count_params(cfg)) if target is None else solve_dim(cfg, target, run.multiple)
     return _SOLVE_CACHE[key]
 
 
