@@ -443,45 +443,60 @@ def test_fsdp2_evaluations_in_training_change_nothing(tmp_path, corpus):
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), rel=1e-6)
 
 
-def test_a_checkpoint_of_two_optimizer_groups_moves_from_one_process_to_fsdp2(tmp_path, corpus):
-    """Mamba2's decay rates form a second optimizer group, so the optimizer's order of the
-    parameters (``opt.state_dict()``'s indices) is not the model's: one process trains to step 2,
-    FSDP2 on two resumes to step 4 with every loss the uninterrupted run's to rounding."""
-    kw = dict(model="mamba2", steps=4)
-    _one(tmp_path / "ref", corpus, **kw)
-    _one(tmp_path / "r", corpus, **{**kw, "steps": 2})
-    _torchrun([*_flags(dict(TINY, **kw)), "--data", str(corpus), "--out", str(tmp_path / "r"), "--resume",
-               "--distributed", "fsdp2"])
-    assert _losses(tmp_path / "r") == pytest.approx(_losses(tmp_path / "ref"), rel=1e-5)
+MAMBA2_TO_FSDP2 = """
+import json, sys
+from rnnlab.cli import main
+from rnnlab.train import distributed as dist, trainer
 
-FSDP2_GROUPS = """
-import json, sys, torch
-from rnnlab.train import distributed as dist
-from rnnlab.train.config import TrainConfig
-from rnnlab.train.rundir import RunDir
-from rnnlab.train.optim import build_optimizer
-from rnnlab.train.runtime import build_model
+out, build = sys.argv[1], trainer.build_optimizer
 
-ctx = dist.context()
-ctx.init(torch.device("cpu"))
-cfg = TrainConfig.from_dict({"model": {"model": "mamba2", "dim": 32, "depth": 2}, "precision": "fp32"})
-lm = build_model(cfg, torch.device("cpu"))
-dist.wrap_model(lm, "fsdp2", torch.device("cpu"), ctx)
-opt, _ = build_optimizer(lm, cfg)
-groups = [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]
-open(sys.argv[1] + f".{ctx.rank}", "w").write(json.dumps(groups))
+
+def recorded(model, cfg):  # each rank's optimizer groups as the trainer builds them: (parameters, weight decay)
+    opt, sched = build(model, cfg)
+    groups = [(len(g["params"]), g["weight_decay"]) for g in opt.param_groups]
+    with open(f"{out}.{dist.context().rank}", "w") as f:
+        f.write(json.dumps(groups))
+    return opt, sched
+
+
+trainer.build_optimizer = recorded
+sys.argv = ["rnnlab", *sys.argv[2:]]
+sys.exit(main())  # as `python -m rnnlab`
 """
 
 
-def test_fsdp2_keeps_the_parameters_spared_from_weight_decay(tmp_path):
-    """FSDP2's sharding replaces the parameters; the marks that spare Mamba2's A_log, dt_bias and D
-    from weight decay survive it, so two sharded processes build the optimizer groups of one."""
-    script, out = tmp_path / "groups.py", tmp_path / "groups.json"
-    script.write_text(FSDP2_GROUPS)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script), str(out)]
+@pytest.fixture(scope="module")
+def mamba2_to_fsdp2(tmp_path_factory, corpus, one_thread_module):
+    """Mamba2 (decay rates in a second optimizer group): the uninterrupted one-process run to step 4
+    (``ref``), and a run (``r``) trained to step 2 by one process and resumed to step 4 by FSDP2 on
+    two processes, which write their optimizer groups to ``groups.json.RANK`` as the trainer built
+    them (one torchrun launch for the two tests below)."""
+    root = tmp_path_factory.mktemp("mamba2_to_fsdp2")
+    script, groups = root / "resume.py", root / "groups.json"
+    script.write_text(MAMBA2_TO_FSDP2)
+    kw = dict(model="mamba2", steps=4)
+    _one(root / "ref", corpus, **kw)
+    _one(root / "r", corpus, **{**kw, "steps": 2})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(script),
+           str(groups), "train", *_flags(dict(TINY, **kw)), "--data", str(corpus), "--out", str(root / "r"),
+           "--resume", "--distributed", "fsdp2", "--no-progress"]
     r = _run(cmd)
-    written = [Path(f"{out}.{rank}").exists() for rank in (0, 1)]  # (a rare gloo teardown abort comes after)
-    assert all(written), r.stdout[-3000:] + r.stderr[-5000:]
+    assert r.returncode == 0 or _aborted_after_finishing(r, cmd), r.stdout[-3000:] + r.stderr[-5000:]
+    return root
+
+
+def test_a_checkpoint_of_two_optimizer_groups_moves_from_one_process_to_fsdp2(mamba2_to_fsdp2):
+    """Mamba2's decay rates form a second optimizer group, so the optimizer's order of the
+    parameters (``opt.state_dict()``'s indices) is not the model's: one process trains to step 2,
+    FSDP2 on two resumes to step 4 with every loss the uninterrupted run's to rounding."""
+    assert _losses(mamba2_to_fsdp2 / "r") == pytest.approx(_losses(mamba2_to_fsdp2 / "ref"), rel=1e-5)
+
+
+def test_fsdp2_keeps_the_parameters_spared_from_weight_decay(mamba2_to_fsdp2):
+    """FSDP2's sharding replaces the parameters; the marks that spare Mamba2's A_log, dt_bias and D
+    from weight decay survive it, so two sharded processes build the optimizer groups of one (each
+    rank's groups as the trainer built them in ``mamba2_to_fsdp2``'s launch)."""
+    out = mamba2_to_fsdp2 / "groups.json"
     for rank in (0, 1):
         groups = json.loads(Path(f"{out}.{rank}").read_text())
         assert [wd for _, wd in groups] == [0.1, 0.0] and groups[1][0] == 3 * 2, groups  # 3 per layer, 2 layers
