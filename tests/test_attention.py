@@ -8,6 +8,8 @@ import torch
 
 from rnnlab.layers.attention import AttentionConfig, CausalSelfAttention, rope
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 def _layer(dim=64, head_dim=16, dtype=torch.float64, seed=0):
     torch.manual_seed(seed)

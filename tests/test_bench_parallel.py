@@ -14,6 +14,8 @@ from rnnlab.bench.runner import run_plan
 from rnnlab.bench.suite import load_suite, plan_suite
 from rnnlab.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 class FakeProc:
     """A training process that finishes after ``polls`` polls, writing a complete summary (and a

@@ -13,6 +13,8 @@ from rnnlab.options import Bounds, positive
 from rnnlab.train.config import (FIELDS, MAX_TOKENS_PER_STEP, MODEL_KEYS, RESUMABLE, BudgetConfig, TrainConfig,
                                  apply_overrides, resume_mismatch)
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 # config.json as the trainer wrote it before the config became sectioned (commit b051db5)
 OLD_CONFIG_JSON = (
     '{"model": {"model": "e1", "dim": 32, "depth": 2, "vocab_size": 256, "mlp_ratio": null, "tie_embeddings": '

@@ -19,6 +19,8 @@ from rnnlab.data import (
     sample_offsets,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 @pytest.fixture
 def corpus_file(tmp_path):

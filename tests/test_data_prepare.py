@@ -15,6 +15,8 @@ import tracemalloc
 
 import pytest
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 # a core dependency (installed with rnnlab); a GPU machine staged for suites runs without it, and
 # its `pytest -m gpu` collects this file too: skipped there rather than an import error
 zstandard = pytest.importorskip("zstandard")

@@ -12,6 +12,8 @@ from rnnlab.layers.e1 import E1, E1Config
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 def make(dtype=torch.float32, randomize=True, seed=0, **kw):
     """A small E1 in eval mode; ``randomize`` perturbs every parameter so zero-initialised parts

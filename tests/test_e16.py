@@ -13,6 +13,8 @@ from rnnlab.models.params import count_params
 from rnnlab.ops.diag import diag_elman_scan
 from rnnlab.ops.diag import naive as diag_naive
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 def _inputs(B=2, T=5, S=3, dtype=torch.float64, seed=0):
     gen = torch.Generator().manual_seed(seed)

@@ -17,6 +17,8 @@ from rnnlab.layers.e88 import E88, E88Config
 from rnnlab.models import ModelConfig, count_params
 from rnnlab.ops.e88 import e88_scan
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 def definition(q, k, v, decay, S0):
     """``S_t = tanh(d_t S_{t-1} + k_t (v_t - S_{t-1}^T k_t)^T)``, ``y_t = S_t^T q_t`` per (batch,

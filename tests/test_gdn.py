@@ -21,6 +21,8 @@ from rnnlab.ops.delta import fla_backward_refusal, gated_delta_scan
 from rnnlab.train.config import TrainConfig
 from rnnlab.train.runtime import check_trainable
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 
 def _fla(module: str):

@@ -13,6 +13,8 @@ import pytest
 
 import rnnlab
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 ROOT = Path(rnnlab.__file__).parent
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,6 +12,8 @@ from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params
 from rnnlab.ops.ssd import import_mamba_ssm, naive, ssd_scan
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 needs_mamba = pytest.mark.skipif(import_mamba_ssm() is None, reason="mamba_ssm not importable")
 
 

@@ -21,6 +21,8 @@ import rnnlab.ops
 from rnnlab.ops import OPS
 from rnnlab.ops.dtypes import compute_dtype
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 B, T, H, R = 2, 7, 6, 3  # T differs from every other size: the time axis is unambiguous
 
 

@@ -10,6 +10,8 @@ import torch
 from rnnlab.ops.elman import elman_decay_scan, elman_lowrank_scan, elman_scan
 from rnnlab.ops.elman import naive
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 def explicit(wx, w_h, h0=None):
     """h_t = tanh(wx_t + W h_{t-1}) element by element, heads expanded to a block-diagonal W."""

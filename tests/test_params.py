@@ -11,6 +11,8 @@ from rnnlab.models import ModelConfig, count_params, solve_dim
 from rnnlab.models.params import parse_count
 from rnnlab.models.registry import MODELS
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 SEED_CONFIGS = [
     ("e1", 1760, 26, {}, 403_279_360),
     ("e1", 3584, 6, {}, 386_340_864),

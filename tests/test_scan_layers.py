@@ -15,6 +15,8 @@ from rnnlab.ops.scan import linear_scan
 from rnnlab.ops.scan import naive as scan_naive
 from rnnlab.ops.scan.naive import g, heinsen_scan
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 
 def _inputs(B=2, T=5, H=3, dtype=torch.float64, seed=0, positive_b=False):
     gen = torch.Generator().manual_seed(seed)

@@ -12,6 +12,8 @@ import torch
 
 from rnnlab.train import sf_adamw
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 # odd sizes, one below and one across a program's block, a matrix, a scalar-like bias
 SHAPES = [(37,), (sf_adamw.BLOCK + 5,), (5, 7), (1,), (0,), (3 * sf_adamw.BLOCK,)]
 

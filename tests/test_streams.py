@@ -14,6 +14,8 @@ import torch
 
 from rnnlab.ops import streams
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
+
 GPU = torch.device("cuda", 0)
 
 
