@@ -984,3 +984,75 @@ def test_the_weights_metadata_says_the_format_the_tying_and_the_step(tmp_path):
     checkpoint.Checkpointer(tmp_path).save(state, complete=False)
     meta = checkpoint.read_weights_metadata(tmp_path / "step-000003" / "model.safetensors")
     assert meta == {"format": "rnnlab", "tied": "1" if tied else "0", "step": "3"}
+
+
+def test_a_manifest_of_another_format_is_damage(tmp_path):
+    """A manifest naming another format (a later rnnlab's, or none) is not read as this one's."""
+    checkpoint.Checkpointer(tmp_path).save(_tiny_state(3), complete=False)
+    c = checkpoint.Checkpoint(tmp_path / "step-000003", 3)
+    good = json.loads((c.path / "manifest.json").read_text())
+    for bad in ({**good, "format": 3}, {k: v for k, v in good.items() if k != "format"}):
+        (c.path / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(checkpoint.CheckpointError, match="does not describe a format-2 checkpoint of step 3"):
+            c.verify()
+
+
+def test_a_file_named_like_a_step_is_no_checkpoint(tmp_path):
+    """Only a directory is a checkpoint: a file ``step-000006`` beside them is neither listed (so
+    neither reported as damaged nor renamed aside by a resume) nor pruned."""
+    checkpoint.Checkpointer(tmp_path).save(_tiny_state(4), complete=False)
+    (tmp_path / "step-000006").write_text("a note")
+    saver = checkpoint.Checkpointer(tmp_path, keep=1)
+    assert [c.step for c in saver.checkpoints()] == [4] and saver.find() == (saver.checkpoints()[0], [])
+
+
+def test_an_old_format_checkpoint_missing_one_file_is_damaged_not_absent(tmp_path):
+    """An old run folder's ckpt/ that lost state.pt (or its weights) still holds a checkpoint: it is
+    reported as damaged, naming the missing file, not as "none was written"."""
+    for keep in ("model.safetensors", "state.pt"):
+        ckpt = tmp_path / keep / "ckpt"
+        checkpoint.Checkpointer(ckpt).save(_tiny_state(4), complete=False)
+        shutil.copy(ckpt / "step-000004" / keep, ckpt / keep)
+        shutil.rmtree(ckpt / "step-000004")
+        found, damaged = checkpoint.Checkpointer(ckpt).find()
+        assert found is None and [c.legacy for c, _ in damaged] == [True]
+        assert re.search(r"(state\.pt|model\.safetensors) is missing", damaged[0][1])
+
+
+def test_newest_is_none_where_only_an_old_format_checkpoint_of_unreadable_step_is(tmp_path):
+    """``newest`` names a checkpoint for a message ("the last checkpoint is ... (step N)"): one whose step
+    cannot be read is none to name."""
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    assert checkpoint.Checkpointer(tmp_path).newest() is None
+
+
+def test_logs_read_back_skip_lines_holding_no_json_object(tmp_path):
+    """Every record of a run's logs is an object: a line holding other JSON (a number, a list, a
+    string) is left out like a line a crash cut short, not handed on to crash a reader."""
+    from rnnlab.train.rundir import read_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1}\n3\n[1, 2]\n"x"\nnull\n{"step": 2, "lo\n{"step": 2}\n')
+    assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
+
+
+def test_cutting_a_final_evaluation_keeps_the_curve_evaluation_of_its_step(tmp_path):
+    """A resume that runs a step's final evaluation again drops that step's final record only: a
+    curve evaluation logged at the same step (a run stopped there, resumed with that step as its
+    budget) stays."""
+    path = tmp_path / "eval.jsonl"
+    records = [{"step": 2, "val_loss": 1.0}, {"step": 2, "val_loss": 0.9, "final": True}, {"step": 3, "val_loss": 0.8}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    RunDir._truncate(path, 2, drop_final=True)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:1]
+
+
+def test_resume_calls_a_folder_holding_only_its_lock_file_empty(tiny_train, tmp_path):
+    """A fresh run that failed before its first step leaves only ``.lock`` behind
+    (``RunDir.abandon_fresh``): ``--resume`` there says the folder is empty, not that it holds
+    other files."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / LOCK).write_text("")
+    with pytest.raises(ValueError, match=r"holds no run to resume \(an empty folder; check --out\)"):
+        RunDir(run).prepare(tiny_train(run, resume=True))
