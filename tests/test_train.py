@@ -255,6 +255,50 @@ def test_second_ctrl_c_aborts_and_keeps_checkpoint(tiny_train, tmp_path, monkeyp
     assert s["complete"] and s["steps"] == 8
 
 
+def test_a_resumed_run_that_fails_before_its_first_step_keeps_its_files(tiny_train, tmp_path, monkeypatch):
+    """A fresh run that fails before its first step takes away what its start wrote; a resumed
+    one failing there (out of memory building the optimizer, say) leaves the run it continues whole."""
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    before = sorted(p.name for p in run.iterdir())
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("no optimizer here")
+
+    monkeypatch.setattr(trainer, "build_optimizer", fails)
+    with pytest.raises(RuntimeError, match="no optimizer here"):
+        run_training(tiny_train(run, steps=4, resume=True), progress=False)
+    assert sorted(p.name for p in run.iterdir()) == before and RunDir(run).checkpoint().step == 2
+    assert RunDir(run).status() == "complete"
+
+
+def test_a_ctrl_c_in_the_step_that_spends_the_budget_lets_the_run_end(tiny_train, tmp_path, ctrl_c_on_call):
+    """Guarantee 3b: a first Ctrl-C during the last step no longer costs the run its end: the final
+    evaluation and checkpoint are done, and the summary says complete and interrupted_at_end."""
+    run = tmp_path / "r"
+    ctrl_c_on_call(Trainer, "train_step", call=2)
+    s = run_training(tiny_train(run, steps=2), progress=False)
+    assert s["complete"] and s["interrupted_at_end"] and s["steps"] == 2
+    assert json.loads((run / "eval.jsonl").read_text().splitlines()[-1]).get("final") is True
+    assert json.loads((run / "ckpt/step-000002/manifest.json").read_text())["complete"] is True
+
+
+def test_a_ctrl_c_on_a_checkpoint_step_saves_it_once(tiny_train, tmp_path, monkeypatch, ctrl_c_on_call):
+    """docs/reliability.md 3d: a stop after a step that was just checkpointed does not write it again."""
+    from rnnlab.train.checkpoint import Checkpointer
+
+    saves, real = [], Checkpointer.save
+
+    def counted(self, state, complete):
+        saves.append(state.step)
+        return real(self, state, complete)
+
+    monkeypatch.setattr(Checkpointer, "save", counted)
+    ctrl_c_on_call(Trainer, "train_step", call=2)
+    s = run_training(tiny_train(tmp_path / "r", steps=4, checkpoint_every=2), progress=False)
+    assert not s["complete"] and s["steps"] == 2 and saves == [2]
+
+
 def test_resume_extends_budget_exactly(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "a", steps=16), progress=False)
     run_training(tiny_train(tmp_path / "b", steps=8), progress=False)
@@ -262,6 +306,9 @@ def test_resume_extends_budget_exactly(tiny_train, tmp_path):
     assert s["steps"] == 16 and _losses(tmp_path / "a") == _losses(tmp_path / "b")
     evals = [json.loads(x)["step"] for x in (tmp_path / "b/eval.jsonl").read_text().splitlines()]
     assert evals == [8, 16]
+    # config.json records the run, not how this session was started: reused as --config it resumes nothing
+    saved = json.loads((tmp_path / "b/config.json").read_text())
+    assert saved["resume"] is False and saved["overwrite"] is False and saved["steps"] == 16
 
 
 def test_resume_extending_a_cosine_takes_the_new_budgets_lr_from_its_first_step(tiny_train, tmp_path):
