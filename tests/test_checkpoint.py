@@ -1056,3 +1056,29 @@ def test_resume_calls_a_folder_holding_only_its_lock_file_empty(tiny_train, tmp_
     (run / LOCK).write_text("")
     with pytest.raises(ValueError, match=r"holds no run to resume \(an empty folder; check --out\)"):
         RunDir(run).prepare(tiny_train(run, resume=True))
+
+
+def test_an_untied_models_weights_without_the_head_do_not_fit(tmp_path):
+    """Only a tied head is stored once (as embed.weight): a model with its own head needs head.weight."""
+    from safetensors.torch import save_file
+
+    cfg = TrainConfig.from_dict({"model": {"model": "e1", "dim": 16, "depth": 1, "tie_embeddings": False},
+                                 "device": "cpu", "precision": "fp32"})
+    model = build_model(cfg, torch.device("cpu"))
+    sd = checkpoint.model_state_dict(model)
+    assert "head.weight" in sd
+    save_file({k: v for k, v in sd.items() if k != "head.weight"}, str(tmp_path / "headless.safetensors"))
+    with pytest.raises(checkpoint.CheckpointError, match=r"missing \['head.weight'\]"):
+        checkpoint.load_weights(model, tmp_path / "headless.safetensors")
+
+
+def test_a_checkpoint_that_keeps_vanishing_as_it_is_read_is_a_clear_error(tiny_train, tmp_path, monkeypatch):
+    """``RunDir.load`` tries the newest checkpoint three times while a run deletes old ones; the third
+    failure is raised as the CheckpointError it is."""
+    from rnnlab.train import checkpoint as ck
+
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    monkeypatch.setattr(RunDir, "checkpoint", lambda self: ck.Checkpoint(run / "ckpt" / "step-000009", 9))
+    with pytest.raises(ck.CheckpointError, match="step-000009/model.safetensors is missing"):
+        RunDir(run).load("cpu")
