@@ -146,6 +146,34 @@ def test_flags_override_a_config_file(tmp_path, capsys, small_corpus):
     assert f"({summary['val_bytes']:,} held-out bytes)" in capsys.readouterr().out
 
 
+def test_a_layer_flag_overrides_the_config_files_option(tmp_path):
+    """``--layer`` adds to the file's options and, for an option both give, wins (flags over the file)."""
+    from rnnlab.cli import build_parser
+    from rnnlab.train.cli import config_from_args
+
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("layer: {conv: 4, expansion: 2.0}\n")
+    args = build_parser().parse_args(["train", "--config", str(cfg), "--layer", "conv=2"])
+    assert config_from_args(args).model.layer == {"conv": 2, "expansion": 2.0}
+
+
+def test_a_resume_whose_config_file_names_other_data_does_not_ask_for_the_old_file(tmp_path, small_corpus):
+    """A resumed run needs the corpus paths its config.json names, unless a flag or the --config file
+    names its own: then the old path may be gone."""
+    from rnnlab.cli import build_parser
+    from rnnlab.train.cli import config_from_args
+    from rnnlab.train.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    saved = TrainConfig.from_dict({"data": str(tmp_path / "gone.txt"), "out": str(run)}).to_dict()
+    (run / "config.json").write_text(json.dumps(saved))
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(f"data: {small_corpus}\n")
+    args = build_parser().parse_args(["train", "--resume", "--out", str(run), "--config", str(cfg)])
+    assert config_from_args(args).data.path == str(small_corpus)
+
+
 def test_top_level_help_and_version(capsys):
     from rnnlab import __version__
 
