@@ -1126,6 +1126,36 @@ def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(t
         trainer, ("rank 2's process has ended", True))
 
 
+def test_a_rank_whose_watch_saw_rank_0_end_inside_a_save_does_not_wait_for_its_commit(tmp_path, monkeypatch):
+    """``Trainer.end_on_lost_peer`` of rank 0 on a rank of three or more waiting inside a save: rank 0,
+    whose process has ended, commits nothing more and prints no line, so the step is plainly "not
+    saved" (the hedge of ``lost_rank_message`` is for a third rank lost while rank 0 may still write);
+    another peer's end keeps the hedge."""
+    from types import SimpleNamespace
+
+    from rnnlab.train import trainer as trainer_module
+    from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
+    from rnnlab.train.trainer import Trainer
+
+    said = []
+    monkeypatch.setattr(trainer_module, "end_lost_rank", lambda rank, message, then=None: said.append(message))
+    ckpt = tmp_path / "ckpt"
+    checkpointer = Checkpointer(ckpt)
+    (ckpt / step_dir_name(3)).mkdir(parents=True)
+    checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
+    checkpointer.awaited = Checkpoint(ckpt / step_dir_name(6), 6)  # save() of step 6 under way on this rank
+    trainer = SimpleNamespace(state=SimpleNamespace(step=6), checkpointer=checkpointer,
+                              ctx=SimpleNamespace(world_size=3, rank=1), logger=SimpleNamespace(close_bar=lambda: None))
+    trainer.lost_rank_message = lambda *a, **k: Trainer.lost_rank_message(trainer, *a, **k)
+    for peer in (0, 2):
+        Trainer.end_on_lost_peer(trainer, peer)
+    assert said[0] == (f"another rank ended (rank 0's process has ended; this rank was still waiting for it) after "
+                       f"step 6, which is not saved; the last checkpoint is {checkpointer.last}: --resume continues "
+                       "from it")
+    hedge = f"which is not saved unless rank 0 commits the checkpoint it was writing ({ckpt / step_dir_name(6)}"
+    assert hedge in said[1], said
+
+
 SECOND_CTRL_C_IN_THE_WRITE = """
 import os, signal, sys, threading, time
 from pathlib import Path

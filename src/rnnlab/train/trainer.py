@@ -753,18 +753,20 @@ class Trainer:
             self.rundir.write_summary(summary)
         return summary
 
-    def lost_rank_message(self, failed: tuple[str, bool]) -> str:
+    def lost_rank_message(self, failed: tuple[str, bool], lost: int | None = None) -> str:
         """What a rank says when a collective failed in training (``LostRank``): the steps not
         saved and the checkpoint ``--resume`` continues from. A rank other than 0 that failed
         inside a save (a third rank lost while rank 0 wrote: ``Checkpointer.awaited``) cannot know
         whether rank 0, whose write waits for no other rank, still commits it, and says so; of two
-        ranks, the one lost is rank 0 itself."""
+        ranks, the one lost is rank 0 itself, as it is where ``lost`` (the rank whose process
+        ``LostPeerWatch`` saw end) is 0."""
         step, last, what = self.state.step, self.checkpointer.newest(), collective_failure_phrase(failed)
         if last is not None and last.step == step:
             return f"{what} after step {step}, whose checkpoint is saved: {last}; --resume continues from it"
         awaited = self.checkpointer.awaited
         unless = (f" unless rank 0 commits the checkpoint it was writing ({awaited.path}: rank 0's line says which)"
-                  if awaited is not None and awaited.step == step and self.ctx.world_size > 2 else "")
+                  if awaited is not None and awaited.step == step and self.ctx.world_size > 2 and lost != 0
+                  else "")
         if last is None:
             return f"{what} after step {step}, which is not saved{unless}; no checkpoint was written"
         return (f"{what} after step {step}, which is not saved{unless}; the last checkpoint is {last}: "
@@ -775,7 +777,7 @@ class Trainer:
         on this machine has ended and this rank still waits (in a collective that did not notice):
         what a failed collective's ``LostRank`` records and says, then exit status 1."""
         message = self.lost_rank_message((f"rank {peer}'s process has ended; this rank was still waiting for it",
-                                          True))
+                                          True), lost=peer)
         with contextlib.suppress(Exception):  # nothing the bar meets may keep the line back
             self.logger.close_bar()
 
