@@ -273,6 +273,28 @@ def test_a_suite_files_errors_name_its_path(tmp_path, monkeypatch, capsys):
             plan_suite(load_suite("tiny"), tmp_path / "out", steps=1, warmup_steps=2)
 
 
+def test_a_models_parameters_are_counted_once_for_the_rows_that_share_it(monkeypatch):
+    """``resolve_dim`` keeps explicit widths' counts as it keeps solved ones: a suite's rows of one
+    model (seeds, learning rates) build it once; another width is counted anew."""
+    from rnnlab.bench import suite as suite_module
+
+    counted = []
+
+    def counting(cfg):
+        counted.append(cfg)
+        return count_params(cfg)
+
+    monkeypatch.setattr(suite_module, "_SOLVE_CACHE", {})
+    monkeypatch.setattr(suite_module, "count_params", counting)
+    rows = [suite_module.RunSpec(name=f"r{i}", model={"model": "mingru", "dim": 32, "depth": 2}, overrides={"lr": lr})
+            for i, lr in enumerate((1e-3, 2e-3, 3e-3))]
+    said = [suite_module.resolve_dim(r, None, "cpu") for r in rows]
+    assert said == [(32, count_params(rows[0].model_config()))] * 3 and len(counted) == 1
+    wider = suite_module.RunSpec(name="w", model={"model": "mingru", "dim": 48, "depth": 2})
+    assert suite_module.resolve_dim(wider, None, "cpu") == (48, count_params(wider.model_config()))
+    assert len(counted) == 2
+
+
 def test_dim_beside_target_params_is_refused():
     """A suite row or a sweep given both a width and a parameter target: the solved width would
     replace the dim given without a word."""
