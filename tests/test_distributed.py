@@ -1060,6 +1060,10 @@ def test_a_rank_stopped_inside_a_save_names_the_checkpoint_rank_0_was_writing_on
     assert checkpointer.kept() == (f"last good checkpoint kept at {ckpt / step_dir_name(3)} (step 3), unless rank 0 "
                                    f"commits the checkpoint of step 6 that it was writing, {ckpt / step_dir_name(6)}: "
                                    "rank 0's line says which")
+    hedged = checkpointer.kept()
+    with monkeypatch.context() as m:  # a folder it may not look into: the message is still made, not an error
+        m.setattr(Path, "is_dir", lambda self: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+        assert checkpointer.kept() == hedged
     (ckpt / step_dir_name(6)).mkdir(parents=True)  # rank 0's rename
     assert checkpointer.kept() == f"last good checkpoint kept at {ckpt / step_dir_name(6)} (step 6)"
     monkeypatch.setattr(checkpoint, "context", lambda: SimpleNamespace(is_main=False, barrier=lambda: None))

@@ -407,8 +407,10 @@ class Checkpointer:
         made it whole), else the last one, with rank 0's write beside it. That rank's second Ctrl-C
         is handled only once the barrier after the write returns or fails (its wait is in C++),
         often after rank 0 committed; ``last`` alone named the checkpoint before."""
-        awaited = self.awaited
-        if awaited is not None and awaited.path.is_dir():
+        awaited, committed = self.awaited, False
+        with contextlib.suppress(OSError):  # a message being built (a Ctrl-C's): an unreadable folder is no error
+            committed = awaited is not None and awaited.path.is_dir()
+        if committed:
             return f"last good checkpoint kept at {awaited.path} (step {awaited.step})"
         kept = ("no checkpoint was written" if self.last is None
                 else f"last good checkpoint kept at {self.last.path} (step {self.last.step})")
