@@ -25,7 +25,8 @@ weights, so MFU is the share of the chip a model turns into training.
 
 Rows:
 - every rnnlab model (``rnnlab.models.LM`` with its default fast path: Triton/CUDA kernels for the
-  recurrences, the official ``mamba_ssm`` module for Mamba2, fla's layer for Gated DeltaNet);
+  recurrences, the official ``mamba_ssm`` module for Mamba2, fla's layer for Gated DeltaNet: their
+  ``backend="official"``, so a library that does not import gives an error row, not the reference);
 - ``Mamba2 standalone``: the official ``mamba_ssm`` Mamba2 in a minimal LM written here (embedding,
   pre-norm LayerNorm residual blocks, final LayerNorm, tied head, fp32 cross-entropy), outside
   rnnlab, so the cost of rnnlab's wrapper is visible (rnnlab's best Mamba2 / standalone best).
@@ -121,7 +122,10 @@ OFF, DEFAULT, RO = None, "default", "reduce-overhead"
 # No model's candidate: cuBLAS won every layer GEMM and minGRU ran 0.984x (results/max-autotune-h200)
 MAX_AUTOTUNE = "max-autotune-no-cudagraphs"
 MODE_NAMES = {"off": OFF, "default": DEFAULT, "on": DEFAULT, "reduce-overhead": RO, "max-autotune": MAX_AUTOTUNE}
-MAMBA2 = dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64})
+# The layers with an official implementation name it: on backend "auto" a missing or broken mamba_ssm / fla
+# would build the PyTorch reference, timed under the official's name (and every ratio to Mamba2 against it);
+# "official" makes that an error row instead
+MAMBA2 = dict(model="mamba2", dim=1728, depth=22, layer={"d_state": 64, "backend": "official"})
 # (name, config, modes that can be its fastest). Eager is left out where earlier runs measured
 # it slower than compiled (results/e1-heads-compile-h100: E1 dense and heads; the standalone
 # Mamba2, as rnnlab's ran 79.6K eager vs 111.8K compiled in results/fair-baselines-h200).
@@ -148,7 +152,7 @@ MODELS = [
     # (results/e88-kernel-h200, head-count sweep; results/e88-mamba2-h200); GDN as in the race
     ("E88 50x32 d31", dict(model="e88", dim=1600, depth=31), [OFF, DEFAULT, RO]),
     ("E88 49x32 d32", dict(model="e88", dim=1568, depth=32), [OFF, DEFAULT, RO]),
-    ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17), [OFF, DEFAULT]),
+    ("GDN 13x128 d17 (fla)", dict(model="gdn", dim=1760, depth=17, layer={"backend": "official"}), [OFF, DEFAULT]),
 ]
 
 

@@ -2251,6 +2251,28 @@ def test_bench_models_rows_are_valid_models():
             ModelConfig(**cfgd).validate()
 
 
+def test_bench_models_official_layers_run_their_official_implementation_or_fail():
+    """A bench_models.py row of a layer with an official implementation (Mamba2: mamba_ssm, Gated
+    DeltaNet: fla) names backend "official": on "auto" a mamba_ssm or fla that does not import built
+    the PyTorch reference silently, timed under the official's name and taken as the yardstick of
+    every ratio to Mamba2; "official" makes it an error row."""
+    import dataclasses
+
+    from rnnlab.layers.base import OFFICIAL_BACKENDS
+    from rnnlab.models.registry import get_spec
+
+    bm = _benchmark_script("bench_models")
+    official = 0
+    for name, cfgd, _ in bm.MODELS:
+        if cfgd.get("standalone"):
+            continue
+        field = {f.name: f for f in dataclasses.fields(get_spec(cfgd["model"]).config_cls)}.get("backend")
+        if field is not None and field.metadata["option"].choices == OFFICIAL_BACKENDS:
+            official += 1
+            assert cfgd.get("layer", {}).get("backend") == "official", name
+    assert official >= 2  # Mamba2 and Gated DeltaNet
+
+
 def test_bench_models_profile_breakdown_sorts_kernels_by_kind():
     """bench_models.py --profile: each kernel name lands in its kind (the first listed kind that
     matches), per-step milliseconds add up, the costliest kernels come first."""
