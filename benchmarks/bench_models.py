@@ -81,8 +81,10 @@ between kernels by the kernels around each gap (``idle_time``): where a model's 
 the kernel work on MFU (docs/kernels.md).
 
 Peak memory is ``torch.cuda.max_memory_allocated`` over the timed steps and
-``max_memory_reserved``; under ``reduce-overhead`` the CUDA graphs' memory pool is reserved, not
-allocated, so compare the reserved column there. Every row is appended to ``--json`` as soon as
+``max_memory_reserved``; a ``--graph`` row's over its capture too (its replays allocate nothing:
+their activations are in the memory the capture allocated); under ``reduce-overhead`` the CUDA
+graphs are recorded in the warm-up and their memory pool is reserved, not allocated, so compare
+the reserved column there. Every row is appended to ``--json`` as soon as
 it is measured (a run cut short keeps what it measured).
 """
 
@@ -439,10 +441,11 @@ def bench(name, cfgd, B, T, steps, warmup, mode, profile=False, sf_step="fused",
     for i in range(warmup + steps):
         if i == warmup:
             torch.cuda.synchronize()
-            if graphed:
-                loss = None  # frees the last step's autograd graph, made on the default stream (see GraphedForwardBackward)
-                graph, step = GraphedForwardBackward(forward_backward, model, batches[0]), graphed_step
+            loss = None  # frees the last step's autograd graph, made on the default stream (see GraphedForwardBackward)
+            # before a capture: a replay allocates nothing, its activations live in the memory the capture allocated
             torch.cuda.reset_peak_memory_stats()
+            if graphed:
+                graph, step = GraphedForwardBackward(forward_backward, model, batches[0]), graphed_step
         x = batches[i % len(batches)]
         torch.cuda.synchronize()
         t0 = time.perf_counter()
