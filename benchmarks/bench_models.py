@@ -314,10 +314,16 @@ def kernel_breakdown(kernels: list[tuple[str, float, int]], steps: int) -> dict:
 
 
 def graph_stats() -> dict:
+    """The compile's graph breaks and graphs (Dynamo's counters, cleared at each row's start) and
+    ``cudagraph_skips``: the compiled graphs a CUDA-graph mode (reduce-overhead) runs without CUDA
+    graphs, because Inductor declined them (``TORCH_LOGS=cudagraphs`` says why). Inductor says so
+    only in that log: a row with skips is labelled reduce-overhead but runs, wholly or in part, as
+    default does."""
     from torch._dynamo.utils import counters
 
     return {"graph_breaks": sum(counters["graph_break"].values()),
-            "graphs": counters["stats"]["unique_graphs"]}
+            "graphs": counters["stats"]["unique_graphs"],
+            "cudagraph_skips": counters["inductor"]["cudagraph_skips"]}
 
 
 def nvidia_smi(fields: str) -> list[float] | None:
@@ -677,6 +683,10 @@ def print_table(meta: dict, rows: list[dict]) -> None:
     for r in rows:
         if "max_dloss_twin" in r:
             print(f"{r['name']} (B={r['B']}): rounding twin's dloss {r['max_dloss_twin']:.4f}, tolerance {r['loss_tol']:.4f}")
+    for r in rows:
+        if r.get("cudagraph_skips"):
+            print(f"{r['name']} ({r['mode']}, B={r['B']}): {r['cudagraph_skips']} compiled graph(s) ran WITHOUT CUDA "
+                  "graphs (Inductor skipped them; TORCH_LOGS=cudagraphs says why)")
     print("* = the model's fastest correct mode; ! = losses differ from its first mode by more than its "
           f"tolerance (not counted: {LOSS_TOL}, or {TWIN_FACTOR}x its rounding twin's dloss when larger); xMamba2 = tok/s / rnnlab Mamba2's fastest correct mode; step ms = steps queued back to back "
           "(tok/s, MFU); synced = each step from an idle GPU to a synchronised end; MHz, W = the median SM clock and "

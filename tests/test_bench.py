@@ -2404,6 +2404,37 @@ def test_bench_models_table_shows_clock_power_and_limit(capsys):
     assert "power limit" not in capsys.readouterr().out
 
 
+def test_bench_models_says_where_a_cuda_graph_mode_ran_without_cuda_graphs(capsys):
+    """A reduce-overhead row whose compiled graphs Inductor declined to capture runs them as the
+    default mode does, which Inductor says only in its cudagraphs log: the row records the skips
+    (Inductor's counter, cleared with Dynamo's at each row's start) and the table names it."""
+    from torch._dynamo.utils import counters
+
+    bm = _benchmark_script("bench_models")
+    counters.clear()
+    counters["graph_break"]["some reason"] += 2
+    counters["stats"]["unique_graphs"] += 3
+    counters["inductor"]["cudagraph_skips"] += 1
+    try:
+        assert bm.graph_stats() == {"graph_breaks": 2, "graphs": 3, "cudagraph_skips": 1}
+    finally:
+        counters.clear()
+    meta = dict(device="GPU", date="today", torch="2", triton="3", mamba_ssm=None, causal_conv1d=None,
+                mamba2_fused_path=False, git_commit="abc")
+
+    def row(mode, skips):
+        return dict(name="E1 d26 dense", mode=mode, params=10, B=32, tok_per_s=1000, losses=[1.0], step_ms=2.0,
+                    synced_step_ms=1.5, host_ms=0.5, peak_mem_gib=1.0, peak_reserved_gib=1.0, first_step_s=1.0,
+                    graph_breaks=0, graphs=1, cudagraph_skips=skips)
+
+    rows = [row("default", 0), row("reduce-overhead", 2)]
+    bm.annotate(rows, peak=989.0)
+    bm.print_table(meta, rows)
+    notes = [line for line in capsys.readouterr().out.splitlines() if "WITHOUT CUDA graphs" in line]
+    assert notes == ["E1 d26 dense (reduce-overhead, B=32): 2 compiled graph(s) ran WITHOUT CUDA graphs "
+                     "(Inductor skipped them; TORCH_LOGS=cudagraphs says why)"]
+
+
 def test_bench_models_prints_idle_gaps_by_kernels(capsys):
     """--profile's printout: the idle time, the kinds around the gaps, then each named pair."""
     bm = _benchmark_script("bench_models")
