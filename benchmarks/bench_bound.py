@@ -530,8 +530,9 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
 
 
 def model_row(name: str, cfgd: dict, args, peak: float) -> dict:
-    """The model's own step in its fastest mode, compiled + CUDA graph (each bound model's and
-    Mamba2's in ``results/scoreboard-h200-1204``), as ``bench_models.py`` times it."""
+    """The model's own step compiled + CUDA graph, as ``bench_models.py`` times it: the fastest mode of
+    each bound model but minGRU (compiled alone there, within 1% of compiled + graph) and of Mamba2
+    in ``results/scoreboard-h200-1204``."""
     r = bench(name, cfgd, args.B, args.T, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True, profile=args.profile)
     r.update(row="model step", mfu=round(mfu(r["params"], r["tok_per_s"], peak), 4))
     r.pop("losses")

@@ -1,10 +1,11 @@
 """Whole-model training throughput (tok/s), model-FLOPs utilisation and peak memory at the 400M
 reference configurations, every model in the compile modes that can be its fastest, in one run.
 
-    python benchmarks/bench_models.py [--batches 32] [--compile MODE ...] [--only NAME ...]
-                                      [--skip NAME ...] [--profile] [--sf-step fused foreach]
+    python benchmarks/bench_models.py [--batches 32] [--T 512] [--steps 8] [--warmup 3]
+                                      [--compile MODE ...] [--graph] [--only NAME ...] [--skip NAME ...]
+                                      [--profile] [--sf-step fused foreach] [--peak-tflops TFLOPS]
                                       [--scan-against FILE] [--e1-against KEY=VALUE[,...]]
-                                      [--rows-against LIMIT] [--json results/x/models.json]
+                                      [--rows-against LIMIT] [--json results/x/models.json] [--commit SHA]
 
 Protocol: pure bf16 weights, Schedule-Free AdamW (lr 3e-4, wd 0.1; rnnlab's one-launch step, as
 ``rnnlab train`` runs it on CUDA, and/or with ``--sf-step foreach`` schedulefree's own step, each
