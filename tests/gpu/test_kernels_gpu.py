@@ -68,7 +68,8 @@ def _assert_backward_refused(name, y, errs, tol, reason):
         y.float().sum().backward()
 
 
-SHAPES = [(2, 33, 100), (1, 17, 64), (3, 64, 200)]  # H not a multiple of 64, B=1
+# H not a multiple of 64, B = 1, T = 1 (H = 64 and 200 bf16: the forward by TMA, a 16-step tile past T)
+SHAPES = [(2, 33, 100), (1, 17, 64), (3, 64, 200), (3, 1, 200)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -149,9 +150,9 @@ def test_fused_min_scan_saturated(dtype, which):
 
 
 ELMAN_CASES = [
-    # (B, T, H, heads)  heads=0 -> dense
-    (2, 33, 100, 0), (1, 17, 64, 0), (5, 40, 257, 0), (70, 9, 96, 0),
-    (2, 33, 96, 3), (1, 20, 64, 1), (3, 50, 224, 7), (20, 24, 256, 2), (4, 16, 112, 4),
+    # (B, T, H, heads)  heads=0 -> dense; T = 1 on the per-step dense kernel and the Triton heads kernel
+    (2, 33, 100, 0), (1, 17, 64, 0), (5, 40, 257, 0), (70, 9, 96, 0), (3, 1, 257, 0),
+    (2, 33, 96, 3), (1, 20, 64, 1), (3, 50, 224, 7), (20, 24, 256, 2), (4, 16, 112, 4), (2, 1, 96, 3),
 ]
 
 
@@ -362,14 +363,16 @@ def test_elman_heads_gluon_declines():
     assert heads._gluon(ElmanKernelOptions(heads_gluon=False), None, x, 128) is None
 
 
-# (B, T, H, heads, rank): heads = 0 -> dense: the bf16 decay on the persistent kernel where H is a
-# multiple of 8 (64, 96, 128), else (H = 100, 257, fp32, low-rank) the per-step kernel; decay with
-# heads runs the heads kernel, low-rank with heads the per-step kernel on the block-diagonal
-# matrix. H = 100 / 257 leave partial column tiles; B = 1; B = 70 takes two batch tiles (dense)
-# and 5 (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly; T = 300 a long backward.
+# (B, T, H, heads, rank): heads = 0 -> dense: bf16 on the persistent kernel where H is a multiple of
+# 8 (64, 96, 128; low-rank on its own build), else (H = 100, 257, fp32) the per-step kernel; decay
+# with heads runs the heads kernel, low-rank with heads the dense kernels on the block-diagonal
+# matrix. H = 100 / 257 leave partial column tiles; B = 1; T = 1; B = 70 takes two batch tiles
+# (dense) and 5 (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly; T = 300 a long
+# backward.
 SELECTIVE_CASES = [
     (2, 33, 100, 0, 8), (1, 17, 64, 0, 3), (5, 40, 257, 0, 8), (70, 9, 96, 0, 16), (4, 300, 128, 0, 8),
     (2, 33, 96, 3, 8), (1, 20, 64, 1, 5), (3, 50, 224, 7, 8), (70, 24, 256, 2, 8), (2, 16, 1792, 14, 8),
+    (3, 1, 96, 0, 8),
 ]
 
 
@@ -1006,10 +1009,10 @@ def test_mamba2_official_compiled_trains_like_eager(mode):
 
 # ------------------------------------------------------------------- E88 and Gated DeltaNet
 # (B, T, H, n, m): B = 1; n, m not powers of two (padded lanes) and n != m; T not a multiple of
-# the kernel's checkpoint interval (16), and T = 300 for many segments; 49 heads of 32 (the
-# reference's 480M layer).
+# the kernel's checkpoint interval (16), and T = 300 for many segments; T = 1 (one step, one
+# checkpoint); 49 heads of 32 (the reference's 480M layer).
 E88_SHAPES = [(2, 33, 3, 32, 32), (1, 50, 5, 24, 40), (3, 17, 4, 16, 8), (1, 7, 2, 5, 3), (2, 300, 8, 32, 32),
-              (4, 64, 49, 32, 32)]
+              (4, 64, 49, 32, 32), (3, 1, 4, 32, 32)]
 
 
 def _e88_inputs(B, T, H, n, m, with_s0):
