@@ -364,15 +364,15 @@ def test_elman_heads_gluon_declines():
 
 
 # (B, T, H, heads, rank): heads = 0 -> dense: bf16 on the persistent kernel where H is a multiple of
-# 8 (64, 96, 128; low-rank on its own build), else (H = 100, 257, fp32) the per-step kernel; decay
-# with heads runs the heads kernel, low-rank with heads the dense kernels on the block-diagonal
-# matrix. H = 100 / 257 leave partial column tiles; B = 1; T = 1; B = 70 takes two batch tiles
-# (dense) and 5 (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly; T = 300 a long
-# backward.
+# 8 (64, 96, 128, 200; low-rank on its own build, ranks up to 16), else (H = 100, 257, fp32, rank 20)
+# the per-step kernel; decay with heads runs the heads kernel, low-rank with heads the dense kernels
+# on the block-diagonal matrix. H = 100 / 257 leave partial column tiles; B = 1; T = 1; B = 70 takes
+# two batch tiles (dense) and 5 (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly,
+# 20 (past the persistent build's 16) padded to 32; T = 300 a long backward.
 SELECTIVE_CASES = [
     (2, 33, 100, 0, 8), (1, 17, 64, 0, 3), (5, 40, 257, 0, 8), (70, 9, 96, 0, 16), (4, 300, 128, 0, 8),
     (2, 33, 96, 3, 8), (1, 20, 64, 1, 5), (3, 50, 224, 7, 8), (70, 24, 256, 2, 8), (2, 16, 1792, 14, 8),
-    (3, 1, 96, 0, 8),
+    (3, 1, 96, 0, 8), (5, 12, 200, 0, 20),
 ]
 
 
