@@ -526,6 +526,37 @@ def test_elman_dense_persistent(dtype, case, with_h0, shape, monkeypatch):
     assert all((plan.warps, (plan.cols, plan.rows)) == (warps, tile) for _, plan, _, _ in calls)
 
 
+# (B, T, H): dense widths past the wgmma kernel's 1792 that the persistent kernel still takes, at its
+# default plan (persistent.default_shapes: W's fragments in shared memory past 1792 channels):
+# seed-400m-sf's E1 d20 (H = 1984: 16 warps, 62 column blocks) and d16 (H = 2208: only 8 warps fit,
+# more K tiles a warp than the 14 it keeps in registers) at that suite's B = 16; B = 3 with an odd T
+WIDE_PERSISTENT_CASES = [(16, 24, 1984), (16, 24, 2208), (3, 17, 2208)]
+
+
+@pytest.mark.parametrize("case", WIDE_PERSISTENT_CASES)
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_elman_dense_persistent_past_the_wgmma_width(case, with_h0, monkeypatch):
+    """Plain dense bf16 scans wider than the wgmma kernel takes, on the persistent kernel at the
+    package's plan, against the float64 reference, forward and all gradients; records the launches
+    to prove the persistent kernel ran them with that plan (the forced-shape tests above stop at
+    1760 channels, where 8 warps keep W in registers)."""
+    from rnnlab.ops.elman import naive, persistent
+    from rnnlab.ops.elman import triton as et
+
+    B, T, H = case
+    plan = persistent.make_plan(torch.empty(B, T, H, device=DEV, dtype=torch.bfloat16))
+    assert plan is not None, f"the persistent kernel declines H = {H}"
+    calls = _record_persistent_launches(monkeypatch)
+    torch.manual_seed(hash((case, with_h0)) % 1000 + 19)
+    wx = torch.randn(B, T, H)
+    w = torch.randn(H, H) * (0.9 / H**0.5)
+    h0 = torch.randn(B, H).tanh() if with_h0 else None
+    _check_op(f"elman_dense_persistent{case} warps={plan.warps} tile={(plan.cols, plan.rows)}",
+              lambda x, w, h: et.elman_scan(x, w, h), naive.elman_scan, [wx, w, h0], torch.bfloat16)
+    assert [c[0] for c in calls] == ["forward", "backward"]
+    assert all(p == plan for _, p, _, _ in calls), (plan, calls)
+
+
 # (B, T, H): E1 d26's width (clusters of 5 at 55 column blocks, two batch groups), and an odd one
 # (7 column blocks in one cluster, H not a multiple of 16: the last slice is 24 columns)
 # (B, T, H): E1's width; an odd width (7 column blocks: clusters of 7); B = 1 and T = 1; a long
