@@ -154,6 +154,7 @@ ELMAN_CASES = [
     # H = 2560 (race-400m's E1 exp2.5, B = 32): too wide for the persistent kernel, the per-step one in 20 K chunks
     (2, 33, 100, 0), (1, 17, 64, 0), (5, 40, 257, 0), (70, 9, 96, 0), (3, 1, 257, 0), (32, 12, 2560, 0),
     (2, 33, 96, 3), (1, 20, 64, 1), (3, 50, 224, 7), (20, 24, 256, 2), (4, 16, 112, 4), (2, 1, 96, 3),
+    (64, 16, 992, 8),  # e1-ablations' e1-heads8 (dim 992, B = 64): heads of 124, the Triton kernels' 128 lanes
 ]
 
 
