@@ -1058,7 +1058,7 @@ def test_a_rank_stopped_inside_a_save_names_the_checkpoint_rank_0_was_writing_on
     with pytest.raises(KeyboardInterrupt):
         checkpointer.save(state, complete=False)
     assert checkpointer.kept() == (f"last good checkpoint kept at {ckpt / step_dir_name(3)} (step 3), unless rank 0 "
-                                   f"commits the checkpoint of step 6 that it was writing, {ckpt / step_dir_name(6)}: "
+                                   f"commits the checkpoint of step 6 that it was writing ({ckpt / step_dir_name(6)}): "
                                    "rank 0's line says which")
     hedged = checkpointer.kept()
     with monkeypatch.context() as m:  # a folder it may not look into: the message is still made, not an error
@@ -1120,8 +1120,8 @@ def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(t
     trainer.ctx.world_size = 3
     said = Trainer.lost_rank_message(trainer, ("rank 2's process has ended", True))
     assert said == (f"another rank ended (rank 2's process has ended) after step 6, which is not saved unless rank 0 "
-                    f"commits the checkpoint it was writing ({ckpt / step_dir_name(6)}: rank 0's line says which); "
-                    f"the last checkpoint is {checkpointer.last}: --resume continues from it")
+                    f"commits the checkpoint of step 6 that it was writing ({ckpt / step_dir_name(6)}): rank 0's line "
+                    f"says which; the last checkpoint is {checkpointer.last}: --resume continues from it")
     (ckpt / step_dir_name(6)).mkdir()  # rank 0's rename
     assert "whose checkpoint is saved" in Trainer.lost_rank_message(trainer, ("rank 2's process has ended", True))
     checkpointer.awaited = None  # no save under way: the steps since the last checkpoint are lost, as said before
@@ -1156,7 +1156,8 @@ def test_a_rank_whose_watch_saw_rank_0_end_inside_a_save_does_not_wait_for_its_c
     assert said[0] == (f"another rank ended (rank 0's process has ended; this rank was still waiting for it) after "
                        f"step 6, which is not saved; the last checkpoint is {checkpointer.last}: --resume continues "
                        "from it")
-    hedge = f"which is not saved unless rank 0 commits the checkpoint it was writing ({ckpt / step_dir_name(6)}"
+    hedge = (f"which is not saved unless rank 0 commits the checkpoint of step 6 that it was writing "
+             f"({ckpt / step_dir_name(6)})")
     assert hedge in said[1], said
 
 

@@ -92,6 +92,13 @@ class CheckpointWriteError(RuntimeError):
     """Writing a checkpoint failed (disk full, I/O error); the older checkpoints are intact."""
 
 
+def unless_committed(awaited: Checkpoint) -> str:
+    """The hedge of a rank other than 0 whose save ended before it learnt whether rank 0 commits
+    ``awaited`` (``Checkpointer.awaited``): its messages say which checkpoint is kept only so far."""
+    return (f"unless rank 0 commits the checkpoint of step {awaited.step} that it was writing ({awaited.path}): "
+            "rank 0's line says which")
+
+
 def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:06d}"
 
@@ -416,8 +423,7 @@ class Checkpointer:
                 else f"last good checkpoint kept at {self.last.path} (step {self.last.step})")
         if awaited is None:
             return kept
-        return (f"{kept}, unless rank 0 commits the checkpoint of step {awaited.step} that it was writing, "
-                f"{awaited.path}: rank 0's line says which")
+        return f"{kept}, {unless_committed(awaited)}"
 
     def newest(self) -> Checkpoint | None:
         """For a message after a failure: ``last``, or a newer checkpoint committed in the folder (by

@@ -41,7 +41,7 @@ from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
 from rnnlab.signals import reclaim_handlers
 from rnnlab.train import distributed as dist
-from rnnlab.train.checkpoint import CheckpointWriteError
+from rnnlab.train.checkpoint import CheckpointWriteError, unless_committed
 from rnnlab.train.config import DataConfig, TrainConfig, budget_clock
 from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
@@ -764,9 +764,8 @@ class Trainer:
         if last is not None and last.step == step:
             return f"{what} after step {step}, whose checkpoint is saved: {last}; --resume continues from it"
         awaited = self.checkpointer.awaited
-        unless = (f" unless rank 0 commits the checkpoint it was writing ({awaited.path}: rank 0's line says which)"
-                  if awaited is not None and awaited.step == step and self.ctx.world_size > 2 and lost != 0
-                  else "")
+        unless = (f" {unless_committed(awaited)}"
+                  if awaited is not None and awaited.step == step and self.ctx.world_size > 2 and lost != 0 else "")
         if last is None:
             return f"{what} after step {step}, which is not saved{unless}; no checkpoint was written"
         return (f"{what} after step {step}, which is not saved{unless}; the last checkpoint is {last}: "
