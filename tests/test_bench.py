@@ -3821,3 +3821,51 @@ def test_a_run_folder_of_another_config_is_a_conflict_said_by_plan_and_refused(t
     assert main([*base, "--runs", "e1", "--data", str(other), "--no-progress"]) == 2
     assert capsys.readouterr().err == f"rnnlab bench: error: {why} (use another --out, or delete those run folders)\n"
     assert (out / "e1" / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_row_with_a_complete_seed_is_partial_whatever_its_other_seeds_did(tmp_path):
+    """"failed" and "missing" are said of a row none of whose runs completed: a complete seed beside
+    a failed one, or beside a planned one never started, makes a partial row (its complete seed is
+    the row's numbers)."""
+    _synthetic_run(tmp_path, "f-s1", 1.5, 2.0, 30000.0, seed=1)
+    _synthetic_run(tmp_path, "f-s2", 1.6, 2.1, 30000.0, seed=2)
+    _set_summary(tmp_path, "f-s2", complete=False, error="RuntimeError: loss is nan")
+    _synthetic_run(tmp_path, "m-s1", 1.5, 2.0, 30000.0, seed=1)  # m-s2: planned, never started
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "runs": [
+        {"name": n, "seed": s, "dir": f"{n}-s{s}", "point": None} for n in ("f", "m") for s in (1, 2)]}))
+    rows = aggregate(collect(tmp_path)["records"])
+    assert [(r["name"], r["status"], r["n_complete"], r["n_runs"]) for r in rows] == [
+        ("f", "partial", 1, 2), ("m", "partial", 1, 2)]
+
+
+def test_the_legend_names_the_held_out_bytes_of_every_row_in_the_table(tmp_path):
+    """The legend's "bytes scored" are those of every row the table shows, a partial row's too."""
+    _synthetic_run(tmp_path, "a", 1.5, 2.0, 30000.0)
+    _synthetic_run(tmp_path, "b", 1.6, 2.1, 30000.0)
+    _set_summary(tmp_path, "b", complete=False)
+    for name, n in (("a", 6000), ("b", 500)):
+        (tmp_path / name / "eval.jsonl").write_text(json.dumps({"step": 10, "val_bpb": 2.0, "bytes": n}) + "\n")
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "(bytes scored: 500, 6,000)" in md
+
+
+def test_a_curves_last_point_is_the_final_evaluations_curve_score(tmp_path):
+    """The final evaluation scores the whole held-out split (the table's bpb) and, as ``curve_*``,
+    the curve's bytes: the learning curve (plots, equal-bytes table) ends on the latter, scored on
+    the same bytes as its other points."""
+    from rnnlab.bench import plots as P
+
+    _synthetic_run(tmp_path, "a", 1.5, 2.0, 30000.0)
+    (tmp_path / "a" / "eval.jsonl").write_text(
+        json.dumps({"step": 4, "val_bpb": 3.0, "bytes": 500}) + "\n"
+        + json.dumps({"step": 10, "val_bpb": 2.0, "bytes": 6000, "curve_val_bpb": 2.5, "curve_bytes": 500}) + "\n")
+    [curve] = P.run_curves(collect(tmp_path)["records"]).values()
+    assert curve["bpb"] == [(2.0, 3.0), (5.0, 2.5)] and curve["bytes"] == {500}
+
+
+def test_smooth_is_a_trailing_mean_over_the_window():
+    from rnnlab.bench.plots import smooth
+
+    assert smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
+    assert smooth([1.0, 2.0, 3.0, 4.0], 3) == [1.0, 1.5, 2.0, 3.0]
+    assert smooth([1.0, 2.0], 1) == [1.0, 2.0]
