@@ -1097,6 +1097,19 @@ def test_each_ranks_own_line_says_which_rank_it_is(error, said, tmp_path, corpus
         assert capsys.readouterr().err == prefix + said.removeprefix("rnnlab train: rank 1: ") + "\n"
 
 
+def _inside_the_save_of_step_6(tmp_path):
+    """A rank other than 0's checkpointer inside the save of step 6 (rank 0 writing it), step 3's
+    checkpoint on disk: its folder and the checkpointer."""
+    from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
+
+    ckpt = tmp_path / "ckpt"
+    checkpointer = Checkpointer(ckpt)
+    (ckpt / step_dir_name(3)).mkdir(parents=True)
+    checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
+    checkpointer.awaited = Checkpoint(ckpt / step_dir_name(6), 6)
+    return ckpt, checkpointer
+
+
 def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(tmp_path):
     """``Trainer.lost_rank_message`` on a rank other than 0 whose collective failed inside a save (a
     third rank lost while rank 0 wrote the checkpoint of this step: rank 0's write waits for no
@@ -1104,14 +1117,10 @@ def test_a_rank_failing_inside_a_save_does_not_call_rank_0s_checkpoint_unsaved(t
     plainly "not saved"; once the folder is there, saved. Of two ranks, plainly not saved."""
     from types import SimpleNamespace
 
-    from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
+    from rnnlab.train.checkpoint import step_dir_name
     from rnnlab.train.trainer import Trainer
 
-    ckpt = tmp_path / "ckpt"
-    checkpointer = Checkpointer(ckpt)
-    (ckpt / step_dir_name(3)).mkdir(parents=True)
-    checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
-    checkpointer.awaited = Checkpoint(ckpt / step_dir_name(6), 6)  # save() of step 6 under way on this rank
+    ckpt, checkpointer = _inside_the_save_of_step_6(tmp_path)
     trainer = SimpleNamespace(state=SimpleNamespace(step=6), checkpointer=checkpointer,
                               ctx=SimpleNamespace(world_size=2))
     # of two ranks the one lost is rank 0 itself: its checkpoint will not come
@@ -1138,16 +1147,12 @@ def test_a_rank_whose_watch_saw_rank_0_end_inside_a_save_does_not_wait_for_its_c
     from types import SimpleNamespace
 
     from rnnlab.train import trainer as trainer_module
-    from rnnlab.train.checkpoint import Checkpoint, Checkpointer, step_dir_name
+    from rnnlab.train.checkpoint import step_dir_name
     from rnnlab.train.trainer import Trainer
 
     said = []
     monkeypatch.setattr(trainer_module, "end_lost_rank", lambda rank, message, then=None: said.append(message))
-    ckpt = tmp_path / "ckpt"
-    checkpointer = Checkpointer(ckpt)
-    (ckpt / step_dir_name(3)).mkdir(parents=True)
-    checkpointer.last = Checkpoint(ckpt / step_dir_name(3), 3)
-    checkpointer.awaited = Checkpoint(ckpt / step_dir_name(6), 6)  # save() of step 6 under way on this rank
+    ckpt, checkpointer = _inside_the_save_of_step_6(tmp_path)
     trainer = SimpleNamespace(state=SimpleNamespace(step=6), checkpointer=checkpointer,
                               ctx=SimpleNamespace(world_size=3, rank=1), logger=SimpleNamespace(close_bar=lambda: None))
     trainer.lost_rank_message = lambda *a, **k: Trainer.lost_rank_message(trainer, *a, **k)
