@@ -921,6 +921,28 @@ def test_mamba2_official_vs_reference():
     _check_layer("Mamba2 official", ref, off, 128, 2e-2, B=2, T=80)
 
 
+@pytest.mark.parametrize("Bsz, T, with_state", [(2, 80, False), (1, 33, True)])
+def test_ssd_scan_triton_backend(Bsz, T, with_state):
+    """The ``ssd_scan`` op's ``triton`` backend (mamba_ssm's ``mamba_chunk_scan_combined``, which
+    ``backend="auto"`` picks on CUDA; the official layer runs mamba_ssm's fused module instead, so
+    no other test reaches it) against the sequential reference in float64: fp32 inputs, T not a
+    multiple of the chunk, B = 1, an initial state; forward, final state and every gradient.
+    Tolerance 2e-2 for the kernel's TF32 products (as the official layer's test)."""
+    from rnnlab.ops.ssd import import_mamba_ssm, ssd_scan
+
+    if import_mamba_ssm() is None:
+        pytest.skip("mamba_ssm not importable")
+    g = torch.Generator().manual_seed(T)
+    H, P, G, N = 4, 16, 2, 16
+    inputs = [torch.randn(Bsz, T, H, P, generator=g), torch.rand(Bsz, T, H, generator=g) * 0.5 + 0.01,
+              -torch.rand(H, generator=g) - 0.1, torch.randn(Bsz, T, G, N, generator=g),
+              torch.randn(Bsz, T, G, N, generator=g),
+              torch.randn(Bsz, H, P, N, generator=g) if with_state else None]
+    _check_op("ssd_scan triton", lambda x, dt, A, B, C, s: ssd_scan(x, dt, A, B, C, 32, s, backend="triton"),
+              lambda x, dt, A, B, C, s: ssd_scan(x, dt, A, B, C, 32, s, backend="naive"), inputs, torch.float32,
+              tol=2e-2)
+
+
 def test_transformer_sdpa_cuda():
     from rnnlab.layers.attention import AttentionConfig, CausalSelfAttention
 
