@@ -513,14 +513,16 @@ def test_debug_shows_the_traceback(world, capsys):
         main(["train", "--debug", *TINY, "--steps", "2", "--dim", "0", "--data", str(world["corpus"]), "--out", str(world["new"])])
 
 
+def out_of_memory(*args, **kwargs):
+    """In place of a step, an evaluation, a save or a command's work: CUDA's out-of-memory error."""
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+
 def test_out_of_memory_names_the_knobs(world, capsys, monkeypatch):
     """An out-of-memory error in a step becomes one line naming --batch-size and --seq-len."""
     from rnnlab.train.trainer import Trainer
 
-    def oom(self, batch):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(Trainer, "forward_backward", oom)
+    monkeypatch.setattr(Trainer, "forward_backward", out_of_memory)
     out = world["root"] / "oom"
     assert main(["train", *TINY, "--steps", "2", "--data", str(world["corpus"]), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
@@ -541,10 +543,7 @@ def test_out_of_memory_in_a_training_evaluation_names_its_knob(world, capsys, mo
     leaving the reader to guess which applied)."""
     from rnnlab.train.trainer import Trainer
 
-    def oom(self, split, max_bytes=None):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(Trainer, "score", oom)
+    monkeypatch.setattr(Trainer, "score", out_of_memory)
     out = world["root"] / "oom-eval"
     assert main(["train", *TINY, "--steps", "2", "--eval-every", "1", "--data", str(world["corpus"]),
                  "--out", str(out)]) == 2
@@ -560,10 +559,7 @@ def test_out_of_memory_while_saving_a_checkpoint_says_so(world, capsys, monkeypa
     with --batch-size and --seq-len, which it said before."""
     from rnnlab.train.checkpoint import Checkpointer
 
-    def oom(self, state, complete):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(Checkpointer, "save", oom)
+    monkeypatch.setattr(Checkpointer, "save", out_of_memory)
     out = world["root"] / "oom-save"
     assert main(["train", *TINY, "--steps", "3", "--checkpoint-every", "2", "--data", str(world["corpus"]),
                  "--out", str(out)]) == 2
@@ -580,10 +576,7 @@ def test_out_of_memory_while_saving_a_checkpoint_says_so(world, capsys, monkeypa
      "fewer --tokens (a Transformer's key/value cache grows with each byte), or --device cpu"),
 ])
 def test_out_of_memory_names_the_commands_knob(world, capsys, monkeypatch, command, module, name, hint):
-    def oom(*args, **kw):
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-
-    monkeypatch.setattr(importlib.import_module(module), name, oom)
+    monkeypatch.setattr(importlib.import_module(module), name, out_of_memory)
     assert main([command, "--run", str(world["run"])]) == 2
     err = capsys.readouterr().err.strip()
     assert err == f"rnnlab {command}: error: out of memory (CUDA out of memory. Tried to allocate 20.00 GiB): {hint}"
