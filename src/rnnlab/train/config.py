@@ -532,10 +532,11 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, 
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
             for mk in sorted(set(a) | set(b)):
                 old, now = a.get(mk, defaults["model"].get(mk)), b.get(mk)
+                seen = (old, now)  # as compared: a layer's options without its backend
                 if mk == "layer" and isinstance(old, dict) and isinstance(now, dict):
-                    old, now = ({k: v for k, v in d.items() if k != "backend"} for d in (old, now))
-                if comparable(old) != comparable(now):
-                    return f"model.{mk}", a.get(mk, defaults["model"].get(mk)), b.get(mk)
+                    seen = tuple({k: v for k, v in d.items() if k != "backend"} for d in (old, now))
+                if comparable(seen[0]) != comparable(seen[1]):
+                    return f"model.{mk}", old, now
         elif comparable(a) != comparable(b):
             return key, a, b
     return None
