@@ -285,7 +285,7 @@ def run_train(args) -> int:
     from rnnlab.train import distributed as dist
     from rnnlab.train.checkpoint import CheckpointWriteError
     from rnnlab.train.peers import end_lost_rank
-    from rnnlab.train.trainer import LostRank, NonFiniteLossError, run_training
+    from rnnlab.train.trainer import LostRank, NonFiniteLossError, OutOfMemory, run_training
 
     launched = _launch(args)
     if launched is not None:
@@ -293,7 +293,8 @@ def run_train(args) -> int:
     ends_with_parent()  # a worker of --gpus N's torchrun ends with it (a kill -9 of torchrun or the launcher)
     cfg = config_from_args(args)
     ctx = dist.context()
-    # where every rank prints its own line (a second Ctrl-C, a write error), each says which rank it is
+    # where every rank prints its own line (a second Ctrl-C, a write error, its device out of memory), each
+    # says which rank it is
     rank = f"rank {ctx.rank}: " if ctx.world_size > 1 else ""
     finished = False
     try:
@@ -304,6 +305,11 @@ def run_train(args) -> int:
         if ctx.is_main or not isinstance(e, NonFiniteLossError):
             print(f"rnnlab train: {rank if isinstance(e, CheckpointWriteError) else ''}error: {e}", file=sys.stderr)
         return 1
+    except OutOfMemory as e:  # one rank's device, not the run's: its line says which rank
+        if getattr(args, "debug", False) or not rank:
+            raise
+        print(f"rnnlab train: {rank}error: {e}", file=sys.stderr)
+        return 2
     except LostRank as e:  # another rank ended: one line naming the checkpoint kept, then an end at once
         if getattr(args, "debug", False):
             raise
