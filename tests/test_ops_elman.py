@@ -165,6 +165,7 @@ def test_persistent_build_failure_warns_once_per_build_and_leaves_the_per_step_k
     from rnnlab.ops.elman import persistent
     from rnnlab.ops.elman import triton as et
     from rnnlab.ops.elman.options import ElmanKernelOptions
+    from rnnlab.ops.registry import FallibleBuild
 
     attempts = []
 
@@ -185,6 +186,10 @@ def test_persistent_build_failure_warns_once_per_build_and_leaves_the_per_step_k
         assert et._persistent_plan(x, opts, rank=2) is None
     assert et._persistent_plan(x, opts, rank=2) is None and attempts == [0, 2]
     assert et.PERSISTENT_BUILDS[True].error == "RuntimeError: Error building extension 'rnnlab_elman_persistent'"
+    # what the GPU tests' fixture (tests/gpu/conftest.py) fails on
+    assert et.PERSISTENT_BUILDS[False].name == "persistent Elman kernel"
+    assert FallibleBuild.failures().count(
+        "persistent Elman kernel: RuntimeError: Error building extension 'rnnlab_elman_persistent'") == 2
 
 
 @pytest.mark.parametrize("with_h0", [False, True])

@@ -100,11 +100,21 @@ class FallibleBuild:
     """A kernel compiled on first use that may fail to build (no nvcc or ninja, a compile error):
     :meth:`attempt` runs what needs it; the first failure is kept in ``error`` with one warning
     (``name`` unavailable, using ``instead``), and every later attempt returns None at once,
-    without building again, so the caller runs its other kernel."""
+    without building again, so the caller runs its other kernel. :meth:`failures` lists the builds
+    that failed in this process (the GPU tests fail on any: after one, a test of the kernel would
+    check its fallback)."""
+
+    _every: list[FallibleBuild] = []  # each build made, for failures()
 
     def __init__(self, name: str, instead: str):
         self.name, self.instead = name, instead
         self.error: str | None = None
+        FallibleBuild._every.append(self)
+
+    @classmethod
+    def failures(cls) -> list[str]:
+        """``"name: error"`` for each build that failed in this process."""
+        return [f"{b.name}: {b.error}" for b in cls._every if b.error is not None]
 
     def attempt(self, fn: Callable, *args):
         """``fn(*args)``, or None once a build has failed (this one or an earlier one)."""
