@@ -36,7 +36,8 @@ def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=(), re
     """inputs: list of fp32 CPU tensors or None. Fast path gets them in ``dtype`` on CUDA (those at
     the positions ``fp32_inputs`` stay fp32, as their layer passes them); the reference gets the
     same rounded values in float64 on CPU. Both return ``(h, h_T)``: h, the final state and every
-    input gradient (through h) are compared. ``refused``: the fast path's library refuses its
+    input gradient (through h and through the final state, as when a sequence runs in pieces, each
+    piece's final state the next one's h0) are compared. ``refused``: the fast path's library refuses its
     backward on this machine (the reason, e.g. ``fla_backward_refusal()``): the outputs are
     compared and the backward must raise."""
     tol = TOL[dtype] if tol is None else tol
@@ -49,9 +50,9 @@ def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=(), re
     if refused:
         _assert_backward_refused(name, y, [rel(y, yr), rel(y_last, yr_last)], tol, refused)
         return
-    g = torch.randn(yr.shape, dtype=torch.float64)
-    gf = torch.autograd.grad(y, [x for x in fast if x is not None], g.to(dtype).to(DEV))
-    gr = torch.autograd.grad(yr, [x for x in ref if x is not None], g.to(dtype).double())
+    g, g_last = torch.randn(yr.shape).to(dtype), torch.randn(yr_last.shape)  # as the fast path's outputs round
+    gf = torch.autograd.grad((y, y_last), [x for x in fast if x is not None], (g.to(DEV), g_last.to(DEV)))
+    gr = torch.autograd.grad((yr, yr_last), [x for x in ref if x is not None], (g.double(), g_last.double()))
     errs = [rel(y, yr), rel(y_last, yr_last)] + [rel(a, b) for a, b in zip(gf, gr)]
     print(f"{name} {str(dtype)[6:]}: fwd {errs[0]:.2e} final {errs[1]:.2e} grads "
           + " ".join(f"{e:.2e}" for e in errs[2:]))
