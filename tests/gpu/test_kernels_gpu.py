@@ -156,6 +156,7 @@ ELMAN_CASES = [
     (2, 33, 100, 0), (1, 17, 64, 0), (5, 40, 257, 0), (70, 9, 96, 0), (3, 1, 257, 0), (32, 12, 2560, 0),
     (2, 33, 96, 3), (1, 20, 64, 1), (3, 50, 224, 7), (20, 24, 256, 2), (4, 16, 112, 4), (2, 1, 96, 3),
     (64, 16, 992, 8),  # e1-ablations' e1-heads8 (dim 992, B = 64): heads of 124, the Triton kernels' 128 lanes
+    (2, 9, 400, 2),  # heads of 200 (256 lanes): wider than any run so far, which the layer accepts
 ]
 
 
