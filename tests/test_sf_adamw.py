@@ -5,6 +5,7 @@ and the fallback to schedulefree's step where the kernel does not apply."""
 from __future__ import annotations
 
 import os
+import warnings
 
 import pytest
 import schedulefree
@@ -232,10 +233,23 @@ def test_fused_step_takes_only_tensors_its_kernel_can(monkeypatch, case):
         p.grad = p.grad.as_subclass(_Subclass)
     if case == "a state in another dtype":
         opt.state[p].update(z=p.detach().clone(), exp_avg_sq=torch.zeros(8, dtype=torch.bfloat16))
+    why = {"fp16": "a parameter of shape (8,) in torch.float16 (it takes torch.bfloat16 and torch.float32)",
+           "not contiguous": "a parameter of shape (4, 2) (or its gradient or state) that is not contiguous",
+           "not 16-byte aligned": "a parameter of shape (8,) (or its gradient or state) that is not 16-byte aligned",
+           "a state in another dtype": "a parameter of shape (8,) whose gradient or state is not in its dtype, "
+                                       "torch.float32",
+           "a tensor subclass": ""}.get(case)  # FSDP2's shards: declined by design, without a word
     with monkeypatch.context() as m:
         m.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
-        assert opt._fused_applies() is (case in ("fits", "bf16", "without gradient"))
-    assert not opt._fused_applies()  # real CPU tensors
+        assert opt._fused_applies() is (why is None)
+        assert opt._declined() == why
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            opt._say_why_not_fused(), opt._say_why_not_fused()
+        assert [str(w.message) for w in said] == ([f"Schedule-Free AdamW's fused step does not take {why}: "
+                                                   "schedulefree's slower foreach step runs for this optimizer"]
+                                                  if why else [])  # once, and only where not by design
+    assert not opt._fused_applies() and opt._declined() == ""  # real CPU tensors: by design
 
 
 def test_cpu_parameters_run_schedulefrees_step():

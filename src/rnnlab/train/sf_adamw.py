@@ -15,7 +15,7 @@ division by the bias correction as a product with its reciprocal (computed in do
 ``_foreach_div`` by a scalar does), IEEE division by the denominator and IEEE square root.
 Everything else (``train()`` / ``eval()``, the state dict, the bookkeeping of ``k``, ``lr_max``
 and ``weight_sum``) is schedulefree's; CPU parameters, and parameters the kernel does not take (not
-contiguous, not 16-byte aligned, another dtype), run schedulefree's own step. Unlike that step,
+contiguous, not 16-byte aligned, another dtype: one warning says which), run schedulefree's own step. Unlike that step,
 this one leaves ``p.grad`` as it was. In fp32 (the master weights of fp32 and bf16-mixed runs) it
 agrees with schedulefree's step to about one ulp, not bit for bit (the two compilers contract
 different products into FMAs): such a run resumed across the switch continues within rounding.
@@ -29,6 +29,7 @@ against schedulefree's 6.9, 1.01-1.07x the whole training step's tok/s
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import schedulefree
 import torch
@@ -65,6 +66,7 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
             with torch.enable_grad():
                 loss = closure()
         if not self._fused_applies():
+            self._say_why_not_fused()
             super().step()
             return loss
         if not self.param_groups[0]["train_mode"]:
@@ -99,20 +101,42 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
         """Whether the kernel takes every parameter that has a gradient (and its state, if any):
         plain CUDA tensors (not FSDP2's DTensors), a dtype of :data:`DTYPES` throughout,
         contiguous and 16-byte aligned."""
+        return self._declined() is None
+
+    def _declined(self) -> str | None:
+        """None where the kernel takes every parameter (:meth:`_fused_applies`), else why not: ""
+        where that is by design (no Triton, CPU parameters, FSDP2's DTensor shards), else the first
+        parameter the kernel cannot take and what it lacks."""
         if triton is None:
-            return False
+            return ""
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 state = [self.state[p][k] for k in ("z", "exp_avg_sq") if k in self.state[p]]
                 tensors = (p.data, p.grad, *state)
-                if not (p.is_cuda and p.dtype in DTYPES
-                        and all(type(t) is torch.Tensor for t in tensors)  # not FSDP2's DTensor shards
-                        and all(t.dtype == p.dtype and t.is_contiguous() and t.data_ptr() % 16 == 0  # vectors
-                                for t in tensors)):
-                    return False
-        return True
+                if not p.is_cuda or any(type(t) is not torch.Tensor for t in tensors):  # FSDP2's shards
+                    return ""
+                what = f"a parameter of shape {tuple(p.shape)}"
+                if p.dtype not in DTYPES:
+                    return f"{what} in {p.dtype} (it takes {' and '.join(str(d) for d in DTYPES)})"
+                if any(t.dtype != p.dtype for t in tensors):
+                    return f"{what} whose gradient or state is not in its dtype, {p.dtype}"
+                if not all(t.is_contiguous() for t in tensors):
+                    return f"{what} (or its gradient or state) that is not contiguous"
+                if any(t.data_ptr() % 16 for t in tensors):  # read as 16-byte vectors
+                    return f"{what} (or its gradient or state) that is not 16-byte aligned"
+        return None
+
+    def _say_why_not_fused(self) -> None:
+        """Warn once where the fused step declines a CUDA parameter it is not declined by design
+        for: the run then steps at schedulefree's speed (~5 ms more a step at 400M on an H200),
+        which would slow that model's tok/s beside the others'."""
+        if self.__dict__.get("_said_why") or not (why := self._declined()):
+            return
+        self._said_why = True
+        warnings.warn(f"Schedule-Free AdamW's fused step does not take {why}: schedulefree's slower "
+                      f"foreach step runs for this optimizer")
 
     def _block_map(self, numels: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
         """For one list of tensor sizes: which tensor each program works on, and each tensor's
