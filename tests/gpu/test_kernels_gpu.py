@@ -2,7 +2,9 @@
 every layer's CUDA path against its CPU reference with the same weights.
 
 Run on a GPU machine with ``pytest -m gpu tests/gpu -s`` (``-s`` prints the measured errors).
-Errors are ``||a - b|| / ||b||`` against a float64 reference on the same (rounded) inputs.
+Errors are ``||a - b|| / ||b||`` against a float64 reference on the same (rounded) inputs; the ops'
+checks (``_check_op``) also bound ``max|a - b| / max|b|`` by 5x the tolerance, which one wrong element
+(a partial tile's mask, the last time step) moves where the norm hides it among the rest.
 Tolerances: fp32 kernels 1e-4 (IEEE fp32 products), bf16/fp16 kernels 2e-2 (16-bit stores of h / grads),
 fp32 layers 1e-4 (layers whose CUDA path uses TF32 or fused library kernels have their own,
 stated next to them).
@@ -32,6 +34,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
+def rel_max(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max|a - b| / max|b|``: the largest error of one element, against the reference's scale."""
+    a, b = a.detach().double().cpu(), b.detach().double().cpu()
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item() if b.numel() else 0.0
+
+
 def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=(), refused=None):
     """inputs: list of fp32 CPU tensors or None. Fast path gets them in ``dtype`` on CUDA (those at
     the positions ``fp32_inputs`` stay fp32, as their layer passes them); the reference gets the
@@ -53,11 +61,11 @@ def _check_op(name, fn_fast, fn_ref, inputs, dtype, tol=None, fp32_inputs=(), re
     g, g_last = torch.randn(yr.shape).to(dtype), torch.randn(yr_last.shape)  # as the fast path's outputs round
     gf = torch.autograd.grad((y, y_last), [x for x in fast if x is not None], (g.to(DEV), g_last.to(DEV)))
     gr = torch.autograd.grad((yr, yr_last), [x for x in ref if x is not None], (g.double(), g_last.double()))
-    errs = [rel(y, yr), rel(y_last, yr_last)] + [rel(a, b) for a, b in zip(gf, gr)]
+    pairs = [(y, yr), (y_last, yr_last), *zip(gf, gr)]
+    errs, worst = [rel(a, b) for a, b in pairs], [rel_max(a, b) for a, b in pairs]
     print(f"{name} {str(dtype)[6:]}: fwd {errs[0]:.2e} final {errs[1]:.2e} grads "
-          + " ".join(f"{e:.2e}" for e in errs[2:]))
-    for e in errs:
-        assert e < tol, (name, errs)
+          + " ".join(f"{e:.2e}" for e in errs[2:]) + "; one element at most " + " ".join(f"{e:.1e}" for e in worst))
+    assert max(errs) < tol and max(worst) < 5 * tol, (name, errs, worst)
     return errs
 
 
