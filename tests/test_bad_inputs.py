@@ -94,6 +94,8 @@ CASES = [
     ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "keep_checkpoints must be a positive integer"),
     ("eval_bytes_text", [*TRAIN, "--eval-bytes", "lots"],  # as eval says it (its parse's words, not the type's)
      "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+    ("eval_bytes_fraction", [*TRAIN, "--eval-bytes", "20.5"],  # not rounded to 20 or 21 bytes
+     "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got '20.5'"),
     # a cap below one window failed only at the first evaluation, after the whole training budget
     ("eval_bytes_below_a_window", [*TRAIN, "--seq-len", "16", "--eval-bytes", "10"],
      "eval_bytes must be all (0) or at least one evaluation window, seq_len+1 = 17 bytes, got 10"),

@@ -69,7 +69,8 @@ def test_solver_matches_seed_search_rule():
 @pytest.mark.parametrize("text,value", [("400M", 400_000_000), ("1.5B", 1_500_000_000), ("50m", 50_000_000), ("123", 123),
                                         ("2k", 2_000), ("1G", 1_000_000_000), ("1e9", 1_000_000_000),
                                         ("2.5E8", 250_000_000), ("4e+2K", 400_000),
-                                        ("1.005K", 1_005)])  # 1.005 * 1000 = 1004.99999...: rounded, not cut
+                                        ("1.005K", 1_005),  # 1.005 * 1000 = 1004.99999...: rounded, not cut
+                                        ("1.1K", 1_100), ("0.1M", 100_000), ("2.3e-1K", 230)])
 def test_parse_count(text, value):
     assert parse_count(text) == value
 
@@ -77,7 +78,10 @@ def test_parse_count(text, value):
 @pytest.mark.parametrize("given,message", [(0, "must be positive, got '0'"), (-5, "must be positive, got '-5'"),
                                            (True, "cannot read a count from True"),
                                            ("1e400", "cannot read a count from '1e400'"),  # inf: no OverflowError
-                                           (1e400, "cannot read a count from 'inf'")])
+                                           (1e400, "cannot read a count from 'inf'"),
+                                           ("1.5", r"a count is a whole number, got '1.5' \(= 1.5\)"),
+                                           (2.5, r"a count is a whole number, got '2.5'"),
+                                           ("1.0005K", r"got '1.0005K' \(= 1000.5\)")])
 def test_parse_count_checks_a_number_as_it_checks_text(given, message):
     """A suite file's ``target_params = 0`` (or ``-5``, ``true``) is refused, as ``"0"`` is, not
     solved to the narrowest width; a number that is a count (``4e8``) still reads."""

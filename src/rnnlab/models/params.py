@@ -31,6 +31,8 @@ def parse_count(text: str | int | float) -> int:
     if number is None or not math.isfinite(number):  # "1e400" reads as inf
         raise ValueError(f"cannot read a count from {text!r} (try 400M, 1.5B, 1e9, 50000000)")
     value = int(round(number))
+    if abs(number - value) > 1e-9 * max(abs(number), 1):  # "1.1K" is 1100.0000000000002: a whole number
+        raise ValueError(f"a count is a whole number, got {text!r} (= {number:g})")
     if value <= 0:
         raise ValueError(f"parameter count must be positive, got {text!r}")
     return value
