@@ -363,6 +363,13 @@ def test_eval_warns_when_the_held_out_data_changed_since_training(tmp_path, caps
                                        f"bytes than the run's, perhaps some it trained on\n")
     assert main(["eval", "--run", str(run), "--data", str(small_corpus)]) == 0
     assert capsys.readouterr().err == ""
+    text = small_corpus.read_bytes()[:-50]  # the size it trained with, and the last byte of its held-out tail changed
+    small_corpus.write_bytes(text[:-1] + bytes([text[-1] ^ 1]))
+    assert main(["eval", "--run", str(run)]) == 0
+    err, fingerprint = capsys.readouterr().err, json.loads((run / "env.json").read_text())["corpus"]["heldout_fingerprint"]
+    assert err.startswith(f"rnnlab: warning: the held-out split holds other bytes than the run in {run} trained with "
+                          f"(the same 200 bytes, fingerprint "), err
+    assert f", not {fingerprint}): the data changed since, so this scores other held-out bytes" in err, err
 
 
 def test_a_run_trained_with_a_cuda_only_backend_evaluates_on_cpu(tmp_path, capsys, small_corpus):

@@ -128,6 +128,22 @@ def test_bytecorpus_refuses_json_lines(tmp_path):
 
 # ---- splits -----------------------------------------------------------------------------
 
+def test_a_split_fingerprint_is_its_bytes_sampled_in_64_blocks(tmp_path):
+    """``Split.fingerprint`` (what ``--resume`` compares beside the sizes): the SHA-1 of the whole
+    split when it is at most 64 blocks of 4 KB, else of 64 blocks spread from its first byte to its
+    last; a file of the same bytes under another name gives the same one."""
+    data = np.random.default_rng(0).integers(0, 256, 1_000_003, dtype=np.uint8)
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(data.tobytes())
+    b.write_bytes(data.tobytes())
+    split = Split(ByteCorpus(a), 3, 1_000_000)
+    starts = np.linspace(0, 1_000_000 - 4096, 64).astype(np.int64)
+    want = hashlib.sha1(b"".join(data[3 + i:3 + i + 4096].tobytes() for i in starts)).hexdigest()[:16]
+    assert split.fingerprint() == want == Split(ByteCorpus(b), 3, 1_000_000).fingerprint()
+    small = Split(ByteCorpus(a), 10, 64 * 4096)
+    assert small.fingerprint() == hashlib.sha1(data[10:10 + 64 * 4096].tobytes()).hexdigest()[:16]
+
+
 def test_tail_split_is_view(corpus_file):
     p, data = corpus_file
     s = load_splits(p, val_fraction=0.1)

@@ -445,17 +445,19 @@ def test_a_complete_run_resumed_to_train_on_is_incomplete_until_it_ends_again(ti
     assert RunDir(run).status() == "complete"
 
 
-def test_a_run_resumed_on_data_of_other_sizes_is_refused_and_nothing_changes(tiny_train, tmp_path):
+def test_a_run_resumed_on_other_data_is_refused_and_nothing_changes(tiny_train, tmp_path):
     """The corpus file replaced under the same path (same config) would give the resumed run other
-    batches: refused in one line naming both sizes, the folder untouched; the same file resumes."""
+    batches: refused in one line naming both sizes, or, sizes equal, both fingerprints; the folder
+    untouched; the same file resumes."""
     from rnnlab.data import load_splits
 
     data, run = tmp_path / "corpus.txt", tmp_path / "r"
     data.write_bytes(bytes(range(256)) * 40)
     run_training(tiny_train(run, steps=2, data=str(data)), progress=False)
     splits = load_splits(str(data), None, 0.01)
-    assert json.loads((run / "env.json").read_text())["corpus"] == {"train_bytes": len(splits.train),
-                                                                     "heldout_bytes": len(splits.val)}
+    assert json.loads((run / "env.json").read_text())["corpus"] == {
+        "train_bytes": len(splits.train), "heldout_bytes": len(splits.val),
+        "train_fingerprint": splits.train.fingerprint(), "heldout_fingerprint": splits.val.fingerprint()}
     data.write_bytes(bytes(range(256)) * 41)
 
     def files():  # the lock file aside: taking the folder's lock records the taker (RunLock)
@@ -464,6 +466,13 @@ def test_a_run_resumed_on_data_of_other_sizes_is_refused_and_nothing_changes(tin
     before = files()
     with pytest.raises(ValueError, match=rf"--resume: the training split is now 10,391 bytes, but the run in "
                                          rf"{re.escape(str(run))} trained with 10,137: the data changed since"):
+        run_training(tiny_train(run, steps=4, data=str(data), resume=True), progress=False)
+    assert files() == before
+    trained = json.loads((run / "env.json").read_text())["corpus"]["train_fingerprint"]
+    data.write_bytes(bytes(range(255, -1, -1)) * 40)  # the same sizes, other bytes
+    with pytest.raises(ValueError, match=rf"--resume: the training split holds other bytes than the run in "
+                                         rf"{re.escape(str(run))} trained with \(the same 10,137 bytes, fingerprint "
+                                         rf"[0-9a-f]{{16}}, not {trained}\): the data changed since"):
         run_training(tiny_train(run, steps=4, data=str(data), resume=True), progress=False)
     assert files() == before
     data.write_bytes(bytes(range(256)) * 40)

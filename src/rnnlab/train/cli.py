@@ -27,7 +27,7 @@ from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values,
                                  parse_eval_bytes, read_config_file)
-from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_sizes, warn
+from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_record, warn
 
 
 def aligned(rows: Iterable[tuple[str, str]]) -> str:
@@ -254,7 +254,7 @@ def _check_before_launch(cfg: TrainConfig, n: int) -> None:
     # enough for --seq-len; as the last rank, whose check warns of nothing (rank 0 warns once launched)
     heldout, _, stream = open_data(cfg, DistContext(rank=n - 1, world_size=n))
     rundir = RunDir(cfg.run.out)
-    rundir.prepare(cfg, corpus_sizes(stream.split, heldout))
+    rundir.prepare(cfg, corpus_record(stream.split, heldout))
     rundir.release()
 
 
@@ -400,9 +400,9 @@ def run_eval_cmd(args) -> int:
 
 def warn_if_data_changed(run: RunDir, cfg, split) -> None:
     """A warning when the run's held-out split is not the one it trained with (env.json's corpus
-    sizes): a data file replaced or grown since moves its held-out tail, and the score would be of
+    sizes and fingerprints): a data file replaced or grown since moves its held-out tail, and the score would be of
     other bytes, perhaps some the run trained on (``--resume`` refuses such data: ``RunDir.corpus_changed``)."""
-    now = {"heldout_bytes": len(split)}
+    now = {"heldout_bytes": len(split), "heldout_fingerprint": split.fingerprint()}
     if cfg.data.path is not None and cfg.data.val_path is None:  # the tail of the training file, after its train split
         now["train_bytes"] = split.offset
     changed = run.corpus_changed(now)

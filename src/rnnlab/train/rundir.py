@@ -189,10 +189,12 @@ class RunLock:
             self.fd = None
 
 
-def corpus_sizes(train, heldout) -> dict[str, int]:
-    """What env.json records of a run's data (``"corpus"``), the training and held-out splits'
-    lengths in bytes: a resumed run must open data of the same sizes (``RunDir.prepare``)."""
-    return {"train_bytes": len(train), "heldout_bytes": len(heldout)}
+def corpus_record(train, heldout) -> dict[str, int | str]:
+    """What env.json records of a run's data (``"corpus"``): the training and held-out splits'
+    lengths in bytes and their fingerprints (``Split.fingerprint``); a resumed run must open the
+    same data (``RunDir.prepare``)."""
+    return {"train_bytes": len(train), "heldout_bytes": len(heldout),
+            "train_fingerprint": train.fingerprint(), "heldout_fingerprint": heldout.fingerprint()}
 
 
 class RunDir:
@@ -426,7 +428,7 @@ class RunDir:
     def prepare(self, cfg, corpus: dict[str, int] | None = None):
         """Take the folder for training ``cfg`` into it (module docstring: the rules); returns
         the checkpoint to resume from (None for a fresh run). Holds the lock until ``release``.
-        ``corpus``: ``corpus_sizes`` of the data this session opened, which a resumed run's must
+        ``corpus``: ``corpus_record`` of the data this session opened, which a resumed run's must
         equal (env.json's, when it has them)."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path} exists and is not a directory")
@@ -454,17 +456,22 @@ class RunDir:
             self.lock.release(undo=True)
             raise
 
-    def corpus_changed(self, corpus: dict[str, int]) -> str | None:
-        """How ``corpus`` (``corpus_sizes``' keys, those known) differs from the sizes env.json
+    def corpus_changed(self, corpus: dict[str, int | str]) -> str | None:
+        """How ``corpus`` (``corpus_record``'s keys, those known) differs from what env.json
         recorded when the run trained: "the held-out split is now N bytes, but the run in DIR
-        trained with M", or None (the same, or nothing recorded)."""
+        trained with M", or, sizes equal, "... holds other bytes than ...", or None (the same, or
+        nothing recorded: runs from before the fingerprints are compared by size)."""
         before = (self.env() or {}).get("corpus")
         if not isinstance(before, dict):
             return None
-        for key, what in (("train_bytes", "training split"), ("heldout_bytes", "held-out split")):
-            if key in corpus and before.get(key) is not None and before[key] != corpus[key]:
-                return (f"the {what} is now {corpus[key]:,} bytes, but the run in {self.path} trained with "
-                        f"{before[key]:,}")
+        for split, what in (("train", "training split"), ("heldout", "held-out split")):
+            size, mark = f"{split}_bytes", f"{split}_fingerprint"
+            if size in corpus and before.get(size) is not None and before[size] != corpus[size]:
+                return (f"the {what} is now {corpus[size]:,} bytes, but the run in {self.path} trained with "
+                        f"{before[size]:,}")
+            if mark in corpus and before.get(mark) is not None and before[mark] != corpus[mark]:
+                return (f"the {what} holds other bytes than the run in {self.path} trained with (the same "
+                        f"{corpus[size]:,} bytes, fingerprint {corpus[mark]}, not {before[mark]})")
         return None
 
     def _resume_point(self, cfg, corpus: dict[str, int] | None):

@@ -47,7 +47,7 @@ from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
 from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank
-from rnnlab.train.rundir import RunDir, corpus_sizes, warn
+from rnnlab.train.rundir import RunDir, corpus_record, warn
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, eval_batch, evaluate_run,
                                   final_scores_lacking, grad_accum_can_rise, is_out_of_memory, peak_mem_gib,
                                   pick_device, seed_everything, sync, wrap_model)
@@ -294,7 +294,7 @@ class Trainer:
         self.n_params = count_params(cfg.model.on_device(self.device))  # the layers build_model builds
         check_memory(cfg, self.n_params, self.device, ctx.world_size)
         self.rundir = RunDir(cfg.run.out)
-        self.corpus = corpus_sizes(self.stream.split, self.val_split)
+        self.corpus = corpus_record(self.stream.split, self.val_split)
         # rank 0 locks the folder
         resume_from = ctx.broadcast_object(self.rundir.prepare(cfg, self.corpus) if ctx.is_main else None)
         try:
