@@ -1,4 +1,4 @@
-from rnnlab.cli import main
+from rnnlab.cli import leave, main
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    leave(main())

@@ -24,6 +24,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
 from rnnlab import __version__
 from rnnlab.signals import discard_output, stops_as_ctrl_c
@@ -111,6 +112,16 @@ def attach_negative_numbers(argv: list[str]) -> list[str]:
         else:
             out.append(token)
     return out
+
+
+def leave(code: int | None) -> NoReturn:
+    """Exit with ``code``, every object alive now frozen (``gc.freeze``): the interpreter's exit then
+    skips its collections over all that torch's import made, about 0.4 s of every command's end."""
+    import gc
+
+    gc.collect()  # garbage already there is finalized, as at any exit
+    gc.freeze()
+    raise SystemExit(code)
 
 
 def main(argv: list[str] | None = None) -> int:

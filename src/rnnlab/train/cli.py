@@ -140,6 +140,7 @@ try:
     from rnnlab.signals import ended_with_this_process, ends_with_parent
     ends_with_parent()  # a kill -9 of the launcher ends torchrun, and so its workers
     os.environ.update(ended_with_this_process())  # the workers end with torchrun
+    from rnnlab.cli import leave
     from rnnlab.train.cli import torchrun_main
 except KeyboardInterrupt:
     try:
@@ -147,7 +148,7 @@ except KeyboardInterrupt:
     except OSError:  # the terminal closed
         pass
     sys.exit(130)
-sys.exit(torchrun_main(sys.argv[1:]))
+leave(torchrun_main(sys.argv[1:]))
 """
 # torchrun's wait for its workers after it passes on a stop, before it kills them (torch's own
 # default is 30 s, too short for a large model's step and checkpoint); a value already in the
