@@ -445,7 +445,7 @@ def test_fsdp2_evaluations_in_training_change_nothing(tmp_path, corpus):
 
 MAMBA2_TO_FSDP2 = """
 import json, sys
-from rnnlab.cli import main
+from rnnlab.cli import leave, main
 from rnnlab.train import distributed as dist, trainer
 
 out, build = sys.argv[1], trainer.build_optimizer
@@ -461,7 +461,7 @@ def recorded(model, cfg):  # each rank's optimizer groups as the trainer builds 
 
 trainer.build_optimizer = recorded
 sys.argv = ["rnnlab", *sys.argv[2:]]
-sys.exit(main())  # as `python -m rnnlab`
+leave(main())  # as `python -m rnnlab`
 """
 
 
@@ -504,7 +504,7 @@ def test_fsdp2_keeps_the_parameters_spared_from_weight_decay(mamba2_to_fsdp2):
 
 LATE_CTRL_C = """
 import signal, sys
-from rnnlab.cli import main
+from rnnlab.cli import leave, main
 from rnnlab.train import distributed as dist
 
 agree, calls = dist.DistContext.agree, [0]
@@ -519,7 +519,7 @@ def late(self, dt, stop):  # rank 1's Ctrl-C comes just after the ranks agreed o
 
 
 dist.DistContext.agree = late
-sys.exit(main(sys.argv[1:]))
+leave(main(sys.argv[1:]))
 """
 
 
@@ -891,7 +891,7 @@ def test_a_rank_killed_in_training_leaves_one_line_naming_the_checkpoint(tmp_pat
 A_RANK_WAITS = """
 import os, sys, time
 from pathlib import Path
-from rnnlab.cli import main
+from rnnlab.cli import leave, main
 from rnnlab.train import distributed as dist, peers, trainer
 from rnnlab.train.checkpoint import Checkpointer
 
@@ -919,7 +919,7 @@ if where == "step":
 else:
     Checkpointer._commit = slow_commit
 sys.argv = ["rnnlab", *sys.argv[4:]]
-sys.exit(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
+leave(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
 """
 
 
@@ -959,7 +959,7 @@ def test_a_rank_waiting_for_a_killed_peer_that_it_never_hears_of_ends_with_its_l
 
 SLOW_RANK = """
 import os, sys, time
-from rnnlab.cli import main
+from rnnlab.cli import leave, main
 from rnnlab.train import distributed as dist, trainer
 
 mark, rank_held, where = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -977,7 +977,7 @@ def held(*args, **kwargs):  # each rank says it is here; one of them stays (unti
 
 setattr(owner, name, held)
 sys.argv = ["rnnlab", *sys.argv[4:]]
-sys.exit(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
+leave(main())  # as `python -m rnnlab`: a SIGTERM is a Ctrl-C
 """
 
 
@@ -1170,7 +1170,7 @@ def test_a_rank_whose_watch_saw_rank_0_end_inside_a_save_does_not_wait_for_its_c
 SECOND_CTRL_C_IN_THE_WRITE = """
 import os, signal, sys, threading, time
 from pathlib import Path
-from rnnlab.cli import main
+from rnnlab.cli import leave, main
 from rnnlab.train import checkpoint, distributed as dist
 
 mark, fsync_dir = Path(sys.argv[1]), checkpoint.fsync_dir
@@ -1204,7 +1204,7 @@ def in_the_commit(path):  # rank 0's comes inside its commit (held back until th
 
 dist.DistContext.agree, dist.DistContext.barrier, checkpoint.fsync_dir = first, second, in_the_commit
 sys.argv = ["rnnlab", *sys.argv[2:]]
-sys.exit(main())
+leave(main())
 """
 
 
@@ -1230,7 +1230,7 @@ def test_a_second_ctrl_c_while_rank_0_writes_the_checkpoint_names_it_on_every_ra
 
 EVALUATION_FAILS = """
 import sys, torch
-from rnnlab.cli import main
+from rnnlab.cli import leave, main
 from rnnlab.train import distributed as dist, trainer
 
 how, score = sys.argv[1], trainer.Trainer.score
@@ -1246,7 +1246,7 @@ def failing(self, split, max_bytes=None):  # the final evaluation fails on rank 
 
 trainer.Trainer.score = failing
 sys.argv = ["rnnlab", *sys.argv[2:]]
-sys.exit(main())
+leave(main())
 """
 
 
