@@ -352,16 +352,21 @@ def test_lm_eval_bits_per_byte_equal_rnnlab_eval(exported, tmp_path, capsys):
     assert lm_eval_bpb == pytest.approx(ours["val_bpb"], rel=1e-6)
 
 
+# the end of a fresh interpreter's program: what is alive frozen, so that its exit skips collecting all that
+# transformers' and torch's imports made (about 1 s; rnnlab.cli.leave does the same for rnnlab's commands)
+QUICK_EXIT = "; import gc; gc.freeze()"
+
+
 def test_import_rnnlab_registers_when_transformers_is_imported():
     """In a fresh interpreter: ``import rnnlab`` does not import transformers (every CLI command
     and worker process would pay for it), and a later import of transformers finds the model type."""
     code = ("import sys, rnnlab; assert 'transformers' not in sys.modules; "
-            "from transformers import AutoConfig; print(type(AutoConfig.for_model('rnnlab')).__name__)")
+            "from transformers import AutoConfig; print(type(AutoConfig.for_model('rnnlab')).__name__)" + QUICK_EXIT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "RnnlabConfig"
     # rnnlab.hf.modeling itself importing transformers first: the hook waits, the module registers
     code = ("import sys, rnnlab.hf.modeling; from transformers import AutoConfig; "
-            "print(type(AutoConfig.for_model('rnnlab')).__name__)")
+            "print(type(AutoConfig.for_model('rnnlab')).__name__)" + QUICK_EXIT)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "RnnlabConfig"
 
@@ -377,7 +382,8 @@ def test_export_in_a_fresh_process_and_load_without_importing_rnnlab(exported, t
                    capture_output=True, text=True, check=True)
     code = ("import sys, torch; from transformers import AutoModelForCausalLM as A; "
             f"m = A.from_pretrained({str(hf)!r}, trust_remote_code=True); "
-            "print(type(m).__module__); torch.save(m(torch.tensor([[116, 104, 101]])).logits, sys.argv[1])")
+            "print(type(m).__module__); torch.save(m(torch.tensor([[116, 104, 101]])).logits, sys.argv[1])"
+            + QUICK_EXIT)
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "logits.pt")], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "rnnlab.hf.modeling"
