@@ -843,10 +843,14 @@ def test_a_closed_standard_output_is_no_error():
 
 
 def test_a_command_freezes_what_is_alive_before_it_exits():
-    """``python -m rnnlab`` (each worker of ``--gpus N`` and its torchrun too) exits through ``leave``:
-    the objects alive at its end frozen, so the interpreter's exit skips collecting them (about 0.4 s
-    of each command's end, torch's import makes so many), with the command's exit status."""
+    """``python -m rnnlab`` and the ``rnnlab`` script (each worker of ``--gpus N`` and its torchrun
+    too) exit through ``leave``: the objects alive at its end frozen, so the interpreter's exit skips
+    collecting them (about 0.4 s of each command's end, torch's import makes so many), with the
+    command's exit status."""
     import gc
+    from importlib.metadata import entry_points
+
+    assert entry_points(group="console_scripts", name="rnnlab")["rnnlab"].value == "rnnlab.cli:command"
 
     from rnnlab.cli import leave
 

@@ -1,4 +1,4 @@
-from rnnlab.cli import leave, main
+from rnnlab.cli import command
 
 if __name__ == "__main__":
-    leave(main())
+    command()

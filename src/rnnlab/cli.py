@@ -124,6 +124,12 @@ def leave(code: int | None) -> NoReturn:
     raise SystemExit(code)
 
 
+def command() -> NoReturn:
+    """The ``rnnlab`` command (its console script and ``python -m rnnlab``): :func:`main`, left
+    through :func:`leave`."""
+    leave(main())
+
+
 def main(argv: list[str] | None = None) -> int:
     """The command line (``argv`` None: the process's own, and a SIGTERM or SIGHUP handled as a
     Ctrl-C)."""
