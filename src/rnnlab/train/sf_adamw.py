@@ -55,6 +55,12 @@ def status() -> str:
     return "fused (rnnlab.train.sf_adamw) on CUDA parameters"
 
 
+def _named(p: torch.Tensor) -> str:
+    """A declined parameter as the warning names it (formatted only where one is declined: the
+    check runs every step)."""
+    return f"a parameter of shape {tuple(p.shape)}"
+
+
 class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
     """``schedulefree.AdamWScheduleFree`` whose step runs the fused kernel when the kernel takes
     every parameter with a gradient (:meth:`_fused_applies`), else schedulefree's step."""
@@ -117,15 +123,14 @@ class AdamWScheduleFree(schedulefree.AdamWScheduleFree):
                 tensors = (p.data, p.grad, *state)
                 if not p.is_cuda or any(type(t) is not torch.Tensor for t in tensors):  # FSDP2's shards
                     return ""
-                what = f"a parameter of shape {tuple(p.shape)}"
                 if p.dtype not in DTYPES:
-                    return f"{what} in {p.dtype} (it takes {' and '.join(str(d) for d in DTYPES)})"
+                    return f"{_named(p)} in {p.dtype} (it takes {' and '.join(str(d) for d in DTYPES)})"
                 if any(t.dtype != p.dtype for t in tensors):
-                    return f"{what} whose gradient or state is not in its dtype, {p.dtype}"
+                    return f"{_named(p)} whose gradient or state is not in its dtype, {p.dtype}"
                 if not all(t.is_contiguous() for t in tensors):
-                    return f"{what} (or its gradient or state) that is not contiguous"
+                    return f"{_named(p)} (or its gradient or state) that is not contiguous"
                 if any(t.data_ptr() % 16 for t in tensors):  # read as 16-byte vectors
-                    return f"{what} (or its gradient or state) that is not 16-byte aligned"
+                    return f"{_named(p)} (or its gradient or state) that is not 16-byte aligned"
         return None
 
     def _say_why_not_fused(self) -> None:
