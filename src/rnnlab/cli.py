@@ -116,7 +116,10 @@ def attach_negative_numbers(argv: list[str]) -> list[str]:
 
 def leave(code: int | None) -> NoReturn:
     """Exit with ``code``, every object alive now frozen (``gc.freeze``): the interpreter's exit then
-    skips its collections over all that torch's import made, about 0.4 s of every command's end."""
+    skips its collections over all that torch's import made, about 0.4 s of every command's end.
+    An object still reachable in a reference cycle is then not finalized at exit (Python promises
+    no finalizer for what is alive at exit; atexit handlers still run): rnnlab closes its files,
+    logs and writers before it returns (``Trainer.closing``)."""
     import gc
 
     gc.collect()  # garbage already there is finalized, as at any exit
