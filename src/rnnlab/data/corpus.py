@@ -134,7 +134,8 @@ class Split:
     def fingerprint(self, blocks: int = 64, block: int = 4096) -> str:
         """A SHA-1 (16 hex digits) of ``blocks`` blocks of ``block`` bytes spread evenly over the
         split (the whole split when it is shorter): another file of the same size tells itself
-        apart at the cost of reading 256 KB, not the corpus."""
+        apart at the cost of reading 256 KB, not the corpus (an edit of the same size between the
+        blocks goes unseen)."""
         data, digest = self.array, hashlib.sha1()
         if self.length <= blocks * block:
             digest.update(data.tobytes())

@@ -425,7 +425,7 @@ class RunDir:
         return cfg, model, step
 
     # ------------------------------------------------------------------ training
-    def prepare(self, cfg, corpus: dict[str, int] | None = None):
+    def prepare(self, cfg, corpus: dict[str, int | str] | None = None):
         """Take the folder for training ``cfg`` into it (module docstring: the rules); returns
         the checkpoint to resume from (None for a fresh run). Holds the lock until ``release``.
         ``corpus``: ``corpus_record`` of the data this session opened, which a resumed run's must
@@ -474,7 +474,7 @@ class RunDir:
                         f"{corpus[size]:,} bytes, fingerprint {corpus[mark]}, not {before[mark]})")
         return None
 
-    def _resume_point(self, cfg, corpus: dict[str, int] | None):
+    def _resume_point(self, cfg, corpus: dict[str, int | str] | None):
         """The newest usable checkpoint of a run made with ``cfg``'s config and, when ``corpus``
         and env.json say, on a corpus of the same sizes, else an error that changes nothing;
         damaged newer checkpoints are renamed aside, loudly."""
