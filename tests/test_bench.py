@@ -1559,7 +1559,7 @@ def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
     assert equal_bytes_lines(collect(tmp_path)["records"])[2].endswith("linearly between its evaluations.")
 
 
-def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path):
+def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path, capsys):
     """``rnnlab report --at-bytes``: every run's curve read at those bytes, "-" where it does not
     reach them (before its first evaluation, past its last), also when the runs read the same
     bytes per step (no table by default then); the text says the marks were asked for."""
@@ -1572,9 +1572,12 @@ def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path):
     table = lines[4].splitlines()
     assert table[0] == "| Run | 1.02M bytes | 3.07M bytes | 4.10M bytes | 5.00M bytes |"
     assert sorted(table[2:]) == ["| b16 | - | 2.2500 | 2.0000 | - |", "| b8 | 2.7500 | 2.2500 | - | - |"]
+    capsys.readouterr()
     assert main(["report", str(tmp_path), "--no-plots", "--at-bytes", "3072K,1.024M,3.072M"]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "| Run | 1.02M bytes | 3.07M bytes |\n" in md and "| b8 | 2.7500 | 2.2500 |" in md
+    out = capsys.readouterr().out  # asked for: on the terminal too, after the results table
+    assert "\n## Held-out bpb at equal training bytes\n" in out and "| b8 | 2.7500 | 2.2500 |" in out
     for name in ("b8", "b16"):  # the same bytes per step: a table only when asked for
         (tmp_path / name / "metrics.jsonl").write_text("".join(
             json.dumps({"step": i, "loss": 3.0, "tokens": i * 4096}) + "\n" for i in (250, 500)))
@@ -1583,7 +1586,7 @@ def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path):
     assert equal_bytes_lines(records, marks=[1_024_000])[2].startswith("Here each run's learning curve")
 
 
-def test_equal_bytes_table_asked_for_without_curves_says_why_it_is_empty(tmp_path):
+def test_equal_bytes_table_asked_for_without_curves_says_why_it_is_empty(tmp_path, capsys):
     """``rnnlab report --at-bytes`` over runs evaluated once each (no --eval-every): no curve to
     read, and report.md says so rather than leaving out the section asked for without a word."""
     from rnnlab.cli import main
@@ -1592,8 +1595,10 @@ def test_equal_bytes_table_asked_for_without_curves_says_why_it_is_empty(tmp_pat
     assert main(["report", str(tmp_path), "--no-plots", "--at-bytes", "1M"]) == 0
     md = (tmp_path / "report.md").read_text()
     assert "No run has a held-out learning curve to read at the bytes asked for (`--at-bytes`)" in md
+    assert "No run has a held-out learning curve" in capsys.readouterr().out  # and on the terminal
     assert main(["report", str(tmp_path), "--no-plots"]) == 0  # not asked: no section
     assert "Held-out bpb at equal training bytes" not in (tmp_path / "report.md").read_text()
+    assert "Held-out bpb at equal training bytes" not in capsys.readouterr().out
 
 
 def test_equal_bytes_marks_of_a_small_run_name_their_bytes(tmp_path):

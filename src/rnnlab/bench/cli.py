@@ -227,9 +227,12 @@ def run_report(args) -> int:
 def write_and_show_report(runs: str | Path, out: str | Path | None, plots: bool,
                           at_bytes: list[int] | None = None) -> None:
     """Write the report of the run folders in ``runs`` (into ``out``, default ``runs``; the
-    equal-bytes table at ``at_bytes`` when given) and print its results table."""
+    equal-bytes table at ``at_bytes`` when given) and print its results table (and that table,
+    or why there is none, when asked for)."""
     from rnnlab.bench.report import write_report
 
     paths = write_report(runs, out, plots=plots, at_bytes=at_bytes)
     print(paths["table"])
+    if at_bytes:
+        print("\n" + paths["equal_bytes"])
     print(f"\nreport: {paths['md']}" + (f" (+ {len(paths['plots'])} plots)" if paths["plots"] else ""))

@@ -686,8 +686,9 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
                  at_bytes: list[int] | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and the plots for the runs under ``root`` (into
     ``out``, default ``root``); ``at_bytes``: the equal-bytes table's marks (:func:`equal_bytes_lines`).
-    Returns the paths written (``md``, ``json``, ``plots``) and ``table``: the results table's
-    markdown, which ``rnnlab bench`` and ``rnnlab report`` print."""
+    Returns the paths written (``md``, ``json``, ``plots``), ``table``: the results table's
+    markdown, which ``rnnlab bench`` and ``rnnlab report`` print, and ``equal_bytes``: the
+    equal-bytes section's ("" when there is none), which ``rnnlab report --at-bytes`` prints too."""
     data = collect(root)
     root = data["root"]
     out = Path(out) if out is not None else root
@@ -706,7 +707,8 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
     if sweep:
         md += ["## Sweep", "", f"Axes: {', '.join(f'{a} = {sweep[a]}' for a in sweep)}", "",
                sweep_table(rows, list(sweep)), ""]
-    md += equal_bytes_lines(records, curves, at_bytes) + config_lines(rows, records)
+    equal_bytes = equal_bytes_lines(records, curves, at_bytes)
+    md += equal_bytes + config_lines(rows, records)
     if plot_files:
         md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
 
@@ -717,4 +719,5 @@ def write_report(root: str | Path, out: str | Path | None = None, plots: bool = 
            "runs": [{k: r[k] for k in ("name", "seed", "dir", "status", "point", "summary")} for r in records]}
     json_path = out / "report.json"
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
-    return {"md": md_path, "json": json_path, "plots": plot_files, "table": table}
+    return {"md": md_path, "json": json_path, "plots": plot_files, "table": table,
+            "equal_bytes": "\n".join(equal_bytes).strip()}
