@@ -294,7 +294,8 @@ class Trainer:
         self.n_params = count_params(cfg.model.on_device(self.device))  # the layers build_model builds
         check_memory(cfg, self.n_params, self.device, ctx.world_size)
         self.rundir = RunDir(cfg.run.out)
-        self.corpus = corpus_record(self.stream.split, self.val_split)
+        # rank 0's alone: it checks the folder against it and records it (the fingerprints read each split)
+        self.corpus = corpus_record(self.stream.split, self.val_split) if ctx.is_main else None
         # rank 0 locks the folder
         resume_from = ctx.broadcast_object(self.rundir.prepare(cfg, self.corpus) if ctx.is_main else None)
         try:
