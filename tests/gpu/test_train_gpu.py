@@ -83,13 +83,8 @@ def test_fused_schedulefree_step_equals_schedulefrees_on_cuda(dtype, start):
             torch.testing.assert_close(x, y, **tol, msg=lambda m, name=name: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("cfgd", [dict(model="e1", dim=64, depth=2), dict(model="mamba2", dim=64, depth=2,
-                                  layer={"headdim": 32}), dict(model="mingru", dim=64, depth=2)])
-def test_a_step_replayed_as_a_cuda_graph_trains_like_the_step(cfgd):
-    """bench_models.py --graph: the forward and backward captured once and replayed, the optimizer
-    outside the graph, give every step's loss as the uncaptured step does (same weights, same
-    batches, compiled); and the host time of a step behind a busy GPU is far below the spin's, so
-    no step synchronises inside (the measure would be meaningless)."""
+def _bench_models():
+    """``benchmarks/bench_models.py`` as a module (a script, not in the package)."""
     import importlib.util
     from pathlib import Path
 
@@ -97,6 +92,17 @@ def test_a_step_replayed_as_a_cuda_graph_trains_like_the_step(cfgd):
         "bench_models", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_models.py")
     bm = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bm)
+    return bm
+
+
+@pytest.mark.parametrize("cfgd", [dict(model="e1", dim=64, depth=2), dict(model="mamba2", dim=64, depth=2,
+                                  layer={"headdim": 32}), dict(model="mingru", dim=64, depth=2)])
+def test_a_step_replayed_as_a_cuda_graph_trains_like_the_step(cfgd):
+    """bench_models.py --graph: the forward and backward captured once and replayed, the optimizer
+    outside the graph, give every step's loss as the uncaptured step does (same weights, same
+    batches, compiled); and the host time of a step behind a busy GPU is far below the spin's, so
+    no step synchronises inside (the measure would be meaningless)."""
+    bm = _bench_models()
     plain, graphed = (bm.bench("tiny", cfgd, 4, 64, steps=6, warmup=3, mode=bm.DEFAULT, graphed=g) for g in (False, True))
     assert graphed["mode"] == "default + graph"
     replayed = graphed["losses"][3:]  # after the 3 warm-up steps (uncaptured in both rows)
@@ -111,13 +117,7 @@ def test_a_graphed_rows_peak_memory_counts_its_activations():
     included, about the uncaptured row's: the capture allocates them and its replays allocate
     nothing, so a peak counted from after the capture (as before) read as little as the weights,
     gradients and optimizer state (3.2 against 12.8 GiB for Mamba2 in results/scoreboard-h200-1204)."""
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.spec_from_file_location(
-        "bench_models", Path(__file__).resolve().parents[2] / "benchmarks" / "bench_models.py")
-    bm = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bm)
+    bm = _bench_models()
     cfgd = dict(model="mingru", dim=512, depth=4)  # activations (~0.4 GiB at 32 x 512) far above the weights'
     plain, graphed = (bm.bench("tiny", cfgd, 32, 512, steps=2, warmup=1, mode=bm.OFF, graphed=g) for g in (False, True))
     assert plain["peak_mem_gib"] >= 0.1, plain
