@@ -440,3 +440,27 @@ def test_a_lone_surrogate_is_replaced_not_dropped(tmp_path):
     m = prep.prepare([src], out, progress=False)
     assert out.read_bytes().split(b"\n\n") == ["a\ufffdb".encode(), "\ufffd".encode(), "\U0001F600\ufffd".encode()]
     assert m["documents"] == 3
+
+
+@pytest.mark.parametrize("name, mode", [("shards.tar", "w"), ("shards.txt", "w"), ("shards.tar.gz", "w:gz"),
+                                        ("openwebtext.tar.xz", "w:xz"), ("docs.jsonl.bz2", "w:bz2")])
+def test_a_tar_archive_is_refused_not_copied(tmp_path, capsys, name, mode):
+    """A tar archive, compressed or not and of any name, would be copied as text: its 512-byte headers
+    and NUL padding (and any compressed member's bytes) into the corpus. Refused in one line, as a zip
+    archive is, and nothing is written."""
+    import tarfile
+
+    member = tmp_path / "a.txt"
+    member.write_bytes(b"some text " * 20)
+    archive = tmp_path / name
+    with tarfile.open(archive, mode) as t:
+        t.add(member, arcname="a.txt")
+    out = tmp_path / "o.txt"
+    err = _err(capsys, ["data", "prepare", str(member), str(archive), "--out", str(out), "--no-progress"])
+    packed = {"w": "", "w:gz": " (gzip-compressed)", "w:xz": " (xz-compressed)", "w:bz2": " (bzip2-compressed)"}[mode]
+    assert err.endswith(f"{archive} is a tar archive{packed}, which prepare does not open: extract its files and "
+                        "give them instead") and not out.exists() and _leftovers(tmp_path) == []
+    # text that merely says "ustar" elsewhere, or is shorter than a tar header, is text
+    (tmp_path / "b.txt").write_bytes(b"x" * 300 + b" ustar")
+    (tmp_path / "c.txt").write_bytes(b"ustar")
+    assert prep.prepare([tmp_path / "b.txt", tmp_path / "c.txt"], out, progress=False)["bytes"] == 306 + 2 + 5

@@ -37,6 +37,15 @@ MAGIC_BYTES = 10  # what compression_of reads: bzip2's magic and first block's (
 _BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)")
 # a zip archive (a local file header, or an empty archive's end record): prepare does not open archives
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+# a tar archive (POSIX or GNU) says "ustar" at byte 257 of its first header: its headers and NUL
+# padding around each file's bytes are no text
+TAR_MAGIC, TAR_MAGIC_AT = b"ustar", 257
+TAR_HEAD = TAR_MAGIC_AT + len(TAR_MAGIC)  # the bytes is_tar needs
+
+
+def is_tar(head: bytes) -> bool:
+    """Whether a file's first ``TAR_HEAD`` bytes are a tar archive's first header."""
+    return head[TAR_MAGIC_AT:TAR_HEAD] == TAR_MAGIC
 
 
 def compression_of(head: bytes) -> str | None:

@@ -10,7 +10,7 @@ file's name says its format:
 
 A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. A gzip, xz,
 Zstandard or bzip2 file not named with its suffix is refused (its compressed bytes are no text), as
-is a zip archive (extract its files first). Documents are
+is a zip or tar archive, compressed or not (extract its files first). Documents are
 written in order with SEPARATOR between them (default a blank line, ``\\n\\n``, as between the
 documents of registry-pile's shards); empty documents are skipped, and sources holding no text at
 all are refused (an empty corpus would only fail later, in training).
@@ -44,7 +44,7 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
-from rnnlab.data.corpus import MAGIC_BYTES, ZIP_MAGIC, compression_of
+from rnnlab.data.corpus import MAGIC_BYTES, TAR_HEAD, ZIP_MAGIC, compression_of, is_tar
 
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
@@ -62,6 +62,7 @@ CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.Zst
 # with one of them is read through its decompressor
 SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst", "bzip2": ".bz2"}
 COMPRESSIONS = tuple(SUFFIX_OF.values())
+KIND_OF = {suffix: kind for kind, suffix in SUFFIX_OF.items()}  # ".gz" -> "gzip"
 # The largest window Zstandard allows (2 GiB): a frame written with `zstd --long=31` needs it, and the
 # decoder's default limit (128 MiB, as the zstd command's without --long=31) refuses such valid shards
 ZSTD_MAX_WINDOW = 1 << 31
@@ -216,7 +217,7 @@ def _write_source(source: Source, corpus: "_Corpus", field: str, bar: tqdm) -> d
     docs = bytes_out = 0
     with open(source.path, "rb") as f:
         raw = _HashingReader(f, bar)
-        blocks = _decompressed_blocks(raw, source.compression)
+        blocks = _refuse_tar(_decompressed_blocks(raw, source.compression), source)
         # each document as write_document's pieces: a JSON line's text is one piece; a text file is
         # one document whose pieces are its blocks, so it is never held whole
         documents = ((text,) for text in _jsonl_texts(blocks, field, source.path)) if source.jsonl else [blocks]
@@ -244,6 +245,24 @@ def _decompressed_blocks(raw: io.RawIOBase, compression: str | None) -> Iterator
         stream = gzip.GzipFile(fileobj=raw) if compression == ".gz" else raw
         while block := stream.read(READ_SIZE):
             yield block
+
+
+def _refuse_tar(blocks: Iterable[bytes], source: Source) -> Iterator[bytes]:
+    """``blocks``, unless they are a tar archive (``shards.tar.gz``, ``openwebtext.tar.xz``), whose
+    headers and padding would be written as text, and a compressed member's bytes with them: refused
+    as a zip archive is, before its first byte is written."""
+    blocks, head = iter(blocks), b""
+    for block in blocks:
+        head += block
+        if len(head) >= TAR_HEAD:
+            break
+    if is_tar(head):
+        packed = f" ({KIND_OF[source.compression]}-compressed)" if source.compression else ""
+        raise CorpusError(f"{source.path} is a tar archive{packed}, which prepare does not open: extract its "
+                          f"files and give them instead")
+    if head:
+        yield head
+    yield from blocks
 
 
 class _Bzip2Decoder:
