@@ -114,6 +114,22 @@ def test_bytecorpus_refuses_a_zip_archive(tmp_path):
         ByteCorpus(p)
 
 
+def test_bytecorpus_refuses_a_tar_archive(tmp_path):
+    """A tar archive given as a corpus is refused (it would train on its headers and NUL padding);
+    text that says "ustar" at another byte is read."""
+    import tarfile
+
+    (tmp_path / "a.txt").write_bytes(b"text " * 100)
+    p = tmp_path / "shards.txt"
+    with tarfile.open(p, "w") as t:
+        t.add(tmp_path / "a.txt", arcname="a.txt")
+    with pytest.raises(ValueError, match=r"^corpus file .*shards\.txt is a tar archive, and rnnlab reads raw bytes: "
+                                         r"extract its files first"):
+        ByteCorpus(p)
+    p.write_bytes(b"x" * 300 + b"ustar")
+    assert len(ByteCorpus(p)) == 305
+
+
 def test_bytecorpus_refuses_json_lines(tmp_path):
     """A ``.jsonl`` file of JSON objects is refused, pointing to `rnnlab data prepare` (its text
     would be trained on inside its JSON, escapes and all); a ``.jsonl`` name on other bytes is read."""

@@ -83,6 +83,9 @@ class ByteCorpus:
         if head.startswith(ZIP_MAGIC):
             raise ValueError(f"corpus file {self.path} is a zip archive, and rnnlab reads raw bytes: extract its "
                              f"files first, then `rnnlab data prepare FILES --out FILE` joins them")
+        if is_tar(bytes(self.data[:TAR_HEAD])):  # headers and NUL padding around the files' bytes
+            raise ValueError(f"corpus file {self.path} is a tar archive, and rnnlab reads raw bytes: extract its "
+                             f"files first, then `rnnlab data prepare FILES --out FILE` joins them")
         if self.path.suffix == ".jsonl" and head.startswith(b"{"):  # its text would be read with the JSON around it
             raise ValueError(f"corpus file {self.path} is JSON lines, and rnnlab reads raw bytes: extract its "
                              f"text first (`rnnlab data prepare {self.path} --out FILE`)")
