@@ -1254,6 +1254,18 @@ def test_a_temperature_that_is_0_in_float32_is_greedy():
     assert generate(_FixedLogits(logits), b"x", 20, temperature=1e-300, seed=0) == b"b" * 20
 
 
+def test_top_k_under_a_temperature_so_large_that_every_logit_is_0_still_keeps_the_k_most_likely():
+    """``--temperature 1e39 --top-k 2``: every logit over it is 0 in float32, a tie; the k most
+    likely bytes are the logits' own (the temperature does not reorder them), so the sample stays
+    within them (uniformly, as any temperature that large gives), never all 256 bytes."""
+    from rnnlab.eval.sampling import generate
+
+    logits = torch.linspace(-2.0, 2.0, 256)
+    assert generate(_FixedLogits(logits), b"x", 20, temperature=1e39, top_k=1, seed=0) == b"\xff" * 20
+    out = generate(_FixedLogits(logits), b"x", 400, temperature=1e39, top_k=2, seed=0)
+    assert set(out) == {254, 255} and abs(out.count(255) - 200) < 60
+
+
 def test_a_top_k_above_the_256_bytes_keeps_them_all():
     from rnnlab.eval.sampling import generate
 

@@ -76,10 +76,9 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen: torc
     # negative): from the max down
     if not torch.isfinite(scaled.max()):
         scaled = (logits - logits.max()) / temperature
-    logits = scaled
-    if top_k:
+    if top_k:  # the k most likely of the logits themselves: over a huge temperature (1e39) every one is 0, a tie
         k = min(int(top_k), logits.numel())
         kth = torch.topk(logits, k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
+        scaled = scaled.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(scaled, dim=-1)
     return int(torch.multinomial(probs, 1, generator=gen))
