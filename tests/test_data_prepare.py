@@ -464,3 +464,39 @@ def test_a_tar_archive_is_refused_not_copied(tmp_path, capsys, name, mode):
     (tmp_path / "b.txt").write_bytes(b"x" * 300 + b" ustar")
     (tmp_path / "c.txt").write_bytes(b"ustar")
     assert prep.prepare([tmp_path / "b.txt", tmp_path / "c.txt"], out, progress=False)["bytes"] == 306 + 2 + 5
+
+
+KINDS = {".gz": "gzip", ".xz": "xz", ".zst": "Zstandard", ".bz2": "bzip2"}
+
+
+@pytest.mark.parametrize("suffix", [".gz", ".xz", ".zst", ".bz2"])
+def test_a_file_named_compressed_that_is_not_so_is_refused_saying_so(tmp_path, capsys, suffix):
+    """A shard named ``.gz`` that is not gzip (a download tool that unpacked it, a shard compressed
+    another way) was called "corrupt or truncated" (Not a gzipped file, Unknown frame descriptor,
+    Invalid data stream), sending the user to download it again: it is refused naming what it is."""
+    plain = tmp_path / f"plain.jsonl{suffix}"
+    plain.write_bytes(_jsonl("doc"))
+    err = _err(capsys, ["data", "prepare", str(plain), "--out", str(tmp_path / "o.txt"), "--no-progress"])
+    assert err.endswith(f"{plain} is not {KINDS[suffix]}-compressed (it starts b'{{\"text\":'), though its name ends "
+                        f"in {suffix}: if it is uncompressed, remove {suffix} from its name")
+    other = ".xz" if suffix == ".gz" else ".gz"
+    odd = tmp_path / f"odd.jsonl{suffix}"
+    odd.write_bytes(COMPRESS[other](_jsonl("doc")))
+    err = _err(capsys, ["data", "prepare", str(odd), "--out", str(tmp_path / "o.txt"), "--no-progress"])
+    assert err.endswith(f"{odd} is {KINDS[other]}-compressed, but its name ends in {suffix}, which is what makes "
+                        f"prepare unpack {KINDS[suffix]}: rename it to end in {other}")
+    assert not (tmp_path / "o.txt").exists() and _leftovers(tmp_path) == []
+    # a file cut inside its stream's first bytes is still reported as truncated
+    cut = tmp_path / f"cut.txt{suffix}"
+    cut.write_bytes(COMPRESS[suffix](b"text")[:2])
+    err = _err(capsys, ["data", "prepare", str(cut), "--out", str(tmp_path / "o.txt"), "--no-progress"])
+    assert f"{cut}: corrupt or truncated text{suffix} file" in err
+
+
+def test_a_zst_shard_starting_with_a_skippable_frame_is_read(tmp_path):
+    """pzstd writes a skippable frame before each frame: a valid shard, not "not Zstandard"."""
+    skippable = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"size"
+    src = tmp_path / "p.jsonl.zst"
+    src.write_bytes(skippable + zstd(_jsonl("one")) + skippable + zstd(_jsonl("two")))
+    prep.prepare([src], tmp_path / "o.txt", progress=False)
+    assert (tmp_path / "o.txt").read_bytes() == b"one\n\ntwo"

@@ -10,7 +10,8 @@ file's name says its format:
 
 A folder contributes its files named ``*.txt`` or ``*.jsonl``, compressed or not. A gzip, xz,
 Zstandard or bzip2 file not named with its suffix is refused (its compressed bytes are no text), as
-is a zip or tar archive, compressed or not (extract its files first). Documents are
+is a zip or tar archive, compressed or not (extract its files first), and a file named with one of
+those suffixes that its bytes are not (it is named so, not called corrupt). Documents are
 written in order with SEPARATOR between them (default a blank line, ``\\n\\n``, as between the
 documents of registry-pile's shards); empty documents are skipped, and sources holding no text at
 all are refused (an empty corpus would only fail later, in training).
@@ -63,6 +64,10 @@ CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.Zst
 SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst", "bzip2": ".bz2"}
 COMPRESSIONS = tuple(SUFFIX_OF.values())
 KIND_OF = {suffix: kind for kind, suffix in SUFFIX_OF.items()}  # ".gz" -> "gzip"
+# how a file named with each suffix starts: its format's magic (bzip2's "BZh" and block size 1-9 before a
+# block's or an empty stream's end's magic), or, for Zstandard, a skippable frame's (pzstd writes one first)
+STREAM_STARTS = {".gz": (b"\x1f\x8b",), ".xz": (b"\xfd7zXZ\x00",), ".bz2": tuple(b"BZh%d" % n for n in range(1, 10)),
+                 ".zst": (b"\x28\xb5\x2f\xfd", *(bytes([0x50 + n]) + b"\x2a\x4d\x18" for n in range(16)))}
 # The largest window Zstandard allows (2 GiB): a frame written with `zstd --long=31` needs it, and the
 # decoder's default limit (128 MiB, as the zstd command's without --long=31) refuses such valid shards
 ZSTD_MAX_WINDOW = 1 << 31
@@ -184,19 +189,29 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
 
 def _refuse_unnamed_compression(source: Source) -> None:
     """A compressed file whose name lacks its suffix would be copied as text, its compressed bytes
-    into the corpus (and `rnnlab train` would send the user back here): refuse it, naming the suffix."""
-    if source.compression is not None:
-        return
+    into the corpus (and `rnnlab train` would send the user back here): refuse it, naming the suffix.
+    A file named with a suffix whose stream it does not start (a ``.gz`` saved unpacked by a download
+    tool, an xz file named ``.zst``) is refused saying so, where its decoder would call it corrupt."""
     with open(source.path, "rb") as f:
         head = f.read(MAGIC_BYTES)
     if head.startswith(ZIP_MAGIC):
         raise CorpusError(f"{source.path} is a zip archive, which prepare does not open: extract its files and "
                           f"give them instead")
     kind = compression_of(head)
-    if kind is not None:
-        raise CorpusError(f"{source.path} is {kind}-compressed, but its name does not end in {SUFFIX_OF[kind]}, "
-                          f"which is what makes prepare unpack it: rename it (its compressed bytes would be "
-                          f"written as text)")
+    if source.compression is None:
+        if kind is not None:
+            raise CorpusError(f"{source.path} is {kind}-compressed, but its name does not end in {SUFFIX_OF[kind]}, "
+                              f"which is what makes prepare unpack it: rename it (its compressed bytes would be "
+                              f"written as text)")
+        return
+    named = KIND_OF[source.compression]
+    if kind is not None and kind != named:
+        raise CorpusError(f"{source.path} is {kind}-compressed, but its name ends in {source.compression}, which "
+                          f"is what makes prepare unpack {named}: rename it to end in {SUFFIX_OF[kind]}")
+    # a head shorter than the stream's start (a truncated file) is left to the decoder, which says so
+    if not any(head.startswith(start) or start.startswith(head) for start in STREAM_STARTS[source.compression]):
+        raise CorpusError(f"{source.path} is not {named}-compressed (it starts {head[:8]!r}), though its name ends "
+                          f"in {source.compression}: if it is uncompressed, remove {source.compression} from its name")
 
 
 def _refuse_empty_compressed(source: Source) -> None:
