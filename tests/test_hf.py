@@ -404,6 +404,23 @@ def test_a_given_cache_is_stepped_from_without_use_cache(exported):
     torch.testing.assert_close(second.logits, whole[:, 5:], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["e1-heads-conv", "transformer"])
+def test_generate_continues_from_a_given_cache(exported, name):
+    """``generate(ids, cache=state)`` feeds only the bytes of ``ids`` the state has not taken in
+    (HF's continuation from a cache): continuing from a returned cache, or from a prefix's forward,
+    gives the bytes of one uninterrupted greedy generation. It raised AttributeError (the state had
+    no ``is_compileable`` / ``get_seq_length``)."""
+    model = AutoModelForCausalLM.from_pretrained(exported[name][1])
+    ids = torch.tensor([list(b"the quick "), list(b"jumps over")])
+    whole = model.generate(ids, max_new_tokens=12, do_sample=False)
+    first = model.generate(ids, max_new_tokens=5, do_sample=False, return_dict_in_generate=True)
+    assert first.cache.get_seq_length() == 10 + 5 - 1  # the last new byte is not stepped through yet
+    assert torch.equal(model.generate(first.sequences, cache=first.cache, max_new_tokens=7, do_sample=False), whole)
+    prefix = model(ids[:, :-1], use_cache=True).cache
+    assert prefix.get_seq_length() == 9
+    assert torch.equal(model.generate(ids, cache=prefix, max_new_tokens=12, do_sample=False), whole)
+
+
 def test_scoring_without_a_cache_runs_the_parallel_forward(exported, monkeypatch):
     """``model(ids)`` (lm-eval's loglikelihood, perplexity) is the layers' parallel forward, the one
     training used, not a byte-at-a-time loop of ``LM.step`` (equal logits, T Python steps), and it

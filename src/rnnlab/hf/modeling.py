@@ -83,10 +83,21 @@ class RnnlabConfig(PreTrainedConfig):
 
 class RecurrentState:
     """What ``generate`` carries between steps: each block's layer state from ``LM.init_state``
-    (fixed size for recurrent layers, a growing key/value cache for attention)."""
+    (fixed size for recurrent layers, a growing key/value cache for attention), and how many bytes
+    it has taken in. ``generate(ids, cache=state)`` reads the count (``get_seq_length``) to feed
+    only the bytes of ``ids`` after them, as it does a key/value cache (continuing a generation
+    from its returned cache); a recurrent state is neither compilable nor croppable."""
 
-    def __init__(self, layers: list):
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, layers: list, seen: int = 0):
         self.layers = layers
+        self.seen = seen
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """The number of bytes stepped through so far (of every row: a batch steps together)."""
+        return self.seen
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Keep the rows of ``beam_idx`` (beam search): every state tensor is batch-first."""
@@ -185,6 +196,7 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         logits = []
         for t in range(input_ids.shape[1]):
             step_logits, cache.layers = self.model.step(input_ids[:, t], cache.layers)
+            cache.seen += 1
             logits.append(step_logits)
         return torch.stack(logits, dim=1)
 
