@@ -446,6 +446,26 @@ def test_labels_give_the_mean_next_byte_cross_entropy(exported):
     assert out.loss is not None and float(out.loss.detach()) == pytest.approx(float(want.detach()), rel=1e-5)
 
 
+def test_return_dict_false_gives_a_tuple(exported):
+    """``return_dict=False`` (argument or config) gives ``(loss, logits)`` / ``(logits, cache)`` as a
+    tuple, as every HF model does: the output object came back instead, and unpacking it gave its
+    key names (``loss, logits = model(..., return_dict=False)`` set two strings)."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
+    ids = torch.tensor([list(PROMPT)])
+    want = model(ids, labels=ids)
+    loss, logits = model(ids, labels=ids, return_dict=False)
+    assert torch.equal(loss, want.loss) and torch.equal(logits, want.logits)
+    logits, cache = model(ids, use_cache=True, return_dict=False)
+    assert torch.equal(logits, model(ids, use_cache=True).logits) and len(cache.layers) == 2
+    model.config.return_dict = False
+    try:
+        out = model(ids)
+        assert isinstance(out, tuple) and len(out) == 1 and torch.equal(out[0], want.logits)
+        assert model.generate(ids, max_new_tokens=3, do_sample=False).shape == (1, len(PROMPT) + 3)
+    finally:
+        model.config.return_dict = True
+
+
 def test_untied_head_and_mlp_export_and_load(tmp_path, tiny_train):
     """A run with its own output head (``tie_embeddings = false``) and an MLP per block
     (``mlp_ratio``) loads with both: its own head weights, the MLP's weights, rnnlab's logits.

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.utils import can_return_tuple
 
 from rnnlab.hf import register_auto_classes
 from rnnlab.models.config import ModelConfig
@@ -173,12 +174,14 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.embed
 
+    @can_return_tuple
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 cache: RecurrentState | None = None, use_cache: bool = False,
                 labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
         """``input_ids: [B, T]`` bytes -> ``logits [B, T, 256]`` (and the shifted-label loss when
         ``labels`` is given). ``use_cache=True`` or a ``cache`` steps from that state instead of
-        running the parallel forward, and returns the new state as ``cache``."""
+        running the parallel forward, and returns the new state as ``cache``. ``return_dict=False``
+        (or the config's ``return_dict``) gives the fields that are set as a tuple, as every HF model does."""
         _check_no_left_padding(attention_mask)
         if use_cache or cache is not None:
             if cache is None:
