@@ -87,7 +87,8 @@ def test_bytecorpus_pipe(tmp_path):
 
 @pytest.mark.parametrize("magic,kind", [(b"\x1f\x8b\x08\x00", "gzip"), (b"\xfd7zXZ\x00\x00", "xz"),
                                         (b"\x28\xb5\x2f\xfd\x00", "Zstandard"), (b"BZh91AY&SY\x00", "bzip2"),
-                                        (b"BZh1\x17rE8P\x90", "bzip2")])
+                                        (b"BZh1\x17rE8P\x90", "bzip2"),
+                                        (b"\x50\x2a\x4d\x18\x04\x00\x00\x00", "Zstandard")])  # pzstd's first
 def test_bytecorpus_refuses_compressed_files(tmp_path, magic, kind):
     """A compressed shard given as a corpus is refused (it would train on its compressed bytes),
     pointing to `rnnlab data prepare`; raw text that merely starts with one of those bytes is not

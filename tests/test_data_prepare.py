@@ -494,9 +494,14 @@ def test_a_file_named_compressed_that_is_not_so_is_refused_saying_so(tmp_path, c
 
 
 def test_a_zst_shard_starting_with_a_skippable_frame_is_read(tmp_path):
-    """pzstd writes a skippable frame before each frame: a valid shard, not "not Zstandard"."""
+    """pzstd writes a skippable frame before each frame: a valid shard, not "not Zstandard"; named
+    without .zst, it is refused as Zstandard (its compressed bytes would be copied as text)."""
     skippable = b"\x50\x2a\x4d\x18" + (4).to_bytes(4, "little") + b"size"
     src = tmp_path / "p.jsonl.zst"
     src.write_bytes(skippable + zstd(_jsonl("one")) + skippable + zstd(_jsonl("two")))
     prep.prepare([src], tmp_path / "o.txt", progress=False)
     assert (tmp_path / "o.txt").read_bytes() == b"one\n\ntwo"
+    renamed = tmp_path / "p.jsonl"  # named without .zst: refused, not copied as text
+    src.rename(renamed)
+    with pytest.raises(prep.CorpusError, match="is Zstandard-compressed, but its name does not end in .zst"):
+        prep.prepare([renamed], tmp_path / "o2.txt", progress=False)

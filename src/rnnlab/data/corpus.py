@@ -35,6 +35,8 @@ COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\x
 MAGIC_BYTES = 10  # what compression_of reads: bzip2's magic and first block's (or end's) is the longest
 # bzip2: "BZh", the block size 1-9, then a block's magic (pi) or, for an empty stream, the end's (sqrt(pi))
 _BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)")
+# a Zstandard skippable frame (magic 0x184D2A50 to 0x184D2A5F, little-endian)
+_ZSTD_SKIPPABLE = re.compile(rb"[\x50-\x5f]\x2a\x4d\x18")
 # a zip archive (a local file header, or an empty archive's end record): prepare does not open archives
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 # a tar archive (POSIX or GNU) says "ustar" at byte 257 of its first header: its headers and NUL
@@ -53,6 +55,8 @@ def compression_of(head: bytes) -> str | None:
     bytes announce, or None."""
     if _BZIP2.match(head):
         return "bzip2"
+    if _ZSTD_SKIPPABLE.match(head):  # pzstd writes one before each frame
+        return "Zstandard"
     return next((kind for magic, kind in COMPRESSED_MAGIC.items() if head.startswith(magic)), None)
 
 
