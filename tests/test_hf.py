@@ -525,3 +525,21 @@ def test_python_m_rnnlab_hf_lm_eval_is_the_lm_eval_command():
     out = subprocess.run([sys.executable, "-m", "rnnlab.hf.lm_eval", "--help"], capture_output=True, text=True,
                          check=True)
     assert out.stdout.startswith("usage: lm-eval") and "Language Model Evaluation Harness" in out.stdout
+
+
+@pytest.mark.parametrize("installed, fits", [("5.26.0.dev0", True), ("5.24.0", True), ("5.23.9", False),
+                                             ("5.24.0.dev0", False), ("6.0.0.dev0", False), ("6.0.0", False)])
+def test_transformers_versions_accepted_include_pre_releases_inside_the_range(installed, fits, monkeypatch):
+    """A transformers installed from git (``5.26.0.dev0``) is inside ``>=5.24,<6``; one before the
+    range or a pre-release of the next major is not, and the line names the installed version."""
+    import importlib.metadata
+
+    import rnnlab.hf as hf
+
+    monkeypatch.setattr(hf, "TRANSFORMERS_VERSIONS", ">=5.24,<6")
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: installed)
+    problem = hf.transformers_problem()
+    assert (problem is None) == fits
+    if not fits:
+        assert problem == (f"transformers {installed} is installed; rnnlab.hf needs transformers>=5.24,<6 "
+                           "(pip install 'rnnlab[hf]')")

@@ -26,7 +26,8 @@ TRANSFORMERS_VERSIONS = ">=5.24,<6"
 
 
 def transformers_problem() -> str | None:
-    """Why ``rnnlab.hf`` cannot run here (transformers missing or of another version), or None."""
+    """Why ``rnnlab.hf`` cannot run here (transformers missing or of another version), or None. A
+    pre-release inside the range (``5.26.0.dev0``, transformers installed from git) is accepted."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -35,7 +36,7 @@ def transformers_problem() -> str | None:
         return "transformers is not installed (pip install 'rnnlab[hf]')"
     from packaging.specifiers import SpecifierSet
 
-    if installed not in SpecifierSet(TRANSFORMERS_VERSIONS):
+    if not SpecifierSet(TRANSFORMERS_VERSIONS).contains(installed, prereleases=True):  # whatever packaging defaults to
         return (f"transformers {installed} is installed; rnnlab.hf needs transformers{TRANSFORMERS_VERSIONS} "
                 "(pip install 'rnnlab[hf]')")
     return None
