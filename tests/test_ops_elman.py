@@ -209,6 +209,22 @@ def test_dense_weight_gradient_is_autograds(with_h0):
     torch.testing.assert_close(dw_dense(dpre, h.detach(), h0), dW)
 
 
+@pytest.mark.parametrize("with_h0", [False, True])
+def test_dense_weight_gradient_of_one_step_is_h0s_terms_alone_in_bf16(with_h0):
+    """At T = 1 every pair of flat rows straddles two sequences: dW_h is exactly ``dpre^T h0`` (zero
+    without h0), not the one GEMM minus a bf16-rounded copy of itself (a GPU test's B = 3, H = 257
+    left one unit in the last place, up to 0.016, where dW is 0)."""
+    from rnnlab.ops.elman.triton import dw_dense
+
+    g = torch.Generator().manual_seed(6)
+    B, H = 3, 257
+    dpre = (torch.randn(B, 1, H, generator=g) * 3).bfloat16()
+    h = torch.randn(B, 1, H, generator=g).tanh().bfloat16()
+    h0 = torch.randn(B, H, generator=g).tanh().bfloat16() if with_h0 else None
+    want = dpre[:, 0].t() @ h0 if with_h0 else torch.zeros(H, H, dtype=torch.bfloat16)
+    assert torch.equal(dw_dense(dpre, h, h0), want)
+
+
 @pytest.mark.parametrize("hd,rows,need_dw,sums_after", [(128, 1024, True, True), (128, 32, True, True),
                                                        (128, 0, True, False), (64, 1024, True, False),
                                                        (128, 1024, False, False)])

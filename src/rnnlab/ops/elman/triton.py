@@ -84,8 +84,11 @@ def dw_dense(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None) -> to
     ``h: [B, T, H]`` -> ``[D, H]``) as ONE GEMM without a shifted copy of ``h``: over the flat
     ``[B*T, .]`` rows, row r of dpre meets row r-1 of h; the B-1 pairs that straddle two sequences
     are subtracted and the t = 0 terms with h0 added through addmm's C operand (one rounding of
-    the result)."""
+    the result). At T = 1 every pair straddles, and in 16-bit the subtraction of a rounded product
+    would leave its rounding (one unit in the last place a weight) where dW is h0's terms alone."""
     B, T, H = h.shape
+    if T == 1:
+        return dpre[:, 0].t() @ h0 if h0 is not None else dpre.new_zeros(dpre.shape[-1], H)
     d, hf = dpre.reshape(B * T, dpre.shape[-1]), h.reshape(B * T, H)
     corr = -(dpre[1:, 0].t() @ h[:-1, -1])
     if h0 is not None:
