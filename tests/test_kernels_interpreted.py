@@ -262,6 +262,23 @@ def test_heads_weight_gradient(B, T, H, heads, rows, with_h0, dtype):
         E.heads.weight_gradient(dpre.float(), h.detach().float(), None, heads, 48)
 
 
+@pytest.mark.parametrize("name,make", [("elman_scan", _elman(2, 3, 272, heads=2)),
+                                       ("elman_decay_scan", _decay(2, 3, 272, heads=2))])
+def test_heads_wider_than_the_heads_kernels_run_as_their_block_diagonal_matrix(name, make, monkeypatch):
+    """Heads of 136 channels (256 lanes: on a GPU the heads kernels asked for more shared memory than
+    an SM has) run on the dense kernels with the block-diagonal W_h, and W_h's gradient keeps its
+    diagonal blocks: the float64 reference's values, with the heads kernels made to fail."""
+    assert E.heads.runs(torch.empty(2, 128, 128)) and not E.heads.runs(torch.empty(2, 136, 136))
+
+    def refused(*args, **kwargs):
+        raise AssertionError("the heads kernels ran heads of 256 lanes")
+
+    monkeypatch.setattr(E.heads, "_heads_fwd", refused)
+    monkeypatch.setattr(E.heads, "_heads_bwd", refused)
+    g = torch.Generator().manual_seed(12)
+    check_kernel(getattr(OPS[name].kernel.get(), name), OPS[name].naive, make(g), torch.randn(2, 272, generator=g))
+
+
 def _elman_leaves(heads):
     g = torch.Generator().manual_seed(4)
     wx, w = _elman(2, 3, 32, heads=heads)(g)

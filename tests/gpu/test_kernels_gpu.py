@@ -164,7 +164,7 @@ ELMAN_CASES = [
     (2, 33, 100, 0), (1, 17, 64, 0), (5, 40, 257, 0), (70, 9, 96, 0), (3, 1, 257, 0), (32, 12, 2560, 0),
     (2, 33, 96, 3), (1, 20, 64, 1), (3, 50, 224, 7), (20, 24, 256, 2), (4, 16, 112, 4), (2, 1, 96, 3),
     (64, 16, 992, 8),  # e1-ablations' e1-heads8 (dim 992, B = 64): heads of 124, the Triton kernels' 128 lanes
-    (2, 9, 400, 2),  # heads of 200 (256 lanes): wider than any run so far, which the layer accepts
+    (2, 9, 400, 2),  # heads of 200 (256 lanes): past the heads kernels, on the dense ones as a block-diagonal W
 ]
 
 
@@ -379,12 +379,13 @@ def test_elman_heads_gluon_declines():
 # 8 (64, 96, 128, 200; low-rank on its own build, ranks up to 16), else (H = 100, 257, fp32, rank 20)
 # the per-step kernel; decay with heads runs the heads kernel, low-rank with heads the dense kernels
 # on the block-diagonal matrix. H = 100 / 257 leave partial column tiles; B = 1; T = 1; B = 70 takes
-# two batch tiles (dense) and 5 (heads); hd = 32 / 64 / 128; ranks 3 and 5 padded to 16, 16 exactly,
-# 20 (past the persistent build's 16) padded to 32; T = 300 a long backward.
+# two batch tiles (dense) and 5 (heads); hd = 32 / 64 / 128; heads of 200 (256 lanes) decay on the dense
+# kernels too; ranks 3 and 5 padded to 16, 16 exactly, 20 (past the persistent build's 16) padded to 32;
+# T = 300 a long backward.
 SELECTIVE_CASES = [
     (2, 33, 100, 0, 8), (1, 17, 64, 0, 3), (5, 40, 257, 0, 8), (70, 9, 96, 0, 16), (4, 300, 128, 0, 8),
     (2, 33, 96, 3, 8), (1, 20, 64, 1, 5), (3, 50, 224, 7, 8), (70, 24, 256, 2, 8), (2, 16, 1792, 14, 8),
-    (3, 1, 96, 0, 8), (5, 12, 200, 0, 20),
+    (3, 1, 96, 0, 8), (5, 12, 200, 0, 20), (2, 9, 400, 2, 8),
 ]
 
 

@@ -15,6 +15,10 @@ Plain 16-bit scans of 64 or 128 channels a head run on the Gluon kernels instead
 (``heads_gluon.py``); at 128 channels their backward leaves dW to :func:`weight_gradient`, a
 split-K kernel after the scan, which costs less there than the loop's second MMA
 (``results/e1-heads-dw-h200``; not at 64 channels, nor in the kernels here).
+
+Heads of up to :data:`MAX_LANES` lanes (128 channels) run here (:func:`runs`); a wider head's W
+alone outgrows an SM's shared memory, so such heads run on the dense kernels as their
+block-diagonal matrix (:func:`block_diagonal`, the gradient's blocks by :func:`head_blocks`).
 """
 
 from __future__ import annotations
@@ -174,6 +178,31 @@ def weight_gradient(dpre: torch.Tensor, h: torch.Tensor, h0: torch.Tensor | None
 def _padded(hd: int) -> int:
     """Lanes per head: ``hd`` rounded up to a power of two, at least 16 (the MMA minimum)."""
     return max(16, triton.next_power_of_2(hd))
+
+
+# The widest head a program holds: at 256 lanes (heads of 200 channels) the kernels asked for 262,144
+# (bf16) and 311,296 bytes (fp32) of shared memory, against an H100's 232,448 (results/gpu-tests-h100-1206-ae79c19)
+MAX_LANES = 128
+
+
+def runs(w: torch.Tensor) -> bool:
+    """Whether the scan with ``w_h`` runs on these kernels: heads (``[nh, hd, hd]``) of up to
+    :data:`MAX_LANES` lanes. Dense ``w_h`` and wider heads (as :func:`block_diagonal`) take the dense kernels."""
+    return w.dim() == 3 and _padded(w.shape[1]) <= MAX_LANES
+
+
+def block_diagonal(w: torch.Tensor) -> torch.Tensor:
+    """``w_h`` as a dense ``[H, H]`` matrix (heads: block-diagonal), for the dense kernels."""
+    return w if w.dim() == 2 else torch.block_diag(*w.unbind(0))
+
+
+def head_blocks(dw: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """The gradient of ``w_h`` from that of :func:`block_diagonal`'s matrix: heads keep the diagonal
+    blocks (contiguous, as the ops' fake kernels promise)."""
+    if w.dim() == 2:
+        return dw
+    nh, hd, _ = w.shape
+    return dw.view(nh, hd, nh, hd).diagonal(dim1=0, dim2=2).permute(2, 0, 1).contiguous()
 
 
 def _gluon(opts: ElmanKernelOptions, a: torch.Tensor | None, x: torch.Tensor, hd: int, *others):

@@ -5,7 +5,8 @@ computed inside the same fused programs as E1's plain scan (no loop over time in
 CUDA-graphed per-step launches):
 
 * **decay, heads** ``w_h: [nh, hd, hd]``: ``heads.py`` (W_head on chip for all T; the decay is
-  one more operand per step; the backward recomputes ``h_{t-1} @ W^T`` on chip for ``da``).
+  one more operand per step; the backward recomputes ``h_{t-1} @ W^T`` on chip for ``da``); heads
+  wider than 128 channels as their block-diagonal matrix on the dense kernels (next).
 * **decay, dense**: the persistent CUDA kernel (bf16/fp16, when the shape fits; ``a_t`` one more
   epilogue operand, the backward's exchanged state ``q = a * dpre``), else the per-step kernel of
   ``dense_step.py`` with the decay in its epilogue.
@@ -41,19 +42,6 @@ from rnnlab.ops.registry import final_state, traced
 __all__ = ["elman_decay_scan", "elman_lowrank_scan"]
 
 
-def _dense(w: torch.Tensor) -> torch.Tensor:
-    """``w_h`` as a dense ``[H, H]`` matrix (heads: block-diagonal)."""
-    return w if w.dim() == 2 else torch.block_diag(*w.unbind(0))
-
-
-def _head_blocks(dw: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """The gradient of ``w_h`` from that of its dense matrix: heads keep the diagonal blocks."""
-    if w.dim() == 2:
-        return dw
-    nh, hd, _ = w.shape
-    return dw.view(nh, hd, nh, hd).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
-
-
 def _previous(x: torch.Tensor, first: torch.Tensor | None) -> torch.Tensor:
     """``x: [B, T, D]`` one step later in time: ``out[:, t] = x[:, t-1]``, ``out[:, 0] = first``
     (zeros when None)."""
@@ -67,31 +55,32 @@ def _lowrank_operands(U, V, s, dt):
 
 def _forward(wx, w, a, U, V, s, h0, opts: ElmanKernelOptions) -> torch.Tensor:
     dt = wx.dtype
-    if U is None and w.dim() == 3:
+    if U is None and heads.runs(w):
         return heads.forward(wx, w, h0, opts, a=a)
     lowrank = None
     if U is not None:
         U, V, s = _lowrank_operands(U, V, s, dt)
         lowrank = (V, U, s)
-    return dense_forward(wx, _dense(w), h0, opts, a=None if a is None else a.to(dt).contiguous(), lowrank=lowrank)
+    a = None if a is None else a.to(dt).contiguous()
+    return dense_forward(wx, heads.block_diagonal(w), h0, opts, a=a, lowrank=lowrank)
 
 
 def _decay_backward(g, w, a, h, h0, opts: ElmanKernelOptions):
     """``(dwx, dW, dh0, da)`` of the decay scan (T, B > 0)."""
-    if w.dim() == 3:
+    if heads.runs(w):
         return heads.backward(g, w, h, h0, True, opts, a=a)
-    wk = w.to(h.dtype).contiguous()
+    wk = heads.block_diagonal(w).to(h.dtype).contiguous()
     dpre, q = dense_dpre(g.contiguous(), wk, h, opts, a=a.to(h.dtype).contiguous())
     h0c = None if h0 is None else h0.to(h.dtype)
     r = _previous(h @ wk.t(), None if h0c is None else h0c @ wk.t())  # r_t = h_{t-1} @ W^T
     dh0 = q[:, 0].float() @ wk.float()
-    return dpre, dw_dense(q, h, h0c).to(w.dtype), dh0, (dpre * r).to(a.dtype)
+    return dpre, heads.head_blocks(dw_dense(q, h, h0c), w).to(w.dtype), dh0, (dpre * r).to(a.dtype)
 
 
 def _lowrank_backward(g, w, U, V, s, h, h0, opts: ElmanKernelOptions):
     """``(dwx, dW, dh0, dU, dV, ds)`` of the low-rank scan (T, B > 0)."""
     dt = h.dtype
-    wk = _dense(w).to(dt).contiguous()
+    wk = heads.block_diagonal(w).to(dt).contiguous()
     Uk, Vk, s = _lowrank_operands(U, V, s, dt)
     dpre, _ = dense_dpre(g.contiguous(), wk, h, opts, lowrank=(Uk, Vk, s))
     h0c = None if h0 is None else h0.to(dt)
@@ -103,7 +92,7 @@ def _lowrank_backward(g, w, U, V, s, h, h0, opts: ElmanKernelOptions):
     dU = dpre.reshape(-1, dpre.shape[-1]).t() @ (p * sf).to(dt).reshape(-1, p.shape[-1])
     dV = dw_dense(es.to(dt), h, h0c).t().contiguous()  # the fake kernel promises contiguous grads
     dh0 = dpre[:, 0].float() @ wk.float() + es[:, 0] @ Vk.float().t()
-    return (dpre, _head_blocks(dW, w).to(w.dtype), dh0, dU.to(U.dtype), dV.to(V.dtype),
+    return (dpre, heads.head_blocks(dW, w).to(w.dtype), dh0, dU.to(U.dtype), dV.to(V.dtype),
             (e * p).to(s.dtype))
 
 

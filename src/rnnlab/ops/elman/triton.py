@@ -4,7 +4,8 @@ backend of ``elman_scan``. Three kinds of kernel, chosen by ``w_h``, the dtype, 
 * **heads** ``w_h: [nh, hd, hd]`` (block-diagonal): ``heads.py``, one Triton program per (head,
   batch tile) with W_head on chip for all T, dW accumulated in the backward loop; 16-bit heads of
   64 or 128 channels on sm_80+ (``ElmanKernelOptions.heads_gluon``, on by default) run
-  ``heads_gluon.py``'s Gluon kernels instead (``heads.py`` chooses).
+  ``heads_gluon.py``'s Gluon kernels instead (``heads.py`` chooses). Heads wider than 128 channels
+  (whose W_head outgrows an SM's shared memory) run on the dense kernels as their block-diagonal matrix.
 * **dense persistent** ``w_h: [H, H]``, bf16/fp16, when the shape fits: ``persistent.py`` (CUDA
   C++), one cooperative launch per direction with W resident in shared memory; for plain bf16
   scans of B <= 32, H <= 1792 on Hopper (``ElmanKernelOptions.dense_wgmma``, on by default)
@@ -165,15 +166,19 @@ def kernel_dtype(*xs: torch.Tensor | None) -> tuple:
 
 
 def _forward(wx, w, h0, opts: ElmanKernelOptions) -> torch.Tensor:
-    """All states of the scan: the heads kernels for ``w: [nh, hd, hd]``, else the dense ones."""
-    return (heads.forward if w.dim() == 3 else dense_forward)(wx, w, h0, opts)
+    """All states of the scan: the heads kernels for ``w: [nh, hd, hd]`` where they run it
+    (:func:`heads.runs`), else the dense ones (wider heads as their block-diagonal matrix)."""
+    if heads.runs(w):
+        return heads.forward(wx, w, h0, opts)
+    return dense_forward(wx, heads.block_diagonal(w), h0, opts)
 
 
 def _backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
     """``(dpre, dW, dh0)`` of the scan, heads or dense kernels as :func:`_forward`."""
-    if w.dim() == 3:
+    if heads.runs(w):
         return heads.backward(g, w, h, h0, need_dw, opts)[:3]
-    return _dense_backward(g, w, h, h0, need_dw, opts)
+    dpre, dw, dh0 = _dense_backward(g, heads.block_diagonal(w), h, h0, need_dw, opts)
+    return dpre, heads.head_blocks(dw, w), dh0
 
 
 # ------------------------------------------------------------------------ torch.library ops
@@ -237,8 +242,8 @@ def elman_scan(wx: torch.Tensor, w_h: torch.Tensor, h0: torch.Tensor | None = No
 def _beside_sms(x: torch.Tensor, w: torch.Tensor, opts: ElmanKernelOptions) -> int | None:
     """The SMs a heads scan of ``x: [B, T, H]`` holds (one program a head and batch tile:
     :func:`heads.programs`) plus ``heads_beside_spare``: what the GEMMs beside it leave; None: no
-    second stream (dense scans, which hold most SMs, or ``heads_beside`` off)."""
-    if w.dim() != 3 or not opts.heads_beside:
+    second stream (dense scans and heads on the dense kernels, which hold most SMs, or ``heads_beside`` off)."""
+    if not (heads.runs(w) and opts.heads_beside):
         return None
     return heads.programs(x, w, opts) + opts.heads_beside_spare
 
