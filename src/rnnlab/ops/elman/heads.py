@@ -181,7 +181,7 @@ def _padded(hd: int) -> int:
 
 
 # The widest head a program holds: at 256 lanes (heads of 200 channels) the kernels asked for 262,144
-# (bf16) and 311,296 bytes (fp32) of shared memory, against an H100's 232,448 (results/gpu-tests-h100-1206-ae79c19)
+# (bf16) and 311,296 bytes (fp32) of shared memory, against an H100's 232,448 (results/gpu-tests-h100-1206-3d3f8e9)
 MAX_LANES = 128
 
 
