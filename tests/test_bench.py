@@ -255,6 +255,23 @@ def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
     assert "run deep: unknown key(s) ['dpth']" in err and "needs" not in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_typo_in_defaults_is_one_line_naming_defaults(tmp_path, capsys):
+    """A misspelt [defaults] key is refused when the suite loads, as [defaults]'s: not as an error
+    of the suite's first run, whose list of known keys offered dim, depth and out, which [defaults]
+    must not set."""
+    f = tmp_path / "s.toml"
+    f.write_text('name = "s"\n[defaults]\nstps = 3\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 16\ndepth = 1\n')
+    with pytest.raises(ValueError, match=r"^suite s \(.*s\.toml\): unknown \[defaults\] key\(s\) \['stps'\]; "
+                                         r"known: ") as e:
+        load_suite(f)
+    known = e.value.args[0].split("known: ")[1]
+    assert "'steps'" in known and "'lr'" in known
+    assert not any(f"'{k}'" in known for k in ("dim", "depth", "model", "out", "resume", "name"))
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlab bench: error: suite s (") and "run a" not in err and len(err.splitlines()) == 1
+
+
 def test_a_suite_files_errors_name_its_path(tmp_path, monkeypatch, capsys):
     """An error from a suite file's content names the file to fix, a shipped suite's too: relative
     to the current directory when under it, else as given; still one line."""

@@ -179,9 +179,7 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
                          f"defaults, runs, reference, notes")
     check_shape(data, where)
     defaults = {k.replace("-", "_"): v for k, v in data.get("defaults", {}).items()}  # mlp-ratio is mlp_ratio
-    bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
-    if bad:
-        raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
+    check_defaults(defaults, where)
     rows = data.get("runs")
     if not rows:
         raise ValueError(f"{where}: needs at least one [[runs]] entry")
@@ -217,6 +215,19 @@ def check_shape(data: dict[str, Any], where: str) -> None:
                                                   for v in numbers.values())):
             raise ValueError(f"{where}: reference.runs.{name} must be a table of numbers (params, loss, "
                              f"tok_per_s, mem_gb, time_s), got {numbers!r}")
+
+
+def check_defaults(defaults: dict[str, Any], where: str) -> None:
+    """``[defaults]``'s keys, checked when the suite loads and named as its own: a typo there
+    (``stps``) is one line listing the keys ``[defaults]`` takes, not an error of the suite's first
+    run whose list of known keys holds the model's and the runner's fields, which it refuses."""
+    unknown = sorted(k for k in defaults if k not in (*ROW_KEYS, *FIELDS))  # a misspelt key first, as parse_run
+    if unknown:
+        known = sorted(set(FIELDS) - set(MODEL_KEYS) - set(RUNNER_KEYS))
+        raise ValueError(f"{where}: unknown [defaults] key(s) {unknown}; known: {known}")
+    bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
+    if bad:
+        raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
 
 
 LOGS = "logs"  # OUT/logs/: each --gpus N run's log and config, beside the run folders
