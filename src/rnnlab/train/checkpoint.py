@@ -15,7 +15,7 @@ prunes them.
         manifest.json       {"format": 2, "step": 600, "complete": false,
                              "files": {"model.safetensors": {"bytes": ..., "sha256": ...}, ...}}
 
-Writing (rank 0): ``ckpt/.tmp-<pid>-step-000600/`` receives the weights, the state and the
+Writing (rank 0): ``ckpt/.tmp-<pid>-<thread>-step-000600/`` receives the weights, the state and the
 manifest, each fsync'd, then the folder itself; one ``rename`` makes it ``step-000600`` and
 ``ckpt/`` is fsync'd. A kill or a power loss at any moment leaves the new checkpoint whole or
 absent and the older ones untouched; Ctrl-C is held back over the rename and its bookkeeping
