@@ -174,6 +174,24 @@ def test_a_resume_whose_config_file_names_other_data_does_not_ask_for_the_old_fi
     assert config_from_args(args).data.path == str(small_corpus)
 
 
+def test_resume_true_in_a_config_file_keeps_the_runs_settings_as_the_flag_does(tmp_path, capsys, small_corpus):
+    """``resume = true`` in the --config file resumes as --resume does: the run's config.json is kept
+    where the file is silent (it was read only for the flag: the run was refused as "made with a
+    different config: field batch_size is 4, not 16", a setting the user never changed)."""
+    run = tmp_path / "run"
+    assert main(["train", *TINY, "--data", str(small_corpus), "--steps", "2", "--out", str(run)]) == 0
+    exp = tmp_path / "more.toml"
+    exp.write_text("resume = true\nsteps = 3\n")
+    capsys.readouterr()
+    assert main(["train", "--config", str(exp), "--out", str(run), "--no-progress"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert (summary["steps"], summary["dim"], summary["complete"]) == (3, 32, True)
+    # --no-resume overrides the file: a fresh run, refused over the complete one
+    assert "already holds a complete run" in _err(capsys, ["train", "--config", str(exp), "--no-resume", "--out",
+                                                           str(run), "--no-progress"])
+
+
 def test_top_level_help_and_version(capsys):
     from rnnlab import __version__
 

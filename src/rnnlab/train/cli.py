@@ -90,17 +90,17 @@ def register(sub) -> None:
 
 
 def config_from_args(args) -> TrainConfig:
-    """Defaults < with ``--resume`` the run's config.json < ``--config`` file < flags; ``--layer``
-    options are added to the file's. A resumed run keeps what the file leaves out (its budget, say),
-    as it keeps what no flag names."""
+    """Defaults < with ``--resume`` (or the file's ``resume = true``) the run's config.json <
+    ``--config`` file < flags; ``--layer`` options are added to the file's. A resumed run keeps what
+    the file leaves out (its budget, say), as it keeps what no flag names."""
     flags = config_flag_values(args)
     layer = flags.pop("layer", {})
     from_file = read_config_file(args.config) if args.config is not None else {}
     file_source = f"config file {args.config}"
     saved = None
-    if args.resume:
-        named = apply_overrides(apply_overrides(TrainConfig(), from_file, source=file_source), dict(flags))
-        run = RunDir(args.out or named.out_dir())
+    named = apply_overrides(apply_overrides(TrainConfig(), from_file, source=file_source), dict(flags))
+    if named.run.resume:  # --resume, or the file's resume = true (which --no-resume overrides)
+        run = RunDir(named.out_dir())
         saved = run.saved_config()
         # a flag or the file names its own file
         missing = run.missing_corpus(k for k in CORPUS_KEYS if k not in flags and k not in from_file)
