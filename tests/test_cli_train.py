@@ -390,6 +390,21 @@ def test_eval_warns_when_the_held_out_data_changed_since_training(tmp_path, caps
     assert f", not {fingerprint}): the data changed since, so this scores other held-out bytes" in err, err
 
 
+def test_eval_of_a_run_without_checkpoints_says_so_before_asking_for_its_corpus(tmp_path, capsys, small_corpus):
+    """A run folder without weights (archived in results/: its records, no ckpt/) whose corpus is gone
+    too: eval says there is nothing to score, where it asked for the corpus back "or score another
+    file with --data FILE", and with --data then said there were no weights."""
+    import shutil
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--data", str(small_corpus), "--out", str(run)]) == 0
+    shutil.rmtree(run / "ckpt")
+    small_corpus.unlink()
+    capsys.readouterr()
+    err = _err(capsys, ["eval", "--run", str(run)])
+    assert err == f"rnnlab eval: error: no usable checkpoint in {run / 'ckpt'} (none was written)"
+
+
 def test_a_run_trained_with_a_cuda_only_backend_evaluates_on_cpu(tmp_path, capsys, small_corpus):
     """A run whose config names a CUDA-only layer backend (trained on a GPU with backend=triton)
     loads on the CPU with backend auto: ``eval`` gives the run's own held-out loss there."""

@@ -374,10 +374,12 @@ def run_eval_cmd(args) -> int:
     from rnnlab.train.runtime import evaluate_run
 
     run = RunDir(args.run)
+    # the weights first: a run without them (one archived in results/ keeps no checkpoint) is not
+    # scored on the corpus put back, nor on --data
+    cfg, model, step = run.load(args.device, train_point=args.at == "train-point")
     missing = None if args.data else run.missing_corpus(heldout=True)
     if missing:  # moved or deleted since training
         raise FileNotFoundError(f"{missing}: put it back there, or score another file with --data FILE")
-    cfg, model, step = run.load(args.device, train_point=args.at == "train-point")
     split = file_split(args.data) if args.data else heldout_split(cfg.data.path, cfg.data.val_path,
                                                                   cfg.data.val_fraction)
     if not args.data:
