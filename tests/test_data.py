@@ -487,8 +487,11 @@ def test_eval_windows_max_bytes_and_errors(corpus_file):
     with pytest.raises(ValueError, match=r"split 'val', 5000 bytes\) is shorter than one evaluation window, "
                                          r"seq_len\+1 = 5001 bytes; use a larger file$"):  # the whole split was used
         list(eval_windows(s.val, 5000, 4))
-    with pytest.raises(ValueError, match=r"3000 bytes used\) .* use a larger file \(or more of it: --eval-bytes\)$"):
+    # capped under one window: the cap is the fix where the split holds one, else the file
+    with pytest.raises(ValueError, match=r"3000 bytes used\) .* raise --eval-bytes to at least 4001$"):
         list(eval_windows(s.val, 4000, 4, max_bytes=3000))
+    with pytest.raises(ValueError, match=r"3000 bytes used\) .* 6001 bytes; use a larger file$"):
+        list(eval_windows(s.val, 6000, 4, max_bytes=3000))
 
 
 @pytest.mark.parametrize("limit, kept", [(14, b"one doc\n\nsix\n\n"), (13, b"one doc\n\n"), (40, None),

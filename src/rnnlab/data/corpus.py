@@ -343,11 +343,12 @@ def eval_windows(split: Split, seq_len: int, batch_size: int, max_bytes: int | N
     if max_bytes is not None:
         _check_pos("max_bytes", max_bytes)
         L = min(L, int(max_bytes))
-    if L < seq_len + 1:
+    if L < seq_len + 1:  # the cap is the fix where the split holds a window, else the file
+        fix = (f"raise --eval-bytes to at least {seq_len + 1}" if len(split) >= seq_len + 1 else "use a larger file")
         raise ValueError(
             f"corpus {split.path} (split {split.name!r}, {L} bytes"
             f"{' used' if L < len(split) else ''}) is shorter than one evaluation window, seq_len+1 = "
-            f"{seq_len + 1} bytes; use a larger file" + (" (or more of it: --eval-bytes)" if L < len(split) else "")
+            f"{seq_len + 1} bytes; {fix}"
         )
     n_win = eval_num_windows(L, seq_len)
     ar = np.arange(seq_len + 1, dtype=np.int64)
