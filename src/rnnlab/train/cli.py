@@ -97,18 +97,17 @@ def config_from_args(args) -> TrainConfig:
     layer = flags.pop("layer", {})
     from_file = read_config_file(args.config) if args.config is not None else {}
     file_source = f"config file {args.config}"
-    saved = None
-    named = apply_overrides(apply_overrides(TrainConfig(), from_file, source=file_source), dict(flags))
-    if named.run.resume:  # --resume, or the file's resume = true (which --no-resume overrides)
-        run = RunDir(named.out_dir())
+    cfg = apply_overrides(apply_overrides(TrainConfig(), from_file, source=file_source), flags, source="flag")
+    if cfg.run.resume:  # --resume, or the file's resume = true (which --no-resume overrides)
+        run = RunDir(cfg.out_dir())
         saved = run.saved_config()
         # a flag or the file names its own file
         missing = run.missing_corpus(k for k in CORPUS_KEYS if k not in flags and k not in from_file)
         if missing:
             raise FileNotFoundError(f"{missing}: a resumed run reads the same path, so put the file back there")
-    cfg = TrainConfig.from_dict(saved) if saved is not None else TrainConfig()
-    apply_overrides(cfg, from_file, source=file_source)
-    apply_overrides(cfg, flags, source="flag")
+        if saved is not None:  # the run's config, then the file and the flags over it
+            cfg = apply_overrides(apply_overrides(TrainConfig.from_dict(saved), from_file, source=file_source),
+                                  flags, source="flag")
     if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
         cfg.model.layer = {**cfg.model.layer, **layer}
     return cfg
