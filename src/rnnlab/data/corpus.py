@@ -84,12 +84,11 @@ class ByteCorpus:
         if kind := compression_of(head):
             raise ValueError(f"corpus file {self.path} is {kind}-compressed, and rnnlab reads raw bytes: "
                              f"unpack it first (`rnnlab data prepare {self.path} --out FILE` for text or JSON lines)")
-        if head.startswith(ZIP_MAGIC):
-            raise ValueError(f"corpus file {self.path} is a zip archive, and rnnlab reads raw bytes: extract its "
-                             f"files first, then `rnnlab data prepare FILES --out FILE` joins them")
-        if is_tar(bytes(self.data[:TAR_HEAD])):  # headers and NUL padding around the files' bytes
-            raise ValueError(f"corpus file {self.path} is a tar archive, and rnnlab reads raw bytes: extract its "
-                             f"files first, then `rnnlab data prepare FILES --out FILE` joins them")
+        # a tar archive's headers and NUL padding around the files' bytes are no text either
+        archive = "zip" if head.startswith(ZIP_MAGIC) else "tar" if is_tar(bytes(self.data[:TAR_HEAD])) else None
+        if archive:
+            raise ValueError(f"corpus file {self.path} is a {archive} archive, and rnnlab reads raw bytes: extract "
+                             f"its files first, then `rnnlab data prepare FILES --out FILE` joins them")
         if self.path.suffix == ".jsonl" and head.startswith(b"{"):  # its text would be read with the JSON around it
             raise ValueError(f"corpus file {self.path} is JSON lines, and rnnlab reads raw bytes: extract its "
                              f"text first (`rnnlab data prepare {self.path} --out FILE`)")
