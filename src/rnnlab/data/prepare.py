@@ -45,7 +45,7 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
-from rnnlab.data.corpus import MAGIC_BYTES, TAR_HEAD, ZIP_MAGIC, compression_of, is_tar
+from rnnlab.data.corpus import COMPRESSED_MAGIC, MAGIC_BYTES, TAR_HEAD, ZIP_MAGIC, compression_of, is_tar
 
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
 # compression ratio times more (a few times for text); xz and gzip yield at most this much.
@@ -66,8 +66,9 @@ COMPRESSIONS = tuple(SUFFIX_OF.values())
 KIND_OF = {suffix: kind for kind, suffix in SUFFIX_OF.items()}  # ".gz" -> "gzip"
 # how a file named with each suffix starts: its format's magic (bzip2's "BZh" and block size 1-9 before a
 # block's or an empty stream's end's magic), or, for Zstandard, a skippable frame's (pzstd writes one first)
-STREAM_STARTS = {".gz": (b"\x1f\x8b",), ".xz": (b"\xfd7zXZ\x00",), ".bz2": tuple(b"BZh%d" % n for n in range(1, 10)),
-                 ".zst": (b"\x28\xb5\x2f\xfd", *(bytes([0x50 + n]) + b"\x2a\x4d\x18" for n in range(16)))}
+STREAM_STARTS = {SUFFIX_OF[kind]: (magic,) for magic, kind in COMPRESSED_MAGIC.items()}
+STREAM_STARTS[".bz2"] = tuple(b"BZh%d" % n for n in range(1, 10))
+STREAM_STARTS[".zst"] += tuple(bytes([0x50 + n]) + b"\x2a\x4d\x18" for n in range(16))
 # The largest window Zstandard allows (2 GiB): a frame written with `zstd --long=31` needs it, and the
 # decoder's default limit (128 MiB, as the zstd command's without --long=31) refuses such valid shards
 ZSTD_MAX_WINDOW = 1 << 31
