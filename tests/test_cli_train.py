@@ -899,6 +899,38 @@ def test_a_command_freezes_what_is_alive_before_it_exits():
     assert e.value.code == 3
 
 
+def test_a_command_writes_each_line_on_standard_error_in_one_write(monkeypatch):
+    """Under ``--gpus N`` torchrun and the ranks share one standard error, and unbuffered Python
+    (``python -u``, as torchrun starts its workers) writes a ``print``'s text and its newline in two
+    writes: torchrun's log line once landed between them, inside a rank's one-line
+    end (test_distributed's lost-rank test). ``command`` makes each line one write; a progress
+    bar's carriage return still goes out at once."""
+    import rnnlab.cli as cli
+
+    class Raw(io.RawIOBase):
+        def __init__(self):
+            self.writes = []
+
+        def writable(self):
+            return True
+
+        def write(self, b):
+            self.writes.append(bytes(b))
+            return len(b)
+
+    raw = Raw()
+    err = io.TextIOWrapper(raw, write_through=True)  # as unbuffered Python's sys.stderr
+    print("x" * 300, file=err)
+    assert raw.writes == [b"x" * 300, b"\n"]  # the two writes a line can be split between
+    raw.writes.clear()
+    monkeypatch.setattr(sys, "stderr", err)
+    monkeypatch.setattr(cli, "main", lambda: print("rnnlab train: rank 0: " + "y" * 300, "z", file=sys.stderr))
+    monkeypatch.setattr(cli, "leave", lambda code: sys.stderr.write("50%\r"))
+    cli.command()
+    assert raw.writes == [b"rnnlab train: rank 0: " + b"y" * 300 + b" z\n", b"50%\r"]
+
+
+
 CLOSED_TERMINAL = """
 import fcntl, os, select, subprocess, sys, termios, threading, time
 from pathlib import Path

@@ -129,8 +129,20 @@ def leave(code: int | None) -> NoReturn:
 
 def command() -> NoReturn:
     """The ``rnnlab`` command (its console script and ``python -m rnnlab``): :func:`main`, left
-    through :func:`leave`."""
+    through :func:`leave`, each line on standard error written whole (:func:`whole_lines`)."""
+    whole_lines(sys.stderr)
     leave(main())
+
+
+def whole_lines(stream) -> None:
+    """Write each line of ``stream`` (a text file) in one ``write(2)``, where unbuffered Python
+    (``python -u``, as torchrun starts its workers; ``PYTHONUNBUFFERED=1``) writes a ``print``'s
+    text and its newline in two: under ``rnnlab train --gpus N`` the ranks and torchrun share one
+    standard error, and a line of theirs could land inside one of ours (a rank's one-line end after
+    a lost peer, read whole by scripts). A partial line waits for its newline, a carriage return (a
+    progress bar) or a flush. A stream that cannot be reconfigured (not a file) is left as it is."""
+    with contextlib.suppress(AttributeError, ValueError):
+        stream.reconfigure(line_buffering=True, write_through=False)
 
 
 def main(argv: list[str] | None = None) -> int:
