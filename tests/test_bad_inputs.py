@@ -180,9 +180,9 @@ CASES = [
     ("resume_folder_of_other_files", [*TRAIN, "--resume", "--out", "{root}"],  # it holds the corpus, not "empty"
      "holds no run to resume (a folder without config.json, metrics.jsonl, summary.json or ckpt/; check --out)"),
     ("resume_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}"], "no usable checkpoint in {nockpt}/ckpt "
-                                                                        "(none was written); nothing was changed"),
+                                                                        "(there is none); nothing was changed"),
     ("resume_slim_record", [*TRAIN, "--resume", "--out", "{slim}"], "no usable checkpoint in {slim}/ckpt "
-                                                                     "(none was written); nothing was changed"),
+                                                                     "(there is none); nothing was changed"),
     ("resume_corpus_moved", ["train", "--resume", "--out", "{moved}"],  # the path it needs, and why that one
      "data file not found: {root}/gone.txt (the run's data, as its config.json names it): a resumed run reads the "
      "same path, so put the file back there"),

@@ -1008,7 +1008,7 @@ def test_a_file_named_like_a_step_is_no_checkpoint(tmp_path):
 
 def test_an_old_format_checkpoint_missing_one_file_is_damaged_not_absent(tmp_path):
     """An old run folder's ckpt/ that lost state.pt (or its weights) still holds a checkpoint: it is
-    reported as damaged, naming the missing file, not as "none was written"."""
+    reported as damaged, naming the missing file, not as "there is none"."""
     for keep in ("model.safetensors", "state.pt"):
         ckpt = tmp_path / keep / "ckpt"
         checkpoint.Checkpointer(ckpt).save(_tiny_state(4), complete=False)

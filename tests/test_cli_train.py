@@ -402,7 +402,7 @@ def test_eval_of_a_run_without_checkpoints_says_so_before_asking_for_its_corpus(
     small_corpus.unlink()
     capsys.readouterr()
     err = _err(capsys, ["eval", "--run", str(run)])
-    assert err == f"rnnlab eval: error: no usable checkpoint in {run / 'ckpt'} (none was written)"
+    assert err == f"rnnlab eval: error: no usable checkpoint in {run / 'ckpt'} (there is none)"
 
 
 def test_a_run_trained_with_a_cuda_only_backend_evaluates_on_cpu(tmp_path, capsys, small_corpus):

@@ -322,7 +322,7 @@ class RunDir:
         if usable is not None and check is not None:
             check(usable)
         if usable is None:
-            found = "; ".join(why for _, why in damaged) or "none was written"
+            found = "; ".join(why for _, why in damaged) or "there is none"
             if resuming:
                 raise CheckpointError(f"--resume: no usable checkpoint in {self.ckpt_dir} ({found}); nothing was "
                                       f"changed (start over with --overwrite, which deletes this run)")
