@@ -282,6 +282,8 @@ CASES = [
      "data file not found: {root}/gone.txt (the run's data, as its config.json names it): put it back there"),
     # no subcommand: argparse named its internal field (data_command, analysis), not what to type
     ("data_no_command", ["data"], "the following arguments are required: COMMAND (see rnnlab data --help)"),
+    ("gradflow_archived_run", ["analyze", "gradflow", "--run", "{slim_moved}"],  # no weights: not "put it back"
+     "no usable checkpoint in {slim_moved}/ckpt (there is none)"),
     ("analyze_no_command", ["analyze"], "the following arguments are required: COMMAND (see rnnlab analyze --help)"),
     ("prepare_missing_source", ["data", "prepare", "/nonexistent.txt", "--out", "{new}"], "source not found"),
     # an empty argument (an unset shell variable) is Path(""), the current folder: not read, nor written over
@@ -366,6 +368,9 @@ def world(tmp_path_factory, one_thread_module):
     shutil.copytree(w["run"], w["moved"])
     saved = json.loads((w["moved"] / "config.json").read_text())
     (w["moved"] / "config.json").write_text(json.dumps({**saved, "data": str(root / "gone.txt")}))
+    w["slim_moved"] = root / "slim_moved"  # a results folder whose corpus is gone too
+    shutil.copytree(w["slim"], w["slim_moved"])
+    (w["slim_moved"] / "config.json").write_text(json.dumps({**saved, "data": str(root / "gone.txt")}))
     w["moved_extra"] = root / "moved_extra"  # its extra held-out text (--extra-val-data) moved
     shutil.copytree(w["run"], w["moved_extra"])
     (w["moved_extra"] / "config.json").write_text(json.dumps({**saved, "extra_val_data": str(root / "gone.txt")}))

@@ -278,9 +278,12 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
             history: bool = True, plots: bool = True) -> dict[str, Any]:
     """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``. ``last``
     is checked against each run's sequence length, and each run's held-out file is looked for (both
-    from its config.json), before any weights load."""
+    from its config.json), before any weights load; a run without weights (archived in results/
+    without its checkpoints) is named first, as there is nothing of it to analyse on any corpus."""
     lengths = [seq_len or RunDir(run).config().data.seq_len for run in runs]
     for run in runs:  # its held-out bytes come from the run's own corpus: moved or deleted since?
+        if not RunDir(run).has_checkpoint() and not (history and RunDir(run).weight_files()):
+            RunDir(run).checkpoint()  # no weights: its CheckpointError says so
         if missing := RunDir(run).missing_corpus(heldout=True):
             raise FileNotFoundError(f"{missing}: put it back there")
     for T in lengths:
