@@ -12,6 +12,7 @@ import os
 import random
 import signal
 import tracemalloc
+from pathlib import Path
 
 import pytest
 
@@ -283,6 +284,33 @@ def test_interrupted_prepare_leaves_no_file(tmp_path, capsys, monkeypatch):
     assert main(["data", "prepare", *map(str, srcs), "--out", str(out), "--no-progress"]) == 130
     assert "interrupted" in capsys.readouterr().err
     assert not out.exists() and not prep.manifest_path(out).exists() and _leftovers(tmp_path) == []
+
+
+def test_the_manifest_is_in_place_before_the_corpus_and_gone_if_the_corpus_is_not(tmp_path, monkeypatch):
+    """The corpus's rename to --out is the last step: its manifest is renamed into place just before,
+    so a kill between the two never leaves a corpus without its record, and an interrupt between
+    them leaves neither."""
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"one document")
+    renamed, replace = [], os.replace
+
+    def record(a, b):
+        renamed.append(Path(b).name)
+        replace(a, b)
+
+    monkeypatch.setattr(os, "replace", record)
+    prep.prepare([src], tmp_path / "c.txt", progress=False)
+    assert renamed == ["c.txt.manifest.json", "c.txt"]
+
+    def interrupted_after_the_manifest(a, b):
+        replace(a, b)
+        if Path(b).name == "d.txt.manifest.json":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted_after_the_manifest)
+    with pytest.raises(KeyboardInterrupt):
+        prep.prepare([src], tmp_path / "d.txt", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt", "c.txt.manifest.json"]
 
 
 def test_a_sigterm_where_ctrl_c_is_ignored_leaves_no_file(tmp_path, capsys, monkeypatch):

@@ -18,9 +18,9 @@ all are refused (an empty corpus would only fail later, in training).
 
 Nothing is held whole: files are read in blocks and a JSON-lines file one line (one document) at
 a time. The corpus is written under a temporary name in the output's folder and renamed to FILE
-only when complete, so an interrupted prepare leaves nothing under FILE. ``FILE.manifest.json``
-then records each source (path, format, size and sha256 of the file as stored, documents and
-bytes contributed) and the corpus's size and sha256. A corrupt or truncated shard, a line that
+only when complete, so an interrupted prepare leaves nothing under FILE. ``FILE.manifest.json``, in
+place just before FILE is, records each source (path, format, size and sha256 of the file as
+stored, documents and bytes contributed) and the corpus's size and sha256. A corrupt or truncated shard, a line that
 is not a JSON object, or an object without a string FIELD stops the run with a ``CorpusError``
 naming the file (and line).
 """
@@ -175,16 +175,20 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
             if not corpus.documents:  # raised inside the block: the temporary file is deleted, nothing renamed
                 files = "the source file" if len(sources) == 1 else f"the {len(sources)} source files"
                 raise ValueError(f"no text in {files} (every document is empty); {out} not written")
-    except BaseException:  # nothing written: nor the folders made for it
+            manifest = {"file": out.name, "bytes": corpus.bytes, "sha256": corpus.sha256.hexdigest(),
+                        "documents": corpus.documents, "separator": separator.decode("latin-1"),
+                        "field": field, "sources": entries}
+            # in place before the corpus is renamed to FILE, so that FILE never stands without it
+            with _AtomicFile(manifest_path(out)) as m:
+                m.write((json.dumps(manifest, indent=1) + "\n").encode())
+    except BaseException:  # nothing written: nor the manifest, nor the folders made for it
+        if not out.exists():
+            with contextlib.suppress(OSError):
+                manifest_path(out).unlink()
         for d in made:
             with contextlib.suppress(OSError):
                 d.rmdir()
         raise
-    manifest = {"file": out.name, "bytes": corpus.bytes, "sha256": corpus.sha256.hexdigest(),
-                "documents": corpus.documents, "separator": separator.decode("latin-1"),
-                "field": field, "sources": entries}
-    with _AtomicFile(manifest_path(out)) as m:
-        m.write((json.dumps(manifest, indent=1) + "\n").encode())
     return manifest
 
 
