@@ -484,7 +484,7 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch, 
     def full_disk(obj, f, *args, **kw):
         calls[0] += 1
         if calls[0] == 2:  # the checkpoint of step 4
-            Path(f).write_bytes(b"partial")
+            f.write(b"partial")
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_save(obj, f, *args, **kw)
 
@@ -498,6 +498,29 @@ def test_disk_full_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch, 
     monkeypatch.undo()
     assert main(["train", "--resume", *TINY, "--steps", "6", "--out", str(run)]) == 0
     assert _steps(run) == list(range(1, 7)) and _losses(run) == straight
+
+
+@pytest.mark.parametrize("limit, fails", [(10_000, "model.safetensors"), (30_000, "state.pt")])
+def test_a_real_write_error_in_either_library_is_a_checkpoint_write_error_naming_its_cause(tmp_path, limit, fails):
+    """A write that the OS refuses (here: RLIMIT_FSIZE, EFBIG; a full disk is ENOSPC) inside safetensors or
+    torch.save, which report it as their own errors (torch: "unexpected pos ..." with no cause), is a
+    ``CheckpointWriteError`` naming the OS's cause and the checkpoint kept, as guarantee 8 says."""
+    import resource
+
+    saver = checkpoint.Checkpointer(tmp_path / "ckpt")
+    saver.save(_tiny_state(1), complete=False)
+    state = _tiny_state(2)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)  # Python ignores SIGXFSZ: the write fails with EFBIG
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        with pytest.raises(checkpoint.CheckpointWriteError) as e:
+            saver.save(state, complete=False)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert (tmp_path / "ckpt" / "step-000001" / fails).stat().st_size > limit  # the file that cannot be written
+    assert str(e.value) == (f"could not write the checkpoint of step 2 to {tmp_path}/ckpt: File too large (EFBIG); "
+                            f"last good checkpoint kept at {tmp_path}/ckpt/step-000001 (step 1)")
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000001"]
 
 
 def test_an_old_checkpoint_that_cannot_be_deleted_is_said_and_training_goes_on(tmp_path, capsys, monkeypatch):

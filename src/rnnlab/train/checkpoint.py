@@ -50,6 +50,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import shutil
 import sys
 import threading
@@ -351,6 +352,30 @@ def _file_entry(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": digest}
 
 
+def _os_error(e: Exception) -> OSError | None:
+    """The ``OSError`` a library's error reports in its message (safetensors': "... (os error 28)"), or None."""
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return OSError(int(m[1]), os.strerror(int(m[1]))) if m else None
+
+
+class _KeepsWriteError:
+    """The file ``torch.save`` writes to, keeping the ``OSError`` of a failed write: torch reports it
+    as a ``RuntimeError`` that names no cause ("unexpected pos ..."), where a full disk must be said."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 class Checkpointer:
     """The checkpoints in ``directory`` (a run's ckpt/): finds the newest usable one, restores a
     trainer's ``TrainState`` from it, saves new ones (keeping the newest ``keep`` and every step
@@ -484,11 +509,19 @@ class Checkpointer:
                     tmp.mkdir(parents=True)
                     _pause()
                     meta = {"format": "rnnlab", "tied": "1" if _tied(state.model) else "0", "step": str(step)}
-                    save_file(weights, str(tmp / MODEL_FILE), metadata=meta)
+                    try:
+                        save_file(weights, str(tmp / MODEL_FILE), metadata=meta)
+                    except Exception as e:  # SafetensorError: "... No space left on device (os error 28)"
+                        raise _os_error(e) or e
             if not main:
                 return None
             _pause()
-            torch.save(contents, tmp / STATE_FILE)
+            with open(tmp / STATE_FILE, "wb") as f:
+                writer = _KeepsWriteError(f)
+                try:
+                    torch.save(contents, writer)
+                except RuntimeError as e:  # torch's "unexpected pos 704 vs 598": the cause is the write's
+                    raise writer.error or e
             # safetensors creates its file 0600; give it the mode open() gives (the state file's)
             os.chmod(tmp / MODEL_FILE, (tmp / STATE_FILE).stat().st_mode & 0o777)
             _pause()
