@@ -445,6 +445,21 @@ def test_a_complete_run_resumed_to_train_on_is_incomplete_until_it_ends_again(ti
     assert RunDir(run).status() == "complete"
 
 
+def test_a_failed_run_resumed_is_not_failed_for_the_earlier_cause(tiny_train, tmp_path):
+    """A failed run (summary.json records an error: a full disk, say) resumed: its summary loses the
+    error as the session starts, so that a session then killed (``kill -9``: no summary of its own)
+    leaves it incomplete, not failed for the earlier session's cause (bench's status, the report's
+    "Not complete" list)."""
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    summary = RunDir(run).summary()
+    RunDir(run).write_summary({**summary, "complete": False, "error": "could not write the checkpoint of step 3"})
+    assert RunDir(run).status() == "failed"
+    trainer = Trainer(tiny_train(run, steps=4, resume=True), progress=False)  # set up, not trained
+    trainer.rundir.release()
+    assert RunDir(run).status() == "incomplete" and RunDir(run).summary() == {**summary, "complete": False}
+
+
 def test_a_run_resumed_on_other_data_is_refused_and_nothing_changes(tiny_train, tmp_path):
     """The corpus file replaced under the same path (same config) would give the resumed run other
     batches: refused in one line naming both sizes, or, sizes equal, both fingerprints; the folder

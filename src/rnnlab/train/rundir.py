@@ -547,7 +547,9 @@ class RunDir:
         this session runs again) and keeps its earlier sessions' start, commit and GPU in
         env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
         larger budget) has its summary.json say incomplete until it ends again, so that a session
-        that dies does not leave it complete at the old budget under config.json's new one. A session
+        that dies does not leave it complete at the old budget under config.json's new one; a failed
+        or aborted run's summary loses its error as it resumes, so that such a session does not leave
+        it failed for a cause of an earlier session. A session
         that trains no step (``scores_only``: a finished run's final evaluation scored again) keeps
         env.json's training environment (device, GPU, load, commit: what the report reads beside the
         training's tok/s) and adds its own start, commit and GPU to ``scoring_sessions``."""
@@ -555,9 +557,14 @@ class RunDir:
             for name in (METRICS, EVALS):
                 self._unarchive(self.file(name))
                 self._truncate(self.file(name), resumed_step, drop_final=final_eval_redone)
-            summary = self.summary()
-            if trains_on and summary and summary.get("complete"):
-                self.write_summary({**summary, "complete": False})
+            summary = self.summary() or {}
+            # how this session ends is not known yet: a session that dies leaves the run incomplete,
+            # neither complete at the old budget nor failed or aborted as the last session ended
+            now = {k: v for k, v in summary.items() if k not in ("error", "aborted")}
+            if trains_on and now.get("complete"):
+                now["complete"] = False
+            if now != summary:
+                self.write_summary(now)
             before = self.env() or {}
             if scores_only and before.get("started"):
                 env = {**before, "scoring_sessions": before.get("scoring_sessions", []) + [
