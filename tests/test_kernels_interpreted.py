@@ -397,6 +397,32 @@ def test_selective_custom_ops_pass_opcheck(name, heads):
         torch.library.opcheck(torch.ops.rnnlab.elman_selective_fwd.default, (wx, w, *extra, h0, options))
 
 
+@pytest.mark.parametrize("heads", [2, 0])
+@pytest.mark.parametrize("T", [3, 0])
+def test_backward_ops_pass_opcheck_with_a_weight_transposed_in_memory(heads, T):
+    """E1's backward ops (``rnnlab::elman_scan_bwd``, ``elman_scan_beside_bwd``, ``elman_selective_bwd``)
+    given W_h transposed in memory (e.g. ``elman_scan(wx, W.t())``): W_h's gradient comes back
+    contiguous, as their fake kernels must say (a fake that kept W_h's strides failed Inductor's
+    compiled backward: "expected ... stride 16==1"); also for an empty sequence."""
+    assert OPS["elman_decay_scan"].kernel.get() is not None  # importing the kernel module registers the ops
+    wx, w, hz = (t.detach() for t in _elman_leaves(heads))
+    wx = wx[:, :T]
+    w = w.transpose(-1, -2).contiguous().transpose(-1, -2)  # W_h's values, strides of its transpose
+    options = ElmanKernelOptions().to_ints()
+    h = E._scan_fwd(wx, w, hz, options)
+    g = torch.randn_like(h)
+    torch.library.opcheck(torch.ops.rnnlab.elman_scan_bwd.default, (g, w, h, hz, True, options))
+    if heads:
+        x, wl = torch.randn(2, T, 5), torch.randn(7, 5)
+        torch.library.opcheck(torch.ops.rnnlab.elman_scan_beside_bwd.default,
+                              (g, w, h, x, wl, torch.randn(2, T, 7), True, True, True, options))
+    a = torch.rand(2, T, 32)
+    torch.library.opcheck(torch.ops.rnnlab.elman_selective_bwd.default, (g, w, a, None, None, None, h, hz, options))
+    U, V = (torch.randn(3, 32).t() for _ in "UV")  # also transposed in memory
+    torch.library.opcheck(torch.ops.rnnlab.elman_selective_bwd.default,
+                          (g, w, None, U, V, torch.randn(2, T, 3), h, hz, options))
+
+
 @pytest.mark.parametrize("name,heads", [("elman_scan", 2), ("elman_scan", 0), ("elman_decay_scan", 2),
                                         ("elman_lowrank_scan", 0), ("diag_elman_scan", None),
                                         ("elman_scan_beside_linear", 2)])

@@ -32,6 +32,8 @@ options, dtypes and precision as in ``rnnlab.ops.elman.triton``.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from rnnlab.ops.elman import heads
@@ -97,10 +99,12 @@ def _lowrank_backward(g, w, U, V, s, h, h0, opts: ElmanKernelOptions):
 
 
 def _zero_grads(g, w, a, U, V, s, h0):
-    """The backward's outputs for an empty sequence or batch (nothing flows)."""
+    """The backward's outputs for an empty sequence or batch (nothing flows), contiguous as the fake
+    kernel promises."""
     B, _, H = g.shape
-    return (torch.zeros_like(g), torch.zeros_like(w), g.new_zeros(B, H, dtype=torch.float32),
-            *(g.new_empty(0) if x is None else torch.zeros_like(x) for x in (a, U, V, s)))
+    zeros = functools.partial(torch.zeros_like, memory_format=torch.contiguous_format)
+    return (zeros(g), zeros(w), g.new_zeros(B, H, dtype=torch.float32),
+            *(g.new_empty(0) if x is None else zeros(x) for x in (a, U, V, s)))
 
 
 # ------------------------------------------------------------------------ torch.library ops
@@ -137,7 +141,8 @@ def _scan_bwd(g, w, a, U, V, s, h, h0, options):
 
 @_scan_bwd.register_fake
 def _(g, w, a, U, V, s, h, h0, options):
-    return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(w),
+    return (torch.empty_like(h, memory_format=torch.contiguous_format),
+            torch.empty_like(w, memory_format=torch.contiguous_format),
             h.new_empty(h.shape[0], h.shape[2], dtype=torch.float32),
             *(h.new_empty(0) if x is None else torch.empty_like(x, memory_format=torch.contiguous_format)
               for x in (a, U, V, s)))

@@ -208,7 +208,8 @@ def _scan_bwd(g, w, h, h0, need_dw, options):
 
 @_scan_bwd.register_fake
 def _(g, w, h, h0, need_dw, options):
-    return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(w),
+    return (torch.empty_like(h, memory_format=torch.contiguous_format),
+            torch.empty_like(w, memory_format=torch.contiguous_format),
             h.new_empty(h.shape[0], h.shape[2], dtype=torch.float32))
 
 
@@ -301,8 +302,8 @@ def _beside_grads_like(x, wl, need_dx, need_dwl):
 
 @_beside_bwd.register_fake
 def _(g, w, h, x, wl, gl, need_dw, need_dx, need_dwl, options):
-    return (torch.empty_like(h, memory_format=torch.contiguous_format), torch.empty_like(w),
-            *_beside_grads_like(x, wl, need_dx, need_dwl))
+    return (torch.empty_like(h, memory_format=torch.contiguous_format),
+            torch.empty_like(w, memory_format=torch.contiguous_format), *_beside_grads_like(x, wl, need_dx, need_dwl))
 
 
 def _beside_setup(ctx, inputs, output):
