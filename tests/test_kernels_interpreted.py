@@ -423,6 +423,29 @@ def test_backward_ops_pass_opcheck_with_a_weight_transposed_in_memory(heads, T):
                           (g, w, None, U, V, torch.randn(2, T, 3), h, hz, options))
 
 
+@pytest.mark.parametrize("heads", [2, 0])
+def test_backward_ops_take_states_of_other_strides(heads):
+    """E1's backward ops given the states ``h`` in another memory layout (a ``[T, B, H]`` tensor
+    transposed) compute what they do from contiguous states (the kernels index ``h`` as contiguous:
+    they read other elements, past its end too), and pass opcheck."""
+    assert OPS["elman_decay_scan"].kernel.get() is not None  # importing the kernel module registers the ops
+    wx, w, hz = (t.detach() for t in _elman_leaves(heads))
+    options = ElmanKernelOptions().to_ints()
+    h = E._scan_fwd(wx, w, hz, options)
+    strided = h.transpose(0, 1).contiguous().transpose(0, 1)
+    g, a = torch.randn_like(h), torch.rand_like(h)
+    calls = [(torch.ops.rnnlab.elman_scan_bwd.default, lambda h: (g, w, h, hz, True, options)),
+             (torch.ops.rnnlab.elman_selective_bwd.default, lambda h: (g, w, a, None, None, None, h, hz, options))]
+    if heads:
+        x, wl, gl = torch.randn(2, 3, 5), torch.randn(7, 5), torch.randn(2, 3, 7)
+        calls.append((torch.ops.rnnlab.elman_scan_beside_bwd.default,
+                      lambda h: (g, w, h, x, wl, gl, True, True, True, options)))
+    for op, args in calls:
+        for want, got in zip(op(*args(h)), op(*args(strided))):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+        torch.library.opcheck(op, args(strided))
+
+
 @pytest.mark.parametrize("name,heads", [("elman_scan", 2), ("elman_scan", 0), ("elman_decay_scan", 2),
                                         ("elman_lowrank_scan", 0), ("diag_elman_scan", None),
                                         ("elman_scan_beside_linear", 2)])

@@ -132,6 +132,7 @@ def _scan_bwd(g, w, a, U, V, s, h, h0, options):
     B, T, _ = h.shape
     if T == 0 or B == 0:
         return _zero_grads(g, w, a, U, V, s, h0)
+    h = h.contiguous()  # the kernels read it so
     opts = ElmanKernelOptions.from_ints(options)
     if a is not None:
         return (*_decay_backward(g, w, a, h, h0, opts), *(h.new_empty(0) for _ in range(3)))

@@ -174,7 +174,9 @@ def _forward(wx, w, h0, opts: ElmanKernelOptions) -> torch.Tensor:
 
 
 def _backward(g, w, h, h0, need_dw: bool, opts: ElmanKernelOptions):
-    """``(dpre, dW, dh0)`` of the scan, heads or dense kernels as :func:`_forward`."""
+    """``(dpre, dW, dh0)`` of the scan, heads or dense kernels as :func:`_forward` (which read ``h``
+    as contiguous)."""
+    h = h.contiguous()
     if heads.runs(w):
         return heads.backward(g, w, h, h0, need_dw, opts)[:3]
     dpre, dw, dh0 = _dense_backward(g, heads.block_diagonal(w), h, h0, need_dw, opts)
