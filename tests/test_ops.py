@@ -373,3 +373,20 @@ def test_assume_constant_marks_a_function_as_torch_compiler_does():
     assert torch.compiler.assume_constant_result(torchs) is torchs
     assert torchs.__dict__ and ours.__dict__ == torchs.__dict__
     assert LazyKernel.available.__dict__ == torchs.__dict__
+
+
+def test_aligned_copies_only_what_starts_off_a_16_byte_boundary():
+    """``registry.aligned``, which the CUDA C++ kernels' wrappers pass every operand through: a
+    contiguous tensor on a 16-byte boundary is itself, a view starting inside its storage is
+    copied to one (same values), a transposed one made contiguous, None stays None."""
+    from rnnlab.ops.registry import aligned
+
+    base = torch.arange(65, dtype=torch.bfloat16)
+    assert aligned(None) is None and base.data_ptr() % 16 == 0 and aligned(base) is base
+    off = base[1:].view(8, 8)  # 2 bytes in
+    a = aligned(off)
+    assert a.data_ptr() % 16 == 0 and a.data_ptr() != off.data_ptr() and torch.equal(a, off)
+    on = base[8:64].view(8, 7)  # 16 bytes in: kept
+    assert aligned(on) is on
+    t = base[:64].view(8, 8).t()
+    assert aligned(t).is_contiguous() and torch.equal(aligned(t), t)

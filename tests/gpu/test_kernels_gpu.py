@@ -810,6 +810,46 @@ def test_elman_dense_persistent_not_used_when_it_cannot_run():
     assert persistent.make_plan(torch.empty(1, 1, 8192, device=DEV, dtype=torch.bfloat16)) is None
 
 
+@pytest.mark.parametrize("dense_wgmma", [True, False])
+def test_elman_dense_cuda_kernels_take_operands_that_start_off_16_bytes(dense_wgmma, monkeypatch):
+    """wx, W and h0 as contiguous views starting 2 bytes into their storage (a direct call can pass
+    them; the layers never do), and the gradient too: the wgmma and persistent kernels, which load
+    16 bytes at a time, run on copies (``registry.aligned``) and give what they give on aligned
+    operands: the states bit for bit, every gradient to bf16 rounding (cuBLAS, which computes dW
+    and dh0, may pick other kernels for operands off 16 bytes)."""
+    from rnnlab.ops.elman import persistent, wgmma
+    from rnnlab.ops.elman import triton as et
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    if dense_wgmma and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the wgmma kernel needs a compute-capability 9.0 GPU")
+    module = wgmma if dense_wgmma else persistent
+    calls = []
+    for name in ("forward", "backward"):
+        monkeypatch.setattr(module, name, lambda *a, _fn=getattr(module, name), _n=name: calls.append(_n) or _fn(*a))
+
+    def off(x):  # x's values in a view 2 bytes into its storage
+        view = torch.empty(x.numel() + 1, device=DEV, dtype=torch.bfloat16)[1:].view(x.shape)
+        return view.copy_(x)
+
+    torch.manual_seed(17)
+    B, T, H = 3, 17, 64
+    values = [torch.randn(B, T, H), torch.randn(H, H) * (0.9 / H**0.5), torch.randn(B, H).tanh()]
+    gy = torch.randn(B, T, H, device=DEV, dtype=torch.bfloat16)
+    opts = ElmanKernelOptions(dense_wgmma=dense_wgmma)
+    runs = []
+    for place, g in ((off, off(gy)), (lambda x: x.to(DEV, torch.bfloat16), gy)):
+        xs = [place(v.to(DEV, torch.bfloat16)).requires_grad_() for v in values]
+        assert all((x.data_ptr() % 16 != 0) == (place is off) for x in xs)
+        y, _ = et.elman_scan(*xs, options=opts)
+        y.backward(g)
+        runs.append([y.detach(), *(x.grad for x in xs)])
+    assert calls == ["forward", "backward"] * 2
+    assert torch.equal(runs[0][0], runs[1][0])
+    for a, b in zip(runs[0][1:], runs[1][1:]):
+        torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
+
+
 # ------------------------------------------------------------------------------------- layers
 def _check_layer(name, layer_cpu, layer_gpu, dim, tol, B=2, T=40, refused=None, autocast=None):
     """Same weights; CPU reference in float64, CUDA path in fp32 (its forward under ``autocast``'s

@@ -228,6 +228,17 @@ def check_time_offsets(op: str, T: int, width: int) -> None:
                          f"pieces, each piece's final state the next one's h0")
 
 
+def aligned(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` contiguous and starting on a 16-byte boundary (None stays None): itself, or a copy
+    where it is a view starting inside its storage (``x.view(-1)[1:]``). For the CUDA C++ kernels,
+    which load 16 bytes at a time from each row and would refuse, or read amiss, anything else;
+    every tensor torch allocates starts on such a boundary."""
+    if t is None:
+        return None
+    t = t.contiguous()
+    return t if t.data_ptr() % 16 == 0 else t.clone()
+
+
 def final_state(h: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:
     """The state after the last step of all states ``h: [B, T, ...]`` from ``h0`` (None = zeros),
     in the compute dtype: ``h[:, -1]`` (``h0`` when T = 0). For kernels that store their states in

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from rnnlab.ops.registry import aligned
+
 __all__ = ["SHAPES", "SHAPES_W_IN_SHARED", "W_IN_REGISTERS_MAX_H", "MAX_RANK", "SOURCE", "Plan", "default_shapes",
            "make_plan", "forward", "backward", "multicast_available", "last_cluster_size"]
 
@@ -166,7 +168,7 @@ def _lowrank_operands(lowrank: tuple | None) -> tuple:
     lr_in[:H, :r] = state_side
     lr_out = epilogue_side.new_zeros(H, MAX_RANK)
     lr_out[:, :r] = epilogue_side
-    return lr_in, lr_out, s.float().contiguous()
+    return lr_in, lr_out, aligned(s.float())
 
 
 def _launch(ext, plan: Plan) -> tuple:
@@ -194,6 +196,7 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, plan: Pl
     ((h_{t-1} @ V) * s_t) @ U.T)``; contiguous ``wx, a: [B, T, H]``, ``w: [H, H]``, ``h0: [B, H]``
     (None = zeros), ``U, V: [H, r]``, all of one 16-bit dtype, ``s: [B, T, r]`` any float dtype."""
     ext = _ext(plan.lowrank, plan.source)
+    wx, w, h0, a = map(aligned, (wx, w, h0, a))
     return ext.forward(wx, None, w, h0, a, None, *_lowrank_operands(lowrank), *_launch(ext, plan))
 
 
@@ -204,6 +207,7 @@ def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, plan: Plan, a: t
     ``lowrank = (U, V, s)`` (note the order: U first) the bracket also holds
     ``((dpre_{t+1} @ U) * s_{t+1}) @ V.T``."""
     wt = w.t().contiguous()
+    g, h, a = map(aligned, (g, h, a))
     ext = _ext(plan.lowrank, plan.source)
     launch = _launch(ext, plan)
     if a is None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from rnnlab.ops.elman import persistent
+from rnnlab.ops.registry import aligned
 
 __all__ = ["SOURCE", "HEADER", "KS_CHOICES", "MAX_BATCH", "MAX_WIDTH", "supported", "forward", "backward"]
 
@@ -91,10 +92,10 @@ def forward(wx: torch.Tensor, w: torch.Tensor, h0: torch.Tensor | None, source: 
     """All states ``h_t = tanh(wx_t + h_{t-1} @ w.T)``: contiguous bf16 ``wx: [B, T, H]``, ``w: [H,
     H]``, ``h0: [B, H]`` (None = zeros); ``source``: the kernel's (a benchmark times copies)."""
     _check(wx, w)
-    return _ext(source).forward(wx, None, w, h0)
+    return _ext(source).forward(aligned(wx), None, aligned(w), aligned(h0))
 
 
 def backward(g: torch.Tensor, h: torch.Tensor, w: torch.Tensor, source: Path = SOURCE) -> torch.Tensor:
     """``dpre_t = (g_t + dpre_{t+1} @ w) * (1 - h_t^2)`` backwards over t (``dpre_T = 0``)."""
     _check(h, w, g)
-    return _ext(source).backward(g, h, w, None)  # the kernel reads W transposed
+    return _ext(source).backward(aligned(g), aligned(h), aligned(w), None)  # the kernel reads W transposed
