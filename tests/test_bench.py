@@ -919,6 +919,23 @@ def test_report_mfu_only_for_a_row_trained_at_one_peak(tmp_path):
     assert rows["old"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
 
 
+def test_report_mfu_only_for_a_row_trained_on_one_number_of_gpus(tmp_path):
+    """Seeds of a row trained on 1 and on 2 GPUs (at the same per-GPU rate: 30K and 60K tok/s) average
+    tok/s that no one world_size divides: the row's MFU was their mean over the first run's GPUs
+    (10.9%, 1.5x the 7.3% each ran at); now none, and the row is said to mix its runs' setups."""
+    from rnnlab.bench.report import mixed_row_warning
+
+    _synthetic_run(tmp_path, "e1-s1", 1.5, 2.0, 30000.0, seed=1)
+    _synthetic_run(tmp_path, "e1-s2", 1.5, 2.0, 60000.0, seed=2, world_size=2)
+    _synthetic_run(tmp_path, "two-s1", 1.5, 2.0, 60000.0, seed=1, world_size=2)
+    _synthetic_run(tmp_path, "two-s2", 1.5, 2.0, 60000.0, seed=2, world_size=2)
+    rows = {r["name"]: r for r in aggregate(collect(tmp_path)["records"])}
+    assert rows["e1"]["mfu"] is None
+    assert rows["two"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
+    assert mixed_row_warning([rows["two"]]) == []
+    assert "e1 (processes 1/2)" in mixed_row_warning([rows["e1"]])[-1]
+
+
 def test_a_folder_named_like_a_seed_is_a_seed_only_when_its_config_says_so(tmp_path):
     """Without suite.json, ``e1-s1`` and ``e1-s2`` (config seeds 1 and 2) are seeds of one row
     ``e1``; ``e16-s4`` trained with seed 42 (race-400m's E16 of state expansion 4) is the row

@@ -155,10 +155,12 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         row["extra_data"] = next((Path(r["summary"]["extra_val"]["data"]).name for r in use
                                   if r["summary"].get("extra_val")), None)
         # one peak for all the row's training (a seed or a resumed session on a GPU of another peak,
-        # or on none, mixes rates that no one peak divides): else no MFU
+        # or on none, mixes rates that no one peak divides), and one number of GPUs (seeds trained on
+        # 1 and 2 GPUs average rates that no one world_size divides): else no MFU
         peaks = {peak_tflops(session.get("gpu")) for r in use
                  for session in [*r["env"].get("earlier_sessions", []), r["env"]]}
-        row["mfu"] = row_mfu(row) if len(peaks) == 1 else None
+        worlds = {r["summary"].get("world_size") or 1 for r in use}
+        row["mfu"] = row_mfu(row) if len(peaks) == 1 and len(worlds) <= 1 else None
         rows.append(row)
     return rows
 
@@ -179,11 +181,13 @@ def run_decay_rates(record: dict[str, Any]) -> str | None:
 
 def run_setup(record: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for a row to average its runs: the budget (not the steps run: seeds of a
-    --minutes budget run different step counts), the parameter count, the protocol, the corpus and
-    the held-out bytes scored (a seed added with another --data or --eval-bytes is another measure)."""
+    --minutes budget run different step counts), the parameter count, the protocol, the corpus,
+    the held-out bytes scored (a seed added with another --data or --eval-bytes is another measure)
+    and the number of processes (GPUs) that trained it (its tok/s is all of theirs)."""
     s, c = record["summary"], record["config"]
     return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS},
-            **{k: c.get(k) for k in CORPUS_KEYS}, "held-out bytes": record.get("val_bytes")}
+            **{k: c.get(k) for k in CORPUS_KEYS}, "held-out bytes": record.get("val_bytes"),
+            "processes": s.get("world_size") or 1}  # tok/s counts every process's tokens
 
 
 def mean_count(values: list[int | None]) -> int | None:
@@ -207,7 +211,7 @@ def row_mfu(row: dict[str, Any]) -> float | None:
     """The row's model-FLOPs utilisation per GPU at its steady tok/s (all its processes' tokens,
     over ``world_size`` GPUs; ``rnnlab.bench.mfu``), or None (no GPU of known peak, or no
     throughput). ``aggregate`` gives none either to a row whose runs trained on GPUs of different
-    peaks."""
+    peaks, or on different numbers of GPUs."""
     peak = peak_tflops(row.get("gpu_name"))
     if peak is None or not row["params"] or row["tok_per_s"] is None:
         return None
