@@ -936,6 +936,22 @@ def test_report_mfu_only_for_a_row_trained_on_one_number_of_gpus(tmp_path):
     assert "e1 (processes 1/2)" in mixed_row_warning([rows["e1"]])[-1]
 
 
+def test_report_mfu_only_for_a_run_trained_on_one_number_of_gpus(tmp_path):
+    """A checkpoint of 2 ranks resumes on 1: the summary's world_size is the last session's (1), its
+    tok/s all sessions', 2 GPUs' share included, so that MFU over 1 GPU overstated the run's; env.json
+    keeps each session's world_size, and such a run has no MFU. A session from before env.json
+    recorded it counts as the summary's."""
+    for name, earlier in (("resumed", [{"gpu": "NVIDIA H100 80GB HBM3", "world_size": 2}]),
+                          ("same", [{"gpu": "NVIDIA H100 80GB HBM3", "world_size": 1}]),
+                          ("old", [{"gpu": "NVIDIA H100 80GB HBM3"}])):
+        _synthetic_run(tmp_path, name, 1.5, 2.0, 30000.0)
+        env = tmp_path / name / "env.json"
+        env.write_text(json.dumps({**json.loads(env.read_text()), "world_size": 1, "earlier_sessions": earlier}))
+    rows = {r["name"]: r for r in aggregate(collect(tmp_path)["records"])}
+    assert rows["resumed"]["mfu"] is None
+    assert rows["same"]["mfu"] == rows["old"]["mfu"] == pytest.approx(6 * 400e6 * 30000 / 989e12)
+
+
 def test_a_folder_named_like_a_seed_is_a_seed_only_when_its_config_says_so(tmp_path):
     """Without suite.json, ``e1-s1`` and ``e1-s2`` (config seeds 1 and 2) are seeds of one row
     ``e1``; ``e16-s4`` trained with seed 42 (race-400m's E16 of state expansion 4) is the row

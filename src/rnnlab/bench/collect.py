@@ -156,10 +156,11 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                                   if r["summary"].get("extra_val")), None)
         # one peak for all the row's training (a seed or a resumed session on a GPU of another peak,
         # or on none, mixes rates that no one peak divides), and one number of GPUs (seeds trained on
-        # 1 and 2 GPUs average rates that no one world_size divides): else no MFU
-        peaks = {peak_tflops(session.get("gpu")) for r in use
-                 for session in [*r["env"].get("earlier_sessions", []), r["env"]]}
-        worlds = {r["summary"].get("world_size") or 1 for r in use}
+        # 1 and 2 GPUs, or a run resumed on 1 GPU from a checkpoint of 2, have rates that no one
+        # world_size divides; sessions from before env.json recorded it are the summary's): else no MFU
+        sessions = [(r, session) for r in use for session in [*r["env"].get("earlier_sessions", []), r["env"]]]
+        peaks = {peak_tflops(session.get("gpu")) for _, session in sessions}
+        worlds = {session.get("world_size") or r["summary"].get("world_size") or 1 for r, session in sessions}
         row["mfu"] = row_mfu(row) if len(peaks) == 1 and len(worlds) <= 1 else None
         rows.append(row)
     return rows

@@ -57,7 +57,9 @@ TB = "tb"
 LOCK = ".lock"
 WANDB = "wandb"  # Weights & Biases keeps its files here (--wandb)
 WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its W&B run
-SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu")  # what env.json keeps of a resumed run's earlier sessions
+# what env.json keeps of a resumed run's earlier sessions (world_size: the processes that trained, which a
+# checkpoint may change; the summary's is the last session's, its tok/s all sessions')
+SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu", "world_size")
 CORPUS_KEYS = ("data", "val_data", "extra_val_data")  # config.json's corpus files, each a path or None
 RUN_FILES = (CONFIG, ENV, METRICS, METRICS_XZ, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
 

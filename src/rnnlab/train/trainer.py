@@ -354,7 +354,7 @@ class Trainer:
             # below, its record dropped from eval.jsonl now; one with a final evaluation that lacks
             # what this session asks for (a new --extra-val-data or --eval-bytes) is scored again
             # below, its old record kept until the new one is logged (closing: keep_last_final_eval)
-            env = {**env_info(self.device), "corpus": self.corpus}
+            env = {**env_info(self.device), "corpus": self.corpus, "world_size": ctx.world_size}
             redone = resumed and spent and self.final_eval_due()
             if redone and self.final_eval_done():
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,}; scoring its final "
