@@ -517,7 +517,7 @@ def bound_rows(name: str, cfgd: dict, B: int, T: int, steps: int, warm_seconds: 
         seconds = r["step_ms"] / 1e3
         if gemms:  # a step of the model's FLOPs; copies alone are a rate, not a step
             r["tok_per_s"] = round(B * T / seconds)
-            r["mfu"] = round(mfu(params, r["tok_per_s"], peak), 4)
+            r["mfu"] = mfu(params, r["tok_per_s"], peak)
             if not (holds and scans):  # E1's scans do FLOPs the recorded GEMMs leave out
                 r["gemm_tflops"] = round(step.flops / seconds / 1e12, 1)
         elif copies:
@@ -534,7 +534,7 @@ def model_row(name: str, cfgd: dict, args, peak: float) -> dict:
     each bound model but minGRU (compiled alone there, within 1% of compiled + graph) and of Mamba2
     in ``results/scoreboard-h200-1204``."""
     r = bench(name, cfgd, args.B, args.T, args.steps, MIN_COMPILE_WARMUP, DEFAULT, graphed=True, profile=args.profile)
-    r.update(row="model step", mfu=round(mfu(r["params"], r["tok_per_s"], peak), 4))
+    r.update(row="model step", mfu=mfu(r["params"], r["tok_per_s"], peak))
     r.pop("losses")
     return r
 

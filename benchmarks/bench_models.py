@@ -618,7 +618,7 @@ def annotate(rows: list[dict], peak: float) -> None:
             if math.isfinite(twin):  # a twin that diverged is no yardstick of rounding
                 tol = max(tol, TWIN_FACTOR * twin)
         for r in group:
-            r["mfu"] = round(mfu(r["params"], r["tok_per_s"], peak), 4)
+            r["mfu"] = mfu(r["params"], r["tok_per_s"], peak)  # unrounded: targets judge it
             r["max_dloss_vs_first_mode"] = max_dloss(r["losses"], ref)
             r["dloss_first_step"] = max_dloss(r["losses"][:1], ref[:1])
             r["loss_tol"] = round(tol, 5)
@@ -635,7 +635,7 @@ def annotate(rows: list[dict], peak: float) -> None:
         for key, ref_name in (("x_mamba2_best", "Mamba2 d22"), ("x_standalone_best", "Mamba2 d22 standalone")):
             best = [m for m in by_model.get((ref_name + step, r["B"]), []) if m["fastest"]]
             if best:
-                r[key] = round(r["tok_per_s"] / best[0]["tok_per_s"], 3)
+                r[key] = r["tok_per_s"] / best[0]["tok_per_s"]
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -651,7 +651,7 @@ def targets(rows: list[dict]) -> list[dict]:
             out.append(dict(row=name, B=B, what="x Mamba2", value=r["x_mamba2_best"], bound=X_MAMBA2_TARGETS[name]))
         if name in RATIO_TARGETS and (RATIO_TARGETS[name][0], B) in best:
             other, bound = RATIO_TARGETS[name]
-            x = round(r["tok_per_s"] / best[(other, B)]["tok_per_s"], 3)
+            x = r["tok_per_s"] / best[(other, B)]["tok_per_s"]
             out.append(dict(row=name, B=B, what=f"x {other}", value=x, bound=bound))
     for t in out:
         t["met"] = t["value"] >= t["bound"]
@@ -717,7 +717,7 @@ def compare_twins(rows: list[dict], suffix: str, key: str, what: str) -> None:
         if "error" in r or suffix in r["name"] or twin is None:
             continue
         r[f"max_dloss_vs_{key}"] = dloss = max_dloss(r["losses"], twin["losses"])
-        r[f"x_{key}"] = x = round(r["tok_per_s"] / twin["tok_per_s"], 3)
+        r[f"x_{key}"] = x = r["tok_per_s"] / twin["tok_per_s"]
         print(f"{r['name']} ({r['mode']}, B={r['B']}): {x:.3f}x the tok/s of {what}, losses within {dloss:.5f}")
 
 
