@@ -902,9 +902,9 @@ def test_a_command_freezes_what_is_alive_before_it_exits():
 def test_a_command_writes_each_line_on_standard_error_in_one_write(monkeypatch):
     """Under ``--gpus N`` torchrun and the ranks share one standard error, and unbuffered Python
     (``python -u``, as torchrun starts its workers) writes a ``print``'s text and its newline in two
-    writes: torchrun's log line once landed between them, inside a rank's one-line
-    end (test_distributed's lost-rank test). ``command`` makes each line one write; a progress
-    bar's carriage return still goes out at once."""
+    writes: torchrun's log line once landed between them, inside a rank's one-line end
+    (test_distributed's lost-rank test). ``command`` makes each line one write; a progress bar's
+    carriage return still goes out at once."""
     import rnnlab.cli as cli
 
     class Raw(io.RawIOBase):
