@@ -281,10 +281,10 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
     from its config.json), before any weights load; a run without weights (archived in results/
     without its checkpoints) is named first, as there is nothing of it to analyse on any corpus."""
     lengths = [seq_len or RunDir(run).config().data.seq_len for run in runs]
-    for run in runs:  # its held-out bytes come from the run's own corpus: moved or deleted since?
-        if not RunDir(run).has_checkpoint() and not (history and RunDir(run).weight_files()):
-            RunDir(run).checkpoint()  # no weights: its CheckpointError says so
-        if missing := RunDir(run).missing_corpus(heldout=True):
+    for run in map(RunDir, runs):  # its held-out bytes come from the run's own corpus: moved or deleted since?
+        if not run.has_checkpoint() and not (history and run.weight_files()):
+            run.checkpoint()  # no weights: its CheckpointError says so
+        if missing := run.missing_corpus(heldout=True):
             raise FileNotFoundError(f"{missing}: put it back there")
     for T in lengths:
         if last >= T:  # no earlier position would be left to measure: every lag None, silently

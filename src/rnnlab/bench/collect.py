@@ -161,7 +161,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         sessions = [(r, session) for r in use for session in [*r["env"].get("earlier_sessions", []), r["env"]]]
         peaks = {peak_tflops(session.get("gpu")) for _, session in sessions}
         worlds = {session.get("world_size") or r["summary"].get("world_size") or 1 for r, session in sessions}
-        row["mfu"] = row_mfu(row) if len(peaks) == 1 and len(worlds) <= 1 else None
+        row["mfu"] = row_mfu(row) if len(peaks) == len(worlds) == 1 else None
         rows.append(row)
     return rows
 

@@ -96,8 +96,12 @@ def config_from_args(args) -> TrainConfig:
     flags = config_flag_values(args)
     layer = flags.pop("layer", {})
     from_file = read_config_file(args.config) if args.config is not None else {}
-    file_source = f"config file {args.config}"
-    cfg = apply_overrides(apply_overrides(TrainConfig(), from_file, source=file_source), flags, source="flag")
+
+    def over(base: TrainConfig) -> TrainConfig:  # the file, then the flags, over ``base``
+        return apply_overrides(apply_overrides(base, from_file, source=f"config file {args.config}"), flags,
+                               source="flag")
+
+    cfg = over(TrainConfig())
     if cfg.run.resume:  # --resume, or the file's resume = true (which --no-resume overrides)
         run = RunDir(cfg.out_dir())
         saved = run.saved_config()
@@ -106,8 +110,7 @@ def config_from_args(args) -> TrainConfig:
         if missing:
             raise FileNotFoundError(f"{missing}: a resumed run reads the same path, so put the file back there")
         if saved is not None:  # the run's config, then the file and the flags over it
-            cfg = apply_overrides(apply_overrides(TrainConfig.from_dict(saved), from_file, source=file_source),
-                                  flags, source="flag")
+            cfg = over(TrainConfig.from_dict(saved))
     if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
         cfg.model.layer = {**cfg.model.layer, **layer}
     return cfg

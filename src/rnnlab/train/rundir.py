@@ -546,15 +546,15 @@ class RunDir:
         """Record the config and this session's environment; a resumed run cuts its logs back to
         ``resumed_step`` (the lines of steps after its checkpoint are written again; with
         ``final_eval_redone``, also that step's final evaluation, which its checkpoint lacks and
-        this session runs again) and keeps its earlier sessions' start, commit and GPU in
-        env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
+        this session runs again) and keeps its earlier sessions' start, commit, GPU and processes
+        (``SESSION_KEYS``) in env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
         larger budget) has its summary.json say incomplete until it ends again, so that a session
         that dies does not leave it complete at the old budget under config.json's new one; a failed
         or aborted run's summary loses its error as it resumes, so that such a session does not leave
-        it failed for a cause of an earlier session. A session
-        that trains no step (``scores_only``: a finished run's final evaluation scored again) keeps
-        env.json's training environment (device, GPU, load, commit: what the report reads beside the
-        training's tok/s) and adds its own start, commit and GPU to ``scoring_sessions``."""
+        it failed for a cause of an earlier session. A session that trains no step (``scores_only``: a
+        finished run's final evaluation scored again) keeps env.json's training environment (device,
+        GPU, load, commit: what the report reads beside the training's tok/s) and adds its own to
+        ``scoring_sessions``."""
         if resumed_step is not None:
             for name in (METRICS, EVALS):
                 self._unarchive(self.file(name))
