@@ -298,7 +298,8 @@ def test_a_bf16_run_is_analysed_in_fp32(tiny_train, small_corpus, tmp_path):
 
 def test_gradflow_json_is_strict_json_where_a_curve_has_no_reference(trained_run, tmp_path, monkeypatch):
     """A layer whose gradient at the last position is 0 has no normalised curve (NaN): gradflow.json
-    writes it as null, not the bare ``NaN`` that strict JSON readers refuse; finite values stay."""
+    writes it as null, not the bare ``NaN`` that strict JSON readers refuse; finite values stay, and
+    ``write_plots`` draws the records read back from the file."""
     real = gf._temporal_summary
     monkeypatch.setattr(gf, "_temporal_summary", lambda curves: real(torch.tensor([[1.0, 0.0]])))
     res = gf.analyze([trained_run], tmp_path / "gf", batches=3, seq_len=24, plots=False)
@@ -309,8 +310,12 @@ def test_gradflow_json_is_strict_json_where_a_curve_has_no_reference(trained_run
     def refuse(constant):
         raise ValueError(f"non-strict JSON constant {constant}")
 
-    rec = json.loads(text, parse_constant=refuse)["records"][0]
+    records = json.loads(text, parse_constant=refuse)["records"]
+    rec = records[0]
     assert rec["temporal_normalized"]["layer_0"] == [None, None] and rec["temporal"]["layer_0"] == [1.0, 0.0]
+    # the file's records plot again as they are, its nulls as gaps
+    assert [p.name for p in gf.write_plots(records, tmp_path / "gf")] == ["temporal_flow.png", "grad_norms.png",
+                                                                        "recurrence.png"]
 
 
 def test_power_iters_reach_the_jacobian_estimate():

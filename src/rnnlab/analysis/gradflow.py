@@ -348,7 +348,8 @@ def _plot_temporal(plt, shown: list[dict], path: Path) -> Path:
     for ax, rec in zip(axes[0], shown):
         for name, curve in rec["temporal_normalized"].items():
             lag = list(range(len(curve)))
-            vals = [max(v, 1e-12) if v == v else float("nan") for v in curve[::-1]]
+            # NaN in memory, null (None) read back from gradflow.json: a gap either way
+            vals = [max(v, 1e-12) if v is not None and v == v else float("nan") for v in curve[::-1]]
             ax.semilogy(lag, vals, label=name)
         ax.set_xlabel("lag T-1-t (bytes back from the last position)")
         ax.set_ylabel("||dL/dx_t|| / ||dL/dx_{T-1}||")
