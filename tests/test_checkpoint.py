@@ -523,6 +523,30 @@ def test_a_real_write_error_in_either_library_is_a_checkpoint_write_error_naming
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000001"]
 
 
+def test_a_checkpoint_whose_rename_the_disk_did_not_confirm_is_named_as_written(tmp_path, monkeypatch):
+    """The rename is done when ``ckpt/``'s fsync fails (EIO): the line says the new checkpoint is
+    there and what a power loss would leave (the one before it), not that it could not be written;
+    a resume takes it."""
+    saver = checkpoint.Checkpointer(tmp_path / "ckpt")
+    saver.save(_tiny_state(1), complete=False)
+    real = checkpoint.fsync_dir
+
+    def fails_on_ckpt(path):
+        if path == tmp_path / "ckpt":
+            raise OSError(errno.EIO, "Input/output error")
+        real(path)
+
+    monkeypatch.setattr(checkpoint, "fsync_dir", fails_on_ckpt)
+    with pytest.raises(checkpoint.CheckpointWriteError) as e:
+        saver.save(_tiny_state(2), complete=False)
+    ckpt = tmp_path / "ckpt"
+    assert str(e.value) == (f"the checkpoint of step 2 is written ({ckpt}/step-000002), but the disk did not confirm "
+                            "its folder's rename: Input/output error (EIO); a resume takes it unless the machine "
+                            f"loses power first (the one before it: {ckpt}/step-000001, step 1)")
+    newest, damaged = checkpoint.Checkpointer(ckpt).find()
+    assert (newest.step, damaged) == (2, [])
+
+
 def test_an_old_checkpoint_that_cannot_be_deleted_is_said_and_training_goes_on(tmp_path, capsys, monkeypatch):
     """Pruning runs after the new checkpoint is committed: an old one that cannot be deleted is a
     warning, not a failure (the run completes, every checkpoint it could not delete stays)."""

@@ -100,6 +100,11 @@ def unless_committed(awaited: Checkpoint) -> str:
             "rank 0's line says which")
 
 
+def _cause(e: OSError) -> str:
+    """The OS's words and code for a failed write: ``No space left on device (ENOSPC)``."""
+    return f"{e.strerror or e}" + (f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else "")
+
+
 def step_dir_name(step: int) -> str:
     return f"{STEP_PREFIX}{step:06d}"
 
@@ -480,9 +485,8 @@ class Checkpointer:
                 if staged is not None:
                     self._commit(staged, state.step)
             except OSError as e:
-                what = f" ({errno.errorcode[e.errno]})" if e.errno in errno.errorcode else ""
                 raise CheckpointWriteError(f"could not write the checkpoint of step {state.step} to "
-                                           f"{self.directory}: {e.strerror or e}{what}; {self.kept()}") from e
+                                           f"{self.directory}: {_cause(e)}; {self.kept()}") from e
             finally:
                 self.writing.clear()
             if staged is not None:
@@ -543,7 +547,15 @@ class Checkpointer:
                 remove_tree(final)
             os.rename(staged, final)
             _pause()
-            fsync_dir(self.directory)
+            try:
+                fsync_dir(self.directory)
+            except OSError as e:  # the rename is done: the line must not say this checkpoint is lost
+                before = ("none before it" if self.last is None
+                          else f"the one before it: {self.last.path}, step {self.last.step}")
+                raise CheckpointWriteError(
+                    f"the checkpoint of step {step} is written ({final}), but the disk did not confirm its "
+                    f"folder's rename: {_cause(e)}; a resume takes it unless the machine loses power first "
+                    f"({before})") from e
             # here, not only in save(): a second Ctrl-C held back by this block is raised as it
             # ends, skipping save()'s own update, and its message (kept()) must name this checkpoint
             self.last = Checkpoint(final, step)
