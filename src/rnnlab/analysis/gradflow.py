@@ -302,7 +302,7 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
                 "run": str(run), "weights": str(weights) if weights else None, "step": step,
                 "model": cfg.model.model, "dim": cfg.model.dim, "depth": cfg.model.depth,
                 "layer": cfg.model.layer, "seq_len": T, "batches": len(data),
-                "batch_size": batch_size, "last": last, "power_iters": power_iters, **r,
+                "batch_size": len(data[0]), "last": last, "power_iters": power_iters, **r,
             })
     result = {"records": records}
     out = Path(out)
