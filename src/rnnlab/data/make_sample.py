@@ -9,10 +9,12 @@ Not run at import. Usage::
 see ``sample/README.md``.)
 
 Rule (deterministic, standard library only): for every shard, in sorted file-name order,
-decompress from the start and keep the longest prefix of whole documents that is at most
-``per_shard`` bytes (documents end with a blank line, i.e. the prefix ends in ``b"\\n\\n"``).
-If the first document alone is longer than ``per_shard``, that one document is kept.
-A shard shorter than ``per_shard`` is kept whole. The kept prefixes are concatenated.
+decompress from the start and keep the longest prefix that ends at a blank line (``b"\\n\\n"``)
+and is at most ``per_shard`` bytes. A blank line ends each document, but documents hold blank
+lines too (code files, e-mails, manuals), so a prefix may end inside a document: the held-out
+file stays disjoint from training at document level all the same, since the val shards' documents
+are not in the train shards. If the first blank line ends after ``per_shard`` bytes, the prefix up
+to it (included) is kept. A shard shorter than ``per_shard`` is kept whole. The kept prefixes are concatenated.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 
 def cut_prefix(path: str | Path, per_shard: int, chunk: int = 1 << 16) -> bytes:
-    """Longest prefix of whole documents of the xz file ``path`` with at most ``per_shard`` bytes."""
+    """Longest prefix of the xz file ``path`` that ends at a blank line and has at most ``per_shard`` bytes."""
     buf = bytearray()
     with lzma.open(path, "rb") as f:
         buf += f.read(per_shard + 1)  # one byte more, to see whether the whole shard fits
