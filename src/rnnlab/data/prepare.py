@@ -47,8 +47,9 @@ from tqdm import tqdm
 
 from rnnlab.data.corpus import COMPRESSED_MAGIC, MAGIC_BYTES, TAR_HEAD, ZIP_MAGIC, compression_of, is_tar
 
-# Bytes per read, compressed or not. Decompressing one such read of Zstandard yields its
-# compression ratio times more (a few times for text); xz and gzip yield at most this much.
+# Bytes per read, compressed or not. Decompressing one such read of Zstandard, xz or bzip2 (each
+# read through _stream_blocks) yields its compression ratio times more (a few times for text);
+# gzip's reader yields at most this much.
 READ_SIZE = 1 << 16
 FOLDER_FORMATS = (".txt", ".jsonl")  # what a folder contributes (before any compression suffix)
 
