@@ -261,6 +261,17 @@ def test_left_padding_is_refused(exported):
                           do_sample=False).shape == (2, 5)
 
 
+def test_generate_of_one_byte_after_right_padding_is_refused(exported):
+    """A right-padded prompt of a batch of unequal lengths is refused by ``generate`` for one new byte
+    too: it was refused only from the second step on (the pad-then-1 mask), so ``max_new_tokens=1``
+    returned a byte predicted after the pad bytes, with no error."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
+    ids = torch.tensor([[104, 105, 0], [104, 105, 106]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match=r"generate: batch prompts of equal length, or one at a time"):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False)
+
+
 def test_generate_takes_a_nul_byte_in_the_prompt_as_a_byte(exported):
     """Without an ``attention_mask`` every prompt byte is text, NUL too (the BOS byte lm-eval
     conditions on, or a NUL in the data): generate gives ``rnnlab sample``'s greedy bytes instead of

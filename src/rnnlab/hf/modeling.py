@@ -171,6 +171,16 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         # for padding would refuse such a prompt as left-padded.
         return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
 
+    def generate(self, *args, **kwargs):
+        """GenerationMixin's ``generate``, refusing an ``attention_mask`` whose last column holds a pad:
+        that prompt's new bytes would follow its pads (the first one too, before any mask reaches
+        ``forward`` with a pad before a real byte)."""
+        mask = kwargs.get("attention_mask")
+        if mask is not None and mask.shape[-1] > 0 and not bool(mask[:, -1].all()):
+            raise ValueError("rnnlab models cannot generate after padding: a right-padded prompt's new bytes would "
+                             "follow its pads (generate: batch prompts of equal length, or one at a time)")
+        return super().generate(*args, **kwargs)
+
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.embed
 
