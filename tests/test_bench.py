@@ -1030,6 +1030,18 @@ def test_report_skips_an_export_folder_beside_the_runs(tmp_path):
         collect(export)
 
 
+def test_report_skips_the_logs_folder_of_a_suite_whose_run_is_named_like_a_run_file(tmp_path):
+    """``--gpus N`` writes each run's config to ``OUT/logs/<run>.json``: a run named ``config`` (or
+    ``summary``) leaves a logs/config.json, which made logs/ read as a run, a "logs (partial)" row."""
+    for name in ("config", "summary"):
+        _synthetic_run(tmp_path, name, 1.5, 2.0, 30000.0)
+        (tmp_path / "logs").mkdir(exist_ok=True)
+        (tmp_path / "logs" / f"{name}.json").write_text((tmp_path / name / "config.json").read_text())
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "runs": [
+        {"name": n, "seed": None, "dir": n, "point": None} for n in ("config", "summary")]}))
+    assert [r[0] for r in _table_rows(write_report(tmp_path, plots=False)["md"].read_text())] == ["config", "summary"]
+
+
 def test_report_commit_is_the_runs_else_this_code(monkeypatch):
     """The commit the runs recorded (env.json), marked dirty as recorded, each with its runs when
     they differ or some recorded none; where none did, the commit of the code writing the report

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.bench.mfu import mfu, peak_tflops
-from rnnlab.bench.suite import SUITE_FILE
+from rnnlab.bench.suite import LOGS, SUITE_FILE
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS
 from rnnlab.train.rundir import RunDir, read_json
 
@@ -44,8 +44,9 @@ def collect(root: str | Path) -> dict[str, Any]:
         raise NotADirectoryError(f"report dir {root} is a file, not a folder of runs")
     plan = read_json(root / SUITE_FILE) or {}
     planned = {r["dir"]: r for r in plan.get("runs", [])}
-    dirs = [RunDir(root / d) for d in planned] + [
-        RunDir(p) for p in sorted(root.iterdir()) if p.name not in planned and _is_run(p)]
+    # a suite's logs/ (--gpus N) is no run, though a run named config leaves a logs/config.json
+    dirs = [RunDir(root / d) for d in planned] + [RunDir(p) for p in sorted(root.iterdir()) if p.name not in planned
+                                                  and not (planned and p.name == LOGS) and _is_run(p)]
     if not dirs and _is_run(root):  # a single run folder
         dirs = [RunDir(root)]
     records = []
