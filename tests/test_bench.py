@@ -1517,6 +1517,29 @@ def test_plots_integer_steps_bar_values_and_bpb_vs_training_time(tmp_path):
     assert bars.get_ylabel() == "training tokens / s (steady)"
 
 
+def test_a_diverged_run_does_not_flatten_the_other_loss_curves(tmp_path):
+    """A run whose loss blew up (1e12 before it turned NaN) is drawn, but the loss panels' y range
+    stops at 1.1 x the highest first loss and their titles say so; without such a run, nothing is
+    cut and the titles say nothing."""
+    from rnnlab.bench import plots as P
+
+    losses = {"good": [5.5 - 0.1 * i for i in range(20)], "bad": [5.5] * 10 + [10.0 ** i for i in range(3, 13)]}
+    for name, ys in losses.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": i + 1, "loss": y, "elapsed_s": float(i), "warmup_s": 0.0}) + "\n"
+            for i, y in enumerate(ys)))
+    curves = P.run_curves(collect(tmp_path)["records"])
+    colors = P.colors_for(sorted(losses))
+    for ax in (P.loss_and_bpb_figure(curves, colors).axes[0], P.loss_vs_time_figure(curves, colors).axes[0]):
+        assert len(ax.get_lines()) == 2 and ax.get_ylim()[1] < 1.1 * 5.5 + 0.3
+        assert ax.get_title().endswith("(losses above 1.1 x the highest first loss not shown)")
+    (tmp_path / "bad" / "metrics.jsonl").unlink()
+    curves = P.run_curves(collect(tmp_path)["records"])
+    left = P.loss_and_bpb_figure(curves, colors).axes[0]
+    assert left.get_title() == "training loss vs step" and left.get_ylim()[0] < 3.6 < 5.0 < left.get_ylim()[1]
+
+
 def test_bpb_vs_bytes_puts_each_evaluation_at_the_bytes_its_step_had_read(tmp_path):
     """bpb_vs_bytes.png: runs of different batch sizes side by side at equal data: each held-out
     point at the training bytes read by its step (metrics.jsonl's tokens), in millions; at y solid

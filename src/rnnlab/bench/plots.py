@@ -134,10 +134,12 @@ def _safe(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in s)
 
 
-def _draw_losses(ax, curves, colors, xkey: str, scale: float = 1.0) -> None:
+def _draw_losses(ax, curves, colors, xkey: str, scale: float = 1.0) -> bool:
     """Each run's smoothed training loss against ``xkey`` (divided by ``scale``); the y range
-    leaves out the first 10% of every curve (the initial drop swamps the rest)."""
-    labelled, tail = set(), []
+    leaves out the first 10% of every curve (the initial drop swamps the rest) and every value
+    above 1.1 x the highest first loss (a run that diverged, at 1e12 before its loss turned NaN,
+    would flatten every other curve): returns whether some were."""
+    labelled, tail, first = set(), [], []
     for c in curves.values():
         name = c["name"]
         pts = [(x[xkey] / scale, x["loss"]) for x in c["metrics"] if x.get(xkey) is not None]
@@ -148,13 +150,19 @@ def _draw_losses(ax, curves, colors, xkey: str, scale: float = 1.0) -> None:
         ax.plot(xs, ys, color=colors[name], lw=1.2, label=None if name in labelled else name)
         labelled.add(name)
         tail.extend(ys[len(ys) // 10:])
+        first.append(ys[0])
     ax.set_ylabel("training loss (nats/byte, smoothed)")
-    if tail:
-        lo, hi = min(tail), max(tail)
+    shown = [y for y in tail if y <= 1.1 * max(first, default=0.0)]
+    if shown:
+        lo, hi = min(shown), max(shown)
         pad = 0.05 * (hi - lo) + 1e-3
         ax.set_ylim(lo - pad, hi + pad)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return len(shown) < len(tail)
+
+
+LOSS_CLIPPED = "\n(losses above 1.1 x the highest first loss not shown)"
 
 
 def loss_and_bpb_figure(curves, colors):
@@ -165,10 +173,10 @@ def loss_and_bpb_figure(curves, colors):
     hollow points at x."""
     plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    _draw_losses(left, curves, colors, "step")
+    clipped = _draw_losses(left, curves, colors, "step")
     left.set_xlabel("step")
     integer_ticks(left.xaxis)
-    left.set_title("training loss vs step")
+    left.set_title("training loss vs step" + (LOSS_CLIPPED if clipped else ""))
     scale, unit = time_unit(max((t for c in curves.values() for t, _ in c["bpb"]), default=0))
     clipped = _draw_bpb(right, curves, colors, "", scale)
     right.set_xlabel(f"{TIME_LABEL} ({unit})")
@@ -243,9 +251,9 @@ def loss_vs_time_figure(curves, colors):
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
     scale, unit = time_unit(max((x["clock_s"] or 0 for c in curves.values() for x in c["metrics"]), default=0))
-    _draw_losses(ax, curves, colors, "clock_s", scale)
+    clipped = _draw_losses(ax, curves, colors, "clock_s", scale)
     ax.set_xlabel(f"{TIME_LABEL} ({unit})")
-    ax.set_title("training loss vs training time")
+    ax.set_title("training loss vs training time" + (LOSS_CLIPPED if clipped else ""))
     return fig
 
 
