@@ -14,7 +14,8 @@ and is at most ``per_shard`` bytes. A blank line ends each document, but documen
 lines too (code files, e-mails, manuals), so a prefix may end inside a document: the held-out
 file stays disjoint from training at document level all the same, since the val shards' documents
 are not in the train shards. If the first blank line ends after ``per_shard`` bytes, the prefix up
-to it (included) is kept. A shard shorter than ``per_shard`` is kept whole. The kept prefixes are concatenated.
+to it (included) is kept. A shard shorter than ``per_shard`` is kept whole. The kept prefixes are
+concatenated.
 """
 
 from __future__ import annotations
