@@ -199,8 +199,8 @@ class E1Config(InnerWidth):
                             "(RMSNorm on the state before the output gate)")
     spectral_radius: float = option(0.99, help="the spectral norm W_h is rescaled to (norm=spectral)",
                                     bounds=positive())
-    power_iters: int = option(3, help="power iterations per training forward estimating W_h's spectral norm",
-                              bounds=positive(MAX_SIZE))
+    power_iters: int = option(3, help="power iterations per forward estimating W_h's spectral norm (their "
+                                      "result kept in training only)", bounds=positive(MAX_SIZE))
     backend: str = op_backend_option(BACKENDS)
 
     @property
