@@ -98,9 +98,12 @@ def main() -> int:
     if a.json:
         import torch
 
+        from rnnlab.train.runtime import git_commit_label
+
         meta = dict(device=f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}",
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    torch=torch.__version__, command=" ".join(sys.argv), steps=a.steps, warmup=a.warmup)
+                    git_commit=git_commit_label(), torch=torch.__version__, command=" ".join(sys.argv),
+                    steps=a.steps, warmup=a.warmup)
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(dict(meta=meta, rows=results), indent=1) + "\n")
     return 0

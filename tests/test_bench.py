@@ -3005,6 +3005,29 @@ def test_bench_trainer_rows_time_the_trainers_steps_with_their_change_only():
         assert metrics.TensorBoard is kept and gc.isenabled()
 
 
+def _bench_distributed_json(tmp_path, monkeypatch, *args) -> dict:
+    """bench_distributed.py's --json for a run whose ``rnnlab train`` calls are stood in for."""
+    bd = _benchmark_script("bench_distributed")
+    steps = [{"tok_per_s": 1000.0}] * 12
+    monkeypatch.setattr(bd, "run", lambda *a: {"params": 10, "peak_mem_gib": 0.1, "loss": 5.0,
+                                                "tok_per_s": steps, "steps": 12})
+    out = tmp_path / "dist.json"
+    monkeypatch.setattr(sys, "argv", ["bench_distributed.py", "--models", "e1", "--steps", "12", "--warmup", "2",
+                                      *args, "--json", str(out)])
+    assert bd.main() == 0
+    return json.loads(out.read_text())
+
+
+def test_bench_distributed_records_the_commit(tmp_path, monkeypatch):
+    """bench_distributed.py's --json names the code's commit beside its device and date, as every
+    other benchmark's does (results/distributed_h200x2.json had none)."""
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "abc1234")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H200")
+    meta = _bench_distributed_json(tmp_path, monkeypatch)["meta"]
+    assert (meta["git_commit"], meta["device"]) == ("abc1234", "2 x NVIDIA H200") and meta["date"]
+
+
 def test_bench_trainer_models_are_the_races_in_their_race_modes(tmp_path):
     """bench_trainer.py measures the race's Mamba2, E16 and Gated DeltaNet: the same configs, and
     compiled or eager as the race runs them."""
