@@ -100,7 +100,8 @@ def main() -> int:
 
         from rnnlab.train.runtime import git_commit_label
 
-        meta = dict(device=f"{torch.cuda.device_count()} x {torch.cuda.get_device_name()}",
+        gpus = torch.cuda.device_count()  # none in a CPU smoke run (--dim, --depth)
+        meta = dict(device=f"{gpus} x {torch.cuda.get_device_name()}" if gpus else "cpu",
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     git_commit=git_commit_label(), torch=torch.__version__, command=" ".join(sys.argv),
                     steps=a.steps, warmup=a.warmup)

@@ -3028,6 +3028,15 @@ def test_bench_distributed_records_the_commit(tmp_path, monkeypatch):
     assert (meta["git_commit"], meta["device"]) == ("abc1234", "2 x NVIDIA H200") and meta["date"]
 
 
+def test_bench_distributed_cpu_smoke_run_writes_its_json(tmp_path, monkeypatch):
+    """The CPU smoke run bench_distributed.py offers (--dim 64 --depth 2) writes its --json after
+    training instead of failing on the GPU's name."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    doc = _bench_distributed_json(tmp_path, monkeypatch, "--dim", "64", "--depth", "2")
+    assert doc["meta"]["device"] == "cpu" and doc["rows"][0]["1gpu"]["tok_per_s"] == 1000.0
+
+
 def test_bench_trainer_models_are_the_races_in_their_race_modes(tmp_path):
     """bench_trainer.py measures the race's Mamba2, E16 and Gated DeltaNet: the same configs, and
     compiled or eager as the race runs them."""
