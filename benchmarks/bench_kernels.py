@@ -1088,6 +1088,8 @@ def main(argv=None):
                          total_ms=round(tot, 4), floor_ms=round(floor_ms, 4), note=note))
         print(f"{name:34s} {shape:22s} fwd {f:8.3f}  bwd {b:8.3f}  total {tot:8.3f} ms  "
               f"floor {floor_ms:6.3f}  {note}", flush=True)
+        if args.json:  # after each row, so that a call cut short keeps what it measured; finish() completes it
+            write_json(args.json, dict(meta=run_meta(args, bw, fl, complete=False), rows=rows))
 
     el = 2  # bf16 bytes
 
@@ -1368,23 +1370,36 @@ def schedulefree_steps(add, reps, bw):
         del opt, params
 
 
-def finish(args, rows, bw, fl, tc, copies: dict[str, Path]):
-    """Print the run's record and write ``--json``; ``copies``: the other persistent kernels timed,
-    recorded by their names in the command and the extension names their sources give them."""
-    from rnnlab.ops.elman import persistent
+def run_meta(args, bw, fl, complete: bool, **more) -> dict:
+    """The record's device, date, commit, versions, command, shapes and ceilings (``complete``:
+    False while rows are still to come)."""
     from rnnlab.train.runtime import git_commit_label
 
-    copies = {label: persistent._ext_name(path.read_bytes(), persistent.build_flags()) for label, path in copies.items()}
-    meta = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
+    return dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now(datetime.timezone.utc)
                 .isoformat(timespec="seconds"), git_commit=git_commit_label(),
                 torch=torch.__version__, triton=triton.__version__,
                 python=platform.python_version(), command=" ".join(sys.argv), B=args.B, T=args.T,
                 dtype="bf16", copy_bw_GBs=round(bw / 1e9, 1), gemm_bf16_TFLOPs=round(fl / 1e12, 1),
-                cublas_chain_ms=None if tc is None else round(tc, 4), persistent_against=copies or None)
+                complete=complete, **more)
+
+
+def write_json(path: str, doc) -> None:
+    """``doc`` as indented JSON at ``path``, its folder made."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1))
+
+
+def finish(args, rows, bw, fl, tc, copies: dict[str, Path]):
+    """Print the run's record and write ``--json``; ``copies``: the other persistent kernels timed,
+    recorded by their names in the command and the extension names their sources give them."""
+    from rnnlab.ops.elman import persistent
+
+    copies = {label: persistent._ext_name(path.read_bytes(), persistent.build_flags()) for label, path in copies.items()}
+    meta = run_meta(args, bw, fl, complete=True, cublas_chain_ms=None if tc is None else round(tc, 4),
+                    persistent_against=copies or None)
     print(json.dumps(meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(meta=meta, rows=rows), f, indent=1)
+        write_json(args.json, dict(meta=meta, rows=rows))
 
 
 if __name__ == "__main__":

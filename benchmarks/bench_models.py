@@ -723,7 +723,7 @@ def compare_twins(rows: list[dict], suffix: str, key: str, what: str) -> None:
 
 def write_json(path: str, doc) -> None:
     """``doc`` as indented JSON at ``path``, its folder made: the benchmarks write their rows after
-    each one, so a call cut short keeps what it measured (bench_peers.py, bench_trainer.py too)."""
+    each one, so a call cut short keeps what it measured (bench_peers.py, bench_trainer.py, bench_kernels.py too)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(doc, indent=1))
 

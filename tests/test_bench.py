@@ -2538,6 +2538,23 @@ def test_bench_models_prints_idle_gaps_by_kernels(capsys):
     assert out[3] == "    0.002 ms (1 a step): triton_per_x -> _scan_bwd"
 
 
+def test_bench_kernels_json_of_a_call_cut_short_keeps_its_rows(tmp_path, monkeypatch):
+    """bench_kernels.py writes --json after each row (complete: false) into a folder it makes, so a
+    call stopped by its time limit keeps what it measured; finish() writes it complete."""
+    bk = _benchmark_script("bench_kernels")
+    monkeypatch.setattr(bk.torch.cuda, "get_device_name", lambda: "GPU X")
+    monkeypatch.setenv("RNNLAB_GIT_COMMIT", "abc1234")
+    args = types.SimpleNamespace(B=2, T=3, json=str(tmp_path / "new" / "k.json"))
+    bk.write_json(args.json, dict(meta=bk.run_meta(args, 1e12, 1e15, complete=False), rows=[{"name": "a"}]))
+    doc = json.loads(Path(args.json).read_text())
+    assert doc["rows"] == [{"name": "a"}]
+    assert {k: doc["meta"][k] for k in ("device", "git_commit", "B", "T", "complete")} == \
+        {"device": "GPU X", "git_commit": "abc1234", "B": 2, "T": 3, "complete": False}
+    bk.finish(args, [{"name": "a"}, {"name": "b"}], 1e12, 1e15, None, {})
+    doc = json.loads(Path(args.json).read_text())
+    assert len(doc["rows"]) == 2 and doc["meta"]["complete"] is True and doc["meta"]["git_commit"] == "abc1234"
+
+
 def test_bench_kernels_heads_note_is_no_bit_for_bit_over_a_nan():
     """bench_kernels.py's heads rows: a variant whose states agree bit for bit but whose gradient is
     nan reads "outputs within nan", not "bit for bit" (max() passed over the nan)."""
