@@ -68,6 +68,9 @@ import triton.language as tl
 from rnnlab.ops.elman.persistent import SHAPES
 from rnnlab.ops.tanh import tanh
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_models import write_json  # noqa: E402
+
 
 def timeit(fn, reps: int, warmup: int = 2, back_to_back: int = 1) -> float:
     """Median ms of ``fn`` over ``reps`` timings. With ``back_to_back = n`` each timing queues
@@ -1089,7 +1092,7 @@ def main(argv=None):
         print(f"{name:34s} {shape:22s} fwd {f:8.3f}  bwd {b:8.3f}  total {tot:8.3f} ms  "
               f"floor {floor_ms:6.3f}  {note}", flush=True)
         if args.json:  # after each row, so that a call cut short keeps what it measured; finish() completes it
-            write_json(args.json, dict(meta=run_meta(args, bw, fl, complete=False), rows=rows))
+            write_json(args.json, dict(meta=kernels_meta(args, bw, fl, complete=False), rows=rows))
 
     el = 2  # bf16 bytes
 
@@ -1370,7 +1373,7 @@ def schedulefree_steps(add, reps, bw):
         del opt, params
 
 
-def run_meta(args, bw, fl, complete: bool, **more) -> dict:
+def kernels_meta(args, bw, fl, complete: bool, **more) -> dict:
     """The record's device, date, commit, versions, command, shapes and ceilings (``complete``:
     False while rows are still to come)."""
     from rnnlab.train.runtime import git_commit_label
@@ -1383,19 +1386,13 @@ def run_meta(args, bw, fl, complete: bool, **more) -> dict:
                 complete=complete, **more)
 
 
-def write_json(path: str, doc) -> None:
-    """``doc`` as indented JSON at ``path``, its folder made."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(doc, indent=1))
-
-
 def finish(args, rows, bw, fl, tc, copies: dict[str, Path]):
     """Print the run's record and write ``--json``; ``copies``: the other persistent kernels timed,
     recorded by their names in the command and the extension names their sources give them."""
     from rnnlab.ops.elman import persistent
 
     copies = {label: persistent._ext_name(path.read_bytes(), persistent.build_flags()) for label, path in copies.items()}
-    meta = run_meta(args, bw, fl, complete=True, cublas_chain_ms=None if tc is None else round(tc, 4),
+    meta = kernels_meta(args, bw, fl, complete=True, cublas_chain_ms=None if tc is None else round(tc, 4),
                     persistent_against=copies or None)
     print(json.dumps(meta))
     if args.json:

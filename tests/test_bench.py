@@ -2545,7 +2545,7 @@ def test_bench_kernels_json_of_a_call_cut_short_keeps_its_rows(tmp_path, monkeyp
     monkeypatch.setattr(bk.torch.cuda, "get_device_name", lambda: "GPU X")
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "abc1234")
     args = types.SimpleNamespace(B=2, T=3, json=str(tmp_path / "new" / "k.json"))
-    bk.write_json(args.json, dict(meta=bk.run_meta(args, 1e12, 1e15, complete=False), rows=[{"name": "a"}]))
+    bk.write_json(args.json, dict(meta=bk.kernels_meta(args, 1e12, 1e15, complete=False), rows=[{"name": "a"}]))
     doc = json.loads(Path(args.json).read_text())
     assert doc["rows"] == [{"name": "a"}]
     assert {k: doc["meta"][k] for k in ("device", "git_commit", "B", "T", "complete")} == \
