@@ -239,6 +239,22 @@ def test_one_power_iteration_written_out():
     torch.testing.assert_close(got, W * 0.9 / ((u @ W @ v).abs() + 1e-8), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("iters", [2, 3])
+def test_converge_spectral_runs_exactly_iters_power_iterations(iters):
+    """``converge_spectral(k)`` (``recurrent_weight(update=True, iters=k)``) runs exactly k power
+    iterations from the stored u and keeps it, for k > 1 too; the perturbed W_h has distinct
+    singular values, so one iteration fewer or more gives another u."""
+    layer = make(dim=8, spectral_radius=0.9).double()
+    W, u = layer.W_h.detach(), layer.spectral_u.clone()
+    for _ in range(iters):
+        v = W.T @ u
+        v = v / (v.norm() + 1e-8)
+        u = W @ v
+        u = u / (u.norm() + 1e-8)
+    layer.converge_spectral(iters)
+    torch.testing.assert_close(layer.spectral_u, u, rtol=1e-12, atol=1e-14)
+
+
 @pytest.mark.parametrize("heads", [1, 2])
 def test_a_triton_backend_layer_steps_and_weighs_on_the_cpu(heads):
     """A layer configured with ``backend="triton"`` (trained on a GPU) still decodes on the CPU:
