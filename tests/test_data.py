@@ -470,6 +470,19 @@ def test_eval_windows_stop_at_the_last_whole_window(tmp_path):
     assert wins.tolist() == [list(range(9))]
 
 
+def test_exactly_one_window_of_bytes_is_enough(tmp_path):
+    """seq_len + 1 bytes hold one window: a split of exactly that many scores it (and trains on
+    it, at offset 0), as does a ``max_bytes`` cap of exactly that many; one byte fewer does not."""
+    p = tmp_path / "c.bin"
+    p.write_bytes(bytes(range(20)))
+    s = Split(ByteCorpus(p), 3, 9, "val")
+    assert torch.cat(list(eval_windows(s, 8, 4))).tolist() == [list(range(3, 12))]
+    assert BatchStream(s, 2, 8).batch(0).tolist() == [list(range(3, 12))] * 2
+    whole = Split(ByteCorpus(p), 0, 20, "val")
+    assert torch.cat(list(eval_windows(whole, 8, 4, max_bytes=9))).tolist() == [list(range(9))]
+    with pytest.raises(ValueError, match="shorter than one evaluation window"):
+        list(eval_windows(whole, 8, 4, max_bytes=8))
+
 def test_eval_windows_max_bytes_beyond_the_split_is_the_whole_split(corpus_file):
     """A ``max_bytes`` cap larger than the split scores the split, never bytes past its end (the
     train split's windows must not run into the held-out tail)."""
