@@ -1617,6 +1617,16 @@ def test_report_reads_runs_of_different_batches_at_equal_training_bytes(tmp_path
     assert equal_bytes_lines(collect(tmp_path)["records"]) == []
 
 
+def test_equal_bytes_table_is_for_different_bytes_per_step_not_different_lengths(tmp_path):
+    """Two runs of the same batch (4096 bytes a step) that stopped at different steps (a --minutes
+    budget's seeds) read the same bytes per step: tokens / step is 4096 for both, no table."""
+    from rnnlab.bench.report import equal_bytes_lines
+
+    _two_batch_runs(tmp_path, (250, 500, 750), (100, 200))
+    (tmp_path / "b16" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": i, "loss": 3.0, "tokens": i * 4096}) + "\n" for i in (100, 200)))
+    assert equal_bytes_lines(collect(tmp_path)["records"]) == []
+
 def test_interpolate_reads_a_single_point_only_at_its_own_x():
     from rnnlab.bench.report import interpolate
 
