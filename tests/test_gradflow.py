@@ -390,3 +390,33 @@ def test_a_short_last_batch_weighs_each_window_once():
     want = torch.stack(curves).mean(0)
     for i, layer in enumerate(("layer_0", "layer_1")):
         assert r["temporal"][layer] == pytest.approx(want[i].tolist(), rel=1e-5)
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3])
+def test_jacobian_sigma_runs_exactly_iters_power_iterations(iters):
+    """``iters`` power iterations on J^T J from the seeded start, J formed explicitly: the estimate
+    after k of them is ||J v_k||, v_k = (J^T J)^k v_0 normalised (not yet converged at these k)."""
+    g = torch.Generator().manual_seed(1)
+    K, N = 5, 3
+    W = torch.randn(K, K, generator=g, dtype=torch.float64)
+    d = torch.rand(N, K, generator=g, dtype=torch.float64)
+    v0 = torch.randn(N, K, generator=torch.Generator().manual_seed(0), dtype=torch.float64)  # seed=0's start
+    want = []
+    for i in range(N):
+        J = torch.diag(d[i]) @ W
+        u = torch.linalg.matrix_power(J.T @ J, iters) @ v0[i]
+        want.append((J @ (u / u.norm())).norm())
+    torch.testing.assert_close(gf.jacobian_sigma(d, W, iters=iters, seed=0), torch.stack(want), rtol=1e-10, atol=0)
+
+
+def test_dense_recurrence_of_heads_is_the_matrix_of_the_recurrent_term():
+    """``h @ dense_recurrence(w_h).T`` is the recurrent term: for heads, head n of it is h's head n
+    times ``w_h[n].T``, taken here head by head (the Jacobian tests form J with dense_recurrence
+    itself, so a transposed block-diagonal matrix would pass them)."""
+    g = torch.Generator().manual_seed(0)
+    w_h = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    h = torch.randn(5, 12, generator=g, dtype=torch.float64)
+    want = torch.cat([h[:, 4 * n:4 * n + 4] @ w_h[n].T for n in range(3)], dim=1)
+    torch.testing.assert_close(h @ gf.dense_recurrence(w_h).T, want, rtol=0, atol=1e-12)
+    dense = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    assert torch.equal(gf.dense_recurrence(dense), dense)
