@@ -172,6 +172,25 @@ def test_a_move_that_rebuilds_the_layers_keeps_frozen_parameters_frozen(exported
     assert {name for name, p in model.model.named_parameters() if not p.requires_grad} == frozen
 
 
+def test_a_cast_that_rebuilds_the_layers_keeps_its_dtype(exported, official_would_run, monkeypatch):
+    """A cast on the CPU of a model built for the GPU (``.double()``) rebuilds its layers for the
+    CPU in the cast's dtype: the weights are float64 and the logits rnnlab's own in float64."""
+    import rnnlab.hf.modeling as modeling
+    from rnnlab.layers.mamba2 import Mamba2
+
+    monkeypatch.setattr(Mamba2, "_adopt_official", Mamba2._build_reference)
+    monkeypatch.setattr(modeling, "load_device", lambda device_map: torch.device("cuda"))
+    run, hf = exported["mamba2"]
+    model = AutoModelForCausalLM.from_pretrained(hf)
+    lm = model.model
+    model.double()
+    assert model.model is not lm  # rebuilt: official to reference
+    assert {p.dtype for p in model.parameters()} == {torch.float64}
+    _, ref, _ = RunDir(run).load("cpu")
+    ids = torch.tensor([list(PROMPT)])
+    torch.testing.assert_close(model(ids).logits, ref.double()(ids), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("device_map,cuda,want", [
     (None, True, "cpu"), ("cpu", True, "cpu"), ("cuda", True, "cuda"), ("cuda:1", True, "cuda"), (0, True, "cuda"),
     (torch.device("cuda", 0), True, "cuda"), ({"": 0}, True, "cuda"), ({"": "cuda:0"}, True, "cuda"),
