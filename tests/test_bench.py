@@ -176,6 +176,9 @@ def test_scaling_options(tmp_path):
     assert len(plan) == 2 * len(suite.runs)
     assert [p.dir.name for p in plan[:2]] == ["e1-s1", "e1-s2"]
     assert [p.cfg.run.seed for p in plan[:2]] == [1, 2]
+    wide = plan_suite(suite, tmp_path, seeds="3,13,103", runs="e1")  # one folder per seed, whatever its digits
+    assert [(p.dir.name, p.seed, p.cfg.run.seed) for p in wide] == [("e1-s3", 3, 3), ("e1-s13", 13, 13),
+                                                                     ("e1-s103", 103, 103)]
     for p in plan:
         assert p.cfg.budget.steps == 7 and p.cfg.budget.minutes is None and p.cfg.run.device == "cpu"
         assert p.params == count_params(p.cfg.model)
@@ -716,6 +719,22 @@ def test_one_process_suite_records_the_gpu_a_device_index_names(tmp_path, monkey
     suite, out, _ = _suite_of_fakes(tmp_path, monkeypatch, "ab", {"device": "cuda:1"})
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
     run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=lambda m: None)
+    runs = json.loads((out / "suite.json").read_text())["runs"]
+    assert [(r["dir"], r.get("gpu")) for r in runs] == [("a", None), ("b", "5")]
+
+
+def test_one_process_rescore_keeps_the_gpu_the_run_trained_on(tmp_path, monkeypatch):
+    """A complete run re-scored in this process (``--device cuda:1`` again, other GPUs visible now)
+    keeps in suite.json the GPU it trained on, as ``--gpus N`` does: re-scoring trains no step."""
+    import rnnlab.bench.runner as runner
+
+    suite, out, calls = _suite_of_fakes(tmp_path, monkeypatch, "ab", {"device": "cuda:1"})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=lambda m: None)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    monkeypatch.setattr(runner, "run_status", lambda pr: "rescore")
+    result = run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=lambda m: None)
+    assert result["rescored"] == ["a", "b"] and len(calls) == 4
     runs = json.loads((out / "suite.json").read_text())["runs"]
     assert [(r["dir"], r.get("gpu")) for r in runs] == [("a", None), ("b", "5")]
 
