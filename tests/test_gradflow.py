@@ -420,3 +420,18 @@ def test_dense_recurrence_of_heads_is_the_matrix_of_the_recurrent_term():
     torch.testing.assert_close(h @ gf.dense_recurrence(w_h).T, want, rtol=0, atol=1e-12)
     dense = torch.randn(6, 6, generator=g, dtype=torch.float64)
     assert torch.equal(gf.dense_recurrence(dense), dense)
+
+
+def test_a_last_of_the_whole_window_measures_the_loss_at_every_position():
+    """``last`` >= the window's length (a direct call: ``analyze`` refuses it) is every position's
+    loss: layer 0's curve is ``||dl/dx_t||`` of the window's mean loss over all its targets."""
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="e1", dim=16, depth=1)).eval()
+    w = torch.randint(0, 256, (1, 7))
+    r = gf.grad_norms_and_temporal(model, [w], last=6)
+    x, y = w[:, :-1], w[:, 1:]
+    x0 = model.embed(x).detach().requires_grad_()
+    x1 = x0 + model.blocks[0].mixer(model.blocks[0].norm(x0))
+    F.cross_entropy(model.head(model.norm_f(x1))[0], y[0]).backward()
+    assert r["temporal"]["layer_0"] == pytest.approx(x0.grad[0].norm(dim=-1).tolist(), rel=1e-5)
+    assert gf.grad_norms_and_temporal(model, [w], last=50)["temporal"] == r["temporal"]
