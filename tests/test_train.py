@@ -460,6 +460,19 @@ def test_a_failed_run_resumed_is_not_failed_for_the_earlier_cause(tiny_train, tm
     assert RunDir(run).status() == "incomplete" and RunDir(run).summary() == {**summary, "complete": False}
 
 
+def test_an_aborted_run_resumed_loses_its_aborted_flag(tiny_train, tmp_path):
+    """A run aborted by a second Ctrl-C (summary.json: its error and ``"aborted": true``) resumed: the
+    summary loses both as the session starts, so that a session then killed (``kill -9``) does not
+    leave it saying it was aborted for an earlier session's stop."""
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    summary = RunDir(run).summary()
+    RunDir(run).write_summary({**summary, "complete": False, "error": "aborted by Ctrl-C at step 3", "aborted": True})
+    trainer = Trainer(tiny_train(run, steps=4, resume=True), progress=False)  # set up, not trained
+    trainer.rundir.release()
+    assert RunDir(run).summary() == {**summary, "complete": False}
+
+
 def test_a_run_resumed_on_other_data_is_refused_and_nothing_changes(tiny_train, tmp_path):
     """The corpus file replaced under the same path (same config) would give the resumed run other
     batches: refused in one line naming both sizes, or, sizes equal, both fingerprints; the folder
