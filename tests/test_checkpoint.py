@@ -179,6 +179,24 @@ def test_saving_a_step_whose_directory_exists_replaces_it(tmp_path):
     assert sorted(p.name for p in (ckpt / "step-000005").iterdir()) == ["manifest.json", "model.safetensors", "state.pt"]
 
 
+def test_a_staging_folder_left_under_this_writers_name_is_replaced(tmp_path):
+    """A staging folder already under the name this process and thread stage into (left by an earlier
+    process with the same pid, as a container's restarted process gets, or by a save whose cleanup
+    failed) is cleared first: the save succeeds, and nothing of the stale folder enters the checkpoint."""
+    from rnnlab.train.durable import temporary_name
+
+    ckpt = tmp_path / "ckpt"
+    stale = temporary_name(ckpt / "step-000005")
+    stale.mkdir(parents=True)
+    (stale / "leftover.bin").write_bytes(b"old")
+    saver = checkpoint.Checkpointer(ckpt)
+    saver.save(_tiny_state(5), complete=True)
+    assert saver.find() == (checkpoint.Checkpoint(ckpt / "step-000005", 5), [])
+    files = sorted(p.name for p in (ckpt / "step-000005").iterdir())
+    assert files == ["manifest.json", "model.safetensors", "state.pt"]
+    assert [p.name for p in ckpt.iterdir()] == ["step-000005"]  # the stale folder's name is gone
+
+
 # ------------------------------------------------------------------------------ damage
 def test_a_checkpoint_deleted_while_it_is_read_gives_way_to_the_newest(tiny_train, tmp_path, monkeypatch):
     """eval / sample / export of a run still training: the checkpoint found may be deleted (the
