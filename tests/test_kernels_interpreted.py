@@ -131,6 +131,40 @@ def test_kernel_matches_reference(case, with_h0):
     check_kernel(getattr(op.kernel.get(), name), op.naive, inputs, h0)
 
 
+# one case of each op with a state and B > 1 (E1: heads, dense, heads with decay, low-rank)
+STRIDED_H0_CASES = [CASES[i] for i in (0, 4, 6, 10, 12, 14, 17, 19, 21)]
+
+
+@pytest.mark.parametrize("case", STRIDED_H0_CASES, ids=_id)
+def test_kernels_take_an_initial_state_of_other_strides(case):
+    """An initial state that is a view of a larger tensor (as the previous chunk's final state ``h[:, -1]``
+    of fp32 states is), which the kernels, indexing it as a contiguous ``[B, ...]``, must not read as
+    such: outputs and every gradient, that of the state included, equal the float64 reference's."""
+    name, make, width = case
+    g = torch.Generator().manual_seed(9)
+    inputs = make(g)
+    shape = width if isinstance(width, tuple) else (width,)
+    h0 = torch.randn(inputs[0].shape[0], 2, *shape, generator=g)[:, 1]
+    assert inputs[0].shape[0] > 1 and not h0.is_contiguous()
+    op = OPS[name]
+    check_kernel(getattr(op.kernel.get(), name), op.naive, inputs, h0)
+
+
+def test_e88_gradient_of_the_initial_state_alone():
+    """Only ``S0`` requires a gradient (a learned initial state before frozen inputs): the forward
+    keeps its checkpoints all the same, and ``S0``'s gradient is the float64 reference's."""
+    g = torch.Generator().manual_seed(10)
+    inputs = _e88(2, 5, 2, 3, 4)(g)
+    s0 = torch.randn(2, 2, 3, 4, generator=g, requires_grad=True)
+    ref_s0 = s0.detach().double().requires_grad_()
+    y, _ = OPS["e88_scan"].kernel.get().e88_scan(*inputs, s0)
+    ref, _ = OPS["e88_scan"].naive(*(t.double() for t in inputs), ref_s0)
+    dy = torch.randn(y.shape, generator=g)
+    (got,) = torch.autograd.grad(y, s0, dy)
+    (want,) = torch.autograd.grad(ref, ref_s0, dy.double())
+    torch.testing.assert_close(got, want.float(), **TOL)
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # g's sigmoid: exp(200) = inf, 1 / inf = 0
 @pytest.mark.parametrize("name,parts", [("mingru_scan", 2), ("minlstm_scan", 3)])
 def test_fused_gates_saturated(name, parts):
