@@ -165,6 +165,24 @@ def test_e88_gradient_of_the_initial_state_alone():
     torch.testing.assert_close(got, want.float(), **TOL)
 
 
+def test_e88_backward_takes_output_gradients_of_other_strides():
+    """The gradients of ``y`` and of ``S_T`` in other memory layouts (a loss of ``y.sum()`` or a slice
+    passes an expanded or strided one; here both transposed), which the backward kernel, indexing them as
+    contiguous, must not read as such: every input's gradient equals the float64 reference's."""
+    g = torch.Generator().manual_seed(11)
+    leaves = [t.requires_grad_() for t in (*_e88(2, 5, 2, 3, 4)(g), torch.randn(2, 2, 3, 4, generator=g))]
+    ref_leaves = [t.detach().double().requires_grad_() for t in leaves]
+    y, s_T = OPS["e88_scan"].kernel.get().e88_scan(*leaves)
+    ref, ref_s_T = OPS["e88_scan"].naive(*ref_leaves)
+    gy = torch.randn(y.shape[::-1], generator=g).permute(3, 2, 1, 0)
+    gs = torch.randn(s_T.shape[::-1], generator=g).permute(3, 2, 1, 0)
+    assert not gy.is_contiguous() and not gs.is_contiguous()
+    got = torch.autograd.grad((y, s_T), leaves, (gy, gs))
+    want = torch.autograd.grad((ref, ref_s_T), ref_leaves, (gy.double(), gs.double()))
+    for i, (a, b) in enumerate(zip(got, want)):
+        torch.testing.assert_close(a, b.float(), **TOL, msg=f"grad of input {i}")
+
+
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp")  # g's sigmoid: exp(200) = inf, 1 / inf = 0
 @pytest.mark.parametrize("name,parts", [("mingru_scan", 2), ("minlstm_scan", 3)])
 def test_fused_gates_saturated(name, parts):
