@@ -290,6 +290,20 @@ def test_heads_backward_skips_dw_when_not_needed():
     torch.testing.assert_close(dwx, want, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("heads", [2, 0])
+def test_weight_gradient_when_only_the_weight_requires_it(heads):
+    """``W_h``'s gradient is computed when ``W_h`` requires it, whether or not ``wx`` does (a frozen
+    input projection): the float64 reference's."""
+    g = torch.Generator().manual_seed(13)
+    wx, w = _elman(2, 5, 32, heads=heads)(g)
+    w.requires_grad_()
+    ref_w = w.detach().double().requires_grad_()
+    dy = torch.randn(2, 5, 32, generator=g)
+    (got,) = torch.autograd.grad(E.elman_scan(wx, w)[0], [w], dy)
+    (want,) = torch.autograd.grad(OPS["elman_scan"].naive(wx.double(), ref_w)[0], [ref_w], dy.double())
+    torch.testing.assert_close(got, want.float(), **TOL)
+
+
 @pytest.mark.parametrize("B,T,H,heads,rows,with_h0,dtype", [
     (3, 5, 72, 3, 32, True, torch.float32), (2, 33, 32, 2, 64, False, torch.float32),
     (1, 1, 16, 1, 32, True, torch.float32), (3, 37, 256, 2, 1024, True, torch.float16)])
