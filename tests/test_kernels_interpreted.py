@@ -765,6 +765,25 @@ def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, 
                                  (B, T, 28), 32) is None  # dtypes differ (bf16 rows of 56 bytes)
 
 
+def test_scans_by_tma_only_on_nvidia_gpus_from_hopper_on(monkeypatch):
+    """The tensor memory accelerator's forward is taken on CUDA devices of compute capability 9 and
+    later only (an Ampere GPU has no TMA: its descriptors would fail to launch), never under ROCm; CPU
+    tensors (the interpreter, which emulates it) take it too."""
+    from types import SimpleNamespace
+
+    from rnnlab.ops.scan import triton as stri
+
+    has_tma = stri._has_tma.__wrapped__  # uncached
+    cuda = SimpleNamespace(type="cuda")
+    for major, want in [(7, False), (8, False), (9, True), (10, True)]:
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device, major=major: (major, 0))
+        monkeypatch.setattr(torch.version, "hip", None)
+        assert has_tma(cuda) is want, major
+        monkeypatch.setattr(torch.version, "hip", "6.2")
+        assert has_tma(cuda) is False, major
+    assert has_tma(torch.device("cpu")) is True
+
+
 @pytest.mark.parametrize("name", ["elman_decay_scan", "elman_lowrank_scan"])
 def test_selective_kernels_of_an_empty_sequence_return_the_initial_state(name):
     """T = 0: no states, and the final state is the initial one, exactly, in fp32 (zeros without
