@@ -784,6 +784,28 @@ def test_scans_by_tma_only_on_nvidia_gpus_from_hopper_on(monkeypatch):
     assert has_tma(torch.device("cpu")) is True
 
 
+@pytest.mark.parametrize("name,make,width", [
+    ("linear_scan", _scan(3, 0, 20), 20), ("mingru_scan", _scan(3, 0, 20, parts=2), 20),
+    ("minlstm_scan", _scan(3, 0, 20, parts=3), 20), ("diag_elman_scan", _diag(3, 0, 20), 20),
+    ("elman_scan", _elman(3, 0, 32, heads=2), 32), ("elman_scan", _elman(3, 0, 32), 32),
+    ("elman_decay_scan", _decay(3, 0, 32), 32)],
+    ids=["linear", "mingru", "minlstm", "diag", "elman_heads", "elman_dense", "elman_decay"])
+def test_kernels_of_an_empty_sequence_give_h0_the_final_states_gradient(name, make, width):
+    """T = 0: the final state is ``h0``, so ``h0``'s gradient is exactly the final state's; the scan's
+    backward, which launches no kernel, adds zeros to it (not an uninitialised buffer: tensors of NaN
+    are freed just before, where the allocator may hand them out again)."""
+    g = torch.Generator().manual_seed(14)
+    inputs = [x.requires_grad_() for x in make(g)]
+    h0 = torch.randn(3, width, generator=g, requires_grad=True)
+    g_T = torch.randn(3, width, generator=g)
+    h, h_T = getattr(OPS[name].kernel.get(), name)(*inputs, h0)
+    loss = h.sum() + (h_T * g_T).sum()
+    for _ in range(4):
+        torch.full((3, width), float("nan"))
+    (dh0,) = torch.autograd.grad(loss, [h0])
+    assert torch.equal(dh0, g_T)
+
+
 @pytest.mark.parametrize("name", ["elman_decay_scan", "elman_lowrank_scan"])
 def test_selective_kernels_of_an_empty_sequence_return_the_initial_state(name):
     """T = 0: no states, and the final state is the initial one, exactly, in fp32 (zeros without
