@@ -255,6 +255,22 @@ def test_heads_backward_sums_dw_after_the_gluon_scan_at_128_channels(monkeypatch
     assert torch.equal(dw, torch.ones_like(w) if sums_after else torch.full_like(w, 7.0)) and da is None
 
 
+def test_gluon_heads_kernels_take_no_decay_and_only_with_the_fast_tanh(monkeypatch):
+    """``heads._gluon``: with the Gluon kernels taking the tensors (faked here: CPU), the module is
+    picked for a plain heads scan with ``heads_gluon`` and the MUFU tanh on, never for one with E1's
+    decay (the Gluon kernels have no decay operand) nor with either switched off."""
+    from rnnlab.ops.elman import heads, heads_gluon
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+
+    monkeypatch.setattr(heads_gluon, "supported", lambda *args: True)
+    monkeypatch.setattr(ElmanKernelOptions, "use_fast_tanh", lambda self, x: self.fast_tanh)
+    x = torch.randn(2, 3, 128)
+    assert heads._gluon(ElmanKernelOptions(), None, x, 64) is heads_gluon
+    assert heads._gluon(ElmanKernelOptions(), torch.rand_like(x), x, 64) is None
+    assert heads._gluon(ElmanKernelOptions(heads_gluon=False), None, x, 64) is None
+    assert heads._gluon(ElmanKernelOptions(fast_tanh=False), None, x, 64) is None
+
+
 @pytest.mark.parametrize("rows", [-32, 48])
 def test_heads_dw_rows_is_checked(rows):
     from rnnlab.ops.elman.options import ElmanKernelOptions
