@@ -105,6 +105,8 @@ CASES = [
     ("gpus_exponent", [*TRAIN, "--gpus", "1e3"], "argument --gpus: must be an integer, got '1e3'"),  # not "invalid int"
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
+    # dim is the model's, not a layer option: not a TypeError of a keyword given twice
+    ("layer_dim", [*TRAIN, "--layer", "dim=64"], "unknown e1 layer option(s) ['dim']"),
     ("backend_triton_cpu", [*TRAIN, "--layer", "backend=triton"],
      "e1 layer option backend=triton runs only on CUDA; this run's device is cpu (use backend=auto, which runs "
      "the PyTorch reference there)"),
