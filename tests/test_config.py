@@ -562,3 +562,20 @@ def test_a_token_budget_takes_at_most_the_largest_step_budget():
         TrainConfig.from_dict({**shape, "tokens": 32 * 10**12 + 1}).validate()
     assert str(e.value) == ("tokens (32,000,000,000,001) at batch_size * seq_len = 32 tokens per step take "
                             "1,000,000,000,001 steps, more than the 1,000,000,000,000 a step budget may be")
+
+
+def test_a_backend_chosen_is_built_as_chosen_off_cuda():
+    """``ModelConfig.on_device``: off CUDA, only a layer on backend auto takes its PyTorch reference;
+    one that names its backend (``backend=official``) is built as named, never swapped for another
+    without a word (the official layer then refuses CPU tensors itself)."""
+    import torch
+
+    from rnnlab.models.config import ModelConfig
+
+    for model in ("mamba2", "gdn"):
+        auto = ModelConfig(model=model, dim=64, depth=1)
+        assert auto.on_device(None).layer == {"backend": "reference"}
+        assert auto.on_device(torch.device("cuda")) is auto
+        official = ModelConfig(model=model, dim=64, depth=1, layer={"backend": "official"})
+        assert official.on_device(None) is official
+        assert official.on_device(torch.device("cpu")).layer == {"backend": "official"}
