@@ -215,6 +215,21 @@ def test_negative_numbers_reach_their_flag():
                                     "--tokens", "-5M", "--params", "-1.5b", "--y", "-M"]) == [
         "train", "--lr=-1e-3", "--steps", "-2", "--dim=-.5E2", "--x=-1e-3", "--tokens=-5M", "--params=-1.5b",
         "--y", "-M"]
+    # a flag that already has its value (--x=V) takes no other: -5M stays a stray argument argparse names
+    assert attach_negative_numbers(["--lr=1e-3", "-5M"]) == ["--lr=1e-3", "-5M"]
+
+
+def test_gpus_1_trains_in_this_process(monkeypatch):
+    """``--gpus 1`` is one process: ``rnnlab train`` trains in itself, with no torchrun re-launch."""
+    from rnnlab.cli import build_parser
+    from rnnlab.train import cli
+
+    argv = ["train", "--gpus", "1", "--device", "cpu", "--steps", "2"]
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])
+    monkeypatch.setattr(cli, "_check_before_launch", lambda cfg, n: None)
+    monkeypatch.setattr(cli, "run_passing_signals", lambda *a, **k: pytest.fail("re-launched through torchrun"))
+    assert cli._launch(build_parser().parse_args(argv)) is None
 
 
 def test_a_reader_that_leaves_early_is_no_error(monkeypatch, capsys):
