@@ -1295,3 +1295,41 @@ def test_a_final_evaluation_failing_on_one_fsdp2_rank_ends_every_rank_at_once(tm
     assert "rnnlab train: rank 0: another rank ended (" in r.stderr, r.stderr[-5000:]
     assert "rnnlab train: rank 1: error: out of memory in the evaluation at step 4" in r.stderr, r.stderr[-5000:]
     assert json.loads((run / "summary.json").read_text())["error"].startswith("another rank ended (")
+
+
+def test_a_collective_failure_is_cut_past_160_characters_and_its_peer_gone_read_from_its_words():
+    """A cause saying a peer is gone is cut to 160 characters from 161 on; "broken pipe" says a peer
+    is gone; a RuntimeError naming a process group is a failed collective; a cause ends without its
+    full stop."""
+    cause, gone = dist.collective_failure(RuntimeError(f"[gloo/pair.cc:1] Connection closed by peer {'x' * 140}"))
+    assert gone and len(cause) == 160 and cause.endswith("...")
+    assert dist.collective_failure(RuntimeError("[gloo/pair.cc:589] Write error: Broken pipe.")) == (
+        "Write error: Broken pipe", True)
+    assert dist.collective_failure(RuntimeError("ProcessGroup failed to finish its work")) == (
+        "ProcessGroup failed to finish its work", False)
+
+
+def test_a_blank_timeout_variable_is_the_default_and_the_process_group_waits_that_many_minutes(monkeypatch):
+    """``RNNLAB_DIST_TIMEOUT_MIN`` of blanks is unset (60 minutes); ``init`` passes the timeout in
+    minutes to ``init_process_group`` and sets ``NCCL_NVLS_ENABLE=0`` first (an explicit value wins)."""
+    assert dist.timeout_minutes({dist.TIMEOUT_ENV: "  "}) == dist.DEFAULT_TIMEOUT_MIN == 60
+    seen = {}
+
+    class Started(Exception):
+        pass
+
+    def init_process_group(backend, **kw):
+        seen.update(kw, backend=backend, nvls=os.environ.get("NCCL_NVLS_ENABLE"))
+        raise Started
+
+    monkeypatch.setattr(dist.dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(dist.dist, "is_initialized", lambda: False)
+    monkeypatch.delenv("NCCL_NVLS_ENABLE", raising=False)
+    monkeypatch.setenv(dist.TIMEOUT_ENV, "2.5")
+    with pytest.raises(Started):
+        dist.DistContext(rank=0, world_size=2).init(torch.device("cpu"))
+    assert seen["timeout"].total_seconds() == 150 and seen["backend"] == "gloo" and seen["nvls"] == "0"
+    monkeypatch.setenv("NCCL_NVLS_ENABLE", "1")
+    with pytest.raises(Started):
+        dist.DistContext(rank=0, world_size=2).init(torch.device("cpu"))
+    assert seen["nvls"] == "1"
