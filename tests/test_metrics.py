@@ -435,3 +435,10 @@ def test_closing_the_bar_keeps_the_other_trackers(tiny_train, tmp_path):
     logger.close_bar()
     assert logger.trackers == kept and bar.bar.disable is True  # tqdm's close disables the bar
     logger.close()
+
+
+def test_an_eval_line_groups_its_byte_counts_in_thousands():
+    from rnnlab.train.metrics import eval_line
+
+    line = eval_line({"step": 5, "val_loss": 1.0, "val_bpb": 1.5, "bytes": 1234567})
+    assert line == "eval step 5: val_loss 1.0000  val_bpb 1.5000  (1,234,567 held-out bytes)"
