@@ -4040,3 +4040,34 @@ def test_smooth_is_a_trailing_mean_over_the_window():
     assert smooth([1.0, 2.0, 3.0, 4.0], 2) == [1.0, 1.5, 2.5, 3.5]
     assert smooth([1.0, 2.0, 3.0, 4.0], 3) == [1.0, 1.5, 2.0, 3.0]
     assert smooth([1.0, 2.0], 1) == [1.0, 2.0]
+
+
+def test_a_time_axis_is_in_seconds_below_10_minutes_minutes_below_3_hours_then_hours():
+    from rnnlab.bench.plots import time_unit
+
+    assert [time_unit(s) for s in (0, 599, 600, 3 * 3600 - 1, 3 * 3600)] == [
+        (1, "s"), (1, "s"), (60, "min"), (60, "min"), (3600, "h")]
+
+
+def test_held_out_points_at_x_above_1_25_times_the_solid_curves_are_left_above_the_axis():
+    from rnnlab.bench.plots import _draw_bpb, pyplot
+
+    def clipped(x_bpb: float) -> bool:
+        fig, ax = pyplot().subplots()
+        curves = {"r": {"name": "r", "bpb": [(1.0, x_bpb)], "bpb_y": [(1.0, 1.0)], "bytes": {100}}}
+        try:
+            return _draw_bpb(ax, curves, {"r": "C0"}, "", 1.0)
+        finally:
+            pyplot().close(fig)
+
+    assert clipped(1.26) and not clipped(1.24)
+
+
+def test_a_numeric_sweep_axis_spanning_ten_times_is_drawn_on_a_log_scale():
+    from rnnlab.bench.plots import pyplot, sweep_figure
+
+    rows = [{"point": {"lr": lr}, "loss": 1.0, "loss_std": None, "val_bpb": 1.5, "val_bpb_std": None}
+            for lr in (1e-3, 1e-2)]
+    fig = sweep_figure(rows, ["lr"])
+    assert [ax.get_xscale() for ax in fig.axes] == ["log", "log"]
+    pyplot().close(fig)
