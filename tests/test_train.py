@@ -1902,3 +1902,29 @@ def test_a_cpu_run_on_a_gpu_machine_takes_options_only_the_official_kernels_refu
     cfg.model.layer = layer
     run_training(cfg, progress=False)
     assert (tmp_path / "run" / "summary.json").exists()
+
+
+def test_git_state_counts_tracked_changes_only_and_env_json_starts_in_utc(monkeypatch):
+    """``git status`` is asked about tracked files only (an untracked file beside the code leaves a
+    run clean), and env.json's ``started`` is UTC (it ends in Z) whatever the machine's time zone."""
+    import calendar
+    import subprocess
+    import time
+
+    from rnnlab.train import runtime
+
+    monkeypatch.delenv("RNNLAB_GIT_COMMIT", raising=False)
+    asked = []
+    monkeypatch.setattr(runtime.subprocess, "run", lambda cmd, **kw: asked.append(cmd) or subprocess.CompletedProcess(
+        cmd, 0, "abc123\n" if cmd[1] == "rev-parse" else "", ""))
+    assert runtime.git_state() == ("abc123", False)
+    assert asked[1] == ["git", "status", "--porcelain", "--untracked-files=no"]
+    monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9, no daylight saving
+    time.tzset()
+    try:
+        started = runtime.env_info(torch.device("cpu"))["started"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert started.endswith("Z")
+    assert abs(calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 600
