@@ -152,7 +152,8 @@ def _draw_losses(ax, curves, colors, xkey: str, scale: float = 1.0) -> bool:
         tail.extend(ys[len(ys) // 10:])
         first.append(ys[0])
     ax.set_ylabel("training loss (nats/byte, smoothed)")
-    shown = [y for y in tail if y <= 1.1 * max(first, default=0.0)]
+    top = 1.1 * max(first, default=0.0)
+    shown = [y for y in tail if y <= top]
     if shown:
         lo, hi = min(shown), max(shown)
         pad = 0.05 * (hi - lo) + 1e-3
