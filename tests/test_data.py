@@ -543,3 +543,30 @@ def test_make_sample_joins_the_shards_cut_in_sorted_name_order(tmp_path, monkeyp
     assert (tmp_path / "out" / "registry_pile_val.txt").read_bytes() == b"a1\n\na2\n\nb1\n\nb2\n\n"
     assert info["train"]["shards"] == [("a.train.txt.xz", 4), ("b.train.txt.xz", 4)]
     assert info["val"]["md5"] == hashlib.md5(b"a1\n\na2\n\nb1\n\nb2\n\n").hexdigest()
+
+
+def test_make_sample_interrupted_leaves_the_sample_it_found(tmp_path, monkeypatch):
+    """A ``make_sample`` run stopped between shards (Ctrl-C, a bad shard) leaves the sample that was
+    there whole, and no temporary file beside it: the package's tests read that file."""
+    import lzma
+
+    from rnnlab.data import make_sample as ms
+
+    (tmp_path / "train").mkdir()
+    for name in ("a", "b"):
+        (tmp_path / "train" / f"{name}.train.txt.xz").write_bytes(lzma.compress(b"x1\n\nx2\n\n"))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "registry_pile_train.txt").write_bytes(b"the old sample\n\n")
+    cut = ms.cut_prefix
+
+    def stop_at_b(path, limit):
+        if path.name.startswith("b"):
+            raise KeyboardInterrupt
+        return cut(path, limit)
+
+    monkeypatch.setattr(ms, "cut_prefix", stop_at_b)
+    with pytest.raises(KeyboardInterrupt):
+        ms.make_sample(tmp_path, out)
+    assert (out / "registry_pile_train.txt").read_bytes() == b"the old sample\n\n"
+    assert sorted(p.name for p in out.iterdir()) == ["registry_pile_train.txt"]

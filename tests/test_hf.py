@@ -434,6 +434,20 @@ def test_a_given_cache_is_stepped_from_without_use_cache(exported):
     torch.testing.assert_close(second.logits, whole[:, 5:], rtol=0, atol=1e-5)
 
 
+def test_no_bytes_through_a_cache_give_empty_logits_and_leave_it(exported):
+    """Zero bytes fed with a cache give ``[B, 0, 256]`` logits of the model's dtype, as the parallel
+    forward does, and leave the cache where it was (it raised in ``torch.stack`` before)."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1-heads-conv"][1])
+    ids = torch.tensor([list(b"the quick "), list(b"jumps over")])
+    cache = model(ids, use_cache=True).cache
+    out = model(ids[:, :0], cache=cache)
+    empty = model(ids[:, :0]).logits
+    assert out.logits.shape == empty.shape == (2, 0, 256) and out.logits.dtype == empty.dtype
+    assert cache.get_seq_length() == 10
+    more = model(ids[:, :1], cache=cache).logits  # the state is the ten bytes' still
+    torch.testing.assert_close(more, model(torch.cat([ids, ids[:, :1]], 1)).logits[:, -1:], rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["e1-heads-conv", "transformer"])
 def test_generate_continues_from_a_given_cache(exported, name):
     """``generate(ids, cache=state)`` feeds only the bytes of ``ids`` the state has not taken in

@@ -8,7 +8,7 @@ Not run at import. Usage::
 (registry-pile: a folder of ``train/<source>.train.txt.xz`` and ``val/<source>.val.txt.xz`` shards;
 see ``sample/README.md``.)
 
-Rule (deterministic, standard library only): for every shard, in sorted file-name order,
+Rule (deterministic; the shards read with the standard library's lzma): for every shard, in sorted file-name order,
 decompress from the start and keep the longest prefix that ends at a blank line (``b"\\n\\n"``)
 and is at most ``per_shard`` bytes. A blank line ends each document, but documents hold blank
 lines too (code files, e-mails, manuals), so a prefix may end inside a document: the held-out
@@ -24,6 +24,8 @@ import argparse
 import hashlib
 import lzma
 from pathlib import Path
+
+from rnnlab.data.prepare import AtomicFile
 
 TRAIN_PER_SHARD = 140_000
 VAL_PER_SHARD = 14_000
@@ -74,7 +76,7 @@ def make_sample(
             raise FileNotFoundError(f"no shards matching {corpus_dir / pattern}")
         md5, total, rows = hashlib.md5(), 0, []
         out = out_dir / f"registry_pile_{split}.txt"
-        with open(out, "wb") as w:
+        with AtomicFile(out) as w:  # an interrupted run leaves the sample it found, not half a new one
             for s in shards:
                 piece = cut_prefix(s, per_shard)
                 w.write(piece)

@@ -169,7 +169,7 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
     out.parent.mkdir(parents=True, exist_ok=True)
     total = sum(s.path.stat().st_size for s in sources)
     try:
-        with _AtomicFile(out) as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"prepare {out.name}",
+        with AtomicFile(out) as f, tqdm(total=total, unit="B", unit_scale=True, desc=f"prepare {out.name}",
                                          disable=None if progress else True) as bar:  # None: on a terminal only
             corpus = _Corpus(f, separator)
             entries = [_write_source(s, corpus, field, bar) for s in sources]
@@ -180,7 +180,7 @@ def prepare(paths: Sequence[str | os.PathLike], out: str | os.PathLike, field: s
                         "documents": corpus.documents, "separator": separator.decode("latin-1"),
                         "field": field, "sources": entries}
             # in place before the corpus is renamed to FILE, so that FILE never stands without it
-            with _AtomicFile(manifest_path(out)) as m:
+            with AtomicFile(manifest_path(out)) as m:
                 m.write((json.dumps(manifest, indent=1) + "\n").encode())
     except BaseException:  # nothing written: nor the manifest, nor the folders made for it
         if not out.exists():
@@ -409,8 +409,8 @@ class _Corpus:
         self.bytes += len(data)
 
 
-class _AtomicFile:
-    """``with _AtomicFile(path) as f``: writes go to a temporary file in ``path``'s folder, renamed
+class AtomicFile:
+    """``with AtomicFile(path) as f``: writes go to a temporary file in ``path``'s folder, renamed
     to ``path`` when the block ends normally and deleted when it raises (or is interrupted)."""
 
     def __init__(self, path: Path):

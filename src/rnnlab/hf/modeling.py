@@ -205,12 +205,16 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
     def _step_through(self, input_ids: torch.LongTensor, cache: RecurrentState) -> torch.Tensor:
-        """Feed ``input_ids`` one byte at a time through ``LM.step``, advancing ``cache`` in place."""
+        """Feed ``input_ids`` one byte at a time through ``LM.step``, advancing ``cache`` in place
+        (no bytes: ``[B, 0, 256]`` logits, the cache unchanged, as the parallel forward gives)."""
         logits = []
         for t in range(input_ids.shape[1]):
             step_logits, cache.layers = self.model.step(input_ids[:, t], cache.layers)
             cache.seen += 1
             logits.append(step_logits)
+        if not logits:
+            head = self.model.head.weight
+            return head.new_empty(input_ids.shape[0], 0, head.shape[0])
         return torch.stack(logits, dim=1)
 
 
