@@ -765,6 +765,22 @@ def test_scans_by_tma_equal_the_pointer_kernels(monkeypatch, mode, H, T, dtype, 
                                  (B, T, 28), 32) is None  # dtypes differ (bf16 rows of 56 bytes)
 
 
+def test_linear_scan_kernel_reads_an_fp32_decay_beside_bf16_inputs_unrounded():
+    """``a`` fp32 near 1 beside bf16 ``b`` (a decay computed in fp32 under autocast): the kernel reads
+    ``a`` as the reference does, unrounded (bf16 would make 0.99 0.98828 and 0.9999 exactly 1: after
+    300 steps of b = 1 a state 13% low); the states equal the reference's in bf16, ``a``'s gradient
+    comes back in fp32."""
+    g = torch.Generator().manual_seed(15)
+    a = (0.99 + torch.rand(2, 300, 8, generator=g) * 0.0099).requires_grad_()
+    b = torch.ones(2, 300, 8, dtype=torch.bfloat16, requires_grad=True)
+    h, _ = OPS["linear_scan"].kernel.get().linear_scan(a, b)
+    want, _ = OPS["linear_scan"].naive(a.detach().double(), b.detach().double())
+    assert h.dtype == torch.bfloat16
+    torch.testing.assert_close(h.float(), want.float(), rtol=1e-2, atol=0)
+    (da,) = torch.autograd.grad(h.float().sum(), a)
+    assert da.dtype == torch.float32
+
+
 def test_scans_by_tma_only_on_nvidia_gpus_from_hopper_on(monkeypatch):
     """The tensor memory accelerator's forward is taken on CUDA devices of compute capability 9 and
     later only (an Ampere GPU has no TMA: its descriptors would fail to launch), never under ROCm; CPU

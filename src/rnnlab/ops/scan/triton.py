@@ -459,8 +459,10 @@ _scan_fwd_op.register_autograd(_scan_grads, setup_context=_scan_setup)
 def linear_scan(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(h, h_T)``: all states ``[B, T, H]`` of ``h_t = a_t * h_{t-1} + b_t`` (fp32 state), in
-    ``b``'s dtype."""
-    h = _scan_fwd_op(0, a.to(b.dtype), b, h0)
+    ``b``'s dtype. ``a`` is read in its own dtype, as the reference reads it (an fp32 decay beside
+    bf16 ``b`` is not rounded to bf16: 0.9999 would become 1); a pair of dtypes that differ runs
+    the pointer kernel (tensor descriptors take one dtype)."""
+    h = _scan_fwd_op(0, a, b, h0)
     return h, final_state(h, h0)
 
 
