@@ -360,6 +360,9 @@ def test_fast_tanh_applies_to_16bit_inputs_on_a_gpu_outside_the_interpreter(monk
     assert not fast_tanh_applies(x(torch.bfloat16, cuda=False))
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert not fast_tanh_applies(x(torch.bfloat16))
+    for off in ("0", "false"):  # Triton compiles for the GPU: so does the fast tanh
+        monkeypatch.setenv("TRITON_INTERPRET", off)
+        assert fast_tanh_applies(x(torch.bfloat16)), off
 
 def test_kernel_options_round_trip_through_the_custom_op_argument():
     """The options travel through the custom ops as ints and come back equal (bools as bools)."""

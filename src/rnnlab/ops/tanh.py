@@ -12,7 +12,16 @@ import triton.language as tl
 def fast_tanh_applies(x: torch.Tensor) -> bool:
     """Whether a kernel on ``x`` may use the MUFU tanh: 16-bit inputs on a real GPU (not fp32,
     whose tests hold kernels to ~1e-6, nor fp64, computed in fp32, nor Triton's interpreter)."""
-    return x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda and not os.environ.get("TRITON_INTERPRET")
+    return x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda and not _interpreting()
+
+
+def _interpreting() -> bool:
+    """Whether Triton runs its interpreter, as Triton reads ``TRITON_INTERPRET`` (``0`` / ``false``: it
+    compiles for the GPU)."""
+    knobs = getattr(triton, "knobs", None)  # Triton 3.4+
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"  # earlier Triton's own test
 
 
 @triton.jit
