@@ -91,6 +91,30 @@ def test_matches_ssd_minimal_discrete():
     torch.testing.assert_close(s, s_ref, atol=1e-5, rtol=1e-5)
 
 
+@needs_mamba
+def test_mamba_ssm_keeps_its_own_selective_scan_extension(tmp_path):
+    """The empty ``selective_scan_cuda`` stub stands in only where mamba_ssm's CUDA build is absent: an
+    installed extension (here a module of that name on the path) is what mamba_ssm's Mamba-1 calls
+    after rnnlab imports mamba_ssm, not the stub (whose ``fwd`` would be missing). A fresh process:
+    this one imported mamba_ssm already."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import rnnlab
+
+    (tmp_path / "selective_scan_cuda.py").write_text("fwd = bwd = 'the extension'\n")
+    path = os.pathsep.join([str(tmp_path), str(Path(rnnlab.__file__).parents[1]), os.environ.get("PYTHONPATH", "")])
+    code = ("import rnnlab.ops.ssd.triton\n"
+            "from mamba_ssm.ops import selective_scan_interface as s\n"
+            "print(getattr(s.selective_scan_cuda, 'fwd', 'the stub'))\n")
+    run = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": path},
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "the extension"
+
+
 def test_gradcheck_ssd_chunked():
     x, dt, A, B, C = _ssd_inputs(b=1, T=6, h=2, p=2, g=1, n=3, dtype=torch.float64)
     args = tuple(t.clone().requires_grad_() for t in (x, dt, A, B, C))

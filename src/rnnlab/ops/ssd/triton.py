@@ -4,7 +4,8 @@ it); the official Mamba2 layer needs the same package, so ``rnnlab.ops.ssd.impor
 goes through here.
 
 ``mamba_ssm/__init__`` imports the Mamba-1 extension ``selective_scan_cuda`` unguarded, which a
-CPU / Triton-only build does not have (docs/dependencies.md): an empty stub module stands in.
+CPU / Triton-only build does not have (docs/dependencies.md): an empty stub module stands in there,
+and only there (a full build's extension stays what Mamba-1's ``selective_scan_fn`` calls).
 """
 
 from __future__ import annotations
@@ -14,7 +15,10 @@ import types
 
 import torch
 
-sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
+try:
+    import selective_scan_cuda  # noqa: F401 - mamba_ssm's CUDA build has it
+except ImportError:
+    sys.modules.setdefault("selective_scan_cuda", types.ModuleType("selective_scan_cuda"))
 
 import mamba_ssm  # noqa: E402
 import mamba_ssm.modules.mamba2  # noqa: E402, F401
