@@ -164,6 +164,9 @@ def test_official_forward_needs_cuda():
     assert layer.backend == "official" and layer._use_fused_qkv_conv(None, False, None)
     with pytest.raises(RuntimeError, match="only on CUDA"):
         layer(torch.randn(1, 3, 16))
+    # step too (its gated norm is fla's Triton kernel): one line, not a Triton driver traceback
+    with pytest.raises(RuntimeError, match="GatedDeltaNet backend='official' runs only on CUDA tensors"):
+        layer.step(torch.randn(1, 16), layer.init_state(1, torch.device("cpu"), torch.float32))
 
 
 def test_backend_choice(monkeypatch):

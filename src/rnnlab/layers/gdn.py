@@ -203,6 +203,8 @@ class GatedDeltaNet(OfficialOrReference):
     def step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         """One token: each convolution on its window of the last ``conv_size`` inputs, then the
         op's reference from the carried state."""
+        if self.backend == "official":  # its gated norm (o_norm) is fla's Triton kernel
+            self._check_official_input(x_t)
         S, *windows = state
         convs = (self.q_conv1d, self.k_conv1d, self.v_conv1d)
         windows = [torch.cat([w[..., 1:], proj(x_t).unsqueeze(-1).to(w.dtype)], dim=-1)
