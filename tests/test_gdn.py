@@ -169,13 +169,18 @@ def test_official_forward_needs_cuda():
         layer.step(torch.randn(1, 16), layer.init_state(1, torch.device("cpu"), torch.float32))
 
 
-def test_backend_choice(monkeypatch):
+def test_backend_choice(monkeypatch, capsys):
     assert gdn.resolve_backend("auto") == ("official" if torch.cuda.is_available() and gdn.FLA_LAYER.available()
                                            else "reference")
     monkeypatch.setattr(gdn, "FLA_LAYER", gdn.LazyKernel("rnnlab_no_such_module"))
     assert gdn.resolve_backend("auto") == "reference"
-    with pytest.raises(RuntimeError, match="needs fla's layer"):
+    with pytest.raises(ValueError, match="needs fla's layer"):
         gdn.resolve_backend("official")
+    # a user error, as a missing optional package is elsewhere: one line, not a traceback
+    assert main(["params", "--model", "gdn", "--layer", "backend=official"]) == 2
+    assert capsys.readouterr().err == ("rnnlab params: error: GatedDeltaNet backend='official' needs fla's layer "
+                                       "(pip install flash-linear-attention): ModuleNotFoundError: No module named "
+                                       "'rnnlab_no_such_module'\n")
 
 
 @pytest.mark.parametrize("backend", ["official", "auto"])

@@ -334,7 +334,7 @@ def test_the_limits_apply_only_where_official_is_chosen(monkeypatch):
     monkeypatch.setattr(m, "causal_conv1d_available", lambda: True)
     assert Mamba2(_tiny(backend="auto", d_conv=5)).backend == "reference"
     monkeypatch.setattr(m, "import_mamba_ssm", lambda: None)
-    with pytest.raises(RuntimeError, match="backend='official' needs mamba_ssm"):
+    with pytest.raises(ValueError, match="backend='official' needs mamba_ssm"):
         Mamba2(_tiny(backend="official", d_conv=5))
 
 

@@ -139,7 +139,8 @@ def resolve_official(backend: str, layer: str, official_error: Callable[[], str 
     """``"official"`` or ``"reference"`` for ``backend`` of a layer with an official
     implementation; ``official_error()`` imports its library (on first call) and says why it
     cannot, or None. ``"auto"`` is official on CUDA when the library imports (never imported
-    without CUDA); an explicit ``"official"`` that cannot load raises. Where official is chosen,
+    without CUDA); an explicit ``"official"`` that cannot load raises ``ValueError`` (one line
+    under the command line, as a missing optional package is elsewhere). Where official is chosen,
     ``official_limit()`` says which of the layer's options its kernels do not take (the limit and
     the way out), or None: then this raises ``ValueError`` in one line, at construction, rather
     than the kernel at the first forward on the GPU (the reference takes every option)."""
@@ -149,7 +150,7 @@ def resolve_official(backend: str, layer: str, official_error: Callable[[], str 
         return "reference"
     error = official_error()
     if error is not None and backend == "official":
-        raise RuntimeError(f"{layer} backend='official' needs {error}")
+        raise ValueError(f"{layer} backend='official' needs {error}")
     if error is not None:
         return "reference"
     limit = official_limit()
