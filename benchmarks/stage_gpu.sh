@@ -99,13 +99,14 @@ if [ -n "$corpus" ]; then
   cp "$subset" .gpu/data/SUBSET  # which shards, for the record
 fi
 [ -z "$cache" ] || cp "$cache" .gpu/compile-cache.tar.xz
-# the commit of the tree sent (the GPU machine's copy of .git is stale): HEAD, every tracked file's
-# hash and the list of files; gpu_env.sh there checks both and records the commit in each run's
+# the commit of the tree sent (the GPU machine's copy of .git is stale): HEAD, every code file's
+# hash and the list of them; gpu_env.sh there checks both and records the commit in each run's
 # env.json (RNNLAB_GIT_COMMIT). Only the code counts (uncommitted results or docs, e.g. run folders
-# brought back from the last call, change no measurement); uncommitted or untracked code (it travels
-# too) is recorded as HEAD-dirty, with the files named in .gpu/dirty.
+# brought back from the last call, change no measurement; results/ may be moved out of the tree
+# for a call, before or after staging); uncommitted or untracked code (it travels too) is recorded
+# as HEAD-dirty, with the files named in .gpu/dirty.
 read -ra code <<< "$(bash benchmarks/staged_commit.sh --paths)"
-git ls-files -z --cached --others --exclude-standard | xargs -0 sha1sum > .gpu/tree.sha1
+git ls-files -z --cached --others --exclude-standard -- "${code[@]}" | xargs -0 sha1sum > .gpu/tree.sha1
 dirty=$(git status --porcelain -- "${code[@]}")
 if [ -z "$dirty" ]; then
   git rev-parse --short=12 HEAD > .gpu/commit
