@@ -195,6 +195,10 @@ CASES = [
                                                        "got 'off'"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
+    # another model kind: named as such, not by the new kind's check of the run's settings (transformer's head_dim
+    # 64 does not divide the run's dim 32, whose hint --layer head_dim=32 the resume would refuse next)
+    ("resume_other_model", [*TRAIN, "--resume", "--out", "{run}", "--model", "transformer"],
+     'was made with a different config: field model.model is "e1", not "transformer"'),
     ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_and_overwrite", [*TRAIN, "--resume", "--overwrite", "--out", "{run}"], "give one of them"),

@@ -101,7 +101,7 @@ def config_from_args(args) -> TrainConfig:
         return apply_overrides(apply_overrides(base, from_file, source=f"config file {args.config}"), flags,
                                source="flag")
 
-    cfg = over(TrainConfig())
+    cfg, saved = over(TrainConfig()), None
     if cfg.run.resume:  # --resume, or the file's resume = true (which --no-resume overrides)
         run = RunDir(cfg.out_dir())
         saved = run.saved_config()
@@ -113,6 +113,8 @@ def config_from_args(args) -> TrainConfig:
             cfg = over(TrainConfig.from_dict(saved))
     if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
         cfg.model.layer = {**cfg.model.layer, **layer}
+    if saved is not None:  # another model is named as such before the checks of the settings it inherits from
+        run.refuse_other_config(saved, cfg, keys=["model"])  # the run (an e1 run's dim for a transformer's heads)
     return cfg
 
 

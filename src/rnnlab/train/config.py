@@ -31,7 +31,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Container, Iterator
+from typing import Any, Container, Iterable, Iterator
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
@@ -518,14 +518,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     return cfg
 
 
-def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig) -> tuple[str, Any, Any] | None:
-    """First field (dotted name, saved value, new value) that differs and matters for resuming.
+def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
+                    keys: Iterable[str] | None = None) -> tuple[str, Any, Any] | None:
+    """First field (dotted name, saved value, new value) that differs and matters for resuming
+    (``keys``: among these top-level fields only).
     A field the saved config lacks (one added to rnnlab since) counts as its default; pass
     ``RunDir.saved_config()``, which first fills what old files meant (:data:`LEGACY_DEFAULTS`).
     The layer's ``backend`` does not matter: each computes the same layer (checked against the
     reference), so a run of a CUDA-only backend resumes elsewhere with ``backend=auto``."""
     new, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    for key in sorted(set(saved) | set(new)):
+    for key in sorted(set(saved) | set(new) if keys is None else keys):
         if key in RESUMABLE:
             continue
         a, b = saved.get(key, defaults.get(key)), new.get(key)

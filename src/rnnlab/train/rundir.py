@@ -476,6 +476,17 @@ class RunDir:
                         f"{corpus[size]:,} bytes, fingerprint {corpus[mark]}, not {before[mark]})")
         return None
 
+    def refuse_other_config(self, saved: dict[str, Any], cfg, keys: Iterable[str] | None = None) -> None:
+        """Refuse ``cfg`` where it differs from ``saved``, the run's config, in a field that matters
+        for resuming (``keys``: among these top-level fields only; ``resume_mismatch``)."""
+        diff = resume_mismatch(saved, cfg, keys)
+        if diff is not None:
+            key, old, new = diff
+            hint = legacy_hint(key) or (" (a run continues with the settings it was made with: leave that "
+                                        "setting as it was, or start a new run with another --out)")
+            raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
+                             f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
+
     def _resume_point(self, cfg, corpus: dict[str, int | str] | None):
         """The newest usable checkpoint of a run made with ``cfg``'s config and, when ``corpus``
         and env.json say, on a corpus of the same sizes, else an error that changes nothing;
@@ -484,13 +495,7 @@ class RunDir:
         if saved is None:
             raise ValueError(f"--resume: {self.path} has no readable {CONFIG}, so its run cannot be checked "
                              f"or continued (start over with --overwrite)")
-        diff = resume_mismatch(saved, cfg)
-        if diff is not None:
-            key, old, new = diff
-            hint = legacy_hint(key) or (" (a run continues with the settings it was made with: leave that "
-                                        "setting as it was, or start a new run with another --out)")
-            raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
-                             f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
+        self.refuse_other_config(saved, cfg)
         changed = self.corpus_changed(corpus) if corpus is not None else None
         if changed is not None:
             raise ValueError(f"--resume: {changed}: the data changed since, so the run would not go on with the "
