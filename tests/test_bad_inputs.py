@@ -191,6 +191,9 @@ CASES = [
     ("resume_extra_val_moved", ["train", "--resume", "--out", "{moved_extra}"],
      "extra_val_data file not found: {root}/gone.txt (the run's extra_val_data, as its config.json names it): a "
      "resumed run reads the same path, so put the file back there"),
+    # 0 switches clipping off, so "must be a positive finite number" (the bound's words) was wrong for -1
+    ("grad_clip_negative", [*TRAIN, "--grad-clip", "-1"], "grad_clip must be a positive number, or 0 for no "
+                                                         "clipping, got '-1'"),
     ("grad_clip_text", [*TRAIN, "--grad-clip", "off"], "grad_clip must be a positive number, or 0 for no clipping, "
                                                        "got 'off'"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
