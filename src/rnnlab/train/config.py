@@ -95,14 +95,14 @@ def parse_grad_clip(value: Any) -> Any:
     """0 = no clipping, stored as None: how a suite or config file, which cannot write null,
     switches off clipping that its defaults set. A negative number is refused here, in words that
     name 0 too (the field's bound would say "positive")."""
-    given = value
+    refused = ValueError(f"grad_clip must be a positive number, or 0 for no clipping, got {value!r}")
     if isinstance(value, str):
         try:
             value = float(value)
         except ValueError:
-            value = "not a number"
-    if isinstance(value, str) or isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
-        raise ValueError(f"grad_clip must be a positive number, or 0 for no clipping, got {given!r}")
+            raise refused from None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+        raise refused
     return None if not isinstance(value, bool) and value == 0 else value
 
 
