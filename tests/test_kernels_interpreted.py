@@ -257,6 +257,18 @@ def test_e88_inference_forward_equals_training_forward():
     assert torch.equal(y, y2) and torch.equal(s_T, s_T2)
 
 
+def test_e88_final_state_of_fp64_inputs_is_fp64():
+    """The final state comes back in the compute dtype, fp64 for fp64 inputs, as every op and the
+    reference return it (the kernel keeps it in fp32 and returned that), with the reference's values."""
+    from rnnlab.ops.e88 import naive
+    from rnnlab.ops.e88 import triton as kernel
+
+    inputs = [t.double() for t in _e88(2, 5, 2, 3, 4)(torch.Generator().manual_seed(7))]
+    (y, s_T), (ref, ref_s_T) = kernel.e88_scan(*inputs), naive.e88_scan(*inputs)
+    assert y.dtype == s_T.dtype == ref_s_T.dtype == torch.float64
+    torch.testing.assert_close(s_T, ref_s_T, **TOL)
+
+
 @pytest.mark.parametrize("name,make", [
     ("elman_scan", _elman(3, 4, 48, heads=3)), ("elman_scan", _elman(2, 3, 40)),
     ("elman_decay_scan", _decay(17, 3, 48, heads=2)), ("elman_decay_scan", _decay(1, 4, 40)),

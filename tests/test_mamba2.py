@@ -76,6 +76,9 @@ def test_argument_shapes_are_checked():
     for backend in ("naive", "chunked"):
         with pytest.raises(ValueError, match=r"initial_state must be \[B,H,P,N\] = \(2, 4, 3, 5\), got \(1, 4, 3, 5\)"):
             ssd_scan(x, dt, A, B, C, 4, s0[:1], backend=backend)
+        for bad in (0, -4, 2.5):  # the chunked form clamped 0 and -4 to 1, the reference ignored them
+            with pytest.raises(ValueError, match=rf"chunk_size must be a positive integer, got {bad}"):
+                ssd_scan(x, dt, A, B, C, bad, s0, backend=backend)
 
 
 @needs_mamba

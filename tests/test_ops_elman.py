@@ -77,6 +77,8 @@ def test_argument_checks():
         elman_decay_scan(wx, w, torch.rand(2, 3, 3))
     with pytest.raises(ValueError, match=r"U, V must be \[H, r\] and s \[B, T, r\]"):
         elman_lowrank_scan(wx, w, torch.randn(4, 2), torch.randn(4, 3), torch.randn(2, 3, 2))
+    with pytest.raises(ValueError, match=r"U, V must be .* got \(4, 2\), \(4, 2\), \(\)"):  # a 0-d s
+        elman_lowrank_scan(wx, w, torch.randn(4, 2), torch.randn(4, 2), torch.tensor(1.0))
 
 
 def test_persistent_kernel_declines_what_it_cannot_run_without_building():

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from rnnlab.ops.dtypes import compute_dtype
 from rnnlab.ops.tanh import fast_tanh_applies, tanh
 
 __all__ = ["e88_scan", "E88KernelOptions"]
@@ -224,8 +225,10 @@ class _E88Scan(torch.autograd.Function):
 def e88_scan(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, decay: torch.Tensor,
              S0: torch.Tensor | None = None, options: E88KernelOptions = E88KernelOptions()
              ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(y, S_T)``: outputs ``[B, T, H, m]`` in ``q``'s dtype and the final state in fp32. The
-    checkpoints for the backward are kept only when autograd will need them."""
+    """``(y, S_T)``: outputs ``[B, T, H, m]`` in ``q``'s dtype and the final state in the compute
+    dtype (fp32; fp64 for fp64 inputs, whose state the kernel keeps in fp32), as every op returns
+    it. The checkpoints for the backward are kept only when autograd will need them."""
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, decay, S0))
     # the options as a tuple of plain values: what torch.compile takes as a constant argument
-    return _E88Scan.apply(q, k, v, decay, S0, dataclasses.astuple(options), save)
+    y, S_T = _E88Scan.apply(q, k, v, decay, S0, dataclasses.astuple(options), save)
+    return y, S_T.to(compute_dtype(q.dtype))

@@ -95,7 +95,7 @@ def elman_lowrank_scan(wx: torch.Tensor, w_h: torch.Tensor, U: torch.Tensor, V: 
     ``U, V: [H, r]`` and ``s: [B, T, r]``; otherwise as :func:`elman_scan`."""
     _check(wx, w_h, h0)
     B, T, H = wx.shape
-    r = s.shape[-1]
+    r = s.shape[-1] if s.dim() else 0  # a 0-d s is refused below, in the same line
     if U.shape != (H, r) or V.shape != (H, r) or s.shape != (B, T, r):
         raise ValueError(f"U, V must be [H, r] and s [B, T, r] (H = {H}), got {tuple(U.shape)}, "
                          f"{tuple(V.shape)}, {tuple(s.shape)}")

@@ -67,6 +67,9 @@ def ssd_scan(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(y [B,T,H,P], final_state [B,H,P,N])`` of the SSD recurrence from ``initial_state``
-    (zeros when None); ``y`` in ``x``'s dtype."""
+    (zeros when None); ``y`` in ``x``'s dtype. ``chunk_size`` (>= 1) changes the chunked forms'
+    work, not the result."""
     _check(x, dt, A, B, C, initial_state)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return SSD_SCAN(x, dt, A, B, C, chunk_size, initial_state, backend=backend)
