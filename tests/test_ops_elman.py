@@ -282,6 +282,20 @@ def test_heads_dw_rows_is_checked(rows):
         ElmanKernelOptions(heads_dw_rows=rows)
 
 
+@pytest.mark.parametrize("shape", [-2, 4])
+def test_persistent_shape_is_checked(shape):
+    """An index past the persistent kernel's launch shapes is refused where the options are made: in
+    the build it raised IndexError, which switched the persistent kernel off for the process."""
+    from rnnlab.ops.elman.options import ElmanKernelOptions
+    from rnnlab.ops.elman.persistent import SHAPES
+
+    assert len(SHAPES) == 4
+    with pytest.raises(ValueError, match=rf"^persistent_shape must be -1 \(the first that fits\) or an index of the "
+                                         rf"persistent kernel's 4 launch shapes, got {shape}$"):
+        ElmanKernelOptions(persistent_shape=shape)
+    assert ElmanKernelOptions(persistent_shape=3).persistent_shape == 3
+
+
 def test_gate_beside_the_scan_leaves_the_scans_sms():
     """The GEMMs beside a heads scan are sized for all SMs but the scan's programs (one a head and
     batch tile of ``heads_bt`` rows in the Triton kernels, which run here) and

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from rnnlab.ops.elman.persistent import SHAPES as PERSISTENT_SHAPES
 from rnnlab.ops.tanh import fast_tanh_applies
 
 
@@ -59,6 +60,9 @@ class ElmanKernelOptions:
         if self.heads_dw_rows < 0 or self.heads_dw_rows % HEADS_DW_BLOCK:
             raise ValueError(f"heads_dw_rows must be 0 or a positive multiple of {HEADS_DW_BLOCK} (the kernel's row "
                              f"block), got {self.heads_dw_rows}")
+        if not -1 <= self.persistent_shape < len(PERSISTENT_SHAPES):  # else the build would fail, silently
+            raise ValueError(f"persistent_shape must be -1 (the first that fits) or an index of the persistent "
+                             f"kernel's {len(PERSISTENT_SHAPES)} launch shapes, got {self.persistent_shape}")
         if self.heads_beside_spare < 0:
             raise ValueError(f"heads_beside_spare must be >= 0 (SMs), got {self.heads_beside_spare}")
 
