@@ -177,9 +177,9 @@ def test_config_file_and_overrides(tmp_path):
     (dict(data="/nonexistent/corpus.txt"), "data file not found"),
 ])
 def test_validate_messages(kw, msg):
-    cfg = apply_overrides(TrainConfig(), kw)
+    """Each bad setting is refused with its message, where the value is read or at validation."""
     with pytest.raises((ValueError, FileNotFoundError), match=msg):
-        cfg.validate()
+        apply_overrides(TrainConfig(), kw).validate()
 
 
 def test_resume_mismatch_ignores_budget_and_logging():
