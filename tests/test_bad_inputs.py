@@ -177,6 +177,10 @@ CASES = [
     ("fresh_over_run", [*TRAIN, "--out", "{run}"], "already holds a complete run; pass --resume with a larger "
                                                    "--steps, --minutes or --tokens to extend it, --overwrite to "
                                                    "delete it"),
+    # a folder of runs (bench, sweep): the run's files would lie beside them, and report would not see it
+    ("fresh_into_folder_of_runs", [*TRAIN, "--out", "{root}"], "--out {root} is a folder of runs (it holds damaged, "),
+    ("overwrite_folder_of_runs", [*TRAIN, "--out", "{root}", "--overwrite"],
+     "not a run folder: give the run a folder of its own, e.g. --out {root}/NAME"),
     ("resume_no_folder", [*TRAIN, "--resume"], "holds no run to resume (no such folder; check --out)"),
     ("resume_empty_folder", [*TRAIN, "--resume", "--out", "{dir}"], "holds no run to resume (an empty folder"),
     ("resume_folder_of_other_files", [*TRAIN, "--resume", "--out", "{root}"],  # it holds the corpus, not "empty"

@@ -22,7 +22,7 @@ the run is *complete* when summary.json says so. Rules for training into a folde
 - one writer: a process that trains into the folder holds an exclusive lock on ``.lock`` until
   it ends; a second one stops with an error naming the holder;
 - a fresh run refuses a folder that holds a run, unless ``overwrite`` (then the run's files are
-  deleted first);
+  deleted first), and a folder of runs (folders with a config.json in it), ``overwrite`` or not;
 - ``resume`` continues from the newest checkpoint that verifies, or stops with an error saying
   what is missing (no folder, no config.json, another config, no usable checkpoint), changing
   nothing; damaged newer checkpoints are reported and renamed ``damaged-step-...``; the logs
@@ -221,6 +221,13 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.path.is_dir() and any(self.file(n).exists() for n in (CONFIG, SUMMARY, METRICS, CKPT))
 
+    def runs_inside(self) -> list[str]:
+        """The names of the folders in this one that hold a run's config.json, sorted (a folder of
+        runs, as ``rnnlab bench`` and ``sweep`` write); [] if none or no folder."""
+        if not self.path.is_dir():
+            return []
+        return sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+
     def summary(self) -> dict[str, Any] | None:
         return read_json(self.file(SUMMARY))
 
@@ -380,7 +387,7 @@ class RunDir:
             raise NotADirectoryError(f"{self.path} is not a run dir (a file, not a folder)")
         saved = self.saved_config()
         if saved is None:
-            runs = sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+            runs = self.runs_inside()
             inside = f"; it holds runs: {', '.join(runs[:8])}{', ...' if len(runs) > 8 else ''} " \
                      f"(--run {self.path / runs[0]})" if runs else ""
             raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG}){inside}")
@@ -511,8 +518,14 @@ class RunDir:
         return self._usable_checkpoint(self.checkpointer(cfg), resuming=True, check=within_budget)
 
     def _clear(self, cfg) -> None:
-        """A fresh run: refuse a folder holding a run, or delete that run's files (``overwrite``)."""
+        """A fresh run: refuse a folder holding a run, or delete that run's files (``overwrite``);
+        refuse a folder of runs (``runs_inside``), where the run's files would lie beside them."""
         if not self.holds_run():
+            runs = self.runs_inside()
+            if runs:
+                raise ValueError(f"--out {self.path} is a folder of runs (it holds {', '.join(runs[:2])}"
+                                 f"{', ...' if len(runs) > 2 else ''}), not a run folder: give the run a folder "
+                                 f"of its own, e.g. --out {self.path / 'NAME'}")
             return
         if not cfg.run.overwrite:
             status = self.status()
