@@ -318,6 +318,13 @@ CASES = [
      "mem_gb, time_s), got {{'loss': '1.5'}}"),
     ("bench_suite_layer_not_table", ["bench", "{suite_layer}", "--out", "{new}", "--plan"],
      "suite s (suite_layer.toml), run e1-d2: layer must be a table of options, got 3"),
+    # a run's folder: the suite's runs would nest inside that run (refused by --plan too)
+    ("bench_into_a_run", ["bench", "tiny", "--out", "{run}", "--plan"],
+     "--out {run} is a run folder (it holds a run), not a folder of runs: give the suite a folder of its own"),
+    ("sweep_plan_into_a_run", ["sweep", *TINY, "--set", "seed=1,2", "--out", "{run}", "--plan"],
+     "--out {run} is a run folder (it holds a run), not a folder of runs: give the sweep a folder of its own"),
+    ("sweep_into_a_run", ["sweep", *TINY, "--set", "seed=1,2", "--out", "{run}", "--steps", "1"],
+     "--out {run} is a run folder (it holds a run), not a folder of runs: give the sweep a folder of its own"),
     ("bench_gpus_text", ["bench", "tiny", "--out", "{new}", "--gpus", "two"],
      "argument --gpus: must be an integer, got 'two'"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),

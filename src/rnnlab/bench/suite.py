@@ -327,6 +327,9 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     out = Path(out)
     if any(p.is_file() for p in (out, *out.parents)):  # refused by --plan too, not first by mkdir
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))  # cli.error_line says which
+    if RunDir(out).holds_run() and not (out / SUITE_FILE).exists():  # its runs would nest inside another run
+        raise ValueError(f"--out {out} is a run folder (it holds a run), not a folder of runs: give the "
+                         f"{'sweep' if suite.sweep else 'suite'} a folder of its own (another --out)")
     selected = suite.runs
     if runs is not None:  # --runs "" names no run: refused below, not taken as every run
         names = [n.strip() for n in runs.split(",")] if isinstance(runs, str) else list(runs)  # "e1, mingru" too
