@@ -140,6 +140,8 @@ CASES = [
                              "--batch-size", "512", "--eval-bytes", "all"], "of activations (plus"),
     # --- train: config files
     ("config_empty_path", [*TRAIN, "--config", ""], "argument --config: must be a path, got '' (an empty argument: an unset shell variable?)"),
+    ("config_twice", [*TRAIN, "--config", "{betas5}", "--config", "{out5}"],  # not the last one alone, silently
+     "argument --config: given twice ('{betas5}' and '{out5}'): one config file is read; merge them into one"),
     ("config_missing", [*TRAIN, "--config", "/nonexistent.toml"], "config file not found: /nonexistent.toml"),
     ("config_betas", [*TRAIN, "--config", "{betas5}"], "betas must be two numbers in [0, 1), got 5"),
     ("config_mlp_ratio", [*TRAIN, "--config", "{mlp_two}"], "mlp_ratio must be a finite number >= 0 (at most 64), got 'two'"),

@@ -14,6 +14,7 @@ flag per field, named by its key (``--batch-size``), in one help group per confi
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shlex
@@ -37,13 +38,25 @@ def aligned(rows: Iterable[tuple[str, str]]) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+class OneConfigFile(argparse.Action):
+    """``--config FILE`` given once: a second one was read in place of the first, silently."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, None)
+        if before is not None:
+            raise argparse.ArgumentError(self, f"given twice ({before!r} and {values!r}): one config file is read; "
+                                               f"merge them into one, or give the other's settings as flags")
+        setattr(namespace, self.dest, values)
+
+
 def register(sub) -> None:
     p = sub.add_parser("train", help="train one model",
                        description="Train one model. Defaults follow the reference study's Table A (README: "
                                    "bf16 weights, Schedule-Free AdamW 3e-4, wd 0.1, batch 16x512, seed 42) but "
                                    "for the budget (1000 steps, not 1500) and A_log, dt_bias and Mamba2's D, "
                                    "which get no weight decay unless --decay-marked.")
-    p.add_argument("--config", type=path_arg, metavar="FILE", help="TOML, YAML or JSON config file (flags override it)")
+    p.add_argument("--config", type=path_arg, action=OneConfigFile, metavar="FILE",
+                   help="TOML, YAML or JSON config file (flags override it)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar: one plain line every --log-every steps instead (the default when "
                         "stderr is not a terminal)")
