@@ -122,6 +122,9 @@ CASES = [
     ("out_empty_path", [*TRAIN, "--out", ""],  # not the default folder, runs/e1-32x2
      "out must be a path, got '' (omit --out for its default)"),
     ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
+    # a held-out file is named as such (by its key, as "not found" does), not as "corpus file"
+    ("val_data_directory", [*TRAIN, "--val-data", "{dir}"], "val_data file {dir} is a directory, expected a raw byte"),
+    ("extra_val_data_directory", [*TRAIN, "--extra-val-data", "{dir}"], "extra_val_data file {dir} is a directory"),
     ("data_empty", [*TRAIN, "--data", "{empty}"], "is empty"),
     ("data_compressed", [*TRAIN, "--data", "{gz}"],
      "corpus file {gz} is gzip-compressed, and rnnlab reads raw bytes: unpack it first (`rnnlab data prepare {gz} --out FILE`"),

@@ -321,6 +321,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be a path, got '' (omit --{key.replace('_', '-')} for its default)")
             if path is not None and key != "out" and not Path(path).exists():
                 raise FileNotFoundError(f"{key} file not found: {path}")
+            if path is not None and key != "out" and Path(path).is_dir():  # named by key: which file it is
+                raise IsADirectoryError(f"{key} file {path} is a directory, expected a raw byte file")
         return self
 
     # ---- sections and flat keys ---------------------------------------------------------
