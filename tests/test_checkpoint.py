@@ -1113,9 +1113,9 @@ def test_cutting_a_final_evaluation_keeps_the_curve_evaluation_of_its_step(tmp_p
 
 
 def test_resume_calls_a_folder_holding_only_its_lock_file_empty(tiny_train, tmp_path):
-    """A fresh run that failed before its first step leaves only ``.lock`` behind
-    (``RunDir.abandon_fresh``): ``--resume`` there says the folder is empty, not that it holds
-    other files."""
+    """A fresh run that failed before its first step in a folder that was there before leaves only
+    ``.lock`` behind (``RunDir.abandon_fresh``; one it made goes): ``--resume`` there says the folder
+    is empty, not that it holds other files."""
     run = tmp_path / "r"
     run.mkdir()
     (run / LOCK).write_text("")

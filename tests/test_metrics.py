@@ -368,9 +368,10 @@ def test_wandb_missing_is_a_one_line_error_before_the_run_folder(tmp_path, capsy
 
 def test_a_wandb_run_that_cannot_start_leaves_the_run_folder_unused(tmp_path, capsys, monkeypatch):
     """W&B failing to start (not logged in, no network) is one line, and the fresh run's folder keeps
-    none of what its start wrote (config.json, env.json, wandb-id.txt): the same command runs again
-    and says the same, not "already holds an incomplete run ... pass --overwrite"; without --wandb
-    it trains."""
+    none of what its start wrote (config.json, env.json, wandb-id.txt), nor the folder itself where this
+    command made it (and its parents), where a folder of ``.lock`` alone was left; a folder that was
+    there before stays: the same command runs again and says the same, not "already holds an
+    incomplete run ... pass --overwrite"; without --wandb it trains."""
     class Error(Exception):
         pass
 
@@ -378,14 +379,20 @@ def test_a_wandb_run_that_cannot_start_leaves_the_run_folder_unused(tmp_path, ca
         raise Error("api_key not configured (no-tty)")
 
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=init, errors=types.SimpleNamespace(Error=Error)))
-    run = tmp_path / "run"
+    run = tmp_path / "made" / "run"
     argv = ["train", *TINY, "--steps", "2", "--out", str(run)]
     for _ in range(2):
         assert main([*argv, "--wandb", "p"]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == ["rnnlab train: error: W&B could not start a run: api_key not configured (no-tty) "
                        "(WANDB_MODE=offline logs locally; --wandb '' trains without W&B, a resumed run too)"]
-        assert {p.name for p in run.iterdir()} <= {".lock"}
+        assert not run.parent.exists()
+    run.mkdir(parents=True)  # there before this command: it stays
+    (run.parent / "notes.txt").write_text("mine")
+    for _ in range(2):
+        assert main([*argv, "--wandb", "p"]) == 2
+        assert {p.name for p in run.iterdir()} <= {".lock"} and (run.parent / "notes.txt").exists()
+    capsys.readouterr()
     assert main(argv) == 0
     assert json.loads((run / "summary.json").read_text())["complete"]
 

@@ -205,6 +205,7 @@ class RunDir:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.lock = RunLock(self.path / LOCK)
+        self.made: list[Path] = []  # the folders ``prepare`` made (the run's, then its new parents)
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -451,6 +452,10 @@ class RunDir:
             else:
                 what = "an empty folder"
             raise ValueError(f"--resume: {self.path} holds no run to resume ({what}; check --out)")
+        self.made, folder = [], self.path
+        while not folder.exists() and folder != folder.parent:
+            self.made.append(folder)
+            folder = folder.parent
         self.path.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
@@ -550,14 +555,20 @@ class RunDir:
     def abandon_fresh(self) -> None:
         """A fresh run that failed before its first step (a W&B run that could not start, the
         model out of memory): remove what its start wrote, so the same command runs again without
-        ``--overwrite``, and let go of the folder. A file that will not go is left: the failure
-        being raised says more than an error removing it would."""
+        ``--overwrite``, and let go of the folder; a folder that ``prepare`` made (and the parents it
+        made) goes too, with its lock file, where nothing else is left in it. A file that will not go
+        is left: the failure being raised says more than an error removing it would."""
         try:
             self._remove_run_files()
         except OSError:
             pass
         finally:
-            self.release()
+            self.lock.release(undo=bool(self.made))
+            for folder in self.made:  # the run's folder first; one that holds anything else stays, and its parents
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None, trains_on: bool = False,
               final_eval_redone: bool = False, scores_only: bool = False) -> None:
