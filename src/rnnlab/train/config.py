@@ -191,8 +191,9 @@ class RunConfig:
     seed: int = option(42, help="seeds the initialisation and the batch stream", bounds=at_least(0, 2**63 - 1))
     eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",
                              bounds=at_least(0, MAX_STEPS), resumable=True)
-    eval_bytes: int = option(0, help="held-out bytes scored per eval, e.g. 1M (K, M, B: 10^3, 10^6, 10^9; "
-                                     "default: all = 0, the whole held-out split)", parse=parse_eval_bytes,
+    eval_bytes: int = option(0, help="held-out bytes read per eval, e.g. 1M (K, M, B: 10^3, 10^6, 10^9), "
+                                     "scored in whole windows of --seq-len (default: all = 0, the whole "
+                                     "held-out split)", parse=parse_eval_bytes,
                              bounds=at_least(0, 1 << 50),
                              resumable=True, scope="suite")
     curve_eval_bytes: int | None = option(None, help="held-out bytes scored by the evals during training "
