@@ -406,10 +406,14 @@ def test_resolve_makes_every_data_path_absolute(tmp_path, monkeypatch):
     ({"steps": 10, "warmup_steps": 11}, "warmup_steps (11) must not exceed the step budget (10)"),
     ({"optimizer": "adamw", "minutes": 1.0}, "optimizer adamw decays its LR on a cosine over the step budget: give "
                                              "--steps or --tokens (or --lr-schedule constant, or schedulefree-adamw)"),
+    ({"betas": [0.0, 0.999]}, "schedulefree-adamw needs betas[0] above 0: its averaged weights x, which "
+                              "evaluations and checkpoints use, are recovered from y and z by dividing by betas[0]"),
 ])
 def test_rules_between_fields(values, message):
     """The checks across fields, each at its edge: a grad_accum that does not divide the batch (though
-    smaller than it), a warmup one step longer than the budget, a cosine AdamW without a step count."""
+    smaller than it), a warmup one step longer than the budget, a cosine AdamW without a step count, a
+    Schedule-Free beta1 of 0 (its ``eval()`` divides by it: the run would train, then fail at its first
+    evaluation or checkpoint)."""
     with pytest.raises(ValueError) as e:
         TrainConfig.from_dict(values).validate()
     assert str(e.value) == message
@@ -419,12 +423,13 @@ def test_rules_between_fields(values, message):
     {"batch_size": 6, "grad_accum": 3}, {"steps": 10, "warmup_steps": 10},
     {"optimizer": "adamw", "lr_schedule": "constant", "minutes": 1.0},
     {"seq_len": 16, "eval_bytes": 17}, {"seq_len": 16, "eval_every": 1, "curve_eval_bytes": 17},
-    {"seq_len": 16, "curve_eval_bytes": 16},
+    {"seq_len": 16, "curve_eval_bytes": 16}, {"optimizer": "adamw", "betas": [0.0, 0.999]},
 ])
 def test_rules_between_fields_allow_their_edges(values):
     """What those checks allow: a grad_accum that divides the batch, a warmup as long as the budget,
     a constant-LR AdamW under a minutes budget, held-out caps of exactly one window (seq_len+1
-    bytes), and a curve cap below a window where no evaluation during training reads it."""
+    bytes), a curve cap below a window where no evaluation during training reads it, and AdamW with a
+    beta1 of 0 (it keeps one point)."""
     TrainConfig.from_dict(values).validate()
 
 

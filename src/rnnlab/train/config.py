@@ -299,6 +299,9 @@ class TrainConfig:
         if self.optim.optimizer == "adamw" and self.optim.lr_schedule == "cosine" and steps is None:
             raise ValueError("optimizer adamw decays its LR on a cosine over the step budget: give "
                              "--steps or --tokens (or --lr-schedule constant, or schedulefree-adamw)")
+        if self.optim.optimizer == "schedulefree-adamw" and self.optim.betas[0] == 0:
+            raise ValueError("schedulefree-adamw needs betas[0] above 0: its averaged weights x, which evaluations "
+                             "and checkpoints use, are recovered from y and z by dividing by betas[0]")
         if steps is not None and self.optim.warmup_steps > steps:
             raise ValueError(f"warmup_steps ({self.optim.warmup_steps}) must not exceed the step budget ({steps})")
         window = self.data.seq_len + 1  # an evaluation scores whole windows: a smaller cap fails only then
