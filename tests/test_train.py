@@ -1835,13 +1835,41 @@ def test_git_state_asks_git_for_the_commit_and_whether_tracked_files_changed(mon
     from rnnlab.train import runtime
 
     monkeypatch.setenv("RNNLAB_GIT_COMMIT", "")
-    for head, status, state, label in (((0, "abc123\n"), " M src/x.py\n", ("abc123", True), "abc123-dirty"),
-                                       ((0, "abc123\n"), "", ("abc123", False), "abc123"),
-                                       ((128, "HEAD\n"), "", (None, None), None)):
-        answers = {"rev-parse": head, "status": (0, status)}
+    for head, status, state, label, tracked in (
+            ((0, "abc123\n"), " M src/x.py\n", ("abc123", True), "abc123-dirty", 0),
+            ((0, "abc123\n"), "", ("abc123", False), "abc123", 0),
+            ((128, "HEAD\n"), "", (None, None), None, 0),
+            ((0, "abc123\n"), "", (None, None), None, 1)):  # the package is not in that repository
+        answers = {"rev-parse": head, "status": (0, status), "ls-files": (tracked, "")}
         monkeypatch.setattr(runtime.subprocess, "run",
                             lambda cmd, **kw: subprocess.CompletedProcess(cmd, *answers[cmd[1]], ""))
         assert (runtime.git_state(), runtime.git_commit_label()) == (state, label)
+
+
+def test_git_state_of_an_untracked_copy_inside_another_repository_is_unknown(tmp_path, monkeypatch):
+    """An installed copy of the package inside some other git repository (a virtualenv in a project's
+    folder) records no commit: that repository's HEAD is not the code's; once tracked there, it is."""
+    import shutil
+    import subprocess
+
+    from rnnlab.train import runtime
+
+    if shutil.which("git") is None:
+        pytest.skip("no git")
+    monkeypatch.delenv("RNNLAB_GIT_COMMIT", raising=False)
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    subprocess.run(git + ["init", "-q"], cwd=tmp_path, check=True)
+    (tmp_path / "README").write_text("another project\n")
+    subprocess.run(git + ["add", "README"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], cwd=tmp_path, check=True)
+    pkg = tmp_path / "venv" / "rnnlab"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    assert runtime.git_state(pkg) == (None, None)
+    subprocess.run(git + ["add", "venv"], cwd=tmp_path, check=True)
+    subprocess.run(git + ["commit", "-qm", "y"], cwd=tmp_path, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    assert runtime.git_state(pkg) == (head, False)
 
 
 def test_a_cuda_only_backend_is_only_refused_off_cuda():
@@ -1918,7 +1946,7 @@ def test_git_state_counts_tracked_changes_only_and_env_json_starts_in_utc(monkey
     monkeypatch.setattr(runtime.subprocess, "run", lambda cmd, **kw: asked.append(cmd) or subprocess.CompletedProcess(
         cmd, 0, "abc123\n" if cmd[1] == "rev-parse" else "", ""))
     assert runtime.git_state() == ("abc123", False)
-    assert asked[1] == ["git", "status", "--porcelain", "--untracked-files=no"]
+    assert asked[-1] == ["git", "status", "--porcelain", "--untracked-files=no"]
     monkeypatch.setenv("TZ", "Asia/Tokyo")  # UTC+9, no daylight saving
     time.tzset()
     try:

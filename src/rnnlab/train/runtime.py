@@ -296,17 +296,21 @@ def split_dirty(named: str) -> tuple[str, bool | None]:
     return (named.removesuffix("-dirty"), True) if named.endswith("-dirty") else (named, None)
 
 
-def git_state() -> tuple[str | None, bool | None]:
-    """``(commit, dirty)`` of the code that runs. ``RNNLAB_GIT_COMMIT`` names the commit where the
-    code is a copy whose git metadata is missing or stale (e.g. a tree sent to a GPU machine), in
-    :func:`split_dirty`'s form."""
+def git_state(here: Path | None = None) -> tuple[str | None, bool | None]:
+    """``(commit, dirty)`` of the code that runs (the package's folder ``here``, by default this
+    file's), ``(None, None)`` where git does not track it: an installed copy inside some other
+    repository (a virtualenv in a project's folder) is not that repository's code.
+    ``RNNLAB_GIT_COMMIT`` names the commit where the code is a copy whose git metadata is missing
+    or stale (e.g. a tree sent to a GPU machine), in :func:`split_dirty`'s form."""
     if os.environ.get("RNNLAB_GIT_COMMIT"):
         return split_dirty(os.environ["RNNLAB_GIT_COMMIT"])
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent if here is None else here
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         sha = res.stdout.strip() if res.returncode == 0 else None
-        if not sha:
+        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", "__init__.py"], cwd=here,
+                                 capture_output=True, timeout=5).returncode == 0
+        if not sha or not tracked:
             return None, None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip() != ""
