@@ -123,6 +123,18 @@ def test_visible_gpus_respects_cuda_visible_devices(monkeypatch):
         parallel.visible_gpus(4)
 
 
+def test_a_gpu_named_twice_in_cuda_visible_devices_is_refused_not_given_two_runs(tmp_path, fake_launch, monkeypatch,
+                                                                                 capsys):
+    """``CUDA_VISIBLE_DEVICES=0,0 rnnlab bench --gpus 2``: one line, exit 2, nothing trained. Taken as
+    two GPUs, GPU 0 trained two runs at once, and the bench lost the first (its process replaced in
+    the bench's table of running runs): never recorded, never stopped by a Ctrl-C, killed unsaved at
+    the bench's exit."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0, 0")
+    code = main(["bench", "tiny", "--steps", "2", "--out", str(tmp_path / "s"), "--gpus", "2", "--no-plots"])
+    assert code == 2 and fake_launch == []
+    assert "CUDA_VISIBLE_DEVICES names GPU 0 twice" in capsys.readouterr().err
+
+
 def test_bench_gpus_end_to_end(tmp_path, monkeypatch, capsys):
     """Two real `rnnlab train` processes at once (on the CPU; the device list is faked), then
     the report names the GPU each run used."""

@@ -37,10 +37,14 @@ POLL_S = 0.2
 
 def visible_gpus(n: int) -> list[str]:
     """The first ``n`` GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (a user's
-    own ``CUDA_VISIBLE_DEVICES=2,3`` is respected: ``--gpus 2`` then uses 2 and 3)."""
+    own ``CUDA_VISIBLE_DEVICES=2,3`` is respected: ``--gpus 2`` then uses 2 and 3; one naming a GPU
+    twice is refused)."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
         ids = [d.strip() for d in env.split(",") if d.strip()]
+        twice = next((d for i, d in enumerate(ids) if d in ids[:i]), None)
+        if twice is not None:  # one GPU taken as two would train two runs at once, the bench holding one
+            raise ValueError(f"CUDA_VISIBLE_DEVICES names GPU {twice} twice ({env}): name each GPU once")
     else:
         import torch
 
