@@ -116,6 +116,37 @@ def test_a_ctrl_c_as_a_run_starts_stops_that_run_too(tmp_path, fake_launch, monk
     assert lines[-1].endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})"), lines
 
 
+def test_a_sigterm_as_a_run_starts_stops_the_suite_where_the_benchs_ctrl_c_is_ignored(tmp_path, monkeypatch):
+    """A bench started where Ctrl-C is ignored (``cmd &`` in a script) takes a SIGTERM as its stop
+    (``stops_as_ctrl_c``) also when it lands as a run starts, inside the block that holds Ctrl-C
+    back (``interrupts_deferred``): the stop waits for the block's end, then the run gets it and the
+    suite stops. The block's own handler stood where the ignore was, so the stop came as a SIGINT,
+    held and then raised again into the ignore: lost, the suite trained on."""
+    import signal
+
+    from rnnlab import signals
+
+    monkeypatch.setattr(parallel, "POLL_S", 0.0)
+    FakeProc.live, started = [], []
+
+    def launch(pr, gpu, out, status, progress):
+        started.append(FakeProc(pr, gpu, polls=50))
+        signal.raise_signal(signal.SIGTERM)  # `kill BENCH`, the process started
+        return started[-1], out / "log"
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with signals.stops_as_ctrl_c():
+            suite = load_suite("tiny")
+            out = tmp_path / "s"
+            res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0"], log=print)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert len(started) == 1 and getattr(started[0], "signals", None) == [parallel.STOP]
+    assert res["stopped"] and res["trained"] == ["e1"]
+
+
 def test_visible_gpus_respects_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3,,7,")  # spaces and empty entries, as a script may write it
     assert parallel.visible_gpus(2) == ["2", "3"] and parallel.visible_gpus(3) == ["2", "3", "7"]

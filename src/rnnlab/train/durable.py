@@ -106,16 +106,24 @@ def interrupts_deferred():
     handled as the block ends, by the handler installed before it. Several held back count as
     one: the block lasts milliseconds (a commit's renames), and two SIGINTs inside it are a pair
     sent together (a time limit's ``timeout -s INT`` reaches the process and its group), which is
-    one stop, not a first Ctrl-C and an abort. Only the main thread can install handlers;
+    one stop, not a first Ctrl-C and an abort. Where Ctrl-C is ignored (``cmd &`` in a script) it
+    stays ignored, and what stops the process there instead is held back: a SIGTERM or SIGHUP that
+    Python handles (``rnnlab.signals.stops_as_ctrl_c`` makes it a KeyboardInterrupt there). Holding
+    SIGINT there put a handler in place of the ignore, and such a stop, passed on as a SIGINT, was
+    held and then raised again into the ignore: lost. Only the main thread can install handlers;
     elsewhere the block runs unprotected."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    held = [signal.SIGINT]
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        held = [s for s in (signal.SIGTERM, signal.SIGHUP) if callable(signal.getsignal(s))]
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
-            signal.raise_signal(signal.SIGINT)
+        for s, before in previous.items():
+            signal.signal(s, before)
+        for s in dict.fromkeys(caught):  # in the order they came, each signal once
+            signal.raise_signal(s)
