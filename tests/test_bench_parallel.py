@@ -116,6 +116,32 @@ def test_a_ctrl_c_as_a_run_starts_stops_that_run_too(tmp_path, fake_launch, monk
     assert lines[-1].endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})"), lines
 
 
+def test_a_bench_that_fails_launching_a_run_stops_the_running_ones_first(tmp_path, monkeypatch):
+    """A failure of the bench itself while runs are going (disk full as it writes the next run's log)
+    is raised only after the running runs were stopped, saved their checkpoints and were recorded:
+    left running, the bench's exit would have killed them unsaved."""
+    FakeProc.live = []
+    started = []
+
+    def launch(pr, gpu, out, status, progress):
+        if started:
+            raise OSError(28, "No space left on device")
+        started.append(FakeProc(pr, gpu, polls=10**6))
+        return started[-1], out / "log"
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    monkeypatch.setattr(parallel, "POLL_S", 0.0)
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    lines = []
+    with pytest.raises(OSError, match="No space left"):
+        run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["0", "1"], log=lines.append)
+    assert len(started) == 1 and started[0].signals == [parallel.STOP] and started[0].returncode == 130
+    assert (started[0].pr.dir / "ckpt").is_dir() and not FakeProc.live
+    assert any("the bench failed (OSError" in line for line in lines)
+    assert lines[-1].endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})"), lines
+
+
 def test_a_sigterm_as_a_run_starts_stops_the_suite_where_the_benchs_ctrl_c_is_ignored(tmp_path, monkeypatch):
     """A bench started where Ctrl-C is ignored (``cmd &`` in a script) takes a SIGTERM as its stop
     (``stops_as_ctrl_c``) also when it lands as a run starts, inside the block that holds Ctrl-C

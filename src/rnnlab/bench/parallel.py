@@ -156,7 +156,8 @@ def next_run(pending: list[tuple[int, PlannedRun]], result: dict[str, Any], log:
 def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress: bool = False,
                  log: Callable[[str], None]) -> dict[str, Any]:
     """Train every planned run that is not complete, up to ``len(gpus)`` at once. A Ctrl-C stops
-    launching, lets the running processes save their checkpoints, and marks the suite stopped."""
+    launching, lets the running processes save their checkpoints, and marks the suite stopped; a
+    failure of the bench itself stops them the same way before it is raised."""
     result = new_result()
     pending = list(enumerate(plan, 1))
     running: dict[str, Job] = {}
@@ -188,17 +189,28 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
     except KeyboardInterrupt:
         result["stopped"] = True
         log("interrupted: waiting for the running runs to save their checkpoints (Ctrl-C again to abort them)")
-        signal_each(running.values(), STOP)
-        while True:
-            try:
-                for job in running.values():
-                    job.proc.wait()
-                break
-            except KeyboardInterrupt:  # a second Ctrl-C: passed on, the runs abort keeping their last checkpoint
-                signal_each(running.values(), ABORT)
-        for job in running.values():
-            finish(job, result, log, len(plan))
+        stop_running(running, result, log, len(plan))
+    except BaseException as e:  # the bench itself failed (disk full writing logs/): its runs save first
+        log(f"the bench failed ({type(e).__name__}: {e}): stopping the running runs, which save their checkpoints "
+            f"(Ctrl-C again to abort them)")
+        stop_running(running, result, log, len(plan))
+        raise
     return result
+
+
+def stop_running(running: dict[str, Job], result: dict[str, Any], log: Callable[[str], None], total: int) -> None:
+    """Stop the running runs (each saves its checkpoint), wait for them and record each; a Ctrl-C
+    meanwhile is passed on as an abort (the runs keep their last checkpoint)."""
+    signal_each(running.values(), STOP)
+    while True:
+        try:
+            for job in running.values():
+                job.proc.wait()
+            break
+        except KeyboardInterrupt:  # a second Ctrl-C: passed on, the runs abort keeping their last checkpoint
+            signal_each(running.values(), ABORT)
+    for job in running.values():
+        finish(job, result, log, total)
 
 
 # What the bench passes on to its runs. A first stop is a SIGTERM, which a run takes as its first
