@@ -739,6 +739,27 @@ def test_one_process_rescore_keeps_the_gpu_the_run_trained_on(tmp_path, monkeypa
     assert [(r["dir"], r.get("gpu")) for r in runs] == [("a", None), ("b", "5")]
 
 
+def test_a_ctrl_c_between_two_runs_stops_the_suite_and_returns_its_result(tmp_path, monkeypatch):
+    """A Ctrl-C while the bench looks at the next run (its status, its plan), no run training, stops
+    the suite as one during a run does: the result comes back, so the report is still written (it
+    escaped ``run_plan`` before and the command ended without one)."""
+    import rnnlab.bench.runner as runner
+
+    suite, out, calls = _suite_of_fakes(tmp_path, monkeypatch, "abc", {})
+    status = runner.run_status
+
+    def ctrl_c_at_b(pr):
+        if pr.label == "b":
+            raise KeyboardInterrupt
+        return status(pr)
+
+    monkeypatch.setattr(runner, "run_status", ctrl_c_at_b)
+    said: list[str] = []
+    res = run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=said.append)
+    assert res["stopped"] and res["trained"] == ["a"] and len(calls) == 1
+    assert said[-1] == f"interrupted between runs; stopping the suite ({runner.RESUME_HINT})"
+
+
 def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     import rnnlab.train.trainer as trainer
 

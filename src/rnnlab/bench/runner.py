@@ -49,45 +49,50 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
 
 
 def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    """Train the planned runs one after another in this process (see ``run_plan``)."""
+    """Train the planned runs one after another in this process (see ``run_plan``); a Ctrl-C
+    between two runs stops the suite as one during a run does (the report is still written)."""
     result = new_result()
-    for i, pr in enumerate(plan, 1):
-        status = run_status(pr)
-        tag = f"[{i}/{len(plan)}] {pr.label}"
-        skipped = skip_line(tag, pr, status, result)
-        if skipped:
-            log(skipped)
-            continue
-        cfg = train_config(pr, status)
-        m = cfg.model
-        if status == "rescore":
-            log(rescore_line(tag, pr))
-        else:
-            log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
-                + (f" {layer_text(m.layer)}" if m.layer else "") + f" ({pr.params:,} params)")
-        try:
-            summary = _train(cfg, progress)
-        except KeyboardInterrupt:
-            result["stopped"] = True
-            log(f"{tag}: aborted; stopping the suite ({RESUME_HINT})")
-            break
-        except Exception as e:  # one bad run must not sink the suite
-            result["failed"][pr.label] = f"{type(e).__name__}: {e}"
-            log(f"{tag}: FAILED: {type(e).__name__}: {e}")
-            continue
-        result["rescored" if status == "rescore" else "trained"].append(pr.label)
-        kind, _, index = str(summary.get("device")).partition(":")
-        if kind == "cuda" and status != "rescore":  # as rnnlab.bench.parallel does: the report names each run's
-            # GPU (cuda:1: the second); a re-scored run keeps the one it trained on
-            i = int(index or 0)
-            record_gpu(pr.dir.parent, pr.label, visible_gpus(i + 1)[i])
-        complete = summary.get("complete", False)
-        if complete:
-            log(outcome_line(tag, summary))
-        if not complete or summary.get("interrupted_at_end"):  # a Ctrl-C during the run or its end
-            result["stopped"] = True
-            log(f"{tag}: interrupted; stopping the suite ({RESUME_HINT})")
-            break
+    try:
+        for i, pr in enumerate(plan, 1):
+            status = run_status(pr)
+            tag = f"[{i}/{len(plan)}] {pr.label}"
+            skipped = skip_line(tag, pr, status, result)
+            if skipped:
+                log(skipped)
+                continue
+            cfg = train_config(pr, status)
+            m = cfg.model
+            if status == "rescore":
+                log(rescore_line(tag, pr))
+            else:
+                log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
+                    + (f" {layer_text(m.layer)}" if m.layer else "") + f" ({pr.params:,} params)")
+            try:
+                summary = _train(cfg, progress)
+            except KeyboardInterrupt:
+                result["stopped"] = True
+                log(f"{tag}: aborted; stopping the suite ({RESUME_HINT})")
+                break
+            except Exception as e:  # one bad run must not sink the suite
+                result["failed"][pr.label] = f"{type(e).__name__}: {e}"
+                log(f"{tag}: FAILED: {type(e).__name__}: {e}")
+                continue
+            result["rescored" if status == "rescore" else "trained"].append(pr.label)
+            kind, _, index = str(summary.get("device")).partition(":")
+            if kind == "cuda" and status != "rescore":  # as rnnlab.bench.parallel does: the report names each run's
+                # GPU (cuda:1: the second); a re-scored run keeps the one it trained on
+                i = int(index or 0)
+                record_gpu(pr.dir.parent, pr.label, visible_gpus(i + 1)[i])
+            complete = summary.get("complete", False)
+            if complete:
+                log(outcome_line(tag, summary))
+            if not complete or summary.get("interrupted_at_end"):  # a Ctrl-C during the run or its end
+                result["stopped"] = True
+                log(f"{tag}: interrupted; stopping the suite ({RESUME_HINT})")
+                break
+    except KeyboardInterrupt:  # between runs (the next one's status, its plan): none is training
+        result["stopped"] = True
+        log(f"interrupted between runs; stopping the suite ({RESUME_HINT})")
     return result
 
 
