@@ -755,7 +755,10 @@ def test_a_ctrl_c_between_two_runs_stops_the_suite_and_returns_its_result(tmp_pa
 
     monkeypatch.setattr(runner, "run_status", ctrl_c_at_b)
     said: list[str] = []
-    res = run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=said.append)
+    try:
+        res = run_plan(suite, plan_suite(suite, out, steps=2), out, progress=False, log=said.append)
+    except KeyboardInterrupt:  # failed here, not as an interrupted pytest
+        pytest.fail("the Ctrl-C between two runs escaped run_plan")
     assert res["stopped"] and res["trained"] == ["a"] and len(calls) == 1
     assert said[-1] == f"interrupted between runs; stopping the suite ({runner.RESUME_HINT})"
 
