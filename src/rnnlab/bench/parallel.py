@@ -191,9 +191,10 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
         log("interrupted: waiting for the running runs to save their checkpoints (Ctrl-C again to abort them)")
         stop_running(running, result, log, len(plan))
     except BaseException as e:  # the bench itself failed (disk full writing logs/): its runs save first
-        log(f"the bench failed ({type(e).__name__}: {e}): stopping the running runs, which save their checkpoints "
-            f"(Ctrl-C again to abort them)")
-        stop_running(running, result, log, len(plan))
+        if running:
+            log(f"the bench failed ({type(e).__name__}: {e}): stopping the running runs, which save their "
+                f"checkpoints (Ctrl-C again to abort them)")
+            stop_running(running, result, log, len(plan))
         raise
     return result
 
