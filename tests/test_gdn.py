@@ -265,6 +265,18 @@ def test_config_errors(kw, msg):
     assert str(e.value) == msg
 
 
+def test_expand_v_is_taken_as_fla_takes_it():
+    """V = int(head_dim * expand_v) where the product is within 1e-5 of it, fla's own rule, so the
+    reference takes what the official layer takes: 100 * 0.07 = 7.000000000000001 is V = 7 (it was
+    refused, as an exact comparison of floats); 100 * 0.29 = 28.999999999999996, which fla refuses
+    (int() makes it 28), is refused too."""
+    cfg = GatedDeltaNetConfig(dim=64, head_dim=100, expand_v=0.07, heads=1)
+    cfg.validate()
+    assert cfg.head_v_dim == 7
+    with pytest.raises(ValueError, match="expand_v must make head_dim\\*expand_v a positive integer, got 0.29"):
+        GatedDeltaNetConfig(dim=64, head_dim=100, expand_v=0.29, heads=1).validate()
+
+
 @pytest.mark.parametrize("dim, depth, layer", [(1920, 17, {"heads": 24, "head_dim": 80}), (256, 2, {"conv_size": 2})])
 def test_parameter_count(dim, depth, layer):
     """Per layer ``D (2HK + 3HV + 2H) + c (2HK + HV) + 2H + V`` plus its LayerNorm; the tied

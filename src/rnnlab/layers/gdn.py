@@ -38,6 +38,7 @@ dtype); the official layer's gated norm is fla's kernel, so its ``step`` needs C
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -77,7 +78,9 @@ class GatedDeltaNetConfig:
 
     def validate(self) -> None:
         check_options(self)
-        if self.head_v_dim < 1 or self.head_v_dim != self.head_dim * self.expand_v:
+        # fla's rule, so both backends take the same values: int() of the product, within 1e-5 of it
+        # (head_dim 100, expand_v 0.07: 7.000000000000001 is V = 7)
+        if self.head_v_dim < 1 or not math.isclose(self.head_dim * self.expand_v, self.head_v_dim, rel_tol=1e-5):
             raise ValueError(f"expand_v must make head_dim*expand_v a positive integer, got {self.expand_v!r}")
 
 
