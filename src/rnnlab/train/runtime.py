@@ -308,9 +308,8 @@ def git_state(here: Path | None = None) -> tuple[str | None, bool | None]:
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         sha = res.stdout.strip() if res.returncode == 0 else None
-        tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "--", "__init__.py"], cwd=here,
-                                 capture_output=True, timeout=5).returncode == 0
-        if not sha or not tracked:
+        if not sha or subprocess.run(["git", "ls-files", "--error-unmatch", "--", "__init__.py"], cwd=here,
+                                     capture_output=True, timeout=5).returncode != 0:  # not this repository's
             return None, None
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
                                capture_output=True, text=True, timeout=5).stdout.strip() != ""
