@@ -1084,6 +1084,7 @@ def main(argv=None):
     torch.manual_seed(0)
     bw, fl = ceilings()
     rows = []
+    partial = kernels_meta(args, bw, fl, complete=False)  # the record while rows come (the commit asked of git once)
 
     def add(name, shape, res, floor_ms, note=""):
         f, b, tot = res
@@ -1092,7 +1093,7 @@ def main(argv=None):
         print(f"{name:34s} {shape:22s} fwd {f:8.3f}  bwd {b:8.3f}  total {tot:8.3f} ms  "
               f"floor {floor_ms:6.3f}  {note}", flush=True)
         if args.json:  # after each row, so that a call cut short keeps what it measured; finish() completes it
-            write_json(args.json, dict(meta=kernels_meta(args, bw, fl, complete=False), rows=rows))
+            write_json(args.json, dict(meta=partial, rows=rows))
 
     el = 2  # bf16 bytes
 
