@@ -91,8 +91,8 @@ def _aborted_after_finishing(r: subprocess.CompletedProcess, args: list[str]) ->
             and summary is not None and summary.exists() and json.loads(summary.read_text())["complete"])
 
 
-def _losses(run) -> list[float]:
-    return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+def _losses(run, key: str = "loss") -> list[float]:
+    return [json.loads(x)[key] for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def _one(out, corpus, **kw) -> dict:
@@ -404,7 +404,8 @@ def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, 
     the ``--gpus 2`` re-launch, or FSDP2 under torchrun), each running its 4 rows as 2
     micro-batches (``--grad-accum 2``), resume to step 5; one process resumes to step 8. Every
     step's loss equals the uninterrupted one-process run's to rounding: two processes with
-    gradient accumulation train like one, and a checkpoint moves from 1 to 2 processes and back."""
+    gradient accumulation train like one (the gradient norms too: each rank's is the whole model's),
+    and a checkpoint moves from 1 to 2 processes and back."""
     run = tmp_path / "r"
     _one(run, corpus, steps=2)
     args = [*_flags(dict(TINY, steps=5, grad_accum=2)), "--data", str(corpus), "--out", str(run), "--resume"]
@@ -422,6 +423,7 @@ def test_checkpoint_moves_between_one_and_two_processes(mode, tmp_path, corpus, 
     assert two["tokens"] == 5 * 8 * 32  # global tokens
     assert json.loads((run / "config.json").read_text())["batch_size"] == 8  # the global batch
     assert _losses(run) == pytest.approx(_losses(ref_sf)[:5], rel=1e-5)
+    assert _losses(run, "grad_norm") == pytest.approx(_losses(ref_sf, "grad_norm")[:5], rel=1e-5)
     s = _one(run, corpus, steps=8, resume=True)
     assert s["complete"] and s["steps"] == 8
     assert _losses(run) == pytest.approx(_losses(ref_sf), rel=1e-5)

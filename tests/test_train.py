@@ -1415,6 +1415,27 @@ def test_grad_norm_is_the_l2_norm_clipping_rescales_to(tiny_train, tmp_path, mon
     assert seen == pytest.approx([min(n, 0.2) for n in pre], rel=1e-5)
 
 
+def test_pure_bf16_grad_norm_is_measured_in_float32(tiny_train, tmp_path, monkeypatch):
+    """Pure bf16 keeps 16-bit gradients; their logged norm, and the one clipping scales by, is the
+    exact norm of those gradients to float32's precision, not rounded to bf16 (2^-9 relative) as
+    ``get_total_norm`` leaves it."""
+    pre, used, real_clip = [], [], torch.nn.utils.clip_grads_with_norm_
+
+    def clip(params, max_norm, total_norm, *a, **kw):
+        params = list(params)
+        assert {p.grad.dtype for p in params if p.grad is not None} == {torch.bfloat16}
+        pre.append(math.sqrt(sum(float(p.grad.double().square().sum()) for p in params if p.grad is not None)))
+        used.append((total_norm.dtype, float(total_norm)))
+        return real_clip(params, max_norm, total_norm, *a, **kw)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grads_with_norm_", clip)
+    run_training(tiny_train(tmp_path / "r", steps=4, grad_clip=100.0, precision="bf16", eval_bytes=256),
+                 progress=False)
+    logged = [json.loads(x)["grad_norm"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]
+    assert len(pre) == 4 and {d for d, _ in used} == {torch.float32}
+    assert logged == pytest.approx(pre, rel=1e-6) and [n for _, n in used] == pytest.approx(pre, rel=1e-6)
+
+
 def test_adamw_lr_is_linear_warmup_then_cosine(tiny_train, tmp_path):
     run_training(tiny_train(tmp_path / "r", steps=10, optimizer="adamw", warmup_steps=3, lr=1e-3), progress=False)
     lrs = [json.loads(x)["lr"] for x in (tmp_path / "r/metrics.jsonl").read_text().splitlines()]

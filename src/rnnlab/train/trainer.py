@@ -246,6 +246,20 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
     return splits.val, extra, stream
 
 
+def grad_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all ``grads`` as one vector, a float32 scalar (a DTensor under FSDP2): one
+    fused norm a dtype, each accumulated and returned in float32, so pure bf16's 16-bit gradients
+    are not measured in bf16 (``get_total_norm`` rounds each tensor's norm and the total to the
+    gradients' dtype: ~0.4% off, in the logged norm and the clipping scale)."""
+    if not grads:
+        return torch.zeros(())
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
+    for g in grads:
+        by_dtype.setdefault(g.dtype, []).append(g)
+    norms = [n for group in by_dtype.values() for n in torch._foreach_norm(group, 2, dtype=torch.float32)]
+    return torch.linalg.vector_norm(torch.stack(norms))
+
+
 class Trainer:
     """One training run: built from a config (checking the data and memory, taking the run folder,
     restoring the checkpoint when resuming), then ``train()``, which lets go of the folder.
@@ -527,8 +541,7 @@ class Trainer:
         if self.cfg.run.cuda_graph and self.graphed is None:  # inside a warm-up step's time
             self.graphed = GraphedForwardBackward(self.forward_backward, state.model, batch)
         loss = self.graphed(batch) if self.graphed is not None else self.forward_backward(batch)
-        grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.get_total_norm(grads)  # one fused norm; a DTensor under FSDP2
+        norm = grad_norm([p.grad for p in state.model.parameters() if p.grad is not None])
         loss_value, norm_value = torch.stack([loss.detach().float(), dist.full_tensor(norm).float()]).tolist()
         loss_value = self.ctx.all_reduce_mean(loss_value)
         if not (math.isfinite(loss_value) and math.isfinite(norm_value)):  # the norm is every rank's
