@@ -1,12 +1,14 @@
 """Data-parallel scaling of ``rnnlab train``: tok/s on 1 GPU vs N GPUs (DDP, FSDP2).
 
-    python benchmarks/bench_distributed.py [--gpus 2] [--steps 40] [--json results/distributed_h200x2.json]
+    python benchmarks/bench_distributed.py [--gpus 2] [--steps 40] [--compile] [--json results/distributed_h200x2.json]
 
 Weak scaling: 1 GPU runs batch B per step, N GPUs run the global batch N*B (B per GPU), so each
 GPU does the same work; efficiency = tok/s(N) / (N * tok/s(1)). Every run is a real
 ``rnnlab train`` (pure bf16, Schedule-Free AdamW, T=512, checkpoints and mid-run evals off);
-tok/s is the median of the per-step values after ``--warmup`` steps (global tokens). NCCL runs
-with NVLink multicast off (``NCCL_NVLS_ENABLE=0``, set by rnnlab.train.distributed).
+tok/s is the median of the per-step values after ``--warmup`` steps (global tokens). Eager, as
+``rnnlab train``'s default, unless ``--compile`` (every run, 1 GPU and N, ``rnnlab train --compile``;
+warm-up steps enough to leave the compilation out). NCCL runs with NVLink multicast off
+(``NCCL_NVLS_ENABLE=0``, set by rnnlab.train.distributed).
 Prints a markdown table for docs/distributed.md.
 """
 
@@ -29,11 +31,12 @@ CONFIGS = [  # the 400M seed configurations (E1 d26, official Mamba2 d22 with d_
 ]
 
 
-def run(cfg: dict, batch: int, gpus: int, mode: str | None, steps: int, seq_len: int, out: Path) -> dict:
+def run(cfg: dict, batch: int, gpus: int, mode: str | None, steps: int, seq_len: int, out: Path,
+        compile: bool = False) -> dict:
     cmd = [sys.executable, "-m", "rnnlab", "train", "--model", cfg["model"], "--dim", str(cfg["dim"]),
            "--depth", str(cfg["depth"]), "--batch-size", str(batch), "--seq-len", str(seq_len),
            "--steps", str(steps), "--precision", "bf16", "--checkpoint-every", "0", "--eval-bytes", "65536",
-           "--no-progress", "--out", str(out)]
+           "--no-progress", "--out", str(out)] + (["--compile"] if compile else [])
     if gpus > 1:
         cmd += ["--gpus", str(gpus)] + (["--distributed", mode] if mode else [])
     env = dict(os.environ, NCCL_NVLS_ENABLE="0", PYTHONUNBUFFERED="1")
@@ -56,6 +59,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", help="subset of: " + " ".join(n for n, _ in CONFIGS))
     ap.add_argument("--dim", type=int, help="override every model's width (smoke tests)")
     ap.add_argument("--depth", type=int, help="override every model's depth")
+    ap.add_argument("--compile", action="store_true", help="every run with rnnlab train --compile (default: eager)")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args()
     import torch
@@ -69,9 +73,10 @@ def main() -> int:
             if a.models and name not in a.models:
                 continue
             cfg = dict(cfg, **{k: getattr(a, k) for k in ("dim", "depth") if getattr(a, k)})
-            row = {"model": name, **cfg, "batch_per_gpu": a.batch, "seq_len": a.seq_len, "gpus": a.gpus}
+            row = {"model": name, **cfg, "batch_per_gpu": a.batch, "seq_len": a.seq_len, "gpus": a.gpus,
+                   "compile": a.compile}
             for key, gpus, mode in (("1gpu", 1, None), ("ddp", a.gpus, "ddp"), ("fsdp2", a.gpus, "fsdp2")):
-                r = run(cfg, a.batch * gpus, gpus, mode, a.steps, a.seq_len, Path(tmp) / f"{name}-{key}")
+                r = run(cfg, a.batch * gpus, gpus, mode, a.steps, a.seq_len, Path(tmp) / f"{name}-{key}", a.compile)
                 if "error" not in r:
                     r["tok_per_s"] = statistics.median(x["tok_per_s"] for x in r["tok_per_s"][a.warmup:])
                 row[key] = r
@@ -81,7 +86,7 @@ def main() -> int:
                 v = row[key].get("tok_per_s")
                 row[key]["efficiency"] = v / (a.gpus * base) if v and base else None
             results.append(row)
-    print(f"| model | params | precision | seq x batch/GPU | 1 GPU tok/s | {a.gpus} GPU DDP tok/s | eff. | "
+    print(f"| model | params | precision, mode | seq x batch/GPU | 1 GPU tok/s | {a.gpus} GPU DDP tok/s | eff. | "
           f"{a.gpus} GPU FSDP2 tok/s | eff. |")
     print("|---|---|---|---|---|---|---|---|---|")
 
@@ -91,7 +96,9 @@ def main() -> int:
 
     for row in results:
         params = row["1gpu"].get("params")
-        print(f"| {row['model']} | {f'{params:,}' if params else '-'} | bf16 | {row['seq_len']} x {row['batch_per_gpu']} | "
+        mode = "bf16, compiled" if row["compile"] else "bf16, eager"
+        print(f"| {row['model']} | {f'{params:,}' if params else '-'} | {mode} | "
+              f"{row['seq_len']} x {row['batch_per_gpu']} | "
               f"{f(row['1gpu'], 'tok_per_s', ',.0f')} | {f(row['ddp'], 'tok_per_s', ',.0f')} | "
               f"{f(row['ddp'], 'efficiency', '.2f')} | {f(row['fsdp2'], 'tok_per_s', ',.0f')} | "
               f"{f(row['fsdp2'], 'efficiency', '.2f')} |")
@@ -104,7 +111,7 @@ def main() -> int:
         meta = dict(device=f"{gpus} x {torch.cuda.get_device_name()}" if gpus else "cpu",
                     date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                     git_commit=git_commit_label(), torch=torch.__version__, command=" ".join(sys.argv),
-                    steps=a.steps, warmup=a.warmup)
+                    steps=a.steps, warmup=a.warmup, compile=a.compile)
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(dict(meta=meta, rows=results), indent=1) + "\n")
     return 0

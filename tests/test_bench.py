@@ -3107,6 +3107,26 @@ def test_bench_distributed_cpu_smoke_run_writes_its_json(tmp_path, monkeypatch):
     assert doc["meta"]["device"] == "cpu" and doc["rows"][0]["1gpu"]["tok_per_s"] == 1000.0
 
 
+def test_bench_distributed_compile_trains_every_run_compiled(tmp_path, monkeypatch, capsys):
+    """--compile reaches every ``rnnlab train`` the benchmark runs (1 GPU, DDP, FSDP2) and is
+    recorded in its --json and table; without it every run is eager."""
+    bd = _benchmark_script("bench_distributed")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for flag in ([], ["--compile"]):
+        cmds = []
+        monkeypatch.setattr(bd.subprocess, "run", lambda cmd, **kw: cmds.append(cmd) or
+                            subprocess.CompletedProcess(cmd, 1, "", "stood in"))
+        out = tmp_path / f"d{len(flag)}.json"
+        monkeypatch.setattr(sys, "argv", ["bench_distributed.py", "--models", "e1", "--dim", "64", "--depth", "2",
+                                          *flag, "--json", str(out)])
+        assert bd.main() == 0
+        trains = [c for c in cmds if c[1:4] == ["-m", "rnnlab", "train"]]  # (git asks for the commit too)
+        assert len(trains) == 3 and all(("--compile" in c) == bool(flag) for c in trains)
+        doc = json.loads(out.read_text())
+        assert doc["meta"]["compile"] == doc["rows"][0]["compile"] == bool(flag)
+        assert ("bf16, compiled" if flag else "bf16, eager") in capsys.readouterr().out
+
+
 def test_bench_trainer_models_are_the_races_in_their_race_modes(tmp_path):
     """bench_trainer.py measures the race's Mamba2, E16 and Gated DeltaNet: the same configs, and
     compiled or eager as the race runs them."""
