@@ -10,7 +10,10 @@ import json
 import lzma
 import os
 import random
+import resource
 import signal
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -343,6 +346,25 @@ def test_a_sigterm_where_ctrl_c_is_ignored_leaves_no_file(tmp_path, capsys, monk
         signal.signal(signal.SIGTERM, before)
     assert ended == [] and "interrupted" in capsys.readouterr().err
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_a_write_that_fails_leaves_no_temporary_file(tmp_path):
+    """A full disk (here a file-size limit: EFBIG) fails a write, then again the flush of what was
+    buffered as the temporary corpus closes: that file (hidden, and as large as the disk let it
+    grow) is deleted all the same, and the folder made for --out with it."""
+    src = tmp_path / "d.jsonl"
+    src.write_bytes(_jsonl(*(f"document {i}" for i in range(20_000))))
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    code = "import sys; from rnnlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "data", "prepare", str(src), "--out",
+                        str(tmp_path / "new" / "c.txt"), "--no-progress"],
+                       preexec_fn=limit_file_size, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "File too large" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
 
 def test_lines_span_blocks():
