@@ -316,6 +316,31 @@ def test_the_manifest_is_in_place_before_the_corpus_and_gone_if_the_corpus_is_no
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "c.txt", "c.txt.manifest.json"]
 
 
+def test_each_file_is_on_the_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    """The corpus and its manifest are flushed and fsynced under their temporary names, then renamed:
+    a power loss after the rename leaves them whole, not a FILE of the bytes that reached the disk
+    (a truncated corpus that trains without a word)."""
+    src = tmp_path / "a.txt"
+    src.write_bytes(b"one document")
+    events, fsync, replace = [], os.fsync, os.replace
+
+    def record_fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name, os.fstat(fd).st_size))
+        fsync(fd)
+
+    def record_replace(a, b):
+        events.append(("replace", Path(a).name, Path(b).name))
+        replace(a, b)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    prep.prepare([src], tmp_path / "c.txt", progress=False)
+    manifest, corpus = (f".{name}.{os.getpid()}.part" for name in ("c.txt.manifest.json", "c.txt"))
+    assert events == [("fsync", manifest, prep.manifest_path(tmp_path / "c.txt").stat().st_size),
+                      ("replace", manifest, "c.txt.manifest.json"),
+                      ("fsync", corpus, len(b"one document")), ("replace", corpus, "c.txt")]
+
+
 def test_a_sigterm_where_ctrl_c_is_ignored_leaves_no_file(tmp_path, capsys, monkeypatch):
     """``rnnlab data prepare ... &`` in a script ignores Ctrl-C, and a SIGTERM there (``kill``, a
     scheduler's stop) ended the process at once, leaving the temporary corpus beside --out: under

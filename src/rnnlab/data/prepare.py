@@ -410,8 +410,9 @@ class _Corpus:
 
 
 class AtomicFile:
-    """``with AtomicFile(path) as f``: writes go to a temporary file in ``path``'s folder, renamed
-    to ``path`` when the block ends normally and deleted when it raises (or is interrupted)."""
+    """``with AtomicFile(path) as f``: writes go to a temporary file in ``path``'s folder, put on the
+    disk (fsync) and renamed to ``path`` when the block ends normally, deleted when it raises (or is
+    interrupted)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -425,7 +426,10 @@ class AtomicFile:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
-            self.f.close()  # flushes what is buffered: a full disk fails here too
+            with self.f:  # closing flushes what is buffered: a full disk fails here too
+                if exc_type is None:  # on the disk before it has the name: a power loss leaves no half file
+                    self.f.flush()
+                    os.fsync(self.f.fileno())
             if exc_type is None:
                 os.replace(self.tmp, self.path)
         except BaseException:
