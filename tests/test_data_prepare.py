@@ -376,7 +376,8 @@ def test_a_sigterm_where_ctrl_c_is_ignored_leaves_no_file(tmp_path, capsys, monk
 def test_a_write_that_fails_leaves_no_temporary_file(tmp_path):
     """A full disk (here a file-size limit: EFBIG) fails a write, then again the flush of what was
     buffered as the temporary corpus closes: that file (hidden, and as large as the disk let it
-    grow) is deleted all the same, and the folder made for --out with it."""
+    grow) is deleted all the same, and the folder made for --out with it. The error line names the
+    file being written (the system's error names none)."""
     src = tmp_path / "d.jsonl"
     src.write_bytes(_jsonl(*(f"document {i}" for i in range(20_000))))
 
@@ -388,7 +389,7 @@ def test_a_write_that_fails_leaves_no_temporary_file(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "data", "prepare", str(src), "--out",
                         str(tmp_path / "new" / "c.txt"), "--no-progress"],
                        preexec_fn=limit_file_size, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "File too large" in r.stderr, r.stderr
+    assert r.returncode == 2 and f"File too large: {tmp_path / 'new' / 'c.txt'}" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
 
 

@@ -412,7 +412,7 @@ class _Corpus:
 class AtomicFile:
     """``with AtomicFile(path) as f``: writes go to a temporary file in ``path``'s folder, put on the
     disk (fsync) and renamed to ``path`` when the block ends normally, deleted when it raises (or is
-    interrupted)."""
+    interrupted). An OS error that names no file (a full disk's write) is given ``path``'s name."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -432,8 +432,14 @@ class AtomicFile:
                     os.fsync(self.f.fileno())
             if exc_type is None:
                 os.replace(self.tmp, self.path)
-        except BaseException:
+        except BaseException as e:
             self.tmp.unlink(missing_ok=True)
+            self._name(e)
             raise
         if exc_type is not None:
             os.unlink(self.tmp)
+            self._name(exc)
+
+    def _name(self, e: BaseException | None) -> None:
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(self.path)
