@@ -1181,6 +1181,27 @@ def test_departures_compare_with_the_suite_as_the_config_reads_it():
         assert protocol_overrides({**plan, "invocations": [{"options": options}]}) == departs
 
 
+def test_params_that_every_row_targets_already_do_not_depart(tmp_path):
+    """``--params N`` on rows whose suite entries target N already plans the same runs: no departure
+    (it was one whenever given). Another N, or a row that sets its dim, departs; with ``--runs`` only
+    the rows it ran count."""
+    from rnnlab.bench.report import protocol_overrides
+    from rnnlab.bench.suite import write_plan
+
+    suite = parse_suite({"name": "t", "runs": [
+        {"name": "a", "model": "e1", "depth": 2, "target_params": "100K"},
+        {"name": "b", "model": "e1", "depth": 3, "target_params": "100K"},
+        {"name": "c", "model": "e1", "depth": 2, "target_params": "200K"},
+        {"name": "fixed", "model": "e1", "depth": 2, "dim": 32}]})
+    for params, runs, departs in (("100K", "a,b", False), ("100000", "a,b", False), ("200K", "a,b", True),
+                                  ("100K", "a,c", True), ("100K", "a,fixed", True)):
+        out = tmp_path / f"{params}-{runs}"
+        options = {"params": params, "runs": runs}
+        write_plan(suite, plan_suite(suite, out, **options), out, "rnnlab bench t", options)
+        plan = json.loads((out / "suite.json").read_text())
+        assert protocol_overrides(plan) == ({"params": params} if departs else {}), (params, runs)
+
+
 def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
     _synthetic_run(tmp_path, "e1-d26", 1.60, 2.3, 16000.0, depth=26)
     _synthetic_run(tmp_path, "e1-d6", 1.70, 2.4, 25000.0, depth=6, params=258_000)

@@ -22,6 +22,7 @@ from rnnlab.bench import plots as P
 from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_rates, run_seed
 from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.models.config import layer_text
+from rnnlab.models.params import parse_count
 from rnnlab.options import normalize
 from rnnlab.train.config import BUDGET_KEYS, FIELDS, WARMUP_STEPS, TrainConfig, apply_overrides
 from rnnlab.train.rundir import RunDir
@@ -507,10 +508,26 @@ def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
     shipped = apply_overrides(TrainConfig(), defaults, source="suite").to_dict()
     found: dict[str, list[Any]] = {}
     for call in invocations(plan):
-        for k, v in (call.get("options") or {}).items():
+        options = call.get("options") or {}
+        for k, v in options.items():
+            if k == "params" and params_as_shipped(plan, v, options.get("runs")):
+                continue
             if k in OVERRIDE_KEYS and (k not in shipped or shipped[k] != v) and v not in found.get(k, []):
                 found.setdefault(k, []).append(v)
     return {k: v[0] if len(v) == 1 else v for k, v in found.items()}
+
+
+def params_as_shipped(plan: dict[str, Any], params: Any, runs: Any = None) -> bool:
+    """Whether ``--params`` (with ``--runs``, those rows) asked every row it planned for the parameter
+    count the row's suite entry targets already (suite.json's ``suite_target_params``), which plans the
+    same runs; a row that sets its dim, or a suite.json from before rows recorded their target, departs."""
+    try:
+        target = parse_count(params)
+    except ValueError:
+        return False
+    names = {n.strip() for n in runs.split(",")} if isinstance(runs, str) else set(runs or ())
+    rows = [r for r in plan.get("runs") or [] if not names or r.get("name") in names]
+    return bool(rows) and all(r.get("suite_target_params") == target for r in rows)
 
 
 def describe_dates(records: list[dict[str, Any]]) -> str:

@@ -536,8 +536,9 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
     report covers every run folder; runs stay in the suite's order. A sweep's axes are those of the
     points listed (a sweep extended by ``--set lr=...`` with new values lists the earlier ones too)."""
     out.mkdir(parents=True, exist_ok=True)
+    own = {spec.name: spec.target_params for spec in suite.runs}  # the row's own target (None: it sets dim)
     runs = [{"name": p.name, "seed": p.seed, "dir": p.dir.name, "params": p.params,
-             "target_params": p.target_params, "point": p.point,
+             "target_params": p.target_params, "suite_target_params": own.get(p.name), "point": p.point,
              "model": p.cfg.model.to_dict()} for p in plan]
     calls = [{"command": command, "options": {k: v for k, v in options.items() if v is not None},
               "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
