@@ -885,6 +885,21 @@ def test_a_sweep_report_does_not_warn_that_its_axes_differ(tmp_path):
     assert "- **Options beside `rnnlab train`'s defaults:** steps = 30\n" in md and "as shipped" not in md
 
 
+def test_a_planned_run_not_started_is_no_protocol_difference(tmp_path):
+    """An interrupted suite's report (its later runs not started) warned that the rows "were not run
+    under one protocol", listing every setting as None for the rows never started; those rows have
+    no protocol, and a real difference among the others is still said."""
+    for name in ("a", "b"):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "runs": [
+        {"name": n, "seed": None, "dir": n, "point": None} for n in ("a", "b", "c")]}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "c (missing: 0 of 1 runs complete)" in md and "not run under one protocol" not in md
+    _set_config(tmp_path, "b", lr=1e-3)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - lr: a 0.0001; b 0.001\n" in md and "None" not in md[:md.index("## Results")]
+
+
 def test_a_missing_memory_figure_reads_by_the_rows_own_device(tmp_path):
     """In a report of CPU and GPU runs, a CPU row's memory is "n/a (CPU)" (a CPU run measures
     none) and a GPU row without a figure is "-" (missing), whatever the other rows ran on."""

@@ -295,8 +295,9 @@ def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[st
     among the rows whose models have them): such rows do not compare like for like. A sweep's
     axes (``swept``) differ by design and are left out. Parameter counts: ``differing_param_counts``.
     Rows trained for the same minutes run different steps by design (the time-matched race): the
-    budget says they match."""
+    budget says they match. A row none of whose runs started (``missing``) has no protocol to compare."""
     lines = []
+    rows = [r for r in rows if r["status"] != "missing"]
     keyed = {"budget": {r["name"]: budget_text(r["protocol"]) for r in rows},
              "steps run": {r["name"]: r["steps"] for r in rows if r["protocol"].get("minutes") is None},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
