@@ -900,6 +900,18 @@ def test_a_planned_run_not_started_is_no_protocol_difference(tmp_path):
     assert "> - lr: a 0.0001; b 0.001\n" in md and "None" not in md[:md.index("## Results")]
 
 
+def test_a_sweep_report_lists_its_base_flags_beside_the_defaults(tmp_path):
+    """A sweep's "Options beside `rnnlab train`'s defaults" named only its budget and scoring flags
+    (``--steps``, ``--eval-bytes``), not the base flags it trained every point with (``--batch-size 4``
+    here, suite.json's defaults); a flag at the default's value and the run folder's ``--out`` are none."""
+    from rnnlab.bench.report import protocol_overrides
+
+    plan = {"sweep": {"axes": {"lr": [1e-4, 1e-3]}}, "defaults": {"batch_size": 4, "seq_len": 512, "out": "x"},
+            "invocations": [{"options": {"steps": 30}}]}
+    assert protocol_overrides(plan) == {"batch_size": 4, "steps": 30}
+    assert protocol_overrides({k: v for k, v in plan.items() if k != "sweep"}) == {"steps": 30}  # a suite's own
+
+
 def test_a_missing_memory_figure_reads_by_the_rows_own_device(tmp_path):
     """In a report of CPU and GPU runs, a CPU row's memory is "n/a (CPU)" (a CPU run measures
     none) and a GPU row without a figure is "-" (missing), whatever the other rows ran on."""

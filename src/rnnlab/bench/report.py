@@ -24,7 +24,7 @@ from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.models.config import layer_text
 from rnnlab.models.params import parse_count
 from rnnlab.options import normalize
-from rnnlab.train.config import BUDGET_KEYS, FIELDS, WARMUP_STEPS, TrainConfig, apply_overrides
+from rnnlab.train.config import BUDGET_KEYS, FIELDS, RUNNER_KEYS, WARMUP_STEPS, TrainConfig, apply_overrides
 from rnnlab.train.rundir import RunDir
 from rnnlab.train.runtime import git_state, split_dirty
 
@@ -504,10 +504,14 @@ def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
     the suite sets none, the config's default (``--eval-bytes all`` on a suite that scores all is
     none); a key given different values by different commands maps to the list of them. The suite's
     values are read as the config reads them (its ``"256K"`` is the flag's 256000), and its budget
-    replaces the default's (a suite of ``minutes`` has no steps, so ``--steps 1000`` departs)."""
+    replaces the default's (a suite of ``minutes`` has no steps, so ``--steps 1000`` departs). A sweep
+    ships no suite: its base flags (suite.json's defaults) other than the config's defaults come first."""
     defaults = {k: v for k, v in (plan.get("defaults") or {}).items() if k in FIELDS}
     shipped = apply_overrides(TrainConfig(), defaults, source="suite").to_dict()
     found: dict[str, list[Any]] = {}
+    if plan.get("sweep"):
+        base = TrainConfig().to_dict()
+        found = {k: [shipped[k]] for k in defaults if k not in RUNNER_KEYS and shipped[k] != base[k]}
     for call in invocations(plan):
         options = call.get("options") or {}
         for k, v in options.items():
