@@ -1800,7 +1800,7 @@ def test_equal_bytes_marks_of_a_small_run_name_their_bytes(tmp_path):
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     """loss_vs_depth: Mamba2 at two depths is a line; two E1 runs that differ in layer options too
     (the race's 2.5x-expansion E1 and its 14-head E1) are not; one model at two depths under two
-    learning rates is two lines; the line's points are in depth order."""
+    learning rates is two lines, each named by its rate; the line's points are in depth order."""
     from rnnlab.bench import plots as P
 
     def row(model, depth, loss, layer=None):
@@ -1812,7 +1812,7 @@ def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     assert list(series) == ["mamba2 d_state=64"]
     two_lrs = [dict(row("e16", d, 1.0 + d / 100), protocol={"lr": lr}) for d in (8, 12) for lr in (1e-3, 3e-4)]
     assert [[r["protocol"]["lr"] for r in rs] for rs in P._depth_series(two_lrs).values()] == [[1e-3] * 2, [3e-4] * 2]
-    assert list(P._depth_series(two_lrs)) == ["e16", "e16 (2)"]
+    assert list(P._depth_series(two_lrs)) == ["e16 lr=0.001", "e16 lr=0.0003"]  # not "e16", "e16 (2)": which lr?
     ax = P.loss_vs_depth_figure(series).axes[0]
     (line, _, _), = ax.containers  # one errorbar: its data line, caps and bars
     assert (list(line.get_xdata()), list(line.get_ydata())) == ([22, 32], [1.2, 1.3])

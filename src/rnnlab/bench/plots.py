@@ -302,11 +302,13 @@ def _depth_series(rows) -> dict[str, list[dict]]:
         else:
             parts = {label: rs}
         curves += [(lab, p) for lab, p in parts.items() if len({r["depth"] for r in p}) > 1]
-    seen: dict[str, int] = {}
     series: dict[str, list[dict]] = {}
-    for label, rs in curves:  # one model under two protocols: "e1", "e1 (2)"
-        seen[label] = seen.get(label, 0) + 1
-        series[label if seen[label] == 1 else f"{label} ({seen[label]})"] = rs
+    for label, rs in curves:  # one model under two protocols: named by the settings apart ("e1 lr=0.001")
+        mine = rs[0].get("protocol") or {}
+        others = [p[0].get("protocol") or {} for lab, p in curves if lab == label and p is not rs]
+        apart = [k for k in mine if any(o.get(k) != mine[k] for o in others)]
+        name = " ".join([label, *(f"{k}={mine[k]}" for k in apart)])
+        series[name if name not in series else f"{name} ({len(series) + 1})"] = rs
     return series
 
 
