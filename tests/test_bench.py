@@ -912,6 +912,22 @@ def test_a_sweep_report_lists_its_base_flags_beside_the_defaults(tmp_path):
     assert protocol_overrides({k: v for k, v in plan.items() if k != "sweep"}) == {"steps": 30}  # a suite's own
 
 
+def test_rows_trained_on_other_data_are_not_one_protocol(tmp_path):
+    """Rows of one suite folder trained on different corpora (a part run with another --data) were
+    set side by side with no warning, only the header's Corpus line listing both: their held-out bpb
+    is not on one split. Compared by env.json's fingerprints (the same data under another path is one)."""
+    for name in ("a", "b", "c"):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+    for name, prints in (("a", ("11", "22")), ("b", ("11", "22")), ("c", ("33", "44"))):
+        env = json.loads((tmp_path / name / "env.json").read_text())
+        env["corpus"] = {"train_fingerprint": prints[0], "heldout_fingerprint": prints[1]}
+        (tmp_path / name / "env.json").write_text(json.dumps(env))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - corpus (training/held-out split fingerprints): a, b 11/22; c 33/44\n" in md
+    shutil.rmtree(tmp_path / "c")
+    assert "not run under one protocol" not in write_report(tmp_path, plots=False)["md"].read_text()
+
+
 def test_a_missing_memory_figure_reads_by_the_rows_own_device(tmp_path):
     """In a report of CPU and GPU runs, a CPU row's memory is "n/a (CPU)" (a CPU run measures
     none) and a GPU row without a figure is "-" (missing), whatever the other rows ran on."""

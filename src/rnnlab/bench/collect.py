@@ -144,6 +144,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "val_bytes": next((r["val_bytes"] for r in use if r.get("val_bytes")), None),
             "step_ms": unsteadiest([spread(r.get("step_ms", [])) for r in use]),
             "run_setups": [run_setup(r) for r in use],
+            "corpus": run_corpus(first),
         }
         for k in METRICS:
             m, sd, n = mean_std([r["summary"].get(k) for r in use])
@@ -170,6 +171,14 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def run_seed(record: dict[str, Any]) -> int | None:
     """The seed a run trained with: its ``--seeds`` value, else its config's."""
     return record["seed"] if record["seed"] is not None else record["config"].get("seed", record["summary"].get("seed"))
+
+
+def run_corpus(record: dict[str, Any]) -> str | None:
+    """The data a run trained and was scored on: env.json's fingerprints of its training and held-out
+    splits as ``TRAIN/HELDOUT``; None where not recorded."""
+    c = record["env"].get("corpus") or {}
+    prints = (c.get("train_fingerprint"), c.get("heldout_fingerprint"))
+    return None if None in prints else "/".join(prints)
 
 
 def run_decay_rates(record: dict[str, Any]) -> str | None:

@@ -290,7 +290,7 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
 def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[str]:
     """One line per setting that is not the same for every row (the budget, the steps run among
     rows not trained for a time, batch, sequence length, precision, optimizer, lr, weight decay,
-    Adam's betas, gradient clipping, held-out bytes, the extra held-out file scored
+    Adam's betas, gradient clipping, the corpus, held-out bytes, the extra held-out file scored
     (``--extra-val-data``), and whether weight decay reached the decay rates A_log, dt_bias, D
     among the rows whose models have them): such rows do not compare like for like. A sweep's
     axes (``swept``) differ by design and are left out. Parameter counts: ``differing_param_counts``.
@@ -301,6 +301,8 @@ def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[st
     keyed = {"budget": {r["name"]: budget_text(r["protocol"]) for r in rows},
              "steps run": {r["name"]: r["steps"] for r in rows if r["protocol"].get("minutes") is None},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
+             # the data itself (env.json's fingerprints; paths differ from machine to machine)
+             "corpus (training/held-out split fingerprints)": {r["name"]: r["corpus"] for r in rows if r["corpus"]},
              # --extra-val-data, where any row has one: a row without it shows "-" (a run kept from before
              # the file was asked for, with no checkpoint to score it from)
              **({"extra held-out file scored": {r["name"]: r["extra_data"] or "none" for r in rows}}
