@@ -939,6 +939,25 @@ def test_a_folder_of_runs_names_up_to_eight_of_them(tmp_path):
                                 f"(--run {tmp_path / 'r0'})")
 
 
+def test_an_export_folder_is_no_run_of_a_folder_of_runs(tiny_train, tmp_path):
+    """An ``rnnlab export`` output (a Hugging Face config.json, naming its ``model_type``) is no run
+    (``RunDir.is_hf_export``): a folder holding only one takes a fresh run rather than being refused as
+    "a folder of runs", and beside runs it is not named among them."""
+    root = tmp_path / "root"
+    (root / "r-hf").mkdir(parents=True)
+    hf_config = {"model_type": "rnnlab", "architectures": ["RnnlabForCausalLM"]}
+    (root / "r-hf" / "config.json").write_text(json.dumps(hf_config))
+    assert RunDir(root / "r-hf").is_hf_export() and RunDir(root).runs_inside() == []
+    run = RunDir(root)
+    assert run.prepare(tiny_train(root, steps=2)) is None
+    run.release()
+    (root / "r").mkdir()
+    (root / "r" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError) as e:
+        RunDir(root).config()
+    assert str(e.value) == f"{root} is not a run dir (no readable config.json); it holds runs: r (--run {root / 'r'})"
+
+
 def test_resume_clears_what_killed_writers_left(tiny_train, tmp_path):
     run = tmp_path / "r"
     run_training(tiny_train(run, steps=2), progress=False)

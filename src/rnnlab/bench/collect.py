@@ -76,7 +76,7 @@ def _is_run(path: Path) -> bool:
     """A run folder, not another folder with a config.json beside the runs (an ``rnnlab export``
     output: a Hugging Face config, which names its ``model_type``)."""
     run = RunDir(path)
-    return run.holds_run() and "model_type" not in (run.saved_config() or {})
+    return run.holds_run() and not run.is_hf_export()
 
 
 def step_times_ms(metrics: list[dict[str, Any]]) -> list[float]:

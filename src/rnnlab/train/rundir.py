@@ -22,7 +22,7 @@ the run is *complete* when summary.json says so. Rules for training into a folde
 - one writer: a process that trains into the folder holds an exclusive lock on ``.lock`` until
   it ends; a second one stops with an error naming the holder;
 - a fresh run refuses a folder that holds a run, unless ``overwrite`` (then the run's files are
-  deleted first), and a folder of runs (folders with a config.json in it), ``overwrite`` or not;
+  deleted first), and a folder of runs (folders with a run's config.json in it), ``overwrite`` or not;
 - ``resume`` continues from the newest checkpoint that verifies, or stops with an error saying
   what is missing (no folder, no config.json, another config, no usable checkpoint), changing
   nothing; damaged newer checkpoints are reported and renamed ``damaged-step-...``; the logs
@@ -222,12 +222,18 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.path.is_dir() and any(self.file(n).exists() for n in (CONFIG, SUMMARY, METRICS, CKPT))
 
+    def is_hf_export(self) -> bool:
+        """Whether config.json is a Hugging Face model's (``rnnlab export`` writes one, naming its
+        ``model_type``), not a run's: such a folder is no run, though it holds a config.json."""
+        return "model_type" in (read_json(self.file(CONFIG)) or {})
+
     def runs_inside(self) -> list[str]:
         """The names of the folders in this one that hold a run's config.json, sorted (a folder of
-        runs, as ``rnnlab bench`` and ``sweep`` write); [] if none or no folder."""
+        runs, as ``rnnlab bench`` and ``sweep`` write); an ``rnnlab export`` output beside them is
+        none (``is_hf_export``); [] if none or no folder."""
         if not self.path.is_dir():
             return []
-        return sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file())
+        return sorted(p.name for p in self.path.iterdir() if (p / CONFIG).is_file() and not RunDir(p).is_hf_export())
 
     def summary(self) -> dict[str, Any] | None:
         return read_json(self.file(SUMMARY))
@@ -392,7 +398,7 @@ class RunDir:
             inside = f"; it holds runs: {', '.join(runs[:8])}{', ...' if len(runs) > 8 else ''} " \
                      f"(--run {self.path / runs[0]})" if runs else ""
             raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG}){inside}")
-        if "model_type" in saved:  # transformers' config.json: its keys would be listed as unknown fields
+        if self.is_hf_export():  # transformers' config.json: its keys would be listed as unknown fields
             raise ValueError(f"{self.path} is a Hugging Face model folder (rnnlab export), not a run dir: give the "
                              f"run folder it was exported from, or load it with transformers")
         return TrainConfig.from_dict(saved)
