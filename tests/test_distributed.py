@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pytest
@@ -285,6 +286,36 @@ def test_gpus_n_gives_torchrun_time_for_its_workers_to_save(monkeypatch, tmp_pat
         pytest.skip("this torch keeps torchrun's 30 s (the setting came in torch 2.12)")
     monkeypatch.setenv(SHUTDOWN_TIMEOUT_ENV, torchrun_env({})[SHUTDOWN_TIMEOUT_ENV])
     assert LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=2).shutdown_timeout == 600
+
+
+def test_gpus_n_whose_wandb_run_cannot_start_leaves_no_run_folder(monkeypatch, tmp_path, corpus, capsys):
+    """``--gpus N`` whose W&B run cannot start (not logged in) leaves nothing, as one process does
+    (``RunDir.abandon_fresh``): the check before launching leaves the folder as it found it, so rank 0
+    makes the folder and its lock file and removes them again. It left both, and rank 0, finding the
+    folder there before it, left a folder of ``.lock`` alone. Rank 0's part runs here in this process
+    (the folder is rank 0's alone: another rank never touches it), without a torchrun launch."""
+    from rnnlab.cli import main
+    from rnnlab.train import cli
+
+    class Error(Exception):
+        pass
+
+    def init(**kwargs):
+        raise Error("api_key not configured (no-tty)")
+
+    def rank_0(cmd, env):
+        assert not (tmp_path / "made").exists()  # the check made the folder and its parent, and took them away
+        return main(cmd[cmd.index("rnnlab") + 1:])
+
+    wandb = types.SimpleNamespace(init=init, errors=types.SimpleNamespace(Error=Error))
+    monkeypatch.setitem(sys.modules, "wandb", wandb)
+    monkeypatch.setattr(cli, "run_passing_signals", rank_0)
+    argv = ["train", *_flags(dict(TINY, steps=2)), "--data", str(corpus), "--out", str(tmp_path / "made" / "run"),
+            "--wandb", "p", "--gpus", "2"]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])  # what --gpus re-launches
+    assert main(argv) == 2
+    assert "rnnlab train: error: W&B could not start a run: api_key not configured" in capsys.readouterr().err
+    assert not (tmp_path / "made").exists()
 
 
 PASS_SIGNALS = """

@@ -262,7 +262,8 @@ def _check_before_launch(cfg: TrainConfig, n: int) -> None:
     """Refuse here, in one line, what every rank would refuse after torchrun started them (each
     printing it amid torchrun's report of failed workers): the process group's timeout, the config and
     its split over the ``n`` processes (the global batch, --grad-accum), the corpus, the run folder (taken and let go
-    at once, as rank 0 then takes it)."""
+    at once, as rank 0 then takes it; left as found, so that rank 0 makes the folder and its lock file itself and a
+    fresh run failing before its first step, W&B not starting, removes them as one process does)."""
     from rnnlab.train.distributed import DistContext, timeout_minutes
     from rnnlab.train.trainer import open_data, resolve_config
 
@@ -273,7 +274,7 @@ def _check_before_launch(cfg: TrainConfig, n: int) -> None:
     heldout, _, stream = open_data(cfg, DistContext(rank=n - 1, world_size=n))
     rundir = RunDir(cfg.run.out)
     rundir.prepare(cfg, corpus_record(stream.split, heldout))
-    rundir.release()
+    rundir.release(undo=True)
 
 
 def _launch(args) -> int | None:

@@ -569,12 +569,7 @@ class RunDir:
         except OSError:
             pass
         finally:
-            self.lock.release(undo=bool(self.made))
-            for folder in self.made:  # the run's folder first; one that holds anything else stays, and its parents
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            self.release(undo=bool(self.made))
 
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None, trains_on: bool = False,
               final_eval_redone: bool = False, scores_only: bool = False) -> None:
@@ -615,9 +610,17 @@ class RunDir:
         write_json(self.file(CONFIG), {**cfg.to_dict(), "resume": False, "overwrite": False})
         write_json(self.file(ENV), env)
 
-    def release(self) -> None:
-        """Let go of the folder (the lock ``prepare`` took)."""
-        self.lock.release()
+    def release(self, *, undo: bool = False) -> None:
+        """Let go of the folder (the lock ``prepare`` took); ``undo``: as ``prepare`` found it, the lock
+        file and the folders it made going too where nothing else is in them (``abandon_fresh``; ``--gpus
+        N``'s check before launching, so that rank 0 makes them itself and knows them for its own)."""
+        self.lock.release(undo=undo)
+        if undo:
+            for folder in self.made:  # the run's folder first; one that holds anything else stays, and its parents
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.file(SUMMARY), summary)
