@@ -116,6 +116,43 @@ def test_a_ctrl_c_as_a_run_starts_stops_that_run_too(tmp_path, fake_launch, monk
     assert lines[-1].endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})"), lines
 
 
+def test_a_ctrl_c_while_the_stopped_runs_are_recorded_waits_for_their_records(tmp_path, fake_launch, monkeypatch):
+    """A further Ctrl-C that lands while the bench records a run it stopped (``stop_running``) waits
+    until that run is recorded, then goes to the runs still going as an abort: every run is recorded and
+    the suite's result comes back for its report, where the Ctrl-C escaped from the record, leaving the
+    other run unrecorded and the report unwritten."""
+    import signal
+
+    started, record, ctrl_c = [], parallel.finish, [signal.SIGINT]
+
+    def launch(pr, gpu, out, status, progress):
+        started.append(FakeProc(pr, gpu, polls=10**6))
+        if len(started) == 2:
+            signal.raise_signal(signal.SIGINT)  # the first Ctrl-C, both runs going
+        return started[-1], out / "log"
+
+    def finish(*args):
+        if ctrl_c:
+            signal.raise_signal(ctrl_c.pop())  # the next, as the first run stopped is recorded
+        record(*args)
+
+    monkeypatch.setattr(parallel, "launch", launch)
+    monkeypatch.setattr(parallel, "finish", finish)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        suite = load_suite("tiny")
+        out = tmp_path / "s"
+        lines = []
+        res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0", "1"], log=lines.append)
+    except KeyboardInterrupt:
+        pytest.fail(f"the Ctrl-C escaped the bench as it recorded its runs: {lines}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not ctrl_c and [p.signals for p in started] == [[parallel.STOP]] * 2
+    assert res["stopped"] and res["trained"] == ["e1", "mingru"]
+    assert sum(line.endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})") for line in lines) == 2, lines
+
+
 def test_a_bench_that_fails_launching_a_run_stops_the_running_ones_first(tmp_path, monkeypatch):
     """A failure of the bench itself while runs are going (disk full as it writes the next run's log)
     is raised only after the running runs were stopped, saved their checkpoints and were recorded:

@@ -200,18 +200,20 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
 
 
 def stop_running(running: dict[str, Job], result: dict[str, Any], log: Callable[[str], None], total: int) -> None:
-    """Stop the running runs (each saves its checkpoint), wait for them and record each; a Ctrl-C
-    meanwhile is passed on as an abort (the runs keep their last checkpoint)."""
+    """Stop the running runs (each saves its checkpoint), wait for them and record each as it ends; a
+    Ctrl-C meanwhile is passed on as an abort (the runs keep their last checkpoint). One that comes while
+    a run is recorded waits until it is (as in ``run_parallel``), then is passed on the same way: none
+    escapes with runs unrecorded and the suite's report unwritten."""
     signal_each(running.values(), STOP)
-    while True:
+    while running:
         try:
-            for job in running.values():
+            for gpu, job in list(running.items()):
                 job.proc.wait()
-            break
-        except KeyboardInterrupt:  # a second Ctrl-C: passed on, the runs abort keeping their last checkpoint
+                with interrupts_deferred():  # an ended run is recorded, whenever a Ctrl-C comes
+                    del running[gpu]
+                    finish(job, result, log, total)
+        except KeyboardInterrupt:  # a second Ctrl-C: the runs still going abort, keeping their last checkpoint
             signal_each(running.values(), ABORT)
-    for job in running.values():
-        finish(job, result, log, total)
 
 
 # What the bench passes on to its runs. A first stop is a SIGTERM, which a run takes as its first
