@@ -1460,12 +1460,38 @@ def test_sweep_table_cells_are_each_metrics_mean_and_std():
     from rnnlab.bench.report import sweep_table
 
     rows = [{"point": {"lr": 0.001}, "params": 57_900, "loss": 1.5, "loss_std": 0.1, "val_bpb": 2.0,
-             "val_bpb_std": 0.02, "tok_per_s": 20000.0, "tok_per_s_std": 1000.0},
+             "val_bpb_std": 0.02, "tok_per_s": 20000.0, "tok_per_s_std": 1000.0, "status": "complete"},
             {"point": None, "params": None, "loss": None, "loss_std": None, "val_bpb": 2.25, "val_bpb_std": None,
-             "tok_per_s": 999.0, "tok_per_s_std": None}]
+             "tok_per_s": 999.0, "tok_per_s_std": None, "status": "complete"}]
     assert sweep_table(rows, ["lr"]).splitlines() == [
         "| lr | Params | Loss | held-out bpb | Tok/s |", "|---|---|---|---|---|",
         "| 0.001 | 57.9K | 1.5000 ± 0.1000 | 2.0000 ± 0.0200 | 20.0K ± 1.00K |", "| - | - | - | 2.2500 | 999 |"]
+
+
+def test_a_sweep_point_not_complete_is_marked_in_the_sweep_table_and_hollow_in_its_plot(tmp_path):
+    """A failed or partial point's numbers were set in the sweep table and its plot as a finished
+    point's: the table marks it as the results table does, the plot draws it hollow and says so."""
+    from rnnlab.bench import plots as P
+    from rnnlab.bench.report import sweep_table
+
+    points = {"lr-1e-4": 1e-4, "lr-3e-4": 3e-4, "lr-1e-3": 1e-3}
+    for name in points:
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+    _set_summary(tmp_path, "lr-3e-4", complete=False, error="RuntimeError: loss is nan")
+    (tmp_path / "suite.json").write_text(json.dumps({
+        "suite": "sweep-lr", "sweep": {"axes": {"lr": list(points.values())}},
+        "runs": [{"name": n, "seed": None, "dir": n, "point": {"lr": v}} for n, v in points.items()]}))
+    rows = aggregate(collect(tmp_path)["records"])
+    assert [r[0] for r in _table_rows(sweep_table(rows, ["lr"]), "| lr |")] == [
+        "0.0001", "0.0003 (failed: 0 of 1 runs complete)", "0.001"]
+    fig = P.sweep_figure(rows, ["lr"])
+    for ax in fig.axes:
+        (line, _, _), = ax.containers
+        hollow = ax.get_lines()[-1]  # drawn over the line
+        assert line.get_markevery() == [0, 2] and (list(hollow.get_xdata()), hollow.get_markerfacecolor()) == (
+            [3e-4], "none")
+    assert fig._suptitle.get_text() == "sweep over lr\n(hollow: a point not complete, failed or partial)"
+    P.pyplot().close(fig)
 
 
 def test_held_out_bytes_are_the_final_evaluations_not_the_curves(tmp_path):
@@ -1852,7 +1878,7 @@ def test_sweep_plot_draws_schedule_free_runs_at_their_training_point():
 
     def row(lr, loss, x, y):
         return {"point": {"lr": lr}, "loss": loss, "loss_std": None, "val_bpb": x, "val_bpb_std": None,
-                "val_bpb_train_point": y, "val_bpb_train_point_std": None}
+                "val_bpb_train_point": y, "val_bpb_train_point_std": None, "status": "complete"}
 
     fig = P.sweep_figure([row(3e-4, 1.1, 9.0, 1.6), row(1e-4, 1.2, 8.0, 1.7), row(1e-3, 1.0, 1.5, None)], ["lr"])
     loss_ax, bpb_ax = fig.axes
@@ -4174,8 +4200,8 @@ def test_held_out_points_at_x_above_1_25_times_the_solid_curves_are_left_above_t
 def test_a_numeric_sweep_axis_spanning_ten_times_is_drawn_on_a_log_scale():
     from rnnlab.bench.plots import pyplot, sweep_figure
 
-    rows = [{"point": {"lr": lr}, "loss": 1.0, "loss_std": None, "val_bpb": 1.5, "val_bpb_std": None}
-            for lr in (1e-3, 1e-2)]
+    rows = [{"point": {"lr": lr}, "loss": 1.0, "loss_std": None, "val_bpb": 1.5, "val_bpb_std": None,
+             "status": "complete"} for lr in (1e-3, 1e-2)]
     fig = sweep_figure(rows, ["lr"])
     assert [ax.get_xscale() for ax in fig.axes] == ["log", "log"]
     pyplot().close(fig)

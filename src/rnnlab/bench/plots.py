@@ -6,7 +6,7 @@
     loss_vs_time.png   training loss (smoothed) vs training time
     tok_per_s.png      steady throughput bar chart (mean ± std over seeds), each bar labelled with its value
     loss_vs_depth.png  final loss vs depth, one line per model whose runs differ in depth alone
-    sweep_<axis>.png   loss and held-out bpb vs the first swept value (sweeps)
+    sweep_<axis>.png   loss and held-out bpb vs the first swept value (sweeps), a point not complete hollow
 
 Each plot is built by a function returning its figure (tests read the figures); ``make_plots``
 saves them. Training time is ``elapsed_s``: optimizer steps only, evaluations and checkpoints
@@ -339,7 +339,8 @@ def _numeric(v) -> float | None:
 def sweep_figure(rows, axes: list[str]):
     """Loss and held-out bpb vs the first axis; one line per combination of the other axes. A
     Schedule-Free run's held-out bpb is its training point y's, as the report's other plots draw it
-    (its average x is mostly lost to rounding in pure bf16); other runs' at their weights."""
+    (its average x is mostly lost to rounding in pure bf16); other runs' at their weights. A point
+    not complete (failed or partial: the tables mark it) is hollow, and the title says so."""
     plt = pyplot()
     x_axis, rest = axes[0], axes[1:]
     lines: dict[str, list] = {}
@@ -358,6 +359,7 @@ def sweep_figure(rows, axes: list[str]):
         return r.get(metric), r.get(metric + "_std")
 
     fig, axs = plt.subplots(1, 2, figsize=(11, 4.5))
+    hollow = False
     for metric, ax, label in (("loss", axs[0], "training loss (last-100 mean)"),
                               ("val_bpb", axs[1], "held-out bits per byte" + (" (Schedule-Free at y)" if at_y else ""))):
         for i, (key, rs) in enumerate(lines.items()):
@@ -367,12 +369,17 @@ def sweep_figure(rows, axes: list[str]):
                 v, sd = value(r, metric)
                 if v is None:
                     continue
-                pts.append((float(x) if numeric else cats.index(str(x)), v, sd or 0))
+                pts.append((float(x) if numeric else cats.index(str(x)), v, sd or 0, r["status"] == "complete"))
             if not pts:
                 continue
             pts.sort()
-            xs, ys, sd = zip(*pts)
-            ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, color=f"C{i % 10}", label=key)
+            xs, ys, sd, done = zip(*pts)
+            ax.errorbar(xs, ys, yerr=sd, marker="o", capsize=3, color=f"C{i % 10}", label=key,
+                        markevery=[j for j, d in enumerate(done) if d])
+            if not all(done):
+                ax.plot([x for x, d in zip(xs, done) if not d], [y for y, d in zip(ys, done) if not d], "o",
+                        color=f"C{i % 10}", markerfacecolor="none")
+                hollow = True
         if numeric:
             vals = [float(x) for x in xs_all]
             if min(vals) > 0 and max(vals) / min(vals) >= 10:
@@ -387,5 +394,5 @@ def sweep_figure(rows, axes: list[str]):
         ax.grid(alpha=0.3)
         if len(lines) > 1:
             ax.legend(fontsize=8)
-    fig.suptitle(f"sweep over {x_axis}")
+    fig.suptitle(f"sweep over {x_axis}" + ("\n(hollow: a point not complete, failed or partial)" if hollow else ""))
     return fig

@@ -92,6 +92,13 @@ def metric_cell(row: dict[str, Any], key: str, fmt) -> str:
     return text + (f" ({n} of {row['n_used']} runs)" if 0 < n < row["n_used"] else "")
 
 
+def status_note(row: dict[str, Any]) -> str:
+    """What a table adds to a row that is not complete (`` (failed: 0 of 2 runs complete)``), else ""."""
+    if row["status"] == "complete":
+        return ""
+    return f" ({row['status']}: {row['n_complete']} of {row['n_runs']} runs complete)"
+
+
 def main_table(rows: list[dict[str, Any]]) -> str:
     """The results table; a "held-out bpb (train point)" column is added when a row used
     Schedule-Free (its held-out bpb at the training point y, beside the one at the average x), and
@@ -102,9 +109,7 @@ def main_table(rows: list[dict[str, Any]]) -> str:
     extra_keys = [k for k in ("extra_val_bpb", "extra_val_bpb_train_point") if any(r[k] is not None for r in rows)]
     body = []
     for r in rows:
-        name = r["name"]
-        if r["status"] != "complete":
-            name += f" ({r['status']}: {r['n_complete']} of {r['n_runs']} runs complete)"
+        name = r["name"] + status_note(r)
         y = [metric_cell(r, "val_bpb_train_point", fmt_loss)] if at_y else []
         y += [metric_cell(r, k, fmt_loss) for k in extra_keys]
         m = [f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-"] if with_mfu else []
@@ -336,10 +341,14 @@ def differing_param_counts(rows: list[dict[str, Any]]) -> str | None:
 
 
 def sweep_table(rows: list[dict[str, Any]], axes: list[str]) -> str:
+    """A row per point: its value on each axis (the last marked when the point is not complete, as the
+    results table marks it), params, loss, held-out bpb and tok/s."""
     body = []
     for r in rows:
         p = r.get("point") or {}
-        body.append([str(p.get(a, "-")) for a in axes] + [
+        point = [str(p.get(a, "-")) for a in axes]
+        point[-1] += status_note(r)
+        body.append(point + [
             fmt_count(r["params"]), _pm(r["loss"], r["loss_std"], fmt_loss),
             _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss), _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count)])
     return md_table(list(axes) + ["Params", "Loss", "held-out bpb", "Tok/s"], body)
