@@ -1814,6 +1814,20 @@ def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path, capsys):
     assert equal_bytes_lines(records, marks=[1_024_000])[2].startswith("Here each run's learning curve")
 
 
+def test_equal_bytes_table_names_the_runs_it_leaves_out_for_want_of_a_curve(tmp_path):
+    """``rnnlab report --at-bytes``: a run evaluated once (no curve to read) was dropped from the table
+    without a word, as if it had not run; a line under the table names it and says why."""
+    from rnnlab.bench.report import equal_bytes_lines
+
+    _two_batch_runs(tmp_path, (250, 500, 750), (250,))
+    lines = equal_bytes_lines(collect(tmp_path)["records"], marks=[1_024_000, 2_048_000])
+    assert lines[4].splitlines()[2:] == ["| b8 | 2.7500 | 2.5000 |"]
+    assert lines[5:] == ["", "Left out: b16 (fewer than two held-out evaluations, no curve to read; train with "
+                             "`--eval-every N`).", ""]
+    assert main(["report", str(tmp_path), "--no-plots", "--at-bytes", "1.024M"]) == 0
+    assert "\n\nLeft out: b16 (fewer than two held-out evaluations" in (tmp_path / "report.md").read_text()
+
+
 def test_equal_bytes_table_asked_for_without_curves_says_why_it_is_empty(tmp_path, capsys):
     """``rnnlab report --at-bytes`` over runs evaluated once each (no --eval-every): no curve to
     read, and report.md says so rather than leaving out the section asked for without a word."""

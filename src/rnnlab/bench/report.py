@@ -658,15 +658,17 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
     Marks: a quarter, half and all of the bytes every run reached; values interpolated linearly
     between a run's evaluations, "-" outside its curve. ``marks`` (``rnnlab report --at-bytes``):
     read there instead, whatever the runs' bytes per step (a long run against a short one's
-    whole curve). ``all_curves``: ``plots.run_curves(records)`` when the caller has them."""
+    whole curve). A run with fewer than two evaluations has no curve to read: a line under the table
+    names it. ``all_curves``: ``plots.run_curves(records)`` when the caller has them."""
     per_step = set()
     for r in records:
         last = next((x for x in reversed(r["metrics"]) if x.get("tokens") and x.get("step")), None)
         if last:
             per_step.add(round(last["tokens"] / last["step"]))
     all_curves = P.run_curves(records) if all_curves is None else all_curves
-    curves = {d: (c["name"], sorted(c["bpb_y_bytes"] or c["bpb_bytes"])) for d, c in all_curves.items()}
-    curves = {d: v for d, v in curves.items() if len(v[1]) >= 2}
+    labels = {d: c["name"] if d == c["name"] else f"{c['name']} ({d})" for d, c in all_curves.items()}
+    curves = {d: sorted(c["bpb_y_bytes"] or c["bpb_bytes"]) for d, c in all_curves.items()}
+    curves = {d: pts for d, pts in curves.items() if len(pts) >= 2}
     asked = marks is not None
     if asked and not curves:  # --at-bytes asked for a table that no run's curve can fill: say so
         return ["## Held-out bpb at equal training bytes", "",
@@ -675,13 +677,14 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
     if not curves or (not asked and (len(per_step) < 2 or len(curves) < 2)):
         return []
     if not asked:
-        common = min(pts[-1][0] for _, pts in curves.values())
+        common = min(pts[-1][0] for pts in curves.values())
         marks = [common / 4, common / 2, common]
     scored = P.scored_bytes(all_curves)
     body = []
-    for d, (name, pts) in curves.items():
+    for d, pts in curves.items():
         vals = [interpolate(pts, m) for m in marks]
-        body.append([name if d == name else f"{name} ({d})", *("-" if v is None else f"{v:.4f}" for v in vals)])
+        body.append([labels[d], *("-" if v is None else f"{v:.4f}" for v in vals)])
+    no_curve = [labels[d] for d in all_curves if d not in curves]
     lead = ("The runs read different bytes per step, so the table above compares them at equal time or "
             "steps, not at equal data: here " if len(per_step) > 1 else "Here ")
     return ["## Held-out bpb at equal training bytes", "",
@@ -691,7 +694,9 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
             + ", linearly between its evaluations"
             + (f" (each point scores {next(iter(scored)):,} held-out bytes)." if len(scored) == 1 else "."), "",
             md_table(["Run", *(f"{m / 1e6:.2f}M bytes" if m >= 1e5 else f"{fmt_count(m)} bytes" for m in marks)],
-                     body), ""]
+                     body),
+            *(["", f"Left out: {', '.join(no_curve)} (fewer than two held-out evaluations, no curve to read; "
+                   "train with `--eval-every N`)."] if no_curve else []), ""]
 
 
 def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> list[str]:
