@@ -1879,9 +1879,31 @@ def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     assert {k: [(r["depth"], r["dim"]) for r in rs] for k, rs in P._depth_series(grid).items()} == {
         "e1 dim=32": [(2, 32), (4, 32)], "e1 dim=64": [(2, 64), (4, 64)]}
     assert P.loss_vs_depth_figure(P._depth_series(grid)).axes[0].get_xlabel() == "depth (width held)"
-    solved = [dict(row("e1", d, 1.0), dim=w) for d, w in ((2, 64), (4, 48))]
+    solved = [dict(row("e1", d, 1.0), dim=w, target_params=50_000) for d, w in ((2, 64), (4, 48))]
     assert P.loss_vs_depth_figure(P._depth_series(solved)).axes[0].get_xlabel() == (
         "depth (width solved for the parameter budget)")
+
+
+def test_depth_plot_says_widths_were_solved_only_where_the_suite_solved_them(tmp_path):
+    """A suite whose rows set each width by hand (``dim``, no ``target_params``) at two depths: the
+    loss_vs_depth axis said "width solved for the parameter budget", which no row asked for; it says
+    so only when suite.json records each run's ``target_params``."""
+    from rnnlab.bench import plots as P
+
+    for name, depth in (("e1-d2", 2), ("e1-d4", 4)):
+        _synthetic_run(tmp_path, name, 1.6 - depth / 100, 2.3, 16000.0, depth=depth)
+        _set_summary(tmp_path, name, dim=16 * depth)
+    runs = [{"name": n, "seed": None, "dir": n, "point": None} for n in ("e1-d2", "e1-d4")]
+
+    def xlabel(target):
+        (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "runs": [
+            {**r, "target_params": target} for r in runs]}))
+        fig = P.loss_vs_depth_figure(P._depth_series(aggregate(collect(tmp_path)["records"])))
+        P.pyplot().close(fig)
+        return fig.axes[0].get_xlabel()
+
+    assert xlabel(None) == "depth (width set per row)"
+    assert xlabel(400_000_000) == "depth (width solved for the parameter budget)"
 
 
 def test_sweep_plot_draws_schedule_free_runs_at_their_training_point():

@@ -66,7 +66,8 @@ def collect(root: str | Path) -> dict[str, Any]:
                         "gpu": entry.get("gpu"), "val_bytes": evals[-1].get("bytes") if evals else None,
                         "point": entry.get("point"), "status": "missing" if status == "empty" else status,
                         "summary": run.summary() or {}, "config": run.saved_config() or {},
-                        "env": run.env() or {}, "planned_params": entry.get("params"), "model": entry.get("model")})
+                        "env": run.env() or {}, "planned_params": entry.get("params"), "model": entry.get("model"),
+                        "target_params": entry.get("target_params")})
     if not records:
         raise FileNotFoundError(f"no run folders in {root}")
     return {"root": root, "plan": plan, "records": records}
@@ -125,6 +126,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "dim": s.get("dim") or model.get("dim"), "depth": s.get("depth") or model.get("depth"),
             "layer": s.get("layer") if s.get("layer") is not None else model.get("layer"),
             "params": s.get("params") or first.get("planned_params"),
+            "target_params": first.get("target_params"),  # suite.json's: the width was solved for it
             "seeds": [run_seed(r) for r in use],
             "n_runs": len(recs), "n_complete": len(done), "n_used": len(use), "point": first.get("point"),
             # none complete and one failed: "failed", asked before ``use`` (a failed run wrote

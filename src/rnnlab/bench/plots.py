@@ -319,7 +319,9 @@ def loss_vs_depth_figure(series: dict[str, list[dict]]):
         d, loss, sd = zip(*sorted((r["depth"], r["loss"], r["loss_std"] or 0) for r in rs))
         ax.errorbar(d, loss, yerr=sd, marker="o", capsize=3, color=f"C{i}", label=f"{label} train loss")
     one_width = all(len({r.get("dim") for r in rs}) == 1 for rs in series.values())  # a sweep at a set --dim
-    ax.set_xlabel("depth" + (" (width held)" if one_width else " (width solved for the parameter budget)"))
+    solved = all(r.get("target_params") for rs in series.values() for r in rs)  # else widths set by hand
+    ax.set_xlabel("depth" + (" (width held)" if one_width else " (width solved for the parameter budget)" if solved
+                             else " (width set per row)"))
     integer_ticks(ax.xaxis)
     ax.set_ylabel("loss (nats/byte, last-100 mean)")
     ax.set_title("loss vs depth")
