@@ -1281,6 +1281,20 @@ def test_report_reference_rows_only_where_protocol_and_params_match(tmp_path):
             "parameter budget): e1-d26") in md
 
 
+def test_a_reference_row_of_several_seeds_shows_ours_as_mean_and_std(tmp_path):
+    """Reference vs ours showed a row of several seeds by its mean alone, where the results table
+    shows mean ± std: ours is the results table's cell (memory in GB)."""
+    for seed, loss, tok in ((1, 1.5, 15000.0), (2, 1.7, 17000.0)):
+        _synthetic_run(tmp_path, f"e1-s{seed}", loss, 2.3, tok, seed=seed, mem=2.0 + seed)
+    ref = {"params": 400_000_000, "loss": 1.55, "tok_per_s": 15800, "mem_gb": 9.7, "time_s": 778}
+    (tmp_path / "suite.json").write_text(json.dumps({
+        "suite": "s", "defaults": {"steps": 10}, "reference": {"source": "r", "runs": {"e1": ref}},
+        "runs": [{"name": "e1", "seed": s, "dir": f"e1-s{s}", "point": None} for s in (1, 2)]}))
+    [row] = _table_rows(write_report(tmp_path, plots=False)["md"].read_text(), "| Model | Params (reference / ours)")
+    assert row == ["e1", "400M / 400M", "1.5500 / 1.6000 ± 0.1414", "+0.0500", "15.8K / 16.0K ± 1.41K",
+                   "9.7 / 3.8 ± 0.8", "778 s / 100 s ± 0.0 s"]
+
+
 def test_a_reference_row_must_be_complete_and_within_5_percent_of_the_references_params():
     """``reference_mismatch``: a row compares while complete and its own parameter count is within
     5% of the reference's, either way (4.9% fewer compares, 5.1% fewer does not)."""

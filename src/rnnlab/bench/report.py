@@ -260,7 +260,17 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
                     protocol: dict[str, Any]) -> tuple[str, list[dict[str, Any]], list[str]]:
     """Reference vs ours, for the rows the suite's [reference] names whose protocol and parameter
     count match the reference's (``reference_mismatch``); also returns why the others were left
-    out. Memory in GB (1e9 bytes), as the reference reported it."""
+    out. Ours as the results table shows them (mean ± std over seeds); memory in GB (1e9 bytes), as the
+    reference reported it."""
+    def in_gb(gib):
+        return gib * 2**30 / 1e9 if gib is not None else None
+
+    def pair(theirs, f, ours: str) -> str:  # ours: the cell as formatted for the results table
+        return f"{f(theirs) if theirs is not None else '-'} / {ours}"
+
+    def fmt_gb(v):
+        return f"{v:.1f}"
+
     refs = reference.get("runs", {}) or {}
     body, out, left_out = [], [], []
     for r in rows:
@@ -271,21 +281,17 @@ def reference_table(rows: list[dict[str, Any]], reference: dict[str, Any],
         if why:
             left_out.append(f"{r['name']}: {why}")
             continue
-        ours_gb = r["peak_mem_gib"] * 2**30 / 1e9 if r["peak_mem_gib"] is not None else None
+        ours_gb = in_gb(r["peak_mem_gib"])
         d = (r["loss"] - ref["loss"]) if (r["loss"] is not None and ref.get("loss") is not None) else None
         out.append({"name": r["name"], "reference": ref, "ours": {
             "params": r["params"], "loss": r["loss"], "val_bpb": r["val_bpb"], "tok_per_s": r["tok_per_s"],
             "mem_gb": ours_gb, "time_s": r["time_s"]}, "loss_delta": d})
-
-        def pair(a, b, f):
-            return f"{f(a) if a is not None else '-'} / {f(b) if b is not None else '-'}"
-
         body.append([
-            r["name"], pair(ref.get("params"), r["params"], fmt_count),
-            pair(ref.get("loss"), r["loss"], fmt_loss), f"{d:+.4f}" if d is not None else "-",
-            pair(ref.get("tok_per_s"), r["tok_per_s"], fmt_count),
-            pair(ref.get("mem_gb"), ours_gb, lambda v: f"{v:.1f}"),
-            pair(ref.get("time_s"), r["time_s"], fmt_time),
+            r["name"], pair(ref.get("params"), fmt_count, fmt_count(r["params"])),
+            pair(ref.get("loss"), fmt_loss, metric_cell(r, "loss", fmt_loss)), f"{d:+.4f}" if d is not None else "-",
+            pair(ref.get("tok_per_s"), fmt_count, metric_cell(r, "tok_per_s", fmt_count)),
+            pair(ref.get("mem_gb"), fmt_gb, _pm(ours_gb, in_gb(r["peak_mem_gib_std"]), fmt_gb)),
+            pair(ref.get("time_s"), fmt_time, metric_cell(r, "time_s", fmt_time)),
         ])
     header = ["Model", "Params (reference / ours)", "Loss (reference / ours)", "Δ loss",
               "Tok/s (reference / ours)", "Mem GB (reference / ours)", "Time (reference / ours)"]
