@@ -1351,6 +1351,17 @@ def test_schedulefree_average_is_flagged_beyond_0_05_bpb_worse_than_its_train_po
     rows = [{"name": "r", "val_bpb": 2.0 + x_minus_y, "val_bpb_train_point": 2.0, "protocol": {"precision": "fp32"}}]
     assert bool(averaging_warning(rows)) == flagged
 
+@pytest.mark.parametrize("x_minus_y, shown", [(0.0504, "+0.0504"), (0.05004, "+0.05004"), (0.053, "+0.053"),
+                                              (0.7, "+0.70")])
+def test_a_flagged_schedulefree_gap_reads_above_its_threshold(x_minus_y, shown):
+    """A gap just over X_VS_Y_TOL = 0.05 bpb was printed "+0.05 bpb", which reads as not over it: it
+    takes the digits that show it over (two decimals at least)."""
+    from rnnlab.bench.report import averaging_warning
+
+    rows = [{"name": "r", "val_bpb": 2.0 + x_minus_y, "val_bpb_train_point": 2.0, "protocol": {"precision": "fp32"}}]
+    assert f"r ({shown} bpb)" in averaging_warning(rows)[1]
+
+
 def test_report_shows_the_extra_held_out_file_beside_the_split(tmp_path):
     """Rows scored on an --extra-val-data file get its bpb at x and y, named after the file, in
     columns after the held-out split's; a row without it shows "-", a row scored on it in only some

@@ -11,6 +11,7 @@ Time), each a mean ± sample std over seeds when a run was repeated.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -131,6 +132,12 @@ def main_table(rows: list[dict[str, Any]]) -> str:
     return md_table(header, body)
 
 
+def above(value: float, threshold: float) -> str:
+    """``value`` signed to two decimals, or as many more as it takes to read above ``threshold``
+    (0.0504 over 0.05 is "+0.0504", not "+0.05")."""
+    return next(f"{value:+.{d}f}" for d in itertools.count(2) if round(value, d) > threshold)
+
+
 def averaging_warning(rows: list[dict[str, Any]]) -> list[str]:
     """Rows whose Schedule-Free average x scores clearly worse on held-out data than the training
     point y (``X_VS_Y_TOL``); in pure bf16 a sign the averaging was lost to rounding."""
@@ -138,7 +145,7 @@ def averaging_warning(rows: list[dict[str, Any]]) -> list[str]:
                and r["val_bpb"] - r["val_bpb_train_point"] > X_VS_Y_TOL]
     if not flagged:
         return []
-    bad = [f"{r['name']} (+{r['val_bpb'] - r['val_bpb_train_point']:.2f} bpb)" for r in flagged]
+    bad = [f"{r['name']} ({above(r['val_bpb'] - r['val_bpb_train_point'], X_VS_Y_TOL)} bpb)" for r in flagged]
     if any(r["protocol"].get("precision") == "bf16" for r in flagged):
         why = ("In pure bf16 the averaging step is mostly lost to rounding (docs/findings.md): compare "
                "the train-point column, or train with --precision bf16-mixed.")
