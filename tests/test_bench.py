@@ -2383,6 +2383,23 @@ def test_report_warns_of_a_row_whose_seeds_trained_on_another_corpus_or_scored_o
     assert "a (data /data/pile.txt/" in mixed_row_warning(aggregate(collect(tmp_path)["records"]))[1]
 
 
+def test_report_warns_of_a_row_whose_seeds_trained_on_a_file_changed_under_the_same_path(tmp_path):
+    """Seeds of one row trained on the same --data path, the file changed between them, were averaged
+    without a word (their config's paths agree): env.json's fingerprints must agree too. A run from
+    before the fingerprints compares by its paths, as before."""
+    from rnnlab.bench.report import mixed_row_warning
+
+    for row, prints in (("a", ("11", "22", "33")), ("b", (None, "11", "11")), ("c", ("11", "11", "11"))):
+        for seed, p in enumerate(prints, 1):
+            _synthetic_run(tmp_path, f"{row}-s{seed}", 1.6, 2.1, 1000.0, seed=seed)
+            if p:
+                env = tmp_path / f"{row}-s{seed}" / "env.json"
+                env.write_text(json.dumps({**json.loads(env.read_text()),
+                                           "corpus": {"train_fingerprint": p, "heldout_fingerprint": "ff"}}))
+    assert mixed_row_warning(aggregate(collect(tmp_path)["records"]))[1].endswith(
+        ": a (corpus (training/held-out split fingerprints) 11/ff/22/ff/33/ff).")
+
+
 def test_archived_metrics_read_as_the_plain_file(tmp_path, capsys):
     """A finished run kept in results/ with metrics.jsonl xz'd (benchmarks/suite_carry.sh) reads the
     same records; a plain metrics.jsonl beside it wins (a run that trains again writes that one)."""

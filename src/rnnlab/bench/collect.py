@@ -196,10 +196,14 @@ def run_setup(record: dict[str, Any]) -> dict[str, Any]:
     """What must be equal for a row to average its runs: the budget (not the steps run: seeds of a
     --minutes budget run different step counts), the parameter count, the protocol, the corpus,
     the held-out bytes scored (a seed added with another --data or --eval-bytes is another measure)
-    and the number of processes (GPUs) that trained it (its tok/s is all of theirs)."""
+    and the number of processes (GPUs) that trained it (its tok/s is all of theirs). The corpus is its
+    paths and, where env.json recorded them, its fingerprints (a file changed under the same path)."""
     s, c = record["summary"], record["config"]
+    prints = run_corpus(record)
     return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS},
-            **{k: c.get(k) for k in CORPUS_KEYS}, "held-out bytes": record.get("val_bytes"),
+            **{k: c.get(k) for k in CORPUS_KEYS},
+            **({"corpus (training/held-out split fingerprints)": prints} if prints else {}),
+            "held-out bytes": record.get("val_bytes"),
             "processes": s.get("world_size") or 1}  # tok/s counts every process's tokens
 
 

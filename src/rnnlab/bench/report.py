@@ -222,13 +222,18 @@ def extra_file_warning(lacking: dict[str, Any] | None) -> list[str]:
 
 def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
     """Rows averaging runs trained differently (e.g. ``--seeds 43 --steps 300`` into a folder whose
-    run of that name trained 1000 steps): their mean ± std mixes two protocols, not seeds."""
+    run of that name trained 1000 steps): their mean ± std mixes two protocols, not seeds. A setting
+    some runs did not record (corpus fingerprints, before env.json had them) compares among those that did."""
     mixed = []
     for r in rows:
         setups = r.get("run_setups") or []
-        diff = [k for k in (setups[0] if setups else {}) if any(not _same(setups[0][k], o[k]) for o in setups[1:])]
+        diff = []
+        for k in dict.fromkeys(k for o in setups for k in o):
+            values = [o[k] for o in setups if k in o]
+            if any(not _same(values[0], v) for v in values[1:]):
+                diff.append(f"{k} " + "/".join(map(str, values)))
         if diff:
-            mixed.append(f"{r['name']} ({', '.join(f'{k} ' + '/'.join(str(o[k]) for o in setups) for k in diff)})")
+            mixed.append(f"{r['name']} ({', '.join(diff)})")
     if not mixed:
         return []
     return ["", "> **Warning: some rows average runs trained differently** (their mean ± std is not a "
