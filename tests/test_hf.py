@@ -422,6 +422,27 @@ def test_export_in_a_fresh_process_and_load_without_importing_rnnlab(exported, t
                                rtol=0, atol=1e-5)
 
 
+def test_a_model_loaded_with_remote_code_saves_a_folder_that_loads_so_too(exported, tmp_path):
+    """``save_pretrained`` of a model loaded with ``trust_remote_code=True`` (fine-tuning an export
+    in a process that never imports rnnlab) writes ``modeling_rnnlab.py`` and names it in
+    ``auto_map``, so the saved folder loads the same way, with the run's logits. It wrote a copy of
+    rnnlab's ``modeling.py`` instead, named for AutoConfig only, and loading the folder failed."""
+    run, hf = exported["e1"]
+    code = ("import sys, torch; from transformers import AutoModelForCausalLM as A; "
+            "m = A.from_pretrained(sys.argv[1], trust_remote_code=True); m.save_pretrained(sys.argv[2]); "
+            "torch.save(m(torch.tensor([[116, 104, 101]])).logits, sys.argv[3])" + QUICK_EXIT)
+    for src, dst in ((hf, tmp_path / "a"), (tmp_path / "a", tmp_path / "b")):
+        subprocess.run([sys.executable, "-c", code, str(src), str(dst), str(tmp_path / "logits.pt")],
+                       capture_output=True, text=True, check=True)
+        assert {f.name for f in dst.iterdir()} == {"config.json", "generation_config.json", "model.safetensors",
+                                                   "modeling_rnnlab.py"}
+        assert json.loads((dst / "config.json").read_text())["auto_map"] == {
+            "AutoConfig": "modeling_rnnlab.RnnlabConfig", "AutoModelForCausalLM": "modeling_rnnlab.RnnlabForCausalLM"}
+    _, model, _ = RunDir(run).load("cpu")
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), model(torch.tensor([[116, 104, 101]])),
+                               rtol=0, atol=1e-5)
+
+
 def test_a_given_cache_is_stepped_from_without_use_cache(exported):
     """``model(ids, cache=state)`` continues from ``state`` even without ``use_cache=True``: the
     logits of a text fed in two parts, the second from the first part's cache, are those of the

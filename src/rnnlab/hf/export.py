@@ -27,14 +27,6 @@ from rnnlab.hf.tokenizer import byte_tokenizer
 from rnnlab.train.durable import new_file_mode
 from rnnlab.train.rundir import RunDir
 
-# For tools that load a folder without importing rnnlab first (lm-eval's plain `lm_eval --model
-# hf`): with trust_remote_code=True, transformers follows config.json's auto_map to this file in
-# the folder, whose one line imports the classes from the installed rnnlab package.
-SHIM = "modeling_rnnlab"
-SHIM_CODE = ('"""rnnlab model classes, from the installed rnnlab package (pip install rnnlab[hf])."""\n\n'
-             "from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM  # noqa: F401\n")
-
-
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """Write the run's model and the byte tokenizer to ``out_dir`` (which must not hold files)."""
     out = Path(out_dir)
@@ -46,12 +38,10 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     cfg, lm, _ = RunDir(run_dir).load("cpu")  # the shipped weights of its newest usable checkpoint
     layer = {k: v for k, v in (cfg.model.layer or {}).items() if k != "backend"}
     hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.data.seq_len)
-    hf_config.auto_map = {"AutoConfig": f"{SHIM}.RnnlabConfig", "AutoModelForCausalLM": f"{SHIM}.RnnlabForCausalLM"}
     model = RnnlabForCausalLM(hf_config).to(next(lm.parameters()).dtype)
     model.model.load_state_dict(lm.state_dict())
     _save_quietly(model, out)
     byte_tokenizer(cfg.data.seq_len).save_pretrained(out)
-    (out / f"{SHIM}.py").write_text(SHIM_CODE)
     for f in out.iterdir():  # the weights file comes owner-only from its writer; the folder is to share
         f.chmod(new_file_mode())
     return out

@@ -30,6 +30,7 @@ advises: the parameters are new objects).
 from __future__ import annotations
 
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -46,6 +47,14 @@ from rnnlab.models.lm import LM
 _LOADING_ONTO: ContextVar[torch.device | None] = ContextVar("rnnlab_hf_loading_onto", default=None)
 # device_map words for which accelerate spreads the model over the GPUs there are
 DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+
+# For tools that load a saved folder without importing rnnlab first (lm-eval's plain `lm_eval --model
+# hf`): with trust_remote_code=True, transformers follows config.json's auto_map to this file in
+# the folder, whose one line imports the classes from the installed rnnlab package.
+SHIM = "modeling_rnnlab"
+SHIM_AUTO_MAP = {"AutoConfig": f"{SHIM}.RnnlabConfig", "AutoModelForCausalLM": f"{SHIM}.RnnlabForCausalLM"}
+SHIM_CODE = ('"""rnnlab model classes, from the installed rnnlab package (pip install rnnlab[hf])."""\n\n'
+             "from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM  # noqa: F401\n")
 
 # The byte every special-token slot names: NUL, which text never contains (see rnnlab.hf.tokenizer).
 SPECIAL_BYTE = 0
@@ -75,6 +84,12 @@ class RnnlabConfig(PreTrainedConfig):
         d = cfg.to_dict()
         d["tie_word_embeddings"] = d.pop("tie_embeddings")
         return cls(**d, seq_len=seq_len)
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: Any = "AutoConfig") -> None:
+        """Nothing (transformers calls it on a ``trust_remote_code`` load): saving must not copy this
+        module into the folder as ``modeling.py`` and point ``auto_map`` at it; the folder's
+        ``modeling_rnnlab.py`` imports the installed classes (``RnnlabForCausalLM.save_pretrained``)."""
 
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(model=self.model, dim=self.dim, depth=self.depth, vocab_size=self.vocab_size,
@@ -144,6 +159,19 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
             p.requires_grad_(name not in frozen)
         self.model = model.train(self.model.training)
         self._built_layer = model_cfg.layer
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: Any = "AutoModelForCausalLM") -> None:
+        """Nothing, as ``RnnlabConfig.register_for_auto_class``."""
+
+    def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs) -> None:
+        """transformers' ``save_pretrained``, with ``config.json``'s ``auto_map`` naming the folder's
+        ``modeling_rnnlab.py``, written too: a saved model (an export, or one fine-tuned from it) loads
+        with ``trust_remote_code=True`` where rnnlab is not imported first."""
+        self.config.auto_map = dict(SHIM_AUTO_MAP)
+        super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
+        if is_main_process:
+            Path(save_directory, f"{SHIM}.py").write_text(SHIM_CODE)
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs) -> "RnnlabForCausalLM":
