@@ -566,6 +566,31 @@ def test_a_bf16_run_exports_bf16_weights(tmp_path, tiny_train):
     assert next(AutoModelForCausalLM.from_pretrained(tmp_path / "hf").parameters()).dtype == torch.bfloat16
 
 
+def test_lm_eval_loglikelihood_of_a_bf16_run_is_its_float32_log_probs(tmp_path, tiny_train):
+    """lm-eval's loglikelihood of a pure-bf16 run's export is the sum of the log-probs rnnlab takes
+    from the same logits (``LM.forward`` scores in float32): the logits come out in float32. They
+    came out in bf16, lm-eval's log-softmax rounded each log-prob to bf16, and the sums were off by
+    up to ~0.07 nats for a few bytes (enough to flip a multiple-choice answer)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    run = tmp_path / "run"
+    run_training(tiny_train(run, steps=1, precision="bf16"), progress=False)
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
+    _, ref, _ = RunDir(run).load("cpu")
+    pairs = [("the quick", " brown"), ("jumps over", " the lazy dog")]
+    lm = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", batch_size=2)
+    got = lm.loglikelihood([Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i)
+                            for i, p in enumerate(pairs)], disable_tqdm=True)
+    for (context, continuation), (loglik, _) in zip(pairs, got):
+        ids = torch.tensor([list((context + continuation).encode())])
+        logp = torch.log_softmax(ref(ids[:, :-1]).float(), dim=-1)[0, -len(continuation):]
+        want = logp.gather(-1, ids[0, -len(continuation):, None]).sum()
+        assert loglik == pytest.approx(float(want.detach()), abs=1e-4)
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf")(ids).logits.dtype == torch.float32
+
+
 @pytest.mark.parametrize("missing", ["lm_eval", "transformers"])
 def test_python_m_rnnlab_hf_lm_eval_says_what_is_missing(missing, monkeypatch, capsys):
     """Without lm-eval, or with a transformers rnnlab does not register with (lm-eval would then

@@ -216,8 +216,9 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None,
                 cache: RecurrentState | None = None, use_cache: bool = False,
                 labels: torch.LongTensor | None = None, **kwargs) -> CausalLMOutputWithPast:
-        """``input_ids: [B, T]`` bytes -> ``logits [B, T, 256]`` (and the shifted-label loss when
-        ``labels`` is given). ``use_cache=True`` or a ``cache`` steps from that state instead of
+        """``input_ids: [B, T]`` bytes -> ``logits [B, T, 256]``, float32 for a bf16 or fp16 model (rnnlab
+        scores in float32; lm-eval's log-softmax in bf16 would round every log-prob), and the shifted-label
+        loss when ``labels`` is given. ``use_cache=True`` or a ``cache`` steps from that state instead of
         running the parallel forward, and returns the new state as ``cache``. ``return_dict=False``
         (or the config's ``return_dict``) gives the fields that are set as a tuple, as every HF model does."""
         _check_no_left_padding(attention_mask)
@@ -227,6 +228,7 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
             logits = self._step_through(input_ids, cache)
         else:
             logits = self.model(input_ids)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
