@@ -2,7 +2,9 @@
 
 Built with the ``tokenizers`` library (a byte-level BPE whose vocabulary is the 256 bytes and
 whose merge list is empty), so ``AutoTokenizer`` loads the saved ``tokenizer.json`` as a standard
-fast tokenizer, with or without rnnlab installed. ``tokenizer(text).input_ids`` is exactly
+fast tokenizer, with or without rnnlab installed (from an export's folder without ``import rnnlab``,
+pass ``trust_remote_code=True``: its config.json's ``auto_map`` makes transformers ask before it reads
+on). ``tokenizer(text).input_ids`` is exactly
 ``list(text.encode("utf-8"))``: no token is ever added.
 
 Special tokens: the models were trained on raw byte streams with no document markers, so they
