@@ -61,6 +61,8 @@ def rope(x: torch.Tensor, pos: torch.Tensor, base: float) -> torch.Tensor:
 class CausalSelfAttention(nn.Module):
     """Causal SDPA attention with RoPE (see the module docstring)."""
 
+    state_grows = True  # the step state is a key/value cache, a position longer per token (rnnlab.layers.base)
+
     def __init__(self, cfg: AttentionConfig):
         super().__init__()
         cfg.validate()
