@@ -264,13 +264,11 @@ def test_generation_cost_per_token_does_not_grow_with_the_prefix(exported):
     assert short <= 8 + 33
 
 
-def test_left_padding_is_refused(exported):
+def test_right_padding_is_accepted_and_generate_after_it_refused(exported):
     model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
     ids = torch.tensor([[0, 104, 105], [104, 105, 106]])
     right = model(ids, attention_mask=torch.tensor([[1, 1, 0], [1, 1, 1]]))  # trailing pads: fine
     assert right.logits.shape == (2, 3, 256)
-    with pytest.raises(ValueError, match="left padding"):
-        model(ids, attention_mask=torch.tensor([[0, 1, 1], [1, 1, 1]]))
     # generate on right-padded prompts of unequal length appends bytes after the pads: refused
     # in one message that names what works (README, Hugging Face models)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
@@ -278,6 +276,86 @@ def test_left_padding_is_refused(exported):
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
     assert model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
                           do_sample=False).shape == (2, 5)
+
+
+# prompts of unequal lengths, left-padded with the pad byte (NUL) to the longest, as generate and lm-eval batch them
+LEFT_PADDED = [PROMPT, b"jumps", b"o"]
+
+
+def _left_pad(prompts: list[bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` of ``prompts`` left-padded with NUL to the longest."""
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + list(p) for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+@pytest.mark.parametrize("name", [k for k in KINDS if k != "transformer"])
+def test_a_left_padded_batch_equals_each_prompt_alone(exported, name):
+    """A left-padded row's state is the one its real bytes alone give (its pads are skipped, not
+    fed): its logits at real positions and its state equal the unpadded prompt's, and greedy
+    ``generate`` on the batch gives each prompt's own bytes; the pad positions' logits are finite."""
+    model = AutoModelForCausalLM.from_pretrained(exported[name][1])
+    ids, mask = _left_pad(LEFT_PADDED)
+    batch = model(ids, attention_mask=mask, use_cache=True)
+    assert torch.isfinite(batch.logits).all()
+    assert torch.equal(model(ids, attention_mask=mask).logits, batch.logits)  # without use_cache: stepped too
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16, do_sample=False)
+    for row, prompt in enumerate(LEFT_PADDED):
+        alone_ids = torch.tensor([list(prompt)])
+        alone = model(alone_ids, use_cache=True)
+        torch.testing.assert_close(batch.logits[row, -len(prompt):], model(alone_ids).logits[0], rtol=0, atol=1e-5)
+        for got, want in zip(_tensors(batch.cache.layers), _tensors(alone.cache.layers), strict=True):
+            torch.testing.assert_close(got[row], want[0], rtol=0, atol=1e-5)
+        alone_out = model.generate(alone_ids, max_new_tokens=16, do_sample=False)
+        assert bytes(out[row, ids.shape[1]:].tolist()) == bytes(alone_out[0, len(prompt):].tolist()), row
+
+
+def _tensors(state) -> list[torch.Tensor]:
+    """Every tensor of a state's lists and tuples, in order."""
+    return [state] if isinstance(state, torch.Tensor) else [t for s in state for t in _tensors(s)]
+
+
+def test_a_fully_padded_row_keeps_the_initial_state(exported):
+    """A row of pads only (mask all 0) takes nothing in: its state stays ``init_state``'s, beside a
+    real row that is its own, and generate runs on."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1-heads-conv"][1])
+    ids, mask = _left_pad([b"jumps", b""])
+    out = model(ids, attention_mask=mask, use_cache=True)
+    assert torch.isfinite(out.logits).all()
+    for got, init in zip(_tensors(out.cache.layers), _tensors(model.model.init_state(1)), strict=True):
+        assert torch.equal(got[1], init[0])
+    torch.testing.assert_close(out.logits[0], model(ids[:1]).logits[0], rtol=0, atol=1e-5)
+    assert model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=4, do_sample=False).shape == (2, 9)
+
+
+def test_a_transformer_refuses_left_padding_in_one_line(exported):
+    """The Transformer's key/value cache keeps every position fed, a pad too: left padding is
+    refused (forward and generate) in one line naming the model kind and what works."""
+    model = AutoModelForCausalLM.from_pretrained(exported["transformer"][1])
+    ids, mask = _left_pad(LEFT_PADDED)
+    for call in (lambda: model(ids, attention_mask=mask),
+                 lambda: model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)):
+        with pytest.raises(ValueError, match=r"^rnnlab transformer models cannot skip padding before real bytes "
+                                             r"\(left padding\)") as err:
+            call()
+        assert "\n" not in str(err.value) and "one at a time" in str(err.value)
+
+
+def test_lm_eval_generate_until_of_a_batch_equals_one_at_a_time(exported):
+    """lm-eval left-pads a batch's prompts for ``generate_until``: ``--batch_size 3`` gives what
+    ``--batch_size 1`` does (it raised on the left padding before)."""
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    hf = exported["e1"][1]
+    requests = [Instance(request_type="generate_until", doc={}, idx=i,
+                         arguments=(context, {"until": ["\n\n"], "max_gen_toks": 8, "do_sample": False}))
+                for i, context in enumerate(["the quick brown", "jumps", "a lazy d"])]
+    batched = HFLM(pretrained=str(hf), device="cpu", batch_size=3).generate_until(requests, disable_tqdm=True)
+    alone = HFLM(pretrained=str(hf), device="cpu", batch_size=1).generate_until(requests, disable_tqdm=True)
+    assert batched == alone and all(batched)
 
 
 def test_generate_of_one_byte_after_right_padding_is_refused(exported):

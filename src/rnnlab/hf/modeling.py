@@ -12,9 +12,14 @@ Two ways through the model:
   step, O(1) for the recurrent layers whatever the prefix length (attention's step still reads
   its growing key/value cache).
 
-There is no attention mask inside a byte-level RNN: masks with padding before real bytes (left
-padding) are refused; right padding is harmless for a causal model and accepted, but ``generate``
-on right-padded prompts of unequal length would append new bytes after the pads, which is refused.
+There is no attention mask inside a byte-level RNN: a mask with padding before real bytes (left
+padding, as ``generate`` and lm-eval batch prompts of unequal length) sends the bytes through the
+step path, where a row keeps its state at each of its pad positions, so its state and its logits at
+real positions are those of its real bytes alone (its logits at pad positions mean nothing; pads
+after real bytes are skipped so too when stepped). A Transformer's key/value cache cannot skip a row's
+position so: left padding is refused for it. Right padding is harmless for a causal model and
+accepted, but ``generate`` on right-padded prompts of unequal length would append new bytes after the
+pads, which is refused.
 
 A Mamba2 or Gated DeltaNet layer (backend auto: ``rnnlab export`` leaves the kernel choice to
 where the folder is loaded) is built for the device the model is loaded onto, as ``rnnlab
@@ -200,11 +205,11 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         return torch.ones(inputs_tensor.shape[:2], dtype=torch.long, device=inputs_tensor.device)
 
     def generate(self, *args, **kwargs):
-        """GenerationMixin's ``generate``, refusing an ``attention_mask`` whose last column holds a pad:
-        that prompt's new bytes would follow its pads (the first one too, before any mask reaches
-        ``forward`` with a pad before a real byte)."""
+        """GenerationMixin's ``generate``, refusing an ``attention_mask`` with a row of real bytes whose last
+        column is a pad: that prompt's new bytes would follow its pads in the output. A row of pads only
+        generates from the initial state."""
         mask = kwargs.get("attention_mask")
-        if mask is not None and mask.shape[-1] > 0 and not bool(mask[:, -1].all()):
+        if mask is not None and mask.shape[-1] > 0 and bool(((mask[:, -1] == 0) & (mask != 0).any(-1)).any()):
             raise ValueError("rnnlab models cannot generate after padding: a right-padded prompt's new bytes would "
                              "follow its pads (generate: batch prompts of equal length, or one at a time)")
         return super().generate(*args, **kwargs)
@@ -219,13 +224,24 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         """``input_ids: [B, T]`` bytes -> ``logits [B, T, 256]``, float32 for a bf16 or fp16 model (rnnlab
         scores in float32; lm-eval's log-softmax in bf16 would round every log-prob), and the shifted-label
         loss when ``labels`` is given. ``use_cache=True`` or a ``cache`` steps from that state instead of
-        running the parallel forward, and returns the new state as ``cache``. ``return_dict=False``
-        (or the config's ``return_dict``) gives the fields that are set as a tuple, as every HF model does."""
-        _check_no_left_padding(attention_mask)
-        if use_cache or cache is not None:
-            if cache is None:
-                cache = RecurrentState(self.model.init_state(input_ids.shape[0]))
-            logits = self._step_through(input_ids, cache)
+        running the parallel forward, and returns the new state as ``cache``. ``attention_mask`` covers the
+        cached bytes and ``input_ids`` (HF's convention); a 0 before a 1 (left padding) steps too, each row
+        keeping its state where its mask is 0 (see the module docstring). ``return_dict=False`` (or the
+        config's ``return_dict``) gives the fields that are set as a tuple, as every HF model does."""
+        grows = any(getattr(b.mixer, "state_grows", False) for b in self.model.blocks)
+        if grows and _left_padded(attention_mask):
+            raise ValueError(f"rnnlab {self.config.model} models cannot skip padding before real bytes (left padding): "
+                             "their key/value cache keeps every position; pad on the right (generate: batch prompts of "
+                             "equal length, or one at a time)")
+        # the mask's columns of the bytes fed now, where a fixed-size state skips pads (None: every byte is fed)
+        start = 0 if attention_mask is None else attention_mask.shape[1] - input_ids.shape[1]
+        fed = None if attention_mask is None or grows else attention_mask[:, start:]
+        fed = None if fed is None or bool(fed.all()) else fed
+        keep = use_cache or cache is not None
+        if keep or _left_padded(fed):
+            state = cache if cache is not None else RecurrentState(self.model.init_state(input_ids.shape[0]))
+            logits = self._step_through(input_ids, state, fed)
+            cache = state if keep else None
         else:
             logits = self.model(input_ids)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -234,12 +250,15 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache)
 
-    def _step_through(self, input_ids: torch.LongTensor, cache: RecurrentState) -> torch.Tensor:
+    def _step_through(self, input_ids: torch.LongTensor, cache: RecurrentState,
+                      fed: torch.Tensor | None = None) -> torch.Tensor:
         """Feed ``input_ids`` one byte at a time through ``LM.step``, advancing ``cache`` in place
-        (no bytes: ``[B, 0, 256]`` logits, the cache unchanged, as the parallel forward gives)."""
+        (no bytes: ``[B, 0, 256]`` logits, the cache unchanged, as the parallel forward gives). With
+        ``fed`` (``[B, T]``, 0 at pads), a row keeps its old state at its pads."""
         logits = []
         for t in range(input_ids.shape[1]):
-            step_logits, cache.layers = self.model.step(input_ids[:, t], cache.layers)
+            step_logits, layers = self.model.step(input_ids[:, t], cache.layers)
+            cache.layers = layers if fed is None else _where_fed(fed[:, t].bool(), layers, cache.layers)
             cache.seen += 1
             logits.append(step_logits)
         if not logits:
@@ -263,11 +282,17 @@ def load_device(device_map: Any) -> torch.device:
     return torch.device("cuda" if on_gpu and places else "cpu")
 
 
-def _check_no_left_padding(attention_mask: torch.Tensor | None) -> None:
-    """A 0 before a 1 in a row would feed a pad byte into the recurrent state: refuse it."""
-    if attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any()):
-        raise ValueError("rnnlab models cannot skip padding before real bytes (left padding): "
-                         "pad on the right (generate: batch prompts of equal length, or one at a time)")
+def _left_padded(attention_mask: torch.Tensor | None) -> bool:
+    """Whether a row of the mask has a 0 before a 1: a pad byte the state must not take in."""
+    return attention_mask is not None and bool((attention_mask[:, 1:] > attention_mask[:, :-1]).any())
+
+
+def _where_fed(fed: torch.Tensor, new: Any, old: Any) -> Any:
+    """The stepped state ``new`` in the rows where ``fed`` (``[B]`` bool) is true, ``old`` in the
+    others, over a state's lists and tuples of batch-first tensors (``LM.init_state``)."""
+    if isinstance(new, torch.Tensor):
+        return torch.where(fed.to(new.device).view(-1, *(1,) * (new.dim() - 1)), new, old)
+    return type(new)(_where_fed(fed, n, o) for n, o in zip(new, old, strict=True))
 
 
 # The post-import hook of ``import rnnlab`` cannot register while this module is still being
