@@ -185,6 +185,22 @@ def test_init_state(case):
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)
+def test_step_leaves_the_state_it_was_given(case):
+    """``step`` returns a new state and leaves the one passed in as it was: the Hugging Face wrapper
+    keeps a left-padded row's old state at its pads (``torch.where(fed, new, old)``), which an update
+    in place would already have overwritten."""
+    mixer = make_layer(*case, dtype=torch.float32)
+    state = mixer.init_state(2, torch.device("cpu"), torch.float32)
+    x = torch.randn(2, 3, DIM)
+    with torch.no_grad():
+        for t in range(3):
+            before = [s.clone() for s in state]
+            _, new = mixer.step(x[:, t], state)
+            assert all(torch.equal(s, b) for s, b in zip(state, before, strict=True))
+            state = new
+
+
+@pytest.mark.parametrize("case", CASES, ids=_id)
 def test_causal(case):
     """Output t depends on inputs up to t only; a zero-length input gives a zero-length output (the
     causal convolutions included: torch's convolution refuses an empty input)."""
