@@ -47,3 +47,15 @@ def test_exported_model_on_cuda(tmp_path, model, layer):
     assert ((a - b).norm() / b.norm()).item() < 1e-3
     out = hf.generate(ids, max_new_tokens=32, do_sample=False)
     assert bytes(out[0, ids.shape[1]:].tolist()) == generate(ref, b"the quick brown fox", 32, temperature=0)
+
+    # left padding on the CUDA step paths (the official Mamba2's updates its state in place on a copy):
+    # the short row's state is the one its bytes alone give, its pads skipped, to bf16's rounding
+    short = torch.tensor([list(b"lazy dog")], device="cuda")
+    ids2 = torch.cat([ids, torch.cat([torch.zeros(1, ids.shape[1] - short.shape[1], dtype=ids.dtype,
+                                                  device="cuda"), short], 1)])
+    mask = (torch.arange(ids.shape[1], device="cuda") >= ids.shape[1] - short.shape[1]).long()
+    batch = hf(ids2, attention_mask=torch.stack([torch.ones_like(mask), mask]), use_cache=True).cache.layers
+    alone = hf(short, use_cache=True).cache.layers
+    flat = lambda s: [s] if isinstance(s, torch.Tensor) else [t for x in s for t in flat(x)]  # noqa: E731
+    for got, want in zip(flat(batch), flat(alone), strict=True):
+        assert ((got[1].float() - want[0].float()).norm() / want[0].float().norm().clamp_min(1e-6)).item() < 2e-2
