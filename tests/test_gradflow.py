@@ -361,7 +361,26 @@ def test_plots_show_the_latest_records(monkeypatch, tmp_path):
 
 def test_a_record_at_step_0_is_labelled_with_its_step():
     """Records are labelled run@step, step 0 included (only a record without a step is the bare name)."""
-    assert [gf._label({"run": "/x/run", "step": s}) for s in (0, 5, None)] == ["run@0", "run@5", "run"]
+    recs = [{"run": "/x/run", "step": s} for s in (0, 5, None)]
+    assert [gf._label(r, recs) for r in recs] == ["run@0", "run@5", "run"]
+
+
+def test_runs_of_one_folder_name_are_told_apart(monkeypatch, tmp_path):
+    """Runs compared from two suites' folders (runs/a/e1, runs/b/e1) are labelled a/e1 and b/e1 in
+    the table, the temporal panels' titles and the recurrence legend, not both e1."""
+    figs = []
+    monkeypatch.setattr(gf, "save", lambda fig, path: figs.append(fig) or path)
+    recs = [{"run": f"/x/runs/{s}/e1", "step": 4, "temporal": {"layer_0": [1.0]},
+             "temporal_normalized": {"layer_0": [1.0]}, "param_grad_norms": {"blocks.0": {"mixer.W_h": 1.0}},
+             "horizon": {"layer_0": {"0.1": None, "0.01": None, "0.001": None}},
+             "recurrence": {"layer_0": {"spectral_radius": 0.5, "spectral_norm": 0.6, "jacobian_sigma_mean": 0.4,
+                                        "jacobian_sigma_t": [0.4]}}} for s in ("a", "b")]
+    assert [line.split()[0] for line in gf.format_table({"records": recs}).splitlines()[1:3]] == ["a/e1@4", "b/e1@4"]
+    gf.write_plots(recs, tmp_path)
+    temporal, grads, recurrence = figs
+    assert [ax.get_title() for ax in temporal.axes] == ["a/e1@4", "b/e1@4"]
+    assert grads.axes[0].get_title() == "parameter gradient norms, e1@4"
+    assert [t.get_text() for t in recurrence.axes[0].get_legend().get_texts()] == ["a/e1 layer_0", "b/e1 layer_0"]
 
 
 def test_a_short_last_batch_weighs_each_window_once():

@@ -326,8 +326,20 @@ def _strict_json(v):
     return v
 
 
-def _label(rec: dict) -> str:
-    name = Path(rec["run"]).name
+def _run_name(run: str, runs: list[str]) -> str:
+    """``run``'s folder name, or as many of its path's last parts as tell it from the other
+    ``runs`` (``runs/a/e1`` beside ``runs/b/e1``: ``a/e1``)."""
+    parts = Path(run).parts
+    others = [Path(r).parts for r in runs if r != run]
+    n = 1
+    while n < len(parts) and any(o[-n:] == parts[-n:] for o in others):
+        n += 1
+    return "/".join(parts[-n:])
+
+
+def _label(rec: dict, records: list[dict]) -> str:
+    """``run@step``, the run named as :func:`_run_name` tells it from the other ``records``' runs."""
+    name = _run_name(rec["run"], [r["run"] for r in records])
     return f"{name}@{rec['step']}" if rec.get("step") is not None else name
 
 
@@ -353,7 +365,7 @@ def _plot_temporal(plt, shown: list[dict], path: Path) -> Path:
             ax.semilogy(lag, vals, label=name)
         ax.set_xlabel("lag T-1-t (bytes back from the last position)")
         ax.set_ylabel("||dL/dx_t|| / ||dL/dx_{T-1}||")
-        ax.set_title(_label(rec), fontsize=9)
+        ax.set_title(_label(rec, shown), fontsize=9)
         ax.legend(fontsize=7)
     return save(fig, path)
 
@@ -373,7 +385,7 @@ def _plot_grad_norms(plt, rec: dict, path: Path) -> Path | None:
     ax.set_xticklabels(names, rotation=45, ha="right", fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("||grad||")
-    ax.set_title(f"parameter gradient norms, {_label(rec)}", fontsize=9)
+    ax.set_title(f"parameter gradient norms, {_label(rec, [rec])}", fontsize=9)
     ax.legend(fontsize=7)
     return save(fig, path)
 
@@ -389,7 +401,7 @@ def _plot_recurrence(plt, rec_recs: list[dict], path: Path) -> Path:
         for run, rs in by_run.items():
             xs = [r["step"] if r["step"] is not None else i for i, r in enumerate(rs)]
             for layer in rs[-1]["recurrence"]:
-                tag = f"{Path(run).name} {layer}"
+                tag = f"{_run_name(run, list(by_run))} {layer}"
                 axes[0].plot(xs, [r["recurrence"].get(layer, {}).get("spectral_radius") for r in rs], "o-", label=tag)
                 axes[1].plot(xs, [r["recurrence"].get(layer, {}).get("jacobian_sigma_mean") for r in rs], "o-", label=tag)
         for ax in axes:
@@ -422,7 +434,7 @@ def format_table(result: dict[str, Any]) -> str:
             gm = math.sqrt(sum(v * v for k, v in g.items() if k.startswith("mixer.")))
             hz = rec["horizon"][name]
             rc = rec["recurrence"].get(name)
-            rows.append((_label(rec), str(i), f"{gm:.3g}", str(hz["0.1"]), str(hz["0.01"]),
+            rows.append((_label(rec, result["records"]), str(i), f"{gm:.3g}", str(hz["0.1"]), str(hz["0.01"]),
                          f"{rc['spectral_radius']:.4f}" if rc else "-",
                          f"{rc['jacobian_sigma_mean']:.4f}" if rc else "-"))
     widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
