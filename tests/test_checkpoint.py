@@ -541,6 +541,27 @@ def test_a_real_write_error_in_either_library_is_a_checkpoint_write_error_naming
     assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000001"]
 
 
+def test_a_commit_whose_rename_fails_leaves_no_staged_copy(tmp_path, monkeypatch):
+    """The rename that commits a staged checkpoint can fail too (ENOSPC for a new directory entry,
+    EDQUOT, EIO): the staged copy, a whole checkpoint's size on a full disk, goes as a failed write's
+    does, not only at the next start."""
+    saver = checkpoint.Checkpointer(tmp_path / "ckpt")
+    saver.save(_tiny_state(1), complete=False)
+    real = os.rename
+
+    def full_disk(src, dst):
+        if Path(dst).name == "step-000002":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(os, "rename", full_disk)
+    with pytest.raises(checkpoint.CheckpointWriteError) as e:
+        saver.save(_tiny_state(2), complete=False)
+    assert str(e.value) == (f"could not write the checkpoint of step 2 to {tmp_path}/ckpt: No space left on device "
+                            f"(ENOSPC); last good checkpoint kept at {tmp_path}/ckpt/step-000001 (step 1)")
+    assert [p.name for p in (tmp_path / "ckpt").iterdir()] == ["step-000001"]
+
+
 def test_a_checkpoint_whose_rename_the_disk_did_not_confirm_is_named_as_written(tmp_path, monkeypatch):
     """The rename is done when ``ckpt/``'s fsync fails (EIO): the line says the new checkpoint is
     there and what a power loss would leave (the one before it), not that it could not be written;

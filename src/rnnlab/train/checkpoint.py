@@ -543,9 +543,13 @@ class Checkpointer:
         """Make the staged directory the checkpoint of ``step`` with one rename; Ctrl-C waits."""
         final = self.directory / step_dir_name(step)
         with interrupts_deferred():
-            if final.exists():  # a damaged copy of this step: the new one replaces it
-                remove_tree(final)
-            os.rename(staged, final)
+            try:
+                if final.exists():  # a damaged copy of this step: the new one replaces it
+                    remove_tree(final)
+                os.rename(staged, final)
+            except OSError:  # a full disk (ENOSPC, EDQUOT) or I/O error: the staged copy goes as a failed write's does
+                shutil.rmtree(staged, ignore_errors=True)
+                raise
             _pause()
             try:
                 fsync_dir(self.directory)
