@@ -992,6 +992,33 @@ def test_resume_clears_what_killed_writers_left(tiny_train, tmp_path):
     assert not any(p.exists() for p in leftovers)
 
 
+def test_a_leftover_that_will_not_go_is_said_and_the_run_resumes(tiny_train, tmp_path, monkeypatch, capsys):
+    """An old checkpoint that pruning could not delete (its files made read-only: ``rmtree`` of its
+    trash fails with EACCES) stays as a ``.trash-*`` folder; the next start's clearing fails the same
+    way, and that ended every later ``--resume`` with ``Permission denied: model.safetensors``. It is
+    said in one warning and the run goes on."""
+    from rnnlab.train import durable
+
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=2), progress=False)
+    stuck = run / "ckpt" / ".trash-99-step-000001"
+    stuck.mkdir()
+    (stuck / "model.safetensors").write_bytes(b"kept")
+    real = shutil.rmtree
+
+    def read_only(path, *args, **kw):
+        if Path(path) == stuck:
+            raise PermissionError(errno.EACCES, "Permission denied", "model.safetensors")
+        real(path, *args, **kw)
+
+    monkeypatch.setattr(durable.shutil, "rmtree", read_only)
+    capsys.readouterr()
+    assert run_training(tiny_train(run, steps=3, resume=True), progress=False)["complete"]
+    assert capsys.readouterr().err.count(f"rnnlab: warning: could not remove {stuck}, left by an interrupted write or "
+                                         "an old checkpoint's deletion (Permission denied); it stays") == 1
+    assert stuck.exists() and _steps(run) == [1, 2, 3]
+
+
 def test_the_checkpointer_says_while_it_writes(tmp_path, monkeypatch):
     """``Checkpointer.writing`` is set from the first file written to the commit, once the state
     is gathered (under FSDP2 the gathers are collectives, which a dead peer holds up), and clear

@@ -88,16 +88,23 @@ def remove_tree(path: Path) -> None:
     shutil.rmtree(trash)
 
 
-def clear_temporaries(folder: Path) -> None:
-    """Remove what interrupted writes left in ``folder`` (``.tmp-*`` and ``.trash-*`` entries).
-    Only the holder of the run folder's lock may call this."""
+def clear_temporaries(folder: Path) -> list[tuple[Path, OSError]]:
+    """Remove what interrupted writes left in ``folder`` (``.tmp-*`` and ``.trash-*`` entries); returns
+    those that would not go, with why (an old checkpoint that pruning could not delete, whose files a
+    user made read-only): no part of the run, so the caller goes on. Only the holder of the run
+    folder's lock may call this."""
+    left = []
     for entry in folder.iterdir():
         if not entry.name.startswith((TMP_PREFIX, TRASH_PREFIX)):
             continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as e:
+            left.append((entry, e))
+    return left
 
 
 @contextmanager

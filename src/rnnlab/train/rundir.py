@@ -469,8 +469,9 @@ class RunDir:
             if not cfg.run.resume:
                 self._clear(cfg)
             for folder in (self.path, self.ckpt_dir):
-                if folder.is_dir():
-                    clear_temporaries(folder)
+                for entry, e in clear_temporaries(folder) if folder.is_dir() else []:
+                    warn(f"could not remove {entry}, left by an interrupted write or an old checkpoint's deletion "
+                         f"({e.strerror or e}); it stays, and training goes on (delete it by hand)")
             return start
         except BaseException:
             self.lock.release(undo=True)
