@@ -280,7 +280,10 @@ class _RecordingWriter:
 
     def __init__(self, log_dir, purge_step=None, **kw):
         self.purge_step, self.steps = purge_step, []
-        self.file_writer = types.SimpleNamespace(add_summary=lambda summary: None)
+        # the event writer's file and thread, which the tracker names in a write error and keeps quiet
+        thread = types.SimpleNamespace(_worker=types.SimpleNamespace())
+        events = types.SimpleNamespace(_file_name=log_dir, _async_writer=thread)
+        self.file_writer = types.SimpleNamespace(add_summary=lambda summary: None, event_writer=events)
         _RecordingWriter.made.append(self)
 
     def add_scalar(self, tag, value, step):
@@ -449,3 +452,58 @@ def test_an_eval_line_groups_its_byte_counts_in_thousands():
 
     line = eval_line({"step": 5, "val_loss": 1.0, "val_bpb": 1.5, "bytes": 1234567})
     assert line == "eval step 5: val_loss 1.0000  val_bpb 1.5000  (1,234,567 held-out bytes)"
+
+
+# a child process whose TensorBoard writes fail once they carry a step's curves (its hparams, written
+# at the start, have no grad_norm)
+FULL_TENSORBOARD = """\
+import errno, sys
+from tensorboard.compat.tensorflow_stub.io import gfile
+append = gfile.LocalFileSystem.append
+
+def full(self, filename, content, binary_mode=False):
+    if b"train/grad_norm" in content:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    append(self, filename, content, binary_mode)
+
+gfile.LocalFileSystem.append = full
+from rnnlab.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("full", ["metrics.jsonl", "tb"])
+def test_a_log_the_disk_cannot_take_ends_the_run_in_one_line_naming_it(full, tiny_train, tmp_path):
+    """A full disk while a resumed run logs (metrics.jsonl past a file-size limit: EFBIG; TensorBoard's
+    event file, written by its thread: ENOSPC) ends the run with one line naming the file, no traceback
+    of TensorBoard's thread beside it; the checkpoint is kept and a resume continues from it."""
+    import resource
+    import signal
+    import subprocess
+
+    from rnnlab.train.rundir import RunDir
+    from rnnlab.train.trainer import run_training
+
+    run = tmp_path / "r"
+    run_training(tiny_train(run, steps=20), progress=False)
+    limit = (run / "metrics.jsonl").stat().st_size + 500  # a few steps' records (the event file is smaller)
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    events = set((run / "tb").iterdir())
+    code = FULL_TENSORBOARD if full == "tb" else "import sys; from rnnlab.cli import main; sys.exit(main(sys.argv[1:]))"
+    r = subprocess.run([sys.executable, "-c", code, "train", "--resume", "--out", str(run), "--steps", "40",
+                        "--log-every", "1", "--checkpoint-every", "0", "--no-progress"],
+                       preexec_fn=limit_file_size if full == "metrics.jsonl" else None,
+                       capture_output=True, text=True, timeout=120)
+    if full == "tb":
+        (written,) = set((run / "tb").iterdir()) - events  # this session's event file
+        line = f"No space left on device: {written}"
+    else:
+        line = f"File too large: {run / 'metrics.jsonl'}"
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.splitlines()[-1] == f"rnnlab train: error: {line}"
+    assert RunDir(run).checkpoint().step == 20
+    assert run_training(tiny_train(run, steps=24, resume=True), progress=False)["complete"]

@@ -17,6 +17,7 @@ Trackers with ``every_step`` see every step; the others see step 1 and every ``-
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -106,6 +107,17 @@ def flat_config(cfg) -> dict[str, bool | int | float | str]:
     return flatten(cfg.to_dict(), "")
 
 
+@contextlib.contextmanager
+def naming(path):
+    """An OS error inside the block that names no file (a full disk's write) is given ``path``'s name."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(path)
+        raise
+
+
 # ------------------------------------------------------------------------------ trackers
 class JsonlFiles(Tracker):
     """metrics.jsonl (every step; flushed every ``--log-every`` steps) and eval.jsonl (flushed at
@@ -118,45 +130,59 @@ class JsonlFiles(Tracker):
         self.files = {"train": open(run.file(METRICS), "a"), "eval": open(run.file(EVALS), "a")}
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
-        self.files[kind].write(json.dumps(record) + "\n")
-        if kind == "eval":
-            self.files[kind].flush()
+        f = self.files[kind]
+        with naming(f.name):
+            f.write(json.dumps(record) + "\n")
+            if kind == "eval":
+                f.flush()
 
     def flush(self) -> None:
-        self.files["train"].flush()
+        f = self.files["train"]
+        with naming(f.name):
+            f.flush()
 
     def sync(self) -> None:
         for f in self.files.values():
-            f.flush()
-            os.fsync(f.fileno())
+            with naming(f.name):
+                f.flush()
+                os.fsync(f.fileno())
 
     def close(self) -> None:
         for f in self.files.values():
-            f.close()
+            with naming(f.name):
+                f.close()
 
 
 class TensorBoard(Tracker):
     """Scalars in ``tb/`` and, once per session, the config as hyperparameters with
     ``HPARAM_METRICS`` as their metrics. A resumed run purges the events logged after its
-    checkpoint."""
+    checkpoint. The event file is written by TensorBoard's thread; its write error comes back from the
+    writer's next call (a step's scalars, a flush, the close), given the file's name there."""
 
     def __init__(self, run: RunDir, cfg, start_step: int):
         from torch.utils.tensorboard import SummaryWriter
         from torch.utils.tensorboard.summary import hparams
 
         self.writer = SummaryWriter(str(run.file(TB)), purge_step=start_step + 1 if start_step else None)
+        events = self.writer.file_writer.event_writer
+        self.file = events._file_name
+        # the thread's error is raised again by the next call, so it prints no traceback of its own
+        events._async_writer._worker._invoke_excepthook = lambda thread: None
         for summary in hparams(flat_config(cfg), {tag: 0.0 for tag in HPARAM_METRICS}):
             self.writer.file_writer.add_summary(summary)
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
-        for tag, value in scalars(kind, record).items():
-            self.writer.add_scalar(tag, value, record["step"])
+        with naming(self.file):
+            for tag, value in scalars(kind, record).items():
+                self.writer.add_scalar(tag, value, record["step"])
 
     def flush(self) -> None:
-        self.writer.flush()
+        with naming(self.file):
+            self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
+        with naming(self.file):
+            self.writer.close()
 
 
 class Wandb(Tracker):
