@@ -792,6 +792,21 @@ def test_a_refused_start_takes_away_the_lock_file_it_made_and_only_that(tmp_path
     assert (tmp_path / LOCK).exists()
 
 
+def test_a_lock_whose_holder_cannot_be_recorded_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    """A full disk as the lock's holder writes its pid into the new ``.lock`` ends the start as any
+    refusal does, in one line naming the file: the lock file and the folders made for --out go."""
+    import rnnlab.train.rundir as rundir
+
+    def pwrite(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "pwrite", pwrite)
+    run = tmp_path / "new" / "run"
+    assert main(["train", *TINY, "--steps", "2", "--out", str(run), "--no-progress"]) == 2
+    assert capsys.readouterr().err == f"rnnlab train: error: No space left on device: {run / LOCK}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_lock_on_a_file_taken_away_before_the_flock_is_not_kept(tmp_path, monkeypatch):
     """A process that opened the lock file just before a refusal took it away (``release(undo=True)``)
     must not hold its lock on the unlinked file, which would exclude no one: it takes the new one."""

@@ -141,11 +141,15 @@ class RunLock:
             if self._linked(fd):
                 break
             os.close(fd)  # a refusal took the file away between our open and our lock: take the new one
+        self.fd = fd
         record = {"pid": os.getpid(), "host": socket.gethostname(),
                   "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-        self.fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
+        except OSError as e:  # a full disk: a refusal, which takes away the file this process made
+            self.release(undo=True)
+            raise OSError(e.errno, e.strerror, str(self.path)) from None
 
     def _open(self) -> int:
         """The lock file, opened (made if missing; ``created`` says which)."""
@@ -463,8 +467,8 @@ class RunDir:
             self.made.append(folder)
             folder = folder.parent
         self.path.mkdir(parents=True, exist_ok=True)
-        self.lock.acquire()
         try:
+            self.lock.acquire()
             start = self._resume_point(cfg, corpus) if cfg.run.resume else None
             if not cfg.run.resume:
                 self._clear(cfg)
@@ -474,7 +478,7 @@ class RunDir:
                          f"({e.strerror or e}); it stays, and training goes on (delete it by hand)")
             return start
         except BaseException:
-            self.lock.release(undo=True)
+            self.release(undo=True)
             raise
 
     def corpus_changed(self, corpus: dict[str, int | str]) -> str | None:
