@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -316,6 +318,37 @@ def test_gpus_n_whose_wandb_run_cannot_start_leaves_no_run_folder(monkeypatch, t
     assert main(argv) == 2
     assert "rnnlab train: error: W&B could not start a run: api_key not configured" in capsys.readouterr().err
     assert not (tmp_path / "made").exists()
+
+
+def test_gpus_n_says_once_that_a_leftover_stays(monkeypatch, tmp_path, corpus, capsys):
+    """A ``.trash-*`` left in the run folder that cannot be removed (an old checkpoint's read-only
+    files) is said once under ``--gpus N``, by rank 0: the check before launching leaves the folder's
+    leftovers to it. Both said it. Rank 0's part runs here in this process, without a torchrun launch."""
+    from rnnlab.cli import main
+    from rnnlab.train import cli, durable
+
+    run = tmp_path / "run"
+    flags = [*_flags(dict(TINY, steps=2)), "--data", str(corpus), "--out", str(run), "--no-progress"]
+    assert main(["train", *flags]) == 0
+    stuck = run / "ckpt" / ".trash-99-step-000001"
+    stuck.mkdir()
+    real = shutil.rmtree
+
+    def read_only(path, *args, **kw):
+        if Path(path) == stuck:
+            raise PermissionError(errno.EACCES, "Permission denied", "model.safetensors")
+        real(path, *args, **kw)
+
+    def rank_0(cmd, env):
+        return main(cmd[cmd.index("rnnlab") + 1:])
+
+    monkeypatch.setattr(durable.shutil, "rmtree", read_only)
+    monkeypatch.setattr(cli, "run_passing_signals", rank_0)
+    argv = ["train", *flags, "--steps", "3", "--resume", "--gpus", "2"]
+    monkeypatch.setattr(sys, "argv", ["rnnlab", *argv])  # what --gpus re-launches
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().err.count(f"rnnlab: warning: could not remove {stuck}") == 1
 
 
 PASS_SIGNALS = """

@@ -273,7 +273,7 @@ def _check_before_launch(cfg: TrainConfig, n: int) -> None:
     # enough for --seq-len; as the last rank, whose check warns of nothing (rank 0 warns once launched)
     heldout, _, stream = open_data(cfg, DistContext(rank=n - 1, world_size=n))
     rundir = RunDir(cfg.run.out)
-    rundir.prepare(cfg, corpus_record(stream.split, heldout))
+    rundir.prepare(cfg, corpus_record(stream.split, heldout), clear_leftovers=False)  # rank 0 warns of those that stay
     rundir.release(undo=True)
 
 

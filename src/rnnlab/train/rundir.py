@@ -445,11 +445,12 @@ class RunDir:
         return cfg, model, step
 
     # ------------------------------------------------------------------ training
-    def prepare(self, cfg, corpus: dict[str, int | str] | None = None):
+    def prepare(self, cfg, corpus: dict[str, int | str] | None = None, *, clear_leftovers: bool = True):
         """Take the folder for training ``cfg`` into it (module docstring: the rules); returns
         the checkpoint to resume from (None for a fresh run). Holds the lock until ``release``.
         ``corpus``: ``corpus_record`` of the data this session opened, which a resumed run's must
-        equal (env.json's, when it has them)."""
+        equal (env.json's, when it has them). ``clear_leftovers``: remove what interrupted writes left
+        (``clear_temporaries``), warning of what stays; ``--gpus N``'s check leaves that to rank 0."""
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"--out {self.path} exists and is not a directory")
         if cfg.run.resume and cfg.run.overwrite:
@@ -472,7 +473,7 @@ class RunDir:
             start = self._resume_point(cfg, corpus) if cfg.run.resume else None
             if not cfg.run.resume:
                 self._clear(cfg)
-            for folder in (self.path, self.ckpt_dir):
+            for folder in (self.path, self.ckpt_dir) if clear_leftovers else ():
                 for entry, e in clear_temporaries(folder) if folder.is_dir() else []:
                     warn(f"could not remove {entry}, left by an interrupted write or an old checkpoint's deletion "
                          f"({e.strerror or e}); it stays, and training goes on (delete it by hand)")
