@@ -1229,3 +1229,21 @@ def test_a_checkpoint_that_keeps_vanishing_as_it_is_read_is_a_clear_error(tiny_t
     monkeypatch.setattr(RunDir, "checkpoint", lambda self: ck.Checkpoint(run / "ckpt" / "step-000009", 9))
     with pytest.raises(ck.CheckpointError, match="step-000009/model.safetensors is missing"):
         RunDir(run).load("cpu")
+
+
+def test_a_json_file_the_disk_cannot_take_is_named_and_no_temporary_stays(tmp_path, monkeypatch):
+    """config.json, summary.json and the logs cut back at a resume are written by ``write_atomic``: a
+    full disk's error (which names no file) names the file being replaced, and its temporary goes."""
+    from rnnlab.cli import error_line
+    from rnnlab.train import durable
+
+    def full(path, data):
+        open(path, "wb").close()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(durable, "write_synced", full)
+    with pytest.raises(OSError) as e:
+        durable.write_atomic(tmp_path / "summary.json", "{}")
+    assert error_line(e.value) == f"No space left on device: {tmp_path / 'summary.json'}"
+    assert list(tmp_path.iterdir()) == []
+

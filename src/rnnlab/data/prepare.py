@@ -46,6 +46,7 @@ import zstandard
 from tqdm import tqdm
 
 from rnnlab.data.corpus import COMPRESSED_MAGIC, MAGIC_BYTES, TAR_HEAD, ZIP_MAGIC, compression_of, is_tar
+from rnnlab.errors import name_file, naming
 
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard, xz or bzip2 (each
 # read through _stream_blocks) yields its compression ratio times more (a few times for text);
@@ -425,21 +426,16 @@ class AtomicFile:
         return self.f
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        name_file(exc, self.path)  # the block's write
         try:
-            with self.f:  # closing flushes what is buffered: a full disk fails here too
+            with naming(self.path), self.f:  # closing flushes what is buffered: a full disk fails here too
                 if exc_type is None:  # on the disk before it has the name: a power loss leaves no half file
                     self.f.flush()
                     os.fsync(self.f.fileno())
             if exc_type is None:
                 os.replace(self.tmp, self.path)
-        except BaseException as e:
+        except BaseException:
             self.tmp.unlink(missing_ok=True)
-            self._name(e)
             raise
         if exc_type is not None:
             os.unlink(self.tmp)
-            self._name(exc)
-
-    def _name(self, e: BaseException | None) -> None:
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(self.path)

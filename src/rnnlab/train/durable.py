@@ -25,6 +25,8 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
+from rnnlab.errors import naming
+
 TMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
 
@@ -68,11 +70,13 @@ def new_file_mode() -> int:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Replace ``path`` with ``data`` in one step: the old content or the new survives a crash."""
+    """Replace ``path`` with ``data`` in one step: the old content or the new survives a crash. A full
+    disk's error names ``path``."""
     path = Path(path)
     tmp = temporary_name(path)
     try:
-        write_synced(tmp, data)
+        with naming(path):
+            write_synced(tmp, data)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -17,7 +17,6 @@ Trackers with ``every_step`` see every step; the others see step 1 and every ``-
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import os
@@ -29,6 +28,7 @@ from typing import Any, TextIO
 
 import torch
 
+from rnnlab.errors import naming
 from rnnlab.train.config import WARMUP_STEPS, budget_clock
 from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
@@ -107,17 +107,6 @@ def flat_config(cfg) -> dict[str, bool | int | float | str]:
     return flatten(cfg.to_dict(), "")
 
 
-@contextlib.contextmanager
-def naming(path):
-    """An OS error inside the block that names no file (a full disk's write) is given ``path``'s name."""
-    try:
-        yield
-    except OSError as e:
-        if e.filename is None:
-            e.filename = str(path)
-        raise
-
-
 # ------------------------------------------------------------------------------ trackers
 class JsonlFiles(Tracker):
     """metrics.jsonl (every step; flushed every ``--log-every`` steps) and eval.jsonl (flushed at
@@ -165,9 +154,12 @@ class TensorBoard(Tracker):
 
         self.writer = SummaryWriter(str(run.file(TB)), purge_step=start_step + 1 if start_step else None)
         events = self.writer.file_writer.event_writer
-        self.file = events._file_name
-        # the thread's error is raised again by the next call, so it prints no traceback of its own
-        events._async_writer._worker._invoke_excepthook = lambda thread: None
+        self.file = getattr(events, "_file_name", None) or run.file(TB)  # (private to tensorboard: else the folder)
+        # the thread's error is raised again by the writer's next call, so it prints no traceback of its own
+        # (a thread's _invoke_excepthook is CPython's; where tensorboard or Python has no such names, it prints)
+        worker = getattr(getattr(events, "_async_writer", None), "_worker", None)
+        if hasattr(worker, "_invoke_excepthook"):
+            worker._invoke_excepthook = lambda thread: None
         for summary in hparams(flat_config(cfg), {tag: 0.0 for tag in HPARAM_METRICS}):
             self.writer.file_writer.add_summary(summary)
 
