@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
+from rnnlab.errors import name_file
 from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, legacy_hint,
                                  resume_mismatch)
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
@@ -149,7 +150,8 @@ class RunLock:
             os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
         except OSError as e:  # a full disk: a refusal, which takes away the file this process made
             self.release(undo=True)
-            raise OSError(e.errno, e.strerror, str(self.path)) from None
+            name_file(e, self.path)
+            raise
 
     def _open(self) -> int:
         """The lock file, opened (made if missing; ``created`` says which)."""
