@@ -4,6 +4,7 @@ raw byte file + manifest; corrupt shards, atomic output, streaming."""
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
 import hashlib
 import json
@@ -391,6 +392,25 @@ def test_a_write_that_fails_leaves_no_temporary_file(tmp_path):
                        preexec_fn=limit_file_size, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and f"File too large: {tmp_path / 'new' / 'c.txt'}" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"]
+
+
+def test_a_read_error_names_the_source_not_the_output(tmp_path, monkeypatch, capsys):
+    """A source whose disk fails a read (EIO, which names no file) is the file the error line names;
+    AtomicFile names what is left unnamed in its block after the file being written, which this is not."""
+    src = tmp_path / "a.txt"
+    src.write_text("hello world\n" * 10)
+
+    class Failing:
+        name = str(src)
+
+        def readinto(self, b):
+            raise OSError(errno.EIO, "Input/output error")
+
+    init = prep._HashingReader.__init__
+    monkeypatch.setattr(prep._HashingReader, "__init__", lambda self, f, bar: init(self, Failing(), bar))
+    assert main(["data", "prepare", str(src), "--out", str(tmp_path / "out" / "c.txt"), "--no-progress"]) == 2
+    assert f"Input/output error: {src}" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
 def test_lines_span_blocks():

@@ -376,7 +376,8 @@ class _HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        n = self.f.readinto(b)
+        with naming(self.f.name):  # a read error is the source's, not the output's (AtomicFile names the rest)
+            n = self.f.readinto(b)
         if n:
             self.sha256.update(memoryview(b)[:n])
             self.size += n
