@@ -1247,3 +1247,17 @@ def test_a_json_file_the_disk_cannot_take_is_named_and_no_temporary_stays(tmp_pa
     assert error_line(e.value) == f"No space left on device: {tmp_path / 'summary.json'}"
     assert list(tmp_path.iterdir()) == []
 
+
+def test_an_os_error_without_an_errno_keeps_its_message():
+    """``errors.naming`` names a system error that names no file, and leaves one made of a message
+    alone (naming it would print "[Errno None] None: 'FILE'", the message lost)."""
+    import errno
+
+    from rnnlab.errors import naming
+
+    for raised, want in ((OSError(errno.ENOSPC, "No space left on device"), "[Errno 28] No space left on device: 'f'"),
+                         (OSError("Not a gzipped file"), "Not a gzipped file")):
+        with pytest.raises(OSError) as e, naming("f"):
+            raise raised
+        assert str(e.value) == want
+

@@ -9,8 +9,9 @@ from collections.abc import Iterator
 
 def name_file(e: BaseException | None, path: str | os.PathLike) -> None:
     """Give an OS error that names no file (a full disk's write: "[Errno 28] No space left on device")
-    ``path``'s name, so its line says which file could not be written."""
-    if isinstance(e, OSError) and e.filename is None:
+    ``path``'s name, so its line says which file could not be written. One without an errno
+    (``OSError("Not a gzipped file")``) keeps its message as it is."""
+    if isinstance(e, OSError) and e.filename is None and e.strerror:
         e.filename = str(path)
 
 
