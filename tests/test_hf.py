@@ -500,6 +500,16 @@ def test_export_in_a_fresh_process_and_load_without_importing_rnnlab(exported, t
                                rtol=0, atol=1e-5)
 
 
+def test_save_pretrained_refuses_to_push_a_folder_without_its_modeling_file(exported, tmp_path):
+    """transformers' ``save_pretrained(push_to_hub=True)`` uploads inside the call, before the folder's
+    ``modeling_rnnlab.py`` is written, so the upload would not load with ``trust_remote_code``: refused
+    in one line naming ``push_to_hub(repo_id)``, before anything is written or sent."""
+    model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
+    with pytest.raises(ValueError, match=r"^save_pretrained\(push_to_hub=True\) would upload .* model\.push_to_hub"):
+        model.save_pretrained(tmp_path / "out", push_to_hub=True, repo_id="someone/model")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_model_loaded_with_remote_code_saves_a_folder_that_loads_so_too(exported, tmp_path):
     """``save_pretrained`` of a model loaded with ``trust_remote_code=True`` (fine-tuning an export
     in a process that never imports rnnlab) writes ``modeling_rnnlab.py`` and names it in

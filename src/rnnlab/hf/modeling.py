@@ -172,7 +172,12 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
     def save_pretrained(self, save_directory, is_main_process: bool = True, **kwargs) -> None:
         """transformers' ``save_pretrained``, with ``config.json``'s ``auto_map`` naming the folder's
         ``modeling_rnnlab.py``, written too: a saved model (an export, or one fine-tuned from it) loads
-        with ``trust_remote_code=True`` where rnnlab is not imported first."""
+        with ``trust_remote_code=True`` where rnnlab is not imported first. ``push_to_hub=True`` is
+        refused: transformers would upload the folder before ``modeling_rnnlab.py`` is in it
+        (``push_to_hub(repo_id)`` uploads the whole saved folder)."""
+        if kwargs.get("push_to_hub"):
+            raise ValueError("save_pretrained(push_to_hub=True) would upload the folder without modeling_rnnlab.py, "
+                             "which its config.json names: use model.push_to_hub(repo_id)")
         self.config.auto_map = dict(SHIM_AUTO_MAP)
         super().save_pretrained(save_directory, is_main_process=is_main_process, **kwargs)
         if is_main_process:
