@@ -540,7 +540,8 @@ def protocol_overrides(plan: dict[str, Any]) -> dict[str, Any]:
     found: dict[str, list[Any]] = {}
     if plan.get("sweep"):
         base = TrainConfig().to_dict()
-        found = {k: [shipped[k]] for k in defaults if k not in RUNNER_KEYS and shipped[k] != base[k]}
+        found = {k: [shipped[k]] for k in defaults
+                 if k not in RUNNER_KEYS and k in shipped and shipped[k] != base.get(k)}  # (model keys: not flat)
     for call in invocations(plan):
         options = call.get("options") or {}
         for k, v in options.items():
