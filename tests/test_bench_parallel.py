@@ -102,15 +102,11 @@ def test_a_ctrl_c_as_a_run_starts_stops_that_run_too(tmp_path, fake_launch, monk
         signal.raise_signal(signal.SIGINT)  # the Ctrl-C, the process started
         return started[-1], out / "log"
 
-    monkeypatch.setattr(parallel, "launch", launch)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        suite = load_suite("tiny")
-        out = tmp_path / "s"
-        lines = []
-        res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["0"], log=lines.append)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    monkeypatch.setattr(parallel, "launch", launch)  # (Python's own Ctrl-C handler: conftest's autouse fixture)
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    lines = []
+    res = run_plan(suite, plan_suite(suite, out, steps=2), out, gpus=["0"], log=lines.append)
     assert len(started) == 1 and started[0].signals == [parallel.STOP]
     assert res["stopped"] and res["trained"] == [suite.runs[0].name]
     assert lines[-1].endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})"), lines
@@ -138,16 +134,13 @@ def test_a_ctrl_c_while_the_stopped_runs_are_recorded_waits_for_their_records(tm
 
     monkeypatch.setattr(parallel, "launch", launch)
     monkeypatch.setattr(parallel, "finish", finish)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    suite = load_suite("tiny")
+    out = tmp_path / "s"
+    lines = []
     try:
-        suite = load_suite("tiny")
-        out = tmp_path / "s"
-        lines = []
         res = run_plan(suite, plan_suite(suite, out, steps=2, runs="e1,mingru"), out, gpus=["0", "1"], log=lines.append)
     except KeyboardInterrupt:
         pytest.fail(f"the Ctrl-C escaped the bench as it recorded its runs: {lines}")
-    finally:
-        signal.signal(signal.SIGINT, previous)
     assert not ctrl_c and [p.signals for p in started] == [[parallel.STOP]] * 2
     assert res["stopped"] and res["trained"] == ["e1", "mingru"]
     assert sum(line.endswith(f"interrupted; checkpoint kept ({parallel.RESUME_HINT})") for line in lines) == 2, lines
