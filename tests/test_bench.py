@@ -763,6 +763,22 @@ def test_a_ctrl_c_between_two_runs_stops_the_suite_and_returns_its_result(tmp_pa
     assert said[-1] == f"interrupted between runs; stopping the suite ({runner.RESUME_HINT})"
 
 
+def test_an_interrupted_sweep_says_to_run_the_same_command_again_not_rnnlab_bench(tmp_path, monkeypatch, capsys):
+    """A Ctrl-C stopping ``rnnlab sweep`` tells how to resume it: the same command again; it named
+    ``rnnlab bench``, which cannot run a sweep."""
+    import rnnlab.bench.runner as runner
+
+    def ctrl_c(cfg, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "_train", ctrl_c)
+    code = main(["sweep", "--model", "e1", "--dim", "16", "--depth", "1", "--set", "lr=1e-3,2e-3", "--steps", "2",
+                 "--no-plots", "--out", str(tmp_path / "sw")])
+    err = capsys.readouterr().err
+    assert code == 130 and f"[1/2] lr-1e-3: aborted; stopping the suite ({runner.RESUME_HINT})" in err
+    assert "rnnlab bench" not in err and "run the same command again" in err
+
+
 def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     import rnnlab.train.trainer as trainer
 
@@ -776,7 +792,7 @@ def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     names = [r.name for r in suite.runs]  # the suite's order; a new model kind's run comes at the end
     assert names[:3] == ["e1", "mamba2", "mingru"]
     assert res["stopped"] and len(calls) == 3 and res["trained"] == names[:3]
-    assert any(m.endswith("mingru: interrupted; stopping the suite (run the same rnnlab bench command again to "
+    assert any(m.endswith("mingru: interrupted; stopping the suite (run the same command again to "
                           "resume the suite and write its report)") for m in said), said
 
     calls.clear()
