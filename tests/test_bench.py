@@ -487,6 +487,22 @@ def test_a_complete_run_asked_for_a_new_extra_file_or_eval_bytes_is_rescored_fro
     assert run_status(capped) == "complete" and run_status(planned) == "rescore"  # 4K asked again: 3,968 bytes
 
 
+def test_a_sweeps_stale_points_are_named_under_rnnlab_sweep(tmp_path, capsys):
+    """The line naming complete runs that cannot be scored again (no checkpoint) speaks as the command
+    that ran: under rnnlab sweep it said ``rnnlab bench:``."""
+    out = tmp_path / "sw"
+    argv = ["sweep", "--model", "e1", "--dim", "16", "--depth", "1", "--set", "lr=1e-3", "--steps", "2",
+            "--batch-size", "2", "--seq-len", "32", "--precision", "fp32", "--device", "cpu", "--no-plots",
+            "--no-progress", "--out", str(out)]
+    assert main(argv + ["--eval-bytes", "2K"]) == 0
+    shutil.rmtree(out / "lr-1e-3" / "ckpt")
+    capsys.readouterr()
+    assert main(argv + ["--eval-bytes", "4K"]) == 0
+    err = capsys.readouterr().err
+    assert "rnnlab sweep: 1 complete run(s) keep final scores that do not cover this command" in err
+    assert "rnnlab bench" not in err
+
+
 def test_a_complete_run_without_a_checkpoint_lacking_new_scores_is_named_not_silently_kept(tmp_path, capsys):
     """The same over a slim copy of the runs (no checkpoints, as results/ keeps them): nothing can
     score them again, so they are skipped with a line each and one line naming them all and what

@@ -43,7 +43,7 @@ def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress:
         result = run_parallel(plan, out, gpus, progress=progress, log=log)
     else:
         result = run_sequential(plan, progress, log)
-    if line := stale_line(result["stale"]):
+    if line := stale_line(result["stale"], "sweep" if suite.sweep else "bench"):
         log(line)
     return result
 

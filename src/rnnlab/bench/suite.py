@@ -496,13 +496,14 @@ def rescore_line(tag: str, pr: PlannedRun) -> str:
             f"({'; '.join(scores_lacking(pr))})")
 
 
-def stale_line(stale: dict[str, list[str]]) -> str | None:
-    """One line naming the complete runs whose scores lack what the command asked for and that
-    have no checkpoint to re-score from (``result["stale"]``); None when there are none."""
+def stale_line(stale: dict[str, list[str]], command: str = "bench") -> str | None:
+    """One line, under ``rnnlab <command>``'s name, naming the complete runs whose scores lack what
+    the command asked for and that have no checkpoint to re-score from (``result["stale"]``); None
+    when there are none."""
     if not stale:
         return None
     runs = ", ".join(f"{label} ({'; '.join(lacking)})" for label, lacking in stale.items())
-    return (f"rnnlab bench: {len(stale)} complete run(s) keep final scores that do not cover this command, "
+    return (f"rnnlab {command}: {len(stale)} complete run(s) keep final scores that do not cover this command, "
             f"having no checkpoint to score them again from: {runs}; the report marks the difference (re-score "
             "them where their checkpoints are, or delete their folders to train them again)")
 
