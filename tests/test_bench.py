@@ -779,6 +779,24 @@ def test_a_ctrl_c_between_two_runs_stops_the_suite_and_returns_its_result(tmp_pa
     assert said[-1] == f"interrupted between runs; stopping the suite ({runner.RESUME_HINT})"
 
 
+def test_a_sweep_is_named_after_its_folder_however_out_is_spelt(tmp_path, monkeypatch):
+    """``--out .`` names the sweep after the folder, as its path does: it was ``sweep-``, so the same
+    sweep continued as ``--out DIR`` was another suite, whose suite.json replaced the earlier one's
+    points and commands."""
+    out = tmp_path / "sw"
+    out.mkdir()
+    argv = ["sweep", "--model", "e1", "--dim", "16", "--depth", "1", "--steps", "2", "--batch-size", "2",
+            "--seq-len", "32", "--precision", "fp32", "--device", "cpu", "--eval-bytes", "2K", "--no-plots",
+            "--no-progress"]
+    monkeypatch.chdir(out)
+    assert main(argv + ["--set", "lr=1e-3", "--out", "."]) == 0
+    monkeypatch.chdir(tmp_path)
+    assert main(argv + ["--set", "lr=2e-3", "--out", "sw"]) == 0
+    doc = json.loads((out / "suite.json").read_text())
+    assert doc["suite"] == "sweep-sw" and sorted(doc["sweep"]["axes"]["lr"]) == [0.001, 0.002]
+    assert sorted(r["name"] for r in doc["runs"]) == ["lr-1e-3", "lr-2e-3"]
+
+
 def test_an_interrupted_sweep_says_to_run_the_same_command_again_not_rnnlab_bench(tmp_path, monkeypatch, capsys):
     """A Ctrl-C stopping ``rnnlab sweep`` tells how to resume it: the same command again; it named
     ``rnnlab bench``, which cannot run a sweep."""

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -215,7 +216,7 @@ def run_sweep(args) -> int:
     model = {k: v for k, v in given.items() if k in MODEL_KEYS}
     defaults = {k: v for k, v in given.items() if k not in MODEL_KEYS and k not in SUITE_KEYS}
     suite = build_sweep(model, args.sets, target_params=args.target_params, defaults=defaults,
-                        name=f"sweep-{Path(args.out).name}")
+                        name=f"sweep-{Path(os.path.abspath(args.out)).name}")  # --out . or .. too: the folder's name
     return _execute(keep_earlier_names(suite, Path(args.out)), Path(args.out), args)
 
 
