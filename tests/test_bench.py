@@ -779,6 +779,20 @@ def test_a_ctrl_c_between_two_runs_stops_the_suite_and_returns_its_result(tmp_pa
     assert said[-1] == f"interrupted between runs; stopping the suite ({runner.RESUME_HINT})"
 
 
+def test_a_device_this_machine_lacks_is_one_line_before_any_folder(tmp_path, monkeypatch, capsys):
+    """``--device cuda`` where CUDA is missing: one line, exit 2, no folder; each run failed to train
+    (exit 1, three lines) after suite.json and a report of no runs were written."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "sw"
+    assert main(["sweep", "--model", "e1", "--dim", "16", "--depth", "1", "--set", "lr=1e-3", "--steps", "2",
+                 "--device", "cuda", "--no-plots", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "rnnlab sweep: error: device 'cuda' requested but CUDA is not available (use --device cpu)"
+    assert not out.exists()
+    assert main(["bench", "tiny", "--runs", "e1", "--device", "cuda", "--out", str(out), "--plan"]) == 0  # plan: any
+    assert not out.exists()
+
+
 def test_a_sweep_is_named_after_its_folder_however_out_is_spelt(tmp_path, monkeypatch):
     """``--out .`` names the sweep after the folder, as its path does: it was ``sweep-``, so the same
     sweep continued as ``--out DIR`` was another suite, whose suite.json replaced the earlier one's

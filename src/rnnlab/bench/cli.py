@@ -121,6 +121,12 @@ def _execute(suite, out: Path, args) -> int:
         from rnnlab.bench.parallel import visible_gpus
 
         gpus = visible_gpus(args.gpus) if args.gpus > 1 else None
+    if gpus is None:  # runs in this process: a device it lacks fails every run to train, after the folder is made
+        from rnnlab.bench.suite import run_status
+        from rnnlab.train.runtime import pick_device
+
+        for device in dict.fromkeys(pr.cfg.run.device for pr in plan if run_status(pr) not in ("complete", "stale")):
+            pick_device(device)
     result = run_plan(suite, plan, out, progress=not args.no_progress and gpus is None, command=command_line(),
                       options=options, gpus=gpus)
     write_and_show_report(out, None, plots=not args.no_plots)
