@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 
 
 def name_file(e: BaseException | None, path: str | os.PathLike) -> None:
@@ -15,11 +14,12 @@ def name_file(e: BaseException | None, path: str | os.PathLike) -> None:
         e.filename = str(path)
 
 
-@contextlib.contextmanager
-def naming(path: str | os.PathLike) -> Iterator[None]:
-    """``name_file`` for an OS error raised inside the block."""
-    try:
-        yield
-    except OSError as e:
-        name_file(e, path)
-        raise
+class naming(contextlib.AbstractContextManager):
+    """``name_file`` for an OS error raised inside the block; a plain class, not a generator, as it
+    wraps hot paths (each read of ``data prepare``, each step's log lines)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        name_file(exc, self.path)
