@@ -807,6 +807,22 @@ def test_a_lock_whose_holder_cannot_be_recorded_leaves_nothing_behind(tmp_path, 
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_file_system_without_flock_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """Where the run folder's file system refuses ``flock`` (some network mounts), the start ends in
+    one line saying so, and the lock file and the folders made for --out go with it."""
+    import rnnlab.train.rundir as rundir
+
+    def flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(rundir.fcntl, "flock", flock)
+    run = tmp_path / "new" / "run"
+    assert main(["train", *TINY, "--steps", "2", "--out", str(run), "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"rnnlab train: error: cannot lock run dir {run} (No locks available); "
+                                       f"a run folder needs a file system with flock\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_lock_on_a_file_taken_away_before_the_flock_is_not_kept(tmp_path, monkeypatch):
     """A process that opened the lock file just before a refusal took it away (``release(undo=True)``)
     must not hold its lock on the unlinked file, which would exclude no one: it takes the new one."""

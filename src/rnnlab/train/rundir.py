@@ -135,7 +135,9 @@ class RunLock:
                 os.close(fd)
                 raise ValueError(f"run dir {self.path.parent} is in use by {holder}: one process at a time "
                                  f"trains into a run folder") from None
-            except OSError as e:
+            except OSError as e:  # no flock on this file system: a refusal, which takes away a file it made
+                if self.created:
+                    self.path.unlink(missing_ok=True)
                 os.close(fd)
                 raise ValueError(f"cannot lock run dir {self.path.parent} ({e.strerror}); a run folder needs "
                                  f"a file system with flock") from None
