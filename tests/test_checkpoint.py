@@ -586,6 +586,29 @@ def test_a_checkpoint_whose_rename_the_disk_did_not_confirm_is_named_as_written(
     assert (newest.step, damaged) == (2, [])
 
 
+def test_the_run_folder_is_synced_once_for_its_entries_after_its_logs(tmp_path, monkeypatch):
+    """A power loss after a checkpoint keeps the run folder's entries: ``ckpt/`` itself and the logs
+    made before it. The folder is fsync'd at the process's first checkpoint, after the logs' own
+    fsync, and not again at later checkpoints (each of which fsyncs ``ckpt/``)."""
+    import rnnlab.train.metrics as metrics
+
+    run, events, real_dir, real_sync = tmp_path / "r", [], checkpoint.fsync_dir, metrics.JsonlFiles.sync
+
+    def fsync_dir(path):
+        events.append(path)
+        real_dir(path)
+
+    def sync(self):
+        events.append("logs")
+        real_sync(self)
+
+    monkeypatch.setattr(checkpoint, "fsync_dir", fsync_dir)
+    monkeypatch.setattr(metrics.JsonlFiles, "sync", sync)
+    assert main(["train", *TINY, "--steps", "4", "--checkpoint-every", "2", "--out", str(run), "--no-progress"]) == 0
+    synced = [e for e in events if e == "logs" or e in (run, run / "ckpt")]
+    assert synced == ["logs", run / "ckpt", run, "logs", run / "ckpt"]
+
+
 def test_an_old_checkpoint_that_cannot_be_deleted_is_said_and_training_goes_on(tmp_path, capsys, monkeypatch):
     """Pruning runs after the new checkpoint is committed: an old one that cannot be deleted is a
     warning, not a failure (the run completes, every checkpoint it could not delete stays)."""

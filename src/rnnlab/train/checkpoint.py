@@ -17,7 +17,8 @@ prunes them.
 
 Writing (rank 0): ``ckpt/.tmp-<pid>-<thread>-step-000600/`` receives the weights, the state and the
 manifest, each fsync'd, then the folder itself; one ``rename`` makes it ``step-000600`` and
-``ckpt/`` is fsync'd. A kill or a power loss at any moment leaves the new checkpoint whole or
+``ckpt/`` is fsync'd (at a process's first checkpoint the run folder too, for the entries of
+``ckpt/`` and the logs). A kill or a power loss at any moment leaves the new checkpoint whole or
 absent and the older ones untouched; Ctrl-C is held back over the rename and its bookkeeping
 (``interrupts_deferred``). A write error (disk full) removes the temporary folder and raises
 ``CheckpointWriteError``. Then only the newest ``keep`` checkpoints stay, plus every one whose
@@ -395,6 +396,7 @@ class Checkpointer:
         self.awaited: Checkpoint | None = None
         # set while rank 0 writes one, its state gathered (LostPeerWatch lets the write finish)
         self.writing = threading.Event()
+        self.entries_synced = False  # whether the run folder's entries (ckpt/, the logs) are on the disk
 
     @property
     def saved_step(self) -> int | None:
@@ -553,6 +555,9 @@ class Checkpointer:
             _pause()
             try:
                 fsync_dir(self.directory)
+                if not self.entries_synced:  # once: ckpt/ itself, and the logs made before it, as the run folder's
+                    fsync_dir(self.directory.parent)
+                    self.entries_synced = True
             except OSError as e:  # the rename is done: the line must not say this checkpoint is lost
                 before = ("none before it" if self.last is None
                           else f"the one before it: {self.last.path}, step {self.last.step}")
