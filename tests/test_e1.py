@@ -338,6 +338,16 @@ def test_inits():
     assert lr.U.abs().sum() == 0  # starts as plain E1
 
 
+@pytest.mark.parametrize("heads", [1, 4])
+def test_spectral_u_starts_as_a_unit_vector_per_head(heads):
+    """The power-iteration vector ``spectral_u`` starts randn-normalised (module docstring), one unit
+    vector per head: W_eff hardly depends on its length (each iteration normalises), so only this
+    sees an unnormalised start, which a checkpoint of a fresh model would store."""
+    u = make(randomize=False, dim=16, heads=heads).spectral_u
+    assert u.shape == ((16,) if heads == 1 else (heads, 16 // heads))
+    torch.testing.assert_close(u.norm(dim=-1), torch.ones(u.shape[:-1]), rtol=0, atol=1e-6)
+
+
 @pytest.mark.parametrize("init", ["xavier", "mamba2", "identity"])
 def test_every_projection_follows_the_init_rule(init, assert_xavier_uniform):
     """``init`` draws W_in, W_out, W_x and the extra matrices (W_a, W_s, V, W_r) by one rule
