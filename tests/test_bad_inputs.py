@@ -107,6 +107,12 @@ CASES = [
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
     # dim is the model's, not a layer option: not a TypeError of a keyword given twice
     ("layer_dim", [*TRAIN, "--layer", "dim=64"], "unknown e1 layer option(s) ['dim']"),
+    # spelt as the flags are (with dashes), or nearly right: the line names the option meant
+    ("layer_dashed_key", [*TRAIN, "--model", "mamba2", "--dim", "64", "--layer", "d-state=16"],
+     "unknown mamba2 layer option(s) ['d-state']: did you mean d_state? (layer options are spelt with underscores); "
+     "known: ['backend',"),
+    ("layer_misspelt_key", [*TRAIN, "--layer", "selectve=decay"],
+     "unknown e1 layer option(s) ['selectve']: did you mean selective?; known: ['backend',"),
     ("backend_triton_cpu", [*TRAIN, "--layer", "backend=triton"],
      "e1 layer option backend=triton runs only on CUDA; this run's device is cpu (use backend=auto, which runs "
      "the PyTorch reference there)"),

@@ -20,6 +20,25 @@ def layer_text(layer: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v}" for k, v in (layer or {}).items())
 
 
+def _spelling_hint(unknown: list[str], known: set[str]) -> str:
+    """``: did you mean d_state? ...`` for unknown layer options spelt with a flag's dashes (``d-state``;
+    the options are named with underscores, as ``rnnlab layers`` lists them) or nearly right (``dstate``)."""
+    import difflib
+
+    meant = []
+    for key in unknown:
+        if not isinstance(key, str):
+            continue
+        close = difflib.get_close_matches(key.replace("-", "_"), sorted(known), n=1, cutoff=0.8)
+        if close:
+            meant.append(f"{key} -> {close[0]}" if len(unknown) > 1 else close[0])
+    if not meant:
+        return ""
+    dashes = (" (layer options are spelt with underscores)"
+              if any(isinstance(k, str) and "-" in k and k.replace("-", "_") in known for k in unknown) else "")
+    return f": did you mean {', '.join(meant)}?{dashes}"
+
+
 @dataclass
 class ModelConfig:
     """A byte-level LM: ``model`` names the mixer in the registry; ``layer`` holds that mixer's own
@@ -62,9 +81,8 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(cls)} - {"dim"}
         unknown = sorted(set(self.layer) - known)
         if unknown:
-            raise ValueError(
-                f"unknown {self.model} layer option(s) {unknown}; known: {sorted(known)} (rnnlab layers)"
-            )
+            raise ValueError(f"unknown {self.model} layer option(s) {unknown}{_spelling_hint(unknown, known)}; "
+                             f"known: {sorted(known)} (rnnlab layers)")
         cfg = cls(dim=self.dim, **self.layer)
         try:
             cfg.validate()
