@@ -316,6 +316,10 @@ CASES = [
     ("prepare_empty_source", ["data", "prepare", "", "--out", "{new}"], "argument SRC: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("prepare_empty_out", ["data", "prepare", "{corpus}", "--out", ""], "argument --out: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("bench_unknown_suite", ["bench", "nosuchsuite", "--out", "{new}"], "unknown suite 'nosuchsuite'"),
+    # trained once all the same, where --seeds 1,1 is refused: a repeat is asked of --seeds
+    ("bench_runs_twice", ["bench", "tiny", "--runs", "e1,mingru,e1", "--out", "{new}"],
+     "--runs names e1 twice: each run trains once, in its own folder; to repeat a run, give --seeds S1,S2,.. "
+     "(one folder NAME-sSEED per seed)"),
     ("bench_suite_not_utf8", ["bench", "{suite_binary}", "--out", "{new}", "--plan"],
      "cannot parse suite file suite_binary.toml: 'utf-8' codec can't decode byte 0xff in position 0"),
     ("bench_suite_runs_not_list", ["bench", "{suite_runs}", "--out", "{new}", "--plan"],

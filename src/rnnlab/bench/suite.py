@@ -337,6 +337,10 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
         unknown = sorted(set(names) - {r.name for r in suite.runs})
         if unknown:
             raise ValueError(f"suite {suite.name} has no run(s) {unknown}; its runs: {[r.name for r in suite.runs]}")
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:  # trained once all the same: not the repeat it may have been meant as
+            raise ValueError(f"--runs names {twice} twice: each run trains once, in its own folder; to repeat a "
+                             f"run, give --seeds S1,S2,.. (one folder NAME-sSEED per seed)")
         selected = [r for r in suite.runs if r.name in names]
     own_seed = [f"{r.name} (seed = {r.overrides['seed']})" for r in selected if r.overrides.get("seed") is not None]
     if seed_list and own_seed:  # e.g. e88-recipe-400m's NAME-seed43 rows would train each --seeds seed instead
