@@ -40,6 +40,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "twice_json": ("twice.json", '{"steps": 2, "steps": 3}\n'),
     "twice_yaml": ("twice.yaml", "model:\n  dim: 32\n  dim: 48\n"),
     "two_spellings": ("two_spellings.toml", "batch_size = 4\nbatch-size = 8\n"),
+    "layer_number_key": ("layer_number_key.yaml", "model:\n  layer:\n    bogus: 2\n    1: 3\n"),  # 1 unquoted
     "vocab_text": ("vocab_text.toml", '[model]\nvocab_size = "256"\n'),
     "toml_syntax": ("syntax.toml", "steps = = 3\n"),
     "yaml_syntax": ("syntax.yaml", "steps: [3\n"),
@@ -171,6 +172,10 @@ CASES = [
      "cannot parse config file {twice_yaml}: key 'dim' is given twice"),
     ("config_key_spelled_twice", [*FRESH, "--config", "{two_spellings}"],  # not the later one, silently
      "config file {two_spellings}: keys 'batch_size' and 'batch-size' are one field, given twice: keep one"),
+    # an option named by a number among named ones: their list was sorted for the line, and failed (TypeError)
+    ("config_layer_number_key", [*TRAIN, "--config", "{layer_number_key}"],
+     "config file {layer_number_key}: layer option 1 is not an option name (quote it if it is one; rnnlab layers "
+     "lists them)"),
     ("config_vocab_text", [*TRAIN, "--config", "{vocab_text}"], "vocab_size must be one of 256, got '256'"),
     ("config_toml_syntax", [*TRAIN, "--config", "{toml_syntax}"], "cannot parse config file {toml_syntax}: "),
     ("config_yaml_syntax", [*TRAIN, "--config", "{yaml_syntax}"], "cannot parse config file {yaml_syntax}: "),

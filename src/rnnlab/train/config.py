@@ -459,7 +459,13 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"cannot parse config file {p}: {' '.join(str(e).split())}") from None
     if not isinstance(d, dict):
         raise ValueError(f"config file {p} must hold a table/mapping at top level")
-    for table in (d, d["model"] if isinstance(d.get("model"), dict) else {}):
+    model_table = d["model"] if isinstance(d.get("model"), dict) else {}
+    for layer in (d.get("layer"), model_table.get("layer")):  # YAML's unquoted 1 among the options' names
+        bad = [k for k in layer if not isinstance(k, str)] if isinstance(layer, dict) else []
+        if bad:
+            raise ValueError(f"config file {p}: layer option {bad[0]!r} is not an option name (quote it if it is one; "
+                             f"rnnlab layers lists them)")
+    for table in (d, model_table):
         bad = [k for k in table if not isinstance(k, str)]  # YAML's unquoted 1, true, null
         if bad:
             raise ValueError(f"config file {p}: key {bad[0]!r} is not a field name (quote it if it is one)")
