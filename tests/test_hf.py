@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -416,6 +417,42 @@ def test_export_into_an_existing_empty_folder(exported, tmp_path):
     out.mkdir()
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
+
+
+@pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (lambda: OSError(28, "No space left on device"), 2)],
+                         ids=["ctrl-c", "disk-full"])
+@pytest.mark.parametrize("out_is", ["new", "nested", "empty"])
+def test_an_interrupted_export_leaves_nothing_behind(exported, tmp_path, monkeypatch, capsys, stop, code, out_is):
+    """A Ctrl-C or a full disk while the folder is written (here: the tokenizer, after the weights) leaves no
+    part of a model folder, which a rerun refused as "already holds files", nor the folders made for --out, nor
+    a staging folder; an empty --out that was there stays, empty, and the rerun then writes it."""
+    from rnnlab.hf import export, tokenizer
+
+    run, _ = exported["e1"]
+    out = {"new": tmp_path / "hf", "nested": tmp_path / "a" / "b" / "hf", "empty": tmp_path / "hf"}[out_is]
+    if out_is == "empty":
+        out.mkdir()
+    real = tokenizer.byte_tokenizer
+
+    def failing(seq_len):
+        tok = real(seq_len)
+
+        def save(folder, *a, **k):
+            assert (Path(folder) / "model.safetensors").is_file()  # the weights were written first
+            raise stop()
+
+        tok.save_pretrained = save
+        return tok
+
+    monkeypatch.setattr(export, "byte_tokenizer", failing)
+    assert main(["export", "--run", str(run), "--out", str(out)]) == code
+    err = capsys.readouterr().err.strip()
+    assert err == ("rnnlab export: interrupted (Ctrl-C)" if code == 130
+                   else f"rnnlab export: error: No space left on device: {out}"), err
+    assert sorted(p.name for p in tmp_path.rglob("*")) == (["hf"] if out_is == "empty" else [])
+    monkeypatch.setattr(export, "byte_tokenizer", real)
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
 
 @pytest.mark.parametrize("bars_on", [True, False])

@@ -16,15 +16,18 @@ reference onto the CPU (``from_pretrained``'s default) and with the official ker
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
+from rnnlab.errors import name_file
 from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM
 from rnnlab.hf.tokenizer import byte_tokenizer
-from rnnlab.train.durable import new_file_mode
+from rnnlab.train.durable import fsync_dir, interrupts_deferred, new_file_mode, temporary_name
 from rnnlab.train.rundir import RunDir
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -40,11 +43,48 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.data.seq_len)
     model = RnnlabForCausalLM(hf_config).to(next(lm.parameters()).dtype)
     model.model.load_state_dict(lm.state_dict())
-    _save_quietly(model, out)
-    byte_tokenizer(cfg.data.seq_len).save_pretrained(out)
-    for f in out.iterdir():  # the weights file comes owner-only from its writer; the folder is to share
-        f.chmod(new_file_mode())
+
+    def write(folder: Path) -> None:
+        _save_quietly(model, folder)
+        byte_tokenizer(cfg.data.seq_len).save_pretrained(folder)
+        for f in folder.iterdir():  # the weights file comes owner-only from its writer; the folder is to share
+            f.chmod(new_file_mode())
+
+    _written_whole(out, write)
     return out
+
+
+def _written_whole(out: Path, write) -> None:
+    """``write(folder)`` staged in a ``.tmp-*`` folder, then moved to ``out`` whole, so an interrupted or
+    failed export (Ctrl-C, a full disk) leaves neither a part of a model folder, which a rerun refuses as
+    "already holds files" and ``from_pretrained`` half-loads, nor the folders it made for ``--out``. A new
+    ``out`` is the staging folder renamed; an empty one that is there (a mount point, which no rename may
+    replace) receives the staged files by rename, each one step, Ctrl-C held back meanwhile."""
+    made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this export makes, deepest first
+    fresh = not out.exists()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = temporary_name(out) if fresh else out / temporary_name(out).name
+        staging.mkdir()
+        try:
+            write(staging)
+            with interrupts_deferred():
+                if fresh:
+                    os.rename(staging, out)
+                else:
+                    for f in staging.iterdir():
+                        os.rename(f, out / f.name)
+                    staging.rmdir()
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    except BaseException as e:
+        name_file(e, out)  # a full disk's write names no file: the line names the folder
+        for p in made:
+            with contextlib.suppress(OSError):
+                p.rmdir()  # only while empty: another process's files stay
+        raise
+    fsync_dir(out.parent)
 
 
 def _save_quietly(model, out: Path) -> None:
