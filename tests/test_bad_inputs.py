@@ -236,6 +236,11 @@ CASES = [
     ("eval_not_a_run", ["eval", "--run", "{dir}"], "is not a run dir (no readable config.json)"),
     ("eval_suite_folder", ["eval", "--run", "{root}"],  # a folder of runs: say which, and how to name one
      "{root} is not a run dir (no readable config.json); it holds runs: damaged, "),
+    # a run's checkpoint folder, or one step of it, given for the run: named as such, with the --run meant
+    ("eval_run_is_its_ckpt", ["eval", "--run", "{run}/ckpt"],
+     "{run}/ckpt is not a run dir (no readable config.json); it is inside the run {run} (--run {run})"),
+    ("sample_run_is_a_step", ["sample", "--run", "{run}/ckpt/step-000002"],
+     "{run}/ckpt/step-000002 is not a run dir (no readable config.json); it is inside the run {run} (--run {run})"),
     ("eval_run_is_file", ["eval", "--run", "{file}"], "{file} is not a run dir (a file, not a folder)"),  # not "not found"
     ("report_dir_is_file", ["report", "{file}"], "report dir {file} is a file, not a folder of runs"),
     # an output folder where a file is: the system's "File exists" named the path, not the problem

@@ -405,6 +405,11 @@ class RunDir:
             runs = self.runs_inside()
             inside = f"; it holds runs: {', '.join(runs[:8])}{', ...' if len(runs) > 8 else ''} " \
                      f"(--run {self.path / runs[0]})" if runs else ""
+            # a run's ckpt/ or one of its step folders: the run is the folder above
+            owner = next((p for p in list(self.path.parents)[:2]
+                          if RunDir(p).saved_config() is not None and not RunDir(p).is_hf_export()), None)
+            if owner is not None and not runs:
+                inside = f"; it is inside the run {owner} (--run {owner})"
             raise FileNotFoundError(f"{self.path} is not a run dir (no readable {CONFIG}){inside}")
         if self.is_hf_export():  # transformers' config.json: its keys would be listed as unknown fields
             raise ValueError(f"{self.path} is a Hugging Face model folder (rnnlab export), not a run dir: give the "
