@@ -250,8 +250,13 @@ def test_a_compressed_file_not_named_so_is_refused_not_copied(tmp_path, capsys, 
 
 @pytest.mark.parametrize("content, msg", [
     (b'{"text": "ok"}\n{"text": tru\n', "line 2 is not valid JSON"),
-    (b'{"text": "ok"}\n\n{"body": "x"}\n', "line 3 has no string field 'text'"),
-    (b'["text"]\n', "line 1 has no string field 'text'"),
+    # the fields it has, for --field
+    (b'{"text": "ok"}\n\n{"body": "x", "id": 3}\n', "line 3 has no field 'text' (its fields: 'body', 'id'; choose "
+                                                   "one with --field)"),
+    (b'["text"]\n', "line 1 is not a JSON object (list), so it has no field 'text'"),
+    # there, but not text: not "has no field" and "choose it with --field"
+    (b'{"text": 5}\n', "line 1's field 'text' is 5, not a string"),
+    (b'{"text": null}\n', "line 1's field 'text' is null, not a string"),
     (b'{"text": "\xff\xfe"}\n', "line 1 is not valid JSON"),
 ])
 def test_bad_json_lines(tmp_path, capsys, content, msg):

@@ -362,8 +362,21 @@ def _jsonl_texts(blocks: Iterable[bytes], field: str, path: Path) -> Iterator[by
             raise CorpusError(f"{path}: line {lineno} is not valid JSON ({e})") from None
         text = record.get(field) if isinstance(record, dict) else None
         if not isinstance(text, str):
-            raise CorpusError(f"{path}: line {lineno} has no string field {field!r} (choose it with --field)")
+            if not isinstance(record, dict):
+                raise CorpusError(f"{path}: line {lineno} is not a JSON object ({type(record).__name__}), so it has "
+                                  f"no field {field!r}")
+            if field in record:  # there, but a number, a list, null: not text to copy
+                raise CorpusError(f"{path}: line {lineno}'s field {field!r} is {_short(text)}, not a string")
+            fields = ", ".join(map(repr, list(record)[:8])) + (", ..." if len(record) > 8 else "")
+            raise CorpusError(f"{path}: line {lineno} has no field {field!r} (its fields: {fields or 'none'}; "
+                              f"choose one with --field)")
         yield _utf8(text)
+
+
+def _short(value) -> str:
+    """A JSON value for a one-line message, cut to 40 characters."""
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 class _HashingReader(io.RawIOBase):
