@@ -294,6 +294,8 @@ CASES = [
     ("sample_top_k_negative", ["sample", "--run", "{run}", "--top-k", "-1"], "argument --top-k: must be an integer >= 0"),
     ("sample_seed_too_large", ["sample", "--run", "{run}", "--seed", "99999999999999999999999"],
      "argument --seed: must be an integer >= 0 (at most 9,223,372,036,854,775,807)"),
+    ("sample_prompt_empty", ["sample", "--run", "{run}", "--prompt", ""],  # a model steps from a byte: what to give
+     "argument --prompt: must be at least one character, got '' (leave --prompt out to start after a newline)"),
     ("sample_no_run", ["sample", "--run", "{new}"], "run dir not found"),
     ("eval_device_unknown", ["eval", "--run", "{run}", "--device", "tpu"],
      "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),

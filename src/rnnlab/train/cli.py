@@ -88,7 +88,7 @@ def register(sub) -> None:
                        description="Generate bytes from a run's newest checkpoint after a prompt, printed as they "
                                    "come (Ctrl-C keeps what was printed).")
     s.add_argument("--run", required=True, type=path_arg, metavar="DIR", help="a training run folder")
-    s.add_argument("--prompt", default="\n", help="text to continue (default: a newline)")
+    s.add_argument("--prompt", default="\n", type=prompt_arg, help="text to continue (default: a newline)")
     s.add_argument("--tokens", type=checked(int, at_least(0)), default=200, help="bytes to generate (default 200)")
     s.add_argument("--temperature", type=checked(float, at_least(0)), default=0.8,
                    help="default 0.8; 0 = greedy: always the most likely byte (--top-k is then ignored)")
@@ -100,6 +100,15 @@ def register(sub) -> None:
     # sample has no --batch-size or --seq-len for the usual out-of-memory line to name
     s.set_defaults(func=run_sample, oom_hint="fewer --tokens (a Transformer's key/value cache grows with each "
                                              "byte), or --device cpu")
+
+
+def prompt_arg(text: str) -> str:
+    """``sample --prompt``'s ``type=``: an empty prompt (an unset shell variable) is refused at once,
+    before the run's weights load, saying what to give instead."""
+    if text == "":
+        raise argparse.ArgumentTypeError("must be at least one character, got '' (leave --prompt out to start "
+                                         "after a newline)")
+    return text
 
 
 def config_from_args(args) -> TrainConfig:
