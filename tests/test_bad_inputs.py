@@ -49,6 +49,8 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "ini": ("wrong.ini", "steps = 3\n"),
     "resume_true": ("resume_true.toml", "resume = true\n"),
     "data_table": ("data_table.toml", "[data]\nbatch_size = 4\nsteps = 2\n"),
+    "optim_table": ("optim_table.toml", "[optim]\nlr = 1e-3\n"),  # a heading of train --help
+    "other_names": ("other_names.yaml", "learning_rate: 0.001\nbatchsize: 4\n"),
     "suite_binary": ("suite_binary.toml", "\udcff\udcfe garbage"),  # bytes 0xff 0xfe: not UTF-8
     "suite_runs": ("suite_runs.toml", 'name = "s"\nruns = 5\n'),
     "suite_defaults": ("suite_defaults.toml", 'name = "s"\ndefaults = 3\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n'),
@@ -184,6 +186,13 @@ CASES = [
     ("config_data_table", [*FRESH, "--config", "{data_table}"],  # --data would drop the table's steps = 2
      "config file {data_table}: [data] is a table, but data is one value: write the fields in it at top level "
      "(only [model] and [layer] hold fields)"),
+    ("config_optim_table", [*FRESH, "--config", "{optim_table}"],
+     "config file {optim_table}: [optim] is a heading of rnnlab train --help, not a table: write the fields in it at "
+     "top level (only [model] and [layer] hold fields)"),
+    # another trainer's name for a field, or a near miss: the field meant is named before the list of every field
+    ("config_other_names", [*TRAIN, "--config", "{other_names}"],
+     "unknown config file {other_names} field(s) ['batchsize', 'learning_rate']: did you mean batchsize -> "
+     "batch_size, learning_rate -> lr?; known: ['batch_size',"),
     ("config_suffix", [*TRAIN, "--config", "{ini}"], "must end in .toml, .yaml, .yml or .json"),
     # --- train: run folders
     ("out_is_file", [*TRAIN, "--out", "{file}"], "exists and is not a directory"),

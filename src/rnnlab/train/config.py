@@ -383,6 +383,7 @@ def legacy_hint(key: str) -> str:
 
 # Every field by its flat key: {key: (section name, Spec)}; the lists below derive from it.
 FIELDS = _fields_by_key()
+SECTIONS = tuple(f.name for f in dataclasses.fields(TrainConfig))  # model, data, budget, optim, run
 MODEL_KEYS = tuple(k for k, (section, _) in FIELDS.items() if section == "model")
 BUDGET_KEYS = tuple(k for k, (section, _) in FIELDS.items() if section == "budget")
 RESUMABLE = frozenset(k for k, (_, s) in FIELDS.items() if s.meta.resumable)
@@ -424,13 +425,36 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str = "ove
         values["model"] = model
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ValueError(f"unknown {source} field(s) {unknown}; known: {sorted(FIELDS)}")
+        raise ValueError(f"unknown {source} field(s) {unknown}{_meant(unknown)}; known: {sorted(FIELDS)}")
     if any(FIELDS[k][0] == "budget" for k in values):
         cfg.budget = BudgetConfig(steps=None)
     for key, value in values.items():
         section, spec = FIELDS[key]
         setattr(getattr(cfg, section), spec.name, normalize(spec, value))
     return cfg
+
+
+# what other trainers call some fields (Hugging Face, nanoGPT, Megatron), for the "did you mean" of an unknown key
+OTHER_NAMES = {"learning_rate": "lr", "warmup": "warmup_steps", "max_steps": "steps", "num_steps": "steps",
+               "train_steps": "steps", "seq_length": "seq_len", "context_length": "seq_len", "block_size": "seq_len",
+               "d_model": "dim", "hidden_size": "dim", "n_layer": "depth", "n_layers": "depth", "num_layers": "depth",
+               "gradient_accumulation_steps": "grad_accum", "max_grad_norm": "grad_clip", "dataset": "data"}
+
+
+def _meant(unknown: list[str]) -> str:
+    """``: did you mean lr?`` for unknown keys close to a field's (``batchsize``) or another trainer's name for
+    it (``learning_rate``), else ""."""
+    import difflib
+
+    def close(key: str) -> str | None:
+        if OTHER_NAMES.get(key) in FIELDS:
+            return OTHER_NAMES[key]
+        return next(iter(difflib.get_close_matches(key, sorted(FIELDS), n=1, cutoff=0.75)), None)
+
+    meant = [(k, m) for k in unknown if isinstance(k, str) and (m := close(k)) is not None]
+    if not meant:
+        return ""
+    return ": did you mean " + ", ".join(m if len(unknown) == 1 else f"{k} -> {m}" for k, m in meant) + "?"
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -480,6 +504,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     if tables:
         raise ValueError(f"config file {p}: [{tables[0]}] is a table, but {tables[0]} is one value: write the "
                          f"fields in it at top level (only [model] and [layer] hold fields)")
+    # [optim], [budget], [run]: the headings that group rnnlab train --help's flags, not tables of the file
+    headings = [k for k, v in d.items() if isinstance(v, dict) and k in SECTIONS and k not in FIELDS]
+    if headings:
+        raise ValueError(f"config file {p}: [{headings[0]}] is a heading of rnnlab train --help, not a table: "
+                         f"write the fields in it at top level (only [model] and [layer] hold fields)")
     if isinstance(d.get("model"), dict) and "name" in d["model"] and "model" not in d["model"]:
         d["model"]["model"] = d["model"].pop("name")
     return d
