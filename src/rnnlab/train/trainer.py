@@ -374,6 +374,11 @@ class Trainer:
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,}; scoring its final "
                       f"evaluation again from its checkpoint, no training step ("
                       + "; ".join(text for _, text in self.final_eval_lacks()) + ")", file=sys.stderr, flush=True)
+            elif resumed and spent:  # the summary printed next is the run's as it was: say why nothing ran
+                kind, value = cfg.budget.chosen()
+                value = f"{value:,}" if isinstance(value, int) else f"{value:g}"
+                print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,} ({kind} {value}): "
+                      f"nothing to train or score; a larger --{kind} extends it", file=sys.stderr, flush=True)
             self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
                               final_eval_redone=redone and not self.final_eval_done(), scores_only=resumed and spent)
         if self.device.type == "cuda":
