@@ -109,7 +109,8 @@ CASES = [
     ("flag_unknown", [*TRAIN, "--bogus"], "unrecognized arguments: --bogus"),
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
     # dim is the model's, not a layer option: not a TypeError of a keyword given twice
-    ("layer_dim", [*TRAIN, "--layer", "dim=64"], "unknown e1 layer option(s) ['dim']"),
+    ("layer_dim", [*TRAIN, "--layer", "dim=64"], "unknown e1 layer option(s) ['dim']: dim is the model's own "
+                                                 "setting, not a layer option: give --dim VALUE"),
     # spelt as the flags are (with dashes), or nearly right: the line names the option meant
     ("layer_dashed_key", [*TRAIN, "--model", "mamba2", "--dim", "64", "--layer", "d-state=16"],
      "unknown mamba2 layer option(s) ['d-state']: did you mean d_state? (layer options are spelt with underscores); "

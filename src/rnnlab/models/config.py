@@ -26,6 +26,10 @@ def _spelling_hint(unknown: list[str], known: set[str]) -> str:
     import difflib
 
     meant = []
+    model_fields = [k for k in unknown if isinstance(k, str) and k.replace("-", "_") in MODEL_FIELDS]
+    if model_fields:  # --layer dim=64: the model's width, a flag (or field) of its own
+        key = model_fields[0].replace("-", "_")
+        return f": {key} is the model's own setting, not a layer option: give --{key.replace('_', '-')} VALUE"
     for key in unknown:
         if not isinstance(key, str):
             continue
@@ -106,3 +110,6 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig)) - {"layer", "vocab_size"}
