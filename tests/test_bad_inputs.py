@@ -131,6 +131,13 @@ CASES = [
     ("data_empty_path", [*TRAIN, "--data", ""], "data must be a path, got '' (omit --data for its default)"),
     ("out_empty_path", [*TRAIN, "--out", ""],  # not the default folder, runs/e1-32x2
      "out must be a path, got '' (omit --out for its default)"),
+    # a ~ that no shell expanded (quoted, or in a config file): not "not found", nor a folder named ~ made here
+    ("data_unexpanded_home", [*TRAIN, "--data", "~/corpus.txt"],
+     "data ~/corpus.txt starts with ~, which only a shell expands (not a config file or a quoted argument): write "
+     "it as " + os.path.expanduser("~/corpus.txt")),
+    ("out_unexpanded_home", [*TRAIN, "--out", "~/runs/x"],
+     "out ~/runs/x starts with ~, which only a shell expands (not a config file or a quoted argument): write it as "
+     + os.path.expanduser("~/runs/x")),
     ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
     # a held-out file is named as such (by its key, as "not found" does), not as "corpus file"
     ("val_data_directory", [*TRAIN, "--val-data", "{dir}"], "val_data file {dir} is a directory, expected a raw byte"),
