@@ -138,6 +138,9 @@ CASES = [
     ("out_unexpanded_home", [*TRAIN, "--out", "~/runs/x"],
      "out ~/runs/x starts with ~, which only a shell expands (not a config file or a quoted argument): write it as "
      + os.path.expanduser("~/runs/x")),
+    ("export_out_unexpanded_home", ["export", "--run", "{run}", "--out", "~/hf/x"],  # not a folder ./~ made
+     "argument --out: ~/hf/x starts with ~, which only a shell expands (here it was quoted): write it as "
+     + os.path.expanduser("~/hf/x")),
     ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
     # a held-out file is named as such (by its key, as "not found" does), not as "corpus file"
     ("val_data_directory", [*TRAIN, "--val-data", "{dir}"], "val_data file {dir} is a directory, expected a raw byte"),

@@ -33,6 +33,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 from dataclasses import MISSING, dataclass, field
@@ -298,6 +299,10 @@ def path_arg(text: str) -> str:
     ``Path("")``, the current folder (read whole, written into, or silently meaning "none")."""
     if text == "":
         raise argparse.ArgumentTypeError("must be a path, got '' (an empty argument: an unset shell variable?)")
+    home = os.path.expanduser(text)
+    if text.startswith("~") and home != text and not os.path.exists(text):  # quoted: no shell expanded it
+        raise argparse.ArgumentTypeError(f"{text} starts with ~, which only a shell expands (here it was quoted): "
+                                         f"write it as {home}")
     return text
 
 
