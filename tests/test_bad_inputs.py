@@ -49,6 +49,8 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "ini": ("wrong.ini", "steps = 3\n"),
     "resume_true": ("resume_true.toml", "resume = true\n"),
     "data_table": ("data_table.toml", "[data]\nbatch_size = 4\nsteps = 2\n"),
+    "dim_twice": ("dim_twice.toml", "dim = 32\n[model]\ndim = 64\n"),  # the top level's won, silently
+    "layer_twice": ("layer_twice.toml", "[layer]\nheads = 2\n[model.layer]\nexpansion = 2\n"),
     "optim_table": ("optim_table.toml", "[optim]\nlr = 1e-3\n"),  # a heading of train --help
     "other_names": ("other_names.yaml", "learning_rate: 0.001\nbatchsize: 4\n"),
     "suite_binary": ("suite_binary.toml", "\udcff\udcfe garbage"),  # bytes 0xff 0xfe: not UTF-8
@@ -197,6 +199,10 @@ CASES = [
     ("config_data_table", [*FRESH, "--config", "{data_table}"],  # --data would drop the table's steps = 2
      "config file {data_table}: [data] is a table, but data is one value: write the fields in it at top level "
      "(only [model] and [layer] hold fields)"),
+    ("config_dim_twice", [*FRESH, "--config", "{dim_twice}"],
+     "config file {dim_twice}: dim is given twice, at top level and in [model]: keep one"),
+    ("config_layer_twice", [*FRESH, "--config", "{layer_twice}"],
+     "config file {layer_twice}: layer is given twice, [layer] and [model.layer]: keep one"),
     ("config_optim_table", [*FRESH, "--config", "{optim_table}"],
      "config file {optim_table}: [optim] is a heading of rnnlab train --help, not a table: write the fields in it at "
      "top level (only [model] and [layer] hold fields)"),

@@ -508,6 +508,14 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         for k in table:
             if (first := spellings.setdefault(k.replace("-", "_"), k)) != k:
                 raise ValueError(f"config file {p}: keys {first!r} and {k!r} are one field, given twice: keep one")
+    # a model field at top level and in [model] ([layer] and [model.layer] too): the top level's won, the other
+    # was dropped without a word
+    top = {k.replace("-", "_"): k for k in d if k != "model"}
+    twice = [k for k in model_table if k != "model" and k.replace("-", "_") in top]
+    if twice:
+        key = twice[0].replace("-", "_")
+        where = "[layer] and [model.layer]" if key == "layer" else "at top level and in [model]"
+        raise ValueError(f"config file {p}: {key} is given twice, {where}: keep one")
     # a [data] section (the name of a config section, but also the flat key of the corpus path):
     # a --data flag would replace it whole, and the fields in it with it, without a word
     tables = sorted(k for k, v in d.items() if isinstance(v, dict) and k in FIELDS and k not in ("model", "layer"))
