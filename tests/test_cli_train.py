@@ -1140,3 +1140,18 @@ def test_resuming_a_complete_run_within_its_budget_says_nothing_is_left(tmp_path
                        f"rnnlab train: {run} is complete at step 2 (steps 2): nothing to train or score; a larger "
                        f"--steps extends it"], err
     assert ((run / "metrics.jsonl").read_bytes(), (run / "eval.jsonl").read_bytes()) == before
+
+
+def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
+    """A Ctrl-C in the first second or two, while torch and the commands import (``build_parser``), ends
+    in one line and exit 130, not a traceback through importlib; ``--debug`` keeps the traceback."""
+    import rnnlab.cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rnnlab.cli, "build_parser", interrupted)
+    assert main(["eval", "--run", "x"]) == 130
+    assert capsys.readouterr().err == "rnnlab: interrupted (Ctrl-C) before the command started\n"
+    with pytest.raises(KeyboardInterrupt):
+        main(["eval", "--run", "x", "--debug"])

@@ -148,8 +148,16 @@ def whole_lines(stream) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The command line (``argv`` None: the process's own, and a SIGTERM or SIGHUP handled as a
     Ctrl-C)."""
-    with stops_as_ctrl_c() if argv is None else contextlib.nullcontext(), warnings_of_rnnlab_in_one_line():
-        return _main(sys.argv[1:] if argv is None else list(argv))
+    own = argv is None
+    argv = sys.argv[1:] if own else list(argv)
+    with stops_as_ctrl_c() if own else contextlib.nullcontext(), warnings_of_rnnlab_in_one_line():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:  # while torch and the commands import (the first second or two), before
+            if "--debug" in argv:  # _main's own handling: nothing was started, so nothing to keep
+                raise
+            print("rnnlab: interrupted (Ctrl-C) before the command started", file=sys.stderr)
+            return 130
 
 
 @contextlib.contextmanager
