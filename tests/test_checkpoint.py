@@ -737,6 +737,26 @@ def test_remove_tree_makes_the_folder_vanish_durably_before_deleting_it(tmp_path
     assert os.listdir(tmp_path) == []
 
 
+def test_two_ctrl_cs_held_back_by_a_commit_are_one_stop():
+    """Two SIGINTs inside ``interrupts_deferred`` (a time limit's ``timeout -s INT`` reaches the
+    process and its group) are handled once as the block ends: one stop (a first Ctrl-C saves and
+    returns), not a first Ctrl-C and then an abort."""
+    import signal
+
+    from rnnlab.train.durable import interrupts_deferred
+
+    seen = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    try:
+        with interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            assert seen == []
+        assert seen == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_clear_temporaries_removes_only_temporaries_and_never_follows_a_link(tmp_path):
     """``durable.clear_temporaries``: ``.tmp-*`` and ``.trash-*`` files and folders go, whatever
     process's they were; a temporary name that is a link to a folder goes as a link (the folder it
