@@ -379,6 +379,20 @@ def test_resume_is_refused_once_the_training_time_reaches_the_minutes_budget(tin
     rundir.release()
 
 
+def test_a_minutes_budget_is_spent_once_the_training_time_reaches_it(tiny_train, tmp_path):
+    """The trainer takes no step once the training time (warm-up left out) equals --minutes: the rule
+    by which ``RunDir.past_budget`` refuses to resume such a run (the test above), at equality too."""
+    import types
+
+    cfg = tiny_train(tmp_path / "r", steps=None, minutes=1)
+
+    def spent(elapsed_s: float) -> bool:
+        state = types.SimpleNamespace(step=3, elapsed_s=elapsed_s, warmup_s=15.0)
+        return Trainer.budget_spent(types.SimpleNamespace(cfg=cfg, state=state))
+
+    assert spent(75.0) and spent(80.0) and not spent(74.9)
+
+
 def test_a_finished_run_resumed_keeps_its_tok_per_s(tiny_train, tmp_path):
     """A complete run resumed with its own budget trains nothing and keeps the tok/s its training
     measured (not the whole run's average over a session that only evaluated)."""
