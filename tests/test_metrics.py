@@ -258,7 +258,8 @@ def test_the_step_a_ctrl_c_stops_at_is_logged(tiny_train, tmp_path, capsys, ctrl
 
 def test_the_step_a_ctrl_c_in_its_evaluation_stops_at_is_logged(tiny_train, tmp_path, capsys, ctrl_c_on_call):
     """A Ctrl-C that comes during the evaluation after a step (here step 3 of 10 at ``log_every``
-    2, ``eval_every`` 3) also makes that step the run's last: the log lines and TensorBoard get it."""
+    2, ``eval_every`` 3) also makes that step the run's last: the log lines and TensorBoard get it;
+    metrics.jsonl, which had it already, keeps one record of it."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from rnnlab.train.trainer import Trainer, run_training
@@ -271,6 +272,7 @@ def test_the_step_a_ctrl_c_in_its_evaluation_stops_at_is_logged(tiny_train, tmp_
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("train/grad_norm")] == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
 
 
 class _RecordingWriter:
