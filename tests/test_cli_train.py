@@ -1142,6 +1142,23 @@ def test_resuming_a_complete_run_within_its_budget_says_nothing_is_left(tmp_path
     assert ((run / "metrics.jsonl").read_bytes(), (run / "eval.jsonl").read_bytes()) == before
 
 
+def test_ctrl_c_that_python_wraps_in_a_runtime_error_is_one_line(monkeypatch, capsys):
+    """A Ctrl-C inside a class body that a lazy import runs (torch._dynamo's dataclasses, imported as the
+    optimizer is built) reaches Python 3.11's caller as ``RuntimeError: Error calling __set_name__``
+    whose cause is the KeyboardInterrupt: one line and exit 130 as any Ctrl-C, not a traceback (seen
+    with a SIGINT 2.5 s into a CPU run); ``--debug`` keeps the traceback."""
+    import rnnlab.train.trainer
+
+    def interrupted(*args, **kwargs):
+        raise RuntimeError("Error calling __set_name__ on 'Field' instance 'scalar'") from KeyboardInterrupt()
+
+    monkeypatch.setattr(rnnlab.train.trainer, "run_training", interrupted)
+    assert main(["train", *TINY, "--steps", "1", "--out", "x"]) == 130
+    assert capsys.readouterr().err == "rnnlab train: interrupted (Ctrl-C)\n"
+    with pytest.raises(RuntimeError):
+        main(["train", *TINY, "--steps", "1", "--out", "x", "--debug"])
+
+
 def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
     """A Ctrl-C in the first second or two, while torch and the commands import (``build_parser``), ends
     in one line and exit 130, not a traceback through importlib; ``--debug`` keeps the traceback."""

@@ -203,6 +203,11 @@ def _main(argv: list[str]) -> int:
     except RuntimeError as e:
         from rnnlab.train.runtime import is_out_of_memory
 
+        if isinstance(e.__cause__, KeyboardInterrupt) and not args.debug:
+            # a Ctrl-C inside a class body that a lazy import runs (a dataclass field's __set_name__), which
+            # Python 3.11 wraps in "RuntimeError: Error calling __set_name__ ..."; 3.12 raises it as it came
+            print(f"rnnlab {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
+            return 130
         if args.debug or not is_out_of_memory(e):
             raise
         hint = getattr(args, "oom_hint", "lower --batch-size (and --seq-len where the command has it)")
