@@ -417,7 +417,7 @@ def test_a_finished_run_resumed_writes_no_checkpoint_again(tiny_train, tmp_path,
 
 
 def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_logged_once_however_often_the_run_is_resumed(
-        tiny_train, tmp_path, monkeypatch):
+        tiny_train, tmp_path, monkeypatch, capsys):
     """A second Ctrl-C in the final evaluation leaves a checkpoint of the last step without it
     (guarantee 3b); ``--resume`` evaluates it, but cannot write that step's checkpoint again, so
     every later resume evaluates it once more: its record is dropped from eval.jsonl each time
@@ -436,9 +436,11 @@ def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_logged_once_however_often_
     with pytest.raises(KeyboardInterrupt, match="aborted by Ctrl-C at step 3"):
         run_training(tiny_train(run, steps=3, eval_every=2), progress=False)
     monkeypatch.undo()
+    capsys.readouterr()
     finals = []
     for _ in range(2):
         s = run_training(tiny_train(run, steps=3, eval_every=2, resume=True), progress=False)
+        assert "nothing to train or score" not in capsys.readouterr().err  # it scores the final evaluation
         records = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
         finals.append([r for r in records if r.get("final")])
         assert [r["step"] for r in records] == [2, 3] and s["complete"]

@@ -374,7 +374,7 @@ class Trainer:
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,}; scoring its final "
                       f"evaluation again from its checkpoint, no training step ("
                       + "; ".join(text for _, text in self.final_eval_lacks()) + ")", file=sys.stderr, flush=True)
-            elif resumed and spent:  # the summary printed next is the run's as it was: say why nothing ran
+            elif resumed and spent and not redone:  # the summary printed next is the run's as it was: say why
                 kind, value = cfg.budget.chosen()
                 value = f"{value:,}" if isinstance(value, int) else f"{value:g}"
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,} ({kind} {value}): "
