@@ -135,14 +135,16 @@ CASES = [
      "out must be a path, got '' (omit --out for its default)"),
     # a ~ that no shell expanded (quoted, or in a config file): not "not found", nor a folder named ~ made here
     ("data_unexpanded_home", [*TRAIN, "--data", "~/corpus.txt"],
-     "data ~/corpus.txt starts with ~, which only a shell expands (not a config file or a quoted argument): write "
-     "it as " + os.path.expanduser("~/corpus.txt")),
+     "data ~/corpus.txt starts with ~, which only a shell expands, and not where it is quoted or follows --flag= or in "
+     "a config file: write it as " + os.path.expanduser("~/corpus.txt")),
     ("out_unexpanded_home", [*TRAIN, "--out", "~/runs/x"],
-     "out ~/runs/x starts with ~, which only a shell expands (not a config file or a quoted argument): write it as "
-     + os.path.expanduser("~/runs/x")),
+     "out ~/runs/x starts with ~, which only a shell expands, and not where it is quoted or follows --flag= or in a "
+     "config file: write it as " + os.path.expanduser("~/runs/x")),
     ("export_out_unexpanded_home", ["export", "--run", "{run}", "--out", "~/hf/x"],  # not a folder ./~ made
-     "argument --out: ~/hf/x starts with ~, which only a shell expands (here it was quoted): write it as "
-     + os.path.expanduser("~/hf/x")),
+     "argument --out: ~/hf/x starts with ~, which only a shell expands, and not where it is quoted or follows "
+     "--flag= or in a config file: write it as " + os.path.expanduser("~/hf/x")),
+    # ~user of no such user: no home to expand it to (Path.expanduser raised, a traceback), so a plain path
+    ("data_unknown_user_home", [*TRAIN, "--data", "~nosuchuser9/x.txt"], "data file not found: ~nosuchuser9/x.txt"),
     ("data_directory", [*TRAIN, "--data", "{dir}"], "is a directory"),
     # a held-out file is named as such (by its key, as "not found" does), not as "corpus file"
     ("val_data_directory", [*TRAIN, "--val-data", "{dir}"], "val_data file {dir} is a directory, expected a raw byte"),

@@ -296,14 +296,24 @@ def checked(tp: type, bounds: Bounds | None = None) -> Callable[[str], Any]:
 def path_arg(text: str) -> str:
     """An argparse ``type=`` for a path argument that is no config field (``--run``, ``--out``,
     ``--config``): an empty one, as an unset shell variable gives, is refused rather than taken as
-    ``Path("")``, the current folder (read whole, written into, or silently meaning "none")."""
+    ``Path("")``, the current folder (read whole, written into, or silently meaning "none"); so is
+    one whose ``~`` no shell expanded (:func:`unexpanded_home`)."""
     if text == "":
         raise argparse.ArgumentTypeError("must be a path, got '' (an empty argument: an unset shell variable?)")
-    home = os.path.expanduser(text)
-    if text.startswith("~") and home != text and not os.path.exists(text):  # quoted: no shell expanded it
-        raise argparse.ArgumentTypeError(f"{text} starts with ~, which only a shell expands (here it was quoted): "
-                                         f"write it as {home}")
+    if (home := unexpanded_home(text)) is not None:
+        raise argparse.ArgumentTypeError(f"{text} starts with ~, {HOME_IS_THE_SHELLS}: write it as {home}")
     return text
+
+
+HOME_IS_THE_SHELLS = "which only a shell expands, and not where it is quoted or follows --flag= or in a config file"
+
+
+def unexpanded_home(path: str) -> str | None:
+    """The home folder's path that ``path`` means where it begins with a ``~`` no shell expanded (``~/x``,
+    ``~user/x``; quoted, after ``--flag=``, from a config file), else None (also where a path so named is
+    there). Used as it is, ``--out '~/x'`` would make a folder named ``~`` in the current one."""
+    home = os.path.expanduser(path)  # (Path.expanduser raises for an unknown ~user; this leaves it as it is)
+    return home if path.startswith("~") and home != path and not os.path.exists(path) else None
 
 
 def add_flags(group, cls: type, keys: Container[str] | None = None, show_defaults: bool = True) -> None:

@@ -35,7 +35,8 @@ from typing import Any, Container, Iterable, Iterator
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
-from rnnlab.options import Bounds, Spec, add_flags, at_least, check, flag_values, normalize, option, positive, specs
+from rnnlab.options import (HOME_IS_THE_SHELLS, Bounds, Spec, add_flags, at_least, check, flag_values, normalize,
+                            option, positive, specs, unexpanded_home)
 
 OPTIMIZERS = ("schedulefree-adamw", "adamw")
 LR_SCHEDULES = ("cosine", "constant")
@@ -323,11 +324,8 @@ class TrainConfig:
                           ("extra_val_data", self.data.extra_val_path), ("out", self.run.out)):
             if path == "":  # an unset shell variable: not the current folder (data), not the default run (out)
                 raise ValueError(f"{key} must be a path, got '' (omit --{key.replace('_', '-')} for its default)")
-            if path is not None and _unexpanded_home(path) and not Path(path).exists():
-                # from a config file or a quoted argument: no shell made it the home folder. --out
-                # would make a folder named ~ here (one `rm -r ~` away from a disaster)
-                raise ValueError(f"{key} {path} starts with ~, which only a shell expands (not a config file or a "
-                                 f"quoted argument): write it as {Path(path).expanduser()}")
+            if path is not None and (home := unexpanded_home(path)) is not None:
+                raise ValueError(f"{key} {path} starts with ~, {HOME_IS_THE_SHELLS}: write it as {home}")
             if path is not None and key != "out" and not Path(path).exists():
                 raise FileNotFoundError(f"{key} file not found: {path}")
             if path is not None and key != "out" and Path(path).is_dir():  # named by key: which file it is
@@ -444,11 +442,6 @@ OTHER_NAMES = {"learning_rate": "lr", "warmup": "warmup_steps", "max_steps": "st
                "train_steps": "steps", "seq_length": "seq_len", "context_length": "seq_len", "block_size": "seq_len",
                "d_model": "dim", "hidden_size": "dim", "n_layer": "depth", "n_layers": "depth", "num_layers": "depth",
                "gradient_accumulation_steps": "grad_accum", "max_grad_norm": "grad_clip", "dataset": "data"}
-
-
-def _unexpanded_home(path: str) -> bool:
-    """Whether ``path`` begins with a ``~`` that a shell would have made a home folder (``~/x``, ``~user/x``)."""
-    return path.startswith("~") and Path(path).expanduser() != Path(path)
 
 
 def _meant(unknown: list[str]) -> str:
