@@ -419,6 +419,17 @@ def test_export_into_an_existing_empty_folder(exported, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 
 
+def test_export_into_the_current_folder_as_dot(exported, tmp_path, monkeypatch):
+    """``--out .`` in an empty folder writes the model there (staging beside ``.``, a path with no name,
+    failed: "PosixPath('.') has an empty name")."""
+    run, _ = exported["e1"]
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["export", "--run", str(run), "--out", "."]) == 0
+    assert (here / "model.safetensors").is_file() and (here / "config.json").is_file()
+
+
 @pytest.mark.parametrize("stop, code", [(KeyboardInterrupt, 130), (lambda: OSError(28, "No space left on device"), 2)],
                          ids=["ctrl-c", "disk-full"])
 @pytest.mark.parametrize("out_is", ["new", "nested", "empty"])

@@ -60,6 +60,7 @@ def _written_whole(out: Path, write) -> None:
     "already holds files" and ``from_pretrained`` half-loads, nor the folders it made for ``--out``. A new
     ``out`` is the staging folder renamed; an empty one that is there (a mount point, which no rename may
     replace) receives the staged files by rename, each one step, Ctrl-C held back meanwhile."""
+    out = Path(os.path.abspath(out))  # --out . has no name to stage beside
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this export makes, deepest first
     fresh = not out.exists()
     try:
