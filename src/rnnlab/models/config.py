@@ -29,7 +29,9 @@ def _spelling_hint(unknown: list[str], known: set[str]) -> str:
     model_fields = [k for k in unknown if isinstance(k, str) and k.replace("-", "_") in MODEL_FIELDS]
     if model_fields:  # --layer dim=64: the model's width, a flag (or field) of its own
         key = model_fields[0].replace("-", "_")
-        return f": {key} is the model's own setting, not a layer option: give --{key.replace('_', '-')} VALUE"
+        flag = "--" + key.replace("_", "-")
+        how = (f"{flag} or --no-{flag[2:]}" if isinstance(getattr(ModelConfig, key, None), bool) else f"{flag} VALUE")
+        return f": {key} is the model's own setting, not a layer option: give {how} (in a config file, {key} = ...)"
     for key in unknown:
         if not isinstance(key, str):
             continue
