@@ -50,6 +50,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "resume_true": ("resume_true.toml", "resume = true\n"),
     "data_table": ("data_table.toml", "[data]\nbatch_size = 4\nsteps = 2\n"),
     "dim_twice": ("dim_twice.toml", "dim = 32\n[model]\ndim = 64\n"),  # the top level's won, silently
+    "seed_in_model": ("seed_in_model.toml", "seed = 3\n[model]\nseed = 4\n"),  # not a model field: not "twice"
     "layer_twice": ("layer_twice.toml", "[layer]\nheads = 2\n[model.layer]\nexpansion = 2\n"),
     "optim_table": ("optim_table.toml", "[optim]\nlr = 1e-3\n"),  # a heading of train --help
     "other_names": ("other_names.yaml", "learning_rate: 0.001\nbatchsize: 4\n"),
@@ -112,7 +113,10 @@ CASES = [
     ("layer_unknown", [*TRAIN, "--layer", "bogus=1"], "unknown e1 layer option(s) ['bogus']"),
     # dim is the model's, not a layer option: not a TypeError of a keyword given twice
     ("layer_dim", [*TRAIN, "--layer", "dim=64"], "unknown e1 layer option(s) ['dim']: dim is the model's own "
-                                                 "setting, not a layer option: give --dim VALUE"),
+                                                 "setting, not a layer option: give --dim VALUE (in a config file, "
+                                                 "dim = ...)"),
+    ("layer_tie_embeddings", [*TRAIN, "--layer", "tie_embeddings=false"],  # a switch: no --tie-embeddings VALUE
+     "tie_embeddings is the model's own setting, not a layer option: give --tie-embeddings or --no-tie-embeddings"),
     # spelt as the flags are (with dashes), or nearly right: the line names the option meant
     ("layer_dashed_key", [*TRAIN, "--model", "mamba2", "--dim", "64", "--layer", "d-state=16"],
      "unknown mamba2 layer option(s) ['d-state']: did you mean d_state? (layer options are spelt with underscores); "
@@ -203,6 +207,7 @@ CASES = [
      "(only [model] and [layer] hold fields)"),
     ("config_dim_twice", [*FRESH, "--config", "{dim_twice}"],
      "config file {dim_twice}: dim is given twice, at top level and in [model]: keep one"),
+    ("config_seed_in_model", [*FRESH, "--config", "{seed_in_model}"], "model field(s) ['seed']; known: ['depth'"),
     ("config_layer_twice", [*FRESH, "--config", "{layer_twice}"],
      "config file {layer_twice}: layer is given twice, [layer] and [model.layer]: keep one"),
     ("config_optim_table", [*FRESH, "--config", "{optim_table}"],

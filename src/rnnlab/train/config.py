@@ -504,7 +504,8 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     # a model field at top level and in [model] ([layer] and [model.layer] too): the top level's won, the other
     # was dropped without a word
     top = {k.replace("-", "_"): k for k in d if k != "model"}
-    twice = [k for k in model_table if k != "model" and k.replace("-", "_") in top]
+    twice = [k for k in model_table if k != "model" and k.replace("-", "_") in top
+             and k.replace("-", "_") in MODEL_KEYS]
     if twice:
         key = twice[0].replace("-", "_")
         where = "[layer] and [model.layer]" if key == "layer" else "at top level and in [model]"
