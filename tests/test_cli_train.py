@@ -1172,3 +1172,10 @@ def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "rnnlab: interrupted (Ctrl-C) before the command started\n"
     with pytest.raises(KeyboardInterrupt):
         main(["eval", "--run", "x", "--debug"])
+
+    def wrapped():  # Python 3.11: a Ctrl-C inside a dataclass field's __set_name__ as an import runs
+        raise RuntimeError("Error calling __set_name__") from KeyboardInterrupt()
+
+    monkeypatch.setattr(rnnlab.cli, "build_parser", wrapped)
+    assert main(["eval", "--run", "x"]) == 130
+    assert capsys.readouterr().err == "rnnlab: interrupted (Ctrl-C) before the command started\n"

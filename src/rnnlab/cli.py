@@ -153,8 +153,11 @@ def main(argv: list[str] | None = None) -> int:
     with stops_as_ctrl_c() if own else contextlib.nullcontext(), warnings_of_rnnlab_in_one_line():
         try:
             return _main(argv)
-        except KeyboardInterrupt:  # while torch and the commands import (the first second or two), before
-            if "--debug" in argv:  # _main's own handling: nothing was started, so nothing to keep
+        except (KeyboardInterrupt, RuntimeError) as e:  # while torch and the commands import (the first second
+            # or two), before _main's own handling: nothing was started, so nothing to keep (a RuntimeError
+            # whose cause is the Ctrl-C: Python 3.11's wrapping, as in _main)
+            ctrl_c = isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
+            if "--debug" in argv or not ctrl_c:
                 raise
             print("rnnlab: interrupted (Ctrl-C) before the command started", file=sys.stderr)
             return 130
