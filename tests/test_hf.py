@@ -419,6 +419,32 @@ def test_export_into_an_existing_empty_folder(exported, tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
 
 
+def test_an_export_reaches_the_disk_before_the_rename_that_shows_it(exported, tmp_path, monkeypatch):
+    """Each staged file and the staging folder are fsync'd before the rename makes ``--out``, and the
+    folder holding it after (for a new ``--out``; files renamed into an empty one: that folder), so a
+    power loss after the export leaves the whole model or none of it."""
+    import os
+
+    import rnnlab.hf.export as export
+
+    run, _ = exported["e1"]
+    events, real = [], os.rename
+    monkeypatch.setattr(export, "fsync_file", lambda p: events.append(("file", Path(p).name)))
+    monkeypatch.setattr(export, "fsync_dir", lambda p: events.append(("dir", Path(p))))
+    monkeypatch.setattr(export.os, "rename", lambda a, b: (events.append(("rename", Path(b))), real(a, b)))
+    out = tmp_path / "new"
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    at = events.index(("rename", out))
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {n for kind, n in events[:at] if kind == "file"}
+    assert events[at - 1][0] == "dir" and events[at - 1][1].name.startswith(".tmp-")
+    assert events[at + 1:] == [("dir", tmp_path)]
+    events.clear()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["export", "--run", str(run), "--out", str(empty)]) == 0
+    assert events[-1] == ("dir", empty)
+
+
 def test_export_into_the_current_folder_as_dot(exported, tmp_path, monkeypatch):
     """``--out .`` in an empty folder writes the model there (staging beside ``.``, a path with no name,
     failed: "PosixPath('.') has an empty name")."""

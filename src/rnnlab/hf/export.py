@@ -27,7 +27,7 @@ from transformers.utils import logging as hf_logging
 from rnnlab.errors import name_file
 from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM
 from rnnlab.hf.tokenizer import byte_tokenizer
-from rnnlab.train.durable import fsync_dir, interrupts_deferred, new_file_mode, temporary_name
+from rnnlab.train.durable import fsync_dir, fsync_file, interrupts_deferred, new_file_mode, temporary_name
 from rnnlab.train.rundir import RunDir
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -69,6 +69,9 @@ def _written_whole(out: Path, write) -> None:
         staging.mkdir()
         try:
             write(staging)
+            for f in staging.iterdir():  # on the disk before the rename shows them (a power loss after it)
+                fsync_file(f)
+            fsync_dir(staging)
             with interrupts_deferred():
                 if fresh:
                     os.rename(staging, out)
@@ -85,7 +88,7 @@ def _written_whole(out: Path, write) -> None:
             with contextlib.suppress(OSError):
                 p.rmdir()  # only while empty: another process's files stay
         raise
-    fsync_dir(out.parent)
+    fsync_dir(out.parent if fresh else out)  # the rename of the folder, or those of its files
 
 
 def _save_quietly(model, out: Path) -> None:
