@@ -37,7 +37,7 @@ import os
 import types
 import typing
 from dataclasses import MISSING, dataclass, field
-from typing import Any, Callable, Container
+from typing import Any, Callable, Collection, Container
 
 
 @dataclass(frozen=True)
@@ -314,6 +314,25 @@ def unexpanded_home(path: str) -> str | None:
     there). Used as it is, ``--out '~/x'`` would make a folder named ``~`` in the current one."""
     home = os.path.expanduser(path)  # (Path.expanduser raises for an unknown ~user; this leaves it as it is)
     return home if path.startswith("~") and home != path and not os.path.exists(path) else None
+
+
+def did_you_mean(unknown: list[Any], known: Collection[str], *, cutoff: float,
+                 aliases: dict[str, str] | None = None) -> str:
+    """``: did you mean lr?`` for the unknown keys (names of options or fields) that another tool's name
+    for a known one (``aliases``: ``learning_rate`` -> ``lr``), or one spelt with a flag's dashes or
+    nearly right (``d-state``, ``batchsize``: ``difflib`` at ``cutoff``), points to; "" for none. With
+    several unknown keys, each is paired with its own (``a -> b``)."""
+    import difflib
+
+    def near(key: str) -> str | None:
+        if (aliases or {}).get(key) in known:
+            return aliases[key]
+        return next(iter(difflib.get_close_matches(key.replace("-", "_"), sorted(known), n=1, cutoff=cutoff)), None)
+
+    meant = [(k, m) for k in unknown if isinstance(k, str) and (m := near(k)) is not None]
+    if not meant:
+        return ""
+    return ": did you mean " + ", ".join(m if len(unknown) == 1 else f"{k} -> {m}" for k, m in meant) + "?"
 
 
 def add_flags(group, cls: type, keys: Container[str] | None = None, show_defaults: bool = True) -> None:

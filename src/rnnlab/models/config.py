@@ -8,7 +8,7 @@ from typing import Any
 
 from rnnlab.layers.base import MAX_FACTOR, OFFICIAL_BACKENDS
 from rnnlab.models.registry import MODELS, get_spec
-from rnnlab.options import at_least, check, option, positive
+from rnnlab.options import at_least, check, did_you_mean, option, positive
 
 MAX_DIM = 65536
 MAX_DEPTH = 1024
@@ -23,26 +23,16 @@ def layer_text(layer: dict[str, Any] | None) -> str:
 def _spelling_hint(unknown: list[str], known: set[str]) -> str:
     """``: did you mean d_state? ...`` for unknown layer options spelt with a flag's dashes (``d-state``;
     the options are named with underscores, as ``rnnlab layers`` lists them) or nearly right (``dstate``)."""
-    import difflib
-
-    meant = []
     model_fields = [k for k in unknown if isinstance(k, str) and k.replace("-", "_") in MODEL_FIELDS]
     if model_fields:  # --layer dim=64: the model's width, a flag (or field) of its own
         key = model_fields[0].replace("-", "_")
         flag = "--" + key.replace("_", "-")
         how = (f"{flag} or --no-{flag[2:]}" if isinstance(getattr(ModelConfig, key, None), bool) else f"{flag} VALUE")
         return f": {key} is the model's own setting, not a layer option: give {how} (in a config file, {key} = ...)"
-    for key in unknown:
-        if not isinstance(key, str):
-            continue
-        close = difflib.get_close_matches(key.replace("-", "_"), sorted(known), n=1, cutoff=0.8)
-        if close:
-            meant.append(f"{key} -> {close[0]}" if len(unknown) > 1 else close[0])
-    if not meant:
-        return ""
+    meant = did_you_mean(unknown, known, cutoff=0.8)
     dashes = (" (layer options are spelt with underscores)"
               if any(isinstance(k, str) and "-" in k and k.replace("-", "_") in known for k in unknown) else "")
-    return f": did you mean {', '.join(meant)}?{dashes}"
+    return meant + dashes if meant else ""
 
 
 @dataclass

@@ -35,8 +35,8 @@ from typing import Any, Container, Iterable, Iterator
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
-from rnnlab.options import (HOME_IS_THE_SHELLS, Bounds, Spec, add_flags, at_least, check, flag_values, normalize,
-                            option, positive, specs, unexpanded_home)
+from rnnlab.options import (HOME_IS_THE_SHELLS, Bounds, Spec, add_flags, at_least, check, did_you_mean, flag_values,
+                            normalize, option, positive, specs, unexpanded_home)
 
 OPTIMIZERS = ("schedulefree-adamw", "adamw")
 LR_SCHEDULES = ("cosine", "constant")
@@ -428,7 +428,8 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str = "ove
         values["model"] = model
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        raise ValueError(f"unknown {source} field(s) {unknown}{_meant(unknown)}; known: {sorted(FIELDS)}")
+        meant = did_you_mean(unknown, FIELDS, cutoff=0.75, aliases=OTHER_NAMES)
+        raise ValueError(f"unknown {source} field(s) {unknown}{meant}; known: {sorted(FIELDS)}")
     if any(FIELDS[k][0] == "budget" for k in values):
         cfg.budget = BudgetConfig(steps=None)
     for key, value in values.items():
@@ -442,22 +443,6 @@ OTHER_NAMES = {"learning_rate": "lr", "warmup": "warmup_steps", "max_steps": "st
                "train_steps": "steps", "seq_length": "seq_len", "context_length": "seq_len", "block_size": "seq_len",
                "d_model": "dim", "hidden_size": "dim", "n_layer": "depth", "n_layers": "depth", "num_layers": "depth",
                "gradient_accumulation_steps": "grad_accum", "max_grad_norm": "grad_clip", "dataset": "data"}
-
-
-def _meant(unknown: list[str]) -> str:
-    """``: did you mean lr?`` for unknown keys close to a field's (``batchsize``) or another trainer's name for
-    it (``learning_rate``), else ""."""
-    import difflib
-
-    def close(key: str) -> str | None:
-        if OTHER_NAMES.get(key) in FIELDS:
-            return OTHER_NAMES[key]
-        return next(iter(difflib.get_close_matches(key, sorted(FIELDS), n=1, cutoff=0.75)), None)
-
-    meant = [(k, m) for k in unknown if isinstance(k, str) and (m := close(k)) is not None]
-    if not meant:
-        return ""
-    return ": did you mean " + ", ".join(m if len(unknown) == 1 else f"{k} -> {m}" for k, m in meant) + "?"
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
