@@ -154,13 +154,18 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return _main(argv)
         except (KeyboardInterrupt, RuntimeError) as e:  # while torch and the commands import (the first second
-            # or two), before _main's own handling: nothing was started, so nothing to keep (a RuntimeError
-            # whose cause is the Ctrl-C: Python 3.11's wrapping, as in _main)
-            ctrl_c = isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
-            if "--debug" in argv or not ctrl_c:
+            # or two), before _main's own handling: nothing was started, so nothing to keep
+            if "--debug" in argv or not is_ctrl_c(e):
                 raise
             print("rnnlab: interrupted (Ctrl-C) before the command started", file=sys.stderr)
             return 130
+
+
+def is_ctrl_c(e: BaseException) -> bool:
+    """Whether ``e`` is a Ctrl-C: a KeyboardInterrupt, or one inside a class body that a lazy import runs (a
+    dataclass field's ``__set_name__``), which Python 3.11 wraps in "RuntimeError: Error calling __set_name__
+    ..." (3.12 raises it as it came)."""
+    return isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
 
 
 @contextlib.contextmanager
@@ -206,9 +211,7 @@ def _main(argv: list[str]) -> int:
     except RuntimeError as e:
         from rnnlab.train.runtime import is_out_of_memory
 
-        if isinstance(e.__cause__, KeyboardInterrupt) and not args.debug:
-            # a Ctrl-C inside a class body that a lazy import runs (a dataclass field's __set_name__), which
-            # Python 3.11 wraps in "RuntimeError: Error calling __set_name__ ..."; 3.12 raises it as it came
+        if is_ctrl_c(e) and not args.debug:
             print(f"rnnlab {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
             return 130
         if args.debug or not is_out_of_memory(e):
