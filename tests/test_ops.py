@@ -375,6 +375,37 @@ def test_assume_constant_marks_a_function_as_torch_compiler_does():
     assert LazyKernel.available.__dict__ == torchs.__dict__
 
 
+def test_a_ctrl_c_as_a_kernel_loads_is_not_a_missing_kernel(tmp_path, monkeypatch):
+    """A Ctrl-C while a kernel module imports, which pybind11 turns into ``ImportError: initialization
+    failed`` as a C++ extension loads, goes on up (the command ends on it) and leaves the kernel
+    unjudged: the next ``get`` imports it. Taken for a missing kernel, it would have been swallowed and
+    the process would have run the other kernel from then on. A build (``FallibleBuild``) alike."""
+    from rnnlab.ops.registry import FallibleBuild, LazyKernel
+
+    (tmp_path / "rnnlab_kernel_probe.py").write_text(
+        "import os\n"
+        "if os.environ.pop('PROBE_CTRL_C', None):\n"
+        "    raise ImportError('initialization failed') from KeyboardInterrupt()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PROBE_CTRL_C", "1")
+    kernel = LazyKernel("rnnlab_kernel_probe")
+    with pytest.raises(ImportError, match="initialization failed"):
+        kernel.get()
+    assert kernel.error is None and kernel.get() is not None
+    monkeypatch.delitem(sys.modules, "rnnlab_kernel_probe")
+
+    def interrupted():
+        raise ImportError("initialization failed") from KeyboardInterrupt()
+
+    build = FallibleBuild("probe build", "the other kernel")
+    try:
+        with pytest.raises(ImportError):
+            build.attempt(interrupted)
+        assert build.error is None and build.attempt(lambda: 7) == 7
+    finally:
+        FallibleBuild._every.remove(build)
+
+
 def test_aligned_copies_only_what_starts_off_a_16_byte_boundary():
     """``registry.aligned``, which the CUDA C++ kernels' wrappers pass every operand through: a
     contiguous tensor on a 16-byte boundary is itself, a view starting inside its storage is

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from rnnlab import __version__
-from rnnlab.signals import discard_output, stops_as_ctrl_c
+from rnnlab.signals import discard_output, is_ctrl_c, stops_as_ctrl_c
 
 COMMAND_MODULES = (
     "rnnlab.models.cli",
@@ -153,19 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     with stops_as_ctrl_c() if own else contextlib.nullcontext(), warnings_of_rnnlab_in_one_line():
         try:
             return _main(argv)
-        except (KeyboardInterrupt, RuntimeError) as e:  # while torch and the commands import (the first second
+        except (KeyboardInterrupt, RuntimeError, ImportError) as e:  # while torch and the commands import (the first second
             # or two), before _main's own handling: nothing was started, so nothing to keep
             if "--debug" in argv or not is_ctrl_c(e):
                 raise
             print("rnnlab: interrupted (Ctrl-C) before the command started", file=sys.stderr)
             return 130
-
-
-def is_ctrl_c(e: BaseException) -> bool:
-    """Whether ``e`` is a Ctrl-C: a KeyboardInterrupt, or one inside a class body that a lazy import runs (a
-    dataclass field's ``__set_name__``), which Python 3.11 wraps in "RuntimeError: Error calling __set_name__
-    ..." (3.12 raises it as it came)."""
-    return isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
 
 
 @contextlib.contextmanager
@@ -208,7 +201,7 @@ def _main(argv: list[str]) -> int:
             raise
         print(f"rnnlab {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
+    except (RuntimeError, ImportError) as e:  # a Ctrl-C that Python or pybind11 wrapped (is_ctrl_c), out of memory
         from rnnlab.train.runtime import is_out_of_memory
 
         if is_ctrl_c(e) and not args.debug:

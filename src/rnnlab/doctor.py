@@ -7,6 +7,7 @@ import importlib
 import platform
 import warnings
 
+from rnnlab.signals import is_ctrl_c
 from rnnlab.train.cli import aligned
 
 
@@ -17,7 +18,9 @@ def _try(module: str) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             m = importlib.import_module(module)
-    except Exception as e:  # report any import failure, whatever its kind
+    except Exception as e:  # report any import failure, whatever its kind (not a Ctrl-C pybind11 made one)
+        if is_ctrl_c(e):
+            raise
         return f"unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     return f"ok {getattr(m, '__version__', '')}".rstrip()
 

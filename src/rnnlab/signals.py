@@ -2,7 +2,8 @@
 SIGHUP (the terminal closed) as a Ctrl-C, so that a run saves before it ends, and its output to a
 terminal, after a hang-up, sent to /dev/null instead of failing; and a process started by another
 of rnnlab's (torchrun and its workers under ``rnnlab train --gpus N``, a run of ``rnnlab bench --gpus
-N``) ended with it by a ``kill -9`` (``ends_with_parent``). Used by the ``rnnlab`` command
+N``) ended with it by a ``kill -9`` (``ends_with_parent``); and a Ctrl-C that a library swallowed at
+start-up remembered, so the trainer stops on it (``RememberedCtrlC``). Used by the ``rnnlab`` command
 (``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``) and
 by ``rnnlab.bench.parallel``."""
 
@@ -107,6 +108,53 @@ def handled(handler, always=(), unless_ignored=()):
             signal.signal(s, before)
 
 
+def is_ctrl_c(e: BaseException) -> bool:
+    """Whether ``e`` is a Ctrl-C: a KeyboardInterrupt, or an error a library made of one, with the
+    KeyboardInterrupt as its cause: Python 3.11's "RuntimeError: Error calling __set_name__ ..." (one
+    inside a class body that a lazy import runs, a dataclass field's; 3.12 raises it as it came), and
+    pybind11's ImportError "initialization failed" (one while a C++ extension such as Triton's loads)."""
+    return isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
+
+
+class RememberedCtrlC:
+    """Python's own Ctrl-C handler (it raises KeyboardInterrupt) that also remembers that one came:
+    :func:`take_swallowed_ctrl_c` finds one that some library swallowed. One does at start-up:
+    pybind11 turns a KeyboardInterrupt raised while Triton's C++ extension loads into an
+    ImportError, and torch, importing Triton lazily as the model is built (``has_triton_package``),
+    takes that for "Triton is not installed" and goes on; the run then trained as if no Ctrl-C had
+    come (on a CPU, a SIGINT 2.2–3.0 s into a run under load: 8 of 36 runs)."""
+
+    def __init__(self):
+        self.came = False
+
+    def __call__(self, signum, frame):
+        self.came = True
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def ctrl_c_remembered():
+    """Inside the block a Ctrl-C is :class:`RememberedCtrlC`'s, where it is Python's own
+    (``default_int_handler``; one ignored, ``cmd &`` in a script, or handled otherwise is left as it
+    is). Main thread only."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    with handled(RememberedCtrlC(), [signal.SIGINT]):
+        yield
+
+
+def take_swallowed_ctrl_c(handler) -> bool:
+    """Whether ``handler`` (the Ctrl-C handler a new one replaced) is a :class:`RememberedCtrlC` that
+    a Ctrl-C reached while this process still runs: one that a library swallowed. The new handler
+    acts on it, so it is forgotten here (a second call says False)."""
+    came = isinstance(handler, RememberedCtrlC) and handler.came
+    if came:
+        handler.came = False
+    return came
+
+
 # The signals that stop a run: Ctrl-C, and those handled as one (stops_as_ctrl_c)
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -147,8 +195,9 @@ def stops_as_ctrl_c():
     KeyboardInterrupt that Python's Ctrl-C handler would raise: ended at once by the signal, a
     ``rnnlab bench`` took its runs with it unsaved (they end with it, ``ends_with_parent``) and
     ``rnnlab data prepare`` left its temporary corpus behind. A SIGHUP that is ignored (``nohup``)
-    stays ignored. Output to a terminal survives its hang-up (``terminal_output``). Main thread
-    only."""
+    stays ignored. Output to a terminal survives its hang-up (``terminal_output``). A Ctrl-C is
+    remembered (``ctrl_c_remembered``), so that the trainer stops on one that a library swallowed
+    as the run started. Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -167,7 +216,7 @@ def stops_as_ctrl_c():
             raise KeyboardInterrupt
         signal.raise_signal(signal.SIGINT)
 
-    with terminal_output() as terminals, handled(handle, [signal.SIGTERM], [signal.SIGHUP]):
+    with terminal_output() as terminals, handled(handle, [signal.SIGTERM], [signal.SIGHUP]), ctrl_c_remembered():
         yield
 
 

@@ -45,6 +45,7 @@ from typing import Callable, Iterator
 import torch
 
 from rnnlab.ops.dtypes import compute_dtype
+from rnnlab.signals import is_ctrl_c
 
 BACKENDS = ("auto", "naive", "triton")
 
@@ -73,6 +74,8 @@ class LazyKernel:
             try:
                 self._mod = importlib.import_module(self.module)
             except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+                if is_ctrl_c(e):  # a Ctrl-C that pybind11 made an ImportError: not a missing kernel
+                    raise
                 self.error = f"{type(e).__name__}: {e}"
         return self._mod
 
@@ -123,6 +126,8 @@ class FallibleBuild:
         try:
             return fn(*args)
         except Exception as e:  # noqa: BLE001 - any build failure: the caller's other kernel runs
+            if is_ctrl_c(e):
+                raise
             self.error = f"{type(e).__name__}: {e}"
             warnings.warn(f"{self.name} unavailable, using {self.instead} ({e})")
             return None

@@ -39,7 +39,7 @@ from torch import nn
 from rnnlab.data import BatchStream, file_split, load_splits
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
-from rnnlab.signals import reclaim_handlers
+from rnnlab.signals import reclaim_handlers, take_swallowed_ctrl_c
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError, unless_committed
 from rnnlab.train.config import DataConfig, TrainConfig, budget_clock
@@ -177,6 +177,8 @@ class StopOnInterrupt:
             self._prev = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: no signal handling here
             self._prev = None
+        if take_swallowed_ctrl_c(self._prev):  # a Ctrl-C as the run started that a library swallowed
+            self._handle(signal.SIGINT, None)
         return self
 
     def _handle(self, signum, frame) -> None:

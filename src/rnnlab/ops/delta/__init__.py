@@ -22,6 +22,7 @@ import torch
 
 from rnnlab.ops.delta import naive
 from rnnlab.ops.registry import Op, register
+from rnnlab.signals import is_ctrl_c
 
 __all__ = ["gated_delta_scan", "fla_backward_refusal", "BACKENDS"]
 
@@ -68,7 +69,9 @@ def fla_backward_refusal() -> str | None:
     if dispatch and tilelang.is_available() and tilelang.is_enabled():
         try:  # fla only looks for the package: a broken install would fail at the first backward
             importlib.import_module("tilelang")
-        except Exception as e:  # any import failure, whatever its kind
+        except Exception as e:  # any import failure, whatever its kind (not a Ctrl-C pybind11 made one)
+            if is_ctrl_c(e):
+                raise
             return f"fla would run its TileLang kernel here (fla issue #640), but tilelang does not import: {e!r}"
         return None
     return (f"fla refuses the gated delta rule's backward on Hopper GPUs with Triton {triton.__version__} "
