@@ -1,4 +1,4 @@
-"""Layer wavefront for dense E1, measured against its prediction; not adopted (docs/kernels.md).
+"""Layer wavefront for E1, measured against its prediction (docs/kernels.md): dense (not adopted) and heads.
 
 The idea: one dense E1 recurrence is latency-bound (~5 us per step whatever the batch), so run the
 recurrences of two layers at once, layer l on time chunk c while layer l+1 works on chunk c-1.
@@ -15,6 +15,19 @@ Prints, on one GPU, in one run:
    chunk boundaries and sums dW_h per chunk).
 
     python benchmarks/bench_wavefront.py --json results/e1-wavefront-h100/wavefront.json
+
+``--model heads`` (E1 heads 14 x 128 d31, dim 1792, B 32) instead: one heads scan holds 28 of the
+132 SMs, latency-bound, so the rest of the GPU can work on the neighbouring chunks while it runs.
+Each layer's chunk c is split in three: ``pre`` (LayerNorm, in_proj, silu, W_x) and ``post`` (the
+gate, out_proj, the residual) on the main stream, the scan (from the state chunk c-1 left) on a
+high-priority side stream; the main stream queues ``pre`` of the next chunk (or layer) before
+``post`` of the chunk being scanned, so each scan runs beside GEMMs, and autograd's backward, in
+the reverse order on the same streams, again. Rows (forward+backward in one CUDA graph, no
+optimizer, same weights and batch): the package's model eager and compiled (its gate beside the
+scan, ``elman_scan_beside_linear``), and the wavefront with ``pre`` / ``post`` eager and compiled
+(one compiled function each, shared by every layer and chunk), C chunks each.
+
+    python benchmarks/bench_wavefront.py --model heads --chunks 2 4 --json OUT/heads.json
 """
 
 from __future__ import annotations
@@ -189,10 +202,107 @@ def whole_model(rows: list, batches: list[int], chunk_counts: list[int]) -> None
             torch.cuda.empty_cache()
 
 
+# ------------------------------------------------------------------------- E1 heads' wavefront
+HEADS_DIM, HEADS_DEPTH, HEADS = 1792, 31, 14
+
+
+def heads_pre(x, ln_w, ln_b, w_in, w_x, b):
+    """A block's work before the scan on one chunk: ``(wx, z)`` (E1's ``inputs`` and ``recurrence``
+    for the plain heads layer: no conv, no selective term)."""
+    xr, z = F.linear(F.layer_norm(x, (x.shape[-1],), ln_w, ln_b), w_in).chunk(2, dim=-1)
+    return F.linear(F.silu(xr), w_x, b), z
+
+
+def heads_post(x, h, z, w_out):
+    """A block's work after the scan on one chunk: the residual plus E1's default readout."""
+    return x + F.linear(h * F.silu(z), w_out)
+
+
+def heads_wavefront_loss(model: LM, idx, tgt, chunks: int, scan_stream, pre, post) -> torch.Tensor:
+    """``model(idx, tgt)`` as a wavefront over ``chunks`` time chunks: ``pre`` and ``post`` of every
+    (layer, chunk) on the current stream, in the order (pre of the next, then post of the last
+    scanned) that keeps GEMMs queued while a scan runs; the scans on ``scan_stream`` (None: no
+    streams, the same order: the CPU test's)."""
+    from rnnlab.ops.elman import elman_scan
+
+    cur = None if scan_stream is None else torch.cuda.current_stream()
+    blocks = model.blocks
+    w_h = [b.mixer.recurrent_weight() for b in blocks]
+    xs = list(model.embed(idx).chunk(chunks, dim=1))
+    state: list = [None] * len(blocks)
+    pending: list = []  # (layer, chunk, h, z, event) scanned, waiting for their post
+
+    def run_post():
+        l, c, h, z, ev = pending.pop(0)
+        if cur is not None:
+            cur.wait_event(ev)
+            h.record_stream(cur)
+        xs[c] = post(xs[c], h, z, blocks[l].mixer.out_proj.weight)
+
+    for l, blk in enumerate(blocks):
+        m = blk.mixer
+        for c in range(chunks):
+            wx, z = pre(xs[c], blk.norm.weight, blk.norm.bias, m.in_proj.weight, m.W_x, m.b)
+            if cur is not None:
+                scan_stream.wait_stream(cur)
+                wx.record_stream(scan_stream)  # made here, read there: not reused before the scan has read it
+                w_h[l].record_stream(scan_stream)
+            with torch.cuda.stream(scan_stream):  # (None: no change)
+                h, state[l] = elman_scan(wx, w_h[l], state[l])
+            pending.append((l, c, h, z, None if cur is None else scan_stream.record_event()))
+            if len(pending) > 1 or chunks == 1:  # the scan just queued runs beside this post and the next pre
+                run_post()
+    while pending:
+        run_post()
+    logits = model.head(model.norm_f(torch.cat(xs, dim=1)))
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1))
+
+
+def heads_model(rows: list, chunk_counts: list[int], reps: int) -> None:
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="e1", dim=HEADS_DIM, depth=HEADS_DEPTH, layer={"heads": HEADS})
+    model = LM(cfg).to("cuda", torch.bfloat16).train()
+    n_params = sum(p.numel() for p in model.parameters())
+    u0 = [b.mixer.spectral_u.clone() for b in model.blocks]
+    scan_stream = torch.cuda.Stream(priority=-1)  # high: its programs take SMs first as a GEMM's retire
+    B = 32
+    x = torch.randint(0, 256, (B, T + 1), device="cuda")
+    idx, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()
+    compiled = torch.compile(model)
+    pre_c, post_c = torch.compile(heads_pre, fullgraph=True), torch.compile(heads_post, fullgraph=True)
+    variants = [("plain eager", lambda: model(idx, tgt)), ("plain compiled", lambda: compiled(idx, tgt))]
+    for chunks in chunk_counts:
+        for kind, pre, post in (("eager", heads_pre, heads_post), ("compiled", pre_c, post_c)):
+            variants.append((f"wavefront C={chunks} {kind}", lambda c=chunks, pr=pre, po=post:
+                             heads_wavefront_loss(model, idx, tgt, c, scan_stream, pr, po)))
+    ref = None
+    for name, fn in variants:
+        for b, u in zip(model.blocks, u0):
+            b.mixer.spectral_u.copy_(u)
+        g = graphed(model, fn)
+        for b, u in zip(model.blocks, u0):
+            b.mixer.spectral_u.copy_(u)
+        g.replay()
+        grads = [p.grad.float().clone() for p in model.parameters()]
+        ref = ref or grads
+        err = max(((a - b).norm() / b.norm()).item() for a, b in zip(grads, ref))
+        ms = timeit(g.replay, reps)
+        tok_s = B * T / ms * 1e3
+        rows.append(dict(part="heads model", variant=name, fwd_bwd_ms=round(ms, 2), ktok_s=round(tok_s / 1e3, 1),
+                         fwd_bwd_mfu=round(6 * n_params * tok_s / 989e12, 4),
+                         max_rel_grad_diff=float(f"{err:.2e}")))
+        print(rows[-1], flush=True)
+        del g
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--batches", type=int, nargs="+", default=[16, 32])
+    ap.add_argument("--model", choices=("dense", "heads"), default="dense")
+    ap.add_argument("--batches", type=int, nargs="+", default=[16, 32], help="dense only")
     ap.add_argument("--chunks", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--reps", type=int, default=5, help="timings per row (heads; each a replay of the graph)")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if not torch.cuda.is_available():
@@ -201,11 +311,16 @@ def main() -> None:
     # backward must not depend on it
     torch.cuda.set_stream(torch.cuda.Stream())
     rows: list = []
-    concurrency(rows)
-    whole_model(rows, a.batches, a.chunks)
+    if a.model == "heads":
+        heads_model(rows, a.chunks, a.reps)
+        model = (f"E1 heads {HEADS}x{HEADS_DIM // HEADS} d{HEADS_DEPTH} dim {HEADS_DIM}, bf16, B=32, T=512, "
+                 "fwd+bwd in one CUDA graph (no optimizer); MFU of the fwd+bwd alone, 989 TFLOP/s peak")
+    else:
+        concurrency(rows)
+        whole_model(rows, a.batches, a.chunks)
+        model = "E1 d26 dim 1760, bf16, T=512, fwd+bwd in one CUDA graph (no optimizer)"
     meta = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, command=" ".join(sys.argv),
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                model="E1 d26 dim 1760, bf16, T=512, fwd+bwd in one CUDA graph (no optimizer)")
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), model=model)
     print(json.dumps(meta))
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)

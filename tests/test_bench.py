@@ -4347,3 +4347,27 @@ def test_a_numeric_sweep_axis_spanning_ten_times_is_drawn_on_a_log_scale():
     fig = sweep_figure(rows, ["lr"])
     assert [ax.get_xscale() for ax in fig.axes] == ["log", "log"]
     pyplot().close(fig)
+
+
+def test_bench_wavefront_heads_computes_the_models_loss_and_gradients():
+    """bench_wavefront.py's E1 heads wavefront (``--model heads``) is the model: for any number of time
+    chunks its loss and every gradient equal ``LM.forward``'s (float64, the reference scan, no streams),
+    so its timings compare the same computation."""
+    bw = _benchmark_script("bench_wavefront")
+    from rnnlab.models import LM, ModelConfig
+
+    torch.manual_seed(0)
+    model = LM(ModelConfig(model="e1", dim=64, depth=3, layer={"heads": 4})).double()
+    u0 = [b.mixer.spectral_u.clone() for b in model.blocks]
+    x = torch.randint(0, 256, (2, 33))
+    idx, tgt = x[:, :-1], x[:, 1:]
+    want = model(idx, tgt)
+    want_g = torch.autograd.grad(want, list(model.parameters()))
+    for chunks in (1, 2, 3):
+        for b, u in zip(model.blocks, u0):
+            b.mixer.spectral_u.copy_(u)
+        got = bw.heads_wavefront_loss(model, idx, tgt, chunks, None, bw.heads_pre, bw.heads_post)
+        got_g = torch.autograd.grad(got, list(model.parameters()))
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+        for g, w in zip(got_g, want_g):
+            torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
