@@ -279,7 +279,14 @@ def heads_model(rows: list, chunk_counts: list[int], reps: int) -> None:
     for name, fn in variants:
         for b, u in zip(model.blocks, u0):
             b.mixer.spectral_u.copy_(u)
-        g = graphed(model, fn)
+        try:
+            g = graphed(model, fn)
+        except Exception as e:  # noqa: BLE001 - a variant that cannot be captured is a row saying why
+            rows.append(dict(part="heads model", variant=name, error=f"{type(e).__name__}: {str(e)[:300]}"))
+            print(rows[-1], flush=True)
+            model.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            continue
         for b, u in zip(model.blocks, u0):
             b.mixer.spectral_u.copy_(u)
         g.replay()
