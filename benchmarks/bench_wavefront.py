@@ -33,7 +33,9 @@ scan, ``elman_scan_beside_linear``), and the wavefront with ``pre`` / ``post`` e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import functools
 import datetime
 import json
 import sys
@@ -49,6 +51,7 @@ from bench_kernels import timeit  # noqa: E402
 from rnnlab.models import LM, ModelConfig  # noqa: E402
 from rnnlab.ops.elman import persistent  # noqa: E402
 from rnnlab.ops.elman.triton import dw_dense  # noqa: E402
+from rnnlab.ops.streams import sm_carveout  # noqa: E402
 
 H, T = 1760, 512
 
@@ -153,18 +156,20 @@ def wavefront_loss(model: LM, idx, tgt, chunks: int, groups: int, streams: list)
     return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), tgt.reshape(-1))
 
 
-def graphed(model: LM, loss_fn) -> torch.cuda.CUDAGraph:
-    """Forward+backward of ``loss_fn()`` captured in one CUDA graph (grads in the graph's pool)."""
+def graphed(model: LM, loss_fn, around=contextlib.nullcontext) -> torch.cuda.CUDAGraph:
+    """Forward+backward of ``loss_fn()`` captured in one CUDA graph (grads in the graph's pool), each
+    pass inside ``around()`` (e.g. an SM carveout for its GEMMs)."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
         for _ in range(2):
             model.zero_grad(set_to_none=True)
-            loss_fn().backward()
+            with around():
+                loss_fn().backward()
     torch.cuda.current_stream().wait_stream(s)
     model.zero_grad(set_to_none=True)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g), around():
         loss_fn().backward()
     return g
 
@@ -270,17 +275,23 @@ def heads_model(rows: list, chunk_counts: list[int], reps: int) -> None:
     idx, tgt = x[:, :-1].contiguous(), x[:, 1:].contiguous()
     compiled = torch.compile(model)
     pre_c, post_c = torch.compile(heads_pre, fullgraph=True), torch.compile(heads_post, fullgraph=True)
-    variants = [("plain eager", lambda: model(idx, tgt)), ("plain compiled", lambda: compiled(idx, tgt))]
+    # the GEMMs beside a scan sized for the SMs it leaves (rnnlab.ops.streams: its programs + 4), as
+    # the package's gate beside the scan is; without, cuBLAS's persistent GEMMs hold every SM
+    scan_sms = HEADS * -(-B // 16) + 4
+    carveout = functools.partial(sm_carveout, scan_sms)
+    none = contextlib.nullcontext
+    variants = [("plain eager", none, lambda: model(idx, tgt)), ("plain compiled", none, lambda: compiled(idx, tgt))]
     for chunks in chunk_counts:
         for kind, pre, post in (("eager", heads_pre, heads_post), ("compiled", pre_c, post_c)):
-            variants.append((f"wavefront C={chunks} {kind}", lambda c=chunks, pr=pre, po=post:
-                             heads_wavefront_loss(model, idx, tgt, c, scan_stream, pr, po)))
+            for around, note in ((none, ""), (carveout, f", GEMMs on {132 - scan_sms} SMs")):
+                variants.append((f"wavefront C={chunks} {kind}{note}", around, lambda c=chunks, pr=pre, po=post:
+                                 heads_wavefront_loss(model, idx, tgt, c, scan_stream, pr, po)))
     ref = None
-    for name, fn in variants:
+    for name, around, fn in variants:
         for b, u in zip(model.blocks, u0):
             b.mixer.spectral_u.copy_(u)
         try:
-            g = graphed(model, fn)
+            g = graphed(model, fn, around)
         except Exception as e:  # noqa: BLE001 - a variant that cannot be captured is a row saying why
             rows.append(dict(part="heads model", variant=name, error=f"{type(e).__name__}: {str(e)[:300]}"))
             print(rows[-1], flush=True)
