@@ -281,6 +281,10 @@ def heads_model(rows: list, chunk_counts: list[int], reps: int) -> None:
     carveout = functools.partial(sm_carveout, scan_sms)
     none = contextlib.nullcontext
     variants = [("plain eager", none, lambda: model(idx, tgt)), ("plain compiled", none, lambda: compiled(idx, tgt))]
+    # the same order on one stream: what splitting the block and the time costs, without overlap
+    for chunks in [1, *chunk_counts]:
+        variants.append((f"chunked C={chunks} compiled, one stream", none, lambda c=chunks:
+                         heads_wavefront_loss(model, idx, tgt, c, None, pre_c, post_c)))
     for chunks in chunk_counts:
         for kind, pre, post in (("eager", heads_pre, heads_post), ("compiled", pre_c, post_c)):
             for around, note in ((none, ""), (carveout, f", GEMMs on {132 - scan_sms} SMs")):
