@@ -731,11 +731,11 @@ def test_ends_with_parent_ends_a_process_whose_parent_is_gone_and_only_then(tmp_
         raise PermissionError(1, "Operation not permitted")
 
     monkeypatch.setattr(signals.os, "kill", kill)
-    assert signals._exists(os.getpid())
+    assert signals.process_lives(os.getpid())
 
 
 def test_a_process_in_an_ended_state_does_not_exist(monkeypatch):
-    """``_exists``: a process that ``kill(pid, 0)`` still finds is gone when ``/proc`` shows it a zombie
+    """``process_lives``: a process that ``kill(pid, 0)`` still finds is gone when ``/proc`` shows it a zombie
     (Z) or dead (X), the letters ``peers.ended`` reads too; alive when running or sleeping, and when
     ``/proc`` shows nothing (kill's answer stands; ``peers.ended`` counts that process gone)."""
     from rnnlab import signals
@@ -745,7 +745,7 @@ def test_a_process_in_an_ended_state_does_not_exist(monkeypatch):
         stat = None if state is None else (state, 7)
         monkeypatch.setattr(signals, "proc_stat", lambda pid, stat=stat: stat)
         monkeypatch.setattr(peers, "proc_stat", lambda pid, stat=stat: stat)
-        assert signals._exists(os.getpid()) is alive, state
+        assert signals.process_lives(os.getpid()) is alive, state
         assert peers.ended(os.getpid(), 7) is (state is None or not alive), state
 
 

@@ -492,6 +492,58 @@ def test_an_interrupted_export_leaves_nothing_behind(exported, tmp_path, monkeyp
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
 
 
+@pytest.mark.parametrize("out_is", ["new", "empty"])
+def test_a_ctrl_c_as_the_export_is_moved_into_place_leaves_it_whole(exported, tmp_path, monkeypatch, capsys, out_is):
+    """A Ctrl-C held back while the staged files are renamed into place comes once the export is whole: it
+    stands, and the command says so and succeeds, where it said "interrupted" (exit 130) over a complete
+    folder that a rerun then refused as "already holds files"."""
+    import os
+    import signal
+
+    import rnnlab.hf.export as export
+
+    run, _ = exported["e1"]
+    out = tmp_path / "hf"
+    if out_is == "empty":
+        out.mkdir()
+    real = os.rename
+
+    def renaming(a, b):  # the Ctrl-C lands during the renames, which hold it back
+        signal.raise_signal(signal.SIGINT)
+        return real(a, b)
+
+    monkeypatch.setattr(export.os, "rename", renaming)
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert f"rnnlab: warning: a Ctrl-C came as the export's files were moved into place: {out} is complete" in err, err
+    assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no staging folder left
+
+
+@pytest.mark.parametrize("out_is", ["new", "empty"])
+def test_a_staging_folder_of_a_killed_export_does_not_block_the_rerun(exported, tmp_path, out_is):
+    """An export killed outright (``kill -9``) leaves its staging folder, beside a new ``--out`` or inside an
+    empty one; the rerun deletes it, where the one inside made it refuse "already holds files" over a folder
+    that ``ls`` shows empty. A staging folder of a process still running, and other hidden files, stay."""
+    import os
+    import subprocess
+    import sys
+
+    run, _ = exported["e1"]
+    out = tmp_path / "hf"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    holder = out if out_is == "empty" else tmp_path
+    holder.mkdir(exist_ok=True)
+    (holder / f".tmp-{dead}-{dead}-hf").mkdir()
+    (holder / f".tmp-{dead}-{dead}-hf" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / f".tmp-{os.getpid()}-1-hf").mkdir()  # a live process's: not this export's to delete
+    (tmp_path / ".hidden").write_text("the user's")
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 0
+    assert not (holder / f".tmp-{dead}-{dead}-hf").exists() and (out / "model.safetensors").is_file()
+    assert (tmp_path / f".tmp-{os.getpid()}-1-hf").is_dir() and (tmp_path / ".hidden").is_file()
+
+
 @pytest.mark.parametrize("bars_on", [True, False])
 def test_export_prints_no_progress_bar_and_keeps_the_setting(exported, tmp_path, capsys, bars_on):
     """transformers' "Writing model shards" bar stays off stderr; its global progress-bar setting

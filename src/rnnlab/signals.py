@@ -253,7 +253,7 @@ def ends_with_parent() -> None:
             return
     except (OSError, AttributeError):
         return
-    if os.getppid() != int(parent) and not _exists(int(parent)):  # it died before prctl: no signal will come
+    if os.getppid() != int(parent) and not process_lives(int(parent)):  # it died before prctl: no signal will come
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -261,7 +261,7 @@ def ends_with_parent() -> None:
 ENDED_STATES = "ZX"
 
 
-def _exists(pid: int) -> bool:
+def process_lives(pid: int) -> bool:
     """Whether process ``pid`` lives: not when gone, nor when in an ``ENDED_STATES`` (a zombie: ended,
     its own parent yet to reap it, as a ``kill -9``'ed launcher whose caller waits on pipes this
     process holds)."""

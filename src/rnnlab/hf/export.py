@@ -19,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 import shutil
+import warnings
 from pathlib import Path
 
 from transformers.utils import logging as hf_logging
@@ -27,7 +29,9 @@ from transformers.utils import logging as hf_logging
 from rnnlab.errors import name_file
 from rnnlab.hf.modeling import RnnlabConfig, RnnlabForCausalLM
 from rnnlab.hf.tokenizer import byte_tokenizer
-from rnnlab.train.durable import fsync_dir, fsync_file, interrupts_deferred, new_file_mode, temporary_name
+from rnnlab.signals import process_lives
+from rnnlab.train.durable import (TMP_PREFIX, fsync_dir, fsync_file, interrupts_deferred, new_file_mode,
+                                  temporary_name)
 from rnnlab.train.rundir import RunDir
 
 def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
@@ -35,6 +39,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, and export writes a folder: choose another --out")
+    _clear_stale_staging(Path(os.path.abspath(out)))
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} already holds files: choose another --out (a new or empty folder), "
                          f"or remove {out} first")
@@ -52,6 +57,20 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
     _written_whole(out, write)
     return out
+
+
+def _clear_stale_staging(out: Path) -> None:
+    """Delete the staging folders (:func:`_written_whole`) that an export to ``out`` killed outright (``kill
+    -9``, a power loss) left beside ``out`` or in it, those of a process that no longer runs: one in an
+    empty ``--out`` made the rerun refuse it as "already holds files", for a file ``ls`` does not show."""
+    staged = re.compile(rf"{re.escape(TMP_PREFIX)}(\d+)-\d+-{re.escape(out.name)}")
+    for folder in (out.parent, out):
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            found = staged.fullmatch(entry.name)
+            if found and entry.is_dir() and not entry.is_symlink() and not process_lives(int(found[1])):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _written_whole(out: Path, write) -> None:
@@ -72,13 +91,16 @@ def _written_whole(out: Path, write) -> None:
             for f in staging.iterdir():  # on the disk before the rename shows them (a power loss after it)
                 fsync_file(f)
             fsync_dir(staging)
-            with interrupts_deferred():
-                if fresh:
-                    os.rename(staging, out)
-                else:
-                    for f in staging.iterdir():
-                        os.rename(f, out / f.name)
-                    staging.rmdir()
+            try:
+                with interrupts_deferred():
+                    if fresh:
+                        os.rename(staging, out)
+                    else:
+                        for f in staging.iterdir():
+                            os.rename(f, out / f.name)
+                        staging.rmdir()
+            except KeyboardInterrupt:  # held back until the renames were done: the export is whole, so it stands
+                warnings.warn(f"a Ctrl-C came as the export's files were moved into place: {out} is complete")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
