@@ -1147,7 +1147,7 @@ def test_ctrl_c_that_a_library_wraps_is_one_line(monkeypatch, capsys):
     optimizer is built) reaches Python 3.11's caller as ``RuntimeError: Error calling __set_name__``
     whose cause is the KeyboardInterrupt (seen with a SIGINT 2.5 s into a CPU run), and one as a C++
     extension loads as pybind11's ``ImportError: initialization failed``: one line and exit 130 as any
-    Ctrl-C, not a traceback; ``--debug`` keeps the traceback."""
+    Ctrl-C, not a traceback; ``--debug`` raises it as the KeyboardInterrupt it is, the wrapper its cause."""
     import rnnlab.train.trainer
 
     for wrapped in (RuntimeError("Error calling __set_name__ on 'Field' instance 'scalar'"),
@@ -1158,40 +1158,95 @@ def test_ctrl_c_that_a_library_wraps_is_one_line(monkeypatch, capsys):
         monkeypatch.setattr(rnnlab.train.trainer, "run_training", interrupted)
         assert main(["train", *TINY, "--steps", "1", "--out", "x"]) == 130
         assert capsys.readouterr().err == "rnnlab train: interrupted (Ctrl-C)\n"
-        with pytest.raises(type(wrapped)):
+        with pytest.raises(KeyboardInterrupt) as raised:  # the wrapper kept as its cause
             main(["train", *TINY, "--steps", "1", "--out", "x", "--debug"])
+        assert raised.value.__cause__ is wrapped
 
 
-def test_a_ctrl_c_that_a_library_swallows_as_the_run_starts_stops_it(tmp_path, monkeypatch, capsys):
+def test_is_ctrl_c_follows_the_causes():
+    """``is_ctrl_c``: a KeyboardInterrupt anywhere down the ``raise ... from`` chain (a kernel registry that
+    re-raises an import's error as its own, ``from`` it), not one that was merely being handled when another
+    error came (``__context__``); a chain that loops ends."""
+    from rnnlab.signals import is_ctrl_c
+
+    def chained(*kinds):
+        e = None
+        for kind in kinds:
+            new = kind("x")
+            new.__cause__ = e
+            e = new
+        return e
+
+    assert is_ctrl_c(chained(KeyboardInterrupt, ImportError, ValueError))
+    assert not is_ctrl_c(chained(ImportError, ValueError))
+    other = ValueError("x")
+    other.__context__ = KeyboardInterrupt()
+    assert not is_ctrl_c(other)
+    loop = ImportError("x")
+    loop.__cause__ = ValueError("y")
+    loop.__cause__.__cause__ = loop
+    assert not is_ctrl_c(loop)
+
+
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm-where-ctrl-c-is-ignored"])
+def test_a_ctrl_c_that_a_library_swallows_as_the_run_starts_stops_it(tmp_path, monkeypatch, capsys, stop):
     """A Ctrl-C that a library swallows as the run starts still stops it. pybind11 makes one raised while
     Triton's C++ extension loads an ImportError, and torch, importing Triton lazily as the model is built
     (``has_triton_package``), took that for "no Triton" and went on: the run trained its whole budget (8
-    of 36 CPU runs given a SIGINT 2.2-3.0 s in, under load). The rnnlab command remembers a Ctrl-C
-    (``stops_as_ctrl_c``), and the trainer, taking Ctrl-C over, acts on one that came: a checkpoint at
-    step 0, nothing trained, as for one that comes just after."""
+    of 36 CPU runs given a SIGINT 2.2-3.0 s in, under load). The rnnlab command remembers a stop it raises
+    as a KeyboardInterrupt (``stops_as_ctrl_c``): a Ctrl-C under Python's own handler, or a SIGTERM where
+    Ctrl-C is ignored (``cmd &`` in a script). The trainer, taking Ctrl-C over, acts on one that came: a
+    checkpoint at step 0, nothing trained, as for one that comes just after."""
     import signal
 
     import rnnlab.train.trainer
     from rnnlab.signals import stops_as_ctrl_c
 
     counted = rnnlab.train.trainer.count_params
+    signum = signal.SIGINT if stop == "ctrl-c" else signal.SIGTERM
 
-    def swallowing(*args, **kwargs):  # the library's import: the Ctrl-C lands and is swallowed
+    def swallowing(*args, **kwargs):  # the library's import: the stop lands and is swallowed
         try:
-            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signum)
         except KeyboardInterrupt as e:
             with contextlib.suppress(ImportError):
                 raise ImportError("initialization failed") from e
         return counted(*args, **kwargs)
 
     monkeypatch.setattr(rnnlab.train.trainer, "count_params", swallowing)
+    if stop != "ctrl-c":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the autouse fixture puts Python's handler back
+    before = signal.getsignal(signal.SIGINT)
     run = tmp_path / "run"
     with stops_as_ctrl_c():  # as the rnnlab command's own command line has it
         main(["train", "--model", "e1", *TINY, "--steps", "50", "--out", str(run), "--no-progress"])
     err = capsys.readouterr().err
     assert "stopping after this step to save a checkpoint" in err and "interrupted at step 0;" in err, err
     assert json.loads((run / "summary.json").read_text())["steps"] == 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's own again after the block
+    assert signal.getsignal(signal.SIGINT) is before  # the handler before the block, again
+
+
+def test_a_ctrl_c_that_a_library_wraps_in_training_is_an_abort_not_a_crash(tmp_path, monkeypatch, capsys):
+    """A second Ctrl-C that lands as a kernel module first loads mid-run reaches the trainer wrapped (pybind11's
+    ImportError): the run is recorded and named as aborted by Ctrl-C with its checkpoint, as for a bare one,
+    not as a crash with "ImportError: initialization failed"."""
+    from rnnlab.train.trainer import Trainer
+
+    real = Trainer.train_step
+
+    def step(self, *args, **kwargs):
+        if self.state.step == 2:
+            raise ImportError("initialization failed") from KeyboardInterrupt()
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "train_step", step)
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "5", "--checkpoint-every", "1", "--out", str(run),
+                 "--no-progress"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rnnlab train: aborted by Ctrl-C at step 2; "), err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["aborted"] is True and summary["error"].startswith("aborted by Ctrl-C at step 2"), summary
 
 
 def test_ctrl_c_while_the_commands_import_is_one_line(monkeypatch, capsys):

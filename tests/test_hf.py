@@ -515,9 +515,29 @@ def test_a_ctrl_c_as_the_export_is_moved_into_place_leaves_it_whole(exported, tm
     monkeypatch.setattr(export.os, "rename", renaming)
     assert main(["export", "--run", str(run), "--out", str(out)]) == 0
     err = capsys.readouterr().err
-    assert f"rnnlab: warning: a Ctrl-C came as the export's files were moved into place: {out} is complete" in err, err
+    assert (f"rnnlab: warning: a stop (Ctrl-C) came as the export's files were moved into place: {out} "
+            "is complete") in err, err
     assert {"model.safetensors", "config.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]  # no staging folder left
+
+
+def test_a_rename_that_fails_beside_a_held_ctrl_c_is_a_failed_export(exported, tmp_path, monkeypatch, capsys):
+    """A Ctrl-C held back during the renames and a rename that fails: the Ctrl-C comes out in place of the
+    error, and the export is said to be interrupted and leaves nothing, not "complete" over no folder."""
+    import signal
+
+    import rnnlab.hf.export as export
+
+    run, _ = exported["e1"]
+
+    def failing(a, b):
+        signal.raise_signal(signal.SIGINT)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.os, "rename", failing)
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 130
+    assert capsys.readouterr().err == "rnnlab export: interrupted (Ctrl-C)\n"
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("out_is", ["new", "empty"])

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from rnnlab import __version__
-from rnnlab.signals import discard_output, is_ctrl_c, stops_as_ctrl_c
+from rnnlab.signals import ctrl_c_unwrapped, discard_output, stops_as_ctrl_c
 
 COMMAND_MODULES = (
     "rnnlab.models.cli",
@@ -152,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if own else list(argv)
     with stops_as_ctrl_c() if own else contextlib.nullcontext(), warnings_of_rnnlab_in_one_line():
         try:
-            return _main(argv)
-        except (KeyboardInterrupt, RuntimeError, ImportError) as e:  # while torch and the commands import (the first second
-            # or two), before _main's own handling: nothing was started, so nothing to keep
-            if "--debug" in argv or not is_ctrl_c(e):
+            with ctrl_c_unwrapped():
+                return _main(argv)
+        except KeyboardInterrupt:  # while torch and the commands import (the first second or two), before
+            # _main's own handling: nothing was started, so nothing to keep
+            if "--debug" in argv:
                 raise
             print("rnnlab: interrupted (Ctrl-C) before the command started", file=sys.stderr)
             return 130
@@ -190,7 +191,8 @@ def _main(argv: list[str]) -> int:
               f"(see rnnlab {args.command} --help)", file=sys.stderr)
         return 2
     try:
-        return int(args.func(args) or 0)
+        with ctrl_c_unwrapped():  # one that a library wrapped, as a KeyboardInterrupt (below)
+            return int(args.func(args) or 0)
     except BrokenPipeError:  # `rnnlab layers | head`: the reader has what it wanted
         if args.debug:
             raise
@@ -201,12 +203,9 @@ def _main(argv: list[str]) -> int:
             raise
         print(f"rnnlab {args.command}: error: {error_line(e)}", file=sys.stderr)
         return 2
-    except (RuntimeError, ImportError) as e:  # a Ctrl-C that Python or pybind11 wrapped (is_ctrl_c), out of memory
+    except RuntimeError as e:
         from rnnlab.train.runtime import is_out_of_memory
 
-        if is_ctrl_c(e) and not args.debug:
-            print(f"rnnlab {args.command}: interrupted (Ctrl-C)", file=sys.stderr)
-            return 130
         if args.debug or not is_out_of_memory(e):
             raise
         hint = getattr(args, "oom_hint", "lower --batch-size (and --seq-len where the command has it)")

@@ -110,10 +110,29 @@ def handled(handler, always=(), unless_ignored=()):
 
 def is_ctrl_c(e: BaseException) -> bool:
     """Whether ``e`` is a Ctrl-C: a KeyboardInterrupt, or an error a library made of one, with the
-    KeyboardInterrupt as its cause: Python 3.11's "RuntimeError: Error calling __set_name__ ..." (one
-    inside a class body that a lazy import runs, a dataclass field's; 3.12 raises it as it came), and
-    pybind11's ImportError "initialization failed" (one while a C++ extension such as Triton's loads)."""
-    return isinstance(e, KeyboardInterrupt) or isinstance(e.__cause__, KeyboardInterrupt)
+    KeyboardInterrupt among its causes (``raise ... from``): Python 3.11's "RuntimeError: Error calling
+    __set_name__ ..." (one inside a class body that a lazy import runs, a dataclass field's; 3.12
+    raises it as it came), and pybind11's ImportError "initialization failed" (one while a C++
+    extension such as Triton's loads)."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__
+    return False
+
+
+@contextlib.contextmanager
+def ctrl_c_unwrapped():
+    """Inside the block, a Ctrl-C that a library wrapped (:func:`is_ctrl_c`) comes out as the
+    KeyboardInterrupt it is (the wrapper its cause), so that the handlers of Ctrl-C meet it."""
+    try:
+        yield
+    except Exception as e:
+        if is_ctrl_c(e):
+            raise KeyboardInterrupt from e
+        raise
 
 
 class RememberedCtrlC:
@@ -132,27 +151,17 @@ class RememberedCtrlC:
         raise KeyboardInterrupt
 
 
-@contextlib.contextmanager
-def ctrl_c_remembered():
-    """Inside the block a Ctrl-C is :class:`RememberedCtrlC`'s, where it is Python's own
-    (``default_int_handler``; one ignored, ``cmd &`` in a script, or handled otherwise is left as it
-    is). Main thread only."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    with handled(RememberedCtrlC(), [signal.SIGINT]):
-        yield
-
-
-def take_swallowed_ctrl_c(handler) -> bool:
-    """Whether ``handler`` (the Ctrl-C handler a new one replaced) is a :class:`RememberedCtrlC` that
-    a Ctrl-C reached while this process still runs: one that a library swallowed. The new handler
-    acts on it, so it is forgotten here (a second call says False)."""
-    came = isinstance(handler, RememberedCtrlC) and handler.came
-    if came:
-        handler.came = False
-    return came
+def take_swallowed_ctrl_c(previous) -> bool:
+    """Whether a stop that :func:`stops_as_ctrl_c` raised as a KeyboardInterrupt (a Ctrl-C, where
+    Python's own handler was in place; a SIGTERM or SIGHUP, where Ctrl-C is ignored) came while this
+    process still runs: one that a library swallowed. ``previous``: the Ctrl-C handler that the
+    caller's own replaced. The caller acts on it, so it is forgotten here (a second call says False)."""
+    for handler in (previous, signal.getsignal(signal.SIGTERM)):
+        memory = handler if isinstance(handler, RememberedCtrlC) else getattr(handler, "remembered", None)
+        if isinstance(memory, RememberedCtrlC) and memory.came:
+            memory.came = False
+            return True
+    return False
 
 
 # The signals that stop a run: Ctrl-C, and those handled as one (stops_as_ctrl_c)
@@ -195,13 +204,15 @@ def stops_as_ctrl_c():
     KeyboardInterrupt that Python's Ctrl-C handler would raise: ended at once by the signal, a
     ``rnnlab bench`` took its runs with it unsaved (they end with it, ``ends_with_parent``) and
     ``rnnlab data prepare`` left its temporary corpus behind. A SIGHUP that is ignored (``nohup``)
-    stays ignored. Output to a terminal survives its hang-up (``terminal_output``). A Ctrl-C is
-    remembered (``ctrl_c_remembered``), so that the trainer stops on one that a library swallowed
-    as the run started. Main thread only."""
+    stays ignored. Output to a terminal survives its hang-up (``terminal_output``). A stop raised as a
+    KeyboardInterrupt (a Ctrl-C under Python's own handler, or one of these where Ctrl-C is ignored) is
+    remembered (:class:`RememberedCtrlC`), so that the trainer stops on one that a library swallowed as
+    the run started (:func:`take_swallowed_ctrl_c`). Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     last: float | None = None  # when the last stop signal that counted was handled (time.monotonic)
+    remembered = RememberedCtrlC()  # the Ctrl-C handler where Python's own was in place
 
     def handle(signum, frame):
         nonlocal last
@@ -213,10 +224,13 @@ def stops_as_ctrl_c():
         last = now
         print(f"\nrnnlab: {signal.Signals(signum).name} received: handled as a Ctrl-C", file=sys.stderr)
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # `cmd &` in a script: Python's own Ctrl-C
-            raise KeyboardInterrupt
+            remembered(signum, frame)  # raises it
         signal.raise_signal(signal.SIGINT)
 
-    with terminal_output() as terminals, handled(handle, [signal.SIGTERM], [signal.SIGHUP]), ctrl_c_remembered():
+    handle.remembered = remembered  # take_swallowed_ctrl_c's way to it where Ctrl-C is ignored
+    python_ctrl_c = [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    with (terminal_output() as terminals, handled(handle, [signal.SIGTERM], [signal.SIGHUP]),
+          handled(remembered, python_ctrl_c)):
         yield
 
 

@@ -61,13 +61,18 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
 
 def _clear_stale_staging(out: Path) -> None:
     """Delete the staging folders (:func:`_written_whole`) that an export to ``out`` killed outright (``kill
-    -9``, a power loss) left beside ``out`` or in it, those of a process that no longer runs: one in an
-    empty ``--out`` made the rerun refuse it as "already holds files", for a file ``ls`` does not show."""
-    staged = re.compile(rf"{re.escape(TMP_PREFIX)}(\d+)-\d+-{re.escape(out.name)}")
+    -9``, a power loss) left beside ``out`` or in it, those of a process that no longer runs on this
+    machine (a process id is this machine's: an export to the same folder of a shared file system from
+    another machine at the same time is not told apart). One in an empty ``--out`` made the rerun refuse
+    it as "already holds files", for a file ``ls`` does not show. A folder that cannot be listed (a parent
+    to write in but not to read) is left as it is."""
+    staged = re.compile(rf"{re.escape(TMP_PREFIX)}(\d{{1,9}})-\d+-{re.escape(out.name)}")  # pid_max is 2^22
     for folder in (out.parent, out):
-        if not folder.is_dir():
+        try:
+            entries = list(folder.iterdir()) if folder.is_dir() else []
+        except OSError:
             continue
-        for entry in folder.iterdir():
+        for entry in entries:
             found = staged.fullmatch(entry.name)
             if found and entry.is_dir() and not entry.is_symlink() and not process_lives(int(found[1])):
                 shutil.rmtree(entry, ignore_errors=True)
@@ -91,6 +96,7 @@ def _written_whole(out: Path, write) -> None:
             for f in staging.iterdir():  # on the disk before the rename shows them (a power loss after it)
                 fsync_file(f)
             fsync_dir(staging)
+            moved = False
             try:
                 with interrupts_deferred():
                     if fresh:
@@ -99,8 +105,11 @@ def _written_whole(out: Path, write) -> None:
                         for f in staging.iterdir():
                             os.rename(f, out / f.name)
                         staging.rmdir()
-            except KeyboardInterrupt:  # held back until the renames were done: the export is whole, so it stands
-                warnings.warn(f"a Ctrl-C came as the export's files were moved into place: {out} is complete")
+                    moved = True
+            except KeyboardInterrupt:  # held back until the renames were done: a whole export stands
+                if not moved:  # a rename failed as it came (the error is its context): a failed export
+                    raise
+                warnings.warn(f"a stop (Ctrl-C) came as the export's files were moved into place: {out} is complete")
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -39,7 +39,7 @@ from torch import nn
 from rnnlab.data import BatchStream, file_split, load_splits
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
-from rnnlab.signals import reclaim_handlers, take_swallowed_ctrl_c
+from rnnlab.signals import ctrl_c_unwrapped, reclaim_handlers, take_swallowed_ctrl_c
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError, unless_committed
 from rnnlab.train.config import DataConfig, TrainConfig, budget_clock
@@ -177,15 +177,19 @@ class StopOnInterrupt:
             self._prev = signal.signal(signal.SIGINT, self._handle)
         except ValueError:  # not the main thread: no signal handling here
             self._prev = None
-        if take_swallowed_ctrl_c(self._prev):  # a Ctrl-C as the run started that a library swallowed
-            self._handle(signal.SIGINT, None)
+        if take_swallowed_ctrl_c(self._prev):  # a stop as the run started that a library swallowed
+            self._first()
         return self
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
+        self._first()
+
+    def _first(self) -> None:
+        if not self.requested:
+            self.requested = True
+            print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
 
     def finishing(self) -> None:
         """The budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end;
@@ -406,7 +410,8 @@ class Trainer:
         # the logs close
         with self.closing(), StopOnInterrupt() as stop:
             try:
-                with LostPeerWatch(self.ctx.local_peers, self.end_on_lost_peer, busy=self.checkpointer.writing.is_set):
+                with (LostPeerWatch(self.ctx.local_peers, self.end_on_lost_peer, busy=self.checkpointer.writing.is_set),
+                      ctrl_c_unwrapped()):  # a library's wrapped Ctrl-C (a kernel's first import) is one too
                     return self.loop(stop)
             except (NonFiniteLossError, CheckpointWriteError) as e:
                 stop.ending()
@@ -825,5 +830,7 @@ class Trainer:
 
 
 def run_training(cfg: TrainConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Train one model (``Trainer(cfg).train()``); returns the summary dict."""
-    return Trainer(cfg, progress=progress).train()
+    """Train one model (``Trainer(cfg).train()``); returns the summary dict. A Ctrl-C that a library
+    wrapped (``rnnlab.signals.is_ctrl_c``) comes out as the KeyboardInterrupt it is."""
+    with ctrl_c_unwrapped():
+        return Trainer(cfg, progress=progress).train()
