@@ -2,10 +2,11 @@
 SIGHUP (the terminal closed) as a Ctrl-C, so that a run saves before it ends, and its output to a
 terminal, after a hang-up, sent to /dev/null instead of failing; and a process started by another
 of rnnlab's (torchrun and its workers under ``rnnlab train --gpus N``, a run of ``rnnlab bench --gpus
-N``) ended with it by a ``kill -9`` (``ends_with_parent``); and a Ctrl-C that a library swallowed at
-start-up remembered, so the trainer stops on it (``RememberedCtrlC``). Used by the ``rnnlab`` command
-(``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``) and
-by ``rnnlab.bench.parallel``."""
+N``) ended with it by a ``kill -9`` (``ends_with_parent``); a Ctrl-C that a library wrapped in its own
+error known as one (``is_ctrl_c``, ``ctrl_c_unwrapped``), and one that a library swallowed at start-up
+remembered, so the trainer stops on it (``RememberedCtrlC``). Used by the ``rnnlab`` command
+(``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``), by
+``rnnlab.bench`` and the trainer, and by the kernel registry (``rnnlab.ops.registry``)."""
 
 from __future__ import annotations
 
