@@ -5,8 +5,9 @@ of rnnlab's (torchrun and its workers under ``rnnlab train --gpus N``, a run of 
 N``) ended with it by a ``kill -9`` (``ends_with_parent``); a Ctrl-C that a library wrapped in its own
 error known as one (``is_ctrl_c``, ``ctrl_c_unwrapped``), and one that a library swallowed at start-up
 remembered, so the trainer stops on it (``RememberedCtrlC``). Used by the ``rnnlab`` command
-(``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``), by
-``rnnlab.bench`` and the trainer, and by the kernel registry (``rnnlab.ops.registry``)."""
+(``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``), and
+across the package where a stop or a process's end matters (the trainer, the bench, the kernel
+registry, export)."""
 
 from __future__ import annotations
 
@@ -153,10 +154,12 @@ class RememberedCtrlC:
 
 
 def take_swallowed_ctrl_c(previous) -> bool:
-    """Whether a stop that :func:`stops_as_ctrl_c` raised as a KeyboardInterrupt (a Ctrl-C, where
-    Python's own handler was in place; a SIGTERM or SIGHUP, where Ctrl-C is ignored) came while this
-    process still runs: one that a library swallowed. ``previous``: the Ctrl-C handler that the
-    caller's own replaced. The caller acts on it, so it is forgotten here (a second call says False)."""
+    """Whether a stop that :func:`stops_as_ctrl_c` raised as a KeyboardInterrupt (a Ctrl-C, or a SIGTERM
+    or SIGHUP passed on as one, where Python's own Ctrl-C handler was in place; a SIGTERM or SIGHUP,
+    where Ctrl-C is ignored) came since the last call. Nothing in rnnlab that catches a
+    KeyboardInterrupt trains on in the same process, so for the trainer, which calls this as it takes
+    Ctrl-C over, it is one that a library swallowed. ``previous``: the Ctrl-C handler that the caller's
+    own replaced. The caller acts on it, so it is forgotten here (a second call says False)."""
     for handler in (previous, signal.getsignal(signal.SIGTERM)):
         memory = handler if isinstance(handler, RememberedCtrlC) else getattr(handler, "remembered", None)
         if isinstance(memory, RememberedCtrlC) and memory.came:

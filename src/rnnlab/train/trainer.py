@@ -165,7 +165,9 @@ class StopOnInterrupt:
     """First Ctrl-C (SIGINT): finish the current step, save a checkpoint, return cleanly; once
     the budget is spent (``finishing``), finish the final evaluation and checkpoint; while a
     failure is recorded (``ending``), record it. ``notice`` is the line a first Ctrl-C prints
-    for each. A second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept)."""
+    for each. A second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept). A stop
+    that came before and that a library swallowed (``rnnlab.signals.take_swallowed_ctrl_c``) is a first
+    Ctrl-C from the start."""
 
     def __init__(self):
         self.requested = False
