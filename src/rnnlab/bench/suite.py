@@ -55,9 +55,9 @@ import torch
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
-from rnnlab.options import check
-from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, RUNNER_KEYS, TrainConfig, apply_overrides,
-                                  legacy_hint, resume_mismatch)
+from rnnlab.options import check, did_you_mean
+from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, OTHER_NAMES, RUNNER_KEYS, TrainConfig,
+                                  apply_overrides, legacy_hint, resume_mismatch)
 from rnnlab.train.rundir import RunDir, read_json, write_json
 from rnnlab.data import heldout_split
 from rnnlab.train.runtime import command_argv, final_scores_lacking
@@ -225,7 +225,8 @@ def check_defaults(defaults: dict[str, Any], where: str) -> None:
     unknown = sorted(k for k in defaults if k not in (*ROW_KEYS, *FIELDS))  # a misspelt key first, as parse_run
     if unknown:
         known = sorted(set(FIELDS) - set(MODEL_KEYS) - set(RUNNER_KEYS))
-        raise ValueError(f"{where}: unknown [defaults] key(s) {unknown}; known: {known}")
+        meant = did_you_mean(unknown, known, cutoff=0.75, aliases=OTHER_NAMES)  # as a config file's typo
+        raise ValueError(f"{where}: unknown [defaults] key(s) {unknown}{meant}; known: {known}")
     bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
     if bad:
         raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
@@ -249,7 +250,8 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     unknown = sorted(k for k in row if k.replace("-", "_") not in (*ROW_KEYS, *FIELDS))
     if unknown:
         known = sorted(set(ROW_KEYS) | set(FIELDS) - set(RUNNER_KEYS))
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {known}")
+        meant = did_you_mean(unknown, known, cutoff=0.75, aliases=OTHER_NAMES)
+        raise ValueError(f"{where}: unknown key(s) {unknown}{meant}; known: {known}")
     row = {k.replace("-", "_"): v for k, v in row.items()}  # mlp-ratio is the model's mlp_ratio
     for key in ("model", "depth"):
         if key not in row:
