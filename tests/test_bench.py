@@ -2201,7 +2201,8 @@ def test_bench_list_and_plan(tmp_path, capsys):
     assert main(["bench", "tiny", "--plan", "--out", str(tmp_path), "--params", "20K", "--runs", "e1,mingru"]) == 0
     captured = capsys.readouterr()
     assert captured.err == ("rnnlab bench: note: mingru comes to 12,480 parameters at depth 2, the nearest to 20,000 "
-                            "this depth allows; another depth may come closer\n")  # e1's 18,688 is within 10%
+                            "at this depth in widths that are multiples of 32; a smaller multiple (the row's `multiple "
+                            "= N`) or another depth may come closer\n")  # e1's 18,688 is within 10%
     assert "mamba2" not in captured.out
 
 
@@ -2210,6 +2211,20 @@ def test_a_sweeps_note_is_under_the_sweeps_name(tmp_path, capsys):
     assert main(["sweep", "--model", "e1", "--depth", "2", "--target-params", "1K", "--set", "lr=1e-3",
                  "--out", str(tmp_path), "--plan"]) == 0
     assert capsys.readouterr().err.startswith("rnnlab sweep: note: lr-1e-3 comes to 18,688 parameters")
+
+
+def test_a_rows_multiple_is_the_step_its_note_names(tmp_path, capsys):
+    """The note on a width far from its row's ``target_params`` names the width step it was solved in
+    (the row's ``multiple``): at step 1 no width at that depth comes closer."""
+    f = tmp_path / "m.toml"
+    f.write_text('name = "m"\n[[runs]]\nname = "a"\nmodel = "e1"\ntarget_params = 10\nmultiple = 1\ndepth = 2\n'
+                 '[[runs]]\nname = "b"\nmodel = "e1"\ntarget_params = "40K"\nmultiple = 16\ndepth = 2\n')
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 0
+    assert capsys.readouterr().err == (
+        "rnnlab bench: note: a comes to 274 parameters at depth 2, the nearest to 10 this depth allows; another depth "
+        "may come closer\n"
+        "rnnlab bench: note: b comes to 35,712 parameters at depth 2, the nearest to 40,000 at this depth in widths "
+        "that are multiples of 16; a smaller multiple (the row's `multiple = N`) or another depth may come closer\n")
 
 
 def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):

@@ -56,7 +56,16 @@ def test_params_cli_says_when_the_target_is_out_of_reach(capsys):
     assert main(["params", "--model", "e1", "--target", "10", "--depth", "2"]) == 0
     out = capsys.readouterr().out.strip()
     assert out.startswith("e1 dim=32 depth=2: ") and out.endswith(
-        "(target 10): the nearest this depth allows; another --depth may come closer")
+        "(target 10): the nearest at this depth in widths that are multiples of 32; a smaller --multiple or another "
+        "--depth may come closer")
+    # not "the nearest this depth allows" where a smaller step comes closer: 48 (35,712) is nearer 40K than 64
+    assert main(["params", "--model", "e1", "--target", "40K", "--depth", "2"]) == 0
+    assert capsys.readouterr().out.strip().startswith("e1 dim=64 depth=2: 57,856 parameters")
+    assert main(["params", "--model", "e1", "--target", "40K", "--depth", "2", "--multiple", "8"]) == 0
+    assert capsys.readouterr().out.strip().startswith("e1 dim=48 depth=2: 35,712 parameters")
+    assert main(["params", "--model", "e1", "--target", "10", "--depth", "2", "--multiple", "1"]) == 0
+    assert capsys.readouterr().out.strip() == ("e1 dim=1 depth=2: 274 parameters (target 10): the nearest this depth "
+                                               "allows; another --depth may come closer")
     assert main(["params", "--model", "e1", "--target", "400M", "--depth", "20"]) == 0
     assert capsys.readouterr().out.strip().endswith("(target 400,000,000)")
 

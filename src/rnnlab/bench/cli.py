@@ -111,7 +111,7 @@ def _execute(suite, out: Path, args) -> int:
     overrides = {k: v for k, v in config_flag_values(args).items() if k in SUITE_KEYS}
     opts = {"params": getattr(args, "params", None), "seeds": args.seeds, "runs": args.runs}
     plan = plan_suite(suite, out, **opts, **overrides)
-    _note_unreachable_targets(plan, "sweep" if suite.sweep else "bench")
+    _note_unreachable_targets(plan, "sweep" if suite.sweep else "bench", {r.name: r.multiple for r in suite.runs})
     if args.plan:
         _print_plan(suite, plan, out)
         return 0
@@ -136,14 +136,21 @@ def _execute(suite, out: Path, args) -> int:
     return 130 if result["stopped"] else 0
 
 
-def _note_unreachable_targets(plan, command: str) -> None:
+def _note_unreachable_targets(plan, command: str, multiples: dict[str, int | None]) -> None:
     """On stderr, under ``rnnlab <command>``'s name, each run whose width solved for
     ``target_params`` lands more than 10% away from it (as ``rnnlab params --target`` says it: no
-    width at that depth comes closer)."""
+    width at that depth in steps of the row's ``multiple`` (``multiples``, by row name; None: the
+    model's) comes closer; a bench row's smaller ``multiple`` may)."""
+    from rnnlab.models.registry import get_spec
+
     for pr in plan:
         if pr.target_params and abs(pr.params - pr.target_params) > 0.1 * pr.target_params:
+            step = multiples.get(pr.name) or get_spec(pr.cfg.model.model).dim_multiple
+            where = "this depth allows" if step == 1 else f"at this depth in widths that are multiples of {step}"
+            smaller = "a smaller multiple (the row's `multiple = N`) or " if step > 1 and command == "bench" else ""
             print(f"rnnlab {command}: note: {pr.label} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
-                  f"the nearest to {pr.target_params:,} this depth allows; another depth may come closer", file=sys.stderr)
+                  f"the nearest to {pr.target_params:,} {where}; {smaller}another depth may come closer",
+                  file=sys.stderr)
 
 
 def _print_plan(suite, plan, out: Path) -> None:

@@ -12,7 +12,8 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     [[runs]]
     name = "e1"                   # folder name under the suite's out dir
     model = "e1"
-    dim = 64                      # or: target_params = "50M" (dim solved at this depth)
+    dim = 64                      # or: target_params = "50M" (dim solved at this depth, in steps of
+                                  # multiple = N: default the model's, 64 for transformer, else 32)
     depth = 2
     layer = { expansion = 2.5 }   # mixer options (optional)
     lr = 1e-3                     # any other config key overrides that field for this run

@@ -65,7 +65,10 @@ def run(args) -> int:
     else:
         extra = f" (target {target:,})" if target is not None else ""
         if target is not None and abs(params - target) > 0.1 * target:
-            extra += ": the nearest this depth allows; another --depth may come closer"
+            step = args.multiple or get_spec(cfg.model).dim_multiple  # a smaller step may come closer
+            extra += (": the nearest this depth allows; another --depth may come closer" if step == 1 else
+                      f": the nearest at this depth in widths that are multiples of {step}; a smaller --multiple "
+                      f"or another --depth may come closer")
         print(f"{cfg.model} dim={cfg.dim} depth={cfg.depth}: {params:,} parameters{extra}")
     return 0
 
