@@ -275,6 +275,25 @@ def test_a_typo_in_defaults_is_one_line_naming_defaults(tmp_path, capsys):
     assert err.startswith("rnnlab bench: error: suite s (") and "run a" not in err and len(err.splitlines()) == 1
 
 
+def test_a_bad_value_in_defaults_is_named_as_defaults(tmp_path, capsys):
+    """A [defaults] value of the wrong type or out of bounds is refused when the suite loads, as
+    [defaults]'s: not as an error of the suite's first run, which does not set it."""
+    f = tmp_path / "s.toml"
+    f.write_text('name = "s"\n[defaults]\nsteps = 10.5\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 16\ndepth = 1\n')
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (f"rnnlab bench: error: suite s ({f}): [defaults] steps must be a positive "
+                                       "integer (at most 1,000,000,000,000), got 10.5\n")
+    row = {"name": "a", "model": "e1", "depth": 2, "dim": 32}
+    with pytest.raises(ValueError, match=r"^suite s: \[defaults\] optimizer must be one of schedulefree-adamw, adamw, "
+                                         r"got 'adam'$"):
+        parse_suite({"name": "s", "defaults": {"optimizer": "adam"}, "runs": [row]})
+    with pytest.raises(ValueError, match=r"^suite s: \[defaults\] eval_bytes must be a byte count"):
+        parse_suite({"name": "s", "defaults": {"eval_bytes": "16Q"}, "runs": [row]})
+    ok = parse_suite({"name": "s", "defaults": {"betas": [0.9, 0.95], "eval_bytes": "16K", "tokens": "1M"},
+                      "runs": [row]})
+    assert plan_suite(ok, tmp_path / "o")[0].cfg.run.eval_bytes == 16_000  # as given, once checked
+
+
 def test_a_suite_keys_typo_or_other_tools_name_is_pointed_to_its_key():
     """An unknown key in [defaults] or a [[runs]] row says which key was meant, as a config file's
     does: nearly right (``target_param``) or another trainer's name for it (``learning_rate``)."""

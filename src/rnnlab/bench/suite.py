@@ -56,7 +56,7 @@ import torch
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
-from rnnlab.options import check, did_you_mean
+from rnnlab.options import check, check_value, did_you_mean, normalize
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, OTHER_NAMES, RUNNER_KEYS, TrainConfig,
                                   apply_overrides, legacy_hint, resume_mismatch)
 from rnnlab.train.rundir import RunDir, read_json, write_json
@@ -222,7 +222,8 @@ def check_shape(data: dict[str, Any], where: str) -> None:
 def check_defaults(defaults: dict[str, Any], where: str) -> None:
     """``[defaults]``'s keys, checked when the suite loads and named as its own: a typo there
     (``stps``) is one line listing the keys ``[defaults]`` takes, not an error of the suite's first
-    run whose list of known keys holds the model's and the runner's fields, which it refuses."""
+    run whose list of known keys holds the model's and the runner's fields, which it refuses. Each
+    value is checked against its field's declaration too (``steps = 10.5``), named as [defaults]'s."""
     unknown = sorted(k for k in defaults if k not in (*ROW_KEYS, *FIELDS))  # a misspelt key first, as parse_run
     if unknown:
         known = sorted(set(FIELDS) - set(MODEL_KEYS) - set(RUNNER_KEYS))
@@ -231,6 +232,12 @@ def check_defaults(defaults: dict[str, Any], where: str) -> None:
     bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
     if bad:
         raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
+    for key, value in defaults.items():  # a bad value named as [defaults]'s, not as an error of the first run
+        spec = FIELDS[key][1]
+        try:
+            check_value(key, spec.type, normalize(spec, value), spec.choices, spec.meta.bounds)
+        except ValueError as e:
+            raise ValueError(f"{where}: [defaults] {e}") from None
 
 
 LOGS = "logs"  # OUT/logs/: each --gpus N run's log and config, beside the run folders
