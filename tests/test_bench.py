@@ -326,6 +326,27 @@ def test_a_suite_files_errors_name_its_path(tmp_path, monkeypatch, capsys):
             plan_suite(load_suite("tiny"), tmp_path / "out", steps=1, warmup_steps=2)
 
 
+def test_a_suite_files_missing_relative_data_says_where_it_was_looked_for(tmp_path, monkeypatch, capsys):
+    """A relative ``data`` path in a suite file that is not found says it was read from the current
+    directory, not from the suite file's folder (and that the file is there, when it is); a path
+    given by a flag is as rnnlab train says it."""
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "corpus.txt").write_text("hello world " * 1000)
+    (tmp_path / "sub" / "s.toml").write_text('name = "s"\n[defaults]\ndata = "corpus.txt"\n[[runs]]\nname = "a"\n'
+                                             'model = "e1"\ndim = 16\ndepth = 1\n')
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "sub/s.toml", "--plan", "--out", "o"]) == 2
+    assert capsys.readouterr().err == (
+        f"rnnlab bench: error: suite s (sub/s.toml), run a: data file not found: corpus.txt (a suite file's relative "
+        f"paths are read from the current directory, {tmp_path}, not from the suite file's folder; sub/corpus.txt is "
+        f"there)\n")
+    assert main(["bench", "sub/s.toml", "--plan", "--out", "o", "--data", "gone.txt"]) == 2
+    assert capsys.readouterr().err == ("rnnlab bench: error: suite s (sub/s.toml), run a: data file not found: "
+                                       "gone.txt\n")
+    monkeypatch.chdir(tmp_path / "sub")
+    assert main(["bench", "s.toml", "--plan", "--out", "o"]) == 0
+
+
 def test_a_models_parameters_are_counted_once_for_the_rows_that_share_it(monkeypatch):
     """``resolve_dim`` keeps explicit widths' counts as it keeps solved ones: a suite's rows of one
     model (seeds, learning rates) build it once; another width is counted anew."""

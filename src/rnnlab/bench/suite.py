@@ -5,7 +5,8 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     name = "tiny"
     description = "one line"
     notes = "..."                 # optional free text for readers of the file; rnnlab ignores it
-    [defaults]                    # config fields (flat keys) shared by every run
+    [defaults]                    # config fields (flat keys) shared by every run; a relative path
+                                  # (data = "corpus.txt") is read from the current directory
     batch_size = 8
     steps = 40
     lr = 3e-3
@@ -382,10 +383,27 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
                 if c.optim.optimizer == "adamw" and c.budget.minutes is not None:
                     hint = (f" (suite {suite.name} uses AdamW with a cosine schedule; time-matched "
                             f"--minutes needs schedulefree-adamw)")
+                elif isinstance(e, FileNotFoundError):
+                    hint = relative_path_hint(suite, run, overrides, str(e))
                 raise type(e)(f"{suite.where}, run {d.name}: {e}{hint}") from None
             plan.append(PlannedRun(name=run.name, seed=seed, dir=d, cfg=c, params=n_params,
                                    target_params=target, point=run.point))
     return plan
+
+
+def relative_path_hint(suite: Suite, run: RunSpec, flags: dict[str, Any], error: str) -> str:
+    """For ``error``, a data file not found: where a relative path that the suite file gives (not a
+    flag) was looked for, the current directory, not the suite file's folder, and whether it is there;
+    "" for any other error."""
+    for key in ("data", "val_data", "extra_val_data"):
+        path = run.overrides.get(key, suite.defaults.get(key))
+        if (flags.get(key) is None and suite.path and isinstance(path, str) and not Path(path).is_absolute()
+                and error == f"{key} file not found: {path}"):
+            beside = Path(suite.path).parent / path
+            there = f"; {shown_path(beside)} is there" if beside.exists() else ""
+            return (f" (a suite file's relative paths are read from the current directory, {os.getcwd()}, not from "
+                    f"the suite file's folder{there})")
+    return ""
 
 
 # ------------------------------------------------------------------------------------------ run
