@@ -294,6 +294,23 @@ def test_a_bad_value_in_defaults_is_named_as_defaults(tmp_path, capsys):
     assert plan_suite(ok, tmp_path / "o")[0].cfg.run.eval_bytes == 16_000  # as given, once checked
 
 
+def test_a_top_level_key_written_below_a_table_says_so(tmp_path, capsys):
+    """``name``, ``description`` or ``runs = []`` written below ``[defaults]`` (or a ``[[runs]]``
+    entry) belong to that table in TOML: said so, not refused as a model field or an unknown key."""
+    f = tmp_path / "s.toml"
+    f.write_text('[defaults]\nsteps = 5\nname = "mine"\n[[runs]]\nmodel = "e1"\ndim = 32\ndepth = 2\n')
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        f"rnnlab bench: error: suite s ({f}): [defaults] holds ['name'], key(s) of the suite's top level: in TOML a "
+        "key written below [defaults] belongs to it; write it above the file's first [table]\n")
+    row = {"name": "a", "model": "e1", "depth": 2, "dim": 32}
+    with pytest.raises(ValueError, match=r"^suite s: \[defaults\] holds \['description', 'runs'\], key\(s\) of the "):
+        parse_suite({"name": "s", "defaults": {"description": "d", "runs": []}, "runs": [row]})
+    with pytest.raises(ValueError, match=r"^suite s, run a: \[\[runs\]\] holds \['notes'\], key\(s\) of the suite's "
+                                         r"top level: in TOML a key written below \[\[runs\]\] belongs to it; "):
+        parse_suite({"name": "s", "runs": [{**row, "notes": "n"}]})
+
+
 def test_a_suite_keys_typo_or_other_tools_name_is_pointed_to_its_key():
     """An unknown key in [defaults] or a [[runs]] row says which key was meant, as a config file's
     does: nearly right (``target_param``) or another trainer's name for it (``learning_rate``)."""
@@ -437,9 +454,8 @@ def test_a_suite_name_must_be_a_plain_folder_name(name):
         parse_suite({"name": name, "runs": [{"model": "e1", "depth": 1, "dim": 16}]})
 
 
-@pytest.mark.parametrize("key, value", [("name", "x"), ("target_params", "1M"), ("multiple", 8), ("dim", 32),
-                                        ("out", "x")])
-def test_suite_defaults_may_not_set_a_rows_own_keys(key, value):
+@pytest.mark.parametrize("key, value", [("target_params", "1M"), ("multiple", 8), ("dim", 32), ("out", "x")])
+def test_suite_defaults_may_not_set_a_rows_own_keys(key, value):  # name: test_a_top_level_key_written_below_a_table
     with pytest.raises(ValueError, match=rf"^suite s: \[defaults\] must not set \['{key}'\]"):
         parse_suite({"name": "s", "defaults": {key: value}, "runs": [{"model": "e1", "depth": 1, "dim": 16}]})
 

@@ -69,6 +69,14 @@ SUITE_FILE = "suite.json"
 # (rnnlab bench or rnnlab sweep: the same machinery runs both)
 RESUME_HINT = "run the same command again to resume the suite and write its report"
 ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, beside the config's
+TOP_KEYS = ("name", "description", "defaults", "runs", "reference", "notes")  # a suite file's top level
+
+
+def below_a_table(keys: list[str], table: str) -> str:
+    """``keys`` (of a suite's top level, found in ``table``) said as TOML reads them: a key written
+    after a table's heading belongs to that table."""
+    return (f"{table} holds {keys}, key(s) of the suite's top level: in TOML a key written below {table} "
+            f"belongs to it; write it above the file's first [table]")
 
 
 @dataclass
@@ -176,7 +184,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | None = None) -> Suite:
     where = suite_where(data.get("name", default_name), path)
-    unknown = sorted(set(data) - {"name", "description", "defaults", "runs", "reference", "notes"})
+    unknown = sorted(set(data) - set(TOP_KEYS))
     if unknown:
         raise ValueError(f"{where}: unknown top-level key(s) {unknown}; known: name, description, "
                          f"defaults, runs, reference, notes")
@@ -225,6 +233,9 @@ def check_defaults(defaults: dict[str, Any], where: str) -> None:
     (``stps``) is one line listing the keys ``[defaults]`` takes, not an error of the suite's first
     run whose list of known keys holds the model's and the runner's fields, which it refuses. Each
     value is checked against its field's declaration too (``steps = 10.5``), named as [defaults]'s."""
+    top = sorted(k for k in defaults if k in TOP_KEYS)  # name = "x" or runs = [] written below [defaults]
+    if top:
+        raise ValueError(f"{where}: {below_a_table(top, '[defaults]')}")
     unknown = sorted(k for k in defaults if k not in (*ROW_KEYS, *FIELDS))  # a misspelt key first, as parse_run
     if unknown:
         known = sorted(set(FIELDS) - set(MODEL_KEYS) - set(RUNNER_KEYS))
@@ -257,6 +268,9 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     row = dict(row)
     # unknown keys first: a misspelt key (dpth) is the usual cause of a missing one (depth)
     unknown = sorted(k for k in row if k.replace("-", "_") not in (*ROW_KEYS, *FIELDS))
+    top = [k for k in unknown if k in TOP_KEYS]  # description = "..." written below a [[runs]] entry
+    if top:
+        raise ValueError(f"{where}: {below_a_table(top, '[[runs]]')}")
     if unknown:
         known = sorted(set(ROW_KEYS) | set(FIELDS) - set(RUNNER_KEYS))
         meant = did_you_mean(unknown, known, cutoff=0.75, aliases=OTHER_NAMES)
