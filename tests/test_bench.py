@@ -911,7 +911,7 @@ def test_interrupted_suite_resumes_only_missing_runs(tmp_path, monkeypatch):
     assert names[:3] == ["e1", "mamba2", "mingru"]
     assert res["stopped"] and len(calls) == 3 and res["trained"] == names[:3]
     assert any(m.endswith("mingru: interrupted; stopping the suite (run the same command again to "
-                          "resume the suite and write its report)") for m in said), said
+                          "resume the suite and complete its report)") for m in said), said
 
     calls.clear()
     monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))

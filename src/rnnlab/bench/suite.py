@@ -67,7 +67,7 @@ from rnnlab.train.runtime import command_argv, final_scores_lacking
 SUITE_FILE = "suite.json"
 # what an interrupted suite says (its interrupted run says how to continue that run alone)
 # (rnnlab bench or rnnlab sweep: the same machinery runs both)
-RESUME_HINT = "run the same command again to resume the suite and write its report"
+RESUME_HINT = "run the same command again to resume the suite and complete its report"
 ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, beside the config's
 TOP_KEYS = ("name", "description", "defaults", "runs", "reference", "notes")  # a suite file's top level
 
