@@ -1201,6 +1201,20 @@ def test_a_run_started_without_a_summary_yet_is_partial_not_missing(tmp_path):
     assert "- `b`: incomplete" in md and "- `c`: missing" in md
 
 
+def test_a_run_without_a_summary_is_no_steps_run_difference(tmp_path):
+    """A run killed before its summary.json (or with the file deleted) has no steps run to compare:
+    the report warned "steps run: a 10; b None" though both rows ran one protocol; a real
+    difference in steps among the rows that have them is still said."""
+    for name in ("a", "b"):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+    (tmp_path / "b" / "summary.json").unlink()
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "not run under one protocol" not in md and "None" not in md
+    _synthetic_run(tmp_path, "c", 1.6, 2.3, 16000.0, steps=20)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - steps run: a 10; c 20\n" in md
+
+
 @pytest.mark.parametrize("damaged", ['{"model": ', "[1, 2]"])
 def test_report_reads_a_damaged_summary_as_none(tmp_path, damaged):
     """A run whose summary.json is cut short or holds JSON that is not an object (a hand-edited

@@ -322,7 +322,9 @@ def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[st
     lines = []
     rows = [r for r in rows if r["status"] != "missing"]
     keyed = {"budget": {r["name"]: budget_text(r["protocol"]) for r in rows},
-             "steps run": {r["name"]: r["steps"] for r in rows if r["protocol"].get("minutes") is None},
+             # a run without its summary.json (killed, still training) has no steps run to compare
+             "steps run": {r["name"]: r["steps"] for r in rows
+                           if r["protocol"].get("minutes") is None and r["steps"] is not None},
              "held-out bytes scored": {r["name"]: r["val_bytes"] for r in rows if r["val_bytes"]},
              # the data itself (env.json's fingerprints; paths differ from machine to machine)
              "corpus (training/held-out split fingerprints)": {r["name"]: r["corpus"] for r in rows if r["corpus"]},
