@@ -2371,6 +2371,24 @@ def test_an_extended_sweeps_axes_list_every_point_it_keeps(tmp_path):
     assert doc["sweep"] == {"axes": {"lr": [1e-2, 3e-2, 1e-3], "batch_size": [4]}}
 
 
+def test_an_extended_sweeps_description_names_every_point_it_keeps(tmp_path):
+    """``--set lr=1e-3``, then ``--set lr=1e-2`` into the same folder: the report's "Suite:" line
+    said "mingru sweep over lr in ['1e-2']" above a table of both points; it names both values, as
+    the "Axes:" line does. A sweep run once keeps the values as typed."""
+    from rnnlab.bench.suite import write_plan
+
+    out, base = tmp_path / "o", {"model": "mingru", "depth": 1, "dim": 16}
+    first = build_sweep(base, ["lr=1e-3"], name="sweep-o")
+    write_plan(first, plan_suite(first, out), out, "sweep a", {})
+    assert _plan_doc(out)["description"] == "mingru sweep over lr in ['1e-3']"
+    for p in plan_suite(first, out):
+        p.dir.mkdir()
+        (p.dir / "summary.json").write_text('{"complete": true}')
+    second = build_sweep(base, ["lr=1e-2"], name="sweep-o")
+    write_plan(second, plan_suite(second, out), out, "sweep b", {})
+    assert _plan_doc(out)["description"] == "mingru sweep over lr in [0.01, 0.001]"
+
+
 def test_a_rerun_sweep_finds_its_points_whatever_the_order_or_spelling_of_its_axes(tmp_path):
     """``--set lr=1e-3,1e-2 --set batch_size=4``, then ``--set batch_size=4 --set lr=0.001,0.03``
     into the same folder: the point swept before keeps its folder (its complete run is skipped, not

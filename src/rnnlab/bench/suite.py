@@ -605,16 +605,19 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
         calls = earlier + calls
     order = {spec.name: i for i, spec in enumerate(suite.runs)}
     runs.sort(key=lambda r: (order.get(r["name"], len(order)), -1 if r["seed"] is None else r["seed"]))
-    sweep = suite.sweep
+    sweep, description = suite.sweep, suite.description
     if sweep:  # the axes of the points listed: an extended sweep's earlier points too, only those run with --runs
         axes: dict[str, list] = {k: [] for k in sweep.get("axes", {})}
         for r in runs:
             for k, v in (r.get("point") or {}).items():
                 if v not in axes.setdefault(k, []):
                     axes[k].append(v)
+        if axes != sweep.get("axes"):  # "e1 sweep over lr in [...]" names the values listed, not this command's
+            kind = description.partition(" sweep over ")[0]
+            description = f"{kind} sweep over " + ", ".join(f"{k} in {v}" for k, v in axes.items())
         sweep = {**sweep, "axes": axes}
     write_json(out / SUITE_FILE, {
-        "suite": suite.name, "description": suite.description,
+        "suite": suite.name, "description": description,
         "path": suite_ref(suite.path) if suite.path else suite.path,
         "invocations": calls,
         "reference": suite.reference, "sweep": sweep,
