@@ -1264,6 +1264,21 @@ def test_report_skips_an_export_folder_beside_the_runs(tmp_path):
         collect(export)
 
 
+def test_report_on_a_folder_of_suites_names_its_folders_of_runs(tmp_path):
+    """``rnnlab report runs/bench`` (a folder of suites, each a folder of runs) said only "no run
+    folders in runs/bench"; it names the folders that hold runs and the command for the first."""
+    for suite in ("tiny", "sweep-lr"):
+        _synthetic_run(tmp_path / "bench" / suite, "r", 1.5, 2.0, 30000.0)
+    (tmp_path / "bench" / "notes").mkdir()
+    root = tmp_path / "bench"
+    with pytest.raises(FileNotFoundError) as e:
+        collect(root)
+    assert str(e.value) == (f"no run folders in {root}; the folders of runs in it: sweep-lr, tiny "
+                            f"(rnnlab report {root / 'sweep-lr'})")
+    with pytest.raises(FileNotFoundError, match=r"^no run folders in \S+notes$"):
+        collect(root / "notes")
+
+
 def test_report_skips_the_logs_folder_of_a_suite_whose_run_is_named_like_a_run_file(tmp_path):
     """``--gpus N`` writes each run's config to ``OUT/logs/<run>.json``: a run named ``config`` (or
     ``summary``) leaves a logs/config.json, which made logs/ read as a run, a "logs (partial)" row."""

@@ -68,8 +68,11 @@ def collect(root: str | Path) -> dict[str, Any]:
                         "summary": run.summary() or {}, "config": run.saved_config() or {},
                         "env": run.env() or {}, "planned_params": entry.get("params"), "model": entry.get("model"),
                         "target_params": entry.get("target_params")})
-    if not records:
-        raise FileNotFoundError(f"no run folders in {root}")
+    if not records:  # a folder of suites (runs/bench/) or of sweeps: name those that hold runs
+        below = [p for p in sorted(root.iterdir()) if p.is_dir() and any(_is_run(q) for q in p.iterdir() if q.is_dir())]
+        hint = (f"; the folders of runs in it: {', '.join(p.name for p in below)} (rnnlab report {below[0]})"
+                if below else "")
+        raise FileNotFoundError(f"no run folders in {root}{hint}")
     return {"root": root, "plan": plan, "records": records}
 
 
