@@ -1034,6 +1034,17 @@ def test_a_planned_run_not_started_is_no_protocol_difference(tmp_path):
     assert "> - lr: a 0.0001; b 0.001\n" in md and "None" not in md[:md.index("## Results")]
 
 
+def test_a_planned_run_not_started_records_no_commit(tmp_path):
+    """An interrupted suite's report said "Git commit: none recorded (c); 0123456789ab (a, b)" for a
+    run never started; that run has no commit to record, so the line is the runs' one commit."""
+    for name in ("a", "b"):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+    (tmp_path / "suite.json").write_text(json.dumps({"suite": "s", "runs": [
+        {"name": n, "seed": None, "dir": n, "point": None} for n in ("a", "b", "c")]}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "c (missing: 0 of 1 runs complete)" in md and "- **Git commit:** 0123456789ab\n" in md
+
+
 def test_a_sweep_report_lists_its_base_flags_beside_the_defaults(tmp_path):
     """A sweep's "Options beside `rnnlab train`'s defaults" named only its budget and scoring flags
     (``--steps``, ``--eval-bytes``), not the base flags it trained every point with (``--batch-size 4``

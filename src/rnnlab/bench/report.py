@@ -429,14 +429,17 @@ def describe_corpus(records: list[dict[str, Any]]) -> str:
 
 def describe_git(records: list[dict[str, Any]]) -> str:
     """The commit the runs recorded (env.json), each with its runs when they differ or some runs
-    recorded none; without any, the commit of the code writing the report, labelled so."""
+    recorded none (a planned run never started records nothing: it is left out); without any, the
+    commit of the code writing the report, labelled so."""
     by_commit: dict[str, list[str]] = {}
     for r in records:
+        if r.get("status") == "missing":
+            continue
         for session in sessions(r):  # a resumed run: each session's
             c = _describe_commit(session.get("git_sha"), session.get("git_dirty")) or "none recorded"
             if r["dir"] not in by_commit.setdefault(c, []):
                 by_commit[c].append(r["dir"])
-    if list(by_commit) == ["none recorded"]:
+    if list(by_commit) in ([], ["none recorded"]):
         here = _describe_commit(*git_state())
         return f"{here} (the code writing this report; the runs recorded none)" if here else "- (not a git checkout)"
     if len(by_commit) > 1:
