@@ -72,6 +72,14 @@ ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, besi
 TOP_KEYS = ("name", "description", "defaults", "runs", "reference", "notes")  # a suite file's top level
 
 
+SWEEP_OVER = " sweep over "
+
+
+def sweep_description(kind: str, axes: dict[str, list]) -> str:
+    """A sweep's one line, ``e1 sweep over lr in ['1e-3', '3e-3']``: each axis with its values."""
+    return kind + SWEEP_OVER + ", ".join(f"{k} in {v}" for k, v in axes.items())
+
+
 def below_a_table(keys: list[str], table: str) -> str:
     """``keys`` (of a suite's top level, found in ``table``) said as TOML reads them: a key written
     after a table's heading belongs to that table."""
@@ -613,8 +621,7 @@ def write_plan(suite: Suite, plan: list[PlannedRun], out: Path, command: str | N
                 if v not in axes.setdefault(k, []):
                     axes[k].append(v)
         if axes != sweep.get("axes"):  # "e1 sweep over lr in [...]" names the values listed, not this command's
-            kind = description.partition(" sweep over ")[0]
-            description = f"{kind} sweep over " + ", ".join(f"{k} in {v}" for k, v in axes.items())
+            description = sweep_description(description.partition(SWEEP_OVER)[0], axes)
         sweep = {**sweep, "axes": axes}
     write_json(out / SUITE_FILE, {
         "suite": suite.name, "description": description,

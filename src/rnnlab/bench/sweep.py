@@ -25,7 +25,7 @@ import json
 import re
 from pathlib import Path
 
-from rnnlab.bench.suite import SUITE_FILE, RunSpec, Suite
+from rnnlab.bench.suite import SUITE_FILE, RunSpec, Suite, sweep_description
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
 from rnnlab.options import flag_name, parse_value
@@ -147,7 +147,7 @@ def build_sweep(model: dict, sets: list[str], *, target_params: str | int | None
         runs.append(run)
     kind = model.get("model", ModelConfig().model)
     return Suite(name=name or f"sweep-{kind}", runs=runs, defaults=dict(defaults or {}),
-                 description=f"{kind} sweep over " + ", ".join(f"{k} in {r}" for k, r, _ in axes),
+                 description=sweep_description(kind, {k: r for k, r, _ in axes}),
                  sweep={"axes": {k: v for k, _, v in axes}})
 
 
