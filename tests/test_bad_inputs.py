@@ -277,11 +277,11 @@ CASES = [
     ("eval_run_is_file", ["eval", "--run", "{file}"], "{file} is not a run dir (a file, not a folder)"),  # not "not found"
     ("report_dir_is_file", ["report", "{file}"], "report dir {file} is a file, not a folder of runs"),
     # an output folder where a file is: the system's "File exists" named the path, not the problem
-    ("report_out_is_file", ["report", "{run}", "--out", "{file}"], "{file}: {file} is a file; a folder is wanted there"),
+    ("report_out_is_file", ["report", "{run}", "--out", "{file}"], "{file} is a file; a folder is wanted there"),
     ("gradflow_out_under_a_file", ["analyze", "gradflow", "--run", "{run}", "--out", "{file}/x"],
      "{file}/x: {file} is a file; a folder is wanted there"),
     ("bench_plan_out_is_file", ["bench", "tiny", "--out", "{file}", "--plan"],
-     "{file}: {file} is a file; a folder is wanted there"),
+     "{file} is a file; a folder is wanted there"),
     ("train_out_under_a_file", [*TRAIN, "--out", "{file}/run"], "{file} is a file; a folder is wanted there"),
     ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
      "argument --batch-size: must be a positive integer, got '0'"),

@@ -89,8 +89,9 @@ def error_line(e: BaseException) -> str:
     if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename is not None:
         path = Path(e.filename)
         files = [p for p in (path, *path.parents) if p.is_file()]
-        if files:
-            return f"{e.filename}: {files[0]} is a file; a folder is wanted there"
+        if files:  # the path itself once, a path below a file with the file named
+            where = "" if files[0] == path else f"{e.filename}: "
+            return f"{where}{files[0]} is a file; a folder is wanted there"
     if isinstance(e, OSError) and e.strerror and e.filename is not None:
         return f"{e.strerror}: {e.filename}"
     return " ".join(str(e).split()) or type(e).__name__
