@@ -374,9 +374,16 @@ def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys
     assert main(["eval", "--run", str(run), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert (r["data"], r["bytes"], r["val_loss"]) == (str(val.resolve()), summary["val_bytes"], summary["val_loss"])
+    assert r["whole_file"] is True  # --val-data: that file whole
     assert main(["eval", "--run", str(run), "--data", str(small_corpus), "--eval-bytes", "all", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert (r["data"], r["bytes"]) == (str(small_corpus), (20000 - 1) // 32 * 32)
+    assert (r["data"], r["bytes"], r["whole_file"]) == (str(small_corpus), (20000 - 1) // 32 * 32, True)
+    tail = tmp_path / "tail"  # no --val-data: the held-out split is --data's last 1%, which --json says too
+    assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--data", str(small_corpus), "--out", str(tail)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(tail), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert (r["data"], r["whole_file"], r["bytes"]) == (str(small_corpus.resolve()), False, 200 // 32 * 32)
 
 
 def test_eval_warns_when_the_held_out_data_changed_since_training(tmp_path, capsys, small_corpus):

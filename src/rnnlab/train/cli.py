@@ -81,7 +81,8 @@ def register(sub) -> None:
                    help="which weights of a Schedule-Free run: its average x, the weights it ships (default), or "
                         "its training point y, the weights the training loss is measured at")
     e.add_argument("--json", action="store_true", help="print one JSON object (its weights: --at's choice, "
-                   "or null for a run whose optimizer keeps one set of weights)")
+                   "or null for a run whose optimizer keeps one set of weights; whole_file: false where the "
+                   "bytes scored are the held-out tail of the data file it names)")
     e.set_defaults(func=run_eval_cmd)
 
     s = sub.add_parser("sample", help="generate text from a run",
@@ -414,14 +415,16 @@ def run_eval_cmd(args) -> int:
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights
+    # whole_file false: the held-out tail of the training file ("data" names that file, as --data FILE would)
     out = {"run": str(args.run), "step": step, "weights": shipped, "data": str(split.path),
-           "val_loss": r["loss"], "val_bpb": r["bpb"], "bytes": r["bytes"]}
+           "whole_file": len(split) == len(split.corpus), "val_loss": r["loss"], "val_bpb": r["bpb"],
+           "bytes": r["bytes"]}
     if args.json:
         print(json.dumps(out))
     else:
         at = " at the train point" if args.at == "train-point" else ""
         # a held-out tail of the training file is named as such: "on FILE" is what --data FILE scores
-        on = (out["data"] if len(split) == len(split.corpus)
+        on = (out["data"] if out["whole_file"]
               else f"the held-out split of {out['data']} (its last {100 * cfg.data.val_fraction:g}%)")
         print(f"{args.run} (step {out['step']}{at}) on {on}: val_loss {r['loss']:.4f}  "
               f"val_bpb {r['bpb']:.4f}  ({r['bytes']:,} bytes)")
