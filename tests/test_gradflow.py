@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import warnings
 
 import pytest
 import torch
@@ -211,6 +212,22 @@ def test_heldout_batches_come_from_the_runs_own_val_fraction(tiny_train, small_c
     assert [bytes(w.tolist()) for w in batch] == [tail[8 * i:8 * i + 9] for i in range(4)]
 
 
+def test_a_held_out_split_short_of_the_windows_asked_says_how_many_it_gave(tiny_train, small_corpus, tmp_path):
+    """A held-out split that holds fewer windows than ``--batches`` x ``--batch-size`` gives those it holds and
+    says so in a warning, where the analysis was quietly of fewer windows; one that holds them all says nothing."""
+    val = tmp_path / "val.txt"
+    val.write_bytes(bytes(range(100)) * 3)  # 300 bytes: 37 windows of 9
+    cfg = tiny_train(tmp_path / "run", data=str(small_corpus), val_data=str(val))
+    with pytest.warns(UserWarning) as said:
+        batches = gf.heldout_batches(cfg, 8, 8, 5)
+    assert [len(b) for b in batches] == [8, 8, 8, 8, 5]
+    assert [str(w.message) for w in said] == [f"the held-out split of {val.resolve()} (300 bytes) holds 37 window(s) "
+                                              f"of 9 bytes, fewer than the 5 x 8 asked: measured on those"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(gf.heldout_batches(cfg, 8, 8, 4)) == 4
+
+
 def test_a_held_out_file_of_seq_len_bytes_is_too_short(tiny_train, small_corpus, tmp_path):
     """A window needs ``seq_len + 1`` bytes: a held-out file of exactly ``seq_len`` is refused with
     the advice that fits an analysis (a smaller --seq-len; the run's file is fixed), one more byte
@@ -222,7 +239,8 @@ def test_a_held_out_file_of_seq_len_bytes_is_too_short(tiny_train, small_corpus,
         gf.heldout_batches(cfg, 8, 4, 1)
     assert str(e.value) == "held-out split has 8 bytes, fewer than seq_len+1 = 9; use a smaller --seq-len"
     val.write_bytes(b"123456789")
-    assert [b.tolist() for b in gf.heldout_batches(cfg, 8, 4, 1)] == [[list(b"123456789")]]
+    with pytest.warns(UserWarning, match="holds 1 window"):
+        assert [b.tolist() for b in gf.heldout_batches(cfg, 8, 4, 1)] == [[list(b"123456789")]]
 
 
 def test_gradient_norms_and_curves_are_means_over_the_batches():
