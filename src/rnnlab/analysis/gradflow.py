@@ -297,6 +297,8 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
         if last >= T:  # no earlier position would be left to measure: every lag None, silently
             raise ValueError(f"last ({last}) must be below the sequence length ({T}): the curves follow the "
                              f"gradient of the loss at the last {last} positions back to the earlier ones")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)  # a file in the way of --out is refused before minutes of analysis
     records = []
     for run, T in zip(runs, lengths):
         weights_files = RunDir(run).weight_files() if history else []
@@ -312,8 +314,6 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
                 "batch_size": len(data[0]), "last": last, "power_iters": power_iters, **r,
             })
     result = {"records": records}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "gradflow.json").write_text(json.dumps(_strict_json(result), indent=1, allow_nan=False, default=str) + "\n")
     if plots:
         result["plots"] = [str(p) for p in write_plots(records, out)]
