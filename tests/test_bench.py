@@ -3393,18 +3393,24 @@ def test_repeated_seeds_are_refused_in_one_line(tmp_path, capsys):
 
 
 def _second_run_raises(monkeypatch, error: BaseException) -> list:
-    """Fake training for suite ``tiny`` whose second run (mamba2) raises ``error``; the calls made."""
+    """Fake training for suite ``tiny`` whose second run (mamba2) raises ``error``; the calls made. The
+    stand-in is the Trainer, so that the package's own ``run_training`` calls it (and unwraps a Ctrl-C
+    that a library wrapped, as it does for a real run)."""
     import rnnlab.train.trainer as trainer
 
     calls: list = []
     fake = _fake_trainer(calls)
 
-    def run_training(cfg, progress=True):
-        if Path(cfg.run.out).name == "mamba2":
-            raise error
-        return fake(cfg, progress)
+    class Trainer:
+        def __init__(self, cfg, progress=True):
+            self.cfg, self.progress = cfg, progress
 
-    monkeypatch.setattr(trainer, "run_training", run_training)
+        def train(self):
+            if Path(self.cfg.run.out).name == "mamba2":
+                raise error
+            return fake(self.cfg, self.progress)
+
+    monkeypatch.setattr(trainer, "Trainer", Trainer)
     return calls
 
 

@@ -97,10 +97,8 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
 
 
 def _train(cfg, progress: bool) -> dict[str, Any]:
-    """One run; a Ctrl-C that a library wrapped (``rnnlab.signals.is_ctrl_c``) comes out as the
-    KeyboardInterrupt it is, which stops the suite, not as a failed run that the suite goes past."""
-    from rnnlab.signals import ctrl_c_unwrapped
+    """One run (a Ctrl-C that a library wrapped comes out of ``run_training`` as the KeyboardInterrupt it
+    is, which stops the suite, not as a failed run that the suite goes past)."""
     from rnnlab.train import trainer  # looked up at call time so tests can monkeypatch it
 
-    with ctrl_c_unwrapped():
-        return trainer.run_training(cfg, progress=progress)
+    return trainer.run_training(cfg, progress=progress)
