@@ -141,14 +141,13 @@ def _note_unreachable_targets(plan, command: str, multiples: dict[str, int | Non
     ``target_params`` lands more than 10% away from it (as ``rnnlab params --target`` says it: no
     width at that depth in steps of the row's ``multiple`` (``multiples``, by row name; None: the
     model's) comes closer; a bench row's smaller ``multiple`` may). Once per row: its seeds share the width."""
-    from rnnlab.models.registry import get_spec
+    from rnnlab.models.params import nearest_width
 
     noted = set()
     for pr in plan:
         if pr.target_params and abs(pr.params - pr.target_params) > 0.1 * pr.target_params and pr.name not in noted:
             noted.add(pr.name)
-            step = multiples.get(pr.name) or get_spec(pr.cfg.model.model).dim_multiple
-            where = "this depth allows" if step == 1 else f"at this depth in widths that are multiples of {step}"
+            step, where = nearest_width(pr.cfg.model.model, multiples.get(pr.name))
             smaller = "a smaller multiple (the row's `multiple = N`) or " if step > 1 and command == "bench" else ""
             print(f"rnnlab {command}: note: {pr.name} comes to {pr.params:,} parameters at depth {pr.cfg.model.depth}, "
                   f"the nearest to {pr.target_params:,} {where}; {smaller}another depth may come closer",

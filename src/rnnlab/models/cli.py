@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from rnnlab.models.config import ModelConfig
-from rnnlab.models.params import count_params, parse_count, solve_dim
+from rnnlab.models.params import count_params, nearest_width, parse_count, solve_dim
 from rnnlab.models.registry import MODELS, get_spec
 from rnnlab.options import add_flags, checked, flag_values, positive
 
@@ -65,10 +65,9 @@ def run(args) -> int:
     else:
         extra = f" (target {target:,})" if target is not None else ""
         if target is not None and abs(params - target) > 0.1 * target:
-            step = args.multiple or get_spec(cfg.model).dim_multiple  # a smaller step may come closer
-            extra += (": the nearest this depth allows; another --depth may come closer" if step == 1 else
-                      f": the nearest at this depth in widths that are multiples of {step}; a smaller --multiple "
-                      f"or another --depth may come closer")
+            step, where = nearest_width(cfg.model, args.multiple)
+            smaller = "a smaller --multiple or " if step > 1 else ""
+            extra += f": the nearest {where}; {smaller}another --depth may come closer"
         print(f"{cfg.model} dim={cfg.dim} depth={cfg.depth}: {params:,} parameters{extra}")
     return 0
 

@@ -45,6 +45,14 @@ def count_params(cfg: ModelConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def nearest_width(model: str, multiple: int | None = None) -> tuple[int, str]:
+    """``(step, where)`` for a note on a width that :func:`solve_dim` solved and that misses its target:
+    the width step searched (``multiple``, default the model's) and how far the search went, "this
+    depth allows" or "at this depth in widths that are multiples of N" (a smaller step may come closer)."""
+    step = multiple or get_spec(model).dim_multiple
+    return step, "this depth allows" if step == 1 else f"at this depth in widths that are multiples of {step}"
+
+
 def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tuple[int, int]:
     """The width (a multiple of ``multiple``, default the model's ``dim_multiple``) whose parameter
     count at ``cfg.depth`` is closest to ``target``; returns ``(dim, params)``. Widths the layer
