@@ -1233,6 +1233,38 @@ def test_a_ctrl_c_that_a_library_swallows_as_the_run_starts_stops_it(tmp_path, m
     assert signal.getsignal(signal.SIGINT) is before  # the handler before the block, again
 
 
+@pytest.mark.parametrize("command", ["eval", "sample", "export"])
+def test_a_ctrl_c_that_a_library_swallows_as_a_command_loads_its_run_stops_it(command, tmp_path, monkeypatch, capsys):
+    """The commands that train nothing stop on a Ctrl-C that a library swallowed as they built their model
+    (Triton loading, as above): ``RunDir.load`` looks once the model is built. Without it the command
+    ran to its end through the Ctrl-C: a whole evaluation, a whole sample, a complete export."""
+    import signal
+
+    import rnnlab.train.runtime
+    from rnnlab.signals import stops_as_ctrl_c
+
+    run = tmp_path / "run"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--out", str(run), "--no-progress"]) == 0
+    built = rnnlab.train.runtime.build_model
+
+    def swallowing(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            pass  # what torch's has_triton_package does with the ImportError pybind11 makes of it
+        return built(*args, **kwargs)
+
+    monkeypatch.setattr(rnnlab.train.runtime, "build_model", swallowing)
+    args = {"eval": ["--run", str(run)], "sample": ["--run", str(run), "--tokens", "8"],
+            "export": ["--run", str(run), "--out", str(tmp_path / "hf")]}[command]
+    capsys.readouterr()
+    with stops_as_ctrl_c():
+        assert main([command, *args]) == 130
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1] == f"rnnlab {command}: interrupted (Ctrl-C)", captured.err
+    assert "bits/byte" not in captured.out and not (tmp_path / "hf").exists(), captured.out
+
+
 def test_a_ctrl_c_that_a_library_wraps_in_training_is_an_abort_not_a_crash(tmp_path, monkeypatch, capsys):
     """A second Ctrl-C that lands as a kernel module first loads mid-run reaches the trainer wrapped (pybind11's
     ImportError): the run is recorded and named as aborted by Ctrl-C with its checkpoint, as for a bare one,

@@ -4,7 +4,7 @@ terminal, after a hang-up, sent to /dev/null instead of failing; and a process s
 of rnnlab's (torchrun and its workers under ``rnnlab train --gpus N``, a run of ``rnnlab bench --gpus
 N``) ended with it by a ``kill -9`` (``ends_with_parent``); a Ctrl-C that a library wrapped in its own
 error known as one (``is_ctrl_c``, ``ctrl_c_unwrapped``), and one that a library swallowed at start-up
-remembered, so the trainer stops on it (``RememberedCtrlC``). Used by the ``rnnlab`` command
+remembered, so the trainer and the commands that load a run stop on it (``RememberedCtrlC``). Used by the ``rnnlab`` command
 (``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``), and
 across the package where a stop or a process's end matters (the trainer, the bench, the kernel
 registry, export)."""
@@ -166,6 +166,16 @@ def take_swallowed_ctrl_c(previous) -> bool:
             memory.came = False
             return True
     return False
+
+
+def raise_swallowed_ctrl_c() -> None:
+    """Raise, as a KeyboardInterrupt, a stop that a library swallowed since the last look
+    (:func:`take_swallowed_ctrl_c`, with the Ctrl-C handler in place now). For the commands that
+    train nothing (``eval``, ``sample``, ``export``, ``analyze gradflow``), which look once their
+    model is built, as Triton has loaded by then: without it such a command ran to its end through
+    the Ctrl-C. Outside the ``rnnlab`` command (no :class:`RememberedCtrlC` in place) it does nothing."""
+    if take_swallowed_ctrl_c(signal.getsignal(signal.SIGINT)):
+        raise KeyboardInterrupt
 
 
 # The signals that stop a run: Ctrl-C, and those handled as one (stops_as_ctrl_c)

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from rnnlab.errors import name_file
+from rnnlab.signals import raise_swallowed_ctrl_c
 from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, legacy_hint,
                                  resume_mismatch)
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
@@ -436,6 +437,7 @@ class RunDir:
         if cfg.model.layer.get("backend") in CUDA_ONLY_BACKENDS:
             cfg.model.layer = {**cfg.model.layer, "backend": "auto"}
         model = build_model(cfg, dev)
+        raise_swallowed_ctrl_c()  # one that came as the model was built (Triton loading) stops the command here
         if weights is None:
             for attempt in range(3):  # a run still training deletes old checkpoints (keep_checkpoints) as it goes
                 checkpoint = self.checkpoint()
