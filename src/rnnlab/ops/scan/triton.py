@@ -50,10 +50,6 @@ __all__ = ["linear_scan", "mingru_scan", "minlstm_scan"]
 # (not timed at it).
 BLOCK = 64
 NUM_WARPS = 1
-# The forward alone at two warps of 32 channels (a split launch; its TMA tiles unchanged): 15% / 12% faster
-# than one warp for minGRU / minLSTM alone on an H200, where the backward at two warps was 17% / 6% slower
-# (results/scan-launch-128x2-h200). Under measurement in training (docs/kernels.md).
-FORWARD_WARPS = 2
 # The scans' tiles of 16 steps in flight through the tensor memory accelerator (Hopper on):
 # Triton keeps TMA_STAGES - 1 buffers a tensor, so TMA_STAGES - 2 tiles are in flight while one is
 # scanned (docs/kernels.md, "the scans' inputs by TMA"); 3 and 4 timed within 1% of each other on
@@ -352,7 +348,7 @@ def _tma_descriptors(ptrs, RS: int, shape, block: int, used: int = 3):
 
 
 def launch_forward(ptrs, RS: int, h0c, h: torch.Tensor, mode: int, has_h0: bool,
-                   block: int = BLOCK, warps: int = FORWARD_WARPS) -> None:
+                   block: int = BLOCK, warps: int = NUM_WARPS) -> None:
     """``_scan_fwd_tma`` over ``h: [B, T, H]`` where the inputs allow it, else ``_scan_fwd`` (one
     program per batch row and ``block`` channels either way); ``block`` and ``warps`` other than
     the defaults only for ``bench_kernels.py``'s sweep."""
