@@ -2433,6 +2433,39 @@ def test_a_rerun_sweep_finds_its_points_whatever_the_order_or_spelling_of_its_ax
     assert [r.name for r in more.runs] == ["lr-1e-3_batch_size-4"]
 
 
+def test_a_sweep_rerun_with_seeds_keeps_the_seedless_run_of_a_seed_it_lists(tmp_path, monkeypatch, capsys):
+    """A sweep run without --seeds (seed 42, the default), then again with ``--seeds 42,43`` into the
+    same folder: each point's seed 42 is its complete run ``lr-1e-3``, skipped, not trained again in
+    ``lr-1e-3-s42``; only seed 43 trains. A seedless run of another seed, or of another config
+    (it could not go on), is no run of a listed seed; a NAME-sSEED folder that holds one keeps it."""
+    import rnnlab.train.trainer as trainer
+
+    calls: list = []
+    monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))
+    out = tmp_path / "sw"
+    sweep = ["sweep", "--model", "e1", "--dim", "16", "--depth", "1", "--set", "lr=1e-3,2e-3", "--steps", "2",
+             "--device", "cpu", "--no-plots", "--no-progress", "--out", str(out)]
+    assert main(sweep) == 0 and [name for name, _ in calls] == ["lr-1e-3", "lr-2e-3"]
+    calls.clear()
+    assert main([*sweep, "--seeds", "42,43", "--plan"]) == 0
+    plan = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  lr-")]
+    assert [(p[0], p[-2], p[-1]) for p in plan] == [
+        ("lr-1e-3", "[complete]", "seed=42"), ("lr-1e-3-s43", "[new]", "seed=43"),
+        ("lr-2e-3", "[complete]", "seed=42"), ("lr-2e-3-s43", "[new]", "seed=43")]
+    assert main([*sweep, "--seeds", "42,43"]) == 0
+    assert [name for name, _ in calls] == ["lr-1e-3-s43", "lr-2e-3-s43"]
+    runs = {r["dir"]: r["seed"] for r in _plan_doc(out)["runs"]}
+    assert runs == {"lr-1e-3": 42, "lr-1e-3-s43": 43, "lr-2e-3": 42, "lr-2e-3-s43": 43}
+    # another seed, another config (a batch size the run cannot resume with), or a NAME-sSEED that holds a run
+    suite = build_sweep({"model": "e1", "depth": 1, "dim": 16}, ["lr=1e-3,2e-3"], defaults={}, name="sweep-sw")
+    assert [p.label for p in plan_suite(suite, out, steps=2, device="cpu", seeds="7")] == ["lr-1e-3-s7", "lr-2e-3-s7"]
+    assert [p.label for p in plan_suite(suite, out, steps=2, device="cpu", seeds="42", batch_size=4)] == [
+        "lr-1e-3-s42", "lr-2e-3-s42"]
+    (out / "lr-2e-3-s42").mkdir()
+    shutil.copy(out / "lr-2e-3" / "config.json", out / "lr-2e-3-s42")
+    assert [p.label for p in plan_suite(suite, out, steps=2, device="cpu", seeds="42")] == ["lr-1e-3", "lr-2e-3-s42"]
+
+
 def test_sweep_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "lr"
     rc = main(["sweep", "--model", "mingru", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,1e-2",

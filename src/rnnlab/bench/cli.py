@@ -26,7 +26,9 @@ from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add
 def _common_flags(p) -> None:
     """The flags of bench and sweep beside the config's: repetition, selection, scheduling, output."""
     b = p.add_argument_group("runs")
-    b.add_argument("--seeds", metavar="S1,S2,..", help="repeat every run once per seed (folders NAME-sSEED)")
+    b.add_argument("--seeds", metavar="S1,S2,..", help="repeat every run once per seed (folders NAME-sSEED; the "
+                                                       "seed of NAME's run from a call without --seeds is that run, "
+                                                       "not trained again)")
     b.add_argument("--runs", metavar="NAME,..", help="only these runs of the suite (bench: its rows' names; "
                                                       "sweep: its points' names; without their -sSEED)")
     b.add_argument("--gpus", type=checked(int), metavar="N", help="run up to N runs at once, one process per GPU, "

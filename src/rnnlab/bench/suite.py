@@ -29,7 +29,8 @@ Model fields (``MODEL_KEYS``) belong in ``[[runs]]``; the fields the runner sets
 (``RUNNER_KEYS``: out, resume, overwrite) in neither. Both lists come from the config's field
 declarations.
 
-Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``). A run
+Each planned run trains into ``OUT/<name>`` (or ``OUT/<name>-s<seed>`` with ``seeds``; a seed that
+the run in ``OUT/<name>``, trained without ``seeds``, already has is that run, not trained again). A run
 that is complete (``RunDir.status``, with the same budget) is skipped, unless its final evaluation
 lacks what the command asks for (a new ``--extra-val-data`` file, another ``--eval-bytes``): then it
 is resumed from its checkpoint, which trains no step and scores it again, or, without a checkpoint,
@@ -48,7 +49,7 @@ import os
 import shlex
 import time
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -408,9 +409,25 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
                 elif isinstance(e, FileNotFoundError):
                     hint = relative_path_hint(suite, run, overrides, str(e))
                 raise type(e)(f"{suite.where}, run {d.name}: {e}{hint}") from None
-            plan.append(PlannedRun(name=run.name, seed=seed, dir=d, cfg=c, params=n_params,
-                                   target_params=target, point=run.point))
+            pr = PlannedRun(name=run.name, seed=seed, dir=d, cfg=c, params=n_params, target_params=target,
+                            point=run.point)
+            plan.append(_trained_without_seeds(pr) or pr)
     return plan
+
+
+def _trained_without_seeds(pr: PlannedRun) -> PlannedRun | None:
+    """``pr`` (a ``--seeds`` run, ``NAME-sSEED``) in the folder ``NAME``, where the suite run without
+    ``--seeds`` trained the same run with this seed (its config.json's) and it can go on (no
+    ``run_conflict``): that run is this seed's, not one to train again beside it. None when
+    NAME-sSEED already holds a run, or NAME holds none of this seed that fits the plan."""
+    if pr.seed is None or pr.rundir.holds_run():
+        return None
+    cfg = copy.deepcopy(pr.cfg)
+    cfg.run.out = str(pr.dir.parent / pr.name)
+    twin = replace(pr, dir=pr.dir.parent / pr.name, cfg=cfg)
+    if (twin.rundir.saved_config() or {}).get("seed") != pr.seed or run_conflict(twin) is not None:
+        return None
+    return twin
 
 
 def relative_path_hint(suite: Suite, run: RunSpec, flags: dict[str, Any], error: str) -> str:
