@@ -668,6 +668,37 @@ def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path
     assert run_conflict(more) is None
 
 
+def test_a_complete_run_given_a_larger_budget_is_extended_not_partial(tmp_path, monkeypatch, capsys):
+    """A sweep run again into its folder with a larger --steps: its complete points are no partial
+    runs. One with a checkpoint is marked "extend" by --plan and "extending" as it trains, one without
+    "restart" (trained afresh, replacing it); each line names the step it completed at and the
+    budget it now trains to."""
+    import rnnlab.train.trainer as trainer
+
+    calls: list = []
+    monkeypatch.setattr(trainer, "run_training", _fake_trainer(calls))
+    out = tmp_path / "sw"
+    sweep = ["sweep", "--model", "e1", "--dim", "16", "--depth", "1", "--set", "lr=1e-3,2e-3", "--device", "cpu",
+             "--no-plots", "--no-progress", "--out", str(out)]
+    assert main([*sweep, "--steps", "2"]) == 0
+    shutil.rmtree(out / "lr-2e-3" / "ckpt")
+    capsys.readouterr()
+    assert main([*sweep, "--steps", "5", "--plan"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[-1] for line in lines if line.startswith("  lr-")] == ["[extend]", "[restart]"]
+    extended = "complete at step 2 (steps=2); trained on from its checkpoint to steps=5"
+    afresh = "complete at step 2 (steps=2); no checkpoint to train on from: trained afresh, replacing it, to steps=5"
+    assert lines[-2:] == [f"  extend: lr-1e-3 is {extended}", f"  restart: lr-2e-3 is {afresh}"]
+    calls.clear()
+    assert main([*sweep, "--steps", "5"]) == 0
+    assert calls == [("lr-1e-3", True), ("lr-2e-3", False)]  # resumed; trained afresh
+    err = capsys.readouterr().err
+    assert re.search(rf"^\[1/2\] lr-1e-3: extending e1 dim=16 depth=1 \([\d,]+ params\): {re.escape(extended)}$", err,
+                     re.M), err
+    assert re.search(rf"^\[2/2\] lr-2e-3: training e1 dim=16 depth=1 \([\d,]+ params\): {re.escape(afresh)}$", err,
+                     re.M), err
+
+
 def test_a_stopped_run_saved_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path):
     """A run stopped (Ctrl-C, a kill) with its newest checkpoint at step 3: a suite of --steps 2
     cannot resume it (``--resume`` would refuse), so --plan says conflict, naming the step; at

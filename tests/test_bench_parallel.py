@@ -459,7 +459,10 @@ def test_a_complete_run_stopped_before_its_process_rewrote_its_summary_is_interr
     opts = {"steps": 3} if change == "extend" else {"steps": 2, "extra_val_data": str(extra)}
     logged: list[str] = []
     res = run_plan(suite, plan_suite(suite, out, runs="e1", **opts), out, gpus=["5"], log=logged.append)
-    assert statuses == ["partial" if change == "extend" else "rescore"]
+    assert statuses == [change]
+    if change == "extend":  # a complete run, not a partial one: the line says what it holds and what it trains to
+        assert any(line.startswith("[1/1] e1: extending on GPU 5 (") and line.endswith(
+            ": complete at step 2 (steps=2); trained on from its checkpoint to steps=3") for line in logged), logged
     assert res["stopped"] and not res["failed"] and not any("loss 1.0000" in line for line in logged), logged
     assert (res["trained"], res["rescored"]) == ((["e1"], []) if change == "extend" else ([], ["e1"]))
     assert "e1 (GPU 5" in logged[-1] and logged[-1].endswith(f": interrupted; checkpoint kept ({RESUME_HINT})")

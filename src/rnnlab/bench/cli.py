@@ -45,7 +45,8 @@ def register(sub) -> None:
     p = sub.add_parser("bench", help="run a benchmark suite and write its report",
                        description="Run every run of a suite (a shipped name or a .toml path) as a normal "
                                    "training run under --out, skipping complete runs and resuming partial "
-                                   "ones (a complete run whose final evaluation lacks a new --extra-val-data "
+                                   "ones (a complete run given a larger budget is extended from its "
+                                   "checkpoint; one whose final evaluation lacks a new --extra-val-data "
                                    "file or --eval-bytes is scored again from its checkpoint, no training "
                                    "step; --plan says which), then write report.md, report.json and plots. "
                                    "The config flags "
@@ -160,7 +161,7 @@ def _print_plan(suite, plan, out: Path) -> None:
     """``--plan``: one line per planned run (model, width, depth, params, budget, optimizer, its
     folder's status, layer options and the settings that differ between runs), then each conflict
     that training would refuse."""
-    from rnnlab.bench.suite import scores_lacking, status_and_conflict
+    from rnnlab.bench.suite import budget_change, scores_lacking, status_and_conflict
 
     print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
     found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
@@ -175,6 +176,8 @@ def _print_plan(suite, plan, out: Path) -> None:
     for pr, (status, why) in zip(plan, found):
         if why:  # what training the plan would refuse, and why
             print(f"  conflict: {why}")
+        elif change := budget_change(pr, status):  # complete under another budget: no partial run
+            print(f"  {status}: {pr.label} is {change}")
         elif status == "rescore":  # complete, scored again from its checkpoint
             print(f"  rescore: {pr.label} is complete; its final evaluation will be scored again from its "
                   f"checkpoint, no training step ({'; '.join(scores_lacking(pr))})")

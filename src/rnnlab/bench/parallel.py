@@ -4,7 +4,8 @@ Each run is an ordinary ``rnnlab train --config ...`` process whose ``CUDA_VISIB
 one GPU, so every kernel, allocator and compile cache stays on that device and a crash takes
 down one run only. At most one run per GPU at a time; a GPU takes the next pending run as soon
 as its run ends. As in the one-process path (``runner.run_sequential``), complete runs are skipped,
-partial runs resumed from their checkpoints, and complete runs whose final evaluation lacks what
+partial runs resumed from their checkpoints (complete ones given a larger budget extended from
+them), and complete runs whose final evaluation lacks what
 the command asks for re-scored from theirs; the GPU each run trained on is recorded in
 ``OUT/suite.json`` (``runs[].gpu``) and shown in the report. Each process's output goes to
 ``OUT/logs/<run>.log``. Each process runs in a session of its own, so a Ctrl-C (in a terminal, or
@@ -26,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from rnnlab.bench.suite import (LOGS, RESUME_HINT, SUITE_FILE, PlannedRun, new_result, outcome_line, rescore_line,
-                                run_status, skip_line, train_config)
+from rnnlab.bench.suite import (LOGS, RESUME_HINT, SUITE_FILE, VERBS, PlannedRun, budget_change, new_result,
+                                outcome_line, rescore_line, run_status, skip_line, train_config)
 from rnnlab.signals import ended_with_this_process
 from rnnlab.train.durable import interrupts_deferred
 from rnnlab.train.rundir import read_json, write_json
@@ -168,7 +169,7 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                 if nxt is None:
                     break
                 i, pr, status = nxt
-                before = pr.rundir.summary()
+                before, change = pr.rundir.summary(), budget_change(pr, status)  # as it was: a restart clears it
                 with interrupts_deferred():  # a Ctrl-C as it starts waits until it is known, then stops it
                     proc, log_path = launch(pr, gpu, out, status, progress)
                     running[gpu] = Job(i, pr, gpu, proc, log_path, time.time(), status, before)
@@ -176,8 +177,9 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                     log(f"{rescore_line(f'[{i}/{len(plan)}] {pr.label}', pr)} on GPU {gpu} (log {log_path})")
                     continue
                 record_gpu(out, pr.label, gpu)
-                log(f"[{i}/{len(plan)}] {pr.label}: {'resuming' if status == 'partial' else 'training'} "
-                    f"on GPU {gpu} ({pr.params:,} params; log {log_path})")
+                log(f"[{i}/{len(plan)}] {pr.label}: {VERBS.get(status, 'training')} "
+                    f"on GPU {gpu} ({pr.params:,} params; log {log_path})"
+                    + (f": {change}" if change else ""))
             if not running:
                 break
             time.sleep(POLL_S)

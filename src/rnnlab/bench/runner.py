@@ -1,6 +1,7 @@
 """Training a suite's plan (``rnnlab bench``, ``rnnlab sweep``): every planned run that is not
 complete, one after another in this process (``run_sequential``) or up to one per GPU at once
-(``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed, and complete runs
+(``rnnlab.bench.parallel``); complete runs are skipped, partial ones resumed, complete ones given a
+larger budget extended from their checkpoints (``suite.budget_change`` says so), and complete runs
 whose final evaluation lacks what the command asks for (``suite.scores_lacking``) re-scored from
 their checkpoints (a resume that trains no step), or, without one, skipped and listed in one line
 (``suite.stale_line``); either way suite.json names the GPU each CUDA run trained on. The caller writes
@@ -13,8 +14,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rnnlab.bench.parallel import record_gpu, run_parallel, visible_gpus
-from rnnlab.bench.suite import (RESUME_HINT, PlannedRun, Suite, new_result, outcome_line, rescore_line, run_conflict,
-                                run_status, skip_line, stale_line, train_config, write_plan)
+from rnnlab.bench.suite import (RESUME_HINT, VERBS, PlannedRun, Suite, budget_change, new_result, outcome_line,
+                                rescore_line, run_conflict, run_status, skip_line, stale_line, train_config, write_plan)
 from rnnlab.models.config import layer_text
 
 
@@ -65,8 +66,9 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             if status == "rescore":
                 log(rescore_line(tag, pr))
             else:
-                log(f"{tag}: {'resuming' if cfg.run.resume else 'training'} {m.model} dim={m.dim} depth={m.depth}"
-                    + (f" {layer_text(m.layer)}" if m.layer else "") + f" ({pr.params:,} params)")
+                log(f"{tag}: {VERBS.get(status, 'training')} {m.model} dim={m.dim} depth={m.depth}"
+                    + (f" {layer_text(m.layer)}" if m.layer else "") + f" ({pr.params:,} params)"
+                    + (f": {change}" if (change := budget_change(pr, status)) else ""))
             try:
                 summary = _train(cfg, progress)
             except KeyboardInterrupt:

@@ -34,7 +34,8 @@ the run in ``OUT/<name>``, trained without ``seeds``, already has is that run, n
 that is complete (``RunDir.status``, with the same budget) is skipped, unless its final evaluation
 lacks what the command asks for (a new ``--extra-val-data`` file, another ``--eval-bytes``): then it
 is resumed from its checkpoint, which trains no step and scores it again, or, without a checkpoint,
-skipped and named as lacking it (``scores_lacking``); a partial run is resumed
+skipped and named as lacking it (``scores_lacking``); a run complete under a smaller budget (or one of
+another kind) is extended: resumed from its checkpoint, it trains on to the new one; a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
 first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``;
 a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part's runs and commands.
@@ -69,6 +70,8 @@ SUITE_FILE = "suite.json"
 # what an interrupted suite says (its interrupted run says how to continue that run alone)
 # (rnnlab bench or rnnlab sweep: the same machinery runs both)
 RESUME_HINT = "run the same command again to resume the suite and complete its report"
+# the verb of a progress line of a run that trains, by its run_status ("training" for the others)
+VERBS = {"partial": "resuming", "extend": "extending"}
 ROW_KEYS = ("name", "target_params", "multiple")  # a suite row's own keys, beside the config's
 TOP_KEYS = ("name", "description", "defaults", "runs", "reference", "notes")  # a suite file's top level
 
@@ -487,8 +490,10 @@ def run_status(pr: PlannedRun) -> str:
     """``"complete"`` (skip), ``"rescore"`` (complete, but its final evaluation lacks what the plan
     asks for, ``scores_lacking``: resumed from its checkpoint, which trains no step and scores it
     again), ``"stale"`` (the same, without a checkpoint to re-score from: skipped, and said),
-    ``"partial"`` (resume from its checkpoint), ``"restart"`` (the folder holds a run stopped before
-    its first checkpoint: nothing to resume, train it afresh), ``"new"``, or ``"conflict"`` (the
+    ``"extend"`` (complete under a smaller budget, or one of another kind: resumed from its
+    checkpoint, it trains on to this one), ``"partial"`` (resume from its checkpoint), ``"restart"``
+    (the folder holds a run stopped before its first checkpoint, or one complete under another budget
+    without a checkpoint: nothing to resume, train it afresh), ``"new"``, or ``"conflict"`` (the
     folder holds a run of a different config, or one complete or saved past this budget)."""
     return status_and_conflict(pr)[0]
 
@@ -511,7 +516,8 @@ def _reusable_status(pr: PlannedRun) -> str:
             if not scores_lacking(pr):
                 return "complete"
             return "rescore" if pr.rundir.has_checkpoint() else "stale"
-    # an incomplete run, or a complete one whose budget changed (resume extends or re-finishes it)
+        if pr.rundir.has_checkpoint():  # complete under another budget: a resume trains on to this one
+            return "extend"
     return "partial" if pr.rundir.has_checkpoint() else "restart"
 
 
@@ -561,6 +567,21 @@ def skip_line(tag: str, pr: PlannedRun, status: str, result: dict[str, Any]) -> 
            "and the run has no checkpoint to score it again from"
 
 
+def budget_change(pr: PlannedRun, status: str) -> str | None:
+    """For a run complete under another budget (``status`` ``"extend"``, or ``"restart"`` without a
+    checkpoint), what its folder holds and what training does with it: ``complete at step 3 (steps=3);
+    trained on from its checkpoint to steps=6`` (it is no partial run); None for any other run."""
+    summary = pr.rundir.summary() or {}
+    if status not in ("extend", "restart") or not summary.get("complete"):
+        return None
+    steps = summary.get("steps")
+    was = ", ".join(f"{k}={v:g}" for k, v in (summary.get("budget") or {}).items())
+    kind, value = pr.cfg.budget.chosen()
+    how = ("trained on from its checkpoint to" if status == "extend"
+           else "no checkpoint to train on from: trained afresh, replacing it, to")
+    return f"complete{f' at step {steps:,}' if isinstance(steps, int) else ''} ({was}); {how} {kind}={value:g}"
+
+
 def rescore_line(tag: str, pr: PlannedRun) -> str:
     """The log line of a complete run about to be re-scored from its checkpoint."""
     return (f"{tag}: complete; scoring its final evaluation again from its checkpoint, no training step "
@@ -580,10 +601,10 @@ def stale_line(stale: dict[str, list[str]], command: str = "bench") -> str | Non
 
 
 def train_config(pr: PlannedRun, status: str):
-    """The planned run's config for its folder's ``status``: ``resume`` a partial run,
-    ``overwrite`` one to restart."""
+    """The planned run's config for its folder's ``status``: ``resume`` a partial run (or one to
+    extend or re-score), ``overwrite`` one to restart."""
     cfg = copy.deepcopy(pr.cfg)
-    cfg.run.resume = status in ("partial", "rescore")
+    cfg.run.resume = status in ("partial", "extend", "rescore")
     cfg.run.overwrite = status == "restart"
     return cfg
 
