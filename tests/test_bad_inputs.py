@@ -65,25 +65,26 @@ CONFIG_FILES = {  # placeholder: (file name, content)
 
 CASES = [
     # --- train: fields and flags
-    ("model_unknown", [*TRAIN, "--model", "nope"], "model must be one of e1,"),
-    ("dim_zero", [*TRAIN, "--dim", "0"], "dim must be a positive integer (at most 65,536), got 0"),
-    ("dim_huge", [*TRAIN, "--dim", "1000000"], "dim must be a positive integer (at most 65,536), got 1000000"),
-    ("dim_text", [*TRAIN, "--dim", "abc"], "dim must be a positive integer (at most 65,536), got 'abc'"),
-    ("depth_negative", [*TRAIN, "--depth", "-1"], "depth must be a positive integer"),
-    ("batch_zero", [*TRAIN, "--batch-size", "0"], "batch_size must be a positive integer"),
-    ("batch_huge", [*TRAIN, "--batch-size", "100000000"], "batch_size must be a positive integer (at most 65,536)"),
-    ("lr_zero", [*TRAIN, "--lr", "0"], "lr must be a positive finite number, got 0.0"),
-    ("lr_negative_exponent", [*TRAIN, "--lr", "-1e-3"], "lr must be a positive finite number, got -0.001"),
-    ("lr_nan", [*TRAIN, "--lr", "nan"], "lr must be a positive finite number, got 'nan'"),
-    ("lr_inf", [*TRAIN, "--lr", "inf"], "lr must be a positive finite number, got 'inf'"),
-    ("lr_minus_inf", [*TRAIN, "--lr", "-inf"], "lr must be a positive finite number, got '-inf'"),  # not "expected one"
-    ("minutes_minus_nan", [*TRAIN, "--minutes", "-NaN"], "minutes must be a positive finite number, got '-NaN'"),
-    ("tokens_text", [*TRAIN, "--tokens", "lots"], "tokens must be a token count (e.g. 50M, 1e9), got 'lots'"),
+    ("model_unknown", [*TRAIN, "--model", "nope"], "--model must be one of e1,"),
+    ("dim_zero", [*TRAIN, "--dim", "0"], "--dim must be a positive integer (at most 65,536), got 0"),
+    ("dim_huge", [*TRAIN, "--dim", "1000000"], "--dim must be a positive integer (at most 65,536), got 1000000"),
+    ("dim_text", [*TRAIN, "--dim", "abc"], "--dim must be a positive integer (at most 65,536), got 'abc'"),
+    ("depth_negative", [*TRAIN, "--depth", "-1"], "--depth must be a positive integer"),
+    ("batch_zero", [*TRAIN, "--batch-size", "0"], "--batch-size must be a positive integer"),
+    ("batch_huge", [*TRAIN, "--batch-size", "100000000"], "--batch-size must be a positive integer (at most 65,536)"),
+    ("lr_zero", [*TRAIN, "--lr", "0"], "--lr must be a positive finite number, got 0.0"),
+    ("lr_negative_exponent", [*TRAIN, "--lr", "-1e-3"], "--lr must be a positive finite number, got -0.001"),
+    ("lr_nan", [*TRAIN, "--lr", "nan"], "--lr must be a positive finite number, got 'nan'"),
+    ("lr_inf", [*TRAIN, "--lr", "inf"], "--lr must be a positive finite number, got 'inf'"),
+    ("lr_minus_inf", [*TRAIN, "--lr", "-inf"],  # not "expected one argument"
+     "--lr must be a positive finite number, got '-inf'"),
+    ("minutes_minus_nan", [*TRAIN, "--minutes", "-NaN"], "--minutes must be a positive finite number, got '-NaN'"),
+    ("tokens_text", [*TRAIN, "--tokens", "lots"], "--tokens must be a token count (e.g. 50M, 1e9), got 'lots'"),
     ("two_budgets", [*TRAIN, "--minutes", "1"], "give one budget (steps, minutes or tokens)"),
-    ("betas_range", [*TRAIN, "--betas", "0.9", "1"], "betas must be two numbers in [0, 1), got (0.9, 1.0)"),
-    ("val_fraction", [*TRAIN, "--val-fraction", "1.5"], "val_fraction must be a number in (0, 1), got 1.5"),
-    ("precision", [*TRAIN, "--precision", "fp64"], "precision must be one of bf16, bf16-mixed, fp32, got 'fp64'"),
-    ("optimizer", [*TRAIN, "--optimizer", "sgd"], "optimizer must be one of schedulefree-adamw, adamw, got 'sgd'"),
+    ("betas_range", [*TRAIN, "--betas", "0.9", "1"], "--betas must be two numbers in [0, 1), got (0.9, 1.0)"),
+    ("val_fraction", [*TRAIN, "--val-fraction", "1.5"], "--val-fraction must be a number in (0, 1), got 1.5"),
+    ("precision", [*TRAIN, "--precision", "fp64"], "--precision must be one of bf16, bf16-mixed, fp32, got 'fp64'"),
+    ("optimizer", [*TRAIN, "--optimizer", "sgd"], "--optimizer must be one of schedulefree-adamw, adamw, got 'sgd'"),
     ("warmup_exceeds", [*TRAIN, "--warmup-steps", "50"], "warmup_steps (50) must not exceed the step budget (2)"),
     ("adamw_minutes", [*FRESH, "--optimizer", "adamw", "--minutes", "1"], "adamw decays its LR on a cosine"),
     ("device_unknown", [*TRAIN, "--device", "tpu"], "device must be auto, cpu, cuda, cuda:N or mps, got 'tpu'"),
@@ -95,13 +96,18 @@ CASES = [
     ("cuda_graph_on_cpu", [*TRAIN, "--cuda-graph"], "cuda_graph needs a CUDA device, got device 'cpu' (use --no-cuda-graph)"),
     ("cuda_graph_auto_cpu", [*TRAIN, "--cuda-graph", "--device", "auto"],
      "cuda_graph needs a CUDA device; this run's device is cpu (use --no-cuda-graph)"),
-    ("eval_every_negative", [*TRAIN, "--eval-every", "-1"], "eval_every must be an integer >= 0"),
-    ("checkpoint_every_negative", [*TRAIN, "--checkpoint-every", "-2"], "checkpoint_every must be an integer >= 0"),
-    ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "keep_checkpoints must be a positive integer"),
+    ("eval_every_negative", [*TRAIN, "--eval-every", "-1"], "--eval-every must be an integer >= 0"),
+    ("checkpoint_every_negative", [*TRAIN, "--checkpoint-every", "-2"], "--checkpoint-every must be an integer >= 0"),
+    ("keep_checkpoints_zero", [*TRAIN, "--keep-checkpoints", "0"], "--keep-checkpoints must be a positive integer"),
     ("eval_bytes_text", [*TRAIN, "--eval-bytes", "lots"],  # as eval says it (its parse's words, not the type's)
-     "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+     "--eval-bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("eval_bytes_fraction", [*TRAIN, "--eval-bytes", "20.5"],  # not rounded to 20 or 21 bytes
-     "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got '20.5'"),
+     "--eval-bytes must be a byte count (e.g. 1M, 500000) or all, got '20.5'"),
+    # a flag's bad value is named by the flag typed, not by the config field behind it (eval_bytes)
+    ("eval_bytes_negative", [*TRAIN, "--eval-bytes", "-5"],
+     "error: --eval-bytes must be a byte count (e.g. 1M, 500000) or all, got '-5'"),
+    ("tokens_zero", [*FRESH, "--tokens", "0"], "error: --tokens must be a token count (e.g. 50M, 1e9), got '0'"),
+    ("bench_steps_negative", ["bench", "tiny", "--plan", "--steps", "-1"], "error: --steps must be a positive integer"),
     # a cap below one window failed only at the first evaluation, after the whole training budget
     ("eval_bytes_below_a_window", [*TRAIN, "--seq-len", "16", "--eval-bytes", "10"],
      "eval_bytes must be all (0) or at least one evaluation window, seq_len+1 = 17 bytes, got 10"),
@@ -186,7 +192,7 @@ CASES = [
     ("config_curve_eval_bytes_text", [*TRAIN, "--config", "{curve_text}"],  # its own name, not eval_bytes
      "curve_eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("curve_eval_bytes_text", [*TRAIN, "--curve-eval-bytes", "lots"],
-     "curve_eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+     "--curve-eval-bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
     ("config_json_key_twice", [*FRESH, "--config", "{twice_json}"],  # as TOML refuses it: not the last one, silently
      "cannot parse config file {twice_json}: key 'steps' is given twice"),
     ("config_yaml_key_twice", [*FRESH, "--config", "{twice_yaml}"],
@@ -245,9 +251,9 @@ CASES = [
      "extra_val_data file not found: {root}/gone.txt (the run's extra_val_data, as its config.json names it): a "
      "resumed run reads the same path, so put the file back there"),
     # 0 switches clipping off, so "must be a positive finite number" (the bound's words) was wrong for -1
-    ("grad_clip_negative", [*TRAIN, "--grad-clip", "-1"], "grad_clip must be a positive number, or 0 for no "
+    ("grad_clip_negative", [*TRAIN, "--grad-clip", "-1"], "--grad-clip must be a positive number, or 0 for no "
                                                          "clipping, got '-1'"),
-    ("grad_clip_text", [*TRAIN, "--grad-clip", "off"], "grad_clip must be a positive number, or 0 for no clipping, "
+    ("grad_clip_text", [*TRAIN, "--grad-clip", "off"], "--grad-clip must be a positive number, or 0 for no clipping, "
                                                        "got 'off'"),
     ("resume_other_dim", [*TRAIN, "--resume", "--out", "{run}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
@@ -285,7 +291,9 @@ CASES = [
     ("train_out_under_a_file", [*TRAIN, "--out", "{file}/run"], "{file} is a file; a folder is wanted there"),
     ("eval_batch_zero", ["eval", "--run", "{run}", "--batch-size", "0"],
      "argument --batch-size: must be a positive integer, got '0'"),
-    ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "eval_bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+    ("eval_eval_bytes_text", ["eval", "--run", "{run}", "--eval-bytes", "lots"], "--eval-bytes must be a byte count (e.g. 1M, 500000) or all, got 'lots'"),
+    ("eval_eval_bytes_negative", ["eval", "--run", "{run}", "--eval-bytes", "-5"],
+     "error: --eval-bytes must be a byte count (e.g. 1M, 500000) or all, got '-5'"),
     ("eval_run_data_gone", ["eval", "--run", "{moved}"],  # its corpus moved since training
      "data file not found: {root}/gone.txt (the run's data, as its config.json names it): put it back there, or "
      "score another file with --data FILE"),
@@ -340,7 +348,7 @@ CASES = [
      "device must be auto, cpu, cuda, cuda:N or mps, got 'meta'"),
     ("gradflow_last_whole_sequence", ["analyze", "gradflow", "--run", "{run}", "--last", "32"],
      "last (32) must be below the sequence length (32)"),
-    ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "dim must be a positive integer"),
+    ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "--dim must be a positive integer"),
     ("params_head_dim", ["params", "--model", "transformer", "--dim", "96"],  # what would fit
      "head_dim must divide dim (96), got 64: --layer head_dim=48 fits, or another even divisor of 96"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],

@@ -215,7 +215,7 @@ def test_mlp_ratio_has_a_top(capsys):
     traceback from building the MLP, not a one-line error."""
     from rnnlab.layers.base import MAX_FACTOR
     assert main(["params", "--model", "e1", "--dim", "64", "--depth", "2", "--mlp-ratio", "1e300"]) == 2
-    assert "mlp_ratio must be" in capsys.readouterr().err
+    assert "--mlp-ratio must be" in capsys.readouterr().err
     assert count_params(ModelConfig("e1", 64, 1, mlp_ratio=MAX_FACTOR)) > 0
 
 

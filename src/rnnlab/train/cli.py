@@ -401,6 +401,7 @@ def run_eval_cmd(args) -> int:
     from rnnlab.data import file_split, heldout_split
     from rnnlab.train.runtime import evaluate_run
 
+    max_bytes = parse_eval_bytes(args.eval_bytes, "--eval-bytes") if args.eval_bytes is not None else None
     run = RunDir(args.run)
     # the weights first: a run without them (one archived in results/ keeps no checkpoint) is not
     # scored on the corpus put back, nor on --data
@@ -412,7 +413,6 @@ def run_eval_cmd(args) -> int:
                                                                   cfg.data.val_fraction)
     if not args.data:
         warn_if_data_changed(run, cfg, split)
-    max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights
     # whole_file false: the held-out tail of the training file ("data" names that file, as --data FILE would)
