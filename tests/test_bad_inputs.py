@@ -171,7 +171,7 @@ CASES = [
      "held-out split of {val32} has 32 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--val-data"),
     ("extra_val_short", [*TRAIN, "--extra-val-data", "{file}"],
-     "held-out split of {file} has 1 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
+     "held-out split of {file} has 1 byte, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--extra-val-data"),
     ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge_val}", "--seq-len", "4000000",
                              "--batch-size", "512", "--eval-bytes", "all"], "of activations (plus"),

@@ -210,6 +210,15 @@ def test_split_too_small(tmp_path):
         load_splits(p, min_len=2)
 
 
+def test_a_one_byte_count_is_singular(tmp_path):
+    """A one-byte file is "1 byte" in the messages that give its size, not "1 bytes" (a held-out one:
+    ``test_val_data_file_shorter_than_min_len_is_refused``)."""
+    one = tmp_path / "one.txt"
+    one.write_bytes(b"a")
+    with pytest.raises(ValueError, match=r"\(1 byte\) is too small to split: held-out tail of 2 bytes"):
+        load_splits(one, min_len=2)
+
+
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
 def test_val_fraction_must_be_strictly_between_0_and_1(tmp_path, fraction):
     p = tmp_path / "corpus.bin"
@@ -256,7 +265,7 @@ def test_val_data_file_shorter_than_min_len_is_refused(corpus_file, tmp_path):
     p, _ = corpus_file
     v = tmp_path / "val.bin"
     v.write_bytes(b"x")
-    with pytest.raises(ValueError, match=rf"corpus {v} \(split 'val', 1 bytes\) is shorter than min_len = 2 bytes"):
+    with pytest.raises(ValueError, match=rf"corpus {v} \(split 'val', 1 byte\) is shorter than min_len = 2 bytes"):
         load_splits(p, val_data=v)
     v.write_bytes(b"xy")
     assert len(load_splits(p, val_data=v).val) == 2
@@ -497,13 +506,13 @@ def test_eval_windows_max_bytes_and_errors(corpus_file):
     s = load_splits(corpus_file[0], val_fraction=0.1)
     wins = torch.cat(list(eval_windows(s.val, 10, 4, max_bytes=101)))
     assert wins.shape == (10, 11)
-    with pytest.raises(ValueError, match=r"split 'val', 5000 bytes\) is shorter than one evaluation window, "
+    with pytest.raises(ValueError, match=r"split 'val', 5,000 bytes\) is shorter than one evaluation window, "
                                          r"seq_len\+1 = 5001 bytes; use a larger file$"):  # the whole split was used
         list(eval_windows(s.val, 5000, 4))
     # capped under one window: the cap is the fix where the split holds one, else the file
-    with pytest.raises(ValueError, match=r"3000 bytes used\) .* raise --eval-bytes to at least 4001$"):
+    with pytest.raises(ValueError, match=r"3,000 bytes used\) .* raise --eval-bytes to at least 4001$"):
         list(eval_windows(s.val, 4000, 4, max_bytes=3000))
-    with pytest.raises(ValueError, match=r"3000 bytes used\) .* 6001 bytes; use a larger file$"):
+    with pytest.raises(ValueError, match=r"3,000 bytes used\) .* 6001 bytes; use a larger file$"):
         list(eval_windows(s.val, 6000, 4, max_bytes=3000))
 
 

@@ -1,4 +1,5 @@
-"""How a failed write reads in rnnlab's one-line errors (``rnnlab.cli.error_line``: "<reason>: <file>")."""
+"""How rnnlab's messages read: a failed write names its file (``rnnlab.cli.error_line``: "<reason>: <file>"),
+a count agrees with its noun ("1 byte")."""
 
 from __future__ import annotations
 
@@ -12,6 +13,11 @@ def name_file(e: BaseException | None, path: str | os.PathLike) -> None:
     (``OSError("Not a gzipped file")``) keeps its message as it is."""
     if isinstance(e, OSError) and e.filename is None and e.strerror:
         e.filename = str(path)
+
+
+def counted(n: int, noun: str) -> str:
+    """``1 byte``, ``2 bytes``, ``1,000 bytes``: ``n`` and ``noun``, agreeing in number."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 class naming(contextlib.AbstractContextManager):

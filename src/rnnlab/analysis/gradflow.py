@@ -45,6 +45,7 @@ from torch import nn
 
 from rnnlab.bench.plots import pyplot, save
 from rnnlab.data import eval_windows, heldout_split
+from rnnlab.errors import counted
 from rnnlab.train.rundir import RunDir
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)
@@ -56,14 +57,15 @@ def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[
     too short for them all gives fewer, with a warning saying how many (the analysis is of those)."""
     split = heldout_split(cfg.data.path, cfg.data.val_path, cfg.data.val_fraction)
     if len(split) < seq_len + 1:  # eval_windows refuses it too, but advises a larger file: the run's is fixed
-        raise ValueError(f"held-out split has {len(split)} bytes, fewer than seq_len+1 = {seq_len + 1}; "
+        raise ValueError(f"held-out split has {counted(len(split), 'byte')}, fewer than seq_len+1 = {seq_len + 1}; "
                          f"use a smaller --seq-len")
     # n_batches * batch_size windows of seq_len targets span this many bytes (each window's first
     # byte is the previous one's last), so eval_windows yields at most n_batches batches
     batches = list(eval_windows(split, seq_len, batch_size, seq_len * batch_size * n_batches + 1))
     windows = sum(len(b) for b in batches)
     if windows < n_batches * batch_size:
-        warnings.warn(f"the held-out split of {split.path} ({len(split):,} bytes) holds {windows} window(s) of "
+        warnings.warn(f"the held-out split of {split.path} ({counted(len(split), 'byte')}) holds "
+                      f"{counted(windows, 'window')} of "
                       f"{seq_len + 1} bytes, fewer than the {n_batches} x {batch_size} asked: measured on those")
     return batches
 

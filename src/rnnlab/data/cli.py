@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 
+from rnnlab.errors import counted
 from rnnlab.options import path_arg
 
 
@@ -41,11 +42,6 @@ def run_prepare(args) -> int:
     except KeyboardInterrupt:
         print(f"rnnlab data prepare: interrupted; no partial file is left under {args.out}", file=sys.stderr)
         return 130
-    print(f"wrote {args.out}: {_count(m['bytes'], 'byte')}, {_count(m['documents'], 'document')} from "
-          f"{_count(len(m['sources']), 'source file')}; manifest {args.out}.manifest.json")
+    print(f"wrote {args.out}: {counted(m['bytes'], 'byte')}, {counted(m['documents'], 'document')} from "
+          f"{counted(len(m['sources']), 'source file')}; manifest {args.out}.manifest.json")
     return 0
-
-
-def _count(n: int, noun: str) -> str:
-    """``1 document``, ``2 documents``, ``1,000 bytes``."""
-    return f"{n:,} {noun}{'' if n == 1 else 's'}"

@@ -17,6 +17,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from rnnlab.errors import counted
+
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 
@@ -128,7 +130,7 @@ class Split:
         if not (0 <= self.offset and self.length >= 0 and self.offset + self.length <= n):
             raise ValueError(
                 f"split {self.name!r} [{self.offset}, {self.offset + self.length}) "
-                f"is outside corpus {self.corpus.path} ({n} bytes)"
+                f"is outside corpus {self.corpus.path} ({counted(n, 'byte')})"
             )
 
     @property
@@ -207,15 +209,16 @@ def load_splits(
         n_val = max(math.ceil(n * val_fraction), min_len)
         if n - n_val < min_len:
             raise ValueError(
-                f"corpus {corpus.path} ({n} bytes) is too small to split: held-out tail of "
-                f"{n_val} bytes (val_fraction={val_fraction}, min_len={min_len}) leaves "
-                f"{n - n_val} bytes for training; use a larger file or give a held-out file (--val-data)"
+                f"corpus {corpus.path} ({counted(n, 'byte')}) is too small to split: held-out tail of "
+                f"{counted(n_val, 'byte')} (val_fraction={val_fraction}, min_len={min_len}) leaves "
+                f"{counted(n - n_val, 'byte')} for training; use a larger file or give a held-out file (--val-data)"
             )
         train = Split(corpus, 0, n - n_val, "train")
         val = Split(corpus, n - n_val, n_val, "val")
     for s in (train, val):
         if len(s) < min_len:
-            raise ValueError(f"corpus {s.path} (split {s.name!r}, {len(s)} bytes) is shorter than min_len = {min_len} bytes")
+            raise ValueError(f"corpus {s.path} (split {s.name!r}, {counted(len(s), 'byte')}) is shorter than "
+                             f"min_len = {counted(min_len, 'byte')}")
     return Splits(train, val)
 
 
@@ -237,7 +240,7 @@ def file_split(path: str | os.PathLike, name: str = "eval") -> Split:
 def _check_len(split: Split, seq_len: int) -> None:
     if len(split) < seq_len + 1:
         raise ValueError(
-            f"corpus {split.path} (split {split.name!r}, {len(split)} bytes) is shorter than "
+            f"corpus {split.path} (split {split.name!r}, {counted(len(split), 'byte')}) is shorter than "
             f"seq_len+1 = {seq_len + 1} bytes; use a larger file or a smaller --seq-len"
         )
 
@@ -345,7 +348,7 @@ def eval_windows(split: Split, seq_len: int, batch_size: int, max_bytes: int | N
     if L < seq_len + 1:  # the cap is the fix where the split holds a window, else the file
         fix = (f"raise --eval-bytes to at least {seq_len + 1}" if len(split) >= seq_len + 1 else "use a larger file")
         raise ValueError(
-            f"corpus {split.path} (split {split.name!r}, {L} bytes"
+            f"corpus {split.path} (split {split.name!r}, {counted(L, 'byte')}"
             f"{' used' if L < len(split) else ''}) is shorter than one evaluation window, seq_len+1 = "
             f"{seq_len + 1} bytes; {fix}"
         )

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnlab.errors import counted
 from rnnlab.train.distributed import (
     context,
     full_optimizer_state_dict,
@@ -159,7 +160,7 @@ class Checkpoint:
             except OSError:
                 raise CheckpointError(f"{path} is missing") from None
             if size != entry["bytes"]:
-                raise CheckpointError(f"{path} has {size:,} bytes, its manifest says {entry['bytes']:,}")
+                raise CheckpointError(f"{path} has {counted(size, 'byte')}, its manifest says {entry['bytes']:,}")
             with open(path, "rb") as f:
                 if hashlib.file_digest(f, "sha256").hexdigest() != entry["sha256"]:
                     raise CheckpointError(f"{path} does not match the sha256 in its manifest (corrupted)")

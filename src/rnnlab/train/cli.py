@@ -23,6 +23,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from rnnlab.errors import counted
 from rnnlab.models.config import layer_text
 from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
@@ -427,7 +428,7 @@ def run_eval_cmd(args) -> int:
         on = (out["data"] if out["whole_file"]
               else f"the held-out split of {out['data']} (its last {100 * cfg.data.val_fraction:g}%)")
         print(f"{args.run} (step {out['step']}{at}) on {on}: val_loss {r['loss']:.4f}  "
-              f"val_bpb {r['bpb']:.4f}  ({r['bytes']:,} bytes)")
+              f"val_bpb {r['bpb']:.4f}  ({counted(r['bytes'], 'byte')})")
     return 0
 
 

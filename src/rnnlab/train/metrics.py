@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 import torch
 
-from rnnlab.errors import naming
+from rnnlab.errors import counted, naming
 from rnnlab.train.config import WARMUP_STEPS, budget_clock
 from rnnlab.train.rundir import EVALS, METRICS, TB, WANDB_ID, RunDir
 from rnnlab.train.runtime import peak_mem_gib
@@ -223,14 +223,14 @@ def import_wandb():
 def eval_line(record: dict[str, Any]) -> str:
     """One held-out evaluation as text (the bar and the log lines)."""
     line = (f"eval step {record['step']}: val_loss {record['val_loss']:.4f}  val_bpb {record['val_bpb']:.4f}"
-            f"  ({record['bytes']:,} held-out bytes)")
+            f"  ({counted(record['bytes'], 'held-out byte')})")
     if record.get("val_bpb_train_point") is not None:
         line += f"  at the train point: val_bpb {record['val_bpb_train_point']:.4f}"
     if record.get("curve_val_bpb") is not None:
-        line += f"; the curve's {record['curve_bytes']:,} bytes: val_bpb {record['curve_val_bpb']:.4f}"
+        line += f"; the curve's {counted(record['curve_bytes'], 'byte')}: val_bpb {record['curve_val_bpb']:.4f}"
     if record.get("extra_val_bpb") is not None:
         line += (f"; {Path(record['extra_data']).name}: val_bpb {record['extra_val_bpb']:.4f}"
-                 f"  ({record['extra_bytes']:,} bytes)")
+                 f"  ({counted(record['extra_bytes'], 'byte')})")
         if record.get("extra_val_bpb_train_point") is not None:
             line += f"  at the train point: val_bpb {record['extra_val_bpb_train_point']:.4f}"
     return line

@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from rnnlab.errors import name_file
+from rnnlab.errors import counted, name_file
 from rnnlab.signals import raise_swallowed_ctrl_c
 from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, legacy_hint,
                                  resume_mismatch)
@@ -504,11 +504,11 @@ class RunDir:
         for split, what in (("train", "training split"), ("heldout", "held-out split")):
             size, mark = f"{split}_bytes", f"{split}_fingerprint"
             if size in corpus and before.get(size) is not None and before[size] != corpus[size]:
-                return (f"the {what} is now {corpus[size]:,} bytes, but the run in {self.path} trained with "
+                return (f"the {what} is now {counted(corpus[size], 'byte')}, but the run in {self.path} trained with "
                         f"{before[size]:,}")
             if mark in corpus and before.get(mark) is not None and before[mark] != corpus[mark]:
                 return (f"the {what} holds other bytes than the run in {self.path} trained with (the same "
-                        f"{corpus[size]:,} bytes, fingerprint {corpus[mark]}, not {before[mark]})")
+                        f"{counted(corpus[size], 'byte')}, fingerprint {corpus[mark]}, not {before[mark]})")
         return None
 
     def refuse_other_config(self, saved: dict[str, Any], cfg, keys: Iterable[str] | None = None) -> None:

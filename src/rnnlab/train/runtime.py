@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rnnlab.errors import counted
 from rnnlab.eval.bpb import evaluate
 from rnnlab.layers.base import CUDA_ONLY_BACKENDS
 from rnnlab.models.lm import LM
@@ -105,7 +106,7 @@ def final_scores_lacking(scored_bytes: int | None, extra_data: str | None, cfg, 
         need = heldout_bytes_scored(split_bytes, cfg)
         if scored_bytes != need:
             cap = f"{cfg.run.eval_bytes:,}" if cfg.run.eval_bytes else "all"
-            lacking.append(("held-out", f"held-out split scored on {scored_bytes:,} bytes, --eval-bytes {cap} "
+            lacking.append(("held-out", f"held-out split scored on {counted(scored_bytes, 'byte')}, --eval-bytes {cap} "
                                         f"scores {need:,}"))
     return lacking
 

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from rnnlab.data import BatchStream, file_split, load_splits
+from rnnlab.errors import counted
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
 from rnnlab.signals import ctrl_c_unwrapped, reclaim_handlers, take_swallowed_ctrl_c
@@ -240,7 +241,7 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
     larger = "a larger --val-data" if cfg.data.val_path else "a larger --val-fraction or --val-data FILE"
     for split, fix in ((splits.val, larger), (extra, "a larger --extra-val-data")):
         if split is not None and len(split) < cfg.data.seq_len + 1:
-            raise ValueError(f"held-out split of {split.path} has {len(split)} bytes, fewer than "
+            raise ValueError(f"held-out split of {split.path} has {counted(len(split), 'byte')}, fewer than "
                              f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or {fix}")
     unsplit = ("--val-data gives the held-out split" if cfg.data.val_path else
                "the bundled sample has its own held-out file" if cfg.data.path is None else None)
