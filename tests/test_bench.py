@@ -244,9 +244,13 @@ def test_suite_run_unknown_key_reported_before_missing_field(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"^suite t \(.*typo\.toml\), run deep: unknown key\(s\) \['dpth'\]: did you "
                                          r"mean depth\?; known: \[.*'depth'"):
         load_suite(f)
-    with pytest.raises(ValueError, match=r"^suite s, run 2: unknown key\(s\) \['dpth'\]"):  # no name: its number
+    with pytest.raises(ValueError, match=r"^suite s, run 2: unknown key\(s\) \['dpth'\]"):  # nor depth: its number
         parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32},
                                            {"model": "e1", "dim": 32, "dpth": 4}]})
+    # no name: the one --plan shows (<model>-d<depth>), not its number
+    with pytest.raises(ValueError, match=r"^suite s, run e1-d4: unknown key\(s\) \['stepz'\]"):
+        parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32},
+                                           {"model": "e1", "dim": 32, "depth": 4, "stepz": 4}]})
     with pytest.raises(ValueError, match=r"^suite s, run a: unknown key\(s\) \['stepz'\]"):  # caught at load
         parse_suite({"name": "s", "runs": [{"name": "a", "model": "e1", "depth": 2, "dim": 32, "stepz": 4}]})
     with pytest.raises(ValueError, match=r"^suite s, run a: must not set \['out'\]"):  # a known key, refused

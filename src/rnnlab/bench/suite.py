@@ -210,7 +210,7 @@ def parse_suite(data: dict[str, Any], default_name: str = "suite", path: str | N
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             raise ValueError(f"{where}, run {i + 1}: not a table (write each run as a [[runs]] entry)")
-        run = parse_run(row, f"{where}, run {row.get('name') or i + 1}")  # by name when it has one
+        run = parse_run(row, f"{where}, run {run_name(row) or i + 1}")  # by its name, as --plan shows it
         if run.name in seen:
             raise ValueError(f"{where}: run name {run.name!r} appears twice")
         seen.add(run.name)
@@ -276,6 +276,13 @@ def folder_name(value: Any, what: str, where: str) -> str:
     return value
 
 
+def run_name(row: dict[str, Any]) -> Any:
+    """A ``[[runs]]`` row's name: its ``name``, else ``<model>-d<depth>``; None where it has neither."""
+    if row.get("name"):
+        return row["name"]
+    return f"{row['model']}-d{row['depth']}" if "model" in row and "depth" in row else None
+
+
 def parse_run(row: dict[str, Any], where: str) -> RunSpec:
     row = dict(row)
     # unknown keys first: a misspelt key (dpth) is the usual cause of a missing one (depth)
@@ -293,7 +300,8 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
             raise ValueError(f"{where}: needs {key!r}")
     if ("dim" in row) == ("target_params" in row):  # both: the solved width would replace dim unsaid
         raise ValueError(f"{where}: needs 'dim' or 'target_params'" + (", not both" if "dim" in row else ""))
-    name = folder_name(row.pop("name", None) or f"{row['model']}-d{row['depth']}", "run name", where)
+    name = folder_name(run_name(row), "run name", where)
+    row.pop("name", None)
     if name == LOGS:
         raise ValueError(f"{where}: run name {LOGS!r} is the suite folder's logs/ (--gpus N writes there): "
                          "name the run otherwise")
