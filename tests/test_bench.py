@@ -2358,6 +2358,21 @@ def test_a_rows_multiple_is_the_step_its_note_names(tmp_path, capsys):
         "that are multiples of 16; a smaller multiple (the row's `multiple = N`) or another depth may come closer\n")
 
 
+
+def test_a_rows_multiple_beside_dim_is_refused_unless_params_solves_the_width(tmp_path, capsys):
+    """``multiple`` steps only a width solved for a parameter count: beside ``dim`` it changed nothing, without
+    a word, so it is refused in one line (as ``rnnlab params`` refuses ``--multiple`` without ``--target``);
+    ``--params``, which re-solves every row's width, takes it as that width's step."""
+    f = tmp_path / "m.toml"
+    f.write_text('name = "m"\n[[runs]]\nmodel = "e1"\ndim = 32\nmultiple = 64\ndepth = 2\n')
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == (
+        "rnnlab bench: error: suite m (" + str(f) + "), run e1-d2: multiple (64) steps only a width solved for a "
+        "parameter count (target_params, or --params), and this run sets dim: drop multiple, or give target_params "
+        "instead of dim\n")
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o"), "--params", "60K"]) == 0
+    assert "dim=64 " in capsys.readouterr().out
+
 def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
     """Settings outside the plan's columns (batch, seed, the optimizer's betas and clipping) are
     shown on each line where the suite's runs do not all agree on them, and only then."""

@@ -14,7 +14,8 @@ Suite file layout (``src/rnnlab/bench/suites/<name>.toml``, or any path)::
     name = "e1"                   # folder name under the suite's out dir
     model = "e1"
     dim = 64                      # or: target_params = "50M" (dim solved at this depth, in steps of
-                                  # multiple = N: default the model's, 64 for transformer, else 32)
+                                  # multiple = N: default the model's, 64 for transformer, else 32;
+                                  # beside dim, multiple is refused unless --params re-solves the width)
     depth = 2
     layer = { expansion = 2.5 }   # mixer options (optional)
     lr = 1e-3                     # any other config key overrides that field for this run
@@ -395,6 +396,10 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     for run in selected:
         target = target_all if target_all is not None else run.target_params
         try:
+            if target is None and run.multiple is not None:  # as rnnlab params refuses --multiple without --target
+                raise ValueError(f"multiple ({run.multiple}) steps only a width solved for a parameter count "
+                                 f"(target_params, or --params), and this run sets dim: drop multiple, or give "
+                                 f"target_params instead of dim")
             device = next((d for d in (overrides.get("device"), run.overrides.get("device"),
                                        suite.defaults.get("device")) if d is not None), None)
             dim, n_params = resolve_dim(run, target, device)
