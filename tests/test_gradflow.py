@@ -3,9 +3,11 @@ Jacobian estimates against explicit torch.linalg computations."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import shutil
+import sys
 import warnings
 
 import pytest
@@ -84,6 +86,24 @@ def test_default_out_and_current_ckpt_only(trained_run, capsys):
     assert [r["step"] for r in res["records"]] == [4]
     assert len(res["records"][0]["temporal"]["layer_1"]) == 32  # the run's seq_len
 
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_a_bar_on_a_terminal_says_what_is_measured_unless_no_progress(trained_run, tmp_path, monkeypatch):
+    """A long --seq-len takes minutes a checkpoint: on a terminal a bar counts the checkpoints, naming the run
+    and the windows measured; ``--no-progress`` (and stderr that is no terminal) shows none."""
+    argv = ["analyze", "gradflow", "--run", str(trained_run), "--no-plots", "--batches", "1", "--seq-len", "8",
+            "--out", str(tmp_path / "gf")]
+    for extra, shown in (([], True), (["--no-progress"], False)):
+        monkeypatch.setattr(sys, "stderr", _Terminal())
+        assert main(argv + extra) == 0
+        err = sys.stderr.getvalue()
+        assert (f"gradflow {trained_run}: 1 x 8 windows of 9 bytes: 100%" in err and "3/3" in err) is shown, err
+        assert shown or err == "", err
 
 def test_a_missing_run_is_refused(trained_run, capsys):  # bad numbers: test_bad_inputs' gradflow_* cases
     assert main(["analyze", "gradflow", "--run", str(trained_run / "nope")]) == 2

@@ -32,6 +32,8 @@ def register(sub) -> None:
     g.add_argument("--no-plots", action="store_true", help="write gradflow.json only")
     g.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
     g.add_argument("--json", action="store_true", help="print gradflow.json's path only")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal: one step per "
+                                                                "checkpoint, naming the run and its windows)")
     g.set_defaults(func=run_gradflow, command="analyze gradflow")
 
 
@@ -41,7 +43,7 @@ def run_gradflow(args) -> int:
     out = Path(args.out) if args.out else Path(args.run[0]) / "gradflow"
     result = analyze(args.run, out, batches=args.batches, batch_size=args.batch_size, seq_len=args.seq_len,
                      last=args.last, power_iters=args.power_iters, device=args.device,
-                     history=not args.no_history, plots=not args.no_plots)
+                     history=not args.no_history, plots=not args.no_plots, progress=not args.no_progress)
     if args.json:
         print(out / "gradflow.json")
         return 0

@@ -42,6 +42,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from rnnlab.bench.plots import pyplot, save
 from rnnlab.data import eval_windows, heldout_split
@@ -284,11 +285,13 @@ def analyze_model(model: nn.Module, batches: list[torch.Tensor], last: int = 1, 
 
 def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int = 4, batch_size: int = 8,
             seq_len: int | None = None, last: int = 1, power_iters: int = 10, device: str = "cpu",
-            history: bool = True, plots: bool = True) -> dict[str, Any]:
+            history: bool = True, plots: bool = True, progress: bool = True) -> dict[str, Any]:
     """Analyse every checkpoint of every run; write ``gradflow.json`` (+ PNGs) to ``out``. ``last``
     is checked against each run's sequence length, and each run's held-out file is looked for (both
     from its config.json), before any weights load; a run without weights (archived in results/
-    without its checkpoints) is named first, as there is nothing of it to analyse on any corpus."""
+    without its checkpoints) is named first, as there is nothing of it to analyse on any corpus.
+    ``progress``: a bar on stderr when it is a terminal, one step per checkpoint, naming the run and
+    the windows it is measured on (a long ``seq_len`` takes minutes a checkpoint)."""
     lengths = [seq_len or RunDir(run).config().data.seq_len for run in runs]
     for run in map(RunDir, runs):  # its held-out bytes come from the run's own corpus: moved or deleted since?
         if not run.has_checkpoint() and not (history and run.weight_files()):
@@ -302,12 +305,15 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # a file in the way of --out is refused before minutes of analysis
     records = []
-    for run, T in zip(runs, lengths):
-        weights_files = RunDir(run).weight_files() if history else []
-        for weights in weights_files or [None]:
-            cfg, model, step = RunDir(run).load(device, weights)
+    jobs = [(run, T, weights) for run, T in zip(runs, lengths)
+            for weights in (RunDir(run).weight_files() if history else []) or [None]]
+    with tqdm(jobs, unit="checkpoint", dynamic_ncols=True, disable=None if progress else True) as bar:
+        for run, T, weights in bar:  # disable=None: on a terminal only
+            bar.set_description(f"gradflow {run}: {batches} x {batch_size} windows of {T + 1:,} bytes")
+            with tqdm.external_write_mode():  # a warning (a held-out split short of windows) not over the bar
+                cfg, model, step = RunDir(run).load(device, weights)
+                data = heldout_batches(cfg, T, batch_size, batches)
             model = model.float()
-            data = heldout_batches(cfg, T, batch_size, batches)
             r = analyze_model(model, data, last, power_iters)
             records.append({
                 "run": str(run), "weights": str(weights) if weights else None, "step": step,
