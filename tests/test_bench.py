@@ -485,15 +485,17 @@ def test_a_suite_row_or_defaults_key_written_with_a_dash_is_the_same_key(key, tm
 
 
 def test_a_complete_run_is_redone_when_its_budget_kind_changes(tmp_path):
-    """A run complete on --steps 3 is complete for --steps 3, not for --minutes 1 (then resumed
-    from its checkpoint, or trained afresh without one)."""
+    """A run complete on --steps 3 is complete for --steps 3, not for --minutes 1: then resumed from its
+    checkpoint, or, without one (a slim copy kept in results/), refused, never trained afresh over."""
     (planned,) = plan_suite(_tiny_suite(runs="a"), tmp_path)
     planned.dir.mkdir()
     (planned.dir / "config.json").write_text(json.dumps(planned.cfg.to_dict()))
     (planned.dir / "summary.json").write_text(json.dumps({"complete": True, "budget": {"steps": 3}}))
     assert run_status(planned) == "complete"
     (timed,) = plan_suite(_tiny_suite(runs="a"), tmp_path, minutes=1.0)
-    assert run_status(timed) == "restart"
+    assert run_status(timed) == "conflict"
+    assert run_conflict(timed) == (f"{timed.dir} holds a run complete (steps=3) and no checkpoint to train on from "
+                                   "to minutes=1: a suite extends a run, it does not train one afresh over a finished one")
 
 
 def _scored_suite(tmp_path):
@@ -660,23 +662,25 @@ def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path
     with pytest.raises(ValueError, match=r"holds a run complete at step 3, past this budget \(steps 2\)"):
         run_plan(_tiny_suite(runs="a"), [shorter], tmp_path, progress=False)
     (longer,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=4)
-    assert run_status(longer) == "restart"  # no checkpoint here to extend from
+    assert run_status(longer) == "conflict"  # no checkpoint here to extend from (a larger one with: test below)
     # under a minutes budget, the trainer's rule (RunDir.past_budget, as --resume applies it): step 3
     # started after a minute of training by step 2, so a 1-minute budget is passed, a longer one not
     (planned.dir / "metrics.jsonl").write_text("".join(json.dumps({"step": i, "elapsed_s": 30.0 * i, "warmup_s": 0.0})
                                                        + "\n" for i in (1, 2, 3)))
     (minute,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=None, minutes=1)
-    assert run_conflict(minute) == (f"{minute.dir} holds a run complete at step 3, and had trained 1 minutes by step 2, "
+    assert run_conflict(minute) == (f"{minute.dir} holds a run complete at step 3, and had trained 1 minute by step 2, "
                                     f"past this budget (minutes 1): a suite extends a run, it does not shorten one")
     (more,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=None, minutes=1.5)
-    assert run_conflict(more) is None
+    # not past it: only the lack of a checkpoint to extend from stands in the way
+    assert run_conflict(more).endswith("no checkpoint to train on from to minutes=1.5: a suite extends a run, it does "
+                                       "not train one afresh over a finished one")
 
 
 def test_a_complete_run_given_a_larger_budget_is_extended_not_partial(tmp_path, monkeypatch, capsys):
     """A sweep run again into its folder with a larger --steps: its complete points are no partial
-    runs. One with a checkpoint is marked "extend" by --plan and "extending" as it trains, one without
-    "restart" (trained afresh, replacing it); each line names the step it completed at and the
-    budget it now trains to."""
+    runs. One with a checkpoint is marked "extend" by --plan and "extending" as it trains, each line
+    naming the step it completed at and the budget it now trains to; one without a checkpoint (a slim
+    copy kept in results/) is a conflict, refused before anything trains, never trained afresh over."""
     import rnnlab.train.trainer as trainer
 
     calls: list = []
@@ -689,17 +693,20 @@ def test_a_complete_run_given_a_larger_budget_is_extended_not_partial(tmp_path, 
     capsys.readouterr()
     assert main([*sweep, "--steps", "5", "--plan"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[-1] for line in lines if line.startswith("  lr-")] == ["[extend]", "[restart]"]
+    assert [line.split()[-1] for line in lines if line.startswith("  lr-")] == ["[extend]", "[conflict]"]
     extended = "complete at step 2 (steps=2); trained on from its checkpoint to steps=5"
-    afresh = "complete at step 2 (steps=2); no checkpoint to train on from: trained afresh, replacing it, to steps=5"
-    assert lines[-2:] == [f"  extend: lr-1e-3 is {extended}", f"  restart: lr-2e-3 is {afresh}"]
+    refused = (f"{out / 'lr-2e-3'} holds a run complete at step 2 (steps=2) and no checkpoint to train on from to "
+               "steps=5: a suite extends a run, it does not train one afresh over a finished one")
+    assert lines[-2:] == [f"  extend: lr-1e-3 is {extended}", f"  conflict: {refused}"]
     calls.clear()
+    assert main([*sweep, "--steps", "5"]) == 2
+    assert calls == []  # refused before anything trains
+    assert refused in capsys.readouterr().err
+    shutil.rmtree(out / "lr-2e-3")
     assert main([*sweep, "--steps", "5"]) == 0
-    assert calls == [("lr-1e-3", True), ("lr-2e-3", False)]  # resumed; trained afresh
+    assert calls == [("lr-1e-3", True), ("lr-2e-3", False)]  # extended; the deleted point trained anew
     err = capsys.readouterr().err
     assert re.search(rf"^\[1/2\] lr-1e-3: extending e1 dim=16 depth=1 \([\d,]+ params\): {re.escape(extended)}$", err,
-                     re.M), err
-    assert re.search(rf"^\[2/2\] lr-2e-3: training e1 dim=16 depth=1 \([\d,]+ params\): {re.escape(afresh)}$", err,
                      re.M), err
 
 

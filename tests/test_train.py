@@ -371,7 +371,7 @@ def test_resume_is_refused_once_the_training_time_reaches_the_minutes_budget(tin
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     records[1].update(elapsed_s=75.0, warmup_s=15.0)  # step 2: one minute of budget time
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    with pytest.raises(ValueError, match=r"is at step 3, and had trained 1 minutes by step 2, past this budget "
+    with pytest.raises(ValueError, match=r"is at step 3, and had trained 1 minute by step 2, past this budget "
                                          r"\(minutes 1\)"):
         RunDir(run).prepare(tiny_train(run, steps=None, minutes=1, resume=True))
     rundir = RunDir(run)

@@ -169,7 +169,7 @@ def run_parallel(plan: list[PlannedRun], out: Path, gpus: list[str], *, progress
                 if nxt is None:
                     break
                 i, pr, status = nxt
-                before, change = pr.rundir.summary(), budget_change(pr, status)  # as it was: a restart clears it
+                before, change = pr.rundir.summary(), budget_change(pr, status)  # read before the run rewrites it
                 with interrupts_deferred():  # a Ctrl-C as it starts waits until it is known, then stops it
                     proc, log_path = launch(pr, gpu, out, status, progress)
                     running[gpu] = Job(i, pr, gpu, proc, log_path, time.time(), status, before)

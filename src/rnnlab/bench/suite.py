@@ -36,7 +36,8 @@ that is complete (``RunDir.status``, with the same budget) is skipped, unless it
 lacks what the command asks for (a new ``--extra-val-data`` file, another ``--eval-bytes``): then it
 is resumed from its checkpoint, which trains no step and scores it again, or, without a checkpoint,
 skipped and named as lacking it (``scores_lacking``); a run complete under a smaller budget (or one of
-another kind) is extended: resumed from its checkpoint, it trains on to the new one; a partial run is resumed
+another kind) is extended: resumed from its checkpoint, it trains on to the new one (without a checkpoint,
+refused: it is never trained afresh over); a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
 first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``;
 a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part's runs and commands.
@@ -474,7 +475,7 @@ def run_conflict(pr: PlannedRun) -> str | None:
         return None
     diff = resume_mismatch(saved, pr.cfg)
     if diff is None:
-        return _past_budget(pr)
+        return _past_budget(pr) or _finished_without_checkpoint(pr)
     key, old, new = diff
     return (f"{pr.dir} holds a run with {key} = {json.dumps(old)}, but the suite now asks for {json.dumps(new)}"
             f"{legacy_hint(key)}")
@@ -499,15 +500,41 @@ def _past_budget(pr: PlannedRun) -> str | None:
     return f"{pr.dir} holds a run {held} at step {step:,}{past}: a suite extends a run, it does not shorten one"
 
 
+def _finished_without_checkpoint(pr: PlannedRun) -> str | None:
+    """Why a run complete under another budget, with no checkpoint to train on from (a slim copy kept in
+    results/, ``benchmarks/suite_carry.sh``), cannot serve this one: it could only be trained afresh,
+    over a finished run's record. None otherwise."""
+    summary = pr.rundir.summary() or {}
+    saved = summary.get("budget")
+    if (not summary.get("complete") or saved is None or _same_budget(saved, _budget(pr.cfg))
+            or pr.rundir.has_checkpoint()):
+        return None
+    return (f"{pr.dir} holds a run {_completed(summary)} and no checkpoint to train on from to "
+            f"{_chosen(pr)}: a suite extends a run, it does not train one afresh over a finished one")
+
+
+def _completed(summary: dict[str, Any]) -> str:
+    """``complete at step 3 (steps=3)``: where a complete run's summary says it ended, and its budget."""
+    steps = summary.get("steps")
+    was = ", ".join(f"{k}={v:g}" for k, v in (summary.get("budget") or {}).items())
+    return f"complete{f' at step {steps:,}' if isinstance(steps, int) else ''} ({was})"
+
+
+def _chosen(pr: PlannedRun) -> str:
+    """The planned run's budget, ``steps=6``."""
+    kind, value = pr.cfg.budget.chosen()
+    return f"{kind}={value:g}"
+
+
 def run_status(pr: PlannedRun) -> str:
     """``"complete"`` (skip), ``"rescore"`` (complete, but its final evaluation lacks what the plan
     asks for, ``scores_lacking``: resumed from its checkpoint, which trains no step and scores it
     again), ``"stale"`` (the same, without a checkpoint to re-score from: skipped, and said),
     ``"extend"`` (complete under a smaller budget, or one of another kind: resumed from its
     checkpoint, it trains on to this one), ``"partial"`` (resume from its checkpoint), ``"restart"``
-    (the folder holds a run stopped before its first checkpoint, or one complete under another budget
-    without a checkpoint: nothing to resume, train it afresh), ``"new"``, or ``"conflict"`` (the
-    folder holds a run of a different config, or one complete or saved past this budget)."""
+    (the folder holds a run stopped before its first checkpoint: nothing to resume, train it afresh),
+    ``"new"``, or ``"conflict"`` (the folder holds a run of a different config, one complete or saved
+    past this budget, or one complete under another budget without a checkpoint to extend it from)."""
     return status_and_conflict(pr)[0]
 
 
@@ -529,8 +556,7 @@ def _reusable_status(pr: PlannedRun) -> str:
             if not scores_lacking(pr):
                 return "complete"
             return "rescore" if pr.rundir.has_checkpoint() else "stale"
-        if pr.rundir.has_checkpoint():  # complete under another budget: a resume trains on to this one
-            return "extend"
+        return "extend"  # complete under another budget, with a checkpoint (run_conflict): trained on to this one
     return "partial" if pr.rundir.has_checkpoint() else "restart"
 
 
@@ -581,18 +607,13 @@ def skip_line(tag: str, pr: PlannedRun, status: str, result: dict[str, Any]) -> 
 
 
 def budget_change(pr: PlannedRun, status: str) -> str | None:
-    """For a run complete under another budget (``status`` ``"extend"``, or ``"restart"`` without a
-    checkpoint), what its folder holds and what training does with it: ``complete at step 3 (steps=3);
-    trained on from its checkpoint to steps=6`` (it is no partial run); None for any other run."""
+    """For a run complete under another budget (``status`` ``"extend"``), what its folder holds and what
+    training does with it: ``complete at step 3 (steps=3); trained on from its checkpoint to steps=6``
+    (it is no partial run); None for any other run."""
     summary = pr.rundir.summary() or {}
-    if status not in ("extend", "restart") or not summary.get("complete"):
+    if status != "extend" or not summary.get("complete"):
         return None
-    steps = summary.get("steps")
-    was = ", ".join(f"{k}={v:g}" for k, v in (summary.get("budget") or {}).items())
-    kind, value = pr.cfg.budget.chosen()
-    how = ("trained on from its checkpoint to" if status == "extend"
-           else "no checkpoint to train on from: trained afresh, replacing it, to")
-    return f"complete{f' at step {steps:,}' if isinstance(steps, int) else ''} ({was}); {how} {kind}={value:g}"
+    return f"{_completed(summary)}; trained on from its checkpoint to {_chosen(pr)}"
 
 
 def rescore_line(tag: str, pr: PlannedRun) -> str:

@@ -297,7 +297,8 @@ class RunDir:
         trained = self.minutes_trained(step - 1)
         if trained is None or trained < value:
             return None
-        return f", and had trained {trained:.4g} minutes by step {step - 1:,}, past this budget (minutes {value:g})"
+        return (f", and had trained {trained:.4g} minute{'' if f'{trained:.4g}' == '1' else 's'} by step {step - 1:,}, "
+                f"past this budget (minutes {value:g})")
 
     def env(self) -> dict[str, Any] | None:
         return read_json(self.file(ENV))
