@@ -575,7 +575,7 @@ def test_a_sweeps_stale_points_are_named_under_rnnlab_sweep(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv + ["--eval-bytes", "4K"]) == 0
     err = capsys.readouterr().err
-    assert "rnnlab sweep: 1 complete run(s) keep final scores that do not cover this command" in err
+    assert "rnnlab sweep: 1 complete run keeps final scores that do not cover this command" in err
     assert "rnnlab bench" not in err
 
 
@@ -600,7 +600,7 @@ def test_a_complete_run_without_a_checkpoint_lacking_new_scores_is_named_not_sil
     assert (result["skipped"], result["stale"], result["rescored"]) == (["a"], {"a": ["no score on extra.txt"]}, [])
     assert said == ["[1/1] a: complete, skipped; its final evaluation lacks what this command asks (no score on "
                     "extra.txt) and the run has no checkpoint to score it again from",
-                    "rnnlab bench: 1 complete run(s) keep final scores that do not cover this command, having no "
+                    "rnnlab bench: 1 complete run keeps final scores that do not cover this command, having no "
                     "checkpoint to score them again from: a (no score on extra.txt); the report marks the difference "
                     "(re-score them where their checkpoints are, or delete their folders to train them again)"]
     assert (out / "a" / "summary.json").read_text() == before
@@ -1844,7 +1844,7 @@ def test_report_warns_when_a_cpu_run_started_on_a_busy_machine(tmp_path):
     md = paths["md"].read_text()
     assert "- **Machine load at start (CPU runs):** 1-minute load average 0.4–3.2 on 2 cores" in md
     warning = md[md.index("> **Warning: the machine was busy"):md.index("## Results")]
-    assert "when 1 CPU run(s) started" in warning and "busy-run 3.2" in warning and "quiet-run" not in warning
+    assert "when 1 CPU run started" in warning and "busy-run 3.2" in warning and "quiet-run" not in warning
     assert "full-run" not in warning
     assert json.loads(paths["json"].read_text())["machine_load"]["busy"] == ["busy-run"]
 
@@ -3510,7 +3510,7 @@ def test_a_failed_run_makes_the_suite_exit_1(tmp_path, capsys, monkeypatch):
     calls = _second_run_raises(monkeypatch, RuntimeError("CUDA error: out of memory"))
     out = tmp_path / "s"
     assert main(["bench", "tiny", "--steps", "2", "--out", str(out), "--no-plots", "--no-progress"]) == 1
-    assert capsys.readouterr().err.endswith("\n1 run(s) failed: mamba2\n")
+    assert capsys.readouterr().err.endswith("\n1 run failed: mamba2\n")
     assert len(calls) == len(load_suite("tiny").runs) - 1 and (out / "report.md").exists()
 
 
@@ -4503,7 +4503,7 @@ def test_a_run_folder_of_another_config_is_a_conflict_said_by_plan_and_refused(t
     assert main([*base, "--runs", "e1,mingru", "--data", str(other), "--plan"]) == 0
     assert read == [out / "e1", out / "mingru"]
     assert capsys.readouterr().out.splitlines() == [
-        f"suite tiny: 2 run(s) under {out}",
+        f"suite tiny: 2 runs under {out}",
         "  e1                           e1          dim=64    depth=2          57,856 params  steps=1  "
         "schedulefree-adamw lr=0.003  fp32  [conflict]",
         "  mingru                       mingru      dim=64    depth=2          33,152 params  steps=1  "

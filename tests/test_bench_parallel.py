@@ -271,7 +271,7 @@ def test_complete_runs_lacking_a_new_extra_file_are_rescored_on_a_gpu_keeping_th
     assert res["stale"] == {"mingru": ["no score on extra.txt"]}
     assert any(m.startswith("[1/2] e1: complete; scoring its final evaluation again from its checkpoint, no training "
                             "step (no score on extra.txt) on GPU 5") for m in said), said
-    assert said[-1].startswith("rnnlab bench: 1 complete run(s) keep final scores that do not cover this command")
+    assert said[-1].startswith("rnnlab bench: 1 complete run keeps final scores that do not cover this command")
     doc = json.loads((out / "suite.json").read_text())
     assert {r["dir"]: r.get("gpu") for r in doc["runs"]} == {"e1": "3", "mingru": "3"}
 

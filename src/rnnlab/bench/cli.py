@@ -18,6 +18,7 @@ import os
 import sys
 from pathlib import Path
 
+from rnnlab.errors import counted
 from rnnlab.models.config import layer_text
 from rnnlab.options import checked, path_arg
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
@@ -134,7 +135,7 @@ def _execute(suite, out: Path, args) -> int:
                       options=options, gpus=gpus)
     write_and_show_report(out, None, plots=not args.no_plots)
     if result["failed"]:
-        print(f"{len(result['failed'])} run(s) failed: {', '.join(result['failed'])}", file=sys.stderr)
+        print(f"{counted(len(result['failed']), 'run')} failed: {', '.join(result['failed'])}", file=sys.stderr)
         return 1
     return 130 if result["stopped"] else 0
 
@@ -163,7 +164,7 @@ def _print_plan(suite, plan, out: Path) -> None:
     that training would refuse."""
     from rnnlab.bench.suite import budget_change, scores_lacking, status_and_conflict
 
-    print(f"suite {suite.name}: {len(plan)} run(s) under {out}")
+    print(f"suite {suite.name}: {counted(len(plan), 'run')} under {out}")
     found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
     varying = varying_settings(plan)
     for pr, (status, _) in zip(plan, found):

@@ -22,6 +22,7 @@ from typing import Any
 from rnnlab.bench import plots as P
 from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_rates, run_seed
 from rnnlab.bench.suite import invocations, suite_ref
+from rnnlab.errors import counted
 from rnnlab.models.config import layer_text
 from rnnlab.models.params import parse_count
 from rnnlab.options import normalize
@@ -479,7 +480,7 @@ def load_lines(load: dict[str, Any] | None) -> list[str]:
     md = [f"- **Machine load at start (CPU runs):** 1-minute load average {lo if lo == hi else f'{lo}–{hi}'} "
           f"on {'/'.join(map(str, load['cores']))} cores"]
     if load["busy"]:
-        md += ["", f"> **Warning: the machine was busy when {len(load['busy'])} CPU run(s) started** (1-minute "
+        md += ["", f"> **Warning: the machine was busy when {counted(len(load['busy']), 'CPU run')} started** (1-minute "
                "load average above the core count: " + ", ".join(f"{d} {loads[d]:.1f}" for d in load["busy"])
                + "): other processes competed for the CPU, so the tok/s and time of these runs do not compare; "
                "rerun them on an idle machine."]

@@ -59,6 +59,7 @@ from typing import Any
 
 import torch
 
+from rnnlab.errors import counted
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.options import check, check_value, did_you_mean, normalize
@@ -629,7 +630,8 @@ def stale_line(stale: dict[str, list[str]], command: str = "bench") -> str | Non
     if not stale:
         return None
     runs = ", ".join(f"{label} ({'; '.join(lacking)})" for label, lacking in stale.items())
-    return (f"rnnlab {command}: {len(stale)} complete run(s) keep final scores that do not cover this command, "
+    return (f"rnnlab {command}: {counted(len(stale), 'complete run')} keep{'s' if len(stale) == 1 else ''} final "
+            "scores that do not cover this command, "
             f"having no checkpoint to score them again from: {runs}; the report marks the difference (re-score "
             "them where their checkpoints are, or delete their folders to train them again)")
 

@@ -211,7 +211,8 @@ def load_splits(
             raise ValueError(
                 f"corpus {corpus.path} ({counted(n, 'byte')}) is too small to split: held-out tail of "
                 f"{counted(n_val, 'byte')} (val_fraction={val_fraction}, min_len={min_len}) leaves "
-                f"{counted(n - n_val, 'byte')} for training; use a larger file or give a held-out file (--val-data)"
+                f"{counted(max(n - n_val, 0), 'byte')} for training; use a larger file or give a held-out file "
+                f"(--val-data)"
             )
         train = Split(corpus, 0, n - n_val, "train")
         val = Split(corpus, n - n_val, n_val, "val")
