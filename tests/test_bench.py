@@ -494,8 +494,11 @@ def test_a_complete_run_is_redone_when_its_budget_kind_changes(tmp_path):
     assert run_status(planned) == "complete"
     (timed,) = plan_suite(_tiny_suite(runs="a"), tmp_path, minutes=1.0)
     assert run_status(timed) == "conflict"
-    assert run_conflict(timed) == (f"{timed.dir} holds a run complete (steps=3) and no checkpoint to train on from "
-                                   "to minutes=1: a suite extends a run, it does not train one afresh over a finished one")
+    assert run_conflict(timed) == (f"{timed.dir} holds a run complete (steps=3) without a checkpoint, so it cannot be "
+                                   "extended to minutes=1: a suite extends a run, it does not train one afresh over a "
+                                   "finished one")
+    (tokens,) = plan_suite(_tiny_suite(runs="a"), tmp_path, tokens=1_234_567)  # a count in full, not 1.23457e+06
+    assert "so it cannot be extended to tokens=1,234,567: " in run_conflict(tokens)
 
 
 def _scored_suite(tmp_path):
@@ -672,8 +675,8 @@ def test_a_complete_run_past_a_smaller_budget_is_a_conflict_not_partial(tmp_path
                                     f"past this budget (minutes 1): a suite extends a run, it does not shorten one")
     (more,) = plan_suite(_tiny_suite(runs="a"), tmp_path, steps=None, minutes=1.5)
     # not past it: only the lack of a checkpoint to extend from stands in the way
-    assert run_conflict(more).endswith("no checkpoint to train on from to minutes=1.5: a suite extends a run, it does "
-                                       "not train one afresh over a finished one")
+    assert run_conflict(more).endswith("without a checkpoint, so it cannot be extended to minutes=1.5: a suite extends "
+                                       "a run, it does not train one afresh over a finished one")
 
 
 def test_a_complete_run_given_a_larger_budget_is_extended_not_partial(tmp_path, monkeypatch, capsys):
@@ -695,8 +698,8 @@ def test_a_complete_run_given_a_larger_budget_is_extended_not_partial(tmp_path, 
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[-1] for line in lines if line.startswith("  lr-")] == ["[extend]", "[conflict]"]
     extended = "complete at step 2 (steps=2); trained on from its checkpoint to steps=5"
-    refused = (f"{out / 'lr-2e-3'} holds a run complete at step 2 (steps=2) and no checkpoint to train on from to "
-               "steps=5: a suite extends a run, it does not train one afresh over a finished one")
+    refused = (f"{out / 'lr-2e-3'} holds a run complete at step 2 (steps=2) without a checkpoint, so it cannot be "
+               "extended to steps=5: a suite extends a run, it does not train one afresh over a finished one")
     assert lines[-2:] == [f"  extend: lr-1e-3 is {extended}", f"  conflict: {refused}"]
     calls.clear()
     assert main([*sweep, "--steps", "5"]) == 2

@@ -20,6 +20,12 @@ def counted(n: int, noun: str) -> str:
     return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
+def amount(value: int | float) -> str:
+    """A budget's or a setting's value as a message shows it: a whole count in full with separators
+    (``1,234,567`` tokens, not ``1.23457e+06``), a float as short as it reads (``1.5`` minutes)."""
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
 class naming(contextlib.AbstractContextManager):
     """``name_file`` for an OS error raised inside the block; a plain class, not a generator, as it
     wraps hot paths (each read of ``data prepare``, each step's log lines)."""

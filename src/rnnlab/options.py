@@ -366,7 +366,8 @@ def _help(s: Spec) -> str:
 
 def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The flags of ``cls``'s fields that were given, as ``{key: value}``: text converted and each value
-    checked, a bad one named by the flag typed (``--eval-bytes must be ...``), not the field's key."""
+    checked against its field's declaration, a bad one named by the flag typed (``--eval-bytes must be
+    ...``), not the field's key (the rules between fields, checked later on the whole config, name keys)."""
     out = {}
     for s in specs(cls):
         text = getattr(args, s.key, None)

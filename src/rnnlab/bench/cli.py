@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnlab.errors import counted
+from rnnlab.errors import amount, counted
 from rnnlab.models.config import layer_text
 from rnnlab.options import checked, path_arg
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
@@ -172,7 +172,7 @@ def _print_plan(suite, plan, out: Path) -> None:
         kind, value = c.budget.chosen()
         m = c.model
         print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
-              f"{kind}={value:g}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
+              f"{kind}={amount(value)}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
               + "".join(f"  {text}" for text in (layer_text(m.layer), varying[pr.label]) if text))
     for pr, (status, why) in zip(plan, found):
         if why:  # what training the plan would refuse, and why

@@ -59,7 +59,7 @@ from typing import Any
 
 import torch
 
-from rnnlab.errors import counted
+from rnnlab.errors import amount, counted
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.options import check, check_value, did_you_mean, normalize
@@ -510,21 +510,21 @@ def _finished_without_checkpoint(pr: PlannedRun) -> str | None:
     if (not summary.get("complete") or saved is None or _same_budget(saved, _budget(pr.cfg))
             or pr.rundir.has_checkpoint()):
         return None
-    return (f"{pr.dir} holds a run {_completed(summary)} and no checkpoint to train on from to "
+    return (f"{pr.dir} holds a run {_completed(summary)} without a checkpoint, so it cannot be extended to "
             f"{_chosen(pr)}: a suite extends a run, it does not train one afresh over a finished one")
 
 
 def _completed(summary: dict[str, Any]) -> str:
     """``complete at step 3 (steps=3)``: where a complete run's summary says it ended, and its budget."""
     steps = summary.get("steps")
-    was = ", ".join(f"{k}={v:g}" for k, v in (summary.get("budget") or {}).items())
+    was = ", ".join(f"{k}={amount(v)}" for k, v in (summary.get("budget") or {}).items())
     return f"complete{f' at step {steps:,}' if isinstance(steps, int) else ''} ({was})"
 
 
 def _chosen(pr: PlannedRun) -> str:
     """The planned run's budget, ``steps=6``."""
     kind, value = pr.cfg.budget.chosen()
-    return f"{kind}={value:g}"
+    return f"{kind}={amount(value)}"
 
 
 def run_status(pr: PlannedRun) -> str:

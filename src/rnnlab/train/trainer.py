@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from rnnlab.data import BatchStream, file_split, load_splits
-from rnnlab.errors import counted
+from rnnlab.errors import amount, counted
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
 from rnnlab.signals import ctrl_c_unwrapped, reclaim_handlers, take_swallowed_ctrl_c
@@ -385,9 +385,9 @@ class Trainer:
                       + "; ".join(text for _, text in self.final_eval_lacks()) + ")", file=sys.stderr, flush=True)
             elif resumed and spent and not redone:  # the summary printed next is the run's as it was: say why
                 kind, value = cfg.budget.chosen()
-                value = f"{value:,}" if isinstance(value, int) else f"{value:g}"
-                print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,} ({kind} {value}): "
-                      f"nothing to train or score; a larger --{kind} extends it", file=sys.stderr, flush=True)
+                print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,} "
+                      f"({kind} {amount(value)}): nothing to train or score; a larger --{kind} extends it",
+                      file=sys.stderr, flush=True)
             self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
                               final_eval_redone=redone and not self.final_eval_done(), scores_only=resumed and spent)
         if self.device.type == "cuda":
