@@ -2524,6 +2524,10 @@ def test_a_sweep_rerun_with_seeds_keeps_the_seedless_run_of_a_seed_it_lists(tmp_
     (out / "lr-2e-3-s42").mkdir()
     shutil.copy(out / "lr-2e-3" / "config.json", out / "lr-2e-3-s42")
     assert [p.label for p in plan_suite(suite, out, steps=2, device="cpu", seeds="42")] == ["lr-1e-3", "lr-2e-3-s42"]
+    # a larger budget: the seedless run goes on from its checkpoint as seed 42's, in its own folder
+    calls.clear()
+    assert main([*sweep, "--steps", "4", "--seeds", "42,43", "--runs", "lr-1e-3"]) == 0
+    assert calls == [("lr-1e-3", True), ("lr-1e-3-s43", True)]
 
 
 def test_sweep_cli_end_to_end(tmp_path, capsys):
