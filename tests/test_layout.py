@@ -208,3 +208,18 @@ def test_every_option_the_docs_give_a_benchmark_script_exists():
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     unknown = sorted({f"{doc.name}: {u}" for doc in pages for u in _unknown_options(doc.read_text(), SCRIPT, options)})
     assert not unknown, unknown
+
+
+def test_every_file_the_package_reads_is_in_its_package_data():
+    """A wheel (a non-editable install) holds every non-Python file under ``src/rnnlab``: the CUDA
+    sources the kernels build from on first use (``wgmma.cu`` includes ``sm90.cuh``: without it the
+    Hopper build fails and the slower kernel runs), the shipped sample corpus and the suites.
+    ``pyproject.toml``'s package-data globs are what setuptools copies."""
+    import fnmatch
+    import tomllib
+
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["rnnlab"]
+    files = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
+             if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts]
+    left_out = [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)]
+    assert files and not left_out, f"not in pyproject.toml's package-data: {left_out}"
