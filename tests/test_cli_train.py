@@ -921,6 +921,30 @@ def test_a_command_freezes_what_is_alive_before_it_exits():
     assert e.value.code == 3
 
 
+@pytest.mark.parametrize("code, status", [(0, 130), (130, 130), (2, 2)])
+def test_a_ctrl_c_after_the_command_ended_exits_quietly(monkeypatch, capsys, code, status):
+    """A second Ctrl-C that lands just after a stopped run saved its checkpoint and said so (on a
+    CPU a small run's save takes milliseconds) meets ``leave``'s collection, where Python's own
+    handler is back: it ends the command with 130 (or the command's own failing status), not with a
+    KeyboardInterrupt traceback and status 1."""
+    import gc
+
+    from rnnlab.cli import leave
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gc, "collect", interrupted)
+    try:
+        leave(code)
+    except SystemExit as e:
+        assert e.code == status
+    except KeyboardInterrupt:
+        pytest.fail("the Ctrl-C left leave as a KeyboardInterrupt (a traceback, status 1)")
+    finally:
+        gc.unfreeze()
+    assert capsys.readouterr().err == ""
+
 def test_a_command_writes_each_line_on_standard_error_in_one_write(monkeypatch):
     """Under ``--gpus N`` torchrun and the ranks share one standard error, and unbuffered Python
     (``python -u``, as torchrun starts its workers) writes a ``print``'s text and its newline in two

@@ -120,10 +120,15 @@ def leave(code: int | None) -> NoReturn:
     skips its collections over all that torch's import made, about 0.4 s of every command's end.
     An object still reachable in a reference cycle is then not finalized at exit (Python promises
     no finalizer for what is alive at exit; atexit handlers still run): rnnlab closes its files,
-    logs and writers before it returns (``Trainer.closing``)."""
+    logs and writers before it returns (``Trainer.closing``). A Ctrl-C that comes meanwhile (a second
+    one just after a stopped run saved and said so) ends it quietly with 130, not with a traceback:
+    the command has nothing left to stop."""
     import gc
 
-    gc.collect()  # garbage already there is finalized, as at any exit
+    try:
+        gc.collect()  # garbage already there is finalized, as at any exit
+    except KeyboardInterrupt:
+        code = code or 130
     gc.freeze()
     raise SystemExit(code)
 
