@@ -867,3 +867,20 @@ def test_transformers_versions_accepted_include_pre_releases_inside_the_range(in
     if not fits:
         assert problem == (f"transformers {installed} is installed; rnnlab.hf needs transformers>=5.24,<6 "
                            "(pip install 'rnnlab[hf]')")
+
+
+def test_export_says_which_step_it_holds_and_whether_the_run_is_complete(exported, tmp_path, capsys):
+    """``rnnlab export`` names the step whose weights the folder holds, and says so when the run is not
+    complete (stopped, or still training): its checkpoint's weights are from part way."""
+    import shutil
+
+    run, _ = exported["e1"]
+    assert main(["export", "--run", str(run), "--out", str(tmp_path / "done")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'done'} (the weights of step 2); load it with ")
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped)
+    summary = json.loads((stopped / "summary.json").read_text())
+    (stopped / "summary.json").write_text(json.dumps({**summary, "complete": False}))  # as a stopped run's says
+    assert main(["export", "--run", str(stopped), "--out", str(tmp_path / "part")]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'part'} (the weights of step 2; the run is not "
+                                              "complete: its budget is 2 steps); load it with ")

@@ -24,8 +24,18 @@ def run_export(args) -> int:
     if problem is not None:
         raise ValueError(problem)
     from rnnlab.hf.export import export_run
+    from rnnlab.train.rundir import RunDir
 
-    out = export_run(args.run, args.out)
-    print(f"wrote {out}; load it with `import rnnlab` and "
-          f"transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    out, step = export_run(args.run, args.out)
+    print(f"wrote {out} (the weights of step {step:,}{_unfinished(RunDir(args.run))}); load it with `import rnnlab` "
+          f"and transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
+
+
+def _unfinished(run) -> str:
+    """``; the run is not complete: its budget is 100,000 steps`` for a run stopped or still training (its
+    export holds a checkpoint's weights from part way), else ""."""
+    if run.status() == "complete":
+        return ""
+    budget = run.config().max_steps()
+    return "; the run is not complete" + (f": its budget is {budget:,} steps" if budget is not None else "")

@@ -34,8 +34,9 @@ from rnnlab.train.durable import (TMP_PREFIX, fsync_dir, fsync_file, interrupts_
                                   temporary_name)
 from rnnlab.train.rundir import RunDir
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
-    """Write the run's model and the byte tokenizer to ``out_dir`` (which must not hold files)."""
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, int | None]:
+    """Write the run's model and the byte tokenizer to ``out_dir`` (which must not hold files); returns
+    the folder and the step of the checkpoint whose weights it holds."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, and export writes a folder: choose another --out")
@@ -43,7 +44,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"--out {out} already holds files: choose another --out (a new or empty folder), "
                          f"or remove {out} first")
-    cfg, lm, _ = RunDir(run_dir).load("cpu")  # the shipped weights of its newest usable checkpoint
+    cfg, lm, step = RunDir(run_dir).load("cpu")  # the shipped weights of its newest usable checkpoint
     layer = {k: v for k, v in (cfg.model.layer or {}).items() if k != "backend"}
     hf_config = RnnlabConfig.from_model_config(dataclasses.replace(cfg.model, layer=layer), seq_len=cfg.data.seq_len)
     model = RnnlabForCausalLM(hf_config).to(next(lm.parameters()).dtype)
@@ -56,7 +57,7 @@ def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
             f.chmod(new_file_mode())
 
     _written_whole(out, write)
-    return out
+    return out, step
 
 
 def _clear_stale_staging(out: Path) -> None:
