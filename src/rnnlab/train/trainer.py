@@ -421,7 +421,7 @@ class Trainer:
                 self.record_failure(str(e))
                 raise
             except KeyboardInterrupt:
-                message = f"aborted by Ctrl-C at step {self.state.step}; {self.checkpointer.kept()}"
+                message = f"aborted by Ctrl-C at step {self.state.step:,}; {self.checkpointer.kept()}"
                 self.record_failure(message, aborted=True)
                 raise KeyboardInterrupt(message) from None
             except PeerEvaluationFailed as e:  # rank 0 ends on its own failure, which it records
@@ -442,13 +442,13 @@ class Trainer:
                     message = (f"out of memory while saving the checkpoint of step {self.state.step} on "
                                f"{self.device}; {self.checkpointer.kept()}")
                 elif self.evaluating:
-                    message = (f"out of memory in the evaluation at step {self.state.step} on {self.device}: "
+                    message = (f"out of memory in the evaluation at step {self.state.step:,} on {self.device}: "
                                f"lower --eval-batch-size ({eval_batch(cfg)})"
                                f"{graph if cfg.run.cuda_graph else ''}; {self.checkpointer.kept()}")
                 else:
                     accum = (graph if cfg.run.cuda_graph else f" or raise --grad-accum ({cfg.data.grad_accum})"
                              if grad_accum_can_rise(cfg, self.ctx.world_size) else "")
-                    message = (f"out of memory at step {self.state.step + 1} on {self.device}: lower --batch-size "
+                    message = (f"out of memory at step {self.state.step + 1:,} on {self.device}: lower --batch-size "
                                f"({cfg.data.batch_size}) or --seq-len ({cfg.data.seq_len}){accum}; "
                                f"{self.checkpointer.kept()}")
                 self.record_failure(message)
@@ -512,7 +512,7 @@ class Trainer:
         self.logger.stopped()
         self.checkpoint(complete=False)
         if self.ctx.is_main:  # the rank that wrote it (every rank under FSDP2: one line is enough)
-            print(f"\nrnnlab train: interrupted at step {self.state.step}; checkpoint saved to "
+            print(f"\nrnnlab train: interrupted at step {self.state.step:,}; checkpoint saved to "
                   f"{self.checkpointer.last.path} (continue with --resume --out {self.rundir.path})",
                   file=sys.stderr)
         return self.finish(complete=False)
@@ -564,7 +564,7 @@ class Trainer:
                 optimizer.zero_grad(set_to_none=True)
             what = (f"non-finite loss ({loss_value})" if not math.isfinite(loss_value) else
                     f"non-finite gradient (norm {norm_value}) of a finite loss ({loss_value:.4f})")
-            raise NonFiniteLossError(f"{what} at step {state.step + 1}; {self.divergence_hint()}; "
+            raise NonFiniteLossError(f"{what} at step {state.step + 1:,}; {self.divergence_hint()}; "
                                      f"{self.checkpointer.kept()}")
         if self.cfg.optim.grad_clip is not None:
             torch.nn.utils.clip_grads_with_norm_(state.model.parameters(), self.cfg.optim.grad_clip, norm)
@@ -717,7 +717,7 @@ class Trainer:
         if self.checkpointer.saved_step == self.state.step:
             return
         if not self.ctx.all_true(dist.local_all_finite(self.state.model)):  # this rank's shard under FSDP2
-            raise NonFiniteLossError(f"non-finite weights at step {self.state.step}; {self.divergence_hint()}; "
+            raise NonFiniteLossError(f"non-finite weights at step {self.state.step:,}; {self.divergence_hint()}; "
                                      f"{self.checkpointer.kept()}")
         self.clock()
         self.logger.sync()
