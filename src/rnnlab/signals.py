@@ -4,10 +4,10 @@ terminal, after a hang-up, sent to /dev/null instead of failing; and a process s
 of rnnlab's (torchrun and its workers under ``rnnlab train --gpus N``, a run of ``rnnlab bench --gpus
 N``) ended with it by a ``kill -9`` (``ends_with_parent``); a Ctrl-C that a library wrapped in its own
 error known as one (``is_ctrl_c``, ``ctrl_c_unwrapped``), and one that a library swallowed at start-up
-remembered, so the trainer and the commands that load a run stop on it (``RememberedCtrlC``). Used by the ``rnnlab`` command
-(``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun (``rnnlab.train.cli``), and
-across the package where a stop or a process's end matters (the trainer, the bench, the kernel
-registry, export)."""
+remembered, so the trainer and the commands that load a run stop on it (``RememberedCtrlC``). Used by
+the ``rnnlab`` command (``rnnlab.cli``), by ``rnnlab train --gpus N``'s launcher and torchrun
+(``rnnlab.train.cli``), and across the package where a stop or a process's end matters (the trainer,
+the bench, the kernel registry, export)."""
 
 from __future__ import annotations
 

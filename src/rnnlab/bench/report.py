@@ -480,8 +480,8 @@ def load_lines(load: dict[str, Any] | None) -> list[str]:
     md = [f"- **Machine load at start (CPU runs):** 1-minute load average {lo if lo == hi else f'{lo}–{hi}'} "
           f"on {'/'.join(map(str, load['cores']))} cores"]
     if load["busy"]:
-        md += ["", f"> **Warning: the machine was busy when {counted(len(load['busy']), 'CPU run')} started** (1-minute "
-               "load average above the core count: " + ", ".join(f"{d} {loads[d]:.1f}" for d in load["busy"])
+        md += ["", f"> **Warning: the machine was busy when {counted(len(load['busy']), 'CPU run')} started** "
+               "(1-minute load average above the core count: " + ", ".join(f"{d} {loads[d]:.1f}" for d in load["busy"])
                + "): other processes competed for the CPU, so the tok/s and time of these runs do not compare; "
                "rerun them on an idle machine."]
     return md
