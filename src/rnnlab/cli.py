@@ -120,17 +120,26 @@ def leave(code: int | None) -> NoReturn:
     skips its collections over all that torch's import made, about 0.4 s of every command's end.
     An object still reachable in a reference cycle is then not finalized at exit (Python promises
     no finalizer for what is alive at exit; atexit handlers still run): rnnlab closes its files,
-    logs and writers before it returns (``Trainer.closing``). A Ctrl-C that comes meanwhile (a second
-    one just after a stopped run saved and said so) ends it quietly with 130, not with a traceback:
-    the command has nothing left to stop."""
+    logs and writers before it returns (``Trainer.closing``). A Ctrl-C from here on (a second one
+    just after a stopped run saved and said so) has nothing left to stop: it is noted, not raised
+    (Python would print a KeyboardInterrupt traceback from wherever it lands, the collection's next
+    line or an object's finalizer), and the command exits 130, or with its own failing status; a
+    further one interrupts as usual (an atexit handler that hangs)."""
     import gc
+    import signal
+    import threading
 
-    try:
-        gc.collect()  # garbage already there is finalized, as at any exit
-    except KeyboardInterrupt:
-        code = code or 130
+    late: list[int] = []
+
+    def noted(signum, frame):
+        late.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, noted)
+    gc.collect()  # garbage already there is finalized, as at any exit
     gc.freeze()
-    raise SystemExit(code)
+    raise SystemExit((code or 130) if late else code)
 
 
 def command() -> NoReturn:

@@ -34,7 +34,7 @@ from rnnlab.train.durable import (TMP_PREFIX, fsync_dir, fsync_file, interrupts_
                                   temporary_name)
 from rnnlab.train.rundir import RunDir
 
-def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, int | None]:
+def export_run(run_dir: str | os.PathLike, out_dir: str | os.PathLike) -> tuple[Path, int]:
     """Write the run's model and the byte tokenizer to ``out_dir`` (which must not hold files); returns
     the folder and the step of the checkpoint whose weights it holds."""
     out = Path(out_dir)

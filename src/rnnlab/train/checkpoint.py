@@ -141,7 +141,7 @@ class Checkpoint:
         return self.path / STATE_FILE
 
     def __str__(self) -> str:
-        return f"{self.path} (step {self.step})"
+        return f"{self.path} (step {'unknown' if self.step is None else f'{self.step:,}'})"
 
     def verify(self) -> None:
         """Raise ``CheckpointError`` saying what is wrong unless the checkpoint is as written."""
@@ -451,9 +451,9 @@ class Checkpointer:
         with contextlib.suppress(OSError):  # a message being built (a Ctrl-C's): an unreadable folder is no error
             committed = awaited is not None and awaited.path.is_dir()
         if committed:
-            return f"last good checkpoint kept at {awaited.path} (step {awaited.step})"
+            return f"last good checkpoint kept at {awaited}"
         kept = ("no checkpoint was written" if self.last is None
-                else f"last good checkpoint kept at {self.last.path} (step {self.last.step})")
+                else f"last good checkpoint kept at {self.last}")
         if awaited is None:
             return kept
         return f"{kept}, {unless_committed(awaited)}"

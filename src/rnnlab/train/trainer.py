@@ -439,7 +439,7 @@ class Trainer:
                 cfg = self.cfg
                 graph = " or drop --cuda-graph (its graph keeps the step's memory through evaluations)"
                 if self.saving:  # the state gathered (FSDP2) or copied to the CPU: no step's knob helps
-                    message = (f"out of memory while saving the checkpoint of step {self.state.step} on "
+                    message = (f"out of memory while saving the checkpoint of step {self.state.step:,} on "
                                f"{self.device}; {self.checkpointer.kept()}")
                 elif self.evaluating:
                     message = (f"out of memory in the evaluation at step {self.state.step:,} on {self.device}: "
@@ -791,13 +791,13 @@ class Trainer:
         ``LostPeerWatch`` saw end) is 0."""
         step, last, what = self.state.step, self.checkpointer.newest(), collective_failure_phrase(failed)
         if last is not None and last.step == step:
-            return f"{what} after step {step}, whose checkpoint is saved: {last}; --resume continues from it"
+            return f"{what} after step {step:,}, whose checkpoint is saved: {last}; --resume continues from it"
         awaited = self.checkpointer.awaited
         unless = (f" {unless_committed(awaited)}"
                   if awaited is not None and awaited.step == step and self.ctx.world_size > 2 and lost != 0 else "")
         if last is None:
-            return f"{what} after step {step}, which is not saved{unless}; no checkpoint was written"
-        return (f"{what} after step {step}, which is not saved{unless}; the last checkpoint is {last}: "
+            return f"{what} after step {step:,}, which is not saved{unless}; no checkpoint was written"
+        return (f"{what} after step {step:,}, which is not saved{unless}; the last checkpoint is {last}: "
                 "--resume continues from it")
 
     def end_on_lost_peer(self, peer: int) -> NoReturn:
