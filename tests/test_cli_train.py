@@ -533,9 +533,9 @@ def test_gpus_refuses_a_taken_run_folder_before_launching(tmp_path, capsys, monk
 
 
 @pytest.mark.parametrize("extra, message", [
-    ([], "batch_size (the global batch) must be divisible by the number of processes: 4 is not divisible by 3"),
+    ([], "--batch-size (the global batch) must be divisible by the number of processes: 4 is not divisible by 3"),
     (["--batch-size", "6", "--grad-accum", "3"],  # 6 rows divide by 3, but each process's 2 rows do not
-     "grad_accum (3) must divide the batch of each process (batch_size 6 / 3 processes = 2)"),
+     "--grad-accum (3) must divide the batch of each process (batch_size 6 / 3 processes = 2)"),
 ])
 def test_gpus_refuses_a_batch_that_does_not_split_before_launching(extra, message, tmp_path, capsys, monkeypatch):
     """``--gpus 3`` with a global batch of 4 (or a --grad-accum that does not divide each process's

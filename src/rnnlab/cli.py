@@ -97,6 +97,29 @@ def error_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
+# an error line whose subject is a config field, as the config's checks phrase it ("eval_bytes must be ...",
+# "warmup_steps (50) must not exceed ...", "cuda_graph needs ...")
+FIELD_SUBJECT = re.compile(r"([a-z][a-z0-9_]*) (?=must |needs |\()")
+
+
+def named_by_flag(line: str, args: argparse.Namespace) -> str:
+    """``line`` (an error's one line) with its subject, a config field that this command line set by
+    its flag, written as that flag: ``--eval-bytes must be ...``, not ``eval_bytes must be ...``.
+    The value in effect is the flag's (flags override a config file and a resumed run's config), so
+    it is what the user typed that is named, whichever check refused it: its field's declaration, a
+    rule between fields or the device's. A field the flags left alone keeps its key (a config file's
+    or a suite's value), as does ``layer``, whose ``--layer`` options are added to a file's table
+    rather than replacing it."""
+    from rnnlab.options import flag_name
+    from rnnlab.train.config import FIELDS
+
+    subject = FIELD_SUBJECT.match(line)
+    if (subject is None or subject[1] not in FIELDS or subject[1] == "layer"
+            or getattr(args, subject[1], None) is None):
+        return line
+    return flag_name(subject[1]) + line[len(subject[1]):]
+
+
 # a negative number in exponent form or with a count's suffix, or -inf / -nan, which argparse takes
 # for a flag (it knows -1 and -0.5)
 NEGATIVE_NUMBER = re.compile(r"-(\d+\.?\d*|\.\d+)([eE][-+]?\d+|[kKmMbBgG])|-(?i:inf|infinity|nan)")
@@ -216,7 +239,7 @@ def _main(argv: list[str]) -> int:
     except USER_ERRORS as e:
         if args.debug:
             raise
-        print(f"rnnlab {args.command}: error: {error_line(e)}", file=sys.stderr)
+        print(f"rnnlab {args.command}: error: {named_by_flag(error_line(e), args)}", file=sys.stderr)
         return 2
     except RuntimeError as e:
         from rnnlab.train.runtime import is_out_of_memory

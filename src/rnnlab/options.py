@@ -16,7 +16,7 @@ declarations:
   ``ValueError("<key> must be <what>, got <value>")``;
 - ``add_flags(group, cls)`` adds one argparse flag per field, and ``flag_values(args, cls)``
   reads them back, converting the text with the field's type and checking it (errors are
-  ``ValueError`` too, naming the flag, so the CLI reports them as one line);
+  ``ValueError`` too, so the CLI reports them as one line, naming the flag);
 - ``specs(cls)`` lists the fields with their metadata (``resumable``, ``scope``) for the key
   lists other modules derive from them.
 
@@ -366,20 +366,15 @@ def _help(s: Spec) -> str:
 
 def flag_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The flags of ``cls``'s fields that were given, as ``{key: value}``: text converted and each value
-    checked against its field's declaration, a bad one named by the flag typed (``--eval-bytes must be
-    ...``), not the field's key (the rules between fields, checked later on the whole config, name keys)."""
+    checked against its field's declaration as it is read, before any file or run folder is (its error
+    names the field; the command line writes it as the flag typed, ``rnnlab.cli.named_by_flag``)."""
     out = {}
     for s in specs(cls):
         text = getattr(args, s.key, None)
         if text is None:
             continue
-        try:
-            value = text if isinstance(text, bool) else from_text(s, text)
-            check_value(s.key, s.type, value, s.choices, s.meta.bounds)
-        except ValueError as e:
-            if not str(e).startswith(f"{s.key} must be "):  # e.g. a malformed --layer item, named as such
-                raise
-            raise ValueError(flag_name(s.key) + str(e)[len(s.key):]) from None
+        value = text if isinstance(text, bool) else from_text(s, text)
+        check_value(s.key, s.type, value, s.choices, s.meta.bounds)
         # a flag that parses to None ("--grad-clip 0": no clipping) keeps its text, parsed again
         # where it is applied: a None there would read as "not given" and leave a file's value
         out[s.key] = text if value is None else value

@@ -402,7 +402,7 @@ def run_eval_cmd(args) -> int:
     from rnnlab.data import file_split, heldout_split
     from rnnlab.train.runtime import evaluate_run
 
-    max_bytes = parse_eval_bytes(args.eval_bytes, "--eval-bytes") if args.eval_bytes is not None else None
+    max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     run = RunDir(args.run)
     # the weights first: a run without them (one archived in results/ keeps no checkpoint) is not
     # scored on the corpus put back, nor on --data
