@@ -282,8 +282,10 @@ def test_gpus_n_gives_torchrun_time_for_its_workers_to_save(monkeypatch, tmp_pat
     assert main(argv) == 0
     [(cmd, env)] = launched
     assert cmd[:3] == [sys.executable, "-c", cli.TORCHRUN] and env[SHUTDOWN_TIMEOUT_ENV] == "600"
-    assert torchrun_env({"PATH": "/bin"}) == {"PATH": "/bin", SHUTDOWN_TIMEOUT_ENV: "600"}
+    # one OpenMP thread a worker, as torchrun sets for several (without its warning), unless set
+    assert torchrun_env({"PATH": "/bin"}) == {"PATH": "/bin", SHUTDOWN_TIMEOUT_ENV: "600", "OMP_NUM_THREADS": "1"}
     assert torchrun_env({SHUTDOWN_TIMEOUT_ENV: "45"})[SHUTDOWN_TIMEOUT_ENV] == "45"
+    assert torchrun_env({"OMP_NUM_THREADS": "8"})["OMP_NUM_THREADS"] == "8"
     if "shutdown_timeout" not in {f.name for f in dataclasses.fields(LaunchConfig)}:
         pytest.skip("this torch keeps torchrun's 30 s (the setting came in torch 2.12)")
     monkeypatch.setenv(SHUTDOWN_TIMEOUT_ENV, torchrun_env({})[SHUTDOWN_TIMEOUT_ENV])

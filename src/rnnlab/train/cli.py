@@ -185,9 +185,11 @@ SHUTDOWN_TIMEOUT_ENV, SHUTDOWN_TIMEOUT_S = "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", 600
 
 
 def torchrun_env(environ: dict[str, str]) -> dict[str, str]:
-    """The environment ``--gpus N`` starts torchrun with: ``environ`` and torchrun's wait for its
-    workers to save (``SHUTDOWN_TIMEOUT_S``) unless ``environ`` sets it."""
-    return {SHUTDOWN_TIMEOUT_ENV: str(SHUTDOWN_TIMEOUT_S), **environ}
+    """The environment ``--gpus N`` starts torchrun with: ``environ``, torchrun's wait for its workers
+    to save (``SHUTDOWN_TIMEOUT_S``) and one OpenMP thread a worker, each unless ``environ`` sets it.
+    The thread count is what torchrun sets itself for several workers, with a five-line warning
+    amid rnnlab's output that this leaves out."""
+    return {SHUTDOWN_TIMEOUT_ENV: str(SHUTDOWN_TIMEOUT_S), "OMP_NUM_THREADS": "1", **environ}
 
 
 def interrupted_workers(exitcodes) -> bool:
