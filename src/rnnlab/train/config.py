@@ -75,7 +75,8 @@ def _count_text(value: Any, must_be: str) -> Any:
 
 def parse_eval_bytes(value: Any, key: str = "eval_bytes") -> Any:
     """``"all"`` (or 0) = the whole held-out split, stored as 0; ``"1M"`` = a cap of 1,000,000.
-    ``key``: the name the error gives it (the field's key, or the flag typed)."""
+    ``key``: the field named in the error (the command line writes a flag's as the flag typed,
+    ``rnnlab.cli.named_by_flag``)."""
     if isinstance(value, str) and value.strip().lower() in ("all", "0"):
         return 0
     return _count_text(value, f"{key} must be a byte count (e.g. 1M, 500000) or all")
