@@ -1049,6 +1049,16 @@ def test_rows_trained_for_the_same_minutes_are_one_protocol_whatever_their_steps
     assert "> - budget: fast, slow minutes 5; stepped steps 600\n" in warning and "steps run" not in warning
 
 
+def test_token_budgets_that_differ_in_a_low_digit_are_a_protocol_difference(tmp_path):
+    """Budgets are compared as the report writes them, whole counts in full: 1,234,567 and 1,234,568
+    tokens differ (a 6-digit float format had written both 1.23457e+06 and warned of nothing)."""
+    for name, tokens in (("a", 1_234_567), ("b", 1_234_568)):
+        _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
+        _set_config(tmp_path, name, steps=None, tokens=tokens)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - budget: a tokens 1,234,567; b tokens 1,234,568\n" in md
+
+
 def test_a_sweep_report_does_not_warn_that_its_axes_differ(tmp_path):
     """A sweep over lr is not "not run under one protocol" for its lr; a setting it did not sweep
     that differs (weight decay here) still is. Its command's options are said beside `rnnlab

@@ -22,7 +22,7 @@ from typing import Any
 from rnnlab.bench import plots as P
 from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_rates, run_seed
 from rnnlab.bench.suite import invocations, suite_ref
-from rnnlab.errors import counted
+from rnnlab.errors import amount, counted
 from rnnlab.models.config import layer_text
 from rnnlab.models.params import parse_count
 from rnnlab.options import normalize
@@ -488,9 +488,10 @@ def load_lines(load: dict[str, Any] | None) -> list[str]:
 
 
 def budget_text(config: dict[str, Any]) -> str | None:
-    """A run's budget as ``"minutes 5"`` or ``"steps 1000"`` (its config's, or a row's protocol's),
-    None when it has none."""
-    return next((f"{k} {config[k]:g}" for k in BUDGET_KEYS if config.get(k) is not None), None)
+    """A run's budget as ``"minutes 5"`` or ``"steps 1,000"`` (its config's, or a row's protocol's),
+    None when it has none: whole counts in full, so that budgets differing in any digit differ here
+    (``protocol_differences`` compares these texts)."""
+    return next((f"{k} {amount(config[k])}" for k in BUDGET_KEYS if config.get(k) is not None), None)
 
 
 def describe_protocol(records: list[dict[str, Any]]) -> str:
