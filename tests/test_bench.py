@@ -29,7 +29,7 @@ from rnnlab.models.params import count_params
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
 SHIPPED = {"tiny", "seed-400m-sf", "seed-400m-step-matched", "depth-sweep", "e1-ablations", "race-400m",
-           "e88-recipe-400m"}
+           "e88-recipe-400m", "scale-1b"}
 
 
 def _table_rows(md: str, header_start: str = "| Model | Params | Loss") -> list[list[str]]:
@@ -168,6 +168,27 @@ def test_race_suite_is_table_b_plus_the_new_cells_at_equal_time(tmp_path):
         assert (c.budget.minutes, c.budget.steps, c.data.batch_size, c.data.seq_len) == (5, None, 32, 512)
         assert (c.run.eval_every, c.run.curve_eval_bytes, c.run.eval_bytes) == (250, 256_000, 0)
         assert (c.optim.optimizer, c.optim.lr, c.run.precision) == ("schedulefree-adamw", 3e-4, "bf16")
+
+
+def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
+    """scale-1b's rows are the race's Mamba2 and E1 heads at ~1B (within 1%), their layer options
+    but the head count as in the race, on the race's data, optimizer and evaluation settings, for
+    1,000 steps, captured: the race's runs at their step 1,000 are their 400M twins."""
+    race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
+    scale = {p.name: p for p in plan_suite(load_suite("scale-1b"), tmp_path / "scale")}
+    assert set(scale) == {"mamba2-1b", "e1-heads-1b"}
+    for name, p in scale.items():
+        twin = race[name.removesuffix("-1b")].cfg
+        assert abs(p.params - 1e9) < 0.01 * 1e9, name
+        assert (p.cfg.budget.steps, p.cfg.budget.minutes) == (1000, None)
+        assert (p.cfg.run.compile, p.cfg.run.cuda_graph) == (True, True)
+        assert p.cfg.model.model == twin.model.model and p.cfg.model.dim > twin.model.dim and p.cfg.model.depth > twin.model.depth
+        assert {k: v for k, v in p.cfg.model.layer.items() if k != "heads"} == \
+            {k: v for k, v in twin.model.layer.items() if k != "heads"}
+        assert (p.cfg.data, p.cfg.optim) == (twin.data, twin.optim), name
+        run = lambda c: dataclasses.replace(c.run, out=None, cuda_graph=False)  # noqa: E731
+        assert run(p.cfg) == run(twin), name
+    assert scale["e1-heads-1b"].cfg.model.dim == 128 * scale["e1-heads-1b"].cfg.model.layer["heads"]
 
 
 def test_scaling_options(tmp_path):
