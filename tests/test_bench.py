@@ -182,7 +182,8 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
         assert abs(p.params - 1e9) < 0.01 * 1e9, name
         assert (p.cfg.budget.steps, p.cfg.budget.minutes) == (1000, None)
         assert (p.cfg.run.compile, p.cfg.run.cuda_graph) == (True, True)
-        assert p.cfg.model.model == twin.model.model and p.cfg.model.dim > twin.model.dim and p.cfg.model.depth > twin.model.depth
+        assert p.cfg.model.model == twin.model.model, name
+        assert p.cfg.model.dim > twin.model.dim and p.cfg.model.depth > twin.model.depth, name
         assert {k: v for k, v in p.cfg.model.layer.items() if k != "heads"} == \
             {k: v for k, v in twin.model.layer.items() if k != "heads"}
         assert (p.cfg.data, p.cfg.optim) == (twin.data, twin.optim), name
