@@ -636,6 +636,7 @@ def test_sigterm_to_gpus_n_saves_on_every_rank_even_where_ctrl_c_is_ignored(tmp_
     summary = json.loads((run / "summary.json").read_text())
     assert summary["complete"] is False and summary["world_size"] == 2
     assert RunDir(run).checkpoint().step == summary["steps"] and f"interrupted at step {summary['steps']};" in err
+    assert err.count("stopping after this step to save a checkpoint") == 1, err[-5000:]  # rank 0's, not each rank's
 
 
 def _running(pid: int) -> bool:

@@ -168,11 +168,14 @@ class StopOnInterrupt:
     failure is recorded (``ending``), record it. ``notice`` is the line a first Ctrl-C prints
     for each. A second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept). A stop
     that came before and that a library swallowed (``rnnlab.signals.take_swallowed_ctrl_c``) is a first
-    Ctrl-C from the start."""
+    Ctrl-C from the start. ``says``: whether the stop's and the spent budget's notices are printed
+    (under torchrun rank 0 alone says them, for a terminal's Ctrl-C reaches every rank); a failure's
+    is printed by every rank, each recording its own."""
 
-    def __init__(self):
+    def __init__(self, says: bool = True):
         self.requested = False
         self.notice = "stopping after this step to save a checkpoint"
+        self.says = says
         self._prev = None
 
     def __enter__(self) -> "StopOnInterrupt":
@@ -192,13 +195,14 @@ class StopOnInterrupt:
     def _first(self) -> None:
         if not self.requested:
             self.requested = True
-            print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
+            if self.says:
+                print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
 
     def finishing(self) -> None:
         """The budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end;
         one pressed during the step that spent the budget is told so now."""
         self.notice = "the budget is spent: finishing the final evaluation and checkpoint first"
-        if self.requested:
+        if self.requested and self.says:
             print(f"\nrnnlab train: {self.notice}", file=sys.stderr)
 
     def ending(self) -> None:
@@ -206,6 +210,7 @@ class StopOnInterrupt:
         even after an earlier Ctrl-C) is a first one again, noted while the failure is recorded."""
         self.requested = False
         self.notice = ENDING
+        self.says = True
 
     def __exit__(self, *exc) -> None:
         # the handler before comes back unless this one was replaced since (ignore_stops: a peer is gone)
@@ -411,7 +416,7 @@ class Trainer:
         # close behind a peer's death before lost_peers_ignoring_stops ignores stops, is a first
         # Ctrl-C, not a KeyboardInterrupt in place of the failure being recorded), and ends before
         # the logs close
-        with self.closing(), StopOnInterrupt() as stop:
+        with self.closing(), StopOnInterrupt(says=self.ctx.rank == 0) as stop:
             try:
                 with (LostPeerWatch(self.ctx.local_peers, self.end_on_lost_peer, busy=self.checkpointer.writing.is_set),
                       ctrl_c_unwrapped()):  # a library's wrapped Ctrl-C (a kernel's first import) is one too
