@@ -540,6 +540,26 @@ def test_a_rename_that_fails_beside_a_held_ctrl_c_is_a_failed_export(exported, t
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_failed_write_names_the_out_folder_not_its_hidden_staging_name(exported, tmp_path, monkeypatch, capsys):
+    """An --out whose parent takes no new folder (no write permission, a read-only mount) fails at the
+    staging folder: the line names the --out the user gave, not the hidden ``.tmp-<pid>-...`` beside it."""
+    import errno
+
+    run, _ = exported["e1"]
+    real = Path.mkdir
+
+    def refused(self, *a, **k):
+        if self.name.startswith(".tmp-"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "mkdir", refused)
+    out = tmp_path / "hf"
+    assert main(["export", "--run", str(run), "--out", str(out)]) == 2
+    assert capsys.readouterr().err == f"rnnlab export: error: Permission denied: {out}\n"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("out_is", ["new", "empty"])
 def test_a_staging_folder_of_a_killed_export_does_not_block_the_rerun(exported, tmp_path, out_is):
     """An export killed outright (``kill -9``) leaves its staging folder, beside a new ``--out`` or inside an

@@ -88,9 +88,9 @@ def _written_whole(out: Path, write) -> None:
     out = Path(os.path.abspath(out))  # --out . has no name to stage beside
     made = [p for p in (out, *out.parents) if not p.exists()]  # the folders this export makes, deepest first
     fresh = not out.exists()
+    staging = temporary_name(out) if fresh else out / temporary_name(out).name
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = temporary_name(out) if fresh else out / temporary_name(out).name
         staging.mkdir()
         try:
             write(staging)
@@ -116,6 +116,9 @@ def _written_whole(out: Path, write) -> None:
             raise
     except BaseException as e:
         name_file(e, out)  # a full disk's write names no file: the line names the folder
+        if isinstance(e, OSError) and isinstance(e.filename, str) and (
+                e.filename == str(staging) or e.filename.startswith(str(staging) + os.sep)):
+            e.filename = str(out) + e.filename[len(str(staging)):]  # the --out given, not its hidden staging name
         for p in made:
             with contextlib.suppress(OSError):
                 p.rmdir()  # only while empty: another process's files stay
