@@ -40,7 +40,7 @@ def test_batch_job_gets_one_line_per_logged_step_and_eval(no_progress, tmp_path,
     metrics = {r["step"]: r for r in _records(run / "metrics.jsonl")}
     for m in steps:
         r = metrics[int(m[1])]
-        assert (m[2], m[3], m[4]) == (f"{r['loss']:.4f}", f"{r['lr']:.2e}", f"{r['grad_norm']:#.3g}")
+        assert (m[2], m[3], m[4]) == (f"{r['loss']:.4f}", f"{r['lr']:.2e}", f"{r['grad_norm']:#.3g}".rstrip("."))
     evals = [line for line in err if " eval step " in line]
     assert [int(re.search(r"eval step (\d+):", e)[1]) for e in evals] == [3, 6]
     assert all(f"val_bpb {r['val_bpb']:.4f}" in e for e, r in zip(evals, _records(run / "eval.jsonl")))
@@ -52,14 +52,14 @@ def test_batch_job_gets_one_line_per_logged_step_and_eval(no_progress, tmp_path,
 
 def test_grad_norm_keeps_three_significant_figures_with_trailing_zeros():
     """A step line's grad_norm has three significant figures whatever its value: 3.50 beside 1.14, not
-    3.5, so that the column reads alike from line to line."""
+    3.5, so that the column reads alike from line to line; 150, not "150." (a spike's)."""
     out = io.StringIO()
     lines = LogLines(total_steps=10, budget_s=None, stream=out)
     base = {"loss": 2.5, "lr": 3e-4, "tok_per_s": 999.0, "peak_mem_gib": None, "warmup_s": 0.0}
-    for step, norm in ((1, 1.14), (2, 3.5), (3, 12.0), (4, 0.8123)):
+    for step, norm in ((1, 1.14), (2, 3.5), (3, 12.0), (4, 0.8123), (5, 150.0)):
         lines.log("train", {**base, "step": step, "tokens": step * 100, "elapsed_s": float(step), "grad_norm": norm})
     norms = [line.split("grad_norm ")[1].split()[0] for line in out.getvalue().splitlines()]
-    assert norms == ["1.14", "3.50", "12.0", "0.812"]
+    assert norms == ["1.14", "3.50", "12.0", "0.812", "150"]  # not "150."
 
 
 def test_log_line_pace_and_eta():

@@ -300,7 +300,7 @@ class LogLines(Tracker):
             spent = budget_clock(r["elapsed_s"], r.get("warmup_s"))
             eta = max(0.0, self.budget_s - spent) if self.budget_s is not None else None
         parts = [f"step {r['step']}" + (f"/{self.total}" if self.total else ""), f"loss {r['loss']:.4f}",
-                 f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:#.3g}", f"tok/s {tok_s:,.0f}"]
+                 f"lr {r['lr']:.2e}", f"grad_norm {r['grad_norm']:#.3g}".rstrip("."), f"tok/s {tok_s:,.0f}"]
         if r["peak_mem_gib"] is not None:
             parts.append(f"mem {r['peak_mem_gib']:.1f} GiB")
         parts.append(f"elapsed {duration(r['elapsed_s'])}")
