@@ -1044,6 +1044,31 @@ def test_a_closed_terminal_stops_a_run_with_its_checkpoint(gpus, tmp_path):
     assert (run / "ckpt" / f"step-{summary['steps']:06d}").is_dir()
 
 
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_a_log_pipe_whose_reader_leaves_stops_a_run_with_its_checkpoint(gpus, tmp_path):
+    """``rnnlab train ... 2>&1 | head``: once the reader has gone, the run's next line meets a closed
+    pipe; the run stops after its step and saves, as on a closed terminal, its output going to
+    /dev/null, and ends in 130 (it had failed on that line, BrokenPipeError, with no checkpoint).
+    ``--gpus 2``: every rank meets it, and they stop together."""
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rnnlab", "train", "--model", "mingru", *TINY, "--steps", "1000000",
+           "--checkpoint-every", "0", "--log-every", "1", "--no-progress", "--out", str(run), "--gpus", str(gpus)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in proc.stdout:  # as `grep -m1 "step 3"` reads
+            if " step 3" in line:
+                break
+        proc.stdout.close()
+        assert proc.wait(timeout=180) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["complete"] is False and "error" not in summary and summary["world_size"] == gpus
+    assert (run / "ckpt" / f"step-{summary['steps']:06d}").is_dir()
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
     """Once the budget is spent, a first Ctrl-C lets the final evaluation and checkpoint finish:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -39,15 +41,20 @@ class SurvivingHangUp:
     """A text stream (standard output or error) whose writes, once the terminal behind it has hung
     up (``EIO``), go to /dev/null instead of failing: a process whose output is a closed terminal
     (a torchrun worker, before the SIGHUP reaches it through its launcher and torchrun) keeps
-    running and can save. Everything else is the stream's own."""
+    running and can save. ``lost=errno.EPIPE``: a pipe whose reader has gone (``| head``), the
+    same; ``on_lost`` is called once when it happens (no signal says so: Python ignores SIGPIPE).
+    Everything else is the stream's own."""
 
-    def __init__(self, stream):
-        self._stream = stream
+    def __init__(self, stream, lost: int = errno.EIO, on_lost=None):
+        self._stream, self._lost, self._on_lost = stream, lost, on_lost
 
     def _hung_up(self, e: OSError) -> None:
-        if e.errno != errno.EIO:
+        if e.errno != self._lost:
             raise e
         discard_output(self._stream)
+        if self._on_lost is not None:
+            on_lost, self._on_lost = self._on_lost, None
+            on_lost()
 
     def write(self, text: str) -> int:
         try:
@@ -90,6 +97,39 @@ def terminal_output():
             terminals.append(made[name])
     try:
         yield terminals
+    finally:
+        for name, stream in made.items():
+            if getattr(sys, name) is stream:
+                setattr(sys, name, stream._stream)
+
+
+def _is_pipe(stream) -> bool:
+    try:
+        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
+    except (AttributeError, OSError, ValueError):  # closed, or not a file
+        return False
+
+
+@contextlib.contextmanager
+def closed_pipe_stops(stop):
+    """Inside the block, standard output and error that are pipes survive their reader's leaving
+    (``rnnlab train ... | head``: the rest of the output goes to /dev/null) and call ``stop`` once,
+    so that a run saves and ends as on a closed terminal, not failing on its next line. Outside
+    training a closed pipe stays a quiet end (``rnnlab.cli``: a shell's SIGPIPE status)."""
+    made, pipes = {}, {}
+
+    def lost(name: str) -> None:  # the other stream into the same pipe (2>&1) goes quiet too
+        discard_output(*(made[n] for n in made if pipes[n] == pipes[name]))
+        stop()
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if _is_pipe(stream):
+            made[name] = SurvivingHangUp(stream, errno.EPIPE, functools.partial(lost, name))
+            pipes[name] = os.fstat(stream.fileno()).st_ino
+            setattr(sys, name, made[name])
+    try:
+        yield
     finally:
         for name, stream in made.items():
             if getattr(sys, name) is stream:

@@ -20,6 +20,7 @@ import os
 import shlex
 import signal
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values,
                                  parse_eval_bytes, read_config_file)
-from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_record, warn
+from rnnlab.train.rundir import CORPUS_KEYS, SUMMARY, RunDir, corpus_record, read_json, warn
 
 
 def aligned(rows: Iterable[tuple[str, str]]) -> str:
@@ -310,7 +311,16 @@ def _launch(args) -> int | None:
     print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
           file=sys.stderr)
     env = {**torchrun_env(dict(os.environ)), **ended_with_this_process()}  # torchrun ends with this process
-    return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
+    launched = time.time()
+    code = run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
+    # workers that stopped on a stop of their own (the pipe of their output closed: `| head`) and saved
+    # end torchrun in 1; the command ends as a stopped run does
+    summary = RunDir(cfg.run.out).file(SUMMARY)
+    if code == 1 and summary.exists() and summary.stat().st_mtime >= launched:
+        record = read_json(summary) or {}
+        if record.get("complete") is False and "error" not in record:
+            return 130
+    return code
 
 
 def run_train(args) -> int:

@@ -277,14 +277,14 @@ class LogLines(Tracker):
         ``tokens``, ``elapsed_s`` and ``warmup_s``; None: a fresh run): the first line's pace is this
         process's."""
         self.total, self.budget_s = total_steps, budget_s
-        self.stream = stream or sys.stderr
+        self.stream = stream  # None: sys.stderr as each line is written (a closed pipe's stand-in)
         self.previous = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "warmup_s": 0.0, **(start or {})}
         first = self.previous["step"]
         self.warmup = (first, first + WARMUP_STEPS)  # this process's warm-up steps: (first - 1, last]
 
     def log(self, kind: str, record: dict[str, Any]) -> None:
         line = eval_line(record) if kind == "eval" else self.step_line(record)
-        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=self.stream, flush=True)
+        print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}", file=self.stream or sys.stderr, flush=True)
 
     def step_line(self, r: dict[str, Any]) -> str:
         prev, self.previous = self.previous, r

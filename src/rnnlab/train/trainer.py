@@ -40,7 +40,7 @@ from rnnlab.data import BatchStream, file_split, load_splits
 from rnnlab.errors import amount, counted
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
-from rnnlab.signals import ctrl_c_unwrapped, reclaim_handlers, take_swallowed_ctrl_c
+from rnnlab.signals import closed_pipe_stops, ctrl_c_unwrapped, reclaim_handlers, take_swallowed_ctrl_c
 from rnnlab.train import distributed as dist
 from rnnlab.train.checkpoint import CheckpointWriteError, unless_committed
 from rnnlab.train.config import DataConfig, TrainConfig, budget_clock
@@ -197,6 +197,13 @@ class StopOnInterrupt:
             self.requested = True
             if self.says:
                 print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
+
+    def output_closed(self) -> None:
+        """The pipe the run's output went to lost its reader (``| head``): a first Ctrl-C, said on
+        whichever output is left."""
+        if not self.requested:
+            self.notice = f"the reader of its output has gone: {self.notice}"
+        self._first()
 
     def finishing(self) -> None:
         """The budget is spent: a first Ctrl-C from here on lets the run finish, not lose its end;
@@ -416,7 +423,8 @@ class Trainer:
         # close behind a peer's death before lost_peers_ignoring_stops ignores stops, is a first
         # Ctrl-C, not a KeyboardInterrupt in place of the failure being recorded), and ends before
         # the logs close
-        with self.closing(), StopOnInterrupt(says=self.ctx.rank == 0) as stop:
+        with (self.closing(), StopOnInterrupt(says=self.ctx.rank == 0) as stop,
+              closed_pipe_stops(stop.output_closed)):  # `| head`: a stop, not a failure on the next line
             try:
                 with (LostPeerWatch(self.ctx.local_peers, self.end_on_lost_peer, busy=self.checkpointer.writing.is_set),
                       ctrl_c_unwrapped()):  # a library's wrapped Ctrl-C (a kernel's first import) is one too
