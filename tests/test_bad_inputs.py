@@ -46,6 +46,7 @@ CONFIG_FILES = {  # placeholder: (file name, content)
     "yaml_syntax": ("syntax.yaml", "steps: [3\n"),
     "json_list": ("list.json", "[1, 2]\n"),
     "unknown_key": ("unknown.toml", "bogus = 1\n"),
+    "layer_typo": ("layer_typo.toml", "[model.layer]\nexpansoin = 2\n"),
     "ini": ("wrong.ini", "steps = 3\n"),
     "resume_true": ("resume_true.toml", "resume = true\n"),
     "data_table": ("data_table.toml", "[data]\nbatch_size = 4\nsteps = 2\n"),
@@ -208,6 +209,8 @@ CASES = [
     ("config_yaml_syntax", [*TRAIN, "--config", "{yaml_syntax}"], "cannot parse config file {yaml_syntax}: "),
     ("config_not_table", [*TRAIN, "--config", "{json_list}"], "must hold a table/mapping at top level"),
     ("config_unknown_key", [*TRAIN, "--config", "{unknown_key}"], "unknown config file {unknown_key} field(s) ['bogus']"),
+    ("config_layer_typo", [*TRAIN, "--config", "{layer_typo}"],  # the file named, as for its other keys
+     "config file {layer_typo}: unknown e1 layer option(s) ['expansoin']: did you mean expansion?"),
     ("config_data_table", [*FRESH, "--config", "{data_table}"],  # --data would drop the table's steps = 2
      "config file {data_table}: [data] is a table, but data is one value: write the fields in it at top level "
      "(only [model] and [layer] hold fields)"),

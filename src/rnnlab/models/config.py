@@ -20,6 +20,16 @@ def layer_text(layer: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v}" for k, v in (layer or {}).items())
 
 
+def unknown_layer_options(model: str, names) -> str | None:
+    """The error line for those of ``names`` that are not options of ``model``'s layer, or None."""
+    known = {f.name for f in dataclasses.fields(get_spec(model).config_cls)} - {"dim"}
+    unknown = sorted(set(names) - known)
+    if not unknown:
+        return None
+    return (f"unknown {model} layer option(s) {unknown}{_spelling_hint(unknown, known)}; known: {sorted(known)} "
+            "(rnnlab layers)")
+
+
 def _spelling_hint(unknown: list[str], known: set[str]) -> str:
     """``: did you mean d_state? ...`` for unknown layer options spelt with a flag's dashes (``d-state``;
     the options are named with underscores, as ``rnnlab layers`` lists them) or nearly right (``dstate``)."""
@@ -74,11 +84,8 @@ class ModelConfig:
         """The mixer's own config dataclass, built from ``dim`` and ``layer`` and validated by its
         ``validate()``, whose errors come prefixed: "e1 layer option heads must be ..."."""
         cls = get_spec(self.model).config_cls
-        known = {f.name for f in dataclasses.fields(cls)} - {"dim"}
-        unknown = sorted(set(self.layer) - known)
-        if unknown:
-            raise ValueError(f"unknown {self.model} layer option(s) {unknown}{_spelling_hint(unknown, known)}; "
-                             f"known: {sorted(known)} (rnnlab layers)")
+        if (unknown := unknown_layer_options(self.model, self.layer)) is not None:
+            raise ValueError(unknown)
         cfg = cls(dim=self.dim, **self.layer)
         try:
             cfg.validate()

@@ -25,7 +25,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rnnlab.errors import counted
-from rnnlab.models.config import layer_text
+from rnnlab.models.config import layer_text, unknown_layer_options
+from rnnlab.models.registry import MODELS
 from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values,
@@ -138,6 +139,13 @@ def config_from_args(args) -> TrainConfig:
             cfg = over(TrainConfig.from_dict(saved))
     if layer and isinstance(cfg.model.layer, dict):  # otherwise validation names the file's bad value
         cfg.model.layer = {**cfg.model.layer, **layer}
+    if from_file and isinstance(cfg.model.layer, dict) and cfg.model.model in MODELS:
+        # a misspelt option of the file's layer table names the file, as its other keys do
+        model_table = from_file["model"] if isinstance(from_file.get("model"), dict) else {}
+        named = {k for t in (from_file.get("layer"), model_table.get("layer")) if isinstance(t, dict) for k in t}
+        named -= set(layer)
+        if (unknown := unknown_layer_options(cfg.model.model, named)) is not None:
+            raise ValueError(f"config file {args.config}: {unknown}")
     if saved is not None:  # another model is named as such before the checks of the settings it inherits from
         run.refuse_other_config(saved, cfg, keys=["model"])  # the run (an e1 run's dim for a transformer's heads)
     return cfg
