@@ -383,6 +383,11 @@ class Trainer:
         # a session that takes no step (a finished run resumed to re-score its final evaluation)
         # keeps what its summary says of the training sessions (speed, memory, device)
         self.trained_before = (self.rundir.summary() or {}) if resumed and spent and ctx.is_main else None
+        # a complete run resumed within its budget, its final evaluation as asked and its summary of this
+        # step written (not one killed before it): the session writes nothing
+        summary = (self.rundir.summary() or {}) if resumed and spent else {}
+        self.nothing_left = (resumed and spent and not self.final_eval_due() and summary.get("complete") is True
+                             and summary.get("steps") == self.state.step)
         if ctx.is_main:
             # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
             # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again
@@ -400,12 +405,14 @@ class Trainer:
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,} "
                       f"({kind} {amount(value)}): nothing to train or score; a larger --{kind} extends it",
                       file=sys.stderr, flush=True)
-            self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
-                              final_eval_redone=redone and not self.final_eval_done(), scores_only=resumed and spent)
+            if not self.nothing_left:
+                self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
+                                  final_eval_redone=redone and not self.final_eval_done(),
+                                  scores_only=resumed and spent)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         self.logger = RunLogger(self.rundir, cfg, self.device, self.state.progress(complete=False),
-                                cfg.max_steps(), progress, enabled=ctx.is_main)
+                                cfg.max_steps(), progress, enabled=ctx.is_main and not self.nothing_left)
         self.throughput = Throughput()
         self.evaluating = False  # while an evaluation runs: an out-of-memory error then names its knob
         self.saving = False  # while a checkpoint is gathered and written: an out-of-memory error then says so
@@ -428,6 +435,8 @@ class Trainer:
             try:
                 with (LostPeerWatch(self.ctx.local_peers, self.end_on_lost_peer, busy=self.checkpointer.writing.is_set),
                       ctrl_c_unwrapped()):  # a library's wrapped Ctrl-C (a kernel's first import) is one too
+                    if self.nothing_left:  # the run as it was: its summary, its files untouched
+                        return self.rundir.summary() or {}
                     return self.loop(stop)
             except (NonFiniteLossError, CheckpointWriteError) as e:
                 stop.ending()
