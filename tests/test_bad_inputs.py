@@ -274,7 +274,10 @@ CASES = [
      "no usable checkpoint"),
     ("folder_locked", [*TRAIN, "--out", "{locked}"], "is in use by pid {pid} on "),
     # --- eval, sample and the other commands
-    ("eval_no_run", ["eval", "--run", "{new}"], "run dir not found"),
+    ("eval_no_run", ["eval", "--run", "{new}"],
+     "run dir not found: {new} (--run takes the --out folder of `rnnlab train`)"),
+    ("eval_no_data", ["eval", "--run", "{run}", "--data", "{new}"], "data file not found: {new}"),  # as train says it
+    ("report_no_folder", ["report", "{new}"], "report dir not found: {new} (the --out folder of `rnnlab bench`"),
     ("eval_not_a_run", ["eval", "--run", "{dir}"], "is not a run dir (no readable config.json)"),
     ("eval_suite_folder", ["eval", "--run", "{root}"],  # a folder of runs: say which, and how to name one
      "{root} is not a run dir (no readable config.json); it holds runs: damaged, "),

@@ -39,7 +39,8 @@ def collect(root: str | Path) -> dict[str, Any]:
     ``metrics`` and ``evals`` records, read once here for the table and the plots)."""
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"report dir not found: {root}")
+        raise FileNotFoundError(f"report dir not found: {root} (the --out folder of `rnnlab bench`, `sweep` or "
+                                "`train`)")
     if not root.is_dir():
         raise NotADirectoryError(f"report dir {root} is a file, not a folder of runs")
     plan = read_json(root / SUITE_FILE) or {}

@@ -427,6 +427,8 @@ def run_eval_cmd(args) -> int:
     # the weights first: a run without them (one archived in results/ keeps no checkpoint) is not
     # scored on the corpus put back, nor on --data
     cfg, model, step = run.load(args.device, train_point=args.at == "train-point")
+    if args.data and not os.path.exists(args.data):  # as train says it of its --data
+        raise FileNotFoundError(f"data file not found: {args.data}")
     missing = None if args.data else run.missing_corpus(heldout=True)
     if missing:  # moved or deleted since training
         raise FileNotFoundError(f"{missing}: put it back there, or score another file with --data FILE")

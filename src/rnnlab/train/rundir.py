@@ -399,7 +399,7 @@ class RunDir:
     def config(self):
         """The run's TrainConfig (from config.json)."""
         if not self.path.exists():
-            raise FileNotFoundError(f"run dir not found: {self.path}")
+            raise FileNotFoundError(f"run dir not found: {self.path} (--run takes the --out folder of `rnnlab train`)")
         if not self.path.is_dir():
             raise NotADirectoryError(f"{self.path} is not a run dir (a file, not a folder)")
         saved = self.saved_config()
