@@ -1170,6 +1170,23 @@ def test_summary_table_tells_step_time_from_wall_time():
     assert "wall time" not in format_summary(s) and "time in steps s" in format_summary(s)
 
 
+def test_summary_table_says_what_its_rate_and_memory_are():
+    """The printed tok/s is the steady rate and says so, and says why it is missing (no step past
+    the warm-up ran); a CPU run's memory reads "n/a (CPU)", as the report writes it."""
+    from pathlib import Path
+
+    from rnnlab.train.cli import format_summary
+    from rnnlab.train.config import WARMUP_STEPS
+
+    s = json.loads((Path(__file__).parent / "data" / "legacy-run" / "summary.json").read_text())
+    text = format_summary({**s, "tok_per_s": 1234.4, "device": "cpu", "peak_mem_gib": None})
+    assert re.search(r"^tok/s \(steady\) +1,234$", text, re.M) and re.search(r"^peak mem GiB +n/a \(CPU\)$", text, re.M)
+    text = format_summary({**s, "tok_per_s": None, "device": "cuda", "peak_mem_gib": 1.5})
+    assert re.search(rf"^tok/s \(steady\) +- \(the steady rate leaves out each process's first {WARMUP_STEPS} steps\)$",
+                     text, re.M)
+    assert re.search(r"^peak mem GiB +1\.50$", text, re.M)
+
+
 # ----------------------------------------------------------------------------- sampling
 def test_sampling_is_deterministic(tiny_train, tmp_path):
     from rnnlab.eval.sampling import generate

@@ -379,6 +379,7 @@ def run_train(args) -> int:
 
 def format_summary(s: dict) -> str:
     """The run's summary as the table ``rnnlab train`` prints at the end."""
+    from rnnlab.train.config import WARMUP_STEPS
     from rnnlab.train.trainer import LOSS_WINDOW  # torch is loaded by then
 
     def fmt(v, spec=""):
@@ -395,8 +396,10 @@ def format_summary(s: dict) -> str:
         *score_rows("val", {**s, "bytes": s.get("val_bytes")}, fmt, "held-out bytes",
                     " (Schedule-Free's y, where the training loss is measured)"),
         *(score_rows(Path(s["extra_val"]["data"]).name, s["extra_val"], fmt, "bytes") if s.get("extra_val") else []),
-        ("tok/s", fmt(s["tok_per_s"], ",.0f")),
-        ("peak mem GiB", fmt(s["peak_mem_gib"], ".2f")),
+        # the steady rate, each process's first steps (compilation) left out: none when no step past them ran
+        ("tok/s (steady)", fmt(s["tok_per_s"], ",.0f") if s["tok_per_s"] is not None
+         else f"- (the steady rate leaves out each process's first {WARMUP_STEPS} steps)"),
+        ("peak mem GiB", "n/a (CPU)" if s.get("device") == "cpu" else fmt(s["peak_mem_gib"], ".2f")),  # as the report
         # time_s sums the training steps only (warm-up steps included); wall_s is the whole run's
         # clock (start-up, evaluation and checkpoints too); summaries from before wall_s lack it
         ("time in steps s", fmt(s["time_s"], ".1f")),
