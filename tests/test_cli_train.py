@@ -292,6 +292,27 @@ def test_doctor_lists_every_kernel_in_one_column(capsys):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU
+def test_doctor_gives_each_dependencys_version(monkeypatch):
+    """``rnnlab doctor`` ("versions; which fast paths load"): each dependency that imports shows its
+    version, the installed distribution's where the module has no ``__version__`` (schedulefree,
+    mamba_ssm, fla's layers), and rnnlab's own."""
+    from importlib import metadata
+
+    from rnnlab import doctor
+
+    report = doctor.report()
+    assert report["rnnlab"] == metadata.version("rnnlab")
+    for key, dist in (("numpy", "numpy"), ("schedulefree", "schedulefree"), ("safetensors", "safetensors"),
+                      ("mamba_ssm", "mamba-ssm"), ("fla layers", "flash-linear-attention"),
+                      ("transformers (rnnlab export)", "transformers")):
+        if report[key].startswith("ok"):
+            assert report[key] == f"ok {metadata.version(dist)}", (key, report[key])
+    assert report["schedulefree"] != "ok"  # installed with the package: its version shows
+    monkeypatch.setattr(metadata, "version", lambda d: (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
+    assert doctor.report()["rnnlab"] == "not installed (run from its source tree)"
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")  # fla's import on CPU
 def test_doctor_says_an_op_without_a_kernel_has_none_on_any_machine(monkeypatch):
     """A new cell's op registered with no kernel module (docs/architecture.md, Adding a cell) reads
     "none yet (the reference runs)" in ``rnnlab doctor``, with or without CUDA: not "needs CUDA",

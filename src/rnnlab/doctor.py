@@ -11,9 +11,21 @@ from rnnlab.signals import is_ctrl_c
 from rnnlab.train.cli import aligned
 
 
-def _try(module: str) -> str:
+def _version(dist: str) -> str:
+    """The installed version of the distribution ``dist`` (``mamba-ssm``), "" where none is recorded."""
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def _try(module: str, dist: str | None = None) -> str:
     """"ok VERSION" or why ``module`` does not import (its import-time warnings, e.g. fla's on a
-    machine without a GPU, are what this line reports, so they are not printed too)."""
+    machine without a GPU, are what this line reports, so they are not printed too); the version is
+    the module's ``__version__`` or, where it has none, its distribution's (``dist``, default the
+    module's name)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -22,7 +34,7 @@ def _try(module: str) -> str:
         if is_ctrl_c(e):
             raise
         return f"unavailable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-    return f"ok {getattr(m, '__version__', '')}".rstrip()
+    return f"ok {getattr(m, '__version__', None) or _version(dist or module)}".rstrip()
 
 
 def _mamba2_backend(backend: str, fused: bool) -> str:
@@ -41,17 +53,21 @@ def report() -> dict[str, str]:
     from rnnlab.train import peers, sf_adamw
 
     out = {
+        "rnnlab": _version("rnnlab") or "not installed (run from its source tree)",
         "python": platform.python_version(),
         "torch": torch.__version__,
+        "numpy": _try("numpy"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "not available",
         "triton": _try("triton"),
         "schedulefree": _try("schedulefree"),
         "schedule-free step": sf_adamw.status(),
         "safetensors": _try("safetensors"),
         "causal_conv1d": _try("causal_conv1d"),
-        "mamba_ssm": "ok" if import_mamba_ssm() is not None else "unavailable (Mamba2 uses the SSD reference)",
+        "mamba_ssm": f"ok {_version('mamba-ssm')}".rstrip() if import_mamba_ssm() is not None
+        else "unavailable (Mamba2 uses the SSD reference)",
         "mamba2 backend (auto)": _mamba2_backend(resolve_backend("auto"), causal_conv1d_available()),
-        "fla layers": _try("fla.layers.gated_deltanet"),
+        "fla layers": _try("fla.layers.gated_deltanet", "flash-linear-attention"),
+        "transformers (rnnlab export)": _try("transformers"),
         "gdn backend (auto)": gdn.resolve_backend("auto"),
         "gdn training on cuda": (gdn.GatedDeltaNet.training_blocker(torch.device("cuda")) or "ok")
         if torch.cuda.is_available() else "needs CUDA",
