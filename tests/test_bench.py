@@ -2074,12 +2074,14 @@ def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path, capsys):
     lines = equal_bytes_lines(collect(tmp_path)["records"], marks=[1_024_000, 3_072_000, 4_096_000, 5_000_000])
     assert "those asked for (`--at-bytes`" in lines[2]
     table = lines[4].splitlines()
-    assert table[0] == "| Run | 1.02M bytes | 3.07M bytes | 4.10M bytes | 5.00M bytes |"
+    assert table[0] == "| Run | 1.024M bytes | 3.072M bytes | 4.096M bytes | 5M bytes |"  # as asked, exact
     assert sorted(table[2:]) == ["| b16 | - | 2.2500 | 2.0000 | - |", "| b8 | 2.7500 | 2.2500 | - | - |"]
+    small = equal_bytes_lines(collect(tmp_path)["records"], marks=[3_000, 5_000, 100_000_000])[4].splitlines()[0]
+    assert small == "| Run | 3K bytes | 5K bytes | 100M bytes |"  # not 3.00K, 100.00M
     capsys.readouterr()
     assert main(["report", str(tmp_path), "--no-plots", "--at-bytes", "3072K,1.024M,3.072M"]) == 0
     md = (tmp_path / "report.md").read_text()
-    assert "| Run | 1.02M bytes | 3.07M bytes |\n" in md and "| b8 | 2.7500 | 2.2500 |" in md
+    assert "| Run | 1.024M bytes | 3.072M bytes |\n" in md and "| b8 | 2.7500 | 2.2500 |" in md
     out = capsys.readouterr().out  # asked for: on the terminal too, after the results table
     assert "\n## Held-out bpb at equal training bytes\n" in out and "| b8 | 2.7500 | 2.2500 |" in out
     for name in ("b8", "b16"):  # the same bytes per step: a table only when asked for

@@ -38,6 +38,21 @@ _SHA = re.compile(r"[0-9a-f]{7,64}")
 
 
 # ------------------------------------------------------------------------------------ format
+def _mark_bytes(m: int) -> str:
+    """A mark the report chose (its runs' evaluation points), to three digits: ``1.02M``, ``16.4K``."""
+    return f"{m / 1e6:.2f}M" if m >= 1e5 else fmt_count(m)
+
+
+def _asked_bytes(m: int) -> str:
+    """A mark ``--at-bytes`` asked for, exact in its largest unit: ``3K``, ``1.024M``, ``1.234567M``."""
+    from decimal import Decimal
+
+    for div, suffix in ((10**9, "G"), (10**6, "M"), (10**3, "K")):
+        if m >= div:
+            return f"{(Decimal(m) / div).normalize():f}{suffix}"
+    return str(m)
+
+
 def fmt_count(n: float | None) -> str:
     """``n`` to three significant digits with a K, M or B suffix (``12.3M``)."""
     if n is None:
@@ -719,8 +734,7 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
                                                  "not reach them)" if asked else "")
             + ", linearly between its evaluations"
             + (f" (each point scores {next(iter(scored)):,} held-out bytes)." if len(scored) == 1 else "."), "",
-            md_table(["Run", *(f"{m / 1e6:.2f}M bytes" if m >= 1e5 else f"{fmt_count(m)} bytes" for m in marks)],
-                     body),
+            md_table(["Run", *(f"{_asked_bytes(m) if asked else _mark_bytes(m)} bytes" for m in marks)], body),
             *(["", f"Left out: {', '.join(no_curve)} (fewer than two held-out evaluations, no curve to read; "
                    "train with `--eval-every N`)."] if no_curve else []), ""]
 
