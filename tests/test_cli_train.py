@@ -1090,6 +1090,26 @@ def test_a_log_pipe_whose_reader_leaves_stops_a_run_with_its_checkpoint(gpus, tm
     assert (run / "ckpt" / f"step-{summary['steps']:06d}").is_dir()
 
 
+def test_a_ctrl_c_after_the_output_pipe_closed_is_still_a_first_one(capsys):
+    """A stop the closed pipe made (``| tee log``, tee killed by the terminal's Ctrl-C before it reached the
+    run) is not a pressed Ctrl-C: the one that follows is a first stop (the run still saves), not the
+    second that aborts; a Ctrl-C after that aborts as usual."""
+    import signal
+
+    from rnnlab.train.trainer import StopOnInterrupt
+
+    with StopOnInterrupt() as stop:
+        stop.output_closed()
+        assert stop.requested
+        signal.raise_signal(signal.SIGINT)  # no KeyboardInterrupt
+        assert stop.requested
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)
+    err = capsys.readouterr().err
+    assert err.count("rnnlab train: the reader of its output has gone: stopping after this step to save a checkpoint "
+                     "(Ctrl-C again to abort)") == 1, err
+
+
 @pytest.mark.parametrize("presses", [1, 2])
 def test_ctrl_c_in_the_final_evaluation(presses, tmp_path, capsys, monkeypatch):
     """Once the budget is spent, a first Ctrl-C lets the final evaluation and checkpoint finish:
@@ -1219,8 +1239,9 @@ def test_resuming_a_complete_run_within_its_budget_says_nothing_is_left(tmp_path
     assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--out", str(run)]) == 0
     capsys.readouterr()
 
-    def files():
-        return {p.relative_to(run): p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    def files():  # each file's bytes, inode and modification time: not even rewritten alike (but the lock's)
+        return {p.relative_to(run): (p.read_bytes(), p.stat().st_ino, p.stat().st_mtime_ns)
+                for p in sorted(run.rglob("*")) if p.is_file() and p.name != ".lock"}
 
     before = files()
     for extra in ([], ["--steps", "2"]):

@@ -104,18 +104,21 @@ def terminal_output():
 
 
 def _is_pipe(stream) -> bool:
+    """A pipe or a socket (a log shipper's, systemd's journal): what a reader can leave."""
     try:
-        return stat.S_ISFIFO(os.fstat(stream.fileno()).st_mode)
+        mode = os.fstat(stream.fileno()).st_mode
     except (AttributeError, OSError, ValueError):  # closed, or not a file
         return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 @contextlib.contextmanager
 def closed_pipe_stops(stop):
-    """Inside the block, standard output and error that are pipes survive their reader's leaving
-    (``rnnlab train ... | head``: the rest of the output goes to /dev/null) and call ``stop`` once,
-    so that a run saves and ends as on a closed terminal, not failing on its next line. Outside
-    training a closed pipe stays a quiet end (``rnnlab.cli``: a shell's SIGPIPE status)."""
+    """Inside the block, standard output and error that are pipes (or sockets) survive their reader's
+    leaving (``rnnlab train ... | head``, or ``| tee log`` when tee is killed: the rest of the output
+    goes to /dev/null) and call ``stop`` once, so that a run saves and ends as on a closed terminal,
+    not failing on its next line. Outside training a closed pipe stays a quiet end (``rnnlab.cli``:
+    a shell's SIGPIPE status)."""
     made, pipes = {}, {}
 
     def lost(name: str) -> None:  # the other stream into the same pipe (2>&1) goes quiet too
@@ -126,7 +129,8 @@ def closed_pipe_stops(stop):
         stream = getattr(sys, name)
         if _is_pipe(stream):
             made[name] = SurvivingHangUp(stream, errno.EPIPE, functools.partial(lost, name))
-            pipes[name] = os.fstat(stream.fileno()).st_ino
+            st = os.fstat(stream.fileno())
+            pipes[name] = st.st_dev, st.st_ino
             setattr(sys, name, made[name])
     try:
         yield

@@ -20,7 +20,6 @@ import os
 import shlex
 import signal
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from rnnlab.errors import counted
 from rnnlab.models.config import layer_text, unknown_layer_options
 from rnnlab.models.registry import MODELS
 from rnnlab.options import at_least, checked, path_arg, positive
-from rnnlab.signals import discard_output, ended_with_this_process, ends_with_parent, handled, terminal_output
+from rnnlab.signals import (closed_pipe_stops, discard_output, ended_with_this_process, ends_with_parent, handled,
+                            terminal_output)
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values,
                                  parse_eval_bytes, read_config_file)
-from rnnlab.train.rundir import CORPUS_KEYS, SUMMARY, RunDir, corpus_record, read_json, warn
+from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_record, warn
 
 
 def aligned(rows: Iterable[tuple[str, str]]) -> str:
@@ -215,15 +215,16 @@ def torchrun_main(argv: list[str]) -> int:
     status 130 and one line, where torchrun itself ends in a traceback: an interrupt that torchrun
     passed on to its workers (its ``SignalException``: each finishes its step and saves; after a
     SIGHUP, the terminal closed, a line meant for it goes to /dev/null), workers stopped by an
-    interrupt that reached them and not torchrun (``interrupted_workers``), or a Ctrl-C, SIGTERM or
-    SIGHUP before torchrun has its own handlers (no worker started yet)."""
+    interrupt that reached them and not torchrun (``interrupted_workers``; also their stop on the
+    pipe of their output closing, where torchrun's own lines then go to /dev/null), or a Ctrl-C,
+    SIGTERM or SIGHUP before torchrun has its own handlers (no worker started yet)."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main
 
     # a stop is a Ctrl-C until torchrun installs its own handlers
     with handled(signal.default_int_handler, unless_ignored=[signal.SIGTERM, signal.SIGHUP]), \
-            terminal_output() as terminals:
+            terminal_output() as terminals, closed_pipe_stops(lambda: None):  # the workers stop on it themselves
         try:
             main(argv)
         except SignalException as e:
@@ -319,16 +320,7 @@ def _launch(args) -> int | None:
     print("rnnlab train: re-launching as: " + shlex.join([sys.executable, "-m", "torch.distributed.run", *torchrun]),
           file=sys.stderr)
     env = {**torchrun_env(dict(os.environ)), **ended_with_this_process()}  # torchrun ends with this process
-    launched = time.time()
-    code = run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
-    # workers that stopped on a stop of their own (the pipe of their output closed: `| head`) and saved
-    # end torchrun in 1; the command ends as a stopped run does
-    summary = RunDir(cfg.run.out).file(SUMMARY)
-    if code == 1 and summary.exists() and summary.stat().st_mtime >= launched:
-        record = read_json(summary) or {}
-        if record.get("complete") is False and "error" not in record:
-            return 130
-    return code
+    return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
 
 
 def run_train(args) -> int:

@@ -176,6 +176,7 @@ class StopOnInterrupt:
         self.requested = False
         self.notice = "stopping after this step to save a checkpoint"
         self.says = says
+        self.unheard = False  # a stop no one pressed (the output's pipe closed): the first Ctrl-C is its echo
         self._prev = None
 
     def __enter__(self) -> "StopOnInterrupt":
@@ -188,8 +189,9 @@ class StopOnInterrupt:
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.requested:
+        if self.requested and not self.unheard:
             raise KeyboardInterrupt
+        self.unheard = False
         self._first()
 
     def _first(self) -> None:
@@ -199,10 +201,12 @@ class StopOnInterrupt:
                 print(f"\nrnnlab train: {self.notice} (Ctrl-C again to abort)", file=sys.stderr)
 
     def output_closed(self) -> None:
-        """The pipe the run's output went to lost its reader (``| head``): a first Ctrl-C, said on
-        whichever output is left."""
+        """The pipe the run's output went to lost its reader (``| head``, or ``| tee`` killed by the
+        terminal's Ctrl-C before it reached the run): a first Ctrl-C, said on whichever output is
+        left; the next Ctrl-C is a first one too (no one saw "Ctrl-C again to abort"), not an abort."""
         if not self.requested:
             self.notice = f"the reader of its output has gone: {self.notice}"
+            self.unheard = True
         self._first()
 
     def finishing(self) -> None:
@@ -385,9 +389,10 @@ class Trainer:
         self.trained_before = (self.rundir.summary() or {}) if resumed and spent and ctx.is_main else None
         # a complete run resumed within its budget, its final evaluation as asked and its summary of this
         # step written (not one killed before it): the session writes nothing
-        summary = (self.rundir.summary() or {}) if resumed and spent else {}
-        self.nothing_left = (resumed and spent and not self.final_eval_due() and summary.get("complete") is True
-                             and summary.get("steps") == self.state.step)
+        summary = (self.rundir.summary() or {}) if resumed and spent and ctx.is_main else {}
+        self.nothing_left = ctx.broadcast_object(  # rank 0's folder decides: every rank takes its answer
+            resumed and spent and not self.final_eval_due() and summary.get("complete") is True
+            and summary.get("steps") == self.state.step)
         if ctx.is_main:
             # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
             # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again
@@ -490,7 +495,7 @@ class Trainer:
             try:
                 self.logger.close()
                 # a session of no step (rank 0): a re-scored final evaluation's record replaces the one before
-                if self.trained_before is not None and self.final_eval_done():
+                if self.trained_before is not None and self.final_eval_done() and not self.nothing_left:
                     self.rundir.keep_last_final_eval(self.state.step)
             except KeyboardInterrupt:
                 raise KeyboardInterrupt("aborted by Ctrl-C while the run's logs closed; its summary.json says "
