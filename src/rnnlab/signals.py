@@ -81,35 +81,49 @@ def _is_terminal(stream) -> bool:
 
 
 @contextlib.contextmanager
-def terminal_output():
-    """Inside the block, standard output and error, those that are terminals, are
-    ``SurvivingHangUp``; yields them (for ``discard_output`` on a SIGHUP). Output to a file or a
-    pipe is left alone, so a hang-up loses none of a log and a disk's error is not hidden; a
-    closed stream (None) too. After a hang-up ``isatty`` is False: hence at the start."""
-    terminals, made = [], {}
+def _standard_streams_as(wrap):
+    """Inside the block, standard output and error each replaced by what ``wrap(stream)`` returns
+    (None: left as it is); after it, each wrapper is the stream it wrapped again, unless another
+    stream was put in its place during the block (a redirection, which stays)."""
+    made = {}
     for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if isinstance(stream, SurvivingHangUp):  # an enclosing block's
-            terminals.append(stream)
-        elif _is_terminal(stream):
-            made[name] = SurvivingHangUp(stream)
-            setattr(sys, name, made[name])
-            terminals.append(made[name])
+        if (wrapper := wrap(getattr(sys, name))) is not None:
+            made[name] = wrapper
+            setattr(sys, name, wrapper)
     try:
-        yield terminals
+        yield
     finally:
         for name, stream in made.items():
             if getattr(sys, name) is stream:
                 setattr(sys, name, stream._stream)
 
 
-def _is_pipe(stream) -> bool:
-    """A pipe or a socket (a log shipper's, systemd's journal): what a reader can leave."""
+def _survives_hang_up(stream) -> bool:
+    return isinstance(stream, SurvivingHangUp) and stream._lost == errno.EIO
+
+
+@contextlib.contextmanager
+def terminal_output():
+    """Inside the block, standard output and error, those that are terminals, are
+    ``SurvivingHangUp``; yields them (for ``discard_output`` on a SIGHUP), an enclosing block's
+    among them. Output to a file or a pipe is left alone, so a hang-up loses none of a log and a
+    disk's error is not hidden; a closed stream (None) too. After a hang-up ``isatty`` is False:
+    hence at the start."""
+    def surviving(stream):
+        return SurvivingHangUp(stream) if _is_terminal(stream) and not _survives_hang_up(stream) else None
+
+    with _standard_streams_as(surviving):
+        yield [s for s in (sys.stdout, sys.stderr) if _survives_hang_up(s)]
+
+
+def _pipe(stream) -> tuple[int, int] | None:
+    """The pipe or socket (a log shipper's, systemd's journal) ``stream`` writes to, as its device
+    and inode; None for anything else (a file, a terminal, a closed stream)."""
     try:
-        mode = os.fstat(stream.fileno()).st_mode
+        st = os.fstat(stream.fileno())
     except (AttributeError, OSError, ValueError):  # closed, or not a file
-        return False
-    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISFIFO(st.st_mode) or stat.S_ISSOCK(st.st_mode) else None
 
 
 @contextlib.contextmanager
@@ -119,25 +133,21 @@ def closed_pipe_stops(stop):
     goes to /dev/null) and call ``stop`` once, so that a run saves and ends as on a closed terminal,
     not failing on its next line. Outside training a closed pipe stays a quiet end (``rnnlab.cli``:
     a shell's SIGPIPE status)."""
-    made, pipes = {}, {}
+    pipes = {}  # each wrapper: the pipe it writes to
 
-    def lost(name: str) -> None:  # the other stream into the same pipe (2>&1) goes quiet too
-        discard_output(*(made[n] for n in made if pipes[n] == pipes[name]))
+    def lost(pipe) -> None:  # the other stream into the same pipe (2>&1) goes quiet too
+        discard_output(*(w for w, p in pipes.items() if p == pipe))
         stop()
 
-    for name in ("stdout", "stderr"):
-        stream = getattr(sys, name)
-        if _is_pipe(stream):
-            made[name] = SurvivingHangUp(stream, errno.EPIPE, functools.partial(lost, name))
-            st = os.fstat(stream.fileno())
-            pipes[name] = st.st_dev, st.st_ino
-            setattr(sys, name, made[name])
-    try:
+    def surviving(stream):
+        if (pipe := _pipe(stream)) is None:
+            return None
+        wrapper = SurvivingHangUp(stream, errno.EPIPE, functools.partial(lost, pipe))
+        pipes[wrapper] = pipe
+        return wrapper
+
+    with _standard_streams_as(surviving):
         yield
-    finally:
-        for name, stream in made.items():
-            if getattr(sys, name) is stream:
-                setattr(sys, name, stream._stream)
 
 
 @contextlib.contextmanager
