@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from rnnlab.errors import amount, counted
+from rnnlab.errors import counted
 from rnnlab.models.config import layer_text
 from rnnlab.options import checked, path_arg
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
@@ -162,17 +162,16 @@ def _print_plan(suite, plan, out: Path) -> None:
     """``--plan``: one line per planned run (model, width, depth, params, budget, optimizer, its
     folder's status, layer options and the settings that differ between runs), then each conflict
     that training would refuse."""
-    from rnnlab.bench.suite import budget_change, scores_lacking, status_and_conflict
+    from rnnlab.bench.suite import budget_change, budget_label, scores_lacking, status_and_conflict
 
     print(f"suite {suite.name}: {counted(len(plan), 'run')} under {out}")
     found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
     varying = varying_settings(plan)
     for pr, (status, _) in zip(plan, found):
         c = pr.cfg
-        kind, value = c.budget.chosen()
         m = c.model
         print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
-              f"{kind}={amount(value)}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
+              f"{budget_label(pr)}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
               + "".join(f"  {text}" for text in (layer_text(m.layer), varying[pr.label]) if text))
     for pr, (status, why) in zip(plan, found):
         if why:  # what training the plan would refuse, and why

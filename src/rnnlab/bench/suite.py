@@ -511,7 +511,7 @@ def _finished_without_checkpoint(pr: PlannedRun) -> str | None:
             or pr.rundir.has_checkpoint()):
         return None
     return (f"{pr.dir} holds a run {_completed(summary)} without a checkpoint, so it cannot be extended to "
-            f"{_chosen(pr)}: a suite extends a run, it does not train one afresh over a finished one")
+            f"{budget_label(pr)}: a suite extends a run, it does not train one afresh over a finished one")
 
 
 def _completed(summary: dict[str, Any]) -> str:
@@ -521,8 +521,8 @@ def _completed(summary: dict[str, Any]) -> str:
     return f"complete{f' at step {steps:,}' if isinstance(steps, int) else ''} ({was})"
 
 
-def _chosen(pr: PlannedRun) -> str:
-    """The planned run's budget, ``steps=6``."""
+def budget_label(pr: PlannedRun) -> str:
+    """The planned run's budget as ``--plan`` and the bench's lines write it, ``steps=6``."""
     kind, value = pr.cfg.budget.chosen()
     return f"{kind}={amount(value)}"
 
@@ -614,7 +614,7 @@ def budget_change(pr: PlannedRun, status: str) -> str | None:
     summary = pr.rundir.summary() or {}
     if status != "extend" or not summary.get("complete"):
         return None
-    return f"{_completed(summary)}; trained on from its checkpoint to {_chosen(pr)}"
+    return f"{_completed(summary)}; trained on from its checkpoint to {budget_label(pr)}"
 
 
 def rescore_line(tag: str, pr: PlannedRun) -> str:

@@ -389,10 +389,10 @@ class Trainer:
         self.trained_before = (self.rundir.summary() or {}) if resumed and spent and ctx.is_main else None
         # a complete run resumed within its budget, its final evaluation as asked and its summary of this
         # step written (not one killed before it): the session writes nothing
-        summary = (self.rundir.summary() or {}) if resumed and spent and ctx.is_main else {}
+        before = self.trained_before or {}
         self.nothing_left = ctx.broadcast_object(  # rank 0's folder decides: every rank takes its answer
-            resumed and spent and not self.final_eval_due() and summary.get("complete") is True
-            and summary.get("steps") == self.state.step)
+            resumed and spent and not self.final_eval_due() and before.get("complete") is True
+            and before.get("steps") == self.state.step)
         if ctx.is_main:
             # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
             # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again
