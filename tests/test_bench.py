@@ -173,9 +173,11 @@ def test_race_suite_is_table_b_plus_the_new_cells_at_equal_time(tmp_path):
 def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
     """scale-1b's rows are the race's Mamba2 and E1 heads at ~1B (within 1%), their layer options
     but the head count as in the race, on the race's data, optimizer and evaluation settings, for
-    1,000 steps, captured: the race's runs at their step 1,000 are their 400M twins."""
+    1,000 steps, captured: the race's runs at their step 1,000 are their 400M twins. Its warm-up arm
+    is those four shapes again with a 100-step warm-up, nothing else changed."""
     race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
-    scale = {p.name: p for p in plan_suite(load_suite("scale-1b"), tmp_path / "scale")}
+    plan = {p.name: p for p in plan_suite(load_suite("scale-1b"), tmp_path / "scale")}
+    scale = {name: p for name, p in plan.items() if name.endswith("-1b")}
     assert set(scale) == {"mamba2-1b", "e1-heads-1b"}
     for name, p in scale.items():
         twin = race[name.removesuffix("-1b")].cfg
@@ -190,6 +192,15 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
         run = lambda c: dataclasses.replace(c.run, out=None, cuda_graph=False)  # noqa: E731
         assert run(p.cfg) == run(twin), name
     assert scale["e1-heads-1b"].cfg.model.dim == 128 * scale["e1-heads-1b"].cfg.model.layer["heads"]
+    # the warm-up arm: each 400M (the race's shape) and 1B run again with a 100-step warm-up, nothing else changed
+    arm = {name: p for name, p in plan.items() if name.endswith("-warmup")}
+    assert set(arm) == {f"{m}-{size}-warmup" for m in ("mamba2", "e1-heads") for size in ("400m", "1b")}
+    for name, p in arm.items():
+        model, size = name.removesuffix("-warmup").rsplit("-", 1)
+        same = (race[model] if size == "400m" else scale[f"{model}-1b"]).cfg
+        assert p.cfg.optim == dataclasses.replace(same.optim, warmup_steps=100), name
+        assert (p.cfg.model, p.cfg.data, p.cfg.budget) == (same.model, same.data, scale[f"{model}-1b"].cfg.budget), name
+        assert dataclasses.replace(p.cfg.run, out=None) == dataclasses.replace(scale[f"{model}-1b"].cfg.run, out=None)
 
 
 def test_scaling_options(tmp_path):
