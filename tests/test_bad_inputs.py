@@ -6,6 +6,7 @@ records the holder)."""
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import hashlib
 import importlib
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlab.cli import main
+from rnnlab.cli import main, named_by_flag
 from rnnlab.train.rundir import LOCK, RunLock
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -73,6 +74,8 @@ CASES = [
     ("depth_negative", [*TRAIN, "--depth", "-1"], "--depth must be a positive integer"),
     ("batch_zero", [*TRAIN, "--batch-size", "0"], "--batch-size must be a positive integer"),
     ("batch_huge", [*TRAIN, "--batch-size", "100000000"], "--batch-size must be a positive integer (at most 65,536)"),
+    # each field the line names by its value is written as the flag that set it (TINY's --batch-size 4)
+    ("grad_accum_flags", [*TRAIN, "--grad-accum", "3"], "--grad-accum (3) must divide --batch-size (4): "),
     ("lr_zero", [*TRAIN, "--lr", "0"], "--lr must be a positive finite number, got 0.0"),
     ("lr_negative_exponent", [*TRAIN, "--lr", "-1e-3"], "--lr must be a positive finite number, got -0.001"),
     ("lr_nan", [*TRAIN, "--lr", "nan"], "--lr must be a positive finite number, got 'nan'"),
@@ -356,7 +359,7 @@ CASES = [
      "last (32) must be below the sequence length (32)"),
     ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "--dim must be a positive integer"),
     ("params_head_dim", ["params", "--model", "transformer", "--dim", "96"],  # what would fit
-     "head_dim must divide dim (96), got 64: --layer head_dim=48 fits, or another even divisor of 96"),
+     "head_dim must divide --dim (96), got 64: --layer head_dim=48 fits, or another even divisor of 96"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],
      "argument --batches: must be a positive integer, got '0'"),
     ("gradflow_seq_len_zero", ["analyze", "gradflow", "--run", "{run}", "--seq-len", "0"],
@@ -504,6 +507,21 @@ def test_bad_input_is_one_line(name, argv, message, world, capsys, monkeypatch):
     assert message.format(**fill) in err, err
     assert _digests(world["root"]) == before  # nothing written, deleted or changed
     assert not world["new"].exists()
+
+
+def test_an_error_line_names_the_fields_set_by_flags_as_flags():
+    """``named_by_flag``: the line's subject and each field followed by its number are written as the
+    flag that set them; a field left to its default (or a file) keeps its key, and a field's name
+    as a plain word in an OS error's text is not taken for the field."""
+    args = argparse.Namespace(grad_accum=3, batch_size=None, device="cpu", eval_bytes=10)
+    assert (named_by_flag("grad_accum (3) must divide batch_size (16): ...", args)
+            == "--grad-accum (3) must divide batch_size (16): ...")
+    args.batch_size = 16
+    assert (named_by_flag("grad_accum (3) must divide batch_size (16): ...", args)
+            == "--grad-accum (3) must divide --batch-size (16): ...")
+    assert named_by_flag("eval_bytes must be all (0) or ...", args) == "--eval-bytes must be all (0) or ..."
+    line = "No space left on device (os error 28): run/ckpt"
+    assert named_by_flag(line, args) == line
 
 
 def test_a_missing_path_typed_with_resume_is_not_called_the_runs(world, capsys):

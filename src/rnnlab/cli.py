@@ -97,27 +97,29 @@ def error_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
 
 
-# an error line whose subject is a config field, as the config's checks phrase it ("eval_bytes must be ...",
-# "warmup_steps (50) must not exceed ...", "cuda_graph needs ...")
-FIELD_SUBJECT = re.compile(r"([a-z][a-z0-9_]*) (?=must |needs |\()")
+# a config field as the config's checks name one: the line's subject ("eval_bytes must be ...",
+# "warmup_steps (50) must not exceed ...", "cuda_graph needs ...") or, anywhere, a field with its
+# number after it ("... must divide batch_size (4)"; not "No space left on device (os error 28)")
+FIELD_NAMED = re.compile(r"^([a-z][a-z0-9_]*)(?= must | needs | \()|\b([a-z][a-z0-9_]*)(?= \(-?\d)")
 
 
 def named_by_flag(line: str, args: argparse.Namespace) -> str:
-    """``line`` (an error's one line) with its subject, a config field that this command line set by
-    its flag, written as that flag: ``--eval-bytes must be ...``, not ``eval_bytes must be ...``.
-    The value in effect is the flag's (flags override a config file and a resumed run's config), so
-    it is what the user typed that is named, whichever check refused it: its field's declaration, a
-    rule between fields or the device's. A field the flags left alone keeps its key (a config file's
-    or a suite's value), as does ``layer``, whose ``--layer`` options are added to a file's table
-    rather than replacing it."""
+    """``line`` (an error's one line) with each config field it names that this command line set by
+    its flag written as that flag: ``--eval-bytes must be ...``, not ``eval_bytes must be ...``;
+    ``--grad-accum (3) must divide --batch-size (4)``. The value in effect is the flag's (flags
+    override a config file and a resumed run's config), so it is what the user typed that is named,
+    whichever check refused it: its field's declaration, a rule between fields or the device's. A
+    field the flags left alone keeps its key (a config file's or a suite's value), as does
+    ``layer``, whose ``--layer`` options are added to a file's table rather than replacing it."""
     from rnnlab.options import flag_name
     from rnnlab.train.config import FIELDS
 
-    subject = FIELD_SUBJECT.match(line)
-    if (subject is None or subject[1] not in FIELDS or subject[1] == "layer"
-            or getattr(args, subject[1], None) is None):
-        return line
-    return flag_name(subject[1]) + line[len(subject[1]):]
+    def named(m: re.Match) -> str:
+        key = m[1] or m[2]
+        flagged = key in FIELDS and key != "layer" and getattr(args, key, None) is not None
+        return flag_name(key) if flagged else key
+
+    return FIELD_NAMED.sub(named, line)
 
 
 # a negative number in exponent form or with a count's suffix, or -inf / -nan, which argparse takes
