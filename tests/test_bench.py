@@ -2068,10 +2068,14 @@ def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
     (tmp_path / "one-eval").mkdir()
     _two_batch_runs(tmp_path / "one-eval", (250, 500, 750), (250,))
     assert equal_bytes_lines(collect(tmp_path / "one-eval")["records"]) == []
-    # the runs' evaluations scored different held-out bytes: the text names no one count
+    # the runs' evaluations scored different held-out bytes: the text names each run's counts, no one count
     ev = tmp_path / "b16" / "eval.jsonl"
     ev.write_text(ev.read_text().replace('"bytes": 1000', '"bytes": 2000'))
-    assert equal_bytes_lines(collect(tmp_path)["records"])[2].endswith("linearly between its evaluations.")
+    text = equal_bytes_lines(collect(tmp_path)["records"])[2]
+    assert "linearly between its evaluations. Not every point scores the same held-out bytes (" in text
+    assert "b8 1,000" in text and "b16 2,000" in text and "scores 1,000" not in text
+    ev.write_text(ev.read_text().replace('"bytes": 2000}\n', '"bytes": 1000}\n', 1))  # b16's first point back
+    assert "b16 1,000 and 2,000" in equal_bytes_lines(collect(tmp_path)["records"])[2]
 
 
 def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path, capsys):
