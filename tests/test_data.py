@@ -266,7 +266,7 @@ def test_val_data_file_shorter_than_min_len_is_refused(corpus_file, tmp_path):
     p, _ = corpus_file
     v = tmp_path / "val.bin"
     v.write_bytes(b"x")
-    with pytest.raises(ValueError, match=rf"corpus {v} \(split 'val', 1 byte\) is shorter than min_len = 2 bytes"):
+    with pytest.raises(ValueError, match=rf"held-out file {v} \(1 byte\) is shorter than min_len = 2 bytes"):
         load_splits(p, val_data=v)
     v.write_bytes(b"xy")
     assert len(load_splits(p, val_data=v).val) == 2
@@ -490,7 +490,7 @@ def test_exactly_one_window_of_bytes_is_enough(tmp_path):
     assert BatchStream(s, 2, 8).batch(0).tolist() == [list(range(3, 12))] * 2
     whole = Split(ByteCorpus(p), 0, 20, "val")
     assert torch.cat(list(eval_windows(whole, 8, 4, max_bytes=9))).tolist() == [list(range(9))]
-    with pytest.raises(ValueError, match="shorter than one evaluation window"):
+    with pytest.raises(ValueError, match="^--eval-bytes 8 is less than one evaluation window"):
         list(eval_windows(whole, 8, 4, max_bytes=8))
 
 def test_eval_windows_max_bytes_beyond_the_split_is_the_whole_split(corpus_file):
@@ -507,13 +507,16 @@ def test_eval_windows_max_bytes_and_errors(corpus_file):
     s = load_splits(corpus_file[0], val_fraction=0.1)
     wins = torch.cat(list(eval_windows(s.val, 10, 4, max_bytes=101)))
     assert wins.shape == (10, 11)
-    with pytest.raises(ValueError, match=r"split 'val', 5,000 bytes\) is shorter than one evaluation window, "
-                                         r"seq_len\+1 = 5001 bytes; use a larger file$"):  # the whole split was used
-        list(eval_windows(s.val, 5000, 4))
+    with pytest.raises(ValueError, match=r"^the held-out split of .*corpus.bin \(5,000 bytes\) is shorter than one "
+                                         r"evaluation window, seq_len\+1 = 5001 bytes; use a larger file$"):
+        list(eval_windows(s.val, 5000, 4))  # the whole split was used
     # capped under one window: the cap is the fix where the split holds one, else the file
-    with pytest.raises(ValueError, match=r"3,000 bytes used\) .* raise --eval-bytes to at least 4001$"):
+    with pytest.raises(ValueError, match=r"^--eval-bytes 3,000 is less than one evaluation window, seq_len\+1 = "
+                                         r"4001 bytes; raise it to at least 4001$"):
         list(eval_windows(s.val, 4000, 4, max_bytes=3000))
-    with pytest.raises(ValueError, match=r"3,000 bytes used\) .* 6001 bytes; use a larger file$"):
+    with pytest.raises(ValueError, match=r"^held-out file .*corpus.bin \(50,000 bytes\) is shorter"):
+        list(eval_windows(file_split(corpus_file[0]), 60_000, 4, max_bytes=100_000))
+    with pytest.raises(ValueError, match=r"split of .*corpus.bin \(5,000 bytes\) .* 6001 bytes; use a larger file$"):
         list(eval_windows(s.val, 6000, 4, max_bytes=3000))
 
 

@@ -164,6 +164,12 @@ class Split:
     def __repr__(self) -> str:
         return f"Split({self.name!r}, {str(self.path)!r}, offset={self.offset}, length={self.length:,})"
 
+    def described(self) -> str:
+        """The split in an error's words: a whole file by its path, a part by the file it is part of."""
+        if self.length == len(self.corpus) and self.offset == 0:
+            return f"{self.path}" if self.name == "train" else f"held-out file {self.path}"
+        return f"the {'training' if self.name == 'train' else 'held-out'} split of {self.path}"
+
 
 @dataclass(frozen=True)
 class Splits:
@@ -218,7 +224,7 @@ def load_splits(
         val = Split(corpus, n - n_val, n_val, "val")
     for s in (train, val):
         if len(s) < min_len:
-            raise ValueError(f"corpus {s.path} (split {s.name!r}, {counted(len(s), 'byte')}) is shorter than "
+            raise ValueError(f"{s.described()} ({counted(len(s), 'byte')}) is shorter than "
                              f"min_len = {counted(min_len, 'byte')}")
     return Splits(train, val)
 
@@ -347,12 +353,11 @@ def eval_windows(split: Split, seq_len: int, batch_size: int, max_bytes: int | N
         _check_pos("max_bytes", max_bytes)
         L = min(L, int(max_bytes))
     if L < seq_len + 1:  # the cap is the fix where the split holds a window, else the file
-        fix = (f"raise --eval-bytes to at least {seq_len + 1}" if len(split) >= seq_len + 1 else "use a larger file")
-        raise ValueError(
-            f"corpus {split.path} (split {split.name!r}, {counted(L, 'byte')}"
-            f"{' used' if L < len(split) else ''}) is shorter than one evaluation window, seq_len+1 = "
-            f"{seq_len + 1} bytes; {fix}"
-        )
+        window = f"one evaluation window, seq_len+1 = {seq_len + 1} bytes"
+        if len(split) >= seq_len + 1:
+            raise ValueError(f"--eval-bytes {L:,} is less than {window}; raise it to at least {seq_len + 1}")
+        raise ValueError(f"{split.described()} ({counted(len(split), 'byte')}) is shorter than {window}; "
+                         "use a larger file")
     n_win = eval_num_windows(L, seq_len)
     ar = np.arange(seq_len + 1, dtype=np.int64)
     for i in range(0, n_win, batch_size):
