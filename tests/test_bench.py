@@ -1172,15 +1172,24 @@ def test_a_missing_memory_figure_reads_by_the_rows_own_device(tmp_path):
 
 def test_report_of_runs_without_a_suite_names_each_runs_command(tmp_path):
     """``rnnlab report`` on a folder of runs trained one by one (no suite.json) lists each run's
-    own command once, not the first run's for all."""
+    own command once, not the first run's for all, and a resumed run's every session's (env.json
+    keeps the earlier sessions' commands), not its last alone."""
     for name, argv in (("a", ["rnnlab", "train", "--steps", "3"]), ("b", ["rnnlab", "train", "--steps", "5"]),
                        ("c", ["rnnlab", "train", "--steps", "3"])):
         _synthetic_run(tmp_path, name, 1.6, 2.3, 16000.0)
         env = tmp_path / name / "env.json"
         env.write_text(json.dumps({**json.loads(env.read_text()), "argv": argv}))
     md = write_report(tmp_path, plots=False)["md"].read_text()
-    assert ("- **Commands** (2, the runs' own, in the runs' order):\n  - `rnnlab train --steps 3`\n"
+    how = "the runs' own, in the runs' order, a resumed run's sessions oldest first"
+    assert (f"- **Commands** (2, {how}):\n  - `rnnlab train --steps 3`\n"
             "  - `rnnlab train --steps 5`\n") in md
+    env = tmp_path / "b" / "env.json"
+    resumed = ["rnnlab", "train", "--resume", "--steps", "9"]
+    env.write_text(json.dumps({**json.loads(env.read_text()), "argv": resumed,
+                               "earlier_sessions": [{"argv": ["rnnlab", "train", "--steps", "5"]}]}))
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert (f"- **Commands** (3, {how}):\n  - `rnnlab train --steps 3`\n  - `rnnlab train --steps 5`\n"
+            "  - `rnnlab train --resume --steps 9`\n") in md
 
 
 def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):

@@ -1844,7 +1844,8 @@ def test_resumed_run_keeps_its_earlier_sessions_provenance(tiny_train, tmp_path,
     run_training(tiny_train(tmp_path / "r", steps=5, checkpoint_every=3, resume=True), progress=False)
     env = RunDir(tmp_path / "r").env()
     assert env["git_sha"] == "bbbbbbb" and env["earlier_sessions"] == [
-        {"started": first["started"], "git_sha": "aaaaaaa", "git_dirty": None, "gpu": None, "world_size": 1}]
+        {"started": first["started"], "git_sha": "aaaaaaa", "git_dirty": None, "gpu": None, "world_size": 1,
+         "argv": first["argv"]}]
     env["earlier_sessions"][0]["started"] = "2026-01-01T00:00:00Z"  # a session long before this one
     (tmp_path / "r" / "env.json").write_text(json.dumps(env))
     records = collect(tmp_path)["records"]
@@ -1872,9 +1873,9 @@ def test_each_resume_adds_the_session_before_it_to_the_earlier_sessions(tiny_tra
     cfg = tiny_train(tmp_path).resolve()
     sessions = [{"started": f"2026-01-0{i}T00:00:00Z", "git_sha": f"{i}" * 7, "git_dirty": None, "gpu": f"gpu{i}",
                  "world_size": i} for i in (1, 2, 3)]
-    run.start(cfg, {**sessions[0], "argv": ["a"]}, None)
-    run.start(cfg, {**sessions[1], "argv": ["b"]}, 0)
-    run.start(cfg, {**sessions[2], "argv": ["c"]}, 0)
+    sessions = [{**s, "argv": [a]} for s, a in zip(sessions, "abc")]
+    for i, session in enumerate(sessions):
+        run.start(cfg, session, None if i == 0 else 0)
     env = run.env()
     assert env["earlier_sessions"] == sessions[:2] and env["started"] == sessions[2]["started"]
 

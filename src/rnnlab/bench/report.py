@@ -609,9 +609,9 @@ def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]
         "device": describe_device(records),
         "corpus": describe_corpus(records),
         "git_commit": describe_git(records),
-        # no suite.json: each run's own command, once each
-        "commands": commands or list(dict.fromkeys(" ".join(r["env"]["argv"]) for r in records
-                                                   if r["env"].get("argv"))) or ["-"],
+        # no suite.json: each run's own commands (a resumed run's every session's), once each
+        "commands": commands or list(dict.fromkeys(" ".join(s["argv"]) for r in records for s in sessions(r)
+                                                   if s.get("argv"))) or ["-"],
         "protocol": describe_protocol(records),
         "machine_load": cpu_runs_start_load(records),
         "overrides": protocol_overrides(plan),
@@ -661,10 +661,12 @@ def header_lines(header: dict[str, Any], plan: dict[str, Any], rows: list[dict[s
 
 def command_lines(commands: list[str], suite: bool = True) -> list[str]:
     """The command(s) that wrote the folder: a suite's invocations, oldest first, or (``suite``
-    False) the commands of runs gathered without one, in the runs' order."""
+    False) the commands of runs gathered without one, in the runs' order (a resumed run's sessions
+    oldest first)."""
     if len(commands) == 1:
         return [f"- **Command:** `{commands[0]}`"]
-    how = "one after another into this folder, oldest first" if suite else "the runs' own, in the runs' order"
+    how = ("one after another into this folder, oldest first" if suite
+           else "the runs' own, in the runs' order, a resumed run's sessions oldest first")
     return [f"- **Commands** ({len(commands)}, {how}):", *(f"  - `{c}`" for c in commands)]
 
 

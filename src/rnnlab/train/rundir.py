@@ -60,8 +60,8 @@ LOCK = ".lock"
 WANDB = "wandb"  # Weights & Biases keeps its files here (--wandb)
 WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its W&B run
 # what env.json keeps of a resumed run's earlier sessions (world_size: the processes that trained, which a
-# checkpoint may change; the summary's is the last session's, its tok/s all sessions')
-SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu", "world_size")
+# checkpoint may change; the summary's is the last session's, its tok/s all sessions'; argv: the command)
+SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu", "world_size", "argv")
 CORPUS_KEYS = ("data", "val_data", "extra_val_data")  # config.json's corpus files, each a path or None
 RUN_FILES = (CONFIG, ENV, METRICS, METRICS_XZ, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
 
@@ -594,8 +594,8 @@ class RunDir:
         """Record the config and this session's environment; a resumed run cuts its logs back to
         ``resumed_step`` (the lines of steps after its checkpoint are written again; with
         ``final_eval_redone``, also that step's final evaluation, which its checkpoint lacks and
-        this session runs again) and keeps its earlier sessions' start, commit, GPU and processes
-        (``SESSION_KEYS``) in env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
+        this session runs again) and keeps its earlier sessions' start, commit, GPU, processes and
+        command (``SESSION_KEYS``) in env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
         larger budget) has its summary.json say incomplete until it ends again, so that a session
         that dies does not leave it complete at the old budget under config.json's new one; a failed
         or aborted run's summary loses its error as it resumes, so that such a session does not leave
