@@ -172,10 +172,10 @@ CASES = [
     ("heldout_short", [*TRAIN, "--seq-len", "4000"],  # held out of --data: its share is what grows
      "; use a smaller --seq-len or a larger --val-fraction or --val-data FILE"),
     ("val_data_short", [*TRAIN, "--val-data", "{val32}"],  # one byte short of a window: refused before training
-     "held-out split of {val32} has 32 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
+     "held-out file {val32} has 32 bytes, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--val-data"),
     ("extra_val_short", [*TRAIN, "--extra-val-data", "{file}"],
-     "held-out split of {file} has 1 byte, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
+     "held-out file {file} has 1 byte, fewer than seq_len+1 = 33; use a smaller --seq-len or a larger "
      "--extra-val-data"),
     ("activations_too_big", [*TRAIN, "--data", "{huge}", "--val-data", "{huge_val}", "--seq-len", "4000000",
                              "--batch-size", "512", "--eval-bytes", "all"], "of activations (plus"),
@@ -520,8 +520,11 @@ def test_an_error_line_names_the_fields_set_by_flags_as_flags():
     assert (named_by_flag("grad_accum (3) must divide batch_size (16): ...", args)
             == "--grad-accum (3) must divide --batch-size (16): ...")
     assert named_by_flag("eval_bytes must be all (0) or ...", args) == "--eval-bytes must be all (0) or ..."
-    line = "No space left on device (os error 28): run/ckpt"
-    assert named_by_flag(line, args) == line
+    args.data, args.seed = "/tmp/x/data", 3
+    for line in ("No space left on device (os error 28): run/ckpt",  # words and paths that end in a field's name
+                 "corpus /tmp/x/data (3 bytes) is too small to split", "held-out file /tmp/val.data (1 byte) is short",
+                 "--seed (3) must ..."):  # a flag already written
+        assert named_by_flag(line, args) == line
 
 
 def test_a_missing_path_typed_with_resume_is_not_called_the_runs(world, capsys):

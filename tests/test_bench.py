@@ -1183,13 +1183,16 @@ def test_report_of_runs_without_a_suite_names_each_runs_command(tmp_path):
     how = "the runs' own, in the runs' order, a resumed run's sessions oldest first"
     assert (f"- **Commands** (2, {how}):\n  - `rnnlab train --steps 3`\n"
             "  - `rnnlab train --steps 5`\n") in md
-    env = tmp_path / "b" / "env.json"
+    env = tmp_path / "b" / "env.json"  # trained, resumed to train on, then scored on another file
     resumed = ["rnnlab", "train", "--resume", "--steps", "9"]
-    env.write_text(json.dumps({**json.loads(env.read_text()), "argv": resumed,
-                               "earlier_sessions": [{"argv": ["rnnlab", "train", "--steps", "5"]}]}))
+    scored = ["rnnlab", "train", "--resume", "--extra-val-data", "w"]
+    env.write_text(json.dumps({**json.loads(env.read_text()), "argv": resumed, "started": "2026-01-02T00:00:00Z",
+                               "earlier_sessions": [{"argv": ["rnnlab", "train", "--steps", "5"],
+                                                     "started": "2026-01-01T00:00:00Z"}],
+                               "scoring_sessions": [{"argv": scored, "started": "2026-01-03T00:00:00Z"}]}))
     md = write_report(tmp_path, plots=False)["md"].read_text()
-    assert (f"- **Commands** (3, {how}):\n  - `rnnlab train --steps 3`\n  - `rnnlab train --steps 5`\n"
-            "  - `rnnlab train --resume --steps 9`\n") in md
+    assert (f"- **Commands** (4, {how}):\n  - `rnnlab train --steps 3`\n  - `rnnlab train --steps 5`\n"
+            "  - `rnnlab train --resume --steps 9`\n  - `rnnlab train --resume --extra-val-data w`\n") in md
 
 
 def test_report_mfu_is_per_gpu_and_only_for_gpus_of_known_peak(tmp_path):
@@ -2085,6 +2088,13 @@ def test_equal_bytes_marks_stop_at_the_bytes_every_run_reached(tmp_path):
     assert "b8 1,000" in text and "b16 2,000" in text and "scores 1,000" not in text
     ev.write_text(ev.read_text().replace('"bytes": 2000}\n', '"bytes": 1000}\n', 1))  # b16's first point back
     assert "b16 1,000 and 2,000" in equal_bytes_lines(collect(tmp_path)["records"])[2]
+    # only a run left out of the table (one evaluation, no curve) scored other bytes: the table's one count
+    ev.write_text(ev.read_text().replace('"bytes": 2000', '"bytes": 1000'))
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "metrics.jsonl").write_text(json.dumps({"step": 9, "loss": 3.0, "tokens": 9 * 2048}) + "\n")
+    (tmp_path / "one" / "eval.jsonl").write_text(json.dumps({"step": 9, "val_bpb": 2.0, "bytes": 5000}) + "\n")
+    text = equal_bytes_lines(collect(tmp_path)["records"])[2]
+    assert text.endswith("(each point scores 1,000 held-out bytes).") and "Not every" not in text, text
 
 
 def test_equal_bytes_table_at_the_bytes_asked_for(tmp_path, capsys):

@@ -572,8 +572,8 @@ def test_gpus_refuses_a_batch_that_does_not_split_before_launching(extra, messag
 
 
 @pytest.mark.parametrize("flag, size, message", [
-    ("--data", 2000, "held-out split of {f} has 20 bytes, fewer than seq_len+1 = 33"),
-    ("--extra-val-data", 10, "held-out split of {f} has 10 bytes, fewer than seq_len+1 = 33"),
+    ("--data", 2000, "the held-out split of {f} has 20 bytes, fewer than seq_len+1 = 33"),
+    ("--extra-val-data", 10, "held-out file {f} has 10 bytes, fewer than seq_len+1 = 33"),
 ])
 def test_gpus_refuses_a_corpus_too_short_for_seq_len_before_launching(flag, size, message, tmp_path, capsys,
                                                                          monkeypatch):

@@ -405,7 +405,7 @@ def test_short_split_error(tmp_path):
     p.write_bytes(b"x" * 100)
     with pytest.raises(
         ValueError,
-        match=rf"corpus {p} \(split 'train', 100 bytes\) is shorter than seq_len\+1 = 101 bytes; "
+        match=rf"^training file {p} \(100 bytes\) is shorter than seq_len\+1 = 101 bytes; "
         r"use a larger file or a smaller --seq-len",
     ):
         BatchStream(split_of(p), 2, 100, seed=0)

@@ -241,7 +241,7 @@ def test_a_held_out_split_short_of_the_windows_asked_says_how_many_it_gave(tiny_
     with pytest.warns(UserWarning) as said:
         batches = gf.heldout_batches(cfg, 8, 8, 5)
     assert [len(b) for b in batches] == [8, 8, 8, 8, 5]
-    assert [str(w.message) for w in said] == [f"the held-out split of {val.resolve()} (300 bytes) holds 37 windows "
+    assert [str(w.message) for w in said] == [f"held-out file {val.resolve()} (300 bytes) holds 37 windows "
                                               f"of 9 bytes, fewer than the 5 x 8 asked: measured on those"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -99,8 +99,9 @@ def error_line(e: BaseException) -> str:
 
 # a config field as the config's checks name one: the line's subject ("eval_bytes must be ...",
 # "warmup_steps (50) must not exceed ...", "cuda_graph needs ...") or, anywhere, a field with its
-# number after it ("... must divide batch_size (4)"; not "No space left on device (os error 28)")
-FIELD_NAMED = re.compile(r"^([a-z][a-z0-9_]*)(?= must | needs | \()|\b([a-z][a-z0-9_]*)(?= \(-?\d)")
+# number after it ("... must divide batch_size (4)"; not "No space left on device (os error 28)", nor a
+# path's last name, "/tmp/data (3 bytes)", nor a flag already written, "--seed (3)")
+FIELD_NAMED = re.compile(r"^([a-z][a-z0-9_]*)(?= must | needs | \()|(?<![\w./-])([a-z][a-z0-9_]*)(?= \(-?\d)")
 
 
 def named_by_flag(line: str, args: argparse.Namespace) -> str:

@@ -65,7 +65,7 @@ def heldout_batches(cfg, seq_len: int, batch_size: int, n_batches: int) -> list[
     batches = list(eval_windows(split, seq_len, batch_size, seq_len * batch_size * n_batches + 1))
     windows = sum(len(b) for b in batches)
     if windows < n_batches * batch_size:
-        warnings.warn(f"the held-out split of {split.path} ({counted(len(split), 'byte')}) holds "
+        warnings.warn(f"{split.described()} ({counted(len(split), 'byte')}) holds "
                       f"{counted(windows, 'window')} of "
                       f"{seq_len + 1} bytes, fewer than the {n_batches} x {batch_size} asked: measured on those")
     return batches

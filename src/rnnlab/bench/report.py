@@ -391,6 +391,13 @@ def sweep_table(rows: list[dict[str, Any]], axes: list[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------ header
+def commands_of(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every session that wrote the run, oldest first: those that trained (:func:`sessions`) and
+    those that only scored it again (``scoring_sessions``)."""
+    every = [*sessions(record), *record["env"].get("scoring_sessions", [])]
+    return sorted(every, key=lambda s: s.get("started") or "")
+
+
 def sessions(record: dict[str, Any]) -> list[dict[str, Any]]:
     """The environments a run trained in, oldest first: its earlier sessions' (a resumed run,
     ``rundir.SESSION_KEYS``), then env.json's own."""
@@ -609,8 +616,8 @@ def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]
         "device": describe_device(records),
         "corpus": describe_corpus(records),
         "git_commit": describe_git(records),
-        # no suite.json: each run's own commands (a resumed run's every session's), once each
-        "commands": commands or list(dict.fromkeys(" ".join(s["argv"]) for r in records for s in sessions(r)
+        # no suite.json: each run's own commands (a resumed or scored again run's every session's), once each
+        "commands": commands or list(dict.fromkeys(" ".join(s["argv"]) for r in records for s in commands_of(r)
                                                    if s.get("argv"))) or ["-"],
         "protocol": describe_protocol(records),
         "machine_load": cpu_runs_start_load(records),
@@ -723,7 +730,7 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
     if not asked:
         common = min(pts[-1][0] for pts in curves.values())
         marks = [common / 4, common / 2, common]
-    scored = P.scored_bytes(all_curves)
+    scored = P.scored_bytes({d: all_curves[d] for d in curves})  # the table's runs: a left-out one's are not read
     body = []
     for d, pts in curves.items():
         vals = [interpolate(pts, m) for m in marks]

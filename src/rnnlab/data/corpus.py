@@ -167,7 +167,7 @@ class Split:
     def described(self) -> str:
         """The split in an error's words: a whole file by its path, a part by the file it is part of."""
         if self.length == len(self.corpus) and self.offset == 0:
-            return f"{self.path}" if self.name == "train" else f"held-out file {self.path}"
+            return f"{'training' if self.name == 'train' else 'held-out'} file {self.path}"
         return f"the {'training' if self.name == 'train' else 'held-out'} split of {self.path}"
 
 
@@ -247,7 +247,7 @@ def file_split(path: str | os.PathLike, name: str = "eval") -> Split:
 def _check_len(split: Split, seq_len: int) -> None:
     if len(split) < seq_len + 1:
         raise ValueError(
-            f"corpus {split.path} (split {split.name!r}, {counted(len(split), 'byte')}) is shorter than "
+            f"{split.described()} ({counted(len(split), 'byte')}) is shorter than "
             f"seq_len+1 = {seq_len + 1} bytes; use a larger file or a smaller --seq-len"
         )
 

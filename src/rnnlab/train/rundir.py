@@ -595,8 +595,8 @@ class RunDir:
         ``resumed_step`` (the lines of steps after its checkpoint are written again; with
         ``final_eval_redone``, also that step's final evaluation, which its checkpoint lacks and
         this session runs again) and keeps its earlier sessions' start, commit, GPU, processes and
-        command (``SESSION_KEYS``) in env.json's ``earlier_sessions``. A complete run resumed to train on (``trains_on``: a
-        larger budget) has its summary.json say incomplete until it ends again, so that a session
+        command (``SESSION_KEYS``) in env.json's ``earlier_sessions``. A complete run resumed to train on
+        (``trains_on``: a larger budget) has its summary.json say incomplete until it ends again, so that a session
         that dies does not leave it complete at the old budget under config.json's new one; a failed
         or aborted run's summary loses its error as it resumes, so that such a session does not leave
         it failed for a cause of an earlier session. A session that trains no step (``scores_only``: a

@@ -257,7 +257,7 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
     larger = "a larger --val-data" if cfg.data.val_path else "a larger --val-fraction or --val-data FILE"
     for split, fix in ((splits.val, larger), (extra, "a larger --extra-val-data")):
         if split is not None and len(split) < cfg.data.seq_len + 1:
-            raise ValueError(f"held-out split of {split.path} has {counted(len(split), 'byte')}, fewer than "
+            raise ValueError(f"{split.described()} has {counted(len(split), 'byte')}, fewer than "
                              f"seq_len+1 = {cfg.data.seq_len + 1}; use a smaller --seq-len or {fix}")
     unsplit = ("--val-data gives the held-out split" if cfg.data.val_path else
                "the bundled sample has its own held-out file" if cfg.data.path is None else None)
