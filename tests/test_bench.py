@@ -1082,6 +1082,48 @@ def test_rows_trained_for_the_same_minutes_are_one_protocol_whatever_their_steps
     assert "> - budget: fast, slow minutes 5; stepped steps 600\n" in warning and "steps run" not in warning
 
 
+def test_a_warm_up_is_part_of_the_protocol(tmp_path):
+    """Rows trained with and without a learning-rate warm-up are not one protocol (the warning names
+    it), and the protocol line says the warm-up (and AdamW's schedule after it)."""
+    _synthetic_run(tmp_path, "cold", 1.6, 2.3, 16000.0)
+    _synthetic_run(tmp_path, "warm", 1.6, 2.3, 16000.0)
+    _set_config(tmp_path, "warm", warmup_steps=100, lr_schedule="constant")
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "> - warmup_steps: cold None; warm 100\n" in md
+    assert "adamw lr 0.0001 after 100 warm-up steps (constant) wd 0.1" in md
+    _set_config(tmp_path, "cold", warmup_steps=100, lr_schedule="constant")
+    assert "not run under one protocol" not in write_report(tmp_path, plots=False)["md"].read_text()
+
+
+def test_a_report_of_several_folders_keeps_each_folders_runs_apart(tmp_path, capsys):
+    """``rnnlab report A B --out C``: one comparison of both folders' runs, each named by its folder
+    (runs of the same name in two folders are two rows, not seeds of one); --out is needed; a folder
+    given twice is refused; two folders of the same name are told apart by their paths."""
+    from rnnlab.cli import main
+
+    for folder, bpb in (("race", 2.3), ("scale", 2.1)):
+        _synthetic_run(tmp_path / folder, "mamba2", 1.6, bpb, 16000.0)
+        _synthetic_run(tmp_path / folder, "e1", 1.7, bpb + 0.2, 16000.0)
+    assert main(["report", str(tmp_path / "race"), str(tmp_path / "scale"), "--out", str(tmp_path / "both"),
+                 "--no-plots"]) == 0
+    md = (tmp_path / "both" / "report.md").read_text()
+    rows = {r[0]: r for r in _table_rows(md)}
+    assert set(rows) == {"race/mamba2", "race/e1", "scale/mamba2", "scale/e1"}
+    assert "2.3000" in rows["race/mamba2"] and "2.1000" in rows["scale/mamba2"]
+    assert md.startswith("# Benchmark report: race + scale\n")
+    assert not (tmp_path / "race" / "report.md").exists()
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "race"), str(tmp_path / "scale")]) == 2
+    assert capsys.readouterr().err == ("rnnlab report: error: a report of several folders needs --out: a folder of "
+                                       "its own to write it in\n")
+    assert main(["report", str(tmp_path / "race"), str(tmp_path / "race"), "--out", str(tmp_path / "x")]) == 2
+    assert "a folder is given twice" in capsys.readouterr().err
+    _synthetic_run(tmp_path / "other" / "race", "mamba2", 1.6, 2.5, 16000.0)
+    write_report([tmp_path / "race", tmp_path / "other" / "race"], tmp_path / "named", plots=False)
+    names = {r[0] for r in _table_rows((tmp_path / "named" / "report.md").read_text())}
+    assert names == {f"{tmp_path / 'race'}/mamba2", f"{tmp_path / 'race'}/e1", f"{tmp_path / 'other' / 'race'}/mamba2"}
+
+
 def test_token_budgets_that_differ_in_a_low_digit_are_a_protocol_difference(tmp_path):
     """Budgets are compared as the report writes them, whole counts in full: 1,234,567 and 1,234,568
     tokens differ (a 6-digit float format had written both 1.23457e+06 and warned of nothing)."""

@@ -80,9 +80,12 @@ def register(sub) -> None:
 
     r = sub.add_parser("report", help="(re)write report.md, report.json and plots from run folders",
                        description="Collect the run folders under DIR (each with its summary.json) into "
-                                   "one comparison: a results table, report.md, report.json and plots.")
-    r.add_argument("dir", type=path_arg, metavar="DIR", help="a suite/sweep output dir, or any dir of run folders")
-    r.add_argument("--out", type=path_arg, help="write the report here (default: DIR)")
+                                   "one comparison: a results table, report.md, report.json and plots. Several "
+                                   "DIRs make one comparison of all their runs (each named DIR/run), written "
+                                   "to --out.")
+    r.add_argument("dir", type=path_arg, nargs="+", metavar="DIR",
+                   help="a suite/sweep output dir, or any dir of run folders")
+    r.add_argument("--out", type=path_arg, help="write the report here (default: DIR; needed for several DIRs)")
     r.add_argument("--no-plots", action="store_true", help="report without PNG plots")
     r.add_argument("--at-bytes", type=byte_marks, metavar="B1,B2,..",
                    help="read every run's held-out curve (its evaluations during training: --eval-every) at "
@@ -240,13 +243,15 @@ def run_sweep(args) -> int:
 
 
 def run_report(args) -> int:
-    write_and_show_report(args.dir, args.out, plots=not args.no_plots, at_bytes=args.at_bytes)
+    write_and_show_report(args.dir if len(args.dir) > 1 else args.dir[0], args.out, plots=not args.no_plots,
+                          at_bytes=args.at_bytes)
     return 0
 
 
-def write_and_show_report(runs: str | Path, out: str | Path | None, plots: bool,
+def write_and_show_report(runs: str | Path | list[str | Path], out: str | Path | None, plots: bool,
                           at_bytes: list[int] | None = None) -> None:
-    """Write the report of the run folders in ``runs`` (into ``out``, default ``runs``; the
+    """Write the report of the run folders in ``runs`` (a folder, or a list of several: one
+    comparison; into ``out``, default ``runs``; the
     equal-bytes table at ``at_bytes`` when given) and print its results table (and that table,
     or why there is none, when asked for)."""
     from rnnlab.bench.report import write_report

@@ -6,7 +6,8 @@ Input: a directory of run folders (``RunDir``: ``summary.json``, ``config.json``
 ``suite.json`` any directory of runs works: folders named ``NAME-sSEED`` are grouped as seeds of
 ``NAME`` (when their config.json's seed is SEED: ``e16-s4`` trained with seed 42 is a name).
 
-``collect`` gives one record per run folder (its files read once, for the tables and the plots);
+``collect`` gives one record per run folder (its files read once, for the tables and the plots),
+``collect_folders`` those of several such directories in one comparison;
 ``aggregate`` gives one row per suite row: each metric's mean, sample std and count over the
 row's seeds, with the row's protocol, step-time spread and MFU. ``rnnlab.bench.report`` formats
 both, ``rnnlab.bench.plots`` draws them.
@@ -29,7 +30,8 @@ METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "t
            "time_s", "warmup_s")
 MIN_TIMED_STEPS = 20  # fewer steady steps than this give no step-time spread
 # what must be equal across rows for a like-for-like comparison (config.json keys)
-PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "weight_decay", "betas", "grad_clip")
+PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "warmup_steps", "weight_decay", "betas",
+                 "grad_clip")
 CORPUS_KEYS = ("data", "val_data", "val_fraction")  # config.json keys: what the runs trained and were scored on
 _SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 
@@ -75,6 +77,25 @@ def collect(root: str | Path) -> dict[str, Any]:
                 if below else "")
         raise FileNotFoundError(f"no run folders in {root}{hint}")
     return {"root": root, "plan": plan, "records": records}
+
+
+def collect_folders(roots: list[str | Path]) -> dict[str, Any]:
+    """:func:`collect` of one directory, or of several in one comparison (``rnnlab report A B``): each
+    run's name and folder then begin with its directory's name (its path as given where two
+    directories share a name), so that rows of different directories never merge as seeds of one
+    another; no suite plan (each directory's own run names, seeds and points are kept)."""
+    if len(roots) == 1:
+        return collect(roots[0])
+    paths = [Path(r) for r in roots]
+    if len({p.resolve() for p in paths}) < len(paths):
+        raise ValueError("a folder is given twice: give each folder of runs once")
+    names = [p.name for p in paths]
+    labels = [p.name if names.count(p.name) == 1 else str(p).rstrip("/") for p in paths]
+    records = []
+    for label, path in zip(labels, paths):
+        for r in collect(path)["records"]:
+            records.append({**r, "name": f"{label}/{r['name']}", "dir": f"{label}/{r['dir']}"})
+    return {"root": None, "label": " + ".join(labels), "plan": {}, "records": records}
 
 
 def _is_run(path: Path) -> bool:

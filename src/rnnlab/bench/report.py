@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from rnnlab.bench import plots as P
-from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect, run_decay_rates, run_seed
+from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect_folders, run_decay_rates, run_seed
 from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.errors import amount, counted
 from rnnlab.models.config import layer_text
@@ -522,8 +522,10 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
         budget = budget_text(c) or "-"
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
         betas = f" betas {'/'.join(f'{b:g}' for b in c['betas'])}" if c.get("betas") else ""
+        warmup = f" after {c['warmup_steps']:,} warm-up steps" if c.get("warmup_steps") else ""
+        schedule = f" ({c['lr_schedule']})" if c.get("optimizer") == "adamw" and c.get("lr_schedule") else ""
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
-                f"lr {c.get('lr'):g}{betas} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
+                f"lr {c.get('lr'):g}{warmup}{schedule}{betas} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
 
     texts = []
     for r in records:
@@ -605,12 +607,12 @@ def describe_dates(records: list[dict[str, Any]]) -> str:
     return f"runs started {when} UTC; report written {written}"
 
 
-def report_header(root: Path, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
+def report_header(name: str, plan: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, Any]:
     commands = [c["command"] for c in invocations(plan) if c.get("command")]
     names = [r["name"] for r in records]
     repeated = any(names.count(n) > 1 for n in names)
     return {
-        "suite": plan.get("suite") or root.name,
+        "suite": plan.get("suite") or name,
         "description": plan.get("description") or "",
         "date": describe_dates(records),
         "device": describe_device(records),
@@ -783,21 +785,25 @@ def config_lines(rows: list[dict[str, Any]], records: list[dict[str, Any]]) -> l
     return md
 
 
-def write_report(root: str | Path, out: str | Path | None = None, plots: bool = True,
+def write_report(root: str | Path | list[str | Path], out: str | Path | None = None, plots: bool = True,
                  at_bytes: list[int] | None = None) -> dict[str, Path]:
     """Write ``report.md``, ``report.json`` and the plots for the runs under ``root`` (into
-    ``out``, default ``root``); ``at_bytes``: the equal-bytes table's marks (:func:`equal_bytes_lines`).
+    ``out``, default ``root``), or under each of several folders in one comparison (a list: ``out``
+    needed, ``collect.collect_folders``); ``at_bytes``: the equal-bytes table's marks (:func:`equal_bytes_lines`).
     Returns the paths written (``md``, ``json``, ``plots``), ``table``: the results table's
     markdown, which ``rnnlab bench`` and ``rnnlab report`` print, and ``equal_bytes``: the
     equal-bytes section's ("" when there is none), which ``rnnlab report --at-bytes`` prints too."""
-    data = collect(root)
+    roots = root if isinstance(root, list) else [root]
+    if len(roots) > 1 and out is None:
+        raise ValueError("a report of several folders needs --out: a folder of its own to write it in")
+    data = collect_folders(roots)
     root = data["root"]
     out = Path(out) if out is not None else root
     out.mkdir(parents=True, exist_ok=True)
     plan, records = data["plan"], data["records"]
     rows = aggregate(records)
     sweep = (plan.get("sweep") or {}).get("axes") or {}
-    header = report_header(root, plan, records)
+    header = report_header(data.get("label") or root.name, plan, records)
     curves = P.run_curves(records)  # the plots' and the equal-bytes table's
     plot_files = P.make_plots(out, records, rows, list(sweep), curves) if plots else []
 
