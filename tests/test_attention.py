@@ -84,7 +84,7 @@ def test_rope_is_the_rotate_half_rotation():
                                 "none below 64"),
     (dict(dim=64, head_dim=0), "head_dim must be a positive integer (at most 65,536), got 0"),
     (dict(dim=63, head_dim=21), "head_dim must be even for RoPE, got 21"),
-    (dict(dim=64, rope_base=-1.0), "rope_base must be a positive finite number, got -1.0"),
+    (dict(dim=64, rope_base=-1.0), "rope_base must be a positive finite number, got -1"),
     (dict(dim=0), "dim must be a positive integer, got 0"),
 ])
 def test_validate_messages(kw, msg):

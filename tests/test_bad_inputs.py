@@ -76,7 +76,7 @@ CASES = [
     ("batch_huge", [*TRAIN, "--batch-size", "100000000"], "--batch-size must be a positive integer (at most 65,536)"),
     # each field the line names by its value is written as the flag that set it (TINY's --batch-size 4)
     ("grad_accum_flags", [*TRAIN, "--grad-accum", "3"], "--grad-accum (3) must divide --batch-size (4): "),
-    ("lr_zero", [*TRAIN, "--lr", "0"], "--lr must be a positive finite number, got 0.0"),
+    ("lr_zero", [*TRAIN, "--lr", "0"], "--lr must be a positive finite number, got 0"),
     ("lr_negative_exponent", [*TRAIN, "--lr", "-1e-3"], "--lr must be a positive finite number, got -0.001"),
     ("lr_nan", [*TRAIN, "--lr", "nan"], "--lr must be a positive finite number, got 'nan'"),
     ("lr_inf", [*TRAIN, "--lr", "inf"], "--lr must be a positive finite number, got 'inf'"),

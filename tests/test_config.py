@@ -137,7 +137,7 @@ def test_every_field_is_type_checked(key):
     ({"batch_size": "256"}, "batch_size must be a positive integer (at most 65,536), got '256'"),
     ({"steps": 2.5}, "steps must be a positive integer (at most 1,000,000,000,000), got 2.5"),
     ({"lr": float("inf")}, "lr must be a positive finite number, got inf"),
-    ({"val_fraction": 1.0}, "val_fraction must be a number in (0, 1), got 1.0"),
+    ({"val_fraction": 1.0}, "val_fraction must be a number in (0, 1), got 1"),
     ({"betas": 5}, "betas must be two numbers in [0, 1), got 5"),
     ({"mlp_ratio": "two"}, "mlp_ratio must be a finite number >= 0 (at most 64), got 'two'"),
     ({"mlp_ratio": 0.001}, "mlp_ratio 0.001 gives an MLP of no units at dim 256 (0 means no MLP)"),
@@ -146,7 +146,7 @@ def test_every_field_is_type_checked(key):
     ({"vocab_size": 300}, "vocab_size must be one of 256, got 300"),
     ({"distributed": "zero3"}, "distributed must be one of ddp, fsdp2, got 'zero3'"),
     # each bound at its edge: a zero epsilon or log cadence, one byte over the held-out caps' limit
-    ({"eps": 0.0}, "eps must be a positive finite number, got 0.0"),
+    ({"eps": 0.0}, "eps must be a positive finite number, got 0"),
     ({"log_every": 0}, "log_every must be a positive integer (at most 1,000,000,000,000), got 0"),
     ({"eval_bytes": 2**50 + 1},
      "eval_bytes must be an integer >= 0 (at most 1,125,899,906,842,624), got 1125899906842625"),

@@ -377,7 +377,7 @@ def test_every_projection_follows_the_init_rule(init, assert_xavier_uniform):
     (dict(init="kaiming"), "init must be one of xavier, mamba2, identity, got 'kaiming'"),
     (dict(init_scale=0), "init_scale must be a positive finite number, got 0"),
     (dict(norm="layer"), "norm must be one of spectral, none, rms, got 'layer'"),
-    (dict(spectral_radius=0.0), "spectral_radius must be a positive finite number, got 0.0"),
+    (dict(spectral_radius=0.0), "spectral_radius must be a positive finite number, got 0"),
     (dict(power_iters=0), "power_iters must be a positive integer (at most 65,536), got 0"),
     (dict(power_iters=True), "power_iters must be a positive integer (at most 65,536), got True"),
     (dict(backend="cuda"), "backend must be one of auto, naive, triton, got 'cuda'"),

@@ -255,7 +255,7 @@ def test_refused_training_touches_no_folder(monkeypatch, tmp_path, capsys):
     (dict(head_dim=0), "head_dim must be a positive integer (at most 65,536), got 0"),
     (dict(heads=0), "heads must be a positive integer (at most 65,536), got 0"),
     (dict(expand_v=0.3), "expand_v must make head_dim*expand_v a positive integer, got 0.3"),
-    (dict(expand_v=-2.0), "expand_v must be a positive finite number (at most 64), got -2.0"),
+    (dict(expand_v=-2.0), "expand_v must be a positive finite number (at most 64), got -2"),
     (dict(conv_size=2.0), "conv_size must be a positive integer (at most 65,536), got 2.0"),
     (dict(backend="naive"), "backend must be one of auto, official, reference, got 'naive'"),
 ])

@@ -262,7 +262,7 @@ def test_param_formula(model, e):
 def test_config_validation(cfg_cls):
     cfg_cls(dim=8).validate()
     for kw, msg in [(dict(dim=0), "dim must be a positive integer, got 0"),
-                    (dict(expansion=-1.0), "expansion must be a positive finite number (at most 64), got -1.0"),
+                    (dict(expansion=-1.0), "expansion must be a positive finite number (at most 64), got -1"),
                     (dict(expansion=0.01), "expansion must give at least one inner unit (int(dim*expansion) >= 1), "
                                            "got 0.01 (dim 8)"),
                     (dict(backend="fast"), "backend must be one of auto, naive, triton, heinsen, got 'fast'")]:

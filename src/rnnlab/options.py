@@ -202,7 +202,15 @@ def check_value(key: str, tp: Any, v: Any, choices: tuple | None = None, bounds:
         ok = v is not None and _scalar_ok(base, v) and (not choices or v in choices) and (
             bounds is None or bounds.contains(v))
     if not ok:
-        raise ValueError(f"{key} must be {describe(tp, choices, bounds)}, got {v!r}")
+        raise ValueError(f"{key} must be {describe(tp, choices, bounds)}, got {_shown(base, v)}")
+
+
+def _shown(tp: Any, v: Any) -> str:
+    """A refused value as its error writes it: a number field's whole float as typed (``--lr 0``
+    gives ``got 0``, not ``got 0.0``); any other value as Python writes it (an integer field's
+    ``8.0`` stays ``8.0``: its type is the fault)."""
+    whole = tp is float and isinstance(v, float) and math.isfinite(v) and v.is_integer() and abs(v) < 2**53
+    return str(int(v)) if whole else repr(v)
 
 
 def check(section: Any) -> None:
