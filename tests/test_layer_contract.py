@@ -124,7 +124,8 @@ def test_bad_layer_option_is_one_clear_error(model):
             with pytest.raises(ValueError) as e:
                 ModelConfig(model=model, dim=64, layer={opt.key: bad}).validate()
             what = options.describe(opt.type, opt.choices, opt.meta.bounds)
-            assert str(e.value) == f"{model} layer option {opt.key} must be {what}, got {bad!r}"
+            shown = str(int(bad)) if isinstance(bad, float) and bad.is_integer() else repr(bad)  # 0.0 as typed: 0
+            assert str(e.value) == f"{model} layer option {opt.key} must be {what}, got {shown}"
 
 
 # the numeric --layer options that size nothing (a scale, a rate), so need no top
