@@ -1008,17 +1008,19 @@ def test_overwrite_replaces_only_the_run(tiny_train, tmp_path):
 def test_overwrite_deletes_every_file_a_run_writes(tiny_train, tmp_path):
     """--overwrite deletes each file and folder of the run (archived logs, TensorBoard's and W&B's
     folders and wandb-id.txt among them: a file left behind would join the new run, wandb-id.txt
-    continuing the old W&B run) and nothing else."""
+    continuing the old W&B run), what rnnlab wrote into it about the run (`analyze gradflow`'s
+    folder, `report RUN`'s report and the plots its report.json names) and nothing else."""
     run = RunDir(tmp_path / "r")
     run.path.mkdir()
     for name in ("config.json", "env.json", "metrics.jsonl", "metrics.jsonl.xz", "eval.jsonl", "summary.json",
-                 "wandb-id.txt", "notes.txt"):
+                 "wandb-id.txt", "notes.txt", "report.md", "loss_and_bpb.png", "mine.png"):
         (run.path / name).write_text("{}\n")
-    for name in ("ckpt", "tb", "wandb"):
+    (run.path / "report.json").write_text(json.dumps({"plots": ["loss_and_bpb.png", "../notes.txt", "notes.txt"]}))
+    for name in ("ckpt", "tb", "wandb", "gradflow"):
         (run.path / name / "inside").mkdir(parents=True)
     assert run.prepare(tiny_train(run.path, steps=2, overwrite=True)) is None
     run.release()
-    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "notes.txt"]
+    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "mine.png", "notes.txt"]
 
 
 def test_a_folder_of_runs_names_up_to_eight_of_them(tmp_path):

@@ -39,8 +39,9 @@ def register(sub) -> None:
 
 def run_gradflow(args) -> int:
     from rnnlab.analysis.gradflow import analyze, format_table
+    from rnnlab.train.rundir import GRADFLOW
 
-    out = Path(args.out) if args.out else Path(args.run[0]) / "gradflow"
+    out = Path(args.out) if args.out else Path(args.run[0]) / GRADFLOW
     result = analyze(args.run, out, batches=args.batches, batch_size=args.batch_size, seq_len=args.seq_len,
                      last=args.last, power_iters=args.power_iters, device=args.device,
                      history=not args.no_history, plots=not args.no_plots, progress=not args.no_progress)

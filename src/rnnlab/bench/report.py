@@ -27,7 +27,7 @@ from rnnlab.models.config import layer_text
 from rnnlab.models.params import parse_count
 from rnnlab.options import normalize
 from rnnlab.train.config import BUDGET_KEYS, FIELDS, RUNNER_KEYS, WARMUP_STEPS, TrainConfig, apply_overrides
-from rnnlab.train.rundir import RunDir
+from rnnlab.train.rundir import REPORT_JSON, REPORT_MD, RunDir
 from rnnlab.train.runtime import git_state, split_dirty
 
 X_VS_Y_TOL = 0.05  # bpb: Schedule-Free's average x scoring this much worse than its train point y is flagged
@@ -819,12 +819,12 @@ def write_report(root: str | Path | list[str | Path], out: str | Path | None = N
     if plot_files:
         md += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plot_files] + [""]
 
-    md_path = out / "report.md"
+    md_path = out / REPORT_MD
     md_path.write_text("\n".join(md))
     doc = {**header, "sweep_axes": sweep or None, "rows": rows, "reference": ref_out or None,
            "plots": [p.name for p in plot_files],
            "runs": [{k: r[k] for k in ("name", "seed", "dir", "status", "point", "summary")} for r in records]}
-    json_path = out / "report.json"
+    json_path = out / REPORT_JSON
     json_path.write_text(json.dumps(doc, indent=2, default=str) + "\n")
     return {"md": md_path, "json": json_path, "plots": plot_files, "table": table,
             "equal_bytes": "\n".join(equal_bytes).strip()}

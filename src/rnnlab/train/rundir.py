@@ -64,6 +64,10 @@ WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its
 SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu", "world_size", "argv")
 CORPUS_KEYS = ("data", "val_data", "extra_val_data")  # config.json's corpus files, each a path or None
 RUN_FILES = (CONFIG, ENV, METRICS, METRICS_XZ, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
+# ... and what rnnlab's other commands write into a run folder about the run, which would describe the
+# deleted one: `analyze gradflow`'s default output, and `report RUN`'s (its plots: those report.json names)
+GRADFLOW = "gradflow"
+REPORT_MD, REPORT_JSON = "report.md", "report.json"
 
 
 def warn(message: str) -> None:
@@ -569,7 +573,9 @@ class RunDir:
         self._remove_run_files()
 
     def _remove_run_files(self) -> None:
-        for name in RUN_FILES:
+        plots = (read_json(self.file(REPORT_JSON)) or {}).get("plots") or []
+        plots = [p for p in plots if isinstance(p, str) and p.endswith(".png") and Path(p).name == p]
+        for name in (*RUN_FILES, GRADFLOW, *plots, REPORT_MD, REPORT_JSON):
             path = self.file(name)
             if path.is_dir():
                 remove_tree(path)
