@@ -1084,18 +1084,19 @@ def test_rows_trained_for_the_same_minutes_are_one_protocol_whatever_their_steps
 
 def test_a_warm_up_is_part_of_the_protocol(tmp_path):
     """Rows trained with and without a learning-rate warm-up are not one protocol (the warning names
-    it), and the protocol line says the warm-up (and AdamW's schedule after it)."""
-    _synthetic_run(tmp_path, "cold", 1.6, 2.3, 16000.0)
+    it; a config.json from before the key was written trained with none), and the protocol line
+    says the warm-up."""
+    _synthetic_run(tmp_path, "cold", 1.6, 2.3, 16000.0)  # its config.json has no warmup_steps
     _synthetic_run(tmp_path, "warm", 1.6, 2.3, 16000.0)
-    _set_config(tmp_path, "warm", warmup_steps=100, lr_schedule="constant")
+    _set_config(tmp_path, "warm", warmup_steps=100)
     md = write_report(tmp_path, plots=False)["md"].read_text()
-    assert "> - warmup_steps: cold None; warm 100\n" in md
-    assert "adamw lr 0.0001 after 100 warm-up steps (constant) wd 0.1" in md
-    _set_config(tmp_path, "cold", warmup_steps=100, lr_schedule="constant")
+    assert "> - warmup_steps: cold 0; warm 100\n" in md
+    assert "adamw lr 0.0001 after 100 warm-up steps wd 0.1" in md
+    _set_config(tmp_path, "warm", warmup_steps=0)
     assert "not run under one protocol" not in write_report(tmp_path, plots=False)["md"].read_text()
 
 
-def test_a_report_of_several_folders_keeps_each_folders_runs_apart(tmp_path, capsys):
+def test_a_report_of_several_folders_keeps_each_folders_runs_apart(tmp_path, capsys, monkeypatch):
     """``rnnlab report A B --out C``: one comparison of both folders' runs, each named by its folder
     (runs of the same name in two folders are two rows, not seeds of one); --out is needed; a folder
     given twice is refused; two folders of the same name are told apart by their paths."""
@@ -1117,7 +1118,20 @@ def test_a_report_of_several_folders_keeps_each_folders_runs_apart(tmp_path, cap
     assert capsys.readouterr().err == ("rnnlab report: error: a report of several folders needs --out: a folder of "
                                        "its own to write it in\n")
     assert main(["report", str(tmp_path / "race"), str(tmp_path / "race"), "--out", str(tmp_path / "x")]) == 2
-    assert "a folder is given twice" in capsys.readouterr().err
+    assert capsys.readouterr().err.endswith("race is given twice: give each folder of runs once\n")
+    assert main(["report", str(tmp_path / "race"), str(tmp_path / "race" / "e1"), "--out", str(tmp_path / "x")]) == 2
+    assert f"is given twice (it is inside {tmp_path / 'race'})" in capsys.readouterr().err
+    for out in ("scale", "scale/mamba2"):  # it would replace that folder's (or run's) own report
+        assert main(["report", str(tmp_path / "race"), str(tmp_path / "scale"), "--out", str(tmp_path / out)]) == 2
+        assert "one of the folders reported: a report of several folders needs a folder of its own" in \
+            capsys.readouterr().err
+    assert not (tmp_path / "scale" / "report.md").exists() and not (tmp_path / "x").exists()
+    # run folders given themselves keep their names, once; "." is the folder it stands for
+    monkeypatch.chdir(tmp_path / "race")
+    write_report([Path("."), tmp_path / "scale" / "mamba2"], tmp_path / "runs", plots=False)
+    md = (tmp_path / "runs" / "report.md").read_text()
+    assert {r[0] for r in _table_rows(md)} == {"race/mamba2", "race/e1", "mamba2"}
+    assert md.startswith("# Benchmark report: race + mamba2\n") and "Runs of 2 folders in one comparison" in md
     _synthetic_run(tmp_path / "other" / "race", "mamba2", 1.6, 2.5, 16000.0)
     write_report([tmp_path / "race", tmp_path / "other" / "race"], tmp_path / "named", plots=False)
     names = {r[0] for r in _table_rows((tmp_path / "named" / "report.md").read_text())}

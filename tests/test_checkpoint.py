@@ -1008,19 +1008,43 @@ def test_overwrite_replaces_only_the_run(tiny_train, tmp_path):
 def test_overwrite_deletes_every_file_a_run_writes(tiny_train, tmp_path):
     """--overwrite deletes each file and folder of the run (archived logs, TensorBoard's and W&B's
     folders and wandb-id.txt among them: a file left behind would join the new run, wandb-id.txt
-    continuing the old W&B run), what rnnlab wrote into it about the run (`analyze gradflow`'s
-    folder, `report RUN`'s report and the plots its report.json names) and nothing else."""
+    continuing the old W&B run), what rnnlab wrote into it about that run alone (`analyze gradflow`'s
+    folder, `report RUN`'s report and the plots its report.json names) and nothing else: a report
+    of other runs written there (`report A B --out RUN`), a folder or a file outside the run folder
+    that report.json names, and another run's gradflow/ stay."""
+    def fill(report_runs, gradflow_run):
+        run.path.mkdir(exist_ok=True)
+        for name in ("config.json", "env.json", "metrics.jsonl", "metrics.jsonl.xz", "eval.jsonl", "summary.json",
+                     "wandb-id.txt", "notes.txt", "report.md", "loss_and_bpb.png", "mine.png"):
+            (run.path / name).write_text("{}\n")
+        (run.path / "report.json").write_text(json.dumps({
+            "runs": [{"dir": d} for d in report_runs], "plots": ["loss_and_bpb.png", "../notes.txt", "dir.png"]}))
+        for name in ("ckpt", "tb", "wandb", "gradflow", "dir.png"):
+            (run.path / name / "inside").mkdir(parents=True, exist_ok=True)
+        (run.path / "gradflow" / "gradflow.json").write_text(json.dumps({"records": [{"run": gradflow_run}]}))
+
     run = RunDir(tmp_path / "r")
-    run.path.mkdir()
-    for name in ("config.json", "env.json", "metrics.jsonl", "metrics.jsonl.xz", "eval.jsonl", "summary.json",
-                 "wandb-id.txt", "notes.txt", "report.md", "loss_and_bpb.png", "mine.png"):
-        (run.path / name).write_text("{}\n")
-    (run.path / "report.json").write_text(json.dumps({"plots": ["loss_and_bpb.png", "../notes.txt", "notes.txt"]}))
-    for name in ("ckpt", "tb", "wandb", "gradflow"):
-        (run.path / name / "inside").mkdir(parents=True)
+    fill(["r"], "runs/r/")
     assert run.prepare(tiny_train(run.path, steps=2, overwrite=True)) is None
     run.release()
-    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "mine.png", "notes.txt"]
+    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "dir.png", "mine.png", "notes.txt"]
+    fill(["a/x", "b/y"], "runs/other")  # a comparison of other runs, another run's analysis: not the run's
+    assert run.prepare(tiny_train(run.path, steps=2, overwrite=True)) is None
+    run.release()
+    assert sorted(p.name for p in run.path.iterdir()) == [
+        LOCK, "dir.png", "gradflow", "loss_and_bpb.png", "mine.png", "notes.txt", "report.json", "report.md"]
+
+
+def test_a_fresh_run_that_fails_at_its_start_leaves_what_was_in_its_folder(tiny_train, tmp_path):
+    """``abandon_fresh`` removes only what the failed start wrote: a report already in the folder
+    (``rnnlab report ... --out`` there before) stays, whatever runs it names."""
+    run = RunDir(tmp_path / "r")
+    run.path.mkdir()
+    (run.path / "report.md").write_text("# a report\n")
+    (run.path / "report.json").write_text(json.dumps({"runs": [{"dir": "r"}], "plots": []}))
+    assert run.prepare(tiny_train(run.path, steps=2)) is None
+    run.abandon_fresh()
+    assert sorted(p.name for p in run.path.iterdir()) == [LOCK, "report.json", "report.md"]
 
 
 def test_a_folder_of_runs_names_up_to_eight_of_them(tmp_path):

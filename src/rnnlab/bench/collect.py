@@ -32,6 +32,12 @@ MIN_TIMED_STEPS = 20  # fewer steady steps than this give no step-time spread
 # what must be equal across rows for a like-for-like comparison (config.json keys)
 PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "warmup_steps", "weight_decay", "betas",
                  "grad_clip")
+PROTOCOL_DEFAULTS = {"warmup_steps": 0}  # a config.json from before the key was written trained with this
+
+
+def protocol_value(config: dict[str, Any], key: str) -> Any:
+    """A protocol key's value in a run's config.json (its default where an older config lacks it)."""
+    return config.get(key, PROTOCOL_DEFAULTS.get(key))
 CORPUS_KEYS = ("data", "val_data", "val_fraction")  # config.json keys: what the runs trained and were scored on
 _SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 
@@ -87,14 +93,21 @@ def collect_folders(roots: list[str | Path]) -> dict[str, Any]:
     if len(roots) == 1:
         return collect(roots[0])
     paths = [Path(r) for r in roots]
-    if len({p.resolve() for p in paths}) < len(paths):
-        raise ValueError("a folder is given twice: give each folder of runs once")
-    names = [p.name for p in paths]
-    labels = [p.name if names.count(p.name) == 1 else str(p).rstrip("/") for p in paths]
+    real = [p.resolve() for p in paths]
+    for i, (p, a) in enumerate(zip(paths, real)):
+        inside = next((q for q, b in zip(paths, real) if b != a and b in a.parents), None)
+        if a in real[:i] or inside is not None:
+            raise ValueError(f"{p} is given twice" + (f" (it is inside {inside})" if inside is not None else "")
+                             + ": give each folder of runs once")
+    names = [a.name for a in real]  # "." and ".." by the folders they are
+    labels = [a.name if names.count(a.name) == 1 else str(p).rstrip("/") for p, a in zip(paths, real)]
     records = []
-    for label, path in zip(labels, paths):
+    for label, path, a in zip(labels, paths, real):
         for r in collect(path)["records"]:
-            records.append({**r, "name": f"{label}/{r['name']}", "dir": f"{label}/{r['dir']}"})
+            if Path(r["path"]).resolve() == a:  # a run folder given itself: its own name, once
+                records.append({**r, "name": r["name"] if label == a.name else label, "dir": label})
+            else:
+                records.append({**r, "name": f"{label}/{r['name']}", "dir": f"{label}/{r['dir']}"})
     return {"root": None, "label": " + ".join(labels), "plan": {}, "records": records}
 
 
@@ -164,7 +177,8 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "steps": mean_count([r["summary"].get("steps") for r in use]),
             "tokens": mean_count([r["summary"].get("tokens") for r in use]),
             "dirs": [r["dir"] for r in recs],
-            "protocol": {**{k: c.get(k) for k in BUDGET_KEYS + PROTOCOL_KEYS}, "decay rates": run_decay_rates(first)},
+            "protocol": {**{k: c.get(k) for k in BUDGET_KEYS}, **{k: protocol_value(c, k) for k in PROTOCOL_KEYS},
+                         "decay rates": run_decay_rates(first)},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
             "gpu_name": first["env"].get("gpu"), "device": s.get("device") or first["env"].get("device"),
             "world_size": s.get("world_size") or 1,
@@ -225,7 +239,8 @@ def run_setup(record: dict[str, Any]) -> dict[str, Any]:
     paths and, where env.json recorded them, its fingerprints (a file changed under the same path)."""
     s, c = record["summary"], record["config"]
     prints = run_corpus(record)
-    return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"), **{k: c.get(k) for k in PROTOCOL_KEYS},
+    return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"),
+            **{k: protocol_value(c, k) for k in PROTOCOL_KEYS},
             **{k: c.get(k) for k in CORPUS_KEYS},
             **({"corpus (training/held-out split fingerprints)": prints} if prints else {}),
             "held-out bytes": record.get("val_bytes"),

@@ -523,9 +523,8 @@ def describe_protocol(records: list[dict[str, Any]]) -> str:
         clip = f", clip {c['grad_clip']:g}" if c.get("grad_clip") else ", no clipping"
         betas = f" betas {'/'.join(f'{b:g}' for b in c['betas'])}" if c.get("betas") else ""
         warmup = f" after {c['warmup_steps']:,} warm-up steps" if c.get("warmup_steps") else ""
-        schedule = f" ({c['lr_schedule']})" if c.get("optimizer") == "adamw" and c.get("lr_schedule") else ""
         return (f"{budget} x batch {c.get('batch_size')} x seq {c.get('seq_len')}, {c.get('optimizer')} "
-                f"lr {c.get('lr'):g}{warmup}{schedule}{betas} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
+                f"lr {c.get('lr'):g}{warmup}{betas} wd {c.get('weight_decay'):g}{clip}, {c.get('precision')}")
 
     texts = []
     for r in records:
@@ -794,8 +793,14 @@ def write_report(root: str | Path | list[str | Path], out: str | Path | None = N
     markdown, which ``rnnlab bench`` and ``rnnlab report`` print, and ``equal_bytes``: the
     equal-bytes section's ("" when there is none), which ``rnnlab report --at-bytes`` prints too."""
     roots = root if isinstance(root, list) else [root]
-    if len(roots) > 1 and out is None:
-        raise ValueError("a report of several folders needs --out: a folder of its own to write it in")
+    if len(roots) > 1:
+        if out is None:
+            raise ValueError("a report of several folders needs --out: a folder of its own to write it in")
+        inside = next((r for r in roots if Path(r).resolve() in (Path(out).resolve(), *Path(out).resolve().parents)),
+                      None)
+        if inside is not None:  # it would replace that folder's (or a run's) own report
+            raise ValueError(f"--out {out} is in {inside}, one of the folders reported: a report of several "
+                             "folders needs a folder of its own")
     data = collect_folders(roots)
     root = data["root"]
     out = Path(out) if out is not None else root
@@ -808,7 +813,11 @@ def write_report(root: str | Path | list[str | Path], out: str | Path | None = N
     plot_files = P.make_plots(out, records, rows, list(sweep), curves) if plots else []
 
     table = main_table(rows)
-    md = header_lines(header, plan, rows) + ["## Results", "", table, ""]
+    md = header_lines(header, plan, rows)
+    if data.get("label"):  # several folders: what a suite's report has beyond its runs is not merged
+        md += [f"Runs of {len(roots)} folders in one comparison, each named by its folder: a suite's reference "
+               "numbers, sweep axes and checks against the suite as shipped are in each folder's own report.", ""]
+    md += ["## Results", "", table, ""]
     ref_md, ref_out = reference_lines(rows, plan)
     md += ref_md
     if sweep:

@@ -64,8 +64,8 @@ WANDB_ID = "wandb-id.txt"  # the W&B run id, so that a resumed run continues its
 SESSION_KEYS = ("started", "git_sha", "git_dirty", "gpu", "world_size", "argv")
 CORPUS_KEYS = ("data", "val_data", "extra_val_data")  # config.json's corpus files, each a path or None
 RUN_FILES = (CONFIG, ENV, METRICS, METRICS_XZ, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
-# ... and what rnnlab's other commands write into a run folder about the run, which would describe the
-# deleted one: `analyze gradflow`'s default output, and `report RUN`'s (its plots: those report.json names)
+# ... and what rnnlab's other commands wrote into a run folder about that run alone, which would describe the
+# deleted one (RunDir.about_the_run): `analyze gradflow`'s default output, `report RUN`'s report and plots
 GRADFLOW = "gradflow"
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 
@@ -570,12 +570,36 @@ class RunDir:
             resume = ("pass --resume with a larger --steps, --minutes or --tokens to extend it" if status == "complete"
                       else "pass --resume to continue it")
             raise ValueError(f"{held}; {resume}, --overwrite to delete it and start over, or choose another --out")
+        about = self.about_the_run()  # read before the run's files go
         self._remove_run_files()
+        for name in about:
+            path = self.file(name)
+            if name == GRADFLOW:
+                remove_tree(path)
+            elif path.is_file():
+                path.unlink()
+
+    def about_the_run(self) -> list[str]:
+        """What rnnlab wrote into the folder about its run alone, which ``--overwrite`` deletes with the
+        run: ``rnnlab report RUN``'s report.md, report.json and the plots report.json names (when
+        report.json's runs are this folder's alone: a report of other runs written here stays), and
+        ``analyze gradflow``'s default ``gradflow/`` (when each of its records is of a run of this
+        folder's name)."""
+        about = []
+        report = read_json(self.file(REPORT_JSON)) or {}
+        runs = [r.get("dir") if isinstance(r, dict) else None for r in report.get("runs") or []]
+        if runs == [self.path.name]:
+            plots = [p for p in report.get("plots") or [] if isinstance(p, str) and p.endswith(".png")
+                     and Path(p).name == p]
+            about += [*plots, REPORT_MD, REPORT_JSON]
+        records = (read_json(self.file(GRADFLOW) / "gradflow.json") or {}).get("records") or []
+        if self.file(GRADFLOW).is_dir() and records and all(
+                isinstance(r, dict) and Path(str(r.get("run"))).name == self.path.name for r in records):
+            about.append(GRADFLOW)
+        return about
 
     def _remove_run_files(self) -> None:
-        plots = (read_json(self.file(REPORT_JSON)) or {}).get("plots") or []
-        plots = [p for p in plots if isinstance(p, str) and p.endswith(".png") and Path(p).name == p]
-        for name in (*RUN_FILES, GRADFLOW, *plots, REPORT_MD, REPORT_JSON):
+        for name in RUN_FILES:
             path = self.file(name)
             if path.is_dir():
                 remove_tree(path)
