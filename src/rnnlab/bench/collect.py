@@ -33,13 +33,13 @@ MIN_TIMED_STEPS = 20  # fewer steady steps than this give no step-time spread
 PROTOCOL_KEYS = ("batch_size", "seq_len", "precision", "optimizer", "lr", "warmup_steps", "weight_decay", "betas",
                  "grad_clip")
 PROTOCOL_DEFAULTS = {"warmup_steps": 0}  # a config.json from before the key was written trained with this
+CORPUS_KEYS = ("data", "val_data", "val_fraction")  # config.json keys: what the runs trained and were scored on
+_SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 
 
 def protocol_value(config: dict[str, Any], key: str) -> Any:
     """A protocol key's value in a run's config.json (its default where an older config lacks it)."""
     return config.get(key, PROTOCOL_DEFAULTS.get(key))
-CORPUS_KEYS = ("data", "val_data", "val_fraction")  # config.json keys: what the runs trained and were scored on
-_SEED_DIR = re.compile(r"^(?P<name>.+)-s(?P<seed>\d+)$")
 
 
 def collect(root: str | Path) -> dict[str, Any]:
