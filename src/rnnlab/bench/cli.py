@@ -243,8 +243,7 @@ def run_sweep(args) -> int:
 
 
 def run_report(args) -> int:
-    write_and_show_report(args.dir if len(args.dir) > 1 else args.dir[0], args.out, plots=not args.no_plots,
-                          at_bytes=args.at_bytes)
+    write_and_show_report(args.dir, args.out, plots=not args.no_plots, at_bytes=args.at_bytes)
     return 0
 
 

@@ -745,19 +745,17 @@ def equal_bytes_lines(records: list[dict[str, Any]], all_curves: dict[str, dict[
                                                  "not reach them)" if asked else "")
             + ", linearly between its evaluations"
             + (f" (each point scores {next(iter(scored)):,} held-out bytes)." if len(scored) == 1 else "."
-               + _mixed_bytes(all_curves, curves, labels)), "",
+               + (_mixed_bytes(all_curves, curves, labels) if scored else "")), "",
             md_table(["Run", *(f"{_asked_bytes(m) if asked else _mark_bytes(m)} bytes" for m in marks)], body),
             *(["", f"Left out: {', '.join(no_curve)} (fewer than two held-out evaluations, no curve to read; "
                    "train with `--eval-every N`)."] if no_curve else []), ""]
 
 
 def _mixed_bytes(all_curves: dict[str, dict[str, Any]], shown: dict[str, Any], labels: dict[str, str]) -> str:
-    """The sentence for an equal-bytes table whose runs' points scored different held-out bytes:
-    each run's counts, since a difference between points scored on different text is partly the
-    text's ("" when the shown runs' points all scored the same bytes)."""
+    """The sentence for an equal-bytes table whose runs' points scored different held-out bytes
+    (``shown``: the table's runs): each run's counts, since a difference between points scored on
+    different text is partly the text's."""
     counts = {d: sorted(all_curves[d]["bytes"] - {None}) for d in shown}
-    if len({b for c in counts.values() for b in c}) < 2:
-        return ""
     each = "; ".join(f"{labels[d]} {' and '.join(f'{b:,}' for b in c)}" for d, c in counts.items() if c)
     return (f" Not every point scores the same held-out bytes ({each}): a difference between points "
             "that scored different bytes is partly one of the text they read.")
