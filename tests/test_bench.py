@@ -2538,6 +2538,18 @@ def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
         assert key in md
     for p in ("loss_and_bpb.png", "loss_vs_time.png", "tok_per_s.png", "report.json", "suite.json"):
         assert (out / p).stat().st_size > 0
+
+    def keys(o):
+        if isinstance(o, dict):
+            for k, v in o.items():
+                yield k
+                yield from keys(v)
+        elif isinstance(o, list):
+            for v in o:
+                yield from keys(v)
+    # report.json is for programs: every key an identifier (or a run's or file's name), its words report.md's
+    named = list(keys(json.loads((out / "report.json").read_text())))
+    assert "decay_rates" in named and "val_bytes" in named and all(re.fullmatch(r"[\w.-]+", k) for k in named), named
     # a shipped suite is recorded by its package path, not this machine's install path
     assert json.loads((out / "suite.json").read_text())["path"] == "rnnlab/bench/suites/tiny.toml"
     assert "(`rnnlab/bench/suites/tiny.toml`)" in md

@@ -178,7 +178,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "tokens": mean_count([r["summary"].get("tokens") for r in use]),
             "dirs": [r["dir"] for r in recs],
             "protocol": {**{k: c.get(k) for k in BUDGET_KEYS}, **{k: protocol_value(c, k) for k in PROTOCOL_KEYS},
-                         "decay rates": run_decay_rates(first)},
+                         "decay_rates": run_decay_rates(first)},
             "gpus": [r["gpu"] for r in recs if r.get("gpu") is not None],
             "gpu_name": first["env"].get("gpu"), "device": s.get("device") or first["env"].get("device"),
             "world_size": s.get("world_size") or 1,
@@ -242,8 +242,8 @@ def run_setup(record: dict[str, Any]) -> dict[str, Any]:
     return {**{k: c.get(k) for k in BUDGET_KEYS}, "params": s.get("params"),
             **{k: protocol_value(c, k) for k in PROTOCOL_KEYS},
             **{k: c.get(k) for k in CORPUS_KEYS},
-            **({"corpus (training/held-out split fingerprints)": prints} if prints else {}),
-            "held-out bytes": record.get("val_bytes"),
+            **({"corpus_fingerprints": prints} if prints else {}),
+            "val_bytes": record.get("val_bytes"),
             "processes": s.get("world_size") or 1}  # tok/s counts every process's tokens
 
 

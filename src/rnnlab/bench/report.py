@@ -236,6 +236,10 @@ def extra_file_warning(lacking: dict[str, Any] | None) -> list[str]:
                 f"runs were not scored on**: {'; '.join(why)}."]
 
 
+# run_setup's keys that its warning writes in words (report.json keeps the keys)
+SETUP_WORDS = {"corpus_fingerprints": "corpus (training/held-out split fingerprints)", "val_bytes": "held-out bytes"}
+
+
 def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
     """Rows averaging runs trained differently (e.g. ``--seeds 43 --steps 300`` into a folder whose
     run of that name trained 1000 steps): their mean ± std mixes two protocols, not seeds. A setting
@@ -247,7 +251,7 @@ def mixed_row_warning(rows: list[dict[str, Any]]) -> list[str]:
         for k in dict.fromkeys(k for o in setups for k in o):
             values = [o[k] for o in setups if k in o]
             if any(not _same(values[0], v) for v in values[1:]):
-                diff.append(f"{k} " + "/".join(map(str, values)))
+                diff.append(f"{SETUP_WORDS.get(k, k)} " + "/".join(map(str, values)))
         if diff:
             mixed.append(f"{r['name']} ({', '.join(diff)})")
     if not mixed:
@@ -350,7 +354,7 @@ def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[st
                 if any(r["extra_data"] for r in rows) else {}),
              **{k: {r["name"]: r["protocol"].get(k) for r in rows} for k in PROTOCOL_KEYS},
              # weight decay on A_log, dt_bias, D, among the rows whose models have them
-             "decay rates": {r["name"]: r["protocol"]["decay rates"] for r in rows if r["protocol"]["decay rates"]}}
+             "decay rates": {r["name"]: r["protocol"]["decay_rates"] for r in rows if r["protocol"]["decay_rates"]}}
     for key, values in keyed.items():
         if key in swept:
             continue
