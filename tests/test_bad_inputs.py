@@ -85,7 +85,7 @@ CASES = [
     ("minutes_minus_nan", [*TRAIN, "--minutes", "-NaN"], "--minutes must be a positive finite number, got '-NaN'"),
     ("tokens_text", [*TRAIN, "--tokens", "lots"], "--tokens must be a token count (e.g. 50M, 1e9), got 'lots'"),
     ("two_budgets", [*TRAIN, "--minutes", "1"], "give one budget (steps, minutes or tokens)"),
-    ("betas_range", [*TRAIN, "--betas", "0.9", "1"], "--betas must be two numbers in [0, 1), got (0.9, 1.0)"),
+    ("betas_range", [*TRAIN, "--betas", "0.9", "1"], "--betas must be two numbers in [0, 1), got [0.9, 1]"),
     ("val_fraction", [*TRAIN, "--val-fraction", "1.5"], "--val-fraction must be a number in (0, 1), got 1.5"),
     ("precision", [*TRAIN, "--precision", "fp64"], "--precision must be one of bf16, bf16-mixed, fp32, got 'fp64'"),
     ("optimizer", [*TRAIN, "--optimizer", "sgd"], "--optimizer must be one of schedulefree-adamw, adamw, got 'sgd'"),

@@ -333,8 +333,8 @@ def test_whole_numbers_for_float_fields_become_floats(tmp_path):
 
 
 @pytest.mark.parametrize("values, message", [
-    ({"betas": [0.9]}, "betas must be two numbers in [0, 1), got (0.9,)"),
-    ({"betas": [0.9, 0.999, 0.5]}, "betas must be two numbers in [0, 1), got (0.9, 0.999, 0.5)"),
+    ({"betas": [0.9]}, "betas must be two numbers in [0, 1), got [0.9]"),
+    ({"betas": [0.9, 0.999, 0.5]}, "betas must be two numbers in [0, 1), got [0.9, 0.999, 0.5]"),
     ({"grad_clip": False}, "grad_clip must be a positive finite number, got False"),
 ])
 def test_a_tuple_field_checks_its_length_and_a_bool_is_no_clip(values, message):

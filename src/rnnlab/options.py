@@ -207,8 +207,11 @@ def check_value(key: str, tp: Any, v: Any, choices: tuple | None = None, bounds:
 
 def _shown(tp: Any, v: Any) -> str:
     """A refused value as its error writes it: a number field's whole float as typed (``--lr 0``
-    gives ``got 0``, not ``got 0.0``); any other value as Python writes it (an integer field's
-    ``8.0`` stays ``8.0``: its type is the fault)."""
+    gives ``got 0``, not ``got 0.0``); a tuple field's values as a list, each so (``--betas 1 0.5``
+    gives ``got [1, 0.5]``, not Python's ``(1.0, 0.5)``); any other value as Python writes it (an
+    integer field's ``8.0`` stays ``8.0``: its type is the fault)."""
+    if typing.get_origin(tp) is tuple and isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_shown(typing.get_args(tp)[0], x) for x in v) + "]"
     whole = tp is float and isinstance(v, float) and math.isfinite(v) and v.is_integer() and abs(v) < 2**53
     return str(int(v)) if whole else repr(v)
 
