@@ -340,9 +340,10 @@ def test_gradflow_json_is_strict_json_where_a_curve_has_no_reference(trained_run
     ``write_plots`` draws the records read back from the file."""
     real = gf._temporal_summary
     monkeypatch.setattr(gf, "_temporal_summary", lambda curves: real(torch.tensor([[1.0, 0.0]])))
-    res = gf.analyze([trained_run], tmp_path / "gf", batches=3, batch_size=16, seq_len=24, plots=False)
     # the run's 200 held-out bytes hold 8 windows of 24: one batch of 8, the batches (and their size)
-    # measured, not those asked
+    # measured, not those asked, and said so
+    with pytest.warns(UserWarning, match=r"holds 8 windows of 25 bytes, fewer than the 3 x 16 asked: measured on those"):
+        res = gf.analyze([trained_run], tmp_path / "gf", batches=3, batch_size=16, seq_len=24, plots=False)
     assert [(r["batches"], r["batch_size"]) for r in res["records"]] == [(1, 8)] * 3
     text = (tmp_path / "gf" / "gradflow.json").read_text()
 
