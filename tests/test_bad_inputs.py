@@ -402,6 +402,12 @@ CASES = [
      "--out {run} is a run folder (it holds a run), not a folder of runs: give the sweep a folder of its own"),
     ("sweep_into_a_run", ["sweep", *TINY, "--set", "seed=1,2", "--out", "{run}", "--steps", "1"],
      "--out {run} is a run folder (it holds a run), not a folder of runs: give the sweep a folder of its own"),
+    # a folder of another suite's or a sweep's runs: its record (commands, runs) would be replaced by this one's
+    ("sweep_into_a_suite", ["sweep", *TINY, "--set", "seed=1,2", "--out", "{of_tiny}", "--steps", "1"],
+     "--out {of_tiny} holds suite tiny's runs (its suite.json), not this sweep's: give the sweep a folder of its own "
+     "(another --out)"),
+    ("bench_into_a_sweep", ["bench", "tiny", "--out", "{of_sweep}", "--plan"],
+     "--out {of_sweep} holds a sweep's runs (its suite.json), not suite tiny's: give the suite a folder of its own"),
     ("bench_gpus_text", ["bench", "tiny", "--out", "{new}", "--gpus", "two"],
      "argument --gpus: must be an integer, got 'two'"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
@@ -448,6 +454,10 @@ def world(tmp_path_factory, one_thread_module):
     for key, (name, text) in CONFIG_FILES.items():
         w[key] = root / name
         w[key].write_text(text, errors="surrogateescape")  # \udcXX: the byte XX
+    for key, record in (("of_tiny", {"suite": "tiny", "sweep": None}), ("of_sweep", {"suite": "sweep-x", "sweep": {}})):
+        w[key] = root / key
+        w[key].mkdir()
+        (w[key] / "suite.json").write_text(json.dumps({**record, "runs": []}))
     w["run"] = root / "run"
     argv = ["train", *TINY, "--steps", "2", "--data", str(w["corpus"]), "--out", str(w["run"]), "--checkpoint-every", "1"]
     assert main(argv) == 0

@@ -765,8 +765,10 @@ def test_a_stopped_run_saved_past_a_smaller_budget_is_a_conflict_not_partial(tmp
         assert run_status(fits) == "partial"
 
 
-def test_a_suite_folder_reused_by_another_suite_starts_its_plan_afresh(tmp_path):
-    """suite.json merges the runs and commands of earlier calls of the same suite only."""
+def test_a_suite_folder_is_refused_to_another_suite(tmp_path):
+    """Another suite planned into a suite's folder is refused (--plan too), its record kept: its
+    suite.json would have been replaced, and the report would have shown the first suite's runs under
+    the second's command and settings."""
     from rnnlab.bench.suite import write_plan
 
     out = tmp_path / "out"
@@ -775,11 +777,12 @@ def test_a_suite_folder_reused_by_another_suite_starts_its_plan_afresh(tmp_path)
     for p in plan_suite(first, out):  # both runs trained
         p.dir.mkdir()
         (p.dir / "summary.json").write_text('{"complete": true}')
-    second = _tiny_suite("second", "c")
-    write_plan(second, plan_suite(second, out), out, "rnnlab bench second", {})
-    doc = _plan_doc(out)
-    assert [r["dir"] for r in doc["runs"]] == ["c"] and [c["command"] for c in doc["invocations"]] == [
-        "rnnlab bench second"]
+    before = (out / "suite.json").read_text()
+    with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))} holds suite first's runs \(its suite.json\), "
+                                         r"not suite second's: give the suite a folder of its own \(another --out\)$"):
+        plan_suite(_tiny_suite("second", "c"), out)
+    assert (out / "suite.json").read_text() == before
+    assert [p.name for p in plan_suite(first, out)] == ["a", "b"]  # the same suite continues
 
 
 def test_suite_json_keeps_earlier_runs_that_hold_a_run_and_lists_a_repeated_command_once(tmp_path):
@@ -2685,6 +2688,14 @@ def test_sweep_cli_end_to_end(tmp_path, capsys):
                  "--device", "cpu", "--eval-bytes", "2048", "--plan", "--out", str(out)]) == 0
     plan = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  lr-")]
     assert sorted((p[0], p[-1]) for p in plan) == [("lr-1e-2", "[complete]"), ("lr-1e-3", "[complete]")]
+    # moved, and extended by a value: the sweep it was, its first command kept beside the new one
+    moved = out.rename(tmp_path / "lr-moved")
+    assert main(["sweep", "--model", "mingru", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,1e-2,3e-3",
+                 "--steps", "4", "--batch-size", "4", "--seq-len", "32", "--precision", "fp32", "--device", "cpu",
+                 "--eval-bytes", "2048", "--no-progress", "--no-plots", "--out", str(moved)]) == 0
+    record = json.loads((moved / "suite.json").read_text())
+    assert record["suite"] == "sweep-lr" and record["sweep"]["axes"] == {"lr": [1e-3, 1e-2, 3e-3]}
+    assert sorted(r["name"] for r in record["runs"]) == ["lr-1e-2", "lr-1e-3", "lr-3e-3"]
 
 
 def test_runs_subset(tmp_path):

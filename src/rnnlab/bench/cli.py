@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -232,13 +231,13 @@ def run_bench(args) -> int:
 def run_sweep(args) -> int:
     """The base of every point from the config flags: model fields, then the fields a run may set
     (the suite's defaults); the suite-wide fields (budget, data, device) go to ``_execute``."""
-    from rnnlab.bench.sweep import build_sweep, keep_earlier_names
+    from rnnlab.bench.sweep import build_sweep, keep_earlier_names, sweep_name
 
     given = config_flag_values(args)
     model = {k: v for k, v in given.items() if k in MODEL_KEYS}
     defaults = {k: v for k, v in given.items() if k not in MODEL_KEYS and k not in SUITE_KEYS}
     suite = build_sweep(model, args.sets, target_params=args.target_params, defaults=defaults,
-                        name=f"sweep-{Path(os.path.abspath(args.out)).name}")  # --out . or .. too: the folder's name
+                        name=sweep_name(Path(args.out)))
     return _execute(keep_earlier_names(suite, Path(args.out)), Path(args.out), args)
 
 

@@ -40,7 +40,8 @@ another kind) is extended: resumed from its checkpoint, it trains on to the new 
 refused: it is never trained afresh over); a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
 first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``;
-a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part's runs and commands.
+a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part's runs and commands;
+a folder of another suite's (or a sweep's) runs is refused, its record kept.
 """
 
 from __future__ import annotations
@@ -376,9 +377,16 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     out = Path(out)
     if any(p.is_file() for p in (out, *out.parents)):  # refused by --plan too, not first by mkdir
         raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(out))  # cli.error_line says which
+    kind = "sweep" if suite.sweep else "suite"
     if RunDir(out).holds_run() and not (out / SUITE_FILE).exists():  # its runs would nest inside another run
         raise ValueError(f"--out {out} is a run folder (it holds a run), not a folder of runs: give the "
-                         f"{'sweep' if suite.sweep else 'suite'} a folder of its own (another --out)")
+                         f"{kind} a folder of its own (another --out)")
+    held = read_json(out / SUITE_FILE) or {}
+    if held.get("suite") not in (None, suite.name):  # its record (commands, runs) would be replaced by this one's
+        theirs = "a sweep's" if held.get("sweep") is not None else f"suite {held['suite']}'s"
+        ours = "this sweep's" if suite.sweep else f"suite {suite.name}'s"
+        raise ValueError(f"--out {out} holds {theirs} runs (its {SUITE_FILE}), not {ours}: give the {kind} a "
+                         f"folder of its own (another --out)")
     selected = suite.runs
     if runs is not None:  # --runs "" names no run: refused below, not taken as every run
         names = [n.strip() for n in runs.split(",")] if isinstance(runs, str) else list(runs)  # "e1, mingru" too

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import os
 import re
 from pathlib import Path
 
@@ -149,6 +150,16 @@ def build_sweep(model: dict, sets: list[str], *, target_params: str | int | None
     return Suite(name=name or f"sweep-{kind}", runs=runs, defaults=dict(defaults or {}),
                  description=sweep_description(kind, {k: r for k, r, _ in axes}),
                  sweep={"axes": {k: v for k, _, v in axes}})
+
+
+def sweep_name(out: Path) -> str:
+    """The name of the sweep in ``out``: ``sweep-FOLDER`` (``--out .`` or ``..`` too: the folder's
+    own name), or the name of the sweep ``out`` already holds (a sweep folder moved or renamed since
+    is continued as the sweep it is, its earlier commands kept)."""
+    earlier = read_json(out / SUITE_FILE) or {}
+    if earlier.get("sweep") is not None and isinstance(earlier.get("suite"), str):
+        return earlier["suite"]
+    return f"sweep-{Path(os.path.abspath(out)).name}"
 
 
 def keep_earlier_names(suite: Suite, out: Path) -> Suite:
