@@ -765,6 +765,22 @@ def test_a_stopped_run_saved_past_a_smaller_budget_is_a_conflict_not_partial(tmp
         assert run_status(fits) == "partial"
 
 
+def test_report_names_each_run_file_it_cannot_read(tmp_path, capsys):
+    """A run's config.json or summary.json that holds no JSON object (damaged, edited by hand) is
+    named in a warning: its row then says nothing of what the file held (a complete run reads as
+    partial), and the warning says why. A file that is not there is not named."""
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.json").write_text("{bad")
+    (run / "summary.json").write_text("[1]")  # JSON, but not an object
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    [record] = collect(tmp_path)["records"]
+    assert record["summary"] == record["config"] == {}
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"rnnlab: warning: {run / name} holds no readable JSON object: the report leaves out what it held"
+                   for name in ("config.json", "summary.json")]
+
+
 def test_a_suite_folder_is_refused_to_another_suite(tmp_path):
     """Another suite planned into a suite's folder is refused (--plan too), its record kept: its
     suite.json would have been replaced, and the report would have shown the first suite's runs under

@@ -24,7 +24,7 @@ from typing import Any
 from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import LOGS, SUITE_FILE
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS
-from rnnlab.train.rundir import RunDir, read_json
+from rnnlab.train.rundir import CONFIG, ENV, SUMMARY, RunDir, read_json, warn
 
 METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
            "time_s", "warmup_s")
@@ -68,6 +68,8 @@ def collect(root: str | Path) -> dict[str, Any]:
                 m = None  # a name that ends like a seed (race-400m's e16-s4, trained with seed 42)
             entry = {"name": m["name"] if m else name, "seed": int(m["seed"]) if m else None,
                      "dir": name, "point": None}
+        for damaged in (f for f in map(run.file, (CONFIG, SUMMARY, ENV)) if f.exists() and read_json(f) is None):
+            warn(f"{damaged} holds no readable JSON object: the report leaves out what it held")
         status = run.status()
         metrics, evals = run.metrics(), run.evals()
         records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": name, "path": str(run.path),
