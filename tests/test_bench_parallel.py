@@ -316,7 +316,7 @@ def test_a_suite_continued_by_later_commands_keeps_every_run_and_command(tmp_pat
 
 def test_a_suite_json_from_before_continued_suites_is_continued(tmp_path):
     """A suite.json written before suites kept their parts (one command at its top level) is read
-    as that one command, and continued; one of another suite is replaced."""
+    as that one command, and continued; a folder holding one of another suite is refused."""
     from rnnlab.bench.report import protocol_overrides
     from rnnlab.bench.suite import invocations, write_plan
 
@@ -331,8 +331,8 @@ def test_a_suite_json_from_before_continued_suites_is_continued(tmp_path):
     assert [c["command"] for c in invocations(doc)] == ["rnnlab bench tiny --steps 2", "rnnlab bench tiny --steps 3"]
     assert protocol_overrides(doc) == {"steps": [2, 3]}  # two commands, two budgets: both named
     (out / "suite.json").write_text(json.dumps({**legacy, "suite": "other"}))
-    write_plan(suite, plan_suite(suite, out, steps=3, runs="e1"), out, "rnnlab bench tiny --steps 3", {"steps": 3})
-    assert len(invocations(json.loads((out / "suite.json").read_text()))) == 1
+    with pytest.raises(ValueError, match="holds suite other's runs"):
+        plan_suite(suite, out, steps=3, runs="e1")
 
 
 def test_a_process_that_exits_0_with_its_run_incomplete_is_not_counted_done(tmp_path, monkeypatch):
