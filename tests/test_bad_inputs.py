@@ -187,9 +187,10 @@ CASES = [
     ("config_betas", [*TRAIN, "--config", "{betas5}"], "betas must be two numbers in [0, 1), got 5"),
     ("config_mlp_ratio", [*TRAIN, "--config", "{mlp_two}"], "mlp_ratio must be a finite number >= 0 (at most 64), got 'two'"),
     ("config_layer", [*TRAIN, "--config", "{layer5}", "--layer", "expansion=2"],
-     "error: layer must be a table of options, got 5"),  # the file's value: --layer adds to it
-    ("config_out", ["train", *TINY, "--data", "{corpus}", "--config", "{out5}"], "error: out must be a string, got 5"),
-    ("config_compile", [*TRAIN, "--config", "{compile_no}"], "compile must be true or false, got 'no'"),
+     "error: config file {layer5}: layer must be a table of options, got 5"),  # the file's value: --layer adds to it
+    ("config_out", ["train", *TINY, "--data", "{corpus}", "--config", "{out5}"],
+     "error: config file {out5}: out must be a string, got 5"),
+    ("config_compile", [*TRAIN, "--config", "{compile_no}"], "error: config file {compile_no}: compile must be true or false, got 'no'"),
     ("config_tie", [*TRAIN, "--config", "{tie_no}"], "tie_embeddings must be true or false, got 'no'"),
     ("config_batch_text", ["train", "--config", "{batch_text}", "--data", "{corpus}", "--out", "{new}"],
      "batch_size must be a positive integer (at most 65,536), got '256'"),
@@ -356,7 +357,7 @@ CASES = [
     ("gradflow_device_meta", ["analyze", "gradflow", "--run", "{run}", "--device", "meta"],  # not "damaged"
      "error: --device must be auto, cpu, cuda, cuda:N or mps, got 'meta'"),
     ("gradflow_last_whole_sequence", ["analyze", "gradflow", "--run", "{run}", "--last", "32"],
-     "last (32) must be below the sequence length (32)"),
+     "--last (32) must be below the sequence length (32)"),
     ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "--dim must be a positive integer"),
     ("params_head_dim", ["params", "--model", "transformer", "--dim", "96"],  # what would fit
      "head_dim must divide --dim (96), got 64: --layer head_dim=48 fits, or another even divisor of 96"),
@@ -402,6 +403,11 @@ CASES = [
      "--out {run} is a run folder (it holds a run), not a folder of runs: give the sweep a folder of its own"),
     ("sweep_into_a_run", ["sweep", *TINY, "--set", "seed=1,2", "--out", "{run}", "--steps", "1"],
      "--out {run} is a run folder (it holds a run), not a folder of runs: give the sweep a folder of its own"),
+    # a parameter count flag's refusal names the flag
+    ("bench_params_negative", ["bench", "tiny", "--params", "-5", "--out", "{new}", "--plan"],
+     "argument --params: parameter count must be positive, got '-5'"),
+    ("sweep_target_params_text", ["sweep", *TINY, "--set", "seed=1,2", "--target-params", "many", "--out", "{new}"],
+     "argument --target-params: cannot read a count from 'many' (try 400M, 1.5B, 1e9, 50000000)"),
     # a folder of another suite's or a sweep's runs: its record (commands, runs) would be replaced by this one's
     ("sweep_into_a_suite", ["sweep", *TINY, "--set", "seed=1,2", "--out", "{of_tiny}", "--steps", "1"],
      "--out {of_tiny} holds suite tiny's runs (its suite.json), not this sweep's: give the sweep a folder of its own "
@@ -537,6 +543,23 @@ def test_an_error_line_names_the_fields_set_by_flags_as_flags():
         assert named_by_flag(line, args) == line
 
 
+def test_an_error_line_whose_subject_the_config_file_set_names_the_file(tmp_path):
+    """A line whose subject is a key the ``--config`` file sets (top level or its ``model`` table)
+    and no flag overrides begins with the file's name; one whose subject a flag set, or the file
+    does not, or a file that cannot be read, does not."""
+    path = tmp_path / "run.toml"
+    path.write_text("grad_accum = 3\n[model]\ndim = -4\n")
+    args = argparse.Namespace(config=str(path), grad_accum=None, batch_size=4, dim=None)
+    assert (named_by_flag("grad_accum (3) must divide batch_size (4): ...", args)
+            == f"config file {path}: grad_accum (3) must divide --batch-size (4): ...")
+    assert named_by_flag("dim must be ...", args) == f"config file {path}: dim must be ..."
+    assert named_by_flag("seq_len must be ...", args) == "seq_len must be ..."
+    args.grad_accum = 3
+    assert named_by_flag("grad_accum (3) must ...", args) == "--grad-accum (3) must ..."
+    args.config = str(tmp_path / "gone.toml")
+    assert named_by_flag("dim must be ...", args) == "dim must be ..."
+
+
 def test_a_missing_path_typed_with_resume_is_not_called_the_runs(world, capsys):
     """The moved-corpus hint (``resume_corpus_moved``) is for a path config.json names; a path typed
     with ``--resume`` that does not exist is only said to be missing."""
@@ -593,7 +616,7 @@ def test_gradflow_refuses_last_before_loading_any_weights(world, capsys, monkeyp
     monkeypatch.setattr(RunDir, "load", lambda self, *a, **kw: loads.append(self.path) or pytest.fail("loaded"))
     assert main(["analyze", "gradflow", "--run", str(world["run"]), "--last", "32", "--no-plots"]) == 2
     assert loads == []
-    assert capsys.readouterr().err == ("rnnlab analyze gradflow: error: last (32) must be below the sequence length "
+    assert capsys.readouterr().err == ("rnnlab analyze gradflow: error: --last (32) must be below the sequence length "
                                        "(32): the curves follow the gradient of the loss at the last 32 positions "
                                        "back to the earlier ones\n")
 

@@ -111,7 +111,9 @@ def named_by_flag(line: str, args: argparse.Namespace) -> str:
     override a config file and a resumed run's config), so it is what the user typed that is named,
     whichever check refused it: its field's declaration, a rule between fields or the device's. A
     field the flags left alone keeps its key (a config file's or a suite's value), as does
-    ``layer``, whose ``--layer`` options are added to a file's table rather than replacing it."""
+    ``layer``, whose ``--layer`` options are added to a file's table rather than replacing it; a
+    line whose subject is a key that the ``--config`` file sets begins with that file's name
+    (``config file run.toml: steps must be ...``), as the file's other errors do."""
     from rnnlab.options import flag_name
     from rnnlab.train.config import FIELDS
 
@@ -120,7 +122,24 @@ def named_by_flag(line: str, args: argparse.Namespace) -> str:
         flagged = key in FIELDS and key != "layer" and getattr(args, key, None) is not None
         return flag_name(key) if flagged else key
 
-    return FIELD_NAMED.sub(named, line)
+    line = FIELD_NAMED.sub(named, line)
+    subject = FIELD_NAMED.match(line)
+    if subject and subject[1] and subject[1] in _config_file_keys(getattr(args, "config", None)):
+        line = f"config file {args.config}: {line}"
+    return line
+
+
+def _config_file_keys(path: str | None) -> set[str]:
+    """The config fields a ``--config`` file sets (its ``model`` table's too); none when there is no
+    file or it cannot be read (its own error names it)."""
+    from rnnlab.train.config import read_config_file
+
+    try:
+        values = read_config_file(path) if path is not None else {}
+    except (OSError, ValueError):
+        return set()
+    model = values.get("model")
+    return {k.replace("-", "_") for k in [*values, *(model if isinstance(model, dict) else ())]}
 
 
 # a negative number in exponent form or with a count's suffix, or -inf / -nan, which argparse takes

@@ -300,7 +300,7 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
             raise FileNotFoundError(f"{missing}: put it back there")
     for T in lengths:
         if last >= T:  # no earlier position would be left to measure: every lag None, silently
-            raise ValueError(f"last ({last}) must be below the sequence length ({T}): the curves follow the "
+            raise ValueError(f"--last ({last}) must be below the sequence length ({T}): the curves follow the "
                              f"gradient of the loss at the last {last} positions back to the earlier ones")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)  # a file in the way of --out is refused before minutes of analysis

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from rnnlab.errors import counted
 from rnnlab.models.config import layer_text
+from rnnlab.models.params import count_arg
 from rnnlab.options import checked, path_arg
 from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
 
@@ -55,7 +56,7 @@ def register(sub) -> None:
     p.add_argument("suite", nargs="?", help="suite name (see --list) or path to a suite .toml")
     p.add_argument("--list", action="store_true", help="list the shipped suites")
     p.add_argument("--out", type=path_arg, help="output dir (default runs/bench/<suite>)")
-    p.add_argument("--params", metavar="N", help="re-solve every run's width at its depth for N parameters "
+    p.add_argument("--params", type=count_arg, metavar="N", help="re-solve every run's width at its depth for N parameters "
                                                  "(e.g. 50M)")
     add_config_flags(p, keys=SUITE_KEYS, show_defaults=False)
     _common_flags(p)
@@ -72,7 +73,7 @@ def register(sub) -> None:
                    help="a swept axis: a config field (lr=1e-4,3e-4), a model field (depth=6,12) "
                         "or a mixer option (layer.heads=1,4,8); repeatable (Cartesian product)")
     s.add_argument("--out", required=True, type=path_arg, help="output dir")
-    s.add_argument("--target-params", metavar="N", help="solve each point's width at its depth for N parameters")
+    s.add_argument("--target-params", type=count_arg, metavar="N", help="solve each point's width at its depth for N parameters")
     add_config_flags(s, keys=[k for k in FIELDS if k not in RUNNER_KEYS], show_defaults=False)
     _common_flags(s)
     s.set_defaults(func=run_sweep)

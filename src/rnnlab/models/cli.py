@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 from rnnlab.models.config import ModelConfig
-from rnnlab.models.params import count_params, nearest_width, parse_count, solve_dim
+from rnnlab.models.params import count_arg, count_params, nearest_width, parse_count, solve_dim
 from rnnlab.models.registry import MODELS, get_spec
 from rnnlab.options import add_flags, checked, flag_values, positive
 
@@ -20,7 +20,8 @@ def register(sub) -> None:
                                    "width that comes nearest a target count (--target 400M), as suites with "
                                    "target_params do. Nothing is trained.")
     add_flags(p.add_argument_group("model"), ModelConfig)
-    p.add_argument("--target", help="solve the width for this many parameters (e.g. 400M) instead of --dim")
+    p.add_argument("--target", type=count_arg, metavar="N",
+                   help="solve the width for this many parameters (e.g. 400M) instead of --dim")
     p.add_argument("--multiple", type=checked(int, positive()), default=None, metavar="N",
                    help=f"width step for --target (default: the model's, {_default_multiples()})")
     p.add_argument("--json", action="store_true", help="print one JSON object")

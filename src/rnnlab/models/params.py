@@ -7,6 +7,7 @@ study's configs these reproduce its logged counts exactly (``tests/test_params.p
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import re
@@ -36,6 +37,17 @@ def parse_count(text: str | int | float) -> int:
     if value <= 0:
         raise ValueError(f"parameter count must be positive, got {text!r}")
     return value
+
+
+def count_arg(text: str) -> str:
+    """An argparse ``type=`` for a parameter count flag (``--params``, ``--target``): the text as
+    typed (``50M``, as suite.json records it) once ``parse_count`` reads it; its refusal argparse's
+    error, which names the flag."""
+    try:
+        parse_count(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def count_params(cfg: ModelConfig) -> int:
