@@ -245,7 +245,10 @@ CASES = [
      "not a run folder: give the run a folder of its own, e.g. --out {root}/NAME"),
     ("resume_no_folder", [*TRAIN, "--resume"], "holds no run to resume (no such folder; check --out)"),
     ("resume_empty_folder", [*TRAIN, "--resume", "--out", "{dir}"], "holds no run to resume (an empty folder"),
-    ("resume_folder_of_other_files", [*TRAIN, "--resume", "--out", "{root}"],  # it holds the corpus, not "empty"
+    ("resume_a_folder_of_runs", [*TRAIN, "--resume", "--out", "{of_tiny}"],
+     "--resume: {of_tiny} is a folder of runs (it holds e1), not a run folder: give the run's own folder, e.g. "
+     "--out {of_tiny}/e1"),
+    ("resume_folder_of_other_files", [*TRAIN, "--resume", "--out", "{of_sweep}"],  # its suite.json: not "empty"
      "holds no run to resume (a folder without config.json, metrics.jsonl, summary.json or ckpt/; check --out)"),
     ("resume_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}"], "no usable checkpoint in {nockpt}/ckpt "
                                                                         "(there is none); nothing was changed"),
@@ -470,6 +473,7 @@ def world(tmp_path_factory, one_thread_module):
     for name in ("damaged", "nockpt", "locked"):
         w[name] = root / name
         shutil.copytree(w["run"], w[name])
+    shutil.copytree(w["run"], w["of_tiny"] / "e1")  # a suite's folder holds its runs
     for ckpt in (w["damaged"] / "ckpt").iterdir():
         _damage(ckpt / "model.safetensors")
     shutil.rmtree(w["nockpt"] / "ckpt")

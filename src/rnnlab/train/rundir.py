@@ -472,6 +472,11 @@ class RunDir:
         if cfg.run.resume and cfg.run.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them")
         if cfg.run.resume and not self.holds_run():
+            runs = self.runs_inside() if self.path.is_dir() else []
+            if runs:  # a suite's or a sweep's folder: the run to resume is one of its folders
+                raise ValueError(f"--resume: {self.path} is a folder of runs (it holds {', '.join(runs[:2])}"
+                                 f"{', ...' if len(runs) > 2 else ''}), not a run folder: give the run's own folder, "
+                                 f"e.g. --out {self.path / runs[0]}")
             if not self.path.is_dir():
                 what = "no such folder"
             elif any(p.name != LOCK for p in self.path.iterdir()):
