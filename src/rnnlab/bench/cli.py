@@ -71,9 +71,11 @@ def register(sub) -> None:
                                    "alone: its flag beside it (--lr with --set lr=...) is refused.")
     s.add_argument("--set", action="append", dest="sets", metavar="KEY=V1,V2,..", required=True,
                    help="a swept axis: a config field (lr=1e-4,3e-4), a model field (depth=6,12) "
-                        "or a mixer option (layer.heads=1,4,8); repeatable (Cartesian product)")
+                        "or a mixer option (layer.heads=1,4,8); a value of several numbers in brackets "
+                        "('betas=[0.9,0.99],[0.9,0.95]': two values); repeatable (Cartesian product)")
     s.add_argument("--out", required=True, type=path_arg, help="output dir")
-    s.add_argument("--target-params", type=count_arg, metavar="N", help="solve each point's width at its depth for N parameters")
+    s.add_argument("--target-params", type=count_arg, metavar="N",
+                   help="solve each point's width at its depth for N parameters")
     add_config_flags(s, keys=[k for k in FIELDS if k not in RUNNER_KEYS], show_defaults=False)
     _common_flags(s)
     s.set_defaults(func=run_sweep)
