@@ -271,6 +271,10 @@ CASES = [
     # 64 does not divide the run's dim 32, whose hint --layer head_dim=32 the resume would refuse next)
     ("resume_other_model", [*TRAIN, "--resume", "--out", "{run}", "--model", "transformer"],
      'was made with a different config: field model.model is "e1", not "transformer"'),
+    # a layer option: named by itself, not as the whole layer table
+    ("resume_other_layer_option", [*TRAIN, "--resume", "--out", "{run}", "--layer", "heads=2"],
+     "was made with a different config: field model.layer.heads is not set (the layer's default), not 2 (a run "
+     "continues with the settings it was made with"),
     ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_and_overwrite", [*TRAIN, "--resume", "--overwrite", "--out", "{run}"], "give one of them"),

@@ -109,8 +109,9 @@ def test_a_resume_may_change_the_layers_backend_and_nothing_else_of_the_layer():
     saved = cfg(backend="triton", heads=2).to_dict()
     assert resume_mismatch(saved, cfg(backend="auto", heads=2)) is None
     assert resume_mismatch(saved, cfg(heads=2)) is None
-    assert resume_mismatch(saved, cfg(backend="auto", heads=4)) == (
-        "model.layer", {"backend": "triton", "heads": 2}, {"backend": "auto", "heads": 4})
+    assert resume_mismatch(saved, cfg(backend="auto", heads=4)) == ("model.layer.heads", 2, 4)  # named by itself
+    assert resume_mismatch(saved, cfg(backend="auto", heads=2, conv=4)) == ("model.layer.conv", None, 4)
+    assert resume_mismatch(cfg(heads=2, conv=4).to_dict(), cfg(heads=2)) == ("model.layer.conv", 4, None)
 
 
 def _wrong_value(spec):

@@ -65,7 +65,7 @@ from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.options import check, check_value, did_you_mean, normalize
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, OTHER_NAMES, RUNNER_KEYS, TrainConfig,
-                                  apply_overrides, legacy_hint, resume_mismatch)
+                                  apply_overrides, legacy_hint, resume_mismatch, shown_setting)
 from rnnlab.train.rundir import RunDir, read_json, write_json
 from rnnlab.data import heldout_split
 from rnnlab.train.runtime import command_argv, final_scores_lacking
@@ -486,8 +486,8 @@ def run_conflict(pr: PlannedRun) -> str | None:
     if diff is None:
         return _past_budget(pr) or _finished_without_checkpoint(pr)
     key, old, new = diff
-    return (f"{pr.dir} holds a run with {key} = {json.dumps(old)}, but the suite now asks for {json.dumps(new)}"
-            f"{legacy_hint(key)}")
+    return (f"{pr.dir} holds a run with {key} = {shown_setting(key, old)}, but the suite now asks for "
+            f"{shown_setting(key, new)}{legacy_hint(key)}")
 
 
 def _past_budget(pr: PlannedRun) -> str | None:

@@ -568,7 +568,8 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
     A field the saved config lacks (one added to rnnlab since) counts as its default; pass
     ``RunDir.saved_config()``, which first fills what old files meant (:data:`LEGACY_DEFAULTS`).
     The layer's ``backend`` does not matter: each computes the same layer (checked against the
-    reference), so a run of a CUDA-only backend resumes elsewhere with ``backend=auto``."""
+    reference), so a run of a CUDA-only backend resumes elsewhere with ``backend=auto``. Layer
+    options are named one by one (``model.layer.heads``, None where one side does not set it)."""
     new, defaults = cfg.to_dict(), TrainConfig().to_dict()
     for key in sorted(set(saved) | set(new) if keys is None else keys):
         if key in RESUMABLE:
@@ -577,14 +578,22 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
             for mk in sorted(set(a) | set(b)):
                 old, now = a.get(mk, defaults["model"].get(mk)), b.get(mk)
-                seen = (old, now)  # as compared: a layer's options without its backend
-                if mk == "layer" and isinstance(old, dict) and isinstance(now, dict):
-                    seen = tuple({k: v for k, v in d.items() if k != "backend"} for d in (old, now))
-                if comparable(seen[0]) != comparable(seen[1]):
+                if mk == "layer" and isinstance(old, dict) and isinstance(now, dict):  # its backend aside
+                    option = next((k for k in sorted((set(old) | set(now)) - {"backend"})
+                                   if comparable(old.get(k)) != comparable(now.get(k))), None)
+                    if option is not None:
+                        return f"model.layer.{option}", old.get(option), now.get(option)
+                elif comparable(old) != comparable(now):
                     return f"model.{mk}", old, now
         elif comparable(a) != comparable(b):
             return key, a, b
     return None
+
+
+def shown_setting(key: str, value: Any) -> str:
+    """A value of ``resume_mismatch``'s as its refusal writes it: JSON, or for a layer option one side
+    does not set, "not set (the layer's default)"."""
+    return "not set (the layer's default)" if value is None and key.startswith("model.layer.") else json.dumps(value)
 
 
 def comparable(v):

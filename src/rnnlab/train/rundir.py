@@ -44,7 +44,7 @@ from typing import Any, Iterable
 from rnnlab.errors import counted, name_file
 from rnnlab.signals import raise_swallowed_ctrl_c
 from rnnlab.train.config import (LEGACY_DEFAULTS, RETIRED_MODEL_FIELDS, TrainConfig, budget_clock, legacy_hint,
-                                 resume_mismatch)
+                                 resume_mismatch, shown_setting)
 from rnnlab.train.durable import clear_temporaries, remove_tree, write_atomic
 
 CONFIG = "config.json"
@@ -530,7 +530,7 @@ class RunDir:
             hint = legacy_hint(key) or (" (a run continues with the settings it was made with: leave that "
                                         "setting as it was, or start a new run with another --out)")
             raise ValueError(f"run dir {self.path} was made with a different config: field {key} is "
-                             f"{json.dumps(old)}, not {json.dumps(new)}{hint}")
+                             f"{shown_setting(key, old)}, not {shown_setting(key, new)}{hint}")
 
     def _resume_point(self, cfg, corpus: dict[str, int | str] | None):
         """The newest usable checkpoint of a run made with ``cfg``'s config and, when ``corpus``
