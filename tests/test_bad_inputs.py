@@ -271,6 +271,9 @@ CASES = [
     # 64 does not divide the run's dim 32, whose hint --layer head_dim=32 the resume would refuse next)
     ("resume_other_model", [*TRAIN, "--resume", "--out", "{run}", "--model", "transformer"],
      'was made with a different config: field model.model is "e1", not "transformer"'),
+    # the bundled sample by name, not "null"
+    ("resume_other_data", ["train", *TINY, "--resume", "--out", "{sample_run}", "--data", "{corpus}"],
+     'was made with a different config: field data is the bundled sample, not "{corpus}"'),
     # a layer option: named by itself, not as the whole layer table
     ("resume_other_layer_option", [*TRAIN, "--resume", "--out", "{run}", "--layer", "heads=2"],
      "was made with a different config: field model.layer.heads is not set (the layer's default), not 2 (a run "
@@ -478,6 +481,8 @@ def world(tmp_path_factory, one_thread_module):
         w[name] = root / name
         shutil.copytree(w["run"], w[name])
     shutil.copytree(w["run"], w["of_tiny"] / "e1")  # a suite's folder holds its runs
+    w["sample_run"] = root / "sample_run"  # trained on the bundled sample (no --data)
+    assert main(["train", *TINY, "--steps", "1", "--out", str(w["sample_run"])]) == 0
     for ckpt in (w["damaged"] / "ckpt").iterdir():
         _damage(ckpt / "model.safetensors")
     shutil.rmtree(w["nockpt"] / "ckpt")

@@ -591,9 +591,11 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
 
 
 def shown_setting(key: str, value: Any) -> str:
-    """A value of ``resume_mismatch``'s as its refusal writes it: JSON, or for a layer option one side
-    does not set, "not set (the layer's default)"."""
-    return "not set (the layer's default)" if value is None and key.startswith("model.layer.") else json.dumps(value)
+    """A value of ``resume_mismatch``'s as its refusal writes it: JSON, or in words where a layer
+    option or the corpus is not set ("not set (the layer's default)", "the bundled sample")."""
+    if value is None and key.startswith("model.layer."):
+        return "not set (the layer's default)"
+    return "the bundled sample" if value is None and key == "data" else json.dumps(value)
 
 
 def comparable(v):
