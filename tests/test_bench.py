@@ -2540,6 +2540,14 @@ def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
     assert b.endswith("[new]  batch_size=8 betas=0.9,0.95 grad_clip=off mlp_ratio=2.0"), b
     assert main(["bench", str(f), "--plan", "--runs", "a", "--out", str(tmp_path / "o")]) == 0
     assert capsys.readouterr().out.splitlines()[1].endswith("[new]")  # one run: nothing differs
+    # AdamW's schedule on AdamW's line alone: Schedule-Free ignores it
+    f.write_text('name = "s"\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 32\ndepth = 1\n'
+                 '[[runs]]\nname = "b"\nmodel = "e1"\ndim = 32\ndepth = 1\noptimizer = "adamw"\n'
+                 'lr_schedule = "constant"\nwarmup_steps = 10\n')
+    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o2")]) == 0
+    a, b = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
+    assert a.endswith("[new]  warmup_steps=0"), a
+    assert b.endswith("[new]  warmup_steps=10 lr_schedule=constant"), b
 
 
 def test_tiny_suite_end_to_end(tmp_path, monkeypatch, capsys):
@@ -4667,7 +4675,7 @@ def test_a_run_folder_of_another_config_is_a_conflict_said_by_plan_and_refused(t
     base = ["bench", "tiny", "--steps", "1", "--eval-bytes", "4K", "--out", str(out)]
     assert main([*base, "--runs", "e1", "--no-plots", "--no-progress"]) == 0
     capsys.readouterr()
-    why = f"{out / 'e1'} holds a run with data = null, but the suite now asks for \"{other}\""
+    why = f"{out / 'e1'} holds a run with data = the bundled sample, but the suite now asks for \"{other}\""
     read, saved_config = [], RunDir.saved_config
     monkeypatch.setattr(RunDir, "saved_config", lambda self: read.append(self.path) or saved_config(self))
     assert main([*base, "--runs", "e1,mingru", "--data", str(other), "--plan"]) == 0

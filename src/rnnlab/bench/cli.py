@@ -200,13 +200,15 @@ _PLAN_COLUMNS = {"model", "dim", "depth", "layer", "steps", "minutes", "tokens",
 def varying_settings(plan) -> dict[str, str]:
     """By run label, the settings that differ between the plan's runs and are not in a plan line's
     columns, as ``batch_size=8 seed=43 grad_clip=off`` ("" where all runs agree): a suite's
-    rows that differ in batch, seed or optimizer settings say so before anything trains."""
+    rows that differ in batch, seed or optimizer settings say so before anything trains. AdamW's
+    ``lr_schedule`` is a setting of AdamW's runs only (Schedule-Free ignores it)."""
     def flat(cfg) -> dict:  # the run's fields and its model's side by side
         d = cfg.to_dict()
-        return {k: v for k, v in {**d, **d["model"]}.items() if k not in _PLAN_COLUMNS}
+        return {k: v for k, v in {**d, **d["model"]}.items()
+                if k not in _PLAN_COLUMNS and (k != "lr_schedule" or cfg.optim.optimizer == "adamw")}
 
     configs = {pr.label: flat(pr.cfg) for pr in plan}
-    keys = [k for k in next(iter(configs.values()), {})
+    keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
             if len({repr(c.get(k)) for c in configs.values()}) > 1]
 
     def text(key: str, value) -> str:
@@ -214,7 +216,7 @@ def varying_settings(plan) -> dict[str, str]:
             return "grad_clip=off"
         return f"{key}={','.join(map(str, value)) if isinstance(value, list) else value}"
 
-    return {label: " ".join(text(k, c[k]) for k in keys) for label, c in configs.items()}
+    return {label: " ".join(text(k, c[k]) for k in keys if k in c) for label, c in configs.items()}
 
 
 def run_bench(args) -> int:
