@@ -56,8 +56,8 @@ def register(sub) -> None:
     p.add_argument("suite", nargs="?", help="suite name (see --list) or path to a suite .toml")
     p.add_argument("--list", action="store_true", help="list the shipped suites")
     p.add_argument("--out", type=path_arg, help="output dir (default runs/bench/<suite>)")
-    p.add_argument("--params", type=count_arg, metavar="N", help="re-solve every run's width at its depth for N parameters "
-                                                 "(e.g. 50M)")
+    p.add_argument("--params", type=count_arg, metavar="N",
+                   help="re-solve every run's width at its depth for N parameters (e.g. 50M)")
     add_config_flags(p, keys=SUITE_KEYS, show_defaults=False)
     _common_flags(p)
     p.set_defaults(func=run_bench)
