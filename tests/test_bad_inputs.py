@@ -276,8 +276,8 @@ CASES = [
      'was made with a different config: field data is the bundled sample, not "{corpus}"'),
     # a layer option: named by itself, not as the whole layer table
     ("resume_other_layer_option", [*TRAIN, "--resume", "--out", "{run}", "--layer", "heads=2"],
-     "was made with a different config: field model.layer.heads is not set (the layer's default), not 2 (a run "
-     "continues with the settings it was made with"),
+     "was made with a different config: field model.layer.heads is 1, not 2 (a run continues with the settings it "
+     "was made with"),
     ("resume_other_dim_no_checkpoint", [*TRAIN, "--resume", "--out", "{nockpt}", "--dim", "48"],
      "was made with a different config: field model.dim is 32, not 48"),
     ("resume_and_overwrite", [*TRAIN, "--resume", "--overwrite", "--out", "{run}"], "give one of them"),
@@ -561,12 +561,16 @@ def test_an_error_line_whose_subject_the_config_file_set_names_the_file(tmp_path
     and no flag overrides begins with the file's name; one whose subject a flag set, or the file
     does not, or a file that cannot be read, does not."""
     path = tmp_path / "run.toml"
-    path.write_text("grad_accum = 3\n[model]\ndim = -4\n")
-    args = argparse.Namespace(config=str(path), grad_accum=None, batch_size=4, dim=None)
+    path.write_text("grad_accum = 3\n[model]\ndim = -4\n[model.layer]\nexpansion = -1\n")
+    args = argparse.Namespace(config=str(path), grad_accum=None, batch_size=4, dim=None, layer=None)
     assert (named_by_flag("grad_accum (3) must divide batch_size (4): ...", args)
             == f"config file {path}: grad_accum (3) must divide --batch-size (4): ...")
     assert named_by_flag("dim must be ...", args) == f"config file {path}: dim must be ..."
     assert named_by_flag("seq_len must be ...", args) == "seq_len must be ..."
+    assert named_by_flag("e1 layer option expansion must ...", args) == f"config file {path}: e1 layer option expansion must ..."
+    assert named_by_flag("e1 layer option heads must ...", args) == "e1 layer option heads must ..."  # not the file's
+    args.layer = ["expansion=-2"]  # --layer's options are added over the file's table: the flag's value is refused
+    assert named_by_flag("e1 layer option expansion must ...", args) == "e1 layer option expansion must ..."
     args.grad_accum = 3
     assert named_by_flag("grad_accum (3) must ...", args) == "--grad-accum (3) must ..."
     args.config = str(tmp_path / "gone.toml")

@@ -11,7 +11,7 @@ import pytest
 
 from rnnlab.options import Bounds, positive
 from rnnlab.train.config import (FIELDS, MAX_TOKENS_PER_STEP, MODEL_KEYS, RESUMABLE, BudgetConfig, TrainConfig,
-                                 apply_overrides, resume_mismatch)
+                                 apply_overrides, resume_mismatch, shown_setting)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: threads only add contention
 
@@ -110,8 +110,23 @@ def test_a_resume_may_change_the_layers_backend_and_nothing_else_of_the_layer():
     assert resume_mismatch(saved, cfg(backend="auto", heads=2)) is None
     assert resume_mismatch(saved, cfg(heads=2)) is None
     assert resume_mismatch(saved, cfg(backend="auto", heads=4)) == ("model.layer.heads", 2, 4)  # named by itself
-    assert resume_mismatch(saved, cfg(backend="auto", heads=2, conv=4)) == ("model.layer.conv", None, 4)
-    assert resume_mismatch(cfg(heads=2, conv=4).to_dict(), cfg(heads=2)) == ("model.layer.conv", 4, None)
+    # an option not set is its default: e1's conv 0, heads 1
+    assert resume_mismatch(saved, cfg(backend="auto", heads=2, conv=4)) == ("model.layer.conv", 0, 4)
+    assert resume_mismatch(cfg(heads=2, conv=4).to_dict(), cfg(heads=2)) == ("model.layer.conv", 4, 0)
+    assert resume_mismatch(cfg().to_dict(), cfg(heads=1, conv=0)) is None
+
+
+def test_a_refused_resume_writes_what_a_settings_none_means():
+    """``shown_setting``: JSON, but a None that means something is written as what it means; a
+    layer option whose default is None (e88's heads, chosen from the width) as that default."""
+    e88 = TrainConfig.from_dict({"model": {"model": "e88", "dim": 64, "depth": 1, "layer": {}}})
+    key, old, new = resume_mismatch(e88.to_dict(), TrainConfig.from_dict(
+        {"model": {"model": "e88", "dim": 64, "depth": 1, "layer": {"heads": 2}}}))
+    assert (key, shown_setting(key, old), shown_setting(key, new)) == (
+        "model.layer.heads", "the layer's default (unset)", "2")
+    assert [shown_setting(k, None) for k in ("data", "val_data", "grad_clip", "seed")] == [
+        "the bundled sample", "the held-out tail of data", "no clipping", "null"]
+    assert shown_setting("data", "/x") == '"/x"'
 
 
 def _wrong_value(spec):

@@ -113,7 +113,8 @@ def named_by_flag(line: str, args: argparse.Namespace) -> str:
     field the flags left alone keeps its key (a config file's or a suite's value), as does
     ``layer``, whose ``--layer`` options are added to a file's table rather than replacing it; a
     line whose subject is a key that the ``--config`` file sets begins with that file's name
-    (``config file run.toml: steps must be ...``), as the file's other errors do."""
+    (``config file run.toml: steps must be ...``), as the file's other errors do, and so does one
+    whose subject is a layer option the file's layer table sets and no ``--layer`` flag."""
     from rnnlab.options import flag_name
     from rnnlab.train.config import FIELDS
 
@@ -123,23 +124,31 @@ def named_by_flag(line: str, args: argparse.Namespace) -> str:
         return flag_name(key) if flagged else key
 
     line = FIELD_NAMED.sub(named, line)
-    subject = FIELD_NAMED.match(line)
-    if subject and subject[1] and subject[1] in _config_file_keys(getattr(args, "config", None)):
+    fields, options = _config_file_keys(getattr(args, "config", None))
+    subject, option = FIELD_NAMED.match(line), LAYER_OPTION_NAMED.match(line)
+    flagged = {item.partition("=")[0].strip() for item in getattr(args, "layer", None) or []}
+    if (subject and subject[1] in fields) or (option and option[1] in options - flagged):
         line = f"config file {args.config}: {line}"
     return line
 
 
-def _config_file_keys(path: str | None) -> set[str]:
-    """The config fields a ``--config`` file sets (its ``model`` table's too); none when there is no
-    file or it cannot be read (its own error names it)."""
+# a layer option as its checks name one: "e1 layer option expansion must be ..."
+LAYER_OPTION_NAMED = re.compile(r"^[a-z0-9]+ layer option ([a-z][a-z0-9_]*)")
+
+
+def _config_file_keys(path: str | None) -> tuple[set[str], set[str]]:
+    """The config fields a ``--config`` file sets (its ``model`` table's too) and the layer options
+    (its ``layer`` table's or ``model.layer``'s); none when there is no file or it cannot be read
+    (its own error names it)."""
     from rnnlab.train.config import read_config_file
 
     try:
         values = read_config_file(path) if path is not None else {}
     except (OSError, ValueError):
-        return set()
-    model = values.get("model")
-    return {k.replace("-", "_") for k in [*values, *(model if isinstance(model, dict) else ())]}
+        return set(), set()
+    model = values.get("model") if isinstance(values.get("model"), dict) else {}
+    tables = [t for t in (values.get("layer"), model.get("layer")) if isinstance(t, dict)]
+    return ({k.replace("-", "_") for k in [*values, *model]}, {str(k) for t in tables for k in t})
 
 
 # a negative number in exponent form or with a count's suffix, or -inf / -nan, which argparse takes

@@ -569,16 +569,18 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
     ``RunDir.saved_config()``, which first fills what old files meant (:data:`LEGACY_DEFAULTS`).
     The layer's ``backend`` does not matter: each computes the same layer (checked against the
     reference), so a run of a CUDA-only backend resumes elsewhere with ``backend=auto``. Layer
-    options are named one by one (``model.layer.heads``, None where one side does not set it)."""
+    options are compared one by one, an option not set as its layer's default (``--layer heads=1``
+    resumes an e1 run made without it), and named so (``model.layer.heads``); the model kind first."""
     new, defaults = cfg.to_dict(), TrainConfig().to_dict()
     for key in sorted(set(saved) | set(new) if keys is None else keys):
         if key in RESUMABLE:
             continue
         a, b = saved.get(key, defaults.get(key)), new.get(key)
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
-            for mk in sorted(set(a) | set(b)):
+            for mk in sorted(set(a) | set(b), key=lambda k: (k != "model", k)):
                 old, now = a.get(mk, defaults["model"].get(mk)), b.get(mk)
                 if mk == "layer" and isinstance(old, dict) and isinstance(now, dict):  # its backend aside
+                    old, now = {**_layer_defaults(a.get("model")), **old}, {**_layer_defaults(b.get("model")), **now}
                     option = next((k for k in sorted((set(old) | set(now)) - {"backend"})
                                    if comparable(old.get(k)) != comparable(now.get(k))), None)
                     if option is not None:
@@ -590,12 +592,24 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
     return None
 
 
+def _layer_defaults(kind: Any) -> dict[str, Any]:
+    """Each layer option of model kind ``kind`` with its default ({} for a kind rnnlab does not know)."""
+    from rnnlab.models.registry import MODELS
+
+    spec = MODELS.get(kind) if isinstance(kind, str) else None
+    return {} if spec is None else {s.key: s.default for s in spec.layer_options()}
+
+
+# what a setting's None means, as a refused resume writes it
+NONE_MEANS = {"data": "the bundled sample", "val_data": "the held-out tail of data", "grad_clip": "no clipping"}
+
+
 def shown_setting(key: str, value: Any) -> str:
-    """A value of ``resume_mismatch``'s as its refusal writes it: JSON, or in words where a layer
-    option or the corpus is not set ("not set (the layer's default)", "the bundled sample")."""
+    """A value of ``resume_mismatch``'s as its refusal writes it: JSON, or where it is None what
+    that means (``NONE_MEANS``; a layer option's "the layer's default (unset)")."""
     if value is None and key.startswith("model.layer."):
-        return "not set (the layer's default)"
-    return "the bundled sample" if value is None and key == "data" else json.dumps(value)
+        return "the layer's default (unset)"
+    return NONE_MEANS[key] if value is None and key in NONE_MEANS else json.dumps(value)
 
 
 def comparable(v):
