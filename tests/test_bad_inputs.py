@@ -418,12 +418,12 @@ CASES = [
      "argument --params: parameter count must be positive, got '-5'"),
     ("sweep_target_params_text", ["sweep", *TINY, "--set", "seed=1,2", "--target-params", "many", "--out", "{new}"],
      "argument --target-params: cannot read a count from 'many' (try 400M, 1.5B, 1e9, 50000000)"),
-    # a folder of another suite's or a sweep's runs: its record (commands, runs) would be replaced by this one's
+    # another suite's or a sweep's folder: its record (commands, runs) would be replaced by this one's
     ("sweep_into_a_suite", ["sweep", *TINY, "--set", "seed=1,2", "--out", "{of_tiny}", "--steps", "1"],
-     "--out {of_tiny} holds suite tiny's runs (its suite.json), not this sweep's: give the sweep a folder of its own "
+     "--out {of_tiny} is suite tiny's folder (its suite.json), not this sweep's: give the sweep a folder of its own "
      "(another --out)"),
     ("bench_into_a_sweep", ["bench", "tiny", "--out", "{of_sweep}", "--plan"],
-     "--out {of_sweep} holds a sweep's runs (its suite.json), not suite tiny's: give the suite a folder of its own"),
+     "--out {of_sweep} is a sweep's folder (its suite.json), not suite tiny's: give the suite a folder of its own"),
     ("bench_gpus_text", ["bench", "tiny", "--out", "{new}", "--gpus", "two"],
      "argument --gpus: must be an integer, got 'two'"),
     ("bench_gpus_zero", ["bench", "tiny", "--out", "{new}", "--gpus", "0"], "--gpus must be a positive integer, got 0"),
@@ -470,7 +470,7 @@ def world(tmp_path_factory, one_thread_module):
     for key, (name, text) in CONFIG_FILES.items():
         w[key] = root / name
         w[key].write_text(text, errors="surrogateescape")  # \udcXX: the byte XX
-    for key, record in (("of_tiny", {"suite": "tiny", "sweep": None}), ("of_sweep", {"suite": "sweep-x", "sweep": {}})):
+    for key, record in (("of_tiny", {"suite": "tiny", "sweep": None}), ("of_sweep", {"suite": "sweep-x", "sweep": {"axes": {"lr": [0.001]}}})):
         w[key] = root / key
         w[key].mkdir()
         (w[key] / "suite.json").write_text(json.dumps({**record, "runs": []}))

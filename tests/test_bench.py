@@ -779,6 +779,9 @@ def test_report_names_each_run_file_it_cannot_read(tmp_path, capsys):
     err = capsys.readouterr().err.splitlines()
     assert err == [f"rnnlab: warning: {run / name} holds no readable JSON object: the report leaves out what it held"
                    for name in ("config.json", "summary.json")]
+    (run / "env.json").write_bytes(b"\xff")  # not even text
+    collect(tmp_path)
+    assert f"{run / 'env.json'} holds no readable JSON object" in capsys.readouterr().err
 
 
 def test_a_suite_folder_is_refused_to_another_suite(tmp_path):
@@ -794,7 +797,7 @@ def test_a_suite_folder_is_refused_to_another_suite(tmp_path):
         p.dir.mkdir()
         (p.dir / "summary.json").write_text('{"complete": true}')
     before = (out / "suite.json").read_text()
-    with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))} holds suite first's runs \(its suite.json\), "
+    with pytest.raises(ValueError, match=rf"^--out {re.escape(str(out))} is suite first's folder \(its suite.json\), "
                                          r"not suite second's: give the suite a folder of its own \(another --out\)$"):
         plan_suite(_tiny_suite("second", "c"), out)
     assert (out / "suite.json").read_text() == before

@@ -331,7 +331,7 @@ def test_a_suite_json_from_before_continued_suites_is_continued(tmp_path):
     assert [c["command"] for c in invocations(doc)] == ["rnnlab bench tiny --steps 2", "rnnlab bench tiny --steps 3"]
     assert protocol_overrides(doc) == {"steps": [2, 3]}  # two commands, two budgets: both named
     (out / "suite.json").write_text(json.dumps({**legacy, "suite": "other"}))
-    with pytest.raises(ValueError, match="holds suite other's runs"):
+    with pytest.raises(ValueError, match="is suite other's folder"):
         plan_suite(suite, out, steps=3, runs="e1")
 
 

@@ -41,7 +41,7 @@ refused: it is never trained afresh over); a partial run is resumed
 from its checkpoint, so an interrupted suite picks up where it stopped (one stopped before its
 first checkpoint starts over). ``OUT/suite.json`` records the resolved plan for ``rnnlab report``;
 a suite run in parts into one folder (``--runs``, ``--seeds``) keeps every part's runs and commands;
-a folder of another suite's (or a sweep's) runs is refused, its record kept.
+another suite's (or a sweep's) folder is refused, its record kept.
 """
 
 from __future__ import annotations
@@ -385,7 +385,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
     if held.get("suite") not in (None, suite.name):  # its record (commands, runs) would be replaced by this one's
         theirs = "a sweep's" if held.get("sweep") is not None else f"suite {held['suite']}'s"
         ours = "this sweep's" if suite.sweep else f"suite {suite.name}'s"
-        raise ValueError(f"--out {out} holds {theirs} runs (its {SUITE_FILE}), not {ours}: give the {kind} a "
+        raise ValueError(f"--out {out} is {theirs} folder (its {SUITE_FILE}), not {ours}: give the {kind} a "
                          f"folder of its own (another --out)")
     selected = suite.runs
     if runs is not None:  # --runs "" names no run: refused below, not taken as every run

@@ -472,7 +472,7 @@ class RunDir:
         if cfg.run.resume and cfg.run.overwrite:
             raise ValueError("--resume continues the run in --out and --overwrite deletes it: give one of them")
         if cfg.run.resume and not self.holds_run():
-            runs = self.runs_inside() if self.path.is_dir() else []
+            runs = self.runs_inside()
             if runs:  # a suite's or a sweep's folder: the run to resume is one of its folders
                 raise ValueError(f"--resume: {self.path} is a folder of runs (it holds {', '.join(runs[:2])}"
                                  f"{', ...' if len(runs) > 2 else ''}), not a run folder: give the run's own folder, "
