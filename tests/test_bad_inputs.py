@@ -226,10 +226,10 @@ CASES = [
     ("config_optim_table", [*FRESH, "--config", "{optim_table}"],
      "config file {optim_table}: [optim] is a heading of rnnlab train --help, not a table: write the fields in it at "
      "top level (only [model] and [layer] hold fields)"),
-    # another trainer's name for a field, or a near miss: the field meant is named before the list of every field
+    # another trainer's name for a field, or a near miss: the field meant is named, not every field after it
     ("config_other_names", [*TRAIN, "--config", "{other_names}"],
      "unknown config file {other_names} field(s) ['batchsize', 'learning_rate']: did you mean batchsize -> "
-     "batch_size, learning_rate -> lr?; known: ['batch_size',"),
+     "batch_size, learning_rate -> lr?"),
     ("config_suffix", [*TRAIN, "--config", "{ini}"], "must end in .toml, .yaml, .yml or .json"),
     # --- train: run folders
     ("out_is_file", [*TRAIN, "--out", "{file}"], "exists and is not a directory"),

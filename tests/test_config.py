@@ -512,6 +512,16 @@ def test_a_model_table_naming_its_kind_twice_is_refused(tmp_path):
         load_config(toml)
 
 
+def test_an_unknown_field_names_the_one_meant_or_else_every_field():
+    """An unknown key's error names the field meant where there is one for each unknown key (the
+    list of every field after it would bury it), and lists every field where there is not."""
+    with pytest.raises(ValueError, match=r"^unknown flag field\(s\) \['stepz'\]: did you mean steps\?$"):
+        apply_overrides(TrainConfig(), {"stepz": 3}, source="flag")
+    with pytest.raises(ValueError, match=r"^unknown flag field\(s\) \['stepz', 'zzz'\]: did you mean stepz -> steps\?; "
+                                         r"known: \['batch_size', .*'steps'"):
+        apply_overrides(TrainConfig(), {"stepz": 3, "zzz": 1}, source="flag")
+
+
 def test_the_held_out_share_defaults_to_1_percent():
     """Without --val-data the last 1% of --data is held out (README); a rerun with another share
     would score other bytes."""

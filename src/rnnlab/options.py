@@ -333,17 +333,28 @@ def did_you_mean(unknown: list[Any], known: Collection[str], *, cutoff: float,
     for a known one (``aliases``: ``learning_rate`` -> ``lr``), or one spelt with a flag's dashes or
     nearly right (``d-state``, ``batchsize``: ``difflib`` at ``cutoff``), points to; "" for none. With
     several unknown keys, each is paired with its own (``a -> b``)."""
-    import difflib
-
-    def near(key: str) -> str | None:
-        if (aliases or {}).get(key) in known:
-            return aliases[key]
-        return next(iter(difflib.get_close_matches(key.replace("-", "_"), sorted(known), n=1, cutoff=cutoff)), None)
-
-    meant = [(k, m) for k in unknown if isinstance(k, str) and (m := near(k)) is not None]
+    meant = [(k, m) for k in unknown if isinstance(k, str) and (m := _near(k, known, cutoff, aliases)) is not None]
     if not meant:
         return ""
     return ": did you mean " + ", ".join(m if len(unknown) == 1 else f"{k} -> {m}" for k, m in meant) + "?"
+
+
+def unknown_keys_hint(unknown: list[Any], known: Collection[str], *, cutoff: float,
+                      aliases: dict[str, str] | None = None) -> str:
+    """What follows unknown keys in their error: :func:`did_you_mean`'s hint, and the known keys
+    listed after it unless it names one for every unknown key (forty-odd fields would bury it)."""
+    meant = did_you_mean(unknown, known, cutoff=cutoff, aliases=aliases)
+    every = all(isinstance(k, str) and _near(k, known, cutoff, aliases) is not None for k in unknown)
+    return meant if every else f"{meant}; known: {sorted(known)}"
+
+
+def _near(key: str, known: Collection[str], cutoff: float, aliases: dict[str, str] | None) -> str | None:
+    """The known key that ``key`` means: another tool's name for it, or one nearly spelt so; else None."""
+    import difflib
+
+    if (aliases or {}).get(key) in known:
+        return aliases[key]
+    return next(iter(difflib.get_close_matches(key.replace("-", "_"), sorted(known), n=1, cutoff=cutoff)), None)
 
 
 def add_flags(group, cls: type, keys: Container[str] | None = None, show_defaults: bool = True) -> None:

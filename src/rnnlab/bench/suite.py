@@ -63,7 +63,7 @@ import torch
 from rnnlab.errors import amount, counted
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
-from rnnlab.options import check, check_value, did_you_mean, normalize
+from rnnlab.options import check, check_value, normalize, unknown_keys_hint
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, OTHER_NAMES, RUNNER_KEYS, TrainConfig,
                                   apply_overrides, legacy_hint, resume_mismatch, shown_setting)
 from rnnlab.train.rundir import RunDir, read_json, write_json
@@ -255,8 +255,8 @@ def check_defaults(defaults: dict[str, Any], where: str) -> None:
     unknown = sorted(k for k in defaults if k not in (*ROW_KEYS, *FIELDS))  # a misspelt key first, as parse_run
     if unknown:
         known = sorted(set(FIELDS) - set(MODEL_KEYS) - set(RUNNER_KEYS))
-        meant = did_you_mean(unknown, known, cutoff=0.75, aliases=OTHER_NAMES)  # as a config file's typo
-        raise ValueError(f"{where}: unknown [defaults] key(s) {unknown}{meant}; known: {known}")
+        hint = unknown_keys_hint(unknown, known, cutoff=0.75, aliases=OTHER_NAMES)  # as a config file's typo
+        raise ValueError(f"{where}: unknown [defaults] key(s) {unknown}{hint}")
     bad = sorted(set(defaults) & set(ROW_KEYS + MODEL_KEYS + RUNNER_KEYS))
     if bad:
         raise ValueError(f"{where}: [defaults] must not set {bad} (put model fields in [[runs]])")
@@ -296,8 +296,8 @@ def parse_run(row: dict[str, Any], where: str) -> RunSpec:
         raise ValueError(f"{where}: {below_a_table(top, '[[runs]]')}")
     if unknown:
         known = sorted(set(ROW_KEYS) | set(FIELDS) - set(RUNNER_KEYS))
-        meant = did_you_mean(unknown, known, cutoff=0.75, aliases=OTHER_NAMES)
-        raise ValueError(f"{where}: unknown key(s) {unknown}{meant}; known: {known}")
+        raise ValueError(f"{where}: unknown key(s) {unknown}"
+                         f"{unknown_keys_hint(unknown, known, cutoff=0.75, aliases=OTHER_NAMES)}")
     row = {k.replace("-", "_"): v for k, v in row.items()}  # mlp-ratio is the model's mlp_ratio
     for key in ("model", "depth"):
         if key not in row:

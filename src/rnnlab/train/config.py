@@ -35,8 +35,8 @@ from typing import Any, Container, Iterable, Iterator
 
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
-from rnnlab.options import (HOME_IS_THE_SHELLS, Bounds, Spec, add_flags, at_least, check, did_you_mean, flag_values,
-                            normalize, option, positive, specs, unexpanded_home)
+from rnnlab.options import (HOME_IS_THE_SHELLS, Bounds, Spec, add_flags, at_least, check, flag_values, normalize,
+                            option, positive, specs, unexpanded_home, unknown_keys_hint)
 
 OPTIMIZERS = ("schedulefree-adamw", "adamw")
 LR_SCHEDULES = ("cosine", "constant")
@@ -429,8 +429,8 @@ def apply_overrides(cfg: TrainConfig, values: dict[str, Any], source: str = "ove
         values["model"] = model
     unknown = sorted(set(values) - set(FIELDS))
     if unknown:
-        meant = did_you_mean(unknown, FIELDS, cutoff=0.75, aliases=OTHER_NAMES)
-        raise ValueError(f"unknown {source} field(s) {unknown}{meant}; known: {sorted(FIELDS)}")
+        raise ValueError(f"unknown {source} field(s) {unknown}"
+                         f"{unknown_keys_hint(unknown, FIELDS, cutoff=0.75, aliases=OTHER_NAMES)}")
     if any(FIELDS[k][0] == "budget" for k in values):
         cfg.budget = BudgetConfig(steps=None)
     for key, value in values.items():
