@@ -569,8 +569,9 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
     ``RunDir.saved_config()``, which first fills what old files meant (:data:`LEGACY_DEFAULTS`).
     The layer's ``backend`` does not matter: each computes the same layer (checked against the
     reference), so a run of a CUDA-only backend resumes elsewhere with ``backend=auto``. Layer
-    options are compared one by one, an option not set as its layer's default (``--layer heads=1``
-    resumes an e1 run made without it), and named so (``model.layer.heads``); the model kind first."""
+    options are compared one by one, one not set counting as its layer's default (``--layer
+    heads=1`` resumes an e1 run made without it), and named so (``model.layer.heads``); the model
+    kind is compared first."""
     new, defaults = cfg.to_dict(), TrainConfig().to_dict()
     for key in sorted(set(saved) | set(new) if keys is None else keys):
         if key in RESUMABLE:

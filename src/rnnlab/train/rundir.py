@@ -204,6 +204,11 @@ class RunLock:
             self.fd = None
 
 
+def _holding(runs: list[str]) -> str:
+    """``it holds a, b, ...``: the first two of a folder's runs, as its refusals name them."""
+    return f"it holds {', '.join(runs[:2])}{', ...' if len(runs) > 2 else ''}"
+
+
 def corpus_record(train, heldout) -> dict[str, int | str]:
     """What env.json records of a run's data (``"corpus"``): the training and held-out splits'
     lengths in bytes and their fingerprints (``Split.fingerprint``); a resumed run must open the
@@ -474,9 +479,8 @@ class RunDir:
         if cfg.run.resume and not self.holds_run():
             runs = self.runs_inside()
             if runs:  # a suite's or a sweep's folder: the run to resume is one of its folders
-                raise ValueError(f"--resume: {self.path} is a folder of runs (it holds {', '.join(runs[:2])}"
-                                 f"{', ...' if len(runs) > 2 else ''}), not a run folder: give the run's own folder, "
-                                 f"e.g. --out {self.path / runs[0]}")
+                raise ValueError(f"--resume: {self.path} is a folder of runs ({_holding(runs)}), not a run folder: "
+                                 f"give the run's own folder, e.g. --out {self.path / runs[0]}")
             if not self.path.is_dir():
                 what = "no such folder"
             elif any(p.name != LOCK for p in self.path.iterdir()):
@@ -561,9 +565,8 @@ class RunDir:
         if not self.holds_run():
             runs = self.runs_inside()
             if runs:
-                raise ValueError(f"--out {self.path} is a folder of runs (it holds {', '.join(runs[:2])}"
-                                 f"{', ...' if len(runs) > 2 else ''}), not a run folder: give the run a folder "
-                                 f"of its own, e.g. --out {self.path / 'NAME'}")
+                raise ValueError(f"--out {self.path} is a folder of runs ({_holding(runs)}), not a run folder: give "
+                                 f"the run a folder of its own, e.g. --out {self.path / 'NAME'}")
             return
         if not cfg.run.overwrite:
             status = self.status()
