@@ -771,8 +771,8 @@ def test_a_stopped_run_saved_past_a_smaller_budget_is_a_conflict_not_partial(tmp
 
 
 def test_report_names_each_run_file_it_cannot_read(tmp_path, capsys):
-    """A run's config.json or summary.json that holds no JSON object (damaged, edited by hand) is
-    named in a warning: its row then says nothing of what the file held (a complete run reads as
+    """A run's config.json, summary.json or env.json that holds no JSON object (damaged, edited by
+    hand) is named in a warning: its row then says nothing of what the file held (a complete run reads as
     partial), and the warning says why. A file that is not there is not named."""
     run = tmp_path / "r"
     run.mkdir()
@@ -2720,7 +2720,7 @@ def test_sweep_cli_end_to_end(tmp_path, capsys):
                  "--device", "cpu", "--eval-bytes", "2048", "--plan", "--out", str(out)]) == 0
     plan = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  lr-")]
     assert sorted((p[0], p[-1]) for p in plan) == [("lr-1e-2", "[complete]"), ("lr-1e-3", "[complete]")]
-    # moved, and extended by a value: the sweep it was, its first command kept beside the new one
+    # moved, and extended by a value: the sweep it was (its name, its earlier points beside the new one)
     moved = out.rename(tmp_path / "lr-moved")
     assert main(["sweep", "--model", "mingru", "--dim", "32", "--depth", "1", "--set", "lr=1e-3,1e-2,3e-3",
                  "--steps", "4", "--batch-size", "4", "--seq-len", "32", "--precision", "fp32", "--device", "cpu",
