@@ -190,7 +190,8 @@ CASES = [
      "error: config file {layer5}: layer must be a table of options, got 5"),  # the file's value: --layer adds to it
     ("config_out", ["train", *TINY, "--data", "{corpus}", "--config", "{out5}"],
      "error: config file {out5}: out must be a string, got 5"),
-    ("config_compile", [*TRAIN, "--config", "{compile_no}"], "error: config file {compile_no}: compile must be true or false, got 'no'"),
+    ("config_compile", [*TRAIN, "--config", "{compile_no}"],
+     "error: config file {compile_no}: compile must be true or false, got 'no'"),
     ("config_tie", [*TRAIN, "--config", "{tie_no}"], "tie_embeddings must be true or false, got 'no'"),
     ("config_batch_text", ["train", "--config", "{batch_text}", "--data", "{corpus}", "--out", "{new}"],
      "batch_size must be a positive integer (at most 65,536), got '256'"),
@@ -470,7 +471,8 @@ def world(tmp_path_factory, one_thread_module):
     for key, (name, text) in CONFIG_FILES.items():
         w[key] = root / name
         w[key].write_text(text, errors="surrogateescape")  # \udcXX: the byte XX
-    for key, record in (("of_tiny", {"suite": "tiny", "sweep": None}), ("of_sweep", {"suite": "sweep-x", "sweep": {"axes": {"lr": [0.001]}}})):
+    for key, record in (("of_tiny", {"suite": "tiny", "sweep": None}),
+                        ("of_sweep", {"suite": "sweep-x", "sweep": {"axes": {"lr": [0.001]}}})):
         w[key] = root / key
         w[key].mkdir()
         (w[key] / "suite.json").write_text(json.dumps({**record, "runs": []}))
@@ -567,7 +569,8 @@ def test_an_error_line_whose_subject_the_config_file_set_names_the_file(tmp_path
             == f"config file {path}: grad_accum (3) must divide --batch-size (4): ...")
     assert named_by_flag("dim must be ...", args) == f"config file {path}: dim must be ..."
     assert named_by_flag("seq_len must be ...", args) == "seq_len must be ..."
-    assert named_by_flag("e1 layer option expansion must ...", args) == f"config file {path}: e1 layer option expansion must ..."
+    assert (named_by_flag("e1 layer option expansion must ...", args)
+            == f"config file {path}: e1 layer option expansion must ...")
     assert named_by_flag("e1 layer option heads must ...", args) == "e1 layer option heads must ..."  # not the file's
     args.layer = ["expansion=-2"]  # --layer's options are added over the file's table: the flag's value is refused
     assert named_by_flag("e1 layer option expansion must ...", args) == "e1 layer option expansion must ..."

@@ -107,7 +107,8 @@ def test_parse_count_checks_a_number_as_it_checks_text(given, message):
         (["--model", "e1", "--dim", "0", "--depth", "2"], "dim must be a positive integer (at most 65,536), got 0"),
         (["--model", "e1", "--dim", "64", "--depth", "-3"], "depth must be a positive integer (at most 1,024), got -3"),
         (["--model", "e1", "--target", "lots", "--depth", "2"], "argument --target: cannot read a count from 'lots'"),
-        (["--model", "e1", "--target", "-5M", "--depth", "2"], "argument --target: parameter count must be positive, got '-5M'"),
+        (["--model", "e1", "--target", "-5M", "--depth", "2"],
+         "argument --target: parameter count must be positive, got '-5M'"),
         (["--model", "e1", "--dim", "64", "--depth", "2", "--layer", "bogus=1"], "unknown e1 layer option"),
     ],
 )
