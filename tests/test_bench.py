@@ -2542,18 +2542,20 @@ def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
                  '[[runs]]\nname = "a"\nmodel = "e1"\ndim = 32\ndepth = 1\n'
                  '[[runs]]\nname = "b"\nmodel = "e1"\ndim = 32\ndepth = 1\nbatch_size = 8\ngrad_clip = 0\n'
                  'betas = [0.9, 0.95]\nmlp_ratio = 2.0\n')
-    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o")]) == 0
-    a, b = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
+
+    def plan_lines(*flags):  # the plan's run lines
+        assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o"), *flags]) == 0
+        return [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
+
+    a, b = plan_lines()
     assert a.endswith("[new]  batch_size=16 betas=0.9,0.999 grad_clip=1.0 mlp_ratio=None"), a
     assert b.endswith("[new]  batch_size=8 betas=0.9,0.95 grad_clip=off mlp_ratio=2.0"), b
-    assert main(["bench", str(f), "--plan", "--runs", "a", "--out", str(tmp_path / "o")]) == 0
-    assert capsys.readouterr().out.splitlines()[1].endswith("[new]")  # one run: nothing differs
+    assert plan_lines("--runs", "a")[0].endswith("[new]")  # one run: nothing differs
     # AdamW's schedule on AdamW's line alone: Schedule-Free ignores it
     f.write_text('name = "s"\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 32\ndepth = 1\n'
                  '[[runs]]\nname = "b"\nmodel = "e1"\ndim = 32\ndepth = 1\noptimizer = "adamw"\n'
                  'lr_schedule = "constant"\nwarmup_steps = 10\n')
-    assert main(["bench", str(f), "--plan", "--out", str(tmp_path / "o2")]) == 0
-    a, b = [x for x in capsys.readouterr().out.splitlines() if x.startswith("  ")]
+    a, b = plan_lines()
     assert a.endswith("[new]  warmup_steps=0"), a
     assert b.endswith("[new]  warmup_steps=10 lr_schedule=constant"), b
 

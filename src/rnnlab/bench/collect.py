@@ -61,23 +61,25 @@ def collect(root: str | Path) -> dict[str, Any]:
     records = []
     for run in dirs:
         name = run.path.name
+        summary, config, env = run.summary(), run.saved_config(), run.env()  # each file read once
+        for file, doc in ((CONFIG, config), (SUMMARY, summary), (ENV, env)):
+            if doc is None and run.file(file).exists():
+                warn(f"{run.file(file)} holds no readable JSON object: the report leaves out what it held")
         entry = planned.get(name)
         if entry is None:
             m = _SEED_DIR.match(name)
-            if m and (run.saved_config() or {}).get("seed") not in (None, int(m["seed"])):
+            if m and (config or {}).get("seed") not in (None, int(m["seed"])):
                 m = None  # a name that ends like a seed (race-400m's e16-s4, trained with seed 42)
             entry = {"name": m["name"] if m else name, "seed": int(m["seed"]) if m else None,
                      "dir": name, "point": None}
-        for damaged in (f for f in map(run.file, (CONFIG, SUMMARY, ENV)) if f.exists() and read_json(f) is None):
-            warn(f"{damaged} holds no readable JSON object: the report leaves out what it held")
         status = run.status()
         metrics, evals = run.metrics(), run.evals()
         records.append({"name": entry["name"], "seed": entry.get("seed"), "dir": name, "path": str(run.path),
                         "metrics": metrics, "evals": evals, "step_ms": step_times_ms(metrics),
                         "gpu": entry.get("gpu"), "val_bytes": evals[-1].get("bytes") if evals else None,
                         "point": entry.get("point"), "status": "missing" if status == "empty" else status,
-                        "summary": run.summary() or {}, "config": run.saved_config() or {},
-                        "env": run.env() or {}, "planned_params": entry.get("params"), "model": entry.get("model"),
+                        "summary": summary or {}, "config": config or {},
+                        "env": env or {}, "planned_params": entry.get("params"), "model": entry.get("model"),
                         "target_params": entry.get("target_params")})
     if not records:  # a folder of suites (runs/bench/) or of sweeps: name those that hold runs
         below = [p for p in sorted(root.iterdir()) if p.is_dir() and any(_is_run(q) for q in p.iterdir() if q.is_dir())]

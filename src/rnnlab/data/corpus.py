@@ -166,9 +166,10 @@ class Split:
 
     def described(self) -> str:
         """The split in an error's words: a whole file by its path, a part by the file it is part of."""
+        kind = "training" if self.name == "train" else "held-out"
         if self.length == len(self.corpus) and self.offset == 0:
-            return f"{'training' if self.name == 'train' else 'held-out'} file {self.path}"
-        return f"the {'training' if self.name == 'train' else 'held-out'} split of {self.path}"
+            return f"{kind} file {self.path}"
+        return f"the {kind} split of {self.path}"
 
 
 @dataclass(frozen=True)
