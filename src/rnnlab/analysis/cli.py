@@ -39,15 +39,15 @@ def register(sub) -> None:
 
 def run_gradflow(args) -> int:
     from rnnlab.analysis.gradflow import analyze, format_table
-    from rnnlab.train.rundir import GRADFLOW
+    from rnnlab.train.rundir import GRADFLOW, GRADFLOW_JSON
 
     out = Path(args.out) if args.out else Path(args.run[0]) / GRADFLOW
     result = analyze(args.run, out, batches=args.batches, batch_size=args.batch_size, seq_len=args.seq_len,
                      last=args.last, power_iters=args.power_iters, device=args.device,
                      history=not args.no_history, plots=not args.no_plots, progress=not args.no_progress)
     if args.json:
-        print(out / "gradflow.json")
+        print(out / GRADFLOW_JSON)
         return 0
     print(format_table(result))
-    print(f"wrote {out / 'gradflow.json'}" + (f" and {len(result.get('plots', []))} plots" if not args.no_plots else ""))
+    print(f"wrote {out / GRADFLOW_JSON}" + (f" and {len(result.get('plots', []))} plots" if not args.no_plots else ""))
     return 0

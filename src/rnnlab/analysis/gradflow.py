@@ -47,7 +47,7 @@ from tqdm import tqdm
 from rnnlab.bench.plots import pyplot, save
 from rnnlab.data import eval_windows, heldout_split
 from rnnlab.errors import counted
-from rnnlab.train.rundir import RunDir
+from rnnlab.train.rundir import GRADFLOW_JSON, RunDir
 
 THRESHOLDS = (1e-1, 1e-2, 1e-3)
 
@@ -322,7 +322,7 @@ def analyze(runs: list[str | os.PathLike], out: str | os.PathLike, batches: int 
                 "batch_size": len(data[0]), "last": last, "power_iters": power_iters, **r,
             })
     result = {"records": records}
-    (out / "gradflow.json").write_text(json.dumps(_strict_json(result), indent=1, allow_nan=False, default=str) + "\n")
+    (out / GRADFLOW_JSON).write_text(json.dumps(_strict_json(result), indent=1, allow_nan=False, default=str) + "\n")
     if plots:
         result["plots"] = [str(p) for p in write_plots(records, out)]
     return result

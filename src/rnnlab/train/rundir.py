@@ -66,7 +66,7 @@ CORPUS_KEYS = ("data", "val_data", "extra_val_data")  # config.json's corpus fil
 RUN_FILES = (CONFIG, ENV, METRICS, METRICS_XZ, EVALS, SUMMARY, CKPT, TB, WANDB, WANDB_ID)  # what --overwrite deletes
 # ... and what rnnlab's other commands wrote into a run folder about that run alone, which would describe the
 # deleted one (RunDir.about_the_run): `analyze gradflow`'s default output, `report RUN`'s report and plots
-GRADFLOW = "gradflow"
+GRADFLOW, GRADFLOW_JSON = "gradflow", "gradflow.json"  # the folder and the records analyze gradflow writes
 REPORT_MD, REPORT_JSON = "report.md", "report.json"
 
 
@@ -600,7 +600,7 @@ class RunDir:
             plots = [p for p in report.get("plots") or [] if isinstance(p, str) and p.endswith(".png")
                      and Path(p).name == p]
             about += [*plots, REPORT_MD, REPORT_JSON]
-        records = (read_json(self.file(GRADFLOW) / "gradflow.json") or {}).get("records") or []
+        records = (read_json(self.file(GRADFLOW) / GRADFLOW_JSON) or {}).get("records") or []
         if self.file(GRADFLOW).is_dir() and records and all(
                 isinstance(r, dict) and Path(str(r.get("run"))).name == self.path.name for r in records):
             about.append(GRADFLOW)
