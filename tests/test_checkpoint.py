@@ -1268,29 +1268,16 @@ def test_logs_read_back_skip_lines_holding_no_json_object(tmp_path):
     assert read_jsonl(path) == [{"step": 1}, {"step": 2}]
 
 
-def test_cutting_a_final_evaluation_keeps_the_curve_evaluation_of_its_step(tmp_path):
-    """A resume that runs a step's final evaluation again drops that step's final record only: a
-    curve evaluation logged at the same step (a run stopped there, resumed with that step as its
-    budget) stays."""
+def test_a_resume_keeps_the_curve_evaluation_of_its_step_and_the_last_final_one(tmp_path):
+    """A resumed run's eval.jsonl, cut back to its checkpoint's step, keeps that step's curve
+    evaluation (a run stopped there, resumed with that step as its budget) and the last of its
+    final evaluations (a re-score appended beside the one it replaces); records past it go."""
     path = tmp_path / "eval.jsonl"
-    records = [{"step": 2, "val_loss": 1.0}, {"step": 2, "val_loss": 0.9, "final": True}, {"step": 3, "val_loss": 0.8}]
+    records = [{"step": 2, "val_loss": 1.0}, {"step": 2, "val_loss": 0.9, "final": True},
+               {"step": 2, "val_loss": 0.8, "final": True}, {"step": 3, "val_loss": 0.7}]
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    RunDir._truncate(path, 2, drop_final=True)
-    assert [json.loads(line) for line in path.read_text().splitlines()] == records[:1]
-
-
-def test_a_session_redoing_a_final_evaluation_drops_the_old_record_as_it_starts(tiny_train, tmp_path):
-    """A checkpoint of the budget's last step without its final evaluation, whose record eval.jsonl
-    has (logged, then the session stopped before its checkpoint took it): the session that runs it
-    again drops that record as it starts (``final_eval_redone``), so a session stopped before its own
-    evaluation leaves none that its checkpoint lacks; the curve evaluation of the step stays. (Its
-    close, ``keep_last_final_eval``, would hide a record left only where the session ends normally.)"""
-    run = tmp_path / "r"
-    run.mkdir()
-    records = [{"step": 2, "val_loss": 1.0}, {"step": 3, "val_loss": 0.9}, {"step": 3, "val_loss": 0.8, "final": True}]
-    (run / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    RunDir(run).start(tiny_train(run, steps=3), {}, 3, final_eval_redone=True)
-    assert [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()] == records[:2]
+    RunDir._truncate(path, 2)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == [records[0], records[2]]
 
 
 def test_resume_calls_a_folder_holding_only_its_lock_file_empty(tiny_train, tmp_path):

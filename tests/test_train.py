@@ -416,12 +416,13 @@ def test_a_finished_run_resumed_writes_no_checkpoint_again(tiny_train, tmp_path,
     assert (tmp_path / "r" / "eval.jsonl").read_text() == evals and s["val_bpb"] == first["val_bpb"]
 
 
-def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_logged_once_however_often_the_run_is_resumed(
+def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_scored_by_the_next_resume_only(
         tiny_train, tmp_path, monkeypatch, capsys):
     """A second Ctrl-C in the final evaluation leaves a checkpoint of the last step without it
-    (guarantee 3b); ``--resume`` evaluates it, but cannot write that step's checkpoint again, so
-    every later resume evaluates it once more: its record is dropped from eval.jsonl each time
-    and written again, one final record of the step, not one per session."""
+    (guarantee 3b). ``--resume`` says so and scores it from the checkpoint, whose step it cannot
+    write again; a later resume takes that evaluation from eval.jsonl (these very weights') and has
+    nothing to train or score. Each resume scored it again before, an entry in env.json's
+    ``scoring_sessions`` each time."""
     import signal
 
     real, run = Trainer.evaluate, tmp_path / "r"
@@ -437,14 +438,18 @@ def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_logged_once_however_often_
         run_training(tiny_train(run, steps=3, eval_every=2), progress=False)
     monkeypatch.undo()
     capsys.readouterr()
-    finals = []
+    finals, said = [], []
     for _ in range(2):
         s = run_training(tiny_train(run, steps=3, eval_every=2, resume=True), progress=False)
-        assert "nothing to train or score" not in capsys.readouterr().err  # it scores the final evaluation
+        said.append(capsys.readouterr().err)
         records = [json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()]
         finals.append([r for r in records if r.get("final")])
-        assert [r["step"] for r in records] == [2, 3] and s["complete"]
+        assert [r["step"] for r in records] == [2, 3] and s["complete"] and s["val_bpb"] == finals[-1][0]["val_bpb"]
+    assert (f"{run} is complete at step 3; scoring its final evaluation from its checkpoint, no training step "
+            "(its final evaluation did not finish)") in said[0]
+    assert "nothing to train or score" in said[1] and "scoring" not in said[1]
     assert len(finals[0]) == 1 and finals[1] == finals[0]
+    assert len(RunDir(run).env()["scoring_sessions"]) == 1
 
 
 def test_a_complete_run_resumed_to_train_on_is_incomplete_until_it_ends_again(tiny_train, tmp_path):

@@ -628,11 +628,9 @@ class RunDir:
             self.release(undo=bool(self.made))
 
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None, trains_on: bool = False,
-              final_eval_redone: bool = False, scores_only: bool = False) -> None:
+              scores_only: bool = False) -> None:
         """Record the config and this session's environment; a resumed run cuts its logs back to
-        ``resumed_step`` (the lines of steps after its checkpoint are written again; with
-        ``final_eval_redone``, also that step's final evaluation, which its checkpoint lacks and
-        this session runs again) and keeps its earlier sessions' start, commit, GPU, processes and
+        ``resumed_step`` (the lines of steps after its checkpoint are written again) and keeps its earlier sessions' start, commit, GPU, processes and
         command (``SESSION_KEYS``) in env.json's ``earlier_sessions``. A complete run resumed to train on
         (``trains_on``: a larger budget) has its summary.json say incomplete until it ends again, so that a session
         that dies does not leave it complete at the old budget under config.json's new one; a failed
@@ -644,7 +642,7 @@ class RunDir:
         if resumed_step is not None:
             for name in (METRICS, EVALS):
                 self._unarchive(self.file(name))
-                self._truncate(self.file(name), resumed_step, drop_final=final_eval_redone)
+                self._truncate(self.file(name), resumed_step)
             summary = self.summary() or {}
             # how this session ends is not known yet: a session that dies leaves the run incomplete,
             # neither complete at the old budget nor failed or aborted as the last session ended
@@ -697,10 +695,9 @@ class RunDir:
         self._truncate(self.file(EVALS), step)
 
     @staticmethod
-    def _truncate(path: Path, max_step: int, drop_final: bool = False) -> None:
-        """Drop records past ``max_step`` and any line a crash cut short (``drop_final``: and a
-        final evaluation's record of ``max_step``; without it, all but the last such record:
-        ``keep_last_final_eval``)."""
+    def _truncate(path: Path, max_step: int) -> None:
+        """Drop records past ``max_step``, any line a crash cut short, and all but the last final
+        evaluation's record of ``max_step`` (``keep_last_final_eval``)."""
         if not path.exists():
             return
         records = []
@@ -711,6 +708,6 @@ class RunDir:
             except (json.JSONDecodeError, AttributeError):
                 continue
         finals = [i for i, (_, step, final) in enumerate(records) if step == max_step and final]
-        drop = set(finals if drop_final else finals[:-1])
+        drop = set(finals[:-1])
         keep = [line for i, (line, step, _) in enumerate(records) if step <= max_step and i not in drop]
         write_atomic(path, "".join(k + "\n" for k in keep))

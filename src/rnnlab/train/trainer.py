@@ -363,9 +363,11 @@ class Trainer:
             if ctx.is_main:
                 print(f"rnnlab train: resuming {self.rundir.path} at step {self.state.step:,} "
                       f"({resume_from.path.name})", file=sys.stderr, flush=True)
-        if resume_from is not None and self.final_eval_done():
-            # a final evaluation re-scored by a later session (new --extra-val-data or --eval-bytes)
-            # replaced this step's record in eval.jsonl; the checkpoint keeps the first one
+        if resume_from is not None:
+            # eval.jsonl's final evaluation of this step is what the checkpoint has, or newer: a later
+            # session's re-score (new --extra-val-data or --eval-bytes), or the one a session scored
+            # for a checkpoint that lacked it (a second Ctrl-C cut it), which cannot write this
+            # step's checkpoint again; either way an evaluation of these very weights
             logged = (self.rundir.evals() or [None])[-1] if ctx.is_main else None
             logged = ctx.broadcast_object(logged if logged and logged.get("step") == self.state.step
                                           and logged.get("final") else None)
@@ -394,17 +396,18 @@ class Trainer:
             resumed and spent and not self.final_eval_due() and before.get("complete") is True
             and before.get("steps") == self.state.step)
         if ctx.is_main:
-            # final_eval_redone: a checkpoint of the budget's end without its final evaluation (a
-            # second Ctrl-C stopped it, or it was logged after the checkpoint), evaluated again
-            # below, its record dropped from eval.jsonl now; one with a final evaluation that lacks
-            # what this session asks for (a new --extra-val-data or --eval-bytes) is scored again
-            # below, its old record kept until the new one is logged (closing: keep_last_final_eval)
+            # a checkpoint of the budget's end without its final evaluation (a second Ctrl-C cut it)
+            # is evaluated below; one with a final evaluation that lacks what this session asks for
+            # (a new --extra-val-data or --eval-bytes) is scored again below, its old record kept
+            # until the new one is logged (closing: keep_last_final_eval)
             env = {**env_info(self.device), "corpus": self.corpus, "world_size": ctx.world_size}
             redone = resumed and spent and self.final_eval_due()
-            if redone and self.final_eval_done():
+            if redone:
+                why = ("; ".join(text for _, text in self.final_eval_lacks()) if self.final_eval_done()
+                       else "its final evaluation did not finish")
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,}; scoring its final "
-                      f"evaluation again from its checkpoint, no training step ("
-                      + "; ".join(text for _, text in self.final_eval_lacks()) + ")", file=sys.stderr, flush=True)
+                      f"evaluation {'again ' if self.final_eval_done() else ''}from its checkpoint, no training step "
+                      f"({why})", file=sys.stderr, flush=True)
             elif resumed and spent and not redone:  # the summary printed next is the run's as it was: say why
                 kind, value = cfg.budget.chosen()
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,} "
@@ -412,7 +415,6 @@ class Trainer:
                       file=sys.stderr, flush=True)
             if not self.nothing_left:
                 self.rundir.start(cfg, env, self.state.step if resumed else None, trains_on=not spent,
-                                  final_eval_redone=redone and not self.final_eval_done(),
                                   scores_only=resumed and spent)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
