@@ -254,7 +254,8 @@ def open_data(cfg: TrainConfig, ctx: dist.DistContext):
                          cfg.data.seq_len, cfg.run.seed, ctx.rank, ctx.world_size)
     extra = file_split(cfg.data.extra_val_path, "extra_val") if cfg.data.extra_val_path else None
     # what makes each held-out split larger: its own file, or the share of --data held out
-    larger = "a larger --val-data" if cfg.data.val_path else "a larger --val-fraction or --val-data FILE"
+    larger = ("a larger --val-data" if cfg.data.val_path else "your own --data FILE" if cfg.data.path is None
+              else "a larger --val-fraction or --val-data FILE")  # the bundled sample's held-out file is fixed
     for split, fix in ((splits.val, larger), (extra, "a larger --extra-val-data")):
         if split is not None and len(split) < cfg.data.seq_len + 1:
             raise ValueError(f"{split.described()} has {counted(len(split), 'byte')}, fewer than "
