@@ -395,16 +395,22 @@ def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys
     assert main(["eval", "--run", str(run), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert (r["data"], r["bytes"], r["val_loss"]) == (str(val.resolve()), summary["val_bytes"], summary["val_loss"])
-    assert r["whole_file"] is True  # --val-data: that file whole
+    assert (r["heldout_tail"], r["capped"]) == (False, False)  # --val-data: that file, every window of it
     assert main(["eval", "--run", str(run), "--data", str(small_corpus), "--eval-bytes", "all", "--json"]) == 0
-    r = json.loads(capsys.readouterr().out)
-    assert (r["data"], r["bytes"], r["whole_file"]) == (str(small_corpus), (20000 - 1) // 32 * 32, True)
+    out = capsys.readouterr()
+    r = json.loads(out.out)
+    assert (r["data"], r["bytes"], r["heldout_tail"], r["capped"]) == (str(small_corpus), (20000 - 1) // 32 * 32,
+                                                                       False, False)
+    assert f"--data {small_corpus} is the file this run trained on: its scores are of bytes" in out.err
+    assert main(["eval", "--run", str(run), "--data", str(val), "--eval-bytes", "100"]) == 0  # no warning, capped
+    out = capsys.readouterr()
+    assert out.err == "" and out.out.endswith("(the first 96 bytes of 2,000; --eval-bytes all scores them all)\n")
     tail = tmp_path / "tail"  # no --val-data: the held-out split is --data's last 1%, which --json says too
     assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--data", str(small_corpus), "--out", str(tail)]) == 0
     capsys.readouterr()
     assert main(["eval", "--run", str(tail), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert (r["data"], r["whole_file"], r["bytes"]) == (str(small_corpus.resolve()), False, 200 // 32 * 32)
+    assert (r["data"], r["heldout_tail"], r["bytes"]) == (str(small_corpus.resolve()), True, 200 // 32 * 32)
 
 
 def test_eval_warns_when_the_held_out_data_changed_since_training(tmp_path, capsys, small_corpus):
@@ -422,7 +428,9 @@ def test_eval_warns_when_the_held_out_data_changed_since_training(tmp_path, caps
     assert capsys.readouterr().err == (f"rnnlab: warning: the training split is now 19,849 bytes, but the run in {run} "
                                        f"trained with 19,800: the data changed since, so this scores other held-out "
                                        f"bytes than the run's, perhaps some it trained on\n")
-    assert main(["eval", "--run", str(run), "--data", str(small_corpus)]) == 0
+    copy = tmp_path / "copy.txt"  # not the training file itself, of which --data warns (the test above)
+    copy.write_bytes(small_corpus.read_bytes())
+    assert main(["eval", "--run", str(run), "--data", str(copy)]) == 0
     assert capsys.readouterr().err == ""
     text = small_corpus.read_bytes()[:-50]  # the size it trained with, and the last byte of its held-out tail changed
     small_corpus.write_bytes(text[:-1] + bytes([text[-1] ^ 1]))

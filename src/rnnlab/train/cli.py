@@ -74,8 +74,8 @@ def register(sub) -> None:
                        description="Score a run's newest checkpoint: held-out loss (nats/byte) and bits per byte on "
                                    "its held-out split, or on any raw file (--data).")
     e.add_argument("--run", required=True, type=path_arg, metavar="DIR", help="a training run folder")
-    e.add_argument("--data", type=path_arg, help="a raw file to evaluate whole (up to --eval-bytes) instead of the "
-                                  "run's held-out split")
+    e.add_argument("--data", type=path_arg, help="a raw file to score instead of the run's held-out split (its first "
+                                  "--eval-bytes: --eval-bytes all for the whole file)")
     e.add_argument("--eval-bytes", help="cap on bytes, e.g. 1M, or all (default: the run's eval_bytes)")
     e.add_argument("--batch-size", type=checked(int, positive()),
                    help="windows per batch (default: the run's eval batch size)")
@@ -84,8 +84,9 @@ def register(sub) -> None:
                    help="which weights of a Schedule-Free run: its average x, the weights it ships (default), or "
                         "its training point y, the weights the training loss is measured at")
     e.add_argument("--json", action="store_true", help="print one JSON object (its weights: --at's choice, "
-                   "or null for a run whose optimizer keeps one set of weights; whole_file: false where the "
-                   "bytes scored are the held-out tail of the data file it names)")
+                   "or null for a run whose optimizer keeps one set of weights; heldout_tail: true where the "
+                   "bytes scored are the held-out tail of the data file it names; capped: true where the "
+                   "--eval-bytes cap left some of them unscored)")
     e.set_defaults(func=run_eval_cmd)
 
     s = sub.add_parser("sample", help="generate text from a run",
@@ -415,7 +416,7 @@ def score_rows(label: str, scores: dict, fmt, unit: str, y_note: str = "") -> li
 
 def run_eval_cmd(args) -> int:
     from rnnlab.data import file_split, heldout_split
-    from rnnlab.train.runtime import evaluate_run
+    from rnnlab.train.runtime import evaluate_run, heldout_bytes_scored
 
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
     run = RunDir(args.run)
@@ -431,21 +432,26 @@ def run_eval_cmd(args) -> int:
                                                                   cfg.data.val_fraction)
     if not args.data:
         warn_if_data_changed(run, cfg, split)
+    elif cfg.data.path is not None and os.path.exists(cfg.data.path) and os.path.samefile(args.data, cfg.data.path):
+        warn(f"--data {args.data} is the file this run trained on: its scores are of bytes the model trained on, "
+             "not held out (without --data, eval scores the run's held-out split)")
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
     shipped = args.at if cfg.optim.optimizer == "schedulefree-adamw" else None  # AdamW keeps one set of weights
-    # whole_file false: the held-out tail of the training file ("data" names that file, as --data FILE would)
+    # heldout_tail: the held-out tail of the training file ("data" names that file, as --data FILE would)
     out = {"run": str(args.run), "step": step, "weights": shipped, "data": str(split.path),
-           "whole_file": len(split) == len(split.corpus), "val_loss": r["loss"], "val_bpb": r["bpb"],
-           "bytes": r["bytes"]}
+           "heldout_tail": len(split) != len(split.corpus), "val_loss": r["loss"], "val_bpb": r["bpb"],
+           "bytes": r["bytes"], "capped": r["bytes"] < heldout_bytes_scored(len(split), cfg, 0)}
     if args.json:
         print(json.dumps(out))
     else:
         at = " at the train point" if args.at == "train-point" else ""
         # a held-out tail of the training file is named as such: "on FILE" is what --data FILE scores
-        on = (out["data"] if out["whole_file"]
-              else f"the held-out split of {out['data']} (its last {100 * cfg.data.val_fraction:g}%)")
+        on = (f"the held-out split of {out['data']} (its last {100 * cfg.data.val_fraction:g}%)"
+              if out["heldout_tail"] else out["data"])
+        scored = (f"the first {r['bytes']:,} bytes of {len(split):,}; --eval-bytes all scores them all"
+                  if out["capped"] else counted(r["bytes"], "byte"))
         print(f"{args.run} (step {out['step']}{at}) on {on}: val_loss {r['loss']:.4f}  "
-              f"val_bpb {r['bpb']:.4f}  ({counted(r['bytes'], 'byte')})")
+              f"val_bpb {r['bpb']:.4f}  ({scored})")
     return 0
 
 
