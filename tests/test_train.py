@@ -201,15 +201,16 @@ def test_resume_is_bit_exact(optimizer, tiny_train, tmp_path, monkeypatch, ctrl_
                             progress=False)
 
     ctrl_c_on_call(Trainer, "train_step", call=10)
-    part = run_training(tiny_train(tmp_path / "b", **kw), progress=False)
+    part = run_training(tiny_train(tmp_path / "b", eval_every=4, **kw), progress=False)
     assert part["complete"] is False and part["steps"] == 10  # Ctrl-C in step 10: finish it, save
+    assert part["val_step"] == 8  # its scores are step 8's evaluation's, which the summary says
     monkeypatch.undo()
-    resumed = run_training(tiny_train(tmp_path / "b", resume=True, **kw), progress=False)
+    resumed = run_training(tiny_train(tmp_path / "b", eval_every=4, resume=True, **kw), progress=False)
 
     la, lb = _losses(tmp_path / "a"), _losses(tmp_path / "b")
     assert len(la) == len(lb) == 20 and la == lb  # bitwise: same floats
     assert resumed["loss"] == straight["loss"] and resumed["val_loss"] == straight["val_loss"]
-    assert resumed["steps"] == 20 and resumed["complete"] is True
+    assert resumed["steps"] == resumed["val_step"] == 20 and resumed["complete"] is True
     from safetensors.torch import load_file
 
     wa, wb = (load_file(RunDir(tmp_path / r).checkpoint().weights) for r in "ab")
@@ -1116,6 +1117,8 @@ def test_extra_held_out_file_is_scored_whole_at_the_end(tiny_train, tmp_path, ca
 
     text = format_summary(s)
     assert f"extra.txt loss / bpb  {x['val_loss']:.4f} / {x['val_bpb']:.4f} (3,776 bytes)" in text
+    assert "held-out bytes)" in text and "at step" not in text  # its own step's evaluation
+    assert f"held-out bytes, at step {s['steps'] - 1:,})" in format_summary({**s, "val_step": s["steps"] - 1})
     assert f"at train point      {x['val_loss_train_point']:.4f} / {x['val_bpb_train_point']:.4f}\n" in text
     assert f"; extra.txt: val_bpb {x['val_bpb']:.4f}  (3,776 bytes)  at the train point" in eval_line(evals[-1])
     assert "eval/extra_val_bpb" in scalars("eval", evals[-1]) and "eval/extra_bytes" not in scalars("eval", evals[-1])

@@ -386,7 +386,8 @@ def format_summary(s: dict) -> str:
         ("params", fmt(s["params"], ",")),
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
         (f"loss (last {min(LOSS_WINDOW, s['steps']):,})", fmt(s["loss"], ".4f")),  # the mean of the steps' losses
-        *score_rows("val", {**s, "bytes": s.get("val_bytes")}, fmt, "held-out bytes",
+        *score_rows("val", {**s, "bytes": s.get("val_bytes")}, fmt, "held-out bytes"  # an earlier step's: said
+                    + (f", at step {s['val_step']:,}" if s.get("val_step") not in (None, s["steps"]) else ""),
                     " (Schedule-Free's y, where the training loss is measured)"),
         *(score_rows(Path(s["extra_val"]["data"]).name, s["extra_val"], fmt, "bytes") if s.get("extra_val") else []),
         # the steady rate, each process's first steps (compilation) left out: none when no step past them ran

@@ -773,6 +773,7 @@ class Trainer:
             "model": m.model, "params": self.n_params, "steps": state.step, "tokens": state.tokens,
             "loss": (sum(state.losses) / len(state.losses)) if state.losses else None,
             "val_loss": last.get("val_loss"), "val_bpb": last.get("val_bpb"), "val_bytes": last.get("bytes"),
+            "val_step": last.get("step"),  # an interrupted run's last evaluation may be of an earlier step
             "val_loss_train_point": last.get("val_loss_train_point"),
             "val_bpb_train_point": last.get("val_bpb_train_point"),
             # --extra-val-data scored whole at the end: {data, val_loss, val_bpb, bytes, *_train_point}
