@@ -76,6 +76,14 @@ def test_resume_compares_the_model_section_field_by_field():
     assert resume_mismatch(saved, untied) == ("model.tie_embeddings", True, False)
 
 
+def test_a_resume_may_change_the_lr_schedule_schedule_free_ignores_not_adamws():
+    """Schedule-Free ignores ``lr_schedule``, so a resume that changes it is not refused; AdamW's is."""
+    for optimizer, differs in (("schedulefree-adamw", None), ("adamw", ("lr_schedule", "cosine", "constant"))):
+        saved = TrainConfig.from_dict({"optimizer": optimizer, "lr_schedule": "cosine", "steps": 10}).to_dict()
+        new = TrainConfig.from_dict({"optimizer": optimizer, "lr_schedule": "constant", "steps": 10})
+        assert resume_mismatch(saved, new) == differs
+
+
 def test_a_resume_with_a_config_file_keeps_what_the_file_leaves_out(tmp_path, capsys):
     """``--resume --config F`` started from F alone: a run made with ``--config F --steps 4`` and
     resumed with ``--config F`` took the default budget (1,000 steps) and went on to it without a

@@ -571,10 +571,11 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
     reference), so a run of a CUDA-only backend resumes elsewhere with ``backend=auto``. Layer
     options are compared one by one, one not set counting as its layer's default (``--layer
     heads=1`` resumes an e1 run made without it), and named so (``model.layer.heads``); the model
-    kind is compared first."""
+    kind is compared first. Schedule-Free's ``lr_schedule`` does not matter (it ignores it)."""
     new, defaults = cfg.to_dict(), TrainConfig().to_dict()
+    ignores_schedule = saved.get("optimizer", defaults["optimizer"]) == new["optimizer"] == "schedulefree-adamw"
     for key in sorted(set(saved) | set(new) if keys is None else keys):
-        if key in RESUMABLE:
+        if key in RESUMABLE or (key == "lr_schedule" and ignores_schedule):  # Schedule-Free ignores lr_schedule
             continue
         a, b = saved.get(key, defaults.get(key)), new.get(key)
         if key == "model" and isinstance(a, dict) and isinstance(b, dict):
