@@ -20,9 +20,9 @@ Nothing is held whole: files are read in blocks and a JSON-lines file one line (
 a time. The corpus is written under a temporary name in the output's folder and renamed to FILE
 only when complete, so an interrupted prepare leaves nothing under FILE. ``FILE.manifest.json``, in
 place just before FILE is, records each source (path, format, size and sha256 of the file as
-stored, documents and their bytes, separators not counted) and the corpus's size and sha256. A corrupt or truncated
-shard, a line that is not a JSON object, or an object without a string FIELD stops the run with a
-``CorpusError`` naming the file (and line).
+stored, documents and their bytes, separators not counted) and the corpus's size and sha256. A
+corrupt or truncated shard, a line that is not a JSON object, or an object without a string FIELD
+stops the run with a ``CorpusError`` naming the file (and line).
 """
 
 from __future__ import annotations

@@ -630,8 +630,9 @@ class RunDir:
     def start(self, cfg, env: dict[str, Any], resumed_step: int | None, trains_on: bool = False,
               scores_only: bool = False) -> None:
         """Record the config and this session's environment; a resumed run cuts its logs back to
-        ``resumed_step`` (the lines of steps after its checkpoint are written again) and keeps its earlier sessions' start, commit, GPU, processes and
-        command (``SESSION_KEYS``) in env.json's ``earlier_sessions``. A complete run resumed to train on
+        ``resumed_step`` (the lines of steps after its checkpoint are written again) and keeps its
+        earlier sessions' start, commit, GPU, processes and command (``SESSION_KEYS``) in env.json's
+        ``earlier_sessions``. A complete run resumed to train on
         (``trains_on``: a larger budget) has its summary.json say incomplete until it ends again, so that a session
         that dies does not leave it complete at the old budget under config.json's new one; a failed
         or aborted run's summary loses its error as it resumes, so that such a session does not leave
