@@ -10,7 +10,8 @@ Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the reference's January 202
 the LayerNorms' biases, ``tests/test_params.py``); cross-entropy over every position. From 2026-01-11
 (ekg/elman 8e4459f1) the reference's ``LadderLM`` (E1, E16, E88) pre-normalises with mamba_ssm's RMSNorm
 (weight only) and keeps the residual stream in fp32, so its later E88 runs (the ~480M reports) had
-those blocks; rnnlab keeps LayerNorm for every model.
+those blocks, while its Mamba2 there kept ``Mamba2LM``'s LayerNorm: the reference compared them in
+two wrappers. rnnlab keeps LayerNorm for every model.
 
 Under ``torch.compile`` E1, E16, minGRU and minLSTM on CUDA (their scans are custom ops), attention
 and the Mamba2 reference compile to one graph; every other recurrence is an opaque call

@@ -8,8 +8,9 @@ with its backward: ~600 launches in E1 heads d31's step, with the GPU idle betwe
 (``results/bound-h200`` call 15). Here one program a head holds the head's ``W`` in registers and
 runs every iteration, ``sigma`` and the rescaling ``W_eff = r W / (sigma + 1e-8)``; the backward
 (``W``'s gradient through ``W_eff``, with ``u`` and ``v`` constants as in the reference) is one
-launch too. The arithmetic is fp32, as the reference's; outputs are rounded to
-``W``'s and ``u``'s dtypes. Heads of up to :data:`MAX_HEAD` channels.
+launch too. The arithmetic is fp32, as rnnlab's PyTorch reference's (the reference study's own
+cell iterates in ``W``'s dtype, bf16 in its pure-bf16 runs: ``rnnlab.layers.e1``); outputs are
+rounded to ``W``'s and ``u``'s dtypes. Heads of up to :data:`MAX_HEAD` channels.
 """
 
 from __future__ import annotations
