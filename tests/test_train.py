@@ -2019,3 +2019,37 @@ def test_git_state_counts_tracked_changes_only_and_env_json_starts_in_utc(monkey
         time.tzset()
     assert started.endswith("Z")
     assert abs(calendar.timegm(time.strptime(started, "%Y-%m-%dT%H:%M:%SZ")) - time.time()) < 600
+
+
+@pytest.mark.parametrize("model,layer,stuck", [
+    ("e1", {}, ["blocks.*.norm.weight", "norm_f.weight"]),
+    ("mamba2", {"headdim": 16, "d_state": 16, "backend": "reference"},
+     ["blocks.*.norm.weight", "blocks.*.mixer.dt_bias", "blocks.*.mixer.A_log", "blocks.*.mixer.D",
+      "blocks.*.mixer.conv1d.weight", "blocks.*.mixer.conv1d.bias", "blocks.*.mixer.norm.weight", "norm_f.weight"]),
+])
+def test_pure_bf16_names_the_weights_an_update_of_lr_cannot_move_and_they_do_not(model, layer, stuck, tmp_path,
+                                                                                  capsys):
+    """Pure bf16 at lr 3e-4 (the reference study's protocol): a fresh run's note names the weights
+    mostly of 0.125 or more, where half the spacing of bf16 numbers exceeds an update of lr (Adam's
+    can be a few times lr where a gradient jumps, so those near 0.125 may still move), and training
+    leaves every element of 0.5 or more as it was (half the spacing there is 6.5 lr: LayerNorm
+    weights at 1, Mamba2's decay rates and skip); the small embedding moves. bf16-mixed (fp32 master
+    weights) has no note."""
+    cfg = TrainConfig.from_dict({"model": {"model": model, "dim": 64, "depth": 2, "layer": layer}, "seq_len": 32,
+                                 "batch_size": 4, "steps": 3, "precision": "bf16", "lr": 3e-4, "eval_bytes": 4096,
+                                 "device": "cpu", "out": str(tmp_path / "r")})
+    trainer = Trainer(cfg, progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.state.model.named_parameters()}
+    trainer.train()
+    note = [line for line in capsys.readouterr().err.splitlines() if "rounds away" in line]
+    assert note == ["rnnlab train: note: in pure bf16 an update of lr 0.0003 rounds away on weights of 0.125 or "
+                    f"more, so most elements of these do not train: {', '.join(stuck)} (--precision bf16-mixed "
+                    "keeps fp32 master weights, which do)"]
+    for name, p in trainer.state.model.named_parameters():
+        large = before[name].abs() >= 0.5
+        assert torch.equal(p.detach()[large], before[name][large]), name
+        if name == "embed.weight":  # small entries (N(0, 0.02)): they train
+            assert not torch.equal(p.detach(), before[name])
+    mixed = run_training(TrainConfig.from_dict({**cfg.to_dict(), "precision": "bf16-mixed", "steps": 1,
+                                                "out": str(tmp_path / "m")}), progress=False)
+    assert mixed["complete"] and "rounds away" not in capsys.readouterr().err

@@ -157,3 +157,27 @@ def load_train_point(params: list[torch.Tensor], tensors: list[torch.Tensor]) ->
 
     for p, y in zip(params, tensors):
         copy_full_into(p, y)
+
+
+def bf16_rounds_away_at(lr: float) -> float:
+    """The magnitude from which half the spacing of bf16 numbers is larger than ``lr``: an update of
+    about ``lr`` (Adam's and Schedule-Free's step a weight) rounds away on a bf16 weight that large
+    (0.125 at lr 3e-4)."""
+    return 2.0 ** (math.floor(math.log2(lr)) + 9)
+
+
+def rounded_away(model: nn.Module, lr: float) -> list[str]:
+    """Names of the bf16 parameters (this rank's shards), layer indices as ``*``, most of whose
+    elements are at least ``bf16_rounds_away_at(lr)``: in pure bf16 they do not train (at lr 3e-4
+    LayerNorm weights at 1 and Mamba2's ``A_log``, ``dt_bias`` and ``D``)."""
+    import re
+
+    from rnnlab.train.distributed import is_dtensor
+
+    threshold = bf16_rounds_away_at(lr)
+    names: dict[str, None] = {}
+    for name, p in model.named_parameters():
+        t = p.to_local() if is_dtensor(p) else p
+        if t.dtype == torch.bfloat16 and t.numel() and (t.detach().abs() >= threshold).float().mean() > 0.5:
+            names[re.sub(r"\.\d+\.", ".*.", name)] = None
+    return list(names)

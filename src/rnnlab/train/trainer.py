@@ -46,7 +46,8 @@ from rnnlab.train.checkpoint import CheckpointWriteError, unless_committed
 from rnnlab.train.config import DataConfig, TrainConfig, budget_clock
 from rnnlab.train.cuda_graph import GraphedForwardBackward
 from rnnlab.train.metrics import RunLogger, Throughput, import_wandb
-from rnnlab.train.optim import build_optimizer, current_lr, decay_rates, eval_weights, is_schedulefree
+from rnnlab.train.optim import (bf16_rounds_away_at, build_optimizer, current_lr, decay_rates, eval_weights,
+                                is_schedulefree, rounded_away)
 from rnnlab.train.peers import LostPeerWatch, end_lost_rank
 from rnnlab.train.rundir import RunDir, corpus_record, warn
 from rnnlab.train.runtime import (build_model, check_memory, check_trainable, env_info, eval_batch, evaluate_run,
@@ -386,6 +387,12 @@ class Trainer:
             print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
                   "no bf16 matrix units); --precision fp32 (in a suite file: precision = \"fp32\") for experiments "
                   "on a CPU", file=sys.stderr, flush=True)
+        stuck = rounded_away(model, cfg.optim.lr) if cfg.run.precision == "bf16" and resume_from is None else []
+        if ctx.is_main and stuck:  # the reference study's protocol (docs/findings.md, A problem of the protocol)
+            print(f"rnnlab train: note: in pure bf16 an update of lr {cfg.optim.lr:g} rounds away on weights of "
+                  f"{bf16_rounds_away_at(cfg.optim.lr):g} or more, so most elements of these do not train: "
+                  f"{', '.join(stuck)} (--precision bf16-mixed keeps fp32 master weights, which do)",
+                  file=sys.stderr, flush=True)
         resumed, spent = resume_from is not None, self.budget_spent()
         # a session that takes no step (a finished run resumed to re-score its final evaluation)
         # keeps what its summary says of the training sessions (speed, memory, device)
