@@ -27,7 +27,9 @@ directly on this layer (no ``inner.`` prefix)::
 *adopts* a freshly built ``mamba_ssm`` module: its parameters, submodules and attributes are moved
 onto ``self`` and its ``forward``/``step`` are called with ``self``, so the official code runs
 unchanged. Both backends draw the initial values in the same order, so the same seed gives the
-same weights.
+same weights. The LM around it (``rnnlab.models.lm``) re-draws only the embedding, as the reference
+study's ``Mamba2LM`` did: mamba_ssm's own LM (``MixerModel._init_weights``, rescale_prenorm_residual)
+also divides each ``out_proj`` by sqrt(depth), which rnnlab does not do for any model (unmeasured).
 
 torch.compile: Dynamo traces the official forward (mamba_ssm's autograd Functions and their
 Triton kernels become part of the graph), so Inductor fuses the projections' elementwise work
