@@ -404,7 +404,14 @@ def test_eval_scores_the_val_data_file_the_run_was_trained_with(tmp_path, capsys
     assert f"--data {small_corpus} is the file this run trained on: its scores are of bytes" in out.err
     assert main(["eval", "--run", str(run), "--data", str(val), "--eval-bytes", "100"]) == 0  # no warning, capped
     out = capsys.readouterr()
-    assert out.err == "" and out.out.endswith("(the first 96 bytes of 2,000; --eval-bytes all scores them all)\n")
+    assert out.err == "" and out.out.endswith("(the first 96 bytes of 2,000; --eval-bytes all scores the whole file)\n")
+    from rnnlab.data import default_train_path  # a run on the bundled sample: that file is its training file
+
+    sample = tmp_path / "sample"
+    assert main(["train", "--model", "e1", *TINY, "--steps", "1", "--out", str(sample)]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--run", str(sample), "--data", str(default_train_path()), "--eval-bytes", "100"]) == 0
+    assert f"--data {default_train_path()} is the file this run trained on" in capsys.readouterr().err
     tail = tmp_path / "tail"  # no --val-data: the held-out split is --data's last 1%, which --json says too
     assert main(["train", "--model", "e1", *TINY, "--steps", "2", "--data", str(small_corpus), "--out", str(tail)]) == 0
     capsys.readouterr()

@@ -447,7 +447,7 @@ def test_a_final_evaluation_cut_by_a_second_ctrl_c_is_scored_by_the_next_resume_
         finals.append([r for r in records if r.get("final")])
         assert [r["step"] for r in records] == [2, 3] and s["complete"] and s["val_bpb"] == finals[-1][0]["val_bpb"]
     assert (f"{run} is complete at step 3; scoring its final evaluation from its checkpoint, no training step "
-            "(its final evaluation did not finish)") in said[0]
+            "(it has no final evaluation yet)") in said[0]
     assert "nothing to train or score" in said[1] and "scoring" not in said[1]
     assert len(finals[0]) == 1 and finals[1] == finals[0]
     assert len(RunDir(run).env()["scoring_sessions"]) == 1

@@ -416,7 +416,7 @@ def score_rows(label: str, scores: dict, fmt, unit: str, y_note: str = "") -> li
 
 
 def run_eval_cmd(args) -> int:
-    from rnnlab.data import file_split, heldout_split
+    from rnnlab.data import default_train_path, file_split, heldout_split
     from rnnlab.train.runtime import evaluate_run, heldout_bytes_scored
 
     max_bytes = parse_eval_bytes(args.eval_bytes) if args.eval_bytes is not None else None
@@ -431,9 +431,10 @@ def run_eval_cmd(args) -> int:
         raise FileNotFoundError(f"{missing}: put it back there, or score another file with --data FILE")
     split = file_split(args.data) if args.data else heldout_split(cfg.data.path, cfg.data.val_path,
                                                                   cfg.data.val_fraction)
+    trained_on = cfg.data.path or default_train_path()  # no data path: the bundled sample
     if not args.data:
         warn_if_data_changed(run, cfg, split)
-    elif cfg.data.path is not None and os.path.exists(cfg.data.path) and os.path.samefile(args.data, cfg.data.path):
+    elif os.path.exists(trained_on) and os.path.samefile(args.data, trained_on):
         warn(f"--data {args.data} is the file this run trained on: its scores are of bytes the model trained on, "
              "not held out (without --data, eval scores the run's held-out split)")
     r = evaluate_run(model, split, cfg, batch_size=args.batch_size, max_bytes=max_bytes)
@@ -449,7 +450,7 @@ def run_eval_cmd(args) -> int:
         # a held-out tail of the training file is named as such: "on FILE" is what --data FILE scores
         on = (f"the held-out split of {out['data']} (its last {100 * cfg.data.val_fraction:g}%)"
               if out["heldout_tail"] else out["data"])
-        scored = (f"the first {r['bytes']:,} bytes of {len(split):,}; --eval-bytes all scores them all"
+        scored = (f"the first {r['bytes']:,} bytes of {len(split):,}; --eval-bytes all scores the whole file"
                   if out["capped"] else counted(r["bytes"], "byte"))
         print(f"{args.run} (step {out['step']}{at}) on {on}: val_loss {r['loss']:.4f}  "
               f"val_bpb {r['bpb']:.4f}  ({scored})")

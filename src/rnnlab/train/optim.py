@@ -161,8 +161,11 @@ def load_train_point(params: list[torch.Tensor], tensors: list[torch.Tensor]) ->
 
 def bf16_rounds_away_at(lr: float) -> float:
     """The magnitude from which half the spacing of bf16 numbers is larger than ``lr``: an update of
-    about ``lr`` (Adam's and Schedule-Free's step a weight) rounds away on a bf16 weight that large
-    (0.125 at lr 3e-4)."""
+    about ``lr`` rounds away on a bf16 weight that large (0.125 at lr 3e-4), so no step moves it:
+    AdamW's step is about ``lr`` a weight, as is Schedule-Free's step of its base point z. (Its
+    training point y steps by ``lr * (beta1 * (1 - c) - 1)``, about 0.1 lr once its averaging weight c
+    has decayed, plus a pull of c towards z; below this magnitude y then moves mostly in bursts, as z
+    drifts away from it: docs/findings.md, A problem of the protocol.)"""
     return 2.0 ** (math.floor(math.log2(lr)) + 9)
 
 

@@ -412,7 +412,7 @@ class Trainer:
             redone = resumed and spent and self.final_eval_due()
             if redone:
                 why = ("; ".join(text for _, text in self.final_eval_lacks()) if self.final_eval_done()
-                       else "its final evaluation did not finish")
+                       else "it has no final evaluation yet")
                 print(f"rnnlab train: {self.rundir.path} is complete at step {self.state.step:,}; scoring its final "
                       f"evaluation {'again ' if self.final_eval_done() else ''}from its checkpoint, no training step "
                       f"({why})", file=sys.stderr, flush=True)
