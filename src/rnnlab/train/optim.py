@@ -18,6 +18,7 @@ the exact y back (rather than calling ``opt.train()``), and checkpoints store y 
 from __future__ import annotations
 
 import math
+import re
 from contextlib import contextmanager
 
 import torch
@@ -164,8 +165,8 @@ def bf16_rounds_away_at(lr: float) -> float:
     about ``lr`` rounds away on a bf16 weight that large (0.125 at lr 3e-4), so no step moves it:
     AdamW's step is about ``lr`` a weight, as is Schedule-Free's step of its base point z. (Its
     training point y steps by ``lr * (beta1 * (1 - c) - 1)``, about 0.1 lr once its averaging weight c
-    has decayed, plus a pull of c towards z; below this magnitude y then moves mostly in bursts, as z
-    drifts away from it: docs/findings.md, A problem of the protocol.)"""
+    has decayed, plus a pull of c towards z; from about a tenth of this magnitude up y then moves
+    mostly in bursts, as z drifts away from it: docs/findings.md, A problem of the protocol.)"""
     return 2.0 ** (math.floor(math.log2(lr)) + 9)
 
 
@@ -173,8 +174,6 @@ def rounded_away(model: nn.Module, lr: float) -> list[str]:
     """Names of the bf16 parameters (this rank's shards), layer indices as ``*``, most of whose
     elements are at least ``bf16_rounds_away_at(lr)``: in pure bf16 they do not train (at lr 3e-4
     LayerNorm weights at 1 and Mamba2's ``A_log``, ``dt_bias`` and ``D``)."""
-    import re
-
     from rnnlab.train.distributed import is_dtensor
 
     threshold = bf16_rounds_away_at(lr)
