@@ -171,6 +171,8 @@ CASES = [
     ("corpus_short", [*TRAIN, "--seq-len", "30000", "--eval-bytes", "all"], "shorter than seq_len+1 = 30001 bytes"),
     ("heldout_short", [*TRAIN, "--seq-len", "4000"],  # held out of --data: its share is what grows
      "; use a smaller --seq-len or a larger --val-fraction or --val-data FILE"),
+    ("rescale_without_output_projection", [*TRAIN, "--model", "mingru", "--rescale-prenorm-residual"],
+     "rescale_prenorm_residual: this mingru layer has no output projection to rescale"),
     ("heldout_short_sample",
      ["train", *TINY, "--out", "{new}", "--steps", "2", "--seq-len", "400000", "--eval-bytes", "all"],
      "; use a smaller --seq-len or your own --data FILE"),  # the bundled sample's held-out file: no share to grow

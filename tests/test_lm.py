@@ -63,3 +63,31 @@ def test_loss_is_fp32_cross_entropy_of_bf16_logits():
     want = F.cross_entropy(lm(idx).float().reshape(-1, 256), tgt.reshape(-1))
     assert loss.dtype == torch.float32
     torch.testing.assert_close(loss, want, rtol=0, atol=1e-6)
+
+
+def test_rescale_prenorm_residual_divides_only_what_writes_into_the_residual_stream():
+    """``rescale_prenorm_residual`` (mamba_ssm's LM, GPT-2): with the same seed, each block's output
+    projection (the mixer's ``output_projection``, and the MLP's ``proj`` where there is one) is the
+    unscaled model's divided by sqrt(such weights per block x depth); every other weight is equal.
+    A mixer with no output projection (minGRU at expansion 1) is refused in one line."""
+    import pytest
+
+    cases = [("mamba2", {"headdim": 8, "d_state": 8, "backend": "reference"}, None, ["mixer.out_proj.weight"]),
+             ("e88", {"n_state": 4}, None, ["mixer.o_proj.weight"]),
+             ("mingru", {"expansion": 1.5}, None, ["mixer.out_proj.weight"]),
+             ("transformer", {"head_dim": 8}, None, ["mixer.out.weight", "mlp.proj.weight"]),
+             ("e1", {}, 1.0, ["mixer.out_proj.weight", "mlp.proj.weight"])]
+    for model, layer, mlp_ratio, scaled in cases:
+        weights = []
+        for rescale in (False, True):
+            torch.manual_seed(0)
+            cfg = ModelConfig(model=model, dim=16, depth=3, layer=layer, mlp_ratio=mlp_ratio,
+                              rescale_prenorm_residual=rescale)
+            weights.append(dict(LM(cfg).named_parameters()))
+        plain, rescaled = weights
+        for name, w in plain.items():
+            divisor = (len(scaled) * 3) ** 0.5 if name.split(".", 2)[-1] in scaled else 1.0
+            torch.testing.assert_close(rescaled[name], w / divisor, rtol=1e-6, atol=0, msg=f"{model} {name}")
+        assert sum(name.split(".", 2)[-1] in scaled for name in plain) == 3 * len(scaled), model
+    with pytest.raises(ValueError, match=r"^rescale_prenorm_residual: this mingru layer has no output projection"):
+        LM(ModelConfig(model="mingru", dim=16, depth=2, rescale_prenorm_residual=True))

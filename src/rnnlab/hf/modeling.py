@@ -78,6 +78,7 @@ class RnnlabConfig(PreTrainedConfig):
     vocab_size: int = 256
     mlp_ratio: float | None = None
     tie_word_embeddings: bool = True
+    rescale_prenorm_residual: bool = False
     layer: dict[str, Any] | None = None
     seq_len: int | None = None
     bos_token_id: int | None = SPECIAL_BYTE
@@ -99,7 +100,7 @@ class RnnlabConfig(PreTrainedConfig):
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(model=self.model, dim=self.dim, depth=self.depth, vocab_size=self.vocab_size,
                            mlp_ratio=self.mlp_ratio, tie_embeddings=self.tie_word_embeddings,
-                           layer=dict(self.layer or {}))
+                           rescale_prenorm_residual=self.rescale_prenorm_residual, layer=dict(self.layer or {}))
 
 
 class RecurrentState:

@@ -62,6 +62,7 @@ class CausalSelfAttention(nn.Module):
     """Causal SDPA attention with RoPE (see the module docstring)."""
 
     state_grows = True  # the step state is a key/value cache, a position longer per token (rnnlab.layers.base)
+    output_projection = "out"  # what writes into the residual stream (rnnlab.layers.base)
 
     def __init__(self, cfg: AttentionConfig):
         super().__init__()

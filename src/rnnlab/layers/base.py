@@ -10,7 +10,10 @@ A layer maps ``x: [B, T, dim] -> y: [B, T, dim]`` causally and can also run one 
 generated token) and ``step`` runs the layer's recurrence op (``rnnlab.ops``) on one token; for
 attention it is a growing key/value cache, and the layer class says so with ``state_grows = True``
 (a fixed-size state can skip a row's token by keeping that row's old state: the Hugging Face
-wrapper's left padding). tests/test_layer_contract.py checks this contract for every registered model.
+wrapper's left padding). The class's ``output_projection`` names the ``nn.Linear`` attribute that
+writes into the residual stream (None on an instance that has none: minGRU at expansion 1), which
+``ModelConfig.rescale_prenorm_residual`` scales. tests/test_layer_contract.py checks this contract
+for every registered model.
 
 Each layer is built from a config dataclass with a ``dim`` field and a ``validate()`` method that
 raises ``ValueError("<name> must ..., got ...")`` for impossible values. Every other field is a

@@ -246,6 +246,8 @@ class Recurrence:
 class E1(nn.Module):
     """E1 gated Elman layer ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
 
+    output_projection = "out_proj"  # what writes into the residual stream (rnnlab.layers.base)
+
     def __init__(self, cfg: E1Config):
         super().__init__()
         cfg.validate()

@@ -54,6 +54,8 @@ class E16Config(InnerWidth):
 class E16(nn.Module):
     """E16 mixer: ``h_t = tanh(A * h_{t-1} + silu(x_t) B)``, ``y_t = (h_t C) * silu(z_t)``."""
 
+    output_projection = "out_proj"  # what writes into the residual stream (rnnlab.layers.base)
+
     def __init__(self, cfg: E16Config):
         super().__init__()
         cfg.validate()

@@ -81,6 +81,8 @@ def _unit(t: torch.Tensor) -> torch.Tensor:
 class E88(nn.Module):
     """E88 mixer, ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
 
+    output_projection = "o_proj"  # what writes into the residual stream (rnnlab.layers.base)
+
     def __init__(self, cfg: E88Config):
         super().__init__()
         cfg.validate()

@@ -134,6 +134,8 @@ class RMSNormThenGate(nn.Module):
 class GatedDeltaNet(OfficialOrReference):
     """Gated DeltaNet mixer, ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
 
+    output_projection = "o_proj"  # what writes into the residual stream (rnnlab.layers.base)
+
     def __init__(self, cfg: GatedDeltaNetConfig):
         cfg.validate()
         super().__init__(cfg, resolve_backend(cfg.backend, cfg))

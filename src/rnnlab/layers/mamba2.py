@@ -28,8 +28,9 @@ directly on this layer (no ``inner.`` prefix)::
 onto ``self`` and its ``forward``/``step`` are called with ``self``, so the official code runs
 unchanged. Both backends draw the initial values in the same order, so the same seed gives the
 same weights. The LM around it (``rnnlab.models.lm``) re-draws only the embedding, as the reference
-study's ``Mamba2LM`` did: mamba_ssm's own LM (``MixerModel._init_weights``, rescale_prenorm_residual)
-also divides each ``out_proj`` by sqrt(depth), which rnnlab does not do for any model (unmeasured).
+study's ``Mamba2LM`` did: mamba_ssm's own LM (``MixerModel._init_weights``) also divides each
+``out_proj`` by sqrt(depth), which rnnlab does for any model with ``ModelConfig.rescale_prenorm_residual``
+(off in every study here).
 
 torch.compile: Dynamo traces the official forward (mamba_ssm's autograd Functions and their
 Triton kernels become part of the graph), so Inductor fuses the projections' elementwise work
@@ -152,6 +153,8 @@ class GateThenRMSNorm(nn.Module):
 
 class Mamba2(OfficialOrReference):
     """Mamba2 mixer, ``[B, T, dim] -> [B, T, dim]`` (see the module docstring)."""
+
+    output_projection = "out_proj"  # what writes into the residual stream (rnnlab.layers.base)
 
     def __init__(self, cfg: Mamba2Config):
         cfg.validate()

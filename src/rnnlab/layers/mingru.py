@@ -52,6 +52,8 @@ class MinRNN(nn.Module):
     recurrence op ``SCAN`` over that projection, the optional ``out_proj``, and ``step`` (the
     same op on one token). Subclasses set ``PARTS`` and ``SCAN``."""
 
+    output_projection = "out_proj"  # None at expansion 1: the scan writes into the residual stream itself
+
     PARTS: int
     SCAN: Callable[..., tuple[torch.Tensor, torch.Tensor]]
 

@@ -63,6 +63,10 @@ class ModelConfig:
                                                 "model's: 0 = no MLP for recurrent models, 4 for the Transformer)",
                                      bounds=at_least(0, MAX_FACTOR))
     tie_embeddings: bool = option(True, help="share the input embedding with the output head (default: on)")
+    rescale_prenorm_residual: bool = option(False, help="divide each block's output projections (the mixer's, "
+                                                        "the MLP's) by sqrt(their number x depth) after their "
+                                                        "init, as mamba_ssm's LM and GPT-2 do (default: off, as "
+                                                        "the reference study)")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
 

@@ -20,6 +20,8 @@ and the Mamba2 reference compile to one graph; every other recurrence is an opaq
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -71,10 +73,29 @@ class LM(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
+        if cfg.rescale_prenorm_residual:
+            self.rescale_residual_projections()
         self.norm_f = nn.LayerNorm(cfg.dim)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+
+    @torch.no_grad()
+    def rescale_residual_projections(self) -> None:
+        """mamba_ssm's ``rescale_prenorm_residual`` (``MixerModel._init_weights``; GPT-2's rule): each
+        weight that writes into the residual stream (the mixer's ``output_projection``, the MLP's
+        ``proj``) divided by sqrt(such weights per block x depth), so the stream's variance does not
+        grow with depth. The layer's own init is kept and scaled (for Mamba2 it is the distribution
+        mamba_ssm re-draws, nn.Linear's default); the other weights are unchanged."""
+        for block in self.blocks:
+            out = getattr(block.mixer, type(block.mixer).output_projection)
+            if out is None:
+                raise ValueError(f"rescale_prenorm_residual: this {self.cfg.model} layer has no output projection "
+                                 f"to rescale ({type(block.mixer).__name__}'s scan writes into the residual "
+                                 f"stream itself; minGRU and minLSTM have one at expansion other than 1)")
+            weights = [out.weight] + ([block.mlp.proj.weight] if block.mlp is not None else [])
+            for w in weights:
+                w.div_(math.sqrt(len(weights) * self.cfg.depth))
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """``idx: [B, T]`` bytes -> logits ``[B, T, 256]``, or the mean cross-entropy (nats,
