@@ -4813,3 +4813,17 @@ def test_bench_wavefront_heads_computes_the_models_loss_and_gradients():
         torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
         for g, w in zip(got_g, want_g):
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
+
+
+def test_the_report_names_a_run_built_with_rescale_prenorm_residual(tmp_path):
+    """A row whose config.json sets the model option ``rescale_prenorm_residual`` says so in its
+    config cell (it looked like the same model without it); a row without says nothing."""
+    from rnnlab.bench.report import config_text
+
+    for name, on in (("plain", False), ("rescaled", True)):
+        _synthetic_run(tmp_path, name, 1.5, 2.0, 20000.0)
+        config = json.loads((tmp_path / name / "config.json").read_text())
+        config["model"]["rescale_prenorm_residual"] = on
+        (tmp_path / name / "config.json").write_text(json.dumps(config))
+    rows = {r["name"]: config_text(r) for r in aggregate(collect(tmp_path)["records"])}
+    assert rows == {"plain": "e1 64x2", "rescaled": "e1 64x2 rescale_prenorm_residual"}

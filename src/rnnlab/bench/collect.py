@@ -167,6 +167,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "name": name, "model": s.get("model") or model.get("model"),
             "dim": s.get("dim") or model.get("dim"), "depth": s.get("depth") or model.get("depth"),
             "layer": s.get("layer") if s.get("layer") is not None else model.get("layer"),
+            "rescale_prenorm_residual": bool(model.get("rescale_prenorm_residual")),  # the report's config says so
             "params": s.get("params") or first.get("planned_params"),
             "target_params": first.get("target_params"),  # suite.json's: the width was solved for it
             "seeds": [run_seed(r) for r in use],

@@ -87,7 +87,8 @@ def fmt_mem(row: dict[str, Any]) -> str:
 
 def config_text(row: dict[str, Any]) -> str:
     opts = layer_text(row.get("layer"))
-    return f"{row['model']} {row['dim']}x{row['depth']}" + (f" {opts}" if opts else "")
+    rescaled = " rescale_prenorm_residual" if row.get("rescale_prenorm_residual") else ""
+    return f"{row['model']} {row['dim']}x{row['depth']}" + (f" {opts}" if opts else "") + rescaled
 
 
 def md_table(header: list[str], body: list[list[str]]) -> str:

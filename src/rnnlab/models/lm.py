@@ -88,7 +88,11 @@ class LM(nn.Module):
         grow with depth. The layer's own init is kept and scaled (for Mamba2 it is the distribution
         mamba_ssm re-draws, nn.Linear's default); the other weights are unchanged."""
         for block in self.blocks:
-            out = getattr(block.mixer, type(block.mixer).output_projection)
+            name = getattr(type(block.mixer), "output_projection", None)
+            if name is None:  # a layer registered from outside that does not follow the contract
+                raise ValueError(f"rescale_prenorm_residual: the {self.cfg.model} layer declares no "
+                                 "output_projection (rnnlab.layers.base: the layer contract)")
+            out = getattr(block.mixer, name)
             if out is None:
                 raise ValueError(f"rescale_prenorm_residual: this {self.cfg.model} layer has no output projection "
                                  f"to rescale ({type(block.mixer).__name__}'s scan writes into the residual "
