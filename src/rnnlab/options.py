@@ -333,19 +333,29 @@ def did_you_mean(unknown: list[Any], known: Collection[str], *, cutoff: float,
     for a known one (``aliases``: ``learning_rate`` -> ``lr``), or one spelt with a flag's dashes or
     nearly right (``d-state``, ``batchsize``: ``difflib`` at ``cutoff``), points to; "" for none. With
     several unknown keys, each is paired with its own (``a -> b``)."""
-    meant = [(k, m) for k in unknown if isinstance(k, str) and (m := _near(k, known, cutoff, aliases)) is not None]
-    if not meant:
-        return ""
-    return ": did you mean " + ", ".join(m if len(unknown) == 1 else f"{k} -> {m}" for k, m in meant) + "?"
+    return _hint(unknown, _meant(unknown, known, cutoff, aliases))
 
 
 def unknown_keys_hint(unknown: list[Any], known: Collection[str], *, cutoff: float,
                       aliases: dict[str, str] | None = None) -> str:
     """What follows unknown keys in their error: :func:`did_you_mean`'s hint, and the known keys
     listed after it unless it names one for every unknown key (forty-odd fields would bury it)."""
-    meant = did_you_mean(unknown, known, cutoff=cutoff, aliases=aliases)
-    every = all(isinstance(k, str) and _near(k, known, cutoff, aliases) is not None for k in unknown)
-    return meant if every else f"{meant}; known: {sorted(known)}"
+    meant = _meant(unknown, known, cutoff, aliases)
+    hint = _hint(unknown, meant)
+    return hint if len(meant) == len(unknown) else f"{hint}; known: {sorted(known)}"
+
+
+def _meant(unknown: list[Any], known: Collection[str], cutoff: float,
+           aliases: dict[str, str] | None) -> list[tuple[str, str]]:
+    """``(unknown key, the known key it means)`` for each unknown key that means one (``_near``)."""
+    return [(k, m) for k in unknown if isinstance(k, str) and (m := _near(k, known, cutoff, aliases)) is not None]
+
+
+def _hint(unknown: list[Any], meant: list[tuple[str, str]]) -> str:
+    """``: did you mean b?`` (``a -> b, ...`` for several unknown keys), "" for none meant."""
+    if not meant:
+        return ""
+    return ": did you mean " + ", ".join(m if len(unknown) == 1 else f"{k} -> {m}" for k, m in meant) + "?"
 
 
 def _near(key: str, known: Collection[str], cutoff: float, aliases: dict[str, str] | None) -> str | None:

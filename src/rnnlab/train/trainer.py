@@ -387,8 +387,11 @@ class Trainer:
             print("rnnlab train: note: pure bf16 on a CPU is several times slower than fp32 (most CPUs have "
                   "no bf16 matrix units); --precision fp32 (in a suite file: precision = \"fp32\") for experiments "
                   "on a CPU", file=sys.stderr, flush=True)
-        stuck = rounded_away(model, cfg.optim.lr) if cfg.run.precision == "bf16" and resume_from is None else []
-        if ctx.is_main and stuck:  # the reference study's protocol (docs/findings.md, A problem of the protocol)
+        # rank 0 alone looks (its shard under FSDP2): the reference study's protocol (docs/findings.md, A problem
+        # of the protocol)
+        stuck = (rounded_away(model, cfg.optim.lr) if ctx.is_main and cfg.run.precision == "bf16"
+                 and resume_from is None else [])
+        if stuck:
             print(f"rnnlab train: note: in pure bf16 an update of lr {cfg.optim.lr:g} rounds away on weights of "
                   f"{bf16_rounds_away_at(cfg.optim.lr):g} or more, so most elements of these do not train: "
                   f"{', '.join(stuck)} (--precision bf16-mixed keeps fp32 master weights, which do)",
