@@ -4815,15 +4815,20 @@ def test_bench_wavefront_heads_computes_the_models_loss_and_gradients():
             torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-13)
 
 
-def test_the_report_names_a_run_built_with_rescale_prenorm_residual(tmp_path):
-    """A row whose config.json sets the model option ``rescale_prenorm_residual`` says so in its
-    config cell (it looked like the same model without it); a row without says nothing."""
+def test_the_reports_config_cell_names_the_model_settings_that_differ_from_their_defaults(tmp_path):
+    """A row whose config.json sets ``rescale_prenorm_residual``, ``tie_embeddings`` or ``mlp_ratio``
+    away from its default says so in its config cell (it looked like the same model without it);
+    a row at the defaults, or setting one to its default, says nothing more."""
     from rnnlab.bench.report import config_text
 
-    for name, on in (("plain", False), ("rescaled", True)):
+    settings = {"plain": {}, "default-said": {"tie_embeddings": True, "mlp_ratio": None},
+                "rescaled": {"rescale_prenorm_residual": True},
+                "untied-mlp": {"tie_embeddings": False, "mlp_ratio": 2.0}}
+    for name, model in settings.items():
         _synthetic_run(tmp_path, name, 1.5, 2.0, 20000.0)
         config = json.loads((tmp_path / name / "config.json").read_text())
-        config["model"]["rescale_prenorm_residual"] = on
+        config["model"].update(model)
         (tmp_path / name / "config.json").write_text(json.dumps(config))
     rows = {r["name"]: config_text(r) for r in aggregate(collect(tmp_path)["records"])}
-    assert rows == {"plain": "e1 64x2", "rescaled": "e1 64x2 rescale_prenorm_residual"}
+    assert rows == {"plain": "e1 64x2", "default-said": "e1 64x2", "rescaled": "e1 64x2 rescale_prenorm_residual=True",
+                    "untied-mlp": "e1 64x2 mlp_ratio=2.0 tie_embeddings=False"}

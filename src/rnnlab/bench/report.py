@@ -86,9 +86,10 @@ def fmt_mem(row: dict[str, Any]) -> str:
 
 
 def config_text(row: dict[str, Any]) -> str:
-    opts = layer_text(row.get("layer"))
-    rescaled = " rescale_prenorm_residual" if row.get("rescale_prenorm_residual") else ""
-    return f"{row['model']} {row['dim']}x{row['depth']}" + (f" {opts}" if opts else "") + rescaled
+    """``e1 1024x24 heads=16 rescale_prenorm_residual=True``: the model, its size, its layer options and
+    its other settings that differ from their defaults."""
+    texts = (layer_text(row.get("layer")), row.get("model_options"))
+    return f"{row['model']} {row['dim']}x{row['depth']}" + "".join(f" {t}" for t in texts if t)
 
 
 def md_table(header: list[str], body: list[list[str]]) -> str:

@@ -20,6 +20,15 @@ def layer_text(layer: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v}" for k, v in (layer or {}).items())
 
 
+def model_options_text(model: dict[str, Any]) -> str:
+    """A saved model config's settings beyond its kind, size and layer options that differ from their
+    defaults, as ``mlp_ratio=2.0 tie_embeddings=False`` ("" for none): a report's config cell names
+    them, or two models built differently would look the same."""
+    defaults = ModelConfig()
+    return " ".join(f"{k}={model[k]}" for k in _OPTION_FIELDS
+                    if k in model and model[k] != getattr(defaults, k))
+
+
 def unknown_layer_options(model: str, names) -> str | None:
     """The error line for those of ``names`` that are not options of ``model``'s layer, or None."""
     known = {f.name for f in dataclasses.fields(get_spec(model).config_cls)} - {"dim"}
@@ -116,3 +125,6 @@ class ModelConfig:
 
 
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig)) - {"layer", "vocab_size"}
+# the fields model_options_text names: all but the kind, the size and the layer's own options
+_OPTION_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)
+                  if f.name not in ("model", "dim", "depth", "vocab_size", "layer")]
