@@ -175,7 +175,8 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
     but the head count as in the race, on the race's data, optimizer and evaluation settings, for
     1,000 steps, captured: the race's runs at their step 1,000 are their 400M twins. Its warm-up arm
     is those four shapes again with a 100-step warm-up, nothing else changed; its precision arm the
-    400M pair of the warm-up arm in bf16-mixed, nothing else changed."""
+    400M pair of the warm-up arm in bf16-mixed, nothing else changed; its init arm that arm's 400M
+    Mamba2 with rescale_prenorm_residual, nothing else changed."""
     race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     plan = {p.name: p for p in plan_suite(load_suite("scale-1b"), tmp_path / "scale")}
     scale = {name: p for name, p in plan.items() if name.endswith("-1b")}
@@ -210,6 +211,12 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
         assert (p.cfg.model, p.cfg.data, p.cfg.optim, p.cfg.budget) == (same.model, same.data, same.optim,
                                                                         same.budget), name
         assert dataclasses.replace(p.cfg.run, out=None, precision="bf16") == dataclasses.replace(same.run, out=None)
+    rescaled, same = plan["mamba2-400m-warmup-rescaled"].cfg, arm["mamba2-400m-warmup"].cfg
+    assert rescaled.model.rescale_prenorm_residual and not same.model.rescale_prenorm_residual
+    assert (dataclasses.replace(rescaled.model, rescale_prenorm_residual=False), rescaled.data, rescaled.optim,
+            rescaled.budget) == (same.model, same.data, same.optim, same.budget)
+    assert dataclasses.replace(rescaled.run, out=None) == dataclasses.replace(same.run, out=None)
+    assert len(plan) == len(scale) + len(arm) + len(mixed) + 1
 
 
 def test_scaling_options(tmp_path):
