@@ -91,11 +91,18 @@ def test_bytecorpus_pipe(tmp_path):
                                         (b"\x50\x2a\x4d\x18\x04\x00\x00\x00", "Zstandard")])  # pzstd's first
 def test_bytecorpus_refuses_compressed_files(tmp_path, magic, kind):
     """A compressed shard given as a corpus is refused (it would train on its compressed bytes),
-    pointing to `rnnlab data prepare`; raw text that merely starts with one of those bytes is not
-    (nor text that starts "BZh9" as bzip2 does)."""
-    p = tmp_path / "shard.jsonl.x"
+    pointing to `rnnlab data prepare`, which unpacks a file by its name's ending: a name without it
+    is told to rename the file first (prepare refuses it too); raw text that merely starts with one of
+    those bytes is not refused (nor text that starts "BZh9" as bzip2 does)."""
+    suffix = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst", "bzip2": ".bz2"}[kind]
+    p = tmp_path / f"shard.jsonl{suffix}"
     p.write_bytes(magic + b"rest of the file" * 10)
-    with pytest.raises(ValueError, match=f"is {kind}-compressed.*rnnlab data prepare"):
+    with pytest.raises(ValueError, match=f"is {kind}-compressed, and rnnlab reads raw bytes: unpack it first "
+                                         f"\\(`rnnlab data prepare {p} --out FILE` for text or JSON lines\\)$"):
+        ByteCorpus(p)
+    p = p.rename(tmp_path / "shard.jsonl.x")
+    with pytest.raises(ValueError, match=f"is {kind}-compressed, and rnnlab reads raw bytes: unpack it first "
+                                         f"\\(rename it to end in \\{suffix}, then `rnnlab data prepare NEW_NAME"):
         ByteCorpus(p)
     p.write_bytes(magic[:1] + b"rest of the file" * 10)
     assert len(ByteCorpus(p)) == 161
@@ -133,12 +140,17 @@ def test_bytecorpus_refuses_a_tar_archive(tmp_path):
 
 def test_bytecorpus_refuses_json_lines(tmp_path):
     """A ``.jsonl`` file of JSON objects is refused, pointing to `rnnlab data prepare` (its text
-    would be trained on inside its JSON, escapes and all); a ``.jsonl`` name on other bytes is read."""
+    would be trained on inside its JSON, escapes and all), also after a BOM or blank lines; a
+    ``.jsonl`` name on other bytes is read."""
     p = tmp_path / "docs.jsonl"
     p.write_bytes(b'{"text": "one document"}\n' * 10)
     with pytest.raises(ValueError, match=r"^corpus file .*docs\.jsonl is JSON lines, and rnnlab reads raw bytes: "
                                          r"extract its text first \(`rnnlab data prepare .*docs\.jsonl --out FILE`\)$"):
         ByteCorpus(p)
+    for start in (b"\xef\xbb\xbf", b"\n", b" \r\n\n"):  # a BOM, blank lines: prepare reads its JSON after them
+        p.write_bytes(start + b'{"text": "one document"}\n' * 10)
+        with pytest.raises(ValueError, match="is JSON lines"):
+            ByteCorpus(p)
     p.write_bytes(b"plain text, named .jsonl\n" * 10)
     assert len(ByteCorpus(p)) == 250
 

@@ -34,6 +34,9 @@ def default_val_path() -> Path:
 
 # The first bytes of the compressed files `rnnlab data prepare` unpacks, which a corpus must not be
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\xfd7zXZ\x00": "xz", b"\x28\xb5\x2f\xfd": "Zstandard"}
+# the name's ending that makes `rnnlab data prepare` unpack each compressed format
+SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst", "bzip2": ".bz2"}
+UTF8_BOM = b"\xef\xbb\xbf"
 MAGIC_BYTES = 10  # what compression_of reads: bzip2's magic and first block's (or end's) is the longest
 # bzip2: "BZh", the block size 1-9, then a block's magic (pi) or, for an empty stream, the end's (sqrt(pi))
 _BZIP2 = re.compile(rb"BZh[1-9](1AY&SY|\x17rE8P\x90)")
@@ -84,14 +87,18 @@ class ByteCorpus:
         self.data = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(size,))
         head = bytes(self.data[:MAGIC_BYTES])
         if kind := compression_of(head):
+            suffix = SUFFIX_OF[kind]  # the name's ending that makes prepare unpack it
+            how = (f"`rnnlab data prepare {self.path} --out FILE`" if self.path.name.endswith(suffix) else
+                   f"rename it to end in {suffix}, then `rnnlab data prepare NEW_NAME --out FILE`")
             raise ValueError(f"corpus file {self.path} is {kind}-compressed, and rnnlab reads raw bytes: "
-                             f"unpack it first (`rnnlab data prepare {self.path} --out FILE` for text or JSON lines)")
+                             f"unpack it first ({how} for text or JSON lines)")
         # a tar archive's headers and NUL padding around the files' bytes are no text either
         archive = "zip" if head.startswith(ZIP_MAGIC) else "tar" if is_tar(bytes(self.data[:TAR_HEAD])) else None
         if archive:
             raise ValueError(f"corpus file {self.path} is a {archive} archive, and rnnlab reads raw bytes: extract "
                              f"its files first, then `rnnlab data prepare FILES --out FILE` joins them")
-        if self.path.suffix == ".jsonl" and head.startswith(b"{"):  # its text would be read with the JSON around it
+        # its text would be read with the JSON around it (prepare reads JSON lines after a BOM or blank lines)
+        if self.path.suffix == ".jsonl" and bytes(self.data[:4096]).removeprefix(UTF8_BOM).lstrip().startswith(b"{"):
             raise ValueError(f"corpus file {self.path} is JSON lines, and rnnlab reads raw bytes: extract its "
                              f"text first (`rnnlab data prepare {self.path} --out FILE`)")
 

@@ -45,7 +45,8 @@ from pathlib import Path
 import zstandard
 from tqdm import tqdm
 
-from rnnlab.data.corpus import COMPRESSED_MAGIC, MAGIC_BYTES, TAR_HEAD, ZIP_MAGIC, compression_of, is_tar
+from rnnlab.data.corpus import (COMPRESSED_MAGIC, MAGIC_BYTES, SUFFIX_OF, TAR_HEAD, ZIP_MAGIC, compression_of,
+                                is_tar)
 from rnnlab.errors import name_file, naming
 
 # Bytes per read, compressed or not. Decompressing one such read of Zstandard, xz or bzip2 (each
@@ -63,7 +64,6 @@ class Bzip2Error(ValueError):
 CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, Bzip2Error)
 # the suffix that unpacks each compressed format corpus.compression_of recognises; a file named
 # with one of them is read through its decompressor
-SUFFIX_OF = {"gzip": ".gz", "xz": ".xz", "Zstandard": ".zst", "bzip2": ".bz2"}
 COMPRESSIONS = tuple(SUFFIX_OF.values())
 KIND_OF = {suffix: kind for kind, suffix in SUFFIX_OF.items()}  # ".gz" -> "gzip"
 # how a file named with each suffix starts: its format's magic (bzip2's "BZh" and block size 1-9 before a
