@@ -1854,16 +1854,28 @@ def test_parameter_counts_exactly_10_percent_apart_still_compare():
 
 def test_sweep_table_cells_are_each_metrics_mean_and_std():
     """The sweep table: a row's point on each axis ("-" off it), then params, loss, held-out bpb
-    and tok/s, each its own mean ± std."""
+    and tok/s, each its own mean ± std, saying over how many runs where some seeds lack it; where a
+    point used Schedule-Free, its held-out bpb at the training point y too (what the sweep plot
+    draws: the table showed x alone, a different number)."""
     from rnnlab.bench.report import sweep_table
 
-    rows = [{"point": {"lr": 0.001}, "params": 57_900, "loss": 1.5, "loss_std": 0.1, "val_bpb": 2.0,
-             "val_bpb_std": 0.02, "tok_per_s": 20000.0, "tok_per_s_std": 1000.0, "status": "complete"},
-            {"point": None, "params": None, "loss": None, "loss_std": None, "val_bpb": 2.25, "val_bpb_std": None,
-             "tok_per_s": 999.0, "tok_per_s_std": None, "status": "complete"}]
+    def row(point, params, n=2, **m):
+        r = {"point": point, "params": params, "status": "complete", "n_used": 2}
+        for k in ("loss", "val_bpb", "val_bpb_train_point", "tok_per_s"):
+            r |= {k: m.get(k), k + "_std": m.get(k + "_std"), k + "_n": n if m.get(k) is not None else 0}
+        return r
+
+    rows = [row({"lr": 0.001}, 57_900, loss=1.5, loss_std=0.1, val_bpb=2.0, val_bpb_std=0.02, tok_per_s=20000.0,
+                tok_per_s_std=1000.0),
+            row(None, None, n=1, val_bpb=2.25, tok_per_s=999.0)]
     assert sweep_table(rows, ["lr"]).splitlines() == [
         "| lr | Params | Loss | held-out bpb | Tok/s |", "|---|---|---|---|---|",
-        "| 0.001 | 57.9K | 1.5000 ± 0.1000 | 2.0000 ± 0.0200 | 20.0K ± 1.00K |", "| - | - | - | 2.2500 | 999 |"]
+        "| 0.001 | 57.9K | 1.5000 ± 0.1000 | 2.0000 ± 0.0200 | 20.0K ± 1.00K |",
+        "| - | - | - | 2.2500 (1 of 2 runs) | 999 (1 of 2 runs) |"]
+    rows[0] |= {"val_bpb_train_point": 1.9, "val_bpb_train_point_n": 2}
+    assert sweep_table(rows, ["lr"]).splitlines()[::2] == [
+        "| lr | Params | Loss | held-out bpb | held-out bpb (train point) | Tok/s |",
+        "| 0.001 | 57.9K | 1.5000 ± 0.1000 | 2.0000 ± 0.0200 | 1.9000 | 20.0K ± 1.00K |"]
 
 
 def test_a_sweep_point_not_complete_is_marked_in_the_sweep_table_and_hollow_in_its_plot(tmp_path):
@@ -2267,7 +2279,8 @@ def test_equal_bytes_marks_of_a_small_run_name_their_bytes(tmp_path):
 def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     """loss_vs_depth: Mamba2 at two depths is a line; two E1 runs that differ in layer options too
     (the race's 2.5x-expansion E1 and its 14-head E1) are not; one model at two depths under two
-    learning rates is two lines, each named by its rate; the line's points are in depth order."""
+    learning rates is two lines, each named by its rate, and so is one at two depths under two model
+    settings (mlp_ratio) or two swept seeds; the line's points are in depth order."""
     from rnnlab.bench import plots as P
 
     def row(model, depth, loss, layer=None):
@@ -2293,6 +2306,13 @@ def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     solved = [dict(row("e1", d, 1.0), dim=w, target_params=50_000) for d, w in ((2, 64), (4, 48))]
     assert P.loss_vs_depth_figure(P._depth_series(solved)).axes[0].get_xlabel() == (
         "depth (width solved for the parameter budget)")
+    # rows apart in a model setting, or in another swept value (a seed), are lines of their own, named by it
+    mlp = [dict(row("e1", d, 1.0 + d / 100), model_options=o) for d in (1, 2) for o in ("mlp_ratio=1.0", "")]
+    assert {k: [r["depth"] for r in rs] for k, rs in P._depth_series(mlp).items()} == {
+        "e1 mlp_ratio=1.0": [1, 2], "e1": [1, 2]}
+    seeds = [dict(row("e1", d, 1.0 + d / 100 + s / 1000), point={"seed": s, "depth": d}) for d in (1, 2) for s in (1, 2)]
+    assert {k: [r["point"]["seed"] for r in rs] for k, rs in P._depth_series(seeds).items()} == {
+        "e1 seed=1": [1, 1], "e1 seed=2": [2, 2]}
 
 
 def test_depth_plot_says_widths_were_solved_only_where_the_suite_solved_them(tmp_path):
@@ -2680,6 +2700,28 @@ def test_a_rerun_sweep_finds_its_points_whatever_the_order_or_spelling_of_its_ax
     # a whole number spelt as an int or a float is one value (parse_set refuses 1 beside 1.0 as a repeat)
     more = keep_earlier_names(build_sweep(base, ["batch_size=4.0", "lr=0.001"], name="sweep-o"), out)
     assert [r.name for r in more.runs] == ["lr-1e-3_batch_size-4"]
+    # a value its field stores otherwise: grad_clip 0 is null (no clipping)
+    clip = tmp_path / "clip"
+    write_plan(off := build_sweep(base, ["grad_clip=0,1"], name="sweep-clip"), plan_suite(off, clip), clip, "a", {})
+    again = keep_earlier_names(build_sweep(base, ["grad_clip=null,1.0"], name="sweep-clip"), clip)
+    assert [r.name for r in again.runs] == ["grad_clip-0", "grad_clip-1"]
+
+
+@pytest.mark.parametrize("sets,why", [(["grad_clip=0,null"], " (0 and null both mean no clipping)"),
+                                      (["lr_schedule=cosine,constant"], " (Schedule-Free ignores lr_schedule)"),
+                                      (["lr=1e-3", "grad_clip=null,0"], " (0 and null both mean no clipping)")])
+def test_sweep_points_that_would_train_the_same_run_are_refused(tmp_path, sets, why):
+    """Two values that parse apart but train alike (grad_clip 0 and null; lr_schedule under
+    Schedule-Free) would be two folders training one run: refused in one line naming both points
+    and why. Under AdamW lr_schedule's values are two runs."""
+    base = {"model": "mingru", "depth": 1, "dim": 16}
+    sweep = build_sweep(base, sets, name="sweep-x")
+    a, b = (r.name for r in sweep.runs)
+    with pytest.raises(ValueError, match=f"^--set points {re.escape(a)} and {re.escape(b)} would train the same run"
+                                         f"{re.escape(why)}: drop one value$"):
+        plan_suite(sweep, tmp_path / "x")
+    adamw = build_sweep(base, ["lr_schedule=cosine,constant"], name="sweep-y", defaults={"optimizer": "adamw"})
+    assert len(plan_suite(adamw, tmp_path / "y")) == 2
 
 
 def test_a_sweep_rerun_with_seeds_keeps_the_seedless_run_of_a_seed_it_lists(tmp_path, monkeypatch, capsys):

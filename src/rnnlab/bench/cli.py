@@ -21,7 +21,8 @@ from rnnlab.errors import counted
 from rnnlab.models.config import layer_text
 from rnnlab.models.params import count_arg
 from rnnlab.options import checked, path_arg
-from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values
+from rnnlab.train.config import (FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values,
+                                 training_settings)
 
 
 def _common_flags(p) -> None:
@@ -203,9 +204,8 @@ def varying_settings(plan) -> dict[str, str]:
     rows that differ in batch, seed or optimizer settings say so before anything trains. AdamW's
     ``lr_schedule`` is a setting of AdamW's runs only (Schedule-Free ignores it)."""
     def flat(cfg) -> dict:  # the run's fields and its model's side by side
-        d = cfg.to_dict()
-        return {k: v for k, v in {**d, **d["model"]}.items()
-                if k not in _PLAN_COLUMNS and (k != "lr_schedule" or cfg.optim.optimizer == "adamw")}
+        d = training_settings(cfg)
+        return {k: v for k, v in {**d, **d["model"]}.items() if k not in _PLAN_COLUMNS}
 
     configs = {pr.label: flat(pr.cfg) for pr in plan}
     keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)

@@ -284,28 +284,31 @@ def tok_bar_figure(rows, colors):
 
 def _depth_series(rows) -> dict[str, list[dict]]:
     """Rows that differ in depth (and the width solved for it) alone, as one series each: the same
-    model kind, layer options and protocol (budget, optimizer, batch, ...) at two or more depths.
+    model kind, layer options, model settings (``mlp_ratio=2.0``...), protocol (budget, optimizer,
+    batch, ...) and other swept values (a sweep's seed, eps, ...) at two or more depths.
     An E1 of 2.5x expansion at 19 layers and an E1 of 14 heads at 31 are two models, not a depth
     curve; a model at two depths and two learning rates is two curves, and so is one at two depths
     and two widths set for them (a sweep over depth and dim)."""
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], tuple[dict, list[dict]]] = {}
     for r in rows:
         if r["loss"] is not None and r.get("depth") is not None:
             options = " ".join(f"{k}={v}" for k, v in sorted((r.get("layer") or {}).items()))
-            protocol = json.dumps(r.get("protocol") or {}, sort_keys=True, default=str)
-            groups.setdefault((f"{r['model']} {options}".strip(), protocol), []).append(r)
+            label = " ".join(t for t in (r["model"], options, r.get("model_options")) if t)
+            swept = {k: v for k, v in (r.get("point") or {}).items() if k not in ("depth", "dim")}
+            settings = {**(r.get("protocol") or {}), **swept}
+            key = (label, json.dumps(settings, sort_keys=True, default=str))
+            groups.setdefault(key, (settings, []))[1].append(r)
     curves = []
-    for (label, _), rs in groups.items():
+    for (label, _), (settings, rs) in groups.items():
         if len({r["depth"] for r in rs}) < len(rs):  # two rows at one depth: widths set apart (--set dim=.. depth=..)
             dims = dict.fromkeys(r.get("dim") for r in rs)
             parts = {f"{label} dim={d}".strip(): [r for r in rs if r.get("dim") == d] for d in dims}
         else:
             parts = {label: rs}
-        curves += [(lab, p) for lab, p in parts.items() if len({r["depth"] for r in p}) > 1]
+        curves += [(lab, settings, p) for lab, p in parts.items() if len({r["depth"] for r in p}) > 1]
     series: dict[str, list[dict]] = {}
-    for label, rs in curves:  # one model under two protocols: named by the settings apart ("e1 lr=0.001")
-        mine = rs[0].get("protocol") or {}
-        others = [p[0].get("protocol") or {} for lab, p in curves if lab == label and p is not rs]
+    for label, mine, rs in curves:  # one model under two protocols: named by the settings apart ("e1 lr=0.001")
+        others = [o for lab, o, p in curves if lab == label and p is not rs]
         apart = [k for k in mine if any(o.get(k) != mine[k] for o in others)]
         name = " ".join([label, *(f"{k}={mine[k]}" for k in apart)])
         series[name if name not in series else f"{name} ({len(series) + 1})"] = rs

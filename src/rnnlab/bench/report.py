@@ -384,16 +384,20 @@ def differing_param_counts(rows: list[dict[str, Any]]) -> str | None:
 
 def sweep_table(rows: list[dict[str, Any]], axes: list[str]) -> str:
     """A row per point: its value on each axis (the last marked when the point is not complete, as the
-    results table marks it), params, loss, held-out bpb and tok/s."""
+    results table marks it), params, loss, held-out bpb (and, where a point used Schedule-Free, at
+    its training point y: what the sweep's plot draws) and tok/s; a metric some of a point's seeds
+    lack says over how many it is."""
+    at_y = any(r["val_bpb_train_point"] is not None for r in rows)
+    metrics = [("loss", fmt_loss), ("val_bpb", fmt_loss), *([("val_bpb_train_point", fmt_loss)] if at_y else []),
+               ("tok_per_s", fmt_count)]
     body = []
     for r in rows:
         p = r.get("point") or {}
         point = [str(p.get(a, "-")) for a in axes]
         point[-1] += status_note(r)
-        body.append(point + [
-            fmt_count(r["params"]), _pm(r["loss"], r["loss_std"], fmt_loss),
-            _pm(r["val_bpb"], r["val_bpb_std"], fmt_loss), _pm(r["tok_per_s"], r["tok_per_s_std"], fmt_count)])
-    return md_table(list(axes) + ["Params", "Loss", "held-out bpb", "Tok/s"], body)
+        body.append(point + [fmt_count(r["params"])] + [metric_cell(r, k, f) for k, f in metrics])
+    header = ["Params", "Loss", "held-out bpb", *(["held-out bpb (train point)"] if at_y else []), "Tok/s"]
+    return md_table(list(axes) + header, body)
 
 
 # ------------------------------------------------------------------------------------ header

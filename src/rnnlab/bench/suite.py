@@ -65,7 +65,8 @@ from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import count_params, parse_count, solve_dim
 from rnnlab.options import check, check_value, normalize, unknown_keys_hint
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, MODEL_KEYS, OTHER_NAMES, RUNNER_KEYS, TrainConfig,
-                                  apply_overrides, legacy_hint, resume_mismatch, shown_setting)
+                                  apply_overrides, comparable, legacy_hint, resume_mismatch, shown_setting,
+                                  training_settings)
 from rnnlab.train.rundir import RunDir, read_json, write_json
 from rnnlab.data import heldout_split
 from rnnlab.train.runtime import command_argv, final_scores_lacking
@@ -438,7 +439,28 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
             pr = PlannedRun(name=run.name, seed=seed, dir=d, cfg=c, params=n_params, target_params=target,
                             point=run.point)
             plan.append(_trained_without_seeds(pr) or pr)
+    _refuse_runs_alike(suite, plan)
     return plan
+
+
+# why two values of a key can train the same run
+_SAME_TRAINING = {"grad_clip": "0 and null both mean no clipping", "lr_schedule": "Schedule-Free ignores lr_schedule"}
+
+
+def _refuse_runs_alike(suite: Suite, plan: list[PlannedRun]) -> None:
+    """Two points of a sweep that would train the same thing (``training_settings`` equal), as
+    ``--set grad_clip=0,null`` would, refused in one line: two folders, one run trained twice. (A
+    suite may repeat a run on purpose: e88-recipe-400m's ``-rerun`` row.)"""
+    if not suite.sweep:
+        return
+    seen: dict[str, PlannedRun] = {}
+    for pr in plan:
+        first = seen.setdefault(json.dumps(comparable(training_settings(pr.cfg)), sort_keys=True, default=str), pr)
+        if first is not pr:
+            apart = [k for k in pr.point if comparable(pr.point[k]) != comparable(first.point.get(k))]
+            why = "; ".join(_SAME_TRAINING[k] for k in apart if k in _SAME_TRAINING)
+            raise ValueError(f"--set points {first.dir.name} and {pr.dir.name} would train the same run"
+                             + (f" ({why})" if why else "") + ": drop one value")
 
 
 def _trained_without_seeds(pr: PlannedRun) -> PlannedRun | None:

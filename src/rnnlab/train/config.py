@@ -561,6 +561,16 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     return cfg
 
 
+def training_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """What makes ``cfg``'s training what it is, in ``to_dict``'s form: every field but the run's
+    folder (``out``) and, under Schedule-Free (which ignores it), ``lr_schedule``. Two runs equal
+    here train the same thing."""
+    d = {k: v for k, v in cfg.to_dict().items() if k != "out"}
+    if cfg.optim.optimizer != "adamw":
+        d.pop("lr_schedule")
+    return d
+
+
 def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
                     keys: Iterable[str] | None = None) -> tuple[str, Any, Any] | None:
     """First field (dotted name, saved value, new value) that differs and matters for resuming
