@@ -1789,6 +1789,12 @@ def test_report_row_averages_its_complete_seeds_only(tmp_path):
     assert "| m (partial: 0 of 1 runs complete) | 400M | 2.5000 | 3.0000 |" in md
     assert "| f (failed: 0 of 2 runs complete) | 400M | 4.5000 ± 0.0000 | 5.0000 ± 0.0000 |" in md
     assert "- `f-s1`: failed (RuntimeError: loss is nan), 10 steps done" in md
+    # an interrupted run whose last evaluation is of an earlier step says so (its bpb beside a later loss)
+    _set_summary(tmp_path, "m", val_step=4)
+    md = write_report(tmp_path, plots=False)["md"].read_text()
+    assert "| m (partial: 0 of 1 runs complete; held-out bpb of step 4) | 400M | 2.5000 | 3.0000 |" in md
+    _set_summary(tmp_path, "m", val_step=10)  # of its last step: nothing to say
+    assert "| m (partial: 0 of 1 runs complete) |" in write_report(tmp_path, plots=False)["md"].read_text()
 
 
 def test_a_rows_steps_and_settings_are_its_complete_runs_even_when_an_unfinished_one_comes_first(tmp_path):
@@ -2846,6 +2852,12 @@ def test_report_compares_decay_rates_only_where_a_model_has_them(tmp_path):
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "decay rates: e1-old decayed; mamba2-new spared" in md
     assert "; weight decay not on A_log, dt_bias, D (the models' decay rates)" in md
+    # a sweep over decay_marked differs there by design: no warning
+    from rnnlab.bench.report import protocol_differences
+
+    rows = aggregate(collect(tmp_path)["records"])
+    assert any(line.startswith("decay rates:") for line in protocol_differences(rows))
+    assert not any(line.startswith("decay rates:") for line in protocol_differences(rows, {"decay_marked": [1, 0]}))
 
 
 def test_recorded_command_names_rnnlab_not_this_machines_path(monkeypatch):

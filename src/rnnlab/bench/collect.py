@@ -181,6 +181,9 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                        "missing" if all(r["status"] == "missing" for r in recs) else "partial"),
             # a --minutes budget's seeds run different step counts: the row shows their mean
             "steps": mean_count([r["summary"].get("steps") for r in use]),
+            # an interrupted run's held-out scores may be of an earlier step than its other numbers
+            "val_steps_behind": sorted({r["summary"]["val_step"] for r in use
+                                        if r["summary"].get("val_step") not in (None, r["summary"].get("steps"))}),
             "tokens": mean_count([r["summary"].get("tokens") for r in use]),
             "dirs": [r["dir"] for r in recs],
             "protocol": {**{k: c.get(k) for k in BUDGET_KEYS}, **{k: protocol_value(c, k) for k in PROTOCOL_KEYS},

@@ -112,10 +112,14 @@ def metric_cell(row: dict[str, Any], key: str, fmt) -> str:
 
 
 def status_note(row: dict[str, Any]) -> str:
-    """What a table adds to a row that is not complete (`` (failed: 0 of 2 runs complete)``), else ""."""
+    """What a table adds to a row that is not complete (`` (failed: 0 of 2 runs complete)``), and
+    where an interrupted run's held-out scores are of an earlier step than its other numbers
+    (``; held-out bpb of step 200``), else ""."""
     if row["status"] == "complete":
         return ""
-    return f" ({row['status']}: {row['n_complete']} of {row['n_runs']} runs complete)"
+    behind = row.get("val_steps_behind")
+    at = f"; held-out bpb of step {', '.join(f'{s:,}' for s in behind)}" if behind else ""
+    return f" ({row['status']}: {row['n_complete']} of {row['n_runs']} runs complete{at})"
 
 
 def main_table(rows: list[dict[str, Any]]) -> str:
@@ -358,7 +362,7 @@ def protocol_differences(rows: list[dict[str, Any]], swept: Any = ()) -> list[st
              # weight decay on A_log, dt_bias, D, among the rows whose models have them
              "decay rates": {r["name"]: r["protocol"]["decay_rates"] for r in rows if r["protocol"]["decay_rates"]}}
     for key, values in keyed.items():
-        if key in swept:
+        if key in swept or (key == "decay rates" and "decay_marked" in swept):  # the sweep's decay_marked axis
             continue
         groups: list[tuple[Any, list[str]]] = []  # values equal as _same says (floats to rounding)
         for name, v in values.items():
