@@ -340,6 +340,14 @@ CASES = [
      "--set layer.heads given twice: list all its values in one --set layer.heads=V1,V2,..."),
     ("sweep_axis_unknown", ["sweep", *TINY[:6], "--set", "lrate=1e-4,1e-3", "--out", "{new}"],
      "--set: unknown key 'lrate'; use a config field (batch_size, betas,"),
+    ("sweep_list_axis_unbracketed", ["sweep", *TINY, "--set", "betas=0.9,0.99", "--out", "{new}"],
+     "--set 'betas=0.9,0.99' gives betas single values, and each of its values is a list, in brackets: "
+     "--set betas=[0.9,0.99] is one"),
+    ("sweep_point_refused", ["sweep", *TINY, "--set", "weight_decay=-1,0", "--out", "{new}"],
+     "sweep-new-run, point weight_decay--1: weight_decay must be"),
+    ("sweep_points_alike", ["sweep", *TINY, "--set", "grad_clip=0,null", "--out", "{new}"],
+     "--set points grad_clip-0 and grad_clip-null would train the same run (0 and null both mean no clipping): "
+     "drop one value"),
     ("report_empty_path", ["report", ""], "argument DIR: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("report_at_bytes_not_counts", ["report", "{run}", "--at-bytes", "20M,lots"],
      "argument --at-bytes: must be training byte counts separated by commas, e.g. 20M,45M, got '20M,lots'"),

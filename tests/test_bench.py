@@ -1787,7 +1787,7 @@ def test_report_row_averages_its_complete_seeds_only(tmp_path):
         _set_summary(tmp_path, f"f-s{seed}", complete=False, **({"error": "RuntimeError: loss is nan"} if seed == 1 else {}))
     md = write_report(tmp_path, plots=False)["md"].read_text()
     assert "| m (partial: 0 of 1 runs complete) | 400M | 2.5000 | 3.0000 |" in md
-    assert "| f (failed: 0 of 2 runs complete) | 400M | 4.5000 ± 0.0000 | 5.0000 ± 0.0000 |" in md
+    assert "| f (failed: 0 of 2 runs complete, 1 failed) | 400M | 4.5000 ± 0.0000 | 5.0000 ± 0.0000 |" in md
     assert "- `f-s1`: failed (RuntimeError: loss is nan), 10 steps done" in md
     # an interrupted run whose last evaluation is of an earlier step says so (its bpb beside a later loss)
     _set_summary(tmp_path, "m", val_step=4)
@@ -1795,6 +1795,9 @@ def test_report_row_averages_its_complete_seeds_only(tmp_path):
     assert "| m (partial: 0 of 1 runs complete; held-out bpb of step 4) | 400M | 2.5000 | 3.0000 |" in md
     _set_summary(tmp_path, "m", val_step=10)  # of its last step: nothing to say
     assert "| m (partial: 0 of 1 runs complete) |" in write_report(tmp_path, plots=False)["md"].read_text()
+    # a row of complete and failed seeds says how many failed ("partial" alone read as stopped)
+    _set_summary(tmp_path, "e1-s3", error="RuntimeError: loss is nan")
+    assert "| e1 (partial: 2 of 3 runs complete, 1 failed) |" in write_report(tmp_path, plots=False)["md"].read_text()
 
 
 def test_a_rows_steps_and_settings_are_its_complete_runs_even_when_an_unfinished_one_comes_first(tmp_path):

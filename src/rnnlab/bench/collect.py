@@ -173,6 +173,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "target_params": first.get("target_params"),  # suite.json's: the width was solved for it
             "seeds": [run_seed(r) for r in use],
             "n_runs": len(recs), "n_complete": len(done), "n_used": len(use), "point": first.get("point"),
+            "n_failed": sum(r["status"] == "failed" for r in recs),
             # none complete and one failed: "failed", asked before ``use`` (a failed run wrote
             # summary.json, its numbers and error, so it is among them); "missing" when no run was
             # started (a run still training, or killed before its summary, is there: "partial")

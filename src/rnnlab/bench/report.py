@@ -112,14 +112,16 @@ def metric_cell(row: dict[str, Any], key: str, fmt) -> str:
 
 
 def status_note(row: dict[str, Any]) -> str:
-    """What a table adds to a row that is not complete (`` (failed: 0 of 2 runs complete)``), and
+    """What a table adds to a row that is not complete (`` (partial: 1 of 3 runs complete, 2 failed)``), and
     where an interrupted run's held-out scores are of an earlier step than its other numbers
     (``; held-out bpb of step 200``), else ""."""
     if row["status"] == "complete":
         return ""
     behind = row.get("val_steps_behind")
     at = f"; held-out bpb of step {', '.join(f'{s:,}' for s in behind)}" if behind else ""
-    return f" ({row['status']}: {row['n_complete']} of {row['n_runs']} runs complete{at})"
+    n_failed = row.get("n_failed") or 0  # said by the status alone where every run failed
+    failed = f", {n_failed} failed" if n_failed and not (row["status"] == "failed" and n_failed == row["n_runs"]) else ""
+    return f" ({row['status']}: {row['n_complete']} of {row['n_runs']} runs complete{failed}{at})"
 
 
 def main_table(rows: list[dict[str, Any]]) -> str:

@@ -125,8 +125,13 @@ class Suite:
 
     @property
     def where(self) -> str:
-        """How an error names the suite (``suite_where``)."""
-        return suite_where(self.name, self.path)
+        """How an error names the suite (``suite_where``), or the sweep (its name, ``sweep-FOLDER``)."""
+        return self.name if self.sweep else suite_where(self.name, self.path)
+
+    @property
+    def member(self) -> str:
+        """What an error calls one of its runs: a sweep's are its points."""
+        return "point" if self.sweep else "run"
 
 
 @dataclass
@@ -419,7 +424,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
             apply_overrides(cfg, run.overrides, source=f"suite {suite.name} run {run.name}")
             apply_overrides(cfg, overrides, source="flag")
         except ValueError as e:
-            raise ValueError(f"{suite.where}, run {run.name}: {e}") from None
+            raise ValueError(f"{suite.where}, {suite.member} {run.name}: {e}") from None
         for seed in (seed_list or [None]):
             c = copy.deepcopy(cfg)
             if seed is not None:
@@ -435,7 +440,7 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
                             f"--minutes needs schedulefree-adamw)")
                 elif isinstance(e, FileNotFoundError):
                     hint = relative_path_hint(suite, run, overrides, str(e))
-                raise type(e)(f"{suite.where}, run {d.name}: {e}{hint}") from None
+                raise type(e)(f"{suite.where}, {suite.member} {d.name}: {e}{hint}") from None
             pr = PlannedRun(name=run.name, seed=seed, dir=d, cfg=c, params=n_params, target_params=target,
                             point=run.point)
             plan.append(_trained_without_seeds(pr) or pr)

@@ -24,6 +24,7 @@ import itertools
 import json
 import os
 import re
+import typing
 from pathlib import Path
 
 from rnnlab.bench.suite import SUITE_FILE, RunSpec, Suite, sweep_description
@@ -107,6 +108,10 @@ def parse_axes(sets: list[str]) -> list[tuple[str, list[str], list]]:
     for item in sets:
         key, raw, vals = parse_set(item)
         _check_key(key)
+        if key in FIELDS and typing.get_origin(FIELDS[key][1].type) is tuple and not any(isinstance(v, list)
+                                                                                          for v in vals):
+            raise ValueError(f"--set {item!r} gives {key} single values, and each of its values is a list, in "
+                             f"brackets: --set {key}=[{','.join(raw)}] is one")
         if any(key == a[0] for a in axes):
             raise ValueError(f"--set {key} given twice: list all its values in one --set {key}=V1,V2,...")
         axes.append((key, raw, vals))
