@@ -383,6 +383,10 @@ CASES = [
     ("gradflow_last_whole_sequence", ["analyze", "gradflow", "--run", "{run}", "--last", "32"],
      "--last (32) must be below the sequence length (32)"),
     ("params_dim_zero", ["params", "--model", "e1", "--dim", "0"], "--dim must be a positive integer"),
+    ("params_mlp_of_no_units", ["params", "--model", "e1", "--dim", "64", "--mlp-ratio", "0.001"],
+     "--mlp-ratio must give an MLP of at least one unit at dim 64, got 0.001 (0 means no MLP)"),
+    ("params_target_option_no_width_takes", ["params", "--model", "transformer", "--target", "1M", "--layer",
+                                             "head_dim=3"], "transformer layer option head_dim must be even for RoPE"),
     ("params_head_dim", ["params", "--model", "transformer", "--dim", "96"],  # what would fit
      "head_dim must divide --dim (96), got 64: --layer head_dim=48 fits, or another even divisor of 96"),
     ("gradflow_batches_zero", ["analyze", "gradflow", "--run", "{run}", "--batches", "0"],

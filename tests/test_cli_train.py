@@ -308,6 +308,11 @@ def test_doctor_gives_each_dependencys_version(monkeypatch):
         if report[key].startswith("ok"):
             assert report[key] == f"ok {metadata.version(dist)}", (key, report[key])
     assert report["schedulefree"] != "ok"  # installed with the package: its version shows
+    real = metadata.version  # a transformers that rnnlab.hf refuses imports, but is no "ok"
+    monkeypatch.setattr(metadata, "version", lambda d: "4.57.1" if d == "transformers" else real(d))
+    assert doctor.report()["transformers (rnnlab export)"] == (
+        "unavailable (transformers 4.57.1 is installed; rnnlab.hf needs transformers>=5.24,<6 (pip install "
+        "'rnnlab[hf]'))")
     monkeypatch.setattr(metadata, "version", lambda d: (_ for _ in ()).throw(metadata.PackageNotFoundError(d)))
     assert doctor.report()["rnnlab"] == "not installed (run from its source tree)"
 

@@ -165,7 +165,7 @@ def test_every_field_is_type_checked(key):
     ({"val_fraction": 1.0}, "val_fraction must be a number in (0, 1), got 1"),
     ({"betas": 5}, "betas must be two numbers in [0, 1), got 5"),
     ({"mlp_ratio": "two"}, "mlp_ratio must be a finite number >= 0 (at most 64), got 'two'"),
-    ({"mlp_ratio": 0.001}, "mlp_ratio 0.001 gives an MLP of no units at dim 256 (0 means no MLP)"),
+    ({"mlp_ratio": 0.001}, "mlp_ratio must give an MLP of at least one unit at dim 256, got 0.001 (0 means no MLP)"),
     ({"layer": 5}, "layer must be a table of options, got 5"),
     ({"layer": {"heads": "two"}}, "e1 layer option heads must be a positive integer (at most 65,536), got 'two'"),
     ({"vocab_size": 300}, "vocab_size must be one of 256, got 300"),

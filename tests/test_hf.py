@@ -273,7 +273,8 @@ def test_right_padding_is_accepted_and_generate_after_it_refused(exported):
     # generate on right-padded prompts of unequal length appends bytes after the pads: refused
     # in one message that names what works (README, Hugging Face models)
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    with pytest.raises(ValueError, match=r"generate: batch prompts of equal length, or one at a time"):
+    with pytest.raises(ValueError, match=r"generate: pad on the left \(a tokenizer loaded with padding_side=\"left\"\), "
+                                         r"batch prompts of equal length, or one at a time\)$"):
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
     assert model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
                           do_sample=False).shape == (2, 5)
@@ -341,6 +342,10 @@ def test_a_transformer_refuses_left_padding_in_one_line(exported):
                                              r"\(left padding\)") as err:
             call()
         assert "\n" not in str(err.value) and "one at a time" in str(err.value)
+    # generate after right padding names no left padding, which it would refuse too
+    ids, mask = torch.tensor([[104, 105, 0], [104, 105, 106]]), torch.tensor([[1, 1, 0], [1, 1, 1]])
+    with pytest.raises(ValueError, match=r"\(generate: batch prompts of equal length, or one at a time\)$"):
+        model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
 
 
 def test_lm_eval_generate_until_of_a_batch_equals_one_at_a_time(exported):
@@ -366,7 +371,7 @@ def test_generate_of_one_byte_after_right_padding_is_refused(exported):
     model = AutoModelForCausalLM.from_pretrained(exported["e1"][1])
     ids = torch.tensor([[104, 105, 0], [104, 105, 106]])
     mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
-    with pytest.raises(ValueError, match=r"generate: batch prompts of equal length, or one at a time"):
+    with pytest.raises(ValueError, match=r"follow its pads \(generate: pad on the left"):
         model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=1, do_sample=False)
 
 

@@ -200,9 +200,13 @@ def test_solver_steps_over_widths_the_layer_refuses(model, layer, grid, capsys, 
 
 
 def test_solver_reports_an_option_no_width_takes():
-    """An option that no width takes is still refused with the layer's own message."""
+    """An option that no width takes is still refused with the layer's own message, at a width its
+    whole-number options divide (so the message is why no width takes it)."""
     with pytest.raises(ValueError, match="e1 layer option heads must divide the state width"):
         solve_dim(ModelConfig("e1", 64, 2, layer={"heads": 65536, "expansion": 0.5}), 1_000_000)
+    # its own reason, not that it does not divide the narrowest width tried (64: 3 divides 192)
+    with pytest.raises(ValueError, match=r"^transformer layer option head_dim must be even for RoPE, got 3$"):
+        solve_dim(ModelConfig("transformer", 64, 2, layer={"head_dim": 3}), 1_000_000)
 
 
 def test_solver_says_when_no_width_the_layer_takes_reaches_the_target():

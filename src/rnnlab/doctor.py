@@ -46,6 +46,7 @@ def _mamba2_backend(backend: str, fused: bool) -> str:
 def report() -> dict[str, str]:
     import torch
 
+    from rnnlab.hf import transformers_problem
     from rnnlab.layers import gdn
     from rnnlab.layers.mamba2 import causal_conv1d_available, resolve_backend
     from rnnlab.ops import OPS
@@ -67,7 +68,9 @@ def report() -> dict[str, str]:
         else "unavailable (Mamba2 uses the SSD reference)",
         "mamba2 backend (auto)": _mamba2_backend(resolve_backend("auto"), causal_conv1d_available()),
         "fla layers": _try("fla.layers.gated_deltanet", "flash-linear-attention"),
-        "transformers (rnnlab export)": _try("transformers"),
+        # a version rnnlab.hf refuses imports all the same: export and the Auto classes would not work
+        "transformers (rnnlab export)": (f"unavailable ({problem})" if (problem := transformers_problem())
+                                         else _try("transformers")),
         "gdn backend (auto)": gdn.resolve_backend("auto"),
         "gdn training on cuda": (gdn.GatedDeltaNet.training_blocker(torch.device("cuda")) or "ok")
         if torch.cuda.is_available() else "needs CUDA",

@@ -119,8 +119,9 @@ def status_note(row: dict[str, Any]) -> str:
         return ""
     behind = row.get("val_steps_behind")
     at = f"; held-out bpb of step {', '.join(f'{s:,}' for s in behind)}" if behind else ""
-    n_failed = row.get("n_failed") or 0  # said by the status alone where every run failed
-    failed = f", {n_failed} failed" if n_failed and not (row["status"] == "failed" and n_failed == row["n_runs"]) else ""
+    n_failed = row.get("n_failed") or 0
+    said = row["status"] == "failed" and n_failed == row["n_runs"]  # every run failed: the status says it
+    failed = f", {n_failed} failed" if n_failed and not said else ""
     return f" ({row['status']}: {row['n_complete']} of {row['n_runs']} runs complete{failed}{at})"
 
 

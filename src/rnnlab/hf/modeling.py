@@ -216,8 +216,10 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         generates from the initial state."""
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.shape[-1] > 0 and bool(((mask[:, -1] == 0) & (mask != 0).any(-1)).any()):
+            grows = any(getattr(b.mixer, "state_grows", False) for b in self.model.blocks)  # left padding refused too
+            works = "" if grows else 'pad on the left (a tokenizer loaded with padding_side="left"), '
             raise ValueError("rnnlab models cannot generate after padding: a right-padded prompt's new bytes would "
-                             "follow its pads (generate: batch prompts of equal length, or one at a time)")
+                             f"follow its pads (generate: {works}batch prompts of equal length, or one at a time)")
         return super().generate(*args, **kwargs)
 
     def get_input_embeddings(self) -> torch.nn.Embedding:

@@ -82,8 +82,8 @@ class ModelConfig:
     def validate(self) -> None:
         check(self)
         if self.resolved_mlp_ratio() > 0 and self.mlp_width() < 1:
-            raise ValueError(f"mlp_ratio {self.mlp_ratio} gives an MLP of no units at dim {self.dim} "
-                             f"(0 means no MLP)")
+            raise ValueError(f"mlp_ratio must give an MLP of at least one unit at dim {self.dim}, got "
+                             f"{self.mlp_ratio} (0 means no MLP)")
         self.layer_config()  # builds and validates the mixer's config
 
     def resolved_mlp_ratio(self) -> float:

@@ -69,7 +69,8 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
     """The width (a multiple of ``multiple``, default the model's ``dim_multiple``) whose parameter
     count at ``cfg.depth`` is closest to ``target``; returns ``(dim, params)``. Widths the layer
     refuses (E1 ``heads=14`` takes only states that 14 divides) are stepped over; an option that
-    no width takes raises the layer's error at the narrowest.
+    no width takes raises the layer's error at the narrowest width its whole-number options divide
+    (the Transformer's ``head_dim=3``: odd, which RoPE refuses at any width, not "must divide 64").
 
     The count grows monotonically with width, so a bisection over multiples finds the bracket.
     """
@@ -115,8 +116,10 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
         else:
             lo = mid
     below, above = taken(hi - 1, -1), taken(hi, 1)
-    if below is None and above is None:
-        dataclasses.replace(cfg, dim=step).validate()  # the layer's own error, at the narrowest width
+    if below is None and above is None:  # the layer's own error, at the narrowest width its whole options divide
+        whole = [v for v in cfg.layer.values() if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        wide = math.lcm(step, *whole)
+        dataclasses.replace(cfg, dim=wide if wide <= MAX_DIM else step).validate()  # head_dim=3: odd, not 64's divisor
     if above is None:  # every width the layer takes has fewer than target
         raise ValueError(unreachable)
     found = [k for k in (below, above) if k is not None]

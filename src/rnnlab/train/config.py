@@ -210,8 +210,8 @@ class RunConfig:
                                          bounds=positive(MAX_BATCH), resumable=True)
     log_every: int = option(10, help="steps between log lines and TensorBoard/W&B points (metrics.jsonl gets "
                                      "every step)", bounds=positive(MAX_STEPS), resumable=True)
-    wandb: str | None = option(None, help="also log to this Weights & Biases project (pip install "
-                                          "'rnnlab[wandb]'; WANDB_MODE=offline keeps it local)",
+    wandb: str | None = option(None, help="also log to this Weights & Biases project (the wandb package, "
+                                          "rnnlab's extra [wandb]; WANDB_MODE=offline keeps it local)",
                                resumable=True, scope="suite")
     checkpoint_every: int = option(1000, help="steps between checkpoints (0 = at the end and on Ctrl-C or "
                                               "SIGTERM only)",

@@ -216,7 +216,8 @@ def import_wandb():
     try:
         import wandb
     except ImportError:
-        raise ValueError("--wandb needs the wandb package: pip install 'rnnlab[wandb]'") from None
+        raise ValueError("--wandb needs the wandb package: pip install 'wandb>=0.16,<1' (rnnlab's extra "
+                         "[wandb])") from None
     return wandb
 
 
