@@ -62,8 +62,8 @@ class Bzip2Error(ValueError):
 
 # What a damaged compressed stream raises (gzip's BadGzipFile is an OSError: caught by name).
 CORRUPT = (EOFError, lzma.LZMAError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError, Bzip2Error)
-# the suffix that unpacks each compressed format corpus.compression_of recognises; a file named
-# with one of them is read through its decompressor
+# the suffixes that unpack each compressed format (corpus.SUFFIX_OF): a file named with one of them
+# is read through its decompressor
 COMPRESSIONS = tuple(SUFFIX_OF.values())
 KIND_OF = {suffix: kind for kind, suffix in SUFFIX_OF.items()}  # ".gz" -> "gzip"
 # how a file named with each suffix starts: its format's magic (bzip2's "BZh" and block size 1-9 before a
