@@ -50,6 +50,20 @@ def test_heads_equal_block_diagonal_dense():
                                elman_scan(wx, torch.block_diag(*w), backend="naive"))
 
 
+@pytest.mark.parametrize("heads", [False, True])
+def test_spectral_norm_rescales_to_the_radius(heads):
+    """``spectral_norm`` (float64, enough power iterations): W_eff's largest singular value is the
+    radius (each head's, for heads), whatever W's own, and W_eff is W times one positive factor."""
+    gen = torch.Generator().manual_seed(3)
+    w = torch.randn(*((3, 6, 6) if heads else (6, 6)), generator=gen, dtype=torch.float64) * 2.5
+    u = torch.randn(w.shape[:-1], generator=gen, dtype=torch.float64)
+    w_eff, _ = naive.spectral_norm(w, u, radius=0.5, iters=200)
+    torch.testing.assert_close(torch.linalg.matrix_norm(w_eff, 2), torch.full(w.shape[:-2], 0.5, dtype=torch.float64),
+                               rtol=1e-6, atol=0)
+    ratio = w_eff / w
+    torch.testing.assert_close(ratio, ratio.flatten(-2)[..., :1, None].expand_as(ratio))
+
+
 def test_dtypes_and_auto_on_cpu():
     wx = torch.randn(2, 3, 4)
     w = torch.randn(4, 4) * 0.3
