@@ -345,9 +345,11 @@ CASES = [
      "--set betas=[0.9,0.99] is one"),
     ("sweep_point_refused", ["sweep", *TINY, "--set", "weight_decay=-1,0", "--out", "{new}"],
      "sweep-new-run, point weight_decay--1: weight_decay must be"),
+    ("sweep_runs_unknown", ["sweep", *TINY, "--set", "lr=1e-3,2e-3", "--runs", "nope", "--out", "{new}", "--plan"],
+     "sweep sweep-new-run has no point(s) ['nope']; its points: ['lr-1e-3', 'lr-2e-3']"),
     ("sweep_points_alike", ["sweep", *TINY, "--set", "grad_clip=0,null", "--out", "{new}"],
      "--set points grad_clip-0 and grad_clip-null would train the same run (0 and null both mean no clipping): "
-     "drop one value"),
+     "drop one grad_clip value"),
     ("report_empty_path", ["report", ""], "argument DIR: must be a path, got '' (an empty argument: an unset shell variable?)"),
     ("report_at_bytes_not_counts", ["report", "{run}", "--at-bytes", "20M,lots"],
      "argument --at-bytes: must be training byte counts separated by commas, e.g. 20M,45M, got '20M,lots'"),

@@ -2716,21 +2716,27 @@ def test_a_rerun_sweep_finds_its_points_whatever_the_order_or_spelling_of_its_ax
     assert [r.name for r in again.runs] == ["grad_clip-0", "grad_clip-1"]
 
 
-@pytest.mark.parametrize("sets,why", [(["grad_clip=0,null"], " (0 and null both mean no clipping)"),
-                                      (["lr_schedule=cosine,constant"], " (Schedule-Free ignores lr_schedule)"),
-                                      (["lr=1e-3", "grad_clip=null,0"], " (0 and null both mean no clipping)")])
+@pytest.mark.parametrize("sets,why", [
+    (["grad_clip=0,null"], " (0 and null both mean no clipping): drop one grad_clip value"),
+    (["lr_schedule=cosine,constant"], " (Schedule-Free ignores lr_schedule): drop one lr_schedule value"),
+    (["lr=1e-3,2e-3", "grad_clip=null,0"], " (0 and null both mean no clipping), as would every pair apart in "
+                                           "grad_clip alone: drop one grad_clip value")])
 def test_sweep_points_that_would_train_the_same_run_are_refused(tmp_path, sets, why):
-    """Two values that parse apart but train alike (grad_clip 0 and null; lr_schedule under
-    Schedule-Free) would be two folders training one run: refused in one line naming both points
-    and why. Under AdamW lr_schedule's values are two runs."""
+    """Two values that parse apart but train alike at every point (grad_clip 0 and null;
+    lr_schedule under Schedule-Free) would be folders training one run twice: refused in one line
+    naming two such points and why, --seeds or not. Under AdamW lr_schedule's values are two runs,
+    and crossed with the optimizer they are alike under Schedule-Free only: the sweep is planned."""
     base = {"model": "mingru", "depth": 1, "dim": 16}
     sweep = build_sweep(base, sets, name="sweep-x")
-    a, b = (r.name for r in sweep.runs)
-    with pytest.raises(ValueError, match=f"^--set points {re.escape(a)} and {re.escape(b)} would train the same run"
-                                         f"{re.escape(why)}: drop one value$"):
-        plan_suite(sweep, tmp_path / "x")
+    a, b = (r.name for r in sweep.runs[:2])
+    for seeds in (None, "1,2"):
+        with pytest.raises(ValueError, match=f"^--set points {re.escape(a)} and {re.escape(b)} would train the same "
+                                             f"run{re.escape(why)}$"):
+            plan_suite(sweep, tmp_path / "x", seeds=seeds)
     adamw = build_sweep(base, ["lr_schedule=cosine,constant"], name="sweep-y", defaults={"optimizer": "adamw"})
     assert len(plan_suite(adamw, tmp_path / "y")) == 2
+    crossed = build_sweep(base, ["optimizer=adamw,schedulefree-adamw", "lr_schedule=cosine,constant"], name="sweep-z")
+    assert len(plan_suite(crossed, tmp_path / "z")) == 4
 
 
 def test_a_sweep_rerun_with_seeds_keeps_the_seedless_run_of_a_seed_it_lists(tmp_path, monkeypatch, capsys):

@@ -102,7 +102,8 @@ def test_bytecorpus_refuses_compressed_files(tmp_path, magic, kind):
         ByteCorpus(p)
     p = p.rename(tmp_path / "shard.jsonl.x")
     with pytest.raises(ValueError, match=f"is {kind}-compressed, and rnnlab reads raw bytes: unpack it first "
-                                         f"\\(rename it to end in \\{suffix}, then `rnnlab data prepare NEW_NAME"):
+                                         f"\\(rename it to end in \\{suffix} \\(NAME\\.txt\\{suffix} for text, "
+                                         f"NAME\\.jsonl\\{suffix} for JSON lines\\), then `rnnlab data prepare NEW_NAME"):
         ByteCorpus(p)
     p.write_bytes(magic[:1] + b"rest of the file" * 10)
     assert len(ByteCorpus(p)) == 161

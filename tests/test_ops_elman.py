@@ -57,11 +57,13 @@ def test_spectral_norm_rescales_to_the_radius(heads):
     gen = torch.Generator().manual_seed(3)
     w = torch.randn(*((3, 6, 6) if heads else (6, 6)), generator=gen, dtype=torch.float64) * 2.5
     u = torch.randn(w.shape[:-1], generator=gen, dtype=torch.float64)
-    w_eff, _ = naive.spectral_norm(w, u, radius=0.5, iters=200)
-    torch.testing.assert_close(torch.linalg.matrix_norm(w_eff, 2), torch.full(w.shape[:-2], 0.5, dtype=torch.float64),
-                               rtol=1e-6, atol=0)
-    ratio = w_eff / w
-    torch.testing.assert_close(ratio, ratio.flatten(-2)[..., :1, None].expand_as(ratio))
+    for scale in (1.0, 0.01):  # W's own norm far above the radius, then far below it (scaled up, not clamped)
+        w_eff, _ = naive.spectral_norm(w * scale, u, radius=0.5, iters=200)
+        torch.testing.assert_close(torch.linalg.matrix_norm(w_eff, 2), torch.full(w.shape[:-2], 0.5,
+                                                                                  dtype=torch.float64),
+                                   rtol=1e-6, atol=0)
+        ratio = w_eff / w
+        torch.testing.assert_close(ratio, ratio.flatten(-2)[..., :1, None].expand_as(ratio))
 
 
 def test_dtypes_and_auto_on_cpu():

@@ -398,7 +398,8 @@ def plan_suite(suite: Suite, out: str | Path, *, params: str | int | None = None
         names = [n.strip() for n in runs.split(",")] if isinstance(runs, str) else list(runs)  # "e1, mingru" too
         unknown = sorted(set(names) - {r.name for r in suite.runs})
         if unknown:
-            raise ValueError(f"suite {suite.name} has no run(s) {unknown}; its runs: {[r.name for r in suite.runs]}")
+            raise ValueError(f"{'sweep' if suite.sweep else 'suite'} {suite.name} has no {suite.member}(s) {unknown}; "
+                             f"its {suite.member}s: {[r.name for r in suite.runs]}")
         twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
         if twice is not None:  # trained once all the same: not the repeat it may have been meant as
             raise ValueError(f"--runs names {twice} twice: each run trains once, in its own folder; to repeat a "
@@ -453,19 +454,36 @@ _SAME_TRAINING = {"grad_clip": "0 and null both mean no clipping", "lr_schedule"
 
 
 def _refuse_runs_alike(suite: Suite, plan: list[PlannedRun]) -> None:
-    """Two points of a sweep that would train the same thing (``training_settings`` equal), as
-    ``--set grad_clip=0,null`` would, refused in one line: two folders, one run trained twice. (A
-    suite may repeat a run on purpose: e88-recipe-400m's ``-rerun`` row.)"""
+    """Two values of a sweep's axis that train the same run at every point (``training_settings``
+    equal), as ``--set grad_clip=0,null`` would, refused in one line: folders that train one run
+    twice. Values alike at some points only (``lr_schedule`` crossed with ``optimizer``: alike under
+    Schedule-Free, not under AdamW) are a sweep's to keep. (A suite may repeat a run on purpose:
+    e88-recipe-400m's ``-rerun`` row.)"""
     if not suite.sweep:
         return
-    seen: dict[str, PlannedRun] = {}
-    for pr in plan:
-        first = seen.setdefault(json.dumps(comparable(training_settings(pr.cfg)), sort_keys=True, default=str), pr)
-        if first is not pr:
-            apart = [k for k in pr.point if comparable(pr.point[k]) != comparable(first.point.get(k))]
-            why = "; ".join(_SAME_TRAINING[k] for k in apart if k in _SAME_TRAINING)
-            raise ValueError(f"--set points {first.dir.name} and {pr.dir.name} would train the same run"
-                             + (f" ({why})" if why else "") + ": drop one value")
+
+    def where(pr: PlannedRun, skip: str = "") -> str:  # a run's point (less one axis) and seed
+        return json.dumps([comparable({k: v for k, v in pr.point.items() if k != skip}), pr.seed], sort_keys=True,
+                          default=str)
+
+    def trains(pr: PlannedRun) -> str:
+        return json.dumps(comparable(training_settings(pr.cfg)), sort_keys=True, default=str)
+
+    for axis, values in suite.sweep["axes"].items():
+        for i, a in enumerate(values):
+            for b in values[:i]:
+                runs = {}  # each point with the axis at b or a, by the rest of its point and its seed
+                for pr in plan:
+                    value = comparable(pr.point.get(axis))
+                    if value in (comparable(a), comparable(b)):
+                        runs.setdefault(where(pr, axis), {})[value == comparable(a)] = pr
+                pairs = [(p[False], p[True]) for p in runs.values() if len(p) == 2]
+                if pairs and all(trains(x) == trains(y) for x, y in pairs):
+                    x, y = pairs[0]
+                    why = f" ({_SAME_TRAINING[axis]})" if axis in _SAME_TRAINING else ""
+                    every = f", as would every pair apart in {axis} alone" if len(suite.sweep["axes"]) > 1 else ""
+                    raise ValueError(f"--set points {x.name} and {y.name} would train the same run{why}{every}: drop "
+                                     f"one {axis} value")
 
 
 def _trained_without_seeds(pr: PlannedRun) -> PlannedRun | None:

@@ -89,7 +89,8 @@ class ByteCorpus:
         if kind := compression_of(head):
             suffix = SUFFIX_OF[kind]  # the name's ending that makes prepare unpack it
             how = (f"`rnnlab data prepare {self.path} --out FILE`" if self.path.name.endswith(suffix) else
-                   f"rename it to end in {suffix}, then `rnnlab data prepare NEW_NAME --out FILE`")
+                   f"rename it to end in {suffix} (NAME.txt{suffix} for text, NAME.jsonl{suffix} for JSON lines), then "
+                   f"`rnnlab data prepare NEW_NAME --out FILE`")
             raise ValueError(f"corpus file {self.path} is {kind}-compressed, and rnnlab reads raw bytes: "
                              f"unpack it first ({how} for text or JSON lines)")
         # a tar archive's headers and NUL padding around the files' bytes are no text either

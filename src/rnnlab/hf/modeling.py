@@ -216,11 +216,15 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         generates from the initial state."""
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.shape[-1] > 0 and bool(((mask[:, -1] == 0) & (mask != 0).any(-1)).any()):
-            grows = any(getattr(b.mixer, "state_grows", False) for b in self.model.blocks)  # left padding refused too
-            works = "" if grows else 'pad on the left (a tokenizer loaded with padding_side="left"), '
+            works = "" if self._state_grows() else 'pad on the left (a tokenizer loaded with padding_side="left"), '
             raise ValueError("rnnlab models cannot generate after padding: a right-padded prompt's new bytes would "
                              f"follow its pads (generate: {works}batch prompts of equal length, or one at a time)")
         return super().generate(*args, **kwargs)
+
+    def _state_grows(self) -> bool:
+        """Whether a layer's state grows with the bytes fed (the Transformer's key/value cache), which
+        cannot skip pads: left padding is refused."""
+        return any(getattr(b.mixer, "state_grows", False) for b in self.model.blocks)
 
     def get_input_embeddings(self) -> torch.nn.Embedding:
         return self.model.embed
@@ -236,7 +240,7 @@ class RnnlabForCausalLM(PreTrainedModel, GenerationMixin):
         cached bytes and ``input_ids`` (HF's convention); a 0 before a 1 (left padding) steps too, each row
         keeping its state where its mask is 0 (see the module docstring). ``return_dict=False`` (or the
         config's ``return_dict``) gives the fields that are set as a tuple, as every HF model does."""
-        grows = any(getattr(b.mixer, "state_grows", False) for b in self.model.blocks)
+        grows = self._state_grows()
         if grows and _left_padded(attention_mask):
             raise ValueError(f"rnnlab {self.config.model} models cannot skip padding before real bytes (left padding): "
                              "their key/value cache keeps every position; pad on the right (generate: batch prompts of "

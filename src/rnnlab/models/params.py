@@ -117,7 +117,8 @@ def solve_dim(cfg: ModelConfig, target: int, multiple: int | None = None) -> tup
             lo = mid
     below, above = taken(hi - 1, -1), taken(hi, 1)
     if below is None and above is None:  # the layer's own error, at the narrowest width its whole options divide
-        whole = [v for v in cfg.layer.values() if isinstance(v, int) and not isinstance(v, bool) and v > 0]
+        options = cfg.layer.values() if isinstance(cfg.layer, dict) else ()  # not a table: validate says so
+        whole = [v for v in options if isinstance(v, int) and not isinstance(v, bool) and v > 0]
         wide = math.lcm(step, *whole)
         dataclasses.replace(cfg, dim=wide if wide <= MAX_DIM else step).validate()  # head_dim=3: odd, not 64's divisor
     if above is None:  # every width the layer takes has fewer than target

@@ -216,8 +216,7 @@ def import_wandb():
     try:
         import wandb
     except ImportError:
-        raise ValueError("--wandb needs the wandb package: pip install 'wandb>=0.16,<1' (rnnlab's extra "
-                         "[wandb])") from None
+        raise ValueError("--wandb needs the wandb package: pip install wandb (rnnlab's extra [wandb])") from None
     return wandb
 
 
