@@ -345,8 +345,8 @@ CASES = [
      "--set betas=[0.9,0.99] is one"),
     ("sweep_point_refused", ["sweep", *TINY, "--set", "weight_decay=-1,0", "--out", "{new}"],
      "sweep-new-run, point weight_decay--1: weight_decay must be"),
-    ("sweep_runs_unknown", ["sweep", *TINY, "--set", "lr=1e-3,2e-3", "--runs", "nope", "--out", "{new}", "--plan"],
-     "sweep sweep-new-run has no point(s) ['nope']; its points: ['lr-1e-3', 'lr-2e-3']"),
+    ("sweep_runs_unknown", ["sweep", *TINY, "--set", "seed=1,2", "--runs", "nope", "--out", "{new}", "--plan"],
+     "sweep sweep-new-run has no point(s) ['nope']; its points: ['seed-1', 'seed-2']"),
     ("sweep_points_alike", ["sweep", *TINY, "--set", "grad_clip=0,null", "--out", "{new}"],
      "--set points grad_clip-0 and grad_clip-null would train the same run (0 and null both mean no clipping): "
      "drop one grad_clip value"),
