@@ -188,8 +188,9 @@ class RunConfig:
     """Numerics, seed, device, the cadence of evaluation/logging/checkpoints, and the run folder."""
 
     precision: str = option("bf16", choices=PRECISIONS,
-                            help="bf16 = weights, grads and optimizer state in bf16 (the reference's); "
-                                 "bf16-mixed = fp32 master weights + bf16 autocast; fp32")
+                            help="bf16 = weights, grads and optimizer state in bf16 (the reference's; large "
+                                 "weights never train: README, Precision); bf16-mixed = fp32 master weights + "
+                                 "bf16 autocast (recommended for new studies); fp32")
     seed: int = option(42, help="seeds the initialisation and the batch stream", bounds=at_least(0, 2**63 - 1))
     eval_every: int = option(0, help="steps between held-out evals (0 = at the end only)",
                              bounds=at_least(0, MAX_STEPS), resumable=True)
