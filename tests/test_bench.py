@@ -175,7 +175,7 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
     but the head count as in the race, on the race's data, optimizer and evaluation settings, for
     1,000 steps, captured: the race's runs at their step 1,000 are their 400M twins. Its warm-up arm
     is those four shapes again with a 100-step warm-up, nothing else changed; its precision arm the
-    400M pair of the warm-up arm in bf16-mixed, nothing else changed; its init arm that arm's 400M
+    warm-up arm's runs in bf16-mixed, nothing else changed; its init arm that arm's 400M
     Mamba2 with rescale_prenorm_residual, nothing else changed."""
     race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     plan = {p.name: p for p in plan_suite(load_suite("scale-1b"), tmp_path / "scale")}
@@ -204,7 +204,7 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
         assert (p.cfg.model, p.cfg.data, p.cfg.budget) == (same.model, same.data, scale[f"{model}-1b"].cfg.budget), name
         assert dataclasses.replace(p.cfg.run, out=None) == dataclasses.replace(scale[f"{model}-1b"].cfg.run, out=None)
     mixed = {name: p for name, p in plan.items() if name.endswith("-mixed")}
-    assert set(mixed) == {"mamba2-400m-warmup-mixed", "e1-heads-400m-warmup-mixed"}
+    assert set(mixed) == {f"{m}-{size}-warmup-mixed" for m in ("mamba2", "e1-heads") for size in ("400m", "1b")}
     for name, p in mixed.items():
         same = arm[name.removesuffix("-mixed")].cfg
         assert p.cfg.run.precision == "bf16-mixed" and same.run.precision == "bf16", name
