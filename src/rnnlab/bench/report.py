@@ -25,8 +25,8 @@ from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.errors import amount, counted
 from rnnlab.models.config import layer_text
 from rnnlab.models.params import parse_count
-from rnnlab.options import normalize
-from rnnlab.train.config import BUDGET_KEYS, FIELDS, RUNNER_KEYS, WARMUP_STEPS, TrainConfig, apply_overrides
+from rnnlab.train.config import (BUDGET_KEYS, FIELDS, RUNNER_KEYS, WARMUP_STEPS, TrainConfig, apply_overrides,
+                                 stored_value)
 from rnnlab.train.rundir import REPORT_JSON, REPORT_MD, RunDir
 from rnnlab.train.runtime import git_state, split_dirty
 
@@ -283,12 +283,8 @@ def reference_mismatch(row: dict[str, Any], ref: dict[str, Any], protocol: dict[
     if row["status"] != "complete":
         why.append(f"run {row['status']}")
     for k, want in protocol.items():
-        if k in FIELDS:  # read as the config reads it: a suite's tokens "50M" is 50000000, its grad_clip 0 None
-            try:
-                want = normalize(FIELDS[k][1], want)
-                want = list(want) if isinstance(want, tuple) else want  # betas: config.json's list
-            except ValueError:
-                pass
+        want = stored_value(k, want)  # read as the config reads it: a suite's tokens "50M" is 50000000
+        want = list(want) if isinstance(want, tuple) else want  # betas: config.json's list
         got = row["protocol"].get(k)
         if k in row["protocol"] and not _same(got, want):
             why.append(f"{k} {got} (reference {want})")

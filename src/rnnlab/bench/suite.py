@@ -466,9 +466,7 @@ def _refuse_runs_alike(suite: Suite, plan: list[PlannedRun]) -> None:
         return json.dumps([comparable({k: v for k, v in pr.point.items() if k != skip}), pr.seed], sort_keys=True,
                           default=str)
 
-    def trains(pr: PlannedRun) -> str:
-        return json.dumps(comparable(training_settings(pr.cfg)), sort_keys=True, default=str)
-
+    trains = {id(pr): json.dumps(comparable(training_settings(pr.cfg)), sort_keys=True, default=str) for pr in plan}
     for axis, values in suite.sweep["axes"].items():
         for i, a in enumerate(values):
             for b in values[:i]:
@@ -478,7 +476,7 @@ def _refuse_runs_alike(suite: Suite, plan: list[PlannedRun]) -> None:
                     if value in (comparable(a), comparable(b)):
                         runs.setdefault(where(pr, axis), {})[value == comparable(a)] = pr
                 pairs = [(p[False], p[True]) for p in runs.values() if len(p) == 2]
-                if pairs and all(trains(x) == trains(y) for x, y in pairs):
+                if pairs and all(trains[id(x)] == trains[id(y)] for x, y in pairs):
                     x, y = pairs[0]
                     why = f" ({_SAME_TRAINING[axis]})" if axis in _SAME_TRAINING else ""
                     every = f", as would every pair apart in {axis} alone" if len(suite.sweep["axes"]) > 1 else ""

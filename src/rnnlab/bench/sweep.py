@@ -30,8 +30,8 @@ from pathlib import Path
 from rnnlab.bench.suite import SUITE_FILE, RunSpec, Suite, sweep_description
 from rnnlab.models.config import ModelConfig
 from rnnlab.models.params import parse_count
-from rnnlab.options import flag_name, normalize, parse_value
-from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, comparable
+from rnnlab.options import flag_name, parse_value
+from rnnlab.train.config import FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, comparable, stored_value
 from rnnlab.train.rundir import read_json
 
 MODEL_AXES = tuple(k for k in MODEL_KEYS if k != "layer")  # mixer options are swept as layer.NAME
@@ -167,24 +167,13 @@ def sweep_name(out: Path) -> str:
     return f"sweep-{Path(os.path.abspath(out)).name}"
 
 
-def stored(key: str, value):
-    """A point's value of ``key`` as its config field stores it (``grad_clip`` 0 as None); a value
-    the field refuses, or a key that is no config field, as it is."""
-    if key not in FIELDS:
-        return value
-    try:
-        return normalize(FIELDS[key][1], value)
-    except (ValueError, TypeError):
-        return value
-
-
 def keep_earlier_names(suite: Suite, out: Path) -> Suite:
     """Each point named as an earlier sweep into ``out`` named the same point (``suite.json``'s
     runs and their values): a rerun with its ``--set`` axes in another order, or a value spelt
     otherwise (``lr=0.001`` for ``1e-3``, ``grad_clip=1`` for ``1.0``, ``null`` for ``0``), finds that point's folder
     (complete: skipped; stopped: resumed) instead of training the point again in a new one."""
     def key(point) -> str:  # 1 and 1.0 one value, and each as its field stores it (grad_clip 0 is null)
-        return json.dumps(comparable({k: stored(k, v) for k, v in point.items()}), sort_keys=True, default=str)
+        return json.dumps(comparable({k: stored_value(k, v) for k, v in point.items()}), sort_keys=True, default=str)
 
     earlier = read_json(Path(out) / SUITE_FILE) or {}
     names = {key(r["point"]): r["name"] for r in earlier.get("runs") or []

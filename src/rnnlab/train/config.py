@@ -562,14 +562,31 @@ def load_config(path: str | os.PathLike | None = None, overrides: dict[str, Any]
     return cfg
 
 
+def ignores_lr_schedule(optimizer: Any) -> bool:
+    """Whether ``optimizer`` trains the same whatever ``lr_schedule`` says (Schedule-Free: its
+    learning rate needs no schedule)."""
+    return optimizer == "schedulefree-adamw"
+
+
 def training_settings(cfg: TrainConfig) -> dict[str, Any]:
     """What makes ``cfg``'s training what it is, in ``to_dict``'s form: every field but the run's
     folder (``out``) and, under Schedule-Free (which ignores it), ``lr_schedule``. Two runs equal
     here train the same thing."""
     d = {k: v for k, v in cfg.to_dict().items() if k != "out"}
-    if cfg.optim.optimizer != "adamw":
+    if ignores_lr_schedule(cfg.optim.optimizer):
         d.pop("lr_schedule")
     return d
+
+
+def stored_value(key: str, value: Any) -> Any:
+    """A value of config key ``key`` as its field stores it (a suite's ``tokens = "50M"`` as 50000000,
+    ``grad_clip`` 0 as None); a value the field refuses, or a key that is no config field, as it is."""
+    if key not in FIELDS:
+        return value
+    try:
+        return normalize(FIELDS[key][1], value)
+    except (ValueError, TypeError):
+        return value
 
 
 def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
@@ -584,7 +601,8 @@ def resume_mismatch(saved: dict[str, Any], cfg: TrainConfig,
     heads=1`` resumes an e1 run made without it), and named so (``model.layer.heads``); the model
     kind is compared first. Schedule-Free's ``lr_schedule`` does not matter (it ignores it)."""
     new, defaults = cfg.to_dict(), TrainConfig().to_dict()
-    ignores_schedule = saved.get("optimizer", defaults["optimizer"]) == new["optimizer"] == "schedulefree-adamw"
+    ignores_schedule = ignores_lr_schedule(saved.get("optimizer", defaults["optimizer"])) and ignores_lr_schedule(
+        new["optimizer"])
     for key in sorted(set(saved) | set(new) if keys is None else keys):
         if key in RESUMABLE or (key == "lr_schedule" and ignores_schedule):  # Schedule-Free ignores lr_schedule
             continue
