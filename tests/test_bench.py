@@ -203,6 +203,7 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
         assert p.cfg.optim == dataclasses.replace(same.optim, warmup_steps=100), name
         assert (p.cfg.model, p.cfg.data, p.cfg.budget) == (same.model, same.data, scale[f"{model}-1b"].cfg.budget), name
         assert dataclasses.replace(p.cfg.run, out=None) == dataclasses.replace(scale[f"{model}-1b"].cfg.run, out=None)
+    # the precision arm: the warm-up arm's runs in bf16-mixed, nothing else changed
     mixed = {name: p for name, p in plan.items() if name.endswith("-mixed")}
     assert set(mixed) == {f"{m}-{size}-warmup-mixed" for m in ("mamba2", "e1-heads") for size in ("400m", "1b")}
     for name, p in mixed.items():
@@ -211,12 +212,16 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
         assert (p.cfg.model, p.cfg.data, p.cfg.optim, p.cfg.budget) == (same.model, same.data, same.optim,
                                                                         same.budget), name
         assert dataclasses.replace(p.cfg.run, out=None, precision="bf16") == dataclasses.replace(same.run, out=None)
-    rescaled, same = plan["mamba2-400m-warmup-rescaled"].cfg, arm["mamba2-400m-warmup"].cfg
-    assert rescaled.model.rescale_prenorm_residual and not same.model.rescale_prenorm_residual
-    assert (dataclasses.replace(rescaled.model, rescale_prenorm_residual=False), rescaled.data, rescaled.optim,
-            rescaled.budget) == (same.model, same.data, same.optim, same.budget)
-    assert dataclasses.replace(rescaled.run, out=None) == dataclasses.replace(same.run, out=None)
-    assert len(plan) == len(scale) + len(arm) + len(mixed) + 1
+    # the init arm: the 400M pair of each precision with mamba_ssm's out_proj / sqrt(depth), nothing else changed
+    rescaled = {name: p for name, p in plan.items() if name.endswith("-rescaled")}
+    assert set(rescaled) == {f"{m}-400m-warmup{p}-rescaled" for m in ("mamba2", "e1-heads") for p in ("", "-mixed")}
+    for name, p in rescaled.items():
+        same = plan[name.removesuffix("-rescaled")].cfg
+        assert p.cfg.model.rescale_prenorm_residual and not same.model.rescale_prenorm_residual, name
+        assert (dataclasses.replace(p.cfg.model, rescale_prenorm_residual=False), p.cfg.data, p.cfg.optim,
+                p.cfg.budget) == (same.model, same.data, same.optim, same.budget), name
+        assert dataclasses.replace(p.cfg.run, out=None) == dataclasses.replace(same.run, out=None), name
+    assert len(plan) == len(scale) + len(arm) + len(mixed) + len(rescaled)
 
 
 def test_scaling_options(tmp_path):

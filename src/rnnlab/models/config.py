@@ -75,7 +75,9 @@ class ModelConfig:
     rescale_prenorm_residual: bool = option(False, help="divide each block's output projections (the mixer's, "
                                                         "the MLP's) by sqrt(their number x depth) after their "
                                                         "init, as mamba_ssm's LM and GPT-2 do (default: off, as "
-                                                        "the reference study)")
+                                                        "the reference study; in pure bf16 it trained Mamba2 "
+                                                        "400M 0.11 bpb lower in 1,000 steps, "
+                                                        "results/scale-1b-h100)")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
 
