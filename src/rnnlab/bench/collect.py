@@ -25,7 +25,7 @@ from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import LOGS, SUITE_FILE
 from rnnlab.models.config import model_options_text
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS
-from rnnlab.train.rundir import CONFIG, ENV, SUMMARY, RunDir, read_json, warn
+from rnnlab.train.rundir import CONFIG, ENV, SUMMARY, RunDir, read_json, val_step_behind, warn
 
 METRICS = ("loss", "val_loss", "val_bpb", "val_bpb_train_point", "tok_per_s", "tok_per_wall_s", "peak_mem_gib",
            "time_s", "warmup_s")
@@ -183,8 +183,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             # a --minutes budget's seeds run different step counts: the row shows their mean
             "steps": mean_count([r["summary"].get("steps") for r in use]),
             # an interrupted run's held-out scores may be of an earlier step than its other numbers
-            "val_steps_behind": sorted({r["summary"]["val_step"] for r in use
-                                        if r["summary"].get("val_step") not in (None, r["summary"].get("steps"))}),
+            "val_steps_behind": sorted({step for r in use if (step := val_step_behind(r["summary"])) is not None}),
             "tokens": mean_count([r["summary"].get("tokens") for r in use]),
             "dirs": [r["dir"] for r in recs],
             "protocol": {**{k: c.get(k) for k in BUDGET_KEYS}, **{k: protocol_value(c, k) for k in PROTOCOL_KEYS},

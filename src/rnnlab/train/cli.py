@@ -31,7 +31,7 @@ from rnnlab.signals import (closed_pipe_stops, discard_output, ended_with_this_p
                             terminal_output)
 from rnnlab.train.config import (TrainConfig, add_config_flags, apply_overrides, config_flag_values,
                                  parse_eval_bytes, read_config_file)
-from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_record, warn
+from rnnlab.train.rundir import CORPUS_KEYS, RunDir, corpus_record, val_step_behind, warn
 
 
 def aligned(rows: Iterable[tuple[str, str]]) -> str:
@@ -387,7 +387,7 @@ def format_summary(s: dict) -> str:
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
         (f"loss (last {min(LOSS_WINDOW, s['steps']):,})", fmt(s["loss"], ".4f")),  # the mean of the steps' losses
         *score_rows("val", {**s, "bytes": s.get("val_bytes")}, fmt, "held-out bytes"  # an earlier step's: said
-                    + (f", at step {s['val_step']:,}" if s.get("val_step") not in (None, s["steps"]) else ""),
+                    + (f", at step {behind:,}" if (behind := val_step_behind(s)) is not None else ""),
                     " (Schedule-Free's y, where the training loss is measured)"),
         *(score_rows(Path(s["extra_val"]["data"]).name, s["extra_val"], fmt, "bytes") if s.get("extra_val") else []),
         # the steady rate, each process's first steps (compilation) left out: none when no step past them ran

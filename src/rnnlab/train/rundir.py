@@ -90,6 +90,14 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
+def val_step_behind(summary: dict[str, Any]) -> int | None:
+    """The step of a summary's held-out scores when it is earlier than the run's last step (an
+    interrupted run's last evaluation), else None: ``rnnlab train``'s closing table and the report
+    both say so beside the scores."""
+    step = summary.get("val_step")
+    return None if step in (None, summary.get("steps")) else step
+
+
 def archived_path(path: Path) -> Path:
     """Where a run file lives once archived (xz'd)."""
     return Path(f"{path}{ARCHIVED}")
