@@ -175,8 +175,8 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
     but the head count as in the race, on the race's data, optimizer and evaluation settings, for
     1,000 steps, captured: the race's runs at their step 1,000 are their 400M twins. Its warm-up arm
     is those four shapes again with a 100-step warm-up, nothing else changed; its precision arm the
-    warm-up arm's runs in bf16-mixed, nothing else changed; its init arm that arm's 400M
-    Mamba2 with rescale_prenorm_residual, nothing else changed."""
+    warm-up arm's runs in bf16-mixed, nothing else changed; its init arm the 400M pair of either
+    precision with rescale_prenorm_residual, nothing else changed."""
     race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     plan = {p.name: p for p in plan_suite(load_suite("scale-1b"), tmp_path / "scale")}
     scale = {name: p for name, p in plan.items() if name.endswith("-1b")}

@@ -76,7 +76,7 @@ class ModelConfig:
                                                         "the MLP's) by sqrt(their number x depth) after their "
                                                         "init, as mamba_ssm's LM and GPT-2 do (default: off, as "
                                                         "the reference study; in pure bf16 it trained Mamba2 "
-                                                        "400M 0.11 bpb lower in 1,000 steps, "
+                                                        "400M 0.11-0.12 bpb lower in 1,000 steps, "
                                                         "results/scale-1b-h100)")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
