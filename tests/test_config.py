@@ -37,7 +37,7 @@ def test_old_config_json_loads_and_round_trips(tmp_path):
              "wandb": None, "overwrite": False, "extra_val_data": None, "curve_eval_bytes": None,
              "cuda_graph": False,
              "decay_marked": True}  # a run saved before this field decayed every parameter (LEGACY_DEFAULTS)
-    model_added = {"rescale_prenorm_residual": False}
+    model_added = {"rescale_prenorm_residual": False, "norm": "layernorm", "residual_in_fp32": False}
     assert cfg.to_dict() == {**old, **added, "model": {**old["model"], **model_added}}  # plus fields added since
     assert TrainConfig().optim.decay_marked is False and TrainConfig.from_dict(old).optim.decay_marked is False
     assert resume_mismatch(RunDir(tmp_path).saved_config(), cfg) is None
@@ -295,7 +295,7 @@ def test_derived_key_lists():
                          "keep_checkpoints", "keep_checkpoint_every", "out", "resume", "overwrite", "compile", "cuda_graph",
                          "device", "distributed"}
     assert MODEL_KEYS == ("model", "dim", "depth", "vocab_size", "mlp_ratio", "tie_embeddings",
-                          "rescale_prenorm_residual", "layer")
+                          "rescale_prenorm_residual", "norm", "residual_in_fp32", "layer")
     assert set(TrainConfig().to_dict()) == set(FIELDS) - set(MODEL_KEYS) | {"model"}
 
 

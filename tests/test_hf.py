@@ -791,19 +791,20 @@ def test_return_dict_false_gives_a_tuple(exported):
 
 
 def test_untied_head_and_mlp_export_and_load(tmp_path, tiny_train):
-    """A run with its own output head (``tie_embeddings = false``) and an MLP per block
-    (``mlp_ratio``) loads with both: its own head weights, the MLP's weights, rnnlab's logits.
-    ``RnnlabConfig()``'s defaults are ``ModelConfig()``'s (a config.json leaves out default values)."""
+    """A run with its own output head (``tie_embeddings = false``), an MLP per block (``mlp_ratio``)
+    and mamba_ssm's wrapper (``norm = "rmsnorm"``, ``residual_in_fp32``) loads with all of them: its
+    own head weights, the MLP's weights, rnnlab's logits. ``RnnlabConfig()``'s defaults are
+    ``ModelConfig()``'s (a config.json leaves out default values)."""
     from rnnlab.hf.modeling import RnnlabConfig
     from rnnlab.models import ModelConfig
 
     run = tmp_path / "run"
-    run_training(tiny_train(run, steps=1, tie_embeddings=False, mlp_ratio=2.0), progress=False)
+    options = dict(tie_embeddings=False, mlp_ratio=2.0, norm="rmsnorm", residual_in_fp32=True)
+    run_training(tiny_train(run, steps=1, **options), progress=False)
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     _, ref, _ = RunDir(run).load("cpu")
-    assert model.config.to_model_config() == ModelConfig(model="e1", dim=32, depth=2, mlp_ratio=2.0,
-                                                         tie_embeddings=False)
+    assert model.config.to_model_config() == ModelConfig(model="e1", dim=32, depth=2, **options)
     assert model.model.head.weight is not model.model.embed.weight
     torch.testing.assert_close(model.model.head.weight, ref.head.weight, rtol=0, atol=0)
     ids = torch.tensor([list(PROMPT)])

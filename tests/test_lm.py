@@ -1,6 +1,7 @@
 """The LM shared by every mixer (rnnlab.models.lm): its forward written out (pre-norm residual blocks,
-GELU MLP, final LayerNorm, head tied to the embedding, mean cross-entropy) and its init. The
-mixers' own formulas: their test files; LM.step == forward: tests/test_layer_contract.py."""
+GELU MLP, final LayerNorm, head tied to the embedding, mean cross-entropy), mamba_ssm's wrapper
+(RMSNorm, residual in fp32) written out, and its init. The mixers' own formulas: their test files;
+LM.step == forward: tests/test_layer_contract.py."""
 
 from __future__ import annotations
 
@@ -91,3 +92,45 @@ def test_rescale_prenorm_residual_divides_only_what_writes_into_the_residual_str
         assert sum(name.split(".", 2)[-1] in scaled for name in plain) == 3 * len(scaled), model
     with pytest.raises(ValueError, match=r"^rescale_prenorm_residual: this mingru layer has no output projection"):
         LM(ModelConfig(model="mingru", dim=16, depth=2, rescale_prenorm_residual=True))
+
+
+def test_rmsnorm_and_an_fp32_residual_are_mamba_ssms_wrapper():
+    """``norm="rmsnorm"`` with ``residual_in_fp32`` is mamba_ssm's ``MixerModel`` around the same mixer:
+    RMSNorm (weight only, eps 1e-5) before each mixer and at the end, the residual stream in fp32 and
+    each norm reading it cast to the weights' dtype. In pure bf16, forward and step by step equal that
+    loop written out, and differ from the same weights with the residual in bf16; the parameters are
+    the LayerNorm model's less its norms' biases."""
+    import dataclasses
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="e1", dim=16, depth=2, norm="rmsnorm", residual_in_fp32=True)
+    lm = LM(cfg).to(torch.bfloat16).eval()
+    with torch.no_grad():  # norms away from their identity init, so each one counts
+        for name, p in lm.named_parameters():
+            if "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+
+    def rms(norm, x):
+        return F.rms_norm(x.to(torch.bfloat16), (16,), norm.weight, eps=1e-5)
+
+    idx = torch.randint(0, 256, (2, 6))
+    with torch.no_grad():
+        x = lm.embed.weight[idx].float()
+        for block in lm.blocks:
+            x = x + block.mixer(rms(block.norm, x))
+        assert x.dtype == torch.float32
+        torch.testing.assert_close(lm(idx), rms(lm.norm_f, x) @ lm.embed.weight.T, rtol=0, atol=0)
+        state = lm.init_state(2)
+        for t in range(idx.shape[1]):
+            xt, mine = lm.embed.weight[idx[:, t]].float(), state
+            for block, s in zip(lm.blocks, mine):
+                xt = xt + block.mixer.step(rms(block.norm, xt), s)[0]
+            got, state = lm.step(idx[:, t], state)
+            torch.testing.assert_close(got, rms(lm.norm_f, xt) @ lm.embed.weight.T, rtol=0, atol=0)
+        in_bf16 = LM(dataclasses.replace(cfg, residual_in_fp32=False)).to(torch.bfloat16).eval()
+        in_bf16.load_state_dict(lm.state_dict())
+        assert not torch.equal(in_bf16(idx), lm(idx))
+    assert all(isinstance(n, torch.nn.RMSNorm) for n in (lm.norm_f, *(b.norm for b in lm.blocks)))
+    layernorm = LM(dataclasses.replace(cfg, norm="layernorm"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(layernorm) - count(lm) == 3 * 16  # two blocks' norms and the final one, 16 biases each

@@ -79,6 +79,8 @@ class RnnlabConfig(PreTrainedConfig):
     mlp_ratio: float | None = None
     tie_word_embeddings: bool = True
     rescale_prenorm_residual: bool = False
+    norm: str = "layernorm"
+    residual_in_fp32: bool = False
     layer: dict[str, Any] | None = None
     seq_len: int | None = None
     bos_token_id: int | None = SPECIAL_BYTE
@@ -100,7 +102,8 @@ class RnnlabConfig(PreTrainedConfig):
     def to_model_config(self) -> ModelConfig:
         return ModelConfig(model=self.model, dim=self.dim, depth=self.depth, vocab_size=self.vocab_size,
                            mlp_ratio=self.mlp_ratio, tie_embeddings=self.tie_word_embeddings,
-                           rescale_prenorm_residual=self.rescale_prenorm_residual, layer=dict(self.layer or {}))
+                           rescale_prenorm_residual=self.rescale_prenorm_residual, norm=self.norm,
+                           residual_in_fp32=self.residual_in_fp32, layer=dict(self.layer or {}))
 
 
 class RecurrentState:

@@ -12,6 +12,7 @@ from rnnlab.options import at_least, check, did_you_mean, option, positive
 
 MAX_DIM = 65536
 MAX_DEPTH = 1024
+NORMS = ("layernorm", "rmsnorm")
 
 
 def layer_text(layer: dict[str, Any] | None) -> str:
@@ -78,6 +79,13 @@ class ModelConfig:
                                                         "the reference study; in pure bf16 it trained Mamba2 "
                                                         "400M 0.11-0.12 bpb lower in 1,000 steps, "
                                                         "results/scale-1b-h100)")
+    norm: str = option("layernorm", help="the blocks' and the final norm: layernorm (weight and bias, as the "
+                                         "reference's January runs) or rmsnorm (weight only, as mamba_ssm's LM "
+                                         "and the reference's later LadderLM)", choices=NORMS)
+    residual_in_fp32: bool = option(False, help="keep the residual stream in fp32, each norm reading it cast to "
+                                                "the weights' dtype (as mamba_ssm's LM and the reference's later "
+                                                "LadderLM); changes pure bf16 only (in bf16-mixed and fp32 the "
+                                                "stream is fp32 already)")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
 

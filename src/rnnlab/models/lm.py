@@ -11,7 +11,10 @@ the LayerNorms' biases, ``tests/test_params.py``); cross-entropy over every posi
 (ekg/elman 8e4459f1) the reference's ``LadderLM`` (E1, E16, E88) pre-normalises with mamba_ssm's RMSNorm
 (weight only) and keeps the residual stream in fp32, so its later E88 runs (the ~480M reports) had
 those blocks, while its Mamba2 there kept ``Mamba2LM``'s LayerNorm: the reference compared them in
-two wrappers. rnnlab keeps LayerNorm for every model.
+two wrappers. rnnlab's default is LayerNorm and a residual in the model's dtype for every model;
+``ModelConfig.norm = "rmsnorm"`` with ``residual_in_fp32`` (and ``rescale_prenorm_residual``) builds
+the later wrapper, which is also mamba_ssm's own LM (``MixerModel``: RMSNorm eps 1e-5, residual in
+fp32, each norm reading it cast to the weights' dtype).
 
 Under ``torch.compile`` E1, E16, minGRU and minLSTM on CUDA (their scans are custom ops), attention
 and the Mamba2 reference compile to one graph; every other recurrence is an opaque call
@@ -42,26 +45,37 @@ class MLP(nn.Module):
         return self.proj(F.gelu(self.fc(x)))
 
 
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    """The pre-norm of a block (and the final one): ``cfg.norm``'s, eps 1e-5."""
+    return nn.RMSNorm(cfg.dim, eps=1e-5) if cfg.norm == "rmsnorm" else nn.LayerNorm(cfg.dim, eps=1e-5)
+
+
+def normed(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``norm(x)`` with ``x`` cast to the norm's weight dtype: a residual kept in fp32 under pure bf16
+    (``residual_in_fp32``) is normed in bf16, as mamba_ssm does; otherwise the cast changes nothing."""
+    return norm(x.to(norm.weight.dtype))
+
+
 class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.norm = nn.LayerNorm(cfg.dim)
+        self.norm = make_norm(cfg)
         self.mixer = get_spec(cfg.model).layer_cls(cfg.layer_config())
         hidden = cfg.mlp_width()
-        self.mlp_norm = nn.LayerNorm(cfg.dim) if hidden > 0 else None
+        self.mlp_norm = make_norm(cfg) if hidden > 0 else None
         self.mlp = MLP(cfg.dim, hidden) if hidden > 0 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm(x))
+        x = x + self.mixer(normed(self.norm, x))
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
+            x = x + self.mlp(normed(self.mlp_norm, x))
         return x
 
     def step(self, x: torch.Tensor, state):
-        y, state = self.mixer.step(self.norm(x), state)
+        y, state = self.mixer.step(normed(self.norm, x), state)
         x = x + y
         if self.mlp is not None:
-            x = x + self.mlp(self.mlp_norm(x))
+            x = x + self.mlp(normed(self.mlp_norm, x))
         return x, state
 
 
@@ -75,7 +89,7 @@ class LM(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         if cfg.rescale_prenorm_residual:
             self.rescale_residual_projections()
-        self.norm_f = nn.LayerNorm(cfg.dim)
+        self.norm_f = make_norm(cfg)
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
@@ -104,11 +118,16 @@ class LM(nn.Module):
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """``idx: [B, T]`` bytes -> logits ``[B, T, 256]``, or the mean cross-entropy (nats,
         computed in fp32) when ``targets`` is given."""
-        x = self._run_blocks(self.embed(idx))
-        logits = self.head(self.norm_f(x))
+        x = self._run_blocks(self.embedded(idx))
+        logits = self.head(normed(self.norm_f, x))
         if targets is None:
             return logits
         return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+
+    def embedded(self, idx: torch.Tensor) -> torch.Tensor:
+        """The residual stream's start: the bytes' embeddings, in fp32 (at least) with ``residual_in_fp32``."""
+        x = self.embed(idx)
+        return x.to(torch.promote_types(x.dtype, torch.float32)) if self.cfg.residual_in_fp32 else x
 
     def _run_blocks(self, x: torch.Tensor) -> torch.Tensor:
         # A frame of its own for torch.compile: most recurrences are opaque calls (graph breaks,
@@ -127,9 +146,9 @@ class LM(nn.Module):
     @torch.no_grad()
     def step(self, idx_t: torch.Tensor, state: list) -> tuple[torch.Tensor, list]:
         """One byte per sequence (``idx_t: [B]``) -> next-byte logits ``[B, 256]`` and new state."""
-        x = self.embed(idx_t)
+        x = self.embedded(idx_t)
         new_state = []
         for block, s in zip(self.blocks, state):
             x, s = block.step(x, s)
             new_state.append(s)
-        return self.head(self.norm_f(x)), new_state
+        return self.head(normed(self.norm_f, x)), new_state
