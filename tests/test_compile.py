@@ -26,7 +26,7 @@ CASES = {
     "mingru": dict(model="mingru", layer={}),
     # reference Mamba2: the op ssd_scan's "chunked" form is traced, no opaque call at all, one graph
     "mamba2": dict(model="mamba2", layer={"d_state": 16, "headdim": 16, "chunk_size": 8}),
-    # the same in mamba_ssm's wrapper (RMSNorm, the residual cast before each norm): still one graph
+    # the same in mamba_ssm's wrapper (RMSNorm and the rescale; in fp32 the residual's casts do nothing): one graph
     "mamba2-mixermodel": dict(model="mamba2", layer={"d_state": 16, "headdim": 16, "chunk_size": 8},
                               norm="rmsnorm", residual_in_fp32=True, rescale_prenorm_residual=True),
     # the op e88_scan (reference loop, opaque) between the traced projections, norms and gates

@@ -5,6 +5,7 @@ LM.step == forward: tests/test_layer_contract.py."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -71,8 +72,6 @@ def test_rescale_prenorm_residual_divides_only_what_writes_into_the_residual_str
     projection (the mixer's ``output_projection``, and the MLP's ``proj`` where there is one) is the
     unscaled model's divided by sqrt(such weights per block x depth); every other weight is equal.
     A mixer with no output projection (minGRU at expansion 1) is refused in one line."""
-    import pytest
-
     cases = [("mamba2", {"headdim": 8, "d_state": 8, "backend": "reference"}, None, ["mixer.out_proj.weight"]),
              ("e88", {"n_state": 4}, None, ["mixer.o_proj.weight"]),
              ("mingru", {"expansion": 1.5}, None, ["mixer.out_proj.weight"]),
@@ -94,43 +93,55 @@ def test_rescale_prenorm_residual_divides_only_what_writes_into_the_residual_str
         LM(ModelConfig(model="mingru", dim=16, depth=2, rescale_prenorm_residual=True))
 
 
-def test_rmsnorm_and_an_fp32_residual_are_mamba_ssms_wrapper():
-    """``norm="rmsnorm"`` with ``residual_in_fp32`` is mamba_ssm's ``MixerModel`` around the same mixer:
-    RMSNorm (weight only, eps 1e-5) before each mixer and at the end, the residual stream in fp32 and
-    each norm reading it cast to the weights' dtype. In pure bf16, forward and step by step equal that
-    loop written out, and differ from the same weights with the residual in bf16; the parameters are
-    the LayerNorm model's less its norms' biases."""
+@pytest.mark.parametrize("norm", ["rmsnorm", "layernorm"])
+def test_rmsnorm_and_an_fp32_residual_are_mamba_ssms_wrapper(norm):
+    """``norm="rmsnorm"`` with ``residual_in_fp32`` is the wrapper of mamba_ssm's ``MixerModel`` (and the
+    reference's later ``LadderLM``) around the same mixer: RMSNorm (weight only, eps 1e-5) before the
+    mixer, the MLP and the head, the residual stream in fp32, each norm computed on it in fp32 and
+    rounded once to the weights' dtype (mamba_ssm's fused add-and-norm). In pure bf16, forward and
+    step by step equal that loop written out, and differ from the same weights with the residual in
+    bf16; the parameters are the LayerNorm model's less its norms' biases. An fp32 residual around
+    LayerNorms is normed the same way."""
     import dataclasses
 
     torch.manual_seed(0)
-    cfg = ModelConfig(model="e1", dim=16, depth=2, norm="rmsnorm", residual_in_fp32=True)
+    cfg = ModelConfig(model="e1", dim=16, depth=2, mlp_ratio=1.0, norm=norm, residual_in_fp32=True)
     lm = LM(cfg).to(torch.bfloat16).eval()
     with torch.no_grad():  # norms away from their identity init, so each one counts
         for name, p in lm.named_parameters():
             if "norm" in name:
                 p.add_(torch.randn_like(p) * 0.3)
 
-    def rms(norm, x):
-        return F.rms_norm(x.to(torch.bfloat16), (16,), norm.weight, eps=1e-5)
+    def rms(norm, x):  # (or LayerNorm's, with its bias)
+        assert x.dtype == torch.float32
+        if isinstance(norm, torch.nn.LayerNorm):
+            return F.layer_norm(x, (16,), norm.weight.float(), norm.bias.float(), eps=1e-5).to(torch.bfloat16)
+        return F.rms_norm(x, (16,), norm.weight.float(), eps=1e-5).to(torch.bfloat16)
+
+    def block_by_hand(block, x, s=None):
+        y, s = (block.mixer(rms(block.norm, x)), None) if s is None else block.mixer.step(rms(block.norm, x), s)
+        x = x + y
+        return x + block.mlp(rms(block.mlp_norm, x))
 
     idx = torch.randint(0, 256, (2, 6))
     with torch.no_grad():
         x = lm.embed.weight[idx].float()
         for block in lm.blocks:
-            x = x + block.mixer(rms(block.norm, x))
-        assert x.dtype == torch.float32
+            x = block_by_hand(block, x)
         torch.testing.assert_close(lm(idx), rms(lm.norm_f, x) @ lm.embed.weight.T, rtol=0, atol=0)
         state = lm.init_state(2)
         for t in range(idx.shape[1]):
-            xt, mine = lm.embed.weight[idx[:, t]].float(), state
-            for block, s in zip(lm.blocks, mine):
-                xt = xt + block.mixer.step(rms(block.norm, xt), s)[0]
+            xt = lm.embed.weight[idx[:, t]].float()
+            for block, s in zip(lm.blocks, state):
+                xt = block_by_hand(block, xt, s)
             got, state = lm.step(idx[:, t], state)
             torch.testing.assert_close(got, rms(lm.norm_f, xt) @ lm.embed.weight.T, rtol=0, atol=0)
         in_bf16 = LM(dataclasses.replace(cfg, residual_in_fp32=False)).to(torch.bfloat16).eval()
         in_bf16.load_state_dict(lm.state_dict())
         assert not torch.equal(in_bf16(idx), lm(idx))
-    assert all(isinstance(n, torch.nn.RMSNorm) for n in (lm.norm_f, *(b.norm for b in lm.blocks)))
+    kind = torch.nn.RMSNorm if norm == "rmsnorm" else torch.nn.LayerNorm
+    assert all(isinstance(n, kind) for b in lm.blocks for n in (b.norm, b.mlp_norm))
     layernorm = LM(dataclasses.replace(cfg, norm="layernorm"))
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(layernorm) - count(lm) == 3 * 16  # two blocks' norms and the final one, 16 biases each
+    # two norms a block and the final one, 16 biases each
+    assert count(layernorm) - count(lm) == (5 * 16 if norm == "rmsnorm" else 0)

@@ -27,7 +27,7 @@ to the activations' dtype before the scan (bf16 in its pure-bf16 runs; here it s
 ``A_log`` path is fp32 even for fp64 inputs; it takes only ``n_state`` a multiple of 4 and its own
 default is 8 heads, not balanced ones; weights follow its init rules but not its order of random draws. Its 480M runs
 wrapped E88 in its later ``LadderLM``, with RMSNorm blocks and an fp32 residual, where rnnlab's LM
-uses LayerNorm (``rnnlab.models.lm``).
+uses LayerNorm by default (``rnnlab.models.lm``; ``--norm rmsnorm --residual-in-fp32`` builds that one).
 """
 
 from __future__ import annotations

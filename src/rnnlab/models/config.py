@@ -79,13 +79,14 @@ class ModelConfig:
                                                         "the reference study; in pure bf16 it trained Mamba2 "
                                                         "400M 0.11-0.12 bpb lower in 1,000 steps, "
                                                         "results/scale-1b-h100)")
-    norm: str = option("layernorm", help="the blocks' and the final norm: layernorm (weight and bias, as the "
-                                         "reference's January runs) or rmsnorm (weight only, as mamba_ssm's LM "
-                                         "and the reference's later LadderLM)", choices=NORMS)
-    residual_in_fp32: bool = option(False, help="keep the residual stream in fp32, each norm reading it cast to "
-                                                "the weights' dtype (as mamba_ssm's LM and the reference's later "
-                                                "LadderLM); changes pure bf16 only (in bf16-mixed and fp32 the "
-                                                "stream is fp32 already)")
+    norm: str = option("layernorm", help="the LM's pre-norms (each block's and the final one): layernorm "
+                                         "(weight and bias, as the reference's January runs) or rmsnorm (weight "
+                                         "only, as mamba_ssm's LM and the reference's later LadderLM); E1's norm "
+                                         "of its state is another setting, --layer norm", choices=NORMS)
+    residual_in_fp32: bool = option(False, help="keep the residual stream in fp32, each norm computed on it in "
+                                                "fp32 and rounded to the weights' dtype (as mamba_ssm's LM and "
+                                                "the reference's later LadderLM); changes pure bf16 only (in "
+                                                "bf16-mixed and fp32 the stream is fp32 already)")
     layer: dict[str, Any] = option(default_factory=dict, help="a mixer option, e.g. --layer expansion=2.5 "
                                                               "(repeatable; rnnlab layers lists them)")
 

@@ -12,9 +12,10 @@ the LayerNorms' biases, ``tests/test_params.py``); cross-entropy over every posi
 (weight only) and keeps the residual stream in fp32, so its later E88 runs (the ~480M reports) had
 those blocks, while its Mamba2 there kept ``Mamba2LM``'s LayerNorm: the reference compared them in
 two wrappers. rnnlab's default is LayerNorm and a residual in the model's dtype for every model;
-``ModelConfig.norm = "rmsnorm"`` with ``residual_in_fp32`` (and ``rescale_prenorm_residual``) builds
-the later wrapper, which is also mamba_ssm's own LM (``MixerModel``: RMSNorm eps 1e-5, residual in
-fp32, each norm reading it cast to the weights' dtype).
+``ModelConfig.norm = "rmsnorm"`` with ``residual_in_fp32`` builds that later ``LadderLM``, and with
+``rescale_prenorm_residual`` too mamba_ssm's own LM (``MixerModel``: RMSNorm eps 1e-5, the residual in
+fp32, each norm computed on it in fp32 and rounded once to the weights' dtype, as its fused add-and-norm
+kernel does), for layers without an MLP (the recurrent models' default; ``MixerModel``'s MLP is gated).
 
 Under ``torch.compile`` E1, E16, minGRU and minLSTM on CUDA (their scans are custom ops), attention
 and the Mamba2 reference compile to one graph; every other recurrence is an opaque call
@@ -51,9 +52,17 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
 
 
 def normed(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``norm(x)`` with ``x`` cast to the norm's weight dtype: a residual kept in fp32 under pure bf16
-    (``residual_in_fp32``) is normed in bf16, as mamba_ssm does; otherwise the cast changes nothing."""
-    return norm(x.to(norm.weight.dtype))
+    """``norm(x)`` in the norm's weight dtype. A residual kept in fp32 under pure bf16
+    (``residual_in_fp32``) is normed in fp32 and rounded once, at the output, as mamba_ssm's fused
+    add-and-norm kernel does (its default, and the reference's ``LadderLM`` on a GPU)."""
+    w = norm.weight
+    if x.dtype == w.dtype:
+        return norm(x)
+    if isinstance(norm, nn.RMSNorm):
+        y = F.rms_norm(x, norm.normalized_shape, w.to(x.dtype), norm.eps)
+    else:
+        y = F.layer_norm(x, norm.normalized_shape, w.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
+    return y.to(w.dtype)
 
 
 class Block(nn.Module):

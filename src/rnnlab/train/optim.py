@@ -173,7 +173,7 @@ def bf16_rounds_away_at(lr: float) -> float:
 def rounded_away(model: nn.Module, lr: float) -> list[str]:
     """Names of the bf16 parameters (this rank's shards), layer indices as ``*``, most of whose
     elements are at least ``bf16_rounds_away_at(lr)``: in pure bf16 they do not train (at lr 3e-4
-    LayerNorm weights at 1 and Mamba2's ``A_log``, ``dt_bias`` and ``D``)."""
+    the norms' weights at 1, LayerNorm's or RMSNorm's, and Mamba2's ``A_log``, ``dt_bias`` and ``D``)."""
     from rnnlab.train.distributed import is_dtensor
 
     threshold = bf16_rounds_away_at(lr)
