@@ -561,13 +561,14 @@ def test_a_complete_run_is_redone_when_its_budget_kind_changes(tmp_path):
 
 
 def _scored_suite(tmp_path):
-    """A one-run suite file of a tiny E1 (3 steps, fp32, 32-byte windows, 4K held-out bytes) and an
-    extra held-out text beside it."""
+    """A one-run suite file of a tiny E1 (3 steps, fp32, 32-byte windows, 4K held-out bytes; RMSNorm,
+    a model setting off its default) and an extra held-out text beside it."""
     extra = tmp_path / "extra.txt"
     extra.write_bytes(bytes(range(32, 122)) * 30)  # 2,700 bytes
     path = tmp_path / "s.toml"
     path.write_text('name = "s"\n[defaults]\nsteps = 3\ndevice = "cpu"\nprecision = "fp32"\nbatch_size = 2\n'
-                    'seq_len = 32\neval_bytes = "4K"\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 16\ndepth = 1\n')
+                    'seq_len = 32\neval_bytes = "4K"\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 16\ndepth = 1\n'
+                    'norm = "rmsnorm"\n')
     return load_suite(path), extra
 
 
@@ -578,7 +579,9 @@ def test_a_complete_run_asked_for_a_new_extra_file_or_eval_bytes_is_rescored_fro
     split's kept where it was covered); --plan says so first; the same command again skips it."""
     suite, extra = _scored_suite(tmp_path)
     out = tmp_path / "out"
-    run_plan(suite, plan_suite(suite, out), out, progress=False, log=lambda m: None)
+    said: list[str] = []
+    run_plan(suite, plan_suite(suite, out), out, progress=False, log=said.append)
+    assert said[0].startswith("[1/1] a: training e1 dim=16 depth=1 norm=rmsnorm (")  # its settings off their defaults
     run = out / "a"
     first = json.loads((run / "summary.json").read_text())
     steps = (run / "metrics.jsonl").read_text()
@@ -588,7 +591,7 @@ def test_a_complete_run_asked_for_a_new_extra_file_or_eval_bytes_is_rescored_fro
     assert ("rescore: a is complete; its final evaluation will be scored again from its checkpoint, no training "
             "step (no score on extra.txt)") in capsys.readouterr().out
     (planned,) = plan_suite(suite, out, extra_val_data=str(extra))
-    said: list[str] = []
+    said = []
     result = run_plan(suite, [planned], out, progress=False, log=said.append)
     assert (result["rescored"], result["trained"], result["skipped"]) == (["a"], [], [])
     s = json.loads((run / "summary.json").read_text())
@@ -2586,7 +2589,8 @@ def test_a_rows_multiple_beside_dim_is_refused_unless_params_solves_the_width(tm
 
 def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
     """Settings outside the plan's columns (batch, seed, the optimizer's betas and clipping) are
-    shown on each line where the suite's runs do not all agree on them, and only then."""
+    shown on each line where the suite's runs do not all agree on them, and only then; a model
+    setting off its default always (a suite whose every run rescales says so)."""
     f = tmp_path / "s.toml"
     f.write_text('name = "s"\n[defaults]\nbatch_size = 16\ngrad_clip = 1.0\n'
                  '[[runs]]\nname = "a"\nmodel = "e1"\ndim = 32\ndepth = 1\n'
@@ -2601,6 +2605,7 @@ def test_a_plan_line_shows_the_settings_its_runs_differ_in(tmp_path, capsys):
     assert a.endswith("[new]  batch_size=16 betas=0.9,0.999 grad_clip=1.0 mlp_ratio=None"), a
     assert b.endswith("[new]  batch_size=8 betas=0.9,0.95 grad_clip=off mlp_ratio=2.0"), b
     assert plan_lines("--runs", "a")[0].endswith("[new]")  # one run: nothing differs
+    assert plan_lines("--runs", "b")[0].endswith("[new]  mlp_ratio=2.0")  # but a model setting off its default
     # AdamW's schedule on AdamW's line alone: Schedule-Free ignores it
     f.write_text('name = "s"\n[[runs]]\nname = "a"\nmodel = "e1"\ndim = 32\ndepth = 1\n'
                  '[[runs]]\nname = "b"\nmodel = "e1"\ndim = 32\ndepth = 1\noptimizer = "adamw"\n'

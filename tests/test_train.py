@@ -22,7 +22,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 SUMMARY_KEYS = {"model", "params", "steps", "tokens", "loss", "val_loss", "val_bpb", "tok_per_s",
                 "peak_mem_gib", "time_s", "complete", "dim", "depth", "batch_size", "seq_len",
-                "optimizer", "lr", "precision", "seed", "decay_rates"}
+                "optimizer", "lr", "precision", "seed", "decay_rates", "model_options"}
 METRIC_KEYS = {"step", "tokens", "loss", "lr", "grad_norm", "tok_per_s", "peak_mem_gib", "elapsed_s", "warmup_s"}
 
 
@@ -1118,6 +1118,12 @@ def test_extra_held_out_file_is_scored_whole_at_the_end(tiny_train, tmp_path, ca
     text = format_summary(s)
     assert f"extra.txt loss / bpb  {x['val_loss']:.4f} / {x['val_bpb']:.4f} (3,776 bytes)" in text
     assert "held-out bytes)" in text and "at step" not in text  # its own step's evaluation
+    def model_row(text):
+        return next(line for line in text.splitlines() if line.startswith("model "))
+
+    assert model_row(text).endswith(f" e1 dim={s['dim']} depth={s['depth']}")  # no setting off its default
+    options = format_summary({**s, "model_options": {"norm": "rmsnorm", "rescale_prenorm_residual": True}})
+    assert model_row(options).endswith(f" e1 dim={s['dim']} depth={s['depth']} rescale_prenorm_residual=True norm=rmsnorm")
     assert f"held-out bytes, at step {s['steps'] - 1:,})" in format_summary({**s, "val_step": s["steps"] - 1})
     assert f"at train point      {x['val_loss_train_point']:.4f} / {x['val_bpb_train_point']:.4f}\n" in text
     assert f"; extra.txt: val_bpb {x['val_bpb']:.4f}  (3,776 bytes)  at the train point" in eval_line(evals[-1])

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from rnnlab.errors import counted
-from rnnlab.models.config import layer_text
+from rnnlab.models.config import layer_text, model_options_off_default
 from rnnlab.models.params import count_arg
 from rnnlab.options import checked, path_arg
 from rnnlab.train.config import (FIELDS, MODEL_KEYS, RUNNER_KEYS, SUITE_KEYS, add_config_flags, config_flag_values,
@@ -201,15 +201,17 @@ _PLAN_COLUMNS = {"model", "dim", "depth", "layer", "steps", "minutes", "tokens",
 def varying_settings(plan) -> dict[str, str]:
     """By run label, the settings that differ between the plan's runs and are not in a plan line's
     columns, as ``batch_size=8 seed=43 grad_clip=off`` ("" where all runs agree): a suite's
-    rows that differ in batch, seed or optimizer settings say so before anything trains. AdamW's
-    ``lr_schedule`` is a setting of AdamW's runs only (Schedule-Free ignores it)."""
+    rows that differ in batch, seed or optimizer settings say so before anything trains. A model
+    setting off its default (``rescale_prenorm_residual=True``) is shown even where every run has
+    it. AdamW's ``lr_schedule`` is a setting of AdamW's runs only (Schedule-Free ignores it)."""
     def flat(cfg) -> dict:  # the run's fields and its model's side by side
         d = training_settings(cfg)
         return {k: v for k, v in {**d, **d["model"]}.items() if k not in _PLAN_COLUMNS}
 
     configs = {pr.label: flat(pr.cfg) for pr in plan}
+    off_default = {k for pr in plan for k in model_options_off_default(pr.cfg.model.to_dict())}
     keys = [k for k in dict.fromkeys(k for c in configs.values() for k in c)
-            if len({repr(c.get(k)) for c in configs.values()}) > 1]
+            if len({repr(c.get(k)) for c in configs.values()}) > 1 or k in off_default]
 
     def text(key: str, value) -> str:
         if key == "grad_clip" and value is None:

@@ -21,13 +21,17 @@ def layer_text(layer: dict[str, Any] | None) -> str:
     return " ".join(f"{k}={v}" for k, v in (layer or {}).items())
 
 
-def model_options_text(model: dict[str, Any]) -> str:
+def model_options_off_default(model: dict[str, Any]) -> dict[str, Any]:
     """A saved model config's settings beyond its kind, size and layer options that differ from their
-    defaults, as ``mlp_ratio=2.0 tie_embeddings=False`` ("" for none): a report's config cell names
-    them, or two models built differently would look the same."""
+    defaults (``{"mlp_ratio": 2.0}``)."""
     defaults = ModelConfig()
-    return " ".join(f"{k}={model[k]}" for k in _OPTION_FIELDS
-                    if k in model and model[k] != getattr(defaults, k))
+    return {k: model[k] for k in _OPTION_FIELDS if k in model and model[k] != getattr(defaults, k)}
+
+
+def model_options_text(model: dict[str, Any]) -> str:
+    """:func:`model_options_off_default` as ``mlp_ratio=2.0 tie_embeddings=False`` ("" for none): a
+    report's config cell names them, or two models built differently would look the same."""
+    return " ".join(f"{k}={v}" for k, v in model_options_off_default(model).items())
 
 
 def unknown_layer_options(model: str, names) -> str | None:

@@ -38,6 +38,7 @@ from torch import nn
 
 from rnnlab.data import BatchStream, file_split, load_splits
 from rnnlab.errors import amount, counted
+from rnnlab.models.config import model_options_off_default
 from rnnlab.models.params import count_params
 from rnnlab.ops.dtypes import autocast
 from rnnlab.signals import closed_pipe_stops, ctrl_c_unwrapped, reclaim_handlers, take_swallowed_ctrl_c
@@ -798,6 +799,7 @@ class Trainer:
             # checkpoints included), beside the steady-state tok_per_s above
             "wall_s": state.wall_s, "tok_per_wall_s": state.tokens / state.wall_s,
             "dim": m.dim, "depth": m.depth, "layer": m.layer, "mlp_ratio": m.resolved_mlp_ratio(),
+            "model_options": model_options_off_default(m.to_dict()),  # e.g. {"norm": "rmsnorm"}
             "batch_size": cfg.data.batch_size, "seq_len": cfg.data.seq_len, "optimizer": cfg.optim.optimizer,
             "lr": cfg.optim.lr, "weight_decay": cfg.optim.weight_decay, "decay_rates": decay_rates(state.model, cfg),
             "precision": cfg.run.precision,
