@@ -176,7 +176,8 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
     1,000 steps, captured: the race's runs at their step 1,000 are their 400M twins. Its warm-up arm
     is those four shapes again with a 100-step warm-up, nothing else changed; its precision arm the
     warm-up arm's runs in bf16-mixed, nothing else changed; its init arm the 400M pair of either
-    precision with rescale_prenorm_residual, nothing else changed."""
+    precision with rescale_prenorm_residual, nothing else changed, and the pure-bf16 pair of those in
+    mamba_ssm's whole LM (RMSNorm and the residual in fp32 besides)."""
     race = {p.name: p for p in plan_suite(load_suite("race-400m"), tmp_path / "race")}
     plan = {p.name: p for p in plan_suite(load_suite("scale-1b"), tmp_path / "scale")}
     scale = {name: p for name, p in plan.items() if name.endswith("-1b")}
@@ -221,7 +222,16 @@ def test_scale_suite_is_the_race_at_1b_for_1000_steps(tmp_path):
         assert (dataclasses.replace(p.cfg.model, rescale_prenorm_residual=False), p.cfg.data, p.cfg.optim,
                 p.cfg.budget) == (same.model, same.data, same.optim, same.budget), name
         assert dataclasses.replace(p.cfg.run, out=None) == dataclasses.replace(same.run, out=None), name
-    assert len(plan) == len(scale) + len(arm) + len(mixed) + len(rescaled)
+    # mamba_ssm's whole LM: each rescaled pure-bf16 run with RMSNorm and the residual in fp32 besides
+    wrapped = {name: p for name, p in plan.items() if name.endswith("-mixermodel")}
+    assert set(wrapped) == {f"{m}-400m-warmup-mixermodel" for m in ("mamba2", "e1-heads")}
+    for name, p in wrapped.items():
+        same = rescaled[name.replace("-mixermodel", "-rescaled")].cfg
+        assert (p.cfg.model.norm, p.cfg.model.residual_in_fp32) == ("rmsnorm", True), name
+        assert dataclasses.replace(p.cfg, model=same.model, run=same.run) == same, name
+        assert dataclasses.replace(p.cfg.model, norm="layernorm", residual_in_fp32=False) == same.model, name
+        assert dataclasses.replace(p.cfg.run, out=None) == dataclasses.replace(same.run, out=None), name
+    assert len(plan) == len(scale) + len(arm) + len(mixed) + len(rescaled) + len(wrapped)
 
 
 def test_scaling_options(tmp_path):
