@@ -2334,7 +2334,7 @@ def test_depth_plot_draws_a_line_only_over_runs_that_differ_in_depth_alone():
     assert P.loss_vs_depth_figure(P._depth_series(solved)).axes[0].get_xlabel() == (
         "depth (width solved for the parameter budget)")
     # rows apart in a model setting, or in another swept value (a seed), are lines of their own, named by it
-    mlp = [dict(row("e1", d, 1.0 + d / 100), model_options=o) for d in (1, 2) for o in ("mlp_ratio=1.0", "")]
+    mlp = [dict(row("e1", d, 1.0 + d / 100), model_options=o) for d in (1, 2) for o in ({"mlp_ratio": 1.0}, {})]
     assert {k: [r["depth"] for r in rs] for k, rs in P._depth_series(mlp).items()} == {
         "e1 mlp_ratio=1.0": [1, 2], "e1": [1, 2]}
     seeds = [dict(row("e1", d, 1.0 + d / 100 + s / 1000), point={"seed": s, "depth": d}) for d in (1, 2) for s in (1, 2)]

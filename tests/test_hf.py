@@ -801,6 +801,7 @@ def test_untied_head_and_mlp_export_and_load(tmp_path, tiny_train):
     run = tmp_path / "run"
     options = dict(tie_embeddings=False, mlp_ratio=2.0, norm="rmsnorm", residual_in_fp32=True)
     run_training(tiny_train(run, steps=1, **options), progress=False)
+    assert json.loads((run / "summary.json").read_text())["model_options"] == options  # each off its default
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "hf")]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf")
     _, ref, _ = RunDir(run).load("cpu")

@@ -106,6 +106,7 @@ def test_run_folder_contents(tiny_train, tmp_path):
     assert SUMMARY_KEYS <= set(summary) and summary == json.loads(json.dumps(s))
     assert summary["loss"] == pytest.approx(sum(r["loss"] for r in recs) / 12)
     assert summary["val_loss"] == evals[-1]["val_loss"] and summary["complete"] is True
+    assert summary["model_options"] == {}  # every model setting at its default
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["model"]["dim"] == 32 and cfg["steps"] == 12 and cfg["optimizer"] == "schedulefree-adamw"
     env = json.loads((run / "env.json").read_text())

@@ -173,10 +173,11 @@ def _print_plan(suite, plan, out: Path) -> None:
     print(f"suite {suite.name}: {counted(len(plan), 'run')} under {out}")
     found = [status_and_conflict(pr) for pr in plan]  # each folder's config.json read once
     varying = varying_settings(plan)
+    label_width = max([28, *(len(pr.label) for pr in plan)])  # the columns after it aligned
     for pr, (status, _) in zip(plan, found):
         c = pr.cfg
         m = c.model
-        print(f"  {pr.label:<28} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
+        print(f"  {pr.label:<{label_width}} {m.model:<11} dim={m.dim:<5} depth={m.depth:<3} {pr.params:>13,} params  "
               f"{budget_label(pr)}  {c.optim.optimizer} lr={c.optim.lr:g}  {c.run.precision}  [{status}]"
               + "".join(f"  {text}" for text in (layer_text(m.layer), varying[pr.label]) if text))
     for pr, (status, why) in zip(plan, found):
@@ -200,10 +201,10 @@ _PLAN_COLUMNS = {"model", "dim", "depth", "layer", "steps", "minutes", "tokens",
 
 def varying_settings(plan) -> dict[str, str]:
     """By run label, the settings that differ between the plan's runs and are not in a plan line's
-    columns, as ``batch_size=8 seed=43 grad_clip=off`` ("" where all runs agree): a suite's
-    rows that differ in batch, seed or optimizer settings say so before anything trains. A model
-    setting off its default (``rescale_prenorm_residual=True``) is shown even where every run has
-    it. AdamW's ``lr_schedule`` is a setting of AdamW's runs only (Schedule-Free ignores it)."""
+    columns, as ``batch_size=8 seed=43 grad_clip=off``, and the model settings off their defaults
+    (``rescale_prenorm_residual=True``) even where every run has them ("" for neither): a suite's
+    rows that differ in batch, seed or optimizer settings say so before anything trains. AdamW's
+    ``lr_schedule`` is a setting of AdamW's runs only (Schedule-Free ignores it)."""
     def flat(cfg) -> dict:  # the run's fields and its model's side by side
         d = training_settings(cfg)
         return {k: v for k, v in {**d, **d["model"]}.items() if k not in _PLAN_COLUMNS}

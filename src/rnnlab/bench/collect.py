@@ -23,7 +23,7 @@ from typing import Any
 
 from rnnlab.bench.mfu import mfu, peak_tflops
 from rnnlab.bench.suite import LOGS, SUITE_FILE
-from rnnlab.models.config import model_options_text
+from rnnlab.models.config import model_options_off_default
 from rnnlab.train.config import BUDGET_KEYS, WARMUP_STEPS
 from rnnlab.train.rundir import CONFIG, ENV, SUMMARY, RunDir, read_json, val_step_behind, warn
 
@@ -168,7 +168,7 @@ def aggregate(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "name": name, "model": s.get("model") or model.get("model"),
             "dim": s.get("dim") or model.get("dim"), "depth": s.get("depth") or model.get("depth"),
             "layer": s.get("layer") if s.get("layer") is not None else model.get("layer"),
-            "model_options": model_options_text(model),  # mlp_ratio=2.0 ...: the report's config cell names them
+            "model_options": model_options_off_default(model),  # {"mlp_ratio": 2.0}: the config cell names them
             "params": s.get("params") or first.get("planned_params"),
             "target_params": first.get("target_params"),  # suite.json's: the width was solved for it
             "seeds": [run_seed(r) for r in use],

@@ -23,7 +23,7 @@ from rnnlab.bench import plots as P
 from rnnlab.bench.collect import PROTOCOL_KEYS, aggregate, collect_folders, run_decay_rates, run_seed
 from rnnlab.bench.suite import invocations, suite_ref
 from rnnlab.errors import amount, counted
-from rnnlab.models.config import layer_text
+from rnnlab.models.config import model_text
 from rnnlab.models.params import parse_count
 from rnnlab.train.config import (BUDGET_KEYS, FIELDS, RUNNER_KEYS, WARMUP_STEPS, TrainConfig, apply_overrides,
                                  stored_value)
@@ -88,8 +88,7 @@ def fmt_mem(row: dict[str, Any]) -> str:
 def config_text(row: dict[str, Any]) -> str:
     """``e1 1024x24 heads=16 rescale_prenorm_residual=True``: the model, its size, its layer options and
     its other settings that differ from their defaults."""
-    texts = (layer_text(row.get("layer")), row.get("model_options"))
-    return f"{row['model']} {row['dim']}x{row['depth']}" + "".join(f" {t}" for t in texts if t)
+    return model_text(row["model"], f"{row['dim']}x{row['depth']}", row.get("layer"), row.get("model_options"))
 
 
 def md_table(header: list[str], body: list[list[str]]) -> str:

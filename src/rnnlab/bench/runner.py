@@ -16,7 +16,7 @@ from typing import Any, Callable
 from rnnlab.bench.parallel import record_gpu, run_parallel, visible_gpus
 from rnnlab.bench.suite import (RESUME_HINT, VERBS, PlannedRun, Suite, budget_change, new_result, outcome_line,
                                 rescore_line, run_conflict, run_status, skip_line, stale_line, train_config, write_plan)
-from rnnlab.models.config import layer_text, model_options_text
+from rnnlab.models.config import model_text
 
 
 def run_plan(suite: Suite, plan: list[PlannedRun], out: str | Path, *, progress: bool = True,
@@ -66,8 +66,8 @@ def run_sequential(plan: list[PlannedRun], progress: bool, log: Callable[[str], 
             if status == "rescore":
                 log(rescore_line(tag, pr))
             else:
-                log(f"{tag}: {VERBS.get(status, 'training')} {m.model} dim={m.dim} depth={m.depth}"
-                    + "".join(f" {t}" for t in (layer_text(m.layer), model_options_text(m.to_dict())) if t)
+                log(f"{tag}: {VERBS.get(status, 'training')} "
+                    + model_text(m.model, f"dim={m.dim} depth={m.depth}", m.layer, m.to_dict())
                     + f" ({pr.params:,} params)"
                     + (f": {change}" if (change := budget_change(pr, status)) else ""))
             try:

@@ -16,7 +16,7 @@ scan). Where it differs: it trains with the log-space (Heinsen) scan (here the b
 ``heinsen``; the default runs the loop or its kernel, the same recurrence), takes the logs of its
 gates in the projection's dtype (bf16 in its pure-bf16 runs; here the gates are fp32) and scans in
 fp32 whatever the input (fp64 included); its one-token path, unused in training, adds 1e-6 to
-minLSTM's gate sum. Its LMs (``MinGRULM``, ``MinLSTMLM``) use LayerNorm blocks, as rnnlab's does.
+minLSTM's gate sum. Its LMs (``MinGRULM``, ``MinLSTMLM``) use LayerNorm blocks, as rnnlab's does by default.
 """
 
 from __future__ import annotations

@@ -29,9 +29,16 @@ def model_options_off_default(model: dict[str, Any]) -> dict[str, Any]:
 
 
 def model_options_text(model: dict[str, Any]) -> str:
-    """:func:`model_options_off_default` as ``mlp_ratio=2.0 tie_embeddings=False`` ("" for none): a
-    report's config cell names them, or two models built differently would look the same."""
+    """:func:`model_options_off_default` as ``mlp_ratio=2.0 tie_embeddings=False`` ("" for none)."""
     return " ".join(f"{k}={v}" for k, v in model_options_off_default(model).items())
+
+
+def model_text(kind: str, size: str, layer: dict[str, Any] | None, options: dict[str, Any] | None) -> str:
+    """``e1 dim=64 depth=2 heads=4 norm=rmsnorm``: a model as log lines, summaries, plans and reports name
+    it: its kind, its size as the caller writes it (``dim=64 depth=2``, ``64x2``), its layer options and
+    its settings off their defaults (``options``, a saved model config or part of one), or two models
+    built differently would look the same."""
+    return " ".join(t for t in (kind, size, layer_text(layer), model_options_text(options or {})) if t)
 
 
 def unknown_layer_options(model: str, names) -> str | None:
@@ -140,6 +147,6 @@ class ModelConfig:
 
 
 MODEL_FIELDS = frozenset(f.name for f in dataclasses.fields(ModelConfig)) - {"layer", "vocab_size"}
-# the fields model_options_text names: all but the kind, the size and the layer's own options
+# the model's settings beyond its kind, size and layer options (model_options_off_default reads them)
 _OPTION_FIELDS = [f.name for f in dataclasses.fields(ModelConfig)
                   if f.name not in ("model", "dim", "depth", "vocab_size", "layer")]

@@ -1,9 +1,9 @@
 """The byte-level language model shared by every mixer (the reference study's LadderLM).
 
     x = embed(bytes)                                  # [256, D], N(0, 0.02)
-    for each layer i:  x = x + mixer_i(LayerNorm_i(x))
-                       x = x + mlp_i(LayerNorm'_i(x))  # only when mlp_ratio > 0 (Transformer)
-    logits = head(LayerNorm_f(x))                     # head tied to the embedding, no bias
+    for each layer i:  x = x + mixer_i(norm_i(x))      # norm: LayerNorm (default) or RMSNorm
+                       x = x + mlp_i(norm'_i(x))       # only when mlp_ratio > 0 (Transformer)
+    logits = head(norm_f(x))                          # head tied to the embedding, no bias
 
 Pre-norm LayerNorm (weight and bias, eps 1e-5) as in the reference's January 2026 runs (its
 ``LadderLM`` for E1/E16, ``MinGRULM``, ``MinLSTMLM``, ``Mamba2LM``: the parameter counts it logged include
@@ -58,10 +58,11 @@ def normed(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     w = norm.weight
     if x.dtype == w.dtype:
         return norm(x)
+    wide = torch.promote_types(x.dtype, w.dtype)  # computed in the wider of the two
     if isinstance(norm, nn.RMSNorm):
-        y = F.rms_norm(x, norm.normalized_shape, w.to(x.dtype), norm.eps)
+        y = F.rms_norm(x.to(wide), norm.normalized_shape, w.to(wide), norm.eps)
     else:
-        y = F.layer_norm(x, norm.normalized_shape, w.to(x.dtype), norm.bias.to(x.dtype), norm.eps)
+        y = F.layer_norm(x.to(wide), norm.normalized_shape, w.to(wide), norm.bias.to(wide), norm.eps)
     return y.to(w.dtype)
 
 

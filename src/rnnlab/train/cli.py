@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rnnlab.errors import counted
-from rnnlab.models.config import layer_text, model_options_text, unknown_layer_options
+from rnnlab.models.config import model_text, unknown_layer_options
 from rnnlab.models.registry import MODELS
 from rnnlab.options import at_least, checked, path_arg, positive
 from rnnlab.signals import (closed_pipe_stops, discard_output, ended_with_this_process, ends_with_parent, handled,
@@ -381,8 +381,7 @@ def format_summary(s: dict) -> str:
         return format(v, spec) if spec else str(v)
 
     rows = [
-        ("model", " ".join(t for t in (f"{s['model']} dim={s['dim']} depth={s['depth']}", layer_text(s.get("layer")),
-                                       model_options_text(s.get("model_options") or {})) if t)),
+        ("model", model_text(s["model"], f"dim={s['dim']} depth={s['depth']}", s.get("layer"), s.get("model_options"))),
         ("params", fmt(s["params"], ",")),
         ("steps / tokens", f"{s['steps']:,} / {s['tokens']:,}"),
         (f"loss (last {min(LOSS_WINDOW, s['steps']):,})", fmt(s["loss"], ".4f")),  # the mean of the steps' losses
