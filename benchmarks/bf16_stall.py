@@ -46,7 +46,7 @@ def moves(start: torch.Tensor, dtype: torch.dtype, steps: int) -> tuple[dict[int
     holder = nn.Module()
     holder.w = nn.Parameter(start.to(dtype, copy=True))  # start itself stays as drawn
     cfg = TrainConfig.from_dict({"optimizer": "schedulefree-adamw", "lr": 3e-4, "warmup_steps": 100,
-                                 "weight_decay": 0.1, "precision": "bf16" if dtype == torch.bfloat16 else "fp32"})
+                                 "weight_decay": 0.1})
     opt, _ = build_optimizer(holder, cfg)
     g = torch.Generator().manual_seed(1)
     shares, moved_late = {}, torch.zeros_like(start, dtype=torch.bool)
