@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rnnlab.models.config import model_options_text
+from rnnlab.models.config import model_text
 from rnnlab.train.config import budget_clock
 
 
@@ -293,8 +293,8 @@ def _depth_series(rows) -> dict[str, list[dict]]:
     groups: dict[tuple[str, str], tuple[dict, list[dict]]] = {}
     for r in rows:
         if r["loss"] is not None and r.get("depth") is not None:
-            options = " ".join(f"{k}={v}" for k, v in sorted((r.get("layer") or {}).items()))
-            label = " ".join(t for t in (r["model"], options, model_options_text(r.get("model_options") or {})) if t)
+            layer = dict(sorted((r.get("layer") or {}).items()))  # one curve whatever order the options came in
+            label = model_text(r["model"], "", layer, r.get("model_options"))
             swept = {k: v for k, v in (r.get("point") or {}).items() if k not in ("depth", "dim")}
             settings = {**(r.get("protocol") or {}), **swept}
             key = (label, json.dumps(settings, sort_keys=True, default=str))
