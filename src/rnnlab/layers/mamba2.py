@@ -30,7 +30,7 @@ unchanged. Both backends draw the initial values in the same order, so the same 
 same weights. The LM around it (``rnnlab.models.lm``) re-draws only the embedding, as the reference
 study's ``Mamba2LM`` did: mamba_ssm's own LM (``MixerModel._init_weights``) also divides each
 ``out_proj`` by sqrt(depth), which rnnlab does for any model with ``ModelConfig.rescale_prenorm_residual``
-(off in every study here).
+(off by default, as in the reference study; scale-1b's init arm turns it on for both models).
 
 torch.compile: Dynamo traces the official forward (mamba_ssm's autograd Functions and their
 Triton kernels become part of the graph), so Inductor fuses the projections' elementwise work

@@ -88,8 +88,8 @@ class ModelConfig:
                                                         "the MLP's) by sqrt(their number x depth) after their "
                                                         "init, as mamba_ssm's LM and GPT-2 do (default: off, as "
                                                         "the reference study; in pure bf16 it trained Mamba2 "
-                                                        "400M 0.11-0.12 bpb lower in 1,000 steps, "
-                                                        "results/scale-1b-h100)")
+                                                        "400M 0.11-0.12 bpb lower in 1,000 steps and E1 "
+                                                        "heads 400M 0.11, results/scale-1b-h100)")
     norm: str = option("layernorm", help="the LM's pre-norms (each block's and the final one): layernorm "
                                          "(weight and bias, as the reference's January runs) or rmsnorm (weight "
                                          "only, as mamba_ssm's LM and the reference's later LadderLM); E1's norm "
