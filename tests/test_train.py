@@ -897,6 +897,40 @@ def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(before, during, t
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["error"] == "non-finite loss (nan) at step 1"
 
 
+def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(tiny_train, tmp_path, monkeypatch, capsys):
+    """A stop that arrives as a second Ctrl-C aborts (under torchrun, the SIGTERM a rank gets when
+    another ended on its own Ctrl-C, pending with this rank's) is a first Ctrl-C while the abort is
+    recorded: the KeyboardInterrupt still names the step and the checkpoint kept, and summary.json
+    records the abort; it once came out bare ("aborted by Ctrl-C before training started")."""
+    import signal
+
+    from rnnlab.train import trainer
+    from rnnlab.train.checkpoint import Checkpointer
+
+    train_step, kept = trainer.Trainer.train_step, Checkpointer.kept
+
+    def two_ctrl_c_in_step_3(self, batch):
+        if self.state.step == 2:
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+        return train_step(self, batch)
+
+    def a_third_first(self):
+        signal.raise_signal(signal.SIGINT)
+        return kept(self)
+
+    monkeypatch.setattr(trainer.Trainer, "train_step", two_ctrl_c_in_step_3)
+    monkeypatch.setattr(Checkpointer, "kept", a_third_first)
+    run = tmp_path / "r"
+    with pytest.raises(BaseException) as raised:
+        run_training(tiny_train(run, steps=6, checkpoint_every=2), progress=False)
+    assert raised.type is KeyboardInterrupt and str(raised.value) == (
+        f"aborted by Ctrl-C at step 2; last good checkpoint kept at {run / 'ckpt' / 'step-000002'} (step 2)")
+    assert f"rnnlab train: {trainer.ENDING} (Ctrl-C again to abort)" in capsys.readouterr().err
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["aborted"] is True and summary["error"] == str(raised.value), summary
+
+
 def test_a_ctrl_c_while_the_logs_close_reaches_the_caller(tiny_train, tmp_path, monkeypatch):
     """A Ctrl-C after the run's end, while its logs close (W&B's finish can take minutes), reaches
     the caller as a KeyboardInterrupt (``rnnlab bench`` stops the suite there), not a handler that

@@ -160,14 +160,14 @@ class TrainState:
         self.last_eval = p.get("last_eval")
 
 
-# what a first Ctrl-C says while a failure that ends the run is being recorded (Trainer.train)
-ENDING = "the run is ending on a failure (its line follows): recording it first"
+# what a first Ctrl-C says while a failure or an abort that ends the run is being recorded (Trainer.train)
+ENDING = "the run is ending (its line follows): recording how first"
 
 
 class StopOnInterrupt:
     """First Ctrl-C (SIGINT): finish the current step, save a checkpoint, return cleanly; once
     the budget is spent (``finishing``), finish the final evaluation and checkpoint; while a
-    failure is recorded (``ending``), record it. ``notice`` is the line a first Ctrl-C prints
+    failure or an abort is recorded (``ending``), record it. ``notice`` is the line a first Ctrl-C prints
     for each. A second Ctrl-C aborts at once (KeyboardInterrupt; the last checkpoint is kept). A stop
     that came before and that a library swallowed (``rnnlab.signals.take_swallowed_ctrl_c``) is a first
     Ctrl-C from the start. ``says``: whether the stop's and the spent budget's notices are printed
@@ -219,8 +219,8 @@ class StopOnInterrupt:
             print(f"\nrnnlab train: {self.notice}", file=sys.stderr)
 
     def ending(self) -> None:
-        """The run ends on a failure: a stop from here on (torchrun's SIGTERM after a peer's death,
-        even after an earlier Ctrl-C) is a first one again, noted while the failure is recorded."""
+        """The run ends on a failure or an abort: a stop from here on (torchrun's SIGTERM after a peer's
+        end, even after an earlier Ctrl-C) is a first one again, noted while the ending is recorded."""
         self.requested = False
         self.notice = ENDING
         self.says = True
@@ -462,6 +462,9 @@ class Trainer:
                 self.record_failure(str(e))
                 raise
             except KeyboardInterrupt:
+                # a stop close behind the abort (torchrun's SIGTERM once another rank ended on its own
+                # Ctrl-C, pending with it) is a first one: it must not replace the abort's line
+                stop.ending()
                 message = f"aborted by Ctrl-C at step {self.state.step:,}; {self.checkpointer.kept()}"
                 self.record_failure(message, aborted=True)
                 raise KeyboardInterrupt(message) from None
