@@ -897,17 +897,24 @@ def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(before, during, t
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["error"] == "non-finite loss (nan) at step 1"
 
 
-def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(tiny_train, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("where", ["message", "logs", "folder"])
+def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(where, tiny_train, tmp_path, monkeypatch, capsys):
     """A stop that arrives as a second Ctrl-C aborts (under torchrun, the SIGTERM a rank gets when
-    another ended on its own Ctrl-C, pending with this rank's) is a first Ctrl-C while the abort is
-    recorded: the KeyboardInterrupt still names the step and the checkpoint kept, and summary.json
-    records the abort; it once came out bare ("aborted by Ctrl-C before training started")."""
+    another ended on its own Ctrl-C, pending with this rank's) does not replace the abort's line:
+    while the abort is recorded (``message``: as its line is built) it is a first Ctrl-C; as the logs
+    close or the folder is let go, after the trainer's handler is gone, it cuts that and the abort goes
+    on. The KeyboardInterrupt names the step and the checkpoint kept, and summary.json records the
+    abort; it once came out bare ("aborted by Ctrl-C before training started")."""
     import signal
 
-    from rnnlab.train import trainer
+    from rnnlab.train import metrics, trainer
     from rnnlab.train.checkpoint import Checkpointer
+    from rnnlab.train.rundir import RunDir
 
-    train_step, kept = trainer.Trainer.train_step, Checkpointer.kept
+    train_step = trainer.Trainer.train_step
+    target = {"message": (Checkpointer, "kept"), "logs": (metrics.RunLogger, "close"),
+              "folder": (RunDir, "release")}[where]
+    original = getattr(*target)
 
     def two_ctrl_c_in_step_3(self, batch):
         if self.state.step == 2:
@@ -915,18 +922,23 @@ def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(tiny_train, tmp_path
             signal.raise_signal(signal.SIGINT)
         return train_step(self, batch)
 
-    def a_third_first(self):
-        signal.raise_signal(signal.SIGINT)
-        return kept(self)
+    def a_stop_first(self, *args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)  # raises where the trainer's handler is gone (logs, folder)
+        except KeyboardInterrupt:
+            original(self, *args, **kwargs)  # the close or the release done, then cut all the same
+            raise
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(trainer.Trainer, "train_step", two_ctrl_c_in_step_3)
-    monkeypatch.setattr(Checkpointer, "kept", a_third_first)
+    monkeypatch.setattr(*target, a_stop_first)
     run = tmp_path / "r"
     with pytest.raises(BaseException) as raised:
         run_training(tiny_train(run, steps=6, checkpoint_every=2), progress=False)
     assert raised.type is KeyboardInterrupt and str(raised.value) == (
         f"aborted by Ctrl-C at step 2; last good checkpoint kept at {run / 'ckpt' / 'step-000002'} (step 2)")
-    assert f"rnnlab train: {trainer.ENDING} (Ctrl-C again to abort)" in capsys.readouterr().err
+    noticed = f"rnnlab train: {trainer.ENDING} (Ctrl-C again to abort)" in capsys.readouterr().err
+    assert noticed == (where == "message")
     summary = json.loads((run / "summary.json").read_text())
     assert summary["aborted"] is True and summary["error"] == str(raised.value), summary
 

@@ -324,6 +324,19 @@ def _launch(args) -> int | None:
     return run_passing_signals([sys.executable, "-c", TORCHRUN, *torchrun], env)
 
 
+def ctrl_c_line(e: KeyboardInterrupt) -> str:
+    """What the Ctrl-C that ended ``rnnlab train`` says: the trainer's message (the step, the checkpoint
+    kept), also where a bare stop close behind its abort took its place as it unwound (torchrun's
+    SIGTERM once another rank ended: it carries the abort as its context); with none, training had not
+    started."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt) and str(seen):
+            return str(seen)
+        seen = seen.__context__
+    return "aborted by Ctrl-C before training started"
+
+
 def run_train(args) -> int:
     from rnnlab.train import distributed as dist
     from rnnlab.train.checkpoint import CheckpointWriteError
@@ -358,7 +371,7 @@ def run_train(args) -> int:
             raise
         end_lost_rank(ctx.rank, str(e))
     except KeyboardInterrupt as e:  # the trainer's message names the checkpoint kept
-        print(f"rnnlab train: {rank}{str(e) or 'aborted by Ctrl-C before training started'}", file=sys.stderr)
+        print(f"rnnlab train: {rank}{ctrl_c_line(e)}", file=sys.stderr)
         return 130
     finally:
         ctx.close(sync=finished)

@@ -504,21 +504,30 @@ class Trainer:
 
     @contextlib.contextmanager
     def closing(self):
-        """Close the run's logs and let go of its folder as training ends, however it ends; a Ctrl-C
-        while the logs close (W&B's finish can take minutes) says what it cut."""
+        """Close the run's logs and let go of its folder as training ends, however it ends. A Ctrl-C
+        while the logs close (W&B's finish can take minutes) cuts the close; after a finished run it
+        says what it cut, and where the run is already ending on an error or an abort (a stop close
+        behind it: torchrun's SIGTERM once another rank ended) that error, whose line names the
+        checkpoint kept, goes on in its place."""
+        ending = None
         try:
             yield
+        except BaseException as e:
+            ending = e
+            raise
         finally:
             try:
-                self.logger.close()
-                # a session of no step (rank 0): a re-scored final evaluation's record replaces the one before
-                if self.trained_before is not None and self.final_eval_done() and not self.nothing_left:
-                    self.rundir.keep_last_final_eval(self.state.step)
+                try:
+                    self.logger.close()
+                    # a session of no step (rank 0): a re-scored final evaluation's record replaces the one before
+                    if self.trained_before is not None and self.final_eval_done() and not self.nothing_left:
+                        self.rundir.keep_last_final_eval(self.state.step)
+                finally:
+                    self.rundir.release()
             except KeyboardInterrupt:
-                raise KeyboardInterrupt("aborted by Ctrl-C while the run's logs closed; its summary.json says "
-                                        "how the run ended") from None
-            finally:
-                self.rundir.release()
+                if ending is None:
+                    raise KeyboardInterrupt("aborted by Ctrl-C while the run's logs closed; its summary.json "
+                                            "says how the run ended") from None
 
     def loop(self, stop: StopOnInterrupt) -> dict[str, Any]:
         """``train``'s body: steps, evaluations and checkpoints until the budget or Ctrl-C (``stop``),
