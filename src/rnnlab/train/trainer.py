@@ -507,8 +507,7 @@ class Trainer:
         """Close the run's logs and let go of its folder as training ends, however it ends. A Ctrl-C
         while the logs close (W&B's finish can take minutes) cuts the close; after a finished run it
         says what it cut, and where the run is already ending on an error or an abort (a stop close
-        behind it: torchrun's SIGTERM once another rank ended) that error, whose line names the
-        checkpoint kept, goes on in its place."""
+        behind it: torchrun's SIGTERM once another rank ended) that ending goes on, its line kept."""
         ending = None
         try:
             yield
