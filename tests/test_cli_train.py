@@ -1194,7 +1194,7 @@ def test_ctrl_c_before_training_starts_exits_130_in_one_line(tmp_path, capsys, m
     assert not run.exists()
 
 
-def test_a_bare_stop_behind_an_abort_keeps_the_aborts_line(tmp_path, capsys, monkeypatch):
+def test_a_bare_stop_behind_an_abort_keeps_the_aborts_line(tmp_path, capsys, monkeypatch, ctrl_c_on_call):
     """A stop that comes as a second Ctrl-C's abort unwinds, after the trainer's Ctrl-C handler is
     gone (here as it is given back: under torchrun the SIGTERM a rank gets once another ended), raises
     a bare KeyboardInterrupt in the abort's place; the line still names the step and the checkpoint
@@ -1203,20 +1203,14 @@ def test_a_bare_stop_behind_an_abort_keeps_the_aborts_line(tmp_path, capsys, mon
 
     from rnnlab.train import trainer
 
-    step, leave = trainer.Trainer.train_step, trainer.StopOnInterrupt.__exit__
-
-    def two_ctrl_c_in_step_3(self, batch):
-        if self.state.step == 2:
-            signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGINT)
-        return step(self, batch)
+    leave = trainer.StopOnInterrupt.__exit__
 
     def a_stop_as_the_handler_goes(self, *exc):
         leave(self, *exc)
         if exc[0] is KeyboardInterrupt:
             signal.raise_signal(signal.SIGINT)  # Python's own handler is back: a bare KeyboardInterrupt
 
-    monkeypatch.setattr(trainer.Trainer, "train_step", two_ctrl_c_in_step_3)
+    ctrl_c_on_call(trainer.Trainer, "train_step", call=3, presses=2)  # step 3 aborted
     monkeypatch.setattr(trainer.StopOnInterrupt, "__exit__", a_stop_as_the_handler_goes)
     run = tmp_path / "run"
     assert main(["train", "--model", "e1", *TINY, "--steps", "6", "--checkpoint-every", "2", "--out", str(run)]) == 130

@@ -898,7 +898,8 @@ def test_a_ctrl_c_while_a_failure_is_recorded_does_not_hide_it(before, during, t
 
 
 @pytest.mark.parametrize("where", ["message", "logs", "folder"])
-def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(where, tiny_train, tmp_path, monkeypatch, capsys):
+def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(where, tiny_train, tmp_path, monkeypatch, capsys,
+                                                            ctrl_c_on_call):
     """A stop that arrives as a second Ctrl-C aborts (under torchrun, the SIGTERM a rank gets when
     another ended on its own Ctrl-C, pending with this rank's) does not replace the abort's line:
     while the abort is recorded (``message``: as its line is built) it is a first Ctrl-C; as the logs
@@ -911,16 +912,9 @@ def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(where, tiny_train, t
     from rnnlab.train.checkpoint import Checkpointer
     from rnnlab.train.rundir import RunDir
 
-    train_step = trainer.Trainer.train_step
     target = {"message": (Checkpointer, "kept"), "logs": (metrics.RunLogger, "close"),
               "folder": (RunDir, "release")}[where]
     original = getattr(*target)
-
-    def two_ctrl_c_in_step_3(self, batch):
-        if self.state.step == 2:
-            signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGINT)
-        return train_step(self, batch)
 
     def a_stop_first(self, *args, **kwargs):
         try:
@@ -930,7 +924,7 @@ def test_a_stop_close_behind_an_abort_keeps_the_aborts_line(where, tiny_train, t
             raise
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(trainer.Trainer, "train_step", two_ctrl_c_in_step_3)
+    ctrl_c_on_call(trainer.Trainer, "train_step", call=3, presses=2)  # step 3 aborted
     monkeypatch.setattr(*target, a_stop_first)
     run = tmp_path / "r"
     with pytest.raises(BaseException) as raised:
